@@ -1,0 +1,23 @@
+# The trading-ops image: the paper bot, the reconciler and every other `trading-ops` subcommand.
+#   docker build -t trading-ops .   then   docker run --rm trading-ops --help
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY trading_ops ./trading_ops
+RUN pip install . \
+    && useradd --system --uid 10001 --create-home --home-dir /var/lib/trading-ops trading \
+    && rm -rf /src
+
+# Unprivileged; the data directory is a volume in docker-compose.yml.
+USER trading
+WORKDIR /var/lib/trading-ops
+EXPOSE 9101 9102
+
+ENTRYPOINT ["trading-ops"]
+CMD ["--help"]

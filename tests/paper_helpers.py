@@ -1,0 +1,78 @@
+"""Helpers to run a real paper bot in the test's event loop with fast settings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from trading_ops.config import Config, parse_config
+from trading_ops.db import migrate
+
+TOKEN = "paper-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def fast_config(tmp_path: Path, **paper: Any) -> Config:
+    """A paper bot that trades every 20 ms on a venue ticking every 10 ms, with no random rejects."""
+    settings: dict[str, Any] = {
+        "seed": 7,
+        "tick_interval_seconds": 0.01,
+        "loop_interval_seconds": 0.02,
+        "order_latency_seconds": 0.0,
+        "reject_probability": 0.0,
+        "partial_fill_probability": 0.3,
+        "volatility": 0.002,
+        "order_max_age_seconds": 0.2,
+    }
+    settings.update(paper)
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    migrate.upgrade(url)
+    return parse_config(
+        {
+            "database": {"url": url},
+            "bot": {
+                "data_dir": str(tmp_path / "data"),
+                "heartbeat_timeout_seconds": 0.5,
+                "market_data_stale_seconds": 0.3,
+                "event_loop_lag_interval_seconds": 0.05,
+            },
+            "paper": settings,
+        },
+        base_dir=tmp_path,
+    )
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy; fail with a clear message at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {getattr(predicate, '__name__', predicate)}")
+        await asyncio.sleep(interval)
+
+
+async def control(
+    port: int, command: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{port}/control/{command}", json=body or {}, headers=AUTH if headers is None else headers
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as response:
+        return response.status, await response.text()

@@ -1,0 +1,260 @@
+"""Each action kind against something real: a bot control API, processes, a unix-socket Engine API, Alertmanager,
+an apprise target. Exec never goes through a shell; label values reach it only after validation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import Alertmanager, FakeBot, bot_targets, make_config
+
+from trading_ops.clients.alertmanager import AlertmanagerClient
+from trading_ops.clients.notify import Notifier
+from trading_ops.reconciler.actions import ACTIONS
+from trading_ops.reconciler.actions.base import ActionContext, Refused
+from trading_ops.reconciler.actions.exec import run_argv
+
+INJECTIONS = [
+    "x; touch PWNED",
+    "$(touch PWNED)",
+    "`touch PWNED`",
+    "a b",
+    "-rf",
+    "x\ntouch PWNED",
+    "x|y",
+    "../etc",
+    "a'b",
+    'a"b',
+    "",
+    "x&",
+    "${HOME}",
+]
+
+
+def ctx(
+    tmp_path: Path,
+    session: aiohttp.ClientSession,
+    labels: dict[str, str] | None = None,
+    am_url: str = "http://127.0.0.1:9",
+    notifier: Notifier | None = None,
+    **rc: Any,
+) -> ActionContext:
+    config = make_config(tmp_path, "sqlite://", **rc)
+    labels = {"alertname": "TradingBotBrokerDisconnected", "instance": "bot-1", **(labels or {})}
+    return ActionContext(
+        config=config,
+        labels=labels,
+        annotations={"summary": "s.", "description": "d"},
+        alertname=labels["alertname"],
+        target="bot-1",
+        episode_id=7,
+        session=session,
+        alertmanager=AlertmanagerClient(session, am_url),
+        notifier=notifier or Notifier([]),
+        label_pattern=re.compile(config.reconciler.label_value_pattern),
+    )
+
+
+async def run(c: ActionContext, kind: str, params: dict[str, Any], timeout: float = 10) -> Any:
+    ACTIONS[kind].validate(params)
+    return await ACTIONS[kind].run(c, params, timeout)
+
+
+# ---- bot -----------------------------------------------------------------------------------------------
+
+
+async def test_bot_action_calls_the_control_api_with_the_token(tmp_path: Path, fake_bot: FakeBot) -> None:
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, {"symbol": "BTC-USD"}, targets=bot_targets(fake_bot, tmp_path))
+        result = await run(c, "bot", {"command": "resubscribe", "body": {"symbol": "${symbol}"}})
+        assert result.ok and fake_bot.calls == [("resubscribe", {"symbol": "BTC-USD"})]
+        fake_bot.status["reconnect"] = 409
+        result = await run(c, "bot", {"command": "reconnect"})
+        assert result.outcome == "failure" and "HTTP 409" in result.output
+
+
+async def test_bot_action_with_a_wrong_token_fails_and_an_unknown_instance_is_refused(
+    tmp_path: Path, fake_bot: FakeBot
+) -> None:
+    async with aiohttp.ClientSession() as s:
+        targets = bot_targets(fake_bot, tmp_path)
+        (tmp_path / "wrong").write_text("nope")
+        targets["bot-1"]["token_file"] = str(tmp_path / "wrong")
+        c = ctx(tmp_path, s, targets=targets)
+        result = await run(c, "bot", {"command": "reconnect"})
+        assert result.outcome == "failure" and "HTTP 401" in result.output
+        with pytest.raises(Refused, match="no reconciler.targets entry"):
+            await run(ctx(tmp_path, s, {"instance": "bot-9"}, targets=targets), "bot", {"command": "reconnect"})
+
+
+# ---- exec ----------------------------------------------------------------------------------------------
+
+
+async def test_exec_passes_labels_only_as_validated_environment(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    script = f"import os, sys; open({str(out)!r}, 'w').write(repr((sys.argv[1:], os.environ.get('BOT'))))"
+    async with aiohttp.ClientSession() as s:
+        result = await run(
+            ctx(tmp_path, s),
+            "exec",
+            {
+                "argv": [sys.executable, "-c", script, "$(touch PWNED)", "${instance}"],
+                "env": {"BOT": "instance"},
+                "cwd": str(tmp_path),
+            },
+        )
+    assert result.ok, result.output
+    # Arguments are literal (no shell, no templating); the label arrived as an environment variable.
+    assert out.read_text() == repr((["$(touch PWNED)", "${instance}"], "bot-1"))
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("value", INJECTIONS)
+async def test_exec_refuses_label_values_outside_the_strict_pattern(tmp_path: Path, value: str) -> None:
+    marker = tmp_path / "ran"
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, {"instance": value})
+        with pytest.raises(Refused, match="does not match"):
+            await run(c, "exec", {"argv": ["touch", str(marker)], "env": {"BOT": "instance"}, "cwd": str(tmp_path)})
+    assert not marker.exists() and not (tmp_path / "PWNED").exists()
+
+
+async def test_exec_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    # The command starts a grandchild and both would outlive a plain kill of the direct child.
+    script = (
+        "import os, subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "time.sleep(120)\n"
+    )
+    result = await run_argv([sys.executable, "-c", script], None, 1.0, 4096)
+    assert result.outcome == "timeout"
+    for pid in map(int, pids.read_text().split()):
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"process {pid} survived the timeout")
+
+
+async def test_exec_output_is_truncated_and_exit_status_kept(tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as s:
+        result = await run(
+            ctx(tmp_path, s, output_limit_bytes=100),
+            "exec",
+            {"argv": [sys.executable, "-c", "print('x' * 1000); raise SystemExit(3)"]},
+        )
+    assert result.outcome == "failure" and result.output.startswith("exit 3")
+    assert "more characters]" in result.output and len(result.output) < 200
+
+
+# ---- systemd, signal, docker ---------------------------------------------------------------------------
+
+
+async def test_systemd_restarts_the_unit_with_the_configured_systemctl(tmp_path: Path) -> None:
+    record = tmp_path / "argv"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {record}\n")
+    fake.chmod(0o755)
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, {"bot": "paper-1"}, systemctl=[str(fake), "--user"])
+        result = await run(c, "systemd", {"unit": "trading-ops-bot@${bot}.service"})
+        assert result.ok, result.output
+        assert record.read_text().split() == ["--user", "restart", "trading-ops-bot@paper-1.service"]
+        with pytest.raises(Refused):
+            await run(
+                ctx(tmp_path, s, {"bot": "-x; reboot"}, systemctl=[str(fake)]), "systemd", {"unit": "${bot}.service"}
+            )
+
+
+async def test_signal_sends_to_the_pid_in_the_pidfile(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "bot.pid").write_text(f"{proc.pid}\n")
+        async with aiohttp.ClientSession() as s:
+            result = await run(ctx(tmp_path, s), "signal", {"pidfile": "bot.pid", "signal": "TERM"})
+        assert result.ok
+        assert proc.wait(10) == -signal.SIGTERM
+        (tmp_path / "bad.pid").write_text("1")
+        async with aiohttp.ClientSession() as s:
+            with pytest.raises(Refused):
+                await run(ctx(tmp_path, s), "signal", {"pidfile": "bad.pid"})
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_docker_restarts_a_container_through_the_engine_api_socket(tmp_path: Path) -> None:
+    calls: list[tuple[str, str]] = []
+
+    async def restart(request: web.Request) -> web.Response:
+        calls.append((request.match_info["name"], request.query.get("t", "")))
+        if request.match_info["name"] != "paper-bot":
+            return web.json_response({"message": "No such container"}, status=404)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/containers/{name}/restart", restart)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = str(tmp_path / "docker.sock")
+    await web.UnixSite(runner, sock).start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            c = ctx(tmp_path, s, {"container": "paper-bot"}, docker_socket=sock)
+            assert (await run(c, "docker", {"container": "${container}", "stop_timeout": 5})).ok
+            missing = await run(ctx(tmp_path, s, docker_socket=sock), "docker", {"container": "gone"})
+            assert missing.outcome == "failure" and "404" in missing.output
+            with pytest.raises(Refused):
+                await run(
+                    ctx(tmp_path, s, {"container": "../x"}, docker_socket=sock), "docker", {"container": "${container}"}
+                )
+        assert calls == [("paper-bot", "5"), ("gone", "10")]
+    finally:
+        await runner.cleanup()
+
+
+# ---- silence, notify -----------------------------------------------------------------------------------
+
+
+async def test_silence_creates_an_alertmanager_silence(tmp_path: Path, alertmanager: Alertmanager) -> None:
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, {"instance": "bot-silenced"}, am_url=alertmanager.url)
+        result = await run(c, "silence", {"duration": "10m", "comment": "settling after restart"})
+    assert result.ok, result.output
+    ours = [x for x in alertmanager.get("silences") if x["comment"] == "settling after restart"]
+    assert ours and ours[0]["createdBy"] == "trading-ops-reconciler" and ours[0]["status"]["state"] == "active"
+    assert {m["name"]: m["value"] for m in ours[0]["matchers"]} == {
+        "alertname": "TradingBotBrokerDisconnected",
+        "instance": "bot-silenced",
+    }
+
+
+async def test_notify_sends_through_apprise(tmp_path: Path, aiohttp_server: Any) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    notifier = Notifier([f"json://127.0.0.1:{server.port}/hook"])
+    async with aiohttp.ClientSession() as s:
+        result = await run(ctx(tmp_path, s, notifier=notifier), "notify", {"title": "${alertname} on ${instance}"})
+    assert result.ok
+    assert received[0]["title"] == "TradingBotBrokerDisconnected on bot-1" and received[0]["message"] == "d"

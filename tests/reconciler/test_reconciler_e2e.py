@@ -1,0 +1,263 @@
+"""End to end: real Alertmanagers (single and a clustered pair) posting to the reconciler, two reconciler
+processes on one PostgreSQL database, and kill -9 of a reconciler in the middle of an action.
+
+Needs prometheus-alertmanager (started here) and PostgreSQL on 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import (
+    AUTH,
+    BOT_TOKEN,
+    TOKEN,
+    Alertmanager,
+    FakeBot,
+    alert,
+    bot_targets,
+    free_port,
+    make_config,
+    payload,
+    start_alertmanager,
+    stop,
+    wait_http,
+    write_playbook,
+)
+
+from trading_ops.db.base import make_engine
+from trading_ops.reconciler.app import create_app
+from trading_ops.reconciler.ledger import Ledger
+
+pytestmark = [pytest.mark.alertmanager, pytest.mark.slow]
+
+RECONNECT = {
+    "name": "reconnect",
+    "match": ['alertname="TradingBotBrokerDisconnected"'],
+    "verify": False,
+    "cooldown": 0,
+    "steps": [{"action": "bot", "command": "reconnect", "body": {"key": "${key}"}}],
+}
+
+
+async def until(predicate: Any, deadline: float = 30.0, what: str = "condition") -> None:
+    end = time.monotonic() + deadline
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached within {deadline}s")
+        await asyncio.sleep(0.1)
+
+
+def am_alert(key: str, instance: str = "bot-1", starts_at: datetime | None = None) -> dict[str, Any]:
+    return {
+        "labels": {"alertname": "TradingBotBrokerDisconnected", "instance": instance, "key": key},
+        "annotations": {"summary": "broker disconnected."},
+        "startsAt": (starts_at or datetime.now(UTC)).isoformat(),
+    }
+
+
+async def serve(aiohttp_server: Any, tmp_path: Path, db: str, bot: FakeBot, **rc: Any) -> tuple[Any, Ledger]:
+    port = free_port()
+    config = make_config(
+        tmp_path, db, playbook=str(write_playbook(tmp_path, [RECONNECT])), targets=bot_targets(bot, tmp_path), **rc
+    )
+    app = create_app(config)
+    await aiohttp_server(app, port=port)
+    return port, Ledger(make_engine(db))
+
+
+async def test_real_alertmanager_resends_and_the_bot_is_acted_on_once(
+    aiohttp_server: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
+) -> None:
+    port, ledger = await serve(aiohttp_server, tmp_path, migrated_sqlite, fake_bot)
+    am = await asyncio.to_thread(
+        start_alertmanager, tmp_path / "am", f"http://127.0.0.1:{port}/api/v1/alertmanager", None, (), "1s"
+    )
+    try:
+        am.post_alerts([am_alert("k1")])
+        await until(lambda: ledger.notification_count() >= 3, what="three notifications (repeat_interval resends)")
+        assert fake_bot.calls == [("reconnect", {"key": "k1"})]
+        episodes = ledger.list_episodes()
+        assert len(episodes) == 1 and episodes[0]["state"] == "recovered"
+    finally:
+        stop(am.proc)
+        ledger.engine.dispose()
+
+
+async def test_a_clustered_alertmanager_pair_gets_one_action(
+    aiohttp_server: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
+) -> None:
+    port, ledger = await serve(aiohttp_server, tmp_path, migrated_sqlite, fake_bot)
+    url = f"http://127.0.0.1:{port}/api/v1/alertmanager"
+    c1, c2 = free_port(), free_port()
+    ams: list[Alertmanager] = []
+    try:
+        ams.append(await asyncio.to_thread(start_alertmanager, tmp_path / "am1", url, c1, (c2,), "1s"))
+        ams.append(await asyncio.to_thread(start_alertmanager, tmp_path / "am2", url, c2, (c1,), "1s"))
+        starts = datetime.now(UTC)
+        for am in ams:  # Prometheus sends every alert to every Alertmanager of the pair
+            am.post_alerts([am_alert("ha", starts_at=starts)])
+        await until(lambda: ledger.notification_count() >= 4, what="notifications from both members")
+        await asyncio.sleep(0.5)
+        assert fake_bot.commands() == ["reconnect"]
+        assert len(ledger.list_episodes()) == 1
+    finally:
+        for am in ams:
+            stop(am.proc)
+        ledger.engine.dispose()
+
+
+# ---- reconciler processes ------------------------------------------------------------------------------
+
+
+def write_config(tmp_path: Path, name: str, db_url: str, rules: list[dict[str, Any]], **rc: Any) -> tuple[Path, int]:
+    port = free_port()
+    (tmp_path / "webhook-token").write_text(TOKEN)
+    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    data = {
+        "database": {"url": db_url},
+        "reconciler": {
+            "listen": {"port": port},
+            "instance": name,
+            "token_file": str(tmp_path / "webhook-token"),
+            "playbook": str(write_playbook(tmp_path, rules)),
+            "poll_interval_seconds": 0.05,
+            "lease_seconds": 5,
+            "check_silences": False,
+            "alertmanager_url": "http://127.0.0.1:9",
+            "watchdog": {"window_seconds": 0},
+            **rc,
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, port
+
+
+def spawn(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trading_ops", "-c", str(config), "reconciler"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "ab"),
+    )  # noqa: SIM115
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    return proc
+
+
+def post(port: int, body: dict[str, Any]) -> int:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/alertmanager",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **AUTH},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return int(resp.status)
+
+
+@pytest.mark.postgres
+async def test_two_reconcilers_on_one_postgresql_act_once_per_episode(
+    tmp_path: Path, postgres_url: str, fake_bot: FakeBot
+) -> None:
+    from trading_ops.db import migrate
+
+    await asyncio.to_thread(migrate.upgrade, postgres_url)
+    targets = {f"bot-{i}": {"url": fake_bot.url, "token_file": str(tmp_path / "bot-token")} for i in range(8)}
+    procs = []
+    try:
+        ports = []
+        for name in ("replica-a", "replica-b"):
+            config, port = write_config(tmp_path, name, postgres_url, [RECONNECT], targets=targets)
+            procs.append(await asyncio.to_thread(spawn, config, port, tmp_path / f"{name}.log"))
+            ports.append(port)
+        bodies = [payload(alert(fingerprint=f"fp{i}", instance=f"bot-{i}", key=f"k{i}")) for i in range(8)]
+        # Every notification reaches both replicas, three times (an HA pair with resends).
+        sends = [asyncio.to_thread(post, port, body) for body in bodies for port in ports for _ in range(3)]
+        assert set(await asyncio.gather(*sends)) == {200}
+        ledger = Ledger(make_engine(postgres_url))
+        try:
+            await until(
+                lambda: (
+                    all(e["state"] == "recovered" for e in ledger.list_episodes()) and len(ledger.list_episodes()) == 8
+                ),
+                what="8 recovered episodes",
+            )
+            owners = {a["owner"].split(":")[0] for e in ledger.list_episodes() for a in e["attempt_list"]}
+        finally:
+            ledger.engine.dispose()
+        assert sorted(body["key"] for _, body in fake_bot.calls) == sorted(f"k{i}" for i in range(8))
+        assert owners <= {"replica-a", "replica-b"}
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+@pytest.mark.parametrize(("max_attempts", "final"), [(2, "recovered"), (1, "escalated")])
+async def test_kill_9_mid_action_is_interrupted_then_retried_or_escalated_and_nothing_acked_is_lost(
+    tmp_path: Path, migrated_sqlite: str, max_attempts: int, final: str, alertmanager: Alertmanager
+) -> None:
+    started, pids = tmp_path / "started", tmp_path / "pids"
+    # First run: announce, then hang (the reconciler is killed meanwhile). Later runs succeed at once.
+    script = (
+        f"import os, pathlib, time\np = pathlib.Path({str(started)!r})\n"
+        f"open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        "if not p.exists():\n    p.write_text('1')\n    time.sleep(60)\n"
+    )
+    rules = [
+        {
+            "name": "slow",
+            "match": ['alertname="TradingBotDiskSpaceLow"'],
+            "verify": False,
+            "cooldown": 0,
+            "max_attempts": max_attempts,
+            "backoff": {"initial": "100ms"},
+            "steps": [{"action": "exec", "argv": [sys.executable, "-c", script], "timeout": "2m"}],
+        }
+    ]
+    config, port = write_config(tmp_path, "solo", migrated_sqlite, rules, alertmanager_url=alertmanager.url)
+    log = tmp_path / "reconciler.log"
+    proc = await asyncio.to_thread(spawn, config, port, log)
+    acked = 0
+    try:
+        assert await asyncio.to_thread(post, port, payload(alert("TradingBotDiskSpaceLow", fingerprint="disk"))) == 200
+        acked += 1
+        await until(started.exists, what="the step to start")
+        for i in range(20):  # more notifications, each acknowledged before the kill
+            acked += await asyncio.to_thread(post, port, payload(alert("Other", fingerprint=f"o{i}"))) == 200
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc = await asyncio.to_thread(spawn, config, port, log)
+        ledger = Ledger(make_engine(migrated_sqlite))
+        try:
+
+            def done() -> bool:
+                return any(
+                    e["alertname"] == "TradingBotDiskSpaceLow" and e["state"] == final for e in ledger.list_episodes()
+                )
+
+            await until(done, what=f"the episode to end {final}")
+            assert ledger.notification_count() == acked
+            episode = next(e for e in ledger.list_episodes() if e["alertname"] == "TradingBotDiskSpaceLow")
+            outcomes = [a["outcome"] for a in episode["attempt_list"]]
+            assert outcomes == (["interrupted", "success"] if max_attempts == 2 else ["interrupted"])
+            assert episode["attempt_list"][0]["steps"][0]["outcome"] == "interrupted"
+        finally:
+            ledger.engine.dispose()
+    finally:
+        stop(proc)
+        for pid in map(int, pids.read_text().split()) if pids.exists() else []:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

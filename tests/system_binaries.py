@@ -1,0 +1,38 @@
+"""The server binaries the monitoring tests run, and the Debian package that provides each of them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Binary -> Debian package (the Makefile's system-deps target installs them).
+DEBIAN_PACKAGES = {
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "amtool": "prometheus-alertmanager",
+    "docker-compose": "docker-compose",
+}
+
+
+def require_binary(name: str) -> str:
+    """The path of `name`; fails the test (never skips it) with the package to install when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} is not on PATH: install the Debian package {DEBIAN_PACKAGES[name]!r} "
+            f"(apt-get install {DEBIAN_PACKAGES[name]}; `make test` does it)",
+            pytrace=False,
+        )
+    return path
+
+
+def run_binary(name: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a required binary and return its completed process (output captured as text)."""
+    return subprocess.run(
+        [require_binary(name), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120, check=False
+    )

@@ -1,0 +1,282 @@
+"""Alertmanager configuration: amtool accepts it, every alert reaches the right receivers, inhibition works.
+
+Integration tests need amtool and prometheus-alertmanager (Debian package `prometheus-alertmanager`); the
+inhibition test starts a real Alertmanager on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from conftest import free_port
+from system_binaries import REPO_ROOT, require_binary, run_binary
+
+ALERTMANAGER_DIR = REPO_ROOT / "alertmanager"
+CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
+ROUTING_CASES = yaml.safe_load((ALERTMANAGER_DIR / "tests" / "routing-cases.yml").read_text())
+RULES_DIR = REPO_ROOT / "prometheus" / "rules"
+SECRETS_DIR = "/etc/alertmanager/secrets/"
+RECONCILER_URL = "http://reconciler:9102/api/v1/alertmanager"
+# Alerts the reconciler posts to Alertmanager itself (they are in no rule file).
+RECONCILER_POSTED_ALERTS = {"TradingOpsRemediationFailed": "critical", "TradingOpsRemediationCircuitOpen": "critical"}
+# What a person must see for each severity, whatever else receives the alert.
+RECEIVER_FOR_SEVERITY = {"critical": "pager", "warning": "chat", "info": "null", "none": "deadman"}
+MATCHER = re.compile(r'^(\w+)(=~|!~|!=|=)"(.*)"$')
+
+
+def load_config() -> dict[str, Any]:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def routed_receivers(labels: dict[str, str]) -> list[str]:
+    args = [f"{name}={value}" for name, value in labels.items()]
+    result = run_binary("amtool", "config", "routes", "test", f"--config.file={CONFIG}", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip().split(",")
+
+
+def matches(matcher: str, labels: dict[str, str]) -> bool:
+    found = MATCHER.match(matcher)
+    assert found, matcher
+    name, op, value = found.groups()
+    actual = labels.get(name, "")
+    if op in ("=~", "!~"):
+        return bool(re.fullmatch(value, actual)) == (op == "=~")
+    return (actual == value) == (op == "=")
+
+
+def alert_tiers() -> list[tuple[str, str]]:
+    tiers = {
+        (rule["alert"], rule["labels"]["severity"])
+        for path in sorted(RULES_DIR.glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    return sorted(tiers | set(RECONCILER_POSTED_ALERTS.items()))
+
+
+@pytest.mark.alertmanager
+def test_amtool_check_config() -> None:
+    result = run_binary("amtool", "check-config", CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 templates" in result.stdout  # the notification template was found and parsed
+
+
+@pytest.mark.alertmanager
+@pytest.mark.parametrize("case", ROUTING_CASES, ids=lambda c: c["name"])
+def test_routing_case(case: dict[str, Any]) -> None:
+    args = [f"{name}={value}" for name, value in case["labels"].items()]
+    result = run_binary(
+        "amtool",
+        "config",
+        "routes",
+        "test",
+        f"--config.file={CONFIG}",
+        f"--verify.receivers={','.join(case['receivers'])}",
+        *args,
+    )
+    assert result.returncode == 0, f"routed to {result.stdout.strip()}, expected {case['receivers']}"
+
+
+def test_routing_cases_cover_every_route_and_severity() -> None:
+    for route in load_config()["route"]["routes"]:
+        assert any(all(matches(m, case["labels"]) for m in route["matchers"]) for case in ROUTING_CASES), route
+    severities = {case["labels"].get("severity") for case in ROUTING_CASES}
+    assert set(RECEIVER_FOR_SEVERITY) <= severities
+
+
+@pytest.mark.alertmanager
+@pytest.mark.parametrize(("alertname", "severity"), alert_tiers())
+def test_every_alert_reaches_a_person_by_severity(alertname: str, severity: str) -> None:
+    receivers = routed_receivers({"alertname": alertname, "severity": severity, "instance": "paper-bot:9101"})
+    assert RECEIVER_FOR_SEVERITY[severity] in receivers
+    if severity in ("critical", "warning") and alertname not in RECONCILER_POSTED_ALERTS:
+        # Everything actionable goes to the reconciler, except its own failures (it cannot heal itself).
+        assert ("reconciler" in receivers) != (alertname in ("TradingOpsReconcilerDown", "TradingOpsWatchdogMissing"))
+    if alertname in RECONCILER_POSTED_ALERTS:
+        assert receivers == ["pager"], "the reconciler's escalations must not loop back to it"
+
+
+def test_grouping_and_reconciler_webhook() -> None:
+    config = load_config()
+    assert config["route"]["group_by"] == ["alertname", "service", "instance"]
+    (reconciler,) = [r for r in config["receivers"] if r["name"] == "reconciler"]
+    (webhook,) = reconciler["webhook_configs"]
+    assert webhook["url"] == RECONCILER_URL
+    assert webhook["send_resolved"] is True
+    assert webhook["max_alerts"] == 0
+    assert webhook["http_config"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": f"{SECRETS_DIR}reconciler-token",
+    }
+    watchdog_routes = [r for r in config["route"]["routes"] if r["matchers"] == ['alertname="Watchdog"']]
+    assert {r["receiver"] for r in watchdog_routes} == {"deadman", "reconciler"}
+    assert all(r["repeat_interval"] == "1m" for r in watchdog_routes)
+
+
+def test_secrets_come_from_files() -> None:
+    text = CONFIG.read_text()
+    for key in ("routing_key:", "service_key:", "api_url:", "auth_password:", "credentials:"):
+        assert not re.search(rf"^\s*{key}", text, re.MULTILINE), f"inline secret {key}"
+    assert text.count(SECRETS_DIR) == 3
+
+
+# -- inhibition, against a real Alertmanager ---------------------------------------------------------------
+
+
+def _alertmanager_binary() -> str:
+    for name in ("prometheus-alertmanager", "alertmanager"):
+        try:
+            return require_binary(name)
+        except pytest.fail.Exception:
+            continue
+    return require_binary("prometheus-alertmanager")
+
+
+@pytest.fixture(scope="module")
+def alertmanager_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Alertmanager running the committed configuration, with its secret files in a temp dir."""
+    binary = _alertmanager_binary()
+    tmp = tmp_path_factory.mktemp("alertmanager")
+    secrets = tmp / "secrets"
+    secrets.mkdir()
+    for name in ("pagerduty-routing-key", "slack-webhook-url", "reconciler-token"):
+        (secrets / name).write_text("http://127.0.0.1:9/not-used\n")
+    (tmp / "templates").symlink_to(ALERTMANAGER_DIR / "templates")
+    config = tmp / "alertmanager.yml"
+    config.write_text(CONFIG.read_text().replace(SECRETS_DIR, f"{secrets}/"))
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"Alertmanager did not start: {process.communicate()[1].decode()[-2000:]}")
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def post_alerts(url: str, *labelsets: dict[str, str]) -> None:
+    body = json.dumps([{"labels": labels, "annotations": {"summary": "test."}} for labels in labelsets]).encode()
+    request = urllib.request.Request(
+        f"{url}/api/v2/alerts", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def alert_states(url: str, instance: str) -> dict[str, str]:
+    """alertname/severity -> state (active or suppressed) of the alerts for `instance`."""
+    with urllib.request.urlopen(f"{url}/api/v2/alerts?filter=instance%3D%22{instance}%22", timeout=5) as response:
+        alerts = json.load(response)
+    return {f"{a['labels']['alertname']}/{a['labels']['severity']}": a["status"]["state"] for a in alerts}
+
+
+def assert_states(url: str, instance: str, expected: dict[str, str], timeout: float = 10.0) -> None:
+    """Poll until the alerts of `instance` have the expected states: the inhibitor learns of new source alerts
+    asynchronously after the POST, so the first read may not show the inhibition yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = alert_states(url, instance)
+        if states == expected or time.monotonic() > deadline:
+            assert states == expected
+            return
+        time.sleep(0.1)
+
+
+def bot_alert(alertname: str, severity: str, instance: str, **extra: str) -> dict[str, str]:
+    return {
+        "alertname": alertname,
+        "severity": severity,
+        "service": "tradingbot",
+        "job": "tradingbot",
+        "instance": instance,
+        **extra,
+    }
+
+
+@pytest.mark.alertmanager
+def test_a_down_bot_mutes_its_other_alerts_only(alertmanager_url: str) -> None:
+    post_alerts(
+        alertmanager_url,
+        bot_alert("TradingBotDown", "critical", "bot-a:9101"),
+        bot_alert("TradingBotHeartbeatStale", "critical", "bot-a:9101"),
+        bot_alert("TradingBotHeartbeatStale", "critical", "bot-b:9101"),
+    )
+    assert_states(
+        alertmanager_url,
+        "bot-a:9101",
+        {
+            "TradingBotDown/critical": "active",
+            "TradingBotHeartbeatStale/critical": "suppressed",
+        },
+    )
+    assert_states(alertmanager_url, "bot-b:9101", {"TradingBotHeartbeatStale/critical": "active"})
+
+
+@pytest.mark.alertmanager
+def test_critical_mutes_the_warning_tier_of_the_same_alert(alertmanager_url: str) -> None:
+    post_alerts(
+        alertmanager_url,
+        bot_alert("TradingBotDiskAlmostFull", "critical", "bot-c:9101"),
+        bot_alert("TradingBotDiskAlmostFull", "warning", "bot-c:9101"),
+        bot_alert("TradingBotEventLoopLag", "warning", "bot-c:9101"),
+    )
+    assert_states(
+        alertmanager_url,
+        "bot-c:9101",
+        {
+            "TradingBotDiskAlmostFull/critical": "active",
+            "TradingBotDiskAlmostFull/warning": "suppressed",
+            "TradingBotEventLoopLag/warning": "active",
+        },
+    )
+
+
+@pytest.mark.alertmanager
+def test_breached_loss_and_market_data_disconnect_mute_their_consequences(alertmanager_url: str) -> None:
+    post_alerts(
+        alertmanager_url,
+        bot_alert("TradingBotDailyLossBreached", "critical", "bot-d:9101", venue="paper", strategy="demo"),
+        bot_alert("TradingBotDailyLossApproaching", "warning", "bot-d:9101", venue="paper", strategy="demo"),
+        bot_alert("TradingBotBrokerDisconnected", "critical", "bot-d:9101", venue="paper", channel="market_data"),
+        bot_alert("TradingBotMarketDataStale", "critical", "bot-d:9101", venue="paper", symbol="BTC-USD"),
+    )
+    assert_states(
+        alertmanager_url,
+        "bot-d:9101",
+        {
+            "TradingBotDailyLossBreached/critical": "active",
+            "TradingBotDailyLossApproaching/warning": "suppressed",
+            "TradingBotBrokerDisconnected/critical": "active",
+            "TradingBotMarketDataStale/critical": "suppressed",
+        },
+    )

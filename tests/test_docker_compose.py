@@ -1,0 +1,103 @@
+"""docker-compose.yml: the deployment path. Validated by Debian's `docker-compose config` (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from system_binaries import REPO_ROOT, run_binary
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+# Long-running services must prove they are healthy; one-shot jobs only need to be retried.
+ONE_SHOT_SERVICES = {"db-migrate"}
+PINNED_IMAGES = {
+    "prometheus": "prom/prometheus:v2.53.",
+    "alertmanager": "prom/alertmanager:v0.27.",
+    "grafana": "grafana/grafana:11.",
+    "node-exporter": "prom/node-exporter:v1.8.",
+    "postgres": "postgres:16.",
+}
+BUILT_SERVICES = {"paper-bot": "paper-bot", "reconciler": "reconciler"}
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load(COMPOSE_FILE.read_text()))
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    # A copy of everything the file references, with the (gitignored) secret files created as a user would.
+    for name in ("docker-compose.yml", "Dockerfile", "trading-ops.docker.yaml"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    for folder in ("prometheus", "alertmanager", "grafana"):
+        shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
+    (tmp_path / "secrets").mkdir()
+    for secret in compose()["secrets"].values():
+        (tmp_path / secret["file"]).write_text("not-a-real-secret\n")
+    result = run_binary("docker-compose", "-f", "docker-compose.yml", "config", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rendered = run_binary("docker-compose", "-f", "docker-compose.yml", "config", cwd=tmp_path)
+    services = yaml.safe_load(rendered.stdout)["services"]
+    assert set(services) == set(compose()["services"])
+
+
+def test_every_image_is_pinned_to_a_tag() -> None:
+    services = compose()["services"]
+    for name, prefix in PINNED_IMAGES.items():
+        image = services[name]["image"]
+        assert image.startswith(prefix), f"{name}: {image}"
+    for name, service in services.items():
+        if "build" not in service:
+            repository, _, tag = service["image"].rpartition(":")
+            assert repository and tag and tag != "latest", f"{name}: {service['image']}"
+
+
+def test_bot_and_reconciler_are_built_from_the_repository_dockerfile() -> None:
+    services = compose()["services"]
+    for name, subcommand in BUILT_SERVICES.items():
+        assert services[name]["build"] == "."
+        assert services[name]["command"][-1] == subcommand
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert 'ENTRYPOINT ["trading-ops"]' in dockerfile
+
+
+def test_services_have_healthchecks_restart_policies_and_named_volumes() -> None:
+    config = compose()
+    for name, service in config["services"].items():
+        assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
+        if name not in ONE_SHOT_SERVICES:
+            assert service["healthcheck"]["test"], name
+    named = set(config["volumes"])
+    for service in config["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source.startswith(("./", "/")) or source in named, volume
+    assert {"prometheus-data", "alertmanager-data", "grafana-data", "postgres-data"} <= named
+
+
+def test_configs_and_secrets_are_mounted_where_the_configs_expect_them() -> None:
+    services = compose()["services"]
+    assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert (
+        "./alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in services["alertmanager"]["volumes"]
+    )
+    alertmanager_config = (REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text()
+    for secret in services["alertmanager"]["secrets"]:
+        assert secret["target"] in alertmanager_config
+    grafana = services["grafana"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == "/var/lib/grafana/dashboards/trading-overview.json"
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
+    assert (REPO_ROOT / "grafana" / "dashboards" / Path(home).name).is_file()
+    # Prometheus scrapes the services by their compose names.
+    prometheus_config = (REPO_ROOT / "prometheus" / "prometheus.yml").read_text()
+    for target in ("paper-bot:9101", "reconciler:9102", "alertmanager:9093", "node-exporter:9100"):
+        assert target.split(":")[0] in services and target in prometheus_config
+
+
+def test_secret_files_are_gitignored() -> None:
+    ignored = (REPO_ROOT / ".gitignore").read_text().splitlines()
+    assert "secrets/*" in ignored
+    assert all(secret["file"].startswith("./secrets/") for secret in compose()["secrets"].values())

@@ -1,0 +1,90 @@
+"""Heartbeat and crash detection on a real database: a clean stop is no crash, a stale heartbeat without the
+marker is, a heartbeat still moving means another instance runs; the shutdown deadline names what it cut off."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from trading_ops.bot.heartbeat import AnotherInstanceRunning, Heartbeat
+from trading_ops.bot.journal import Journal
+from trading_ops.bot.recovery_store import RecoveryStore
+from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, run_steps
+from trading_ops.db import migrate
+from trading_ops.db.base import make_engine, utcnow
+
+
+@pytest.fixture
+def journal(sqlite_url):
+    migrate.upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    j = Journal(engine, "bot-1", "paper")
+    yield j
+    j.close()
+    engine.dispose()
+
+
+def heartbeat(journal: Journal, progressing: bool = True) -> Heartbeat:
+    store = RecoveryStore(journal.engine, "bot-1", "paper")
+    return Heartbeat(journal, store, interval=0.02, crash_timeout=0.3, progressing=lambda: progressing)
+
+
+async def test_clean_stop_then_crash_then_detection(journal: Journal) -> None:
+    first = heartbeat(journal)
+    assert await first.begin() is None  # nothing before it
+    first.start()
+    await asyncio.sleep(0.1)
+    assert first.beats >= 2
+    await first.stop(clean=True, reason="SIGTERM")
+    second = heartbeat(journal)
+    assert await second.begin() is None  # the marker: no crash
+    second.start()
+    await asyncio.sleep(0.05)
+    second._task.cancel()  # type: ignore[union-attr]  # the process dies: no final heartbeat, no marker
+    third = heartbeat(journal)
+    crash = await third.begin()  # waits until the dead run's heartbeat is crash_timeout old
+    assert crash is not None and crash.previous.id == second.run_id and crash.heartbeat_age_seconds >= 0.3
+    assert not crash.previous.clean_shutdown
+
+
+async def test_a_heartbeat_that_keeps_moving_is_another_instance(journal: Journal) -> None:
+    running = heartbeat(journal)
+    await running.begin()
+    running.start()
+    try:
+        with pytest.raises(AnotherInstanceRunning, match="running elsewhere"):
+            await heartbeat(journal).begin()
+    finally:
+        await running.stop(clean=True, reason="test")
+
+
+async def test_no_heartbeat_while_the_loop_makes_no_progress(journal: Journal) -> None:
+    hung = heartbeat(journal, progressing=False)
+    await hung.begin()
+    before = (await journal.call(hung.store.last_run)).last_heartbeat_at  # type: ignore[union-attr]
+    hung.start()
+    await asyncio.sleep(0.1)
+    assert hung.beats == 0
+    run = await journal.call(hung.store.last_run)
+    assert run is not None and run.last_heartbeat_at == before <= utcnow()
+    await hung.stop(clean=False, reason="test")
+
+
+async def test_shutdown_deadline_names_the_unfinished_steps() -> None:
+    done: list[str] = []
+
+    async def quick() -> None:
+        done.append("quick")
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    async def stuck() -> None:
+        await asyncio.sleep(60)
+
+    assert await run_steps([("quick", quick), ("broken", broken), ("quick again", quick)], 5) == ["broken"]
+    with pytest.raises(ShutdownDeadlineExceeded) as info:
+        await run_steps([("quick", quick), ("flush the journal", stuck), ("marker", quick)], 0.2)
+    assert info.value.unfinished == ["flush the journal", "marker"]
+    assert done == ["quick", "quick", "quick"]

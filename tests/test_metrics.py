@@ -1,0 +1,154 @@
+"""The instrumentation API: metric names and values, latency tracking, the cardinality guard."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from trading_ops.bot.metrics import BotMetrics
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def make(registry: CollectorRegistry, limit: int = 200) -> BotMetrics:
+    return BotMetrics(venue="paper", strategy="demo", registry=registry, cardinality_limit=limit, daily_loss_limit=5000)
+
+
+def test_order_lifecycle_counts_and_latency(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    m.order_submitted("BTC-USD", "buy", "limit", client_order_id="c1")
+    assert value(registry, "tradingbot_orders_in_flight", venue="paper", symbol="BTC-USD") == 1
+    assert value(registry, "tradingbot_oldest_order_in_flight_timestamp_seconds", venue="paper") is not None
+    m.order_acknowledged("BTC-USD", "buy", "limit", client_order_id="c1")
+    assert value(registry, "tradingbot_orders_in_flight", venue="paper", symbol="BTC-USD") == 0
+    assert value(registry, "tradingbot_open_orders", venue="paper", symbol="BTC-USD") == 1
+    assert value(registry, "tradingbot_oldest_order_in_flight_timestamp_seconds", venue="paper") is None
+    m.order_filled("BTC-USD", "buy", 0.5, 100.0, fee=0.05, liquidity="maker", client_order_id="c1")
+    common = {"venue": "paper", "strategy": "demo", "symbol": "BTC-USD"}
+    assert value(registry, "tradingbot_orders_submitted_total", side="buy", order_type="limit", **common) == 1
+    assert value(registry, "tradingbot_orders_acknowledged_total", side="buy", order_type="limit", **common) == 1
+    assert value(registry, "tradingbot_fills_total", side="buy", liquidity="maker", **common) == 1
+    assert value(registry, "tradingbot_filled_quantity_total", side="buy", **common) == 0.5
+    assert value(registry, "tradingbot_filled_notional_total", side="buy", **common) == 50.0
+    assert value(registry, "tradingbot_fees_total", **common) == 0.05
+    assert value(registry, "tradingbot_order_ack_latency_seconds_count", venue="paper", order_type="limit") == 1
+    assert value(registry, "tradingbot_order_fill_latency_seconds_count", venue="paper", order_type="limit") == 1
+    assert value(registry, "tradingbot_open_orders", venue="paper", symbol="BTC-USD") == 0
+
+
+def test_explicit_latency_lands_in_the_right_bucket(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    m.order_acknowledged("ETH-USD", "sell", "market", latency_seconds=0.0007)
+    bucket = "tradingbot_order_ack_latency_seconds_bucket"
+    assert value(registry, bucket, venue="paper", order_type="market", le="0.0005") == 0
+    assert value(registry, bucket, venue="paper", order_type="market", le="0.001") == 1
+
+
+def test_reject_and_cancel_end_tracking(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    m.order_submitted("BTC-USD", "buy", "limit", client_order_id="a")
+    m.order_submitted("BTC-USD", "sell", "limit", client_order_id="b")
+    m.order_rejected("BTC-USD", "insufficient_funds", client_order_id="a")
+    m.order_canceled("BTC-USD", client_order_id="b")
+    assert value(registry, "tradingbot_orders_in_flight", venue="paper", symbol="BTC-USD") == 0
+    assert (
+        value(
+            registry,
+            "tradingbot_orders_rejected_total",
+            venue="paper",
+            strategy="demo",
+            symbol="BTC-USD",
+            reason="insufficient_funds",
+        )
+        == 1
+    )
+    assert value(registry, "tradingbot_orders_canceled_total", venue="paper", strategy="demo", symbol="BTC-USD") == 1
+
+
+def test_broker_connection_counts_disconnects_and_reconnects(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    m.broker_connection("orders", True)
+    m.broker_connection("orders", False)
+    m.broker_connection("orders", False)
+    m.broker_connection("orders", True)
+    assert value(registry, "tradingbot_broker_connected", venue="paper", channel="orders") == 1
+    assert value(registry, "tradingbot_broker_disconnects_total", venue="paper", channel="orders") == 1
+    assert value(registry, "tradingbot_broker_reconnects_total", venue="paper", channel="orders") == 1
+
+
+def test_loop_iteration_is_the_heartbeat(registry: CollectorRegistry) -> None:
+    m = BotMetrics(venue="paper", registry=registry, clock=lambda: 1_700_000_000.0)
+    assert m.heartbeat_age() is None
+    m.loop_iteration(0.003)
+    assert value(registry, "tradingbot_heartbeat_timestamp_seconds") == 1_700_000_000.0
+    assert value(registry, "tradingbot_loop_iterations_total") == 1
+    assert value(registry, "tradingbot_loop_duration_seconds_bucket", le="0.005") == 1
+    age = m.heartbeat_age()
+    assert age is not None and age >= 0
+
+
+def test_pnl_positions_and_venue_health(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    m.position("BTC-USD", -0.25, -16_000.0)
+    m.balance("USD", 99_000.0)
+    m.pnl(-120.5, 30.0)
+    m.rate_limit_headroom(1.7)
+    m.clock_skew(-0.25)
+    m.venue_error("nonce")
+    m.venue_error("exploded")
+    assert value(registry, "tradingbot_position_quantity", venue="paper", symbol="BTC-USD") == -0.25
+    assert value(registry, "tradingbot_balance", venue="paper", asset="USD") == 99_000.0
+    assert value(registry, "tradingbot_realized_pnl", venue="paper", strategy="demo") == -120.5
+    assert value(registry, "tradingbot_daily_loss_limit", venue="paper", strategy="demo") == 5000
+    assert value(registry, "tradingbot_rate_limit_headroom_ratio", venue="paper") == 1.0  # ratios stay in 0-1
+    assert value(registry, "tradingbot_clock_skew_seconds", venue="paper") == -0.25
+    assert value(registry, "tradingbot_venue_errors_total", venue="paper", error_class="nonce") == 1
+    assert value(registry, "tradingbot_venue_errors_total", venue="paper", error_class="other") == 1
+
+
+def test_cardinality_guard_folds_overflow_into_other_and_counts_it(registry: CollectorRegistry) -> None:
+    m = make(registry, limit=3)
+    for i in range(10):
+        m.market_data(f"SYM{i}")
+    seen = {
+        s.labels["symbol"] for f in registry.collect() if f.name == "tradingbot_market_data_updates" for s in f.samples
+    }
+    assert seen == {"SYM0", "SYM1", "SYM2", "other"}
+    assert value(registry, "tradingbot_market_data_updates_total", venue="paper", symbol="other") == 7
+    # Each update records two series (the counter and the last-update gauge): both are folded and counted.
+    assert value(registry, "tradingbot_label_values_folded_total", label="symbol") == 14
+
+
+def test_enumerated_labels_accept_only_known_values(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    m.order_submitted("BTC-USD", "sideways", "iceberg")
+    assert (
+        value(
+            registry,
+            "tradingbot_orders_submitted_total",
+            venue="paper",
+            strategy="demo",
+            symbol="BTC-USD",
+            side="other",
+            order_type="other",
+        )
+        == 1
+    )
+    assert value(registry, "tradingbot_label_values_folded_total", label="side") == 1
+
+
+def test_order_ids_never_become_labels(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    for i in range(50):
+        m.order_submitted("BTC-USD", "buy", "limit", client_order_id=f"order-{i}")
+        m.order_acknowledged("BTC-USD", "buy", "limit", client_order_id=f"order-{i}")
+    for family in registry.collect():
+        for sample in family.samples:
+            assert not any("order-" in v for v in sample.labels.values()), sample
+
+
+def test_build_info(registry: CollectorRegistry) -> None:
+    make(registry)
+    info = [s for f in registry.collect() if f.name == "tradingbot_build_info" for s in f.samples]
+    assert len(info) == 1 and info[0].value == 1 and info[0].labels["version"]

@@ -1,0 +1,104 @@
+"""`trading-ops paper-bot` and `trading-ops chaos` as real processes: start, fault, crash, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+TOKEN = "cli-test-token"
+
+
+def write_config(tmp_path: Path, port: int) -> Path:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    config = tmp_path / "trading-ops.yaml"
+    config.write_text(
+        "database:\n  url: sqlite:///var/journal.db\n"
+        f"bot:\n  control_token_file: token\n  data_dir: var\n  listen:\n    port: {port}\n"
+        "paper:\n  seed: 3\n  loop_interval_seconds: 0.05\n  tick_interval_seconds: 0.02\n"
+    )
+    return config
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trading_ops", *args], check=False, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the bot exited while starting"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the paper bot did not become healthy")
+
+
+@pytest.fixture
+def running_bot(tmp_path):
+    port = free_port()
+    config = write_config(tmp_path, port)
+    assert cli("--config", str(config), "db", "upgrade").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trading_ops", "--config", str(config), "paper-bot", "--chaos"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_healthy(port, proc)
+        yield proc, config, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_chaos_cli_crash_kills_the_process(running_bot) -> None:
+    proc, config, _port = running_bot
+    status = cli("--config", str(config), "chaos", "status")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["state"] == "active"
+    crash = cli("--config", str(config), "chaos", "crash")
+    assert crash.returncode == 0 and json.loads(crash.stdout)["fault"] == "crash"
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_chaos_cli_sends_typed_arguments_and_reports_refusals(running_bot) -> None:
+    _proc, config, _port = running_bot
+    result = cli("--config", str(config), "chaos", "hang_loop", "seconds=0.5")
+    assert result.returncode == 0 and json.loads(result.stdout)["seconds"] == 0.5
+    refused = cli("--config", str(config), "chaos", "stale_market_data", "symbol=NOPE-USD")
+    assert refused.returncode == 1 and "unknown symbol" in refused.stdout
+    bad = cli("--config", str(config), "chaos", "hang_loop", "seconds")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_sigterm_stops_the_bot_cleanly(running_bot) -> None:
+    proc, _config, _port = running_bot
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert proc.stderr is not None and b"stopped" in proc.stderr.read()
+
+
+def test_paper_bot_without_token_exits_2(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("TRADING_OPS_CONTROL_TOKEN", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("database:\n  url: sqlite:///var/j.db\nbot:\n  data_dir: var\n")
+    result = cli("--config", str(config), "paper-bot")
+    assert result.returncode == 2 and "bot.control_token" in result.stderr

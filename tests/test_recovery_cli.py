@@ -1,0 +1,254 @@
+"""Crash recovery with the real `python -m trading_ops paper-bot` process: kill -9 while orders work and the venue
+keeps filling, restart, reconcile; SIGTERM within the deadline with the clean marker; systemd watchdog pings over a
+real unix datagram socket, stopping while the loop hangs. The crash report goes to a small aiohttp server through
+apprise's json:// notification."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from tests.conftest import free_port
+from tests.paper_helpers import wait_for
+from tests.test_paper_cli import cli, wait_healthy
+from trading_ops.bot.broker import OrderStatus, Side
+from trading_ops.bot.reconciliation import Trigger
+from trading_ops.config import load_config
+from trading_ops.db.base import make_engine
+from trading_ops.paper.bot import PaperBot
+from trading_ops.paper.venue import PaperVenue
+
+TOKEN = "recovery-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def write_config(tmp_path: Path, port: int) -> Path:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    config = tmp_path / "trading-ops.yaml"
+    config.write_text(
+        "database:\n  url: sqlite:///var/journal.db\n  sqlite_synchronous: NORMAL\n"
+        f"bot:\n  control_token_file: token\n  data_dir: var\n  heartbeat_timeout_seconds: 0.5\n"
+        f"  market_data_stale_seconds: 0.5\n  listen:\n    port: {port}\n"
+        "paper:\n  seed: 3\n  loop_interval_seconds: 0.05\n  tick_interval_seconds: 0.02\n  reject_probability: 0\n"
+        "  volatility: 0.002\n  order_max_age_seconds: 5\n"
+        "recovery:\n  heartbeat_interval_seconds: 0.1\n  crash_timeout_seconds: 0.5\n  shutdown_deadline_seconds: 10\n"
+        "  reconcile_interval_seconds: 0\n"
+        "notifications:\n  urls_env: RECOVERY_TEST_APPRISE_URLS\n"
+    )
+    return config
+
+
+def start_bot(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "trading_ops", "--config", str(config), "paper-bot", "--chaos"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def post(port: int, command: str, body: dict | None = None) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/control/{command}",
+        data=json.dumps(body or {}).encode(),
+        headers={**AUTH, "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.loads(response.read()))
+
+
+def poll(predicate, timeout: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s"
+        time.sleep(0.05)
+
+
+async def notification_server() -> tuple[web.AppRunner, int, list[dict]]:
+    received: list[dict] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port, received
+
+
+def expected_discrepancies(bot: PaperBot) -> set[tuple[str, str]]:
+    """What reconciliation must find, from the venue's own records (not the engine's logic)."""
+    journal_trades = {f.trade_id for f in bot.journal.fills()}
+    journal_orders = {o.client_order_id: o for o in bot.journal.orders_by_client_id(list(bot.broker._orders))}
+    journal_open = {o.client_order_id: o for o in bot.journal.open_orders()}
+    found = {("missing_fill", f.trade_id) for f in bot.broker._fills if f.trade_id not in journal_trades}
+    for coid, order in bot.broker._orders.items():
+        mine = journal_orders.get(coid)
+        if order.status.is_open and mine is None:
+            found.add(("unknown_order", coid))
+        elif order.status.is_open and mine is not None:
+            if (mine.status, mine.filled_quantity) != (order.status.value, order.filled_quantity):
+                found.add(("order_state_mismatch", coid))
+    for coid in journal_open:
+        order = bot.broker._orders.get(coid)
+        if order is None or not order.status.is_open:
+            filled = order is not None and order.status is OrderStatus.FILLED
+            found.add(("order_state_mismatch" if filled else "vanished_order", coid))
+    return found
+
+
+async def test_kill_9_while_orders_work_then_restart_reconciles_exactly_the_damage(tmp_path, monkeypatch) -> None:
+    port = free_port()
+    config_path = write_config(tmp_path, port)
+    assert cli("--config", str(config_path), "db", "upgrade").returncode == 0
+    proc = start_bot(config_path)
+    try:
+        wait_healthy(port, proc)
+        poll(lambda: post(port, "status")["open_orders"] >= 2)
+        drift = post(port, "position_drift", {"symbol": "SOL-USD", "quantity": 3})  # a fill nobody is told about
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+    config = load_config(config_path)
+    state_file = config.path(config.bot.data_dir) / f"{config.bot.name}-paper-venue.json"
+    # While the bot is down: an order placed by hand, and a working order of the bot filled at the venue.
+    venue = PaperVenue(list(config.paper.symbols), seed=1)
+    venue.load_state(state_file)
+    working = [o.client_order_id for o in venue._open.values()]
+    assert working, "no order was working at the kill"
+    mid = venue.quote("BTC-USD").mid
+    external = await venue.place_external_order("BTC-USD", Side.BUY, Decimal("0.01"), (mid / 2).quantize(Decimal("1")))
+    filled_meanwhile = await venue.fill_without_notifying(working[0])
+    venue.save_state(state_file)
+    await asyncio.sleep(0.5)  # the venue keeps trading while the bot is away (advance() on restart)
+
+    runner, notify_port, received = await notification_server()
+    monkeypatch.setenv("RECOVERY_TEST_APPRISE_URLS", f"json://127.0.0.1:{notify_port}/")
+    engine = make_engine(config.database_url())
+    bot = PaperBot(config, registry=CollectorRegistry(), engine=engine)
+    try:
+        expected = await bot.journal.call(expected_discrepancies, bot)
+        assert ("missing_fill", drift["trade_id"]) in expected
+        assert ("missing_fill", filled_meanwhile.trade_id) in expected
+        assert ("unknown_order", external.client_order_id) in expected
+        bot_port = await bot.start("127.0.0.1", 0)
+
+        assert bot.crash is not None and not bot.crash.previous.clean_shutdown
+        runs = await bot.journal.call(bot.recovery_store.reconciliation_runs)
+        startup = [r for r in runs if r.trigger == "startup"][-1]
+        assert startup.result == "resolved"
+        found = await bot.journal.call(bot.recovery_store.discrepancies, startup.id)
+        assert {(d.kind, d.key) for d in found} == expected
+        outcome = {"missing_fill": "adopted", "unknown_order": "canceled"}
+        for d in found:
+            assert d.outcome == outcome.get(d.kind, "adopted"), (d.kind, d.key, d.outcome)
+        assert external.client_order_id not in [o.client_order_id for o in await bot.broker.open_orders()]
+
+        events = await bot.journal.call(bot.recovery_store.events)
+        assert len(events) == 1 and events[0].kind == "crash"
+        assert json.loads(events[0].detail)["reconciliation"]["run_id"] == startup.id
+        await wait_for(lambda: received, timeout=20)
+        assert "restarted after a crash" in received[0]["title"]
+        assert f"missing_fill {drift['trade_id']}" in received[0]["message"]
+
+        # Quiesced, a second run finds nothing.
+        bot.inst.state.apply("pause")
+        async with bot._trade_lock:
+            pass
+
+        async def settled() -> bool:
+            return await bot.cancel_all() == 0 and not await bot.broker.open_orders()
+
+        await wait_for(settled)
+        await bot.journal.call(bot.journal.flush)
+        second = await bot.reconcile(Trigger.COMMAND)
+        assert second["result"] == "clean", second["discrepancies"]
+        assert bot_port
+    finally:
+        await bot.stop()
+        engine.dispose()
+        await runner.cleanup()
+
+
+def test_sigterm_stops_within_the_deadline_with_the_clean_marker_and_watchdog_pings(tmp_path) -> None:
+    port = free_port()
+    config_path = write_config(tmp_path, port)
+    assert cli("--config", str(config_path), "db", "upgrade").returncode == 0
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(0.1)
+
+    def drain() -> list[str]:
+        messages: list[str] = []
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                return messages
+
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
+    proc = start_bot(config_path, env)
+    seen: list[str] = []
+    try:
+        wait_healthy(port, proc)
+        poll(lambda: seen.extend(drain()) or any(m.startswith("READY=1") for m in seen))
+        poll(lambda: seen.extend(drain()) or sum(m == "WATCHDOG=1" for m in seen) >= 3)
+        post(port, "hang_loop", {"seconds": 60})
+        poll(lambda: post(port, "status")["heartbeat_age_seconds"] > 0.8)
+        drain()
+        time.sleep(0.6)  # several watchdog intervals: a hung loop must send no ping
+        assert "WATCHDOG=1" not in drain()
+        post(port, "clear_chaos")
+        poll(lambda: "WATCHDOG=1" in drain())
+        poll(lambda: post(port, "status")["open_orders"] >= 1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert any(m.startswith("STOPPING=1") for m in drain())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        log = proc.stderr.read().decode()
+        proc.stderr.close()
+        sock.close()
+    assert "final heartbeat with the clean-shutdown marker done" in log
+    assert "open orders canceled" in log
+    config = load_config(config_path)
+    engine = make_engine(config.database_url())
+    try:
+        from trading_ops.bot.recovery_store import RecoveryStore
+
+        run = RecoveryStore(engine, config.bot.name, config.bot.venue).last_run()
+        assert run is not None and run.clean_shutdown and run.stop_reason == "SIGTERM"
+    finally:
+        engine.dispose()
+    state = json.loads((config.path(config.bot.data_dir) / f"{config.bot.name}-paper-venue.json").read_text())
+    assert [o for o in state["orders"] if o["status"] in ("acknowledged", "partially_filled")] == []

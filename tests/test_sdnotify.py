@@ -1,0 +1,68 @@
+"""The systemd notify protocol on real unix datagram sockets (a path and an abstract '@' address), the watchdog's
+pings while progress is reported and none while it is not, and the unit file shipped as package data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from importlib import resources
+
+from tests.paper_helpers import wait_for
+from trading_ops.bot.sdnotify import SystemdNotifier
+
+
+def recv_all(sock: socket.socket) -> list[str]:
+    messages: list[str] = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+async def test_ready_and_stopping_on_an_abstract_socket() -> None:
+    name = f"trading-ops-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.setblocking(False)
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": "@" + name})
+        assert notifier.enabled and notifier.ready("trading") and notifier.stopping()
+        messages = recv_all(sock)
+        await notifier.close()
+    assert messages[0].splitlines()[:2] == ["READY=1", "STATUS=trading"]
+    assert f"MAINPID={os.getpid()}" in messages[0]
+    assert messages[1] == "STOPPING=1"
+
+
+async def test_watchdog_pings_only_while_progressing(tmp_path) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.setblocking(False)
+        progressing = True
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "40000"})
+        assert notifier.watchdog_interval == 0.02
+        notifier.start_watchdog(lambda: progressing)
+        received: list[str] = []
+        await wait_for(lambda: received.extend(recv_all(sock)) or received.count("WATCHDOG=1") >= 3)
+        progressing = False
+        await asyncio.sleep(0.05)
+        pings = notifier.pings
+        recv_all(sock)
+        await asyncio.sleep(0.15)
+        assert notifier.pings == pings and recv_all(sock) == []
+        await notifier.close()
+
+
+def test_without_systemd_nothing_is_sent() -> None:
+    notifier = SystemdNotifier({})
+    assert not notifier.enabled and not notifier.ready()
+    other_pid = SystemdNotifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert other_pid.watchdog_interval is None  # the watchdog is meant for another process
+
+
+def test_unit_file_is_type_notify_with_a_watchdog() -> None:
+    unit = resources.files("trading_ops.paper").joinpath("systemd/trading-ops-paper-bot.service").read_text()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "paper-bot" in unit

@@ -1,0 +1,65 @@
+"""The trading state machine: allowed transitions, refused ones, the one-hot gauge and the kill switch."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from trading_ops.bot.state import StateMachine, TradingState, TransitionRefused
+
+
+def one_hot(registry: CollectorRegistry) -> dict[str, float]:
+    return {s.value: registry.get_sample_value("tradingbot_state", {"state": s.value}) or 0.0 for s in TradingState}
+
+
+def test_starts_active_and_exports_one_hot(registry: CollectorRegistry) -> None:
+    sm = StateMachine(registry)
+    assert sm.state is TradingState.ACTIVE
+    assert one_hot(registry) == {"active": 1, "reduce_only": 0, "paused": 0, "flattening": 0, "halted": 0}
+
+
+@pytest.mark.parametrize(
+    ("commands", "final"),
+    [
+        (["pause"], "paused"),
+        (["pause", "resume"], "active"),
+        (["reduce_only"], "reduce_only"),
+        (["reduce_only", "resume"], "active"),
+        (["flatten"], "flattening"),
+        (["flatten", "flatten_done"], "paused"),
+        (["halt"], "halted"),
+        (["halt", "clear_halt"], "paused"),
+        (["halt", "clear_halt", "resume"], "active"),
+        (["pause", "pause"], "paused"),
+    ],
+)
+def test_allowed_paths(registry: CollectorRegistry, commands: list[str], final: str) -> None:
+    sm = StateMachine(registry)
+    for command in commands:
+        sm.apply(command)
+    assert sm.state.value == final
+    assert one_hot(registry)[final] == 1 and sum(one_hot(registry).values()) == 1
+
+
+@pytest.mark.parametrize("command", ["resume", "pause", "reduce_only", "flatten"])
+def test_nothing_leaves_halted_but_clear_halt(registry: CollectorRegistry, command: str) -> None:
+    sm = StateMachine(registry)
+    sm.apply("halt")
+    with pytest.raises(TransitionRefused, match="clear_halt"):
+        sm.apply(command)
+    assert sm.state is TradingState.HALTED
+    assert registry.get_sample_value("tradingbot_kill_switch_engaged") == 1
+
+
+def test_resume_from_flattening_is_refused(registry: CollectorRegistry) -> None:
+    sm = StateMachine(registry)
+    sm.apply("flatten")
+    with pytest.raises(TransitionRefused):
+        sm.apply("resume")
+
+
+def test_transitions_are_counted_only_when_the_state_changes(registry: CollectorRegistry) -> None:
+    sm = StateMachine(registry)
+    sm.apply("pause")
+    sm.apply("pause")
+    assert registry.get_sample_value("tradingbot_state_transitions_total", {"state": "paused"}) == 1

@@ -1,0 +1,79 @@
+"""Positions and profit and loss from fills (average-cost method), marked to the latest prices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+ZERO = Decimal(0)
+
+
+@dataclass
+class Holding:
+    quantity: Decimal = ZERO  # signed: negative is short
+    average_price: Decimal = ZERO
+    realized_pnl: Decimal = ZERO  # since the holding was created, net of fees
+
+    def apply(self, signed_quantity: Decimal, price: Decimal, fee: Decimal) -> Decimal:
+        """Apply one fill; returns the realized P&L it produced (net of its fee)."""
+        realized = -fee
+        q = self.quantity
+        if q == 0 or (q > 0) == (signed_quantity > 0):
+            total = q + signed_quantity
+            self.average_price = (self.average_price * abs(q) + price * abs(signed_quantity)) / abs(total)
+            self.quantity = total
+        else:
+            closing = min(abs(q), abs(signed_quantity))
+            direction = 1 if q > 0 else -1
+            realized += (price - self.average_price) * closing * direction
+            self.quantity = q + signed_quantity
+            if self.quantity == 0:
+                self.average_price = ZERO
+            elif (self.quantity > 0) != (q > 0):
+                # Crossed through zero: the remainder opens a new position at the fill price.
+                self.average_price = price
+        self.realized_pnl += realized
+        return realized
+
+
+class Book:
+    """The bot's own view of its positions and P&L; the venue's view is the broker's."""
+
+    def __init__(self) -> None:
+        self.holdings: dict[str, Holding] = {}
+        self.marks: dict[str, Decimal] = {}
+        self._day: date | None = None
+        self.realized_today = ZERO
+
+    def holding(self, symbol: str) -> Holding:
+        return self.holdings.setdefault(symbol, Holding())
+
+    def apply_fill(self, symbol: str, signed_quantity: Decimal, price: Decimal, fee: Decimal, when: datetime) -> None:
+        self._roll_day(when)
+        self.realized_today += self.holding(symbol).apply(signed_quantity, price, fee)
+
+    def _roll_day(self, when: datetime) -> None:
+        day = when.date()
+        if self._day != day:
+            self._day = day
+            self.realized_today = ZERO
+
+    def mark(self, symbol: str, price: Decimal) -> None:
+        self.marks[symbol] = price
+
+    def position(self, symbol: str) -> Decimal:
+        holding = self.holdings.get(symbol)
+        return holding.quantity if holding else ZERO
+
+    def notional(self, symbol: str) -> Decimal:
+        mark = self.marks.get(symbol)
+        return self.position(symbol) * mark if mark is not None else ZERO
+
+    def unrealized_pnl(self) -> Decimal:
+        total = ZERO
+        for symbol, holding in self.holdings.items():
+            mark = self.marks.get(symbol)
+            if holding.quantity and mark is not None:
+                total += (mark - holding.average_price) * holding.quantity
+        return total

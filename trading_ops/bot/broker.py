@@ -1,0 +1,170 @@
+"""The broker interface a bot trades through and that reconciliation compares the journal against."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+
+class Side(enum.StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+
+class OrderType(enum.StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class OrderStatus(enum.StrEnum):
+    NEW = "new"  # submitted, not yet acknowledged
+    ACKNOWLEDGED = "acknowledged"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+    @property
+    def is_open(self) -> bool:
+        return self in (OrderStatus.NEW, OrderStatus.ACKNOWLEDGED, OrderStatus.PARTIALLY_FILLED)
+
+
+class Channel(enum.StrEnum):
+    ORDERS = "orders"
+    MARKET_DATA = "market_data"
+
+
+class BrokerError(Exception):
+    """An error returned by the venue; `error_class` is one of the metric catalogue's venue error classes."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    client_order_id: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    price: Decimal | None = None  # required for limit orders
+    reduce_only: bool = False
+
+
+@dataclass
+class VenueOrder:
+    """An order as the venue knows it."""
+
+    client_order_id: str
+    venue_order_id: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    price: Decimal | None
+    filled_quantity: Decimal
+    status: OrderStatus
+    reject_reason: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VenueFill:
+    """One execution; `trade_id` is unique per venue and is what deduplicates fills."""
+
+    trade_id: str
+    client_order_id: str | None
+    venue_order_id: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
+    fee_asset: str
+    liquidity: str  # maker or taker
+    executed_at: datetime
+
+
+@dataclass(frozen=True)
+class Quote:
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    timestamp: datetime
+
+    @property
+    def mid(self) -> Decimal:
+        return (self.bid + self.ask) / 2
+
+
+@dataclass
+class BrokerEvents:
+    """Callbacks the broker calls as the venue reports events (what a user-data stream delivers)."""
+
+    on_order: Callable[[VenueOrder], Awaitable[None]] | None = None
+    on_fill: Callable[[VenueFill], Awaitable[None]] | None = None
+    on_quote: Callable[[Quote], Awaitable[None]] | None = None
+    on_connection: Callable[[Channel, bool], Awaitable[None]] | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Broker(abc.ABC):
+    """What a venue offers a bot. Implementations: the paper venue; real venues in a bot's own code."""
+
+    venue: str
+
+    @abc.abstractmethod
+    async def connect(self, events: BrokerEvents) -> None:
+        """Open the order and market-data channels and start delivering events."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close every channel; no events are delivered afterwards."""
+
+    @abc.abstractmethod
+    def is_connected(self, channel: Channel) -> bool: ...
+
+    @abc.abstractmethod
+    async def reconnect(self) -> None:
+        """Re-establish every channel that is down."""
+
+    @abc.abstractmethod
+    async def resubscribe(self, symbols: list[str] | None = None) -> None:
+        """Subscribe again to market data (all symbols when None)."""
+
+    @abc.abstractmethod
+    async def submit(self, request: OrderRequest) -> VenueOrder:
+        """Send an order; returns the venue's view once acknowledged or rejected. Raises BrokerError."""
+
+    @abc.abstractmethod
+    async def cancel(self, client_order_id: str) -> VenueOrder:
+        """Cancel an open order. Raises BrokerError (unknown order, already closed, ...)."""
+
+    @abc.abstractmethod
+    async def positions(self) -> dict[str, Decimal]:
+        """Signed position per symbol (base units), as the venue reports it."""
+
+    @abc.abstractmethod
+    async def balances(self) -> dict[str, Decimal]:
+        """Total balance per asset, as the venue reports it."""
+
+    @abc.abstractmethod
+    async def open_orders(self) -> list[VenueOrder]: ...
+
+    @abc.abstractmethod
+    async def recent_fills(self, since: datetime | None = None) -> list[VenueFill]:
+        """Fills executed at or after `since` (all retained fills when None), oldest first."""
+
+    @abc.abstractmethod
+    async def server_time(self) -> datetime:
+        """The venue's clock, for skew measurement."""

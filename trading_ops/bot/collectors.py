@@ -1,0 +1,150 @@
+"""Process and host collectors of a bot: disk, file descriptors, threads, memory limit, event-loop lag."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import resource
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from trading_ops.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tradingbot"
+CGROUP_V2_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+CGROUP_V1_MEMORY_LIMIT = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+# cgroup v1 reports "no limit" as a number near 2**63.
+CGROUP_V1_UNLIMITED = 1 << 60
+# The lag gauge reports the worst sample over this window, so a scrape every 5 s sees every stall.
+LAG_WINDOW_SECONDS = 10.0
+
+
+def register_process_collectors(registry: CollectorRegistry | None) -> None:
+    """prometheus_client's process and GC collectors, on `registry` (already on the default one)."""
+    if registry is None or registry is REGISTRY:
+        return
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
+def memory_limit_bytes(configured: int = 0) -> int:
+    """The memory the process may use: configured, else the cgroup limit, else the machine's memory."""
+    if configured > 0:
+        return configured
+    with contextlib.suppress(OSError, ValueError):
+        text = CGROUP_V2_MEMORY_MAX.read_text().strip()
+        if text != "max":
+            return int(text)
+    with contextlib.suppress(OSError, ValueError):
+        value = int(CGROUP_V1_MEMORY_LIMIT.read_text().strip())
+        if value < CGROUP_V1_UNLIMITED:
+            return value
+    return int(psutil.virtual_memory().total)
+
+
+class EventLoopLagMonitor:
+    """Measures how late the event loop wakes a sleeping task; a blocked loop shows as lag."""
+
+    def __init__(self, interval: float = 0.25, window: float = LAG_WINDOW_SECONDS) -> None:
+        self.interval = interval
+        self.samples: collections.deque[float] = collections.deque(maxlen=max(1, int(window / interval)))
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="event-loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await stop_tasks([self._task])
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self.samples.append(max(0.0, time.monotonic() - start - self.interval))
+
+    def worst(self) -> float:
+        return max(self.samples, default=0.0)
+
+
+class ResourceCollector(Collector):
+    """Yields fresh families on every scrape; a failing probe is counted and skipped, never fatal."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        errors: Counter,
+        lag: EventLoopLagMonitor | None = None,
+        memory_limit: int = 0,
+    ) -> None:
+        self._data_dir = Path(data_dir)
+        self._errors = errors
+        self._lag = lag
+        self._memory_limit = memory_limit
+        self._process = psutil.Process()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, probe in (
+            ("disk", self._disk),
+            ("process", self._process_families),
+            ("memory", self._memory),
+            ("event_loop", self._event_loop),
+        ):
+            try:
+                families = list(probe())
+            except Exception:
+                log.exception("collector %s failed", name)
+                self._errors.labels(name).inc()
+                continue
+            yield from families
+
+    def _disk(self) -> Iterator[GaugeMetricFamily]:
+        usage = psutil.disk_usage(str(self._data_dir))
+        yield GaugeMetricFamily(
+            f"{PREFIX}_disk_free_bytes", "Free bytes on the filesystem of the bot's data directory.", usage.free
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_disk_total_bytes", "Size in bytes of the filesystem of the bot's data directory.", usage.total
+        )
+
+    def _process_families(self) -> Iterator[GaugeMetricFamily]:
+        with self._process.oneshot():
+            fds = self._process.num_fds()
+            threads = self._process.num_threads()
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        yield GaugeMetricFamily(f"{PREFIX}_process_open_fds", "Open file descriptors of the bot process.", fds)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_process_max_fds", "Soft limit on open file descriptors of the bot process.", soft
+        )
+        yield GaugeMetricFamily(f"{PREFIX}_process_threads", "Threads of the bot process.", threads)
+
+    def _memory(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_memory_limit_bytes",
+            "Memory the bot may use: the configured limit, the cgroup limit, or the machine's memory.",
+            memory_limit_bytes(self._memory_limit),
+        )
+
+    def _event_loop(self) -> Iterator[GaugeMetricFamily]:
+        if self._lag is None:
+            return
+        yield GaugeMetricFamily(
+            f"{PREFIX}_event_loop_lag_seconds",
+            "Worst delay of the asyncio event loop in waking a task over the last 10 seconds.",
+            self._lag.worst(),
+        )

@@ -1,0 +1,112 @@
+"""The bot's heartbeat in the database, its clean-shutdown marker, and crash detection at start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trading_ops.bot.journal import Journal
+from trading_ops.bot.recovery_store import RecoveryStore, RunRecord
+from trading_ops.db.base import utcnow
+from trading_ops.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+
+
+class AnotherInstanceRunning(RuntimeError):
+    """The previous run's heartbeat keeps moving: the same bot is running elsewhere; starting would trade twice."""
+
+
+@dataclass(frozen=True)
+class CrashFound:
+    """The previous run stopped without the clean marker, its heartbeat older than the timeout."""
+
+    previous: RunRecord
+    heartbeat_age_seconds: float
+
+
+class Heartbeat:
+    """Writes a heartbeat every `interval` while `progressing()` is true, on the journal's thread.
+
+    `begin()` looks at the previous run first: without the clean marker and with a heartbeat older than
+    `crash_timeout` it crashed. A younger heartbeat may belong to a bot that is still running, so `begin`
+    waits until it is `crash_timeout` old and raises AnotherInstanceRunning if it moves meanwhile.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        store: RecoveryStore,
+        *,
+        interval: float,
+        crash_timeout: float,
+        progressing: Callable[[], bool],
+    ) -> None:
+        self.journal = journal
+        self.store = store
+        self.interval = interval
+        self.crash_timeout = crash_timeout
+        self.progressing = progressing
+        self.run_id: int | None = None
+        self.beats = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def begin(self) -> CrashFound | None:
+        previous = await self.journal.call(self.store.last_run)
+        crash: CrashFound | None = None
+        if previous is not None and not previous.clean_shutdown:
+            age = (utcnow() - previous.last_heartbeat_at).total_seconds()
+            if age < self.crash_timeout:
+                log.warning(
+                    "previous run %d (pid %d on %s) has no clean-shutdown marker and beat %.1f s ago: waiting until "
+                    "its heartbeat is %.1f s old",
+                    previous.id,
+                    previous.pid,
+                    previous.hostname,
+                    age,
+                    self.crash_timeout,
+                )
+                await asyncio.sleep(self.crash_timeout - age)
+                latest = await self.journal.call(self.store.get_run, previous.id)
+                if latest is not None and (
+                    latest.clean_shutdown or latest.last_heartbeat_at != previous.last_heartbeat_at
+                ):
+                    raise AnotherInstanceRunning(
+                        f"bot {self.store.bot!r} is running elsewhere (run {previous.id}, pid {previous.pid} on "
+                        f"{previous.hostname}): its heartbeat moved while this one waited to start"
+                    )
+                age = (utcnow() - previous.last_heartbeat_at).total_seconds()
+            crash = CrashFound(previous, age)
+            log.error(
+                "previous run %d (pid %d on %s) crashed: no clean-shutdown marker, last heartbeat %.1f s ago",
+                previous.id,
+                previous.pid,
+                previous.hostname,
+                age,
+            )
+        self.run_id = await self.journal.call(self.store.begin_run, os.getpid(), socket.gethostname())
+        return crash
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._beat(), name="heartbeat")
+
+    async def _beat(self) -> None:
+        assert self.run_id is not None
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.progressing():
+                await self.journal.call(self.store.heartbeat, self.run_id, utcnow())
+                self.beats += 1
+
+    async def stop(self, *, clean: bool, reason: str) -> None:
+        """Stop beating and write the final heartbeat; `clean` is the clean-shutdown marker."""
+        if self._task is not None:
+            await stop_tasks([self._task])
+            self._task = None
+        if self.run_id is not None:
+            await self.journal.call(self.store.mark_stopped, self.run_id, clean, reason)

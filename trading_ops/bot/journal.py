@@ -1,0 +1,283 @@
+"""The bot's journal: orders, fills, positions and balances written to the database as they happen."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from trading_ops.bot.broker import OrderRequest, OrderStatus, VenueFill, VenueOrder
+from trading_ops.db.base import make_sessionmaker, utcnow
+from trading_ops.db.models import Balance, Fill, Order, Position
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Rows per IN (...) query: well under SQLite's bound-parameter limit.
+IN_CHUNK = 500
+
+
+class Journal:
+    """Synchronous writes, one transaction per event; `call` runs them in order on one worker thread so the
+    event loop never waits on the disk."""
+
+    def __init__(self, engine: Engine, bot: str, venue: str) -> None:
+        self.engine = engine
+        self.bot = bot
+        self.venue = venue
+        self._sessions = make_sessionmaker(engine)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a journal method on the journal's own thread, in submission order."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    # -- orders ---------------------------------------------------------------------------------------
+    def order_submitted(self, request: OrderRequest, strategy: str) -> None:
+        with self._sessions.begin() as session:
+            session.add(
+                Order(
+                    bot=self.bot,
+                    client_order_id=request.client_order_id,
+                    venue=self.venue,
+                    symbol=request.symbol,
+                    side=request.side.value,
+                    order_type=request.order_type.value,
+                    quantity=request.quantity,
+                    price=request.price,
+                    filled_quantity=Decimal(0),
+                    status=OrderStatus.NEW.value,
+                    strategy=strategy,
+                )
+            )
+
+    def order_update(self, order: VenueOrder) -> Order | None:
+        """Store the venue's view of an order the bot knows; returns None for an order it never placed."""
+        with self._sessions.begin() as session:
+            row = session.scalars(
+                select(Order).where(Order.bot == self.bot, Order.client_order_id == order.client_order_id)
+            ).one_or_none()
+            if row is None:
+                return None
+            row.venue_order_id = order.venue_order_id
+            row.status = order.status.value
+            row.filled_quantity = max(row.filled_quantity, order.filled_quantity)
+            if order.reject_reason:
+                row.reject_reason = order.reject_reason[:64]
+            return row
+
+    def order_failed(self, client_order_id: str, reason: str) -> None:
+        """The submission never reached the venue (network down, rate limited...)."""
+        with self._sessions.begin() as session:
+            row = session.scalars(
+                select(Order).where(Order.bot == self.bot, Order.client_order_id == client_order_id)
+            ).one_or_none()
+            if row is not None:
+                row.status = OrderStatus.REJECTED.value
+                row.reject_reason = reason[:64]
+
+    def upsert_order(self, order: VenueOrder, strategy: str) -> Order:
+        """Store the venue's view of an order, creating its row for one the bot did not place (adopted)."""
+        with self._sessions.begin() as session:
+            row = session.scalars(
+                select(Order).where(Order.bot == self.bot, Order.client_order_id == order.client_order_id)
+            ).one_or_none()
+            if row is None:
+                row = Order(
+                    bot=self.bot,
+                    client_order_id=order.client_order_id,
+                    venue=self.venue,
+                    symbol=order.symbol,
+                    side=order.side.value,
+                    order_type=order.order_type.value,
+                    quantity=order.quantity,
+                    price=order.price,
+                    filled_quantity=order.filled_quantity,
+                    status=order.status.value,
+                    strategy=strategy,
+                )
+                session.add(row)
+            row.venue_order_id = order.venue_order_id
+            row.status = order.status.value
+            row.filled_quantity = order.filled_quantity
+            if order.reject_reason:
+                row.reject_reason = order.reject_reason[:64]
+            return row
+
+    def orders_by_client_id(self, client_order_ids: list[str]) -> list[Order]:
+        rows: list[Order] = []
+        with self._sessions() as session:
+            for i in range(0, len(client_order_ids), IN_CHUNK):
+                chunk = client_order_ids[i : i + IN_CHUNK]
+                rows.extend(
+                    session.scalars(select(Order).where(Order.bot == self.bot, Order.client_order_id.in_(chunk)))
+                )
+        return rows
+
+    def open_orders(self) -> list[Order]:
+        open_states = [s.value for s in OrderStatus if s.is_open]
+        with self._sessions() as session:
+            return list(session.scalars(select(Order).where(Order.bot == self.bot, Order.status.in_(open_states))))
+
+    # -- fills and positions --------------------------------------------------------------------------
+    def fill(
+        self,
+        fill: VenueFill,
+        position: tuple[Decimal, Decimal, Decimal] | None,
+        balance_changes: dict[str, Decimal] | None = None,
+    ) -> bool:
+        """Record a fill once (by trade id) with the resulting position (quantity, average price, realized
+        P&L) and the balance changes it makes, in the same transaction. Returns False when the trade id was
+        already journaled."""
+        try:
+            with self._sessions.begin() as session:
+                session.add(
+                    Fill(
+                        bot=self.bot,
+                        venue=self.venue,
+                        trade_id=fill.trade_id,
+                        client_order_id=fill.client_order_id,
+                        venue_order_id=fill.venue_order_id,
+                        symbol=fill.symbol,
+                        side=fill.side.value,
+                        quantity=fill.quantity,
+                        price=fill.price,
+                        fee=fill.fee,
+                        fee_asset=fill.fee_asset,
+                        liquidity=fill.liquidity,
+                        executed_at=fill.executed_at,
+                    )
+                )
+                session.flush()
+                if position is not None:
+                    self._upsert_position(session, fill.symbol, *position)
+                if balance_changes:
+                    self._change_balances(session, balance_changes)
+        except IntegrityError:
+            log.warning("fill %s already journaled; ignored", fill.trade_id)
+            return False
+        return True
+
+    def has_fill(self, trade_id: str) -> bool:
+        with self._sessions() as session:
+            found = session.scalars(
+                select(Fill.id).where(Fill.bot == self.bot, Fill.venue == self.venue, Fill.trade_id == trade_id)
+            ).first()
+            return found is not None
+
+    def known_trade_ids(self, trade_ids: list[str]) -> set[str]:
+        """The trade ids among `trade_ids` that are journaled."""
+        known: set[str] = set()
+        with self._sessions() as session:
+            for i in range(0, len(trade_ids), IN_CHUNK):
+                chunk = trade_ids[i : i + IN_CHUNK]
+                known.update(
+                    session.scalars(
+                        select(Fill.trade_id).where(
+                            Fill.bot == self.bot, Fill.venue == self.venue, Fill.trade_id.in_(chunk)
+                        )
+                    )
+                )
+        return known
+
+    def duplicate_fills(self) -> list[Fill]:
+        """Every row of a trade id journaled more than once (the unique key makes this empty unless it was
+        dropped or rows were copied in by hand), oldest row first."""
+        with self._sessions() as session:
+            twice = (
+                select(Fill.trade_id)
+                .where(Fill.bot == self.bot, Fill.venue == self.venue)
+                .group_by(Fill.trade_id)
+                .having(func.count() > 1)
+            )
+            return list(
+                session.scalars(
+                    select(Fill)
+                    .where(Fill.bot == self.bot, Fill.venue == self.venue, Fill.trade_id.in_(twice))
+                    .order_by(Fill.trade_id, Fill.id)
+                )
+            )
+
+    def remove_fill_rows(self, ids: list[int]) -> None:
+        with self._sessions.begin() as session:
+            session.execute(delete(Fill).where(Fill.bot == self.bot, Fill.id.in_(ids)))
+
+    def fills(self) -> list[Fill]:
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(Fill)
+                    .where(Fill.bot == self.bot, Fill.venue == self.venue)
+                    .order_by(Fill.executed_at, Fill.id)
+                )
+            )
+
+    def positions(self) -> dict[str, Position]:
+        with self._sessions() as session:
+            rows = session.scalars(select(Position).where(Position.bot == self.bot, Position.venue == self.venue))
+            return {row.symbol: row for row in rows}
+
+    def set_position(self, symbol: str, quantity: Decimal, average_price: Decimal, realized_pnl: Decimal) -> None:
+        with self._sessions.begin() as session:
+            self._upsert_position(session, symbol, quantity, average_price, realized_pnl)
+
+    def _upsert_position(
+        self, session: Any, symbol: str, quantity: Decimal, average_price: Decimal, realized_pnl: Decimal
+    ) -> None:
+        row = session.scalars(
+            select(Position).where(Position.bot == self.bot, Position.venue == self.venue, Position.symbol == symbol)
+        ).one_or_none()
+        if row is None:
+            row = Position(bot=self.bot, venue=self.venue, symbol=symbol)
+            session.add(row)
+        row.quantity = quantity
+        row.average_price = average_price
+        row.realized_pnl = realized_pnl
+        row.updated_at = utcnow()
+
+    def _change_balances(self, session: Any, changes: dict[str, Decimal]) -> None:
+        rows = {
+            row.asset: row
+            for row in session.scalars(
+                select(Balance).where(
+                    Balance.bot == self.bot, Balance.venue == self.venue, Balance.asset.in_(list(changes))
+                )
+            )
+        }
+        for asset, change in changes.items():
+            row = rows.get(asset)
+            if row is None:
+                session.add(Balance(bot=self.bot, venue=self.venue, asset=asset, total=change))
+            else:
+                row.total = row.total + change
+                row.updated_at = utcnow()
+
+    def balances(self) -> dict[str, Decimal]:
+        with self._sessions() as session:
+            rows = session.scalars(select(Balance).where(Balance.bot == self.bot, Balance.venue == self.venue))
+            return {row.asset: row.total for row in rows}
+
+    def flush(self) -> None:
+        """Nothing to do: awaiting `call(journal.flush)` returns once every earlier write has landed."""
+
+    def set_balances(self, balances: dict[str, Decimal]) -> None:
+        with self._sessions.begin() as session:
+            existing = {
+                row.asset: row
+                for row in session.scalars(select(Balance).where(Balance.bot == self.bot, Balance.venue == self.venue))
+            }
+            for asset, total in balances.items():
+                row = existing.get(asset)
+                if row is None:
+                    session.add(Balance(bot=self.bot, venue=self.venue, asset=asset, total=total))
+                elif row.total != total:
+                    row.total = total
+                    row.updated_at = utcnow()

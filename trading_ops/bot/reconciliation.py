@@ -1,0 +1,538 @@
+"""Reconciliation: compare the bot's journal with the broker, classify every difference, resolve it by policy.
+
+Classes: missing_fill (a venue fill the journal lacks), duplicate_fill (one trade id twice), unknown_order (an
+open venue order the bot never placed), order_state_mismatch (status or filled quantity differ), vanished_order
+(open in the journal, gone from the venue), position_mismatch and balance_mismatch (what the fills found do not
+explain). Policies: adopt (the venue's state into the journal), cancel (unknown orders), alert (record and
+export only), halt (the kill switch).
+
+Resolution is idempotent: what adopt and cancel change makes the journal agree with the venue, so a second run
+finds nothing. Classification is a pure function of the two snapshots, ordered deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from trading_ops.bot.broker import Broker, OrderStatus, OrderType, Side, VenueFill, VenueOrder
+from trading_ops.bot.journal import Journal
+from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
+from trading_ops.bot.recovery_store import RecoveryStore
+from trading_ops.config import DEFAULT_RECONCILIATION_POLICIES, RECONCILIATION_POLICIES
+from trading_ops.db.base import utcnow
+
+log = logging.getLogger(__name__)
+
+ZERO = Decimal(0)
+# Attempts at a venue snapshot during which no new fill arrived (the venue keeps trading while we look).
+SNAPSHOT_ATTEMPTS = 3
+
+
+class Kind(enum.StrEnum):
+    DUPLICATE_FILL = "duplicate_fill"
+    MISSING_FILL = "missing_fill"
+    UNKNOWN_ORDER = "unknown_order"
+    ORDER_STATE_MISMATCH = "order_state_mismatch"
+    VANISHED_ORDER = "vanished_order"
+    POSITION_MISMATCH = "position_mismatch"
+    BALANCE_MISMATCH = "balance_mismatch"
+
+
+KIND_ORDER = {kind: index for index, kind in enumerate(Kind)}  # the order discrepancies are listed and resolved in
+
+
+class Trigger(enum.StrEnum):
+    STARTUP = "startup"
+    SCHEDULE = "schedule"
+    RECONNECT = "reconnect"
+    COMMAND = "command"
+
+
+class Result(enum.StrEnum):
+    CLEAN = "clean"  # nothing found
+    RESOLVED = "resolved"  # everything found was handled by its policy (adopted, canceled or alerted)
+    FAILED = "failed"  # the run could not complete, or an action failed
+    HALTED = "halted"  # a halt policy engaged the kill switch
+
+
+class ReconciliationError(Exception):
+    """A reconciliation that cannot run as asked (bad arguments)."""
+
+
+def split_symbol(symbol: str) -> tuple[str, str]:
+    """(base, quote) of a spot symbol such as BTC-USD or BTC/USDT."""
+    for sep in ("-", "/", "_"):
+        if sep in symbol:
+            base, quote = symbol.split(sep, 1)
+            return base, quote
+    return symbol, ""
+
+
+def balance_changes(fill: VenueFill, split: Callable[[str], tuple[str, str]] = split_symbol) -> dict[str, Decimal]:
+    """What a spot fill does to the account: the base asset by the quantity, the quote by the notional, the fee
+    asset by the fee."""
+    base, quote = split(fill.symbol)
+    sign = fill.side.sign
+    changes: dict[str, Decimal] = {base: sign * fill.quantity}
+    if quote:
+        changes[quote] = changes.get(quote, ZERO) - sign * fill.quantity * fill.price
+    changes[fill.fee_asset] = changes.get(fill.fee_asset, ZERO) - fill.fee
+    return changes
+
+
+@dataclass(frozen=True)
+class JournalOrder:
+    client_order_id: str
+    venue_order_id: str | None
+    symbol: str
+    side: str
+    order_type: str
+    quantity: Decimal
+    price: Decimal | None
+    filled_quantity: Decimal
+    status: str
+
+
+@dataclass(frozen=True)
+class JournalFill:
+    row_id: int
+    trade_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
+    fee_asset: str
+
+
+@dataclass
+class JournalSnapshot:
+    """What the journal says, restricted to what the venue snapshot can be compared with."""
+
+    orders: dict[str, JournalOrder]  # open ones, and any the venue lists as open
+    trade_ids: set[str]  # those of the venue's fills that are journaled
+    duplicate_fills: list[JournalFill]  # every row of a trade id journaled twice or more, oldest first
+    positions: dict[str, Decimal]
+    balances: dict[str, Decimal]
+
+
+@dataclass
+class VenueSnapshot:
+    positions: dict[str, Decimal]
+    balances: dict[str, Decimal]
+    open_orders: list[VenueOrder]
+    fills: list[VenueFill]  # oldest first
+
+
+@dataclass
+class Discrepancy:
+    kind: Kind
+    key: str
+    symbol: str | None = None
+    journal: str | None = None
+    venue: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    policy: str = ""
+    outcome: str = ""
+    fill: VenueFill | None = None
+    order: VenueOrder | None = None
+    quantity: Decimal = ZERO  # position_mismatch: venue minus what the journal will hold after its fills
+    sort_key: tuple[Any, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "key": self.key,
+            "symbol": self.symbol,
+            "journal": self.journal,
+            "venue": self.venue,
+            "policy": self.policy,
+            "outcome": self.outcome,
+            "detail": self.detail,
+        }
+
+
+def classify(
+    journal: JournalSnapshot, venue: VenueSnapshot, split: Callable[[str], tuple[str, str]] = split_symbol
+) -> list[Discrepancy]:
+    """Every difference between the two snapshots, in a deterministic order (class, then time or key)."""
+    found: list[Discrepancy] = []
+
+    # Fills: the venue's once each; a trade id it lists twice is a duplicate only until journaled once.
+    venue_counts = Counter(f.trade_id for f in venue.fills)
+    unique_fills: dict[str, VenueFill] = {}
+    for fill in venue.fills:
+        unique_fills.setdefault(fill.trade_id, fill)
+    for trade_id, count in venue_counts.items():
+        if count > 1 and trade_id not in journal.trade_ids:
+            fill = unique_fills[trade_id]
+            found.append(
+                Discrepancy(
+                    Kind.DUPLICATE_FILL,
+                    trade_id,
+                    fill.symbol,
+                    journal="0",
+                    venue=str(count),
+                    detail={"source": "venue", "times": count},
+                    sort_key=(trade_id,),
+                )
+            )
+    journal_dups: dict[str, list[JournalFill]] = {}
+    for row in journal.duplicate_fills:
+        journal_dups.setdefault(row.trade_id, []).append(row)
+    for trade_id, rows in journal_dups.items():
+        found.append(
+            Discrepancy(
+                Kind.DUPLICATE_FILL,
+                trade_id,
+                rows[0].symbol,
+                journal=str(len(rows)),
+                venue="1" if trade_id in unique_fills else None,
+                detail={"source": "journal", "times": len(rows), "extra_rows": [r.row_id for r in rows[1:]]},
+                sort_key=(trade_id,),
+            )
+        )
+    missing = [f for f in unique_fills.values() if f.trade_id not in journal.trade_ids]
+    for fill in missing:
+        found.append(
+            Discrepancy(
+                Kind.MISSING_FILL,
+                fill.trade_id,
+                fill.symbol,
+                journal=None,
+                venue=f"{fill.side.value} {fill.quantity} @ {fill.price}",
+                detail={"client_order_id": fill.client_order_id, "executed_at": fill.executed_at.isoformat()},
+                fill=fill,
+                sort_key=(fill.executed_at, fill.trade_id),
+            )
+        )
+
+    # Orders.
+    venue_open = {o.client_order_id: o for o in venue.open_orders}
+    filled_by_order: dict[str, Decimal] = {}
+    for fill in unique_fills.values():
+        if fill.client_order_id:
+            filled_by_order[fill.client_order_id] = filled_by_order.get(fill.client_order_id, ZERO) + fill.quantity
+    for coid, order in venue_open.items():
+        mine = journal.orders.get(coid)
+        if mine is None:
+            found.append(
+                Discrepancy(
+                    Kind.UNKNOWN_ORDER,
+                    coid,
+                    order.symbol,
+                    venue=f"{order.status.value} {order.side.value} {order.quantity} @ {order.price}",
+                    detail={"venue_order_id": order.venue_order_id},
+                    order=order,
+                    sort_key=(coid,),
+                )
+            )
+        elif mine.status != order.status.value or mine.filled_quantity != order.filled_quantity:
+            found.append(
+                Discrepancy(
+                    Kind.ORDER_STATE_MISMATCH,
+                    coid,
+                    order.symbol,
+                    journal=f"{mine.status} {mine.filled_quantity}",
+                    venue=f"{order.status.value} {order.filled_quantity}",
+                    order=order,
+                    sort_key=(coid,),
+                )
+            )
+    for coid, mine in journal.orders.items():
+        if coid in venue_open or not OrderStatus(mine.status).is_open:
+            continue
+        filled = max(mine.filled_quantity, filled_by_order.get(coid, ZERO))
+        closed = OrderStatus.FILLED if filled >= mine.quantity else OrderStatus.CANCELED
+        order = VenueOrder(
+            client_order_id=coid,
+            venue_order_id=mine.venue_order_id or "",
+            symbol=mine.symbol,
+            side=Side(mine.side),
+            order_type=OrderType(mine.order_type),
+            quantity=mine.quantity,
+            price=mine.price,
+            filled_quantity=filled,
+            status=closed,
+        )
+        kind = Kind.ORDER_STATE_MISMATCH if closed is OrderStatus.FILLED else Kind.VANISHED_ORDER
+        found.append(
+            Discrepancy(
+                kind,
+                coid,
+                mine.symbol,
+                journal=f"{mine.status} {mine.filled_quantity}",
+                venue=f"{closed.value} {filled}" if kind is Kind.ORDER_STATE_MISMATCH else "not open",
+                order=order,
+                sort_key=(coid,),
+            )
+        )
+
+    # Positions and balances: only what the fills above do not explain.
+    expected_positions = dict(journal.positions)
+    expected_balances = dict(journal.balances)
+    for fill in missing:
+        expected_positions[fill.symbol] = expected_positions.get(fill.symbol, ZERO) + fill.side.sign * fill.quantity
+        for asset, change in balance_changes(fill, split).items():
+            expected_balances[asset] = expected_balances.get(asset, ZERO) + change
+    for rows in journal_dups.values():
+        for extra in rows[1:]:
+            sign = Side(extra.side).sign
+            expected_positions[extra.symbol] = expected_positions.get(extra.symbol, ZERO) - sign * extra.quantity
+    for symbol in sorted(set(venue.positions) | set(expected_positions)):
+        theirs = venue.positions.get(symbol, ZERO)
+        ours = expected_positions.get(symbol, ZERO)
+        if theirs != ours:
+            found.append(
+                Discrepancy(
+                    Kind.POSITION_MISMATCH,
+                    symbol,
+                    symbol,
+                    journal=str(journal.positions.get(symbol, ZERO)),
+                    venue=str(theirs),
+                    detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
+                    quantity=theirs - ours,
+                    sort_key=(symbol,),
+                )
+            )
+    if journal.balances:  # an empty journal takes the venue's balances as its baseline, silently
+        for asset in sorted(set(venue.balances) | set(expected_balances)):
+            theirs = venue.balances.get(asset, ZERO)
+            ours = expected_balances.get(asset, ZERO)
+            if theirs != ours:
+                found.append(
+                    Discrepancy(
+                        Kind.BALANCE_MISMATCH,
+                        asset,
+                        None,
+                        journal=str(journal.balances.get(asset, ZERO)),
+                        venue=str(theirs),
+                        detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
+                        sort_key=(asset,),
+                    )
+                )
+    found.sort(key=lambda d: (KIND_ORDER[d.kind], d.sort_key))
+    return found
+
+
+class ReconciliationHooks(Protocol):
+    """What the engine asks of the bot, so its in-memory state follows what the journal adopts."""
+
+    async def adopt_fill(self, fill: VenueFill) -> bool:
+        """Apply a fill to the book and journal it with its position and balance changes; False if known."""
+
+    async def adopt_order(self, order: VenueOrder) -> None:
+        """Journal the venue's view of an order (creating it if the bot never placed it); track it if open."""
+
+    async def adjust_position(self, symbol: str, quantity: Decimal, reference: str) -> None:
+        """Journal a position adjustment of `quantity` that no fill explains (`reference` is unique per run)."""
+
+    async def fills_changed(self) -> None:
+        """Journal fill rows were removed: rebuild positions from the journal."""
+
+    async def halt(self, reason: str) -> None:
+        """Engage the kill switch."""
+
+
+class Reconciler:
+    """Runs reconciliations one at a time; each is stored with its discrepancies and exported as metrics."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        journal: Journal,
+        store: RecoveryStore,
+        metrics: ReconciliationMetrics,
+        hooks: ReconciliationHooks,
+        *,
+        policies: dict[str, str] | None = None,
+        fills_lookback_seconds: float = 86_400.0,
+        split: Callable[[str], tuple[str, str]] = split_symbol,
+    ) -> None:
+        self.broker = broker
+        self.journal = journal
+        self.store = store
+        self.metrics = metrics
+        self.hooks = hooks
+        self.policies = {**DEFAULT_RECONCILIATION_POLICIES, **(policies or {})}
+        for kind, policy in self.policies.items():
+            if policy not in RECONCILIATION_POLICIES.get(kind, ()):
+                raise ValueError(f"policy {policy!r} is not allowed for {kind}")
+        self.fills_lookback = fills_lookback_seconds
+        self.split = split
+        self._lock = asyncio.Lock()
+        self.last: dict[str, Any] | None = None
+        self.last_success: dict[str, Any] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    async def run(self, trigger: Trigger | str) -> dict[str, Any]:
+        """Reconcile once; returns the run as JSON-ready data (never raises for a venue or journal problem)."""
+        try:
+            trigger = Trigger(trigger)
+        except ValueError:
+            raise ReconciliationError(
+                f"unknown trigger {str(trigger)[:32]!r}; one of {', '.join(t.value for t in Trigger)}"
+            ) from None
+        async with self._lock:
+            return await self._run(trigger)
+
+    async def _run(self, trigger: Trigger) -> dict[str, Any]:
+        started = utcnow()
+        found: list[Discrepancy] = []
+        error: str | None = None
+        mismatch: dict[str, Decimal] = {}
+        try:
+            venue = await self._venue_snapshot(started)
+            journal = await self.journal.call(self._journal_snapshot, venue)
+            found = classify(journal, venue, self.split)
+            await self._resolve(found, journal, venue, started)
+            positions = await self.journal.call(self.journal.positions)
+            for symbol in sorted(set(venue.positions) | set(positions)):
+                ours = positions[symbol].quantity if symbol in positions else ZERO
+                mismatch[symbol] = venue.positions.get(symbol, ZERO) - ours
+        except Exception as exc:
+            log.exception("reconciliation (%s) failed", trigger.value)
+            error = f"{type(exc).__name__}: {exc}"
+        if error is not None or any(d.outcome == "failed" for d in found):
+            result = Result.FAILED
+            error = error or "; ".join(
+                f"{d.kind.value} {d.key}: {d.detail.get('error')}" for d in found if d.outcome == "failed"
+            )
+        elif any(d.outcome == "halted" for d in found):
+            result = Result.HALTED
+        elif found:
+            result = Result.RESOLVED
+        else:
+            result = Result.CLEAN
+        finished = utcnow()
+        items = [d.to_dict() for d in found]
+        run_id = await self.journal.call(
+            self.store.record_reconciliation, trigger.value, result.value, started, finished, items, error
+        )
+        self.metrics.run(trigger.value, result.value, time.time())
+        for d in found:
+            self.metrics.discrepancy(d.kind.value)
+        for symbol, difference in mismatch.items():
+            self.metrics.position_mismatch(symbol, float(difference))
+        summary: dict[str, Any] = {
+            "run_id": run_id,
+            "trigger": trigger.value,
+            "result": result.value,
+            "clean": result is Result.CLEAN,
+            "started_at": started.isoformat(),
+            "finished_at": finished.isoformat(),
+            "counts": dict(sorted(Counter(d.kind.value for d in found).items())),
+            "discrepancies": items,
+            "position_mismatch": {s: str(q) for s, q in mismatch.items() if q},
+            "error": error,
+        }
+        level = logging.INFO if result in (Result.CLEAN, Result.RESOLVED) else logging.ERROR
+        log.log(level, "reconciliation %d (%s): %s, %s", run_id, trigger.value, result.value, summary["counts"])
+        self.last = summary
+        if result in (Result.CLEAN, Result.RESOLVED):
+            self.last_success = summary
+        return summary
+
+    async def _venue_snapshot(self, now: datetime) -> VenueSnapshot:
+        """Positions, balances, open orders and fills with no fill arriving in between (else look again)."""
+        since = now - timedelta(seconds=self.fills_lookback) if self.fills_lookback > 0 else None
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            before = await self.broker.recent_fills(since)
+            positions = await self.broker.positions()
+            balances = await self.broker.balances()
+            open_orders = await self.broker.open_orders()
+            after = await self.broker.recent_fills(since)
+            if [f.trade_id for f in before] == [f.trade_id for f in after]:
+                return VenueSnapshot(positions, balances, open_orders, after)
+        raise RuntimeError(f"the venue kept filling during {SNAPSHOT_ATTEMPTS} snapshot attempts")
+
+    def _journal_snapshot(self, venue: VenueSnapshot) -> JournalSnapshot:
+        """Runs on the journal thread."""
+        j = self.journal
+        orders = {o.client_order_id: o for o in j.open_orders()}
+        listed = [o.client_order_id for o in venue.open_orders if o.client_order_id not in orders]
+        orders.update({o.client_order_id: o for o in j.orders_by_client_id(listed)})
+        return JournalSnapshot(
+            orders={
+                coid: JournalOrder(
+                    o.client_order_id,
+                    o.venue_order_id,
+                    o.symbol,
+                    o.side,
+                    o.order_type,
+                    o.quantity,
+                    o.price,
+                    o.filled_quantity,
+                    o.status,
+                )
+                for coid, o in orders.items()
+            },
+            trade_ids=j.known_trade_ids(sorted({f.trade_id for f in venue.fills})),
+            duplicate_fills=[
+                JournalFill(f.id, f.trade_id, f.symbol, f.side, f.quantity, f.price, f.fee, f.fee_asset)
+                for f in j.duplicate_fills()
+            ],
+            positions={s: p.quantity for s, p in j.positions().items()},
+            balances=j.balances(),
+        )
+
+    async def _resolve(
+        self, found: list[Discrepancy], journal: JournalSnapshot, venue: VenueSnapshot, started: datetime
+    ) -> None:
+        halts: list[str] = []
+        fills_removed = False
+        adopt_balances = not journal.balances  # the baseline of a new journal
+        for d in found:
+            d.policy = self.policies[d.kind.value]
+            try:
+                if d.policy == "alert":
+                    d.outcome = "alerted"
+                elif d.policy == "halt":
+                    d.outcome = "halted"
+                    halts.append(f"{d.kind.value} {d.key}")
+                elif d.kind is Kind.DUPLICATE_FILL:
+                    extra = d.detail.get("extra_rows") or []
+                    if extra:
+                        await self.journal.call(self.journal.remove_fill_rows, list(extra))
+                        fills_removed = True
+                    d.outcome = "adopted"  # a venue duplicate is journaled once by missing_fill
+                elif d.kind is Kind.MISSING_FILL:
+                    assert d.fill is not None
+                    await self.hooks.adopt_fill(d.fill)
+                    d.outcome = "adopted"
+                elif d.kind is Kind.UNKNOWN_ORDER and d.policy == "cancel":
+                    await self.broker.cancel(d.key)
+                    d.outcome = "canceled"
+                elif d.kind in (Kind.UNKNOWN_ORDER, Kind.ORDER_STATE_MISMATCH, Kind.VANISHED_ORDER):
+                    assert d.order is not None
+                    await self.hooks.adopt_order(d.order)
+                    d.outcome = "adopted"
+                elif d.kind is Kind.POSITION_MISMATCH:
+                    reference = f"reconcile-{started.strftime('%Y%m%dT%H%M%S%f')}-{d.key}"
+                    await self.hooks.adjust_position(d.key, d.quantity, reference)
+                    d.outcome = "adopted"
+                elif d.kind is Kind.BALANCE_MISMATCH:
+                    adopt_balances = True
+                    d.outcome = "adopted"
+            except Exception as exc:
+                log.warning("reconciliation could not %s %s %s: %s", d.policy, d.kind.value, d.key, exc)
+                d.outcome = "failed"
+                d.detail = {**d.detail, "error": str(exc)[:200]}
+        if fills_removed:
+            await self.hooks.fills_changed()
+        if adopt_balances:
+            await self.journal.call(self.journal.set_balances, dict(venue.balances))
+        if halts:
+            await self.hooks.halt("reconciliation: " + ", ".join(halts[:5]) + (" ..." if len(halts) > 5 else ""))

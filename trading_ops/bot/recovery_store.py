@@ -1,0 +1,195 @@
+"""Database access of crash recovery: bot runs and heartbeats, recovery events, reconciliation runs.
+
+Every method is synchronous and meant to run on the journal's worker thread (`await journal.call(...)`),
+so the event loop never waits on the disk and writes keep their order with the journal's own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from trading_ops.db.base import make_sessionmaker, utcnow
+from trading_ops.db.models import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
+
+MAX_ERROR_LENGTH = 255
+MAX_VALUE_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A bot run as crash detection sees it."""
+
+    id: int
+    pid: int
+    hostname: str
+    started_at: datetime
+    last_heartbeat_at: datetime
+    stopped_at: datetime | None
+    clean_shutdown: bool
+    stop_reason: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.id,
+            "pid": self.pid,
+            "hostname": self.hostname,
+            "started_at": self.started_at.isoformat(),
+            "last_heartbeat_at": self.last_heartbeat_at.isoformat(),
+            "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
+            "clean_shutdown": self.clean_shutdown,
+        }
+
+
+def _record(row: BotRun) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        pid=row.pid,
+        hostname=row.hostname,
+        started_at=row.started_at,
+        last_heartbeat_at=row.last_heartbeat_at,
+        stopped_at=row.stopped_at,
+        clean_shutdown=row.clean_shutdown,
+        stop_reason=row.stop_reason,
+    )
+
+
+class RecoveryStore:
+    def __init__(self, engine: Engine, bot: str, venue: str) -> None:
+        self.bot = bot
+        self.venue = venue
+        self._sessions = make_sessionmaker(engine)
+
+    # -- runs and heartbeats --------------------------------------------------------------------------
+    def last_run(self) -> RunRecord | None:
+        with self._sessions() as session:
+            row = session.scalars(select(BotRun).where(BotRun.bot == self.bot).order_by(BotRun.id.desc())).first()
+            return None if row is None else _record(row)
+
+    def get_run(self, run_id: int) -> RunRecord | None:
+        with self._sessions() as session:
+            row = session.get(BotRun, run_id)
+            return None if row is None else _record(row)
+
+    def begin_run(self, pid: int, hostname: str) -> int:
+        with self._sessions.begin() as session:
+            now = utcnow()
+            row = BotRun(
+                bot=self.bot, venue=self.venue, pid=pid, hostname=hostname[:255], started_at=now, last_heartbeat_at=now
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def heartbeat(self, run_id: int, at: datetime) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(BotRun, run_id)
+            if row is not None:
+                row.last_heartbeat_at = at
+
+    def mark_stopped(self, run_id: int, clean: bool, reason: str) -> None:
+        """The final heartbeat; with `clean` it is the marker that tells the next start this was no crash."""
+        with self._sessions.begin() as session:
+            row = session.get(BotRun, run_id)
+            if row is not None:
+                now = utcnow()
+                row.last_heartbeat_at = now
+                row.stopped_at = now
+                row.clean_shutdown = clean
+                row.stop_reason = reason[:64]
+
+    # -- recovery events ------------------------------------------------------------------------------
+    def record_event(
+        self,
+        run_id: int,
+        kind: str,
+        previous: RunRecord | None,
+        detail: dict[str, Any],
+    ) -> int:
+        with self._sessions.begin() as session:
+            row = RecoveryEvent(
+                bot=self.bot,
+                run_id=run_id,
+                previous_run_id=previous.id if previous else None,
+                kind=kind,
+                last_heartbeat_at=previous.last_heartbeat_at if previous else None,
+                detail=json.dumps(detail, sort_keys=True, default=str),
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def mark_notified(self, event_id: int) -> None:
+        with self._sessions.begin() as session:
+            row = session.get(RecoveryEvent, event_id)
+            if row is not None:
+                row.notified = True
+
+    def events(self) -> list[RecoveryEvent]:
+        with self._sessions() as session:
+            return list(session.scalars(select(RecoveryEvent).where(RecoveryEvent.bot == self.bot)))
+
+    # -- reconciliation -------------------------------------------------------------------------------
+    def record_reconciliation(
+        self,
+        trigger: str,
+        result: str,
+        started_at: datetime,
+        finished_at: datetime,
+        discrepancies: list[dict[str, Any]],
+        error: str | None,
+    ) -> int:
+        with self._sessions.begin() as session:
+            run = ReconciliationRun(
+                bot=self.bot,
+                venue=self.venue,
+                trigger=trigger,
+                result=result,
+                started_at=started_at,
+                finished_at=finished_at,
+                discrepancies=len(discrepancies),
+                error=error[:MAX_ERROR_LENGTH] if error else None,
+            )
+            session.add(run)
+            session.flush()
+            for d in discrepancies:
+                session.add(
+                    ReconciliationDiscrepancy(
+                        run_id=run.id,
+                        kind=d["kind"],
+                        key=str(d["key"])[:MAX_VALUE_LENGTH],
+                        symbol=d.get("symbol"),
+                        journal_value=_short(d.get("journal")),
+                        venue_value=_short(d.get("venue")),
+                        policy=d["policy"],
+                        outcome=d["outcome"],
+                        detail=json.dumps(d.get("detail") or {}, sort_keys=True, default=str),
+                    )
+                )
+            return run.id
+
+    def reconciliation_runs(self) -> list[ReconciliationRun]:
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(ReconciliationRun).where(ReconciliationRun.bot == self.bot).order_by(ReconciliationRun.id)
+                )
+            )
+
+    def discrepancies(self, run_id: int) -> list[ReconciliationDiscrepancy]:
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(ReconciliationDiscrepancy)
+                    .where(ReconciliationDiscrepancy.run_id == run_id)
+                    .order_by(ReconciliationDiscrepancy.id)
+                )
+            )
+
+
+def _short(value: Any) -> str | None:
+    return None if value is None else str(value)[:MAX_VALUE_LENGTH]

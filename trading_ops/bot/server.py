@@ -1,0 +1,145 @@
+"""The bot's HTTP server: /metrics, /healthz, /readyz and the authenticated /control/{command} API."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from trading_ops.bot.control import CommandError
+from trading_ops.bot.keys import INSTRUMENTATION
+from trading_ops.bot.state import TransitionRefused
+
+log = logging.getLogger(__name__)
+
+MAX_CONTROL_BODY_BYTES = 64 * 1024
+# Commands are counted by name only when known, so a caller cannot grow the label set.
+UNKNOWN_COMMAND_LABEL = "unknown"
+
+
+def create_app(instrumentation: Any) -> web.Application:
+    """The aiohttp application of one bot, serving `instrumentation` (a trading_ops.bot.Instrumentation)."""
+    app = web.Application(client_max_size=MAX_CONTROL_BODY_BYTES)
+    app[INSTRUMENTATION] = instrumentation
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz_handler)
+    app.router.add_get("/readyz", readyz_handler)
+    app.router.add_post("/control/{command}", control_handler)
+    return app
+
+
+def _encode_metrics(registry: Any, use_gzip: bool) -> bytes:
+    body = generate_latest(registry)
+    return gzip.compress(body, compresslevel=1) if use_gzip else body
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    inst = request.app[INSTRUMENTATION]
+    use_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+    # Rendering thousands of series is CPU work: keep it off the event loop the trading loop runs on.
+    body = await asyncio.get_running_loop().run_in_executor(None, _encode_metrics, inst.registry, use_gzip)
+    response = web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    if use_gzip:
+        response.headers["Content-Encoding"] = "gzip"
+    return response
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    inst = request.app[INSTRUMENTATION]
+    healthy, detail = inst.health()
+    return web.json_response(detail, status=200 if healthy else 503)
+
+
+async def readyz_handler(request: web.Request) -> web.Response:
+    inst = request.app[INSTRUMENTATION]
+    ready, checks = inst.readiness()
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, provided = header.partition(" ")
+    if scheme.lower() != "bearer" or not provided or not token:
+        return False
+    return hmac.compare_digest(provided.strip().encode(), token.encode())
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="trading-ops"'} if status == 401 else None
+    return web.json_response({"ok": False, "error": message, **extra}, status=status, headers=headers)
+
+
+async def control_handler(request: web.Request) -> web.Response:
+    inst = request.app[INSTRUMENTATION]
+    command = request.match_info["command"]
+    known = inst.control.has(command)
+    label = command if known else UNKNOWN_COMMAND_LABEL
+    peer = request.remote or "-"
+    inst.metrics.control_command(label)
+    started = time.monotonic()
+    if not _authorized(request, inst.token):
+        inst.metrics.control_failure(label, "unauthorized")
+        log.warning("control %s from %s refused: missing or wrong bearer token", label, peer)
+        return _error(401, "missing or wrong bearer token")
+    if not known:
+        inst.metrics.control_failure(label, "unknown_command")
+        log.warning("control from %s: unknown command %r", peer, command[:64])
+        return _error(404, f"unknown command {command[:64]!r}", commands=inst.control.commands)
+    try:
+        args = await _read_args(request)
+    except web.HTTPRequestEntityTooLarge:
+        inst.metrics.control_failure(label, "bad_request")
+        log.warning("control %s from %s: body over %d bytes", command, peer, MAX_CONTROL_BODY_BYTES)
+        return _error(413, f"body over {MAX_CONTROL_BODY_BYTES} bytes")
+    except ValueError as exc:
+        inst.metrics.control_failure(label, "bad_request")
+        log.warning("control %s from %s: %s", command, peer, exc)
+        return _error(400, str(exc))
+    try:
+        result = await inst.control.run(command, args)
+    except TransitionRefused as exc:
+        inst.metrics.control_failure(label, "refused")
+        log.warning("control %s from %s refused: %s", command, peer, exc)
+        return _error(409, str(exc), state=exc.state.value)
+    except CommandError as exc:
+        inst.metrics.control_failure(label, "bad_request")
+        log.warning("control %s from %s failed: %s", command, peer, exc)
+        return _error(400, str(exc))
+    except Exception as exc:
+        inst.metrics.control_failure(label, "error")
+        log.exception("control %s from %s raised", command, peer)
+        return _error(500, f"{command} failed: {exc}")
+    log.info(
+        "control %s from %s ok in %.1f ms: %s",
+        command,
+        peer,
+        (time.monotonic() - started) * 1000,
+        json.dumps(result, default=str)[:300],
+    )
+    return web.json_response({"ok": True, "command": command, **result}, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+async def _read_args(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        args = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(args, dict):
+        raise ValueError("body must be a JSON object")
+    return args

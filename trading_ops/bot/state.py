@@ -1,0 +1,111 @@
+"""The trading state machine (active, reduce_only, paused, flattening, halted) and its one-hot gauge."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+
+class TradingState(enum.StrEnum):
+    ACTIVE = "active"  # trading normally
+    REDUCE_ONLY = "reduce_only"  # only orders that shrink a position
+    PAUSED = "paused"  # no new orders; working orders stay
+    FLATTENING = "flattening"  # closing every position, then paused
+    HALTED = "halted"  # kill switch: nothing trades until an operator clears the halt
+
+    @property
+    def may_open_positions(self) -> bool:
+        return self is TradingState.ACTIVE
+
+    @property
+    def may_reduce_positions(self) -> bool:
+        return self in (TradingState.ACTIVE, TradingState.REDUCE_ONLY, TradingState.FLATTENING)
+
+
+S = TradingState
+# command -> (states it may be given in, state it leads to)
+TRANSITIONS: dict[str, tuple[frozenset[TradingState], TradingState]] = {
+    "pause": (frozenset({S.ACTIVE, S.REDUCE_ONLY, S.PAUSED, S.FLATTENING}), S.PAUSED),
+    "resume": (frozenset({S.PAUSED, S.REDUCE_ONLY, S.ACTIVE}), S.ACTIVE),
+    "reduce_only": (frozenset({S.ACTIVE, S.PAUSED, S.REDUCE_ONLY}), S.REDUCE_ONLY),
+    "flatten": (frozenset({S.ACTIVE, S.REDUCE_ONLY, S.PAUSED, S.FLATTENING}), S.FLATTENING),
+    "flatten_done": (frozenset({S.FLATTENING}), S.PAUSED),
+    "halt": (frozenset(S), S.HALTED),
+    # Leaving the kill switch is its own explicit command, and lands in paused, never straight in active.
+    "clear_halt": (frozenset({S.HALTED}), S.PAUSED),
+}
+
+
+class TransitionRefused(Exception):
+    """A command the current state does not allow (the control API answers 409)."""
+
+    def __init__(self, command: str, state: TradingState, hint: str = "") -> None:
+        message = f"'{command}' is not allowed while {state.value}"
+        super().__init__(message + (f"; {hint}" if hint else ""))
+        self.command = command
+        self.state = state
+
+
+class StateMachine:
+    """Holds the bot's trading state, validates every transition and exports it as metrics."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None,
+        initial: TradingState = TradingState.ACTIVE,
+        prefix: str = "tradingbot",
+    ) -> None:
+        self._lock = threading.Lock()
+        self._state = initial
+        self.reason = "start"
+        self._gauge = Gauge(
+            f"{prefix}_state",
+            "Trading state of the bot, one-hot: 1 for the current state.",
+            ["state"],
+            registry=registry,
+        )
+        self._kill_switch = Gauge(
+            f"{prefix}_kill_switch_engaged", "1 while the kill switch holds the bot halted.", registry=registry
+        )
+        self._transitions = Counter(
+            f"{prefix}_state_transitions", "Transitions into each trading state.", ["state"], registry=registry
+        )
+        for state in TradingState:
+            self._transitions.labels(state.value)
+        self._export()
+
+    @property
+    def state(self) -> TradingState:
+        return self._state
+
+    def can(self, command: str) -> bool:
+        allowed, _ = TRANSITIONS[command]
+        return self._state in allowed
+
+    def apply(self, command: str, reason: str = "") -> tuple[TradingState, TradingState]:
+        """Carry out a transition command; returns (before, after). Raises TransitionRefused."""
+        if command not in TRANSITIONS:
+            raise KeyError(command)
+        allowed, target = TRANSITIONS[command]
+        with self._lock:
+            before = self._state
+            if before not in allowed:
+                hint = "clear the halt first with 'clear_halt'" if before is S.HALTED else ""
+                raise TransitionRefused(command, before, hint)
+            if before is not target:
+                self._state = target
+                self.reason = reason or command
+                self._transitions.labels(target.value).inc()
+                self._export()
+                log.warning("trading state %s -> %s (%s)", before.value, target.value, self.reason)
+        return before, target
+
+    def _export(self) -> None:
+        for state in TradingState:
+            self._gauge.labels(state.value).set(1 if state is self._state else 0)
+        self._kill_switch.set(1 if self._state is S.HALTED else 0)

@@ -1,0 +1,81 @@
+"""The `trading-ops` command line: one subcommand per job, exit 0 ok, 1 failure, 2 bad usage or config."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from trading_ops import __version__
+from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+# Modules that contribute subcommands; each has `register(subparsers)` and sets `handler(args, config)`.
+COMMAND_MODULES = (
+    "trading_ops.commands.config_cmd",
+    "trading_ops.commands.db_cmd",
+    "trading_ops.paper.cli",
+    "trading_ops.reconciler.cli",
+)
+
+log = logging.getLogger("trading_ops")
+
+
+class UsageError(Exception):
+    """Bad usage discovered after parsing (a wrong argument value); exits 2 with one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trading-ops", description="Operations for automated trading bots.")
+    parser.add_argument("--version", action="version", version=f"trading-ops {__version__}")
+    parser.add_argument(
+        "--config", "-c", default=None, help=f"configuration file (default: {DEFAULT_CONFIG_PATH} if it exists)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="override logging.level from the configuration",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def setup_logging(config: Config, override: str | None) -> None:
+    level = override or config.logging.level
+    if config.logging.format == "json":
+        fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, must_exist=args.config is not None)
+    except ConfigError as exc:
+        print(f"trading-ops: config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config, args.log_level)
+    try:
+        return int(args.handler(args, config) or EXIT_OK)
+    except ConfigError as exc:
+        print(f"trading-ops: config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"trading-ops: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as exc:
+        log.exception("%s failed", args.command)
+        print(f"trading-ops: {args.command} failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,79 @@
+"""A small client of Alertmanager's API v2: post alerts, create and list silences."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+class AlertmanagerError(Exception):
+    """Alertmanager answered with an error or could not be reached."""
+
+
+class AlertmanagerClient:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+
+    async def _request(self, method: str, path: str, json: Any = None) -> Any:
+        url = f"{self.base_url}/api/v2/{path}"
+        try:
+            async with self.session.request(method, url, json=json, timeout=TIMEOUT) as resp:
+                text = await resp.text()
+                if resp.status >= 300:
+                    raise AlertmanagerError(f"{method} {url}: HTTP {resp.status}: {text[:200]}")
+                return await resp.json(content_type=None) if text else None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AlertmanagerError(f"{method} {url}: {exc or type(exc).__name__}") from exc
+
+    async def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """POST /api/v2/alerts: each alert has labels, annotations and optional startsAt/endsAt/generatorURL."""
+        await self._request("POST", "alerts", alerts)
+
+    async def create_silence(
+        self, matchers: dict[str, str], starts_at: datetime, ends_at: datetime, created_by: str, comment: str
+    ) -> str:
+        body = {
+            "matchers": [{"name": k, "value": v, "isRegex": False, "isEqual": True} for k, v in matchers.items()],
+            "startsAt": starts_at.isoformat(),
+            "endsAt": ends_at.isoformat(),
+            "createdBy": created_by,
+            "comment": comment,
+        }
+        data = await self._request("POST", "silences", body)
+        return str((data or {}).get("silenceID", ""))
+
+    async def silences(self) -> list[dict[str, Any]]:
+        return list(await self._request("GET", "silences") or [])
+
+    async def active_silence_for(self, labels: dict[str, str], exclude_created_by: str = "") -> dict[str, Any] | None:
+        """The first active silence whose matchers all match `labels` (a maintenance window), else None."""
+        for silence in await self.silences():
+            if (silence.get("status") or {}).get("state") != "active":
+                continue
+            if exclude_created_by and silence.get("createdBy") == exclude_created_by:
+                continue
+            if all(_matches(m, labels) for m in silence.get("matchers") or []):
+                return silence
+        return None
+
+    async def alerts(self, active: bool = True) -> list[dict[str, Any]]:
+        return list(await self._request("GET", f"alerts?active={'true' if active else 'false'}") or [])
+
+
+def _matches(matcher: dict[str, Any], labels: dict[str, str]) -> bool:
+    value = labels.get(str(matcher.get("name", "")), "")
+    pattern = str(matcher.get("value", ""))
+    if matcher.get("isRegex"):
+        try:
+            hit = re.fullmatch(pattern, value) is not None
+        except re.error:
+            return False
+    else:
+        hit = value == pattern
+    return hit if matcher.get("isEqual", True) else not hit

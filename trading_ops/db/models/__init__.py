@@ -1,0 +1,24 @@
+"""Every table of trading-ops; importing this module registers them all on `Base.metadata`."""
+
+from trading_ops.db.base import Base
+from trading_ops.db.models.journal import Balance, Fill, Order, Position
+from trading_ops.db.models.ledger import Attempt, Episode, Notification, Setting, Step, Target
+from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
+
+__all__ = [
+    "Attempt",
+    "Balance",
+    "Base",
+    "BotRun",
+    "Episode",
+    "Fill",
+    "Notification",
+    "Order",
+    "Position",
+    "ReconciliationDiscrepancy",
+    "ReconciliationRun",
+    "RecoveryEvent",
+    "Setting",
+    "Step",
+    "Target",
+]

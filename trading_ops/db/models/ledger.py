@@ -1,0 +1,117 @@
+"""The reconciler's ledger: acknowledged notifications, episodes, attempts, steps, target claims, settings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from trading_ops.db.base import Base, utcnow
+
+
+class Notification(Base):
+    """One webhook notification exactly as Alertmanager sent it, stored before the 200 goes out."""
+
+    __tablename__ = "reconciler_notifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    receiver: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    group_key: Mapped[str] = mapped_column(Text)
+    alert_count: Mapped[int] = mapped_column()
+    payload: Mapped[str] = mapped_column(Text)
+
+
+class Episode(Base):
+    """One alert episode, (fingerprint, startsAt): the unit that gets at most one remediation run."""
+
+    __tablename__ = "reconciler_episodes"
+    __table_args__ = (
+        UniqueConstraint("fingerprint", "starts_at"),
+        Index("ix_reconciler_episodes_state_next_run_at", "state", "next_run_at"),
+        Index("ix_reconciler_episodes_rule_target", "rule", "target"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    starts_at: Mapped[datetime] = mapped_column()
+    alertname: Mapped[str] = mapped_column(String(255))
+    target: Mapped[str] = mapped_column(String(255))
+    rule: Mapped[str | None] = mapped_column(String(128))
+    labels: Mapped[str] = mapped_column(Text)
+    annotations: Mapped[str] = mapped_column(Text)
+    generator_url: Mapped[str] = mapped_column(Text, default="")
+    # open: pending, waiting, running, verifying, interrupted;
+    # closed: recovered, failed, escalated, resolved, skipped, dry_run
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_run_at: Mapped[datetime | None] = mapped_column()
+    owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    first_action_at: Mapped[datetime | None] = mapped_column()
+    resolved_at: Mapped[datetime | None] = mapped_column()
+    closed_at: Mapped[datetime | None] = mapped_column()
+
+
+class Attempt(Base):
+    """One run of a rule's steps (and verification) for an episode."""
+
+    __tablename__ = "reconciler_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    episode_id: Mapped[int] = mapped_column(ForeignKey("reconciler_episodes.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column()
+    owner: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    # running, success, failure, interrupted, skipped, dry_run, resolved
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Step(Base):
+    """One action of an attempt, with its (truncated) output and timing."""
+
+    __tablename__ = "reconciler_steps"
+    __table_args__ = (Index("ix_reconciler_steps_target_started_at", "target", "started_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("reconciler_attempts.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column()
+    action: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text)
+    risk: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(255))
+    # Whether the step counts against the target's and the global action budgets.
+    budgeted: Mapped[bool] = mapped_column(default=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    # running, success, failure, timeout, refused, dry_run, interrupted
+    outcome: Mapped[str] = mapped_column(String(16))
+    output: Mapped[str] = mapped_column(Text, default="")
+
+
+class Target(Base):
+    """A remediation target: its claim (one action at a time) and its circuit breaker."""
+
+    __tablename__ = "reconciler_targets"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    circuit_open_until: Mapped[datetime | None] = mapped_column()
+
+
+class Setting(Base):
+    """Operator switches shared by every replica (the reconciler's own pause)."""
+
+    __tablename__ = "reconciler_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

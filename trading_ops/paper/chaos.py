@@ -1,0 +1,184 @@
+"""Fault injection for the paper bot (`--chaos`): extra control commands that break it in known ways."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from trading_ops.bot.control import CommandError
+
+if TYPE_CHECKING:
+    from trading_ops.paper.bot import PaperBot
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# Caps so that a chaos command can hurt the bot but not the machine it runs on.
+MAX_LEAK_MIB = 4096
+MAX_DISK_MIB = 4096
+MAX_HANG_SECONDS = 3600
+DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT = 1.2
+MAX_PRICE_GAP = Decimal("0.5")
+CHAOS_COMMANDS = (
+    "hang_loop",
+    "crash",
+    "drop_connection",
+    "stale_market_data",
+    "leak_memory",
+    "fill_disk",
+    "position_drift",
+    "loss_spike",
+    "clear_chaos",
+)
+
+
+def _number(args: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CommandError(f"{key} must be a number")
+    if not low <= value <= high:
+        raise CommandError(f"{key} must be between {low} and {high}")
+    return float(value)
+
+
+class Chaos:
+    """Registers the fault commands on the bot's control plane and keeps what they started."""
+
+    def __init__(self, bot: PaperBot) -> None:
+        self.bot = bot
+        self.scratch = bot.data_dir / "scratch"
+        self._leak: list[bytearray] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.active: dict[str, Any] = {}
+        for name in CHAOS_COMMANDS:
+            bot.inst.control.register(name, getattr(self, f"_{name}"))
+        log.warning("chaos commands enabled: %s", ", ".join(CHAOS_COMMANDS))
+
+    def status(self) -> dict[str, Any]:
+        venue_faults = self.bot.broker.faults()
+        return {**self.active, "venue": venue_faults, "leaked_mib": len(self._leak)}
+
+    def clear(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+        self._leak.clear()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.bot.hang(0)
+        self.active.clear()
+
+    def _symbol(self, args: dict[str, Any]) -> str:
+        symbol = args.get("symbol", self.bot.config.paper.symbols[0])
+        if symbol not in self.bot.config.paper.symbols:
+            raise CommandError(
+                f"unknown symbol {str(symbol)[:32]!r}; known: {', '.join(self.bot.config.paper.symbols)}"
+            )
+        return str(symbol)
+
+    # -- faults ---------------------------------------------------------------------------------------
+    async def _hang_loop(self, args: dict[str, Any]) -> dict[str, Any]:
+        seconds = _number(args, "seconds", 300, 0.1, MAX_HANG_SECONDS)
+        self.bot.hang(seconds)
+        self.active["hang_loop"] = {"seconds": seconds}
+        return {"fault": "hang_loop", "seconds": seconds}
+
+    async def _crash(self, args: dict[str, Any]) -> dict[str, Any]:
+        delay = _number(args, "delay", 0.2, 0, 10)
+        loop = asyncio.get_running_loop()
+        # After the response is on its way: SIGKILL, so no clean-shutdown code runs, as in a real crash.
+        loop.call_later(delay, os.kill, os.getpid(), signal.SIGKILL)
+        return {"fault": "crash", "in_seconds": delay}
+
+    async def _drop_connection(self, _args: dict[str, Any]) -> dict[str, Any]:
+        await self.bot.broker.drop_connection()
+        return {"fault": "drop_connection", "heal": "reconnect"}
+
+    async def _stale_market_data(self, args: dict[str, Any]) -> dict[str, Any]:
+        symbol = self._symbol(args)
+        await self.bot.broker.stop_market_data(symbol)
+        return {"fault": "stale_market_data", "symbol": symbol, "heal": "resubscribe"}
+
+    async def _leak_memory(self, args: dict[str, Any]) -> dict[str, Any]:
+        rate = _number(args, "mib_per_second", 10, 0.1, 512)
+        limit = _number(args, "max_mib", 1024, 1, MAX_LEAK_MIB)
+
+        async def leak() -> None:
+            while len(self._leak) < limit:
+                chunk = bytearray(MIB)
+                chunk[::4096] = b"x" * len(chunk[::4096])  # touch every page so it is resident
+                self._leak.append(chunk)
+                await asyncio.sleep(1 / rate)
+
+        self._start("leak_memory", leak())
+        self.active["leak_memory"] = {"mib_per_second": rate, "max_mib": limit}
+        return {"fault": "leak_memory", "mib_per_second": rate, "max_mib": limit}
+
+    async def _fill_disk(self, args: dict[str, Any]) -> dict[str, Any]:
+        rate = _number(args, "mib_per_second", 20, 0.1, 1024)
+        limit = int(_number(args, "max_mib", 256, 1, MAX_DISK_MIB))
+        self.scratch.mkdir(parents=True, exist_ok=True)
+
+        def write_mib(index: int) -> None:
+            with open(self.scratch / f"fill-{index:05d}.bin", "wb") as fh:
+                fh.write(os.urandom(MIB))
+
+        async def fill() -> None:
+            for index in range(limit):
+                await asyncio.to_thread(write_mib, index)
+                await asyncio.sleep(1 / rate)
+
+        self._start("fill_disk", fill())
+        self.active["fill_disk"] = {"mib_per_second": rate, "max_mib": limit, "path": str(self.scratch)}
+        return {"fault": "fill_disk", "path": str(self.scratch), "max_mib": limit}
+
+    async def _position_drift(self, args: dict[str, Any]) -> dict[str, Any]:
+        symbol = self._symbol(args)
+        quantity = Decimal(str(_number(args, "quantity", 0.05, -1e9, 1e9)))
+        if quantity == 0:
+            raise CommandError("quantity must not be 0")
+        fill = await self.bot.broker.inject_hidden_fill(symbol, quantity)
+        return {
+            "fault": "position_drift",
+            "symbol": symbol,
+            "quantity": str(quantity),
+            "trade_id": getattr(fill, "trade_id", None),
+            "heal": "reconcile",
+        }
+
+    async def _loss_spike(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Gap every held symbol's price against the position, together losing `amount` (default 1.2x the daily
+        loss limit); a single gap is capped at 50 %, so a small book loses less and the answer says how much."""
+        limit = self.bot.config.paper.daily_loss_limit
+        amount = Decimal(str(_number(args, "amount", limit * DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT, 1, 1e12)))
+        book = self.bot.book
+        held = {s: book.notional(s) for s in self.bot.config.paper.symbols if book.notional(s)}
+        if not held:
+            raise CommandError("the bot holds no position to lose on yet; try again in a few seconds")
+        exposure = sum(abs(n) for n in held.values())
+        move = min(amount / exposure, MAX_PRICE_GAP)
+        for symbol, notional in held.items():
+            await self.bot.broker.gap_price(symbol, float(-move if notional > 0 else move))
+        return {
+            "fault": "loss_spike",
+            "symbols": sorted(held),
+            "price_move": f"{move:.4f}",
+            "expected_loss": str((exposure * move).quantize(Decimal("0.01"))),
+        }
+
+    async def _clear_chaos(self, _args: dict[str, Any]) -> dict[str, Any]:
+        self.clear()
+        await self.bot.broker.clear_faults()
+        return {"cleared": True}
+
+    def _start(self, name: str, coro: Any) -> None:
+        previous = self._tasks.pop(name, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.create_task(coro, name=f"chaos-{name}")
+        self._tasks[name] = task
+        task.add_done_callback(lambda t: self._tasks.pop(name, None) if self._tasks.get(name) is t else None)

@@ -1,0 +1,85 @@
+"""`trading-ops paper-bot` (run the paper-trading bot) and `trading-ops chaos` (inject a fault into it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from typing import Any
+
+import aiohttp
+
+from trading_ops.cli import UsageError
+from trading_ops.config import Config, ConfigError, resolve_secret
+
+log = logging.getLogger(__name__)
+CHAOS_TIMEOUT_SECONDS = 10
+
+
+def register(sub: Any) -> None:
+    bot = sub.add_parser("paper-bot", help="run the paper-trading bot on the simulated venue")
+    bot.add_argument("--chaos", action="store_true", help="enable the fault-injection control commands")
+    bot.add_argument("--host", default=None, help="override bot.listen.host")
+    bot.add_argument("--port", type=int, default=None, help="override bot.listen.port")
+    bot.set_defaults(handler=run_paper_bot)
+
+    chaos = sub.add_parser(
+        "chaos",
+        help="inject a fault into a bot started with --chaos (or send any control command)",
+        description="Faults: hang_loop [seconds=N], crash, drop_connection, stale_market_data [symbol=S], "
+        "leak_memory [mib_per_second=N max_mib=N], fill_disk [mib_per_second=N max_mib=N], "
+        "position_drift [symbol=S quantity=Q], loss_spike [amount=A], clear_chaos. "
+        "Heal with reconnect, resubscribe, reconcile, or any other control command.",
+    )
+    chaos.add_argument("fault", help="the command to send, e.g. drop_connection")
+    chaos.add_argument("params", nargs="*", metavar="KEY=VALUE", help="arguments (numbers are sent as numbers)")
+    chaos.add_argument("--url", default=None, help="bot base URL (default: from bot.listen)")
+    chaos.set_defaults(handler=run_chaos)
+
+
+def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.paper.bot import PaperBot
+
+    bot = PaperBot(config, chaos=args.chaos)
+    asyncio.run(bot.run(args.host, args.port))
+    return 0
+
+
+def parse_params(params: list[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for item in params:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"argument {item!r} is not KEY=VALUE")
+        value: Any = raw
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            pass
+        body[key] = value
+    return body
+
+
+def run_chaos(args: argparse.Namespace, config: Config) -> int:
+    token = resolve_secret(config, config.bot, "control_token", "bot.control_token")
+    if not token:
+        raise ConfigError("bot.control_token", "no token to call the bot's control API with")
+    listen = config.bot.listen
+    url = (args.url or f"http://{listen.host}:{listen.port}").rstrip("/") + f"/control/{args.fault}"
+    status, payload = asyncio.run(_post(url, token, parse_params(args.params)))
+    print(json.dumps(payload, indent=2, sort_keys=True))
+    return 0 if status == 200 else 1
+
+
+async def _post(url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+    timeout = aiohttp.ClientTimeout(total=CHAOS_TIMEOUT_SECONDS)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        try:
+            payload = await response.json(content_type=None)
+        except ValueError:
+            payload = {"status": response.status, "body": (await response.text())[:500]}
+        return response.status, payload

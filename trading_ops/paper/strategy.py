@@ -1,0 +1,98 @@
+"""A simple demo strategy that trades continuously: mean-reverting quotes near the mid, within limits."""
+
+from __future__ import annotations
+
+import random
+import time
+from decimal import ROUND_DOWN, Decimal
+from typing import TYPE_CHECKING
+
+from trading_ops.bot.broker import OrderType, Side
+from trading_ops.bot.state import TradingState
+from trading_ops.config import PaperConfig
+
+if TYPE_CHECKING:
+    from trading_ops.paper.bot import PaperBot
+
+QUANTITY_STEP = Decimal("0.0001")
+PRICE_TICK = Decimal("0.01")
+# Share of orders sent as market orders; the rest are limits a few basis points around the mid.
+MARKET_ORDER_SHARE = 0.15
+MAX_OFFSET_BPS = 8
+
+
+class DemoStrategy:
+    """One iteration per loop: expire old orders, then quote each symbol that has no working order."""
+
+    def __init__(self, config: PaperConfig, seed: int | None = None) -> None:
+        self.config = config
+        self.rng = random.Random(seed)
+
+    async def step(self, bot: PaperBot) -> None:
+        state = bot.inst.state.state
+        await self._expire(bot)
+        if state is TradingState.FLATTENING:
+            await self._flatten(bot)
+            return
+        if not state.may_reduce_positions:
+            return
+        working = {o.symbol for o in bot.orders.values()}
+        stale_after = bot.config.bot.market_data_stale_seconds
+        for symbol in self.config.symbols:
+            quote = bot.quotes.get(symbol)
+            age = bot.metrics.market_data_age(symbol)
+            if quote is None or age is None or age > stale_after or symbol in working:
+                continue  # no fresh price: never trade blind
+            await self._quote(bot, symbol, quote.mid, reduce_only=not state.may_open_positions)
+
+    async def _expire(self, bot: PaperBot) -> None:
+        now = time.monotonic()
+        for coid, order in list(bot.orders.items()):
+            sent = bot.order_sent_at.get(coid)
+            if (
+                sent is not None
+                and now - sent > self.config.order_max_age_seconds
+                and order.order_type is OrderType.LIMIT
+            ):
+                await bot.cancel(coid)
+
+    async def _quote(self, bot: PaperBot, symbol: str, mid: Decimal, reduce_only: bool) -> None:
+        position = bot.book.position(symbol)
+        notional = position * mid
+        limit = Decimal(str(self.config.max_position_notional))
+        if reduce_only:
+            if position == 0:
+                return
+            side = Side.SELL if position > 0 else Side.BUY
+        elif abs(notional) > limit / 2:
+            side = Side.SELL if notional > 0 else Side.BUY  # lean back towards flat
+        else:
+            side = self.rng.choice((Side.BUY, Side.SELL))
+        size = (Decimal(str(self.config.order_notional)) / mid).quantize(QUANTITY_STEP, rounding=ROUND_DOWN)
+        if reduce_only:
+            size = min(size, abs(position))
+        elif abs(notional + side.sign * size * mid) > limit:
+            return
+        if size <= 0:
+            return
+        if self.rng.random() < MARKET_ORDER_SHARE:
+            await bot.submit(symbol, side, OrderType.MARKET, size, reduce_only=reduce_only)
+            return
+        # Negative offsets cross the spread (taker), positive ones rest on the book (maker).
+        offset = Decimal(self.rng.uniform(-MAX_OFFSET_BPS / 2, MAX_OFFSET_BPS)) / Decimal(10_000)
+        price = mid * (1 - side.sign * offset)
+        await bot.submit(symbol, side, OrderType.LIMIT, size, price.quantize(PRICE_TICK), reduce_only=reduce_only)
+
+    async def _flatten(self, bot: PaperBot) -> None:
+        working = {o.symbol for o in bot.orders.values()}
+        for symbol in self.config.symbols:
+            position = bot.book.position(symbol)
+            if position == 0:
+                continue
+            if symbol in working:
+                for coid, order in list(bot.orders.items()):
+                    if order.symbol == symbol and order.order_type is OrderType.LIMIT:
+                        await bot.cancel(coid)
+                continue
+            side = Side.SELL if position > 0 else Side.BUY
+            await bot.submit(symbol, side, OrderType.MARKET, abs(position), reduce_only=True)

@@ -1,0 +1,1 @@
+"""The reconciler: Alertmanager webhooks in, durable ledger, playbooks, verified and escalated actions out."""

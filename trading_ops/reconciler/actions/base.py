@@ -1,0 +1,133 @@
+"""What every action kind provides, and the checked templating of alert label values into parameters."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from trading_ops.clients.alertmanager import AlertmanagerClient
+    from trading_ops.clients.notify import Notifier
+    from trading_ops.config import Config
+
+RISKS = ("safe", "disruptive", "destructive")
+TEMPLATE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Refused(Exception):
+    """The step must not run (a label value failed validation, a destructive step not allowed, ...)."""
+
+
+@dataclass
+class Result:
+    outcome: str  # success, failure, timeout
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "success"
+
+
+@dataclass
+class ActionContext:
+    """Everything a step may use: the alert, the configuration and the shared clients."""
+
+    config: Config
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    alertname: str
+    target: str
+    episode_id: int
+    session: aiohttp.ClientSession
+    alertmanager: AlertmanagerClient
+    notifier: Notifier
+    label_pattern: re.Pattern[str]
+    history: list[str] = field(default_factory=list)
+
+    def label(self, name: str) -> str:
+        """A label value that passed the strict pattern, or Refused."""
+        if name not in self.labels:
+            raise Refused(f"label {name!r} is not on the alert")
+        value = self.labels[name]
+        if not self.label_pattern.fullmatch(value):
+            raise Refused(f"label {name!r} value {value[:60]!r} does not match {self.label_pattern.pattern}")
+        return value
+
+    def render(self, text: str) -> str:
+        """Substitute ${label} references with validated label values."""
+        return TEMPLATE_RE.sub(lambda m: self.label(m.group(1)), text)
+
+
+class Action:
+    """One kind of step. Subclasses set `kind`, check parameters in `validate` and act in `run`."""
+
+    kind = ""
+    # Whether a step of this kind counts against the action budgets of its target.
+    budgeted = True
+    default_risk = "safe"
+    # Parameters this kind accepts: name -> (type, required).
+    params: dict[str, tuple[type | tuple[type, ...], bool]] = {}
+
+    def validate(self, params: dict[str, Any]) -> None:
+        """Raise ValueError naming the parameter when `params` is wrong."""
+        for name, value in params.items():
+            if name not in self.params:
+                known = ", ".join(sorted(self.params)) or "none"
+                raise ValueError(f"{name}: unknown parameter (known: {known})")
+            tp, _ = self.params[name]
+            if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
+                raise ValueError(f"{name}: expected {_tname(tp)}, got {value!r:.40}")
+        for name, (_, required) in self.params.items():
+            if required and name not in params:
+                raise ValueError(f"{name}: required")
+
+    def risk(self, params: dict[str, Any]) -> str:
+        return self.default_risk
+
+    def describe(self, params: dict[str, Any]) -> str:
+        args = " ".join(f"{k}={v}" for k, v in sorted(params.items()))
+        return f"{self.kind} {args}".strip()
+
+    async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
+        raise NotImplementedError
+
+
+def _tname(tp: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a mapping",
+    }
+    if isinstance(tp, tuple):
+        return " or ".join(names.get(t, t.__name__) for t in tp)
+    return names.get(tp, tp.__name__)
+
+
+def truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 30, 2.5, "500ms", "30s", "5m", "1h" or "1d"; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 30s, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"expected a non-negative duration, got {value!r}")
+        return float(value)
+    m = DURATION_RE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a duration like 30s, 5m or 1h, got {str(value)[:40]!r}")
+    return float(m.group(1)) * DURATION_UNITS[m.group(2)]

@@ -1,0 +1,64 @@
+"""`escalate`: post an alert to Alertmanager's API v2 so its routing pages a human."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
+from trading_ops.reconciler.actions.base import Action, ActionContext, Result
+
+FAILED = "TradingOpsRemediationFailed"
+CIRCUIT_OPEN = "TradingOpsRemediationCircuitOpen"
+RUNBOOK_BASE = "https://github.com/trading-ops/trading-ops/blob/main/runbooks/"
+SUMMARIES = {
+    FAILED: "Automatic remediation did not recover the alert.",
+    CIRCUIT_OPEN: "The reconciler spent a target's action budget and stopped acting on it.",
+}
+
+
+class EscalateAction(Action):
+    kind = "escalate"
+    budgeted = False
+    params = {"alertname": (str, False), "severity": (str, False), "description": (str, False)}
+
+    async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
+        description = params.get("description") or "; ".join(ctx.history) or "escalated by the playbook"
+        try:
+            await escalate(
+                ctx.alertmanager,
+                params.get("alertname", FAILED),
+                ctx.labels,
+                ctx.target,
+                description,
+                severity=params.get("severity", "critical"),
+            )
+        except AlertmanagerError as exc:
+            return Result("failure", str(exc))
+        return Result("success", "alert posted to Alertmanager")
+
+
+async def escalate(
+    client: AlertmanagerClient,
+    alertname: str,
+    original: dict[str, str],
+    target: str,
+    description: str,
+    severity: str = "critical",
+) -> None:
+    labels = {
+        "alertname": alertname,
+        "severity": severity,
+        "service": "trading-ops",
+        "target": target,
+        "instance": original.get("instance", target),
+        "original_alertname": original.get("alertname", ""),
+    }
+    annotations = {
+        "summary": SUMMARIES.get(alertname, "The reconciler escalated an alert."),
+        "description": description[:4000],
+        "runbook_url": f"{RUNBOOK_BASE}{alertname}.md",
+    }
+    await client.post_alerts([{"labels": labels, "annotations": annotations}])
+
+
+ACTION = EscalateAction()

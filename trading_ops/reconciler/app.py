@@ -1,0 +1,211 @@
+"""The reconciler's aiohttp application: webhook intake, episode API, /metrics, health; workers in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy import inspect, text
+
+from trading_ops.clients.notify import Notifier
+from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.db.base import make_engine
+from trading_ops.reconciler import keys
+from trading_ops.reconciler.deadman import DeadMansSwitch
+from trading_ops.reconciler.engine import Engine
+from trading_ops.reconciler.intake import (
+    GroupCommitWriter,
+    Rejected,
+    check_token,
+    parse_body,
+    plan_notification,
+    validate,
+)
+from trading_ops.reconciler.ledger import Ledger, NotificationIn, StoreResult, episode_json
+from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.playbook import load_playbook
+from trading_ops.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+MAX_LIST = 500
+
+
+def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
+    """Build the reconciler. Configuration problems (no token, bad playbook) raise before serving."""
+    rc = config.reconciler
+    token = resolve_secret(config, rc, "token", "reconciler.token")
+    if not token:
+        raise ConfigError(
+            "reconciler.token",
+            "no webhook token: set token_file or token_env (default variable TRADING_OPS_RECONCILER_TOKEN)",
+        )
+    app = web.Application(client_max_size=rc.max_body_bytes)
+    app[keys.CONFIG] = config
+    app[keys.REGISTRY] = registry if registry is not None else CollectorRegistry()
+    app[keys.METRICS] = ReconcilerMetrics(app[keys.REGISTRY])
+    app[keys.PLAYBOOK] = load_playbook(config.path(rc.playbook) if rc.playbook else None)
+    app[keys.TOKEN] = token
+    app[keys.INSTANCE] = rc.instance or socket.gethostname()
+    app[keys.OWNER] = f"{app[keys.INSTANCE]}:{uuid.uuid4().hex[:12]}"
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(clients_ctx)
+    app.cleanup_ctx.append(workers_ctx)
+    app.router.add_post("/api/v1/alertmanager", webhook)
+    app.router.add_get("/api/v1/episodes", list_episodes)
+    app.router.add_get("/api/v1/episodes/{id}", get_episode)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    try:
+        tables = await asyncio.to_thread(lambda: set(inspect(engine).get_table_names()))
+        if "reconciler_episodes" not in tables:
+            raise ConfigError("database.url", "the ledger tables are missing: run `trading-ops db upgrade` first")
+        app[keys.LEDGER] = Ledger(engine)
+        yield
+    finally:
+        engine.dispose()
+
+
+async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession() as session:
+        app[keys.SESSION] = session
+        yield
+
+
+async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+    config, metrics = app[keys.CONFIG], app[keys.METRICS]
+    notifier = Notifier.from_text(resolve_secret(config, config.notifications, "urls", "notifications.urls"))
+    engine = Engine(
+        config,
+        app[keys.LEDGER],
+        app[keys.PLAYBOOK],
+        metrics,
+        app[keys.SESSION],
+        app[keys.OWNER],
+        app[keys.INSTANCE],
+        notifier,
+    )
+    wd = config.reconciler.watchdog
+    deadman = DeadMansSwitch(wd.window_seconds, wd.check_interval_seconds, notifier, metrics)
+
+    def stored(result: StoreResult, items: list[NotificationIn]) -> None:
+        for item in items:
+            for alert in item.alerts:
+                metrics.alerts_received.labels(alert.status).inc()
+        metrics.alerts_deduplicated.inc(result.deduplicated)
+        for outcome, count in result.closed.items():
+            metrics.episodes_total.labels(outcome).inc(count)
+        if result.resolved_ids:
+            engine.notify_resolved(result.resolved_ids)
+        if result.new_episodes:
+            engine.wake.set()
+
+    writer = GroupCommitWriter(app[keys.LEDGER], config.reconciler.batch_max, stored)
+    writer.start()
+    app[keys.WRITER], app[keys.ENGINE], app[keys.DEADMAN] = writer, engine, deadman
+    tasks = [
+        asyncio.create_task(engine.run_forever(), name="engine"),
+        asyncio.create_task(deadman.run_forever(), name="deadman"),
+    ]
+    app[keys.TASKS] = tasks
+    log.info(
+        "reconciler %s: playbook %s (%d rules), dry_run=%s",
+        app[keys.OWNER],
+        app[keys.PLAYBOOK].source,
+        len(app[keys.PLAYBOOK].rules),
+        config.reconciler.dry_run,
+    )
+    try:
+        yield
+    finally:
+        await stop_tasks(tasks)
+        await engine.stop()
+        await writer.stop()
+
+
+async def webhook(request: web.Request) -> web.Response:
+    app = request.app
+    metrics = app[keys.METRICS]
+    metrics.notifications_received.inc()
+    try:
+        check_token(request.headers.get("Authorization"), app[keys.TOKEN])
+        limit = app[keys.CONFIG].reconciler.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise Rejected(413, "too_large", f"body of {request.content_length} bytes is over the {limit}-byte limit")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise Rejected(413, "too_large", f"body over the {limit}-byte limit") from exc
+        validated = validate(parse_body(body))
+        wd = app[keys.CONFIG].reconciler.watchdog.alertname
+        if any(a["labels"]["alertname"] == wd and a["status"] == "firing" for a in validated.alerts):
+            app[keys.DEADMAN].seen()
+        item = plan_notification(validated, body.decode(), app[keys.PLAYBOOK], wd)
+    except Rejected as exc:
+        metrics.notifications_rejected.labels(exc.reason).inc()
+        log.warning("webhook from %s rejected (%d %s): %s", request.remote, exc.status, exc.reason, exc)
+        return web.json_response({"status": "rejected", "error": str(exc)}, status=exc.status)
+    try:
+        await app[keys.WRITER].submit(item)
+    except Exception as exc:
+        log.error("webhook from %s not stored: %s", request.remote, exc)
+        return web.json_response({"status": "error", "error": "not stored; retry"}, status=503)
+    return web.json_response({"status": "stored", "alerts": len(validated.alerts)})
+
+
+async def list_episodes(request: web.Request) -> web.Response:
+    try:
+        limit = min(MAX_LIST, max(1, int(request.query.get("limit", "50"))))
+    except ValueError:
+        return web.json_response({"error": "limit: expected an integer"}, status=400)
+    state = request.query.get("state") or None
+    rows = await asyncio.to_thread(request.app[keys.LEDGER].list_episodes, limit, state)
+    return web.json_response({"episodes": [episode_json(e) for e in rows]})
+
+
+async def get_episode(request: web.Request) -> web.Response:
+    try:
+        episode_id = int(request.match_info["id"])
+    except ValueError:
+        return web.json_response({"error": "id: expected an integer"}, status=400)
+    row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
+    if row is None:
+        return web.json_response({"error": f"no episode {episode_id}"}, status=404)
+    return web.json_response(episode_json(row))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[keys.REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    tasks = request.app[keys.TASKS]
+    alive = request.app[keys.WRITER].alive and all(not t.done() for t in tasks)
+    return web.json_response({"status": "ok" if alive else "workers stopped"}, status=200 if alive else 503)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ledger = request.app[keys.LEDGER]
+
+    def ping() -> None:
+        with ledger.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.to_thread(ping)
+    except Exception as exc:
+        return web.json_response({"status": f"database unavailable: {type(exc).__name__}"}, status=503)
+    return web.json_response({"status": "ready"})

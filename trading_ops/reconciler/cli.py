@@ -1,0 +1,201 @@
+"""`trading-ops reconciler [history|pause|resume]` and `trading-ops playbook test|explain`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trading_ops.cli import UsageError
+from trading_ops.clients.prometheus import expr_from_generator_url
+from trading_ops.config import Config
+from trading_ops.db.base import make_engine
+from trading_ops.reconciler.actions.base import TEMPLATE_RE
+from trading_ops.reconciler.engine import PAUSE_KEY
+from trading_ops.reconciler.history import history_json, history_table
+from trading_ops.reconciler.intake import Rejected, parse_body, validate
+from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.playbook import Playbook, PlaybookError, Rule, load_playbook
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def register(sub: Any) -> None:
+    rec = sub.add_parser("reconciler", help="run the reconciler (default) or inspect and steer it")
+    rec.set_defaults(handler=serve)
+    inner = rec.add_subparsers(dest="reconciler_command", metavar="ACTION")
+    hist = inner.add_parser("history", help="episodes with their attempts, newest first")
+    hist.add_argument("--json", action="store_true", help="print JSON (as GET /api/v1/episodes)")
+    hist.add_argument("--limit", type=int, default=50)
+    hist.add_argument("--state", default=None, help="only episodes in this state")
+    hist.set_defaults(handler=history)
+    inner.add_parser("pause", help="stop acting (every replica); episodes are recorded as skipped").set_defaults(
+        handler=pause
+    )
+    inner.add_parser("resume", help="act again after a pause").set_defaults(handler=resume)
+
+    pb = sub.add_parser("playbook", help="check and explain playbooks without side effects")
+    pinner = pb.add_subparsers(dest="playbook_command", metavar="ACTION", required=True)
+    test = pinner.add_parser("test", help="check alerts against expected rules and actions (as amtool routes test)")
+    test.add_argument("cases", help="YAML file of cases")
+    test.add_argument("--playbook", default=None, help="playbook file (default: the configured one)")
+    test.set_defaults(handler=playbook_test)
+    explain = pinner.add_parser("explain", help="print the plan for a recorded webhook payload")
+    explain.add_argument("payload", help="JSON file of an Alertmanager webhook payload")
+    explain.add_argument("--playbook", default=None, help="playbook file (default: the configured one)")
+    explain.set_defaults(handler=playbook_explain)
+
+
+def serve(args: argparse.Namespace, config: Config) -> int:
+    import logging
+
+    from aiohttp import web
+
+    from trading_ops.reconciler.app import create_app
+
+    app = create_app(config)
+    listen = config.reconciler.listen
+    logging.getLogger(__name__).info("reconciler listening on http://%s:%d", listen.host, listen.port)
+    web.run_app(app, host=listen.host, port=listen.port, print=None, access_log=None)
+    return EXIT_OK
+
+
+def _ledger(config: Config) -> Ledger:
+    return Ledger(make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous))
+
+
+def history(args: argparse.Namespace, config: Config) -> int:
+    ledger = _ledger(config)
+    try:
+        episodes = ledger.list_episodes(max(1, args.limit), args.state)
+    finally:
+        ledger.engine.dispose()
+    print(history_json(episodes) if args.json else history_table(episodes))
+    return EXIT_OK
+
+
+def _set_pause(config: Config, value: str) -> None:
+    ledger = _ledger(config)
+    try:
+        ledger.set_setting(PAUSE_KEY, value)
+    finally:
+        ledger.engine.dispose()
+
+
+def pause(args: argparse.Namespace, config: Config) -> int:
+    _set_pause(config, "1")
+    print("reconciler paused: nothing will be executed until `trading-ops reconciler resume`")
+    return EXIT_OK
+
+
+def resume(args: argparse.Namespace, config: Config) -> int:
+    _set_pause(config, "0")
+    print("reconciler resumed")
+    return EXIT_OK
+
+
+def _playbook(args: argparse.Namespace, config: Config) -> Playbook:
+    try:
+        if args.playbook:
+            return load_playbook(args.playbook)
+        rc = config.reconciler.playbook
+        return load_playbook(config.path(rc) if rc else None)
+    except PlaybookError as exc:
+        raise UsageError(f"playbook: {exc}") from exc
+
+
+def plan(rule: Rule | None, labels: dict[str, str]) -> list[str]:
+    """The steps a rule would run for these labels, each with its risk and whether it would be refused."""
+    if rule is None:
+        return []
+    out = []
+    for step in rule.steps:
+        refused = step.risk == "destructive" and not rule.allow_destructive
+        out.append(step.name + (" (refused: destructive not allowed)" if refused else ""))
+    return out
+
+
+def playbook_test(args: argparse.Namespace, config: Config) -> int:
+    path = Path(args.cases)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read cases: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+        raise UsageError(f"{path}: expected a mapping with a `cases` list")
+    if data.get("playbook") and not args.playbook:
+        args.playbook = str(path.parent / data["playbook"])
+    playbook = _playbook(args, config)
+    failures = 0
+    for i, case in enumerate(data["cases"]):
+        if not isinstance(case, dict) or not isinstance(case.get("labels"), dict) or "expect" not in case:
+            raise UsageError(f"{path}: cases[{i}]: expected name, labels (a mapping) and expect")
+        name = case.get("name") or f"case {i}"
+        labels = {str(k): str(v) for k, v in case["labels"].items()}
+        expect = case["expect"] or {}
+        rule = playbook.match(labels)
+        got_rule = rule.name if rule else None
+        problems = []
+        if "rule" in expect and expect["rule"] != got_rule:
+            problems.append(f"rule: expected {expect['rule']!r}, got {got_rule!r}")
+        if "actions" in expect and list(expect["actions"] or []) != plan(rule, labels):
+            problems.append(f"actions: expected {expect['actions']!r}, got {plan(rule, labels)!r}")
+        if "target" in expect and rule and expect["target"] != rule.target(labels):
+            problems.append(f"target: expected {expect['target']!r}, got {rule.target(labels)!r}")
+        if problems:
+            failures += 1
+            print(f"FAIL  {name}: " + "; ".join(problems))
+        else:
+            print(f"ok    {name}")
+    total = len(data["cases"])
+    print(f"{total - failures}/{total} cases passed ({playbook.source})")
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def playbook_explain(args: argparse.Namespace, config: Config) -> int:
+    path = Path(args.payload)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}") from exc
+    try:
+        validated = validate(parse_body(raw))
+    except Rejected as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    playbook = _playbook(args, config)
+    watchdog = config.reconciler.watchdog.alertname
+    out = [f"notification: {validated.status}, receiver {validated.receiver!r}, {len(validated.alerts)} alert(s)"]
+    for a in validated.alerts:
+        labels = a["labels"]
+        head = f"- {labels['alertname']} [{a['status']}] fingerprint {a['fingerprint']} startsAt {a['starts_at']}"
+        out.append(head)
+        if labels["alertname"] == watchdog:
+            out.append("    feeds the dead man's switch; no episode")
+            continue
+        if a["status"] == "resolved":
+            out.append("    closes episode (fingerprint, startsAt); cancels pending retries and verification")
+            continue
+        rule = playbook.match(labels)
+        if rule is None:
+            out.append("    no rule matches: recorded as skipped")
+            continue
+        out.append(f"    rule {rule.name} on target {rule.target(labels)} (one run per episode)")
+        if rule.wait_for:
+            out.append(f"    wait {rule.wait_for:g}s, act only if still firing")
+        for j, step in enumerate(plan(rule, labels), 1):
+            out.append(f"    {j}. {step} [{rule.steps[j - 1].risk}, timeout {rule.steps[j - 1].timeout:g}s]")
+        if rule.verify.enabled:
+            expr = rule.verify.expr or expr_from_generator_url(a["generator_url"]) or "(none: cannot verify)"
+            expr = TEMPLATE_RE.sub(lambda m: labels.get(m.group(1), "<missing>"), expr)
+            out.append(f"    verify until clear within {rule.verify.deadline:g}s: {expr}")
+        else:
+            out.append("    no verification: success = steps succeeded")
+        out.append(
+            f"    attempts {rule.max_attempts}, backoff {rule.backoff.initial:g}s x{rule.backoff.multiplier:g} "
+            f"(max {rule.backoff.max:g}s, jitter {rule.backoff.jitter:.0%}), cooldown {rule.cooldown:g}s, "
+            f"on failure: {rule.on_failure}"
+        )
+    print("\n".join(out))
+    return EXIT_OK

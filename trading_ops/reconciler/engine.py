@@ -1,0 +1,408 @@
+"""The workers: claim due episodes, run their rule's steps under budgets and breakers, verify, escalate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import aiohttp
+
+from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
+from trading_ops.clients.notify import Notifier
+from trading_ops.clients.prometheus import PrometheusClient, expr_from_generator_url
+from trading_ops.config import Config
+from trading_ops.db.base import utcnow
+from trading_ops.reconciler.actions import ACTIONS
+from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
+from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED, escalate
+from trading_ops.reconciler.actions.silence import CREATED_BY
+from trading_ops.reconciler.ledger import GLOBAL_TARGET, Ledger
+from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.playbook import Playbook, Rule
+from trading_ops.reconciler.verify import verify
+from trading_ops.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PAUSE_KEY = "paused"
+
+
+class LostClaim(Exception):
+    """Another replica took the episode over (our lease lapsed): stop without writing more."""
+
+
+class Engine:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        playbook: Playbook,
+        metrics: ReconcilerMetrics,
+        session: aiohttp.ClientSession,
+        owner: str,
+        instance: str,
+        notifier: Notifier,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.rc = config.reconciler
+        self.ledger = ledger
+        self.playbook = playbook
+        self.metrics = metrics
+        self.session = session
+        self.owner = owner
+        self.instance = instance
+        self.notifier = notifier
+        self.alertmanager = AlertmanagerClient(session, self.rc.alertmanager_url)
+        self.prometheus = PrometheusClient(session, self.rc.prometheus_url)
+        self.label_pattern = re.compile(self.rc.label_value_pattern)
+        self.rng = rng or random.Random()
+        self.wake = asyncio.Event()
+        self.runs: dict[int, asyncio.Task[None]] = {}
+        self.resolved: set[int] = set()
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.dispatch_once()
+            except Exception:
+                log.exception("dispatch failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.rc.poll_interval_seconds):
+                    await self.wake.wait()
+            self.wake.clear()
+
+    async def dispatch_once(self) -> None:
+        now = utcnow()
+        for episode_id in await self.db(self.ledger.sweep, now, self.owner, self.instance):
+            log.warning("episode %s: the run was interrupted (its reconciler stopped); policy decides", episode_id)
+        free = self.rc.max_concurrent_runs - len(self.runs)
+        if free > 0:
+            busy_targets = set()
+            for episode_id, target in await self.db(self.ledger.due, now, free * 4):
+                if len(self.runs) >= self.rc.max_concurrent_runs:
+                    break
+                if episode_id in self.runs or target in busy_targets:
+                    continue
+                episode = await self.db(self.ledger.claim, episode_id, target, self.owner, now, self.rc.lease_seconds)
+                if episode is None:
+                    busy_targets.add(target)
+                    continue
+                busy_targets.add(target)
+                task = asyncio.create_task(self._guarded(episode), name=f"episode-{episode_id}")
+                self.runs[episode_id] = task
+                task.add_done_callback(functools.partial(self._finished, episode_id))
+        await self._refresh_snapshot(now)
+
+    def _finished(self, episode_id: int, _task: asyncio.Task[None] | None = None) -> None:
+        self.runs.pop(episode_id, None)
+        self.metrics.actions_in_flight.set(len(self.runs))
+        self.wake.set()
+
+    async def _refresh_snapshot(self, now: datetime) -> None:
+        snap = self.metrics.snapshot
+        snap.states = await self.db(self.ledger.state_counts)
+        snap.queue_depth = await self.db(self.ledger.due_count, now)
+        snap.open_circuits = await self.db(self.ledger.open_circuits, now)
+        snap.known_targets.update(snap.open_circuits)
+        self.metrics.actions_in_flight.set(len(self.runs))
+        self.metrics.paused.set(1 if await self.is_paused() else 0)
+
+    def notify_resolved(self, episode_ids: list[int]) -> None:
+        """Intake stored a resolved notification for these episodes: stop their runs between steps."""
+        self.resolved.update(i for i in episode_ids if i in self.runs)
+
+    async def is_paused(self) -> bool:
+        return await self.db(self.ledger.get_setting, PAUSE_KEY, "0") == "1"
+
+    async def stop(self) -> None:
+        await stop_tasks(list(self.runs.values()))
+
+    # ---- one run ------------------------------------------------------------------------------------
+
+    async def _guarded(self, episode: dict[str, Any]) -> None:
+        episode_id, target = episode["id"], episode["target"]
+        renewer = asyncio.create_task(self._renew(episode_id, target, asyncio.current_task()))
+        try:
+            await self.run_episode(episode)
+        except LostClaim:
+            log.warning("episode %s: claim lost to another replica; stopped", episode_id)
+        except asyncio.CancelledError:
+            # Shutting down: leave the run to the sweep after restart (marked interrupted there).
+            raise
+        except Exception as exc:
+            log.exception("episode %s: run failed", episode_id)
+            with contextlib.suppress(Exception):
+                await self.db(
+                    self.ledger.set_episode, episode_id, self.owner, state="failed", detail=f"internal error: {exc}"
+                )
+                self.metrics.episodes_total.labels("failed").inc()
+        finally:
+            renewer.cancel()
+            self.resolved.discard(episode_id)
+            with contextlib.suppress(Exception):
+                await self.db(self.ledger.release_target, target, self.owner)
+
+    async def _renew(self, episode_id: int, target: str, run: asyncio.Task[Any] | None) -> None:
+        while True:
+            await asyncio.sleep(self.rc.lease_seconds / 3)
+            try:
+                ok = await self.db(self.ledger.renew, episode_id, target, self.owner, self.rc.lease_seconds)
+            except Exception:
+                log.exception("episode %s: lease renewal failed", episode_id)
+                continue
+            if not ok and run is not None:
+                run.cancel(msg="claim lost")
+                return
+
+    async def _is_resolved(self, episode_id: int) -> bool:
+        if episode_id in self.resolved:
+            return True
+        row = await self.db(self.ledger.episode, episode_id)
+        if row is None or row["owner"] != self.owner:
+            raise LostClaim
+        return row["resolved_at"] is not None
+
+    async def _close(self, episode: dict[str, Any], state: str, detail: str) -> None:
+        if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state=state, detail=detail):
+            raise LostClaim
+        self.metrics.episodes_total.labels(state).inc()
+        log.info("episode %s (%s on %s): %s: %s", episode["id"], episode["alertname"], episode["target"], state, detail)
+
+    async def run_episode(self, episode: dict[str, Any]) -> None:
+        labels: dict[str, str] = json.loads(episode["labels"])
+        rule = next((r for r in self.playbook.rules if r.name == episode["rule"]), None) or self.playbook.match(labels)
+        now = utcnow()
+        if rule is None:
+            await self._close(episode, "skipped", "no playbook rule matches (the playbook changed)")
+            return
+        ctx = ActionContext(
+            config=self.config,
+            labels=labels,
+            annotations=json.loads(episode["annotations"]),
+            alertname=episode["alertname"],
+            target=episode["target"],
+            episode_id=episode["id"],
+            session=self.session,
+            alertmanager=self.alertmanager,
+            notifier=self.notifier,
+            label_pattern=self.label_pattern,
+        )
+        interrupted = episode["state"] == "interrupted"
+        if interrupted:
+            ctx.history.append(f"attempt {episode['attempts']} interrupted (the reconciler stopped)")
+            if episode["attempts"] >= rule.max_attempts:
+                await self._give_up(episode, rule, ctx, "interrupted and no attempts left")
+                return
+        if episode["resolved_at"] is not None:
+            await self._close(episode, "resolved", "resolved before the run")
+            return
+        # Gates: each one records why nothing was executed.
+        if await self.is_paused():
+            await self._skip(episode, "skipped: the reconciler is paused")
+            return
+        silence = await self._maintenance(labels)
+        self.metrics.maintenance_active.set(1 if silence else 0)
+        if silence:
+            await self._skip(
+                episode, f"skipped: maintenance silence {silence.get('id', '')} ({silence.get('comment', '')[:100]})"
+            )
+            return
+        cooldown = await self.db(
+            self.ledger.cooldown_until, rule.name, episode["target"], episode["id"], rule.cooldown, now
+        )
+        if cooldown is not None and not interrupted and episode["attempts"] == 0:
+            if not await self.db(
+                self.ledger.set_episode,
+                episode["id"],
+                self.owner,
+                state="waiting",
+                next_run_at=cooldown,
+                owner=None,
+                lease_until=None,
+                detail=f"cooldown of rule {rule.name} on {episode['target']} until {cooldown}",
+            ):
+                raise LostClaim
+            return
+        for circuit in (episode["target"], GLOBAL_TARGET):
+            until = await self.db(self.ledger.circuit_open_until, circuit, now)
+            if until is not None:
+                await self._close(episode, "escalated", f"circuit of {circuit} open until {until.isoformat()}")
+                return
+        if not self.rc.dry_run and not await self._within_budget(episode, rule, ctx, now):
+            return
+        await self._attempt(episode, rule, ctx)
+
+    async def _maintenance(self, labels: dict[str, str]) -> dict[str, Any] | None:
+        if not self.rc.check_silences:
+            return None
+        try:
+            return await self.alertmanager.active_silence_for(labels, exclude_created_by=CREATED_BY)
+        except AlertmanagerError as exc:
+            log.warning("cannot check silences (acting anyway): %s", exc)
+            return None
+
+    async def _skip(self, episode: dict[str, Any], why: str) -> None:
+        attempt_id = await self.db(self.ledger.start_attempt, episode["id"], episode["attempts"] + 1, self.owner)
+        await self.db(self.ledger.finish_attempt, attempt_id, "skipped", why)
+        await self._close(episode, "skipped", why)
+
+    async def _within_budget(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
+        needed = sum(1 for s in rule.steps if ACTIONS[s.action].budgeted)
+        if not needed:
+            return True
+        budgets = self.rc.budgets
+        checks = (
+            (episode["target"], budgets.max_actions_per_target_per_hour, episode["target"]),
+            (GLOBAL_TARGET, budgets.max_actions_per_hour, None),
+        )
+        for circuit, limit, scope in checks:
+            spent = await self.db(self.ledger.actions_last_hour, now, scope)
+            if spent + needed <= limit:
+                continue
+            until = now + timedelta(seconds=budgets.circuit_cool_off_seconds)
+            why = f"action budget of {circuit} spent ({spent} of {limit} per hour); circuit open until {until}"
+            if await self.db(self.ledger.open_circuit, circuit, until):
+                self.metrics.snapshot.open_circuits.append(circuit)
+                await self._escalate(CIRCUIT_OPEN, ctx, why)
+            await self._close(episode, "escalated", why)
+            return False
+        return True
+
+    async def _attempt(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> None:
+        number = episode["attempts"] + 1
+        attempt_id = await self.db(self.ledger.start_attempt, episode["id"], number, self.owner)
+        if number == 1 and not episode["first_action_at"]:
+            self.metrics.time_to_first_action.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
+        failure = ""
+        refused = False
+        for position, step in enumerate(rule.steps):
+            if await self._is_resolved(episode["id"]):
+                await self.db(self.ledger.finish_attempt, attempt_id, "resolved", "resolved between steps")
+                await self._close(episode, "resolved", "resolved during the run; remaining steps cancelled")
+                return
+            action = ACTIONS[step.action]
+            record = (attempt_id, position, step.action, step.name, step.risk, episode["target"], action.budgeted)
+            if step.risk == "destructive" and not rule.allow_destructive:
+                reason = f"refused: {step.name} is destructive and rule {rule.name} does not allow_destructive"
+                await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
+                self.metrics.actions.labels(step.action, "refused").inc()
+                failure, refused = reason, True
+                break
+            if self.rc.dry_run:
+                await self.db(self.ledger.start_step, *record, outcome="dry_run", output=f"would run: {step.name}")
+                self.metrics.actions.labels(step.action, "dry_run").inc()
+                continue
+            step_id = await self.db(self.ledger.start_step, *record)
+            started = time.monotonic()
+            result = await self._execute(ctx, step.action, step.params, step.timeout)
+            self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
+            self.metrics.actions.labels(step.action, result.outcome).inc()
+            await self.db(self.ledger.finish_step, step_id, result.outcome, result.output)
+            ctx.history.append(f"attempt {number}: {step.name} -> {result.outcome} ({result.output[:200]})")
+            if not result.ok:
+                failure = f"{step.name}: {result.outcome}: {result.output[:300]}"
+                refused = result.outcome == "refused"
+                break
+        if self.rc.dry_run:
+            await self.db(self.ledger.finish_attempt, attempt_id, "dry_run", "dry run: nothing executed")
+            await self._close(episode, "dry_run", f"dry run: would run {len(rule.steps)} step(s) of {rule.name}")
+            return
+        if not failure:
+            verdict_ok, detail = await self._verify(episode, rule, ctx)
+            if verdict_ok == "resolved":
+                await self.db(self.ledger.finish_attempt, attempt_id, "resolved", detail)
+                await self._close(episode, "resolved", detail)
+                return
+            if verdict_ok == "clear":
+                await self.db(self.ledger.finish_attempt, attempt_id, "success", detail)
+                self.metrics.time_to_recovery.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
+                await self._close(episode, "recovered", detail)
+                return
+            failure = detail
+            ctx.history.append(f"attempt {number}: verification: {detail[:300]}")
+        await self.db(self.ledger.finish_attempt, attempt_id, "failure", failure)
+        # A refused step would be refused again: no retry, straight to the failure policy.
+        if number < rule.max_attempts and not refused:
+            delay = rule.backoff.delay(number, self.rng)
+            retry_at = utcnow() + timedelta(seconds=delay)
+            if not await self.db(
+                self.ledger.set_episode,
+                episode["id"],
+                self.owner,
+                state="pending",
+                next_run_at=retry_at,
+                owner=None,
+                lease_until=None,
+                detail=f"attempt {number} failed ({failure[:200]}); retry at {retry_at}",
+            ):
+                raise LostClaim
+            return
+        await self._give_up(episode, rule, ctx, failure)
+
+    async def _execute(self, ctx: ActionContext, kind: str, params: dict[str, Any], timeout: float) -> Result:
+        try:
+            async with asyncio.timeout(timeout + 5):
+                return await ACTIONS[kind].run(ctx, params, timeout)
+        except Refused as exc:
+            return Result("refused", str(exc))
+        except TimeoutError:
+            return Result("timeout", f"no result within {timeout:g}s")
+        except Exception as exc:
+            log.exception("action %s failed", kind)
+            return Result("failure", truncate(f"{type(exc).__name__}: {exc}", self.rc.output_limit_bytes))
+
+    async def _verify(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str]:
+        if not rule.verify.enabled:
+            return "clear", "steps succeeded (verification disabled by the rule)"
+        expr = rule.verify.expr or expr_from_generator_url(episode["generator_url"])
+        if not expr:
+            return "failure", "cannot verify: no verify.expr and no expression in the alert's generatorURL"
+        try:
+            expr = ctx.render(expr)
+        except Refused as exc:
+            return "failure", f"cannot verify: {exc}"
+        if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state="verifying"):
+            raise LostClaim
+        verdict = await verify(
+            self.prometheus, expr, rule.verify.deadline, rule.verify.interval, lambda: self._is_resolved(episode["id"])
+        )
+        return verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure", verdict.detail
+
+    async def _give_up(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, failure: str) -> None:
+        if rule.on_failure == "none":
+            await self._close(episode, "failed", failure)
+            return
+        description = (
+            f"Rule {rule.name} did not recover {episode['alertname']} on {episode['target']} "
+            f"(episode {episode['id']}). Tried: " + "; ".join(ctx.history or ["nothing"])
+        )
+        posted = await self._escalate(FAILED, ctx, description)
+        await self._close(
+            episode,
+            "escalated" if posted else "failed",
+            failure + ("" if posted else " (escalation to Alertmanager failed)"),
+        )
+
+    async def _escalate(self, alertname: str, ctx: ActionContext, description: str) -> bool:
+        try:
+            await escalate(self.alertmanager, alertname, ctx.labels, ctx.target, description)
+        except AlertmanagerError as exc:
+            log.error("escalation %s failed: %s", alertname, exc)
+            return False
+        self.metrics.escalations.labels(alertname).inc()
+        return True

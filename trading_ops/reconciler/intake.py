@@ -1,0 +1,248 @@
+"""Webhook intake: authenticate, bound, parse and validate Alertmanager payloads; group-commit them."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn, StoreResult
+from trading_ops.reconciler.playbook import Playbook
+from trading_ops.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VERSION = "4"
+STATUSES = ("firing", "resolved")
+MAX_ALERTS = 10_000
+MAX_LABELS = 100
+MAX_LABEL_NAME = 256
+MAX_VALUE = 16_384
+FINGERPRINT_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
+TIMESTAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$")
+
+
+class Rejected(Exception):
+    """A webhook request refused with an HTTP status, a metric reason and one line for the log."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def check_token(header: str | None, token: str) -> None:
+    """Bearer authentication compared in constant time."""
+    given = ""
+    if header and header[:7].lower() == "bearer ":
+        given = header[7:].strip()
+    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        raise Rejected(401, "unauthorized", "missing or wrong bearer token")
+
+
+def parse_body(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected(400, "invalid_json", f"body is not JSON: {exc}") from exc
+
+
+def parse_timestamp(value: Any, where: str) -> datetime:
+    """RFC 3339 as Alertmanager writes it (nanoseconds included) -> an aware UTC datetime."""
+    if not isinstance(value, str):
+        raise Rejected(422, "invalid_payload", f"{where}: expected an RFC 3339 timestamp string")
+    m = TIMESTAMP_RE.match(value)
+    if not m:
+        raise Rejected(422, "invalid_payload", f"{where}: not an RFC 3339 timestamp: {value[:40]!r}")
+    frac = (m.group(3) or "0")[:6].ljust(6, "0")
+    zone = "+00:00" if m.group(4) in ("Z", "z") else m.group(4)
+    try:
+        return datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}.{frac}{zone}").astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise Rejected(422, "invalid_payload", f"{where}: {exc}") from exc
+
+
+def _str_map(value: Any, where: str, required: bool = False) -> dict[str, str]:
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise Rejected(422, "invalid_payload", f"{where}: expected an object of strings")
+    if len(value) > MAX_LABELS:
+        raise Rejected(422, "invalid_payload", f"{where}: more than {MAX_LABELS} entries")
+    for k, v in value.items():
+        if not isinstance(v, str) or len(k) > MAX_LABEL_NAME or len(v) > MAX_VALUE:
+            raise Rejected(422, "invalid_payload", f"{where}.{k[:60]}: expected a string (at most {MAX_VALUE})")
+        if "\x00" in k or "\x00" in v:
+            raise Rejected(422, "invalid_payload", f"{where}.{k[:60]}: contains a NUL character")
+    return dict(value)
+
+
+def _field(obj: dict[str, Any], name: str, where: str, tp: type, required: bool = True) -> Any:
+    if name not in obj:
+        if required:
+            raise Rejected(422, "invalid_payload", f"{where}{name}: required")
+        return None
+    value = obj[name]
+    if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
+        raise Rejected(422, "invalid_payload", f"{where}{name}: expected {tp.__name__}")
+    if isinstance(value, str) and "\x00" in value:
+        raise Rejected(422, "invalid_payload", f"{where}{name}: contains a NUL character")
+    return value
+
+
+@dataclass
+class Validated:
+    receiver: str
+    status: str
+    group_key: str
+    alerts: list[dict[str, Any]]
+
+
+def validate(data: Any) -> Validated:
+    """Check the webhook payload (version 4); Rejected(422) names the first wrong field."""
+    if not isinstance(data, dict):
+        raise Rejected(422, "invalid_payload", "payload: expected a JSON object")
+    version = data.get("version")
+    if version != SUPPORTED_VERSION:
+        raise Rejected(
+            422, "unsupported_version", f'version: unsupported {str(version)[:20]!r} (expected "{SUPPORTED_VERSION}")'
+        )
+    status = _field(data, "status", "", str)
+    if status not in STATUSES:
+        raise Rejected(422, "invalid_payload", "status: expected firing or resolved")
+    receiver = _field(data, "receiver", "", str, required=False) or ""
+    group_key = _field(data, "groupKey", "", str, required=False) or ""
+    raw_alerts = _field(data, "alerts", "", list)
+    if len(raw_alerts) > MAX_ALERTS:
+        raise Rejected(422, "invalid_payload", f"alerts: more than {MAX_ALERTS}")
+    alerts = []
+    for i, a in enumerate(raw_alerts):
+        where = f"alerts[{i}]."
+        if not isinstance(a, dict):
+            raise Rejected(422, "invalid_payload", f"alerts[{i}]: expected an object")
+        a_status = _field(a, "status", where, str)
+        if a_status not in STATUSES:
+            raise Rejected(422, "invalid_payload", f"{where}status: expected firing or resolved")
+        labels = _str_map(a.get("labels"), f"{where}labels", required=True)
+        if not labels.get("alertname"):
+            raise Rejected(422, "invalid_payload", f"{where}labels.alertname: required")
+        fingerprint = _field(a, "fingerprint", where, str)
+        if not FINGERPRINT_RE.match(fingerprint):
+            raise Rejected(422, "invalid_payload", f"{where}fingerprint: expected 1-64 letters or digits")
+        alerts.append(
+            {
+                "status": a_status,
+                "labels": labels,
+                "annotations": _str_map(a.get("annotations"), f"{where}annotations"),
+                "starts_at": parse_timestamp(a.get("startsAt"), f"{where}startsAt"),
+                "generator_url": _field(a, "generatorURL", where, str, required=False) or "",
+                "fingerprint": fingerprint,
+            }
+        )
+    return Validated(receiver, status, group_key, alerts)
+
+
+def plan_notification(v: Validated, payload: str, playbook: Playbook, watchdog: str) -> NotificationIn:
+    """The notification with each alert's own status and the playbook rule chosen for it."""
+    alerts = []
+    for a in v.alerts:
+        labels = a["labels"]
+        if labels["alertname"] == watchdog:
+            continue  # the dead man's switch consumes it; it is never an episode
+        rule = playbook.match(labels)
+        alerts.append(
+            AlertIn(
+                status=a["status"],
+                fingerprint=a["fingerprint"],
+                starts_at=a["starts_at"],
+                alertname=labels["alertname"],
+                labels=labels,
+                annotations=a["annotations"],
+                generator_url=a["generator_url"],
+                rule=rule.name if rule else None,
+                target=rule.target(labels) if rule else labels.get("instance") or labels["alertname"],
+                wait_for=rule.wait_for if rule else 0.0,
+            )
+        )
+    return NotificationIn(v.receiver, v.status, v.group_key, payload, alerts)
+
+
+class GroupCommitWriter:
+    """One writer that stores whatever requests are waiting in one transaction, then acks them all.
+
+    Each request waits on its future, which completes only after the commit: no 200 before durable."""
+
+    def __init__(self, ledger: Ledger, batch_max: int, on_stored: Callable[[StoreResult, list[NotificationIn]], None]):
+        self.ledger = ledger
+        self.batch_max = batch_max
+        self.on_stored = on_stored
+        self.queue: asyncio.Queue[tuple[NotificationIn, asyncio.Future[None]]] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def stop(self) -> None:
+        await stop_tasks([self.task])
+        while not self.queue.empty():
+            _, fut = self.queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(RuntimeError("reconciler shutting down"))
+        self.executor.shutdown(wait=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def submit(self, item: NotificationIn) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((item, fut))
+        await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.batch_max and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            items = [item for item, _ in batch]
+            try:
+                result = await loop.run_in_executor(self.executor, self.ledger.store, items)
+            except Exception:
+                if len(batch) == 1:
+                    log.exception("storing a notification failed")
+                    _fail(batch[0][1])
+                    continue
+                # One bad notification must not fail the others: store them one by one.
+                for item, fut in batch:
+                    try:
+                        single = await loop.run_in_executor(self.executor, self.ledger.store, [item])
+                    except Exception:
+                        log.exception("storing a notification failed")
+                        _fail(fut)
+                    else:
+                        self._done(single, [item], [fut])
+                continue
+            self._done(result, items, [fut for _, fut in batch])
+
+    def _done(self, result: StoreResult, items: list[NotificationIn], futures: list[asyncio.Future[None]]) -> None:
+        try:
+            self.on_stored(result, items)
+        except Exception:  # metrics and wake-ups must never undo an ack
+            log.exception("after-store hook failed")
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(None)
+
+
+def _fail(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(RuntimeError("the ledger could not store the notification"))

@@ -1,0 +1,31 @@
+"""Typed keys of everything the reconciler's aiohttp application holds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from trading_ops.config import Config
+from trading_ops.reconciler.deadman import DeadMansSwitch
+from trading_ops.reconciler.engine import Engine
+from trading_ops.reconciler.intake import GroupCommitWriter
+from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.playbook import Playbook
+
+CONFIG = web.AppKey("config", Config)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+METRICS = web.AppKey("metrics", ReconcilerMetrics)
+PLAYBOOK = web.AppKey("playbook", Playbook)
+TOKEN = web.AppKey("token", str)
+OWNER = web.AppKey("owner", str)
+INSTANCE = web.AppKey("instance", str)
+LEDGER = web.AppKey("ledger", Ledger)
+WRITER = web.AppKey("writer", GroupCommitWriter)
+ENGINE = web.AppKey("engine", Engine)
+DEADMAN = web.AppKey("deadman", DeadMansSwitch)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+TASKS = web.AppKey("tasks", list[asyncio.Task[None]])

@@ -1,0 +1,580 @@
+"""The durable store behind the reconciler: batched intake, episode claims with a lease, the run record."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from trading_ops.db.base import utcnow
+from trading_ops.db.models.ledger import Attempt, Episode, Notification, Setting, Step, Target
+
+OPEN_STATES = ("pending", "waiting", "running", "verifying", "interrupted")
+RUNNABLE_STATES = ("pending", "waiting", "interrupted")
+ACTIVE_STATES = ("running", "verifying")
+CLOSED_STATES = ("recovered", "failed", "escalated", "resolved", "skipped", "dry_run")
+GLOBAL_TARGET = "*"
+# Step outcomes that mean something was actually done (they count against budgets).
+EXECUTED_OUTCOMES = ("running", "success", "failure", "timeout", "interrupted")
+
+E = cast(Table, Episode.__table__)
+A = cast(Table, Attempt.__table__)
+S = cast(Table, Step.__table__)
+T = cast(Table, Target.__table__)
+N = cast(Table, Notification.__table__)
+SET = cast(Table, Setting.__table__)
+
+
+@dataclass
+class AlertIn:
+    """One alert of a notification, validated, with the playbook's decision for it."""
+
+    status: str
+    fingerprint: str
+    starts_at: datetime
+    alertname: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    generator_url: str
+    rule: str | None
+    target: str
+    wait_for: float = 0.0
+
+
+@dataclass
+class NotificationIn:
+    receiver: str
+    status: str
+    group_key: str
+    payload: str
+    alerts: list[AlertIn]
+
+
+@dataclass
+class StoreResult:
+    new_episodes: int = 0
+    deduplicated: int = 0
+    resolved_ids: list[int] = field(default_factory=list)
+    # Episodes closed at intake, by outcome (resolved before a run, skipped for want of a rule).
+    closed: dict[str, int] = field(default_factory=dict)
+
+
+class Ledger:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[Connection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite, so concurrent writers queue instead of failing)."""
+        with self.engine.connect() as conn:
+            conn.info["immediate"] = True
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info["immediate"] = False
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    # ---- intake -------------------------------------------------------------------------------------
+
+    def store(self, batch: list[NotificationIn]) -> StoreResult:
+        """Store notifications and their episodes in one transaction (group commit); returns what changed."""
+        now = utcnow()
+        result = StoreResult()
+        with self.tx() as conn:
+            conn.execute(
+                insert(N),
+                [
+                    {
+                        "received_at": now,
+                        "receiver": n.receiver[:255],
+                        "status": n.status,
+                        "group_key": n.group_key,
+                        "alert_count": len(n.alerts),
+                        "payload": n.payload,
+                    }
+                    for n in batch
+                ],
+            )
+            for n in batch:
+                for alert in n.alerts:
+                    self._store_alert(conn, alert, now, result)
+        return result
+
+    def _store_alert(self, conn: Connection, a: AlertIn, now: datetime, result: StoreResult) -> None:
+        key = and_(E.c.fingerprint == a.fingerprint, E.c.starts_at == a.starts_at)
+        if a.status == "resolved":
+            row = conn.execute(select(E.c.id, E.c.state, E.c.resolved_at).where(key)).first()
+            if row is None:
+                # Resolved before we saw it fire: record the closed episode so a late firing starts nothing.
+                if self._insert_episode(conn, a, now, "resolved", "resolved before any action", closed=True):
+                    result.closed["resolved"] = result.closed.get("resolved", 0) + 1
+                return
+            if row.resolved_at is not None or row.state in CLOSED_STATES:
+                result.deduplicated += 1
+                return
+            if row.state in ACTIVE_STATES:
+                # The worker sees resolved_at, stops between steps and cancels verification.
+                conn.execute(update(E).where(E.c.id == row.id).values(resolved_at=now, updated_at=now))
+            else:
+                conn.execute(
+                    update(E)
+                    .where(E.c.id == row.id)
+                    .values(
+                        resolved_at=now,
+                        state="resolved",
+                        closed_at=now,
+                        updated_at=now,
+                        owner=None,
+                        detail="resolved; pending work cancelled",
+                    )
+                )
+                result.closed["resolved"] = result.closed.get("resolved", 0) + 1
+            result.resolved_ids.append(row.id)
+            return
+        if a.rule is None:
+            state, detail, closed = "skipped", "no playbook rule matches", True
+        else:
+            state, detail, closed = ("waiting" if a.wait_for > 0 else "pending"), "", False
+        if self._insert_episode(conn, a, now, state, detail, closed=closed):
+            if closed:
+                result.closed[state] = result.closed.get(state, 0) + 1
+            else:
+                result.new_episodes += 1
+        else:
+            result.deduplicated += 1
+
+    def _insert_episode(
+        self, conn: Connection, a: AlertIn, now: datetime, state: str, detail: str, closed: bool
+    ) -> bool:
+        stmt = (
+            self._insert(E)
+            .values(
+                fingerprint=a.fingerprint[:64],
+                starts_at=a.starts_at,
+                alertname=a.alertname[:255],
+                target=a.target[:255],
+                rule=a.rule,
+                labels=json.dumps(a.labels, sort_keys=True),
+                annotations=json.dumps(a.annotations, sort_keys=True),
+                generator_url=a.generator_url,
+                state=state,
+                detail=detail,
+                attempts=0,
+                next_run_at=None if closed else max(now, a.starts_at + timedelta(seconds=a.wait_for)),
+                received_at=now,
+                updated_at=now,
+                closed_at=now if closed else None,
+                resolved_at=now if state == "resolved" else None,
+            )
+            .on_conflict_do_nothing(index_elements=["fingerprint", "starts_at"])
+        )
+        return bool(conn.execute(stmt).rowcount)
+
+    # ---- claims -------------------------------------------------------------------------------------
+
+    def due(self, now: datetime, limit: int) -> list[tuple[int, str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(E.c.id, E.c.target)
+                .where(
+                    E.c.state.in_(RUNNABLE_STATES),
+                    E.c.next_run_at <= now,
+                    or_(E.c.owner.is_(None), E.c.lease_until < now),
+                )
+                .order_by(E.c.next_run_at)
+                .limit(limit)
+            ).all()
+        return [(r.id, r.target) for r in rows]
+
+    def claim(self, episode_id: int, target: str, owner: str, now: datetime, lease: float) -> dict[str, Any] | None:
+        """Take the episode and its target for `lease` seconds; None when another run holds either.
+
+        Both are conditional UPDATEs: on PostgreSQL the second of two concurrent claims waits for the
+        first's row lock, re-checks the condition and matches nothing."""
+        until = now + timedelta(seconds=lease)
+        try:
+            return self._claim(episode_id, target, owner, now, until)
+        except _NotClaimed:
+            return None
+
+    def _claim(self, episode_id: int, target: str, owner: str, now: datetime, until: datetime) -> dict[str, Any]:
+        with self.tx() as conn:
+            conn.execute(self._insert(T).values(name=target).on_conflict_do_nothing(index_elements=["name"]))
+            got_target = conn.execute(
+                update(T)
+                .where(T.c.name == target, or_(T.c.owner.is_(None), T.c.lease_until < now, T.c.owner == owner))
+                .values(owner=owner, lease_until=until)
+            ).rowcount
+            if not got_target:
+                raise _NotClaimed
+            previous = conn.execute(select(E.c.state).where(E.c.id == episode_id)).scalar()
+            got = conn.execute(
+                update(E)
+                .where(
+                    E.c.id == episode_id,
+                    E.c.state.in_(RUNNABLE_STATES),
+                    E.c.next_run_at <= now,
+                    or_(E.c.owner.is_(None), E.c.lease_until < now),
+                )
+                .values(owner=owner, lease_until=until, updated_at=now, state="running")
+            ).rowcount
+            if not got:
+                raise _NotClaimed
+            row = dict(conn.execute(select(E).where(E.c.id == episode_id)).mappings().one())
+        # The state the run was claimed from: "interrupted" tells the engine to apply the retry policy.
+        row["state"] = previous
+        return row
+
+    def renew(self, episode_id: int, target: str, owner: str, lease: float) -> bool:
+        until = utcnow() + timedelta(seconds=lease)
+        with self.tx() as conn:
+            ok = conn.execute(
+                update(E).where(E.c.id == episode_id, E.c.owner == owner).values(lease_until=until)
+            ).rowcount
+            conn.execute(update(T).where(T.c.name == target, T.c.owner == owner).values(lease_until=until))
+        return bool(ok)
+
+    def release_target(self, target: str, owner: str) -> None:
+        with self.tx() as conn:
+            conn.execute(update(T).where(T.c.name == target, T.c.owner == owner).values(owner=None, lease_until=None))
+
+    def sweep(self, now: datetime, owner: str, instance: str) -> list[int]:
+        """Mark runs whose owner died (lease expired, or our own previous life) interrupted; their ids."""
+        previous_life = and_(E.c.owner.like(f"{_like_escape(instance)}:%", escape="\\"), E.c.owner != owner)
+        interrupted: list[int] = []
+        with self.tx() as conn:
+            rows = conn.execute(
+                select(E.c.id, E.c.owner).where(E.c.state.in_(ACTIVE_STATES), or_(E.c.lease_until < now, previous_life))
+            ).all()
+            for row in rows:
+                took = conn.execute(
+                    update(E)
+                    .where(E.c.id == row.id, E.c.owner == row.owner, E.c.state.in_(ACTIVE_STATES))
+                    .values(
+                        state="interrupted",
+                        owner=None,
+                        lease_until=None,
+                        next_run_at=now,
+                        updated_at=now,
+                        detail=f"run of {row.owner} interrupted",
+                    )
+                ).rowcount
+                if not took:
+                    continue
+                interrupted.append(row.id)
+                attempt_ids = select(A.c.id).where(A.c.episode_id == row.id).scalar_subquery()
+                conn.execute(
+                    update(A)
+                    .where(A.c.episode_id == row.id, A.c.outcome == "running")
+                    .values(outcome="interrupted", finished_at=now, detail="the reconciler stopped during this run")
+                )
+                conn.execute(
+                    update(S)
+                    .where(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
+                    .values(outcome="interrupted", finished_at=now)
+                )
+            conn.execute(
+                update(T)
+                .where(
+                    or_(
+                        T.c.lease_until < now,
+                        and_(T.c.owner.like(f"{_like_escape(instance)}:%", escape="\\"), T.c.owner != owner),
+                    )
+                )
+                .values(owner=None, lease_until=None)
+            )
+        return interrupted
+
+    # ---- the run record ------------------------------------------------------------------------------
+
+    def episode(self, episode_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(E).where(E.c.id == episode_id)).mappings().first()
+        return dict(row) if row else None
+
+    def set_episode(self, episode_id: int, holder: str | None = None, **values: Any) -> bool:
+        """Update the episode (only while `holder` still holds it, when given)."""
+        values["updated_at"] = utcnow()
+        if values.get("state") in CLOSED_STATES:
+            values.setdefault("closed_at", values["updated_at"])
+            values.setdefault("owner", None)
+            values.setdefault("lease_until", None)
+        cond = [E.c.id == episode_id]
+        if holder is not None:
+            cond.append(E.c.owner == holder)
+        with self.tx() as conn:
+            return bool(conn.execute(update(E).where(*cond).values(**values)).rowcount)
+
+    def start_attempt(self, episode_id: int, number: int, owner: str) -> int:
+        now = utcnow()
+        with self.tx() as conn:
+            attempt_id = conn.execute(
+                insert(A)
+                .values(episode_id=episode_id, number=number, owner=owner, started_at=now, outcome="running")
+                .returning(A.c.id)
+            ).scalar_one()
+            conn.execute(
+                update(E)
+                .where(E.c.id == episode_id)
+                .values(attempts=number, first_action_at=func.coalesce(E.c.first_action_at, now), updated_at=now)
+            )
+        return int(attempt_id)
+
+    def finish_attempt(self, attempt_id: int, outcome: str, detail: str = "") -> None:
+        with self.tx() as conn:
+            conn.execute(
+                update(A).where(A.c.id == attempt_id).values(outcome=outcome, detail=detail, finished_at=utcnow())
+            )
+
+    def start_step(
+        self,
+        attempt_id: int,
+        position: int,
+        action: str,
+        description: str,
+        risk: str,
+        target: str,
+        budgeted: bool,
+        outcome: str = "running",
+        output: str = "",
+    ) -> int:
+        now = utcnow()
+        with self.tx() as conn:
+            return int(
+                conn.execute(
+                    insert(S)
+                    .values(
+                        attempt_id=attempt_id,
+                        position=position,
+                        action=action,
+                        description=description,
+                        risk=risk,
+                        target=target,
+                        budgeted=budgeted,
+                        started_at=now,
+                        outcome=outcome,
+                        output=output,
+                        finished_at=None if outcome == "running" else now,
+                    )
+                    .returning(S.c.id)
+                ).scalar_one()
+            )
+
+    def finish_step(self, step_id: int, outcome: str, output: str) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                update(S).where(S.c.id == step_id).values(outcome=outcome, output=output, finished_at=utcnow())
+            )
+
+    # ---- cooldown, budgets, circuits, pause ---------------------------------------------------------
+
+    def cooldown_until(
+        self, rule: str, target: str, episode_id: int, cooldown: float, now: datetime
+    ) -> datetime | None:
+        """When the last run of `rule` on `target` (another episode) is at least `cooldown` old, else None."""
+        with self.engine.connect() as conn:
+            last = conn.execute(
+                select(func.max(A.c.started_at))
+                .select_from(A.join(E, A.c.episode_id == E.c.id))
+                .where(
+                    E.c.rule == rule,
+                    E.c.target == target,
+                    E.c.id != episode_id,
+                    A.c.outcome.notin_(("skipped", "dry_run")),
+                )
+            ).scalar()
+        if last is None:
+            return None
+        until: datetime = last + timedelta(seconds=cooldown)
+        return until if until > now else None
+
+    def actions_last_hour(self, now: datetime, target: str | None = None) -> int:
+        cond = [S.c.budgeted.is_(True), S.c.started_at > now - timedelta(hours=1), S.c.outcome.in_(EXECUTED_OUTCOMES)]
+        if target is not None:
+            cond.append(S.c.target == target)
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(S).where(*cond)).scalar_one())
+
+    def circuit_open_until(self, target: str, now: datetime) -> datetime | None:
+        with self.engine.connect() as conn:
+            until = conn.execute(select(T.c.circuit_open_until).where(T.c.name == target)).scalar()
+        return until if until is not None and until > now else None
+
+    def open_circuit(self, target: str, until: datetime) -> bool:
+        """Open the circuit; True only for the caller that opened it (so one escalation is posted)."""
+        now = utcnow()
+        with self.tx() as conn:
+            conn.execute(self._insert(T).values(name=target).on_conflict_do_nothing(index_elements=["name"]))
+            return bool(
+                conn.execute(
+                    update(T)
+                    .where(T.c.name == target, or_(T.c.circuit_open_until.is_(None), T.c.circuit_open_until <= now))
+                    .values(circuit_open_until=until)
+                ).rowcount
+            )
+
+    def open_circuits(self, now: datetime) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(T.c.name).where(T.c.circuit_open_until > now)).scalars())
+
+    def get_setting(self, key: str, default: str = "") -> str:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(SET.c.value).where(SET.c.key == key)).scalar()
+        return default if value is None else str(value)
+
+    def set_setting(self, key: str, value: str) -> None:
+        now = utcnow()
+        with self.tx() as conn:
+            stmt = self._insert(SET).values(key=key, value=value, updated_at=now)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value, "updated_at": now}))
+
+    # ---- reading ------------------------------------------------------------------------------------
+
+    def state_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(E.c.state, func.count()).where(E.c.state.in_(OPEN_STATES)).group_by(E.c.state)
+            ).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def due_count(self, now: datetime) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(E).where(E.c.state.in_(RUNNABLE_STATES), E.c.next_run_at <= now)
+                ).scalar_one()
+            )
+
+    def list_episodes(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
+        stmt = select(E).order_by(E.c.id.desc()).limit(limit)
+        if state:
+            stmt = stmt.where(E.c.state == state)
+        with self.engine.connect() as conn:
+            episodes = [dict(r) for r in conn.execute(stmt).mappings()]
+            ids = [e["id"] for e in episodes]
+            attempts = (
+                [
+                    dict(r)
+                    for r in conn.execute(select(A).where(A.c.episode_id.in_(ids)).order_by(A.c.number)).mappings()
+                ]
+                if ids
+                else []
+            )
+            aids = [a["id"] for a in attempts]
+            steps = (
+                [
+                    dict(r)
+                    for r in conn.execute(select(S).where(S.c.attempt_id.in_(aids)).order_by(S.c.position)).mappings()
+                ]
+                if aids
+                else []
+            )
+        by_attempt: dict[int, list[dict[str, Any]]] = {}
+        for s in steps:
+            by_attempt.setdefault(s["attempt_id"], []).append(s)
+        by_episode: dict[int, list[dict[str, Any]]] = {}
+        for a in attempts:
+            a["steps"] = by_attempt.get(a["id"], [])
+            by_episode.setdefault(a["episode_id"], []).append(a)
+        for e in episodes:
+            e["attempt_list"] = by_episode.get(e["id"], [])
+        return episodes
+
+    def get_episode_full(self, episode_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(E).where(E.c.id == episode_id)).mappings().first()
+            if row is None:
+                return None
+            episode = dict(row)
+            attempts = [
+                dict(r)
+                for r in conn.execute(select(A).where(A.c.episode_id == episode_id).order_by(A.c.number)).mappings()
+            ]
+            aids = [a["id"] for a in attempts]
+            steps = (
+                [
+                    dict(r)
+                    for r in conn.execute(select(S).where(S.c.attempt_id.in_(aids)).order_by(S.c.position)).mappings()
+                ]
+                if aids
+                else []
+            )
+        for a in attempts:
+            a["steps"] = [s for s in steps if s["attempt_id"] == a["id"]]
+        episode["attempt_list"] = attempts
+        return episode
+
+    def notification_count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(N)).scalar_one())
+
+
+class _NotClaimed(Exception):
+    """Rolls a claim's transaction back: another run holds the episode or its target."""
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def episode_json(e: dict[str, Any]) -> dict[str, Any]:
+    """The API's view of an episode (DESIGN.md: id, fingerprint, starts_at, alertname, labels, state, attempts)."""
+
+    def ts(v: datetime | None) -> str | None:
+        return v.isoformat() if v else None
+
+    attempts = []
+    for a in e.get("attempt_list", []):
+        steps = [
+            {
+                "position": s["position"],
+                "action": s["action"],
+                "description": s["description"],
+                "risk": s["risk"],
+                "outcome": s["outcome"],
+                "started_at": ts(s["started_at"]),
+                "finished_at": ts(s["finished_at"]),
+                "duration_seconds": (s["finished_at"] - s["started_at"]).total_seconds() if s["finished_at"] else None,
+                "output": s["output"],
+            }
+            for s in a.get("steps", [])
+        ]
+        attempts.append(
+            {
+                "number": a["number"],
+                "action": ", ".join(s["action"] for s in steps) or "-",
+                "outcome": a["outcome"],
+                "started_at": ts(a["started_at"]),
+                "finished_at": ts(a["finished_at"]),
+                "detail": a["detail"],
+                "owner": a["owner"],
+                "steps": steps,
+            }
+        )
+    return {
+        "id": e["id"],
+        "fingerprint": e["fingerprint"],
+        "starts_at": ts(e["starts_at"]),
+        "alertname": e["alertname"],
+        "labels": json.loads(e["labels"]),
+        "annotations": json.loads(e["annotations"]),
+        "target": e["target"],
+        "rule": e["rule"],
+        "state": e["state"],
+        "detail": e["detail"],
+        "received_at": ts(e["received_at"]),
+        "next_run_at": ts(e["next_run_at"]),
+        "resolved_at": ts(e["resolved_at"]),
+        "closed_at": ts(e["closed_at"]),
+        "attempts": attempts,
+    }

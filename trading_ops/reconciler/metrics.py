@@ -1,0 +1,118 @@
+"""The reconciler's `tradingops_` metrics (names from the agreed catalogue)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from trading_ops import __version__
+
+PREFIX = "tradingops"
+EPISODE_STATES = ("pending", "waiting", "running", "verifying", "interrupted")
+REJECT_REASONS = ("unauthorized", "too_large", "invalid_json", "invalid_payload", "unsupported_version")
+# Actions take from milliseconds (an HTTP call) to minutes (a restart and its health wait).
+ACTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Alert start to first action / verified recovery: wait_for and Prometheus `for:` make these seconds to minutes.
+RECOVERY_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class LedgerSnapshot:
+    """Counts read from the ledger by the engine loop, exported without touching the database on a scrape."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, int] = {}
+        self.queue_depth = 0
+        self.open_circuits: list[str] = []
+        self.known_targets: set[str] = set()
+
+
+class SnapshotCollector(Collector):
+    def __init__(self, snapshot: LedgerSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        episodes = GaugeMetricFamily(f"{PREFIX}_episodes", "Open episodes by state.", labels=["state"])
+        for state in EPISODE_STATES:
+            episodes.add_metric([state], self.snapshot.states.get(state, 0))
+        yield episodes
+        yield GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Episodes due for a run and not yet claimed.", value=self.snapshot.queue_depth
+        )
+        circuit = GaugeMetricFamily(
+            f"{PREFIX}_circuit_open", "1 while a target's circuit breaker is open.", labels=["target"]
+        )
+        for target in sorted(self.snapshot.known_targets | set(self.snapshot.open_circuits)):
+            circuit.add_metric([target], 1 if target in self.snapshot.open_circuits else 0)
+        yield circuit
+
+
+class ReconcilerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.snapshot = LedgerSnapshot()
+        registry.register(SnapshotCollector(self.snapshot))
+        info = Gauge(f"{PREFIX}_build_info", "trading-ops version.", ["version"], registry=registry)
+        info.labels(__version__).set(1)
+        self.notifications_received = Counter(
+            f"{PREFIX}_notifications_received", "Webhook notifications received.", registry=registry
+        )
+        self.notifications_rejected = Counter(
+            f"{PREFIX}_notifications_rejected", "Webhook notifications rejected.", ["reason"], registry=registry
+        )
+        for reason in REJECT_REASONS:
+            self.notifications_rejected.labels(reason)
+        self.alerts_received = Counter(
+            f"{PREFIX}_alerts_received", "Alerts in stored notifications.", ["status"], registry=registry
+        )
+        for status in ("firing", "resolved"):
+            self.alerts_received.labels(status)
+        self.alerts_deduplicated = Counter(
+            f"{PREFIX}_alerts_deduplicated", "Alerts that belonged to a known episode.", registry=registry
+        )
+        self.episodes_total = Counter(
+            f"{PREFIX}_episodes", "Episodes closed, by outcome.", ["outcome"], registry=registry
+        )
+        self.actions = Counter(
+            f"{PREFIX}_actions", "Playbook steps by action and outcome.", ["action", "outcome"], registry=registry
+        )
+        self.action_duration = Histogram(
+            f"{PREFIX}_action_duration_seconds",
+            "Duration of playbook steps.",
+            ["action"],
+            buckets=ACTION_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_action = Histogram(
+            f"{PREFIX}_time_to_first_action_seconds",
+            "Alert start to the first action of its episode.",
+            buckets=RECOVERY_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_recovery = Histogram(
+            f"{PREFIX}_time_to_recovery_seconds",
+            "Alert start to verified recovery.",
+            buckets=RECOVERY_BUCKETS,
+            registry=registry,
+        )
+        self.escalations = Counter(
+            f"{PREFIX}_escalations",
+            "Alerts posted to Alertmanager by the reconciler.",
+            ["alertname"],
+            registry=registry,
+        )
+        self.actions_in_flight = Gauge(f"{PREFIX}_actions_in_flight", "Runs in progress.", registry=registry)
+        self.paused = Gauge(f"{PREFIX}_paused", "1 while the reconciler's own pause is on.", registry=registry)
+        self.maintenance_active = Gauge(
+            f"{PREFIX}_maintenance_active", "1 when the last run found a maintenance silence.", registry=registry
+        )
+        self.watchdog_last = Gauge(
+            f"{PREFIX}_watchdog_last_received_timestamp_seconds",
+            "When the Watchdog alert last arrived.",
+            registry=registry,
+        )
+        self.deadman_triggered = Gauge(
+            f"{PREFIX}_deadman_triggered", "1 while no Watchdog arrived within the window.", registry=registry
+        )

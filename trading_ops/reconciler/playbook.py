@@ -1,0 +1,310 @@
+"""The YAML playbook: rules of label matchers (=, !=, =~, !~) mapped to ordered, risk-classed steps."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trading_ops.reconciler.actions import ACTIONS
+from trading_ops.reconciler.actions.base import RISKS, parse_duration
+
+DEFAULT_PLAYBOOK = "default.yml"
+MATCHER_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
+STEP_KEYS = ("action", "name", "timeout", "risk")
+RULE_KEYS = (
+    "name",
+    "match",
+    "steps",
+    "wait_for",
+    "timeout",
+    "max_attempts",
+    "backoff",
+    "cooldown",
+    "verify",
+    "on_failure",
+    "allow_destructive",
+    "target_label",
+)
+ON_FAILURE = ("escalate", "none")
+
+
+class PlaybookError(Exception):
+    """A playbook problem, one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class Matcher:
+    name: str
+    op: str
+    value: str
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        actual = labels.get(self.name, "")
+        if self.op in ("=", "!="):
+            return (actual == self.value) == (self.op == "=")
+        hit = re.fullmatch(self.value, actual) is not None
+        return hit == (self.op == "=~")
+
+    def __str__(self) -> str:
+        return f'{self.name}{self.op}"{self.value}"'
+
+
+def parse_matcher(text: str) -> Matcher:
+    m = MATCHER_RE.match(text)
+    if not m:
+        raise ValueError(f'expected name="value" with =, !=, =~ or !~, got {text[:60]!r}')
+    name, op = m.group(1), m.group(2)
+    value = m.group(3).encode().decode("unicode_escape") if m.group(3) is not None else m.group(4)
+    if op in ("=~", "!~"):
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+    return Matcher(name, op, value)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 5.0
+    max: float = 300.0
+    multiplier: float = 2.0
+    jitter: float = 0.2  # +-20 %
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        base = min(self.max, self.initial * self.multiplier ** max(0, attempt - 1))
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base * (1.0 + spread))
+
+
+@dataclass(frozen=True)
+class Verify:
+    enabled: bool = True
+    expr: str | None = None  # None: the alert's own expression, from its generatorURL
+    deadline: float = 120.0
+    interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    action: str
+    params: dict[str, Any]
+    timeout: float
+    risk: str
+    name: str
+
+    def describe(self) -> str:
+        return ACTIONS[self.action].describe(self.params)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    matchers: tuple[Matcher, ...]
+    steps: tuple[StepSpec, ...]
+    wait_for: float = 0.0
+    max_attempts: int = 2
+    backoff: Backoff = field(default_factory=Backoff)
+    cooldown: float = 300.0
+    verify: Verify = field(default_factory=Verify)
+    on_failure: str = "escalate"
+    allow_destructive: bool = False
+    target_label: str = "instance"
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(m.matches(labels) for m in self.matchers)
+
+    def target(self, labels: dict[str, str]) -> str:
+        return labels.get(self.target_label) or labels.get("alertname", "unknown")
+
+
+@dataclass
+class Playbook:
+    rules: list[Rule]
+    source: str = "<memory>"
+
+    def match(self, labels: dict[str, str]) -> Rule | None:
+        """The first rule whose matchers all match, as Alertmanager's routes without `continue`."""
+        return next((r for r in self.rules if r.matches(labels)), None)
+
+
+def load_playbook(path: str | Path | None) -> Playbook:
+    """Read and validate a playbook; None or "" gives the packaged default."""
+    if not path:
+        text = resources.files("trading_ops.reconciler").joinpath("playbooks", DEFAULT_PLAYBOOK).read_text()
+        source = f"<packaged {DEFAULT_PLAYBOOK}>"
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PlaybookError(f"{source}: cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise PlaybookError(f"{source}: invalid YAML{where}: {getattr(exc, 'problem', '') or exc}") from exc
+    return parse_playbook(data, source)
+
+
+def parse_playbook(data: Any, source: str = "<memory>") -> Playbook:
+    if not isinstance(data, dict):
+        raise PlaybookError(f"{source}: expected a mapping with `rules`")
+    unknown = set(data) - {"version", "defaults", "rules"}
+    if unknown:
+        raise PlaybookError(f"{source}: {sorted(unknown)[0]}: unknown key (known: version, defaults, rules)")
+    defaults = data.get("defaults") or {}
+    rules_data = data.get("rules")
+    if not isinstance(defaults, dict):
+        raise PlaybookError(f"{source}: defaults: expected a mapping")
+    if not isinstance(rules_data, list) or not rules_data:
+        raise PlaybookError(f"{source}: rules: expected a non-empty list")
+    try:
+        _rule({**defaults, "name": "defaults", "match": [], "steps": []}, "defaults", {}, allow_empty=True)
+    except PlaybookError as exc:
+        raise PlaybookError(f"{source}: {exc}") from exc
+    rules: list[Rule] = []
+    names: set[str] = set()
+    for i, raw in enumerate(rules_data):
+        try:
+            rule = _rule(raw, f"rules[{i}]", defaults)
+        except PlaybookError as exc:
+            raise PlaybookError(f"{source}: {exc}") from exc
+        if rule.name in names:
+            raise PlaybookError(f"{source}: rules[{i}].name: duplicate rule name {rule.name!r}")
+        names.add(rule.name)
+        rules.append(rule)
+    return Playbook(rules, source)
+
+
+def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = False) -> Rule:
+    if not isinstance(raw, dict):
+        raise PlaybookError(f"{where}: expected a mapping")
+    data = {**defaults, **raw}
+    for key in data:
+        if key not in RULE_KEYS:
+            raise PlaybookError(f"{where}.{key}: unknown key (known: {', '.join(RULE_KEYS)})")
+    name = data.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", name):
+        raise PlaybookError(f"{where}.name: expected a name of letters, digits, '_', '.', '-'")
+    matchers = _matchers(data.get("match"), f"{where}.match", allow_empty)
+    timeout = _duration(data.get("timeout", 30), f"{where}.timeout")
+    allow_destructive = data.get("allow_destructive", False)
+    if not isinstance(allow_destructive, bool):
+        raise PlaybookError(f"{where}.allow_destructive: expected true or false")
+    steps_data = data.get("steps")
+    if not isinstance(steps_data, list) or (not steps_data and not allow_empty):
+        raise PlaybookError(f"{where}.steps: expected a non-empty list of steps")
+    steps = tuple(_step(s, f"{where}.steps[{j}]", timeout) for j, s in enumerate(steps_data))
+    max_attempts = data.get("max_attempts", 2)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise PlaybookError(f"{where}.max_attempts: expected an integer >= 1")
+    on_failure = data.get("on_failure", "escalate")
+    if on_failure not in ON_FAILURE:
+        raise PlaybookError(f"{where}.on_failure: expected one of {', '.join(ON_FAILURE)}")
+    target_label = data.get("target_label", "instance")
+    if not isinstance(target_label, str):
+        raise PlaybookError(f"{where}.target_label: expected a label name")
+    return Rule(
+        name=name,
+        matchers=matchers,
+        steps=steps,
+        wait_for=_duration(data.get("wait_for", 0), f"{where}.wait_for"),
+        max_attempts=max_attempts,
+        backoff=_backoff(data.get("backoff") or {}, f"{where}.backoff"),
+        cooldown=_duration(data.get("cooldown", 300), f"{where}.cooldown"),
+        verify=_verify(data.get("verify", True), f"{where}.verify"),
+        on_failure=on_failure,
+        allow_destructive=allow_destructive,
+        target_label=target_label,
+    )
+
+
+def _matchers(raw: Any, where: str, allow_empty: bool) -> tuple[Matcher, ...]:
+    if isinstance(raw, dict):
+        raw = [f'{k}="{v}"' for k, v in raw.items()]
+    if not isinstance(raw, list) or (not raw and not allow_empty):
+        raise PlaybookError(f'{where}: expected a list of matchers like alertname="TradingBotDown"')
+    out = []
+    for k, text in enumerate(raw):
+        try:
+            out.append(parse_matcher(str(text)))
+        except ValueError as exc:
+            raise PlaybookError(f"{where}[{k}]: {exc}") from exc
+    return tuple(out)
+
+
+def _step(raw: Any, where: str, default_timeout: float) -> StepSpec:
+    if not isinstance(raw, dict):
+        raise PlaybookError(f"{where}: expected a mapping with `action`")
+    kind = raw.get("action")
+    if kind not in ACTIONS:
+        raise PlaybookError(f"{where}.action: unknown action {kind!r} (known: {', '.join(ACTIONS)})")
+    action = ACTIONS[kind]
+    params = {k: v for k, v in raw.items() if k not in STEP_KEYS}
+    try:
+        action.validate(params)
+    except ValueError as exc:
+        raise PlaybookError(f"{where}.{exc}") from exc
+    risk = raw.get("risk", action.risk(params))
+    if risk not in RISKS:
+        raise PlaybookError(f"{where}.risk: expected one of {', '.join(RISKS)}")
+    # A step may declare itself riskier than its kind, never safer.
+    if RISKS.index(risk) < RISKS.index(action.risk(params)):
+        raise PlaybookError(f"{where}.risk: {kind} {action.describe(params)} is {action.risk(params)}, not {risk}")
+    timeout = _duration(raw.get("timeout", default_timeout), f"{where}.timeout")
+    name = str(raw.get("name") or action.describe(params))
+    return StepSpec(kind, params, timeout, risk, name)
+
+
+def _duration(value: Any, where: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise PlaybookError(f"{where}: {exc}") from exc
+
+
+def _backoff(raw: Any, where: str) -> Backoff:
+    if not isinstance(raw, dict):
+        raise PlaybookError(f"{where}: expected a mapping (initial, max, multiplier, jitter)")
+    for key in raw:
+        if key not in ("initial", "max", "multiplier", "jitter"):
+            raise PlaybookError(f"{where}.{key}: unknown key (known: initial, max, multiplier, jitter)")
+    jitter = raw.get("jitter", 0.2)
+    multiplier = raw.get("multiplier", 2.0)
+    if not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
+        raise PlaybookError(f"{where}.jitter: expected a number between 0 and 1")
+    if not isinstance(multiplier, int | float) or multiplier < 1:
+        raise PlaybookError(f"{where}.multiplier: expected a number >= 1")
+    return Backoff(
+        initial=_duration(raw.get("initial", 5), f"{where}.initial"),
+        max=_duration(raw.get("max", 300), f"{where}.max"),
+        multiplier=float(multiplier),
+        jitter=float(jitter),
+    )
+
+
+def _verify(raw: Any, where: str) -> Verify:
+    if isinstance(raw, bool):
+        return Verify(enabled=raw)
+    if not isinstance(raw, dict):
+        raise PlaybookError(f"{where}: expected true, false or a mapping (expr, deadline, interval)")
+    for key in raw:
+        if key not in ("expr", "deadline", "interval", "enabled"):
+            raise PlaybookError(f"{where}.{key}: unknown key (known: enabled, expr, deadline, interval)")
+    expr = raw.get("expr")
+    if expr is not None and (not isinstance(expr, str) or not expr.strip()):
+        raise PlaybookError(f"{where}.expr: expected a PromQL expression")
+    return Verify(
+        enabled=bool(raw.get("enabled", True)),
+        expr=expr,
+        deadline=_duration(raw.get("deadline", 120), f"{where}.deadline"),
+        interval=_duration(raw.get("interval", 5), f"{where}.interval"),
+    )
