@@ -1,6 +1,8 @@
 # The trading-ops image: the paper bot, the reconciler and every other `trading-ops` subcommand.
 #   docker build -t trading-ops .   then   docker run --rm trading-ops --help
-FROM python:3.11-slim
+# Pinned to a patch release and a Debian release so a rebuild gets the same interpreter and libraries; bump both
+# on purpose (the tests in tests/test_docker_compose.py require a full pin).
+FROM python:3.11.17-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

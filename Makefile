@@ -41,10 +41,12 @@ var/secrets/reconciler-token:
 $(CONFIG):
 	cp trading-ops.example.yaml $(CONFIG)
 
+# The local stack: paper bot (--chaos), reconciler, Prometheus and Alertmanager; Ctrl-C stops it.
+# `make run UP_ARGS="--profile standard --base-port 19100"` passes options to `trading-ops up`.
 run: $(STAMP) var/secrets/control-token var/secrets/reconciler-token $(CONFIG)
 	-@$(MAKE) --no-print-directory system-deps
 	$(VENV)/bin/trading-ops --config $(CONFIG) db upgrade
-	exec $(VENV)/bin/trading-ops --config $(CONFIG) paper-bot --chaos
+	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check trading_ops tests benchmarks

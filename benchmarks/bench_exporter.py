@@ -1,10 +1,19 @@
 """Benchmark the bot-side exporter; prints JSON.
 
-1. Cost of each record call of trading_ops.bot.BotMetrics against the raw prometheus_client child operations
-   it performs, measured in the same run (goal: <= 1.5x).
-2. Scrape time (render /metrics, and a full HTTP GET) at 1k, 5k and 20k series.
-3. The bot's event-loop lag p99 with and without a scrape every second at 5k series, the scraper in another
-   process (goal: scraping adds <= 2 ms).
+1. Cost of each record call of trading_ops.bot.BotMetrics against the same number of raw prometheus_client child
+   operations (pre-resolved children), measured in the same run, interleaved round by round (goal: <= 1.5x).
+   Each round takes the best of a few runs; the spread of the rounds (median, min, max) is reported for both
+   and for their per-round ratio. The goal is judged on the ratio of the best rounds (timeit's convention: other
+   processes only ever add time, so the minimum is the least disturbed measurement of each side).
+2. Scrape time at 1k, 5k and 20k series: rendering the registry, and a full HTTP GET with
+   `Accept-Encoding: gzip` as Prometheus sends it.
+3. The bot's event-loop lag p99 without scrapes and with a gzip scrape every second at 5k series (the scraper in
+   another process; goal: scraping adds <= 2 ms), beside the noise floor of an idle event loop on this machine.
+   When the lag without scrapes is already above 2 ms the machine is too noisy to judge the goal, and the
+   verdict says so instead of "met".
+
+The bot is configured as the paper bot is: `tune_switch_interval` and `disable_created_series` on. The lag is
+also measured with Python's default GIL switch interval, to show what the opt-in buys.
 
 Usage: python benchmarks/bench_exporter.py [--quick]
 """
@@ -23,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -32,6 +42,12 @@ from trading_ops.bot.metrics import ACK_LATENCY_BUCKETS, LOOP_DURATION_BUCKETS, 
 TOKEN = "bench"
 RECORD_GOAL_RATIO = 1.5
 LAG_GOAL_SECONDS = 0.002
+# Above this baseline p99 (no scrapes), the machine's own noise is as large as the effect being judged.
+NOISY_BASELINE_P99_SECONDS = 0.002
+LAG_SAMPLE_INTERVAL_SECONDS = 0.005
+SCRAPE_SIZES = (1_000, 5_000, 20_000)
+LAG_SERIES = 5_000
+GZIP_HEADERS = {"Accept-Encoding": "gzip"}
 
 
 def per_call_ns(fn: Callable[[], None], number: int, repeat: int) -> float:
@@ -45,9 +61,17 @@ def per_call_ns(fn: Callable[[], None], number: int, repeat: int) -> float:
     return best
 
 
-def record_costs(number: int, repeat: int) -> dict[str, dict[str, float]]:
+def spread(values: list[float], digits: int = 1) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def record_costs(number: int, repeat: int, rounds: int) -> dict[str, dict[str, Any]]:
     reg = CollectorRegistry()
-    m = BotMetrics(venue="paper", strategy="demo", registry=reg)
+    m = BotMetrics(venue="paper", strategy="demo", registry=reg, disable_created_series=True)
     raw_reg = CollectorRegistry()
     c5 = Counter("raw_c5", "x", ["venue", "strategy", "symbol", "side", "order_type"], registry=raw_reg)
     c4 = Counter("raw_c4", "x", ["venue", "strategy", "symbol", "side"], registry=raw_reg)
@@ -61,22 +85,27 @@ def record_costs(number: int, repeat: int) -> dict[str, dict[str, float]]:
     g0 = Gauge("raw_g0", "x", registry=raw_reg)
     # Pre-resolved children: the fastest a hand-written exporter can be.
     sub = c5.labels("paper", "demo", "BTC-USD", "buy", "limit")
+    acked = c5.labels("paper", "demo", "BTC-USD", "buy", "market")
     fills = c5.labels("paper", "demo", "BTC-USD", "buy", "maker")
     qty = c4.labels("paper", "demo", "BTC-USD", "buy")
     notional = c4.labels("paper", "demo", "BTC-USD", "sell")
     fees = c3.labels("paper", "demo", "BTC-USD")
+    canceled = c3.labels("paper", "demo", "ETH-USD")
     err = c2.labels("paper", "network")
     pos_q, pos_n = g2.labels("paper", "BTC-USD"), g2.labels("paper", "ETH-USD")
     realized, unrealized = g2b.labels("paper", "a"), g2b.labels("paper", "b")
     ack = h2.labels("paper", "limit")
     md_count, md_last = c3.labels("paper", "demo", "SOL-USD"), g2.labels("paper", "SOL-USD")
     now = time.time
+    monotonic = time.monotonic
+    ours_ids = iter(range(10**12))
+    raw_ids = iter(range(10**12))
 
     def raw_submitted() -> None:
         sub.inc()
 
     def raw_ack() -> None:
-        sub.inc()
+        acked.inc()
         ack.observe(0.0042)
 
     def raw_fill() -> None:
@@ -105,45 +134,62 @@ def record_costs(number: int, repeat: int) -> dict[str, dict[str, float]]:
         realized.set(-12.5)
         unrealized.set(3.25)
 
-    cases: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
-        "order_submitted": (lambda: m.order_submitted("BTC-USD", "buy", "limit"), raw_submitted),
+    def ours_lifecycle() -> None:
+        coid = f"c{next(ours_ids)}"
+        m.order_submitted("BTC-USD", "buy", "limit", client_order_id=coid)
+        m.order_acknowledged("BTC-USD", "buy", "limit", client_order_id=coid)
+        m.order_canceled("BTC-USD", client_order_id=coid)
+
+    def raw_lifecycle() -> None:
+        # The same 4 child operations and the same 2 clock reads a hand-written exporter needs to observe the
+        # ack latency; the id is made the same way. What differs is the library's bookkeeping of the order.
+        _coid = f"c{next(raw_ids)}"
+        submitted_at = monotonic()
+        sub.inc()
+        acked.inc()
+        ack.observe(monotonic() - submitted_at)
+        canceled.inc()
+
+    # name -> (ours, raw, raw child operations per call)
+    cases: dict[str, tuple[Callable[[], None], Callable[[], None], int]] = {
+        "order_submitted": (lambda: m.order_submitted("BTC-USD", "buy", "limit"), raw_submitted, 1),
         "order_acknowledged": (
             lambda: m.order_acknowledged("BTC-USD", "buy", "limit", latency_seconds=0.0042),
             raw_ack,
+            2,
         ),
-        "order_filled": (lambda: m.order_filled("BTC-USD", "buy", 0.5, 65000.0, 1.2, "maker"), raw_fill),
-        "position": (lambda: m.position("BTC-USD", 0.5, 32000.0), raw_position),
-        "market_data": (lambda: m.market_data("SOL-USD"), raw_market_data),
-        "loop_iteration": (lambda: m.loop_iteration(0.0031), raw_loop),
-        "venue_error": (lambda: m.venue_error("network"), raw_error),
-        "pnl": (lambda: m.pnl(-12.5, 3.25), raw_pnl),
+        "order_filled": (lambda: m.order_filled("BTC-USD", "buy", 0.5, 65000.0, 1.2, "maker"), raw_fill, 4),
+        "position": (lambda: m.position("BTC-USD", 0.5, 32000.0), raw_position, 2),
+        "market_data": (lambda: m.market_data("SOL-USD"), raw_market_data, 2),
+        "loop_iteration": (lambda: m.loop_iteration(0.0031), raw_loop, 3),
+        "venue_error": (lambda: m.venue_error("network"), raw_error, 1),
+        "pnl": (lambda: m.pnl(-12.5, 3.25), raw_pnl, 2),
+        # Submit, ack (latency measured by the library from the tracked submission) and cancel of one order.
+        "order_lifecycle_tracked": (ours_lifecycle, raw_lifecycle, 4),
     }
-    results: dict[str, dict[str, float]] = {}
-    for name, (ours, raw) in cases.items():
-        ours()  # resolve the child once, as a running bot has
-        # Interleave the two so that drift in machine speed hits both alike.
-        ours_ns, raw_ns = [], []
-        for _ in range(3):
-            ours_ns.append(per_call_ns(ours, number, repeat))
-            raw_ns.append(per_call_ns(raw, number, repeat))
-        o, r = min(ours_ns), min(raw_ns)
-        results[name] = {"record_ns": round(o, 1), "raw_child_ns": round(r, 1), "ratio": round(o / r, 3)}
-    # With order-id tracking (latency measured by the library, in-flight gauges): extra work, shown apart.
-    ids = iter(range(10**9))
-    results["order_submitted_tracked+acknowledged"] = {
-        "record_ns": round(per_call_ns(lambda: _tracked_pair(m, next(ids)), number, repeat), 1),
-        "raw_child_ns": round(per_call_ns(raw_ack, number, repeat) + per_call_ns(raw_submitted, number, repeat), 1),
-    }
-    pair = results["order_submitted_tracked+acknowledged"]
-    pair["ratio"] = round(pair["record_ns"] / pair["raw_child_ns"], 3)
+    results: dict[str, dict[str, Any]] = {}
+    for name, (ours, raw, ops) in cases.items():
+        ours()  # resolve the children once, as a running bot has
+        ours_ns: list[float] = []
+        raw_ns: list[float] = []
+        ratios: list[float] = []
+        # Interleave the two round by round so that drift in machine speed hits both alike.
+        for _ in range(rounds):
+            o = per_call_ns(ours, number, repeat)
+            r = per_call_ns(raw, number, repeat)
+            ours_ns.append(o)
+            raw_ns.append(r)
+            ratios.append(o / r)
+        best_ratio = min(ours_ns) / min(raw_ns)
+        results[name] = {
+            "raw_child_operations": ops,
+            "record_ns": spread(ours_ns),
+            "raw_ns": spread(raw_ns),
+            "ratio_of_best": round(best_ratio, 3),
+            "ratio_per_round": spread(ratios, 3),
+            "meets_goal": best_ratio <= RECORD_GOAL_RATIO,
+        }
     return results
-
-
-def _tracked_pair(m: BotMetrics, i: int) -> None:
-    coid = f"c{i}"
-    m.order_submitted("BTC-USD", "buy", "limit", client_order_id=coid)
-    m.order_acknowledged("BTC-USD", "buy", "limit", client_order_id=coid)
-    m.order_canceled("BTC-USD", client_order_id=coid)
 
 
 def populate(m: BotMetrics, target_series: int, registry: CollectorRegistry) -> int:
@@ -172,14 +218,21 @@ def series_count(registry: CollectorRegistry) -> int:
     return sum(len(f.samples) for f in registry.collect())
 
 
-def make_bot(target: int, data_dir: str) -> tuple[Instrumentation, int]:
-    inst = Instrumentation(venue="paper", token=TOKEN, data_dir=data_dir, cardinality_limit=10**6)
+def make_bot(target: int, data_dir: str, *, tune_switch_interval: bool = True) -> tuple[Instrumentation, int]:
+    inst = Instrumentation(
+        venue="paper",
+        token=TOKEN,
+        data_dir=data_dir,
+        cardinality_limit=10**6,
+        tune_switch_interval=tune_switch_interval,
+        disable_created_series=True,
+    )
     count = populate(inst.metrics, target, inst.registry)
     return inst, count
 
 
-def scrape_times(targets: list[int], rounds: int, data_dir: str) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+def scrape_times(targets: tuple[int, ...], rounds: int, data_dir: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     for target in targets:
         inst, count = make_bot(target, data_dir)
         render = []
@@ -187,29 +240,36 @@ def scrape_times(targets: list[int], rounds: int, data_dir: str) -> dict[str, di
             start = time.perf_counter()
             body = generate_latest(inst.registry)
             render.append(time.perf_counter() - start)
-        http = asyncio.run(_http_scrapes(inst, rounds))
+        http, gzip_bytes = asyncio.run(_http_scrapes(inst, rounds))
         out[f"{target}"] = {
             "series": count,
             "bytes": len(body),
-            "render_ms_median": round(statistics.median(render) * 1000, 2),
-            "http_get_ms_median": round(statistics.median(http) * 1000, 2),
+            "gzip_bytes": gzip_bytes,
+            "render_ms": spread([t * 1000 for t in render], 2),
+            "http_get_gzip_ms": spread([t * 1000 for t in http], 2),
         }
     return out
 
 
-async def _http_scrapes(inst: Instrumentation, rounds: int) -> list[float]:
+async def _http_scrapes(inst: Instrumentation, rounds: int) -> tuple[list[float], int]:
     port = await inst.start("127.0.0.1", 0)
     loop = asyncio.get_running_loop()
     url = f"http://127.0.0.1:{port}/metrics"
+    size = 0
 
     def get() -> float:
+        nonlocal size
         start = time.perf_counter()
-        with urllib.request.urlopen(url, timeout=30) as response:
-            response.read()
+        request = urllib.request.Request(url, headers=GZIP_HEADERS)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = response.read()
+            if response.headers.get("Content-Encoding") != "gzip":
+                raise RuntimeError("the bot did not gzip /metrics for a client that accepts it")
+        size = len(payload)
         return time.perf_counter() - start
 
     try:
-        return [await loop.run_in_executor(None, get) for _ in range(rounds)]
+        return [await loop.run_in_executor(None, get) for _ in range(rounds)], size
     finally:
         await inst.stop()
 
@@ -217,16 +277,17 @@ async def _http_scrapes(inst: Instrumentation, rounds: int) -> list[float]:
 SCRAPER = """
 import sys, time, urllib.request
 url, seconds = sys.argv[1], float(sys.argv[2])
+request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
 end = time.monotonic() + seconds
 while time.monotonic() < end:
     started = time.monotonic()
-    with urllib.request.urlopen(url, timeout=30) as r:
+    with urllib.request.urlopen(request, timeout=30) as r:
         r.read()
     time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
 """
 
 
-async def _lag_samples(seconds: float, interval: float = 0.005) -> list[float]:
+async def _lag_samples(seconds: float, interval: float = LAG_SAMPLE_INTERVAL_SECONDS) -> list[float]:
     samples = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -241,7 +302,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _lag_run(inst: Instrumentation, seconds: float, scrape: bool) -> list[float]:
+async def _lag_run(inst: Instrumentation | None, seconds: float, scrape: bool) -> list[float]:
+    """Lag samples of this event loop for `seconds`: a bare loop when `inst` is None (the noise floor)."""
+    if inst is None:
+        return await _lag_samples(seconds)
     port = await inst.start("127.0.0.1", 0)
     proc = None
     try:
@@ -254,47 +318,73 @@ async def _lag_run(inst: Instrumentation, seconds: float, scrape: bool) -> list[
         await inst.stop()
 
 
-def loop_lag(series: int, seconds: float, data_dir: str) -> dict[str, object]:
-    inst, count = make_bot(series, data_dir)
-    results: dict[str, object] = {"series": count, "seconds_each": seconds}
-    # Alternate runs so both conditions see the same machine; keep the worse p99 of each.
-    runs: dict[str, list[list[float]]] = {"without_scrape": [], "with_scrape_every_1s": []}
-    for _ in range(2):
-        runs["without_scrape"].append(asyncio.run(_lag_run(inst, seconds, scrape=False)))
-        runs["with_scrape_every_1s"].append(asyncio.run(_lag_run(inst, seconds, scrape=True)))
-    for name, samples in runs.items():
-        flat = [s for run in samples for s in run]
+def loop_lag(series: int, seconds: float, rounds: int, data_dir: str) -> dict[str, Any]:
+    tuned, count = make_bot(series, data_dir)
+    untuned, _ = make_bot(series, data_dir, tune_switch_interval=False)
+    conditions: dict[str, tuple[Instrumentation | None, bool]] = {
+        "idle_loop_noise_floor": (None, False),
+        "without_scrape": (tuned, False),
+        "with_scrape_every_1s": (tuned, True),
+        "with_scrape_every_1s_default_switch_interval": (untuned, True),
+    }
+    # Conditions alternate within each round so that all of them see the same machine. The p99 is taken per
+    # round (a pooled p99 would let one quiet round hide a noisy one); each condition reports the median of its
+    # rounds' p99 with the min and max, and the goal is judged on the medians.
+    p99s: dict[str, list[float]] = {name: [] for name in conditions}
+    p50s: dict[str, list[float]] = {name: [] for name in conditions}
+    worst: dict[str, float] = dict.fromkeys(conditions, 0.0)
+    for _ in range(rounds):
+        for name, (inst, scrape) in conditions.items():
+            samples = asyncio.run(_lag_run(inst, seconds, scrape))
+            p99s[name].append(pct(samples, 0.99) * 1000)
+            p50s[name].append(pct(samples, 0.50) * 1000)
+            worst[name] = max(worst[name], max(samples) * 1000)
+    results: dict[str, Any] = {"series": count, "seconds_per_round": seconds, "rounds": rounds}
+    for name in conditions:
         results[name] = {
-            "samples": len(flat),
-            "p50_ms": round(pct(flat, 0.50) * 1000, 3),
-            "p99_ms": round(pct(flat, 0.99) * 1000, 3),
-            "max_ms": round(max(flat) * 1000, 3),
+            "p99_ms": spread(p99s[name], 3),
+            "p50_ms_median": round(statistics.median(p50s[name]), 3),
+            "max_ms": round(worst[name], 3),
         }
-    base = results["without_scrape"]["p99_ms"]  # type: ignore[index]
-    loaded = results["with_scrape_every_1s"]["p99_ms"]  # type: ignore[index]
-    results["p99_added_ms"] = round(loaded - base, 3)
+    base = statistics.median(p99s["without_scrape"])
+    loaded = statistics.median(p99s["with_scrape_every_1s"])
+    paired = [w - b for w, b in zip(p99s["with_scrape_every_1s"], p99s["without_scrape"], strict=True)]
+    results["p99_added_ms"] = {"median_of_medians": round(loaded - base, 3), **spread(paired, 3)}
     results["goal_added_ms"] = LAG_GOAL_SECONDS * 1000
-    results["meets_goal"] = loaded - base <= LAG_GOAL_SECONDS * 1000
+    if base > NOISY_BASELINE_P99_SECONDS * 1000:
+        results["verdict"] = (
+            f"inconclusive: p99 lag without scrapes is already {base:.3f} ms (> {NOISY_BASELINE_P99_SECONDS * 1000:g}"
+            " ms); the machine is too noisy to judge a 2 ms goal"
+        )
+    elif loaded - base <= LAG_GOAL_SECONDS * 1000:
+        results["verdict"] = "met"
+    else:
+        results["verdict"] = "missed"
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     args = parser.parse_args()
-    number, repeat = (2_000, 3) if args.quick else (50_000, 5)
+    number, repeat, rounds = (2_000, 2, 3) if args.quick else (20_000, 5, 7)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as data_dir:
-        records = record_costs(number, repeat)
+        records = record_costs(number, repeat, rounds)
         report = {
             "benchmark": "bench_exporter",
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "load_average_at_start": load_at_start,
             "record_calls": records,
             "record_goal_ratio": RECORD_GOAL_RATIO,
-            "record_calls_meeting_goal": sorted(k for k, v in records.items() if v["ratio"] <= RECORD_GOAL_RATIO),
-            "scrape": scrape_times([1_000, 5_000, 20_000], 3 if args.quick else 10, data_dir),
-            "event_loop_lag": loop_lag(5_000, 3 if args.quick else 20, data_dir),
+            "record_calls_meeting_goal": sorted(k for k, v in records.items() if v["meets_goal"]),
+            "record_calls_missing_goal": sorted(k for k, v in records.items() if not v["meets_goal"]),
+            "scrape": scrape_times(SCRAPE_SIZES, 3 if args.quick else 10, data_dir),
+            "load_average_at_end": [],
+            "event_loop_lag": loop_lag(LAG_SERIES, 2 if args.quick else 10, 2 if args.quick else 3, data_dir),
         }
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
 
 

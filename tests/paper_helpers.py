@@ -76,3 +76,14 @@ async def control(
 async def get(port: int, path: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as response:
         return response.status, await response.text()
+
+
+def counter_total(bot: Any, family: str) -> float:
+    """The sum of a counter family's `_total` samples over every label set (e.g. all fills of a bot)."""
+    return sum(
+        s.value
+        for f in bot.inst.registry.collect()
+        if f.name == family
+        for s in f.samples
+        if s.name == f"{family}_total"
+    )

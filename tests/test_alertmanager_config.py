@@ -27,6 +27,14 @@ SECRETS_DIR = "/etc/alertmanager/secrets/"
 RECONCILER_URL = "http://reconciler:9102/api/v1/alertmanager"
 # Alerts the reconciler posts to Alertmanager itself (they are in no rule file).
 RECONCILER_POSTED_ALERTS = {"TradingOpsRemediationFailed": "critical", "TradingOpsRemediationCircuitOpen": "critical"}
+# Alerts about the reconciler itself: it cannot heal itself, so its webhook does not get them (people do).
+RECONCILER_OWN_HEALTH = {
+    "TradingOpsReconcilerDown",
+    "TradingOpsWatchdogMissing",
+    "TradingOpsWebhookRejections",
+    "TradingOpsCircuitStillOpen",
+    "TradingOpsRemediationSuccessRatioLow",
+}
 # What a person must see for each severity, whatever else receives the alert.
 RECEIVER_FOR_SEVERITY = {"critical": "pager", "warning": "chat", "info": "null", "none": "deadman"}
 MATCHER = re.compile(r'^(\w+)(=~|!~|!=|=)"(.*)"$')
@@ -87,9 +95,19 @@ def test_routing_case(case: dict[str, Any]) -> None:
     assert result.returncode == 0, f"routed to {result.stdout.strip()}, expected {case['receivers']}"
 
 
+def routes_with_their_parents(
+    routes: list[dict[str, Any]], parents: tuple[str, ...] = ()
+) -> Iterator[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Every route of the tree with the matchers an alert must also meet to reach it (its ancestors')."""
+    for route in routes:
+        yield route, parents
+        yield from routes_with_their_parents(route.get("routes", []), (*parents, *route["matchers"]))
+
+
 def test_routing_cases_cover_every_route_and_severity() -> None:
-    for route in load_config()["route"]["routes"]:
-        assert any(all(matches(m, case["labels"]) for m in route["matchers"]) for case in ROUTING_CASES), route
+    for route, parents in routes_with_their_parents(load_config()["route"]["routes"]):
+        matchers = (*parents, *route["matchers"])
+        assert any(all(matches(m, case["labels"]) for m in matchers) for case in ROUTING_CASES), route
     severities = {case["labels"].get("severity") for case in ROUTING_CASES}
     assert set(RECEIVER_FOR_SEVERITY) <= severities
 
@@ -100,10 +118,19 @@ def test_every_alert_reaches_a_person_by_severity(alertname: str, severity: str)
     receivers = routed_receivers({"alertname": alertname, "severity": severity, "instance": "paper-bot:9101"})
     assert RECEIVER_FOR_SEVERITY[severity] in receivers
     if severity in ("critical", "warning") and alertname not in RECONCILER_POSTED_ALERTS:
-        # Everything actionable goes to the reconciler, except its own failures (it cannot heal itself).
-        assert ("reconciler" in receivers) != (alertname in ("TradingOpsReconcilerDown", "TradingOpsWatchdogMissing"))
+        # Everything actionable goes to the reconciler, except its own health (it cannot heal itself).
+        assert ("reconciler" in receivers) != (alertname in RECONCILER_OWN_HEALTH), receivers
     if alertname in RECONCILER_POSTED_ALERTS:
         assert receivers == ["pager"], "the reconciler's escalations must not loop back to it"
+
+
+def test_the_reconciler_health_route_names_real_alerts() -> None:
+    # A renamed alert would silently fall through to the severity routes (and reach the reconciler again).
+    assert RECONCILER_OWN_HEALTH <= {name for name, _ in alert_tiers()}
+    (route,) = [r for r in load_config()["route"]["routes"] if "TradingOpsReconcilerDown" in str(r["matchers"])]
+    found = MATCHER.match(route["matchers"][0])
+    assert found
+    assert set(found.group(3).split("|")) == RECONCILER_OWN_HEALTH
 
 
 def test_grouping_and_reconciler_webhook() -> None:

@@ -75,12 +75,56 @@ def test_unreadable_secret_file_names_the_key(tmp_path, capsys) -> None:
     assert "bot.control_token_file: cannot read /nonexistent/token" in capsys.readouterr().err
 
 
-def test_config_check_without_token_fails(tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.delenv("TRADING_OPS_CONTROL_TOKEN", raising=False)
+@pytest.mark.parametrize("env_value", ["from-env", None])
+def test_default_token_variable_applies_without_a_bot_section(tmp_path, capsys, monkeypatch, env_value) -> None:
+    """`{}` (no bot: section) still reads TRADING_OPS_CONTROL_TOKEN: set, the check passes; unset, it fails."""
+    if env_value is None:
+        monkeypatch.delenv("TRADING_OPS_CONTROL_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", env_value)
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text("{}\n")
-    assert main(["--config", str(cfg_path), "config", "check"]) == 2
+    code = main(["--config", str(cfg_path), "config", "check"])
+    captured = capsys.readouterr()
+    if env_value is None:
+        assert code == 2 and "bot.control_token: no token" in captured.err
+    else:
+        assert code == 0 and "configuration ok" in captured.out
+        config = load_config(cfg_path)
+        assert resolve_secret(config, config.bot, "control_token", "bot.control_token") == "from-env"
+
+
+def test_default_token_variable_applies_without_any_config_file(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no trading-ops.yaml here: the defaults
+    monkeypatch.delenv("TRADING_OPS_CONTROL_TOKEN", raising=False)
+    assert main(["config", "check"]) == 2
     assert "bot.control_token: no token" in capsys.readouterr().err
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "from-env")
+    assert main(["config", "check"]) == 0
+    assert "configuration ok (defaults)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "variable"),
+    [
+        ("bot", "control_token", "TRADING_OPS_CONTROL_TOKEN"),
+        ("reconciler", "token", "TRADING_OPS_RECONCILER_TOKEN"),
+        ("notifications", "urls", "TRADING_OPS_APPRISE_URLS"),
+    ],
+)
+def test_every_secret_defaults_to_its_variable_without_its_section(monkeypatch, section, name, variable) -> None:
+    config = parse_config({})
+    monkeypatch.delenv(variable, raising=False)
+    assert resolve_secret(config, getattr(config, section), name, f"{section}.{name}") == ""
+    monkeypatch.setenv(variable, "value-from-env")
+    assert resolve_secret(config, getattr(config, section), name, f"{section}.{name}") == "value-from-env"
+
+
+def test_reconciler_target_token_defaults_to_the_control_token_variable(monkeypatch) -> None:
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "bot-token")
+    config = parse_config({"reconciler": {"targets": {"bot:9101": {"url": "http://bot:9101"}}}})
+    target = config.reconciler.targets["bot:9101"]
+    assert resolve_secret(config, target, "token", "reconciler.targets.bot:9101.token") == "bot-token"
 
 
 def test_relative_sqlite_path_resolves_against_the_config_file(tmp_path) -> None:
@@ -95,3 +139,134 @@ def test_db_upgrade_command(tmp_path, capsys) -> None:
     assert main(["--config", str(cfg_path), "db", "upgrade"]) == 0
     assert (tmp_path / "var" / "x.db").exists()
     assert main(["--config", str(cfg_path), "db", "check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        # Database URLs: parsed, a supported backend, and no password in the file.
+        ("database:\n  url: garbage\n", "database.url: not a database URL"),
+        ("database:\n  url: mysql://trading@db/trading\n", "database.url: unsupported database 'mysql'"),
+        ("database:\n  url: postgresql+psycopg2://t@db/t\n", "database.url: unsupported database"),
+        ("database:\n  url: postgres://trading@db/trading\n", "database.url: write postgresql://"),
+        (
+            "database:\n  url: postgresql+psycopg://trading:hunter2@db/trading\n",
+            "database.url: the URL carries a password; secrets are not written in the file: give url_file or url_env",
+        ),
+        ("database:\n  url: sqlite:///x.db\n  url_env: DB\n", "database.url_env: give only one of url, url_file"),
+        # Paper symbols: BASE-QUOTE in capitals, at least one, unique, quoted in quote_asset.
+        ("paper:\n  symbols: []\n", "paper.symbols: must list at least one symbol"),
+        ("paper:\n  symbols: [BTC-USD, ETH-USD, BTC-USD]\n", "paper.symbols[2]: BTC-USD is listed twice"),
+        ("paper:\n  symbols: [BTCUSD]\n", "paper.symbols[0]: expected BASE-QUOTE in capitals such as BTC-USD"),
+        ("paper:\n  symbols: [btc-usd]\n", "paper.symbols[0]: expected BASE-QUOTE"),
+        ("paper:\n  symbols: [BTC-EUR]\n", "paper.symbols[0]: BTC-EUR is quoted in EUR, but paper.quote_asset is USD"),
+        ("paper:\n  quote_asset: usd\n", "paper.quote_asset: expected an asset in capitals"),
+        # Numbers must be finite (NaN compares false with every bound, so the range checks alone let it in).
+        ("paper:\n  volatility: .nan\n", "paper.volatility: expected a finite number, got nan"),
+        (
+            "bot:\n  heartbeat_timeout_seconds: .inf\n",
+            "bot.heartbeat_timeout_seconds: expected a finite number, got inf",
+        ),
+        ("paper:\n  starting_balance: -.inf\n", "paper.starting_balance: expected a finite number, got -inf"),
+        (
+            "paper:\n  order_notional: 20000\n",
+            "paper.order_notional: 20000 is more than paper.max_position_notional (10000)",
+        ),
+        # Names that become label values and file names.
+        ("bot:\n  venue: ''\n", "bot.venue: expected a name"),
+        ("bot:\n  name: ''\n", "bot.name: expected a name"),
+        ("bot:\n  name: ../../etc/cron.d/x\n", "bot.name: expected a name"),
+        ("bot:\n  strategy: two words\n", "bot.strategy: expected a name"),
+        ("bot:\n  data_dir: ''\n", "bot.data_dir: must not be empty"),
+        # Listen addresses and URLs.
+        ("bot:\n  listen:\n    host: ''\n", "bot.listen.host: expected an IP address or a host name"),
+        ("bot:\n  listen:\n    host: 999.1.1.1\n", "bot.listen.host: expected an IP address or a host name"),
+        ("bot:\n  listen:\n    host: http://0.0.0.0\n", "bot.listen.host: expected an IP address or a host name"),
+        ("reconciler:\n  listen:\n    host: '[::1]'\n", "reconciler.listen.host: expected an IP address"),
+        (
+            "reconciler:\n  prometheus_url: localhost:9090\n",
+            "reconciler.prometheus_url: expected an http:// or https://",
+        ),
+        ("reconciler:\n  prometheus_url: ftp://prom:9090\n", "reconciler.prometheus_url: expected an http://"),
+        ("reconciler:\n  alertmanager_url: http://am:99999\n", "reconciler.alertmanager_url: not a valid URL"),
+        ("reconciler:\n  alertmanager_url: 'http://'\n", "reconciler.alertmanager_url: expected an http://"),
+        (
+            "reconciler:\n  alertmanager_url: http://a:pw@am:9093\n",
+            "reconciler.alertmanager_url: the URL carries a password",
+        ),
+        ("reconciler:\n  prometheus_url: http://p:9090/?x=1\n", "reconciler.prometheus_url: expected a base URL"),
+        (
+            "reconciler:\n  targets:\n    bot-1:\n      url: 127.0.0.1:9101\n",
+            "reconciler.targets.bot-1.url: expected an http:// or https:// URL",
+        ),
+        ("reconciler:\n  label_value_pattern: '^[a-z'\n", "reconciler.label_value_pattern: invalid regular expression"),
+        ("reconciler:\n  systemctl: []\n", "reconciler.systemctl: expected a non-empty list"),
+        ("reconciler:\n  watchdog:\n    alertname: ''\n", "reconciler.watchdog.alertname: must not be empty"),
+        # A key given twice: PyYAML would silently keep the last one.
+        ("bot:\n  listen:\n    port: 9101\n    port: 9102\n", "bot.listen.port: key given twice (lines 3 and 4)"),
+        ("bot: {}\npaper: {}\nbot: {name: x}\n", "bot: key given twice (lines 1 and 3)"),
+    ],
+)
+def test_wrong_values_are_one_line_naming_the_key_exit_2(
+    tmp_path, capsys, monkeypatch, yaml_text: str, message: str
+) -> None:
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "x")  # only the value under test is wrong
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert main(["--config", str(path), "config", "check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    [
+        "bot:\n  listen:\n    host: 0.0.0.0\n",
+        "bot:\n  listen:\n    host: '::1'\n",
+        "bot:\n  listen:\n    host: localhost\n",
+        "reconciler:\n  listen:\n    host: paper-bot.internal\n",
+        "reconciler:\n  prometheus_url: https://prometheus.example.com/prometheus\n",
+        "reconciler:\n  targets:\n    'paper-bot:9101':\n      url: http://paper-bot:9101\n",
+        "paper:\n  symbols: [DOGE-EUR]\n  quote_asset: EUR\n",
+        "paper:\n  order_notional: 10000\n",
+        "database:\n  url: sqlite:////tmp/abs.db\n",
+        "database:\n  url: postgresql+psycopg://trading@127.0.0.1:5432/trading\n",
+        "database:\n  url: postgresql:///trading\n",  # the local server over its Unix socket
+        "bot:\n  name: paper-2\n  venue: binance.us\n  strategy: mean_reversion\n",
+    ],
+)
+def test_good_values_pass_config_check(tmp_path, monkeypatch, yaml_text: str) -> None:
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "x")
+    path = tmp_path / "good.yaml"
+    path.write_text(yaml_text)
+    assert main(["--config", str(path), "config", "check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("mysql://trading:pw@db/trading", "database.url_env: unsupported database 'mysql'"),
+        ("not a url", "database.url_env: not a database URL"),
+        ("", "database.url_env: environment variable DB_URL is not set"),
+    ],
+)
+def test_database_url_from_the_environment_is_validated(tmp_path, capsys, monkeypatch, value, message) -> None:
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "x")
+    monkeypatch.setenv("DB_URL", value)
+    path = tmp_path / "c.yaml"
+    path.write_text("database:\n  url_env: DB_URL\n")
+    assert main(["--config", str(path), "config", "check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_database_url_from_a_file_may_carry_a_password_and_bare_postgresql_means_psycopg3(tmp_path) -> None:
+    (tmp_path / "db-url").write_text("postgresql://trading:s3cret@db:5432/trading\n")
+    path = tmp_path / "c.yaml"
+    path.write_text("database:\n  url_file: db-url\n")
+    config = load_config(path)
+    # psycopg2 is not a dependency: a bare postgresql:// URL (as many tools print them) runs on psycopg 3.
+    assert config.database_url() == "postgresql+psycopg://trading:s3cret@db:5432/trading"

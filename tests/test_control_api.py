@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.control import CommandError
-from trading_ops.bot.instrumentation import Instrumentation
+from trading_ops.bot.instrumentation import GIL_SWITCH_INTERVAL_SECONDS, Instrumentation
+from trading_ops.config import parse_config
 
 TOKEN = "correct horse battery staple"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -67,17 +71,29 @@ async def test_unauthorized_unknown_command_is_401_not_404(client) -> None:
     assert response.status == 401
 
 
-async def test_unknown_command_is_404_and_bounded_label(client, registry) -> None:
-    for name in ("launch_missiles", "rm -rf /", "x" * 500):
-        response = await client.post(f"/control/{name}", headers=AUTH)
-        assert response.status in (404, 405) or name == "rm -rf /"
-    response = await client.post("/control/launch_missiles", headers=AUTH)
-    assert response.status == 404
-    assert "pause" in (await response.json())["commands"]
+UNKNOWN_NAMES = ("launch_missiles", "rm -rf /", "$(reboot)", "a;b", "../../etc/passwd", "x" * 500)
+
+
+async def test_unknown_command_is_404_and_bounded_label(client, registry, inst) -> None:
+    for name in UNKNOWN_NAMES:
+        # Quoted, so the whole name (slashes included) reaches the handler as one path segment.
+        response = await client.post(f"/control/{quote(name, safe='')}", headers=AUTH)
+        assert response.status == 404, name
+        body = await response.json()
+        assert body["ok"] is False and body["error"].startswith("unknown command"), body
+        assert "pause" in body["commands"]
+    # Unquoted, `rm -rf /` is two path segments: no route, a plain 404, nothing run or counted.
+    assert (await client.post("/control/rm -rf /", headers=AUTH)).status == 404
     labels = {
-        s.labels["command"] for f in registry.collect() if f.name == "tradingbot_control_commands" for s in f.samples
+        s.labels["command"]: s.value
+        for f in registry.collect()
+        if f.name == "tradingbot_control_commands"
+        for s in f.samples
+        if s.name.endswith("_total")
     }
-    assert labels == {"unknown"}
+    assert labels == {"unknown": len(UNKNOWN_NAMES)}
+    assert failures(registry, "unknown", "unknown_command") == len(UNKNOWN_NAMES)
+    assert inst.state.state.value == "active"
 
 
 async def test_pause_resume_and_status(client, registry) -> None:
@@ -164,3 +180,74 @@ async def test_metrics_endpoint_plain_and_gzip(client) -> None:
 def test_empty_token_is_refused(registry) -> None:
     with pytest.raises(ValueError, match="token"):
         Instrumentation(venue="paper", token="", registry=registry)
+
+
+def commands_total(registry: CollectorRegistry, command: str) -> float:
+    return registry.get_sample_value("tradingbot_control_commands_total", {"command": command}) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("command", "headers", "body", "status", "label", "reason"),
+    [
+        ("pause", AUTH, None, 200, "pause", None),
+        ("status", AUTH, None, 200, "status", None),
+        ("pause", {}, None, 401, "pause", "unauthorized"),
+        ("pause", {"Authorization": "Bearer wrong"}, None, 401, "pause", "unauthorized"),
+        ("launch_missiles", AUTH, None, 404, "unknown", "unknown_command"),
+        ("reconnect", AUTH, b"{not json", 400, "reconnect", "bad_request"),
+        ("reconnect", AUTH, b'{"fail": 1}', 400, "reconnect", "bad_request"),
+        ("reconnect", AUTH, b"x" * (128 * 1024), 413, "reconnect", "bad_request"),
+        ("clear_halt", AUTH, None, 409, "clear_halt", "refused"),
+        ("reconnect", AUTH, b'{"explode": 1}', 500, "reconnect", "error"),
+    ],
+)
+async def test_every_control_call_is_logged_and_counted(
+    client, registry, caplog, command, headers, body, status, label, reason
+) -> None:
+    caplog.set_level(logging.INFO, logger="trading_ops.bot.server")
+    response = await client.post(f"/control/{command}", headers=headers, data=body)
+    assert response.status == status
+    records = [r for r in caplog.records if r.name == "trading_ops.bot.server" and r.getMessage().startswith("control")]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    message = records[0].getMessage()
+    assert command in message and "127.0.0.1" in message  # what was asked, and by whom
+    assert records[0].levelno == (
+        logging.INFO if reason is None else logging.ERROR if status == 500 else logging.WARNING
+    )
+    assert commands_total(registry, label) == 1
+    if reason is not None:
+        assert failures(registry, label, reason) == 1
+
+
+async def test_server_binds_loopback_by_default(inst) -> None:
+    port = await inst.start(port=0)
+    try:
+        assert port > 0
+        hosts = {address[0] for address in inst._runner.addresses}
+        assert hosts == {"127.0.0.1"}, hosts
+    finally:
+        await inst.stop()
+
+
+def test_configured_listen_addresses_default_to_loopback() -> None:
+    config = parse_config({})
+    assert config.bot.listen.host == "127.0.0.1"
+    assert config.reconciler.listen.host == "127.0.0.1"
+
+
+async def test_switch_interval_is_left_alone_unless_the_bot_opts_in(registry, tmp_path) -> None:
+    original = sys.getswitchinterval()
+    try:
+        plain = Instrumentation(venue="paper", token=TOKEN, registry=registry, data_dir=tmp_path)
+        await plain.start(port=0)
+        assert sys.getswitchinterval() == original
+        await plain.stop()
+        tuned = Instrumentation(
+            venue="paper", token=TOKEN, registry=CollectorRegistry(), data_dir=tmp_path, tune_switch_interval=True
+        )
+        await tuned.start(port=0)
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_SECONDS)
+        await tuned.stop()
+        assert sys.getswitchinterval() == original  # restored on stop
+    finally:
+        sys.setswitchinterval(original)

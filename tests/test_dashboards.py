@@ -1,7 +1,9 @@
-"""Grafana dashboards and provisioning: schema conventions, and every query accepted by a real Prometheus.
+"""Grafana dashboards and provisioning: schema conventions, and every query run against a real Prometheus with data.
 
-Needs the `prometheus` binary (Debian package `prometheus`): a session fixture starts one on a free loopback
-port with temporary storage, loading the repository's rule files so recording-rule names resolve.
+Integration tests need the `prometheus` binary (Debian package `prometheus`). A session fixture starts, on free
+loopback ports with temporary storage, a real paper bot (`trading-ops paper-bot`, its SQLite database migrated
+with `trading-ops db upgrade`), a real reconciler (`trading-ops reconciler`) and a Prometheus that scrapes both
+every second with the repository's rule files loaded, and stops them all at the end of the session.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +32,52 @@ DATASOURCE_UID = "prometheus"
 SHARED_TAG = "trading-ops"
 PANEL_TYPES = {"timeseries", "stat", "state-timeline", "table", "text", "bargauge", "gauge"}
 EXPECTED_DASHBOARDS = {"Trading overview", "Bot health", "Self-healing", "Alerting pipeline"}
-# Values a user would pick, and what Grafana puts in for its built-in variables.
-VARIABLE_VALUES = {
-    "instance": "paper-bot:9101",
-    "venue": "paper",
-    "symbol": "BTC-USD",
-    "__rate_interval": "20s",
-    "__interval": "5s",
-    "__interval_ms": "5000",
-    "__range": "1h",
-    "__range_s": "3600",
-    "__range_ms": "3600000",
-}
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
+# The test Prometheus scrapes and evaluates every second, so a few seconds hold enough samples for rate().
+SCRAPE_INTERVAL_SECONDS = 1
+# What Grafana puts in for its built-in variables with that scrape interval (`$__rate_interval` is at least four
+# scrape intervals) over the last 5 minutes, besides the values a user picks for the dashboard variables.
+BUILTIN_VALUES = {
+    "__rate_interval": "4s",
+    "__interval": "1s",
+    "__interval_ms": "1000",
+    "__range": "5m",
+    "__range_s": "300",
+    "__range_ms": "300000",
+}
+# The dashboards whose tradingbot panels must show data for a healthy paper bot; every query of theirs must
+# return something, except these, which only have data after a fault.
+DATA_DASHBOARDS = ("trading-overview", "bot-health")
+EMPTY_WITHOUT_A_FAULT = {
+    "bot-health/Venue errors/A": "tradingbot_venue_errors_total appears with the first error the venue returns",
+    "bot-health/Reconnects per 5 minutes/A": "tradingbot_broker_reconnects_total appears with the first reconnect",
+    "bot-health/Collector errors in range/A": "tradingbot_collector_errors_total appears when a collector fails",
+}
+# A healthy paper bot: it trades several times a second and the venue rejects a fifth of its orders, so orders,
+# fills, rejects, positions and latencies all show within seconds.
+PAPER = {
+    "seed": 7,
+    "tick_interval_seconds": 0.05,
+    "loop_interval_seconds": 0.1,
+    "order_latency_seconds": 0.005,
+    "reject_probability": 0.2,
+    "order_max_age_seconds": 1,
+}
+STARTUP_SECONDS = 60
+DATA_DEADLINE_SECONDS = 90
+STOP_SECONDS = 20
 
 
 def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def substitute(expr: str) -> str:
+def substitute(expr: str, values: dict[str, str]) -> str:
     def value(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
-        assert name in VARIABLE_VALUES, f"unknown variable ${name} in {expr!r}"
-        return VARIABLE_VALUES[name]
+        assert name in values, f"unknown variable ${name} in {expr!r}"
+        return values[name]
 
     return VARIABLE.sub(value, expr)
 
@@ -80,47 +105,39 @@ def variable_queries() -> list[tuple[str, str]]:
     ]
 
 
-# -- a real Prometheus, once per session ----------------------------------------------------------------------
+# -- a real paper bot, reconciler and Prometheus, once per session --------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Prometheus on 127.0.0.1:<free port> with the repository's rules, scraping itself; stopped at the end."""
-    binary = require_binary("prometheus")
-    tmp = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
-        "rule_files": [str(REPO_ROOT / "prometheus" / "rules" / "*.yml")],
-        "scrape_configs": [{"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+@dataclass
+class Stack:
+    prometheus_url: str
+    bot_instance: str
+    started_at: float
+
+    def values(self) -> dict[str, str]:
+        """The dashboard variables set to what a user would pick for this bot, and Grafana's built-ins."""
+        return {"instance": self.bot_instance, "venue": "paper", "symbol": "BTC-USD", **BUILTIN_VALUES}
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
         try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"Prometheus did not start: {process.communicate()[1].decode()[-2000:]}")
-            time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+            process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_SECONDS)
+
+
+def tails(logs: list[Path]) -> str:
+    return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}" for log in logs if log.exists())
 
 
 def api_get(url: str, path: str, **params: str) -> dict[str, Any]:
@@ -133,42 +150,187 @@ def api_get(url: str, path: str, **params: str) -> dict[str, Any]:
         return dict(json.load(error))
 
 
+def scalar(url: str, query: str) -> float:
+    """The value of a query returning one sample, 0 when it returns none."""
+    result = api_get(url, "/api/v1/query", query=query)["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Paper bot + reconciler + Prometheus on free loopback ports; stopped after this module."""
+    prometheus_binary = require_binary("prometheus")
+    tmp = tmp_path_factory.mktemp("dashboard-stack")
+    bot_port, reconciler_port, prometheus_port, nothing_port = (free_port() for _ in range(4))
+    (tmp / "control-token").write_text("dashboard-test-control-token\n")
+    (tmp / "reconciler-token").write_text("dashboard-test-reconciler-token\n")
+    bot_instance = f"127.0.0.1:{bot_port}"
+    config = {
+        "database": {"url": f"sqlite:///{tmp / 'trading-ops.db'}"},
+        "bot": {
+            "name": "dashboards",
+            "listen": {"host": "127.0.0.1", "port": bot_port},
+            "control_token_file": str(tmp / "control-token"),
+            "data_dir": str(tmp / "bot-data"),
+        },
+        "paper": PAPER,
+        "reconciler": {
+            "listen": {"host": "127.0.0.1", "port": reconciler_port},
+            "token_file": str(tmp / "reconciler-token"),
+            "prometheus_url": f"http://127.0.0.1:{prometheus_port}",
+            # No Alertmanager in this test: nothing listens there, and the reconciler copes.
+            "alertmanager_url": f"http://127.0.0.1:{nothing_port}",
+            "check_silences": False,
+            "watchdog": {"window_seconds": 0},
+            "targets": {bot_instance: {"url": f"http://{bot_instance}", "token_file": str(tmp / "control-token")}},
+        },
+        "logging": {"level": "WARNING"},
+    }
+    config_file = tmp / "trading-ops.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    prometheus_config = tmp / "prometheus.yml"
+    prometheus_config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {
+                    "scrape_interval": f"{SCRAPE_INTERVAL_SECONDS}s",
+                    "evaluation_interval": f"{SCRAPE_INTERVAL_SECONDS}s",
+                },
+                "rule_files": [str(REPO_ROOT / "prometheus" / "rules" / "*.yml")],
+                "scrape_configs": [
+                    {"job_name": "tradingbot", "static_configs": [{"targets": [bot_instance]}]},
+                    {
+                        "job_name": "trading-ops-reconciler",
+                        "static_configs": [{"targets": [f"127.0.0.1:{reconciler_port}"]}],
+                    },
+                    {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{prometheus_port}"]}]},
+                ],
+            }
+        )
+    )
+    trading_ops = [sys.executable, "-m", "trading_ops", "--config", str(config_file)]
+    migrate = subprocess.run([*trading_ops, "db", "upgrade"], capture_output=True, text=True, timeout=120, check=False)
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    logs = [tmp / "paper-bot.log", tmp / "reconciler.log", tmp / "prometheus.log"]
+    processes = [
+        start([*trading_ops, "paper-bot"], logs[0]),
+        start([*trading_ops, "reconciler"], logs[1]),
+        start(
+            [
+                prometheus_binary,
+                f"--config.file={prometheus_config}",
+                f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+            ],
+            logs[2],
+        ),
+    ]
+    url = f"http://127.0.0.1:{prometheus_port}"
+    try:
+        # Ready when both targets have been scraped successfully a few times (and rules evaluated with them).
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            exited = [process.args[-1] for process in processes if process.poll() is not None]
+            try:
+                scraped = scalar(url, "min(sum_over_time(up{job=~'tradingbot|trading-ops-reconciler'}[1m]))")
+                targets = scalar(url, "count(up{job=~'tradingbot|trading-ops-reconciler'} == 1)")
+            except (OSError, ValueError):  # not listening yet, or 503 "Service Unavailable" while starting
+                scraped = targets = 0.0
+            if targets == 2 and scraped >= 3:
+                break
+            if exited or time.monotonic() > deadline:
+                pytest.fail(f"the stack did not come up (exited: {exited})\n{tails(logs)}", pytrace=False)
+            time.sleep(0.2)
+        yield Stack(url, bot_instance, time.time())
+    finally:
+        stop(processes)
+
+
+def query_range(stack: Stack, expr: str) -> dict[str, Any]:
+    """The query as a time-series panel runs it: over the stack's lifetime (at most 5 minutes), a 1 s step."""
+    end = time.time()
+    return api_get(
+        stack.prometheus_url,
+        "/api/v1/query_range",
+        query=substitute(expr, stack.values()),
+        start=str(max(stack.started_at - 30, end - 300)),
+        end=str(end),
+        step="1",
+    )
+
+
 # -- queries -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.prometheus
-def test_every_panel_and_annotation_query_is_accepted_by_prometheus(prometheus_url: str) -> None:
+@pytest.mark.slow
+def test_every_panel_and_annotation_query_runs_without_error_on_real_data(stack: Stack) -> None:
     queries = panel_queries()
     assert len(queries) >= 40
     rejected = {}
     for where, expr in queries:
-        body = api_get(prometheus_url, "/api/v1/query", query=substitute(expr))
-        if body["status"] != "success":
-            rejected[where] = f"{body.get('errorType')}: {body.get('error')}"
+        for body in (
+            api_get(stack.prometheus_url, "/api/v1/query", query=substitute(expr, stack.values())),
+            query_range(stack, expr),
+        ):
+            if body["status"] != "success":
+                rejected[where] = f"{body.get('errorType')}: {body.get('error')}"
     assert rejected == {}
 
 
 @pytest.mark.prometheus
-def test_every_variable_query_is_accepted_by_prometheus(prometheus_url: str) -> None:
+@pytest.mark.slow
+def test_trading_and_bot_health_panels_show_data_for_a_healthy_bot(stack: Stack) -> None:
+    queries = {where: expr for where, expr in panel_queries() if where.split("/", 1)[0] in DATA_DASHBOARDS}
+    queries = {where: expr for where, expr in queries.items() if "/annotation " not in where}
+    assert set(EMPTY_WITHOUT_A_FAULT) <= set(queries), "an exception names a panel that no longer exists"
+    expected = {where: expr for where, expr in queries.items() if where not in EMPTY_WITHOUT_A_FAULT}
+    # Rates and recording rules need a few scrapes and evaluations: poll until every panel has data, or the deadline.
+    deadline = time.monotonic() + DATA_DEADLINE_SECONDS
+    while True:
+        empty = {}
+        for where, expr in expected.items():
+            body = query_range(stack, expr)
+            assert body["status"] == "success", f"{where}: {body.get('error')}"
+            if not any(series["values"] for series in body["data"]["result"]):
+                empty[where] = expr
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert empty == {}, "panels without data for a healthy, trading paper bot"
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_every_variable_query_finds_the_bot(stack: Stack) -> None:
     queries = variable_queries()
     assert {where.rsplit("$", 1)[1] for where, _ in queries} == {"instance", "venue", "symbol"}
-    rejected = {}
+    expected = {"instance": stack.bot_instance, "venue": "paper", "symbol": "BTC-USD"}
     for where, query in queries:
         found = LABEL_VALUES.match(query)
         assert found, f"{where}: only label_values(...) variables are supported, got {query!r}"
         selector, label = found.groups()
-        params = {"match[]": substitute(selector)} if selector else {}
-        body = api_get(prometheus_url, f"/api/v1/label/{label}/values", **params)
-        if body["status"] != "success":
-            rejected[where] = f"{body.get('errorType')}: {body.get('error')}"
-    assert rejected == {}
+        params = {"match[]": substitute(selector, stack.values())} if selector else {}
+        body = api_get(stack.prometheus_url, f"/api/v1/label/{label}/values", **params)
+        assert body["status"] == "success", f"{where}: {body.get('errorType')}: {body.get('error')}"
+        assert expected[label] in body["data"], f"{where}: {body['data']}"
 
 
 @pytest.mark.prometheus
-def test_the_query_check_catches_a_broken_query(prometheus_url: str) -> None:
-    # The two tests above would pass vacuously if errors came back as success.
-    body = api_get(prometheus_url, "/api/v1/query", query=substitute('sum by (instance (up{instance=~"$instance"})'))
-    assert body["status"] == "error"
+@pytest.mark.slow
+def test_the_query_check_catches_a_broken_query(stack: Stack) -> None:
+    # The tests above would pass vacuously if errors came back as success, or every query found data.
+    broken = api_get(
+        stack.prometheus_url,
+        "/api/v1/query",
+        query=substitute('sum by (instance (up{instance=~"$instance"})', stack.values()),
+    )
+    assert broken["status"] == "error"
+    # Vector matching fails only with data: the two sides have several series per instance with the same labels.
+    many_to_many = query_range(stack, "tradingbot_position_quantity + on (instance) tradingbot_open_orders")
+    assert many_to_many["status"] == "error", many_to_many
+    nothing = query_range(stack, 'tradingbot_position_quantity{symbol="NOT-TRADED"}')
+    assert nothing["status"] == "success" and nothing["data"]["result"] == []
 
 
 # -- schema and conventions ----------------------------------------------------------------------------------

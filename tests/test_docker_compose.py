@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 from system_binaries import REPO_ROOT, run_binary
+
+from trading_ops.config import ReconcilerConfig
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 # Long-running services must prove they are healthy; one-shot jobs only need to be retried.
@@ -20,6 +24,20 @@ PINNED_IMAGES = {
     "postgres": "postgres:16.",
 }
 BUILT_SERVICES = {"paper-bot": "paper-bot", "reconciler": "reconciler"}
+# Fully pinned: a Python patch release and a Debian release.
+BASE_IMAGE = re.compile(r"^FROM python:3\.11\.\d+-slim-[a-z]+$", re.MULTILINE)
+# What each service waits for before it starts: no crash loop while the schema is being created.
+START_ORDER = {
+    "db-migrate": {"postgres": "service_healthy"},
+    "paper-bot": {"postgres": "service_healthy", "db-migrate": "service_completed_successfully"},
+    "reconciler": {
+        "postgres": "service_healthy",
+        "db-migrate": "service_completed_successfully",
+        "prometheus": "service_started",
+        "alertmanager": "service_started",
+    },
+    "grafana": {"prometheus": "service_started"},
+}
 
 
 def compose() -> dict[str, Any]:
@@ -40,6 +58,12 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     rendered = run_binary("docker-compose", "-f", "docker-compose.yml", "config", cwd=tmp_path)
     services = yaml.safe_load(rendered.stdout)["services"]
     assert set(services) == set(compose()["services"])
+    # docker-compose 1.29 keeps what the deployment relies on (an older one would reject or drop it).
+    for name, dependencies in START_ORDER.items():
+        assert {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()} == dependencies
+    assert services["paper-bot"]["container_name"] == "trading-ops-paper-bot"
+    # DOCKER_GID from .env or the environment, else 999: a numeric group either way.
+    assert [str(group).isdigit() for group in services["reconciler"]["group_add"]] == [True]
 
 
 def test_every_image_is_pinned_to_a_tag() -> None:
@@ -59,7 +83,7 @@ def test_bot_and_reconciler_are_built_from_the_repository_dockerfile() -> None:
         assert services[name]["build"] == "."
         assert services[name]["command"][-1] == subcommand
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert dockerfile.startswith("#") and BASE_IMAGE.search(dockerfile), "base image not pinned to a patch release"
     assert 'ENTRYPOINT ["trading-ops"]' in dockerfile
 
 
@@ -101,3 +125,34 @@ def test_secret_files_are_gitignored() -> None:
     ignored = (REPO_ROOT / ".gitignore").read_text().splitlines()
     assert "secrets/*" in ignored
     assert all(secret["file"].startswith("./secrets/") for secret in compose()["secrets"].values())
+
+
+def test_services_wait_for_what_they_need() -> None:
+    services = compose()["services"]
+    for name, dependencies in START_ORDER.items():
+        depends_on = services[name]["depends_on"]
+        assert isinstance(depends_on, dict), f"{name}: depends_on needs the long form with a condition"
+        assert {dep: spec["condition"] for dep, spec in depends_on.items()} == dependencies, name
+        for dependency, condition in dependencies.items():
+            if condition == "service_healthy":
+                assert services[dependency]["healthcheck"]["test"], dependency
+            if condition == "service_completed_successfully":
+                assert dependency in ONE_SHOT_SERVICES
+
+
+def docker_playbook_containers() -> set[str]:
+    """The containers the reconciler's packaged `docker` playbook restarts."""
+    text = resources.files("trading_ops.reconciler").joinpath("playbooks", "docker.yml").read_text()
+    playbook = yaml.safe_load(text)
+    return {step["container"] for rule in playbook["rules"] for step in rule["steps"] if step["action"] == "docker"}
+
+
+def test_the_reconciler_can_restart_the_bot_container() -> None:
+    """TradingBotDown/HeartbeatStale in this stack: the docker playbook restarts the bot's container by name."""
+    config = yaml.safe_load((REPO_ROOT / "trading-ops.docker.yaml").read_text())
+    assert config["reconciler"]["playbook"] == "docker"
+    services = compose()["services"]
+    assert docker_playbook_containers() == {services["paper-bot"]["container_name"]}
+    socket = config["reconciler"].get("docker_socket", ReconcilerConfig().docker_socket)
+    assert f"/var/run/docker.sock:{socket}" in services["reconciler"]["volumes"]
+    assert services["reconciler"]["group_add"], "the unprivileged reconciler needs the socket's group"

@@ -7,10 +7,11 @@ import asyncio
 
 import pytest
 
+from tests.paper_helpers import wait_for
 from trading_ops.bot.heartbeat import AnotherInstanceRunning, Heartbeat
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.recovery_store import RecoveryStore
-from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, run_steps
+from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, run_steps
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
 
@@ -88,3 +89,43 @@ async def test_shutdown_deadline_names_the_unfinished_steps() -> None:
         await run_steps([("quick", quick), ("flush the journal", stuck), ("marker", quick)], 0.2)
     assert info.value.unfinished == ["flush the journal", "marker"]
     assert done == ["quick", "quick", "quick"]
+
+
+async def test_a_database_error_is_counted_and_the_heartbeat_keeps_beating(journal: Journal, registry) -> None:
+    store = RecoveryStore(journal.engine, "bot-1", "paper")
+    beat = Heartbeat(
+        journal, store, interval=0.02, crash_timeout=0.3, progressing=lambda: True, registry=registry, venue="paper"
+    )
+    await beat.begin()
+    beat.start()
+    try:
+        await wait_for(lambda: beat.beats >= 2)
+        with journal.engine.begin() as conn:  # the table disappears under it (a failover to a stale replica...)
+            conn.exec_driver_sql("ALTER TABLE bot_runs RENAME TO bot_runs_away")
+        await wait_for(lambda: beat.failures >= 3)
+        failures = registry.get_sample_value("tradingbot_heartbeat_write_failures_total", {"venue": "paper"})
+        assert failures is not None and failures >= 3
+        with journal.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE bot_runs_away RENAME TO bot_runs")
+        beats = beat.beats
+        await wait_for(lambda: beat.beats > beats)  # the same task, still beating
+        assert beat._task is not None and not beat._task.done()
+    finally:
+        await beat.stop(clean=True, reason="test")
+
+
+async def test_a_later_step_sees_which_earlier_ones_failed() -> None:
+    seen: list[list[str]] = []
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    async def marker() -> None:
+        seen.append(list(sequence.failed))
+
+    async def fine() -> None:
+        pass
+
+    sequence = ShutdownSequence([("flush", broken), ("marker", marker), ("close", fine)], 5)
+    assert await sequence.run() == ["flush"]
+    assert seen == [["flush"]] and sequence.unfinished() == []

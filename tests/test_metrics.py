@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+import prometheus_client.metrics
+import pytest
+from prometheus_client import CollectorRegistry, Counter
 
-from trading_ops.bot.metrics import BotMetrics
+from trading_ops.bot.metrics import TRACKING_SWEEP_INTERVAL_SECONDS, BotMetrics
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -90,6 +92,9 @@ def test_loop_iteration_is_the_heartbeat(registry: CollectorRegistry) -> None:
 
 def test_pnl_positions_and_venue_health(registry: CollectorRegistry) -> None:
     m = make(registry)
+    # Not reported yet: absent, not 0 (which would read as "rate limit exhausted" and fire an alert).
+    assert value(registry, "tradingbot_rate_limit_headroom_ratio", venue="paper") is None
+    assert value(registry, "tradingbot_clock_skew_seconds", venue="paper") is None
     m.position("BTC-USD", -0.25, -16_000.0)
     m.balance("USD", 99_000.0)
     m.pnl(-120.5, 30.0)
@@ -152,3 +157,104 @@ def test_build_info(registry: CollectorRegistry) -> None:
     make(registry)
     info = [s for f in registry.collect() if f.name == "tradingbot_build_info" for s in f.samples]
     assert len(info) == 1 and info[0].value == 1 and info[0].labels["version"]
+
+
+class FakeMonotonic:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def dropped(registry: CollectorRegistry, reason: str) -> float | None:
+    return value(registry, "tradingbot_tracked_orders_dropped_total", venue="paper", reason=reason)
+
+
+def test_tracked_orders_older_than_the_horizon_are_dropped_and_counted(registry: CollectorRegistry) -> None:
+    clock = FakeMonotonic()
+    m = BotMetrics(
+        venue="paper", registry=registry, monotonic=clock, clock=lambda: 1_700_000_000.0, tracked_order_max_age=60
+    )
+    assert dropped(registry, "expired") == 0 and dropped(registry, "overflow") == 0  # exported before any drop
+    m.order_submitted("BTC-USD", "buy", "limit", client_order_id="forgotten")
+    m.order_acknowledged("BTC-USD", "buy", "limit", client_order_id="forgotten")
+    clock.now += 30
+    m.order_submitted("BTC-USD", "buy", "limit", client_order_id="young")
+    assert value(registry, "tradingbot_open_orders", venue="paper", symbol="BTC-USD") == 1
+    assert value(registry, "tradingbot_orders_in_flight", venue="paper", symbol="BTC-USD") == 1
+    clock.now += 31  # "forgotten" is now 61 s old, "young" 31 s
+    # Past the horizon it no longer counts as open, even before a sweep removes it ...
+    assert value(registry, "tradingbot_open_orders", venue="paper", symbol="BTC-USD") == 0
+    assert m.tracked_orders() == 2
+    # ... and the next tracked submission sweeps it out of memory.
+    m.order_submitted("ETH-USD", "sell", "limit", client_order_id="next")
+    assert m.tracked_orders() == 2
+    assert dropped(registry, "expired") == 1
+    # The oldest unacknowledged order is still "young", submitted 31 s before now.
+    oldest = value(registry, "tradingbot_oldest_order_in_flight_timestamp_seconds", venue="paper")
+    assert oldest == 1_700_000_000.0 - 31
+    # An event for a dropped order is still counted, it just has no tracked submission to measure from.
+    m.order_filled("BTC-USD", "buy", 1.0, 100.0, client_order_id="forgotten")
+    assert (
+        value(
+            registry,
+            "tradingbot_fills_total",
+            venue="paper",
+            strategy="default",
+            symbol="BTC-USD",
+            side="buy",
+            liquidity="taker",
+        )
+        == 1
+    )
+    assert value(registry, "tradingbot_order_fill_latency_seconds_count", venue="paper", order_type="limit") is None
+
+
+def test_tracked_orders_are_capped_oldest_first(registry: CollectorRegistry) -> None:
+    clock = FakeMonotonic()
+    m = BotMetrics(venue="paper", registry=registry, monotonic=clock, max_tracked_orders=3)
+    for i in range(5):
+        clock.now += 0.001
+        m.order_submitted("BTC-USD", "buy", "limit", client_order_id=f"o{i}")
+    # The cap is enforced by the sweep, at most once per TRACKING_SWEEP_INTERVAL_SECONDS, never per call.
+    clock.now += TRACKING_SWEEP_INTERVAL_SECONDS
+    m.order_submitted("BTC-USD", "buy", "limit", client_order_id="o5")
+    assert m.tracked_orders() == 3
+    assert dropped(registry, "overflow") == 3
+    assert dropped(registry, "expired") == 0
+    assert value(registry, "tradingbot_orders_in_flight", venue="paper", symbol="BTC-USD") == 3
+    clock.now += 0.5
+    m.order_acknowledged("BTC-USD", "buy", "limit", client_order_id="o0")  # dropped: nothing to measure
+    m.order_acknowledged("BTC-USD", "buy", "limit", client_order_id="o5")  # tracked: latency measured
+    count = "tradingbot_order_ack_latency_seconds_count"
+    assert value(registry, count, venue="paper", order_type="limit") == 1
+    assert value(registry, "tradingbot_order_ack_latency_seconds_sum", venue="paper", order_type="limit") == (
+        pytest.approx(0.5)
+    )
+
+
+def test_a_negative_fee_is_a_rebate_not_a_crash(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    m.order_filled("BTC-USD", "buy", 1.0, 100.0, fee=-0.02, liquidity="maker")
+    m.order_filled("BTC-USD", "buy", 1.0, 100.0, fee=0.05, liquidity="taker")
+    common = {"venue": "paper", "strategy": "demo", "symbol": "BTC-USD"}
+    assert value(registry, "tradingbot_fee_rebates_total", **common) == pytest.approx(0.02)
+    assert value(registry, "tradingbot_fees_total", **common) == pytest.approx(0.05)
+
+
+def created_samples(registry: CollectorRegistry) -> list[str]:
+    return [s.name for f in registry.collect() for s in f.samples if s.name.endswith("_created")]
+
+
+def test_created_series_stay_unless_the_bot_opts_out(monkeypatch) -> None:
+    """Turning `_created` off is process-wide in prometheus_client: the library does it only when asked."""
+    monkeypatch.setattr(prometheus_client.metrics, "_use_created", True)  # the default; restored after the test
+    other = CollectorRegistry()
+    Counter("someone_elses_total", "A counter of another library in the same process.", registry=other)
+    BotMetrics(venue="paper", registry=CollectorRegistry())
+    assert created_samples(other) == ["someone_elses_created"]
+    BotMetrics(venue="paper", registry=CollectorRegistry(), disable_created_series=True)
+    assert created_samples(other) == []

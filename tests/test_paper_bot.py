@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, enable_created_metrics
 from sqlalchemy import func, select
 
-from tests.paper_helpers import AUTH, TOKEN, control, fast_config, get, wait_for
-from trading_ops.bot.broker import Channel
+from tests.paper_helpers import AUTH, TOKEN, control, counter_total, fast_config, get, wait_for
+from trading_ops.bot.broker import Channel, OrderType, Side
+from trading_ops.bot.reconciliation import Trigger
+from trading_ops.bot.recovery_store import RecoveryStore
+from trading_ops.bot.shutdown import ShutdownDeadlineExceeded
 from trading_ops.db.base import make_sessionmaker
 from trading_ops.db.models import Fill, Order, Position
-from trading_ops.paper.bot import PaperBot
+from trading_ops.paper.bot import CENT, PaperBot
 
 
 @pytest.fixture
@@ -29,18 +33,8 @@ def sample(bot: PaperBot, name: str, **labels: str) -> float | None:
     return bot.inst.registry.get_sample_value(name, labels)
 
 
-def total_fills(bot: PaperBot) -> float:
-    return sum(
-        s.value
-        for f in bot.inst.registry.collect()
-        if f.name == "tradingbot_fills"
-        for s in f.samples
-        if s.name == "tradingbot_fills_total"
-    )
-
-
 async def test_trades_continuously_and_journals_everything(bot: PaperBot) -> None:
-    await wait_for(lambda: total_fills(bot) >= 10, timeout=20)
+    await wait_for(lambda: counter_total(bot, "tradingbot_fills") >= 10, timeout=20)
     sessions = make_sessionmaker(bot.engine)
     # Quiesce (no new orders, none working), then compare the journal with the bot's book and with the venue:
     # every fill the venue delivered ends up in the journal, so the views agree once the deliveries landed.
@@ -80,15 +74,15 @@ async def test_drop_connection_until_reconnect(bot: PaperBot) -> None:
     assert status == 200 and body["heal"] == "reconnect"
     assert sample(bot, "tradingbot_broker_connected", venue="paper", channel="orders") == 0
     assert (await get(bot.port, "/readyz"))[0] == 503
-    fills_before = total_fills(bot)
+    fills_before = counter_total(bot, "tradingbot_fills")
     await wait_for(
         lambda: (sample(bot, "tradingbot_venue_errors_total", venue="paper", error_class="network") or 0) > 1
     )
-    assert total_fills(bot) == fills_before  # nothing trades while the venue is unreachable
+    assert counter_total(bot, "tradingbot_fills") == fills_before  # nothing trades while the venue is unreachable
     status, body = await control(bot.port, "reconnect")
     assert status == 200 and body["connected"] == {"orders": True, "market_data": True}
     assert sample(bot, "tradingbot_broker_reconnects_total", venue="paper", channel="orders") == 1
-    await wait_for(lambda: total_fills(bot) > fills_before, timeout=20)
+    await wait_for(lambda: counter_total(bot, "tradingbot_fills") > fills_before, timeout=20)
 
 
 async def test_stale_market_data_until_resubscribe(bot: PaperBot) -> None:
@@ -200,9 +194,210 @@ async def test_without_chaos_the_fault_commands_do_not_exist(tmp_path) -> None:
             "fill_disk",
             "position_drift",
             "loss_spike",
+            "stall_journal",
             "clear_chaos",
         ):
             assert (await control(port, fault))[0] == 404, fault
         assert (await control(port, "reconnect", headers=AUTH))[0] == 200
     finally:
         await paper_bot.stop()
+
+
+async def test_commands_needing_the_venue_answer_503_while_it_is_unreachable(bot: PaperBot) -> None:
+    """After drop_connection: halt stands (state halted) with its cancel pending, cancel_all and resubscribe say
+    the broker is unavailable; the next reconnect cancels the orders the halt could not."""
+    assert (await control(bot.port, "pause"))[0] == 200
+    mid = bot.broker.quote("BTC-USD").mid
+    resting = await bot.submit(
+        "BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), (mid * Decimal("0.9")).quantize(CENT)
+    )
+    assert resting is not None and resting.status.is_open
+    assert (await control(bot.port, "drop_connection"))[0] == 200
+    status, body = await control(bot.port, "halt")
+    assert status == 503, body
+    assert body["error"].startswith("broker unavailable: ") and body["state"] == "halted"
+    assert body["cancel_pending"] is True and body["open_orders"] >= 1
+    assert bot.inst.state.state.value == "halted"
+    for command, args in (("cancel_all", {}), ("resubscribe", {"symbol": "ETH-USD"})):
+        status, body = await control(bot.port, command, args)
+        assert status == 503 and body["error"].startswith("broker unavailable: "), (command, body)
+    assert (await control(bot.port, "status"))[1]["cancel_pending"] is True
+    assert await_venue_open(bot)  # still working on the venue
+    assert (await control(bot.port, "reconnect"))[0] == 200
+    await wait_for(lambda: not bot.cancel_pending and not await_venue_open(bot), timeout=20)
+    # The reconciliation after the reconnect adopts what the orders did while nobody listened.
+    await wait_for(lambda: bot.reconciler.last and bot.reconciler.last["trigger"] == "reconnect", timeout=20)
+    assert bot.inst.state.state.value == "halted" and bot.orders == {}
+    failures = sample(bot, "tradingbot_control_command_failures_total", command="halt", reason="broker_unavailable")
+    assert failures == 1
+
+
+def await_venue_open(bot: PaperBot) -> list[str]:
+    """The venue's open orders, read directly (its API refuses while the connection is down)."""
+    return list(bot.broker._open)
+
+
+async def test_no_new_risk_on_stale_market_data_but_reduce_only_goes_out(tmp_path) -> None:
+    bot = PaperBot(
+        fast_config(tmp_path, partial_fill_probability=0), token=TOKEN, registry=CollectorRegistry(), chaos=True
+    )
+    bot.inst.state.apply("pause")  # the strategy places nothing
+    bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+    try:
+        await _stale_market_data_gate(bot)
+    finally:
+        await bot.stop()
+
+
+async def _stale_market_data_gate(bot: PaperBot) -> None:
+    hidden = await bot.broker.inject_hidden_fill("ETH-USD", Decimal("1"))
+    assert (await bot.reconcile(Trigger.COMMAND))["discrepancies"][0]["key"] == hidden.trade_id
+    assert (await control(bot.port, "stale_market_data", {"symbol": "ETH-USD"}))[0] == 200
+    await wait_for(lambda: bot.market_data_stale("ETH-USD"))
+    assert bot.order_refusal("ETH-USD", reduce_only=False) == "market data for ETH-USD is stale"
+    assert await bot.submit("ETH-USD", Side.BUY, OrderType.MARKET, Decimal("0.1")) is None
+    assert await bot.submit("ETH-USD", Side.SELL, OrderType.MARKET, Decimal("0.1")) is None  # could open a short
+    # Closing risk on stale data is allowed: the venue lets a reduce-only order only shrink the position.
+    closing = await bot.submit("ETH-USD", Side.SELL, OrderType.MARKET, Decimal("0.5"), reduce_only=True)
+    assert closing is not None and closing.status.value == "filled"
+    assert bot.book.position("ETH-USD") == Decimal("0.5")
+    assert bot.order_refusal("BTC-USD", reduce_only=False) is None  # the other symbols are fresh
+
+
+async def test_an_adopted_order_is_not_expired_by_the_strategy_but_canceled_at_shutdown(tmp_path) -> None:
+    config = fast_config(tmp_path)
+    config.recovery.policies["unknown_order"] = "adopt"
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+    stopped = False
+    try:
+        mid = bot.broker.quote("BTC-USD").mid
+        external = await bot.broker.place_external_order("BTC-USD", Side.BUY, Decimal("0.01"), mid / 2)
+        result = await bot.reconcile(Trigger.COMMAND)
+        assert [(d["kind"], d["outcome"]) for d in result["discrepancies"]] == [("unknown_order", "adopted")]
+        assert external.key in bot.external_orders
+        # The strategy keeps trading (and expiring its own orders after 0.2 s) around it, many times over.
+        canceled = counter_total(bot, "tradingbot_orders_canceled")
+        await wait_for(lambda: counter_total(bot, "tradingbot_orders_canceled") >= canceled + 10, timeout=30)
+        assert external.venue_order_id in bot.broker._open
+        assert (await control(bot.port, "status"))[1]["adopted_orders"] == 1
+        await bot.stop()  # open_orders_on_shutdown: cancel, adopted orders included
+        stopped = True
+        assert bot.broker._orders[external.venue_order_id].status.value == "canceled"
+        run = await asyncio.to_thread(RecoveryStore(bot.engine, "paper-1", "paper").last_run)
+        assert run is not None and run.clean_shutdown
+    finally:
+        if not stopped:
+            await bot.stop()
+
+
+async def test_the_database_heartbeat_stops_while_the_loop_hangs(tmp_path) -> None:
+    config = fast_config(tmp_path)
+    config.recovery.heartbeat_interval_seconds = 0.05
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), chaos=True)
+    bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+    store = bot.recovery_store
+    try:
+        await wait_for(lambda: bot.heartbeat.beats >= 3)
+        assert (await control(bot.port, "hang_loop", {"seconds": 60}))[0] == 200
+        await wait_for(lambda: not bot.loop_progressing())  # heartbeat_timeout_seconds (0.5) without progress
+        beats = bot.heartbeat.beats
+        frozen = (await bot.journal.call(store.last_run)).last_heartbeat_at  # type: ignore[union-attr]
+        # Ten heartbeat intervals and more, measured on the hung loop's own heartbeat age.
+        age = bot.metrics.heartbeat_age() or 0
+        await wait_for(lambda: (bot.metrics.heartbeat_age() or 0) > age + 10 * 0.05)
+        assert bot.heartbeat.beats == beats
+        assert (await bot.journal.call(store.last_run)).last_heartbeat_at == frozen  # type: ignore[union-attr]
+        assert (await control(bot.port, "clear_chaos"))[0] == 200
+        await wait_for(lambda: bot.heartbeat.beats > beats)
+        assert (await bot.journal.call(store.last_run)).last_heartbeat_at > frozen  # type: ignore[union-attr]
+    finally:
+        await bot.stop()
+
+
+async def test_keep_policy_leaves_working_orders_on_the_venue_and_the_next_start_takes_them_back(tmp_path) -> None:
+    config = fast_config(tmp_path, order_max_age_seconds=60)
+    config.recovery.open_orders_on_shutdown = "keep"
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    await bot.start("127.0.0.1", 0)
+    await wait_for(lambda: counter_total(bot, "tradingbot_fills") > 0, timeout=20)
+    mid = bot.broker.quote("BTC-USD").mid
+    far = await bot.submit("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), (mid * Decimal("0.8")).quantize(CENT))
+    assert far is not None and far.status.is_open
+    await bot.stop()
+    kept = [o.key for o in bot.broker._open.values()]
+    assert far.key in kept  # nothing canceled it
+    run = await asyncio.to_thread(bot.recovery_store.last_run)
+    assert run is not None and run.clean_shutdown and run.stop_reason == "stop"
+    # The next start (same venue, nothing happened meanwhile) finds them in the journal, clean, and works them.
+    again = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), venue=bot.broker)
+    again.inst.state.apply("pause")
+    await again.start("127.0.0.1", 0)
+    try:
+        assert again.crash is None
+        assert again.reconciler.last is not None and again.reconciler.last["result"] == "clean"
+        assert sorted(again.orders) == sorted(kept)
+    finally:
+        await again.stop()
+
+
+async def test_a_failed_cancel_at_shutdown_leaves_no_clean_marker(tmp_path) -> None:
+    """The venue is unreachable at SIGTERM: the orders cannot be canceled, so the run is not marked clean (it says
+    why), and the next start treats it as a crash at once (the run recorded its stop: nothing to wait for)."""
+    config = fast_config(tmp_path)
+    config.recovery.crash_timeout_seconds = 3600  # a wait for an old heartbeat would hang this test
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    await bot.start("127.0.0.1", 0)
+    await wait_for(lambda: bot.orders, timeout=20)
+    await bot.broker.drop_connection()
+    await bot.shutdown("SIGTERM")
+    run = await asyncio.to_thread(bot.recovery_store.last_run)
+    assert run is not None and not run.clean_shutdown and run.stopped_at is not None
+    assert run.stop_reason == "SIGTERM; failed: open orders: cancel"
+    again = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), venue=bot.broker)
+    async with asyncio.timeout(30):
+        await again.start("127.0.0.1", 0)
+    try:
+        assert again.crash is not None and again.crash.previous.id == run.id
+        events = await again.journal.call(again.recovery_store.events)
+        assert [e.kind for e in events] == ["crash"]
+    finally:
+        await again.stop()
+
+
+async def test_the_whole_shutdown_is_under_one_deadline(tmp_path) -> None:
+    """A step after the clean marker (the HTTP server's stop) hangs: the deadline still ends the shutdown and names
+    it, and the marker written before it stands."""
+    config = fast_config(tmp_path)
+    config.recovery.shutdown_deadline_seconds = 0.5
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    await bot.start("127.0.0.1", 0)
+    server_stop = bot.inst.stop
+
+    async def stuck() -> None:
+        await asyncio.Event().wait()
+
+    bot.inst.stop = stuck  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ShutdownDeadlineExceeded) as info:
+            async with asyncio.timeout(30):  # a shutdown without a deadline on this step would hang here
+                await bot.shutdown("SIGTERM")
+        assert info.value.unfinished == ["stop the HTTP server", "close the journal"]
+        run = RecoveryStore(bot.engine, "paper-1", "paper").last_run()
+        assert run is not None and run.clean_shutdown
+    finally:
+        await server_stop()
+
+
+async def test_the_paper_bot_exports_no_created_series(tmp_path) -> None:
+    # prometheus_client's switch is process-wide: turn it back on so only the bot can turn it off.
+    enable_created_metrics()
+    paper_bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry(), chaos=False)
+    port = await paper_bot.start("127.0.0.1", 0)
+    try:
+        await wait_for(lambda: counter_total(paper_bot, "tradingbot_fills") >= 1, timeout=20)
+        status, body = await get(port, "/metrics")
+    finally:
+        await paper_bot.stop()
+    assert status == 200 and "tradingbot_fills_total" in body
+    assert [line for line in body.splitlines() if "_created" in line] == []

@@ -11,8 +11,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 
 from tests.conftest import free_port
+from trading_ops.config import load_config
+from trading_ops.db import migrate
+from trading_ops.paper.cli import NOT_MIGRATED, schema_problem
 
 TOKEN = "cli-test-token"
 
@@ -102,3 +106,18 @@ def test_paper_bot_without_token_exits_2(tmp_path, monkeypatch) -> None:
     config.write_text("database:\n  url: sqlite:///var/j.db\nbot:\n  data_dir: var\n")
     result = cli("--config", str(config), "paper-bot")
     assert result.returncode == 2 and "bot.control_token" in result.stderr
+
+
+def test_paper_bot_on_a_database_not_migrated_exits_2_with_one_line(tmp_path) -> None:
+    config = write_config(tmp_path, free_port())
+    result = cli("--config", str(config), "paper-bot")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["trading-ops: database is not migrated: run `trading-ops db upgrade`"]
+    # Migrated only part of the way is not migrated either; at the head there is nothing to say.
+    loaded = load_config(config)
+    first = list(ScriptDirectory.from_config(migrate.alembic_config(loaded.database_url())).walk_revisions())[-1]
+    assert cli("--config", str(config), "db", "upgrade", first.revision).returncode == 0
+    behind = cli("--config", str(config), "paper-bot")
+    assert behind.returncode == 2 and behind.stderr.splitlines() == [f"trading-ops: {NOT_MIGRATED}"]
+    assert cli("--config", str(config), "db", "upgrade").returncode == 0
+    assert schema_problem(loaded) is None

@@ -140,9 +140,11 @@ async def test_run_ticks_and_publishes_quotes_until_closed(make_venue: Callable[
 
     await venue.connect(BrokerEvents(on_quote=on_quote))
     runner = asyncio.create_task(venue.run(0))
-    await asyncio.wait_for(enough.wait(), timeout=5)
+    async with asyncio.timeout(5):
+        await enough.wait()
     await venue.close()
-    await asyncio.wait_for(runner, timeout=5)
+    async with asyncio.timeout(5):
+        await runner
     assert {q.symbol for q in quotes} == {"BTC-USD", "ETH-USD", "SOL-USD"}
     assert len({q.mid for q in quotes if q.symbol == "BTC-USD"}) > 1
     assert not venue.is_connected(Channel.ORDERS)
@@ -168,9 +170,11 @@ async def test_run_keeps_ticking_when_a_callback_fails(
 
     await venue.connect(BrokerEvents(on_quote=broken))
     runner = asyncio.create_task(venue.run(0))
-    await asyncio.wait_for(enough.wait(), timeout=5)
+    async with asyncio.timeout(5):
+        await enough.wait()
     await venue.close()
-    await asyncio.wait_for(runner, timeout=5)
+    async with asyncio.timeout(5):
+        await runner
     assert "an event callback failed during a tick" in caplog.text
 
 
@@ -626,7 +630,7 @@ async def test_save_and_load_reproduce_the_same_venue(make_venue: Callable[..., 
     path = tmp_path / "venue.json"
     original.save_state(path)
     assert not [p for p in tmp_path.iterdir() if p.name != "venue.json"]  # no temp file left behind
-    assert json.loads(path.read_text())["version"] == 1
+    assert json.loads(path.read_text())["version"] == 2
 
     copy = make_venue(volatility=0.002, partial_fill_probability=0.3)
     saved_at = copy.load_state(path)
@@ -696,3 +700,101 @@ async def test_advance_fills_resting_orders_while_the_bot_was_down(
     assert await restarted.open_orders() == []
     assert (await restarted.positions())["BTC-USD"] == D("0.2")
     assert await restarted.recent_fills(START) == fills
+
+
+# -- orders without a client order id, lookups, draining --------------------------------------------------------
+async def test_orders_placed_without_a_client_id_stay_distinct_and_are_canceled_by_venue_id(
+    connected: tuple[PaperVenue, Recorder],
+) -> None:
+    venue, _ = connected
+    first = await venue.place_external_order("BTC-USD", Side.BUY, D("0.01"), D(50000), client_order_id="")
+    second = await venue.place_external_order("BTC-USD", Side.BUY, D("0.02"), D(50000), client_order_id="")
+    assert first.venue_order_id != second.venue_order_id
+    assert sorted(o.quantity for o in await venue.open_orders()) == [D("0.01"), D("0.02")]
+    assert first.key == f"venue:{first.venue_order_id}"
+    with pytest.raises(BrokerError, match="unknown order"):
+        await venue.cancel("")  # no client order id: nothing to find by it
+    canceled = await venue.cancel(venue_order_id=first.venue_order_id)
+    assert canceled.status is OrderStatus.CANCELED and canceled.quantity == D("0.01")
+    assert [o.venue_order_id for o in await venue.open_orders()] == [second.venue_order_id]
+
+
+async def test_order_status_reports_open_and_closed_orders_by_either_id(connected: tuple[PaperVenue, Recorder]) -> None:
+    venue, _ = connected
+    filled = await venue.submit(market("m1", Side.BUY, "0.1"))
+    resting = await venue.submit(limit("l1", Side.BUY, "0.1", "60000"))
+    assert (await venue.order_status("m1")).status is OrderStatus.FILLED  # type: ignore[union-attr]
+    by_id = await venue.order_status(venue_order_id=resting.venue_order_id)
+    assert by_id is not None and (by_id.client_order_id, by_id.status) == ("l1", OrderStatus.ACKNOWLEDGED)
+    assert filled.status is OrderStatus.FILLED
+    assert await venue.order_status("never-sent") is None
+    await venue.cancel_without_notifying("l1")
+    assert (await venue.order_status("l1")).status is OrderStatus.CANCELED  # type: ignore[union-attr]
+    await venue.drop_connection()
+    with pytest.raises(BrokerError):
+        await venue.order_status("l1")
+
+
+async def test_drain_events_waits_for_a_delivery_in_progress(make_venue: Callable[..., PaperVenue]) -> None:
+    """A tick changes the venue at once and then awaits the bot's callbacks one by one: drain_events returns only
+    after the last of them."""
+    venue = make_venue()
+    release = asyncio.Event()
+    delivered: list[str] = []
+
+    async def slow_fill(fill: VenueFill) -> None:
+        await release.wait()  # the bot is busy writing its journal
+        delivered.append(fill.trade_id)
+
+    await venue.connect(BrokerEvents(on_fill=slow_fill))
+    await venue.submit(limit("c1", Side.BUY, "0.1", "64990"))
+    await venue.submit(limit("c2", Side.BUY, "0.1", "64990"))
+    tick = asyncio.create_task(venue.gap_price("BTC-USD", -0.01))  # both fill at once
+    await wait_until(lambda: venue._busy)
+    assert len(await venue.recent_fills()) == 2 and delivered == []
+    drained = asyncio.create_task(venue.drain_events())
+    await asyncio.sleep(0)
+    assert not drained.done()
+    release.set()
+    await drained
+    assert len(delivered) == 2
+    await tick
+
+
+async def wait_until(predicate: Callable[[], Any]) -> None:
+    async with asyncio.timeout(5):
+        while not predicate():
+            await asyncio.sleep(0)
+
+
+async def test_a_balance_withdrawn_to_zero_is_no_longer_listed(connected: tuple[PaperVenue, Recorder]) -> None:
+    venue, _ = connected
+    assert await venue.transfer("DOGE", D(5)) == D(5)
+    assert (await venue.balances())["DOGE"] == D(5)
+    assert await venue.transfer("DOGE", D(-5)) == 0
+    assert "DOGE" not in await venue.balances()
+    with pytest.raises(ValueError, match="cannot withdraw"):
+        await venue.transfer("USD", D(-(10**9)))
+
+
+async def test_a_version_1_state_file_still_loads(make_venue: Callable[..., PaperVenue], tmp_path: Any) -> None:
+    """Before version 2, reduce-only and silent orders were saved by client order id."""
+    original = make_venue()
+    await original.connect(BrokerEvents())
+    await original.submit(market("b1", Side.BUY, "0.5"))
+    await original.submit(limit("r1", Side.SELL, "0.1", "70000"))
+    original._reduce_only.add(original._by_client["r1"])
+    external = await original.place_external_order("BTC-USD", Side.BUY, D("0.01"), D(50000))
+    state = original.state_dict()
+    by_venue_id = {o["venue_order_id"]: o["client_order_id"] for o in state["orders"]}
+    state.update(
+        version=1,
+        reduce_only=[by_venue_id[v] for v in state["reduce_only"]],
+        silent_orders=[by_venue_id[v] for v in state["silent_orders"]],
+    )
+    path = tmp_path / "venue.json"
+    path.write_text(json.dumps(state))
+    copy = make_venue()
+    copy.load_state(path)
+    assert copy.state_dict() == original.state_dict()
+    assert copy.faults()["external_open_orders"] == [external.client_order_id]

@@ -6,6 +6,7 @@ Integration tests need promtool (Debian package `prometheus`); they run it thems
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ SERVICES = {"tradingbot", "trading-ops", "alerting"}
 ALERT_NAME = re.compile(r"^(TradingBot|TradingOps)[A-Z][A-Za-z0-9]+$|^Watchdog$")
 RECORD_NAME = re.compile(r"^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$")
 SCRAPE_JOBS = {"tradingbot", "trading-ops-reconciler", "alertmanager", "prometheus", "node"}
+ANNOTATIONS = {"summary", "description", "runbook_url"}
+DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+# How promtool reports a failed probe (see classify_quiet_cases): the expression, quoted, then `got: nil`.
+PROBE_REPORT = re.compile(r'expr: ".*?promtool_probe!=\\"([\w-]+)\\"[^\n]*\n\s+exp: [^\n]*\n\s+got: nil')
 
 
 def load_yaml(path: Path) -> Any:
@@ -99,30 +105,197 @@ def test_every_rule_file_has_its_test_file(rule_file: Path) -> None:
     assert f"../rules/{rule_file.name}" in load_yaml(test_file)["rule_files"]
 
 
-def test_every_alert_tier_has_a_named_firing_case() -> None:
-    fired = {
-        (case["alertname"], alert["exp_labels"]["severity"])
-        for case, test in alert_cases()
-        if test.get("name")
-        for alert in case["exp_alerts"]
-    }
+def test_every_test_group_is_named() -> None:
+    unnamed = [
+        f"{path.name} test #{index + 1}"
+        for path in RULE_TEST_FILES
+        for index, test in enumerate(load_yaml(path)["tests"])
+        if not str(test.get("name", "")).strip()
+    ]
+    assert unnamed == [], "promtool test groups without a name"
+
+
+def test_every_alert_tier_has_a_firing_case_with_exact_labels_and_annotations() -> None:
+    fired = set()
+    for case, _ in alert_cases():
+        for alert in case["exp_alerts"]:
+            # promtool compares exp_labels and exp_annotations with the alert's full sets: asking for every
+            # annotation here makes a case that leaves them out (and would then fail in promtool) obvious.
+            assert set(alert.get("exp_annotations", {})) == ANNOTATIONS, f"{case['alertname']} at {case['eval_time']}"
+            assert {"severity", "service"} <= set(alert["exp_labels"]), case["alertname"]
+            fired.add((case["alertname"], alert["exp_labels"]["severity"]))
     tiers = {(rule["alert"], rule["labels"]["severity"]) for rule in all_alert_rules()}
     assert tiers - fired == set(), "alert tiers without a firing promtool case"
 
 
-def test_every_alert_with_for_has_a_not_firing_case() -> None:
-    quiet = {case["alertname"] for case, _ in alert_cases() if not case["exp_alerts"]}
-    waiting = {rule["alert"] for rule in all_alert_rules() if rule.get("for")}
-    assert waiting - quiet == set(), "alerts without a 'not yet firing' or negative case"
+# -- "not yet firing" and negative cases, told apart by promtool itself -----------------------------------------
+#
+# An alert_rule_test case with `exp_alerts: []` only says "not firing". Whether the condition already held (the
+# alert is pending: a real "not yet firing" case) or did not hold (a negative case) is what promtool can answer:
+# rule evaluation writes ALERTS{alertstate="pending"} series, which a promql_expr_test can query. So each test
+# file is run once more with, for every quiet case and every tier of its alert, a probe expecting the tier to be
+# pending at that eval_time; the probes promtool reports as failed are the tiers that were not pending.
+
+
+@dataclass(frozen=True)
+class QuietCase:
+    """An alert_rule_test case expecting no firing alert, and which tiers of the alert were pending then."""
+
+    where: str
+    alertname: str
+    eval_seconds: float
+    pending: frozenset[str]
+
+
+def duration_seconds(value: str | int) -> float:
+    """A Prometheus duration ("1h5m30s", "0m", "15s") in seconds."""
+    text = str(value)
+    if text.isdigit():
+        return float(text)
+    parts = DURATION_PART.findall(text)
+    assert parts and "".join(f"{n}{u}" for n, u in parts) == text, f"not a duration: {value!r}"
+    return float(sum(int(number) * DURATION_UNITS[unit] for number, unit in parts))
+
+
+def alert_tiers() -> dict[str, dict[str, float]]:
+    """alert name -> {severity: `for` in seconds}."""
+    tiers: dict[str, dict[str, float]] = {}
+    for rule in all_alert_rules():
+        tiers.setdefault(rule["alert"], {})[rule["labels"]["severity"]] = duration_seconds(rule.get("for", "0s"))
+    return tiers
+
+
+def probe(alertname: str, severity: str, probe_id: str) -> str:
+    # `promtool_probe!="<id>"` matches every series (no series has that label): it only tags the expression, so
+    # promtool's report of a failed probe names it.
+    return (
+        f'max(ALERTS{{alertname="{alertname}", severity="{severity}", alertstate="pending", '
+        f'promtool_probe!="{probe_id}"}})'
+    )
+
+
+def classify_quiet_cases(test_file: Path, workdir: Path) -> list[QuietCase]:
+    document = load_yaml(test_file)
+    document["rule_files"] = [str((test_file.parent / name).resolve()) for name in document["rule_files"]]
+    tiers = alert_tiers()
+    probes: dict[str, tuple[int, str]] = {}
+    cases: list[tuple[str, str, float]] = []
+    for test in document["tests"]:
+        for case in test.get("alert_rule_test", []):
+            if case["exp_alerts"]:
+                continue
+            assert case["alertname"] in tiers, f"{test_file.name}: {case['alertname']} is in no rule file"
+            number = len(cases)
+            cases.append(
+                (
+                    f"{test_file.name}: {test['name']} @ {case['eval_time']}",
+                    case["alertname"],
+                    duration_seconds(case["eval_time"]),
+                )
+            )
+            for severity in tiers[case["alertname"]]:
+                probe_id = f"c{number}-{severity}"
+                probes[probe_id] = (number, severity)
+                test.setdefault("promql_expr_test", []).append(
+                    {
+                        "expr": probe(case["alertname"], severity, probe_id),
+                        "eval_time": case["eval_time"],
+                        "exp_samples": [{"labels": "{}", "value": 1}],
+                    }
+                )
+    derived = workdir / test_file.name
+    derived.write_text(yaml.safe_dump(document, sort_keys=False))
+    result = run_binary("promtool", "test", "rules", derived.name, cwd=workdir)
+    output = result.stdout + result.stderr
+    reported = PROBE_REPORT.findall(output)
+    # Only probes may fail, and only by finding nothing: anything else (a failing original case, a query error,
+    # a file promtool cannot read) would make the classification meaningless.
+    assert result.returncode in (0, 1), output
+    assert output.count("expr:") == len(reported) and "alertname:" not in output.split("FAILED", 1)[-1], output
+    assert (result.returncode == 1) == bool(reported), output
+    not_pending = {probes[probe_id] for probe_id in reported}
+    return [
+        QuietCase(
+            where,
+            alertname,
+            eval_seconds,
+            frozenset(s for s in tiers[alertname] if (number, s) not in not_pending),
+        )
+        for number, (where, alertname, eval_seconds) in enumerate(cases)
+    ]
+
+
+@pytest.fixture(scope="module")
+def quiet_cases(tmp_path_factory: pytest.TempPathFactory) -> list[QuietCase]:
+    workdir = tmp_path_factory.mktemp("promtool-probes")
+    return [case for path in RULE_TEST_FILES for case in classify_quiet_cases(path, workdir)]
+
+
+@pytest.mark.prometheus
+def test_the_pending_probe_tells_pending_from_quiet(tmp_path: Path) -> None:
+    # Guards the classification itself on a known timeline: a bot scraped until t=10s, then down.
+    test_file = tmp_path / "probe_test.yml"
+    test_file.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(RULES_DIR / "tradingbot-availability.yml")],
+                "evaluation_interval": "5s",
+                "tests": [
+                    {
+                        "name": "probe",
+                        "interval": "5s",
+                        "input_series": [{"series": 'up{job="tradingbot", instance="a:9101"}', "values": "1 1 0x10"}],
+                        "alert_rule_test": [
+                            {"eval_time": "5s", "alertname": "TradingBotDown", "exp_alerts": []},
+                            {"eval_time": "15s", "alertname": "TradingBotDown", "exp_alerts": []},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    quiet, pending = classify_quiet_cases(test_file, workdir)
+    assert (quiet.eval_seconds, quiet.pending) == (5.0, frozenset())
+    assert (pending.eval_seconds, pending.pending) == (15.0, frozenset({"critical"}))
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize(
+    ("alertname", "severity"),
+    sorted((name, severity) for name, tiers in alert_tiers().items() for severity, wait in tiers.items() if wait > 0),
+)
+def test_alert_tier_has_a_not_yet_firing_case(quiet_cases: list[QuietCase], alertname: str, severity: str) -> None:
+    """A case at an eval_time before `for:` runs out, while the condition already holds (the tier is pending)."""
+    assert any(case.alertname == alertname and severity in case.pending for case in quiet_cases), (
+        f"no case where {alertname} ({severity}) is pending but not firing yet"
+    )
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("alertname", sorted(name for name in alert_tiers() if name != "Watchdog"))
+def test_alert_has_a_negative_case(quiet_cases: list[QuietCase], alertname: str) -> None:
+    """A case where the condition is false for every tier, evaluated after the longest `for:` would have run out
+    (so it is not quiet merely because it is early)."""
+    longest_wait = max(alert_tiers()[alertname].values())
+    negatives = [
+        case.where
+        for case in quiet_cases
+        if case.alertname == alertname and not case.pending and case.eval_seconds >= longest_wait
+    ]
+    assert negatives, f"no negative case for {alertname} (condition false at an eval_time >= {longest_wait:g}s)"
 
 
 def test_bot_alerts_keep_instance_and_job_when_they_fire() -> None:
     # The reconciler maps `instance` to the bot's control API: a bot alert without it cannot be remediated.
-    bot_alerts = {rule["alert"] for rule in all_alert_rules() if rule["labels"]["service"] == "tradingbot"}
+    # Only an absent() branch (no bot scraped at all) fires without an instance, as there is no bot to name.
+    rules = {rule["alert"]: rule for rule in all_alert_rules() if rule["labels"]["service"] == "tradingbot"}
     for case, _ in alert_cases():
-        if case["alertname"] in bot_alerts:
+        if case["alertname"] in rules:
             for alert in case["exp_alerts"]:
-                assert {"instance", "job"} <= set(alert["exp_labels"]), case["alertname"]
+                required = {"job"} if "absent(" in rules[case["alertname"]]["expr"] else {"instance", "job"}
+                assert required <= set(alert["exp_labels"]), case["alertname"]
 
 
 @pytest.mark.parametrize("rule", all_alert_rules(), ids=lambda r: f"{r['alert']}-{r['labels']['severity']}")

@@ -4,17 +4,28 @@ by its policy, stored and exported, and a second run finds nothing."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
 
-from tests.paper_helpers import TOKEN, control, fast_config
-from trading_ops.bot.broker import OrderType, Side, VenueFill
-from trading_ops.bot.reconciliation import JournalFill, JournalSnapshot, Trigger, VenueSnapshot, classify
+from tests.paper_helpers import TOKEN, control, counter_total, fast_config, get, wait_for
+from trading_ops.bot.broker import BrokerError, OrderType, Side, VenueFill
+from trading_ops.bot.reconciliation import (
+    JournalFill,
+    JournalOrder,
+    JournalSnapshot,
+    Trigger,
+    VenueSnapshot,
+    classify,
+)
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.paper.bot import PaperBot
+from trading_ops.paper.bot import PaperBot, make_venue, startup_retry_delay
+from trading_ops.paper.venue import PaperVenue
 
 # The strategy and the venue's clock stay still: only what a test does happens.
 QUIET = {"loop_interval_seconds": 3600, "tick_interval_seconds": 3600, "partial_fill_probability": 0.0}
@@ -99,15 +110,14 @@ async def test_partial_fill_unseen_and_a_vanished_order(bot: PaperBot) -> None:
     partial = await resting_order(bot, "BTC-USD")
     gone = await resting_order(bot, "SOL-USD", Side.SELL)
     fill = await bot.broker.fill_without_notifying(partial, Decimal("0.04"))
-    # The venue cancels an order and the event is lost (as while the bot was down).
-    order = bot.broker._orders[gone]
-    bot.broker._set_status(order, order.status.__class__("canceled"))
+    await bot.broker.cancel_without_notifying(gone)  # the venue cancels it and the event is lost
     result = await bot.reconcile(Trigger.COMMAND)
     assert kinds(result) == [
         ("missing_fill", fill.trade_id, "adopted"),
         ("order_state_mismatch", partial, "adopted"),
         ("vanished_order", gone, "adopted"),
     ]
+    assert result["discrepancies"][2]["detail"] == {"final_state": "canceled 0", "source": "venue"}
     assert bot.orders[partial].filled_quantity == Decimal("0.04") and gone not in bot.orders
     assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"
 
@@ -146,7 +156,8 @@ async def test_order_placed_by_hand_is_canceled_by_policy(bot: PaperBot) -> None
     mid = bot.broker.quote("BTC-USD").mid
     external = await bot.broker.place_external_order("BTC-USD", Side.BUY, Decimal("0.01"), mid * Decimal("0.9"))
     result = await bot.reconcile(Trigger.COMMAND)
-    assert kinds(result) == [("unknown_order", external.client_order_id, "canceled")]
+    assert kinds(result) == [("unknown_order", external.venue_order_id, "canceled")]
+    assert result["discrepancies"][0]["detail"] == {"client_order_id": external.client_order_id}
     assert await bot.broker.open_orders() == []
     assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"
 
@@ -161,7 +172,7 @@ async def test_halt_and_alert_policies(tmp_path) -> None:
         assert result["result"] == "halted"
         assert kinds(result) == [
             ("missing_fill", hidden.trade_id, "halted"),
-            ("unknown_order", external.client_order_id, "alerted"),
+            ("unknown_order", external.venue_order_id, "alerted"),
         ]
         assert bot.inst.state.state.value == "halted"
         assert sample(bot, "tradingbot_position_mismatch_quantity", venue="paper", symbol="SOL-USD") == 1
@@ -215,8 +226,9 @@ def test_classification_is_deterministic_and_finds_journal_duplicates() -> None:
             JournalFill(5, "T1", "BTC-USD", "buy", Decimal("1"), Decimal("10"), Decimal("0"), "USD"),
             JournalFill(9, "T1", "BTC-USD", "buy", Decimal("1"), Decimal("10"), Decimal("0"), "USD"),
         ],
+        # The duplicate row was journaled like any fill: with its position and its balance changes.
         positions={"BTC-USD": Decimal("2")},
-        balances={"USD": Decimal("-10"), "BTC": Decimal("1")},
+        balances={"USD": Decimal("-20"), "BTC": Decimal("2")},
     )
     venue = VenueSnapshot({"BTC-USD": Decimal("3")}, {"USD": Decimal("-30"), "BTC": Decimal("3")}, [], fills)
     first = [dataclasses.asdict(d) for d in classify(journal, venue)]
@@ -227,3 +239,281 @@ def test_classification_is_deterministic_and_finds_journal_duplicates() -> None:
         ("missing_fill", "T3"),
     ]  # the position and balances are what the fills explain: no mismatch of their own
     assert first[0]["detail"] == {"source": "journal", "times": 2, "extra_rows": [9]}
+
+
+def drop_fill_uniqueness(engine: Engine) -> None:
+    """The journal's unique key on trade ids is gone (a restore without constraints): a trade can be journaled
+    twice. Rebuilds SQLite's fills table without it, as SQLite cannot drop a constraint."""
+    with engine.begin() as conn:
+        ddl = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'fills'").scalar_one()
+        without = re.sub(r",\s*CONSTRAINT uq_fills_bot_venue_trade_id UNIQUE \(bot, venue, trade_id\)", "", ddl)
+        assert without != ddl
+        conn.exec_driver_sql("ALTER TABLE fills RENAME TO fills_old")
+        conn.exec_driver_sql(without)
+        conn.exec_driver_sql("INSERT INTO fills SELECT * FROM fills_old")
+        conn.exec_driver_sql("DROP TABLE fills_old")
+
+
+async def test_scheduled_runs_under_live_trading_come_back_clean(tmp_path) -> None:
+    """A healthy bot trading fast, reconciled every 50 ms with every class set to halt: no run may find anything
+    (a fill or order update on its way to the journal is not a discrepancy), so the bot never halts."""
+    config = fast_config(tmp_path)
+    config.recovery.reconcile_interval_seconds = 0.05
+    config.recovery.policies.update(dict.fromkeys(config.recovery.policies, "halt"))
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    await bot.start("127.0.0.1", 0)
+    try:
+        await wait_for(lambda: counter_total(bot, "tradingbot_fills") > 0, timeout=20)
+        fills_at_start = counter_total(bot, "tradingbot_fills")
+
+        def scheduled() -> float:
+            return sample(
+                bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="schedule", result="clean"
+            )
+
+        def halted() -> bool:
+            return bot.inst.state.state.value == "halted"
+
+        await wait_for(
+            lambda: halted() or (scheduled() >= 60 and counter_total(bot, "tradingbot_fills") >= fills_at_start + 30),
+            timeout=90,
+        )
+        runs = await bot.journal.call(bot.recovery_store.reconciliation_runs)
+        assert [(r.id, r.result, r.error) for r in runs if r.result != "clean"] == []
+        assert not halted() and len(runs) > 60
+        for result in ("resolved", "failed", "halted"):
+            assert (
+                sample(bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="schedule", result=result)
+                == 0
+            )
+    finally:
+        await bot.stop()
+
+
+async def test_adopting_balances_twice_changes_nothing_when_the_venue_omits_a_zero_balance(bot: PaperBot) -> None:
+    await bot.broker.transfer("DOGE", Decimal("5"))  # an airdrop
+    assert kinds(await bot.reconcile(Trigger.COMMAND)) == [("balance_mismatch", "DOGE", "adopted")]
+    assert (await bot.journal.call(bot.journal.balances))["DOGE"] == Decimal("5")
+    await bot.broker.transfer("DOGE", Decimal("-5"))  # withdrawn: the venue no longer lists DOGE at all
+    assert "DOGE" not in await bot.broker.balances()
+    assert kinds(await bot.reconcile(Trigger.COMMAND)) == [("balance_mismatch", "DOGE", "adopted")]
+    assert (await bot.journal.call(bot.journal.balances))["DOGE"] == 0
+    again = await bot.reconcile(Trigger.COMMAND)
+    assert again["result"] == "clean", again["discrepancies"]
+
+
+async def test_duplicate_fill_row_is_removed_with_its_balance_changes(bot: PaperBot) -> None:
+    """A fill delivered twice into a journal that lost its unique key: two rows, the position and balances changed
+    twice. Reconciliation removes the extra row and undoes both, and finds nothing else (no false balance
+    mismatch); a second run is clean."""
+    await bot.journal.call(drop_fill_uniqueness, bot.engine)
+    coid = await resting_order(bot)
+    fill = await bot.broker.fill_without_notifying(coid)
+    assert await bot._apply_fill(fill) is True
+    assert await bot._apply_fill(fill) is True  # journaled twice: nothing stops it any more
+    rows = [f for f in await bot.journal.call(bot.journal.fills) if f.trade_id == fill.trade_id]
+    assert len(rows) == 2
+    status, result = await control(bot.port, "reconcile")
+    assert status == 200 and result["result"] == "resolved"
+    assert kinds(result) == [
+        ("duplicate_fill", fill.trade_id, "adopted"),
+        ("order_state_mismatch", coid, "adopted"),  # its order update was lost
+    ]
+    assert [f.id for f in await bot.journal.call(bot.journal.fills) if f.trade_id == fill.trade_id] == [rows[0].id]
+    venue_balances = await bot.broker.balances()
+    journal_balances = await bot.journal.call(bot.journal.balances)
+    assert journal_balances == {a: venue_balances.get(a, Decimal(0)) for a in journal_balances}
+    positions = await bot.journal.call(bot.journal.positions)
+    assert positions["ETH-USD"].quantity == Decimal("0.1") == bot.book.position("ETH-USD")
+    _, again = await control(bot.port, "reconcile")
+    assert again["result"] == "clean", again["discrepancies"]
+
+
+async def test_order_updates_never_move_an_order_back(bot: PaperBot) -> None:
+    coid = await resting_order(bot)
+    acknowledged = dataclasses.replace(bot.orders[coid])
+    await bot.broker.fill_without_notifying(coid, Decimal("0.04"))
+    partial = dataclasses.replace(bot.broker._orders[acknowledged.venue_order_id])
+    await bot.broker.fill_without_notifying(coid)
+    filled = dataclasses.replace(bot.broker._orders[acknowledged.venue_order_id])
+    await bot._on_order(filled)
+    # Events arriving late and out of order: neither reopens the order, in the journal or in the bot.
+    await bot._on_order(partial)
+    await bot._on_order(acknowledged)
+    [row] = await bot.journal.call(bot.journal.orders_by_client_id, [coid])
+    assert (row.status, row.filled_quantity) == ("filled", Decimal("0.1"))
+    assert coid not in bot.orders
+
+
+async def test_vanished_order_takes_the_final_state_the_venue_reports(tmp_path) -> None:
+    """An order filled at the venue, its fill older than the lookback window: the fills cannot say it filled, the
+    venue's order lookup does."""
+    bot = await quiet_bot(tmp_path, {"position_mismatch": "adopt"})
+    try:
+        bot.reconciler.fills_lookback = 60
+        coid = await resting_order(bot)
+        await bot.broker.set_clock_skew(-3600)  # the fill happens an hour ago by the venue's clock
+        await bot.broker.fill_without_notifying(coid)
+        await bot.broker.set_clock_skew(0)
+        result = await bot.reconcile(Trigger.COMMAND)
+        [order] = [d for d in result["discrepancies"] if d["key"] == coid]
+        assert (order["kind"], order["outcome"]) == ("order_state_mismatch", "adopted")
+        assert order["detail"] == {"final_state": "filled 0.1000", "source": "venue"}
+        [row] = await bot.journal.call(bot.journal.orders_by_client_id, [coid])
+        assert (row.status, row.filled_quantity) == ("filled", Decimal("0.1"))
+        assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"
+    finally:
+        await bot.stop()
+
+
+def test_an_order_the_venue_forgot_ends_as_its_fills_say() -> None:
+    at = datetime(2026, 11, 21, 12, tzinfo=UTC)
+    mine = JournalOrder(
+        "c-1", "P1", "BTC-USD", "buy", "limit", Decimal("1"), Decimal("10"), Decimal("0"), "acknowledged"
+    )
+    journal = JournalSnapshot({"c-1": mine}, {"T1"}, [], {"BTC-USD": Decimal("0.4")}, {})
+    fill = VenueFill(
+        "T1", "c-1", "P1", "BTC-USD", Side.BUY, Decimal("0.4"), Decimal("10"), Decimal(0), "USD", "maker", at
+    )
+    venue = VenueSnapshot({"BTC-USD": Decimal("0.4")}, {}, [], [fill], closed_orders={"c-1": None})
+    [gone] = classify(journal, venue)
+    assert (gone.kind, gone.key, gone.detail) == (
+        "vanished_order",
+        "c-1",
+        {"final_state": "canceled 0.4", "source": "fills"},
+    )
+
+
+async def test_orders_placed_by_hand_without_a_client_id_stay_distinct(tmp_path) -> None:
+    for policy in ("cancel", "adopt"):
+        bot = await quiet_bot(tmp_path / policy, {"unknown_order": policy})
+        try:
+            mid = bot.broker.quote("BTC-USD").mid
+            first = await bot.broker.place_external_order(
+                "BTC-USD", Side.BUY, Decimal("0.01"), mid / 2, client_order_id=""
+            )
+            second = await bot.broker.place_external_order(
+                "BTC-USD", Side.BUY, Decimal("0.02"), mid / 2, client_order_id=""
+            )
+            result = await bot.reconcile(Trigger.COMMAND)
+            outcome = "canceled" if policy == "cancel" else "adopted"
+            assert kinds(result) == [
+                ("unknown_order", first.venue_order_id, outcome),
+                ("unknown_order", second.venue_order_id, outcome),
+            ]
+            assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"
+            if policy == "adopt":  # both are the bot's now, and it can cancel them by their venue ids
+                assert len(await bot.broker.open_orders()) == 2
+                assert await bot.cancel_all() == 2
+            assert await bot.broker.open_orders() == []
+            assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"
+        finally:
+            await bot.stop()
+
+
+async def test_no_order_goes_out_before_the_startup_run_passes(tmp_path) -> None:
+    config = fast_config(tmp_path, **QUIET)
+    config.recovery.policies["missing_fill"] = "halt"
+    venue = make_venue(config)
+    await venue.inject_hidden_fill("SOL-USD", Decimal("2"))  # while the bot was away
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), venue=venue)
+    bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+    try:
+        assert bot.reconciler.last is not None and bot.reconciler.last["result"] == "halted"
+        assert not bot.trading_allowed
+        assert bot.order_refusal("BTC-USD", reduce_only=False) == "the startup reconciliation has not passed"
+        assert await bot.submit("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.01")) is None
+        assert await bot.submit("SOL-USD", Side.SELL, OrderType.MARKET, Decimal("1"), reduce_only=True) is None
+        assert await venue.open_orders() == [] and len(await venue.recent_fills()) == 1
+        status, body = await get(bot.port, "/readyz")
+        assert status == 503 and "startup reconciliation not passed" in body
+    finally:
+        await bot.stop()
+
+
+async def test_startup_retries_back_off_and_stop_while_halted(tmp_path) -> None:
+    config = fast_config(tmp_path)
+    config.recovery.reconcile_retry_seconds = 0.01
+    config.recovery.policies["missing_fill"] = "halt"
+    venue = UnreachableAccountVenue(list(config.paper.symbols), seed=1)
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), venue=venue)
+    bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+    try:
+        # The venue's account API fails: each retry waits twice as long as the one before.
+        await wait_for(lambda: bot.startup_failures >= 5, timeout=30)
+        assert bot.next_reconciliation_delay() == pytest.approx(0.01 * 2**bot.startup_failures)
+        runs = await bot.journal.call(bot.recovery_store.reconciliation_runs)
+        assert {(r.trigger, r.result) for r in runs} == {("startup", "failed")}
+        # The account API is back, with a fill the bot never saw: the next retry halts, and retries stop.
+        await venue.inject_hidden_fill("SOL-USD", Decimal("1"))
+        venue.account_down = False
+        await wait_for(lambda: last_run(bot)["result"] == "halted", timeout=30)
+        assert bot.inst.state.state.value == "halted"
+        assert bot.next_reconciliation_delay() is None and not bot.trading_allowed
+        runs = await bot.journal.call(bot.recovery_store.reconciliation_runs)
+        halted_runs = len(runs)
+        iterations = sample(bot, "tradingbot_loop_iterations_total") or 0
+        await wait_for(lambda: (sample(bot, "tradingbot_loop_iterations_total") or 0) > iterations + 50, timeout=30)
+        assert len(await bot.journal.call(bot.recovery_store.reconciliation_runs)) == halted_runs  # no retry
+        # clear_halt tries once more (it halts again: the fill is still unexplained).
+        assert (await control(bot.port, "clear_halt"))[0] == 200
+        await wait_for(lambda: last_run(bot)["run_id"] > runs[-1].id, timeout=30)
+        assert bot.inst.state.state.value == "halted"
+        runs = await bot.journal.call(bot.recovery_store.reconciliation_runs)
+        assert [(r.trigger, r.result) for r in runs[halted_runs:]] == [("startup", "halted")]
+        # An operator adopts it instead; the reconcile command opens the gate; scheduled runs take over.
+        bot.reconciler.policies["missing_fill"] = "adopt"
+        assert (await control(bot.port, "clear_halt"))[0] == 200
+        await wait_for(lambda: bot.trading_allowed, timeout=30)
+        assert bot.next_reconciliation_delay() == config.recovery.reconcile_interval_seconds
+    finally:
+        await bot.stop()
+
+
+def last_run(bot: PaperBot) -> dict:
+    assert bot.reconciler.last is not None
+    return bot.reconciler.last
+
+
+class UnreachableAccountVenue(PaperVenue):
+    """A paper venue whose account endpoints fail (an API outage on the venue's side) until told otherwise."""
+
+    account_down = True
+
+    async def positions(self) -> dict[str, Decimal]:
+        if self.account_down:
+            raise BrokerError("venue_busy", "account service unavailable")
+        return await super().positions()
+
+
+def test_startup_retry_delay_doubles_up_to_its_cap() -> None:
+    assert [startup_retry_delay(n, 2.0) for n in range(4)] == [2.0, 4.0, 8.0, 16.0]
+    assert startup_retry_delay(50, 2.0) == startup_retry_delay(10_000, 2.0) == 300.0
+
+
+async def test_last_success_timestamp_is_exported_from_the_start(tmp_path) -> None:
+    """A bot that never reconciled successfully still exports the gauge, at its start time, so `time() - x > N`
+    fires N seconds after a start that never passed."""
+    before = time.time()
+    config = fast_config(tmp_path, **QUIET)
+    config.recovery.policies["missing_fill"] = "halt"
+    venue = make_venue(config)
+    await venue.inject_hidden_fill("SOL-USD", Decimal("2"))
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), venue=venue)
+    await bot.start("127.0.0.1", 0)
+    try:
+        assert bot.reconciler.last_success is None
+        exported = sample(bot, "tradingbot_reconciliation_last_success_timestamp_seconds", venue="paper")
+        assert exported is not None and before <= exported <= time.time()
+    finally:
+        await bot.stop()
+
+
+async def test_reconnect_triggers_a_reconciliation(bot: PaperBot) -> None:
+    await bot.broker.drop_connection()
+    hidden = await bot.broker.inject_hidden_fill("ETH-USD", Decimal("1"))  # while the bot could not hear it
+    assert (await control(bot.port, "reconnect"))[0] == 200
+    await wait_for(lambda: bot.reconciler.last and bot.reconciler.last["trigger"] == "reconnect")
+    assert bot.reconciler.last is not None
+    assert kinds(bot.reconciler.last) == [("missing_fill", hidden.trade_id, "adopted")]
+    assert sample(bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="reconnect", result="resolved")

@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import free_port
-from tests.paper_helpers import wait_for
+from tests.paper_helpers import counter_total, wait_for
 from tests.test_paper_cli import cli, wait_healthy
 from trading_ops.bot.broker import OrderStatus, Side
 from trading_ops.bot.reconciliation import Trigger
@@ -33,7 +33,7 @@ TOKEN = "recovery-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def write_config(tmp_path: Path, port: int) -> Path:
+def write_config(tmp_path: Path, port: int, shutdown_deadline: float = 10) -> Path:
     (tmp_path / "token").write_text(TOKEN + "\n")
     config = tmp_path / "trading-ops.yaml"
     config.write_text(
@@ -42,7 +42,8 @@ def write_config(tmp_path: Path, port: int) -> Path:
         f"  market_data_stale_seconds: 0.5\n  listen:\n    port: {port}\n"
         "paper:\n  seed: 3\n  loop_interval_seconds: 0.05\n  tick_interval_seconds: 0.02\n  reject_probability: 0\n"
         "  volatility: 0.002\n  order_max_age_seconds: 5\n"
-        "recovery:\n  heartbeat_interval_seconds: 0.1\n  crash_timeout_seconds: 0.5\n  shutdown_deadline_seconds: 10\n"
+        "recovery:\n  heartbeat_interval_seconds: 0.1\n  crash_timeout_seconds: 0.5\n"
+        f"  shutdown_deadline_seconds: {shutdown_deadline}\n"
         "  reconcile_interval_seconds: 0\n"
         "notifications:\n  urls_env: RECOVERY_TEST_APPRISE_URLS\n"
     )
@@ -100,18 +101,19 @@ async def notification_server() -> tuple[web.AppRunner, int, list[dict]]:
 def expected_discrepancies(bot: PaperBot) -> set[tuple[str, str]]:
     """What reconciliation must find, from the venue's own records (not the engine's logic)."""
     journal_trades = {f.trade_id for f in bot.journal.fills()}
-    journal_orders = {o.client_order_id: o for o in bot.journal.orders_by_client_id(list(bot.broker._orders))}
+    venue_orders = {o.key: o for o in bot.broker._orders.values()}
+    journal_orders = {o.client_order_id: o for o in bot.journal.orders_by_client_id(list(venue_orders))}
     journal_open = {o.client_order_id: o for o in bot.journal.open_orders()}
     found = {("missing_fill", f.trade_id) for f in bot.broker._fills if f.trade_id not in journal_trades}
-    for coid, order in bot.broker._orders.items():
-        mine = journal_orders.get(coid)
+    for key, order in venue_orders.items():
+        mine = journal_orders.get(key)
         if order.status.is_open and mine is None:
-            found.add(("unknown_order", coid))
+            found.add(("unknown_order", order.venue_order_id))
         elif order.status.is_open and mine is not None:
             if (mine.status, mine.filled_quantity) != (order.status.value, order.filled_quantity):
-                found.add(("order_state_mismatch", coid))
+                found.add(("order_state_mismatch", key))
     for coid in journal_open:
-        order = bot.broker._orders.get(coid)
+        order = venue_orders.get(coid)
         if order is None or not order.status.is_open:
             filled = order is not None and order.status is OrderStatus.FILLED
             found.add(("order_state_mismatch" if filled else "vanished_order", coid))
@@ -154,9 +156,11 @@ async def test_kill_9_while_orders_work_then_restart_reconciles_exactly_the_dama
     bot = PaperBot(config, registry=CollectorRegistry(), engine=engine)
     try:
         expected = await bot.journal.call(expected_discrepancies, bot)
+        at_crash = {s: str(p.quantity) for s, p in sorted((await bot.journal.call(bot.journal.positions)).items())}
+        assert at_crash.get("SOL-USD") != str(bot.broker._positions["SOL-USD"])  # the drift is unknown to it
         assert ("missing_fill", drift["trade_id"]) in expected
         assert ("missing_fill", filled_meanwhile.trade_id) in expected
-        assert ("unknown_order", external.client_order_id) in expected
+        assert ("unknown_order", external.venue_order_id) in expected
         bot_port = await bot.start("127.0.0.1", 0)
 
         assert bot.crash is not None and not bot.crash.previous.clean_shutdown
@@ -172,12 +176,20 @@ async def test_kill_9_while_orders_work_then_restart_reconciles_exactly_the_dama
 
         events = await bot.journal.call(bot.recovery_store.events)
         assert len(events) == 1 and events[0].kind == "crash"
-        assert json.loads(events[0].detail)["reconciliation"]["run_id"] == startup.id
+        detail = json.loads(events[0].detail)
+        assert detail["reconciliation"]["run_id"] == startup.id
+        assert detail["journal_positions"] == at_crash  # as the crash left them, before the run adopted anything
         await wait_for(lambda: received, timeout=20)
         assert "restarted after a crash" in received[0]["title"]
         assert f"missing_fill {drift['trade_id']}" in received[0]["message"]
 
-        # Quiesced, a second run finds nothing.
+        # Under live trading (no pause), every further run finds nothing: fills keep coming between them.
+        for _ in range(5):
+            fills = counter_total(bot, "tradingbot_fills")
+            await wait_for(lambda f=fills: counter_total(bot, "tradingbot_fills") > f, timeout=20)  # type: ignore[misc]
+            live = await bot.reconcile(Trigger.COMMAND)
+            assert live["result"] == "clean", live["discrepancies"]
+        # Quiesced, too.
         bot.inst.state.apply("pause")
         async with bot._trade_lock:
             pass
@@ -223,7 +235,9 @@ def test_sigterm_stops_within_the_deadline_with_the_clean_marker_and_watchdog_pi
         post(port, "hang_loop", {"seconds": 60})
         poll(lambda: post(port, "status")["heartbeat_age_seconds"] > 0.8)
         drain()
-        time.sleep(0.6)  # several watchdog intervals: a hung loop must send no ping
+        hung_for = post(port, "status")["heartbeat_age_seconds"]
+        # Several watchdog intervals (0.1 s) more of the hang, measured on the hung loop itself: no ping.
+        poll(lambda: post(port, "status")["heartbeat_age_seconds"] > hung_for + 0.6)
         assert "WATCHDOG=1" not in drain()
         post(port, "clear_chaos")
         poll(lambda: "WATCHDOG=1" in drain())
@@ -252,3 +266,40 @@ def test_sigterm_stops_within_the_deadline_with_the_clean_marker_and_watchdog_pi
         engine.dispose()
     state = json.loads((config.path(config.bot.data_dir) / f"{config.bot.name}-paper-venue.json").read_text())
     assert [o for o in state["orders"] if o["status"] in ("acknowledged", "partially_filled")] == []
+
+
+def test_sigterm_with_a_hung_database_still_exits_at_the_deadline(tmp_path) -> None:
+    """The journal's database thread hangs for an hour: the shutdown cannot stop the orders' step in progress,
+    flush or write the marker. The deadline (1 s) still ends the process, with exit status 1 and one line naming
+    what was left undone; no clean-shutdown marker, so the next start reconciles with full suspicion."""
+    port = free_port()
+    config_path = write_config(tmp_path, port, shutdown_deadline=1)
+    assert cli("--config", str(config_path), "db", "upgrade").returncode == 0
+    proc = start_bot(config_path)
+    try:
+        wait_healthy(port, proc)
+        poll(lambda: post(port, "status")["open_orders"] >= 1)
+        assert post(port, "stall_journal", {"seconds": 3600})["fault"] == "stall_journal"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        log = proc.stderr.read().decode()
+        proc.stderr.close()
+    lines = [line for line in log.splitlines() if "shutdown deadline of 1 s passed; unfinished:" in line]
+    assert len(lines) == 1, log[-3000:]
+    unfinished = lines[0].split("unfinished: ", 1)[1].split(", ")
+    assert "flush the journal" in unfinished and "final heartbeat with the clean-shutdown marker" in unfinished
+    assert "Traceback" not in log.split("shutdown requested", 1)[1]
+    config = load_config(config_path)
+    engine = make_engine(config.database_url())
+    try:
+        from trading_ops.bot.recovery_store import RecoveryStore
+
+        run = RecoveryStore(engine, config.bot.name, config.bot.venue).last_run()
+        assert run is not None and not run.clean_shutdown and run.stopped_at is None
+    finally:
+        engine.dispose()

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from system_binaries import REPO_ROOT
+
+from trading_ops.cli import build_parser
 
 RUNBOOKS_DIR = REPO_ROOT / "runbooks"
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
@@ -15,6 +22,19 @@ RUNBOOK_URL_PREFIX = "https://github.com/trading-ops/trading-ops/blob/main/"
 RECONCILER_POSTED_ALERTS = ("TradingOpsRemediationFailed", "TradingOpsRemediationCircuitOpen")
 SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
 PROMQL_HINT = re.compile(r"`[^`]*\b(tradingbot_|tradingops_|up\{|ALERTS|prometheus_|alertmanager_|process_|instance)")
+# Inline code spans; with the lines of fenced blocks, that is where runbooks put the commands to run.
+CODE_SPAN = re.compile(r"`[^`]+`")
+FENCE = "```"
+# `trading-ops`, its global options, then the words that select a subcommand.
+COMMAND = re.compile(
+    r"(?<![\w/.-])trading-ops(?![\w.-])"  # the command itself, not trading-ops-paper-bot or a path
+    r"(?:[ \t]+(?:--config|-c|--log-level)[ \t]+\S+)*"
+    r"((?:[ \t]+[a-z][a-z0-9_-]*)*)"
+)
+# Subcommands the design lists (../shared/DESIGN.md) that are not built yet; a runbook may name one only where it says
+# so ("planned"), and must give what to do today.
+PLANNED_COMMANDS = {"backup", "report", "maintenance"}
+MATCHER = re.compile(r'^(\w+)(=~|!~|!=|=)"(.*)"$')
 
 
 def alert_rules() -> list[dict]:
@@ -63,3 +83,137 @@ def test_runbook_has_the_four_sections_with_real_diagnosis(name: str) -> None:
     assert re.search(r"`trading-ops [a-z]|/control/", found["Diagnosis"]), f"{name}: Diagnosis has no command"
     assert "### What the reconciler does on its own" in found["Mitigation"]
     assert "### When that did not work" in found["Mitigation"]
+
+
+# -- commands: every `trading-ops ...` a runbook cites exists --------------------------------------------------------
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return {
+        name: subparser
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for name, subparser in action.choices.items()
+    }
+
+
+def code_by_line(text: str) -> Iterator[tuple[str, str]]:
+    """(line, code) for every inline code span, and every line of a fenced block (as its own code)."""
+    fenced = False
+    for line in text.splitlines():
+        if line.strip().startswith(FENCE):
+            fenced = not fenced
+        elif fenced:
+            yield line, line
+        else:
+            yield from ((line, span) for span in CODE_SPAN.findall(line))
+
+
+def unknown_commands(text: str) -> list[str]:
+    """The `trading-ops ...` commands cited as code in `text` that the CLI does not have."""
+    unknown = []
+    for line, code in code_by_line(text):
+        for found in COMMAND.finditer(code):
+            parser, path_so_far = build_parser(), ["trading-ops"]
+            for word in found.group(1).split():
+                choices = subcommands(parser)
+                if not choices:
+                    break  # a positional argument (a chaos fault, a payload file)
+                if word not in choices:
+                    # A planned command may be named only where the runbook says, on that line, it is planned.
+                    if not (len(path_so_far) == 1 and word in PLANNED_COMMANDS and "planned" in line):
+                        unknown.append(" ".join([*path_so_far, word]))
+                    break
+                parser = choices[word]
+                path_so_far.append(word)
+    return unknown
+
+
+def test_the_command_check_knows_the_cli() -> None:
+    # Guards the walk: real commands pass, nested ones included; made-up ones and unmarked planned ones do not.
+    text = """
+    Run `trading-ops --config x.yaml reconciler history --brief`, `trading-ops chaos drop_connection` and
+    `trading-ops playbook test cases.yml`; `systemctl restart trading-ops-paper-bot`.
+    `trading-ops backup` is planned, not built yet.
+    ```
+    trading-ops reconciler histroy
+    ```
+    """
+    expected = ["trading-ops reconciler histroy"]
+    not_built = sorted(PLANNED_COMMANDS - set(subcommands(build_parser())))
+    if not_built:
+        text += f"Then `trading-ops {not_built[0]}`.\n"
+        expected.append(f"trading-ops {not_built[0]}")
+    assert unknown_commands(text) == expected
+
+
+@pytest.mark.parametrize("path", sorted(RUNBOOKS_DIR.glob("*.md")), ids=lambda p: p.stem)
+def test_runbook_cites_only_real_trading_ops_commands(path: Path) -> None:
+    assert unknown_commands(path.read_text()) == [], "commands that `trading-ops --help` does not know"
+
+
+# -- the reconciler section says what the packaged playbooks really do -------------------------------------------
+
+
+def packaged_playbooks() -> dict[str, dict[str, Any]]:
+    folder = resources.files("trading_ops.reconciler").joinpath("playbooks")
+    return {
+        entry.name.removesuffix(".yml"): yaml.safe_load(entry.read_text())
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yml") and not entry.name.endswith("-cases.yml")
+    }
+
+
+def matches(matcher: str, labels: dict[str, str]) -> bool:
+    found = MATCHER.match(matcher)
+    assert found, matcher
+    name, op, value = found.groups()
+    actual = labels.get(name, "")
+    if op in ("=~", "!~"):
+        return bool(re.fullmatch(value, actual)) == (op == "=~")
+    return (actual == value) == (op == "=")
+
+
+def playbook_rules_for(alertname: str) -> list[dict[str, Any]]:
+    """The rule each packaged playbook runs for some tier of the alert (the first rule whose matchers all match)."""
+    severities = {rule["labels"]["severity"] for rule in alert_rules() if rule["alert"] == alertname} or {"critical"}
+    chosen = []
+    for playbook in packaged_playbooks().values():
+        for severity in sorted(severities):
+            labels = {"alertname": alertname, "severity": severity}
+            rule = next((r for r in playbook["rules"] if all(matches(m, labels) for m in r["match"])), None)
+            if rule is not None:
+                chosen.append(rule)
+    return chosen
+
+
+def test_there_are_packaged_playbooks_with_restart_steps() -> None:
+    playbooks = packaged_playbooks()
+    assert {"default", "docker"} <= set(playbooks)
+    assert [r["name"] for r in playbook_rules_for("TradingBotDown")] == ["bot-restart", "bot-restart"]
+    assert playbook_rules_for("TradingBotEventLoopLag") == []
+
+
+@pytest.mark.parametrize("name", sorted(alert_names()))
+def test_runbook_says_what_the_playbook_does(name: str) -> None:
+    text = sections((RUNBOOKS_DIR / f"{name}.md").read_text())["Mitigation"]
+    own = text.split("### What the reconciler does on its own", 1)[1].split("### When that did not work", 1)[0]
+    rules = playbook_rules_for(name)
+    every_rule = {rule["name"] for playbook in packaged_playbooks().values() for rule in playbook["rules"]}
+    if not rules:
+        assert not {rule for rule in every_rule if f"`{rule}`" in own}, "names a playbook rule that does not apply"
+        return
+    expected = set()
+    for rule in rules:
+        expected.add(f"`{rule['name']}`")
+        for step in rule["steps"]:
+            if step["action"] == "bot":
+                expected.add(f"`{step['command']}`")
+            elif step["action"] == "systemd":
+                expected.add(step["unit"])
+            elif step["action"] == "docker":
+                expected.add(step["container"])
+            elif step["action"] == "exec":
+                expected.add(" ".join(step["argv"][:2]))
+    missing = sorted(word for word in expected if word not in own)
+    assert missing == [], f"the runbook does not say what the playbook does: {missing}"

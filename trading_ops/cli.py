@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "trading_ops.commands.db_cmd",
     "trading_ops.paper.cli",
     "trading_ops.reconciler.cli",
+    "trading_ops.stack.cli",
 )
 
 log = logging.getLogger("trading_ops")

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
 SECRET_SUFFIXES = ("_file", "_env")
+# SQLAlchemy drivers the project supports; bare `postgresql` means psycopg 3 (psycopg2 is not a dependency).
+DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
+POSTGRESQL_DRIVER = "postgresql+psycopg"
+# Names that end up in label values, file names and the journal: a word of letters, digits, `_`, `.`, `-`.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Spot symbols as BASE-QUOTE in capitals (BTC-USD); the quote must be paper.quote_asset.
+SYMBOL_PATTERN = re.compile(r"^([A-Z0-9]{1,16})-([A-Z0-9]{1,16})$")
+ASSET_PATTERN = re.compile(r"^[A-Z0-9]{1,16}$")
+HOSTNAME_PATTERN = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 class ConfigError(Exception):
@@ -26,8 +44,11 @@ class ConfigError(Exception):
 
 
 def secret(env: str, help: str = "") -> Any:
-    """A secret field: never written in the file, read from `<name>_env` or `<name>_file` (or `env`)."""
-    return field(default="", metadata={"secret": True, "env": env, "help": help})
+    """A secret field: never written in the file, read from `<name>_env` or `<name>_file`.
+
+    Without either, it is read from the environment variable `env`, whether or not its section is in the file.
+    """
+    return field(default=f"env:{env}", metadata={"secret": True, "env": env, "help": help})
 
 
 def bounded(default: Any, *, min: float | None = None, max: float | None = None) -> Any:
@@ -35,9 +56,90 @@ def bounded(default: Any, *, min: float | None = None, max: float | None = None)
     return field(default=default, metadata={"min": min, "max": max})
 
 
+def checked(default: Any, check: Callable[[Any], str | None]) -> Any:
+    """A field whose value `check` inspects on load; it returns the problem, or None when the value is fine."""
+    if isinstance(default, list):
+        items = list(default)
+        return field(default_factory=lambda: list(items), metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+def _check_name(value: str) -> str | None:
+    if NAME_PATTERN.match(value):
+        return None
+    return f"expected a name of letters, digits, '_', '.' or '-' (at most 64), got {_describe(value)}"
+
+
+def _check_nonempty(value: Any) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _check_asset(value: str) -> str | None:
+    return None if ASSET_PATTERN.match(value) else f"expected an asset in capitals such as USD, got {_describe(value)}"
+
+
+def _check_host(value: str) -> str | None:
+    """An IP address (v4 or v6, without brackets) or a DNS host name."""
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    if HOSTNAME_PATTERN.match(value) and not re.fullmatch(r"[0-9.]+", value):
+        return None
+    return f"expected an IP address or a host name, got {_describe(value)}"
+
+
+def _check_http_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        return f"not a valid URL ({exc}): {_describe(value)}"
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"expected an http:// or https:// URL, got {_describe(value)}"
+    if not parts.hostname or _check_host(parts.hostname):
+        return f"the URL has no valid host: {_describe(value)}"
+    if parts.password is not None:
+        return "the URL carries a password; secrets are not written in the file"
+    if parts.query or parts.fragment:
+        return f"expected a base URL without query or fragment, got {_describe(value)}"
+    return None
+
+
+def _check_regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"invalid regular expression ({exc}): {_describe(value)}"
+    return None
+
+
+def _check_command(value: list[str]) -> str | None:
+    if not value or not all(value):
+        return "expected a non-empty list of non-empty strings (the command and its arguments)"
+    return None
+
+
+def _check_database_url(value: str, *, in_file: bool) -> str | None:
+    """The problem with a database URL, or None. `in_file`: written in the configuration, so no password."""
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError) as exc:
+        return f"not a database URL ({exc})"
+    if url.drivername == "postgres":
+        return "write postgresql:// (or postgresql+psycopg://), not postgres://"
+    if url.drivername not in DATABASE_DRIVERS:
+        known = ", ".join(f"{name}://" for name in DATABASE_DRIVERS)
+        return f"unsupported database {url.drivername!r} (supported: {known})"
+    if in_file and url.password is not None:
+        return "the URL carries a password; secrets are not written in the file: give url_file or url_env"
+    return None
+
+
 @dataclass
 class ListenConfig:
-    host: str = "127.0.0.1"
+    host: str = checked("127.0.0.1", _check_host)
     port: int = bounded(9101, min=0, max=65535)
 
 
@@ -45,31 +147,44 @@ class ListenConfig:
 class DatabaseConfig:
     # SQLAlchemy URL: sqlite:///var/trading-ops.db (embedded default, WAL) or
     # postgresql+psycopg://user@host:5432/db. A URL with a password belongs in url_env / url_file.
-    url: str = "sqlite:///var/trading-ops.db"
+    url: str = checked("sqlite:///var/trading-ops.db", lambda value: _check_database_url(value, in_file=True))
     url_env: str = ""
     url_file: str = ""
     # SQLite only: NORMAL survives a process crash (kill -9) in WAL mode; FULL also survives power loss.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
 
-    def resolved_url(self) -> str:
+    def validate(self, prefix: str, given: set[str]) -> None:
+        sources = [name for name in ("url", "url_file", "url_env") if name in given]
+        if len(sources) > 1:
+            raise ConfigError(f"{prefix}.{sources[1]}", "give only one of url, url_file and url_env")
+
+    def resolved_url(self, base_dir: Path | None = None) -> str:
+        """The URL from url, url_file (relative to `base_dir`, the configuration's directory) or url_env."""
         if self.url_file:
-            return _read_secret_file("database.url_file", self.url_file)
-        if self.url_env:
-            value = os.environ.get(self.url_env, "")
+            path = Path(self.url_file).expanduser()
+            if base_dir is not None and not path.is_absolute():
+                path = base_dir / path
+            key, value = "database.url_file", _read_secret_file("database.url_file", str(path))
+        elif self.url_env:
+            key, value = "database.url_env", os.environ.get(self.url_env, "").strip()
             if not value:
-                raise ConfigError("database.url_env", f"environment variable {self.url_env} is not set")
-            return value
-        return self.url
+                raise ConfigError(key, f"environment variable {self.url_env} is not set")
+        else:
+            return self.url
+        problem = _check_database_url(value, in_file=False)
+        if problem:
+            raise ConfigError(key, problem)
+        return value
 
 
 @dataclass
 class BotConfig:
-    name: str = "paper-1"
-    venue: str = "paper"
-    strategy: str = "demo"
+    name: str = checked("paper-1", _check_name)
+    venue: str = checked("paper", _check_name)
+    strategy: str = checked("demo", _check_name)
     listen: ListenConfig = field(default_factory=ListenConfig)
     control_token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of the bot's control API")
-    data_dir: str = "./var"
+    data_dir: str = checked("./var", _check_nonempty)
     # A trading loop that has not completed an iteration for this long is hung (/healthz fails).
     heartbeat_timeout_seconds: float = bounded(15.0, min=0.1)
     # Market data older than this makes /readyz fail and the bot stop opening positions.
@@ -84,7 +199,7 @@ class BotConfig:
 @dataclass
 class PaperConfig:
     symbols: list[str] = field(default_factory=lambda: ["BTC-USD", "ETH-USD", "SOL-USD"])
-    quote_asset: str = "USD"
+    quote_asset: str = checked("USD", _check_asset)
     starting_balance: float = bounded(100_000.0, min=0)
     seed: int = 0
     tick_interval_seconds: float = bounded(0.1, min=0.001)
@@ -101,6 +216,28 @@ class PaperConfig:
     max_position_notional: float = bounded(10_000.0, min=0)
     order_max_age_seconds: float = bounded(5.0, min=0.01)
     daily_loss_limit: float = bounded(5_000.0, min=0)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if not self.symbols:
+            raise ConfigError(f"{prefix}.symbols", "must list at least one symbol")
+        seen: set[str] = set()
+        for i, symbol in enumerate(self.symbols):
+            key = f"{prefix}.symbols[{i}]"
+            match = SYMBOL_PATTERN.match(symbol)
+            if match is None:
+                raise ConfigError(key, f"expected BASE-QUOTE in capitals such as BTC-USD, got {_describe(symbol)}")
+            if match.group(2) != self.quote_asset:
+                raise ConfigError(
+                    key, f"{symbol} is quoted in {match.group(2)}, but {prefix}.quote_asset is {self.quote_asset}"
+                )
+            if symbol in seen:
+                raise ConfigError(key, f"{symbol} is listed twice")
+            seen.add(symbol)
+        if self.order_notional > self.max_position_notional:
+            raise ConfigError(
+                f"{prefix}.order_notional",
+                f"{self.order_notional:g} is more than {prefix}.max_position_notional ({self.max_position_notional:g})",
+            )
 
 
 @dataclass
@@ -174,7 +311,7 @@ class ReconcilerListenConfig(ListenConfig):
 @dataclass
 class TargetConfig:
     # Base URL of the bot's HTTP server; the bot action posts to <url>/control/<command>.
-    url: str = "http://127.0.0.1:9101"
+    url: str = checked("http://127.0.0.1:9101", _check_http_url)
     token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of this bot's control API")
 
 
@@ -191,7 +328,7 @@ class BudgetConfig:
 @dataclass
 class WatchdogConfig:
     # The always-firing alert that proves the alerting pipeline works end to end.
-    alertname: str = "Watchdog"
+    alertname: str = checked("Watchdog", _check_nonempty)
     # No Watchdog for this long = the pipeline is broken: notify through apprise directly. 0 disables.
     window_seconds: float = bounded(600.0, min=0)
     check_interval_seconds: float = bounded(15.0, min=0.05)
@@ -201,13 +338,14 @@ class WatchdogConfig:
 class ReconcilerConfig:
     listen: ReconcilerListenConfig = field(default_factory=ReconcilerListenConfig)
     token: str = secret("TRADING_OPS_RECONCILER_TOKEN", "bearer token Alertmanager sends to the webhook")
-    # Name of this replica in claims; claims held by this name at start-up are from a previous life.
-    # Empty = the host name. Give each replica sharing a database its own name.
+    # Name of this replica in claims and logs (empty = the host name). Replicas may share it: a claim is taken
+    # over only when its lease expired or its process is provably gone.
     instance: str = ""
-    # Playbook file; empty = the packaged default playbook for the paper bot and the alert catalogue.
+    # A packaged playbook (`default`: systemd units, `docker`: the docker compose stack) or a playbook file;
+    # empty = default.
     playbook: str = ""
-    prometheus_url: str = "http://127.0.0.1:9090"
-    alertmanager_url: str = "http://127.0.0.1:9093"
+    prometheus_url: str = checked("http://127.0.0.1:9090", _check_http_url)
+    alertmanager_url: str = checked("http://127.0.0.1:9093", _check_http_url)
     max_body_bytes: int = bounded(1024 * 1024, min=1024)
     # Record what would be done, do nothing.
     dry_run: bool = False
@@ -219,13 +357,14 @@ class ReconcilerConfig:
     # Intake group commit: notifications stored per transaction at most.
     batch_max: int = bounded(256, min=1)
     # Label values reach exec steps (as environment variables) and templates only when they match this.
-    label_value_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
+    label_value_pattern: str = checked(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$", _check_regex)
     # Outputs of steps are kept up to this many bytes.
     output_limit_bytes: int = bounded(4096, min=64)
     # Command used by systemd steps (`<systemctl> restart <unit>`).
-    systemctl: list[str] = field(default_factory=lambda: ["systemctl"])
-    docker_socket: str = "/var/run/docker.sock"
-    # Ask Alertmanager whether a matching silence is active before acting (maintenance).
+    systemctl: list[str] = checked(["systemctl"], _check_command)
+    docker_socket: str = checked("/var/run/docker.sock", _check_nonempty)
+    # Ask Alertmanager whether a matching silence is active before acting (maintenance: the episode is parked
+    # until the silence ends), and refresh tradingops_maintenance_active every 15 s.
     check_silences: bool = True
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
@@ -257,10 +396,13 @@ class Config:
         return p if p.is_absolute() else (self.base_dir / p)
 
     def database_url(self) -> str:
-        url = self.database.resolved_url()
+        """The validated SQLAlchemy URL: a relative SQLite path resolved, bare `postgresql://` on psycopg 3."""
+        url = self.database.resolved_url(self.base_dir)
         prefix = "sqlite:///"
         if url.startswith(prefix) and url != "sqlite:///:memory:" and not url.startswith("sqlite:////"):
             url = prefix + str(self.path(url[len(prefix) :]))
+        if url.startswith("postgresql://"):
+            url = POSTGRESQL_DRIVER + url[len("postgresql") :]
         return url
 
 
@@ -278,13 +420,48 @@ def load_config(path: str | os.PathLike[str] | None, *, must_exist: bool = False
     except OSError as exc:
         raise ConfigError("", f"cannot read configuration file {p}: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError("", f"{p}: {problem}{where}") from exc
     return parse_config({} if data is None else data, base_dir=p.resolve().parent)
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _reject_duplicate_keys(node, "", set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _reject_duplicate_keys(node: yaml.Node, path: str, visited: set[int]) -> None:
+    if id(node) in visited:  # an alias of a node already checked (or a recursive one)
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            child = path
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                child = f"{path}.{key_node.value}" if path else str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if key_node.value in first_line:
+                    raise ConfigError(
+                        child, f"key given twice (lines {first_line[key_node.value]} and {line}); keep one"
+                    )
+                first_line[key_node.value] = line
+            _reject_duplicate_keys(value_node, child, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _reject_duplicate_keys(item, f"{path}[{i}]", visited)
 
 
 def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
@@ -367,6 +544,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"expected a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -406,8 +585,12 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
             raise ConfigError(path, f"must be at least {meta['min']}, got {converted}")
         if meta.get("max") is not None and converted > meta["max"]:
             raise ConfigError(path, f"must be at most {meta['max']}, got {converted}")
+        if meta.get("check") is not None and (problem := meta["check"](converted)):
+            raise ConfigError(path, problem)
         kwargs[key] = converted
-    for name in secrets:
-        if name not in kwargs:
-            kwargs[name] = "env:" + fields[name].metadata["env"]
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        # Rules that span keys of one section (the section's defaults satisfy them).
+        validate(prefix, set(kwargs))
+    return obj

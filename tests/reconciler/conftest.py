@@ -91,8 +91,8 @@ def write_playbook(tmp_path: Path, rules: list[dict[str, Any]], defaults: dict[s
     return path
 
 
-def make_config(tmp_path: Path, db_url: str, **reconciler: Any) -> Config:
-    """A configuration for tests: fast polling, silences not checked, tokens in files."""
+def make_config(tmp_path: Path, db_url: str, notify_urls: list[str] | None = None, **reconciler: Any) -> Config:
+    """A configuration for tests: fast polling, silences not checked, tokens (and apprise URLs) in files."""
     (tmp_path / "webhook-token").write_text(TOKEN)
     (tmp_path / "bot-token").write_text(BOT_TOKEN)
     rc: dict[str, Any] = {
@@ -104,7 +104,11 @@ def make_config(tmp_path: Path, db_url: str, **reconciler: Any) -> Config:
         "watchdog": {"window_seconds": 0},
     }
     rc.update(reconciler)
-    return parse_config({"database": {"url": db_url}, "reconciler": rc}, base_dir=tmp_path)
+    data: dict[str, Any] = {"database": {"url": db_url}, "reconciler": rc}
+    if notify_urls:
+        (tmp_path / "apprise-urls").write_text("\n".join(notify_urls))
+        data["notifications"] = {"urls_file": str(tmp_path / "apprise-urls")}
+    return parse_config(data, base_dir=tmp_path)
 
 
 @pytest.fixture
@@ -176,9 +180,10 @@ async def fake_bot(aiohttp_server: Any) -> FakeBot:
     return bot
 
 
-def bot_targets(bot: FakeBot, tmp_path: Path) -> dict[str, Any]:
+def bot_targets(bot: FakeBot, tmp_path: Path, *instances: str) -> dict[str, Any]:
+    """reconciler.targets mapping these bot instances (default: bot-1) to the fake bot."""
     (tmp_path / "bot-token").write_text(BOT_TOKEN)
-    return {"bot-1": {"url": bot.url, "token_file": str(tmp_path / "bot-token")}}
+    return {i: {"url": bot.url, "token_file": str(tmp_path / "bot-token")} for i in instances or ("bot-1",)}
 
 
 # ---- real servers ------------------------------------------------------------------------------------
@@ -201,6 +206,46 @@ class Alertmanager:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"{self.url}/api/v2/{path}", timeout=5) as resp:
             return json.loads(resp.read())
+
+    def fire(self, labels: dict[str, str]) -> dict[str, Any]:
+        """Post a firing alert (as Prometheus does) and return it as Alertmanager holds it (fingerprint,
+        startsAt), to send the reconciler the webhook Alertmanager would."""
+        self.post_alerts([{"labels": labels, "annotations": {"summary": "test alert."}}])
+        for held in self.get("alerts"):
+            if held["labels"] == labels:
+                return held  # type: ignore[no-any-return]
+        raise AssertionError(f"Alertmanager does not hold {labels}")
+
+    def resolve(self, held: dict[str, Any]) -> None:
+        """Resolve an alert as Prometheus does: the same labels with an end that has come."""
+        from datetime import UTC, datetime
+
+        ends = datetime.now(UTC).isoformat()
+        self.post_alerts([{"labels": held["labels"], "startsAt": held["startsAt"], "endsAt": ends}])
+
+    def silence(self, matchers: dict[str, str], seconds: float, created_by: str = "ops", comment: str = "test") -> str:
+        from datetime import UTC, datetime, timedelta
+
+        now = datetime.now(UTC)
+        body = {
+            "matchers": [{"name": k, "value": v, "isRegex": False, "isEqual": True} for k, v in matchers.items()],
+            "startsAt": now.isoformat(),
+            "endsAt": (now + timedelta(seconds=seconds)).isoformat(),
+            "createdBy": created_by,
+            "comment": comment,
+        }
+        req = urllib.request.Request(
+            f"{self.url}/api/v2/silences",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return str(json.loads(resp.read())["silenceID"])
+
+    def expire(self, silence_id: str) -> None:
+        req = urllib.request.Request(f"{self.url}/api/v2/silence/{silence_id}", method="DELETE")
+        urllib.request.urlopen(req, timeout=5).close()
 
 
 def start_alertmanager(

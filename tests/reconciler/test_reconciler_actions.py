@@ -150,6 +150,56 @@ async def test_exec_timeout_kills_the_whole_process_group(tmp_path: Path) -> Non
             raise AssertionError(f"process {pid} survived the timeout")
 
 
+async def test_exec_reports_its_process_group_and_dies_with_the_reconciler(tmp_path: Path) -> None:
+    # A stand-in reconciler runs a step and reports the step's pid; then it is killed with SIGKILL (no cleanup
+    # runs). PR_SET_PDEATHSIG makes the kernel kill the step's command with it.
+    child_pid = tmp_path / "child"
+    runner = (
+        "import asyncio, sys\n"
+        "from trading_ops.reconciler.actions.exec import run_argv\n"
+        "async def started(pid):\n"
+        f"    open({str(child_pid)!r}, 'w').write(str(pid))\n"
+        "asyncio.run(run_argv([sys.executable, '-c', 'import time; time.sleep(120)'], None, 120, 100, "
+        "on_start=started))\n"
+    )
+    reconciler = subprocess.Popen([sys.executable, "-c", runner])
+    try:
+        for _ in range(500):
+            if child_pid.exists() and child_pid.read_text():
+                break
+            await asyncio.sleep(0.02)
+        pid = int(child_pid.read_text())
+        assert os.getpgid(pid) == pid  # its own process group, which the step records
+        os.kill(reconciler.pid, signal.SIGKILL)
+        reconciler.wait()
+        for _ in range(250):
+            if not _alive(pid):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+            raise AssertionError("the step's command outlived the reconciler")
+    finally:
+        reconciler.kill()
+        reconciler.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_exec_of_a_missing_program_is_refused(tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(Refused, match="cannot start 'no-such-program-here'"):
+            await run(ctx(tmp_path, s), "exec", {"argv": ["no-such-program-here"]})
+        with pytest.raises(Refused, match="cannot start './missing.sh'"):
+            await run(ctx(tmp_path, s), "exec", {"argv": ["./missing.sh"], "cwd": str(tmp_path)})
+
+
 async def test_exec_output_is_truncated_and_exit_status_kept(tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as s:
         result = await run(
@@ -178,6 +228,25 @@ async def test_systemd_restarts_the_unit_with_the_configured_systemctl(tmp_path:
             await run(
                 ctx(tmp_path, s, {"bot": "-x; reboot"}, systemctl=[str(fake)]), "systemd", {"unit": "${bot}.service"}
             )
+
+
+async def test_systemd_gets_the_minimal_environment_not_the_reconcilers_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRADING_OPS_RECONCILER_TOKEN", "s3cret-webhook-token")
+    monkeypatch.setenv("TRADING_OPS_APPRISE_URLS", "mailto://user:pass@example.com")
+    record = tmp_path / "env"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f"#!/bin/sh\nenv > {record}\n")
+    fake.chmod(0o755)
+    async with aiohttp.ClientSession() as s:
+        result = await run(
+            ctx(tmp_path, s, systemctl=[str(fake)]), "systemd", {"unit": "trading-ops-paper-bot.service"}
+        )
+    assert result.ok, result.output
+    names = {line.split("=", 1)[0] for line in record.read_text().splitlines()}
+    assert "TRADING_OPS_RECONCILER_TOKEN" not in names and "TRADING_OPS_APPRISE_URLS" not in names
+    assert "PATH" in names and "s3cret" not in record.read_text()
 
 
 async def test_signal_sends_to_the_pid_in_the_pidfile(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from conftest import (
@@ -121,7 +123,9 @@ async def test_a_clustered_alertmanager_pair_gets_one_action(
 # ---- reconciler processes ------------------------------------------------------------------------------
 
 
-def write_config(tmp_path: Path, name: str, db_url: str, rules: list[dict[str, Any]], **rc: Any) -> tuple[Path, int]:
+def write_config(
+    tmp_path: Path, name: str, db_url: str, rules: list[dict[str, Any]], file: str = "", **rc: Any
+) -> tuple[Path, int]:
     port = free_port()
     (tmp_path / "webhook-token").write_text(TOKEN)
     (tmp_path / "bot-token").write_text(BOT_TOKEN)
@@ -140,7 +144,7 @@ def write_config(tmp_path: Path, name: str, db_url: str, rules: list[dict[str, A
             **rc,
         },
     }
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / f"{file or name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, port
 
@@ -167,19 +171,30 @@ def post(port: int, body: dict[str, Any]) -> int:
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("replica-a", "replica-b"),
+        # The default instance is the host name: two replicas on one host share it, and must still never take
+        # each other's live runs (each run outlasts several polls of the other one here).
+        ("", ""),
+    ],
+    ids=["named", "default-instance"],
+)
 async def test_two_reconcilers_on_one_postgresql_act_once_per_episode(
-    tmp_path: Path, postgres_url: str, fake_bot: FakeBot
+    tmp_path: Path, postgres_url: str, fake_bot: FakeBot, names: tuple[str, str]
 ) -> None:
     from trading_ops.db import migrate
 
     await asyncio.to_thread(migrate.upgrade, postgres_url)
+    fake_bot.delay = 0.4  # a run spans many 50 ms polls of the other replica
     targets = {f"bot-{i}": {"url": fake_bot.url, "token_file": str(tmp_path / "bot-token")} for i in range(8)}
     procs = []
     try:
         ports = []
-        for name in ("replica-a", "replica-b"):
-            config, port = write_config(tmp_path, name, postgres_url, [RECONNECT], targets=targets)
-            procs.append(await asyncio.to_thread(spawn, config, port, tmp_path / f"{name}.log"))
+        for i, name in enumerate(names):
+            config, port = write_config(tmp_path, name, postgres_url, [RECONNECT], targets=targets, file=f"r{i}")
+            procs.append(await asyncio.to_thread(spawn, config, port, tmp_path / f"r{i}.log"))
             ports.append(port)
         bodies = [payload(alert(fingerprint=f"fp{i}", instance=f"bot-{i}", key=f"k{i}")) for i in range(8)]
         # Every notification reaches both replicas, three times (an HA pair with resends).
@@ -193,11 +208,13 @@ async def test_two_reconcilers_on_one_postgresql_act_once_per_episode(
                 ),
                 what="8 recovered episodes",
             )
-            owners = {a["owner"].split(":")[0] for e in ledger.list_episodes() for a in e["attempt_list"]}
+            episodes = ledger.list_episodes()
         finally:
             ledger.engine.dispose()
         assert sorted(body["key"] for _, body in fake_bot.calls) == sorted(f"k{i}" for i in range(8))
-        assert owners <= {"replica-a", "replica-b"}
+        assert all([a["outcome"] for a in e["attempt_list"]] == ["success"] for e in episodes)
+        expected = set(names) if all(names) else {socket.gethostname()}
+        assert {a["owner"].rsplit(":", 1)[0] for e in episodes for a in e["attempt_list"]} <= expected
     finally:
         for proc in procs:
             stop(proc)
@@ -207,13 +224,27 @@ async def test_two_reconcilers_on_one_postgresql_act_once_per_episode(
 async def test_kill_9_mid_action_is_interrupted_then_retried_or_escalated_and_nothing_acked_is_lost(
     tmp_path: Path, migrated_sqlite: str, max_attempts: int, final: str, alertmanager: Alertmanager
 ) -> None:
-    started, pids = tmp_path / "started", tmp_path / "pids"
-    # First run: announce, then hang (the reconciler is killed meanwhile). Later runs succeed at once.
-    script = (
-        f"import os, pathlib, time\np = pathlib.Path({str(started)!r})\n"
-        f"open({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
-        "if not p.exists():\n    p.write_text('1')\n    time.sleep(60)\n"
-    )
+    started, pids, seen = tmp_path / "started", tmp_path / "pids", tmp_path / "seen-by-retry"
+    # First run: start a helper in the step's process group (as a restart script's children would be), announce,
+    # then hang: the reconciler is killed meanwhile. A retry first looks whether anything of the first run
+    # still runs (it must not: one action at a time per target), then succeeds.
+    script = f"""
+import os, pathlib, subprocess, sys, time
+import psutil
+started, pids, seen = pathlib.Path({str(started)!r}), pathlib.Path({str(pids)!r}), pathlib.Path({str(seen)!r})
+if not started.exists():
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    pids.write_text(f"{{os.getpid()}} {{helper.pid}}")
+    started.write_text("1")
+    time.sleep(120)
+else:
+    def running(pid):
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    seen.write_text(repr([pid for pid in map(int, pids.read_text().split()) if running(pid)]))
+"""
     rules = [
         {
             "name": "slow",
@@ -233,6 +264,7 @@ async def test_kill_9_mid_action_is_interrupted_then_retried_or_escalated_and_no
         assert await asyncio.to_thread(post, port, payload(alert("TradingBotDiskSpaceLow", fingerprint="disk"))) == 200
         acked += 1
         await until(started.exists, what="the step to start")
+        old = [int(p) for p in pids.read_text().split()]
         for i in range(20):  # more notifications, each acknowledged before the kill
             acked += await asyncio.to_thread(post, port, payload(alert("Other", fingerprint=f"o{i}"))) == 200
         os.kill(proc.pid, signal.SIGKILL)
@@ -251,13 +283,28 @@ async def test_kill_9_mid_action_is_interrupted_then_retried_or_escalated_and_no
             episode = next(e for e in ledger.list_episodes() if e["alertname"] == "TradingBotDiskSpaceLow")
             outcomes = [a["outcome"] for a in episode["attempt_list"]]
             assert outcomes == (["interrupted", "success"] if max_attempts == 2 else ["interrupted"])
-            assert episode["attempt_list"][0]["steps"][0]["outcome"] == "interrupted"
+            step = episode["attempt_list"][0]["steps"][0]
+            assert step["outcome"] == "interrupted"
+            # The step's command died with the reconciler (PR_SET_PDEATHSIG); what it had started was found by
+            # the sweep after the restart, through the process group recorded in the step, and killed.
+            assert step["process"] and "still ran: killed" in step["output"]
+            if max_attempts == 2:
+                assert seen.read_text() == "[]", f"the retry started while {seen.read_text()} of the first run ran"
+            for pid in old:
+                assert not _running(pid), f"process {pid} of the interrupted run survived"
         finally:
             ledger.engine.dispose()
     finally:
         stop(proc)
         for pid in map(int, pids.read_text().split()) if pids.exists() else []:
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

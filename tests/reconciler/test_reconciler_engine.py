@@ -7,15 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from conftest import AUTH, Alertmanager, FakeBot, alert, bot_targets, make_config, payload, write_playbook
 
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app
-from trading_ops.reconciler.engine import PAUSE_KEY
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.alertmanager]
 
@@ -37,12 +38,53 @@ async def wait_state(client: Any, states: set[str], deadline: float = 20.0, inde
 
 
 async def start(
-    aiohttp_client: Any, tmp_path: Path, db: str, bot: FakeBot, rules: list[dict[str, Any]], **rc: Any
+    aiohttp_client: Any,
+    tmp_path: Path,
+    db: str,
+    bot: FakeBot,
+    rules: list[dict[str, Any]],
+    instances: tuple[str, ...] = (),
+    notify_urls: list[str] | None = None,
+    **rc: Any,
 ) -> Any:
     config = make_config(
-        tmp_path, db, playbook=str(write_playbook(tmp_path, rules)), targets=bot_targets(bot, tmp_path), **rc
+        tmp_path,
+        db,
+        notify_urls,
+        playbook=str(write_playbook(tmp_path, rules)),
+        targets=bot_targets(bot, tmp_path, *instances),
+        **rc,
     )
     return await aiohttp_client(create_app(config))
+
+
+def webhook(held: dict[str, Any], status: str = "firing") -> dict[str, Any]:
+    """The notification Alertmanager sends for an alert it holds (same labels, fingerprint and startsAt)."""
+    labels = dict(held["labels"])
+    return payload(
+        alert(
+            labels.pop("alertname"),
+            status=status,
+            fingerprint=held["fingerprint"],
+            starts_at=held["startsAt"],
+            **labels,
+        )
+    )
+
+
+@pytest.fixture
+async def hook(aiohttp_server: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A tiny HTTP endpoint apprise's json:// scheme posts to: (its URL, what it received)."""
+    received: list[dict[str, Any]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    server = await aiohttp_server(app)
+    return f"json://127.0.0.1:{server.port}/hook", received
 
 
 RECONNECT = {
@@ -146,46 +188,208 @@ async def test_dry_run_records_what_it_would_do_and_does_nothing(
     assert fake_bot.calls == []
 
 
-async def test_pause_executes_nothing_and_records_it(
+async def test_pause_executes_nothing_records_it_and_resume_runs_the_parked_episode(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
 ) -> None:
-    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [RECONNECT])
-    await asyncio.to_thread(client.app[keys.LEDGER].set_setting, PAUSE_KEY, "1")
+    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [{**RECONNECT, "verify": False}])
+    ledger = client.app[keys.LEDGER]
+    await asyncio.to_thread(ledger.set_paused, True)
     await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)
-    episode = await wait_state(client, {"skipped"})
-    assert "paused" in episode["detail"] and episode["attempts"][0]["outcome"] == "skipped"
-    assert fake_bot.calls == []
+    episode = await wait_state(client, {"waiting"})
+    assert episode["detail"].startswith("reconciler paused")
+    assert [(a["outcome"], a["steps"]) for a in episode["attempts"]] == [("skipped", [])]
+    assert "nothing executed" in episode["attempts"][0]["detail"]
+    await asyncio.sleep(0.3)  # polls go by: still parked, recorded once, nothing done
+    assert fake_bot.calls == [] and len((await wait_state(client, {"waiting"}))["attempts"]) == 1
     assert "tradingops_paused 1.0" in await (await client.get("/metrics")).text()
+    # Resume (what `trading-ops reconciler resume` does): the alert outlasted the pause, so the fix runs once.
+    assert await asyncio.to_thread(ledger.set_paused, False) == 1
+    episode = await wait_state(client, {"recovered", "failed", "escalated"})
+    assert episode["state"] == "recovered"
+    assert [a["outcome"] for a in episode["attempts"]] == ["skipped", "success"]
+    assert fake_bot.commands() == ["reconnect"]
 
 
 async def test_a_maintenance_silence_executes_nothing_and_records_it(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
 ) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    import aiohttp
-
-    from trading_ops.clients.alertmanager import AlertmanagerClient
-
-    async with aiohttp.ClientSession() as session:
-        now = datetime.now(UTC)
-        await AlertmanagerClient(session, alertmanager.url).create_silence(
-            {"instance": "bot-maint"}, now, now + timedelta(hours=1), "ops", "planned maintenance"
+    silence = await asyncio.to_thread(alertmanager.silence, {"instance": "bot-maint"}, 3600, "ops", "planned maint")
+    try:
+        client = await start(
+            aiohttp_client,
+            tmp_path,
+            migrated_sqlite,
+            fake_bot,
+            [RECONNECT],
+            alertmanager_url=alertmanager.url,
+            check_silences=True,
         )
+        await client.post("/api/v1/alertmanager", json=payload(alert(instance="bot-maint")), headers=AUTH)
+        episode = await wait_state(client, {"waiting", "recovered", "failed", "escalated"})
+        # Parked, not closed: an alert that outlasts the window is fixed after it (next test).
+        assert episode["state"] == "waiting"
+        assert episode["detail"].startswith(f"maintenance silence {silence} until ")
+        assert "planned maint" in episode["detail"]
+        assert episode["attempts"][0]["outcome"] == "skipped" and episode["attempts"][0]["steps"] == []
+        assert fake_bot.calls == []
+    finally:
+        await asyncio.to_thread(alertmanager.expire, silence)
+
+
+async def test_an_alert_outlasting_its_maintenance_silence_is_fixed_once_after_it(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    instance = f"bot-park-{uuid.uuid4().hex[:6]}"
+    held = await asyncio.to_thread(
+        alertmanager.fire, {"alertname": "TradingBotBrokerDisconnected", "instance": instance}
+    )
+    # A short window: it ends while the alert still fires (Alertmanager sends no new notification for that).
+    silence = await asyncio.to_thread(alertmanager.silence, {"instance": instance}, 2.0)
     client = await start(
         aiohttp_client,
         tmp_path,
         migrated_sqlite,
         fake_bot,
-        [RECONNECT],
+        [{**RECONNECT, "verify": False}],
+        instances=(instance,),
         alertmanager_url=alertmanager.url,
         check_silences=True,
     )
-    await client.post("/api/v1/alertmanager", json=payload(alert(instance="bot-maint")), headers=AUTH)
-    episode = await wait_state(client, {"skipped", "recovered", "failed", "escalated"})
-    assert episode["state"] == "skipped" and "maintenance silence" in episode["detail"]
-    assert "planned maintenance" in episode["detail"]
+    await client.post("/api/v1/alertmanager", json=webhook(held), headers=AUTH)
+    parked = await wait_state(client, {"waiting"})
+    assert parked["detail"].startswith(f"maintenance silence {silence}") and fake_bot.calls == []
+    episode = await wait_state(client, {"recovered", "failed", "escalated", "resolved"}, deadline=30)
+    assert episode["state"] == "recovered", episode
+    assert [a["outcome"] for a in episode["attempts"]] == ["skipped", "success"]
+    await asyncio.sleep(0.3)
+    assert fake_bot.commands() == ["reconnect"]
+
+
+async def test_wait_for_acts_when_alertmanager_still_has_the_alert_firing(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    instance = f"bot-wait-{uuid.uuid4().hex[:6]}"
+    held = await asyncio.to_thread(
+        alertmanager.fire,
+        {"alertname": "TradingBotBrokerDisconnected", "instance": instance, "note": 'a "q" \\n b\nc'},
+    )
+    rule = {**RECONNECT, "verify": False, "wait_for": "300ms"}
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [rule],
+        instances=(instance,),
+        alertmanager_url=alertmanager.url,
+    )
+    await client.post("/api/v1/alertmanager", json=webhook(held), headers=AUTH)
+    episode = await wait_state(client, {"recovered", "resolved", "failed", "escalated"})
+    assert episode["state"] == "recovered", episode
+    assert fake_bot.commands() == ["reconnect"]
+
+
+async def test_wait_for_does_nothing_when_the_alert_resolved_during_the_wait(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    instance = f"bot-wait-{uuid.uuid4().hex[:6]}"
+    # Label values with quotes, backslashes and a line feed: the lookup's filter must quote them exactly
+    # (a filter Alertmanager rejects would make the reconciler act anyway, and this test fail).
+    labels = {"alertname": "TradingBotBrokerDisconnected", "instance": instance, "note": 'a "q" \\n b\nc'}
+    held = await asyncio.to_thread(alertmanager.fire, labels)
+    rule = {**RECONNECT, "verify": False, "wait_for": "300ms"}
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [rule],
+        instances=(instance,),
+        alertmanager_url=alertmanager.url,
+    )
+    await client.post("/api/v1/alertmanager", json=webhook(held), headers=AUTH)
+    # It resolves within the wait; its resolved notification is still on its way (group_interval) when the wait
+    # ends, so only Alertmanager knows.
+    await asyncio.to_thread(alertmanager.resolve, held)
+    episode = await wait_state(client, {"recovered", "resolved", "failed", "escalated"})
+    assert episode["state"] == "resolved" and "no longer firing in Alertmanager" in episode["detail"]
+    assert episode["attempts"] == []
+    await asyncio.sleep(0.3)
     assert fake_bot.calls == []
+    assert 'tradingops_episodes_total{outcome="resolved"} 1.0' in await (await client.get("/metrics")).text()
+
+
+async def test_an_internal_error_mid_run_is_escalated(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    instance = f"bot-bug-{uuid.uuid4().hex[:6]}"
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [{**RECONNECT, "verify": False}],
+        instances=(instance,),
+        alertmanager_url=alertmanager.url,
+    )
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("the ledger broke mid-step")
+
+    monkeypatch.setattr(client.app[keys.LEDGER], "finish_step", broken)
+    await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
+    episode = await wait_state(client, {"recovered", "failed", "escalated"})
+    assert episode["state"] == "escalated", episode
+    assert episode["detail"] == "internal error: RuntimeError: the ledger broke mid-step"
+    # Nothing is left "running" behind the error.
+    assert episode["attempts"][0]["outcome"] == "failure" and episode["attempts"][0]["steps"][0]["outcome"] == "failure"
+    posted = [
+        a
+        for a in alertmanager.get("alerts")
+        if a["labels"]["alertname"] == "TradingOpsRemediationFailed" and a["labels"]["instance"] == instance
+    ]
+    assert posted and "internal error" in posted[0]["annotations"]["description"]
+    assert "the ledger broke mid-step" in posted[0]["annotations"]["description"]
+
+
+async def test_escalation_falls_back_to_apprise_when_alertmanager_is_down(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, hook: tuple[str, list[Any]]
+) -> None:
+    url, received = hook
+    fake_bot.status["reconnect"] = 500
+    rule = {**RECONNECT, "verify": False, "max_attempts": 1}
+    # alertmanager_url points at a closed port (make_config's default).
+    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], notify_urls=[url])
+    client.app[keys.ENGINE].escalation_delays = (0.01, 0.02)
+    await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)
+    episode = await wait_state(client, {"recovered", "failed", "escalated"})
+    assert episode["state"] == "escalated", episode
+    assert "Alertmanager unreachable: escalated through the apprise notifications" in episode["detail"]
+    assert len(received) == 1
+    assert received[0]["title"] == "[trading-ops] TradingOpsRemediationFailed: TradingBotBrokerDisconnected on bot-1"
+    assert "Rule reconnect did not recover" in received[0]["message"] and "HTTP 500" in received[0]["message"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tradingops_escalation_fallbacks_total{alertname="TradingOpsRemediationFailed"} 1.0' in metrics
+    assert 'tradingops_escalations_total{alertname="TradingOpsRemediationFailed"} 0.0' in metrics
+
+
+async def test_an_escalation_that_reaches_nobody_is_recorded_as_failed(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
+) -> None:
+    fake_bot.status["reconnect"] = 500
+    rule = {**RECONNECT, "verify": False, "max_attempts": 1}
+    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule])  # no apprise URLs either
+    client.app[keys.ENGINE].escalation_delays = (0.01,)
+    await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)
+    episode = await wait_state(client, {"recovered", "failed", "escalated"})
+    assert episode["state"] == "failed" and "escalation failed" in episode["detail"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tradingops_escalation_failures_total{alertname="TradingOpsRemediationFailed"} 1.0' in metrics
 
 
 async def test_resolved_cancels_verification_and_pending_retries(
@@ -239,3 +443,44 @@ async def test_cooldown_and_budget_apply_across_episodes(
     assert "circuit of bot-1 open" in (await wait_state(client, {"escalated"}, index=4))["detail"]
     metrics = await (await client.get("/metrics")).text()
     assert 'tradingops_circuit_open{target="bot-1"} 1.0' in metrics
+
+
+async def test_another_bots_failing_series_does_not_hold_this_ones_verification(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, prometheus: str
+) -> None:
+    short = {**RECONNECT, "name": "short", "max_attempts": 1, "on_failure": "none", "verify": {"deadline": "1s"}}
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [{**short, "match": ['instance="bot-2"']}, RECONNECT])),
+        targets=bot_targets(fake_bot, tmp_path, "bot-1", "bot-2"),
+        prometheus_url=prometheus,
+    )
+    client = await aiohttp_client(create_app(config))
+    # The shared alert expression still returns a series, but it is bot-2's.
+    still_failing = gen_url('label_replace(vector(1), "instance", "bot-2", "", "")')
+    await client.post("/api/v1/alertmanager", json=payload(alert(generator_url=still_failing)), headers=AUTH)
+    assert (await wait_state(client, {"recovered", "failed", "escalated"}))["state"] == "recovered"
+    # For bot-2 itself the same series means its fault is still there.
+    bot2 = alert(fingerprint="f2", instance="bot-2", generator_url=still_failing)
+    await client.post("/api/v1/alertmanager", json=payload(bot2), headers=AUTH)
+    episode = await wait_state(client, {"recovered", "failed", "escalated"}, index=1)
+    assert episode["state"] == "failed" and "1 series of this alert still match" in episode["detail"]
+
+
+async def test_a_resolved_notification_during_verification_still_counts_a_real_recovery(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, prometheus: str
+) -> None:
+    # Polls an hour apart: only the resolved notification can end this verification in time.
+    rule = {**RECONNECT, "verify": {"deadline": "2h", "interval": "1h"}}
+    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], prometheus_url=prometheus)
+    clears_at = time.time() + 1.5
+    firing = alert(generator_url=gen_url(f"vector(time()) < {clears_at:.3f}"))
+    await client.post("/api/v1/alertmanager", json=payload(firing), headers=AUTH)
+    await wait_state(client, {"verifying"})
+    while time.time() < clears_at + 0.2:  # the condition clears, as Prometheus saw before resolving the alert
+        await asyncio.sleep(0.05)
+    await client.post("/api/v1/alertmanager", json=payload({**firing, "status": "resolved"}), headers=AUTH)
+    episode = await wait_state(client, {"recovered", "resolved"})
+    assert episode["state"] == "recovered" and "the alert resolved too" in episode["detail"]
+    assert fake_bot.commands() == ["reconnect"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from threading import Barrier, Thread
 
@@ -9,6 +12,7 @@ from freezegun import freeze_time
 
 from trading_ops.db.base import make_engine
 from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn
+from trading_ops.reconciler.processes import ProcessId, make_owner
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -52,7 +56,7 @@ def test_one_action_at_a_time_per_target(migrated_sqlite: str) -> None:
     store_alert(ledger, "f1")
     store_alert(ledger, "f2")
     now = datetime.now(UTC)
-    (e1, t1), (e2, t2) = ledger.due(now, 10)
+    (e1, t1), (e2, t2) = sorted((e["id"], e["target"]) for e in ledger.list_episodes())
     assert ledger.claim(e1, t1, "a:1", now, 30) is not None
     assert ledger.claim(e2, t2, "b:1", now, 30) is None  # same target, busy
     ledger.release_target(t1, "a:1")
@@ -66,27 +70,86 @@ def test_expired_lease_marks_the_run_interrupted(migrated_sqlite: str) -> None:
         ((eid, target),) = ledger.due(T0, 10)
         ledger.claim(eid, target, "other-host:1", T0, 30)
         ledger.set_episode(eid, "other-host:1", state="running")
-        attempt = ledger.start_attempt(eid, 1, "other-host:1")
+        attempt = ledger.start_attempt(eid, "other-host:1")
         ledger.start_step(attempt, 0, "bot", "bot command=reconnect", "safe", target, True)
     with freeze_time(T0 + timedelta(seconds=10)):
-        assert ledger.sweep(T0 + timedelta(seconds=10), "me:2", "me") == []  # lease still valid
+        assert ledger.sweep(T0 + timedelta(seconds=10), "me:2").interrupted == []  # lease still valid
     with freeze_time(T0 + timedelta(seconds=31)):
-        assert ledger.sweep(T0 + timedelta(seconds=31), "me:2", "me") == [eid]
+        assert ledger.sweep(T0 + timedelta(seconds=31), "me:2").interrupted == [eid]
     episode = ledger.get_episode_full(eid)
     assert episode is not None and episode["state"] == "interrupted"
     assert episode["attempt_list"][0]["outcome"] == "interrupted"
     assert episode["attempt_list"][0]["steps"][0]["outcome"] == "interrupted"
 
 
-def test_our_own_previous_life_is_interrupted_without_waiting_for_the_lease(migrated_sqlite: str) -> None:
+def dead_owner(instance: str) -> str:
+    """The owner id a reconciler process had, after that process died (as after kill -9)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = ProcessId.of(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert identity is not None
+    return f"{instance}:{identity.token()}.deadbeef"
+
+
+def test_a_provably_dead_owner_is_interrupted_without_waiting_for_the_lease(migrated_sqlite: str) -> None:
     ledger = Ledger(make_engine(migrated_sqlite))
     store_alert(ledger)
     now = datetime.now(UTC)
     ((eid, target),) = ledger.due(now, 10)
-    ledger.claim(eid, target, "me:old", now, 3600)
-    ledger.set_episode(eid, "me:old", state="running")
-    assert ledger.sweep(now, "other:1", "other") == []
-    assert ledger.sweep(now, "me:new", "me") == [eid]
+    old = dead_owner("me")  # our own previous life, killed: its pid is gone
+    ledger.claim(eid, target, old, now, 3600)
+    ledger.set_episode(eid, old, state="running")
+    assert ledger.sweep(now, make_owner("me")).interrupted == [eid]
+    assert ledger.claim(eid, target, make_owner("me"), now, 30) is not None  # the target was released too
+
+
+def test_a_live_owner_with_the_same_instance_name_is_never_taken_over(migrated_sqlite: str) -> None:
+    # Two replicas on one host with the default instance (the host name): each one's live run is the other's
+    # to leave alone until its lease expires, however often the other sweeps.
+    ledger = Ledger(make_engine(migrated_sqlite))
+    store_alert(ledger)
+    now = datetime.now(UTC)
+    ((eid, target),) = ledger.due(now, 10)
+    replica_a, replica_b = make_owner("host-1"), make_owner("host-1")
+    assert replica_a != replica_b and ProcessId.of(os.getpid()) is not None
+    ledger.claim(eid, target, replica_a, now, 30)
+    ledger.set_episode(eid, replica_a, state="running")
+    for _ in range(3):
+        assert ledger.sweep(now, replica_b).interrupted == []
+    assert ledger.episode(eid)["owner"] == replica_a  # type: ignore[index]
+    assert ledger.claim(eid, target, replica_b, now, 30) is None
+    later = now + timedelta(seconds=31)  # only an expired lease hands it over
+    assert ledger.sweep(later, replica_b).interrupted == [eid]
+
+
+def test_our_own_run_is_swept_only_once_it_is_no_longer_running(migrated_sqlite: str) -> None:
+    ledger = Ledger(make_engine(migrated_sqlite))
+    store_alert(ledger)
+    now = datetime.now(UTC)
+    ((eid, target),) = ledger.due(now, 10)
+    me = make_owner("host-1")
+    ledger.claim(eid, target, me, now, 30)
+    ledger.set_episode(eid, me, state="running")
+    later = now + timedelta(seconds=31)  # the renewal was slow: the lease lapsed
+    assert ledger.sweep(later, me, live={eid}).interrupted == []  # still running here: ours to finish
+    assert ledger.sweep(later, me, live=set()).interrupted == [eid]  # its task ended without closing it
+
+
+def test_due_skips_busy_targets_so_one_target_cannot_starve_the_others(migrated_sqlite: str) -> None:
+    ledger = Ledger(make_engine(migrated_sqlite))
+    with freeze_time(T0):
+        for i in range(20):  # a flood of episodes on one target, all due before the other target's one
+            store_alert(ledger, f"busy{i}", target="bot-busy")
+    with freeze_time(T0 + timedelta(seconds=1)):
+        store_alert(ledger, "quiet", target="bot-quiet")
+    now = T0 + timedelta(seconds=2)
+    # One per target, oldest first: the quiet target is in the first batch however small it is.
+    assert [t for _, t in ledger.due(now, 2)] == ["bot-busy", "bot-quiet"]
+    busy_id = ledger.due(now, 1)[0][0]
+    assert ledger.claim(busy_id, "bot-busy", "a:1", now, 30) is not None
+    # While a run holds bot-busy, its other 19 episodes are not even fetched.
+    assert [t for _, t in ledger.due(now, 1)] == ["bot-quiet"]
 
 
 def test_cooldown_spans_episodes_of_the_same_rule_and_target(migrated_sqlite: str) -> None:
@@ -94,11 +157,11 @@ def test_cooldown_spans_episodes_of_the_same_rule_and_target(migrated_sqlite: st
     with freeze_time(T0):
         store_alert(ledger, "f1", T0)
         ((e1, _),) = ledger.due(T0, 10)
-        ledger.start_attempt(e1, 1, "me:1")
+        ledger.start_attempt(e1, "me:1")
     with freeze_time(T0 + timedelta(minutes=1)):
         store_alert(ledger, "f1", T0 + timedelta(minutes=1))  # a new startsAt: a new episode
         now = T0 + timedelta(minutes=1)
-        e2 = max(i for i, _ in ledger.due(now, 10))
+        e2 = max(e["id"] for e in ledger.list_episodes())
         assert ledger.cooldown_until("r", "bot-1", e2, 300, now) == T0 + timedelta(minutes=5)
         assert ledger.cooldown_until("r", "bot-2", e2, 300, now) is None  # another target
         assert ledger.cooldown_until("other", "bot-1", e2, 300, now) is None  # another rule
@@ -110,7 +173,7 @@ def test_budgets_count_executed_actions_in_a_rolling_hour(migrated_sqlite: str) 
     store_alert(ledger)
     ((eid, _),) = ledger.due(datetime.now(UTC), 10)
     with freeze_time(T0):
-        attempt = ledger.start_attempt(eid, 1, "me:1")
+        attempt = ledger.start_attempt(eid, "me:1")
         ledger.start_step(attempt, 0, "bot", "x", "safe", "bot-1", True, outcome="success")
         ledger.start_step(attempt, 1, "notify", "x", "safe", "bot-1", False, outcome="success")  # not budgeted
         ledger.start_step(attempt, 2, "bot", "x", "safe", "bot-1", True, outcome="dry_run")  # nothing done

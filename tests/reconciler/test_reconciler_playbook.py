@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import random
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 
-from trading_ops.reconciler.playbook import Backoff, PlaybookError, load_playbook, parse_matcher, parse_playbook
+import trading_ops
+from trading_ops.reconciler.actions.base import TEMPLATE_RE
+from trading_ops.reconciler.playbook import (
+    PACKAGED_PLAYBOOKS,
+    Backoff,
+    PlaybookError,
+    load_configured_playbook,
+    load_packaged_playbook,
+    load_playbook,
+    parse_matcher,
+    parse_playbook,
+)
 
+ROOT = Path(__file__).resolve().parents[2]
 RULE = {"name": "r", "match": ['alertname="A"'], "steps": [{"action": "bot", "command": "reconnect"}]}
 
 
@@ -28,6 +46,31 @@ RULE = {"name": "r", "match": ['alertname="A"'], "steps": [{"action": "bot", "co
 )
 def test_matchers_use_alertmanager_operators(matcher: str, labels: dict[str, str], expected: bool) -> None:
     assert parse_matcher(matcher).matches(labels) is expected
+
+
+@pytest.mark.parametrize(
+    ("matcher", "value"),
+    [
+        ('venue="Börse Zürich ✓"', "Börse Zürich ✓"),  # non-ASCII stays as written (unicode_escape garbled it)
+        ('note="say \\"hi\\""', 'say "hi"'),
+        ('path="C:\\\\bots"', "C:\\bots"),
+        ('text="two\\nlines"', "two\nlines"),
+        ('alertname=~"Disk\\d+"', "Disk\\d+"),  # a backslash before anything else is literal, as in Alertmanager
+    ],
+)
+def test_quoted_matcher_values_are_unescaped_as_alertmanager_does(matcher: str, value: str) -> None:
+    assert parse_matcher(matcher).value == value
+
+
+@pytest.mark.parametrize("matcher", ['x="trailing\\"', 'x="a"b"', 'x="open'])
+def test_a_broken_quote_is_refused_as_alertmanager_refuses_it(matcher: str) -> None:
+    with pytest.raises(ValueError, match="double quote"):
+        parse_matcher(matcher)
+
+
+def test_a_regex_matcher_with_an_escape_matches_like_alertmanager() -> None:
+    assert parse_matcher('alertname=~"Disk\\d+"').matches({"alertname": "Disk42"})
+    assert parse_matcher('venue="Börse"').matches({"venue": "Börse"})
 
 
 def test_first_matching_rule_wins() -> None:
@@ -115,6 +158,8 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
         "TradingBotPositionMismatch": ("position-reconcile", ["bot"]),
         "TradingBotDailyLossBreached": ("loss-limit-flatten", ["bot", "bot", "bot"]),
         "TradingBotHeartbeatStale": ("bot-restart", ["systemd"]),
+        "TradingBotReconciliationStale": ("position-reconcile", ["bot"]),
+        "TradingBotReconciliationFailing": ("reconciliation-retry", ["bot"]),
         "TradingBotDown": ("bot-restart", ["systemd"]),
         "TradingBotMemoryFillingUp": ("memory-leak-restart", ["bot", "systemd"]),
         "TradingBotDiskAlmostFull": ("disk-cleanup", ["exec"]),
@@ -126,6 +171,57 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
     flatten = pb.match({"alertname": "TradingBotDailyLossBreached"})
     assert flatten is not None and flatten.allow_destructive
     assert pb.match({"alertname": "Watchdog"}) is None
+    # The unit the package ships (trading_ops/paper/systemd/), not a name nothing installs.
+    restart = pb.match({"alertname": "TradingBotDown"})
+    assert restart is not None and restart.steps[0].params == {"unit": "trading-ops-paper-bot.service"}
+    assert (Path(trading_ops.__file__).parent / "paper" / "systemd" / "trading-ops-paper-bot.service").exists()
+
+
+def test_the_default_playbook_does_not_debounce_twice() -> None:
+    # The alert's own `for:` already debounces a disconnect (prometheus/rules/tradingbot-availability.yml):
+    # a wait_for on top only delays the recovery. bot-restart keeps one, to let systemd's own restart act first.
+    pb = load_playbook(None)
+    waits = {r.name: r.wait_for for r in pb.rules}
+    assert waits["broker-reconnect"] == 0 and waits["memory-leak-restart"] == 0 and waits["bot-restart"] == 10
+    rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "tradingbot-availability.yml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert alerts["TradingBotBrokerDisconnected"]["for"] == "10s"
+
+
+def test_the_docker_playbook_has_the_default_rules_with_container_restarts() -> None:
+    default, docker = load_packaged_playbook("default"), load_packaged_playbook("docker")
+    assert [r.name for r in docker.rules] == [r.name for r in default.rules]
+    for ours, theirs in zip(default.rules, docker.rules, strict=True):
+        # Same matchers and policy; only the way a bot is restarted differs.
+        assert (ours.matchers, ours.wait_for, ours.max_attempts, ours.cooldown, ours.verify, ours.on_failure) == (
+            theirs.matchers,
+            theirs.wait_for,
+            theirs.max_attempts,
+            theirs.cooldown,
+            theirs.verify,
+            theirs.on_failure,
+        ), ours.name
+        for a, b in zip(ours.steps, theirs.steps, strict=True):
+            if a.action == "systemd":
+                assert (b.action, b.params) == ("docker", {"container": "trading-ops-paper-bot"})
+            else:
+                assert a == b
+    assert any(s.action == "docker" for r in docker.rules for s in r.steps)
+
+
+def test_a_playbook_is_named_by_a_packaged_name_or_a_path(tmp_path: Path) -> None:
+    assert "docker.yml" in load_configured_playbook("docker").source
+    assert "default.yml" in load_configured_playbook("").source
+    (tmp_path / "pb.yml").write_text(yaml.safe_dump({"rules": [RULE]}))
+    assert load_configured_playbook("pb.yml", lambda v: tmp_path / v).rules[0].name == "r"
+    with pytest.raises(PlaybookError, match="'dokcer' is neither a packaged playbook \\(default, docker\\)"):
+        load_configured_playbook("dokcer")
+
+
+def test_the_playbook_names_the_alerts_it_handles() -> None:
+    names = load_playbook(None).alertnames()
+    assert "TradingBotBrokerDisconnected" in names and "TradingBotReconciliationStale" in names
+    assert all(n.startswith("TradingBot") for n in names)
 
 
 def test_missing_playbook_file_is_one_clear_error(tmp_path) -> None:
@@ -134,3 +230,20 @@ def test_missing_playbook_file_is_one_clear_error(tmp_path) -> None:
     (tmp_path / "bad.yml").write_text("rules: [\n")
     with pytest.raises(PlaybookError, match="invalid YAML at line"):
         load_playbook(tmp_path / "bad.yml")
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("name", sorted(PACKAGED_PLAYBOOKS))
+def test_every_packaged_verify_expression_is_valid_promql(name: str, prometheus: str) -> None:
+    """Needs the `prometheus` binary (the session fixture starts it): it parses every rule's verify.expr."""
+    exprs = {r.name: r.verify.expr for r in load_packaged_playbook(name).rules if r.verify.expr}
+    assert exprs, "the packaged playbooks verify some rules with their own expression"
+    for rule, expr in exprs.items():
+        rendered = TEMPLATE_RE.sub("paper-bot:9101", expr)
+        url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": rendered})
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                status = json.loads(resp.read())["status"]
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{name}: rule {rule}: {rendered}: {exc.read().decode()}") from exc
+        assert status == "success", (name, rule)

@@ -8,6 +8,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
+
+# The key of an order placed without a client order id (by hand on the venue's website): its venue order id.
+VENUE_ID_PREFIX = "venue:"
 
 
 class Side(enum.StrEnum):
@@ -36,6 +40,22 @@ class OrderStatus(enum.StrEnum):
     def is_open(self) -> bool:
         return self in (OrderStatus.NEW, OrderStatus.ACKNOWLEDGED, OrderStatus.PARTIALLY_FILLED)
 
+    @property
+    def rank(self) -> int:
+        """Position in the lifecycle: new < acknowledged < partially filled < closed (filled, canceled, rejected).
+        An update never moves an order to a lower rank, and a closed order never changes again."""
+        return _STATUS_RANK[self]
+
+
+_STATUS_RANK = {
+    OrderStatus.NEW: 0,
+    OrderStatus.ACKNOWLEDGED: 1,
+    OrderStatus.PARTIALLY_FILLED: 2,
+    OrderStatus.FILLED: 3,
+    OrderStatus.CANCELED: 3,
+    OrderStatus.REJECTED: 3,
+}
+
 
 class Channel(enum.StrEnum):
     ORDERS = "orders"
@@ -43,11 +63,15 @@ class Channel(enum.StrEnum):
 
 
 class BrokerError(Exception):
-    """An error returned by the venue; `error_class` is one of the metric catalogue's venue error classes."""
+    """An error returned by the venue; `error_class` is one of the metric catalogue's venue error classes.
 
-    def __init__(self, error_class: str, message: str) -> None:
+    `detail` is what a caller that got this far already did (the control API adds it to its 503 answer).
+    """
+
+    def __init__(self, error_class: str, message: str, *, detail: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.error_class = error_class
+        self.detail = detail or {}
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,16 @@ class VenueOrder:
     status: OrderStatus
     reject_reason: str | None = None
     created_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return order_key(self.client_order_id, self.venue_order_id)
+
+
+def order_key(client_order_id: str | None, venue_order_id: str | None) -> str:
+    """The id a bot tracks an order by: its client order id, or `venue:<venue order id>` for one placed without
+    a client order id (several such orders must not collapse into one)."""
+    return client_order_id or f"{VENUE_ID_PREFIX}{venue_order_id or ''}"
 
 
 @dataclass(frozen=True)
@@ -147,8 +181,9 @@ class Broker(abc.ABC):
         """Send an order; returns the venue's view once acknowledged or rejected. Raises BrokerError."""
 
     @abc.abstractmethod
-    async def cancel(self, client_order_id: str) -> VenueOrder:
-        """Cancel an open order. Raises BrokerError (unknown order, already closed, ...)."""
+    async def cancel(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
+        """Cancel an open order, by its venue order id when given, else by its client order id (an order placed by
+        hand may have none). Raises BrokerError (unknown order, already closed, ...)."""
 
     @abc.abstractmethod
     async def positions(self) -> dict[str, Decimal]:
@@ -168,3 +203,19 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def server_time(self) -> datetime:
         """The venue's clock, for skew measurement."""
+
+    async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
+        """The venue's view of one order, open or closed (by venue order id when given); None when the venue does
+        not know it (never placed, or aged out of its history). Raises BrokerError.
+
+        The default knows nothing: reconciliation then infers how a vanished order ended from its fills.
+        """
+        return None
+
+    async def drain_events(self) -> None:
+        """Return once every event for a change the venue already made has been handed to the callbacks.
+
+        Reconciliation calls it before a snapshot, so that fills and order updates still on their way are not
+        mistaken for discrepancies. A streaming connection cannot know what is in flight: the default returns at
+        once, and reconciliation confirms what it finds on a second snapshot instead.
+        """

@@ -1,16 +1,24 @@
-"""The crash report a bot sends through apprise when it starts after a crash."""
+"""The crash report a bot sends through apprise when it starts after a crash, retried until it is sent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
 
-import apprise
+from trading_ops.bot.journal import Journal
+from trading_ops.bot.recovery_store import RecoveryStore
+from trading_ops.clients.notify import Notifier
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED = 20
+# A report that could not be sent is tried again after this long, doubling up to MAX_RETRY_SECONDS.
+RETRY_SECONDS = 5.0
+MAX_RETRY_SECONDS = 600.0
+# Unsent reports tried at once (the newest); older ones wait until these are through.
+MAX_PENDING_REPORTS = 10
 
 
 def format_report(bot: str, venue: str, detail: dict[str, Any]) -> tuple[str, str]:
@@ -22,8 +30,12 @@ def format_report(bot: str, venue: str, detail: dict[str, Any]) -> tuple[str, st
         f"Bot {bot} ({venue}) started after a crash of run {previous.get('run_id')} "
         f"(pid {previous.get('pid')} on {previous.get('hostname')}).",
         f"Last heartbeat: {previous.get('last_heartbeat_at')} ({detail.get('heartbeat_age_seconds', 0):.1f} s before "
-        "this start); no clean-shutdown marker.",
+        "this start); no clean-shutdown marker"
+        + (f" (stopped: {previous.get('stop_reason')})." if previous.get("stopped_at") else "."),
         f"Open orders in the journal at the crash: {len(detail.get('journal_open_orders', []))}.",
+        "Positions in the journal at the crash: "
+        + (", ".join(f"{s} {q}" for s, q in sorted((detail.get("journal_positions") or {}).items())) or "none")
+        + ".",
         f"Startup reconciliation: {recon.get('result', 'not run')} {json.dumps(recon.get('counts', {}))}.",
         f"Trading state now: {detail.get('state')}.",
     ]
@@ -37,22 +49,62 @@ def format_report(bot: str, venue: str, detail: dict[str, Any]) -> tuple[str, st
     return title, "\n".join(lines)
 
 
-async def send_report(urls: list[str], title: str, body: str) -> bool:
-    """Notify every URL; False when there is none or any of them failed (logged, never raised)."""
-    if not urls:
-        log.warning("no notification URLs configured (notifications.urls): crash report not sent")
-        return False
-    notifier = apprise.Apprise()
-    for url in urls:
-        if not notifier.add(url):
-            log.error("notification URL %s... is not one apprise understands", url.split(":", 1)[0])
-    if len(notifier) == 0:
-        return False
-    try:
-        ok = bool(await notifier.async_notify(title=title, body=body, notify_type=apprise.NotifyType.FAILURE))
-    except Exception:
-        log.exception("crash report could not be sent")
-        return False
-    if not ok:
-        log.error("crash report: at least one notification failed")
-    return ok
+class CrashReporter:
+    """Sends the report of every recovery event not yet notified, and keeps trying until each is sent.
+
+    A report that fails (the notification service is down) is retried with a doubling delay, from `retry_seconds`
+    up to `max_retry_seconds`, while the bot runs; a report still unsent when it stops is sent at a later start.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        store: RecoveryStore,
+        urls: list[str],
+        *,
+        bot: str,
+        venue: str,
+        retry_seconds: float = RETRY_SECONDS,
+        max_retry_seconds: float = MAX_RETRY_SECONDS,
+    ) -> None:
+        self.journal = journal
+        self.store = store
+        self.urls = urls
+        self.bot = bot
+        self.venue = venue
+        self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max_retry_seconds
+        self.sent = 0
+        self.attempts = 0
+
+    async def run(self) -> None:
+        """Until every pending report is sent (returns at once when there is none, or no URL to send to)."""
+        delay = self.retry_seconds
+        while True:
+            pending = await self.journal.call(self.store.unnotified_events, MAX_PENDING_REPORTS)
+            if not pending:
+                return
+            if not self.urls:
+                log.warning(
+                    "%d crash reports not sent: no notification URLs configured (notifications.urls)", len(pending)
+                )
+                return
+            unsent = 0
+            for event in pending:
+                if not await self._send(event.id, json.loads(event.detail)):
+                    unsent += 1
+            if not unsent:
+                return
+            log.warning("%d crash reports not sent; next attempt in %g s", unsent, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_retry_seconds)
+
+    async def _send(self, event_id: int, detail: dict[str, Any]) -> bool:
+        self.attempts += 1
+        title, body = format_report(self.bot, self.venue, detail)
+        if not await Notifier(self.urls).notify(title, body, failure=True):
+            return False
+        await self.journal.call(self.store.mark_notified, event_id)
+        self.sent += 1
+        log.info("crash report of recovery event %d sent", event_id)
+        return True

@@ -32,6 +32,15 @@ class Instrumentation:
     >>> inst = Instrumentation(venue="binance", token=token, data_dir="./var")
     >>> await inst.start("127.0.0.1", 9101)
     >>> inst.metrics.order_submitted("BTC-USDT", "buy", "limit", client_order_id="c-1")
+
+    The library changes nothing process-wide unless asked; a bot that owns its process may opt in to:
+
+    - `tune_switch_interval=True`: while the server runs, lower the interpreter's GIL switch interval
+      (`sys.setswitchinterval`) from Python's default 5 ms to 0.5 ms. /metrics renders on a worker thread,
+      and with the default interval that thread can hold the event loop (and the trading loop on it) for
+      5 ms per wake-up; 0.5 ms bounds what a scrape costs it. `stop()` restores the previous interval.
+    - `disable_created_series=True`: prometheus_client's `disable_created_metrics()`, for every registry in
+      the process (see BotMetrics).
     """
 
     def __init__(
@@ -48,6 +57,8 @@ class Instrumentation:
         lag_interval: float = 0.25,
         daily_loss_limit: float | None = None,
         initial_state: TradingState = TradingState.ACTIVE,
+        tune_switch_interval: bool = False,
+        disable_created_series: bool = False,
     ) -> None:
         if not token:
             raise ValueError("the control API needs a bearer token")
@@ -59,7 +70,10 @@ class Instrumentation:
             registry=self.registry,
             cardinality_limit=cardinality_limit,
             daily_loss_limit=daily_loss_limit,
+            disable_created_series=disable_created_series,
         )
+        self._tune_switch_interval = tune_switch_interval
+        self._previous_switch_interval: float | None = None
         self.state = StateMachine(self.registry, initial_state)
         self.control = ControlPlane(self.state, self.metrics)
         self.heartbeat_timeout = heartbeat_timeout
@@ -109,10 +123,10 @@ class Instrumentation:
         return create_app(self)
 
     async def start(self, host: str = "127.0.0.1", port: int = 9101) -> int:
-        """Start the event-loop lag monitor and the HTTP server; returns the bound port."""
-        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_SECONDS:
-            # /metrics renders on a worker thread; with Python's default 5 ms GIL switch interval that
-            # thread can hold the event loop up for 5 ms per wake-up. 0.5 ms bounds what a scrape costs it.
+        """Start the event-loop lag monitor and the HTTP server (loopback by default); returns the bound port."""
+        if self._tune_switch_interval and sys.getswitchinterval() > GIL_SWITCH_INTERVAL_SECONDS:
+            # Opted in (see the class docstring): bound how long the /metrics thread holds the event loop.
+            self._previous_switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
         self.lag.start()
         self._runner = web.AppRunner(self.create_app(), access_log=None, handle_signals=False)
@@ -130,6 +144,9 @@ class Instrumentation:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._previous_switch_interval is not None:
+            sys.setswitchinterval(self._previous_switch_interval)
+            self._previous_switch_interval = None
 
 
 class _ReadyCollector(Collector):

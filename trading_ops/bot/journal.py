@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import enum
 import logging
 from collections.abc import Callable
 from decimal import Decimal
@@ -22,6 +23,15 @@ T = TypeVar("T")
 IN_CHUNK = 500
 
 
+class OrderUpdate(enum.StrEnum):
+    """What `Journal.order_update` did with an order update from the venue."""
+
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"  # what the journal already holds (an event and the request's answer both told it)
+    STALE = "stale"  # older than what is journaled (events can arrive out of order): ignored
+    UNKNOWN = "unknown"  # an order the bot never placed
+
+
 class Journal:
     """Synchronous writes, one transaction per event; `call` runs them in order on one worker thread so the
     event loop never waits on the disk."""
@@ -37,8 +47,9 @@ class Journal:
         """Run a journal method on the journal's own thread, in submission order."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the worker thread; without `wait`, drop queued writes and leave a stuck write behind."""
+        self._executor.shutdown(wait=wait, cancel_futures=not wait)
 
     # -- orders ---------------------------------------------------------------------------------------
     def order_submitted(self, request: OrderRequest, strategy: str) -> None:
@@ -59,20 +70,41 @@ class Journal:
                 )
             )
 
-    def order_update(self, order: VenueOrder) -> Order | None:
-        """Store the venue's view of an order the bot knows; returns None for an order it never placed."""
+    def order_update(self, order: VenueOrder) -> OrderUpdate:
+        """Store the venue's view of an order the bot knows, unless it is older than what is journaled: an update
+        never moves an order back in its lifecycle (a closed order never reopens, a partial fill never shrinks).
+        Reconciliation, which adopts the venue's current state, uses `upsert_order` instead."""
         with self._sessions.begin() as session:
             row = session.scalars(
-                select(Order).where(Order.bot == self.bot, Order.client_order_id == order.client_order_id)
+                select(Order).where(Order.bot == self.bot, Order.client_order_id == order.key)
             ).one_or_none()
             if row is None:
-                return None
+                return OrderUpdate.UNKNOWN
+            current = OrderStatus(row.status)
+            if order.status is current and order.filled_quantity == row.filled_quantity:
+                if order.venue_order_id and row.venue_order_id != order.venue_order_id:
+                    row.venue_order_id = order.venue_order_id
+                return OrderUpdate.UNCHANGED
+            if (
+                order.status.rank < current.rank
+                or (not current.is_open and order.status is not current)
+                or order.filled_quantity < row.filled_quantity
+            ):
+                log.info(
+                    "order %s: update %s %s is older than the journal's %s %s; ignored",
+                    order.key,
+                    order.status.value,
+                    order.filled_quantity,
+                    row.status,
+                    row.filled_quantity,
+                )
+                return OrderUpdate.STALE
             row.venue_order_id = order.venue_order_id
             row.status = order.status.value
-            row.filled_quantity = max(row.filled_quantity, order.filled_quantity)
+            row.filled_quantity = order.filled_quantity
             if order.reject_reason:
                 row.reject_reason = order.reject_reason[:64]
-            return row
+            return OrderUpdate.APPLIED
 
     def order_failed(self, client_order_id: str, reason: str) -> None:
         """The submission never reached the venue (network down, rate limited...)."""
@@ -85,15 +117,16 @@ class Journal:
                 row.reject_reason = reason[:64]
 
     def upsert_order(self, order: VenueOrder, strategy: str) -> Order:
-        """Store the venue's view of an order, creating its row for one the bot did not place (adopted)."""
+        """Store the venue's view of an order, creating its row for one the bot did not place (adopted). The row's
+        client order id is the order's key: `venue:<venue order id>` for an order placed without one."""
         with self._sessions.begin() as session:
             row = session.scalars(
-                select(Order).where(Order.bot == self.bot, Order.client_order_id == order.client_order_id)
+                select(Order).where(Order.bot == self.bot, Order.client_order_id == order.key)
             ).one_or_none()
             if row is None:
                 row = Order(
                     bot=self.bot,
-                    client_order_id=order.client_order_id,
+                    client_order_id=order.key,
                     venue=self.venue,
                     symbol=order.symbol,
                     side=order.side.value,
@@ -113,6 +146,7 @@ class Journal:
             return row
 
     def orders_by_client_id(self, client_order_ids: list[str]) -> list[Order]:
+        """Orders by client order id (order keys, for orders adopted without one)."""
         rows: list[Order] = []
         with self._sessions() as session:
             for i in range(0, len(client_order_ids), IN_CHUNK):
@@ -206,9 +240,12 @@ class Journal:
                 )
             )
 
-    def remove_fill_rows(self, ids: list[int]) -> None:
+    def remove_fill_rows(self, ids: list[int], balance_changes: dict[str, Decimal] | None = None) -> None:
+        """Delete fill rows (extra copies of a trade) and apply `balance_changes` (what undoes them) at once."""
         with self._sessions.begin() as session:
             session.execute(delete(Fill).where(Fill.bot == self.bot, Fill.id.in_(ids)))
+            if balance_changes:
+                self._change_balances(session, balance_changes)
 
     def fills(self) -> list[Fill]:
         with self._sessions() as session:
@@ -269,12 +306,15 @@ class Journal:
         """Nothing to do: awaiting `call(journal.flush)` returns once every earlier write has landed."""
 
     def set_balances(self, balances: dict[str, Decimal]) -> None:
+        """Make the journal's balances exactly `balances`: an asset it lists that `balances` omits is zero now
+        (venues leave zero balances out), so adopting the same balances twice changes nothing."""
         with self._sessions.begin() as session:
             existing = {
                 row.asset: row
                 for row in session.scalars(select(Balance).where(Balance.bot == self.bot, Balance.venue == self.venue))
             }
-            for asset, total in balances.items():
+            for asset in sorted(set(existing) | set(balances)):
+                total = balances.get(asset, Decimal(0))
                 row = existing.get(asset)
                 if row is None:
                     session.add(Balance(bot=self.bot, venue=self.venue, asset=asset, total=total))

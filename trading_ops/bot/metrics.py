@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import platform
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -69,30 +69,85 @@ FILL_LATENCY_BUCKETS = (
 )
 # One trading-loop iteration: a fast loop is a millisecond, a slow strategy a second or two.
 LOOP_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Orders given with a client order id are tracked (latency, in-flight and open gauges) until an event closes
+# them. One the bot never closes (a missed cancel or fill, a forgotten order_closed) would stay forever:
+# entries older than this are dropped, and at most MAX_TRACKED_ORDERS are kept (the oldest go first).
+# A day is longer than any alert on a stuck order waits, and shorter than a leak takes to matter.
+TRACKED_ORDER_MAX_AGE_SECONDS = 86_400.0
+MAX_TRACKED_ORDERS = 100_000
+# Expired entries and those beyond the cap are looked for at most this often, on the next tracked submission
+# (never on a scrape): between two sweeps the cap can be passed by what a bot submits in this time.
+TRACKING_SWEEP_INTERVAL_SECONDS = 1.0
+DROP_REASONS = ("expired", "overflow")
 
 ErrorClass = Literal[
     "rate_limit", "auth", "nonce", "timestamp", "network", "unavailable", "insufficient_funds", "other"
 ]
 
 
-class _InFlight:
-    """Orders between submission and their last event; exported per symbol at scrape time."""
-
-    __slots__ = ("orders", "lock")
-
-    def __init__(self) -> None:
-        # client order id -> [symbol, order_type, submitted (monotonic), acknowledged]
-        self.orders: dict[str, list[Any]] = {}
-        self.lock = threading.Lock()
-
-
 class BotMetrics:
     """Everything a bot records. One instance per bot process; pass `registry` for an isolated one.
 
-    Every record call resolves its metric child through a cache, so the hot path is one dict lookup
-    plus the prometheus_client child operation. Label values a bot passes are bounded by the
-    cardinality guard; order ids are accepted only to measure latency and are never labels.
+    Every record call resolves the bound operation of its metric child (`inc`, `set`, `observe`) through
+    a cache keyed by the raw label values, so the hot path is one dict lookup plus the prometheus_client
+    child operation. Label values a bot passes are bounded by the cardinality guard; order ids are
+    accepted only to measure latency and count orders in flight, and are never labels.
+
+    `disable_created_series=True` calls prometheus_client's `disable_created_metrics()`: counters and
+    histograms stop exporting their `_created` samples, which double the series count and serve no alert.
+    That switch is process-wide (every registry of the process), so the library never flips it on its
+    own; a bot that owns its process may opt in (the paper bot does). `clock` (Unix time) and `monotonic`
+    are injectable for tests.
     """
+
+    # Slots: attribute loads on the hot path stay the fast, specialized kind however many metrics there are.
+    __slots__ = (
+        "_ack_latency",
+        "_acknowledged",
+        "_balance",
+        "_canceled",
+        "_clock",
+        "_command_failures",
+        "_commands",
+        "_connected",
+        "_connection_state",
+        "_disconnects",
+        "_dropped",
+        "_fees",
+        "_fill_latency",
+        "_filled_notional",
+        "_filled_quantity",
+        "_fills",
+        "_headroom",
+        "_heartbeat",
+        "_iterations",
+        "_loop_duration",
+        "_loss_limit",
+        "_max_order_age",
+        "_max_tracked",
+        "_md_last",
+        "_md_updates",
+        "_monotonic",
+        "_next_sweep",
+        "_orders",
+        "_position",
+        "_position_notional",
+        "_realized",
+        "_rebates",
+        "_reconnects",
+        "_rejected",
+        "_skew",
+        "_submitted",
+        "_unrealized",
+        "_venue_errors",
+        "collector_errors",
+        "guard",
+        "last_heartbeat_monotonic",
+        "last_market_data_monotonic",
+        "registry",
+        "strategy",
+        "venue",
+    )
 
     def __init__(
         self,
@@ -103,19 +158,32 @@ class BotMetrics:
         cardinality_limit: int = 200,
         daily_loss_limit: float | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        disable_created_series: bool = False,
+        tracked_order_max_age: float = TRACKED_ORDER_MAX_AGE_SECONDS,
+        max_tracked_orders: int = MAX_TRACKED_ORDERS,
     ) -> None:
-        # `_created` samples double the series count for no use in alerting; bots don't export them.
-        disable_created_metrics()
+        if disable_created_series:
+            disable_created_metrics()
+        if tracked_order_max_age <= 0 or max_tracked_orders < 1:
+            raise ValueError("tracked_order_max_age must be positive and max_tracked_orders at least 1")
         self.venue = venue
         self.strategy = strategy
         self.registry = registry
         self._clock = clock
+        self._monotonic = monotonic
         self.guard = LabelGuard(cardinality_limit, registry, PREFIX)
         self.guard.allow_only("side", SIDES)
         self.guard.allow_only("order_type", ORDER_TYPES)
         self.guard.allow_only("liquidity", LIQUIDITY)
         self.guard.allow_only("error_class", VENUE_ERROR_CLASSES)
-        self._in_flight = _InFlight()
+        # client order id -> [symbol, order_type, submitted (monotonic), acknowledged]; insertion order is
+        # submission order, so the oldest entries are at the front. Touched only by the bot's own thread
+        # (the scrape reads a copy), hence no lock.
+        self._orders: dict[str, list[Any]] = {}
+        self._max_order_age = float(tracked_order_max_age)
+        self._max_tracked = int(max_tracked_orders)
+        self._next_sweep = monotonic() + TRACKING_SWEEP_INTERVAL_SECONDS
         self.last_heartbeat_monotonic: float | None = None
         self.last_market_data_monotonic: dict[str, float] = {}
         r = registry
@@ -123,11 +191,11 @@ class BotMetrics:
 
         def counter(name: str, doc: str, labels: tuple[str, ...], fixed: tuple[str, ...] = vs) -> ChildCache:
             metric = Counter(f"{PREFIX}_{name}", doc, [*fixed, *labels], registry=r)
-            return ChildCache(metric, labels, self._fixed(fixed), self.guard)
+            return ChildCache(metric, labels, self._fixed(fixed), self.guard, "inc")
 
         def gauge(name: str, doc: str, labels: tuple[str, ...], fixed: tuple[str, ...] = ("venue",)) -> ChildCache:
             metric = Gauge(f"{PREFIX}_{name}", doc, [*fixed, *labels], registry=r)
-            return ChildCache(metric, labels, self._fixed(fixed), self.guard)
+            return ChildCache(metric, labels, self._fixed(fixed), self.guard, "set")
 
         # Orders and fills.
         self._submitted = counter("orders_submitted", "Orders sent to the venue.", ("symbol", "side", "order_type"))
@@ -144,6 +212,11 @@ class BotMetrics:
             "filled_notional", "Notional value filled, in units of the quote asset.", ("symbol", "side")
         )
         self._fees = counter("fees", "Fees paid, in units of the quote asset.", ("symbol",))
+        self._rebates = counter(
+            "fee_rebates",
+            "Fee rebates received (negative fees, e.g. maker rebates), in units of the quote asset.",
+            ("symbol",),
+        )
         ack = Histogram(
             f"{PREFIX}_order_ack_latency_seconds",
             "Time from order submission to the venue's acknowledgement.",
@@ -151,7 +224,7 @@ class BotMetrics:
             buckets=ACK_LATENCY_BUCKETS,
             registry=r,
         )
-        self._ack_latency = ChildCache(ack, ("order_type",), (venue,), self.guard)
+        self._ack_latency = ChildCache(ack, ("order_type",), (venue,), self.guard, "observe")
         fill = Histogram(
             f"{PREFIX}_order_fill_latency_seconds",
             "Time from order submission to each fill.",
@@ -159,7 +232,15 @@ class BotMetrics:
             buckets=FILL_LATENCY_BUCKETS,
             registry=r,
         )
-        self._fill_latency = ChildCache(fill, ("order_type",), (venue,), self.guard)
+        self._fill_latency = ChildCache(fill, ("order_type",), (venue,), self.guard, "observe")
+        dropped = Counter(
+            f"{PREFIX}_tracked_orders_dropped",
+            "Orders the library stopped tracking without an event closing them: older than the tracking "
+            "horizon (expired) or beyond the tracking cap (overflow).",
+            ["venue", "reason"],
+            registry=r,
+        )
+        self._dropped = {reason: dropped.labels(venue, reason).inc for reason in DROP_REASONS}
 
         # Positions, balances, P&L.
         self._position = gauge(
@@ -189,7 +270,7 @@ class BotMetrics:
             vs,
         )[()]
         if daily_loss_limit is not None:
-            self._loss_limit.set(daily_loss_limit)
+            self._loss_limit(daily_loss_limit)
 
         # Venue connectivity and health.
         self._connected = gauge(
@@ -208,10 +289,11 @@ class BotMetrics:
             "Unix time of the last market-data update per symbol.",
             ("symbol",),
         )
+        # Absent until the bot reports one: a 0 exported before that would read as "rate limit exhausted".
         self._headroom = gauge(
             "rate_limit_headroom_ratio", "Fraction of the venue's request rate limit still available (0-1).", ()
-        )[()]
-        self._skew = gauge("clock_skew_seconds", "Local clock minus the venue's clock.", ())[()]
+        )
+        self._skew = gauge("clock_skew_seconds", "Local clock minus the venue's clock.", ())
         self._venue_errors = counter(
             "venue_errors", "Errors returned by the venue, by class.", ("error_class",), ("venue",)
         )
@@ -221,14 +303,14 @@ class BotMetrics:
             f"{PREFIX}_heartbeat_timestamp_seconds",
             "Unix time at which the trading loop last completed an iteration.",
             registry=r,
-        )
-        self._iterations = Counter(f"{PREFIX}_loop_iterations", "Trading-loop iterations completed.", registry=r)
+        ).set
+        self._iterations = Counter(f"{PREFIX}_loop_iterations", "Trading-loop iterations completed.", registry=r).inc
         self._loop_duration = Histogram(
             f"{PREFIX}_loop_duration_seconds",
             "Duration of one trading-loop iteration.",
             buckets=LOOP_DURATION_BUCKETS,
             registry=r,
-        )
+        ).observe
 
         # Control API.
         self._commands = Counter(f"{PREFIX}_control_commands", "Control commands received.", ["command"], registry=r)
@@ -261,9 +343,14 @@ class BotMetrics:
 
     # -- orders -------------------------------------------------------------------------------------------
     def order_submitted(self, symbol: str, side: str, order_type: str, client_order_id: str | None = None) -> None:
-        self._submitted[(symbol, side, order_type)].inc()
+        """An order sent to the venue. With `client_order_id`, it is tracked until an event closes it."""
+        self._submitted[(symbol, side, order_type)]()
         if client_order_id is not None:
-            self._in_flight.orders[client_order_id] = [symbol, order_type, time.monotonic(), False]
+            now = self._monotonic()
+            orders = self._orders
+            orders[client_order_id] = [symbol, order_type, now, False]
+            if now >= self._next_sweep:
+                self._sweep(now)
 
     def order_acknowledged(
         self,
@@ -273,25 +360,26 @@ class BotMetrics:
         client_order_id: str | None = None,
         latency_seconds: float | None = None,
     ) -> None:
-        self._acknowledged[(symbol, side, order_type)].inc()
+        """The venue accepted the order; its ack latency is given, or measured from the tracked submission."""
+        self._acknowledged[(symbol, side, order_type)]()
         if client_order_id is not None:
-            entry = self._in_flight.orders.get(client_order_id)
+            entry = self._orders.get(client_order_id)
             if entry is not None:
                 entry[3] = True
                 if latency_seconds is None:
-                    latency_seconds = time.monotonic() - entry[2]
+                    latency_seconds = self._monotonic() - entry[2]
         if latency_seconds is not None:
-            self._ack_latency[(order_type,)].observe(latency_seconds)
+            self._ack_latency[(order_type,)](latency_seconds)
 
     def order_rejected(self, symbol: str, reason: str, client_order_id: str | None = None) -> None:
-        self._rejected[(symbol, reason)].inc()
+        self._rejected[(symbol, reason)]()
         if client_order_id is not None:
-            self._in_flight.orders.pop(client_order_id, None)
+            self._orders.pop(client_order_id, None)
 
     def order_canceled(self, symbol: str, client_order_id: str | None = None) -> None:
-        self._canceled[(symbol,)].inc()
+        self._canceled[(symbol,)]()
         if client_order_id is not None:
-            self._in_flight.orders.pop(client_order_id, None)
+            self._orders.pop(client_order_id, None)
 
     def order_filled(
         self,
@@ -307,84 +395,111 @@ class BotMetrics:
         order_done: bool = True,
         latency_seconds: float | None = None,
     ) -> None:
+        """A fill (execution). A negative fee is a rebate and counts in tradingbot_fee_rebates_total."""
         key = (symbol, side)
-        self._fills[(symbol, side, liquidity)].inc()
-        self._filled_quantity[key].inc(quantity)
-        self._filled_notional[key].inc(quantity * price)
-        if fee:
-            self._fees[(symbol,)].inc(fee)
+        self._fills[(symbol, side, liquidity)]()
+        self._filled_quantity[key](quantity)
+        self._filled_notional[key](quantity * price)
+        if fee > 0:
+            self._fees[(symbol,)](fee)
+        elif fee < 0:
+            self._rebates[(symbol,)](-fee)
         if client_order_id is not None:
-            orders = self._in_flight.orders
+            orders = self._orders
             entry = orders.pop(client_order_id, None) if order_done else orders.get(client_order_id)
             if entry is not None:
                 order_type = entry[1]
                 if latency_seconds is None:
-                    latency_seconds = time.monotonic() - entry[2]
+                    latency_seconds = self._monotonic() - entry[2]
         if latency_seconds is not None:
-            self._fill_latency[(order_type,)].observe(latency_seconds)
+            self._fill_latency[(order_type,)](latency_seconds)
 
     def order_closed(self, client_order_id: str) -> None:
         """Forget an order without counting an event (it expired, or the journal says it is done)."""
-        self._in_flight.orders.pop(client_order_id, None)
+        self._orders.pop(client_order_id, None)
+
+    def tracked_orders(self) -> int:
+        """Orders tracked by client order id (submitted and not yet closed by an event)."""
+        return len(self._orders)
+
+    def _sweep(self, now: float) -> None:
+        """Drop tracked orders past the horizon, then the oldest beyond the cap; count both."""
+        self._next_sweep = now + TRACKING_SWEEP_INTERVAL_SECONDS
+        orders = self._orders
+        cutoff = now - self._max_order_age
+        expired = []
+        for client_order_id, entry in orders.items():
+            if entry[2] > cutoff:
+                break  # submission order: everything after this one is younger
+            expired.append(client_order_id)
+        for client_order_id in expired:
+            del orders[client_order_id]
+        if expired:
+            self._dropped["expired"](len(expired))
+        overflow = len(orders) - self._max_tracked
+        if overflow > 0:
+            for client_order_id in list(itertools.islice(orders, overflow)):
+                del orders[client_order_id]
+            self._dropped["overflow"](overflow)
 
     # -- positions, balances, P&L -----------------------------------------------------------------------
     def position(self, symbol: str, quantity: float, notional: float | None = None) -> None:
-        self._position[(symbol,)].set(quantity)
+        self._position[(symbol,)](quantity)
         if notional is not None:
-            self._position_notional[(symbol,)].set(notional)
+            self._position_notional[(symbol,)](notional)
 
     def balance(self, asset: str, total: float) -> None:
-        self._balance[(asset,)].set(total)
+        self._balance[(asset,)](total)
 
     def pnl(self, realized: float, unrealized: float) -> None:
-        self._realized.set(realized)
-        self._unrealized.set(unrealized)
+        self._realized(realized)
+        self._unrealized(unrealized)
 
     def daily_loss_limit(self, limit: float) -> None:
-        self._loss_limit.set(limit)
+        self._loss_limit(limit)
 
     # -- venue connectivity -------------------------------------------------------------------------------
     def broker_connection(self, channel: str, connected: bool) -> None:
         """Record the connection state of a channel; a down-to-up change counts as a reconnect."""
         previous = self._connection_state.get(channel)
         self._connection_state[channel] = connected
-        self._connected[(channel,)].set(1 if connected else 0)
+        self._connected[(channel,)](1 if connected else 0)
         if previous is True and not connected:
-            self._disconnects[(channel,)].inc()
+            self._disconnects[(channel,)]()
         elif previous is False and connected:
-            self._reconnects[(channel,)].inc()
+            self._reconnects[(channel,)]()
 
     def market_data(self, symbol: str) -> None:
-        self._md_updates[(symbol,)].inc()
-        self._md_last[(symbol,)].set(self._clock())
-        self.last_market_data_monotonic[symbol] = time.monotonic()
+        self._md_updates[(symbol,)]()
+        self._md_last[(symbol,)](self._clock())
+        self.last_market_data_monotonic[symbol] = self._monotonic()
 
     def rate_limit_headroom(self, ratio: float) -> None:
-        self._headroom.set(min(1.0, max(0.0, ratio)))
+        self._headroom[()](min(1.0, max(0.0, ratio)))
 
     def clock_skew(self, seconds: float) -> None:
-        self._skew.set(seconds)
+        self._skew[()](seconds)
 
     def venue_error(self, error_class: ErrorClass | str) -> None:
-        self._venue_errors[(error_class,)].inc()
+        self._venue_errors[(error_class,)]()
 
     # -- trading loop -------------------------------------------------------------------------------------
     def loop_iteration(self, duration_seconds: float) -> None:
         """Call once per completed trading-loop iteration: it is the bot's heartbeat."""
-        self._iterations.inc()
-        self._loop_duration.observe(duration_seconds)
-        self._heartbeat.set(self._clock())
-        self.last_heartbeat_monotonic = time.monotonic()
+        self._iterations()
+        self._loop_duration(duration_seconds)
+        self._heartbeat(self._clock())
+        self.last_heartbeat_monotonic = self._monotonic()
 
     def heartbeat_age(self) -> float | None:
         """Seconds since the last loop iteration (monotonic), or None before the first one."""
         if self.last_heartbeat_monotonic is None:
             return None
-        return time.monotonic() - self.last_heartbeat_monotonic
+        return self._monotonic() - self.last_heartbeat_monotonic
 
     def market_data_age(self, symbol: str) -> float | None:
         last = self.last_market_data_monotonic.get(symbol)
-        return None if last is None else time.monotonic() - last
+        return None if last is None else self._monotonic() - last
 
     # -- control API --------------------------------------------------------------------------------------
     def control_command(self, command: str) -> None:
@@ -418,7 +533,13 @@ class _OrderFlowCollector(Collector):
         counts_in_flight: dict[str, int] = {}
         counts_open: dict[str, int] = {}
         oldest: float | None = None
-        for symbol, _type, submitted, acked in list(m._in_flight.orders.values()):
+        # A copy: the bot's thread may add and remove orders while this scrape runs on another thread.
+        # Entries past the horizon are not counted even before the next sweep drops them.
+        now = m._monotonic()
+        cutoff = now - m._max_order_age
+        for symbol, _type, submitted, acked in list(m._orders.values()):
+            if submitted <= cutoff:
+                continue
             if acked:
                 counts_open[symbol] = counts_open.get(symbol, 0) + 1
             else:
@@ -437,5 +558,5 @@ class _OrderFlowCollector(Collector):
         yield open_orders
         if oldest is not None:
             # Submission times are monotonic (immune to clock steps); convert once, at scrape time.
-            oldest_family.add_metric([m.venue], m._clock() - (time.monotonic() - oldest))
+            oldest_family.add_metric([m.venue], m._clock() - (now - oldest))
         yield oldest_family

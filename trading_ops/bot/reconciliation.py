@@ -8,6 +8,11 @@ export only), halt (the kill switch).
 
 Resolution is idempotent: what adopt and cancel change makes the journal agree with the venue, so a second run
 finds nothing. Classification is a pure function of the two snapshots, ordered deterministically.
+
+A healthy bot trades while it is reconciled, so a snapshot can catch a fill the venue made whose event is still on
+its way. Before each snapshot the bot hands every event already delivered to the journal and the broker is asked
+to drain what it has produced (`Broker.drain_events`); and whatever the first snapshot finds is only acted on when
+a second snapshot, `confirm_delay_seconds` later, finds it again. What only the first found settled by itself.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from trading_ops.bot.broker import Broker, OrderStatus, OrderType, Side, VenueFill, VenueOrder
+from trading_ops.bot.broker import VENUE_ID_PREFIX, Broker, OrderStatus, OrderType, Side, VenueFill, VenueOrder
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
@@ -35,6 +40,14 @@ log = logging.getLogger(__name__)
 ZERO = Decimal(0)
 # Attempts at a venue snapshot during which no new fill arrived (the venue keeps trading while we look).
 SNAPSHOT_ATTEMPTS = 3
+# A difference found is acted on only if a second snapshot this much later finds it again: longer than an event
+# takes from a venue to the journal.
+CONFIRM_DELAY_SECONDS = 1.0
+# Orders open in the journal but not on the venue whose final state is looked up one by one; past this many in
+# one run, how each ended is inferred from the fills.
+MAX_ORDER_LOOKUPS = 100
+# Liquidity of a journaled position adjustment: a fill row with no venue fill and no balance change behind it.
+ADJUSTMENT_LIQUIDITY = "adjust"
 
 
 class Kind(enum.StrEnum):
@@ -77,11 +90,15 @@ def split_symbol(symbol: str) -> tuple[str, str]:
     return symbol, ""
 
 
-def balance_changes(fill: VenueFill, split: Callable[[str], tuple[str, str]] = split_symbol) -> dict[str, Decimal]:
+def balance_changes(
+    fill: VenueFill | JournalFill, split: Callable[[str], tuple[str, str]] = split_symbol
+) -> dict[str, Decimal]:
     """What a spot fill does to the account: the base asset by the quantity, the quote by the notional, the fee
-    asset by the fee."""
+    asset by the fee. A position adjustment (no trade behind it) changes no balance."""
+    if fill.liquidity == ADJUSTMENT_LIQUIDITY:
+        return {}
     base, quote = split(fill.symbol)
-    sign = fill.side.sign
+    sign = Side(fill.side).sign
     changes: dict[str, Decimal] = {base: sign * fill.quantity}
     if quote:
         changes[quote] = changes.get(quote, ZERO) - sign * fill.quantity * fill.price
@@ -91,7 +108,7 @@ def balance_changes(fill: VenueFill, split: Callable[[str], tuple[str, str]] = s
 
 @dataclass(frozen=True)
 class JournalOrder:
-    client_order_id: str
+    client_order_id: str  # the order's key (`venue:<venue order id>` for an order adopted without a client id)
     venue_order_id: str | None
     symbol: str
     side: str
@@ -112,6 +129,7 @@ class JournalFill:
     price: Decimal
     fee: Decimal
     fee_asset: str
+    liquidity: str = "taker"
 
 
 @dataclass
@@ -131,6 +149,8 @@ class VenueSnapshot:
     balances: dict[str, Decimal]
     open_orders: list[VenueOrder]
     fills: list[VenueFill]  # oldest first
+    # How the orders open in the journal and not on the venue ended, by order key (None: the venue forgot it).
+    closed_orders: dict[str, VenueOrder | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,64 +236,74 @@ def classify(
             )
         )
 
-    # Orders.
-    venue_open = {o.client_order_id: o for o in venue.open_orders}
+    # Orders, by key: the client order id, or the venue order id of one placed without a client id.
+    venue_open = {o.key: o for o in venue.open_orders}
     filled_by_order: dict[str, Decimal] = {}
     for fill in unique_fills.values():
         if fill.client_order_id:
             filled_by_order[fill.client_order_id] = filled_by_order.get(fill.client_order_id, ZERO) + fill.quantity
-    for coid, order in venue_open.items():
-        mine = journal.orders.get(coid)
-        if mine is None:
+    for key, order in venue_open.items():
+        mine = journal.orders.get(key)
+        if mine is None:  # never placed by the bot: known to the venue by its venue order id only
             found.append(
                 Discrepancy(
                     Kind.UNKNOWN_ORDER,
-                    coid,
+                    order.venue_order_id,
                     order.symbol,
                     venue=f"{order.status.value} {order.side.value} {order.quantity} @ {order.price}",
-                    detail={"venue_order_id": order.venue_order_id},
+                    detail={"client_order_id": order.client_order_id},
                     order=order,
-                    sort_key=(coid,),
+                    sort_key=(order.venue_order_id,),
                 )
             )
         elif mine.status != order.status.value or mine.filled_quantity != order.filled_quantity:
             found.append(
                 Discrepancy(
                     Kind.ORDER_STATE_MISMATCH,
-                    coid,
+                    key,
                     order.symbol,
                     journal=f"{mine.status} {mine.filled_quantity}",
                     venue=f"{order.status.value} {order.filled_quantity}",
                     order=order,
-                    sort_key=(coid,),
+                    sort_key=(key,),
                 )
             )
-    for coid, mine in journal.orders.items():
-        if coid in venue_open or not OrderStatus(mine.status).is_open:
+    for key, mine in journal.orders.items():
+        if key in venue_open or not OrderStatus(mine.status).is_open:
             continue
-        filled = max(mine.filled_quantity, filled_by_order.get(coid, ZERO))
-        closed = OrderStatus.FILLED if filled >= mine.quantity else OrderStatus.CANCELED
-        order = VenueOrder(
-            client_order_id=coid,
-            venue_order_id=mine.venue_order_id or "",
-            symbol=mine.symbol,
-            side=Side(mine.side),
-            order_type=OrderType(mine.order_type),
-            quantity=mine.quantity,
-            price=mine.price,
-            filled_quantity=filled,
-            status=closed,
-        )
-        kind = Kind.ORDER_STATE_MISMATCH if closed is OrderStatus.FILLED else Kind.VANISHED_ORDER
+        final = venue.closed_orders.get(key)
+        if final is not None and final.status.is_open:
+            continue  # it is open after all (listed in between): nothing to say
+        if final is not None:
+            source = "venue"
+            order = final
+        else:  # the venue forgot it: how it ended is what its fills say
+            source = "fills"
+            filled = max(mine.filled_quantity, filled_by_order.get(key, ZERO))
+            order = VenueOrder(
+                client_order_id="" if key.startswith(VENUE_ID_PREFIX) else key,
+                venue_order_id=mine.venue_order_id or "",
+                symbol=mine.symbol,
+                side=Side(mine.side),
+                order_type=OrderType(mine.order_type),
+                quantity=mine.quantity,
+                price=mine.price,
+                filled_quantity=filled,
+                status=OrderStatus.FILLED if filled >= mine.quantity else OrderStatus.CANCELED,
+            )
+        kind = Kind.ORDER_STATE_MISMATCH if order.status is OrderStatus.FILLED else Kind.VANISHED_ORDER
         found.append(
             Discrepancy(
                 kind,
-                coid,
+                key,
                 mine.symbol,
                 journal=f"{mine.status} {mine.filled_quantity}",
-                venue=f"{closed.value} {filled}" if kind is Kind.ORDER_STATE_MISMATCH else "not open",
+                venue=f"{order.status.value} {order.filled_quantity}"
+                if kind is Kind.ORDER_STATE_MISMATCH
+                else "not open",
+                detail={"final_state": f"{order.status.value} {order.filled_quantity}", "source": source},
                 order=order,
-                sort_key=(coid,),
+                sort_key=(key,),
             )
         )
 
@@ -284,10 +314,13 @@ def classify(
         expected_positions[fill.symbol] = expected_positions.get(fill.symbol, ZERO) + fill.side.sign * fill.quantity
         for asset, change in balance_changes(fill, split).items():
             expected_balances[asset] = expected_balances.get(asset, ZERO) + change
+    # A duplicate row was journaled like any fill, with its position and balance changes: both lose them again.
     for rows in journal_dups.values():
         for extra in rows[1:]:
             sign = Side(extra.side).sign
             expected_positions[extra.symbol] = expected_positions.get(extra.symbol, ZERO) - sign * extra.quantity
+            for asset, change in balance_changes(extra, split).items():
+                expected_balances[asset] = expected_balances.get(asset, ZERO) - change
     for symbol in sorted(set(venue.positions) | set(expected_positions)):
         theirs = venue.positions.get(symbol, ZERO)
         ours = expected_positions.get(symbol, ZERO)
@@ -327,6 +360,9 @@ def classify(
 class ReconciliationHooks(Protocol):
     """What the engine asks of the bot, so its in-memory state follows what the journal adopts."""
 
+    async def settle(self) -> None:
+        """Journal every venue event the bot has received (and the broker has produced) before a snapshot."""
+
     async def adopt_fill(self, fill: VenueFill) -> bool:
         """Apply a fill to the book and journal it with its position and balance changes; False if known."""
 
@@ -343,6 +379,15 @@ class ReconciliationHooks(Protocol):
         """Engage the kill switch."""
 
 
+@dataclass
+class _Pass:
+    """One look at both sides: the snapshots and what differs between them."""
+
+    journal: JournalSnapshot
+    venue: VenueSnapshot
+    found: list[Discrepancy]
+
+
 class Reconciler:
     """Runs reconciliations one at a time; each is stored with its discrepancies and exported as metrics."""
 
@@ -356,6 +401,7 @@ class Reconciler:
         *,
         policies: dict[str, str] | None = None,
         fills_lookback_seconds: float = 86_400.0,
+        confirm_delay_seconds: float = CONFIRM_DELAY_SECONDS,
         split: Callable[[str], tuple[str, str]] = split_symbol,
     ) -> None:
         self.broker = broker
@@ -368,6 +414,7 @@ class Reconciler:
             if policy not in RECONCILIATION_POLICIES.get(kind, ()):
                 raise ValueError(f"policy {policy!r} is not allowed for {kind}")
         self.fills_lookback = fills_lookback_seconds
+        self.confirm_delay = confirm_delay_seconds
         self.split = split
         self._lock = asyncio.Lock()
         self.last: dict[str, Any] | None = None
@@ -393,15 +440,30 @@ class Reconciler:
         found: list[Discrepancy] = []
         error: str | None = None
         mismatch: dict[str, Decimal] = {}
+        settled = 0
         try:
-            venue = await self._venue_snapshot(started)
-            journal = await self.journal.call(self._journal_snapshot, venue)
-            found = classify(journal, venue, self.split)
-            await self._resolve(found, journal, venue, started)
+            look = await self._look()
+            if look.found and self.confirm_delay > 0:
+                # What is real is still there a moment later; an event that was on its way has landed by then.
+                await asyncio.sleep(self.confirm_delay)
+                first = {(d.kind, d.key) for d in look.found}
+                look = await self._look()
+                confirmed = [d for d in look.found if (d.kind, d.key) in first]
+                settled = len(first) - len(confirmed)
+                if settled or len(confirmed) < len(look.found):
+                    log.info(
+                        "reconciliation (%s): %d differences settled by themselves, %d new ones left for the next run",
+                        trigger.value,
+                        settled,
+                        len(look.found) - len(confirmed),
+                    )
+                look.found = confirmed
+            found = look.found
+            await self._resolve(found, look.journal, look.venue, started)
             positions = await self.journal.call(self.journal.positions)
-            for symbol in sorted(set(venue.positions) | set(positions)):
+            for symbol in sorted(set(look.venue.positions) | set(positions)):
                 ours = positions[symbol].quantity if symbol in positions else ZERO
-                mismatch[symbol] = venue.positions.get(symbol, ZERO) - ours
+                mismatch[symbol] = look.venue.positions.get(symbol, ZERO) - ours
         except Exception as exc:
             log.exception("reconciliation (%s) failed", trigger.value)
             error = f"{type(exc).__name__}: {exc}"
@@ -435,6 +497,7 @@ class Reconciler:
             "finished_at": finished.isoformat(),
             "counts": dict(sorted(Counter(d.kind.value for d in found).items())),
             "discrepancies": items,
+            "settled": settled,
             "position_mismatch": {s: str(q) for s, q in mismatch.items() if q},
             "error": error,
         }
@@ -444,6 +507,15 @@ class Reconciler:
         if result in (Result.CLEAN, Result.RESOLVED):
             self.last_success = summary
         return summary
+
+    async def _look(self) -> _Pass:
+        """Settle what is in flight, then snapshot the venue (at once after the settling), the journal and how the
+        orders the venue no longer lists ended; classify."""
+        await self.hooks.settle()
+        venue = await self._venue_snapshot(utcnow())
+        journal = await self.journal.call(self._journal_snapshot, venue)
+        venue.closed_orders = await self._closed_orders(journal, venue)
+        return _Pass(journal, venue, classify(journal, venue, self.split))
 
     async def _venue_snapshot(self, now: datetime) -> VenueSnapshot:
         """Positions, balances, open orders and fills with no fill arriving in between (else look again)."""
@@ -458,15 +530,26 @@ class Reconciler:
                 return VenueSnapshot(positions, balances, open_orders, after)
         raise RuntimeError(f"the venue kept filling during {SNAPSHOT_ATTEMPTS} snapshot attempts")
 
+    async def _closed_orders(self, journal: JournalSnapshot, venue: VenueSnapshot) -> dict[str, VenueOrder | None]:
+        """Ask the venue how each order open in the journal but not listed open ended (up to MAX_ORDER_LOOKUPS)."""
+        listed = {o.key for o in venue.open_orders}
+        gone = [o for key, o in sorted(journal.orders.items()) if key not in listed and OrderStatus(o.status).is_open]
+        found: dict[str, VenueOrder | None] = {}
+        for mine in gone[:MAX_ORDER_LOOKUPS]:
+            key = mine.client_order_id
+            client_order_id = "" if key.startswith(VENUE_ID_PREFIX) else key
+            found[key] = await self.broker.order_status(client_order_id, venue_order_id=mine.venue_order_id or "")
+        return found
+
     def _journal_snapshot(self, venue: VenueSnapshot) -> JournalSnapshot:
         """Runs on the journal thread."""
         j = self.journal
         orders = {o.client_order_id: o for o in j.open_orders()}
-        listed = [o.client_order_id for o in venue.open_orders if o.client_order_id not in orders]
+        listed = [o.key for o in venue.open_orders if o.key not in orders]
         orders.update({o.client_order_id: o for o in j.orders_by_client_id(listed)})
         return JournalSnapshot(
             orders={
-                coid: JournalOrder(
+                key: JournalOrder(
                     o.client_order_id,
                     o.venue_order_id,
                     o.symbol,
@@ -477,11 +560,11 @@ class Reconciler:
                     o.filled_quantity,
                     o.status,
                 )
-                for coid, o in orders.items()
+                for key, o in orders.items()
             },
             trade_ids=j.known_trade_ids(sorted({f.trade_id for f in venue.fills})),
             duplicate_fills=[
-                JournalFill(f.id, f.trade_id, f.symbol, f.side, f.quantity, f.price, f.fee, f.fee_asset)
+                JournalFill(f.id, f.trade_id, f.symbol, f.side, f.quantity, f.price, f.fee, f.fee_asset, f.liquidity)
                 for f in j.duplicate_fills()
             ],
             positions={s: p.quantity for s, p in j.positions().items()},
@@ -494,6 +577,7 @@ class Reconciler:
         halts: list[str] = []
         fills_removed = False
         adopt_balances = not journal.balances  # the baseline of a new journal
+        rows = {row.row_id: row for row in journal.duplicate_fills}
         for d in found:
             d.policy = self.policies[d.kind.value]
             try:
@@ -503,9 +587,13 @@ class Reconciler:
                     d.outcome = "halted"
                     halts.append(f"{d.kind.value} {d.key}")
                 elif d.kind is Kind.DUPLICATE_FILL:
-                    extra = d.detail.get("extra_rows") or []
-                    if extra:
-                        await self.journal.call(self.journal.remove_fill_rows, list(extra))
+                    extra = [rows[i] for i in d.detail.get("extra_rows") or []]
+                    if extra:  # the rows go, and with them the balance changes they were journaled with
+                        undo: dict[str, Decimal] = {}
+                        for row in extra:
+                            for asset, change in balance_changes(row, self.split).items():
+                                undo[asset] = undo.get(asset, ZERO) - change
+                        await self.journal.call(self.journal.remove_fill_rows, [r.row_id for r in extra], undo)
                         fills_removed = True
                     d.outcome = "adopted"  # a venue duplicate is journaled once by missing_fill
                 elif d.kind is Kind.MISSING_FILL:
@@ -513,7 +601,8 @@ class Reconciler:
                     await self.hooks.adopt_fill(d.fill)
                     d.outcome = "adopted"
                 elif d.kind is Kind.UNKNOWN_ORDER and d.policy == "cancel":
-                    await self.broker.cancel(d.key)
+                    assert d.order is not None
+                    await self.broker.cancel(d.order.client_order_id, venue_order_id=d.order.venue_order_id)
                     d.outcome = "canceled"
                 elif d.kind in (Kind.UNKNOWN_ORDER, Kind.ORDER_STATE_MISMATCH, Kind.VANISHED_ORDER):
                     assert d.order is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import Counter, Gauge
 
 from trading_ops.bot.cardinality import ChildCache
@@ -13,9 +15,14 @@ RESULTS = ("clean", "resolved", "failed", "halted")
 
 
 class ReconciliationMetrics:
-    """Runs by trigger and result, discrepancies by class, the last success and the mismatch per symbol."""
+    """Runs by trigger and result, discrepancies by class, the last success and the mismatch per symbol.
 
-    def __init__(self, metrics: BotMetrics) -> None:
+    The last-success timestamp exists from the start, set to `started_at` (the bot's start) until a run succeeds:
+    `time() - tradingbot_reconciliation_last_success_timestamp_seconds > N` then fires N seconds after the start of
+    a bot that never reconciled successfully, as it does N seconds after the last success of one that did.
+    """
+
+    def __init__(self, metrics: BotMetrics, started_at: float | None = None) -> None:
         venue = metrics.venue
         registry = metrics.registry
         self.venue = venue
@@ -33,7 +40,8 @@ class ReconciliationMetrics:
         )
         self._last_success = Gauge(
             f"{PREFIX}_reconciliation_last_success_timestamp_seconds",
-            "Unix time at which the last reconciliation completed (clean or resolved).",
+            "Unix time at which the last reconciliation completed (clean or resolved); the bot's start time until one "
+            "has.",
             ["venue"],
             registry=registry,
         )
@@ -50,6 +58,7 @@ class ReconciliationMetrics:
                 self._runs.labels(venue, trigger, result)
         for kind in RECONCILIATION_POLICIES:
             self._discrepancies.labels(venue, kind)
+        self._last_success.labels(venue).set(time.time() if started_at is None else started_at)
 
     def run(self, trigger: str, result: str, finished_at: float) -> None:
         self._runs.labels(self.venue, trigger, result).inc()

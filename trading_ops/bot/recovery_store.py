@@ -42,6 +42,7 @@ class RunRecord:
             "last_heartbeat_at": self.last_heartbeat_at.isoformat(),
             "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
             "clean_shutdown": self.clean_shutdown,
+            "stop_reason": self.stop_reason,
         }
 
 
@@ -122,6 +123,17 @@ class RecoveryStore:
             session.add(row)
             session.flush()
             return row.id
+
+    def unnotified_events(self, limit: int) -> list[RecoveryEvent]:
+        """Events whose report has not been sent yet, oldest first (at most `limit`, the newest ones)."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(RecoveryEvent)
+                .where(RecoveryEvent.bot == self.bot, RecoveryEvent.notified.is_(False))
+                .order_by(RecoveryEvent.id.desc())
+                .limit(limit)
+            )
+            return sorted(rows, key=lambda row: row.id)
 
     def mark_notified(self, event_id: int) -> None:
         with self._sessions.begin() as session:

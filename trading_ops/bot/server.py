@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from trading_ops.bot.broker import BrokerError
 from trading_ops.bot.control import CommandError
 from trading_ops.bot.keys import INSTRUMENTATION
 from trading_ops.bot.state import TransitionRefused
@@ -112,6 +113,12 @@ async def control_handler(request: web.Request) -> web.Response:
         inst.metrics.control_failure(label, "bad_request")
         log.warning("control %s from %s failed: %s", command, peer, exc)
         return _error(400, str(exc))
+    except BrokerError as exc:
+        # The command needs the venue and the venue cannot be reached: retry after `reconnect`. What the command
+        # did before it needed the venue stands; the error's detail says what (a halt stays halted).
+        inst.metrics.control_failure(label, "broker_unavailable")
+        log.warning("control %s from %s: broker unavailable: %s", command, peer, exc)
+        return _error(503, f"broker unavailable: {exc}", **{**exc.detail, "state": inst.state.state.value})
     except Exception as exc:
         inst.metrics.control_failure(label, "error")
         log.exception("control %s from %s raised", command, peer)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,32 +24,82 @@ class ShutdownDeadlineExceeded(Exception):
         self.unfinished = unfinished
 
 
+class ShutdownSequence:
+    """Steps run in order within `deadline` seconds; a failing step is logged and the next one runs.
+
+    `failed` lists the steps that failed so far (a later step may look at it: the clean-shutdown marker is written
+    only when the steps before it succeeded). `unfinished()` names the step running and those after it.
+    """
+
+    def __init__(self, steps: list[Step], deadline: float) -> None:
+        self.steps = steps
+        self.deadline = deadline
+        self.failed: list[str] = []
+        self._current = 0
+        self._exit_timer: threading.Timer | None = None
+
+    def unfinished(self) -> list[str]:
+        return [name for name, _ in self.steps[self._current :]]
+
+    async def run(self) -> list[str]:
+        """Returns the names of the steps that failed. Raises ShutdownDeadlineExceeded when the deadline passes,
+        after logging one line that names the unfinished steps."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.deadline):
+                for index, (name, step) in enumerate(self.steps):
+                    self._current = index
+                    try:
+                        await step()
+                        log.info("shutdown: %s done (%.0f ms)", name, (time.monotonic() - started) * 1000)
+                    except Exception:
+                        log.exception("shutdown: %s failed", name)
+                        self.failed.append(name)
+                self._current = len(self.steps)
+        except TimeoutError:
+            unfinished = self.unfinished()
+            log.error("shutdown deadline of %g s passed; unfinished: %s", self.deadline, ", ".join(unfinished))
+            raise ShutdownDeadlineExceeded(self.deadline, unfinished) from None
+        return list(self.failed)
+
+    def arm_forced_exit(self, grace: float, status: int) -> None:
+        """Backstop for an event loop that cannot even notice its deadline (a step blocking it): `grace` seconds
+        after the deadline, a thread logs the unfinished steps and ends the process with `status`, whatever any
+        other thread (a stuck database write) is doing. Disarmed by `disarm()`."""
+        if self._exit_timer is not None:
+            return
+        timer = threading.Timer(self.deadline + grace, self._force_exit, args=(status,))
+        timer.daemon = True
+        timer.name = "shutdown-deadline"
+        timer.start()
+        self._exit_timer = timer
+
+    def disarm(self) -> None:
+        if self._exit_timer is not None:
+            self._exit_timer.cancel()
+            self._exit_timer = None
+
+    def _force_exit(self, status: int) -> None:
+        log.critical(
+            "shutdown deadline of %g s passed and the process is still running; unfinished: %s; exiting with %d",
+            self.deadline,
+            ", ".join(self.unfinished()) or "none (the process itself did not exit)",
+            status,
+        )
+        exit_now(status)
+
+
+def exit_now(status: int) -> None:
+    """Flush the log and end the process at once (threads stuck in a write cannot keep it alive)."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):  # nothing left to report a failing handler to
+            handler.flush()
+    os._exit(status)
+
+
 async def run_steps(steps: list[Step], deadline: float) -> list[str]:
     """Run `steps` in order within `deadline` seconds; a failing step is logged and the next one runs.
 
     Returns the names of the steps that failed. Raises ShutdownDeadlineExceeded when the deadline passes.
     """
-    current = 0
-    failed: list[str] = []
-    started = time.monotonic()
-
-    async def sequence() -> None:
-        nonlocal current
-        for index, (name, step) in enumerate(steps):
-            current = index
-            try:
-                await step()
-                log.info("shutdown: %s done (%.0f ms)", name, (time.monotonic() - started) * 1000)
-            except Exception:
-                log.exception("shutdown: %s failed", name)
-                failed.append(name)
-        current = len(steps)
-
-    try:
-        async with asyncio.timeout(deadline):
-            await sequence()
-    except TimeoutError:
-        unfinished = [name for name, _ in steps[current:]]
-        log.error("shutdown deadline of %g s passed; unfinished: %s", deadline, ", ".join(unfinished))
-        raise ShutdownDeadlineExceeded(deadline, unfinished) from None
-    return failed
+    return await ShutdownSequence(steps, deadline).run()

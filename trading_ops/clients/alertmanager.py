@@ -1,4 +1,4 @@
-"""A small client of Alertmanager's API v2: post alerts, create and list silences."""
+"""A small client of Alertmanager's API v2: post and look up alerts, create and list silences."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import aiohttp
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
+# Label names Alertmanager's matcher syntax accepts in a filter (Prometheus label names).
+FILTER_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 class AlertmanagerError(Exception):
@@ -20,10 +22,10 @@ class AlertmanagerClient:
         self.session = session
         self.base_url = base_url.rstrip("/")
 
-    async def _request(self, method: str, path: str, json: Any = None) -> Any:
+    async def _request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
         url = f"{self.base_url}/api/v2/{path}"
         try:
-            async with self.session.request(method, url, json=json, timeout=TIMEOUT) as resp:
+            async with self.session.request(method, url, json=json, params=params, timeout=TIMEOUT) as resp:
                 text = await resp.text()
                 if resp.status >= 300:
                     raise AlertmanagerError(f"{method} {url}: HTTP {resp.status}: {text[:200]}")
@@ -58,16 +60,35 @@ class AlertmanagerClient:
                 continue
             if exclude_created_by and silence.get("createdBy") == exclude_created_by:
                 continue
-            if all(_matches(m, labels) for m in silence.get("matchers") or []):
+            if silence_matches(silence, labels):
                 return silence
         return None
 
     async def alerts(self, active: bool = True) -> list[dict[str, Any]]:
         return list(await self._request("GET", f"alerts?active={'true' if active else 'false'}") or [])
 
+    async def alerts_matching(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """GET /api/v2/alerts filtered on these labels: the alerts Alertmanager holds that are not resolved
+        (active, silenced, inhibited or unprocessed). Labels whose names a filter cannot express are left out."""
+        params = [
+            ("filter", f"{name}={matcher_value(value)}") for name, value in labels.items() if FILTER_NAME_RE.match(name)
+        ]
+        return list(await self._request("GET", "alerts", params=params) or [])
 
-def _matches(matcher: dict[str, Any], labels: dict[str, str]) -> bool:
-    value = labels.get(str(matcher.get("name", "")), "")
+
+def matcher_value(value: str) -> str:
+    """A label value quoted for Alertmanager's matcher syntax (OpenMetrics escapes: \\, \" and \\n)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def silence_matches(silence: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether every matcher of an API v2 silence matches `labels` (an absent label is the empty string)."""
+    return all(matcher_accepts(m, labels.get(str(m.get("name", "")), "")) for m in silence.get("matchers") or [])
+
+
+def matcher_accepts(matcher: dict[str, Any], value: str) -> bool:
+    """Whether one API v2 matcher ({name, value, isRegex, isEqual}) accepts a label value."""
     pattern = str(matcher.get("value", ""))
     if matcher.get("isRegex"):
         try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import apprise
-
 log = logging.getLogger(__name__)
 
 
@@ -19,17 +17,29 @@ class Notifier:
         """URLs whitespace- or newline-separated, as the configuration's notifications.urls gives them."""
         return cls(text.split())
 
-    async def notify(self, title: str, body: str) -> bool:
-        """True when every URL accepted the message; apprise does blocking I/O, so it runs in a thread."""
+    async def notify(self, title: str, body: str, *, failure: bool = False) -> bool:
+        """True when every URL accepted the message (False is logged, never raised). `failure` marks it as one
+        (apprise's failure type: red in chat services). apprise does blocking I/O, so it runs in a thread."""
         if not self.urls:
-            log.warning("no notification URLs configured; dropped: %s", title)
+            log.warning("no notification URLs configured (notifications.urls); dropped: %s", title)
             return False
-        return await asyncio.to_thread(self._send, title, body)
+        try:
+            return await asyncio.to_thread(self._send, title, body, failure)
+        except Exception:
+            log.exception("notification %r could not be sent", title)
+            return False
 
-    def _send(self, title: str, body: str) -> bool:
+    def _send(self, title: str, body: str, failure: bool) -> bool:
+        # Imported on first use: apprise and its plugins weigh ~15 MB, and most processes never notify.
+        import apprise
+
         ap = apprise.Apprise()
         for url in self.urls:
             if not ap.add(url):
                 log.error("invalid apprise URL (scheme %s)", url.split(":", 1)[0])
                 return False
-        return bool(ap.notify(title=title, body=body))
+        kind = apprise.NotifyType.FAILURE if failure else apprise.NotifyType.INFO
+        ok = bool(ap.notify(title=title, body=body, notify_type=kind))
+        if not ok:
+            log.error("notification %r: at least one service did not accept it", title)
+        return ok

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from trading_ops.config import Config
-from trading_ops.db import migrate
 
 
 def register(sub: Any) -> None:
@@ -20,6 +19,9 @@ def register(sub: Any) -> None:
 
 
 def upgrade(args: argparse.Namespace, config: Config) -> int:
+    # Imported here: Alembic and Mako are not needed by the long-running commands (they parse this module too).
+    from trading_ops.db import migrate
+
     url = config.database_url()
     migrate.upgrade(url, args.revision)
     print(f"database upgraded to {args.revision}")
@@ -27,6 +29,8 @@ def upgrade(args: argparse.Namespace, config: Config) -> int:
 
 
 def check_models(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.db import migrate
+
     migrate.check(config.database_url())
     print("models and migrations agree")
     return 0

@@ -29,17 +29,25 @@ from trading_ops.bot.broker import (
     Side,
     VenueFill,
     VenueOrder,
+    order_key,
 )
 from trading_ops.bot.control import CommandError
-from trading_ops.bot.crash_report import format_report, send_report
+from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
 from trading_ops.bot.instrumentation import Instrumentation
-from trading_ops.bot.journal import Journal
-from trading_ops.bot.reconciliation import Reconciler, Result, Trigger, balance_changes, split_symbol
+from trading_ops.bot.journal import Journal, OrderUpdate
+from trading_ops.bot.reconciliation import (
+    ADJUSTMENT_LIQUIDITY,
+    Reconciler,
+    Result,
+    Trigger,
+    balance_changes,
+    split_symbol,
+)
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.bot.sdnotify import SystemdNotifier
-from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, Step, run_steps
+from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, exit_now
 from trading_ops.bot.state import TradingState
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine, utcnow
@@ -53,7 +61,21 @@ VENUE_STATE_FILE = "paper-venue.json"
 CENT = Decimal("0.01")
 EXIT_FORCED = 1
 EXTERNAL_STRATEGY = "external"  # strategy recorded for orders adopted from the venue
-ADJUSTMENT_LIQUIDITY = "adjust"  # liquidity of a journaled position adjustment (no venue fill behind it)
+# The paper venue drains its events exactly before each snapshot (Broker.drain_events), so the confirmation
+# snapshot of a reconciliation needs only a moment; a real venue's stream needs the engine's default.
+CONFIRM_DELAY_SECONDS = 0.05
+# Rounds of "drain the venue, journal what was held back" before a reconciliation snapshot.
+SETTLE_ROUNDS = 5
+# A startup reconciliation that did not pass is retried after reconcile_retry_seconds, doubling up to this.
+MAX_STARTUP_RETRY_SECONDS = 300.0
+# Past the shutdown deadline plus this, a thread ends the process even if the event loop is blocked.
+FORCED_EXIT_GRACE_SECONDS = 2.0
+# After a missed shutdown deadline (in-process, no forced exit): how long releasing what can be released may take.
+ABANDON_SECONDS = 1.0
+# Cancels the venue refused (rate limit) are retried this often, for up to KILL_SWITCH_CANCEL_SECONDS on a halt and
+# half the shutdown deadline at shutdown.
+CANCEL_RETRY_SECONDS = 0.1
+KILL_SWITCH_CANCEL_SECONDS = 2.0
 
 
 def make_venue(config: Config, autosave_path: Path | None = None) -> PaperVenue:
@@ -75,6 +97,20 @@ def make_venue(config: Config, autosave_path: Path | None = None) -> PaperVenue:
     )
 
 
+def control_token(config: Config) -> str:
+    """The bearer token of the bot's control API; ConfigError when none is configured."""
+    token = resolve_secret(config, config.bot, "control_token", "bot.control_token")
+    if not token:
+        raise ConfigError("bot.control_token", "no token: set control_token_file or TRADING_OPS_CONTROL_TOKEN")
+    return token
+
+
+def startup_retry_delay(failures: int, base: float, cap: float = MAX_STARTUP_RETRY_SECONDS) -> float:
+    """Seconds before retrying a startup reconciliation that did not pass `failures` times in a row: `base`,
+    doubling with each failure, at most `cap`."""
+    return min(cap, base * 2 ** min(failures, 32))
+
+
 class PaperBot:
     """Runs the demo strategy against a broker, journals every event and exports it through the library."""
 
@@ -90,9 +126,9 @@ class PaperBot:
     ) -> None:
         self.config = config
         bot = config.bot
-        token = token if token is not None else resolve_secret(config, bot, "control_token", "bot.control_token")
+        token = token if token is not None else control_token(config)
         if not token:
-            raise ConfigError("bot.control_token", "no token: set control_token_file or TRADING_OPS_CONTROL_TOKEN")
+            raise ConfigError("bot.control_token", "the control API needs a non-empty token")
         self.data_dir = config.path(bot.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.venue_state_path = self.data_dir / f"{bot.name}-{VENUE_STATE_FILE}"
@@ -107,6 +143,10 @@ class PaperBot:
             memory_limit=bot.memory_limit_bytes,
             lag_interval=bot.event_loop_lag_interval_seconds,
             daily_loss_limit=config.paper.daily_loss_limit,
+            # The paper bot is a whole process of its own, so it may tune process-wide settings: a 0.5 ms GIL
+            # switch interval keeps a scrape from stalling the event loop, and no `_created` series.
+            tune_switch_interval=True,
+            disable_created_series=True,
         )
         self.metrics = self.inst.metrics
         self.broker: PaperVenue = venue if venue is not None else self._load_or_make_venue()
@@ -126,30 +166,39 @@ class PaperBot:
             interval=rec.heartbeat_interval_seconds,
             crash_timeout=rec.crash_timeout_seconds,
             progressing=self.loop_progressing,
+            registry=self.inst.registry,
+            venue=bot.venue,
         )
         self.reconciler = Reconciler(
             self.broker,
             self.journal,
             self.recovery_store,
-            ReconciliationMetrics(self.metrics),
+            ReconciliationMetrics(self.metrics, started_at=time.time()),
             self,
             policies=rec.policies,
             fills_lookback_seconds=rec.fills_lookback_seconds,
+            confirm_delay_seconds=CONFIRM_DELAY_SECONDS,
             split=self._split_symbol,
         )
         self.systemd = SystemdNotifier()
         self.crash: CrashFound | None = None
+        self.crash_report_retry_seconds = RETRY_SECONDS  # first retry of an unsent crash report; doubles from there
+        self.crash_reporter: CrashReporter | None = None
         self.trading_allowed = False  # the safe-start gate: opened by the first clean or resolved reconciliation
+        self.startup_failures = 0  # startup reconciliations in a row that did not pass
+        self.cancel_pending = False  # the kill switch could not cancel (venue unreachable): cancel after reconnect
         self._accepting = True  # False once shutting down: no new orders
         self._reconciling = False
         self._deferred: list[VenueFill | VenueOrder] = []  # venue events that arrived during a reconciliation
         self._trade_lock = asyncio.Lock()  # held by a strategy step and by a reconciliation
-        self._reconnected = asyncio.Event()
+        self._wake = asyncio.Event()  # wakes the reconciliation task: a run was requested, or its timing changed
+        self._requested: Trigger | None = None  # what the run it was woken for is (reconnect, startup retry)
         self._channel_lost: set[Channel] = set()
         self._stop_reason = "stop"
         self._stopped = False
-        self.orders: dict[str, VenueOrder] = {}  # working orders by client order id
+        self.orders: dict[str, VenueOrder] = {}  # working orders by key (the client order id, if they have one)
         self.order_sent_at: dict[str, float] = {}
+        self.external_orders: set[str] = set()  # keys of working orders adopted from the venue (placed by hand)
         self.quotes: dict[str, Quote] = {}
         self._ids = itertools.count(1)
         self._id_prefix = f"{bot.name[:16]}-{int(time.time() * 1000):x}"
@@ -191,16 +240,12 @@ class PaperBot:
         c.add_status(self._status)
 
     def _register_readiness(self) -> None:
-        stale = self.config.bot.market_data_stale_seconds
-
         def broker() -> tuple[bool, str]:
             down = [ch.value for ch in Channel if not self.broker.is_connected(ch)]
             return (not down, "connected" if not down else "down: " + ", ".join(down))
 
         def market_data() -> tuple[bool, str]:
-            stale_symbols = [
-                s for s in self.config.paper.symbols if (age := self.metrics.market_data_age(s)) is None or age > stale
-            ]
+            stale_symbols = [s for s in self.config.paper.symbols if self.market_data_stale(s)]
             return (not stale_symbols, "fresh" if not stale_symbols else "stale: " + ", ".join(stale_symbols))
 
         def reconciliation() -> tuple[bool, str]:
@@ -220,13 +265,18 @@ class PaperBot:
     def next_client_order_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
 
+    def market_data_stale(self, symbol: str) -> bool:
+        age = self.metrics.market_data_age(symbol)
+        return age is None or age > self.config.bot.market_data_stale_seconds
+
     # -- running --------------------------------------------------------------------------------------
     async def run(
         self, host: str | None = None, port: int | None = None, install_signals: bool = True, force_exit: bool = False
     ) -> None:
         """Trade until SIGTERM/SIGINT (or request_stop), then shut down gracefully within the deadline.
 
-        With `force_exit` (the CLI) a shutdown past its deadline ends the process with exit status 1.
+        With `force_exit` (the CLI) a shutdown past its deadline ends the process with exit status 1, even when a
+        step is stuck in a thread (a hung database write) or blocks the event loop.
         """
         listen = self.config.bot.listen
         loop = asyncio.get_running_loop()
@@ -238,17 +288,21 @@ class PaperBot:
             await self._stop.wait()
         finally:
             try:
-                await self.shutdown(self._stop_reason)
+                await self.shutdown(self._stop_reason, force_exit=force_exit)
             except ShutdownDeadlineExceeded:
                 if not force_exit:
                     raise
-                logging.shutdown()
-                os._exit(EXIT_FORCED)
+                exit_now(EXIT_FORCED)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Detect a crash, restore the book, reconcile (the safe-start gate), then trade."""
         self.crash = await self.heartbeat.begin()
-        crash_orders = await self._journal_open_orders() if self.crash is not None else []
+        crash_orders: list[dict[str, str]] = []
+        crash_positions: dict[str, str] = {}
+        if self.crash is not None:  # what the journal held at the crash, before reconciliation changes it
+            crash_orders = await self._journal_open_orders()
+            positions = await self.journal.call(self.journal.positions)
+            crash_positions = {s: str(p.quantity) for s, p in sorted(positions.items())}
         await self._restore_book()
         bound = await self.inst.start(host, port)
         events = BrokerEvents(
@@ -259,7 +313,17 @@ class PaperBot:
         await self.reconcile(Trigger.STARTUP)
         await self._adopt_open_orders()
         if self.crash is not None:
-            await self._record_crash(self.crash, crash_orders)
+            await self._record_crash(self.crash, crash_orders, crash_positions)
+        urls = resolve_secret(self.config, self.config.notifications, "urls", "notifications.urls").split()
+        self.crash_reporter = CrashReporter(
+            self.journal,
+            self.recovery_store,
+            urls,
+            bot=self.config.bot.name,
+            venue=self.config.bot.venue,
+            retry_seconds=self.crash_report_retry_seconds,
+        )
+        self._tasks.append(asyncio.create_task(self.crash_reporter.run(), name="crash-report"))
         self._tasks.append(asyncio.create_task(self.broker.run(self.config.paper.tick_interval_seconds), name="venue"))
         self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
         self._tasks.append(asyncio.create_task(self._reconcile_on_schedule(), name="reconciliation"))
@@ -288,11 +352,14 @@ class PaperBot:
     async def stop(self) -> None:
         await self.shutdown("stop")
 
-    async def shutdown(self, reason: str = "stop") -> None:
-        """Stop new orders, cancel or keep open orders by policy, flush the journal, write the final heartbeat
-        with the clean-shutdown marker, all within `recovery.shutdown_deadline_seconds`; then close everything.
+    async def shutdown(self, reason: str = "stop", *, force_exit: bool = False) -> None:
+        """Stop new orders, cancel or keep open orders by policy, disconnect, flush the journal, write the final
+        heartbeat, then release everything: all of it within `recovery.shutdown_deadline_seconds`.
 
-        Raises ShutdownDeadlineExceeded (after closing what can be closed) when the deadline passes.
+        The final heartbeat carries the clean-shutdown marker only when stopping the orders, the open-orders policy
+        and the flush succeeded; otherwise it records which failed, and the next start treats the run as a crash.
+        Raises ShutdownDeadlineExceeded (after releasing what can be released quickly) when the deadline passes;
+        with `force_exit`, a thread also ends the process shortly after the deadline whatever the loop is doing.
         """
         if self._stopped:
             return
@@ -301,18 +368,38 @@ class PaperBot:
         self.systemd.stopping(f"shutting down ({reason})")
         rec = self.config.recovery
         policy = rec.open_orders_on_shutdown
-        steps: list[Step] = [
+        orders_step = f"open orders: {policy}"
+        needed_for_clean = ("stop new orders", orders_step, "flush the journal")
+        sequence = ShutdownSequence([], rec.shutdown_deadline_seconds)
+
+        async def final_heartbeat() -> None:
+            failed = [name for name in needed_for_clean if name in sequence.failed]
+            if failed:
+                log.error(
+                    "shutdown: no clean-shutdown marker, %s failed: the next start treats this run as a crash",
+                    ", ".join(failed),
+                )
+            why = f"{reason}; failed: {', '.join(failed)}" if failed else reason
+            await self.heartbeat.stop(clean=not failed, reason=why)
+
+        sequence.steps = [
             ("stop new orders", self._stop_trading),
-            (f"open orders: {policy}", self._cancel_open_orders if policy == "cancel" else self._keep_open_orders),
+            (orders_step, self._cancel_open_orders if policy == "cancel" else self._keep_open_orders),
+            ("disconnect from the venue", self._disconnect),
             ("flush the journal", lambda: self.journal.call(self.journal.flush)),
-            ("final heartbeat with the clean-shutdown marker", lambda: self.heartbeat.stop(clean=True, reason=reason)),
+            ("final heartbeat with the clean-shutdown marker", final_heartbeat),
+            ("stop background tasks", self._stop_background),
+            ("stop the HTTP server", self.inst.stop),
+            ("close the journal", lambda: asyncio.to_thread(self.journal.close)),
         ]
+        if force_exit:
+            sequence.arm_forced_exit(FORCED_EXIT_GRACE_SECONDS, EXIT_FORCED)
         try:
-            failed = await run_steps(steps, rec.shutdown_deadline_seconds)
+            failed = await sequence.run()
         except ShutdownDeadlineExceeded:
-            await self._teardown(wait_for_journal=False)
+            if not force_exit:
+                await self._abandon()
             raise
-        await self._teardown(wait_for_journal=True)
         log.info(
             "paper bot %s stopped (%s)%s",
             self.config.bot.name,
@@ -328,24 +415,42 @@ class PaperBot:
                     task.cancel()
 
     async def _cancel_open_orders(self) -> None:
-        canceled = await self.cancel_all()
+        """Every working order of the bot, adopted ones included; raises when some are left working."""
+        canceled, left = await self.cancel_everything(self.config.recovery.shutdown_deadline_seconds / 2)
+        if left:
+            raise RuntimeError(f"{len(left)} open orders could not be canceled: {', '.join(left[:5])}")
         log.info("shutdown: %d open orders canceled", canceled)
 
     async def _keep_open_orders(self) -> None:
         log.info("shutdown: %d open orders kept on the venue (reconciled at the next start)", len(self.orders))
 
-    async def _teardown(self, wait_for_journal: bool) -> None:
+    async def _disconnect(self) -> None:
+        """Let the venue hand over what it already produced, then close it: no event after the flush."""
+        await self.broker.drain_events()
+        await self.broker.close()
+        await stop_tasks([t for t in self._tasks if t.get_name() == "venue"])
+
+    async def _stop_background(self) -> None:
         await stop_tasks(self._tasks)
         self._tasks.clear()
         if self.chaos is not None:
             self.chaos.clear()
         await self.systemd.close()
-        await self.broker.close()
-        await self.inst.stop()
-        if wait_for_journal:
-            self.journal.close()
-        else:
-            self.journal._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _abandon(self) -> None:
+        """The deadline passed (in-process): release what can be released without waiting on what is stuck."""
+        try:
+            async with asyncio.timeout(ABANDON_SECONDS):
+                await self.heartbeat.stop_beating()
+                await stop_tasks(self._tasks, timeout=ABANDON_SECONDS)
+                if self.chaos is not None:
+                    self.chaos.clear()
+                await self.systemd.close()
+                await self.broker.close()
+                await self.inst.stop()
+        except TimeoutError:
+            log.error("shutdown: releasing after the deadline took over %g s; left behind", ABANDON_SECONDS)
+        self.journal.close(wait=False)
 
     async def _restore_book(self) -> None:
         """Rebuild positions and P&L from the journal, so a restart continues where the bot stopped."""
@@ -367,36 +472,34 @@ class PaperBot:
             for o in await self.journal.call(self.journal.open_orders)
         ]
 
-    async def _record_crash(self, crash: CrashFound, open_orders: list[dict[str, str]]) -> None:
-        """Store what the crash left and what the startup reconciliation did, and report it through apprise."""
+    async def _record_crash(
+        self, crash: CrashFound, open_orders: list[dict[str, str]], positions: dict[str, str]
+    ) -> None:
+        """Store what the crash left (the journal as it was before the startup reconciliation) and what that
+        reconciliation did; the crash reporter sends it through apprise."""
         assert self.heartbeat.run_id is not None
         detail: dict[str, Any] = {
             "previous_run": crash.previous.to_dict(),
             "heartbeat_age_seconds": crash.heartbeat_age_seconds,
             "journal_open_orders": open_orders,
-            "journal_positions": {s: str(self.book.position(s)) for s in sorted(self.book.holdings)},
+            "journal_positions": positions,
             "reconciliation": self.reconciler.last,
             "state": self.inst.state.state.value,
         }
-        event_id = await self.journal.call(
+        await self.journal.call(
             self.recovery_store.record_event, self.heartbeat.run_id, "crash", crash.previous, detail
         )
-        raw = resolve_secret(self.config, self.config.notifications, "urls", "notifications.urls")
-        title, body = format_report(self.config.bot.name, self.config.bot.venue, detail)
-
-        async def report() -> None:
-            if await send_report(raw.split(), title, body):
-                await self.journal.call(self.recovery_store.mark_notified, event_id)
-
-        self._tasks.append(asyncio.create_task(report(), name="crash-report"))
 
     async def _adopt_open_orders(self) -> None:
         """Journaled orders the venue still works are this bot's again (their ages restart now)."""
-        venue_open = {o.client_order_id: o for o in await self.broker.open_orders()}
+        venue_open = {o.key: o for o in await self.broker.open_orders()}
         for order in await self.journal.call(self.journal.open_orders):
-            if order.client_order_id in venue_open:
-                self.orders[order.client_order_id] = venue_open[order.client_order_id]
-                self.order_sent_at[order.client_order_id] = time.monotonic()
+            key = order.client_order_id
+            if key in venue_open:
+                self.orders[key] = venue_open[key]
+                self.order_sent_at[key] = time.monotonic()
+                if order.strategy == EXTERNAL_STRATEGY:
+                    self.external_orders.add(key)
 
     async def _trading_loop(self) -> None:
         interval = self.config.paper.loop_interval_seconds
@@ -431,6 +534,22 @@ class PaperBot:
         self._hang_until = time.monotonic() + seconds
 
     # -- orders ---------------------------------------------------------------------------------------
+    def order_refusal(self, symbol: str, reduce_only: bool) -> str | None:
+        """Why an order may not go out now, or None: the safe-start gate.
+
+        Nothing goes out while shutting down or before a startup reconciliation passed (the journal may not know
+        what the bot holds). An order that can add risk also needs fresh market data for its symbol; a reduce-only
+        order does not (the venue lets it only shrink a position, and flattening during a market-data outage is
+        exactly what an operator may need).
+        """
+        if not self._accepting:
+            return "shutting down"
+        if not self.trading_allowed:
+            return "the startup reconciliation has not passed"
+        if not reduce_only and self.market_data_stale(symbol):
+            return f"market data for {symbol} is stale"
+        return None
+
     async def submit(
         self,
         symbol: str,
@@ -440,10 +559,10 @@ class PaperBot:
         price: Decimal | None = None,
         reduce_only: bool = False,
     ) -> VenueOrder | None:
-        if not (self.trading_allowed and self._accepting):
-            log.warning(
-                "order for %s refused: %s", symbol, "shutting down" if not self._accepting else "not reconciled"
-            )
+        """Journal and send an order; None when it was refused (`order_refusal`) or the venue did not take it."""
+        refusal = self.order_refusal(symbol, reduce_only)
+        if refusal is not None:
+            log.log(logging.INFO if self._stopped else logging.WARNING, "order for %s refused: %s", symbol, refusal)
             return None
         request = OrderRequest(
             client_order_id=self.next_client_order_id(),
@@ -467,21 +586,43 @@ class PaperBot:
             log.info("order %s not placed: %s (%s)", request.client_order_id, exc, exc.error_class)
             return None
 
-    async def cancel(self, client_order_id: str) -> bool:
+    async def cancel(self, key: str) -> bool:
+        """Cancel a working order by its key (by venue order id for one placed without a client order id)."""
+        order = self.orders.get(key)
         try:
-            await self.broker.cancel(client_order_id)
-            return True
+            if order is not None and not order.client_order_id:
+                answer = await self.broker.cancel(venue_order_id=order.venue_order_id)
+            else:
+                answer = await self.broker.cancel(key)
         except BrokerError as exc:
             self.metrics.venue_error(exc.error_class)
-            log.info("cancel %s failed: %s", client_order_id, exc)
+            log.info("cancel %s failed: %s", key, exc)
             return False
+        # The answer is the venue's word on the order: it counts even when no event follows (a venue may send
+        # none for an order placed by hand); when the event came first, it changes nothing.
+        await self._apply_order(answer)
+        return True
 
     async def cancel_all(self) -> int:
+        """Cancel every working order of the bot (its own and adopted ones) once; raises BrokerError when the venue
+        cannot be reached. A cancel the venue refuses (rate limit) is logged and left."""
         canceled = 0
         for order in await self.broker.open_orders():
-            if order.client_order_id in self.orders and await self.cancel(order.client_order_id):
+            if order.key in self.orders and await self.cancel(order.key):
                 canceled += 1
         return canceled
+
+    async def cancel_everything(self, budget: float) -> tuple[int, list[str]]:
+        """cancel_all, again every CANCEL_RETRY_SECONDS while the venue still lists some of the bot's orders open,
+        for up to `budget` seconds; returns (canceled, keys still open). Raises BrokerError when unreachable."""
+        deadline = time.monotonic() + budget
+        canceled = await self.cancel_all()
+        while True:
+            left = sorted(o.key for o in await self.broker.open_orders() if o.key in self.orders)
+            if not left or time.monotonic() >= deadline:
+                return canceled, left
+            await asyncio.sleep(CANCEL_RETRY_SECONDS)
+            canceled += await self.cancel_all()
 
     # -- venue events ---------------------------------------------------------------------------------
     async def _on_order(self, order: VenueOrder) -> None:
@@ -491,28 +632,33 @@ class PaperBot:
         await self._apply_order(order)
 
     async def _apply_order(self, order: VenueOrder) -> None:
-        coid = order.client_order_id
-        known = coid in self.orders or coid in self.order_sent_at
-        if not known:
-            log.warning("order update for an order this bot did not place: %s", coid)
+        key = order.key
+        # The journal decides whether the update is news: one it already holds (the event and the request's answer
+        # both tell it) or one older than what it holds (events arrive out of order; reconciliation may have
+        # adopted a later state) changes nothing, here either.
+        outcome = await self.journal.call(self.journal.order_update, order)
+        if outcome is OrderUpdate.UNKNOWN:
+            log.warning("order update for an order this bot did not place: %s", key)
+            return
+        if outcome is not OrderUpdate.APPLIED or (key not in self.orders and key not in self.order_sent_at):
             return
         m = self.metrics
         if order.status is OrderStatus.REJECTED:
-            m.order_rejected(order.symbol, order.reject_reason or "unknown", coid)
-            self.orders.pop(coid, None)
+            m.order_rejected(order.symbol, order.reject_reason or "unknown", key)
+            self.orders.pop(key, None)
         elif order.status is OrderStatus.CANCELED:
-            m.order_canceled(order.symbol, coid)
-            self.orders.pop(coid, None)
-        elif order.status is OrderStatus.ACKNOWLEDGED and coid not in self.orders:
-            m.order_acknowledged(order.symbol, order.side.value, order.order_type.value, coid)
-            self.orders[coid] = order
+            m.order_canceled(order.symbol, key)
+            self.orders.pop(key, None)
+        elif order.status is OrderStatus.ACKNOWLEDGED and key not in self.orders:
+            m.order_acknowledged(order.symbol, order.side.value, order.order_type.value, key)
+            self.orders[key] = order
         elif order.status.is_open:
-            self.orders[coid] = order
+            self.orders[key] = order
         else:
-            self.orders.pop(coid, None)
+            self.orders.pop(key, None)
         if not order.status.is_open:
-            self.order_sent_at.pop(coid, None)
-        await self.journal.call(self.journal.order_update, order)
+            self.order_sent_at.pop(key, None)
+            self.external_orders.discard(key)
 
     async def _on_fill(self, fill: VenueFill) -> None:
         if self._reconciling:
@@ -539,12 +685,14 @@ class PaperBot:
         if adjustment:
             self._export_pnl()
             return True
-        order = self.orders.get(fill.client_order_id or "")
+        key = order_key(fill.client_order_id, fill.venue_order_id)
+        order = self.orders.get(key)
         done = order is not None and order.filled_quantity + fill.quantity >= order.quantity
         if order is not None:
             order.filled_quantity += fill.quantity
             if done:
-                self.orders.pop(order.client_order_id, None)
+                self.orders.pop(key, None)
+                self.external_orders.discard(key)
         self.metrics.order_filled(
             fill.symbol,
             fill.side.value,
@@ -575,7 +723,7 @@ class PaperBot:
     async def _on_connection(self, channel: Channel, connected: bool) -> None:
         self.metrics.broker_connection(channel.value, connected)
         if connected and channel is Channel.ORDERS and channel in self._channel_lost:
-            self._reconnected.set()  # what happened while the orders channel was down: reconcile
+            self._request_reconciliation(Trigger.RECONNECT)  # what happened while the channel was down
         if connected:
             self._channel_lost.discard(channel)
         else:
@@ -602,8 +750,44 @@ class PaperBot:
     # -- control commands -----------------------------------------------------------------------------
     async def _on_transition(self, command: str, before: TradingState, after: TradingState) -> None:
         if command == "halt":
-            canceled = await self.cancel_all()
+            canceled = await self._cancel_for_kill_switch(raise_unreachable=True)
             log.warning("kill switch engaged: %d open orders canceled", canceled)
+        elif command == "clear_halt" and not self.trading_allowed:
+            self._request_reconciliation(Trigger.STARTUP)  # the startup run may pass now
+
+    async def _cancel_for_kill_switch(self, raise_unreachable: bool) -> int:
+        """Cancel every working order for the kill switch. When the venue cannot be reached the halt stands and
+        the cancel is pending: it happens after the next reconnect (`raise_unreachable` reports it to the caller
+        as a BrokerError carrying `cancel_pending`)."""
+        try:
+            canceled, left = await self.cancel_everything(KILL_SWITCH_CANCEL_SECONDS)
+        except BrokerError as exc:
+            self.cancel_pending = True
+            log.error(
+                "kill switch engaged but %d open orders could not be canceled (%s): they are canceled after the "
+                "next reconnect",
+                len(self.orders),
+                exc,
+            )
+            if raise_unreachable:
+                detail = {"cancel_pending": True, "open_orders": len(self.orders)}
+                raise BrokerError(exc.error_class, str(exc), detail=detail) from exc
+            return 0
+        if left:
+            log.error("kill switch engaged but %d open orders are still working: %s", len(left), ", ".join(left[:5]))
+        self.cancel_pending = False
+        return canceled
+
+    async def _cancel_after_reconnect(self) -> None:
+        if not self.cancel_pending:
+            return
+        if self.inst.state.state is not TradingState.HALTED:
+            self.cancel_pending = False
+            log.warning("pending kill-switch cancel dropped: the halt was cleared before the venue came back")
+            return
+        canceled = await self._cancel_for_kill_switch(raise_unreachable=False)
+        if not self.cancel_pending:
+            log.warning("venue reachable again: %d open orders canceled for the kill switch", canceled)
 
     async def _cmd_cancel_all(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"canceled": await self.cancel_all()}
@@ -622,7 +806,13 @@ class PaperBot:
     async def _cmd_reconcile(self, args: dict[str, Any]) -> dict[str, Any]:
         if args:
             raise CommandError(f"reconcile takes no arguments, got {', '.join(sorted(map(str, args)))[:64]}")
-        return await self.reconcile(Trigger.COMMAND)
+        if self._stopped:
+            raise CommandError("the bot is shutting down: it reconciles at its next start")
+        summary = await self.reconcile(Trigger.COMMAND)
+        if summary["result"] == Result.FAILED and not self.broker.is_connected(Channel.ORDERS):
+            detail = {"run_id": summary["run_id"], "result": summary["result"]}
+            raise BrokerError("network", summary["error"] or "orders channel down", detail=detail)
+        return summary
 
     # -- reconciliation -------------------------------------------------------------------------------
     async def reconcile(self, trigger: Trigger) -> dict[str, Any]:
@@ -631,34 +821,75 @@ class PaperBot:
             self._reconciling = True
             try:
                 summary = await self.reconciler.run(trigger)
-                while self._deferred:  # in arrival order; what the run adopted counts once
-                    event = self._deferred.pop(0)
-                    if isinstance(event, VenueFill):
-                        await self._apply_fill(event)
-                    else:
-                        await self._apply_order(event)
             finally:
-                self._reconciling = False
-        if summary["result"] in (Result.CLEAN, Result.RESOLVED) and not self.trading_allowed:
-            self.trading_allowed = True
-            log.info("safe-start gate open: reconciliation %d %s", summary["run_id"], summary["result"])
+                try:
+                    await self._apply_deferred()  # in arrival order; what the run adopted counts once
+                finally:
+                    self._reconciling = False
+        if summary["result"] in (Result.CLEAN, Result.RESOLVED):
+            self.startup_failures = 0
+            if not self.trading_allowed:
+                self.trading_allowed = True
+                log.info("safe-start gate open: reconciliation %d %s", summary["run_id"], summary["result"])
+                self._wake.set()  # the reconciliation task's timing changes: scheduled runs from now on
+        elif not self.trading_allowed:
+            self.startup_failures += 1
         return summary
 
-    async def _reconcile_on_schedule(self) -> None:
-        rec = self.config.recovery
-        while True:
-            if not self.trading_allowed:
-                timeout: float | None = rec.reconcile_retry_seconds
+    async def settle(self) -> None:
+        """Before a snapshot: let the venue hand over every event it produced, and journal those held back."""
+        for _ in range(SETTLE_ROUNDS):
+            await self.broker.drain_events()
+            if not self._deferred:
+                return
+            await self._apply_deferred()
+        log.warning("venue events kept arriving while settling for a reconciliation snapshot")
+
+    async def _apply_deferred(self) -> None:
+        while self._deferred:
+            event = self._deferred.pop(0)
+            if isinstance(event, VenueFill):
+                await self._apply_fill(event)
             else:
-                timeout = rec.reconcile_interval_seconds or None
+                await self._apply_order(event)
+
+    def _request_reconciliation(self, trigger: Trigger) -> None:
+        if self._requested is not Trigger.RECONNECT:  # a reconnect run also serves as a startup retry
+            self._requested = trigger
+        self._wake.set()
+
+    def next_reconciliation_delay(self) -> float | None:
+        """Seconds until the reconciliation task runs by itself (None: only when asked). Scheduled runs once the
+        safe-start gate is open; before that, startup retries backing off exponentially, and none while halted
+        (a `reconcile` command, a reconnect or `clear_halt` tries again)."""
+        rec = self.config.recovery
+        if self.trading_allowed:
+            return rec.reconcile_interval_seconds or None
+        if self.inst.state.state is TradingState.HALTED:
+            return None
+        return startup_retry_delay(self.startup_failures, rec.reconcile_retry_seconds)
+
+    async def _reconcile_on_schedule(self) -> None:
+        while True:
+            delay = self.next_reconciliation_delay()
             try:
-                async with asyncio.timeout(timeout):
-                    await self._reconnected.wait()
-                self._reconnected.clear()
-                trigger = Trigger.RECONNECT
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             except TimeoutError:
+                pass
+            woken = self._wake.is_set()
+            self._wake.clear()
+            requested, self._requested = self._requested, None
+            if woken and requested is None:
+                continue  # only the timing changed
+            if requested is not None:
+                self.startup_failures = 0  # asked for: the back-off starts over
+                trigger = requested
+            else:
                 trigger = Trigger.SCHEDULE if self.trading_allowed else Trigger.STARTUP
             try:
+                if trigger is Trigger.RECONNECT:
+                    await self._cancel_after_reconnect()
                 await self.reconcile(trigger)
             except Exception:
                 log.exception("reconciliation (%s) raised", trigger.value)
@@ -667,15 +898,21 @@ class PaperBot:
         return await self._apply_fill(fill)
 
     async def adopt_order(self, order: VenueOrder) -> None:
-        coid = order.client_order_id
-        await self.journal.call(self.journal.upsert_order, order, EXTERNAL_STRATEGY)
+        """An order the bot did not place (or whose state it missed) takes the venue's state. One adopted from the
+        venue is the bot's responsibility from now on: cancel_all, the kill switch, flatten and the shutdown's
+        cancel policy cancel it; the strategy neither expires nor counts it (see DemoStrategy)."""
+        key = order.key
+        row = await self.journal.call(self.journal.upsert_order, order, EXTERNAL_STRATEGY)
         if order.status.is_open:
-            self.orders[coid] = order
-            self.order_sent_at.setdefault(coid, time.monotonic())
+            self.orders[key] = order
+            self.order_sent_at.setdefault(key, time.monotonic())
+            if row.strategy == EXTERNAL_STRATEGY:
+                self.external_orders.add(key)
         else:
-            self.orders.pop(coid, None)
-            self.order_sent_at.pop(coid, None)
-            self.metrics.order_closed(coid)
+            self.orders.pop(key, None)
+            self.order_sent_at.pop(key, None)
+            self.external_orders.discard(key)
+            self.metrics.order_closed(key)
 
     async def adjust_position(self, symbol: str, quantity: Decimal, reference: str) -> None:
         holding = self.book.holding(symbol)
@@ -704,7 +941,7 @@ class PaperBot:
     async def halt(self, reason: str) -> None:
         if self.inst.state.state is not TradingState.HALTED:
             self.inst.state.apply("halt", reason=reason[:200])
-            canceled = await self.cancel_all()
+            canceled = await self._cancel_for_kill_switch(raise_unreachable=False)
             log.error("kill switch engaged by %s; %d open orders canceled", reason, canceled)
 
     def _status(self) -> dict[str, Any]:
@@ -714,11 +951,14 @@ class PaperBot:
             "pid": os.getpid(),
             "positions": {s: str(self.book.position(s)) for s in self.config.paper.symbols},
             "open_orders": len(self.orders),
+            "adopted_orders": len(self.external_orders),
+            "cancel_pending": self.cancel_pending,
             "realized_pnl_today": str(self.book.realized_today.quantize(CENT)),
             "unrealized_pnl": str(self.book.unrealized_pnl().quantize(CENT)),
             "connected": {ch.value: self.broker.is_connected(ch) for ch in Channel},
             "chaos": self.chaos.status() if self.chaos is not None else None,
             "trading_allowed": self.trading_allowed,
+            "next_reconciliation_seconds": self.next_reconciliation_delay(),
             "reconciliation": {
                 k: v
                 for k, v in (self.reconciler.last or {}).items()

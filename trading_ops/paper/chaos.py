@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ CHAOS_COMMANDS = (
     "fill_disk",
     "position_drift",
     "loss_spike",
+    "stall_journal",
     "clear_chaos",
 )
 
@@ -53,6 +55,7 @@ class Chaos:
         self.bot = bot
         self.scratch = bot.data_dir / "scratch"
         self._leak: list[bytearray] = []
+        self._journal_stalls: list[threading.Event] = []  # set to release a stalled journal thread
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.active: dict[str, Any] = {}
         for name in CHAOS_COMMANDS:
@@ -64,6 +67,9 @@ class Chaos:
         return {**self.active, "venue": venue_faults, "leaked_mib": len(self._leak)}
 
     def clear(self) -> None:
+        for release in self._journal_stalls:
+            release.set()
+        self._journal_stalls.clear()
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
@@ -169,6 +175,20 @@ class Chaos:
             "price_move": f"{move:.4f}",
             "expected_loss": str((exposure * move).quantize(Decimal("0.01"))),
         }
+
+    async def _stall_journal(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The journal's database thread blocks (a hung database): writes queue behind it, the trading loop stalls
+        on its next write, and a shutdown cannot flush; its deadline must still end the process."""
+        seconds = _number(args, "seconds", 300, 0.1, MAX_HANG_SECONDS)
+        release = threading.Event()
+        self._journal_stalls.append(release)
+
+        async def stall() -> None:
+            await self.bot.journal.call(release.wait, seconds)
+
+        self._start("stall_journal", stall())
+        self.active["stall_journal"] = {"seconds": seconds}
+        return {"fault": "stall_journal", "seconds": seconds, "heal": "clear_chaos"}
 
     async def _clear_chaos(self, _args: dict[str, Any]) -> dict[str, Any]:
         self.clear()

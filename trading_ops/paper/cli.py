@@ -15,6 +15,7 @@ from trading_ops.config import Config, ConfigError, resolve_secret
 
 log = logging.getLogger(__name__)
 CHAOS_TIMEOUT_SECONDS = 10
+NOT_MIGRATED = "database is not migrated: run `trading-ops db upgrade`"
 
 
 def register(sub: Any) -> None:
@@ -29,7 +30,7 @@ def register(sub: Any) -> None:
         help="inject a fault into a bot started with --chaos (or send any control command)",
         description="Faults: hang_loop [seconds=N], crash, drop_connection, stale_market_data [symbol=S], "
         "leak_memory [mib_per_second=N max_mib=N], fill_disk [mib_per_second=N max_mib=N], "
-        "position_drift [symbol=S quantity=Q], loss_spike [amount=A], clear_chaos. "
+        "position_drift [symbol=S quantity=Q], loss_spike [amount=A], stall_journal [seconds=N], clear_chaos. "
         "Heal with reconnect, resubscribe, reconcile, or any other control command.",
     )
     chaos.add_argument("fault", help="the command to send, e.g. drop_connection")
@@ -39,11 +40,46 @@ def register(sub: Any) -> None:
 
 
 def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops.paper.bot import PaperBot
+    from trading_ops.paper.bot import PaperBot, control_token
 
+    control_token(config)  # configuration problems first
+    problem = schema_problem(config)
+    if problem is not None:
+        raise UsageError(problem)
     bot = PaperBot(config, chaos=args.chaos)
-    asyncio.run(bot.run(args.host, args.port))
+    # A shutdown past recovery.shutdown_deadline_seconds ends the process with exit status 1.
+    asyncio.run(bot.run(args.host, args.port, force_exit=True))
     return 0
+
+
+def schema_problem(config: Config) -> str | None:
+    """Why the database cannot hold this version's journal (not migrated to the Alembic head), or None."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from trading_ops.db import migrate
+    from trading_ops.db.base import make_engine
+
+    url = config.database_url()
+    script = ScriptDirectory.from_config(migrate.alembic_config(url))
+    heads = set(script.get_heads())
+    engine = make_engine(url)
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)  # its INFO lines about the dialect are noise here
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        alembic_log.setLevel(level)
+        engine.dispose()
+    if current == heads:
+        return None
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current - known:
+        newer = ", ".join(sorted(current - known))
+        return f"database is at revision {newer}, which this version of trading-ops does not know: upgrade trading-ops"
+    return NOT_MIGRATED
 
 
 def parse_params(params: list[str]) -> dict[str, Any]:

@@ -22,7 +22,12 @@ MAX_OFFSET_BPS = 8
 
 
 class DemoStrategy:
-    """One iteration per loop: expire old orders, then quote each symbol that has no working order."""
+    """One iteration per loop: expire old orders, then quote each symbol that has no working order.
+
+    Orders the bot adopted from the venue (placed by hand, `bot.external_orders`) are not the strategy's quotes: it
+    neither expires them nor counts them as its working order on their symbol. They are still the bot's
+    responsibility: the kill switch, cancel_all, flatten and the shutdown's cancel policy cancel them.
+    """
 
     def __init__(self, config: PaperConfig, seed: int | None = None) -> None:
         self.config = config
@@ -36,7 +41,7 @@ class DemoStrategy:
             return
         if not state.may_reduce_positions:
             return
-        working = {o.symbol for o in bot.orders.values()}
+        working = {o.symbol for key, o in bot.orders.items() if key not in bot.external_orders}
         stale_after = bot.config.bot.market_data_stale_seconds
         for symbol in self.config.symbols:
             quote = bot.quotes.get(symbol)
@@ -47,14 +52,15 @@ class DemoStrategy:
 
     async def _expire(self, bot: PaperBot) -> None:
         now = time.monotonic()
-        for coid, order in list(bot.orders.items()):
-            sent = bot.order_sent_at.get(coid)
+        for key, order in list(bot.orders.items()):
+            sent = bot.order_sent_at.get(key)
             if (
                 sent is not None
+                and key not in bot.external_orders
                 and now - sent > self.config.order_max_age_seconds
                 and order.order_type is OrderType.LIMIT
             ):
-                await bot.cancel(coid)
+                await bot.cancel(key)
 
     async def _quote(self, bot: PaperBot, symbol: str, mid: Decimal, reduce_only: bool) -> None:
         position = bot.book.position(symbol)

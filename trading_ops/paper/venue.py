@@ -21,18 +21,25 @@ Conventions a caller relies on:
 - Prices are rounded to the symbol's tick, quantities down to its step; positions and balances are exact.
 - Subscriptions survive a reconnect; a subscription (connect, reconnect of market data, resubscribe) starts with
   a snapshot quote, as venues send a book snapshot on subscribe.
+- Orders are kept by venue order id: an order placed by hand may have an empty client order id, and several
+  such orders stay distinct. `cancel` and `order_status` take either id.
+- `drain_events()` returns once every notification of a change already made has been delivered (a venue
+  operation changes its state at once, then awaits the callbacks one by one).
+- Balances list every asset the venue ever held, except one withdrawn to zero by `transfer` (venues that list
+  only non-zero assets do that).
 - Every fault-injection method is a coroutine; `faults()` is a plain query.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -65,7 +72,8 @@ MAX_RETAINED_FILLS = 1000
 MAX_RETAINED_CLOSED_ORDERS = 1000
 MAX_FAULT_RECORDS = 1000
 MAX_ADVANCE_TICKS = 100_000  # past this, advance() takes coarser steps rather than running for minutes
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: reduce-only and silent orders by venue order id (1: by client order id)
+DRAIN_TIMEOUT_SECONDS = 5.0
 
 Notification = VenueOrder | VenueFill
 
@@ -202,10 +210,11 @@ class PaperVenue(Broker):
         self._balances = {quote_asset: Decimal(starting_balance)}
         for s in self.symbols:
             self._balances.setdefault(self.base_asset(s), Decimal(0))
-        self._orders: dict[str, VenueOrder] = {}  # by client order id, in submission order
+        self._orders: dict[str, VenueOrder] = {}  # by venue order id, in submission order
         self._open: dict[str, VenueOrder] = {}  # the open ones among them, so a tick does not scan history
-        self._reduce_only: set[str] = set()
-        self._silent: set[str] = set()  # orders whose events are never delivered (placed by hand on the venue)
+        self._by_client: dict[str, str] = {}  # client order id -> venue order id, for orders that have one
+        self._reduce_only: set[str] = set()  # venue order ids
+        self._silent: set[str] = set()  # venue order ids of orders whose events are never delivered (by hand)
         self._fills: list[VenueFill] = []
         self._fills_json: list[str] = []  # each fill encoded once, so saving after every event stays cheap
         self._order_seq = 0
@@ -223,6 +232,9 @@ class PaperVenue(Broker):
         self._closed = asyncio.Event()
         self._tokens = float(rate_limit_burst)
         self._bucket_at = self._clock()
+        self._busy = 0  # operations between a state change and the end of its event delivery
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- market data ------------------------------------------------------------------------------------------
     def base_asset(self, symbol: str) -> str:
@@ -239,14 +251,15 @@ class PaperVenue(Broker):
 
     async def tick(self) -> dict[str, Quote]:
         """Advance every price one random-walk step, fill resting orders that now cross, publish quotes."""
-        now = self._venue_now()
-        quotes = self._step_prices(now)
-        notifications = self._match(now)
-        if notifications:
-            self._autosave()
-        for symbol, quote in quotes.items():
-            await self._publish_quote(symbol, quote)
-        await self._deliver(notifications)
+        with self._delivering():
+            now = self._venue_now()
+            quotes = self._step_prices(now)
+            notifications = self._match(now)
+            if notifications:
+                self._autosave()
+            for symbol, quote in quotes.items():
+                await self._publish_quote(symbol, quote)
+            await self._deliver(notifications)
         return quotes
 
     async def run(self, tick_interval: float | None = None) -> None:
@@ -340,20 +353,23 @@ class PaperVenue(Broker):
         await asyncio.sleep(self.order_latency)
         self._check_new_id(request.client_order_id)  # a concurrent submit may have taken the id meanwhile
 
-        now = self._venue_now()
-        order = self._new_order(request.client_order_id, symbol, request.side, request.order_type, quantity, price, now)
-        if request.reduce_only:
-            self._reduce_only.add(order.client_order_id)
-        reason = self._reject_reason(order, request.reduce_only)
-        if reason is not None:
-            self._set_status(order, OrderStatus.REJECTED)
-            order.reject_reason = reason
-        notifications: list[Notification] = [dataclasses.replace(order)]
-        if reason is None:
-            notifications.extend(self._try_fill(order, now, on_arrival=True))
-        self._prune_orders()
-        self._autosave()
-        await self._deliver(notifications)
+        with self._delivering():
+            now = self._venue_now()
+            order = self._new_order(
+                request.client_order_id, symbol, request.side, request.order_type, quantity, price, now
+            )
+            if request.reduce_only:
+                self._reduce_only.add(order.venue_order_id)
+            reason = self._reject_reason(order, request.reduce_only)
+            if reason is not None:
+                self._set_status(order, OrderStatus.REJECTED)
+                order.reject_reason = reason
+            notifications: list[Notification] = [dataclasses.replace(order)]
+            if reason is None:
+                notifications.extend(self._try_fill(order, now, on_arrival=True))
+            self._prune_orders()
+            self._autosave()
+            await self._deliver(notifications)
         if not self._connected[Channel.ORDERS]:
             # The order reached the venue but the answer is lost: the bot must find out by reconciling.
             raise BrokerError(
@@ -361,18 +377,33 @@ class PaperVenue(Broker):
             )
         return dataclasses.replace(order)
 
-    async def cancel(self, client_order_id: str) -> VenueOrder:
+    async def cancel(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
         self._require(Channel.ORDERS)
         self._spend_token()
-        order = self._orders.get(client_order_id)
+        order = self._find(client_order_id, venue_order_id)
         if order is None:
             raise BrokerError("other", "unknown order")
         if not order.status.is_open:
             raise BrokerError("other", "order already closed")
-        self._set_status(order, OrderStatus.CANCELED)
-        self._autosave()
-        await self._deliver([dataclasses.replace(order)])
+        with self._delivering():
+            self._set_status(order, OrderStatus.CANCELED)
+            self._autosave()
+            await self._deliver([dataclasses.replace(order)])
         return dataclasses.replace(order)
+
+    async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
+        """Any order the venue still remembers (every open one, the last MAX_RETAINED_CLOSED_ORDERS closed)."""
+        self._require(Channel.ORDERS)
+        order = self._find(client_order_id, venue_order_id)
+        return None if order is None else dataclasses.replace(order)
+
+    async def drain_events(self) -> None:
+        """Wait (up to DRAIN_TIMEOUT_SECONDS) until no operation is between its state change and its last event."""
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
+                await self._idle.wait()
+        except TimeoutError:
+            LOG.warning("%s: events still being delivered after %g s", self.venue, DRAIN_TIMEOUT_SECONDS)
 
     # -- Broker: account --------------------------------------------------------------------------------------
     async def positions(self) -> dict[str, Decimal]:
@@ -442,13 +473,14 @@ class PaperVenue(Broker):
         if relative_change <= -1:
             raise ValueError("a price cannot fall by 100 % or more")
         moved = self._mid[symbol] * (1 + Decimal(str(relative_change)))
-        self._mid[symbol] = max(self._tick_sizes[symbol], self._round_price(symbol, moved))
-        now = self._venue_now()
-        notifications = self._match(now)
-        self._autosave()
-        quote = self._quote(symbol, now)
-        await self._publish_quote(symbol, quote)
-        await self._deliver(notifications)
+        with self._delivering():
+            self._mid[symbol] = max(self._tick_sizes[symbol], self._round_price(symbol, moved))
+            now = self._venue_now()
+            notifications = self._match(now)
+            self._autosave()
+            quote = self._quote(symbol, now)
+            await self._publish_quote(symbol, quote)
+            await self._deliver(notifications)
         return quote
 
     async def place_external_order(
@@ -463,6 +495,7 @@ class PaperVenue(Broker):
     ) -> VenueOrder:
         """An order placed by hand on the venue: in open_orders under an id the bot never issued, no events.
 
+        `client_order_id` None gives `manual-N`; "" places it without one, as a venue's website does.
         A limit order that crosses fills at once, like any other; so does a market order.
         """
         self._check_symbol(symbol)
@@ -477,23 +510,25 @@ class PaperVenue(Broker):
         if client_order_id is None:
             self._external_seq += 1
             client_order_id = f"manual-{self._external_seq}"
-        if client_order_id in self._orders:
+        if client_order_id and client_order_id in self._by_client:
             raise ValueError(f"client order id {client_order_id} is already in use")
         now = self._venue_now()
         order = self._new_order(client_order_id, symbol, side, order_type, qty, limit, now)
-        self._silent.add(client_order_id)
+        self._silent.add(order.venue_order_id)
         self._try_fill(order, now, on_arrival=True)
         self._autosave()
         return dataclasses.replace(order)
 
-    async def fill_without_notifying(self, client_order_id: str, quantity: Decimal | None = None) -> VenueFill:
+    async def fill_without_notifying(
+        self, client_order_id: str = "", quantity: Decimal | None = None, *, venue_order_id: str = ""
+    ) -> VenueFill:
         """Fill an open order (all that remains by default) and lose the events, as when a bot dies mid-fill.
 
         A limit order fills at its price as maker, a market order at the taker price.
         """
-        order = self._orders.get(client_order_id)
+        order = self._find(client_order_id, venue_order_id)
         if order is None or not order.status.is_open:
-            raise ValueError(f"no open order {client_order_id}")
+            raise ValueError(f"no open order {client_order_id or venue_order_id}")
         remaining = order.quantity - order.filled_quantity
         qty = remaining if quantity is None else self._round_quantity(order.symbol, Decimal(quantity))
         if not 0 < qty <= remaining:
@@ -508,6 +543,28 @@ class PaperVenue(Broker):
         self._autosave()
         return fill
 
+    async def cancel_without_notifying(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
+        """The venue cancels an open order (expiry, self-trade prevention, an operator) and the event is lost."""
+        order = self._find(client_order_id, venue_order_id)
+        if order is None or not order.status.is_open:
+            raise ValueError(f"no open order {client_order_id or venue_order_id}")
+        self._set_status(order, OrderStatus.CANCELED)
+        self._autosave()
+        return dataclasses.replace(order)
+
+    async def transfer(self, asset: str, amount: Decimal) -> Decimal:
+        """A deposit (> 0) or withdrawal (< 0) made outside the bot; returns the new balance. A balance withdrawn to
+        zero is no longer listed by `balances()`, as venues that list only non-zero assets do."""
+        total = self._balances.get(asset, Decimal(0)) + Decimal(amount)
+        if total < 0:
+            raise ValueError(f"cannot withdraw {-Decimal(amount)} {asset}: the balance is {total - Decimal(amount)}")
+        if total == 0:
+            self._balances.pop(asset, None)
+        else:
+            self._balances[asset] = total
+        self._autosave()
+        return total
+
     async def set_clock_skew(self, seconds: float) -> None:
         """The venue's clock runs `seconds` ahead of the local one (negative: behind)."""
         self._skew = float(seconds)
@@ -515,7 +572,7 @@ class PaperVenue(Broker):
 
     def faults(self) -> dict[str, Any]:
         """The faults in force and the account changes injected since the last clear_faults()."""
-        external = [cid for cid in self._open if cid in self._silent]
+        external = [o.client_order_id or o.venue_order_id for vid, o in self._open.items() if vid in self._silent]
         return {
             "connection_dropped": self._dropped and not all(self._connected.values()),
             "stale_symbols": sorted(self._stale),
@@ -559,7 +616,7 @@ class PaperVenue(Broker):
             "positions": {s: str(q) for s, q in self._positions.items()},
             "balances": {a: str(b) for a, b in self._balances.items()},
             "orders": [_order_to_json(o) for o in self._orders.values()],
-            "reduce_only": sorted(self._reduce_only & self._orders.keys()),
+            "reduce_only": sorted(self._reduce_only & self._orders.keys()),  # venue order ids
             "silent_orders": sorted(self._silent & self._orders.keys()),
             "counters": {"order": self._order_seq, "trade": self._trade_seq, "external": self._external_seq},
             "rng": [rng_version, list(rng_internal), rng_gauss],
@@ -591,8 +648,9 @@ class PaperVenue(Broker):
         missing from the file start fresh. Connections and subscriptions are not part of the state.
         """
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"{path}: unsupported paper venue state version {data.get('version')!r}")
+        version = data.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"{path}: unsupported paper venue state version {version!r}")
         if data["quote_asset"] != self.quote_asset:
             raise ValueError(f"{path}: state is in {data['quote_asset']}, this venue in {self.quote_asset}")
         for symbol in data["prices"]:
@@ -604,10 +662,15 @@ class PaperVenue(Broker):
         self._positions = {s: Decimal(0) for s in self.symbols}
         self._positions.update({s: Decimal(q) for s, q in data["positions"].items()})
         self._balances = {a: Decimal(b) for a, b in data["balances"].items()}
-        self._orders = {o["client_order_id"]: _order_from_json(o) for o in data["orders"]}
-        self._open = {cid: o for cid, o in self._orders.items() if o.status.is_open}
-        self._reduce_only = set(data["reduce_only"])
-        self._silent = set(data["silent_orders"])
+        orders = [_order_from_json(o) for o in data["orders"]]
+        self._orders = {o.venue_order_id: o for o in orders}
+        self._open = {vid: o for vid, o in self._orders.items() if o.status.is_open}
+        self._by_client = {o.client_order_id: o.venue_order_id for o in orders if o.client_order_id}
+        reduce_only, silent = set(data["reduce_only"]), set(data["silent_orders"])
+        if version == 1:  # those sets were kept by client order id
+            reduce_only = {self._by_client[c] for c in reduce_only if c in self._by_client}
+            silent = {self._by_client[c] for c in silent if c in self._by_client}
+        self._reduce_only, self._silent = reduce_only, silent
         self._fills = [_fill_from_json(f) for f in data["fills"]]
         self._fills_json = [json.dumps(f, separators=(",", ":")) for f in data["fills"]]
         counters = data["counters"]
@@ -659,8 +722,26 @@ class PaperVenue(Broker):
     def _check_new_id(self, client_order_id: str) -> None:
         if not client_order_id:
             raise BrokerError("other", "client_order_id must not be empty")
-        if client_order_id in self._orders:
+        if client_order_id in self._by_client:
             raise BrokerError("other", f"duplicate client_order_id {client_order_id}")
+
+    def _find(self, client_order_id: str, venue_order_id: str) -> VenueOrder | None:
+        if venue_order_id:
+            return self._orders.get(venue_order_id)
+        found = self._by_client.get(client_order_id) if client_order_id else None
+        return None if found is None else self._orders.get(found)
+
+    @contextlib.contextmanager
+    def _delivering(self) -> Iterator[None]:
+        """Marks an operation that changes state and then delivers its events: drain_events() waits for it."""
+        self._busy += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
 
     def _new_order(
         self,
@@ -685,23 +766,25 @@ class PaperVenue(Broker):
             status=OrderStatus.ACKNOWLEDGED,
             created_at=now,
         )
-        self._orders[client_order_id] = order
-        self._open[client_order_id] = order
+        self._orders[order.venue_order_id] = order
+        self._open[order.venue_order_id] = order
+        if client_order_id:
+            self._by_client[client_order_id] = order.venue_order_id
         return order
 
     def _set_status(self, order: VenueOrder, status: OrderStatus) -> None:
         order.status = status
         if status.is_open:
-            self._open[order.client_order_id] = order
+            self._open[order.venue_order_id] = order
         else:
-            self._open.pop(order.client_order_id, None)
+            self._open.pop(order.venue_order_id, None)
 
     def _available_quote(self, exclude: str | None = None) -> Decimal:
         """Quote balance not set aside for open buy orders (other than `exclude`)."""
         reserved = Decimal(0)
         fee = max(self.maker_fee, self.taker_fee)
         for order in self._open.values():
-            if order.side is Side.BUY and order.client_order_id != exclude:
+            if order.side is Side.BUY and order.venue_order_id != exclude:
                 price = order.price if order.price is not None else self._quote(order.symbol, self._venue_now()).ask
                 reserved += (order.quantity - order.filled_quantity) * price * (1 + fee)
         return self._balances[self.quote_asset] - reserved
@@ -714,7 +797,7 @@ class PaperVenue(Broker):
         if order.side is Side.BUY:
             price = order.price if order.price is not None else self._quote(order.symbol, self._venue_now()).ask
             cost = order.quantity * price * (1 + max(self.maker_fee, self.taker_fee))
-            if cost > self._available_quote(exclude=order.client_order_id):
+            if cost > self._available_quote(exclude=order.venue_order_id):
                 return "insufficient_funds"
         if self._rng.random() < self.reject_probability:
             return self._rng.choice(RANDOM_REJECT_REASONS)
@@ -743,7 +826,7 @@ class PaperVenue(Broker):
             part = self._round_quantity(order.symbol, remaining * share)
             if 0 < part < remaining:
                 qty = part
-        if order.client_order_id in self._reduce_only:
+        if order.venue_order_id in self._reduce_only:
             position = self._positions[order.symbol]
             allowed = abs(position) if position * order.side.sign < 0 else Decimal(0)
             if allowed <= 0:  # the position it was to reduce is gone: the venue cancels it
@@ -814,11 +897,13 @@ class PaperVenue(Broker):
     def _prune_orders(self) -> None:
         if len(self._orders) - len(self._open) <= MAX_RETAINED_CLOSED_ORDERS:
             return
-        closed = [cid for cid in self._orders if cid not in self._open]
-        for cid in closed[: max(0, len(closed) - MAX_RETAINED_CLOSED_ORDERS)]:
-            del self._orders[cid]
-            self._reduce_only.discard(cid)
-            self._silent.discard(cid)
+        closed = [vid for vid in self._orders if vid not in self._open]
+        for vid in closed[: max(0, len(closed) - MAX_RETAINED_CLOSED_ORDERS)]:
+            order = self._orders.pop(vid)
+            if self._by_client.get(order.client_order_id) == vid:
+                del self._by_client[order.client_order_id]
+            self._reduce_only.discard(vid)
+            self._silent.discard(vid)
 
     @staticmethod
     def _remember(records: list[str], trade_id: str) -> None:
@@ -864,7 +949,7 @@ class PaperVenue(Broker):
     async def _deliver(self, notifications: list[Notification]) -> None:
         """Hand order updates and fills to the bot, in order; lost while the orders channel is down."""
         for item in notifications:
-            if not self._connected[Channel.ORDERS] or item.client_order_id in self._silent:
+            if not self._connected[Channel.ORDERS] or item.venue_order_id in self._silent:
                 continue
             if isinstance(item, VenueFill):
                 if self._events.on_fill is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,23 +12,28 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import inspect, text
 
+from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
 from trading_ops.reconciler import keys
+from trading_ops.reconciler.actions.silence import CREATED_BY
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import (
     GroupCommitWriter,
     Rejected,
     check_token,
+    decode_body,
     parse_body,
     plan_notification,
     validate,
 )
 from trading_ops.reconciler.ledger import Ledger, NotificationIn, StoreResult, episode_json
+from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
-from trading_ops.reconciler.playbook import load_playbook
+from trading_ops.reconciler.playbook import PlaybookError, load_configured_playbook
+from trading_ops.reconciler.processes import make_owner
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -49,10 +53,17 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[keys.METRICS] = ReconcilerMetrics(app[keys.REGISTRY])
-    app[keys.PLAYBOOK] = load_playbook(config.path(rc.playbook) if rc.playbook else None)
+    # Every configured bot has its circuit series from the start (0), not only once one opened.
+    app[keys.METRICS].snapshot.known_targets.update(rc.targets)
+    try:
+        app[keys.PLAYBOOK] = load_configured_playbook(rc.playbook, config.path)
+    except PlaybookError as exc:
+        raise ConfigError("reconciler.playbook", str(exc)) from exc
     app[keys.TOKEN] = token
     app[keys.INSTANCE] = rc.instance or socket.gethostname()
-    app[keys.OWNER] = f"{app[keys.INSTANCE]}:{uuid.uuid4().hex[:12]}"
+    # Claims name this process (host, pid, start time): replicas sharing an instance name never take each
+    # other's live runs, and a previous life of ours is recognised as dead at once after a restart.
+    app[keys.OWNER] = make_owner(app[keys.INSTANCE])
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(clients_ctx)
     app.cleanup_ctx.append(workers_ctx)
@@ -119,6 +130,16 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(engine.run_forever(), name="engine"),
         asyncio.create_task(deadman.run_forever(), name="deadman"),
     ]
+    if config.reconciler.check_silences:
+        watcher = MaintenanceWatcher(
+            AlertmanagerClient(app[keys.SESSION], config.reconciler.alertmanager_url),
+            metrics,
+            CREATED_BY,
+            config.reconciler.targets,
+            app[keys.PLAYBOOK].alertnames(),
+        )
+        app[keys.MAINTENANCE] = watcher
+        tasks.append(asyncio.create_task(watcher.run_forever(), name="maintenance"))
     app[keys.TASKS] = tasks
     log.info(
         "reconciler %s: playbook %s (%d rules), dry_run=%s",
@@ -148,11 +169,12 @@ async def webhook(request: web.Request) -> web.Response:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise Rejected(413, "too_large", f"body over the {limit}-byte limit") from exc
-        validated = validate(parse_body(body))
+        text = decode_body(body)
+        validated = validate(parse_body(text))
         wd = app[keys.CONFIG].reconciler.watchdog.alertname
         if any(a["labels"]["alertname"] == wd and a["status"] == "firing" for a in validated.alerts):
             app[keys.DEADMAN].seen()
-        item = plan_notification(validated, body.decode(), app[keys.PLAYBOOK], wd)
+        item = plan_notification(validated, text, app[keys.PLAYBOOK], wd)
     except Rejected as exc:
         metrics.notifications_rejected.labels(exc.reason).inc()
         log.warning("webhook from %s rejected (%d %s): %s", request.remote, exc.status, exc.reason, exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,39 +13,50 @@ from trading_ops.cli import UsageError
 from trading_ops.clients.prometheus import expr_from_generator_url
 from trading_ops.config import Config
 from trading_ops.db.base import make_engine
-from trading_ops.reconciler.actions.base import TEMPLATE_RE
-from trading_ops.reconciler.engine import PAUSE_KEY
+from trading_ops.reconciler.actions import ACTIONS
+from trading_ops.reconciler.actions.base import TEMPLATE_RE, Refused, checked_label
 from trading_ops.reconciler.history import history_json, history_table
 from trading_ops.reconciler.intake import Rejected, parse_body, validate
 from trading_ops.reconciler.ledger import Ledger
-from trading_ops.reconciler.playbook import Playbook, PlaybookError, Rule, load_playbook
+from trading_ops.reconciler.playbook import (
+    PACKAGED_PLAYBOOKS,
+    Playbook,
+    PlaybookError,
+    Rule,
+    StepSpec,
+    load_configured_playbook,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+PLAYBOOK_HELP = f"playbook file or packaged name ({', '.join(PACKAGED_PLAYBOOKS)}); default: the configured one"
 
 
 def register(sub: Any) -> None:
     rec = sub.add_parser("reconciler", help="run the reconciler (default) or inspect and steer it")
     rec.set_defaults(handler=serve)
     inner = rec.add_subparsers(dest="reconciler_command", metavar="ACTION")
-    hist = inner.add_parser("history", help="episodes with their attempts, newest first")
-    hist.add_argument("--json", action="store_true", help="print JSON (as GET /api/v1/episodes)")
+    hist = inner.add_parser("history", help="episodes with their attempts and steps, newest first")
+    hist.add_argument("--json", action="store_true", help="print JSON (exactly as GET /api/v1/episodes)")
+    hist.add_argument("--brief", action="store_true", help="one line per episode, without attempts and steps")
     hist.add_argument("--limit", type=int, default=50)
     hist.add_argument("--state", default=None, help="only episodes in this state")
     hist.set_defaults(handler=history)
-    inner.add_parser("pause", help="stop acting (every replica); episodes are recorded as skipped").set_defaults(
-        handler=pause
+    inner.add_parser(
+        "pause", help="stop acting (every replica); episodes are parked, recorded, and run on resume"
+    ).set_defaults(handler=pause)
+    inner.add_parser("resume", help="act again after a pause (parked episodes are looked at at once)").set_defaults(
+        handler=resume
     )
-    inner.add_parser("resume", help="act again after a pause").set_defaults(handler=resume)
 
     pb = sub.add_parser("playbook", help="check and explain playbooks without side effects")
     pinner = pb.add_subparsers(dest="playbook_command", metavar="ACTION", required=True)
     test = pinner.add_parser("test", help="check alerts against expected rules and actions (as amtool routes test)")
     test.add_argument("cases", help="YAML file of cases")
-    test.add_argument("--playbook", default=None, help="playbook file (default: the configured one)")
+    test.add_argument("--playbook", default=None, help=PLAYBOOK_HELP)
     test.set_defaults(handler=playbook_test)
     explain = pinner.add_parser("explain", help="print the plan for a recorded webhook payload")
     explain.add_argument("payload", help="JSON file of an Alertmanager webhook payload")
-    explain.add_argument("--playbook", default=None, help="playbook file (default: the configured one)")
+    explain.add_argument("--playbook", default=None, help=PLAYBOOK_HELP)
     explain.set_defaults(handler=playbook_explain)
 
 
@@ -72,48 +84,60 @@ def history(args: argparse.Namespace, config: Config) -> int:
         episodes = ledger.list_episodes(max(1, args.limit), args.state)
     finally:
         ledger.engine.dispose()
-    print(history_json(episodes) if args.json else history_table(episodes))
+    print(history_json(episodes) if args.json else history_table(episodes, steps=not args.brief))
     return EXIT_OK
 
 
-def _set_pause(config: Config, value: str) -> None:
+def _set_pause(config: Config, paused: bool) -> int:
     ledger = _ledger(config)
     try:
-        ledger.set_setting(PAUSE_KEY, value)
+        return ledger.set_paused(paused)
     finally:
         ledger.engine.dispose()
 
 
 def pause(args: argparse.Namespace, config: Config) -> int:
-    _set_pause(config, "1")
+    _set_pause(config, True)
     print("reconciler paused: nothing will be executed until `trading-ops reconciler resume`")
     return EXIT_OK
 
 
 def resume(args: argparse.Namespace, config: Config) -> int:
-    _set_pause(config, "0")
-    print("reconciler resumed")
+    woken = _set_pause(config, False)
+    print(f"reconciler resumed ({woken} parked episode(s) looked at again now)")
     return EXIT_OK
 
 
 def _playbook(args: argparse.Namespace, config: Config) -> Playbook:
     try:
         if args.playbook:
-            return load_playbook(args.playbook)
-        rc = config.reconciler.playbook
-        return load_playbook(config.path(rc) if rc else None)
+            return load_configured_playbook(args.playbook)
+        return load_configured_playbook(config.reconciler.playbook, config.path)
     except PlaybookError as exc:
         raise UsageError(f"playbook: {exc}") from exc
 
 
-def plan(rule: Rule | None, labels: dict[str, str]) -> list[str]:
-    """The steps a rule would run for these labels, each with its risk and whether it would be refused."""
+def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: re.Pattern[str]) -> str | None:
+    """Why the engine would refuse this step for these labels (destructive, or a label value that fails the
+    strict pattern, checked by the same function the actions use), or None."""
+    if step.risk == "destructive" and not rule.allow_destructive:
+        return "destructive not allowed"
+    for name in ACTIONS[step.action].checked_labels(step.params):
+        try:
+            checked_label(labels, name, pattern)
+        except Refused as exc:
+            return str(exc)
+    return None
+
+
+def plan(rule: Rule | None, labels: dict[str, str], pattern: re.Pattern[str]) -> list[str]:
+    """The steps a rule would run for these labels, each with whether it would be refused."""
     if rule is None:
         return []
     out = []
     for step in rule.steps:
-        refused = step.risk == "destructive" and not rule.allow_destructive
-        out.append(step.name + (" (refused: destructive not allowed)" if refused else ""))
+        refusal = step_refusal(rule, step, labels, pattern)
+        out.append(step.name + (f" (refused: {refusal})" if refusal else ""))
     return out
 
 
@@ -125,9 +149,11 @@ def playbook_test(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(f"{path}: cannot read cases: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise UsageError(f"{path}: expected a mapping with a `cases` list")
-    if data.get("playbook") and not args.playbook:
-        args.playbook = str(path.parent / data["playbook"])
+    named = data.get("playbook")
+    if named and not args.playbook:
+        args.playbook = named if named in PACKAGED_PLAYBOOKS else str(path.parent / str(named))
     playbook = _playbook(args, config)
+    pattern = re.compile(config.reconciler.label_value_pattern)
     failures = 0
     for i, case in enumerate(data["cases"]):
         if not isinstance(case, dict) or not isinstance(case.get("labels"), dict) or "expect" not in case:
@@ -140,8 +166,9 @@ def playbook_test(args: argparse.Namespace, config: Config) -> int:
         problems = []
         if "rule" in expect and expect["rule"] != got_rule:
             problems.append(f"rule: expected {expect['rule']!r}, got {got_rule!r}")
-        if "actions" in expect and list(expect["actions"] or []) != plan(rule, labels):
-            problems.append(f"actions: expected {expect['actions']!r}, got {plan(rule, labels)!r}")
+        steps = plan(rule, labels, pattern)
+        if "actions" in expect and list(expect["actions"] or []) != steps:
+            problems.append(f"actions: expected {expect['actions']!r}, got {steps!r}")
         if "target" in expect and rule and expect["target"] != rule.target(labels):
             problems.append(f"target: expected {expect['target']!r}, got {rule.target(labels)!r}")
         if problems:
@@ -166,6 +193,7 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(f"{path}: {exc}") from exc
     playbook = _playbook(args, config)
     watchdog = config.reconciler.watchdog.alertname
+    pattern = re.compile(config.reconciler.label_value_pattern)
     out = [f"notification: {validated.status}, receiver {validated.receiver!r}, {len(validated.alerts)} alert(s)"]
     for a in validated.alerts:
         labels = a["labels"]
@@ -183,13 +211,11 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
             continue
         out.append(f"    rule {rule.name} on target {rule.target(labels)} (one run per episode)")
         if rule.wait_for:
-            out.append(f"    wait {rule.wait_for:g}s, act only if still firing")
-        for j, step in enumerate(plan(rule, labels), 1):
+            out.append(f"    wait {rule.wait_for:g}s, act only if Alertmanager still has it firing")
+        for j, step in enumerate(plan(rule, labels, pattern), 1):
             out.append(f"    {j}. {step} [{rule.steps[j - 1].risk}, timeout {rule.steps[j - 1].timeout:g}s]")
         if rule.verify.enabled:
-            expr = rule.verify.expr or expr_from_generator_url(a["generator_url"]) or "(none: cannot verify)"
-            expr = TEMPLATE_RE.sub(lambda m: labels.get(m.group(1), "<missing>"), expr)
-            out.append(f"    verify until clear within {rule.verify.deadline:g}s: {expr}")
+            out.append(f"    verify until clear within {rule.verify.deadline:g}s: {_verify_expr(rule, a, pattern)}")
         else:
             out.append("    no verification: success = steps succeeded")
         out.append(
@@ -199,3 +225,14 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
         )
     print("\n".join(out))
     return EXIT_OK
+
+
+def _verify_expr(rule: Rule, alert: dict[str, Any], pattern: re.Pattern[str]) -> str:
+    """The verification query as the engine would render it: label values only after validation."""
+    expr = rule.verify.expr or expr_from_generator_url(alert["generator_url"])
+    if not expr:
+        return "(none: cannot verify)"
+    try:
+        return TEMPLATE_RE.sub(lambda m: checked_label(alert["labels"], m.group(1), pattern), expr)
+    except Refused as exc:
+        return f"refused ({exc}): {expr}"

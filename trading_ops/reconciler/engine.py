@@ -25,15 +25,29 @@ from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED, escalate
 from trading_ops.reconciler.actions.silence import CREATED_BY
-from trading_ops.reconciler.ledger import GLOBAL_TARGET, Ledger
+from trading_ops.reconciler.intake import Rejected, parse_timestamp
+from trading_ops.reconciler.ledger import GLOBAL_TARGET, PAUSE_KEY, PAUSED_DETAIL, Ledger
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.playbook import Playbook, Rule
+from trading_ops.reconciler.processes import ProcessId, kill_leftover_group
 from trading_ops.reconciler.verify import verify
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-PAUSE_KEY = "paused"
+# Posting an escalation to Alertmanager is retried after these delays before the apprise notifications take over.
+ESCALATION_RETRY_DELAYS = (0.5, 1.0, 2.0)
+# A paused reconciler looks at its parked episodes again this often (resume wakes them at once).
+PAUSE_RECHECK_SECONDS = 60.0
+# A maintenance silence is re-read at its end, and at least this often (an operator may expire it early) ...
+MAINTENANCE_RECHECK_SECONDS = 60.0
+# ... but never sooner than this (Alertmanager's clock and ours may differ a little at the end).
+MIN_RECHECK_SECONDS = 1.0
+# What an escalation's episode detail says about how it went out ("" = through Alertmanager).
+FALLBACK = " (Alertmanager unreachable: escalated through the apprise notifications)"
+NOBODY = " (escalation failed: Alertmanager unreachable and no notification delivered)"
+# Alertmanager's API gives startsAt in milliseconds, webhooks in nanoseconds.
+STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
 
 
 class LostClaim(Exception):
@@ -68,7 +82,9 @@ class Engine:
         self.rng = rng or random.Random()
         self.wake = asyncio.Event()
         self.runs: dict[int, asyncio.Task[None]] = {}
-        self.resolved: set[int] = set()
+        # Running episode -> set when intake stored a resolved notification for it (wakes its verification).
+        self.resolved: dict[int, asyncio.Event] = {}
+        self.escalation_delays: tuple[float, ...] = ESCALATION_RETRY_DELAYS
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -88,12 +104,16 @@ class Engine:
 
     async def dispatch_once(self) -> None:
         now = utcnow()
-        for episode_id in await self.db(self.ledger.sweep, now, self.owner, self.instance):
+        swept = await self.db(self.ledger.sweep, now, self.owner, set(self.runs))
+        for episode_id in swept.interrupted:
             log.warning("episode %s: the run was interrupted (its reconciler stopped); policy decides", episode_id)
+        # Before any retry: what the dead run started must not run beside it (one action at a time per target).
+        for step_id, token in swept.processes:
+            await self._kill_leftover(step_id, token)
         free = self.rc.max_concurrent_runs - len(self.runs)
         if free > 0:
-            busy_targets = set()
-            for episode_id, target in await self.db(self.ledger.due, now, free * 4):
+            busy_targets: set[str] = set()
+            for episode_id, target in await self.db(self.ledger.due, now, free * 2):
                 if len(self.runs) >= self.rc.max_concurrent_runs:
                     break
                 if episode_id in self.runs or target in busy_targets:
@@ -108,23 +128,42 @@ class Engine:
                 task.add_done_callback(functools.partial(self._finished, episode_id))
         await self._refresh_snapshot(now)
 
+    async def _kill_leftover(self, step_id: int, token: str) -> None:
+        process = ProcessId.parse(token)
+        if process is None:
+            return
+        killed = await asyncio.to_thread(kill_leftover_group, process)
+        if killed is None:
+            log.warning(
+                "step %s: its process group %s ran on another host or pid namespace; it cannot be checked from here",
+                step_id,
+                token,
+            )
+            return
+        if killed:
+            self.metrics.leftover_processes_killed.inc(killed)
+            note = f"[the reconciler restarted; {killed} process(es) of group {process.pid} still ran: killed]"
+            log.warning("step %s: %s", step_id, note)
+            await self.db(self.ledger.note_step, step_id, note)
+
     def _finished(self, episode_id: int, _task: asyncio.Task[None] | None = None) -> None:
         self.runs.pop(episode_id, None)
         self.metrics.actions_in_flight.set(len(self.runs))
         self.wake.set()
 
     async def _refresh_snapshot(self, now: datetime) -> None:
+        counts = await self.db(self.ledger.snapshot, now)
         snap = self.metrics.snapshot
-        snap.states = await self.db(self.ledger.state_counts)
-        snap.queue_depth = await self.db(self.ledger.due_count, now)
-        snap.open_circuits = await self.db(self.ledger.open_circuits, now)
+        snap.states, snap.queue_depth, snap.open_circuits = counts.states, counts.queue_depth, counts.open_circuits
         snap.known_targets.update(snap.open_circuits)
         self.metrics.actions_in_flight.set(len(self.runs))
-        self.metrics.paused.set(1 if await self.is_paused() else 0)
+        self.metrics.paused.set(1 if counts.paused else 0)
 
     def notify_resolved(self, episode_ids: list[int]) -> None:
         """Intake stored a resolved notification for these episodes: stop their runs between steps."""
-        self.resolved.update(i for i in episode_ids if i in self.runs)
+        for episode_id in episode_ids:
+            if episode_id in self.resolved:
+                self.resolved[episode_id].set()
 
     async def is_paused(self) -> bool:
         return await self.db(self.ledger.get_setting, PAUSE_KEY, "0") == "1"
@@ -137,6 +176,7 @@ class Engine:
     async def _guarded(self, episode: dict[str, Any]) -> None:
         episode_id, target = episode["id"], episode["target"]
         renewer = asyncio.create_task(self._renew(episode_id, target, asyncio.current_task()))
+        self.resolved[episode_id] = asyncio.Event()
         try:
             await self.run_episode(episode)
         except LostClaim:
@@ -147,15 +187,27 @@ class Engine:
         except Exception as exc:
             log.exception("episode %s: run failed", episode_id)
             with contextlib.suppress(Exception):
-                await self.db(
-                    self.ledger.set_episode, episode_id, self.owner, state="failed", detail=f"internal error: {exc}"
-                )
-                self.metrics.episodes_total.labels("failed").inc()
+                await self._internal_error(episode, exc)
         finally:
             renewer.cancel()
-            self.resolved.discard(episode_id)
+            self.resolved.pop(episode_id, None)
             with contextlib.suppress(Exception):
                 await self.db(self.ledger.release_target, target, self.owner)
+
+    async def _internal_error(self, episode: dict[str, Any], exc: Exception) -> None:
+        """A bug or a broken database stopped the run: nothing more is tried automatically, so a human is paged."""
+        error = truncate(f"{type(exc).__name__}: {exc}", 500)
+        await self.db(self.ledger.fail_running, episode["id"], f"internal error: {error}")
+        description = (
+            f"The reconciler hit an internal error while handling {episode['alertname']} on {episode['target']} "
+            f"(episode {episode['id']}, rule {episode['rule']}): {error}. Nothing more is tried automatically."
+        )
+        how = await self._escalate(FAILED, json.loads(episode["labels"]), episode["target"], description)
+        state = "failed" if how == NOBODY else "escalated"
+        if await self.db(
+            self.ledger.set_episode, episode["id"], self.owner, state=state, detail=f"internal error: {error}" + how
+        ):
+            self.metrics.episodes_total.labels(state).inc()
 
     async def _renew(self, episode_id: int, target: str, run: asyncio.Task[Any] | None) -> None:
         while True:
@@ -170,15 +222,16 @@ class Engine:
                 return
 
     async def _is_resolved(self, episode_id: int) -> bool:
-        if episode_id in self.resolved:
+        event = self.resolved.get(episode_id)
+        if event is not None and event.is_set():
             return True
         row = await self.db(self.ledger.episode, episode_id)
         if row is None or row["owner"] != self.owner:
             raise LostClaim
         return row["resolved_at"] is not None
 
-    async def _close(self, episode: dict[str, Any], state: str, detail: str) -> None:
-        if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state=state, detail=detail):
+    async def _close(self, episode: dict[str, Any], state: str, detail: str, **values: Any) -> None:
+        if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state=state, detail=detail, **values):
             raise LostClaim
         self.metrics.episodes_total.labels(state).inc()
         log.info("episode %s (%s on %s): %s: %s", episode["id"], episode["alertname"], episode["target"], state, detail)
@@ -211,16 +264,21 @@ class Engine:
         if episode["resolved_at"] is not None:
             await self._close(episode, "resolved", "resolved before the run")
             return
-        # Gates: each one records why nothing was executed.
+        # A deferred run (wait_for, a parked or cooled-down episode) acts only if the alert still fires: its
+        # resolved notification may still be on its way (group_interval), or never come (silenced meanwhile).
+        if episode["state"] == "waiting" and not await self._still_firing(episode, ctx):
+            return
+        # Gates: nothing is executed while they hold; the episode is parked (recorded) and looked at again.
         if await self.is_paused():
-            await self._skip(episode, "skipped: the reconciler is paused")
+            await self._park(episode, f"{PAUSED_DETAIL}: re-checked on resume", now + _seconds(PAUSE_RECHECK_SECONDS))
             return
         silence = await self._maintenance(labels)
-        self.metrics.maintenance_active.set(1 if silence else 0)
         if silence:
-            await self._skip(
-                episode, f"skipped: maintenance silence {silence.get('id', '')} ({silence.get('comment', '')[:100]})"
-            )
+            ends = _silence_end(silence, now)
+            why = f"maintenance silence {silence.get('id', '')} until {ends.isoformat()}"
+            comment = str(silence.get("comment", ""))[:100]
+            recheck = min(ends, now + _seconds(MAINTENANCE_RECHECK_SECONDS))
+            await self._park(episode, f"{why} ({comment})", max(recheck, now + _seconds(MIN_RECHECK_SECONDS)))
             return
         cooldown = await self.db(
             self.ledger.cooldown_until, rule.name, episode["target"], episode["id"], rule.cooldown, now
@@ -256,10 +314,54 @@ class Engine:
             log.warning("cannot check silences (acting anyway): %s", exc)
             return None
 
-    async def _skip(self, episode: dict[str, Any], why: str) -> None:
-        attempt_id = await self.db(self.ledger.start_attempt, episode["id"], episode["attempts"] + 1, self.owner)
-        await self.db(self.ledger.finish_attempt, attempt_id, "skipped", why)
-        await self._close(episode, "skipped", why)
+    async def _still_firing(self, episode: dict[str, Any], ctx: ActionContext) -> bool:
+        """Ask Alertmanager whether the episode's alert is still active; close the episode resolved when not.
+
+        Alertmanager unreachable: act anyway (and say so). The alert fired long enough for its rule's `for:`, and
+        remediation must keep working when the alerting pipeline is degraded, which is when it is needed most;
+        the verification after the steps still decides whether anything was fixed."""
+        labels: dict[str, str] = json.loads(episode["labels"])
+        try:
+            alerts = await self.alertmanager.alerts_matching(labels)
+        except AlertmanagerError as exc:
+            log.warning("episode %s: cannot ask Alertmanager whether it still fires; acting: %s", episode["id"], exc)
+            ctx.history.append("Alertmanager unreachable: could not confirm the alert still fired; acted anyway")
+            return True
+        for alert in alerts:
+            if alert.get("fingerprint") != episode["fingerprint"]:
+                continue
+            try:
+                started = parse_timestamp(alert.get("startsAt"), "startsAt")
+            except Rejected:
+                return True
+            # A later startsAt is the alert firing again after it resolved: a new episode, not this one.
+            if started <= episode["starts_at"] + STARTS_AT_TOLERANCE:
+                return True
+        await self._close(
+            episode,
+            "resolved",
+            "no longer firing in Alertmanager when the wait ended: nothing executed",
+            resolved_at=utcnow(),
+        )
+        return False
+
+    async def _park(self, episode: dict[str, Any], why: str, until: datetime) -> None:
+        """Hold the episode (state waiting) until `until`; record once per reason that nothing was executed."""
+        if not (episode["state"] == "waiting" and episode["detail"] == why):
+            attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner, counted=False)
+            await self.db(self.ledger.finish_attempt, attempt_id, "skipped", f"{why}: nothing executed")
+        if not await self.db(
+            self.ledger.set_episode,
+            episode["id"],
+            self.owner,
+            state="waiting",
+            next_run_at=until,
+            owner=None,
+            lease_until=None,
+            detail=why,
+        ):
+            raise LostClaim
+        log.info("episode %s (%s on %s): parked: %s", episode["id"], episode["alertname"], episode["target"], why)
 
     async def _within_budget(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
         needed = sum(1 for s in rule.steps if ACTIONS[s.action].budgeted)
@@ -276,16 +378,17 @@ class Engine:
                 continue
             until = now + timedelta(seconds=budgets.circuit_cool_off_seconds)
             why = f"action budget of {circuit} spent ({spent} of {limit} per hour); circuit open until {until}"
+            how = ""
             if await self.db(self.ledger.open_circuit, circuit, until):
                 self.metrics.snapshot.open_circuits.append(circuit)
-                await self._escalate(CIRCUIT_OPEN, ctx, why)
-            await self._close(episode, "escalated", why)
+                how = await self._escalate(CIRCUIT_OPEN, ctx.labels, ctx.target, why)
+            await self._close(episode, "escalated", why + how)
             return False
         return True
 
     async def _attempt(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> None:
         number = episode["attempts"] + 1
-        attempt_id = await self.db(self.ledger.start_attempt, episode["id"], number, self.owner)
+        attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner)
         if number == 1 and not episode["first_action_at"]:
             self.metrics.time_to_first_action.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
         failure = ""
@@ -308,6 +411,7 @@ class Engine:
                 self.metrics.actions.labels(step.action, "dry_run").inc()
                 continue
             step_id = await self.db(self.ledger.start_step, *record)
+            ctx.process_started = functools.partial(self._record_process, step_id)
             started = time.monotonic()
             result = await self._execute(ctx, step.action, step.params, step.timeout)
             self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
@@ -379,9 +483,21 @@ class Engine:
         if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state="verifying"):
             raise LostClaim
         verdict = await verify(
-            self.prometheus, expr, rule.verify.deadline, rule.verify.interval, lambda: self._is_resolved(episode["id"])
+            self.prometheus,
+            expr,
+            rule.verify.deadline,
+            rule.verify.interval,
+            lambda: self._is_resolved(episode["id"]),
+            alert_labels=ctx.labels,
+            wake=self.resolved.get(episode["id"]),
         )
         return verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure", verdict.detail
+
+    async def _record_process(self, step_id: int, pid: int) -> None:
+        """A step started a process group: recorded so that a crash of ours never leaves it running unseen."""
+        process = await asyncio.to_thread(ProcessId.of, pid)
+        if process is not None:
+            await self.db(self.ledger.set_step_process, step_id, process.token())
 
     async def _give_up(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, failure: str) -> None:
         if rule.on_failure == "none":
@@ -391,18 +507,49 @@ class Engine:
             f"Rule {rule.name} did not recover {episode['alertname']} on {episode['target']} "
             f"(episode {episode['id']}). Tried: " + "; ".join(ctx.history or ["nothing"])
         )
-        posted = await self._escalate(FAILED, ctx, description)
-        await self._close(
-            episode,
-            "escalated" if posted else "failed",
-            failure + ("" if posted else " (escalation to Alertmanager failed)"),
-        )
+        how = await self._escalate(FAILED, ctx.labels, ctx.target, description)
+        await self._close(episode, "escalated" if how != NOBODY else "failed", failure + how)
 
-    async def _escalate(self, alertname: str, ctx: ActionContext, description: str) -> bool:
+    async def _escalate(self, alertname: str, labels: dict[str, str], target: str, description: str) -> str:
+        """Page a human: post the alert to Alertmanager (retried with backoff), else send it through the apprise
+        notifications. Returns "" when Alertmanager took it, otherwise a note for the episode's detail."""
+        error: AlertmanagerError | None = None
+        for delay in (*self.escalation_delays, None):
+            try:
+                await escalate(self.alertmanager, alertname, labels, target, description)
+            except AlertmanagerError as exc:
+                error = exc
+                log.warning("escalation %s: Alertmanager did not take it: %s", alertname, exc)
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                continue
+            self.metrics.escalations.labels(alertname).inc()
+            return ""
+        title = f"[trading-ops] {alertname}: {labels.get('alertname', '?')} on {target}"
+        body = (
+            f"{description}\n\nAlertmanager could not be reached ({error}), so this escalation did not go through "
+            "its routing: it is sent to the trading-ops notification URLs directly."
+        )
         try:
-            await escalate(self.alertmanager, alertname, ctx.labels, ctx.target, description)
-        except AlertmanagerError as exc:
-            log.error("escalation %s failed: %s", alertname, exc)
-            return False
-        self.metrics.escalations.labels(alertname).inc()
-        return True
+            sent = await self.notifier.notify(title, body)
+        except Exception:
+            log.exception("escalation %s: the apprise fallback failed", alertname)
+            sent = False
+        if sent:
+            self.metrics.escalation_fallbacks.labels(alertname).inc()
+            log.error("escalation %s: Alertmanager unreachable; sent through apprise instead", alertname)
+            return FALLBACK
+        self.metrics.escalation_failures.labels(alertname).inc()
+        log.error("escalation %s reached nobody: Alertmanager unreachable and no notification delivered", alertname)
+        return NOBODY
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def _silence_end(silence: dict[str, Any], now: datetime) -> datetime:
+    try:
+        return parse_timestamp(silence.get("endsAt"), "endsAt")
+    except Rejected:
+        return now + _seconds(MAINTENANCE_RECHECK_SECONDS)

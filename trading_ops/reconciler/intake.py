@@ -26,6 +26,8 @@ MAX_LABELS = 100
 MAX_LABEL_NAME = 256
 MAX_VALUE = 16_384
 FINGERPRINT_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
+# JSON's \uXXXX escapes can produce NUL and lone UTF-16 surrogates: not text a database stores.
+BAD_TEXT_RE = re.compile("[\x00\ud800-\udfff]")
 TIMESTAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$")
 
 
@@ -47,11 +49,36 @@ def check_token(header: str | None, token: str) -> None:
         raise Rejected(401, "unauthorized", "missing or wrong bearer token")
 
 
-def parse_body(body: bytes) -> Any:
+def decode_body(body: bytes) -> str:
+    """The body as text: Alertmanager sends UTF-8 (json.loads would also take UTF-16 and -32; we do not)."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected(400, "invalid_json", f"body must be UTF-8 JSON ({exc.reason} at byte {exc.start})") from exc
+
+
+def parse_body(body: bytes | str) -> Any:
+    text = decode_body(body) if isinstance(body, bytes) else body
+    try:
+        return json.loads(text)
+    except ValueError as exc:
         raise Rejected(400, "invalid_json", f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise Rejected(400, "invalid_json", "body is not JSON we accept: nested too deeply") from exc
+
+
+def _printable(name: str) -> str:
+    """A (label) name for an error message: shortened, with anything unprintable escaped."""
+    return name[:60].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(value: str, where: str) -> None:
+    bad = BAD_TEXT_RE.search(value)
+    if bad is None:
+        return
+    if bad.group() == "\x00":
+        raise Rejected(422, "invalid_payload", f"{where}: contains a NUL character")
+    raise Rejected(422, "invalid_payload", f"{where}: contains a lone UTF-16 surrogate (not valid Unicode)")
 
 
 def parse_timestamp(value: Any, where: str) -> datetime:
@@ -76,11 +103,14 @@ def _str_map(value: Any, where: str, required: bool = False) -> dict[str, str]:
         raise Rejected(422, "invalid_payload", f"{where}: expected an object of strings")
     if len(value) > MAX_LABELS:
         raise Rejected(422, "invalid_payload", f"{where}: more than {MAX_LABELS} entries")
+    search = BAD_TEXT_RE.search
     for k, v in value.items():
+        # Messages are built only for what is rejected: this runs for every label of every notification.
         if not isinstance(v, str) or len(k) > MAX_LABEL_NAME or len(v) > MAX_VALUE:
-            raise Rejected(422, "invalid_payload", f"{where}.{k[:60]}: expected a string (at most {MAX_VALUE})")
-        if "\x00" in k or "\x00" in v:
-            raise Rejected(422, "invalid_payload", f"{where}.{k[:60]}: contains a NUL character")
+            raise Rejected(422, "invalid_payload", f"{where}.{_printable(k)}: expected a string (at most {MAX_VALUE})")
+        if search(k) or search(v):
+            _check_text(k, f"{where}.{_printable(k)} (the name)")
+            _check_text(v, f"{where}.{_printable(k)}")
     return dict(value)
 
 
@@ -92,8 +122,8 @@ def _field(obj: dict[str, Any], name: str, where: str, tp: type, required: bool 
     value = obj[name]
     if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
         raise Rejected(422, "invalid_payload", f"{where}{name}: expected {tp.__name__}")
-    if isinstance(value, str) and "\x00" in value:
-        raise Rejected(422, "invalid_payload", f"{where}{name}: contains a NUL character")
+    if isinstance(value, str):
+        _check_text(value, f"{where}{name}")
     return value
 
 
@@ -109,10 +139,13 @@ def validate(data: Any) -> Validated:
     """Check the webhook payload (version 4); Rejected(422) names the first wrong field."""
     if not isinstance(data, dict):
         raise Rejected(422, "invalid_payload", "payload: expected a JSON object")
-    version = data.get("version")
+    if "version" not in data:
+        raise Rejected(422, "unsupported_version", f'version: required (expected the string "{SUPPORTED_VERSION}")')
+    version = data["version"]
     if version != SUPPORTED_VERSION:
+        shown = _printable(json.dumps(version)[:20])
         raise Rejected(
-            422, "unsupported_version", f'version: unsupported {str(version)[:20]!r} (expected "{SUPPORTED_VERSION}")'
+            422, "unsupported_version", f'version: unsupported {shown} (expected the string "{SUPPORTED_VERSION}")'
         )
     status = _field(data, "status", "", str)
     if status not in STATUSES:

@@ -13,6 +13,7 @@ from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import GroupCommitWriter
 from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.playbook import Playbook
 
@@ -27,5 +28,6 @@ LEDGER = web.AppKey("ledger", Ledger)
 WRITER = web.AppKey("writer", GroupCommitWriter)
 ENGINE = web.AppKey("engine", Engine)
 DEADMAN = web.AppKey("deadman", DeadMansSwitch)
+MAINTENANCE = web.AppKey("maintenance", MaintenanceWatcher)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 TASKS = web.AppKey("tasks", list[asyncio.Task[None]])

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from trading_ops.db.base import utcnow
 from trading_ops.db.models.ledger import Attempt, Episode, Notification, Setting, Step, Target
+from trading_ops.reconciler.processes import owner_is_dead
 
 OPEN_STATES = ("pending", "waiting", "running", "verifying", "interrupted")
 RUNNABLE_STATES = ("pending", "waiting", "interrupted")
 ACTIVE_STATES = ("running", "verifying")
 CLOSED_STATES = ("recovered", "failed", "escalated", "resolved", "skipped", "dry_run")
 GLOBAL_TARGET = "*"
+# The operator's pause (every replica), and the detail of the episodes it parked (woken on resume).
+PAUSE_KEY = "paused"
+PAUSED_DETAIL = "reconciler paused"
+# Episode keys the intake knows are stored: a resend of one (most of what Alertmanager sends) is a duplicate
+# without asking the database. Episodes are only ever added, so a key once stored stays true; bounded, LRU.
+KNOWN_EPISODES_MAX = 20_000
 # Step outcomes that mean something was actually done (they count against budgets).
 EXECUTED_OUTCOMES = ("running", "success", "failure", "timeout", "interrupted")
 
@@ -57,6 +65,25 @@ class NotificationIn:
 
 
 @dataclass
+class LedgerCounts:
+    """Open episodes by state, the due queue, open circuits and the pause, as of one poll."""
+
+    states: dict[str, int]
+    queue_depth: int
+    open_circuits: list[str]
+    paused: bool
+
+
+@dataclass
+class SweepResult:
+    """Runs found dead by a sweep, and the process groups their running steps had started."""
+
+    interrupted: list[int] = field(default_factory=list)
+    # (step id, process token) of steps that were running when their reconciler died.
+    processes: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass
 class StoreResult:
     new_episodes: int = 0
     deduplicated: int = 0
@@ -69,6 +96,14 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # Intake statements built once, parameters bound per call: building a statement from literal values costs
+        # more than executing it (SQLAlchemy then compiles it once and reuses the compiled form).
+        key = and_(E.c.fingerprint == bindparam("key_fingerprint"), E.c.starts_at == bindparam("key_starts_at"))
+        self._add_notifications = insert(N)
+        self._add_episode = self._insert(E).on_conflict_do_nothing(index_elements=["fingerprint", "starts_at"])
+        self._find_episode = select(E.c.id, E.c.state, E.c.resolved_at).where(key)
+        self._update_episode = update(E).where(E.c.id == bindparam("key_id"))
+        self._known: OrderedDict[tuple[str, datetime], None] = OrderedDict()
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[Connection]:
@@ -90,9 +125,10 @@ class Ledger:
         """Store notifications and their episodes in one transaction (group commit); returns what changed."""
         now = utcnow()
         result = StoreResult()
+        stored: list[tuple[str, datetime]] = []
         with self.tx() as conn:
             conn.execute(
-                insert(N),
+                self._add_notifications,
                 [
                     {
                         "received_at": now,
@@ -107,13 +143,26 @@ class Ledger:
             )
             for n in batch:
                 for alert in n.alerts:
-                    self._store_alert(conn, alert, now, result)
+                    self._store_alert(conn, alert, now, result, stored)
+        # Only what was committed becomes known.
+        for key in stored:
+            self._known[key] = None
+            self._known.move_to_end(key)
+        while len(self._known) > KNOWN_EPISODES_MAX:
+            self._known.popitem(last=False)
         return result
 
-    def _store_alert(self, conn: Connection, a: AlertIn, now: datetime, result: StoreResult) -> None:
-        key = and_(E.c.fingerprint == a.fingerprint, E.c.starts_at == a.starts_at)
+    def _store_alert(
+        self, conn: Connection, a: AlertIn, now: datetime, result: StoreResult, stored: list[tuple[str, datetime]]
+    ) -> None:
+        key = (a.fingerprint[:64], a.starts_at)
+        if a.status == "firing" and key in self._known:
+            result.deduplicated += 1  # what the INSERT below would find, without the round trip
+            return
+        stored.append(key)
         if a.status == "resolved":
-            row = conn.execute(select(E.c.id, E.c.state, E.c.resolved_at).where(key)).first()
+            params = {"key_fingerprint": a.fingerprint[:64], "key_starts_at": a.starts_at}
+            row = conn.execute(self._find_episode, params).first()
             if row is None:
                 # Resolved before we saw it fire: record the closed episode so a late firing starts nothing.
                 if self._insert_episode(conn, a, now, "resolved", "resolved before any action", closed=True):
@@ -124,20 +173,18 @@ class Ledger:
                 return
             if row.state in ACTIVE_STATES:
                 # The worker sees resolved_at, stops between steps and cancels verification.
-                conn.execute(update(E).where(E.c.id == row.id).values(resolved_at=now, updated_at=now))
+                conn.execute(self._update_episode, {"key_id": row.id, "resolved_at": now, "updated_at": now})
             else:
-                conn.execute(
-                    update(E)
-                    .where(E.c.id == row.id)
-                    .values(
-                        resolved_at=now,
-                        state="resolved",
-                        closed_at=now,
-                        updated_at=now,
-                        owner=None,
-                        detail="resolved; pending work cancelled",
-                    )
-                )
+                values = {
+                    "key_id": row.id,
+                    "resolved_at": now,
+                    "state": "resolved",
+                    "closed_at": now,
+                    "updated_at": now,
+                    "owner": None,
+                    "detail": "resolved; pending work cancelled",
+                }
+                conn.execute(self._update_episode, values)
                 result.closed["resolved"] = result.closed.get("resolved", 0) + 1
             result.resolved_ids.append(row.id)
             return
@@ -156,42 +203,53 @@ class Ledger:
     def _insert_episode(
         self, conn: Connection, a: AlertIn, now: datetime, state: str, detail: str, closed: bool
     ) -> bool:
-        stmt = (
-            self._insert(E)
-            .values(
-                fingerprint=a.fingerprint[:64],
-                starts_at=a.starts_at,
-                alertname=a.alertname[:255],
-                target=a.target[:255],
-                rule=a.rule,
-                labels=json.dumps(a.labels, sort_keys=True),
-                annotations=json.dumps(a.annotations, sort_keys=True),
-                generator_url=a.generator_url,
-                state=state,
-                detail=detail,
-                attempts=0,
-                next_run_at=None if closed else max(now, a.starts_at + timedelta(seconds=a.wait_for)),
-                received_at=now,
-                updated_at=now,
-                closed_at=now if closed else None,
-                resolved_at=now if state == "resolved" else None,
-            )
-            .on_conflict_do_nothing(index_elements=["fingerprint", "starts_at"])
-        )
-        return bool(conn.execute(stmt).rowcount)
+        values = {
+            "fingerprint": a.fingerprint[:64],
+            "starts_at": a.starts_at,
+            "alertname": a.alertname[:255],
+            "target": a.target[:255],
+            "rule": a.rule,
+            "labels": json.dumps(a.labels, sort_keys=True),
+            "annotations": json.dumps(a.annotations, sort_keys=True),
+            "generator_url": a.generator_url,
+            "state": state,
+            "detail": detail,
+            "attempts": 0,
+            "next_run_at": None if closed else max(now, a.starts_at + timedelta(seconds=a.wait_for)),
+            "received_at": now,
+            "updated_at": now,
+            "closed_at": now if closed else None,
+            "resolved_at": now if state == "resolved" else None,
+        }
+        return bool(conn.execute(self._add_episode, values).rowcount)
 
     # ---- claims -------------------------------------------------------------------------------------
 
     def due(self, now: datetime, limit: int) -> list[tuple[int, str]]:
+        """Due episodes, the oldest of each target whose target no live run holds, oldest first.
+
+        Many due episodes of one busy target must not fill the batch and starve every other target."""
+        busy = exists().where(T.c.name == E.c.target, T.c.owner.is_not(None), T.c.lease_until >= now)
+        ranked = (
+            select(
+                E.c.id,
+                E.c.target,
+                E.c.next_run_at,
+                func.row_number().over(partition_by=E.c.target, order_by=(E.c.next_run_at, E.c.id)).label("rank"),
+            )
+            .where(
+                E.c.state.in_(RUNNABLE_STATES),
+                E.c.next_run_at <= now,
+                or_(E.c.owner.is_(None), E.c.lease_until < now),
+                ~busy,
+            )
+            .subquery()
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(E.c.id, E.c.target)
-                .where(
-                    E.c.state.in_(RUNNABLE_STATES),
-                    E.c.next_run_at <= now,
-                    or_(E.c.owner.is_(None), E.c.lease_until < now),
-                )
-                .order_by(E.c.next_run_at)
+                select(ranked.c.id, ranked.c.target)
+                .where(ranked.c.rank == 1)
+                .order_by(ranked.c.next_run_at, ranked.c.id)
                 .limit(limit)
             ).all()
         return [(r.id, r.target) for r in rows]
@@ -248,15 +306,30 @@ class Ledger:
         with self.tx() as conn:
             conn.execute(update(T).where(T.c.name == target, T.c.owner == owner).values(owner=None, lease_until=None))
 
-    def sweep(self, now: datetime, owner: str, instance: str) -> list[int]:
-        """Mark runs whose owner died (lease expired, or our own previous life) interrupted; their ids."""
-        previous_life = and_(E.c.owner.like(f"{_like_escape(instance)}:%", escape="\\"), E.c.owner != owner)
-        interrupted: list[int] = []
+    def sweep(
+        self,
+        now: datetime,
+        owner: str,
+        live: Collection[int] = (),
+        is_dead: Callable[[str | None], bool] = owner_is_dead,
+    ) -> SweepResult:
+        """Mark runs whose owner died interrupted: its lease expired, or its process is provably gone (our own
+        previous life after a restart, say). A live owner renewing its lease is never touched, whatever its name;
+        `live` are the caller's own runs in progress (left alone even if a slow renewal let their lease lapse)."""
+        result = SweepResult()
+        with self.engine.connect() as conn:  # read first: an idle sweep must not take the write lock
+            rows = conn.execute(select(E.c.id, E.c.owner, E.c.lease_until).where(E.c.state.in_(ACTIVE_STATES))).all()
+            holders = conn.execute(select(T.c.name, T.c.owner, T.c.lease_until).where(T.c.owner.is_not(None))).all()
+        dead_runs = [
+            r
+            for r in rows
+            if r.id not in live and (_lapsed(r.lease_until, now) or (r.owner != owner and is_dead(r.owner)))
+        ]
+        dead_targets = [t for t in holders if t.owner != owner and (_lapsed(t.lease_until, now) or is_dead(t.owner))]
+        if not dead_runs and not dead_targets:
+            return result
         with self.tx() as conn:
-            rows = conn.execute(
-                select(E.c.id, E.c.owner).where(E.c.state.in_(ACTIVE_STATES), or_(E.c.lease_until < now, previous_life))
-            ).all()
-            for row in rows:
+            for row in dead_runs:
                 took = conn.execute(
                     update(E)
                     .where(E.c.id == row.id, E.c.owner == row.owner, E.c.state.in_(ACTIVE_STATES))
@@ -271,29 +344,27 @@ class Ledger:
                 ).rowcount
                 if not took:
                     continue
-                interrupted.append(row.id)
+                result.interrupted.append(row.id)
                 attempt_ids = select(A.c.id).where(A.c.episode_id == row.id).scalar_subquery()
                 conn.execute(
                     update(A)
                     .where(A.c.episode_id == row.id, A.c.outcome == "running")
                     .values(outcome="interrupted", finished_at=now, detail="the reconciler stopped during this run")
                 )
+                running = select(S.c.id, S.c.process).where(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
+                result.processes += [(s.id, s.process) for s in conn.execute(running) if s.process]
                 conn.execute(
                     update(S)
                     .where(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
                     .values(outcome="interrupted", finished_at=now)
                 )
-            conn.execute(
-                update(T)
-                .where(
-                    or_(
-                        T.c.lease_until < now,
-                        and_(T.c.owner.like(f"{_like_escape(instance)}:%", escape="\\"), T.c.owner != owner),
-                    )
+            for target in dead_targets:
+                conn.execute(
+                    update(T)
+                    .where(T.c.name == target.name, T.c.owner == target.owner)
+                    .values(owner=None, lease_until=None)
                 )
-                .values(owner=None, lease_until=None)
-            )
-        return interrupted
+        return result
 
     # ---- the run record ------------------------------------------------------------------------------
 
@@ -315,20 +386,47 @@ class Ledger:
         with self.tx() as conn:
             return bool(conn.execute(update(E).where(*cond).values(**values)).rowcount)
 
-    def start_attempt(self, episode_id: int, number: int, owner: str) -> int:
+    def start_attempt(self, episode_id: int, owner: str, counted: bool = True) -> int:
+        """A new attempt row, numbered after the episode's last. A `counted` attempt executes steps: it raises the
+        episode's attempt count (which max_attempts limits) and sets its first action time; the record of a gate
+        that executed nothing (pause, maintenance) does neither."""
         now = utcnow()
         with self.tx() as conn:
+            last = conn.execute(
+                select(func.coalesce(func.max(A.c.number), 0)).where(A.c.episode_id == episode_id)
+            ).scalar_one()
             attempt_id = conn.execute(
                 insert(A)
-                .values(episode_id=episode_id, number=number, owner=owner, started_at=now, outcome="running")
+                .values(episode_id=episode_id, number=int(last) + 1, owner=owner, started_at=now, outcome="running")
                 .returning(A.c.id)
             ).scalar_one()
-            conn.execute(
-                update(E)
-                .where(E.c.id == episode_id)
-                .values(attempts=number, first_action_at=func.coalesce(E.c.first_action_at, now), updated_at=now)
-            )
+            if counted:
+                conn.execute(
+                    update(E)
+                    .where(E.c.id == episode_id)
+                    .values(
+                        attempts=E.c.attempts + 1,
+                        first_action_at=func.coalesce(E.c.first_action_at, now),
+                        updated_at=now,
+                    )
+                )
         return int(attempt_id)
+
+    def fail_running(self, episode_id: int, detail: str) -> None:
+        """Close the attempt and steps an aborted run left `running` (an internal error mid-run)."""
+        now = utcnow()
+        attempt_ids = select(A.c.id).where(A.c.episode_id == episode_id).scalar_subquery()
+        with self.tx() as conn:
+            conn.execute(
+                update(S)
+                .where(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
+                .values(outcome="failure", finished_at=now)
+            )
+            conn.execute(
+                update(A)
+                .where(A.c.episode_id == episode_id, A.c.outcome == "running")
+                .values(outcome="failure", finished_at=now, detail=detail)
+            )
 
     def finish_attempt(self, attempt_id: int, outcome: str, detail: str = "") -> None:
         with self.tx() as conn:
@@ -369,6 +467,16 @@ class Ledger:
                     .returning(S.c.id)
                 ).scalar_one()
             )
+
+    def set_step_process(self, step_id: int, process: str) -> None:
+        """Record the process group a running step started (killed after a crash before any retry)."""
+        with self.tx() as conn:
+            conn.execute(update(S).where(S.c.id == step_id).values(process=process))
+
+    def note_step(self, step_id: int, note: str) -> None:
+        """Append a line to a step's output (what the reconciler found after a restart, say)."""
+        with self.tx() as conn:
+            conn.execute(update(S).where(S.c.id == step_id).values(output=S.c.output + "\n" + note))
 
     def finish_step(self, step_id: int, outcome: str, output: str) -> None:
         with self.tx() as conn:
@@ -423,10 +531,6 @@ class Ledger:
                 ).rowcount
             )
 
-    def open_circuits(self, now: datetime) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(select(T.c.name).where(T.c.circuit_open_until > now)).scalars())
-
     def get_setting(self, key: str, default: str = "") -> str:
         with self.engine.connect() as conn:
             value = conn.execute(select(SET.c.value).where(SET.c.key == key)).scalar()
@@ -438,22 +542,37 @@ class Ledger:
             stmt = self._insert(SET).values(key=key, value=value, updated_at=now)
             conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value, "updated_at": now}))
 
-    # ---- reading ------------------------------------------------------------------------------------
-
-    def state_counts(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(E.c.state, func.count()).where(E.c.state.in_(OPEN_STATES)).group_by(E.c.state)
-            ).all()
-        return {r[0]: int(r[1]) for r in rows}
-
-    def due_count(self, now: datetime) -> int:
-        with self.engine.connect() as conn:
+    def set_paused(self, paused: bool) -> int:
+        """Switch the pause of every replica; resuming makes the episodes it parked due at once (their number)."""
+        now = utcnow()
+        value = "1" if paused else "0"
+        with self.tx() as conn:
+            stmt = self._insert(SET).values(key=PAUSE_KEY, value=value, updated_at=now)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value, "updated_at": now}))
+            if paused:
+                return 0
             return int(
                 conn.execute(
-                    select(func.count()).select_from(E).where(E.c.state.in_(RUNNABLE_STATES), E.c.next_run_at <= now)
-                ).scalar_one()
+                    update(E)
+                    .where(E.c.state == "waiting", E.c.detail.startswith(PAUSED_DETAIL, autoescape=True))
+                    .values(next_run_at=now, updated_at=now)
+                ).rowcount
             )
+
+    # ---- reading ------------------------------------------------------------------------------------
+
+    def snapshot(self, now: datetime) -> LedgerCounts:
+        """What the engine exports after each poll, read in one connection (one thread hop, not four)."""
+        with self.engine.connect() as conn:
+            states = conn.execute(
+                select(E.c.state, func.count()).where(E.c.state.in_(OPEN_STATES)).group_by(E.c.state)
+            ).all()
+            due = conn.execute(
+                select(func.count()).select_from(E).where(E.c.state.in_(RUNNABLE_STATES), E.c.next_run_at <= now)
+            ).scalar_one()
+            circuits = conn.execute(select(T.c.name).where(T.c.circuit_open_until > now)).scalars().all()
+            paused = conn.execute(select(SET.c.value).where(SET.c.key == PAUSE_KEY)).scalar()
+        return LedgerCounts({r[0]: int(r[1]) for r in states}, int(due), list(circuits), paused == "1")
 
     def list_episodes(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
         stmt = select(E).order_by(E.c.id.desc()).limit(limit)
@@ -519,12 +638,12 @@ class Ledger:
             return int(conn.execute(select(func.count()).select_from(N)).scalar_one())
 
 
+def _lapsed(until: datetime | None, now: datetime) -> bool:
+    return until is None or until < now
+
+
 class _NotClaimed(Exception):
     """Rolls a claim's transaction back: another run holds the episode or its target."""
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def episode_json(e: dict[str, Any]) -> dict[str, Any]:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from trading_ops import __version__
+from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED
+from trading_ops.reconciler.ledger import CLOSED_STATES, OPEN_STATES
 
 PREFIX = "tradingops"
-EPISODE_STATES = ("pending", "waiting", "running", "verifying", "interrupted")
+ESCALATION_ALERTS = (FAILED, CIRCUIT_OPEN)
 REJECT_REASONS = ("unauthorized", "too_large", "invalid_json", "invalid_payload", "unsupported_version")
 # Actions take from milliseconds (an HTTP call) to minutes (a restart and its health wait).
 ACTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -34,8 +36,10 @@ class SnapshotCollector(Collector):
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        episodes = GaugeMetricFamily(f"{PREFIX}_episodes", "Open episodes by state.", labels=["state"])
-        for state in EPISODE_STATES:
+        # Open states only (closed episodes are counted by tradingops_episodes_total{outcome}); its own family name,
+        # so the gauge and that counter never share one.
+        episodes = GaugeMetricFamily(f"{PREFIX}_open_episodes", "Open episodes by state.", labels=["state"])
+        for state in OPEN_STATES:
             episodes.add_metric([state], self.snapshot.states.get(state, 0))
         yield episodes
         yield GaugeMetricFamily(
@@ -51,6 +55,8 @@ class SnapshotCollector(Collector):
 
 class ReconcilerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        # `_created` samples double the series count for no use in alerting; the bots don't export them either.
+        disable_created_metrics()
         self.registry = registry
         self.snapshot = LedgerSnapshot()
         registry.register(SnapshotCollector(self.snapshot))
@@ -75,6 +81,8 @@ class ReconcilerMetrics:
         self.episodes_total = Counter(
             f"{PREFIX}_episodes", "Episodes closed, by outcome.", ["outcome"], registry=registry
         )
+        for outcome in CLOSED_STATES:
+            self.episodes_total.labels(outcome)
         self.actions = Counter(
             f"{PREFIX}_actions", "Playbook steps by action and outcome.", ["action", "outcome"], registry=registry
         )
@@ -105,8 +113,36 @@ class ReconcilerMetrics:
         )
         self.actions_in_flight = Gauge(f"{PREFIX}_actions_in_flight", "Runs in progress.", registry=registry)
         self.paused = Gauge(f"{PREFIX}_paused", "1 while the reconciler's own pause is on.", registry=registry)
+        self.escalation_fallbacks = Counter(
+            f"{PREFIX}_escalation_fallbacks",
+            "Escalations sent through the apprise notifications because Alertmanager could not be reached.",
+            ["alertname"],
+            registry=registry,
+        )
+        self.escalation_failures = Counter(
+            f"{PREFIX}_escalation_failures",
+            "Escalations that reached neither Alertmanager nor the apprise notifications.",
+            ["alertname"],
+            registry=registry,
+        )
+        for alertname in ESCALATION_ALERTS:
+            self.escalations.labels(alertname)
+            self.escalation_fallbacks.labels(alertname)
+            self.escalation_failures.labels(alertname)
+        self.leftover_processes_killed = Counter(
+            f"{PREFIX}_leftover_processes_killed",
+            "Processes of a step still running after the reconciler restarted, killed before the retry.",
+            registry=registry,
+        )
         self.maintenance_active = Gauge(
-            f"{PREFIX}_maintenance_active", "1 when the last run found a maintenance silence.", registry=registry
+            f"{PREFIX}_maintenance_active",
+            "1 while an active Alertmanager silence (not the reconciler's own) targets trading-bot alerts.",
+            registry=registry,
+        )
+        self.maintenance_window_end = Gauge(
+            f"{PREFIX}_maintenance_window_end_timestamp_seconds",
+            "When the latest-ending maintenance silence of the trading bots ends (0 when there is none).",
+            registry=registry,
         )
         self.watchdog_last = Gauge(
             f"{PREFIX}_watchdog_last_received_timestamp_seconds",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -14,7 +15,10 @@ import yaml
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import RISKS, parse_duration
 
-DEFAULT_PLAYBOOK = "default.yml"
+# Playbooks shipped in the package, by the name `reconciler.playbook` may give instead of a file path:
+# default (the paper bot under systemd) and docker (the docker compose stack: restarts through the Engine API).
+PACKAGED_PLAYBOOKS = {"default": "default.yml", "docker": "docker.yml"}
+DEFAULT_PLAYBOOK = "default"
 MATCHER_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
 STEP_KEYS = ("action", "name", "timeout", "risk")
 RULE_KEYS = (
@@ -32,6 +36,7 @@ RULE_KEYS = (
     "target_label",
 )
 ON_FAILURE = ("escalate", "none")
+IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class PlaybookError(Exception):
@@ -55,12 +60,36 @@ class Matcher:
         return f'{self.name}{self.op}"{self.value}"'
 
 
+def unescape_matcher_value(raw: str) -> str:
+    """A quoted matcher value's text, as Alertmanager reads it (OpenMetrics escapes): \\" is a quote, \\n a line
+    feed, \\\\ a backslash; any other backslash is literal (so a regex's \\d stays \\d). Unicode is kept as is."""
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            if nxt in ('"', "\\"):
+                out.append(nxt)
+                i += 2
+                continue
+            if nxt == "n":
+                out.append("\n")
+                i += 2
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def parse_matcher(text: str) -> Matcher:
     m = MATCHER_RE.match(text)
     if not m:
         raise ValueError(f'expected name="value" with =, !=, =~ or !~, got {text[:60]!r}')
     name, op = m.group(1), m.group(2)
-    value = m.group(3).encode().decode("unicode_escape") if m.group(3) is not None else m.group(4)
+    if m.group(3) is None and m.group(4).startswith('"'):
+        raise ValueError(f"unterminated or unescaped double quote in the value: {text[:60]!r}")
+    value = unescape_matcher_value(m.group(3)) if m.group(3) is not None else m.group(4)
     if op in ("=~", "!~"):
         try:
             re.compile(value)
@@ -133,18 +162,54 @@ class Playbook:
         """The first rule whose matchers all match, as Alertmanager's routes without `continue`."""
         return next((r for r in self.rules if r.matches(labels)), None)
 
+    def alertnames(self) -> list[str]:
+        """The alert names the rules name literally (`alertname="X"`, or an alternative of `alertname=~"X|Y"`)."""
+        names: list[str] = []
+        for rule in self.rules:
+            for m in rule.matchers:
+                if m.name != "alertname" or m.op not in ("=", "=~"):
+                    continue
+                candidates = [m.value] if m.op == "=" else m.value.split("|")
+                names += [n for n in candidates if IDENTIFIER_RE.fullmatch(n) and n not in names]
+        return names
+
+
+def load_packaged_playbook(name: str) -> Playbook:
+    """A playbook shipped in the package, by name (see PACKAGED_PLAYBOOKS)."""
+    filename = PACKAGED_PLAYBOOKS[name]
+    text = resources.files("trading_ops.reconciler").joinpath("playbooks", filename).read_text(encoding="utf-8")
+    return _parse_text(text, f"<packaged {name}: {filename}>")
+
+
+def load_configured_playbook(value: str, resolve: Callable[[str], Path] = Path) -> Playbook:
+    """What `reconciler.playbook` (or --playbook) names: empty for the packaged default, a packaged playbook's
+    name, or a file (a relative path resolved with `resolve`). PlaybookError says which it was not."""
+    if not value:
+        return load_packaged_playbook(DEFAULT_PLAYBOOK)
+    if value in PACKAGED_PLAYBOOKS:
+        return load_packaged_playbook(value)
+    path = resolve(value)
+    if not path.is_file():
+        names = ", ".join(PACKAGED_PLAYBOOKS)
+        raise PlaybookError(
+            f"{value!r} is neither a packaged playbook ({names}) nor a playbook file ({path} not found)"
+        )
+    return load_playbook(path)
+
 
 def load_playbook(path: str | Path | None) -> Playbook:
-    """Read and validate a playbook; None or "" gives the packaged default."""
+    """Read and validate a playbook file; None or "" gives the packaged default."""
     if not path:
-        text = resources.files("trading_ops.reconciler").joinpath("playbooks", DEFAULT_PLAYBOOK).read_text()
-        source = f"<packaged {DEFAULT_PLAYBOOK}>"
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PlaybookError(f"{source}: cannot read: {exc.strerror}") from exc
+        return load_packaged_playbook(DEFAULT_PLAYBOOK)
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlaybookError(f"{source}: cannot read: {exc.strerror}") from exc
+    return _parse_text(text, source)
+
+
+def _parse_text(text: str, source: str) -> Playbook:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -94,6 +94,9 @@ class Step(Base):
     # running, success, failure, timeout, refused, dry_run, interrupted
     outcome: Mapped[str] = mapped_column(String(16))
     output: Mapped[str] = mapped_column(Text, default="")
+    # The process group the step started (exec, systemd), as host.pid.start-time (trading_ops.reconciler.processes):
+    # after a crash of the reconciler, a group still running is killed before the step is retried.
+    process: Mapped[str | None] = mapped_column(String(96))
 
 
 class Target(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,19 +47,37 @@ class ActionContext:
     notifier: Notifier
     label_pattern: re.Pattern[str]
     history: list[str] = field(default_factory=list)
+    # Called with the pid of a process group a step starts (the engine records it in the step's row).
+    process_started: Callable[[int], Awaitable[None]] | None = None
 
     def label(self, name: str) -> str:
         """A label value that passed the strict pattern, or Refused."""
-        if name not in self.labels:
-            raise Refused(f"label {name!r} is not on the alert")
-        value = self.labels[name]
-        if not self.label_pattern.fullmatch(value):
-            raise Refused(f"label {name!r} value {value[:60]!r} does not match {self.label_pattern.pattern}")
-        return value
+        return checked_label(self.labels, name, self.label_pattern)
 
     def render(self, text: str) -> str:
         """Substitute ${label} references with validated label values."""
         return TEMPLATE_RE.sub(lambda m: self.label(m.group(1)), text)
+
+
+def checked_label(labels: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:
+    """The value of label `name` when it matches the strict pattern, else Refused naming the label."""
+    if name not in labels:
+        raise Refused(f"label {name!r} is not on the alert")
+    value = labels[name]
+    if not pattern.fullmatch(value):
+        raise Refused(f"label {name!r} value {value[:60]!r} does not match {pattern.pattern}")
+    return value
+
+
+def template_labels(value: Any) -> list[str]:
+    """The labels ${name} templates in a parameter refer to (strings, lists and mappings, recursively)."""
+    if isinstance(value, str):
+        return TEMPLATE_RE.findall(value)
+    if isinstance(value, dict):
+        return [name for v in value.values() for name in template_labels(v)]
+    if isinstance(value, list):
+        return [name for v in value for name in template_labels(v)]
+    return []
 
 
 class Action:
@@ -90,6 +109,11 @@ class Action:
     def describe(self, params: dict[str, Any]) -> str:
         args = " ".join(f"{k}={v}" for k, v in sorted(params.items()))
         return f"{self.kind} {args}".strip()
+
+    def checked_labels(self, params: dict[str, Any]) -> list[str]:
+        """The alert labels a step of this kind uses only after validation against the strict pattern (its
+        ${label} templates by default); `playbook explain` checks them as the engine will."""
+        return template_labels(params)
 
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
         raise NotImplementedError

@@ -7,7 +7,10 @@ from typing import Any
 import aiohttp
 
 from trading_ops.config import resolve_secret
-from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, truncate
+from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, template_labels, truncate
+
+# The bot a step commands: the alert's own instance unless the step names one.
+DEFAULT_INSTANCE = "${instance}"
 
 COMMAND_RISK = {
     "status": "safe",
@@ -35,8 +38,11 @@ class BotAction(Action):
     def risk(self, params: dict[str, Any]) -> str:
         return COMMAND_RISK[params["command"]]
 
+    def checked_labels(self, params: dict[str, Any]) -> list[str]:
+        return template_labels({**params, "instance": params.get("instance", DEFAULT_INSTANCE)})
+
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
-        instance = ctx.render(params.get("instance", "${instance}"))
+        instance = ctx.render(params.get("instance", DEFAULT_INSTANCE))
         target = ctx.config.reconciler.targets.get(instance)
         if target is None:
             raise Refused(f"no reconciler.targets entry for bot instance {instance!r}")

@@ -21,6 +21,9 @@ class EscalateAction(Action):
     budgeted = False
     params = {"alertname": (str, False), "severity": (str, False), "description": (str, False)}
 
+    def checked_labels(self, params: dict[str, Any]) -> list[str]:
+        return []  # the description is text for people, posted as JSON; nothing is executed with labels
+
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
         description = params.get("description") or "; ".join(ctx.history) or "escalated by the playbook"
         try:

@@ -12,6 +12,9 @@ class NotifyAction(Action):
     budgeted = False
     params = {"title": (str, False), "body": (str, False)}
 
+    def checked_labels(self, params: dict[str, Any]) -> list[str]:
+        return []  # a message is text for people: labels go in as they are, nothing is executed with them
+
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
         # A message is text for people, not a command: labels are substituted as they are.
         def fill(text: str) -> str:

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result
-from trading_ops.reconciler.actions.exec import run_argv
+from trading_ops.reconciler.actions.exec import minimal_env, run_argv
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.:\\-]{0,250}$")
 VERBS = ("restart", "reload", "try-restart", "start")
@@ -27,7 +27,10 @@ class SystemdAction(Action):
         if not UNIT_RE.match(unit):
             raise Refused(f"unit {unit[:60]!r} is not a valid unit name")
         argv = [*ctx.config.reconciler.systemctl, params.get("verb", "restart"), unit]
-        return await run_argv(argv, None, timeout, ctx.config.reconciler.output_limit_bytes)
+        # The same minimal environment as exec: systemctl needs no secret of the reconciler's.
+        return await run_argv(
+            argv, minimal_env(), timeout, ctx.config.reconciler.output_limit_bytes, on_start=ctx.process_started
+        )
 
 
 ACTION = SystemdAction()

@@ -1,0 +1,647 @@
+"""The local stack (`trading-ops up`): its adaptation of the repo's Prometheus and Alertmanager configurations, and
+`up` itself as a real process: healthy children, a missing binary, Ctrl-C, a child dying, bad usage.
+
+Needs promtool and amtool for the configuration checks, and prometheus and prometheus-alertmanager (Debian packages
+`prometheus`, `prometheus-alertmanager`) for the process tests, which start `trading-ops up` on free ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import free_port
+from system_binaries import REPO_ROOT, require_binary, run_binary
+
+from trading_ops.config import load_config
+from trading_ops.stack.alertmanager_config import render_alertmanager
+from trading_ops.stack.app_config import build_app_config
+from trading_ops.stack.durations import format_duration, parse_duration
+from trading_ops.stack.layout import Layout, Ports
+from trading_ops.stack.profiles import FAST, STANDARD
+from trading_ops.stack.prometheus_config import render_prometheus, write_prometheus
+from trading_ops.stack.repo import dump_yaml
+from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
+
+RULES_DIR = REPO_ROOT / "prometheus" / "rules"
+ROUTING_CASES = yaml.safe_load((REPO_ROOT / "alertmanager" / "tests" / "routing-cases.yml").read_text())
+PORTS = Ports(bot=19101, reconciler=19102, prometheus=19090, alertmanager=19093)
+STARTED_RE = re.compile(r"^started (?P<name>[\w-]+): pid (?P<pid>\d+)")
+CHILDREN = ("paper-bot", "reconciler", "alertmanager", "prometheus")
+HEALTH = {
+    "paper-bot": ("bot", "/healthz"),
+    "reconciler": ("reconciler", "/readyz"),
+    "alertmanager": ("alertmanager", "/-/ready"),
+    "prometheus": ("prometheus", "/-/ready"),
+}
+STARTUP_SECONDS = 120.0
+STOP_SECONDS = 60.0
+
+
+def alerts_of(path: Path) -> dict[str, dict[str, Any]]:
+    data = yaml.safe_load(path.read_text())
+    return {r["alert"]: r for g in data["groups"] for r in g["rules"] if "alert" in r}
+
+
+# ---- durations and the fast profile's rule ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10s", 10), ("2m", 120), ("1h30m", 5400), ("500ms", 0.5), ("1d", 86400), ("0", 0), ("1m30s", 90)],
+)
+def test_durations_parse_and_format_back(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "10", "ten seconds", "5 m", "-1s", "1.5s"])
+def test_a_bad_duration_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("repo_for", "fast_for"),
+    [(10, 2), (5, 2), (15, 3), (30, 6), (120, 24), (300, 60), (3600, 720), (1, 1), (0, 0)],
+)
+def test_fast_profile_divides_for_by_five_with_a_two_second_floor(repo_for: float, fast_for: float) -> None:
+    assert FAST.alert_for(repo_for) == fast_for
+    assert STANDARD.alert_for(repo_for) == repo_for
+
+
+# ---- Prometheus ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    return Layout(tmp_path / "stack")
+
+
+def test_fast_rules_are_every_repo_rule_file_with_exactly_the_for_changed(layout: Layout) -> None:
+    rendered = render_prometheus(REPO_ROOT, PORTS, FAST, layout)
+    write_prometheus(rendered, layout, REPO_ROOT, FAST)
+    repo_files = sorted(p.name for p in RULES_DIR.glob("*.yml"))
+    assert sorted(p.name for p in layout.rules_dir.glob("*.yml")) == repo_files
+    assert rendered.config["rule_files"] == [str(layout.rules_dir / name) for name in repo_files]
+    changed = 0
+    for name in repo_files:
+        original, copied = alerts_of(RULES_DIR / name), alerts_of(layout.rules_dir / name)
+        assert copied.keys() == original.keys()
+        for alert, rule in original.items():
+            copy = copied[alert]
+            assert {k: v for k, v in copy.items() if k != "for"} == {k: v for k, v in rule.items() if k != "for"}
+            if "for" in rule:
+                expected = min(parse_duration(rule["for"]), max(parse_duration(rule["for"]) / 5, 2))
+                assert parse_duration(copy["for"]) == expected, alert
+                changed += copy["for"] != rule["for"]
+            else:
+                assert "for" not in copy
+    assert changed > 10  # the catalogue has plenty of alerts with a for: to shorten
+    broker = alerts_of(layout.rules_dir / "tradingbot-availability.yml")["TradingBotBrokerDisconnected"]
+    assert broker["for"] == "2s"
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("profile", [FAST, STANDARD], ids=lambda p: p.name)
+def test_rendered_prometheus_config_passes_promtool(layout: Layout, profile: Any) -> None:
+    write_prometheus(render_prometheus(REPO_ROOT, PORTS, profile, layout), layout, REPO_ROOT, profile)
+    result = run_binary("promtool", "check", "config", layout.prometheus_config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # promtool also loaded every rule file the config names.
+    rule_files = len(list(RULES_DIR.glob("*.yml")))
+    assert f"SUCCESS: {rule_files} rule files found" in result.stdout
+    assert result.stdout.count("rules found") == rule_files, result.stdout
+
+
+def test_prometheus_scrapes_and_alerts_locally(layout: Layout) -> None:
+    rendered = render_prometheus(REPO_ROOT, PORTS, FAST, layout)
+    config = rendered.config
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert targets == {
+        "tradingbot": ["127.0.0.1:19101"],
+        "trading-ops-reconciler": ["127.0.0.1:19102"],
+        "alertmanager": ["127.0.0.1:19093"],
+        "prometheus": ["127.0.0.1:19090"],
+    }
+    assert any("'node' left out" in note for note in rendered.notes)
+    assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["127.0.0.1:19093"]}]}]
+    assert config["global"]["scrape_interval"] == "1s" and config["global"]["evaluation_interval"] == "1s"
+    assert parse_duration(config["global"]["scrape_timeout"]) < 1
+
+
+def test_a_node_exporter_that_answers_is_scraped(layout: Layout) -> None:
+    config = render_prometheus(REPO_ROOT, PORTS, FAST, layout, node_exporter="127.0.0.1:19100").config
+    (node,) = [job for job in config["scrape_configs"] if job["job_name"] == "node"]
+    assert node["static_configs"][0]["targets"] == ["127.0.0.1:19100"]
+
+
+def test_standard_profile_keeps_the_repo_timings_and_rule_files(layout: Layout) -> None:
+    repo = yaml.safe_load((REPO_ROOT / "prometheus" / "prometheus.yml").read_text())
+    rendered = render_prometheus(REPO_ROOT, PORTS, STANDARD, layout)
+    assert rendered.config["global"] == repo["global"]
+    assert rendered.config["rule_files"] == [str(p) for p in sorted(RULES_DIR.glob("*.yml"))]
+    repo_jobs = {j["job_name"]: j for j in repo["scrape_configs"]}
+    for job in rendered.config["scrape_configs"]:
+        assert {k: v for k, v in job.items() if k != "static_configs"} == {
+            k: v for k, v in repo_jobs[job["job_name"]].items() if k != "static_configs"
+        }
+
+
+def test_a_change_in_the_repo_configs_flows_into_the_stack(tmp_path: Path, layout: Layout) -> None:
+    """Nothing is a second hand-written copy: a new job, a new rule file and a new route come through."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "prometheus", repo / "prometheus")
+    shutil.copytree(REPO_ROOT / "alertmanager", repo / "alertmanager")
+    prom = yaml.safe_load((repo / "prometheus" / "prometheus.yml").read_text())
+    prom["scrape_configs"].append({"job_name": "second-bot", "static_configs": [{"targets": ["bot-2:9101"]}]})
+    prom["scrape_configs"].append({"job_name": "elsewhere", "static_configs": [{"targets": ["db:5432"]}]})
+    (repo / "prometheus" / "prometheus.yml").write_text(yaml.safe_dump(prom))
+    new_rule = {"alert": "TradingBotSomethingNew", "expr": "vector(0) > 1", "for": "1m", "labels": {"severity": "info"}}
+    (repo / "prometheus" / "rules" / "new.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "new", "rules": [new_rule]}]})
+    )
+    am = yaml.safe_load((repo / "alertmanager" / "alertmanager.yml").read_text())
+    am["route"]["routes"].insert(0, {"matchers": ['alertname="TradingBotSomethingNew"'], "receiver": "reconciler"})
+    (repo / "alertmanager" / "alertmanager.yml").write_text(yaml.safe_dump(am))
+
+    rendered = render_prometheus(repo, PORTS, FAST, layout)
+    write_prometheus(rendered, layout, repo, FAST)
+    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in rendered.config["scrape_configs"]}
+    assert jobs["second-bot"] == ["127.0.0.1:19101"]  # a bot job by its catalogue port
+    assert "elsewhere" not in jobs and any("'elsewhere' left out" in n for n in rendered.notes)
+    assert alerts_of(layout.rules_dir / "new.yml")["TradingBotSomethingNew"]["for"] == "12s"
+    route = render_alertmanager(repo, PORTS, FAST, tmp_path / "token").config["route"]["routes"][0]
+    assert route == {
+        "matchers": ['alertname="TradingBotSomethingNew"'],
+        "receiver": "reconciler",
+        "group_wait": "0s",
+        "group_interval": "5s",
+    }
+
+
+# ---- Alertmanager -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "reconciler-token"
+    path.write_text("t0ken\n")
+    return path
+
+
+def write_am(tmp_path: Path, profile: Any, token_file: Path) -> tuple[Path, dict[str, Any]]:
+    rendered = render_alertmanager(REPO_ROOT, PORTS, profile, token_file)
+    path = tmp_path / f"alertmanager-{profile.name}.yml"
+    dump_yaml(path, rendered.config, "test")
+    return path, rendered.config
+
+
+@pytest.mark.alertmanager
+@pytest.mark.parametrize("profile", [FAST, STANDARD], ids=lambda p: p.name)
+def test_rendered_alertmanager_config_passes_amtool(tmp_path: Path, token_file: Path, profile: Any) -> None:
+    path, _ = write_am(tmp_path, profile, token_file)
+    result = run_binary("amtool", "check-config", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 templates" in result.stdout  # the repo's template, found through its absolute path
+
+
+def test_reconciler_webhook_is_local_with_a_credentials_file(tmp_path: Path, token_file: Path) -> None:
+    _, config = write_am(tmp_path, FAST, token_file)
+    receivers = {r["name"]: r for r in config["receivers"]}
+    (hook,) = receivers["reconciler"]["webhook_configs"]
+    assert hook["url"] == "http://127.0.0.1:19102/api/v1/alertmanager"
+    assert hook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": str(token_file)}
+    assert hook["send_resolved"] is True and hook["max_alerts"] == 0
+    # People's receivers stay (routing unchanged) but have no integration: no page leaves this machine.
+    for name in ("pager", "chat", "deadman"):
+        assert receivers[name] == {"name": name}
+    assert "http" not in json.dumps({k: v for k, v in receivers.items() if k != "reconciler"})
+    assert set(config["global"]) <= {"resolve_timeout"}
+
+
+def test_fast_profile_tunes_only_the_routes_to_the_reconciler(tmp_path: Path, token_file: Path) -> None:
+    repo = yaml.safe_load((REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    _, fast = write_am(tmp_path, FAST, token_file)
+    _, standard = write_am(tmp_path, STANDARD, token_file)
+    assert standard["route"] == repo["route"]
+    assert fast["inhibit_rules"] == standard["inhibit_rules"] == repo["inhibit_rules"]
+    tuned: list[dict[str, Any]] = []
+
+    def compare(before: dict[str, Any], after: dict[str, Any], inherited: str) -> None:
+        receiver = before.get("receiver", inherited)
+        own = {k: v for k, v in before.items() if k != "routes"}
+        expected = {**own, "group_wait": "0s", "group_interval": "5s"} if receiver == "reconciler" else own
+        assert {k: v for k, v in after.items() if k != "routes"} == expected
+        if receiver == "reconciler":
+            tuned.append(after)
+        for child_before, child_after in zip(before.get("routes", []), after.get("routes", []), strict=True):
+            compare(child_before, child_after, receiver)
+
+    compare(repo["route"], fast["route"], repo["route"]["receiver"])
+    assert len(tuned) >= 2  # Watchdog, critical and warning reach the reconciler
+
+
+@pytest.mark.alertmanager
+def test_every_repo_routing_case_routes_the_same_in_the_stack(tmp_path: Path, token_file: Path) -> None:
+    path, _ = write_am(tmp_path, FAST, token_file)
+    for case in ROUTING_CASES:
+        labels = [f"{name}={value}" for name, value in case["labels"].items()]
+        receivers = ",".join(case["receivers"])
+        result = run_binary(
+            "amtool", "config", "routes", "test", f"--config.file={path}", f"--verify.receivers={receivers}", *labels
+        )
+        assert result.returncode == 0, f"{case['name']}: routed to {result.stdout.strip()}, expected {receivers}"
+
+
+# ---- the bot's and the reconciler's configuration -----------------------------------------------------------
+
+
+def test_app_config_wires_the_bot_and_reconciler_together(tmp_path: Path, layout: Layout) -> None:
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text("database:\n  url: sqlite:///var/db.sqlite\nbot:\n  data_dir: var/bot\n")
+    app = build_app_config(source, layout, PORTS)
+    for token in (app.control_token_file, app.reconciler_token_file):
+        assert token.parent == tmp_path / "var" / "secrets"
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+        assert len(token.read_text().strip()) >= 32
+    control = app.control_token_file.read_text()
+    config = load_config(app.path)  # the generated file is a valid configuration on its own
+    assert config.database_url() == f"sqlite:///{tmp_path / 'var' / 'db.sqlite'}"
+    assert Path(config.bot.data_dir) == tmp_path / "var" / "bot"
+    assert (config.bot.listen.host, config.bot.listen.port) == ("127.0.0.1", 19101)
+    assert config.reconciler.listen.port == 19102
+    assert config.reconciler.prometheus_url == "http://127.0.0.1:19090"
+    assert config.reconciler.alertmanager_url == "http://127.0.0.1:19093"
+    # Prometheus labels the bot instance="127.0.0.1:19101": that key leads the reconciler to its control API.
+    assert set(config.reconciler.targets) == {"127.0.0.1:19101"}
+    assert config.reconciler.targets["127.0.0.1:19101"].url == "http://127.0.0.1:19101"
+    assert config.reconciler.targets["127.0.0.1:19101"].token == f"file:{app.control_token_file}"
+    # A second start keeps the tokens (Alertmanager and the bot read the same files).
+    build_app_config(source, layout, PORTS)
+    assert app.control_token_file.read_text() == control
+
+
+def test_the_committed_example_config_runs_in_the_stack(tmp_path: Path, layout: Layout) -> None:
+    """What `make run` does: the example copied to trading-ops.yaml, then `up` generates the children's config."""
+    source = tmp_path / "trading-ops.yaml"
+    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", source)
+    config = load_config(build_app_config(source, layout, PORTS).path)
+    assert config.database_url() == f"sqlite:///{tmp_path / 'var' / 'trading-ops.db'}"
+    assert set(config.reconciler.targets) == {"127.0.0.1:19101"}
+
+
+def test_a_database_url_from_the_environment_is_left_to_it(
+    tmp_path: Path, layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STACK_TEST_DB", f"sqlite:///{tmp_path / 'env.db'}")
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text("database:\n  url_env: STACK_TEST_DB\n")
+    app = build_app_config(source, layout, PORTS)
+    assert yaml.safe_load(app.path.read_text())["database"] == {"url_env": "STACK_TEST_DB"}
+    assert app.config.database_url() == f"sqlite:///{tmp_path / 'env.db'}"
+
+
+@pytest.mark.parametrize(
+    ("playbook", "expected"),
+    [("", ""), ("default", "default"), ("docker", "docker"), ("playbooks/mine.yml", "{root}/playbooks/mine.yml")],
+)
+def test_app_config_keeps_named_playbooks_and_resolves_playbook_files(
+    tmp_path: Path, layout: Layout, playbook: str, expected: str
+) -> None:
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text(yaml.safe_dump({"reconciler": {"playbook": playbook}}))
+    app = build_app_config(source, layout, PORTS)
+    generated = yaml.safe_load(app.path.read_text())
+    assert generated["reconciler"]["playbook"] == expected.format(root=tmp_path)
+
+
+# ---- the status line ------------------------------------------------------------------------------------------
+
+
+EPISODES = [
+    {
+        "id": 2,
+        "alertname": "TradingBotMarketDataStale",
+        "state": "verifying",
+        "closed_at": None,
+        "attempts": [
+            {
+                "steps": [
+                    {
+                        "description": "bot command=resubscribe",
+                        "outcome": "success",
+                        "started_at": "2026-01-01T10:00:05+00:00",
+                    }
+                ]
+            }
+        ],
+    },
+    {
+        "id": 1,
+        "alertname": "TradingBotBrokerDisconnected",
+        "state": "recovered",
+        "closed_at": "2026-01-01T10:00:03+00:00",
+        "attempts": [
+            {
+                "steps": [
+                    {
+                        "description": "bot command=reconnect",
+                        "outcome": "success",
+                        "started_at": "2026-01-01T10:00:01+00:00",
+                    }
+                ]
+            }
+        ],
+    },
+]
+
+
+def test_status_line_names_alerts_open_episodes_and_the_last_action() -> None:
+    action = last_action(EPISODES)
+    assert action is not None and action.startswith("bot command=resubscribe -> success at ")
+    assert "(TradingBotMarketDataStale, episode 2 verifying)" in action
+    line = render(
+        Snapshot(
+            alerts=["TradingBotBrokerDisconnected", "TradingBotBrokerDisconnected", "TradingBotMarketDataStale"],
+            watchdog=True,
+            open_episodes=1,
+            last_action=action,
+        )
+    )
+    assert line.startswith("alerts firing: 3 (TradingBotBrokerDisconnected x2, TradingBotMarketDataStale)")
+    assert "watchdog: ok" in line and "episodes open: 1" in line and "last action: bot command=resubscribe" in line
+    assert render(Snapshot()).startswith("alerts: unknown")
+
+
+def test_status_without_a_terminal_prints_a_line_only_when_it_changes() -> None:
+    out = io.StringIO()
+    printer = StatusPrinter(out)
+    for line in ("a", "a", "b", "b", "a"):
+        printer.show(line)
+    printer.message("child exited")
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines[:3]] == ["status: a", "status: b", "status: a"]
+    assert lines[3] == "child exited"
+
+
+# ---- `trading-ops up` as a process ---------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class UpProcess:
+    """`trading-ops up` on free ports in a temp dir; kills whatever is left on close (even after a failure)."""
+
+    def __init__(
+        self, root: Path, *extra: str, env: dict[str, str] | None = None, profile: str = "fast", **config: Any
+    ) -> None:
+        self.root = root
+        self.ports = Ports(bot=free_port(), reconciler=free_port(), prometheus=free_port(), alertmanager=free_port())
+        settings: dict[str, Any] = {
+            "database": {"url": f"sqlite:///{root / 'trading-ops.db'}"},
+            "bot": {"data_dir": str(root / "bot"), "control_token_file": str(root / "secrets" / "control-token")},
+            "reconciler": {"token_file": str(root / "secrets" / "reconciler-token")},
+            "paper": {"seed": 7},
+        }
+        for section, values in config.items():
+            settings.setdefault(section, {}).update(values)
+        self.config = root / "trading-ops.yaml"
+        self.config.write_text(yaml.safe_dump(settings))
+        self.state_dir = root / "stack"
+        args = [sys.executable, "-m", "trading_ops", "--config", str(self.config), "up", "--profile", profile]
+        args += ["--state-dir", str(self.state_dir), "--ready-timeout", "90"]
+        args += [
+            f"--{name}-port={getattr(self.ports, name)}" for name in ("bot", "reconciler", "prometheus", "alertmanager")
+        ]
+        args += extra  # last, so a test's own flags win
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_line(self, predicate: Callable[[str], bool], timeout: float = STARTUP_SECONDS) -> str:
+        end = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                found = next((line for line in self.lines if predicate(line)), None)
+                if found is not None:
+                    return found
+                if self.proc.poll() is not None and not self.reader.is_alive():
+                    raise AssertionError(f"up exited ({self.proc.returncode}) first:\n{self.output}")
+                if time.monotonic() > end:
+                    raise AssertionError(f"no such line within {timeout}s:\n{self.output}")
+                self.changed.wait(0.5)
+
+    def wait_up(self) -> None:
+        self.wait_line(lambda line: "local stack is up" in line)
+
+    def pids(self) -> dict[str, int]:
+        return {m["name"]: int(m["pid"]) for line in self.lines if (m := STARTED_RE.match(line))}
+
+    def url(self, role: str, path: str = "") -> str:
+        return self.ports.url(role) + path
+
+    def healthy(self, child: str) -> bool:
+        role, path = HEALTH[child]
+        try:
+            with urllib.request.urlopen(self.url(role, path), timeout=5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(STOP_SECONDS)
+        self.reader.join(10)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        for pid in self.pids().values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def up_process(tmp_path: Path) -> Iterator[Callable[..., UpProcess]]:
+    started: list[UpProcess] = []
+
+    def start(*extra: str, **kwargs: Any) -> UpProcess:
+        started.append(UpProcess(tmp_path, *extra, **kwargs))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.close()
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.alertmanager
+def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: Callable[..., UpProcess]) -> None:
+    require_binary("prometheus")
+    up = up_process()
+    up.wait_up()
+    pids = up.pids()
+    assert set(pids) == set(CHILDREN)
+    for child in CHILDREN:
+        assert up.healthy(child), f"{child} is not healthy:\n{up.output}"
+    for child in CHILDREN:
+        assert up.wait_line(lambda line, c=child: line.startswith(f"started {c}: pid") and f"{c}.log" in line)
+        assert (up.state_dir / "logs" / f"{child}.log").stat().st_size > 0
+    # The URLs printed are the stack's.
+    assert up.url("prometheus") in up.output and up.url("alertmanager") in up.output
+    assert up.wait_line(lambda line: "status: alerts firing" in line)
+    assert up.stop(signal.SIGINT) == 0, up.output
+    for child, pid in pids.items():
+        assert not alive(pid), f"{child} (pid {pid}) survived Ctrl-C"
+        assert re.search(rf"^  {child} \(pid {pid}\) exited with status 0$", up.output, re.MULTILINE), up.output
+    for port in (up.ports.bot, up.ports.reconciler, up.ports.prometheus, up.ports.alertmanager):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))  # free again
+
+
+@pytest.mark.slow
+@pytest.mark.alertmanager
+def test_a_missing_prometheus_is_named_with_its_package_and_the_rest_starts(
+    tmp_path: Path, up_process: Callable[..., UpProcess]
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    alertmanager = shutil.which("prometheus-alertmanager") or require_binary("prometheus-alertmanager")
+    (bin_dir / "prometheus-alertmanager").symlink_to(alertmanager)
+    up = up_process(env={**os.environ, "PATH": str(bin_dir)})
+    up.wait_up()
+    assert "apt-get install prometheus" in up.output
+    assert re.search(r"prometheus: no prometheus on PATH", up.output)
+    assert set(up.pids()) == {"paper-bot", "reconciler", "alertmanager"}
+    for child in ("paper-bot", "reconciler", "alertmanager"):
+        assert up.healthy(child), child
+    assert re.search(r"^  prometheus +not running \(binary missing\)$", up.output, re.MULTILINE)
+    pids = up.pids()
+    assert up.stop() == 0, up.output
+    assert not any(alive(pid) for pid in pids.values())
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.alertmanager
+def test_a_pipeline_child_dying_stops_the_stack_with_exit_1(up_process: Callable[..., UpProcess]) -> None:
+    up = up_process()
+    up.wait_up()
+    pids = up.pids()
+    os.kill(pids["reconciler"], signal.SIGKILL)
+    assert up.proc.wait(STOP_SECONDS) == 1
+    up.reader.join(10)
+    assert re.search(r"!!! reconciler \(pid \d+\) killed by SIGKILL unexpectedly", up.output), up.output
+    assert "stopping the stack" in up.output
+    assert not any(alive(pid) for pid in pids.values())
+
+
+@pytest.mark.slow
+def test_a_child_that_cannot_start_fails_up_with_its_log(tmp_path: Path, up_process: Callable[..., UpProcess]) -> None:
+    playbook = tmp_path / "broken-playbook.yml"
+    playbook.write_text("version: 1\nrules:\n  - name: no-steps\n    match: ['alertname=\"X\"']\n")
+    up = up_process(reconciler={"playbook": str(playbook)})
+    assert up.proc.wait(STOP_SECONDS) == 1, up.output
+    up.reader.join(10)
+    assert re.search(
+        r"^!!! trading-ops up: reconciler exited with status \d+ while starting; last lines of ", up.output, re.M
+    )
+    assert "steps" in up.output and "reconciler.playbook" in up.output  # the reconciler's complaint, from its log
+    assert "local stack is up" not in up.output
+    assert not any(alive(pid) for pid in up.pids().values())
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.alertmanager
+def test_a_killed_up_takes_its_children_with_it(up_process: Callable[..., UpProcess]) -> None:
+    """Even SIGKILL, which `up` cannot handle, leaves no server behind: the children asked the kernel for SIGTERM
+    when their parent dies."""
+    up = up_process()
+    up.wait_up()
+    pids = up.pids()
+    up.proc.kill()
+    up.proc.wait(STOP_SECONDS)
+    end = time.monotonic() + STOP_SECONDS
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not [name for name, pid in pids.items() if alive(pid)]
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_bad_usage(up_process: Callable[..., UpProcess]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        up = up_process(f"--prometheus-port={port}")
+        assert up.proc.wait(STOP_SECONDS) == 2
+        up.reader.join(10)
+    assert up.output.splitlines()[-1] == (
+        f"trading-ops: up: port {port} (prometheus) is in use on 127.0.0.1: free it or pass --prometheus-port "
+        "or --base-port"
+    )
+    assert not up.pids()
+
+
+def test_a_repo_without_monitoring_configs_is_bad_usage(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trading_ops", "up", "--repo", str(tmp_path), "--state-dir", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"trading-ops: up: no prometheus/prometheus.yml and alertmanager/alertmanager.yml in {tmp_path}: "
+        "run from the trading-ops checkout or pass --repo"
+    ]

@@ -1,0 +1,110 @@
+"""Timing profiles of the local stack: `fast` for self-healing demos and the recovery goal, `standard` as shipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trading_ops.stack.durations import format_duration
+
+# The fast profile's rule for alert `for:` durations, applied when the rule files are copied into the state dir:
+# divide by FOR_DIVISOR, but never below FOR_FLOOR_SECONDS (two 1 s evaluations, so one odd sample never fires an
+# alert) and never longer than the original. 10s -> 2s, 30s -> 6s, 2m -> 24s, 1h -> 12m; `for: 1s` stays 1s.
+FOR_DIVISOR = 5
+FOR_FLOOR_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # Prometheus global settings; None keeps the repo's prometheus.yml.
+    scrape_interval: float | None
+    evaluation_interval: float | None
+    scrape_timeout: float | None
+    # Prometheus --rules.alert.resend-delay (default 1m): how often firing alerts are sent again. Alerts that fire
+    # before Prometheus has found Alertmanager (its first seconds) are dropped and wait this long.
+    alert_resend_delay: float | None
+    # Alertmanager settings on the routes whose receiver is the reconciler's webhook; None keeps the repo's.
+    reconciler_group_wait: float | None
+    reconciler_group_interval: float | None
+    shorten_for: bool
+
+    def alert_for(self, seconds: float) -> float:
+        """The `for:` duration this profile gives an alert whose repo rule says `seconds`."""
+        if not self.shorten_for or seconds <= 0:
+            return seconds
+        return min(seconds, max(seconds / FOR_DIVISOR, FOR_FLOOR_SECONDS))
+
+    @property
+    def summary(self) -> str:
+        """One sentence for `up --help` and the README: what this profile changes."""
+        if self == STANDARD:
+            return "every timing exactly as in the repo's prometheus/ and alertmanager/ configurations."
+        fmt = format_duration
+        parts = []
+        if self.scrape_interval is not None and self.evaluation_interval is not None:
+            parts.append(
+                f"Prometheus scrapes every {fmt(self.scrape_interval)} (timeout {fmt(self.scrape_timeout or 0)}) "
+                f"and evaluates every {fmt(self.evaluation_interval)}"
+            )
+        if self.alert_resend_delay is not None:
+            parts.append(f"resends firing alerts every {fmt(self.alert_resend_delay)}")
+        if self.reconciler_group_wait is not None and self.reconciler_group_interval is not None:
+            parts.append(
+                f"the Alertmanager routes to the reconciler use group_wait {fmt(self.reconciler_group_wait)} "
+                f"and group_interval {fmt(self.reconciler_group_interval)}"
+            )
+        if self.shorten_for:
+            parts.append(
+                f"alert `for:` durations are divided by {FOR_DIVISOR}, at least {fmt(FOR_FLOOR_SECONDS)} "
+                "and never longer than the repo's (10s -> 2s, 2m -> 24s)"
+            )
+        return "; ".join(parts) + ". Everything else as in the repo."
+
+    def settings(self) -> dict[str, Any]:
+        """What the profile changes, as JSON-ready data (the benchmark prints it)."""
+
+        def fmt(value: float | None) -> str:
+            return "as in the repo" if value is None else format_duration(value)
+
+        return {
+            "profile": self.name,
+            "prometheus_scrape_interval": fmt(self.scrape_interval),
+            "prometheus_evaluation_interval": fmt(self.evaluation_interval),
+            "prometheus_scrape_timeout": fmt(self.scrape_timeout),
+            "prometheus_alert_resend_delay": fmt(self.alert_resend_delay),
+            "alertmanager_reconciler_group_wait": fmt(self.reconciler_group_wait),
+            "alertmanager_reconciler_group_interval": fmt(self.reconciler_group_interval),
+            "alert_for": (
+                f"for / {FOR_DIVISOR}, at least {format_duration(FOR_FLOOR_SECONDS)}, never longer than the repo's"
+                if self.shorten_for
+                else "as in the repo"
+            ),
+        }
+
+
+FAST = Profile(
+    name="fast",
+    scrape_interval=1.0,
+    evaluation_interval=1.0,
+    # Below the interval so a slow scrape never overlaps the next one (the repo uses 4 s for 5 s).
+    scrape_timeout=0.8,
+    alert_resend_delay=5.0,
+    reconciler_group_wait=0.0,
+    # A resolved notification must not beat the reconciler's own verification (its playbook polls Prometheus
+    # every 2 s after acting): a resolved episode is closed as `resolved`, not counted as a verified recovery.
+    # 5 s leaves room for that and delays nothing on the way in (new alert groups go out after group_wait).
+    reconciler_group_interval=5.0,
+    shorten_for=True,
+)
+STANDARD = Profile(
+    name="standard",
+    scrape_interval=None,
+    evaluation_interval=None,
+    scrape_timeout=None,
+    alert_resend_delay=None,
+    reconciler_group_wait=None,
+    reconciler_group_interval=None,
+    shorten_for=False,
+)
+PROFILES = {p.name: p for p in (FAST, STANDARD)}

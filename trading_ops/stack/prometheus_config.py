@@ -1,0 +1,201 @@
+"""Adapt the repo's prometheus.yml and alerting rules to the local stack: local targets, state-dir paths, profile."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trading_ops.stack.durations import format_duration, parse_duration
+from trading_ops.stack.layout import DEFAULT_PORTS, Layout, Ports
+from trading_ops.stack.profiles import Profile
+from trading_ops.stack.repo import PROMETHEUS_CONFIG, MonitoringConfigError, dump_yaml, load_yaml
+
+# Which part of the local stack a scrape job watches: by job name, else by the catalogue port of its first target.
+ROLE_BY_JOB = {
+    "tradingbot": "bot",
+    "trading-ops-reconciler": "reconciler",
+    "alertmanager": "alertmanager",
+    "prometheus": "prometheus",
+    "node": "node",
+}
+NODE_EXPORTER_PORT = 9100
+ROLE_BY_PORT = {port: role for role, port in DEFAULT_PORTS.items()} | {NODE_EXPORTER_PORT: "node"}
+# Settings that reach beyond this machine or describe how production is reached; the local children speak plain
+# HTTP on 127.0.0.1 and nothing is shipped anywhere.
+DROPPED_TOP_LEVEL = ("remote_write", "remote_read")
+DROPPED_TARGET_KEYS = ("scheme", "tls_config", "path_prefix", "proxy_url")
+SD_SUFFIX = "_sd_configs"
+# Prometheus's default scrape timeout, which a job inherits when neither it nor `global` sets one.
+DEFAULT_SCRAPE_TIMEOUT = 10.0
+DEFAULT_SCRAPE_INTERVAL = 60.0
+# Share of the scrape interval a timeout is clamped to when the profile's interval is shorter than the timeout.
+TIMEOUT_SHARE = 0.8
+
+
+@dataclass
+class RenderedPrometheus:
+    config: dict[str, Any]
+    rules: dict[str, dict[str, Any] | Path]  # file name -> adapted rule groups, or the repo file used as is
+    notes: list[str] = field(default_factory=list)
+
+
+def _port(target: str) -> int | None:
+    _, _, port = str(target).rpartition(":")
+    return int(port) if port.isdigit() else None
+
+
+def _role(job: dict[str, Any]) -> str | None:
+    role = ROLE_BY_JOB.get(str(job.get("job_name")))
+    if role is not None:
+        return role
+    for static in job.get("static_configs") or []:
+        for target in static.get("targets") or []:
+            return ROLE_BY_PORT.get(_port(target) or -1)
+    return None
+
+
+def _seconds(value: Any, where: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise MonitoringConfigError(f"{where}: {exc}") from exc
+
+
+def adapt_rules(groups: dict[str, Any], profile: Profile, source: str) -> dict[str, Any]:
+    """A rule file with every alert's `for:` as the profile says (see profiles.FOR_DIVISOR)."""
+    out = copy.deepcopy(groups)
+    for group in out.get("groups") or []:
+        for rule in group.get("rules") or []:
+            if "alert" in rule and "for" in rule:
+                seconds = _seconds(rule["for"], f"{source}: alert {rule['alert']}: for")
+                shortened = profile.alert_for(seconds)
+                if shortened != seconds:
+                    rule["for"] = format_duration(shortened)
+    return out
+
+
+def _rule_files(data: dict[str, Any], prometheus_dir: Path) -> list[Path]:
+    """The files the repo's rule_files patterns match, resolved as Prometheus does (relative to the config)."""
+    files: list[Path] = []
+    for pattern in data.get("rule_files") or []:
+        for match in sorted(glob.glob(os.path.join(prometheus_dir, str(pattern)))):
+            path = Path(match)
+            if path.is_file() and path not in files:
+                files.append(path)
+    return files
+
+
+def _scrape_job(job: dict[str, Any], target: str, global_interval: float, global_timeout: float) -> dict[str, Any]:
+    new = {
+        k: v for k, v in job.items() if not k.endswith(SD_SUFFIX) and k not in ("static_configs", *DROPPED_TARGET_KEYS)
+    }
+    labels: dict[str, Any] = {}
+    for static in job.get("static_configs") or []:
+        labels.update(static.get("labels") or {})
+    new["static_configs"] = [{"targets": [target], **({"labels": labels} if labels else {})}]
+    where = f"scrape job {job.get('job_name')}"
+    interval = _seconds(new["scrape_interval"], where) if "scrape_interval" in new else global_interval
+    timeout = _seconds(new["scrape_timeout"], where) if "scrape_timeout" in new else global_timeout
+    if timeout > interval:
+        new["scrape_timeout"] = format_duration(interval * TIMEOUT_SHARE)
+    return new
+
+
+def adapt_prometheus(
+    data: dict[str, Any],
+    ports: Ports,
+    profile: Profile,
+    rule_paths: list[Path],
+    node_exporter: str | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The repo's prometheus.yml for the local stack, and notes on what was left out."""
+    notes: list[str] = []
+    out = {k: copy.deepcopy(v) for k, v in data.items() if k not in DROPPED_TOP_LEVEL}
+    for key in DROPPED_TOP_LEVEL:
+        if key in data:
+            notes.append(f"prometheus: {key} left out (the local stack ships nothing off this machine)")
+    settings = dict(out.get("global") or {})
+    for key, value in (
+        ("scrape_interval", profile.scrape_interval),
+        ("evaluation_interval", profile.evaluation_interval),
+        ("scrape_timeout", profile.scrape_timeout),
+    ):
+        if value is not None:
+            settings[key] = format_duration(value)
+    out["global"] = settings
+    global_interval = _seconds(settings.get("scrape_interval", DEFAULT_SCRAPE_INTERVAL), "global.scrape_interval")
+    global_timeout = _seconds(settings.get("scrape_timeout", DEFAULT_SCRAPE_TIMEOUT), "global.scrape_timeout")
+    if global_timeout > global_interval:
+        settings["scrape_timeout"] = format_duration(global_interval * TIMEOUT_SHARE)
+        global_timeout = global_interval * TIMEOUT_SHARE
+
+    alerting = dict(out.get("alerting") or {})
+    managers = alerting.get("alertmanagers") or [{}]
+    first = {k: v for k, v in managers[0].items() if not k.endswith(SD_SUFFIX) and k not in DROPPED_TARGET_KEYS}
+    first.pop("static_configs", None)
+    alerting["alertmanagers"] = [{**first, "static_configs": [{"targets": [ports.address("alertmanager")]}]}]
+    out["alerting"] = alerting
+    out["rule_files"] = [str(p) for p in rule_paths]
+
+    jobs = []
+    for job in data.get("scrape_configs") or []:
+        role = _role(job)
+        name = job.get("job_name")
+        if role is None:
+            notes.append(f"prometheus: scrape job {name!r} left out: nothing in the local stack matches it")
+            continue
+        if role == "node":
+            if node_exporter is None:
+                notes.append(f"prometheus: scrape job {name!r} left out: no node exporter answers on 127.0.0.1:9100")
+                continue
+            target = node_exporter
+        else:
+            target = ports.address(role)
+        jobs.append(_scrape_job(job, target, global_interval, global_timeout))
+    out["scrape_configs"] = jobs
+    return out, notes
+
+
+def render_prometheus(
+    repo: Path, ports: Ports, profile: Profile, layout: Layout, node_exporter: str | None = None
+) -> RenderedPrometheus:
+    """Read the repo's prometheus.yml and rule files and adapt them (nothing is written)."""
+    source = repo / PROMETHEUS_CONFIG
+    data = load_yaml(source)
+    rule_sources = _rule_files(data, source.parent)
+    if not rule_sources:
+        raise MonitoringConfigError(f"{source}: rule_files match no file")
+    rules: dict[str, dict[str, Any] | Path] = {}
+    for path in rule_sources:
+        if path.name in rules:
+            raise MonitoringConfigError(f"{source}: two rule files are named {path.name}")
+        rules[path.name] = adapt_rules(load_yaml(path), profile, str(path)) if profile.shorten_for else path
+    # Rules the profile changes are copied into the state dir; otherwise Prometheus reads the repo's own files.
+    rule_paths = [layout.rules_dir / name if isinstance(r, dict) else r for name, r in rules.items()]
+    config, notes = adapt_prometheus(data, ports, profile, rule_paths, node_exporter)
+    return RenderedPrometheus(config, rules, notes)
+
+
+def write_prometheus(rendered: RenderedPrometheus, layout: Layout, repo: Path, profile: Profile) -> None:
+    """Write the adapted prometheus.yml and rule copies (a fresh rules dir: renamed repo files leave nothing)."""
+    shutil.rmtree(layout.rules_dir, ignore_errors=True)
+    layout.rules_dir.mkdir(parents=True, exist_ok=True)
+    for name, rules in rendered.rules.items():
+        if isinstance(rules, dict):
+            dump_yaml(
+                layout.rules_dir / name,
+                rules,
+                f"Generated by `trading-ops up` (profile {profile.name}) from {repo / 'prometheus'}: alert `for:`\n"
+                "durations shortened as trading_ops/stack/profiles.py says. Edit the source file, not this copy.",
+            )
+    dump_yaml(
+        layout.prometheus_config,
+        rendered.config,
+        f"Generated by `trading-ops up` (profile {profile.name}) from {repo / PROMETHEUS_CONFIG}:\n"
+        "local targets and paths. Edit the source file, not this copy.",
+    )

@@ -1,0 +1,153 @@
+"""The live status line of `up`: alerts firing, the reconciler's open episodes and its last action."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TextIO
+
+import aiohttp
+
+WATCHDOG = "Watchdog"
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=2)
+EPISODES_LISTED = 20
+NAMES_SHOWN = 3
+# Clear to the end of the line after rewriting it in place.
+CLEAR_EOL = "\x1b[K"
+
+
+@dataclass
+class Snapshot:
+    alerts: list[str] | None = None  # names of the alerts firing (Watchdog aside); None: nobody could say
+    alerts_from: str = ""
+    watchdog: bool | None = None
+    open_episodes: int | None = None
+    last_action: str | None = None
+    down: list[str] = field(default_factory=list)
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    try:
+        async with session.get(url, timeout=REQUEST_TIMEOUT) as resp:
+            if resp.status != 200:
+                return None
+            return await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return None
+
+
+async def _alerts(session: aiohttp.ClientSession, alertmanager: str | None, prometheus: str | None) -> Snapshot:
+    snap = Snapshot()
+    if alertmanager:
+        # Alertmanager knows what reaches receivers: also the escalations the reconciler posts, minus silenced
+        # and inhibited alerts.
+        body = await _get_json(
+            session, f"{alertmanager}/api/v2/alerts?active=true&silenced=false&inhibited=false&unprocessed=false"
+        )
+        if isinstance(body, list):
+            names = [str(a.get("labels", {}).get("alertname", "?")) for a in body if isinstance(a, dict)]
+            snap.alerts, snap.alerts_from = [n for n in names if n != WATCHDOG], "alertmanager"
+            snap.watchdog = WATCHDOG in names
+            return snap
+    if prometheus:
+        body = await _get_json(session, f"{prometheus}/api/v1/alerts")
+        if isinstance(body, dict):
+            alerts = (body.get("data") or {}).get("alerts") or []
+            names = [str(a["labels"].get("alertname", "?")) for a in alerts if a.get("state") == "firing"]
+            snap.alerts, snap.alerts_from = [n for n in names if n != WATCHDOG], "prometheus"
+            snap.watchdog = WATCHDOG in names
+    return snap
+
+
+def last_action(episodes: list[dict[str, Any]]) -> str | None:
+    """The most recently started step of any listed episode, with its outcome and its episode's state."""
+    latest: tuple[str, dict[str, Any], dict[str, Any]] | None = None
+    for episode in episodes:
+        for attempt in episode.get("attempts") or []:
+            for step in attempt.get("steps") or []:
+                started = step.get("started_at") or ""
+                if latest is None or started > latest[0]:
+                    latest = (started, step, episode)
+    if latest is None:
+        return None
+    started, step, episode = latest
+    try:
+        when = datetime.fromisoformat(started).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        when = "?"
+    outcome = step.get("outcome") or "running"
+    return (
+        f"{step.get('description') or step.get('action')} -> {outcome} at {when} "
+        f"({episode.get('alertname')}, episode {episode.get('id')} {episode.get('state')})"
+    )
+
+
+async def fetch(
+    session: aiohttp.ClientSession, alertmanager: str | None, prometheus: str | None, reconciler: str | None
+) -> Snapshot:
+    alerts_task = asyncio.ensure_future(_alerts(session, alertmanager, prometheus))
+    body = await _get_json(session, f"{reconciler}/api/v1/episodes?limit={EPISODES_LISTED}") if reconciler else None
+    snap = await alerts_task
+    if isinstance(body, dict) and isinstance(body.get("episodes"), list):
+        episodes = [e for e in body["episodes"] if isinstance(e, dict)]
+        snap.open_episodes = sum(1 for e in episodes if not e.get("closed_at"))
+        snap.last_action = last_action(episodes)
+    return snap
+
+
+def render(snap: Snapshot) -> str:
+    if snap.alerts is None:
+        alerts = "alerts: unknown (no Alertmanager or Prometheus answers)"
+    elif snap.alerts:
+        counts = Counter(snap.alerts).most_common()
+        names = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts[:NAMES_SHOWN])
+        more = f", +{len(counts) - NAMES_SHOWN} more" if len(counts) > NAMES_SHOWN else ""
+        alerts = f"alerts firing: {len(snap.alerts)} ({names}{more})"
+    else:
+        alerts = "alerts firing: 0"
+    parts = [alerts]
+    if snap.watchdog is not None:
+        parts.append("watchdog: ok" if snap.watchdog else "watchdog: not seen")
+    parts.append(f"episodes open: {'?' if snap.open_episodes is None else snap.open_episodes}")
+    parts.append(f"last action: {snap.last_action or 'none'}")
+    if snap.down:
+        parts.append(f"DOWN: {', '.join(snap.down)}")
+    return " | ".join(parts)
+
+
+class StatusPrinter:
+    """On a terminal one line rewritten in place; otherwise a line printed only when it changes."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.last = ""
+        self.open_line = False
+
+    def _write(self, text: str) -> None:
+        # A closed terminal or pipe must not stop `up` from stopping its children cleanly.
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(text)
+            self.stream.flush()
+
+    def show(self, line: str) -> None:
+        if self.tty:
+            width = shutil.get_terminal_size((120, 24)).columns
+            text = f"{datetime.now().strftime('%H:%M:%S')} {line}"
+            self._write("\r" + text[: max(20, width - 1)] + CLEAR_EOL)
+            self.open_line = True
+        elif line != self.last:
+            self._write(f"{datetime.now().strftime('%H:%M:%S')} status: {line}\n")
+        self.last = line
+
+    def message(self, text: str) -> None:
+        """A line of its own (a child's exit, shutdown progress), never mixed into the status line."""
+        if self.open_line:
+            self._write("\n")
+            self.open_line = False
+        self._write(text + "\n")
