@@ -63,6 +63,7 @@ test: $(STAMP) system-deps
 bench: $(STAMP)
 	$(PY) benchmarks/bench_exporter.py
 	$(PY) benchmarks/bench_intake.py
+	$(PY) benchmarks/bench_recovery.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from trading_ops.stack.durations import parse_duration
+from trading_ops.durations import parse_duration
 from trading_ops.stack.profiles import PROFILES
 
 GOAL_P50_SECONDS = 10.0

@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
+from trading_ops.durations import parse_duration
 from trading_ops.reconciler.actions import ACTIONS
-from trading_ops.reconciler.actions.base import RISKS, parse_duration
+from trading_ops.reconciler.actions.base import RISKS
 
 # Playbooks shipped in the package, by the name `reconciler.playbook` may give instead of a file path:
 # default (the paper bot under systemd) and docker (the docker compose stack: restarts through the Engine API).

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from trading_ops.stack.durations import format_duration
+from trading_ops.durations import format_duration
 from trading_ops.stack.layout import Layout, Ports
 from trading_ops.stack.profiles import Profile
 from trading_ops.stack.repo import ALERTMANAGER_CONFIG, MonitoringConfigError, dump_yaml, load_yaml

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trading_ops.stack.durations import format_duration
+from trading_ops.durations import format_duration
 
 # The fast profile's rule for alert `for:` durations, applied when the rule files are copied into the state dir:
 # divide by FOR_DIVISOR, but never below FOR_FLOOR_SECONDS (two 1 s evaluations, so one odd sample never fires an
@@ -91,10 +91,10 @@ FAST = Profile(
     scrape_timeout=0.8,
     alert_resend_delay=5.0,
     reconciler_group_wait=0.0,
-    # A resolved notification must not beat the reconciler's own verification (its playbook polls Prometheus
-    # every 2 s after acting): a resolved episode is closed as `resolved`, not counted as a verified recovery.
-    # 5 s leaves room for that and delays nothing on the way in (new alert groups go out after group_wait).
-    reconciler_group_interval=5.0,
+    # A fault that recurs while its alert group still exists (Prometheus re-sends a resolved alert for 15 minutes)
+    # waits for the group's next tick: 1 s keeps that short. A resolved notification that beats the reconciler's
+    # own verification poll is fine: it wakes the verification, whose last query still tells a recovery.
+    reconciler_group_interval=1.0,
     shorten_for=True,
 )
 STANDARD = Profile(

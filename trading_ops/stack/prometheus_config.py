@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trading_ops.stack.durations import format_duration, parse_duration
+from trading_ops.durations import format_duration, parse_duration
 from trading_ops.stack.layout import DEFAULT_PORTS, Layout, Ports
 from trading_ops.stack.profiles import Profile
 from trading_ops.stack.repo import PROMETHEUS_CONFIG, MonitoringConfigError, dump_yaml, load_yaml

@@ -18,10 +18,10 @@ import aiohttp
 
 from trading_ops.config import DEFAULT_CONFIG_PATH
 from trading_ops.db import migrate
+from trading_ops.durations import format_duration
 from trading_ops.stack import binaries
 from trading_ops.stack.alertmanager_config import render_alertmanager, write_alertmanager
 from trading_ops.stack.app_config import AppConfig, build_app_config
-from trading_ops.stack.durations import format_duration
 from trading_ops.stack.health import StartupFailed, wait_healthy
 from trading_ops.stack.layout import HOST, Layout, Ports
 from trading_ops.stack.profiles import Profile

@@ -137,21 +137,3 @@ def truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return text[:limit] + f"... [{len(text) - limit} more characters]"
-
-
-DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from 30, 2.5, "500ms", "30s", "5m", "1h" or "1d"; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 30s, got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"expected a non-negative duration, got {value!r}")
-        return float(value)
-    m = DURATION_RE.match(str(value))
-    if not m:
-        raise ValueError(f"expected a duration like 30s, 5m or 1h, got {str(value)[:40]!r}")
-    return float(m.group(1)) * DURATION_UNITS[m.group(2)]

@@ -7,7 +7,8 @@ from typing import Any
 
 from trading_ops.clients.alertmanager import AlertmanagerError
 from trading_ops.db.base import utcnow
-from trading_ops.reconciler.actions.base import Action, ActionContext, Result, parse_duration
+from trading_ops.durations import parse_duration
+from trading_ops.reconciler.actions.base import Action, ActionContext, Result
 
 CREATED_BY = "trading-ops-reconciler"
 

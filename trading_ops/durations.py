@@ -1,7 +1,8 @@
-"""Prometheus and Alertmanager duration strings (`1h30m`, `10s`, `500ms`) to seconds and back."""
+"""Durations as Prometheus and Alertmanager write them (`1h30m`, `10s`, `500ms`) to seconds and back."""
 
 from __future__ import annotations
 
+import math
 import re
 
 # Units of the Prometheus duration format (model.ParseDuration), largest first.
@@ -15,20 +16,29 @@ UNITS: tuple[tuple[str, float], ...] = (
     ("ms", 0.001),
 )
 DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
+# Also accepted (playbooks and settings written by hand): a decimal number of one unit, `2.5s`, `1.5h`, or bare `30`.
+DECIMAL_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 
 
 def parse_duration(text: str | int | float) -> float:
-    """Seconds in a duration string; raises ValueError for anything Prometheus would reject."""
+    """Seconds in a duration: a number of seconds, a Prometheus duration (`1h30m`) or one decimal unit (`2.5s`).
+
+    Raises ValueError, naming what was given, for anything else (negative, empty, unknown unit)."""
     if isinstance(text, bool):
-        raise ValueError(f"not a duration: {text!r}")
+        raise ValueError(f"expected a duration like 30s, 5m or 1h, got {text!r}")
     if isinstance(text, int | float):
+        if not 0 <= text < math.inf:  # negative, NaN or infinite
+            raise ValueError(f"expected a non-negative duration, got {text!r}")
         return float(text)
+    if not isinstance(text, str):
+        raise ValueError(f"expected a duration like 30s, 5m or 1h, got {str(text)[:40]!r}")
     text = text.strip()
-    if text == "0":
-        return 0.0
+    decimal = DECIMAL_RE.match(text)
+    if decimal:
+        return float(decimal.group(1)) * dict(UNITS)[decimal.group(2) or "s"]
     found = DURATION_RE.match(text)
     if not text or found is None:
-        raise ValueError(f"not a duration: {text!r}")
+        raise ValueError(f"expected a duration like 30s, 5m or 1h, got {text[:40]!r}")
     return sum(int(value) * seconds for value, (_, seconds) in zip(found.groups(), UNITS, strict=True) if value)
 
 

@@ -1,0 +1,42 @@
+"""Durations in playbooks, settings and the Prometheus and Alertmanager files the local stack adapts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trading_ops.durations import format_duration, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("10s", 10),
+        ("2m", 120),
+        ("1h30m", 5400),
+        ("500ms", 0.5),
+        ("1d", 86400),
+        ("0", 0),
+        ("1m30s", 90),
+        ("2w", 1209600),
+    ],
+)
+def test_prometheus_durations_parse_and_format_back(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("1.5s", 1.5), ("2.5m", 150), ("30", 30), (" 5m ", 300), (2.5, 2.5), (0, 0)]
+)
+def test_hand_written_forms_of_playbooks_are_accepted(value: str | float, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "ten seconds", "5 m", "-1s", "1x", "1h-5m", "1.5h30m", -1, math.nan, math.inf, True]
+)
+def test_a_bad_duration_is_refused_naming_it(bad: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)  # type: ignore[arg-type]
