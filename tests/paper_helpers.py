@@ -17,6 +17,14 @@ TOKEN = "paper-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+class IdleStrategy:
+    """Places nothing, so that a test places exactly the orders it needs. The bot stays active: a paused bot's order
+    gate refuses every order, the test's own included."""
+
+    async def step(self, bot: Any) -> None:
+        return None
+
+
 def fast_config(tmp_path: Path, **paper: Any) -> Config:
     """A paper bot that trades every 20 ms on a venue ticking every 10 ms, with no random rejects."""
     settings: dict[str, Any] = {

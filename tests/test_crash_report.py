@@ -3,6 +3,7 @@ and one still unsent when the bot stops goes out at its next start."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.paper.bot import PaperBot
+from trading_ops.tasks import stop_tasks
 
 
 class Receiver:
@@ -133,3 +135,34 @@ async def test_a_report_unsent_when_the_bot_stopped_goes_out_at_the_next_start(t
     finally:
         await second.stop()
         await up.stop()
+
+
+async def test_a_database_error_is_retried_and_never_ends_the_reporter(tmp_path: Path, receiver: Receiver) -> None:
+    """The recovery events table is out of reach for a while (a failover, a lock): each attempt fails on the
+    database, is logged and retried with the same back-off; the report still goes out once the database is back."""
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    journal = Journal(engine, "paper-1", "paper")
+    store = RecoveryStore(engine, "paper-1", "paper")
+    try:
+        event_id = await journal.call(crash_event, journal, store)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE recovery_events RENAME TO recovery_events_away")
+        reporter = CrashReporter(journal, store, [receiver.url], bot="paper-1", venue="paper", retry_seconds=0.01)
+        task = asyncio.create_task(reporter.run())
+        try:
+            await wait_for(lambda: reporter.failures >= 3)
+            assert not task.done() and reporter.sent == 0
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE recovery_events_away RENAME TO recovery_events")
+            async with asyncio.timeout(30):
+                await task  # returns once sent (after the receiver's own two failures)
+        finally:
+            await stop_tasks([task])
+        assert reporter.sent == 1 and "restarted after a crash" in receiver.posts[-1]["title"]
+        [event] = await journal.call(store.events)
+        assert event.id == event_id and event.notified
+    finally:
+        journal.close()
+        engine.dispose()

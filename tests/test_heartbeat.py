@@ -1,14 +1,21 @@
 """Heartbeat and crash detection on a real database: a clean stop is no crash, a stale heartbeat without the
-marker is, a heartbeat still moving means another instance runs; the shutdown deadline names what it cut off."""
+marker is, a heartbeat still moving means another instance runs; the shutdown deadline names what it cut off.
+The single-instance guard: a lock file on this host, a PostgreSQL advisory lock across hosts (needs the local
+PostgreSQL on 127.0.0.1:5432)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 from tests.paper_helpers import wait_for
 from trading_ops.bot.heartbeat import AnotherInstanceRunning, Heartbeat
+from trading_ops.bot.instance_lock import InstanceLock
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, run_steps
@@ -129,3 +136,75 @@ async def test_a_later_step_sees_which_earlier_ones_failed() -> None:
     sequence = ShutdownSequence([("flush", broken), ("marker", marker), ("close", fine)], 5)
     assert await sequence.run() == ["flush"]
     assert seen == [["flush"]] and sequence.unfinished() == []
+
+
+# -- the single-instance guard (the heartbeat decides whether a previous run crashed; this keeps two runs apart) --
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from trading_ops.bot.instance_lock import InstanceLock
+from trading_ops.db.base import make_engine
+InstanceLock(Path(sys.argv[1]), "paper-1", make_engine(sys.argv[2])).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_bot_on_another_host_is_kept_out_by_the_postgresql_advisory_lock(postgres_url: str, tmp_path) -> None:
+    """Two hosts share the journal's PostgreSQL database, each with its own data directory (so the lock files do
+    not meet): the second is refused, naming the holder's process; another bot name is not; when the holder dies
+    (kill -9) the database releases its lock and the bot starts."""
+    engine = make_engine(postgres_url)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "host-a"), postgres_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        second = InstanceLock(tmp_path / "host-b", "paper-1", engine)
+        with pytest.raises(AnotherInstanceRunning, match=rf"trading-ops paper-1 pid {holder.pid}@"):
+            second.acquire()
+        assert not second.held
+        other = InstanceLock(tmp_path / "host-b", "paper-2", engine)
+        other.acquire()
+        other.release()
+        holder.kill()
+        holder.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while True:  # the server notices the dead session when its socket closes
+            try:
+                second.acquire()
+                break
+            except AnotherInstanceRunning:
+                assert time.monotonic() < deadline, "the advisory lock outlived its holder"
+                time.sleep(0.05)
+        assert second.held
+        second.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=10)
+        for stream in (holder.stdout, holder.stderr):
+            if stream is not None:
+                stream.close()
+        engine.dispose()
+
+
+def test_the_lock_file_keeps_a_second_process_on_this_host_out(tmp_path) -> None:
+    """Same host, same data directory: the flock refuses the second, naming the holder's pid from the lock file."""
+    first = InstanceLock(tmp_path, "paper-1")
+    first.acquire()
+    try:
+        second = InstanceLock(tmp_path, "paper-1")
+        with pytest.raises(AnotherInstanceRunning, match=rf"pid {os.getpid()} on .* holds .*paper-1\.lock"):
+            second.acquire()
+        other = InstanceLock(tmp_path, "paper-2")
+        other.acquire()  # another bot: its own lock
+        other.release()
+    finally:
+        first.release()
+    second.acquire()
+    assert second.held
+    second.release()

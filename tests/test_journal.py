@@ -1,18 +1,23 @@
 """The journal on SQLite and PostgreSQL: order updates never move an order back, adopting balances is exact (an asset
-the venue omits is zero), and removing duplicate fill rows takes their balance changes with them."""
+the venue omits is zero), removing duplicate fill rows takes their balance changes with them, and what a restart
+restores (positions, the day's realized P&L) never needs the whole fill history."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import delete
 
+from trading_ops.bot import journal as journal_module
+from trading_ops.bot.book import Holding
 from trading_ops.bot.broker import OrderRequest, OrderStatus, OrderType, Side, VenueFill, VenueOrder
 from trading_ops.bot.journal import Journal, OrderUpdate
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
+from trading_ops.db.models import Fill
 
 AT = datetime(2026, 11, 22, 12, tzinfo=UTC)
 
@@ -79,3 +84,48 @@ def test_removing_fill_rows_undoes_their_balance_changes_in_the_same_transaction
     journal.remove_fill_rows([row.id], {"BTC": Decimal(-1), "USD": Decimal(101)})
     assert journal.fills() == []
     assert journal.balances() == {"USD": Decimal(1000), "BTC": Decimal(0)}
+
+
+def trade(trade_id: str, side: Side, quantity: str, price: int, at: datetime) -> VenueFill:
+    return VenueFill(
+        trade_id, "c-1", "P1", "BTC-USD", side, Decimal(quantity), Decimal(price), Decimal(0), "USD", "taker", at
+    )
+
+
+def test_a_start_reads_the_positions_and_the_last_days_fills_not_the_history(journal: Journal) -> None:
+    """What a restart restores: the positions as journaled with each fill, and the realized P&L of the last day with
+    fills. Older fills play no part: archiving them changes nothing."""
+    yesterday = AT - timedelta(days=1)
+    journal.fill(trade("T1", Side.BUY, "1", 100, yesterday), (Decimal(1), Decimal(100), Decimal(0)), None, Decimal(0))
+    journal.fill(trade("T2", Side.SELL, "0.5", 110, AT), (Decimal("0.5"), Decimal(100), Decimal(5)), None, Decimal(5))
+    later = AT + timedelta(hours=1)
+    journal.fill(
+        trade("T3", Side.SELL, "0.25", 120, later), (Decimal("0.25"), Decimal(100), Decimal(10)), None, Decimal(5)
+    )
+    state = journal.book_state()
+    assert state.holdings == {"BTC-USD": Holding(Decimal("0.25"), Decimal(100), Decimal(10))}
+    assert (state.day, state.realized_on_day) == (AT.date(), Decimal(10))
+    with journal.engine.begin() as conn:  # yesterday's fill is archived elsewhere
+        conn.execute(delete(Fill).where(Fill.trade_id == "T1"))
+    assert journal.book_state() == state
+
+
+def test_fills_journaled_without_their_realized_pnl_get_it_from_one_replay(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fills journaled by a version that did not store each fill's realized P&L: book_state says it cannot tell
+    the day's P&L, and one replay of the history stores it (and the positions it gives). The replay reads the
+    history in batches (two rows here), in execution order across them."""
+    monkeypatch.setattr(journal_module, "REPLAY_BATCH", 2)
+    yesterday = AT - timedelta(days=1)
+    journal.fill(trade("T1", Side.BUY, "1", 100, yesterday), (Decimal(1), Decimal(100), Decimal(0)))
+    journal.fill(trade("T2", Side.SELL, "0.4", 110, AT), (Decimal("0.6"), Decimal(100), Decimal(4)))
+    journal.fill(trade("T3", Side.SELL, "0.1", 90, AT), (Decimal("0.5"), Decimal(100), Decimal(3)))
+    journal.fill(trade("T4", Side.SELL, "0.1", 100, AT), (Decimal("0.4"), Decimal(100), Decimal(3)))
+    journal.fill(trade("T5", Side.BUY, "0.4", 105, AT), (Decimal("0.8"), Decimal("102.5"), Decimal(3)))
+    assert journal.book_state().realized_on_day is None
+    assert journal.rebuild_positions(None) == ["BTC-USD"]
+    assert [f.realized_pnl for f in journal.fills()] == [Decimal(0), Decimal(4), Decimal(-1), Decimal(0), Decimal(0)]
+    state = journal.book_state()
+    assert state.holdings == {"BTC-USD": Holding(Decimal("0.8"), Decimal("102.5"), Decimal(3))}
+    assert state.realized_on_day == Decimal(3)

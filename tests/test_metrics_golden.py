@@ -140,6 +140,9 @@ def drive(bot: PaperBot, clock: FakeMonotonic) -> None:
     m.order_acknowledged("SOL-USD", "sell", "limit", client_order_id="o-5", latency_seconds=0.0035)
     m.order_submitted("BTC-USD", "sell", "limit", client_order_id="o-6")
     clock.now += 1.5
+    # One order the bot's own gate kept back (paused), one whose submission got no answer.
+    m.order_refused("ETH-USD", "trading_state")
+    m.order_outcome_unknown("SOL-USD")
     m.position("BTC-USD", 0.5, 43_505.0)
     m.position("ETH-USD", -1.5, -4_500.0)
     m.balance("USD", 60_492.37)

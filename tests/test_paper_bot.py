@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import socket
 from decimal import Decimal
 
 import pytest
 from prometheus_client import CollectorRegistry, enable_created_metrics
 from sqlalchemy import func, select
 
-from tests.paper_helpers import AUTH, TOKEN, control, counter_total, fast_config, get, wait_for
-from trading_ops.bot.broker import Channel, OrderType, Side
+from tests.paper_helpers import AUTH, TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
+from trading_ops.bot.broker import Channel, OrderRequest, OrderType, Side, VenueFill, VenueOrder
+from trading_ops.bot.instance_lock import AnotherInstanceRunning
+from trading_ops.bot.journal import Journal
 from trading_ops.bot.reconciliation import Trigger
 from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.bot.shutdown import ShutdownDeadlineExceeded
-from trading_ops.db.base import make_sessionmaker
+from trading_ops.db.base import make_engine, make_sessionmaker, utcnow
 from trading_ops.db.models import Fill, Order, Position
 from trading_ops.paper.bot import CENT, PaperBot
 
@@ -61,6 +66,10 @@ async def test_trades_continuously_and_journals_everything(bot: PaperBot) -> Non
     assert orders is not None and orders >= fills / 2
     for symbol, quantity in journal_positions().items():
         assert quantity == bot.book.position(symbol)
+    # What a restart restores (the positions and the day's realized P&L, each fill's stored with it) is this book.
+    restored = await bot.journal.call(bot.journal.book_state)
+    assert restored.realized_on_day == bot.book.realized_today
+    assert {s: h.quantity for s, h in restored.holdings.items()} == {s: bot.book.position(s) for s in restored.holdings}
     await wait_for(lambda: sample(bot, "tradingbot_loop_iterations_total") > 5)
     assert sample(bot, "tradingbot_broker_connected", venue="paper", channel="orders") == 1
     assert sample(bot, "tradingbot_market_data_last_update_timestamp_seconds", venue="paper", symbol="BTC-USD")
@@ -206,7 +215,10 @@ async def test_without_chaos_the_fault_commands_do_not_exist(tmp_path) -> None:
 async def test_commands_needing_the_venue_answer_503_while_it_is_unreachable(bot: PaperBot) -> None:
     """After drop_connection: halt stands (state halted) with its cancel pending, cancel_all and resubscribe say
     the broker is unavailable; the next reconnect cancels the orders the halt could not."""
-    assert (await control(bot.port, "pause"))[0] == 200
+    bot.strategy = IdleStrategy()  # type: ignore[assignment]
+    async with bot._trade_lock:
+        pass  # the step in progress (if any) has ended; the next ones place nothing
+    await bot.cancel_all()
     mid = bot.broker.quote("BTC-USD").mid
     resting = await bot.submit(
         "BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), (mid * Decimal("0.9")).quantize(CENT)
@@ -241,7 +253,7 @@ async def test_no_new_risk_on_stale_market_data_but_reduce_only_goes_out(tmp_pat
     bot = PaperBot(
         fast_config(tmp_path, partial_fill_probability=0), token=TOKEN, registry=CollectorRegistry(), chaos=True
     )
-    bot.inst.state.apply("pause")  # the strategy places nothing
+    bot.strategy = IdleStrategy()  # type: ignore[assignment]  # the test places what it needs
     bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
     try:
         await _stale_market_data_gate(bot)
@@ -382,7 +394,11 @@ async def test_the_whole_shutdown_is_under_one_deadline(tmp_path) -> None:
         with pytest.raises(ShutdownDeadlineExceeded) as info:
             async with asyncio.timeout(30):  # a shutdown without a deadline on this step would hang here
                 await bot.shutdown("SIGTERM")
-        assert info.value.unfinished == ["stop the HTTP server", "close the journal"]
+        assert info.value.unfinished == [
+            "stop the HTTP server",
+            "close the journal",
+            "release the single-instance lock",
+        ]
         run = RecoveryStore(bot.engine, "paper-1", "paper").last_run()
         assert run is not None and run.clean_shutdown
     finally:
@@ -401,3 +417,199 @@ async def test_the_paper_bot_exports_no_created_series(tmp_path) -> None:
         await paper_bot.stop()
     assert status == 200 and "tradingbot_fills_total" in body
     assert [line for line in body.splitlines() if "_created" in line] == []
+
+
+async def idle_bot(tmp_path, **paper: object) -> PaperBot:
+    """A started bot whose strategy places nothing: the test places exactly what it needs."""
+    bot = PaperBot(fast_config(tmp_path, **paper), token=TOKEN, registry=CollectorRegistry(), chaos=True)
+    bot.strategy = IdleStrategy()  # type: ignore[assignment]
+    bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+    return bot
+
+
+async def test_halt_waits_for_the_step_in_progress_and_nothing_goes_out_after_it(tmp_path) -> None:
+    """The kill switch comes in while a strategy step is sending its first order (the venue answers after 50 ms)
+    and has more symbols to quote: the command answers once that step ended and its orders are canceled. After
+    it nothing is sent, nothing fills and nothing is left working."""
+    config = fast_config(tmp_path, order_latency_seconds=0.05, order_max_age_seconds=60, partial_fill_probability=0)
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    venue = bot.broker
+    original = venue.submit
+    sent: list[str] = []
+    first_in_flight = asyncio.Event()
+
+    async def submit(request: OrderRequest) -> VenueOrder:
+        sent.append(request.client_order_id)
+        if request.symbol == config.paper.symbols[0]:
+            first_in_flight.set()
+        return await original(request)
+
+    venue.submit = submit  # type: ignore[method-assign]
+    await bot.start("127.0.0.1", 0)
+    try:
+        async with asyncio.timeout(20):
+            await first_in_flight.wait()  # a step is inside the venue's submit, the other symbols still to quote
+        await bot.inst.control.run("halt", {})
+        sent_at_halt = len(sent)
+        fills_at_halt = counter_total(bot, "tradingbot_fills")
+        assert await venue.open_orders() == []
+        iterations = sample(bot, "tradingbot_loop_iterations_total") or 0
+        await wait_for(lambda: (sample(bot, "tradingbot_loop_iterations_total") or 0) >= iterations + 10)
+        await venue.drain_events()
+        assert sent[sent_at_halt:] == []
+        assert counter_total(bot, "tradingbot_fills") == fills_at_halt
+        assert await venue.open_orders() == []
+    finally:
+        await bot.stop()
+
+
+async def test_an_order_whose_journal_write_outlasts_a_pause_is_not_sent(tmp_path) -> None:
+    """The state is checked again right before the venue: a pause that lands while the order is being journaled
+    keeps it off the venue, and the journal says why it never went."""
+    bot = await idle_bot(tmp_path)
+    try:
+        journal_submitted = bot.journal.order_submitted
+
+        def paused_meanwhile(request: OrderRequest, strategy: str) -> None:
+            journal_submitted(request, strategy)
+            bot.inst.state.apply("pause", reason="while journaling")
+
+        bot.journal.order_submitted = paused_meanwhile  # type: ignore[method-assign]
+        assert await bot.submit("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.01")) is None
+        assert await bot.broker.open_orders() == [] and await bot.broker.recent_fills() == []
+        with make_sessionmaker(bot.engine)() as session:
+            [row] = session.scalars(select(Order)).all()
+        assert (row.status, row.reject_reason) == ("rejected", "refused: trading_state")
+        refused = sample(
+            bot,
+            "tradingbot_orders_refused_total",
+            venue="paper",
+            strategy="demo",
+            symbol="BTC-USD",
+            reason="trading_state",
+        )
+        assert refused == 1
+        # While paused nothing goes out, reduce-only included; reduce_only lets only reduce-only orders through.
+        assert await bot.submit("BTC-USD", Side.SELL, OrderType.MARKET, Decimal("0.01"), reduce_only=True) is None
+        bot.inst.state.apply("reduce_only")
+        assert bot.order_refusal("BTC-USD", reduce_only=False) == "only reduce-only orders while reduce_only"
+        assert bot.order_refusal("BTC-USD", reduce_only=True) is None
+    finally:
+        await bot.stop()
+
+
+async def test_kill_switch_and_shutdown_cancel_the_bots_orders_it_does_not_track(tmp_path) -> None:
+    """Orders of the bot the venue works but the bot does not track: one a previous run journaled (its answer was
+    lost in a crash), one this run sent whose answer it never applied. The kill switch cancels both, and so does
+    the shutdown (or it writes no clean marker); an order placed by hand stays, for reconciliation's policy."""
+    bot = await idle_bot(tmp_path, order_max_age_seconds=60)
+    stopped = False
+    try:
+        far = (bot.broker.quote("BTC-USD").mid * Decimal("0.8")).quantize(CENT)
+
+        async def untracked(client_order_id: str, journaled: bool) -> str:
+            request = OrderRequest(client_order_id, "BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), far)
+            if journaled:
+                await bot.journal.call(bot.journal.order_submitted, request, "demo")
+            await bot.broker.submit(request)  # straight to the venue: the bot does not track it
+            assert client_order_id not in bot.orders
+            return client_order_id
+
+        previous_run = await untracked("paper-1-previous-run-1", journaled=True)
+        answer_lost = await untracked(bot.next_client_order_id(), journaled=False)
+        by_hand = await bot.broker.place_external_order("BTC-USD", Side.BUY, Decimal("0.01"), far)
+        assert {o.key for o in await bot.broker.open_orders()} == {previous_run, answer_lost, by_hand.key}
+        status, body = await control(bot.port, "halt")
+        assert status == 200, body
+        assert [o.key for o in await bot.broker.open_orders()] == [by_hand.key]
+
+        kept_from_before = await untracked("paper-1-previous-run-2", journaled=True)
+        await bot.stop()  # open_orders_on_shutdown: cancel
+        stopped = True
+        assert bot.broker._orders[bot.broker._by_client[kept_from_before]].status.value == "canceled"
+        assert [o.key for o in bot.broker._open.values()] == [by_hand.key]
+        run = await asyncio.to_thread(bot.recovery_store.last_run)
+        assert run is not None and run.clean_shutdown
+    finally:
+        if not stopped:
+            await bot.stop()
+
+
+async def test_no_new_risk_after_a_reconnect_until_its_reconciliation_passes(tmp_path) -> None:
+    """Fills made while the orders channel was down reach the bot only through the reconciliation that follows
+    the reconnect: until it passes, no order that can add risk goes out (the book may be stale) and /readyz says
+    so; a reduce-only order may go."""
+    bot = await idle_bot(tmp_path, partial_fill_probability=0)
+    try:
+        assert (await control(bot.port, "drop_connection"))[0] == 200
+        hidden = await bot.broker.inject_hidden_fill("ETH-USD", Decimal("1"))  # a fill the bot never hears of
+        async with bot._trade_lock:  # the reconciliation the reconnect asks for has to wait for this
+            assert (await control(bot.port, "reconnect"))[0] == 200
+            assert not bot.market_data_stale("BTC-USD")
+            waiting = "the reconciliation after the orders channel reconnected has not passed"
+            assert bot.order_refusal("BTC-USD", reduce_only=False) == waiting
+            assert await bot.submit("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.01")) is None
+            status, body = await get(bot.port, "/readyz")
+            assert status == 503 and "reconnected" in body
+            closing = await bot.submit("ETH-USD", Side.SELL, OrderType.MARKET, Decimal("0.5"), reduce_only=True)
+            assert closing is not None and closing.status.value == "filled"
+        await wait_for(lambda: not bot.reconnect_reconciliation_pending)
+        last = bot.reconciler.last
+        assert last is not None and (last["trigger"], last["result"]) == ("reconnect", "resolved")
+        assert [d["key"] for d in last["discrepancies"]] == [hidden.trade_id]
+        assert bot.book.position("ETH-USD") == Decimal("0.5") == (await bot.broker.positions())["ETH-USD"]
+        assert bot.order_refusal("BTC-USD", reduce_only=False) is None
+        labels = {"venue": "paper", "strategy": "demo", "symbol": "BTC-USD", "reason": "reconnect_reconciliation"}
+        assert sample(bot, "tradingbot_orders_refused_total", **labels) == 1
+        assert (await get(bot.port, "/readyz"))[0] == 200
+    finally:
+        await bot.stop()
+
+
+async def test_a_second_instance_of_the_same_bot_does_not_start(tmp_path) -> None:
+    """The single-instance lock (same host): a second bot with the same name and data directory is refused before
+    it reads or writes anything, naming the holder; once the first stopped, the bot starts again."""
+    config = fast_config(tmp_path)
+    first = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    await first.start("127.0.0.1", 0)
+    try:
+        holder = rf"bot 'paper-1' is already running: pid {os.getpid()} on {re.escape(socket.gethostname())} since "
+        with pytest.raises(AnotherInstanceRunning, match=holder):
+            PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+        assert first.trading_allowed and first.instance_lock.held
+    finally:
+        await first.stop()
+    again = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    await again.start("127.0.0.1", 0)
+    try:
+        assert again.crash is None  # the first stopped cleanly
+    finally:
+        await again.stop()
+
+
+async def test_a_start_takes_the_book_from_the_journaled_positions_not_by_replaying_fills(tmp_path) -> None:
+    """The fills of earlier days were archived out of the journal (or there are simply many): a start restores the
+    positions the journal holds and today's realized P&L from today's fills."""
+    config = fast_config(tmp_path)
+    engine = make_engine(config.database_url())
+    journal = Journal(engine, "paper-1", "paper")
+    # Earlier: 1 BTC bought at 100 (that fill archived since). Today: half of it sold at 110, 5 realized.
+    sold = VenueFill(
+        "T2", "c-2", "P2", "BTC-USD", Side.SELL, Decimal("0.5"), Decimal(110), Decimal(0), "USD", "taker", utcnow()
+    )
+    await journal.call(journal.fill, sold, (Decimal("0.5"), Decimal(100), Decimal(5)), None, Decimal(5))
+    journal.close()
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), engine=engine)
+    try:
+        await bot._restore_book()
+        holding = bot.book.holding("BTC-USD")
+        assert (holding.quantity, holding.average_price, bot.book.realized_today) == (
+            Decimal("0.5"),
+            Decimal(100),
+            Decimal(5),
+        )
+        assert sample(bot, "tradingbot_position_quantity", venue="paper", symbol="BTC-USD") == 0.5
+    finally:
+        bot.journal.close()
+        bot.instance_lock.release()
+        engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -121,3 +122,19 @@ def test_paper_bot_on_a_database_not_migrated_exits_2_with_one_line(tmp_path) ->
     assert behind.returncode == 2 and behind.stderr.splitlines() == [f"trading-ops: {NOT_MIGRATED}"]
     assert cli("--config", str(config), "db", "upgrade").returncode == 0
     assert schema_problem(loaded) is None
+
+
+def test_a_second_paper_bot_with_the_same_config_exits_1_naming_the_first(running_bot) -> None:
+    """The first keeps running untouched; the second says in one line who holds the bot, and exits 1."""
+    proc, config, port = running_bot
+    second = cli("--config", str(config), "paper-bot", "--port", str(free_port()))
+    assert second.returncode == 1, second.stderr
+    [line] = second.stderr.splitlines()
+    assert re.fullmatch(
+        rf"trading-ops: paper-bot: bot 'paper-1' is already running: pid {proc.pid} on \S+ since \S+ holds \S+"
+        r"paper-1\.lock",
+        line,
+    ), line
+    assert proc.poll() is None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        assert response.status == 200

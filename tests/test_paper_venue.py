@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.paper_helpers import wait_for
 from trading_ops.bot.broker import (
     BrokerError,
     BrokerEvents,
@@ -660,6 +662,62 @@ async def test_autosave_keeps_the_file_current_after_each_order(
     await venue.submit(limit("c2", Side.BUY, "0.1", "60000"))
     on_disk.load_state(path)
     assert [o["client_order_id"] for o in on_disk.state_dict()["orders"] if o["status"] == "acknowledged"] == ["c2"]
+
+
+async def test_the_autosave_is_written_off_the_event_loop_before_anyone_hears_of_the_change(
+    make_venue: Callable[..., PaperVenue], tmp_path: Any
+) -> None:
+    """While the state file is being written (a slow disk), the event loop keeps running, and the order's events and
+    answer wait for the write: a kill -9 at any moment never leaves a bot knowing of an order the file lacks."""
+    path = tmp_path / "venue.json"
+    venue = make_venue(autosave_path=path)
+    recorder = Recorder()
+    await venue.connect(recorder.events())
+    writing, release = threading.Event(), threading.Event()
+    write = venue._write_autosave
+
+    def slow_disk(*args: Any) -> None:
+        writing.set()
+        assert release.wait(30)
+        write(*args)
+
+    venue._write_autosave = slow_disk  # type: ignore[method-assign]
+    submit = asyncio.create_task(venue.submit(market("c1", Side.BUY, "0.1")))
+    await wait_for(writing.is_set)  # a poll on the event loop: it runs while the write is under way
+    await wait_for(lambda: venue.quote("BTC-USD"))  # and goes on running
+    assert not submit.done()
+    assert recorder.orders == [] and recorder.fills == []  # nobody heard of the order yet
+    assert not path.exists()  # and a crash now loses it at the venue too: the bot never knew
+    release.set()
+    assert (await submit).status is OrderStatus.FILLED
+    assert [o.client_order_id for o in recorder.orders] == ["c1", "c1"] and len(recorder.fills) == 1
+    on_disk = make_venue()
+    on_disk.load_state(path)
+    assert D(on_disk.state_dict()["positions"]["BTC-USD"]) == D("0.1")
+
+
+async def test_a_burst_of_changes_is_written_in_one_or_two_writes(
+    make_venue: Callable[..., PaperVenue], tmp_path: Any
+) -> None:
+    """Changes made while a write is under way go out together in the next one, and the file ends up with all."""
+    path = tmp_path / "venue.json"
+    venue = make_venue(autosave_path=path, rate_limit_burst=100)
+    await venue.connect(BrokerEvents())
+    written: list[int] = []
+    write = venue._write_autosave
+
+    def counted(target: Any, data: str, generation: int) -> None:
+        written.append(generation)
+        write(target, data, generation)
+
+    venue._write_autosave = counted  # type: ignore[method-assign]
+    await asyncio.gather(*(venue.submit(limit(f"c{i}", Side.BUY, "0.01", "60000")) for i in range(10)))
+    assert 1 <= len(written) <= 2, written
+    on_disk = make_venue()
+    on_disk.load_state(path)
+    assert on_disk.state_dict() == {**venue.state_dict(), "saved_at": on_disk.state_dict()["saved_at"]}
+    assert len([o for o in on_disk.state_dict()["orders"] if o["status"] == "acknowledged"]) == 10
+    assert not [p for p in tmp_path.iterdir() if p.name != "venue.json"]  # no temp file left behind
 
 
 async def test_history_is_capped_so_the_state_file_stays_small(

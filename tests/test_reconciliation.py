@@ -3,6 +3,7 @@ by its policy, stored and exported, and a second run finds nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import time
@@ -12,9 +13,10 @@ from decimal import Decimal
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
-from tests.paper_helpers import TOKEN, control, counter_total, fast_config, get, wait_for
-from trading_ops.bot.broker import BrokerError, OrderType, Side, VenueFill
+from tests.paper_helpers import TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
+from trading_ops.bot.broker import BrokerError, OrderRequest, OrderType, Side, VenueFill, VenueOrder
 from trading_ops.bot.reconciliation import (
     JournalFill,
     JournalOrder,
@@ -36,7 +38,7 @@ async def quiet_bot(tmp_path, policies: dict[str, str] | None = None) -> PaperBo
     if policies:
         config.recovery.policies.update(policies)
     bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), chaos=True)
-    bot.inst.state.apply("pause")  # the strategy places nothing; the tests place what they need
+    bot.strategy = IdleStrategy()  # type: ignore[assignment]  # the tests place what they need
     bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
     return bot
 
@@ -517,3 +519,120 @@ async def test_reconnect_triggers_a_reconciliation(bot: PaperBot) -> None:
     assert bot.reconciler.last is not None
     assert kinds(bot.reconciler.last) == [("missing_fill", hidden.trade_id, "adopted")]
     assert sample(bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="reconnect", result="resolved")
+
+
+async def test_a_failed_fill_write_leaves_the_book_as_the_journal_and_reconciliation_counts_it_once(
+    bot: PaperBot,
+) -> None:
+    """The journal write of a fill fails (the database was locked for a moment): the fill is in neither the book
+    nor the journal, the order's outcome is unknown, and reconciliation adopts the fill once. Book, journal and
+    venue then agree, and a second run finds nothing."""
+    journal_fill = bot.journal.fill
+    failures = []
+
+    def locked_once(*args: object) -> bool:
+        if not failures:
+            failures.append(args)
+            raise OperationalError("INSERT INTO fills", {}, Exception("database is locked"))
+        return journal_fill(*args)  # type: ignore[arg-type]
+
+    bot.journal.fill = locked_once  # type: ignore[method-assign]
+    async with bot._trade_lock:  # the reconciliation the unknown outcome asks for waits until this is checked
+        assert await bot.submit("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.01")) is None
+        assert failures and bot.book.position("BTC-USD") == 0 == await journal_position(bot, "BTC-USD")
+        labels = {"venue": "paper", "strategy": "demo", "symbol": "BTC-USD"}
+        assert sample(bot, "tradingbot_orders_outcome_unknown_total", **labels) == 1
+    await wait_for(lambda: bot.reconciler.last and bot.reconciler.last["trigger"] == "lost_reply")
+    result = bot.reconciler.last
+    assert result is not None
+    assert [(d["kind"], d["outcome"]) for d in result["discrepancies"]] == [
+        ("missing_fill", "adopted"),
+        ("order_state_mismatch", "adopted"),
+    ]
+    venue = (await bot.broker.positions())["BTC-USD"]
+    assert bot.book.position("BTC-USD") == Decimal("0.01") == venue == await journal_position(bot, "BTC-USD")
+    assert bot.orders == {}
+    again = await bot.reconcile(Trigger.COMMAND)
+    assert again["result"] == "clean", again["discrepancies"]
+
+
+async def journal_position(bot: PaperBot, symbol: str) -> Decimal:
+    positions = await bot.journal.call(bot.journal.positions)
+    return positions[symbol].quantity if symbol in positions else Decimal(0)
+
+
+async def test_a_submit_whose_answer_was_lost_stays_open_until_reconciliation_settles_it(bot: PaperBot) -> None:
+    """The connection drops while the venue takes the order (200 ms): the venue has it, the bot got no answer. It is
+    not journaled as rejected: it stays open (new) and tracked, its symbol counts as working, and the
+    reconciliation after the reconnect adopts what the venue did with it."""
+    venue = bot.broker
+    venue.order_latency = 0.2
+    venue_submit = venue.submit
+    in_flight = asyncio.Event()
+
+    async def sent(request: OrderRequest) -> VenueOrder:
+        in_flight.set()
+        return await venue_submit(request)
+
+    venue.submit = sent  # type: ignore[method-assign]
+    mid = venue.quote("ETH-USD").mid
+    price = (mid * Decimal("0.98")).quantize(Decimal("0.01"))
+    submit = asyncio.create_task(bot.submit("ETH-USD", Side.BUY, OrderType.LIMIT, Decimal("0.1"), price))
+    await in_flight.wait()  # journaled and sent: the venue is working on it
+    await venue.drop_connection()
+    assert await submit is None
+    [key] = bot.orders
+    [row] = await bot.journal.call(bot.journal.orders_by_client_id, [key])
+    assert (row.status, row.reject_reason) == ("new", None)
+    assert bot.orders[key].symbol == "ETH-USD" and (await control(bot.port, "status"))[1]["orders_outcome_unknown"] == 1
+    assert venue._orders[venue._by_client[key]].status.value == "acknowledged"  # it is on the venue
+    await venue.reconnect()
+    await wait_for(lambda: bot.reconciler.last and bot.reconciler.last["trigger"] == "reconnect")
+    assert kinds(bot.reconciler.last) == [("order_state_mismatch", key, "adopted")]  # type: ignore[arg-type]
+    assert bot.orders[key].venue_order_id and bot.orders[key].status.value == "acknowledged"
+    assert await bot.cancel_all() == 1 and await venue.open_orders() == []
+    assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"
+
+
+async def test_a_submit_that_never_reached_the_venue_is_closed_by_the_reconciliation_it_asks_for(
+    bot: PaperBot,
+) -> None:
+    """A timeout-like failure with the connection up (the venue may or may not have the order): the bot asks for a
+    reconciliation at once, which finds the order nowhere and closes it as vanished."""
+    lost = BrokerError("unavailable", "gateway timeout")
+
+    async def no_answer(_request: OrderRequest) -> VenueOrder:
+        raise lost
+
+    bot.broker.submit = no_answer  # type: ignore[method-assign]
+    assert await bot.submit("SOL-USD", Side.SELL, OrderType.MARKET, Decimal("1")) is None
+    [key] = bot.orders
+    await wait_for(lambda: bot.reconciler.last and bot.reconciler.last["trigger"] == "lost_reply")
+    assert kinds(bot.reconciler.last) == [("vanished_order", key, "adopted")]  # type: ignore[arg-type]
+    assert bot.orders == {}
+    [row] = await bot.journal.call(bot.journal.orders_by_client_id, [key])
+    assert row.status == "canceled"
+    labels = {"venue": "paper", "trigger": "lost_reply", "result": "resolved"}
+    assert sample(bot, "tradingbot_reconciliation_runs_total", **labels) == 1
+
+
+async def test_an_order_update_before_its_fill_does_not_count_the_fill_twice(bot: PaperBot) -> None:
+    """Events arrive update first (the update carries the cumulative filled quantity), then the fill it reports:
+    after two partial fills the order is still working with what the venue says is filled, tracked, and the
+    kill switch's cancel finds it."""
+    coid = await resting_order(bot, "BTC-USD")  # 0.1
+    venue = bot.broker
+    vid = venue._by_client[coid]
+    events: list[VenueOrder | VenueFill] = []
+    for part in ("0.04", "0.04"):
+        fill = await venue.fill_without_notifying(coid, Decimal(part))
+        events += [dataclasses.replace(venue._orders[vid]), fill]
+    for event in events:
+        if isinstance(event, VenueFill):
+            await bot._on_fill(event)
+        else:
+            await bot._on_order(event)
+    assert coid in bot.orders and bot.orders[coid].filled_quantity == Decimal("0.08")
+    assert bot.book.position("BTC-USD") == Decimal("0.08")
+    assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"
+    assert await bot.cancel_all() == 1 and await venue.open_orders() == []

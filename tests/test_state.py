@@ -63,3 +63,34 @@ def test_transitions_are_counted_only_when_the_state_changes(registry: Collector
     sm.apply("pause")
     sm.apply("pause")
     assert registry.get_sample_value("tradingbot_state_transitions_total", {"state": "paused"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("commands", "plain", "reduce_only"),
+    [
+        ([], True, True),
+        (["reduce_only"], False, True),
+        (["flatten"], False, True),
+        (["pause"], False, False),
+        (["halt"], False, False),
+        (["halt", "clear_halt"], False, False),  # lands in paused: still nothing
+    ],
+)
+def test_the_order_gate_of_each_state(
+    registry: CollectorRegistry, commands: list[str], plain: bool, reduce_only: bool
+) -> None:
+    """What a bot may send in each state: the predicate its last gate before the venue checks."""
+    sm = StateMachine(registry)
+    for command in commands:
+        sm.apply(command)
+    assert (sm.may_submit(reduce_only=False), sm.may_submit(reduce_only=True)) == (plain, reduce_only)
+    assert (sm.order_refusal(reduce_only=False) is None) == plain
+    assert (sm.order_refusal(reduce_only=True) is None) == reduce_only
+
+
+def test_the_refusal_says_what_the_state_still_allows(registry: CollectorRegistry) -> None:
+    sm = StateMachine(registry)
+    sm.apply("reduce_only")
+    assert sm.order_refusal(reduce_only=False) == "only reduce-only orders while reduce_only"
+    sm.apply("halt")
+    assert sm.order_refusal(reduce_only=True) == "no orders while halted"

@@ -366,6 +366,9 @@ class ReconcilerConfig:
     # Ask Alertmanager whether a matching silence is active before acting (maintenance: the episode is parked
     # until the silence ends), and refresh tradingops_maintenance_active every 15 s.
     check_silences: bool = True
+    # The ledger keeps notifications, and closed episodes with their attempts and steps, this many days (pruned
+    # hourly; open episodes are never pruned). A firing alert that started longer ago is not acted on.
+    retention_days: int = bounded(30, min=1)
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # Bot instance (the `instance` label of its alerts) -> its control API.

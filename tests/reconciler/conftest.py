@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,20 @@ TOKEN = "webhook-token"
 BOT_TOKEN = "bot-token"
 ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 PROMETHEUS_BIN = shutil.which("prometheus")
+
+
+def dead_owner(instance: str) -> str:
+    """The owner id a reconciler process had, after that process died (as after kill -9)."""
+    import sys
+
+    from trading_ops.reconciler.processes import ProcessId
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    identity = ProcessId.of(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert identity is not None
+    return f"{instance}:{identity.token()}.deadbeef"
 
 
 def free_port() -> int:
@@ -47,11 +62,21 @@ def wait_http(url: str, deadline: float = 20.0, proc: subprocess.Popen[Any] | No
     raise TimeoutError(f"{url} did not answer within {deadline}s")
 
 
+# When the test alerts started: a minute before the session, as Alertmanager would send it (an alert that started
+# longer ago than the ledger's retention is not acted on). Later startsAt of the same alert: `starts(seconds)`.
+STARTS_AT = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+
+
+def starts(seconds: float = 0.0) -> str:
+    """STARTS_AT plus `seconds`, as the webhook writes it."""
+    return (STARTS_AT + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
 def alert(
     alertname: str = "TradingBotBrokerDisconnected",
     status: str = "firing",
     fingerprint: str = "f1",
-    starts_at: str = "2026-01-01T00:00:00Z",
+    starts_at: str = starts(),
     generator_url: str = "",
     **labels: str,
 ) -> dict[str, Any]:
@@ -218,14 +243,10 @@ class Alertmanager:
 
     def resolve(self, held: dict[str, Any]) -> None:
         """Resolve an alert as Prometheus does: the same labels with an end that has come."""
-        from datetime import UTC, datetime
-
         ends = datetime.now(UTC).isoformat()
         self.post_alerts([{"labels": held["labels"], "startsAt": held["startsAt"], "endsAt": ends}])
 
     def silence(self, matchers: dict[str, str], seconds: float, created_by: str = "ops", comment: str = "test") -> str:
-        from datetime import UTC, datetime, timedelta
-
         now = datetime.now(UTC)
         body = {
             "matchers": [{"name": k, "value": v, "isRegex": False, "isEqual": True} for k, v in matchers.items()],

@@ -5,18 +5,37 @@ Needs the `prometheus` and `prometheus-alertmanager` binaries; the fixtures star
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import threading
 import time
 import urllib.parse
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import AUTH, Alertmanager, FakeBot, alert, bot_targets, make_config, payload, write_playbook
+from conftest import (
+    AUTH,
+    Alertmanager,
+    FakeBot,
+    alert,
+    bot_targets,
+    dead_owner,
+    make_config,
+    payload,
+    starts,
+    write_playbook,
+)
 
+from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app
+from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn
+from trading_ops.reconciler.processes import ProcessId, make_owner
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.alertmanager]
 
@@ -427,7 +446,7 @@ async def test_cooldown_and_budget_apply_across_episodes(
     await client.post("/api/v1/alertmanager", json=payload(alert(instance="bot-1")), headers=AUTH)
     await wait_state(client, {"recovered"})
     # A new startsAt is a new episode, but the rule's cooldown on this target holds it back.
-    await client.post("/api/v1/alertmanager", json=payload(alert(starts_at="2026-01-01T00:05:00Z")), headers=AUTH)
+    await client.post("/api/v1/alertmanager", json=payload(alert(starts_at=starts(5))), headers=AUTH)
     waiting = await wait_state(client, {"waiting"}, index=1)
     assert "cooldown" in waiting["detail"]
     # Another rule on the same target: one more action fits the budget of 2, the next opens the circuit.
@@ -484,3 +503,205 @@ async def test_a_resolved_notification_during_verification_still_counts_a_real_r
     episode = await wait_state(client, {"recovered", "resolved"})
     assert episode["state"] == "recovered" and "the alert resolved too" in episode["detail"]
     assert fake_bot.commands() == ["reconnect"]
+
+
+# ---- runs that lose their claim, die, or leave processes behind ------------------------------------------------
+
+
+def ledger_of(db: str) -> Ledger:
+    return Ledger(make_engine(db))
+
+
+def store_firing(ledger: Ledger, instance: str, rule: str = "reconnect", fingerprint: str = "f1") -> int:
+    labels = {"alertname": "TradingBotBrokerDisconnected", "instance": instance}
+    a = AlertIn("firing", fingerprint, utcnow(), labels["alertname"], labels, {}, "", rule, instance)
+    ledger.store([NotificationIn("reconciler", "firing", "g", "{}", [a])])
+    return int(max(e["id"] for e in ledger.list_episodes()))
+
+
+async def until(predicate: Any, what: str, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while not predicate():
+        assert time.monotonic() < end, f"never: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_resolved_alert_whose_run_died_with_no_attempts_left_is_closed_not_escalated(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
+) -> None:
+    # The reconciler died mid-run on the last attempt; the resolved notification came meanwhile. After the restart
+    # the episode is closed resolved: nobody is paged for an alert that is over.
+    instance = f"bot-{uuid.uuid4().hex[:6]}"
+    ledger = ledger_of(migrated_sqlite)
+    eid = store_firing(ledger, instance)
+    gone = dead_owner("old")
+    assert ledger.claim(eid, instance, gone, utcnow(), 3600) is not None
+    attempt = ledger.start_attempt(eid, gone)
+    ledger.start_step(attempt, 0, "bot", "bot command=reconnect", "safe", instance, True)
+    labels = {"alertname": "TradingBotBrokerDisconnected", "instance": instance}
+    starts = ledger.episode(eid)["starts_at"]  # type: ignore[index]
+    resolved = AlertIn("resolved", "f1", starts, labels["alertname"], labels, {}, "", "reconnect", instance)
+    assert ledger.store([NotificationIn("reconciler", "resolved", "g", "{}", [resolved])]).resolved_ids == [eid]
+    client = await start(
+        aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [{**RECONNECT, "max_attempts": 1}], instances=(instance,)
+    )
+    client.app[keys.ENGINE].escalation_delays = ()
+    episode = await wait_state(client, {"resolved", "escalated", "failed", "recovered"})
+    assert (episode["state"], episode["detail"]) == ("resolved", "resolved before the run")
+    assert fake_bot.calls == []
+    registry = client.app[keys.REGISTRY]
+    for name in ("escalations", "escalation_fallbacks", "escalation_failures"):
+        sample = registry.get_sample_value(f"tradingops_{name}_total", {"alertname": "TradingOpsRemediationFailed"})
+        assert sample == 0, name
+    ledger.engine.dispose()
+
+
+@pytest.mark.parametrize("how", ["renewal", "write"])
+async def test_a_run_that_loses_its_claim_closes_its_own_attempt_and_steps(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, how: str
+) -> None:
+    # Another replica takes the episode over while this run acts. The run stops, and what it left `running` (an
+    # attempt and steps counted against the budgets for an hour, shown as in progress forever) is closed as
+    # interrupted by the run itself: the new holder's run is left alone.
+    instance = f"bot-{uuid.uuid4().hex[:6]}"
+    ledger = ledger_of(migrated_sqlite)
+    rule = {**RECONNECT, "verify": {"expr": "vector(0)", "deadline": "5s", "interval": "100ms"}}
+    if how == "renewal":  # the renewal finds the claim gone while the step is still running
+        fake_bot.delay = 10.0
+        rc: dict[str, Any] = {"lease_seconds": 0.6}
+    else:  # the next write after the step (verification) finds it gone
+        rc = {}
+
+    def take_over(_command: str) -> None:
+        (episode,) = ledger.list_episodes()
+        assert ledger.set_episode(episode["id"], None, owner="thief:1", lease_until=utcnow() + timedelta(hours=1))
+
+    fake_bot.on_call = take_over
+    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], instances=(instance,), **rc)
+    await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
+    engine = client.app[keys.ENGINE]
+    await until(lambda: fake_bot.calls and not engine.runs, "the run stopped")
+    (episode,) = ledger.list_episodes()
+    (attempt,) = episode["attempt_list"]
+    assert attempt["outcome"] == "interrupted" and attempt["detail"] == "claim lost: run stopped"
+    assert attempt["finished_at"] is not None
+    (step,) = attempt["steps"]
+    assert step["outcome"] == ("interrupted" if how == "renewal" else "success")
+    assert (episode["state"], episode["owner"]) == ("running", "thief:1")  # the new holder's, untouched
+    ledger.engine.dispose()
+
+
+async def test_an_internal_error_after_the_claim_was_lost_pages_nobody_and_leaves_the_new_run_alone(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    instance = f"bot-lost-{uuid.uuid4().hex[:6]}"
+    ledger = ledger_of(migrated_sqlite)
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [{**RECONNECT, "verify": False}],
+        instances=(instance,),
+        alertmanager_url=alertmanager.url,
+    )
+
+    def taken_over_then_broken(*_args: Any) -> None:
+        # Another replica took the episode over and runs its own attempt; then our ledger write fails.
+        (episode,) = ledger.list_episodes()
+        assert ledger.set_episode(episode["id"], None, owner="thief:1", lease_until=utcnow() + timedelta(hours=1))
+        theirs = ledger.start_attempt(episode["id"], "thief:1")
+        ledger.start_step(theirs, 0, "bot", "bot command=reconnect", "safe", instance, True)
+        raise RuntimeError("the ledger broke mid-step")
+
+    monkeypatch.setattr(client.app[keys.LEDGER], "finish_step", taken_over_then_broken)
+    await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
+    engine = client.app[keys.ENGINE]
+    await until(lambda: fake_bot.calls and not engine.runs, "the run stopped")
+    (episode,) = ledger.list_episodes()
+    assert (episode["state"], episode["owner"]) == ("running", "thief:1")
+    attempts = {a["owner"]: a for a in episode["attempt_list"]}
+    assert attempts["thief:1"]["outcome"] == "running" and attempts["thief:1"]["steps"][0]["outcome"] == "running"
+    assert attempts[client.app[keys.OWNER]]["outcome"] == "failure"
+    posted = [
+        a
+        for a in alertmanager.get("alerts")
+        if a["labels"]["alertname"] == "TradingOpsRemediationFailed" and a["labels"]["instance"] == instance
+    ]
+    assert posted == []
+    ledger.engine.dispose()
+
+
+async def test_a_leftover_process_of_a_run_another_replica_swept_is_killed_here_before_the_retry(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
+) -> None:
+    # A reconciler on this host died while its step's process group (a restart script, say) still ran. Another
+    # replica's sweep found the run dead. The retry must not act beside that process: this host's reconciler
+    # kills it first (only a reconciler on its host can), and only then is the target claimed again.
+    instance = f"bot-{uuid.uuid4().hex[:6]}"
+    ledger = ledger_of(migrated_sqlite)
+    eid = store_firing(ledger, instance)
+    gone = dead_owner("old")
+    assert ledger.claim(eid, instance, gone, utcnow(), 3600) is not None
+    attempt = ledger.start_attempt(eid, gone)
+    step = ledger.start_step(attempt, 0, "exec", "restart the bot", "disruptive", instance, True)
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        identity = ProcessId.of(leftover.pid)
+        assert identity is not None
+        ledger.set_step_process(step, identity.token())
+        assert ledger.sweep(utcnow(), make_owner("replica-b")).interrupted == [eid]  # the other replica
+        alive_at_call: list[bool] = []
+        fake_bot.on_call = lambda _command: alive_at_call.append(leftover.poll() is None)
+        client = await start(
+            aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [{**RECONNECT, "verify": False}], instances=(instance,)
+        )
+        episode = await wait_state(client, {"recovered", "escalated", "failed"})
+        assert episode["state"] == "recovered"
+        assert alive_at_call == [False]  # the retry acted once, after the leftover was gone
+        assert leftover.wait(5) == -signal.SIGKILL
+        first = episode["attempts"][0]["steps"][0]
+        assert first["outcome"] == "interrupted" and "1 process(es)" in first["output"] and "killed" in first["output"]
+        assert client.app[keys.REGISTRY].get_sample_value("tradingops_leftover_processes_killed_total") == 1
+        assert ledger.fenced_steps(utcnow()) == []
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+            leftover.wait()
+        ledger.engine.dispose()
+
+
+async def test_runs_and_lease_renewals_never_wait_behind_the_default_thread_pool(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
+) -> None:
+    # asyncio's default pool also runs apprise notifications (blocking, possibly for minutes) and process kills.
+    # With every one of its threads stuck, runs still write their record and renew their leases on time.
+    instance = f"bot-{uuid.uuid4().hex[:6]}"
+    fake_bot.delay = 1.0  # the step spans several renewals of a 0.6 s lease
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [{**RECONNECT, "verify": False}],
+        instances=(instance,),
+        lease_seconds=0.6,
+    )
+    ledger = client.app[keys.LEDGER]
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    stuck = [loop.run_in_executor(None, release.wait, 60) for _ in range(64)]  # more than the pool's threads
+    try:
+        await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
+        await until(lambda: ledger.list_episodes()[0]["state"] == "recovered", "the run recovered", deadline=30)
+        (episode,) = ledger.list_episodes()
+        assert [a["outcome"] for a in episode["attempt_list"]] == ["success"]  # never interrupted: leases held
+        assert fake_bot.commands() == ["reconnect"]
+    finally:
+        release.set()
+        await asyncio.gather(*stuck)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AUTH, ThreadedServer, alert, make_config, payload, write_playbook
+from conftest import AUTH, STARTS_AT, ThreadedServer, alert, make_config, payload, write_playbook
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
@@ -55,7 +56,7 @@ async def test_ack_only_after_the_notification_is_durably_stored(client: Any, mi
     assert resp.status == 200
     # The 200 came after the commit: a separate connection sees it at once.
     n, episodes = counts(migrated_sqlite)
-    assert n == 1 and episodes == [("f1", "2026-01-01T00:00:00+00:00", "waiting")]
+    assert n == 1 and episodes == [("f1", STARTS_AT.isoformat(), "waiting")]
 
 
 async def test_a_failing_ledger_gives_503_and_no_ack(client: Any, migrated_sqlite: str, monkeypatch) -> None:
@@ -189,12 +190,12 @@ async def test_resolved_before_firing_also_starts_nothing(client: Any, migrated_
 
 async def test_a_new_starts_at_is_a_new_episode(client: Any, migrated_sqlite: str) -> None:
     await client.post("/api/v1/alertmanager", json=payload(alert(status="resolved")), headers=AUTH)
-    await client.post(
-        "/api/v1/alertmanager", json=payload(alert(starts_at="2026-01-01T01:00:00.5+01:00")), headers=AUTH
-    )
+    # Half a second later, written in another zone (+01:00) with one fractional digit.
+    later = (STARTS_AT + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S") + ".5+01:00"
+    await client.post("/api/v1/alertmanager", json=payload(alert(starts_at=later)), headers=AUTH)
     assert [(s, st) for _, s, st in counts(migrated_sqlite)[1]] == [
-        ("2026-01-01T00:00:00+00:00", "resolved"),
-        ("2026-01-01T00:00:00.500000+00:00", "waiting"),
+        (STARTS_AT.isoformat(), "resolved"),
+        ((STARTS_AT + timedelta(seconds=0.5)).isoformat(), "waiting"),
     ]
 
 

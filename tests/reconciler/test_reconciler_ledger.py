@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import subprocess
-import sys
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from threading import Barrier, Thread
+from threading import Barrier, Event, Thread
+from typing import Any
 
+from conftest import dead_owner
 from freezegun import freeze_time
+from sqlalchemy import Connection, Engine, event, text
 
+from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
-from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn
+from trading_ops.reconciler.ledger import LEFTOVER_FENCE_SECONDS, AlertIn, Ledger, NotificationIn, StoreResult
 from trading_ops.reconciler.processes import ProcessId, make_owner
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -80,16 +85,6 @@ def test_expired_lease_marks_the_run_interrupted(migrated_sqlite: str) -> None:
     assert episode is not None and episode["state"] == "interrupted"
     assert episode["attempt_list"][0]["outcome"] == "interrupted"
     assert episode["attempt_list"][0]["steps"][0]["outcome"] == "interrupted"
-
-
-def dead_owner(instance: str) -> str:
-    """The owner id a reconciler process had, after that process died (as after kill -9)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    identity = ProcessId.of(proc.pid)
-    proc.kill()
-    proc.wait()
-    assert identity is not None
-    return f"{instance}:{identity.token()}.deadbeef"
 
 
 def test_a_provably_dead_owner_is_interrupted_without_waiting_for_the_lease(migrated_sqlite: str) -> None:
@@ -196,3 +191,220 @@ def test_a_circuit_opens_once_and_closes_after_the_cool_off(migrated_sqlite: str
     assert ledger.circuit_open_until("bot-1", T0 + timedelta(minutes=31)) is None
     with freeze_time(T0 + timedelta(minutes=31)):
         assert ledger.open_circuit("bot-1", T0 + timedelta(minutes=61)) is True
+
+
+# ---- review fixes: claims, sweeps and intake races ------------------------------------------------------
+
+
+def test_a_renewal_between_the_sweeps_read_and_its_write_keeps_the_run(migrated_db: str) -> None:
+    # Replica B's sweep reads A's lease as lapsed; A's (late) renewal lands before B writes. B must not take the
+    # run over: A goes on acting, and a takeover would start a second, concurrent run of the same episode.
+    a, b = Ledger(make_engine(migrated_db)), Ledger(make_engine(migrated_db))
+    store_alert(a, "f1")
+    store_alert(a, "f2")
+    (e1, target), (e2, _) = sorted((e["id"], e["target"]) for e in a.list_episodes())
+    assert a.claim(e1, target, "A:1", datetime.now(UTC), 1) is not None
+    renewed: list[bool] = []
+    original_tx = b.tx
+
+    @contextlib.contextmanager
+    def renewal_then_tx() -> Iterator[Connection]:
+        if not renewed:
+            renewed.append(a.renew(e1, target, "A:1", 30))
+        with original_tx() as conn:
+            yield conn
+
+    b.tx = renewal_then_tx  # type: ignore[method-assign]
+    now = datetime.now(UTC) + timedelta(seconds=5)  # the lease has lapsed by then
+    assert b.sweep(now, "B:1", is_dead=lambda _owner: False).interrupted == []
+    assert renewed == [True]
+    episode = a.episode(e1)
+    assert episode is not None and episode["state"] == "running" and episode["owner"] == "A:1"
+    assert a.renew(e1, target, "A:1", 30)  # A still holds its run ...
+    assert b.claim(e2, target, "B:1", now, 30) is None  # ... and its target
+    for ledger in (a, b):
+        ledger.engine.dispose()
+
+
+def test_a_replica_never_claims_a_second_episode_of_a_target_its_own_run_holds(migrated_db: str) -> None:
+    # e1 runs here; two renewals were missed (a database hiccup) so its lease lapsed. e2 of the same target must
+    # not be handed to this replica (nor anyone) while e1 is still running: one action at a time per target.
+    ledger = Ledger(make_engine(migrated_db))
+    store_alert(ledger, "e1", target="X")
+    store_alert(ledger, "e2", target="X")
+    (e1, _), (e2, _) = sorted((e["id"], e["target"]) for e in ledger.list_episodes())
+    now = datetime.now(UTC)
+    assert ledger.claim(e1, "X", "A:1", now, 30) is not None
+    late = now + timedelta(seconds=31)
+    assert ledger.sweep(late, "A:1", live={e1}, is_dead=lambda _owner: False).interrupted == []
+    assert ledger.due(late, 8) == []
+    assert ledger.claim(e2, "X", "A:1", late, 30) is None
+    # Once the run ended without releasing the target (its release failed), the sweep frees it.
+    assert ledger.sweep(late, "A:1", live=set(), is_dead=lambda _owner: False).interrupted == [e1]
+    assert ledger.claim(e2, "X", "A:1", late, 30) is not None
+    ledger.engine.dispose()
+
+
+def test_a_duplicate_firing_is_counted_as_deduplicated_not_new(migrated_db: str) -> None:
+    # Two replicas (no shared memory of known episodes) store the same firing alert: one episode, and the second
+    # store says so (the dedup counter and the wake-up of the workers depend on it).
+    a, b = Ledger(make_engine(migrated_db)), Ledger(make_engine(migrated_db))
+    alert_in = AlertIn("firing", "f1", T0, "A", {"alertname": "A"}, {}, "", "r", "bot-1")
+    first = a.store([NotificationIn("r", "firing", "g", "{}", [alert_in])])
+    second = b.store([NotificationIn("r", "firing", "g", "{}", [alert_in])])
+    assert (first.new_episodes, first.deduplicated) == (1, 0)
+    assert (second.new_episodes, second.deduplicated) == (0, 1)
+    assert len(a.list_episodes()) == 1
+    for ledger in (a, b):
+        ledger.engine.dispose()
+
+
+def wait_for_lock_waiter(engine: Engine, deadline: float = 20.0) -> None:
+    """Until a session of this PostgreSQL database waits for a row or index lock held by another."""
+    end = time.monotonic() + deadline
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while True:
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one():
+                return
+        assert time.monotonic() < end, "no session ever waited for the lock"
+        time.sleep(0.02)
+
+
+def test_a_resolved_racing_a_concurrent_first_firing_still_closes_the_episode(postgres_url: str) -> None:
+    # Replica A inserts the episode of a firing alert (not yet committed); replica B gets the resolved one, finds
+    # no episode, and its insert waits for A's. When A commits, B's insert does nothing: B must then resolve the
+    # episode A created, or it stays pending and is acted on although the alert is over.
+    migrate.upgrade(postgres_url)
+    a, b = Ledger(make_engine(postgres_url)), Ledger(make_engine(postgres_url))
+    inserted, go = Event(), Event()
+    store_alert_in_a = a._store_alert
+
+    def held_open(*args: Any) -> None:
+        store_alert_in_a(*args)
+        inserted.set()
+        assert go.wait(20)
+
+    a._store_alert = held_open  # type: ignore[method-assign]
+    results: dict[str, StoreResult] = {}
+
+    def store(name: str, ledger: Ledger, status: str) -> None:
+        a_in = AlertIn(status, "f1", T0, "A", {"alertname": "A", "instance": "bot-1"}, {}, "", "r", "bot-1")
+        results[name] = ledger.store([NotificationIn("r", status, "g", "{}", [a_in])])
+
+    firing = Thread(target=store, args=("A", a, "firing"))
+    firing.start()
+    assert inserted.wait(20)
+    resolved = Thread(target=store, args=("B", b, "resolved"))
+    resolved.start()
+    try:
+        wait_for_lock_waiter(a.engine)
+    finally:
+        go.set()
+        firing.join(20)
+        resolved.join(20)
+    ((episode),) = a.list_episodes()
+    assert episode["state"] == "resolved" and episode["resolved_at"] is not None and episode["closed_at"] is not None
+    assert a.due(datetime.now(UTC), 10) == []
+    assert results["A"].new_episodes == 1
+    assert results["B"].closed == {"resolved": 1} and results["B"].resolved_ids == [episode["id"]]
+    for ledger in (a, b):
+        ledger.engine.dispose()
+
+
+def test_a_resolved_never_overwrites_a_claim_taken_after_the_intake_read_the_episode(postgres_url: str) -> None:
+    # The intake reads the episode as pending; a replica claims it (running) before the intake writes. The intake
+    # must not close it and clear its owner behind the run's back (its attempt would stay `running` forever):
+    # it flags it resolved, and the run stops between steps.
+    migrate.upgrade(postgres_url)
+    intake, worker = Ledger(make_engine(postgres_url)), Ledger(make_engine(postgres_url))
+    store_alert(worker)
+    ((eid, target),) = worker.due(datetime.now(UTC), 10)
+    claimed: list[bool] = []
+
+    def claim_after_the_read(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not claimed and statement.lstrip().upper().startswith("SELECT") and "reconciler_episodes" in statement:
+            claimed.append(worker.claim(eid, target, "worker:1", datetime.now(UTC), 30) is not None)
+
+    event.listen(intake.engine, "after_cursor_execute", claim_after_the_read)
+    result = intake.store(
+        [
+            NotificationIn(
+                "r",
+                "resolved",
+                "g",
+                "{}",
+                [AlertIn("resolved", "f1", T0, "A", {"alertname": "A", "instance": "bot-1"}, {}, "", "r", "bot-1")],
+            )
+        ]
+    )
+    assert claimed == [True]
+    episode = worker.episode(eid)
+    assert episode is not None
+    assert (episode["state"], episode["owner"]) == ("running", "worker:1")
+    assert episode["resolved_at"] is not None  # what the run looks at between steps
+    assert result.resolved_ids == [eid] and result.closed == {}
+    assert worker.set_episode(eid, "worker:1", state="resolved", detail="resolved during the run")
+    for ledger in (intake, worker):
+        ledger.engine.dispose()
+
+
+def test_a_leftover_process_fences_its_target_until_it_is_reaped(migrated_db: str) -> None:
+    # A run died while its step's process group still ran. From the sweep's commit on, no run of that target may
+    # start (on any replica) until a reconciler on the process's host killed it and cleared the fence.
+    ledger = Ledger(make_engine(migrated_db))
+    store_alert(ledger, "e1", target="X")
+    store_alert(ledger, "e2", target="X")
+    (e1, _), (e2, _) = sorted((e["id"], e["target"]) for e in ledger.list_episodes())
+    assert ledger.claim(e1, "X", "gone:1", datetime.now(UTC), 1) is not None
+    now = datetime.now(UTC) + timedelta(seconds=5)  # the lease has lapsed by then
+    attempt = ledger.start_attempt(e1, "gone:1")
+    step = ledger.start_step(attempt, 0, "exec", "restart", "disruptive", "X", True)
+    ledger.set_step_process(step, "somehost.4242.1234")
+    assert ledger.sweep(now, "B:1", is_dead=lambda _owner: False).interrupted == [e1]
+    assert ledger.due(now, 10) == []
+    assert ledger.claim(e1, "X", "C:1", now, 30) is None
+    assert ledger.claim(e2, "X", "C:1", now, 30) is None
+    ledger.unfence(step, "[killed]")
+    assert [t for _, t in ledger.due(now, 10)] == ["X"]
+    assert ledger.claim(e1, "X", "C:1", now, 30) is not None
+    full = ledger.get_episode_full(e1)
+    assert full is not None and full["attempt_list"][0]["steps"][0]["output"].endswith("[killed]")
+    ledger.engine.dispose()
+
+
+def test_a_fence_of_another_host_lapses_after_its_grace(migrated_db: str) -> None:
+    # No reconciler here can see a process of another host: its fence holds for LEFTOVER_FENCE_SECONDS (for that
+    # host's reconciler to come back and kill it), then the retry goes ahead.
+    ledger = Ledger(make_engine(migrated_db))
+    store_alert(ledger, "e1", target="X")
+    ((e1, _),) = ledger.due(datetime.now(UTC), 10)
+    assert ledger.claim(e1, "X", "gone:1", datetime.now(UTC), 1) is not None
+    now = datetime.now(UTC) + timedelta(seconds=5)  # the lease has lapsed by then
+    step = ledger.start_step(ledger.start_attempt(e1, "gone:1"), 0, "exec", "x", "safe", "X", True)
+    ledger.set_step_process(step, "otherhost.4242.1234")
+    assert ledger.sweep(now, "B:1", is_dead=lambda _owner: False).interrupted == [e1]
+    assert ledger.fenced_steps(now) == [(step, "otherhost.4242.1234")]
+    almost = now + timedelta(seconds=LEFTOVER_FENCE_SECONDS - 1)
+    assert ledger.claim(e1, "X", "C:1", almost, 30) is None
+    after = now + timedelta(seconds=LEFTOVER_FENCE_SECONDS + 1)
+    assert ledger.fenced_steps(after) == []
+    assert ledger.claim(e1, "X", "C:1", after, 30) is not None
+    ledger.engine.dispose()
+
+
+def test_an_internal_error_closes_only_the_runs_own_attempts(migrated_db: str) -> None:
+    ledger = Ledger(make_engine(migrated_db))
+    store_alert(ledger)
+    ((eid, _),) = ledger.due(datetime.now(UTC), 10)
+    mine = ledger.start_attempt(eid, "me:1")
+    ledger.start_step(mine, 0, "bot", "x", "safe", "bot-1", True)
+    theirs = ledger.start_attempt(eid, "thief:1")
+    ledger.start_step(theirs, 0, "bot", "x", "safe", "bot-1", True)
+    ledger.fail_running(eid, "me:1", "internal error: boom")
+    attempts = {a["owner"]: a for a in ledger.get_episode_full(eid)["attempt_list"]}  # type: ignore[index]
+    assert attempts["me:1"]["outcome"] == "failure" and attempts["me:1"]["steps"][0]["outcome"] == "failure"
+    assert attempts["thief:1"]["outcome"] == "running" and attempts["thief:1"]["steps"][0]["outcome"] == "running"
+    ledger.engine.dispose()

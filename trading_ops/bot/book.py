@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -37,6 +37,16 @@ class Holding:
         return realized
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """What one fill can change in a Book: the holding of its symbol (None: there was none) and the day's P&L."""
+
+    symbol: str
+    holding: Holding | None
+    day: date | None
+    realized_today: Decimal
+
+
 class Book:
     """The bot's own view of its positions and P&L; the venue's view is the broker's."""
 
@@ -49,9 +59,34 @@ class Book:
     def holding(self, symbol: str) -> Holding:
         return self.holdings.setdefault(symbol, Holding())
 
-    def apply_fill(self, symbol: str, signed_quantity: Decimal, price: Decimal, fee: Decimal, when: datetime) -> None:
+    def apply_fill(
+        self, symbol: str, signed_quantity: Decimal, price: Decimal, fee: Decimal, when: datetime
+    ) -> Decimal:
+        """Apply one fill; returns the realized P&L it produced (net of its fee)."""
         self._roll_day(when)
-        self.realized_today += self.holding(symbol).apply(signed_quantity, price, fee)
+        realized = self.holding(symbol).apply(signed_quantity, price, fee)
+        self.realized_today += realized
+        return realized
+
+    def checkpoint(self, symbol: str) -> Checkpoint:
+        """Taken before applying a fill of `symbol`, so that `rollback` can undo it exactly."""
+        holding = self.holdings.get(symbol)
+        return Checkpoint(symbol, None if holding is None else replace(holding), self._day, self.realized_today)
+
+    def rollback(self, checkpoint: Checkpoint) -> None:
+        """Undo what was applied to `checkpoint.symbol` since the checkpoint (nothing else may have been)."""
+        if checkpoint.holding is None:
+            self.holdings.pop(checkpoint.symbol, None)
+        else:
+            self.holdings[checkpoint.symbol] = checkpoint.holding
+        self._day = checkpoint.day
+        self.realized_today = checkpoint.realized_today
+
+    def restore(self, holdings: dict[str, Holding], day: date | None, realized_today: Decimal) -> None:
+        """Take positions and the day's realized P&L as the journal stored them (at a start)."""
+        self.holdings = dict(holdings)
+        self._day = day
+        self.realized_today = realized_today
 
     def _roll_day(self, when: datetime) -> None:
         day = when.date()

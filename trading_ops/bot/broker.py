@@ -12,6 +12,9 @@ from typing import Any
 
 # The key of an order placed without a client order id (by hand on the venue's website): its venue order id.
 VENUE_ID_PREFIX = "venue:"
+# Error classes after which a submission may still have reached the venue (the request went out, the answer did
+# not come back): the order's outcome is unknown until the venue is asked. Any other class is a definite refusal.
+AMBIGUOUS_ERROR_CLASSES = frozenset({"network", "unavailable"})
 
 
 class Side(enum.StrEnum):
@@ -66,12 +69,23 @@ class BrokerError(Exception):
     """An error returned by the venue; `error_class` is one of the metric catalogue's venue error classes.
 
     `detail` is what a caller that got this far already did (the control API adds it to its 503 answer).
+    `outcome_unknown` says whether the request may have taken effect anyway (a submit whose answer was lost):
+    by default true for the AMBIGUOUS_ERROR_CLASSES; a broker that knows the request never left (no connection
+    to send it on) passes False.
     """
 
-    def __init__(self, error_class: str, message: str, *, detail: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        error_class: str,
+        message: str,
+        *,
+        detail: dict[str, Any] | None = None,
+        outcome_unknown: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.detail = detail or {}
+        self.outcome_unknown = error_class in AMBIGUOUS_ERROR_CLASSES if outcome_unknown is None else outcome_unknown
 
 
 @dataclass(frozen=True)

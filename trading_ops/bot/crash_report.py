@@ -76,28 +76,47 @@ class CrashReporter:
         self.max_retry_seconds = max_retry_seconds
         self.sent = 0
         self.attempts = 0
+        self.failures = 0  # attempts that raised (the database), not counting reports the service refused
 
     async def run(self) -> None:
-        """Until every pending report is sent (returns at once when there is none, or no URL to send to)."""
+        """Until every pending report is sent (returns at once when there is none, or no URL to send to).
+
+        An attempt that fails on the database (reading the pending reports, marking one sent) is logged and retried
+        with the same doubling delay as a report the notification service refused: the task never dies of it.
+        """
         delay = self.retry_seconds
         while True:
-            pending = await self.journal.call(self.store.unnotified_events, MAX_PENDING_REPORTS)
-            if not pending:
-                return
-            if not self.urls:
-                log.warning(
-                    "%d crash reports not sent: no notification URLs configured (notifications.urls)", len(pending)
-                )
-                return
-            unsent = 0
-            for event in pending:
-                if not await self._send(event.id, json.loads(event.detail)):
-                    unsent += 1
-            if not unsent:
-                return
-            log.warning("%d crash reports not sent; next attempt in %g s", unsent, delay)
+            try:
+                unsent = await self._attempt()
+            except Exception:
+                self.failures += 1
+                log.exception("crash reports: an attempt failed; next attempt in %g s", delay)
+            else:
+                if not unsent:
+                    return
+                log.warning("%d crash reports not sent; next attempt in %g s", unsent, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_retry_seconds)
+
+    async def _attempt(self) -> int:
+        """Send every pending report once; returns how many are left unsent (0 also when there is nowhere to send
+        them)."""
+        pending = await self.journal.call(self.store.unnotified_events, MAX_PENDING_REPORTS)
+        if not pending:
+            return 0
+        if not self.urls:
+            log.warning("%d crash reports not sent: no notification URLs configured (notifications.urls)", len(pending))
+            return 0
+        unsent = 0
+        for event in pending:
+            try:
+                detail = json.loads(event.detail)
+            except ValueError:
+                log.error("recovery event %d has an unreadable detail; its report says so", event.id)
+                detail = {"unreadable_detail": str(event.detail)[:500]}
+            if not await self._send(event.id, detail if isinstance(detail, dict) else {"detail": detail}):
+                unsent += 1
+        return unsent
 
     async def _send(self, event_id: int, detail: dict[str, Any]) -> bool:
         self.attempts += 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 
+from trading_ops.bot.instance_lock import AnotherInstanceRunning
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.bot.recovery_store import RecoveryStore, RunRecord
@@ -19,12 +20,10 @@ from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AnotherInstanceRunning", "CrashFound", "Heartbeat"]
+
 # While heartbeat writes keep failing, one line in this many is logged (the first, with its traceback, always).
 LOG_EVERY_FAILURES = 60
-
-
-class AnotherInstanceRunning(RuntimeError):
-    """The previous run's heartbeat keeps moving: the same bot is running elsewhere; starting would trade twice."""
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,16 @@ import concurrent.futures
 import enum
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from trading_ops.bot.broker import OrderRequest, OrderStatus, VenueFill, VenueOrder
+from trading_ops.bot.book import Holding
+from trading_ops.bot.broker import OrderRequest, OrderStatus, Side, VenueFill, VenueOrder
 from trading_ops.db.base import make_sessionmaker, utcnow
 from trading_ops.db.models import Balance, Fill, Order, Position
 
@@ -21,6 +24,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Rows per IN (...) query: well under SQLite's bound-parameter limit.
 IN_CHUNK = 500
+# Fill rows read per round trip when positions are rebuilt from the whole history (memory stays flat).
+REPLAY_BATCH = 1000
 
 
 class OrderUpdate(enum.StrEnum):
@@ -30,6 +35,21 @@ class OrderUpdate(enum.StrEnum):
     UNCHANGED = "unchanged"  # what the journal already holds (an event and the request's answer both told it)
     STALE = "stale"  # older than what is journaled (events can arrive out of order): ignored
     UNKNOWN = "unknown"  # an order the bot never placed
+
+
+@dataclass(frozen=True)
+class BookState:
+    """What a bot's book starts from: the journaled positions and the realized P&L of the last UTC day with fills
+    (`realized_on_day` None when some of that day's fills were journaled without their realized P&L)."""
+
+    holdings: dict[str, Holding]
+    day: date | None
+    realized_on_day: Decimal | None
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time(), tzinfo=UTC)
+    return start, start + timedelta(days=1)
 
 
 class Journal:
@@ -107,7 +127,9 @@ class Journal:
             return OrderUpdate.APPLIED
 
     def order_failed(self, client_order_id: str, reason: str) -> None:
-        """The submission never reached the venue (network down, rate limited...)."""
+        """The order is certainly not on the venue: it refused the submission (rate limited, bad request...) or the
+        bot never sent it. A submission whose answer was lost is not that: its order stays open (new) until
+        reconciliation finds out."""
         with self._sessions.begin() as session:
             row = session.scalars(
                 select(Order).where(Order.bot == self.bot, Order.client_order_id == client_order_id)
@@ -167,10 +189,11 @@ class Journal:
         fill: VenueFill,
         position: tuple[Decimal, Decimal, Decimal] | None,
         balance_changes: dict[str, Decimal] | None = None,
+        realized: Decimal | None = None,
     ) -> bool:
         """Record a fill once (by trade id) with the resulting position (quantity, average price, realized
-        P&L) and the balance changes it makes, in the same transaction. Returns False when the trade id was
-        already journaled."""
+        P&L), the balance changes it makes and the P&L it realized, in the same transaction. Returns False when
+        the trade id was already journaled."""
         try:
             with self._sessions.begin() as session:
                 session.add(
@@ -188,6 +211,7 @@ class Journal:
                         fee_asset=fill.fee_asset,
                         liquidity=fill.liquidity,
                         executed_at=fill.executed_at,
+                        realized_pnl=realized,
                     )
                 )
                 session.flush()
@@ -256,6 +280,78 @@ class Journal:
                     .order_by(Fill.executed_at, Fill.id)
                 )
             )
+
+    def book_state(self) -> BookState:
+        """Positions as journaled with each fill, and the realized P&L of the last day that has fills: what a
+        restart needs, read in time independent of the length of the history."""
+        with self._sessions() as session:
+            holdings = {
+                row.symbol: Holding(row.quantity, row.average_price, row.realized_pnl)
+                for row in session.scalars(
+                    select(Position).where(Position.bot == self.bot, Position.venue == self.venue)
+                )
+            }
+            last = session.scalar(
+                select(func.max(Fill.executed_at)).where(Fill.bot == self.bot, Fill.venue == self.venue)
+            )
+            if last is None:
+                return BookState(holdings, None, Decimal(0))
+            day = last.astimezone(UTC).date() if last.tzinfo else last.date()
+            start, end = day_bounds(day)
+            values = list(
+                session.scalars(
+                    select(Fill.realized_pnl).where(
+                        Fill.bot == self.bot,
+                        Fill.venue == self.venue,
+                        Fill.executed_at >= start,
+                        Fill.executed_at < end,
+                    )
+                )
+            )
+        if any(v is None for v in values):
+            return BookState(holdings, day, None)
+        return BookState(holdings, day, sum((v for v in values if v is not None), Decimal(0)))
+
+    def rebuild_positions(self, symbols: list[str] | None = None) -> list[str]:
+        """Replay the fills of `symbols` (every symbol with fills when None) in execution order: store each fill's
+        realized P&L where it differs and the resulting positions, in one transaction. For repairs (fill rows
+        removed, fills journaled before their realized P&L was stored): it reads the whole history of those
+        symbols, in batches. Returns the symbols rebuilt."""
+        with self._sessions.begin() as session:
+            if symbols is None:
+                symbols = sorted(
+                    session.scalars(
+                        select(Fill.symbol).where(Fill.bot == self.bot, Fill.venue == self.venue).distinct()
+                    )
+                )
+            for symbol in symbols:
+                holding = Holding()
+                after: tuple[datetime, int] | None = None
+                while True:
+                    query = (
+                        select(
+                            Fill.id, Fill.side, Fill.quantity, Fill.price, Fill.fee, Fill.realized_pnl, Fill.executed_at
+                        )
+                        .where(Fill.bot == self.bot, Fill.venue == self.venue, Fill.symbol == symbol)
+                        .order_by(Fill.executed_at, Fill.id)
+                        .limit(REPLAY_BATCH)
+                    )
+                    if after is not None:  # keyset pagination: the rows after the last one read
+                        at, row_id = after
+                        query = query.where(or_(Fill.executed_at > at, and_(Fill.executed_at == at, Fill.id > row_id)))
+                    batch = session.execute(query).all()
+                    if not batch:
+                        break
+                    changed = []
+                    for row_id, side, quantity, price, fee, stored, _ in batch:
+                        realized = holding.apply(Side(side).sign * quantity, price, fee)
+                        if stored != realized:
+                            changed.append({"id": row_id, "realized_pnl": realized})
+                    if changed:
+                        session.execute(update(Fill), changed)
+                    after = (batch[-1].executed_at, batch[-1].id)
+                self._upsert_position(session, symbol, holding.quantity, holding.average_price, holding.realized_pnl)
+        return symbols
 
     def positions(self) -> dict[str, Position]:
         with self._sessions() as session:

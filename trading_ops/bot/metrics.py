@@ -135,9 +135,11 @@ class BotMetrics:
         "_realized",
         "_rebates",
         "_reconnects",
+        "_refused",
         "_rejected",
         "_skew",
         "_submitted",
+        "_unknown_outcome",
         "_unrealized",
         "_venue_errors",
         "collector_errors",
@@ -204,6 +206,18 @@ class BotMetrics:
         )
         self._rejected = counter("orders_rejected", "Orders the venue rejected, by reason.", ("symbol", "reason"))
         self._canceled = counter("orders_canceled", "Orders canceled (by the bot or the venue).", ("symbol",))
+        self._refused = counter(
+            "orders_refused",
+            "Orders the bot kept from the venue (trading state, safe-start gate, stale market data, a reconciliation "
+            "still due after a reconnect, shutdown), by reason.",
+            ("symbol", "reason"),
+        )
+        self._unknown_outcome = counter(
+            "orders_outcome_unknown",
+            "Orders whose submission got no answer (network error, venue unavailable): they may be on the venue; "
+            "the bot tracks them until reconciliation settles them.",
+            ("symbol",),
+        )
         self._fills = counter("fills", "Fills (executions) received.", ("symbol", "side", "liquidity"))
         self._filled_quantity = counter(
             "filled_quantity", "Quantity filled, in units of the base asset.", ("symbol", "side")
@@ -375,6 +389,14 @@ class BotMetrics:
         self._rejected[(symbol, reason)]()
         if client_order_id is not None:
             self._orders.pop(client_order_id, None)
+
+    def order_refused(self, symbol: str, reason: str) -> None:
+        """An order the bot itself did not send (its own gate said no): never reached the venue."""
+        self._refused[(symbol, reason)]()
+
+    def order_outcome_unknown(self, symbol: str) -> None:
+        """A submission whose answer was lost: the order stays tracked (in flight) until the bot learns its fate."""
+        self._unknown_outcome[(symbol,)]()
 
     def order_canceled(self, symbol: str, client_order_id: str | None = None) -> None:
         self._canceled[(symbol,)]()

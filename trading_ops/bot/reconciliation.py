@@ -68,6 +68,7 @@ class Trigger(enum.StrEnum):
     SCHEDULE = "schedule"
     RECONNECT = "reconnect"
     COMMAND = "command"
+    LOST_REPLY = "lost_reply"  # a submission whose answer was lost: did the order reach the venue?
 
 
 class Result(enum.StrEnum):
@@ -372,8 +373,8 @@ class ReconciliationHooks(Protocol):
     async def adjust_position(self, symbol: str, quantity: Decimal, reference: str) -> None:
         """Journal a position adjustment of `quantity` that no fill explains (`reference` is unique per run)."""
 
-    async def fills_changed(self) -> None:
-        """Journal fill rows were removed: rebuild positions from the journal."""
+    async def fills_changed(self, symbols: list[str]) -> None:
+        """Journal fill rows of `symbols` were removed: rebuild their positions from the journal."""
 
     async def halt(self, reason: str) -> None:
         """Engage the kill switch."""
@@ -575,7 +576,7 @@ class Reconciler:
         self, found: list[Discrepancy], journal: JournalSnapshot, venue: VenueSnapshot, started: datetime
     ) -> None:
         halts: list[str] = []
-        fills_removed = False
+        fills_removed: set[str] = set()
         adopt_balances = not journal.balances  # the baseline of a new journal
         rows = {row.row_id: row for row in journal.duplicate_fills}
         for d in found:
@@ -594,7 +595,7 @@ class Reconciler:
                             for asset, change in balance_changes(row, self.split).items():
                                 undo[asset] = undo.get(asset, ZERO) - change
                         await self.journal.call(self.journal.remove_fill_rows, [r.row_id for r in extra], undo)
-                        fills_removed = True
+                        fills_removed.update(row.symbol for row in extra)
                     d.outcome = "adopted"  # a venue duplicate is journaled once by missing_fill
                 elif d.kind is Kind.MISSING_FILL:
                     assert d.fill is not None
@@ -620,7 +621,7 @@ class Reconciler:
                 d.outcome = "failed"
                 d.detail = {**d.detail, "error": str(exc)[:200]}
         if fills_removed:
-            await self.hooks.fills_changed()
+            await self.hooks.fills_changed(sorted(fills_removed))
         if adopt_balances:
             await self.journal.call(self.journal.set_balances, dict(venue.balances))
         if halts:

@@ -10,7 +10,7 @@ from trading_ops.bot.cardinality import ChildCache
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.config import RECONCILIATION_POLICIES
 
-TRIGGERS = ("startup", "schedule", "reconnect", "command")
+TRIGGERS = ("startup", "schedule", "reconnect", "command", "lost_reply")
 RESULTS = ("clean", "resolved", "failed", "halted")
 
 

@@ -26,6 +26,20 @@ class TradingState(enum.StrEnum):
     def may_reduce_positions(self) -> bool:
         return self in (TradingState.ACTIVE, TradingState.REDUCE_ONLY, TradingState.FLATTENING)
 
+    def may_submit(self, reduce_only: bool) -> bool:
+        """Whether an order may be sent in this state: any while active; only a reduce-only one (the venue lets it
+        only shrink a position) while reduce_only or flattening; none while paused or halted. Cancels are not
+        orders: they may always go."""
+        return self.may_open_positions or (reduce_only and self.may_reduce_positions)
+
+    def refusal(self, reduce_only: bool) -> str | None:
+        """Why this state refuses an order (`may_submit` false), or None."""
+        if self.may_submit(reduce_only):
+            return None
+        if self.may_reduce_positions:
+            return f"only reduce-only orders while {self.value}"
+        return f"no orders while {self.value}"
+
 
 S = TradingState
 # command -> (states it may be given in, state it leads to)
@@ -82,6 +96,15 @@ class StateMachine:
     @property
     def state(self) -> TradingState:
         return self._state
+
+    def may_submit(self, reduce_only: bool) -> bool:
+        """The gate a bot checks right before an order leaves: see TradingState.may_submit. Read it after the last
+        await before sending, never from a state read earlier (a halt may have come in between)."""
+        return self._state.may_submit(reduce_only)
+
+    def order_refusal(self, reduce_only: bool) -> str | None:
+        """Why the current state refuses an order, or None."""
+        return self._state.refusal(reduce_only)
 
     def can(self, command: str) -> bool:
         allowed, _ = TRANSITIONS[command]

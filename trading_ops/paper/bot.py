@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import secrets
 import signal
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -34,6 +36,7 @@ from trading_ops.bot.broker import (
 from trading_ops.bot.control import CommandError
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
+from trading_ops.bot.instance_lock import InstanceLock
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.bot.journal import Journal, OrderUpdate
 from trading_ops.bot.reconciliation import (
@@ -76,6 +79,18 @@ ABANDON_SECONDS = 1.0
 # half the shutdown deadline at shutdown.
 CANCEL_RETRY_SECONDS = 0.1
 KILL_SWITCH_CANCEL_SECONDS = 2.0
+# A pause, reduce_only, flatten or halt waits this long for the strategy step in progress (it may be sending an
+# order) before it answers; a step stuck longer (a hung journal) is refused at the order gate when it gets going
+# again, and a halt sweeps the venue once more right after that step.
+STEP_WAIT_SECONDS = 2.0
+# Commands after which fewer orders may go out than before: they wait for the step in progress.
+RESTRICTING_COMMANDS = ("pause", "reduce_only", "flatten", "halt")
+# Why the bot itself kept an order from the venue (the `reason` of tradingbot_orders_refused_total).
+REFUSED_SHUTTING_DOWN = "shutting_down"
+REFUSED_STARTUP = "startup_reconciliation"
+REFUSED_STATE = "trading_state"
+REFUSED_RECONNECT = "reconnect_reconciliation"
+REFUSED_STALE = "stale_market_data"
 
 
 def make_venue(config: Config, autosave_path: Path | None = None) -> PaperVenue:
@@ -132,6 +147,30 @@ class PaperBot:
         self.data_dir = config.path(bot.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.venue_state_path = self.data_dir / f"{bot.name}-{VENUE_STATE_FILE}"
+        self.engine = (
+            engine
+            if engine is not None
+            else make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+        )
+        # One process per bot, before anything reads or writes its state (the venue file, the journal): raises
+        # AnotherInstanceRunning naming the holder. Held until the shutdown's last step (or the process's end).
+        self.instance_lock = InstanceLock(self.data_dir, bot.name, self.engine)
+        try:
+            self.instance_lock.acquire()
+        except BaseException:
+            if engine is None:
+                self.engine.dispose()
+            raise
+        try:
+            self._set_up(config, token, venue, registry, chaos)
+        except BaseException:
+            self.instance_lock.release()
+            raise
+
+    def _set_up(
+        self, config: Config, token: str, venue: PaperVenue | None, registry: CollectorRegistry | None, chaos: bool
+    ) -> None:
+        bot = config.bot
         self.inst = Instrumentation(
             venue=bot.venue,
             token=token,
@@ -150,11 +189,6 @@ class PaperBot:
         )
         self.metrics = self.inst.metrics
         self.broker: PaperVenue = venue if venue is not None else self._load_or_make_venue()
-        self.engine = (
-            engine
-            if engine is not None
-            else make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
-        )
         self.journal = Journal(self.engine, bot.name, bot.venue)
         self.book = Book()
         self.strategy = DemoStrategy(config.paper, seed=config.paper.seed or None)
@@ -187,18 +221,27 @@ class PaperBot:
         self.trading_allowed = False  # the safe-start gate: opened by the first clean or resolved reconciliation
         self.startup_failures = 0  # startup reconciliations in a row that did not pass
         self.cancel_pending = False  # the kill switch could not cancel (venue unreachable): cancel after reconnect
+        # The orders channel dropped: fills may have been missed, so the book may be stale. No order that can add
+        # risk goes out until a reconciliation that started after the reconnect passes.
+        self.reconnect_reconciliation_pending = False
+        self._outages = 0  # drops of the orders channel so far
+        self.reconnect_failures = 0  # reconciliations in a row that did not clear reconnect_reconciliation_pending
         self._accepting = True  # False once shutting down: no new orders
         self._reconciling = False
         self._deferred: list[VenueFill | VenueOrder] = []  # venue events that arrived during a reconciliation
-        self._trade_lock = asyncio.Lock()  # held by a strategy step and by a reconciliation
+        self._trade_lock = asyncio.Lock()  # held by a strategy step, a reconciliation and a restricting command
+        self._trade_owner: asyncio.Task[Any] | None = None  # the task holding it (re-entry: a halt in a run)
+        self._sweep_after_step = False  # a halt could not wait for the step in progress: sweep again after it
+        self._fill_lock = asyncio.Lock()  # one fill at a time between the book and its journal write
         self._wake = asyncio.Event()  # wakes the reconciliation task: a run was requested, or its timing changed
         self._requested: Trigger | None = None  # what the run it was woken for is (reconnect, startup retry)
         self._channel_lost: set[Channel] = set()
         self._stop_reason = "stop"
         self._stopped = False
         self.orders: dict[str, VenueOrder] = {}  # working orders by key (the client order id, if they have one)
-        self.order_sent_at: dict[str, float] = {}
+        self.order_sent_at: dict[str, float] = {}  # sent and not known closed: in flight until acknowledged
         self.external_orders: set[str] = set()  # keys of working orders adopted from the venue (placed by hand)
+        self._filled_seen: dict[str, Decimal] = {}  # quantity of the fills seen per working order (see _apply_fill)
         self.quotes: dict[str, Quote] = {}
         self._ids = itertools.count(1)
         self._id_prefix = f"{bot.name[:16]}-{int(time.time() * 1000):x}"
@@ -254,6 +297,8 @@ class PaperBot:
                 return False, "not run yet"
             if not self.trading_allowed:
                 return False, f"startup reconciliation not passed: {last['result']}"
+            if self.reconnect_reconciliation_pending:
+                return False, f"no reconciliation passed since the orders channel reconnected (last: {last['result']})"
             if last["result"] in (Result.FAILED, Result.HALTED):
                 return False, f"last run {last['run_id']} {last['result']}"
             return True, f"run {last['run_id']} {last['result']} at {last['finished_at']}"
@@ -391,6 +436,7 @@ class PaperBot:
             ("stop background tasks", self._stop_background),
             ("stop the HTTP server", self.inst.stop),
             ("close the journal", lambda: asyncio.to_thread(self.journal.close)),
+            ("release the single-instance lock", self._release_instance_lock),
         ]
         if force_exit:
             sequence.arm_forced_exit(FORCED_EXIT_GRACE_SECONDS, EXIT_FORCED)
@@ -409,7 +455,7 @@ class PaperBot:
 
     async def _stop_trading(self) -> None:
         self._accepting = False
-        async with self._trade_lock:  # the step in progress finishes; none starts after it
+        async with self._holding_trade_lock():  # the step in progress finishes; none starts after it
             for task in self._tasks:
                 if task.get_name() in ("trading-loop", "reconciliation"):
                     task.cancel()
@@ -451,15 +497,23 @@ class PaperBot:
         except TimeoutError:
             log.error("shutdown: releasing after the deadline took over %g s; left behind", ABANDON_SECONDS)
         self.journal.close(wait=False)
+        self.instance_lock.release()
+
+    async def _release_instance_lock(self) -> None:
+        """Last: after it, another process may start this bot (the journal is closed, the venue file final)."""
+        await asyncio.to_thread(self.instance_lock.release)
 
     async def _restore_book(self) -> None:
-        """Rebuild positions and P&L from the journal, so a restart continues where the bot stopped."""
-        fills = await self.journal.call(self.journal.fills)
-        for fill in fills:
-            side = Side(fill.side)
-            self.book.apply_fill(fill.symbol, side.sign * fill.quantity, fill.price, fill.fee, fill.executed_at)
+        """Take positions and today's realized P&L from the journal, so a restart continues where the bot stopped:
+        the positions table (written with every fill) and the last day's fills, never the whole history."""
+        state = await self.journal.call(self.journal.book_state)
+        if state.realized_on_day is None:  # fills journaled before their realized P&L was: computed once, here
+            symbols = await self.journal.call(self.journal.rebuild_positions, None)
+            log.warning("realized P&L of the journaled fills computed from their history (%s)", ", ".join(symbols))
+            state = await self.journal.call(self.journal.book_state)
+        self.book.restore(state.holdings, state.day, state.realized_on_day or Decimal(0))
         for symbol in self.config.paper.symbols:
-            self.metrics.position(symbol, float(self.book.position(symbol)), 0.0)
+            self.metrics.position(symbol, float(self.book.position(symbol)), float(self.book.notional(symbol)))
 
     async def _journal_open_orders(self) -> list[dict[str, str]]:
         return [
@@ -508,7 +562,7 @@ class PaperBot:
                 await asyncio.sleep(min(0.1, self._hang_until - time.monotonic()))
             started = time.monotonic()
             try:
-                async with self._trade_lock:
+                async with self._holding_trade_lock():
                     if self.trading_allowed and self._accepting:
                         await self.strategy.step(self)
                     await self._after_step()
@@ -518,6 +572,11 @@ class PaperBot:
             await asyncio.sleep(interval)
 
     async def _after_step(self) -> None:
+        if self._sweep_after_step and self.inst.state.state is TradingState.HALTED:
+            # A halt came in while this step was stuck: whatever the step sent before the gate closed goes now.
+            self._sweep_after_step = False
+            canceled = await self._cancel_for_kill_switch(raise_unreachable=False)
+            log.warning("kill switch: %d open orders canceled after the step in progress ended", canceled)
         self.metrics.rate_limit_headroom(self.broker.rate_limit_headroom())
         if self.broker.is_connected(Channel.ORDERS):
             skew = (datetime.now(UTC) - await self.broker.server_time()).total_seconds()
@@ -535,20 +594,39 @@ class PaperBot:
 
     # -- orders ---------------------------------------------------------------------------------------
     def order_refusal(self, symbol: str, reduce_only: bool) -> str | None:
-        """Why an order may not go out now, or None: the safe-start gate.
+        """Why an order may not go out now, or None: the last gate before the venue.
 
         Nothing goes out while shutting down or before a startup reconciliation passed (the journal may not know
-        what the bot holds). An order that can add risk also needs fresh market data for its symbol; a reduce-only
-        order does not (the venue lets it only shrink a position, and flattening during a market-data outage is
-        exactly what an operator may need).
+        what the bot holds). The trading state decides next (`TradingState.may_submit`: nothing while paused or
+        halted, only reduce-only orders while reduce_only or flattening). An order that can add risk also needs a
+        book the bot can trust (after the orders channel dropped, the reconciliation that follows the reconnect
+        must pass first: fills may have been missed meanwhile) and fresh market data for its symbol. A reduce-only
+        order needs neither (the venue lets it only shrink a position, and flattening during a market-data outage
+        is exactly what an operator may need).
         """
+        refusal = self._refusal(symbol, reduce_only)
+        return None if refusal is None else refusal[1]
+
+    def _refusal(self, symbol: str, reduce_only: bool) -> tuple[str, str] | None:
+        """(reason label, message) of order_refusal."""
         if not self._accepting:
-            return "shutting down"
+            return REFUSED_SHUTTING_DOWN, "shutting down"
         if not self.trading_allowed:
-            return "the startup reconciliation has not passed"
-        if not reduce_only and self.market_data_stale(symbol):
-            return f"market data for {symbol} is stale"
+            return REFUSED_STARTUP, "the startup reconciliation has not passed"
+        state_refusal = self.inst.state.order_refusal(reduce_only)
+        if state_refusal is not None:
+            return REFUSED_STATE, state_refusal
+        if reduce_only:
+            return None
+        if self.reconnect_reconciliation_pending:
+            return REFUSED_RECONNECT, "the reconciliation after the orders channel reconnected has not passed"
+        if self.market_data_stale(symbol):
+            return REFUSED_STALE, f"market data for {symbol} is stale"
         return None
+
+    def _refuse(self, symbol: str, refusal: tuple[str, str]) -> None:
+        self.metrics.order_refused(symbol, refusal[0])
+        log.log(logging.INFO if self._stopped else logging.WARNING, "order for %s refused: %s", symbol, refusal[1])
 
     async def submit(
         self,
@@ -559,10 +637,11 @@ class PaperBot:
         price: Decimal | None = None,
         reduce_only: bool = False,
     ) -> VenueOrder | None:
-        """Journal and send an order; None when it was refused (`order_refusal`) or the venue did not take it."""
-        refusal = self.order_refusal(symbol, reduce_only)
+        """Journal and send an order; None when it was refused (`order_refusal`), the venue did not take it, or its
+        answer was lost (the order is then tracked as in flight until reconciliation says what became of it)."""
+        refusal = self._refusal(symbol, reduce_only)
         if refusal is not None:
-            log.log(logging.INFO if self._stopped else logging.WARNING, "order for %s refused: %s", symbol, refusal)
+            self._refuse(symbol, refusal)
             return None
         request = OrderRequest(
             client_order_id=self.next_client_order_id(),
@@ -574,51 +653,117 @@ class PaperBot:
             reduce_only=reduce_only,
         )
         await self.journal.call(self.journal.order_submitted, request, self.config.bot.strategy)
+        # The gate again, after the last await before sending: a halt or pause may have come in meanwhile.
+        refusal = self._refusal(symbol, reduce_only)
+        if refusal is not None:
+            await self.journal.call(self.journal.order_failed, request.client_order_id, f"refused: {refusal[0]}")
+            self._refuse(symbol, refusal)
+            return None
         self.order_sent_at[request.client_order_id] = time.monotonic()
         self.metrics.order_submitted(symbol, side.value, order_type.value, request.client_order_id)
         try:
             return await self.broker.submit(request)
         except BrokerError as exc:
             self.metrics.venue_error(exc.error_class)
+            if exc.outcome_unknown:
+                self._outcome_unknown(request, f"{exc.error_class}: {exc}")
+                return None
             self.metrics.order_rejected(symbol, exc.error_class, request.client_order_id)
             self.order_sent_at.pop(request.client_order_id, None)
             await self.journal.call(self.journal.order_failed, request.client_order_id, exc.error_class)
             log.info("order %s not placed: %s (%s)", request.client_order_id, exc, exc.error_class)
             return None
+        except Exception as exc:  # our own event handling failed while the venue took the order (a journal write)
+            log.exception("order %s: handling the venue's answer failed", request.client_order_id)
+            self._outcome_unknown(request, f"{type(exc).__name__}: {exc}")
+            return None
+        except BaseException:  # cancelled while the request was out: it may have reached the venue
+            self._outcome_unknown(request, "cancelled while in flight")
+            raise
 
-    async def cancel(self, key: str) -> bool:
-        """Cancel a working order by its key (by venue order id for one placed without a client order id)."""
-        order = self.orders.get(key)
-        try:
-            if order is not None and not order.client_order_id:
-                answer = await self.broker.cancel(venue_order_id=order.venue_order_id)
-            else:
-                answer = await self.broker.cancel(key)
-        except BrokerError as exc:
-            self.metrics.venue_error(exc.error_class)
-            log.info("cancel %s failed: %s", key, exc)
+    def _outcome_unknown(self, request: OrderRequest, why: str) -> None:
+        """A submission that may have reached the venue: its journal row stays open (new), the bot keeps tracking
+        it (its symbol counts as working, cancel_all and the kill switch cancel it) and asks for a reconciliation,
+        which adopts the venue's view of it or closes it as vanished."""
+        key = request.client_order_id
+        self.metrics.order_outcome_unknown(request.symbol)
+        log.warning("order %s: outcome unknown (%s); tracked until reconciliation settles it", key, why)
+        if key not in self.order_sent_at:
+            return  # an event closed it meanwhile: nothing is unknown any more
+        if key not in self.orders:
+            self.orders[key] = VenueOrder(
+                client_order_id=key,
+                venue_order_id="",
+                symbol=request.symbol,
+                side=request.side,
+                order_type=request.order_type,
+                quantity=request.quantity,
+                price=request.price,
+                filled_quantity=Decimal(0),
+                status=OrderStatus.NEW,
+            )
+        if self.broker.is_connected(Channel.ORDERS):
+            self._request_reconciliation(Trigger.LOST_REPLY)
+        # Otherwise the reconciliation after the reconnect settles it.
+
+    async def cancel(self, key: str, order: VenueOrder | None = None) -> bool:
+        """Cancel a working order by its key (by venue order id for one placed without a client order id); `order`
+        is the venue's view of one the bot does not track (yet)."""
+        answer = await self._cancel_at_venue(key, order)
+        if answer is None:
             return False
         # The answer is the venue's word on the order: it counts even when no event follows (a venue may send
         # none for an order placed by hand); when the event came first, it changes nothing.
         await self._apply_order(answer)
         return True
 
+    async def _cancel_at_venue(self, key: str, order: VenueOrder | None = None) -> VenueOrder | None:
+        order = self.orders.get(key) or order
+        try:
+            if order is not None and not order.client_order_id:
+                return await self.broker.cancel(venue_order_id=order.venue_order_id)
+            return await self.broker.cancel(key)
+        except BrokerError as exc:
+            self.metrics.venue_error(exc.error_class)
+            log.info("cancel %s failed: %s", key, exc)
+            return None
+
+    def _placed_by_this_run(self, key: str) -> bool:
+        """Tracked, in flight (sent, its answer not applied yet) or carrying this run's client order id prefix."""
+        return key in self.orders or key in self.order_sent_at or key.startswith(f"{self._id_prefix}-")
+
+    async def own_open_orders(self) -> list[VenueOrder]:
+        """The venue's open orders that are this bot's: those this run placed (tracked, in flight, or answered by
+        nothing), adopted ones, and any the journal holds as the bot's (a previous run's, kept at its shutdown or
+        placed just before a crash). Orders placed by hand and never adopted are not: reconciliation's
+        unknown_order policy decides about those. Raises BrokerError when the venue cannot be reached."""
+        listed = await self.broker.open_orders()
+        mine = [o for o in listed if self._placed_by_this_run(o.key)]
+        others = [o for o in listed if not self._placed_by_this_run(o.key)]
+        if others:
+            rows = await self.journal.call(self.journal.orders_by_client_id, [o.key for o in others])
+            journaled = {row.client_order_id for row in rows}
+            mine.extend(o for o in others if o.key in journaled)
+        return mine
+
     async def cancel_all(self) -> int:
-        """Cancel every working order of the bot (its own and adopted ones) once; raises BrokerError when the venue
-        cannot be reached. A cancel the venue refuses (rate limit) is logged and left."""
-        canceled = 0
-        for order in await self.broker.open_orders():
-            if order.key in self.orders and await self.cancel(order.key):
-                canceled += 1
-        return canceled
+        """Cancel every open order of the bot on the venue once (`own_open_orders`: in flight and journaled ones
+        too, not only those it tracks); raises BrokerError when the venue cannot be reached. A cancel the venue
+        refuses (rate limit) is logged and left. The cancels go out first, their answers are journaled after."""
+        answers = [await self._cancel_at_venue(o.key, o) for o in await self.own_open_orders()]
+        for answer in answers:
+            if answer is not None:
+                await self._apply_order(answer)
+        return sum(answer is not None for answer in answers)
 
     async def cancel_everything(self, budget: float) -> tuple[int, list[str]]:
-        """cancel_all, again every CANCEL_RETRY_SECONDS while the venue still lists some of the bot's orders open,
-        for up to `budget` seconds; returns (canceled, keys still open). Raises BrokerError when unreachable."""
+        """cancel_all, then look at the venue again: while it still lists some of the bot's orders open (refused
+        cancels, an order that landed meanwhile), cancel again every CANCEL_RETRY_SECONDS for up to `budget`
+        seconds; returns (canceled, keys still open). Raises BrokerError when unreachable."""
         deadline = time.monotonic() + budget
         canceled = await self.cancel_all()
         while True:
-            left = sorted(o.key for o in await self.broker.open_orders() if o.key in self.orders)
+            left = sorted(o.key for o in await self.own_open_orders())
             if not left or time.monotonic() >= deadline:
                 return canceled, left
             await asyncio.sleep(CANCEL_RETRY_SECONDS)
@@ -645,20 +790,25 @@ class PaperBot:
         m = self.metrics
         if order.status is OrderStatus.REJECTED:
             m.order_rejected(order.symbol, order.reject_reason or "unknown", key)
-            self.orders.pop(key, None)
         elif order.status is OrderStatus.CANCELED:
             m.order_canceled(order.symbol, key)
-            self.orders.pop(key, None)
-        elif order.status is OrderStatus.ACKNOWLEDGED and key not in self.orders:
+        elif order.status is OrderStatus.ACKNOWLEDGED and (
+            key not in self.orders or not self.orders[key].venue_order_id
+        ):
             m.order_acknowledged(order.symbol, order.side.value, order.order_type.value, key)
-            self.orders[key] = order
-        elif order.status.is_open:
+        if order.status.is_open:
+            # The venue's view, with the largest filled quantity known (a fill may have been seen before it).
+            order.filled_quantity = max(order.filled_quantity, self._filled_seen.get(key, Decimal(0)))
             self.orders[key] = order
         else:
-            self.orders.pop(key, None)
-        if not order.status.is_open:
-            self.order_sent_at.pop(key, None)
-            self.external_orders.discard(key)
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        """The order is closed: no longer working, in flight or adopted."""
+        self.orders.pop(key, None)
+        self.order_sent_at.pop(key, None)
+        self.external_orders.discard(key)
+        self._filled_seen.pop(key, None)
 
     async def _on_fill(self, fill: VenueFill) -> None:
         if self._reconciling:
@@ -667,32 +817,44 @@ class PaperBot:
         await self._apply_fill(fill)
 
     async def _apply_fill(self, fill: VenueFill, adjustment: bool = False) -> bool:
-        """Book and journal a fill (with its position and balance changes, in one transaction) and export it;
-        False when its trade id is already journaled (a fill delivered twice counts once)."""
-        holding_before = self.book.holding(fill.symbol)
-        snapshot = (holding_before.quantity, holding_before.average_price, holding_before.realized_pnl)
-        realized_before = self.book.realized_today
-        self.book.apply_fill(fill.symbol, fill.side.sign * fill.quantity, fill.price, fill.fee, fill.executed_at)
-        h = self.book.holding(fill.symbol)
-        changes = None if adjustment else balance_changes(fill, self._split_symbol)
-        stored = await self.journal.call(
-            self.journal.fill, fill, (h.quantity, h.average_price, h.realized_pnl), changes
-        )
-        if not stored:  # the same trade id twice: undo, count nothing
-            h.quantity, h.average_price, h.realized_pnl = snapshot
-            self.book.realized_today = realized_before
-            return False
+        """Book and journal a fill (with its position, balance changes and realized P&L, in one transaction) and
+        export it; False when its trade id is already journaled (a fill delivered twice counts once).
+
+        One fill at a time: the book changes, the journal write, and the book is put back as it was when the write
+        fails (a duplicate, or a database error: then the fill is in neither, and reconciliation adopts it once).
+        """
+        async with self._fill_lock:
+            checkpoint = self.book.checkpoint(fill.symbol)
+            realized = self.book.apply_fill(
+                fill.symbol, fill.side.sign * fill.quantity, fill.price, fill.fee, fill.executed_at
+            )
+            h = self.book.holding(fill.symbol)
+            changes = None if adjustment else balance_changes(fill, self._split_symbol)
+            try:
+                stored = await self.journal.call(
+                    self.journal.fill, fill, (h.quantity, h.average_price, h.realized_pnl), changes, realized
+                )
+            except BaseException:
+                self.book.rollback(checkpoint)
+                raise
+            if not stored:  # the same trade id twice: undo, count nothing
+                self.book.rollback(checkpoint)
+                return False
         if adjustment:
             self._export_pnl()
             return True
         key = order_key(fill.client_order_id, fill.venue_order_id)
         order = self.orders.get(key)
-        done = order is not None and order.filled_quantity + fill.quantity >= order.quantity
+        done = False
+        if order is not None or key in self.order_sent_at:
+            self._filled_seen[key] = self._filled_seen.get(key, Decimal(0)) + fill.quantity
         if order is not None:
-            order.filled_quantity += fill.quantity
+            # Fills add up; an order update carries the venue's cumulative quantity, and may come before the fill
+            # it reports: the larger of the two is what is known to be filled, never their sum.
+            order.filled_quantity = max(order.filled_quantity, self._filled_seen[key])
+            done = order.filled_quantity >= order.quantity
             if done:
-                self.orders.pop(key, None)
-                self.external_orders.discard(key)
+                self._forget(key)
         self.metrics.order_filled(
             fill.symbol,
             fill.side.value,
@@ -704,7 +866,9 @@ class PaperBot:
             client_order_id=fill.client_order_id,
             order_done=done or order is None,
         )
-        self.metrics.position(fill.symbol, float(h.quantity), float(self.book.notional(fill.symbol)))
+        self.metrics.position(
+            fill.symbol, float(self.book.position(fill.symbol)), float(self.book.notional(fill.symbol))
+        )
         if self.broker.is_connected(Channel.ORDERS):
             for asset, total in (await self.broker.balances()).items():
                 self.metrics.balance(asset, float(total))
@@ -728,6 +892,11 @@ class PaperBot:
             self._channel_lost.discard(channel)
         else:
             self._channel_lost.add(channel)
+            if channel is Channel.ORDERS:
+                self._outages += 1
+                if self.trading_allowed and not self.reconnect_reconciliation_pending:
+                    log.warning("orders channel down: no order that adds risk until a reconciliation after it is back")
+                self.reconnect_reconciliation_pending = True
         if not connected:
             self.metrics.venue_error("network")
             log.warning("broker channel %s disconnected", channel.value)
@@ -749,9 +918,17 @@ class PaperBot:
 
     # -- control commands -----------------------------------------------------------------------------
     async def _on_transition(self, command: str, before: TradingState, after: TradingState) -> None:
-        if command == "halt":
-            canceled = await self._cancel_for_kill_switch(raise_unreachable=True)
-            log.warning("kill switch engaged: %d open orders canceled", canceled)
+        if command in RESTRICTING_COMMANDS:
+            # The state is set: the order gate refuses from now on. Wait for the step in progress (it may be sending
+            # an order right now) so that, once the command answers, nothing it forbids is still on its way; a
+            # halt then cancels with trading held.
+            async with self._holding_trade_lock(STEP_WAIT_SECONDS) as held:
+                if not held:
+                    log.warning("%s: the step in progress did not finish within %g s", command, STEP_WAIT_SECONDS)
+                if command == "halt":
+                    self._sweep_after_step = not held
+                    canceled = await self._cancel_for_kill_switch(raise_unreachable=True)
+                    log.warning("kill switch engaged: %d open orders canceled", canceled)
         elif command == "clear_halt" and not self.trading_allowed:
             self._request_reconciliation(Trigger.STARTUP)  # the startup run may pass now
 
@@ -817,7 +994,9 @@ class PaperBot:
     # -- reconciliation -------------------------------------------------------------------------------
     async def reconcile(self, trigger: Trigger) -> dict[str, Any]:
         """One reconciliation with trading held: no strategy step runs and venue events wait until it ends."""
-        async with self._trade_lock:
+        async with self._holding_trade_lock():
+            outages = self._outages
+            connected = self.broker.is_connected(Channel.ORDERS)
             self._reconciling = True
             try:
                 summary = await self.reconciler.run(trigger)
@@ -826,7 +1005,21 @@ class PaperBot:
                     await self._apply_deferred()  # in arrival order; what the run adopted counts once
                 finally:
                     self._reconciling = False
-        if summary["result"] in (Result.CLEAN, Result.RESOLVED):
+        passed = summary["result"] in (Result.CLEAN, Result.RESOLVED)
+        if self.reconnect_reconciliation_pending:
+            if passed and connected and outages == self._outages:
+                # Its snapshots were taken with the channel up, after the last drop: the book holds what the venue
+                # did meanwhile.
+                self.reconnect_reconciliation_pending = False
+                self.reconnect_failures = 0
+                log.info(
+                    "reconciliation %d after the reconnect %s: new risk allowed again",
+                    summary["run_id"],
+                    summary["result"],
+                )
+            elif connected:
+                self.reconnect_failures += 1
+        if passed:
             self.startup_failures = 0
             if not self.trading_allowed:
                 self.trading_allowed = True
@@ -835,6 +1028,28 @@ class PaperBot:
         elif not self.trading_allowed:
             self.startup_failures += 1
         return summary
+
+    @contextlib.asynccontextmanager
+    async def _holding_trade_lock(self, timeout: float | None = None) -> AsyncIterator[bool]:
+        """Hold the trade lock: no strategy step, reconciliation or restricting command runs meanwhile. Re-entrant
+        for the task that holds it (a halt from within a reconciliation). Yields False, not holding it, when
+        `timeout` passed first."""
+        task = asyncio.current_task()
+        if task is not None and self._trade_owner is task:
+            yield True
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._trade_lock.acquire()
+        except TimeoutError:
+            yield False
+            return
+        self._trade_owner = task
+        try:
+            yield True
+        finally:
+            self._trade_owner = None
+            self._trade_lock.release()
 
     async def settle(self) -> None:
         """Before a snapshot: let the venue hand over every event it produced, and journal those held back."""
@@ -863,9 +1078,15 @@ class PaperBot:
         safe-start gate is open; before that, startup retries backing off exponentially, and none while halted
         (a `reconcile` command, a reconnect or `clear_halt` tries again)."""
         rec = self.config.recovery
+        halted = self.inst.state.state is TradingState.HALTED
         if self.trading_allowed:
-            return rec.reconcile_interval_seconds or None
-        if self.inst.state.state is TradingState.HALTED:
+            interval = rec.reconcile_interval_seconds or None
+            if self.reconnect_reconciliation_pending and not halted and self.broker.is_connected(Channel.ORDERS):
+                # The run after a reconnect did not pass: new risk waits for one, so retry soon (backing off).
+                retry = startup_retry_delay(self.reconnect_failures, rec.reconcile_retry_seconds)
+                return retry if interval is None else min(interval, retry)
+            return interval
+        if halted:
             return None
         return startup_retry_delay(self.startup_failures, rec.reconcile_retry_seconds)
 
@@ -932,16 +1153,21 @@ class PaperBot:
         )
         await self._apply_fill(fill, adjustment=True)
 
-    async def fills_changed(self) -> None:
-        self.book = Book()
-        await self._restore_book()
-        for symbol, h in self.book.holdings.items():
-            await self.journal.call(self.journal.set_position, symbol, h.quantity, h.average_price, h.realized_pnl)
+    async def fills_changed(self, symbols: list[str]) -> None:
+        """Fill rows of `symbols` were removed from the journal: replay those symbols' fills into their positions
+        (and each fill's realized P&L), then take the book from the journal again."""
+        async with self._fill_lock:
+            await self.journal.call(self.journal.rebuild_positions, symbols)
+            await self._restore_book()
 
     async def halt(self, reason: str) -> None:
+        """The kill switch, engaged by the bot itself (a reconciliation's halt policy): as the `halt` command does,
+        the state first, then the cancel sweep with trading held."""
         if self.inst.state.state is not TradingState.HALTED:
             self.inst.state.apply("halt", reason=reason[:200])
-            canceled = await self._cancel_for_kill_switch(raise_unreachable=False)
+            async with self._holding_trade_lock(STEP_WAIT_SECONDS) as held:
+                self._sweep_after_step = not held
+                canceled = await self._cancel_for_kill_switch(raise_unreachable=False)
             log.error("kill switch engaged by %s; %d open orders canceled", reason, canceled)
 
     def _status(self) -> dict[str, Any]:
@@ -951,6 +1177,7 @@ class PaperBot:
             "pid": os.getpid(),
             "positions": {s: str(self.book.position(s)) for s in self.config.paper.symbols},
             "open_orders": len(self.orders),
+            "orders_outcome_unknown": sum(not o.venue_order_id for o in self.orders.values()),
             "adopted_orders": len(self.external_orders),
             "cancel_pending": self.cancel_pending,
             "realized_pnl_today": str(self.book.realized_today.quantize(CENT)),
@@ -958,6 +1185,7 @@ class PaperBot:
             "connected": {ch.value: self.broker.is_connected(ch) for ch in Channel},
             "chaos": self.chaos.status() if self.chaos is not None else None,
             "trading_allowed": self.trading_allowed,
+            "reconnect_reconciliation_pending": self.reconnect_reconciliation_pending,
             "next_reconciliation_seconds": self.next_reconciliation_delay(),
             "reconciliation": {
                 k: v

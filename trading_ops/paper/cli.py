@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sys
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ from trading_ops.config import Config, ConfigError, resolve_secret
 log = logging.getLogger(__name__)
 CHAOS_TIMEOUT_SECONDS = 10
 NOT_MIGRATED = "database is not migrated: run `trading-ops db upgrade`"
+EXIT_ALREADY_RUNNING = 1
 
 
 def register(sub: Any) -> None:
@@ -40,15 +42,22 @@ def register(sub: Any) -> None:
 
 
 def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.bot.instance_lock import AnotherInstanceRunning
     from trading_ops.paper.bot import PaperBot, control_token
 
     control_token(config)  # configuration problems first
     problem = schema_problem(config)
     if problem is not None:
         raise UsageError(problem)
-    bot = PaperBot(config, chaos=args.chaos)
-    # A shutdown past recovery.shutdown_deadline_seconds ends the process with exit status 1.
-    asyncio.run(bot.run(args.host, args.port, force_exit=True))
+    try:
+        bot = PaperBot(config, chaos=args.chaos)
+        # A shutdown past recovery.shutdown_deadline_seconds ends the process with exit status 1.
+        asyncio.run(bot.run(args.host, args.port, force_exit=True))
+    except AnotherInstanceRunning as exc:
+        # One line naming the holder: the single-instance lock (nothing of the running bot was touched), or, at the
+        # start, a previous run's heartbeat that kept moving (one on a host the locks cannot see).
+        print(f"trading-ops: paper-bot: {exc}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
     return 0
 
 

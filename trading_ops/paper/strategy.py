@@ -22,7 +22,8 @@ MAX_OFFSET_BPS = 8
 
 
 class DemoStrategy:
-    """One iteration per loop: expire old orders, then quote each symbol that has no working order.
+    """One iteration per loop: expire old orders, then quote each symbol that has no working order (an order whose
+    submission got no answer counts as working until reconciliation settles it).
 
     Orders the bot adopted from the venue (placed by hand, `bot.external_orders`) are not the strategy's quotes: it
     neither expires them nor counts them as its working order on their symbol. They are still the bot's
@@ -34,8 +35,10 @@ class DemoStrategy:
         self.rng = random.Random(seed)
 
     async def step(self, bot: PaperBot) -> None:
-        state = bot.inst.state.state
         await self._expire(bot)
+        # The state as it is now, after the awaits above (a halt or pause may have come in during them); the bot
+        # checks it again right before each order leaves (PaperBot.order_refusal), which is what enforces it.
+        state = bot.inst.state.state
         if state is TradingState.FLATTENING:
             await self._flatten(bot)
             return
@@ -48,7 +51,10 @@ class DemoStrategy:
             age = bot.metrics.market_data_age(symbol)
             if quote is None or age is None or age > stale_after or symbol in working:
                 continue  # no fresh price: never trade blind
-            await self._quote(bot, symbol, quote.mid, reduce_only=not state.may_open_positions)
+            reduce_only = not state.may_open_positions
+            if bot.order_refusal(symbol, reduce_only) is not None:
+                continue  # e.g. the book is not reconciled since a reconnect: wait rather than trade on it
+            await self._quote(bot, symbol, quote.mid, reduce_only=reduce_only)
 
     async def _expire(self, bot: PaperBot) -> None:
         now = time.monotonic()

@@ -12,10 +12,12 @@ Conventions a caller relies on:
   Business rejects (`insufficient_funds`, `reduce_only`, random `venue_busy` / `price_out_of_band`) return a
   `VenueOrder` with status `rejected` and are also delivered through `on_order`.
 - Requests (`submit`, `cancel`, `positions`, `balances`, `open_orders`, `recent_fills`, `server_time`) need the
-  orders channel and raise `BrokerError("network", ...)` while it is down. `submit` and `cancel` spend one token
-  of the rate-limit bucket and raise `BrokerError("rate_limit", ...)` when it is empty. If the channel drops
-  while a submit is in flight (during its latency), the order is placed but `submit` raises "network": the
-  outcome is unknown to the bot, as on a real venue.
+  orders channel and raise `BrokerError("network", ..., outcome_unknown=False)` while it is down (nothing was
+  sent). `submit` and `cancel` spend one token of the rate-limit bucket and raise `BrokerError("rate_limit", ...)`
+  when it is empty. If the channel drops while a submit is in flight (during its latency), the order is placed
+  but `submit` raises "network" with `outcome_unknown` true: the bot cannot know, as on a real venue.
+- With `autosave_path`, the state file holds every change before any event or answer tells of it (written off the
+  event loop, see `_persist`): a kill -9 of the process never leaves a bot knowing more than the file.
 - Callbacks are awaited in order; an exception from one propagates to the request that caused it (`run()` logs
   it and keeps ticking).
 - Prices are rounded to the symbol's tick, quantities down to its step; positions and balances are exact.
@@ -39,6 +41,7 @@ import json
 import logging
 import os
 import random
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
@@ -146,6 +149,18 @@ def _fill_from_json(data: Mapping[str, Any]) -> VenueFill:
     )
 
 
+def _write_atomically(target: Path, data: str, *, durable: bool = False) -> None:
+    """Write `data` to a temp file beside `target` and rename it into place: a reader (or a kill -9) sees the old or
+    the new file, never half of one. The temp name is unique per thread, so writes from two threads never mix."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
 class PaperVenue(Broker):
     """A simulated venue implementing the broker interface; deterministic for a given seed and clock."""
 
@@ -223,6 +238,14 @@ class PaperVenue(Broker):
         self._skew = float(clock_skew)
         self._hidden_fills: list[str] = []
         self._unnotified_fills: list[str] = []
+        self._closed_json: dict[str, str] = {}  # closed orders (they never change again), encoded once each
+
+        # Autosave progress: changes made, changes in the file, the newest change a write put there.
+        self._changes = 0
+        self._saved = 0
+        self._written = 0
+        self._save_lock = asyncio.Lock()
+        self._write_lock = threading.Lock()
 
         # Connection state (belongs to this process, never persisted).
         self._events = BrokerEvents()
@@ -256,9 +279,10 @@ class PaperVenue(Broker):
             quotes = self._step_prices(now)
             notifications = self._match(now)
             if notifications:
-                self._autosave()
+                self._changed()
             for symbol, quote in quotes.items():
                 await self._publish_quote(symbol, quote)
+            await self._persist()
             await self._deliver(notifications)
         return quotes
 
@@ -292,7 +316,8 @@ class PaperVenue(Broker):
             at = start + timedelta(seconds=step * i)
             self._step_prices(at)
             fills.extend(n for n in self._match(at) if isinstance(n, VenueFill))
-        self._autosave()
+        self._changed()
+        self._save_now()
         return fills
 
     # -- Broker: connection -----------------------------------------------------------------------------------
@@ -368,7 +393,7 @@ class PaperVenue(Broker):
             if reason is None:
                 notifications.extend(self._try_fill(order, now, on_arrival=True))
             self._prune_orders()
-            self._autosave()
+            await self._autosave()
             await self._deliver(notifications)
         if not self._connected[Channel.ORDERS]:
             # The order reached the venue but the answer is lost: the bot must find out by reconciling.
@@ -387,7 +412,7 @@ class PaperVenue(Broker):
             raise BrokerError("other", "order already closed")
         with self._delivering():
             self._set_status(order, OrderStatus.CANCELED)
-            self._autosave()
+            await self._autosave()
             await self._deliver([dataclasses.replace(order)])
         return dataclasses.replace(order)
 
@@ -464,7 +489,7 @@ class PaperVenue(Broker):
         self._order_seq += 1
         fill = self._record_fill(None, f"P{self._order_seq}", symbol, side, abs(signed), at, "taker", now)
         self._remember(self._hidden_fills, fill.trade_id)
-        self._autosave()
+        await self._autosave()
         return fill
 
     async def gap_price(self, symbol: str, relative_change: float) -> Quote:
@@ -477,7 +502,7 @@ class PaperVenue(Broker):
             self._mid[symbol] = max(self._tick_sizes[symbol], self._round_price(symbol, moved))
             now = self._venue_now()
             notifications = self._match(now)
-            self._autosave()
+            await self._autosave()
             quote = self._quote(symbol, now)
             await self._publish_quote(symbol, quote)
             await self._deliver(notifications)
@@ -516,7 +541,7 @@ class PaperVenue(Broker):
         order = self._new_order(client_order_id, symbol, side, order_type, qty, limit, now)
         self._silent.add(order.venue_order_id)
         self._try_fill(order, now, on_arrival=True)
-        self._autosave()
+        await self._autosave()
         return dataclasses.replace(order)
 
     async def fill_without_notifying(
@@ -540,7 +565,7 @@ class PaperVenue(Broker):
             taker_price = self._taker_price(order.side, self._quote(order.symbol, now))
             fill = self._execute(order, qty, taker_price, "taker", now)
         self._remember(self._unnotified_fills, fill.trade_id)
-        self._autosave()
+        await self._autosave()
         return fill
 
     async def cancel_without_notifying(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
@@ -549,7 +574,7 @@ class PaperVenue(Broker):
         if order is None or not order.status.is_open:
             raise ValueError(f"no open order {client_order_id or venue_order_id}")
         self._set_status(order, OrderStatus.CANCELED)
-        self._autosave()
+        await self._autosave()
         return dataclasses.replace(order)
 
     async def transfer(self, asset: str, amount: Decimal) -> Decimal:
@@ -562,13 +587,13 @@ class PaperVenue(Broker):
             self._balances.pop(asset, None)
         else:
             self._balances[asset] = total
-        self._autosave()
+        await self._autosave()
         return total
 
     async def set_clock_skew(self, seconds: float) -> None:
         """The venue's clock runs `seconds` ahead of the local one (negative: behind)."""
         self._skew = float(seconds)
-        self._autosave()
+        await self._autosave()
 
     def faults(self) -> dict[str, Any]:
         """The faults in force and the account changes injected since the last clear_faults()."""
@@ -596,16 +621,17 @@ class PaperVenue(Broker):
         if self._stale and self._connected[Channel.MARKET_DATA]:
             await self.resubscribe(sorted(self._stale))
         self._stale.clear()
-        self._autosave()
+        await self._autosave()
 
     # -- persistence ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything that outlives the process, as JSON-ready data (what save_state writes)."""
-        state = self._state_without_fills()
+        state = self._state_without_history()
+        state["orders"] = [_order_to_json(o) for o in self._orders.values()]
         state["fills"] = [_fill_to_json(f) for f in self._fills]
         return state
 
-    def _state_without_fills(self) -> dict[str, Any]:
+    def _state_without_history(self) -> dict[str, Any]:
         rng_version, rng_internal, rng_gauss = self._rng.getstate()
         return {
             "version": STATE_VERSION,
@@ -615,7 +641,6 @@ class PaperVenue(Broker):
             "prices": {s: str(p) for s, p in self._mid.items()},
             "positions": {s: str(q) for s, q in self._positions.items()},
             "balances": {a: str(b) for a, b in self._balances.items()},
-            "orders": [_order_to_json(o) for o in self._orders.values()],
             "reduce_only": sorted(self._reduce_only & self._orders.keys()),  # venue order ids
             "silent_orders": sorted(self._silent & self._orders.keys()),
             "counters": {"order": self._order_seq, "trade": self._trade_seq, "external": self._external_seq},
@@ -625,21 +650,27 @@ class PaperVenue(Broker):
             "unnotified_fills": list(self._unnotified_fills),
         }
 
+    def _encode_state(self) -> str:
+        """state_dict() as JSON, with what never changes (fills, closed orders) encoded only once."""
+        head = json.dumps(self._state_without_history(), separators=(",", ":"))
+        orders = ",".join(self._order_json(o) for o in self._orders.values())
+        return f'{head[:-1]},"orders":[{orders}],"fills":[{",".join(self._fills_json)}]}}'
+
+    def _order_json(self, order: VenueOrder) -> str:
+        vid = order.venue_order_id
+        if vid in self._open:
+            return json.dumps(_order_to_json(order), separators=(",", ":"))
+        encoded = self._closed_json.get(vid)
+        if encoded is None:
+            encoded = self._closed_json[vid] = json.dumps(_order_to_json(order), separators=(",", ":"))
+        return encoded
+
     def save_state(self, path: str | os.PathLike[str], *, durable: bool = False) -> None:
         """Write the state as JSON atomically (temp file + os.replace); `durable` also fsyncs it.
 
         A kill -9 leaves either the old or the new file; fsync only matters for power loss.
         """
-        target = Path(path)
-        head = json.dumps(self._state_without_fills(), separators=(",", ":"))
-        data = f'{head[:-1]},"fills":[{",".join(self._fills_json)}]}}'
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
+        _write_atomically(Path(path), self._encode_state(), durable=durable)
 
     def load_state(self, path: str | os.PathLike[str]) -> datetime:
         """Replace the venue's state with the one saved at `path`; returns when it was saved (venue clock).
@@ -673,6 +704,8 @@ class PaperVenue(Broker):
         self._reduce_only, self._silent = reduce_only, silent
         self._fills = [_fill_from_json(f) for f in data["fills"]]
         self._fills_json = [json.dumps(f, separators=(",", ":")) for f in data["fills"]]
+        self._closed_json.clear()
+        self._saved = self._changes  # the file holds this state: nothing to write until it changes
         counters = data["counters"]
         self._order_seq, self._trade_seq = int(counters["order"]), int(counters["trade"])
         self._external_seq = int(counters["external"])
@@ -900,6 +933,7 @@ class PaperVenue(Broker):
         closed = [vid for vid in self._orders if vid not in self._open]
         for vid in closed[: max(0, len(closed) - MAX_RETAINED_CLOSED_ORDERS)]:
             order = self._orders.pop(vid)
+            self._closed_json.pop(vid, None)
             if self._by_client.get(order.client_order_id) == vid:
                 del self._by_client[order.client_order_id]
             self._reduce_only.discard(vid)
@@ -914,7 +948,10 @@ class PaperVenue(Broker):
     # -- internals: requests and events -----------------------------------------------------------------------
     def _require(self, channel: Channel) -> None:
         if not self._connected[channel]:
-            raise BrokerError("network", f"{self.venue}: {channel.value} channel is not connected")
+            # Nothing was sent: a definite failure, unlike a connection lost while a submit waits for its answer.
+            raise BrokerError(
+                "network", f"{self.venue}: {channel.value} channel is not connected", outcome_unknown=False
+            )
 
     def _refill(self) -> None:
         now = self._clock()
@@ -929,9 +966,48 @@ class PaperVenue(Broker):
             raise BrokerError("rate_limit", f"{self.venue}: more than {self.rate_limit_per_second:g} requests/s")
         self._tokens -= 1
 
-    def _autosave(self) -> None:
+    def _changed(self) -> None:
+        """The state changed: the next `_persist` writes it to the autosave file."""
+        self._changes += 1
+
+    async def _autosave(self) -> None:
+        self._changed()
+        await self._persist()
+
+    async def _persist(self) -> None:
+        """Return once the autosave file holds every change made so far. Called before anyone hears of a change (an
+        event delivered, a request answered), so a kill -9 never leaves a bot knowing of a fill or an order the
+        venue's file lacks (the restarted venue would reuse its ids).
+
+        Off the event loop: the state is encoded on the loop (cheap: fills and closed orders are encoded once each),
+        then written and renamed into place on a worker thread. Writes never overlap; the changes made while one is
+        under way all go out in the next, so a burst of events costs one or two writes, not one each.
+        """
+        if self.autosave_path is None or self._saved >= self._changes:
+            return
+        wanted = self._changes
+        async with self._save_lock:
+            if self._saved >= wanted:
+                return  # a write that started after that change took it along
+            generation, data = self._changes, self._encode_state()
+            await asyncio.to_thread(self._write_autosave, self.autosave_path, data, generation)
+            self._saved = max(self._saved, generation)
+
+    def _save_now(self) -> None:
+        """Write the autosave file synchronously (advance(): once at a start, before trading begins)."""
         if self.autosave_path is not None:
-            self.save_state(self.autosave_path)
+            generation = self._changes
+            self._write_autosave(self.autosave_path, self._encode_state(), generation)
+            self._saved = max(self._saved, generation)
+
+    def _write_autosave(self, target: Path, data: str, generation: int) -> None:
+        """On any thread: replace the file, unless a newer state is there already (writes may finish in any
+        order)."""
+        with self._write_lock:
+            if generation <= self._written:
+                return
+            _write_atomically(target, data)
+            self._written = generation
 
     async def _notify_connection(self, channel: Channel, up: bool) -> None:
         if self._events.on_connection is not None:

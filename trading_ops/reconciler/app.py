@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
@@ -34,6 +35,7 @@ from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.playbook import PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
+from trading_ops.reconciler.retention import Pruner
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         tables = await asyncio.to_thread(lambda: set(inspect(engine).get_table_names()))
         if "reconciler_episodes" not in tables:
             raise ConfigError("database.url", "the ledger tables are missing: run `trading-ops db upgrade` first")
-        app[keys.LEDGER] = Ledger(engine)
+        app[keys.LEDGER] = Ledger(engine, retention=timedelta(days=config.reconciler.retention_days))
         yield
     finally:
         engine.dispose()
@@ -126,9 +128,11 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     writer = GroupCommitWriter(app[keys.LEDGER], config.reconciler.batch_max, stored)
     writer.start()
     app[keys.WRITER], app[keys.ENGINE], app[keys.DEADMAN] = writer, engine, deadman
+    pruner = Pruner(app[keys.LEDGER], config.reconciler.retention_days, metrics)
     tasks = [
         asyncio.create_task(engine.run_forever(), name="engine"),
         asyncio.create_task(deadman.run_forever(), name="deadman"),
+        asyncio.create_task(pruner.run_forever(), name="retention"),
     ]
     if config.reconciler.check_silences:
         watcher = MaintenanceWatcher(

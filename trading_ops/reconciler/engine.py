@@ -11,6 +11,8 @@ import random
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -26,10 +28,10 @@ from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, 
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED, escalate
 from trading_ops.reconciler.actions.silence import CREATED_BY
 from trading_ops.reconciler.intake import Rejected, parse_timestamp
-from trading_ops.reconciler.ledger import GLOBAL_TARGET, PAUSE_KEY, PAUSED_DETAIL, Ledger
+from trading_ops.reconciler.ledger import GLOBAL_TARGET, LEFTOVER_FENCE_SECONDS, PAUSE_KEY, PAUSED_DETAIL, Ledger
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.playbook import Playbook, Rule
-from trading_ops.reconciler.processes import ProcessId, kill_leftover_group
+from trading_ops.reconciler.processes import ProcessId, host_token, kill_leftover_group
 from trading_ops.reconciler.verify import verify
 from trading_ops.tasks import stop_tasks
 
@@ -48,10 +50,23 @@ FALLBACK = " (Alertmanager unreachable: escalated through the apprise notificati
 NOBODY = " (escalation failed: Alertmanager unreachable and no notification delivered)"
 # Alertmanager's API gives startsAt in milliseconds, webhooks in nanoseconds.
 STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
+# Ledger calls of the dispatch loop (and the pruner's) beside those of the runs.
+EXTRA_LEDGER_THREADS = 2
+CLAIM_LOST = "claim lost"
 
 
 class LostClaim(Exception):
     """Another replica took the episode over (our lease lapsed): stop without writing more."""
+
+
+@dataclass
+class _Claim:
+    """A run's hold on its episode and target, as its lease renewer sees it."""
+
+    lost: bool = False
+    # False once the run gives its claim back (closing or parking the episode): a renewal failing from then on
+    # means nothing, and cancels nothing.
+    active: bool = True
 
 
 class Engine:
@@ -82,12 +97,24 @@ class Engine:
         self.rng = rng or random.Random()
         self.wake = asyncio.Event()
         self.runs: dict[int, asyncio.Task[None]] = {}
+        # The target of each run in progress here: busy for our claims whatever its lease says.
+        self.run_targets: dict[int, str] = {}
         # Running episode -> set when intake stored a resolved notification for it (wakes its verification).
         self.resolved: dict[int, asyncio.Event] = {}
+        self.claims: dict[int, _Claim] = {}
         self.escalation_delays: tuple[float, ...] = ESCALATION_RETRY_DELAYS
+        # Fenced steps of another host, logged once each (nothing here can see their processes).
+        self.foreign_fences: set[int] = set()
+        # The ledger's own threads, not asyncio's default pool: apprise notifications (blocking, possibly slow)
+        # and leftover kills run there and must never delay a write, least of all a lease renewal, which has
+        # its own threads (one per possible run) so no run's renewal waits behind another run's work.
+        runs = self.rc.max_concurrent_runs
+        self.executor = ThreadPoolExecutor(runs + EXTRA_LEDGER_THREADS, thread_name_prefix="reconciler-ledger")
+        self.lease_executor = ThreadPoolExecutor(runs, thread_name_prefix="reconciler-lease")
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -103,51 +130,74 @@ class Engine:
             self.wake.clear()
 
     async def dispatch_once(self) -> None:
-        now = utcnow()
-        swept = await self.db(self.ledger.sweep, now, self.owner, set(self.runs))
+        swept = await self.db(self.ledger.sweep, utcnow(), self.owner, set(self.runs))
         for episode_id in swept.interrupted:
             log.warning("episode %s: the run was interrupted (its reconciler stopped); policy decides", episode_id)
-        # Before any retry: what the dead run started must not run beside it (one action at a time per target).
-        for step_id, token in swept.processes:
-            await self._kill_leftover(step_id, token)
+        # Before any retry: what a dead run started must not run beside it (one action at a time per target). Its
+        # steps' process groups fence their targets until a reconciler on their host, this one or another replica
+        # there, killed them; the sweep that found the run dead may have been another host's.
+        await self._reap_leftovers(utcnow())
         free = self.rc.max_concurrent_runs - len(self.runs)
         if free > 0:
-            busy_targets: set[str] = set()
-            for episode_id, target in await self.db(self.ledger.due, now, free * 2):
+            # A target of a run in progress here is busy, even when that run's lease lapsed (late renewals).
+            busy_targets = set(self.run_targets.values())
+            for episode_id, target in await self.db(self.ledger.due, utcnow(), free * 2):
                 if len(self.runs) >= self.rc.max_concurrent_runs:
                     break
                 if episode_id in self.runs or target in busy_targets:
                     continue
-                episode = await self.db(self.ledger.claim, episode_id, target, self.owner, now, self.rc.lease_seconds)
-                if episode is None:
-                    busy_targets.add(target)
-                    continue
                 busy_targets.add(target)
+                # A fresh clock for each claim: the lease starts now, not when this dispatch (or its kills) began.
+                episode = await self.db(
+                    self.ledger.claim, episode_id, target, self.owner, utcnow(), self.rc.lease_seconds
+                )
+                if episode is None:
+                    continue
                 task = asyncio.create_task(self._guarded(episode), name=f"episode-{episode_id}")
                 self.runs[episode_id] = task
+                self.run_targets[episode_id] = target
                 task.add_done_callback(functools.partial(self._finished, episode_id))
-        await self._refresh_snapshot(now)
+        await self._refresh_snapshot(utcnow())
 
-    async def _kill_leftover(self, step_id: int, token: str) -> None:
-        process = ProcessId.parse(token)
+    async def _reap_leftovers(self, now: datetime) -> None:
+        fenced = await self.db(self.ledger.fenced_steps, now)
+        self.foreign_fences &= {step_id for step_id, _ in fenced}
+        here = host_token()
+        for step_id, token in fenced:
+            process = ProcessId.parse(token)
+            if process is not None and process.host != here:
+                if step_id not in self.foreign_fences:
+                    self.foreign_fences.add(step_id)
+                    log.warning(
+                        "step %s: its process group %s ran on another host or pid namespace: its target stays "
+                        "fenced until a reconciler there kills it, or for %gs at most",
+                        step_id,
+                        token,
+                        LEFTOVER_FENCE_SECONDS,
+                    )
+                continue
+            await self._kill_leftover(step_id, process)
+
+    async def _kill_leftover(self, step_id: int, process: ProcessId | None) -> None:
         if process is None:
-            return
-        killed = await asyncio.to_thread(kill_leftover_group, process)
-        if killed is None:
-            log.warning(
-                "step %s: its process group %s ran on another host or pid namespace; it cannot be checked from here",
-                step_id,
-                token,
-            )
-            return
-        if killed:
-            self.metrics.leftover_processes_killed.inc(killed)
-            note = f"[the reconciler restarted; {killed} process(es) of group {process.pid} still ran: killed]"
-            log.warning("step %s: %s", step_id, note)
-            await self.db(self.ledger.note_step, step_id, note)
+            note = "[the run was interrupted; its process group is unknown]"
+        else:
+            try:
+                killed = await asyncio.to_thread(kill_leftover_group, process)
+            except Exception:
+                log.exception("step %s: killing what is left of process group %s failed", step_id, process.pid)
+                return  # still fenced: tried again on the next poll
+            if killed:
+                self.metrics.leftover_processes_killed.inc(killed)
+                note = f"[the reconciler restarted; {killed} process(es) of group {process.pid} still ran: killed]"
+                log.warning("step %s: %s", step_id, note)
+            else:
+                note = f"[the run was interrupted; nothing of process group {process.pid} still ran]"
+        await self.db(self.ledger.unfence, step_id, note)
 
     def _finished(self, episode_id: int, _task: asyncio.Task[None] | None = None) -> None:
         self.runs.pop(episode_id, None)
+        self.run_targets.pop(episode_id, None)
         self.metrics.actions_in_flight.set(len(self.runs))
         self.wake.set()
 
@@ -170,55 +220,80 @@ class Engine:
 
     async def stop(self) -> None:
         await stop_tasks(list(self.runs.values()))
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.lease_executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- one run ------------------------------------------------------------------------------------
 
     async def _guarded(self, episode: dict[str, Any]) -> None:
         episode_id, target = episode["id"], episode["target"]
-        renewer = asyncio.create_task(self._renew(episode_id, target, asyncio.current_task()))
+        claim = self.claims[episode_id] = _Claim()
+        renewer = asyncio.create_task(self._renew(episode_id, target, asyncio.current_task(), claim))
         self.resolved[episode_id] = asyncio.Event()
         try:
             await self.run_episode(episode)
         except LostClaim:
+            claim.lost = True
             log.warning("episode %s: claim lost to another replica; stopped", episode_id)
         except asyncio.CancelledError:
-            # Shutting down: leave the run to the sweep after restart (marked interrupted there).
-            raise
+            task = asyncio.current_task()
+            # Shutting down: leave the run to the sweep after restart (marked interrupted there) ...
+            if not claim.lost or task is None or task.cancelling() > 1:
+                raise
+            # ... but this cancellation is the renewer's alone: the claim is gone, so the run stops here.
+            task.uncancel()
+            log.warning("episode %s: lease renewal found the claim lost; run stopped", episode_id)
         except Exception as exc:
             log.exception("episode %s: run failed", episode_id)
             with contextlib.suppress(Exception):
                 await self._internal_error(episode, exc)
         finally:
+            claim.active = False
             renewer.cancel()
             self.resolved.pop(episode_id, None)
+            self.claims.pop(episode_id, None)
+            if claim.lost:
+                # Whoever took the claim over may not close what this run left `running` (an attempt and steps
+                # that count against the budgets): this run does.
+                with contextlib.suppress(Exception):
+                    await self.db(self.ledger.abandon_run, episode_id, self.owner, f"{CLAIM_LOST}: run stopped")
             with contextlib.suppress(Exception):
                 await self.db(self.ledger.release_target, target, self.owner)
 
     async def _internal_error(self, episode: dict[str, Any], exc: Exception) -> None:
-        """A bug or a broken database stopped the run: nothing more is tried automatically, so a human is paged."""
+        """A bug or a broken database stopped the run: nothing more is tried automatically, so a human is paged
+        (unless another replica has taken the episode over meanwhile: its run goes on, and decides)."""
         error = truncate(f"{type(exc).__name__}: {exc}", 500)
-        await self.db(self.ledger.fail_running, episode["id"], f"internal error: {error}")
+        await self.db(self.ledger.fail_running, episode["id"], self.owner, f"internal error: {error}")
+        current = await self.db(self.ledger.episode, episode["id"])
+        if current is None or current["owner"] != self.owner:
+            log.warning("episode %s: internal error after the claim was lost; left to its new holder", episode["id"])
+            return
         description = (
             f"The reconciler hit an internal error while handling {episode['alertname']} on {episode['target']} "
             f"(episode {episode['id']}, rule {episode['rule']}): {error}. Nothing more is tried automatically."
         )
         how = await self._escalate(FAILED, json.loads(episode["labels"]), episode["target"], description)
         state = "failed" if how == NOBODY else "escalated"
-        if await self.db(
-            self.ledger.set_episode, episode["id"], self.owner, state=state, detail=f"internal error: {error}" + how
-        ):
+        if await self._hand_back(episode, state=state, detail=f"internal error: {error}" + how):
             self.metrics.episodes_total.labels(state).inc()
 
-    async def _renew(self, episode_id: int, target: str, run: asyncio.Task[Any] | None) -> None:
+    async def _renew(self, episode_id: int, target: str, run: asyncio.Task[Any] | None, claim: _Claim) -> None:
+        loop = asyncio.get_running_loop()
+        lease = self.rc.lease_seconds
         while True:
-            await asyncio.sleep(self.rc.lease_seconds / 3)
+            await asyncio.sleep(lease / 3)
             try:
-                ok = await self.db(self.ledger.renew, episode_id, target, self.owner, self.rc.lease_seconds)
+                renew = functools.partial(self.ledger.renew, episode_id, target, self.owner, lease)
+                ok = await loop.run_in_executor(self.lease_executor, renew)
             except Exception:
                 log.exception("episode %s: lease renewal failed", episode_id)
                 continue
-            if not ok and run is not None:
-                run.cancel(msg="claim lost")
+            if not ok:
+                if claim.active:
+                    claim.lost = True
+                    if run is not None:
+                        run.cancel(msg=CLAIM_LOST)
                 return
 
     async def _is_resolved(self, episode_id: int) -> bool:
@@ -230,8 +305,16 @@ class Engine:
             raise LostClaim
         return row["resolved_at"] is not None
 
+    async def _hand_back(self, episode: dict[str, Any], **values: Any) -> bool:
+        """The run's last write: the episode closed, parked or due again later, its claim given back (False when
+        it was no longer ours)."""
+        claim = self.claims.get(episode["id"])
+        if claim is not None:
+            claim.active = False
+        return await self.db(self.ledger.set_episode, episode["id"], self.owner, **values)
+
     async def _close(self, episode: dict[str, Any], state: str, detail: str, **values: Any) -> None:
-        if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state=state, detail=detail, **values):
+        if not await self._hand_back(episode, state=state, detail=detail, **values):
             raise LostClaim
         self.metrics.episodes_total.labels(state).inc()
         log.info("episode %s (%s on %s): %s: %s", episode["id"], episode["alertname"], episode["target"], state, detail)
@@ -255,15 +338,16 @@ class Engine:
             notifier=self.notifier,
             label_pattern=self.label_pattern,
         )
+        # Resolved first: an alert that is over is never escalated, whatever happened to the run before.
+        if episode["resolved_at"] is not None:
+            await self._close(episode, "resolved", "resolved before the run")
+            return
         interrupted = episode["state"] == "interrupted"
         if interrupted:
             ctx.history.append(f"attempt {episode['attempts']} interrupted (the reconciler stopped)")
             if episode["attempts"] >= rule.max_attempts:
                 await self._give_up(episode, rule, ctx, "interrupted and no attempts left")
                 return
-        if episode["resolved_at"] is not None:
-            await self._close(episode, "resolved", "resolved before the run")
-            return
         # A deferred run (wait_for, a parked or cooled-down episode) acts only if the alert still fires: its
         # resolved notification may still be on its way (group_interval), or never come (silenced meanwhile).
         if episode["state"] == "waiting" and not await self._still_firing(episode, ctx):
@@ -284,10 +368,8 @@ class Engine:
             self.ledger.cooldown_until, rule.name, episode["target"], episode["id"], rule.cooldown, now
         )
         if cooldown is not None and not interrupted and episode["attempts"] == 0:
-            if not await self.db(
-                self.ledger.set_episode,
-                episode["id"],
-                self.owner,
+            if not await self._hand_back(
+                episode,
                 state="waiting",
                 next_run_at=cooldown,
                 owner=None,
@@ -350,10 +432,8 @@ class Engine:
         if not (episode["state"] == "waiting" and episode["detail"] == why):
             attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner, counted=False)
             await self.db(self.ledger.finish_attempt, attempt_id, "skipped", f"{why}: nothing executed")
-        if not await self.db(
-            self.ledger.set_episode,
-            episode["id"],
-            self.owner,
+        if not await self._hand_back(
+            episode,
             state="waiting",
             next_run_at=until,
             owner=None,
@@ -444,10 +524,8 @@ class Engine:
         if number < rule.max_attempts and not refused:
             delay = rule.backoff.delay(number, self.rng)
             retry_at = utcnow() + timedelta(seconds=delay)
-            if not await self.db(
-                self.ledger.set_episode,
-                episode["id"],
-                self.owner,
+            if not await self._hand_back(
+                episode,
                 state="pending",
                 next_run_at=retry_at,
                 owner=None,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from trading_ops.db.base import utcnow
@@ -30,6 +30,15 @@ PAUSED_DETAIL = "reconciler paused"
 KNOWN_EPISODES_MAX = 20_000
 # Step outcomes that mean something was actually done (they count against budgets).
 EXECUTED_OUTCOMES = ("running", "success", "failure", "timeout", "interrupted")
+# A run died while its step's process group may still run: no run of that target starts anywhere until a
+# reconciler on the process's host (same boot and pid namespace, processes.host_token) has killed what is left of
+# the group, which it does on its next poll. No other host can see that process, let alone kill it: if no
+# reconciler ever comes back on that host, the fence lapses after this long. It is generous, as acting beside a
+# restart script still running is worse than acting late, and the dead host's reconciler usually returns long
+# before (systemd restarts it in seconds); a host that died altogether took its processes with it.
+LEFTOVER_FENCE_SECONDS = 600.0
+# What retention deletes, by table (tradingops_ledger_pruned_rows_total{table}).
+PRUNED_TABLES = ("notifications", "episodes", "attempts", "steps")
 
 E = cast(Table, Episode.__table__)
 A = cast(Table, Attempt.__table__)
@@ -76,11 +85,10 @@ class LedgerCounts:
 
 @dataclass
 class SweepResult:
-    """Runs found dead by a sweep, and the process groups their running steps had started."""
+    """Runs found dead by a sweep, and how many of their steps had started a process group (now fenced)."""
 
     interrupted: list[int] = field(default_factory=list)
-    # (step id, process token) of steps that were running when their reconciler died.
-    processes: list[tuple[int, str]] = field(default_factory=list)
+    fenced: int = 0
 
 
 @dataclass
@@ -93,16 +101,29 @@ class StoreResult:
 
 
 class Ledger:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, retention: timedelta | None = None) -> None:
+        """`retention`: how long closed episodes are kept (reconciler.retention_days). A firing alert that started
+        longer ago than that is not acted on: its episode may have been pruned, and it must not run twice."""
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.retention = retention
         # Intake statements built once, parameters bound per call: building a statement from literal values costs
         # more than executing it (SQLAlchemy then compiles it once and reuses the compiled form).
         key = and_(E.c.fingerprint == bindparam("key_fingerprint"), E.c.starts_at == bindparam("key_starts_at"))
         self._add_notifications = insert(N)
-        self._add_episode = self._insert(E).on_conflict_do_nothing(index_elements=["fingerprint", "starts_at"])
+        # RETURNING tells whether the row was inserted: on PostgreSQL the rowcount of an INSERT is always -1.
+        self._add_episode = (
+            self._insert(E).on_conflict_do_nothing(index_elements=["fingerprint", "starts_at"]).returning(E.c.id)
+        )
         self._find_episode = select(E.c.id, E.c.state, E.c.resolved_at).where(key)
-        self._update_episode = update(E).where(E.c.id == bindparam("key_id"))
+        # Both conditional on what the episode is when they run, not on what the intake read before: a replica
+        # may claim it in between.
+        self._close_resolved = update(E).where(
+            E.c.id == bindparam("key_id"), E.c.state.in_(RUNNABLE_STATES), E.c.resolved_at.is_(None)
+        )
+        self._flag_resolved = update(E).where(
+            E.c.id == bindparam("key_id"), E.c.state.notin_(CLOSED_STATES), E.c.resolved_at.is_(None)
+        )
         self._known: OrderedDict[tuple[str, datetime], None] = OrderedDict()
 
     @contextlib.contextmanager
@@ -161,35 +182,14 @@ class Ledger:
             return
         stored.append(key)
         if a.status == "resolved":
-            params = {"key_fingerprint": a.fingerprint[:64], "key_starts_at": a.starts_at}
-            row = conn.execute(self._find_episode, params).first()
-            if row is None:
-                # Resolved before we saw it fire: record the closed episode so a late firing starts nothing.
-                if self._insert_episode(conn, a, now, "resolved", "resolved before any action", closed=True):
-                    result.closed["resolved"] = result.closed.get("resolved", 0) + 1
-                return
-            if row.resolved_at is not None or row.state in CLOSED_STATES:
-                result.deduplicated += 1
-                return
-            if row.state in ACTIVE_STATES:
-                # The worker sees resolved_at, stops between steps and cancels verification.
-                conn.execute(self._update_episode, {"key_id": row.id, "resolved_at": now, "updated_at": now})
-            else:
-                values = {
-                    "key_id": row.id,
-                    "resolved_at": now,
-                    "state": "resolved",
-                    "closed_at": now,
-                    "updated_at": now,
-                    "owner": None,
-                    "detail": "resolved; pending work cancelled",
-                }
-                conn.execute(self._update_episode, values)
-                result.closed["resolved"] = result.closed.get("resolved", 0) + 1
-            result.resolved_ids.append(row.id)
+            self._store_resolved(conn, a, now, result)
             return
         if a.rule is None:
             state, detail, closed = "skipped", "no playbook rule matches", True
+        elif self.retention is not None and a.starts_at < now - self.retention:
+            days = self.retention.total_seconds() / 86400
+            why = f"started more than {days:g} days ago, beyond the ledger's retention (reconciler.retention_days)"
+            state, detail, closed = "skipped", f"{why}: not acted on", True
         else:
             state, detail, closed = ("waiting" if a.wait_for > 0 else "pending"), "", False
         if self._insert_episode(conn, a, now, state, detail, closed=closed):
@@ -199,6 +199,41 @@ class Ledger:
                 result.new_episodes += 1
         else:
             result.deduplicated += 1
+
+    def _store_resolved(self, conn: Connection, a: AlertIn, now: datetime, result: StoreResult) -> None:
+        params = {"key_fingerprint": a.fingerprint[:64], "key_starts_at": a.starts_at}
+        row = conn.execute(self._find_episode, params).first()
+        if row is None:
+            # Resolved before we saw it fire: record the closed episode so a late firing starts nothing.
+            if self._insert_episode(conn, a, now, "resolved", "resolved before any action", closed=True):
+                result.closed["resolved"] = result.closed.get("resolved", 0) + 1
+                return
+            # Another replica stored its firing meanwhile (on PostgreSQL our insert waited for its commit): that
+            # episode is the one to resolve.
+            row = conn.execute(self._find_episode, params).first()
+            if row is None:
+                result.deduplicated += 1
+                return
+        if row.resolved_at is not None or row.state in CLOSED_STATES:
+            result.deduplicated += 1
+            return
+        flag = {"key_id": row.id, "resolved_at": now, "updated_at": now}
+        close = {
+            **flag,
+            "state": "resolved",
+            "closed_at": now,
+            "owner": None,
+            "detail": "resolved; pending work cancelled",
+        }
+        # Not claimed (pending, waiting, interrupted): closed here, its pending work cancelled. Claimed (running,
+        # verifying, possibly only since we read it): never closed behind its run's back, which would leave its
+        # attempt `running`; only flagged, and the run stops between steps and cancels its verification.
+        if row.state in RUNNABLE_STATES and conn.execute(self._close_resolved, close).rowcount:
+            result.closed["resolved"] = result.closed.get("resolved", 0) + 1
+        elif not conn.execute(self._flag_resolved, flag).rowcount:
+            result.deduplicated += 1  # closed or resolved by someone else since we read it
+            return
+        result.resolved_ids.append(row.id)
 
     def _insert_episode(
         self, conn: Connection, a: AlertIn, now: datetime, state: str, detail: str, closed: bool
@@ -221,15 +256,15 @@ class Ledger:
             "closed_at": now if closed else None,
             "resolved_at": now if state == "resolved" else None,
         }
-        return bool(conn.execute(self._add_episode, values).rowcount)
+        return conn.execute(self._add_episode, values).first() is not None
 
     # ---- claims -------------------------------------------------------------------------------------
 
     def due(self, now: datetime, limit: int) -> list[tuple[int, str]]:
-        """Due episodes, the oldest of each target whose target no live run holds, oldest first.
+        """Due episodes, the oldest of each target that a claim could take (see `claim`), oldest first.
 
         Many due episodes of one busy target must not fill the batch and starve every other target."""
-        busy = exists().where(T.c.name == E.c.target, T.c.owner.is_not(None), T.c.lease_until >= now)
+        busy = exists().where(T.c.name == E.c.target, T.c.owner.is_not(None))
         ranked = (
             select(
                 E.c.id,
@@ -242,6 +277,7 @@ class Ledger:
                 E.c.next_run_at <= now,
                 or_(E.c.owner.is_(None), E.c.lease_until < now),
                 ~busy,
+                ~self._fenced(E.c.target, now),
             )
             .subquery()
         )
@@ -255,10 +291,15 @@ class Ledger:
         return [(r.id, r.target) for r in rows]
 
     def claim(self, episode_id: int, target: str, owner: str, now: datetime, lease: float) -> dict[str, Any] | None:
-        """Take the episode and its target for `lease` seconds; None when another run holds either.
+        """Take the episode and its target for `lease` seconds; None when a run holds either, or a leftover
+        process of a dead run fences the target.
 
         Both are conditional UPDATEs: on PostgreSQL the second of two concurrent claims waits for the
-        first's row lock, re-checks the condition and matches nothing."""
+        first's row lock, re-checks the condition and matches nothing. A target is taken only when nobody holds
+        it, whatever the lease says: a lapsed hold is freed by the sweep, in the transaction that interrupts the
+        dead run and fences the target when that run left a process behind, never by a claim (which would race
+        that fence). A target held by the claimer itself is busy too: one run at a time per target, and a run
+        of ours whose renewals were late is still running."""
         until = now + timedelta(seconds=lease)
         try:
             return self._claim(episode_id, target, owner, now, until)
@@ -269,11 +310,9 @@ class Ledger:
         with self.tx() as conn:
             conn.execute(self._insert(T).values(name=target).on_conflict_do_nothing(index_elements=["name"]))
             got_target = conn.execute(
-                update(T)
-                .where(T.c.name == target, or_(T.c.owner.is_(None), T.c.lease_until < now, T.c.owner == owner))
-                .values(owner=owner, lease_until=until)
+                update(T).where(T.c.name == target, T.c.owner.is_(None)).values(owner=owner, lease_until=until)
             ).rowcount
-            if not got_target:
+            if not got_target or conn.execute(select(self._fenced(target, now))).scalar():
                 raise _NotClaimed
             previous = conn.execute(select(E.c.state).where(E.c.id == episode_id)).scalar()
             got = conn.execute(
@@ -293,14 +332,20 @@ class Ledger:
         row["state"] = previous
         return row
 
+    @staticmethod
+    def _fenced(target: Any, now: datetime) -> Any:
+        """Whether a step of a dead run, whose process may still run, fences `target` (see LEFTOVER_FENCE_SECONDS)."""
+        return exists().where(S.c.target == target, S.c.fenced_until > now)
+
     def renew(self, episode_id: int, target: str, owner: str, lease: float) -> bool:
+        """Extend the run's claim; False when it lost the episode or its target (a sweep took a lapsed lease)."""
         until = utcnow() + timedelta(seconds=lease)
         with self.tx() as conn:
-            ok = conn.execute(
+            episode = conn.execute(
                 update(E).where(E.c.id == episode_id, E.c.owner == owner).values(lease_until=until)
             ).rowcount
-            conn.execute(update(T).where(T.c.name == target, T.c.owner == owner).values(lease_until=until))
-        return bool(ok)
+            held = conn.execute(update(T).where(T.c.name == target, T.c.owner == owner).values(lease_until=until))
+        return bool(episode and held.rowcount)
 
     def release_target(self, target: str, owner: str) -> None:
         with self.tx() as conn:
@@ -314,25 +359,45 @@ class Ledger:
         is_dead: Callable[[str | None], bool] = owner_is_dead,
     ) -> SweepResult:
         """Mark runs whose owner died interrupted: its lease expired, or its process is provably gone (our own
-        previous life after a restart, say). A live owner renewing its lease is never touched, whatever its name;
-        `live` are the caller's own runs in progress (left alone even if a slow renewal let their lease lapse)."""
+        previous life after a restart, say), and free the targets such owners held. A live owner renewing its lease
+        is never touched, whatever its name; `live` are the caller's own runs in progress (left alone, with their
+        targets, even if a slow renewal let their lease lapse). A run's steps that had started a process group
+        fence its target (see LEFTOVER_FENCE_SECONDS) in the same commit that frees it.
+
+        What was read outside the transaction is only a candidate: each takeover re-checks, in its UPDATE, the
+        owner and lease it read, so a renewal landing in between keeps the run (no second, concurrent run)."""
         result = SweepResult()
         with self.engine.connect() as conn:  # read first: an idle sweep must not take the write lock
-            rows = conn.execute(select(E.c.id, E.c.owner, E.c.lease_until).where(E.c.state.in_(ACTIVE_STATES))).all()
+            rows = conn.execute(
+                select(E.c.id, E.c.target, E.c.owner, E.c.lease_until).where(E.c.state.in_(ACTIVE_STATES))
+            ).all()
             holders = conn.execute(select(T.c.name, T.c.owner, T.c.lease_until).where(T.c.owner.is_not(None))).all()
+        live_targets = {r.target for r in rows if r.id in live}
         dead_runs = [
             r
             for r in rows
             if r.id not in live and (_lapsed(r.lease_until, now) or (r.owner != owner and is_dead(r.owner)))
         ]
-        dead_targets = [t for t in holders if t.owner != owner and (_lapsed(t.lease_until, now) or is_dead(t.owner))]
+        dead_targets = [
+            t
+            for t in holders
+            if (t.owner != owner and (_lapsed(t.lease_until, now) or is_dead(t.owner)))
+            # Ours, but no run of ours holds it any more (its release failed): stale once its lease lapsed.
+            or (t.owner == owner and t.name not in live_targets and _lapsed(t.lease_until, now))
+        ]
         if not dead_runs and not dead_targets:
             return result
+        fence_until = now + timedelta(seconds=LEFTOVER_FENCE_SECONDS)
         with self.tx() as conn:
             for row in dead_runs:
                 took = conn.execute(
                     update(E)
-                    .where(E.c.id == row.id, E.c.owner == row.owner, E.c.state.in_(ACTIVE_STATES))
+                    .where(
+                        E.c.id == row.id,
+                        E.c.owner.is_not_distinct_from(row.owner),
+                        E.c.lease_until.is_not_distinct_from(row.lease_until),
+                        E.c.state.in_(ACTIVE_STATES),
+                    )
                     .values(
                         state="interrupted",
                         owner=None,
@@ -351,20 +416,41 @@ class Ledger:
                     .where(A.c.episode_id == row.id, A.c.outcome == "running")
                     .values(outcome="interrupted", finished_at=now, detail="the reconciler stopped during this run")
                 )
-                running = select(S.c.id, S.c.process).where(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
-                result.processes += [(s.id, s.process) for s in conn.execute(running) if s.process]
-                conn.execute(
+                running = and_(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
+                result.fenced += conn.execute(
                     update(S)
-                    .where(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
-                    .values(outcome="interrupted", finished_at=now)
-                )
+                    .where(running, S.c.process.is_not(None))
+                    .values(outcome="interrupted", finished_at=now, fenced_until=fence_until)
+                ).rowcount
+                conn.execute(update(S).where(running).values(outcome="interrupted", finished_at=now))
             for target in dead_targets:
                 conn.execute(
                     update(T)
-                    .where(T.c.name == target.name, T.c.owner == target.owner)
+                    .where(
+                        T.c.name == target.name,
+                        T.c.owner == target.owner,
+                        T.c.lease_until.is_not_distinct_from(target.lease_until),
+                    )
                     .values(owner=None, lease_until=None)
                 )
         return result
+
+    def fenced_steps(self, now: datetime) -> list[tuple[int, str]]:
+        """(step id, process token) of the steps whose leftover process group still fences their target."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(S.c.id, S.c.process).where(S.c.fenced_until > now).order_by(S.c.id)).all()
+        return [(r.id, r.process or "") for r in rows]
+
+    def unfence(self, step_id: int, note: str) -> bool:
+        """Nothing of the step's process group runs any more (killed, or found gone): lift its fence, say so."""
+        with self.tx() as conn:
+            return bool(
+                conn.execute(
+                    update(S)
+                    .where(S.c.id == step_id, S.c.fenced_until.is_not(None))
+                    .values(fenced_until=None, output=S.c.output + "\n" + note)
+                ).rowcount
+            )
 
     # ---- the run record ------------------------------------------------------------------------------
 
@@ -412,21 +498,40 @@ class Ledger:
                 )
         return int(attempt_id)
 
-    def fail_running(self, episode_id: int, detail: str) -> None:
-        """Close the attempt and steps an aborted run left `running` (an internal error mid-run)."""
-        now = utcnow()
-        attempt_ids = select(A.c.id).where(A.c.episode_id == episode_id).scalar_subquery()
+    def fail_running(self, episode_id: int, owner: str, detail: str) -> None:
+        """Close the attempt and steps `owner`'s aborted run left `running` (an internal error mid-run); another
+        replica's run of the episode, after a takeover, is not ours to touch."""
         with self.tx() as conn:
+            self._close_running(conn, episode_id, owner, "failure", detail, utcnow())
+
+    def abandon_run(self, episode_id: int, owner: str, detail: str) -> None:
+        """`owner`'s run lost its claim and stopped: its attempt and steps still `running` are interrupted, and the
+        episode, if it is still `owner`'s (the target was lost, not the episode), is handed back as interrupted,
+        for its retry policy to decide."""
+        now = utcnow()
+        with self.tx() as conn:
+            self._close_running(conn, episode_id, owner, "interrupted", detail, now)
             conn.execute(
-                update(S)
-                .where(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
-                .values(outcome="failure", finished_at=now)
+                update(E)
+                .where(E.c.id == episode_id, E.c.owner == owner, E.c.state.in_(ACTIVE_STATES))
+                .values(
+                    state="interrupted", owner=None, lease_until=None, next_run_at=now, updated_at=now, detail=detail
+                )
             )
-            conn.execute(
-                update(A)
-                .where(A.c.episode_id == episode_id, A.c.outcome == "running")
-                .values(outcome="failure", finished_at=now, detail=detail)
-            )
+
+    @staticmethod
+    def _close_running(conn: Connection, episode_id: int, owner: str, outcome: str, detail: str, now: datetime) -> None:
+        attempt_ids = select(A.c.id).where(A.c.episode_id == episode_id, A.c.owner == owner).scalar_subquery()
+        conn.execute(
+            update(S)
+            .where(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
+            .values(outcome=outcome, finished_at=now)
+        )
+        conn.execute(
+            update(A)
+            .where(A.c.episode_id == episode_id, A.c.owner == owner, A.c.outcome == "running")
+            .values(outcome=outcome, finished_at=now, detail=detail)
+        )
 
     def finish_attempt(self, attempt_id: int, outcome: str, detail: str = "") -> None:
         with self.tx() as conn:
@@ -636,6 +741,34 @@ class Ledger:
     def notification_count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(N)).scalar_one())
+
+    # ---- retention ----------------------------------------------------------------------------------
+
+    def prune_notifications(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` of the notifications received before `cutoff` (one short transaction)."""
+        oldest = select(N.c.id).where(N.c.received_at < cutoff).order_by(N.c.received_at).limit(limit)
+        with self.tx() as conn:
+            return int(conn.execute(delete(N).where(N.c.id.in_(oldest))).rowcount)
+
+    def prune_episodes(self, cutoff: datetime, limit: int) -> dict[str, int]:
+        """Delete up to `limit` episodes closed before `cutoff`, with their attempts and steps (one short
+        transaction); rows deleted by table. Open episodes are never touched, however old."""
+        with self.tx() as conn:
+            ids = list(
+                conn.execute(
+                    select(E.c.id)
+                    .where(E.c.state.in_(CLOSED_STATES), E.c.closed_at < cutoff)
+                    .order_by(E.c.closed_at)
+                    .limit(limit)
+                ).scalars()
+            )
+            if not ids:
+                return {"episodes": 0, "attempts": 0, "steps": 0}
+            attempt_ids = select(A.c.id).where(A.c.episode_id.in_(ids))
+            steps = conn.execute(delete(S).where(S.c.attempt_id.in_(attempt_ids))).rowcount
+            attempts = conn.execute(delete(A).where(A.c.episode_id.in_(ids))).rowcount
+            episodes = conn.execute(delete(E).where(E.c.id.in_(ids), E.c.state.in_(CLOSED_STATES))).rowcount
+        return {"episodes": int(episodes), "attempts": int(attempts), "steps": int(steps)}
 
 
 def _lapsed(until: datetime | None, now: datetime) -> bool:

@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector
 
 from trading_ops import __version__
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED
-from trading_ops.reconciler.ledger import CLOSED_STATES, OPEN_STATES
+from trading_ops.reconciler.ledger import CLOSED_STATES, OPEN_STATES, PRUNED_TABLES
 
 PREFIX = "tradingops"
 ESCALATION_ALERTS = (FAILED, CIRCUIT_OPEN)
@@ -151,4 +151,17 @@ class ReconcilerMetrics:
         )
         self.deadman_triggered = Gauge(
             f"{PREFIX}_deadman_triggered", "1 while no Watchdog arrived within the window.", registry=registry
+        )
+        self.ledger_pruned_rows = Counter(
+            f"{PREFIX}_ledger_pruned_rows",
+            "Ledger rows deleted by retention (reconciler.retention_days), by table.",
+            ["table"],
+            registry=registry,
+        )
+        for table in PRUNED_TABLES:
+            self.ledger_pruned_rows.labels(table)
+        self.ledger_prune_failures = Counter(
+            f"{PREFIX}_ledger_prune_failures",
+            "Retention runs that failed (the ledger grows until one succeeds).",
+            registry=registry,
         )

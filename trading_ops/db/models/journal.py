@@ -39,7 +39,11 @@ class Order(Base):
 
 class Fill(Base):
     __tablename__ = "fills"
-    __table_args__ = (UniqueConstraint("bot", "venue", "trade_id"),)
+    __table_args__ = (
+        UniqueConstraint("bot", "venue", "trade_id"),
+        # The last day's fills (its realized P&L at a start) without scanning the whole history.
+        Index("ix_fills_bot_venue_executed_at", "bot", "venue", "executed_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     bot: Mapped[str] = mapped_column(String(64))
@@ -56,6 +60,9 @@ class Fill(Base):
     liquidity: Mapped[str] = mapped_column(String(8))
     executed_at: Mapped[datetime] = mapped_column()
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The P&L this fill realized (average cost, net of its fee) when it was booked; NULL for fills journaled before
+    # this was stored (a start computes it once for them).
+    realized_pnl: Mapped[Decimal | None] = mapped_column()
 
 
 class Position(Base):

@@ -32,6 +32,8 @@ class Episode(Base):
         UniqueConstraint("fingerprint", "starts_at"),
         Index("ix_reconciler_episodes_state_next_run_at", "state", "next_run_at"),
         Index("ix_reconciler_episodes_rule_target", "rule", "target"),
+        # Retention prunes closed episodes by age.
+        Index("ix_reconciler_episodes_closed_at", "closed_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -78,7 +80,10 @@ class Step(Base):
     """One action of an attempt, with its (truncated) output and timing."""
 
     __tablename__ = "reconciler_steps"
-    __table_args__ = (Index("ix_reconciler_steps_target_started_at", "target", "started_at"),)
+    __table_args__ = (
+        Index("ix_reconciler_steps_target_started_at", "target", "started_at"),
+        Index("ix_reconciler_steps_fenced_until", "fenced_until"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     attempt_id: Mapped[int] = mapped_column(ForeignKey("reconciler_attempts.id", ondelete="CASCADE"), index=True)
@@ -97,6 +102,9 @@ class Step(Base):
     # The process group the step started (exec, systemd), as host.pid.start-time (trading_ops.reconciler.processes):
     # after a crash of the reconciler, a group still running is killed before the step is retried.
     process: Mapped[str | None] = mapped_column(String(96))
+    # Set when the step's run died while that process group may still run: until then (or until a reconciler on
+    # the process's host killed it and cleared this), no run of the step's target may start anywhere.
+    fenced_until: Mapped[datetime | None] = mapped_column()
 
 
 class Target(Base):

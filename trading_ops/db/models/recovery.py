@@ -55,7 +55,7 @@ class ReconciliationRun(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     bot: Mapped[str] = mapped_column(String(64))
     venue: Mapped[str] = mapped_column(String(32))
-    trigger: Mapped[str] = mapped_column(String(16))  # startup, schedule, reconnect, command
+    trigger: Mapped[str] = mapped_column(String(16))  # startup, schedule, reconnect, command, lost_reply
     result: Mapped[str] = mapped_column(String(16))  # clean, resolved, failed, halted
     started_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime] = mapped_column()
