@@ -19,6 +19,8 @@ import yaml
 from conftest import free_port
 from system_binaries import REPO_ROOT, require_binary, run_binary
 
+from trading_ops.reconciler.playbook import parse_matcher
+
 ALERTMANAGER_DIR = REPO_ROOT / "alertmanager"
 CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
 ROUTING_CASES = yaml.safe_load((ALERTMANAGER_DIR / "tests" / "routing-cases.yml").read_text())
@@ -34,10 +36,11 @@ RECONCILER_OWN_HEALTH = {
     "TradingOpsWebhookRejections",
     "TradingOpsCircuitStillOpen",
     "TradingOpsRemediationSuccessRatioLow",
+    "TradingOpsEscalationFailing",
+    "TradingOpsLedgerPruneFailing",
 }
 # What a person must see for each severity, whatever else receives the alert.
 RECEIVER_FOR_SEVERITY = {"critical": "pager", "warning": "chat", "info": "null", "none": "deadman"}
-MATCHER = re.compile(r'^(\w+)(=~|!~|!=|=)"(.*)"$')
 
 
 def load_config() -> dict[str, Any]:
@@ -49,16 +52,6 @@ def routed_receivers(labels: dict[str, str]) -> list[str]:
     result = run_binary("amtool", "config", "routes", "test", f"--config.file={CONFIG}", *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip().split(",")
-
-
-def matches(matcher: str, labels: dict[str, str]) -> bool:
-    found = MATCHER.match(matcher)
-    assert found, matcher
-    name, op, value = found.groups()
-    actual = labels.get(name, "")
-    if op in ("=~", "!~"):
-        return bool(re.fullmatch(value, actual)) == (op == "=~")
-    return (actual == value) == (op == "=")
 
 
 def alert_tiers() -> list[tuple[str, str]]:
@@ -107,7 +100,7 @@ def routes_with_their_parents(
 def test_routing_cases_cover_every_route_and_severity() -> None:
     for route, parents in routes_with_their_parents(load_config()["route"]["routes"]):
         matchers = (*parents, *route["matchers"])
-        assert any(all(matches(m, case["labels"]) for m in matchers) for case in ROUTING_CASES), route
+        assert any(all(parse_matcher(m).matches(case["labels"]) for m in matchers) for case in ROUTING_CASES), route
     severities = {case["labels"].get("severity") for case in ROUTING_CASES}
     assert set(RECEIVER_FOR_SEVERITY) <= severities
 
@@ -128,9 +121,7 @@ def test_the_reconciler_health_route_names_real_alerts() -> None:
     # A renamed alert would silently fall through to the severity routes (and reach the reconciler again).
     assert RECONCILER_OWN_HEALTH <= {name for name, _ in alert_tiers()}
     (route,) = [r for r in load_config()["route"]["routes"] if "TradingOpsReconcilerDown" in str(r["matchers"])]
-    found = MATCHER.match(route["matchers"][0])
-    assert found
-    assert set(found.group(3).split("|")) == RECONCILER_OWN_HEALTH
+    assert set(parse_matcher(route["matchers"][0]).value.split("|")) == RECONCILER_OWN_HEALTH
 
 
 def test_grouping_and_reconciler_webhook() -> None:
@@ -307,3 +298,17 @@ def test_breached_loss_and_market_data_disconnect_mute_their_consequences(alertm
             "TradingBotMarketDataStale/critical": "suppressed",
         },
     )
+
+
+def test_an_orders_disconnect_mutes_lost_order_replies_of_that_bot_only(alertmanager_url: str) -> None:
+    post_alerts(
+        alertmanager_url,
+        bot_alert("TradingBotBrokerDisconnected", "critical", "bot-e:9101", venue="paper", channel="orders"),
+        bot_alert("TradingBotOrderRepliesLost", "warning", "bot-e:9101", venue="paper"),
+        # A market-data disconnect says nothing about order replies.
+        bot_alert("TradingBotBrokerDisconnected", "critical", "bot-f:9101", venue="paper", channel="market_data"),
+        bot_alert("TradingBotOrderRepliesLost", "warning", "bot-f:9101", venue="paper"),
+    )
+    expected = {"TradingBotBrokerDisconnected/critical": "active"}
+    assert_states(alertmanager_url, "bot-e:9101", {**expected, "TradingBotOrderRepliesLost/warning": "suppressed"})
+    assert_states(alertmanager_url, "bot-f:9101", {**expected, "TradingBotOrderRepliesLost/warning": "active"})

@@ -53,6 +53,10 @@ EMPTY_WITHOUT_A_FAULT = {
     "bot-health/Venue errors/A": "tradingbot_venue_errors_total appears with the first error the venue returns",
     "bot-health/Reconnects per 5 minutes/A": "tradingbot_broker_reconnects_total appears with the first reconnect",
     "bot-health/Collector errors in range/A": "tradingbot_collector_errors_total appears when a collector fails",
+    "trading-overview/Orders refused by reason/A": "tradingbot_orders_refused_total appears with the first refusal",
+    "trading-overview/Orders with an unknown outcome/A": (
+        "tradingbot_orders_outcome_unknown_total appears with the first submission whose reply is lost"
+    ),
 }
 # A healthy paper bot: it trades several times a second and the venue rejects a fifth of its orders, so orders,
 # fills, rejects, positions and latencies all show within seconds.

@@ -14,6 +14,7 @@ import yaml
 from system_binaries import REPO_ROOT
 
 from trading_ops.cli import build_parser
+from trading_ops.reconciler.playbook import parse_matcher
 
 RUNBOOKS_DIR = REPO_ROOT / "runbooks"
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
@@ -34,7 +35,6 @@ COMMAND = re.compile(
 # Subcommands the design lists (../shared/DESIGN.md) that are not built yet; a runbook may name one only where it says
 # so ("planned"), and must give what to do today.
 PLANNED_COMMANDS = {"backup", "report", "maintenance"}
-MATCHER = re.compile(r'^(\w+)(=~|!~|!=|=)"(.*)"$')
 
 
 def alert_rules() -> list[dict]:
@@ -164,16 +164,6 @@ def packaged_playbooks() -> dict[str, dict[str, Any]]:
     }
 
 
-def matches(matcher: str, labels: dict[str, str]) -> bool:
-    found = MATCHER.match(matcher)
-    assert found, matcher
-    name, op, value = found.groups()
-    actual = labels.get(name, "")
-    if op in ("=~", "!~"):
-        return bool(re.fullmatch(value, actual)) == (op == "=~")
-    return (actual == value) == (op == "=")
-
-
 def playbook_rules_for(alertname: str) -> list[dict[str, Any]]:
     """The rule each packaged playbook runs for some tier of the alert (the first rule whose matchers all match)."""
     severities = {rule["labels"]["severity"] for rule in alert_rules() if rule["alert"] == alertname} or {"critical"}
@@ -181,7 +171,9 @@ def playbook_rules_for(alertname: str) -> list[dict[str, Any]]:
     for playbook in packaged_playbooks().values():
         for severity in sorted(severities):
             labels = {"alertname": alertname, "severity": severity}
-            rule = next((r for r in playbook["rules"] if all(matches(m, labels) for m in r["match"])), None)
+            rule = next(
+                (r for r in playbook["rules"] if all(parse_matcher(m).matches(labels) for m in r["match"])), None
+            )
             if rule is not None:
                 chosen.append(rule)
     return chosen
