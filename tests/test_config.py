@@ -20,6 +20,18 @@ def test_committed_example_is_valid_and_matches_the_defaults() -> None:
     assert example.database.url == defaults.database.url
 
 
+def assert_one_line_naming_the_key(tmp_path, capsys, yaml_text: str, message: str) -> None:
+    """Loading fails naming the problem, and `config check` prints exactly that one line and exits 2."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert main(["--config", str(path), "config", "check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
@@ -36,14 +48,7 @@ def test_committed_example_is_valid_and_matches_the_defaults() -> None:
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_key(tmp_path, capsys, yaml_text: str, message: str) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml_text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert message in str(info.value)
-    assert main(["--config", str(path), "config", "check"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0]
+    assert_one_line_naming_the_key(tmp_path, capsys, yaml_text, message)
 
 
 def test_missing_named_file_is_exit_2(tmp_path, capsys) -> None:
@@ -211,14 +216,7 @@ def test_wrong_values_are_one_line_naming_the_key_exit_2(
     tmp_path, capsys, monkeypatch, yaml_text: str, message: str
 ) -> None:
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "x")  # only the value under test is wrong
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml_text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert message in str(info.value)
-    assert main(["--config", str(path), "config", "check"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    assert_one_line_naming_the_key(tmp_path, capsys, yaml_text, message)
 
 
 @pytest.mark.parametrize(

@@ -284,6 +284,20 @@ async def test_an_alert_outlasting_its_maintenance_silence_is_fixed_once_after_i
     assert fake_bot.commands() == ["reconnect"]
 
 
+async def start_waiting(
+    aiohttp_client: Any, tmp_path: Path, db: str, bot: FakeBot, alertmanager: Alertmanager, held: dict[str, Any]
+) -> Any:
+    """A reconciler whose reconnect rule waits 300 ms before acting, sent the webhook of an alert held in the
+    real Alertmanager (which the reconciler asks whether it still fires when the wait ends)."""
+    rule = {**RECONNECT, "verify": False, "wait_for": "300ms"}
+    instance = held["labels"]["instance"]
+    client = await start(
+        aiohttp_client, tmp_path, db, bot, [rule], instances=(instance,), alertmanager_url=alertmanager.url
+    )
+    await client.post("/api/v1/alertmanager", json=webhook(held), headers=AUTH)
+    return client
+
+
 async def test_wait_for_acts_when_alertmanager_still_has_the_alert_firing(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
 ) -> None:
@@ -292,17 +306,7 @@ async def test_wait_for_acts_when_alertmanager_still_has_the_alert_firing(
         alertmanager.fire,
         {"alertname": "TradingBotBrokerDisconnected", "instance": instance, "note": 'a "q" \\n b\nc'},
     )
-    rule = {**RECONNECT, "verify": False, "wait_for": "300ms"}
-    client = await start(
-        aiohttp_client,
-        tmp_path,
-        migrated_sqlite,
-        fake_bot,
-        [rule],
-        instances=(instance,),
-        alertmanager_url=alertmanager.url,
-    )
-    await client.post("/api/v1/alertmanager", json=webhook(held), headers=AUTH)
+    client = await start_waiting(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, alertmanager, held)
     episode = await wait_state(client, {"recovered", "resolved", "failed", "escalated"})
     assert episode["state"] == "recovered", episode
     assert fake_bot.commands() == ["reconnect"]
@@ -316,17 +320,7 @@ async def test_wait_for_does_nothing_when_the_alert_resolved_during_the_wait(
     # (a filter Alertmanager rejects would make the reconciler act anyway, and this test fail).
     labels = {"alertname": "TradingBotBrokerDisconnected", "instance": instance, "note": 'a "q" \\n b\nc'}
     held = await asyncio.to_thread(alertmanager.fire, labels)
-    rule = {**RECONNECT, "verify": False, "wait_for": "300ms"}
-    client = await start(
-        aiohttp_client,
-        tmp_path,
-        migrated_sqlite,
-        fake_bot,
-        [rule],
-        instances=(instance,),
-        alertmanager_url=alertmanager.url,
-    )
-    await client.post("/api/v1/alertmanager", json=webhook(held), headers=AUTH)
+    client = await start_waiting(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, alertmanager, held)
     # It resolves within the wait; its resolved notification is still on its way (group_interval) when the wait
     # ends, so only Alertmanager knows.
     await asyncio.to_thread(alertmanager.resolve, held)

@@ -507,12 +507,12 @@ class Engine:
             await self._close(episode, "dry_run", f"dry run: would run {len(rule.steps)} step(s) of {rule.name}")
             return
         if not failure:
-            verdict_ok, detail = await self._verify(episode, rule, ctx)
-            if verdict_ok == "resolved":
+            outcome, detail = await self._verify(episode, rule, ctx)
+            if outcome == "resolved":
                 await self.db(self.ledger.finish_attempt, attempt_id, "resolved", detail)
                 await self._close(episode, "resolved", detail)
                 return
-            if verdict_ok == "clear":
+            if outcome == "clear":
                 await self.db(self.ledger.finish_attempt, attempt_id, "success", detail)
                 self.metrics.time_to_recovery.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
                 await self._close(episode, "recovered", detail)

@@ -17,10 +17,6 @@ class Verdict:
     outcome: str  # clear, deadline, resolved
     detail: str
 
-    @property
-    def ok(self) -> bool:
-        return self.outcome in ("clear", "resolved")
-
 
 def belongs_to(series: Mapping[str, Any], alert_labels: Mapping[str, str]) -> bool:
     """Whether a result series is the alert's own: none of its labels contradicts the alert's.
