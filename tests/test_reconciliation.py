@@ -33,8 +33,16 @@ from trading_ops.paper.venue import PaperVenue
 QUIET = {"loop_interval_seconds": 3600, "tick_interval_seconds": 3600, "partial_fill_probability": 0.0}
 
 
-async def quiet_bot(tmp_path, policies: dict[str, str] | None = None) -> PaperBot:
+def quiet_config(tmp_path):
+    """fast_config with the clock still. The venue publishes its quotes once, at start: they must stay fresh for
+    the whole test, or the order gate refuses the test's own orders as soon as a loaded machine takes 0.3 s."""
     config = fast_config(tmp_path, **QUIET)
+    config.bot.market_data_stale_seconds = 3600.0
+    return config
+
+
+async def quiet_bot(tmp_path, policies: dict[str, str] | None = None) -> PaperBot:
+    config = quiet_config(tmp_path)
     if policies:
         config.recovery.policies.update(policies)
     bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), chaos=True)
@@ -414,7 +422,7 @@ async def test_orders_placed_by_hand_without_a_client_id_stay_distinct(tmp_path)
 
 
 async def test_no_order_goes_out_before_the_startup_run_passes(tmp_path) -> None:
-    config = fast_config(tmp_path, **QUIET)
+    config = quiet_config(tmp_path)
     config.recovery.policies["missing_fill"] = "halt"
     venue = make_venue(config)
     await venue.inject_hidden_fill("SOL-USD", Decimal("2"))  # while the bot was away
@@ -497,7 +505,7 @@ async def test_last_success_timestamp_is_exported_from_the_start(tmp_path) -> No
     """A bot that never reconciled successfully still exports the gauge, at its start time, so `time() - x > N`
     fires N seconds after a start that never passed."""
     before = time.time()
-    config = fast_config(tmp_path, **QUIET)
+    config = quiet_config(tmp_path)
     config.recovery.policies["missing_fill"] = "halt"
     venue = make_venue(config)
     await venue.inject_hidden_fill("SOL-USD", Decimal("2"))
