@@ -313,6 +313,10 @@ async def test_the_database_heartbeat_stops_while_the_loop_hangs(tmp_path) -> No
         await wait_for(lambda: bot.heartbeat.beats >= 3)
         assert (await control(bot.port, "hang_loop", {"seconds": 60}))[0] == 200
         await wait_for(lambda: not bot.loop_progressing())  # heartbeat_timeout_seconds (0.5) without progress
+        # A beat that checked progress just before the loop counted as hung may still be writing: journal calls run
+        # in submission order, so one more call waits it out before the count is taken.
+        await bot.journal.call(lambda: None)
+        await asyncio.sleep(0)
         beats = bot.heartbeat.beats
         frozen = (await bot.journal.call(store.last_run)).last_heartbeat_at  # type: ignore[union-attr]
         # Ten heartbeat intervals and more, measured on the hung loop's own heartbeat age.
