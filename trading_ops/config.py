@@ -177,6 +177,28 @@ class DatabaseConfig:
         return value
 
 
+def _check_optional_limit(value: float | None) -> str | None:
+    return None if value is None or value >= 0 else f"must be at least 0, got {value}"
+
+
+@dataclass
+class RiskConfig:
+    """In-process risk limits, enforced in the order gate before an order leaves; 0 means no limit. Notional
+    values are in the quote asset."""
+
+    # The day's loss (realized + unrealized) at which the bot halts; an operator clears it. Unset: the value of
+    # paper.daily_loss_limit (where it lived before).
+    daily_loss_limit: float | None = checked(None, _check_optional_limit)
+    # Per symbol: an order that would take the position's notional past this is refused (then reduce-only).
+    max_position_notional: float = bounded(0.0, min=0)
+    # Orders working or in flight at once.
+    max_open_orders: int = bounded(0, min=0)
+    # Notional of one order (at its limit price, or the mark for a market order).
+    max_order_notional: float = bounded(0.0, min=0)
+    max_orders_per_second: float = bounded(0.0, min=0)
+    max_orders_per_minute: float = bounded(0.0, min=0)
+
+
 @dataclass
 class BotConfig:
     name: str = checked("paper-1", _check_name)
@@ -194,6 +216,7 @@ class BotConfig:
     # Memory the bot may use; 0 means the cgroup limit, or the machine's memory when there is none.
     memory_limit_bytes: int = bounded(0, min=0)
     event_loop_lag_interval_seconds: float = bounded(0.25, min=0.01)
+    risk: RiskConfig = field(default_factory=RiskConfig)
 
 
 @dataclass
@@ -392,6 +415,10 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Directory that relative paths in this file are resolved against (the file's own directory).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if self.bot.risk.daily_loss_limit is None:  # the older place of the daily loss limit
+            self.bot.risk.daily_loss_limit = self.paper.daily_loss_limit
 
     def path(self, value: str) -> Path:
         """Resolve a path from the configuration against the configuration file's directory."""
