@@ -105,7 +105,7 @@ class RiskEngine:
         self.limits = limits
         self.state = state
         self.on_halt = on_halt
-        self._monotonic = monotonic
+        self.clock = monotonic  # replaceable: a test drives the order-rate windows
         self._sent: dict[str, deque[float]] = {name: deque() for name in RATE_WINDOWS}
         self._loss = Decimal(0)  # the day's loss as last observed
         self._over_loss_limit = False  # the last observed loss was at or past the limit (a halt is edge-triggered)
@@ -138,7 +138,7 @@ class RiskEngine:
         loss = self.limits.daily_loss
         if loss and not reduce_only and self._loss >= Decimal(str(loss)):
             return Breach(DAILY_LOSS, f"the day's loss {self._loss:.2f} reached the daily loss limit {loss:g}")
-        now = self._monotonic()
+        now = self.clock()
         for limit, window in RATE_WINDOWS.items():
             allowed = self.limits.value(limit)
             if allowed:
@@ -171,7 +171,7 @@ class RiskEngine:
 
     def sent(self) -> None:
         """An order left (counts against the order rates)."""
-        now = self._monotonic()
+        now = self.clock()
         for name, sent in self._sent.items():
             if self.limits.value(name):
                 sent.append(now)
