@@ -236,6 +236,19 @@ class OrderEngine:
             await asyncio.sleep(CANCEL_RETRY_SECONDS)
             canceled += await self.cancel_all()
 
+    async def flatten_step(self) -> None:
+        """One step of `flatten`: cancel every working limit order (adopted ones too), then close each position
+        that has no order still working on its symbol with a reduce-only market order."""
+        for key, order in list(self.orders.items()):
+            if order.order_type is OrderType.LIMIT:
+                await self.cancel(key)
+        working = {o.symbol for o in self.orders.values()}
+        for symbol in self.symbols:
+            position = self.book.position(symbol)
+            if position and symbol not in working:
+                side = Side.SELL if position > 0 else Side.BUY
+                await self.submit(symbol, side, OrderType.MARKET, abs(position), reduce_only=True)
+
     # -- venue events ---------------------------------------------------------------------------------
     async def on_order(self, order: VenueOrder) -> None:
         if self.reconciling:

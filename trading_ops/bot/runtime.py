@@ -583,7 +583,10 @@ class BotRuntime:
             try:
                 async with self.holding_trade_lock():
                     if self.trading_allowed and self.gate.accepting:
-                        await self.strategy.step(self.context)
+                        if self.inst.state.state is TradingState.FLATTENING:
+                            await self.order_engine.flatten_step()  # flatten is the runtime's, for every bot
+                        else:
+                            await self.strategy.step(self.context)
                     await self._after_step()
             except Exception:
                 log.exception("trading loop iteration failed")

@@ -35,11 +35,8 @@ class DemoStrategy:
         # The state as it is now, after the awaits above (a halt or pause may have come in during them); the order
         # gate checks it again right before each order leaves, which is what enforces it.
         state = ctx.state
-        if state is TradingState.FLATTENING:
-            await self._flatten(ctx)
-            return
-        if not state.may_reduce_positions:
-            return
+        if state not in (TradingState.ACTIVE, TradingState.REDUCE_ONLY):
+            return  # paused, halted, or flattening (the runtime closes the positions)
         working = {o.symbol for o in ctx.working_orders().values()}
         for symbol in self.config.symbols:
             quote = ctx.quote(symbol)
@@ -82,18 +79,3 @@ class DemoStrategy:
         offset = Decimal(self.rng.uniform(-MAX_OFFSET_BPS / 2, MAX_OFFSET_BPS)) / Decimal(10_000)
         price = mid * (1 - side.sign * offset)
         await ctx.submit(symbol, side, OrderType.LIMIT, size, price.quantize(PRICE_TICK), reduce_only=reduce_only)
-
-    async def _flatten(self, ctx: StrategyContext) -> None:
-        orders = ctx.working_orders(include_adopted=True)
-        working = {o.symbol for o in orders.values()}
-        for symbol in self.config.symbols:
-            position = ctx.position(symbol)
-            if position == 0:
-                continue
-            if symbol in working:
-                for key, order in list(orders.items()):
-                    if order.symbol == symbol and order.order_type is OrderType.LIMIT:
-                        await ctx.cancel(key)
-                continue
-            side = Side.SELL if position > 0 else Side.BUY
-            await ctx.submit(symbol, side, OrderType.MARKET, abs(position), reduce_only=True)
