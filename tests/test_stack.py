@@ -116,10 +116,21 @@ def test_rendered_prometheus_config_passes_promtool(layout: Layout, profile: Any
     assert result.stdout.count("rules found") == rule_files, result.stdout
 
 
+def job_targets(job: dict[str, Any]) -> list[str]:
+    """A scrape job's targets: its static ones, or those of the file_sd files it reads."""
+    if "static_configs" in job:
+        return list(job["static_configs"][0]["targets"])
+    files = [f for sd in job["file_sd_configs"] for f in sd["files"]]
+    return [t for f in files for group in yaml.safe_load(Path(f).read_text()) for t in group["targets"]]
+
+
 def test_prometheus_scrapes_and_alerts_locally(layout: Layout) -> None:
     rendered = render_prometheus(REPO_ROOT, PORTS, FAST, layout)
+    write_prometheus(rendered, layout, REPO_ROOT, FAST)
     config = rendered.config
-    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    targets = {job["job_name"]: job_targets(job) for job in config["scrape_configs"]}
+    # The bot's targets come from a file_sd file, as in the repo's configuration (one place lists the bots).
+    assert config["scrape_configs"][0]["file_sd_configs"] == [{"files": [str(layout.bot_targets)]}]
     assert targets == {
         "tradingbot": ["127.0.0.1:19101"],
         "trading-ops-reconciler": ["127.0.0.1:19102"],
@@ -144,10 +155,12 @@ def test_standard_profile_keeps_the_repo_timings_and_rule_files(layout: Layout) 
     assert rendered.config["global"] == repo["global"]
     assert rendered.config["rule_files"] == [str(p) for p in sorted(RULES_DIR.glob("*.yml"))]
     repo_jobs = {j["job_name"]: j for j in repo["scrape_configs"]}
+    where = ("static_configs", "file_sd_configs")
     for job in rendered.config["scrape_configs"]:
-        assert {k: v for k, v in job.items() if k != "static_configs"} == {
-            k: v for k, v in repo_jobs[job["job_name"]].items() if k != "static_configs"
+        assert {k: v for k, v in job.items() if k not in where} == {
+            k: v for k, v in repo_jobs[job["job_name"]].items() if k not in where
         }
+        assert ("file_sd_configs" in job) == ("file_sd_configs" in repo_jobs[job["job_name"]])
 
 
 def test_a_change_in_the_repo_configs_flows_into_the_stack(tmp_path: Path, layout: Layout) -> None:
@@ -169,7 +182,8 @@ def test_a_change_in_the_repo_configs_flows_into_the_stack(tmp_path: Path, layou
 
     rendered = render_prometheus(repo, PORTS, FAST, layout)
     write_prometheus(rendered, layout, repo, FAST)
-    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in rendered.config["scrape_configs"]}
+    write_prometheus(rendered, layout, repo, FAST)
+    jobs = {j["job_name"]: job_targets(j) for j in rendered.config["scrape_configs"]}
     assert jobs["second-bot"] == ["127.0.0.1:19101"]  # a bot job by its catalogue port
     assert "elsewhere" not in jobs and any("'elsewhere' left out" in n for n in rendered.notes)
     assert alerts_of(layout.rules_dir / "new.yml")["TradingBotSomethingNew"]["for"] == "12s"
