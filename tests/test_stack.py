@@ -293,6 +293,8 @@ def test_app_config_wires_the_bot_and_reconciler_together(tmp_path: Path, layout
     assert set(config.reconciler.targets) == {"127.0.0.1:19101"}
     assert config.reconciler.targets["127.0.0.1:19101"].url == "http://127.0.0.1:19101"
     assert config.reconciler.targets["127.0.0.1:19101"].token == f"file:{app.control_token_file}"
+    # One list of bots: the stack's bot, which the reconciler's targets and Prometheus's file_sd both come from.
+    assert [(b.name, b.kind, b.instance) for b in config.bots] == [("paper-1", "paper", "127.0.0.1:19101")]
     # A second start keeps the tokens (Alertmanager and the bot read the same files).
     build_app_config(source, layout, PORTS)
     assert app.control_token_file.read_text() == control
@@ -644,3 +646,22 @@ def test_a_repo_without_monitoring_configs_is_bad_usage(tmp_path: Path) -> None:
         f"trading-ops: up: no prometheus/prometheus.yml and alertmanager/alertmanager.yml in {tmp_path}: "
         "run from the trading-ops checkout or pass --repo"
     ]
+
+
+def test_up_runs_a_bot_kind_from_the_configuration(tmp_path: Path, layout: Layout) -> None:
+    """`up --bot KIND`: the built-in paper bot, or any bot on the runtime whose command line bot_kinds: gives."""
+    from trading_ops.stack.up import UsageProblem, bot_command
+
+    source = tmp_path / "trading-ops.yaml"
+    kinds = {"mine": ["{python}", "examples/my_bot.py", "--config", "{config}"], "odd": ["{nope}"]}
+    source.write_text(yaml.safe_dump({"bot_kinds": kinds}))
+    app = build_app_config(source, layout, PORTS, "mine")
+    name, command = bot_command("mine", app, None)
+    assert name == "mine-bot" and command == [sys.executable, "examples/my_bot.py", "--config", str(app.path)]
+    assert app.config.bots[0].kind == "mine"
+    name, command = bot_command("paper", app, "DEBUG")
+    assert name == "paper-bot" and command[-2:] == ["paper-bot", "--chaos"] and "DEBUG" in command
+    with pytest.raises(UsageProblem, match=r"--bot ccxt: unknown bot kind \(known: mine, odd, paper"):
+        bot_command("ccxt", app, None)
+    with pytest.raises(UsageProblem, match=r"bot_kinds.odd: only \{python\} and \{config\}"):
+        bot_command("odd", app, None)
