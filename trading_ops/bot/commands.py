@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from trading_ops.bot.broker import BrokerError, Channel
 from trading_ops.bot.control import CommandError
+from trading_ops.bot.kill_switch import STEP_WAIT_SECONDS
 from trading_ops.bot.reconciliation import Result, Trigger
 from trading_ops.bot.state import TradingState
 
@@ -17,10 +18,6 @@ log = logging.getLogger(__name__)
 
 # Commands after which fewer orders may go out than before: they wait for the strategy step in progress.
 RESTRICTING_COMMANDS = ("pause", "reduce_only", "flatten", "halt")
-# A pause, reduce_only, flatten or halt waits this long for the strategy step in progress (it may be sending an
-# order) before it answers; a step stuck longer (a hung journal) is refused at the order gate when it gets going
-# again, and a halt sweeps the venue once more right after that step.
-STEP_WAIT_SECONDS = 2.0
 
 
 def register_commands(runtime: BotRuntime) -> None:
@@ -60,15 +57,15 @@ def register_commands(runtime: BotRuntime) -> None:
             # The state is set: the order gate refuses from now on. Wait for the step in progress (it may be sending
             # an order right now) so that, once the command answers, nothing it forbids is still on its way; a
             # halt then cancels with trading held.
-            async with runtime.holding_trade_lock(wait) as held:
+            async with runtime.trade_lock.hold(wait) as held:
                 if not held:
                     log.warning("%s: the step in progress did not finish within %g s", command, wait)
                 if command == "halt":
-                    runtime.sweep_after_step = not held
-                    canceled = await runtime.cancel_for_kill_switch(raise_unreachable=True)
+                    runtime.kill_switch.sweep_after_step = not held
+                    canceled = await runtime.kill_switch.sweep(raise_unreachable=True)
                     log.warning("kill switch engaged: %d open orders canceled", canceled)
         elif command == "clear_halt" and not runtime.trading_allowed:
-            runtime.request_reconciliation(Trigger.STARTUP)  # the startup run may pass now
+            runtime.schedule.request(Trigger.STARTUP)  # the startup run may pass now
 
     control.register("cancel_all", cancel_all)
     control.register("reconnect", reconnect)

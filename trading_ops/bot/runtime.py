@@ -3,35 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.broker import Broker, BrokerError, BrokerEvents, Channel
-from trading_ops.bot.commands import STEP_WAIT_SECONDS, register_commands
+from trading_ops.bot.broker import Broker, BrokerEvents, Channel
+from trading_ops.bot.commands import register_commands
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.gate import OrderGate
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
 from trading_ops.bot.instance_lock import InstanceLock
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.bot.journal import Journal
+from trading_ops.bot.kill_switch import KillSwitch
 from trading_ops.bot.orders import OrderEngine
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.bot.risk import HALT_REASON_PREFIX, RiskEngine, RiskLimits
+from trading_ops.bot.schedule import ReconciliationSchedule
 from trading_ops.bot.sdnotify import SystemdNotifier
 from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, exit_now
 from trading_ops.bot.state import TradingState
 from trading_ops.bot.strategy import Context, Strategy
+from trading_ops.bot.trade_lock import TradeLock
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
 from trading_ops.tasks import stop_tasks
@@ -40,15 +42,10 @@ log = logging.getLogger(__name__)
 
 EXIT_FORCED = 1
 CENT = Decimal("0.01")
-# A startup reconciliation that did not pass is retried after reconcile_retry_seconds, doubling up to this.
-MAX_STARTUP_RETRY_SECONDS = 300.0
 # Past the shutdown deadline plus this, a thread ends the process even if the event loop is blocked.
 FORCED_EXIT_GRACE_SECONDS = 2.0
 # After a missed shutdown deadline (in-process, no forced exit): how long releasing what can be released may take.
 ABANDON_SECONDS = 1.0
-# Cancels the venue refused (rate limit) are retried for up to this long on a halt (half the shutdown deadline at
-# shutdown).
-KILL_SWITCH_CANCEL_SECONDS = 2.0
 VENUE_TASK = "venue"
 BrokerFactory = Callable[[], Broker]
 
@@ -59,12 +56,6 @@ def control_token(config: Config) -> str:
     if not token:
         raise ConfigError("bot.control_token", "no token: set control_token_file or TRADING_OPS_CONTROL_TOKEN")
     return token
-
-
-def startup_retry_delay(failures: int, base: float, cap: float = MAX_STARTUP_RETRY_SECONDS) -> float:
-    """Seconds before retrying a startup reconciliation that did not pass `failures` times in a row: `base`,
-    doubling with each failure, at most `cap`."""
-    return min(cap, base * 2 ** min(failures, 32))
 
 
 def risk_limits(config: Config) -> RiskLimits:
@@ -175,6 +166,7 @@ class BotRuntime:
         self.metrics = self.inst.metrics
         self.broker: Broker = broker if isinstance(broker, Broker) else broker()
         self.journal = Journal(self.engine, bot.name, bot.venue)
+        self.trade_lock = TradeLock()
         self.risk = RiskEngine(risk_limits(config), self.inst.state, self.metrics, on_halt=self._halted_by_risk)
         self.gate = OrderGate(self.inst.state, self.metrics, self.risk, self.market_data_stale)
         self.order_engine = OrderEngine(
@@ -216,16 +208,19 @@ class BotRuntime:
         self.crash: CrashFound | None = None
         self.crash_report_retry_seconds = RETRY_SECONDS  # first retry of an unsent crash report; doubles from there
         self.crash_reporter: CrashReporter | None = None
-        self.startup_failures = 0  # startup reconciliations in a row that did not pass
-        self.cancel_pending = False  # the kill switch could not cancel (venue unreachable): cancel after reconnect
-        self._outages = 0  # drops of the orders channel so far
-        self.reconnect_failures = 0  # reconciliations in a row that did not clear reconnect_reconciliation_pending
-        self._trade_lock = asyncio.Lock()  # held by a strategy step, a reconciliation and a restricting command
-        self._trade_owner: asyncio.Task[Any] | None = None  # the task holding it (re-entry: a halt in a run)
-        self.sweep_after_step = False  # a halt could not wait for the step in progress: sweep again after it
-        self._wake = asyncio.Event()  # wakes the reconciliation task: a run was requested, or its timing changed
-        self._requested: Trigger | None = None  # what the run it was woken for is (reconnect, startup retry)
-        self._channel_lost: set[Channel] = set()
+        self.kill_switch = KillSwitch(self.inst.state, self.order_engine, self.trade_lock)
+        self.schedule = ReconciliationSchedule(
+            self.reconciler,
+            self.broker,
+            self.order_engine,
+            self.gate,
+            self.inst.state,
+            self.kill_switch,
+            self.trade_lock,
+            self.metrics,
+            rec,
+        )
+        self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
         self._stop_reason = "stop"
         self._stopped = False
         self._stop = asyncio.Event()
@@ -376,7 +371,7 @@ class BotRuntime:
         bound = await self.inst.start(host, port)
         oe = self.order_engine
         events = BrokerEvents(
-            on_order=oe.on_order, on_fill=oe.on_fill, on_quote=oe.on_quote, on_connection=self._on_connection
+            on_order=oe.on_order, on_fill=oe.on_fill, on_quote=oe.on_quote, on_connection=self.schedule.on_connection
         )
         await self.broker.connect(events)
         # Before the venue ticks on and before the loop may trade: the journal must agree with the venue.
@@ -400,7 +395,7 @@ class BotRuntime:
         if on_start is not None:
             await on_start(self.context)
         self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
-        self._tasks.append(asyncio.create_task(self._reconcile_on_schedule(), name="reconciliation"))
+        self._tasks.append(asyncio.create_task(self.schedule.run(), name="reconciliation"))
         self.heartbeat.start()
         self.systemd.start_watchdog(self.loop_progressing)
         self.systemd.ready(f"trading {', '.join(self.symbols)} on {self.config.bot.venue}")
@@ -416,7 +411,7 @@ class BotRuntime:
             and str(last.get("reason", "")).startswith(HALT_REASON_PREFIX)
         ):
             self.inst.state.apply("halt", reason=str(last["reason"]))
-            self.sweep_after_step = True
+            self.kill_switch.sweep_after_step = True
             log.error("still halted by the loss limit (%s): clear_halt needs an operator", last["reason"])
 
     def request_stop(self, reason: str = "stop") -> None:
@@ -492,7 +487,7 @@ class BotRuntime:
 
     async def _stop_trading(self) -> None:
         self.gate.accepting = False
-        async with self.holding_trade_lock():  # the step in progress finishes; none starts after it
+        async with self.trade_lock.hold():  # the step in progress finishes; none starts after it
             for task in self._tasks:
                 if task.get_name() in ("trading-loop", "reconciliation"):
                     task.cancel()
@@ -581,7 +576,7 @@ class BotRuntime:
                 await asyncio.sleep(min(0.1, self._hang_until - time.monotonic()))
             started = time.monotonic()
             try:
-                async with self.holding_trade_lock():
+                async with self.trade_lock.hold():
                     if self.trading_allowed and self.gate.accepting:
                         if self.inst.state.state is TradingState.FLATTENING:
                             await self.order_engine.flatten_step()  # flatten is the runtime's, for every bot
@@ -594,12 +589,7 @@ class BotRuntime:
             await asyncio.sleep(self.loop_interval)
 
     async def _after_step(self) -> None:
-        if self.sweep_after_step and self.inst.state.state is TradingState.HALTED:
-            # A halt came in while this step was stuck (or from a limit): whatever went out before the gate closed
-            # is canceled now.
-            self.sweep_after_step = False
-            canceled = await self.cancel_for_kill_switch(raise_unreachable=False)
-            log.warning("kill switch: %d open orders canceled after the step in progress ended", canceled)
+        await self.kill_switch.after_step()
         headroom = self.broker.rate_limit_headroom()
         if headroom is not None:
             self.metrics.rate_limit_headroom(headroom)
@@ -614,186 +604,32 @@ class BotRuntime:
         ):
             self.inst.state.apply("flatten_done", reason="all positions closed")
 
-    # -- the kill switch ------------------------------------------------------------------------------
+    # -- what other parts call ------------------------------------------------------------------------
     async def halt(self, reason: str) -> None:
-        """The kill switch, engaged by the bot itself (a reconciliation's halt policy): as the `halt` command does,
-        the state first, then the cancel sweep with trading held."""
-        if self.inst.state.state is not TradingState.HALTED:
-            self.inst.state.apply("halt", reason=reason[:200])
-            async with self.holding_trade_lock(STEP_WAIT_SECONDS) as held:
-                self.sweep_after_step = not held
-                canceled = await self.cancel_for_kill_switch(raise_unreachable=False)
-            log.error("kill switch engaged by %s; %d open orders canceled", reason, canceled)
+        """The kill switch, engaged by the bot itself (a reconciliation's halt policy)."""
+        await self.kill_switch.halt(reason)
+
+    def _lost_reply(self) -> None:
+        self.schedule.lost_reply()
 
     def _halted_by_risk(self, reason: str) -> None:
         """A risk limit halted the bot (the gate already refuses): its open orders go at the end of the step."""
-        self.sweep_after_step = True
+        self.kill_switch.sweep_after_step = True
 
-    async def cancel_for_kill_switch(self, raise_unreachable: bool) -> int:
-        """Cancel every working order for the kill switch. When the venue cannot be reached the halt stands and
-        the cancel is pending: it happens after the next reconnect (`raise_unreachable` reports it to the caller
-        as a BrokerError carrying `cancel_pending`)."""
-        try:
-            canceled, left = await self.order_engine.cancel_everything(KILL_SWITCH_CANCEL_SECONDS)
-        except BrokerError as exc:
-            self.cancel_pending = True
-            log.error(
-                "kill switch engaged but %d open orders could not be canceled (%s): they are canceled after the "
-                "next reconnect",
-                len(self.orders),
-                exc,
-            )
-            if raise_unreachable:
-                detail = {"cancel_pending": True, "open_orders": len(self.orders)}
-                raise BrokerError(exc.error_class, str(exc), detail=detail) from exc
-            return 0
-        if left:
-            log.error("kill switch engaged but %d open orders are still working: %s", len(left), ", ".join(left[:5]))
-        self.cancel_pending = False
-        return canceled
-
-    async def _cancel_after_reconnect(self) -> None:
-        if not self.cancel_pending:
-            return
-        if self.inst.state.state is not TradingState.HALTED:
-            self.cancel_pending = False
-            log.warning("pending kill-switch cancel dropped: the halt was cleared before the venue came back")
-            return
-        canceled = await self.cancel_for_kill_switch(raise_unreachable=False)
-        if not self.cancel_pending:
-            log.warning("venue reachable again: %d open orders canceled for the kill switch", canceled)
-
-    # -- reconciliation -------------------------------------------------------------------------------
     async def reconcile(self, trigger: Trigger) -> dict[str, Any]:
-        """One reconciliation with trading held: no strategy step runs and venue events wait until it ends."""
-        oe = self.order_engine
-        async with self.holding_trade_lock():
-            outages = self._outages
-            connected = self.broker.is_connected(Channel.ORDERS)
-            oe.reconciling = True
-            try:
-                summary = await self.reconciler.run(trigger)
-            finally:
-                try:
-                    await oe.apply_deferred()  # in arrival order; what the run adopted counts once
-                finally:
-                    oe.reconciling = False
-        passed = summary["result"] in (Result.CLEAN, Result.RESOLVED)
-        if self.gate.reconnect_pending:
-            if passed and connected and outages == self._outages:
-                # Its snapshots were taken with the channel up, after the last drop: the book holds what the venue
-                # did meanwhile.
-                self.gate.reconnect_pending = False
-                self.reconnect_failures = 0
-                log.info(
-                    "reconciliation %d after the reconnect %s: new risk allowed again",
-                    summary["run_id"],
-                    summary["result"],
-                )
-            elif connected:
-                self.reconnect_failures += 1
-        if passed:
-            self.startup_failures = 0
-            if not self.gate.trading_allowed:
-                self.gate.trading_allowed = True
-                log.info("safe-start gate open: reconciliation %d %s", summary["run_id"], summary["result"])
-                self._wake.set()  # the reconciliation task's timing changes: scheduled runs from now on
-        elif not self.gate.trading_allowed:
-            self.startup_failures += 1
-        return summary
-
-    @contextlib.asynccontextmanager
-    async def holding_trade_lock(self, timeout: float | None = None) -> AsyncIterator[bool]:
-        """Hold the trade lock: no strategy step, reconciliation or restricting command runs meanwhile. Re-entrant
-        for the task that holds it (a halt from within a reconciliation). Yields False, not holding it, when
-        `timeout` passed first."""
-        task = asyncio.current_task()
-        if task is not None and self._trade_owner is task:
-            yield True
-            return
-        try:
-            async with asyncio.timeout(timeout):
-                await self._trade_lock.acquire()
-        except TimeoutError:
-            yield False
-            return
-        self._trade_owner = task
-        try:
-            yield True
-        finally:
-            self._trade_owner = None
-            self._trade_lock.release()
-
-    def request_reconciliation(self, trigger: Trigger) -> None:
-        if self._requested is not Trigger.RECONNECT:  # a reconnect run also serves as a startup retry
-            self._requested = trigger
-        self._wake.set()
-
-    def _lost_reply(self) -> None:
-        if self.broker.is_connected(Channel.ORDERS):
-            self.request_reconciliation(Trigger.LOST_REPLY)
-        # Otherwise the reconciliation after the reconnect settles it.
+        """One reconciliation with trading held (ReconciliationSchedule.reconcile)."""
+        return await self.schedule.reconcile(trigger)
 
     def next_reconciliation_delay(self) -> float | None:
-        """Seconds until the reconciliation task runs by itself (None: only when asked). Scheduled runs once the
-        safe-start gate is open; before that, startup retries backing off exponentially, and none while halted
-        (a `reconcile` command, a reconnect or `clear_halt` tries again)."""
-        rec = self.config.recovery
-        halted = self.inst.state.state is TradingState.HALTED
-        if self.trading_allowed:
-            interval = rec.reconcile_interval_seconds or None
-            if self.reconnect_reconciliation_pending and not halted and self.broker.is_connected(Channel.ORDERS):
-                # The run after a reconnect did not pass: new risk waits for one, so retry soon (backing off).
-                retry = startup_retry_delay(self.reconnect_failures, rec.reconcile_retry_seconds)
-                return retry if interval is None else min(interval, retry)
-            return interval
-        if halted:
-            return None
-        return startup_retry_delay(self.startup_failures, rec.reconcile_retry_seconds)
+        return self.schedule.next_delay()
 
-    async def _reconcile_on_schedule(self) -> None:
-        while True:
-            delay = self.next_reconciliation_delay()
-            try:
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            woken = self._wake.is_set()
-            self._wake.clear()
-            requested, self._requested = self._requested, None
-            if woken and requested is None:
-                continue  # only the timing changed
-            if requested is not None:
-                self.startup_failures = 0  # asked for: the back-off starts over
-                trigger = requested
-            else:
-                trigger = Trigger.SCHEDULE if self.trading_allowed else Trigger.STARTUP
-            try:
-                if trigger is Trigger.RECONNECT:
-                    await self._cancel_after_reconnect()
-                await self.reconcile(trigger)
-            except Exception:
-                log.exception("reconciliation (%s) raised", trigger.value)
+    @property
+    def startup_failures(self) -> int:
+        return self.schedule.startup_failures
 
-    async def _on_connection(self, channel: Channel, connected: bool) -> None:
-        self.metrics.broker_connection(channel.value, connected)
-        if connected and channel is Channel.ORDERS and channel in self._channel_lost:
-            self.request_reconciliation(Trigger.RECONNECT)  # what happened while the channel was down
-        if connected:
-            self._channel_lost.discard(channel)
-        else:
-            self._channel_lost.add(channel)
-            if channel is Channel.ORDERS:
-                self._outages += 1
-                if self.trading_allowed and not self.reconnect_reconciliation_pending:
-                    log.warning("orders channel down: no order that adds risk until a reconciliation after it is back")
-                self.gate.reconnect_pending = True
-        if not connected:
-            self.metrics.venue_error("network")
-            log.warning("broker channel %s disconnected", channel.value)
-        else:
-            log.info("broker channel %s connected", channel.value)
+    @property
+    def cancel_pending(self) -> bool:
+        return self.kill_switch.cancel_pending
 
     # -- status ---------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

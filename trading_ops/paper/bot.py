@@ -11,7 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.runtime import CENT, BotRuntime, control_token, startup_retry_delay
+from trading_ops.bot.runtime import CENT, BotRuntime, control_token
+from trading_ops.bot.schedule import startup_retry_delay
 from trading_ops.config import Config
 from trading_ops.paper.strategy import DemoStrategy
 from trading_ops.paper.venue import PaperVenue
