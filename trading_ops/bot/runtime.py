@@ -167,7 +167,7 @@ class BotRuntime:
             disable_created_series=own_process,
         )
         self.metrics = self.inst.metrics
-        self.broker: Broker = broker if isinstance(broker, Broker) else broker()
+        self.broker: Broker = broker if isinstance(broker, Broker) or not callable(broker) else broker()
         self.journal = Journal(self.engine, bot.name, bot.venue)
         self.trade_lock = TradeLock()
         self.risk = RiskEngine(risk_limits(config), self.inst.state, self.metrics, on_halt=self._halted_by_risk)

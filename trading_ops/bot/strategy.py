@@ -48,7 +48,8 @@ class StrategyContext(Protocol):
         ...
 
     def order_refusal(self, symbol: str, reduce_only: bool) -> str | None:
-        """Why the gate would refuse an order of this kind now, or None."""
+        """Why the gate would refuse an order of this kind now (the risk limits that do not depend on the order
+        included), or None. Asking is not a breach: only an order sent past a limit restricts the bot."""
         ...
 
     async def submit(

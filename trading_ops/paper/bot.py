@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from trading_ops.bot.runtime import CENT, BotRuntime, control_token
 from trading_ops.bot.schedule import startup_retry_delay
 from trading_ops.config import Config
+from trading_ops.paper.chaos import Chaos
 from trading_ops.paper.strategy import DemoStrategy
 from trading_ops.paper.venue import PaperVenue
 
@@ -72,17 +73,14 @@ class PaperBot(BotRuntime):
     ) -> None:
         paper = config.paper
         self.venue_state_path = config.path(config.bot.data_dir) / f"{config.bot.name}-{VENUE_STATE_FILE}"
-        self.paper_venue: PaperVenue = venue if venue is not None else None  # type: ignore[assignment]
 
-        def broker() -> PaperVenue:
+        def open_venue() -> PaperVenue:
             # Called once the single-instance lock is held: only then may the venue file be read.
-            if self.paper_venue is None:
-                self.paper_venue = load_or_make_venue(config, self.venue_state_path)
-            return self.paper_venue
+            return venue if venue is not None else load_or_make_venue(config, self.venue_state_path)
 
         super().__init__(
             config,
-            broker,
+            open_venue,
             DemoStrategy(paper, seed=paper.seed or None),
             symbols=paper.symbols,
             quote_asset=paper.quote_asset,
@@ -95,10 +93,8 @@ class PaperBot(BotRuntime):
             # The paper bot is a whole process of its own, so it may tune process-wide settings.
             own_process=True,
         )
-        self.chaos = None
+        self.chaos: Chaos | None = None
         if chaos:
-            from trading_ops.paper.chaos import Chaos
-
             self.chaos = Chaos(
                 self.inst.control,
                 self.paper_venue,
@@ -111,6 +107,12 @@ class PaperBot(BotRuntime):
             )
             self.on_stop(self.chaos.clear)
         self.inst.control.add_status(lambda: {"chaos": self.chaos.status() if self.chaos is not None else None})
+
+    @property
+    def paper_venue(self) -> PaperVenue:
+        """The broker, as the simulated venue it is (what fault injection drives)."""
+        assert isinstance(self.broker, PaperVenue)
+        return self.broker
 
 
 __all__ = ["CENT", "PaperBot", "control_token", "make_venue", "startup_retry_delay"]
