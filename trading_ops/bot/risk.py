@@ -162,7 +162,8 @@ class RiskEngine:
         if max_order and notional > Decimal(str(max_order)):
             return Breach(ORDER_NOTIONAL, f"order notional {notional:.2f} is over the limit {max_order:g}")
         max_position = self.limits.max_position_notional
-        after = abs(book.position(symbol) + request.side.sign * request.quantity) * price
+        # The position after this order fills, valued at the mark (the order's price when there is none yet).
+        after = abs(book.position(symbol) + request.side.sign * request.quantity) * (book.mark(symbol) or price)
         if max_position and after > Decimal(str(max_position)):
             return Breach(
                 POSITION_NOTIONAL, f"the {symbol} position would be {after:.2f}, over the limit {max_position:g}"
