@@ -156,6 +156,8 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
         assert await bot.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 100), far_bid(bot)) is None
         status, body = await control(bot.port, "resume")  # type: ignore[attr-defined]
         assert status == 409 and body["state"] == "halted"
+        status, body = await control(bot.port, "status")  # type: ignore[attr-defined]
+        assert body["risk_limits"] == {"daily_loss": 40.0} and body["state_reason"].startswith("risk limit daily_loss")
     finally:
         await bot.stop()
     # The halt never clears by itself: a restart comes back halted, for the same reason.

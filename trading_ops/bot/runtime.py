@@ -27,7 +27,7 @@ from trading_ops.bot.orders import OrderEngine
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
-from trading_ops.bot.risk import HALT_REASON_PREFIX, RiskEngine, RiskLimits
+from trading_ops.bot.risk import HALT_REASON_PREFIX, LIMITS, RiskEngine, RiskLimits
 from trading_ops.bot.schedule import ReconciliationSchedule
 from trading_ops.bot.sdnotify import SystemdNotifier
 from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, exit_now
@@ -650,6 +650,7 @@ class BotRuntime:
             "realized_pnl_today": str(self.book.realized_today.quantize(CENT)),
             "unrealized_pnl": str(self.book.unrealized_pnl().quantize(CENT)),
             "connected": {ch.value: self.broker.is_connected(ch) for ch in Channel},
+            "risk_limits": {name: self.risk.limits.value(name) for name in LIMITS if self.risk.limits.value(name)},
             "trading_allowed": self.trading_allowed,
             "reconnect_reconciliation_pending": self.reconnect_reconciliation_pending,
             "next_reconciliation_seconds": self.next_reconciliation_delay(),
