@@ -12,6 +12,7 @@ import pytest
 from conftest import AUTH, STARTS_AT, ThreadedServer, alert, make_config, payload, write_playbook
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from raw_http import NON_ASCII_AUTH, raw_request
 from sqlalchemy import func, select
 
 from trading_ops.db.base import make_engine
@@ -308,3 +309,13 @@ async def test_a_wake_up_racing_the_shutdown_does_not_keep_the_engine_alive(clie
     engine_task.cancel()
     await asyncio.wait([engine_task], timeout=5)
     assert engine_task.cancelled()
+
+
+@pytest.mark.parametrize("header", NON_ASCII_AUTH)
+async def test_a_non_ascii_token_is_401_and_counted(client: Any, migrated_sqlite: str, header: bytes) -> None:
+    body = json.dumps(payload(alert())).encode()
+    status, answer = await raw_request(client.server.port, "POST", "/api/v1/alertmanager", [header], body)
+    assert status == 401, answer
+    assert counts(migrated_sqlite)[0] == 0
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tradingops_notifications_rejected_total{reason="unauthorized"} 1.0' in metrics

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from trading_ops.bearer import bearer_matches
 from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn, StoreResult
 from trading_ops.reconciler.playbook import Playbook
 from trading_ops.tasks import stop_tasks
@@ -41,11 +41,8 @@ class Rejected(Exception):
 
 
 def check_token(header: str | None, token: str) -> None:
-    """Bearer authentication compared in constant time."""
-    given = ""
-    if header and header[:7].lower() == "bearer ":
-        given = header[7:].strip()
-    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+    """Bearer authentication compared in constant time (any header bytes: a 401, never a 500)."""
+    if not bearer_matches(header, token):
         raise Rejected(401, "unauthorized", "missing or wrong bearer token")
 
 
