@@ -368,7 +368,7 @@ class ReconcilerConfig:
     check_silences: bool = True
     # The ledger keeps notifications, and closed episodes with their attempts and steps, this many days (pruned
     # hourly; open episodes are never pruned). A firing alert that started longer ago is not acted on.
-    retention_days: int = bounded(30, min=1)
+    retention_days: int = bounded(30, min=1, max=36500)
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # Bot instance (the `instance` label of its alerts) -> its control API.

@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -188,7 +189,15 @@ async def webhook(request: web.Request) -> web.Response:
     except Exception as exc:
         log.error("webhook from %s not stored: %s", request.remote, exc)
         return web.json_response({"status": "error", "error": "not stored; retry"}, status=503)
-    return web.json_response({"status": "stored", "alerts": len(validated.alerts)})
+    answer: dict[str, Any] = {"status": "stored", "alerts": len(validated.alerts)}
+    if validated.invalid:
+        # Stored with the notification's payload (nothing is lost), acted on never; Alertmanager gets its 2xx, so
+        # its resends do not loop on an alert no resend can mend.
+        metrics.alerts_invalid.inc(len(validated.invalid))
+        for problem in validated.invalid:
+            log.warning("webhook from %s: alert refused on its own (the others stored): %s", request.remote, problem)
+        answer["invalid"] = validated.invalid
+    return web.json_response(answer)
 
 
 async def list_episodes(request: web.Request) -> web.Response:

@@ -416,8 +416,9 @@ class Engine:
                 started = parse_timestamp(alert.get("startsAt"), "startsAt")
             except Rejected:
                 return True
-            # A later startsAt is the alert firing again after it resolved: a new episode, not this one.
-            if started <= episode["starts_at"] + STARTS_AT_TOLERANCE:
+            # A later startsAt is the alert firing again after it resolved: a new episode, not this one. (A difference,
+            # not a sum: no startsAt, however absurd, overflows it.)
+            if started - episode["starts_at"] <= STARTS_AT_TOLERANCE:
                 return True
         await self._close(
             episode,

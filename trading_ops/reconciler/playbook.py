@@ -38,6 +38,9 @@ RULE_KEYS = (
 )
 ON_FAILURE = ("escalate", "none")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Longest duration a playbook may give (waits, cooldowns, backoffs): added to times, a longer one would overflow the
+# calendar; a century is past any real wait.
+MAX_DURATION_SECONDS = 100 * 365 * 86400.0
 
 
 class PlaybookError(Exception):
@@ -332,9 +335,12 @@ def _step(raw: Any, where: str, default_timeout: float) -> StepSpec:
 
 def _duration(value: Any, where: str) -> float:
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise PlaybookError(f"{where}: {exc}") from exc
+    if seconds > MAX_DURATION_SECONDS:
+        raise PlaybookError(f"{where}: {str(value)[:40]} is longer than the 100 years a playbook duration may be")
+    return seconds
 
 
 def _backoff(raw: Any, where: str) -> Backoff:
