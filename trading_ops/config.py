@@ -338,6 +338,9 @@ class WatchdogConfig:
 class ReconcilerConfig:
     listen: ReconcilerListenConfig = field(default_factory=ReconcilerListenConfig)
     token: str = secret("TRADING_OPS_RECONCILER_TOKEN", "bearer token Alertmanager sends to the webhook")
+    # Bearer token of the episode API (GET /api/v1/episodes...), which shows labels, annotations and step outputs:
+    # not the webhook's (whoever can post alerts need not read them). Unset = the episode API answers 401.
+    read_token: str = secret("TRADING_OPS_RECONCILER_READ_TOKEN", "bearer token of the episode API")
     # Name of this replica in claims and logs (empty = the host name). Replicas may share it: a claim is taken
     # over only when its lease expired or its process is provably gone.
     instance: str = ""

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TOKEN, alert, payload
+from conftest import READ_AUTH, READ_TOKEN, TOKEN, alert, payload
 
 from trading_ops.cli import main
 from trading_ops.config import parse_config
@@ -39,7 +39,9 @@ def restore_logging() -> Iterator[None]:
 def config_file(tmp_path: Path, db_url: str, token: bool = True, **reconciler: Any) -> str:
     path = tmp_path / "c.yaml"
     (tmp_path / "token").write_text(TOKEN)
-    rc = {"token_file": str(tmp_path / "token"), **reconciler} if token else reconciler
+    (tmp_path / "read-token").write_text(READ_TOKEN)
+    files = {"token_file": str(tmp_path / "token"), "read_token_file": str(tmp_path / "read-token")}
+    rc = {**files, **reconciler} if token else reconciler
     path.write_text(yaml.safe_dump({"database": {"url": db_url}, "reconciler": rc}))
     return str(path)
 
@@ -83,7 +85,7 @@ async def test_history_prints_attempts_and_steps_and_json_exactly_as_the_api(
     assert main(["-c", cfg, "reconciler", "history", "--json"]) == 0
     from_cli = json.loads(capsys.readouterr().out)
     client = await aiohttp_client(create_app(parse_config(yaml.safe_load(Path(cfg).read_text()), base_dir=tmp_path)))
-    from_api = await (await client.get("/api/v1/episodes")).json()
+    from_api = await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json()
     assert from_cli == from_api
     steps = from_cli["episodes"][-1]["attempts"][0]["steps"]
     assert steps[0]["output"].startswith("HTTP 502") and steps[0]["duration_seconds"] >= 0

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from conftest import (
     AUTH,
+    READ_AUTH,
     Alertmanager,
     FakeBot,
     alert,
@@ -47,7 +48,7 @@ def gen_url(expr: str) -> str:
 async def wait_state(client: Any, states: set[str], deadline: float = 20.0, index: int = 0) -> dict[str, Any]:
     end = time.monotonic() + deadline
     while True:
-        episodes = (await (await client.get("/api/v1/episodes")).json())["episodes"]
+        episodes = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
         ordered = sorted(episodes, key=lambda e: e["id"])
         if len(ordered) > index and ordered[index]["state"] in states:
             return ordered[index]  # type: ignore[no-any-return]
@@ -130,7 +131,7 @@ async def test_one_verified_run_per_episode(
         await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
     await asyncio.sleep(0.3)
     assert fake_bot.commands() == ["reconnect"]
-    detail = await (await client.get(f"/api/v1/episodes/{episode['id']}")).json()
+    detail = await (await client.get(f"/api/v1/episodes/{episode['id']}", headers=READ_AUTH)).json()
     assert detail["attempts"][0]["outcome"] == "success"
     assert detail["attempts"][0]["steps"][0]["output"].startswith("HTTP 200")
     metrics = await (await client.get("/metrics")).text()

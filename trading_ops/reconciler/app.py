@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -14,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import inspect, text
 
+from trading_ops.bearer import bearer_matches
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret
@@ -31,7 +34,14 @@ from trading_ops.reconciler.intake import (
     plan_notification,
     validate,
 )
-from trading_ops.reconciler.ledger import Ledger, NotificationIn, StoreResult, episode_json
+from trading_ops.reconciler.ledger import (
+    CLOSED_STATES,
+    OPEN_STATES,
+    Ledger,
+    NotificationIn,
+    StoreResult,
+    episode_json,
+)
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.playbook import PlaybookError, load_configured_playbook
@@ -40,7 +50,14 @@ from trading_ops.reconciler.retention import Pruner
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
+# GET /api/v1/episodes: `limit` between 1 and MAX_LIST (50 when not given), `state` one of the ledger's states.
 MAX_LIST = 500
+DEFAULT_LIST = 50
+KNOWN_STATES = (*OPEN_STATES, *CLOSED_STATES)
+# An episode id is a positive INTEGER of the ledger (32 bits on PostgreSQL): a number past it names no episode and
+# must not reach the database, where it overflows (a 500). Not a number at all: a 400.
+EPISODE_ID_RE = re.compile(r"^[0-9]{1,40}$")
+MAX_EPISODE_ID = 2**31 - 1
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -52,6 +69,9 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
             "reconciler.token",
             "no webhook token: set token_file or token_env (default variable TRADING_OPS_RECONCILER_TOKEN)",
         )
+    read_token = resolve_secret(config, rc, "read_token", "reconciler.read_token")
+    if read_token and hmac.compare_digest(read_token.encode(), token.encode()):
+        raise ConfigError("reconciler.read_token", "must differ from the webhook token (reconciler.token)")
     app = web.Application(client_max_size=rc.max_body_bytes)
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry if registry is not None else CollectorRegistry()
@@ -63,6 +83,12 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     except PlaybookError as exc:
         raise ConfigError("reconciler.playbook", str(exc)) from exc
     app[keys.TOKEN] = token
+    app[keys.READ_TOKEN] = read_token
+    if not read_token:
+        log.warning(
+            "no reconciler.read_token (read_token_file, read_token_env or TRADING_OPS_RECONCILER_READ_TOKEN): "
+            "the episode API answers 401"
+        )
     app[keys.INSTANCE] = rc.instance or socket.gethostname()
     # Claims name this process (host, pid, start time): replicas sharing an instance name never take each
     # other's live runs, and a previous life of ours is recognised as dead at once after a restart.
@@ -200,22 +226,41 @@ async def webhook(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
+def _refused_read(request: web.Request) -> web.Response | None:
+    """401 unless the request carries the read token (constant time, any header bytes)."""
+    if bearer_matches(request.headers.get("Authorization"), request.app[keys.READ_TOKEN]):
+        return None
+    log.warning("episode API request from %s refused: missing or wrong read token", request.remote)
+    return web.json_response(
+        {"error": "missing or wrong bearer token (the read token, reconciler.read_token)"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="trading-ops reconciler"'},
+    )
+
+
 async def list_episodes(request: web.Request) -> web.Response:
-    try:
-        limit = min(MAX_LIST, max(1, int(request.query.get("limit", "50"))))
-    except ValueError:
-        return web.json_response({"error": "limit: expected an integer"}, status=400)
+    if (refused := _refused_read(request)) is not None:
+        return refused
+    raw_limit = request.query.get("limit", str(DEFAULT_LIST))
+    if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
+        return web.json_response({"error": f"limit: expected an integer from 1 to {MAX_LIST}"}, status=400)
     state = request.query.get("state") or None
-    rows = await asyncio.to_thread(request.app[keys.LEDGER].list_episodes, limit, state)
+    if state is not None and state not in KNOWN_STATES:
+        return web.json_response({"error": f"state: expected one of {', '.join(KNOWN_STATES)}"}, status=400)
+    rows = await asyncio.to_thread(request.app[keys.LEDGER].list_episodes, int(raw_limit), state)
     return web.json_response({"episodes": [episode_json(e) for e in rows]})
 
 
 async def get_episode(request: web.Request) -> web.Response:
-    try:
-        episode_id = int(request.match_info["id"])
-    except ValueError:
-        return web.json_response({"error": "id: expected an integer"}, status=400)
-    row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
+    if (refused := _refused_read(request)) is not None:
+        return refused
+    raw = request.match_info["id"]
+    if not EPISODE_ID_RE.match(raw):
+        return web.json_response({"error": "id: expected a positive integer"}, status=400)
+    episode_id = int(raw)
+    row = None
+    if 0 < episode_id <= MAX_EPISODE_ID:
+        row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
     if row is None:
         return web.json_response({"error": f"no episode {episode_id}"}, status=404)
     return web.json_response(episode_json(row))
