@@ -381,7 +381,15 @@ class Engine:
         for circuit in (episode["target"], GLOBAL_TARGET):
             until = await self.db(self.ledger.circuit_open_until, circuit, now)
             if until is not None:
-                await self._close(episode, "escalated", f"circuit of {circuit} open until {until.isoformat()}")
+                # The alert is not acted on: a human must hear of it, whatever the circuit's opener already posted
+                # (that page named another alert, and may have resolved since).
+                why = f"circuit of {circuit} open until {until.isoformat()}"
+                description = (
+                    f"The reconciler did not act on {episode['alertname']} on {episode['target']} "
+                    f"(episode {episode['id']}, rule {rule.name}): the {circuit} circuit is open until "
+                    f"{until.isoformat()} (its action budget was spent). Nothing was executed."
+                )
+                await self._close_escalated(episode, CIRCUIT_OPEN, ctx, description, why)
                 return
         if not self.rc.dry_run and not await self._within_budget(episode, rule, ctx, now):
             return
@@ -459,11 +467,15 @@ class Engine:
                 continue
             until = now + timedelta(seconds=budgets.circuit_cool_off_seconds)
             why = f"action budget of {circuit} spent ({spent} of {limit} per hour); circuit open until {until}"
-            how = ""
             if await self.db(self.ledger.open_circuit, circuit, until):
                 self.metrics.snapshot.open_circuits.append(circuit)
-                how = await self._escalate(CIRCUIT_OPEN, ctx.labels, ctx.target, why)
-            await self._close(episode, "escalated", why + how)
+            # Posted by every episode that ends here, not only by the one that opened the circuit (another replica
+            # may have opened it a moment before, for another alert): each one's page is its own.
+            description = (
+                f"{why}. The reconciler did not act on {episode['alertname']} on {episode['target']} "
+                f"(episode {episode['id']}, rule {rule.name}). Nothing was executed."
+            )
+            await self._close_escalated(episode, CIRCUIT_OPEN, ctx, description, why)
             return False
         return True
 
@@ -586,8 +598,16 @@ class Engine:
             f"Rule {rule.name} did not recover {episode['alertname']} on {episode['target']} "
             f"(episode {episode['id']}). Tried: " + "; ".join(ctx.history or ["nothing"])
         )
-        how = await self._escalate(FAILED, ctx.labels, ctx.target, description)
-        await self._close(episode, "escalated" if how != NOBODY else "failed", failure + how)
+        await self._close_escalated(episode, FAILED, ctx, description, failure)
+
+    async def _close_escalated(
+        self, episode: dict[str, Any], alertname: str, ctx: ActionContext, description: str, detail: str
+    ) -> None:
+        """Post the escalation (Alertmanager, else the apprise fallback), then close the episode `escalated`; or
+        `failed`, saying so, when it reached nobody. Every run that ends escalated ends here: a page is never lost
+        (the internal-error path, which must not raise, does the same through `_hand_back`)."""
+        how = await self._escalate(alertname, ctx.labels, ctx.target, description)
+        await self._close(episode, "escalated" if how != NOBODY else "failed", detail + how)
 
     async def _escalate(self, alertname: str, labels: dict[str, str], target: str, description: str) -> str:
         """Page a human: post the alert to Alertmanager (retried with backoff), else send it through the apprise
