@@ -19,6 +19,8 @@ import yaml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from trading_ops.matchers import RegexError, compile_pattern
+
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
 SECRET_SUFFIXES = ("_file", "_env")
 # SQLAlchemy drivers the project supports; bare `postgresql` means psycopg 3 (psycopg2 is not a dependency).
@@ -108,10 +110,11 @@ def _check_http_url(value: str) -> str | None:
 
 
 def _check_regex(value: str) -> str | None:
+    """A pattern RE2 compiles (label values are matched in linear time, whatever they hold)."""
     try:
-        re.compile(value)
-    except re.error as exc:
-        return f"invalid regular expression ({exc}): {_describe(value)}"
+        compile_pattern(value)
+    except RegexError as exc:
+        return str(exc)
     return None
 
 

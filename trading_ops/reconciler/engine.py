@@ -8,7 +8,6 @@ import functools
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from trading_ops.clients.notify import Notifier
 from trading_ops.clients.prometheus import PrometheusClient, expr_from_generator_url
 from trading_ops.config import Config
 from trading_ops.db.base import utcnow
+from trading_ops.matchers import compile_pattern
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED, escalate
@@ -93,7 +93,7 @@ class Engine:
         self.notifier = notifier
         self.alertmanager = AlertmanagerClient(session, self.rc.alertmanager_url)
         self.prometheus = PrometheusClient(session, self.rc.prometheus_url)
-        self.label_pattern = re.compile(self.rc.label_value_pattern)
+        self.label_pattern = compile_pattern(self.rc.label_value_pattern)
         self.rng = rng or random.Random()
         self.wake = asyncio.Event()
         self.runs: dict[int, asyncio.Task[None]] = {}

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from trading_ops.durations import parse_duration
+from trading_ops.matchers import compile_matcher, regex_matches
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import RISKS
 
@@ -57,7 +58,7 @@ class Matcher:
         actual = labels.get(self.name, "")
         if self.op in ("=", "!="):
             return (actual == self.value) == (self.op == "=")
-        hit = re.fullmatch(self.value, actual) is not None
+        hit = regex_matches(self.value, actual)  # RE2, anchored, checked when the playbook was loaded
         return hit == (self.op == "=~")
 
     def __str__(self) -> str:
@@ -95,10 +96,7 @@ def parse_matcher(text: str) -> Matcher:
         raise ValueError(f"unterminated or unescaped double quote in the value: {text[:60]!r}")
     value = unescape_matcher_value(m.group(3)) if m.group(3) is not None else m.group(4)
     if op in ("=~", "!~"):
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+        compile_matcher(value)  # RegexError (a ValueError) names the pattern RE2 refuses
     return Matcher(name, op, value)
 
 
