@@ -174,7 +174,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_explain_prints_the_plan_of_a_recorded_webhook(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     body = payload(
-        alert(fingerprint="a", generator_url="http://p/graph?g0.expr=tradingbot_broker_connected+%3D%3D+0"),
+        # What a webhook says the expression is counts for nothing: the engine reads Prometheus's rule of that name.
+        alert(fingerprint="a", generator_url="http://p/graph?g0.expr=count%28up%29+%3E+1e12"),
         alert("TradingBotDailyLossBreached", fingerprint="b"),
         alert("Watchdog", fingerprint="w"),
         alert(fingerprint="c", status="resolved", starts_at="2026-01-01T00:01:00Z"),
@@ -183,7 +184,11 @@ def test_explain_prints_the_plan_of_a_recorded_webhook(tmp_path: Path, capsys: p
     assert main(["playbook", "explain", str(tmp_path / "p.json")]) == 0
     out = capsys.readouterr().out
     assert "rule broker-reconnect on target bot-1" in out
-    assert "verify until clear within 60s: tradingbot_broker_connected == 0" in out
+    assert (
+        "verify until clear within 60s: the expression of Prometheus's alerting rule TradingBotBrokerDisconnected"
+        in out
+    )
+    assert "1e12" not in out
     assert "bot command=flatten [destructive" in out and "refused" not in out
     assert "feeds the dead man's switch" in out and "closes episode" in out
 

@@ -9,7 +9,6 @@ from typing import Any
 import yaml
 
 from trading_ops.cli import UsageError
-from trading_ops.clients.prometheus import expr_from_generator_url
 from trading_ops.config import Config
 from trading_ops.db.base import make_engine
 from trading_ops.matchers import Pattern, compile_pattern
@@ -229,9 +228,9 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
 
 def _verify_expr(rule: Rule, alert: dict[str, Any], pattern: Pattern) -> str:
     """The verification query as the engine would render it: label values only after validation."""
-    expr = rule.verify.expr or expr_from_generator_url(alert["generator_url"])
+    expr = rule.verify.expr
     if not expr:
-        return "(none: cannot verify)"
+        return f"the expression of Prometheus's alerting rule {alert['labels']['alertname']} (read at verification)"
     try:
         return TEMPLATE_RE.sub(lambda m: checked_label(alert["labels"], m.group(1), pattern), expr)
     except Refused as exc:

@@ -19,7 +19,7 @@ import aiohttp
 
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
 from trading_ops.clients.notify import Notifier
-from trading_ops.clients.prometheus import PrometheusClient, expr_from_generator_url
+from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
 from trading_ops.config import Config
 from trading_ops.db.base import utcnow
 from trading_ops.matchers import compile_pattern
@@ -564,13 +564,10 @@ class Engine:
     async def _verify(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str]:
         if not rule.verify.enabled:
             return "clear", "steps succeeded (verification disabled by the rule)"
-        expr = rule.verify.expr or expr_from_generator_url(episode["generator_url"])
-        if not expr:
-            return "failure", "cannot verify: no verify.expr and no expression in the alert's generatorURL"
-        try:
-            expr = ctx.render(expr)
-        except Refused as exc:
-            return "failure", f"cannot verify: {exc}"
+        found = await self._verify_expr(episode, rule, ctx)
+        if isinstance(found, str):
+            return "failure", found  # fails safe: no expression, no "recovered"
+        expr, source = found
         if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state="verifying"):
             raise LostClaim
         verdict = await verify(
@@ -582,7 +579,31 @@ class Engine:
             alert_labels=ctx.labels,
             wake=self.resolved.get(episode["id"]),
         )
-        return verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure", verdict.detail
+        outcome = verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure"
+        return outcome, f"{verdict.detail} [expression from {source}]"
+
+    async def _verify_expr(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str] | str:
+        """The verification query and where it came from (playbook or prometheus_rules), or why there is none.
+
+        The playbook's `verify.expr` (its ${label}s validated), else the expression of Prometheus's own alerting
+        rule of that name, read from its rules API: never the one the webhook's generatorURL carries, which
+        whoever holds the webhook token writes."""
+        if rule.verify.expr:
+            try:
+                return ctx.render(rule.verify.expr), "playbook"
+            except Refused as exc:
+                return f"cannot verify: {exc}"
+        try:
+            exprs = await self.prometheus.alert_expressions(episode["alertname"], ctx.labels)
+        except PrometheusError as exc:
+            return f"cannot verify: no verify.expr, and Prometheus's alerting rules could not be read: {exc}"
+        if not exprs:
+            return (
+                f"cannot verify: no verify.expr, and Prometheus has no alerting rule {episode['alertname']} "
+                "with this alert's labels"
+            )
+        # Several rules of one name with the same labels: still failing while any of them matches.
+        return " or ".join(f"({e})" for e in exprs) if len(exprs) > 1 else exprs[0], "prometheus_rules"
 
     async def _record_process(self, step_id: int, pid: int) -> None:
         """A step started a process group: recorded so that a crash of ours never leaves it running unseen."""
