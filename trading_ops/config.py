@@ -118,6 +118,21 @@ def _check_regex(value: str) -> str | None:
     return None
 
 
+def _check_host_ports(value: list[str]) -> str | None:
+    """Hosts as `host` (any port) or `host:port`, IPv6 in brackets: where the http action may send requests."""
+    for entry in value:
+        try:
+            parts = urlsplit(f"//{entry}")
+            parts.port  # raises ValueError for a port out of range or not a number
+        except ValueError:
+            return f"expected host or host:port, got {_describe(entry)}"
+        if not parts.hostname or _check_host(parts.hostname) or f"//{entry}" != f"//{parts.netloc}":
+            return f"expected host or host:port, got {_describe(entry)}"
+        if parts.username is not None:
+            return f"expected host or host:port (no user@), got {_describe(entry)}"
+    return None
+
+
 def _check_command(value: list[str]) -> str | None:
     if not value or not all(value):
         return "expected a non-empty list of non-empty strings (the command and its arguments)"
@@ -362,8 +377,13 @@ class ReconcilerConfig:
     max_concurrent_runs: int = bounded(4, min=1)
     # Intake group commit: notifications stored per transaction at most.
     batch_max: int = bounded(256, min=1)
-    # Label values reach exec steps (as environment variables) and templates only when they match this.
+    # Label values reach exec steps (as environment variables) and templates only when they match this (RE2). ':' is
+    # for instance labels (host:port), '@' for systemd template units; neither can move an http step's request
+    # (values are URL-encoded there, and its host comes from its URL template).
     label_value_pattern: str = checked(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$", _check_regex)
+    # Hosts (`host` for any port, or `host:port`) the playbook's `http` steps may send requests to. A step's host is
+    # written in its URL template, never taken from a label; a host not listed here refuses the playbook at start.
+    http_allowed_hosts: list[str] = checked([], _check_host_ports)
     # Outputs of steps are kept up to this many bytes.
     output_limit_bytes: int = bounded(4096, min=64)
     # Command used by systemd steps (`<systemctl> restart <unit>`).

@@ -22,6 +22,8 @@ from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
 from trading_ops.reconciler import keys
+from trading_ops.reconciler.actions.http import ACTION as HTTP_ACTION
+from trading_ops.reconciler.actions.http import host_allowed
 from trading_ops.reconciler.actions.silence import CREATED_BY
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
@@ -44,7 +46,7 @@ from trading_ops.reconciler.ledger import (
 )
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
-from trading_ops.reconciler.playbook import PlaybookError, load_configured_playbook
+from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
 from trading_ops.reconciler.retention import Pruner
 from trading_ops.tasks import stop_tasks
@@ -82,6 +84,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
         app[keys.PLAYBOOK] = load_configured_playbook(rc.playbook, config.path)
     except PlaybookError as exc:
         raise ConfigError("reconciler.playbook", str(exc)) from exc
+    check_http_hosts(app[keys.PLAYBOOK], rc.http_allowed_hosts)
     app[keys.TOKEN] = token
     app[keys.READ_TOKEN] = read_token
     if not read_token:
@@ -103,6 +106,21 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def check_http_hosts(playbook: Playbook, allowed: list[str]) -> None:
+    """Every `http` step's host is one the configuration allows: found at start, not when a page is due."""
+    for rule in playbook.rules:
+        for i, step in enumerate(rule.steps):
+            if step.action != HTTP_ACTION.kind:
+                continue
+            host, port = HTTP_ACTION.hosts(step.params)
+            if not host_allowed(host, port, allowed):
+                raise ConfigError(
+                    "reconciler.http_allowed_hosts",
+                    f"rule {rule.name} step {i + 1} sends requests to {host}:{port}, which is not listed "
+                    f"({', '.join(allowed) or 'empty'})",
+                )
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
