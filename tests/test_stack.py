@@ -214,7 +214,7 @@ def test_reconciler_webhook_is_local_with_a_credentials_file(tmp_path: Path, tok
     (hook,) = receivers["reconciler"]["webhook_configs"]
     assert hook["url"] == "http://127.0.0.1:19102/api/v1/alertmanager"
     assert hook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": str(token_file)}
-    assert hook["send_resolved"] is True and hook["max_alerts"] == 0
+    assert hook["send_resolved"] is True and hook["max_alerts"] == 1000
     # People's receivers stay (routing unchanged) but have no integration: no page leaves this machine.
     for name in ("pager", "chat", "deadman"):
         assert receivers[name] == {"name": name}

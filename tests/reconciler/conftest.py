@@ -280,6 +280,7 @@ def start_alertmanager(
     cluster_port: int | None = None,
     peers: tuple[int, ...] = (),
     repeat_interval: str = "1h",
+    max_alerts: int = 0,
 ) -> Alertmanager:
     if ALERTMANAGER_BIN is None:
         pytest.skip("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
@@ -301,7 +302,7 @@ def start_alertmanager(
                     {
                         "url": webhook_url,
                         "send_resolved": True,
-                        "max_alerts": 0,
+                        "max_alerts": max_alerts,
                         "http_config": {"authorization": {"type": "Bearer", "credentials": TOKEN}},
                     }
                 ],

@@ -234,6 +234,14 @@ async def webhook(request: web.Request) -> web.Response:
         log.error("webhook from %s not stored: %s", request.remote, exc)
         return web.json_response({"status": "error", "error": "not stored; retry"}, status=503)
     answer: dict[str, Any] = {"status": "stored", "alerts": len(validated.alerts)}
+    if validated.truncated:
+        metrics.alerts_truncated.inc(validated.truncated)
+        log.warning(
+            "webhook from %s: Alertmanager left %d alert(s) out of the notification (its max_alerts): raise it, with "
+            "reconciler.max_body_bytes",
+            request.remote,
+            validated.truncated,
+        )
     if validated.invalid:
         # Stored with the notification's payload (nothing is lost), acted on never; Alertmanager gets its 2xx, so
         # its resends do not loop on an alert no resend can mend.

@@ -135,6 +135,8 @@ class Validated:
     alerts: list[dict[str, Any]]
     # One line per alert refused on its own (the others are stored).
     invalid: list[str] = field(default_factory=list)
+    # Alerts Alertmanager left out of the notification (its receiver's max_alerts).
+    truncated: int = 0
 
 
 def validate(data: Any) -> Validated:
@@ -171,7 +173,9 @@ def validate(data: Any) -> Validated:
     if invalid and not alerts:
         more = f" (and {len(invalid) - 1} more invalid alerts)" if len(invalid) > 1 else ""
         raise Rejected(422, "invalid_payload", invalid[0] + more)
-    return Validated(receiver, status, group_key, alerts, invalid)
+    truncated = data.get("truncatedAlerts")
+    truncated = truncated if isinstance(truncated, int) and not isinstance(truncated, bool) and truncated > 0 else 0
+    return Validated(receiver, status, group_key, alerts, invalid, truncated)
 
 
 def _alert(a: Any, at: str, latest: datetime) -> dict[str, Any]:
