@@ -542,7 +542,10 @@ def main() -> int:
             report = asyncio.run(run_probes(target))
         finally:
             stop_stack(procs)
-    print(json.dumps(report, indent=2))
+    # One probe per line: the report reads as a table.
+    lines = ",\n    ".join(json.dumps(p) for p in report["probes"])
+    rest = json.dumps({k: v for k, v in report.items() if k != "probes"})[1:]
+    print(f'{{"probes": [\n    {lines}\n  ],\n  {rest}')
     return 0 if report["ok"] else 1
 
 
