@@ -179,6 +179,7 @@ def test_explain_prints_the_plan_of_a_recorded_webhook(tmp_path: Path, capsys: p
         alert("TradingBotDailyLossBreached", fingerprint="b"),
         alert("Watchdog", fingerprint="w"),
         alert(fingerprint="c", status="resolved", starts_at="2026-01-01T00:01:00Z"),
+        alert(fingerprint="d", starts_at="9999-12-31T23:59:59.999Z"),
     )
     (tmp_path / "p.json").write_text(json.dumps(body))
     assert main(["playbook", "explain", str(tmp_path / "p.json")]) == 0
@@ -189,6 +190,9 @@ def test_explain_prints_the_plan_of_a_recorded_webhook(tmp_path: Path, capsys: p
         in out
     )
     assert "1e12" not in out
+    assert (
+        "- refused on its own (the rest stored): alerts[4].startsAt: 9999-12-31T23:59:59.999Z is in the future" in out
+    )
     assert "bot command=flatten [destructive" in out and "refused" not in out
     assert "feeds the dead man's switch" in out and "closes episode" in out
 
