@@ -222,7 +222,7 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
             f"(max {rule.backoff.max:g}s, jitter {rule.backoff.jitter:.0%}), cooldown {rule.cooldown:g}s, "
             f"on failure: {rule.on_failure}"
         )
-    out += [f"- refused on its own (the rest stored): {problem}" for problem in validated.invalid]
+    out += [f"- invalid alert, no episode (the others are stored): {problem}" for problem in validated.invalid]
     print("\n".join(out))
     return EXIT_OK
 
