@@ -191,8 +191,8 @@ def test_explain_prints_the_plan_of_a_recorded_webhook(tmp_path: Path, capsys: p
     )
     assert "1e12" not in out
     assert (
-        "- invalid alert, no episode (the others are stored): alerts[4].startsAt: 9999-12-31T23:59:59.999Z is in the future"
-        in out
+        "- invalid alert, no episode (the others are stored): "
+        "alerts[4].startsAt: 9999-12-31T23:59:59.999Z is in the future" in out
     )
     assert "bot command=flatten [destructive" in out and "refused" not in out
     assert "feeds the dead man's switch" in out and "closes episode" in out
