@@ -38,12 +38,16 @@ var/secrets/reconciler-token:
 	@mkdir -p var/secrets && chmod 700 var/secrets
 	@$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@ && chmod 600 $@
 
+var/secrets/reconciler-read-token:
+	@mkdir -p var/secrets && chmod 700 var/secrets
+	@$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@ && chmod 600 $@
+
 $(CONFIG):
 	cp trading-ops.example.yaml $(CONFIG)
 
 # The local stack: paper bot (--chaos), reconciler, Prometheus and Alertmanager; Ctrl-C stops it.
 # `make run UP_ARGS="--profile standard --base-port 19100"` passes options to `trading-ops up`.
-run: $(STAMP) var/secrets/control-token var/secrets/reconciler-token $(CONFIG)
+run: $(STAMP) var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token $(CONFIG)
 	-@$(MAKE) --no-print-directory system-deps
 	$(VENV)/bin/trading-ops --config $(CONFIG) db upgrade
 	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)

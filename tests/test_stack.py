@@ -228,7 +228,7 @@ def test_reconciler_webhook_is_local_with_a_credentials_file(tmp_path: Path, tok
     (hook,) = receivers["reconciler"]["webhook_configs"]
     assert hook["url"] == "http://127.0.0.1:19102/api/v1/alertmanager"
     assert hook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": str(token_file)}
-    assert hook["send_resolved"] is True and hook["max_alerts"] == 0
+    assert hook["send_resolved"] is True and hook["max_alerts"] == 1000
     # People's receivers stay (routing unchanged) but have no integration: no page leaves this machine.
     for name in ("pager", "chat", "deadman"):
         assert receivers[name] == {"name": name}
@@ -277,7 +277,9 @@ def test_app_config_wires_the_bot_and_reconciler_together(tmp_path: Path, layout
     source = tmp_path / "trading-ops.yaml"
     source.write_text("database:\n  url: sqlite:///var/db.sqlite\nbot:\n  data_dir: var/bot\n")
     app = build_app_config(source, layout, PORTS)
-    for token in (app.control_token_file, app.reconciler_token_file):
+    assert app.read_token_file is not None
+    assert app.read_token_file.read_text() != app.reconciler_token_file.read_text()
+    for token in (app.control_token_file, app.reconciler_token_file, app.read_token_file):
         assert token.parent == tmp_path / "var" / "secrets"
         assert stat.S_IMODE(token.stat().st_mode) == 0o600
         assert len(token.read_text().strip()) >= 32
@@ -425,7 +427,10 @@ class UpProcess:
         settings: dict[str, Any] = {
             "database": {"url": f"sqlite:///{root / 'trading-ops.db'}"},
             "bot": {"data_dir": str(root / "bot"), "control_token_file": str(root / "secrets" / "control-token")},
-            "reconciler": {"token_file": str(root / "secrets" / "reconciler-token")},
+            "reconciler": {
+                "token_file": str(root / "secrets" / "reconciler-token"),
+                "read_token_file": str(root / "secrets" / "reconciler-read-token"),
+            },
             "paper": {"seed": 7},
         }
         for section, values in config.items():
@@ -536,7 +541,8 @@ def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: C
         assert (up.state_dir / "logs" / f"{child}.log").stat().st_size > 0
     # The URLs printed are the stack's.
     assert up.url("prometheus") in up.output and up.url("alertmanager") in up.output
-    assert up.wait_line(lambda line: "status: alerts firing" in line)
+    # The episodes come from the reconciler's API, read with its read token: a number, not "?".
+    assert up.wait_line(lambda line: "status: alerts firing" in line and "episodes open: ?" not in line)
     assert up.stop(signal.SIGINT) == 0, up.output
     for child, pid in pids.items():
         assert not alive(pid), f"{child} (pid {pid}) survived Ctrl-C"

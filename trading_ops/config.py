@@ -19,6 +19,8 @@ import yaml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from trading_ops.matchers import RegexError, compile_pattern
+
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
 SECRET_SUFFIXES = ("_file", "_env")
 # SQLAlchemy drivers the project supports; bare `postgresql` means psycopg 3 (psycopg2 is not a dependency).
@@ -108,10 +110,26 @@ def _check_http_url(value: str) -> str | None:
 
 
 def _check_regex(value: str) -> str | None:
+    """A pattern RE2 compiles (label values are matched in linear time, whatever they hold)."""
     try:
-        re.compile(value)
-    except re.error as exc:
-        return f"invalid regular expression ({exc}): {_describe(value)}"
+        compile_pattern(value)
+    except RegexError as exc:
+        return str(exc)
+    return None
+
+
+def _check_host_ports(value: list[str]) -> str | None:
+    """Hosts as `host` (any port) or `host:port`, IPv6 in brackets: where the http action may send requests."""
+    for entry in value:
+        try:
+            parts = urlsplit(f"//{entry}")
+            parts.port  # raises ValueError for a port out of range or not a number
+        except ValueError:
+            return f"expected host or host:port, got {_describe(entry)}"
+        if not parts.hostname or _check_host(parts.hostname) or f"//{entry}" != f"//{parts.netloc}":
+            return f"expected host or host:port, got {_describe(entry)}"
+        if parts.username is not None:
+            return f"expected host or host:port (no user@), got {_describe(entry)}"
     return None
 
 
@@ -361,6 +379,9 @@ class WatchdogConfig:
 class ReconcilerConfig:
     listen: ReconcilerListenConfig = field(default_factory=ReconcilerListenConfig)
     token: str = secret("TRADING_OPS_RECONCILER_TOKEN", "bearer token Alertmanager sends to the webhook")
+    # Bearer token of the episode API (GET /api/v1/episodes...), which shows labels, annotations and step outputs:
+    # not the webhook's (whoever can post alerts need not read them). Unset = the episode API answers 401.
+    read_token: str = secret("TRADING_OPS_RECONCILER_READ_TOKEN", "bearer token of the episode API")
     # Name of this replica in claims and logs (empty = the host name). Replicas may share it: a claim is taken
     # over only when its lease expired or its process is provably gone.
     instance: str = ""
@@ -369,7 +390,10 @@ class ReconcilerConfig:
     playbook: str = ""
     prometheus_url: str = checked("http://127.0.0.1:9090", _check_http_url)
     alertmanager_url: str = checked("http://127.0.0.1:9093", _check_http_url)
-    max_body_bytes: int = bounded(1024 * 1024, min=1024)
+    # Webhook bodies larger than this get 413 (Alertmanager does not resend after a 4xx: such a notification is
+    # lost). Paired with the receiver's max_alerts in alertmanager/alertmanager.yml (1000): 1000 alerts of the
+    # shipped rules are about 1.2 MB, so 4 MiB leaves room for labels and annotations 3x larger.
+    max_body_bytes: int = bounded(4 * 1024 * 1024, min=1024)
     # Record what would be done, do nothing.
     dry_run: bool = False
     # How often the workers look for due episodes (new notifications wake them at once).
@@ -379,8 +403,13 @@ class ReconcilerConfig:
     max_concurrent_runs: int = bounded(4, min=1)
     # Intake group commit: notifications stored per transaction at most.
     batch_max: int = bounded(256, min=1)
-    # Label values reach exec steps (as environment variables) and templates only when they match this.
+    # Label values reach exec steps (as environment variables) and templates only when they match this (RE2). ':' is
+    # for instance labels (host:port), '@' for systemd template units; neither can move an http step's request
+    # (values are URL-encoded there, and its host comes from its URL template).
     label_value_pattern: str = checked(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$", _check_regex)
+    # Hosts (`host` for any port, or `host:port`) the playbook's `http` steps may send requests to. A step's host is
+    # written in its URL template, never taken from a label; a host not listed here refuses the playbook at start.
+    http_allowed_hosts: list[str] = checked([], _check_host_ports)
     # Outputs of steps are kept up to this many bytes.
     output_limit_bytes: int = bounded(4096, min=64)
     # Command used by systemd steps (`<systemctl> restart <unit>`).
@@ -391,7 +420,7 @@ class ReconcilerConfig:
     check_silences: bool = True
     # The ledger keeps notifications, and closed episodes with their attempts and steps, this many days (pruned
     # hourly; open episodes are never pruned). A firing alert that started longer ago is not acted on.
-    retention_days: int = bounded(30, min=1)
+    retention_days: int = bounded(30, min=1, max=36500)
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # Bot instance (the `instance` label of its alerts) -> its control API.

@@ -22,6 +22,7 @@ from trading_ops.config import Config, parse_config
 from trading_ops.db import migrate
 
 TOKEN = "webhook-token"
+READ_TOKEN = "read-token"
 BOT_TOKEN = "bot-token"
 ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 PROMETHEUS_BIN = shutil.which("prometheus")
@@ -108,6 +109,8 @@ def payload(*alerts: dict[str, Any], status: str | None = None) -> dict[str, Any
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# The episode API's token (reconciler.read_token), not the webhook's.
+READ_AUTH = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
 def write_playbook(tmp_path: Path, rules: list[dict[str, Any]], defaults: dict[str, Any] | None = None) -> Path:
@@ -119,9 +122,11 @@ def write_playbook(tmp_path: Path, rules: list[dict[str, Any]], defaults: dict[s
 def make_config(tmp_path: Path, db_url: str, notify_urls: list[str] | None = None, **reconciler: Any) -> Config:
     """A configuration for tests: fast polling, silences not checked, tokens (and apprise URLs) in files."""
     (tmp_path / "webhook-token").write_text(TOKEN)
+    (tmp_path / "read-token").write_text(READ_TOKEN)
     (tmp_path / "bot-token").write_text(BOT_TOKEN)
     rc: dict[str, Any] = {
         "token_file": str(tmp_path / "webhook-token"),
+        "read_token_file": str(tmp_path / "read-token"),
         "poll_interval_seconds": 0.05,
         "check_silences": False,
         "prometheus_url": "http://127.0.0.1:9",
@@ -275,6 +280,7 @@ def start_alertmanager(
     cluster_port: int | None = None,
     peers: tuple[int, ...] = (),
     repeat_interval: str = "1h",
+    max_alerts: int = 0,
 ) -> Alertmanager:
     if ALERTMANAGER_BIN is None:
         pytest.skip("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
@@ -296,7 +302,7 @@ def start_alertmanager(
                     {
                         "url": webhook_url,
                         "send_resolved": True,
-                        "max_alerts": 0,
+                        "max_alerts": max_alerts,
                         "http_config": {"authorization": {"type": "Bearer", "credentials": TOKEN}},
                     }
                 ],

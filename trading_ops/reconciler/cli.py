@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from trading_ops.cli import UsageError
-from trading_ops.clients.prometheus import expr_from_generator_url
 from trading_ops.config import Config
 from trading_ops.db.base import make_engine
+from trading_ops.matchers import Pattern, compile_pattern
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import TEMPLATE_RE, Refused, checked_label
 from trading_ops.reconciler.history import history_json, history_table
@@ -117,7 +116,7 @@ def _playbook(args: argparse.Namespace, config: Config) -> Playbook:
         raise UsageError(f"playbook: {exc}") from exc
 
 
-def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: re.Pattern[str]) -> str | None:
+def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: Pattern) -> str | None:
     """Why the engine would refuse this step for these labels (destructive, or a label value that fails the
     strict pattern, checked by the same function the actions use), or None."""
     if step.risk == "destructive" and not rule.allow_destructive:
@@ -130,7 +129,7 @@ def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: re
     return None
 
 
-def plan(rule: Rule | None, labels: dict[str, str], pattern: re.Pattern[str]) -> list[str]:
+def plan(rule: Rule | None, labels: dict[str, str], pattern: Pattern) -> list[str]:
     """The steps a rule would run for these labels, each with whether it would be refused."""
     if rule is None:
         return []
@@ -153,7 +152,7 @@ def playbook_test(args: argparse.Namespace, config: Config) -> int:
     if named and not args.playbook:
         args.playbook = named if named in PACKAGED_PLAYBOOKS else str(path.parent / str(named))
     playbook = _playbook(args, config)
-    pattern = re.compile(config.reconciler.label_value_pattern)
+    pattern = compile_pattern(config.reconciler.label_value_pattern)
     failures = 0
     for i, case in enumerate(data["cases"]):
         if not isinstance(case, dict) or not isinstance(case.get("labels"), dict) or "expect" not in case:
@@ -193,7 +192,7 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(f"{path}: {exc}") from exc
     playbook = _playbook(args, config)
     watchdog = config.reconciler.watchdog.alertname
-    pattern = re.compile(config.reconciler.label_value_pattern)
+    pattern = compile_pattern(config.reconciler.label_value_pattern)
     out = [f"notification: {validated.status}, receiver {validated.receiver!r}, {len(validated.alerts)} alert(s)"]
     for a in validated.alerts:
         labels = a["labels"]
@@ -223,15 +222,16 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
             f"(max {rule.backoff.max:g}s, jitter {rule.backoff.jitter:.0%}), cooldown {rule.cooldown:g}s, "
             f"on failure: {rule.on_failure}"
         )
+    out += [f"- invalid alert, no episode (the others are stored): {problem}" for problem in validated.invalid]
     print("\n".join(out))
     return EXIT_OK
 
 
-def _verify_expr(rule: Rule, alert: dict[str, Any], pattern: re.Pattern[str]) -> str:
+def _verify_expr(rule: Rule, alert: dict[str, Any], pattern: Pattern) -> str:
     """The verification query as the engine would render it: label values only after validation."""
-    expr = rule.verify.expr or expr_from_generator_url(alert["generator_url"])
+    expr = rule.verify.expr
     if not expr:
-        return "(none: cannot verify)"
+        return f"the expression of Prometheus's alerting rule {alert['labels']['alertname']} (read at verification)"
     try:
         return TEMPLATE_RE.sub(lambda m: checked_label(alert["labels"], m.group(1), pattern), expr)
     except Refused as exc:

@@ -7,7 +7,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, exists, func, insert, or_, select, update
@@ -39,6 +39,9 @@ EXECUTED_OUTCOMES = ("running", "success", "failure", "timeout", "interrupted")
 LEFTOVER_FENCE_SECONDS = 600.0
 # What retention deletes, by table (tradingops_ledger_pruned_rows_total{table}).
 PRUNED_TABLES = ("notifications", "episodes", "attempts", "steps")
+
+# What `later` gives for a time past the calendar's end (both databases store it).
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 E = cast(Table, Episode.__table__)
 A = cast(Table, Attempt.__table__)
@@ -250,7 +253,7 @@ class Ledger:
             "state": state,
             "detail": detail,
             "attempts": 0,
-            "next_run_at": None if closed else max(now, a.starts_at + timedelta(seconds=a.wait_for)),
+            "next_run_at": None if closed else max(now, later(a.starts_at, a.wait_for)),
             "received_at": now,
             "updated_at": now,
             "closed_at": now if closed else None,
@@ -608,7 +611,7 @@ class Ledger:
             ).scalar()
         if last is None:
             return None
-        until: datetime = last + timedelta(seconds=cooldown)
+        until = later(last, cooldown)
         return until if until > now else None
 
     def actions_last_hour(self, now: datetime, target: str | None = None) -> int:
@@ -769,6 +772,15 @@ class Ledger:
             attempts = conn.execute(delete(A).where(A.c.episode_id.in_(ids))).rowcount
             episodes = conn.execute(delete(E).where(E.c.id.in_(ids), E.c.state.in_(CLOSED_STATES))).rowcount
         return {"episodes": int(episodes), "attempts": int(attempts), "steps": int(steps)}
+
+
+def later(when: datetime, seconds: float) -> datetime:
+    """`when` plus `seconds`, the end of the calendar when that is past it (never OverflowError, which would fail
+    the whole batch of notifications being stored: a 503 that Alertmanager retries forever)."""
+    try:
+        return when + timedelta(seconds=seconds)
+    except OverflowError:
+        return END_OF_TIME
 
 
 def _lapsed(until: datetime | None, now: datetime) -> bool:

@@ -301,6 +301,8 @@ async def _watch(
     stack: Stack, session: aiohttp.ClientSession, stop: asyncio.Event, printer: StatusPrinter, interval: float
 ) -> int:
     """Refresh the status line until `stop`; returns 1 as soon as a pipeline child dies."""
+    token_file = stack.app.read_token_file
+    read_token = token_file.read_text(encoding="utf-8").strip() if token_file else ""
     ports, names = stack.ports, {c.name for c in stack.children}
     reported: set[str] = set()
     code = EXIT_OK
@@ -326,6 +328,7 @@ async def _watch(
             ports.url("alertmanager") if "alertmanager" in names else None,
             ports.url("prometheus") if "prometheus" in names else None,
             ports.url("reconciler"),
+            read_token,
         )
         snap.down = sorted(reported)
         printer.show(render(snap))
