@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= trading-ops.yaml
-SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose
+SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze node
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd nodejs
 
 .PHONY: setup system-deps run test lint typecheck bench clean
 
