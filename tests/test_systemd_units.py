@@ -17,11 +17,14 @@ from trading_ops.config import parse_config
 from trading_ops.reconciler.actions.systemd import VERBS
 
 UNIT_SUFFIXES = {".service", ".timer", ".socket", ".path", ".target", ".mount"}
-SKIP_DIRS = {".git", ".venv", "var", "node_modules", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+# Not the repository's own: the local stack's state, pip's in-tree build, hidden folders (.venv, .git, caches).
+SKIP_DIRS = {"var", "build", "dist", "node_modules"}
 UNITS = sorted(
     p
     for p in REPO_ROOT.rglob("*")
-    if p.suffix in UNIT_SUFFIXES and p.is_file() and not SKIP_DIRS & set(p.relative_to(REPO_ROOT).parts)
+    if p.suffix in UNIT_SUFFIXES
+    and p.is_file()
+    and not any(part in SKIP_DIRS or part.startswith(".") for part in p.relative_to(REPO_ROOT).parent.parts)
 )
 SERVICES = [u for u in UNITS if u.suffix == ".service"]
 # Where the units expect the installation; the tests point it at this interpreter's environment.
