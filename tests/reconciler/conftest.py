@@ -18,6 +18,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from tests.system_binaries import require_binary
 from trading_ops.config import Config, parse_config
 from trading_ops.db import migrate
 
@@ -25,6 +26,16 @@ TOKEN = "webhook-token"
 BOT_TOKEN = "bot-token"
 ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 PROMETHEUS_BIN = shutil.which("prometheus")
+
+
+def alertmanager_binary() -> str:
+    """The Alertmanager server (Debian's name, or upstream's); a missing one fails the test, never skips it."""
+    return ALERTMANAGER_BIN or require_binary("prometheus-alertmanager")
+
+
+def prometheus_binary() -> str:
+    """The Prometheus server; a missing one fails the test, never skips it."""
+    return PROMETHEUS_BIN or require_binary("prometheus")
 
 
 def dead_owner(instance: str) -> str:
@@ -276,8 +287,6 @@ def start_alertmanager(
     peers: tuple[int, ...] = (),
     repeat_interval: str = "1h",
 ) -> Alertmanager:
-    if ALERTMANAGER_BIN is None:
-        pytest.skip("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     receivers: list[dict[str, Any]] = [{"name": "null"}]
@@ -305,7 +314,7 @@ def start_alertmanager(
         route["receiver"] = "reconciler"
     (tmp / "am.yml").write_text(yaml.safe_dump({"route": route, "receivers": receivers}))
     args = [
-        ALERTMANAGER_BIN,
+        alertmanager_binary(),
         f"--config.file={tmp / 'am.yml'}",
         f"--storage.path={tmp / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
@@ -352,14 +361,13 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus (no scrape targets: verification uses expressions of time())."""
-    if PROMETHEUS_BIN is None:
-        pytest.skip("prometheus is not installed (apt-get install prometheus)")
+    binary = prometheus_binary()
     tmp = tmp_path_factory.mktemp("prometheus")
     (tmp / "prometheus.yml").write_text("global:\n  scrape_interval: 15s\n")
     port = free_port()
     proc = subprocess.Popen(
         [
-            PROMETHEUS_BIN,
+            binary,
             f"--config.file={tmp / 'prometheus.yml'}",
             f"--storage.tsdb.path={tmp / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
