@@ -73,6 +73,37 @@ def wait_http(url: str, deadline: float = 20.0, proc: subprocess.Popen[Any] | No
     raise TimeoutError(f"{url} did not answer within {deadline}s")
 
 
+async def engine_settled(app: web.Application, passes: int = 3, deadline: float = 20.0) -> None:
+    """Wait until the engine's loop has read the ledger `passes` more times and no run is in progress: whatever it
+    would start from what is stored now has been started and has finished, so what a test then finds not done was
+    not going to be done. (The first counted pass may have begun before the caller's last write: count more.)"""
+    import asyncio
+
+    from trading_ops.reconciler import keys
+
+    engine = app[keys.ENGINE]
+    done = 0
+    passed = asyncio.Event()
+    dispatch = engine.dispatch_once
+
+    async def counted() -> None:
+        nonlocal done
+        await dispatch()
+        done += 1
+        passed.set()
+
+    engine.dispatch_once = counted  # type: ignore[method-assign]
+    try:
+        async with asyncio.timeout(deadline):
+            while done < passes or engine.runs:
+                passed.clear()
+                await passed.wait()
+    except TimeoutError:
+        raise AssertionError(f"the engine did not settle in {deadline}s: {done} passes, runs {sorted(engine.runs)}")
+    finally:
+        del engine.dispatch_once  # the class's method again
+
+
 # When the test alerts started: a minute before the session, as Alertmanager would send it (an alert that started
 # longer ago than the ledger's retention is not acted on). Later startsAt of the same alert: `starts(seconds)`.
 STARTS_AT = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
