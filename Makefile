@@ -19,7 +19,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c $(CONSTRAINTS) --upgrade pip
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[$(EXTRAS)]' \
+		|| { echo "pip could not install with $(CONSTRAINTS); after a change to pyproject.toml run: make lock"; exit 1; }
 	touch $(STAMP)
 
 # Rewrites constraints.txt: a fresh venv (in a temporary directory, removed afterwards) gets the newest versions
