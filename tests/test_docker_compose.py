@@ -147,6 +147,7 @@ def test_configs_and_secrets_are_mounted_where_the_configs_expect_them() -> None
     assert (REPO_ROOT / "grafana" / "dashboards" / Path(home).name).is_file()
     # Prometheus scrapes the services by their compose names.
     prometheus_config = (REPO_ROOT / "prometheus" / "prometheus.yml").read_text()
+    prometheus_config += (REPO_ROOT / "prometheus" / "targets" / "tradingbot.yml").read_text()
     for target in ("paper-bot:9101", "reconciler:9102", "alertmanager:9093", "node-exporter:9100"):
         assert target.split(":")[0] in services and target in prometheus_config
 
@@ -220,3 +221,16 @@ def test_each_healthcheck_asks_the_service_itself() -> None:
         check = services[name]["healthcheck"]
         assert check["test"][0] == "CMD" and endpoint in " ".join(check["test"]), name
         assert check["retries"] >= 3 and check["interval"] and check["timeout"], name
+
+
+def test_the_bots_are_declared_once_for_prometheus_and_the_reconciler() -> None:
+    """trading-ops.docker.yaml lists the bots; the committed file_sd file is what `config targets` makes of that
+    list, and the reconciler's targets are derived from the same list."""
+    from trading_ops.commands.config_cmd import bot_instances, file_sd
+    from trading_ops.config import load_config
+
+    config = load_config(REPO_ROOT / "trading-ops.docker.yaml")
+    committed = (REPO_ROOT / "prometheus" / "targets" / "tradingbot.yml").read_text()
+    assert committed == file_sd(bot_instances(config), "trading-ops.docker.yaml")
+    assert sorted(config.reconciler.targets) == bot_instances(config) == ["paper-bot:9101"]
+    assert config.reconciler.targets["paper-bot:9101"].url == "http://paper-bot:9101"

@@ -180,6 +180,28 @@ class DatabaseConfig:
         return value
 
 
+def _check_optional_limit(value: float | None) -> str | None:
+    return None if value is None or value >= 0 else f"must be at least 0, got {value}"
+
+
+@dataclass
+class RiskConfig:
+    """In-process risk limits, enforced in the order gate before an order leaves; 0 means no limit. Notional
+    values are in the quote asset."""
+
+    # The day's loss (realized + unrealized) at which the bot halts; an operator clears it. Unset: the value of
+    # paper.daily_loss_limit (where it lived before).
+    daily_loss_limit: float | None = checked(None, _check_optional_limit)
+    # Per symbol: an order that would take the position's notional past this is refused (then reduce-only).
+    max_position_notional: float = bounded(0.0, min=0)
+    # Orders working or in flight at once.
+    max_open_orders: int = bounded(0, min=0)
+    # Notional of one order (at its limit price, or the mark for a market order).
+    max_order_notional: float = bounded(0.0, min=0)
+    max_orders_per_second: float = bounded(0.0, min=0)
+    max_orders_per_minute: float = bounded(0.0, min=0)
+
+
 @dataclass
 class BotConfig:
     name: str = checked("paper-1", _check_name)
@@ -197,6 +219,7 @@ class BotConfig:
     # Memory the bot may use; 0 means the cgroup limit, or the machine's memory when there is none.
     memory_limit_bytes: int = bounded(0, min=0)
     event_loop_lag_interval_seconds: float = bounded(0.25, min=0.01)
+    risk: RiskConfig = field(default_factory=RiskConfig)
 
 
 @dataclass
@@ -378,6 +401,27 @@ class ReconcilerConfig:
     targets: dict[str, TargetConfig] = field(default_factory=dict)
 
 
+def _check_instance(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or _check_host(host.strip("[]")):
+        return f"expected host:port (the bot's scrape target), got {_describe(value)}"
+    return None
+
+
+@dataclass
+class BotEntryConfig:
+    """One bot the operations side watches and heals: Prometheus scrapes `instance`, the reconciler acts on `url`."""
+
+    name: str = checked("paper-1", _check_name)
+    # What runs it (`trading-ops up --bot KIND`): paper, or a kind of bot_kinds.
+    kind: str = checked("paper", _check_name)
+    # host:port of its /metrics: the scrape target, and so the `instance` label of its series and alerts.
+    instance: str = checked("127.0.0.1:9101", _check_instance)
+    # Base URL of its control API (usually http://<instance>).
+    url: str = checked("http://127.0.0.1:9101", _check_http_url)
+    token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of this bot's control API")
+
+
 @dataclass
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -393,8 +437,32 @@ class Config:
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # The bots, declared once: the reconciler's targets and Prometheus's file_sd targets
+    # (`trading-ops config targets`) are derived from this list.
+    bots: list[BotEntryConfig] = field(default_factory=list)
+    # Bot kinds `trading-ops up --bot KIND` can run besides the built-in `paper`: KIND -> the bot's command line;
+    # {python} is this Python, {config} the stack's generated configuration file.
+    bot_kinds: dict[str, list[str]] = field(default_factory=dict)
     # Directory that relative paths in this file are resolved against (the file's own directory).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if self.bot.risk.daily_loss_limit is None:  # the older place of the daily loss limit
+            self.bot.risk.daily_loss_limit = self.paper.daily_loss_limit
+        for key, attr in (("name", "name"), ("instance", "instance")):
+            seen: set[str] = set()
+            for i, entry in enumerate(self.bots):
+                value = getattr(entry, attr)
+                if value in seen:
+                    raise ConfigError(f"bots[{i}].{key}", f"{value} is listed twice")
+                seen.add(value)
+        for kind, command in self.bot_kinds.items():
+            if _check_name(kind) or (problem := _check_command(command)):
+                raise ConfigError(f"bot_kinds.{kind}", _check_name(kind) or problem or "")
+        if self.bots:
+            if self.reconciler.targets:
+                raise ConfigError("reconciler.targets", "give the bots once, under bots: (targets are derived)")
+            self.reconciler.targets = {b.instance: TargetConfig(url=b.url, token=b.token) for b in self.bots}
 
     def path(self, value: str) -> Path:
         """Resolve a path from the configuration against the configuration file's directory."""

@@ -71,7 +71,7 @@ def _token_path(section: dict[str, Any], key: str, base: Path, default: str) -> 
     return Path(value) if value else (base / default).resolve()
 
 
-def build_app_config(source: Path | None, layout: Layout, ports: Ports) -> AppConfig:
+def build_app_config(source: Path | None, layout: Layout, ports: Ports, bot_kind: str = "paper") -> AppConfig:
     """Write the stack's configuration into the state dir: the user's file (or the defaults) with the bot and the
     reconciler on the stack's ports, tokens from files, and the reconciler pointed at the local servers."""
     if source is not None and source.exists():
@@ -101,9 +101,12 @@ def build_app_config(source: Path | None, layout: Layout, ports: Ports) -> AppCo
     rc["listen"] = {"host": HOST, "port": ports.reconciler}
     rc["prometheus_url"] = ports.url("prometheus")
     rc["alertmanager_url"] = ports.url("alertmanager")
-    # Prometheus labels the bot's series instance="<host>:<port>" of its scrape target: that is how the
-    # reconciler's bot action finds the control API.
-    rc["targets"] = {ports.address("bot"): {"url": ports.url("bot"), "token_file": str(control)}}
+    # The stack runs one bot: it is the bots: list (the reconciler's targets are derived from it, and Prometheus
+    # scrapes the same instance through its file_sd file). Prometheus labels the bot's series
+    # instance="<host>:<port>" of its scrape target: that is how the reconciler's bot action finds the control API.
+    rc.pop("targets", None)
+    entry = {"name": bot.get("name", "paper-1"), "kind": bot_kind, "instance": ports.address("bot")}
+    data["bots"] = [{**entry, "url": ports.url("bot"), "token_file": str(control)}]
     config = parse_config(data, base_dir=layout.state_dir.resolve())
     dump_yaml(
         layout.app_config,

@@ -95,6 +95,13 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="status refresh (default 1 on a terminal, 2 otherwise)",
     )
+    up.add_argument(
+        "--bot",
+        default="paper",
+        metavar="KIND",
+        help="the bot to run: paper (default: the paper bot with --chaos) or a kind of bot_kinds: in the "
+        "configuration (KIND -> its command line; {python} and {config} are filled in)",
+    )
     up.set_defaults(handler=handle)
 
 
@@ -113,6 +120,7 @@ def handle(args: argparse.Namespace, config: Config) -> int:
         node_exporter=args.node_exporter,
         config_path=args.config,
         log_level=args.log_level,
+        bot_kind=args.bot,
     )
     try:
         return run(options)
