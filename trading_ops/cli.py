@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from trading_ops import __version__
+from trading_ops import __version__, logsetup
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
 EXIT_OK = 0
@@ -49,14 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(config: Config, override: str | None) -> None:
-    level = override or config.logging.level
-    if config.logging.format == "json":
-        fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
-    # Alembic announces each of its plugins at INFO while it is imported: noise in every command's log.
-    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logsetup.setup(override or config.logging.level, config.logging.format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,14 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args, config) or EXIT_OK)
     except ConfigError as exc:
-        print(f"trading-ops: config: {exc}", file=sys.stderr)
+        logsetup.report(f"trading-ops: config: {exc}")
         return EXIT_USAGE
     except UsageError as exc:
-        print(f"trading-ops: {exc}", file=sys.stderr)
+        logsetup.report(f"trading-ops: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except Exception as exc:
         log.exception("%s failed", args.command)
-        print(f"trading-ops: {args.command} failed: {exc}", file=sys.stderr)
+        logsetup.report(f"trading-ops: {args.command} failed: {exc}")
         return EXIT_FAILURE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import math
 import os
@@ -26,6 +27,8 @@ SECRET_SUFFIXES = ("_file", "_env")
 # SQLAlchemy drivers the project supports; bare `postgresql` means psycopg 3 (psycopg2 is not a dependency).
 DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 POSTGRESQL_DRIVER = "postgresql+psycopg"
+# psycopg is the `postgres` extra, not a core dependency: without it a PostgreSQL URL is a one-line error.
+POSTGRESQL_DRIVER_MISSING = "PostgreSQL needs the psycopg driver: pip install 'trading-ops[postgres]'"
 # Names that end up in label values, file names and the journal: a word of letters, digits, `_`, `.`, `-`.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Spot symbols as BASE-QUOTE in capitals (BTC-USD); the quote must be paper.quote_asset.
@@ -503,6 +506,8 @@ class Config:
             url = prefix + str(self.path(url[len(prefix) :]))
         if url.startswith("postgresql://"):
             url = POSTGRESQL_DRIVER + url[len("postgresql") :]
+        if url.startswith(POSTGRESQL_DRIVER) and importlib.util.find_spec("psycopg") is None:
+            raise ConfigError("database.url", POSTGRESQL_DRIVER_MISSING)
         return url
 
 

@@ -25,6 +25,7 @@ from conftest import (
     alert,
     bot_targets,
     dead_owner,
+    engine_settled,
     make_config,
     payload,
     starts,
@@ -125,7 +126,7 @@ async def test_one_verified_run_per_episode(
     assert episode["state"] == "recovered", episode
     for _ in range(3):  # resends after the fact start nothing
         await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
-    await asyncio.sleep(0.3)
+    await engine_settled(client.app)
     assert fake_bot.commands() == ["reconnect"]
     detail = await (await client.get(f"/api/v1/episodes/{episode['id']}", headers=READ_AUTH)).json()
     assert detail["attempts"][0]["outcome"] == "success"
@@ -215,7 +216,7 @@ async def test_pause_executes_nothing_records_it_and_resume_runs_the_parked_epis
     assert episode["detail"].startswith("reconciler paused")
     assert [(a["outcome"], a["steps"]) for a in episode["attempts"]] == [("skipped", [])]
     assert "nothing executed" in episode["attempts"][0]["detail"]
-    await asyncio.sleep(0.3)  # polls go by: still parked, recorded once, nothing done
+    await engine_settled(client.app)  # polls go by: still parked, recorded once, nothing done
     assert fake_bot.calls == [] and len((await wait_state(client, {"waiting"}))["attempts"]) == 1
     assert "tradingops_paused 1.0" in await (await client.get("/metrics")).text()
     # Resume (what `trading-ops reconciler resume` does): the alert outlasted the pause, so the fix runs once.
@@ -277,7 +278,7 @@ async def test_an_alert_outlasting_its_maintenance_silence_is_fixed_once_after_i
     episode = await wait_state(client, {"recovered", "failed", "escalated", "resolved"}, deadline=30)
     assert episode["state"] == "recovered", episode
     assert [a["outcome"] for a in episode["attempts"]] == ["skipped", "success"]
-    await asyncio.sleep(0.3)
+    await engine_settled(client.app)
     assert fake_bot.commands() == ["reconnect"]
 
 
@@ -324,7 +325,7 @@ async def test_wait_for_does_nothing_when_the_alert_resolved_during_the_wait(
     episode = await wait_state(client, {"recovered", "resolved", "failed", "escalated"})
     assert episode["state"] == "resolved" and "no longer firing in Alertmanager" in episode["detail"]
     assert episode["attempts"] == []
-    await asyncio.sleep(0.3)
+    await engine_settled(client.app)
     assert fake_bot.calls == []
     assert 'tradingops_episodes_total{outcome="resolved"} 1.0' in await (await client.get("/metrics")).text()
 
@@ -412,7 +413,7 @@ async def test_resolved_cancels_verification_and_pending_retries(
     await client.post("/api/v1/alertmanager", json=payload(alert(status="resolved")), headers=AUTH)
     episode = await wait_state(client, {"resolved"})
     await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)  # late firing: nothing
-    await asyncio.sleep(0.3)
+    await engine_settled(client.app)
     assert fake_bot.commands() == ["reconnect"]
     assert episode["attempts"][-1]["outcome"] == "resolved"
     assert (await wait_state(client, {"resolved"}))["attempts"] == episode["attempts"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AUTH, STARTS_AT, ThreadedServer, alert, make_config, payload, write_playbook
+from conftest import AUTH, STARTS_AT, ThreadedServer, alert, engine_settled, make_config, payload, write_playbook
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_http import NON_ASCII_AUTH, raw_request
@@ -304,7 +304,7 @@ async def test_a_wake_up_racing_the_shutdown_does_not_keep_the_engine_alive(clie
     # Python 3.11's asyncio.wait_for returned normally when its event fired in the same tick as the
     # cancellation: the engine's loop went on forever and the reconciler never finished shutting down.
     engine_task = client.app[keys.TASKS][0]
-    await asyncio.sleep(0.1)  # the engine is idle, waiting for a wake-up
+    await engine_settled(client.app, passes=1)  # the engine is idle, waiting for a wake-up
     client.app[keys.ENGINE].wake.set()
     engine_task.cancel()
     await asyncio.wait([engine_task], timeout=5)
