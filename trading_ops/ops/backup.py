@@ -490,8 +490,7 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
         manifest = take_backup(config, trigger, progress)
         copied = copy_off_machine(config, manifest) if config.backup.copy_to else None
         pruned = apply_retention(config)
-    except Exception as exc:
-        log.error("backup (%s) failed: %s", trigger, exc)
+    except Exception as exc:  # reported by the caller (one line on the CLI, a log line from the schedule)
         _record(catalog, error=f"{type(exc).__name__}: {exc}")
         raise
     _record(catalog, manifest=manifest)
@@ -499,5 +498,11 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
 
 
 async def run_scheduled_backup(config: Config) -> BackupResult:
-    """The scheduled job: a backup run off the event loop (the reconciler keeps serving meanwhile)."""
-    return await asyncio.to_thread(run_backup, config, "scheduled")
+    """The scheduled job: a backup run off the event loop (the reconciler keeps serving meanwhile). A failure is
+    recorded (tradingops_backup_failures_total), logged and raised for the scheduler to record too."""
+    try:
+        return await asyncio.to_thread(run_backup, config, "scheduled")
+    except Exception as exc:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        log.error("scheduled backup failed: %s", lines[0] if lines else type(exc).__name__)
+        raise
