@@ -83,9 +83,26 @@ def prune_journal(engine: Engine, cutoff: datetime) -> dict[str, int]:
         )
     open_order = aliased(Order)
     for bot, venue, symbol, _ in books:
-        # The bot's last day with fills gives its realized P&L at a start (Journal.book_state): kept whole.
-        last_day_start = day_bounds(last_days[(bot, venue)].date())[0]
-        flat = _last_flat_fill(engine, bot, venue, symbol, min(cutoff, last_day_start))
+        # The bot's last day with fills gives its realized P&L at a start (Journal.book_state): kept whole. And
+        # only a whole prefix of a symbol's fills may go (a replay of what is left must end where the full one
+        # does), so the prefix ends before the first fill of an order still open.
+        horizon = min(cutoff, day_bounds(last_days[(bot, venue)].date())[0])
+        with engine.connect() as conn:
+            first_open = conn.execute(
+                select(func.min(Fill.executed_at)).where(
+                    Fill.bot == bot,
+                    Fill.venue == venue,
+                    Fill.symbol == symbol,
+                    exists().where(
+                        open_order.bot == Fill.bot,
+                        open_order.client_order_id == Fill.client_order_id,
+                        open_order.status.in_(OPEN_STATUSES),
+                    ),
+                )
+            ).scalar()
+        if first_open is not None:
+            horizon = min(horizon, first_open)
+        flat = _last_flat_fill(engine, bot, venue, symbol, horizon)
         if flat is None:
             continue
         at, row_id = flat
@@ -98,12 +115,6 @@ def prune_journal(engine: Engine, cutoff: datetime) -> dict[str, int]:
                 Fill.venue == venue,
                 Fill.symbol == symbol,
                 or_(Fill.executed_at < at, and_(Fill.executed_at == at, Fill.id <= row_id)),
-                # A fill of an order still open stays with it.
-                ~exists().where(
-                    open_order.bot == Fill.bot,
-                    open_order.client_order_id == Fill.client_order_id,
-                    open_order.status.in_(OPEN_STATUSES),
-                ),
             ),
         )
     deleted["orders"] = _delete_batches(
