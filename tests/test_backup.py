@@ -305,3 +305,51 @@ def test_postgres_errors_are_one_line(postgres_url: str, tmp_path: Path, capsys:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and 'database "no_such_database_here" does not exist' in err
     assert shutil.which("pg_dump") and shutil.which("pg_restore")
+
+
+def test_restore_refuses_a_postgresql_database_other_sessions_use(postgres_url: str, tmp_path: Path) -> None:
+    migrate.upgrade(postgres_url)
+    config = make_config(tmp_path, postgres_url)
+    manifest = run_backup(config).manifest
+    other = create_engine(postgres_url, connect_args={"application_name": "some-bot"})
+    with other.connect():
+        with pytest.raises(LiveDatabase, match=r"session some-bot \(pid \d+\)"):
+            restore_backup(config, manifest)
+    other.dispose()
+    assert restore_backup(config, manifest).safety is not None
+
+
+def test_progress_line_only_on_a_terminal() -> None:
+    import io
+
+    from trading_ops.ops.backup import TerminalProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        progress = TerminalProgress("backup", stream)
+        progress(512, 1024)
+        progress(1024, 1024)
+        progress.finish()
+    assert "backup: 50% (512/1024 pages)" in terminal.getvalue()
+    assert "backup: 100% (1024/1024 pages)" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\r\x1b[K")  # the line is wiped at the end
+    assert pipe.getvalue() == ""  # never in a log or a pipe
+
+
+async def test_the_scheduled_job_records_its_run(sqlite_url: str, tmp_path: Path) -> None:
+    from trading_ops.ops.backup import run_scheduled_backup
+
+    migrate.upgrade(sqlite_url)
+    config = make_config(tmp_path, sqlite_url)
+    result = await run_scheduled_backup(config)
+    assert result.manifest.trigger == "scheduled"
+    state = Catalog(config.path(config.backup.directory)).state.read()
+    assert state["last_id"] == result.manifest.id and state["runs_total"] == 1
+    bad = make_config(tmp_path, f"sqlite:///{tmp_path / 'missing' / 'db.sqlite'}")
+    with pytest.raises(FileNotFoundError):
+        await run_scheduled_backup(bad)
+    assert Catalog(config.path(config.backup.directory)).state.read()["failures_total"] == 1

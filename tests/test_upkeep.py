@@ -443,3 +443,16 @@ def test_the_committed_example_documents_the_defaults() -> None:
     defaults = parse_config({})
     assert example.backup == defaults.backup
     assert example.upkeep == defaults.upkeep
+
+
+async def test_the_scheduled_job_runs_every_task(tmp_path: Path) -> None:
+    from trading_ops.ops.upkeep import run_upkeep
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate.upgrade(url)
+    config = make_config(tmp_path, url)
+    write(tmp_path / "data" / "scratch" / "junk.bin", 4096, 0)
+    result = await run_upkeep(config)
+    assert result.failures == [] and result.vacuumed and result.bytes_freed == 4096
+    assert "reconciler_episodes" in result.rows_deleted and "bot_runs" in result.rows_deleted
+    assert collector(config).get_sample_value("tradingops_upkeep_runs_total") == 1
