@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -39,6 +38,7 @@ from trading_ops.ops.upkeep import run_upkeep_sync, state_path
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext
+from trading_ops.reconciler.cli import environment_for_steps
 from trading_ops.reconciler.playbook import load_configured_playbook
 
 MIB = 1024 * 1024
@@ -392,13 +392,10 @@ async def test_the_disk_rule_heals_a_paper_bot_filled_by_chaos(tmp_path: Path) -
         rule = load_configured_playbook("default").match(labels)
         assert rule is not None and rule.name == "disk-cleanup"
         (step,) = rule.steps
-        # What the reconciler gives its steps: its PATH (here: this venv's bin first) and its configuration's path.
-        env = {
-            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-            "TRADING_OPS_CONFIG": str(config_file),
-        }
-        old_env = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+        # What `trading-ops --config FILE reconciler` gives its steps: the configuration's path and, when its own
+        # bin directory (this virtualenv's) is not on PATH, that directory first.
+        old_env = {k: os.environ.get(k) for k in ("PATH", "TRADING_OPS_CONFIG")}
+        environment_for_steps(str(config_file))
         try:
             async with aiohttp.ClientSession() as session:
                 ctx = ActionContext(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +73,21 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.reconciler.app import create_app
 
     app = create_app(config)
-    if args.config:  # exec steps running `trading-ops ...` (the disk rule's cleanup) read this configuration too
-        os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    environment_for_steps(args.config)
     listen = config.reconciler.listen
     logging.getLogger(__name__).info("reconciler listening on http://%s:%d", listen.host, listen.port)
     web.run_app(app, host=listen.host, port=listen.port, print=None, access_log=None)
     return EXIT_OK
+
+
+def environment_for_steps(config_path: str | None) -> None:
+    """Exec steps running `trading-ops ...` (the disk rule's cleanup) read this configuration and run this
+    installation's trading-ops, even when its bin directory (a virtualenv's) is not on PATH."""
+    if config_path:
+        os.environ[CONFIG_ENV] = os.path.abspath(config_path)
+    bindir = os.path.dirname(sys.executable)
+    if shutil.which("trading-ops") is None and os.access(os.path.join(bindir, "trading-ops"), os.X_OK):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", os.defpath)
 
 
 def _ledger(config: Config) -> Ledger:
@@ -286,7 +297,6 @@ def circuits_list(args: argparse.Namespace, config: Config) -> int:
 def circuits_reset(args: argparse.Namespace, config: Config) -> int:
     import getpass
     import socket
-    import sys
 
     from trading_ops.db.base import utcnow
 
