@@ -353,3 +353,19 @@ async def test_the_scheduled_job_records_its_run(sqlite_url: str, tmp_path: Path
     with pytest.raises(FileNotFoundError):
         await run_scheduled_backup(bad)
     assert Catalog(config.path(config.backup.directory)).state.read()["failures_total"] == 1
+
+
+def test_a_tampered_manifest_is_ignored_not_followed(sqlite_url: str, tmp_path: Path) -> None:
+    migrate.upgrade(sqlite_url)
+    config = make_config(tmp_path, sqlite_url, keep_hourly=0, keep_daily=0, keep_weekly=0)
+    manifest = run_backup(config).manifest
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    catalog = Catalog(tmp_path / "backups")
+    forged = {**manifest.to_json(), "id": "20000101T000000000000Z", "file": "../victim.txt"}
+    (tmp_path / "backups" / "trading-ops-20000101T000000000000Z.manifest.json").write_text(json.dumps(forged))
+    assert [m.id for m in catalog.manifests()] == [manifest.id]  # unreadable as a backup: not listed
+    run_backup(config)  # retention (keeping only the newest) never touches what the forged manifest names
+    assert victim.read_text() == "precious"
+    with pytest.raises(BackupError, match="no backup '20000101T000000000000Z'"):
+        catalog.get("20000101T000000000000Z")

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -40,6 +41,7 @@ PARTIAL_SUFFIX = ".partial"
 STATE_FILE = "backup-state.json"
 DATA_SUFFIX = {"sqlite": ".sqlite", "postgresql": ".pgdump"}
 ID_FORMAT = "%Y%m%dT%H%M%S%fZ"
+ID_RE = re.compile(r"^\d{8}T\d{12}Z$")
 MANIFEST_VERSION = 1
 HASH_CHUNK = 1 << 20
 # A terminal progress line is rewritten at most this often.
@@ -79,7 +81,12 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
+        """A manifest as read from disk; ValueError when it names anything but a backup file of this catalog (a
+        manifest must never make retention delete, or restore read, a file elsewhere)."""
         values = dict(data)
+        name, backup_id = str(values.get("file", "")), str(values.get("id", ""))
+        if not ID_RE.match(backup_id) or name not in {f"{FILE_PREFIX}{backup_id}{s}" for s in DATA_SUFFIX.values()}:
+            raise ValueError(f"the manifest names {name[:80]!r}, not a backup file of its own")
         values["created_at"] = datetime.fromisoformat(values["created_at"]).astimezone(UTC)
         values["row_counts"] = {str(k): int(v) for k, v in values["row_counts"].items()}
         return cls(**values)
