@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import MetaData, create_engine, insert, select
 
 from tests.paper_helpers import TOKEN, counter_total, wait_for
+from trading_ops.bot.broker import Side
 from trading_ops.cli import main
 from trading_ops.config import Config, parse_config
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
-from trading_ops.db.models import BotRun
+from trading_ops.db.models import BotRun, Fill, Position
 from trading_ops.ops.backup import (
     BackupError,
     Catalog,
@@ -81,6 +84,21 @@ def backup_content(config: Config, manifest: Any) -> dict[str, list[tuple[Any, .
     return content(f"sqlite:///{path}")
 
 
+def positions_match_fills(url: str) -> bool:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            sums: dict[str, Decimal] = defaultdict(Decimal)
+            for symbol, side, quantity in conn.execute(select(Fill.symbol, Fill.side, Fill.quantity)):
+                sums[symbol] += Side(side).sign * Decimal(quantity)
+            positions = {s: Decimal(q) for s, q in conn.execute(select(Position.symbol, Position.quantity))}
+    finally:
+        engine.dispose()
+    assert sums, "no fills"
+    assert {s: q for s, q in positions.items() if q} == {s: q for s, q in sums.items() if q}
+    return True
+
+
 async def trading_bot(config: Config) -> PaperBot:
     bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), chaos=True)
     bot.port = await bot.start("127.0.0.1", 0)
@@ -122,6 +140,9 @@ async def test_backup_while_the_paper_bot_trades_restores_that_moment(
     if dialect == "sqlite":
         assert now == backup_content(config, manifest)
     assert set(now["fills"]) < set(after_trading["fills"])
+    # One moment, not a torn copy: each fill is journaled with its position in one transaction, so in the restored
+    # journal every position is the sum of its fills.
+    assert positions_match_fills(url)
     # The safety backup holds what the database had just before the restore.
     assert restored.safety is not None and restored.safety.trigger == "safety"
     assert restored.safety.row_counts == {t: len(rows) for t, rows in after_trading.items()}
