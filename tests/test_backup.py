@@ -19,6 +19,7 @@ from freezegun import freeze_time
 from prometheus_client import CollectorRegistry
 from sqlalchemy import MetaData, create_engine, insert, select
 
+from tests.conftest import free_port
 from tests.paper_helpers import TOKEN, counter_total, wait_for
 from trading_ops.bot.broker import Side
 from trading_ops.cli import main
@@ -58,6 +59,8 @@ def make_config(tmp_path: Path, url: str, **backup: Any) -> Config:
             "paper": PAPER,
             "recovery": {"heartbeat_interval_seconds": 0.1, "crash_timeout_seconds": 0.5},
             "backup": {"directory": str(tmp_path / "backups"), **backup},
+            # Nothing answers there: a reconciler another test runs on the default port is not this database's.
+            "reconciler": {"listen": {"port": free_port()}},
         },
         base_dir=tmp_path,
     )
@@ -200,7 +203,7 @@ def write_yaml(tmp_path: Path, url: str, extra: str = "") -> Path:
     path = tmp_path / "trading-ops.yaml"
     path.write_text(
         f"database:\n  url: {url}\nbot:\n  data_dir: {tmp_path / 'data'}\n"
-        f"backup:\n  directory: {tmp_path / 'backups'}\n{extra}"
+        f"reconciler:\n  listen:\n    port: {free_port()}\nbackup:\n  directory: {tmp_path / 'backups'}\n{extra}"
     )
     return path
 
@@ -390,3 +393,37 @@ def test_a_tampered_manifest_is_ignored_not_followed(sqlite_url: str, tmp_path: 
     assert victim.read_text() == "precious"
     with pytest.raises(BackupError, match="no backup '20000101T000000000000Z'"):
         catalog.get("20000101T000000000000Z")
+
+
+async def test_restore_refuses_while_the_reconciler_serves(sqlite_url: str, tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from trading_ops.reconciler.app import create_app
+
+    migrate.upgrade(sqlite_url)
+    (tmp_path / "webhook-token").write_text("t" * 32)
+    port = free_port()
+    config = parse_config(
+        {
+            "database": {"url": sqlite_url},
+            "bot": {"data_dir": str(tmp_path / "data")},
+            "backup": {"directory": str(tmp_path / "backups")},
+            "reconciler": {
+                "listen": {"port": port},
+                "token_file": str(tmp_path / "webhook-token"),
+                "check_silences": False,
+                "watchdog": {"window_seconds": 0},
+            },
+        },
+        base_dir=tmp_path,
+    )
+    manifest = run_backup(config).manifest
+    runner = web.AppRunner(create_app(config, registry=CollectorRegistry()))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with pytest.raises(LiveDatabase, match=f"a reconciler answers on http://127.0.0.1:{port}"):
+            await asyncio.to_thread(restore_backup, config, manifest)
+    finally:
+        await runner.cleanup()
+    assert (await asyncio.to_thread(restore_backup, config, manifest)).manifest == manifest

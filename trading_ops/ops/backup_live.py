@@ -1,10 +1,12 @@
-"""Who is using a database right now: a bot's single-instance lock or fresh heartbeat, a reconciler's lease, other
-PostgreSQL sessions. `restore` refuses to replace a database in use."""
+"""Who is using a database right now: a bot's single-instance lock or fresh heartbeat, the configured reconciler
+answering or a reconciler's lease, other PostgreSQL sessions. `restore` refuses to replace a database in use."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,6 +36,24 @@ def locked_instance_files(data_dir: Path) -> list[Path]:
     return held
 
 
+# How long the configured reconciler gets to answer before it counts as not running.
+PROBE_TIMEOUT_SECONDS = 1.0
+
+
+def reconciler_answering(config: Config) -> str | None:
+    """The configured reconciler's address when a trading-ops reconciler answers there (its episodes API), else
+    None. A running reconciler caches what it stored: a database replaced under it would lose notifications."""
+    listen = config.reconciler.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
+    url = f"http://{f'[{host}]' if ':' in host else host}:{listen.port}/api/v1/episodes?limit=1"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_SECONDS) as response:
+            body = json.loads(response.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    return url.split("/api/", maxsplit=1)[0] if isinstance(body, dict) and "episodes" in body else None
+
+
 def _database_users(conn: Connection, fresh_seconds: float) -> list[str]:
     users = []
     tables = set(inspect(conn).get_table_names())
@@ -59,6 +79,8 @@ def _database_users(conn: Connection, fresh_seconds: float) -> list[str]:
 def live_users(config: Config, url: str) -> list[str]:
     """Everything that shows the database at `url` is in use (empty: nobody is)."""
     users = [f"a bot holds {p}" for p in locked_instance_files(config.path(config.bot.data_dir))]
+    if (address := reconciler_answering(config)) is not None:
+        users.append(f"a reconciler answers on {address}")
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
