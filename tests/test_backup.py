@@ -427,3 +427,18 @@ async def test_restore_refuses_while_the_reconciler_serves(sqlite_url: str, tmp_
     finally:
         await runner.cleanup()
     assert (await asyncio.to_thread(restore_backup, config, manifest)).manifest == manifest
+
+
+def test_restoring_an_older_schema_then_upgrading(database_url: str, tmp_path: Path, capsys: Any) -> None:
+    migrate.upgrade(database_url, "0006")
+    config_path = write_yaml(tmp_path, database_url)
+    assert main(["--config", str(config_path), "backup", "run"]) == 0
+    migrate.upgrade(database_url)  # a later release added a table
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "restore", "latest"]) == 0
+    out = capsys.readouterr().out
+    assert "the restored schema is at revision 0006: run `trading-ops db upgrade`" in out
+    tables = content(database_url)
+    assert "reconciler_audit" not in tables and tables["alembic_version"] == [("0006",)]
+    migrate.upgrade(database_url)  # and the migrations bring it forward again
+    migrate.check(database_url)

@@ -388,8 +388,15 @@ def restore_backup(config: Config, manifest: Manifest, *, force: bool = False) -
         backup_postgres.restore(url, path, config.backup.pg_restore, config.backup.timeout_seconds, clean=True)
         engine = make_engine(url)
         try:
+            with engine.begin() as conn:
+                # pg_restore --clean drops only what the dump holds: tables a later migration added are dropped
+                # too, so the database is the backup's (and `db upgrade` can bring it forward again).
+                quote = conn.dialect.identifier_preparer.quote
+                for table in set(inspect(conn).get_table_names()) - set(manifest.row_counts):
+                    log.warning("restore: dropping table %s, which backup %s does not have", table, manifest.id)
+                    conn.execute(text(f"DROP TABLE {quote(table)} CASCADE"))
             with engine.connect() as conn:
-                counts = {t: n for t, n in row_counts(conn).items() if t in manifest.row_counts}
+                counts = row_counts(conn)
         finally:
             engine.dispose()
     _compare_counts(manifest, counts, "after the restore")

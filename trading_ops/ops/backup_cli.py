@@ -142,7 +142,20 @@ def backup_restore(args: argparse.Namespace, config: Config) -> int:
         f"database restored from backup {manifest.id} ({sum(manifest.row_counts.values())} rows), {safety}; "
         f"{result.duration_seconds:.2f}s"
     )
+    head = _schema_head(config)
+    if manifest.schema_revision != head:
+        print(
+            f"the restored schema is at revision {manifest.schema_revision}: run `trading-ops db upgrade` (to {head})"
+        )
     return EXIT_OK
+
+
+def _schema_head(config: Config) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    from trading_ops.db.migrate import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config(config.database_url())).get_current_head()
 
 
 def upkeep_run(args: argparse.Namespace, config: Config) -> int:
