@@ -4,7 +4,8 @@ The journal is written through the models (bulk inserts of Order and Fill rows, 
 journal would hold them). For each database: `trading-ops backup` (take: consistent copy + checksum + row counts +
 manifest), `verify` (restore into a scratch database, integrity, counts) and `restore`, with their sizes; and, as
 the baseline measured in the same run, the bare copy the backup is built on: a file copy of the SQLite database, a
-plain `pg_dump -Fc` of the PostgreSQL one. The ratio is what the manifest, checksum and consistency add.
+plain `pg_dump -Fc` of the PostgreSQL one. The ratio is what the manifest, checksum and consistency add. Then
+upkeep on the same journal: retention of everything but its last day, and VACUUM/ANALYZE.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models import Fill, Order
 from trading_ops.ops.backup import restore_backup, run_backup, verify_backup
 from trading_ops.ops.backup_postgres import libpq_env
+from trading_ops.ops.upkeep import run_upkeep_sync
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BATCH = 5000
@@ -115,6 +117,17 @@ def measure(url: str, directory: Path, baseline: Any) -> dict[str, Any]:
     manifest = result.manifest
     verify_seconds, _ = timed(verify_backup, config, manifest)
     restore_seconds, restored = timed(restore_backup, config, manifest, force=True)
+    # Upkeep on the same journal: retention of fills older than a day (all but the last day's), then VACUUM.
+    upkeep_config = parse_config(
+        {
+            "database": {"url": url},
+            "bot": {"data_dir": str(directory / "data")},
+            "upkeep": {"journal_retention_days": 1},
+        },
+        base_dir=directory,
+    )
+    retention_seconds, retention = timed(run_upkeep_sync, upkeep_config, ("retention",))
+    vacuum_seconds, vacuum = timed(run_upkeep_sync, upkeep_config, ("vacuum",))
     return {
         "fills": manifest.row_counts["fills"],
         "orders": manifest.row_counts["orders"],
@@ -127,6 +140,10 @@ def measure(url: str, directory: Path, baseline: Any) -> dict[str, Any]:
         "baseline_bytes": baseline_bytes,
         "backup_vs_baseline": round(backup_seconds / baseline_seconds, 2),
         "verify_vs_backup": round(verify_seconds / backup_seconds, 2),
+        "retention_seconds": round(retention_seconds, 3),
+        "retention_rows_deleted": {t: n for t, n in retention.rows_deleted.items() if n},
+        "vacuum_seconds": round(vacuum_seconds, 3),
+        "vacuum_failures": vacuum.failures,
     }
 
 
