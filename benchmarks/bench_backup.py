@@ -163,9 +163,20 @@ def bench_sqlite(fills: int, directory: Path) -> dict[str, Any]:
         seconds, _ = timed(shutil.copyfile, db, directory / "copy.db")
         return seconds, (directory / "copy.db").stat().st_size
 
+    size = db.stat().st_size
     result = measure(url, directory, file_copy)
-    result["database_bytes"] = db.stat().st_size
+    result["database_bytes"] = size
+    result["database_bytes_after_upkeep"] = db.stat().st_size
     return result
+
+
+def database_size(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def bench_postgres(fills: int, directory: Path) -> dict[str, Any]:
@@ -186,13 +197,10 @@ def bench_postgres(fills: int, directory: Path) -> dict[str, Any]:
             seconds, _ = timed(subprocess.run, argv, env=libpq_env(make_url(url)), check=True)
             return seconds, target.stat().st_size
 
+        size = database_size(url)
         result = measure(url, directory, plain_pg_dump)
-        engine = create_engine(url)
-        with engine.connect() as conn:
-            result["database_bytes"] = int(
-                conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
-            )
-        engine.dispose()
+        result["database_bytes"] = size
+        result["database_bytes_after_upkeep"] = database_size(url)
         return result
     finally:
         with admin.connect() as conn:
