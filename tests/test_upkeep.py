@@ -310,6 +310,9 @@ def test_cleanup_by_age_and_size_touches_only_what_it_may(tmp_path: Path, capsys
     newest = write(logs / "bot.log.4", 1500, 3600)
     live = write(logs / "bot.log", 5000, 30 * 86400)  # the live log does not match the pattern
     outside = write(tmp_path / "elsewhere" / "keep.log.1", 100, 30 * 86400)
+    stray = write(logs / "cache.log.7", 0, 30 * 86400)  # a database under another name: known by its header
+    stray.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    os.utime(stray, (0, 0))
     (logs / "link.log.9").symlink_to(outside)
     (logs / "linked").symlink_to(outside.parent, target_is_directory=True)
     os.utime(logs / "link.log.9", (0, 0), follow_symlinks=False)
@@ -319,7 +322,7 @@ def test_cleanup_by_age_and_size_touches_only_what_it_may(tmp_path: Path, capsys
     # Age: bot.log.1 (10 days) goes. Size: 3,500 bytes left over 3,000, so the oldest of the rest goes (bot.log.2).
     assert not old.exists() and not middle.exists()
     assert newer.exists() and newest.exists() and live.exists() and outside.exists()
-    assert (logs / "oops.log.db").exists() and (logs / "link.log.9").is_symlink()
+    assert (logs / "oops.log.db").exists() and stray.exists() and (logs / "link.log.9").is_symlink()
     assert "cleanup logs" in out and "2 file(s)" in out
     registry = collector(config)
     assert registry.get_sample_value("tradingops_cleanup_deleted_bytes_total", {"directory": "logs"}) == 2000
@@ -453,3 +456,18 @@ async def test_the_scheduled_job_runs_every_task(tmp_path: Path) -> None:
     assert result.failures == [] and result.vacuumed and result.bytes_freed == 4096
     assert "reconciler_episodes" in result.rows_deleted and "bot_runs" in result.rows_deleted
     assert collector(config).get_sample_value("tradingops_upkeep_runs_total") == 1
+
+
+def test_cleanup_runs_where_the_database_url_cannot_be_read(tmp_path: Path, capsys: Any) -> None:
+    # A reconciler's step gets a minimal environment: a database URL from a variable is not there. Cleanup needs the
+    # URL only to protect an SQLite file, and knows databases by their header anyway.
+    write(tmp_path / "data" / "scratch" / "junk.bin", 1000, 0)
+    db = write(tmp_path / "data" / "scratch" / "journal.db", 0, 0)
+    db.write_bytes(b"SQLite format 3\x00" + bytes(4080))
+    path = tmp_path / "trading-ops.yaml"
+    path.write_text(f"database:\n  url_env: TRADING_OPS_TEST_UNSET_URL\nbot:\n  data_dir: {tmp_path / 'data'}\n")
+    os.environ.pop("TRADING_OPS_TEST_UNSET_URL", None)
+    capsys.readouterr()
+    assert main(["--config", str(path), "upkeep", "cleanup"]) == 0
+    assert "cleanup scratch" in capsys.readouterr().out
+    assert not (tmp_path / "data" / "scratch" / "junk.bin").exists() and db.exists()

@@ -21,6 +21,8 @@ from trading_ops.durations import parse_duration
 log = logging.getLogger(__name__)
 
 DATA_DIR_PLACEHOLDER = "{data_dir}"
+# The first bytes of every SQLite database: such a file is never deleted, whatever its name or place.
+SQLITE_HEADER = b"SQLite format 3\x00"
 # Beside an SQLite database: its WAL, shared memory and rollback journal.
 SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
 
@@ -67,7 +69,11 @@ def protected_paths(config: Config) -> tuple[set[Path], list[Path]]:
     """Files cleanup never deletes (the SQLite database and its companions) and directories it never enters
     (the backups and their off-machine copy)."""
     files: set[Path] = set()
-    url = make_url(config.database_url())
+    try:
+        url = make_url(config.database_url())
+    except ConfigError as exc:  # e.g. url_env unset in a step's environment: SQLITE_HEADER still guards
+        log.warning("cleanup: the database URL cannot be read (%s); databases are known by their header", exc)
+        url = make_url("sqlite://")
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         base = str(Path(url.database).resolve())
         files.update(Path(base + suffix) for suffix in SQLITE_COMPANIONS)
@@ -99,7 +105,7 @@ def clean_directory(
                 info = path.lstat()
             except OSError:
                 continue  # gone meanwhile
-            if stat.S_ISREG(info.st_mode):
+            if stat.S_ISREG(info.st_mode) and not _is_sqlite(path):
                 candidates.append((info.st_mtime, info.st_size, path))
     candidates.sort()
     keep: list[tuple[float, int, Path]] = []
@@ -127,6 +133,14 @@ def clean_directory(
             result.failures,
         )
     return result
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
 
 
 def _delete(path: Path, size: int, result: CleanupResult) -> bool:
