@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,10 +15,14 @@ from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_co
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# The configuration file when --config is not given (the reconciler sets it for the commands its steps start, so
+# the disk rule's `trading-ops upkeep cleanup` reads the reconciler's own configuration).
+CONFIG_ENV = "TRADING_OPS_CONFIG"
 # Modules that contribute subcommands; each has `register(subparsers)` and sets `handler(args, config)`.
 COMMAND_MODULES = (
     "trading_ops.commands.config_cmd",
     "trading_ops.commands.db_cmd",
+    "trading_ops.ops.backup_cli",
     "trading_ops.paper.cli",
     "trading_ops.reconciler.cli",
     "trading_ops.stack.cli",
@@ -34,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trading-ops", description="Operations for automated trading bots.")
     parser.add_argument("--version", action="version", version=f"trading-ops {__version__}")
     parser.add_argument(
-        "--config", "-c", default=None, help=f"configuration file (default: {DEFAULT_CONFIG_PATH} if it exists)"
+        "--config",
+        "-c",
+        default=None,
+        help=f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH} if it exists)",
     )
     parser.add_argument(
         "--log-level",
@@ -55,6 +63,8 @@ def setup_logging(config: Config, override: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.config is None and os.environ.get(CONFIG_ENV):
+        args.config = os.environ[CONFIG_ENV]
     try:
         config = load_config(args.config, must_exist=args.config is not None)
     except ConfigError as exc:

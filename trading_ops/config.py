@@ -434,6 +434,37 @@ def _check_instance(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or _check_host(host.strip("[]")):
         return f"expected host:port (the bot's scrape target), got {_describe(value)}"
+# ---- backup and upkeep (trading_ops.ops) ------------------------------------------------------------------------
+# A five-field cron expression (minute hour day-of-month month day-of-week): numbers, `*`, lists, ranges, steps.
+CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+
+
+def _check_cron(value: str) -> str | None:
+    fields = value.split()
+    if len(fields) != 5 or not all(CRON_FIELD.match(f) for f in fields):
+        return f"expected a cron expression of five fields such as '0 * * * *', got {_describe(value)}"
+    return None
+
+
+def _check_time_zone(value: str) -> str | None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {_describe(value)} (an IANA name such as UTC or America/New_York)"
+    return None
+
+
+def _check_optional_duration(value: str) -> str | None:
+    from trading_ops.durations import parse_duration
+
+    if value == "":
+        return None
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -449,6 +480,66 @@ class BotEntryConfig:
     # Base URL of its control API (usually http://<instance>).
     url: str = checked("http://127.0.0.1:9101", _check_http_url)
     token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of this bot's control API")
+class BackupConfig:
+    # Where backups and their manifests are kept (relative to this file's directory).
+    directory: str = checked("var/backups", _check_nonempty)
+    # When the scheduled backup runs (cron, in time_zone).
+    schedule: str = checked("0 * * * *", _check_cron)
+    time_zone: str = checked("UTC", _check_time_zone)
+    # Grandfather-father-son retention: the newest backup of each of the last N hours, days and ISO weeks.
+    keep_hourly: int = bounded(24, min=0)
+    keep_daily: int = bounded(7, min=0)
+    keep_weekly: int = bounded(4, min=0)
+    # Also copy each backup and its manifest to this directory (another disk, a mounted remote); empty = no copy.
+    copy_to: str = ""
+    # `restore` refuses a database a bot or the reconciler used this recently (heartbeat, lease) without --force.
+    live_seconds: float = bounded(60.0, min=0)
+    # PostgreSQL client programs (from postgresql-client), found on PATH unless a path is given.
+    pg_dump: str = checked("pg_dump", _check_nonempty)
+    pg_restore: str = checked("pg_restore", _check_nonempty)
+    timeout_seconds: float = bounded(3600.0, min=1)
+
+
+@dataclass
+class CleanupDirConfig:
+    # `{data_dir}` in path is bot.data_dir. Only regular files under path matching pattern are ever deleted.
+    path: str = checked("{data_dir}/scratch", _check_nonempty)
+    pattern: str = checked("*", _check_nonempty)
+    # Files older than this are deleted ("" = no age rule) ...
+    max_age: str = checked("", _check_optional_duration)
+    # ... then the oldest until the matching files total at most this many bytes (-1 = no size rule).
+    max_bytes: int = bounded(-1, min=-1)
+
+
+def _default_cleanup() -> dict[str, CleanupDirConfig]:
+    return {
+        # The paper bot's fill_disk chaos and other throwaway files: disposable, all of it.
+        "scratch": CleanupDirConfig(path="{data_dir}/scratch", pattern="*", max_bytes=0),
+        # Rotated logs: a week, at most 1 GiB.
+        "logs": CleanupDirConfig(path="{data_dir}/log", pattern="*.log.*", max_age="7d", max_bytes=1 << 30),
+        "tmp": CleanupDirConfig(path="{data_dir}/tmp", pattern="*", max_age="1d"),
+    }
+
+
+@dataclass
+class UpkeepConfig:
+    schedule: str = checked("30 3 * * *", _check_cron)
+    time_zone: str = checked("UTC", _check_time_zone)
+    # VACUUM/ANALYZE (SQLite: PRAGMA optimize, VACUUM, ANALYZE; PostgreSQL: VACUUM (ANALYZE)).
+    vacuum: bool = True
+    # Journal rows (closed orders, fills of positions since flat again) older than this many days are deleted;
+    # 0 keeps them forever. Never an open order, never the fills of a position that is still open.
+    journal_retention_days: int = bounded(0, min=0)
+    # Bot runs, recovery events and reconciliation runs older than this many days (0 = forever); a bot's last
+    # run and unnotified events are kept. Ledger rows follow reconciler.retention_days.
+    recovery_retention_days: int = bounded(90, min=0)
+    # Directories cleaned by age and size, by name (the name labels the metrics).
+    cleanup: dict[str, CleanupDirConfig] = field(default_factory=_default_cleanup)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        for name in self.cleanup:
+            if problem := _check_name(name):
+                raise ConfigError(f"{prefix}.cleanup.{name}", problem)
 
 
 @dataclass
@@ -472,6 +563,8 @@ class Config:
     # Bot kinds `trading-ops up --bot KIND` can run besides the built-in `paper`: KIND -> the bot's command line;
     # {python} is this Python, {config} the stack's generated configuration file.
     bot_kinds: dict[str, list[str]] = field(default_factory=dict)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+    upkeep: UpkeepConfig = field(default_factory=UpkeepConfig)
     # Directory that relative paths in this file are resolved against (the file's own directory).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 

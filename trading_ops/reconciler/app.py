@@ -21,6 +21,7 @@ from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
+from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.http import ACTION as HTTP_ACTION
 from trading_ops.reconciler.actions.http import host_allowed
@@ -78,6 +79,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[keys.METRICS] = ReconcilerMetrics(app[keys.REGISTRY])
+    # Backups and upkeep run from the CLI and the schedule; their records on disk are exported here.
+    register_ops_metrics(config, app[keys.REGISTRY])
     # Every configured bot has its circuit series from the start (0), not only once one opened.
     app[keys.METRICS].snapshot.known_targets.update(rc.targets)
     try:

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, exist
 from sqlalchemy.dialects import postgresql, sqlite
 
 from trading_ops.db.base import utcnow
-from trading_ops.db.models.ledger import Attempt, Episode, Notification, Setting, Step, Target
+from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Notification, Setting, Step, Target
 from trading_ops.reconciler.processes import owner_is_dead
 
 OPEN_STATES = ("pending", "waiting", "running", "verifying", "interrupted")
@@ -49,6 +49,8 @@ S = cast(Table, Step.__table__)
 T = cast(Table, Target.__table__)
 N = cast(Table, Notification.__table__)
 SET = cast(Table, Setting.__table__)
+AUDIT = cast(Table, AuditEntry.__table__)
+CIRCUIT_RESET = "circuit_reset"
 
 
 @dataclass
@@ -615,10 +617,17 @@ class Ledger:
         return until if until > now else None
 
     def actions_last_hour(self, now: datetime, target: str | None = None) -> int:
-        cond = [S.c.budgeted.is_(True), S.c.started_at > now - timedelta(hours=1), S.c.outcome.in_(EXECUTED_OUTCOMES)]
-        if target is not None:
-            cond.append(S.c.target == target)
+        """Budgeted actions on `target` (every target when None) in the last hour, or since its circuit was reset."""
+        since = now - timedelta(hours=1)
         with self.engine.connect() as conn:
+            reset = conn.execute(
+                select(T.c.budget_reset_at).where(T.c.name == (GLOBAL_TARGET if target is None else target))
+            ).scalar()
+            if reset is not None and reset > since:
+                since = reset
+            cond = [S.c.budgeted.is_(True), S.c.started_at > since, S.c.outcome.in_(EXECUTED_OUTCOMES)]
+            if target is not None:
+                cond.append(S.c.target == target)
             return int(conn.execute(select(func.count()).select_from(S).where(*cond)).scalar_one())
 
     def circuit_open_until(self, target: str, now: datetime) -> datetime | None:
@@ -638,6 +647,49 @@ class Ledger:
                     .values(circuit_open_until=until)
                 ).rowcount
             )
+
+    def open_circuits(self, now: datetime) -> list[dict[str, Any]]:
+        """Every open circuit: target, open_until, and its budgeted actions in the last hour."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(T.c.name, T.c.circuit_open_until).where(T.c.circuit_open_until > now).order_by(T.c.name)
+            ).all()
+        return [
+            {
+                "target": name,
+                "open_until": until,
+                "actions_last_hour": self.actions_last_hour(now, None if name == GLOBAL_TARGET else name),
+            }
+            for name, until in rows
+        ]
+
+    def reset_circuit(self, target: str, actor: str, now: datetime) -> datetime | None:
+        """Close `target`'s open circuit and restart its action budget from now, with an audit entry; the time it
+        would have stayed open until, or None when it was not open (nothing is changed or recorded then)."""
+        with self.tx() as conn:
+            until = conn.execute(
+                select(T.c.circuit_open_until).where(T.c.name == target, T.c.circuit_open_until > now)
+            ).scalar()
+            if until is None:
+                return None
+            conn.execute(update(T).where(T.c.name == target).values(circuit_open_until=None, budget_reset_at=now))
+            conn.execute(
+                insert(AUDIT).values(
+                    at=now,
+                    action=CIRCUIT_RESET,
+                    target=target,
+                    actor=actor,
+                    detail=f"circuit was open until {until.isoformat()}; action budget restarted",
+                )
+            )
+        return cast(datetime, until)
+
+    def audit_entries(self, limit: int = 50, target: str | None = None) -> list[dict[str, Any]]:
+        stmt = select(AUDIT).order_by(AUDIT.c.id.desc()).limit(limit)
+        if target is not None:
+            stmt = stmt.where(AUDIT.c.target == target)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
 
     def get_setting(self, key: str, default: str = "") -> str:
         with self.engine.connect() as conn:
