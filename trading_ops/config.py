@@ -434,6 +434,9 @@ def _check_instance(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or _check_host(host.strip("[]")):
         return f"expected host:port (the bot's scrape target), got {_describe(value)}"
+    return None
+
+
 # ---- backup and upkeep (trading_ops.ops) ------------------------------------------------------------------------
 # A five-field cron expression (minute hour day-of-month month day-of-week): numbers, `*`, lists, ranges, steps.
 CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
@@ -480,6 +483,9 @@ class BotEntryConfig:
     # Base URL of its control API (usually http://<instance>).
     url: str = checked("http://127.0.0.1:9101", _check_http_url)
     token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of this bot's control API")
+
+
+@dataclass
 class BackupConfig:
     # Where backups and their manifests are kept (relative to this file's directory).
     directory: str = checked("var/backups", _check_nonempty)
