@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import urllib.error
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -41,17 +42,23 @@ PROBE_TIMEOUT_SECONDS = 1.0
 
 
 def reconciler_answering(config: Config) -> str | None:
-    """The configured reconciler's address when a trading-ops reconciler answers there (its episodes API), else
-    None. A running reconciler caches what it stored: a database replaced under it would lose notifications."""
+    """The configured reconciler's address when a trading-ops reconciler answers there (its episodes API, asked with
+    the read token when this configuration has it; a 401 from that API is an answer too), else None. A running
+    reconciler caches what it stored: a database replaced under it would lose notifications."""
     listen = config.reconciler.listen
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
-    url = f"http://{f'[{host}]' if ':' in host else host}:{listen.port}/api/v1/episodes?limit=1"
+    base = f"http://{f'[{host}]' if ':' in host else host}:{listen.port}"
+    request = urllib.request.Request(f"{base}/api/v1/episodes?limit=1")
+    if config.reconciler.read_token:
+        request.add_header("Authorization", f"Bearer {config.reconciler.read_token}")
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_SECONDS) as response:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_SECONDS) as response:
             body = json.loads(response.read(1 << 20))
+    except urllib.error.HTTPError as exc:
+        return base if exc.code == 401 else None
     except (OSError, ValueError):
         return None
-    return url.split("/api/", maxsplit=1)[0] if isinstance(body, dict) and "episodes" in body else None
+    return base if isinstance(body, dict) and "episodes" in body else None
 
 
 def _database_users(conn: Connection, fresh_seconds: float) -> list[str]:
