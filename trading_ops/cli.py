@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from trading_ops import __version__
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from trading_ops.db.errors import database_problem
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -79,6 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except Exception as exc:
+        problem = database_problem(exc, _database_url(config))
+        if problem is not None:
+            print(f"trading-ops: {args.command}: {problem.message}", file=sys.stderr)
+            return problem.exit_status
         log.exception("%s failed", args.command)
         print(f"trading-ops: {args.command} failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _database_url(config: Config) -> str | None:
+    try:
+        return config.database_url()
+    except ConfigError:
+        return None

@@ -13,10 +13,10 @@ import aiohttp
 
 from trading_ops.cli import UsageError
 from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.db.errors import NOT_MIGRATED
 
 log = logging.getLogger(__name__)
 CHAOS_TIMEOUT_SECONDS = 10
-NOT_MIGRATED = "database is not migrated: run `trading-ops db upgrade`"
 EXIT_ALREADY_RUNNING = 1
 
 
