@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from trading_ops import __version__
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
@@ -31,8 +32,15 @@ class UsageError(Exception):
     """Bad usage discovered after parsing (a wrong argument value); exits 2 with one line."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line (the usage synopsis is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trading-ops", description="Operations for automated trading bots.")
+    parser = Parser(prog="trading-ops", description="Operations for automated trading bots.")
     parser.add_argument("--version", action="version", version=f"trading-ops {__version__}")
     parser.add_argument(
         "--config", "-c", default=None, help=f"configuration file (default: {DEFAULT_CONFIG_PATH} if it exists)"

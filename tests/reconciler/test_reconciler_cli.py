@@ -76,7 +76,8 @@ async def test_history_prints_attempts_and_steps_and_json_exactly_as_the_api(
     assert lines[row + 1].split()[:3] == ["attempt", "1", "failure"] and "by host-1:x" in lines[row + 1]
     assert lines[row + 2].split()[:5] == ["1.", "bot", "command=reconnect", "[safe]", "failure"]
     assert lines[row + 2].split()[5].endswith(("ms", "s"))
-    assert lines[row + 3].strip().startswith("HTTP 502 xxx") and lines[row + 3].endswith("... (+2 lines)")
+    # The first line (cut) and the last one, which usually names the error, and how many lines are left out.
+    assert lines[row + 3].strip().startswith("HTTP 502 xxx") and lines[row + 3].endswith("...: third line (+1 lines)")
     assert len(lines[row + 3].strip()) <= 80
     assert main(["-c", cfg, "reconciler", "history", "--brief"]) == 0
     assert not any(line.strip().startswith("attempt") for line in capsys.readouterr().out.splitlines())

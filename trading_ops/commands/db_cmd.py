@@ -86,7 +86,7 @@ def upgrade(args: argparse.Namespace, config: Config) -> int:
     if current == ({target} if target else set()):
         print(f"database already at {_at(current)}")
         return 0
-    if _older_than_current(current, target):
+    if target is None or _older_than_current(current, target):
         raise UsageError(
             f"database is at {_at(current)}; {target or 'base'} is older: that is a downgrade, which drops data "
             f"(`trading-ops db downgrade {target or 'base'} --yes`)"
