@@ -7,6 +7,7 @@ Needs promtool and amtool for the configuration checks, and prometheus and prome
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -22,6 +23,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +376,52 @@ def test_status_line_names_alerts_open_episodes_and_the_last_action() -> None:
     assert line.startswith("alerts firing: 3 (TradingBotBrokerDisconnected x2, TradingBotMarketDataStale)")
     assert "watchdog: ok" in line and "episodes open: 1" in line and "last action: bot command=resubscribe" in line
     assert render(Snapshot()).startswith("alerts: unknown")
+
+
+def test_status_line_lists_critical_alerts_first() -> None:
+    warnings = ["TradingBotHighOrderRejectRate", "TradingBotMarketDataStale", "TradingBotBrokerDisconnected"]
+    snap = Snapshot(
+        alerts=[*warnings, "TradingBotDailyLossBreached", warnings[0]],
+        severities={**dict.fromkeys(warnings, "warning"), "TradingBotDailyLossBreached": "critical"},
+    )
+    line = render(snap)
+    assert line.startswith(
+        "alerts firing: 5 (TradingBotDailyLossBreached [critical], TradingBotHighOrderRejectRate x2, "
+    )
+    assert line.split(" | ")[0].endswith(", +1 more)")
+
+
+async def test_status_line_shows_the_reconcilers_pause_and_open_circuits(tmp_path: Path, aiohttp_server) -> None:
+    """A real reconciler app (SQLite ledger) answers the status line's requests."""
+    import aiohttp
+
+    from trading_ops.config import parse_config
+    from trading_ops.db import migrate
+    from trading_ops.db.base import make_engine, utcnow
+    from trading_ops.reconciler.app import create_app
+    from trading_ops.reconciler.ledger import Ledger
+    from trading_ops.stack.status import fetch
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(url)
+    (tmp_path / "token").write_text("t")
+    reconciler = {"token_file": str(tmp_path / "token"), "poll_interval_seconds": 0.05, "check_silences": False}
+    config = parse_config({"database": {"url": url}, "reconciler": reconciler}, base_dir=tmp_path)
+    server = await aiohttp_server(create_app(config))
+    base = str(server.make_url("")).rstrip("/")
+    ledger = Ledger(make_engine(url))
+    ledger.set_paused(True)
+    ledger.open_circuit("bot-7", utcnow() + timedelta(hours=1))
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + 20
+        while True:
+            snap = await fetch(session, None, None, base)
+            if snap.paused and snap.open_circuits or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    line = render(snap)
+    assert "RECONCILER PAUSED (trading-ops reconciler resume)" in line and "CIRCUIT OPEN: bot-7" in line
+    ledger.engine.dispose()
 
 
 def test_status_without_a_terminal_prints_a_line_only_when_it_changes() -> None:
