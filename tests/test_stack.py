@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -569,6 +570,24 @@ def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: C
     # The URLs printed are the stack's.
     assert up.url("prometheus") in up.output and up.url("alertmanager") in up.output
     assert up.wait_line(lambda line: "status: alerts firing" in line)
+    # The banner's commands work as printed (from the directory `up` ran in).
+    fault = up.wait_line(lambda line: line.startswith("inject a fault: "))
+    command = shlex.split(fault.removeprefix("inject a fault: ").split("  (see")[0])
+    assert command[-1] == "drop_connection"
+    status = subprocess.run(
+        [*command[:-1], "status"], check=False, cwd=up.root, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and json.loads(status.stdout)["state"], status.stderr
+    history = up.wait_line(lambda line: line.startswith("what it did: "))
+    shown = subprocess.run(
+        shlex.split(history.removeprefix("what it did: ")),
+        check=False,
+        cwd=up.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0 and shown.stdout.startswith("ID"), shown.stderr
     assert up.stop(signal.SIGINT) == 0, up.output
     for child, pid in pids.items():
         assert not alive(pid), f"{child} (pid {pid}) survived Ctrl-C"
