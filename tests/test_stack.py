@@ -599,6 +599,72 @@ def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: C
 
 
 @pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.alertmanager
+@pytest.mark.parametrize("how", ["SIGTERM to make", "SIGINT to up's pid from its banner"])
+def test_make_run_in_the_background_stops_cleanly(tmp_path: Path, how: str) -> None:
+    """`make run &`: make passes no SIGINT on to its recipe and starts with SIGINT ignored, as a shell's background
+    job does; it passes SIGTERM on, and `up` takes SIGINT although it inherited it ignored."""
+    require_binary("prometheus")
+    ports = Ports(bot=free_port(), reconciler=free_port(), prometheus=free_port(), alertmanager=free_port())
+    config = tmp_path / "trading-ops.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"url": f"sqlite:///{tmp_path / 'trading-ops.db'}"},
+                "bot": {"data_dir": str(tmp_path / "bot")},
+                "paper": {"seed": 7},
+            }
+        )
+    )
+    up_args = f"--state-dir {tmp_path / 'stack'} --ready-timeout 90 " + " ".join(
+        f"--{name}-port={getattr(ports, name)}" for name in ("bot", "reconciler", "prometheus", "alertmanager")
+    )
+    venv = Path(sys.executable).parent.parent
+    make = [
+        "make", "--no-print-directory", "-C", str(REPO_ROOT), "-o", f"{venv}/.installed", "run",
+        f"VENV={venv}", f"CONFIG={config}", f"UP_ARGS={up_args}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        make,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 - as `&` does
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        banner = "\n".join(lines)
+        found = re.search(r"kill -INT (\d+)\)", banner)
+        assert found, banner
+        up_pid = int(found.group(1))
+        children = {m["name"]: int(m["pid"]) for line in lines if (m := STARTED_RE.match(line))}
+        assert set(children) == set(CHILDREN), banner
+        if how == "SIGTERM to make":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGINT)  # ignored, as for a background job: nothing happens ...
+            os.kill(up_pid, signal.SIGINT)  # ... but up's own pid takes it
+        rest = proc.stdout.read()
+        proc.wait(STOP_SECONDS)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert not alive(up_pid)
+    for child, pid in children.items():
+        assert not alive(pid), f"{child} survived"
+        assert re.search(rf"^  {child} \(pid {pid}\) exited with status 0$", rest, re.MULTILINE), rest
+    # SIGINT to up: make exits with up's status; SIGTERM to make: make dies of it once up has stopped.
+    assert proc.returncode == (0 if how.startswith("SIGINT") else -signal.SIGTERM), rest
+
+
+@pytest.mark.slow
 @pytest.mark.alertmanager
 def test_a_missing_prometheus_is_named_with_its_package_and_the_rest_starts(
     tmp_path: Path, up_process: Callable[..., UpProcess]
