@@ -39,7 +39,7 @@ from trading_ops.stack.alertmanager_config import render_alertmanager
 from trading_ops.stack.app_config import build_app_config
 from trading_ops.stack.layout import Layout, Ports
 from trading_ops.stack.profiles import FAST, STANDARD
-from trading_ops.stack.prometheus_config import render_prometheus, write_prometheus
+from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
 
@@ -95,7 +95,8 @@ def test_fast_rules_are_every_repo_rule_file_with_exactly_the_for_changed(layout
         assert copied.keys() == original.keys()
         for alert, rule in original.items():
             copy = copied[alert]
-            assert {k: v for k, v in copy.items() if k != "for"} == {k: v for k, v in rule.items() if k != "for"}
+            skip = ("for", "annotations")
+            assert {k: v for k, v in copy.items() if k not in skip} == {k: v for k, v in rule.items() if k not in skip}
             if "for" in rule:
                 expected = min(parse_duration(rule["for"]), max(parse_duration(rule["for"]) / 5, 2))
                 assert parse_duration(copy["for"]) == expected, alert
@@ -105,6 +106,21 @@ def test_fast_rules_are_every_repo_rule_file_with_exactly_the_for_changed(layout
     assert changed > 10  # the catalogue has plenty of alerts with a for: to shorten
     broker = alerts_of(layout.rules_dir / "tradingbot-availability.yml")["TradingBotBrokerDisconnected"]
     assert broker["for"] == "2s"
+    assert "for more than 2 seconds." in broker["annotations"]["description"]
+
+
+@pytest.mark.parametrize("profile", [FAST, STANDARD], ids=lambda p: p.name)
+def test_alert_descriptions_name_the_for_duration_the_alert_really_uses(layout: Layout, profile: Any) -> None:
+    write_prometheus(render_prometheus(REPO_ROOT, PORTS, profile, layout), layout, REPO_ROOT, profile)
+    rules_dir = layout.rules_dir if profile is FAST else RULES_DIR
+    said = 0
+    for path in sorted(rules_dir.glob("*.yml")):
+        for alert, rule in alerts_of(path).items():
+            text = " ".join(str(v) for v in (rule.get("annotations") or {}).values())
+            for phrase in re.findall(r"for more than (\d+ (?:second|minute|hour)s?)", text):
+                said += 1
+                assert phrase == spoken_duration(parse_duration(rule["for"])), (path.name, alert, phrase, rule["for"])
+    assert said >= 4  # TradingBotDown (twice), TradingBotBrokerDisconnected, TradingOpsAlertmanagerDown, ...
 
 
 @pytest.mark.prometheus
