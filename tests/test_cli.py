@@ -234,3 +234,28 @@ def test_help_of_the_reconciler_says_serving_is_the_default_and_lists_the_states
     assert "Without ACTION: serve the webhook intake" in top.stdout
     history = cli("reconciler", "history", "--help").stdout
     assert "open pending, waiting, running, verifying, interrupted" in " ".join(history.split())
+
+
+def test_an_unexpected_error_is_one_line_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import logging
+
+    from trading_ops import cli as cli_module
+    from trading_ops.commands import config_cmd
+
+    def broken(args: argparse.Namespace, config: object) -> int:
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(config_cmd, "check_config", broken)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert cli_module.main(["config", "check"]) == 1
+    finally:
+        root.handlers[:], root.level = handlers, level
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "trading-ops: config failed: RuntimeError: something nobody expected (--log-level DEBUG shows the traceback)"
+    )

@@ -92,8 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             print(f"trading-ops: {args.command}: {problem.message}", file=sys.stderr)
             return problem.exit_status
-        log.exception("%s failed", args.command)
-        print(f"trading-ops: {args.command} failed: {exc}", file=sys.stderr)
+        # One line, never a traceback; the traceback is for whoever asks for it (--log-level DEBUG).
+        log.debug("%s failed", args.command, exc_info=True)
+        hint = "" if log.isEnabledFor(logging.DEBUG) else " (--log-level DEBUG shows the traceback)"
+        print(f"trading-ops: {args.command} failed: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return EXIT_FAILURE
 
 
