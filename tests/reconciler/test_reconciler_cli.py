@@ -17,7 +17,18 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import AUTH, TOKEN, Alertmanager, FakeBot, alert, bot_targets, make_config, payload, write_playbook
+from conftest import (
+    AUTH,
+    TOKEN,
+    Alertmanager,
+    FakeBot,
+    alert,
+    bot_targets,
+    make_config,
+    payload,
+    starts,
+    write_playbook,
+)
 
 from trading_ops.cli import main
 from trading_ops.config import parse_config
@@ -321,6 +332,9 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
     assert "1. bot command=reconnect  [safe]  failure" in whole.stdout and "| HTTP 500" in whole.stdout
     assert "why it escalated: bot command=reconnect: failure: HTTP 500" in whole.stdout
 
+    as_json = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid, "--json")
+    assert json.loads(as_json.stdout) == await (await client.get(f"/api/v1/episodes/{eid}")).json()
+
     # The notification as received, ready for `playbook explain`.
     saved = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid, "--payload")
     assert saved.returncode == 0 and json.loads(saved.stdout) == body
@@ -359,12 +373,12 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
 
 
 def test_retry_refuses_an_open_or_recovered_episode_and_ack_does_not_count_as_a_run(
-    tmp_path: Path, migrated_sqlite: str
+    tmp_path: Path, migrated_db: str
 ) -> None:
-    ledger = Ledger(make_engine(migrated_sqlite))
+    ledger = Ledger(make_engine(migrated_db))
     store_waiting(ledger)
     (episode,) = ledger.list_episodes()
-    cfg = config_file(tmp_path, migrated_sqlite)
+    cfg = config_file(tmp_path, migrated_db)
     refused = run_cli("-c", cfg, "reconciler", "retry", str(episode["id"]))
     assert refused.returncode == 1 and refused.stderr.strip() == (
         f"trading-ops: reconciler retry: episode {episode['id']} is waiting; only escalated or failed episodes "
@@ -378,6 +392,45 @@ def test_retry_refuses_an_open_or_recovered_episode_and_ack_does_not_count_as_a_
     assert row["state"] == "waiting" and [a["outcome"] for a in row["attempt_list"]] == ["acknowledged"]
     missing = run_cli("-c", cfg, "reconciler", "ack", "999")
     assert missing.returncode == 1 and missing.stderr.strip() == "trading-ops: reconciler ack: no episode 999"
+    ledger.set_episode(episode["id"], state="recovered")
+    recovered = run_cli("-c", cfg, "reconciler", "retry", str(episode["id"]))
+    assert recovered.returncode == 1 and "is recovered; only escalated or failed" in recovered.stderr
+    ledger.engine.dispose()
+
+
+def test_the_notification_of_an_episode_is_found_among_others(migrated_db: str) -> None:
+    ledger = Ledger(make_engine(migrated_db))
+    mine = payload(alert(fingerprint="aaa1"), alert(fingerprint="bbb2", instance="bot-2"))
+    later = payload(alert(fingerprint="aaa1", starts_at=starts(60)))  # the same alert firing again: not this one
+    for body in (payload(alert(fingerprint="ccc3")), mine, later):
+        item = validate(body).alerts[0]
+        labels = item["labels"]
+        alert_in = AlertIn(
+            "firing", item["fingerprint"], item["starts_at"], labels["alertname"], labels, {}, "", None, "bot-1"
+        )
+        ledger.store([NotificationIn("r", "firing", "g", json.dumps(body), [alert_in])])
+    starts_at = validate(mine).alerts[0]["starts_at"]
+    assert json.loads(ledger.notification_for("bbb2", starts_at) or "{}") == mine
+    assert json.loads(ledger.notification_for("aaa1", starts_at) or "{}") == mine
+    assert ledger.notification_for("aaa1", starts_at + timedelta(seconds=30)) is None
+    assert ledger.notification_for("zzz9", starts_at) is None
+    ledger.engine.dispose()
+
+
+def test_the_history_table_shows_the_reason_that_matters(tmp_path: Path, migrated_sqlite: str) -> None:
+    ledger = Ledger(make_engine(migrated_sqlite))
+    store_waiting(ledger)
+    (episode,) = ledger.list_episodes()
+    until = datetime(2026, 11, 23, 1, 16, 42, 123456, tzinfo=UTC)
+    ledger.set_episode(episode["id"], detail=f"cooldown of rule broker-reconnect on bot-1 until {until}")
+    attempt = ledger.start_attempt(episode["id"], "host-1:x")
+    step = ledger.start_step(attempt, 0, "exec", "exec restart.sh", "safe", "bot-1", True)
+    ledger.finish_step(step, "failure", "exit 1\nrestarting bot-1\nrestart.sh: unit bot-1.service not found")
+    table = run_cli("-c", config_file(tmp_path, migrated_sqlite), "reconciler", "history")
+    assert table.returncode == 0, table.stderr
+    assert "cooldown of rule broker-reconnect on bot-1 until 01:16:42" in table.stdout
+    assert "exit 1: restart.sh: unit bot-1.service not found (+1 lines)" in table.stdout
+    ledger.engine.dispose()
 
 
 def test_playbook_route_prints_the_rule_and_steps_for_an_alert_name() -> None:
