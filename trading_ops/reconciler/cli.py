@@ -32,6 +32,8 @@ from trading_ops.reconciler.playbook import (
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EPISODE_STATES = (*OPEN_STATES, *CLOSED_STATES)
+# The ledger's attempt owner column (String(128)) records who acknowledged or retried an episode.
+OPERATOR_MAX = 128
 PLAYBOOK_HELP = f"playbook file or packaged name ({', '.join(PACKAGED_PLAYBOOKS)}); default: the configured one"
 
 
@@ -197,12 +199,15 @@ def history(args: argparse.Namespace, config: Config) -> int:
 
 
 def _operator(args: argparse.Namespace) -> str:
+    """Who runs the command (--by, else the login name), as the ledger's owner column holds it."""
     if args.by:
-        return str(args.by)
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "operator"
+        who = " ".join(str(args.by).split())
+    else:
+        try:
+            who = getpass.getuser()
+        except (OSError, KeyError):
+            who = "operator"
+    return who[:OPERATOR_MAX] or "operator"
 
 
 def retry_episode(args: argparse.Namespace, config: Config) -> int:
