@@ -110,11 +110,17 @@ def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path, command:
 
 @pytest.mark.parametrize(
     "command",
-    [["reconciler", "history"], ["reconciler", "pause"], ["reconciler", "retry", "1"], ["reconciler", "ack", "1"]],
+    [
+        ["reconciler", "history"],
+        ["reconciler", "pause"],
+        ["reconciler", "retry", "1"],
+        ["reconciler", "ack", "1"],
+        ["db", "check"],
+    ],
 )
 def test_an_unmigrated_database_says_run_db_upgrade_and_exit_2(sqlite_config: str, command: list[str]) -> None:
     line = one_line_error(cli("-c", sqlite_config, *command), 2)
-    assert line == f"trading-ops: reconciler: {NOT_MIGRATED}"
+    assert line == f"trading-ops: {command[0]}: {NOT_MIGRATED}"
 
 
 # ---- chaos ---------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ EXIT_USAGE = 2
 # older than this version of trading-ops expects.
 SQLITE_MISSING_SCHEMA = ("no such table", "no such column")
 POSTGRES_MISSING_SCHEMA = ("42P01", "42703")
+# What Alembic says when asked to compare the models with a database that is not at the head revision.
+ALEMBIC_BEHIND = "Target database is not up to date"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ def database_problem(exc: BaseException, url: str | None) -> DatabaseProblem | N
     bad revision are usage problems (2), a database that cannot be reached or used is a failure (1)."""
     alembic_util = sys.modules.get("alembic.util.exc")
     if alembic_util is not None and isinstance(exc, alembic_util.CommandError):
+        if ALEMBIC_BEHIND in str(exc):  # `alembic check` on a database behind the migrations
+            return DatabaseProblem(NOT_MIGRATED, EXIT_USAGE)
         return DatabaseProblem(f"migrations: {_first_line(str(exc))}", EXIT_USAGE)
     if not isinstance(exc, DBAPIError):
         return None

@@ -16,9 +16,22 @@ from alembic.util import CommandError
 from trading_ops.db.base import make_engine
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+MIGRATION_LOGGER = "alembic.runtime.migration"
+DIALECT_NOISE = ("Context impl", "Will assume")
+
+
+class _DialectNoise(logging.Filter):
+    """Drops Alembic's lines about the dialect ("Context impl SQLiteImpl.", "Will assume transactional DDL."),
+    which every command that touches the migrations would print; "Running upgrade ..." lines stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(DIALECT_NOISE)
 
 
 def alembic_config(url: str) -> AlembicConfig:
+    migration_log = logging.getLogger(MIGRATION_LOGGER)
+    if not any(isinstance(f, _DialectNoise) for f in migration_log.filters):
+        migration_log.addFilter(_DialectNoise())
     # stdout is passed explicitly: alembic's default is bound to sys.stdout at import time.
     cfg = AlembicConfig(str(ALEMBIC_INI), stdout=sys.stdout)
     cfg.attributes["url"] = url
