@@ -70,9 +70,11 @@ $(CONFIG):
 
 # The local stack: paper bot (--chaos), reconciler, Prometheus and Alertmanager; Ctrl-C stops it.
 # `make run UP_ARGS="--profile standard --base-port 19100"` passes options to `trading-ops up`.
+# `up` migrates the database itself. make passes no SIGINT on to a recipe (and a shell starts a background job with
+# SIGINT ignored): stop a `make run &` with `kill <make's pid>` (make passes SIGTERM on to `up`) or
+# `kill -INT <up's pid>` (its banner prints it).
 run: $(STAMP) var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token $(CONFIG)
 	-@$(MAKE) --no-print-directory system-deps
-	$(VENV)/bin/trading-ops --config $(CONFIG) db upgrade
 	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)
 
 lint: $(STAMP)

@@ -107,7 +107,7 @@ def test_default_token_variable_applies_without_any_config_file(tmp_path, capsys
     assert "bot.control_token: no token" in capsys.readouterr().err
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "from-env")
     assert main(["config", "check"]) == 0
-    assert "configuration ok (defaults)" in capsys.readouterr().out
+    assert "configuration ok (defaults: no --config and no ./trading-ops.yaml)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

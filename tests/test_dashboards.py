@@ -57,7 +57,18 @@ EMPTY_WITHOUT_A_FAULT = {
     "trading-overview/Orders with an unknown outcome/A": (
         "tradingbot_orders_outcome_unknown_total appears with the first submission whose reply is lost"
     ),
+    "trading-overview/Traded notional and fees per hour/C": (
+        "tradingbot_fee_rebates_total appears with the first rebate (a venue that pays makers; the paper venue charges)"
+    ),
+    "trading-overview/Control commands and state changes per 5 minutes/A": (
+        "tradingbot_control_commands_total appears with the first control command"
+    ),
+    "trading-overview/Control commands and state changes per 5 minutes/B": (
+        "tradingbot_control_command_failures_total appears with the first refused or failed command"
+    ),
 }
+# Units that name a currency: P&L, notional and fees are in the quote currency of whatever the bot trades.
+CURRENCY_UNITS = re.compile(r"^currency|^(USD|EUR|GBP|JPY)$", re.IGNORECASE)
 # A healthy paper bot: it trades several times a second and the venue rejects a fifth of its orders, so orders,
 # fills, rejects, positions and latencies all show within seconds.
 PAPER = {
@@ -80,6 +91,8 @@ def load(path: Path) -> dict[str, Any]:
 def substitute(expr: str, values: dict[str, str]) -> str:
     def value(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
+        if name.isdigit():  # label_replace's "$1": Grafana has no such variable and leaves it alone
+            return match.group(0)
         assert name in values, f"unknown variable ${name} in {expr!r}"
         return values[name]
 
@@ -387,3 +400,57 @@ def test_provisioning_points_grafana_at_prometheus_and_the_dashboards() -> None:
     (provider,) = providers["providers"]
     assert provider["type"] == "file"
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def _units(panel: dict[str, Any]) -> list[str]:
+    field = panel.get("fieldConfig") or {}
+    units = [str((field.get("defaults") or {}).get("unit", ""))]
+    for override in field.get("overrides") or []:
+        units += [str(p.get("value")) for p in override.get("properties") or [] if p.get("id") == "unit"]
+    return units
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.stem)
+def test_every_panel_says_what_it_shows_and_what_normal_looks_like(path: Path) -> None:
+    missing = [
+        panel["title"]
+        for panel in load(path)["panels"]
+        if len(panel.get("description", "").split()) < 8 or "Normal" not in panel["description"]
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.stem)
+def test_no_panel_hard_codes_a_currency(path: Path) -> None:
+    for panel in load(path)["panels"]:
+        assert not any(CURRENCY_UNITS.search(unit) for unit in _units(panel)), panel["title"]
+        assert not re.search(r"\bUSD\b|\$\d|€", panel["title"] + panel["description"]), panel["title"]
+        for target in panel["targets"]:
+            assert "USD" not in target.get("legendFormat", ""), panel["title"]
+
+
+def test_the_boards_cover_reconciliation_money_stuck_orders_clock_and_control() -> None:
+    """Each metric family the issue asked a panel for is on a board, and control commands and state changes are
+    annotations too."""
+    exprs = " ".join(expr for _where, expr in panel_queries())
+    for family in (
+        "tradingbot_reconciliation_runs_total",
+        "tradingbot_reconciliation_discrepancies_total",
+        "tradingbot_reconciliation_last_success_timestamp_seconds",
+        "tradingbot_position_mismatch_quantity",
+        "tradingbot_balance",
+        "tradingbot_fees_total",
+        "tradingbot_filled_notional_total",
+        "tradingbot_oldest_order_in_flight_timestamp_seconds",
+        "tradingbot_clock_skew_seconds",
+        "tradingbot_control_commands_total",
+        "tradingbot_state_transitions_total",
+        "tradingbot_heartbeat_write_failures_total",
+    ):
+        assert family in exprs, family
+    for stem in DATA_DASHBOARDS:
+        names = {
+            annotation["name"]
+            for annotation in load(GRAFANA_DIR / "dashboards" / f"{stem}.json")["annotations"]["list"]
+        }
+        assert {"Control commands", "State changes"} <= names, stem

@@ -7,11 +7,13 @@ Needs promtool and amtool for the configuration checks, and prometheus and prome
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -22,6 +24,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from trading_ops.stack.alertmanager_config import render_alertmanager
 from trading_ops.stack.app_config import build_app_config
 from trading_ops.stack.layout import Layout, Ports
 from trading_ops.stack.profiles import FAST, STANDARD
-from trading_ops.stack.prometheus_config import render_prometheus, write_prometheus
+from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
 
@@ -92,7 +95,8 @@ def test_fast_rules_are_every_repo_rule_file_with_exactly_the_for_changed(layout
         assert copied.keys() == original.keys()
         for alert, rule in original.items():
             copy = copied[alert]
-            assert {k: v for k, v in copy.items() if k != "for"} == {k: v for k, v in rule.items() if k != "for"}
+            skip = ("for", "annotations")
+            assert {k: v for k, v in copy.items() if k not in skip} == {k: v for k, v in rule.items() if k not in skip}
             if "for" in rule:
                 expected = min(parse_duration(rule["for"]), max(parse_duration(rule["for"]) / 5, 2))
                 assert parse_duration(copy["for"]) == expected, alert
@@ -102,6 +106,21 @@ def test_fast_rules_are_every_repo_rule_file_with_exactly_the_for_changed(layout
     assert changed > 10  # the catalogue has plenty of alerts with a for: to shorten
     broker = alerts_of(layout.rules_dir / "tradingbot-availability.yml")["TradingBotBrokerDisconnected"]
     assert broker["for"] == "2s"
+    assert "for more than 2 seconds." in broker["annotations"]["description"]
+
+
+@pytest.mark.parametrize("profile", [FAST, STANDARD], ids=lambda p: p.name)
+def test_alert_descriptions_name_the_for_duration_the_alert_really_uses(layout: Layout, profile: Any) -> None:
+    write_prometheus(render_prometheus(REPO_ROOT, PORTS, profile, layout), layout, REPO_ROOT, profile)
+    rules_dir = layout.rules_dir if profile is FAST else RULES_DIR
+    said = 0
+    for path in sorted(rules_dir.glob("*.yml")):
+        for alert, rule in alerts_of(path).items():
+            text = " ".join(str(v) for v in (rule.get("annotations") or {}).values())
+            for phrase in re.findall(r"for more than (\d+ (?:second|minute|hour)s?)", text):
+                said += 1
+                assert phrase == spoken_duration(parse_duration(rule["for"])), (path.name, alert, phrase, rule["for"])
+    assert said >= 4  # TradingBotDown (twice), TradingBotBrokerDisconnected, TradingOpsAlertmanagerDown, ...
 
 
 @pytest.mark.prometheus
@@ -394,6 +413,52 @@ def test_status_line_names_alerts_open_episodes_and_the_last_action() -> None:
     assert render(Snapshot()).startswith("alerts: unknown")
 
 
+def test_status_line_lists_critical_alerts_first() -> None:
+    warnings = ["TradingBotHighOrderRejectRate", "TradingBotMarketDataStale", "TradingBotBrokerDisconnected"]
+    snap = Snapshot(
+        alerts=[*warnings, "TradingBotDailyLossBreached", warnings[0]],
+        severities={**dict.fromkeys(warnings, "warning"), "TradingBotDailyLossBreached": "critical"},
+    )
+    line = render(snap)
+    assert line.startswith(
+        "alerts firing: 5 (TradingBotDailyLossBreached [critical], TradingBotHighOrderRejectRate x2, "
+    )
+    assert line.split(" | ")[0].endswith(", +1 more)")
+
+
+async def test_status_line_shows_the_reconcilers_pause_and_open_circuits(tmp_path: Path, aiohttp_server) -> None:
+    """A real reconciler app (SQLite ledger) answers the status line's requests."""
+    import aiohttp
+
+    from trading_ops.config import parse_config
+    from trading_ops.db import migrate
+    from trading_ops.db.base import make_engine, utcnow
+    from trading_ops.reconciler.app import create_app
+    from trading_ops.reconciler.ledger import Ledger
+    from trading_ops.stack.status import fetch
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(url)
+    (tmp_path / "token").write_text("t")
+    reconciler = {"token_file": str(tmp_path / "token"), "poll_interval_seconds": 0.05, "check_silences": False}
+    config = parse_config({"database": {"url": url}, "reconciler": reconciler}, base_dir=tmp_path)
+    server = await aiohttp_server(create_app(config))
+    base = str(server.make_url("")).rstrip("/")
+    ledger = Ledger(make_engine(url))
+    ledger.set_paused(True)
+    ledger.open_circuit("bot-7", utcnow() + timedelta(hours=1))
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + 20
+        while True:
+            snap = await fetch(session, None, None, base)
+            if snap.paused and snap.open_circuits or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    line = render(snap)
+    assert "RECONCILER PAUSED (trading-ops reconciler resume)" in line and "CIRCUIT OPEN: bot-7" in line
+    ledger.engine.dispose()
+
+
 def test_status_without_a_terminal_prints_a_line_only_when_it_changes() -> None:
     out = io.StringIO()
     printer = StatusPrinter(out)
@@ -543,6 +608,24 @@ def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: C
     assert up.url("prometheus") in up.output and up.url("alertmanager") in up.output
     # The episodes come from the reconciler's API, read with its read token: a number, not "?".
     assert up.wait_line(lambda line: "status: alerts firing" in line and "episodes open: ?" not in line)
+    # The banner's commands work as printed (from the directory `up` ran in).
+    fault = up.wait_line(lambda line: line.startswith("inject a fault: "))
+    command = shlex.split(fault.removeprefix("inject a fault: ").split("  (see")[0])
+    assert command[-1] == "drop_connection"
+    status = subprocess.run(
+        [*command[:-1], "status"], check=False, cwd=up.root, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and json.loads(status.stdout)["state"], status.stderr
+    history = up.wait_line(lambda line: line.startswith("what it did: "))
+    shown = subprocess.run(
+        shlex.split(history.removeprefix("what it did: ")),
+        check=False,
+        cwd=up.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0 and shown.stdout.startswith("ID"), shown.stderr
     assert up.stop(signal.SIGINT) == 0, up.output
     for child, pid in pids.items():
         assert not alive(pid), f"{child} (pid {pid}) survived Ctrl-C"
@@ -551,6 +634,72 @@ def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: C
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))  # free again
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.alertmanager
+@pytest.mark.parametrize("how", ["SIGTERM to make", "SIGINT to up's pid from its banner"])
+def test_make_run_in_the_background_stops_cleanly(tmp_path: Path, how: str) -> None:
+    """`make run &`: make passes no SIGINT on to its recipe and starts with SIGINT ignored, as a shell's background
+    job does; it passes SIGTERM on, and `up` takes SIGINT although it inherited it ignored."""
+    require_binary("prometheus")
+    ports = Ports(bot=free_port(), reconciler=free_port(), prometheus=free_port(), alertmanager=free_port())
+    config = tmp_path / "trading-ops.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"url": f"sqlite:///{tmp_path / 'trading-ops.db'}"},
+                "bot": {"data_dir": str(tmp_path / "bot")},
+                "paper": {"seed": 7},
+            }
+        )
+    )
+    up_args = f"--state-dir {tmp_path / 'stack'} --ready-timeout 90 " + " ".join(
+        f"--{name}-port={getattr(ports, name)}" for name in ("bot", "reconciler", "prometheus", "alertmanager")
+    )
+    venv = Path(sys.executable).parent.parent
+    make = [
+        "make", "--no-print-directory", "-C", str(REPO_ROOT), "-o", f"{venv}/.installed", "run",
+        f"VENV={venv}", f"CONFIG={config}", f"UP_ARGS={up_args}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        make,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 - as `&` does
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        banner = "\n".join(lines)
+        found = re.search(r"kill -INT (\d+)\)", banner)
+        assert found, banner
+        up_pid = int(found.group(1))
+        children = {m["name"]: int(m["pid"]) for line in lines if (m := STARTED_RE.match(line))}
+        assert set(children) == set(CHILDREN), banner
+        if how == "SIGTERM to make":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGINT)  # ignored, as for a background job: nothing happens ...
+            os.kill(up_pid, signal.SIGINT)  # ... but up's own pid takes it
+        rest = proc.stdout.read()
+        proc.wait(STOP_SECONDS)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert not alive(up_pid)
+    for child, pid in children.items():
+        assert not alive(pid), f"{child} survived"
+        assert re.search(rf"^  {child} \(pid {pid}\) exited with status 0$", rest, re.MULTILINE), rest
+    # SIGINT to up: make exits with up's status; SIGTERM to make: make dies of it once up has stopped.
+    assert proc.returncode == (0 if how.startswith("SIGINT") else -signal.SIGTERM), rest
 
 
 @pytest.mark.slow

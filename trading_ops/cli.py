@@ -8,9 +8,11 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from trading_ops import __version__, logsetup
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from trading_ops.db.errors import database_problem
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -35,8 +37,15 @@ class UsageError(Exception):
     """Bad usage discovered after parsing (a wrong argument value); exits 2 with one line."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line (the usage synopsis is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trading-ops", description="Operations for automated trading bots.")
+    parser = Parser(prog="trading-ops", description="Operations for automated trading bots.")
     parser.add_argument("--version", action="version", version=f"trading-ops {__version__}")
     parser.add_argument(
         "--config",
@@ -82,6 +91,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except Exception as exc:
-        log.exception("%s failed", args.command)
-        logsetup.report(f"trading-ops: {args.command} failed: {exc}")
+        problem = database_problem(exc, _database_url(config))
+        if problem is not None:
+            logsetup.report(f"trading-ops: {args.command}: {problem.message}")
+            return problem.exit_status
+        # One line, never a traceback; the traceback is for whoever asks for it (--log-level DEBUG).
+        log.debug("%s failed", args.command, exc_info=True)
+        hint = "" if log.isEnabledFor(logging.DEBUG) else " (--log-level DEBUG shows the traceback)"
+        logsetup.report(f"trading-ops: {args.command} failed: {type(exc).__name__}: {exc}{hint}")
         return EXIT_FAILURE
+
+
+def _database_url(config: Config) -> str | None:
+    try:
+        return config.database_url()
+    except ConfigError:
+        return None

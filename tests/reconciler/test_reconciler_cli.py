@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -12,7 +17,20 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import READ_AUTH, READ_TOKEN, TOKEN, alert, payload
+from conftest import (
+    AUTH,
+    READ_AUTH,
+    READ_TOKEN,
+    TOKEN,
+    Alertmanager,
+    FakeBot,
+    alert,
+    bot_targets,
+    make_config,
+    payload,
+    starts,
+    write_playbook,
+)
 
 from trading_ops.cli import main
 from trading_ops.config import parse_config
@@ -78,7 +96,8 @@ async def test_history_prints_attempts_and_steps_and_json_exactly_as_the_api(
     assert lines[row + 1].split()[:3] == ["attempt", "1", "failure"] and "by host-1:x" in lines[row + 1]
     assert lines[row + 2].split()[:5] == ["1.", "bot", "command=reconnect", "[safe]", "failure"]
     assert lines[row + 2].split()[5].endswith(("ms", "s"))
-    assert lines[row + 3].strip().startswith("HTTP 502 xxx") and lines[row + 3].endswith("... (+2 lines)")
+    # The first line (cut) and the last one, which usually names the error, and how many lines are left out.
+    assert lines[row + 3].strip().startswith("HTTP 502 xxx") and lines[row + 3].endswith("...: third line (+1 lines)")
     assert len(lines[row + 3].strip()) <= 80
     assert main(["-c", cfg, "reconciler", "history", "--brief"]) == 0
     assert not any(line.strip().startswith("attempt") for line in capsys.readouterr().out.splitlines())
@@ -253,3 +272,188 @@ def test_a_wrong_playbook_is_one_config_error_and_exit_2(
     assert main(["-c", config_file(tmp_path, migrated_sqlite, playbook=playbook), "reconciler"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"trading-ops: config: {message}") and "\n" not in err
+
+
+# ---- an operator's commands: history ID, --payload, retry, ack, playbook route (through the console script) ---
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trading_ops", *args], check=False, capture_output=True, text=True, timeout=60
+    )
+
+
+async def wait_episode(client: Any, episode_id: int, done: Any, deadline: float = 20.0) -> dict[str, Any]:
+    end = time.monotonic() + deadline
+    while True:
+        episode = await (await client.get(f"/api/v1/episodes/{episode_id}")).json()
+        if done(episode):
+            return episode  # type: ignore[no-any-return]
+        if time.monotonic() > end:
+            raise AssertionError(f"episode {episode_id} never got there: {episode}")
+        await asyncio.sleep(0.05)
+
+
+def ran(episode: dict[str, Any]) -> list[str]:
+    """The outcomes of the attempts that executed steps (not a gate's record, not an operator's)."""
+    return [a["outcome"] for a in episode["attempts"] if a["outcome"] not in ("skipped", "acknowledged", "retry")]
+
+
+@pytest.mark.alertmanager
+async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fires(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    """Needs the real Alertmanager (the fixture starts it): the retried run asks it whether the alert still fires."""
+    instance = f"bot-retry-{uuid.uuid4().hex[:6]}"
+    rule = {
+        "name": "reconnect",
+        "match": ['alertname="TradingBotBrokerDisconnected"'],
+        "cooldown": 0,
+        "max_attempts": 1,
+        "verify": False,
+        "steps": [{"action": "bot", "command": "reconnect"}],
+    }
+    fake_bot.status["reconnect"] = 500
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [rule])),
+        targets=bot_targets(fake_bot, tmp_path, instance),
+        alertmanager_url=alertmanager.url,
+    )
+    client = await aiohttp_client(create_app(config))
+    held = await asyncio.to_thread(
+        alertmanager.fire, {"alertname": "TradingBotBrokerDisconnected", "instance": instance}
+    )
+    body = payload(
+        alert(
+            "TradingBotBrokerDisconnected",
+            fingerprint=held["fingerprint"],
+            starts_at=held["startsAt"],
+            instance=instance,
+        )
+    )
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    (episode,) = (await (await client.get("/api/v1/episodes")).json())["episodes"]
+    episode = await wait_episode(client, episode["id"], lambda e: e["state"] == "escalated")
+    eid = str(episode["id"])
+    cfg = config_file(tmp_path, migrated_sqlite)
+
+    # The whole episode: its step's output, and why it escalated.
+    whole = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid)
+    assert whole.returncode == 0, whole.stderr
+    assert f"episode {eid}: TradingBotBrokerDisconnected on {instance}  state escalated" in whole.stdout
+    assert "1. bot command=reconnect  [safe]  failure" in whole.stdout and "| HTTP 500" in whole.stdout
+    assert "why it escalated: bot command=reconnect: failure: HTTP 500" in whole.stdout
+
+    as_json = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid, "--json")
+    assert json.loads(as_json.stdout) == await (await client.get(f"/api/v1/episodes/{eid}")).json()
+
+    # The notification as received, ready for `playbook explain`.
+    saved = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid, "--payload")
+    assert saved.returncode == 0 and json.loads(saved.stdout) == body
+    (tmp_path / "payload.json").write_text(saved.stdout)
+    playbook = str(tmp_path / "playbook.yml")
+    explained = await asyncio.to_thread(
+        run_cli, "-c", cfg, "playbook", "explain", str(tmp_path / "payload.json"), "--playbook", playbook
+    )
+    assert explained.returncode == 0 and f"rule reconnect on target {instance}" in explained.stdout
+
+    # Retry while it still fires: one more run, which fails and escalates again.
+    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, "--by", "alice")
+    assert retried.returncode == 0 and retried.stdout.startswith(f"episode {eid} re-queued"), retried.stderr
+    episode = await wait_episode(client, int(eid), lambda e: e["state"] == "escalated" and len(ran(e)) == 2)
+    assert fake_bot.commands() == ["reconnect", "reconnect"]
+    assert [a["outcome"] for a in episode["attempts"]] == ["failure", "retry", "failure"]
+    assert episode["attempts"][1]["owner"] == "alice"
+
+    # Acknowledged: recorded and shown, nothing run.
+    acked = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", eid, "--by", "bob", "--note", "on it")
+    assert acked.returncode == 0 and acked.stdout.strip() == f"episode {eid} acknowledged by bob"
+    whole = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid)
+    assert "acknowledged by bob: on it" in whole.stdout and "retry by alice" in whole.stdout
+
+    # Resolved in Alertmanager meanwhile: the retry closes it resolved, nothing executed; then it is over.
+    await asyncio.to_thread(alertmanager.resolve, held)
+    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid)
+    assert retried.returncode == 0, retried.stderr
+    episode = await wait_episode(client, int(eid), lambda e: e["state"] == "resolved")
+    assert "no longer firing in Alertmanager" in episode["detail"]
+    assert fake_bot.commands() == ["reconnect", "reconnect"]
+    over = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid)
+    assert over.returncode == 1 and over.stderr.strip().startswith(
+        f"trading-ops: reconciler retry: episode {eid} is over"
+    )
+
+
+def test_retry_refuses_an_open_or_recovered_episode_and_ack_does_not_count_as_a_run(
+    tmp_path: Path, migrated_db: str
+) -> None:
+    ledger = Ledger(make_engine(migrated_db))
+    store_waiting(ledger)
+    (episode,) = ledger.list_episodes()
+    cfg = config_file(tmp_path, migrated_db)
+    refused = run_cli("-c", cfg, "reconciler", "retry", str(episode["id"]))
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"trading-ops: reconciler retry: episode {episode['id']} is waiting; only escalated or failed episodes "
+        "are retried"
+    )
+    assert run_cli("-c", cfg, "reconciler", "ack", str(episode["id"])).returncode == 0
+    # An acknowledgement is no run of the rule: it starts no cooldown for the next episode on the target.
+    later = datetime.now(UTC)
+    assert ledger.cooldown_until("broker-reconnect", "bot-1", episode["id"] + 1, 3600, later) is None
+    (row,) = ledger.list_episodes()
+    assert row["state"] == "waiting" and [a["outcome"] for a in row["attempt_list"]] == ["acknowledged"]
+    missing = run_cli("-c", cfg, "reconciler", "ack", "999")
+    assert missing.returncode == 1 and missing.stderr.strip() == "trading-ops: reconciler ack: no episode 999"
+    ledger.set_episode(episode["id"], state="recovered")
+    recovered = run_cli("-c", cfg, "reconciler", "retry", str(episode["id"]))
+    assert recovered.returncode == 1 and "is recovered; only escalated or failed" in recovered.stderr
+    ledger.engine.dispose()
+
+
+def test_the_notification_of_an_episode_is_found_among_others(migrated_db: str) -> None:
+    ledger = Ledger(make_engine(migrated_db))
+    mine = payload(alert(fingerprint="aaa1"), alert(fingerprint="bbb2", instance="bot-2"))
+    later = payload(alert(fingerprint="aaa1", starts_at=starts(60)))  # the same alert firing again: not this one
+    for body in (payload(alert(fingerprint="ccc3")), mine, later):
+        item = validate(body).alerts[0]
+        labels = item["labels"]
+        alert_in = AlertIn(
+            "firing", item["fingerprint"], item["starts_at"], labels["alertname"], labels, {}, "", None, "bot-1"
+        )
+        ledger.store([NotificationIn("r", "firing", "g", json.dumps(body), [alert_in])])
+    starts_at = validate(mine).alerts[0]["starts_at"]
+    assert json.loads(ledger.notification_for("bbb2", starts_at) or "{}") == mine
+    assert json.loads(ledger.notification_for("aaa1", starts_at) or "{}") == mine
+    assert ledger.notification_for("aaa1", starts_at + timedelta(seconds=30)) is None
+    assert ledger.notification_for("zzz9", starts_at) is None
+    ledger.engine.dispose()
+
+
+def test_the_history_table_shows_the_reason_that_matters(tmp_path: Path, migrated_sqlite: str) -> None:
+    ledger = Ledger(make_engine(migrated_sqlite))
+    store_waiting(ledger)
+    (episode,) = ledger.list_episodes()
+    until = datetime(2026, 11, 23, 1, 16, 42, 123456, tzinfo=UTC)
+    ledger.set_episode(episode["id"], detail=f"cooldown of rule broker-reconnect on bot-1 until {until}")
+    attempt = ledger.start_attempt(episode["id"], "host-1:x")
+    step = ledger.start_step(attempt, 0, "exec", "exec restart.sh", "safe", "bot-1", True)
+    ledger.finish_step(step, "failure", "exit 1\nrestarting bot-1\nrestart.sh: unit bot-1.service not found")
+    table = run_cli("-c", config_file(tmp_path, migrated_sqlite), "reconciler", "history")
+    assert table.returncode == 0, table.stderr
+    assert "cooldown of rule broker-reconnect on bot-1 until 01:16:42" in table.stdout
+    assert "exit 1: restart.sh: unit bot-1.service not found (+1 lines)" in table.stdout
+    ledger.engine.dispose()
+
+
+def test_playbook_route_prints_the_rule_and_steps_for_an_alert_name() -> None:
+    routed = run_cli("playbook", "route", "--alertname", "TradingBotDailyLossBreached", "--label", "instance=b:9101")
+    assert routed.returncode == 0, routed.stderr
+    out = routed.stdout
+    assert "alert {alertname=TradingBotDailyLossBreached, instance=b:9101}" in out
+    assert "1. bot command=pause [" in out and "bot command=flatten [destructive" in out
+    unknown = run_cli("playbook", "route", "--alertname", "NoSuchAlert")
+    assert unknown.returncode == 0 and "no rule matches: recorded as skipped" in unknown.stdout
+    bad = run_cli("playbook", "route", "--alertname", "X", "--label", "novalue")
+    assert bad.returncode == 2 and bad.stderr.strip() == "trading-ops: --label 'novalue' is not KEY=VALUE"

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import sys
 from typing import Any
 
 import aiohttp
@@ -13,10 +15,10 @@ import aiohttp
 from trading_ops import logsetup
 from trading_ops.cli import UsageError
 from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.db.errors import NOT_MIGRATED
 
 log = logging.getLogger(__name__)
 CHAOS_TIMEOUT_SECONDS = 10
-NOT_MIGRATED = "database is not migrated: run `trading-ops db upgrade`"
 EXIT_ALREADY_RUNNING = 1
 
 
@@ -35,8 +37,11 @@ def register(sub: Any) -> None:
         "position_drift [symbol=S quantity=Q], loss_spike [amount=A], stall_journal [seconds=N], clear_chaos. "
         "Heal with reconnect, resubscribe, reconcile, or any other control command.",
     )
-    chaos.add_argument("fault", help="the command to send, e.g. drop_connection")
-    chaos.add_argument("params", nargs="*", metavar="KEY=VALUE", help="arguments (numbers are sent as numbers)")
+    chaos.add_argument("fault", help="the fault or control command to send, e.g. drop_connection or status")
+    # default=[]: without it argparse reports an empty `nargs="*"` positional as required.
+    chaos.add_argument(
+        "params", nargs="*", default=[], metavar="KEY=VALUE", help="optional arguments (numbers are sent as numbers)"
+    )
     chaos.add_argument("--url", default=None, help="bot base URL (default: from bot.listen)")
     chaos.set_defaults(handler=run_chaos)
 
@@ -112,7 +117,15 @@ def run_chaos(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError("bot.control_token", "no token to call the bot's control API with")
     listen = config.bot.listen
     url = (args.url or f"http://{listen.host}:{listen.port}").rstrip("/") + f"/control/{args.fault}"
-    status, payload = asyncio.run(_post(url, token, parse_params(args.params)))
+    body = parse_params(args.params)
+    try:
+        status, payload = asyncio.run(_post(url, token, body))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        why = str(exc) or f"no answer within {CHAOS_TIMEOUT_SECONDS} s"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            why = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
+        print(f"trading-ops: chaos: cannot reach the bot at {url}: {why}", file=sys.stderr)
+        return 1
     print(json.dumps(payload, indent=2, sort_keys=True))
     return 0 if status == 200 else 1
 

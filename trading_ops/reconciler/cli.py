@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
 import os
 import shutil
 import sys
@@ -13,13 +15,13 @@ import yaml
 
 from trading_ops.cli import CONFIG_ENV, UsageError
 from trading_ops.config import Config
-from trading_ops.db.base import make_engine
+from trading_ops.db.base import make_engine, utcnow
 from trading_ops.matchers import Pattern, compile_pattern
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import TEMPLATE_RE, Refused, checked_label
-from trading_ops.reconciler.history import history_json, history_table
+from trading_ops.reconciler.history import episode_view, history_json, history_table
 from trading_ops.reconciler.intake import Rejected, parse_body, validate
-from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.ledger import CLOSED_STATES, OPEN_STATES, Ledger, episode_json
 from trading_ops.reconciler.playbook import (
     PACKAGED_PLAYBOOKS,
     Playbook,
@@ -30,18 +32,56 @@ from trading_ops.reconciler.playbook import (
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EPISODE_STATES = (*OPEN_STATES, *CLOSED_STATES)
+# The ledger's attempt owner column (String(128)) records who acknowledged or retried an episode.
+OPERATOR_MAX = 128
 PLAYBOOK_HELP = f"playbook file or packaged name ({', '.join(PACKAGED_PLAYBOOKS)}); default: the configured one"
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
 def register(sub: Any) -> None:
-    rec = sub.add_parser("reconciler", help="run the reconciler (default) or inspect and steer it")
+    rec = sub.add_parser(
+        "reconciler",
+        help="run the reconciler (the default, without ACTION) or inspect and steer it",
+        description="Without ACTION: serve the webhook intake and run the playbooks (reconciler.listen). "
+        "The ACTIONs read and write the ledger in database.url directly, so they work while it runs or not.",
+    )
     rec.set_defaults(handler=serve)
     inner = rec.add_subparsers(dest="reconciler_command", metavar="ACTION")
-    hist = inner.add_parser("history", help="episodes with their attempts and steps, newest first")
-    hist.add_argument("--json", action="store_true", help="print JSON (exactly as GET /api/v1/episodes)")
+    hist = inner.add_parser(
+        "history",
+        help="episodes with their attempts and steps, newest first; or one episode whole (ID)",
+        description="Without ID: a table of the newest episodes. With ID: that episode whole (labels, every "
+        "attempt, step and output, why it waited, why it escalated, who acknowledged or retried it).",
+    )
+    hist.add_argument("id", nargs="?", type=positive_int, metavar="ID", help="one episode, whole (its ID column)")
+    hist.add_argument("--json", action="store_true", help="print JSON (exactly as GET /api/v1/episodes[/ID])")
     hist.add_argument("--brief", action="store_true", help="one line per episode, without attempts and steps")
-    hist.add_argument("--limit", type=int, default=50)
-    hist.add_argument("--state", default=None, help="only episodes in this state")
+    hist.add_argument(
+        "--payload",
+        action="store_true",
+        help="with ID: print the webhook notification that carried its alert, as received (save it to a file "
+        "for `playbook explain`)",
+    )
+    hist.add_argument(
+        "--limit", type=positive_int, default=50, help="how many episodes at most, newest first (default: 50)"
+    )
+    hist.add_argument(
+        "--state",
+        default=None,
+        choices=EPISODE_STATES,
+        metavar="STATE",
+        help=f"only episodes in this state: open {', '.join(OPEN_STATES)}; closed {', '.join(CLOSED_STATES)}",
+    )
     hist.set_defaults(handler=history)
     inner.add_parser(
         "pause", help="stop acting (every replica); episodes are parked, recorded, and run on resume"
@@ -49,6 +89,28 @@ def register(sub: Any) -> None:
     inner.add_parser("resume", help="act again after a pause (parked episodes are looked at at once)").set_defaults(
         handler=resume
     )
+    retry = inner.add_parser(
+        "retry",
+        help="run an escalated or failed episode once more, if its alert still fires",
+        description="Re-queue an escalated or failed episode whose alert has not resolved: the reconciler first "
+        "asks Alertmanager whether the alert still fires (if not, the episode closes resolved, nothing executed), "
+        "then runs the rule's steps once more, verifies, and escalates again if that fails. Gates still apply "
+        "(pause, maintenance silences, open circuits, budgets). Recorded in the episode's history.",
+    )
+    retry.add_argument("id", type=positive_int, metavar="ID", help="the episode (see `reconciler history`)")
+    retry.add_argument("--by", default=None, help="who asks (default: the login name)")
+    retry.set_defaults(handler=retry_episode)
+    ack = inner.add_parser(
+        "ack",
+        help="record that a human has taken an episode (who, when, a note)",
+        description="Acknowledge an episode: recorded in its history (who, when, the note) and shown by "
+        "`reconciler history`. It changes nothing the reconciler does; to stop it acting, use `reconciler pause` "
+        "or an Alertmanager silence.",
+    )
+    ack.add_argument("id", type=positive_int, metavar="ID", help="the episode (see `reconciler history`)")
+    ack.add_argument("--by", default=None, help="who takes it (default: the login name)")
+    ack.add_argument("--note", default="", help="what you are doing about it")
+    ack.set_defaults(handler=ack_episode)
 
     _register_circuits(inner)
 
@@ -58,10 +120,28 @@ def register(sub: Any) -> None:
     test.add_argument("cases", help="YAML file of cases")
     test.add_argument("--playbook", default=None, help=PLAYBOOK_HELP)
     test.set_defaults(handler=playbook_test)
-    explain = pinner.add_parser("explain", help="print the plan for a recorded webhook payload")
+    explain = pinner.add_parser(
+        "explain",
+        help="print the plan for a recorded webhook payload",
+        description="Print what the reconciler would do with a webhook payload, without doing it. Get a received "
+        "one with `trading-ops reconciler history ID --payload > payload.json`.",
+    )
     explain.add_argument("payload", help="JSON file of an Alertmanager webhook payload")
     explain.add_argument("--playbook", default=None, help=PLAYBOOK_HELP)
     explain.set_defaults(handler=playbook_explain)
+    route = pinner.add_parser(
+        "route", help="print the rule and steps an alert with these labels would get (no payload needed)"
+    )
+    route.add_argument("--alertname", required=True, help="the alert's name, e.g. TradingBotBrokerDisconnected")
+    route.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another label of the alert (repeatable), e.g. --label instance=127.0.0.1:9101",
+    )
+    route.add_argument("--playbook", default=None, help=PLAYBOOK_HELP)
+    route.set_defaults(handler=playbook_route)
 
 
 def serve(args: argparse.Namespace, config: Config) -> int:
@@ -94,12 +174,82 @@ def _ledger(config: Config) -> Ledger:
 
 
 def history(args: argparse.Namespace, config: Config) -> int:
+    if args.id is None:
+        if args.payload:
+            raise UsageError("--payload needs an episode ID")
+        ledger = _ledger(config)
+        try:
+            episodes = ledger.list_episodes(args.limit, args.state)
+        finally:
+            ledger.engine.dispose()
+        print(history_json(episodes) if args.json else history_table(episodes, steps=not args.brief))
+        return EXIT_OK
     ledger = _ledger(config)
     try:
-        episodes = ledger.list_episodes(max(1, args.limit), args.state)
+        episode = ledger.get_episode_full(args.id)
+        payload = None
+        if episode is not None and args.payload:
+            payload = ledger.notification_for(episode["fingerprint"], episode["starts_at"])
     finally:
         ledger.engine.dispose()
-    print(history_json(episodes) if args.json else history_table(episodes, steps=not args.brief))
+    if episode is None:
+        print(
+            f"trading-ops: reconciler history: no episode {args.id} (pruned after retention_days, or never)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if args.payload:
+        if payload is None:
+            print(
+                f"trading-ops: reconciler history: the notification of episode {args.id} is no longer stored "
+                "(notifications are pruned after retention_days)",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        print(json.dumps(json.loads(payload), indent=2))
+        return EXIT_OK
+    print(json.dumps(episode_json(episode), indent=2) if args.json else episode_view(episode))
+    return EXIT_OK
+
+
+def _operator(args: argparse.Namespace) -> str:
+    """Who runs the command (--by, else the login name), as the ledger's owner column holds it."""
+    if args.by:
+        who = " ".join(str(args.by).split())
+    else:
+        try:
+            who = getpass.getuser()
+        except (OSError, KeyError):
+            who = "operator"
+    return who[:OPERATOR_MAX] or "operator"
+
+
+def retry_episode(args: argparse.Namespace, config: Config) -> int:
+    ledger = _ledger(config)
+    try:
+        why_not = ledger.retry(args.id, _operator(args))
+        paused = ledger.snapshot(utcnow()).paused
+    finally:
+        ledger.engine.dispose()
+    if why_not is not None:
+        print(f"trading-ops: reconciler retry: {why_not}", file=sys.stderr)
+        return EXIT_FAILURE
+    note = " (the reconciler is paused: it runs after `reconciler resume`)" if paused else ""
+    print(f"episode {args.id} re-queued: one more run if its alert still fires{note}")
+    return EXIT_OK
+
+
+def ack_episode(args: argparse.Namespace, config: Config) -> int:
+    who = _operator(args)
+    ledger = _ledger(config)
+    try:
+        found = ledger.acknowledge(args.id, who, args.note)
+    finally:
+        ledger.engine.dispose()
+    if not found:
+        print(f"trading-ops: reconciler ack: no episode {args.id}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"episode {args.id} acknowledged by {who}")
     return EXIT_OK
 
 
@@ -224,21 +374,57 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
         if rule is None:
             out.append("    no rule matches: recorded as skipped")
             continue
-        out.append(f"    rule {rule.name} on target {rule.target(labels)} (one run per episode)")
-        if rule.wait_for:
-            out.append(f"    wait {rule.wait_for:g}s, act only if Alertmanager still has it firing")
-        for j, step in enumerate(plan(rule, labels, pattern), 1):
-            out.append(f"    {j}. {step} [{rule.steps[j - 1].risk}, timeout {rule.steps[j - 1].timeout:g}s]")
-        if rule.verify.enabled:
-            out.append(f"    verify until clear within {rule.verify.deadline:g}s: {_verify_expr(rule, a, pattern)}")
-        else:
-            out.append("    no verification: success = steps succeeded")
-        out.append(
-            f"    attempts {rule.max_attempts}, backoff {rule.backoff.initial:g}s x{rule.backoff.multiplier:g} "
-            f"(max {rule.backoff.max:g}s, jitter {rule.backoff.jitter:.0%}), cooldown {rule.cooldown:g}s, "
-            f"on failure: {rule.on_failure}"
-        )
+        out.extend(_rule_plan(rule, labels, pattern, _verify_expr(rule, a, pattern)))
     out += [f"- invalid alert, no episode (the others are stored): {problem}" for problem in validated.invalid]
+    print("\n".join(out))
+    return EXIT_OK
+
+
+def _rule_plan(rule: Rule, labels: dict[str, str], pattern: Pattern, verify: str) -> list[str]:
+    """What a rule does for an alert with these labels, as `playbook explain` and `playbook route` print it."""
+    out = [f"    rule {rule.name} on target {rule.target(labels)} (one run per episode)"]
+    if rule.wait_for:
+        out.append(f"    wait {rule.wait_for:g}s, act only if Alertmanager still has it firing")
+    for j, step in enumerate(plan(rule, labels, pattern), 1):
+        out.append(f"    {j}. {step} [{rule.steps[j - 1].risk}, timeout {rule.steps[j - 1].timeout:g}s]")
+    if rule.verify.enabled:
+        out.append(f"    verify until clear within {rule.verify.deadline:g}s: {verify}")
+    else:
+        out.append("    no verification: success = steps succeeded")
+    out.append(
+        f"    attempts {rule.max_attempts}, backoff {rule.backoff.initial:g}s x{rule.backoff.multiplier:g} "
+        f"(max {rule.backoff.max:g}s, jitter {rule.backoff.jitter:.0%}), cooldown {rule.cooldown:g}s, "
+        f"on failure: {rule.on_failure}"
+    )
+    return out
+
+
+def playbook_route(args: argparse.Namespace, config: Config) -> int:
+    labels = {"alertname": args.alertname}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item!r} is not KEY=VALUE")
+        if key == "alertname":
+            raise UsageError("give the alert's name with --alertname, not --label alertname=...")
+        labels[key] = value
+    playbook = _playbook(args, config)
+    pattern = compile_pattern(config.reconciler.label_value_pattern)
+    shown = ", ".join(f"{k}={v}" for k, v in labels.items())
+    out = [f"alert {{{shown}}} ({playbook.source})"]
+    if args.alertname == config.reconciler.watchdog.alertname:
+        out.append("    feeds the dead man's switch; no episode")
+    else:
+        rule = playbook.match(labels)
+        if rule is None:
+            out.append("    no rule matches: recorded as skipped")
+        else:
+            verify = (
+                _verify_expr(rule, {"labels": labels}, pattern)
+                if rule.verify.expr
+                else f"the expression of Prometheus's alerting rule {args.alertname} (read at verification)"
+            )
+            out.extend(_rule_plan(rule, labels, pattern, verify))
     print("\n".join(out))
     return EXIT_OK
 

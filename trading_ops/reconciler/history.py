@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
-from trading_ops.reconciler.ledger import episode_json
+from trading_ops.reconciler.ledger import OPERATOR_OUTCOMES, episode_json
 
 COLUMNS = ("ID", "STATE", "ALERT", "TARGET", "RULE", "STARTS AT", "ATTEMPTS", "DETAIL")
-DETAIL_WIDTH = 60
+DETAIL_WIDTH = 80
+# A timestamp in a detail ("cooldown ... until 2026-11-23 01:16:42.123456+00:00"): the table shows its time of day.
+TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}[ T](\d{2}:\d{2}:\d{2})(?:\.\d+)?(?:[+-]\d{2}:\d{2}|Z)?")
 # A step's output under its row: the first line of it, this long at most.
 OUTPUT_WIDTH = 80
+# With several lines, the first (`exit 1`, `HTTP 502 ...`) gets this much of it and the last line the rest.
+OUTPUT_HEAD_WIDTH = 40
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -21,7 +26,7 @@ def history_json(episodes: list[dict[str, Any]]) -> str:
 
 
 def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = " ".join(TIMESTAMP_RE.sub(r"\1", text).split())
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -35,11 +40,15 @@ def _duration(started: datetime | None, finished: datetime | None) -> str:
 
 
 def _first_line(text: str) -> str:
-    lines = [line for line in (text or "").splitlines() if line.strip()]
+    """A step's output in one line: its first line (`exit 1`) and its last (usually the error that matters)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if not lines:
         return ""
-    more = f" (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
-    return _cut(lines[0], OUTPUT_WIDTH - len(more)) + more
+    if len(lines) == 1:
+        return _cut(lines[0], OUTPUT_WIDTH)
+    more = f" (+{len(lines) - 2} lines)" if len(lines) > 2 else ""
+    head = _cut(lines[0], OUTPUT_HEAD_WIDTH)
+    return f"{head}: {_cut(lines[-1], OUTPUT_WIDTH - len(head) - 2 - len(more))}{more}"
 
 
 def history_table(episodes: list[dict[str, Any]], steps: bool = True) -> str:
@@ -47,7 +56,7 @@ def history_table(episodes: list[dict[str, Any]], steps: bool = True) -> str:
     (start, duration) and the first line of the step's truncated output."""
     rows = [COLUMNS]
     for e in episodes:
-        attempts = e.get("attempt_list", [])
+        attempts = [a for a in e.get("attempt_list", []) if a["outcome"] not in OPERATOR_OUTCOMES]
         rows.append(
             (
                 str(e["id"]),
@@ -84,3 +93,52 @@ def history_table(episodes: list[dict[str, Any]], steps: bool = True) -> str:
     if len(rows) == 1:
         lines.append("(no episodes)")
     return "\n".join(lines)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime(TIME_FORMAT) + " UTC" if value else "-"
+
+
+def episode_view(e: dict[str, Any]) -> str:
+    """One episode whole: its alert, every attempt with every step and its whole (stored) output, why it waited
+    (the gates that parked it) and why it ended as it did."""
+    labels = json.loads(e["labels"])
+    annotations = json.loads(e["annotations"])
+    out = [
+        f"episode {e['id']}: {e['alertname']} on {e['target']}  state {e['state']}",
+        f"  labels       {', '.join(f'{k}={v}' for k, v in sorted(labels.items()))}",
+        f"  fingerprint  {e['fingerprint']}  starts at {_when(e['starts_at'])}  received {_when(e['received_at'])}",
+        f"  rule         {e['rule'] or '- (no rule matched)'}",
+    ]
+    for key in ("summary", "description"):
+        if annotations.get(key):
+            out.append(f"  {key:<12} {' '.join(str(annotations[key]).split())}")
+    if e["next_run_at"] and e["closed_at"] is None:
+        out.append(f"  next run     {_when(e['next_run_at'])}")
+    if e["resolved_at"]:
+        out.append(f"  resolved     {_when(e['resolved_at'])}")
+    if e["closed_at"]:
+        out.append(f"  closed       {_when(e['closed_at'])}")
+    attempts = e.get("attempt_list", [])
+    waited = [a for a in attempts if a["outcome"] == "skipped"]
+    if waited:
+        out.append("  waited:")
+        out.extend(f"    {_when(a['started_at'])}  {a['detail']}" for a in waited)
+    humans = [a for a in attempts if a["outcome"] in OPERATOR_OUTCOMES]
+    if humans:
+        out.append("  operators:")
+        out.extend(f"    {_when(a['started_at'])}  {a['outcome']} by {a['owner']}: {a['detail']}" for a in humans)
+    ran = [a for a in attempts if a["outcome"] not in OPERATOR_OUTCOMES and a["outcome"] != "skipped"]
+    out.append(f"  attempts ({len(ran)}):" if ran else "  attempts: none (nothing was executed)")
+    for a in ran:
+        took = _duration(a["started_at"], a["finished_at"])
+        out.append(f"    attempt {a['number']}  {a['outcome']}  {_when(a['started_at'])}  {took}  by {a['owner']}")
+        if a["detail"]:
+            out.append(f"      result: {a['detail']}")
+        for st in a.get("steps", []):
+            took = _duration(st["started_at"], st["finished_at"])
+            out.append(f"      {st['position'] + 1}. {st['description']}  [{st['risk']}]  {st['outcome']}  {took}")
+            out.extend(f"         | {line}" for line in (st["output"] or "").splitlines() if line.strip())
+    label = {"escalated": "why it escalated", "failed": "why it failed", "waiting": "why it waits"}
+    out.append(f"  {label.get(e['state'], 'detail')}: {e['detail'] or '-'}")
+    return "\n".join(out)

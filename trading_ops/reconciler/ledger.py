@@ -37,6 +37,12 @@ EXECUTED_OUTCOMES = ("running", "success", "failure", "timeout", "interrupted")
 # restart script still running is worse than acting late, and the dead host's reconciler usually returns long
 # before (systemd restarts it in seconds); a host that died altogether took its processes with it.
 LEFTOVER_FENCE_SECONDS = 600.0
+# Attempt rows an operator's command records (`reconciler ack`, `reconciler retry`): nothing was executed.
+OPERATOR_OUTCOMES = ("acknowledged", "retry")
+# Closed episodes `reconciler retry` may run once more (an alert still firing after a run that gave up).
+RETRYABLE_STATES = ("escalated", "failed")
+# Notifications searched for the one that carried an episode's alert (`reconciler history ID --payload`).
+NOTIFICATION_SEARCH_LIMIT = 200
 # What retention deletes, by table (tradingops_ledger_pruned_rows_total{table}).
 PRUNED_TABLES = ("notifications", "episodes", "attempts", "steps")
 
@@ -608,7 +614,7 @@ class Ledger:
                     E.c.rule == rule,
                     E.c.target == target,
                     E.c.id != episode_id,
-                    A.c.outcome.notin_(("skipped", "dry_run")),
+                    A.c.outcome.notin_(("skipped", "dry_run", *OPERATOR_OUTCOMES)),
                 )
             ).scalar()
         if last is None:
@@ -792,6 +798,94 @@ class Ledger:
             a["steps"] = [s for s in steps if s["attempt_id"] == a["id"]]
         episode["attempt_list"] = attempts
         return episode
+
+    def notification_for(self, fingerprint: str, starts_at: datetime) -> str | None:
+        """The first stored notification (the payload exactly as received) that carried this episode's alert."""
+        stmt = (
+            select(N.c.payload)
+            .where(N.c.payload.contains(fingerprint, autoescape=True))
+            .order_by(N.c.received_at, N.c.id)
+            .limit(NOTIFICATION_SEARCH_LIMIT)
+        )
+        with self.engine.connect() as conn:
+            payloads = list(conn.execute(stmt).scalars())
+        for payload in payloads:
+            try:
+                alerts = json.loads(payload).get("alerts") or []
+            except (ValueError, AttributeError):
+                continue
+            for alert in alerts:
+                if not isinstance(alert, dict) or alert.get("fingerprint") != fingerprint:
+                    continue
+                try:
+                    started = datetime.fromisoformat(str(alert.get("startsAt")).replace("Z", "+00:00"))
+                except ValueError:
+                    continue
+                if abs((started - starts_at).total_seconds()) < 1:
+                    return str(payload)
+        return None
+
+    # ---- an operator's commands ---------------------------------------------------------------------
+
+    def _record_operator(self, conn: Connection, episode_id: int, who: str, outcome: str, detail: str) -> None:
+        """An attempt row that executed nothing: who did what to the episode, in its history."""
+        now = utcnow()
+        last = conn.execute(
+            select(func.coalesce(func.max(A.c.number), 0)).where(A.c.episode_id == episode_id)
+        ).scalar_one()
+        conn.execute(
+            insert(A).values(
+                episode_id=episode_id,
+                number=int(last) + 1,
+                owner=who,
+                started_at=now,
+                finished_at=now,
+                outcome=outcome,
+                detail=detail,
+            )
+        )
+
+    def acknowledge(self, episode_id: int, who: str, note: str) -> bool:
+        """Record that `who` has taken the episode (any state); it changes nothing the engine does. False: no such
+        episode."""
+        with self.tx() as conn:
+            if conn.execute(select(E.c.id).where(E.c.id == episode_id)).first() is None:
+                return False
+            self._record_operator(conn, episode_id, who, "acknowledged", note or "acknowledged")
+        return True
+
+    def retry(self, episode_id: int, who: str) -> str | None:
+        """Re-queue an escalated or failed episode whose alert has not resolved for one more run: it becomes
+        `waiting`, due now, so the engine first asks Alertmanager whether the alert still fires (resolved: closed,
+        nothing executed), then runs the rule's steps once more (its attempts are spent, so a failure escalates
+        again). None when done, else why not."""
+        now = utcnow()
+        detail = f"retry requested by {who}: one more run if the alert still fires"
+        with self.tx() as conn:
+            row = conn.execute(select(E.c.state, E.c.resolved_at).where(E.c.id == episode_id)).first()
+            if row is None:
+                return f"no episode {episode_id}"
+            if row.resolved_at is not None:
+                return f"episode {episode_id} is over (its alert resolved at {row.resolved_at.isoformat()})"
+            if row.state not in RETRYABLE_STATES:
+                return f"episode {episode_id} is {row.state}; only {' or '.join(RETRYABLE_STATES)} episodes are retried"
+            changed = conn.execute(
+                update(E)
+                .where(E.c.id == episode_id, E.c.state.in_(RETRYABLE_STATES), E.c.resolved_at.is_(None))
+                .values(
+                    state="waiting",
+                    next_run_at=now,
+                    closed_at=None,
+                    owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                    detail=detail,
+                )
+            ).rowcount
+            if not changed:
+                return f"episode {episode_id} changed meanwhile; look again"
+            self._record_operator(conn, episode_id, who, "retry", detail)
+        return None
 
     def notification_count(self) -> int:
         with self.engine.connect() as conn:

@@ -31,6 +31,8 @@ ROLE_BY_PORT = {port: role for role, port in DEFAULT_PORTS.items()} | {NODE_EXPO
 DROPPED_TOP_LEVEL = ("remote_write", "remote_read")
 DROPPED_TARGET_KEYS = ("scheme", "tls_config", "path_prefix", "proxy_url")
 SD_SUFFIX = "_sd_configs"
+# How a rule's description names its `for:` ("... for more than 10 seconds"); rewritten with the profile's duration.
+FOR_PHRASE = "for more than {}"
 # Prometheus's default scrape timeout, which a job inherits when neither it nor `global` sets one.
 DEFAULT_SCRAPE_TIMEOUT = 10.0
 DEFAULT_SCRAPE_INTERVAL = 60.0
@@ -68,8 +70,18 @@ def _seconds(value: Any, where: str) -> float:
         raise MonitoringConfigError(f"{where}: {exc}") from exc
 
 
+def spoken_duration(seconds: float) -> str:
+    """A `for:` duration as the rules' descriptions say it: "10 seconds", "5 minutes", "1 hour"."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
+
+
 def adapt_rules(groups: dict[str, Any], profile: Profile, source: str) -> dict[str, Any]:
-    """A rule file with every alert's `for:` as the profile says (see profiles.FOR_DIVISOR)."""
+    """A rule file with every alert's `for:` as the profile says (see profiles.FOR_DIVISOR), and its annotations'
+    "for more than <the repo's for:>" saying the duration the alert really uses."""
     out = copy.deepcopy(groups)
     for group in out.get("groups") or []:
         for rule in group.get("rules") or []:
@@ -78,6 +90,11 @@ def adapt_rules(groups: dict[str, Any], profile: Profile, source: str) -> dict[s
                 shortened = profile.alert_for(seconds)
                 if shortened != seconds:
                     rule["for"] = format_duration(shortened)
+                    said = FOR_PHRASE.format(spoken_duration(seconds))
+                    annotations = rule.get("annotations") or {}
+                    for key, text in annotations.items():
+                        if isinstance(text, str):
+                            annotations[key] = text.replace(said, FOR_PHRASE.format(spoken_duration(shortened)))
     return out
 
 

@@ -1,4 +1,5 @@
-"""The live status line of `up`: alerts firing, the reconciler's open episodes and its last action."""
+"""The live status line of `up`: alerts firing (most severe first), the reconciler's open episodes, its pause and
+open circuits, and its last action."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ from datetime import datetime
 from typing import Any, TextIO
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 WATCHDOG = "Watchdog"
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=2)
 EPISODES_LISTED = 20
 NAMES_SHOWN = 3
+# Alerts are listed most severe first (a critical one is never hidden behind "+N more"); unknown severities last.
+SEVERITY_ORDER = ("critical", "warning", "info")
+# What the reconciler's own /metrics says about its gates (the episodes API does not).
+PAUSED_METRIC = "tradingops_paused"
+CIRCUIT_METRIC = "tradingops_circuit_open"
 # Clear to the end of the line after rewriting it in place.
 CLEAR_EOL = "\x1b[K"
 
@@ -25,6 +32,9 @@ CLEAR_EOL = "\x1b[K"
 class Snapshot:
     alerts: list[str] | None = None  # names of the alerts firing (Watchdog aside); None: nobody could say
     alerts_from: str = ""
+    severities: dict[str, str] = field(default_factory=dict)  # alert name -> its most severe `severity` label
+    paused: bool | None = None
+    open_circuits: list[str] = field(default_factory=list)
     watchdog: bool | None = None
     open_episodes: int | None = None
     last_action: str | None = None
@@ -51,18 +61,48 @@ async def _alerts(session: aiohttp.ClientSession, alertmanager: str | None, prom
             session, f"{alertmanager}/api/v2/alerts?active=true&silenced=false&inhibited=false&unprocessed=false"
         )
         if isinstance(body, list):
-            names = [str(a.get("labels", {}).get("alertname", "?")) for a in body if isinstance(a, dict)]
-            snap.alerts, snap.alerts_from = [n for n in names if n != WATCHDOG], "alertmanager"
-            snap.watchdog = WATCHDOG in names
+            _take([a.get("labels") or {} for a in body if isinstance(a, dict)], snap, "alertmanager")
             return snap
     if prometheus:
         body = await _get_json(session, f"{prometheus}/api/v1/alerts")
         if isinstance(body, dict):
             alerts = (body.get("data") or {}).get("alerts") or []
-            names = [str(a["labels"].get("alertname", "?")) for a in alerts if a.get("state") == "firing"]
-            snap.alerts, snap.alerts_from = [n for n in names if n != WATCHDOG], "prometheus"
-            snap.watchdog = WATCHDOG in names
+            _take([a.get("labels") or {} for a in alerts if a.get("state") == "firing"], snap, "prometheus")
     return snap
+
+
+def _rank(severity: str) -> int:
+    return SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else len(SEVERITY_ORDER)
+
+
+def _take(labels: list[dict[str, Any]], snap: Snapshot, source: str) -> None:
+    names = [str(lab.get("alertname", "?")) for lab in labels]
+    snap.alerts, snap.alerts_from = [n for n in names if n != WATCHDOG], source
+    snap.watchdog = WATCHDOG in names
+    for name, lab in zip(names, labels, strict=True):
+        severity = str(lab.get("severity", ""))
+        if name not in snap.severities or _rank(severity) < _rank(snap.severities[name]):
+            snap.severities[name] = severity
+
+
+async def _gates(session: aiohttp.ClientSession, reconciler: str, snap: Snapshot) -> None:
+    """The reconciler's pause and open circuits, from its own /metrics."""
+    try:
+        async with session.get(f"{reconciler}/metrics", timeout=REQUEST_TIMEOUT) as resp:
+            if resp.status != 200:
+                return
+            text = await resp.text()
+    except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError):
+        return
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == PAUSED_METRIC:
+                    snap.paused = sample.value == 1
+                elif sample.name == CIRCUIT_METRIC and sample.value == 1:
+                    snap.open_circuits.append(sample.labels.get("target", "?"))
+    except ValueError:
+        return
 
 
 def last_action(episodes: list[dict[str, Any]]) -> str | None:
@@ -100,6 +140,8 @@ async def fetch(
     url = f"{reconciler}/api/v1/episodes?limit={EPISODES_LISTED}"
     body = await _get_json(session, url, read_token) if reconciler else None
     snap = await alerts_task
+    if reconciler:
+        await _gates(session, reconciler, snap)
     if isinstance(body, dict) and isinstance(body.get("episodes"), list):
         episodes = [e for e in body["episodes"] if isinstance(e, dict)]
         snap.open_episodes = sum(1 for e in episodes if not e.get("closed_at"))
@@ -111,8 +153,8 @@ def render(snap: Snapshot) -> str:
     if snap.alerts is None:
         alerts = "alerts: unknown (no Alertmanager or Prometheus answers)"
     elif snap.alerts:
-        counts = Counter(snap.alerts).most_common()
-        names = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts[:NAMES_SHOWN])
+        counts = sorted(Counter(snap.alerts).items(), key=lambda nc: (_rank(snap.severities.get(nc[0], "")), -nc[1]))
+        names = ", ".join(_named(n, c, snap.severities.get(n, "")) for n, c in counts[:NAMES_SHOWN])
         more = f", +{len(counts) - NAMES_SHOWN} more" if len(counts) > NAMES_SHOWN else ""
         alerts = f"alerts firing: {len(snap.alerts)} ({names}{more})"
     else:
@@ -121,10 +163,19 @@ def render(snap: Snapshot) -> str:
     if snap.watchdog is not None:
         parts.append("watchdog: ok" if snap.watchdog else "watchdog: not seen")
     parts.append(f"episodes open: {'?' if snap.open_episodes is None else snap.open_episodes}")
+    if snap.paused:
+        parts.append("RECONCILER PAUSED (trading-ops reconciler resume)")
+    if snap.open_circuits:
+        parts.append(f"CIRCUIT OPEN: {', '.join(sorted(snap.open_circuits))}")
     parts.append(f"last action: {snap.last_action or 'none'}")
     if snap.down:
         parts.append(f"DOWN: {', '.join(snap.down)}")
     return " | ".join(parts)
+
+
+def _named(name: str, count: int, severity: str) -> str:
+    times = f" x{count}" if count > 1 else ""
+    return f"{name}{times} [critical]" if severity == "critical" else f"{name}{times}"
 
 
 class StatusPrinter:

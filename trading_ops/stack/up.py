@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import errno
 import os
+import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -272,9 +274,26 @@ def _banner(stack: Stack) -> list[str]:
         out.append(f"  {label:<13} {url if name in running else 'not running (binary missing)'}")
     out.append(f"  logs          {layout.logs_dir}/")
     out.append(f"  config        {stack.app.path}")
-    out.append(f"inject a fault: trading-ops --config {stack.app.path} chaos drop_connection  (see chaos --help)")
-    out.append("Ctrl-C stops everything.")
+    command = f"{self_command()} --config {shlex.quote(str(stack.app.path))}"
+    out.append(f"inject a fault: {command} chaos drop_connection  (see chaos --help)")
+    out.append(f"what it did:    {command} reconciler history")
+    out.append(f"Ctrl-C stops everything (from another shell: kill -INT {os.getpid()}).")
     return out
+
+
+def self_command() -> str:
+    """This trading-ops as the user's shell can run it: `trading-ops` when that is what PATH finds, else the console
+    script's path (`.venv/bin/trading-ops` under `make run`), else `python -m trading_ops`."""
+    script = Path(sys.argv[0])
+    if script.name == "trading-ops" and script.exists():
+        found = shutil.which("trading-ops")
+        if found and Path(found).resolve() == script.resolve():
+            return "trading-ops"
+        absolute = script.absolute()
+        with contextlib.suppress(ValueError):
+            return shlex.quote(str(absolute.relative_to(Path.cwd())))
+        return shlex.quote(str(absolute))
+    return f"{shlex.quote(sys.executable)} -m trading_ops"
 
 
 async def _stop_all(children: Sequence[Child], printer: StatusPrinter, workload: str = WORKLOAD) -> bool:

@@ -1,0 +1,267 @@
+"""The `trading-ops` console script as a real process: every error is one line with its exit status, the db and
+config commands, and a `--help` that describes every option of every subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from trading_ops.cli import build_parser
+from trading_ops.db import migrate
+from trading_ops.db.errors import NOT_MIGRATED
+
+UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:5999/nope"
+HEAD = "0006"
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trading_ops", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})},
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
+    """The command failed with `status` and said so in exactly one line on stderr (no traceback)."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def config_with(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def sqlite_config(tmp_path: Path) -> str:
+    return config_with(tmp_path, "database:\n  url: sqlite:///t.db\n")
+
+
+@pytest.fixture
+def migrated_config(tmp_path: Path, sqlite_config: str) -> str:
+    migrate.upgrade(f"sqlite:///{tmp_path / 't.db'}")
+    return sqlite_config
+
+
+# ---- db ----------------------------------------------------------------------------------------------
+
+
+def test_db_upgrade_of_an_unknown_revision_names_the_known_ones(sqlite_config: str) -> None:
+    line = one_line_error(cli("-c", sqlite_config, "db", "upgrade", "nosuchrev"), 2)
+    assert "unknown revision 'nosuchrev'" in line and f"0001, 0002, 0003, 0004, 0005, {HEAD}, head, base" in line
+
+
+def test_db_upgrade_to_an_older_revision_is_refused_as_a_downgrade(migrated_config: str) -> None:
+    line = one_line_error(cli("-c", migrated_config, "db", "upgrade", "0003"), 2)
+    assert f"database is at {HEAD}; 0003 is older: that is a downgrade" in line
+    assert "trading-ops db downgrade 0003 --yes" in line
+    current = cli("-c", migrated_config, "db", "current")
+    assert current.returncode == 0 and current.stdout.strip() == f"{HEAD} (head)"
+
+
+def test_db_downgrade_needs_yes_and_upgrade_brings_it_back(migrated_config: str) -> None:
+    line = one_line_error(cli("-c", migrated_config, "db", "downgrade", "0004"), 2)
+    assert f"downgrading from {HEAD} to 0004 drops" in line and "--yes" in line
+    assert cli("-c", migrated_config, "db", "current").stdout.strip() == f"{HEAD} (head)"
+    down = cli("-c", migrated_config, "db", "downgrade", "0004", "--yes")
+    assert down.returncode == 0 and down.stdout.strip() == f"database downgraded from {HEAD} to 0004"
+    behind = cli("-c", migrated_config, "db", "current").stdout.strip()
+    assert behind == f"0004 (head is {HEAD}: run `trading-ops db upgrade`)"
+    line = one_line_error(cli("-c", migrated_config, "db", "downgrade", "0005", "--yes"), 2)
+    assert "0005 is not older: nothing to downgrade" in line
+    up = cli("-c", migrated_config, "db", "upgrade")
+    assert up.returncode == 0 and up.stdout.strip() == f"database upgraded from 0004 to {HEAD}"
+    again = cli("-c", migrated_config, "db", "upgrade")
+    assert again.returncode == 0 and again.stdout.strip() == f"database already at {HEAD}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "upgrade"],
+        ["db", "check"],
+        ["db", "current"],
+        ["reconciler", "history"],
+        ["reconciler", "pause"],
+        ["reconciler", "ack", "1"],
+    ],
+)
+def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path, command: list[str]) -> None:
+    config = config_with(tmp_path, f"database:\n  url: {UNREACHABLE_URL}\n")
+    line = one_line_error(cli("-c", config, *command), 1)
+    assert "database unreachable (postgresql+psycopg://postgres@127.0.0.1:5999/nope)" in line
+    assert "Connection refused" in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["reconciler", "history"],
+        ["reconciler", "pause"],
+        ["reconciler", "retry", "1"],
+        ["reconciler", "ack", "1"],
+        ["db", "check"],
+    ],
+)
+def test_an_unmigrated_database_says_run_db_upgrade_and_exit_2(sqlite_config: str, command: list[str]) -> None:
+    line = one_line_error(cli("-c", sqlite_config, *command), 2)
+    assert line == f"trading-ops: {command[0]}: {NOT_MIGRATED}"
+
+
+# ---- chaos ---------------------------------------------------------------------------------------------
+
+
+def test_chaos_against_a_bot_that_is_not_running_names_the_url(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("t\n")
+    port = free_port()
+    config = config_with(tmp_path, f"bot:\n  control_token_file: token\n  listen:\n    port: {port}\n")
+    line = one_line_error(cli("-c", config, "chaos", "drop_connection"), 1)
+    assert line == (
+        f"trading-ops: chaos: cannot reach the bot at http://127.0.0.1:{port}/control/drop_connection: "
+        "Connection refused"
+    )
+
+
+def test_chaos_without_arguments_asks_only_for_the_fault() -> None:
+    line = one_line_error(cli("chaos"), 2)
+    assert "the following arguments are required: fault" in line and "KEY=VALUE" not in line
+
+
+# ---- reconciler history arguments ---------------------------------------------------------------------
+
+
+def test_history_refuses_an_unknown_state_naming_the_valid_ones(migrated_config: str) -> None:
+    line = one_line_error(cli("-c", migrated_config, "reconciler", "history", "--state", "bogus"), 2)
+    assert "invalid choice: 'bogus'" in line
+    for state in ("pending", "waiting", "running", "escalated", "recovered", "resolved"):
+        assert f"'{state}'" in line
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "x"])
+def test_history_refuses_a_limit_below_one(migrated_config: str, limit: str) -> None:
+    line = one_line_error(cli("-c", migrated_config, "reconciler", "history", "--limit", limit), 2)
+    assert "argument --limit" in line
+
+
+def test_history_of_an_episode_that_does_not_exist_is_one_line(migrated_config: str) -> None:
+    line = one_line_error(cli("-c", migrated_config, "reconciler", "history", "42"), 1)
+    assert line.startswith("trading-ops: reconciler history: no episode 42")
+
+
+# ---- config ----------------------------------------------------------------------------------------------
+
+
+def test_config_check_says_which_file_it_read(tmp_path: Path) -> None:
+    none = cli("config", "check", "--no-secrets", cwd=tmp_path)
+    assert none.returncode == 0
+    assert none.stdout.strip() == "configuration ok (defaults: no --config and no ./trading-ops.yaml)"
+    (tmp_path / "trading-ops.yaml").write_text("bot:\n  name: from-the-file\n")
+    found = cli("config", "check", "--no-secrets", cwd=tmp_path)
+    assert found.returncode == 0 and found.stdout.strip() == "configuration ok (./trading-ops.yaml)"
+    shown = cli("config", "show", cwd=tmp_path)
+    assert shown.returncode == 0 and "name: from-the-file" in shown.stdout
+    given = cli("-c", str(tmp_path / "trading-ops.yaml"), "config", "check", "--no-secrets")
+    assert given.stdout.strip() == f"configuration ok ({tmp_path / 'trading-ops.yaml'})"
+
+
+def test_config_show_masks_every_secret(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("file-secret-value\n")
+    config = config_with(
+        tmp_path,
+        "database:\n  url_env: TEST_DB_URL\nbot:\n  control_token_file: token\n"
+        "reconciler:\n  token_env: TEST_RECONCILER_TOKEN\n",
+    )
+    env = {
+        "TEST_DB_URL": "postgresql://ops:db-password-value@127.0.0.1:5432/ops",
+        "TEST_RECONCILER_TOKEN": "env-secret-value",
+        "TRADING_OPS_APPRISE_URLS": "mailto://user:apprise-secret@example.org",
+    }
+    result = cli("-c", config, "config", "show", env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for value in ("file-secret-value", "db-password-value", "env-secret-value", "apprise-secret"):
+        assert value not in out
+    assert "url: postgresql+psycopg://ops:***@127.0.0.1:5432/ops" in out and "url_from: url_env" in out
+    assert "control_token_file: token\n  control_token_status: set" in out
+    assert "token_env: TEST_RECONCILER_TOKEN\n  token_status: set" in out
+    assert "urls_env: TRADING_OPS_APPRISE_URLS\n  urls_status: set" in out
+
+
+# ---- help ------------------------------------------------------------------------------------------------
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, argparse.ArgumentParser]]:
+    found = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found.extend(_parsers(child, f"{path} {name}"))
+    return found
+
+
+def test_every_option_of_every_subcommand_is_described_in_its_help() -> None:
+    problems = []
+    parsers = _parsers(build_parser(), "trading-ops")
+    for path, parser in parsers:
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    if not (choice.help or "").strip():
+                        problems.append(f"{path} {choice.dest}: no help")
+                continue
+            text = (action.help or "").strip()
+            names = {action.dest, action.dest.replace("_", "-"), *(s.lstrip("-") for s in action.option_strings)}
+            if not text or text.lower() in names or len(text.split()) < 2:
+                problems.append(f"{path} {'/'.join(action.option_strings) or action.dest}: help {text!r}")
+    assert len(parsers) > 20
+    assert problems == []
+
+
+def test_help_of_the_reconciler_says_serving_is_the_default_and_lists_the_states() -> None:
+    top = cli("reconciler", "--help")
+    assert top.returncode == 0 and "run the reconciler (the default, without ACTION)" in cli("--help").stdout
+    assert "Without ACTION: serve the webhook intake" in top.stdout
+    history = cli("reconciler", "history", "--help").stdout
+    assert "open pending, waiting, running, verifying, interrupted" in " ".join(history.split())
+
+
+def test_an_unexpected_error_is_one_line_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import logging
+
+    from trading_ops import cli as cli_module
+    from trading_ops.commands import config_cmd
+
+    def broken(args: argparse.Namespace, config: object) -> int:
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(config_cmd, "check_config", broken)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert cli_module.main(["config", "check"]) == 1
+    finally:
+        root.handlers[:], root.level = handlers, level
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "trading-ops: config failed: RuntimeError: something nobody expected (--log-level DEBUG shows the traceback)"
+    )
