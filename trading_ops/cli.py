@@ -95,9 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             logsetup.report(f"trading-ops: {args.command}: {problem.message}")
             return problem.exit_status
-        # One line, never a traceback; the traceback is for whoever asks for it (--log-level DEBUG).
-        log.debug("%s failed", args.command, exc_info=True)
-        hint = "" if log.isEnabledFor(logging.DEBUG) else " (--log-level DEBUG shows the traceback)"
+        # One line on a terminal, never a traceback: the traceback is for whoever asks for it (--log-level DEBUG),
+        # or inside the JSON log's one record per line, where a log pipeline keeps it.
+        if config.logging.format == "json":
+            log.error("%s failed", args.command, exc_info=True)
+        else:
+            log.debug("%s failed", args.command, exc_info=True)
+        shows = config.logging.format == "json" or log.isEnabledFor(logging.DEBUG)
+        hint = "" if shows else " (--log-level DEBUG shows the traceback)"
         logsetup.report(f"trading-ops: {args.command} failed: {type(exc).__name__}: {exc}{hint}")
         return EXIT_FAILURE
 

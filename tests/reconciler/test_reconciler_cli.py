@@ -286,7 +286,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def wait_episode(client: Any, episode_id: int, done: Any, deadline: float = 20.0) -> dict[str, Any]:
     end = time.monotonic() + deadline
     while True:
-        episode = await (await client.get(f"/api/v1/episodes/{episode_id}")).json()
+        episode = await (await client.get(f"/api/v1/episodes/{episode_id}", headers=READ_AUTH)).json()
         if done(episode):
             return episode  # type: ignore[no-any-return]
         if time.monotonic() > end:
@@ -334,7 +334,7 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
         )
     )
     assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
-    (episode,) = (await (await client.get("/api/v1/episodes")).json())["episodes"]
+    (episode,) = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
     episode = await wait_episode(client, episode["id"], lambda e: e["state"] == "escalated")
     eid = str(episode["id"])
     cfg = config_file(tmp_path, migrated_sqlite)
@@ -347,7 +347,7 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
     assert "why it escalated: bot command=reconnect: failure: HTTP 500" in whole.stdout
 
     as_json = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid, "--json")
-    assert json.loads(as_json.stdout) == await (await client.get(f"/api/v1/episodes/{eid}")).json()
+    assert json.loads(as_json.stdout) == await (await client.get(f"/api/v1/episodes/{eid}", headers=READ_AUTH)).json()
 
     # The notification as received, ready for `playbook explain`.
     saved = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid, "--payload")

@@ -1,6 +1,6 @@
 """operators reset circuits: the budget counts from the reset, and each reset is audited
 
-Revision ID: 0007_backup
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-23 01:10:00.000000
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 import trading_ops.db.base
 
-revision: str = '0007_backup'
+revision: str = '0007'
 down_revision: str | None = '0006'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
