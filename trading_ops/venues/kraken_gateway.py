@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import logging
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from trading_ops.bot.broker import (
     VenueFill,
     VenueOrder,
 )
+from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.tasks import stop_tasks
 
@@ -449,9 +451,13 @@ class KrakenGateway:
         if fault in ("drop_connection", "unavailable", "rate_limit"):
             seconds = _fault_number(args, "seconds", 0.0, 0.0, MAX_FAULT_SECONDS)
             until = now + seconds if seconds > 0 else math.inf
-            setattr(f, {"drop_connection": "dropped_until", "unavailable": "unavailable_until"}.get(
-                fault, "rate_limited_until"
-            ), until)
+            setattr(
+                f,
+                {"drop_connection": "dropped_until", "unavailable": "unavailable_until"}.get(
+                    fault, "rate_limited_until"
+                ),
+                until,
+            )
             return {"fault": fault, "seconds": seconds or "until cleared"}
         if fault in ("nonce", "insufficient_funds", "invalid_order"):
             count = int(_fault_number(args, "count", 1, 1, MAX_FAULT_COUNT))
@@ -684,7 +690,9 @@ class KrakenGateway:
             reduce_only=_flag(params, "reduce_only"),
         )
         try:
-            order = await self.venue.submit(request) if request.client_order_id else await self._submit_anonymous(request)
+            order = (
+                await self.venue.submit(request) if request.client_order_id else await self._submit_anonymous(request)
+            )
         except BrokerError as exc:
             raise self._venue_error(exc) from None
         if order.status is OrderStatus.REJECTED:
@@ -700,7 +708,11 @@ class KrakenGateway:
     async def _submit_anonymous(self, request: OrderRequest) -> VenueOrder:
         """An order sent without a client order id: the venue needs one, Kraken does not; it is kept without."""
         order = await self.venue.place_external_order(
-            request.symbol, request.side, request.quantity, request.price, order_type=request.order_type,
+            request.symbol,
+            request.side,
+            request.quantity,
+            request.price,
+            order_type=request.order_type,
             client_order_id="",
         )
         return order
@@ -845,9 +857,7 @@ class KrakenGateway:
         fills = await self._fills_by_order()
         trades = _flag(params, "trades")
         orders = {o.venue_order_id: o for o in self.venue.orders() if o.status is not OrderStatus.REJECTED}
-        return {
-            txid: self._order_info(orders[txid], fills.get(txid, []), trades) for txid in ids if txid in orders
-        }
+        return {txid: self._order_info(orders[txid], fills.get(txid, []), trades) for txid in ids if txid in orders}
 
     async def _trades_history(self, params: Mapping[str, str]) -> dict[str, Any]:
         start, end = _seconds(params, "start"), _seconds(params, "end")
@@ -855,7 +865,8 @@ class KrakenGateway:
         fills = [
             f
             for f in reversed(await self.venue.recent_fills())  # newest first
-            if (start is None or f.executed_at.timestamp() > start) and (end is None or f.executed_at.timestamp() <= end)
+            if (start is None or f.executed_at.timestamp() > start)
+            and (end is None or f.executed_at.timestamp() <= end)
         ]
         trades = {}
         for fill in _page(fills, params):
@@ -909,3 +920,43 @@ async def _run_venue(app: web.Application) -> AsyncIterator[None]:
     await gateway.start()
     yield
     await gateway.stop()
+
+
+def gateway_from_config(config: Config) -> KrakenGateway:
+    """The gateway of `config.gateway` over a paper venue set up by `config.paper` (its state loaded from
+    `gateway.state_file` when that exists, and saved there after every change). ConfigError for a missing or bad
+    secret."""
+    g, p = config.gateway, config.paper
+    values = {}
+    for name in ("api_key", "api_secret", "control_token"):
+        values[name] = resolve_secret(config, g, name, f"gateway.{name}")
+        if not values[name]:
+            raise ConfigError(f"gateway.{name}", f"not set: give {name}_file or {name}_env")
+    try:
+        decode_secret(values["api_secret"])
+    except ValueError as exc:
+        raise ConfigError("gateway.api_secret", str(exc)) from None
+    state = config.path(g.state_file) if g.state_file else None
+    venue = PaperVenue(
+        list(p.symbols),
+        quote_asset=p.quote_asset,
+        starting_balance=Decimal(str(p.starting_balance)),
+        seed=p.seed or secrets.randbits(32),
+        volatility=p.volatility,
+        order_latency=p.order_latency_seconds,
+        reject_probability=p.reject_probability,
+        partial_fill_probability=p.partial_fill_probability,
+        maker_fee=Decimal(str(p.maker_fee_rate)),
+        taker_fee=Decimal(str(p.taker_fee_rate)),
+        tick_interval=p.tick_interval_seconds,
+        rate_limit_per_second=g.orders_per_second,
+        rate_limit_burst=max(1.0, g.orders_per_second),
+        venue="kraken-gateway",
+        autosave_path=state,
+    )
+    if state is not None and state.exists():
+        try:
+            venue.load_state(state)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError("gateway.state_file", f"cannot load {state}: {exc}") from None
+    return KrakenGateway(venue, {values["api_key"]: values["api_secret"]}, values["control_token"])
