@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -277,6 +278,7 @@ class KrakenGateway:
         self._quotes: dict[str, Quote] = {}
         self._candles: dict[str, list[list[Decimal]]] = {s: [] for s in venue.symbols}
         self._task: asyncio.Task[None] | None = None
+        self._release = asyncio.Event()  # ends the wait of answers held back (lost_reply timeout) at clear or stop
         self._public: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {
             "Time": self._time,
             "SystemStatus": self._system_status,
@@ -303,7 +305,13 @@ class KrakenGateway:
         await self.venue.connect(BrokerEvents(on_quote=self._on_quote))
         self._task = asyncio.create_task(self.venue.run(), name="paper-gateway-market")
 
+    def release_held(self) -> None:
+        """Send now the answers a lost_reply fault (mode timeout) holds back."""
+        self._release.set()
+        self._release = asyncio.Event()
+
     async def stop(self) -> None:
+        self.release_held()
         await self.venue.close()
         await stop_tasks([self._task])
 
@@ -356,7 +364,8 @@ class KrakenGateway:
             if self.faults.lost_reply_mode == "close":
                 self._close(request)
                 return web.Response()
-            await asyncio.sleep(self.faults.lost_reply_delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), self.faults.lost_reply_delay)
         return self._answer(method, result)
 
     def _answer(self, method: str, result: Any) -> web.Response:
@@ -494,6 +503,7 @@ class KrakenGateway:
         # clear
         stale = sorted(f.stale)
         self.faults = Faults()
+        self.release_held()
         if stale:
             await self.venue.resubscribe(stale)
         return {"cleared": True}
@@ -912,7 +922,13 @@ def create_app(gateway: KrakenGateway) -> web.Application:
     app.router.add_get("/chaos", gateway.handle_chaos_status)
     app.router.add_post("/chaos/{fault}", gateway.handle_chaos)
     app.cleanup_ctx.append(_run_venue)
+    app.on_shutdown.append(_release_held_answers)
     return app
+
+
+async def _release_held_answers(app: web.Application) -> None:
+    """A shutdown does not wait for answers held back by a lost_reply fault."""
+    app[GATEWAY].release_held()
 
 
 async def _run_venue(app: web.Application) -> AsyncIterator[None]:
