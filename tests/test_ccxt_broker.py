@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
+import ccxt.async_support as ccxt
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -454,3 +455,26 @@ async def test_kill_9_mid_order_then_reconciliation_finds_exactly_the_damage(tmp
             await broker.close()
             journal.close()
             engine.dispose()
+
+
+async def test_an_order_placed_by_hand_without_a_client_order_id() -> None:
+    async with running_gateway() as (gateway, base):
+        by_hand = kraken(base, key="bench-key", secret=OTHER_SECRET)
+        broker = connected_broker(base)
+        try:
+            await by_hand.load_markets()
+            placed = await by_hand.create_order("BTC/USD", "limit", "buy", 0.01, 1000)
+            assert placed["clientOrderId"] is None
+            with pytest.raises(ccxt.InsufficientFunds):  # the venue's checks apply to such orders too
+                await by_hand.create_order("BTC/USD", "limit", "buy", 100, 60000)
+            await broker.connect(BrokerEvents())
+            (listed,) = await broker.open_orders()
+            assert (listed.client_order_id, listed.key) == ("", f"venue:{placed['id']}")
+            with pytest.raises(ccxt.ExchangeError, match="EGeneral:Invalid arguments:cl_ord_id"):  # internal ids
+                await by_hand.create_order("BTC/USD", "limit", "buy", 0.01, 1000, {"clientOrderId": "anonymous:x"})
+            canceled = await broker.cancel(venue_order_id=placed["id"])
+            assert canceled.status is OrderStatus.CANCELED and canceled.client_order_id == ""
+            assert [o.status for o in gateway.venue.orders()] == [OrderStatus.CANCELED, OrderStatus.REJECTED]
+        finally:
+            await by_hand.close()
+            await broker.close()

@@ -192,6 +192,7 @@ class CcxtBroker(Broker):
     async def connect(self, events: BrokerEvents) -> None:
         self._events = events
         self._started = True
+        self.exchange.open()  # again after a close(): ccxt refuses to reopen lazily what its user closed
         await self._call(Channel.ORDERS, "load markets", self.exchange.load_markets)
         unknown = [s for s, u in self._unified.items() if u not in (self.exchange.markets or {})]
         if unknown:

@@ -31,6 +31,7 @@ import logging
 import math
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -119,6 +120,8 @@ FAULTS = (
     "clear",
 )
 LOST_REPLY_MODES = ("close", "timeout")
+# The venue's client order id of an order sent without one (Kraken's cl_ord_id is optional); never shown.
+ANONYMOUS_PREFIX = "anonymous:"
 TRUE_VALUES = frozenset({"true", "True", "1"})
 
 
@@ -690,8 +693,13 @@ class KrakenGateway:
         if self.faults.invalid_orders > 0:
             self.faults.invalid_orders -= 1
             raise KrakenError(E_INVALID_ORDER)
+        cid = params.get("cl_ord_id", "")
+        if cid.startswith(ANONYMOUS_PREFIX):
+            raise KrakenError(f"{E_INVALID_ARGUMENTS}:cl_ord_id")
+        if not cid:  # Kraken takes orders without one; the venue needs one: an internal id, never shown
+            cid = f"{ANONYMOUS_PREFIX}{uuid.uuid4().hex}"
         request = OrderRequest(
-            client_order_id=params.get("cl_ord_id", ""),
+            client_order_id=cid,
             symbol=pair.symbol,
             side=Side(side),
             order_type=OrderType(kind),
@@ -700,9 +708,7 @@ class KrakenGateway:
             reduce_only=_flag(params, "reduce_only"),
         )
         try:
-            order = (
-                await self.venue.submit(request) if request.client_order_id else await self._submit_anonymous(request)
-            )
+            order = await self.venue.submit(request)
         except BrokerError as exc:
             raise self._venue_error(exc) from None
         if order.status is OrderStatus.REJECTED:
@@ -711,21 +717,9 @@ class KrakenGateway:
             "descr": {"order": self._description(side, order.quantity, pair, kind, order.price)},
             "txid": [order.venue_order_id],
         }
-        if order.client_order_id:
+        if not order.client_order_id.startswith(ANONYMOUS_PREFIX):
             answer["cl_ord_id"] = order.client_order_id
         return answer
-
-    async def _submit_anonymous(self, request: OrderRequest) -> VenueOrder:
-        """An order sent without a client order id: the venue needs one, Kraken does not; it is kept without."""
-        order = await self.venue.place_external_order(
-            request.symbol,
-            request.side,
-            request.quantity,
-            request.price,
-            order_type=request.order_type,
-            client_order_id="",
-        )
-        return order
 
     @staticmethod
     def _venue_error(exc: BrokerError) -> KrakenError:
@@ -748,7 +742,9 @@ class KrakenGateway:
         if txid:
             return orders.get(txid)
         cid = params.get("cl_ord_id", "")
-        return next((o for o in orders.values() if cid and o.client_order_id == cid), None)
+        if not cid or cid.startswith(ANONYMOUS_PREFIX):
+            return None
+        return next((o for o in orders.values() if o.client_order_id == cid), None)
 
     async def _cancel_order(self, params: Mapping[str, str]) -> dict[str, Any]:
         if not params.get("txid") and not params.get("cl_ord_id"):
@@ -816,7 +812,7 @@ class KrakenGateway:
             "misc": "",
             "oflags": "fciq",
         }
-        if order.client_order_id:
+        if not order.client_order_id.startswith(ANONYMOUS_PREFIX):
             info["cl_ord_id"] = order.client_order_id
         if not order.status.is_open:
             info["closetm"] = _ts(fills[-1].executed_at if fills else order.created_at)
@@ -829,7 +825,7 @@ class KrakenGateway:
         if order.status is OrderStatus.REJECTED:
             return False
         cid = params.get("cl_ord_id", "")
-        return not cid or order.client_order_id == cid
+        return not cid or (order.client_order_id == cid and not cid.startswith(ANONYMOUS_PREFIX))
 
     async def _open_orders(self, params: Mapping[str, str]) -> dict[str, Any]:
         fills = await self._fills_by_order()
