@@ -17,7 +17,16 @@ import ccxt.async_support as ccxt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.ccxt_helpers import API_SECRET, CONTROL_TOKEN, OTHER_SECRET, JournalHooks, kraken, running_gateway, wait_for
+from tests.ccxt_helpers import (
+    API_SECRET,
+    CONTROL_TOKEN,
+    OTHER_KEY,
+    OTHER_SECRET,
+    JournalHooks,
+    kraken,
+    running_gateway,
+    wait_for,
+)
 from trading_ops.bot.broker import (
     BrokerError,
     BrokerEvents,
@@ -361,6 +370,7 @@ def test_factory_from_config_overrides_urls_and_reads_secrets(tmp_path, monkeypa
     assert (ex.apiKey, ex.secret, ex.enableRateLimit, ex.timeout) == ("k1", API_SECRET, False, 2000)
     assert ex.urls["api"]["public"] == ex.urls["api"]["private"] == "http://127.0.0.1:1"
     assert "zendesk" in ex.urls["api"]  # the other URLs are kept
+    assert ex.session is None and ex.markets is None  # nothing was fetched, no connection opened
     assert broker.symbols == ["BTC-USD", "ETH-USD"] and broker.position_baseline == {"BTC": Decimal("0.5")}
     with pytest.raises(ConfigError, match="ccxt.exchange: ccxt has no exchange 'nowhere'"):
         make_exchange(parse_config({"ccxt": {"exchange": "nowhere"}}))
@@ -459,7 +469,7 @@ async def test_kill_9_mid_order_then_reconciliation_finds_exactly_the_damage(tmp
 
 async def test_an_order_placed_by_hand_without_a_client_order_id() -> None:
     async with running_gateway() as (gateway, base):
-        by_hand = kraken(base, key="bench-key", secret=OTHER_SECRET)
+        by_hand = kraken(base, key=OTHER_KEY, secret=OTHER_SECRET)
         broker = connected_broker(base)
         try:
             await by_hand.load_markets()
