@@ -190,6 +190,8 @@ class CcxtBroker(Broker):
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
+        await stop_tasks(self._tasks)  # a second connect() replaces the first one's polls
+        self._tasks = []
         self._events = events
         self._started = True
         self.exchange.open()  # again after a close(): ccxt refuses to reopen lazily what its user closed
@@ -200,6 +202,11 @@ class CcxtBroker(Broker):
         self._fills_since = await self.server_time()
         self._open = {o.venue_order_id: o for o in await self.open_orders()}
         await self._poll_quotes(self.symbols)
+        self._start_polls()
+
+    def _start_polls(self) -> None:
+        if self._tasks:
+            return
         self._tasks = [
             asyncio.create_task(self._every(self.poll_interval, self._poll_orders), name=f"{self.venue}-orders"),
             asyncio.create_task(
@@ -226,6 +233,9 @@ class CcxtBroker(Broker):
         await self.open_orders()
         self._quotes.clear()  # a fresh subscription starts with a snapshot
         await self._poll_quotes(self.symbols)
+        if self._fills_since is None:  # connect() never got this far
+            self._fills_since = await self.server_time()
+        self._start_polls()
 
     async def resubscribe(self, symbols: list[str] | None = None) -> None:
         targets = self.symbols if symbols is None else symbols
