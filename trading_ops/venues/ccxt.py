@@ -140,7 +140,12 @@ def _time(ms: Any) -> datetime | None:
 
 class CcxtBroker(Broker):
     """The Broker interface over one `ccxt.async_support` exchange instance (the caller builds it with its keys and
-    urls; `close()` closes it)."""
+    urls; `close()` closes it).
+
+    Bigger than most classes here because it is three things a websocket venue gives for free and ccxt's REST API
+    does not: the Broker calls, the polls that stand in for the event streams, and the translation of ccxt's
+    orders and trades into ours; they share the state of what was seen (open orders, trade ids, client ids).
+    """
 
     def __init__(
         self,

@@ -251,7 +251,11 @@ class Faults:
 
 
 class KrakenGateway:
-    """The paper venue behind Kraken's REST API; `start()` connects to it and keeps its market ticking."""
+    """The paper venue behind Kraken's REST API; `start()` connects to it and keeps its market ticking.
+
+    Its size is the API's: one small method per Kraken endpoint (each a translation of one paper-venue call into
+    Kraken's response shape), plus authentication and fault injection, which every endpoint passes through.
+    """
 
     def __init__(
         self,
@@ -424,6 +428,7 @@ class KrakenGateway:
 
     async def handle_chaos(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
+            LOG.warning("fault command from %s refused: missing or wrong bearer token", request.remote)
             return web.json_response({"error": "missing or wrong bearer token"}, status=401)
         fault = request.match_info["fault"]
         if fault == "clear_chaos":
@@ -433,12 +438,14 @@ class KrakenGateway:
         try:
             args = await request.json() if request.can_read_body else {}
         except ValueError:
-            return web.json_response({"error": "the body must be a JSON object"}, status=400)
+            args = None
         if not isinstance(args, dict):
+            LOG.warning("fault %s refused: the body is not a JSON object", fault)
             return web.json_response({"error": "the body must be a JSON object"}, status=400)
         try:
             answer = await self.inject(fault, args)
         except FaultError as exc:
+            LOG.warning("fault %s refused: %s", fault, exc)
             return web.json_response({"error": str(exc)}, status=400)
         LOG.warning("fault injected: %s %s", fault, answer)
         return web.json_response(answer)
