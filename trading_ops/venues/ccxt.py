@@ -528,8 +528,8 @@ class CcxtBroker(Broker):
         async with self._poll_lock:
             before = dict(self._open)
             since = self._fills_since
-            fills = await self.recent_fills(since)
-            fresh = [f for f in fills if f.trade_id not in self._seen_trades]
+            # Orders first, trades second: an order seen closed has every one of its fills in the trades that follow,
+            # so no order update tells of a fill not yet delivered.
             listed = {o.venue_order_id: o for o in await self.open_orders()}
             updates = [
                 o
@@ -539,6 +539,8 @@ class CcxtBroker(Broker):
             ]
             gone = [vid for vid in before if vid not in listed]
             updates.extend(await self._final_states(gone))
+            fills = await self.recent_fills(since)
+            fresh = [f for f in fills if f.trade_id not in self._seen_trades]
             # Orders a submit added while this poll was out are looked at by the next one.
             added = {vid: o for vid, o in self._open.items() if vid not in before and vid not in listed}
             self._open = {**listed, **added}
