@@ -31,7 +31,9 @@ async def main(url: str, base: str, plan: list[str]) -> None:
     async def on_order(order):  # type: ignore[no-untyped-def]
         await journal.call(journal.order_update, order)
 
-    broker = CcxtBroker(kraken(base), ["BTC-USD", "ETH-USD"], poll_interval=NEVER, quote_interval=NEVER)
+    # A long client timeout: the bot must still be waiting for the held-back answer when the test kills it.
+    client = kraken(base, timeout=120_000)
+    broker = CcxtBroker(client, ["BTC-USD", "ETH-USD"], poll_interval=NEVER, quote_interval=NEVER)
     await broker.connect(BrokerEvents(on_order=on_order, on_fill=hooks.adopt_fill))
     await journal.call(journal.set_balances, await broker.balances())
     say("connected")

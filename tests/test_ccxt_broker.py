@@ -261,10 +261,10 @@ async def test_a_lost_reply_is_resolved_by_client_order_id_never_sent_twice(mode
 
 async def test_an_order_the_venue_refused_while_unavailable_is_known_not_placed() -> None:
     async with running_gateway() as (gateway, base):
-        broker = connected_broker(base, lookup_backoff=0.5)
+        broker = connected_broker(base, lookup_backoff=1.0)  # lookups 1, 3 and 6 s after the refusal
         try:
             await broker.connect(BrokerEvents())
-            await chaos(base, "unavailable", seconds=0.3)
+            await chaos(base, "unavailable", seconds=1.0)
             with pytest.raises(BrokerError) as info:
                 await broker.submit(limit("u-1"))
             assert info.value.error_class == "unavailable" and info.value.outcome_unknown is False

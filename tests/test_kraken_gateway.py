@@ -5,6 +5,7 @@ raised as ccxt's own exception class. Needs nothing but the gateway itself, star
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 import sys
 from decimal import Decimal
@@ -159,7 +160,7 @@ async def test_authentication_and_the_increasing_nonce() -> None:
             for ex in (good, wrong_key, wrong_secret, stale):
                 await ex.close()
         # A hand-made request: a tampered body fails the signature; a replayed nonce is refused.
-        secret = __import__("base64").b64decode(API_SECRET)
+        secret = base64.b64decode(API_SECRET)
         async with aiohttp.ClientSession() as session:
             nonce = str(10**18)
             body = f"nonce={nonce}"
