@@ -94,6 +94,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_intake.py
 	$(PY) benchmarks/bench_recovery.py
 	$(PY) benchmarks/bench_backup.py
+	$(PY) benchmarks/bench_ccxt.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache
