@@ -1,0 +1,1 @@
+"""Scheduled operations beside the reconciler: the scheduler, maintenance windows, backups, upkeep, reports."""
