@@ -26,7 +26,9 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-        raise ScheduleError(f"unknown time zone {name[:40]!r} (expected an IANA name such as America/New_York)") from exc
+        raise ScheduleError(
+            f"unknown time zone {name[:40]!r} (expected an IANA name such as America/New_York)"
+        ) from exc
 
 
 def _value(text: str, low: int, high: int, names: dict[str, int], what: str) -> int:
