@@ -102,6 +102,8 @@ class Scheduler:
         self.done_through: dict[str, datetime | None] = {}
         self.loaded = False
         self.running: set[asyncio.Task[None]] = set()
+        # How a retry waits out its backoff (a test records the delays instead).
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     # ---- database ------------------------------------------------------------------------------------
 
@@ -228,7 +230,7 @@ class Scheduler:
                         "task %s slot %s failed (attempt %d, retry in %gs): %s", job.name, slot, attempt, delay, error
                     )
                     await asyncio.to_thread(self._update, run_id, error=error)
-                    await asyncio.sleep(delay)
+                    await self.sleep(delay)
                     delay = min(delay * 2, self.retry_max)
                     continue
                 finished = utcnow()
