@@ -245,8 +245,6 @@ class Maintenance:
                 done.append(f"{bot} was already paused (left as it is at the end)")
         if paused:
             done.append("paused " + ", ".join(paused))
-        for problem in problems:
-            log.warning("maintenance window %d: %s", window_id, problem)
         row = await asyncio.to_thread(
             self._save, window_id, problems, silence_id=silence_id, paused_bots=json.dumps(paused)
         )
@@ -370,6 +368,8 @@ def scheduled_window(name: str) -> Any:
         finally:
             await session.close()
             engine.dispose()
+        for problem in outcome.problems:
+            log.warning("scheduled maintenance window %s (window %d): %s", name, outcome.window.id, problem)
         log.info("scheduled maintenance window %s opened as window %d", name, outcome.window.id)
 
     open_window.__name__ = f"maintenance_window_{name}"
