@@ -20,6 +20,10 @@ from system_binaries import REPO_ROOT
 
 from tests.paper_helpers import TOKEN, fast_config
 from trading_ops.paper.bot import PaperBot
+from trading_ops.config import parse_config
+from trading_ops.ops.jobs import configured_jobs
+from trading_ops.ops.maintenance import metrics_for as maintenance_metrics
+from trading_ops.ops.scheduler import SchedulerMetrics
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 
 RULE_FILES = sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml"))
@@ -50,8 +54,6 @@ PLANNED_OPS_METRICS = {
     "tradingops_backup_last_success_timestamp_seconds": "trading-ops backup",
     # `trading-ops backup` (planned): failed backup runs.
     "tradingops_backup_failures_total": "trading-ops backup",
-    # `trading-ops report` (planned): when the last daily summary was sent.
-    "tradingops_daily_summary_last_success_timestamp_seconds": "trading-ops report",
 }
 
 # A small PromQL lexer, enough to find metric names: strings, comments, label matchers, ranges, label lists and
@@ -146,6 +148,9 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     bot.engine.dispose()
     reconciler_registry = CollectorRegistry()
     ReconcilerMetrics(reconciler_registry)
+    # The scheduled operations run in the reconciler and export through its registry.
+    SchedulerMetrics(reconciler_registry, configured_jobs(parse_config({})))
+    maintenance_metrics(reconciler_registry)
     return bot_registry, reconciler_registry
 
 
@@ -195,6 +200,9 @@ def test_the_registries_export_the_catalogue(exported: set[str]) -> None:
         "process_resident_memory_bytes",
         "tradingops_episodes_total",
         "tradingops_maintenance_active",
+        "tradingops_daily_summary_last_success_timestamp_seconds",
+        "tradingops_maintenance_window_recorded_end_timestamp_seconds",
+        "tradingops_scheduled_task_failures_total",
     } <= exported
 
 
