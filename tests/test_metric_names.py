@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,11 @@ from prometheus_client import CollectorRegistry
 from system_binaries import REPO_ROOT
 
 from tests.paper_helpers import TOKEN, fast_config
-from trading_ops.paper.bot import PaperBot
 from trading_ops.config import parse_config
 from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance import metrics_for as maintenance_metrics
 from trading_ops.ops.scheduler import SchedulerMetrics
+from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 
 RULE_FILES = sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml"))
@@ -149,7 +150,10 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     reconciler_registry = CollectorRegistry()
     ReconcilerMetrics(reconciler_registry)
     # The scheduled operations run in the reconciler and export through its registry.
-    SchedulerMetrics(reconciler_registry, configured_jobs(parse_config({})))
+    jobs = configured_jobs(parse_config({}))
+    scheduler_metrics = SchedulerMetrics(reconciler_registry, jobs)
+    for job in jobs:  # a task's own last-success gauge appears with its first success
+        scheduler_metrics.succeeded(job.name, datetime.now(UTC))
     maintenance_metrics(reconciler_registry)
     return bot_registry, reconciler_registry
 
@@ -200,7 +204,7 @@ def test_the_registries_export_the_catalogue(exported: set[str]) -> None:
         "process_resident_memory_bytes",
         "tradingops_episodes_total",
         "tradingops_maintenance_active",
-        "tradingops_daily_summary_last_success_timestamp_seconds",
+        "tradingops_daily_report_last_success_timestamp_seconds",
         "tradingops_maintenance_window_recorded_end_timestamp_seconds",
         "tradingops_scheduled_task_failures_total",
     } <= exported

@@ -13,7 +13,7 @@ from trading_ops.ops.scheduler import Job, JobFunc
 
 # How often finished maintenance windows are closed (bots resumed) and a missing silence is retried.
 HOUSEKEEPING_CRON = "* * * * *"
-DAILY_SUMMARY_METRIC = "tradingops_daily_summary_last_success_timestamp_seconds"
+DAILY_SUMMARY_METRIC = "tradingops_daily_report_last_success_timestamp_seconds"
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -61,19 +63,32 @@ class SchedulerMetrics:
             ["task"],
             registry=registry,
         )
-        self.own: dict[str, Gauge] = {}
+        self.own = OwnLastSuccess({job.name: job.last_success_metric for job in jobs if job.last_success_metric})
+        registry.register(self.own)
         for job in jobs:
             self.runs.labels(job.name)
             self.failures.labels(job.name)
-            if job.last_success_metric and job.last_success_metric not in self.own:
-                self.own[job.name] = Gauge(
-                    job.last_success_metric, f"When the {job.name} task last succeeded.", registry=registry
-                )
 
     def succeeded(self, job: str, at: datetime) -> None:
         self.last_success.labels(job).set(at.timestamp())
-        if job in self.own:
-            self.own[job].set(at.timestamp())
+        self.own.values[job] = at.timestamp()
+
+
+class OwnLastSuccess(Collector):
+    """A task's last success under a name of its own (an alert reads it), exported only once there is one: a 0
+    would read as "never" and fire a staleness alert on a fresh deployment."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.values: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for job, name in self.names.items():
+            if job in self.values:
+                yield GaugeMetricFamily(name, f"When the {job} task last succeeded.", value=self.values[job])
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class Scheduler:

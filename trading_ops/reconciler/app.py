@@ -18,6 +18,7 @@ from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
 from trading_ops.ops.jobs import configured_jobs
+from trading_ops.ops.maintenance import metrics_for as maintenance_metrics
 from trading_ops.ops.scheduler import Scheduler
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.silence import CREATED_BY
@@ -170,6 +171,7 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     if not config.scheduler.enabled:
         yield
         return
+    maintenance_metrics(app[keys.REGISTRY])  # exported from the start, not after the first housekeeping
     scheduler = Scheduler(config, app[keys.LEDGER].engine, configured_jobs(config), app[keys.REGISTRY], app[keys.OWNER])
     app[keys.SCHEDULER] = scheduler
     task = asyncio.create_task(scheduler.run_forever(), name="scheduler")
