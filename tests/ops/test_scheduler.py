@@ -93,6 +93,7 @@ async def test_after_downtime_only_the_latest_missed_slot_runs_once(tmp_path: Pa
         first = make_scheduler(config, jobs, "first-life")
         await tick(first)
         assert job.calls == []  # no history: nothing is backfilled
+        assert first.registry.get_sample_value("test_daily_last_success") is None  # not a 0 that reads as "never"
         clock.move_to("2026-03-06 05:00:00")  # midnight EST
         await tick(first)
         assert len(job.calls) == 1
