@@ -244,3 +244,38 @@ async def test_a_label_value_with_shell_characters_is_just_a_value(
     assert silence["matchers"][0]["value"] == value
     with pytest.raises(MaintenanceError):
         parse_matchers(["instance=a", "instance=b"])
+
+
+async def test_a_scheduled_window_opens_on_its_slot_and_closes_by_itself(
+    tmp_path: Path, migrated: str, alertmanager: Alertmanager, bots: dict[str, Bot]
+) -> None:
+    """maintenance.windows through the scheduler: the slot (this minute, UTC) opens the window for what is left of
+    its duration, once across two replicas; at its end housekeeping resumes the bot (on SQLite and PostgreSQL)."""
+    from trading_ops.ops.jobs import configured_jobs
+    from trading_ops.ops.scheduler import Scheduler
+
+    slot = utcnow().replace(second=0, microsecond=0)
+    reason = f"scheduled {tmp_path.name}"
+    window = {"schedule": f"{slot.minute} {slot.hour} * * *", "duration": "30m", "reason": reason}
+    window["matchers"] = {"instance": "bot-2"}  # type: ignore[assignment]
+    config = ops_config(
+        tmp_path, migrated, alertmanager_url=alertmanager.url, bots=bots, maintenance={"windows": {"nightly": window}}
+    )
+    replicas = [
+        Scheduler(config, make_engine(migrated), configured_jobs(config), CollectorRegistry(), f"replica-{i}")
+        for i in range(2)
+    ]
+    started = await asyncio.gather(*(r.tick() for r in replicas))
+    runs = [t for ts in started for t in ts if t.get_name() == "job:maintenance_window:nightly"]
+    assert len(runs) == 1
+    await asyncio.gather(*runs)
+    assert bots["bot-2"].state == "paused" and bots["bot-1"].state == "active"
+    (silence,) = silences_with(alertmanager, reason)
+    assert silence["status"]["state"] == "active"
+    async with aiohttp.ClientSession() as session:
+        m = Maintenance(config, make_engine(migrated), session)
+        (opened,) = m.windows(open_only=True)
+        assert (opened.created_by, opened.ends_at) == ("schedule:nightly", slot + timedelta(minutes=30))
+        await m.housekeeping(now=slot + timedelta(minutes=31))
+        assert m.windows(open_only=True) == []
+    assert bots["bot-2"].state == "active"

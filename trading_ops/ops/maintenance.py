@@ -328,20 +328,18 @@ async def with_maintenance(
 
 
 async def housekeeping(config: Config, registry: CollectorRegistry) -> None:
-    """The scheduled job: close the windows past their end and resume their bots (every minute)."""
+    """The scheduled job (every minute): close the windows past their end and resume their bots. A bot that does not
+    answer stays on its window (recorded, and in the gauges the overrun alert reads) for the next minute to retry:
+    not an error to retry now, which would overlap the next run."""
     maintenance, session, engine = await with_maintenance(config)
     try:
         outcomes = await maintenance.housekeeping(registry)
     finally:
         await session.close()
         engine.dispose()
-    left = [o for o in outcomes if json.loads(o.window.paused_bots)]
-    if left:
-        raise MaintenanceError(
-            "; ".join(
-                f"window {o.window.id}: bots still paused: {', '.join(json.loads(o.window.paused_bots))}" for o in left
-            )
-        )
+    for outcome in outcomes:
+        for problem in outcome.problems:
+            log.warning("maintenance window %d: %s", outcome.window.id, problem)
 
 
 def scheduled_window(name: str) -> Any:
