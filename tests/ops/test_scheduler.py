@@ -221,3 +221,38 @@ async def test_the_reconciler_runs_the_scheduler(aiohttp_client: Any, tmp_path: 
     text = await (await client.get("/metrics")).text()
     assert 'tradingops_scheduled_task_runs_total{task="daily_summary"} 0.0' in text
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_finished_runs_older_than_the_retention_are_pruned(tmp_path: Path, migrated: str) -> None:
+    """On SQLite and PostgreSQL: old finished runs go, each task's latest stays (a restart resumes from it)."""
+    config = fast(tmp_path, migrated)
+    config.reconciler.retention_days = 30
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    engine = make_engine(migrated)
+    rows = [("minutely", now - timedelta(days=40, minutes=m), "success") for m in range(3)]
+    rows += [("minutely", now - timedelta(minutes=1), "success"), ("weekly", now - timedelta(days=60), "failed")]
+    rows += [("stuck", now - timedelta(days=50), "running"), ("stuck", now - timedelta(days=45), "success")]
+    with engine.begin() as conn:
+        for job, slot, state in rows:
+            conn.execute(
+                insert(JobRun).values(
+                    job=job,
+                    scheduled_for=slot,
+                    owner="x",
+                    state=state,
+                    started_at=slot,
+                    lease_until=now + timedelta(hours=1),
+                )
+            )
+    engine.dispose()
+    with freeze_time(now, real_asyncio=True):
+        await tick(make_scheduler(config, [], "pruner"))
+    left = sorted((r.job, r.scheduled_for) for r in runs(config))
+    assert left == sorted(
+        [
+            ("minutely", now - timedelta(minutes=1)),
+            ("weekly", now - timedelta(days=60)),  # its latest, however old
+            ("stuck", now - timedelta(days=50)),  # a run not finished is never pruned
+            ("stuck", now - timedelta(days=45)),
+        ]
+    )

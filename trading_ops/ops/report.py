@@ -168,6 +168,8 @@ def build(config: Config, engine: Engine, day: date, now: datetime | None = None
             .order_by(Position.bot, Position.symbol)
         ).all()
         for name, symbol, quantity, average in positions:
+            if quantity == 0:  # a flat position journaled as 0.000 (text on SQLite) is not open
+                continue
             mark = conn.execute(
                 select(Fill.price)
                 .where(Fill.symbol == symbol, Fill.executed_at < end)

@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 
 from trading_ops.config import Config
 from trading_ops.db.base import utcnow
@@ -27,6 +28,8 @@ PREFIX = "tradingops"
 # noticed within this long, and expired leases of dead replicas are looked for.
 MAX_SLEEP_SECONDS = 30.0
 ERROR_LIMIT = 1000
+# Finished runs older than reconciler.retention_days are deleted this often (a minutely task adds 1,440 a day).
+PRUNE_EVERY = timedelta(hours=1)
 
 JobFunc = Callable[[Config, CollectorRegistry], Awaitable[object]]
 
@@ -114,6 +117,8 @@ class Scheduler:
         self.retry_initial = sc.retry_initial_seconds
         self.retry_max = sc.retry_max_seconds
         self.lease = timedelta(seconds=sc.lease_seconds)
+        self.retention = timedelta(days=config.reconciler.retention_days)
+        self.pruned_at: datetime | None = None
         self.done_through: dict[str, datetime | None] = {}
         self.loaded = False
         self.running: set[asyncio.Task[None]] = set()
@@ -186,6 +191,20 @@ class Scheduler:
                     taken.append((int(run_id), str(job), _utc(slot), int(attempts)))
         return taken
 
+    def _prune(self, before: datetime) -> int:
+        """Delete finished runs older than `before`, except each task's latest (where a restart resumes from)."""
+        latest = aliased(JobRun)
+        newest = select(func.max(latest.scheduled_for)).where(latest.job == JobRun.job).scalar_subquery()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(JobRun).where(
+                    JobRun.state.in_(("success", "failed")),
+                    JobRun.scheduled_for < before,
+                    JobRun.scheduled_for < newest,
+                )
+            )
+        return int(result.rowcount or 0)
+
     def _update(self, run_id: int, **values: object) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(JobRun).where(JobRun.id == run_id, JobRun.owner == self.owner).values(**values))
@@ -198,6 +217,11 @@ class Scheduler:
         if not self.loaded:
             await asyncio.to_thread(self._load, now)
             self.loaded = True
+        if self.pruned_at is None or now - self.pruned_at >= PRUNE_EVERY:
+            deleted = await asyncio.to_thread(self._prune, now - self.retention)
+            self.pruned_at = now
+            if deleted:
+                log.info("scheduler: %d finished run(s) older than %s pruned", deleted, self.retention)
         started = []
         for run_id, name, slot, attempts in await asyncio.to_thread(self._take_over_expired, now):
             started.append(self._start(self.jobs[name], slot, run_id, attempts))
@@ -206,11 +230,13 @@ class Scheduler:
             done = self.done_through.get(name)
             if done is not None and latest <= done:
                 continue
-            self.done_through[name] = latest
             if job.catch_up_within is not None and (now - latest).total_seconds() > job.catch_up_within:
                 log.info("task %s: slot %s missed by more than %gs; skipped", name, latest, job.catch_up_within)
+                self.done_through[name] = latest
                 continue
+            # Marked done only once the claim went through (a database error leaves the slot to the next tick).
             claimed: int | None = await asyncio.to_thread(self._claim, name, latest, now)
+            self.done_through[name] = latest
             if claimed is None:
                 log.debug("task %s slot %s: claimed by another replica", name, latest)
                 continue
