@@ -378,7 +378,7 @@ class ReconcilerConfig:
 # ---- scheduled operations: the scheduler, maintenance windows, the daily summary --------------------------
 
 
-def _check_timezone(value: str) -> str | None:
+def _check_schedule_time_zone(value: str) -> str | None:
     from trading_ops.ops.schedule import ScheduleError, zone
 
     try:
@@ -388,7 +388,7 @@ def _check_timezone(value: str) -> str | None:
     return None
 
 
-def _check_cron(value: str) -> str | None:
+def _check_schedule(value: str) -> str | None:
     from trading_ops.ops.schedule import CronSchedule, ScheduleError
 
     try:
@@ -430,8 +430,8 @@ class SchedulerConfig:
 
 @dataclass
 class MaintenanceWindowConfig:
-    # Cron-like "M H DOM MON DOW" in maintenance.timezone: when the window opens.
-    schedule: str = checked("0 3 * * sun", _check_cron)
+    # Cron-like "M H DOM MON DOW" in maintenance.time_zone: when the window opens.
+    schedule: str = checked("0 3 * * sun", _check_schedule)
     duration: str = checked("30m", _check_positive_duration)
     reason: str = checked("scheduled maintenance", _check_nonempty)
     # Alerts matching these are silenced; the reconciler.targets they match are paused.
@@ -449,18 +449,18 @@ class MaintenanceWindowConfig:
 
 @dataclass
 class MaintenanceConfig:
-    timezone: str = checked("UTC", _check_timezone)
+    time_zone: str = checked("UTC", _check_schedule_time_zone)
     # Scheduled windows by name.
     windows: dict[str, MaintenanceWindowConfig] = field(default_factory=dict)
 
 
 @dataclass
 class ReportConfig:
-    # The daily summary, sent through notifications.urls at daily_at (local time in `timezone`); it covers the
+    # The daily summary, sent through notifications.urls at daily_at (local time in `time_zone`); it covers the
     # 24 hours before that moment.
     enabled: bool = True
     daily_at: str = checked("00:00", _check_time_of_day)
-    timezone: str = checked("UTC", _check_timezone)
+    time_zone: str = checked("UTC", _check_schedule_time_zone)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from trading_ops.ops import report
 from trading_ops.ops.jobs import DAILY_SUMMARY_METRIC, configured_jobs
 from trading_ops.ops.scheduler import Scheduler
 
-NY_1630 = {"daily_at": "16:30", "timezone": "America/New_York"}
+NY_1630 = {"daily_at": "16:30", "time_zone": "America/New_York"}
 DAY = date(2026, 6, 10)
 # 16:30 EDT on June 9 to 16:30 EDT on June 10.
 START, END = datetime(2026, 6, 9, 20, 30, tzinfo=UTC), datetime(2026, 6, 10, 20, 30, tzinfo=UTC)
@@ -119,7 +119,7 @@ def test_the_period_is_a_local_day_across_dst(tmp_path: Path) -> None:
     assert end - start == timedelta(hours=23)
     start, end = report.period(ny, date(2026, 11, 1))  # and back: 25 hours
     assert end - start == timedelta(hours=25)
-    utc = config_for(tmp_path, "sqlite://", daily_at="00:00", timezone="UTC").report
+    utc = config_for(tmp_path, "sqlite://", daily_at="00:00", time_zone="UTC").report
     assert report.period(utc, DAY) == (datetime(2026, 6, 10, tzinfo=UTC), datetime(2026, 6, 11, tzinfo=UTC))
     # The run at midnight UTC reports the day that just ended; the one at 16:30 New York, the day it ends.
     assert report.day_of_slot(utc, datetime(2026, 6, 11, tzinfo=UTC)) == DAY

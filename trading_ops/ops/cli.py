@@ -173,7 +173,7 @@ def report_daily(args: argparse.Namespace, config: Config) -> int:
         if not 1970 <= day.year <= 9000:
             raise UsageError(f"report daily: --date: {args.date} is out of range")
     else:
-        slot = CronSchedule.parse(report.cron_of(config.report), config.report.timezone).latest_at_or_before(utcnow())
+        slot = CronSchedule.parse(report.cron_of(config.report), config.report.time_zone).latest_at_or_before(utcnow())
         day = report.day_of_slot(config.report, slot)
     engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
     try:

@@ -31,12 +31,13 @@ class JobSpec:
 JOBS: tuple[JobSpec, ...] = (
     JobSpec(
         "daily_summary",
-        lambda c: (report.cron_of(c.report), c.report.timezone) if c.report.enabled else None,
+        lambda c: (report.cron_of(c.report), c.report.time_zone) if c.report.enabled else None,
         report.run_daily_summary,
         last_success_metric=DAILY_SUMMARY_METRIC,
     ),
-    # A missed minute is not worth catching up beyond the next one.
     JobSpec("maintenance_housekeeping", lambda c: (HOUSEKEEPING_CRON, "UTC"), maintenance.housekeeping),
+    # Another task is one more line: an async job(config, registry) and where its cron and time zone live, e.g.
+    #   JobSpec("backup", lambda c: (c.backup.schedule, c.backup.time_zone), backup.run_scheduled_backup),
 )
 
 
@@ -61,7 +62,7 @@ def configured_jobs(config: Config) -> list[Job]:
         jobs.append(
             Job(
                 f"maintenance_window:{name}",
-                CronSchedule.parse(window.schedule, config.maintenance.timezone),
+                CronSchedule.parse(window.schedule, config.maintenance.time_zone),
                 maintenance.scheduled_window(name),
                 catch_up_within=parse_duration(window.duration),
             )

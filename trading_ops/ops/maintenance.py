@@ -352,7 +352,7 @@ def scheduled_window(name: str) -> Any:
 
         spec = config.maintenance.windows[name]
         now = utcnow()
-        slot = CronSchedule.parse(spec.schedule, config.maintenance.timezone).latest_at_or_before(now)
+        slot = CronSchedule.parse(spec.schedule, config.maintenance.time_zone).latest_at_or_before(now)
         remaining = (slot + timedelta(seconds=parse_duration(spec.duration)) - now).total_seconds()
         if remaining <= 0:
             log.info("scheduled maintenance window %s: its slot %s is already over", name, slot)

@@ -44,7 +44,7 @@ def cron_of(report: ReportConfig) -> str:
 def period(report: ReportConfig, day: date) -> tuple[datetime, datetime]:
     """The 24 hours (local days, so 23 or 25 across DST) the report of `day` covers: up to daily_at on `day`, or to
     the end of `day` when daily_at is 00:00."""
-    tz = zone(report.timezone)
+    tz = zone(report.time_zone)
     hour, minute = (int(p) for p in report.daily_at.split(":"))
     cutoff = time(hour, minute)
     end_day = day + timedelta(days=1) if cutoff == time(0, 0) else day
@@ -53,7 +53,7 @@ def period(report: ReportConfig, day: date) -> tuple[datetime, datetime]:
 
 def day_of_slot(report: ReportConfig, slot: datetime) -> date:
     """The day a scheduled run at `slot` reports on: the local day that ends at (or includes the end of) it."""
-    return (slot - timedelta(microseconds=1)).astimezone(zone(report.timezone)).date()
+    return (slot - timedelta(microseconds=1)).astimezone(zone(report.time_zone)).date()
 
 
 @dataclass
@@ -209,7 +209,7 @@ def build(config: Config, engine: Engine, day: date, now: datetime | None = None
             bot(name).uptime = _union_seconds(by_bot[name]) / seconds
     return DailySummary(
         day=day,
-        timezone=config.report.timezone,
+        timezone=config.report.time_zone,
         start=start,
         end=end,
         bots=sorted(bots.values(), key=lambda b: b.bot),
@@ -220,18 +220,26 @@ def build(config: Config, engine: Engine, day: date, now: datetime | None = None
 
 
 def backup_lines(config: Config, start: datetime, end: datetime) -> list[str]:
-    """The backups part: from the backup catalog when `trading_ops.ops.backup` exists, else NO_BACKUPS."""
-    if importlib.util.find_spec(BACKUP_MODULE) is None:
+    """The backups part, from the manifests of the backup catalog (`trading_ops.ops.backup`, `backup.directory`)
+    when that module exists, else NO_BACKUPS."""
+    section = getattr(config, "backup", None)
+    if section is None or importlib.util.find_spec(BACKUP_MODULE) is None:
         return [NO_BACKUPS]
     module = importlib.import_module(BACKUP_MODULE)
-    lines = getattr(module, "report_lines", None)
-    if lines is None:
-        return ["see `trading-ops backup list`"]
     try:
-        return [str(line) for line in lines(config, start, end)] or [NO_BACKUPS]
-    except Exception as exc:  # a report without its backup part beats no report
+        manifests = list(module.Catalog(config.path(section.directory)).manifests())
+    except Exception as exc:  # a summary without its backup part beats no summary
         log.warning("backup catalog not readable for the daily summary: %s", exc)
         return [f"backup catalog not readable: {exc}"]
+    if not manifests:
+        return [f"no backups in {section.directory}"]
+    in_period = [m for m in manifests if start <= m.created_at < end]
+    latest = max(manifests, key=lambda m: m.created_at)
+    size = sum(m.size_bytes for m in in_period)
+    return [
+        f"{len(in_period)} backup(s) in the period, {size / 1e6:.1f} MB",
+        f"latest: {latest.id} at {latest.created_at:%Y-%m-%d %H:%M}Z, {latest.size_bytes / 1e6:.1f} MB",
+    ]
 
 
 def render_text(summary: DailySummary) -> str:
@@ -342,7 +350,7 @@ async def run_daily_summary(config: Config, registry: CollectorRegistry, now: da
     from trading_ops.ops.schedule import CronSchedule
 
     now = now or utcnow()
-    slot = CronSchedule.parse(cron_of(config.report), config.report.timezone).latest_at_or_before(now)
+    slot = CronSchedule.parse(cron_of(config.report), config.report.time_zone).latest_at_or_before(now)
     day = day_of_slot(config.report, slot)
     engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
     try:
