@@ -279,3 +279,52 @@ async def test_a_scheduled_window_opens_on_its_slot_and_closes_by_itself(
         await m.housekeeping(now=slot + timedelta(minutes=31))
         assert m.windows(open_only=True) == []
     assert bots["bot-2"].state == "active"
+
+
+async def test_the_reconciler_acts_on_nothing_a_window_matches(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot]
+) -> None:
+    """A real reconciler (silences checked against the real Alertmanager) parks the episode of a bot in a window
+    opened by `maintenance start`, executes nothing, and acts on a bot outside it."""
+    from tests.reconciler.conftest import AUTH, alert, make_config, payload, write_playbook
+    from trading_ops.reconciler.app import create_app
+
+    rule = {
+        "name": "status",
+        "match": ['alertname="TradingBotBrokerDisconnected"'],
+        "verify": False,
+        "cooldown": 0,
+        "steps": [{"action": "bot", "command": "status"}],
+    }
+    (tmp_path / "bot-token").write_text("bot-token")
+    targets = {n: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for n, b in bots.items()}
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [rule])),
+        alertmanager_url=alertmanager.url,
+        check_silences=True,
+        targets=targets,
+    )
+    async with aiohttp.ClientSession() as session:
+        m = Maintenance(config, make_engine(migrated_sqlite), session)
+        opened = await m.start({"instance": "bot-1"}, 600, f"parks {tmp_path.name}")
+        try:
+            client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+            body = payload(alert(instance="bot-1", fingerprint="in"), alert(instance="bot-2", fingerprint="out"))
+            assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+            episodes: dict[str, Any] = {}
+            deadline = asyncio.get_running_loop().time() + 30
+            while {episodes.get("bot-1", {}).get("state"), episodes.get("bot-2", {}).get("state")} != {
+                "waiting",
+                "recovered",
+            }:
+                assert asyncio.get_running_loop().time() < deadline, episodes
+                await asyncio.sleep(0.05)
+                listed = (await (await client.get("/api/v1/episodes")).json())["episodes"]
+                episodes = {e["target"]: e for e in listed}
+            parked = episodes["bot-1"]
+            assert parked["detail"].startswith(f"maintenance silence {opened.window.silence_id} until ")
+            assert parked["attempts"][0]["outcome"] == "skipped" and parked["attempts"][0]["steps"] == []
+        finally:
+            await m.end(opened.window.id)
