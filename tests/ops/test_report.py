@@ -234,8 +234,14 @@ def test_cli_bad_input_is_one_line(
 def test_cli_without_the_tables_says_so(tmp_path: Path, sqlite_url: str, capsys: Any) -> None:
     path = tmp_path / "trading-ops.yaml"
     path.write_text(f"database:\n  url: {sqlite_url}\n")
-    assert main(["-c", str(path), "report", "daily"]) == 1
+    assert main(["-c", str(path), "report", "daily"]) == 2
     assert "run `trading-ops db upgrade` first" in capsys.readouterr().err
+    assert main(["-c", str(path), "maintenance", "status"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert (
+        line
+        == "trading-ops: config: database.url: the maintenance tables are missing: run `trading-ops db upgrade` first"
+    )
 
 
 async def test_scheduled_summary_is_retried_until_mail_gets_through(tmp_path: Path, migrated_sqlite: str) -> None:

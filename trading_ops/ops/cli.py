@@ -9,8 +9,10 @@ import sys
 from datetime import date
 from typing import Any
 
+from sqlalchemy import inspect
+
 from trading_ops.cli import UsageError
-from trading_ops.config import Config
+from trading_ops.config import Config, ConfigError
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models.ops import MaintenanceWindow
 from trading_ops.durations import parse_duration
@@ -60,6 +62,11 @@ def _run(config: Config, work: Any) -> Any:
     async def go() -> Any:
         maintenance, session, engine = await with_maintenance(config)
         try:
+            tables = await asyncio.to_thread(lambda: set(inspect(engine).get_table_names()))
+            if "ops_maintenance_windows" not in tables:
+                raise ConfigError(
+                    "database.url", "the maintenance tables are missing: run `trading-ops db upgrade` first"
+                )
             return await work(maintenance)
         finally:
             await session.close()

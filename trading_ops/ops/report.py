@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, func, inspect, select
 
 from trading_ops.clients.notify import Notifier
-from trading_ops.config import Config, ReportConfig, resolve_secret
+from trading_ops.config import Config, ConfigError, ReportConfig, resolve_secret
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models.journal import Fill, Position
 from trading_ops.db.models.ledger import Episode
@@ -133,7 +133,9 @@ def build(config: Config, engine: Engine, day: date, now: datetime | None = None
     start, end = period(config.report, day)
     tables = set(inspect(engine).get_table_names())
     if not {"fills", "positions", "reconciler_episodes", "bot_runs"} <= tables:
-        raise ReportError("the journal and ledger tables are missing: run `trading-ops db upgrade` first")
+        raise ConfigError(
+            "database.url", "the journal and ledger tables are missing: run `trading-ops db upgrade` first"
+        )
     bots: dict[str, BotDay] = {}
 
     def bot(name: str) -> BotDay:
