@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,16 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str,
     code = await asyncio.to_thread(main, list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def expire_windows_left_active(alertmanager: Alertmanager) -> Iterator[None]:
+    """The Alertmanager is shared by the session: a test that moves time past a window's end (housekeeping with a
+    later `now`) leaves its silence active in the real one; expire them so the next test starts clean."""
+    yield
+    for s in alertmanager.get("silences"):
+        if s["createdBy"] == CREATED_BY and s["status"]["state"] == "active":
+            alertmanager.expire(s["id"])
 
 
 def silences_with(am: Alertmanager, reason: str) -> list[dict[str, Any]]:
