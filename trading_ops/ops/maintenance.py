@@ -211,14 +211,16 @@ class Maintenance:
         reason: str,
         created_by: str = CREATED_BY,
         now: datetime | None = None,
+        until: datetime | None = None,
     ) -> Outcome:
-        """Record the window (refused when one for the same matchers overlaps it), silence, pause the bots."""
+        """Record the window (refused when one for the same matchers overlaps it), silence, pause the bots. It ends
+        `duration_seconds` from now, or at `until` when given (a scheduled window: its slot plus its duration)."""
         if not 0 < duration_seconds <= MAX_DURATION_SECONDS:
             raise MaintenanceError(f"duration must be more than 0s and at most {MAX_DURATION_SECONDS / 86400:g}d")
         if not reason.strip():
             raise MaintenanceError("--reason must not be empty")
         start = now or utcnow()
-        end = start + timedelta(seconds=duration_seconds)
+        end = until or start + timedelta(seconds=duration_seconds)
         window_id = await asyncio.to_thread(self._insert, matchers, reason, created_by, start, end)
         problems, done = [], []
         silence_id = None
@@ -353,13 +355,14 @@ def scheduled_window(name: str) -> Any:
         spec = config.maintenance.windows[name]
         now = utcnow()
         slot = CronSchedule.parse(spec.schedule, config.maintenance.time_zone).latest_at_or_before(now)
-        remaining = (slot + timedelta(seconds=parse_duration(spec.duration)) - now).total_seconds()
+        until = slot + timedelta(seconds=parse_duration(spec.duration))
+        remaining = (until - now).total_seconds()
         if remaining <= 0:
             log.info("scheduled maintenance window %s: its slot %s is already over", name, slot)
             return
         maintenance, session, engine = await with_maintenance(config)
         try:
-            outcome = await maintenance.start(spec.matchers, remaining, spec.reason, f"schedule:{name}", now)
+            outcome = await maintenance.start(spec.matchers, remaining, spec.reason, f"schedule:{name}", now, until)
         except MaintenanceError as exc:
             log.warning("scheduled maintenance window %s not opened: %s", name, exc)
             return
