@@ -24,6 +24,7 @@ from trading_ops.config import parse_config
 from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance import metrics_for as maintenance_metrics
 from trading_ops.ops.scheduler import SchedulerMetrics
+from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 
@@ -50,12 +51,7 @@ PROMETHEUS_SERIES = {
 # Watched by alerts the catalogue requires, exported by scheduled operations that are planned and not
 # built yet (see the top of prometheus/rules/trading-ops.yml). Nothing exports them today: these alerts cannot
 # fire until the operations land, and each entry must go once its exporter exists (a test below says so).
-PLANNED_OPS_METRICS = {
-    # `trading-ops backup` (planned): when the last backup of the journal and ledger succeeded.
-    "tradingops_backup_last_success_timestamp_seconds": "trading-ops backup",
-    # `trading-ops backup` (planned): failed backup runs.
-    "tradingops_backup_failures_total": "trading-ops backup",
-}
+PLANNED_OPS_METRICS: dict[str, str] = {}
 
 # A small PromQL lexer, enough to find metric names: strings, comments, label matchers, ranges, label lists and
 # offsets are dropped; an identifier followed by `(` is a function or an aggregation; keywords are not names.
@@ -149,6 +145,8 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     bot.engine.dispose()
     reconciler_registry = CollectorRegistry()
     ReconcilerMetrics(reconciler_registry)
+    # The reconciler also exports the backup and upkeep records (trading_ops.ops.state_metrics).
+    register_ops_metrics(fast_config(tmp_path_factory.mktemp("ops")), reconciler_registry)
     # The scheduled operations run in the reconciler and export through its registry.
     jobs = configured_jobs(parse_config({}))
     scheduler_metrics = SchedulerMetrics(reconciler_registry, jobs)

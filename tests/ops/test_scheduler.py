@@ -217,7 +217,13 @@ async def test_the_reconciler_runs_the_scheduler(aiohttp_client: Any, tmp_path: 
     config.maintenance = parse_config({"maintenance": {"windows": {"weekly": {"schedule": "0 3 * * sun"}}}}).maintenance
     client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
     scheduler = client.app[keys.SCHEDULER]
-    assert set(scheduler.jobs) == {"daily_summary", "maintenance_housekeeping", "maintenance_window:weekly"}
+    assert set(scheduler.jobs) == {
+        "daily_summary",
+        "maintenance_housekeeping",
+        "backup",
+        "upkeep",
+        "maintenance_window:weekly",
+    }
     text = await (await client.get("/metrics")).text()
     assert 'tradingops_scheduled_task_runs_total{task="daily_summary"} 0.0' in text
     assert (await client.get("/healthz")).status == 200

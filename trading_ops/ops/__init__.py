@@ -1,1 +1,1 @@
-"""Scheduled operations beside the reconciler: the scheduler, maintenance windows, backups, upkeep, reports."""
+"""Scheduled operations beside the reconciler: the scheduler, backups, upkeep, maintenance windows, reports."""

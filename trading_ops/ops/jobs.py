@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from trading_ops.config import Config
 from trading_ops.durations import parse_duration
-from trading_ops.ops import maintenance, report
+from trading_ops.ops import backup, maintenance, report, upkeep
 from trading_ops.ops.schedule import CronSchedule
 from trading_ops.ops.scheduler import Job, JobFunc
 
@@ -27,7 +27,8 @@ class JobSpec:
     last_success_metric: str = ""
 
 
-# One line per task. A missed slot runs once when the scheduler starts (only the latest one of each task).
+# One line per task: its name, where its cron and time zone are configured, and an async job(config, registry).
+# A missed slot runs once when the scheduler starts (only the latest one of each task).
 JOBS: tuple[JobSpec, ...] = (
     JobSpec(
         "daily_summary",
@@ -36,8 +37,9 @@ JOBS: tuple[JobSpec, ...] = (
         last_success_metric=DAILY_SUMMARY_METRIC,
     ),
     JobSpec("maintenance_housekeeping", lambda c: (HOUSEKEEPING_CRON, "UTC"), maintenance.housekeeping),
-    # Another task is one more line: an async job(config, registry) and where its cron and time zone live, e.g.
-    #   JobSpec("backup", lambda c: (c.backup.schedule, c.backup.time_zone), backup.run_scheduled_backup),
+    # Backups and upkeep export their own metrics from their records on disk (trading_ops.ops.state_metrics).
+    JobSpec("backup", lambda c: (c.backup.schedule, c.backup.time_zone), lambda c, r: backup.run_scheduled_backup(c)),
+    JobSpec("upkeep", lambda c: (c.upkeep.schedule, c.upkeep.time_zone), lambda c, r: upkeep.run_upkeep(c)),
 )
 
 

@@ -1,7 +1,7 @@
 """ops: one row per claimed run of a scheduled task (unique job, slot), and the maintenance windows
 
-Revision ID: 0007_maint
-Revises: 0006
+Revision ID: 0008_maint
+Revises: 0007_backup
 Create Date: 2026-11-23 01:02:38.997966
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import trading_ops.db.base
 
-revision: str = '0007_maint'
-down_revision: str | None = '0006'
+revision: str = '0008_maint'
+down_revision: str | None = '0007_backup'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
