@@ -297,7 +297,7 @@ async def test_the_reconciler_acts_on_nothing_a_window_matches(
 ) -> None:
     """A real reconciler (silences checked against the real Alertmanager) parks the episode of a bot in a window
     opened by `maintenance start`, executes nothing, and acts on a bot outside it."""
-    from tests.reconciler.conftest import AUTH, alert, make_config, payload, write_playbook
+    from tests.reconciler.conftest import AUTH, READ_AUTH, alert, make_config, payload, write_playbook
     from trading_ops.reconciler.app import create_app
 
     rule = {
@@ -332,7 +332,7 @@ async def test_the_reconciler_acts_on_nothing_a_window_matches(
             }:
                 assert asyncio.get_running_loop().time() < deadline, episodes
                 await asyncio.sleep(0.05)
-                listed = (await (await client.get("/api/v1/episodes")).json())["episodes"]
+                listed = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
                 episodes = {e["target"]: e for e in listed}
             parked = episodes["bot-1"]
             assert parked["detail"].startswith(f"maintenance silence {opened.window.silence_id} until ")
