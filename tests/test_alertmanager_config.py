@@ -147,7 +147,7 @@ def test_secrets_come_from_files() -> None:
     text = CONFIG.read_text()
     for key in ("routing_key:", "service_key:", "api_url:", "auth_password:", "credentials:"):
         assert not re.search(rf"^\s*{key}", text, re.MULTILINE), f"inline secret {key}"
-    assert text.count(SECRETS_DIR) == 3
+    assert text.count(SECRETS_DIR) == 4
 
 
 # -- inhibition, against a real Alertmanager ---------------------------------------------------------------
@@ -169,7 +169,7 @@ def alertmanager_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("alertmanager")
     secrets = tmp / "secrets"
     secrets.mkdir()
-    for name in ("pagerduty-routing-key", "slack-webhook-url", "reconciler-token"):
+    for name in ("pagerduty-routing-key", "slack-webhook-url", "reconciler-token", "smtp-password"):
         (secrets / name).write_text("http://127.0.0.1:9/not-used\n")
     (tmp / "templates").symlink_to(ALERTMANAGER_DIR / "templates")
     config = tmp / "alertmanager.yml"

@@ -34,7 +34,7 @@ COMMAND = re.compile(
 )
 # Subcommands the design lists (../shared/DESIGN.md) that are not built yet; a runbook may name one only where it says
 # so ("planned"), and must give what to do today.
-PLANNED_COMMANDS = {"backup", "report", "maintenance"}
+PLANNED_COMMANDS = {"backup"}
 
 
 def alert_rules() -> list[dict]:

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "trading_ops.commands.config_cmd",
     "trading_ops.commands.db_cmd",
     "trading_ops.ops.backup_cli",
+    "trading_ops.ops.cli",
     "trading_ops.paper.cli",
     "trading_ops.reconciler.cli",
     "trading_ops.stack.cli",

@@ -438,15 +438,12 @@ def _check_instance(value: str) -> str | None:
 
 
 # ---- backup and upkeep (trading_ops.ops) ------------------------------------------------------------------------
-# A five-field cron expression (minute hour day-of-month month day-of-week): numbers, `*`, lists, ranges, steps.
-CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+# Schedules are cron-like "M H DOM MON DOW" (lists, ranges, steps, names), checked by the scheduler's own parser
+# (trading_ops.ops.schedule) so that every schedule the file accepts is one the scheduler can run.
 
 
 def _check_cron(value: str) -> str | None:
-    fields = value.split()
-    if len(fields) != 5 or not all(CRON_FIELD.match(f) for f in fields):
-        return f"expected a cron expression of five fields such as '0 * * * *', got {_describe(value)}"
-    return None
+    return _check_schedule(value)
 
 
 def _check_time_zone(value: str) -> str | None:
@@ -548,6 +545,94 @@ class UpkeepConfig:
                 raise ConfigError(f"{prefix}.cleanup.{name}", problem)
 
 
+# ---- scheduled operations: the scheduler, maintenance windows, the daily summary --------------------------
+
+
+def _check_schedule_time_zone(value: str) -> str | None:
+    from trading_ops.ops.schedule import ScheduleError, zone
+
+    try:
+        zone(value)
+    except ScheduleError as exc:
+        return str(exc)
+    return None
+
+
+def _check_schedule(value: str) -> str | None:
+    from trading_ops.ops.schedule import CronSchedule, ScheduleError
+
+    try:
+        CronSchedule.parse(value)
+    except ScheduleError as exc:
+        return f"{exc}: {_describe(value)}"
+    return None
+
+
+def _check_positive_duration(value: str) -> str | None:
+    from trading_ops.durations import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        return str(exc)
+    return None if seconds > 0 else "must be longer than 0s"
+
+
+def _check_time_of_day(value: str) -> str | None:
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", value)
+    return None if match else f"expected a local time HH:MM such as 16:30, got {_describe(value)}"
+
+
+@dataclass
+class SchedulerConfig:
+    # Backups, upkeep, the daily summary and maintenance windows run inside the reconciler. Every replica runs the
+    # scheduler; each slot is claimed in the database by exactly one of them.
+    enabled: bool = True
+    # A failed run is tried this many times in all, waiting retry_initial_seconds, then twice as long each time
+    # up to retry_max_seconds.
+    max_attempts: int = bounded(4, min=1)
+    retry_initial_seconds: float = bounded(30.0, min=0.01)
+    retry_max_seconds: float = bounded(900.0, min=0.01)
+    # A claimed run renews its lease while it runs; a run whose lease passed belongs to a dead replica and is
+    # taken over.
+    lease_seconds: float = bounded(120.0, min=1)
+
+
+@dataclass
+class MaintenanceWindowConfig:
+    # Cron-like "M H DOM MON DOW" in maintenance.time_zone: when the window opens.
+    schedule: str = checked("0 3 * * sun", _check_schedule)
+    duration: str = checked("30m", _check_positive_duration)
+    reason: str = checked("scheduled maintenance", _check_nonempty)
+    # Alerts matching these are silenced; the reconciler.targets they match are paused.
+    matchers: dict[str, str] = field(default_factory=lambda: {"service": "tradingbot"})
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if not self.matchers:
+            raise ConfigError(f"{prefix}.matchers", "must name at least one label")
+        for name, value in self.matchers.items():
+            if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name):
+                raise ConfigError(f"{prefix}.matchers.{name}", "not a label name")
+            if not value:
+                raise ConfigError(f"{prefix}.matchers.{name}", "must not be empty")
+
+
+@dataclass
+class MaintenanceConfig:
+    time_zone: str = checked("UTC", _check_schedule_time_zone)
+    # Scheduled windows by name.
+    windows: dict[str, MaintenanceWindowConfig] = field(default_factory=dict)
+
+
+@dataclass
+class ReportConfig:
+    # The daily summary, sent through notifications.urls at daily_at (local time in `time_zone`); it covers the
+    # 24 hours before that moment.
+    enabled: bool = True
+    daily_at: str = checked("00:00", _check_time_of_day)
+    time_zone: str = checked("UTC", _check_schedule_time_zone)
+
+
 @dataclass
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -628,6 +713,9 @@ class Config:
     upkeep: UpkeepConfig = field(default_factory=UpkeepConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     ccxt: CcxtConfig = field(default_factory=CcxtConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     # Directory that relative paths in this file are resolved against (the file's own directory).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 

@@ -1,4 +1,4 @@
-"""A small client of Alertmanager's API v2: post and look up alerts, create and list silences."""
+"""A small client of Alertmanager's API v2: post and look up alerts, create, list and expire silences."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import re
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -54,6 +55,14 @@ class AlertmanagerClient:
         }
         data = await self._request("POST", "silences", body)
         return str((data or {}).get("silenceID", ""))
+
+    async def expire_silence(self, silence_id: str) -> None:
+        """DELETE /api/v2/silence/{id}: end a silence now (an expired or unknown one is an AlertmanagerError)."""
+        await self._request("DELETE", f"silence/{quote(silence_id, safe='')}")
+
+    async def silence(self, silence_id: str) -> dict[str, Any]:
+        """GET /api/v2/silence/{id}: one silence with its status.state (active, pending, expired)."""
+        return dict(await self._request("GET", f"silence/{quote(silence_id, safe='')}") or {})
 
     async def silences(self) -> list[dict[str, Any]]:
         return list(await self._request("GET", "silences") or [])

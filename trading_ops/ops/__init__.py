@@ -1,1 +1,1 @@
-"""Scheduled operations beside the reconciler: backups, database and disk upkeep, maintenance, reports."""
+"""Scheduled operations beside the reconciler: the scheduler, backups, upkeep, maintenance windows, reports."""

@@ -21,6 +21,9 @@ from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
+from trading_ops.ops.jobs import configured_jobs
+from trading_ops.ops.maintenance import metrics_for as maintenance_metrics
+from trading_ops.ops.scheduler import Scheduler
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.http import ACTION as HTTP_ACTION
@@ -102,6 +105,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(clients_ctx)
     app.cleanup_ctx.append(workers_ctx)
+    app.cleanup_ctx.append(scheduler_ctx)
     app.router.add_post("/api/v1/alertmanager", webhook)
     app.router.add_get("/api/v1/episodes", list_episodes)
     app.router.add_get("/api/v1/episodes/{id}", get_episode)
@@ -206,6 +210,24 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         await stop_tasks(tasks)
         await engine.stop()
         await writer.stop()
+
+
+async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Scheduled operations (trading_ops.ops.jobs.JOBS) run in this process, beside the engine: each slot by
+    exactly one replica. Its task joins the workers /healthz watches."""
+    config = app[keys.CONFIG]
+    if not config.scheduler.enabled:
+        yield
+        return
+    maintenance_metrics(app[keys.REGISTRY])  # exported from the start, not after the first housekeeping
+    scheduler = Scheduler(config, app[keys.LEDGER].engine, configured_jobs(config), app[keys.REGISTRY], app[keys.OWNER])
+    app[keys.SCHEDULER] = scheduler
+    task = asyncio.create_task(scheduler.run_forever(), name="scheduler")
+    app[keys.TASKS].append(task)
+    try:
+        yield
+    finally:
+        await stop_tasks([task])
 
 
 async def webhook(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from trading_ops.config import Config
+from trading_ops.ops.scheduler import Scheduler
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import GroupCommitWriter
@@ -31,4 +32,5 @@ ENGINE = web.AppKey("engine", Engine)
 DEADMAN = web.AppKey("deadman", DeadMansSwitch)
 MAINTENANCE = web.AppKey("maintenance", MaintenanceWatcher)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
 TASKS = web.AppKey("tasks", list[asyncio.Task[None]])

@@ -3,6 +3,7 @@
 from trading_ops.db.base import Base
 from trading_ops.db.models.journal import Balance, Fill, Order, Position
 from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Notification, Setting, Step, Target
+from trading_ops.db.models.ops import JobRun, MaintenanceWindow
 from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "BotRun",
     "Episode",
     "Fill",
+    "JobRun",
+    "MaintenanceWindow",
     "Notification",
     "Order",
     "Position",

@@ -1,0 +1,341 @@
+"""Maintenance windows against a real Alertmanager (prometheus-alertmanager) and real bot control APIs.
+
+The Alertmanager is started by the fixture on a free loopback port; the bots are trading_ops.bot servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.conftest import free_port
+from tests.ops.conftest import Bot, ops_config
+from tests.reconciler.conftest import Alertmanager
+from trading_ops.cli import main
+from trading_ops.clients.alertmanager import AlertmanagerClient
+from trading_ops.config import Config
+from trading_ops.db.base import make_engine, utcnow
+from trading_ops.ops.maintenance import CREATED_BY, Maintenance, MaintenanceError, parse_matchers
+from trading_ops.reconciler.actions.silence import CREATED_BY as RECONCILER_CREATED_BY
+from trading_ops.reconciler.maintenance import is_bot_maintenance
+
+pytestmark = pytest.mark.alertmanager
+
+
+def write_config(tmp_path: Path, config_data: dict[str, Any]) -> str:
+    import yaml
+
+    path = tmp_path / "trading-ops.yaml"
+    path.write_text(yaml.safe_dump(config_data))
+    return str(path)
+
+
+def cli_config(tmp_path: Path, db_url: str, am_url: str, bots: dict[str, Bot]) -> str:
+    (tmp_path / "bot-token").write_text("bot-token")
+    targets = {n: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for n, b in bots.items()}
+    return write_config(
+        tmp_path, {"database": {"url": db_url}, "reconciler": {"alertmanager_url": am_url, "targets": targets}}
+    )
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in a thread (it runs its own event loop) while the bots serve on this one."""
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def expire_windows_left_active(alertmanager: Alertmanager) -> Iterator[None]:
+    """The Alertmanager is shared by the session: a test that moves time past a window's end (housekeeping with a
+    later `now`) leaves its silence active in the real one; expire them so the next test starts clean."""
+    yield
+    for s in alertmanager.get("silences"):
+        if s["createdBy"] == CREATED_BY and s["status"]["state"] == "active":
+            alertmanager.expire(s["id"])
+
+
+def silences_with(am: Alertmanager, reason: str) -> list[dict[str, Any]]:
+    """The silences whose comment carries `reason` (unique per test: the Alertmanager is shared)."""
+    return [s for s in am.get("silences") if s["comment"].startswith(reason + " (")]
+
+
+def errors(err: str) -> list[str]:
+    """The CLI's own error lines (the in-process bots log to the same stderr)."""
+    return [line for line in err.splitlines() if line.startswith("trading-ops:")]
+
+
+async def test_start_silences_pauses_the_matched_bot_and_end_undoes_it(
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any
+) -> None:
+    path = cli_config(tmp_path, migrated_sqlite, alertmanager.url, bots)
+    code, out, err = await cli(
+        capsys,
+        "-c",
+        path,
+        "maintenance",
+        "start",
+        "--duration",
+        "30m",
+        "--reason",
+        "venue upgrade 1",
+        "--matcher",
+        "instance=bot-1",
+    )
+    assert code == 0 and errors(err) == [], err
+    assert out.startswith("maintenance window 1 open until") and "paused bot-1" in out
+    assert (bots["bot-1"].state, bots["bot-2"].state) == ("paused", "active")
+    (silence,) = silences_with(alertmanager, "venue upgrade 1")
+    assert silence["status"]["state"] == "active" and silence["createdBy"] == CREATED_BY
+    assert silence["matchers"] == [{"name": "instance", "value": "bot-1", "isRegex": False, "isEqual": True}]
+    # The reconciler parks what the window matches: it is a bot maintenance window, and the alert finds it.
+    assert is_bot_maintenance(silence, RECONCILER_CREATED_BY, ["bot-1", "bot-2"], ["TradingBotDown"])
+    async with aiohttp.ClientSession() as session:
+        client = AlertmanagerClient(session, alertmanager.url)
+        labels = {"alertname": "TradingBotDown", "instance": "bot-1", "service": "tradingbot"}
+        assert (await client.active_silence_for(labels, RECONCILER_CREATED_BY))["id"] == silence["id"]
+        assert await client.active_silence_for({**labels, "instance": "bot-2"}, RECONCILER_CREATED_BY) is None
+
+    code, out, err = await cli(capsys, "-c", path, "maintenance", "status")
+    assert code == 0 and "window 1 [active]" in out and "silence state active" in out and "paused bot-1" in out
+
+    code, out, err = await cli(capsys, "-c", path, "maintenance", "end")
+    assert code == 0 and errors(err) == [], err
+    assert "resumed bot-1" in out and f"silence {silence['id']} expired" in out
+    assert bots["bot-1"].state == "active"
+    assert silences_with(alertmanager, "venue upgrade 1")[0]["status"]["state"] == "expired"
+    code, out, _ = await cli(capsys, "-c", path, "maintenance", "list")
+    assert code == 0 and "window 1 [ended]" in out and "paused none" in out
+    code, out, _ = await cli(capsys, "-c", path, "maintenance", "status")
+    assert (code, out) == (0, "no open maintenance window\n")
+
+
+async def test_an_overlapping_window_for_the_same_matchers_is_refused(
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any
+) -> None:
+    path = cli_config(tmp_path, migrated_sqlite, alertmanager.url, bots)
+    args = [
+        "-c",
+        path,
+        "maintenance",
+        "start",
+        "--duration",
+        "1h",
+        "--reason",
+        "overlap",
+        "--matcher",
+        "instance=bot-2",
+    ]
+    assert (await cli(capsys, *args))[0] == 0
+    code, out, err = await cli(capsys, *args)
+    assert code == 1 and out == ""
+    (line,) = errors(err)
+    assert "window 1" in line and "already open" in line and "Traceback" not in err
+    assert len(silences_with(alertmanager, "overlap")) == 1  # nothing was done for the refused one
+    # Other matchers are another window.
+    code, _, err = await cli(capsys, "-c", path, "maintenance", "start", "--duration", "1h", "--reason", "r")
+    assert code == 0, err
+    # With two open, `end` needs an id.
+    code, _, err = await cli(capsys, "-c", path, "maintenance", "end")
+    assert code == 1 and len(errors(err)) == 1 and "give --id" in err
+    assert (await cli(capsys, "-c", path, "maintenance", "end", "--id", "1"))[0] == 0
+
+
+async def test_a_bot_already_paused_stays_paused_at_the_end(
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot]
+) -> None:
+    config = ops_config(tmp_path, migrated_sqlite, alertmanager_url=alertmanager.url, bots=bots)
+    await bots["bot-2"].instrumentation.control.run("pause", {"reason": "operator"})
+    async with aiohttp.ClientSession() as session:
+        m = Maintenance(config, make_engine(migrated_sqlite), session)
+        opened = await m.start(parse_matchers([]), 600, "all bots")
+        assert json.loads(opened.window.paused_bots) == ["bot-1"]
+        ended = await m.end(opened.window.id)
+    assert ended.problems == [] and (bots["bot-1"].state, bots["bot-2"].state) == ("active", "paused")
+
+
+async def test_a_window_ends_by_itself_and_housekeeping_resumes_its_bots(
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot]
+) -> None:
+    config = ops_config(tmp_path, migrated_sqlite, alertmanager_url=alertmanager.url, bots=bots)
+    registry = CollectorRegistry()
+    async with aiohttp.ClientSession() as session:
+        m = Maintenance(config, make_engine(migrated_sqlite), session)
+        opened = await m.start({"instance": "bot-1"}, 1800, "short")
+        await m.housekeeping(registry)
+        assert registry.get_sample_value("tradingops_maintenance_windows_open") == 1
+        end = registry.get_sample_value("tradingops_maintenance_window_recorded_end_timestamp_seconds")
+        assert end == opened.window.ends_at.timestamp()
+        assert bots["bot-1"].state == "paused"
+        # Half an hour later Alertmanager has expired the silence itself; housekeeping resumes the bot.
+        (closed,) = await m.housekeeping(registry, now=utcnow() + timedelta(minutes=31))
+    assert closed.window.state == "expired" and closed.done == ["resumed bot-1"]
+    assert bots["bot-1"].state == "active"
+    assert registry.get_sample_value("tradingops_maintenance_windows_open") == 0
+    assert registry.get_sample_value("tradingops_maintenance_window_recorded_end_timestamp_seconds") == 0
+
+
+async def test_a_bot_that_cannot_be_resumed_keeps_the_window_open_for_the_overrun_alert(
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot]
+) -> None:
+    config = ops_config(tmp_path, migrated_sqlite, alertmanager_url=alertmanager.url, bots=bots)
+    registry = CollectorRegistry()
+    async with aiohttp.ClientSession() as session:
+        m = Maintenance(config, make_engine(migrated_sqlite), session)
+        opened = await m.start({"instance": "bot-1"}, 60, "bot goes away")
+        config.reconciler.targets["bot-1"].url = f"http://127.0.0.1:{free_port()}"  # the bot is gone
+        (outcome,) = await m.housekeeping(registry, now=utcnow() + timedelta(minutes=2))
+        assert "bot-1: resume failed" in outcome.problems[0]
+        assert json.loads(outcome.window.paused_bots) == ["bot-1"] and "resume failed" in outcome.window.problems
+        assert registry.get_sample_value("tradingops_maintenance_windows_open") == 1
+        assert (
+            registry.get_sample_value("tradingops_maintenance_window_recorded_end_timestamp_seconds")
+            == opened.window.ends_at.timestamp()
+        )
+        # Back again: the next housekeeping resumes it.
+        config.reconciler.targets["bot-1"].url = bots["bot-1"].url
+        await m.housekeeping(registry, now=utcnow() + timedelta(minutes=3))
+    assert bots["bot-1"].state == "active" and registry.get_sample_value("tradingops_maintenance_windows_open") == 0
+
+
+async def test_with_alertmanager_down_it_says_so_and_records_it(
+    tmp_path: Path, migrated_sqlite: str, bots: dict[str, Bot], capsys: Any
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    path = cli_config(tmp_path, migrated_sqlite, down, bots)
+    code, out, err = await cli(
+        capsys, "-c", path, "maintenance", "start", "--duration", "10m", "--reason", "r", "--matcher", "instance=bot-1"
+    )
+    (line,) = errors(err)
+    assert code == 1 and out == ""
+    assert f"Alertmanager at {down} could not be reached: no silence created" in line
+    assert bots["bot-1"].state == "paused"  # what it could do, it did
+    code, out, _ = await cli(capsys, "-c", path, "maintenance", "status")
+    assert "silence none" in out and "problem:" in out and "no silence created" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--duration", "soon", "--reason", "r"], "expected a duration"),
+        (["--duration", "0s", "--reason", "r"], "duration must be more than 0s"),
+        (["--duration", "30d", "--reason", "r"], "at most 7d"),
+        (["--duration", "1h", "--reason", " "], "--reason must not be empty"),
+        (["--duration", "1h", "--reason", "r", "--matcher", "a b=c"], "expected label=value"),
+        (["--duration", "1h", "--reason", "r", "--matcher", "instance=~bot.*"], "expected label=value"),
+        (["--duration", "1h", "--reason", "r", "--matcher", "instance"], "expected label=value"),
+    ],
+)
+async def test_bad_input_is_one_line(
+    tmp_path: Path, migrated_sqlite: str, argv: list[str], problem: str, capsys: Any
+) -> None:
+    path = cli_config(tmp_path, migrated_sqlite, "http://127.0.0.1:9", {})
+    code, out, err = await cli(capsys, "-c", path, "maintenance", "start", *argv)
+    assert code in (1, 2) and out == "" and err.count("\n") == 1 and problem in errors(err)[0], err
+    assert (await cli(capsys, "-c", path, "maintenance", "list"))[1] == "no maintenance windows recorded\n"
+
+
+async def test_a_label_value_with_shell_characters_is_just_a_value(
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager
+) -> None:
+    config: Config = ops_config(tmp_path, migrated_sqlite, alertmanager_url=alertmanager.url)
+    value = "x; rm -rf / $(id)"
+    async with aiohttp.ClientSession() as session:
+        m = Maintenance(config, make_engine(migrated_sqlite), session)
+        opened = await m.start(parse_matchers([f"instance={value}"]), 60, "shell characters")
+        await m.end(opened.window.id)
+    (silence,) = silences_with(alertmanager, "shell characters")
+    assert silence["matchers"][0]["value"] == value
+    with pytest.raises(MaintenanceError):
+        parse_matchers(["instance=a", "instance=b"])
+
+
+async def test_a_scheduled_window_opens_on_its_slot_and_closes_by_itself(
+    tmp_path: Path, migrated: str, alertmanager: Alertmanager, bots: dict[str, Bot]
+) -> None:
+    """maintenance.windows through the scheduler: the slot (this minute, UTC) opens the window for what is left of
+    its duration, once across two replicas; at its end housekeeping resumes the bot (on SQLite and PostgreSQL)."""
+    from trading_ops.ops.jobs import configured_jobs
+    from trading_ops.ops.scheduler import Scheduler
+
+    slot = utcnow().replace(second=0, microsecond=0)
+    reason = f"scheduled {tmp_path.name}"
+    window = {"schedule": f"{slot.minute} {slot.hour} * * *", "duration": "30m", "reason": reason}
+    window["matchers"] = {"instance": "bot-2"}  # type: ignore[assignment]
+    config = ops_config(
+        tmp_path, migrated, alertmanager_url=alertmanager.url, bots=bots, maintenance={"windows": {"nightly": window}}
+    )
+    replicas = [
+        Scheduler(config, make_engine(migrated), configured_jobs(config), CollectorRegistry(), f"replica-{i}")
+        for i in range(2)
+    ]
+    started = await asyncio.gather(*(r.tick() for r in replicas))
+    runs = [t for ts in started for t in ts if t.get_name() == "job:maintenance_window:nightly"]
+    assert len(runs) == 1
+    await asyncio.gather(*runs)
+    assert bots["bot-2"].state == "paused" and bots["bot-1"].state == "active"
+    (silence,) = silences_with(alertmanager, reason)
+    assert silence["status"]["state"] == "active"
+    async with aiohttp.ClientSession() as session:
+        m = Maintenance(config, make_engine(migrated), session)
+        (opened,) = m.windows(open_only=True)
+        assert (opened.created_by, opened.ends_at) == ("schedule:nightly", slot + timedelta(minutes=30))
+        await m.housekeeping(now=slot + timedelta(minutes=31))
+        assert m.windows(open_only=True) == []
+    assert bots["bot-2"].state == "active"
+
+
+async def test_the_reconciler_acts_on_nothing_a_window_matches(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot]
+) -> None:
+    """A real reconciler (silences checked against the real Alertmanager) parks the episode of a bot in a window
+    opened by `maintenance start`, executes nothing, and acts on a bot outside it."""
+    from tests.reconciler.conftest import AUTH, READ_AUTH, alert, make_config, payload, write_playbook
+    from trading_ops.reconciler.app import create_app
+
+    rule = {
+        "name": "status",
+        "match": ['alertname="TradingBotBrokerDisconnected"'],
+        "verify": False,
+        "cooldown": 0,
+        "steps": [{"action": "bot", "command": "status"}],
+    }
+    (tmp_path / "bot-token").write_text("bot-token")
+    targets = {n: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for n, b in bots.items()}
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [rule])),
+        alertmanager_url=alertmanager.url,
+        check_silences=True,
+        targets=targets,
+    )
+    async with aiohttp.ClientSession() as session:
+        m = Maintenance(config, make_engine(migrated_sqlite), session)
+        opened = await m.start({"instance": "bot-1"}, 600, f"parks {tmp_path.name}")
+        try:
+            client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+            body = payload(alert(instance="bot-1", fingerprint="in"), alert(instance="bot-2", fingerprint="out"))
+            assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+            episodes: dict[str, Any] = {}
+            deadline = asyncio.get_running_loop().time() + 30
+            while {episodes.get("bot-1", {}).get("state"), episodes.get("bot-2", {}).get("state")} != {
+                "waiting",
+                "recovered",
+            }:
+                assert asyncio.get_running_loop().time() < deadline, episodes
+                await asyncio.sleep(0.05)
+                listed = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+                episodes = {e["target"]: e for e in listed}
+            parked = episodes["bot-1"]
+            assert parked["detail"].startswith(f"maintenance silence {opened.window.silence_id} until ")
+            assert parked["attempts"][0]["outcome"] == "skipped" and parked["attempts"][0]["steps"] == []
+        finally:
+            await m.end(opened.window.id)

@@ -1,0 +1,202 @@
+"""`trading-ops maintenance start|end|status|list` and `trading-ops report daily [--date D] [--send]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import date
+from typing import Any
+
+from sqlalchemy import inspect
+
+from trading_ops.cli import UsageError
+from trading_ops.config import Config, ConfigError
+from trading_ops.db.base import make_engine, utcnow
+from trading_ops.db.models.ops import MaintenanceWindow
+from trading_ops.durations import parse_duration
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+
+def register(sub: Any) -> None:
+    mt = sub.add_parser("maintenance", help="maintenance windows: silence alerts, pause bots, record the window")
+    inner = mt.add_subparsers(dest="maintenance_command", metavar="ACTION", required=True)
+    start = inner.add_parser("start", help="open a window now: Alertmanager silence, matched bots paused")
+    start.add_argument("--duration", required=True, help="how long, e.g. 30m, 2h")
+    start.add_argument("--reason", required=True, help="why (shown on the silence and in the record)")
+    start.add_argument(
+        "--matcher",
+        action="append",
+        default=[],
+        metavar="LABEL=VALUE",
+        help="alerts (and bots) the window covers; repeatable; default service=tradingbot (every bot)",
+    )
+    start.set_defaults(handler=maintenance_start)
+    end = inner.add_parser("end", help="end a window now: silence expired, the bots it paused resumed")
+    end.add_argument("--id", type=int, default=None, help="the window (default: the only open one)")
+    end.set_defaults(handler=maintenance_end)
+    inner.add_parser("status", help="open windows with their silence and paused bots").set_defaults(
+        handler=maintenance_status
+    )
+    lst = inner.add_parser("list", help="windows, newest first, open and closed")
+    lst.add_argument("--limit", type=int, default=20)
+    lst.set_defaults(handler=maintenance_list)
+
+    rp = sub.add_parser("report", help="reports: the daily summary")
+    rinner = rp.add_subparsers(dest="report_command", metavar="REPORT", required=True)
+    daily = rinner.add_parser("daily", help="print (or send) the daily summary")
+    daily.add_argument("--date", default=None, help="the day, YYYY-MM-DD (default: the last day that ended)")
+    daily.add_argument("--send", action="store_true", help="send it through notifications.urls instead of printing")
+    daily.add_argument("--html", action="store_true", help="print the HTML version")
+    daily.set_defaults(handler=report_daily)
+
+
+# ---- maintenance ---------------------------------------------------------------------------------------------
+
+
+def _run(config: Config, work: Any) -> Any:
+    from trading_ops.ops.maintenance import with_maintenance
+
+    async def go() -> Any:
+        maintenance, session, engine = await with_maintenance(config)
+        try:
+            tables = await asyncio.to_thread(lambda: set(inspect(engine).get_table_names()))
+            if "ops_maintenance_windows" not in tables:
+                raise ConfigError(
+                    "database.url", "the maintenance tables are missing: run `trading-ops db upgrade` first"
+                )
+            return await work(maintenance)
+        finally:
+            await session.close()
+            engine.dispose()
+
+    return asyncio.run(go())
+
+
+def _fail(message: str) -> int:
+    print(f"trading-ops: maintenance: {message}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _describe(w: MaintenanceWindow) -> str:
+    paused = json.loads(w.paused_bots)
+    return (
+        f"window {w.id} [{w.state}] {w.matchers} {w.starts_at:%Y-%m-%d %H:%M:%S}Z -> {w.ends_at:%Y-%m-%d %H:%M:%S}Z "
+        f"silence {w.silence_id or 'none'}; paused {', '.join(paused) or 'none'}; by {w.created_by}: {w.reason}"
+    )
+
+
+def maintenance_start(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.ops.maintenance import MaintenanceError, parse_matchers
+
+    try:
+        seconds = parse_duration(args.duration)
+        matchers = parse_matchers(args.matcher)
+    except (ValueError, MaintenanceError) as exc:
+        raise UsageError(f"maintenance start: {exc}") from exc
+    try:
+        outcome = _run(config, lambda m: m.start(matchers, seconds, args.reason))
+    except MaintenanceError as exc:
+        return _fail(str(exc))
+    w = outcome.window
+    if outcome.problems:
+        # One line: what was done, and what was not (recorded on the window, see `maintenance status`).
+        return _fail(f"window {w.id} recorded until {w.ends_at:%H:%M:%S}Z, but: " + "; ".join(outcome.problems))
+    print(
+        f"maintenance window {w.id} open until {w.ends_at:%Y-%m-%d %H:%M:%S}Z: "
+        + "; ".join(outcome.done or ["no bots matched"])
+    )
+    return EXIT_OK
+
+
+def maintenance_end(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.ops.maintenance import ACTIVE, MaintenanceError
+
+    async def work(m: Any) -> Any:
+        window_id = args.id
+        if window_id is None:
+            open_windows = [w for w in await asyncio.to_thread(m.windows, open_only=True) if w.state == ACTIVE]
+            if len(open_windows) != 1:
+                ids = ", ".join(str(w.id) for w in open_windows)
+                raise MaintenanceError(
+                    "no open maintenance window" if not open_windows else f"several windows are open ({ids}): give --id"
+                )
+            window_id = open_windows[0].id
+        return await m.end(window_id)
+
+    try:
+        outcome = _run(config, work)
+    except MaintenanceError as exc:
+        return _fail(str(exc))
+    if outcome.problems:
+        return _fail(f"window {outcome.window.id} ended, but: " + "; ".join(outcome.problems))
+    print(f"maintenance window {outcome.window.id} ended: " + "; ".join(outcome.done or ["nothing to undo"]))
+    return EXIT_OK
+
+
+def maintenance_status(args: argparse.Namespace, config: Config) -> int:
+    async def work(m: Any) -> list[str]:
+        lines = []
+        for w in await asyncio.to_thread(m.windows, open_only=True):
+            left = (w.ends_at - utcnow()).total_seconds()
+            lines.append(
+                _describe(w)
+                + f"; silence state {await m.silence_state(w)}; "
+                + (f"{left / 60:.0f} min left" if left > 0 else "past its end")
+            )
+            lines += [f"  problem: {p}" for p in w.problems.splitlines()]
+        return lines
+
+    lines = _run(config, work)
+    print("\n".join(lines) if lines else "no open maintenance window")
+    return EXIT_OK
+
+
+def maintenance_list(args: argparse.Namespace, config: Config) -> int:
+    lines = _run(
+        config,
+        lambda m: asyncio.to_thread(
+            lambda: [_describe(w) for w in m.windows(open_only=False, limit=max(1, args.limit))]
+        ),
+    )
+    print("\n".join(lines) if lines else "no maintenance windows recorded")
+    return EXIT_OK
+
+
+# ---- report --------------------------------------------------------------------------------------------------
+
+
+def report_daily(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.ops import report
+    from trading_ops.ops.schedule import CronSchedule
+
+    if args.date:
+        try:
+            day = date.fromisoformat(args.date)
+        except ValueError as exc:
+            raise UsageError(f"report daily: --date: expected YYYY-MM-DD, got {args.date[:40]!r}") from exc
+        if not 1970 <= day.year <= 9000:
+            raise UsageError(f"report daily: --date: {args.date} is out of range")
+    else:
+        slot = CronSchedule.parse(report.cron_of(config.report), config.report.time_zone).latest_at_or_before(utcnow())
+        day = report.day_of_slot(config.report, slot)
+    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    try:
+        summary = report.build(config, engine, day)
+    except report.ReportError as exc:
+        print(f"trading-ops: report: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        engine.dispose()
+    if not args.send:
+        print(report.render_html(summary) if args.html else report.render_text(summary), end="")
+        return EXIT_OK
+    try:
+        asyncio.run(report.send(config, summary))
+    except report.ReportError as exc:
+        print(f"trading-ops: report: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"daily summary for {day.isoformat()} sent")
+    return EXIT_OK

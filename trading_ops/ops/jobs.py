@@ -1,0 +1,72 @@
+"""Every scheduled task in one table: its name, where its schedule is configured, and the job it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trading_ops.config import Config
+from trading_ops.durations import parse_duration
+from trading_ops.ops import backup, maintenance, report, upkeep
+from trading_ops.ops.schedule import CronSchedule
+from trading_ops.ops.scheduler import Job, JobFunc
+
+# How often finished maintenance windows are closed (bots resumed) and a missing silence is retried.
+HOUSEKEEPING_CRON = "* * * * *"
+DAILY_SUMMARY_METRIC = "tradingops_daily_report_last_success_timestamp_seconds"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """`schedule(config)`: (cron, time zone), or None when the task is off in this configuration."""
+
+    name: str
+    schedule: Callable[[Config], tuple[str, str] | None]
+    run: JobFunc
+    catch_up_within: Callable[[Config], float | None] = lambda config: None
+    last_success_metric: str = ""
+
+
+# One line per task: its name, where its cron and time zone are configured, and an async job(config, registry).
+# A missed slot runs once when the scheduler starts (only the latest one of each task).
+JOBS: tuple[JobSpec, ...] = (
+    JobSpec(
+        "daily_summary",
+        lambda c: (report.cron_of(c.report), c.report.time_zone) if c.report.enabled else None,
+        report.run_daily_summary,
+        last_success_metric=DAILY_SUMMARY_METRIC,
+    ),
+    JobSpec("maintenance_housekeeping", lambda c: (HOUSEKEEPING_CRON, "UTC"), maintenance.housekeeping),
+    # Backups and upkeep export their own metrics from their records on disk (trading_ops.ops.state_metrics).
+    JobSpec("backup", lambda c: (c.backup.schedule, c.backup.time_zone), lambda c, r: backup.run_scheduled_backup(c)),
+    JobSpec("upkeep", lambda c: (c.upkeep.schedule, c.upkeep.time_zone), lambda c, r: upkeep.run_upkeep(c)),
+)
+
+
+def configured_jobs(config: Config) -> list[Job]:
+    """The jobs of this configuration: JOBS that are on, and one per scheduled maintenance window (a window
+    missed during downtime still opens while its time lasts, for what is left of it)."""
+    jobs = []
+    for spec in JOBS:
+        schedule = spec.schedule(config)
+        if schedule is None:
+            continue
+        jobs.append(
+            Job(
+                spec.name,
+                CronSchedule.parse(*schedule),
+                spec.run,
+                catch_up_within=spec.catch_up_within(config),
+                last_success_metric=spec.last_success_metric,
+            )
+        )
+    for name, window in sorted(config.maintenance.windows.items()):
+        jobs.append(
+            Job(
+                f"maintenance_window:{name}",
+                CronSchedule.parse(window.schedule, config.maintenance.time_zone),
+                maintenance.scheduled_window(name),
+                catch_up_within=parse_duration(window.duration),
+            )
+        )
+    return jobs

@@ -1,0 +1,319 @@
+"""The scheduler: runs each slot of each scheduled task exactly once across reconciler replicas, with retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
+
+from trading_ops.config import Config
+from trading_ops.db.base import utcnow
+from trading_ops.db.models.ops import JobRun
+from trading_ops.ops.schedule import CronSchedule
+from trading_ops.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+
+PREFIX = "tradingops"
+# The loop wakes at the next fire time, and at least this often: a clock that jumps (a suspended VM, NTP) is
+# noticed within this long, and expired leases of dead replicas are looked for.
+MAX_SLEEP_SECONDS = 30.0
+ERROR_LIMIT = 1000
+# Finished runs older than reconciler.retention_days are deleted this often (a minutely task adds 1,440 a day).
+PRUNE_EVERY = timedelta(hours=1)
+
+JobFunc = Callable[[Config, CollectorRegistry], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A task on a schedule. `catch_up_within`: a missed slot older than this many seconds is skipped (None: the
+    latest missed slot runs at start whatever its age). `last_success_metric`: a gauge of its own (an alert's)."""
+
+    name: str
+    schedule: CronSchedule
+    run: JobFunc
+    catch_up_within: float | None = None
+    last_success_metric: str = ""
+
+
+class SchedulerMetrics:
+    def __init__(self, registry: CollectorRegistry, jobs: Iterable[Job]) -> None:
+        self.runs = Counter(
+            f"{PREFIX}_scheduled_task_runs",
+            "Scheduled slots run by this replica, by task.",
+            ["task"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            f"{PREFIX}_scheduled_task_failures",
+            "Failed attempts of scheduled tasks (each retry counts), by task.",
+            ["task"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            f"{PREFIX}_scheduled_task_last_success_timestamp_seconds",
+            "When a scheduled task last succeeded (any replica; read from the database at start).",
+            ["task"],
+            registry=registry,
+        )
+        self.own = OwnLastSuccess({job.name: job.last_success_metric for job in jobs if job.last_success_metric})
+        registry.register(self.own)
+        for job in jobs:
+            self.runs.labels(job.name)
+            self.failures.labels(job.name)
+
+    def succeeded(self, job: str, at: datetime) -> None:
+        self.last_success.labels(job).set(at.timestamp())
+        self.own.values[job] = at.timestamp()
+
+
+class OwnLastSuccess(Collector):
+    """A task's last success under a name of its own (an alert reads it), exported only once there is one: a 0
+    would read as "never" and fire a staleness alert on a fresh deployment."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.values: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for job, name in self.names.items():
+            if job in self.values:
+                yield GaugeMetricFamily(name, f"When the {job} task last succeeded.", value=self.values[job])
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class Scheduler:
+    """Claims a slot with INSERT ... ON CONFLICT DO NOTHING on (job, scheduled_for): the replica whose insert went
+    in runs it, the others skip it. After downtime only the latest missed slot of a task runs (once)."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        jobs: Iterable[Job],
+        registry: CollectorRegistry,
+        owner: str,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.jobs = {job.name: job for job in jobs}
+        self.registry = registry
+        self.owner = owner
+        self.metrics = SchedulerMetrics(registry, self.jobs.values())
+        sc = config.scheduler
+        self.max_attempts = sc.max_attempts
+        self.retry_initial = sc.retry_initial_seconds
+        self.retry_max = sc.retry_max_seconds
+        self.lease = timedelta(seconds=sc.lease_seconds)
+        self.retention = timedelta(days=config.reconciler.retention_days)
+        self.pruned_at: datetime | None = None
+        self.done_through: dict[str, datetime | None] = {}
+        self.loaded = False
+        self.running: set[asyncio.Task[None]] = set()
+        # How a retry waits out its backoff (a test records the delays instead).
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    # ---- database ------------------------------------------------------------------------------------
+
+    def _load(self, now: datetime) -> None:
+        """What the database knows: the latest slot handled and the last success of each task."""
+        with self.engine.connect() as conn:
+            handled = dict(conn.execute(select(JobRun.job, func.max(JobRun.scheduled_for)).group_by(JobRun.job)).all())
+            success = dict(
+                conn.execute(
+                    select(JobRun.job, func.max(JobRun.finished_at))
+                    .where(JobRun.state == "success")
+                    .group_by(JobRun.job)
+                ).all()
+            )
+        for name, job in self.jobs.items():
+            last = handled.get(name)
+            if last is not None:
+                self.done_through[name] = _utc(last)
+            elif job.catch_up_within is None:
+                # A task never run before starts with the next slot: its history is not backfilled.
+                self.done_through[name] = job.schedule.latest_at_or_before(now)
+            else:
+                self.done_through[name] = None
+            succeeded = success.get(name)
+            if succeeded is not None:
+                self.metrics.succeeded(name, _utc(succeeded))
+
+    def _claim(self, job: str, slot: datetime, now: datetime) -> int | None:
+        values = {
+            "job": job,
+            "scheduled_for": slot,
+            "owner": self.owner,
+            "state": "running",
+            "attempts": 0,
+            "started_at": now,
+            "lease_until": now + self.lease,
+            "error": "",
+        }
+        dialect = self.engine.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = insert(JobRun).values(**values).on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
+        with self.engine.begin() as conn:
+            result = conn.execute(stmt.returning(JobRun.id))
+            row = result.first()
+        return None if row is None else int(row[0])
+
+    def _take_over_expired(self, now: datetime) -> list[tuple[int, str, datetime, int]]:
+        """Runs of a dead replica (lease passed while running): taken over one by one, compare-and-set."""
+        taken = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(JobRun.id, JobRun.job, JobRun.scheduled_for, JobRun.attempts, JobRun.owner).where(
+                    JobRun.state == "running", JobRun.lease_until < now, JobRun.job.in_(list(self.jobs))
+                )
+            ).all()
+            for run_id, job, slot, attempts, old_owner in rows:
+                result = conn.execute(
+                    update(JobRun)
+                    .where(JobRun.id == run_id, JobRun.owner == old_owner, JobRun.state == "running")
+                    .where(JobRun.lease_until < now)
+                    .values(owner=self.owner, lease_until=now + self.lease)
+                )
+                if result.rowcount == 1:
+                    log.warning("task %s slot %s: taking over the run of %s (its lease expired)", job, slot, old_owner)
+                    taken.append((int(run_id), str(job), _utc(slot), int(attempts)))
+        return taken
+
+    def _prune(self, before: datetime) -> int:
+        """Delete finished runs older than `before`, except each task's latest (where a restart resumes from)."""
+        latest = aliased(JobRun)
+        newest = select(func.max(latest.scheduled_for)).where(latest.job == JobRun.job).scalar_subquery()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(JobRun).where(
+                    JobRun.state.in_(("success", "failed")),
+                    JobRun.scheduled_for < before,
+                    JobRun.scheduled_for < newest,
+                )
+            )
+        return int(result.rowcount or 0)
+
+    def _update(self, run_id: int, **values: object) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(JobRun).where(JobRun.id == run_id, JobRun.owner == self.owner).values(**values))
+
+    # ---- loop ----------------------------------------------------------------------------------------
+
+    async def tick(self, now: datetime | None = None) -> list[asyncio.Task[None]]:
+        """Start the runs that are due at `now` (default: the clock) and that this replica claims; returns them."""
+        now = now or utcnow()
+        if not self.loaded:
+            await asyncio.to_thread(self._load, now)
+            self.loaded = True
+        if self.pruned_at is None or now - self.pruned_at >= PRUNE_EVERY:
+            deleted = await asyncio.to_thread(self._prune, now - self.retention)
+            self.pruned_at = now
+            if deleted:
+                log.info("scheduler: %d finished run(s) older than %s pruned", deleted, self.retention)
+        started = []
+        for run_id, name, slot, attempts in await asyncio.to_thread(self._take_over_expired, now):
+            started.append(self._start(self.jobs[name], slot, run_id, attempts))
+        for name, job in self.jobs.items():
+            latest = job.schedule.latest_at_or_before(now)
+            done = self.done_through.get(name)
+            if done is not None and latest <= done:
+                continue
+            if job.catch_up_within is not None and (now - latest).total_seconds() > job.catch_up_within:
+                log.info("task %s: slot %s missed by more than %gs; skipped", name, latest, job.catch_up_within)
+                self.done_through[name] = latest
+                continue
+            # Marked done only once the claim went through (a database error leaves the slot to the next tick).
+            claimed: int | None = await asyncio.to_thread(self._claim, name, latest, now)
+            self.done_through[name] = latest
+            if claimed is None:
+                log.debug("task %s slot %s: claimed by another replica", name, latest)
+                continue
+            started.append(self._start(job, latest, claimed, 0))
+        return started
+
+    def _start(self, job: Job, slot: datetime, run_id: int, attempts: int) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run(job, slot, run_id, attempts), name=f"job:{job.name}")
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+        return task
+
+    async def _run(self, job: Job, slot: datetime, run_id: int, attempts: int) -> None:
+        self.metrics.runs.labels(job.name).inc()
+        renew = asyncio.create_task(self._renew(run_id))
+        delay = self.retry_initial
+        try:
+            for attempt in range(attempts + 1, max(self.max_attempts, attempts + 1) + 1):
+                await asyncio.to_thread(self._update, run_id, attempts=attempt)
+                try:
+                    await job.run(self.config, self.registry)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.metrics.failures.labels(job.name).inc()
+                    error = f"{type(exc).__name__}: {exc}"[:ERROR_LIMIT]
+                    if attempt >= self.max_attempts:
+                        log.error("task %s slot %s failed (attempt %d, giving up): %s", job.name, slot, attempt, error)
+                        await asyncio.to_thread(self._update, run_id, state="failed", error=error, finished_at=utcnow())
+                        return
+                    log.warning(
+                        "task %s slot %s failed (attempt %d, retry in %gs): %s", job.name, slot, attempt, delay, error
+                    )
+                    await asyncio.to_thread(self._update, run_id, error=error)
+                    await self.sleep(delay)
+                    delay = min(delay * 2, self.retry_max)
+                    continue
+                finished = utcnow()
+                await asyncio.to_thread(self._update, run_id, state="success", error="", finished_at=finished)
+                self.metrics.succeeded(job.name, finished)
+                log.info("task %s slot %s done (attempt %d)", job.name, slot, attempt)
+                return
+        finally:
+            renew.cancel()
+
+    async def _renew(self, run_id: int) -> None:
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                await asyncio.to_thread(self._update, run_id, lease_until=utcnow() + self.lease)
+            except Exception:
+                log.exception("cannot renew the lease of run %d", run_id)
+
+    def next_wake(self, now: datetime) -> float:
+        """Seconds until the next fire time of any task (at most MAX_SLEEP_SECONDS)."""
+        soonest = min((job.schedule.next_after(now) for job in self.jobs.values()), default=None)
+        if soonest is None:
+            return MAX_SLEEP_SECONDS
+        return max(0.0, min(MAX_SLEEP_SECONDS, (soonest - now).total_seconds()))
+
+    async def run_forever(self) -> None:
+        if self.jobs:
+            log.info(
+                "scheduler: %s",
+                ", ".join(f"{j.name} [{j.schedule.expression} {j.schedule.timezone}]" for j in self.jobs.values()),
+            )
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception:
+                    log.exception("scheduler tick failed; next one in %gs", MAX_SLEEP_SECONDS)
+                # A few milliseconds late, so the slot is at or before the clock when the loop wakes.
+                await asyncio.sleep(self.next_wake(utcnow()) + 0.01)
+        finally:
+            await stop_tasks(list(self.running))
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
