@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
         handler=maintenance_status
     )
     lst = inner.add_parser("list", help="windows, newest first, open and closed")
-    lst.add_argument("--limit", type=int, default=20)
+    lst.add_argument("--limit", type=int, default=20, help="show at most this many windows (default 20)")
     lst.set_defaults(handler=maintenance_list)
 
     rp = sub.add_parser("report", help="reports: the daily summary")
