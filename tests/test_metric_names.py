@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from system_binaries import REPO_ROOT
 
 from tests.paper_helpers import TOKEN, fast_config
+from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 
@@ -139,24 +140,29 @@ def family_sample_names(registry: CollectorRegistry) -> tuple[set[str], set[str]
 
 
 @pytest.fixture(scope="module")
-def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegistry, CollectorRegistry]:
-    """The registries of a paper bot and of the reconciler's metrics, built in-process, fresh."""
+def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegistry, ...]:
+    """The registries of a paper bot, of the reconciler's metrics and of a freqtrade sidecar, built in-process, fresh
+    (the sidecar's always-present families: its data families are only there while a freqtrade answers)."""
     bot_registry = CollectorRegistry()
     bot = PaperBot(fast_config(tmp_path_factory.mktemp("paper-bot")), token=TOKEN, registry=bot_registry, chaos=True)
     bot.engine.dispose()
     reconciler_registry = CollectorRegistry()
     ReconcilerMetrics(reconciler_registry)
-    return bot_registry, reconciler_registry
+    sidecar_registry = CollectorRegistry()
+    FreqtradeSidecar(
+        name="ft", url="http://127.0.0.1:9", username="u", password="p", token=TOKEN, registry=sidecar_registry
+    )
+    return bot_registry, reconciler_registry, sidecar_registry
 
 
 @pytest.fixture(scope="module")
-def exported(registries: tuple[CollectorRegistry, CollectorRegistry]) -> set[str]:
+def exported(registries: tuple[CollectorRegistry, ...]) -> set[str]:
     """Every sample name the bot and the reconciler can expose."""
     return {name for registry in registries for name in family_sample_names(registry)[0]}
 
 
 @pytest.fixture(scope="module")
-def families(registries: tuple[CollectorRegistry, CollectorRegistry]) -> set[str]:
+def families(registries: tuple[CollectorRegistry, ...]) -> set[str]:
     return {name for registry in registries for name in family_sample_names(registry)[1]}
 
 

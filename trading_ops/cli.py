@@ -18,6 +18,7 @@ EXIT_USAGE = 2
 COMMAND_MODULES = (
     "trading_ops.commands.config_cmd",
     "trading_ops.commands.db_cmd",
+    "trading_ops.integrations.freqtrade.cli",
     "trading_ops.paper.cli",
     "trading_ops.reconciler.cli",
     "trading_ops.stack.cli",
