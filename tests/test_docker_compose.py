@@ -152,7 +152,10 @@ def test_the_reconciler_can_restart_the_bot_container() -> None:
     config = yaml.safe_load((REPO_ROOT / "trading-ops.docker.yaml").read_text())
     assert config["reconciler"]["playbook"] == "docker"
     services = compose()["services"]
-    assert docker_playbook_containers() == {services["paper-bot"]["container_name"]}
+    assert docker_playbook_containers() == {
+        services["paper-bot"]["container_name"],
+        services["freqtrade"]["container_name"],
+    }
     socket = config["reconciler"].get("docker_socket", ReconcilerConfig().docker_socket)
     assert f"/var/run/docker.sock:{socket}" in services["reconciler"]["volumes"]
     assert services["reconciler"]["group_add"], "the unprivileged reconciler needs the socket's group"
