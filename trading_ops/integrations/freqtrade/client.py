@@ -95,11 +95,11 @@ class FreqtradeClient:
     async def get(self, path: str, endpoint: str | None = None, **params: Any) -> Any:
         return await self.call("GET", path, endpoint=endpoint, params=params or None)
 
-    async def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        return await self.call("POST", path, json=body if body is not None else {})
+    async def post(self, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        return await self.call("POST", path, json=body if body is not None else {}, timeout=timeout)
 
-    async def delete(self, path: str, endpoint: str | None = None) -> Any:
-        return await self.call("DELETE", path, endpoint=endpoint)
+    async def delete(self, path: str, endpoint: str | None = None, timeout: float | None = None) -> Any:
+        return await self.call("DELETE", path, endpoint=endpoint, timeout=timeout)
 
     async def call(
         self,
@@ -109,13 +109,15 @@ class FreqtradeClient:
         endpoint: str | None = None,
         params: dict[str, Any] | None = None,
         json: Any = None,
+        timeout: float | None = None,
     ) -> Any:
-        """The decoded JSON answer of `method path`. Raises FreqtradeUnavailable or FreqtradeRefused."""
+        """The decoded JSON answer of `method path` within `timeout` seconds (default: the client's).
+        Raises FreqtradeUnavailable or FreqtradeRefused."""
         label = endpoint or path
         self._metrics.requests.labels(label).inc()
         started = time.monotonic()
         try:
-            status, body = await self._authorized(method, path, params, json)
+            status, body = await self._authorized(method, path, params, json, timeout)
         except FreqtradeUnavailable:
             self._metrics.failures.labels(label).inc()
             raise
@@ -131,13 +133,15 @@ class FreqtradeClient:
             raise FreqtradeRefused(status, _reason(body))
         return body
 
-    async def _authorized(self, method: str, path: str, params: dict[str, Any] | None, json: Any) -> tuple[int, Any]:
+    async def _authorized(
+        self, method: str, path: str, params: dict[str, Any] | None, json: Any, timeout: float | None
+    ) -> tuple[int, Any]:
         if self._access is None:
             await self._login()
-        status, body = await self._send(method, path, params, json, self._bearer())
+        status, body = await self._send(method, path, params, json, self._bearer(), timeout)
         if status == 401:
             await self._login(renew=True)
-            status, body = await self._send(method, path, params, json, self._bearer())
+            status, body = await self._send(method, path, params, json, self._bearer(), timeout)
         return status, body
 
     def _bearer(self) -> dict[str, str]:
@@ -172,13 +176,19 @@ class FreqtradeClient:
         params: dict[str, Any] | None,
         json: Any,
         headers: dict[str, str] | None,
+        timeout: float | None = None,
     ) -> tuple[int, Any]:
         if self._session is None:
             await self.open()
         assert self._session is not None
         try:
             async with self._session.request(
-                method, self.base + path, params=params, json=json, headers=headers
+                method,
+                self.base + path,
+                params=params,
+                json=json,
+                headers=headers,
+                timeout=self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 try:
                     body = await resp.json(content_type=None)

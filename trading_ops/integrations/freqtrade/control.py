@@ -17,6 +17,9 @@ from trading_ops.integrations.freqtrade.poller import FreqtradePoller
 
 log = logging.getLogger(__name__)
 
+# A command may wait for freqtrade to place orders on the exchange (forceexit, cancel) behind its own trading loop's
+# lock: longer than a poll may take.
+COMMAND_TIMEOUT_SECONDS = 30.0
 CommandHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # Why freqtrade cannot do these: the 409 answer says so.
 UNSUPPORTED = {
@@ -121,7 +124,7 @@ class FreqtradeControl:
 
     async def _transition(self, command: str, endpoint: str) -> dict[str, Any]:
         before = await self._current()
-        answer = await self.client.post(endpoint)
+        answer = await self.client.post(endpoint, timeout=COMMAND_TIMEOUT_SECONDS)
         after = await self._current()
         return {
             "state": after.value,
@@ -155,7 +158,7 @@ class FreqtradeControl:
     async def _reload(self, _args: dict[str, Any]) -> dict[str, Any]:
         """reload_config: freqtrade rebuilds its exchange connection, strategy and pairlists from its config file."""
         before = await self._current()
-        answer = await self.client.post("/reload_config")
+        answer = await self.client.post("/reload_config", timeout=COMMAND_TIMEOUT_SECONDS)
         return {"previous_state": before.value, "freqtrade": _status_text(answer)}
 
     # -- orders and positions --------------------------------------------------------------------------------
@@ -167,9 +170,13 @@ class FreqtradeControl:
                 "flatten", state, "freqtrade is stopped (halted) and exits nothing; clear_halt, then flatten"
             )
         if state is TradingState.ACTIVE:
-            await self.client.post("/pause")
+            await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS)
         trades = [t.get("trade_id") for t in self.poller.snapshot.trades]
-        answer = await self.client.post("/forceexit", {"tradeid": "all"}) if trades else None
+        answer = (
+            await self.client.post("/forceexit", {"tradeid": "all"}, timeout=COMMAND_TIMEOUT_SECONDS)
+            if trades
+            else None
+        )
         after = await self._current()
         return {
             "state": after.value,
@@ -189,7 +196,11 @@ class FreqtradeControl:
             if not isinstance(trade_id, int) or trade_id in canceled:
                 continue
             try:
-                await self.client.delete(f"/trades/{trade_id}/open-order", endpoint="/trades/{id}/open-order")
+                await self.client.delete(
+                    f"/trades/{trade_id}/open-order",
+                    endpoint="/trades/{id}/open-order",
+                    timeout=COMMAND_TIMEOUT_SECONDS,
+                )
             except FreqtradeRefused as exc:
                 failed[str(trade_id)] = exc.reason
             else:
