@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "trading_ops.paper.cli",
     "trading_ops.reconciler.cli",
     "trading_ops.stack.cli",
+    "trading_ops.venues.cli",
 )
 
 log = logging.getLogger("trading_ops")

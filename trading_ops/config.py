@@ -426,6 +426,61 @@ class LoggingConfig:
 
 
 @dataclass
+class GatewayListenConfig(ListenConfig):
+    port: int = bounded(9110, min=0, max=65535)
+
+
+@dataclass
+class GatewayConfig:
+    """`trading-ops paper-gateway`: the paper venue (set up by the `paper` section) behind Kraken's REST API."""
+
+    listen: GatewayListenConfig = field(default_factory=GatewayListenConfig)
+    # The one API key the gateway accepts and its secret (base64, as Kraken issues them).
+    api_key: str = secret("TRADING_OPS_GATEWAY_API_KEY", "API key ccxt clients sign with")
+    api_secret: str = secret("TRADING_OPS_GATEWAY_API_SECRET", "base64 API secret of that key")
+    # Bearer token of POST /chaos/{fault} (`trading-ops gateway-chaos`).
+    control_token: str = secret("TRADING_OPS_GATEWAY_CONTROL_TOKEN", "bearer token of the gateway's fault commands")
+    # The venue's state survives restarts in this file (relative to this configuration); empty keeps it in memory.
+    state_file: str = ""
+    # The venue's order rate limit (a token bucket); past it AddOrder answers EOrder:Rate limit exceeded.
+    orders_per_second: float = bounded(50.0, min=0.1)
+
+
+@dataclass
+class CcxtConfig:
+    """A bot trading through ccxt (trading_ops.venues.ccxt): the exchange, its keys and where to reach it."""
+
+    exchange: str = checked("kraken", _check_name)  # a ccxt exchange id
+    api_key: str = secret("TRADING_OPS_CCXT_API_KEY", "the exchange API key")
+    api_secret: str = secret("TRADING_OPS_CCXT_API_SECRET", "the exchange API secret")
+    # Overrides of the exchange's API URLs by name (kraken: public, private), e.g. a paper gateway's address.
+    urls: dict[str, str] = field(default_factory=dict)
+    symbols: list[str] = field(default_factory=lambda: ["BTC-USD"])
+    poll_interval_seconds: float = bounded(1.0, min=0.01)
+    quote_poll_interval_seconds: float = bounded(1.0, min=0.01)
+    timeout_seconds: float = bounded(10.0, min=0.1)
+    enable_rate_limit: bool = True
+    # Base-asset balances that are not the bot's (spot positions are the balance less this).
+    position_baseline: dict[str, float] = field(default_factory=dict)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if not self.symbols:
+            raise ConfigError(f"{prefix}.symbols", "must list at least one symbol")
+        for i, symbol in enumerate(self.symbols):
+            if SYMBOL_PATTERN.match(symbol) is None:
+                got = _describe(symbol)
+                raise ConfigError(
+                    f"{prefix}.symbols[{i}]", f"expected BASE-QUOTE in capitals such as BTC-USD, got {got}"
+                )
+        for name, url in self.urls.items():
+            if problem := _check_http_url(url):
+                raise ConfigError(f"{prefix}.urls.{name}", problem)
+        for asset in self.position_baseline:
+            if problem := _check_asset(asset):
+                raise ConfigError(f"{prefix}.position_baseline.{asset}", problem)
+
+
+@dataclass
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     bot: BotConfig = field(default_factory=BotConfig)
@@ -435,6 +490,8 @@ class Config:
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     freqtrade: FreqtradeConfig = field(default_factory=FreqtradeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    ccxt: CcxtConfig = field(default_factory=CcxtConfig)
     # Directory that relative paths in this file are resolved against (the file's own directory).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 

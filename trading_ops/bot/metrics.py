@@ -27,6 +27,7 @@ VENUE_ERROR_CLASSES = (
     "network",
     "unavailable",
     "insufficient_funds",
+    "invalid_order",
     "other",
 )
 CHANNELS = ("orders", "market_data", "account")
@@ -81,7 +82,7 @@ TRACKING_SWEEP_INTERVAL_SECONDS = 1.0
 DROP_REASONS = ("expired", "overflow")
 
 ErrorClass = Literal[
-    "rate_limit", "auth", "nonce", "timestamp", "network", "unavailable", "insufficient_funds", "other"
+    "rate_limit", "auth", "nonce", "timestamp", "network", "unavailable", "insufficient_funds", "invalid_order", "other"
 ]
 
 

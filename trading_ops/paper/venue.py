@@ -267,6 +267,21 @@ class PaperVenue(Broker):
             return symbol[: -len(suffix)]
         return symbol.split("-", 1)[0]
 
+    def tick_size(self, symbol: str) -> Decimal:
+        """The price increment of `symbol`."""
+        self._check_symbol(symbol)
+        return self._tick_sizes[symbol]
+
+    def step_size(self, symbol: str) -> Decimal:
+        """The quantity increment (and minimum) of `symbol`."""
+        self._check_symbol(symbol)
+        return self._step_sizes[symbol]
+
+    def orders(self) -> list[VenueOrder]:
+        """Every order the venue remembers (all open ones, the last MAX_RETAINED_CLOSED_ORDERS closed), oldest
+        first: what a venue's order history endpoints serve."""
+        return [dataclasses.replace(o) for o in self._orders.values()]
+
     def quote(self, symbol: str) -> Quote:
         """The current bid/ask around the mid price, stamped with the venue clock."""
         self._check_symbol(symbol)

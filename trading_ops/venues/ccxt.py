@@ -1,0 +1,664 @@
+"""A Broker for any ccxt exchange: orders, fills, balances and market data through ccxt's asyncio API.
+
+What it does that a bare ccxt call does not:
+
+- Errors: ccxt's exception classes map once, in ERROR_CLASSES, to the library's venue error classes. A network
+  failure or an unavailable venue after a request went out leaves its outcome unknown; a connection that could
+  not even be opened sent nothing (`outcome_unknown` false).
+- A submit whose answer was lost is resolved by asking the venue for the order by its client order id, never by
+  sending it again: found, the order is returned as if the answer had come; confirmed absent (twice), the submit
+  fails for certain; the venue unreachable, BrokerError with `outcome_unknown` for the bot's reconciliation.
+- A nonce error means the venue refused the request, so it is retried at once with a fresh nonce (NONCE_RETRIES).
+  Errors the broker handles itself (retried nonces, failed lookups, failed polls) are counted in
+  `handled_errors` and passed to `on_venue_error` (wire it to the bot's `metrics.venue_error`); an error raised to
+  the caller is the caller's to count.
+- Events: a background task polls open orders and the account's trades (`poll_interval`) and calls `on_fill`
+  for each new trade, then `on_order` for each order whose state changed (one that left the open list is looked
+  up for its final state); another polls tickers (`quote_interval`) and calls `on_quote` when a symbol's best
+  bid or ask changed, as a book-ticker stream does, so a frozen feed goes stale. A channel goes down when a call
+  on it fails for a network reason and up again at its next success (`on_connection` each time).
+- Amounts are exact: the broker sets the exchange's `number` to `str` (ccxt's own switch) and reads decimals.
+- Positions (spot): the venue's balance of each symbol's base asset less `position_baseline[base]` (what the
+  account held that is not the bot's; zero by default, as on the paper venue).
+- Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages. Other exchanges return
+  what one `fetch_my_trades(since)` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import ccxt.async_support as ccxt_async
+
+from trading_ops.bot.broker import (
+    Broker,
+    BrokerError,
+    BrokerEvents,
+    Channel,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+    VenueFill,
+    VenueOrder,
+)
+from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+
+# ccxt exception class (and, where it decides, the aiohttp cause) -> our venue error class. First match wins, so
+# subclasses come before their parents (ccxt/base/errors.py: NetworkError > DDoSProtection > RateLimitExceeded,
+# ExchangeNotAvailable, InvalidNonce, RequestTimeout; ExchangeError > AuthenticationError, InsufficientFunds,
+# InvalidOrder > OrderNotFound).
+ERROR_CLASSES: tuple[tuple[type[Exception], type[BaseException] | None, str], ...] = (
+    (ccxt_async.InvalidNonce, None, "nonce"),
+    (ccxt_async.RateLimitExceeded, None, "rate_limit"),
+    (ccxt_async.DDoSProtection, None, "rate_limit"),
+    (ccxt_async.RequestTimeout, None, "network"),
+    (ccxt_async.ExchangeNotAvailable, aiohttp.ClientConnectionError, "network"),  # connection refused or dropped
+    (ccxt_async.ExchangeNotAvailable, None, "unavailable"),  # the venue said so (maintenance, busy)
+    (ccxt_async.NetworkError, None, "network"),
+    (ccxt_async.AuthenticationError, None, "auth"),
+    (ccxt_async.InsufficientFunds, None, "insufficient_funds"),
+    (ccxt_async.InvalidOrder, None, "invalid_order"),
+    (ccxt_async.BaseError, None, "other"),
+)
+# A connection that could not be opened carried no request: such a failure is a definite one.
+UNSENT_CAUSES: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
+# Venue errors the installed ccxt leaves as a bare ExchangeError; taught to it so it raises the class they are.
+EXTRA_EXACT_ERRORS: dict[str, dict[str, type[Exception]]] = {
+    "kraken": {"EAPI:Invalid signature": ccxt_async.AuthenticationError},
+}
+NONCE_RETRIES = 3
+LOOKUP_ATTEMPTS = 4  # lookups of an order whose submit answer was lost
+LOOKUP_BACKOFF_SECONDS = 0.2  # times the attempt number
+NOT_FOUND_CONFIRMATIONS = 2  # "no such order" answers before a lost submit counts as never placed
+POLL_INTERVAL_SECONDS = 1.0
+# Exchanges whose trade history comes in pages of a fixed size, and the parameter that pages on.
+TRADE_PAGES = {"kraken": ("ofs", 50)}
+MAX_PAGES = 1000
+ORDER_LOOKUP_BATCH = 50
+FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
+MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
+MESSAGE_LIMIT = 300
+STATUSES = {
+    "closed": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELED,
+    "cancelled": OrderStatus.CANCELED,
+    "expired": OrderStatus.CANCELED,
+    "rejected": OrderStatus.REJECTED,
+}
+
+
+def error_class(exc: BaseException) -> str:
+    """Our venue error class of a ccxt exception (ERROR_CLASSES)."""
+    for cls, cause, name in ERROR_CLASSES:
+        if isinstance(exc, cls) and (cause is None or isinstance(exc.__cause__, cause)):
+            return name
+    return "other"
+
+
+def broker_error(exc: BaseException, what: str) -> BrokerError:
+    unsent = isinstance(exc.__cause__, UNSENT_CAUSES)
+    text = f"{what}: {type(exc).__name__}: {exc}"
+    if len(text) > MESSAGE_LIMIT:
+        text = text[: MESSAGE_LIMIT - 3] + "..."
+    return BrokerError(error_class(exc), text, outcome_unknown=False if unsent else None)
+
+
+def to_ccxt_symbol(symbol: str) -> str:
+    """BTC-USD -> BTC/USD (ccxt's unified spot symbol)."""
+    base, sep, quote = symbol.partition("-")
+    if not sep or not base or not quote:
+        raise ValueError(f"expected a BASE-QUOTE symbol such as BTC-USD, got {symbol!r}")
+    return f"{base}/{quote}"
+
+
+def from_ccxt_symbol(symbol: str) -> str:
+    """BTC/USD (or BTC/USD:USD) -> BTC-USD."""
+    return symbol.split(":", 1)[0].replace("/", "-")
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    return Decimal(value if isinstance(value, str) else repr(value))
+
+
+def _time(ms: Any) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+class CcxtBroker(Broker):
+    """The Broker interface over one `ccxt.async_support` exchange instance (the caller builds it with its keys and
+    urls; `close()` closes it)."""
+
+    def __init__(
+        self,
+        exchange: ccxt_async.Exchange,
+        symbols: list[str],
+        *,
+        poll_interval: float = POLL_INTERVAL_SECONDS,
+        quote_interval: float | None = None,
+        position_baseline: Mapping[str, Decimal] | None = None,
+        nonce_retries: int = NONCE_RETRIES,
+        lookup_attempts: int = LOOKUP_ATTEMPTS,
+        lookup_backoff: float = LOOKUP_BACKOFF_SECONDS,
+        on_venue_error: Callable[[str], None] | None = None,
+    ) -> None:
+        if not symbols:
+            raise ValueError("a ccxt broker needs at least one symbol")
+        if poll_interval <= 0 or (quote_interval is not None and quote_interval <= 0):
+            raise ValueError("poll intervals must be > 0")
+        self.exchange = exchange
+        self.venue = str(exchange.id)
+        self.symbols = list(dict.fromkeys(symbols))
+        self._unified = {s: to_ccxt_symbol(s) for s in self.symbols}
+        self.poll_interval = poll_interval
+        self.quote_interval = poll_interval if quote_interval is None else quote_interval
+        self.position_baseline = {k: Decimal(v) for k, v in (position_baseline or {}).items()}
+        self.nonce_retries = nonce_retries
+        self.lookup_attempts = lookup_attempts
+        self.lookup_backoff = lookup_backoff
+        self.on_venue_error = on_venue_error
+        self.handled_errors: Counter[str] = Counter()
+        exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
+        extra = EXTRA_EXACT_ERRORS.get(self.venue)
+        if extra:
+            exceptions = dict(exchange.exceptions or {})
+            exceptions["exact"] = {**exceptions.get("exact", {}), **extra}
+            exchange.exceptions = exceptions
+        self._events = BrokerEvents()
+        self._connected = dict.fromkeys(Channel, False)
+        self._started = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._quotes: dict[str, tuple[Any, ...]] = {}
+        self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
+        self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
+        self._seen_trades: OrderedDict[str, None] = OrderedDict()
+        self._fills_since: datetime | None = None
+        self._poll_lock = asyncio.Lock()
+
+    # -- connection -------------------------------------------------------------------------------------------
+    async def connect(self, events: BrokerEvents) -> None:
+        self._events = events
+        self._started = True
+        await self._call(Channel.ORDERS, "load markets", self.exchange.load_markets)
+        unknown = [s for s, u in self._unified.items() if u not in (self.exchange.markets or {})]
+        if unknown:
+            raise BrokerError("other", f"{self.venue} does not list {', '.join(unknown)}")
+        self._fills_since = await self.server_time()
+        self._open = {o.venue_order_id: o for o in await self.open_orders()}
+        await self._poll_quotes(self.symbols)
+        self._tasks = [
+            asyncio.create_task(self._every(self.poll_interval, self._poll_orders), name=f"{self.venue}-orders"),
+            asyncio.create_task(
+                self._every(self.quote_interval, lambda: self._poll_quotes(self.symbols)), name=f"{self.venue}-quotes"
+            ),
+        ]
+
+    async def close(self) -> None:
+        self._started = False
+        await stop_tasks(self._tasks)
+        self._tasks = []
+        for channel in Channel:
+            self._connected[channel] = False
+        await self.exchange.close()
+
+    def is_connected(self, channel: Channel) -> bool:
+        return self._connected[channel]
+
+    async def reconnect(self) -> None:
+        """New connections (ccxt's session is closed and opened again), then one call on each channel."""
+        await self.exchange.close()
+        self.exchange.open()
+        self._started = True
+        await self.open_orders()
+        self._quotes.clear()  # a fresh subscription starts with a snapshot
+        await self._poll_quotes(self.symbols)
+
+    async def resubscribe(self, symbols: list[str] | None = None) -> None:
+        targets = self.symbols if symbols is None else symbols
+        unknown = [s for s in targets if s not in self._unified]
+        if unknown:
+            raise BrokerError("other", f"unknown symbol {', '.join(unknown)[:64]}")
+        for symbol in targets:
+            self._quotes.pop(symbol, None)
+        await self._poll_quotes(targets)
+
+    async def _set_connected(self, channel: Channel, up: bool) -> None:
+        if not self._started or self._connected[channel] is up:
+            return
+        self._connected[channel] = up
+        log.log(
+            logging.INFO if up else logging.WARNING,
+            "%s: %s channel %s",
+            self.venue,
+            channel.value,
+            "up" if up else "down",
+        )
+        if self._events.on_connection is not None:
+            await self._events.on_connection(channel, up)
+
+    async def _call(self, channel: Channel, what: str, method: Callable[..., Any], *args: Any) -> Any:
+        """One ccxt call, its exception mapped (ERROR_CLASSES); a refused nonce is retried with a fresh one."""
+        for attempt in range(self.nonce_retries + 1):
+            try:
+                result = await method(*args)
+            except ccxt_async.BaseError as exc:
+                error = broker_error(exc, what)
+                if error.error_class == "nonce" and attempt < self.nonce_retries:
+                    self._handled("nonce")  # refused, so nothing happened: safe to send again, fresh nonce
+                    continue
+                if error.error_class in ("network", "unavailable"):
+                    await self._set_connected(channel, False)
+                raise error from exc
+            await self._set_connected(channel, True)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _handled(self, error_class: str) -> None:
+        self.handled_errors[error_class] += 1
+        if self.on_venue_error is not None:
+            self.on_venue_error(error_class)
+
+    # -- orders -----------------------------------------------------------------------------------------------
+    async def submit(self, request: OrderRequest) -> VenueOrder:
+        symbol = self._unified.get(request.symbol)
+        if symbol is None:
+            raise BrokerError("other", f"unknown symbol {request.symbol[:32]}")
+        if not request.client_order_id:
+            raise BrokerError("other", "client_order_id must not be empty")
+        params: dict[str, Any] = {"clientOrderId": request.client_order_id}
+        if request.reduce_only:
+            params["reduceOnly"] = True
+        price = None
+        if request.order_type is OrderType.LIMIT:
+            if request.price is None:
+                raise BrokerError("other", "a limit order needs a price")
+            price = str(request.price)
+        what = f"submit {request.client_order_id}"
+        try:
+            raw = await self._call(
+                Channel.ORDERS,
+                what,
+                self.exchange.create_order,
+                symbol,
+                request.order_type.value,
+                request.side.value,
+                str(request.quantity),
+                price,
+                params,
+            )
+        except BrokerError as exc:
+            if not exc.outcome_unknown:
+                raise
+            return await self._resolve_lost_submit(request, exc)
+        order = self._order(raw, request)
+        self._track(order)
+        return order
+
+    async def _resolve_lost_submit(self, request: OrderRequest, lost: BrokerError) -> VenueOrder:
+        """Ask the venue whether an order whose answer was lost exists; never send it again."""
+        cid = request.client_order_id
+        log.warning("%s: the answer to %s was lost (%s); asking the venue for it", self.venue, cid, lost)
+        misses = 0
+        for attempt in range(self.lookup_attempts):
+            if attempt:
+                await asyncio.sleep(self.lookup_backoff * attempt)
+            try:
+                found = await self.order_status(cid)
+            except BrokerError as exc:
+                self._handled(exc.error_class)
+                continue
+            if found is not None:
+                self._handled(lost.error_class)  # resolved: the caller never sees this error
+                log.info("%s: %s was placed (%s %s)", self.venue, cid, found.venue_order_id, found.status.value)
+                self._track(found)
+                return found
+            misses += 1
+            if misses >= NOT_FOUND_CONFIRMATIONS:
+                raise BrokerError(
+                    lost.error_class,
+                    f"{lost} (the venue has no order {cid}: it was not placed)",
+                    detail={"resolved": "not_placed"},
+                    outcome_unknown=False,
+                )
+        raise BrokerError(
+            lost.error_class,
+            f"{lost} (the venue could not be asked whether {cid} was placed)",
+            detail={"resolved": "unknown"},
+            outcome_unknown=True,
+        )
+
+    async def cancel(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
+        if not client_order_id and not venue_order_id:
+            raise BrokerError("other", "cancel needs a client or a venue order id")
+        known = self._known(client_order_id, venue_order_id)
+        symbol = self._unified.get(known.symbol) if known is not None else None
+        params = {} if venue_order_id else {"clientOrderId": client_order_id}
+        what = f"cancel {venue_order_id or client_order_id}"
+        try:
+            await self._call(Channel.ORDERS, what, self.exchange.cancel_order, venue_order_id, symbol, params)
+        except BrokerError as exc:
+            if not exc.outcome_unknown:
+                raise
+            state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
+            if state is None or state.status.is_open:
+                raise
+            self._handled(exc.error_class)
+        else:
+            state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
+        if state is None:
+            raise BrokerError("invalid_order", f"{what}: the venue no longer knows the order")
+        if not state.status.is_open:
+            self._open.pop(state.venue_order_id, None)
+        if self._events.on_order is not None:
+            await self._events.on_order(state)
+        return state
+
+    async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
+        """By venue order id: fetch_order. By client order id: the open orders, then the closed ones, asked for that
+        client order id (exchanges that ignore the filter are searched through what they return)."""
+        if venue_order_id:
+            try:
+                raw = await self._call(
+                    Channel.ORDERS, f"order {venue_order_id}", self.exchange.fetch_order, venue_order_id
+                )
+            except BrokerError as exc:
+                if isinstance(exc.__cause__, ccxt_async.OrderNotFound):
+                    return None
+                raise
+            return self._order(raw)
+        if not client_order_id:
+            return None
+        for fetch in (self.exchange.fetch_open_orders, self.exchange.fetch_closed_orders):
+            raws = await self._call(
+                Channel.ORDERS,
+                f"order {client_order_id}",
+                fetch,
+                None,
+                None,
+                None,
+                {"clientOrderId": client_order_id},
+            )
+            for raw in raws:
+                if raw.get("clientOrderId") == client_order_id:
+                    return self._order(raw)
+        return None
+
+    async def cancel_all(self) -> list[VenueOrder]:
+        """Cancel every open order in one request where the exchange has one (else one by one); returns the
+        orders' final states."""
+        listed = await self.open_orders()
+        if self.exchange.has.get("cancelAllOrders"):
+            await self._call(Channel.ORDERS, "cancel all", self.exchange.cancel_all_orders)
+            return await self._final_states([o.venue_order_id for o in listed])
+        return [await self.cancel(o.client_order_id, venue_order_id=o.venue_order_id) for o in listed]
+
+    async def open_orders(self) -> list[VenueOrder]:
+        raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
+        return [self._order(raw) for raw in raws]
+
+    async def drain_events(self) -> None:
+        """One poll now: every fill and order change the venue already made is handed to the callbacks."""
+        if not self._started:
+            return
+        try:
+            await self._poll_orders()
+        except BrokerError as exc:
+            self._handled(exc.error_class)
+            log.warning("%s: could not poll before a snapshot: %s", self.venue, exc)
+
+    # -- account ----------------------------------------------------------------------------------------------
+    async def balances(self) -> dict[str, Decimal]:
+        raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
+        totals = raw.get("total") or {}
+        return {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
+
+    async def positions(self) -> dict[str, Decimal]:
+        balances = await self.balances()
+        positions = {}
+        for symbol, unified in self._unified.items():
+            base = unified.split("/", 1)[0]
+            positions[symbol] = balances.get(base, Decimal(0)) - self.position_baseline.get(base, Decimal(0))
+        return positions
+
+    async def recent_fills(self, since: datetime | None = None) -> list[VenueFill]:
+        since_ms = None if since is None else int(since.timestamp() * 1000)
+        raws: dict[str, dict[str, Any]] = {}
+        paging = TRADE_PAGES.get(self.venue)
+        if paging is None:
+            for raw in await self._call(Channel.ORDERS, "my trades", self.exchange.fetch_my_trades, None, since_ms):
+                raws.setdefault(str(raw["id"]), raw)
+        else:
+            offset_param, page_size = paging
+            params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
+            offset = 0
+            for _ in range(MAX_PAGES):
+                page = await self._call(
+                    Channel.ORDERS,
+                    "my trades",
+                    self.exchange.fetch_my_trades,
+                    None,
+                    None,
+                    None,
+                    {**params, offset_param: offset},
+                )
+                for raw in page:
+                    raws.setdefault(str(raw["id"]), raw)
+                if len(page) < page_size:
+                    break
+                offset += len(page)
+        trades = [raw for raw in raws.values() if since_ms is None or int(raw["timestamp"]) >= since_ms]
+        await self._learn_client_ids({str(raw["order"]) for raw in trades if raw.get("order")})
+        fills = [self._fill(raw) for raw in trades]
+        # Oldest first; the venue's order among trades of one millisecond (newest first) reversed.
+        fills.reverse()
+        fills.sort(key=lambda f: f.executed_at)
+        return fills
+
+    async def server_time(self) -> datetime:
+        ms = await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
+        at = _time(ms)
+        if at is None:
+            raise BrokerError("other", f"{self.venue} did not say its time")
+        return at
+
+    # -- polling ----------------------------------------------------------------------------------------------
+    async def _every(self, interval: float, poll: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await poll()
+            except BrokerError as exc:
+                self._handled(exc.error_class)
+                log.debug("%s: poll failed: %s", self.venue, exc)
+            except Exception:
+                log.exception("%s: an event callback failed during a poll", self.venue)
+
+    async def _poll_quotes(self, symbols: list[str]) -> None:
+        unified = [self._unified[s] for s in symbols]
+        if self.exchange.has.get("fetchTickers"):
+            tickers = await self._call(Channel.MARKET_DATA, "tickers", self.exchange.fetch_tickers, unified)
+        else:
+            tickers = {}
+            for u in unified:
+                tickers[u] = await self._call(Channel.MARKET_DATA, f"ticker {u}", self.exchange.fetch_ticker, u)
+        for symbol, u in zip(symbols, unified, strict=True):
+            ticker = tickers.get(u) or {}
+            bid, ask = _decimal(ticker.get("bid")), _decimal(ticker.get("ask"))
+            if bid is None or ask is None:
+                continue
+            seen = (bid, ask, ticker.get("timestamp"))
+            if self._quotes.get(symbol) == seen:
+                continue  # nothing moved: a stream would have sent nothing
+            self._quotes[symbol] = seen
+            at = _time(ticker.get("timestamp")) or datetime.now(UTC)
+            if self._events.on_quote is not None:
+                await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
+
+    async def _poll_orders(self) -> None:
+        """New trades (on_fill), then orders whose state changed (on_order), oldest first."""
+        async with self._poll_lock:
+            before = dict(self._open)
+            since = self._fills_since
+            fills = await self.recent_fills(since)
+            fresh = [f for f in fills if f.trade_id not in self._seen_trades]
+            listed = {o.venue_order_id: o for o in await self.open_orders()}
+            updates = [
+                o
+                for vid, o in listed.items()
+                if (prev := before.get(vid)) is None
+                or (prev.status, prev.filled_quantity) != (o.status, o.filled_quantity)
+            ]
+            gone = [vid for vid in before if vid not in listed]
+            updates.extend(await self._final_states(gone))
+            # Orders a submit added while this poll was out are looked at by the next one.
+            added = {vid: o for vid, o in self._open.items() if vid not in before and vid not in listed}
+            self._open = {**listed, **added}
+            for fill in fresh:
+                self._remember(self._seen_trades, fill.trade_id, None)
+            if fills:
+                newest = max(f.executed_at for f in fills).timestamp() - FILL_OVERLAP_SECONDS
+                if since is None or newest > since.timestamp():
+                    self._fills_since = datetime.fromtimestamp(newest, UTC)
+            for fill in fresh:
+                if self._events.on_fill is not None:
+                    await self._events.on_fill(fill)
+            for order in updates:
+                if self._events.on_order is not None:
+                    await self._events.on_order(order)
+
+    async def _final_states(self, venue_order_ids: list[str]) -> list[VenueOrder]:
+        found: list[VenueOrder] = []
+        if not venue_order_ids:
+            return found
+        if self.exchange.has.get("fetchOrdersByIds"):
+            for start in range(0, len(venue_order_ids), ORDER_LOOKUP_BATCH):
+                batch = venue_order_ids[start : start + ORDER_LOOKUP_BATCH]
+                raws = await self._call(Channel.ORDERS, "orders", self.exchange.fetch_orders_by_ids, batch)
+                found.extend(self._order(raw) for raw in raws)
+        else:
+            for vid in venue_order_ids:
+                order = await self.order_status(venue_order_id=vid)
+                if order is not None:
+                    found.append(order)
+        return found
+
+    async def _learn_client_ids(self, venue_order_ids: set[str]) -> None:
+        """Trades do not carry the client order id: learn it from the orders not seen yet."""
+        missing = sorted(v for v in venue_order_ids if v not in self._client_ids)
+        if missing:
+            await self._final_states(missing)
+            for vid in missing:  # the venue does not know them as orders (a fill with no order behind it)
+                if vid not in self._client_ids:
+                    self._remember(self._client_ids, vid, "")
+
+    # -- translation ------------------------------------------------------------------------------------------
+    def _known(self, client_order_id: str, venue_order_id: str) -> VenueOrder | None:
+        if venue_order_id:
+            return self._open.get(venue_order_id)
+        return next((o for o in self._open.values() if o.client_order_id == client_order_id), None)
+
+    def _track(self, order: VenueOrder) -> None:
+        if order.status.is_open:
+            self._open[order.venue_order_id] = order
+
+    @staticmethod
+    def _remember(store: OrderedDict[str, Any], key: str, value: Any) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > MAX_REMEMBERED:
+            store.popitem(last=False)
+
+    def _order(self, raw: Mapping[str, Any], request: OrderRequest | None = None) -> VenueOrder:
+        vid = str(raw.get("id") or "")
+        cid = raw.get("clientOrderId") or (request.client_order_id if request else "") or self._client_ids.get(vid, "")
+        if vid:
+            self._remember(self._client_ids, vid, cid)
+        quantity = _decimal(raw.get("amount"))
+        filled = _decimal(raw.get("filled")) or Decimal(0)
+        status = STATUSES.get(raw.get("status") or "")
+        if status is None:
+            status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.ACKNOWLEDGED
+        kind = raw.get("type")
+        order_type = OrderType(kind) if kind in ("market", "limit") else (request.order_type if request else None)
+        price = _decimal(raw.get("price"))
+        if order_type is None:
+            order_type = OrderType.LIMIT if price else OrderType.MARKET
+        symbol = raw.get("symbol")
+        side = raw.get("side")
+        return VenueOrder(
+            client_order_id=cid,
+            venue_order_id=vid,
+            symbol=from_ccxt_symbol(symbol) if symbol else (request.symbol if request else ""),
+            side=Side(side) if side in ("buy", "sell") else (request.side if request else Side.BUY),
+            order_type=order_type,
+            quantity=quantity if quantity is not None else (request.quantity if request else Decimal(0)),
+            price=(price if price else (request.price if request else None)) if order_type is OrderType.LIMIT else None,
+            filled_quantity=filled,
+            status=status,
+            created_at=_time(raw.get("timestamp")) or (datetime.now(UTC) if request else None),
+        )
+
+    def _fill(self, raw: Mapping[str, Any]) -> VenueFill:
+        symbol = from_ccxt_symbol(str(raw.get("symbol") or ""))
+        fee = raw.get("fee") or {}
+        vid = str(raw.get("order") or "")
+        return VenueFill(
+            trade_id=str(raw["id"]),
+            client_order_id=self._client_ids.get(vid) or None,
+            venue_order_id=vid,
+            symbol=symbol,
+            side=Side(raw["side"]),
+            quantity=_decimal(raw.get("amount")) or Decimal(0),
+            price=_decimal(raw.get("price")) or Decimal(0),
+            fee=_decimal(fee.get("cost")) or Decimal(0),
+            fee_asset=str(fee.get("currency") or symbol.partition("-")[2]),
+            liquidity=str(raw.get("takerOrMaker") or "taker"),
+            executed_at=_time(raw.get("timestamp")) or datetime.now(UTC),
+        )
+
+
+def make_exchange(config: Config) -> ccxt_async.Exchange:
+    """A `ccxt.async_support` exchange from `config.ccxt`: its keys from the secret files or variables, its API URLs
+    overridden by `urls`. Nothing is fetched until the broker connects. ConfigError for what is missing or unknown."""
+    c = config.ccxt
+    if c.exchange not in ccxt_async.exchanges:
+        raise ConfigError("ccxt.exchange", f"ccxt has no exchange {c.exchange!r}")
+    settings: dict[str, Any] = {
+        "enableRateLimit": c.enable_rate_limit,
+        "timeout": int(c.timeout_seconds * 1000),
+    }
+    for name, ccxt_name in (("api_key", "apiKey"), ("api_secret", "secret")):
+        value = resolve_secret(config, c, name, f"ccxt.{name}")
+        if not value:
+            raise ConfigError(f"ccxt.{name}", f"not set: give {name}_file or {name}_env")
+        settings[ccxt_name] = value
+    if c.urls:
+        settings["urls"] = {"api": dict(c.urls)}
+    exchange: ccxt_async.Exchange = getattr(ccxt_async, c.exchange)(settings)
+    return exchange
+
+
+def broker_from_config(config: Config, on_venue_error: Callable[[str], None] | None = None) -> CcxtBroker:
+    """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`."""
+    c = config.ccxt
+    return CcxtBroker(
+        make_exchange(config),
+        list(c.symbols),
+        poll_interval=c.poll_interval_seconds,
+        quote_interval=c.quote_poll_interval_seconds,
+        position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},
+        on_venue_error=on_venue_error,
+    )

@@ -1,0 +1,83 @@
+"""`trading-ops paper-gateway` (the paper venue behind Kraken's REST API) and `trading-ops gateway-chaos`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.paper.cli import _post, parse_params
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    gateway = sub.add_parser(
+        "paper-gateway",
+        help="serve the paper venue through Kraken's REST API, for any ccxt client",
+        description="Point ccxt's kraken client at it: urls={'api': {'public': URL, 'private': URL}}.",
+    )
+    gateway.add_argument("--host", default=None, help="override gateway.listen.host")
+    gateway.add_argument("--port", type=int, default=None, help="override gateway.listen.port")
+    gateway.set_defaults(handler=run_gateway)
+
+    chaos = sub.add_parser(
+        "gateway-chaos",
+        help="inject a fault into the paper gateway",
+        description="Faults: drop_connection [seconds=N], unavailable [seconds=N], rate_limit [seconds=N] "
+        "(0 or none: until cleared), nonce [count=N], lost_reply [count=N mode=close|timeout delay=S], "
+        "insufficient_funds [count=N], invalid_order [count=N], stale_market_data [symbol=S], "
+        "position_drift [symbol=S quantity=Q], price_gap [symbol=S change=R], clear. `status` lists what is in force.",
+    )
+    chaos.add_argument("fault", help="the fault to inject, e.g. rate_limit, or status")
+    chaos.add_argument("params", nargs="*", metavar="KEY=VALUE", help="arguments (numbers are sent as numbers)")
+    chaos.add_argument("--url", default=None, help="gateway base URL (default: from gateway.listen)")
+    chaos.set_defaults(handler=run_gateway_chaos)
+
+
+def run_gateway(args: argparse.Namespace, config: Config) -> int:
+    from aiohttp import web
+
+    from trading_ops.venues.kraken_gateway import create_app, gateway_from_config
+
+    gateway = gateway_from_config(config)  # configuration problems first
+    listen = config.gateway.listen
+    host = args.host or listen.host
+    port = listen.port if args.port is None else args.port
+    log.info("paper gateway (Kraken REST) on http://%s:%d", host, port)
+    web.run_app(create_app(gateway), host=host, port=port, print=None, access_log=None)
+    return 0
+
+
+def run_gateway_chaos(args: argparse.Namespace, config: Config) -> int:
+    import aiohttp
+
+    token = resolve_secret(config, config.gateway, "control_token", "gateway.control_token")
+    if not token:
+        raise ConfigError("gateway.control_token", "no token to call the gateway's fault commands with")
+    listen = config.gateway.listen
+    base = (args.url or f"http://{listen.host}:{listen.port}").rstrip("/")
+    try:
+        if args.fault == "status":
+            status, payload = asyncio.run(_get(f"{base}/chaos", token))
+        else:
+            status, payload = asyncio.run(_post(f"{base}/chaos/{args.fault}", token, parse_params(args.params)))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"trading-ops: gateway-chaos: cannot reach {base}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(json.dumps(payload, indent=2, sort_keys=True))
+    return 0 if status == 200 else 1
+
+
+async def _get(url: str, token: str) -> tuple[int, Any]:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.get(url, headers={"Authorization": f"Bearer {token}"}) as response,
+    ):
+        return response.status, await response.json(content_type=None)
