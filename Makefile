@@ -14,7 +14,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	# The freqtrade extra: a real freqtrade (and its TA-Lib wheel) for the freqtrade sidecar's tests.
+	$(PY) -m pip install -q -e '.[test,freqtrade]'
 	touch $(STAMP)
 
 # Installs the Debian packages that provide the real Prometheus and Alertmanager when a binary is missing.
