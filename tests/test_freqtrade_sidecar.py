@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import ccxt.async_support as ccxt_async
 import pytest
 from conftest import free_port
 from freqtrade_client import FtRestClient
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
+from trading_ops.venues.ccxt import CcxtBroker
 
 pytestmark = [pytest.mark.slow]
 
@@ -53,7 +55,23 @@ def freqtrade(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ft.stop()
 
 
-def sidecar_of(ft: Freqtrade, registry: CollectorRegistry | None = None) -> FreqtradeSidecar:
+def broker_of(gateway: Gateway) -> CcxtBroker:
+    """The ccxt broker the sidecar reconciles through: ccxt's real async kraken client on the gateway."""
+    exchange = ccxt_async.kraken(
+        {
+            "apiKey": gateway.api_key,
+            "secret": gateway.api_secret,
+            "enableRateLimit": False,
+            "timeout": 5000,
+            "urls": {"api": {"public": gateway.url, "private": gateway.url}},
+        }
+    )
+    return CcxtBroker(exchange, ["BTC-USD", "ETH-USD"])
+
+
+def sidecar_of(
+    ft: Freqtrade, registry: CollectorRegistry | None = None, broker: CcxtBroker | None = None
+) -> FreqtradeSidecar:
     return FreqtradeSidecar(
         name="ft",
         url=ft.url,
@@ -63,6 +81,10 @@ def sidecar_of(ft: Freqtrade, registry: CollectorRegistry | None = None) -> Freq
         registry=registry or CollectorRegistry(),
         poll_interval=POLL_SECONDS,
         request_timeout=3.0,
+        broker=broker,
+        reconcile_interval=0,
+        # freqtrade iterates every second here (process_throttle_secs 1).
+        reconcile_confirm=1.5,
     )
 
 
@@ -110,8 +132,8 @@ class Client:
 
 
 @pytest.fixture
-async def sidecar(freqtrade: Freqtrade, aiohttp_client: Any) -> AsyncIterator[Client]:
-    sc = sidecar_of(freqtrade)
+async def sidecar(freqtrade: Freqtrade, gateway: Gateway, aiohttp_client: Any) -> AsyncIterator[Client]:
+    sc = sidecar_of(freqtrade, broker=broker_of(gateway))
     client = Client(await aiohttp_client(create_app(sc)), sc)
     await client.until("the sidecar's first answered poll", lambda: client.value("tradingbot_freqtrade_up"))
     yield client
@@ -119,8 +141,7 @@ async def sidecar(freqtrade: Freqtrade, aiohttp_client: Any) -> AsyncIterator[Cl
 
 def venue_holdings(gateway: Gateway) -> dict[str, float]:
     """What the gateway holds for the account, through ccxt's real kraken client (as a person would check)."""
-    exchange = gateway.ccxt()
-    balance = exchange.fetch_balance()
+    balance = gateway.call("fetch_balance")
     return {asset: float(total or 0.0) for asset, total in balance["total"].items()}
 
 
@@ -225,8 +246,9 @@ async def test_flatten_closes_every_trade_on_the_gateway(
     # Paused after flattening: nothing is re-entered until resume. freqtrade locks each exited pair until its next
     # candle (shown as pair locks); lifting them lets the resumed bot re-enter at once.
     assert freqtrade.api("GET", "/show_config")["state"] == "paused"
-    locks = freqtrade.api("GET", "/locks")["locks"]
-    await sidecar.until("the exit locks exported", lambda: _locks_exported(sidecar, len(locks)))
+    locks = [lock for lock in freqtrade.api("GET", "/locks")["locks"] if lock["active"]]
+    assert locks, "freqtrade locks an exited pair until its next candle"
+    await sidecar.until("the exit locks exported", lambda: _locks_exported(sidecar, freqtrade))
     status, body = await sidecar.control("resume")
     assert status == 200
     for lock in locks:
@@ -234,8 +256,10 @@ async def test_flatten_closes_every_trade_on_the_gateway(
     until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
 
 
-async def _locks_exported(sidecar: Client, count: int) -> bool:
-    return await sidecar.value("tradingbot_freqtrade_pair_locks") == count
+async def _locks_exported(sidecar: Client, freqtrade: Freqtrade) -> bool:
+    # A lock may expire meanwhile (at the candle's end): compare with freqtrade's own count of the moment.
+    active = [lock for lock in freqtrade.api("GET", "/locks")["locks"] if lock["active"]]
+    return await sidecar.value("tradingbot_freqtrade_pair_locks") == len(active)
 
 
 async def _no_positions(sidecar: Client) -> bool:
@@ -301,6 +325,58 @@ async def test_wrong_password_is_down_with_the_reason(freqtrade: Freqtrade, aioh
     assert "tradingbot_position_quantity" not in await client.names()
     resp = await client.http.get("/readyz")
     assert resp.status == 503
+
+
+# -- reconciliation -------------------------------------------------------------------------------------------------
+
+
+async def test_reconcile_compares_freqtrade_with_what_the_gateway_holds(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    trades = until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    reconciler = sidecar.sidecar.reconciler
+    assert reconciler is not None
+    # The sidecar's own run when it first sees this freqtrade process comes first.
+    await sidecar.until("the startup reconciliation", lambda: _ran(reconciler, "startup"))
+    assert reconciler.last is not None and reconciler.last["result"] == "clean", reconciler.last
+    status, body = await sidecar.control("reconcile")
+    assert status == 200 and body["result"] == "clean", body
+    amounts = {t["pair"].replace("/", "-"): t["amount"] for t in trades}
+    assert {s: float(q) for s, q in body["venue_positions"].items()} == pytest.approx(amounts)
+    assert await sidecar.value("tradingbot_position_mismatch_quantity", venue="kraken", symbol="BTC-USD") == 0
+    clean = await sidecar.value(
+        "tradingbot_reconciliation_runs_total", venue="kraken", trigger="command", result="clean"
+    )
+    assert clean == 1
+
+    # Someone trades on the account behind freqtrade's back: a BTC buy and a resting order freqtrade never placed.
+    bought = gateway.call("create_order", "BTC/USD", "market", "buy", 0.001)
+    resting = gateway.call("create_order", "BTC/USD", "limit", "buy", 0.001, 1000.0)
+    try:
+        status, body = await sidecar.control("reconcile")
+        assert status == 200 and body["result"] == "resolved" and body["clean"] is False
+        kinds = sorted(d["kind"] for d in body["discrepancies"])
+        assert kinds == ["position_mismatch", "unknown_order"], body
+        assert resting["id"] in body["venue_open_orders"]
+        mismatch = await sidecar.value("tradingbot_position_mismatch_quantity", venue="kraken", symbol="BTC-USD")
+        assert mismatch == pytest.approx(0.001)
+        for kind in ("position_mismatch", "unknown_order"):
+            assert (
+                await sidecar.value("tradingbot_reconciliation_discrepancies_total", venue="kraken", discrepancy=kind)
+                == 1
+            )
+    finally:
+        gateway.call("cancel_order", resting["id"], "BTC/USD")
+        gateway.call("create_order", "BTC/USD", "market", "sell", float(bought["amount"]))
+    status, body = await sidecar.control("reconcile")
+    assert status == 200 and body["result"] == "clean", body
+
+
+async def test_reconcile_without_a_venue_is_409(freqtrade: Freqtrade, aiohttp_client: Any) -> None:
+    sc = sidecar_of(freqtrade)
+    client = Client(await aiohttp_client(create_app(sc)), sc)
+    status, body = await client.control("reconcile")
+    assert status == 409 and "no venue is configured" in body["error"]
 
 
 # -- the CLI, a real sidecar process --------------------------------------------------------------------------------
@@ -453,6 +529,22 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
         "its trades are back (freqtrade keeps them in its database)",
         lambda: sidecar.value("tradingbot_position_quantity", venue="kraken", symbol="BTC-USD"),
     )
+    # The sidecar reconciles on its own when freqtrade comes back, and finds what the gateway holds.
+    reconciler = sidecar.sidecar.reconciler
+    assert reconciler is not None
+    await sidecar.until(
+        "a reconciliation after the restart",
+        lambda: _ran(reconciler, "reconnect"),
+    )
+    last = reconciler.last
+    assert last is not None and last["result"] == "clean", last
+    assert float(last["venue_positions"]["BTC-USD"]) > 0
+    venue = {s: float(q) for s, q in last["venue_positions"].items()}
+    assert venue == pytest.approx({s: float(q) for s, q in last["freqtrade_positions"].items()})
+
+
+async def _ran(reconciler: Any, trigger: str) -> bool:
+    return reconciler.last is not None and reconciler.last["trigger"] == trigger
 
 
 async def _is_down(sidecar: Client) -> bool:

@@ -389,6 +389,10 @@ class FreqtradeTargetConfig:
     # Where the sidecar serves this freqtrade's /metrics and /control: one port per freqtrade, so each is one
     # Prometheus target (its own `instance`) and one entry of the reconciler's targets.
     listen: FreqtradeListenConfig = field(default_factory=FreqtradeListenConfig)
+    # The venue freqtrade trades on, reached by the sidecar itself through the ccxt broker (the same exchange, keys
+    # and urls as freqtrade's `exchange` section; symbols = freqtrade's pairs as BASE-QUOTE) for `reconcile`.
+    # Without it, `reconcile` answers 409.
+    ccxt: CcxtConfig | None = None
 
 
 @dataclass
@@ -401,6 +405,8 @@ class FreqtradeConfig:
     # A loop iteration older than this makes the sidecar's /healthz fail (freqtrade's process_throttle_secs is 5 s
     # by default; the shipped TradingBotHeartbeatStale alert waits 15 s).
     heartbeat_timeout_seconds: float = bounded(15.0, min=0.1)
+    # Targets with a `ccxt` venue are reconciled this often (0: only on the command and when freqtrade (re)starts).
+    reconcile_interval_seconds: float = bounded(60.0, min=0)
     # Name (a label-safe word) -> one freqtrade.
     targets: dict[str, FreqtradeTargetConfig] = field(default_factory=dict)
 

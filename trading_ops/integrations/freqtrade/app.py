@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
@@ -15,8 +15,12 @@ from trading_ops.bot import server
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient
 from trading_ops.integrations.freqtrade.collector import FreqtradeCollector
-from trading_ops.integrations.freqtrade.control import CommandHandler, ControlMetrics, FreqtradeControl
+from trading_ops.integrations.freqtrade.control import ControlMetrics, FreqtradeControl
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller
+
+if TYPE_CHECKING:  # ccxt is imported only by a sidecar that reconciles
+    from trading_ops.integrations.freqtrade.reconcile import FreqtradeReconciler
+    from trading_ops.venues.ccxt import CcxtBroker
 
 
 @dataclass
@@ -50,7 +54,9 @@ class FreqtradeSidecar:
         poll_interval: float = 2.0,
         request_timeout: float = 3.0,
         heartbeat_timeout: float = 15.0,
-        reconcile: CommandHandler | None = None,
+        broker: CcxtBroker | None = None,
+        reconcile_interval: float = 60.0,
+        reconcile_confirm: float | None = None,
     ) -> None:
         if not token:
             raise ValueError("the control API needs a bearer token")
@@ -61,6 +67,14 @@ class FreqtradeSidecar:
         client = FreqtradeClient(url, username, password, timeout=request_timeout, metrics=ApiMetrics(registry))
         self.poller = FreqtradePoller(client, poll_interval)
         self.metrics = ControlMetrics(registry)
+        self.reconciler: FreqtradeReconciler | None = None
+        if broker is not None:
+            from trading_ops.integrations.freqtrade.reconcile import FreqtradeReconciler
+
+            self.reconciler = FreqtradeReconciler(self.poller, broker, registry, reconcile_interval)
+            if reconcile_confirm is not None:
+                self.reconciler.confirm = reconcile_confirm
+        reconcile = self.reconciler.command if self.reconciler is not None else None
         self.control = FreqtradeControl(self.poller, reconcile, heartbeat_timeout)
         self.state = _StateView(self.poller)
         registry.register(FreqtradeCollector(self.poller))
@@ -98,7 +112,11 @@ def create_app(sidecar: FreqtradeSidecar) -> web.Application:
 
     async def poller_ctx(_app: web.Application) -> AsyncIterator[None]:
         await sidecar.poller.start()
+        if sidecar.reconciler is not None:
+            await sidecar.reconciler.start()
         yield
+        if sidecar.reconciler is not None:
+            await sidecar.reconciler.stop()
         await sidecar.poller.stop()
 
     app.cleanup_ctx.append(poller_ctx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from typing import Any
@@ -55,6 +56,12 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
                 f"freqtrade.targets.{name}.password",
                 "no password: give password_file or password_env (or set TRADING_OPS_FREQTRADE_PASSWORD)",
             )
+        broker = None
+        if target.ccxt is not None:
+            from trading_ops.venues.ccxt import broker_from_config
+
+            # The broker reads the `ccxt` section: this target's, with its secrets resolved against this config.
+            broker = broker_from_config(dataclasses.replace(config, ccxt=target.ccxt))
         sidecars.append(
             FreqtradeSidecar(
                 name=name,
@@ -66,6 +73,8 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
                 poll_interval=section.poll_interval_seconds,
                 request_timeout=section.request_timeout_seconds,
                 heartbeat_timeout=section.heartbeat_timeout_seconds,
+                broker=broker,
+                reconcile_interval=section.reconcile_interval_seconds,
             )
         )
     return sidecars

@@ -37,7 +37,7 @@ class Snapshot:
     version: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     heartbeat: float | None = None  # freqtrade's last completed process() iteration (Unix time)
-    bot_start: float | None = None
+    bot_start: float | None = None  # when this freqtrade process started (health's bot_startup)
     trades: tuple[dict[str, Any], ...] = ()
     profit: dict[str, Any] = field(default_factory=dict)
     balance: dict[str, Any] = field(default_factory=dict)
@@ -146,7 +146,7 @@ class FreqtradePoller:
         )
         # The version is asked once per freqtrade process (a restart may bring another one).
         version = previous.version
-        bot_start = _number(health.get("bot_start_ts")) if isinstance(health, dict) else None
+        bot_start = _number(health.get("bot_startup_ts")) if isinstance(health, dict) else None
         if version is None or not previous.up or bot_start != previous.bot_start:
             answer = await c.get("/version")
             version = str(answer.get("version")) if isinstance(answer, dict) else None
