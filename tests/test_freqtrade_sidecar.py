@@ -498,6 +498,9 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
     await sidecar.until(
         "positions exported", lambda: sidecar.value("tradingbot_position_quantity", venue="kraken", symbol="BTC-USD")
     )
+    reconciler = sidecar.sidecar.reconciler
+    assert reconciler is not None
+    await sidecar.until("the startup reconciliation", lambda: _ran(reconciler, "startup"))
     last_heartbeat = await sidecar.value("tradingbot_heartbeat_timestamp_seconds")
     freqtrade.kill()
     await sidecar.until("the sidecar reports freqtrade down", lambda: _is_down(sidecar))
@@ -530,8 +533,6 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
         lambda: sidecar.value("tradingbot_position_quantity", venue="kraken", symbol="BTC-USD"),
     )
     # The sidecar reconciles on its own when freqtrade comes back, and finds what the gateway holds.
-    reconciler = sidecar.sidecar.reconciler
-    assert reconciler is not None
     await sidecar.until(
         "a reconciliation after the restart",
         lambda: _ran(reconciler, "reconnect"),

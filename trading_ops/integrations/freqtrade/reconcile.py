@@ -28,6 +28,8 @@ POSITION_TOLERANCE = Decimal("1e-9")
 # A discrepancy must still be there this much later to count: longer than freqtrade's default iteration (5 s), so it
 # has seen the fills the venue already made.
 CONFIRM_SECONDS = 6.0
+# A failed run is tried again this often until it passes.
+RETRY_SECONDS = 2.0
 # How often the watcher looks whether freqtrade came back (a new bot_start) or a scheduled run is due.
 WATCH_SECONDS = 0.5
 
@@ -82,8 +84,12 @@ class FreqtradeReconciler:
         return await self.run("command")
 
     async def _watch(self) -> None:
+        """Runs `startup` for a new freqtrade process, `reconnect` when it answers again, `schedule` every interval;
+        a run that fails (the venue or freqtrade did not answer) is tried again every RETRY_SECONDS until it passes."""
         seen_start: float | None = None
         was_up = True
+        pending: str | None = None
+        retry_at = 0.0
         next_run = time.monotonic() + self.interval
         while True:
             await asyncio.sleep(WATCH_SECONDS)
@@ -91,22 +97,27 @@ class FreqtradeReconciler:
             if not snap.up:
                 was_up = False
                 continue
-            trigger = None
             if snap.bot_start is not None and snap.bot_start != seen_start:
-                trigger = "startup" if seen_start is None or was_up else "reconnect"
+                pending = "startup" if seen_start is None or was_up else "reconnect"
                 seen_start = snap.bot_start
             elif not was_up:
-                trigger = "reconnect"
-            elif self.interval > 0 and time.monotonic() >= next_run:
-                trigger = "schedule"
+                pending = "reconnect"
+            elif pending is None and self.interval > 0 and time.monotonic() >= next_run:
+                pending = "schedule"
             was_up = True
-            if trigger is None:
+            if pending is None or time.monotonic() < retry_at:
                 continue
             next_run = time.monotonic() + self.interval
             try:
-                await self.run(trigger)
+                await self.run(pending)
             except (BrokerError, FreqtradeUnavailable) as exc:
-                log.warning("freqtrade reconciliation (%s) failed: %s", trigger, exc)
+                log.warning("freqtrade reconciliation (%s) failed, retrying in %gs: %s", pending, RETRY_SECONDS, exc)
+                retry_at = time.monotonic() + RETRY_SECONDS
+            except Exception:  # a bug must not end the watcher: logged, counted as failed by run(), retried
+                log.exception("freqtrade reconciliation (%s) raised", pending)
+                retry_at = time.monotonic() + RETRY_SECONDS
+            else:
+                pending = None
 
     async def run(self, trigger: str) -> dict[str, Any]:
         """One comparison. Raises BrokerError (the venue) or FreqtradeUnavailable; either counts as a failed run.
@@ -121,7 +132,7 @@ class FreqtradeReconciler:
                     first = {_key(d) for d in report["discrepancies"]}
                     report = self._compare(*await self._fetch())
                     report["discrepancies"] = [d for d in report["discrepancies"] if _key(d) in first]
-            except (BrokerError, FreqtradeUnavailable):
+            except Exception:
                 self.metrics.run(trigger, "failed", time.time())
                 raise
             return self._record(trigger, report)
