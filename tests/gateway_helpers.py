@@ -77,6 +77,7 @@ class Gateway:
 def start_gateway(tmp: Path) -> Gateway:
     """A paper venue trading BTC-USD and ETH-USD for USD, no random rejects or partial fills (the tests count trades),
     behind Kraken's REST API."""
+    tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "api-key").write_text(API_KEY)
     (tmp / "api-secret").write_text(API_SECRET)
     (tmp / "chaos-token").write_text(CHAOS_TOKEN)
