@@ -10,6 +10,7 @@ Needs prometheus and prometheus-alertmanager (Debian packages) and the `freqtrad
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,9 +123,9 @@ def prometheus_config(tmp: Path, sidecar_port: int, alertmanager_url: str) -> Pa
     return path
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("freqtrade-e2e")
+@contextlib.contextmanager
+def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
+    """The whole stack in `tmp`, stopped on exit (also used by benchmarks/bench_freqtrade.py)."""
     gateway = start_gateway(tmp / "gateway")
     ft = make_freqtrade(tmp / "freqtrade", gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600)
     pidfile = tmp / "freqtrade.pid"
@@ -243,6 +244,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stop(proc)
         kill_detached(pidfile)
         gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with freqtrade_stack(tmp_path_factory.mktemp("freqtrade-e2e")) as built:
+        yield built
 
 
 def recovered_after(stack: Stack, alertname: str, known: set[int]) -> dict[str, Any] | None:
