@@ -4,10 +4,11 @@ The stack of tests/test_freqtrade_e2e.py (freqtrade live on the paper gateway, t
 process, real Prometheus with the freqtrade alert at the fast profile's `for:`, Alertmanager, the reconciler whose
 exec step restarts freqtrade). For each fault (SIGSTOP: hung, SIGKILL: dead), `--runs` times:
 
-- detection (the baseline, set by Prometheus and the alert's `for:`): fault -> the reconciler's episode starts (the
-  alert's startsAt as Alertmanager sent it is when it went pending; the episode exists once it fired);
-- fault -> the restart action starts, fault -> verified recovery (the attempt ends `success` in the ledger),
-  and what we add on top of detection: verified recovery minus the firing time.
+- detection (the baseline, set by Prometheus, the sidecar's poll timeout and the alert's `for:`): fault -> the alert's
+  startsAt as the reconciler's episode records it (when Prometheus fired it);
+- fault -> the restart action starts (what the reconciler adds: action start minus detection), fault -> verified
+  recovery (the attempt ends `success` in the ledger), and verified recovery minus detection (mostly freqtrade's own
+  start: importing it and its first loop take several seconds).
 
 Then the sidecar: the time one GET /metrics takes (p50, p99 over `--scrapes`), beside the same registry rendered
 in-process (the baseline: prometheus_client's own cost), its series count, and the sidecar process's RSS.
