@@ -10,9 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY trading_ops ./trading_ops
-RUN pip install . \
+# The versions the tests passed with (constraints.txt, written by `make lock`), and the PostgreSQL driver: the
+# compose stack keeps its journal and ledger in PostgreSQL.
+RUN pip install -c constraints.txt '.[postgres]' \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/trading-ops trading \
     && rm -rf /src
 

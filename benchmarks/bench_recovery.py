@@ -60,8 +60,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
         return json.loads(resp.read())
 
 
@@ -100,6 +100,8 @@ class Stack:
         self.token = os.urandom(TOKEN_BYTES).hex()
         (secrets / "control-token").write_text(self.token)
         (secrets / "reconciler-token").write_text(os.urandom(TOKEN_BYTES).hex())
+        self.read_token = os.urandom(TOKEN_BYTES).hex()
+        (secrets / "reconciler-read-token").write_text(self.read_token)
         playbook_source = importlib.resources.files("trading_ops.reconciler") / "playbooks" / "default.yml"
         playbook = yaml.safe_load(playbook_source.read_text(encoding="utf-8"))
         for rule in [playbook.setdefault("defaults", {}), *playbook.get("rules", [])]:
@@ -111,6 +113,7 @@ class Stack:
             "bot": {"data_dir": str(root / "bot"), "control_token_file": str(secrets / "control-token")},
             "reconciler": {
                 "token_file": str(secrets / "reconciler-token"),
+                "read_token_file": str(secrets / "reconciler-read-token"),
                 "playbook": str(root / "playbook.yml"),
                 "budgets": {"max_actions_per_target_per_hour": 1000, "max_actions_per_hour": 1000},
             },
@@ -155,7 +158,8 @@ class Stack:
         return list(get_json(f"{self.urls['alertmanager']}/api/v2/alerts?active=true"))
 
     def episodes(self) -> list[dict[str, Any]]:
-        return list(get_json(f"{self.urls['reconciler']}/api/v1/episodes?limit=50")["episodes"])
+        url = f"{self.urls['reconciler']}/api/v1/episodes?limit=50"
+        return list(get_json(url, {"Authorization": f"Bearer {self.read_token}"})["episodes"])
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = f"{self.urls['prometheus']}/api/v1/query?query={urllib.parse.quote(expr)}"

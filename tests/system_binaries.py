@@ -16,6 +16,9 @@ DEBIAN_PACKAGES = {
     "prometheus-alertmanager": "prometheus-alertmanager",
     "amtool": "prometheus-alertmanager",
     "docker-compose": "docker-compose",
+    "systemd-analyze": "systemd",
+    # Runs the polkit rule in tests/test_systemd_units.py (no polkitd runs on a test machine).
+    "node": "nodejs",
 }
 
 

@@ -131,7 +131,9 @@ def test_grouping_and_reconciler_webhook() -> None:
     (webhook,) = reconciler["webhook_configs"]
     assert webhook["url"] == RECONCILER_URL
     assert webhook["send_resolved"] is True
-    assert webhook["max_alerts"] == 0
+    assert (
+        webhook["max_alerts"] == 1000
+    )  # paired with reconciler.max_body_bytes (tests/reconciler/test_reconciler_body_limit.py)
     assert webhook["http_config"]["authorization"] == {
         "type": "Bearer",
         "credentials_file": f"{SECRETS_DIR}reconciler-token",

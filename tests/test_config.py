@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from trading_ops.cli import main
 from trading_ops.config import ConfigError, load_config, parse_config, resolve_secret
@@ -268,3 +269,28 @@ def test_database_url_from_a_file_may_carry_a_password_and_bare_postgresql_means
     config = load_config(path)
     # psycopg2 is not a dependency: a bare postgresql:// URL (as many tools print them) runs on psycopg 3.
     assert config.database_url() == "postgresql+psycopg://trading:s3cret@db:5432/trading"
+
+
+def test_config_targets_writes_the_file_sd_of_the_bots_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`config targets`: one file_sd target group per entry of bots:, else the bot.listen address; bad input is one
+    line and exit 2."""
+    path = tmp_path / "trading-ops.yaml"
+    bots = [
+        {"name": "a", "instance": "bot-a:9101", "url": "http://bot-a:9101", "token_file": "a"},
+        {"name": "b", "kind": "mine", "instance": "bot-b:9101", "url": "http://bot-b:9101", "token_file": "b"},
+    ]
+    path.write_text(yaml.safe_dump({"bots": bots}))
+    out = tmp_path / "tradingbot.yml"
+    assert main(["--config", str(path), "config", "targets", "-o", str(out)]) == 0
+    assert [g["targets"] for g in yaml.safe_load(out.read_text())] == [["bot-a:9101"], ["bot-b:9101"]]
+    config = load_config(path)
+    assert {k: v.url for k, v in config.reconciler.targets.items()} == {
+        "bot-a:9101": "http://bot-a:9101",
+        "bot-b:9101": "http://bot-b:9101",
+    }
+    path.write_text("bot:\n  listen:\n    port: 9200\n")
+    assert main(["--config", str(path), "config", "targets"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == [{"targets": ["127.0.0.1:9200"]}]
+    path.write_text(yaml.safe_dump({"bots": [*bots, {**bots[0], "instance": "bot-c:1"}]}))
+    assert main(["--config", str(path), "config", "targets"]) == 2
+    assert capsys.readouterr().err.strip().endswith("bots[2].name: a is listed twice")

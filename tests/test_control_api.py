@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import pytest
 from prometheus_client import CollectorRegistry
+from raw_http import NON_ASCII_AUTH, raw_request
 
 from trading_ops.bot.control import CommandError
 from trading_ops.bot.instrumentation import GIL_SWITCH_INTERVAL_SECONDS, Instrumentation
@@ -251,3 +252,11 @@ async def test_switch_interval_is_left_alone_unless_the_bot_opts_in(registry, tm
         assert sys.getswitchinterval() == original  # restored on stop
     finally:
         sys.setswitchinterval(original)
+
+
+@pytest.mark.parametrize("header", NON_ASCII_AUTH)
+async def test_a_non_ascii_token_is_401_not_500(client, registry, header: bytes) -> None:
+    status, body = await raw_request(client.server.port, "POST", "/control/pause", [header])
+    assert status == 401, body
+    assert failures(registry, "pause", "unauthorized") == 1
+    assert (await client.post("/control/status", headers=AUTH)).status == 200  # still serving

@@ -36,8 +36,31 @@ START_ORDER = {
         "prometheus": "service_started",
         "alertmanager": "service_started",
     },
-    "grafana": {"prometheus": "service_started"},
+    "grafana": {"prometheus": "service_healthy"},
 }
+# What each long-running service's healthcheck asks for: its own readiness endpoint.
+HEALTH_ENDPOINTS = {
+    "paper-bot": "http://127.0.0.1:9101/healthz",
+    "reconciler": "http://127.0.0.1:9102/readyz",
+    "prometheus": "http://127.0.0.1:9090/-/ready",
+    "alertmanager": "http://127.0.0.1:9093/-/ready",
+    "grafana": "http://127.0.0.1:3000/api/health",
+    "node-exporter": "http://127.0.0.1:9100/metrics",
+    "postgres": "pg_isready",
+}
+# Where each service writes (every root filesystem is read-only): each must be a named volume or a tmpfs.
+WRITABLE_PATHS = {
+    "db-migrate": ["/tmp"],
+    "paper-bot": ["/var/lib/trading-ops", "/tmp"],
+    "reconciler": ["/var/lib/trading-ops", "/tmp"],
+    "prometheus": ["/prometheus"],
+    "alertmanager": ["/alertmanager"],
+    "grafana": ["/var/lib/grafana", "/tmp"],
+    "node-exporter": [],
+    "postgres": ["/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"],
+}
+# The postgres image's entrypoint switches to its user (setuid calls, chown): it keeps the default capabilities.
+KEEPS_CAPABILITIES = {"postgres"}
 
 
 def compose() -> dict[str, Any]:
@@ -62,6 +85,13 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     for name, dependencies in START_ORDER.items():
         assert {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()} == dependencies
     assert services["paper-bot"]["container_name"] == "trading-ops-paper-bot"
+    # ... and the hardening, the memory limits and the healthchecks (a merge key docker-compose dropped would not be).
+    for name, service in services.items():
+        assert service["read_only"] is True, name
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+        assert service["mem_limit"], name
+        if name in HEALTH_ENDPOINTS:
+            assert HEALTH_ENDPOINTS[name] in " ".join(service["healthcheck"]["test"]), name
     # DOCKER_GID from .env or the environment, else 999: a numeric group either way.
     assert [str(group).isdigit() for group in services["reconciler"]["group_add"]] == [True]
 
@@ -117,6 +147,7 @@ def test_configs_and_secrets_are_mounted_where_the_configs_expect_them() -> None
     assert (REPO_ROOT / "grafana" / "dashboards" / Path(home).name).is_file()
     # Prometheus scrapes the services by their compose names.
     prometheus_config = (REPO_ROOT / "prometheus" / "prometheus.yml").read_text()
+    prometheus_config += (REPO_ROOT / "prometheus" / "targets" / "tradingbot.yml").read_text()
     for target in ("paper-bot:9101", "reconciler:9102", "alertmanager:9093", "node-exporter:9100"):
         assert target.split(":")[0] in services and target in prometheus_config
 
@@ -159,3 +190,50 @@ def test_the_reconciler_can_restart_the_bot_container() -> None:
     socket = config["reconciler"].get("docker_socket", ReconcilerConfig().docker_socket)
     assert f"/var/run/docker.sock:{socket}" in services["reconciler"]["volumes"]
     assert services["reconciler"]["group_add"], "the unprivileged reconciler needs the socket's group"
+
+
+def writable_targets(service: dict[str, Any], named: set[str]) -> set[str]:
+    """Paths a read-only container can still write: named volumes (not :ro) and tmpfs mounts."""
+    targets = set()
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        if source in named and mode != ["ro"]:
+            targets.add(target)
+    targets |= {entry.split(":", 1)[0] for entry in service.get("tmpfs", [])}
+    return targets
+
+
+def test_every_service_is_read_only_unprivileged_and_memory_bounded() -> None:
+    config = compose()
+    named = set(config["volumes"])
+    assert set(config["services"]) == set(WRITABLE_PATHS)
+    for name, service in config["services"].items():
+        assert service.get("read_only") is True, f"{name}: root filesystem not read-only"
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        if name not in KEEPS_CAPABILITIES:
+            assert service.get("cap_drop") == ["ALL"], name
+        limit = str(service.get("mem_limit", ""))
+        assert re.fullmatch(r"\d+[mg]", limit), f"{name}: mem_limit {limit!r}"
+        missing = set(WRITABLE_PATHS[name]) - writable_targets(service, named)
+        assert not missing, f"{name} writes {sorted(missing)}: mount a named volume or a tmpfs there"
+
+
+def test_each_healthcheck_asks_the_service_itself() -> None:
+    services = compose()["services"]
+    for name, endpoint in HEALTH_ENDPOINTS.items():
+        check = services[name]["healthcheck"]
+        assert check["test"][0] == "CMD" and endpoint in " ".join(check["test"]), name
+        assert check["retries"] >= 3 and check["interval"] and check["timeout"], name
+
+
+def test_the_bots_are_declared_once_for_prometheus_and_the_reconciler() -> None:
+    """trading-ops.docker.yaml lists the bots; the committed file_sd file is what `config targets` makes of that
+    list, and the reconciler's targets are derived from the same list."""
+    from trading_ops.commands.config_cmd import bot_instances, file_sd
+    from trading_ops.config import load_config
+
+    config = load_config(REPO_ROOT / "trading-ops.docker.yaml")
+    committed = (REPO_ROOT / "prometheus" / "targets" / "tradingbot.yml").read_text()
+    assert committed == file_sd(bot_instances(config), "trading-ops.docker.yaml")
+    assert sorted(config.reconciler.targets) == bot_instances(config) == ["paper-bot:9101"]
+    assert config.reconciler.targets["paper-bot:9101"].url == "http://paper-bot:9101"

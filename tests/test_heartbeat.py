@@ -42,13 +42,12 @@ async def test_clean_stop_then_crash_then_detection(journal: Journal) -> None:
     first = heartbeat(journal)
     assert await first.begin() is None  # nothing before it
     first.start()
-    await asyncio.sleep(0.1)
-    assert first.beats >= 2
+    await wait_for(lambda: first.beats >= 2)
     await first.stop(clean=True, reason="SIGTERM")
     second = heartbeat(journal)
     assert await second.begin() is None  # the marker: no crash
     second.start()
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: second.beats >= 1)
     second._task.cancel()  # type: ignore[union-attr]  # the process dies: no final heartbeat, no marker
     third = heartbeat(journal)
     crash = await third.begin()  # waits until the dead run's heartbeat is crash_timeout old
@@ -68,11 +67,19 @@ async def test_a_heartbeat_that_keeps_moving_is_another_instance(journal: Journa
 
 
 async def test_no_heartbeat_while_the_loop_makes_no_progress(journal: Journal) -> None:
-    hung = heartbeat(journal, progressing=False)
+    looks = 0
+
+    def hung_loop() -> bool:
+        nonlocal looks
+        looks += 1
+        return False
+
+    hung = heartbeat(journal)
+    hung.progressing = hung_loop
     await hung.begin()
     before = (await journal.call(hung.store.last_run)).last_heartbeat_at  # type: ignore[union-attr]
     hung.start()
-    await asyncio.sleep(0.1)
+    await wait_for(lambda: looks >= 5)  # five intervals in which the heartbeat looked at a hung loop
     assert hung.beats == 0
     run = await journal.call(hung.store.last_run)
     assert run is not None and run.last_heartbeat_at == before <= utcnow()

@@ -5,7 +5,7 @@ raised as ccxt's own exception class. Needs nothing but the gateway itself, star
 from __future__ import annotations
 
 import asyncio
-import os
+import base64
 import subprocess
 import sys
 from decimal import Decimal
@@ -160,7 +160,7 @@ async def test_authentication_and_the_increasing_nonce() -> None:
             for ex in (good, wrong_key, wrong_secret, stale):
                 await ex.close()
         # A hand-made request: a tampered body fails the signature; a replayed nonce is refused.
-        secret = __import__("base64").b64decode(API_SECRET)
+        secret = base64.b64decode(API_SECRET)
         async with aiohttp.ClientSession() as session:
             nonce = str(10**18)
             body = f"nonce={nonce}"
@@ -278,23 +278,18 @@ async def test_fault_commands_need_the_token_and_valid_arguments() -> None:
         assert status == 200 and (await gateway.venue.positions())["SOL-USD"] == 2
 
 
-def test_cli_serves_the_gateway_and_sends_faults(tmp_path) -> None:
+def test_cli_serves_the_gateway_and_sends_faults(tmp_path, monkeypatch) -> None:
     """`trading-ops paper-gateway` as a process, `trading-ops gateway-chaos` against it, one-line config errors."""
     port = free_port()
     config = tmp_path / "trading-ops.yaml"
     config.write_text(
-        f"paper:\n  tick_interval_seconds: 0.05\ngateway:\n  listen:\n    port: {port}\n"
+        f"paper:\n  tick_interval_seconds: 0.05\n  reject_probability: 0\ngateway:\n  listen:\n    port: {port}\n"
         f"  state_file: {tmp_path / 'gateway.json'}\n"
     )
-    env = {
-        **os.environ,
-        "TRADING_OPS_GATEWAY_API_KEY": API_KEY,
-        "TRADING_OPS_GATEWAY_API_SECRET": API_SECRET,
-        "TRADING_OPS_GATEWAY_CONTROL_TOKEN": CONTROL_TOKEN,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trading_ops", "--config", str(config), "paper-gateway"], env=env, cwd=ROOT
-    )
+    monkeypatch.setenv("TRADING_OPS_GATEWAY_API_KEY", API_KEY)
+    monkeypatch.setenv("TRADING_OPS_GATEWAY_API_SECRET", API_SECRET)
+    monkeypatch.setenv("TRADING_OPS_GATEWAY_CONTROL_TOKEN", CONTROL_TOKEN)
+    proc = subprocess.Popen([sys.executable, "-m", "trading_ops", "--config", str(config), "paper-gateway"], cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
 
     async def scenario() -> None:
@@ -310,7 +305,6 @@ def test_cli_serves_the_gateway_and_sends_faults(tmp_path) -> None:
 
             await wait_for(up, timeout=60)
             await ex.create_order("BTC/USD", "limit", "buy", 0.01, 1000, {"clientOrderId": "cli-1"})
-            os.environ.update({k: v for k, v in env.items() if k.startswith("TRADING_OPS_GATEWAY")})
             code = await asyncio.to_thread(main, ["--config", str(config), "gateway-chaos", "rate_limit"])
             assert code == 0
             with pytest.raises(ccxt.DDoSProtection):
@@ -325,12 +319,6 @@ def test_cli_serves_the_gateway_and_sends_faults(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        for name in (
-            "TRADING_OPS_GATEWAY_API_KEY",
-            "TRADING_OPS_GATEWAY_API_SECRET",
-            "TRADING_OPS_GATEWAY_CONTROL_TOKEN",
-        ):
-            os.environ.pop(name, None)
     # The venue's state outlived the process: orders and balances are in the state file.
     assert "cli-1" in (tmp_path / "gateway.json").read_text()
 

@@ -20,6 +20,7 @@ from system_binaries import REPO_ROOT
 
 from tests.paper_helpers import TOKEN, fast_config
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
+from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 
@@ -47,10 +48,6 @@ PROMETHEUS_SERIES = {
 # built yet (see the top of prometheus/rules/trading-ops.yml). Nothing exports them today: these alerts cannot
 # fire until the operations land, and each entry must go once its exporter exists (a test below says so).
 PLANNED_OPS_METRICS = {
-    # `trading-ops backup` (planned): when the last backup of the journal and ledger succeeded.
-    "tradingops_backup_last_success_timestamp_seconds": "trading-ops backup",
-    # `trading-ops backup` (planned): failed backup runs.
-    "tradingops_backup_failures_total": "trading-ops backup",
     # `trading-ops report` (planned): when the last daily summary was sent.
     "tradingops_daily_summary_last_success_timestamp_seconds": "trading-ops report",
 }
@@ -148,6 +145,8 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     bot.engine.dispose()
     reconciler_registry = CollectorRegistry()
     ReconcilerMetrics(reconciler_registry)
+    # The reconciler also exports the backup and upkeep records (trading_ops.ops.state_metrics).
+    register_ops_metrics(fast_config(tmp_path_factory.mktemp("ops")), reconciler_registry)
     sidecar_registry = CollectorRegistry()
     FreqtradeSidecar(
         name="ft", url="http://127.0.0.1:9", username="u", password="p", token=TOKEN, registry=sidecar_registry

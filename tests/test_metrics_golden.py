@@ -34,6 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from tests.paper_helpers import TOKEN, control, fast_config, get, wait_for
+from trading_ops.bot.gate import Refusal
+from trading_ops.bot.risk import ORDER_NOTIONAL, Breach
 from trading_ops.paper.bot import PaperBot
 
 GOLDEN = Path(__file__).parent / "golden" / "paper_bot_metrics.txt"
@@ -159,6 +161,9 @@ def drive(bot: PaperBot, clock: FakeMonotonic) -> None:
     m.collector_errors.labels("disk")  # exported at 0: no probe failed
     bot.inst.state.apply("pause", reason="golden")
     bot.inst.state.apply("resume", reason="golden")
+    # An order the gate kept back for a risk limit: counted as a breach, and the bot moved to reduce-only.
+    breach = Breach(ORDER_NOTIONAL, "golden")
+    bot.gate.refuse("BTC-USD", Refusal(breach.reason, breach.message, breach))
     rec = bot.reconciler.metrics
     rec.run("startup", "clean", FIXED_NOW)
     rec.discrepancy("missing_fill")

@@ -165,7 +165,9 @@ async def _loss_spike(bot: PaperBot) -> None:
     assert bot.inst.state.state.value == "active"
     status, body = await control(bot.port, "loss_spike")
     assert status == 200, body
-    await wait_for(lambda: bot.inst.state.state.value == "reduce_only", timeout=10)
+    # The loss limit is enforced in-process: the bot halts at once (no alert round trip) and says why.
+    await wait_for(lambda: bot.inst.state.state.value == "halted", timeout=10)
+    assert bot.inst.state.reason.startswith("risk limit daily_loss")
     realized = sample(bot, "tradingbot_realized_pnl", venue="paper", strategy="demo") or 0
     unrealized = sample(bot, "tradingbot_unrealized_pnl", venue="paper", strategy="demo") or 0
     assert -(realized + unrealized) >= limit
@@ -526,7 +528,7 @@ async def test_kill_switch_and_shutdown_cancel_the_bots_orders_it_does_not_track
             return client_order_id
 
         previous_run = await untracked("paper-1-previous-run-1", journaled=True)
-        answer_lost = await untracked(bot.next_client_order_id(), journaled=False)
+        answer_lost = await untracked(bot.order_engine.next_client_order_id(), journaled=False)
         by_hand = await bot.broker.place_external_order("BTC-USD", Side.BUY, Decimal("0.01"), far)
         assert {o.key for o in await bot.broker.open_orders()} == {previous_run, answer_lost, by_hand.key}
         status, body = await control(bot.port, "halt")
@@ -611,7 +613,7 @@ async def test_a_start_takes_the_book_from_the_journaled_positions_not_by_replay
     journal.close()
     bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), engine=engine)
     try:
-        await bot._restore_book()
+        await bot.order_engine.restore_book()
         holding = bot.book.holding("BTC-USD")
         assert (holding.quantity, holding.average_price, bot.book.realized_today) == (
             Decimal("0.5"),

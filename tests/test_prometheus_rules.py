@@ -72,6 +72,11 @@ def test_prometheus_config_scrapes_every_job_every_5s() -> None:
     assert config["global"]["evaluation_interval"] == "5s"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == SCRAPE_JOBS
+    # The bots come from the file_sd file `trading-ops config targets` writes (one place lists them).
+    bots = jobs["tradingbot"]["file_sd_configs"][0]["files"]
+    assert bots == ["targets/tradingbot.yml"]
+    bot_targets = [t for group in load_yaml(PROMETHEUS_DIR / bots[0]) for t in group["targets"]]
+    jobs["tradingbot"] = {"static_configs": [{"targets": bot_targets}]}
     ports = {name: job["static_configs"][0]["targets"][0].rsplit(":", 1)[1] for name, job in jobs.items()}
     assert ports == {
         "tradingbot": "9101",

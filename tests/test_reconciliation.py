@@ -135,8 +135,8 @@ async def test_partial_fill_unseen_and_a_vanished_order(bot: PaperBot) -> None:
 async def test_fill_delivered_twice_counts_once(bot: PaperBot) -> None:
     coid = await resting_order(bot)
     fill = await bot.broker.fill_without_notifying(coid)
-    assert await bot._apply_fill(fill) is True
-    assert await bot._apply_fill(fill) is False  # the same trade id again: journaled once, booked once
+    assert await bot.order_engine.apply_fill(fill) is True
+    assert await bot.order_engine.apply_fill(fill) is False  # the same trade id again: journaled once, booked once
     assert bot.book.position("ETH-USD") == Decimal("0.1")
     fills = [f for f in await bot.journal.call(bot.journal.fills) if f.trade_id == fill.trade_id]
     assert len(fills) == 1
@@ -319,8 +319,8 @@ async def test_duplicate_fill_row_is_removed_with_its_balance_changes(bot: Paper
     await bot.journal.call(drop_fill_uniqueness, bot.engine)
     coid = await resting_order(bot)
     fill = await bot.broker.fill_without_notifying(coid)
-    assert await bot._apply_fill(fill) is True
-    assert await bot._apply_fill(fill) is True  # journaled twice: nothing stops it any more
+    assert await bot.order_engine.apply_fill(fill) is True
+    assert await bot.order_engine.apply_fill(fill) is True  # journaled twice: nothing stops it any more
     rows = [f for f in await bot.journal.call(bot.journal.fills) if f.trade_id == fill.trade_id]
     assert len(rows) == 2
     status, result = await control(bot.port, "reconcile")
@@ -346,10 +346,10 @@ async def test_order_updates_never_move_an_order_back(bot: PaperBot) -> None:
     partial = dataclasses.replace(bot.broker._orders[acknowledged.venue_order_id])
     await bot.broker.fill_without_notifying(coid)
     filled = dataclasses.replace(bot.broker._orders[acknowledged.venue_order_id])
-    await bot._on_order(filled)
+    await bot.order_engine.on_order(filled)
     # Events arriving late and out of order: neither reopens the order, in the journal or in the bot.
-    await bot._on_order(partial)
-    await bot._on_order(acknowledged)
+    await bot.order_engine.on_order(partial)
+    await bot.order_engine.on_order(acknowledged)
     [row] = await bot.journal.call(bot.journal.orders_by_client_id, [coid])
     assert (row.status, row.filled_quantity) == ("filled", Decimal("0.1"))
     assert coid not in bot.orders
@@ -637,9 +637,9 @@ async def test_an_order_update_before_its_fill_does_not_count_the_fill_twice(bot
         events += [dataclasses.replace(venue._orders[vid]), fill]
     for event in events:
         if isinstance(event, VenueFill):
-            await bot._on_fill(event)
+            await bot.order_engine.on_fill(event)
         else:
-            await bot._on_order(event)
+            await bot.order_engine.on_order(event)
     assert coid in bot.orders and bot.orders[coid].filled_quantity == Decimal("0.08")
     assert bot.book.position("BTC-USD") == Decimal("0.08")
     assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"

@@ -3,7 +3,6 @@ pings while progress is reported and none while it is not, and the unit file shi
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import uuid
@@ -42,16 +41,25 @@ async def test_watchdog_pings_only_while_progressing(tmp_path) -> None:
         sock.bind(str(path))
         sock.setblocking(False)
         progressing = True
+        checks = 0
+
+        def check() -> bool:
+            nonlocal checks
+            checks += 1
+            return progressing
+
         notifier = SystemdNotifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "40000"})
         assert notifier.watchdog_interval == 0.02
-        notifier.start_watchdog(lambda: progressing)
+        notifier.start_watchdog(check)
         received: list[str] = []
         await wait_for(lambda: received.extend(recv_all(sock)) or received.count("WATCHDOG=1") >= 3)
         progressing = False
-        await asyncio.sleep(0.05)
+        seen = checks
+        await wait_for(lambda: checks > seen)  # the watchdog looked at the hung loop: no ping is on its way
         pings = notifier.pings
         recv_all(sock)
-        await asyncio.sleep(0.15)
+        seen = checks
+        await wait_for(lambda: checks >= seen + 5)  # five more looks, and still no ping
         assert notifier.pings == pings and recv_all(sock) == []
         await notifier.close()
 

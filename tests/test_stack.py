@@ -116,10 +116,21 @@ def test_rendered_prometheus_config_passes_promtool(layout: Layout, profile: Any
     assert result.stdout.count("rules found") == rule_files, result.stdout
 
 
+def job_targets(job: dict[str, Any]) -> list[str]:
+    """A scrape job's targets: its static ones, or those of the file_sd files it reads."""
+    if "static_configs" in job:
+        return list(job["static_configs"][0]["targets"])
+    files = [f for sd in job["file_sd_configs"] for f in sd["files"]]
+    return [t for f in files for group in yaml.safe_load(Path(f).read_text()) for t in group["targets"]]
+
+
 def test_prometheus_scrapes_and_alerts_locally(layout: Layout) -> None:
     rendered = render_prometheus(REPO_ROOT, PORTS, FAST, layout)
+    write_prometheus(rendered, layout, REPO_ROOT, FAST)
     config = rendered.config
-    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    targets = {job["job_name"]: job_targets(job) for job in config["scrape_configs"]}
+    # The bot's targets come from a file_sd file, as in the repo's configuration (one place lists the bots).
+    assert config["scrape_configs"][0]["file_sd_configs"] == [{"files": [str(layout.bot_targets)]}]
     assert targets == {
         "tradingbot": ["127.0.0.1:19101"],
         "trading-ops-reconciler": ["127.0.0.1:19102"],
@@ -144,10 +155,12 @@ def test_standard_profile_keeps_the_repo_timings_and_rule_files(layout: Layout) 
     assert rendered.config["global"] == repo["global"]
     assert rendered.config["rule_files"] == [str(p) for p in sorted(RULES_DIR.glob("*.yml"))]
     repo_jobs = {j["job_name"]: j for j in repo["scrape_configs"]}
+    where = ("static_configs", "file_sd_configs")
     for job in rendered.config["scrape_configs"]:
-        assert {k: v for k, v in job.items() if k != "static_configs"} == {
-            k: v for k, v in repo_jobs[job["job_name"]].items() if k != "static_configs"
+        assert {k: v for k, v in job.items() if k not in where} == {
+            k: v for k, v in repo_jobs[job["job_name"]].items() if k not in where
         }
+        assert ("file_sd_configs" in job) == ("file_sd_configs" in repo_jobs[job["job_name"]])
 
 
 def test_a_change_in_the_repo_configs_flows_into_the_stack(tmp_path: Path, layout: Layout) -> None:
@@ -169,7 +182,8 @@ def test_a_change_in_the_repo_configs_flows_into_the_stack(tmp_path: Path, layou
 
     rendered = render_prometheus(repo, PORTS, FAST, layout)
     write_prometheus(rendered, layout, repo, FAST)
-    jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in rendered.config["scrape_configs"]}
+    write_prometheus(rendered, layout, repo, FAST)
+    jobs = {j["job_name"]: job_targets(j) for j in rendered.config["scrape_configs"]}
     assert jobs["second-bot"] == ["127.0.0.1:19101"]  # a bot job by its catalogue port
     assert "elsewhere" not in jobs and any("'elsewhere' left out" in n for n in rendered.notes)
     assert alerts_of(layout.rules_dir / "new.yml")["TradingBotSomethingNew"]["for"] == "12s"
@@ -214,7 +228,7 @@ def test_reconciler_webhook_is_local_with_a_credentials_file(tmp_path: Path, tok
     (hook,) = receivers["reconciler"]["webhook_configs"]
     assert hook["url"] == "http://127.0.0.1:19102/api/v1/alertmanager"
     assert hook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": str(token_file)}
-    assert hook["send_resolved"] is True and hook["max_alerts"] == 0
+    assert hook["send_resolved"] is True and hook["max_alerts"] == 1000
     # People's receivers stay (routing unchanged) but have no integration: no page leaves this machine.
     for name in ("pager", "chat", "deadman"):
         assert receivers[name] == {"name": name}
@@ -263,7 +277,9 @@ def test_app_config_wires_the_bot_and_reconciler_together(tmp_path: Path, layout
     source = tmp_path / "trading-ops.yaml"
     source.write_text("database:\n  url: sqlite:///var/db.sqlite\nbot:\n  data_dir: var/bot\n")
     app = build_app_config(source, layout, PORTS)
-    for token in (app.control_token_file, app.reconciler_token_file):
+    assert app.read_token_file is not None
+    assert app.read_token_file.read_text() != app.reconciler_token_file.read_text()
+    for token in (app.control_token_file, app.reconciler_token_file, app.read_token_file):
         assert token.parent == tmp_path / "var" / "secrets"
         assert stat.S_IMODE(token.stat().st_mode) == 0o600
         assert len(token.read_text().strip()) >= 32
@@ -279,6 +295,8 @@ def test_app_config_wires_the_bot_and_reconciler_together(tmp_path: Path, layout
     assert set(config.reconciler.targets) == {"127.0.0.1:19101"}
     assert config.reconciler.targets["127.0.0.1:19101"].url == "http://127.0.0.1:19101"
     assert config.reconciler.targets["127.0.0.1:19101"].token == f"file:{app.control_token_file}"
+    # One list of bots: the stack's bot, which the reconciler's targets and Prometheus's file_sd both come from.
+    assert [(b.name, b.kind, b.instance) for b in config.bots] == [("paper-1", "paper", "127.0.0.1:19101")]
     # A second start keeps the tokens (Alertmanager and the bot read the same files).
     build_app_config(source, layout, PORTS)
     assert app.control_token_file.read_text() == control
@@ -409,7 +427,10 @@ class UpProcess:
         settings: dict[str, Any] = {
             "database": {"url": f"sqlite:///{root / 'trading-ops.db'}"},
             "bot": {"data_dir": str(root / "bot"), "control_token_file": str(root / "secrets" / "control-token")},
-            "reconciler": {"token_file": str(root / "secrets" / "reconciler-token")},
+            "reconciler": {
+                "token_file": str(root / "secrets" / "reconciler-token"),
+                "read_token_file": str(root / "secrets" / "reconciler-read-token"),
+            },
             "paper": {"seed": 7},
         }
         for section, values in config.items():
@@ -520,7 +541,8 @@ def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: C
         assert (up.state_dir / "logs" / f"{child}.log").stat().st_size > 0
     # The URLs printed are the stack's.
     assert up.url("prometheus") in up.output and up.url("alertmanager") in up.output
-    assert up.wait_line(lambda line: "status: alerts firing" in line)
+    # The episodes come from the reconciler's API, read with its read token: a number, not "?".
+    assert up.wait_line(lambda line: "status: alerts firing" in line and "episodes open: ?" not in line)
     assert up.stop(signal.SIGINT) == 0, up.output
     for child, pid in pids.items():
         assert not alive(pid), f"{child} (pid {pid}) survived Ctrl-C"
@@ -630,3 +652,22 @@ def test_a_repo_without_monitoring_configs_is_bad_usage(tmp_path: Path) -> None:
         f"trading-ops: up: no prometheus/prometheus.yml and alertmanager/alertmanager.yml in {tmp_path}: "
         "run from the trading-ops checkout or pass --repo"
     ]
+
+
+def test_up_runs_a_bot_kind_from_the_configuration(tmp_path: Path, layout: Layout) -> None:
+    """`up --bot KIND`: the built-in paper bot, or any bot on the runtime whose command line bot_kinds: gives."""
+    from trading_ops.stack.up import UsageProblem, bot_command
+
+    source = tmp_path / "trading-ops.yaml"
+    kinds = {"mine": ["{python}", "examples/my_bot.py", "--config", "{config}"], "odd": ["{nope}"]}
+    source.write_text(yaml.safe_dump({"bot_kinds": kinds}))
+    app = build_app_config(source, layout, PORTS, "mine")
+    name, command = bot_command("mine", app, None)
+    assert name == "mine-bot" and command == [sys.executable, "examples/my_bot.py", "--config", str(app.path)]
+    assert app.config.bots[0].kind == "mine"
+    name, command = bot_command("paper", app, "DEBUG")
+    assert name == "paper-bot" and command[-2:] == ["paper-bot", "--chaos"] and "DEBUG" in command
+    with pytest.raises(UsageProblem, match=r"--bot ccxt: unknown bot kind \(known: mine, odd, paper"):
+        bot_command("ccxt", app, None)
+    with pytest.raises(UsageProblem, match=r"bot_kinds.odd: only \{python\} and \{config\}"):
+        bot_command("odd", app, None)

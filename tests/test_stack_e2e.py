@@ -50,6 +50,7 @@ class Stack:
     def __init__(self, up: UpProcess) -> None:
         self.up = up
         self.token = (up.root / "secrets" / "control-token").read_text().strip()
+        self.read_token = (up.root / "secrets" / "reconciler-read-token").read_text().strip()
         self.instance = f"127.0.0.1:{up.ports.bot}"
 
     def control(self, command: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,7 +77,12 @@ class Stack:
         return [a for a in alerts if a["labels"]["alertname"] == alertname]
 
     def episodes(self) -> list[dict[str, Any]]:
-        return list(get_json(self.up.url("reconciler", "/api/v1/episodes?limit=100"))["episodes"])
+        req = urllib.request.Request(
+            self.up.url("reconciler", "/api/v1/episodes?limit=100"),
+            headers={"Authorization": f"Bearer {self.read_token}"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return list(json.loads(resp.read())["episodes"])
 
     def bot_metric(self, name: str) -> dict[str, float]:
         """Samples of one metric family on the bot's own /metrics: labels text -> value."""

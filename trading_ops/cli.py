@@ -5,20 +5,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from trading_ops import __version__
+from trading_ops import __version__, logsetup
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# The configuration file when --config is not given (the reconciler sets it for the commands its steps start, so
+# the disk rule's `trading-ops upkeep cleanup` reads the reconciler's own configuration).
+CONFIG_ENV = "TRADING_OPS_CONFIG"
 # Modules that contribute subcommands; each has `register(subparsers)` and sets `handler(args, config)`.
 COMMAND_MODULES = (
     "trading_ops.commands.config_cmd",
     "trading_ops.commands.db_cmd",
     "trading_ops.integrations.freqtrade.cli",
+    "trading_ops.ops.backup_cli",
     "trading_ops.paper.cli",
     "trading_ops.reconciler.cli",
     "trading_ops.stack.cli",
@@ -36,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trading-ops", description="Operations for automated trading bots.")
     parser.add_argument("--version", action="version", version=f"trading-ops {__version__}")
     parser.add_argument(
-        "--config", "-c", default=None, help=f"configuration file (default: {DEFAULT_CONFIG_PATH} if it exists)"
+        "--config",
+        "-c",
+        default=None,
+        help=f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH} if it exists)",
     )
     parser.add_argument(
         "--log-level",
@@ -51,19 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(config: Config, override: str | None) -> None:
-    level = override or config.logging.level
-    if config.logging.format == "json":
-        fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
-    # Alembic announces each of its plugins at INFO while it is imported: noise in every command's log.
-    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logsetup.setup(override or config.logging.level, config.logging.format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.config is None and os.environ.get(CONFIG_ENV):
+        args.config = os.environ[CONFIG_ENV]
     try:
         config = load_config(args.config, must_exist=args.config is not None)
     except ConfigError as exc:
@@ -73,14 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args, config) or EXIT_OK)
     except ConfigError as exc:
-        print(f"trading-ops: config: {exc}", file=sys.stderr)
+        logsetup.report(f"trading-ops: config: {exc}")
         return EXIT_USAGE
     except UsageError as exc:
-        print(f"trading-ops: {exc}", file=sys.stderr)
+        logsetup.report(f"trading-ops: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except Exception as exc:
         log.exception("%s failed", args.command)
-        print(f"trading-ops: {args.command} failed: {exc}", file=sys.stderr)
+        logsetup.report(f"trading-ops: {args.command} failed: {exc}")
         return EXIT_FAILURE

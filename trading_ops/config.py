@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import math
 import os
@@ -19,11 +20,15 @@ import yaml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from trading_ops.matchers import RegexError, compile_pattern
+
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
 SECRET_SUFFIXES = ("_file", "_env")
 # SQLAlchemy drivers the project supports; bare `postgresql` means psycopg 3 (psycopg2 is not a dependency).
 DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 POSTGRESQL_DRIVER = "postgresql+psycopg"
+# psycopg is the `postgres` extra, not a core dependency: without it a PostgreSQL URL is a one-line error.
+POSTGRESQL_DRIVER_MISSING = "PostgreSQL needs the psycopg driver: pip install 'trading-ops[postgres]'"
 # Names that end up in label values, file names and the journal: a word of letters, digits, `_`, `.`, `-`.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Spot symbols as BASE-QUOTE in capitals (BTC-USD); the quote must be paper.quote_asset.
@@ -108,10 +113,26 @@ def _check_http_url(value: str) -> str | None:
 
 
 def _check_regex(value: str) -> str | None:
+    """A pattern RE2 compiles (label values are matched in linear time, whatever they hold)."""
     try:
-        re.compile(value)
-    except re.error as exc:
-        return f"invalid regular expression ({exc}): {_describe(value)}"
+        compile_pattern(value)
+    except RegexError as exc:
+        return str(exc)
+    return None
+
+
+def _check_host_ports(value: list[str]) -> str | None:
+    """Hosts as `host` (any port) or `host:port`, IPv6 in brackets: where the http action may send requests."""
+    for entry in value:
+        try:
+            parts = urlsplit(f"//{entry}")
+            parts.port  # raises ValueError for a port out of range or not a number
+        except ValueError:
+            return f"expected host or host:port, got {_describe(entry)}"
+        if not parts.hostname or _check_host(parts.hostname) or f"//{entry}" != f"//{parts.netloc}":
+            return f"expected host or host:port, got {_describe(entry)}"
+        if parts.username is not None:
+            return f"expected host or host:port (no user@), got {_describe(entry)}"
     return None
 
 
@@ -177,6 +198,28 @@ class DatabaseConfig:
         return value
 
 
+def _check_optional_limit(value: float | None) -> str | None:
+    return None if value is None or value >= 0 else f"must be at least 0, got {value}"
+
+
+@dataclass
+class RiskConfig:
+    """In-process risk limits, enforced in the order gate before an order leaves; 0 means no limit. Notional
+    values are in the quote asset."""
+
+    # The day's loss (realized + unrealized) at which the bot halts; an operator clears it. Unset: the value of
+    # paper.daily_loss_limit (where it lived before).
+    daily_loss_limit: float | None = checked(None, _check_optional_limit)
+    # Per symbol: an order that would take the position's notional past this is refused (then reduce-only).
+    max_position_notional: float = bounded(0.0, min=0)
+    # Orders working or in flight at once.
+    max_open_orders: int = bounded(0, min=0)
+    # Notional of one order (at its limit price, or the mark for a market order).
+    max_order_notional: float = bounded(0.0, min=0)
+    max_orders_per_second: float = bounded(0.0, min=0)
+    max_orders_per_minute: float = bounded(0.0, min=0)
+
+
 @dataclass
 class BotConfig:
     name: str = checked("paper-1", _check_name)
@@ -194,6 +237,7 @@ class BotConfig:
     # Memory the bot may use; 0 means the cgroup limit, or the machine's memory when there is none.
     memory_limit_bytes: int = bounded(0, min=0)
     event_loop_lag_interval_seconds: float = bounded(0.25, min=0.01)
+    risk: RiskConfig = field(default_factory=RiskConfig)
 
 
 @dataclass
@@ -338,6 +382,9 @@ class WatchdogConfig:
 class ReconcilerConfig:
     listen: ReconcilerListenConfig = field(default_factory=ReconcilerListenConfig)
     token: str = secret("TRADING_OPS_RECONCILER_TOKEN", "bearer token Alertmanager sends to the webhook")
+    # Bearer token of the episode API (GET /api/v1/episodes...), which shows labels, annotations and step outputs:
+    # not the webhook's (whoever can post alerts need not read them). Unset = the episode API answers 401.
+    read_token: str = secret("TRADING_OPS_RECONCILER_READ_TOKEN", "bearer token of the episode API")
     # Name of this replica in claims and logs (empty = the host name). Replicas may share it: a claim is taken
     # over only when its lease expired or its process is provably gone.
     instance: str = ""
@@ -346,7 +393,10 @@ class ReconcilerConfig:
     playbook: str = ""
     prometheus_url: str = checked("http://127.0.0.1:9090", _check_http_url)
     alertmanager_url: str = checked("http://127.0.0.1:9093", _check_http_url)
-    max_body_bytes: int = bounded(1024 * 1024, min=1024)
+    # Webhook bodies larger than this get 413 (Alertmanager does not resend after a 4xx: such a notification is
+    # lost). Paired with the receiver's max_alerts in alertmanager/alertmanager.yml (1000): 1000 alerts of the
+    # shipped rules are about 1.2 MB, so 4 MiB leaves room for labels and annotations 3x larger.
+    max_body_bytes: int = bounded(4 * 1024 * 1024, min=1024)
     # Record what would be done, do nothing.
     dry_run: bool = False
     # How often the workers look for due episodes (new notifications wake them at once).
@@ -356,8 +406,13 @@ class ReconcilerConfig:
     max_concurrent_runs: int = bounded(4, min=1)
     # Intake group commit: notifications stored per transaction at most.
     batch_max: int = bounded(256, min=1)
-    # Label values reach exec steps (as environment variables) and templates only when they match this.
+    # Label values reach exec steps (as environment variables) and templates only when they match this (RE2). ':' is
+    # for instance labels (host:port), '@' for systemd template units; neither can move an http step's request
+    # (values are URL-encoded there, and its host comes from its URL template).
     label_value_pattern: str = checked(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$", _check_regex)
+    # Hosts (`host` for any port, or `host:port`) the playbook's `http` steps may send requests to. A step's host is
+    # written in its URL template, never taken from a label; a host not listed here refuses the playbook at start.
+    http_allowed_hosts: list[str] = checked([], _check_host_ports)
     # Outputs of steps are kept up to this many bytes.
     output_limit_bytes: int = bounded(4096, min=64)
     # Command used by systemd steps (`<systemctl> restart <unit>`).
@@ -368,11 +423,129 @@ class ReconcilerConfig:
     check_silences: bool = True
     # The ledger keeps notifications, and closed episodes with their attempts and steps, this many days (pruned
     # hourly; open episodes are never pruned). A firing alert that started longer ago is not acted on.
-    retention_days: int = bounded(30, min=1)
+    retention_days: int = bounded(30, min=1, max=36500)
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # Bot instance (the `instance` label of its alerts) -> its control API.
     targets: dict[str, TargetConfig] = field(default_factory=dict)
+
+
+def _check_instance(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or _check_host(host.strip("[]")):
+        return f"expected host:port (the bot's scrape target), got {_describe(value)}"
+    return None
+
+
+# ---- backup and upkeep (trading_ops.ops) ------------------------------------------------------------------------
+# A five-field cron expression (minute hour day-of-month month day-of-week): numbers, `*`, lists, ranges, steps.
+CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+
+
+def _check_cron(value: str) -> str | None:
+    fields = value.split()
+    if len(fields) != 5 or not all(CRON_FIELD.match(f) for f in fields):
+        return f"expected a cron expression of five fields such as '0 * * * *', got {_describe(value)}"
+    return None
+
+
+def _check_time_zone(value: str) -> str | None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {_describe(value)} (an IANA name such as UTC or America/New_York)"
+    return None
+
+
+def _check_optional_duration(value: str) -> str | None:
+    from trading_ops.durations import parse_duration
+
+    if value == "":
+        return None
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class BotEntryConfig:
+    """One bot the operations side watches and heals: Prometheus scrapes `instance`, the reconciler acts on `url`."""
+
+    name: str = checked("paper-1", _check_name)
+    # What runs it (`trading-ops up --bot KIND`): paper, or a kind of bot_kinds.
+    kind: str = checked("paper", _check_name)
+    # host:port of its /metrics: the scrape target, and so the `instance` label of its series and alerts.
+    instance: str = checked("127.0.0.1:9101", _check_instance)
+    # Base URL of its control API (usually http://<instance>).
+    url: str = checked("http://127.0.0.1:9101", _check_http_url)
+    token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of this bot's control API")
+
+
+@dataclass
+class BackupConfig:
+    # Where backups and their manifests are kept (relative to this file's directory).
+    directory: str = checked("var/backups", _check_nonempty)
+    # When the scheduled backup runs (cron, in time_zone).
+    schedule: str = checked("0 * * * *", _check_cron)
+    time_zone: str = checked("UTC", _check_time_zone)
+    # Grandfather-father-son retention: the newest backup of each of the last N hours, days and ISO weeks.
+    keep_hourly: int = bounded(24, min=0)
+    keep_daily: int = bounded(7, min=0)
+    keep_weekly: int = bounded(4, min=0)
+    # Also copy each backup and its manifest to this directory (another disk, a mounted remote); empty = no copy.
+    copy_to: str = ""
+    # `restore` refuses a database a bot or the reconciler used this recently (heartbeat, lease) without --force.
+    live_seconds: float = bounded(60.0, min=0)
+    # PostgreSQL client programs (from postgresql-client), found on PATH unless a path is given.
+    pg_dump: str = checked("pg_dump", _check_nonempty)
+    pg_restore: str = checked("pg_restore", _check_nonempty)
+    timeout_seconds: float = bounded(3600.0, min=1)
+
+
+@dataclass
+class CleanupDirConfig:
+    # `{data_dir}` in path is bot.data_dir. Only regular files under path matching pattern are ever deleted.
+    path: str = checked("{data_dir}/scratch", _check_nonempty)
+    pattern: str = checked("*", _check_nonempty)
+    # Files older than this are deleted ("" = no age rule) ...
+    max_age: str = checked("", _check_optional_duration)
+    # ... then the oldest until the matching files total at most this many bytes (-1 = no size rule).
+    max_bytes: int = bounded(-1, min=-1)
+
+
+def _default_cleanup() -> dict[str, CleanupDirConfig]:
+    return {
+        # The paper bot's fill_disk chaos and other throwaway files: disposable, all of it.
+        "scratch": CleanupDirConfig(path="{data_dir}/scratch", pattern="*", max_bytes=0),
+        # Rotated logs: a week, at most 1 GiB.
+        "logs": CleanupDirConfig(path="{data_dir}/log", pattern="*.log.*", max_age="7d", max_bytes=1 << 30),
+        "tmp": CleanupDirConfig(path="{data_dir}/tmp", pattern="*", max_age="1d"),
+    }
+
+
+@dataclass
+class UpkeepConfig:
+    schedule: str = checked("30 3 * * *", _check_cron)
+    time_zone: str = checked("UTC", _check_time_zone)
+    # VACUUM/ANALYZE (SQLite: PRAGMA optimize, VACUUM, ANALYZE; PostgreSQL: VACUUM (ANALYZE)).
+    vacuum: bool = True
+    # Journal rows (closed orders, fills of positions since flat again) older than this many days are deleted;
+    # 0 keeps them forever. Never an open order, never the fills of a position that is still open.
+    journal_retention_days: int = bounded(0, min=0)
+    # Bot runs, recovery events and reconciliation runs older than this many days (0 = forever); a bot's last
+    # run and unnotified events are kept. Ledger rows follow reconciler.retention_days.
+    recovery_retention_days: int = bounded(90, min=0)
+    # Directories cleaned by age and size, by name (the name labels the metrics).
+    cleanup: dict[str, CleanupDirConfig] = field(default_factory=_default_cleanup)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        for name in self.cleanup:
+            if problem := _check_name(name):
+                raise ConfigError(f"{prefix}.cleanup.{name}", problem)
 
 
 @dataclass
@@ -496,10 +669,36 @@ class Config:
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     freqtrade: FreqtradeConfig = field(default_factory=FreqtradeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # The bots, declared once: the reconciler's targets and Prometheus's file_sd targets
+    # (`trading-ops config targets`) are derived from this list.
+    bots: list[BotEntryConfig] = field(default_factory=list)
+    # Bot kinds `trading-ops up --bot KIND` can run besides the built-in `paper`: KIND -> the bot's command line;
+    # {python} is this Python, {config} the stack's generated configuration file.
+    bot_kinds: dict[str, list[str]] = field(default_factory=dict)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+    upkeep: UpkeepConfig = field(default_factory=UpkeepConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     ccxt: CcxtConfig = field(default_factory=CcxtConfig)
     # Directory that relative paths in this file are resolved against (the file's own directory).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if self.bot.risk.daily_loss_limit is None:  # the older place of the daily loss limit
+            self.bot.risk.daily_loss_limit = self.paper.daily_loss_limit
+        for key, attr in (("name", "name"), ("instance", "instance")):
+            seen: set[str] = set()
+            for i, entry in enumerate(self.bots):
+                value = getattr(entry, attr)
+                if value in seen:
+                    raise ConfigError(f"bots[{i}].{key}", f"{value} is listed twice")
+                seen.add(value)
+        for kind, command in self.bot_kinds.items():
+            if _check_name(kind) or (problem := _check_command(command)):
+                raise ConfigError(f"bot_kinds.{kind}", _check_name(kind) or problem or "")
+        if self.bots:
+            if self.reconciler.targets:
+                raise ConfigError("reconciler.targets", "give the bots once, under bots: (targets are derived)")
+            self.reconciler.targets = {b.instance: TargetConfig(url=b.url, token=b.token) for b in self.bots}
 
     def path(self, value: str) -> Path:
         """Resolve a path from the configuration against the configuration file's directory."""
@@ -514,6 +713,8 @@ class Config:
             url = prefix + str(self.path(url[len(prefix) :]))
         if url.startswith("postgresql://"):
             url = POSTGRESQL_DRIVER + url[len("postgresql") :]
+        if url.startswith(POSTGRESQL_DRIVER) and importlib.util.find_spec("psycopg") is None:
+            raise ConfigError("database.url", POSTGRESQL_DRIVER_MISSING)
         return url
 
 

@@ -18,13 +18,25 @@ import pytest
 import yaml
 from aiohttp import web
 
+from tests.system_binaries import require_binary
 from trading_ops.config import Config, parse_config
 from trading_ops.db import migrate
 
 TOKEN = "webhook-token"
+READ_TOKEN = "read-token"
 BOT_TOKEN = "bot-token"
 ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 PROMETHEUS_BIN = shutil.which("prometheus")
+
+
+def alertmanager_binary() -> str:
+    """The Alertmanager server (Debian's name, or upstream's); a missing one fails the test, never skips it."""
+    return ALERTMANAGER_BIN or require_binary("prometheus-alertmanager")
+
+
+def prometheus_binary() -> str:
+    """The Prometheus server; a missing one fails the test, never skips it."""
+    return PROMETHEUS_BIN or require_binary("prometheus")
 
 
 def dead_owner(instance: str) -> str:
@@ -60,6 +72,37 @@ def wait_http(url: str, deadline: float = 20.0, proc: subprocess.Popen[Any] | No
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {deadline}s")
+
+
+async def engine_settled(app: web.Application, passes: int = 3, deadline: float = 20.0) -> None:
+    """Wait until the engine's loop has read the ledger `passes` more times and no run is in progress: whatever it
+    would start from what is stored now has been started and has finished, so what a test then finds not done was
+    not going to be done. (The first counted pass may have begun before the caller's last write: count more.)"""
+    import asyncio
+
+    from trading_ops.reconciler import keys
+
+    engine = app[keys.ENGINE]
+    done = 0
+    passed = asyncio.Event()
+    dispatch = engine.dispatch_once
+
+    async def counted() -> None:
+        nonlocal done
+        await dispatch()
+        done += 1
+        passed.set()
+
+    engine.dispatch_once = counted  # type: ignore[method-assign]
+    try:
+        async with asyncio.timeout(deadline):
+            while done < passes or engine.runs:
+                passed.clear()
+                await passed.wait()
+    except TimeoutError:
+        raise AssertionError(f"the engine did not settle in {deadline}s: {done} passes, runs {sorted(engine.runs)}")
+    finally:
+        del engine.dispatch_once  # the class's method again
 
 
 # When the test alerts started: a minute before the session, as Alertmanager would send it (an alert that started
@@ -108,6 +151,8 @@ def payload(*alerts: dict[str, Any], status: str | None = None) -> dict[str, Any
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# The episode API's token (reconciler.read_token), not the webhook's.
+READ_AUTH = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
 def write_playbook(tmp_path: Path, rules: list[dict[str, Any]], defaults: dict[str, Any] | None = None) -> Path:
@@ -119,9 +164,11 @@ def write_playbook(tmp_path: Path, rules: list[dict[str, Any]], defaults: dict[s
 def make_config(tmp_path: Path, db_url: str, notify_urls: list[str] | None = None, **reconciler: Any) -> Config:
     """A configuration for tests: fast polling, silences not checked, tokens (and apprise URLs) in files."""
     (tmp_path / "webhook-token").write_text(TOKEN)
+    (tmp_path / "read-token").write_text(READ_TOKEN)
     (tmp_path / "bot-token").write_text(BOT_TOKEN)
     rc: dict[str, Any] = {
         "token_file": str(tmp_path / "webhook-token"),
+        "read_token_file": str(tmp_path / "read-token"),
         "poll_interval_seconds": 0.05,
         "check_silences": False,
         "prometheus_url": "http://127.0.0.1:9",
@@ -275,9 +322,8 @@ def start_alertmanager(
     cluster_port: int | None = None,
     peers: tuple[int, ...] = (),
     repeat_interval: str = "1h",
+    max_alerts: int = 0,
 ) -> Alertmanager:
-    if ALERTMANAGER_BIN is None:
-        pytest.skip("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     receivers: list[dict[str, Any]] = [{"name": "null"}]
@@ -296,7 +342,7 @@ def start_alertmanager(
                     {
                         "url": webhook_url,
                         "send_resolved": True,
-                        "max_alerts": 0,
+                        "max_alerts": max_alerts,
                         "http_config": {"authorization": {"type": "Bearer", "credentials": TOKEN}},
                     }
                 ],
@@ -305,7 +351,7 @@ def start_alertmanager(
         route["receiver"] = "reconciler"
     (tmp / "am.yml").write_text(yaml.safe_dump({"route": route, "receivers": receivers}))
     args = [
-        ALERTMANAGER_BIN,
+        alertmanager_binary(),
         f"--config.file={tmp / 'am.yml'}",
         f"--storage.path={tmp / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
@@ -352,14 +398,13 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus (no scrape targets: verification uses expressions of time())."""
-    if PROMETHEUS_BIN is None:
-        pytest.skip("prometheus is not installed (apt-get install prometheus)")
+    binary = prometheus_binary()
     tmp = tmp_path_factory.mktemp("prometheus")
     (tmp / "prometheus.yml").write_text("global:\n  scrape_interval: 15s\n")
     port = free_port()
     proc = subprocess.Popen(
         [
-            PROMETHEUS_BIN,
+            binary,
             f"--config.file={tmp / 'prometheus.yml'}",
             f"--storage.tsdb.path={tmp / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",

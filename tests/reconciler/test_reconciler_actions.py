@@ -327,3 +327,142 @@ async def test_notify_sends_through_apprise(tmp_path: Path, aiohttp_server: Any)
         result = await run(ctx(tmp_path, s, notifier=notifier), "notify", {"title": "${alertname} on ${instance}"})
     assert result.ok
     assert received[0]["title"] == "TradingBotBrokerDisconnected on bot-1" and received[0]["message"] == "d"
+
+
+# ---- http ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """A real HTTP server on 127.0.0.1 recording each request (path as sent, query, body); /moved redirects."""
+    seen: list[dict[str, Any]] = []
+
+    async def record(request: web.Request) -> web.StreamResponse:
+        body = await request.json() if request.can_read_body else None
+        seen.append({"method": request.method, "path": request.raw_path, "body": body})
+        if request.path == "/moved":
+            raise web.HTTPFound("http://127.0.0.2:9/elsewhere")
+        return web.json_response({"ok": True}, status=int(request.query.get("status", "200")))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    return await aiohttp_server(app), seen
+
+
+async def test_http_fills_label_values_url_encoded_and_the_json_body(tmp_path: Path, receiver: Any) -> None:
+    server, seen = receiver
+    labels = {"instance": "127.0.0.1:9101", "symbol": "BTC-USD"}
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, labels, http_allowed_hosts=["127.0.0.1"])
+        params = {
+            "url": f"http://127.0.0.1:{server.port}/hooks/${{instance}}/restart?symbol=${{symbol}}",
+            "json": {"instance": "${instance}", "symbols": ["${symbol}"], "nested": {"n": 1, "s": "x-${symbol}"}},
+        }
+        result = await run(c, "http", params)
+    assert result.ok and result.output.startswith("HTTP 200")
+    assert seen == [
+        {
+            "method": "POST",
+            "path": "/hooks/127.0.0.1%3A9101/restart?symbol=BTC-USD",
+            "body": {"instance": "127.0.0.1:9101", "symbols": ["BTC-USD"], "nested": {"n": 1, "s": "x-BTC-USD"}},
+        }
+    ]
+
+
+async def test_a_label_cannot_choose_the_host(tmp_path: Path, receiver: Any, aiohttp_server: Any) -> None:
+    # The default label pattern allows '@' and ':' (instance is host:port; systemd template units have '@'):
+    # spliced in unencoded, `user@127.0.0.1:PORT` sent the request to the host and port the label named.
+    server, seen = receiver
+    other, other_seen = await receiver_server(aiohttp_server)
+    evil = f"user@127.0.0.1:{other.port}"
+    async with aiohttp.ClientSession() as s:
+        c = ctx(
+            tmp_path, s, {"instance": evil}, http_allowed_hosts=[f"127.0.0.1:{server.port}", f"127.0.0.1:{other.port}"]
+        )
+        # A playbook that put the label where the host goes is refused when loaded (below); run as it is, the
+        # step refuses too, and nothing is sent anywhere.
+        with pytest.raises(Refused, match="host changed"):
+            await ACTIONS["http"].run(c, {"url": "http://${instance}/x", "method": "GET"}, 10)
+        result = await run(c, "http", {"url": f"http://127.0.0.1:{server.port}/x${{instance}}", "method": "GET"})
+    assert result.ok
+    assert other_seen == [] and [r["path"] for r in seen] == [f"/xuser%40127.0.0.1%3A{other.port}"]
+    for template in ("http://${instance}/x", f"http://${{instance}}:{server.port}/x", "http://a${instance}.b/x"):
+        with pytest.raises(ValueError, match="the host comes from the playbook, never from a label"):
+            ACTIONS["http"].validate({"url": template})
+
+
+async def receiver_server(aiohttp_server: Any) -> tuple[Any, list[str]]:
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    return await aiohttp_server(app), seen
+
+
+async def test_http_goes_only_to_allowed_hosts_and_follows_no_redirect(tmp_path: Path, receiver: Any) -> None:
+    server, seen = receiver
+    url = f"http://127.0.0.1:{server.port}/x"
+    async with aiohttp.ClientSession() as s:
+        for allowed in ([], ["localhost"], [f"127.0.0.1:{server.port + 1}"]):
+            with pytest.raises(Refused, match="not in reconciler.http_allowed_hosts"):
+                await run(ctx(tmp_path, s, http_allowed_hosts=allowed), "http", {"url": url})
+        assert seen == []
+        c = ctx(tmp_path, s, http_allowed_hosts=[f"127.0.0.1:{server.port}"])
+        moved = await run(c, "http", {"url": f"http://127.0.0.1:{server.port}/moved", "method": "GET"})
+        assert not moved.ok and moved.output.startswith("HTTP 302")  # not followed to 127.0.0.2
+        teapot = await run(c, "http", {"url": f"{url}?status=418", "expect_status": [418]})
+        assert teapot.ok
+        failed = await run(c, "http", {"url": f"{url}?status=500"})
+        assert not failed.ok and failed.output.startswith("HTTP 500")
+    assert [r["path"] for r in seen] == ["/moved", "/x?status=418", "/x?status=500"]
+
+
+async def test_http_refuses_a_label_outside_the_strict_pattern(tmp_path: Path, receiver: Any) -> None:
+    server, seen = receiver
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, {"instance": "x/../../admin"}, http_allowed_hosts=["127.0.0.1"])
+        with pytest.raises(Refused, match="label 'instance'"):
+            await run(c, "http", {"url": f"http://127.0.0.1:{server.port}/${{instance}}"})
+        with pytest.raises(Refused, match="label 'instance'"):
+            await run(c, "http", {"url": f"http://127.0.0.1:{server.port}/", "json": {"i": "${instance}"}})
+    assert seen == []
+
+
+def test_a_playbook_http_step_to_a_host_not_allowed_stops_the_start(tmp_path: Path, sqlite_url: str) -> None:
+    from conftest import write_playbook
+
+    from trading_ops.config import ConfigError
+    from trading_ops.reconciler.app import create_app
+
+    rule = {"name": "hook", "match": ['alertname="A"'], "steps": [{"action": "http", "url": "http://10.0.0.1:8080/h"}]}
+    playbook = str(write_playbook(tmp_path, [rule]))
+    with pytest.raises(ConfigError, match=r"http_allowed_hosts: rule hook step 1 sends requests to 10\.0\.0\.1:8080"):
+        create_app(make_config(tmp_path, sqlite_url, playbook=playbook))
+    create_app(make_config(tmp_path, sqlite_url, playbook=playbook, http_allowed_hosts=["10.0.0.1:8080"]))
+
+
+# ---- escalate ----------------------------------------------------------------------------------------------
+
+
+async def test_escalate_posts_the_alert_to_alertmanager(tmp_path: Path, alertmanager: Alertmanager) -> None:
+    instance = f"bot-esc-{os.getpid()}-{id(tmp_path) % 10000}"
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, {"instance": instance}, am_url=alertmanager.url)
+        c.history.append("attempt 1: bot command=reconnect -> failure")
+        params = {"alertname": "TradingOpsPlaybookEscalation", "severity": "warning"}
+        result = await run(c, "escalate", params)
+        assert result.ok and result.output == "alert posted to Alertmanager"
+        held = [a for a in alertmanager.get("alerts") if a["labels"].get("instance") == instance]
+        assert len(held) == 1
+        labels, annotations = held[0]["labels"], held[0]["annotations"]
+        assert labels["alertname"] == "TradingOpsPlaybookEscalation" and labels["severity"] == "warning"
+        assert labels["original_alertname"] == "TradingBotBrokerDisconnected" and labels["target"] == "bot-1"
+        assert annotations["description"] == "attempt 1: bot command=reconnect -> failure"
+        # Alertmanager away: the step fails (the run's own escalation then takes the apprise path).
+        down = ctx(tmp_path, s, {"instance": instance}, am_url="http://127.0.0.1:9")
+        failed = await run(down, "escalate", {"description": "x"})
+        assert not failed.ok and "127.0.0.1:9" in failed.output

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TOKEN, alert, payload
+from conftest import READ_AUTH, READ_TOKEN, TOKEN, alert, payload
 
 from trading_ops.cli import main
 from trading_ops.config import parse_config
@@ -39,7 +39,9 @@ def restore_logging() -> Iterator[None]:
 def config_file(tmp_path: Path, db_url: str, token: bool = True, **reconciler: Any) -> str:
     path = tmp_path / "c.yaml"
     (tmp_path / "token").write_text(TOKEN)
-    rc = {"token_file": str(tmp_path / "token"), **reconciler} if token else reconciler
+    (tmp_path / "read-token").write_text(READ_TOKEN)
+    files = {"token_file": str(tmp_path / "token"), "read_token_file": str(tmp_path / "read-token")}
+    rc = {**files, **reconciler} if token else reconciler
     path.write_text(yaml.safe_dump({"database": {"url": db_url}, "reconciler": rc}))
     return str(path)
 
@@ -83,7 +85,7 @@ async def test_history_prints_attempts_and_steps_and_json_exactly_as_the_api(
     assert main(["-c", cfg, "reconciler", "history", "--json"]) == 0
     from_cli = json.loads(capsys.readouterr().out)
     client = await aiohttp_client(create_app(parse_config(yaml.safe_load(Path(cfg).read_text()), base_dir=tmp_path)))
-    from_api = await (await client.get("/api/v1/episodes")).json()
+    from_api = await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json()
     assert from_cli == from_api
     steps = from_cli["episodes"][-1]["attempts"][0]["steps"]
     assert steps[0]["output"].startswith("HTTP 502") and steps[0]["duration_seconds"] >= 0
@@ -172,16 +174,26 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_explain_prints_the_plan_of_a_recorded_webhook(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     body = payload(
-        alert(fingerprint="a", generator_url="http://p/graph?g0.expr=tradingbot_broker_connected+%3D%3D+0"),
+        # What a webhook says the expression is counts for nothing: the engine reads Prometheus's rule of that name.
+        alert(fingerprint="a", generator_url="http://p/graph?g0.expr=count%28up%29+%3E+1e12"),
         alert("TradingBotDailyLossBreached", fingerprint="b"),
         alert("Watchdog", fingerprint="w"),
         alert(fingerprint="c", status="resolved", starts_at="2026-01-01T00:01:00Z"),
+        alert(fingerprint="d", starts_at="9999-12-31T23:59:59.999Z"),
     )
     (tmp_path / "p.json").write_text(json.dumps(body))
     assert main(["playbook", "explain", str(tmp_path / "p.json")]) == 0
     out = capsys.readouterr().out
     assert "rule broker-reconnect on target bot-1" in out
-    assert "verify until clear within 60s: tradingbot_broker_connected == 0" in out
+    assert (
+        "verify until clear within 60s: the expression of Prometheus's alerting rule TradingBotBrokerDisconnected"
+        in out
+    )
+    assert "1e12" not in out
+    assert (
+        "- invalid alert, no episode (the others are stored): "
+        "alerts[4].startsAt: 9999-12-31T23:59:59.999Z is in the future" in out
+    )
     assert "bot command=flatten [destructive" in out and "refused" not in out
     assert "feeds the dead man's switch" in out and "closes episode" in out
 

@@ -40,7 +40,7 @@ from conftest import (
 
 from trading_ops.db.base import make_engine
 from trading_ops.reconciler.app import create_app
-from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.ledger import CLOSED_STATES, Ledger
 
 pytestmark = [pytest.mark.alertmanager, pytest.mark.slow]
 
@@ -111,7 +111,8 @@ async def test_a_clustered_alertmanager_pair_gets_one_action(
         for am in ams:  # Prometheus sends every alert to every Alertmanager of the pair
             am.post_alerts([am_alert("ha", starts_at=starts)])
         await until(lambda: ledger.notification_count() >= 4, what="notifications from both members")
-        await asyncio.sleep(0.5)
+        # Episodes are stored with the notifications: once none is open, every run that was due has happened.
+        await until(lambda: all(e["state"] in CLOSED_STATES for e in ledger.list_episodes()), what="no open episode")
         assert fake_bot.commands() == ["reconnect"]
         assert len(ledger.list_episodes()) == 1
     finally:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -20,11 +19,13 @@ import pytest
 from aiohttp import web
 from conftest import (
     AUTH,
+    READ_AUTH,
     Alertmanager,
     FakeBot,
     alert,
     bot_targets,
     dead_owner,
+    engine_settled,
     make_config,
     payload,
     starts,
@@ -40,14 +41,10 @@ from trading_ops.reconciler.processes import ProcessId, make_owner
 pytestmark = [pytest.mark.prometheus, pytest.mark.alertmanager]
 
 
-def gen_url(expr: str) -> str:
-    return "http://prometheus/graph?" + urllib.parse.urlencode({"g0.expr": expr, "g0.tab": "1"})
-
-
 async def wait_state(client: Any, states: set[str], deadline: float = 20.0, index: int = 0) -> dict[str, Any]:
     end = time.monotonic() + deadline
     while True:
-        episodes = (await (await client.get("/api/v1/episodes")).json())["episodes"]
+        episodes = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
         ordered = sorted(episodes, key=lambda e: e["id"])
         if len(ordered) > index and ordered[index]["state"] in states:
             return ordered[index]  # type: ignore[no-any-return]
@@ -119,18 +116,19 @@ RECONNECT = {
 async def test_one_verified_run_per_episode(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, prometheus: str
 ) -> None:
-    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [RECONNECT], prometheus_url=prometheus)
-    # The alert's own expression (from generatorURL) still matches for ~1 s after the action, then clears.
+    # The verification expression still matches for ~1 s after the action, then clears.
     expr = f"vector(time()) < {time.time() + 1.0:.3f}"
-    body = payload(alert(generator_url=gen_url(expr)))
+    rule = {**RECONNECT, "verify": {**RECONNECT["verify"], "expr": expr}}  # type: ignore[dict-item]
+    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], prometheus_url=prometheus)
+    body = payload(alert())
     assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
     episode = await wait_state(client, {"recovered", "failed", "escalated"})
     assert episode["state"] == "recovered", episode
     for _ in range(3):  # resends after the fact start nothing
         await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
-    await asyncio.sleep(0.3)
+    await engine_settled(client.app)
     assert fake_bot.commands() == ["reconnect"]
-    detail = await (await client.get(f"/api/v1/episodes/{episode['id']}")).json()
+    detail = await (await client.get(f"/api/v1/episodes/{episode['id']}", headers=READ_AUTH)).json()
     assert detail["attempts"][0]["outcome"] == "success"
     assert detail["attempts"][0]["steps"][0]["output"].startswith("HTTP 200")
     metrics = await (await client.get("/metrics")).text()
@@ -218,7 +216,7 @@ async def test_pause_executes_nothing_records_it_and_resume_runs_the_parked_epis
     assert episode["detail"].startswith("reconciler paused")
     assert [(a["outcome"], a["steps"]) for a in episode["attempts"]] == [("skipped", [])]
     assert "nothing executed" in episode["attempts"][0]["detail"]
-    await asyncio.sleep(0.3)  # polls go by: still parked, recorded once, nothing done
+    await engine_settled(client.app)  # polls go by: still parked, recorded once, nothing done
     assert fake_bot.calls == [] and len((await wait_state(client, {"waiting"}))["attempts"]) == 1
     assert "tradingops_paused 1.0" in await (await client.get("/metrics")).text()
     # Resume (what `trading-ops reconciler resume` does): the alert outlasted the pause, so the fix runs once.
@@ -280,7 +278,7 @@ async def test_an_alert_outlasting_its_maintenance_silence_is_fixed_once_after_i
     episode = await wait_state(client, {"recovered", "failed", "escalated", "resolved"}, deadline=30)
     assert episode["state"] == "recovered", episode
     assert [a["outcome"] for a in episode["attempts"]] == ["skipped", "success"]
-    await asyncio.sleep(0.3)
+    await engine_settled(client.app)
     assert fake_bot.commands() == ["reconnect"]
 
 
@@ -327,7 +325,7 @@ async def test_wait_for_does_nothing_when_the_alert_resolved_during_the_wait(
     episode = await wait_state(client, {"recovered", "resolved", "failed", "escalated"})
     assert episode["state"] == "resolved" and "no longer firing in Alertmanager" in episode["detail"]
     assert episode["attempts"] == []
-    await asyncio.sleep(0.3)
+    await engine_settled(client.app)
     assert fake_bot.calls == []
     assert 'tradingops_episodes_total{outcome="resolved"} 1.0' in await (await client.get("/metrics")).text()
 
@@ -415,7 +413,7 @@ async def test_resolved_cancels_verification_and_pending_retries(
     await client.post("/api/v1/alertmanager", json=payload(alert(status="resolved")), headers=AUTH)
     episode = await wait_state(client, {"resolved"})
     await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)  # late firing: nothing
-    await asyncio.sleep(0.3)
+    await engine_settled(client.app)
     assert fake_bot.commands() == ["reconnect"]
     assert episode["attempts"][-1]["outcome"] == "resolved"
     assert (await wait_state(client, {"resolved"}))["attempts"] == episode["attempts"]
@@ -461,21 +459,30 @@ async def test_cooldown_and_budget_apply_across_episodes(
 async def test_another_bots_failing_series_does_not_hold_this_ones_verification(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, prometheus: str
 ) -> None:
-    short = {**RECONNECT, "name": "short", "max_attempts": 1, "on_failure": "none", "verify": {"deadline": "1s"}}
+    # The shared expression still returns a series, but it is bot-2's.
+    still_failing = 'label_replace(vector(1), "instance", "bot-2", "", "")'
+    verify = {"expr": still_failing, "deadline": "10s", "interval": "100ms"}
+    short = {
+        **RECONNECT,
+        "name": "short",
+        "max_attempts": 1,
+        "on_failure": "none",
+        "verify": {**verify, "deadline": "1s"},
+    }
     config = make_config(
         tmp_path,
         migrated_sqlite,
-        playbook=str(write_playbook(tmp_path, [{**short, "match": ['instance="bot-2"']}, RECONNECT])),
+        playbook=str(
+            write_playbook(tmp_path, [{**short, "match": ['instance="bot-2"']}, {**RECONNECT, "verify": verify}])
+        ),
         targets=bot_targets(fake_bot, tmp_path, "bot-1", "bot-2"),
         prometheus_url=prometheus,
     )
     client = await aiohttp_client(create_app(config))
-    # The shared alert expression still returns a series, but it is bot-2's.
-    still_failing = gen_url('label_replace(vector(1), "instance", "bot-2", "", "")')
-    await client.post("/api/v1/alertmanager", json=payload(alert(generator_url=still_failing)), headers=AUTH)
+    await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)
     assert (await wait_state(client, {"recovered", "failed", "escalated"}))["state"] == "recovered"
     # For bot-2 itself the same series means its fault is still there.
-    bot2 = alert(fingerprint="f2", instance="bot-2", generator_url=still_failing)
+    bot2 = alert(fingerprint="f2", instance="bot-2")
     await client.post("/api/v1/alertmanager", json=payload(bot2), headers=AUTH)
     episode = await wait_state(client, {"recovered", "failed", "escalated"}, index=1)
     assert episode["state"] == "failed" and "1 series of this alert still match" in episode["detail"]
@@ -485,10 +492,10 @@ async def test_a_resolved_notification_during_verification_still_counts_a_real_r
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, prometheus: str
 ) -> None:
     # Polls an hour apart: only the resolved notification can end this verification in time.
-    rule = {**RECONNECT, "verify": {"deadline": "2h", "interval": "1h"}}
-    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], prometheus_url=prometheus)
     clears_at = time.time() + 1.5
-    firing = alert(generator_url=gen_url(f"vector(time()) < {clears_at:.3f}"))
+    rule = {**RECONNECT, "verify": {"expr": f"vector(time()) < {clears_at:.3f}", "deadline": "2h", "interval": "1h"}}
+    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], prometheus_url=prometheus)
+    firing = alert()
     await client.post("/api/v1/alertmanager", json=payload(firing), headers=AUTH)
     await wait_state(client, {"verifying"})
     while time.time() < clears_at + 0.2:  # the condition clears, as Prometheus saw before resolving the alert

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AUTH, STARTS_AT, ThreadedServer, alert, make_config, payload, write_playbook
+from conftest import AUTH, STARTS_AT, ThreadedServer, alert, engine_settled, make_config, payload, write_playbook
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from raw_http import NON_ASCII_AUTH, raw_request
 from sqlalchemy import func, select
 
 from trading_ops.db.base import make_engine
@@ -303,8 +304,51 @@ async def test_a_wake_up_racing_the_shutdown_does_not_keep_the_engine_alive(clie
     # Python 3.11's asyncio.wait_for returned normally when its event fired in the same tick as the
     # cancellation: the engine's loop went on forever and the reconciler never finished shutting down.
     engine_task = client.app[keys.TASKS][0]
-    await asyncio.sleep(0.1)  # the engine is idle, waiting for a wake-up
+    await engine_settled(client.app, passes=1)  # the engine is idle, waiting for a wake-up
     client.app[keys.ENGINE].wake.set()
     engine_task.cancel()
     await asyncio.wait([engine_task], timeout=5)
     assert engine_task.cancelled()
+
+
+@pytest.mark.parametrize("header", NON_ASCII_AUTH)
+async def test_a_non_ascii_token_is_401_and_counted(client: Any, migrated_sqlite: str, header: bytes) -> None:
+    body = json.dumps(payload(alert())).encode()
+    status, answer = await raw_request(client.server.port, "POST", "/api/v1/alertmanager", [header], body)
+    assert status == 401, answer
+    assert counts(migrated_sqlite)[0] == 0
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tradingops_notifications_rejected_total{reason="unauthorized"} 1.0' in metrics
+
+
+# startsAt values no alert really has: past the calendar's end once the rule's wait is added, in the future, or past
+# what a datetime holds once turned to UTC.
+ABSURD_STARTS_AT = (
+    "9999-12-31T23:59:59.999Z",
+    "9999-12-31T23:59:59.999-23:59",
+    "0001-01-01T00:00:00+01:00",
+    "+10000-01-01T00:00:00Z",
+    "2999-01-01T00:00:00Z",
+    "not a time",
+)
+
+
+@pytest.mark.parametrize("starts_at", ABSURD_STARTS_AT)
+async def test_an_absurd_start_is_refused_on_its_own_and_the_others_are_stored(
+    client: Any, migrated_sqlite: str, starts_at: str
+) -> None:
+    # The rule waits (wait_for): 9999-12-31 plus the wait used to raise OverflowError while storing, a 503 that
+    # Alertmanager retried forever with the valid alert beside it never stored.
+    body = payload(alert(fingerprint="bad", starts_at=starts_at), alert(fingerprint="good"))
+    for _ in range(2):  # Alertmanager's resend gets the same 2xx: nothing loops
+        resp = await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
+        assert resp.status == 200, await resp.text()
+        answer = await resp.json()
+        assert answer["alerts"] == 1 and "alerts[0].startsAt" in answer["invalid"][0]
+    n, episodes = counts(migrated_sqlite)
+    assert n == 2 and episodes == [("good", STARTS_AT.isoformat(), "waiting")]
+    metrics = await (await client.get("/metrics")).text()
+    assert "tradingops_alerts_invalid_total 2.0" in metrics
+    # Alone, the alert is refused with a 422 (Alertmanager does not resend a 4xx either).
+    resp = await client.post("/api/v1/alertmanager", json=payload(alert(starts_at=starts_at)), headers=AUTH)
+    assert resp.status == 422 and "alerts[0].startsAt" in (await resp.json())["error"]

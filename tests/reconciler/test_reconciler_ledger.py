@@ -16,7 +16,15 @@ from sqlalchemy import Connection, Engine, event, text
 
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
-from trading_ops.reconciler.ledger import LEFTOVER_FENCE_SECONDS, AlertIn, Ledger, NotificationIn, StoreResult
+from trading_ops.reconciler.ledger import (
+    END_OF_TIME,
+    LEFTOVER_FENCE_SECONDS,
+    AlertIn,
+    Ledger,
+    NotificationIn,
+    StoreResult,
+    later,
+)
 from trading_ops.reconciler.processes import ProcessId, make_owner
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -408,3 +416,24 @@ def test_an_internal_error_closes_only_the_runs_own_attempts(migrated_db: str) -
     assert attempts["me:1"]["outcome"] == "failure" and attempts["me:1"]["steps"][0]["outcome"] == "failure"
     assert attempts["thief:1"]["outcome"] == "running" and attempts["thief:1"]["steps"][0]["outcome"] == "running"
     ledger.engine.dispose()
+
+
+def test_a_wait_past_the_calendars_end_stores_instead_of_overflowing(migrated_db: str) -> None:
+    # Intake refuses such a startsAt; the ledger must not fail a whole batch on one anyway (OverflowError = a 503
+    # that Alertmanager retries forever, with every other alert of the batch unstored).
+    ledger = Ledger(make_engine(migrated_db))
+    try:
+        last = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+        alerts = [
+            AlertIn("firing", f, starts, "A", {"alertname": "A"}, {}, "", "r", "bot-1", wait_for=3600.0)
+            for f, starts in (("late", last), ("now", T0))
+        ]
+        result = ledger.store([NotificationIn("r", "firing", "g", "{}", alerts)])
+        assert result.new_episodes == 2
+        episodes = {e["fingerprint"]: e for e in ledger.list_episodes()}
+        assert episodes["late"]["next_run_at"] == END_OF_TIME
+        assert episodes["now"]["state"] == "waiting"
+        # A cooldown that would end past the calendar ends at its end, not in an OverflowError.
+        assert later(last, 86400.0) == END_OF_TIME
+    finally:
+        ledger.engine.dispose()

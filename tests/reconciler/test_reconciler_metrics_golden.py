@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AUTH, FakeBot, alert, bot_targets, make_config, payload, write_playbook
+from conftest import AUTH, READ_AUTH, FakeBot, alert, bot_targets, make_config, payload, write_playbook
 from prometheus_client import CollectorRegistry
 
 from trading_ops.reconciler import keys
@@ -61,7 +61,7 @@ def normalize(exposition: str) -> str:
 async def closed(client: Any, count: int) -> list[dict[str, Any]]:
     end = time.monotonic() + 30
     while True:
-        episodes = (await (await client.get("/api/v1/episodes")).json())["episodes"]
+        episodes = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
         if len(episodes) >= count and all(e["state"] not in ("pending", "running", "verifying") for e in episodes):
             return episodes  # type: ignore[no-any-return]
         assert time.monotonic() < end, f"episodes did not settle: {episodes}"

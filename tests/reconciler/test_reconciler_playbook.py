@@ -203,7 +203,7 @@ def test_the_docker_playbook_has_the_default_rules_with_container_restarts() -> 
         ), ours.name
         for a, b in zip(ours.steps, theirs.steps, strict=True):
             if a.action == "systemd":
-                # The paper bot's unit is its container; freqtrade's unit (freqtrade.service) is the container freqtrade.
+                # The paper bot's unit is its container; freqtrade.service is the container freqtrade.
                 container = "freqtrade" if a.params["unit"] == "freqtrade.service" else "trading-ops-paper-bot"
                 assert (b.action, b.params) == ("docker", {"container": container})
             else:
@@ -249,3 +249,15 @@ def test_every_packaged_verify_expression_is_valid_promql(name: str, prometheus:
         except urllib.error.HTTPError as exc:
             raise AssertionError(f"{name}: rule {rule}: {rendered}: {exc.read().decode()}") from exc
         assert status == "success", (name, rule)
+
+
+def test_a_duration_past_a_century_is_a_config_error() -> None:
+    # Added to an alert's start, it would overflow the calendar while storing the alert (a 503 for every resend).
+    rule = {
+        "name": "r",
+        "match": ['alertname="A"'],
+        "wait_for": "200y",
+        "steps": [{"action": "bot", "command": "pause"}],
+    }
+    with pytest.raises(PlaybookError, match=r"rules\[0\]\.wait_for: 200y is longer than the 100 years"):
+        parse_playbook({"rules": [rule]})

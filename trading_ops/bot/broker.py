@@ -233,3 +233,15 @@ class Broker(abc.ABC):
         mistaken for discrepancies. A streaming connection cannot know what is in flight: the default returns at
         once, and reconciliation confirms what it finds on a second snapshot instead.
         """
+
+    def base_asset(self, symbol: str) -> str:
+        """The asset a symbol's quantity is counted in (BTC for BTC-USD); a venue with other symbol names says."""
+        for sep in ("-", "/", "_"):
+            if sep in symbol:
+                return symbol.split(sep, 1)[0]
+        return symbol
+
+    def rate_limit_headroom(self) -> float | None:
+        """Fraction (0-1) of the venue's request rate limit still available, or None when the broker cannot tell
+        (then tradingbot_rate_limit_headroom_ratio stays absent)."""
+        return None

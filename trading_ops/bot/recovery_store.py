@@ -18,6 +18,7 @@ from trading_ops.db.models import BotRun, ReconciliationDiscrepancy, Reconciliat
 
 MAX_ERROR_LENGTH = 255
 MAX_VALUE_LENGTH = 64
+STATE_EVENT = "state"  # the kind of a journaled trading state transition
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,39 @@ class RecoveryStore:
             if row is not None:
                 row.notified = True
 
-    def events(self) -> list[RecoveryEvent]:
+    def events(self, kind: str = "crash") -> list[RecoveryEvent]:
         with self._sessions() as session:
-            return list(session.scalars(select(RecoveryEvent).where(RecoveryEvent.bot == self.bot)))
+            return list(
+                session.scalars(
+                    select(RecoveryEvent)
+                    .where(RecoveryEvent.bot == self.bot, RecoveryEvent.kind == kind)
+                    .order_by(RecoveryEvent.id)
+                )
+            )
+
+    # -- trading state transitions --------------------------------------------------------------------
+    def record_transition(self, run_id: int, before: str, after: str, reason: str) -> None:
+        """Journal a change of trading state with its reason (a `state` event: never reported as a crash)."""
+        with self._sessions.begin() as session:
+            detail = json.dumps({"before": before, "after": after, "reason": reason}, sort_keys=True)
+            session.add(RecoveryEvent(bot=self.bot, run_id=run_id, kind=STATE_EVENT, detail=detail, notified=True))
+
+    def last_transition(self) -> dict[str, str] | None:
+        """The newest journaled change of trading state of this bot ({before, after, reason}), or None."""
+        with self._sessions() as session:
+            row = session.scalars(
+                select(RecoveryEvent)
+                .where(RecoveryEvent.bot == self.bot, RecoveryEvent.kind == STATE_EVENT)
+                .order_by(RecoveryEvent.id.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        try:
+            detail = json.loads(row.detail)
+        except ValueError:
+            return None
+        return detail if isinstance(detail, dict) else None
 
     # -- reconciliation -------------------------------------------------------------------------------
     def record_reconciliation(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hmac
 import json
 import logging
 import time
@@ -13,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from trading_ops.bearer import bearer_matches
 from trading_ops.bot.broker import BrokerError
 from trading_ops.bot.control import CommandError
 from trading_ops.bot.keys import INSTRUMENTATION
@@ -64,14 +64,6 @@ async def readyz_handler(request: web.Request) -> web.Response:
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
-def _authorized(request: web.Request, token: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, provided = header.partition(" ")
-    if scheme.lower() != "bearer" or not provided or not token:
-        return False
-    return hmac.compare_digest(provided.strip().encode(), token.encode())
-
-
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     headers = {"WWW-Authenticate": 'Bearer realm="trading-ops"'} if status == 401 else None
     return web.json_response({"ok": False, "error": message, **extra}, status=status, headers=headers)
@@ -85,7 +77,7 @@ async def control_handler(request: web.Request) -> web.Response:
     peer = request.remote or "-"
     inst.metrics.control_command(label)
     started = time.monotonic()
-    if not _authorized(request, inst.token):
+    if not bearer_matches(request.headers.get("Authorization"), inst.token):
         inst.metrics.control_failure(label, "unauthorized")
         log.warning("control %s from %s refused: missing or wrong bearer token", label, peer)
         return _error(401, "missing or wrong bearer token")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -77,6 +78,8 @@ class StateMachine:
         self._lock = threading.Lock()
         self._state = initial
         self.reason = "start"
+        # Called as listener(before, after, reason) after each change of state (the runtime journals them).
+        self._listeners: list[Callable[[TradingState, TradingState, str], None]] = []
         self._gauge = Gauge(
             f"{prefix}_state",
             "Trading state of the bot, one-hot: 1 for the current state.",
@@ -106,6 +109,10 @@ class StateMachine:
         """Why the current state refuses an order, or None."""
         return self._state.refusal(reduce_only)
 
+    def add_listener(self, listener: Callable[[TradingState, TradingState, str], None]) -> None:
+        """Call `listener(before, after, reason)` after every change of state, whoever made it."""
+        self._listeners.append(listener)
+
     def can(self, command: str) -> bool:
         allowed, _ = TRANSITIONS[command]
         return self._state in allowed
@@ -126,6 +133,9 @@ class StateMachine:
                 self._transitions.labels(target.value).inc()
                 self._export()
                 log.warning("trading state %s -> %s (%s)", before.value, target.value, self.reason)
+        if before is not target:
+            for listener in self._listeners:
+                listener(before, target, self.reason)
         return before, target
 
     def _export(self) -> None:

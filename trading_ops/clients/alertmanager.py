@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 from typing import Any
 
 import aiohttp
+
+from trading_ops.matchers import RegexError, regex_matches
+
+log = logging.getLogger(__name__)
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 # Label names Alertmanager's matcher syntax accepts in a filter (Prometheus label names).
@@ -91,9 +96,12 @@ def matcher_accepts(matcher: dict[str, Any], value: str) -> bool:
     """Whether one API v2 matcher ({name, value, isRegex, isEqual}) accepts a label value."""
     pattern = str(matcher.get("value", ""))
     if matcher.get("isRegex"):
+        # RE2 anchored as Alertmanager runs it: a silence's regex, whoever wrote it, takes linear time. One that
+        # RE2 refuses (Alertmanager would not have accepted it) matches nothing: that silence is no maintenance.
         try:
-            hit = re.fullmatch(pattern, value) is not None
-        except re.error:
+            hit = regex_matches(pattern, value)
+        except RegexError as exc:
+            log.warning("silence matcher %s ignored: %s", str(matcher.get("name", ""))[:60], exc)
             return False
     else:
         hit = value == pattern

@@ -8,13 +8,15 @@ import os
 import shutil
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-from trading_ops.bot.control import CommandError
-
-if TYPE_CHECKING:
-    from trading_ops.paper.bot import PaperBot
+from trading_ops.bot.book import Book
+from trading_ops.bot.control import CommandError, ControlPlane
+from trading_ops.bot.journal import Journal
+from trading_ops.paper.venue import PaperVenue
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +51,39 @@ def _number(args: dict[str, Any], key: str, default: float, low: float, high: fl
 
 
 class Chaos:
-    """Registers the fault commands on the bot's control plane and keeps what they started."""
+    """Registers the fault commands on a bot's control plane and keeps what they started. It needs only what it
+    breaks: the paper venue, the journal's thread, the trading loop (`hang`), the book (to size a loss) and a
+    scratch directory."""
 
-    def __init__(self, bot: PaperBot) -> None:
-        self.bot = bot
-        self.scratch = bot.data_dir / "scratch"
+    def __init__(
+        self,
+        control: ControlPlane,
+        venue: PaperVenue,
+        *,
+        symbols: Sequence[str],
+        journal: Journal,
+        book: Book,
+        hang: Callable[[float], None],
+        daily_loss_limit: float,
+        data_dir: Path,
+    ) -> None:
+        self.venue = venue
+        self.symbols = list(symbols)
+        self.journal = journal
+        self.book = book
+        self.hang = hang
+        self.daily_loss_limit = daily_loss_limit
+        self.scratch = data_dir / "scratch"
         self._leak: list[bytearray] = []
         self._journal_stalls: list[threading.Event] = []  # set to release a stalled journal thread
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.active: dict[str, Any] = {}
         for name in CHAOS_COMMANDS:
-            bot.inst.control.register(name, getattr(self, f"_{name}"))
+            control.register(name, getattr(self, f"_{name}"))
         log.warning("chaos commands enabled: %s", ", ".join(CHAOS_COMMANDS))
 
     def status(self) -> dict[str, Any]:
-        venue_faults = self.bot.broker.faults()
-        return {**self.active, "venue": venue_faults, "leaked_mib": len(self._leak)}
+        return {**self.active, "venue": self.venue.faults(), "leaked_mib": len(self._leak)}
 
     def clear(self) -> None:
         for release in self._journal_stalls:
@@ -75,21 +94,19 @@ class Chaos:
         self._tasks.clear()
         self._leak.clear()
         shutil.rmtree(self.scratch, ignore_errors=True)
-        self.bot.hang(0)
+        self.hang(0)
         self.active.clear()
 
     def _symbol(self, args: dict[str, Any]) -> str:
-        symbol = args.get("symbol", self.bot.config.paper.symbols[0])
-        if symbol not in self.bot.config.paper.symbols:
-            raise CommandError(
-                f"unknown symbol {str(symbol)[:32]!r}; known: {', '.join(self.bot.config.paper.symbols)}"
-            )
+        symbol = args.get("symbol", self.symbols[0])
+        if symbol not in self.symbols:
+            raise CommandError(f"unknown symbol {str(symbol)[:32]!r}; known: {', '.join(self.symbols)}")
         return str(symbol)
 
     # -- faults ---------------------------------------------------------------------------------------
     async def _hang_loop(self, args: dict[str, Any]) -> dict[str, Any]:
         seconds = _number(args, "seconds", 300, 0.1, MAX_HANG_SECONDS)
-        self.bot.hang(seconds)
+        self.hang(seconds)
         self.active["hang_loop"] = {"seconds": seconds}
         return {"fault": "hang_loop", "seconds": seconds}
 
@@ -101,12 +118,12 @@ class Chaos:
         return {"fault": "crash", "in_seconds": delay}
 
     async def _drop_connection(self, _args: dict[str, Any]) -> dict[str, Any]:
-        await self.bot.broker.drop_connection()
+        await self.venue.drop_connection()
         return {"fault": "drop_connection", "heal": "reconnect"}
 
     async def _stale_market_data(self, args: dict[str, Any]) -> dict[str, Any]:
         symbol = self._symbol(args)
-        await self.bot.broker.stop_market_data(symbol)
+        await self.venue.stop_market_data(symbol)
         return {"fault": "stale_market_data", "symbol": symbol, "heal": "resubscribe"}
 
     async def _leak_memory(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +164,7 @@ class Chaos:
         quantity = Decimal(str(_number(args, "quantity", 0.05, -1e9, 1e9)))
         if quantity == 0:
             raise CommandError("quantity must not be 0")
-        fill = await self.bot.broker.inject_hidden_fill(symbol, quantity)
+        fill = await self.venue.inject_hidden_fill(symbol, quantity)
         return {
             "fault": "position_drift",
             "symbol": symbol,
@@ -159,16 +176,16 @@ class Chaos:
     async def _loss_spike(self, args: dict[str, Any]) -> dict[str, Any]:
         """Gap every held symbol's price against the position, together losing `amount` (default 1.2x the daily
         loss limit); a single gap is capped at 50 %, so a small book loses less and the answer says how much."""
-        limit = self.bot.config.paper.daily_loss_limit
+        limit = self.daily_loss_limit
         amount = Decimal(str(_number(args, "amount", limit * DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT, 1, 1e12)))
-        book = self.bot.book
-        held = {s: book.notional(s) for s in self.bot.config.paper.symbols if book.notional(s)}
+        book = self.book
+        held = {s: book.notional(s) for s in self.symbols if book.notional(s)}
         if not held:
             raise CommandError("the bot holds no position to lose on yet; try again in a few seconds")
         exposure = sum(abs(n) for n in held.values())
         move = min(amount / exposure, MAX_PRICE_GAP)
         for symbol, notional in held.items():
-            await self.bot.broker.gap_price(symbol, float(-move if notional > 0 else move))
+            await self.venue.gap_price(symbol, float(-move if notional > 0 else move))
         return {
             "fault": "loss_spike",
             "symbols": sorted(held),
@@ -184,7 +201,7 @@ class Chaos:
         self._journal_stalls.append(release)
 
         async def stall() -> None:
-            await self.bot.journal.call(release.wait, seconds)
+            await self.journal.call(release.wait, seconds)
 
         self._start("stall_journal", stall())
         self.active["stall_journal"] = {"seconds": seconds}
@@ -192,7 +209,7 @@ class Chaos:
 
     async def _clear_chaos(self, _args: dict[str, Any]) -> dict[str, Any]:
         self.clear()
-        await self.bot.broker.clear_faults()
+        await self.venue.clear_faults()
         return {"cleared": True}
 
     def _start(self, name: str, coro: Any) -> None:

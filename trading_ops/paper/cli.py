@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
-import sys
 from typing import Any
 
 import aiohttp
 
+from trading_ops import logsetup
 from trading_ops.cli import UsageError
 from trading_ops.config import Config, ConfigError, resolve_secret
 
@@ -56,7 +56,7 @@ def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
     except AnotherInstanceRunning as exc:
         # One line naming the holder: the single-instance lock (nothing of the running bot was touched), or, at the
         # start, a previous run's heartbeat that kept moving (one on a host the locks cannot see).
-        print(f"trading-ops: paper-bot: {exc}", file=sys.stderr)
+        logsetup.report(f"trading-ops: paper-bot: {exc}")
         return EXIT_ALREADY_RUNNING
     return 0
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import random
-import time
 from decimal import ROUND_DOWN, Decimal
-from typing import TYPE_CHECKING
 
 from trading_ops.bot.broker import OrderType, Side
 from trading_ops.bot.state import TradingState
+from trading_ops.bot.strategy import StrategyContext
 from trading_ops.config import PaperConfig
-
-if TYPE_CHECKING:
-    from trading_ops.paper.bot import PaperBot
 
 QUANTITY_STEP = Decimal("0.0001")
 PRICE_TICK = Decimal("0.01")
@@ -25,51 +21,40 @@ class DemoStrategy:
     """One iteration per loop: expire old orders, then quote each symbol that has no working order (an order whose
     submission got no answer counts as working until reconciliation settles it).
 
-    Orders the bot adopted from the venue (placed by hand, `bot.external_orders`) are not the strategy's quotes: it
-    neither expires them nor counts them as its working order on their symbol. They are still the bot's
-    responsibility: the kill switch, cancel_all, flatten and the shutdown's cancel policy cancel them.
+    Orders the bot adopted from the venue (placed by hand) are not the strategy's quotes (`ctx.working_orders()`
+    leaves them out): it neither expires them nor counts them as its working order on their symbol. They are still
+    the bot's responsibility: the kill switch, cancel_all, flatten and the shutdown's cancel policy cancel them.
     """
 
     def __init__(self, config: PaperConfig, seed: int | None = None) -> None:
         self.config = config
         self.rng = random.Random(seed)
 
-    async def step(self, bot: PaperBot) -> None:
-        await self._expire(bot)
-        # The state as it is now, after the awaits above (a halt or pause may have come in during them); the bot
-        # checks it again right before each order leaves (PaperBot.order_refusal), which is what enforces it.
-        state = bot.inst.state.state
-        if state is TradingState.FLATTENING:
-            await self._flatten(bot)
-            return
-        if not state.may_reduce_positions:
-            return
-        working = {o.symbol for key, o in bot.orders.items() if key not in bot.external_orders}
-        stale_after = bot.config.bot.market_data_stale_seconds
+    async def step(self, ctx: StrategyContext) -> None:
+        await self._expire(ctx)
+        # The state as it is now, after the awaits above (a halt or pause may have come in during them); the order
+        # gate checks it again right before each order leaves, which is what enforces it.
+        state = ctx.state
+        if state not in (TradingState.ACTIVE, TradingState.REDUCE_ONLY):
+            return  # paused, halted, or flattening (the runtime closes the positions)
+        working = {o.symbol for o in ctx.working_orders().values()}
         for symbol in self.config.symbols:
-            quote = bot.quotes.get(symbol)
-            age = bot.metrics.market_data_age(symbol)
-            if quote is None or age is None or age > stale_after or symbol in working:
+            quote = ctx.quote(symbol)
+            if quote is None or symbol in working:
                 continue  # no fresh price: never trade blind
             reduce_only = not state.may_open_positions
-            if bot.order_refusal(symbol, reduce_only) is not None:
+            if ctx.order_refusal(symbol, reduce_only) is not None:
                 continue  # e.g. the book is not reconciled since a reconnect: wait rather than trade on it
-            await self._quote(bot, symbol, quote.mid, reduce_only=reduce_only)
+            await self._quote(ctx, symbol, quote.mid, reduce_only=reduce_only)
 
-    async def _expire(self, bot: PaperBot) -> None:
-        now = time.monotonic()
-        for key, order in list(bot.orders.items()):
-            sent = bot.order_sent_at.get(key)
-            if (
-                sent is not None
-                and key not in bot.external_orders
-                and now - sent > self.config.order_max_age_seconds
-                and order.order_type is OrderType.LIMIT
-            ):
-                await bot.cancel(key)
+    async def _expire(self, ctx: StrategyContext) -> None:
+        for key, order in list(ctx.working_orders().items()):
+            age = ctx.order_age(key)
+            if age is not None and age > self.config.order_max_age_seconds and order.order_type is OrderType.LIMIT:
+                await ctx.cancel(key)
 
-    async def _quote(self, bot: PaperBot, symbol: str, mid: Decimal, reduce_only: bool) -> None:
-        position = bot.book.position(symbol)
+    async def _quote(self, ctx: StrategyContext, symbol: str, mid: Decimal, reduce_only: bool) -> None:
+        position = ctx.position(symbol)
         notional = position * mid
         limit = Decimal(str(self.config.max_position_notional))
         if reduce_only:
@@ -88,23 +73,9 @@ class DemoStrategy:
         if size <= 0:
             return
         if self.rng.random() < MARKET_ORDER_SHARE:
-            await bot.submit(symbol, side, OrderType.MARKET, size, reduce_only=reduce_only)
+            await ctx.submit(symbol, side, OrderType.MARKET, size, reduce_only=reduce_only)
             return
         # Negative offsets cross the spread (taker), positive ones rest on the book (maker).
         offset = Decimal(self.rng.uniform(-MAX_OFFSET_BPS / 2, MAX_OFFSET_BPS)) / Decimal(10_000)
         price = mid * (1 - side.sign * offset)
-        await bot.submit(symbol, side, OrderType.LIMIT, size, price.quantize(PRICE_TICK), reduce_only=reduce_only)
-
-    async def _flatten(self, bot: PaperBot) -> None:
-        working = {o.symbol for o in bot.orders.values()}
-        for symbol in self.config.symbols:
-            position = bot.book.position(symbol)
-            if position == 0:
-                continue
-            if symbol in working:
-                for coid, order in list(bot.orders.items()):
-                    if order.symbol == symbol and order.order_type is OrderType.LIMIT:
-                        await bot.cancel(coid)
-                continue
-            side = Side.SELL if position > 0 else Side.BUY
-            await bot.submit(symbol, side, OrderType.MARKET, abs(position), reduce_only=True)
+        await ctx.submit(symbol, side, OrderType.LIMIT, size, price.quantize(PRICE_TICK), reduce_only=reduce_only)

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import inspect, text
 
+from trading_ops.bearer import bearer_matches
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
+from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.reconciler import keys
+from trading_ops.reconciler.actions.http import ACTION as HTTP_ACTION
+from trading_ops.reconciler.actions.http import host_allowed
 from trading_ops.reconciler.actions.silence import CREATED_BY
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
@@ -30,16 +37,30 @@ from trading_ops.reconciler.intake import (
     plan_notification,
     validate,
 )
-from trading_ops.reconciler.ledger import Ledger, NotificationIn, StoreResult, episode_json
+from trading_ops.reconciler.ledger import (
+    CLOSED_STATES,
+    OPEN_STATES,
+    Ledger,
+    NotificationIn,
+    StoreResult,
+    episode_json,
+)
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
-from trading_ops.reconciler.playbook import PlaybookError, load_configured_playbook
+from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
 from trading_ops.reconciler.retention import Pruner
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
+# GET /api/v1/episodes: `limit` between 1 and MAX_LIST (50 when not given), `state` one of the ledger's states.
 MAX_LIST = 500
+DEFAULT_LIST = 50
+KNOWN_STATES = (*OPEN_STATES, *CLOSED_STATES)
+# An episode id is a positive INTEGER of the ledger (32 bits on PostgreSQL): a number past it names no episode and
+# must not reach the database, where it overflows (a 500). Not a number at all: a 400.
+EPISODE_ID_RE = re.compile(r"^[0-9]{1,40}$")
+MAX_EPISODE_ID = 2**31 - 1
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -51,17 +72,29 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
             "reconciler.token",
             "no webhook token: set token_file or token_env (default variable TRADING_OPS_RECONCILER_TOKEN)",
         )
+    read_token = resolve_secret(config, rc, "read_token", "reconciler.read_token")
+    if read_token and hmac.compare_digest(read_token.encode(), token.encode()):
+        raise ConfigError("reconciler.read_token", "must differ from the webhook token (reconciler.token)")
     app = web.Application(client_max_size=rc.max_body_bytes)
     app[keys.CONFIG] = config
     app[keys.REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[keys.METRICS] = ReconcilerMetrics(app[keys.REGISTRY])
+    # Backups and upkeep run from the CLI and the schedule; their records on disk are exported here.
+    register_ops_metrics(config, app[keys.REGISTRY])
     # Every configured bot has its circuit series from the start (0), not only once one opened.
     app[keys.METRICS].snapshot.known_targets.update(rc.targets)
     try:
         app[keys.PLAYBOOK] = load_configured_playbook(rc.playbook, config.path)
     except PlaybookError as exc:
         raise ConfigError("reconciler.playbook", str(exc)) from exc
+    check_http_hosts(app[keys.PLAYBOOK], rc.http_allowed_hosts)
     app[keys.TOKEN] = token
+    app[keys.READ_TOKEN] = read_token
+    if not read_token:
+        log.warning(
+            "no reconciler.read_token (read_token_file, read_token_env or TRADING_OPS_RECONCILER_READ_TOKEN): "
+            "the episode API answers 401"
+        )
     app[keys.INSTANCE] = rc.instance or socket.gethostname()
     # Claims name this process (host, pid, start time): replicas sharing an instance name never take each
     # other's live runs, and a previous life of ours is recognised as dead at once after a restart.
@@ -76,6 +109,21 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def check_http_hosts(playbook: Playbook, allowed: list[str]) -> None:
+    """Every `http` step's host is one the configuration allows: found at start, not when a page is due."""
+    for rule in playbook.rules:
+        for i, step in enumerate(rule.steps):
+            if step.action != HTTP_ACTION.kind:
+                continue
+            host, port = HTTP_ACTION.hosts(step.params)
+            if not host_allowed(host, port, allowed):
+                raise ConfigError(
+                    "reconciler.http_allowed_hosts",
+                    f"rule {rule.name} step {i + 1} sends requests to {host}:{port}, which is not listed "
+                    f"({', '.join(allowed) or 'empty'})",
+                )
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -188,25 +236,60 @@ async def webhook(request: web.Request) -> web.Response:
     except Exception as exc:
         log.error("webhook from %s not stored: %s", request.remote, exc)
         return web.json_response({"status": "error", "error": "not stored; retry"}, status=503)
-    return web.json_response({"status": "stored", "alerts": len(validated.alerts)})
+    answer: dict[str, Any] = {"status": "stored", "alerts": len(validated.alerts)}
+    if validated.truncated:
+        metrics.alerts_truncated.inc(validated.truncated)
+        log.warning(
+            "webhook from %s: Alertmanager left %d alert(s) out of the notification (its max_alerts): raise it, with "
+            "reconciler.max_body_bytes",
+            request.remote,
+            validated.truncated,
+        )
+    if validated.invalid:
+        # Stored with the notification's payload (nothing is lost), acted on never; Alertmanager gets its 2xx, so
+        # its resends do not loop on an alert no resend can mend.
+        metrics.alerts_invalid.inc(len(validated.invalid))
+        for problem in validated.invalid:
+            log.warning("webhook from %s: alert refused on its own (the others stored): %s", request.remote, problem)
+        answer["invalid"] = validated.invalid
+    return web.json_response(answer)
+
+
+def _refused_read(request: web.Request) -> web.Response | None:
+    """401 unless the request carries the read token (constant time, any header bytes)."""
+    if bearer_matches(request.headers.get("Authorization"), request.app[keys.READ_TOKEN]):
+        return None
+    log.warning("episode API request from %s refused: missing or wrong read token", request.remote)
+    return web.json_response(
+        {"error": "missing or wrong bearer token (the read token, reconciler.read_token)"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="trading-ops reconciler"'},
+    )
 
 
 async def list_episodes(request: web.Request) -> web.Response:
-    try:
-        limit = min(MAX_LIST, max(1, int(request.query.get("limit", "50"))))
-    except ValueError:
-        return web.json_response({"error": "limit: expected an integer"}, status=400)
+    if (refused := _refused_read(request)) is not None:
+        return refused
+    raw_limit = request.query.get("limit", str(DEFAULT_LIST))
+    if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
+        return web.json_response({"error": f"limit: expected an integer from 1 to {MAX_LIST}"}, status=400)
     state = request.query.get("state") or None
-    rows = await asyncio.to_thread(request.app[keys.LEDGER].list_episodes, limit, state)
+    if state is not None and state not in KNOWN_STATES:
+        return web.json_response({"error": f"state: expected one of {', '.join(KNOWN_STATES)}"}, status=400)
+    rows = await asyncio.to_thread(request.app[keys.LEDGER].list_episodes, int(raw_limit), state)
     return web.json_response({"episodes": [episode_json(e) for e in rows]})
 
 
 async def get_episode(request: web.Request) -> web.Response:
-    try:
-        episode_id = int(request.match_info["id"])
-    except ValueError:
-        return web.json_response({"error": "id: expected an integer"}, status=400)
-    row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
+    if (refused := _refused_read(request)) is not None:
+        return refused
+    raw = request.match_info["id"]
+    if not EPISODE_ID_RE.match(raw):
+        return web.json_response({"error": "id: expected a positive integer"}, status=400)
+    episode_id = int(raw)
+    row = None
+    if 0 < episode_id <= MAX_EPISODE_ID:
+        row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
     if row is None:
         return web.json_response({"error": f"no episode {episode_id}"}, status=404)
     return web.json_response(episode_json(row))

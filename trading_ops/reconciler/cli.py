@@ -1,18 +1,20 @@
-"""`trading-ops reconciler [history|pause|resume]` and `trading-ops playbook test|explain`."""
+"""`trading-ops reconciler [history|pause|resume|circuits]` and `trading-ops playbook test|explain`."""
 
 from __future__ import annotations
 
 import argparse
-import re
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trading_ops.cli import UsageError
-from trading_ops.clients.prometheus import expr_from_generator_url
+from trading_ops.cli import CONFIG_ENV, UsageError
 from trading_ops.config import Config
 from trading_ops.db.base import make_engine
+from trading_ops.matchers import Pattern, compile_pattern
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import TEMPLATE_RE, Refused, checked_label
 from trading_ops.reconciler.history import history_json, history_table
@@ -48,6 +50,8 @@ def register(sub: Any) -> None:
         handler=resume
     )
 
+    _register_circuits(inner)
+
     pb = sub.add_parser("playbook", help="check and explain playbooks without side effects")
     pinner = pb.add_subparsers(dest="playbook_command", metavar="ACTION", required=True)
     test = pinner.add_parser("test", help="check alerts against expected rules and actions (as amtool routes test)")
@@ -68,10 +72,21 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.reconciler.app import create_app
 
     app = create_app(config)
+    environment_for_steps(args.config)
     listen = config.reconciler.listen
     logging.getLogger(__name__).info("reconciler listening on http://%s:%d", listen.host, listen.port)
     web.run_app(app, host=listen.host, port=listen.port, print=None, access_log=None)
     return EXIT_OK
+
+
+def environment_for_steps(config_path: str | None) -> None:
+    """Exec steps running `trading-ops ...` (the disk rule's cleanup) read this configuration and run this
+    installation's trading-ops, even when its bin directory (a virtualenv's) is not on PATH."""
+    if config_path:
+        os.environ[CONFIG_ENV] = os.path.abspath(config_path)
+    bindir = os.path.dirname(sys.executable)
+    if shutil.which("trading-ops") is None and os.access(os.path.join(bindir, "trading-ops"), os.X_OK):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", os.defpath)
 
 
 def _ledger(config: Config) -> Ledger:
@@ -117,7 +132,7 @@ def _playbook(args: argparse.Namespace, config: Config) -> Playbook:
         raise UsageError(f"playbook: {exc}") from exc
 
 
-def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: re.Pattern[str]) -> str | None:
+def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: Pattern) -> str | None:
     """Why the engine would refuse this step for these labels (destructive, or a label value that fails the
     strict pattern, checked by the same function the actions use), or None."""
     if step.risk == "destructive" and not rule.allow_destructive:
@@ -130,7 +145,7 @@ def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: re
     return None
 
 
-def plan(rule: Rule | None, labels: dict[str, str], pattern: re.Pattern[str]) -> list[str]:
+def plan(rule: Rule | None, labels: dict[str, str], pattern: Pattern) -> list[str]:
     """The steps a rule would run for these labels, each with whether it would be refused."""
     if rule is None:
         return []
@@ -153,7 +168,7 @@ def playbook_test(args: argparse.Namespace, config: Config) -> int:
     if named and not args.playbook:
         args.playbook = named if named in PACKAGED_PLAYBOOKS else str(path.parent / str(named))
     playbook = _playbook(args, config)
-    pattern = re.compile(config.reconciler.label_value_pattern)
+    pattern = compile_pattern(config.reconciler.label_value_pattern)
     failures = 0
     for i, case in enumerate(data["cases"]):
         if not isinstance(case, dict) or not isinstance(case.get("labels"), dict) or "expect" not in case:
@@ -193,7 +208,7 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
         raise UsageError(f"{path}: {exc}") from exc
     playbook = _playbook(args, config)
     watchdog = config.reconciler.watchdog.alertname
-    pattern = re.compile(config.reconciler.label_value_pattern)
+    pattern = compile_pattern(config.reconciler.label_value_pattern)
     out = [f"notification: {validated.status}, receiver {validated.receiver!r}, {len(validated.alerts)} alert(s)"]
     for a in validated.alerts:
         labels = a["labels"]
@@ -223,16 +238,82 @@ def playbook_explain(args: argparse.Namespace, config: Config) -> int:
             f"(max {rule.backoff.max:g}s, jitter {rule.backoff.jitter:.0%}), cooldown {rule.cooldown:g}s, "
             f"on failure: {rule.on_failure}"
         )
+    out += [f"- invalid alert, no episode (the others are stored): {problem}" for problem in validated.invalid]
     print("\n".join(out))
     return EXIT_OK
 
 
-def _verify_expr(rule: Rule, alert: dict[str, Any], pattern: re.Pattern[str]) -> str:
+def _verify_expr(rule: Rule, alert: dict[str, Any], pattern: Pattern) -> str:
     """The verification query as the engine would render it: label values only after validation."""
-    expr = rule.verify.expr or expr_from_generator_url(alert["generator_url"])
+    expr = rule.verify.expr
     if not expr:
-        return "(none: cannot verify)"
+        return f"the expression of Prometheus's alerting rule {alert['labels']['alertname']} (read at verification)"
     try:
         return TEMPLATE_RE.sub(lambda m: checked_label(alert["labels"], m.group(1), pattern), expr)
     except Refused as exc:
         return f"refused ({exc}): {expr}"
+
+
+# ---- circuits: list the open circuit breakers, reset one (recorded in the ledger's audit) ---------------------------
+
+
+def _register_circuits(inner: Any) -> None:
+    circuits = inner.add_parser("circuits", help="open circuit breakers; `circuits reset TARGET` closes one")
+    circuits.add_argument("--json", action="store_true", help="print JSON")
+    circuits.set_defaults(handler=circuits_list)
+    cinner = circuits.add_subparsers(dest="circuits_command", metavar="ACTION")
+    reset = cinner.add_parser("reset", help="close a target's circuit and restart its action budget (audited)")
+    reset.add_argument("target", help="the target (an alert's instance), or * for the global budget")
+    reset.set_defaults(handler=circuits_reset)
+
+
+def circuits_list(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from trading_ops.db.base import utcnow
+
+    ledger = _ledger(config)
+    try:
+        circuits = ledger.open_circuits(utcnow())
+    finally:
+        ledger.engine.dispose()
+    if args.json:
+        print(json.dumps([{**c, "open_until": c["open_until"].isoformat()} for c in circuits], indent=2))
+        return EXIT_OK
+    if not circuits:
+        print("no open circuits")
+        return EXIT_OK
+    limit = config.reconciler.budgets
+    for c in circuits:
+        cap = limit.max_actions_per_hour if c["target"] == "*" else limit.max_actions_per_target_per_hour
+        print(
+            f"{c['target']}: open until {c['open_until']:%Y-%m-%d %H:%M:%S} UTC "
+            f"({c['actions_last_hour']} of {cap} actions in the last hour)"
+        )
+    print("close one with: trading-ops reconciler circuits reset TARGET")
+    return EXIT_OK
+
+
+def circuits_reset(args: argparse.Namespace, config: Config) -> int:
+    import getpass
+    import socket
+
+    from trading_ops.db.base import utcnow
+
+    target = args.target
+    if not target or len(target) > 255 or not target.isprintable():
+        raise UsageError(f"circuits reset: not a target name: {target[:40]!r}")
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    ledger = _ledger(config)
+    try:
+        until = ledger.reset_circuit(target, f"{user}@{socket.gethostname()}", utcnow())
+    finally:
+        ledger.engine.dispose()
+    if until is None:
+        print(f"trading-ops: circuits reset: no open circuit for {target!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"circuit of {target} closed (was open until {until:%Y-%m-%d %H:%M:%S} UTC); its action budget restarts now")
+    return EXIT_OK

@@ -8,7 +8,6 @@ import functools
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +19,10 @@ import aiohttp
 
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
 from trading_ops.clients.notify import Notifier
-from trading_ops.clients.prometheus import PrometheusClient, expr_from_generator_url
+from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
 from trading_ops.config import Config
 from trading_ops.db.base import utcnow
+from trading_ops.matchers import compile_pattern
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED, escalate
@@ -93,7 +93,7 @@ class Engine:
         self.notifier = notifier
         self.alertmanager = AlertmanagerClient(session, self.rc.alertmanager_url)
         self.prometheus = PrometheusClient(session, self.rc.prometheus_url)
-        self.label_pattern = re.compile(self.rc.label_value_pattern)
+        self.label_pattern = compile_pattern(self.rc.label_value_pattern)
         self.rng = rng or random.Random()
         self.wake = asyncio.Event()
         self.runs: dict[int, asyncio.Task[None]] = {}
@@ -381,7 +381,15 @@ class Engine:
         for circuit in (episode["target"], GLOBAL_TARGET):
             until = await self.db(self.ledger.circuit_open_until, circuit, now)
             if until is not None:
-                await self._close(episode, "escalated", f"circuit of {circuit} open until {until.isoformat()}")
+                # The alert is not acted on: a human must hear of it, whatever the circuit's opener already posted
+                # (that page named another alert, and may have resolved since).
+                why = f"circuit of {circuit} open until {until.isoformat()}"
+                description = (
+                    f"The reconciler did not act on {episode['alertname']} on {episode['target']} "
+                    f"(episode {episode['id']}, rule {rule.name}): the {circuit} circuit is open until "
+                    f"{until.isoformat()} (its action budget was spent). Nothing was executed."
+                )
+                await self._close_escalated(episode, CIRCUIT_OPEN, ctx, description, why)
                 return
         if not self.rc.dry_run and not await self._within_budget(episode, rule, ctx, now):
             return
@@ -416,8 +424,9 @@ class Engine:
                 started = parse_timestamp(alert.get("startsAt"), "startsAt")
             except Rejected:
                 return True
-            # A later startsAt is the alert firing again after it resolved: a new episode, not this one.
-            if started <= episode["starts_at"] + STARTS_AT_TOLERANCE:
+            # A later startsAt is the alert firing again after it resolved: a new episode, not this one. (A difference,
+            # not a sum: no startsAt, however absurd, overflows it.)
+            if started - episode["starts_at"] <= STARTS_AT_TOLERANCE:
                 return True
         await self._close(
             episode,
@@ -458,11 +467,15 @@ class Engine:
                 continue
             until = now + timedelta(seconds=budgets.circuit_cool_off_seconds)
             why = f"action budget of {circuit} spent ({spent} of {limit} per hour); circuit open until {until}"
-            how = ""
             if await self.db(self.ledger.open_circuit, circuit, until):
                 self.metrics.snapshot.open_circuits.append(circuit)
-                how = await self._escalate(CIRCUIT_OPEN, ctx.labels, ctx.target, why)
-            await self._close(episode, "escalated", why + how)
+            # Posted by every episode that ends here, not only by the one that opened the circuit (another replica
+            # may have opened it a moment before, for another alert): each one's page is its own.
+            description = (
+                f"{why}. The reconciler did not act on {episode['alertname']} on {episode['target']} "
+                f"(episode {episode['id']}, rule {rule.name}). Nothing was executed."
+            )
+            await self._close_escalated(episode, CIRCUIT_OPEN, ctx, description, why)
             return False
         return True
 
@@ -551,13 +564,10 @@ class Engine:
     async def _verify(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str]:
         if not rule.verify.enabled:
             return "clear", "steps succeeded (verification disabled by the rule)"
-        expr = rule.verify.expr or expr_from_generator_url(episode["generator_url"])
-        if not expr:
-            return "failure", "cannot verify: no verify.expr and no expression in the alert's generatorURL"
-        try:
-            expr = ctx.render(expr)
-        except Refused as exc:
-            return "failure", f"cannot verify: {exc}"
+        found = await self._verify_expr(episode, rule, ctx)
+        if isinstance(found, str):
+            return "failure", found  # fails safe: no expression, no "recovered"
+        expr, source = found
         if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state="verifying"):
             raise LostClaim
         verdict = await verify(
@@ -569,7 +579,31 @@ class Engine:
             alert_labels=ctx.labels,
             wake=self.resolved.get(episode["id"]),
         )
-        return verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure", verdict.detail
+        outcome = verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure"
+        return outcome, f"{verdict.detail} [expression from {source}]"
+
+    async def _verify_expr(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str] | str:
+        """The verification query and where it came from (playbook or prometheus_rules), or why there is none.
+
+        The playbook's `verify.expr` (its ${label}s validated), else the expression of Prometheus's own alerting
+        rule of that name, read from its rules API: never the one the webhook's generatorURL carries, which
+        whoever holds the webhook token writes."""
+        if rule.verify.expr:
+            try:
+                return ctx.render(rule.verify.expr), "playbook"
+            except Refused as exc:
+                return f"cannot verify: {exc}"
+        try:
+            exprs = await self.prometheus.alert_expressions(episode["alertname"], ctx.labels)
+        except PrometheusError as exc:
+            return f"cannot verify: no verify.expr, and Prometheus's alerting rules could not be read: {exc}"
+        if not exprs:
+            return (
+                f"cannot verify: no verify.expr, and Prometheus has no alerting rule {episode['alertname']} "
+                "with this alert's labels"
+            )
+        # Several rules of one name with the same labels: still failing while any of them matches.
+        return " or ".join(f"({e})" for e in exprs) if len(exprs) > 1 else exprs[0], "prometheus_rules"
 
     async def _record_process(self, step_id: int, pid: int) -> None:
         """A step started a process group: recorded so that a crash of ours never leaves it running unseen."""
@@ -585,8 +619,16 @@ class Engine:
             f"Rule {rule.name} did not recover {episode['alertname']} on {episode['target']} "
             f"(episode {episode['id']}). Tried: " + "; ".join(ctx.history or ["nothing"])
         )
-        how = await self._escalate(FAILED, ctx.labels, ctx.target, description)
-        await self._close(episode, "escalated" if how != NOBODY else "failed", failure + how)
+        await self._close_escalated(episode, FAILED, ctx, description, failure)
+
+    async def _close_escalated(
+        self, episode: dict[str, Any], alertname: str, ctx: ActionContext, description: str, detail: str
+    ) -> None:
+        """Post the escalation (Alertmanager, else the apprise fallback), then close the episode `escalated`; or
+        `failed`, saying so, when it reached nobody. Every run that ends escalated ends here: a page is never lost
+        (the internal-error path, which must not raise, does the same through `_hand_back`)."""
+        how = await self._escalate(alertname, ctx.labels, ctx.target, description)
+        await self._close(episode, "escalated" if how != NOBODY else "failed", detail + how)
 
     async def _escalate(self, alertname: str, labels: dict[str, str], target: str, description: str) -> str:
         """Page a human: post the alert to Alertmanager (retried with backoff), else send it through the apprise

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from trading_ops.bearer import bearer_matches
 from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn, StoreResult
 from trading_ops.reconciler.playbook import Playbook
 from trading_ops.tasks import stop_tasks
@@ -28,6 +28,9 @@ MAX_VALUE = 16_384
 FINGERPRINT_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 # JSON's \uXXXX escapes can produce NUL and lone UTF-16 surrogates: not text a database stores.
 BAD_TEXT_RE = re.compile("[\x00\ud800-\udfff]")
+# A startsAt later than this past our clock is not a real alert's (a clock that far off breaks more than us): its
+# wait (wait_for) would end years from now, or overflow the calendar (9999-12-31T23:59:59.999Z plus a wait).
+MAX_FUTURE_SKEW = timedelta(hours=1)
 TIMESTAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$")
 
 
@@ -41,11 +44,8 @@ class Rejected(Exception):
 
 
 def check_token(header: str | None, token: str) -> None:
-    """Bearer authentication compared in constant time."""
-    given = ""
-    if header and header[:7].lower() == "bearer ":
-        given = header[7:].strip()
-    if not token or not hmac.compare_digest(given.encode(), token.encode()):
+    """Bearer authentication compared in constant time (any header bytes: a 401, never a 500)."""
+    if not bearer_matches(header, token):
         raise Rejected(401, "unauthorized", "missing or wrong bearer token")
 
 
@@ -133,10 +133,15 @@ class Validated:
     status: str
     group_key: str
     alerts: list[dict[str, Any]]
+    # One line per alert refused on its own (the others are stored).
+    invalid: list[str] = field(default_factory=list)
+    # Alerts Alertmanager left out of the notification (its receiver's max_alerts).
+    truncated: int = 0
 
 
 def validate(data: Any) -> Validated:
-    """Check the webhook payload (version 4); Rejected(422) names the first wrong field."""
+    """Check the webhook payload (version 4); Rejected(422) names the first wrong field. An alert that is wrong on
+    its own is left out and listed in `invalid`; only when no alert is left is the whole payload refused."""
     if not isinstance(data, dict):
         raise Rejected(422, "invalid_payload", "payload: expected a JSON object")
     if "version" not in data:
@@ -155,31 +160,50 @@ def validate(data: Any) -> Validated:
     raw_alerts = _field(data, "alerts", "", list)
     if len(raw_alerts) > MAX_ALERTS:
         raise Rejected(422, "invalid_payload", f"alerts: more than {MAX_ALERTS}")
-    alerts = []
+    alerts: list[dict[str, Any]] = []
+    invalid: list[str] = []
+    latest = datetime.now(UTC) + MAX_FUTURE_SKEW
     for i, a in enumerate(raw_alerts):
-        where = f"alerts[{i}]."
-        if not isinstance(a, dict):
-            raise Rejected(422, "invalid_payload", f"alerts[{i}]: expected an object")
-        a_status = _field(a, "status", where, str)
-        if a_status not in STATUSES:
-            raise Rejected(422, "invalid_payload", f"{where}status: expected firing or resolved")
-        labels = _str_map(a.get("labels"), f"{where}labels", required=True)
-        if not labels.get("alertname"):
-            raise Rejected(422, "invalid_payload", f"{where}labels.alertname: required")
-        fingerprint = _field(a, "fingerprint", where, str)
-        if not FINGERPRINT_RE.match(fingerprint):
-            raise Rejected(422, "invalid_payload", f"{where}fingerprint: expected 1-64 letters or digits")
-        alerts.append(
-            {
-                "status": a_status,
-                "labels": labels,
-                "annotations": _str_map(a.get("annotations"), f"{where}annotations"),
-                "starts_at": parse_timestamp(a.get("startsAt"), f"{where}startsAt"),
-                "generator_url": _field(a, "generatorURL", where, str, required=False) or "",
-                "fingerprint": fingerprint,
-            }
-        )
-    return Validated(receiver, status, group_key, alerts)
+        # An alert that cannot be handled is refused on its own: the others of its notification are stored (a 422
+        # for all of them would lose them, as Alertmanager does not resend after a 4xx).
+        try:
+            alerts.append(_alert(a, f"alerts[{i}]", latest))
+        except Rejected as exc:
+            invalid.append(str(exc))
+    if invalid and not alerts:
+        more = f" (and {len(invalid) - 1} more invalid alerts)" if len(invalid) > 1 else ""
+        raise Rejected(422, "invalid_payload", invalid[0] + more)
+    truncated = data.get("truncatedAlerts")
+    truncated = truncated if isinstance(truncated, int) and not isinstance(truncated, bool) and truncated > 0 else 0
+    return Validated(receiver, status, group_key, alerts, invalid, truncated)
+
+
+def _alert(a: Any, at: str, latest: datetime) -> dict[str, Any]:
+    """One alert of the payload, checked; Rejected(422) names its first wrong field."""
+    where = f"{at}."
+    if not isinstance(a, dict):
+        raise Rejected(422, "invalid_payload", f"{at}: expected an object")
+    a_status = _field(a, "status", where, str)
+    if a_status not in STATUSES:
+        raise Rejected(422, "invalid_payload", f"{where}status: expected firing or resolved")
+    labels = _str_map(a.get("labels"), f"{where}labels", required=True)
+    if not labels.get("alertname"):
+        raise Rejected(422, "invalid_payload", f"{where}labels.alertname: required")
+    fingerprint = _field(a, "fingerprint", where, str)
+    if not FINGERPRINT_RE.match(fingerprint):
+        raise Rejected(422, "invalid_payload", f"{where}fingerprint: expected 1-64 letters or digits")
+    starts_at = parse_timestamp(a.get("startsAt"), f"{where}startsAt")
+    if starts_at > latest:
+        shown = _printable(str(a.get("startsAt")))
+        raise Rejected(422, "invalid_payload", f"{where}startsAt: {shown} is in the future (not a real alert's start)")
+    return {
+        "status": a_status,
+        "labels": labels,
+        "annotations": _str_map(a.get("annotations"), f"{where}annotations"),
+        "starts_at": starts_at,
+        "generator_url": _field(a, "generatorURL", where, str, required=False) or "",
+        "fingerprint": fingerprint,
+    }
 
 
 def plan_notification(v: Validated, payload: str, playbook: Playbook, watchdog: str) -> NotificationIn:

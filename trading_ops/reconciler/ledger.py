@@ -7,14 +7,14 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from trading_ops.db.base import utcnow
-from trading_ops.db.models.ledger import Attempt, Episode, Notification, Setting, Step, Target
+from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Notification, Setting, Step, Target
 from trading_ops.reconciler.processes import owner_is_dead
 
 OPEN_STATES = ("pending", "waiting", "running", "verifying", "interrupted")
@@ -40,12 +40,17 @@ LEFTOVER_FENCE_SECONDS = 600.0
 # What retention deletes, by table (tradingops_ledger_pruned_rows_total{table}).
 PRUNED_TABLES = ("notifications", "episodes", "attempts", "steps")
 
+# What `later` gives for a time past the calendar's end (both databases store it).
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
 E = cast(Table, Episode.__table__)
 A = cast(Table, Attempt.__table__)
 S = cast(Table, Step.__table__)
 T = cast(Table, Target.__table__)
 N = cast(Table, Notification.__table__)
 SET = cast(Table, Setting.__table__)
+AUDIT = cast(Table, AuditEntry.__table__)
+CIRCUIT_RESET = "circuit_reset"
 
 
 @dataclass
@@ -250,7 +255,7 @@ class Ledger:
             "state": state,
             "detail": detail,
             "attempts": 0,
-            "next_run_at": None if closed else max(now, a.starts_at + timedelta(seconds=a.wait_for)),
+            "next_run_at": None if closed else max(now, later(a.starts_at, a.wait_for)),
             "received_at": now,
             "updated_at": now,
             "closed_at": now if closed else None,
@@ -608,14 +613,21 @@ class Ledger:
             ).scalar()
         if last is None:
             return None
-        until: datetime = last + timedelta(seconds=cooldown)
+        until = later(last, cooldown)
         return until if until > now else None
 
     def actions_last_hour(self, now: datetime, target: str | None = None) -> int:
-        cond = [S.c.budgeted.is_(True), S.c.started_at > now - timedelta(hours=1), S.c.outcome.in_(EXECUTED_OUTCOMES)]
-        if target is not None:
-            cond.append(S.c.target == target)
+        """Budgeted actions on `target` (every target when None) in the last hour, or since its circuit was reset."""
+        since = now - timedelta(hours=1)
         with self.engine.connect() as conn:
+            reset = conn.execute(
+                select(T.c.budget_reset_at).where(T.c.name == (GLOBAL_TARGET if target is None else target))
+            ).scalar()
+            if reset is not None and reset > since:
+                since = reset
+            cond = [S.c.budgeted.is_(True), S.c.started_at > since, S.c.outcome.in_(EXECUTED_OUTCOMES)]
+            if target is not None:
+                cond.append(S.c.target == target)
             return int(conn.execute(select(func.count()).select_from(S).where(*cond)).scalar_one())
 
     def circuit_open_until(self, target: str, now: datetime) -> datetime | None:
@@ -635,6 +647,49 @@ class Ledger:
                     .values(circuit_open_until=until)
                 ).rowcount
             )
+
+    def open_circuits(self, now: datetime) -> list[dict[str, Any]]:
+        """Every open circuit: target, open_until, and its budgeted actions in the last hour."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(T.c.name, T.c.circuit_open_until).where(T.c.circuit_open_until > now).order_by(T.c.name)
+            ).all()
+        return [
+            {
+                "target": name,
+                "open_until": until,
+                "actions_last_hour": self.actions_last_hour(now, None if name == GLOBAL_TARGET else name),
+            }
+            for name, until in rows
+        ]
+
+    def reset_circuit(self, target: str, actor: str, now: datetime) -> datetime | None:
+        """Close `target`'s open circuit and restart its action budget from now, with an audit entry; the time it
+        would have stayed open until, or None when it was not open (nothing is changed or recorded then)."""
+        with self.tx() as conn:
+            until = conn.execute(
+                select(T.c.circuit_open_until).where(T.c.name == target, T.c.circuit_open_until > now)
+            ).scalar()
+            if until is None:
+                return None
+            conn.execute(update(T).where(T.c.name == target).values(circuit_open_until=None, budget_reset_at=now))
+            conn.execute(
+                insert(AUDIT).values(
+                    at=now,
+                    action=CIRCUIT_RESET,
+                    target=target,
+                    actor=actor,
+                    detail=f"circuit was open until {until.isoformat()}; action budget restarted",
+                )
+            )
+        return cast(datetime, until)
+
+    def audit_entries(self, limit: int = 50, target: str | None = None) -> list[dict[str, Any]]:
+        stmt = select(AUDIT).order_by(AUDIT.c.id.desc()).limit(limit)
+        if target is not None:
+            stmt = stmt.where(AUDIT.c.target == target)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
 
     def get_setting(self, key: str, default: str = "") -> str:
         with self.engine.connect() as conn:
@@ -769,6 +824,15 @@ class Ledger:
             attempts = conn.execute(delete(A).where(A.c.episode_id.in_(ids))).rowcount
             episodes = conn.execute(delete(E).where(E.c.id.in_(ids), E.c.state.in_(CLOSED_STATES))).rowcount
         return {"episodes": int(episodes), "attempts": int(attempts), "steps": int(steps)}
+
+
+def later(when: datetime, seconds: float) -> datetime:
+    """`when` plus `seconds`, the end of the calendar when that is past it (never OverflowError, which would fail
+    the whole batch of notifications being stored: a 503 that Alertmanager retries forever)."""
+    try:
+        return when + timedelta(seconds=seconds)
+    except OverflowError:
+        return END_OF_TIME
 
 
 def _lapsed(until: datetime | None, now: datetime) -> bool:

@@ -59,7 +59,7 @@ def is_bot_maintenance(
 def _ends_at(silence: dict[str, Any]) -> float:
     try:
         return datetime.fromisoformat(str(silence.get("endsAt", "")).replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):
         return 0.0
 
 

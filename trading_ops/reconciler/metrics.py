@@ -75,6 +75,16 @@ class ReconcilerMetrics:
         )
         for status in ("firing", "resolved"):
             self.alerts_received.labels(status)
+        self.alerts_invalid = Counter(
+            f"{PREFIX}_alerts_invalid",
+            "Alerts refused on their own (an absurd startsAt, say); the rest of their notification was stored.",
+            registry=registry,
+        )
+        self.alerts_truncated = Counter(
+            f"{PREFIX}_alerts_truncated",
+            "Alerts Alertmanager left out of its notifications (truncatedAlerts: its receiver's max_alerts).",
+            registry=registry,
+        )
         self.alerts_deduplicated = Counter(
             f"{PREFIX}_alerts_deduplicated", "Alerts that belonged to a known episode.", registry=registry
         )

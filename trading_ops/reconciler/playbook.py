@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from trading_ops.durations import parse_duration
+from trading_ops.matchers import compile_matcher, regex_matches
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import RISKS
 
@@ -38,6 +39,9 @@ RULE_KEYS = (
 )
 ON_FAILURE = ("escalate", "none")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Longest duration a playbook may give (waits, cooldowns, backoffs): added to times, a longer one would overflow the
+# calendar; a century is past any real wait.
+MAX_DURATION_SECONDS = 100 * 365 * 86400.0
 
 
 class PlaybookError(Exception):
@@ -54,7 +58,7 @@ class Matcher:
         actual = labels.get(self.name, "")
         if self.op in ("=", "!="):
             return (actual == self.value) == (self.op == "=")
-        hit = re.fullmatch(self.value, actual) is not None
+        hit = regex_matches(self.value, actual)  # RE2, anchored, checked when the playbook was loaded
         return hit == (self.op == "=~")
 
     def __str__(self) -> str:
@@ -92,10 +96,7 @@ def parse_matcher(text: str) -> Matcher:
         raise ValueError(f"unterminated or unescaped double quote in the value: {text[:60]!r}")
     value = unescape_matcher_value(m.group(3)) if m.group(3) is not None else m.group(4)
     if op in ("=~", "!~"):
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+        compile_matcher(value)  # RegexError (a ValueError) names the pattern RE2 refuses
     return Matcher(name, op, value)
 
 
@@ -332,9 +333,12 @@ def _step(raw: Any, where: str, default_timeout: float) -> StepSpec:
 
 def _duration(value: Any, where: str) -> float:
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise PlaybookError(f"{where}: {exc}") from exc
+    if seconds > MAX_DURATION_SECONDS:
+        raise PlaybookError(f"{where}: {str(value)[:40]} is longer than the 100 years a playbook duration may be")
+    return seconds
 
 
 def _backoff(raw: Any, where: str) -> Backoff:

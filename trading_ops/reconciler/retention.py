@@ -25,7 +25,7 @@ class Pruner:
         self,
         ledger: Ledger,
         retention_days: float,
-        metrics: ReconcilerMetrics,
+        metrics: ReconcilerMetrics | None,
         interval: float = PRUNE_INTERVAL_SECONDS,
         batch: int = PRUNE_BATCH,
     ) -> None:
@@ -40,7 +40,8 @@ class Pruner:
             try:
                 await self.prune_once(utcnow())
             except Exception:
-                self.metrics.ledger_prune_failures.inc()
+                if self.metrics is not None:
+                    self.metrics.ledger_prune_failures.inc()
                 log.exception("ledger retention failed; tried again in %gs", self.interval)
             await asyncio.sleep(self.interval)
 
@@ -65,5 +66,5 @@ class Pruner:
     def _count(self, pruned: dict[str, int], counts: dict[str, int]) -> None:
         for table, count in counts.items():
             pruned[table] += count
-            if count:
+            if count and self.metrics is not None:
                 self.metrics.ledger_pruned_rows.labels(table).inc(count)

@@ -23,8 +23,9 @@ SIGKILL after a deadline). A missing Prometheus or Alertmanager binary is report
 rest starts. Everything listens on 127.0.0.1.
 
 The bot and the reconciler run with a generated copy of --config (STATE_DIR/trading-ops.yaml: the stack's ports,
-token files var/secrets/control-token and var/secrets/reconciler-token, created when missing, and the local
-Prometheus and Alertmanager). In alertmanager.yml the reconciler webhook points at the local reconciler with its
+token files var/secrets/control-token, var/secrets/reconciler-token and var/secrets/reconciler-read-token (the
+episode API's, which the status line reads with), created when missing, and the local Prometheus and
+Alertmanager). In alertmanager.yml the reconciler webhook points at the local reconciler with its
 token as credentials_file; the other receivers (pager, chat, dead-man) stay in the routing tree but notify nobody,
 as they need accounts and the internet: their alerts are visible in the Alertmanager UI.
 """
@@ -95,6 +96,13 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="status refresh (default 1 on a terminal, 2 otherwise)",
     )
+    up.add_argument(
+        "--bot",
+        default="paper",
+        metavar="KIND",
+        help="the bot to run: paper (default: the paper bot with --chaos) or a kind of bot_kinds: in the "
+        "configuration (KIND -> its command line; {python} and {config} are filled in)",
+    )
     up.set_defaults(handler=handle)
 
 
@@ -113,6 +121,7 @@ def handle(args: argparse.Namespace, config: Config) -> int:
         node_exporter=args.node_exporter,
         config_path=args.config,
         log_level=args.log_level,
+        bot_kind=args.bot,
     )
     try:
         return run(options)

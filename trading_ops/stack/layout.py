@@ -58,6 +58,11 @@ class Layout:
         return self.prometheus_dir / "rules"
 
     @property
+    def bot_targets(self) -> Path:
+        """The file_sd file of the `tradingbot` job: the stack's bot."""
+        return self.prometheus_dir / "targets" / "tradingbot.yml"
+
+    @property
     def alertmanager_dir(self) -> Path:
         return self.state_dir / "alertmanager"
 

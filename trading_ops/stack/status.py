@@ -31,9 +31,10 @@ class Snapshot:
     down: list[str] = field(default_factory=list)
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+async def _get_json(session: aiohttp.ClientSession, url: str, token: str = "") -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        async with session.get(url, timeout=REQUEST_TIMEOUT) as resp:
+        async with session.get(url, timeout=REQUEST_TIMEOUT, headers=headers) as resp:
             if resp.status != 200:
                 return None
             return await resp.json(content_type=None)
@@ -88,10 +89,16 @@ def last_action(episodes: list[dict[str, Any]]) -> str | None:
 
 
 async def fetch(
-    session: aiohttp.ClientSession, alertmanager: str | None, prometheus: str | None, reconciler: str | None
+    session: aiohttp.ClientSession,
+    alertmanager: str | None,
+    prometheus: str | None,
+    reconciler: str | None,
+    read_token: str = "",
 ) -> Snapshot:
+    """What the status line shows; the episodes are read with the reconciler's read token."""
     alerts_task = asyncio.ensure_future(_alerts(session, alertmanager, prometheus))
-    body = await _get_json(session, f"{reconciler}/api/v1/episodes?limit={EPISODES_LISTED}") if reconciler else None
+    url = f"{reconciler}/api/v1/episodes?limit={EPISODES_LISTED}"
+    body = await _get_json(session, url, read_token) if reconciler else None
     snap = await alerts_task
     if isinstance(body, dict) and isinstance(body.get("episodes"), list):
         episodes = [e for e in body["episodes"] if isinstance(e, dict)]

@@ -47,6 +47,9 @@ PROMETHEUS_RETENTION = "2d"  # a development stack: keep the state dir small
 # keeps running so TradingBotDown, the reconciler's attempt and its escalation can be watched. Any other child is
 # the pipeline itself: without it the stack would show something misleading, so everything stops (exit 1).
 WORKLOAD = "paper-bot"
+# The built-in bot kind of `--bot` (the paper bot with its fault injection); `bot_kinds:` in the configuration adds
+# others: KIND -> the bot's command line, with {python} and {config} (the stack's generated configuration) filled in.
+DEFAULT_BOT_KIND = "paper"
 CHILD_OF_ROLE = {
     "bot": WORKLOAD,
     "reconciler": "reconciler",
@@ -72,6 +75,7 @@ class UpOptions:
     node_exporter: str | None
     config_path: str | None
     log_level: str | None
+    bot_kind: str = DEFAULT_BOT_KIND
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Stack:
     children: list[Child]
     missing: list[binaries.Binary]
     notes: list[str]
+    workload: str = WORKLOAD  # the bot child: when it dies, the rest keeps running
 
 
 def _port_free(port: int) -> bool:
@@ -128,16 +133,33 @@ def _check_ports(ports: Ports, roles: list[str]) -> None:
             )
 
 
+def bot_command(kind: str, app: AppConfig, log_level: str | None) -> tuple[str, list[str]]:
+    """(child name, command line) of the bot of `kind`: the built-in paper bot, or one of the configuration's
+    bot_kinds. Raises UsageProblem for a kind neither knows."""
+    if kind == DEFAULT_BOT_KIND:
+        return WORKLOAD, _python_child(app, log_level, "paper-bot", "--chaos")
+    command = app.config.bot_kinds.get(kind)
+    if command is None:
+        known = ", ".join(sorted({DEFAULT_BOT_KIND, *app.config.bot_kinds}))
+        raise UsageProblem(f"--bot {kind}: unknown bot kind (known: {known}; add one under bot_kinds:)")
+    values = {"python": sys.executable, "config": str(app.path)}
+    try:
+        return f"{kind}-bot", [part.format(**values) for part in command]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageProblem(f"bot_kinds.{kind}: only {{python}} and {{config}} may be filled in ({exc})") from None
+
+
 def _children(
     options: UpOptions, app: AppConfig, layout: Layout, prom: binaries.Binary, am: binaries.Binary
 ) -> list[Child]:
     ports = options.ports
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workload, command = bot_command(options.bot_kind, app, options.log_level)
     children = [
         Child(
-            WORKLOAD,
-            _python_child(app, options.log_level, "paper-bot", "--chaos"),
-            layout.log(WORKLOAD),
+            workload,
+            command,
+            layout.log(workload),
             f"{ports.url('bot')}/healthz",
             app.config.recovery.shutdown_deadline_seconds + BOT_STOP_GRACE_SECONDS,
             env,
@@ -204,7 +226,8 @@ def prepare(options: UpOptions) -> Stack:
     layout = Layout(options.state_dir.resolve())
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
     source = options.config_path or (DEFAULT_CONFIG_PATH if Path(DEFAULT_CONFIG_PATH).exists() else None)
-    app = build_app_config(Path(source) if source else None, layout, options.ports)
+    app = build_app_config(Path(source) if source else None, layout, options.ports, options.bot_kind)
+    bot_command(options.bot_kind, app, options.log_level)  # an unknown kind before anything is written
     try:
         rendered_am = render_alertmanager(repo, options.ports, options.profile, app.reconciler_token_file)
         node_exporter = _node_exporter(options.node_exporter)
@@ -214,14 +237,16 @@ def prepare(options: UpOptions) -> Stack:
     write_alertmanager(rendered_am, layout, repo, options.profile)
     write_prometheus(rendered_prom, layout, repo, options.profile)
     migrate.upgrade(app.config.database_url())
+    children = _children(options, app, layout, prom, am)
     return Stack(
         layout,
         options.ports,
         options.profile,
         app,
-        _children(options, app, layout, prom, am),
+        children,
         [b for b in (prom, am) if not b.path],
         rendered_prom.notes + rendered_am.notes,
+        children[0].name,
     )
 
 
@@ -237,7 +262,7 @@ def _banner(stack: Stack) -> list[str]:
     ports, layout = stack.ports, stack.layout
     running = {c.name for c in stack.children}
     rows = [
-        ("paper bot", WORKLOAD, f"{ports.url('bot')}  (/metrics, /healthz, /readyz, POST /control/<command>)"),
+        ("bot", stack.workload, f"{ports.url('bot')}  (/metrics, /healthz, /readyz, POST /control/<command>)"),
         ("reconciler", "reconciler", f"{ports.url('reconciler')}/api/v1/episodes"),
         ("prometheus", "prometheus", f"{ports.url('prometheus')}/alerts"),
         ("alertmanager", "alertmanager", ports.url("alertmanager")),
@@ -252,11 +277,11 @@ def _banner(stack: Stack) -> list[str]:
     return out
 
 
-async def _stop_all(children: Sequence[Child], printer: StatusPrinter) -> bool:
+async def _stop_all(children: Sequence[Child], printer: StatusPrinter, workload: str = WORKLOAD) -> bool:
     """Stop the pipeline first (nothing reacts to the bot going away), then the bot; True if all stopped on
     SIGTERM."""
     by_name = {c.name: c for c in children}
-    phases = [[c for c in children if c.name != WORKLOAD], [c for c in [by_name.get(WORKLOAD)] if c]]
+    phases = [[c for c in children if c.name != workload], [c for c in [by_name.get(workload)] if c]]
     clean = True
     for phase in phases:
         running = [c for c in phase if c.running()]
@@ -276,6 +301,8 @@ async def _watch(
     stack: Stack, session: aiohttp.ClientSession, stop: asyncio.Event, printer: StatusPrinter, interval: float
 ) -> int:
     """Refresh the status line until `stop`; returns 1 as soon as a pipeline child dies."""
+    token_file = stack.app.read_token_file
+    read_token = token_file.read_text(encoding="utf-8").strip() if token_file else ""
     ports, names = stack.ports, {c.name for c in stack.children}
     reported: set[str] = set()
     code = EXIT_OK
@@ -289,7 +316,7 @@ async def _watch(
                 f"!!! {child.name} (pid {child.pid}) {describe_exit(child.returncode)} unexpectedly; "
                 f"last lines of {child.log_path}:\n{_tail(child.log_path)}"
             )
-            if child.name != WORKLOAD:
+            if child.name != stack.workload:
                 printer.message(f"!!! the alerting pipeline is broken without {child.name}: stopping the stack")
                 return EXIT_FAILURE
             printer.message(
@@ -301,6 +328,7 @@ async def _watch(
             ports.url("alertmanager") if "alertmanager" in names else None,
             ports.url("prometheus") if "prometheus" in names else None,
             ports.url("reconciler"),
+            read_token,
         )
         snap.down = sorted(reported)
         printer.show(render(snap))
@@ -344,7 +372,7 @@ async def supervise(stack: Stack, options: UpOptions, printer: StatusPrinter) ->
                 interval = options.status_interval or (TTY_STATUS_SECONDS if printer.tty else PIPE_STATUS_SECONDS)
                 code = await _watch(stack, session, stop, printer, interval)
     finally:
-        clean = await _stop_all(stack.children, printer)
+        clean = await _stop_all(stack.children, printer, stack.workload)
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     if code == EXIT_OK and not clean:

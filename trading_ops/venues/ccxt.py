@@ -140,7 +140,12 @@ def _time(ms: Any) -> datetime | None:
 
 class CcxtBroker(Broker):
     """The Broker interface over one `ccxt.async_support` exchange instance (the caller builds it with its keys and
-    urls; `close()` closes it)."""
+    urls; `close()` closes it).
+
+    Bigger than most classes here because it is three things a websocket venue gives for free and ccxt's REST API
+    does not: the Broker calls, the polls that stand in for the event streams, and the translation of ccxt's
+    orders and trades into ours; they share the state of what was seen (open orders, trade ids, client ids).
+    """
 
     def __init__(
         self,
@@ -190,8 +195,11 @@ class CcxtBroker(Broker):
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
+        await stop_tasks(self._tasks)  # a second connect() replaces the first one's polls
+        self._tasks = []
         self._events = events
         self._started = True
+        self.exchange.open()  # again after a close(): ccxt refuses to reopen lazily what its user closed
         await self._call(Channel.ORDERS, "load markets", self.exchange.load_markets)
         unknown = [s for s, u in self._unified.items() if u not in (self.exchange.markets or {})]
         if unknown:
@@ -199,6 +207,11 @@ class CcxtBroker(Broker):
         self._fills_since = await self.server_time()
         self._open = {o.venue_order_id: o for o in await self.open_orders()}
         await self._poll_quotes(self.symbols)
+        self._start_polls()
+
+    def _start_polls(self) -> None:
+        if self._tasks:
+            return
         self._tasks = [
             asyncio.create_task(self._every(self.poll_interval, self._poll_orders), name=f"{self.venue}-orders"),
             asyncio.create_task(
@@ -225,6 +238,9 @@ class CcxtBroker(Broker):
         await self.open_orders()
         self._quotes.clear()  # a fresh subscription starts with a snapshot
         await self._poll_quotes(self.symbols)
+        if self._fills_since is None:  # connect() never got this far
+            self._fills_since = await self.server_time()
+        self._start_polls()
 
     async def resubscribe(self, symbols: list[str] | None = None) -> None:
         targets = self.symbols if symbols is None else symbols
@@ -512,8 +528,8 @@ class CcxtBroker(Broker):
         async with self._poll_lock:
             before = dict(self._open)
             since = self._fills_since
-            fills = await self.recent_fills(since)
-            fresh = [f for f in fills if f.trade_id not in self._seen_trades]
+            # Orders first, trades second: an order seen closed has every one of its fills in the trades that follow,
+            # so no order update tells of a fill not yet delivered.
             listed = {o.venue_order_id: o for o in await self.open_orders()}
             updates = [
                 o
@@ -523,6 +539,8 @@ class CcxtBroker(Broker):
             ]
             gone = [vid for vid in before if vid not in listed]
             updates.extend(await self._final_states(gone))
+            fills = await self.recent_fills(since)
+            fresh = [f for f in fills if f.trade_id not in self._seen_trades]
             # Orders a submit added while this poll was out are looked at by the next one.
             added = {vid: o for vid, o in self._open.items() if vid not in before and vid not in listed}
             self._open = {**listed, **added}

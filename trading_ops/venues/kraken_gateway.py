@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
 import math
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -118,6 +120,8 @@ FAULTS = (
     "clear",
 )
 LOST_REPLY_MODES = ("close", "timeout")
+# The venue's client order id of an order sent without one (Kraken's cl_ord_id is optional); never shown.
+ANONYMOUS_PREFIX = "anonymous:"
 TRUE_VALUES = frozenset({"true", "True", "1"})
 
 
@@ -247,7 +251,11 @@ class Faults:
 
 
 class KrakenGateway:
-    """The paper venue behind Kraken's REST API; `start()` connects to it and keeps its market ticking."""
+    """The paper venue behind Kraken's REST API; `start()` connects to it and keeps its market ticking.
+
+    Its size is the API's: one small method per Kraken endpoint (each a translation of one paper-venue call into
+    Kraken's response shape), plus authentication and fault injection, which every endpoint passes through.
+    """
 
     def __init__(
         self,
@@ -277,6 +285,7 @@ class KrakenGateway:
         self._quotes: dict[str, Quote] = {}
         self._candles: dict[str, list[list[Decimal]]] = {s: [] for s in venue.symbols}
         self._task: asyncio.Task[None] | None = None
+        self._release = asyncio.Event()  # ends the wait of answers held back (lost_reply timeout) at clear or stop
         self._public: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {
             "Time": self._time,
             "SystemStatus": self._system_status,
@@ -303,7 +312,13 @@ class KrakenGateway:
         await self.venue.connect(BrokerEvents(on_quote=self._on_quote))
         self._task = asyncio.create_task(self.venue.run(), name="paper-gateway-market")
 
+    def release_held(self) -> None:
+        """Send now the answers a lost_reply fault (mode timeout) holds back."""
+        self._release.set()
+        self._release = asyncio.Event()
+
     async def stop(self) -> None:
+        self.release_held()
         await self.venue.close()
         await stop_tasks([self._task])
 
@@ -360,7 +375,8 @@ class KrakenGateway:
             if self.faults.lost_reply_mode == "close":
                 self._close(request)
                 return web.Response()
-            await asyncio.sleep(self.faults.lost_reply_delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), self.faults.lost_reply_delay)
         return self._answer(method, result)
 
     def _answer(self, method: str, result: Any) -> web.Response:
@@ -416,6 +432,7 @@ class KrakenGateway:
 
     async def handle_chaos(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
+            LOG.warning("fault command from %s refused: missing or wrong bearer token", request.remote)
             return web.json_response({"error": "missing or wrong bearer token"}, status=401)
         fault = request.match_info["fault"]
         if fault == "clear_chaos":
@@ -425,12 +442,14 @@ class KrakenGateway:
         try:
             args = await request.json() if request.can_read_body else {}
         except ValueError:
-            return web.json_response({"error": "the body must be a JSON object"}, status=400)
+            args = None
         if not isinstance(args, dict):
+            LOG.warning("fault %s refused: the body is not a JSON object", fault)
             return web.json_response({"error": "the body must be a JSON object"}, status=400)
         try:
             answer = await self.inject(fault, args)
         except FaultError as exc:
+            LOG.warning("fault %s refused: %s", fault, exc)
             return web.json_response({"error": str(exc)}, status=400)
         LOG.warning("fault injected: %s %s", fault, answer)
         return web.json_response(answer)
@@ -498,6 +517,7 @@ class KrakenGateway:
         # clear
         stale = sorted(f.stale)
         self.faults = Faults()
+        self.release_held()
         if stale:
             await self.venue.resubscribe(stale)
         return {"cleared": True}
@@ -684,8 +704,13 @@ class KrakenGateway:
         if self.faults.invalid_orders > 0:
             self.faults.invalid_orders -= 1
             raise KrakenError(E_INVALID_ORDER)
+        cid = params.get("cl_ord_id", "")
+        if cid.startswith(ANONYMOUS_PREFIX):
+            raise KrakenError(f"{E_INVALID_ARGUMENTS}:cl_ord_id")
+        if not cid:  # Kraken takes orders without one; the venue needs one: an internal id, never shown
+            cid = f"{ANONYMOUS_PREFIX}{uuid.uuid4().hex}"
         request = OrderRequest(
-            client_order_id=params.get("cl_ord_id", ""),
+            client_order_id=cid,
             symbol=pair.symbol,
             side=Side(side),
             order_type=OrderType(kind),
@@ -694,9 +719,7 @@ class KrakenGateway:
             reduce_only=_flag(params, "reduce_only"),
         )
         try:
-            order = (
-                await self.venue.submit(request) if request.client_order_id else await self._submit_anonymous(request)
-            )
+            order = await self.venue.submit(request)
         except BrokerError as exc:
             raise self._venue_error(exc) from None
         if order.status is OrderStatus.REJECTED:
@@ -705,21 +728,9 @@ class KrakenGateway:
             "descr": {"order": self._description(side, order.quantity, pair, kind, order.price)},
             "txid": [order.venue_order_id],
         }
-        if order.client_order_id:
+        if not order.client_order_id.startswith(ANONYMOUS_PREFIX):
             answer["cl_ord_id"] = order.client_order_id
         return answer
-
-    async def _submit_anonymous(self, request: OrderRequest) -> VenueOrder:
-        """An order sent without a client order id: the venue needs one, Kraken does not; it is kept without."""
-        order = await self.venue.place_external_order(
-            request.symbol,
-            request.side,
-            request.quantity,
-            request.price,
-            order_type=request.order_type,
-            client_order_id="",
-        )
-        return order
 
     @staticmethod
     def _venue_error(exc: BrokerError) -> KrakenError:
@@ -742,7 +753,9 @@ class KrakenGateway:
         if txid:
             return orders.get(txid)
         cid = params.get("cl_ord_id", "")
-        return next((o for o in orders.values() if cid and o.client_order_id == cid), None)
+        if not cid or cid.startswith(ANONYMOUS_PREFIX):
+            return None
+        return next((o for o in orders.values() if o.client_order_id == cid), None)
 
     async def _cancel_order(self, params: Mapping[str, str]) -> dict[str, Any]:
         if not params.get("txid") and not params.get("cl_ord_id"):
@@ -810,7 +823,7 @@ class KrakenGateway:
             "misc": "",
             "oflags": "fciq",
         }
-        if order.client_order_id:
+        if not order.client_order_id.startswith(ANONYMOUS_PREFIX):
             info["cl_ord_id"] = order.client_order_id
         if not order.status.is_open:
             info["closetm"] = _ts(fills[-1].executed_at if fills else order.created_at)
@@ -823,7 +836,7 @@ class KrakenGateway:
         if order.status is OrderStatus.REJECTED:
             return False
         cid = params.get("cl_ord_id", "")
-        return not cid or order.client_order_id == cid
+        return not cid or (order.client_order_id == cid and not cid.startswith(ANONYMOUS_PREFIX))
 
     async def _open_orders(self, params: Mapping[str, str]) -> dict[str, Any]:
         fills = await self._fills_by_order()
@@ -916,7 +929,13 @@ def create_app(gateway: KrakenGateway) -> web.Application:
     app.router.add_get("/chaos", gateway.handle_chaos_status)
     app.router.add_post("/chaos/{fault}", gateway.handle_chaos)
     app.cleanup_ctx.append(_run_venue)
+    app.on_shutdown.append(_release_held_answers)
     return app
+
+
+async def _release_held_answers(app: web.Application) -> None:
+    """A shutdown does not wait for answers held back by a lost_reply fault."""
+    app[GATEWAY].release_held()
 
 
 async def _run_venue(app: web.Application) -> AsyncIterator[None]:

@@ -2,11 +2,12 @@
 
 from trading_ops.db.base import Base
 from trading_ops.db.models.journal import Balance, Fill, Order, Position
-from trading_ops.db.models.ledger import Attempt, Episode, Notification, Setting, Step, Target
+from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Notification, Setting, Step, Target
 from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
 
 __all__ = [
     "Attempt",
+    "AuditEntry",
     "Balance",
     "Base",
     "BotRun",

@@ -116,6 +116,22 @@ class Target(Base):
     owner: Mapped[str | None] = mapped_column(String(128))
     lease_until: Mapped[datetime | None] = mapped_column()
     circuit_open_until: Mapped[datetime | None] = mapped_column()
+    # When an operator last reset the circuit (`trading-ops reconciler circuits reset`): the action budget counts
+    # only the actions taken since, so the next alert does not open it again at once.
+    budget_reset_at: Mapped[datetime | None] = mapped_column()
+
+
+class AuditEntry(Base):
+    """An operator's action on the reconciler's state (a circuit reset): what, on which target, by whom, when."""
+
+    __tablename__ = "reconciler_audit"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(255))
+    actor: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 class Setting(Base):

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from trading_ops.matchers import Pattern
+
 if TYPE_CHECKING:
     import aiohttp
 
@@ -45,7 +47,7 @@ class ActionContext:
     session: aiohttp.ClientSession
     alertmanager: AlertmanagerClient
     notifier: Notifier
-    label_pattern: re.Pattern[str]
+    label_pattern: Pattern
     history: list[str] = field(default_factory=list)
     # Called with the pid of a process group a step starts (the engine records it in the step's row).
     process_started: Callable[[int], Awaitable[None]] | None = None
@@ -59,7 +61,7 @@ class ActionContext:
         return TEMPLATE_RE.sub(lambda m: self.label(m.group(1)), text)
 
 
-def checked_label(labels: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:
+def checked_label(labels: dict[str, str], name: str, pattern: Pattern) -> str:
     """The value of label `name` when it matches the strict pattern, else Refused naming the label."""
     if name not in labels:
         raise Refused(f"label {name!r} is not on the alert")

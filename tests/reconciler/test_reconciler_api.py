@@ -1,0 +1,91 @@
+"""The episode API: its own read token, bounded `limit`, checked `state` and ids (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AUTH, READ_AUTH, READ_TOKEN, TOKEN, alert, make_config, payload, write_playbook
+from raw_http import NON_ASCII_AUTH, raw_request
+
+from trading_ops.config import ConfigError
+from trading_ops.reconciler.app import MAX_LIST, create_app
+
+# Rules that wait ten years: the episodes stay `waiting`, nothing runs.
+IDLE_RULES = [
+    {
+        "name": "idle",
+        "match": ['alertname=~".+"'],
+        "wait_for": "3650d",
+        "steps": [{"action": "bot", "command": "pause"}],
+    }
+]
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, tmp_path: Path, migrated_db: str) -> Any:
+    config = make_config(tmp_path, migrated_db, playbook=str(write_playbook(tmp_path, IDLE_RULES)))
+    client = await aiohttp_client(create_app(config))
+    body = payload(*(alert(fingerprint=f"f{i}", instance=f"bot-{i}") for i in range(3)))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    return client
+
+
+@pytest.mark.parametrize("path", ["/api/v1/episodes", "/api/v1/episodes/1"])
+@pytest.mark.parametrize("header", [None, f"Bearer {TOKEN}", "Bearer wrong", f"Basic {READ_TOKEN}"])
+async def test_episodes_need_the_read_token_not_the_webhooks(client: Any, path: str, header: str | None) -> None:
+    resp = await client.get(path, headers={"Authorization": header} if header else {})
+    assert resp.status == 401
+    assert "read token" in (await resp.json())["error"]
+    assert (await client.get(path, headers=READ_AUTH)).status == 200
+
+
+@pytest.mark.parametrize("header", NON_ASCII_AUTH)
+async def test_a_non_ascii_read_token_is_401(client: Any, header: bytes) -> None:
+    status, body = await raw_request(client.server.port, "GET", "/api/v1/episodes", [header])
+    assert status == 401, body
+
+
+async def test_limit_and_state_are_checked(client: Any) -> None:
+    async def status(query: str) -> int:
+        return (await client.get(f"/api/v1/episodes{query}", headers=READ_AUTH)).status
+
+    for bad in ("0", "-1", str(MAX_LIST + 1), "99999999999999999999", "x", "1.5", "%00", "%D9%A3", ""):
+        assert await status(f"?limit={bad}") == 400, bad
+    # PostgreSQL refused a NUL in the query (a 500); an unknown state is a 400 on both databases.
+    for bad in ("%00", "open", "waiting%00", "x" * 300):
+        assert await status(f"?state={bad}") == 400, bad
+    resp = await client.get(f"/api/v1/episodes?limit={MAX_LIST}&state=waiting", headers=READ_AUTH)
+    assert resp.status == 200 and len((await resp.json())["episodes"]) == 3
+    resp = await client.get("/api/v1/episodes?limit=2", headers=READ_AUTH)
+    assert [e["fingerprint"] for e in (await resp.json())["episodes"]] == ["f2", "f1"]
+
+
+async def test_an_id_out_of_range_is_404_and_a_non_number_400(client: Any) -> None:
+    async def status(episode_id: str) -> int:
+        return (await client.get(f"/api/v1/episodes/{episode_id}", headers=READ_AUTH)).status
+
+    # Past a 64-bit integer: SQLite raised OverflowError, PostgreSQL NumericValueOutOfRange (both a 500).
+    for missing in ("99999999999999999999", "9223372036854775808", "2147483648", "0", "404"):
+        assert await status(missing) == 404, missing
+    for bad in ("-1", "1e3", "abc", "%00", "%D9%A3", "1%20"):
+        assert await status(bad) == 400, bad
+    assert await status("1") == 200
+
+
+def test_the_read_token_must_differ_from_the_webhooks(tmp_path: Path, sqlite_url: str) -> None:
+    config = make_config(tmp_path, sqlite_url, read_token_file=str(tmp_path / "webhook-token"))
+    with pytest.raises(ConfigError, match="reconciler.read_token: must differ from the webhook token"):
+        create_app(config)
+
+
+async def test_without_a_read_token_the_api_is_closed(aiohttp_client: Any, tmp_path: Path, sqlite_url: str) -> None:
+    from trading_ops.db import migrate
+
+    migrate.upgrade(sqlite_url)
+    config = make_config(tmp_path, sqlite_url)
+    config.reconciler.read_token = "env:TRADING_OPS_TEST_NO_SUCH_VARIABLE"
+    client = await aiohttp_client(create_app(config))
+    for header in ({}, {"Authorization": "Bearer "}, READ_AUTH):
+        assert (await client.get("/api/v1/episodes", headers=header)).status == 401

@@ -1,0 +1,490 @@
+"""CcxtBroker on ccxt's real `kraken` client against the Kraken-compatible gateway (started per test on a free
+loopback port; the bot of the kill -9 test is a separate process): orders, fills, cancels, balances, events, every
+venue fault as its error class and metric, lost replies resolved without a second order, and reconciliation after a
+kill -9 finding exactly the damage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import ccxt.async_support as ccxt
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.ccxt_helpers import (
+    API_SECRET,
+    CONTROL_TOKEN,
+    OTHER_KEY,
+    OTHER_SECRET,
+    JournalHooks,
+    kraken,
+    running_gateway,
+    wait_for,
+)
+from trading_ops.bot.broker import (
+    BrokerError,
+    BrokerEvents,
+    Channel,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+    VenueFill,
+    VenueOrder,
+)
+from trading_ops.bot.journal import Journal
+from trading_ops.bot.metrics import BotMetrics
+from trading_ops.bot.reconciliation import Reconciler, Trigger
+from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
+from trading_ops.bot.recovery_store import RecoveryStore
+from trading_ops.config import ConfigError, parse_config
+from trading_ops.db import migrate
+from trading_ops.db.base import make_engine
+from trading_ops.venues.ccxt import CcxtBroker, broker_from_config, error_class, make_exchange
+
+ROOT = Path(__file__).resolve().parent.parent
+SYMBOLS = ["BTC-USD", "ETH-USD", "SOL-USD"]
+
+
+class Recorder:
+    """The callbacks a bot gives the broker, recording what arrives."""
+
+    def __init__(self) -> None:
+        self.orders: list[VenueOrder] = []
+        self.fills: list[VenueFill] = []
+        self.quotes: list[Quote] = []
+        self.connections: list[tuple[Channel, bool]] = []
+
+    def events(self) -> BrokerEvents:
+        async def on_order(order: VenueOrder) -> None:
+            self.orders.append(order)
+
+        async def on_fill(fill: VenueFill) -> None:
+            self.fills.append(fill)
+
+        async def on_quote(quote: Quote) -> None:
+            self.quotes.append(quote)
+
+        async def on_connection(channel: Channel, up: bool) -> None:
+            self.connections.append((channel, up))
+
+        return BrokerEvents(on_order=on_order, on_fill=on_fill, on_quote=on_quote, on_connection=on_connection)
+
+    def last(self, key: str) -> VenueOrder | None:
+        mine = [o for o in self.orders if o.key == key]
+        return mine[-1] if mine else None
+
+
+async def chaos(base: str, fault: str, **args: object) -> dict:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/chaos/{fault}", json=args, headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+def limit(cid: str, symbol: str = "BTC-USD", price: str = "1000", quantity: str = "0.01") -> OrderRequest:
+    return OrderRequest(cid, symbol, Side.BUY, OrderType.LIMIT, Decimal(quantity), Decimal(price))
+
+
+def market(cid: str, symbol: str = "ETH-USD", side: Side = Side.BUY, quantity: str = "0.5") -> OrderRequest:
+    return OrderRequest(cid, symbol, side, OrderType.MARKET, Decimal(quantity))
+
+
+def connected_broker(base: str, **kwargs) -> CcxtBroker:  # type: ignore[no-untyped-def]
+    options = {"poll_interval": 0.05, "quote_interval": 0.05, "lookup_backoff": 0.1, **kwargs}
+    client_options = options.pop("client", {})
+    return CcxtBroker(kraken(base, **client_options), SYMBOLS, **options)
+
+
+async def test_orders_fills_cancels_balances_and_events() -> None:
+    async with running_gateway(partial_fill_probability=0.0) as (gateway, base):
+        seen = Recorder()
+        broker = connected_broker(base)
+        try:
+            await broker.connect(seen.events())
+            assert broker.is_connected(Channel.ORDERS) and broker.is_connected(Channel.MARKET_DATA)
+            assert (Channel.ORDERS, True) in seen.connections and (Channel.MARKET_DATA, True) in seen.connections
+            assert {q.symbol for q in seen.quotes} == set(SYMBOLS)
+            assert all(q.bid < q.ask for q in seen.quotes)
+
+            resting = await broker.submit(limit("b-1"))
+            assert (resting.client_order_id, resting.status, resting.price) == ("b-1", OrderStatus.ACKNOWLEDGED, 1000)
+            assert resting.venue_order_id == gateway.venue.orders()[0].venue_order_id
+            bought = await broker.submit(market("b-2"))
+            assert bought.order_type is OrderType.MARKET and bought.price is None
+
+            await wait_for(lambda: any(f.client_order_id == "b-2" for f in seen.fills))
+            await wait_for(lambda: (o := seen.last("b-2")) is not None and o.status is OrderStatus.FILLED)
+            venue_fill = (await gateway.venue.recent_fills())[0]
+            (fill,) = seen.fills
+            assert (fill.trade_id, fill.venue_order_id, fill.quantity, fill.price, fill.fee, fill.fee_asset) == (
+                venue_fill.trade_id,
+                bought.venue_order_id,
+                venue_fill.quantity,
+                venue_fill.price,
+                venue_fill.fee,
+                "USD",
+            )
+            assert fill.liquidity == "taker" and fill.side is Side.BUY
+
+            assert [o.client_order_id for o in await broker.open_orders()] == ["b-1"]
+            canceled = await broker.cancel("b-1")
+            assert canceled.status is OrderStatus.CANCELED and canceled.venue_order_id == resting.venue_order_id
+            with pytest.raises(BrokerError) as info:
+                await broker.cancel(venue_order_id=resting.venue_order_id)
+            assert info.value.error_class == "invalid_order" and not info.value.outcome_unknown
+
+            assert await broker.balances() == await gateway.venue.balances()  # exact decimals, not floats
+            assert (
+                (await broker.positions())["ETH-USD"] == Decimal("0.5") == (await gateway.venue.positions())["ETH-USD"]
+            )
+            assert [f.trade_id for f in await broker.recent_fills()] == [venue_fill.trade_id]
+            assert await broker.recent_fills(venue_fill.executed_at.replace(year=2100)) == []
+            assert abs((await broker.server_time()) - (await gateway.venue.server_time())).total_seconds() < 60
+            assert await broker.order_status("b-1") == canceled
+            assert await broker.order_status("nobody") is None
+            assert await broker.order_status(venue_order_id="P999") is None
+
+            by_hand = await broker.submit(limit("b-3", "SOL-USD", "10"))
+            await broker.submit(limit("b-4", "SOL-USD", "11"))
+            states = await broker.cancel_all()
+            assert {(o.client_order_id, o.status) for o in states} == {
+                ("b-3", OrderStatus.CANCELED),
+                ("b-4", OrderStatus.CANCELED),
+            }
+            assert by_hand.key == "b-3" and await broker.open_orders() == []
+        finally:
+            await broker.close()
+        assert not broker.is_connected(Channel.ORDERS)
+
+
+async def test_partial_fills_arrive_as_fills_and_order_updates() -> None:
+    async with running_gateway(partial_fill_probability=1.0, tick_interval=0.05) as (gateway, base):
+        seen = Recorder()
+        broker = connected_broker(base)
+        try:
+            await broker.connect(seen.events())
+            ask = gateway.venue.quote("ETH-USD").ask
+            order = await broker.submit(limit("p-1", "ETH-USD", str(ask + 50), "2"))
+            await wait_for(lambda: (o := seen.last("p-1")) is not None and o.status is OrderStatus.FILLED)
+            mine = [f for f in seen.fills if f.client_order_id == "p-1"]
+            assert len(mine) >= 2 and sum(f.quantity for f in mine) == Decimal(2)
+            assert OrderStatus.PARTIALLY_FILLED in {o.status for o in seen.orders if o.key == "p-1"}
+            assert {f.trade_id for f in mine} == {f.trade_id for f in await gateway.venue.recent_fills()}
+            assert order.venue_order_id == mine[0].venue_order_id
+        finally:
+            await broker.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "args", "error", "unknown"),
+    [
+        ("rate_limit", {}, "rate_limit", False),
+        ("insufficient_funds", {}, "insufficient_funds", False),
+        ("invalid_order", {}, "invalid_order", False),
+        ("nonce", {"count": 10}, "nonce", False),  # more than the broker retries
+        ("unavailable", {}, "unavailable", True),  # the lookups are refused too: nobody knows
+        ("drop_connection", {}, "network", True),
+    ],
+)
+async def test_each_venue_fault_is_its_error_class_and_metric(fault, args, error, unknown) -> None:
+    async with running_gateway() as (gateway, base):
+        registry = CollectorRegistry()
+        metrics = BotMetrics(venue="kraken", registry=registry)
+        broker = connected_broker(base, on_venue_error=metrics.venue_error)
+        try:
+            await broker.connect(BrokerEvents())
+            await chaos(base, fault, **args)
+            with pytest.raises(BrokerError) as info:
+                await broker.submit(limit("e-1"))
+            assert info.value.error_class == error and info.value.outcome_unknown is unknown
+            metrics.venue_error(info.value.error_class)  # what the bot does with an error it is handed
+            assert (
+                registry.get_sample_value("tradingbot_venue_errors_total", {"venue": "kraken", "error_class": error})
+                == 1 + broker.handled_errors[error]
+            )
+            assert [o.client_order_id for o in gateway.venue.orders()] == []  # refused: never placed
+        finally:
+            await broker.close()
+
+
+async def test_nonce_errors_are_counted_and_retried_with_a_fresh_nonce() -> None:
+    async with running_gateway() as (gateway, base):
+        registry = CollectorRegistry()
+        metrics = BotMetrics(venue="kraken", registry=registry)
+        broker = connected_broker(base, on_venue_error=metrics.venue_error)
+        try:
+            await broker.connect(BrokerEvents())
+            await chaos(base, "nonce", count=2)
+            order = await broker.submit(limit("n-1"))
+            assert order.status is OrderStatus.ACKNOWLEDGED
+            assert [o.client_order_id for o in gateway.venue.orders()] == ["n-1"]  # once
+            assert broker.handled_errors == {"nonce": 2}
+            sample = registry.get_sample_value(
+                "tradingbot_venue_errors_total", {"venue": "kraken", "error_class": "nonce"}
+            )
+            assert sample == 2
+        finally:
+            await broker.close()
+
+
+@pytest.mark.parametrize("mode", ["close", "timeout"])
+async def test_a_lost_reply_is_resolved_by_client_order_id_never_sent_twice(mode) -> None:
+    async with running_gateway() as (gateway, base):
+        broker = connected_broker(base, client={"timeout": 500})
+        try:
+            await broker.connect(BrokerEvents())
+            await chaos(base, "lost_reply", count=1, mode=mode, delay=2.0)
+            order = await broker.submit(limit("l-1"))
+            assert order.client_order_id == "l-1" and order.status is OrderStatus.ACKNOWLEDGED
+            (placed,) = gateway.venue.orders()
+            assert (placed.client_order_id, placed.venue_order_id) == ("l-1", order.venue_order_id)
+            assert gateway.calls.get("AddOrder", 0) == 0  # its only answer was the lost one
+            assert broker.handled_errors == {"network": 1}
+            # A market order whose answer is lost comes back filled.
+            await chaos(base, "lost_reply", count=1, mode=mode, delay=2.0)
+            filled = await broker.submit(market("l-2"))
+            assert filled.status is OrderStatus.FILLED and filled.filled_quantity == Decimal("0.5")
+            assert [o.client_order_id for o in gateway.venue.orders()] == ["l-1", "l-2"]
+        finally:
+            await broker.close()
+
+
+async def test_an_order_the_venue_refused_while_unavailable_is_known_not_placed() -> None:
+    async with running_gateway() as (gateway, base):
+        broker = connected_broker(base, lookup_backoff=1.0)  # lookups 1, 3 and 6 s after the refusal
+        try:
+            await broker.connect(BrokerEvents())
+            await chaos(base, "unavailable", seconds=1.0)
+            with pytest.raises(BrokerError) as info:
+                await broker.submit(limit("u-1"))
+            assert info.value.error_class == "unavailable" and info.value.outcome_unknown is False
+            assert info.value.detail == {"resolved": "not_placed"}
+            assert gateway.venue.orders() == []
+        finally:
+            await broker.close()
+
+
+async def test_bad_key_and_bad_signature_are_auth_errors() -> None:
+    async with running_gateway() as (_gateway, base):
+        for client in ({"key": "nobody"}, {"secret": OTHER_SECRET}):
+            broker = CcxtBroker(kraken(base, **client), SYMBOLS)
+            try:
+                with pytest.raises(BrokerError) as info:
+                    await broker.balances()
+                assert info.value.error_class == "auth" and not info.value.outcome_unknown
+            finally:
+                await broker.close()
+
+
+async def test_stale_market_data_stops_quotes_and_a_dropped_connection_comes_back() -> None:
+    async with running_gateway(tick_interval=0.02, volatility=0.002) as (_gateway, base):
+        seen = Recorder()
+        broker = connected_broker(base)
+        try:
+            await broker.connect(seen.events())
+            await chaos(base, "stale_market_data", symbol="ETH-USD")
+            await wait_for(lambda: any(q.symbol == "ETH-USD" for q in seen.quotes))
+            frozen_at = len([q for q in seen.quotes if q.symbol == "ETH-USD"])
+            # The other symbols keep quoting; ETH's feed has nothing new to say.
+            before = len([q for q in seen.quotes if q.symbol == "BTC-USD"])
+            await wait_for(lambda: len([q for q in seen.quotes if q.symbol == "BTC-USD"]) >= before + 5)
+            assert len([q for q in seen.quotes if q.symbol == "ETH-USD"]) <= frozen_at + 1
+            await chaos(base, "clear")
+            await broker.resubscribe(["ETH-USD"])
+            assert seen.quotes[-1].symbol == "ETH-USD"
+            with pytest.raises(BrokerError) as info:
+                await broker.resubscribe(["DOGE-USD"])
+            assert info.value.error_class == "other"
+
+            await chaos(base, "drop_connection")
+            await wait_for(lambda: (Channel.ORDERS, False) in seen.connections)
+            await wait_for(lambda: (Channel.MARKET_DATA, False) in seen.connections)
+            assert not broker.is_connected(Channel.ORDERS)
+            await chaos(base, "clear")
+            await broker.reconnect()
+            assert broker.is_connected(Channel.ORDERS) and broker.is_connected(Channel.MARKET_DATA)
+            assert seen.connections[-2:] in (
+                [(Channel.ORDERS, True), (Channel.MARKET_DATA, True)],
+                [(Channel.MARKET_DATA, True), (Channel.ORDERS, True)],
+            )
+        finally:
+            await broker.close()
+
+
+def test_the_ccxt_error_table_maps_each_class_once() -> None:
+    import ccxt.async_support as ccxt
+
+    expected = {
+        ccxt.InvalidNonce: "nonce",
+        ccxt.RateLimitExceeded: "rate_limit",
+        ccxt.DDoSProtection: "rate_limit",
+        ccxt.RequestTimeout: "network",
+        ccxt.ExchangeNotAvailable: "unavailable",
+        ccxt.OnMaintenance: "unavailable",
+        ccxt.NetworkError: "network",
+        ccxt.AuthenticationError: "auth",
+        ccxt.PermissionDenied: "auth",
+        ccxt.InsufficientFunds: "insufficient_funds",
+        ccxt.InvalidOrder: "invalid_order",
+        ccxt.OrderNotFound: "invalid_order",
+        ccxt.BadSymbol: "other",
+        ccxt.ExchangeError: "other",
+    }
+    assert {cls: error_class(cls("x")) for cls in expected} == expected
+    try:
+        raise ccxt.ExchangeNotAvailable("dropped") from aiohttp.ServerDisconnectedError()
+    except ccxt.ExchangeNotAvailable as exc:
+        assert error_class(exc) == "network"
+
+
+def test_factory_from_config_overrides_urls_and_reads_secrets(tmp_path, monkeypatch) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("k1\n")
+    monkeypatch.setenv("MY_SECRET", API_SECRET)
+    config = parse_config(
+        {
+            "ccxt": {
+                "exchange": "kraken",
+                "api_key_file": str(key_file),
+                "api_secret_env": "MY_SECRET",
+                "urls": {"public": "http://127.0.0.1:1", "private": "http://127.0.0.1:1"},
+                "symbols": ["BTC-USD", "ETH-USD"],
+                "enable_rate_limit": False,
+                "timeout_seconds": 2,
+                "position_baseline": {"BTC": 0.5},
+            }
+        }
+    )
+    broker = broker_from_config(config)
+    ex = broker.exchange
+    assert (ex.apiKey, ex.secret, ex.enableRateLimit, ex.timeout) == ("k1", API_SECRET, False, 2000)
+    assert ex.urls["api"]["public"] == ex.urls["api"]["private"] == "http://127.0.0.1:1"
+    assert "zendesk" in ex.urls["api"]  # the other URLs are kept
+    assert ex.session is None and ex.markets is None  # nothing was fetched, no connection opened
+    assert broker.symbols == ["BTC-USD", "ETH-USD"] and broker.position_baseline == {"BTC": Decimal("0.5")}
+    with pytest.raises(ConfigError, match="ccxt.exchange: ccxt has no exchange 'nowhere'"):
+        make_exchange(parse_config({"ccxt": {"exchange": "nowhere"}}))
+    monkeypatch.delenv("TRADING_OPS_CCXT_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="ccxt.api_key: not set"):
+        make_exchange(parse_config({}))
+    with pytest.raises(ConfigError, match=r"ccxt.symbols\[0\]: expected BASE-QUOTE"):
+        parse_config({"ccxt": {"symbols": ["btc/usd"]}})
+    with pytest.raises(ConfigError, match="ccxt.urls.private: expected an http"):
+        parse_config({"ccxt": {"urls": {"private": "ftp://x"}}})
+
+
+async def test_kill_9_mid_order_then_reconciliation_finds_exactly_the_damage(tmp_path) -> None:
+    """The bot is a separate process trading through CcxtBroker and journaling; the gateway (this process) outlives
+    it. Killed while an order's answer is on its way, with fills it never heard of, the restarted side's
+    reconciliation finds exactly what happened at the venue and not in the journal, and a second run finds nothing."""
+    url = f"sqlite:///{tmp_path / 'bot.db'}"
+    migrate.upgrade(url)
+    async with running_gateway() as (gateway, base):
+        plan = ["rest:r-1", "market:m-1", "rest:r-2", "market:m-2", "wait:", "rest:r-3"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.ccxt_kill_bot",
+            url,
+            base,
+            ",".join(plan),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            lines: list[str] = []
+            while "waiting" not in lines:
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+                assert line, f"the bot ended early after {lines}"
+                lines.append(line.decode().strip())
+            # While it waits: the venue fills a resting order and moves the account, and nobody tells the bot.
+            await gateway.venue.fill_without_notifying("r-1")
+            drift = await chaos(base, "position_drift", symbol="SOL-USD", quantity=3)
+            # Its next order reaches the venue; its answer is held back, and the bot dies waiting for it.
+            await chaos(base, "lost_reply", count=1, mode="timeout", delay=60.0)
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+            await wait_for(lambda: any(o.client_order_id == "r-3" for o in gateway.venue.orders()))
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await chaos(base, "clear")
+
+        # What happened at the venue that the journal does not know.
+        venue_orders = {o.client_order_id: o for o in gateway.venue.orders()}
+        assert sorted(venue_orders) == ["m-1", "m-2", "r-1", "r-2", "r-3"]  # r-3 once: never sent again
+        fills = await gateway.venue.recent_fills()
+        assert drift["trade_id"] in {f.trade_id for f in fills}
+        expected = {("missing_fill", f.trade_id) for f in fills} | {
+            ("order_state_mismatch", cid) for cid in ("m-1", "m-2", "r-1", "r-3")
+        }
+
+        engine = make_engine(url)
+        journal = Journal(engine, "ccxt-bot", "kraken")
+        broker = CcxtBroker(kraken(base), ["BTC-USD", "ETH-USD", "SOL-USD"], poll_interval=3600)
+        try:
+            await broker.connect(BrokerEvents())
+            hooks = JournalHooks(journal, settle=broker.drain_events)
+            registry = CollectorRegistry()
+            reconciler = Reconciler(
+                broker,
+                journal,
+                RecoveryStore(engine, "ccxt-bot", "kraken"),
+                ReconciliationMetrics(BotMetrics(venue="kraken", registry=registry)),
+                hooks,
+                confirm_delay_seconds=0.1,
+            )
+            first = await reconciler.run(Trigger.STARTUP)
+            found = {(d["kind"], d["key"]) for d in first["discrepancies"]}
+            assert found == expected, first
+            assert first["result"] == "resolved" and hooks.halted is None
+            fill_of = {d["key"]: d for d in first["discrepancies"] if d["kind"] == "missing_fill"}
+            assert fill_of[drift["trade_id"]]["detail"]["client_order_id"] is None
+            assert {d["detail"]["client_order_id"] for d in fill_of.values()} == {None, "m-1", "m-2", "r-1"}
+            second = await reconciler.run(Trigger.COMMAND)
+            assert second["result"] == "clean", second
+            journaled = await journal.call(journal.balances)
+            assert journaled == {a: b for a, b in (await broker.balances()).items() if a in journaled}
+        finally:
+            await broker.close()
+            journal.close()
+            engine.dispose()
+
+
+async def test_an_order_placed_by_hand_without_a_client_order_id() -> None:
+    async with running_gateway() as (gateway, base):
+        by_hand = kraken(base, key=OTHER_KEY, secret=OTHER_SECRET)
+        broker = connected_broker(base)
+        try:
+            await by_hand.load_markets()
+            placed = await by_hand.create_order("BTC/USD", "limit", "buy", 0.01, 1000)
+            assert placed["clientOrderId"] is None
+            with pytest.raises(ccxt.InsufficientFunds):  # the venue's checks apply to such orders too
+                await by_hand.create_order("BTC/USD", "limit", "buy", 100, 60000)
+            await broker.connect(BrokerEvents())
+            (listed,) = await broker.open_orders()
+            assert (listed.client_order_id, listed.key) == ("", f"venue:{placed['id']}")
+            with pytest.raises(ccxt.ExchangeError, match="EGeneral:Invalid arguments:cl_ord_id"):  # internal ids
+                await by_hand.create_order("BTC/USD", "limit", "buy", 0.01, 1000, {"clientOrderId": "anonymous:x"})
+            canceled = await broker.cancel(venue_order_id=placed["id"])
+            assert canceled.status is OrderStatus.CANCELED and canceled.client_order_id == ""
+            assert [o.status for o in gateway.venue.orders()] == [OrderStatus.CANCELED, OrderStatus.REJECTED]
+        finally:
+            await by_hand.close()
+            await broker.close()

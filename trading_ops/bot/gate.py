@@ -1,0 +1,91 @@
+"""The order gate: the last check before an order leaves, in one place for every bot on the runtime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trading_ops.bot.broker import OrderRequest
+from trading_ops.bot.metrics import BotMetrics
+from trading_ops.bot.risk import Breach, Exposure, RiskEngine
+from trading_ops.bot.state import StateMachine
+
+log = logging.getLogger(__name__)
+
+# Why the bot itself kept an order from the venue (the `reason` of tradingbot_orders_refused_total); a risk limit's
+# refusal is `risk_<limit>` (trading_ops.bot.risk).
+REFUSED_SHUTTING_DOWN = "shutting_down"
+REFUSED_STARTUP = "startup_reconciliation"
+REFUSED_STATE = "trading_state"
+REFUSED_RECONNECT = "reconnect_reconciliation"
+REFUSED_STALE = "stale_market_data"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str  # the metric's label
+    message: str
+    breach: Breach | None = None  # a risk limit the order would cross
+
+
+class OrderGate:
+    """Says whether an order may go out now: shutdown, the safe-start gate, the trading state, a reconciliation
+    still due after a reconnect, market data freshness, then the risk limits.
+
+    Nothing goes out while shutting down or before a startup reconciliation passed (the journal may not know what
+    the bot holds). The trading state decides next (`TradingState.may_submit`: nothing while paused or halted,
+    only reduce-only orders while reduce_only or flattening). An order that can add risk also needs a book the
+    bot can trust (after the orders channel dropped, the reconciliation that follows the reconnect must pass
+    first: fills may have been missed meanwhile) and fresh market data for its symbol. A reduce-only order needs
+    neither (the venue lets it only shrink a position, and flattening during a market-data outage is exactly what
+    an operator may need). Last come the risk limits (RiskEngine.check).
+    """
+
+    def __init__(
+        self,
+        state: StateMachine,
+        metrics: BotMetrics,
+        risk: RiskEngine,
+        market_data_stale: Callable[[str], bool],
+    ) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.risk = risk
+        self.market_data_stale = market_data_stale
+        self.accepting = True  # False once shutting down: no new orders
+        self.trading_allowed = False  # the safe-start gate: opened by the first clean or resolved reconciliation
+        # The orders channel dropped: fills may have been missed, so the book may be stale. No order that can add
+        # risk goes out until a reconciliation that started after the reconnect passes.
+        self.reconnect_pending = False
+        self.stopping = False  # refusals while stopping are expected: logged quietly
+
+    def refusal(
+        self, symbol: str, reduce_only: bool, book: Exposure, request: OrderRequest | None = None
+    ) -> Refusal | None:
+        """Why this order may not go out now, or None. Without `request`: whether an order of this kind may."""
+        if not self.accepting:
+            return Refusal(REFUSED_SHUTTING_DOWN, "shutting down")
+        if not self.trading_allowed:
+            return Refusal(REFUSED_STARTUP, "the startup reconciliation has not passed")
+        state_refusal = self.state.order_refusal(reduce_only)
+        if state_refusal is not None:
+            return Refusal(REFUSED_STATE, state_refusal)
+        if not reduce_only:
+            if self.reconnect_pending:
+                return Refusal(
+                    REFUSED_RECONNECT, "the reconciliation after the orders channel reconnected has not passed"
+                )
+            if self.market_data_stale(symbol):
+                return Refusal(REFUSED_STALE, f"market data for {symbol} is stale")
+        breach = self.risk.check(symbol, reduce_only, request, book)
+        if breach is not None:
+            return Refusal(breach.reason, breach.message, breach)
+        return None
+
+    def refuse(self, symbol: str, refusal: Refusal) -> None:
+        """Count and log an order the gate kept back; a risk limit's breach restricts the bot at once."""
+        self.metrics.order_refused(symbol, refusal.reason)
+        log.log(logging.INFO if self.stopping else logging.WARNING, "order for %s refused: %s", symbol, refusal.message)
+        if refusal.breach is not None:
+            self.risk.breached(refusal.breach)

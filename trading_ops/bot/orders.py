@@ -1,0 +1,460 @@
+"""The order engine: working orders, submit and cancel through the gate, venue events, fills, positions and P&L."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from decimal import Decimal
+
+from trading_ops.bot.book import Book
+from trading_ops.bot.broker import (
+    Broker,
+    BrokerError,
+    Channel,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+    VenueFill,
+    VenueOrder,
+    order_key,
+)
+from trading_ops.bot.gate import OrderGate
+from trading_ops.bot.journal import Journal, OrderUpdate
+from trading_ops.bot.metrics import BotMetrics
+from trading_ops.bot.reconciliation import ADJUSTMENT_LIQUIDITY, balance_changes, split_symbol
+from trading_ops.db.base import utcnow
+
+log = logging.getLogger(__name__)
+
+EXTERNAL_STRATEGY = "external"  # strategy recorded for orders adopted from the venue
+# Cancels the venue refused (rate limit) are retried this often within a cancel_everything budget.
+CANCEL_RETRY_SECONDS = 0.1
+# Rounds of "drain the venue, journal what was held back" before a reconciliation snapshot.
+SETTLE_ROUNDS = 5
+
+
+class OrderEngine:
+    """Owns what the bot has working on the venue and what it holds: every order goes out through the gate and
+    is journaled before it leaves; every venue event and fill is journaled and booked once (fills by trade id),
+    and exported. During a reconciliation venue events wait (`reconciling`) and are applied after it, in arrival
+    order. It is also the reconciliation's hooks (settle, adopt_*, adjust_position, fills_changed, halt).
+
+    Over 400 lines because submit, cancel and the two event streams must share one view of every order (working,
+    in flight, adopted, filled so far); splitting them would put that view in two places.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        journal: Journal,
+        metrics: BotMetrics,
+        gate: OrderGate,
+        *,
+        bot: str,
+        strategy: str,
+        symbols: Sequence[str],
+        quote_asset: str,
+        on_outcome_unknown: Callable[[], None],
+        on_halt: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.broker = broker
+        self.journal = journal
+        self.metrics = metrics
+        self.gate = gate
+        self.strategy = strategy
+        self.symbols = list(symbols)
+        self.quote_asset = quote_asset
+        self._on_outcome_unknown = on_outcome_unknown
+        self._on_halt = on_halt
+        self.book = Book()
+        self.orders: dict[str, VenueOrder] = {}  # working orders by key (the client order id, if they have one)
+        self.order_sent_at: dict[str, float] = {}  # sent and not known closed: in flight until acknowledged
+        self.external_orders: set[str] = set()  # keys of working orders adopted from the venue (placed by hand)
+        self._filled_seen: dict[str, Decimal] = {}  # quantity of the fills seen per working order (see apply_fill)
+        self.quotes: dict[str, Quote] = {}
+        self.reconciling = False
+        self._deferred: list[VenueFill | VenueOrder] = []  # venue events that arrived during a reconciliation
+        self._fill_lock = asyncio.Lock()  # one fill at a time between the book and its journal write
+        self._ids = itertools.count(1)
+        self.id_prefix = f"{bot[:16]}-{int(time.time() * 1000):x}"
+
+    # -- what the risk engine reads (risk.Exposure) ---------------------------------------------------
+    def position(self, symbol: str) -> Decimal:
+        return self.book.position(symbol)
+
+    def mark(self, symbol: str) -> Decimal | None:
+        return self.book.marks.get(symbol)
+
+    def open_order_count(self) -> int:
+        return len(self.orders.keys() | self.order_sent_at.keys())
+
+    # -- orders ---------------------------------------------------------------------------------------
+    def next_client_order_id(self) -> str:
+        return f"{self.id_prefix}-{next(self._ids)}"
+
+    def order_refusal(self, symbol: str, reduce_only: bool) -> str | None:
+        """Why an order of this kind may not go out now (OrderGate), or None."""
+        refusal = self.gate.refusal(symbol, reduce_only, self)
+        return None if refusal is None else refusal.message
+
+    async def submit(
+        self,
+        symbol: str,
+        side: Side,
+        order_type: OrderType,
+        quantity: Decimal,
+        price: Decimal | None = None,
+        reduce_only: bool = False,
+    ) -> VenueOrder | None:
+        """Journal and send an order; None when it was refused (the gate), the venue did not take it, or its answer
+        was lost (the order is then tracked as in flight until reconciliation says what became of it)."""
+        draft = OrderRequest("", symbol, side, order_type, quantity, price, reduce_only)
+        refusal = self.gate.refusal(symbol, reduce_only, self, draft)
+        if refusal is not None:
+            self.gate.refuse(symbol, refusal)
+            return None
+        request = replace(draft, client_order_id=self.next_client_order_id())
+        await self.journal.call(self.journal.order_submitted, request, self.strategy)
+        # The gate again, after the last await before sending: a halt or pause may have come in meanwhile.
+        refusal = self.gate.refusal(symbol, reduce_only, self, request)
+        if refusal is not None:
+            await self.journal.call(self.journal.order_failed, request.client_order_id, f"refused: {refusal.reason}")
+            self.gate.refuse(symbol, refusal)
+            return None
+        self.order_sent_at[request.client_order_id] = time.monotonic()
+        self.gate.risk.sent()
+        self.metrics.order_submitted(symbol, side.value, order_type.value, request.client_order_id)
+        try:
+            return await self.broker.submit(request)
+        except BrokerError as exc:
+            self.metrics.venue_error(exc.error_class)
+            if exc.outcome_unknown:
+                self._outcome_unknown(request, f"{exc.error_class}: {exc}")
+                return None
+            self.metrics.order_rejected(symbol, exc.error_class, request.client_order_id)
+            self.order_sent_at.pop(request.client_order_id, None)
+            await self.journal.call(self.journal.order_failed, request.client_order_id, exc.error_class)
+            log.info("order %s not placed: %s (%s)", request.client_order_id, exc, exc.error_class)
+            return None
+        except Exception as exc:  # our own event handling failed while the venue took the order (a journal write)
+            log.exception("order %s: handling the venue's answer failed", request.client_order_id)
+            self._outcome_unknown(request, f"{type(exc).__name__}: {exc}")
+            return None
+        except BaseException:  # cancelled while the request was out: it may have reached the venue
+            self._outcome_unknown(request, "cancelled while in flight")
+            raise
+
+    def _outcome_unknown(self, request: OrderRequest, why: str) -> None:
+        """A submission that may have reached the venue: its journal row stays open (new), the bot keeps tracking
+        it (its symbol counts as working, cancel_all and the kill switch cancel it) and asks for a reconciliation,
+        which adopts the venue's view of it or closes it as vanished."""
+        key = request.client_order_id
+        self.metrics.order_outcome_unknown(request.symbol)
+        log.warning("order %s: outcome unknown (%s); tracked until reconciliation settles it", key, why)
+        if key not in self.order_sent_at:
+            return  # an event closed it meanwhile: nothing is unknown any more
+        if key not in self.orders:
+            self.orders[key] = VenueOrder(
+                client_order_id=key,
+                venue_order_id="",
+                symbol=request.symbol,
+                side=request.side,
+                order_type=request.order_type,
+                quantity=request.quantity,
+                price=request.price,
+                filled_quantity=Decimal(0),
+                status=OrderStatus.NEW,
+            )
+        self._on_outcome_unknown()
+
+    async def cancel(self, key: str, order: VenueOrder | None = None) -> bool:
+        """Cancel a working order by its key (by venue order id for one placed without a client order id); `order`
+        is the venue's view of one the bot does not track (yet)."""
+        answer = await self._cancel_at_venue(key, order)
+        if answer is None:
+            return False
+        # The answer is the venue's word on the order: it counts even when no event follows (a venue may send
+        # none for an order placed by hand); when the event came first, it changes nothing.
+        await self.apply_order(answer)
+        return True
+
+    async def _cancel_at_venue(self, key: str, order: VenueOrder | None = None) -> VenueOrder | None:
+        order = self.orders.get(key) or order
+        try:
+            if order is not None and not order.client_order_id:
+                return await self.broker.cancel(venue_order_id=order.venue_order_id)
+            return await self.broker.cancel(key)
+        except BrokerError as exc:
+            self.metrics.venue_error(exc.error_class)
+            log.info("cancel %s failed: %s", key, exc)
+            return None
+
+    def _placed_by_this_run(self, key: str) -> bool:
+        """Tracked, in flight (sent, its answer not applied yet) or carrying this run's client order id prefix."""
+        return key in self.orders or key in self.order_sent_at or key.startswith(f"{self.id_prefix}-")
+
+    async def own_open_orders(self) -> list[VenueOrder]:
+        """The venue's open orders that are this bot's: those this run placed (tracked, in flight, or answered by
+        nothing), adopted ones, and any the journal holds as the bot's (a previous run's, kept at its shutdown or
+        placed just before a crash). Orders placed by hand and never adopted are not: reconciliation's
+        unknown_order policy decides about those. Raises BrokerError when the venue cannot be reached."""
+        listed = await self.broker.open_orders()
+        mine = [o for o in listed if self._placed_by_this_run(o.key)]
+        others = [o for o in listed if not self._placed_by_this_run(o.key)]
+        if others:
+            rows = await self.journal.call(self.journal.orders_by_client_id, [o.key for o in others])
+            journaled = {row.client_order_id for row in rows}
+            mine.extend(o for o in others if o.key in journaled)
+        return mine
+
+    async def cancel_all(self) -> int:
+        """Cancel every open order of the bot on the venue once (`own_open_orders`: in flight and journaled ones
+        too, not only those it tracks); raises BrokerError when the venue cannot be reached. A cancel the venue
+        refuses (rate limit) is logged and left. The cancels go out first, their answers are journaled after."""
+        answers = [await self._cancel_at_venue(o.key, o) for o in await self.own_open_orders()]
+        for answer in answers:
+            if answer is not None:
+                await self.apply_order(answer)
+        return sum(answer is not None for answer in answers)
+
+    async def cancel_everything(self, budget: float) -> tuple[int, list[str]]:
+        """cancel_all, then look at the venue again: while it still lists some of the bot's orders open (refused
+        cancels, an order that landed meanwhile), cancel again every CANCEL_RETRY_SECONDS for up to `budget`
+        seconds; returns (canceled, keys still open). Raises BrokerError when unreachable."""
+        deadline = time.monotonic() + budget
+        canceled = await self.cancel_all()
+        while True:
+            left = sorted(o.key for o in await self.own_open_orders())
+            if not left or time.monotonic() >= deadline:
+                return canceled, left
+            await asyncio.sleep(CANCEL_RETRY_SECONDS)
+            canceled += await self.cancel_all()
+
+    async def flatten_step(self) -> None:
+        """One step of `flatten`: cancel every working limit order (adopted ones too), then close each position
+        that has no order still working on its symbol with a reduce-only market order."""
+        for key, order in list(self.orders.items()):
+            if order.order_type is OrderType.LIMIT:
+                await self.cancel(key)
+        working = {o.symbol for o in self.orders.values()}
+        for symbol in self.symbols:
+            position = self.book.position(symbol)
+            if position and symbol not in working:
+                side = Side.SELL if position > 0 else Side.BUY
+                await self.submit(symbol, side, OrderType.MARKET, abs(position), reduce_only=True)
+
+    # -- venue events ---------------------------------------------------------------------------------
+    async def on_order(self, order: VenueOrder) -> None:
+        if self.reconciling:
+            self._deferred.append(order)
+            return
+        await self.apply_order(order)
+
+    async def apply_order(self, order: VenueOrder) -> None:
+        key = order.key
+        # The journal decides whether the update is news: one it already holds (the event and the request's answer
+        # both tell it) or one older than what it holds (events arrive out of order; reconciliation may have
+        # adopted a later state) changes nothing, here either.
+        outcome = await self.journal.call(self.journal.order_update, order)
+        if outcome is OrderUpdate.UNKNOWN:
+            log.warning("order update for an order this bot did not place: %s", key)
+            return
+        if outcome is not OrderUpdate.APPLIED or (key not in self.orders and key not in self.order_sent_at):
+            return
+        m = self.metrics
+        if order.status is OrderStatus.REJECTED:
+            m.order_rejected(order.symbol, order.reject_reason or "unknown", key)
+        elif order.status is OrderStatus.CANCELED:
+            m.order_canceled(order.symbol, key)
+        elif order.status is OrderStatus.ACKNOWLEDGED and (
+            key not in self.orders or not self.orders[key].venue_order_id
+        ):
+            m.order_acknowledged(order.symbol, order.side.value, order.order_type.value, key)
+        if order.status.is_open:
+            # The venue's view, with the largest filled quantity known (a fill may have been seen before it).
+            order.filled_quantity = max(order.filled_quantity, self._filled_seen.get(key, Decimal(0)))
+            self.orders[key] = order
+        else:
+            self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        """The order is closed: no longer working, in flight or adopted."""
+        self.orders.pop(key, None)
+        self.order_sent_at.pop(key, None)
+        self.external_orders.discard(key)
+        self._filled_seen.pop(key, None)
+
+    async def on_fill(self, fill: VenueFill) -> None:
+        if self.reconciling:
+            self._deferred.append(fill)
+            return
+        await self.apply_fill(fill)
+
+    async def apply_fill(self, fill: VenueFill, adjustment: bool = False) -> bool:
+        """Book and journal a fill (with its position, balance changes and realized P&L, in one transaction) and
+        export it; False when its trade id is already journaled (a fill delivered twice counts once).
+
+        One fill at a time: the book changes, the journal write, and the book is put back as it was when the write
+        fails (a duplicate, or a database error: then the fill is in neither, and reconciliation adopts it once).
+        """
+        async with self._fill_lock:
+            checkpoint = self.book.checkpoint(fill.symbol)
+            realized = self.book.apply_fill(
+                fill.symbol, fill.side.sign * fill.quantity, fill.price, fill.fee, fill.executed_at
+            )
+            h = self.book.holding(fill.symbol)
+            changes = None if adjustment else balance_changes(fill, self.split_symbol)
+            try:
+                stored = await self.journal.call(
+                    self.journal.fill, fill, (h.quantity, h.average_price, h.realized_pnl), changes, realized
+                )
+            except BaseException:
+                self.book.rollback(checkpoint)
+                raise
+            if not stored:  # the same trade id twice: undo, count nothing
+                self.book.rollback(checkpoint)
+                return False
+        if adjustment:
+            self.export_pnl()
+            return True
+        key = order_key(fill.client_order_id, fill.venue_order_id)
+        order = self.orders.get(key)
+        done = False
+        if order is not None or key in self.order_sent_at:
+            self._filled_seen[key] = self._filled_seen.get(key, Decimal(0)) + fill.quantity
+        if order is not None:
+            # Fills add up; an order update carries the venue's cumulative quantity, and may come before the fill
+            # it reports: the larger of the two is what is known to be filled, never their sum.
+            order.filled_quantity = max(order.filled_quantity, self._filled_seen[key])
+            done = order.filled_quantity >= order.quantity
+            if done:
+                self._forget(key)
+        self.metrics.order_filled(
+            fill.symbol,
+            fill.side.value,
+            float(fill.quantity),
+            float(fill.price),
+            float(fill.fee),
+            fill.liquidity,
+            order_type=order.order_type.value if order else "limit",
+            client_order_id=fill.client_order_id,
+            order_done=done or order is None,
+        )
+        self.metrics.position(
+            fill.symbol, float(self.book.position(fill.symbol)), float(self.book.notional(fill.symbol))
+        )
+        if self.broker.is_connected(Channel.ORDERS):
+            for asset, total in (await self.broker.balances()).items():
+                self.metrics.balance(asset, float(total))
+        self.export_pnl()
+        return True
+
+    def split_symbol(self, symbol: str) -> tuple[str, str]:
+        _, quote = split_symbol(symbol)
+        return self.broker.base_asset(symbol), quote or self.quote_asset
+
+    async def on_quote(self, quote: Quote) -> None:
+        self.quotes[quote.symbol] = quote
+        self.book.mark(quote.symbol, quote.mid)
+        self.metrics.market_data(quote.symbol)
+
+    def export_pnl(self) -> None:
+        """Positions and P&L as metrics, and the day's loss to the risk engine (its limit halts the bot)."""
+        for symbol in self.symbols:
+            self.metrics.position(symbol, float(self.book.position(symbol)), float(self.book.notional(symbol)))
+        self.metrics.pnl(float(self.book.realized_today), float(self.book.unrealized_pnl()))
+        self.gate.risk.observe_loss(-(self.book.realized_today + self.book.unrealized_pnl()))
+
+    # -- reconciliation hooks (trading_ops.bot.reconciliation.ReconciliationHooks) ---------------------
+    async def settle(self) -> None:
+        """Before a snapshot: let the venue hand over every event it produced, and journal those held back."""
+        for _ in range(SETTLE_ROUNDS):
+            await self.broker.drain_events()
+            if not self._deferred:
+                return
+            await self.apply_deferred()
+        log.warning("venue events kept arriving while settling for a reconciliation snapshot")
+
+    async def apply_deferred(self) -> None:
+        while self._deferred:
+            event = self._deferred.pop(0)
+            if isinstance(event, VenueFill):
+                await self.apply_fill(event)
+            else:
+                await self.apply_order(event)
+
+    async def adopt_fill(self, fill: VenueFill) -> bool:
+        return await self.apply_fill(fill)
+
+    async def adopt_order(self, order: VenueOrder) -> None:
+        """An order the bot did not place (or whose state it missed) takes the venue's state. One adopted from the
+        venue is the bot's responsibility from now on: cancel_all, the kill switch, flatten and the shutdown's
+        cancel policy cancel it; a strategy sees it only among all working orders (see StrategyContext)."""
+        key = order.key
+        row = await self.journal.call(self.journal.upsert_order, order, EXTERNAL_STRATEGY)
+        if order.status.is_open:
+            self.orders[key] = order
+            self.order_sent_at.setdefault(key, time.monotonic())
+            if row.strategy == EXTERNAL_STRATEGY:
+                self.external_orders.add(key)
+        else:
+            self._forget(key)
+            self.metrics.order_closed(key)
+
+    async def adjust_position(self, symbol: str, quantity: Decimal, reference: str) -> None:
+        holding = self.book.holding(symbol)
+        price = holding.average_price or self.book.marks.get(symbol) or Decimal(0)
+        fill = VenueFill(
+            trade_id=reference[:64],
+            client_order_id=None,
+            venue_order_id="reconciliation",
+            symbol=symbol,
+            side=Side.BUY if quantity > 0 else Side.SELL,
+            quantity=abs(quantity),
+            price=price,
+            fee=Decimal(0),
+            fee_asset=self.quote_asset,
+            liquidity=ADJUSTMENT_LIQUIDITY,
+            executed_at=utcnow(),
+        )
+        await self.apply_fill(fill, adjustment=True)
+
+    async def fills_changed(self, symbols: list[str]) -> None:
+        """Fill rows of `symbols` were removed from the journal: replay those symbols' fills into their positions
+        (and each fill's realized P&L), then take the book from the journal again."""
+        async with self._fill_lock:
+            await self.journal.call(self.journal.rebuild_positions, symbols)
+            await self.restore_book()
+
+    async def halt(self, reason: str) -> None:
+        await self._on_halt(reason)
+
+    # -- start ----------------------------------------------------------------------------------------
+    async def restore_book(self) -> None:
+        """Take positions and today's realized P&L from the journal, so a restart continues where the bot stopped:
+        the positions table (written with every fill) and the last day's fills, never the whole history."""
+        state = await self.journal.call(self.journal.book_state)
+        if state.realized_on_day is None:  # fills journaled before their realized P&L was: computed once, here
+            symbols = await self.journal.call(self.journal.rebuild_positions, None)
+            log.warning("realized P&L of the journaled fills computed from their history (%s)", ", ".join(symbols))
+            state = await self.journal.call(self.journal.book_state)
+        self.book.restore(state.holdings, state.day, state.realized_on_day or Decimal(0))
+        for symbol in self.symbols:
+            self.metrics.position(symbol, float(self.book.position(symbol)), float(self.book.notional(symbol)))
+
+    async def adopt_open_orders(self) -> None:
+        """Journaled orders the venue still works are this bot's again (their ages restart now)."""
+        venue_open = {o.key: o for o in await self.broker.open_orders()}
+        for order in await self.journal.call(self.journal.open_orders):
+            key = order.client_order_id
+            if key in venue_open:
+                self.orders[key] = venue_open[key]
+                self.order_sent_at[key] = time.monotonic()
+                if order.strategy == EXTERNAL_STRATEGY:
+                    self.external_orders.add(key)

@@ -1,0 +1,212 @@
+"""Pre-trade risk limits, checked in the order gate before an order leaves: a breach restricts the bot at once."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from prometheus_client import Counter, Gauge
+
+from trading_ops.bot.broker import OrderRequest
+from trading_ops.bot.metrics import PREFIX, BotMetrics
+from trading_ops.bot.state import StateMachine, TradingState
+
+log = logging.getLogger(__name__)
+
+# The limits, in the order they are checked; each is the `limit` label of the risk metrics and, prefixed with
+# REFUSED_PREFIX, the `reason` of tradingbot_orders_refused_total.
+DAILY_LOSS = "daily_loss"
+ORDERS_PER_SECOND = "orders_per_second"
+ORDERS_PER_MINUTE = "orders_per_minute"
+OPEN_ORDERS = "open_orders"
+ORDER_NOTIONAL = "order_notional"
+POSITION_NOTIONAL = "position_notional"
+LIMITS = (DAILY_LOSS, ORDERS_PER_SECOND, ORDERS_PER_MINUTE, OPEN_ORDERS, ORDER_NOTIONAL, POSITION_NOTIONAL)
+REFUSED_PREFIX = "risk_"
+# What a breach does: a loss limit halts (the kill switch: only an operator clears it); any other limit leaves the
+# bot able to shrink its positions and nothing more until an operator resumes it.
+HALT = "halt"
+REDUCE_ONLY = "reduce_only"
+ACTION = {limit: HALT if limit == DAILY_LOSS else REDUCE_ONLY for limit in LIMITS}
+# The start of the reason a loss-limit halt carries (journaled with the transition): a restart finds it and stays
+# halted (see BotRuntime), so the halt never clears by itself.
+HALT_REASON_PREFIX = f"risk limit {DAILY_LOSS}"
+RATE_WINDOWS = {ORDERS_PER_SECOND: 1.0, ORDERS_PER_MINUTE: 60.0}
+
+
+@dataclass(frozen=True)
+class RiskLimits:
+    """One bot's limits; 0 means no limit. Notional values are in the quote asset."""
+
+    daily_loss: float = 0.0
+    max_position_notional: float = 0.0
+    max_open_orders: int = 0
+    max_order_notional: float = 0.0
+    max_orders_per_second: float = 0.0
+    max_orders_per_minute: float = 0.0
+
+    def value(self, limit: str) -> float:
+        return float(
+            {
+                DAILY_LOSS: self.daily_loss,
+                ORDERS_PER_SECOND: self.max_orders_per_second,
+                ORDERS_PER_MINUTE: self.max_orders_per_minute,
+                OPEN_ORDERS: self.max_open_orders,
+                ORDER_NOTIONAL: self.max_order_notional,
+                POSITION_NOTIONAL: self.max_position_notional,
+            }[limit]
+        )
+
+
+class Exposure(Protocol):
+    """What the risk engine reads of the bot's book: the order engine offers it."""
+
+    def position(self, symbol: str) -> Decimal: ...
+
+    def mark(self, symbol: str) -> Decimal | None: ...
+
+    def open_order_count(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Breach:
+    limit: str
+    message: str
+
+    @property
+    def reason(self) -> str:
+        """The `reason` label of tradingbot_orders_refused_total."""
+        return REFUSED_PREFIX + self.limit
+
+
+class RiskEngine:
+    """Checks every order against the limits before it leaves, and the day's loss whenever P&L changes.
+
+    A breach refuses the order that would cross the limit and, at once, moves the bot to reduce_only (halted for
+    the daily loss limit) with the limit named in the transition's reason; `on_halt` then lets the owner sweep
+    open orders off the venue. The limits are exported as `tradingbot_risk_limit{limit}` (0: none) and every
+    breach counts in `tradingbot_risk_limit_breaches_total{limit}`.
+    """
+
+    def __init__(
+        self,
+        limits: RiskLimits,
+        state: StateMachine,
+        metrics: BotMetrics,
+        *,
+        on_halt: Callable[[str], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits
+        self.state = state
+        self.on_halt = on_halt
+        self.clock = monotonic  # replaceable: a test drives the order-rate windows
+        self._sent: dict[str, deque[float]] = {name: deque() for name in RATE_WINDOWS}
+        self._loss = Decimal(0)  # the day's loss as last observed
+        self._over_loss_limit = False  # the last observed loss was at or past the limit (a halt is edge-triggered)
+        registry = metrics.registry
+        labels = ["venue", "strategy", "limit"]
+        gauge = Gauge(
+            f"{PREFIX}_risk_limit",
+            "The bot's in-process risk limits (0: no limit): daily loss and notional values in the quote asset, "
+            "open orders as a count, order rates per second or minute.",
+            labels,
+            registry=registry,
+        )
+        breaches = Counter(
+            f"{PREFIX}_risk_limit_breaches",
+            "Orders refused and state changes made because a risk limit would have been crossed, by limit.",
+            labels,
+            registry=registry,
+        )
+        self._breaches = {}
+        for limit in LIMITS:
+            gauge.labels(metrics.venue, metrics.strategy, limit).set(limits.value(limit))
+            self._breaches[limit] = breaches.labels(metrics.venue, metrics.strategy, limit).inc
+        metrics.daily_loss_limit(limits.daily_loss)
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def check(self, symbol: str, reduce_only: bool, request: OrderRequest | None, book: Exposure) -> Breach | None:
+        """The limit this order would cross, or None. Without `request` (a strategy asking whether it may send
+        one), only the limits that do not depend on the order itself. A reduce-only order is held only to the
+        order rates: it can only shrink a position, and a flatten must not be blocked by the limits it cures."""
+        loss = self.limits.daily_loss
+        if loss and not reduce_only and self._loss >= Decimal(str(loss)):
+            return Breach(DAILY_LOSS, f"the day's loss {self._loss:.2f} reached the daily loss limit {loss:g}")
+        now = self.clock()
+        for limit, window in RATE_WINDOWS.items():
+            allowed = self.limits.value(limit)
+            if allowed:
+                sent = self._sent[limit]
+                while sent and sent[0] <= now - window:
+                    sent.popleft()
+                if len(sent) + 1 > allowed:
+                    return Breach(limit, f"{len(sent)} orders in the last {window:g} s; the limit is {allowed:g}")
+        if reduce_only:
+            return None
+        max_open = self.limits.max_open_orders
+        if max_open and book.open_order_count() + 1 > max_open:
+            return Breach(OPEN_ORDERS, f"{book.open_order_count()} orders open; the limit is {max_open}")
+        if request is None:
+            return None
+        price = request.price if request.price is not None else book.mark(symbol)
+        if price is None:
+            return None  # no price known: the stale-market-data gate refuses the order anyway
+        notional = request.quantity * price
+        max_order = self.limits.max_order_notional
+        if max_order and notional > Decimal(str(max_order)):
+            return Breach(ORDER_NOTIONAL, f"order notional {notional:.2f} is over the limit {max_order:g}")
+        max_position = self.limits.max_position_notional
+        # The position after this order fills, valued at the mark (the order's price when there is none yet).
+        after = abs(book.position(symbol) + request.side.sign * request.quantity) * (book.mark(symbol) or price)
+        if max_position and after > Decimal(str(max_position)):
+            return Breach(
+                POSITION_NOTIONAL, f"the {symbol} position would be {after:.2f}, over the limit {max_position:g}"
+            )
+        return None
+
+    def sent(self) -> None:
+        """An order left (counts against the order rates)."""
+        now = self.clock()
+        for name, sent in self._sent.items():
+            if self.limits.value(name):
+                sent.append(now)
+
+    def observe_loss(self, loss: Decimal) -> None:
+        """The day's loss (positive; realized plus unrealized) as it is now: reaching the limit halts the bot.
+
+        Edge-triggered: once an operator cleared that halt (to flatten, say), the loss staying past the limit does
+        not halt again, but every order that could add risk is still refused (and halts) until it is back under.
+        """
+        self._loss = loss
+        limit = self.limits.daily_loss
+        over = bool(limit) and loss >= Decimal(str(limit))
+        crossed = over and not self._over_loss_limit
+        self._over_loss_limit = over
+        if crossed and self.state.state is not TradingState.HALTED:
+            self.breached(Breach(DAILY_LOSS, f"the day's loss {loss:.2f} reached the daily loss limit {limit:g}"))
+
+    # -- breaches -------------------------------------------------------------------------------------
+    def breached(self, breach: Breach) -> None:
+        """Count the breach and restrict the bot at once: the transition's reason names the limit (it is journaled
+        with the transition)."""
+        self._breaches[breach.limit]()
+        action = ACTION[breach.limit]
+        state = self.state.state
+        reason = f"risk limit {breach.limit}: {breach.message}"[:200]
+        if action == HALT:
+            if state is not TradingState.HALTED:
+                self.state.apply("halt", reason=reason)
+                log.error("halted: %s", reason)
+                if self.on_halt is not None:
+                    self.on_halt(reason)
+        elif self.state.can("reduce_only") and state is not TradingState.REDUCE_ONLY:
+            self.state.apply("reduce_only", reason=reason)
+            log.error("reduce-only: %s", reason)
+        else:
+            log.warning("order refused by %s (state stays %s)", reason, state.value)

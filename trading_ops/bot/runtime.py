@@ -1,0 +1,662 @@
+"""The bot runtime: one object a bot author creates around a strategy and a Broker, which wires everything else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from trading_ops.bot.broker import Broker, BrokerEvents, Channel
+from trading_ops.bot.commands import register_commands
+from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
+from trading_ops.bot.gate import OrderGate
+from trading_ops.bot.heartbeat import CrashFound, Heartbeat
+from trading_ops.bot.instance_lock import InstanceLock
+from trading_ops.bot.instrumentation import Instrumentation
+from trading_ops.bot.journal import Journal
+from trading_ops.bot.kill_switch import KillSwitch
+from trading_ops.bot.orders import OrderEngine
+from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
+from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
+from trading_ops.bot.recovery_store import RecoveryStore
+from trading_ops.bot.risk import HALT_REASON_PREFIX, LIMITS, RiskEngine, RiskLimits
+from trading_ops.bot.schedule import ReconciliationSchedule
+from trading_ops.bot.sdnotify import SystemdNotifier
+from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, exit_now
+from trading_ops.bot.state import TradingState
+from trading_ops.bot.strategy import Context, Strategy
+from trading_ops.bot.trade_lock import TradeLock
+from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.db.base import make_engine
+from trading_ops.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+
+EXIT_FORCED = 1
+CENT = Decimal("0.01")
+# Past the shutdown deadline plus this, a thread ends the process even if the event loop is blocked.
+FORCED_EXIT_GRACE_SECONDS = 2.0
+# After a missed shutdown deadline (in-process, no forced exit): how long releasing what can be released may take.
+ABANDON_SECONDS = 1.0
+VENUE_TASK = "venue"
+BrokerFactory = Callable[[], Broker]
+
+
+def control_token(config: Config) -> str:
+    """The bearer token of the bot's control API; ConfigError when none is configured."""
+    token = resolve_secret(config, config.bot, "control_token", "bot.control_token")
+    if not token:
+        raise ConfigError("bot.control_token", "no token: set control_token_file or TRADING_OPS_CONTROL_TOKEN")
+    return token
+
+
+def risk_limits(config: Config) -> RiskLimits:
+    r = config.bot.risk
+    return RiskLimits(
+        daily_loss=config.paper.daily_loss_limit if r.daily_loss_limit is None else r.daily_loss_limit,
+        max_position_notional=r.max_position_notional,
+        max_open_orders=r.max_open_orders,
+        max_order_notional=r.max_order_notional,
+        max_orders_per_second=r.max_orders_per_second,
+        max_orders_per_minute=r.max_orders_per_minute,
+    )
+
+
+class BotRuntime:
+    """Runs a strategy against a Broker with everything that makes a bot recoverable, wired once.
+
+    >>> runtime = BotRuntime(config, broker, MyStrategy(), symbols=["BTC-USD"])
+    >>> await runtime.run()   # until SIGTERM/SIGINT; or start() ... shutdown()
+
+    It wires, and each part owns one concern: the Instrumentation (metrics, state machine, control API,
+    /healthz, /readyz), the Journal, the Heartbeat (crash detection), the OrderEngine (orders, fills, positions,
+    P&L, flatten) behind the OrderGate and its RiskEngine, the KillSwitch, the ReconciliationSchedule (the
+    safe-start gate; runs at start, on a schedule, after every reconnect), the CrashReporter, sd_notify, the
+    single-instance lock and the TradeLock. The strategy sees only a StrategyContext; the venue only
+    BrokerEvents; the control commands are in trading_ops.bot.commands. What is left here is the wiring and the
+    lifecycle: start, the trading loop, and the shutdown sequence under one deadline.
+
+    Over 400 lines and 20 public names: the set-up wires about fifteen parts, the shutdown sequence must reach
+    every one of them, and the few delegating properties (orders, book, submit, reconcile, ...) are what a bot
+    author and the tests read; each concern itself lives in its own part.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker | BrokerFactory,
+        strategy: Strategy,
+        *,
+        symbols: Sequence[str],
+        quote_asset: str = "USD",
+        loop_interval: float = 0.5,
+        token: str | None = None,
+        registry: CollectorRegistry | None = None,
+        engine: Any = None,
+        venue_task: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        confirm_delay_seconds: float = CONFIRM_DELAY_SECONDS,
+        own_process: bool = False,
+    ) -> None:
+        """`broker` may be a factory, called once this process holds the bot's single-instance lock (a broker
+        that reads state of its own, as the paper venue does). `venue_task` runs beside the bot until it
+        disconnects (a simulated venue's clock). `own_process`: the bot owns its process, so the library may
+        tune process-wide settings (see Instrumentation)."""
+        self.config = config
+        bot = config.bot
+        token = token if token is not None else control_token(config)
+        if not token:
+            raise ConfigError("bot.control_token", "the control API needs a non-empty token")
+        self.symbols = list(symbols)
+        self.quote_asset = quote_asset
+        self.loop_interval = loop_interval
+        self.strategy = strategy
+        self._venue_task = venue_task
+        self.data_dir = config.path(bot.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = (
+            engine
+            if engine is not None
+            else make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+        )
+        # One process per bot, before anything reads or writes its state (the venue file, the journal): raises
+        # AnotherInstanceRunning naming the holder. Held until the shutdown's last step (or the process's end).
+        self.instance_lock = InstanceLock(self.data_dir, bot.name, self.engine)
+        try:
+            self.instance_lock.acquire()
+        except BaseException:
+            if engine is None:
+                self.engine.dispose()
+            raise
+        try:
+            self._set_up(config, token, broker, registry, confirm_delay_seconds, own_process)
+        except BaseException:
+            self.instance_lock.release()
+            raise
+
+    def _set_up(
+        self,
+        config: Config,
+        token: str,
+        broker: Broker | BrokerFactory,
+        registry: CollectorRegistry | None,
+        confirm_delay_seconds: float,
+        own_process: bool,
+    ) -> None:
+        bot = config.bot
+        self.inst = Instrumentation(
+            venue=bot.venue,
+            token=token,
+            strategy=bot.strategy,
+            registry=registry,
+            data_dir=self.data_dir,
+            cardinality_limit=bot.cardinality_limit,
+            heartbeat_timeout=bot.heartbeat_timeout_seconds,
+            memory_limit=bot.memory_limit_bytes,
+            lag_interval=bot.event_loop_lag_interval_seconds,
+            # A bot that is a whole process of its own may tune process-wide settings: a 0.5 ms GIL switch
+            # interval keeps a scrape from stalling the event loop, and no `_created` series.
+            tune_switch_interval=own_process,
+            disable_created_series=own_process,
+        )
+        self.metrics = self.inst.metrics
+        self.broker: Broker = broker if isinstance(broker, Broker) or not callable(broker) else broker()
+        self.journal = Journal(self.engine, bot.name, bot.venue)
+        self.trade_lock = TradeLock()
+        self.risk = RiskEngine(risk_limits(config), self.inst.state, self.metrics, on_halt=self._halted_by_risk)
+        self.gate = OrderGate(self.inst.state, self.metrics, self.risk, self.market_data_stale)
+        self.order_engine = OrderEngine(
+            self.broker,
+            self.journal,
+            self.metrics,
+            self.gate,
+            bot=bot.name,
+            strategy=bot.strategy,
+            symbols=self.symbols,
+            quote_asset=self.quote_asset,
+            on_outcome_unknown=self._lost_reply,
+            on_halt=self.halt,
+        )
+        self.context = Context(self.order_engine, self.inst.state, self.symbols, bot.market_data_stale_seconds)
+        rec = config.recovery
+        self.recovery_store = RecoveryStore(self.engine, bot.name, bot.venue)
+        self.heartbeat = Heartbeat(
+            self.journal,
+            self.recovery_store,
+            interval=rec.heartbeat_interval_seconds,
+            crash_timeout=rec.crash_timeout_seconds,
+            progressing=self.loop_progressing,
+            registry=self.inst.registry,
+            venue=bot.venue,
+        )
+        self.reconciler = Reconciler(
+            self.broker,
+            self.journal,
+            self.recovery_store,
+            ReconciliationMetrics(self.metrics, started_at=time.time()),
+            self.order_engine,
+            policies=rec.policies,
+            fills_lookback_seconds=rec.fills_lookback_seconds,
+            confirm_delay_seconds=confirm_delay_seconds,
+            split=self.order_engine.split_symbol,
+        )
+        self.systemd = SystemdNotifier()
+        self.crash: CrashFound | None = None
+        self.crash_report_retry_seconds = RETRY_SECONDS  # first retry of an unsent crash report; doubles from there
+        self.crash_reporter: CrashReporter | None = None
+        self.kill_switch = KillSwitch(self.inst.state, self.order_engine, self.trade_lock)
+        self.schedule = ReconciliationSchedule(
+            self.reconciler,
+            self.broker,
+            self.order_engine,
+            self.gate,
+            self.inst.state,
+            self.kill_switch,
+            self.trade_lock,
+            self.metrics,
+            rec,
+        )
+        self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
+        self._stop_reason = "stop"
+        self._stopped = False
+        self._stop = asyncio.Event()
+        self._hang_until = 0.0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._journal_writes: set[asyncio.Task[None]] = set()
+        self._on_stop: list[Callable[[], None]] = []
+        self.inst.state.add_listener(self._journal_transition)
+        register_commands(self)
+        self._register_readiness()
+
+    # -- what the parts share -------------------------------------------------------------------------
+    @property
+    def book(self) -> Any:
+        return self.order_engine.book
+
+    @property
+    def orders(self) -> dict[str, Any]:
+        return self.order_engine.orders
+
+    @property
+    def external_orders(self) -> set[str]:
+        return self.order_engine.external_orders
+
+    @property
+    def trading_allowed(self) -> bool:
+        return self.gate.trading_allowed
+
+    @property
+    def reconnect_reconciliation_pending(self) -> bool:
+        return self.gate.reconnect_pending
+
+    def order_refusal(self, symbol: str, reduce_only: bool) -> str | None:
+        return self.order_engine.order_refusal(symbol, reduce_only)
+
+    async def submit(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.order_engine.submit(*args, **kwargs)
+
+    async def cancel_all(self) -> int:
+        return await self.order_engine.cancel_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped
+
+    def market_data_stale(self, symbol: str) -> bool:
+        age = self.metrics.market_data_age(symbol)
+        return age is None or age > self.config.bot.market_data_stale_seconds
+
+    def loop_progressing(self) -> bool:
+        """The trading loop completed an iteration within the heartbeat timeout (what /healthz checks)."""
+        age = self.metrics.heartbeat_age()
+        return age is not None and age <= self.config.bot.heartbeat_timeout_seconds
+
+    def hang(self, seconds: float) -> None:
+        """Fault injection: the trading loop makes no progress for `seconds`."""
+        self._hang_until = time.monotonic() + seconds
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` when the background tasks stop (a fault injector releasing what it holds)."""
+        self._on_stop.append(callback)
+
+    def _register_readiness(self) -> None:
+        def broker() -> tuple[bool, str]:
+            down = [ch.value for ch in Channel if not self.broker.is_connected(ch)]
+            return (not down, "connected" if not down else "down: " + ", ".join(down))
+
+        def market_data() -> tuple[bool, str]:
+            stale_symbols = [s for s in self.symbols if self.market_data_stale(s)]
+            return (not stale_symbols, "fresh" if not stale_symbols else "stale: " + ", ".join(stale_symbols))
+
+        def reconciliation() -> tuple[bool, str]:
+            last = self.reconciler.last
+            if last is None:
+                return False, "not run yet"
+            if not self.trading_allowed:
+                return False, f"startup reconciliation not passed: {last['result']}"
+            if self.reconnect_reconciliation_pending:
+                return False, f"no reconciliation passed since the orders channel reconnected (last: {last['result']})"
+            if last["result"] in (Result.FAILED, Result.HALTED):
+                return False, f"last run {last['run_id']} {last['result']}"
+            return True, f"run {last['run_id']} {last['result']} at {last['finished_at']}"
+
+        self.inst.add_readiness_check("broker", broker)
+        self.inst.add_readiness_check("market_data", market_data)
+        self.inst.add_readiness_check("reconciliation", reconciliation)
+
+    def _journal_transition(self, before: TradingState, after: TradingState, reason: str) -> None:
+        """Every change of trading state goes to the journal with its reason (a loss-limit halt is found there at
+        the next start). Written in the background, in order with the journal's other writes."""
+        run_id = self.heartbeat.run_id
+        if run_id is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+
+        async def write() -> None:
+            try:
+                await self.journal.call(
+                    self.recovery_store.record_transition, run_id, before.value, after.value, reason
+                )
+            except Exception:
+                log.exception("journaling the state transition %s -> %s failed", before.value, after.value)
+
+        task = loop.create_task(write())
+        self._journal_writes.add(task)
+        task.add_done_callback(self._journal_writes.discard)
+
+    # -- running --------------------------------------------------------------------------------------
+    async def run(
+        self, host: str | None = None, port: int | None = None, install_signals: bool = True, force_exit: bool = False
+    ) -> None:
+        """Trade until SIGTERM/SIGINT (or request_stop), then shut down gracefully within the deadline.
+
+        With `force_exit` (a CLI) a shutdown past its deadline ends the process with exit status 1, even when a
+        step is stuck in a thread (a hung database write) or blocks the event loop.
+        """
+        listen = self.config.bot.listen
+        loop = asyncio.get_running_loop()
+        if install_signals:  # before start: a signal while starting still shuts down gracefully
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop, sig.name)
+        try:
+            await self.start(host or listen.host, listen.port if port is None else port)
+            await self._stop.wait()
+        finally:
+            try:
+                await self.shutdown(self._stop_reason, force_exit=force_exit)
+            except ShutdownDeadlineExceeded:
+                if not force_exit:
+                    raise
+                exit_now(EXIT_FORCED)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Detect a crash, restore the book and a standing loss-limit halt, reconcile (the safe-start gate), then
+        trade. Returns the bound port of the HTTP server."""
+        self.crash = await self.heartbeat.begin()
+        crash_orders: list[dict[str, str]] = []
+        crash_positions: dict[str, str] = {}
+        if self.crash is not None:  # what the journal held at the crash, before reconciliation changes it
+            crash_orders = await self._journal_open_orders()
+            positions = await self.journal.call(self.journal.positions)
+            crash_positions = {s: str(p.quantity) for s, p in sorted(positions.items())}
+        await self.order_engine.restore_book()
+        await self._restore_loss_halt()
+        bound = await self.inst.start(host, port)
+        oe = self.order_engine
+        events = BrokerEvents(
+            on_order=oe.on_order, on_fill=oe.on_fill, on_quote=oe.on_quote, on_connection=self.schedule.on_connection
+        )
+        await self.broker.connect(events)
+        # Before the venue ticks on and before the loop may trade: the journal must agree with the venue.
+        await self.reconcile(Trigger.STARTUP)
+        await oe.adopt_open_orders()
+        if self.crash is not None:
+            await self._record_crash(self.crash, crash_orders, crash_positions)
+        urls = resolve_secret(self.config, self.config.notifications, "urls", "notifications.urls").split()
+        self.crash_reporter = CrashReporter(
+            self.journal,
+            self.recovery_store,
+            urls,
+            bot=self.config.bot.name,
+            venue=self.config.bot.venue,
+            retry_seconds=self.crash_report_retry_seconds,
+        )
+        self._tasks.append(asyncio.create_task(self.crash_reporter.run(), name="crash-report"))
+        if self._venue_task is not None:
+            self._tasks.append(asyncio.create_task(self._venue_task(), name=VENUE_TASK))
+        on_start = getattr(self.strategy, "on_start", None)
+        if on_start is not None:
+            await on_start(self.context)
+        self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
+        self._tasks.append(asyncio.create_task(self.schedule.run(), name="reconciliation"))
+        self.heartbeat.start()
+        self.systemd.start_watchdog(self.loop_progressing)
+        self.systemd.ready(f"trading {', '.join(self.symbols)} on {self.config.bot.venue}")
+        log.info("bot %s trading %s on %s", self.config.bot.name, ", ".join(self.symbols), self.config.bot.venue)
+        return bound
+
+    async def _restore_loss_halt(self) -> None:
+        """A halt for the loss limit never clears by itself: when it is the last journaled state, start halted."""
+        last = await self.journal.call(self.recovery_store.last_transition)
+        if (
+            last
+            and last.get("after") == TradingState.HALTED
+            and str(last.get("reason", "")).startswith(HALT_REASON_PREFIX)
+        ):
+            self.inst.state.apply("halt", reason=str(last["reason"]))
+            self.kill_switch.sweep_after_step = True
+            log.error("still halted by the loss limit (%s): clear_halt needs an operator", last["reason"])
+
+    def request_stop(self, reason: str = "stop") -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            log.warning("shutdown requested (%s)", reason)
+        self._stop.set()
+
+    async def stop(self) -> None:
+        await self.shutdown("stop")
+
+    async def shutdown(self, reason: str = "stop", *, force_exit: bool = False) -> None:
+        """Stop new orders, cancel or keep open orders by policy, disconnect, flush the journal, write the final
+        heartbeat, then release everything: all of it within `recovery.shutdown_deadline_seconds`.
+
+        The final heartbeat carries the clean-shutdown marker only when stopping the orders, the open-orders policy
+        and the flush succeeded; otherwise it records which failed, and the next start treats the run as a crash.
+        Raises ShutdownDeadlineExceeded (after releasing what can be released quickly) when the deadline passes;
+        with `force_exit`, a thread also ends the process shortly after the deadline whatever the loop is doing.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self.gate.stopping = True
+        self._stop.set()
+        self.systemd.stopping(f"shutting down ({reason})")
+        rec = self.config.recovery
+        policy = rec.open_orders_on_shutdown
+        orders_step = f"open orders: {policy}"
+        needed_for_clean = ("stop new orders", orders_step, "flush the journal")
+        sequence = ShutdownSequence([], rec.shutdown_deadline_seconds)
+
+        async def final_heartbeat() -> None:
+            failed = [name for name in needed_for_clean if name in sequence.failed]
+            if failed:
+                log.error(
+                    "shutdown: no clean-shutdown marker, %s failed: the next start treats this run as a crash",
+                    ", ".join(failed),
+                )
+            why = f"{reason}; failed: {', '.join(failed)}" if failed else reason
+            await self.heartbeat.stop(clean=not failed, reason=why)
+
+        async def flush() -> None:
+            if self._journal_writes:
+                await asyncio.gather(*self._journal_writes)
+            await self.journal.call(self.journal.flush)
+
+        sequence.steps = [
+            ("stop new orders", self._stop_trading),
+            (orders_step, self._cancel_open_orders if policy == "cancel" else self._keep_open_orders),
+            ("disconnect from the venue", self._disconnect),
+            ("flush the journal", flush),
+            ("final heartbeat with the clean-shutdown marker", final_heartbeat),
+            ("stop background tasks", self._stop_background),
+            ("stop the HTTP server", self.inst.stop),
+            ("close the journal", lambda: asyncio.to_thread(self.journal.close)),
+            ("release the single-instance lock", self._release_instance_lock),
+        ]
+        if force_exit:
+            sequence.arm_forced_exit(FORCED_EXIT_GRACE_SECONDS, EXIT_FORCED)
+        try:
+            failed = await sequence.run()
+        except ShutdownDeadlineExceeded:
+            if not force_exit:
+                await self._abandon()
+            raise
+        log.info(
+            "bot %s stopped (%s)%s",
+            self.config.bot.name,
+            reason,
+            f"; failed steps: {', '.join(failed)}" if failed else "",
+        )
+
+    async def _stop_trading(self) -> None:
+        self.gate.accepting = False
+        async with self.trade_lock.hold():  # the step in progress finishes; none starts after it
+            for task in self._tasks:
+                if task.get_name() in ("trading-loop", "reconciliation"):
+                    task.cancel()
+
+    async def _cancel_open_orders(self) -> None:
+        """Every working order of the bot, adopted ones included; raises when some are left working."""
+        budget = self.config.recovery.shutdown_deadline_seconds / 2
+        canceled, left = await self.order_engine.cancel_everything(budget)
+        if left:
+            raise RuntimeError(f"{len(left)} open orders could not be canceled: {', '.join(left[:5])}")
+        log.info("shutdown: %d open orders canceled", canceled)
+
+    async def _keep_open_orders(self) -> None:
+        log.info("shutdown: %d open orders kept on the venue (reconciled at the next start)", len(self.orders))
+
+    async def _disconnect(self) -> None:
+        """Let the venue hand over what it already produced, then close it: no event after the flush."""
+        await self.broker.drain_events()
+        await self.broker.close()
+        await stop_tasks([t for t in self._tasks if t.get_name() == VENUE_TASK])
+
+    def _released(self) -> None:
+        for callback in self._on_stop:
+            try:
+                callback()
+            except Exception:
+                log.exception("a stop callback failed")
+
+    async def _stop_background(self) -> None:
+        await stop_tasks(self._tasks)
+        self._tasks.clear()
+        self._released()
+        await self.systemd.close()
+
+    async def _abandon(self) -> None:
+        """The deadline passed (in-process): release what can be released without waiting on what is stuck."""
+        try:
+            async with asyncio.timeout(ABANDON_SECONDS):
+                await self.heartbeat.stop_beating()
+                await stop_tasks(self._tasks, timeout=ABANDON_SECONDS)
+                self._released()
+                await self.systemd.close()
+                await self.broker.close()
+                await self.inst.stop()
+        except TimeoutError:
+            log.error("shutdown: releasing after the deadline took over %g s; left behind", ABANDON_SECONDS)
+        self.journal.close(wait=False)
+        self.instance_lock.release()
+
+    async def _release_instance_lock(self) -> None:
+        """Last: after it, another process may start this bot (the journal is closed, the venue file final)."""
+        await asyncio.to_thread(self.instance_lock.release)
+
+    async def _journal_open_orders(self) -> list[dict[str, str]]:
+        return [
+            {
+                "client_order_id": o.client_order_id,
+                "symbol": o.symbol,
+                "status": o.status,
+                "filled": str(o.filled_quantity),
+            }
+            for o in await self.journal.call(self.journal.open_orders)
+        ]
+
+    async def _record_crash(
+        self, crash: CrashFound, open_orders: list[dict[str, str]], positions: dict[str, str]
+    ) -> None:
+        """Store what the crash left (the journal as it was before the startup reconciliation) and what that
+        reconciliation did; the crash reporter sends it through apprise."""
+        assert self.heartbeat.run_id is not None
+        detail: dict[str, Any] = {
+            "previous_run": crash.previous.to_dict(),
+            "heartbeat_age_seconds": crash.heartbeat_age_seconds,
+            "journal_open_orders": open_orders,
+            "journal_positions": positions,
+            "reconciliation": self.reconciler.last,
+            "state": self.inst.state.state.value,
+        }
+        await self.journal.call(
+            self.recovery_store.record_event, self.heartbeat.run_id, "crash", crash.previous, detail
+        )
+
+    async def _trading_loop(self) -> None:
+        while not self._stop.is_set():
+            while time.monotonic() < self._hang_until:  # fault injection: a hung loop makes no progress
+                await asyncio.sleep(min(0.1, self._hang_until - time.monotonic()))
+            started = time.monotonic()
+            try:
+                async with self.trade_lock.hold():
+                    if self.trading_allowed and self.gate.accepting:
+                        if self.inst.state.state is TradingState.FLATTENING:
+                            await self.order_engine.flatten_step()  # flatten is the runtime's, for every bot
+                        else:
+                            await self.strategy.step(self.context)
+                    await self._after_step()
+            except Exception:
+                log.exception("trading loop iteration failed")
+            self.metrics.loop_iteration(time.monotonic() - started)
+            await asyncio.sleep(self.loop_interval)
+
+    async def _after_step(self) -> None:
+        await self.kill_switch.after_step()
+        headroom = self.broker.rate_limit_headroom()
+        if headroom is not None:
+            self.metrics.rate_limit_headroom(headroom)
+        if self.broker.is_connected(Channel.ORDERS):
+            skew = (datetime.now(UTC) - await self.broker.server_time()).total_seconds()
+            self.metrics.clock_skew(skew)
+        self.order_engine.export_pnl()
+        if (
+            self.inst.state.state is TradingState.FLATTENING
+            and not any(self.book.position(s) for s in self.symbols)
+            and not self.orders
+        ):
+            self.inst.state.apply("flatten_done", reason="all positions closed")
+
+    # -- what other parts call ------------------------------------------------------------------------
+    async def halt(self, reason: str) -> None:
+        """The kill switch, engaged by the bot itself (a reconciliation's halt policy)."""
+        await self.kill_switch.halt(reason)
+
+    def _lost_reply(self) -> None:
+        self.schedule.lost_reply()
+
+    def _halted_by_risk(self, reason: str) -> None:
+        """A risk limit halted the bot (the gate already refuses): its open orders go at the end of the step."""
+        self.kill_switch.sweep_after_step = True
+
+    async def reconcile(self, trigger: Trigger) -> dict[str, Any]:
+        """One reconciliation with trading held (ReconciliationSchedule.reconcile)."""
+        return await self.schedule.reconcile(trigger)
+
+    def next_reconciliation_delay(self) -> float | None:
+        return self.schedule.next_delay()
+
+    @property
+    def startup_failures(self) -> int:
+        return self.schedule.startup_failures
+
+    @property
+    def cancel_pending(self) -> bool:
+        return self.kill_switch.cancel_pending
+
+    # -- status ---------------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """What `status` answers beyond the trading state (the control plane adds that)."""
+        oe = self.order_engine
+        return {
+            "bot": self.config.bot.name,
+            "venue": self.config.bot.venue,
+            "pid": os.getpid(),
+            "positions": {s: str(self.book.position(s)) for s in self.symbols},
+            "open_orders": len(self.orders),
+            "orders_outcome_unknown": sum(not o.venue_order_id for o in self.orders.values()),
+            "adopted_orders": len(oe.external_orders),
+            "cancel_pending": self.cancel_pending,
+            "realized_pnl_today": str(self.book.realized_today.quantize(CENT)),
+            "unrealized_pnl": str(self.book.unrealized_pnl().quantize(CENT)),
+            "connected": {ch.value: self.broker.is_connected(ch) for ch in Channel},
+            "risk_limits": {name: self.risk.limits.value(name) for name in LIMITS if self.risk.limits.value(name)},
+            "trading_allowed": self.trading_allowed,
+            "reconnect_reconciliation_pending": self.reconnect_reconciliation_pending,
+            "next_reconciliation_seconds": self.next_reconciliation_delay(),
+            "reconciliation": {
+                k: v
+                for k, v in (self.reconciler.last or {}).items()
+                if k in ("run_id", "trigger", "result", "finished_at")
+            },
+        }

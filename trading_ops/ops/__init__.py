@@ -1,0 +1,1 @@
+"""Scheduled operations beside the reconciler: backups, database and disk upkeep, maintenance, reports."""

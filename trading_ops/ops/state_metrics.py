@@ -1,0 +1,110 @@
+"""Prometheus collectors over the persisted records of backups and upkeep: any process serving /metrics (the
+reconciler) exports what every run, from the CLI or the schedule, did."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from trading_ops.config import Config
+from trading_ops.ops.backup import Catalog
+from trading_ops.ops.state import OpsState
+from trading_ops.ops.upkeep import UPKEEP_STATE_FILE
+
+PREFIX = "tradingops"
+BACKUP_GAUGES = (
+    ("backup_last_success_timestamp_seconds", "last_success_timestamp_seconds", "When the last backup was taken."),
+    ("backup_last_size_bytes", "last_size_bytes", "Size of the last successful backup."),
+    ("backup_last_duration_seconds", "last_duration_seconds", "How long the last successful backup took."),
+    (
+        "backup_last_verify_success_timestamp_seconds",
+        "last_verify_success_timestamp_seconds",
+        "When a backup last passed verification (restored into a scratch database and checked).",
+    ),
+)
+BACKUP_COUNTERS = (
+    ("backup_runs", "runs_total", "Backup runs, successful or not."),
+    ("backup_failures", "failures_total", "Backup runs that failed."),
+    ("backup_verify_runs", "verify_runs_total", "Backup verifications."),
+    ("backup_verify_failures", "verify_failures_total", "Backup verifications that failed."),
+)
+
+
+class BackupCollector(Collector):
+    """Backup runs and the catalog, from the backup directory's state file and manifests, read at each scrape."""
+
+    def __init__(self, directory: Path) -> None:
+        self.catalog = Catalog(directory)
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.catalog.state.read()
+        for name, key, doc in BACKUP_GAUGES:
+            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+            if key in state:  # never a made-up 0: "no backup yet" is the absence of the series
+                gauge.add_metric([], float(state[key]))
+            yield gauge
+        for name, key, doc in BACKUP_COUNTERS:
+            yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=float(state.get(key, 0)))
+        manifests = self.catalog.manifests()
+        yield GaugeMetricFamily(
+            f"{PREFIX}_backup_catalog_backups", "Backups kept in the catalog.", value=len(manifests)
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_backup_catalog_size_bytes",
+            "Total size of the backups kept in the catalog.",
+            value=sum(m.size_bytes for m in manifests),
+        )
+
+
+class UpkeepCollector(Collector):
+    """Database and disk upkeep runs: rows deleted by table, bytes and files freed by directory, failures."""
+
+    def __init__(self, path: Path) -> None:
+        self.state = OpsState(path)
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state.read()
+        yield CounterMetricFamily(f"{PREFIX}_upkeep_runs", "Upkeep runs.", value=float(state.get("runs_total", 0)))
+        yield CounterMetricFamily(
+            f"{PREFIX}_upkeep_failures",
+            "Upkeep runs with a failed task (vacuum, retention or a directory's cleanup).",
+            value=float(state.get("failures_total", 0)),
+        )
+        last = GaugeMetricFamily(
+            f"{PREFIX}_upkeep_last_success_timestamp_seconds", "When an upkeep run last finished without a failure."
+        )
+        if "last_success_timestamp_seconds" in state:
+            last.add_metric([], float(state["last_success_timestamp_seconds"]))
+        yield last
+        rows = CounterMetricFamily(
+            f"{PREFIX}_upkeep_rows_deleted", "Rows deleted by retention, by table.", labels=["table"]
+        )
+        for table, count in sorted(dict(state.get("rows_deleted", {})).items()):
+            rows.add_metric([table], float(count))
+        yield rows
+        freed = CounterMetricFamily(
+            f"{PREFIX}_cleanup_deleted_bytes", "Bytes freed by directory cleanup, by directory.", labels=["directory"]
+        )
+        files = CounterMetricFamily(
+            f"{PREFIX}_cleanup_deleted_files", "Files deleted by directory cleanup, by directory.", labels=["directory"]
+        )
+        failures = CounterMetricFamily(
+            f"{PREFIX}_cleanup_failures", "Files a cleanup could not delete, by directory.", labels=["directory"]
+        )
+        for directory, counts in sorted(dict(state.get("cleanup", {})).items()):
+            freed.add_metric([directory], float(counts.get("bytes", 0)))
+            files.add_metric([directory], float(counts.get("files", 0)))
+            failures.add_metric([directory], float(counts.get("failures", 0)))
+        yield freed
+        yield files
+        yield failures
+
+
+def register_ops_metrics(config: Config, registry: CollectorRegistry) -> None:
+    """Export the backup and upkeep records of `config` on `registry`."""
+    registry.register(BackupCollector(config.path(config.backup.directory)))
+    registry.register(UpkeepCollector(config.path(config.bot.data_dir) / UPKEEP_STATE_FILE))
