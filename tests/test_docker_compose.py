@@ -57,6 +57,9 @@ WRITABLE_PATHS = {
     "alertmanager": ["/alertmanager"],
     "grafana": ["/var/lib/grafana", "/tmp"],
     "node-exporter": [],
+    # Profile freqtrade: freqtrade writes its bind-mounted user_data (its config, database, logs) and /tmp.
+    "freqtrade": ["/tmp"],
+    "freqtrade-sidecar": ["/tmp"],
     "postgres": ["/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"],
 }
 # The postgres image's entrypoint switches to its user (setuid calls, chown): it keeps the default capabilities.

@@ -29,7 +29,7 @@ import yaml
 from conftest import free_port
 from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, until
 from gateway_helpers import Gateway, start_gateway
-from reconciler.conftest import ThreadedServer, make_config, start_alertmanager, stop, wait_http
+from reconciler.conftest import READ_AUTH, ThreadedServer, make_config, start_alertmanager, stop, wait_http
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.db import migrate
@@ -70,7 +70,8 @@ class Stack:
         return float(result[0]["value"][1]) if result else None
 
     def episodes(self, alertname: str) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(f"{self.reconciler.url}/api/v1/episodes?limit=100", timeout=5) as resp:
+        req = urllib.request.Request(f"{self.reconciler.url}/api/v1/episodes?limit=100", headers=READ_AUTH)
+        with urllib.request.urlopen(req, timeout=5) as resp:
             episodes = json.loads(resp.read())["episodes"]
         return [e for e in episodes if e["alertname"] == alertname]
 
