@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 # Dockerfile install with it, so a fresh machine gets the versions the tests passed with.
 CONSTRAINTS := constraints.txt
 # The extras the development and CI environment installs (and that make lock resolves).
-EXTRAS := test
+# The freqtrade extra: a real freqtrade (and its TA-Lib wheel) for the freqtrade sidecar's tests.
+EXTRAS := test,freqtrade
 CONFIG ?= trading-ops.yaml
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze node
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd nodejs

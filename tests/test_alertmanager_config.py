@@ -263,6 +263,22 @@ def test_a_down_bot_mutes_its_other_alerts_only(alertmanager_url: str) -> None:
 
 
 @pytest.mark.alertmanager
+def test_a_freqtrade_that_does_not_answer_mutes_its_stale_heartbeat_only(alertmanager_url: str) -> None:
+    post_alerts(
+        alertmanager_url,
+        bot_alert("TradingBotFreqtradeDown", "critical", "ft-a:9103"),
+        bot_alert("TradingBotHeartbeatStale", "critical", "ft-a:9103"),
+        bot_alert("TradingBotHeartbeatStale", "critical", "ft-b:9103"),
+    )
+    assert_states(
+        alertmanager_url,
+        "ft-a:9103",
+        {"TradingBotFreqtradeDown/critical": "active", "TradingBotHeartbeatStale/critical": "suppressed"},
+    )
+    assert_states(alertmanager_url, "ft-b:9103", {"TradingBotHeartbeatStale/critical": "active"})
+
+
+@pytest.mark.alertmanager
 def test_critical_mutes_the_warning_tier_of_the_same_alert(alertmanager_url: str) -> None:
     post_alerts(
         alertmanager_url,

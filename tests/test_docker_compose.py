@@ -57,6 +57,9 @@ WRITABLE_PATHS = {
     "alertmanager": ["/alertmanager"],
     "grafana": ["/var/lib/grafana", "/tmp"],
     "node-exporter": [],
+    # Profile freqtrade: freqtrade writes its bind-mounted user_data (its config, database, logs) and /tmp.
+    "freqtrade": ["/tmp"],
+    "freqtrade-sidecar": ["/tmp"],
     "postgres": ["/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"],
 }
 # The postgres image's entrypoint switches to its user (setuid calls, chown): it keeps the default capabilities.
@@ -183,7 +186,10 @@ def test_the_reconciler_can_restart_the_bot_container() -> None:
     config = yaml.safe_load((REPO_ROOT / "trading-ops.docker.yaml").read_text())
     assert config["reconciler"]["playbook"] == "docker"
     services = compose()["services"]
-    assert docker_playbook_containers() == {services["paper-bot"]["container_name"]}
+    assert docker_playbook_containers() == {
+        services["paper-bot"]["container_name"],
+        services["freqtrade"]["container_name"],
+    }
     socket = config["reconciler"].get("docker_socket", ReconcilerConfig().docker_socket)
     assert f"/var/run/docker.sock:{socket}" in services["reconciler"]["volumes"]
     assert services["reconciler"]["group_add"], "the unprivileged reconciler needs the socket's group"

@@ -24,6 +24,7 @@ from trading_ops.config import parse_config
 from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance import metrics_for as maintenance_metrics
 from trading_ops.ops.scheduler import SchedulerMetrics
+from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.metrics import ReconcilerMetrics
@@ -138,8 +139,9 @@ def family_sample_names(registry: CollectorRegistry) -> tuple[set[str], set[str]
 
 
 @pytest.fixture(scope="module")
-def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegistry, CollectorRegistry]:
-    """The registries of a paper bot and of the reconciler's metrics, built in-process, fresh."""
+def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegistry, ...]:
+    """The registries of a paper bot, of the reconciler's metrics and of a freqtrade sidecar, built in-process, fresh
+    (the sidecar's always-present families: its data families are only there while a freqtrade answers)."""
     bot_registry = CollectorRegistry()
     bot = PaperBot(fast_config(tmp_path_factory.mktemp("paper-bot")), token=TOKEN, registry=bot_registry, chaos=True)
     bot.engine.dispose()
@@ -153,17 +155,21 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     for job in jobs:  # a task's own last-success gauge appears with its first success
         scheduler_metrics.succeeded(job.name, datetime.now(UTC))
     maintenance_metrics(reconciler_registry)
-    return bot_registry, reconciler_registry
+    sidecar_registry = CollectorRegistry()
+    FreqtradeSidecar(
+        name="ft", url="http://127.0.0.1:9", username="u", password="p", token=TOKEN, registry=sidecar_registry
+    )
+    return bot_registry, reconciler_registry, sidecar_registry
 
 
 @pytest.fixture(scope="module")
-def exported(registries: tuple[CollectorRegistry, CollectorRegistry]) -> set[str]:
+def exported(registries: tuple[CollectorRegistry, ...]) -> set[str]:
     """Every sample name the bot and the reconciler can expose."""
     return {name for registry in registries for name in family_sample_names(registry)[0]}
 
 
 @pytest.fixture(scope="module")
-def families(registries: tuple[CollectorRegistry, CollectorRegistry]) -> set[str]:
+def families(registries: tuple[CollectorRegistry, ...]) -> set[str]:
     return {name for registry in registries for name in family_sample_names(registry)[1]}
 
 

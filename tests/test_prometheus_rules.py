@@ -24,7 +24,7 @@ SEVERITIES = {"critical", "warning", "info"}
 SERVICES = {"tradingbot", "trading-ops", "alerting"}
 ALERT_NAME = re.compile(r"^(TradingBot|TradingOps)[A-Z][A-Za-z0-9]+$|^Watchdog$")
 RECORD_NAME = re.compile(r"^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$")
-SCRAPE_JOBS = {"tradingbot", "trading-ops-reconciler", "alertmanager", "prometheus", "node"}
+SCRAPE_JOBS = {"tradingbot", "freqtrade", "trading-ops-reconciler", "alertmanager", "prometheus", "node"}
 ANNOTATIONS = {"summary", "description", "runbook_url"}
 DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
@@ -80,6 +80,7 @@ def test_prometheus_config_scrapes_every_job_every_5s() -> None:
     ports = {name: job["static_configs"][0]["targets"][0].rsplit(":", 1)[1] for name, job in jobs.items()}
     assert ports == {
         "tradingbot": "9101",
+        "freqtrade": "9103",
         "trading-ops-reconciler": "9102",
         "alertmanager": "9093",
         "prometheus": "9090",

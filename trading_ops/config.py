@@ -634,6 +634,56 @@ class ReportConfig:
 
 
 @dataclass
+class FreqtradeListenConfig(ListenConfig):
+    port: int = bounded(9103, min=0, max=65535)
+
+
+@dataclass
+class FreqtradeTargetConfig:
+    # freqtrade's API server (its config's api_server: listen_ip_address, listen_port, username, password).
+    url: str = checked("http://127.0.0.1:8080", _check_http_url)
+    username: str = checked("freqtrader", _check_nonempty)
+    password: str = secret("TRADING_OPS_FREQTRADE_PASSWORD", "password of freqtrade's API server")
+    # Where the sidecar serves this freqtrade's /metrics and /control: one port per freqtrade, so each is one
+    # Prometheus target (its own `instance`) and one entry of the reconciler's targets.
+    listen: FreqtradeListenConfig = field(default_factory=FreqtradeListenConfig)
+    # The venue freqtrade trades on, reached by the sidecar itself through the ccxt broker (the same exchange, keys
+    # and urls as freqtrade's `exchange` section; symbols = freqtrade's pairs as BASE-QUOTE) for `reconcile`.
+    # Without it, `reconcile` answers 409.
+    ccxt: CcxtConfig | None = None
+
+
+@dataclass
+class FreqtradeConfig:
+    # Bearer token of the sidecar's control API (the same for every watched freqtrade).
+    control_token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of the freqtrade sidecar's control API")
+    # How often freqtrade's API is asked; each poll is a handful of cheap GETs.
+    poll_interval_seconds: float = bounded(2.0, min=0.05)
+    request_timeout_seconds: float = bounded(3.0, min=0.05)
+    # A loop iteration older than this makes the sidecar's /healthz fail (freqtrade's process_throttle_secs is 5 s
+    # by default; the shipped TradingBotHeartbeatStale alert waits 15 s).
+    heartbeat_timeout_seconds: float = bounded(15.0, min=0.1)
+    # Targets with a `ccxt` venue are reconciled this often (0: only on the command and when freqtrade (re)starts).
+    reconcile_interval_seconds: float = bounded(60.0, min=0)
+    # Name (a label-safe word) -> one freqtrade.
+    targets: dict[str, FreqtradeTargetConfig] = field(default_factory=dict)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        listens: dict[tuple[str, int], str] = {}
+        for name, target in self.targets.items():
+            key = f"{prefix}.targets.{name}"
+            problem = _check_name(name)
+            if problem:
+                raise ConfigError(key, problem)
+            where = (target.listen.host, target.listen.port)
+            if target.listen.port and where in listens:
+                raise ConfigError(
+                    f"{key}.listen", f"{where[0]}:{where[1]} is already the listen address of {listens[where]}"
+                )
+            listens[where] = name
+
+
+@dataclass
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -702,6 +752,7 @@ class Config:
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
+    freqtrade: FreqtradeConfig = field(default_factory=FreqtradeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # The bots, declared once: the reconciler's targets and Prometheus's file_sd targets
     # (`trading-ops config targets`) are derived from this list.

@@ -203,7 +203,9 @@ def test_the_docker_playbook_has_the_default_rules_with_container_restarts() -> 
         ), ours.name
         for a, b in zip(ours.steps, theirs.steps, strict=True):
             if a.action == "systemd":
-                assert (b.action, b.params) == ("docker", {"container": "trading-ops-paper-bot"})
+                # The paper bot's unit is its container; freqtrade.service is the container freqtrade.
+                container = "freqtrade" if a.params["unit"] == "freqtrade.service" else "trading-ops-paper-bot"
+                assert (b.action, b.params) == ("docker", {"container": container})
             else:
                 assert a == b
     assert any(s.action == "docker" for r in docker.rules for s in r.steps)

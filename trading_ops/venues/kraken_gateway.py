@@ -327,7 +327,11 @@ class KrakenGateway:
         mid = quote.mid.quantize(self.venue.tick_size(quote.symbol))
         minute = Decimal(int(quote.timestamp.timestamp()) // CANDLE_SECONDS * CANDLE_SECONDS)
         candles = self._candles[quote.symbol]
-        if candles and candles[-1][0] == minute:
+        if not candles:
+            # The minute before the first quote, flat at its price, as history a real venue would have: a client
+            # that drops the candle in progress (freqtrade does) has a closed one from the start.
+            candles.append([minute - CANDLE_SECONDS, mid, mid, mid, mid, Decimal(0)])
+        if candles[-1][0] == minute:
             candle = candles[-1]
             candle[2], candle[3], candle[4] = max(candle[2], mid), min(candle[3], mid), mid
             candle[5] += 1

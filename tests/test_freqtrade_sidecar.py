@@ -1,0 +1,556 @@
+"""The freqtrade sidecar against a REAL freqtrade (PyPI, the `freqtrade` extra) trading live on the Kraken-compatible
+paper gateway: its metrics, its control API mapped onto freqtrade, and a killed freqtrade reported down, not as zeros.
+
+Needs freqtrade installed (`pip install -e '.[freqtrade]'`, `make test` does it) and promtool (Debian `prometheus`).
+freqtrade starts once for this module (a few seconds); the last test kills it and starts it again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import ccxt.async_support as ccxt_async
+import pytest
+from conftest import free_port
+from freqtrade_client import FtRestClient
+from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, until
+from gateway_helpers import Gateway, start_gateway
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from system_binaries import REPO_ROOT, require_binary
+
+from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
+from trading_ops.venues.ccxt import CcxtBroker
+
+pytestmark = [pytest.mark.slow]
+
+TOKEN = "sidecar-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+POLL_SECONDS = 0.2
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"))
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def freqtrade(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Freqtrade]:
+    """freqtrade trading live on the gateway; trades stay open (hold an hour) until a test exits them."""
+    ft = make_freqtrade(
+        tmp_path_factory.mktemp("freqtrade"), gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600
+    )
+    ft.start()
+    yield ft
+    ft.stop()
+
+
+def broker_of(gateway: Gateway) -> CcxtBroker:
+    """The ccxt broker the sidecar reconciles through: ccxt's real async kraken client on the gateway."""
+    exchange = ccxt_async.kraken(
+        {
+            "apiKey": gateway.api_key,
+            "secret": gateway.api_secret,
+            "enableRateLimit": False,
+            "timeout": 5000,
+            "urls": {"api": {"public": gateway.url, "private": gateway.url}},
+        }
+    )
+    return CcxtBroker(exchange, ["BTC-USD", "ETH-USD"])
+
+
+def sidecar_of(
+    ft: Freqtrade, registry: CollectorRegistry | None = None, broker: CcxtBroker | None = None
+) -> FreqtradeSidecar:
+    return FreqtradeSidecar(
+        name="ft",
+        url=ft.url,
+        username=USERNAME,
+        password=PASSWORD,
+        token=TOKEN,
+        registry=registry or CollectorRegistry(),
+        poll_interval=POLL_SECONDS,
+        request_timeout=3.0,
+        broker=broker,
+        reconcile_interval=0,
+        # freqtrade iterates every second here (process_throttle_secs 1).
+        reconcile_confirm=1.5,
+    )
+
+
+class Client:
+    """The sidecar's HTTP API as a test (and Prometheus, and the reconciler) sees it."""
+
+    def __init__(self, client: Any, sidecar: FreqtradeSidecar) -> None:
+        self.http = client
+        self.sidecar = sidecar
+
+    async def metrics_text(self) -> str:
+        resp = await self.http.get("/metrics")
+        assert resp.status == 200
+        return str(await resp.text())
+
+    async def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = await self.metrics_text()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    async def value(self, name: str, **labels: str) -> float | None:
+        return (await self.samples()).get((name, tuple(sorted(labels.items()))))
+
+    async def names(self) -> set[str]:
+        return {name for name, _ in await self.samples()}
+
+    async def control(self, command: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        resp = await self.http.post(f"/control/{command}", headers=AUTH if headers is None else headers)
+        return resp.status, dict(await resp.json())
+
+    async def until(self, what: str, probe: Any, deadline: float = 30.0) -> Any:
+        import asyncio
+
+        end = time.monotonic() + deadline
+        while True:
+            result = await probe()
+            if result:
+                return result
+            if time.monotonic() > end:
+                raise AssertionError(f"{what}: not within {deadline:g}s")
+            await asyncio.sleep(POLL_SECONDS)
+
+
+@pytest.fixture
+async def sidecar(freqtrade: Freqtrade, gateway: Gateway, aiohttp_client: Any) -> AsyncIterator[Client]:
+    sc = sidecar_of(freqtrade, broker=broker_of(gateway))
+    client = Client(await aiohttp_client(create_app(sc)), sc)
+    await client.until("the sidecar's first answered poll", lambda: client.value("tradingbot_freqtrade_up"))
+    yield client
+
+
+def venue_holdings(gateway: Gateway) -> dict[str, float]:
+    """What the gateway holds for the account, through ccxt's real kraken client (as a person would check)."""
+    balance = gateway.call("fetch_balance")
+    return {asset: float(total or 0.0) for asset, total in balance["total"].items()}
+
+
+def _flat(held: dict[str, float]) -> dict[str, float] | None:
+    return held if held.get("BTC", 0) == 0 and held.get("ETH", 0) == 0 else None
+
+
+def two_open_trades(ft: Freqtrade) -> list[dict[str, Any]]:
+    """freqtrade's open trades once it holds two, each filled (its entry order done)."""
+    trades = ft.open_trades()
+    filled = [t for t in trades if t["amount"] > 0 and not t["has_open_orders"]]
+    return trades if len(filled) == 2 else []
+
+
+# -- metrics -------------------------------------------------------------------------------------------------------
+
+
+async def test_a_trading_freqtrade_exports_the_library_families(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway, tmp_path: Path
+) -> None:
+    trades = until("freqtrade opens a trade in each pair", lambda: two_open_trades(freqtrade))
+    health = freqtrade.api("GET", "/health")
+    await sidecar.until(
+        "positions exported", lambda: sidecar.value("tradingbot_position_quantity", venue="kraken", symbol="ETH-USD")
+    )
+    samples = await sidecar.samples()
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    assert value("tradingbot_freqtrade_up") == 1
+    assert value("tradingbot_state", state="active") == 1 and value("tradingbot_state", state="paused") == 0
+    assert value("tradingbot_kill_switch_engaged") == 0
+    # The heartbeat is freqtrade's own last completed iteration (never the sidecar's clock), and it moves.
+    heartbeat = value("tradingbot_heartbeat_timestamp_seconds")
+    assert heartbeat is not None and heartbeat >= health["last_process_ts"]
+    for trade in trades:
+        symbol = trade["pair"].replace("/", "-")
+        assert value("tradingbot_position_quantity", venue="kraken", symbol=symbol) == pytest.approx(trade["amount"])
+        assert value("tradingbot_position_notional", venue="kraken", symbol=symbol) == pytest.approx(
+            trade["amount"] * trade["current_rate"], rel=0.05
+        )
+        assert value("tradingbot_open_orders", venue="kraken", symbol=symbol) == 0
+    # Balances are the venue's: the sidecar reports what freqtrade's /balance says, which is the gateway's.
+    held = venue_holdings(gateway)
+    assert value("tradingbot_balance", venue="kraken", asset="USD") == pytest.approx(held["USD"], rel=1e-6)
+    assert value("tradingbot_balance", venue="kraken", asset="BTC") == pytest.approx(held["BTC"], rel=1e-6)
+    assert value("tradingbot_unrealized_pnl", venue="kraken", strategy="TradingOpsQuick") is not None
+    assert value("tradingbot_realized_pnl", venue="kraken", strategy="TradingOpsQuick") is not None
+    assert value("tradingbot_freqtrade_open_trades") == 2
+    assert value("tradingbot_freqtrade_max_open_trades") == 2
+    assert value("tradingbot_freqtrade_pair_locks") == 0
+    assert value("tradingbot_freqtrade_trades_total") is not None and value("tradingbot_freqtrade_trades_total") >= 2
+    info = [labels for (name, labels) in samples if name == "tradingbot_freqtrade_info"]
+    assert len(info) == 1 and ("version", "2026.9") in info[0] and ("exchange", "kraken") in info[0]
+    assert value("tradingbot_freqtrade_api_requests_total", endpoint="/health") >= 1
+    assert value("tradingbot_freqtrade_api_request_duration_seconds_count", endpoint="/status") >= 1
+    # A golden-style lint of the whole exposition, as node_exporter's checkmetrics does.
+    path = tmp_path / "metrics.txt"
+    path.write_text(await sidecar.metrics_text())
+    result = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"],
+        input=path.read_text(),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- control -------------------------------------------------------------------------------------------------------
+
+
+async def test_pause_and_resume_reach_freqtrade(sidecar: Client, freqtrade: Freqtrade) -> None:
+    status, body = await sidecar.control("pause")
+    assert status == 200 and body["state"] == "paused" and body["previous_state"] == "active"
+    assert freqtrade.api("GET", "/show_config")["state"] == "paused"
+    assert await sidecar.value("tradingbot_state", state="paused") == 1
+    status, body = await sidecar.control("resume")
+    assert status == 200 and body["state"] == "active" and body["changed"] is True
+    assert freqtrade.api("GET", "/show_config")["state"] == "running"
+    assert await sidecar.value("tradingbot_state", state="active") == 1
+
+
+async def test_flatten_closes_every_trade_on_the_gateway(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    held = venue_holdings(gateway)
+    assert held.get("BTC", 0) > 0 and held.get("ETH", 0) > 0
+    status, body = await sidecar.control("flatten")
+    assert status == 200, body
+    assert body["state"] == "paused" and len(body["trades_exited"]) == 2
+    until("freqtrade has no open trade", lambda: freqtrade.open_trades() == [])
+    held = until("the gateway holds no BTC and no ETH", lambda: _flat(venue_holdings(gateway)))
+    assert held["USD"] > 0
+    await sidecar.until(
+        "no position exported",
+        lambda: _no_positions(sidecar),
+    )
+    # Paused after flattening: nothing is re-entered until resume. freqtrade locks each exited pair until its next
+    # candle (shown as pair locks); lifting them lets the resumed bot re-enter at once.
+    assert freqtrade.api("GET", "/show_config")["state"] == "paused"
+    locks = [lock for lock in freqtrade.api("GET", "/locks")["locks"] if lock["active"]]
+    assert locks, "freqtrade locks an exited pair until its next candle"
+    await sidecar.until("the exit locks exported", lambda: _locks_exported(sidecar, freqtrade))
+    status, body = await sidecar.control("resume")
+    assert status == 200
+    for lock in locks:
+        freqtrade.api("DELETE", f"/locks/{lock['id']}")
+    until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
+
+
+async def _locks_exported(sidecar: Client, freqtrade: Freqtrade) -> bool:
+    # A lock may expire meanwhile (at the candle's end): compare with freqtrade's own count of the moment.
+    active = [lock for lock in freqtrade.api("GET", "/locks")["locks"] if lock["active"]]
+    return await sidecar.value("tradingbot_freqtrade_pair_locks") == len(active)
+
+
+async def _no_positions(sidecar: Client) -> bool:
+    names = await sidecar.names()
+    return "tradingbot_freqtrade_up" in names and "tradingbot_position_quantity" not in names
+
+
+async def test_status_and_the_commands_freqtrade_cannot_do(sidecar: Client, freqtrade: Freqtrade) -> None:
+    status, body = await sidecar.control("status")
+    assert status == 200 and body["freqtrade_up"] is True and body["freqtrade_version"] == "2026.9"
+    assert body["state"] == "active" and "flatten" in body["commands"]
+
+    status, body = await sidecar.control("reduce_only")
+    assert status == 409 and "no reduce-only mode" in body["error"]
+
+    status, body = await sidecar.control("halt")
+    assert status == 200 and body["state"] == "halted"
+    assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
+    names = await sidecar.names()
+    # A stopped freqtrade runs no loop on purpose: no heartbeat to go stale; the kill switch says why.
+    assert "tradingbot_heartbeat_timestamp_seconds" not in names
+    assert await sidecar.value("tradingbot_kill_switch_engaged") == 1
+    for command in ("resume", "flatten", "cancel_all", "pause"):
+        status, body = await sidecar.control(command)
+        assert status == 409, (command, body)
+        assert body["state"] == "halted" and "halted" in body["error"]
+
+    status, body = await sidecar.control("clear_halt")
+    assert status == 200 and body["state"] == "paused"
+    status, body = await sidecar.control("clear_halt")
+    assert status == 409 and "not stopped" in body["error"]
+    status, body = await sidecar.control("resume")
+    assert status == 200 and body["state"] == "active"
+
+    # The bot server's answers, unchanged: unknown command, missing and wrong token.
+    status, body = await sidecar.control("explode")
+    assert status == 404 and "unknown command" in body["error"]
+    status, _ = await sidecar.control("halt", headers={})
+    assert status == 401
+    status, _ = await sidecar.control("halt", headers={"Authorization": "Bearer wrong"})
+    assert status == 401
+    status, _ = await sidecar.control("halt", headers={"Authorization": "Bearer t\u00f6ken"})
+    assert status == 401
+    assert freqtrade.api("GET", "/show_config")["state"] == "running"
+    assert (
+        await sidecar.value("tradingbot_control_command_failures_total", command="reduce_only", reason="refused") == 1
+    )
+
+
+async def test_cancel_all_with_nothing_open_cancels_nothing(sidecar: Client, freqtrade: Freqtrade) -> None:
+    status, body = await sidecar.control("cancel_all")
+    assert status == 200 and body["trades_canceled"] == [] and body["state"] == "active"
+
+
+async def test_wrong_password_is_down_with_the_reason(freqtrade: Freqtrade, aiohttp_client: Any) -> None:
+    sc = FreqtradeSidecar(
+        name="ft", url=freqtrade.url, username=USERNAME, password="wrong", token=TOKEN, registry=CollectorRegistry()
+    )
+    client = Client(await aiohttp_client(create_app(sc)), sc)
+    status, body = await client.control("status")
+    assert status == 200 and body["freqtrade_up"] is False and "Unauthorized" in body["freqtrade_error"]
+    assert await client.value("tradingbot_freqtrade_up") == 0
+    assert "tradingbot_position_quantity" not in await client.names()
+    resp = await client.http.get("/readyz")
+    assert resp.status == 503
+
+
+# -- reconciliation -------------------------------------------------------------------------------------------------
+
+
+async def test_reconcile_compares_freqtrade_with_what_the_gateway_holds(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    trades = until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    reconciler = sidecar.sidecar.reconciler
+    assert reconciler is not None
+    # The sidecar's own run when it first sees this freqtrade process comes first.
+    await sidecar.until("the startup reconciliation", lambda: _ran(reconciler, "startup"))
+    assert reconciler.last is not None and reconciler.last["result"] == "clean", reconciler.last
+    status, body = await sidecar.control("reconcile")
+    assert status == 200 and body["result"] == "clean", body
+    amounts = {t["pair"].replace("/", "-"): t["amount"] for t in trades}
+    assert {s: float(q) for s, q in body["venue_positions"].items()} == pytest.approx(amounts)
+    assert await sidecar.value("tradingbot_position_mismatch_quantity", venue="kraken", symbol="BTC-USD") == 0
+    clean = await sidecar.value(
+        "tradingbot_reconciliation_runs_total", venue="kraken", trigger="command", result="clean"
+    )
+    assert clean == 1
+
+    # Someone trades on the account behind freqtrade's back: a BTC buy and a resting order freqtrade never placed.
+    bought = gateway.call("create_order", "BTC/USD", "market", "buy", 0.001)
+    resting = gateway.call("create_order", "BTC/USD", "limit", "buy", 0.001, 1000.0)
+    try:
+        status, body = await sidecar.control("reconcile")
+        assert status == 200 and body["result"] == "resolved" and body["clean"] is False
+        kinds = sorted(d["kind"] for d in body["discrepancies"])
+        assert kinds == ["position_mismatch", "unknown_order"], body
+        assert resting["id"] in body["venue_open_orders"]
+        mismatch = await sidecar.value("tradingbot_position_mismatch_quantity", venue="kraken", symbol="BTC-USD")
+        assert mismatch == pytest.approx(0.001)
+        for kind in ("position_mismatch", "unknown_order"):
+            assert (
+                await sidecar.value("tradingbot_reconciliation_discrepancies_total", venue="kraken", discrepancy=kind)
+                == 1
+            )
+    finally:
+        gateway.call("cancel_order", resting["id"], "BTC/USD")
+        gateway.call("create_order", "BTC/USD", "market", "sell", float(bought["amount"]))
+    status, body = await sidecar.control("reconcile")
+    assert status == 200 and body["result"] == "clean", body
+
+
+async def test_reconcile_without_a_venue_is_409(freqtrade: Freqtrade, aiohttp_client: Any) -> None:
+    sc = sidecar_of(freqtrade)
+    client = Client(await aiohttp_client(create_app(sc)), sc)
+    status, body = await client.control("reconcile")
+    assert status == 409 and "no venue is configured" in body["error"]
+
+
+# -- the CLI, a real sidecar process --------------------------------------------------------------------------------
+
+
+def write_config(tmp_path: Path, freqtrade: Freqtrade, port: int, **extra: Any) -> Path:
+    (tmp_path / "ft-password").write_text(PASSWORD + "\n")
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    section: dict[str, Any] = {
+        "control_token_file": str(tmp_path / "token"),
+        "poll_interval_seconds": POLL_SECONDS,
+        "targets": {
+            "ft-1": {
+                "url": freqtrade.url,
+                "username": USERNAME,
+                "password_file": str(tmp_path / "ft-password"),
+                "listen": {"host": "127.0.0.1", "port": port},
+            }
+        },
+    }
+    section.update(extra)
+    path = tmp_path / "trading-ops.yaml"
+    path.write_text(json.dumps({"freqtrade": section}))
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trading_ops", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ({"targets": {}}, "freqtrade.targets: no freqtrade to watch"),
+        ({"targets": {"ft 1": {}}}, "freqtrade.targets.ft 1: expected a name"),
+        ({"targets": {"a": {"url": "ftp://x"}}}, "freqtrade.targets.a.url: expected an http"),
+        ({"targets": {"a": {"password": "x"}}}, "secrets are not written in the file"),
+        ({"targets": {"a": {"password_file": "/nonexistent/pw"}}}, "cannot read /nonexistent/pw"),
+        (
+            {"targets": {"a": {"listen": {"port": 9200}}, "b": {"listen": {"port": 9200}}}},
+            "freqtrade.targets.b.listen: 127.0.0.1:9200 is already the listen address of a",
+        ),
+        ({"poll_interval_seconds": 0}, "freqtrade.poll_interval_seconds: must be at least"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, section: dict[str, Any], problem: str) -> None:
+    (tmp_path / "token").write_text(TOKEN)
+    section = {"control_token_file": str(tmp_path / "token"), **section}
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"freqtrade": section}))
+    result = cli("--config", str(path), "freqtrade")
+    assert result.returncode == 2, result.stderr
+    assert problem in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_sidecar_process_serves_metrics_and_control(tmp_path: Path, freqtrade: Freqtrade) -> None:
+    import urllib.request
+
+    port = free_port()
+    config = write_config(tmp_path, freqtrade, port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trading_ops", "--config", str(config), "freqtrade"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "sidecar.log", "wb"),  # noqa: SIM115
+        cwd=REPO_ROOT,
+    )
+    try:
+
+        def scrape() -> str | None:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            return text if "tradingbot_freqtrade_up 1.0" in text else None
+
+        text = until("the sidecar process reports freqtrade up", scrape)
+        assert re.search(r'^tradingbot_state\{state="active"\} 1\.0$', text, re.MULTILINE)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/control/status", method="POST", headers=AUTH)
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.loads(resp.read())["freqtrade_up"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert "Traceback" not in (tmp_path / "sidecar.log").read_text()
+
+
+def test_the_official_client_and_the_sidecar_agree(freqtrade: Freqtrade) -> None:
+    """freqtrade-client (the official REST client) reads the same freqtrade the sidecar polls."""
+    client = FtRestClient(freqtrade.url, USERNAME, PASSWORD)
+    assert client.version()["version"] == "2026.9"
+    assert client.show_config()["exchange"] == "kraken"
+
+
+def test_the_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    from importlib import resources
+
+    unit = resources.files("trading_ops.integrations.freqtrade").joinpath("systemd/trading-ops-freqtrade.service")
+    text = unit.read_text().replace(
+        "/opt/trading-ops/.venv/bin/trading-ops", str(Path(sys.executable).parent / "trading-ops")
+    )
+    path = tmp_path / "trading-ops-freqtrade.service"
+    path.write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in result.stderr.splitlines() if "trading-ops-freqtrade.service" in line]
+    assert problems == [], result.stderr
+
+
+# -- down, never zeros (last: it kills freqtrade, then starts it again) ---------------------------------------------
+
+
+async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client, freqtrade: Freqtrade) -> None:
+    until("freqtrade holds its trades", lambda: two_open_trades(freqtrade))
+    await sidecar.until(
+        "positions exported", lambda: sidecar.value("tradingbot_position_quantity", venue="kraken", symbol="BTC-USD")
+    )
+    reconciler = sidecar.sidecar.reconciler
+    assert reconciler is not None
+    await sidecar.until("the startup reconciliation", lambda: _ran(reconciler, "startup"))
+    last_heartbeat = await sidecar.value("tradingbot_heartbeat_timestamp_seconds")
+    freqtrade.kill()
+    await sidecar.until("the sidecar reports freqtrade down", lambda: _is_down(sidecar))
+    names = await sidecar.names()
+    for family in (
+        "tradingbot_position_quantity",
+        "tradingbot_balance",
+        "tradingbot_realized_pnl",
+        "tradingbot_unrealized_pnl",
+        "tradingbot_state",
+        "tradingbot_open_orders",
+        "tradingbot_freqtrade_open_trades",
+    ):
+        assert family not in names, family
+    # The heartbeat stays at freqtrade's last iteration: it goes stale, it is not reset.
+    heartbeat = await sidecar.value("tradingbot_heartbeat_timestamp_seconds")
+    assert heartbeat is not None and last_heartbeat is not None and heartbeat >= last_heartbeat
+    assert await sidecar.value("tradingbot_freqtrade_info", **_info_labels(await sidecar.samples())) == 1
+    resp = await sidecar.http.get("/healthz")
+    assert resp.status == 503
+    status, body = await sidecar.control("pause")
+    assert status == 503 and "freqtrade does not answer" in body["error"]
+    status, body = await sidecar.control("status")
+    assert status == 200 and body["freqtrade_up"] is False and body["state"] is None
+
+    freqtrade.start()
+    await sidecar.until("freqtrade is back up", lambda: sidecar.value("tradingbot_freqtrade_up"))
+    await sidecar.until(
+        "its trades are back (freqtrade keeps them in its database)",
+        lambda: sidecar.value("tradingbot_position_quantity", venue="kraken", symbol="BTC-USD"),
+    )
+    # The sidecar reconciles on its own when freqtrade comes back, and finds what the gateway holds.
+    await sidecar.until(
+        "a reconciliation after the restart",
+        lambda: _ran(reconciler, "reconnect"),
+    )
+    last = reconciler.last
+    assert last is not None and last["result"] == "clean", last
+    assert float(last["venue_positions"]["BTC-USD"]) > 0
+    venue = {s: float(q) for s, q in last["venue_positions"].items()}
+    assert venue == pytest.approx({s: float(q) for s, q in last["freqtrade_positions"].items()})
+
+
+async def _ran(reconciler: Any, trigger: str) -> bool:
+    return reconciler.last is not None and reconciler.last["trigger"] == trigger
+
+
+async def _is_down(sidecar: Client) -> bool:
+    return await sidecar.value("tradingbot_freqtrade_up") == 0
+
+
+def _info_labels(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, str]:
+    return next(dict(labels) for name, labels in samples if name == "tradingbot_freqtrade_info")

@@ -1,0 +1,123 @@
+"""The sidecar's aiohttp app for one freqtrade: the bot server's /metrics, /healthz, /readyz and /control/{command}."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+
+from trading_ops import __version__
+from trading_ops.bot import server
+from trading_ops.bot.metrics import PREFIX
+from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient
+from trading_ops.integrations.freqtrade.collector import FreqtradeCollector
+from trading_ops.integrations.freqtrade.control import ControlMetrics, FreqtradeControl
+from trading_ops.integrations.freqtrade.poller import FreqtradePoller
+
+if TYPE_CHECKING:  # ccxt is imported only by a sidecar that reconciles
+    from trading_ops.integrations.freqtrade.reconcile import FreqtradeReconciler
+    from trading_ops.venues.ccxt import CcxtBroker
+
+
+@dataclass
+class _StateValue:
+    value: str
+
+
+class _StateView:
+    """What the bot server reads of a bot's state machine (`state.state.value`), from the last poll."""
+
+    def __init__(self, poller: FreqtradePoller) -> None:
+        self._poller = poller
+
+    @property
+    def state(self) -> _StateValue:
+        return _StateValue(self._poller.snapshot.state or "unknown")
+
+
+class FreqtradeSidecar:
+    """Everything the bot server needs of a bot (registry, token, control, metrics, health), for one freqtrade."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        username: str,
+        password: str,
+        token: str,
+        registry: CollectorRegistry,
+        poll_interval: float = 2.0,
+        request_timeout: float = 3.0,
+        heartbeat_timeout: float = 15.0,
+        broker: CcxtBroker | None = None,
+        reconcile_interval: float = 60.0,
+        reconcile_confirm: float | None = None,
+    ) -> None:
+        if not token:
+            raise ValueError("the control API needs a bearer token")
+        self.name = name
+        self.token = token
+        self.registry = registry
+        self.heartbeat_timeout = heartbeat_timeout
+        client = FreqtradeClient(url, username, password, timeout=request_timeout, metrics=ApiMetrics(registry))
+        self.poller = FreqtradePoller(client, poll_interval)
+        self.metrics = ControlMetrics(registry)
+        self.reconciler: FreqtradeReconciler | None = None
+        if broker is not None:
+            from trading_ops.integrations.freqtrade.reconcile import FreqtradeReconciler
+
+            self.reconciler = FreqtradeReconciler(self.poller, broker, registry, reconcile_interval)
+            if reconcile_confirm is not None:
+                self.reconciler.confirm = reconcile_confirm
+        reconcile = self.reconciler.command if self.reconciler is not None else None
+        self.control = FreqtradeControl(self.poller, reconcile, heartbeat_timeout)
+        self.state = _StateView(self.poller)
+        registry.register(FreqtradeCollector(self.poller))
+        Gauge(
+            f"{PREFIX}_build_info",
+            "Build of trading-ops running in this bot's sidecar (always 1).",
+            ["version", "integration"],
+            registry=registry,
+        ).labels(__version__, "freqtrade").set(1)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy: freqtrade answers and its loop completed an iteration within heartbeat_timeout (or it is
+        stopped, where freqtrade runs no loop on purpose)."""
+        snap = self.poller.snapshot
+        age = None if snap.heartbeat is None else max(0.0, time.time() - snap.heartbeat)
+        loop_ok = snap.freqtrade_state == "stopped" or (age is not None and age <= self.heartbeat_timeout)
+        detail = {
+            "freqtrade_up": snap.up,
+            "state": snap.state,
+            "heartbeat_age_seconds": age,
+            "heartbeat_timeout_seconds": self.heartbeat_timeout,
+            "error": snap.error or None,
+        }
+        return snap.up and loop_ok, detail
+
+    def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
+        snap = self.poller.snapshot
+        checks = {"freqtrade": {"ok": snap.up, "error": snap.error or None, "polled_at": snap.polled_at}}
+        return snap.up, checks
+
+
+def create_app(sidecar: FreqtradeSidecar) -> web.Application:
+    """The bot server's app over `sidecar`, its poller started and stopped with the app."""
+    app = server.create_app(sidecar)
+
+    async def poller_ctx(_app: web.Application) -> AsyncIterator[None]:
+        await sidecar.poller.start()
+        if sidecar.reconciler is not None:
+            await sidecar.reconciler.start()
+        yield
+        if sidecar.reconciler is not None:
+            await sidecar.reconciler.stop()
+        await sidecar.poller.stop()
+
+    app.cleanup_ctx.append(poller_ctx)
+    return app

@@ -1,0 +1,122 @@
+"""`trading-ops freqtrade`: run the sidecar for every freqtrade in `freqtrade.targets`, one listen port each."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from trading_ops.cli import UsageError
+from trading_ops.config import Config, ConfigError, resolve_secret
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "freqtrade",
+        help="serve the library's metrics and control API for unmodified freqtrade bots (a sidecar)",
+        description="Polls each freqtrade in freqtrade.targets through its REST API and serves /metrics, /healthz, "
+        "/readyz and POST /control/{command} for it on its own listen port.",
+    )
+    parser.add_argument("--target", action="append", default=None, help="run only this target (repeatable)")
+    parser.set_defaults(handler=run)
+
+
+def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
+    """One FreqtradeSidecar per configured target (each on its own registry); configuration problems first."""
+    from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
+
+    section = config.freqtrade
+    if not section.targets:
+        raise ConfigError("freqtrade.targets", "no freqtrade to watch: add at least one target")
+    unknown = sorted(set(only or ()) - set(section.targets))
+    if unknown:
+        raise UsageError(f"--target {unknown[0]}: not in freqtrade.targets ({', '.join(sorted(section.targets))})")
+    token = resolve_secret(config, section, "control_token", "freqtrade.control_token")
+    if not token:
+        raise ConfigError(
+            "freqtrade.control_token",
+            "no token: give control_token_file or control_token_env (or set TRADING_OPS_CONTROL_TOKEN)",
+        )
+    sidecars = []
+    for name, target in section.targets.items():
+        if only and name not in only:
+            continue
+        password = resolve_secret(config, target, "password", f"freqtrade.targets.{name}.password")
+        if not password:
+            raise ConfigError(
+                f"freqtrade.targets.{name}.password",
+                "no password: give password_file or password_env (or set TRADING_OPS_FREQTRADE_PASSWORD)",
+            )
+        broker = None
+        if target.ccxt is not None:
+            from trading_ops.venues.ccxt import broker_from_config
+
+            # The broker reads the `ccxt` section: this target's, with its secrets resolved against this config.
+            broker = broker_from_config(dataclasses.replace(config, ccxt=target.ccxt))
+        sidecars.append(
+            FreqtradeSidecar(
+                name=name,
+                url=target.url,
+                username=target.username,
+                password=password,
+                token=token,
+                registry=CollectorRegistry(),
+                poll_interval=section.poll_interval_seconds,
+                request_timeout=section.request_timeout_seconds,
+                heartbeat_timeout=section.heartbeat_timeout_seconds,
+                broker=broker,
+                reconcile_interval=section.reconcile_interval_seconds,
+            )
+        )
+    return sidecars
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    sidecars = build_sidecars(config, args.target)
+    asyncio.run(serve(config, sidecars))
+    return 0
+
+
+async def serve(config: Config, sidecars: list[Any]) -> None:
+    """Serve every sidecar until SIGTERM or SIGINT."""
+    from trading_ops.integrations.freqtrade.app import create_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []
+    try:
+        for sidecar in sidecars:
+            listen = config.freqtrade.targets[sidecar.name].listen
+            runner = web.AppRunner(create_app(sidecar), access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            try:
+                await web.TCPSite(runner, listen.host, listen.port).start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"freqtrade.targets.{sidecar.name}.listen",
+                    f"cannot listen on {listen.host}:{listen.port}: {exc.strerror}",
+                ) from exc
+            log.info(
+                "freqtrade sidecar %s: %s -> http://%s:%d",
+                sidecar.name,
+                sidecar.poller.client.base,
+                listen.host,
+                listen.port,
+            )
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()

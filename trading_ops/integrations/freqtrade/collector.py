@@ -1,0 +1,197 @@
+"""The `tradingbot_` families of one freqtrade, rendered fresh on every scrape from the poller's last snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from trading_ops.bot.metrics import PREFIX
+from trading_ops.bot.state import TradingState
+from trading_ops.integrations.freqtrade.poller import FreqtradePoller, Snapshot, symbol_of
+
+
+class FreqtradeCollector(Collector):
+    """Exports what freqtrade told the last poll under the library's names (state, heartbeat, positions, P&L,
+    balances, open orders) and freqtrade's own signals under `tradingbot_freqtrade_*`.
+
+    `tradingbot_freqtrade_up` is always there. While it is 0 the data families are left out (a dead freqtrade
+    has no positions to report, and zeros would read as "flat"); the heartbeat keeps its last value, so it goes
+    stale and TradingBotHeartbeatStale fires as for a hung bot. A freqtrade in its `stopped` state (halted) runs
+    no trading loop at all, by design: its heartbeat is left out rather than reported stale.
+    """
+
+    def __init__(self, poller: FreqtradePoller) -> None:
+        self._poller = poller
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families depend on the snapshot: registration must not call collect()
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._poller.snapshot
+        yield GaugeMetricFamily(
+            f"{PREFIX}_freqtrade_up",
+            "1 when freqtrade's REST API answered the sidecar's last poll, 0 when it did not.",
+            1 if snap.up else 0,
+        )
+        if snap.version is not None:
+            info = InfoMetricFamily(f"{PREFIX}_freqtrade", "freqtrade's version and setup (always 1).")
+            info.add_metric([], _info(snap))
+            yield info
+        if snap.polled_at is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_freqtrade_last_poll_success_timestamp_seconds",
+                "Unix time of the sidecar's last poll that freqtrade answered.",
+                snap.polled_at,
+            )
+        if snap.heartbeat is not None and snap.freqtrade_state != "stopped":
+            yield GaugeMetricFamily(
+                f"{PREFIX}_heartbeat_timestamp_seconds",
+                "Unix time at which the trading loop last completed an iteration.",
+                snap.heartbeat,
+            )
+        if snap.bot_start is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_freqtrade_bot_start_timestamp_seconds",
+                "Unix time at which this freqtrade process started trading.",
+                snap.bot_start,
+            )
+        if snap.up:
+            yield from _data_families(snap)
+
+
+def _info(snap: Snapshot) -> dict[str, str]:
+    c = snap.config
+    return {
+        "version": str(snap.version),
+        "exchange": snap.venue,
+        "strategy": snap.strategy,
+        "bot_name": str(c.get("bot_name") or ""),
+        "dry_run": str(bool(c.get("dry_run"))).lower(),
+        "trading_mode": str(c.get("trading_mode") or ""),
+        "stake_currency": str(c.get("stake_currency") or ""),
+    }
+
+
+def _data_families(snap: Snapshot) -> Iterator[Metric]:
+    venue, strategy = snap.venue, snap.strategy
+    current = snap.state
+    if current is not None:
+        state = GaugeMetricFamily(
+            f"{PREFIX}_state", "Trading state of the bot, one-hot: 1 for the current state.", labels=["state"]
+        )
+        for s in TradingState:
+            state.add_metric([s.value], 1 if s.value == current else 0)
+        yield state
+        yield GaugeMetricFamily(
+            f"{PREFIX}_kill_switch_engaged",
+            "1 while the kill switch holds the bot halted.",
+            1 if current == TradingState.HALTED.value else 0,
+        )
+
+    quantity = GaugeMetricFamily(
+        f"{PREFIX}_position_quantity",
+        "Signed position in units of the base asset (negative is short).",
+        labels=["venue", "symbol"],
+    )
+    notional = GaugeMetricFamily(
+        f"{PREFIX}_position_notional",
+        "Signed position valued at the mark price, in units of the quote asset.",
+        labels=["venue", "symbol"],
+    )
+    positions: dict[str, list[float]] = {}
+    for trade in snap.trades:
+        amount = _float(trade.get("amount"))
+        sign = -1.0 if trade.get("is_short") else 1.0
+        totals = positions.setdefault(symbol_of(str(trade.get("pair", "?"))), [0.0, 0.0])
+        totals[0] += sign * amount
+        totals[1] += sign * amount * _float(trade.get("current_rate"))
+    for symbol, (qty, value) in sorted(positions.items()):
+        quantity.add_metric([venue, symbol], qty)
+        notional.add_metric([venue, symbol], value)
+    yield quantity
+    yield notional
+
+    open_orders = GaugeMetricFamily(
+        f"{PREFIX}_open_orders", "Orders acknowledged and still working on the venue.", labels=["venue", "symbol"]
+    )
+    counts: dict[str, int] = {}
+    for trade, _order in snap.open_orders():
+        symbol = symbol_of(str(trade.get("pair", "?")))
+        counts[symbol] = counts.get(symbol, 0) + 1
+    for symbol in sorted(set(counts) | set(positions)):
+        open_orders.add_metric([venue, symbol], counts.get(symbol, 0))
+    yield open_orders
+
+    balance = GaugeMetricFamily(
+        f"{PREFIX}_balance", "Account balance per asset, in units of that asset.", labels=["venue", "asset"]
+    )
+    for currency in snap.balance.get("currencies") or ():
+        if isinstance(currency, dict) and currency.get("currency"):
+            balance.add_metric([venue, str(currency["currency"])], _float(currency.get("balance")))
+    yield balance
+
+    if snap.today is not None:
+        yield _pnl(
+            "realized_pnl",
+            "Realized profit and loss since the start of the UTC day, in units of the quote asset.",
+            venue,
+            strategy,
+            _float(snap.today.get("abs_profit")),
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_freqtrade_daily_profit_ratio",
+            "Today's (UTC) closed profit relative to the day's starting balance, as freqtrade's /daily computes it.",
+            _float(snap.today.get("rel_profit")),
+        )
+    yield _pnl(
+        "unrealized_pnl",
+        "Unrealized profit and loss of open positions at the mark price, in units of the quote asset.",
+        venue,
+        strategy,
+        sum(_float(t.get("profit_abs")) for t in snap.trades),
+    )
+
+    yield GaugeMetricFamily(f"{PREFIX}_freqtrade_open_trades", "Trades freqtrade holds open.", len(snap.trades))
+    if snap.max_open_trades is not None:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_freqtrade_max_open_trades",
+            "freqtrade's max_open_trades: it opens no trade beyond this many (absent when unlimited).",
+            snap.max_open_trades,
+        )
+    locks = [lock for lock in snap.locks.get("locks") or () if isinstance(lock, dict) and lock.get("active")]
+    yield GaugeMetricFamily(
+        f"{PREFIX}_freqtrade_pair_locks",
+        "Active pair locks: pairs freqtrade will not enter (protections, manual locks).",
+        len(locks),
+    )
+    p = snap.profit
+    for name, key, doc in (
+        ("trades", "trade_count", "Trades freqtrade opened (open and closed) since its database began."),
+        ("closed_trades", "closed_trade_count", "Trades freqtrade closed since its database began."),
+        ("winning_trades", "winning_trades", "Closed trades that made a profit."),
+        ("losing_trades", "losing_trades", "Closed trades that made a loss."),
+    ):
+        if key in p:
+            yield CounterMetricFamily(f"{PREFIX}_freqtrade_{name}", doc, _float(p[key]))
+    if "profit_closed_coin" in p:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_freqtrade_closed_profit",
+            "Profit of every closed trade since the database began, in units of the stake currency.",
+            _float(p["profit_closed_coin"]),
+        )
+
+
+def _pnl(name: str, doc: str, venue: str, strategy: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["venue", "strategy"])
+    family.add_metric([venue, strategy], value)
+    return family
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value) if value is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
