@@ -21,10 +21,10 @@ from system_binaries import REPO_ROOT
 
 from tests.paper_helpers import TOKEN, fast_config
 from trading_ops.config import parse_config
+from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
 from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance import metrics_for as maintenance_metrics
 from trading_ops.ops.scheduler import SchedulerMetrics
-from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.metrics import ReconcilerMetrics
