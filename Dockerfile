@@ -9,6 +9,27 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# PostgreSQL's client programs, for `trading-ops backup` of the compose stack's database (pg_dump -Fc, pg_restore):
+# pg_dump must be at least the server's major version and Debian bookworm ships 15, so the client comes from the
+# PostgreSQL project's apt repository (apt.postgresql.org; apt checks its signature against the project's key).
+# Keep PG_MAJOR the major version of the postgres image in docker-compose.yml (tests/test_docker_compose.py checks
+# it); the build fails unless pg_dump and pg_restore of that version are on PATH.
+ARG PG_MAJOR=16
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && install -d /usr/share/postgresql-common/pgdg \
+    && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+        https://www.postgresql.org/media/keys/ACCC4CF8.asc \
+    && . /etc/os-release \
+    && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
+        > /etc/apt/sources.list.d/pgdg.list \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" \
+    && apt-get purge -y --auto-remove curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && pg_dump --version | grep -q "(PostgreSQL) ${PG_MAJOR}\." \
+    && pg_restore --version | grep -q "(PostgreSQL) ${PG_MAJOR}\."
+
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY trading_ops ./trading_ops

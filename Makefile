@@ -79,23 +79,29 @@ run: $(STAMP) var/secrets/control-token var/secrets/reconciler-token var/secrets
 	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check trading_ops tests benchmarks
-	$(VENV)/bin/ruff format --check trading_ops tests benchmarks
+	$(VENV)/bin/ruff check trading_ops tests benchmarks examples
+	$(VENV)/bin/ruff format --check trading_ops tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict --follow-imports=silent examples
 
 test: $(STAMP) system-deps
-	$(VENV)/bin/ruff check trading_ops tests benchmarks
+	$(VENV)/bin/ruff check trading_ops tests benchmarks examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict --follow-imports=silent examples
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
+# Every benchmark but the soak (`$(PY) benchmarks/bench_soak.py --minutes 60`: an hour at least, run it on its own).
 bench: $(STAMP)
 	$(PY) benchmarks/bench_exporter.py
 	$(PY) benchmarks/bench_intake.py
 	$(PY) benchmarks/bench_recovery.py
 	$(PY) benchmarks/bench_backup.py
 	$(PY) benchmarks/bench_ccxt.py
+	$(PY) benchmarks/bench_freqtrade.py
+	$(PY) benchmarks/bench_fleet.py
+	$(PY) benchmarks/bench_mttr.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

@@ -1,5 +1,7 @@
-"""Webhook intake throughput and ack latency (16 concurrent clients, dedup on) on SQLite and PostgreSQL,
-beside a bare aiohttp handler measured in the same run, and the reconciler's idle RSS and CPU. Prints JSON."""
+"""Webhook intake throughput and ack latency (16 concurrent clients, dedup on) on SQLite and PostgreSQL, and on
+PostgreSQL with two reconciler replicas sharing the database (the clients spread over both, as a clustered
+Alertmanager pair's notifications are), beside a bare aiohttp handler measured in the same run, and the reconciler's
+idle RSS and CPU. Prints JSON."""
 
 from __future__ import annotations
 
@@ -113,17 +115,18 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-async def load(url: str, server_pid: int) -> dict[str, Any]:
-    """16 clients for DURATION_SECONDS after a warm-up. Besides rates and latencies: the server's CPU time per
-    notification, which depends far less than throughput on what else the (shared) machine is doing."""
-    server = psutil.Process(server_pid)
+async def load(urls: list[str], server_pids: list[int]) -> dict[str, Any]:
+    """16 clients for DURATION_SECONDS after a warm-up, spread evenly over `urls` (replicas of one service).
+    Besides rates and latencies: the servers' CPU time per notification, which depends far less than throughput on
+    what else the (shared) machine is doing."""
+    servers = [psutil.Process(pid) for pid in server_pids]
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     latencies: list[float] = []
     errors = 0
     counter = iter(range(10**9))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CLIENTS)) as session:
 
-        async def client(until: float, record: bool) -> None:
+        async def client(url: str, until: float, record: bool) -> None:
             nonlocal errors
             while time.perf_counter() < until:
                 started = time.perf_counter()
@@ -134,12 +137,13 @@ async def load(url: str, server_pid: int) -> dict[str, Any]:
                     latencies.append(time.perf_counter() - started)
                     errors += not ok
 
-        await asyncio.gather(*(client(time.perf_counter() + WARMUP_SECONDS, False) for _ in range(CLIENTS)))
-        cpu_before = cpu_seconds(server)
+        spread = [urls[i % len(urls)] for i in range(CLIENTS)]
+        await asyncio.gather(*(client(u, time.perf_counter() + WARMUP_SECONDS, False) for u in spread))
+        cpu_before = sum(cpu_seconds(p) for p in servers)
         started = time.perf_counter()
-        await asyncio.gather(*(client(started + DURATION_SECONDS, True) for _ in range(CLIENTS)))
+        await asyncio.gather(*(client(u, started + DURATION_SECONDS, True) for u in spread))
         elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(server) - cpu_before
+        cpu = sum(cpu_seconds(p) for p in servers) - cpu_before
     latencies.sort()
     return {
         "notifications_per_second": round(len(latencies) / elapsed, 1),
@@ -237,15 +241,43 @@ def idle(pid: int) -> dict[str, float]:
     }
 
 
-def bench_backend(name: str, db_url: str, tmp: Path, results: dict[str, Any], synchronous: str = "FULL") -> None:
-    proc, port = start_reconciler(tmp, db_url, synchronous)
+def bench_backend(
+    name: str, db_url: str, tmp: Path, results: dict[str, Any], synchronous: str = "FULL", replicas: int = 1
+) -> None:
+    started = []
     try:
+        for n in range(replicas):
+            (tmp / f"replica-{n}").mkdir()
+            started.append(start_reconciler(tmp / f"replica-{n}", db_url, synchronous))
         if name == "sqlite":  # idle first: a fresh process, as after a start
-            results.update(idle(proc.pid))
-        results[name] = asyncio.run(load(f"http://127.0.0.1:{port}/api/v1/alertmanager", proc.pid))
+            results.update(idle(started[0][0].pid))
+        urls = [f"http://127.0.0.1:{port}/api/v1/alertmanager" for _, port in started]
+        results[name] = asyncio.run(load(urls, [proc.pid for proc, _ in started]))
+        results[name]["replicas"] = replicas
         results[name]["stored"] = stored_count(db_url)
     finally:
-        stop(proc)
+        for proc, _ in started:
+            stop(proc)
+
+
+def bench_postgresql(name: str, replicas: int, results: dict[str, Any]) -> None:
+    """`replicas` reconcilers on a fresh database of the local PostgreSQL."""
+    from sqlalchemy import create_engine, text
+
+    dbname = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{dbname}"'))
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}"
+            bench_backend(name, url, Path(tmp), results, replicas=replicas)
+    except Exception as exc:  # no local PostgreSQL: report, keep the SQLite numbers
+        results[name] = {"error": str(exc).splitlines()[0]}
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def main() -> None:
@@ -262,7 +294,9 @@ def main() -> None:
     base = subprocess.Popen([sys.executable, "-c", BASELINE_SERVER, str(port)])
     try:
         time.sleep(1.0)  # the bare server has no health route; it starts in well under a second
-        results["baseline_bare_aiohttp"] = asyncio.run(load(f"http://127.0.0.1:{port}/api/v1/alertmanager", base.pid))
+        results["baseline_bare_aiohttp"] = asyncio.run(
+            load([f"http://127.0.0.1:{port}/api/v1/alertmanager"], [base.pid])
+        )
     finally:
         stop(base)
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,23 +306,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench_backend("sqlite_synchronous_normal", f"sqlite:///{tmp}/bench.db", Path(tmp), results, "NORMAL")
     if not args.no_postgres:
-        from sqlalchemy import create_engine, text
-
-        dbname = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{dbname}"'))
-            with tempfile.TemporaryDirectory() as tmp:
-                bench_backend(
-                    "postgresql", f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}", Path(tmp), results
-                )
-        except Exception as exc:  # no local PostgreSQL: report, keep the SQLite numbers
-            results["postgresql"] = {"error": str(exc).splitlines()[0]}
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
-            admin.dispose()
+        for name, replicas in (("postgresql", 1), ("postgresql_two_replicas", 2)):
+            bench_postgresql(name, replicas, results)
+        one, two = results["postgresql"], results["postgresql_two_replicas"]
+        if "error" not in one and "error" not in two:
+            ratio = two["notifications_per_second"] / max(one["notifications_per_second"], 1)
+            results["goals_two_replicas"] = {
+                "ratio_to_one_replica": round(ratio, 2),
+                "ratio_ge_1_5": ratio >= 1.5,
+                "throughput_ge_4000_per_s": two["notifications_per_second"] >= 4000,
+                "p99_le_20_ms": two["ack_latency_p99_ms"] <= 20,
+            }
     sq = results["sqlite"]
     results["goals_met_sqlite"] = {
         "throughput_ge_2000_per_s": sq["notifications_per_second"] >= 2000,

@@ -91,7 +91,7 @@ def percentile(values: list[float], q: float) -> float | None:
 class Stack:
     """`trading-ops up` as a child process on free ports, with a configuration written for the benchmark."""
 
-    def __init__(self, root: Path, profile: str, cooldown: float) -> None:
+    def __init__(self, root: Path, profile: str, cooldown: float, bot: dict[str, Any] | None = None) -> None:
         self.root = root
         self.ports = {name: free_port() for name in ("bot", "reconciler", "prometheus", "alertmanager")}
         self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
@@ -110,7 +110,11 @@ class Stack:
         (root / "playbook.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
         config = {
             "database": {"url": f"sqlite:///{root / 'trading-ops.db'}"},
-            "bot": {"data_dir": str(root / "bot"), "control_token_file": str(secrets / "control-token")},
+            "bot": {
+                "data_dir": str(root / "bot"),
+                "control_token_file": str(secrets / "control-token"),
+                **(bot or {}),
+            },
             "reconciler": {
                 "token_file": str(secrets / "reconciler-token"),
                 "read_token_file": str(secrets / "reconciler-read-token"),
@@ -159,6 +163,11 @@ class Stack:
 
     def episodes(self) -> list[dict[str, Any]]:
         url = f"{self.urls['reconciler']}/api/v1/episodes?limit=50"
+        return list(get_json(url, {"Authorization": f"Bearer {self.read_token}"})["episodes"])
+
+    def episodes_all(self) -> list[dict[str, Any]]:
+        """The newest 500 episodes (the API's largest page): a soak's whole history."""
+        url = f"{self.urls['reconciler']}/api/v1/episodes?limit=500"
         return list(get_json(url, {"Authorization": f"Bearer {self.read_token}"})["episodes"])
 
     def query(self, expr: str) -> list[dict[str, Any]]:

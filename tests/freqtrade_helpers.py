@@ -74,7 +74,10 @@ def freqtrade_config(
         "initial_state": "running",
         "timeframe": "1m",
         "cancel_open_orders_on_exit": False,
-        "unfilledtimeout": {"entry": 10, "exit": 10, "unit": "seconds"},
+        # Long enough for a test to act on a resting order before freqtrade cancels it itself.
+        "unfilledtimeout": {"entry": 60, "exit": 60, "unit": "seconds"},
+        # POST /forceenter: a test places a limit entry that rests on the gateway.
+        "force_entry_enable": True,
         "entry_pricing": {"price_side": "other", "use_order_book": False, "price_last_balance": 0.0},
         "exit_pricing": {"price_side": "other", "use_order_book": False},
         "order_types": {
@@ -111,6 +114,8 @@ def freqtrade_config(
         "internals": {"process_throttle_secs": 1, "heartbeat_interval": 0},
         "user_data_dir": str(path.parent / "user_data"),
         "trading_ops_hold_seconds": hold_seconds,
+        # The committed strategy's stalled loop: it blocks while this file holds freqtrade's pid (Freqtrade.stall).
+        "trading_ops_stall_file": str(path.parent / "stall"),
     }
     (path.parent / "user_data").mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2))
@@ -127,7 +132,13 @@ class Freqtrade:
         self.url = f"http://127.0.0.1:{api_port}"
         self.db_url = f"sqlite:///{workdir / 'tradesv3.sqlite'}"
         self.log = workdir / "freqtrade.log"
+        self.stall_file = config.parent / "stall"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def stall(self, pid: int) -> None:
+        """Block the trading loop of the freqtrade process `pid` (the committed strategy's stall): its API answers on,
+        its last completed iteration stops. A freqtrade started afterwards (another pid) is not affected."""
+        self.stall_file.write_text(str(pid))
 
     def argv(self) -> list[str]:
         """The command line that (re)starts this freqtrade: also what a restart action runs."""

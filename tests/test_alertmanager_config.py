@@ -28,7 +28,11 @@ RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 SECRETS_DIR = "/etc/alertmanager/secrets/"
 RECONCILER_URL = "http://reconciler:9102/api/v1/alertmanager"
 # Alerts the reconciler posts to Alertmanager itself (they are in no rule file).
-RECONCILER_POSTED_ALERTS = {"TradingOpsRemediationFailed": "critical", "TradingOpsRemediationCircuitOpen": "critical"}
+RECONCILER_POSTED_ALERTS = {
+    "TradingOpsRemediationFailed": "critical",
+    "TradingOpsRemediationCircuitOpen": "critical",
+    "TradingOpsBotPaused": "warning",
+}
 # Alerts about the reconciler itself: it cannot heal itself, so its webhook does not get them (people do).
 RECONCILER_OWN_HEALTH = {
     "TradingOpsReconcilerDown",
@@ -114,7 +118,8 @@ def test_every_alert_reaches_a_person_by_severity(alertname: str, severity: str)
         # Everything actionable goes to the reconciler, except its own health (it cannot heal itself).
         assert ("reconciler" in receivers) != (alertname in RECONCILER_OWN_HEALTH), receivers
     if alertname in RECONCILER_POSTED_ALERTS:
-        assert receivers == ["pager"], "the reconciler's escalations must not loop back to it"
+        person = RECEIVER_FOR_SEVERITY[RECONCILER_POSTED_ALERTS[alertname]]
+        assert receivers == [person], "the reconciler's escalations reach people, never loop back to it"
 
 
 def test_the_reconciler_health_route_names_real_alerts() -> None:
@@ -279,6 +284,22 @@ def test_a_freqtrade_that_does_not_answer_mutes_its_stale_heartbeat_only(alertma
 
 
 @pytest.mark.alertmanager
+def test_a_freqtrade_sidecar_that_cannot_be_scraped_mutes_what_its_freqtrade_still_fires(alertmanager_url: str) -> None:
+    post_alerts(
+        alertmanager_url,
+        bot_alert("TradingBotFreqtradeSidecarDown", "critical", "ft-c:9103"),
+        bot_alert("TradingBotBrokerDisconnected", "critical", "ft-c:9103"),
+        bot_alert("TradingBotBrokerDisconnected", "critical", "ft-d:9103"),
+    )
+    assert_states(
+        alertmanager_url,
+        "ft-c:9103",
+        {"TradingBotFreqtradeSidecarDown/critical": "active", "TradingBotBrokerDisconnected/critical": "suppressed"},
+    )
+    assert_states(alertmanager_url, "ft-d:9103", {"TradingBotBrokerDisconnected/critical": "active"})
+
+
+@pytest.mark.alertmanager
 def test_critical_mutes_the_warning_tier_of_the_same_alert(alertmanager_url: str) -> None:
     post_alerts(
         alertmanager_url,
@@ -330,3 +351,25 @@ def test_an_orders_disconnect_mutes_lost_order_replies_of_that_bot_only(alertman
     expected = {"TradingBotBrokerDisconnected/critical": "active"}
     assert_states(alertmanager_url, "bot-e:9101", {**expected, "TradingBotOrderRepliesLost/warning": "suppressed"})
     assert_states(alertmanager_url, "bot-f:9101", {**expected, "TradingBotOrderRepliesLost/warning": "active"})
+
+
+@pytest.mark.alertmanager
+def test_a_venue_down_mutes_the_connectivity_alerts_of_its_bots_only(alertmanager_url: str) -> None:
+    venue = {"alertname": "TradingBotVenueDown", "severity": "critical", "service": "tradingbot", "venue": "kx"}
+    post_alerts(
+        alertmanager_url,
+        venue,
+        bot_alert("TradingBotBrokerDisconnected", "critical", "bot-v1:9101", venue="kx", channel="orders"),
+        bot_alert("TradingBotMarketDataStale", "critical", "bot-v1:9101", venue="kx", symbol="BTC-USD"),
+        bot_alert("TradingBotBrokerDisconnected", "critical", "bot-v2:9101", venue="other", channel="orders"),
+        bot_alert("TradingBotDailyLossBreached", "critical", "bot-v3:9101", venue="kx", strategy="demo"),
+    )
+    # Every bot of the venue: its connectivity alerts are the venue's, the one page is TradingBotVenueDown's.
+    assert_states(
+        alertmanager_url,
+        "bot-v1:9101",
+        {"TradingBotBrokerDisconnected/critical": "suppressed", "TradingBotMarketDataStale/critical": "suppressed"},
+    )
+    # Another venue's disconnect, and a loss limit on this venue, are news of their own.
+    assert_states(alertmanager_url, "bot-v2:9101", {"TradingBotBrokerDisconnected/critical": "active"})
+    assert_states(alertmanager_url, "bot-v3:9101", {"TradingBotDailyLossBreached/critical": "active"})

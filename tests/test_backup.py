@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,9 +19,9 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 from prometheus_client import CollectorRegistry
-from sqlalchemy import MetaData, create_engine, insert, select
+from sqlalchemy import MetaData, create_engine, insert, select, text
 
-from tests.conftest import free_port
+from tests.conftest import POSTGRES_ADMIN_URL, free_port
 from tests.paper_helpers import TOKEN, counter_total, wait_for
 from trading_ops.bot.broker import Side
 from trading_ops.cli import main
@@ -87,6 +89,35 @@ def backup_content(config: Config, manifest: Any) -> dict[str, list[tuple[Any, .
     return content(f"sqlite:///{path}")
 
 
+def dump_content(config: Config, manifest: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """The content of a PostgreSQL backup itself: its dump loaded by the plain `pg_restore` into a fresh database of
+    the local server (none of trading-ops's restore code on the way)."""
+    name = f"trading_ops_dump_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        dump = Catalog(config.path(config.backup.directory)).data_path(manifest)
+        pg_restore = shutil.which("pg_restore")
+        assert pg_restore, "pg_restore (postgresql-client) is missing"
+        argv = [pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "-h", "127.0.0.1", "-U", "postgres"]
+        subprocess.run([*argv, "-d", name, str(dump)], check=True, capture_output=True, timeout=120)
+        return content(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def fill_ids(url: str) -> list[int]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(Fill.id).order_by(Fill.id)).scalars())
+    finally:
+        engine.dispose()
+
+
 def positions_match_fills(url: str) -> bool:
     engine = create_engine(url)
     try:
@@ -130,6 +161,7 @@ async def test_backup_while_the_paper_bot_trades_restores_that_moment(
     assert manifest.row_counts["fills"] >= 20 and manifest.row_counts["orders"] >= manifest.row_counts["fills"] // 2
     assert "password" not in manifest.source
     after_trading = content(url)
+    ids_after_trading = fill_ids(url)
     assert len(after_trading["fills"]) > fills_then  # the bot went on after the backup
 
     verified = await asyncio.to_thread(verify_backup, config, manifest)
@@ -138,11 +170,14 @@ async def test_backup_while_the_paper_bot_trades_restores_that_moment(
     restored = await asyncio.to_thread(restore_backup, config, manifest)
     now = content(url)
     # Exactly the journal of the moment of the backup: the manifest's counts, and row for row the same content as
-    # the snapshot (for SQLite the backup file itself; for PostgreSQL the verify restore matched the same counts).
+    # the backup itself (the SQLite backup file opened as it is; the PostgreSQL dump loaded by the plain pg_restore).
     assert {t: len(rows) for t, rows in now.items()} == manifest.row_counts
-    if dialect == "sqlite":
-        assert now == backup_content(config, manifest)
+    assert now == (backup_content(config, manifest) if dialect == "sqlite" else dump_content(config, manifest))
     assert set(now["fills"]) < set(after_trading["fills"])
+    # ... and that moment is one the database really had: fills are only appended, in id order (the journal's one
+    # thread commits them in turn), so the backup holds exactly the fills up to its last one, none missing.
+    restored_ids = fill_ids(url)
+    assert restored_ids == [i for i in ids_after_trading if i <= restored_ids[-1]]
     # One moment, not a torn copy: each fill is journaled with its position in one transaction, so in the restored
     # journal every position is the sum of its fills.
     assert positions_match_fills(url)

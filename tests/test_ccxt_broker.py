@@ -1,14 +1,10 @@
 """CcxtBroker on ccxt's real `kraken` client against the Kraken-compatible gateway (started per test on a free
-loopback port; the bot of the kill -9 test is a separate process): orders, fills, cancels, balances, events, every
-venue fault as its error class and metric, lost replies resolved without a second order, and reconciliation after a
-kill -9 finding exactly the damage."""
+loopback port): orders, fills, cancels, balances, events, every venue fault as its error class and metric, lost
+replies resolved without a second order, the gateway's faults healed by the broker's own reconnect and resubscribe.
+A bot on the runtime killed mid-order, then reconciled, is in tests/test_ccxt_bot.py."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,7 +18,9 @@ from tests.ccxt_helpers import (
     CONTROL_TOKEN,
     OTHER_KEY,
     OTHER_SECRET,
-    JournalHooks,
+    SUB_ACCOUNT,
+    SUB_KEY,
+    SUB_SECRET,
     kraken,
     running_gateway,
     wait_for,
@@ -39,14 +37,8 @@ from trading_ops.bot.broker import (
     VenueFill,
     VenueOrder,
 )
-from trading_ops.bot.journal import Journal
 from trading_ops.bot.metrics import BotMetrics
-from trading_ops.bot.reconciliation import Reconciler, Trigger
-from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
-from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.db import migrate
-from trading_ops.db.base import make_engine
 from trading_ops.venues.ccxt import CcxtBroker, broker_from_config, error_class, make_exchange
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +94,8 @@ def market(cid: str, symbol: str = "ETH-USD", side: Side = Side.BUY, quantity: s
 def connected_broker(base: str, **kwargs) -> CcxtBroker:  # type: ignore[no-untyped-def]
     options = {"poll_interval": 0.05, "quote_interval": 0.05, "lookup_backoff": 0.1, **kwargs}
     client_options = options.pop("client", {})
-    return CcxtBroker(kraken(base, **client_options), SYMBOLS, **options)
+    symbols = options.pop("symbols", SYMBOLS)
+    return CcxtBroker(kraken(base, **client_options), symbols, **options)
 
 
 async def test_orders_fills_cancels_balances_and_events() -> None:
@@ -118,6 +111,7 @@ async def test_orders_fills_cancels_balances_and_events() -> None:
 
             resting = await broker.submit(limit("b-1"))
             assert (resting.client_order_id, resting.status, resting.price) == ("b-1", OrderStatus.ACKNOWLEDGED, 1000)
+            assert seen.orders == [resting]  # the acknowledgement is an event too, as a user-data stream sends it
             assert resting.venue_order_id == gateway.venue.orders()[0].venue_order_id
             bought = await broker.submit(market("b-2"))
             assert bought.order_type is OrderType.MARKET and bought.price is None
@@ -200,9 +194,9 @@ async def test_each_venue_fault_is_its_error_class_and_metric(fault, args, error
     async with running_gateway() as (gateway, base):
         registry = CollectorRegistry()
         metrics = BotMetrics(venue="kraken", registry=registry)
-        broker = connected_broker(base, on_venue_error=metrics.venue_error)
+        broker = connected_broker(base)
         try:
-            await broker.connect(BrokerEvents())
+            await broker.connect(BrokerEvents(on_venue_error=metrics.venue_error))
             await chaos(base, fault, **args)
             with pytest.raises(BrokerError) as info:
                 await broker.submit(limit("e-1"))
@@ -221,9 +215,9 @@ async def test_nonce_errors_are_counted_and_retried_with_a_fresh_nonce() -> None
     async with running_gateway() as (gateway, base):
         registry = CollectorRegistry()
         metrics = BotMetrics(venue="kraken", registry=registry)
-        broker = connected_broker(base, on_venue_error=metrics.venue_error)
+        broker = connected_broker(base)
         try:
-            await broker.connect(BrokerEvents())
+            await broker.connect(BrokerEvents(on_venue_error=metrics.venue_error))
             await chaos(base, "nonce", count=2)
             order = await broker.submit(limit("n-1"))
             assert order.status is OrderStatus.ACKNOWLEDGED
@@ -286,22 +280,26 @@ async def test_bad_key_and_bad_signature_are_auth_errors() -> None:
                 await broker.close()
 
 
-async def test_stale_market_data_stops_quotes_and_a_dropped_connection_comes_back() -> None:
-    async with running_gateway(tick_interval=0.02, volatility=0.002) as (_gateway, base):
+async def test_stale_market_data_heals_on_resubscribe_and_a_dropped_connection_on_reconnect() -> None:
+    """The gateway's two faults end the way they end on a venue, by what the client does: no `clear` here."""
+    async with running_gateway(tick_interval=0.02, volatility=0.002) as (gateway, base):
         seen = Recorder()
         broker = connected_broker(base)
         try:
             await broker.connect(seen.events())
             await chaos(base, "stale_market_data", symbol="ETH-USD")
-            await wait_for(lambda: any(q.symbol == "ETH-USD" for q in seen.quotes))
-            frozen_at = len([q for q in seen.quotes if q.symbol == "ETH-USD"])
-            # The other symbols keep quoting; ETH's feed has nothing new to say.
+            polls = gateway.calls.get("Ticker", 0)
+            await wait_for(lambda: gateway.calls.get("Ticker", 0) >= polls + 2)  # answered since the fault
+            eth = len([q for q in seen.quotes if q.symbol == "ETH-USD"])
+            # The other symbols keep quoting; ETH has nothing to say any more.
             before = len([q for q in seen.quotes if q.symbol == "BTC-USD"])
             await wait_for(lambda: len([q for q in seen.quotes if q.symbol == "BTC-USD"]) >= before + 5)
-            assert len([q for q in seen.quotes if q.symbol == "ETH-USD"]) <= frozen_at + 1
-            await chaos(base, "clear")
+            assert len([q for q in seen.quotes if q.symbol == "ETH-USD"]) == eth
+            assert broker.is_connected(Channel.MARKET_DATA)  # the session is fine: it is the feed that stopped
             await broker.resubscribe(["ETH-USD"])
-            assert seen.quotes[-1].symbol == "ETH-USD"
+            assert seen.quotes[-1].symbol == "ETH-USD" and gateway.faults.stale == {}
+            eth = len([q for q in seen.quotes if q.symbol == "ETH-USD"])
+            await wait_for(lambda: len([q for q in seen.quotes if q.symbol == "ETH-USD"]) > eth + 2)
             with pytest.raises(BrokerError) as info:
                 await broker.resubscribe(["DOGE-USD"])
             assert info.value.error_class == "other"
@@ -309,14 +307,84 @@ async def test_stale_market_data_stops_quotes_and_a_dropped_connection_comes_bac
             await chaos(base, "drop_connection")
             await wait_for(lambda: (Channel.ORDERS, False) in seen.connections)
             await wait_for(lambda: (Channel.MARKET_DATA, False) in seen.connections)
-            assert not broker.is_connected(Channel.ORDERS)
-            await chaos(base, "clear")
+            failed = broker.handled_errors["network"]
+            await wait_for(lambda: broker.handled_errors["network"] > failed + 2)  # the polls do not get through
+            assert not broker.is_connected(Channel.ORDERS) and not broker.is_connected(Channel.MARKET_DATA)
             await broker.reconnect()
             assert broker.is_connected(Channel.ORDERS) and broker.is_connected(Channel.MARKET_DATA)
             assert seen.connections[-2:] in (
                 [(Channel.ORDERS, True), (Channel.MARKET_DATA, True)],
                 [(Channel.MARKET_DATA, True), (Channel.ORDERS, True)],
             )
+            assert gateway.faults.dropped_until == 0
+        finally:
+            await broker.close()
+
+
+async def test_after_a_venue_outage_the_polls_find_the_venue_back_by_themselves() -> None:
+    """An outage no reconnect can end: the broker's polls keep failing (each channel down once), and the first poll
+    that gets through after it marks each channel up again, with no reconnect from anyone."""
+    async with running_gateway(tick_interval=0.02, volatility=0.002) as (gateway, base):
+        seen = Recorder()
+        broker = connected_broker(base)
+        try:
+            await broker.connect(seen.events())
+            await chaos(base, "outage", seconds=600)
+            await wait_for(lambda: {(Channel.ORDERS, False), (Channel.MARKET_DATA, False)} <= set(seen.connections))
+            failed = broker.handled_errors["network"]
+            await wait_for(lambda: broker.handled_errors["network"] > failed + 4)  # still polling, still down
+            assert not broker.is_connected(Channel.ORDERS) and not broker.is_connected(Channel.MARKET_DATA)
+            down = len(seen.connections)
+            await chaos(base, "outage", seconds=0.3)  # the venue comes back a moment from now, by itself
+            await wait_for(lambda: broker.is_connected(Channel.ORDERS) and broker.is_connected(Channel.MARKET_DATA))
+            back = seen.connections[down:]
+            assert len(back) == 2 and set(back) == {(Channel.ORDERS, True), (Channel.MARKET_DATA, True)}
+            assert gateway.faults.outage_until == 0
+        finally:
+            await broker.close()
+
+
+async def test_brokers_on_two_accounts_of_one_venue_never_see_or_cancel_each_others_orders() -> None:
+    """Two bots' brokers, each with its own key to its own account of the venue (a sub-account): open orders, fills,
+    positions are each one's own, and one's cancel_all (Kraken's CancelAll) leaves the other's orders resting."""
+    async with running_gateway(sub_account=True) as (gateway, base):
+        a = connected_broker(base)
+        b = connected_broker(base, client={"key": SUB_KEY, "secret": SUB_SECRET})
+        try:
+            await a.connect(BrokerEvents())
+            await b.connect(BrokerEvents())
+            await a.submit(limit("a-1"))
+            await b.submit(limit("b-1"))
+            await b.submit(limit("b-2", symbol="ETH-USD", price="100"))
+            await b.submit(market("b-3"))
+            assert [o.client_order_id for o in await a.open_orders()] == ["a-1"]
+            assert sorted(o.client_order_id for o in await b.open_orders()) == ["b-1", "b-2"]
+            assert await a.recent_fills() == []
+            assert [f.client_order_id for f in await b.recent_fills()] == ["b-3"]
+            assert (await a.positions())["ETH-USD"] == 0 and (await b.positions())["ETH-USD"] == Decimal("0.5")
+            canceled = await a.cancel_all()
+            assert [(o.client_order_id, o.status) for o in canceled] == [("a-1", OrderStatus.CANCELED)]
+            assert await a.open_orders() == []
+            assert sorted(o.client_order_id for o in await b.open_orders()) == ["b-1", "b-2"]
+            assert len(await gateway.accounts[SUB_ACCOUNT].open_orders()) == 2
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_a_quiet_market_stays_fresh_every_successful_poll_is_a_quote() -> None:
+    """Kraken's ticker has no timestamp: a poll that answers is fresh data even when nothing moved."""
+    async with running_gateway() as (gateway, base):  # quiet: the venue does not tick, prices never move
+        seen = Recorder()
+        broker = connected_broker(base, symbols=["BTC-USD"])
+        try:
+            await broker.connect(seen.events())
+            await wait_for(lambda: len(seen.quotes) >= 10)
+            assert {(q.bid, q.ask) for q in seen.quotes} == {
+                (gateway.venue.quote("BTC-USD").bid, gateway.venue.quote("BTC-USD").ask)
+            }
+            stamps = [q.timestamp for q in seen.quotes]
+            assert stamps == sorted(stamps) and stamps[0] < stamps[-1]  # each stamped when it was seen
         finally:
             await broker.close()
 
@@ -381,90 +449,6 @@ def test_factory_from_config_overrides_urls_and_reads_secrets(tmp_path, monkeypa
         parse_config({"ccxt": {"symbols": ["btc/usd"]}})
     with pytest.raises(ConfigError, match="ccxt.urls.private: expected an http"):
         parse_config({"ccxt": {"urls": {"private": "ftp://x"}}})
-
-
-async def test_kill_9_mid_order_then_reconciliation_finds_exactly_the_damage(tmp_path) -> None:
-    """The bot is a separate process trading through CcxtBroker and journaling; the gateway (this process) outlives
-    it. Killed while an order's answer is on its way, with fills it never heard of, the restarted side's
-    reconciliation finds exactly what happened at the venue and not in the journal, and a second run finds nothing."""
-    url = f"sqlite:///{tmp_path / 'bot.db'}"
-    migrate.upgrade(url)
-    async with running_gateway() as (gateway, base):
-        plan = ["rest:r-1", "market:m-1", "rest:r-2", "market:m-2", "wait:", "rest:r-3"]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.ccxt_kill_bot",
-            url,
-            base,
-            ",".join(plan),
-            cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert proc.stdout is not None and proc.stdin is not None
-        try:
-            lines: list[str] = []
-            while "waiting" not in lines:
-                line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
-                assert line, f"the bot ended early after {lines}"
-                lines.append(line.decode().strip())
-            # While it waits: the venue fills a resting order and moves the account, and nobody tells the bot.
-            await gateway.venue.fill_without_notifying("r-1")
-            drift = await chaos(base, "position_drift", symbol="SOL-USD", quantity=3)
-            # Its next order reaches the venue; its answer is held back, and the bot dies waiting for it.
-            await chaos(base, "lost_reply", count=1, mode="timeout", delay=60.0)
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
-            await wait_for(lambda: any(o.client_order_id == "r-3" for o in gateway.venue.orders()))
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        await chaos(base, "clear")
-
-        # What happened at the venue that the journal does not know.
-        venue_orders = {o.client_order_id: o for o in gateway.venue.orders()}
-        assert sorted(venue_orders) == ["m-1", "m-2", "r-1", "r-2", "r-3"]  # r-3 once: never sent again
-        fills = await gateway.venue.recent_fills()
-        assert drift["trade_id"] in {f.trade_id for f in fills}
-        expected = {("missing_fill", f.trade_id) for f in fills} | {
-            ("order_state_mismatch", cid) for cid in ("m-1", "m-2", "r-1", "r-3")
-        }
-
-        engine = make_engine(url)
-        journal = Journal(engine, "ccxt-bot", "kraken")
-        broker = CcxtBroker(kraken(base), ["BTC-USD", "ETH-USD", "SOL-USD"], poll_interval=3600)
-        try:
-            await broker.connect(BrokerEvents())
-            hooks = JournalHooks(journal, settle=broker.drain_events)
-            registry = CollectorRegistry()
-            reconciler = Reconciler(
-                broker,
-                journal,
-                RecoveryStore(engine, "ccxt-bot", "kraken"),
-                ReconciliationMetrics(BotMetrics(venue="kraken", registry=registry)),
-                hooks,
-                confirm_delay_seconds=0.1,
-            )
-            first = await reconciler.run(Trigger.STARTUP)
-            found = {(d["kind"], d["key"]) for d in first["discrepancies"]}
-            assert found == expected, first
-            assert first["result"] == "resolved" and hooks.halted is None
-            fill_of = {d["key"]: d for d in first["discrepancies"] if d["kind"] == "missing_fill"}
-            assert fill_of[drift["trade_id"]]["detail"]["client_order_id"] is None
-            assert {d["detail"]["client_order_id"] for d in fill_of.values()} == {None, "m-1", "m-2", "r-1"}
-            second = await reconciler.run(Trigger.COMMAND)
-            assert second["result"] == "clean", second
-            journaled = await journal.call(journal.balances)
-            assert journaled == {a: b for a, b in (await broker.balances()).items() if a in journaled}
-        finally:
-            await broker.close()
-            journal.close()
-            engine.dispose()
 
 
 async def test_an_order_placed_by_hand_without_a_client_order_id() -> None:

@@ -22,15 +22,21 @@ HEAD = migrate.script_directory().get_current_head()
 KNOWN = ", ".join(sorted(r.revision for r in migrate.script_directory().walk_revisions()))
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The console script a user runs (pip's entry point beside this Python), not `python -m trading_ops`: its own import
+# path, and PYTHONPATH (this checkout) first.
+CONSOLE_SCRIPT = Path(sys.executable).parent / "trading-ops"
+
+
 def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "trading_ops", *args],
+        [str(CONSOLE_SCRIPT), *args],
         check=False,
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
     )
 
 
@@ -92,6 +98,18 @@ def test_db_downgrade_needs_yes_and_upgrade_brings_it_back(migrated_config: str)
     assert again.returncode == 0 and again.stdout.strip() == f"database already at {HEAD}"
 
 
+def test_db_upgrade_logs_each_migration_once_and_db_check_prints_one_line(sqlite_config: str) -> None:
+    revisions = list(reversed([r.revision for r in migrate.script_directory().walk_revisions()]))
+    up = cli("-c", sqlite_config, "db", "upgrade")
+    assert up.returncode == 0 and up.stdout == f"database upgraded from base (empty) to {HEAD}\n", up.stderr
+    running = [line.split("Running upgrade ", 1)[1] for line in up.stderr.splitlines() if "Running upgrade" in line]
+    assert [step.split(",")[0].split("-> ")[1] for step in running] == revisions, up.stderr
+    check = cli("-c", sqlite_config, "db", "check")
+    # Not Alembic's "No new upgrade operations detected." besides our own line.
+    assert check.returncode == 0 and check.stdout == "models and migrations agree\n", check.stdout
+    assert check.stderr == ""
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -137,6 +155,23 @@ def test_chaos_against_a_bot_that_is_not_running_names_the_url(tmp_path: Path) -
         f"trading-ops: chaos: cannot reach the bot at http://127.0.0.1:{port}/control/drop_connection: "
         "Connection refused"
     )
+
+
+@pytest.mark.parametrize("url", ["notaurl", "127.0.0.1:9101", "ftp://127.0.0.1", "http://", "http://127.0.0.1:99999"])
+def test_chaos_with_a_url_that_is_no_http_url_is_a_usage_error(url: str) -> None:
+    line = one_line_error(cli("chaos", "status", "--url", url), 2)
+    assert line.startswith("trading-ops chaos: argument --url: ") and repr(url) in line
+
+
+def test_chaos_against_a_host_that_does_not_resolve_says_so(tmp_path: Path) -> None:
+    # .invalid never resolves (RFC 6761): getaddrinfo's error, not "Unknown error -2".
+    (tmp_path / "token").write_text("t\n")
+    config = config_with(tmp_path, "bot:\n  control_token_file: token\n")
+    line = one_line_error(cli("-c", config, "chaos", "status", "--url", "http://nosuchhost.invalid:9101"), 1)
+    assert line.startswith(
+        "trading-ops: chaos: cannot reach the bot at http://nosuchhost.invalid:9101/control/status: "
+        "cannot resolve host nosuchhost.invalid ("
+    ), line
 
 
 def test_chaos_without_arguments_asks_only_for_the_fault() -> None:
@@ -216,10 +251,19 @@ def _parsers(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, argp
     return found
 
 
+def _squeezed(text: str) -> str:
+    """Text without its whitespace: argparse re-wraps help to the terminal's width (breaking at hyphens too)."""
+    return "".join(text.split())
+
+
 def test_every_option_of_every_subcommand_is_described_in_its_help() -> None:
+    """Each option has a description of its own, and `--help` shows it: the text argparse prints for `--help`
+    (format_help, rendered once per subcommand in-process: 45 console-script starts would cost ~40 s)."""
     problems = []
     parsers = _parsers(build_parser(), "trading-ops")
     for path, parser in parsers:
+        rendered = _squeezed(parser.format_help())
+        formatter = parser._get_formatter()
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction | argparse._VersionAction):
                 continue
@@ -227,11 +271,19 @@ def test_every_option_of_every_subcommand_is_described_in_its_help() -> None:
                 for choice in action._choices_actions:
                     if not (choice.help or "").strip():
                         problems.append(f"{path} {choice.dest}: no help")
+                    elif _squeezed(choice.help or "") not in rendered:
+                        problems.append(f"{path} {choice.dest}: its help is not in `{path} --help`")
                 continue
             text = (action.help or "").strip()
+            where = f"{path} {'/'.join(action.option_strings) or action.dest}"
             names = {action.dest, action.dest.replace("_", "-"), *(s.lstrip("-") for s in action.option_strings)}
+            shown_as = action.option_strings or [str(action.metavar or action.dest)]
             if not text or text.lower() in names or len(text.split()) < 2:
-                problems.append(f"{path} {'/'.join(action.option_strings) or action.dest}: help {text!r}")
+                problems.append(f"{where}: help {text!r}")
+            elif _squeezed(formatter._expand_help(action)) not in rendered:
+                problems.append(f"{where}: its help is not in `{path} --help`")
+            elif not any(_squeezed(name) in rendered for name in shown_as):
+                problems.append(f"{where}: not named in `{path} --help`")
     assert len(parsers) > 20
     assert problems == []
 

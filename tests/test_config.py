@@ -46,6 +46,14 @@ def assert_one_line_naming_the_key(tmp_path, capsys, yaml_text: str, message: st
         ("bot: [1, 2]\n", "bot: expected a mapping"),
         ("bot:\n  heartbeat_timeout_seconds: true\n", "expected a number, got True"),
         ("bot: {\n", "at line 2, column 1"),
+        (
+            "bot:\n  resources:\n    data_dir_budget_bytes: -1\n",
+            "bot.resources.data_dir_budget_bytes: must be at least 0",
+        ),
+        (
+            "bot:\n  memory_limit_bytes: 1000\n  resources:\n    memory_budget_bytes: 2000\n",
+            "bot.resources.memory_budget_bytes: 2000 is more than bot.memory_limit_bytes (1000)",
+        ),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_key(tmp_path, capsys, yaml_text: str, message: str) -> None:
@@ -294,3 +302,70 @@ def test_config_targets_writes_the_file_sd_of_the_bots_list(tmp_path: Path, caps
     path.write_text(yaml.safe_dump({"bots": [*bots, {**bots[0], "instance": "bot-c:1"}]}))
     assert main(["--config", str(path), "config", "targets"]) == 2
     assert capsys.readouterr().err.strip().endswith("bots[2].name: a is listed twice")
+
+
+def test_each_bot_has_its_own_unit_and_container_for_the_restart_steps() -> None:
+    config = parse_config(
+        {
+            "bots": [
+                {"name": "paper-1", "kind": "paper", "instance": "127.0.0.1:9101", "url": "http://127.0.0.1:9101"},
+                {"name": "eth-mm", "kind": "ccxt", "instance": "127.0.0.1:9111", "url": "http://127.0.0.1:9111"},
+                {
+                    "name": "own",
+                    "kind": "ccxt",
+                    "instance": "127.0.0.1:9121",
+                    "url": "http://127.0.0.1:9121",
+                    "unit": "my-bot.service",
+                    "container": "my-bot",
+                },
+            ]
+        }
+    )
+    targets = config.reconciler.targets
+    assert (targets["127.0.0.1:9101"].unit, targets["127.0.0.1:9101"].container) == (
+        "trading-ops-paper-bot.service",
+        "trading-ops-paper-bot",
+    )
+    assert (targets["127.0.0.1:9111"].unit, targets["127.0.0.1:9111"].container) == (
+        "trading-ops-bot@eth-mm.service",
+        "trading-ops-eth-mm",
+    )
+    assert (targets["127.0.0.1:9121"].unit, targets["127.0.0.1:9121"].container) == ("my-bot.service", "my-bot")
+
+
+@pytest.mark.parametrize(("key", "value"), [("unit", "x; reboot"), ("container", "../etc")])
+def test_a_bot_unit_or_container_that_is_no_name_is_a_config_error(key: str, value: str) -> None:
+    entry = {"name": "b", "instance": "127.0.0.1:9101", "url": "http://127.0.0.1:9101", key: value}
+    with pytest.raises(ConfigError, match=f"bots\\[0\\].{key}"):
+        parse_config({"bots": [entry]})
+
+
+def test_config_targets_puts_freqtrade_sidecars_in_their_own_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bot of kind freqtrade is a sidecar's target: scraped in the freqtrade job (never in tradingbot's too), acted
+    on by the reconciler like any bot. Without bots:, the freqtrade job's targets are the sidecar's listen ports."""
+    path = tmp_path / "trading-ops.yaml"
+    bots = [
+        {"name": "a", "instance": "bot-a:9101", "url": "http://bot-a:9101", "token_file": "a"},
+        {"name": "ft", "kind": "freqtrade", "instance": "side:9103", "url": "http://side:9103", "token_file": "t"},
+    ]
+    path.write_text(yaml.safe_dump({"bots": bots}))
+    assert main(["--config", str(path), "config", "targets"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == [{"targets": ["bot-a:9101"]}]
+    assert main(["--config", str(path), "config", "targets", "--job", "freqtrade"]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out) == [{"targets": ["side:9103"]}]
+    assert "config targets --job freqtrade" in out and "the `freqtrade` job" in out
+    assert sorted(load_config(path).reconciler.targets) == ["bot-a:9101", "side:9103"]
+    (tmp_path / "pw").write_text("x")
+    target = {"password_file": "pw", "listen": {"host": "127.0.0.1", "port": 9104}}
+    path.write_text(yaml.safe_dump({"freqtrade": {"targets": {"ft": target}}}))
+    assert main(["--config", str(path), "config", "targets", "--job", "freqtrade"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == [{"targets": ["127.0.0.1:9104"]}]
+    path.write_text(yaml.safe_dump({"bots": bots[:1]}))
+    assert main(["--config", str(path), "config", "targets", "--job", "freqtrade"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == []  # no freqtrade: nothing to scrape
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", str(path), "config", "targets", "--job", "nope"])
+    assert exited.value.code == 2

@@ -90,7 +90,7 @@ async def test_unknown_command_is_404_and_bounded_label(client, registry, inst) 
         for f in registry.collect()
         if f.name == "tradingbot_control_commands"
         for s in f.samples
-        if s.name.endswith("_total")
+        if s.name.endswith("_total") and s.value  # the state commands are exported at 0 from the start
     }
     assert labels == {"unknown": len(UNKNOWN_NAMES)}
     assert failures(registry, "unknown", "unknown_command") == len(UNKNOWN_NAMES)
@@ -105,7 +105,9 @@ async def test_pause_resume_and_status(client, registry) -> None:
     status = await (await client.post("/control/status", headers=AUTH)).json()
     assert status["state"] == "paused" and status["state_reason"] == "maintenance"
     assert (await (await client.post("/control/resume", headers=AUTH)).json())["state"] == "active"
-    assert registry.get_sample_value("tradingbot_control_commands_total", {"command": "pause"}) == 1
+    assert (
+        registry.get_sample_value("tradingbot_control_commands_total", {"command": "pause", "source": "operator"}) == 1
+    )
 
 
 async def test_refused_transition_is_409(client, registry, inst) -> None:
@@ -184,7 +186,45 @@ def test_empty_token_is_refused(registry) -> None:
 
 
 def commands_total(registry: CollectorRegistry, command: str) -> float:
-    return registry.get_sample_value("tradingbot_control_commands_total", {"command": command}) or 0.0
+    """tradingbot_control_commands_total of `command`, whoever sent it."""
+    return sum(
+        s.value
+        for f in registry.collect()
+        if f.name == "tradingbot_control_commands"
+        for s in f.samples
+        if s.name.endswith("_total") and s.labels["command"] == command
+    )
+
+
+def test_the_state_commands_of_each_source_are_exported_from_the_start(registry, inst) -> None:
+    # increase() over a series that appears at 1 is 0: the first pause would be missing from the boards.
+    for command in ("pause", "resume", "reduce_only", "flatten", "halt", "clear_halt"):
+        for source in ("operator", "reconciler", "maintenance", "risk"):
+            labels = {"command": command, "source": source}
+            assert registry.get_sample_value("tradingbot_control_commands_total", labels) == 0, labels
+
+
+@pytest.mark.parametrize(
+    ("headers", "source"),
+    [
+        (AUTH, "operator"),  # curl, `trading-ops chaos`: a person
+        ({**AUTH, "X-Trading-Ops-Source": "reconciler"}, "reconciler"),
+        ({**AUTH, "X-Trading-Ops-Source": "Maintenance"}, "maintenance"),
+        ({**AUTH, "X-Trading-Ops-Source": "risk"}, "operator"),  # only the bot itself changes state for its limits
+        ({**AUTH, "X-Trading-Ops-Source": "x" * 300}, "operator"),  # anything else: the label set stays bounded
+        ({"Authorization": "Bearer wrong", "X-Trading-Ops-Source": "reconciler"}, "unauthenticated"),
+    ],
+)
+async def test_each_command_is_counted_with_who_sent_it(client, registry, headers, source) -> None:
+    await client.post("/control/pause", headers=headers)
+    samples = {
+        (s.labels["command"], s.labels["source"]): s.value
+        for f in registry.collect()
+        if f.name == "tradingbot_control_commands"
+        for s in f.samples
+        if s.name.endswith("_total") and s.value
+    }
+    assert samples == {("pause", source): 1.0}
 
 
 @pytest.mark.parametrize(

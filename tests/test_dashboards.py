@@ -1,9 +1,11 @@
 """Grafana dashboards and provisioning: schema conventions, and every query run against a real Prometheus with data.
 
-Integration tests need the `prometheus` binary (Debian package `prometheus`). A session fixture starts, on free
-loopback ports with temporary storage, a real paper bot (`trading-ops paper-bot`, its SQLite database migrated
-with `trading-ops db upgrade`), a real reconciler (`trading-ops reconciler`) and a Prometheus that scrapes both
-every second with the repository's rule files loaded, and stops them all at the end of the session.
+Integration tests need the `prometheus` binary (Debian package `prometheus`) and the `freqtrade` extra. A module
+fixture starts, on free loopback ports with temporary storage, a real paper bot (`trading-ops paper-bot`, its SQLite
+database migrated with `trading-ops db upgrade`), a real reconciler (`trading-ops reconciler`), a real freqtrade
+trading on the paper gateway with its `trading-ops freqtrade` sidecar, and a Prometheus that scrapes them every second
+(jobs tradingbot, trading-ops-reconciler, freqtrade) with the repository's rule files loaded, and stops them all at
+the end.
 """
 
 from __future__ import annotations
@@ -24,14 +26,20 @@ from typing import Any
 import pytest
 import yaml
 from conftest import free_port
+from freqtrade_helpers import PASSWORD, USERNAME, make_freqtrade
+from gateway_helpers import start_gateway
 from system_binaries import REPO_ROOT, require_binary
+
+from trading_ops.bot.control import SOURCE_HEADER
 
 GRAFANA_DIR = REPO_ROOT / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 DATASOURCE_UID = "prometheus"
 SHARED_TAG = "trading-ops"
 PANEL_TYPES = {"timeseries", "stat", "state-timeline", "table", "text", "bargauge", "gauge"}
-EXPECTED_DASHBOARDS = {"Trading overview", "Bot health", "Self-healing", "Alerting pipeline"}
+# A row groups the panels below it (the current schema's way, not the old `rows` list): no query of its own.
+ROW = "row"
+EXPECTED_DASHBOARDS = {"Trading overview", "Bot health", "Self-healing", "Alerting pipeline", "SLOs"}
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
 # The test Prometheus scrapes and evaluates every second, so a few seconds hold enough samples for rate().
@@ -47,8 +55,9 @@ BUILTIN_VALUES = {
     "__range_ms": "300000",
 }
 # The dashboards whose tradingbot panels must show data for a healthy paper bot; every query of theirs must
-# return something, except these, which only have data after a fault.
-DATA_DASHBOARDS = ("trading-overview", "bot-health")
+# return something, except these, which only have data after a fault. On the SLO board that includes the burn rates
+# over a day and three days and the budget left over 30 days, recorded once a minute from what history there is.
+DATA_DASHBOARDS = ("trading-overview", "bot-health", "slo")
 EMPTY_WITHOUT_A_FAULT = {
     "bot-health/Venue errors/A": "tradingbot_venue_errors_total appears with the first error the venue returns",
     "bot-health/Reconnects per 5 minutes/A": "tradingbot_broker_reconnects_total appears with the first reconnect",
@@ -80,6 +89,7 @@ PAPER = {
     "order_max_age_seconds": 1,
 }
 STARTUP_SECONDS = 60
+CONTROL_TOKEN = "dashboard-test-control-token"
 DATA_DEADLINE_SECONDS = 90
 STOP_SECONDS = 20
 
@@ -105,7 +115,7 @@ def panel_queries() -> list[tuple[str, str]]:
     for path in DASHBOARD_FILES:
         board = load(path)
         for panel in board["panels"]:
-            for target in panel["targets"]:
+            for target in panel.get("targets", []):
                 queries.append((f"{path.stem}/{panel['title']}/{target['refId']}", target["expr"]))
         for annotation in board["annotations"]["list"]:
             if "expr" in annotation:
@@ -129,11 +139,14 @@ def variable_queries() -> list[tuple[str, str]]:
 class Stack:
     prometheus_url: str
     bot_instance: str
+    sidecar_instance: str
     started_at: float
 
     def values(self) -> dict[str, str]:
-        """The dashboard variables set to what a user would pick for this bot, and Grafana's built-ins."""
-        return {"instance": self.bot_instance, "venue": "paper", "symbol": "BTC-USD", **BUILTIN_VALUES}
+        """The dashboard variables set to what a user would pick (both bots, as Grafana writes a multi-value choice
+        into a regex), and Grafana's built-ins."""
+        instances = f"({self.bot_instance}|{self.sidecar_instance})"
+        return {"instance": instances, "venue": "paper|kraken", "symbol": "BTC-USD", **BUILTIN_VALUES}
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -178,10 +191,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Paper bot + reconciler + Prometheus on free loopback ports; stopped after this module."""
     prometheus_binary = require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("dashboard-stack")
-    bot_port, reconciler_port, prometheus_port, nothing_port = (free_port() for _ in range(4))
-    (tmp / "control-token").write_text("dashboard-test-control-token\n")
+    bot_port, reconciler_port, prometheus_port, nothing_port, sidecar_port = (free_port() for _ in range(5))
+    (tmp / "control-token").write_text(f"{CONTROL_TOKEN}\n")
     (tmp / "reconciler-token").write_text("dashboard-test-reconciler-token\n")
+    (tmp / "freqtrade-password").write_text(PASSWORD)
     bot_instance = f"127.0.0.1:{bot_port}"
+    sidecar_instance = f"127.0.0.1:{sidecar_port}"
+    # A freqtrade trading on the paper gateway (its trades held open), watched by the sidecar: the freqtrade panels.
+    gateway = start_gateway(tmp / "gateway")
+    freqtrade = make_freqtrade(tmp / "freqtrade", gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600)
     config = {
         "database": {"url": f"sqlite:///{tmp / 'trading-ops.db'}"},
         "bot": {
@@ -189,6 +207,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "listen": {"host": "127.0.0.1", "port": bot_port},
             "control_token_file": str(tmp / "control-token"),
             "data_dir": str(tmp / "bot-data"),
+            # As `trading-ops up` sets them: the panels show the budgets beside the limits.
+            "resources": {"memory_budget_bytes": 384 << 20, "data_dir_budget_bytes": 256 << 20},
         },
         "paper": PAPER,
         "reconciler": {
@@ -200,6 +220,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "check_silences": False,
             "watchdog": {"window_seconds": 0},
             "targets": {bot_instance: {"url": f"http://{bot_instance}", "token_file": str(tmp / "control-token")}},
+        },
+        "freqtrade": {
+            "control_token_file": str(tmp / "control-token"),
+            "poll_interval_seconds": 0.5,
+            "targets": {
+                "dashboards": {
+                    "url": freqtrade.url,
+                    "username": USERNAME,
+                    "password_file": str(tmp / "freqtrade-password"),
+                    "listen": {"host": "127.0.0.1", "port": sidecar_port},
+                }
+            },
         },
         "logging": {"level": "WARNING"},
     }
@@ -221,6 +253,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                         "static_configs": [{"targets": [f"127.0.0.1:{reconciler_port}"]}],
                     },
                     {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{prometheus_port}"]}]},
+                    {"job_name": "freqtrade", "static_configs": [{"targets": [sidecar_instance]}]},
                 ],
             }
         )
@@ -228,7 +261,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     trading_ops = [sys.executable, "-m", "trading_ops", "--config", str(config_file)]
     migrate = subprocess.run([*trading_ops, "db", "upgrade"], capture_output=True, text=True, timeout=120, check=False)
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-    logs = [tmp / "paper-bot.log", tmp / "reconciler.log", tmp / "prometheus.log"]
+    logs = [tmp / "paper-bot.log", tmp / "reconciler.log", tmp / "prometheus.log", tmp / "sidecar.log"]
+    freqtrade.start()
     processes = [
         start([*trading_ops, "paper-bot"], logs[0]),
         start([*trading_ops, "reconciler"], logs[1]),
@@ -241,6 +275,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ],
             logs[2],
         ),
+        start([*trading_ops, "freqtrade"], logs[3]),
     ]
     url = f"http://127.0.0.1:{prometheus_port}"
     try:
@@ -249,18 +284,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         while True:
             exited = [process.args[-1] for process in processes if process.poll() is not None]
             try:
-                scraped = scalar(url, "min(sum_over_time(up{job=~'tradingbot|trading-ops-reconciler'}[1m]))")
-                targets = scalar(url, "count(up{job=~'tradingbot|trading-ops-reconciler'} == 1)")
+                scraped = scalar(url, "min(sum_over_time(up{job=~'tradingbot|trading-ops-reconciler|freqtrade'}[1m]))")
+                targets = scalar(url, "count(up{job=~'tradingbot|trading-ops-reconciler|freqtrade'} == 1)")
+                trading = scalar(url, "sum(tradingbot_freqtrade_open_trades)")
             except (OSError, ValueError):  # not listening yet, or 503 "Service Unavailable" while starting
-                scraped = targets = 0.0
-            if targets == 2 and scraped >= 3:
+                scraped = targets = trading = 0.0
+            if targets == 3 and scraped >= 3 and trading == 2:
                 break
             if exited or time.monotonic() > deadline:
                 pytest.fail(f"the stack did not come up (exited: {exited})\n{tails(logs)}", pytrace=False)
             time.sleep(0.2)
-        yield Stack(url, bot_instance, time.time())
+        yield Stack(url, bot_instance, sidecar_instance, time.time())
     finally:
         stop(processes)
+        freqtrade.stop()
+        gateway.stop()
 
 
 def query_range(stack: Stack, expr: str) -> dict[str, Any]:
@@ -297,7 +335,7 @@ def test_every_panel_and_annotation_query_runs_without_error_on_real_data(stack:
 
 @pytest.mark.prometheus
 @pytest.mark.slow
-def test_trading_and_bot_health_panels_show_data_for_a_healthy_bot(stack: Stack) -> None:
+def test_trading_bot_health_and_slo_panels_show_data_for_a_healthy_bot(stack: Stack) -> None:
     queries = {where: expr for where, expr in panel_queries() if where.split("/", 1)[0] in DATA_DASHBOARDS}
     queries = {where: expr for where, expr in queries.items() if "/annotation " not in where}
     assert set(EMPTY_WITHOUT_A_FAULT) <= set(queries), "an exception names a panel that no longer exists"
@@ -323,6 +361,7 @@ def test_every_variable_query_finds_the_bot(stack: Stack) -> None:
     queries = variable_queries()
     assert {where.rsplit("$", 1)[1] for where, _ in queries} == {"instance", "venue", "symbol"}
     expected = {"instance": stack.bot_instance, "venue": "paper", "symbol": "BTC-USD"}
+    also = {"instance": stack.sidecar_instance, "venue": "kraken"}  # a freqtrade is a bot of the boards as well
     for where, query in queries:
         found = LABEL_VALUES.match(query)
         assert found, f"{where}: only label_values(...) variables are supported, got {query!r}"
@@ -331,6 +370,7 @@ def test_every_variable_query_finds_the_bot(stack: Stack) -> None:
         body = api_get(stack.prometheus_url, f"/api/v1/label/{label}/values", **params)
         assert body["status"] == "success", f"{where}: {body.get('errorType')}: {body.get('error')}"
         assert expected[label] in body["data"], f"{where}: {body['data']}"
+        assert also.get(label, expected[label]) in body["data"], f"{where}: {body['data']}"
 
 
 @pytest.mark.prometheus
@@ -350,10 +390,40 @@ def test_the_query_check_catches_a_broken_query(stack: Stack) -> None:
     assert nothing["status"] == "success" and nothing["data"]["result"] == []
 
 
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_the_control_annotation_says_who_paused_the_bot(stack: Stack) -> None:
+    # The bot's first pause, as the reconciler's `bot` step sends it: the annotation shows it, and by whom.
+    for command in ("pause", "resume"):
+        request = urllib.request.Request(
+            f"http://{stack.bot_instance}/control/{command}",
+            method="POST",
+            headers={"Authorization": f"Bearer {CONTROL_TOKEN}", SOURCE_HEADER: "reconciler"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+    for stem in DATA_DASHBOARDS:
+        (annotation,) = [
+            a
+            for a in load(GRAFANA_DIR / "dashboards" / f"{stem}.json")["annotations"]["list"]
+            if a["name"] == "Control commands"
+        ]
+        assert "{{source}}" in annotation["titleFormat"] and "source" in annotation["tagKeys"].split(","), stem
+        deadline = time.monotonic() + DATA_DEADLINE_SECONDS
+        while True:
+            body = query_range(stack, annotation["expr"])
+            assert body["status"] == "success", body
+            who = {(r["metric"]["command"], r["metric"]["source"]) for r in body["data"]["result"]}
+            if {("pause", "reconciler"), ("resume", "reconciler")} <= who or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert {("pause", "reconciler"), ("resume", "reconciler")} <= who, (stem, who)
+
+
 # -- schema and conventions ----------------------------------------------------------------------------------
 
 
-def test_the_four_dashboards_exist_with_unique_uids_and_shared_tags() -> None:
+def test_the_dashboards_exist_with_unique_uids_and_shared_tags() -> None:
     boards = [load(path) for path in DASHBOARD_FILES]
     assert {board["title"] for board in boards} == EXPECTED_DASHBOARDS
     uids = [board["uid"] for board in boards]
@@ -371,8 +441,11 @@ def test_dashboard_uses_the_current_schema(path: Path) -> None:
     ids = [panel["id"] for panel in board["panels"]]
     assert len(set(ids)) == len(ids)
     for panel in board["panels"]:
-        assert panel["type"] in PANEL_TYPES, panel["title"]
+        assert panel["type"] in PANEL_TYPES | {ROW}, panel["title"]
         assert set(panel["gridPos"]) == {"h", "w", "x", "y"} and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        if panel["type"] == ROW:
+            assert panel["collapsed"] is False and panel["panels"] == [] and "targets" not in panel, panel["title"]
+            continue
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
         assert panel["targets"], panel["title"]
         assert all(target["datasource"]["uid"] == "${datasource}" for target in panel["targets"])
@@ -425,7 +498,7 @@ def test_no_panel_hard_codes_a_currency(path: Path) -> None:
     for panel in load(path)["panels"]:
         assert not any(CURRENCY_UNITS.search(unit) for unit in _units(panel)), panel["title"]
         assert not re.search(r"\bUSD\b|\$\d|€", panel["title"] + panel["description"]), panel["title"]
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):
             assert "USD" not in target.get("legendFormat", ""), panel["title"]
 
 
@@ -446,6 +519,12 @@ def test_the_boards_cover_reconciliation_money_stuck_orders_clock_and_control() 
         "tradingbot_control_commands_total",
         "tradingbot_state_transitions_total",
         "tradingbot_heartbeat_write_failures_total",
+        # What only a freqtrade has (its sidecar's families).
+        "tradingbot_freqtrade_up",
+        "tradingbot_freqtrade_open_trades",
+        "tradingbot_freqtrade_max_open_trades",
+        "tradingbot_freqtrade_pair_locks",
+        "tradingbot_freqtrade_daily_profit_ratio",
     ):
         assert family in exprs, family
     for stem in DATA_DASHBOARDS:
@@ -454,3 +533,24 @@ def test_the_boards_cover_reconciliation_money_stuck_orders_clock_and_control() 
             for annotation in load(GRAFANA_DIR / "dashboards" / f"{stem}.json")["annotations"]["list"]
         }
         assert {"Control commands", "State changes"} <= names, stem
+
+
+def test_the_slo_board_shows_each_sli_every_alert_window_and_the_budget_left() -> None:
+    """For each SLO of prometheus/rules/tradingbot-slo.yml: its SLI, its burn rate over every window its alerts read,
+    its objective and its 30-day error budget left."""
+    rules = yaml.safe_load((REPO_ROOT / "prometheus" / "rules" / "tradingbot-slo.yml").read_text())
+    alert_exprs = " ".join(rule["expr"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule)
+    windows = set(re.findall(r"slo:sli_error:ratio_rate(\w+)\{", alert_exprs))
+    assert windows == {"5m", "30m", "1h", "2h", "6h", "1d", "3d"}
+    board = load(GRAFANA_DIR / "dashboards" / "slo.json")
+    exprs = [target["expr"] for panel in board["panels"] for target in panel["targets"]]
+    for slo in ("tradingbot-availability", "tradingbot-order-latency"):
+        mine = [expr for expr in exprs if f'slo="{slo}"' in expr]
+        for window in windows:
+            assert any(
+                f"slo:sli_error:ratio_rate{window}{{" in expr and "/ on (slo) group_left slo:error_budget:ratio" in expr
+                for expr in mine
+            ), (slo, window)
+        assert any(expr.startswith("1 - slo:sli_error:ratio_rate") for expr in mine), slo
+        assert any("slo:period_error_budget_remaining:ratio" in expr for expr in mine), slo
+        assert any(expr == f'slo:objective:ratio{{slo="{slo}"}}' for expr in mine), slo

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from system_binaries import REPO_ROOT, run_binary
 
-from trading_ops.config import ReconcilerConfig
+from trading_ops.config import ReconcilerConfig, load_config, parse_config
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 # Long-running services must prove they are healthy; one-shot jobs only need to be retried.
@@ -26,6 +26,8 @@ PINNED_IMAGES = {
 BUILT_SERVICES = {"paper-bot": "paper-bot", "reconciler": "reconciler"}
 # Fully pinned: a Python patch release and a Debian release.
 BASE_IMAGE = re.compile(r"^FROM python:3\.11\.\d+-slim-[a-z]+$", re.MULTILINE)
+# The PostgreSQL client the image installs, by major version.
+PG_MAJOR = re.compile(r"^ARG PG_MAJOR=(\d+)$", re.MULTILINE)
 # What each service waits for before it starts: no crash loop while the schema is being created.
 START_ORDER = {
     "db-migrate": {"postgres": "service_healthy"},
@@ -52,7 +54,7 @@ HEALTH_ENDPOINTS = {
 WRITABLE_PATHS = {
     "db-migrate": ["/tmp"],
     "paper-bot": ["/var/lib/trading-ops", "/tmp"],
-    "reconciler": ["/var/lib/trading-ops", "/tmp"],
+    "reconciler": ["/var/lib/trading-ops", "/var/lib/trading-ops-bot", "/tmp"],
     "prometheus": ["/prometheus"],
     "alertmanager": ["/alertmanager"],
     "grafana": ["/var/lib/grafana", "/tmp"],
@@ -175,10 +177,16 @@ def test_services_wait_for_what_they_need() -> None:
 
 
 def docker_playbook_containers() -> set[str]:
-    """The containers the reconciler's packaged `docker` playbook restarts."""
+    """The containers the reconciler's packaged `docker` playbook restarts in this stack: those its steps name, and
+    for a step without one, the container trading-ops.docker.yaml configures for each bot (bots[].container)."""
     text = resources.files("trading_ops.reconciler").joinpath("playbooks", "docker.yml").read_text()
     playbook = yaml.safe_load(text)
-    return {step["container"] for rule in playbook["rules"] for step in rule["steps"] if step["action"] == "docker"}
+    steps = [step for rule in playbook["rules"] for step in rule["steps"] if step["action"] == "docker"]
+    named = {step["container"] for step in steps if "container" in step}
+    if any("container" not in step for step in steps):
+        config = load_config(str(REPO_ROOT / "trading-ops.docker.yaml"))
+        named |= {target.container for target in config.reconciler.targets.values()}
+    return named
 
 
 def test_the_reconciler_can_restart_the_bot_container() -> None:
@@ -189,6 +197,7 @@ def test_the_reconciler_can_restart_the_bot_container() -> None:
     assert docker_playbook_containers() == {
         services["paper-bot"]["container_name"],
         services["freqtrade"]["container_name"],
+        services["freqtrade-sidecar"]["container_name"],
     }
     socket = config["reconciler"].get("docker_socket", ReconcilerConfig().docker_socket)
     assert f"/var/run/docker.sock:{socket}" in services["reconciler"]["volumes"]
@@ -238,5 +247,72 @@ def test_the_bots_are_declared_once_for_prometheus_and_the_reconciler() -> None:
     config = load_config(REPO_ROOT / "trading-ops.docker.yaml")
     committed = (REPO_ROOT / "prometheus" / "targets" / "tradingbot.yml").read_text()
     assert committed == file_sd(bot_instances(config), "trading-ops.docker.yaml")
-    assert sorted(config.reconciler.targets) == bot_instances(config) == ["paper-bot:9101"]
+    assert bot_instances(config) == ["paper-bot:9101"]
     assert config.reconciler.targets["paper-bot:9101"].url == "http://paper-bot:9101"
+    # The freqtrade sidecar runs with `--profile freqtrade` only, so it ships commented out (a listed sidecar that is
+    # not running would page) and its file_sd file empty, as `config targets --job freqtrade` makes it.
+    committed = (REPO_ROOT / "prometheus" / "targets" / "freqtrade.yml").read_text()
+    assert committed == file_sd(bot_instances(config, "freqtrade"), "trading-ops.docker.yaml", "freqtrade")
+    assert bot_instances(config, "freqtrade") == []
+    # Uncommented as the README says, it is a bot too: the reconciler's control steps reach it, Prometheus scrapes it
+    # in its own job (never in tradingbot's as well), from its own file_sd file.
+    text = (REPO_ROOT / "trading-ops.docker.yaml").read_text()
+    enabled = re.sub(r"^  # (- name: freqtrade-1|  \w+: .*)$", r"  \1", text, flags=re.MULTILINE)
+    assert enabled != text, "the commented freqtrade entry is gone"
+    with_freqtrade = parse_config(yaml.safe_load(enabled), base_dir=REPO_ROOT)
+    assert bot_instances(with_freqtrade, "freqtrade") == ["freqtrade-sidecar:9103"]
+    assert sorted(with_freqtrade.reconciler.targets) == ["freqtrade-sidecar:9103", "paper-bot:9101"]
+    assert with_freqtrade.reconciler.targets["freqtrade-sidecar:9103"].url == "http://freqtrade-sidecar:9103"
+    # ... and that port is the sidecar's listen port for the freqtrade it names, reconcilable through its venue.
+    (target,) = with_freqtrade.freqtrade.targets.values()
+    assert target.listen.port == 9103 and target.ccxt is not None
+    jobs = {
+        job["job_name"]: job
+        for job in yaml.safe_load((REPO_ROOT / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    }
+    assert jobs["freqtrade"]["file_sd_configs"] == [{"files": ["targets/freqtrade.yml"]}]
+
+
+def test_the_image_ships_the_postgresql_client_of_the_compose_database() -> None:
+    """Scheduled backups of the compose stack run pg_dump -Fc / pg_restore in the reconciler's container: the image
+    must ship them, of the postgres service's major version (pg_dump refuses a newer server)."""
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    found = PG_MAJOR.search(dockerfile)
+    assert found, "the Dockerfile pins no PostgreSQL client (ARG PG_MAJOR=N)"
+    image = compose()["services"]["postgres"]["image"]
+    assert image.split(":")[1].split(".")[0] == found.group(1), f"client {found.group(1)} for server {image}"
+    install = dockerfile[found.end() : dockerfile.index("WORKDIR /src")]
+    assert '"postgresql-client-${PG_MAJOR}"' in install and "apt.postgresql.org" in install
+    # The build fails unless both programs of that version are on PATH, where backup.pg_dump/pg_restore look.
+    for program in ("pg_dump", "pg_restore"):
+        assert f'{program} --version | grep -q "(PostgreSQL) ${{PG_MAJOR}}\\."' in install, program
+    config = yaml.safe_load((REPO_ROOT / "trading-ops.docker.yaml").read_text())
+    assert {"pg_dump", "pg_restore"}.isdisjoint(config.get("backup", {})), "backup.pg_dump would override PATH"
+    # The client runs as the image's unprivileged user, installed before the package (one cached layer).
+    assert dockerfile.index("postgresql-client") < dockerfile.index("USER trading")
+
+
+def test_the_reconciler_cleans_the_bots_data_directory() -> None:
+    """The docker playbook's disk-cleanup rule runs `trading-ops upkeep cleanup` in the reconciler's container: the
+    bot's volume is mounted there, writable, and every upkeep.cleanup directory lies in it, so a disk alert on the
+    bot heals as in the local stack."""
+    from trading_ops.config import load_config
+    from trading_ops.ops.cleanup import cleanup_targets
+
+    services = compose()["services"]
+    config = load_config(REPO_ROOT / "trading-ops.docker.yaml")
+    bot_mounts = dict(v.split(":")[:2] for v in services["paper-bot"]["volumes"])
+    assert bot_mounts["bot-data"] == config.bot.data_dir
+    (mount,) = [v.split(":") for v in services["reconciler"]["volumes"] if v.startswith("bot-data:")]
+    assert len(mount) == 2, f"bot-data must be writable in the reconciler: {mount}"
+    where = Path(mount[1])
+    targets = cleanup_targets(config)
+    assert {t.name for t in targets} == {"scratch", "logs", "tmp"}
+    for target in targets:
+        assert target.path.is_relative_to(where), f"{target.name}: {target.path} is not in the bot's volume"
+    # The same files as the bot's own default cleanup: its scratch directory (fill_disk), logs and temp files.
+    assert {t.path.relative_to(where).as_posix() for t in targets} == {"scratch", "log", "tmp"}
+    assert not Path(config.backup.directory).is_relative_to(where), "the reconciler's backups are not the bot's"
+    playbook = resources.files("trading_ops.reconciler").joinpath("playbooks", "docker.yml").read_text()
+    (rule,) = [r for r in yaml.safe_load(playbook)["rules"] if r["name"] == "disk-cleanup"]
+    assert rule["steps"] == [{"action": "exec", "argv": ["trading-ops", "upkeep", "cleanup"], "timeout": "2m"}]

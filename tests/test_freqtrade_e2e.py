@@ -1,9 +1,23 @@
 """End to end for a freqtrade bot: a real freqtrade trading live on the paper gateway, the `trading-ops freqtrade`
-sidecar process, real Prometheus (the repository's freqtrade alert, `for:` shortened as the fast profile does) and
-Alertmanager, and the reconciler running a playbook whose exec step restarts the test's freqtrade with a fixed argv.
+sidecar process, real Prometheus and Alertmanager, and the reconciler running the packaged playbook's freqtrade rules.
 
-Faults: freqtrade hung (SIGSTOP) and freqtrade killed; each must end in an episode `recovered` (verified in
-Prometheus), a freqtrade that answers again, and, after the kill, a reconciliation that finds what the gateway holds.
+Prometheus loads the repository's freqtrade and availability rules with `for:` shortened as `trading-ops up --profile
+fast` does (the same code); Alertmanager runs the repository's configuration as the fast profile adapts it (routing
+tree and inhibitions unchanged, people's receivers quiet, group_wait 0 s to the reconciler). The playbook is the
+packaged default one's broker-reconnect, freqtrade-restart and freqtrade-loop-restart rules as they are (their wait_for
+included: it is what keeps the few seconds a restarted freqtrade does not answer from starting a second restart), their
+systemd steps swapped for an exec step that restarts the test's freqtrade with a fixed argv (this machine has no
+freqtrade.service), with no cooldown (faults follow each other in a module), a 1 s verification interval and retries
+after 1 s.
+
+Faults, each ending in an episode `recovered` (verified in Prometheus):
+- the gateway drops every connection: freqtrade's API and loop run on while its exchange calls fail; the sidecar reads
+  the failures from its log (tradingbot_broker_connected 0), TradingBotBrokerDisconnected fires and broker-reconnect
+  asks for `reconnect` (reload_config), which waits until the venue answers again;
+- the trading loop stalls with the API alive (the committed strategy blocks): TradingBotHeartbeatStale,
+  freqtrade-loop-restart;
+- freqtrade hung (SIGSTOP: its API stops too) and killed: TradingBotFreqtradeDown, freqtrade-restart; after the kill,
+  a reconciliation finds what the gateway holds.
 
 Needs prometheus and prometheus-alertmanager (Debian packages) and the `freqtrade` extra.
 """
@@ -19,8 +33,9 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +44,29 @@ import yaml
 from conftest import free_port
 from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, until
 from gateway_helpers import Gateway, start_gateway
-from reconciler.conftest import READ_AUTH, ThreadedServer, make_config, start_alertmanager, stop, wait_http
+from reconciler.conftest import READ_AUTH, ThreadedServer, alertmanager_binary, make_config, stop, wait_http
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.db import migrate
+from trading_ops.durations import format_duration
+from trading_ops.stack.alertmanager_config import render_alertmanager
+from trading_ops.stack.layout import Ports
+from trading_ops.stack.profiles import FAST
+from trading_ops.stack.prometheus_config import adapt_rules
+from trading_ops.stack.repo import load_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
 TOKEN = "e2e-control-token"
 RESTART_SCRIPT = REPO_ROOT / "tests" / "freqtrade" / "restart_freqtrade.py"
-# As `trading-ops up --profile fast`: scrape and evaluate every second, the alert's `for:` a few seconds.
-SCRAPE_SECONDS = 1
-ALERT_FOR = "2s"
+RULE_FILES = ("freqtrade.yml", "tradingbot-availability.yml")
+PLAYBOOK = REPO_ROOT / "trading_ops" / "reconciler" / "playbooks" / "default.yml"
+# The packaged rules a freqtrade's faults go to, and the unit their systemd steps restart.
+FREQTRADE_RULES = ("broker-reconnect", "freqtrade-restart", "freqtrade-loop-restart")
+FREQTRADE_UNIT = "freqtrade.service"
 DEADLINE_SECONDS = 120.0
+ENDED = ("recovered", "escalated", "failed", "resolved", "skipped")
+CLOSED = (*ENDED, "dry_run")
 
 
 @dataclass
@@ -69,11 +94,13 @@ class Stack:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
 
-    def episodes(self, alertname: str) -> list[dict[str, Any]]:
+    def all_episodes(self) -> list[dict[str, Any]]:
         req = urllib.request.Request(f"{self.reconciler.url}/api/v1/episodes?limit=100", headers=READ_AUTH)
         with urllib.request.urlopen(req, timeout=5) as resp:
-            episodes = json.loads(resp.read())["episodes"]
-        return [e for e in episodes if e["alertname"] == alertname]
+            return list(json.loads(resp.read())["episodes"])
+
+    def episodes(self, alertname: str) -> list[dict[str, Any]]:
+        return [e for e in self.all_episodes() if e["alertname"] == alertname]
 
     def sidecar_value(self, name: str, **labels: str) -> float | None:
         from prometheus_client.parser import text_string_to_metric_families
@@ -87,14 +114,14 @@ class Stack:
         return None
 
 
+def restart_argv(ft: Freqtrade, pidfile: Path) -> list[str]:
+    """What restarts the test's freqtrade as a service manager would (kill what runs, start it in its own session)."""
+    return [sys.executable, str(RESTART_SCRIPT), str(pidfile), str(ft.workdir / "freqtrade.stderr"), *ft.argv()]
+
+
 def start_detached(ft: Freqtrade, pidfile: Path) -> None:
     """freqtrade started the way the playbook restarts it (its own session, not a child of the test)."""
-    subprocess.run(
-        [sys.executable, str(RESTART_SCRIPT), str(pidfile), str(ft.workdir / "freqtrade.stderr"), *ft.argv()],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    subprocess.run(restart_argv(ft, pidfile), check=True, capture_output=True, timeout=30)
     ft.wait_running()
 
 
@@ -107,21 +134,64 @@ def kill_detached(pidfile: Path) -> None:
         pass
 
 
+def playbook(argv: list[str]) -> dict[str, Any]:
+    """The packaged default playbook's freqtrade rules, timed for this test (see the module's docstring)."""
+    packaged = yaml.safe_load(PLAYBOOK.read_text())
+    rules = []
+    for rule in packaged["rules"]:
+        if rule["name"] not in FREQTRADE_RULES:
+            continue
+        steps = [
+            {"action": "exec", "argv": argv} if step.get("unit") == FREQTRADE_UNIT else step for step in rule["steps"]
+        ]
+        rules.append({**rule, "steps": steps, "cooldown": "0s", "verify": {**rule.get("verify", {})}})
+        rules[-1]["verify"]["interval"] = "1s"
+    assert [r["name"] for r in rules] == list(FREQTRADE_RULES), "the packaged playbook's freqtrade rules changed"
+    defaults = {**packaged["defaults"], "backoff": {"initial": "1s", "max": "5s", "multiplier": 2, "jitter": 0.2}}
+    return {"version": 1, "defaults": defaults, "rules": rules}
+
+
 def prometheus_config(tmp: Path, sidecar_port: int, alertmanager_url: str) -> Path:
-    rules = yaml.safe_load((REPO_ROOT / "prometheus" / "rules" / "freqtrade.yml").read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule["for"] = ALERT_FOR
-    (tmp / "freqtrade.yml").write_text(yaml.safe_dump(rules))
+    """The repository's freqtrade and availability rules as the fast profile adapts them, one scrape job."""
+    rule_paths = []
+    for name in RULE_FILES:
+        source = REPO_ROOT / "prometheus" / "rules" / name
+        (tmp / name).write_text(yaml.safe_dump(adapt_rules(load_yaml(source), FAST, str(source))))
+        rule_paths.append(str(tmp / name))
+    interval = format_duration(FAST.scrape_interval or 1)
     config = {
-        "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
-        "rule_files": [str(tmp / "freqtrade.yml")],
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": rule_paths,
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager_url.removeprefix("http://")]}]}]},
         "scrape_configs": [{"job_name": "freqtrade", "static_configs": [{"targets": [f"127.0.0.1:{sidecar_port}"]}]}],
     }
     path = tmp / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def start_alertmanager(
+    tmp: Path, port: int, reconciler: ThreadedServer, token_file: Path
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """The repository's alertmanager.yml as `trading-ops up --profile fast` writes it, on `port`."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=reconciler.port), FAST, token_file)
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(rendered.config))
+    proc = subprocess.Popen(
+        [
+            alertmanager_binary(),
+            f"--config.file={tmp / 'alertmanager.yml'}",
+            f"--storage.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "alertmanager.log", "wb"),  # noqa: SIM115
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/-/ready", proc=proc)
+    return url, proc
 
 
 @contextlib.contextmanager
@@ -159,6 +229,7 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
                             "urls": {"public": gateway.url, "private": gateway.url},
                             "symbols": ["BTC-USD", "ETH-USD"],
                             "enable_rate_limit": False,
+                            "timeout_seconds": 2,
                         },
                     }
                 },
@@ -175,42 +246,23 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
         )
         wait_http(f"http://127.0.0.1:{sidecar_port}/metrics", proc=procs[-1])
 
-        # The reconciler (in-process thread), its playbook restarting freqtrade through exec with a fixed argv.
+        # The reconciler (in-process thread) first: Alertmanager's webhook points at it.
         db = f"sqlite:///{tmp / 'reconciler.db'}"
         migrate.upgrade(db)
-        playbook = {
-            "version": 1,
-            "defaults": {"timeout": "60s", "max_attempts": 2, "cooldown": "0s", "verify": {"deadline": "60s"}},
-            "rules": [
-                {
-                    "name": "freqtrade-restart",
-                    "match": ['alertname="TradingBotFreqtradeDown"'],
-                    "steps": [
-                        {
-                            "action": "exec",
-                            "argv": [
-                                sys.executable,
-                                str(RESTART_SCRIPT),
-                                str(pidfile),
-                                str(ft.workdir / "freqtrade.stderr"),
-                                *ft.argv(),
-                            ],
-                        }
-                    ],
-                    "verify": {"deadline": "90s", "interval": "1s"},
-                }
-            ],
-        }
-        (tmp / "playbook.yml").write_text(yaml.safe_dump(playbook))
+        (tmp / "playbook.yml").write_text(yaml.safe_dump(playbook(restart_argv(ft, pidfile))))
         prometheus_port = free_port()
         prometheus_url = f"http://127.0.0.1:{prometheus_port}"
-        # The reconciler first (its webhook URL goes into Alertmanager's config); escalations are not part of this
-        # test, so its Alertmanager URL is left at the default of make_config.
+        # The reconciler asks Alertmanager whether an alert still fires after a rule's wait_for (and escalates there).
+        alertmanager_port = free_port()
         config = make_config(
             tmp,
             db,
             playbook=str(tmp / "playbook.yml"),
             prometheus_url=prometheus_url,
+            alertmanager_url=f"http://127.0.0.1:{alertmanager_port}",
+            # Every fault of the module (and every run of the benchmark) heals the one freqtrade: the per-target
+            # budget (6 actions an hour) is not what this tests.
+            budgets={"max_actions_per_target_per_hour": 1000},
             targets={
                 f"127.0.0.1:{sidecar_port}": {
                     "url": f"http://127.0.0.1:{sidecar_port}",
@@ -219,15 +271,16 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
             },
         )
         reconciler = ThreadedServer(config)
-        am = start_alertmanager(tmp / "alertmanager", webhook_url=f"{reconciler.url}/api/v1/alertmanager")
-        procs.append(am.proc)
+        am_url, am_proc = start_alertmanager(tmp / "alertmanager", alertmanager_port, reconciler, tmp / "webhook-token")
+        procs.append(am_proc)
         procs.append(
             subprocess.Popen(
                 [
                     require_binary("prometheus"),
-                    f"--config.file={prometheus_config(tmp, sidecar_port, am.url)}",
+                    f"--config.file={prometheus_config(tmp, sidecar_port, am_url)}",
                     f"--storage.tsdb.path={tmp / 'prometheus-data'}",
                     f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    f"--rules.alert.resend-delay={format_duration(FAST.alert_resend_delay or 60)}",
                     "--log.level=warn",
                 ],
                 stdout=subprocess.DEVNULL,
@@ -253,42 +306,120 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield built
 
 
-def recovered_after(stack: Stack, alertname: str, known: set[int]) -> dict[str, Any] | None:
-    for episode in stack.episodes(alertname):
-        if episode["id"] not in known and episode["state"] in ("recovered", "escalated", "failed"):
-            return episode
-    return None
+def ended_after(stack: Stack, alertname: str, known: set[int]) -> list[dict[str, Any]]:
+    """The episodes of `alertname` not in `known`, once there is one and every one of them has ended."""
+    new = [e for e in stack.episodes(alertname) if e["id"] not in known]
+    return new if new and all(e["state"] in ENDED for e in new) else []
 
 
-def heal(stack: Stack, fault: signal.Signals) -> tuple[dict[str, Any], float]:
-    """Inject `fault` into freqtrade; wait for the episode to end; return it and the seconds from fault to its end."""
-    known = {e["id"] for e in stack.episodes("TradingBotFreqtradeDown")}
+def two_filled_trades(stack: Stack) -> bool:
+    trades = stack.freqtrade.open_trades()
+    return len([t for t in trades if t["amount"] > 0 and not t["has_open_orders"]]) == 2
+
+
+@dataclass
+class Healed:
+    episode: dict[str, Any]  # the one that recovered
+    seconds: float  # from the fault to the end of every episode it caused
+    injected_at: float  # Unix time of the fault
+
+
+def heal(stack: Stack, alertname: str, fault: Callable[[], None]) -> Healed:
+    """Inject `fault`; wait until every new episode of `alertname` has ended; return the one that recovered (its last
+    attempt a success) and the seconds from the fault to the end."""
+    # From a quiet stack: what an earlier fault set going (a restart, its verification) has ended.
+    until("no episode is still open", lambda: all(e["state"] in CLOSED for e in stack.all_episodes()), DEADLINE_SECONDS)
+    until("freqtrade holds its trades", lambda: two_filled_trades(stack), DEADLINE_SECONDS)
+    known = {e["id"] for e in stack.episodes(alertname)}
+    injected_at, started = time.time(), time.monotonic()
+    fault()
+    episodes = until(f"the {alertname} episodes end", lambda: ended_after(stack, alertname, known), DEADLINE_SECONDS)
+    elapsed = time.monotonic() - started
+    # One alert may fire per channel: one episode's action heals them all, the others end resolved. None escalates.
+    recovered = [e for e in episodes if e["state"] == "recovered"]
+    assert recovered and not [e for e in episodes if e["state"] in ("escalated", "failed")], episodes
+    assert recovered[0]["attempts"][-1]["outcome"] == "success", recovered
+    return Healed(recovered[0], elapsed, injected_at)
+
+
+def drop_until_alerted(stack: Stack) -> Callable[[], None]:
+    """The gateway drops every connection until the reconciler has the alert, then answers again (as a venue does
+    after an outage); meanwhile freqtrade's API and loop run on."""
+
+    def fault() -> None:
+        known = {e["id"] for e in stack.episodes("TradingBotBrokerDisconnected")}
+        stack.gateway.chaos("drop_connection")
+        try:
+            until(
+                "the reconciler has the disconnect",
+                lambda: [e for e in stack.episodes("TradingBotBrokerDisconnected") if e["id"] not in known],
+                DEADLINE_SECONDS,
+            )
+        finally:
+            stack.gateway.chaos("clear")
+
+    return fault
+
+
+def connected(stack: Stack, by: str = "") -> set[str]:
+    """The values of tradingbot_broker_connected for the sidecar's instance (or their `by` labels)."""
+    result = stack.query(f'tradingbot_broker_connected{{instance="{stack.instance}"}}')
+    return {r["metric"][by] if by else r["value"][1] for r in result}
+
+
+def test_a_freqtrade_that_lost_its_venue_is_reconnected_and_verified(stack: Stack) -> None:
+    started = stack.freqtrade.api("GET", "/health")["bot_startup_ts"]
+    pid = stack.pid()
+    episode = heal(stack, "TradingBotBrokerDisconnected", drop_until_alerted(stack)).episode
+    assert episode["labels"]["instance"] == stack.instance and episode["labels"]["channel"] == "market_data"
+    # The reconnect rebuilt freqtrade's exchange connection (reload_config: a new start of the same process) and it
+    # trades on with its trades, connected on every channel as Prometheus sees it.
+    assert stack.freqtrade.api("GET", "/health")["bot_startup_ts"] != started and stack.pid() == pid
+    assert len(stack.freqtrade.open_trades()) == 2
+    until("Prometheus sees every channel connected", lambda: connected(stack) == {"1"}, DEADLINE_SECONDS)
+    assert len(connected(stack, "channel")) == 3
+    assert (stack.scalar(f'sum(tradingbot_venue_errors_total{{instance="{stack.instance}"}})') or 0) > 0
+
+
+def test_a_stalled_trading_loop_with_its_api_alive_is_restarted_and_verified(stack: Stack) -> None:
     old = stack.pid()
-    until("freqtrade holds its trades", lambda: len(stack.freqtrade.open_trades()) == 2, DEADLINE_SECONDS)
-    started = time.monotonic()
-    os.kill(old, fault)
-    episode = until(
-        "the freqtrade-restart episode ends",
-        lambda: recovered_after(stack, "TradingBotFreqtradeDown", known),
+    stalled = time.time()
+    episode = heal(stack, "TradingBotHeartbeatStale", lambda: stack.freqtrade.stall(old)).episode
+    # freqtrade-loop-restart (not the paper bot's bot-restart) ran; freqtrade had answered all along until that
+    # restart (TradingBotFreqtradeDown, if it fired at all, fired for the seconds the new process took to start).
+    assert episode["labels"]["job"] == "freqtrade"
+    assert stack.pid() != old
+    restarted_at = _time(episode["attempts"][0]["started_at"])
+    assert [
+        e for e in stack.episodes("TradingBotFreqtradeDown") if restarted_at > _time(e["starts_at"]) > stalled
+    ] == []
+    until(
+        "a fresh heartbeat in Prometheus",
+        lambda: (
+            (stack.scalar(f'time() - tradingbot_heartbeat_timestamp_seconds{{instance="{stack.instance}"}}') or 99) < 15
+        ),
         DEADLINE_SECONDS,
     )
-    elapsed = time.monotonic() - started
-    assert episode["state"] == "recovered", episode
-    assert episode["attempts"] and episode["attempts"][-1]["outcome"] == "success", episode
-    assert stack.pid() != old
-    return episode, elapsed
+
+
+def _time(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def test_a_hung_freqtrade_is_restarted_and_verified(stack: Stack) -> None:
-    episode, _ = heal(stack, signal.SIGSTOP)
+    old = stack.pid()
+    episode = heal(stack, "TradingBotFreqtradeDown", lambda: os.kill(old, signal.SIGSTOP)).episode
     # Verified means Prometheus saw it answer again; it trades on with its trades from its database.
+    assert stack.pid() != old
     assert stack.scalar(f'tradingbot_freqtrade_up{{instance="{stack.instance}"}}') == 1
     assert len(stack.freqtrade.open_trades()) == 2
     assert episode["labels"]["instance"] == stack.instance
 
 
 def test_a_killed_freqtrade_is_restarted_and_reconciled_with_the_gateway(stack: Stack) -> None:
-    heal(stack, signal.SIGKILL)
+    old = stack.pid()
+    heal(stack, "TradingBotFreqtradeDown", lambda: os.kill(old, signal.SIGKILL))
+    assert stack.pid() != old
     # The sidecar reconciles on its own when freqtrade is back, and finds what the gateway holds.
     until(
         "a clean reconciliation after the restart",

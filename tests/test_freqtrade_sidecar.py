@@ -1,5 +1,6 @@
 """The freqtrade sidecar against a REAL freqtrade (PyPI, the `freqtrade` extra) trading live on the Kraken-compatible
-paper gateway: its metrics, its control API mapped onto freqtrade, and a killed freqtrade reported down, not as zeros.
+paper gateway: its metrics (freqtrade's own numbers, the order flow, the venue connection read from its log), its
+control API mapped onto freqtrade, and a killed freqtrade reported down, not as zeros.
 
 Needs freqtrade installed (`pip install -e '.[freqtrade]'`, `make test` does it) and promtool (Debian `prometheus`).
 freqtrade starts once for this module (a few seconds); the last test kills it and starts it again.
@@ -13,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, unt
 from gateway_helpers import Gateway, start_gateway
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from raw_http import NON_ASCII_AUTH, raw_request
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
@@ -35,6 +39,8 @@ pytestmark = [pytest.mark.slow]
 TOKEN = "sidecar-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 POLL_SECONDS = 0.2
+STRATEGY = "TradingOpsQuick"
+PAIRS = ("BTC/USD", "ETH/USD")
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +204,13 @@ async def test_a_trading_freqtrade_exports_the_library_families(
     info = [labels for (name, labels) in samples if name == "tradingbot_freqtrade_info"]
     assert len(info) == 1 and ("version", "2026.9") in info[0] and ("exchange", "kraken") in info[0]
     assert value("tradingbot_freqtrade_api_requests_total", endpoint="/health") >= 1
+    # A freqtrade that trades is connected to its venue on every channel, and ready.
+    for channel in ("orders", "market_data", "account"):
+        assert value("tradingbot_broker_connected", venue="kraken", channel=channel) == 1, channel
+    assert value("tradingbot_ready") == 1
+    # The sidecar's own process, as a library bot's registry has it (TradingBotReconciliationStale counts from it).
+    started = value("process_start_time_seconds")
+    assert started is not None and time.time() - 3600 < started <= time.time()
     assert value("tradingbot_freqtrade_api_request_duration_seconds_count", endpoint="/status") >= 1
     # A golden-style lint of the whole exposition, as node_exporter's checkmetrics does.
     path = tmp_path / "metrics.txt"
@@ -239,6 +252,20 @@ async def test_flatten_closes_every_trade_on_the_gateway(
     until("freqtrade has no open trade", lambda: freqtrade.open_trades() == [])
     held = until("the gateway holds no BTC and no ETH", lambda: _flat(venue_holdings(gateway)))
     assert held["USD"] > 0
+    # The exits, as the library counts order flow: one market sell per pair submitted, acknowledged and filled.
+    sold = {t["pair"].replace("/", "-"): t["amount"] for t in freqtrade.api("GET", "/trades?limit=2")["trades"]}
+    for symbol, amount in sold.items():
+        flow = {"venue": "kraken", "strategy": STRATEGY, "symbol": symbol}
+        sell = {**flow, "side": "sell"}
+        await sidecar.until(
+            f"the {symbol} exit counted as a fill",
+            lambda sell=sell: sidecar.value("tradingbot_fills_total", liquidity="unknown", **sell),
+        )
+        assert await sidecar.value("tradingbot_orders_submitted_total", order_type="market", **sell) == 1
+        assert await sidecar.value("tradingbot_orders_acknowledged_total", order_type="market", **sell) == 1
+        assert await sidecar.value("tradingbot_filled_quantity_total", **sell) == pytest.approx(amount)
+        assert (await sidecar.value("tradingbot_filled_notional_total", **sell) or 0) > 0
+        assert (await sidecar.value("tradingbot_fees_total", **flow) or 0) > 0
     await sidecar.until(
         "no position exported",
         lambda: _no_positions(sidecar),
@@ -254,6 +281,31 @@ async def test_flatten_closes_every_trade_on_the_gateway(
     for lock in locks:
         freqtrade.api("DELETE", f"/locks/{lock['id']}")
     until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
+
+
+async def test_pnl_and_daily_profit_are_freqtrade_own_numbers(sidecar: Client, freqtrade: Freqtrade) -> None:
+    """Realized P&L and the daily profit ratio are today's row of freqtrade's /daily, unrealized P&L the sum of its
+    open trades' profit in /status: compared with freqtrade's own answers of the same moment (its prices move every
+    iteration, so each comparison is of one poll and the answers right after it)."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    labels = {"venue": "kraken", "strategy": STRATEGY}
+
+    async def same_as_freqtrade() -> bool:
+        await sidecar.sidecar.poller.poll()
+        realized = await sidecar.value("tradingbot_realized_pnl", **labels)
+        unrealized = await sidecar.value("tradingbot_unrealized_pnl", **labels)
+        ratio = await sidecar.value("tradingbot_freqtrade_daily_profit_ratio")
+        today = freqtrade.api("GET", "/daily?timescale=1")["data"][0]
+        open_profit = sum(t["profit_abs"] for t in freqtrade.api("GET", "/status"))
+        return (
+            realized == pytest.approx(today["abs_profit"], abs=1e-9)
+            and ratio == pytest.approx(today["rel_profit"], abs=1e-12)
+            and unrealized == pytest.approx(open_profit, abs=1e-9)
+        )
+
+    await sidecar.until("realized, unrealized and daily profit as freqtrade answers them", same_as_freqtrade)
+    # The flatten above closed trades today: realized P&L is theirs, not zero by default.
+    assert freqtrade.api("GET", "/daily?timescale=1")["data"][0]["trade_count"] >= 2
 
 
 async def _locks_exported(sidecar: Client, freqtrade: Freqtrade) -> bool:
@@ -312,6 +364,165 @@ async def test_status_and_the_commands_freqtrade_cannot_do(sidecar: Client, freq
 async def test_cancel_all_with_nothing_open_cancels_nothing(sidecar: Client, freqtrade: Freqtrade) -> None:
     status, body = await sidecar.control("cancel_all")
     assert status == 200 and body["trades_canceled"] == [] and body["state"] == "active"
+
+
+async def test_cancel_all_cancels_a_resting_order_on_the_gateway(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    """A limit entry far under the market rests on the gateway; cancel_all has freqtrade cancel it there."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    # Room for a new trade, and none the strategy takes itself: both pairs locked, then flatten (which pauses).
+    lock_pairs(freqtrade)
+    status, body = await sidecar.control("flatten")
+    assert status == 200, body
+    until("freqtrade has no open trade", lambda: freqtrade.open_trades() == [])
+    status, _ = await sidecar.control("resume")
+    assert status == 200
+    try:
+        flow = {"venue": "kraken", "strategy": STRATEGY, "symbol": "BTC-USD"}
+        fills = await sidecar.value("tradingbot_fills_total", side="buy", liquidity="unknown", **flow)
+        price = float(gateway.call("fetch_ticker", "BTC/USD")["bid"]) * 0.7
+        freqtrade.api("POST", "/forceenter", {"pair": "BTC/USD", "ordertype": "limit", "price": price})
+        resting = until("the limit entry rests on the gateway", lambda: gateway.call("fetch_open_orders", "BTC/USD"))
+        await sidecar.until(
+            "the open order exported",
+            lambda: sidecar.value("tradingbot_open_orders", venue="kraken", symbol="BTC-USD"),
+        )
+        (trade,) = freqtrade.open_trades()
+        status, body = await sidecar.control("cancel_all")
+        assert status == 200 and body["trades_canceled"] == [trade["trade_id"]] and "failed" not in body, body
+        until("nothing rests on the gateway", lambda: not gateway.call("fetch_open_orders", "BTC/USD"))
+        assert gateway.call("fetch_order", resting[0]["id"], "BTC/USD")["status"] == "canceled"
+        # An entry canceled before any fill: freqtrade drops its trade; the order flow has it submitted, then canceled.
+        until("freqtrade dropped the unfilled trade", lambda: freqtrade.open_trades() == [])
+        await sidecar.until("the cancel counted", lambda: sidecar.value("tradingbot_orders_canceled_total", **flow))
+        assert await sidecar.value("tradingbot_orders_submitted_total", side="buy", order_type="limit", **flow) == 1
+        assert await sidecar.value("tradingbot_fills_total", side="buy", liquidity="unknown", **flow) == fills
+    finally:
+        unlock_pairs(freqtrade)
+    until("freqtrade re-enters", lambda: two_open_trades(freqtrade))
+
+
+async def test_an_order_the_venue_refuses_is_counted_rejected_with_its_reason(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    """freqtrade keeps no order the venue refused; its log says which and why, and the sidecar counts it."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    lock_pairs(freqtrade)
+    status, _ = await sidecar.control("flatten")
+    assert status == 200
+    until("freqtrade has no open trade", lambda: freqtrade.open_trades() == [])
+    gateway.chaos("insufficient_funds", count=1)
+    status, _ = await sidecar.control("resume")
+    assert status == 200
+    unlock_pairs(freqtrade)
+    try:
+        await sidecar.until(
+            "a refused entry counted",
+            lambda: _rejected(sidecar, "insufficient_funds"),
+        )
+        until("freqtrade enters on its next try", lambda: two_open_trades(freqtrade))
+        # Two accepted entries and the refused one were submitted.
+        await sidecar.until("three entries submitted", lambda: _submitted_buys(sidecar, 3))
+    finally:
+        gateway.chaos("clear")
+
+
+async def _submitted_buys(sidecar: Client, expected: float) -> bool:
+    samples = await sidecar.samples()
+    buys = sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "tradingbot_orders_submitted_total" and ("side", "buy") in labels
+    )
+    assert buys <= expected
+    return buys == expected
+
+
+async def _rejected(sidecar: Client, reason: str) -> float:
+    samples = await sidecar.samples()
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "tradingbot_orders_rejected_total" and ("reason", reason) in labels
+    )
+
+
+def lock_pairs(freqtrade: Freqtrade) -> None:
+    until_ = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    freqtrade.api("POST", "/locks", [{"pair": pair, "until": until_, "reason": "test"} for pair in PAIRS])
+
+
+def unlock_pairs(freqtrade: Freqtrade) -> None:
+    for lock in freqtrade.api("GET", "/locks")["locks"]:
+        freqtrade.api("DELETE", f"/locks/{lock['id']}")
+
+
+async def test_the_venue_lost_and_back_reconnect_waits_for_it_and_reload_keeps_freqtrade_running(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    """freqtrade keeps its API up and its loop turning while every exchange call fails: the sidecar reads the
+    failures from its log. reconnect (reload_config) is refused while the venue does not answer, since freqtrade exits
+    when it cannot load its markets, and works once it does."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    started = freqtrade.api("GET", "/health")["bot_startup_ts"]
+    errors_before = await _venue_errors(sidecar)
+    gateway.chaos("drop_connection")
+    try:
+        await sidecar.until(
+            "market data disconnected",
+            lambda: _is(sidecar.value("tradingbot_broker_connected", venue="kraken", channel="market_data"), 0),
+        )
+        assert await sidecar.value("tradingbot_ready") == 0
+        assert (await sidecar.http.get("/readyz")).status == 503
+        assert await _venue_errors(sidecar) > errors_before
+        # freqtrade itself is fine: its API answers, its loop turns.
+        assert await sidecar.value("tradingbot_freqtrade_up") == 1
+        status, body = await sidecar.control("reconnect")
+        assert status == 503 and "the venue does not answer" in body["error"], body
+        assert freqtrade.api("GET", "/health")["bot_startup_ts"] == started  # not reloaded, still running
+    finally:
+        gateway.chaos("clear")
+    status, body = await sidecar.control("reconnect")
+    assert status == 200 and body["state"] == "active" and body["previous_state"] == "active", body
+    assert freqtrade.api("GET", "/health")["bot_startup_ts"] != started
+    assert len(freqtrade.open_trades()) == 2  # its trades are in its database
+    for channel in ("orders", "market_data", "account"):
+        assert await sidecar.value("tradingbot_broker_connected", venue="kraken", channel=channel) == 1
+    assert await sidecar.value("tradingbot_broker_disconnects_total", venue="kraken", channel="market_data") == 1
+    assert await sidecar.value("tradingbot_broker_reconnects_total", venue="kraken", channel="market_data") == 1
+
+    # reload_config restarts freqtrade in its configuration's initial_state (running here): from paused it would
+    # start trading, so a paused freqtrade is not reloaded.
+    status, _ = await sidecar.control("pause")
+    assert status == 200
+    status, body = await sidecar.control("reload")
+    assert status == 409 and "initial_state" in body["error"], body
+    assert freqtrade.api("GET", "/show_config")["state"] == "paused"
+    status, _ = await sidecar.control("resume")
+    assert status == 200
+    status, body = await sidecar.control("reload")
+    assert status == 200 and body["state"] == "active" and body["started_again"] is False, body
+    assert freqtrade.api("GET", "/show_config")["state"] == "running"
+
+
+async def _is(value: Any, expected: float) -> bool:
+    return await value == expected
+
+
+async def _venue_errors(sidecar: Client) -> float:
+    samples = await sidecar.samples()
+    return sum(v for (name, _), v in samples.items() if name == "tradingbot_venue_errors_total")
+
+
+async def test_a_non_ascii_authorization_header_is_401_and_counted(sidecar: Client, freqtrade: Freqtrade) -> None:
+    """Header bytes no HTTP client would send (Latin-1, invalid UTF-8) are refused like a wrong token, never a 500."""
+    port = sidecar.http.server.port
+    for header in NON_ASCII_AUTH:
+        status, _ = await raw_request(port, "POST", "/control/halt", [header])
+        assert status == 401, header
+    assert await sidecar.value("tradingbot_control_command_failures_total", command="halt", reason="unauthorized") == 3
+    assert freqtrade.api("GET", "/show_config")["state"] == "running"
 
 
 async def test_wrong_password_is_down_with_the_reason(freqtrade: Freqtrade, aiohttp_client: Any) -> None:
@@ -377,6 +588,12 @@ async def test_reconcile_without_a_venue_is_409(freqtrade: Freqtrade, aiohttp_cl
     client = Client(await aiohttp_client(create_app(sc)), sc)
     status, body = await client.control("reconcile")
     assert status == 409 and "no venue is configured" in body["error"]
+    assert "freqtrade.targets.<name>.ccxt" in body["error"]  # the key to set
+    # Nor is it reloaded to reconnect: without a venue the sidecar cannot check first that freqtrade would come back.
+    started = freqtrade.api("GET", "/health")["bot_startup_ts"]
+    status, body = await client.control("reconnect")
+    assert status == 409 and "freqtrade.targets.<name>.ccxt" in body["error"] and "markets" in body["error"], body
+    assert freqtrade.api("GET", "/health")["bot_startup_ts"] == started
 
 
 # -- the CLI, a real sidecar process --------------------------------------------------------------------------------
@@ -439,11 +656,18 @@ def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, section: dict[
     assert problem in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_the_sidecar_process_serves_metrics_and_control(tmp_path: Path, freqtrade: Freqtrade) -> None:
-    import urllib.request
-
-    port = free_port()
+def test_one_sidecar_process_serves_two_targets_one_up_one_dead(tmp_path: Path, freqtrade: Freqtrade) -> None:
+    """One `trading-ops freqtrade` process, two freqtrades: each on its own port with its own registry. The one whose
+    freqtrade is gone reports it down and counts its failed requests; the other is unaffected."""
+    port, dead_port, nothing = free_port(), free_port(), free_port()
     config = write_config(tmp_path, freqtrade, port)
+    data = json.loads(config.read_text())
+    data["freqtrade"]["targets"]["ft-2"] = {
+        **data["freqtrade"]["targets"]["ft-1"],
+        "url": f"http://127.0.0.1:{nothing}",  # nothing listens there
+        "listen": {"host": "127.0.0.1", "port": dead_port},
+    }
+    config.write_text(json.dumps(data))
     proc = subprocess.Popen(
         [sys.executable, "-m", "trading_ops", "--config", str(config), "freqtrade"],
         stdout=subprocess.DEVNULL,
@@ -452,19 +676,37 @@ def test_the_sidecar_process_serves_metrics_and_control(tmp_path: Path, freqtrad
     )
     try:
 
-        def scrape() -> str | None:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-            return text if "tradingbot_freqtrade_up 1.0" in text else None
+        def scrape(at: int) -> str:
+            return str(urllib.request.urlopen(f"http://127.0.0.1:{at}/metrics", timeout=2).read().decode())
 
-        text = until("the sidecar process reports freqtrade up", scrape)
+        def failures(at: int) -> float:
+            text = scrape(at)
+            return sum(
+                s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "tradingbot_freqtrade_api_request_failures_total"
+            )
+
+        text = until("the live target reports freqtrade up", lambda: "tradingbot_freqtrade_up 1.0" in scrape(port))
+        text = scrape(port)
         assert re.search(r'^tradingbot_state\{state="active"\} 1\.0$', text, re.MULTILINE)
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/control/status", method="POST", headers=AUTH)
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            assert json.loads(resp.read())["freqtrade_up"] is True
+        assert "tradingbot_freqtrade_api_request_failures_total{" not in text
+        dead = until("the dead target reports its freqtrade down", lambda: failures(dead_port))
+        dead_text = scrape(dead_port)
+        assert "tradingbot_freqtrade_up 0.0" in dead_text and "tradingbot_state{" not in dead_text
+        # Down is counted, poll after poll: the failures keep rising (TradingBotFreqtradeDown's evidence).
+        until("the failures keep rising", lambda: failures(dead_port) > dead)
+        for at, up in ((port, True), (dead_port, False)):
+            req = urllib.request.Request(f"http://127.0.0.1:{at}/control/status", method="POST", headers=AUTH)
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert json.loads(resp.read())["freqtrade_up"] is up
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
-    assert "Traceback" not in (tmp_path / "sidecar.log").read_text()
+    log = (tmp_path / "sidecar.log").read_text()
+    assert "Traceback" not in log
+    assert "ft-1" in log and "ft-2" in log
 
 
 def test_the_official_client_and_the_sidecar_agree(freqtrade: Freqtrade) -> None:

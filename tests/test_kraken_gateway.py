@@ -21,13 +21,17 @@ from tests.ccxt_helpers import (
     CONTROL_TOKEN,
     OTHER_KEY,
     OTHER_SECRET,
+    SUB_ACCOUNT,
+    SUB_KEY,
+    SUB_SECRET,
     kraken,
     running_gateway,
     wait_for,
 )
 from tests.conftest import free_port
 from trading_ops.cli import main
-from trading_ops.venues.kraken_gateway import sign
+from trading_ops.config import ConfigError, parse_config
+from trading_ops.venues.kraken_gateway import gateway_from_config, sign
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -234,26 +238,203 @@ async def test_lost_replies_place_the_order_and_lose_the_answer() -> None:
             await ex.close()
 
 
-async def test_stale_market_data_freezes_one_symbol_while_the_market_moves() -> None:
+async def test_stale_market_data_stops_one_pairs_feed_until_a_client_loads_the_markets_again() -> None:
     async with running_gateway(tick_interval=0.02, volatility=0.002) as (gateway, base):
         ex = kraken(base)
         try:
             await ex.load_markets()
-            await chaos(base, "stale_market_data", symbol="ETH-USD")
-            frozen = (await ex.fetch_ticker("ETH/USD"))["bid"]
+            status, body = await chaos(base, "stale_market_data", symbol="ETH-USD")
+            assert status == 200 and body["seconds"] == "until the client resubscribes"
+            # The book as the fault froze it (one read before the fault may be a tick older than that).
+            frozen_book = await ex.fetch_order_book("ETH/USD", 3)
+            # The pair is no longer quoted (a frozen price would look like a quiet market); the others are.
+            assert (await ex.fetch_ticker("ETH/USD"))["bid"] is None
+            assert sorted(await ex.fetch_tickers(["BTC/USD", "ETH/USD"])) == ["BTC/USD"]
             live = (await ex.fetch_ticker("BTC/USD"))["bid"]
 
             async def moved() -> bool:
-                return (await ex.fetch_ticker("BTC/USD"))["bid"] != live and gateway.venue.quote(
-                    "ETH-USD"
-                ).bid != Decimal(str(frozen))
+                btc_moved = (await ex.fetch_ticker("BTC/USD"))["bid"] != live
+                return btc_moved and gateway.venue.quote("ETH-USD").bid != Decimal(str(frozen_book["bids"][0][0]))
 
             await wait_for(moved)
-            assert (await ex.fetch_ticker("ETH/USD"))["bid"] == frozen
-            await chaos(base, "clear")
+            assert (await ex.fetch_order_book("ETH/USD", 3))["bids"] == frozen_book["bids"]  # depth froze with it
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{base}/chaos", headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as response,
+            ):
+                shown = (await response.json())["faults"]["stale_market_data"]
+            assert shown == {"ETH-USD": "until the client resubscribes"}
+            # Subscribing again, for a polling client: the markets loaded again. The feed flows from then on.
+            await ex.load_markets(True)
             assert (await ex.fetch_ticker("ETH/USD"))["bid"] == float(gateway.venue.quote("ETH-USD").bid)
+            assert gateway.faults.stale == {}
+
+            # With `seconds`, it also ends by itself.
+            await chaos(base, "stale_market_data", symbol="SOL-USD", seconds=0.3)
+            assert (await ex.fetch_ticker("SOL/USD"))["bid"] is None
+
+            async def quoted_again() -> bool:
+                return (await ex.fetch_ticker("SOL/USD"))["bid"] is not None
+
+            await wait_for(quoted_again, timeout=10)
         finally:
             await ex.close()
+
+
+async def test_a_dropped_connection_lasts_until_the_client_reconnects_with_a_status_check() -> None:
+    async with running_gateway() as (gateway, base):
+        ex = kraken(base)
+        try:
+            await ex.load_markets()
+            status, body = await chaos(base, "drop_connection")
+            assert status == 200 and body["seconds"] == "until the client reconnects"
+            for _ in range(3):  # the client's own retries on new connections do not get through
+                with pytest.raises(ccxt.ExchangeNotAvailable):
+                    await ex.fetch_balance()
+            await ex.close()  # what a reconnect is: a new session, which starts by asking the venue's status
+            ex.open()
+            assert (await ex.fetch_status())["status"] == "ok"
+            assert (await ex.fetch_balance())["total"]["USD"] > 0
+            assert gateway.faults.dropped_until == 0
+
+            await chaos(base, "drop_connection", seconds=0.3)  # with `seconds`, it also ends by itself
+            with pytest.raises(ccxt.ExchangeNotAvailable):
+                await ex.fetch_balance()
+
+            async def answered() -> bool:
+                try:
+                    await ex.fetch_balance()
+                except ccxt.ExchangeNotAvailable:
+                    return False
+                return True
+
+            await wait_for(answered, timeout=10)
+        finally:
+            await ex.close()
+
+
+async def test_a_sub_account_trades_the_same_market_with_balances_orders_and_trades_of_its_own() -> None:
+    """As Kraken's subaccounts: each key acts on its own account (a second key of the main account on the main one);
+    one market, so one account's resting order fills when the market crosses it, whoever moved it."""
+    async with running_gateway(sub_account=True) as (gateway, base):
+        main, by_hand, sub = (
+            kraken(base),
+            kraken(base, key=OTHER_KEY, secret=OTHER_SECRET),
+            kraken(base, SUB_KEY, SUB_SECRET),
+        )
+        try:
+            for ex in (main, by_hand, sub):
+                await ex.load_markets()
+            mine = await main.create_order("BTC/USD", "limit", "buy", 0.01, 1000, {"clientOrderId": "same-id"})
+            theirs = await sub.create_order("BTC/USD", "limit", "buy", 0.02, 1000, {"clientOrderId": "same-id"})
+            assert mine["id"] != theirs["id"]  # client ids are the account's; txids the venue's
+            await sub.create_order("ETH/USD", "market", "buy", 0.1, None, {"clientOrderId": "sub-market"})
+            assert [o["id"] for o in await main.fetch_open_orders()] == [mine["id"]]
+            assert [o["id"] for o in await by_hand.fetch_open_orders()] == [mine["id"]]  # the same account
+            assert [o["id"] for o in await sub.fetch_open_orders()] == [theirs["id"]]
+            assert await main.fetch_my_trades() == []
+            (trade,) = await sub.fetch_my_trades()
+            assert trade["symbol"] == "ETH/USD" and trade["amount"] == 0.1
+            main_balance, sub_balance = await main.fetch_balance(), await sub.fetch_balance()
+            assert main_balance["total"]["USD"] == 100000 and main_balance["total"].get("ETH", 0) == 0
+            assert sub_balance["total"]["ETH"] == 0.1 and sub_balance["total"]["USD"] < 100000
+            with pytest.raises(ccxt.OrderNotFound):  # another account's order is no order of this one
+                await sub.cancel_order(mine["id"])
+
+            await sub.cancel_all_orders()  # cancels the account's orders, never another account's
+            assert await sub.fetch_open_orders() == []
+            assert [o["id"] for o in await main.fetch_open_orders()] == [mine["id"]]
+
+            resting = await sub.create_order("SOL/USD", "limit", "buy", 1, 140, {"clientOrderId": "sub-bid"})
+            status, _ = await chaos(base, "price_gap", symbol="SOL-USD", change=-0.1)  # the market falls through it
+            assert status == 200
+            assert (await sub.fetch_order(resting["id"]))["status"] == "closed"
+            status, drift = await chaos(base, "position_drift", symbol="BTC-USD", quantity=0.5, account=SUB_ACCOUNT)
+            assert status == 200 and drift["account"] == SUB_ACCOUNT
+            assert (await sub.fetch_balance())["total"]["BTC"] == 0.5
+            assert (await main.fetch_balance())["total"].get("BTC", 0) == 0
+            assert (await chaos(base, "position_drift", account="nobody"))[0] == 400
+        finally:
+            for ex in (main, by_hand, sub):
+                await ex.close()
+
+
+def test_sub_accounts_from_the_configuration_keep_their_state_beside_the_venues(tmp_path: Path, monkeypatch) -> None:
+    for name, value in (("key", API_KEY), ("secret", API_SECRET), ("sub-key", SUB_KEY), ("sub-secret", SUB_SECRET)):
+        (tmp_path / name).write_text(value)
+    monkeypatch.setenv("GATEWAY_TEST_TOKEN", CONTROL_TOKEN)
+    section = {
+        "api_key_file": "key",
+        "api_secret_file": "secret",
+        "control_token_env": "GATEWAY_TEST_TOKEN",
+        "state_file": "state/venue.json",
+        "accounts": [{"name": "bot-2", "api_key_file": "sub-key", "api_secret_file": "sub-secret"}],
+    }
+    gateway = gateway_from_config(parse_config({"gateway": section}, base_dir=tmp_path))
+    sub = gateway.accounts["bot-2"]
+    assert list(gateway.accounts) == ["main", "bot-2"] and sub.symbols == gateway.venue.symbols
+    assert sub.autosave_path == tmp_path / "state" / "venue.bot-2.json"
+    for accounts, problem in (
+        ([{"name": "main"}], r"gateway.accounts\[0\].name: main is the main account's name"),
+        (section["accounts"] * 2, r"gateway.accounts\[1\].name: bot-2 is listed twice"),
+        ([{"api_key_file": "sub-key"}], r"gateway.accounts\[0\].name: every sub-account needs a name"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            parse_config({"gateway": {**section, "accounts": accounts}})
+    for accounts, problem in (
+        ([{"name": "x", "api_key_file": "key", "api_secret_file": "secret"}], "API key of sub-account x is another"),
+        ([{"name": "x"}], r"gateway.accounts\[0\].api_key: not set"),
+        ([{"name": "x", "api_key_file": "sub-key", "api_secret_file": "key"}], r"accounts\[0\].api_secret: an API"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            gateway_from_config(parse_config({"gateway": {**section, "accounts": accounts}}, base_dir=tmp_path))
+
+
+async def test_an_outage_drops_every_client_whatever_they_do_until_it_ends_by_itself() -> None:
+    """The venue down for everyone: every key's public and private calls close unanswered, a reconnect (a new session
+    starting with SystemStatus) does not end it; it ends at `clear`, or by itself after `seconds`."""
+    async with running_gateway() as (gateway, base):
+        clients = [kraken(base), kraken(base, key=OTHER_KEY, secret=OTHER_SECRET)]
+
+        async def answered() -> bool:
+            try:
+                for ex in clients:
+                    await ex.fetch_balance()
+            except ccxt.ExchangeNotAvailable:
+                return False
+            return True
+
+        try:
+            for ex in clients:
+                await ex.load_markets()
+            status, body = await chaos(base, "outage", seconds=600)
+            assert status == 200 and body == {"fault": "outage", "seconds": 600}
+            for ex in clients:
+                for call in (ex.fetch_balance, ex.fetch_status, lambda ex=ex: ex.fetch_ticker("BTC/USD")):
+                    with pytest.raises(ccxt.ExchangeNotAvailable) as info:
+                        await call()
+                    assert isinstance(info.value.__cause__, aiohttp.ClientConnectionError)
+                await ex.close()  # a reconnect: a new session, starting with the venue's status
+                ex.open()
+                with pytest.raises(ccxt.ExchangeNotAvailable):
+                    await ex.fetch_status()
+            assert not await answered()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{base}/chaos", headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as r,
+            ):
+                left = (await r.json())["faults"]["outage"]  # the operator's side still answers
+            assert 0 < left <= 600
+            assert (await chaos(base, "clear"))[0] == 200
+            assert await answered()
+
+            assert (await chaos(base, "outage", seconds=0.5))[1]["seconds"] == 0.5
+            assert not await answered()
+            await wait_for(answered, timeout=10)  # over by itself, nobody told it
+            assert gateway.faults.outage_until == 0
+        finally:
+            for ex in clients:
+                await ex.close()
 
 
 async def test_fault_commands_need_the_token_and_valid_arguments() -> None:

@@ -1,9 +1,10 @@
 """Every metric a rule, a dashboard or a runbook names is one something really exports.
 
-The exported names come from the code itself: a paper bot (the instrumentation library, its collectors and the
-reconciliation metrics) and the reconciler's metrics, each built on a fresh CollectorRegistry, plus the recording
-rules' outputs. Families of the servers we deploy but do not build (Prometheus, Alertmanager, the node exporter)
-are allowed by prefix; the metrics of the planned scheduled operations are allowed by name, each for a reason.
+The exported names come from the code itself: a paper bot (the instrumentation library, its collectors with the
+resource budgets configured, and the reconciliation metrics), the reconciler's metrics with the scheduled operations'
+(backups, upkeep, scheduler, maintenance windows, daily summary) and a freqtrade sidecar, each built on a fresh
+CollectorRegistry, plus the recording rules' outputs. Families of the servers we deploy but do not build
+(Prometheus, Alertmanager, the node exporter) are allowed by prefix; nothing else is allowed by name.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from system_binaries import REPO_ROOT
 
 from tests.paper_helpers import TOKEN, fast_config
 from trading_ops.config import parse_config
+from trading_ops.db import migrate
+from trading_ops.db.base import make_engine
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
+from trading_ops.integrations.freqtrade.poller import Snapshot
 from trading_ops.ops.jobs import configured_jobs
-from trading_ops.ops.maintenance import metrics_for as maintenance_metrics
+from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import SchedulerMetrics
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
@@ -49,11 +53,6 @@ PROMETHEUS_SERIES = {
     "scrape_samples_post_metric_relabeling",
     "scrape_series_added",
 }
-# Watched by alerts the issue's catalogue requires, exported by scheduled operations that are planned and not
-# built yet (see the top of prometheus/rules/trading-ops.yml). Nothing exports them today: these alerts cannot
-# fire until the operations land, and each entry must go once its exporter exists (a test below says so).
-PLANNED_OPS_METRICS: dict[str, str] = {}
-
 # A small PromQL lexer, enough to find metric names: strings, comments, label matchers, ranges, label lists and
 # offsets are dropped; an identifier followed by `(` is a function or an aggregation; keywords are not names.
 GRAFANA_VARIABLE = re.compile(r"\$\{\w+(?::\w+)?\}|\$\w+")
@@ -141,9 +140,13 @@ def family_sample_names(registry: CollectorRegistry) -> tuple[set[str], set[str]
 @pytest.fixture(scope="module")
 def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegistry, ...]:
     """The registries of a paper bot, of the reconciler's metrics and of a freqtrade sidecar, built in-process, fresh
-    (the sidecar's always-present families: its data families are only there while a freqtrade answers)."""
+    (the sidecar with a snapshot of a freqtrade that answers: its data families are only there while one does)."""
     bot_registry = CollectorRegistry()
-    bot = PaperBot(fast_config(tmp_path_factory.mktemp("paper-bot")), token=TOKEN, registry=bot_registry, chaos=True)
+    config = fast_config(tmp_path_factory.mktemp("paper-bot"))
+    # The budgets' families are exported only when set; the disk and memory alerts read them.
+    config.bot.resources.memory_budget_bytes = config.bot.resources.data_dir_budget_bytes = 1 << 30
+    bot = PaperBot(config, token=TOKEN, registry=bot_registry, chaos=True)
+    bot.inst.data_dir_size.measure()  # what a started bot's first walk exports
     bot.engine.dispose()
     reconciler_registry = CollectorRegistry()
     ReconcilerMetrics(reconciler_registry)
@@ -154,10 +157,26 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     scheduler_metrics = SchedulerMetrics(reconciler_registry, jobs)
     for job in jobs:  # a task's own last-success gauge appears with its first success
         scheduler_metrics.succeeded(job.name, datetime.now(UTC))
-    maintenance_metrics(reconciler_registry)
+    ops_db = tmp_path_factory.mktemp("ops-db") / "ops.db"
+    migrate.upgrade(f"sqlite:///{ops_db}")
+    register_maintenance_metrics(reconciler_registry, make_engine(f"sqlite:///{ops_db}")).read()
     sidecar_registry = CollectorRegistry()
-    FreqtradeSidecar(
+    sidecar = FreqtradeSidecar(
         name="ft", url="http://127.0.0.1:9", username="u", password="p", token=TOKEN, registry=sidecar_registry
+    )
+    # What the sidecar exports while its freqtrade answers: a poll's snapshot as a trading freqtrade answers it.
+    sidecar.poller.snapshot = Snapshot(
+        up=True,
+        polled_at=1.0,
+        version="2026.9",
+        config={"exchange": "kraken", "strategy": "S", "state": "running", "max_open_trades": 2},
+        heartbeat=1.0,
+        bot_start=1.0,
+        trades=({"pair": "BTC/USD", "amount": 0.1, "current_rate": 60000.0, "profit_abs": 1.0, "orders": []},),
+        profit={"trade_count": 1, "closed_trade_count": 0, "winning_trades": 0, "losing_trades": 0},
+        balance={"currencies": [{"currency": "USD", "balance": 100.0}]},
+        locks={"locks": []},
+        today={"abs_profit": 0.0, "rel_profit": 0.0},
     )
     return bot_registry, reconciler_registry, sidecar_registry
 
@@ -211,6 +230,11 @@ def test_the_registries_export_the_catalogue(exported: set[str]) -> None:
         "tradingops_daily_report_last_success_timestamp_seconds",
         "tradingops_maintenance_window_recorded_end_timestamp_seconds",
         "tradingops_scheduled_task_failures_total",
+        "tradingops_backup_last_success_timestamp_seconds",
+        "tradingops_backup_failures_total",
+        "tradingbot_data_dir_bytes",
+        "tradingbot_data_dir_budget_bytes",
+        "tradingbot_memory_budget_bytes",
     } <= exported
 
 
@@ -220,9 +244,7 @@ def test_the_registries_export_the_catalogue(exported: set[str]) -> None:
 def test_every_metric_a_rule_uses_is_exported(exported: set[str]) -> None:
     used = {(where, name) for where, expr in rule_expressions() for name in metric_names(expr)}
     assert len({name for _, name in used}) >= 30
-    unknown = sorted(
-        f"{where}: {name}" for where, name in used if not is_defined(name, exported) and name not in PLANNED_OPS_METRICS
-    )
+    unknown = sorted(f"{where}: {name}" for where, name in used if not is_defined(name, exported))
     assert unknown == [], "rules use metrics nothing exports"
 
 
@@ -245,14 +267,6 @@ def test_every_trading_ops_metric_a_runbook_names_is_exported(
         if not name.endswith("_")
         and not is_defined(name, exported)
         and name not in families
-        and name not in PLANNED_OPS_METRICS
         and not any(known.startswith(f"{name}_") for known in exported)
     )
     assert unknown == []
-
-
-def test_planned_metrics_are_used_and_not_exported_yet(exported: set[str]) -> None:
-    used = {name for _, expr in rule_expressions() for name in metric_names(expr)}
-    assert set(PLANNED_OPS_METRICS) <= used, "an allowlisted planned metric is no longer used: drop it"
-    shipped = set(PLANNED_OPS_METRICS) & exported
-    assert shipped == set(), f"now exported, remove from PLANNED_OPS_METRICS: {sorted(shipped)}"

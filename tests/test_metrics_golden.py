@@ -2,8 +2,9 @@
 
 tests/golden/paper_bot_metrics.txt is a complete /metrics page with deterministic values. A paper bot is built (not
 started) on a fresh registry with fixed clocks, every record call of the instrumentation library is driven with
-fixed arguments, and the values that belong to the host (process, GC, disk, file descriptors, threads, memory
-limit, event-loop lag, Python version) are normalized. The tests check that
+fixed arguments, and the values that belong to the host (process, GC, disk, data directory, file descriptors,
+threads, memory limit, event-loop lag, Python version) are normalized; the resource budgets are configured. The
+tests check that
 
 - the generated exposition is deterministic and equals the committed golden file byte for byte;
 - `promtool check metrics` accepts the golden file with no output at all;
@@ -36,6 +37,7 @@ from prometheus_client.registry import Collector
 from tests.paper_helpers import TOKEN, control, fast_config, get, wait_for
 from trading_ops.bot.gate import Refusal
 from trading_ops.bot.risk import ORDER_NOTIONAL, Breach
+from trading_ops.config import Config
 from trading_ops.paper.bot import PaperBot
 
 GOLDEN = Path(__file__).parent / "golden" / "paper_bot_metrics.txt"
@@ -58,9 +60,12 @@ HOST_VALUES = {
     "tradingbot_process_max_fds": 1024,
     "tradingbot_process_threads": 4,
     "tradingbot_memory_limit_bytes": 8e9,
+    "tradingbot_data_dir_bytes": 1.5e6,
     "tradingbot_event_loop_lag_seconds": 0.0005,
 }
 HOST_PREFIXES = ("process_", "python_")
+# Budgets in the configuration of the golden's bot and of the live one, so that their families are in both.
+BUDGETS = {"memory_budget_bytes": 384 * 1024 * 1024, "data_dir_budget_bytes": 256 * 1024 * 1024}
 HOST_LABELS = {"tradingbot_build_info": {"python_version": "normalized"}}
 
 
@@ -155,10 +160,11 @@ def drive(bot: PaperBot, clock: FakeMonotonic) -> None:
     m.venue_error("exploded")  # not a known class: recorded as "other", the fold counted
     for duration in (0.0021, 0.0042, 0.0008):
         m.loop_iteration(duration)
-    m.control_command("pause")
-    m.control_command("resume")
+    m.control_command("pause", "reconciler")
+    m.control_command("resume", "operator")
     m.control_failure("resume", "unauthorized")
     m.collector_errors.labels("disk")  # exported at 0: no probe failed
+    bot.inst.data_dir_size.measure()  # the walk a started bot runs in a worker thread
     bot.inst.state.apply("pause", reason="golden")
     bot.inst.state.apply("resume", reason="golden")
     # An order the gate kept back for a risk limit: counted as a breach, and the bot moved to reduce-only.
@@ -187,8 +193,14 @@ def normalized(registry: CollectorRegistry) -> str:
     return generate_latest(frozen).decode()
 
 
+def budgeted(config: Config) -> Config:
+    for key, value in BUDGETS.items():
+        setattr(config.bot.resources, key, value)
+    return config
+
+
 def golden_exposition(tmp_path: Path) -> str:
-    bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry(), chaos=True)
+    bot = PaperBot(budgeted(fast_config(tmp_path)), token=TOKEN, registry=CollectorRegistry(), chaos=True)
     try:
         drive(bot, FakeMonotonic())
         return normalized(bot.inst.registry)
@@ -228,7 +240,8 @@ def test_golden_file_passes_promtool(promtool: str) -> None:
 
 
 async def test_live_metrics_pass_promtool_and_match_the_golden_structure(tmp_path: Path, promtool: str) -> None:
-    bot = PaperBot(fast_config(tmp_path, reject_probability=0.3), token=TOKEN, registry=CollectorRegistry(), chaos=True)
+    config = budgeted(fast_config(tmp_path, reject_probability=0.3))
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), chaos=True)
     port = await bot.start("127.0.0.1", 0)
     try:
         # Exercise the families: fills, rejects, cancels, a lost connection, a refused control call.

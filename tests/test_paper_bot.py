@@ -8,6 +8,7 @@ import re
 import socket
 from decimal import Decimal
 
+import psutil
 import pytest
 from prometheus_client import CollectorRegistry, enable_created_metrics
 from sqlalchemy import func, select
@@ -107,7 +108,10 @@ async def test_stale_market_data_until_resubscribe(bot: PaperBot) -> None:
     await wait_for(lambda: (bot.metrics.market_data_age("ETH-USD") or 0) > 0.4)
     status, body = await get(bot.port, "/readyz")
     assert status == 503 and "ETH-USD" in body
-    assert (bot.metrics.market_data_age("BTC-USD") or 99) < 0.3  # the other symbols keep flowing
+    # The other symbols keep flowing: a BTC quote arrives while ETH's age keeps growing (not a wall-clock bound).
+    await wait_for(
+        lambda: (bot.metrics.market_data_age("BTC-USD") or 99) + 0.3 < (bot.metrics.market_data_age("ETH-USD") or 0)
+    )
     assert (await control(bot.port, "resubscribe", {"symbol": "ETH-USD"}))[0] == 200
     await wait_for(lambda: (bot.metrics.market_data_age("ETH-USD") or 99) < 0.1)
     assert (await control(bot.port, "stale_market_data", {"symbol": "DOGE-USD"}))[0] == 400
@@ -127,16 +131,23 @@ async def test_hang_loop_stops_the_heartbeat(bot: PaperBot) -> None:
 
 
 async def test_leak_memory_and_fill_disk(bot: PaperBot) -> None:
+    mib = 1024 * 1024
+    resident = psutil.Process().memory_info
+    before = resident().rss
     status, body = await control(bot.port, "leak_memory", {"mib_per_second": 200, "max_mib": 20})
     assert status == 200
     await wait_for(lambda: bot.chaos is not None and bot.chaos.status()["leaked_mib"] >= 20)
+    assert resident().rss >= before + 18 * mib  # resident, every page touched
     status, body = await control(bot.port, "fill_disk", {"mib_per_second": 200, "max_mib": 5})
     scratch = bot.data_dir / "scratch"
     await wait_for(lambda: sum(p.stat().st_size for p in scratch.glob("fill-*.bin")) == 5 * 1024 * 1024)
     await wait_for(lambda: "fill_disk" not in bot.chaos._tasks)  # it stops at max_mib
+    leaking = resident().rss
     assert (await control(bot.port, "clear_chaos"))[0] == 200
     assert not scratch.exists()
     assert bot.chaos is not None and bot.chaos.status()["leaked_mib"] == 0
+    # Given back to the system, not only to the allocator: the memory alert resolves without a restart.
+    assert resident().rss <= leaking - 18 * mib
     assert (await control(bot.port, "leak_memory", {"max_mib": 10**9}))[0] == 400  # bounded
 
 
@@ -163,14 +174,41 @@ async def _loss_spike(bot: PaperBot) -> None:
     await wait_for(lambda: sum(abs(bot.book.notional(s)) for s in bot.config.paper.symbols) > 500, timeout=20)
     limit = bot.config.paper.daily_loss_limit
     assert bot.inst.state.state.value == "active"
+    status, body = await control(bot.port, "loss_spike", {"amount": 1e9})
+    assert status == 400 and "can lose at most" in body["error"], body  # never less than it says, silently
+    assert bot.inst.state.state.value == "active"
     status, body = await control(bot.port, "loss_spike")
     assert status == 200, body
+    assert float(body["expected_loss"]) == pytest.approx(limit * 1.2, abs=0.01)  # what it says is what it asks
     # The loss limit is enforced in-process: the bot halts at once (no alert round trip) and says why.
     await wait_for(lambda: bot.inst.state.state.value == "halted", timeout=10)
     assert bot.inst.state.reason.startswith("risk limit daily_loss")
     realized = sample(bot, "tradingbot_realized_pnl", venue="paper", strategy="demo") or 0
     unrealized = sample(bot, "tradingbot_unrealized_pnl", venue="paper", strategy="demo") or 0
     assert -(realized + unrealized) >= limit
+
+
+def rejected(bot: PaperBot, reason: str) -> float:
+    return sum(
+        s.value
+        for f in bot.inst.registry.collect()
+        if f.name == "tradingbot_orders_rejected"
+        for s in f.samples
+        if s.name.endswith("_total") and s.labels.get("reason") == reason
+    )
+
+
+async def test_reject_storm_rejects_every_new_order_until_cleared(bot: PaperBot) -> None:
+    await wait_for(lambda: counter_total(bot, "tradingbot_orders_submitted") > 0)
+    status, body = await control(bot.port, "reject_storm", {"seconds": 60, "reason": "venue_busy"})
+    assert status == 200 and body["reason"] == "venue_busy", body
+    submitted, fills = counter_total(bot, "tradingbot_orders_submitted"), counter_total(bot, "tradingbot_fills")
+    await wait_for(lambda: rejected(bot, "venue_busy") >= 5, timeout=20)  # the strategy keeps trying; all refused
+    assert counter_total(bot, "tradingbot_orders_submitted") > submitted
+    assert bot.broker.is_connected(Channel.ORDERS)  # the connection stays up: only orders are refused
+    assert (await control(bot.port, "reject_storm", {"reason": "nope"}))[0] == 400
+    assert (await control(bot.port, "clear_chaos"))[0] == 200
+    await wait_for(lambda: counter_total(bot, "tradingbot_fills") > fills, timeout=20)
 
 
 async def test_flatten_closes_every_position_then_pauses(bot: PaperBot) -> None:
@@ -211,6 +249,7 @@ async def test_without_chaos_the_fault_commands_do_not_exist(tmp_path) -> None:
             "fill_disk",
             "position_drift",
             "loss_spike",
+            "reject_storm",
             "stall_journal",
             "clear_chaos",
         ):

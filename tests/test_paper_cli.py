@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -33,9 +34,19 @@ def write_config(tmp_path: Path, port: int) -> Path:
     return config
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The console script a user runs (beside this Python), on this checkout's code.
+CONSOLE_SCRIPT = Path(sys.executable).parent / "trading-ops"
+
+
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "trading_ops", *args], check=False, capture_output=True, text=True, timeout=timeout
+        [str(CONSOLE_SCRIPT), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
 
 

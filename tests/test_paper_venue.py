@@ -264,6 +264,26 @@ async def test_price_gap_fills_resting_orders_it_crosses(connected: tuple[PaperV
     assert [o.client_order_id for o in await venue.open_orders()] == ["buy-lower"]
 
 
+async def test_an_account_that_follows_another_venues_prices_fills_what_they_cross(
+    connected: tuple[PaperVenue, Recorder], make_venue: Callable[..., PaperVenue]
+) -> None:
+    """A sub-account: its own orders and ids (from `id_base`), the market's prices taken from another venue."""
+    account, recorder = connected
+    market = make_venue(seed=99)
+    await market.connect(BrokerEvents())
+    own = make_venue(id_base=1000)
+    await own.connect(BrokerEvents())
+    assert (await own.submit(limit("x", Side.BUY, "0.1", "1000"))).venue_order_id == "P1001"
+    await account.submit(limit("buy-low", Side.BUY, "0.1", "62000"))
+    await market.gap_price("BTC-USD", -0.08)
+    await account.follow(market.prices())
+    assert account.prices() == market.prices() and recorder.quotes[-1].mid == market.quote("BTC-USD").mid
+    assert [f.client_order_id for f in recorder.fills] == ["buy-low"] and recorder.fills[0].liquidity == "maker"
+    quotes = len(recorder.quotes)
+    await account.follow(market.prices())  # nothing moved: nothing to tell
+    assert len(recorder.quotes) == quotes
+
+
 async def test_partial_fill_leaves_the_rest_working_until_it_fills(make_venue: Callable[..., PaperVenue]) -> None:
     venue = make_venue(partial_fill_probability=1.0)
     recorder = Recorder()

@@ -72,15 +72,17 @@ def test_prometheus_config_scrapes_every_job_every_5s() -> None:
     assert config["global"]["evaluation_interval"] == "5s"
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == SCRAPE_JOBS
-    # The bots come from the file_sd file `trading-ops config targets` writes (one place lists them).
-    bots = jobs["tradingbot"]["file_sd_configs"][0]["files"]
-    assert bots == ["targets/tradingbot.yml"]
-    bot_targets = [t for group in load_yaml(PROMETHEUS_DIR / bots[0]) for t in group["targets"]]
-    jobs["tradingbot"] = {"static_configs": [{"targets": bot_targets}]}
+    # The bots and the freqtrade sidecars come from the file_sd files `trading-ops config targets` writes (one place
+    # lists them: the bots: list).
+    for job, file in (("tradingbot", "targets/tradingbot.yml"), ("freqtrade", "targets/freqtrade.yml")):
+        assert jobs[job]["file_sd_configs"][0]["files"] == [file]
+        targets = [t for group in load_yaml(PROMETHEUS_DIR / file) for t in group["targets"]]
+        jobs[job] = {"static_configs": [{"targets": targets}]}
+    # No freqtrade unless the compose stack runs its profile (trading-ops.docker.yaml lists it commented out).
+    assert jobs.pop("freqtrade") == {"static_configs": [{"targets": []}]}
     ports = {name: job["static_configs"][0]["targets"][0].rsplit(":", 1)[1] for name, job in jobs.items()}
     assert ports == {
         "tradingbot": "9101",
-        "freqtrade": "9103",
         "trading-ops-reconciler": "9102",
         "alertmanager": "9093",
         "prometheus": "9090",
@@ -295,12 +297,18 @@ def test_alert_has_a_negative_case(quiet_cases: list[QuietCase], alertname: str)
 
 def test_bot_alerts_keep_instance_and_job_when_they_fire() -> None:
     # The reconciler maps `instance` to the bot's control API: a bot alert without it cannot be remediated.
-    # Only an absent() branch (no bot scraped at all) fires without an instance, as there is no bot to name.
+    # Only an absent() branch (no bot scraped at all) fires without an instance, as there is no bot to name, and a
+    # venue-level alert names its venue (the playbook's target for it; its steps find the venue's bots themselves).
     rules = {rule["alert"]: rule for rule in all_alert_rules() if rule["labels"]["service"] == "tradingbot"}
     for case, _ in alert_cases():
         if case["alertname"] in rules:
+            expr = rules[case["alertname"]]["expr"]
             for alert in case["exp_alerts"]:
-                required = {"job"} if "absent(" in rules[case["alertname"]]["expr"] else {"instance", "job"}
+                required = {"instance", "job"}
+                if "absent(" in expr:
+                    required = {"job"}
+                elif expr.startswith("venue:"):
+                    required = {"venue"}
                 assert required <= set(alert["exp_labels"]), case["alertname"]
 
 

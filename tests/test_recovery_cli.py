@@ -41,7 +41,7 @@ def write_config(tmp_path: Path, port: int, shutdown_deadline: float = 10) -> Pa
         f"bot:\n  control_token_file: token\n  data_dir: var\n  heartbeat_timeout_seconds: 0.5\n"
         f"  market_data_stale_seconds: 0.5\n  listen:\n    port: {port}\n"
         "paper:\n  seed: 3\n  loop_interval_seconds: 0.05\n  tick_interval_seconds: 0.02\n  reject_probability: 0\n"
-        "  volatility: 0.002\n  order_max_age_seconds: 5\n"
+        "  volatility: 0.0005\n  order_max_age_seconds: 5\n"
         "recovery:\n  heartbeat_interval_seconds: 0.1\n  crash_timeout_seconds: 0.5\n"
         f"  shutdown_deadline_seconds: {shutdown_deadline}\n"
         "  reconcile_interval_seconds: 0\n"

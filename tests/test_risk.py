@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 from tests.paper_helpers import TOKEN, IdleStrategy, control, fast_config, wait_for
 from trading_ops.bot.broker import OrderType, Side
 from trading_ops.bot.risk import LIMITS
+from trading_ops.bot.runtime import BotRuntime, risk_limits
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.paper.bot import PaperBot
+from trading_ops.paper.bot import PaperBot, make_venue
 
 SYMBOL = "BTC-USD"
 
@@ -45,6 +46,12 @@ def value(bot: PaperBot, name: str, **labels: str) -> float:
     return bot.inst.registry.get_sample_value(name, {"venue": "paper", "strategy": "demo", **labels}) or 0.0
 
 
+def commanded(bot: PaperBot, command: str, source: str) -> float:
+    """tradingbot_control_commands_total{command, source}: who changed the bot's state (a board's annotation)."""
+    labels = {"command": command, "source": source}
+    return bot.inst.registry.get_sample_value("tradingbot_control_commands_total", labels) or 0.0
+
+
 def size_for(bot: PaperBot, notional: float, symbol: str = SYMBOL) -> Decimal:
     mid = bot.broker.quote(symbol).mid  # type: ignore[attr-defined]
     return (Decimal(str(notional)) / mid).quantize(Decimal("0.0001"), rounding=ROUND_DOWN)
@@ -60,6 +67,7 @@ def assert_refused_for(bot: PaperBot, limit: str, state: str = "reduce_only") ->
     assert value(bot, "tradingbot_risk_limit_breaches_total", limit=limit) == 1
     assert bot.inst.state.state.value == state
     assert bot.inst.state.reason.startswith(f"risk limit {limit}")
+    assert commanded(bot, state if state != "halted" else "halt", "risk") == 1  # the bot's own limits did it
 
 
 async def test_max_order_notional_refuses_the_order_over_it(tmp_path: Path) -> None:
@@ -151,6 +159,7 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
         await wait_for(lambda: bot.inst.state.state.value == "halted")
         assert bot.inst.state.reason.startswith("risk limit daily_loss")
         assert value(bot, "tradingbot_risk_limit_breaches_total", limit="daily_loss") == 1
+        assert commanded(bot, "halt", "risk") == 1
         await wait_for(lambda: not bot.orders)  # the kill switch swept the resting order off the venue
         assert await bot.broker.open_orders() == []
         assert await bot.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 100), far_bid(bot)) is None
@@ -167,6 +176,7 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
     try:
         assert again.inst.state.state.value == "halted"
         assert again.inst.state.reason.startswith("risk limit daily_loss")
+        assert commanded(again, "halt", "risk") == 1  # halted again at the start: by the risk limit, not a person
         # An operator clears it; an order that could add risk is still refused while the loss is past the limit,
         # and it halts the bot again.
         assert (await control(port, "clear_halt"))[0] == 200
@@ -175,18 +185,40 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
         assert await again.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(again, 100), far_bid(again)) is None
         assert value(again, "tradingbot_orders_refused_total", symbol=SYMBOL, reason="risk_daily_loss") == 1
         assert again.inst.state.state.value == "halted"
+        assert commanded(again, "clear_halt", "operator") == 1 and commanded(again, "halt", "risk") == 2
     finally:
         await again.stop()
 
 
-def test_risk_limits_are_configured_under_bot_risk_with_the_old_daily_loss_key_as_fallback(tmp_path: Path) -> None:
-    old = parse_config({"paper": {"daily_loss_limit": 123}}, base_dir=tmp_path)
-    assert old.bot.risk.daily_loss_limit == 123
+async def test_risk_limits_are_configured_under_bot_risk_and_only_the_paper_bot_reads_the_old_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """paper.daily_loss_limit is the paper bot's (where its limit used to live); any other bot without
+    bot.risk.daily_loss_limit has no loss limit, and says so when it starts."""
+    old = fast_config(tmp_path / "old", daily_loss_limit=123)
+    assert old.bot.risk.daily_loss_limit is None
+    paper = PaperBot(old, token=TOKEN, registry=CollectorRegistry())
+    other = BotRuntime(
+        fast_config(tmp_path / "other", daily_loss_limit=123),
+        make_venue(old),
+        IdleStrategy(),
+        symbols=[SYMBOL],
+        token=TOKEN,
+        registry=CollectorRegistry(),
+    )
+    try:
+        assert paper.risk.limits.daily_loss == 123 and other.risk.limits.daily_loss == 0
+        assert "bot paper-1 trades without a daily loss limit: set bot.risk.daily_loss_limit" in caplog.text
+        assert other.status()["risk_limits"] == {}
+    finally:
+        for bot in (paper, other):
+            await bot.stop()
     new = parse_config(
         {"paper": {"daily_loss_limit": 123}, "bot": {"risk": {"daily_loss_limit": 50, "max_open_orders": 4}}},
         base_dir=tmp_path,
     )
     assert new.bot.risk.daily_loss_limit == 50 and new.bot.risk.max_open_orders == 4
+    assert risk_limits(new).daily_loss == risk_limits(new, daily_loss_default=123).daily_loss == 50
     for bad, problem in (
         ({"max_open_orders": -1}, "bot.risk.max_open_orders: must be at least 0"),
         ({"max_orders_per_second": "fast"}, "bot.risk.max_orders_per_second: expected a number"),

@@ -20,7 +20,7 @@ RUNBOOKS_DIR = REPO_ROOT / "runbooks"
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 RUNBOOK_URL_PREFIX = "https://github.com/trading-ops/trading-ops/blob/main/"
 # Alerts the reconciler posts to Alertmanager's API itself; no rule file defines them, but on-call gets them.
-RECONCILER_POSTED_ALERTS = ("TradingOpsRemediationFailed", "TradingOpsRemediationCircuitOpen")
+RECONCILER_POSTED_ALERTS = ("TradingOpsRemediationFailed", "TradingOpsRemediationCircuitOpen", "TradingOpsBotPaused")
 SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
 PROMQL_HINT = re.compile(r"`[^`]*\b(tradingbot_|tradingops_|up\{|ALERTS|prometheus_|alertmanager_|process_|instance)")
 # Inline code spans; with the lines of fenced blocks, that is where runbooks put the commands to run.
@@ -183,6 +183,7 @@ def test_there_are_packaged_playbooks_with_restart_steps() -> None:
     playbooks = packaged_playbooks()
     assert {"default", "docker"} <= set(playbooks)
     assert [r["name"] for r in playbook_rules_for("TradingBotDown")] == ["bot-restart", "bot-restart"]
+    assert [r["name"] for r in playbook_rules_for("TradingBotHeartbeatStale")] == ["bot-loop-restart"] * 2
     assert playbook_rules_for("TradingBotEventLoopLag") == []
 
 
@@ -202,9 +203,9 @@ def test_runbook_says_what_the_playbook_does(name: str) -> None:
             if step["action"] == "bot":
                 expected.add(f"`{step['command']}`")
             elif step["action"] == "systemd":
-                expected.add(step["unit"])
+                expected.add(step.get("unit", "bots[].unit"))  # without one: the unit configured for the bot
             elif step["action"] == "docker":
-                expected.add(step["container"])
+                expected.add(step.get("container", "bots[].container"))
             elif step["action"] == "exec":
                 expected.add(" ".join(step["argv"][:2]))
     missing = sorted(word for word in expected if word not in own)

@@ -1,95 +1,35 @@
-"""BotRuntime for a bot we did not write: the README's whole bot runs as a process of its own, and a custom strategy
-on the paper venue gets the journal, the control API, the gate and a clean shutdown from the runtime alone."""
+"""BotRuntime for a bot we did not write: a custom strategy on the paper venue gets the journal, the control API, the
+gate and a clean shutdown from the runtime alone; on CcxtBroker, the errors its broker handled are counted and a quiet
+market stays fresh. The example bot as a process of its own is in tests/test_ccxt_bot.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
-import yaml
 from prometheus_client import CollectorRegistry
 from system_binaries import REPO_ROOT
 
-from tests.conftest import free_port
-from tests.paper_helpers import TOKEN, control, counter_total, fast_config, get, wait_for
+from tests.ccxt_helpers import CONTROL_TOKEN, kraken, running_gateway
+from tests.paper_helpers import TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
 from trading_ops.bot.broker import OrderType, Side
 from trading_ops.bot.runtime import BotRuntime
 from trading_ops.bot.strategy import StrategyContext
-from trading_ops.db import migrate
 from trading_ops.paper.bot import make_venue
+from trading_ops.venues.ccxt import CcxtBroker
 
 README = REPO_ROOT / "README.md"
 
 
-def readme_bot() -> str:
-    """The first Python block of the README's "Using the library in a bot" section."""
-    section = README.read_text().split("## Using the library in a bot", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "the section has no Python block"
-    return match.group(1)
-
-
-async def fills_of(port: int) -> float:
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
-        text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("tradingbot_fills_total"))
-
-
-async def test_the_readme_bot_runs_trades_and_stops_cleanly(tmp_path: Path) -> None:
-    """Needs nothing but the package: the README's bot, started as `python dip_bot.py config.yaml`."""
-    source = readme_bot()
-    assert "trading_ops.paper.bot import PaperBot" not in source and len(source.splitlines()) < 60
-    script = tmp_path / "dip_bot.py"
-    script.write_text(source)
-    port = free_port()
-    url = f"sqlite:///{tmp_path / 'journal.db'}"
-    migrate.upgrade(url)
-    (tmp_path / "token").write_text(TOKEN)
-    config = tmp_path / "config.yaml"
-    settings = {
-        "database": {"url": url},
-        "bot": {
-            "name": "dip-1",
-            "strategy": "dip",
-            "listen": {"host": "127.0.0.1", "port": port},
-            "control_token_file": str(tmp_path / "token"),
-            "data_dir": str(tmp_path / "data"),
-            "market_data_stale_seconds": 2,
-        },
-        "paper": {"seed": 11, "tick_interval_seconds": 0.01, "volatility": 0.002, "reject_probability": 0},
-    }
-    config.write_text(yaml.safe_dump(settings))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, str(script), str(config)], env=env, stderr=subprocess.PIPE)
-    try:
-
-        async def trading() -> bool:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                return await fills_of(port) >= 2
-            except aiohttp.ClientError:
-                return False
-
-        await wait_for(trading, timeout=60, interval=0.2)
-        status, body = await control(port, "status")
-        assert status == 200 and body["bot"] == "dip-1" and body["trading_allowed"] is True
-        assert (await control(port, "pause"))[1]["state"] == "paused"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+async def chaos(base: str, fault: str, **args: object) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/chaos/{fault}", json=args, headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as r,
+    ):
+        assert r.status == 200, await r.text()
 
 
 class OneShot:
@@ -150,3 +90,44 @@ async def test_a_custom_strategy_gets_journal_control_and_clean_shutdown_from_th
     assert last is not None and last.clean_shutdown
     transitions = await asyncio.to_thread(bot.recovery_store.events, "state")
     assert [json.loads(e.detail)["after"] for e in transitions] == ["flattening", "paused", "halted"]
+
+
+async def test_a_runtime_bot_on_the_ccxt_broker_counts_what_its_broker_handled_and_stays_ready_when_quiet(
+    tmp_path: Path,
+) -> None:
+    """BotRuntime on CcxtBroker and ccxt's real kraken client, on the gateway (in this process, on a free port): nonce
+    refusals the broker retried and a lost reply it resolved never reach the bot as errors, yet they are in
+    tradingbot_venue_errors_total; and a market that does not move stays fresh (every poll answered is a quote)."""
+    async with running_gateway(reject_probability=0.0) as (gateway, base):  # quiet: prices never move
+        config = fast_config(tmp_path)  # market data stale after 0.3 s
+        config.bot.venue = "kraken"
+        registry = CollectorRegistry()
+        broker = CcxtBroker(kraken(base), ["BTC-USD"], poll_interval=0.05, quote_interval=0.05, lookup_backoff=0.1)
+        bot = BotRuntime(config, broker, IdleStrategy(), symbols=["BTC-USD"], token=TOKEN, registry=registry)
+        port = await bot.start("127.0.0.1", 0)
+        try:
+            quiet = gateway.venue.quote("BTC-USD")
+            # Twenty polls, a second of a market that did not move, three times the stale threshold: still fresh.
+            await wait_for(lambda: counter_total(bot, "tradingbot_market_data_updates") >= 20)
+            assert (gateway.venue.quote("BTC-USD").bid, gateway.venue.quote("BTC-USD").ask) == (quiet.bid, quiet.ask)
+            status, body = await get(port, "/readyz")
+            assert status == 200, body
+
+            def errors(error_class: str) -> float:
+                labels = {"venue": "kraken", "error_class": error_class}
+                return registry.get_sample_value("tradingbot_venue_errors_total", labels) or 0.0
+
+            price = (gateway.venue.quote("BTC-USD").bid / 2).quantize(Decimal("0.01"))
+            await chaos(base, "nonce", count=2)
+            first = await bot.submit("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), price)
+            await chaos(base, "lost_reply", count=1, mode="close")
+            second = await bot.submit("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), price)
+            assert first is not None and second is not None and first.venue_order_id and second.venue_order_id
+            assert [o.client_order_id for o in gateway.venue.orders()] == [
+                first.client_order_id,
+                second.client_order_id,
+            ]
+            assert broker.handled_errors["nonce"] >= 2 and broker.handled_errors["network"] >= 1
+            assert {cls: errors(cls) for cls in broker.handled_errors} == dict(broker.handled_errors)
+        finally:
+            await bot.stop()

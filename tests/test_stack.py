@@ -8,6 +8,7 @@ Needs promtool and amtool for the configuration checks, and prometheus and prome
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -20,6 +21,7 @@ import socket
 import stat
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.request
@@ -34,14 +36,21 @@ from conftest import free_port
 from system_binaries import REPO_ROOT, require_binary, run_binary
 
 from trading_ops.config import load_config
+from trading_ops.db import migrate
 from trading_ops.durations import parse_duration
+from trading_ops.paper import chaos
 from trading_ops.stack.alertmanager_config import render_alertmanager
-from trading_ops.stack.app_config import build_app_config
-from trading_ops.stack.layout import Layout, Ports
+from trading_ops.stack.app_config import (
+    STACK_DATA_DIR_BUDGET_BYTES,
+    STACK_MEMORY_BUDGET_BYTES,
+    build_app_config,
+)
+from trading_ops.stack.layout import BASE_PORT_ORDER, Layout, Ports
 from trading_ops.stack.profiles import FAST, STANDARD
 from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
+from trading_ops.stack.up import children_path
 
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 ROUTING_CASES = yaml.safe_load((REPO_ROOT / "alertmanager" / "tests" / "routing-cases.yml").read_text())
@@ -330,6 +339,38 @@ def test_the_committed_example_config_runs_in_the_stack(tmp_path: Path, layout: 
     assert set(config.reconciler.targets) == {"127.0.0.1:19101"}
 
 
+@pytest.mark.parametrize(
+    ("bot", "memory_budget", "data_dir_budget"),
+    [
+        # None given: the stack's budgets, which the paper bot's leak_memory and fill_disk defaults cross.
+        ({}, STACK_MEMORY_BUDGET_BYTES, STACK_DATA_DIR_BUDGET_BYTES),
+        # The user's own budgets are kept.
+        ({"resources": {"memory_budget_bytes": 1 << 30, "data_dir_budget_bytes": 0}}, 1 << 30, 0),
+        # A memory limit below the stack's budget: no budget above it (it is refused, and the limit is tighter).
+        ({"memory_limit_bytes": 256 << 20}, 0, STACK_DATA_DIR_BUDGET_BYTES),
+    ],
+)
+def test_the_stack_gives_the_bot_resource_budgets_unless_configured(
+    tmp_path: Path, layout: Layout, bot: dict[str, Any], memory_budget: int, data_dir_budget: int
+) -> None:
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text(yaml.safe_dump({"bot": bot}))
+    resources = load_config(build_app_config(source, layout, PORTS).path).bot.resources
+    assert (resources.memory_budget_bytes, resources.data_dir_budget_bytes) == (memory_budget, data_dir_budget)
+    assert chaos.DEFAULT_LEAK_MIB * chaos.MIB > STACK_MEMORY_BUDGET_BYTES
+    assert chaos.DEFAULT_FILL_MIB * chaos.MIB > STACK_DATA_DIR_BUDGET_BYTES
+
+
+def test_the_children_find_this_trading_ops_first_on_their_path() -> None:
+    """A playbook's `exec` step [trading-ops, upkeep, cleanup] runs this installation's trading-ops, even where the
+    virtualenv is not activated (`make run`)."""
+    scripts = sysconfig.get_path("scripts")
+    assert (Path(scripts) / "trading-ops").exists()  # the test runs from an installed trading-ops
+    assert children_path("/usr/bin:/bin") == f"{scripts}:/usr/bin:/bin"
+    assert shutil.which("trading-ops", path=children_path("/usr/bin:/bin")) == str(Path(scripts) / "trading-ops")
+    assert children_path(f"/usr/bin:{scripts}") == f"/usr/bin:{scripts}"  # already there: left as the user has it
+
+
 def test_a_database_url_from_the_environment_is_left_to_it(
     tmp_path: Path, layout: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -473,6 +514,22 @@ def test_status_without_a_terminal_prints_a_line_only_when_it_changes() -> None:
 # ---- `trading-ops up` as a process ---------------------------------------------------------------------------
 
 
+def free_ports(count: int, attempts: int = 100) -> int:
+    """The first of `count` consecutive ports free on 127.0.0.1 (`up --bots N --bots-base-port P`)."""
+    for _ in range(attempts):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise AssertionError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -488,7 +545,13 @@ class UpProcess:
         self, root: Path, *extra: str, env: dict[str, str] | None = None, profile: str = "fast", **config: Any
     ) -> None:
         self.root = root
-        self.ports = Ports(bot=free_port(), reconciler=free_port(), prometheus=free_port(), alertmanager=free_port())
+        self.ports = Ports(
+            bot=free_port(),
+            reconciler=free_port(),
+            prometheus=free_port(),
+            alertmanager=free_port(),
+            gateway=free_port(),
+        )
         settings: dict[str, Any] = {
             "database": {"url": f"sqlite:///{root / 'trading-ops.db'}"},
             "bot": {"data_dir": str(root / "bot"), "control_token_file": str(root / "secrets" / "control-token")},
@@ -505,9 +568,7 @@ class UpProcess:
         self.state_dir = root / "stack"
         args = [sys.executable, "-m", "trading_ops", "--config", str(self.config), "up", "--profile", profile]
         args += ["--state-dir", str(self.state_dir), "--ready-timeout", "90"]
-        args += [
-            f"--{name}-port={getattr(self.ports, name)}" for name in ("bot", "reconciler", "prometheus", "alertmanager")
-        ]
+        args += [f"--{name}-port={getattr(self.ports, name)}" for name in BASE_PORT_ORDER]
         args += extra  # last, so a test's own flags win
         self.lines: list[str] = []
         self.changed = threading.Condition()
@@ -636,38 +697,67 @@ def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: C
             s.bind(("127.0.0.1", port))  # free again
 
 
+# What `make run` writes into a checkout: all of it must be git-ignored (a user's `git status` stays clean).
+WRITTEN_BY_MAKE_RUN = (
+    "trading-ops.yaml",
+    "var/secrets/control-token",
+    "var/secrets/reconciler-token",
+    "var/secrets/reconciler-read-token",
+    "var/stack/trading-ops.yaml",
+    "var/stack/prometheus/prometheus.yml",
+    "var/stack/alertmanager/alertmanager.yml",
+    "var/stack/logs/reconciler.log",
+    "var/trading-ops.db",
+)
+# What a fresh checkout's own `make run` also creates (this test reuses the running Python's venv instead).
+VENV_FILE = ".venv/bin/python"
+# The files of this worktree a new clone must carry, uncommitted edits included: they decide what `make run` writes
+# and what git ignores.
+MAKE_RUN_FILES = (".gitignore", "Makefile", "trading-ops.example.yaml")
+
+
+def git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def fresh_clone(tmp_path: Path) -> Path:
+    """A clone of this checkout (a local clone: hard links, well under a second), as a new user gets it."""
+    clone = tmp_path / "clone"
+    done = git("clone", "-q", str(REPO_ROOT), str(clone), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in MAKE_RUN_FILES:
+        shutil.copy2(REPO_ROOT / name, clone / name)
+    return clone
+
+
 @pytest.mark.slow
 @pytest.mark.prometheus
 @pytest.mark.alertmanager
 @pytest.mark.parametrize("how", ["SIGTERM to make", "SIGINT to up's pid from its banner"])
 def test_make_run_in_the_background_stops_cleanly(tmp_path: Path, how: str) -> None:
-    """`make run &`: make passes no SIGINT on to its recipe and starts with SIGINT ignored, as a shell's background
-    job does; it passes SIGTERM on, and `up` takes SIGINT although it inherited it ignored."""
+    """`make run &` in a fresh clone, as a new user runs it (the default configuration, database and state directory;
+    only the ports are free ones): make passes no SIGINT on to its recipe and starts with SIGINT ignored, as a shell's
+    background job does; it passes SIGTERM on, and `up` takes SIGINT although it inherited it ignored. It migrates
+    the new database once (each Alembic "Running upgrade" line once), and leaves `git status` as it found it."""
     require_binary("prometheus")
     ports = Ports(bot=free_port(), reconciler=free_port(), prometheus=free_port(), alertmanager=free_port())
-    config = tmp_path / "trading-ops.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "database": {"url": f"sqlite:///{tmp_path / 'trading-ops.db'}"},
-                "bot": {"data_dir": str(tmp_path / "bot")},
-                "paper": {"seed": 7},
-            }
-        )
-    )
-    up_args = f"--state-dir {tmp_path / 'stack'} --ready-timeout 90 " + " ".join(
+    clone = fresh_clone(tmp_path)
+    status_before = git("status", "--porcelain", "--untracked-files=all", cwd=clone).stdout
+    up_args = "--ready-timeout 90 " + " ".join(
         f"--{name}-port={getattr(ports, name)}" for name in ("bot", "reconciler", "prometheus", "alertmanager")
     )
     venv = Path(sys.executable).parent.parent
     make = [
-        "make", "--no-print-directory", "-C", str(REPO_ROOT), "-o", f"{venv}/.installed", "run",
-        f"VENV={venv}", f"CONFIG={config}", f"UP_ARGS={up_args}",
+        "make", "--no-print-directory", "-C", str(clone), "-o", f"{venv}/.installed", "run",
+        f"VENV={venv}", f"UP_ARGS={up_args}",
     ]  # fmt: skip
     proc = subprocess.Popen(
         make,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # The code under test is this checkout's; the clone gives the files a user has (prometheus/, the Makefile).
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 - as `&` does
     )
     lines: list[str] = []
@@ -701,6 +791,18 @@ def test_make_run_in_the_background_stops_cleanly(tmp_path: Path, how: str) -> N
     # SIGINT to up: make exits with up's status; SIGTERM to make: make dies of it once up has stopped.
     assert proc.returncode == (0 if how.startswith("SIGINT") else -signal.SIGTERM), rest
 
+    # The new database was migrated by `up`, each revision once, and its log lines were printed once.
+    revisions = [r.revision for r in migrate.script_directory().walk_revisions()]
+    upgrades = [line for line in lines if "Running upgrade" in line]
+    assert sorted(line.split("-> ", 1)[1].split(",")[0] for line in upgrades) == sorted(revisions), banner
+
+    # Everything `make run` wrote is git-ignored: a user's `git status` is as it was.
+    for name in WRITTEN_BY_MAKE_RUN:
+        assert (clone / name).exists(), f"make run did not write {name}"
+    ignored = git("check-ignore", *WRITTEN_BY_MAKE_RUN, VENV_FILE, cwd=clone).stdout.split()
+    assert sorted(ignored) == sorted([*WRITTEN_BY_MAKE_RUN, VENV_FILE])
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=clone).stdout == status_before
+
 
 @pytest.mark.slow
 @pytest.mark.alertmanager
@@ -727,16 +829,28 @@ def test_a_missing_prometheus_is_named_with_its_package_and_the_rest_starts(
 @pytest.mark.slow
 @pytest.mark.prometheus
 @pytest.mark.alertmanager
-def test_a_pipeline_child_dying_stops_the_stack_with_exit_1(up_process: Callable[..., UpProcess]) -> None:
+def test_a_pipeline_child_is_restarted_and_one_that_keeps_dying_stops_the_stack(
+    up_process: Callable[..., UpProcess],
+) -> None:
+    """As systemd does with the reconciler's unit: a crash is restarted (RestartSec), a crash loop hits the start
+    limit, and then the alerting pipeline is broken: everything stops, exit 1."""
     up = up_process()
     up.wait_up()
-    pids = up.pids()
-    os.kill(pids["reconciler"], signal.SIGKILL)
+    for kill in range(1, 6):  # the 5th start is the unit's StartLimitBurst: the 6th is refused
+        pid = up.pids()["reconciler"]
+        os.kill(pid, signal.SIGKILL)
+        if kill < 5:
+            up.wait_line(lambda line, n=kill: f"trading-ops-reconciler.service: restarted (restart {n})" in line)
+            up.wait_line(lambda line, old=pid: line.startswith("started reconciler: pid") and f"pid {old}," not in line)
+            end = time.monotonic() + STARTUP_SECONDS
+            while not up.healthy("reconciler"):
+                assert time.monotonic() < end, up.output
+                time.sleep(0.2)
     assert up.proc.wait(STOP_SECONDS) == 1
     up.reader.join(10)
-    assert re.search(r"!!! reconciler \(pid \d+\) killed by SIGKILL unexpectedly", up.output), up.output
+    assert "trading-ops-reconciler.service: start request repeated too quickly" in up.output, up.output
     assert "stopping the stack" in up.output
-    assert not any(alive(pid) for pid in pids.values())
+    assert not any(alive(pid) for pid in up.pids().values())
 
 
 @pytest.mark.slow
@@ -804,7 +918,8 @@ def test_a_repo_without_monitoring_configs_is_bad_usage(tmp_path: Path) -> None:
 
 
 def test_up_runs_a_bot_kind_from_the_configuration(tmp_path: Path, layout: Layout) -> None:
-    """`up --bot KIND`: the built-in paper bot, or any bot on the runtime whose command line bot_kinds: gives."""
+    """`up --bot KIND`: the built-in paper bot and example ccxt bot, or any bot on the runtime whose command line
+    bot_kinds: gives."""
     from trading_ops.stack.up import UsageProblem, bot_command
 
     source = tmp_path / "trading-ops.yaml"
@@ -816,7 +931,184 @@ def test_up_runs_a_bot_kind_from_the_configuration(tmp_path: Path, layout: Layou
     assert app.config.bots[0].kind == "mine"
     name, command = bot_command("paper", app, "DEBUG")
     assert name == "paper-bot" and command[-2:] == ["paper-bot", "--chaos"] and "DEBUG" in command
-    with pytest.raises(UsageProblem, match=r"--bot ccxt: unknown bot kind \(known: mine, odd, paper"):
+    name, command = bot_command("ccxt-gateway", app, None, REPO_ROOT)
+    assert name == "ccxt-bot" and command == [
+        sys.executable,
+        str(REPO_ROOT / "examples" / "ccxt_bot.py"),
+        str(app.path),
+    ]
+    with pytest.raises(UsageProblem, match=rf"--bot ccxt-gateway: no examples/ccxt_bot.py in {tmp_path}: pass --repo"):
+        bot_command("ccxt-gateway", app, None, tmp_path)
+    with pytest.raises(UsageProblem, match=r"--bot ccxt: unknown bot kind \(known: ccxt-gateway, mine, odd, paper;"):
         bot_command("ccxt", app, None)
     with pytest.raises(UsageProblem, match=r"bot_kinds.odd: only \{python\} and \{config\}"):
         bot_command("odd", app, None)
+
+
+def test_the_ccxt_gateway_stack_gets_a_gateway_with_generated_credentials_and_a_bot_pointed_at_it(
+    tmp_path: Path, layout: Layout
+) -> None:
+    """`up --bot ccxt-gateway`: the gateway's key, secret and fault token are generated into files (mode 600) and
+    only their paths are in the YAML; the bot's ccxt section signs with that key at the gateway's port."""
+    from trading_ops.venues.ccxt import make_exchange
+    from trading_ops.venues.kraken_gateway import gateway_from_config
+
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text(yaml.safe_dump({"paper": {"symbols": ["BTC-USD", "ETH-USD"]}, "bot": {"data_dir": "var/bot"}}))
+    ports = Ports(**{**PORTS.__dict__, "gateway": 19110})
+    app = build_app_config(source, layout, ports, "ccxt-gateway")
+    names = ("gateway-api-key", "gateway-api-secret", "gateway-control-token")
+    files = [tmp_path / "var" / "secrets" / name for name in names]
+    assert app.gateway_token_file == files[2]
+    written = app.path.read_text()
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        value = path.read_text().strip()
+        assert len(value) >= 32 and value not in written  # a path in the YAML, never the secret
+        assert str(path) in written
+    assert len(base64.b64decode(files[1].read_text().strip(), validate=True)) == 64  # base64, as Kraken's are
+    config = load_config(app.path)
+    gateway, client = config.gateway, config.ccxt
+    assert (gateway.listen.host, gateway.listen.port) == ("127.0.0.1", 19110)
+    assert Path(gateway.state_file) == layout.gateway_state and layout.gateway_state.parent.is_dir()
+    assert client.urls == {"public": "http://127.0.0.1:19110", "private": "http://127.0.0.1:19110"}
+    assert (client.exchange, client.symbols, client.enable_rate_limit) == ("kraken", ["BTC-USD", "ETH-USD"], False)
+    assert (config.bot.name, config.bot.venue) == ("ccxt-1", "kraken")
+    assert [(b.name, b.kind, b.instance) for b in config.bots] == [("ccxt-1", "ccxt-gateway", "127.0.0.1:19101")]
+    exchange = make_exchange(config)  # the bot's client signs with the key the gateway accepts
+    served = gateway_from_config(config)
+    assert served.control_token == files[2].read_text().strip()
+    assert exchange.apiKey in served._secrets and served._secrets[exchange.apiKey] == base64.b64decode(exchange.secret)
+    # A second start keeps them (the venue's state and the bot's key go together).
+    secret = files[1].read_text()
+    build_app_config(source, layout, ports, "ccxt-gateway")
+    assert files[1].read_text() == secret
+
+
+# ---- a fleet: `up --bot ccxt-gateway --bots N` ----------------------------------------------------------------
+
+
+def test_a_fleets_ports_follow_the_stacks_or_the_bots_base_port() -> None:
+    from trading_ops.stack.layout import bot_ports
+
+    assert bot_ports(Ports(), 1) == [9101]  # one bot: the stack's bot port, as always
+    assert bot_ports(Ports(), 3) == [9111, 9112, 9113]  # right after the highest default port (the gateway's)
+    assert bot_ports(Ports.choose(19100), 2) == [19105, 19106]  # after --base-port's five
+    assert bot_ports(PORTS, 2, 20000) == [20000, 20001]
+    assert bot_ports(PORTS, 1, 20000) == [20000]
+
+
+def test_a_fleet_gets_a_configuration_an_account_a_port_and_a_data_dir_per_bot(tmp_path: Path, layout: Layout) -> None:
+    """Three example bots on one gateway: each its own name, port, data dir, journal (SQLite), configuration file and
+    gateway account with its own key; all three in the bots: list, so in the reconciler's targets (with their units)
+    and in Prometheus's file_sd targets."""
+    from trading_ops.venues.ccxt import make_exchange
+    from trading_ops.venues.kraken_gateway import gateway_from_config
+
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text(yaml.safe_dump({"bot": {"data_dir": "var/bot"}}))
+    ports = Ports(**{**PORTS.__dict__, "gateway": 19110})
+    app = build_app_config(source, layout, ports, "ccxt-gateway", FAST, [19111, 19112, 19113])
+    names = ["ccxt-1", "ccxt-2", "ccxt-3"]
+    instances = [f"127.0.0.1:{port}" for port in (19111, 19112, 19113)]
+    config = load_config(app.path)
+    assert [(b.name, b.kind, b.instance, b.url) for b in config.bots] == [
+        (name, "ccxt-gateway", instance, f"http://{instance}") for name, instance in zip(names, instances, strict=True)
+    ]
+    targets = config.reconciler.targets
+    assert list(targets) == instances
+    assert [t.unit for t in targets.values()] == [f"trading-ops-bot@{name}.service" for name in names]
+    assert app.bot_configs == tuple(layout.bot_config(name) for name in names)
+    gateway = gateway_from_config(config)
+    assert list(gateway.accounts) == ["main", "ccxt-2", "ccxt-3"]
+    keys = set()
+    for name, instance, path in zip(names, instances, app.bot_configs, strict=True):
+        mine = load_config(path)
+        assert (mine.bot.name, f"127.0.0.1:{mine.bot.listen.port}") == (name, instance)
+        assert Path(mine.bot.data_dir) == tmp_path / "var" / "bot" / name
+        assert mine.database_url() == f"sqlite:///{tmp_path / 'var' / 'bot' / name / 'trading-ops.db'}"
+        assert mine.bots == config.bots and mine.ccxt.urls == config.ccxt.urls
+        exchange = make_exchange(mine)  # its key reaches its own account of the venue
+        assert gateway._account_of_key[exchange.apiKey] is gateway.accounts["main" if name == "ccxt-1" else name]
+        keys.add(exchange.apiKey)
+        if name != "ccxt-1":
+            for suffix in ("api-key", "api-secret"):
+                secret = tmp_path / "var" / "secrets" / f"gateway-{name}-{suffix}"
+                assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+                assert secret.read_text().strip() not in path.read_text()  # a path in the YAML, never the secret
+    assert len(keys) == 3  # never a key shared: Kraken's nonce is per key
+    assert app.database_urls == (config.database_url(), *(load_config(p).database_url() for p in app.bot_configs))
+    rendered = render_prometheus(REPO_ROOT, ports, FAST, layout, bot_instances=[b.instance for b in config.bots])
+    write_prometheus(rendered, layout, REPO_ROOT, FAST)
+    tradingbot = next(j for j in rendered.config["scrape_configs"] if j["job_name"] == "tradingbot")
+    assert job_targets(tradingbot) == instances
+    # A second start keeps every key (each account's state goes with its key).
+    key = (tmp_path / "var" / "secrets" / "gateway-ccxt-3-api-key").read_text()
+    build_app_config(source, layout, ports, "ccxt-gateway", FAST, [19111, 19112, 19113])
+    assert (tmp_path / "var" / "secrets" / "gateway-ccxt-3-api-key").read_text() == key
+
+
+def test_a_fleet_is_named_after_the_configurations_bot_and_shares_a_database_given_by_url_env(
+    tmp_path: Path, layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database URL from the environment (as a PostgreSQL one is given) is the fleet's one database; only the
+    SQLite file of the configuration itself is split, one per bot."""
+    monkeypatch.setenv("STACK_FLEET_DB", f"sqlite:///{tmp_path / 'shared.db'}")
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text(yaml.safe_dump({"bot": {"name": "desk"}, "database": {"url_env": "STACK_FLEET_DB"}}))
+    app = build_app_config(source, layout, PORTS, "ccxt-gateway", None, [19111, 19112])
+    assert [b.name for b in app.config.bots] == ["desk-1", "desk-2"]
+    source.write_text(yaml.safe_dump({"bot": {"name": "desk-1"}, "database": {"url_env": "STACK_FLEET_DB"}}))
+    assert [b.name for b in build_app_config(source, layout, PORTS, "ccxt-gateway", None, [1, 2]).config.bots] == [
+        "desk-1",
+        "desk-2",
+    ]
+    for path in app.bot_configs:
+        assert yaml.safe_load(path.read_text())["database"] == {"url_env": "STACK_FLEET_DB"}
+    assert app.database_urls == (f"sqlite:///{tmp_path / 'shared.db'}",)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--bots", "0"], "--bots must be between 1 and 100, got 0"),
+        (["--bots", "101", "--bot", "ccxt-gateway"], "--bots must be between 1 and 100, got 101"),
+        (["--bots", "2"], "--bots 2: a fleet of bots runs on the paper gateway: add --bot ccxt-gateway"),
+        (["--bots", "2", "--bot", "ccxt-gateway", "--bots-base-port", "65535"], "ports must be between 1 and 65535"),
+        (["--bots", "3", "--bot", "ccxt-gateway", "--bots-base-port", "{reconciler}"], "would share port"),
+    ],
+)
+def test_bad_fleet_options_are_one_line_of_bad_usage(tmp_path: Path, args: list[str], problem: str) -> None:
+    reconciler = free_port()
+    command = [sys.executable, "-m", "trading_ops", "up", "--state-dir", str(tmp_path / "s"), "--repo", str(REPO_ROOT)]
+    command += [f"--reconciler-port={reconciler}", *(a.format(reconciler=reconciler - 1) for a in args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("trading-ops: up: ") and problem in line, line
+
+
+def test_a_fleet_port_in_use_is_named_with_its_bot(tmp_path: Path) -> None:
+    base = free_ports(3)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", base + 2))
+        busy.listen()
+        command = [sys.executable, "-m", "trading_ops", "up", "--state-dir", str(tmp_path / "s")]
+        command += ["--repo", str(REPO_ROOT), "--bot", "ccxt-gateway", "--bots", "3", "--bots-base-port", str(base)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"trading-ops: up: port {base + 2} (bot 3 of 3) is in use on 127.0.0.1: free it or pass --bots-base-port"
+    ]
+
+
+def test_status_line_counts_a_fleets_bots_rather_than_listing_them() -> None:
+    snap = Snapshot(alerts=[], watchdog=True, open_episodes=0, bots=20)
+    assert (
+        render(snap) == "alerts firing: 0 | bots: 20 (20 active) | watchdog: ok | episodes open: 0 | last action: none"
+    )
+    snap.bots_down = [f"ccxt-{i}" for i in (2, 5, 9, 11)]
+    snap.down = ["reconciler"]
+    line = render(snap)
+    assert "| bots: 20 (16 active, 4 not: ccxt-2, ccxt-5, ccxt-9, +1 more) |" in line
+    assert line.endswith("| DOWN: reconciler")

@@ -1,17 +1,21 @@
-"""End to end through the local stack with the real paper bot: a fault injected through the bot's control API fires
-its alert in Prometheus, Alertmanager routes it to the reconciler's webhook, the reconciler runs the packaged default
-playbook against the bot, verifies the recovery in Prometheus and records the episode `recovered`.
+"""End to end through the local stack, for each bot kind `up` has built in: the paper bot (its own fault commands),
+and the example ccxt bot (examples/ccxt_bot.py) trading through ccxt's real kraken client on the paper gateway (the
+venue's faults, injected with `gateway-chaos`). A fault injected with the command `up`'s banner prints fires its alert
+in Prometheus, Alertmanager routes it to the reconciler's webhook, the reconciler runs the same rules of the packaged
+default playbook against either bot, verifies the recovery in Prometheus and records the episode `recovered`.
 
 Needs the real servers prometheus and prometheus-alertmanager (Debian packages `prometheus`,
-`prometheus-alertmanager`); `trading-ops up` starts them with the bot and the reconciler, once for this module,
-on free loopback ports, fast profile.
+`prometheus-alertmanager`); `trading-ops up` starts them with the bot and the reconciler (and the gateway), once per
+bot kind for this module, on free loopback ports, fast profile.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -27,6 +31,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager
 
 DEADLINE_SECONDS = 90.0
 POLL_SECONDS = 0.2
+CHAOS_SECONDS = 60.0
+# The children of each bot kind's stack, as their logs are named.
+CHILDREN = {
+    "paper": {"paper-bot", "reconciler", "prometheus", "alertmanager"},
+    "ccxt-gateway": {"ccxt-bot", "paper-gateway", "reconciler", "prometheus", "alertmanager"},
+}
 
 
 def get_json(url: str) -> Any:
@@ -47,22 +57,25 @@ def until(what: str, probe: Callable[[], Any], deadline: float = DEADLINE_SECOND
 
 
 class Stack:
-    def __init__(self, up: UpProcess) -> None:
+    def __init__(self, up: UpProcess, kind: str) -> None:
         self.up = up
+        self.kind = kind
         self.token = (up.root / "secrets" / "control-token").read_text().strip()
         self.read_token = (up.root / "secrets" / "reconciler-read-token").read_text().strip()
         self.instance = f"127.0.0.1:{up.ports.bot}"
 
-    def control(self, command: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        req = urllib.request.Request(
-            self.up.url("bot", f"/control/{command}"),
-            data=json.dumps(body or {}).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+    def inject(self, fault: str, **params: str) -> dict[str, Any]:
+        """Inject a fault with the command `up`'s banner prints, as a user would: the paper bot's `chaos`, or the
+        gateway's `gateway-chaos` for the ccxt bot, whose faults are the venue's."""
+        line = self.up.wait_line(lambda text: text.startswith("inject a fault: "))
+        command = shlex.split(line.removeprefix("inject a fault: ").split("  (see")[0])[:-1]
+        assert command[-1] == ("gateway-chaos" if self.kind == "ccxt-gateway" else "chaos"), line
+        args = [*command, fault, *(f"{k}={v}" for k, v in params.items())]
+        done = subprocess.run(
+            args, cwd=self.up.root, capture_output=True, text=True, timeout=CHAOS_SECONDS, check=False
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            assert resp.status == 200
-            return dict(json.loads(resp.read()))
+        assert done.returncode == 0, done.stdout + done.stderr
+        return dict(json.loads(done.stdout))
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = self.up.url("prometheus", f"/api/v1/query?query={urllib.parse.quote(expr)}")
@@ -92,13 +105,15 @@ class Stack:
         return {labels: float(value) for labels, value in found}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=sorted(CHILDREN, reverse=True))
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The stack of one bot kind (pytest runs every test on one before starting the next)."""
     require_binary("prometheus")
-    up = UpProcess(tmp_path_factory.mktemp("stack-e2e"))
+    kind = request.param
+    up = UpProcess(tmp_path_factory.mktemp(f"stack-e2e-{kind}"), "--bot", kind)
     try:
         up.wait_up()
-        stack = Stack(up)
+        stack = Stack(up, kind)
         # The pipeline works end to end once the always-firing Watchdog has reached Alertmanager: before that,
         # Prometheus may not have found Alertmanager yet and would hold an alert back for its resend delay.
         until("Watchdog in Alertmanager", lambda: stack.alertmanager_alerts("Watchdog"))
@@ -138,8 +153,9 @@ def assert_resolved(stack: Stack, alertname: str) -> None:
 def test_drop_connection_is_healed_by_one_verified_reconnect(stack: Stack) -> None:
     known = {e["id"] for e in stack.episodes()}
     reconnects_before = stack.bot_metric("tradingbot_broker_reconnects_total")
-    assert stack.control("drop_connection")["fault"] == "drop_connection"
-    assert set(stack.bot_metric("tradingbot_broker_connected").values()) == {0.0}
+    assert stack.inject("drop_connection")["fault"] == "drop_connection"
+    # The paper bot's stream drops at once; the ccxt bot finds out at its next poll of each channel.
+    until("both channels down", lambda: set(stack.bot_metric("tradingbot_broker_connected").values()) == {0.0})
 
     recovered = until(
         "an episode of TradingBotBrokerDisconnected recovered",
@@ -153,9 +169,12 @@ def test_drop_connection_is_healed_by_one_verified_reconnect(stack: Stack) -> No
     (step,) = heal_steps([recovered], "reconnect")
     assert step["outcome"] == "success"
     assert_resolved(stack, "TradingBotBrokerDisconnected")
-    # One alert per channel, one episode each, but the bot was told to reconnect exactly once.
+    # One alert per channel, one episode each, but the bot was told to reconnect exactly once. (The ccxt bot finds a
+    # channel down at its next poll of it: the reconnect the first channel's alert brings may heal the other before
+    # its alert has lasted its `for:`.)
     episodes = new_episodes(stack, known, "TradingBotBrokerDisconnected")
-    assert {e["labels"]["channel"] for e in episodes} == {"orders", "market_data"}
+    channels = {e["labels"]["channel"] for e in episodes}
+    assert channels == {"orders", "market_data"} if stack.kind == "paper" else channels <= {"orders", "market_data"}
     until(
         "every episode closed",
         lambda: all(e["closed_at"] for e in new_episodes(stack, known, "TradingBotBrokerDisconnected")),
@@ -169,7 +188,7 @@ def test_drop_connection_is_healed_by_one_verified_reconnect(stack: Stack) -> No
 
 def test_stale_market_data_for_one_symbol_is_healed_by_a_verified_resubscribe(stack: Stack) -> None:
     known = {e["id"] for e in stack.episodes()}
-    assert stack.control("stale_market_data", {"symbol": "ETH-USD"})["symbol"] == "ETH-USD"
+    assert stack.inject("stale_market_data", symbol="ETH-USD")["symbol"] == "ETH-USD"
 
     recovered = until(
         "an episode of TradingBotMarketDataStale recovered",
@@ -192,6 +211,9 @@ def test_the_state_dir_holds_what_up_generated(stack: Stack) -> None:
     state = Path(stack.up.state_dir)
     for path in ("trading-ops.yaml", "prometheus/prometheus.yml", "alertmanager/alertmanager.yml"):
         assert (state / path).read_text().startswith("# Generated by `trading-ops up`")
-    assert {p.name for p in (state / "logs").iterdir()} == {
-        f"{c}.log" for c in ("paper-bot", "reconciler", "prometheus", "alertmanager")
-    }
+    assert {p.name for p in (state / "logs").iterdir()} == {f"{c}.log" for c in CHILDREN[stack.kind]}
+    if stack.kind == "ccxt-gateway":  # the gateway's credentials are files under var/secrets, never in the YAML
+        generated = (state / "trading-ops.yaml").read_text()
+        for name in ("gateway-api-key", "gateway-api-secret", "gateway-control-token"):
+            secret = stack.up.root / "var" / "secrets" / name
+            assert str(secret) in generated and secret.read_text().strip() not in generated

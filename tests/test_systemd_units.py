@@ -170,8 +170,18 @@ def manage(unit: object, verb: object = "restart", user: str = RECONCILER_USER) 
 
 
 def playbook_units() -> list[str]:
+    """The units the default playbook restarts: those its steps name, and for a step without one, each bot's own unit
+    as the configuration derives it (the paper bot's, and the template unit's instance of any other bot)."""
     playbook = yaml.safe_load((REPO_ROOT / "trading_ops/reconciler/playbooks/default.yml").read_text())
-    return [s["unit"] for r in playbook["rules"] for s in r["steps"] if s["action"] == "systemd"]
+    steps = [s for r in playbook["rules"] for s in r["steps"] + r.get("on_recovery", []) if s["action"] == "systemd"]
+    units = [s["unit"] for s in steps if "unit" in s]
+    if any("unit" not in s for s in steps):
+        bots = [
+            {"name": "paper-1", "kind": "paper", "instance": "127.0.0.1:9101", "url": "http://127.0.0.1:9101"},
+            {"name": "eth-mm", "kind": "ccxt", "instance": "127.0.0.1:9111", "url": "http://127.0.0.1:9111"},
+        ]
+        units += [target.unit for target in parse_config({"bots": bots}).reconciler.targets.values()]
+    return units
 
 
 def test_polkit_rule_lets_the_reconciler_user_restart_exactly_the_bots_units() -> None:
@@ -181,6 +191,8 @@ def test_polkit_rule_lets_the_reconciler_user_restart_exactly_the_bots_units() -
         manage("trading-ops-paper-bot.service", "stop"),
         manage("trading-ops-bot@grid-binance.service", "restart"),
         manage("trading-ops-bot@freqtrade.service", "try-restart"),
+        manage("freqtrade.service"),
+        manage("trading-ops-freqtrade.service"),  # the freqtrade sidecar
     ]
     refused = [
         manage("trading-ops-reconciler.service"),  # its own unit: a human's job

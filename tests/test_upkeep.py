@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from tests.paper_helpers import TOKEN, control, wait_for
 from trading_ops.bot.broker import Side
@@ -278,12 +278,33 @@ def test_vacuum_and_analyze(database_url: str, tmp_path: Path) -> None:
         )
         conn.execute(Episode.__table__.delete())
     rows.order("filled", utcnow())
-    engine.dispose()
+    started = utcnow()
     result = run_upkeep_sync(config, ("vacuum",))
     assert result.failures == [] and result.vacuumed
+    tables = ("orders", "reconciler_episodes")
     if database_url.startswith("sqlite"):
         assert result.database_bytes_before is not None and result.database_bytes_after is not None
         assert result.database_bytes_after < result.database_bytes_before - 2 * MIB  # the deleted rows' pages
+        with engine.connect() as conn:  # ANALYZE wrote the planner's statistics of the journal's tables
+            analyzed = set(conn.execute(text("SELECT DISTINCT tbl FROM sqlite_stat1")).scalars())
+        assert "orders" in analyzed
+    else:
+        # The server's own record: both tables vacuumed and analyzed by this run (not by autovacuum).
+        with engine.connect() as conn:
+            stats = {
+                name: (vacuumed, analyzed)
+                for name, vacuumed, analyzed in conn.execute(
+                    text(
+                        "SELECT relname, last_vacuum, last_analyze FROM pg_stat_user_tables "
+                        "WHERE relname IN ('orders', 'reconciler_episodes')"
+                    )
+                )
+            }
+        assert set(stats) == set(tables)
+        for name, (vacuumed, analyzed) in stats.items():
+            assert vacuumed is not None and vacuumed >= started, name
+            assert analyzed is not None and analyzed >= started, name
+    engine.dispose()
     assert collector(config).get_sample_value("tradingops_upkeep_last_success_timestamp_seconds") is not None
 
 

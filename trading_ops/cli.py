@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from trading_ops import __version__, logsetup
-from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, http_url_problem, load_config
 from trading_ops.db.errors import database_problem
 
 EXIT_OK = 0
@@ -45,6 +45,15 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def http_url(text: str) -> str:
+    """argparse `type` of a base URL option (--url): http(s)://host[:port][/path], else a usage error (exit 2, one
+    line naming the option)."""
+    problem = http_url_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text.rstrip("/")
 
 
 def build_parser() -> argparse.ArgumentParser:

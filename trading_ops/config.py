@@ -31,7 +31,20 @@ POSTGRESQL_DRIVER = "postgresql+psycopg"
 POSTGRESQL_DRIVER_MISSING = "PostgreSQL needs the psycopg driver: pip install 'trading-ops[postgres]'"
 # Names that end up in label values, file names and the journal: a word of letters, digits, `_`, `.`, `-`.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A systemd unit name (unit@instance.service and the like); the polkit rule decides which ones may be restarted.
+UNIT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.:-]{0,250}$")
+# The paper bot's unit (trading_ops/paper/systemd/): a bot target's unit unless configured otherwise.
+PAPER_BOT_UNIT = "trading-ops-paper-bot.service"
+PAPER_BOT_CONTAINER = "trading-ops-paper-bot"
+CONTAINER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# The unit and container a bot of a shipped kind runs in (bots[].unit and .container override): the paper bot's
+# (trading_ops/paper/systemd/, docker-compose.yml), and for a freqtrade bot its sidecar's, the process that answers
+# for it (integrations/freqtrade/systemd/); any other bot is an instance of the template unit trading-ops-bot@.
+KIND_UNITS = {"paper": PAPER_BOT_UNIT, "freqtrade": "trading-ops-freqtrade.service"}
+KIND_CONTAINERS = {"paper": PAPER_BOT_CONTAINER, "freqtrade": "trading-ops-freqtrade-sidecar"}
 # Spot symbols as BASE-QUOTE in capitals (BTC-USD); the quote must be paper.quote_asset.
+# The gateway's own account (gateway.api_key); its sub-accounts (gateway.accounts) have other names.
+GATEWAY_MAIN_ACCOUNT = "main"
 SYMBOL_PATTERN = re.compile(r"^([A-Z0-9]{1,16})-([A-Z0-9]{1,16})$")
 ASSET_PATTERN = re.compile(r"^[A-Z0-9]{1,16}$")
 HOSTNAME_PATTERN = re.compile(
@@ -110,6 +123,12 @@ def _check_http_url(value: str) -> str | None:
     if parts.query or parts.fragment:
         return f"expected a base URL without query or fragment, got {_describe(value)}"
     return None
+
+
+def http_url_problem(value: str) -> str | None:
+    """What is wrong with a base URL of an HTTP server (http:// or https://, a host, no password, query or
+    fragment), or None: the configuration's URLs and the command line's --url options alike."""
+    return _check_http_url(value)
 
 
 def _check_regex(value: str) -> str | None:
@@ -207,8 +226,8 @@ class RiskConfig:
     """In-process risk limits, enforced in the order gate before an order leaves; 0 means no limit. Notional
     values are in the quote asset."""
 
-    # The day's loss (realized + unrealized) at which the bot halts; an operator clears it. Unset: the value of
-    # paper.daily_loss_limit (where it lived before).
+    # The day's loss (realized + unrealized) at which the bot halts; an operator clears it. Unset: no limit (the
+    # bot logs that at start), except for the paper bot, which then uses paper.daily_loss_limit.
     daily_loss_limit: float | None = checked(None, _check_optional_limit)
     # Per symbol: an order that would take the position's notional past this is refused (then reduce-only).
     max_position_notional: float = bounded(0.0, min=0)
@@ -221,6 +240,20 @@ class RiskConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """Budgets the bot's memory and disk alerts judge against (prometheus/rules/tradingbot-resources.yml): what
+    this bot should use, on a machine far bigger than that. 0 = no budget: the alerts judge against the machine
+    (the memory limit, the data directory's filesystem). A budget is exported as a metric only when set."""
+
+    # Resident memory the bot should stay within (tradingbot_memory_budget_bytes). Above bot.memory_limit_bytes
+    # it would never be reached, so that is refused; above a cgroup limit the alerts use the limit.
+    memory_budget_bytes: int = bounded(0, min=0)
+    # Disk space everything under bot.data_dir may take, the journal and what upkeep.cleanup deletes included
+    # (tradingbot_data_dir_budget_bytes, beside the measured tradingbot_data_dir_bytes).
+    data_dir_budget_bytes: int = bounded(0, min=0)
+
+
+@dataclass
 class BotConfig:
     name: str = checked("paper-1", _check_name)
     venue: str = checked("paper", _check_name)
@@ -228,6 +261,8 @@ class BotConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     control_token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of the bot's control API")
     data_dir: str = checked("./var", _check_nonempty)
+    # How often a bot on the runtime runs its strategy's step (the paper bot: paper.loop_interval_seconds).
+    loop_interval_seconds: float = bounded(0.5, min=0.001)
     # A trading loop that has not completed an iteration for this long is hung (/healthz fails).
     heartbeat_timeout_seconds: float = bounded(15.0, min=0.1)
     # Market data older than this makes /readyz fail and the bot stop opening positions.
@@ -238,6 +273,15 @@ class BotConfig:
     memory_limit_bytes: int = bounded(0, min=0)
     event_loop_lag_interval_seconds: float = bounded(0.25, min=0.01)
     risk: RiskConfig = field(default_factory=RiskConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        budget, limit = self.resources.memory_budget_bytes, self.memory_limit_bytes
+        if budget and limit and budget > limit:
+            raise ConfigError(
+                f"{prefix}.resources.memory_budget_bytes",
+                f"{budget} is more than {prefix}.memory_limit_bytes ({limit}): the budget would never be reached",
+            )
 
 
 @dataclass
@@ -352,11 +396,33 @@ class ReconcilerListenConfig(ListenConfig):
     port: int = bounded(9102, min=0, max=65535)
 
 
+def _check_http_urls(values: list[str]) -> str | None:
+    if not isinstance(values, list):
+        return f"expected a list of http(s) URLs, got {_describe(values)}"
+    return next((problem for v in values if (problem := _check_http_url(v))), None)
+
+
+def _check_unit(value: str) -> str | None:
+    if value == "" or UNIT_PATTERN.match(value):
+        return None
+    return f"expected a systemd unit name such as trading-ops-bot@paper-1.service, got {_describe(value)}"
+
+
+def _check_container(value: str) -> str | None:
+    if value == "" or CONTAINER_PATTERN.match(value):
+        return None
+    return f"expected a container name such as trading-ops-paper-bot, got {_describe(value)}"
+
+
 @dataclass
 class TargetConfig:
     # Base URL of the bot's HTTP server; the bot action posts to <url>/control/<command>.
     url: str = checked("http://127.0.0.1:9101", _check_http_url)
     token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of this bot's control API")
+    # The systemd unit running it: what a playbook's `systemd` step without `unit:` restarts.
+    unit: str = checked(PAPER_BOT_UNIT, _check_unit)
+    # Its container (docker compose): what a `docker` step without `container:` restarts.
+    container: str = checked(PAPER_BOT_CONTAINER, _check_container)
 
 
 @dataclass
@@ -393,10 +459,20 @@ class ReconcilerConfig:
     playbook: str = ""
     prometheus_url: str = checked("http://127.0.0.1:9090", _check_http_url)
     alertmanager_url: str = checked("http://127.0.0.1:9093", _check_http_url)
+    # The other members of a clustered Alertmanager (the URL above is one of them): escalations are posted to every
+    # member, as Prometheus sends its alerts, and reads (silences, still-firing checks) go to the first that answers,
+    # so one member down pages nobody less and holds nothing back.
+    alertmanager_peers: list[str] = checked([], _check_http_urls)
+
+    @property
+    def alertmanager_urls(self) -> list[str]:
+        return [self.alertmanager_url, *self.alertmanager_peers]
+
     # Webhook bodies larger than this get 413 (Alertmanager does not resend after a 4xx: such a notification is
     # lost). Paired with the receiver's max_alerts in alertmanager/alertmanager.yml (1000): 1000 alerts of the
-    # shipped rules are about 1.2 MB, so 4 MiB leaves room for labels and annotations 3x larger.
-    max_body_bytes: int = bounded(4 * 1024 * 1024, min=1024)
+    # largest shipped rule (the SLO burn-rate alerts, whose generatorURL carries a long expression) are about 1.9 MB,
+    # so 8 MiB leaves room for labels and annotations 3x larger.
+    max_body_bytes: int = bounded(8 * 1024 * 1024, min=1024)
     # Record what would be done, do nothing.
     dry_run: bool = False
     # How often the workers look for due episodes (new notifications wake them at once).
@@ -473,13 +549,32 @@ class BotEntryConfig:
     """One bot the operations side watches and heals: Prometheus scrapes `instance`, the reconciler acts on `url`."""
 
     name: str = checked("paper-1", _check_name)
-    # What runs it (`trading-ops up --bot KIND`): paper, or a kind of bot_kinds.
+    # What runs it (`trading-ops up --bot KIND`): paper, or a kind of bot_kinds; `freqtrade` is a freqtrade watched by
+    # the `trading-ops freqtrade` sidecar (instance and url are the sidecar's listen address for it: Prometheus scrapes
+    # it in the freqtrade job, `config targets --job freqtrade`).
     kind: str = checked("paper", _check_name)
     # host:port of its /metrics: the scrape target, and so the `instance` label of its series and alerts.
     instance: str = checked("127.0.0.1:9101", _check_instance)
     # Base URL of its control API (usually http://<instance>).
     url: str = checked("http://127.0.0.1:9101", _check_http_url)
     token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of this bot's control API")
+    # Its systemd unit (what the playbook's restart steps restart); default: trading-ops-paper-bot.service for the
+    # paper kind, else the template unit's instance trading-ops-bot@<name>.service.
+    unit: str = checked("", _check_unit)
+    # Its container under docker compose; default: trading-ops-paper-bot for the paper kind, else trading-ops-<name>.
+    container: str = checked("", _check_container)
+
+    @property
+    def systemd_unit(self) -> str:
+        if self.unit:
+            return self.unit
+        return KIND_UNITS.get(self.kind) or f"trading-ops-bot@{self.name}.service"
+
+    @property
+    def docker_container(self) -> str:
+        if self.container:
+            return self.container
+        return KIND_CONTAINERS.get(self.kind) or f"trading-ops-{self.name}"
 
 
 @dataclass
@@ -695,19 +790,43 @@ class GatewayListenConfig(ListenConfig):
 
 
 @dataclass
+class GatewayAccountConfig:
+    """A sub-account of the gateway's venue, as Kraken's subaccounts: balances, orders and trades of its own on the
+    same market, reached with its own API key (several bots on one venue never see each other's orders)."""
+
+    name: str = checked("", _check_name)
+    api_key: str = secret("", "API key of this sub-account")
+    api_secret: str = secret("", "base64 API secret of that key")
+    # Its state between restarts; empty: beside gateway.state_file as <stem>.<name><suffix> (none without it).
+    state_file: str = ""
+
+
+@dataclass
 class GatewayConfig:
     """`trading-ops paper-gateway`: the paper venue (set up by the `paper` section) behind Kraken's REST API."""
 
     listen: GatewayListenConfig = field(default_factory=GatewayListenConfig)
-    # The one API key the gateway accepts and its secret (base64, as Kraken issues them).
+    # The API key of the venue's main account and its secret (base64, as Kraken issues them).
     api_key: str = secret("TRADING_OPS_GATEWAY_API_KEY", "API key ccxt clients sign with")
     api_secret: str = secret("TRADING_OPS_GATEWAY_API_SECRET", "base64 API secret of that key")
     # Bearer token of POST /chaos/{fault} (`trading-ops gateway-chaos`).
     control_token: str = secret("TRADING_OPS_GATEWAY_CONTROL_TOKEN", "bearer token of the gateway's fault commands")
     # The venue's state survives restarts in this file (relative to this configuration); empty keeps it in memory.
     state_file: str = ""
-    # The venue's order rate limit (a token bucket); past it AddOrder answers EOrder:Rate limit exceeded.
+    # The venue's order rate limit per account (a token bucket); past it AddOrder answers EOrder:Rate limit exceeded.
     orders_per_second: float = bounded(50.0, min=0.1)
+    # Sub-accounts on the same market, each with its own key (one per bot sharing the venue).
+    accounts: list[GatewayAccountConfig] = field(default_factory=list)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        seen = {GATEWAY_MAIN_ACCOUNT}
+        for i, account in enumerate(self.accounts):
+            if not account.name:
+                raise ConfigError(f"{prefix}.accounts[{i}].name", "every sub-account needs a name")
+            if account.name in seen:
+                taken = "is the main account's name" if account.name == GATEWAY_MAIN_ACCOUNT else "is listed twice"
+                raise ConfigError(f"{prefix}.accounts[{i}].name", f"{account.name} {taken}")
+            seen.add(account.name)
 
 
 @dataclass
@@ -771,8 +890,6 @@ class Config:
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     def validate(self, prefix: str, given: set[str]) -> None:
-        if self.bot.risk.daily_loss_limit is None:  # the older place of the daily loss limit
-            self.bot.risk.daily_loss_limit = self.paper.daily_loss_limit
         for key, attr in (("name", "name"), ("instance", "instance")):
             seen: set[str] = set()
             for i, entry in enumerate(self.bots):
@@ -786,7 +903,10 @@ class Config:
         if self.bots:
             if self.reconciler.targets:
                 raise ConfigError("reconciler.targets", "give the bots once, under bots: (targets are derived)")
-            self.reconciler.targets = {b.instance: TargetConfig(url=b.url, token=b.token) for b in self.bots}
+            self.reconciler.targets = {
+                b.instance: TargetConfig(url=b.url, token=b.token, unit=b.systemd_unit, container=b.docker_container)
+                for b in self.bots
+            }
 
     def path(self, value: str) -> Path:
         """Resolve a path from the configuration against the configuration file's directory."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.config import Config
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.ops.maintenance import CREATED_BY, Maintenance, MaintenanceError, parse_matchers
+from trading_ops.ops.maintenance_metrics import MaintenanceWindowsCollector, register_maintenance_metrics
 from trading_ops.reconciler.actions.silence import CREATED_BY as RECONCILER_CREATED_BY
 from trading_ops.reconciler.maintenance import is_bot_maintenance
 
@@ -110,6 +111,11 @@ async def test_start_silences_pauses_the_matched_bot_and_end_undoes_it(
     assert code == 0 and errors(err) == [], err
     assert "resumed bot-1" in out and f"silence {silence['id']} expired" in out
     assert bots["bot-1"].state == "active"
+    # The bot's boards say who paused and resumed it: the maintenance window.
+    registry = bots["bot-1"].instrumentation.registry
+    for command in ("pause", "resume"):
+        labels = {"command": command, "source": "maintenance"}
+        assert registry.get_sample_value("tradingbot_control_commands_total", labels) == 1, command
     assert silences_with(alertmanager, "venue upgrade 1")[0]["status"]["state"] == "expired"
     code, out, _ = await cli(capsys, "-c", path, "maintenance", "list")
     assert code == 0 and "window 1 [ended]" in out and "paused none" in out
@@ -161,48 +167,55 @@ async def test_a_bot_already_paused_stays_paused_at_the_end(
     assert ended.problems == [] and (bots["bot-1"].state, bots["bot-2"].state) == ("active", "paused")
 
 
+def gauges(migrated: str) -> tuple[CollectorRegistry, MaintenanceWindowsCollector]:
+    """The maintenance gauges as a replica exports them, read from the database."""
+    registry = CollectorRegistry()
+    return registry, register_maintenance_metrics(registry, make_engine(migrated))
+
+
+def recorded(registry: CollectorRegistry, collector: MaintenanceWindowsCollector) -> tuple[float | None, float | None]:
+    collector.read()
+    return (
+        registry.get_sample_value("tradingops_maintenance_windows_open"),
+        registry.get_sample_value("tradingops_maintenance_window_recorded_end_timestamp_seconds"),
+    )
+
+
 async def test_a_window_ends_by_itself_and_housekeeping_resumes_its_bots(
     tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot]
 ) -> None:
     config = ops_config(tmp_path, migrated_sqlite, alertmanager_url=alertmanager.url, bots=bots)
-    registry = CollectorRegistry()
+    registry, collector = gauges(migrated_sqlite)
     async with aiohttp.ClientSession() as session:
         m = Maintenance(config, make_engine(migrated_sqlite), session)
         opened = await m.start({"instance": "bot-1"}, 1800, "short")
-        await m.housekeeping(registry)
-        assert registry.get_sample_value("tradingops_maintenance_windows_open") == 1
-        end = registry.get_sample_value("tradingops_maintenance_window_recorded_end_timestamp_seconds")
-        assert end == opened.window.ends_at.timestamp()
+        await m.housekeeping()
+        assert recorded(registry, collector) == (1, opened.window.ends_at.timestamp())
         assert bots["bot-1"].state == "paused"
         # Half an hour later Alertmanager has expired the silence itself; housekeeping resumes the bot.
-        (closed,) = await m.housekeeping(registry, now=utcnow() + timedelta(minutes=31))
+        (closed,) = await m.housekeeping(now=utcnow() + timedelta(minutes=31))
     assert closed.window.state == "expired" and closed.done == ["resumed bot-1"]
     assert bots["bot-1"].state == "active"
-    assert registry.get_sample_value("tradingops_maintenance_windows_open") == 0
-    assert registry.get_sample_value("tradingops_maintenance_window_recorded_end_timestamp_seconds") == 0
+    assert recorded(registry, collector) == (0, 0)
 
 
 async def test_a_bot_that_cannot_be_resumed_keeps_the_window_open_for_the_overrun_alert(
     tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot]
 ) -> None:
     config = ops_config(tmp_path, migrated_sqlite, alertmanager_url=alertmanager.url, bots=bots)
-    registry = CollectorRegistry()
+    registry, collector = gauges(migrated_sqlite)
     async with aiohttp.ClientSession() as session:
         m = Maintenance(config, make_engine(migrated_sqlite), session)
         opened = await m.start({"instance": "bot-1"}, 60, "bot goes away")
         config.reconciler.targets["bot-1"].url = f"http://127.0.0.1:{free_port()}"  # the bot is gone
-        (outcome,) = await m.housekeeping(registry, now=utcnow() + timedelta(minutes=2))
+        (outcome,) = await m.housekeeping(now=utcnow() + timedelta(minutes=2))
         assert "bot-1: resume failed" in outcome.problems[0]
         assert json.loads(outcome.window.paused_bots) == ["bot-1"] and "resume failed" in outcome.window.problems
-        assert registry.get_sample_value("tradingops_maintenance_windows_open") == 1
-        assert (
-            registry.get_sample_value("tradingops_maintenance_window_recorded_end_timestamp_seconds")
-            == opened.window.ends_at.timestamp()
-        )
+        assert recorded(registry, collector) == (1, opened.window.ends_at.timestamp())
         # Back again: the next housekeeping resumes it.
         config.reconciler.targets["bot-1"].url = bots["bot-1"].url
-        await m.housekeeping(registry, now=utcnow() + timedelta(minutes=3))
-    assert bots["bot-1"].state == "active" and registry.get_sample_value("tradingops_maintenance_windows_open") == 0
+        await m.housekeeping(now=utcnow() + timedelta(minutes=3))
+    assert bots["bot-1"].state == "active" and recorded(registry, collector) == (0, 0)
 
 
 async def test_with_alertmanager_down_it_says_so_and_records_it(
@@ -219,6 +232,62 @@ async def test_with_alertmanager_down_it_says_so_and_records_it(
     assert bots["bot-1"].state == "paused"  # what it could do, it did
     code, out, _ = await cli(capsys, "-c", path, "maintenance", "status")
     assert "silence none" in out and "problem:" in out and "no silence created" in out
+
+
+async def test_a_silence_alertmanager_missed_is_created_late_by_housekeeping(
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any
+) -> None:
+    """Alertmanager is down when the window opens: recorded without a silence; back up, the next housekeeping creates
+    the silence the window should have had, for the window's own end, and records it."""
+    down = f"http://127.0.0.1:{free_port()}"
+    reason = f"late {tmp_path.name}"
+    code, _, err = await cli(
+        capsys,
+        *("-c", cli_config(tmp_path, migrated_sqlite, down, bots), "maintenance", "start"),
+        *("--duration", "20m", "--reason", reason, "--matcher", "instance=bot-2"),
+    )
+    assert code == 1 and "no silence created" in errors(err)[0]
+    assert silences_with(alertmanager, reason) == []
+    config = ops_config(tmp_path, migrated_sqlite, alertmanager_url=alertmanager.url, bots=bots)
+    async with aiohttp.ClientSession() as session:
+        m = Maintenance(config, make_engine(migrated_sqlite), session)
+        (window,) = m.windows(open_only=True)
+        assert window.silence_id is None
+        (outcome,) = await m.housekeeping()
+        assert outcome.done == [f"silence {outcome.window.silence_id}"] and outcome.window.silence_id
+        assert "created late" in outcome.window.problems
+        assert await m.housekeeping() == []  # created once: nothing left to retry
+    (silence,) = silences_with(alertmanager, reason)
+    assert silence["id"] == outcome.window.silence_id and silence["status"]["state"] == "active"
+    assert silence["matchers"] == [{"name": "instance", "value": "bot-2", "isRegex": False, "isEqual": True}]
+    ends = datetime.fromisoformat(silence["endsAt"].replace("Z", "+00:00"))
+    assert abs((ends - window.ends_at.replace(tzinfo=UTC)).total_seconds()) < 1
+    assert bots["bot-2"].state == "paused"  # the window is still on
+
+
+async def test_end_with_alertmanager_down_resumes_the_bots_and_says_what_it_could_not_do(
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any
+) -> None:
+    reason = f"end down {tmp_path.name}"
+    up = cli_config(tmp_path, migrated_sqlite, alertmanager.url, bots)
+    args = ("--duration", "10m", "--reason", reason, "--matcher", "instance=bot-1")
+    assert (await cli(capsys, "-c", up, "maintenance", "start", *args))[0] == 0
+    (silence,) = silences_with(alertmanager, reason)
+    down = tmp_path / "down"
+    down.mkdir()
+    path = cli_config(down, migrated_sqlite, f"http://127.0.0.1:{free_port()}", bots)
+    code, out, err = await cli(capsys, "-c", path, "maintenance", "end")
+    assert code == 1 and out == ""
+    (line,) = errors(err)
+    assert "window 1 ended, but: silence" in line and "not expired (it ends by itself at its end)" in line
+    assert bots["bot-1"].state == "active"  # what it could do, it did
+    # The window is over in the record; the silence keeps its own end in Alertmanager.
+    code, out, _ = await cli(capsys, "-c", path, "maintenance", "list")
+    assert code == 0 and "window 1 [ended]" in out and "paused none" in out
+    assert silences_with(alertmanager, reason)[0]["status"]["state"] == "active"
+    assert silences_with(alertmanager, reason)[0]["endsAt"] == silence["endsAt"]
+    code, out, _ = await cli(capsys, "-c", path, "maintenance", "status")
+    assert (code, out) == (0, "no open maintenance window\n")
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ Sending goes to a real SMTP server (aiosmtpd on a free loopback port) through ap
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from freezegun import freeze_time
 from prometheus_client import CollectorRegistry
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.conftest import free_port
@@ -23,6 +23,7 @@ from trading_ops.cli import main
 from trading_ops.config import Config
 from trading_ops.db.base import make_engine
 from trading_ops.db.models import BotRun, Episode, Fill, Position
+from trading_ops.db.models.ops import JobRun
 from trading_ops.ops import report
 from trading_ops.ops.jobs import DAILY_SUMMARY_METRIC, configured_jobs
 from trading_ops.ops.scheduler import Scheduler
@@ -147,10 +148,7 @@ def test_the_summary_counts_the_day_from_journal_heartbeats_and_ledger(tmp_path:
     assert (two.trades, two.win_rate, two.positions) == (1, None, [])
     assert summary.alerts == {"TradingBotClockSkew": 1, "TradingBotDown": 2}
     assert summary.remediations == {"escalated": 1, "recovered": 2}
-    if importlib.util.find_spec(report.BACKUP_MODULE) is None:
-        assert summary.backups == [report.NO_BACKUPS]
-    else:
-        assert summary.backups and all(summary.backups)
+    assert summary.backups == [f"no backups in {config.backup.directory}"]  # none taken in this test
 
     text = report.render_text(summary)
     assert text.startswith("Trading daily summary 2026-06-10\nPeriod: 2026-06-09 16:30 to 2026-06-10 16:30 America/")
@@ -277,3 +275,54 @@ async def test_scheduled_summary_is_retried_until_mail_gets_through(tmp_path: Pa
     assert registry.get_sample_value(DAILY_SUMMARY_METRIC) == datetime(2026, 6, 10, 20, 30, tzinfo=UTC).timestamp()
     (message,) = mailbox.messages
     assert message["Subject"] == "Trading daily summary 2026-06-10"
+
+
+async def test_after_downtime_every_missed_day_is_sent_oldest_first_each_once(
+    tmp_path: Path, migrated_sqlite: str, smtp_server: SMTPServer
+) -> None:
+    """Down for five days: the five missed summaries go out in order, once; down for ten: the last CATCH_UP_DAYS
+    (a week) go out, each once although two replicas start together, and the older ones are left to
+    `trading-ops report daily --date D --send`."""
+    config = config_for(tmp_path, migrated_sqlite, notify=[smtp_server.mailto()], **NY_1630)
+
+    def replica(name: str) -> Scheduler:
+        return Scheduler(config, make_engine(migrated_sqlite), configured_jobs(config), CollectorRegistry(), name)
+
+    async def tick(*schedulers: Scheduler) -> None:
+        started = await asyncio.gather(*(s.tick() for s in schedulers))
+        await asyncio.gather(*(t for ts in started for t in ts if t.get_name() == "job:daily_summary"))
+
+    def days_sent() -> list[str]:
+        return [m["Subject"].removeprefix("Trading daily summary ") for m in smtp_server.mailbox.messages]
+
+    with freeze_time("2026-06-05 20:29:00", real_asyncio=True) as clock:
+        first = replica("first-life")
+        await tick(first)
+        clock.move_to("2026-06-05 20:30:00")  # 16:30 in New York
+        await tick(first)
+        assert days_sent() == ["2026-06-05"]
+        # Down from June 5 to June 10 after 16:30: the summaries of June 6 to 10 were missed.
+        clock.move_to("2026-06-10 21:15:00")
+        second = replica("second-life")
+        await tick(second)
+        await tick(second)  # a second look finds every slot done
+        assert days_sent() == ["2026-06-05", "2026-06-06", "2026-06-07", "2026-06-08", "2026-06-09", "2026-06-10"]
+        # Down for ten days this time; two replicas start at once.
+        clock.move_to("2026-06-20 22:00:00")
+        await tick(replica("third-a"), replica("third-b"))
+    week = [f"2026-06-{day}" for day in range(14, 21)]
+    assert len(week) == report.CATCH_UP_DAYS
+    caught_up = days_sent()[6:]
+    assert sorted(caught_up) == week, "each of the last seven days once, none older"
+    # One recorded run per day sent, each a success: the claim on (task, slot) is what makes it once.
+    engine = make_engine(migrated_sqlite)
+    with engine.connect() as conn:
+        runs = conn.execute(
+            select(JobRun.scheduled_for, JobRun.state)
+            .where(JobRun.job == "daily_summary")
+            .order_by(JobRun.scheduled_for)
+        ).all()
+    engine.dispose()
+    sent_days = ["2026-06-05", "2026-06-06", "2026-06-07", "2026-06-08", "2026-06-09", "2026-06-10", *week]
+    assert [report.day_of_slot(config.report, slot.replace(tzinfo=UTC)).isoformat() for slot, _ in runs] == sent_days
+    assert {state for _, state in runs} == {"success"}

@@ -29,10 +29,12 @@ class Recorder:
 
     def __init__(self, failures: int = 0) -> None:
         self.calls: list[datetime] = []
+        self.slots: list[datetime] = []
         self.failures = failures
 
-    async def __call__(self, config: Config, registry: CollectorRegistry) -> None:
+    async def __call__(self, config: Config, registry: CollectorRegistry, slot: datetime) -> None:
         self.calls.append(utcnow())
+        self.slots.append(slot)
         if len(self.calls) <= self.failures:
             raise RuntimeError(f"attempt {len(self.calls)} broke")
 
@@ -110,6 +112,30 @@ async def test_after_downtime_only_the_latest_missed_slot_runs_once(tmp_path: Pa
         datetime(2026, 3, 9, 4, tzinfo=UTC),  # midnight EDT: the latest missed slot, once
     ]
     assert last == datetime(2026, 3, 9, 15, tzinfo=UTC).timestamp()
+
+
+async def test_a_task_that_catches_up_runs_its_latest_missed_slots_oldest_first(
+    tmp_path: Path, migrated_sqlite: str
+) -> None:
+    config = fast(tmp_path, migrated_sqlite)
+    job = Recorder()
+    jobs = [Job("daily", CronSchedule.parse("0 0 * * *", NEW_YORK), job, catch_up_slots=3)]
+    with freeze_time("2026-03-05 04:30:00", real_asyncio=True) as clock:
+        first = make_scheduler(config, jobs, "first-life")
+        await tick(first)  # no history: nothing is backfilled
+        clock.move_to("2026-03-05 05:00:00")  # midnight EST
+        await tick(first)
+        job.failures = 2  # the first caught-up slot fails once: the next one waits for its retry
+        clock.move_to("2026-03-10 15:00:00")  # the slots of March 6 to 10 were missed
+        second = make_scheduler(config, jobs, "second-life")
+        await tick(second)
+        await tick(second)
+    march_5 = datetime(2026, 3, 5, 5, tzinfo=UTC)
+    # The latest three, oldest first, each run with its own slot (midnight is 04:00 UTC from March 8, EDT).
+    caught_up = [datetime(2026, 3, 8, 5, tzinfo=UTC), datetime(2026, 3, 9, 4, tzinfo=UTC)]
+    caught_up.append(datetime(2026, 3, 10, 4, tzinfo=UTC))
+    assert job.slots == [march_5, caught_up[0], *caught_up]  # the failed one retried before the next began
+    assert [(r.scheduled_for, r.state) for r in runs(config)] == [(m, "success") for m in [march_5, *caught_up]]
 
 
 async def test_a_slot_missed_longer_ago_than_its_window_is_skipped(tmp_path: Path, migrated_sqlite: str) -> None:

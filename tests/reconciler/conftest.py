@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from ports import free_port  # noqa: F401 - re-exported: tests import it from here
 
 from tests.system_binaries import require_binary
 from trading_ops.config import Config, parse_config
@@ -51,12 +51,6 @@ def dead_owner(instance: str) -> str:
     proc.wait()
     assert identity is not None
     return f"{instance}:{identity.token()}.deadbeef"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, deadline: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:

@@ -9,16 +9,20 @@ import re
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import Alertmanager, FakeBot, bot_targets, make_config
+from conftest import BOT_TOKEN, Alertmanager, FakeBot, bot_targets, make_config
+from prometheus_client import CollectorRegistry
 
+from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
+from trading_ops.clients.prometheus import PrometheusClient
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext, Refused
 from trading_ops.reconciler.actions.exec import run_argv
@@ -80,6 +84,74 @@ async def test_bot_action_calls_the_control_api_with_the_token(tmp_path: Path, f
         fake_bot.status["reconnect"] = 409
         result = await run(c, "bot", {"command": "reconnect"})
         assert result.outcome == "failure" and "HTTP 409" in result.output
+
+
+async def test_the_bot_counts_a_bot_step_as_the_reconcilers(tmp_path: Path, aiohttp_server: Any) -> None:
+    # A real bot control API (the library's server): its dashboards say who paused it.
+    (tmp_path / "bot").mkdir()
+    bot = Instrumentation(
+        venue="paper", token=BOT_TOKEN, registry=CollectorRegistry(), data_dir=tmp_path / "bot", heartbeat_timeout=5
+    )
+    server = await aiohttp_server(bot.create_app())
+    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    targets = {"bot-1": {"url": str(server.make_url("")).rstrip("/"), "token_file": str(tmp_path / "bot-token")}}
+    async with aiohttp.ClientSession() as s:
+        result = await run(ctx(tmp_path, s, targets=targets), "bot", {"command": "pause"})
+    assert result.ok and bot.state.state.value == "paused", result.output
+    labels = {"command": "pause", "source": "reconciler"}
+    assert bot.registry.get_sample_value("tradingbot_control_commands_total", labels) == 1
+
+
+def one_series_per(*instances: str) -> str:
+    """A PromQL query answering one series per instance (as `max by (instance) (...)` over real bots would)."""
+    return " or ".join(f'label_replace(vector(1), "instance", "{i}", "", "")' for i in instances)
+
+
+@pytest.mark.prometheus
+async def test_a_bot_step_with_instances_acts_on_every_configured_bot_the_query_finds(
+    tmp_path: Path, aiohttp_server: Any, prometheus: str
+) -> None:
+    """One step for a whole venue: the command goes to the bots a real Prometheus names that are configured targets,
+    skipping those not in `only_state`; the undoing step resumes only what it changed (`only_reason`)."""
+    bots: dict[str, Instrumentation] = {}
+    targets: dict[str, Any] = {}
+    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    for name in ("bot-a", "bot-b", "bot-c", "bot-d"):
+        (tmp_path / name).mkdir()
+        bot = Instrumentation(
+            venue="kx", token=BOT_TOKEN, registry=CollectorRegistry(), data_dir=tmp_path / name, heartbeat_timeout=5
+        )
+        server = await aiohttp_server(bot.create_app())
+        bots[name] = bot
+        targets[name] = {"url": str(server.make_url("")).rstrip("/"), "token_file": str(tmp_path / "bot-token")}
+    bots["bot-c"].state.apply("pause", reason="a human")  # a bot someone paused stays paused
+    reason = "venue ${venue} down: reduce_only by the reconciler"
+    query = one_series_per("bot-a", "bot-b", "bot-c", "bot-x")  # bot-d is not found; bot-x is no configured bot
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, {"venue": "kx"}, targets=targets)
+        c.prometheus = PrometheusClient(s, prometheus)
+        params = {"command": "reduce_only", "instances": query, "only_state": "active", "body": {"reason": reason}}
+        result = await run(c, "bot", params)
+        assert result.ok, result.output
+        states = {name: bot.state.state.value for name, bot in bots.items()}
+        assert states == {"bot-a": "reduce_only", "bot-b": "reduce_only", "bot-c": "paused", "bot-d": "active"}
+        assert bots["bot-a"].state.reason == "venue kx down: reduce_only by the reconciler"
+        assert "reduce_only on 2 of 4 bots found" in result.output
+        assert "bot-c: skipped: paused" in result.output and "bot-x: not a configured bot, left alone" in result.output
+        bots["bot-b"].state.apply("resume", reason="a human")  # meanwhile a human took bot-b over ...
+        bots["bot-b"].state.apply("reduce_only", reason="a human")  # ... and it is not the reconciler's to resume
+        resume = {"command": "resume", "instances": query, "only_state": "reduce_only", "only_reason": reason}
+        result = await run(c, "bot", resume)
+        assert result.ok, result.output
+    states = {name: bot.state.state.value for name, bot in bots.items()}
+    assert states == {"bot-a": "active", "bot-b": "reduce_only", "bot-c": "paused", "bot-d": "active"}
+
+
+def test_a_bot_step_takes_one_instance_or_a_query_not_both() -> None:
+    with pytest.raises(ValueError, match="either instance"):
+        ACTIONS["bot"].validate({"command": "pause", "instance": "a", "instances": "up"})
+    with pytest.raises(ValueError, match="only with instances"):
+        ACTIONS["bot"].validate({"command": "resume", "only_state": "reduce_only"})
 
 
 async def test_bot_action_with_a_wrong_token_fails_and_an_unknown_instance_is_refused(
@@ -228,6 +300,68 @@ async def test_systemd_restarts_the_unit_with_the_configured_systemctl(tmp_path:
             await run(
                 ctx(tmp_path, s, {"bot": "-x; reboot"}, systemctl=[str(fake)]), "systemd", {"unit": "${bot}.service"}
             )
+
+
+def fake_systemctl(tmp_path: Path, show: str) -> tuple[Path, Path]:
+    """A systemctl stand-in (systemd does not run here) that answers `show` with `show` and records every call."""
+    record = tmp_path / "calls"
+    fake = tmp_path / "systemctl"
+    fake.write_text(
+        f'#!/bin/sh\necho "$*" >> {record}\n'
+        f"case \"$3\" in show) printf '%s\\n' {' '.join(repr(line) for line in show.splitlines())} ;; esac\n"
+    )
+    fake.chmod(0o755)
+    return fake, record
+
+
+async def test_systemd_without_a_unit_restarts_the_unit_configured_for_the_alerts_bot(tmp_path: Path) -> None:
+    fake, record = fake_systemctl(tmp_path, "ActiveState=active\nSubState=running\nExecMainStartTimestamp=@1")
+    targets = {
+        "127.0.0.1:9101": {"url": "http://127.0.0.1:9101", "token_env": "T", "unit": "trading-ops-bot@a.service"}
+    }
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, {"instance": "127.0.0.1:9101"}, systemctl=[str(fake)], targets=targets)
+        c.starts_at = datetime.now(UTC)
+        result = await run(c, "systemd", {})
+        assert result.ok, result.output
+        assert record.read_text().splitlines()[-1] == "restart trading-ops-bot@a.service"
+        # An instance no bot is configured for: refused, never a unit made up from labels.
+        with pytest.raises(Refused, match="no unit configured"):
+            await run(ctx(tmp_path, s, {"instance": "10.0.0.9:9101"}, systemctl=[str(fake), "x"]), "systemd", {})
+
+
+@pytest.mark.parametrize(
+    ("show", "restarted"),
+    [
+        ("ActiveState=activating\nSubState=auto-restart\nExecMainStartTimestamp=@1", False),
+        ("ActiveState=active\nSubState=running\nExecMainStartTimestamp=@{after}", False),
+        ("ActiveState=active\nSubState=running\nExecMainStartTimestamp=@{before}", True),
+        ("ActiveState=failed\nSubState=failed\nExecMainStartTimestamp=@{before}", True),
+        ("", True),  # a systemctl that cannot tell: restart, as always
+    ],
+)
+async def test_systemd_leaves_a_unit_the_service_manager_already_restarted(
+    tmp_path: Path, show: str, restarted: bool
+) -> None:
+    # Restart=on-failure or WatchdogSec restarted the bot on their own: restarting it again would kill it in the
+    # middle of its startup reconciliation. The verification then decides.
+    starts_at = datetime.now(UTC) - timedelta(seconds=30)
+    fake, record = fake_systemctl(
+        tmp_path, show.format(after=starts_at.timestamp() + 5, before=starts_at.timestamp() - 5)
+    )
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, systemctl=[str(fake)])
+        c.starts_at = starts_at
+        result = await run(c, "systemd", {"unit": "trading-ops-paper-bot.service"})
+    assert result.ok, result.output
+    calls = record.read_text().splitlines()
+    assert (
+        calls[0]
+        == "--timestamp=unix --property=ActiveState,SubState,ExecMainStartTimestamp show trading-ops-paper-bot.service"
+    )
+    assert ("restart trading-ops-paper-bot.service" in calls) is restarted
+    if not restarted:
+        assert "not restarted again" in result.output
 
 
 async def test_systemd_gets_the_minimal_environment_not_the_reconcilers_secrets(

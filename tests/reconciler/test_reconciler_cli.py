@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ from trading_ops.reconciler.intake import validate
 from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn
 
 PLAYBOOKS = resources.files("trading_ops.reconciler").joinpath("playbooks")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONSOLE_SCRIPT = Path(sys.executable).parent / "trading-ops"
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +100,7 @@ async def test_history_prints_attempts_and_steps_and_json_exactly_as_the_api(
     assert lines[row + 2].split()[:5] == ["1.", "bot", "command=reconnect", "[safe]", "failure"]
     assert lines[row + 2].split()[5].endswith(("ms", "s"))
     # The first line (cut) and the last one, which usually names the error, and how many lines are left out.
-    assert lines[row + 3].strip().startswith("HTTP 502 xxx") and lines[row + 3].endswith("...: third line (+1 lines)")
+    assert lines[row + 3].strip().startswith("HTTP 502 xxx") and lines[row + 3].endswith("...: third line (+1 line)")
     assert len(lines[row + 3].strip()) <= 80
     assert main(["-c", cfg, "reconciler", "history", "--brief"]) == 0
     assert not any(line.strip().startswith("attempt") for line in capsys.readouterr().out.splitlines())
@@ -108,6 +111,41 @@ async def test_history_prints_attempts_and_steps_and_json_exactly_as_the_api(
     assert from_cli == from_api
     steps = from_cli["episodes"][-1]["attempts"][0]["steps"]
     assert steps[0]["output"].startswith("HTTP 502") and steps[0]["duration_seconds"] >= 0
+
+
+async def test_history_of_a_waiting_episode_says_what_held_it_and_why_it_waits(
+    tmp_path: Path, migrated_sqlite: str, aiohttp_client: Any, fake_bot: FakeBot
+) -> None:
+    # Paused through the console script, then an alert: the real engine parks its episode (nothing executed) and
+    # `history ID` says so, in the `waited:` record and as the reason it waits.
+    cfg = config_file(tmp_path, migrated_sqlite)
+    paused = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "pause")
+    assert paused.returncode == 0, paused.stderr
+    rule = {
+        "name": "reconnect",
+        "match": ['alertname="TradingBotBrokerDisconnected"'],
+        "steps": [{"action": "bot", "command": "reconnect"}],
+    }
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [rule])),
+        targets=bot_targets(fake_bot, tmp_path),
+    )
+    client = await aiohttp_client(create_app(config))
+    assert (await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)).status == 200
+    (episode,) = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+    episode = await wait_episode(client, episode["id"], lambda e: e["state"] == "waiting" and e["attempts"])
+    shown = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", str(episode["id"]))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert f"episode {episode['id']}: TradingBotBrokerDisconnected on bot-1  state waiting" in lines[0]
+    assert any(line.startswith("  next run     ") for line in lines), shown.stdout
+    waited = lines.index("  waited:")
+    assert lines[waited + 1].endswith("UTC  reconciler paused: re-checked on resume: nothing executed"), shown.stdout
+    assert "  attempts: none (nothing was executed)" in lines
+    assert lines[-1] == "  why it waits: reconciler paused: re-checked on resume"
+    assert fake_bot.commands() == []
 
 
 def test_pause_and_resume_switch_every_replica_and_resume_wakes_parked_episodes(
@@ -250,7 +288,7 @@ def test_reconciler_playbook_takes_a_packaged_name_or_a_file(tmp_path: Path, mig
     docker = app_for("docker")[keys.PLAYBOOK]
     restart = docker.match({"alertname": "TradingBotDown", "instance": "paper-bot:9101"})
     assert restart is not None and [s.action for s in restart.steps] == ["docker"]
-    assert restart.steps[0].params == {"container": "trading-ops-paper-bot"}
+    assert restart.steps[0].params == {}  # the bot's own container (bots[].container), never a label's
     assert "default.yml" in app_for("default")[keys.PLAYBOOK].source
     (tmp_path / "mine.yml").write_text(
         yaml.safe_dump({"rules": [{"name": "r", "match": ['alertname="A"'], "steps": [{"action": "notify"}]}]})
@@ -278,8 +316,14 @@ def test_a_wrong_playbook_is_one_config_error_and_exit_2(
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `trading-ops` console script a user runs (beside this Python), on this checkout's code."""
     return subprocess.run(
-        [sys.executable, "-m", "trading_ops", *args], check=False, capture_output=True, text=True, timeout=60
+        [str(CONSOLE_SCRIPT), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
 
 
@@ -440,10 +484,13 @@ def test_the_history_table_shows_the_reason_that_matters(tmp_path: Path, migrate
     attempt = ledger.start_attempt(episode["id"], "host-1:x")
     step = ledger.start_step(attempt, 0, "exec", "exec restart.sh", "safe", "bot-1", True)
     ledger.finish_step(step, "failure", "exit 1\nrestarting bot-1\nrestart.sh: unit bot-1.service not found")
+    step = ledger.start_step(attempt, 1, "exec", "exec notify.sh", "safe", "bot-1", True)
+    ledger.finish_step(step, "failure", "exit 2\none\ntwo\nnotify.sh: no route")
     table = run_cli("-c", config_file(tmp_path, migrated_sqlite), "reconciler", "history")
     assert table.returncode == 0, table.stderr
     assert "cooldown of rule broker-reconnect on bot-1 until 01:16:42" in table.stdout
-    assert "exit 1: restart.sh: unit bot-1.service not found (+1 lines)" in table.stdout
+    assert "exit 1: restart.sh: unit bot-1.service not found (+1 line)\n" in table.stdout
+    assert "exit 2: notify.sh: no route (+2 lines)\n" in table.stdout
     ledger.engine.dispose()
 
 

@@ -1,7 +1,8 @@
 """Every way an episode ends `escalated` posts its page to a real Alertmanager: none is lost.
 
-The paths (trading_ops/reconciler/engine.py): the rule's attempts used up (`_give_up`), a run that was interrupted
-with no attempt left (`_give_up` too), an internal error mid-run (`_internal_error`), the action budget spent
+The paths (trading_ops/reconciler/engine.py): the rule's attempts used up (`_give_up`), a destructive step refused
+because its rule does not allow_destructive (`_give_up` at once: no retry), a run that was interrupted with no
+attempt left (`_give_up` too), an internal error mid-run (`_internal_error`), the action budget spent
 (`_within_budget`, whether this run or another replica opened the circuit), and the circuit of the target, or the
 global one, already open (`run_episode`). Needs the `prometheus-alertmanager` binary (the fixture starts it)."""
 
@@ -105,6 +106,32 @@ async def test_attempts_used_up(
     assert episode["state"] == "escalated", episode
     held = await page(alertmanager, FAILED, instance, "TradingBotBrokerDisconnected")
     assert "bot command=reconnect" in held["annotations"]["description"]
+
+
+async def test_a_refused_destructive_step(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    # flatten is destructive and the rule does not allow_destructive: nothing is sent to the bot, no attempt is
+    # retried (a refusal would be refused again), and a human is paged with the reason.
+    instance = new_instance()
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        instance,
+        alertmanager_url=alertmanager.url,
+        rule={"max_attempts": 3, "steps": [{"action": "bot", "command": "flatten"}]},
+    )
+    await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
+    episode = await closed(client)
+    assert episode["state"] == "escalated" and "is destructive" in episode["detail"], episode
+    assert [a["outcome"] for a in episode["attempts"]] == ["failure"]
+    assert [s["outcome"] for s in episode["attempts"][0]["steps"]] == ["refused"]
+    held = await page(alertmanager, FAILED, instance, "TradingBotBrokerDisconnected")
+    description = held["annotations"]["description"]
+    assert "bot command=flatten is destructive and rule reconnect does not allow_destructive" in description
+    assert fake_bot.commands() == []
 
 
 @pytest.mark.parametrize("which", ["target", "global"])
@@ -235,3 +262,104 @@ async def test_an_internal_error(
     assert episode["state"] == "escalated", episode
     held = await page(alertmanager, FAILED, instance, "TradingBotBrokerDisconnected")
     assert "the ledger broke mid-step" in held["annotations"]["description"]
+
+
+# ---- protective rules are never refused by budgets or circuits (a loss limit must be enforced) ------------------
+PROTECTIVE = {
+    "allow_destructive": True,
+    "steps": [
+        {"action": "bot", "command": "pause"},
+        {"action": "bot", "command": "cancel_all"},
+        {"action": "bot", "command": "flatten"},
+    ],
+}
+
+
+@pytest.mark.parametrize("which", ["target", "global"])
+async def test_a_protective_rule_acts_with_the_circuit_open(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    which: str,
+) -> None:
+    # After failed restarts spent the target's budget and opened its circuit, a breached loss limit used to be
+    # refused ("circuit open"): the bot kept trading while losing.
+    instance = new_instance()
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        instance,
+        alertmanager_url=alertmanager.url,
+        rule=PROTECTIVE,
+    )
+    circuit = instance if which == "target" else GLOBAL_TARGET
+    assert client.app[keys.LEDGER].open_circuit(circuit, utcnow() + timedelta(hours=1))
+    loss = alert("TradingBotDailyLossBreached", instance=instance)
+    await client.post("/api/v1/alertmanager", json=payload(loss), headers=AUTH)
+    episode = await closed(client)
+    assert episode["state"] == "recovered", episode
+    assert fake_bot.commands() == ["pause", "cancel_all", "flatten"]
+
+
+async def test_a_protective_rule_acts_with_the_budget_spent_and_another_rule_does_not(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    instance = new_instance()
+    loss_rule = {**RULE, **PROTECTIVE, "name": "loss-limit", "match": ['alertname="TradingBotDailyLossBreached"']}
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [loss_rule, RULE])),
+        targets=bot_targets(fake_bot, tmp_path, instance),
+        alertmanager_url=alertmanager.url,
+        budgets={"max_actions_per_target_per_hour": 2},
+    )
+    client = await aiohttp_client(create_app(config))
+    for n in range(2):  # 3 actions each: the target's budget of 2 an hour would refuse even the first
+        loss = alert("TradingBotDailyLossBreached", fingerprint=f"loss{n}", instance=instance)
+        await client.post("/api/v1/alertmanager", json=payload(loss), headers=AUTH)
+        assert (await closed(client, index=n))["state"] == "recovered"
+    assert fake_bot.commands() == ["pause", "cancel_all", "flatten"] * 2
+    await client.post("/api/v1/alertmanager", json=payload(alert(fingerprint="other", instance=instance)), headers=AUTH)
+    episode = await closed(client, index=2)
+    assert episode["state"] == "escalated" and "action budget of" in episode["detail"], episode
+    assert fake_bot.commands() == ["pause", "cancel_all", "flatten"] * 2  # the reconnect was not sent
+
+
+# ---- on_recovery: what a rule undoes once the fault is over ----------------------------------------------------
+UNDO = {"on_recovery": [{"action": "bot", "command": "resume"}]}
+
+
+async def test_on_recovery_steps_run_after_the_verified_recovery(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    instance = new_instance()
+    client = await start(
+        aiohttp_client, tmp_path, migrated_sqlite, fake_bot, instance, alertmanager_url=alertmanager.url, rule=UNDO
+    )
+    await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
+    episode = await closed(client)
+    assert episode["state"] == "recovered", episode
+    assert fake_bot.commands() == ["reconnect", "resume"]
+    (attempt,) = episode["attempts"]
+    assert [s["outcome"] for s in attempt["steps"]] == ["success", "success"]
+
+
+async def test_on_recovery_steps_that_fail_page_a_human(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    # The fault is over, but what the rule did for its duration (bots in reduce_only) was not undone: a human must.
+    instance = new_instance()
+    fake_bot.status["resume"] = 409
+    client = await start(
+        aiohttp_client, tmp_path, migrated_sqlite, fake_bot, instance, alertmanager_url=alertmanager.url, rule=UNDO
+    )
+    await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
+    episode = await closed(client)
+    assert episode["state"] == "escalated" and "on_recovery" in episode["detail"], episode
+    held = await page(alertmanager, FAILED, instance, "TradingBotBrokerDisconnected")
+    assert "the steps that undo what the rule did failed" in held["annotations"]["description"]

@@ -97,6 +97,10 @@ async def test_body_over_the_limit_is_413(client: Any, migrated_sqlite: str) -> 
     resp = await client.post("/api/v1/alertmanager", data=chunks(), headers=AUTH)
     assert resp.status == 413
     assert counts(migrated_sqlite)[0] == 0
+    # Alertmanager does not resend after a 4xx: each refusal is counted, under its reason, for the alert on it.
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tradingops_notifications_rejected_total{reason="too_large"} 2.0' in metrics
+    assert 'tradingops_notifications_rejected_total{reason="invalid_json"} 0.0' in metrics
 
 
 @pytest.mark.parametrize(

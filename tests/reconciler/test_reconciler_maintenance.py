@@ -128,7 +128,7 @@ async def test_the_refresh_runs_on_its_own_and_keeps_the_last_state_when_alertma
             assert time.monotonic() < end, "the maintenance state was never refreshed"
             await asyncio.sleep(0.05)
         watcher = client.app[keys.MAINTENANCE]
-        watcher.alertmanager.base_url = "http://127.0.0.1:9"  # Alertmanager goes away
+        watcher.alertmanager.base_urls = ["http://127.0.0.1:9"]  # Alertmanager goes away
         with pytest.raises(Exception, match="127.0.0.1:9"):
             await watcher.refresh()
         assert registry.get_sample_value("tradingops_maintenance_active") == 1  # unknown is not "over"

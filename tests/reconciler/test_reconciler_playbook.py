@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import trading_ops
+from trading_ops.config import TargetConfig
 from trading_ops.reconciler.actions.base import TEMPLATE_RE
 from trading_ops.reconciler.playbook import (
     PACKAGED_PLAYBOOKS,
@@ -157,7 +158,7 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
         "TradingBotMarketDataStale": ("market-data-resubscribe", ["bot"]),
         "TradingBotPositionMismatch": ("position-reconcile", ["bot"]),
         "TradingBotDailyLossBreached": ("loss-limit-flatten", ["bot", "bot", "bot"]),
-        "TradingBotHeartbeatStale": ("bot-restart", ["systemd"]),
+        "TradingBotHeartbeatStale": ("bot-loop-restart", ["systemd"]),
         "TradingBotReconciliationStale": ("position-reconcile", ["bot"]),
         "TradingBotReconciliationFailing": ("reconciliation-retry", ["bot"]),
         "TradingBotDown": ("bot-restart", ["systemd"]),
@@ -171,10 +172,12 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
     flatten = pb.match({"alertname": "TradingBotDailyLossBreached"})
     assert flatten is not None and flatten.allow_destructive
     assert pb.match({"alertname": "Watchdog"}) is None
-    # The unit the package ships (trading_ops/paper/systemd/), not a name nothing installs.
+    # The bot's own unit (bots[].unit), never a unit an alert's label names; the paper bot's default is the unit the
+    # package ships (trading_ops/paper/systemd/), not a name nothing installs.
     restart = pb.match({"alertname": "TradingBotDown"})
-    assert restart is not None and restart.steps[0].params == {"unit": "trading-ops-paper-bot.service"}
-    assert (Path(trading_ops.__file__).parent / "paper" / "systemd" / "trading-ops-paper-bot.service").exists()
+    assert restart is not None and restart.steps[0].params == {}
+    assert TargetConfig().unit == "trading-ops-paper-bot.service"
+    assert (Path(trading_ops.__file__).parent / "paper" / "systemd" / TargetConfig().unit).exists()
 
 
 def test_the_default_playbook_does_not_debounce_twice() -> None:
@@ -182,7 +185,8 @@ def test_the_default_playbook_does_not_debounce_twice() -> None:
     # a wait_for on top only delays the recovery. bot-restart keeps one, to let systemd's own restart act first.
     pb = load_playbook(None)
     waits = {r.name: r.wait_for for r in pb.rules}
-    assert waits["broker-reconnect"] == 0 and waits["memory-leak-restart"] == 0 and waits["bot-restart"] == 10
+    assert waits["broker-reconnect"] == 0 and waits["memory-leak-restart"] == 0
+    assert waits["bot-restart"] == waits["bot-loop-restart"] == 10
     rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "tradingbot-availability.yml").read_text())
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"] if "alert" in r}
     assert alerts["TradingBotBrokerDisconnected"]["for"] == "10s"
@@ -203,9 +207,14 @@ def test_the_docker_playbook_has_the_default_rules_with_container_restarts() -> 
         ), ours.name
         for a, b in zip(ours.steps, theirs.steps, strict=True):
             if a.action == "systemd":
-                # The paper bot's unit is its container; freqtrade.service is the container freqtrade.
-                container = "freqtrade" if a.params["unit"] == "freqtrade.service" else "trading-ops-paper-bot"
-                assert (b.action, b.params) == ("docker", {"container": container})
+                # The bot's own unit is its own container; freqtrade.service is the container freqtrade, and its
+                # sidecar's unit the sidecar's container.
+                container = {
+                    "freqtrade.service": "freqtrade",
+                    "trading-ops-freqtrade.service": "trading-ops-freqtrade-sidecar",
+                }.get(a.params.get("unit", ""))
+                expected = {"container": container} if container else {}
+                assert (b.action, b.params, b.timeout) == ("docker", expected, a.timeout)
             else:
                 assert a == b
     assert any(s.action == "docker" for r in docker.rules for s in r.steps)
@@ -261,3 +270,12 @@ def test_a_duration_past_a_century_is_a_config_error() -> None:
     }
     with pytest.raises(PlaybookError, match=r"rules\[0\]\.wait_for: 200y is longer than the 100 years"):
         parse_playbook({"rules": [rule]})
+
+
+def test_on_recovery_steps_are_steps_checked_like_the_others() -> None:
+    rule = {**RULE, "on_recovery": [{"action": "bot", "command": "resume"}]}
+    assert [s.describe() for s in parse_playbook({"rules": [rule]}).rules[0].on_recovery] == ["bot command=resume"]
+    with pytest.raises(PlaybookError, match=r"on_recovery\[0\].command: unknown bot command"):
+        parse_playbook({"rules": [{**RULE, "on_recovery": [{"action": "bot", "command": "explode"}]}]})
+    with pytest.raises(PlaybookError, match="on_recovery: expected a list of steps"):
+        parse_playbook({"rules": [{**RULE, "on_recovery": "resume"}]})

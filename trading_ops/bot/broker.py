@@ -157,12 +157,19 @@ class Quote:
 
 @dataclass
 class BrokerEvents:
-    """Callbacks the broker calls as the venue reports events (what a user-data stream delivers)."""
+    """Callbacks the broker calls as the venue reports events (what a user-data stream delivers).
+
+    `on_venue_error(error_class)` is told of every venue error the broker handles itself and never raises to a
+    caller: a nonce refusal it retried, a submit whose lost answer it resolved, a background poll that failed, a
+    stream that dropped. An error raised to the caller is the caller's to count, so each error is counted once
+    (the runtime wires it to `tradingbot_venue_errors_total`).
+    """
 
     on_order: Callable[[VenueOrder], Awaitable[None]] | None = None
     on_fill: Callable[[VenueFill], Awaitable[None]] | None = None
     on_quote: Callable[[Quote], Awaitable[None]] | None = None
     on_connection: Callable[[Channel, bool], Awaitable[None]] | None = None
+    on_venue_error: Callable[[str], None] | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -173,7 +180,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def connect(self, events: BrokerEvents) -> None:
-        """Open the order and market-data channels and start delivering events."""
+        """Open the order and market-data channels and start delivering events (BrokerEvents says which)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Process and host collectors of a bot: disk, file descriptors, threads, memory limit, event-loop lag."""
+"""Process and host collectors of a bot: disk, data directory, file descriptors, threads, memory, budgets, lag."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from trading_ops.bot.data_dir_size import DataDirSize
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -91,16 +92,26 @@ class ResourceCollector(Collector):
         errors: Counter,
         lag: EventLoopLagMonitor | None = None,
         memory_limit: int = 0,
+        *,
+        data_dir_size: DataDirSize | None = None,
+        memory_budget: int = 0,
+        data_dir_budget: int = 0,
     ) -> None:
+        """`data_dir_size` is measured elsewhere (off the event loop); the collector only reads its latest value.
+        A budget of 0 is not set and not exported: the alerts then judge against the machine."""
         self._data_dir = Path(data_dir)
         self._errors = errors
         self._lag = lag
         self._memory_limit = memory_limit
+        self._data_dir_size = data_dir_size
+        self._memory_budget = memory_budget
+        self._data_dir_budget = data_dir_budget
         self._process = psutil.Process()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         for name, probe in (
             ("disk", self._disk),
+            ("data_dir", self._data_dir_families),
             ("process", self._process_families),
             ("memory", self._memory),
             ("event_loop", self._event_loop),
@@ -122,6 +133,26 @@ class ResourceCollector(Collector):
             f"{PREFIX}_disk_total_bytes", "Size in bytes of the filesystem of the bot's data directory.", usage.total
         )
 
+    def _data_dir_families(self) -> Iterator[GaugeMetricFamily]:
+        if self._data_dir_budget > 0:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_data_dir_budget_bytes",
+                "Disk space the bot's data directory may take (bot.resources.data_dir_budget_bytes).",
+                self._data_dir_budget,
+            )
+        size = self._data_dir_size
+        if size is None:
+            return
+        if size.error is not None:
+            raise OSError(size.error)
+        if size.bytes is not None:  # None: not measured yet (the first walk runs at start)
+            yield GaugeMetricFamily(
+                f"{PREFIX}_data_dir_bytes",
+                "Disk space taken by the bot's data directory and everything under it as du counts it (a backup "
+                "catalog kept there excepted).",
+                size.bytes,
+            )
+
     def _process_families(self) -> Iterator[GaugeMetricFamily]:
         with self._process.oneshot():
             fds = self._process.num_fds()
@@ -139,6 +170,12 @@ class ResourceCollector(Collector):
             "Memory the bot may use: the configured limit, the cgroup limit, or the machine's memory.",
             memory_limit_bytes(self._memory_limit),
         )
+        if self._memory_budget > 0:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_memory_budget_bytes",
+                "Resident memory the bot should stay within (bot.resources.memory_budget_bytes).",
+                self._memory_budget,
+            )
 
     def _event_loop(self) -> Iterator[GaugeMetricFamily]:
         if self._lag is None:

@@ -17,6 +17,29 @@ STATE_COMMANDS = ("pause", "resume", "reduce_only", "flatten", "halt", "clear_ha
 # Commands every bot is expected to offer (DESIGN.md); a bot registers the non-state ones.
 REQUIRED_COMMANDS = (*STATE_COMMANDS, "cancel_all", "reconnect", "resubscribe", "reconcile", "status")
 
+# Who a command came from: the `source` label of tradingbot_control_commands_total, so a board can say who paused or
+# halted a bot. Callers of the control API name themselves in SOURCE_HEADER (the reconciler's `bot` steps, the
+# maintenance windows); a request without it (curl, `trading-ops chaos`) is a person's. The bot's own risk limits
+# change its state in process. A request without a valid token is counted as unauthenticated, whatever it claims.
+SOURCE_HEADER = "X-Trading-Ops-Source"
+SOURCE_OPERATOR = "operator"
+SOURCE_RECONCILER = "reconciler"
+SOURCE_MAINTENANCE = "maintenance"
+SOURCE_RISK = "risk"
+SOURCE_UNAUTHENTICATED = "unauthenticated"
+# What SOURCE_HEADER may say; anything else is counted as an operator's (the label set stays bounded).
+HEADER_SOURCES = (SOURCE_OPERATOR, SOURCE_RECONCILER, SOURCE_MAINTENANCE)
+# The sources whose state commands are exported at 0 from the start (a refused, unauthenticated one is not news).
+COUNTED_SOURCES = (*HEADER_SOURCES, SOURCE_RISK)
+
+
+def command_source(header: str | None, authenticated: bool) -> str:
+    """The `source` label of a control API request, from its SOURCE_HEADER."""
+    if not authenticated:
+        return SOURCE_UNAUTHENTICATED
+    value = (header or "").strip().lower()
+    return value if value in HEADER_SOURCES else SOURCE_OPERATOR
+
 
 class CommandError(Exception):
     """A command that cannot be carried out as asked (bad arguments, nothing to do); the API answers 400."""
@@ -28,6 +51,7 @@ class ControlPlane:
     def __init__(self, state: StateMachine, metrics: BotMetrics) -> None:
         self.state = state
         self.metrics = metrics
+        metrics.control_commands_known(STATE_COMMANDS, COUNTED_SOURCES)
         self._handlers: dict[str, CommandHandler] = {}
         self._on_transition: list[Callable[[str, TradingState, TradingState], Awaitable[None]]] = []
         for command in STATE_COMMANDS:

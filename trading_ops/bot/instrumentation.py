@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from trading_ops.bot.collectors import EventLoopLagMonitor, ResourceCollector, register_process_collectors
 from trading_ops.bot.control import ControlPlane
+from trading_ops.bot.data_dir_size import DataDirSize
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.server import create_app
 from trading_ops.bot.state import StateMachine, TradingState
@@ -41,6 +42,10 @@ class Instrumentation:
       5 ms per wake-up; 0.5 ms bounds what a scrape costs it. `stop()` restores the previous interval.
     - `disable_created_series=True`: prometheus_client's `disable_created_metrics()`, for every registry in
       the process (see BotMetrics).
+
+    `data_dir`: the bot's data directory. Its filesystem is exported, and its size is measured from `start()` in a
+    worker thread (at most once a second, under 5 % of the time) for the disk alerts and `data_dir_budget`.
+    Without it, the working directory's filesystem is exported and nothing is walked.
     """
 
     def __init__(
@@ -50,10 +55,13 @@ class Instrumentation:
         token: str,
         strategy: str = "default",
         registry: CollectorRegistry | None = None,
-        data_dir: str | Path = ".",
+        data_dir: str | Path | None = None,
         cardinality_limit: int = 200,
         heartbeat_timeout: float = 15.0,
         memory_limit: int = 0,
+        memory_budget: int = 0,
+        data_dir_budget: int = 0,
+        data_dir_exclude: Sequence[str | Path] = (),
         lag_interval: float = 0.25,
         daily_loss_limit: float | None = None,
         initial_state: TradingState = TradingState.ACTIVE,
@@ -78,12 +86,25 @@ class Instrumentation:
         self.control = ControlPlane(self.state, self.metrics)
         self.heartbeat_timeout = heartbeat_timeout
         self.lag = EventLoopLagMonitor(lag_interval)
+        # Walked in a worker thread at a bounded rate from start(); a scrape only reads the latest size. Only a data
+        # directory the bot names is walked (never a working directory that happens to be the default).
+        self.data_dir_size = DataDirSize(data_dir, data_dir_exclude) if data_dir is not None else None
         self._readiness: dict[str, ReadinessCheck] = {}
         self._started = time.monotonic()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         register_process_collectors(self.registry)
-        self.registry.register(ResourceCollector(data_dir, self.metrics.collector_errors, self.lag, memory_limit))
+        self.registry.register(
+            ResourceCollector(
+                data_dir if data_dir is not None else ".",
+                self.metrics.collector_errors,
+                self.lag,
+                memory_limit,
+                data_dir_size=self.data_dir_size,
+                memory_budget=memory_budget,
+                data_dir_budget=data_dir_budget,
+            )
+        )
         self.registry.register(_ReadyCollector(self))
 
     # -- health ---------------------------------------------------------------------------------------
@@ -123,12 +144,15 @@ class Instrumentation:
         return create_app(self)
 
     async def start(self, host: str = "127.0.0.1", port: int = 9101) -> int:
-        """Start the event-loop lag monitor and the HTTP server (loopback by default); returns the bound port."""
+        """Start the event-loop lag monitor, the data directory's measurement and the HTTP server (loopback by
+        default); returns the bound port."""
         if self._tune_switch_interval and sys.getswitchinterval() > GIL_SWITCH_INTERVAL_SECONDS:
             # Opted in (see the class docstring): bound how long the /metrics thread holds the event loop.
             self._previous_switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
         self.lag.start()
+        if self.data_dir_size is not None:
+            self.data_dir_size.start()
         self._runner = web.AppRunner(self.create_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -141,6 +165,8 @@ class Instrumentation:
 
     async def stop(self) -> None:
         await self.lag.stop()
+        if self.data_dir_size is not None:
+            await self.data_dir_size.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

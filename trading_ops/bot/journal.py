@@ -60,7 +60,7 @@ class Journal:
         self.engine = engine
         self.bot = bot
         self.venue = venue
-        self._sessions = make_sessionmaker(engine)
+        self._sessions = make_sessionmaker(engine, immediate=True)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:

@@ -328,7 +328,13 @@ class BotMetrics:
         ).observe
 
         # Control API.
-        self._commands = Counter(f"{PREFIX}_control_commands", "Control commands received.", ["command"], registry=r)
+        self._commands = Counter(
+            f"{PREFIX}_control_commands",
+            "Control commands received by the control API, and state changes the bot's risk limits made, by who "
+            "asked (source: operator, reconciler, maintenance, risk, unauthenticated).",
+            ["command", "source"],
+            registry=r,
+        )
         self._command_failures = Counter(
             f"{PREFIX}_control_command_failures",
             "Control commands that were not carried out, by reason.",
@@ -525,8 +531,16 @@ class BotMetrics:
         return None if last is None else self._monotonic() - last
 
     # -- control API --------------------------------------------------------------------------------------
-    def control_command(self, command: str) -> None:
-        self._commands.labels(command).inc()
+    def control_commands_known(self, commands: tuple[str, ...], sources: tuple[str, ...]) -> None:
+        """Export these commands' counters at 0 for each source from the start: increase() over a series that
+        appears at 1 is 0, so the first pause or halt would be missing from the boards."""
+        for command in commands:
+            for source in sources:
+                self._commands.labels(command, source)
+
+    def control_command(self, command: str, source: str) -> None:
+        """A control command asked for, and by whom (one of trading_ops.bot.control's SOURCE_* values)."""
+        self._commands.labels(command, source).inc()
 
     def control_failure(self, command: str, reason: str) -> None:
         self._command_failures.labels(command, reason).inc()

@@ -64,7 +64,7 @@ class RecoveryStore:
     def __init__(self, engine: Engine, bot: str, venue: str) -> None:
         self.bot = bot
         self.venue = venue
-        self._sessions = make_sessionmaker(engine)
+        self._sessions = make_sessionmaker(engine, immediate=True)
 
     # -- runs and heartbeats --------------------------------------------------------------------------
     def last_run(self) -> RunRecord | None:

@@ -13,6 +13,7 @@ from typing import Protocol
 from prometheus_client import Counter, Gauge
 
 from trading_ops.bot.broker import OrderRequest
+from trading_ops.bot.control import SOURCE_RISK
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.state import StateMachine, TradingState
 
@@ -104,6 +105,7 @@ class RiskEngine:
     ) -> None:
         self.limits = limits
         self.state = state
+        self.metrics = metrics
         self.on_halt = on_halt
         self.clock = monotonic  # replaceable: a test drives the order-rate windows
         self._sent: dict[str, deque[float]] = {name: deque() for name in RATE_WINDOWS}
@@ -202,11 +204,13 @@ class RiskEngine:
         if action == HALT:
             if state is not TradingState.HALTED:
                 self.state.apply("halt", reason=reason)
+                self.metrics.control_command("halt", SOURCE_RISK)
                 log.error("halted: %s", reason)
                 if self.on_halt is not None:
                     self.on_halt(reason)
         elif self.state.can("reduce_only") and state is not TradingState.REDUCE_ONLY:
             self.state.apply("reduce_only", reason=reason)
+            self.metrics.control_command("reduce_only", SOURCE_RISK)
             log.error("reduce-only: %s", reason)
         else:
             log.warning("order refused by %s (state stays %s)", reason, state.value)

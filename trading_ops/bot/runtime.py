@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import Broker, BrokerEvents, Channel
 from trading_ops.bot.commands import register_commands
+from trading_ops.bot.control import SOURCE_RISK
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.gate import OrderGate
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
@@ -58,10 +59,12 @@ def control_token(config: Config) -> str:
     return token
 
 
-def risk_limits(config: Config) -> RiskLimits:
+def risk_limits(config: Config, daily_loss_default: float = 0.0) -> RiskLimits:
+    """The limits of `bot.risk`. An unset daily loss limit is `daily_loss_default`: no limit (0) for a bot on the
+    runtime; the paper bot passes `paper.daily_loss_limit`, where its limit used to live."""
     r = config.bot.risk
     return RiskLimits(
-        daily_loss=config.paper.daily_loss_limit if r.daily_loss_limit is None else r.daily_loss_limit,
+        daily_loss=daily_loss_default if r.daily_loss_limit is None else r.daily_loss_limit,
         max_position_notional=r.max_position_notional,
         max_open_orders=r.max_open_orders,
         max_order_notional=r.max_order_notional,
@@ -97,18 +100,20 @@ class BotRuntime:
         *,
         symbols: Sequence[str],
         quote_asset: str = "USD",
-        loop_interval: float = 0.5,
+        loop_interval: float | None = None,
         token: str | None = None,
         registry: CollectorRegistry | None = None,
         engine: Any = None,
         venue_task: Callable[[], Coroutine[Any, Any, None]] | None = None,
         confirm_delay_seconds: float = CONFIRM_DELAY_SECONDS,
         own_process: bool = False,
+        limits: RiskLimits | None = None,
     ) -> None:
         """`broker` may be a factory, called once this process holds the bot's single-instance lock (a broker
         that reads state of its own, as the paper venue does). `venue_task` runs beside the bot until it
         disconnects (a simulated venue's clock). `own_process`: the bot owns its process, so the library may
-        tune process-wide settings (see Instrumentation)."""
+        tune process-wide settings (see Instrumentation). `limits`: the risk limits, by default `bot.risk`'s;
+        `loop_interval`: the strategy's period, by default `bot.loop_interval_seconds`."""
         self.config = config
         bot = config.bot
         token = token if token is not None else control_token(config)
@@ -116,7 +121,7 @@ class BotRuntime:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
         self.symbols = list(symbols)
         self.quote_asset = quote_asset
-        self.loop_interval = loop_interval
+        self.loop_interval = bot.loop_interval_seconds if loop_interval is None else loop_interval
         self.strategy = strategy
         self._venue_task = venue_task
         self.data_dir = config.path(bot.data_dir)
@@ -136,7 +141,7 @@ class BotRuntime:
                 self.engine.dispose()
             raise
         try:
-            self._set_up(config, token, broker, registry, confirm_delay_seconds, own_process)
+            self._set_up(config, token, broker, registry, confirm_delay_seconds, own_process, limits)
         except BaseException:
             self.instance_lock.release()
             raise
@@ -149,6 +154,7 @@ class BotRuntime:
         registry: CollectorRegistry | None,
         confirm_delay_seconds: float,
         own_process: bool,
+        limits: RiskLimits | None,
     ) -> None:
         bot = config.bot
         self.inst = Instrumentation(
@@ -160,6 +166,11 @@ class BotRuntime:
             cardinality_limit=bot.cardinality_limit,
             heartbeat_timeout=bot.heartbeat_timeout_seconds,
             memory_limit=bot.memory_limit_bytes,
+            memory_budget=bot.resources.memory_budget_bytes,
+            data_dir_budget=bot.resources.data_dir_budget_bytes,
+            # A backup catalog kept in the data directory (the default layout of `make run`) has its own retention
+            # and metrics; the bot's budget is for what the bot writes.
+            data_dir_exclude=[config.path(config.backup.directory)],
             lag_interval=bot.event_loop_lag_interval_seconds,
             # A bot that is a whole process of its own may tune process-wide settings: a 0.5 ms GIL switch
             # interval keeps a scrape from stalling the event loop, and no `_created` series.
@@ -170,7 +181,10 @@ class BotRuntime:
         self.broker: Broker = broker if isinstance(broker, Broker) or not callable(broker) else broker()
         self.journal = Journal(self.engine, bot.name, bot.venue)
         self.trade_lock = TradeLock()
-        self.risk = RiskEngine(risk_limits(config), self.inst.state, self.metrics, on_halt=self._halted_by_risk)
+        limits = risk_limits(config) if limits is None else limits
+        if not limits.daily_loss:
+            log.warning("bot %s trades without a daily loss limit: set bot.risk.daily_loss_limit", bot.name)
+        self.risk = RiskEngine(limits, self.inst.state, self.metrics, on_halt=self._halted_by_risk)
         self.gate = OrderGate(self.inst.state, self.metrics, self.risk, self.market_data_stale)
         self.order_engine = OrderEngine(
             self.broker,
@@ -374,7 +388,11 @@ class BotRuntime:
         bound = await self.inst.start(host, port)
         oe = self.order_engine
         events = BrokerEvents(
-            on_order=oe.on_order, on_fill=oe.on_fill, on_quote=oe.on_quote, on_connection=self.schedule.on_connection
+            on_order=oe.on_order,
+            on_fill=oe.on_fill,
+            on_quote=oe.on_quote,
+            on_connection=self.schedule.on_connection,
+            on_venue_error=self.metrics.venue_error,  # what the broker handled itself (retried, resolved, polled)
         )
         await self.broker.connect(events)
         # Before the venue ticks on and before the loop may trade: the journal must agree with the venue.
@@ -414,6 +432,7 @@ class BotRuntime:
             and str(last.get("reason", "")).startswith(HALT_REASON_PREFIX)
         ):
             self.inst.state.apply("halt", reason=str(last["reason"]))
+            self.metrics.control_command("halt", SOURCE_RISK)
             self.kill_switch.sweep_after_step = True
             log.error("still halted by the loss limit (%s): clear_halt needs an operator", last["reason"])
 
@@ -610,6 +629,8 @@ class BotRuntime:
     # -- what other parts call ------------------------------------------------------------------------
     async def halt(self, reason: str) -> None:
         """The kill switch, engaged by the bot itself (a reconciliation's halt policy)."""
+        if self.inst.state.state is not TradingState.HALTED:
+            self.metrics.control_command("halt", SOURCE_RISK)
         await self.kill_switch.halt(reason)
 
     def _lost_reply(self) -> None:

@@ -166,8 +166,7 @@ class ReconciliationSchedule:
                 if self.gate.trading_allowed and not self.gate.reconnect_pending:
                     log.warning("orders channel down: no order that adds risk until a reconciliation after it is back")
                 self.gate.reconnect_pending = True
-        if not connected:
-            self.metrics.venue_error("network")
+        if not connected:  # the error that dropped it is the broker's to report (raised, or on_venue_error)
             log.warning("broker channel %s disconnected", channel.value)
         else:
             log.info("broker channel %s connected", channel.value)

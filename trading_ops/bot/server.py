@@ -14,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from trading_ops.bearer import bearer_matches
 from trading_ops.bot.broker import BrokerError
-from trading_ops.bot.control import CommandError
+from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR, CommandError, command_source
 from trading_ops.bot.keys import INSTRUMENTATION
+from trading_ops.bot.metrics import BotMetrics
 from trading_ops.bot.state import TransitionRefused
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,16 @@ async def control_handler(request: web.Request) -> web.Response:
     known = inst.control.has(command)
     label = command if known else UNKNOWN_COMMAND_LABEL
     peer = request.remote or "-"
-    inst.metrics.control_command(label)
+    authenticated = bearer_matches(request.headers.get("Authorization"), inst.token)
+    source = command_source(request.headers.get(SOURCE_HEADER), authenticated)
+    _count_command(inst.metrics, label, source)
     started = time.monotonic()
-    if not bearer_matches(request.headers.get("Authorization"), inst.token):
+    if not authenticated:
         inst.metrics.control_failure(label, "unauthorized")
         log.warning("control %s from %s refused: missing or wrong bearer token", label, peer)
         return _error(401, "missing or wrong bearer token")
+    if source != SOURCE_OPERATOR:
+        peer = f"{peer} ({source})"
     if not known:
         inst.metrics.control_failure(label, "unknown_command")
         log.warning("control from %s: unknown command %r", peer, command[:64])
@@ -123,6 +128,16 @@ async def control_handler(request: web.Request) -> web.Response:
         json.dumps(result, default=str)[:300],
     )
     return web.json_response({"ok": True, "command": command, **result}, dumps=_dumps)
+
+
+def _count_command(metrics: Any, command: str, source: str) -> None:
+    """tradingbot_control_commands_total{command, source}. The freqtrade sidecar serves this app with metrics of its
+    own (trading_ops.integrations.freqtrade.control.ControlMetrics) that count by command alone until they have
+    the `source` label too."""
+    if isinstance(metrics, BotMetrics):
+        metrics.control_command(command, source)
+    else:
+        metrics.control_command(command)
 
 
 def _dumps(obj: Any) -> str:

@@ -1,9 +1,14 @@
-"""A small client of Alertmanager's API v2: post and look up alerts, create, list and expire silences."""
+"""A small client of Alertmanager's API v2: post and look up alerts, create, list and expire silences.
+
+Given the members of a clustered Alertmanager, it posts alerts to every member (as Prometheus does: each one pages
+through its own routing, and the cluster deduplicates) and reads from the first member that answers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -20,28 +25,58 @@ FILTER_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 class AlertmanagerError(Exception):
-    """Alertmanager answered with an error or could not be reached."""
+    """Alertmanager answered with an error (`status`) or could not be reached (`status` None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AlertmanagerClient:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str | Sequence[str]) -> None:
         self.session = session
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("an Alertmanager URL is needed")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]
 
     async def _request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
-        url = f"{self.base_url}/api/v2/{path}"
+        """The answer of the first member that gives one (a member that does not answer, or answers 5xx, is
+        skipped); AlertmanagerError naming every member's problem when none does."""
+        problems: list[AlertmanagerError] = []
+        for base in self.base_urls:
+            try:
+                return await self._request_one(base, method, path, json, params)
+            except AlertmanagerError as exc:
+                problems.append(exc)
+                if exc.status is not None and exc.status < 500:
+                    raise  # a refusal (a bad silence, an unknown id) is the same on every member
+        raise AlertmanagerError("; ".join(str(p) for p in problems))
+
+    async def _request_one(self, base: str, method: str, path: str, json: Any, params: Any) -> Any:
+        url = f"{base}/api/v2/{path}"
         try:
             async with self.session.request(method, url, json=json, params=params, timeout=TIMEOUT) as resp:
                 text = await resp.text()
                 if resp.status >= 300:
-                    raise AlertmanagerError(f"{method} {url}: HTTP {resp.status}: {text[:200]}")
+                    raise AlertmanagerError(f"{method} {url}: HTTP {resp.status}: {text[:200]}", resp.status)
                 return await resp.json(content_type=None) if text else None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AlertmanagerError(f"{method} {url}: {exc or type(exc).__name__}") from exc
 
     async def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        """POST /api/v2/alerts: each alert has labels, annotations and optional startsAt/endsAt/generatorURL."""
-        await self._request("POST", "alerts", alerts)
+        """POST /api/v2/alerts to every member (each alert has labels, annotations and optional startsAt, endsAt,
+        generatorURL); AlertmanagerError only when no member took them."""
+        results = await asyncio.gather(
+            *(self._request_one(base, "POST", "alerts", alerts, None) for base in self.base_urls),
+            return_exceptions=True,
+        )
+        problems = [r for r in results if isinstance(r, BaseException)]
+        if len(problems) == len(results):
+            raise AlertmanagerError("; ".join(str(p) for p in problems))
+        for problem in problems:
+            log.warning("an Alertmanager member did not take the alerts (the others did): %s", problem)
 
     async def create_silence(
         self, matchers: dict[str, str], starts_at: datetime, ends_at: datetime, created_by: str, comment: str

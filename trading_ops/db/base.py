@@ -74,6 +74,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The execution option that makes an SQLite engine's transactions BEGIN IMMEDIATE (see make_sessionmaker).
+IMMEDIATE_OPTION = "trading_ops_sqlite_immediate"
+
+
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
     """An engine for `url`; SQLite gets WAL mode, a busy timeout and foreign keys, and its folder made."""
     parsed = make_url(url)
@@ -97,10 +101,15 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("immediate") else "BEGIN")
+        immediate = conn.info.get("immediate") or conn.get_execution_options().get(IMMEDIATE_OPTION)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, *, immediate: bool = False) -> sessionmaker[Any]:
+    """Sessions on `engine`; with `immediate`, each transaction takes SQLite's write lock at BEGIN, so a
+    read-then-write transaction waits for another writer (busy timeout) instead of failing with "database is
+    locked" when that writer commits first (a deferred transaction cannot upgrade past a newer commit)."""
+    bind = engine.execution_options(**{IMMEDIATE_OPTION: True}) if immediate else engine
+    return sessionmaker(bind, expire_on_commit=False)

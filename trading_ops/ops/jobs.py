@@ -25,21 +25,26 @@ class JobSpec:
     run: JobFunc
     catch_up_within: Callable[[Config], float | None] = lambda config: None
     last_success_metric: str = ""
+    catch_up_slots: int = 1
 
 
-# One line per task: its name, where its cron and time zone are configured, and an async job(config, registry).
-# A missed slot runs once when the scheduler starts (only the latest one of each task).
+# One line per task: its name, where its cron and time zone are configured, and an async job(config, registry,
+# slot). After downtime the latest missed slot of each task runs once; the daily summary sends every missed day
+# (at most report.CATCH_UP_DAYS), oldest first, each once: a desk reads each day's figures, not only yesterday's.
 JOBS: tuple[JobSpec, ...] = (
     JobSpec(
         "daily_summary",
         lambda c: (report.cron_of(c.report), c.report.time_zone) if c.report.enabled else None,
         report.run_daily_summary,
         last_success_metric=DAILY_SUMMARY_METRIC,
+        catch_up_slots=report.CATCH_UP_DAYS,
     ),
     JobSpec("maintenance_housekeeping", lambda c: (HOUSEKEEPING_CRON, "UTC"), maintenance.housekeeping),
     # Backups and upkeep export their own metrics from their records on disk (trading_ops.ops.state_metrics).
-    JobSpec("backup", lambda c: (c.backup.schedule, c.backup.time_zone), lambda c, r: backup.run_scheduled_backup(c)),
-    JobSpec("upkeep", lambda c: (c.upkeep.schedule, c.upkeep.time_zone), lambda c, r: upkeep.run_upkeep(c)),
+    JobSpec(
+        "backup", lambda c: (c.backup.schedule, c.backup.time_zone), lambda c, r, s: backup.run_scheduled_backup(c)
+    ),
+    JobSpec("upkeep", lambda c: (c.upkeep.schedule, c.upkeep.time_zone), lambda c, r, s: upkeep.run_upkeep(c)),
 )
 
 
@@ -58,6 +63,7 @@ def configured_jobs(config: Config) -> list[Job]:
                 spec.run,
                 catch_up_within=spec.catch_up_within(config),
                 last_success_metric=spec.last_success_metric,
+                catch_up_slots=spec.catch_up_slots,
             )
         )
     for name, window in sorted(config.maintenance.windows.items()):

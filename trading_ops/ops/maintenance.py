@@ -6,15 +6,15 @@ import asyncio
 import json
 import logging
 import re
-import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
+from trading_ops.bot.control import SOURCE_HEADER, SOURCE_MAINTENANCE
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError, silence_matches
 from trading_ops.config import Config, resolve_secret
 from trading_ops.db.base import make_engine, make_sessionmaker, utcnow
@@ -78,41 +78,15 @@ class Outcome:
     done: list[str] = field(default_factory=list)
 
 
-class MaintenanceMetrics:
-    """Recorded windows not yet closed (bots still paused or window still open), refreshed by housekeeping."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.open = Gauge(
-            "tradingops_maintenance_windows_open",
-            "Maintenance windows recorded by `trading-ops maintenance` that are not closed yet.",
-            registry=registry,
-        )
-        self.end = Gauge(
-            "tradingops_maintenance_window_recorded_end_timestamp_seconds",
-            "When the latest-ending recorded maintenance window not closed yet ends (0 when there is none).",
-            registry=registry,
-        )
-
-
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, MaintenanceMetrics] = weakref.WeakKeyDictionary()
-
-
-def metrics_for(registry: CollectorRegistry) -> MaintenanceMetrics:
-    """The maintenance gauges of `registry`, registered the first time (a scheduled job runs many times)."""
-    if registry not in _METRICS:
-        _METRICS[registry] = MaintenanceMetrics(registry)
-    return _METRICS[registry]
-
-
 class Maintenance:
     """Opens, ends, lists and closes maintenance windows against the database, Alertmanager and the bots."""
 
     def __init__(self, config: Config, engine: Engine, session: aiohttp.ClientSession) -> None:
         self.config = config
         self.engine = engine
-        self.sessions = make_sessionmaker(engine)
+        self.sessions = make_sessionmaker(engine, immediate=True)
         self.session = session
-        self.alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_url)
+        self.alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
 
     # ---- database ------------------------------------------------------------------------------------
 
@@ -177,9 +151,10 @@ class Maintenance:
         token = resolve_secret(self.config, target, "token", f"reconciler.targets.{bot}.token")
         url = f"{target.url.rstrip('/')}/control/{command}"
         try:
-            async with self.session.post(
-                url, json={"reason": reason}, headers={"Authorization": f"Bearer {token}"}, timeout=CONTROL_TIMEOUT
-            ) as resp:
+            # The bot counts the command as a maintenance window's (tradingbot_control_commands_total{source}).
+            headers = {"Authorization": f"Bearer {token}", SOURCE_HEADER: SOURCE_MAINTENANCE}
+            body = {"reason": reason}
+            async with self.session.post(url, json=body, headers=headers, timeout=CONTROL_TIMEOUT) as resp:
                 text = await resp.text()
                 if resp.status != 200:
                     raise MaintenanceError(f"{bot}: {command} answered HTTP {resp.status}: {text[:160]}")
@@ -275,10 +250,9 @@ class Maintenance:
         row = await asyncio.to_thread(self._save, window_id, problems, **values)
         return Outcome(row, problems, done)
 
-    async def housekeeping(
-        self, registry: CollectorRegistry | None = None, now: datetime | None = None
-    ) -> list[Outcome]:
-        """Close windows past their end (resume their bots), retry what failed, refresh the gauges."""
+    async def housekeeping(self, now: datetime | None = None) -> list[Outcome]:
+        """Close windows past their end (resume their bots), retry what failed. Every replica's gauges read the
+        result from the database (trading_ops.ops.maintenance_metrics)."""
         now = now or utcnow()
         outcomes = []
         for window in await asyncio.to_thread(self.windows, open_only=True, limit=1000):
@@ -286,11 +260,6 @@ class Maintenance:
                 outcomes.append(await self.end(window.id, now, state=EXPIRED))
             elif window.silence_id is None:
                 outcomes.append(await self._retry_silence(window))
-        if registry is not None:
-            still = await asyncio.to_thread(self.windows, open_only=True, limit=1000)
-            gauges = metrics_for(registry)
-            gauges.open.set(len(still))
-            gauges.end.set(max((w.ends_at.timestamp() for w in still), default=0.0))
         return outcomes
 
     async def _retry_silence(self, window: MaintenanceWindow) -> Outcome:
@@ -329,13 +298,13 @@ async def with_maintenance(
     return Maintenance(config, owned, session), session, owned
 
 
-async def housekeeping(config: Config, registry: CollectorRegistry) -> None:
+async def housekeeping(config: Config, registry: CollectorRegistry, slot: datetime) -> None:
     """The scheduled job (every minute): close the windows past their end and resume their bots. A bot that does not
     answer stays on its window (recorded, and in the gauges the overrun alert reads) for the next minute to retry:
     not an error to retry now, which would overlap the next run."""
     maintenance, session, engine = await with_maintenance(config)
     try:
-        outcomes = await maintenance.housekeeping(registry)
+        outcomes = await maintenance.housekeeping()
     finally:
         await session.close()
         engine.dispose()
@@ -345,16 +314,14 @@ async def housekeeping(config: Config, registry: CollectorRegistry) -> None:
 
 
 def scheduled_window(name: str) -> Any:
-    """The scheduled job opening maintenance.windows.<name>: from its latest slot to slot + duration (a window
+    """The scheduled job opening maintenance.windows.<name>: from its slot to slot + duration (a window
     caught up after downtime ends when it would have)."""
 
-    async def open_window(config: Config, registry: CollectorRegistry) -> None:
+    async def open_window(config: Config, registry: CollectorRegistry, slot: datetime) -> None:
         from trading_ops.durations import parse_duration
-        from trading_ops.ops.schedule import CronSchedule
 
         spec = config.maintenance.windows[name]
         now = utcnow()
-        slot = CronSchedule.parse(spec.schedule, config.maintenance.time_zone).latest_at_or_before(now)
         until = slot + timedelta(seconds=parse_duration(spec.duration))
         remaining = (until - now).total_seconds()
         if remaining <= 0:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import importlib
-import importlib.util
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,14 +19,16 @@ from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models.journal import Fill, Position
 from trading_ops.db.models.ledger import Episode
 from trading_ops.db.models.recovery import BotRun
+from trading_ops.ops.backup import Catalog
 from trading_ops.ops.schedule import to_utc, zone
 
 log = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
 TITLE = "Trading daily summary"
-NO_BACKUPS = "no backups configured"
-BACKUP_MODULE = "trading_ops.ops.backup"
+# After downtime the summaries of the missed days are sent, oldest first, each once: at most a week of them (past
+# that, `trading-ops report daily --date D --send` sends any day on demand).
+CATCH_UP_DAYS = 7
 
 
 class ReportError(Exception):
@@ -222,14 +222,10 @@ def build(config: Config, engine: Engine, day: date, now: datetime | None = None
 
 
 def backup_lines(config: Config, start: datetime, end: datetime) -> list[str]:
-    """The backups part, from the manifests of the backup catalog (`trading_ops.ops.backup`, `backup.directory`)
-    when that module exists, else NO_BACKUPS."""
-    section = getattr(config, "backup", None)
-    if section is None or importlib.util.find_spec(BACKUP_MODULE) is None:
-        return [NO_BACKUPS]
-    module = importlib.import_module(BACKUP_MODULE)
+    """The backups part, from the manifests of the backup catalog in `backup.directory`."""
+    section = config.backup
     try:
-        manifests = list(module.Catalog(config.path(section.directory)).manifests())
+        manifests = list(Catalog(config.path(section.directory)).manifests())
     except Exception as exc:  # a summary without its backup part beats no summary
         log.warning("backup catalog not readable for the daily summary: %s", exc)
         return [f"backup catalog not readable: {exc}"]
@@ -347,16 +343,13 @@ async def send(config: Config, summary: DailySummary) -> None:
         raise ReportError("at least one notification URL did not accept the summary (see the log)")
 
 
-async def run_daily_summary(config: Config, registry: CollectorRegistry, now: datetime | None = None) -> None:
-    """The scheduled job: the summary of the day that ended at the latest slot, sent (exceptions are retried)."""
-    from trading_ops.ops.schedule import CronSchedule
-
-    now = now or utcnow()
-    slot = CronSchedule.parse(cron_of(config.report), config.report.time_zone).latest_at_or_before(now)
+async def run_daily_summary(config: Config, registry: CollectorRegistry, slot: datetime) -> None:
+    """The scheduled job: the summary of the day that ended at `slot`, sent (exceptions are retried). After downtime
+    the scheduler runs it for each missed day (at most CATCH_UP_DAYS), oldest first."""
     day = day_of_slot(config.report, slot)
     engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
     try:
-        summary = await asyncio.to_thread(build, config, engine, day, now)
+        summary = await asyncio.to_thread(build, config, engine, day, utcnow())
     finally:
         engine.dispose()
     await send(config, summary)

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
 from trading_ops.config import Config
-from trading_ops.db.base import utcnow
+from trading_ops.db.base import IMMEDIATE_OPTION, utcnow
 from trading_ops.db.models.ops import JobRun
 from trading_ops.ops.schedule import CronSchedule
 from trading_ops.tasks import stop_tasks
@@ -31,19 +31,23 @@ ERROR_LIMIT = 1000
 # Finished runs older than reconciler.retention_days are deleted this often (a minutely task adds 1,440 a day).
 PRUNE_EVERY = timedelta(hours=1)
 
-JobFunc = Callable[[Config, CollectorRegistry], Awaitable[object]]
+# A job gets the configuration, the registry it may export through, and the slot it runs for (UTC): a run retried
+# or caught up later still does the work of its own slot.
+JobFunc = Callable[[Config, CollectorRegistry, datetime], Awaitable[object]]
 
 
 @dataclass(frozen=True)
 class Job:
-    """A task on a schedule. `catch_up_within`: a missed slot older than this many seconds is skipped (None: the
-    latest missed slot runs at start whatever its age). `last_success_metric`: a gauge of its own (an alert's)."""
+    """A task on a schedule. `catch_up_within`: a missed slot older than this many seconds is skipped (None: whatever
+    its age). `catch_up_slots`: after downtime, at most this many of the latest missed slots run, oldest first, each
+    once (1: only the latest). `last_success_metric`: a gauge of its own (an alert's)."""
 
     name: str
     schedule: CronSchedule
     run: JobFunc
     catch_up_within: float | None = None
     last_success_metric: str = ""
+    catch_up_slots: int = 1
 
 
 class SchedulerMetrics:
@@ -96,7 +100,8 @@ class OwnLastSuccess(Collector):
 
 class Scheduler:
     """Claims a slot with INSERT ... ON CONFLICT DO NOTHING on (job, scheduled_for): the replica whose insert went
-    in runs it, the others skip it. After downtime only the latest missed slot of a task runs (once)."""
+    in runs it, the others skip it. After downtime the latest missed slot of a task runs (once), or its latest
+    `catch_up_slots` ones, oldest first."""
 
     def __init__(
         self,
@@ -108,6 +113,8 @@ class Scheduler:
     ) -> None:
         self.config = config
         self.engine = engine
+        # Read-then-write transactions (a take-over) hold SQLite's write lock from BEGIN: see make_sessionmaker.
+        self._writer = engine.execution_options(**{IMMEDIATE_OPTION: True})
         self.jobs = {job.name: job for job in jobs}
         self.registry = registry
         self.owner = owner
@@ -173,7 +180,7 @@ class Scheduler:
     def _take_over_expired(self, now: datetime) -> list[tuple[int, str, datetime, int]]:
         """Runs of a dead replica (lease passed while running): taken over one by one, compare-and-set."""
         taken = []
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             rows = conn.execute(
                 select(JobRun.id, JobRun.job, JobRun.scheduled_for, JobRun.attempts, JobRun.owner).where(
                     JobRun.state == "running", JobRun.lease_until < now, JobRun.job.in_(list(self.jobs))
@@ -224,30 +231,66 @@ class Scheduler:
                 log.info("scheduler: %d finished run(s) older than %s pruned", deleted, self.retention)
         started = []
         for run_id, name, slot, attempts in await asyncio.to_thread(self._take_over_expired, now):
-            started.append(self._start(self.jobs[name], slot, run_id, attempts))
+            started.append(self._start(self.jobs[name], [(slot, run_id, attempts)]))
         for name, job in self.jobs.items():
             latest = job.schedule.latest_at_or_before(now)
             done = self.done_through.get(name)
             if done is not None and latest <= done:
                 continue
-            if job.catch_up_within is not None and (now - latest).total_seconds() > job.catch_up_within:
-                log.info("task %s: slot %s missed by more than %gs; skipped", name, latest, job.catch_up_within)
-                self.done_through[name] = latest
-                continue
-            # Marked done only once the claim went through (a database error leaves the slot to the next tick).
-            claimed: int | None = await asyncio.to_thread(self._claim, name, latest, now)
+            due = self._due_slots(job, latest, done, now)
+            # Marked done only once the claims went through (a database error leaves the slots to the next tick).
+            claimed = []
+            for due_slot in due:
+                claim: int | None = await asyncio.to_thread(self._claim, name, due_slot, now)
+                if claim is None:
+                    log.debug("task %s slot %s: claimed by another replica", name, due_slot)
+                else:
+                    claimed.append((due_slot, claim, 0))
             self.done_through[name] = latest
-            if claimed is None:
-                log.debug("task %s slot %s: claimed by another replica", name, latest)
-                continue
-            started.append(self._start(job, latest, claimed, 0))
+            if claimed:
+                started.append(self._start(job, claimed))
         return started
 
-    def _start(self, job: Job, slot: datetime, run_id: int, attempts: int) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._run(job, slot, run_id, attempts), name=f"job:{job.name}")
+    def _due_slots(self, job: Job, latest: datetime, done: datetime | None, now: datetime) -> list[datetime]:
+        """The slots after `done` up to `latest` this tick runs, oldest first: the latest `job.catch_up_slots` of
+        them, without those missed by more than `job.catch_up_within`."""
+        slots = [latest]
+        while len(slots) < job.catch_up_slots:
+            earlier = job.schedule.latest_at_or_before(slots[-1] - timedelta(microseconds=1))
+            if done is not None and earlier <= done:
+                break
+            slots.append(earlier)
+        if done is None:
+            slots = slots[:1]  # nothing recorded yet: no history to catch up on
+        if job.catch_up_within is not None:
+            late = [s for s in slots if (now - s).total_seconds() > job.catch_up_within]
+            for slot in late:
+                log.info("task %s: slot %s missed by more than %gs; skipped", job.name, slot, job.catch_up_within)
+            slots = [s for s in slots if s not in late]
+        if len(slots) > 1:
+            log.info("task %s: catching up on %d missed slots from %s", job.name, len(slots), slots[-1])
+        return sorted(slots)
+
+    def _start(self, job: Job, runs: list[tuple[datetime, int, int]]) -> asyncio.Task[None]:
+        """One task running the claimed `runs` (slot, run id, attempts so far) one after another, in order."""
+        task = asyncio.create_task(self._run_in_order(job, runs), name=f"job:{job.name}")
         self.running.add(task)
         task.add_done_callback(self.running.discard)
         return task
+
+    async def _run_in_order(self, job: Job, runs: list[tuple[datetime, int, int]]) -> None:
+        """The slots one tick claimed for a task run one after another, oldest first (a caught-up day's summary is
+        sent before the next day's). The leases of the runs still waiting are renewed meanwhile, so no other replica
+        takes them over as a dead replica's."""
+        waiting = {run_id: asyncio.create_task(self._renew(run_id)) for _, run_id, _ in runs[1:]}
+        try:
+            for slot, run_id, attempts in runs:
+                renewal = waiting.pop(run_id, None)
+                if renewal is not None:
+                    renewal.cancel()
+                await self._run(job, slot, run_id, attempts)
+        finally:
+            await stop_tasks(list(waiting.values()))
 
     async def _run(self, job: Job, slot: datetime, run_id: int, attempts: int) -> None:
         self.metrics.runs.labels(job.name).inc()
@@ -257,7 +300,7 @@ class Scheduler:
             for attempt in range(attempts + 1, max(self.max_attempts, attempts + 1) + 1):
                 await asyncio.to_thread(self._update, run_id, attempts=attempt)
                 try:
-                    await job.run(self.config, self.registry)
+                    await job.run(self.config, self.registry, slot)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.runtime import CENT, BotRuntime, control_token
+from trading_ops.bot.runtime import CENT, BotRuntime, control_token, risk_limits
 from trading_ops.bot.schedule import startup_retry_delay
 from trading_ops.config import Config
 from trading_ops.paper.chaos import Chaos
@@ -92,6 +92,8 @@ class PaperBot(BotRuntime):
             confirm_delay_seconds=CONFIRM_DELAY_SECONDS,
             # The paper bot is a whole process of its own, so it may tune process-wide settings.
             own_process=True,
+            # The demo's daily loss limit when bot.risk sets none (paper.daily_loss_limit, where it used to live).
+            limits=risk_limits(config, daily_loss_default=paper.daily_loss_limit),
         )
         self.chaos: Chaos | None = None
         if chaos:

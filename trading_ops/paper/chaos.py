@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 import shutil
 import signal
@@ -11,22 +12,32 @@ import threading
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from trading_ops.bot.book import Book
+from trading_ops.bot.broker import Quote, VenueFill
 from trading_ops.bot.control import CommandError, ControlPlane
-from trading_ops.bot.journal import Journal
-from trading_ops.paper.venue import PaperVenue
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIB = 1024 * 1024
+PAGE_BYTES = mmap.PAGESIZE
 # Caps so that a chaos command can hurt the bot but not the machine it runs on.
 MAX_LEAK_MIB = 4096
 MAX_DISK_MIB = 4096
 MAX_HANG_SECONDS = 3600
+# Reasons a venue gives when it refuses every order for a while (the paper venue's reject reasons).
+REJECT_STORM_REASONS = ("insufficient_funds", "venue_busy", "price_out_of_band")
+# Defaults sized to cross the budgets `trading-ops up` gives the bot (trading_ops.stack.app_config: 384 MiB of
+# memory, 256 MiB of data directory) well within a minute, whatever the machine: the leak passes 80 % of the memory
+# budget in about 25 s, the fill passes 95 % of the disk budget in about 12 s and ends a quarter past it.
+DEFAULT_LEAK_MIB_PER_SECOND = 10
+DEFAULT_LEAK_MIB = 1024
+DEFAULT_FILL_MIB_PER_SECOND = 20
+DEFAULT_FILL_MIB = 320
 DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT = 1.2
-MAX_PRICE_GAP = Decimal("0.5")
+# The largest gap of one price, as a share of it: a long position can lose at most this much of its notional at once.
+MAX_PRICE_GAP = Decimal("0.9")
 CHAOS_COMMANDS = (
     "hang_loop",
     "crash",
@@ -36,9 +47,40 @@ CHAOS_COMMANDS = (
     "fill_disk",
     "position_drift",
     "loss_spike",
+    "reject_storm",
     "stall_journal",
     "clear_chaos",
 )
+
+
+class VenueFaults(Protocol):
+    """What Chaos breaks on the venue (the paper venue offers it)."""
+
+    def faults(self) -> dict[str, Any]: ...
+
+    async def clear_faults(self) -> None: ...
+
+    async def drop_connection(self) -> None: ...
+
+    async def stop_market_data(self, symbol: str) -> None: ...
+
+    async def inject_hidden_fill(self, symbol: str, quantity: Decimal) -> VenueFill: ...
+
+    async def gap_price(self, symbol: str, relative_change: float) -> Quote: ...
+
+    async def reject_orders(self, reason: str, seconds: float) -> None: ...
+
+
+class JournalThread(Protocol):
+    """The journal's database thread, which stall_journal blocks (the Journal offers it)."""
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
+class Holdings(Protocol):
+    """What loss_spike reads to size a loss: each symbol's position at its mark (the Book offers it)."""
+
+    def notional(self, symbol: str) -> Decimal: ...
 
 
 def _number(args: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -52,17 +94,17 @@ def _number(args: dict[str, Any], key: str, default: float, low: float, high: fl
 
 class Chaos:
     """Registers the fault commands on a bot's control plane and keeps what they started. It needs only what it
-    breaks: the paper venue, the journal's thread, the trading loop (`hang`), the book (to size a loss) and a
-    scratch directory."""
+    breaks, each through a small Protocol: the venue's faults, the journal's thread, the trading loop (`hang`), the
+    holdings (to size a loss) and a scratch directory."""
 
     def __init__(
         self,
         control: ControlPlane,
-        venue: PaperVenue,
+        venue: VenueFaults,
         *,
         symbols: Sequence[str],
-        journal: Journal,
-        book: Book,
+        journal: JournalThread,
+        book: Holdings,
         hang: Callable[[float], None],
         daily_loss_limit: float,
         data_dir: Path,
@@ -74,7 +116,7 @@ class Chaos:
         self.hang = hang
         self.daily_loss_limit = daily_loss_limit
         self.scratch = data_dir / "scratch"
-        self._leak: list[bytearray] = []
+        self._leak: list[mmap.mmap] = []
         self._journal_stalls: list[threading.Event] = []  # set to release a stalled journal thread
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.active: dict[str, Any] = {}
@@ -92,6 +134,8 @@ class Chaos:
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
+        for chunk in self._leak:
+            chunk.close()  # unmapped: the memory goes back to the system at once
         self._leak.clear()
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.hang(0)
@@ -127,13 +171,15 @@ class Chaos:
         return {"fault": "stale_market_data", "symbol": symbol, "heal": "resubscribe"}
 
     async def _leak_memory(self, args: dict[str, Any]) -> dict[str, Any]:
-        rate = _number(args, "mib_per_second", 10, 0.1, 512)
-        limit = _number(args, "max_mib", 1024, 1, MAX_LEAK_MIB)
+        rate = _number(args, "mib_per_second", DEFAULT_LEAK_MIB_PER_SECOND, 0.1, 512)
+        limit = _number(args, "max_mib", DEFAULT_LEAK_MIB, 1, MAX_LEAK_MIB)
 
         async def leak() -> None:
             while len(self._leak) < limit:
-                chunk = bytearray(MIB)
-                chunk[::4096] = b"x" * len(chunk[::4096])  # touch every page so it is resident
+                # An anonymous mapping of its own, not a Python object on the heap: clear_chaos unmaps it and the
+                # process's resident memory really falls (freed heap memory often stays with the process).
+                chunk = mmap.mmap(-1, MIB)
+                chunk[::PAGE_BYTES] = b"x" * (MIB // PAGE_BYTES)  # touch every page so it is resident
                 self._leak.append(chunk)
                 await asyncio.sleep(1 / rate)
 
@@ -142,8 +188,8 @@ class Chaos:
         return {"fault": "leak_memory", "mib_per_second": rate, "max_mib": limit}
 
     async def _fill_disk(self, args: dict[str, Any]) -> dict[str, Any]:
-        rate = _number(args, "mib_per_second", 20, 0.1, 1024)
-        limit = int(_number(args, "max_mib", 256, 1, MAX_DISK_MIB))
+        rate = _number(args, "mib_per_second", DEFAULT_FILL_MIB_PER_SECOND, 0.1, 1024)
+        limit = int(_number(args, "max_mib", DEFAULT_FILL_MIB, 1, MAX_DISK_MIB))
         self.scratch.mkdir(parents=True, exist_ok=True)
 
         def write_mib(index: int) -> None:
@@ -169,13 +215,14 @@ class Chaos:
             "fault": "position_drift",
             "symbol": symbol,
             "quantity": str(quantity),
-            "trade_id": getattr(fill, "trade_id", None),
+            "trade_id": fill.trade_id,
             "heal": "reconcile",
         }
 
     async def _loss_spike(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Gap every held symbol's price against the position, together losing `amount` (default 1.2x the daily
-        loss limit); a single gap is capped at 50 %, so a small book loses less and the answer says how much."""
+        """Gap every held symbol's price against the position by the same share, together losing exactly `amount`
+        (default 1.2x the daily loss limit). A book too small to lose that much in one gap (at most 90 % of a price)
+        is refused with what it could lose, rather than delivering less than the answer says."""
         limit = self.daily_loss_limit
         amount = Decimal(str(_number(args, "amount", limit * DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT, 1, 1e12)))
         book = self.book
@@ -183,7 +230,12 @@ class Chaos:
         if not held:
             raise CommandError("the bot holds no position to lose on yet; try again in a few seconds")
         exposure = sum(abs(n) for n in held.values())
-        move = min(amount / exposure, MAX_PRICE_GAP)
+        move = amount / exposure
+        if move > MAX_PRICE_GAP:
+            raise CommandError(
+                f"the book's exposure {exposure:.2f} can lose at most {exposure * MAX_PRICE_GAP:.2f} in one gap, less "
+                f"than the {amount:.2f} asked: ask for less, or try again once the bot holds more"
+            )
         for symbol, notional in held.items():
             await self.venue.gap_price(symbol, float(-move if notional > 0 else move))
         return {
@@ -192,6 +244,17 @@ class Chaos:
             "price_move": f"{move:.4f}",
             "expected_loss": str((exposure * move).quantize(Decimal("0.01"))),
         }
+
+    async def _reject_storm(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The venue rejects every new order for `seconds` (default 300) with `reason` (default insufficient_funds),
+        the connection staying up: the reject ratio climbs while the strategy keeps trying."""
+        seconds = _number(args, "seconds", 300, 1, MAX_HANG_SECONDS)
+        reason = args.get("reason", REJECT_STORM_REASONS[0])
+        if reason not in REJECT_STORM_REASONS:
+            raise CommandError(f"reason must be one of {', '.join(REJECT_STORM_REASONS)}")
+        await self.venue.reject_orders(str(reason), seconds)
+        self.active["reject_storm"] = {"seconds": seconds, "reason": reason}
+        return {"fault": "reject_storm", "seconds": seconds, "reason": reason, "heal": "pause, then a human"}
 
     async def _stall_journal(self, args: dict[str, Any]) -> dict[str, Any]:
         """The journal's database thread blocks (a hung database): writes queue behind it, the trading loop stalls

@@ -7,13 +7,15 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from trading_ops import logsetup
-from trading_ops.cli import UsageError
+from trading_ops.cli import UsageError, http_url
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.errors import NOT_MIGRATED
 
@@ -42,7 +44,9 @@ def register(sub: Any) -> None:
     chaos.add_argument(
         "params", nargs="*", default=[], metavar="KEY=VALUE", help="optional arguments (numbers are sent as numbers)"
     )
-    chaos.add_argument("--url", default=None, help="bot base URL (default: from bot.listen)")
+    chaos.add_argument(
+        "--url", type=http_url, default=None, help="bot base URL, http://host:port (default: from bot.listen)"
+    )
     chaos.set_defaults(handler=run_chaos)
 
 
@@ -121,13 +125,21 @@ def run_chaos(args: argparse.Namespace, config: Config) -> int:
     try:
         status, payload = asyncio.run(_post(url, token, body))
     except (aiohttp.ClientError, TimeoutError) as exc:
-        why = str(exc) or f"no answer within {CHAOS_TIMEOUT_SECONDS} s"
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            why = os.strerror(exc.os_error.errno) if exc.os_error.errno else str(exc.os_error)
-        print(f"trading-ops: chaos: cannot reach the bot at {url}: {why}", file=sys.stderr)
+        print(f"trading-ops: chaos: cannot reach the bot at {url}: {unreachable(exc, url)}", file=sys.stderr)
         return 1
     print(json.dumps(payload, indent=2, sort_keys=True))
     return 0 if status == 200 else 1
+
+
+def unreachable(exc: Exception, url: str) -> str:
+    """Why a request to `url` got no answer, in words: "Connection refused", "cannot resolve host h (Name or service
+    not known)", "no answer within 10 s"."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if isinstance(error, socket.gaierror):  # getaddrinfo's errors are negative: os.strerror says "Unknown error"
+            return f"cannot resolve host {urlsplit(url).hostname} ({error.strerror or error})"
+        return os.strerror(error.errno) if error.errno else str(error)
+    return str(exc) or f"no answer within {CHAOS_TIMEOUT_SECONDS} s"
 
 
 async def _post(url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:

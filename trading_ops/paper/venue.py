@@ -42,6 +42,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
@@ -188,6 +189,7 @@ class PaperVenue(Broker):
         clock: Callable[[], datetime] = _utcnow,
         venue: str = "paper",
         autosave_path: str | os.PathLike[str] | None = None,
+        id_base: int = 0,
     ) -> None:
         self.symbols = list(dict.fromkeys(symbols))
         if not self.symbols:
@@ -213,6 +215,8 @@ class PaperVenue(Broker):
         self.rate_limit_per_second = rate_limit_per_second
         self.rate_limit_burst = rate_limit_burst
         self.autosave_path = None if autosave_path is None else Path(autosave_path)
+        # Venue order and trade ids count up from here: accounts of one venue (sub-accounts) never share an id.
+        self.id_base = id_base
         self._clock = clock
         self._tick_sizes = {s: Decimal((tick_sizes or {}).get(s, DEFAULT_TICK_SIZE)) for s in self.symbols}
         self._step_sizes = {s: Decimal((step_sizes or {}).get(s, DEFAULT_STEP_SIZE)) for s in self.symbols}
@@ -252,6 +256,9 @@ class PaperVenue(Broker):
         self._connected = dict.fromkeys(Channel, False)
         self._dropped = False
         self._stale: set[str] = set()
+        # reject_orders(): every new order is rejected with this reason until this time (time.monotonic()).
+        self._reject_until = 0.0
+        self._reject_with = ""
         self._closed = asyncio.Event()
         self._tokens = float(rate_limit_burst)
         self._bucket_at = self._clock()
@@ -300,6 +307,28 @@ class PaperVenue(Broker):
             await self._persist()
             await self._deliver(notifications)
         return quotes
+
+    def prices(self) -> dict[str, Decimal]:
+        """The mid price of every symbol (what another account on the same market follows)."""
+        return dict(self._mid)
+
+    async def follow(self, prices: Mapping[str, Decimal]) -> None:
+        """The market moved elsewhere: take these mid prices (another venue's `prices()`: an account of its own on
+        the same market, as a sub-account is), fill the resting orders that now cross, publish quotes."""
+        moved = [s for s, mid in prices.items() if s in self._mid and self._mid[s] != mid]
+        if not moved:
+            return  # what did not cross at these prices does not cross now
+        with self._delivering():
+            now = self._venue_now()
+            for symbol in moved:
+                self._mid[symbol] = prices[symbol]
+            notifications = self._match(now)
+            if notifications:
+                self._changed()
+            for symbol in moved:
+                await self._publish_quote(symbol, self._quote(symbol, now))
+            await self._persist()
+            await self._deliver(notifications)
 
     async def run(self, tick_interval: float | None = None) -> None:
         """Tick every `tick_interval` seconds (the constructor's by default) until close()."""
@@ -476,12 +505,21 @@ class PaperVenue(Broker):
 
     # -- fault injection --------------------------------------------------------------------------------------
     async def drop_connection(self) -> None:
-        """Both channels go down (on_connection(ch, False)); requests raise "network" until reconnect()."""
+        """Both channels go down (on_connection(ch, False), each drop a "network" on_venue_error, as a stream that
+        closes reports); requests raise "network" until reconnect()."""
         self._dropped = True
         for channel in Channel:
             if self._connected[channel]:
                 self._connected[channel] = False
+                if self._events.on_venue_error is not None:
+                    self._events.on_venue_error("network")
                 await self._notify_connection(channel, False)
+
+    async def reject_orders(self, reason: str, seconds: float) -> None:
+        """Every new order is rejected with `reason` for `seconds` (a margin call, a venue in cancel-only mode, a
+        sizing bug): the connection stays up, cancels still work."""
+        self._reject_with = reason
+        self._reject_until = time.monotonic() + seconds
 
     async def stop_market_data(self, symbol: str) -> None:
         """Quotes for `symbol` stop, the connection staying up, until resubscribe()."""
@@ -502,7 +540,9 @@ class PaperVenue(Broker):
         quote = self._quote(symbol, now)
         at = self._round_price(symbol, Decimal(price)) if price is not None else self._taker_price(side, quote)
         self._order_seq += 1
-        fill = self._record_fill(None, f"P{self._order_seq}", symbol, side, abs(signed), at, "taker", now)
+        fill = self._record_fill(
+            None, f"P{self.id_base + self._order_seq}", symbol, side, abs(signed), at, "taker", now
+        )
         self._remember(self._hidden_fills, fill.trade_id)
         await self._autosave()
         return fill
@@ -616,6 +656,7 @@ class PaperVenue(Broker):
         return {
             "connection_dropped": self._dropped and not all(self._connected.values()),
             "stale_symbols": sorted(self._stale),
+            "rejecting_orders": self._reject_with if time.monotonic() < self._reject_until else None,
             "clock_skew_seconds": self._skew,
             "external_open_orders": external,
             "hidden_fills": list(self._hidden_fills),
@@ -629,6 +670,7 @@ class PaperVenue(Broker):
         truth now, and reconciliation is what must deal with it.
         """
         self._skew = 0.0
+        self._reject_until = 0.0
         self._hidden_fills.clear()
         self._unnotified_fills.clear()
         if self._dropped:
@@ -804,7 +846,7 @@ class PaperVenue(Broker):
         self._order_seq += 1
         order = VenueOrder(
             client_order_id=client_order_id,
-            venue_order_id=f"P{self._order_seq}",
+            venue_order_id=f"P{self.id_base + self._order_seq}",
             symbol=symbol,
             side=side,
             order_type=order_type,
@@ -838,6 +880,8 @@ class PaperVenue(Broker):
         return self._balances[self.quote_asset] - reserved
 
     def _reject_reason(self, order: VenueOrder, reduce_only: bool) -> str | None:
+        if time.monotonic() < self._reject_until:
+            return self._reject_with
         if reduce_only:
             position = self._positions[order.symbol]
             if position * order.side.sign >= 0 or order.quantity > abs(position):
@@ -919,7 +963,7 @@ class PaperVenue(Broker):
         fee = notional * (self.maker_fee if liquidity == "maker" else self.taker_fee)
         self._trade_seq += 1
         fill = VenueFill(
-            trade_id=f"T{self._trade_seq}",
+            trade_id=f"T{self.id_base + self._trade_seq}",
             client_order_id=client_order_id,
             venue_order_id=venue_order_id,
             symbol=symbol,

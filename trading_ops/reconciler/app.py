@@ -22,7 +22,7 @@ from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
 from trading_ops.ops.jobs import configured_jobs
-from trading_ops.ops.maintenance import metrics_for as maintenance_metrics
+from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import Scheduler
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.reconciler import keys
@@ -118,7 +118,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
 def check_http_hosts(playbook: Playbook, allowed: list[str]) -> None:
     """Every `http` step's host is one the configuration allows: found at start, not when a page is due."""
     for rule in playbook.rules:
-        for i, step in enumerate(rule.steps):
+        for i, step in enumerate(rule.steps + rule.on_recovery):
             if step.action != HTTP_ACTION.kind:
                 continue
             host, port = HTTP_ACTION.hosts(step.params)
@@ -188,7 +188,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     ]
     if config.reconciler.check_silences:
         watcher = MaintenanceWatcher(
-            AlertmanagerClient(app[keys.SESSION], config.reconciler.alertmanager_url),
+            AlertmanagerClient(app[keys.SESSION], config.reconciler.alertmanager_urls),
             metrics,
             CREATED_BY,
             config.reconciler.targets,
@@ -219,7 +219,10 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     if not config.scheduler.enabled:
         yield
         return
-    maintenance_metrics(app[keys.REGISTRY])  # exported from the start, not after the first housekeeping
+    # The recorded windows, read from the database on every replica (not only the one whose housekeeping ran):
+    # exported from the start, and right wherever Prometheus scrapes.
+    windows = register_maintenance_metrics(app[keys.REGISTRY], app[keys.LEDGER].engine)
+    await asyncio.to_thread(windows.read)
     scheduler = Scheduler(config, app[keys.LEDGER].engine, configured_jobs(config), app[keys.REGISTRY], app[keys.OWNER])
     app[keys.SCHEDULER] = scheduler
     task = asyncio.create_task(scheduler.run_forever(), name="scheduler")

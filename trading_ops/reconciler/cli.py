@@ -391,6 +391,10 @@ def _rule_plan(rule: Rule, labels: dict[str, str], pattern: Pattern, verify: str
         out.append(f"    verify until clear within {rule.verify.deadline:g}s: {verify}")
     else:
         out.append("    no verification: success = steps succeeded")
+    for undo in rule.on_recovery:
+        refusal = step_refusal(rule, undo, labels, pattern)
+        extra = f" (refused: {refusal})" if refusal else ""
+        out.append(f"    once recovered: {undo.name}{extra} [{undo.risk}, timeout {undo.timeout:g}s]")
     out.append(
         f"    attempts {rule.max_attempts}, backoff {rule.backoff.initial:g}s x{rule.backoff.multiplier:g} "
         f"(max {rule.backoff.max:g}s, jitter {rule.backoff.jitter:.0%}), cooldown {rule.cooldown:g}s, "

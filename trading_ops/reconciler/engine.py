@@ -91,7 +91,7 @@ class Engine:
         self.owner = owner
         self.instance = instance
         self.notifier = notifier
-        self.alertmanager = AlertmanagerClient(session, self.rc.alertmanager_url)
+        self.alertmanager = AlertmanagerClient(session, self.rc.alertmanager_urls)
         self.prometheus = PrometheusClient(session, self.rc.prometheus_url)
         self.label_pattern = compile_pattern(self.rc.label_value_pattern)
         self.rng = rng or random.Random()
@@ -337,6 +337,8 @@ class Engine:
             alertmanager=self.alertmanager,
             notifier=self.notifier,
             label_pattern=self.label_pattern,
+            starts_at=episode["starts_at"],
+            prometheus=self.prometheus,
         )
         # Resolved first: an alert that is over is never escalated, whatever happened to the run before.
         if episode["resolved_at"] is not None:
@@ -380,7 +382,10 @@ class Engine:
             return
         for circuit in (episode["target"], GLOBAL_TARGET):
             until = await self.db(self.ledger.circuit_open_until, circuit, now)
-            if until is not None:
+            if until is not None and rule.protective:
+                # Stopping trading is never held back by what other alerts spent (a loss limit above all).
+                ctx.history.append(f"circuit of {circuit} open until {until.isoformat()}: acted anyway (protective)")
+            elif until is not None:
                 # The alert is not acted on: a human must hear of it, whatever the circuit's opener already posted
                 # (that page named another alert, and may have resolved since).
                 why = f"circuit of {circuit} open until {until.isoformat()}"
@@ -391,7 +396,7 @@ class Engine:
                 )
                 await self._close_escalated(episode, CIRCUIT_OPEN, ctx, description, why)
                 return
-        if not self.rc.dry_run and not await self._within_budget(episode, rule, ctx, now):
+        if not self.rc.dry_run and not rule.protective and not await self._within_budget(episode, rule, ctx, now):
             return
         await self._attempt(episode, rule, ctx)
 
@@ -497,6 +502,7 @@ class Engine:
                 reason = f"refused: {step.name} is destructive and rule {rule.name} does not allow_destructive"
                 await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
                 self.metrics.actions.labels(step.action, "refused").inc()
+                ctx.history.append(f"attempt {number}: {reason}")  # the page says why nothing was done
                 failure, refused = reason, True
                 break
             if self.rc.dry_run:
@@ -521,14 +527,22 @@ class Engine:
             return
         if not failure:
             outcome, detail = await self._verify(episode, rule, ctx)
-            if outcome == "resolved":
-                await self.db(self.ledger.finish_attempt, attempt_id, "resolved", detail)
-                await self._close(episode, "resolved", detail)
-                return
-            if outcome == "clear":
-                await self.db(self.ledger.finish_attempt, attempt_id, "success", detail)
-                self.metrics.time_to_recovery.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
-                await self._close(episode, "recovered", detail)
+            if outcome in ("resolved", "clear"):
+                undone = await self._on_recovery(episode, rule, ctx, attempt_id, number)
+                await self.db(
+                    self.ledger.finish_attempt, attempt_id, "resolved" if outcome == "resolved" else "success", detail
+                )
+                if outcome == "clear":
+                    self.metrics.time_to_recovery.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
+                if undone:
+                    description = (
+                        f"{episode['alertname']} on {episode['target']} is over (episode {episode['id']}, rule "
+                        f"{rule.name}), but the steps that undo what the rule did failed: {undone}. Tried: "
+                        + "; ".join(ctx.history)
+                    )
+                    await self._close_escalated(episode, FAILED, ctx, description, f"{detail}; on_recovery: {undone}")
+                    return
+                await self._close(episode, "resolved" if outcome == "resolved" else "recovered", detail)
                 return
             failure = detail
             ctx.history.append(f"attempt {number}: verification: {detail[:300]}")
@@ -548,6 +562,29 @@ class Engine:
                 raise LostClaim
             return
         await self._give_up(episode, rule, ctx, failure)
+
+    async def _on_recovery(
+        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, attempt_id: int, number: int
+    ) -> str:
+        """Run the rule's on_recovery steps (recorded after its steps, in the same attempt); what failed, or ""."""
+        for position, step in enumerate(rule.on_recovery, start=len(rule.steps)):
+            action = ACTIONS[step.action]
+            record = (attempt_id, position, step.action, step.name, step.risk, episode["target"], action.budgeted)
+            if step.risk == "destructive" and not rule.allow_destructive:
+                reason = f"refused: {step.name} is destructive and rule {rule.name} does not allow_destructive"
+                await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
+                return reason
+            step_id = await self.db(self.ledger.start_step, *record)
+            ctx.process_started = functools.partial(self._record_process, step_id)
+            result = await self._execute(ctx, step.action, step.params, step.timeout)
+            self.metrics.actions.labels(step.action, result.outcome).inc()
+            await self.db(self.ledger.finish_step, step_id, result.outcome, result.output)
+            ctx.history.append(
+                f"attempt {number}: on recovery: {step.name} -> {result.outcome} ({result.output[:200]})"
+            )
+            if not result.ok:
+                return f"{step.name}: {result.outcome}: {result.output[:300]}"
+        return ""
 
     async def _execute(self, ctx: ActionContext, kind: str, params: dict[str, Any], timeout: float) -> Result:
         try:

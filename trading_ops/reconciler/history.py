@@ -46,7 +46,8 @@ def _first_line(text: str) -> str:
         return ""
     if len(lines) == 1:
         return _cut(lines[0], OUTPUT_WIDTH)
-    more = f" (+{len(lines) - 2} lines)" if len(lines) > 2 else ""
+    left = len(lines) - 2
+    more = f" (+{left} line{'s' if left > 1 else ''})" if left > 0 else ""
     head = _cut(lines[0], OUTPUT_HEAD_WIDTH)
     return f"{head}: {_cut(lines[-1], OUTPUT_WIDTH - len(head) - 2 - len(more))}{more}"
 

@@ -36,6 +36,7 @@ RULE_KEYS = (
     "on_failure",
     "allow_destructive",
     "target_label",
+    "on_recovery",
 )
 ON_FAILURE = ("escalate", "none")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -117,7 +118,9 @@ class Backoff:
 @dataclass(frozen=True)
 class Verify:
     enabled: bool = True
-    expr: str | None = None  # None: the alert's own expression, from its generatorURL
+    # None: the expression of Prometheus's own alerting rule of the alert's name, read from its rules API (never the
+    # webhook's generatorURL, which whoever holds the webhook token writes).
+    expr: str | None = None
     deadline: float = 120.0
     interval: float = 5.0
 
@@ -147,9 +150,19 @@ class Rule:
     on_failure: str = "escalate"
     allow_destructive: bool = False
     target_label: str = "instance"
+    # Steps run once the recovery is verified (the fault is over): undoing what the steps did only for the fault's
+    # duration, e.g. resuming the bots a venue outage set to reduce_only. Their failure pages a human.
+    on_recovery: tuple[StepSpec, ...] = ()
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(m.matches(labels) for m in self.matchers)
+
+    @property
+    def protective(self) -> bool:
+        """Every step that spends budget stops trading or shrinks risk (pause, reduce_only, halt, cancel_all,
+        flatten): such a rule is never refused because other alerts spent the budget or opened a circuit."""
+        budgeted = [s for s in self.steps if ACTIONS[s.action].budgeted]
+        return bool(budgeted) and all(ACTIONS[s.action].protective(s.params) for s in budgeted)
 
     def target(self, labels: dict[str, str]) -> str:
         return labels.get(self.target_label) or labels.get("alertname", "unknown")
@@ -270,6 +283,10 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
     if not isinstance(steps_data, list) or (not steps_data and not allow_empty):
         raise PlaybookError(f"{where}.steps: expected a non-empty list of steps")
     steps = tuple(_step(s, f"{where}.steps[{j}]", timeout) for j, s in enumerate(steps_data))
+    recovery_data = data.get("on_recovery", [])
+    if not isinstance(recovery_data, list):
+        raise PlaybookError(f"{where}.on_recovery: expected a list of steps")
+    on_recovery = tuple(_step(s, f"{where}.on_recovery[{j}]", timeout) for j, s in enumerate(recovery_data))
     max_attempts = data.get("max_attempts", 2)
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise PlaybookError(f"{where}.max_attempts: expected an integer >= 1")
@@ -291,6 +308,7 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
         on_failure=on_failure,
         allow_destructive=allow_destructive,
         target_label=target_label,
+        on_recovery=on_recovery,
     )
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
+import re
 import secrets
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trading_ops.config import Config, ConfigError, DatabaseConfig, parse_config
+from trading_ops.config import Config, ConfigError, DatabaseConfig, PaperConfig, parse_config
 from trading_ops.stack.layout import HOST, Layout, Ports
+from trading_ops.stack.profiles import Profile
 from trading_ops.stack.repo import dump_yaml
 
 # Token files `make run` creates; `up` creates them too when the configuration names none.
@@ -21,13 +26,49 @@ DEFAULT_RECONCILER_TOKEN = "var/secrets/reconciler-token"
 # The episode API's token (reconciler.read_token): the status line reads the episodes with it.
 DEFAULT_READ_TOKEN = "var/secrets/reconciler-read-token"
 TOKEN_BYTES = 32
+# `up --bot ccxt-gateway`: the example bot (examples/ccxt_bot.py) trades through ccxt on the paper gateway, whose
+# API key, secret (base64, as Kraken issues them) and fault-command token are generated into these files.
+GATEWAY_BOT_KIND = "ccxt-gateway"
+DEFAULT_GATEWAY_API_KEY = "var/secrets/gateway-api-key"
+DEFAULT_GATEWAY_API_SECRET = "var/secrets/gateway-api-secret"
+DEFAULT_GATEWAY_TOKEN = "var/secrets/gateway-control-token"
+SECRET_BYTES = 64
+# What the generated configuration names the gateway bot by, unless the user's file says otherwise.
+GATEWAY_BOT_DEFAULTS = {"name": "ccxt-1", "venue": "kraken", "strategy": "mean-reverter"}
+# A fleet (`up --bots N`): bots NAME-1 ... NAME-N (NAME the configuration's bot.name less a trailing -1, else this);
+# every bot but the first trades on a gateway sub-account of its own, with a generated key and secret in these files.
+FLEET_NAME = "ccxt"
+FLEET_API_KEY = "var/secrets/gateway-{name}-api-key"
+FLEET_API_SECRET = "var/secrets/gateway-{name}-api-secret"
+FLEET_DATABASE = "trading-ops.db"  # with SQLite, each bot's journal is in its data dir (bot.data_dir/NAME/...)
+# Unless the configuration sets them: how often each bot of a fleet polls the venue (orders and trades; quotes) and
+# runs its strategy (each step also asks the venue's time). Half as often as one bot does: twenty bots at one bot's
+# defaults took a whole core of the 2-core development machine at rest (3.4 % each, the gateway 15 %), at these 0.8
+# of one (2.6 % each, the gateway 12 %; benchmarks/bench_fleet.py). An outage is still noticed, and its end found,
+# within 2 s, and market data stays fresh (stale after bot.market_data_stale_seconds, 10 s).
+FLEET_DEFAULTS: dict[str, dict[str, float]] = {
+    "ccxt": {"poll_interval_seconds": 2.0, "quote_poll_interval_seconds": 2.0},
+    "bot": {"loop_interval_seconds": 1.0},
+}
 # Keys whose string values are paths relative to the configuration file; the generated file lives elsewhere,
 # so they are made absolute. A playbook value that names no file ("default", "docker") is kept as it is.
 PATH_KEY_SUFFIXES = ("_file", "_dir", "_path", "_socket")
 PATH_KEYS = ("playbook",)
+MIB = 1024 * 1024
+# Budgets of the bot's memory and disk alerts in the stack (bot.resources), unless the configuration sets its own:
+# the machine (24 GiB, a 250 GB disk) is far bigger than a paper bot (~90 MiB resident, a data directory of a few
+# MiB plus its journal), so without them no leak or fill of a demo would ever fire an alert. The paper bot's chaos
+# defaults cross them: leak_memory (10 MiB/s up to 1 GiB) and fill_disk (320 MiB into <data_dir>/scratch).
+STACK_MEMORY_BUDGET_BYTES = 384 * MIB
+STACK_DATA_DIR_BUDGET_BYTES = 256 * MIB
 SQLITE_PREFIX = "sqlite:///"
 SQLITE_MEMORY = "sqlite:///:memory:"
 DEFAULT_DATABASE_URL = DatabaseConfig().url
+# The paper bot's daily loss limit in the stack unless the configuration sets one: a quarter of its 10,000 position
+# limit per symbol, so that `chaos loss_spike` (1.2x the limit, at most a 90 % gap) can breach it with the book the
+# demo usually holds (about 6,000), while the demo's own fees and spreads (it loses on the order of 1,000 an hour)
+# take hours to reach it.
+STACK_DAILY_LOSS_LIMIT = 2500.0
 
 
 @dataclass(frozen=True)
@@ -37,15 +78,28 @@ class AppConfig:
     control_token_file: Path
     reconciler_token_file: Path
     read_token_file: Path | None = None
+    gateway_token_file: Path | None = None  # the gateway's fault commands (`--bot ccxt-gateway`)
+    # Each bot's configuration file, in the order of the bots: list (one bot: the stack's own file).
+    bot_configs: tuple[Path, ...] = ()
+    # Every database the stack's processes use, migrated before they start (a fleet's bots on SQLite: one each).
+    database_urls: tuple[str, ...] = ()
 
 
-def ensure_token(path: Path) -> Path:
-    """A bearer token in `path` (mode 600), created with secrets.token_urlsafe when the file is missing."""
+def _url_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def _api_secret() -> str:
+    return base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def ensure_token(path: Path, make: Callable[[], str] = _url_token) -> Path:
+    """A secret in `path` (mode 600), created with `make()` (secrets.token_urlsafe) when the file is missing."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(secrets.token_urlsafe(TOKEN_BYTES) + "\n")
+            fh.write(make() + "\n")
     elif not path.read_text(encoding="utf-8").strip():
         raise ConfigError(str(path), "token file is empty")
     return path
@@ -74,9 +128,60 @@ def _token_path(section: dict[str, Any], key: str, base: Path, default: str) -> 
     return Path(value) if value else (base / default).resolve()
 
 
-def build_app_config(source: Path | None, layout: Layout, ports: Ports, bot_kind: str = "paper") -> AppConfig:
+def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports) -> Path:
+    """The paper gateway on its port with generated credentials (files under var/secrets, never in the YAML), and the
+    bot's `ccxt:` section on the same key, pointed at it. Returns the file of the gateway's fault-command token."""
+    gateway = data.setdefault("gateway", {})
+    files = {
+        "api_key": ensure_token(_token_path(gateway, "api_key", base, DEFAULT_GATEWAY_API_KEY)),
+        "api_secret": ensure_token(_token_path(gateway, "api_secret", base, DEFAULT_GATEWAY_API_SECRET), _api_secret),
+        "control_token": ensure_token(_token_path(gateway, "control_token", base, DEFAULT_GATEWAY_TOKEN)),
+    }
+    gateway["listen"] = {"host": HOST, "port": ports.gateway}
+    gateway.setdefault("state_file", str(layout.gateway_state))
+    Path(gateway["state_file"]).parent.mkdir(parents=True, exist_ok=True)
+    client = data.setdefault("ccxt", {})
+    client["exchange"] = "kraken"
+    client["urls"] = {"public": ports.url("gateway"), "private": ports.url("gateway")}
+    client.setdefault("symbols", list(data.get("paper", {}).get("symbols") or PaperConfig().symbols))
+    client.setdefault("enable_rate_limit", False)  # the gateway limits orders itself; ccxt's kraken allows 1 call/s
+    for section, names in ((gateway, files), (client, ("api_key", "api_secret"))):
+        for name in names:
+            section.pop(f"{name}_env", None)
+            section[f"{name}_file"] = str(files[name])
+    for key, value in GATEWAY_BOT_DEFAULTS.items():
+        data["bot"].setdefault(key, value)
+    return files["control_token"]
+
+
+def _default_budgets(bot: dict[str, Any]) -> None:
+    """The stack's resource budgets where the configuration gives none (a memory budget only below a configured
+    memory limit: one above it is refused)."""
+    resources = bot.setdefault("resources", {})
+    if not isinstance(resources, dict):
+        return  # parse_config names the problem
+    limit = bot.get("memory_limit_bytes")
+    if not (isinstance(limit, int) and 0 < limit < STACK_MEMORY_BUDGET_BYTES):
+        resources.setdefault("memory_budget_bytes", STACK_MEMORY_BUDGET_BYTES)
+    resources.setdefault("data_dir_budget_bytes", STACK_DATA_DIR_BUDGET_BYTES)
+
+
+def build_app_config(
+    source: Path | None,
+    layout: Layout,
+    ports: Ports,
+    bot_kind: str = "paper",
+    profile: Profile | None = None,
+    bot_ports: Sequence[int] | None = None,
+) -> AppConfig:
     """Write the stack's configuration into the state dir: the user's file (or the defaults) with the bot and the
-    reconciler on the stack's ports, tokens from files, and the reconciler pointed at the local servers."""
+    reconciler on the stack's ports, tokens from files, and the reconciler pointed at the local servers; for the
+    ccxt-gateway bot, the gateway and the bot's ccxt section too. With more than one of `bot_ports` (a fleet of
+    ccxt-gateway bots, one per port; default: one bot on the stack's bot port), each bot gets a configuration file of
+    its own (`Layout.bot_config`) with its name, port, data dir and a sub-account of the gateway with its own key."""
+    bot_ports = list(bot_ports or [ports.bot])
+    if len(bot_ports) > 1 and bot_kind != GATEWAY_BOT_KIND:
+        raise ConfigError("bots", f"a fleet of bots runs on the paper gateway only (--bot {GATEWAY_BOT_KIND})")
     if source is not None and source.exists():
         raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
         base = source.resolve().parent
@@ -92,14 +197,21 @@ def build_app_config(source: Path | None, layout: Layout, ports: Ports, bot_kind
         if url.startswith(SQLITE_PREFIX) and not url.startswith(SQLITE_PREFIX + "/") and url != SQLITE_MEMORY:
             db["url"] = SQLITE_PREFIX + str((base / url[len(SQLITE_PREFIX) :]).resolve())
     bot = data.setdefault("bot", {})
+    named = bot.get("name")  # the user's name for the bot (a fleet's bots are NAME-1 ... NAME-N)
     bot.setdefault("data_dir", str((base / "var").resolve()))
+    recovery = data.setdefault("recovery", {})
+    for key, value in profile.recovery if profile else ():
+        recovery.setdefault(key, value)
+    if (bot.get("risk") or {}).get("daily_loss_limit") is None:
+        data.setdefault("paper", {}).setdefault("daily_loss_limit", STACK_DAILY_LOSS_LIMIT)
+    _default_budgets(bot)
     rc = data.setdefault("reconciler", {})
     control = ensure_token(_token_path(bot, "control_token", base, DEFAULT_CONTROL_TOKEN))
     webhook = ensure_token(_token_path(rc, "token", base, DEFAULT_RECONCILER_TOKEN))
     read = ensure_token(_token_path(rc, "read_token", base, DEFAULT_READ_TOKEN))
     bot.pop("control_token_env", None)
     bot["control_token_file"] = str(control)
-    bot["listen"] = {"host": HOST, "port": ports.bot}
+    bot["listen"] = {"host": HOST, "port": bot_ports[0]}
     rc.pop("token_env", None)
     rc["token_file"] = str(webhook)
     rc.pop("read_token_env", None)
@@ -107,17 +219,94 @@ def build_app_config(source: Path | None, layout: Layout, ports: Ports, bot_kind
     rc["listen"] = {"host": HOST, "port": ports.reconciler}
     rc["prometheus_url"] = ports.url("prometheus")
     rc["alertmanager_url"] = ports.url("alertmanager")
-    # The stack runs one bot: it is the bots: list (the reconciler's targets are derived from it, and Prometheus
-    # scrapes the same instance through its file_sd file). Prometheus labels the bot's series
-    # instance="<host>:<port>" of its scrape target: that is how the reconciler's bot action finds the control API.
+    # The stack's children are not systemd units: `up` runs them as their units would and answers systemctl's verbs
+    # through `trading-ops stackctl`, so the playbook's systemd steps restart the bot here as in production.
+    rc["systemctl"] = [
+        sys.executable,
+        "-m",
+        "trading_ops",
+        "--config",
+        str(layout.app_config.resolve()),
+        "stackctl",
+        "--state-dir",
+        str(layout.state_dir.resolve()),
+    ]
+    gateway_token = _wire_gateway(data, base, layout, ports) if bot_kind == GATEWAY_BOT_KIND else None
+    # The stack's bots are the bots: list (the reconciler's targets are derived from it, and Prometheus scrapes the
+    # same instances through its file_sd file). Prometheus labels a bot's series instance="<host>:<port>" of its
+    # scrape target: that is how the reconciler's bot action finds the control API.
     rc.pop("targets", None)
-    entry = {"name": bot.get("name", "paper-1"), "kind": bot_kind, "instance": ports.address("bot")}
-    data["bots"] = [{**entry, "url": ports.url("bot"), "token_file": str(control)}]
+    if len(bot_ports) == 1:
+        names = [str(bot.get("name", "paper-1"))]
+    else:
+        prefix = re.sub(r"-\d+$", "", str(named)) if named else FLEET_NAME  # bot.name paper-1: paper-1 .. paper-N
+        names = [f"{prefix}-{i}" for i in range(1, len(bot_ports) + 1)]
+    data["bots"] = [
+        {
+            "name": name,
+            "kind": bot_kind,
+            "instance": f"{HOST}:{port}",
+            "url": f"http://{HOST}:{port}",
+            "token_file": str(control),
+        }
+        for name, port in zip(names, bot_ports, strict=True)
+    ]
+    fleet = _fleet(data, base, layout, names, bot_ports) if len(bot_ports) > 1 else {}
     config = parse_config(data, base_dir=layout.state_dir.resolve())
+    origin = source.resolve() if source else "the defaults"
+    databases = [config.database_url()]
+    for path, bot_data in fleet.items():
+        databases.append(parse_config(bot_data, base_dir=layout.state_dir.resolve()).database_url())
+        dump_yaml(
+            path,
+            bot_data,
+            f"Generated by `trading-ops up --bots {len(bot_ports)}` from {origin}: the stack's configuration with\n"
+            "this bot's name, port, data dir and gateway account key. Edit the source file, not this copy.",
+        )
     dump_yaml(
         layout.app_config,
         data,
-        f"Generated by `trading-ops up` from {source.resolve() if source else 'the defaults'}: the stack's ports,\n"
+        f"Generated by `trading-ops up` from {origin}: the stack's ports,\n"
         "token files and local Prometheus and Alertmanager. Edit the source file, not this copy.",
     )
-    return AppConfig(layout.app_config, config, control, webhook, read)
+    bot_configs = tuple(fleet) or (layout.app_config,)
+    return AppConfig(
+        layout.app_config, config, control, webhook, read, gateway_token, bot_configs, tuple(dict.fromkeys(databases))
+    )
+
+
+def _fleet(
+    data: dict[str, Any], base: Path, layout: Layout, names: list[str], bot_ports: list[int]
+) -> dict[Path, dict[str, Any]]:
+    """A fleet on the paper gateway: the first bot on the venue's main account (the gateway's key), every other one
+    on a sub-account of its own named after it, with a key and secret generated into var/secrets (Kraken's nonce is
+    per key: bots never share one). `data` (the stack's configuration, its bot the first one) gets the sub-accounts;
+    returns each bot's configuration by its file."""
+    gateway, client, bot = data["gateway"], data["ccxt"], data["bot"]
+    keys = [(client["api_key_file"], client["api_secret_file"])]
+    accounts = gateway.setdefault("accounts", [])
+    for name in names[1:]:
+        key = ensure_token((base / FLEET_API_KEY.format(name=name)).resolve())
+        secret = ensure_token((base / FLEET_API_SECRET.format(name=name)).resolve(), _api_secret)
+        accounts.append({"name": name, "api_key_file": str(key), "api_secret_file": str(secret)})
+        keys.append((str(key), str(secret)))
+    for section, defaults in FLEET_DEFAULTS.items():
+        for setting, value in defaults.items():
+            data.setdefault(section, {}).setdefault(setting, value)
+    data_dir = Path(bot["data_dir"])
+    bot.update(name=names[0], data_dir=str(data_dir / names[0]))
+    db = data["database"]
+    url = str(db.get("url", ""))
+    own_sqlite = not db.get("url_file") and not db.get("url_env") and url.startswith(SQLITE_PREFIX)
+    fleet = {}
+    for name, port, (key, secret) in zip(names, bot_ports, keys, strict=True):
+        mine = copy.deepcopy(data)
+        mine["bot"].update(name=name, listen={"host": HOST, "port": port}, data_dir=str(data_dir / name))
+        mine["ccxt"].update(api_key_file=key, api_secret_file=secret)
+        if own_sqlite and url != SQLITE_MEMORY:
+            # One SQLite file does not take tens of writing processes (a transaction that read, then writes, fails
+            # with "database is locked" once another wrote in between): each bot journals in a file of its own.
+            # A PostgreSQL database (url_file, url_env) is shared, as in production.
+            mine["database"]["url"] = SQLITE_PREFIX + str(data_dir / name / FLEET_DATABASE)
+        fleet[layout.bot_config(name)] = mine
+    return fleet

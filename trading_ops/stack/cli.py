@@ -3,44 +3,86 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from trading_ops.cli import UsageError
 from trading_ops.config import Config
-from trading_ops.stack.layout import BASE_PORT_ORDER, DEFAULT_PORTS, DEFAULT_STATE_DIR, Ports
-from trading_ops.stack.profiles import FAST, PROFILES, STANDARD
+from trading_ops.stack.layout import (
+    BASE_PORT_ORDER,
+    DEFAULT_PORTS,
+    DEFAULT_STATE_DIR,
+    FLEET_START_SECONDS,
+    MAX_BOTS,
+    Ports,
+)
+from trading_ops.stack.profiles import FAST, FLOOR, PROFILES, STANDARD
+from trading_ops.stack.stackctl import (
+    DEFAULT_TIMEOUT_SECONDS,
+    SHOW_PROPERTIES,
+    VERBS,
+    call,
+    format_show,
+    format_status,
+)
 
 DEFAULT_READY_TIMEOUT = 60.0
 
+STACKCTL_DESCRIPTION = """\
+Talk to a running `trading-ops up` the way systemctl talks to systemd. `up` runs each child as production's
+systemd unit would: the bot as Type=notify with a watchdog (a hung trading loop stops its pings and is killed
+with SIGABRT), every child restarted on failure after RestartSec, and a crash loop stopped by the start limit
+(the unit stays failed until `stackctl reset-failed`). The reconciler's systemd steps call `stackctl restart`
+in the local stack, so the packaged playbook restarts the bot there as systemctl does in production.
+exit status: 0 done, 1 the verb failed (one line says why), 2 bad usage.
+"""
+
 DESCRIPTION = """\
-Start the paper bot (paper-bot --chaos), the reconciler (with the configured playbook, by default the packaged
-one), Prometheus and Alertmanager (Debian binaries) with the repo's prometheus/ and alertmanager/ configurations
-adapted to local ports and to files under the state directory; wait until each is healthy; print the URLs and a
-live status line (alerts firing, open episodes, last action). Ctrl-C or SIGTERM stops them all (SIGTERM, then
-SIGKILL after a deadline). A missing Prometheus or Alertmanager binary is reported with how to install it and the
-rest starts. Everything listens on 127.0.0.1.
+Start the paper bot (paper-bot --chaos; with --bot ccxt-gateway, the example ccxt bot and the paper gateway it
+trades on), the reconciler (with the configured playbook, by default the packaged one), Prometheus and
+Alertmanager (Debian binaries) with the repo's prometheus/ and alertmanager/ configurations adapted to local
+ports and to files under the state directory; wait until each is healthy; print the URLs and a live status line
+(alerts firing, open episodes, last action). Ctrl-C or SIGTERM stops them all (SIGTERM, then SIGKILL after a
+deadline). A missing Prometheus or Alertmanager binary is reported with how to install it and the rest starts.
+Everything listens on 127.0.0.1.
 
 The bot and the reconciler run with a generated copy of --config (STATE_DIR/trading-ops.yaml: the stack's ports,
 token files var/secrets/control-token, var/secrets/reconciler-token and var/secrets/reconciler-read-token (the
 episode API's, which the status line reads with), created when missing, and the local Prometheus and
-Alertmanager). In alertmanager.yml the reconciler webhook points at the local reconciler with its
-token as credentials_file; the other receivers (pager, chat, dead-man) stay in the routing tree but notify nobody,
-as they need accounts and the internet: their alerts are visible in the Alertmanager UI.
+Alertmanager; for ccxt-gateway also the gateway and the bot's ccxt section, with the gateway's key, secret and
+fault token generated into var/secrets/gateway-*). In alertmanager.yml the reconciler webhook points at the local
+reconciler with its token as credentials_file; the other receivers (pager, chat, dead-man) stay in the routing
+tree but notify nobody, as they need accounts and the internet: their alerts are visible in the Alertmanager UI.
 """
 
 PROFILE_INDENT = " " * 18
+FLEET_PORT = max(DEFAULT_PORTS.values()) + 1  # where a fleet's bots start with the default ports
 EPILOG = f"""\
 profiles:
 {textwrap.fill(FAST.summary, 110, initial_indent="  fast (default)  ", subsequent_indent=PROFILE_INDENT)}
 {textwrap.fill(STANDARD.summary, 110, initial_indent="  standard        ", subsequent_indent=PROFILE_INDENT)}
+{textwrap.fill(FLOOR.summary, 110, initial_indent="  floor           ", subsequent_indent=PROFILE_INDENT)}
 
-ports: --base-port N puts the bot, the reconciler, Prometheus and Alertmanager on N, N+1, N+2, N+3
-(default {", ".join(f"{name} {DEFAULT_PORTS[name]}" for name in BASE_PORT_ORDER)}).
+ports: --base-port N puts the bot, the reconciler, Prometheus, Alertmanager and the gateway (--bot ccxt-gateway only)
+on N, N+1, N+2, N+3, N+4 (default {", ".join(f"{name} {DEFAULT_PORTS[name]}" for name in BASE_PORT_ORDER)}).
 
-If the bot dies (e.g. `trading-ops chaos crash`), the rest keeps running so its alert, the reconciler's attempt
-and the escalation can be watched; if Prometheus, Alertmanager or the reconciler dies, everything stops.
+a fleet: --bot ccxt-gateway --bots N runs N example bots (at most {MAX_BOTS}) on the one paper gateway, named ccxt-1 ..
+ccxt-N (NAME-1 .. with bot.name NAME or NAME-1), each a child of its own (unit trading-ops-bot@ccxt-I.service)
+with its own configuration file (STATE_DIR/bots/ccxt-I.yaml), data dir (bot.data_dir/ccxt-I) and account on the
+gateway: ccxt-1 on the venue's main account (var/secrets/gateway-api-key), every other one on a sub-account of its
+own, its key and secret generated into var/secrets/gateway-ccxt-I-api-key and -api-secret. They listen on P ..
+P+N-1, with --bots-base-port P (default: right after the stack's highest port, {FLEET_PORT} .. with the default ports,
+N+5 .. with --base-port N). All are in the bots: list, so Prometheus scrapes every one and the reconciler acts on
+every one; the status line counts them ("bots: 20 (20 active)"). `gateway-chaos outage seconds=60` takes the venue
+down under all of them.
+
+Each child runs as its production systemd unit says (read from the shipped unit files): restarted on failure, the
+bot under its watchdog (a hung loop is killed and restarted), a crash loop stopped by the start limit. If the bot
+(or the gateway) gives up, the rest keeps running so its alert, the reconciler's attempt and the escalation can be
+watched; if Prometheus, Alertmanager or the reconciler gives up, everything stops. `trading-ops stackctl` is
+systemctl for the stack; the reconciler's systemd steps use it.
 exit status: 0 after Ctrl-C with every child stopped on SIGTERM, 1 if a child failed (to start, to become
 healthy, during the run, or to stop on SIGTERM), 2 for bad usage or configuration.
 """
@@ -67,7 +109,7 @@ def register(sub: Any) -> None:
         help="directory with prometheus/ and alertmanager/ (default: the current directory, else the checkout "
         "trading_ops runs from)",
     )
-    up.add_argument("--base-port", type=int, default=None, metavar="N", help="ports N..N+3 (see below)")
+    up.add_argument("--base-port", type=int, default=None, metavar="N", help="ports N..N+4 (see below)")
     for name in BASE_PORT_ORDER:
         up.add_argument(
             f"--{name}-port",
@@ -87,7 +129,8 @@ def register(sub: Any) -> None:
         type=float,
         default=DEFAULT_READY_TIMEOUT,
         metavar="SECONDS",
-        help=f"how long each child may take to become healthy (default {DEFAULT_READY_TIMEOUT:g})",
+        help=f"how long each child may take to become healthy (default {DEFAULT_READY_TIMEOUT:g}; a fleet's bots, "
+        f"starting together, {FLEET_START_SECONDS:g} s more per bot)",
     )
     up.add_argument(
         "--status-interval",
@@ -100,10 +143,89 @@ def register(sub: Any) -> None:
         "--bot",
         default="paper",
         metavar="KIND",
-        help="the bot to run: paper (default: the paper bot with --chaos) or a kind of bot_kinds: in the "
-        "configuration (KIND -> its command line; {python} and {config} are filled in)",
+        help="the bot to run: paper (default: the paper bot with --chaos); ccxt-gateway (examples/ccxt_bot.py trading "
+        "through ccxt on a paper-gateway child with generated credentials; its faults: gateway-chaos); or a kind of "
+        "bot_kinds: in the configuration (KIND -> its command line; {python} and {config} are filled in)",
+    )
+    up.add_argument(
+        "--bots",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"how many bots (default 1; more than one, at most {MAX_BOTS}: --bot ccxt-gateway only, see below)",
+    )
+    up.add_argument(
+        "--bots-base-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="the bots listen on P .. P+N-1 (default: one bot on the bot port, a fleet right after the stack's ports)",
     )
     up.set_defaults(handler=handle)
+
+    ctl = sub.add_parser(
+        "stackctl",
+        help="systemctl for the local stack: status, start, stop, restart a child of `trading-ops up`",
+        description=STACKCTL_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ctl.add_argument("verb", choices=VERBS, help="what to do (as systemctl's verbs of the same name)")
+    ctl.add_argument(
+        "units",
+        nargs="*",
+        metavar="UNIT",
+        help="unit names as production has them (trading-ops-paper-bot.service, trading-ops-reconciler.service, "
+        "prometheus.service, prometheus-alertmanager.service; a fleet's bots trading-ops-bot@ccxt-I.service), with "
+        "or without .service, or the child's name; "
+        "status and reset-failed without a unit mean every one",
+    )
+    ctl.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"the state directory of the `up` to talk to (default: ./{DEFAULT_STATE_DIR})",
+    )
+    ctl.add_argument(
+        "--property",
+        "-p",
+        default="",
+        metavar="NAMES",
+        help=f"show: only these properties, comma-separated (default: {', '.join(SHOW_PROPERTIES)})",
+    )
+    ctl.add_argument(
+        "--timestamp",
+        choices=["pretty", "unix"],
+        default="pretty",
+        help="show: timestamps as local time (pretty, the default) or @EPOCH seconds (unix), as systemctl's option",
+    )
+    ctl.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"how long to wait for the answer (a restart waits for the start to complete; default "
+        f"{DEFAULT_TIMEOUT_SECONDS:g})",
+    )
+    ctl.set_defaults(handler=handle_stackctl)
+
+
+def handle_stackctl(args: argparse.Namespace, _config: Config) -> int:
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    try:
+        answer = call(Path(args.state_dir), args.verb, args.units, args.timeout)
+    except (OSError, ValueError) as exc:
+        print(f"trading-ops: stackctl: {exc}", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        print(f"trading-ops: stackctl: {answer.get('error', 'no answer')}", file=sys.stderr)
+        return 1
+    properties = [p for p in args.property.split(",") if p]
+    for service in answer.get("services", []):
+        if args.verb == "status":
+            print(format_status(service))
+        elif args.verb == "show":
+            print("\n".join(format_show(service, properties, args.timestamp == "unix")))
+    return 0
 
 
 def handle(args: argparse.Namespace, config: Config) -> int:
@@ -122,6 +244,8 @@ def handle(args: argparse.Namespace, config: Config) -> int:
         config_path=args.config,
         log_level=args.log_level,
         bot_kind=args.bot,
+        bots=args.bots,
+        bots_base_port=args.bots_base_port,
     )
     try:
         return run(options)

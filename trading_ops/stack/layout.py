@@ -7,9 +7,15 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 DEFAULT_STATE_DIR = "var/stack"
-# Default ports (the catalogue's): with --base-port N they become N, N+1, N+2, N+3 in this order.
-DEFAULT_PORTS = {"bot": 9101, "reconciler": 9102, "prometheus": 9090, "alertmanager": 9093}
-BASE_PORT_ORDER = ("bot", "reconciler", "prometheus", "alertmanager")
+# Default ports (the catalogue's): with --base-port N they become N, N+1, N+2, ... in this order. The gateway (the
+# paper venue behind Kraken's API) runs only with `--bot ccxt-gateway`.
+DEFAULT_PORTS = {"bot": 9101, "reconciler": 9102, "prometheus": 9090, "alertmanager": 9093, "gateway": 9110}
+BASE_PORT_ORDER = ("bot", "reconciler", "prometheus", "alertmanager", "gateway")
+# `up --bots N`: a fleet of example bots on the one gateway, each a process of its own (about 150 MB resident).
+MAX_BOTS = 100
+# How much longer than --ready-timeout a fleet's bots may take to become healthy, per bot beyond the first: they start
+# at once, each importing ccxt and the runtime (about 1.3 s of CPU), so 20 bots took 25 s on 2 busy cores.
+FLEET_START_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -18,6 +24,7 @@ class Ports:
     reconciler: int = DEFAULT_PORTS["reconciler"]
     prometheus: int = DEFAULT_PORTS["prometheus"]
     alertmanager: int = DEFAULT_PORTS["alertmanager"]
+    gateway: int = DEFAULT_PORTS["gateway"]
 
     @classmethod
     def choose(cls, base: int | None = None, **explicit: int | None) -> Ports:
@@ -33,6 +40,15 @@ class Ports:
 
     def url(self, name: str) -> str:
         return f"http://{self.address(name)}"
+
+
+def bot_ports(ports: Ports, count: int, base: int | None = None) -> list[int]:
+    """The ports of the stack's `count` bots, consecutive from `base` (--bots-base-port): by default one bot on the
+    stack's bot port, and a fleet on the ports right after the stack's highest one (9111.. with the defaults, N+5..
+    with --base-port N)."""
+    if base is None:
+        base = ports.bot if count == 1 else max(getattr(ports, name) for name in BASE_PORT_ORDER) + 1
+    return list(range(base, base + count))
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,16 @@ class Layout:
     @property
     def alertmanager_config(self) -> Path:
         return self.alertmanager_dir / "alertmanager.yml"
+
+    @property
+    def gateway_state(self) -> Path:
+        """The paper venue behind the gateway (`--bot ccxt-gateway`): its orders, fills and balances between runs."""
+        return self.state_dir / "gateway" / "venue.json"
+
+    def bot_config(self, name: str) -> Path:
+        """The configuration of one bot of a fleet (`up --bots N`, N > 1): the stack's, with its own name, port, data
+        dir and venue key."""
+        return self.state_dir / "bots" / f"{name}.yaml"
 
     @property
     def logs_dir(self) -> Path:

@@ -1,7 +1,9 @@
-"""Timing profiles of the local stack: `fast` for self-healing demos and the recovery goal, `standard` as shipped."""
+"""Timing profiles of the local stack: `fast` for self-healing demos and the recovery goal, `standard` as shipped,
+`floor` for measuring what detection can cost at the least (every alert's `for:` at one evaluation)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,8 @@ from trading_ops.durations import format_duration
 # alert) and never longer than the original. 10s -> 2s, 30s -> 6s, 2m -> 24s, 1h -> 12m; `for: 1s` stays 1s.
 FOR_DIVISOR = 5
 FOR_FLOOR_SECONDS = 2.0
+# The floor profile's `for:`: one 1 s evaluation (an alert fires on the second evaluation that finds it true).
+FOR_MINIMUM_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -28,12 +32,26 @@ class Profile:
     reconciler_group_wait: float | None
     reconciler_group_interval: float | None
     shorten_for: bool
+    # The bot's `recovery:` settings the stack uses unless the configuration sets them (the fast profile reconciles
+    # and takes over after a crash sooner; the standard profile keeps every default).
+    recovery: tuple[tuple[str, float], ...] = ()
+    # Every `for:` at its minimum (one evaluation) instead of divided: the floor of detection, for benchmarks.
+    minimal_for: bool = False
 
     def alert_for(self, seconds: float) -> float:
         """The `for:` duration this profile gives an alert whose repo rule says `seconds`."""
         if not self.shorten_for or seconds <= 0:
             return seconds
+        if self.minimal_for:
+            return min(seconds, FOR_MINIMUM_SECONDS)
         return min(seconds, max(seconds / FOR_DIVISOR, FOR_FLOOR_SECONDS))
+
+    def shortened(self, seconds: float, floor: float) -> float:
+        """A service timing of the units (RestartSec, WatchdogSec, StartLimitIntervalSec) in this profile: divided as
+        `for:` is, never below `floor` and never longer than the unit's."""
+        if not self.shorten_for or seconds <= 0:
+            return seconds
+        return min(seconds, max(seconds / FOR_DIVISOR, floor))
 
     @property
     def summary(self) -> str:
@@ -54,10 +72,22 @@ class Profile:
                 f"the Alertmanager routes to the reconciler use group_wait {fmt(self.reconciler_group_wait)} "
                 f"and group_interval {fmt(self.reconciler_group_interval)}"
             )
-        if self.shorten_for:
+        if self.recovery:
+            parts.append(
+                "the bot's "
+                + ", ".join(f"recovery.{key} {fmt(value)}" for key, value in self.recovery)
+                + " unless the configuration sets them"
+            )
+        if self.minimal_for:
+            parts.append(
+                f"every alert `for:` is {fmt(FOR_MINIMUM_SECONDS)} (one evaluation; never longer than the repo's), "
+                "and the systemd units' timings are shortened as in the fast profile"
+            )
+        elif self.shorten_for:
             parts.append(
                 f"alert `for:` durations are divided by {FOR_DIVISOR}, at least {fmt(FOR_FLOOR_SECONDS)} "
-                "and never longer than the repo's (10s -> 2s, 2m -> 24s)"
+                "and never longer than the repo's (10s -> 2s, 2m -> 24s), and so are the systemd units' "
+                "RestartSec, WatchdogSec and StartLimitIntervalSec the stack runs its children with"
             )
         return "; ".join(parts) + ". Everything else as in the repo."
 
@@ -75,8 +105,11 @@ class Profile:
             "prometheus_alert_resend_delay": fmt(self.alert_resend_delay),
             "alertmanager_reconciler_group_wait": fmt(self.reconciler_group_wait),
             "alertmanager_reconciler_group_interval": fmt(self.reconciler_group_interval),
+            "bot_recovery": {key: format_duration(value) for key, value in self.recovery} or "as configured",
             "alert_for": (
-                f"for / {FOR_DIVISOR}, at least {format_duration(FOR_FLOOR_SECONDS)}, never longer than the repo's"
+                f"{format_duration(FOR_MINIMUM_SECONDS)}, never longer than the repo's"
+                if self.minimal_for
+                else f"for / {FOR_DIVISOR}, at least {format_duration(FOR_FLOOR_SECONDS)}, never longer than the repo's"
                 if self.shorten_for
                 else "as in the repo"
             ),
@@ -96,6 +129,9 @@ FAST = Profile(
     # own verification poll is fine: it wakes the verification, whose last query still tells a recovery.
     reconciler_group_interval=1.0,
     shorten_for=True,
+    # A scheduled reconciliation every 15 s (60 s by default) finds a drifted position sooner; a crashed bot's
+    # restart waits until its last heartbeat is 3 s old (3 beats; 10 s by default) before it takes over.
+    recovery=(("reconcile_interval_seconds", 15.0), ("crash_timeout_seconds", 3.0)),
 )
 STANDARD = Profile(
     name="standard",
@@ -107,4 +143,5 @@ STANDARD = Profile(
     reconciler_group_interval=None,
     shorten_for=False,
 )
-PROFILES = {p.name: p for p in (FAST, STANDARD)}
+FLOOR = dataclasses.replace(FAST, name="floor", minimal_for=True)
+PROFILES = {p.name: p for p in (FAST, STANDARD, FLOOR)}

@@ -25,7 +25,8 @@ ROLE_BY_JOB = {
     "node": "node",
 }
 NODE_EXPORTER_PORT = 9100
-ROLE_BY_PORT = {port: role for role, port in DEFAULT_PORTS.items()} | {NODE_EXPORTER_PORT: "node"}
+# The gateway exports no metrics: no job watches it.
+ROLE_BY_PORT = {port: role for role, port in DEFAULT_PORTS.items() if role != "gateway"} | {NODE_EXPORTER_PORT: "node"}
 # Settings that reach beyond this machine or describe how production is reached; the local children speak plain
 # HTTP on 127.0.0.1 and nothing is shipped anywhere.
 DROPPED_TOP_LEVEL = ("remote_write", "remote_read")
@@ -187,9 +188,15 @@ def adapt_prometheus(
 
 
 def render_prometheus(
-    repo: Path, ports: Ports, profile: Profile, layout: Layout, node_exporter: str | None = None
+    repo: Path,
+    ports: Ports,
+    profile: Profile,
+    layout: Layout,
+    node_exporter: str | None = None,
+    bot_instances: list[str] | None = None,
 ) -> RenderedPrometheus:
-    """Read the repo's prometheus.yml and rule files and adapt them (nothing is written)."""
+    """Read the repo's prometheus.yml and rule files and adapt them (nothing is written). The bot job's file_sd
+    targets are `bot_instances` (the configuration's bots: list), by default the stack's one bot."""
     source = repo / PROMETHEUS_CONFIG
     data = load_yaml(source)
     rule_sources = _rule_files(data, source.parent)
@@ -203,7 +210,7 @@ def render_prometheus(
     # Rules the profile changes are copied into the state dir; otherwise Prometheus reads the repo's own files.
     rule_paths = [layout.rules_dir / name if isinstance(r, dict) else r for name, r in rules.items()]
     config, notes = adapt_prometheus(data, ports, profile, rule_paths, node_exporter, layout.bot_targets)
-    return RenderedPrometheus(config, rules, notes, [ports.address("bot")])
+    return RenderedPrometheus(config, rules, notes, list(bot_instances or [ports.address("bot")]))
 
 
 def write_prometheus(rendered: RenderedPrometheus, layout: Layout, repo: Path, profile: Profile) -> None:

@@ -39,6 +39,8 @@ class Snapshot:
     open_episodes: int | None = None
     last_action: str | None = None
     down: list[str] = field(default_factory=list)
+    bots: int | None = None  # a fleet (up --bots N): how many bots; None for one bot (listed in `down` if it is)
+    bots_down: list[str] = field(default_factory=list)  # the fleet's bots not active, in the fleet's order
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str, token: str = "") -> Any:
@@ -160,6 +162,8 @@ def render(snap: Snapshot) -> str:
     else:
         alerts = "alerts firing: 0"
     parts = [alerts]
+    if snap.bots is not None:
+        parts.append(_fleet(snap.bots, snap.bots_down))
     if snap.watchdog is not None:
         parts.append("watchdog: ok" if snap.watchdog else "watchdog: not seen")
     parts.append(f"episodes open: {'?' if snap.open_episodes is None else snap.open_episodes}")
@@ -171,6 +175,14 @@ def render(snap: Snapshot) -> str:
     if snap.down:
         parts.append(f"DOWN: {', '.join(snap.down)}")
     return " | ".join(parts)
+
+
+def _fleet(total: int, down: list[str]) -> str:
+    """`bots: 20 (20 active)`, or `bots: 20 (16 active, 4 not: ccxt-2, ccxt-5, ccxt-9, +1 more)`."""
+    if not down:
+        return f"bots: {total} ({total} active)"
+    names = ", ".join(down[:NAMES_SHOWN]) + (f", +{len(down) - NAMES_SHOWN} more" if len(down) > NAMES_SHOWN else "")
+    return f"bots: {total} ({total - len(down)} active, {len(down)} not: {names})"
 
 
 def _named(name: str, count: int, severity: str) -> str:

@@ -54,6 +54,8 @@ class Child:
     # How long a SIGTERM may take before SIGKILL.
     stop_timeout: float
     env: dict[str, str] | None = None
+    # Healthy before the children after it start (what they connect to at their start).
+    healthy_first: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     stopping: bool = False
     killed: bool = False

@@ -9,14 +9,19 @@ What it does that a bare ccxt call does not:
   sending it again: found, the order is returned as if the answer had come; confirmed absent (twice), the submit
   fails for certain; the venue unreachable, BrokerError with `outcome_unknown` for the bot's reconciliation.
 - A nonce error means the venue refused the request, so it is retried at once with a fresh nonce (NONCE_RETRIES).
-  Errors the broker handles itself (retried nonces, failed lookups, failed polls) are counted in
-  `handled_errors` and passed to `on_venue_error` (wire it to the bot's `metrics.venue_error`); an error raised to
-  the caller is the caller's to count.
-- Events: a background task polls open orders and the account's trades (`poll_interval`) and calls `on_fill`
+  Errors the broker handles itself (retried nonces, resolved lost replies, failed lookups, failed polls) are
+  counted in `handled_errors` and passed to BrokerEvents.on_venue_error (the runtime counts them in
+  tradingbot_venue_errors_total); an error raised to the caller is the caller's to count.
+- Events: `submit` calls `on_order` with the venue's answer (the acknowledgement a stream would send); a
+  background task polls open orders and the account's trades (`poll_interval`) and calls `on_fill`
   for each new trade, then `on_order` for each order whose state changed (one that left the open list is looked
-  up for its final state); another polls tickers (`quote_interval`) and calls `on_quote` when a symbol's best
-  bid or ask changed, as a book-ticker stream does, so a frozen feed goes stale. A channel goes down when a call
-  on it fails for a network reason and up again at its next success (`on_connection` each time).
+  up for its final state); another polls tickers (`quote_interval`) and calls `on_quote` for every symbol the
+  answer quotes: a successful poll is fresh data, even on a quiet market whose bid and ask did not move (Kraken's
+  ticker has no timestamp to tell otherwise); a symbol the venue stops quoting goes stale. A channel goes down
+  when a call on it fails for a network reason and up again at its next success (`on_connection` each time).
+- A session (connect, reconnect) starts as a careful client's does: the venue's status (`fetch_status`: one in
+  maintenance is "unavailable"), then its markets, loaded again. `resubscribe` is what subscribing means to a
+  polling client: the markets loaded again (the venue's current listing of the pairs), then a fresh ticker.
 - Amounts are exact: the broker sets the exchange's `number` to `str` (ccxt's own switch) and reads decimals.
 - Positions (spot): the venue's balance of each symbol's base asset less `position_baseline[base]` (what the
   account held that is not the bot's; zero by default, as on the paper venue).
@@ -158,7 +163,6 @@ class CcxtBroker(Broker):
         nonce_retries: int = NONCE_RETRIES,
         lookup_attempts: int = LOOKUP_ATTEMPTS,
         lookup_backoff: float = LOOKUP_BACKOFF_SECONDS,
-        on_venue_error: Callable[[str], None] | None = None,
     ) -> None:
         if not symbols:
             raise ValueError("a ccxt broker needs at least one symbol")
@@ -174,7 +178,6 @@ class CcxtBroker(Broker):
         self.nonce_retries = nonce_retries
         self.lookup_attempts = lookup_attempts
         self.lookup_backoff = lookup_backoff
-        self.on_venue_error = on_venue_error
         self.handled_errors: Counter[str] = Counter()
         exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
         extra = EXTRA_EXACT_ERRORS.get(self.venue)
@@ -186,7 +189,6 @@ class CcxtBroker(Broker):
         self._connected = dict.fromkeys(Channel, False)
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._quotes: dict[str, tuple[Any, ...]] = {}
         self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
         self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
         self._seen_trades: OrderedDict[str, None] = OrderedDict()
@@ -199,11 +201,7 @@ class CcxtBroker(Broker):
         self._tasks = []
         self._events = events
         self._started = True
-        self.exchange.open()  # again after a close(): ccxt refuses to reopen lazily what its user closed
-        await self._call(Channel.ORDERS, "load markets", self.exchange.load_markets)
-        unknown = [s for s, u in self._unified.items() if u not in (self.exchange.markets or {})]
-        if unknown:
-            raise BrokerError("other", f"{self.venue} does not list {', '.join(unknown)}")
+        await self._open_session()
         self._fills_since = await self.server_time()
         self._open = {o.venue_order_id: o for o in await self.open_orders()}
         await self._poll_quotes(self.symbols)
@@ -230,13 +228,26 @@ class CcxtBroker(Broker):
     def is_connected(self, channel: Channel) -> bool:
         return self._connected[channel]
 
-    async def reconnect(self) -> None:
-        """New connections (ccxt's session is closed and opened again), then one call on each channel."""
-        await self.exchange.close()
+    async def _open_session(self) -> None:
+        """Open ccxt's session (again after a close(): ccxt refuses to reopen lazily what its user closed), ask the
+        venue whether it is up, then load its markets again and check it lists every symbol."""
         self.exchange.open()
+        if self.exchange.has.get("fetchStatus"):
+            status = await self._call(Channel.ORDERS, "status", self.exchange.fetch_status)
+            if status.get("status") not in ("ok", None):
+                raise BrokerError("unavailable", f"{self.venue} status: {str(status.get('status'))[:32]}")
+        await self._call(Channel.ORDERS, "load markets", self.exchange.load_markets, True)
+        unknown = [s for s, u in self._unified.items() if u not in (self.exchange.markets or {})]
+        if unknown:
+            raise BrokerError("other", f"{self.venue} does not list {', '.join(unknown)}")
+
+    async def reconnect(self) -> None:
+        """A new session (ccxt's connections closed and opened again, the venue's status and markets asked), then
+        one call on each channel."""
+        await self.exchange.close()
         self._started = True
+        await self._open_session()
         await self.open_orders()
-        self._quotes.clear()  # a fresh subscription starts with a snapshot
         await self._poll_quotes(self.symbols)
         if self._fills_since is None:  # connect() never got this far
             self._fills_since = await self.server_time()
@@ -247,8 +258,7 @@ class CcxtBroker(Broker):
         unknown = [s for s in targets if s not in self._unified]
         if unknown:
             raise BrokerError("other", f"unknown symbol {', '.join(unknown)[:64]}")
-        for symbol in targets:
-            self._quotes.pop(symbol, None)
+        await self._call(Channel.MARKET_DATA, "load markets", self.exchange.load_markets, True)
         await self._poll_quotes(targets)
 
     async def _set_connected(self, channel: Channel, up: bool) -> None:
@@ -284,8 +294,8 @@ class CcxtBroker(Broker):
 
     def _handled(self, error_class: str) -> None:
         self.handled_errors[error_class] += 1
-        if self.on_venue_error is not None:
-            self.on_venue_error(error_class)
+        if self._events.on_venue_error is not None:
+            self._events.on_venue_error(error_class)
 
     # -- orders -----------------------------------------------------------------------------------------------
     async def submit(self, request: OrderRequest) -> VenueOrder:
@@ -321,7 +331,14 @@ class CcxtBroker(Broker):
             return await self._resolve_lost_submit(request, exc)
         order = self._order(raw, request)
         self._track(order)
+        await self._acknowledged(order)
         return order
+
+    async def _acknowledged(self, order: VenueOrder) -> None:
+        """The venue took the order: `on_order` with its answer, as a user-data stream sends the acknowledgement (a
+        bot's order engine learns of it there). The polls report only what changes after it."""
+        if self._events.on_order is not None:
+            await self._events.on_order(order)
 
     async def _resolve_lost_submit(self, request: OrderRequest, lost: BrokerError) -> VenueOrder:
         """Ask the venue whether an order whose answer was lost exists; never send it again."""
@@ -340,6 +357,7 @@ class CcxtBroker(Broker):
                 self._handled(lost.error_class)  # resolved: the caller never sees this error
                 log.info("%s: %s was placed (%s %s)", self.venue, cid, found.venue_order_id, found.status.value)
                 self._track(found)
+                await self._acknowledged(found)
                 return found
             misses += 1
             if misses >= NOT_FOUND_CONFIRMATIONS:
@@ -514,11 +532,7 @@ class CcxtBroker(Broker):
             ticker = tickers.get(u) or {}
             bid, ask = _decimal(ticker.get("bid")), _decimal(ticker.get("ask"))
             if bid is None or ask is None:
-                continue
-            seen = (bid, ask, ticker.get("timestamp"))
-            if self._quotes.get(symbol) == seen:
-                continue  # nothing moved: a stream would have sent nothing
-            self._quotes[symbol] = seen
+                continue  # not quoted: no news is stale news
             at = _time(ticker.get("timestamp")) or datetime.now(UTC)
             if self._events.on_quote is not None:
                 await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
@@ -669,7 +683,7 @@ def make_exchange(config: Config) -> ccxt_async.Exchange:
     return exchange
 
 
-def broker_from_config(config: Config, on_venue_error: Callable[[str], None] | None = None) -> CcxtBroker:
+def broker_from_config(config: Config) -> CcxtBroker:
     """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`."""
     c = config.ccxt
     return CcxtBroker(
@@ -678,5 +692,4 @@ def broker_from_config(config: Config, on_venue_error: Callable[[str], None] | N
         poll_interval=c.poll_interval_seconds,
         quote_interval=c.quote_poll_interval_seconds,
         position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},
-        on_venue_error=on_venue_error,
     )

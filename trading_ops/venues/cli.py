@@ -9,8 +9,9 @@ import logging
 import sys
 from typing import Any
 
+from trading_ops.cli import http_url
 from trading_ops.config import Config, ConfigError, resolve_secret
-from trading_ops.paper.cli import _post, parse_params
+from trading_ops.paper.cli import _post, parse_params, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,19 @@ def register(sub: Any) -> None:
     chaos = sub.add_parser(
         "gateway-chaos",
         help="inject a fault into the paper gateway",
-        description="Faults: drop_connection [seconds=N], unavailable [seconds=N], rate_limit [seconds=N] "
-        "(0 or none: until cleared), nonce [count=N], lost_reply [count=N mode=close|timeout delay=S], "
-        "insufficient_funds [count=N], invalid_order [count=N], stale_market_data [symbol=S], "
-        "position_drift [symbol=S quantity=Q], price_gap [symbol=S change=R], clear. `status` lists what is in force.",
+        description="Faults: drop_connection [seconds=N] (until the client reconnects), outage [seconds=N] (every "
+        "client of every key dropped; no reconnect ends it, it ends by itself), unavailable [seconds=N], "
+        "rate_limit [seconds=N] (0 or none: until cleared), nonce [count=N], "
+        "lost_reply [count=N mode=close|timeout delay=S], insufficient_funds [count=N], invalid_order [count=N], "
+        "stale_market_data [symbol=S seconds=N] (until the client resubscribes), "
+        "position_drift [symbol=S quantity=Q account=NAME], price_gap [symbol=S change=R], clear. "
+        "`status` lists what is in force.",
     )
     chaos.add_argument("fault", help="the fault to inject, e.g. rate_limit, or status")
     chaos.add_argument("params", nargs="*", metavar="KEY=VALUE", help="arguments (numbers are sent as numbers)")
-    chaos.add_argument("--url", default=None, help="gateway base URL (default: from gateway.listen)")
+    chaos.add_argument(
+        "--url", type=http_url, default=None, help="gateway base URL, http://host:port (default: from gateway.listen)"
+    )
     chaos.set_defaults(handler=run_gateway_chaos)
 
 
@@ -67,7 +73,7 @@ def run_gateway_chaos(args: argparse.Namespace, config: Config) -> int:
         else:
             status, payload = asyncio.run(_post(f"{base}/chaos/{args.fault}", token, parse_params(args.params)))
     except (aiohttp.ClientError, TimeoutError) as exc:
-        print(f"trading-ops: gateway-chaos: cannot reach {base}: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"trading-ops: gateway-chaos: cannot reach {base}: {unreachable(exc, base)}", file=sys.stderr)
         return 1
     print(json.dumps(payload, indent=2, sort_keys=True))
     return 0 if status == 200 else 1

@@ -6,15 +6,34 @@ TradesHistory) with Kraken's shapes: the `{"error": [...], "result": ...}` envel
 named as Kraken names them (XXBT, ZUSD), pairs keyed by their id (XXBTZUSD) with an altname (XBTUSD), at most
 PAGE_SIZE closed orders or trades per call (`ofs` pages on), newest first.
 
+Accounts, as Kraken has them: the main account (gateway.api_key; several keys may reach one account) and sub-accounts
+(gateway.accounts), each with balances, orders and trades of its own on the one market (its prices tick on the main
+venue; every sub-account's paper venue follows them, so its resting orders fill as the market moves). A private call
+acts on the account of the key that signed it and sees nothing of the others: several bots share the venue, one
+account each, and never see (or cancel) each other's orders. Order and trade ids are unique across accounts.
+
 Private calls are authenticated as Kraken does: `API-Key` must be a known key, `API-Sign` the base64
 HMAC-SHA512 (keyed with the base64-decoded secret) of the URI path followed by SHA256(nonce + POST body), and the
 nonce must be greater than the last one accepted for that key. Errors carry Kraken's own strings, so a ccxt client
 raises its real exception classes.
 
 Fault injection (`POST /chaos/{fault}` with the control token as a bearer token; `GET /chaos` lists what is in
-force): drop_connection, unavailable, rate_limit (for `seconds`, 0 = until cleared), nonce, lost_reply,
-insufficient_funds, invalid_order (the next `count` calls), stale_market_data (one symbol's ticker, depth and
-candles freeze while the market moves on), position_drift (a fill nobody is told about), price_gap, clear.
+force): drop_connection, outage, unavailable, rate_limit, stale_market_data (for `seconds`, 0 = until cleared or
+healed), nonce, lost_reply, insufficient_funds, invalid_order (the next `count` calls), position_drift (a fill nobody
+is told about, on the main account or `account`), price_gap, clear. Every fault but position_drift is the venue's: it
+hits every account.
+
+An outage is the venue down for everyone: every request of every client and key is closed unanswered for `seconds`,
+whatever the clients do (a reconnect's SystemStatus too); it ends by itself, or at `clear`.
+
+Two faults end the way they end on a real venue, by what the client does, so that a bot's own recovery heals them:
+- drop_connection: the venue drops the client's connections, every request closed unanswered, until the client
+  reconnects: a new session, which a careful client starts by asking the venue's status (SystemStatus, ccxt's
+  `fetch_status`, as CcxtBroker's connect and reconnect do); SystemStatus is answered and ends the drop.
+- stale_market_data: one pair's feed stops. Ticker answers leave the pair out (a polling client sees no quote,
+  however quiet the market: a frozen price would look like a quiet market), its depth and candles freeze while
+  the market moves on, until a client subscribes again: for a polling client, loading the markets again
+  (AssetPairs listing the pair, as CcxtBroker's resubscribe does).
 
 Orders the paper venue rejects never existed for Kraken: AddOrder answers the error and the order is not listed.
 """
@@ -32,11 +51,12 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -53,7 +73,7 @@ from trading_ops.bot.broker import (
     VenueFill,
     VenueOrder,
 )
-from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.config import GATEWAY_MAIN_ACCOUNT, Config, ConfigError, resolve_secret
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.tasks import stop_tasks
 
@@ -67,6 +87,13 @@ MAX_CANDLES = 720  # one-minute candles kept per pair (OHLC answers at most 720,
 OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)  # minutes
 MAX_FAULT_SECONDS = 3600.0
 MAX_FAULT_COUNT = 10_000
+# The account of the gateway's own API key (`gateway.api_key`); sub-accounts have names of their own.
+MAIN_ACCOUNT = GATEWAY_MAIN_ACCOUNT
+# Each account's order and trade ids count from its own multiple of this, so no two accounts share an id (Kraken's
+# txids are unique across the venue).
+ACCOUNT_ID_SPAN = 10**12
+# The call a reconnecting client starts its new session with: it ends a drop_connection.
+RECONNECT_METHOD = "SystemStatus"
 DEFAULT_LOST_REPLY_DELAY_SECONDS = 30.0
 ASSET_DECIMALS = 10
 # Kraken's ids for the assets it names the legacy way (X for crypto, Z for fiat): (id, altname). Others keep their
@@ -108,6 +135,7 @@ REJECT_ERRORS = {
 }
 FAULTS = (
     "drop_connection",
+    "outage",
     "unavailable",
     "rate_limit",
     "nonce",
@@ -119,6 +147,13 @@ FAULTS = (
     "price_gap",
     "clear",
 )
+# The faults that last `seconds` (0: until cleared, or healed by the client), and the Faults field holding their end.
+UNTIL_FIELDS = {
+    "drop_connection": "dropped_until",
+    "outage": "outage_until",
+    "unavailable": "unavailable_until",
+    "rate_limit": "rate_limited_until",
+}
 LOST_REPLY_MODES = ("close", "timeout")
 # The venue's client order id of an order sent without one (Kraken's cl_ord_id is optional); never shown.
 ANONYMOUS_PREFIX = "anonymous:"
@@ -218,9 +253,10 @@ def _page(items: list[Any], params: Mapping[str, str]) -> list[Any]:
 
 @dataclass
 class Faults:
-    """What the gateway is told to break; `*_until` are monotonic deadlines (inf: until cleared)."""
+    """What the gateway is told to break; `*_until` are monotonic deadlines (inf: until cleared or healed)."""
 
     dropped_until: float = 0.0
+    outage_until: float = 0.0  # the whole venue down: a reconnect does not end it
     unavailable_until: float = 0.0
     rate_limited_until: float = 0.0
     nonce_errors: int = 0
@@ -229,16 +265,17 @@ class Faults:
     lost_reply_delay: float = DEFAULT_LOST_REPLY_DELAY_SECONDS
     insufficient_funds: int = 0
     invalid_orders: int = 0
-    stale: set[str] = field(default_factory=set)
+    stale: dict[str, float] = field(default_factory=dict)  # symbol -> until
 
     def describe(self, now: float) -> dict[str, Any]:
-        def left(until: float) -> float | str | None:
+        def left(until: float, healed_by: str = "") -> float | str | None:
             if until <= now:
                 return None
-            return "until cleared" if math.isinf(until) else round(until - now, 3)
+            return f"until {healed_by or 'cleared'}" if math.isinf(until) else round(until - now, 3)
 
         return {
-            "drop_connection": left(self.dropped_until),
+            "drop_connection": left(self.dropped_until, "the client reconnects"),
+            "outage": left(self.outage_until),
             "unavailable": left(self.unavailable_until),
             "rate_limit": left(self.rate_limited_until),
             "nonce": self.nonce_errors,
@@ -246,12 +283,26 @@ class Faults:
             "lost_reply_mode": self.lost_reply_mode,
             "insufficient_funds": self.insufficient_funds,
             "invalid_order": self.invalid_orders,
-            "stale_market_data": sorted(self.stale),
+            "stale_market_data": {s: left(u, "the client resubscribes") for s, u in sorted(self.stale.items())},
         }
+
+
+@dataclass(frozen=True)
+class SubAccount:
+    """An account of its own on the gateway's market, as Kraken's subaccounts are: its balances, orders and trades
+    are `venue`'s (a PaperVenue that follows the main venue's prices), reached with its own API keys."""
+
+    name: str
+    venue: PaperVenue
+    api_keys: Mapping[str, str]
 
 
 class KrakenGateway:
     """The paper venue behind Kraken's REST API; `start()` connects to it and keeps its market ticking.
+
+    Accounts: `venue` is the main account (reached with `api_keys`, several keys on one account as Kraken allows);
+    each SubAccount has its own balances, orders and trades on the same market. A private call acts on the account
+    of the key that signed it, and sees nothing of the others.
 
     Its size is the API's: one small method per Kraken endpoint (each a translation of one paper-venue call into
     Kraken's response shape), plus authentication and fault injection, which every endpoint passes through.
@@ -263,6 +314,7 @@ class KrakenGateway:
         api_keys: Mapping[str, str],
         control_token: str,
         *,
+        subaccounts: Iterable[SubAccount] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not api_keys:
@@ -271,7 +323,23 @@ class KrakenGateway:
             raise ValueError("the gateway needs a control token for its fault commands")
         self.venue = venue
         self.control_token = control_token
+        self.accounts: dict[str, PaperVenue] = {MAIN_ACCOUNT: venue}
+        self._account_of_key: dict[str, PaperVenue] = dict.fromkeys(api_keys, venue)
         self._secrets = {key: decode_secret(secret) for key, secret in api_keys.items()}
+        for sub in subaccounts:
+            if sub.name in self.accounts:
+                raise ValueError(f"two accounts are named {sub.name}")
+            if not sub.api_keys:
+                raise ValueError(f"sub-account {sub.name} needs at least one API key")
+            if missing := [s for s in venue.symbols if s not in sub.venue.symbols]:
+                raise ValueError(f"sub-account {sub.name} does not trade {', '.join(missing)}")
+            for key, secret in sub.api_keys.items():
+                if key in self._secrets:
+                    raise ValueError(f"API key of sub-account {sub.name} is another account's key too")
+                self._secrets[key] = decode_secret(secret)
+                self._account_of_key[key] = sub.venue
+            self.accounts[sub.name] = sub.venue
+        self._subaccounts = [v for name, v in self.accounts.items() if name != MAIN_ACCOUNT]
         self._clock = clock
         self.pairs = {s: make_pair(s, venue.base_asset(s), venue.quote_asset) for s in venue.symbols}
         self._pair_by_name: dict[str, Pair] = {}
@@ -295,7 +363,7 @@ class KrakenGateway:
             "OHLC": self._ohlc,
             "Depth": self._depth,
         }
-        self._private: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {
+        self._private: dict[str, Callable[[PaperVenue, Mapping[str, str]], Awaitable[Any]]] = {
             "Balance": self._balance,
             "BalanceEx": self._balance_ex,
             "AddOrder": self._add_order,
@@ -310,7 +378,26 @@ class KrakenGateway:
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.venue.connect(BrokerEvents(on_quote=self._on_quote))
-        self._task = asyncio.create_task(self.venue.run(), name="paper-gateway-market")
+        for sub in self._subaccounts:
+            await sub.connect(BrokerEvents())  # nobody listens: its clients poll
+        await self._follow()
+        self._task = asyncio.create_task(self._run_market(), name="paper-gateway-market")
+
+    async def _run_market(self) -> None:
+        """The market ticks on the main venue; every sub-account follows its prices (its resting orders fill)."""
+        while True:
+            await asyncio.sleep(self.venue.tick_interval)
+            try:
+                await self.venue.tick()
+                await self._follow()
+            except Exception:
+                LOG.exception("the market's tick failed")
+
+    async def _follow(self) -> None:
+        if self._subaccounts:
+            prices = self.venue.prices()
+            for sub in self._subaccounts:
+                await sub.follow(prices)
 
     def release_held(self) -> None:
         """Send now the answers a lost_reply fault (mode timeout) holds back."""
@@ -319,8 +406,9 @@ class KrakenGateway:
 
     async def stop(self) -> None:
         self.release_held()
-        await self.venue.close()
         await stop_tasks([self._task])
+        for venue in self.accounts.values():
+            await venue.close()
 
     async def _on_quote(self, quote: Quote) -> None:
         self._quotes[quote.symbol] = quote
@@ -342,8 +430,12 @@ class KrakenGateway:
     # -- HTTP -------------------------------------------------------------------------------------------------
     async def handle_public(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
+        if method == RECONNECT_METHOD and self.faults.dropped_until > self._clock():
+            LOG.warning("drop_connection ended: a client reconnected (%s)", method)
+            self.faults.dropped_until = 0.0
         if self._dropping(request):
             return web.Response()  # the connection is already closed: nothing is sent
+        await self._end_stale(expired_only=True)
         try:
             self._service_faults(method)
             handler = self._public.get(method)
@@ -361,11 +453,11 @@ class KrakenGateway:
         body = await request.text()
         try:
             self._service_faults(method)
-            params = self._authenticate(request, body)
+            account, params = self._authenticate(request, body)
             handler = self._private.get(method)
             if handler is None:
                 raise KrakenError(E_UNKNOWN_METHOD)
-            result = await handler(params)
+            result = await handler(account, params)
         except KrakenError as exc:
             return self._error(method, exc)
         if method == "AddOrder" and self.faults.lost_replies > 0:
@@ -389,9 +481,13 @@ class KrakenGateway:
         return web.json_response({"error": [exc.error], "result": {}})
 
     def _dropping(self, request: web.Request) -> bool:
-        if self.faults.dropped_until > self._clock():
+        now = self._clock()
+        if max(self.faults.dropped_until, self.faults.outage_until) > now:
             self._close(request)
             return True
+        if self.faults.outage_until:
+            LOG.warning("outage over: the venue answers again")
+            self.faults.outage_until = 0.0
         return False
 
     @staticmethod
@@ -407,8 +503,9 @@ class KrakenGateway:
         if self.faults.rate_limited_until > now:
             raise KrakenError(E_ORDER_RATE_LIMIT if method in TRADING_METHODS else E_RATE_LIMIT)
 
-    def _authenticate(self, request: web.Request, body: str) -> dict[str, str]:
-        """The POST parameters of a correctly signed private call with a fresh nonce; KrakenError otherwise."""
+    def _authenticate(self, request: web.Request, body: str) -> tuple[PaperVenue, dict[str, str]]:
+        """The account of the key and the POST parameters of a correctly signed private call with a fresh nonce;
+        KrakenError otherwise."""
         key = request.headers.get("API-Key", "")
         secret = self._secrets.get(key)
         if secret is None:
@@ -428,7 +525,7 @@ class KrakenGateway:
         if not nonce.isascii() or not nonce.isdigit() or int(nonce) <= self._nonces.get(key, 0):
             raise KrakenError(E_INVALID_NONCE)
         self._nonces[key] = int(nonce)
-        return params
+        return self._account_of_key[key], params
 
     async def handle_chaos(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -457,7 +554,13 @@ class KrakenGateway:
     async def handle_chaos_status(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return web.json_response({"error": "missing or wrong bearer token"}, status=401)
-        return web.json_response({"faults": self.faults.describe(self._clock()), "venue": self.venue.faults()})
+        return web.json_response(
+            {
+                "faults": self.faults.describe(self._clock()),
+                "venue": self.venue.faults(),
+                "accounts": list(self.accounts),
+            }
+        )
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -471,17 +574,12 @@ class KrakenGateway:
         """Apply one fault (see FAULTS); raises FaultError for bad arguments."""
         f = self.faults
         now = self._clock()
-        if fault in ("drop_connection", "unavailable", "rate_limit"):
+        if fault in UNTIL_FIELDS:
             seconds = _fault_number(args, "seconds", 0.0, 0.0, MAX_FAULT_SECONDS)
             until = now + seconds if seconds > 0 else math.inf
-            setattr(
-                f,
-                {"drop_connection": "dropped_until", "unavailable": "unavailable_until"}.get(
-                    fault, "rate_limited_until"
-                ),
-                until,
-            )
-            return {"fault": fault, "seconds": seconds or "until cleared"}
+            setattr(f, UNTIL_FIELDS[fault], until)
+            healed = "until the client reconnects" if fault == "drop_connection" else "until cleared"
+            return {"fault": fault, "seconds": seconds or healed}
         if fault in ("nonce", "insufficient_funds", "invalid_order"):
             count = int(_fault_number(args, "count", 1, 1, MAX_FAULT_COUNT))
             attr = {"nonce": "nonce_errors", "insufficient_funds": "insufficient_funds"}.get(fault, "invalid_orders")
@@ -498,29 +596,48 @@ class KrakenGateway:
             return {"fault": fault, "count": count, "mode": mode}
         if fault == "stale_market_data":
             symbol = self._fault_symbol(args)
+            seconds = _fault_number(args, "seconds", 0.0, 0.0, MAX_FAULT_SECONDS)
             await self.venue.stop_market_data(symbol)
-            f.stale.add(symbol)
-            return {"fault": fault, "symbol": symbol}
+            f.stale[symbol] = now + seconds if seconds > 0 else math.inf
+            return {"fault": fault, "symbol": symbol, "seconds": seconds or "until the client resubscribes"}
         if fault == "position_drift":
             symbol = self._fault_symbol(args)
             quantity = Decimal(str(_fault_number(args, "quantity", 0.01, -1e9, 1e9)))
+            account = str(args.get("account", MAIN_ACCOUNT))
+            if account not in self.accounts:
+                raise FaultError(f"unknown account {account[:64]!r}; known: {', '.join(self.accounts)}")
             try:
-                fill = await self.venue.inject_hidden_fill(symbol, quantity)
+                fill = await self.accounts[account].inject_hidden_fill(symbol, quantity)
             except ValueError as exc:
                 raise FaultError(str(exc)) from None
-            return {"fault": fault, "symbol": symbol, "quantity": str(quantity), "trade_id": fill.trade_id}
+            answer = {"fault": fault, "symbol": symbol, "quantity": str(quantity), "trade_id": fill.trade_id}
+            return answer if account == MAIN_ACCOUNT else {**answer, "account": account}
         if fault == "price_gap":
             symbol = self._fault_symbol(args)
             change = _fault_number(args, "change", -0.05, -0.5, 0.5)
             quote = await self.venue.gap_price(symbol, change)
+            await self._follow()  # every account's resting orders it crosses fill
             return {"fault": fault, "symbol": symbol, "change": change, "mid": str(quote.mid)}
         # clear
-        stale = sorted(f.stale)
+        await self._end_stale()
         self.faults = Faults()
         self.release_held()
-        if stale:
-            await self.venue.resubscribe(stale)
         return {"cleared": True}
+
+    async def _end_stale(self, symbols: Iterable[str] | None = None, *, expired_only: bool = False) -> None:
+        """The feed of these pairs (all when None; with `expired_only`, those whose `seconds` ran out) flows again."""
+        now = self._clock()
+        stale = self.faults.stale
+        ended = [
+            s
+            for s in (list(stale) if symbols is None else symbols)
+            if s in stale and (not expired_only or stale[s] <= now)
+        ]
+        for symbol in ended:
+            del stale[symbol]
+        if ended:
+            LOG.warning("stale_market_data ended for %s", ", ".join(ended))
+            await self.venue.resubscribe(ended)
 
     def _fault_symbol(self, args: Mapping[str, Any]) -> str:
         symbol = args.get("symbol", self.venue.symbols[0])
@@ -569,8 +686,10 @@ class KrakenGateway:
         return found
 
     async def _asset_pairs(self, params: Mapping[str, str]) -> dict[str, Any]:
+        pairs = self._pairs(params)
+        await self._end_stale([p.symbol for p in pairs])  # listed again: a polling client's new subscription
         result = {}
-        for pair in self._pairs(params):
+        for pair in pairs:
             tick, step = self.venue.tick_size(pair.symbol), self.venue.step_size(pair.symbol)
             result[pair.pair_id] = {
                 "altname": pair.altname,
@@ -608,6 +727,8 @@ class KrakenGateway:
     async def _ticker(self, params: Mapping[str, str]) -> dict[str, Any]:
         result = {}
         for pair in self._pairs(params):
+            if pair.symbol in self.faults.stale:
+                continue  # its feed stopped: nothing to tell
             quote = self._quote(pair.symbol)
             candles = self._candles[pair.symbol]
             last = _num(quote.mid.quantize(self.venue.tick_size(pair.symbol)))
@@ -663,25 +784,25 @@ class KrakenGateway:
         return {pair.pair_id: {"asks": asks, "bids": bids}}
 
     # -- private endpoints ------------------------------------------------------------------------------------
-    async def _balance(self, _params: Mapping[str, str]) -> dict[str, str]:
-        return {asset_id(a): _num(b) for a, b in (await self.venue.balances()).items()}
+    async def _balance(self, venue: PaperVenue, _params: Mapping[str, str]) -> dict[str, str]:
+        return {asset_id(a): _num(b) for a, b in (await venue.balances()).items()}
 
-    async def _balance_ex(self, _params: Mapping[str, str]) -> dict[str, Any]:
+    async def _balance_ex(self, venue: PaperVenue, _params: Mapping[str, str]) -> dict[str, Any]:
         held: dict[str, Decimal] = {}
-        for order in await self.venue.open_orders():
+        for order in await venue.open_orders():
             left = order.quantity - order.filled_quantity
             if order.side is Side.BUY:
-                price = order.price if order.price is not None else self.venue.quote(order.symbol).ask
-                asset, amount = self.venue.quote_asset, left * price
+                price = order.price if order.price is not None else venue.quote(order.symbol).ask
+                asset, amount = venue.quote_asset, left * price
             else:
-                asset, amount = self.venue.base_asset(order.symbol), left
+                asset, amount = venue.base_asset(order.symbol), left
             held[asset] = held.get(asset, Decimal(0)) + amount
         return {
             asset_id(a): {"balance": _num(b), "hold_trade": _num(held.get(a, Decimal(0)))}
-            for a, b in (await self.venue.balances()).items()
+            for a, b in (await venue.balances()).items()
         }
 
-    async def _add_order(self, params: Mapping[str, str]) -> dict[str, Any]:
+    async def _add_order(self, venue: PaperVenue, params: Mapping[str, str]) -> dict[str, Any]:
         (pair,) = self._pairs(params, required=True)[:1]
         side, kind = params.get("type", ""), params.get("ordertype", "")
         if side not in ("buy", "sell"):
@@ -691,7 +812,7 @@ class KrakenGateway:
         volume = _decimal(params, "volume")
         if volume is None or volume <= 0:
             raise KrakenError(f"{E_INVALID_ARGUMENTS}:volume")
-        if volume < self.venue.step_size(pair.symbol):
+        if volume < venue.step_size(pair.symbol):
             raise KrakenError(E_ORDER_MINIMUM)
         price = _decimal(params, "price") if kind == "limit" else None
         if kind == "limit" and (price is None or price <= 0):
@@ -719,7 +840,7 @@ class KrakenGateway:
             reduce_only=_flag(params, "reduce_only"),
         )
         try:
-            order = await self.venue.submit(request)
+            order = await venue.submit(request)
         except BrokerError as exc:
             raise self._venue_error(exc) from None
         if order.status is OrderStatus.REJECTED:
@@ -747,8 +868,9 @@ class KrakenGateway:
         text = f"{side} {volume:.8f} {pair.altname} @ {kind}"
         return text if price is None else f"{text} {_num(price)}"
 
-    def _find(self, params: Mapping[str, str]) -> VenueOrder | None:
-        orders = {o.venue_order_id: o for o in self.venue.orders() if o.status is not OrderStatus.REJECTED}
+    @staticmethod
+    def _find(venue: PaperVenue, params: Mapping[str, str]) -> VenueOrder | None:
+        orders = {o.venue_order_id: o for o in venue.orders() if o.status is not OrderStatus.REJECTED}
         txid = params.get("txid", "")
         if txid:
             return orders.get(txid)
@@ -757,31 +879,32 @@ class KrakenGateway:
             return None
         return next((o for o in orders.values() if o.client_order_id == cid), None)
 
-    async def _cancel_order(self, params: Mapping[str, str]) -> dict[str, Any]:
+    async def _cancel_order(self, venue: PaperVenue, params: Mapping[str, str]) -> dict[str, Any]:
         if not params.get("txid") and not params.get("cl_ord_id"):
             raise KrakenError(f"{E_INVALID_ARGUMENTS}:txid")
-        order = self._find(params)
+        order = self._find(venue, params)
         if order is None or not order.status.is_open:
             raise KrakenError(E_UNKNOWN_ORDER)
         try:
-            await self.venue.cancel(venue_order_id=order.venue_order_id)
+            await venue.cancel(venue_order_id=order.venue_order_id)
         except BrokerError as exc:
             raise self._venue_error(exc) from None
         return {"count": 1, "pending": False}
 
-    async def _cancel_all(self, _params: Mapping[str, str]) -> dict[str, Any]:
+    async def _cancel_all(self, venue: PaperVenue, _params: Mapping[str, str]) -> dict[str, Any]:
         count = 0
-        for order in await self.venue.open_orders():
+        for order in await venue.open_orders():
             try:
-                await self.venue.cancel(venue_order_id=order.venue_order_id)
+                await venue.cancel(venue_order_id=order.venue_order_id)
             except BrokerError as exc:
                 raise self._venue_error(exc) from None
             count += 1
         return {"count": count}
 
-    async def _fills_by_order(self) -> dict[str, list[VenueFill]]:
+    @staticmethod
+    async def _fills_by_order(venue: PaperVenue) -> dict[str, list[VenueFill]]:
         by_order: dict[str, list[VenueFill]] = {}
-        for fill in await self.venue.recent_fills():
+        for fill in await venue.recent_fills():
             by_order.setdefault(fill.venue_order_id, []).append(fill)
         return by_order
 
@@ -838,23 +961,23 @@ class KrakenGateway:
         cid = params.get("cl_ord_id", "")
         return not cid or (order.client_order_id == cid and not cid.startswith(ANONYMOUS_PREFIX))
 
-    async def _open_orders(self, params: Mapping[str, str]) -> dict[str, Any]:
-        fills = await self._fills_by_order()
+    async def _open_orders(self, venue: PaperVenue, params: Mapping[str, str]) -> dict[str, Any]:
+        fills = await self._fills_by_order(venue)
         trades = _flag(params, "trades")
         return {
             "open": {
                 o.venue_order_id: self._order_info(o, fills.get(o.venue_order_id, []), trades)
-                for o in await self.venue.open_orders()
+                for o in await venue.open_orders()
                 if self._matches(o, params)
             }
         }
 
-    async def _closed_orders(self, params: Mapping[str, str]) -> dict[str, Any]:
-        fills = await self._fills_by_order()
+    async def _closed_orders(self, venue: PaperVenue, params: Mapping[str, str]) -> dict[str, Any]:
+        fills = await self._fills_by_order(venue)
         trades = _flag(params, "trades")
         start, end = _seconds(params, "start"), _seconds(params, "end")
         closed = []
-        for order in reversed(self.venue.orders()):  # newest first
+        for order in reversed(venue.orders()):  # newest first
             if order.status.is_open or not self._matches(order, params):
                 continue
             opened = _ts(order.created_at)
@@ -867,21 +990,21 @@ class KrakenGateway:
             "count": len(closed),
         }
 
-    async def _query_orders(self, params: Mapping[str, str]) -> dict[str, Any]:
+    async def _query_orders(self, venue: PaperVenue, params: Mapping[str, str]) -> dict[str, Any]:
         ids = [t for t in params.get("txid", "").split(",") if t]
         if not ids or len(ids) > MAX_QUERY_IDS:
             raise KrakenError(f"{E_INVALID_ARGUMENTS}:txid")
-        fills = await self._fills_by_order()
+        fills = await self._fills_by_order(venue)
         trades = _flag(params, "trades")
-        orders = {o.venue_order_id: o for o in self.venue.orders() if o.status is not OrderStatus.REJECTED}
+        orders = {o.venue_order_id: o for o in venue.orders() if o.status is not OrderStatus.REJECTED}
         return {txid: self._order_info(orders[txid], fills.get(txid, []), trades) for txid in ids if txid in orders}
 
-    async def _trades_history(self, params: Mapping[str, str]) -> dict[str, Any]:
+    async def _trades_history(self, venue: PaperVenue, params: Mapping[str, str]) -> dict[str, Any]:
         start, end = _seconds(params, "start"), _seconds(params, "end")
-        kinds = {o.venue_order_id: o.order_type.value for o in self.venue.orders()}
+        kinds = {o.venue_order_id: o.order_type.value for o in venue.orders()}
         fills = [
             f
-            for f in reversed(await self.venue.recent_fills())  # newest first
+            for f in reversed(await venue.recent_fills())  # newest first
             if (start is None or f.executed_at.timestamp() > start)
             and (end is None or f.executed_at.timestamp() <= end)
         ]
@@ -947,24 +1070,59 @@ async def _run_venue(app: web.Application) -> AsyncIterator[None]:
 
 def gateway_from_config(config: Config) -> KrakenGateway:
     """The gateway of `config.gateway` over a paper venue set up by `config.paper` (its state loaded from
-    `gateway.state_file` when that exists, and saved there after every change). ConfigError for a missing or bad
-    secret."""
-    g, p = config.gateway, config.paper
+    `gateway.state_file` when that exists, and saved there after every change), with a venue of its own for each
+    sub-account of `gateway.accounts` on the same market. ConfigError for a missing or bad secret."""
+    g = config.gateway
     values = {}
     for name in ("api_key", "api_secret", "control_token"):
-        values[name] = resolve_secret(config, g, name, f"gateway.{name}")
-        if not values[name]:
-            raise ConfigError(f"gateway.{name}", f"not set: give {name}_file or {name}_env")
-    try:
-        decode_secret(values["api_secret"])
-    except ValueError as exc:
-        raise ConfigError("gateway.api_secret", str(exc)) from None
+        values[name] = _secret(config, g, name, f"gateway.{name}")
     state = config.path(g.state_file) if g.state_file else None
+    seed = config.paper.seed or secrets.randbits(32)
+    venue = _paper_venue(config, list(config.paper.symbols), seed, "kraken-gateway", state, "gateway.state_file")
+    subaccounts = []
+    for i, account in enumerate(g.accounts):
+        key = f"gateway.accounts[{i}]"
+        api_key = _secret(config, account, "api_key", f"{key}.api_key")
+        api_secret = _secret(config, account, "api_secret", f"{key}.api_secret")
+        if account.state_file:
+            account_state: Path | None = config.path(account.state_file)
+        else:
+            account_state = state.with_name(f"{state.stem}.{account.name}{state.suffix}") if state else None
+        # The main venue's symbols (its state file may have added some): every account trades the whole market.
+        name = f"kraken-gateway/{account.name}"
+        sub = _paper_venue(config, list(venue.symbols), seed + i + 1, name, account_state, f"{key}.state_file", i + 1)
+        subaccounts.append(SubAccount(account.name, sub, {api_key: api_secret}))
+    try:
+        return KrakenGateway(
+            venue, {values["api_key"]: values["api_secret"]}, values["control_token"], subaccounts=subaccounts
+        )
+    except ValueError as exc:
+        raise ConfigError("gateway.accounts", str(exc)) from None
+
+
+def _secret(config: Config, section: Any, name: str, key: str) -> str:
+    value = resolve_secret(config, section, name, key)
+    if not value:
+        raise ConfigError(key, f"not set: give {name}_file or {name}_env")
+    if name == "api_secret":
+        try:
+            decode_secret(value)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+    return value
+
+
+def _paper_venue(
+    config: Config, symbols: list[str], seed: int, name: str, state: Path | None, key: str, account: int = 0
+) -> PaperVenue:
+    """The paper venue of the `account`-th account (0: the main one) as `config.paper` sets it up, its state loaded
+    from `state` when that exists."""
+    p, g = config.paper, config.gateway
     venue = PaperVenue(
-        list(p.symbols),
+        symbols,
         quote_asset=p.quote_asset,
         starting_balance=Decimal(str(p.starting_balance)),
-        seed=p.seed or secrets.randbits(32),
+        seed=seed,
         volatility=p.volatility,
         order_latency=p.order_latency_seconds,
         reject_probability=p.reject_probability,
@@ -974,12 +1132,13 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         tick_interval=p.tick_interval_seconds,
         rate_limit_per_second=g.orders_per_second,
         rate_limit_burst=max(1.0, g.orders_per_second),
-        venue="kraken-gateway",
+        venue=name,
         autosave_path=state,
+        id_base=account * ACCOUNT_ID_SPAN,
     )
     if state is not None and state.exists():
         try:
             venue.load_state(state)
         except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError("gateway.state_file", f"cannot load {state}: {exc}") from None
-    return KrakenGateway(venue, {values["api_key"]: values["api_secret"]}, values["control_token"])
+            raise ConfigError(key, f"cannot load {state}: {exc}") from None
+    return venue

@@ -4,11 +4,18 @@ It trades on any price series (no indicator), so a freqtrade running it opens tr
 the Kraken-compatible paper gateway. `hold_seconds` (from freqtrade's config key `trading_ops_hold_seconds`, default
 3) is how long a trade stays open before the strategy exits it; a test that needs trades to stay open (to flatten
 them) sets it high.
+
+A stalled trading loop with the API alive (a deadlock, a blocking call): while the file named by the config key
+`trading_ops_stall_file` holds this process's pid, every iteration blocks at its start. freqtrade's API server (its own
+thread) keeps answering, its last completed iteration does not move. A restarted freqtrade has another pid: it trades.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from freqtrade.persistence import Trade
@@ -16,6 +23,7 @@ from freqtrade.strategy import IStrategy
 from pandas import DataFrame
 
 DEFAULT_HOLD_SECONDS = 3.0
+STALL_CHECK_SECONDS = 0.2
 
 
 class TradingOpsQuick(IStrategy):
@@ -28,6 +36,11 @@ class TradingOpsQuick(IStrategy):
     process_only_new_candles = False
     startup_candle_count = 1
     use_exit_signal = True
+
+    def bot_loop_start(self, current_time: datetime, **kwargs: Any) -> None:
+        stall = self.config.get("trading_ops_stall_file")
+        while stall and _names_this_process(Path(stall)):
+            time.sleep(STALL_CHECK_SECONDS)
 
     def populate_indicators(self, dataframe: DataFrame, metadata: dict[str, Any]) -> DataFrame:
         return dataframe
@@ -47,3 +60,10 @@ class TradingOpsQuick(IStrategy):
         if (current_time - trade.open_date_utc).total_seconds() >= hold:
             return "held"
         return None
+
+
+def _names_this_process(path: Path) -> bool:
+    try:
+        return path.read_text().strip() == str(os.getpid())
+    except OSError:
+        return False

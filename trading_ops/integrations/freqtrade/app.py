@@ -8,15 +8,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
 from trading_ops import __version__
 from trading_ops.bot import server
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient
 from trading_ops.integrations.freqtrade.collector import FreqtradeCollector
-from trading_ops.integrations.freqtrade.control import ControlMetrics, FreqtradeControl
-from trading_ops.integrations.freqtrade.poller import FreqtradePoller
+from trading_ops.integrations.freqtrade.control import ControlMetrics, FreqtradeControl, VenueProbe
+from trading_ops.integrations.freqtrade.logs import exchange_error, order_problem
+from trading_ops.integrations.freqtrade.order_flow import OrderFlow
+from trading_ops.integrations.freqtrade.poller import FreqtradePoller, News, Snapshot
+from trading_ops.integrations.freqtrade.venue_link import VenueLink
 
 if TYPE_CHECKING:  # ccxt is imported only by a sidecar that reconciles
     from trading_ops.integrations.freqtrade.reconcile import FreqtradeReconciler
@@ -39,8 +42,22 @@ class _StateView:
         return _StateValue(self._poller.snapshot.state or "unknown")
 
 
+def venue_probe(broker: CcxtBroker) -> VenueProbe:
+    """A check that the venue answers a public call (its time) and a private one (the account's balances)."""
+
+    async def probe() -> None:
+        await broker.server_time()
+        await broker.balances()
+
+    return probe
+
+
 class FreqtradeSidecar:
-    """Everything the bot server needs of a bot (registry, token, control, metrics, health), for one freqtrade."""
+    """Everything the bot server needs of a bot (registry, token, control, metrics, health), for one freqtrade.
+
+    Its registry also holds the sidecar process's own `process_*` families (ProcessCollector): the process that serves
+    this target, as `process_start_time_seconds` of a library bot is the bot's (TradingBotReconciliationStale counts
+    from it for a target that never reconciled)."""
 
     def __init__(
         self,
@@ -75,9 +92,16 @@ class FreqtradeSidecar:
             if reconcile_confirm is not None:
                 self.reconciler.confirm = reconcile_confirm
         reconcile = self.reconciler.command if self.reconciler is not None else None
-        self.control = FreqtradeControl(self.poller, reconcile, heartbeat_timeout)
+        probe = venue_probe(broker) if broker is not None else None
+        self.control = FreqtradeControl(self.poller, reconcile, heartbeat_timeout, probe)
         self.state = _StateView(self.poller)
-        registry.register(FreqtradeCollector(self.poller))
+        self.link = VenueLink()
+        self.flow = OrderFlow()
+        self.transitions: dict[str, float] = {}
+        self._last_state: str | None = None
+        self.poller.listeners.append(self._observe)
+        registry.register(FreqtradeCollector(self.poller, self.link, self.flow, self.transitions))
+        ProcessCollector(registry=registry)
         Gauge(
             f"{PREFIX}_build_info",
             "Build of trading-ops running in this bot's sidecar (always 1).",
@@ -102,8 +126,32 @@ class FreqtradeSidecar:
 
     def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
         snap = self.poller.snapshot
-        checks = {"freqtrade": {"ok": snap.up, "error": snap.error or None, "polled_at": snap.polled_at}}
-        return snap.up, checks
+        down = [name for name, channel in self.link.channels.items() if not channel.connected]
+        checks: dict[str, dict[str, Any]] = {
+            "freqtrade": {"ok": snap.up, "error": snap.error or None, "polled_at": snap.polled_at},
+            "venue": {"ok": not down, "channels_down": down},
+        }
+        return snap.up and not down, checks
+
+    def _observe(self, previous: Snapshot, snap: Snapshot, news: News, count: bool) -> None:
+        """One answered poll: the venue link and the order flow from freqtrade's log and trades; state transitions."""
+        if previous.bot_start is not None and snap.bot_start != previous.bot_start:
+            self.link.restarted()
+        self.link.observe(
+            [e for e in map(exchange_error, news.records) if e is not None], snap.heartbeat, count, snap.bot_start
+        )
+        self.flow.observe(
+            snap.venue,
+            snap.strategy,
+            snap.trades,
+            news.closed_trades,
+            [p for p in map(order_problem, news.records) if p is not None],
+            count,
+        )
+        if snap.state is not None and snap.state != self._last_state:
+            if self._last_state is not None:
+                self.transitions[snap.state] = self.transitions.get(snap.state, 0.0) + 1
+            self._last_state = snap.state
 
 
 def create_app(sidecar: FreqtradeSidecar) -> web.Application:

@@ -10,12 +10,38 @@ from prometheus_client.registry import Collector
 
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.bot.state import TradingState
+from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, Snapshot, symbol_of
+from trading_ops.integrations.freqtrade.venue_link import CHANNELS, VenueLink
+
+# The library's order-flow counters (trading_ops.bot.metrics): name, help, labels after venue and strategy.
+ORDER_FLOW_FAMILIES = (
+    ("orders_submitted", "Orders sent to the venue.", ("symbol", "side", "order_type")),
+    ("orders_acknowledged", "Orders the venue acknowledged.", ("symbol", "side", "order_type")),
+    ("orders_rejected", "Orders the venue rejected, by reason.", ("symbol", "reason")),
+    ("orders_canceled", "Orders canceled (by the bot or the venue).", ("symbol",)),
+    (
+        "orders_outcome_unknown",
+        "Orders whose submission got no answer (network error, venue unavailable): they may be on the venue.",
+        ("symbol",),
+    ),
+    ("fills", "Fills (executions) received.", ("symbol", "side", "liquidity")),
+    ("filled_quantity", "Quantity filled, in units of the base asset.", ("symbol", "side")),
+    ("filled_notional", "Notional value filled, in units of the quote asset.", ("symbol", "side")),
+    ("fees", "Fees paid, in units of the quote asset.", ("symbol",)),
+    (
+        "fee_rebates",
+        "Fee rebates received (negative fees, e.g. maker rebates), in units of the quote asset.",
+        ("symbol",),
+    ),
+)
 
 
 class FreqtradeCollector(Collector):
     """Exports what freqtrade told the last poll under the library's names (state, heartbeat, positions, P&L,
-    balances, open orders) and freqtrade's own signals under `tradingbot_freqtrade_*`.
+    balances, open orders, the venue connection per channel, readiness) and freqtrade's own signals under
+    `tradingbot_freqtrade_*`; and what the sidecar saw happen as the library's counters (order flow, fills, fees,
+    venue errors, disconnects and reconnects, state transitions), kept while freqtrade is down.
 
     `tradingbot_freqtrade_up` is always there. While it is 0 the data families are left out (a dead freqtrade
     has no positions to report, and zeros would read as "flat"); the heartbeat keeps its last value, so it goes
@@ -23,8 +49,17 @@ class FreqtradeCollector(Collector):
     no trading loop at all, by design: its heartbeat is left out rather than reported stale.
     """
 
-    def __init__(self, poller: FreqtradePoller) -> None:
+    def __init__(
+        self,
+        poller: FreqtradePoller,
+        link: VenueLink | None = None,
+        flow: OrderFlow | None = None,
+        transitions: dict[str, float] | None = None,
+    ) -> None:
         self._poller = poller
+        self._link = link or VenueLink()
+        self._flow = flow or OrderFlow()
+        self._transitions = transitions if transitions is not None else {}
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # families depend on the snapshot: registration must not call collect()
@@ -58,8 +93,51 @@ class FreqtradeCollector(Collector):
                 "Unix time at which this freqtrade process started trading.",
                 snap.bot_start,
             )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_ready",
+            "1 when the bot is ready to trade: freqtrade answers and its venue connection is up on every channel.",
+            1 if snap.up and self._link.all_connected else 0,
+        )
+        yield from self._history(snap)
         if snap.up:
             yield from _data_families(snap)
+            connected = GaugeMetricFamily(
+                f"{PREFIX}_broker_connected",
+                "1 when the connection to the venue is up, per channel.",
+                labels=["venue", "channel"],
+            )
+            for channel in CHANNELS:
+                connected.add_metric([snap.venue, channel], 1 if self._link.connected(channel) else 0)
+            yield connected
+
+    def _history(self, snap: Snapshot) -> Iterator[Metric]:
+        """The counters of what the sidecar saw happen: kept while freqtrade is down (they are history, not state)."""
+        venue = snap.venue
+        for name, doc, values in (
+            ("broker_disconnects", "Connections to the venue lost, per channel.", self._link.disconnects),
+            ("broker_reconnects", "Connections re-established after a loss, per channel.", self._link.reconnects),
+        ):
+            family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["venue", "channel"])
+            for channel, value in sorted(values.items()):
+                family.add_metric([venue, channel], value)
+            yield family
+        errors = CounterMetricFamily(
+            f"{PREFIX}_venue_errors", "Errors returned by the venue, by class.", labels=["venue", "error_class"]
+        )
+        for error_class, value in sorted(self._link.errors.items()):
+            errors.add_metric([venue, error_class], value)
+        yield errors
+        for name, doc, labels in ORDER_FLOW_FAMILIES:
+            family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["venue", "strategy", *labels])
+            for label_values, value in sorted(self._flow.counts.get(name, {}).items()):
+                family.add_metric(list(label_values), value)
+            yield family
+        transitions = CounterMetricFamily(
+            f"{PREFIX}_state_transitions", "Transitions into each trading state.", labels=["state"]
+        )
+        for state, value in sorted(self._transitions.items()):
+            transitions.add_metric([state], value)
+        yield transitions
 
 
 def _info(snap: Snapshot) -> dict[str, str]:

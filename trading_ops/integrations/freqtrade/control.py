@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,14 @@ log = logging.getLogger(__name__)
 # A command may wait for freqtrade to place orders on the exchange (forceexit, cancel) behind its own trading loop's
 # lock: longer than a poll may take.
 COMMAND_TIMEOUT_SECONDS = 30.0
+# reload_config rebuilds freqtrade in place (its API server too: it does not answer for a second or two, then its loop
+# starts again); the command waits this long for it to answer with a new start time.
+RELOAD_SECONDS = 30.0
+RELOAD_POLL_SECONDS = 0.25
 CommandHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# Checks that the venue answers (public and private calls) before freqtrade is asked to rebuild its connection to it;
+# raises BrokerError when it does not.
+VenueProbe = Callable[[], Awaitable[None]]
 # Why freqtrade cannot do these: the 409 answer says so.
 UNSUPPORTED = {
     "reduce_only": "freqtrade has no reduce-only mode: use pause (no new entries, open trades are still managed) "
@@ -28,6 +36,7 @@ UNSUPPORTED = {
     "resubscribe": "freqtrade fetches its candles afresh on every iteration: there is no subscription to renew; "
     "use reconnect (reload_config) to rebuild its exchange connection",
 }
+NO_VENUE = "no venue is configured for this freqtrade (freqtrade.targets.<name>.ccxt)"
 
 
 class CommandRefused(TransitionRefused):
@@ -67,6 +76,13 @@ class FreqtradeControl:
 
     Like the library's state machine, `resume` does not leave a halt (freqtrade `stopped`): `clear_halt` does, and
     lands in paused. Every command re-polls freqtrade after acting, so the next scrape shows its effect.
+
+    `reconnect` and `reload` are freqtrade's reload_config, which rebuilds its exchange connection (and strategy,
+    pairlists) from its configuration file. Two things about it make it unsafe to send blindly, so the sidecar checks
+    first: freqtrade comes back in its configuration's `initial_state`, so from paused or stopped it could start
+    trading (refused, 409: only a running freqtrade is reloaded, and one that comes back otherwise is started again);
+    and a freqtrade that cannot load its markets while reloading exits, so `reconnect` first checks through the
+    target's ccxt venue that the venue answers (503 while it does not: the reconciler retries, then escalates).
     """
 
     def __init__(
@@ -74,10 +90,12 @@ class FreqtradeControl:
         poller: FreqtradePoller,
         reconcile: CommandHandler | None = None,
         heartbeat_timeout: float = 15.0,
+        probe: VenueProbe | None = None,
     ) -> None:
         self.poller = poller
         self.client = poller.client
         self.heartbeat_timeout = heartbeat_timeout
+        self._probe = probe
         self._handlers: dict[str, CommandHandler] = {
             "pause": self._pause,
             "resume": self._resume,
@@ -85,7 +103,7 @@ class FreqtradeControl:
             "clear_halt": self._clear_halt,
             "flatten": self._flatten,
             "cancel_all": self._cancel_all,
-            "reconnect": self._reload,
+            "reconnect": self._reconnect,
             "reload": self._reload,
             "status": self._status,
         }
@@ -155,11 +173,69 @@ class FreqtradeControl:
             raise CommandRefused("clear_halt", state, f"freqtrade is not stopped (halted) but {state.value}")
         return await self._transition("clear_halt", "/pause")
 
+    async def _reconnect(self, _args: dict[str, Any]) -> dict[str, Any]:
+        if self._probe is None:
+            raise CommandRefused(
+                "reconnect",
+                self._state(),
+                f"{NO_VENUE}: the sidecar cannot check that the venue answers, and freqtrade's reload_config exits "
+                "freqtrade when it cannot load its markets",
+            )
+        return await self._reload_config("reconnect")
+
     async def _reload(self, _args: dict[str, Any]) -> dict[str, Any]:
-        """reload_config: freqtrade rebuilds its exchange connection, strategy and pairlists from its config file."""
+        return await self._reload_config("reload")
+
+    async def _reload_config(self, command: str) -> dict[str, Any]:
+        """reload_config, guarded (see the class): freqtrade running, the venue answering; then wait until freqtrade
+        answers again as a new start, running."""
         before = await self._current()
+        if before is not TradingState.ACTIVE:
+            raise CommandRefused(
+                command,
+                before,
+                f"freqtrade is {before.value}: its reload_config restarts it in its configuration's initial_state, "
+                "which could start it trading; resume it first, or restart it yourself",
+            )
+        if self._probe is not None:
+            try:
+                await self._probe()
+            except BrokerError as exc:
+                raise BrokerError(
+                    exc.error_class,
+                    f"the venue does not answer ({exc}); freqtrade's reload_config now would make it exit (it cannot "
+                    "load its markets): try again once the venue answers",
+                    outcome_unknown=False,
+                ) from exc
+        started = self.poller.snapshot.bot_start
         answer = await self.client.post("/reload_config", timeout=COMMAND_TIMEOUT_SECONDS)
-        return {"previous_state": before.value, "freqtrade": _status_text(answer)}
+        snap = await self._back_from_reload(started)
+        restarted = snap.freqtrade_state != "running"
+        if restarted:  # its initial_state is not running: back to what it was
+            await self.client.post("/start", timeout=COMMAND_TIMEOUT_SECONDS)
+            snap = await self.poller.poll()
+        return {
+            "state": snap.state,
+            "previous_state": before.value,
+            "freqtrade": _status_text(answer),
+            "freqtrade_started_at": snap.bot_start,
+            "started_again": restarted,
+        }
+
+    async def _back_from_reload(self, started: float | None) -> Any:
+        deadline = time.monotonic() + RELOAD_SECONDS
+        while True:
+            snap = await self.poller.poll()
+            if snap.up and snap.bot_start != started and snap.freqtrade_state not in (None, "reload_config"):
+                return snap
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    "unavailable",
+                    f"freqtrade did not come back from reload_config within {RELOAD_SECONDS:g}s"
+                    + (f": {snap.error}" if snap.error else ""),
+                    outcome_unknown=False,
+                )
+            await asyncio.sleep(RELOAD_POLL_SECONDS)
 
     # -- orders and positions --------------------------------------------------------------------------------
     async def _flatten(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +281,14 @@ class FreqtradeControl:
                 failed[str(trade_id)] = exc.reason
             else:
                 canceled.append(trade_id)
-        await self.poller.poll()
+        snap = await self.poller.poll()
+        # freqtrade deletes a trade whose entry is canceled before any fill, and its DELETE then answers an error
+        # ("no active trade") although the cancel was done: what counts is whether the order is still open.
+        still_open = {t.get("trade_id") for t, _order in snap.open_orders()} if snap.up else None
+        for trade_id in list(failed):
+            if still_open is not None and int(trade_id) not in still_open:
+                del failed[trade_id]
+                canceled.append(int(trade_id))
         result: dict[str, Any] = {"state": state.value, "trades_canceled": canceled}
         if failed:
             result["failed"] = failed
@@ -216,7 +299,7 @@ class FreqtradeControl:
             raise CommandRefused(
                 "reconcile",
                 self._state(),
-                "no venue is configured for this freqtrade (freqtrade.targets.<name>.venue): nothing to compare with",
+                f"{NO_VENUE}: nothing to compare with",
             )
         return await self._reconcile(args)
 

@@ -8,10 +8,13 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from trading_ops.integrations.freqtrade.client import FreqtradeClient, FreqtradeRefused, FreqtradeUnavailable
+from trading_ops.integrations.freqtrade.logs import LOG_LIMIT, LogCursor, Record, records
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -19,6 +22,24 @@ log = logging.getLogger(__name__)
 # freqtrade's bot states -> the library's trading states. `stopped` is freqtrade's kill switch: nothing trades
 # until someone starts it again, exactly what `halted` means; `reload_config` is a moment of standing still.
 STATES = {"running": "active", "paused": "paused", "stopped": "halted", "reload_config": "paused"}
+# Trades that closed since the last poll are asked for with this many more (freqtrade lists them newest first), so
+# one that closed between two of a poll's requests is not missed; the first poll asks for this many alone (already
+# closed: a baseline), so every answer overlaps trades already known. /trades answers at most 500 at a time.
+CLOSED_MARGIN = 5
+CLOSED_MAX = 500
+
+
+@dataclass(frozen=True)
+class News:
+    """What happened since the previous poll: freqtrade's new log records and the trades it closed."""
+
+    records: list[Record]
+    closed_trades: list[dict[str, Any]]
+
+
+# Called after every answered poll with (previous snapshot, new snapshot, news, count): count is false for the
+# sidecar's first answered poll, whose news are history (a baseline, not events).
+Listener = Callable[["Snapshot", "Snapshot", News, bool], None]
 
 
 def symbol_of(pair: str) -> str:
@@ -36,8 +57,9 @@ class Snapshot:
     error: str = ""
     version: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
-    heartbeat: float | None = None  # freqtrade's last completed process() iteration (Unix time)
+    heartbeat: float | None = None  # freqtrade's last completed process() iteration (Unix time, to the microsecond)
     bot_start: float | None = None  # when this freqtrade process started (health's bot_startup)
+    closed_count: int | None = None  # trades freqtrade closed since its database began (/profit)
     trades: tuple[dict[str, Any], ...] = ()
     profit: dict[str, Any] = field(default_factory=dict)
     balance: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +107,9 @@ class FreqtradePoller:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._polled = asyncio.Event()
+        self.listeners: list[Listener] = []
+        self._cursor = LogCursor()
+        self._baseline = False
 
     async def start(self) -> None:
         await self.client.open()
@@ -112,7 +137,7 @@ class FreqtradePoller:
         """Ask freqtrade everything once; a failure of any part reports it down (never half a picture)."""
         previous = self.snapshot
         try:
-            snapshot = await self._fetch(previous)
+            snapshot, news = await self._fetch(previous)
         except (FreqtradeUnavailable, FreqtradeRefused) as exc:
             if previous.up or not previous.error:
                 log.warning("freqtrade at %s is down: %s", self.client.base, exc)
@@ -124,18 +149,22 @@ class FreqtradePoller:
                 config={k: previous.config[k] for k in ("exchange", "strategy") if k in previous.config},
                 heartbeat=previous.heartbeat,
                 bot_start=previous.bot_start,
+                closed_count=previous.closed_count,
             )
         else:
             if not previous.up:
                 log.info("freqtrade at %s is up (version %s)", self.client.base, snapshot.version)
+            for listener in self.listeners:
+                listener(previous, snapshot, news, self._baseline)
+            self._baseline = True
         self.snapshot = snapshot
         self.polls += 1
         self._polled.set()
         return snapshot
 
-    async def _fetch(self, previous: Snapshot) -> Snapshot:
+    async def _fetch(self, previous: Snapshot) -> tuple[Snapshot, News]:
         c = self.client
-        health, config, trades, profit, balance, locks, daily = await asyncio.gather(
+        health, config, trades, profit, balance, locks, daily, logs = await asyncio.gather(
             c.get("/health"),
             c.get("/show_config"),
             c.get("/status"),
@@ -143,31 +172,62 @@ class FreqtradePoller:
             c.get("/balance"),
             c.get("/locks"),
             c.get("/daily", timescale=1),
+            c.get("/logs", limit=LOG_LIMIT),
         )
+        profit = profit if isinstance(profit, dict) else {}
+        closed_count = profit.get("closed_trade_count")
+        closed_count = closed_count if isinstance(closed_count, int) and not isinstance(closed_count, bool) else None
+        closed: list[dict[str, Any]] = []
+        limit = 0
+        if closed_count is not None and previous.closed_count is None:
+            limit = CLOSED_MARGIN  # the first answer: the latest closed trades, the ones the margin will ask again
+        elif closed_count is not None and previous.closed_count is not None and closed_count > previous.closed_count:
+            limit = min(closed_count - previous.closed_count + CLOSED_MARGIN, CLOSED_MAX)
+        if limit and closed_count:
+            answer = await c.get("/trades", limit=limit)
+            rows = answer.get("trades") if isinstance(answer, dict) else None
+            closed = [t for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
         # The version is asked once per freqtrade process (a restart may bring another one).
         version = previous.version
-        bot_start = _number(health.get("bot_startup_ts")) if isinstance(health, dict) else None
+        bot_start = _instant(health, "bot_startup")
         if version is None or not previous.up or bot_start != previous.bot_start:
             answer = await c.get("/version")
             version = str(answer.get("version")) if isinstance(answer, dict) else None
         days = daily.get("data") if isinstance(daily, dict) else None
-        return Snapshot(
+        snapshot = Snapshot(
             up=True,
             polled_at=self._clock(),
             version=version,
             config=config if isinstance(config, dict) else {},
-            heartbeat=_number(health.get("last_process_ts")) if isinstance(health, dict) else None,
+            heartbeat=_instant(health, "last_process"),
             bot_start=bot_start,
+            closed_count=closed_count,
             trades=tuple(t for t in trades if isinstance(t, dict)) if isinstance(trades, list) else (),
-            profit=profit if isinstance(profit, dict) else {},
+            profit=profit,
             balance=balance if isinstance(balance, dict) else {},
             locks=locks if isinstance(locks, dict) else {},
             today=days[0] if isinstance(days, list) and days and isinstance(days[0], dict) else None,
         )
+        return snapshot, News(self._cursor.new(records(logs)), closed)
 
     def replace(self, **changes: Any) -> None:
         """Amend the snapshot (a command's known effect) until the next poll confirms it."""
         self.snapshot = dataclasses.replace(self.snapshot, **changes)
+
+
+def _instant(health: Any, key: str) -> float | None:
+    """A time of freqtrade's /health as Unix time: `key` to the microsecond, else `key`_ts (whole seconds)."""
+    if not isinstance(health, dict):
+        return None
+    text = health.get(key)
+    if isinstance(text, str) and text:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    return _number(health.get(f"{key}_ts"))
 
 
 def _number(value: Any) -> float | None:

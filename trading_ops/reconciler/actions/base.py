@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from trading_ops.matchers import Pattern
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
     from trading_ops.clients.alertmanager import AlertmanagerClient
     from trading_ops.clients.notify import Notifier
+    from trading_ops.clients.prometheus import PrometheusClient
     from trading_ops.config import Config
 
 RISKS = ("safe", "disruptive", "destructive")
@@ -49,6 +51,10 @@ class ActionContext:
     notifier: Notifier
     label_pattern: Pattern
     history: list[str] = field(default_factory=list)
+    # When the alert began (the episode's startsAt): what happened to the target since then is the fault's doing.
+    starts_at: datetime | None = None
+    # Prometheus, for steps that ask it which bots to act on (a `bot` step's `instances`).
+    prometheus: PrometheusClient | None = None
     # Called with the pid of a process group a step starts (the engine records it in the step's row).
     process_started: Callable[[int], Awaitable[None]] | None = None
 
@@ -59,6 +65,18 @@ class ActionContext:
     def render(self, text: str) -> str:
         """Substitute ${label} references with validated label values."""
         return TEMPLATE_RE.sub(lambda m: self.label(m.group(1)), text)
+
+    def step_or_bot(self, params: dict[str, Any], name: str) -> str:
+        """The step's `name` parameter rendered, or else what the configuration says of the alert's bot (its
+        `bots[].unit` or `.container`): a label picks a configured bot at most, never the thing itself."""
+        if name in params:
+            return self.render(params[name])
+        instance = self.label("instance")
+        target = self.config.reconciler.targets.get(instance)
+        value = getattr(target, name, "") if target is not None else ""
+        if not value:
+            raise Refused(f"no {name} configured for bot instance {instance!r} (bots[].{name}) and none in the step")
+        return str(value)
 
 
 def checked_label(labels: dict[str, str], name: str, pattern: Pattern) -> str:
@@ -107,6 +125,10 @@ class Action:
 
     def risk(self, params: dict[str, Any]) -> str:
         return self.default_risk
+
+    def protective(self, params: dict[str, Any]) -> bool:
+        """Whether the step only stops trading or reduces risk (budgets and open circuits never hold it back)."""
+        return False
 
     def describe(self, params: dict[str, Any]) -> str:
         args = " ".join(f"{k}={v}" for k, v in sorted(params.items()))

@@ -1,11 +1,21 @@
-"""`bot`: a command of the bot's control API (POST /control/{command} with its bearer token)."""
+"""`bot`: a command of the bot's control API (POST /control/{command} with its bearer token).
+
+With `instances` (a PromQL query whose series carry an `instance` label), the command goes to every bot the query
+finds that is also a configured target (a label never adds a bot), concurrently: one step, one action for a whole
+venue. `only_state` and `only_reason` skip the bots not in that state (and, for `only_reason`, not put there with
+that reason), so a fleet-wide `reduce_only` leaves a paused bot paused and the `resume` after it resumes only the
+bots the reduce_only changed."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import aiohttp
 
+from trading_ops.bot.control import SOURCE_HEADER, SOURCE_RECONCILER
+from trading_ops.clients.prometheus import PrometheusError
 from trading_ops.config import resolve_secret
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, template_labels, truncate
 
@@ -25,42 +35,119 @@ COMMAND_RISK = {
     "flatten": "destructive",
 }
 
+# Commands that only stop trading or shrink the book: a rule made of these acts even with its target's budget
+# spent or its circuit open (a loss limit must be enforced whatever other alerts did before).
+PROTECTIVE_COMMANDS = frozenset({"pause", "reduce_only", "halt", "cancel_all", "flatten"})
+# A fan-out step talks to this many bots at once.
+FAN_OUT_CONCURRENCY = 16
+
 
 class BotAction(Action):
     kind = "bot"
-    params = {"command": (str, True), "body": (dict, False), "instance": (str, False)}
+    params = {
+        "command": (str, True),
+        "body": (dict, False),
+        "instance": (str, False),
+        "instances": (str, False),
+        "only_state": (str, False),
+        "only_reason": (str, False),
+    }
 
     def validate(self, params: dict[str, Any]) -> None:
         super().validate(params)
         if params["command"] not in COMMAND_RISK:
             raise ValueError(f"command: unknown bot command {params['command']!r} (known: {', '.join(COMMAND_RISK)})")
+        if "instance" in params and "instances" in params:
+            raise ValueError("instance: give either instance (one bot) or instances (a query), not both")
+        if ("only_state" in params or "only_reason" in params) and "instances" not in params:
+            raise ValueError("only_state, only_reason: only with instances")
 
     def risk(self, params: dict[str, Any]) -> str:
         return COMMAND_RISK[params["command"]]
 
+    def protective(self, params: dict[str, Any]) -> bool:
+        return params["command"] in PROTECTIVE_COMMANDS
+
     def checked_labels(self, params: dict[str, Any]) -> list[str]:
+        if "instances" in params:
+            return template_labels(params)
         return template_labels({**params, "instance": params.get("instance", DEFAULT_INSTANCE)})
 
+    def describe(self, params: dict[str, Any]) -> str:
+        if "instances" in params:
+            return super().describe({k: v for k, v in params.items() if k != "body"})
+        return super().describe(params)
+
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
-        instance = ctx.render(params.get("instance", DEFAULT_INSTANCE))
-        target = ctx.config.reconciler.targets.get(instance)
-        if target is None:
-            raise Refused(f"no reconciler.targets entry for bot instance {instance!r}")
-        token = resolve_secret(ctx.config, target, "token", f"reconciler.targets.{instance}.token")
         body = {k: ctx.render(v) if isinstance(v, str) else v for k, v in (params.get("body") or {}).items()}
-        url = f"{target.url.rstrip('/')}/control/{params['command']}"
-        headers = {"Authorization": f"Bearer {token}"}
+        if "instances" in params:
+            return await self._fan_out(ctx, params, body, timeout)
+        instance = ctx.render(params.get("instance", DEFAULT_INSTANCE))
+        if instance not in ctx.config.reconciler.targets:
+            raise Refused(f"no reconciler.targets entry for bot instance {instance!r}")
+        status, text = await _post(ctx, instance, params["command"], body, timeout)
+        outcome = "success" if status == 200 else ("timeout" if status == 0 and "no answer" in text else "failure")
+        prefix = f"HTTP {status} " if status else ""
+        return Result(outcome, truncate(prefix + text, ctx.config.reconciler.output_limit_bytes))
+
+    async def _fan_out(
+        self, ctx: ActionContext, params: dict[str, Any], body: dict[str, Any], timeout: float
+    ) -> Result:
+        if ctx.prometheus is None:
+            raise Refused("instances: no Prometheus to ask which bots")
+        query = ctx.render(params["instances"])
         try:
-            async with ctx.session.post(
-                url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
-                text = await resp.text()
-        except TimeoutError:
-            return Result("timeout", f"POST {url}: no answer within {timeout:g}s")
-        except aiohttp.ClientError as exc:
-            return Result("failure", f"POST {url}: {exc}")
-        outcome = "success" if resp.status == 200 else "failure"
-        return Result(outcome, truncate(f"HTTP {resp.status} {text}", ctx.config.reconciler.output_limit_bytes))
+            series = await ctx.prometheus.query(query)
+        except PrometheusError as exc:
+            return Result("failure", truncate(f"instances: {exc}", ctx.config.reconciler.output_limit_bytes))
+        found = sorted({str(s.get("metric", {}).get("instance", "")) for s in series} - {""})
+        targets = [i for i in found if i in ctx.config.reconciler.targets]
+        only_state = params.get("only_state")
+        only_reason = ctx.render(params["only_reason"]) if "only_reason" in params else None
+        gate = asyncio.Semaphore(FAN_OUT_CONCURRENCY)
+
+        async def one(instance: str) -> tuple[str, str]:
+            async with gate:
+                if only_state or only_reason:
+                    status, text = await _post(ctx, instance, "status", {}, timeout)
+                    if status != 200:
+                        return instance, f"failure: status HTTP {status} {text[:120]}"
+                    state = json.loads(text)
+                    if only_state and state.get("state") != only_state:
+                        return instance, f"skipped: {state.get('state')}"
+                    if only_reason and state.get("state_reason") != only_reason:
+                        return instance, f"skipped: {state.get('state')} for another reason"
+                status, text = await _post(ctx, instance, params["command"], body, timeout)
+                return instance, "success" if status == 200 else f"failure: HTTP {status} {text[:120]}"
+
+        results = await asyncio.gather(*(one(i) for i in targets))
+        lines = [f"{instance}: {outcome}" for instance, outcome in results]
+        lines += [f"{instance}: not a configured bot, left alone" for instance in found if instance not in targets]
+        failed = [line for line in lines if ": failure" in line]
+        done = sum(1 for _, outcome in results if outcome == "success")
+        head = f"{params['command']} on {done} of {len(found)} bots found by {query}"
+        output = truncate("\n".join([head, *lines]), ctx.config.reconciler.output_limit_bytes)
+        return Result("failure" if failed else "success", output)
+
+
+async def _post(
+    ctx: ActionContext, instance: str, command: str, body: dict[str, Any], timeout: float
+) -> tuple[int, str]:
+    """(HTTP status, body) of one control command; (0, why) when there was no answer."""
+    target = ctx.config.reconciler.targets[instance]
+    token = resolve_secret(ctx.config, target, "token", f"reconciler.targets.{instance}.token")
+    url = f"{target.url.rstrip('/')}/control/{command}"
+    # The bot counts the command as the reconciler's (tradingbot_control_commands_total{source}).
+    headers = {"Authorization": f"Bearer {token}", SOURCE_HEADER: SOURCE_RECONCILER}
+    try:
+        async with ctx.session.post(
+            url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            return resp.status, await resp.text()
+    except TimeoutError:
+        return 0, f"POST {url}: no answer within {timeout:g}s"
+    except aiohttp.ClientError as exc:
+        return 0, f"POST {url}: {exc}"
 
 
 ACTION = BotAction()

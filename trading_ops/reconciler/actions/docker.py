@@ -1,4 +1,6 @@
-"""`docker`: restart a container through the Docker Engine API on its unix socket."""
+"""`docker`: restart a container through the Docker Engine API on its unix socket.
+
+The container is the step's `container`, or else the one configured for the alert's bot (`bots[].container`)."""
 
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 class DockerAction(Action):
     kind = "docker"
     default_risk = "disruptive"
-    params = {"container": (str, True), "stop_timeout": (int, False)}
+    params = {"container": (str, False), "stop_timeout": (int, False)}
+
+    def describe(self, params: dict[str, Any]) -> str:
+        return super().describe({"container": "(the bot's container)", **params})
 
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
-        name = ctx.render(params["container"])
+        name = ctx.step_or_bot(params, "container")
         if not CONTAINER_RE.match(name):
             raise Refused(f"container {name[:60]!r} is not a valid container name")
         url = f"http://docker/containers/{name}/restart"

@@ -9,10 +9,13 @@ from trading_ops.reconciler.actions.base import Action, ActionContext, Result
 
 FAILED = "TradingOpsRemediationFailed"
 CIRCUIT_OPEN = "TradingOpsRemediationCircuitOpen"
+# A playbook stopped a bot on purpose (protective pause): nothing failed, but only a human may let it trade again.
+BOT_PAUSED = "TradingOpsBotPaused"
 RUNBOOK_BASE = "https://github.com/trading-ops/trading-ops/blob/main/runbooks/"
 SUMMARIES = {
     FAILED: "Automatic remediation did not recover the alert.",
     CIRCUIT_OPEN: "The reconciler spent a target's action budget and stopped acting on it.",
+    BOT_PAUSED: "The reconciler paused a bot; a human decides when it trades again.",
 }
 
 

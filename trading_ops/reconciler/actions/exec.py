@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # The only variables of the reconciler's own environment a command inherits (its secrets stay behind).
-# TRADING_OPS_CONFIG (a path, set by `trading-ops --config`) lets a `trading-ops ...` step read the same configuration.
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TZ", "TRADING_OPS_CONFIG")
+# TRADING_OPS_CONFIG (a path, set by `trading-ops --config`) lets a `trading-ops ...` step read the same configuration;
+# PYTHONPATH (where the reconciler's own Python finds its modules, when set) makes it run the same code as well.
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "TZ", "TRADING_OPS_CONFIG", "PYTHONPATH")
 PR_SET_PDEATHSIG = 1
 # Started in place of the command on Linux: ask the kernel to SIGKILL us when the reconciler dies (kill -9
 # included), then become the command (execv, no shell). The parent's pid guards the race with its death.

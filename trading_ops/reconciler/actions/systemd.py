@@ -1,8 +1,15 @@
-"""`systemd`: restart (or reload) a unit with the configured systemctl command."""
+"""`systemd`: restart (or reload) a unit with the configured systemctl command.
+
+The unit is the step's `unit`, or else the unit configured for the alert's bot (`bots[].unit`): a label never names
+it. Before a restart the step asks the service manager what the unit is doing (`systemctl show`): a unit that is
+already (re)starting, or whose main process started after the alert began, was restarted by the service manager on
+its own (Restart=on-failure, WatchdogSec); restarting it again would kill it in the middle of its startup
+reconciliation, so the step leaves it and the verification decides."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result
@@ -10,27 +17,76 @@ from trading_ops.reconciler.actions.exec import minimal_env, run_argv
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.:\\-]{0,250}$")
 VERBS = ("restart", "reload", "try-restart", "start")
+# Verbs that start a new main process: the ones the "already restarted" check applies to.
+STARTING_VERBS = ("restart", "try-restart", "start")
+SHOW_PROPERTIES = "ActiveState,SubState,ExecMainStartTimestamp"
+SHOW_TIMEOUT_SECONDS = 10.0
+# ActiveState values of a unit the service manager is busy with (auto-restart is a sub-state of activating).
+BUSY_STATES = ("activating", "deactivating", "reloading")
 
 
 class SystemdAction(Action):
     kind = "systemd"
     default_risk = "disruptive"
-    params = {"unit": (str, True), "verb": (str, False)}
+    params = {"unit": (str, False), "verb": (str, False)}
 
     def validate(self, params: dict[str, Any]) -> None:
         super().validate(params)
         if params.get("verb", "restart") not in VERBS:
             raise ValueError(f"verb: expected one of {', '.join(VERBS)}")
 
-    async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
-        unit = ctx.render(params["unit"])
+    def describe(self, params: dict[str, Any]) -> str:
+        return super().describe({"unit": "(the bot's unit)", **params})
+
+    def unit(self, ctx: ActionContext, params: dict[str, Any]) -> str:
+        unit = ctx.step_or_bot(params, "unit")
         if not UNIT_RE.match(unit):
             raise Refused(f"unit {unit[:60]!r} is not a valid unit name")
-        argv = [*ctx.config.reconciler.systemctl, params.get("verb", "restart"), unit]
+        return unit
+
+    async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
+        unit = self.unit(ctx, params)
+        verb = params.get("verb", "restart")
+        systemctl = ctx.config.reconciler.systemctl
+        limit = ctx.config.reconciler.output_limit_bytes
+        if verb in STARTING_VERBS:
+            busy = await self._already_restarted(ctx, unit, min(timeout, SHOW_TIMEOUT_SECONDS))
+            if busy:
+                return Result("success", f"{unit} not restarted again: {busy}")
         # The same minimal environment as exec: systemctl needs no secret of the reconciler's.
-        return await run_argv(
-            argv, minimal_env(), timeout, ctx.config.reconciler.output_limit_bytes, on_start=ctx.process_started
-        )
+        return await run_argv([*systemctl, verb, unit], minimal_env(), timeout, limit, on_start=ctx.process_started)
+
+    async def _already_restarted(self, ctx: ActionContext, unit: str, timeout: float) -> str | None:
+        """Why the service manager is already taking care of `unit`, or None (then restart it). Any trouble asking
+        (an old systemctl, no permission) is None: the restart goes ahead as it always did."""
+        argv = [*ctx.config.reconciler.systemctl, "--timestamp=unix", f"--property={SHOW_PROPERTIES}", "show", unit]
+        try:
+            shown = await run_argv(argv, minimal_env(), timeout, 4096)
+        except Refused:
+            return None
+        if not shown.ok:
+            return None
+        props = dict(line.split("=", 1) for line in shown.output.splitlines() if "=" in line)
+        state, sub = props.get("ActiveState", ""), props.get("SubState", "")
+        if state in BUSY_STATES:
+            return f"the service manager is already at it (ActiveState={state}, SubState={sub})"
+        started = _unix_timestamp(props.get("ExecMainStartTimestamp", ""))
+        if state == "active" and started is not None and ctx.starts_at is not None and started > ctx.starts_at:
+            return (
+                f"the service manager restarted it at {started.isoformat(timespec='seconds')}, after the alert began "
+                f"({ctx.starts_at.isoformat(timespec='seconds')})"
+            )
+        return None
+
+
+def _unix_timestamp(value: str) -> datetime | None:
+    """`systemctl show --timestamp=unix` prints `@1700000000` (empty or n/a when the unit never started)."""
+    if not value.startswith("@"):
+        return None
+    try:
+        return datetime.fromtimestamp(float(value[1:]), UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 ACTION = SystemdAction()

@@ -1,0 +1,284 @@
+"""Every fault scenario of the paper bot, fault -> detection -> first action -> verified recovery, through the real
+stack (`trading-ops up`: the paper bot under its service policy, reconciler, Prometheus, Alertmanager); prints JSON.
+
+Each scenario runs --rounds times in the fast profile and again in the floor profile (every alert's `for:` at one
+evaluation) in the same run, so the two are comparable on this machine at this moment. Per scenario and profile:
+p50/p95 of the seconds from the fault to detection (the alert firing in Prometheus: scrape + evaluation + `for:`,
+the floor no reconciler can beat), to the first action, and to the verified end, and of what comes on top of
+detection (Alertmanager, the reconciler, the action, the verification, and for restarts the bot's own start).
+
+How a scenario ends:
+- recovered: an episode of its alert closed `recovered` (the reconciler acted and Prometheus verified it);
+- healed: the service manager healed it (a crash restarted by Restart=on-failure, a hang killed by WatchdogSec):
+  the alert no longer fires and the bot answers again; the episode, if any, closed resolved or recovered;
+- adopted: the bot's own scheduled reconciliation adopted what the venue did (no alert needed);
+- paged: the playbook pages by design (the loss limit: the bot halts itself, the page is posted); runs once per
+  profile, last, as it halts the bot for the day.
+
+The stack runs the packaged default playbook with its cooldowns capped at --gap (rounds come back to back) and its
+budgets raised; everything else as shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_recovery import POLL_SECONDS, Stack, get_json, post_json, summary, ts
+
+from trading_ops.stack.profiles import PROFILES
+
+# DESIGN goal for what the pipeline adds on top of Prometheus's own detection, for the scenarios the reconciler heals.
+GOAL_ADDED_P50_SECONDS = 0.7
+GOAL_ADDED_P95_SECONDS = 1.5
+# The seeds' bound on fault -> recovery.
+GOAL_TOTAL_SECONDS = 300.0
+DEFAULT_GAP_SECONDS = 20.0
+DEFAULT_ROUND_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    fault: str
+    alert: str | None
+    ends: str  # recovered, healed, adopted, paged
+    body: dict[str, Any] = field(default_factory=dict)
+    cleanup: tuple[str, ...] = ()  # control commands after the round (a human's part)
+
+
+SCENARIOS = [
+    Scenario("drop_connection", "TradingBotBrokerDisconnected", "recovered"),
+    Scenario("stale_market_data", "TradingBotMarketDataStale", "recovered", {"symbol": "ETH-USD"}),
+    Scenario("crash", "TradingBotDown", "healed"),
+    Scenario("hang_loop", "TradingBotHeartbeatStale", "healed", {"seconds": 600}),
+    Scenario("stall_journal", "TradingBotHeartbeatStale", "healed", {"seconds": 600}),
+    Scenario("position_drift", None, "adopted", {"symbol": "SOL-USD", "quantity": 0.5}),
+    Scenario(
+        "reject_storm", "TradingBotOrderRejectRatioHigh", "recovered", {"seconds": 600}, ("clear_chaos", "resume")
+    ),
+    Scenario("loss_spike", "TradingBotDailyLossBreached", "paged"),
+]
+BY_FAULT = {s.fault: s for s in SCENARIOS}
+
+
+class Probe:
+    """What the stack says right now, each source stamped when its answer arrives."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    def bot(self, command: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        try:
+            return dict(post_json(f"{self.stack.urls['bot']}/control/{command}", self.stack.token, body or {}))
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def healthy(self) -> bool:
+        try:
+            get_json(f"{self.stack.urls['bot']}/healthz")
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        return True
+
+    def firing(self, alertname: str) -> bool:
+        try:
+            return any(
+                a["labels"].get("alertname") == alertname and a["state"] == "firing" for a in self.stack.prom_alerts()
+            )
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def episodes(self) -> list[dict[str, Any]]:
+        try:
+            return self.stack.episodes()
+        except (urllib.error.URLError, OSError):
+            return []
+
+    def discrepancies(self) -> float:
+        found = self.stack.query("sum(tradingbot_reconciliation_discrepancies_total)")
+        return float(found[0]["value"][1]) if found else 0.0
+
+    def paged(self, original: str) -> bool:
+        return any(
+            a["labels"].get("alertname") == "TradingOpsRemediationFailed"
+            and a["labels"].get("original_alertname") == original
+            for a in self.stack.am_alerts()
+        )
+
+
+def run_round(stack: Stack, number: int, scenario: Scenario, timeout: float, pid_before: Any) -> dict[str, Any]:
+    probe = Probe(stack)
+    known = {e["id"] for e in probe.episodes()}
+    before = probe.discrepancies()
+    result: dict[str, Any] = {"round": number, "fault": scenario.fault, "alert": scenario.alert, "ends": scenario.ends}
+    if scenario.fault == "loss_spike":  # wait for a book the spike can breach the limit with
+        end = time.monotonic() + 60
+        while probe.bot("loss_spike") is None:
+            if time.monotonic() > end:
+                result["failure"] = "the book never held enough to breach the loss limit"
+                return result
+            time.sleep(1)
+        fault_at = time.time()
+    else:
+        fault_at = time.time()
+        if probe.bot(scenario.fault, scenario.body) is None:
+            result["failure"] = "the fault command was refused"
+            return result
+    seen: dict[str, float] = {}
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        now = time.time()
+        if scenario.alert and "detected" not in seen and probe.firing(scenario.alert):
+            seen["detected"] = now
+        mine = [e for e in probe.episodes() if e["id"] not in known and e["alertname"] == scenario.alert]
+        steps = [s for e in mine for a in e["attempts"] for s in a["steps"]]
+        if steps and "first_action" not in seen:
+            seen["first_action"] = min(ts(s["started_at"]) or now for s in steps)
+        if scenario.ends == "recovered":
+            done = next((e for e in mine if e["state"] == "recovered"), None)
+            if done is not None:
+                seen["end"] = ts(done["closed_at"]) or now
+                break
+            if mine and all(e["closed_at"] for e in mine) and "detected" in seen:
+                result["failure"] = "closed without recovery: " + ", ".join(f"{e['state']}" for e in mine)
+                break
+        elif scenario.ends == "healed":
+            status = probe.bot("status")
+            if status is not None and status.get("pid") != pid_before:
+                seen.setdefault("restarted", now)
+            active = status is not None and status.get("state") == "active"
+            if (
+                "restarted" in seen
+                and active
+                and not probe.firing(scenario.alert or "")
+                and all(e["closed_at"] for e in mine)
+            ):
+                seen["end"] = now
+                break
+        elif scenario.ends == "adopted":
+            if probe.discrepancies() > before:
+                seen["detected"] = seen["end"] = now
+                break
+        elif scenario.ends == "paged" and probe.paged(scenario.alert or ""):
+            seen["end"] = now
+            break
+        time.sleep(POLL_SECONDS)
+    else:
+        result["failure"] = f"not over within {timeout:g}s"
+    mine = [e for e in probe.episodes() if e["id"] not in known and e["alertname"] == scenario.alert]
+    result["episodes"] = {str(e["id"]): e["state"] for e in mine}
+    result["actions"] = [s["description"][:80] for e in mine for a in e["attempts"] for s in a["steps"]]
+    result["seconds"] = {k: round(v - fault_at, 3) for k, v in seen.items()}
+    for command in scenario.cleanup:
+        probe.bot(command)
+    return result
+
+
+def settle(stack: Stack, timeout: float) -> None:
+    """The bot trading again (state active), no bot alert firing, no episode open."""
+    probe = Probe(stack)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        status = probe.bot("status")
+        firing = [
+            a for a in stack.prom_alerts() if a["state"] == "firing" and a["labels"].get("service") == "tradingbot"
+        ]
+        open_episodes = [e for e in probe.episodes() if not e["closed_at"]]
+        if status is not None and status.get("state") == "active" and not firing and not open_episodes:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the stack did not settle between rounds")
+
+
+def run_profile(profile: str, scenarios: list[Scenario], rounds: int, gap: float, timeout: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"bench-mttr-{profile}-") as tmp:
+        stack = Stack(Path(tmp), profile, gap)
+        results: list[dict[str, Any]] = []
+        try:
+            stack.wait_ready()
+            plan = [s for _ in range(rounds) for s in scenarios if s.ends != "paged"]
+            plan += [s for s in scenarios if s.ends == "paged"]  # once, last: it halts the bot for the day
+            for number, scenario in enumerate(plan, 1):
+                settle(stack, timeout)
+                time.sleep(gap)
+                status = Probe(stack).bot("status") or {}
+                results.append(run_round(stack, number, scenario, timeout, status.get("pid")))
+                print(json.dumps({"profile": profile, **results[-1]}), file=sys.stderr)
+        finally:
+            code = stack.stop()
+    per_scenario: dict[str, Any] = {}
+    for scenario in scenarios:
+        ok = [r for r in results if r["fault"] == scenario.fault and "failure" not in r]
+        stages = {
+            k: summary([r["seconds"][k] for r in ok if k in r["seconds"]]) for k in ("detected", "first_action", "end")
+        }
+        added = [
+            r["seconds"]["end"] - r["seconds"]["detected"] for r in ok if {"end", "detected"} <= r["seconds"].keys()
+        ]
+        per_scenario[scenario.fault] = {
+            "alert": scenario.alert,
+            "ends": scenario.ends,
+            "rounds": len([r for r in results if r["fault"] == scenario.fault]),
+            "failures": [r["failure"] for r in results if r["fault"] == scenario.fault and "failure" in r],
+            "fault_to_detection": stages["detected"],
+            "fault_to_first_action": stages["first_action"],
+            "fault_to_end": stages["end"],
+            "added_on_top_of_detection": summary(added),
+            "actions_per_round": [len(r["actions"]) for r in ok],
+        }
+    return {"settings": PROFILES[profile].settings(), "up_exit_status": code, "scenarios": per_scenario}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each scenario per profile (default 3)")
+    parser.add_argument("--profiles", default="fast,floor", help="comma-separated (default fast,floor)")
+    parser.add_argument(
+        "--scenarios", default=",".join(BY_FAULT), help=f"comma-separated faults (default all: {', '.join(BY_FAULT)})"
+    )
+    parser.add_argument("--gap", type=float, default=DEFAULT_GAP_SECONDS, help="seconds between rounds")
+    parser.add_argument("--round-timeout", type=float, default=DEFAULT_ROUND_TIMEOUT)
+    args = parser.parse_args()
+    scenarios = [BY_FAULT[f.strip()] for f in args.scenarios.split(",") if f.strip() in BY_FAULT]
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    if not scenarios or not profiles or any(p not in PROFILES for p in profiles) or args.rounds < 1:
+        parser.error(f"--scenarios from {', '.join(BY_FAULT)}; --profiles from {', '.join(PROFILES)}; --rounds >= 1")
+    report: dict[str, Any] = {
+        "benchmark": "every fault scenario: fault -> detection -> first action -> verified end, real stack",
+        "rounds": args.rounds,
+        "gap_seconds": args.gap,
+        "profiles": {p: run_profile(p, scenarios, args.rounds, args.gap, args.round_timeout) for p in profiles},
+    }
+    healed_by_reconciler = [s.fault for s in scenarios if s.ends == "recovered"]
+    goals: dict[str, Any] = {}
+    for profile, data in report["profiles"].items():
+        for fault in healed_by_reconciler:
+            added = data["scenarios"][fault]["added_on_top_of_detection"]
+            total = data["scenarios"][fault]["fault_to_end"]
+            goals[f"{profile}/{fault}"] = {
+                "added_p50": added["p50"],
+                "added_p95": added["p95"],
+                "met": added["p50"] is not None
+                and added["p50"] <= GOAL_ADDED_P50_SECONDS
+                and (added["p95"] or 0) <= GOAL_ADDED_P95_SECONDS,
+                "total_p95_within_5_min": total["p95"] is not None and total["p95"] <= GOAL_TOTAL_SECONDS,
+            }
+    report["goal"] = {
+        "what": "added on top of Prometheus's detection, for the scenarios the reconciler heals",
+        "p50_seconds": GOAL_ADDED_P50_SECONDS,
+        "p95_seconds": GOAL_ADDED_P95_SECONDS,
+        "per_scenario": goals,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Soak: the local stack (`trading-ops up`, fast profile) under a steady rhythm of faults for --minutes; prints JSON.
+
+Every --every seconds one fault from a fixed cycle is injected into the paper bot (faults the reconciler heals
+without restarting the bot, so each process lives the whole soak and its growth is its own): drop_connection,
+stale_market_data, position_drift, reject_storm (the playbook pauses the bot; the soak, as a human would, clears the
+fault and resumes it). Every --sample seconds the resident memory and open file descriptors of the bot, the
+reconciler, Prometheus and Alertmanager are sampled. The report gives, per process, the first and last values and
+the growth per hour (least-squares slope over the second half of the soak, after the caches have warmed), and the
+episodes by alert and outcome. The bot runs without a daily loss limit (the demo's fees would halt it within hours).
+Run it for an hour at least (not in CI): `python benchmarks/bench_soak.py --minutes 60`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+from bench_recovery import Stack, post_json
+
+FAULTS: list[tuple[str, dict[str, Any]]] = [
+    ("drop_connection", {}),
+    ("stale_market_data", {"symbol": "ETH-USD"}),
+    ("position_drift", {"symbol": "SOL-USD", "quantity": 0.05}),
+    ("reject_storm", {"seconds": 120}),
+]
+# After a reject storm the playbook pauses the bot; this long later the soak clears the fault and resumes it.
+RESUME_AFTER_SECONDS = 90.0
+MIB = 2**20
+HOUR = 3600.0
+
+
+def slope_per_hour(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of value over time (per hour), over the second half of the samples."""
+    half = points[len(points) // 2 :]
+    if len(half) < 3:
+        return None
+    n = len(half)
+    mean_t = sum(t for t, _ in half) / n
+    mean_v = sum(v for _, v in half) / n
+    var = sum((t - mean_t) ** 2 for t, _ in half)
+    if var == 0:
+        return None
+    return sum((t - mean_t) * (v - mean_v) for t, v in half) / var * HOUR
+
+
+def sample(pids: dict[str, int]) -> dict[str, tuple[float, int] | None]:
+    out: dict[str, tuple[float, int] | None] = {}
+    for name, pid in pids.items():
+        try:
+            process = psutil.Process(pid)
+            out[name] = (process.memory_info().rss / MIB, process.num_fds())
+        except psutil.Error:
+            out[name] = None
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--every", type=float, default=60.0, help="seconds between faults (default 60)")
+    parser.add_argument("--sample", type=float, default=15.0, help="seconds between samples (default 15)")
+    args = parser.parse_args()
+    if args.minutes <= 0 or args.every <= 0 or args.sample <= 0:
+        parser.error("--minutes, --every and --sample must be positive")
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
+        # No daily loss limit: the demo's fees and spreads would halt the bot within hours, and a halted bot stops
+        # the workload whose growth the soak measures (the loss limit has a scenario of its own in bench_mttr).
+        stack = Stack(Path(tmp), "fast", cooldown=min(args.every, 300.0), bot={"risk": {"daily_loss_limit": 0}})
+        series: dict[str, list[tuple[float, float, int]]] = {}
+        injected: Counter[str] = Counter()
+        refused: Counter[str] = Counter()
+        try:
+            stack.wait_ready()
+            pids = stack.child_pids()
+            started = time.monotonic()
+            end = started + args.minutes * 60
+            next_fault, next_sample, resume_at, cycle = started + 10, started, None, 0
+            while time.monotonic() < end:
+                now = time.monotonic()
+                if now >= next_sample:
+                    for name, value in sample(pids).items():
+                        if value is not None:
+                            series.setdefault(name, []).append((now - started, value[0], value[1]))
+                    next_sample = now + args.sample
+                if resume_at is not None and now >= resume_at:
+                    for command in ("clear_chaos", "resume"):
+                        try:
+                            post_json(f"{stack.urls['bot']}/control/{command}", stack.token, {})
+                        except OSError:
+                            refused[command] += 1
+                    resume_at = None
+                if now >= next_fault:
+                    fault, body = FAULTS[cycle % len(FAULTS)]
+                    cycle += 1
+                    try:
+                        post_json(f"{stack.urls['bot']}/control/{fault}", stack.token, body)
+                        injected[fault] += 1
+                        if fault == "reject_storm":
+                            resume_at = now + RESUME_AFTER_SECONDS
+                    except OSError:
+                        refused[fault] += 1
+                    next_fault = now + args.every
+                time.sleep(1.0)
+            episodes = stack.episodes_all()
+            restarts = stack.child_pids() != pids
+        finally:
+            code = stack.stop()
+    processes = {}
+    for name, points in series.items():
+        rss = [(t, v) for t, v, _ in points]
+        fds = [(t, float(f)) for t, _, f in points]
+        processes[name] = {
+            "samples": len(points),
+            "rss_mib_first": round(points[0][1], 1),
+            "rss_mib_last": round(points[-1][1], 1),
+            "rss_mib_max": round(max(v for _, v, _ in points), 1),
+            "rss_mib_per_hour": None if (g := slope_per_hour(rss)) is None else round(g, 2),
+            "open_fds_first": points[0][2],
+            "open_fds_last": points[-1][2],
+            "open_fds_per_hour": None if (g := slope_per_hour(fds)) is None else round(g, 2),
+        }
+    outcomes = Counter(f"{e['alertname']}: {e['state']}" for e in episodes)
+    report = {
+        "benchmark": "soak: the local stack under a steady rhythm of faults",
+        "minutes": args.minutes,
+        "fault_every_seconds": args.every,
+        "faults_injected": dict(injected),
+        "commands_refused": dict(refused),
+        "processes": processes,
+        "a_process_restarted": restarts,
+        "episodes": len(episodes),
+        "episodes_by_alert_and_outcome": dict(sorted(outcomes.items())),
+        "up_exit_status": code,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,450 @@
+"""examples/ccxt_bot.py, the whole example bot, as a process of its own with ccxt's real kraken client, on the
+Kraken-compatible gateway (served by this process on a free loopback port; it outlives the bot): it trades, its fills
+reach the journal and its metrics, it is ready, answers its control API and stops cleanly on SIGTERM. Killed with
+SIGKILL while an order's answer is on its way, then restarted, its startup reconciliation finds exactly what happened
+at the venue that the journal missed, and a second run finds nothing. Needs nothing but the package and ccxt."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from system_binaries import REPO_ROOT
+
+from tests.ccxt_helpers import (
+    API_KEY,
+    API_SECRET,
+    CONTROL_TOKEN,
+    SUB_ACCOUNT,
+    SUB_KEY,
+    SUB_SECRET,
+    running_gateway,
+    wait_for,
+)
+from tests.conftest import free_port
+from tests.paper_helpers import TOKEN, control, get
+from trading_ops.bot.broker import OrderStatus, OrderType
+from trading_ops.bot.journal import Journal
+from trading_ops.bot.recovery_store import RecoveryStore
+from trading_ops.config import parse_config
+from trading_ops.db import migrate
+from trading_ops.db.base import make_engine, make_sessionmaker
+from trading_ops.db.models.journal import Order
+from trading_ops.paper.venue import PaperVenue
+
+EXAMPLE = REPO_ROOT / "examples" / "ccxt_bot.py"
+README = REPO_ROOT / "README.md"
+BOT, VENUE = "ccxt-1", "kraken"
+SYMBOLS = ["BTC-USD", "ETH-USD"]
+NEVER = 3600  # seconds: order polls off, so the bot hears of fills only through its reconciliations
+MOVING = {"tick_interval": 0.02, "volatility": 0.001, "reject_probability": 0.0}
+# Slow enough that the resting bids (0.2 % under the bid) mostly rest for the seconds the kill test takes, fast
+# enough that the mid keeps crossing its average (market orders).
+DRIFTING = {**MOVING, "volatility": 0.0002}
+STOP_SECONDS = 30.0
+
+
+def write_config(
+    tmp: Path,
+    base: str,
+    port: int,
+    name: str = "bot.yaml",
+    recovery: dict[str, Any] | None = None,
+    *,
+    bot: str = BOT,
+    key: tuple[str, str] = (API_KEY, API_SECRET),
+    database: str | None = None,
+    **ccxt: Any,
+) -> Path:
+    """The example bot's configuration: the paper gateway at `base` through ccxt's `urls` with the API `key` (key,
+    secret), fast loop and recovery; its journal in `database` (default: its own, in `tmp`)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    for file, value in (("api-key", key[0]), ("api-secret", key[1]), ("token", TOKEN)):
+        (tmp / file).write_text(value)
+    url = database or f"sqlite:///{tmp / 'journal.db'}"
+    migrate.upgrade(url)
+    settings = {
+        "database": {"url": url},
+        "bot": {
+            "name": bot,
+            "venue": VENUE,
+            "strategy": "mean-reverter",
+            "listen": {"host": "127.0.0.1", "port": port},
+            "control_token_file": str(tmp / "token"),
+            "data_dir": str(tmp / "data"),
+            "loop_interval_seconds": 0.05,
+            "market_data_stale_seconds": 2,
+            "risk": {"daily_loss_limit": 5000},
+        },
+        "ccxt": {
+            "exchange": "kraken",
+            "api_key_file": str(tmp / "api-key"),
+            "api_secret_file": str(tmp / "api-secret"),
+            "urls": {"public": base, "private": base},
+            "symbols": SYMBOLS,
+            "poll_interval_seconds": 0.1,
+            "quote_poll_interval_seconds": 0.1,
+            "enable_rate_limit": False,
+            **ccxt,
+        },
+        "recovery": {
+            "heartbeat_interval_seconds": 0.2,
+            "crash_timeout_seconds": 1,
+            "reconcile_interval_seconds": 0,
+            **(recovery or {}),
+        },
+    }
+    path = tmp / name
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def example_bot(config: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python examples/ccxt_bot.py CONFIG`, its log in `log`; killed if the test leaves it running."""
+    with open(log, "ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLE), str(config), stdout=out, stderr=out, cwd=REPO_ROOT
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def metric(port: int, name: str, **labels: str) -> float:
+    """The sum of a family's samples on the bot's /metrics whose labels include `labels` (0 when absent)."""
+    try:
+        status, text = await get(port, "/metrics")
+    except aiohttp.ClientError:
+        return 0.0
+    total = 0.0
+    for found in re.finditer(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", text, re.MULTILINE):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(found.group(2))
+    return total
+
+
+async def chaos(base: str, fault: str, **args: object) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/chaos/{fault}", json=args, headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return dict(await r.json())
+
+
+def journaled(url: str, bot: str = BOT) -> tuple[dict[str, Order], set[str]]:
+    """The journal as the bot left it: its orders by client order id, and its fills' trade ids."""
+    engine = make_engine(url)
+    try:
+        journal = Journal(engine, bot, VENUE)
+        with make_sessionmaker(engine)() as session:
+            orders = {o.client_order_id: o for o in session.query(Order).filter(Order.bot == bot)}
+        trade_ids = {f.trade_id for f in journal.fills()}
+        journal.close()
+    finally:
+        engine.dispose()
+    return orders, trade_ids
+
+
+async def test_the_example_bot_trades_on_the_gateway_and_stops_cleanly(tmp_path: Path) -> None:
+    async with running_gateway(**MOVING) as (gateway, base):
+        port = free_port()
+        config = write_config(tmp_path, base, port)
+        url = yaml.safe_load(config.read_text())["database"]["url"]
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def traded() -> bool:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_fills_total") >= 3
+
+            await wait_for(traded, timeout=60)
+            status, body = await get(port, "/readyz")
+            assert status == 200, body
+            code, state = await control(port, "status")
+            assert code == 200 and (state["bot"], state["venue"], state["trading_allowed"]) == (BOT, VENUE, True)
+            assert state["connected"] == {"orders": True, "market_data": True}
+            assert (await control(port, "status", headers={}))[0] == 401
+
+            # Nonce refusals the broker retried by itself still reach the bot's metrics.
+            nonces = await metric(port, "tradingbot_venue_errors_total", error_class="nonce")
+            await chaos(base, "nonce", count=3)
+            await wait_for(lambda: _at_least(port, "tradingbot_venue_errors_total", nonces + 3, error_class="nonce"))
+
+            # It sees its own orders: one bid resting per symbol, never a second beside it.
+            resting = [o.symbol for o in await gateway.venue.open_orders() if o.order_type is OrderType.LIMIT]
+            assert sorted(resting) == sorted(set(resting))
+
+            # Halted, nothing more goes out; then the journal, the metrics and the venue agree on every fill.
+            code, halted = await control(port, "halt")
+            assert code == 200 and halted["state"] == "halted"
+            assert await gateway.venue.open_orders() == []
+
+            async def agreed() -> bool:
+                venue = {f.trade_id for f in await gateway.venue.recent_fills()}
+                _, journal = await asyncio.to_thread(journaled, url)
+                return journal == venue and await metric(port, "tradingbot_fills_total") == len(venue)
+
+            await wait_for(agreed)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+        engine = make_engine(url)
+        try:
+            last = await asyncio.to_thread(RecoveryStore(engine, BOT, VENUE).last_run)
+        finally:
+            engine.dispose()
+        assert last is not None and last.clean_shutdown and last.stop_reason == "SIGTERM"
+
+
+async def test_after_a_venue_outage_the_bot_reconciles_before_it_adds_risk_again(tmp_path: Path) -> None:
+    """The whole venue down (no reconnect can end it): the example bot's channels both go down and its gate holds
+    back every order that adds risk. When the venue is back, its polls find it by themselves (nobody sends
+    `reconnect`), and a reconciliation triggered by that reconnect passes before its next buy goes out."""
+    async with running_gateway(**MOVING) as (gateway, base):
+        port = free_port()
+        config = write_config(tmp_path, base, port)
+        url = yaml.safe_load(config.read_text())["database"]["url"]
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def connected() -> float:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_broker_connected")
+
+            await wait_for(lambda: _at_least(port, "tradingbot_fills_total", 1), timeout=60)
+            await chaos(base, "outage", seconds=600)
+            await wait_for(lambda: _equals(connected(), 0.0), timeout=30)  # both channels
+            down_from = datetime.now(UTC)
+            code, state = await control(port, "status")
+            assert code == 200 and state["reconnect_reconciliation_pending"] and state["trading_allowed"]
+            steps = await metric(port, "tradingbot_loop_iterations_total")  # strategy steps against a closed gate
+            await wait_for(lambda: _at_least(port, "tradingbot_loop_iterations_total", steps + 10))
+            await chaos(base, "outage", seconds=0.2)  # over by itself, a moment from now
+            await wait_for(lambda: _equals(connected(), 2.0), timeout=30)
+            await wait_for(lambda: _status_is(port, reconnect_reconciliation_pending=False), timeout=30)
+
+            engine = make_engine(url)
+            try:
+                runs = await asyncio.to_thread(RecoveryStore(engine, BOT, VENUE).reconciliation_runs)
+                (after,) = [r for r in runs if r.trigger == "reconnect" and r.started_at > down_from]
+                assert after.result in ("clean", "resolved"), after.error
+
+                async def bought_again() -> list[Order]:
+                    orders, _ = await asyncio.to_thread(journaled, url)
+                    return [o for o in orders.values() if o.side == "buy" and o.created_at > down_from]
+
+                buys = await wait_for_value(bought_again)
+            finally:
+                engine.dispose()
+            # Not one buy between the drop and the end of that reconciliation; the bot trades again after it.
+            assert all(o.created_at > after.finished_at for o in buys), [(o.created_at, after) for o in buys]
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+    assert gateway.faults.outage_until == 0
+
+
+async def test_two_bots_on_one_gateway_each_on_an_account_of_its_own_never_meet(tmp_path: Path) -> None:
+    """Two example bots on one gateway and one journal database, each with its own key to an account of its own (a
+    sub-account, as on Kraken): while both trade, each one's reconciliations are clean (the other's orders, trades and
+    quote balance are in none of its snapshots), and one's cancel_all leaves the other's orders alone."""
+    async with running_gateway(sub_account=True, **MOVING) as (gateway, base):
+        url = f"sqlite:///{tmp_path / 'journal.db'}"
+        ports = {BOT: free_port(), "ccxt-2": free_port()}
+        first = write_config(tmp_path / BOT, base, ports[BOT], database=url)
+        second = write_config(
+            tmp_path / "ccxt-2", base, ports["ccxt-2"], bot="ccxt-2", key=(SUB_KEY, SUB_SECRET), database=url
+        )
+        async with (
+            example_bot(first, tmp_path / f"{BOT}.log") as one,
+            example_bot(second, tmp_path / "ccxt-2.log") as two,
+        ):
+
+            async def fills(port: int) -> float:
+                for proc in (one, two):
+                    assert proc.returncode is None, (tmp_path / f"{BOT}.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_fills_total")
+
+            for port in ports.values():
+                await wait_for(lambda port=port: _equals(fills(port), 2.0, at_least=True), timeout=60)
+            for _ in range(2):
+                for name, port in ports.items():
+                    other = ports["ccxt-2" if name == BOT else BOT]
+                    before = await fills(other)
+                    code, run = await control(port, "reconcile")
+                    assert code == 200 and run["result"] == "clean", run
+                    # ... while the other trades on.
+                    await wait_for(lambda other=other, before=before: _equals(fills(other), before + 1, at_least=True))
+
+            assert (await control(ports[BOT], "pause"))[0] == 200  # nothing new from it, then its orders go
+            code, answer = await control(ports[BOT], "cancel_all")
+            assert code == 200 and answer["canceled"] >= 1, answer
+            assert await gateway.venue.open_orders() == []
+            assert await gateway.accounts[SUB_ACCOUNT].open_orders(), "the second bot's bids rest on its own account"
+            code, run = await control(ports["ccxt-2"], "reconcile")
+            assert code == 200 and run["result"] == "clean", run
+            orders, trade_ids = await asyncio.to_thread(journaled, url, "ccxt-2")
+            for proc in (one, two):
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+        # Nobody but the second bot canceled its orders: its strategy cancels a bid only once it is older than
+        # BID_MAX_AGE_SECONDS (10 s), and none was younger when the journal learned it had been canceled.
+        canceled = [o for o in orders.values() if o.order_type == "limit" and o.status == "canceled"]
+        assert all(o.updated_at - o.created_at >= timedelta(seconds=10) for o in canceled), canceled
+        venue = {f.trade_id for f in await gateway.accounts[SUB_ACCOUNT].recent_fills()}
+        assert trade_ids <= venue and not venue & {f.trade_id for f in await gateway.venue.recent_fills()}
+
+
+async def _equals(value: Any, expected: float, at_least: bool = False) -> bool:
+    got = await value
+    return bool(got >= expected if at_least else got == expected)
+
+
+async def _status_is(port: int, **expected: Any) -> bool:
+    code, state = await control(port, "status")
+    return code == 200 and all(state.get(k) == v for k, v in expected.items())
+
+
+async def _at_least(port: int, name: str, value: float, **labels: str) -> bool:
+    return await metric(port, name, **labels) >= value
+
+
+def expected_damage(orders: dict[str, Order], trade_ids: set[str], venue: PaperVenue, fills: list[Any]) -> set:
+    """What happened at the venue that the journal (as the kill left it) does not know, worked out from the two
+    directly: each fill it lacks, and each order it holds open whose state the venue has moved on."""
+    damage = {("missing_fill", f.trade_id) for f in fills if f.trade_id not in trade_ids}
+    for order in venue.orders():
+        mine = orders[order.client_order_id]
+        if not OrderStatus(mine.status).is_open:
+            continue
+        if (mine.status, mine.filled_quantity) == (order.status.value, order.filled_quantity):
+            continue
+        kind = "vanished_order" if order.status is OrderStatus.CANCELED else "order_state_mismatch"
+        damage.add((kind, order.client_order_id))
+    return damage
+
+
+async def test_kill_9_mid_order_then_the_restarted_bots_reconciliation_finds_exactly_the_damage(tmp_path: Path) -> None:
+    """The example bot, its order polls off (it learns of fills only from its reconciliations, every second), is
+    killed while the answer to an order that reached the venue is held back: its strategy step waits for it, holding
+    trading (a reconciliation too), so from then on it learns nothing. Meanwhile a resting order of it fills and the
+    account moves without anyone telling it. Restarted (polls on), its startup reconciliation finds exactly that,
+    adopts it, and a second run is clean."""
+    async with running_gateway(**DRIFTING) as (gateway, base):
+        port = free_port()
+        config = write_config(
+            tmp_path, base, port, recovery={"reconcile_interval_seconds": 1}, poll_interval_seconds=NEVER
+        )
+        url = yaml.safe_load(config.read_text())["database"]["url"]
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            def resting() -> list[Any]:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return [o for o in gateway.venue.orders() if o.status is OrderStatus.ACKNOWLEDGED]
+
+            def traded() -> bool:
+                market = [o for o in gateway.venue.orders() if o.order_type is OrderType.MARKET]
+                return bool(market) and {o.symbol for o in resting()} == set(SYMBOLS)
+
+            # A market order filled and a bid rests on each symbol; then the next order's answer is held back.
+            await wait_for(traded, timeout=60)
+            bids = resting()
+            await chaos(base, "lost_reply", count=1, mode="timeout", delay=60.0)
+            await wait_for(lambda: gateway.faults.lost_replies == 0, timeout=30)
+            held = gateway.venue.orders()[-1]  # the last: its step waits for the answer, so nothing follows it
+            # A bid still resting now (the drifting market may have filled the one seen a moment ago) fills unseen.
+            bid_ids = {o.client_order_id for o in bids} - {held.client_order_id}
+
+            async def still_resting() -> Any:
+                return next((o for o in resting() if o.client_order_id in bid_ids), None)
+
+            resting_bid = await wait_for_value(still_resting, timeout=10)
+            await gateway.venue.fill_without_notifying(resting_bid.client_order_id)
+            drift = await chaos(base, "position_drift", symbol="ETH-USD", quantity=0.05)
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        await chaos(base, "clear")
+        # The market goes quiet, so that nothing more fills while the bot is down: what the journal missed is then
+        # fixed, and worked out below from the journal and the venue themselves.
+        gateway.venue.volatility = 0.0
+
+        orders, trade_ids = await asyncio.to_thread(journaled, url)
+        assert orders[held.client_order_id].status == "new"  # sent, its answer never came
+        damage = expected_damage(orders, trade_ids, gateway.venue, await gateway.venue.recent_fills())
+        assert {("missing_fill", drift["trade_id"]), ("order_state_mismatch", resting_bid.client_order_id)} <= damage
+        assert ("order_state_mismatch", held.client_order_id) in damage
+
+        restarted = write_config(tmp_path, base, port, name="restarted.yaml")  # its order polls on again
+        async with example_bot(restarted, tmp_path / "bot.log") as proc:
+            engine = make_engine(url)
+            store = RecoveryStore(engine, BOT, VENUE)
+            try:
+
+                async def startup_run() -> Any:
+                    assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                    runs = await asyncio.to_thread(store.reconciliation_runs)
+                    return [r for r in runs if r.trigger == "startup" and r.result != "clean"]
+
+                (run,) = await wait_for_value(startup_run)
+                found = {(d.kind, d.key) for d in await asyncio.to_thread(store.discrepancies, run.id)}
+                assert found == damage
+                assert run.result == "resolved"
+                (crash,) = await wait_for_value(lambda: asyncio.to_thread(store.events, "crash"))
+                assert json.loads(crash.detail)["reconciliation"]["run_id"] == run.id  # the crash report says so
+            finally:
+                engine.dispose()
+            await wait_for(lambda: _ready(port), timeout=30)
+            assert (await control(port, "halt"))[0] == 200  # nothing more goes out, its orders canceled
+            code, second = await control(port, "reconcile")
+            assert code == 200 and second["result"] == "clean", second
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+        assert [o.client_order_id for o in gateway.venue.orders()].count(held.client_order_id) == 1  # never resent
+
+
+async def _ready(port: int) -> bool:
+    try:
+        return (await get(port, "/readyz"))[0] == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def wait_for_value(probe: Any, timeout: float = 60.0) -> Any:
+    """Poll the coroutine function `probe` until it returns something truthy, and return that."""
+    found: list[Any] = []
+
+    async def done() -> bool:
+        found[:] = [await probe()]
+        return bool(found[0])
+
+    await wait_for(done, timeout=timeout)
+    return found[0]
+
+
+def test_the_readme_shows_the_example_as_it_is_and_a_configuration_on_the_gateway() -> None:
+    section = README.read_text().split("## Using the library in a bot", 1)[1].split("\n## ", 1)[0]
+    python, config = (re.search(rf"```{lang}\n(.*?)```", section, re.DOTALL) for lang in ("python", "yaml"))
+    assert python is not None and config is not None
+    example = EXAMPLE.read_text()
+    assert python.group(1) in example and "class MeanReverter" in python.group(1)  # an excerpt, word for word
+    assert len(example.splitlines()) <= 110
+    for imported in re.findall(r"^from (trading_ops[\w.]*) import", example, re.MULTILINE):
+        assert not imported.startswith(("trading_ops.paper", "trading_ops.stack")), imported  # a third party's view
+    settings = parse_config(yaml.safe_load(config.group(1)))  # valid, and no secret written in it
+    gateway = f"http://{settings.gateway.listen.host}:{settings.gateway.listen.port}"
+    assert settings.ccxt.urls == {"public": gateway, "private": gateway}
+    # The bot signs with the key the gateway accepts (both read from the same files).
+    assert (settings.ccxt.api_key, settings.ccxt.api_secret) == (settings.gateway.api_key, settings.gateway.api_secret)
+    assert settings.ccxt.api_key.startswith("file:")

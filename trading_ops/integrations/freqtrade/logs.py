@@ -1,0 +1,175 @@
+"""freqtrade's log records (its /api/v1/logs), each read once and classified: exchange errors by class and channel,
+and orders the venue refused or never answered. Only its log says these: its REST API reports neither."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# Records asked for on each poll: freqtrade keeps its last 1000 in memory. A dropped venue makes it log about 25 a
+# second at its fastest (1 s loop, five attempts per call, a few calls); with the 2 s default poll, 200 covers that
+# four times over. A flood beyond it goes uncounted, never double counted.
+LOG_LIMIT = 200
+# freqtrade names the ccxt error class in every exchange error: "Could not load ticker due to NetworkError. ...".
+DUE_TO = re.compile(r"\bdue to ([A-Z][A-Za-z]+)\b")
+# ccxt's class names -> the library's `error_class` (the same table as trading_ops.venues.ccxt.ERROR_CLASSES, by name:
+# the sidecar never imports ccxt for this). ExchangeNotAvailable is a dropped connection (network) when ccxt's message
+# is only the request line, else the venue saying so (unavailable).
+ERROR_CLASSES = {
+    "InvalidNonce": "nonce",
+    "RateLimitExceeded": "rate_limit",
+    "DDoSProtection": "rate_limit",
+    "RequestTimeout": "network",
+    "NetworkError": "network",
+    "ExchangeNotAvailable": "unavailable",
+    "OnMaintenance": "unavailable",
+    "AuthenticationError": "auth",
+    "PermissionDenied": "auth",
+    "AccountSuspended": "auth",
+    "InsufficientFunds": "insufficient_funds",
+    "InvalidOrder": "invalid_order",
+    "OrderNotFound": "other",
+    "ExchangeError": "other",
+    "BadRequest": "other",
+    "BadSymbol": "other",
+    "BaseError": "other",
+}
+REQUEST_LINE = re.compile(r'Message: \w+ (?:GET|POST|PUT|DELETE) [^\s"]+(?=["\s]|$)(?!\s+\d{3}\b)')
+# Classes that mean the venue could not be reached: the channel is down (as the ccxt broker's `on_connection`).
+CONNECTION_CLASSES = ("network", "unavailable")
+# The channel of a failed call, from what freqtrade says it was doing; anything else is an order call.
+MARKET_DATA = re.compile(r"ticker|candle|ohlcv|order ?book|markets|trades? data|funding rate", re.IGNORECASE)
+ACCOUNT = re.compile(r"balance|positions", re.IGNORECASE)
+# One attempt of a call freqtrade retries: counted as an error, but the call may still succeed.
+RETRYING = "Retrying still for"
+# freqtrade's summary of a failed batch of candle requests, whose attempts were each logged already.
+ASYNC_SUMMARY = "Async code raised an exception"
+# The order freqtrade tried to place and the venue refused (freqtrade's exceptions, quoted in its warnings).
+REFUSED = re.compile(
+    r"(?P<what>Insufficient funds to create|Could not create) (?P<order_type>[\w-]+) (?P<side>buy|sell) order on "
+    r"market (?P<pair>\S+?)\.(?:\s|$)"
+)
+# An order request that got no answer: freqtrade gives up on it without looking it up, so it may be on the venue.
+UNANSWERED = re.compile(
+    r"Unable to (?:create trade for|exit trade|emergency exit trade) (?P<pair>\S+?): Could not place "
+    r"(?P<side>buy|sell) order due to (?P<cls>\w+)"
+)
+
+
+@dataclass(frozen=True)
+class ExchangeError:
+    """A failed exchange call freqtrade logged. `final`: the call failed for good (its last attempt, or a call
+    freqtrade does not retry), so its channel is down if the class is a connection one."""
+
+    at: float  # Unix time of the record
+    error_class: str
+    channel: str
+    final: bool
+    counted: bool  # one failed request (freqtrade's summaries of requests logged already are not)
+
+    @property
+    def disconnects(self) -> bool:
+        return self.final and self.error_class in CONNECTION_CLASSES
+
+
+@dataclass(frozen=True)
+class OrderProblem:
+    """An order freqtrade wanted and the venue refused (`reason` insufficient_funds or invalid_order), or whose request
+    got no answer (`reason` unknown_outcome)."""
+
+    at: float
+    pair: str  # freqtrade's pair (BTC/USD)
+    side: str
+    order_type: str  # freqtrade's (market, limit, ...); empty when its message does not say
+    reason: str
+
+
+@dataclass(frozen=True)
+class Record:
+    at: float
+    logger: str
+    level: str
+    message: str
+
+
+def records(body: Any) -> list[Record]:
+    """The records of a /logs answer ({"logs": [[date, epoch_ms, logger, level, message], ...]}), oldest first;
+    malformed entries are skipped."""
+    out: list[Record] = []
+    rows = body.get("logs") if isinstance(body, dict) else None
+    for row in rows if isinstance(rows, list) else ():
+        if not isinstance(row, list) or len(row) < 5:
+            continue
+        at = row[1]
+        if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
+            continue
+        out.append(Record(float(at) / 1000.0, str(row[2]), str(row[3]), str(row[4])))
+    return out
+
+
+class LogCursor:
+    """Hands out each record once across polls: those newer than the newest seen, and at that same instant only the
+    ones not handed out yet."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self._at_last: set[tuple[str, str]] = set()
+
+    def new(self, batch: Iterable[Record]) -> list[Record]:
+        fresh = []
+        for record in batch:
+            key = (record.logger, record.message[:200])
+            if self._last is None or record.at > self._last:
+                self._last, self._at_last = record.at, {key}
+                fresh.append(record)
+            elif record.at == self._last and key not in self._at_last:
+                self._at_last.add(key)
+                fresh.append(record)
+        return fresh
+
+
+def exchange_error(record: Record) -> ExchangeError | None:
+    """The exchange error a record reports, if any: a warning or worse naming a ccxt error class."""
+    if record.level not in ("WARNING", "ERROR", "CRITICAL"):
+        return None
+    found = DUE_TO.search(record.message)
+    if found is None or found.group(1) not in ERROR_CLASSES:
+        return None
+    name = found.group(1)
+    error_class = ERROR_CLASSES[name]
+    first_line = record.message.splitlines()[0]
+    if name == "ExchangeNotAvailable" and REQUEST_LINE.search(first_line):
+        error_class = "network"
+    if MARKET_DATA.search(first_line):
+        channel = "market_data"
+    elif ACCOUNT.search(first_line):
+        channel = "account"
+    else:
+        channel = "orders"
+    from_exchange = record.logger.startswith("freqtrade.exchange")
+    return ExchangeError(
+        at=record.at,
+        error_class=error_class,
+        channel=channel,
+        final=RETRYING not in first_line,
+        counted=from_exchange and ASYNC_SUMMARY not in first_line,
+    )
+
+
+def order_problem(record: Record) -> OrderProblem | None:
+    """The refused or unanswered order a warning reports, if any."""
+    if record.level not in ("WARNING", "ERROR", "CRITICAL"):
+        return None
+    first_line = record.message.splitlines()[0]
+    refused = REFUSED.search(first_line)
+    if refused is not None:
+        reason = "insufficient_funds" if refused.group("what").startswith("Insufficient") else "invalid_order"
+        side, order_type = refused.group("side"), refused.group("order_type")
+        return OrderProblem(record.at, refused.group("pair"), side, order_type, reason)
+    unanswered = UNANSWERED.search(first_line)
+    if unanswered is not None and ERROR_CLASSES.get(unanswered.group("cls")) in CONNECTION_CLASSES:
+        return OrderProblem(record.at, unanswered.group("pair"), unanswered.group("side"), "", "unknown_outcome")
+    return None
