@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,18 @@ async def test_figures_the_database_cannot_confirm_are_not_exported(
     registry = CollectorRegistry()
     collector = MaintenanceWindowsCollector(make_engine(sqlite_url), refresh=3600, stale=3600)
     registry.register(collector)
-    # Never read: nothing made up. The scrape asks a worker thread to read the table, and does not wait for it.
+    # Never read: nothing made up. The scrape asks a worker thread to read the table, and does not wait for it: the
+    # read is held until the scrape has returned (a scrape that waited for it would get 0 after the gate's timeout).
+    gate = threading.Event()
+    read = collector.read
+
+    def held_read() -> Any:
+        gate.wait(5)
+        return read()
+
+    collector.read = held_read  # type: ignore[method-assign]
     assert registry.get_sample_value(OPEN) is None
+    gate.set()
     deadline = time.monotonic() + DEADLINE_SECONDS
     while collector.reading is None or collector._reading_now:
         assert time.monotonic() < deadline, "the scrape's read never finished"
