@@ -24,6 +24,7 @@ import collections
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -52,27 +53,34 @@ GOAL_RECONCILER_RSS_MIB = 150.0
 PARTS = ("paper-gateway", "reconciler", "prometheus", "alertmanager")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_PICKED: set[int] = set()
 
 
-def free_range(count: int, attempts: int = 200) -> int:
-    """The first of `count` consecutive ports free on 127.0.0.1."""
+def free_range(count: int, attempts: int = 1000) -> int:
+    """The first of `count` consecutive ports free on 127.0.0.1, below the kernel's ephemeral range: a port picked
+    there can be taken by one of the fleet's own outgoing connections before the server that was to listen on it
+    binds it (a bot then fails to start with "address already in use")."""
+    try:
+        ceiling = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ceiling = 32768
     for _ in range(attempts):
-        first = free_port()
-        if first + count > 65535:
+        first = random.randrange(10000, max(ceiling, 10000 + 10 * count) - count)
+        if not _PICKED.isdisjoint(range(first, first + count)):
             continue
         try:
             with contextlib.ExitStack() as held:
                 for port in range(first, first + count):
-                    s = held.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", port))
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
         except OSError:
             continue
+        _PICKED.update(range(first, first + count))
         return first
     raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def free_port() -> int:
+    return free_range(1)
 
 
 def http(url: str, token: str = "", body: dict[str, Any] | None = None) -> tuple[int, str]:
@@ -306,7 +314,7 @@ def reconciler_side(fleet: Fleet, since: float) -> dict[str, Any]:
     return {
         "episodes": dict(sorted(collections.Counter(f"{e['alertname']}: {e['state']}" for e in episodes).items())),
         "actions": len(steps),
-        "action_steps": [s["description"][:60] + " -> " + s["output"].splitlines()[0][:60] for s in steps],
+        "action_steps": [s["description"][:60] + " -> " + (s["output"].splitlines() or [""])[0][:60] for s in steps],
         "intake_lag_seconds": {
             "median": round(statistics.median(lags), 2) if lags else None,
             "max": round(max(lags), 2) if lags else None,

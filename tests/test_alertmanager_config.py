@@ -344,13 +344,16 @@ def test_an_orders_disconnect_mutes_lost_order_replies_of_that_bot_only(alertman
         alertmanager_url,
         bot_alert("TradingBotBrokerDisconnected", "critical", "bot-e:9101", venue="paper", channel="orders"),
         bot_alert("TradingBotOrderRepliesLost", "warning", "bot-e:9101", venue="paper"),
+        bot_alert("TradingBotOrdersStuckInFlight", "warning", "bot-e:9101", venue="paper"),
         # A market-data disconnect says nothing about order replies.
         bot_alert("TradingBotBrokerDisconnected", "critical", "bot-f:9101", venue="paper", channel="market_data"),
         bot_alert("TradingBotOrderRepliesLost", "warning", "bot-f:9101", venue="paper"),
+        bot_alert("TradingBotOrdersStuckInFlight", "warning", "bot-f:9101", venue="paper"),
     )
     expected = {"TradingBotBrokerDisconnected/critical": "active"}
-    assert_states(alertmanager_url, "bot-e:9101", {**expected, "TradingBotOrderRepliesLost/warning": "suppressed"})
-    assert_states(alertmanager_url, "bot-f:9101", {**expected, "TradingBotOrderRepliesLost/warning": "active"})
+    muted = {"TradingBotOrderRepliesLost/warning": "suppressed", "TradingBotOrdersStuckInFlight/warning": "suppressed"}
+    assert_states(alertmanager_url, "bot-e:9101", {**expected, **muted})
+    assert_states(alertmanager_url, "bot-f:9101", {**expected, **{name: "active" for name in muted}})
 
 
 @pytest.mark.alertmanager
@@ -361,6 +364,8 @@ def test_a_venue_down_mutes_the_connectivity_alerts_of_its_bots_only(alertmanage
         venue,
         bot_alert("TradingBotBrokerDisconnected", "critical", "bot-v1:9101", venue="kx", channel="orders"),
         bot_alert("TradingBotMarketDataStale", "critical", "bot-v1:9101", venue="kx", symbol="BTC-USD"),
+        # Orders sent just before the venue went away stay unacknowledged until it is back.
+        bot_alert("TradingBotOrdersStuckInFlight", "warning", "bot-v1:9101", venue="kx"),
         bot_alert("TradingBotBrokerDisconnected", "critical", "bot-v2:9101", venue="other", channel="orders"),
         bot_alert("TradingBotDailyLossBreached", "critical", "bot-v3:9101", venue="kx", strategy="demo"),
     )
@@ -368,7 +373,11 @@ def test_a_venue_down_mutes_the_connectivity_alerts_of_its_bots_only(alertmanage
     assert_states(
         alertmanager_url,
         "bot-v1:9101",
-        {"TradingBotBrokerDisconnected/critical": "suppressed", "TradingBotMarketDataStale/critical": "suppressed"},
+        {
+            "TradingBotBrokerDisconnected/critical": "suppressed",
+            "TradingBotMarketDataStale/critical": "suppressed",
+            "TradingBotOrdersStuckInFlight/warning": "suppressed",
+        },
     )
     # Another venue's disconnect, and a loss limit on this venue, are news of their own.
     assert_states(alertmanager_url, "bot-v2:9101", {"TradingBotBrokerDisconnected/critical": "active"})

@@ -5,6 +5,8 @@ A bot on the runtime killed mid-order, then reconciled, is in tests/test_ccxt_bo
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from trading_ops.bot.broker import (
     VenueOrder,
 )
 from trading_ops.bot.metrics import BotMetrics
+from trading_ops.bot.runtime import clock_offset
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.ccxt import CcxtBroker, broker_from_config, error_class, make_exchange
 
@@ -387,6 +390,49 @@ async def test_a_quiet_market_stays_fresh_every_successful_poll_is_a_quote() -> 
             assert stamps == sorted(stamps) and stamps[0] < stamps[-1]  # each stamped when it was seen
         finally:
             await broker.close()
+
+
+async def test_a_whole_second_venue_clock_is_not_skew_and_a_real_offset_still_shows() -> None:
+    """Kraken's Time answers whole seconds, up to 1 s behind: read naively (now minus its answer), half the readings
+    of a perfectly synchronised host would be over the 0.5 s TradingBotClockSkew threshold."""
+    async with running_gateway() as (gateway, base):
+        broker = connected_broker(base, symbols=["BTC-USD"])
+        try:
+            await broker.connect(Recorder().events())
+
+            async def reading() -> tuple[float, float]:
+                sent = datetime.now(UTC)
+                server = await broker.server_time()
+                received = datetime.now(UTC)
+                assert server.microsecond == 0 and broker.server_time_resolution() == 1.0
+                return (received - server).total_seconds(), clock_offset(
+                    sent, received, server, broker.server_time_resolution()
+                )
+
+            readings = [await reading()]
+            while max(naive for naive, _ in readings) <= 0.5 and len(readings) < 100:  # what the bot used to export
+                await asyncio.sleep(0.07)  # on through the second
+                readings.append(await reading())
+            assert max(naive for naive, _ in readings) > 0.5
+            assert [offset for _, offset in readings] == [0.0] * len(readings)
+            # A venue clock 3 s ahead is a real skew: at least 2 s of it shows, whatever the truncation.
+            await gateway.venue.set_clock_skew(3.0)
+            _, offset = await reading()
+            assert -4.0 < offset <= -2.0
+        finally:
+            await broker.close()
+
+
+def test_clock_offset_is_the_bound_nearest_zero_of_what_one_reading_allows() -> None:
+    sent = datetime(2026, 1, 1, 0, 0, 10, 200000, tzinfo=UTC)
+    received = datetime(2026, 1, 1, 0, 0, 10, 900000, tzinfo=UTC)  # a 0.7 s round trip
+    exact = datetime(2026, 1, 1, 0, 0, 10, 500000, tzinfo=UTC)
+    assert clock_offset(sent, received, exact) == 0.0  # the venue read its clock within the round trip
+    assert clock_offset(sent, received, datetime(2026, 1, 1, 0, 0, 8, tzinfo=UTC)) == pytest.approx(2.2)
+    assert clock_offset(sent, received, datetime(2026, 1, 1, 0, 0, 13, tzinfo=UTC)) == pytest.approx(-2.1)
+    # Whole seconds: an answer of 10 s may mean 10.999 s.
+    assert clock_offset(sent, received, datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC), 1.0) == 0.0
+    assert clock_offset(sent, received, datetime(2026, 1, 1, 0, 0, 8, tzinfo=UTC), 1.0) == pytest.approx(1.2)
 
 
 def test_the_ccxt_error_table_maps_each_class_once() -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import free_port
+from ports import free_ports
 from system_binaries import REPO_ROOT, require_binary, run_binary
 
 from trading_ops.config import load_config
@@ -512,22 +513,6 @@ def test_status_without_a_terminal_prints_a_line_only_when_it_changes() -> None:
 
 
 # ---- `trading-ops up` as a process ---------------------------------------------------------------------------
-
-
-def free_ports(count: int, attempts: int = 100) -> int:
-    """The first of `count` consecutive ports free on 127.0.0.1 (`up --bots N --bots-base-port P`)."""
-    for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        try:
-            with contextlib.ExitStack() as held:
-                for port in range(first, first + count):
-                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise AssertionError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 def alive(pid: int) -> bool:

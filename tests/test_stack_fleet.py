@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ports import free_ports
 from system_binaries import require_binary
-from test_stack import UpProcess, alive, free_ports
+from test_stack import UpProcess, alive
 
 from trading_ops.config import load_config
 

@@ -225,6 +225,11 @@ class Broker(abc.ABC):
     async def server_time(self) -> datetime:
         """The venue's clock, for skew measurement."""
 
+    def server_time_resolution(self) -> float:
+        """How coarse the last `server_time()` answer was, in seconds (a venue that answers in whole seconds, as
+        Kraken does, reads up to 1 s behind): the skew measurement allows for it. 0 for an exact clock."""
+        return 0.0
+
     async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
         """The venue's view of one order, open or closed (by venue order id when given); None when the venue does
         not know it (never placed, or aged out of its history). Raises BrokerError.

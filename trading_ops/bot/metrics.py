@@ -308,7 +308,12 @@ class BotMetrics:
         self._headroom = gauge(
             "rate_limit_headroom_ratio", "Fraction of the venue's request rate limit still available (0-1).", ()
         )
-        self._skew = gauge("clock_skew_seconds", "Local clock minus the venue's clock.", ())
+        self._skew = gauge(
+            "clock_skew_seconds",
+            "Local clock minus the venue's clock, as small as the last reading allows (its round trip and the "
+            "venue's time resolution taken out; 0 when they may agree).",
+            (),
+        )
         self._venue_errors = counter(
             "venue_errors", "Errors returned by the venue, by class.", ("error_class",), ("venue",)
         )

@@ -51,6 +51,20 @@ VENUE_TASK = "venue"
 BrokerFactory = Callable[[], Broker]
 
 
+def clock_offset(sent: datetime, received: datetime, server: datetime, resolution: float = 0.0) -> float:
+    """The local clock minus the venue's, as small as one reading allows: the venue read its clock at some local
+    moment between `sent` and `received`, and its answer may be up to `resolution` seconds behind (truncated), so the
+    offset lies in (sent - server - resolution, received - server]. 0 when the clocks may agree; else the bound
+    nearest 0, so that a slow round trip or a whole-second venue clock never reads as skew (the alert's 0.5 s)."""
+    low = (sent - server).total_seconds() - resolution
+    high = (received - server).total_seconds()
+    if low > 0:
+        return low
+    if high < 0:
+        return high
+    return 0.0
+
+
 def control_token(config: Config) -> str:
     """The bearer token of the bot's control API; ConfigError when none is configured."""
     token = resolve_secret(config, config.bot, "control_token", "bot.control_token")
@@ -616,8 +630,10 @@ class BotRuntime:
         if headroom is not None:
             self.metrics.rate_limit_headroom(headroom)
         if self.broker.is_connected(Channel.ORDERS):
-            skew = (datetime.now(UTC) - await self.broker.server_time()).total_seconds()
-            self.metrics.clock_skew(skew)
+            sent = datetime.now(UTC)
+            server = await self.broker.server_time()
+            received = datetime.now(UTC)
+            self.metrics.clock_skew(clock_offset(sent, received, server, self.broker.server_time_resolution()))
         self.order_engine.export_pnl()
         if (
             self.inst.state.state is TradingState.FLATTENING

@@ -193,6 +193,7 @@ class CcxtBroker(Broker):
         self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
         self._seen_trades: OrderedDict[str, None] = OrderedDict()
         self._fills_since: datetime | None = None
+        self._time_resolution = 0.0
         self._poll_lock = asyncio.Lock()
 
     # -- connection -------------------------------------------------------------------------------------------
@@ -506,7 +507,12 @@ class CcxtBroker(Broker):
         at = _time(ms)
         if at is None:
             raise BrokerError("other", f"{self.venue} did not say its time")
+        # ccxt gives milliseconds; some venues (Kraken's `unixtime`) only whole seconds, which read as a round number.
+        self._time_resolution = 1.0 if int(ms) % 1000 == 0 else 0.001
         return at
+
+    def server_time_resolution(self) -> float:
+        return self._time_resolution
 
     # -- polling ----------------------------------------------------------------------------------------------
     async def _every(self, interval: float, poll: Callable[[], Any]) -> None:
