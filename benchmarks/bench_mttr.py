@@ -42,6 +42,9 @@ GOAL_ADDED_P95_SECONDS = 1.5
 GOAL_TOTAL_SECONDS = 300.0
 DEFAULT_GAP_SECONDS = 20.0
 DEFAULT_ROUND_TIMEOUT = 180.0
+# Between rounds, for the bot to be active with nothing firing: after a reject storm, TradingBotOrderRejectRatioHigh
+# goes on firing until the storm has left its 5-minute rate window.
+SETTLE_SECONDS = 420.0
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ def run_profile(profile: str, scenarios: list[Scenario], rounds: int, gap: float
             plan = [s for _ in range(rounds) for s in scenarios if s.ends != "paged"]
             plan += [s for s in scenarios if s.ends == "paged"]  # once, last: it halts the bot for the day
             for number, scenario in enumerate(plan, 1):
-                settle(stack, timeout)
+                settle(stack, max(timeout, SETTLE_SECONDS))
                 time.sleep(gap)
                 status = Probe(stack).bot("status") or {}
                 results.append(run_round(stack, number, scenario, timeout, status.get("pid")))

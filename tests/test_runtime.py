@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -103,7 +104,18 @@ async def test_a_runtime_bot_on_the_ccxt_broker_counts_what_its_broker_handled_a
         config.bot.venue = "kraken"
         registry = CollectorRegistry()
         broker = CcxtBroker(kraken(base), ["BTC-USD"], poll_interval=0.05, quote_interval=0.05, lookup_backoff=0.1)
-        bot = BotRuntime(config, broker, IdleStrategy(), symbols=["BTC-USD"], token=TOKEN, registry=registry)
+        bot = BotRuntime(
+            config, broker, IdleStrategy(), symbols=["BTC-USD"], token=TOKEN, registry=registry, loop_interval=0.05
+        )
+        clock_readings = 0
+        server_time = broker.server_time
+
+        async def counted_server_time() -> datetime:
+            nonlocal clock_readings
+            clock_readings += 1
+            return await server_time()
+
+        broker.server_time = counted_server_time  # type: ignore[method-assign]
         port = await bot.start("127.0.0.1", 0)
         try:
             quiet = gateway.venue.quote("BTC-USD")
@@ -112,6 +124,15 @@ async def test_a_runtime_bot_on_the_ccxt_broker_counts_what_its_broker_handled_a
             assert (gateway.venue.quote("BTC-USD").bid, gateway.venue.quote("BTC-USD").ask) == (quiet.bid, quiet.ask)
             status, body = await get(port, "/readyz")
             assert status == 200, body
+            # The venue's clock is read once per CLOCK_SKEW_INTERVAL_SECONDS, not at every loop step (twenty more steps,
+            # no more reading); the gateway's clock is this host's, in whole seconds: no skew, however the round trip
+            # fell.
+            skew = {"venue": "kraken"}
+            await wait_for(lambda: registry.get_sample_value("tradingbot_clock_skew_seconds", skew) is not None)
+            readings, steps = clock_readings, counter_total(bot, "tradingbot_loop_iterations")
+            await wait_for(lambda: counter_total(bot, "tradingbot_loop_iterations") > steps + 20)
+            assert clock_readings == readings
+            assert registry.get_sample_value("tradingbot_clock_skew_seconds", skew) == 0.0
 
             def errors(error_class: str) -> float:
                 labels = {"venue": "kraken", "error_class": error_class}

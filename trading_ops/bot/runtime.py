@@ -48,6 +48,8 @@ FORCED_EXIT_GRACE_SECONDS = 2.0
 # After a missed shutdown deadline (in-process, no forced exit): how long releasing what can be released may take.
 ABANDON_SECONDS = 1.0
 VENUE_TASK = "venue"
+# How often the loop reads the venue's clock for tradingbot_clock_skew_seconds (TradingBotClockSkew waits 2 m).
+CLOCK_SKEW_INTERVAL_SECONDS = 30.0
 BrokerFactory = Callable[[], Broker]
 
 
@@ -136,6 +138,7 @@ class BotRuntime:
         self.symbols = list(symbols)
         self.quote_asset = quote_asset
         self.loop_interval = bot.loop_interval_seconds if loop_interval is None else loop_interval
+        self._clock_skew_due = 0.0  # time.monotonic() of the next clock reading
         self.strategy = strategy
         self._venue_task = venue_task
         self.data_dir = config.path(bot.data_dir)
@@ -629,7 +632,9 @@ class BotRuntime:
         headroom = self.broker.rate_limit_headroom()
         if headroom is not None:
             self.metrics.rate_limit_headroom(headroom)
-        if self.broker.is_connected(Channel.ORDERS):
+        if self.broker.is_connected(Channel.ORDERS) and time.monotonic() >= self._clock_skew_due:
+            # A request to the venue: not every step (a real venue counts it against the rate limit).
+            self._clock_skew_due = time.monotonic() + CLOCK_SKEW_INTERVAL_SECONDS
             sent = datetime.now(UTC)
             server = await self.broker.server_time()
             received = datetime.now(UTC)
