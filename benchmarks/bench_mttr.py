@@ -188,7 +188,7 @@ def settle(stack: Stack, timeout: float) -> None:
     """The bot trading again (state active), no bot alert firing, no episode open."""
     probe = Probe(stack)
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while True:
         status = probe.bot("status")
         firing = [
             a for a in stack.prom_alerts() if a["state"] == "firing" and a["labels"].get("service") == "tradingbot"
@@ -196,8 +196,13 @@ def settle(stack: Stack, timeout: float) -> None:
         open_episodes = [e for e in probe.episodes() if not e["closed_at"]]
         if status is not None and status.get("state") == "active" and not firing and not open_episodes:
             return
+        if time.monotonic() > end:
+            raise RuntimeError(
+                f"the stack did not settle between rounds: bot {(status or {}).get('state')}, firing "
+                f"{[a['labels']['alertname'] for a in firing]}, open episodes "
+                f"{[(e['alertname'], e['state']) for e in open_episodes]}"
+            )
         time.sleep(0.5)
-    raise RuntimeError("the stack did not settle between rounds")
 
 
 def run_profile(profile: str, scenarios: list[Scenario], rounds: int, gap: float, timeout: float) -> dict[str, Any]:
