@@ -529,6 +529,32 @@ async def test_reconnect_triggers_a_reconciliation(bot: PaperBot) -> None:
     assert sample(bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="reconnect", result="resolved")
 
 
+async def test_scheduled_runs_wait_while_the_orders_channel_is_down_and_the_reconnect_runs_one(tmp_path) -> None:
+    """A scheduled run with the orders channel down could only fail, and TradingBotReconciliationFailing would fire for
+    its 15-minute window after a drop of a few seconds: it is skipped; the reconnect's own run reads the gap."""
+    config = fast_config(tmp_path)
+    config.recovery.reconcile_interval_seconds = 0.05
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    port = await bot.start("127.0.0.1", 0)
+    try:
+        await wait_for(
+            lambda: sample(
+                bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="schedule", result="clean"
+            )
+        )
+        await bot.broker.drop_connection()
+        await asyncio.sleep(1.0)  # twenty intervals with the channel down
+        assert (await control(port, "reconnect"))[0] == 200
+        await wait_for(lambda: bot.reconciler.last and bot.reconciler.last["trigger"] == "reconnect")
+        runs = await bot.journal.call(bot.recovery_store.reconciliation_runs)
+        assert [(r.trigger, r.result, r.error) for r in runs if r.result not in ("clean", "resolved")] == []
+        assert not sample(
+            bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="schedule", result="failed"
+        )
+    finally:
+        await bot.stop()
+
+
 async def test_a_failed_fill_write_leaves_the_book_as_the_journal_and_reconciliation_counts_it_once(
     bot: PaperBot,
 ) -> None:

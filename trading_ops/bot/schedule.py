@@ -144,6 +144,11 @@ class ReconciliationSchedule:
                 trigger = requested
             else:
                 trigger = Trigger.SCHEDULE if self.gate.trading_allowed else Trigger.STARTUP
+            if trigger is Trigger.SCHEDULE and not self.broker.is_connected(Channel.ORDERS):
+                # It could only fail (TradingBotReconciliationFailing for its 15 minutes after a 3-second drop), and
+                # the reconnect asks for a run of its own: what happened while the channel was down is read then.
+                log.info("scheduled reconciliation skipped: the orders channel is down")
+                continue
             try:
                 if trigger is Trigger.RECONNECT:
                     await self.kill_switch.after_reconnect()
