@@ -7,6 +7,14 @@ p50/p95 of the seconds from the fault to detection (the alert firing in Promethe
 the floor no reconciler can beat), to the first action, and to the verified end, and of what comes on top of
 detection (Alertmanager, the reconciler, the action, the verification, and for restarts the bot's own start).
 
+Detection is Prometheus's own firing time when the alert reached the reconciler: the episode's startsAt, which
+Prometheus sets to the evaluation at which the alert went firing (the benchmark's own polling of the alerts API,
+used otherwise, sees it up to a poll late). A verification waits for the first scrape of the bot after the action:
+how long depends on the phase between the alert rule's group evaluation and the bot's scrape, which Prometheus fixes
+per target and group for as long as it runs (offsets from hashes of the target's labels, the bot's port included).
+Rounds on one stack share that phase; --stacks N runs each profile on N fresh stacks (new ports, new phases) and pools
+their rounds.
+
 How a scenario ends:
 - recovered: an episode of its alert closed `recovered` (the reconciler acted and Prometheus verified it);
 - healed: the service manager healed it (a crash restarted by Restart=on-failure, a hang killed by WatchdogSec):
@@ -176,6 +184,9 @@ def run_round(stack: Stack, number: int, scenario: Scenario, timeout: float, pid
     else:
         result["failure"] = f"not over within {timeout:g}s"
     mine = [e for e in probe.episodes() if e["id"] not in known and e["alertname"] == scenario.alert]
+    fired = [t for e in mine if (t := ts(e["starts_at"])) is not None and t >= fault_at]
+    if fired and "detected" in seen:
+        seen["detected"] = min(fired)  # Prometheus's evaluation that fired it, not when we saw it
     result["episodes"] = {str(e["id"]): e["state"] for e in mine}
     result["actions"] = [s["description"][:80] for e in mine for a in e["attempts"] for s in a["steps"]]
     result["seconds"] = {k: round(v - fault_at, 3) for k, v in seen.items()}
@@ -205,7 +216,10 @@ def settle(stack: Stack, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def run_profile(profile: str, scenarios: list[Scenario], rounds: int, gap: float, timeout: float) -> dict[str, Any]:
+def run_stack(
+    profile: str, number: int, scenarios: list[Scenario], rounds: int, gap: float, timeout: float
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One fresh stack: `rounds` of every scenario (the paged one once, last); its results and `up`'s exit status."""
     with tempfile.TemporaryDirectory(prefix=f"bench-mttr-{profile}-") as tmp:
         stack = Stack(Path(tmp), profile, gap)
         results: list[dict[str, Any]] = []
@@ -213,14 +227,28 @@ def run_profile(profile: str, scenarios: list[Scenario], rounds: int, gap: float
             stack.wait_ready()
             plan = [s for _ in range(rounds) for s in scenarios if s.ends != "paged"]
             plan += [s for s in scenarios if s.ends == "paged"]  # once, last: it halts the bot for the day
-            for number, scenario in enumerate(plan, 1):
+            for round_number, scenario in enumerate(plan, 1):
                 settle(stack, max(timeout, SETTLE_SECONDS))
                 time.sleep(gap)
                 status = Probe(stack).bot("status") or {}
-                results.append(run_round(stack, number, scenario, timeout, status.get("pid")))
+                results.append(
+                    {"stack": number, **run_round(stack, round_number, scenario, timeout, status.get("pid"))}
+                )
                 print(json.dumps({"profile": profile, **results[-1]}), file=sys.stderr)
         finally:
             code = stack.stop()
+    return results, code
+
+
+def run_profile(
+    profile: str, scenarios: list[Scenario], rounds: int, gap: float, timeout: float, stacks: int = 1
+) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    codes: list[int | None] = []
+    for number in range(1, stacks + 1):
+        found, code = run_stack(profile, number, scenarios, rounds, gap, timeout)
+        results += found
+        codes.append(code)
     per_scenario: dict[str, Any] = {}
     for scenario in scenarios:
         ok = [r for r in results if r["fault"] == scenario.fault and "failure" not in r]
@@ -241,7 +269,12 @@ def run_profile(profile: str, scenarios: list[Scenario], rounds: int, gap: float
             "added_on_top_of_detection": summary(added),
             "actions_per_round": [len(r["actions"]) for r in ok],
         }
-    return {"settings": PROFILES[profile].settings(), "up_exit_status": code, "scenarios": per_scenario}
+    return {
+        "settings": PROFILES[profile].settings(),
+        "stacks": stacks,
+        "up_exit_status": codes,
+        "scenarios": per_scenario,
+    }
 
 
 def main() -> int:
@@ -251,18 +284,26 @@ def main() -> int:
     parser.add_argument(
         "--scenarios", default=",".join(BY_FAULT), help=f"comma-separated faults (default all: {', '.join(BY_FAULT)})"
     )
+    parser.add_argument(
+        "--stacks", type=int, default=1, help="fresh stacks per profile, each running --rounds (default 1)"
+    )
     parser.add_argument("--gap", type=float, default=DEFAULT_GAP_SECONDS, help="seconds between rounds")
     parser.add_argument("--round-timeout", type=float, default=DEFAULT_ROUND_TIMEOUT)
     args = parser.parse_args()
     scenarios = [BY_FAULT[f.strip()] for f in args.scenarios.split(",") if f.strip() in BY_FAULT]
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
-    if not scenarios or not profiles or any(p not in PROFILES for p in profiles) or args.rounds < 1:
-        parser.error(f"--scenarios from {', '.join(BY_FAULT)}; --profiles from {', '.join(PROFILES)}; --rounds >= 1")
+    if not scenarios or not profiles or any(p not in PROFILES for p in profiles) or min(args.rounds, args.stacks) < 1:
+        parser.error(
+            f"--scenarios from {', '.join(BY_FAULT)}; --profiles from {', '.join(PROFILES)}; --rounds, --stacks >= 1"
+        )
     report: dict[str, Any] = {
         "benchmark": "every fault scenario: fault -> detection -> first action -> verified end, real stack",
         "rounds": args.rounds,
+        "stacks": args.stacks,
         "gap_seconds": args.gap,
-        "profiles": {p: run_profile(p, scenarios, args.rounds, args.gap, args.round_timeout) for p in profiles},
+        "profiles": {
+            p: run_profile(p, scenarios, args.rounds, args.gap, args.round_timeout, args.stacks) for p in profiles
+        },
     }
     healed_by_reconciler = [s.fault for s in scenarios if s.ends == "recovered"]
     goals: dict[str, Any] = {}

@@ -21,6 +21,7 @@ from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
+import polling
 import pytest
 from conftest import free_port
 from system_binaries import REPO_ROOT
@@ -226,18 +227,8 @@ class Freqtrade:
 
 
 def until(what: str, probe: Any, deadline: float = 60.0, interval: float = 0.2) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what` at the deadline."""
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            result = probe()
-        except (OSError, urllib.error.URLError, ValueError):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not within {deadline:g}s")
-        time.sleep(interval)
+    """`polling.until`, also waiting out an answer that is not JSON yet (freqtrade starting its API)."""
+    return polling.until(what, probe, deadline, interval, tolerate=(OSError, ValueError))
 
 
 def make_freqtrade(workdir: Path, gateway_url: str, api_key: str, api_secret: str, hold_seconds: float) -> Freqtrade:

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import free_port
+from polling import until
 from reconciler.conftest import READ_TOKEN, TOKEN, Alertmanager, start_alertmanager, stop, wait_http
 from system_binaries import REPO_ROOT, require_binary
 
@@ -36,26 +36,12 @@ from trading_ops.stack.prometheus_config import adapt_rules
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
 CONTROL_TOKEN = "ha-control-token"
-DEADLINE_SECONDS = 90.0
 
 
 def get_json(url: str, token: str = "") -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
         return json.loads(resp.read())
-
-
-def until(what: str, probe: Any, deadline: float = DEADLINE_SECONDS) -> Any:
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            result = probe()
-        except OSError:
-            result = None
-        if result:
-            return result
-        assert time.monotonic() < end, f"{what}: not within {deadline:g}s"
-        time.sleep(0.2)
 
 
 @dataclass

@@ -192,8 +192,9 @@ def test_a_stopped_bot_is_restarted_by_the_playbook_even_with_the_reconciler_kil
     """Nothing restarts a unit someone stopped: TradingBotDown fires and the packaged bot-restart rule's systemd step
     restarts it through `trading-ops stackctl`, as it restarts the unit through systemctl in production. The
     reconciler is killed (-9) while that step runs: `up` restarts the reconciler as systemd would, the interrupted
-    episode runs again, finds the unit already restarting or restarted after the alert began, leaves it, and verifies.
-    The bot was restarted once, and nothing acknowledged was lost."""
+    episode runs again, finds the unit already restarting or restarted after the alert began, leaves it, and verifies
+    (or, when the bot was back and the alert resolved before the replacement took the episode up, is closed resolved
+    without acting). The bot was restarted once, and nothing acknowledged was lost."""
     known = {e["id"] for e in stack.episodes()}
     asked = "--- stackctl restart trading-ops-paper-bot.service"
     restarts = stack.up.lines.count(asked)
@@ -203,13 +204,27 @@ def test_a_stopped_bot_is_restarted_by_the_playbook_even_with_the_reconciler_kil
     os.kill(stack.up.pids()["reconciler"], signal.SIGKILL)
     stack.up.wait_line(lambda line: "trading-ops-reconciler.service: restarted" in line, timeout=60)
     # One episode, or more if the alert flapped while the bot came back: none escalated, and the one the kill
-    # interrupted ran again and ended recovered.
+    # interrupted ran again and ended recovered, or was over before it could.
     episodes = settled(stack, known, "TradingBotDown")
     assert {e["state"] for e in episodes} <= {"recovered", "resolved"}, episodes
     (episode,) = [e for e in episodes if e["attempts"] and e["attempts"][0]["outcome"] == "interrupted"]
-    assert episode["state"] == "recovered" and episode["rule"] == "bot-restart", episode
-    final = episode["attempts"][-1]["steps"]
-    assert [(s["action"], s["outcome"]) for s in final] == [("systemd", "success")], final
+    shown = (
+        episode["state"],
+        episode["detail"],
+        [(a["outcome"], a["detail"], a["started_at"], a["finished_at"]) for a in episode["attempts"]],
+    )
+    assert episode["rule"] == "bot-restart", shown
+    if episode["state"] == "resolved":
+        # The restart the killed run asked for went on without it: the bot came back and the alert resolved before
+        # the replacement reconciler took the episode up (a slow machine), which closes it without acting again.
+        # ("resolved; pending work cancelled" by the intake, "resolved before the run" by the engine; never a
+        # verification that said resolved while Prometheus still saw it failing)
+        assert episode["detail"].startswith("resolved"), shown
+        assert len(episode["attempts"]) == 1, shown
+    else:
+        assert episode["state"] == "recovered", shown
+        final = episode["attempts"][-1]["steps"]
+        assert [(s["action"], s["outcome"]) for s in final] == [("systemd", "success")], final
     assert stack.up.lines.count(asked) == restarts + 1  # the bot was restarted once
     back_to_normal(stack)
 

@@ -16,21 +16,19 @@ import re
 import shlex
 import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until
 from system_binaries import require_binary
 from test_stack import UpProcess, alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
-DEADLINE_SECONDS = 90.0
-POLL_SECONDS = 0.2
 CHAOS_SECONDS = 60.0
 # The children of each bot kind's stack, as their logs are named.
 CHILDREN = {
@@ -42,18 +40,6 @@ CHILDREN = {
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())
-
-
-def until(what: str, probe: Callable[[], Any], deadline: float = DEADLINE_SECONDS) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what` at the deadline."""
-    end = time.monotonic() + deadline
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not within {deadline:g}s")
-        time.sleep(POLL_SECONDS)
 
 
 class Stack:
@@ -135,6 +121,25 @@ def fired(stack: Stack, alertname: str, **labels: str) -> bool:
     return bool(stack.query(f"max_over_time(ALERTS{{{matchers}}}[2m])"))
 
 
+def episode_summary(episodes: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What an assertion about episodes shows when it fails: each one's id, state, detail, labels and attempts."""
+    return [
+        (
+            e["id"],
+            e["state"],
+            e["detail"][:200],
+            e["starts_at"],
+            e["closed_at"],
+            {k: v for k, v in e["labels"].items() if k in ("alertname", "channel", "venue")},
+            [
+                (a["outcome"], a["started_at"], [(s["description"], s["outcome"]) for s in a["steps"]])
+                for a in e["attempts"]
+            ],
+        )
+        for e in episodes
+    ]
+
+
 def heal_steps(episodes: list[dict[str, Any]], command: str) -> list[dict[str, Any]]:
     return [
         step
@@ -175,10 +180,13 @@ def test_drop_connection_is_healed_by_one_verified_reconnect(stack: Stack) -> No
     episodes = new_episodes(stack, known, "TradingBotBrokerDisconnected")
     channels = {e["labels"]["channel"] for e in episodes}
     assert channels == {"orders", "market_data"} if stack.kind == "paper" else channels <= {"orders", "market_data"}
-    until(
-        "every episode closed",
-        lambda: all(e["closed_at"] for e in new_episodes(stack, known, "TradingBotBrokerDisconnected")),
-    )
+    try:
+        until(
+            "every episode closed",
+            lambda: all(e["closed_at"] for e in new_episodes(stack, known, "TradingBotBrokerDisconnected")),
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {episode_summary(new_episodes(stack, known, 'TradingBotBrokerDisconnected'))}")
     assert len(heal_steps(new_episodes(stack, known, "TradingBotBrokerDisconnected"), "reconnect")) == 1
     connected = stack.bot_metric("tradingbot_broker_connected")
     assert connected and set(connected.values()) == {1.0}

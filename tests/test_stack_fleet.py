@@ -16,14 +16,13 @@ import json
 import shlex
 import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until
 from ports import free_ports
 from system_binaries import require_binary
 from test_stack import UpProcess, alive
@@ -34,8 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager
 
 BOTS = 3
 NAMES = [f"ccxt-{i}" for i in range(1, BOTS + 1)]
-DEADLINE_SECONDS = 90.0
-POLL_SECONDS = 0.2
 
 
 def get_json(url: str, token: str = "", body: dict[str, Any] | None = None) -> Any:
@@ -44,18 +41,6 @@ def get_json(url: str, token: str = "", body: dict[str, Any] | None = None) -> A
     req = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read())
-
-
-def until(what: str, probe: Callable[[], Any], deadline: float = DEADLINE_SECONDS) -> Any:
-    """Poll `probe` until it returns something truthy; fail naming `what` at the deadline."""
-    end = time.monotonic() + deadline
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not within {deadline:g}s")
-        time.sleep(POLL_SECONDS)
 
 
 def test_three_bots_on_one_gateway_are_scraped_targeted_and_come_back_from_a_venue_outage(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from threading import Barrier, Event, Thread
 from typing import Any
@@ -322,6 +322,19 @@ def test_a_resolved_racing_a_concurrent_first_firing_still_closes_the_episode(po
         ledger.engine.dispose()
 
 
+def after_the_intakes_read(intake: Ledger, write: Callable[[], Any]) -> list[Any]:
+    """Run `write` (another replica's write) once, right after the intake's first read of an episode and before
+    its writes; the list receives what `write` returned."""
+    done: list[Any] = []
+
+    def hook(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not done and statement.lstrip().upper().startswith("SELECT") and "reconciler_episodes" in statement:
+            done.append(write())
+
+    event.listen(intake.engine, "after_cursor_execute", hook)
+    return done
+
+
 def test_a_resolved_never_overwrites_a_claim_taken_after_the_intake_read_the_episode(postgres_url: str) -> None:
     # The intake reads the episode as pending; a replica claims it (running) before the intake writes. The intake
     # must not close it and clear its owner behind the run's back (its attempt would stay `running` forever):
@@ -330,13 +343,9 @@ def test_a_resolved_never_overwrites_a_claim_taken_after_the_intake_read_the_epi
     intake, worker = Ledger(make_engine(postgres_url)), Ledger(make_engine(postgres_url))
     store_alert(worker)
     ((eid, target),) = worker.due(datetime.now(UTC), 10)
-    claimed: list[bool] = []
-
-    def claim_after_the_read(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if not claimed and statement.lstrip().upper().startswith("SELECT") and "reconciler_episodes" in statement:
-            claimed.append(worker.claim(eid, target, "worker:1", datetime.now(UTC), 30) is not None)
-
-    event.listen(intake.engine, "after_cursor_execute", claim_after_the_read)
+    claimed = after_the_intakes_read(
+        intake, lambda: worker.claim(eid, target, "worker:1", datetime.now(UTC), 30) is not None
+    )
     result = intake.store(
         [
             NotificationIn(
@@ -355,6 +364,67 @@ def test_a_resolved_never_overwrites_a_claim_taken_after_the_intake_read_the_epi
     assert episode["resolved_at"] is not None  # what the run looks at between steps
     assert result.resolved_ids == [eid] and result.closed == {}
     assert worker.set_episode(eid, "worker:1", state="resolved", detail="resolved during the run")
+    for ledger in (intake, worker):
+        ledger.engine.dispose()
+
+
+def resolved_notification(fingerprint: str = "f1") -> NotificationIn:
+    labels = {"alertname": "A", "instance": "bot-1"}
+    return NotificationIn(
+        "r", "resolved", "g", "{}", [AlertIn("resolved", fingerprint, T0, "A", labels, {}, "", "r", "bot-1")]
+    )
+
+
+def test_a_run_handed_back_after_its_alert_resolved_is_closed_not_left_waiting(migrated_db: str) -> None:
+    # A run claimed the episode, then found a cooldown (or a gate, or a failed attempt to retry) and hands it back to
+    # wait; the alert resolved meanwhile and the intake could only flag it. Waiting for an alert that is over would
+    # hold the episode open for the whole cooldown (minutes to an hour): it is closed resolved instead.
+    ledger = Ledger(make_engine(migrated_db))
+    store_alert(ledger)
+    store_alert(ledger, fingerprint="f2")
+    now = datetime.now(UTC)
+    ((first, target),) = ledger.due(now, 10)  # one target: its oldest episode first
+    assert ledger.claim(first, target, "worker:1", now, 30) is not None
+    claimed = ledger.episode(first)
+    assert claimed is not None
+    result = ledger.store([resolved_notification(claimed["fingerprint"])])
+    assert result.resolved_ids == [first] and result.closed == {}  # claimed: only flagged
+    assert ledger.defer(first, "worker:2", "waiting", now + timedelta(minutes=5), "cooldown") is None  # not its run
+    assert ledger.defer(first, "worker:1", "waiting", now + timedelta(minutes=5), "cooldown of rule r") == "resolved"
+    episode = ledger.episode(first)
+    assert episode is not None
+    assert (episode["state"], episode["owner"]) == ("resolved", None) and episode["closed_at"] is not None
+    assert episode["detail"] == "resolved while claimed; not deferred (cooldown of rule r)"
+    # Without a resolved flag, the run is handed back to wait as asked.
+    ledger.release_target(target, "worker:1")  # as the engine does when a run ends
+    (other,) = [eid for eid, _ in ledger.due(datetime.now(UTC), 10)]
+    assert ledger.claim(other, target, "worker:1", now, 30) is not None
+    retry_at = now + timedelta(seconds=5)
+    assert ledger.defer(other, "worker:1", "pending", retry_at, "attempt 1 failed") == "pending"
+    episode = ledger.episode(other)
+    assert episode is not None
+    assert (episode["state"], episode["owner"], episode["closed_at"]) == ("pending", None, None)
+    ledger.engine.dispose()
+
+
+def test_a_resolved_closes_a_run_handed_back_after_the_intake_read_it_as_claimed(postgres_url: str) -> None:
+    # The intake reads the episode as running; the run hands it back to wait (a cooldown) before the intake writes.
+    # Judged by the state it read, the intake would only flag it, and the waiting episode would stay open for the
+    # whole wait: each of its statements judges the row as it is, so it closes it.
+    migrate.upgrade(postgres_url)
+    intake, worker = Ledger(make_engine(postgres_url)), Ledger(make_engine(postgres_url))
+    store_alert(worker)
+    ((eid, target),) = worker.due(datetime.now(UTC), 10)
+    assert worker.claim(eid, target, "worker:1", datetime.now(UTC), 30) is not None
+    handed_back = after_the_intakes_read(
+        intake, lambda: worker.defer(eid, "worker:1", "waiting", datetime.now(UTC) + timedelta(minutes=5), "cooldown")
+    )
+    result = intake.store([resolved_notification()])
+    assert handed_back == ["waiting"]
+    episode = worker.episode(eid)
+    assert episode is not None
+    assert (episode["state"], episode["detail"]) == ("resolved", "resolved; pending work cancelled"), episode
+    assert result.closed == {"resolved": 1} and result.resolved_ids == [eid]
     for ledger in (intake, worker):
         ledger.engine.dispose()
 

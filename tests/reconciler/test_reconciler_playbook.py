@@ -14,6 +14,7 @@ import yaml
 
 import trading_ops
 from trading_ops.config import TargetConfig
+from trading_ops.durations import parse_duration
 from trading_ops.reconciler.actions.base import TEMPLATE_RE
 from trading_ops.reconciler.playbook import (
     PACKAGED_PLAYBOOKS,
@@ -121,6 +122,33 @@ def test_duplicate_rule_names_are_refused() -> None:
 def test_defaults_apply_to_every_rule() -> None:
     pb = parse_playbook({"defaults": {"cooldown": "10m", "max_attempts": 3}, "rules": [RULE]})
     assert pb.rules[0].cooldown == 600 and pb.rules[0].max_attempts == 3
+
+
+def test_a_rules_verify_and_backoff_refine_the_defaults_key_by_key() -> None:
+    defaults = {"verify": {"deadline": "60s", "interval": "1s"}, "backoff": {"initial": "2s", "max": "1m"}}
+    rules = [
+        {**RULE, "name": "own-expr", "verify": {"expr": "up == 0", "deadline": "30s"}, "backoff": {"max": "5m"}},
+        {**RULE, "name": "plain"},
+        {**RULE, "name": "explicit-true", "verify": True},
+        {**RULE, "name": "off", "verify": False},
+    ]
+    own, plain, explicit, off = parse_playbook({"defaults": defaults, "rules": rules}).rules
+    assert (own.verify.expr, own.verify.deadline, own.verify.interval) == ("up == 0", 30.0, 1.0)
+    assert (own.backoff.initial, own.backoff.max) == (2.0, 300.0)
+    assert (plain.verify.deadline, plain.verify.interval, plain.backoff.max) == (60.0, 1.0, 60.0)
+    assert (explicit.verify.deadline, explicit.verify.interval) == (60.0, 1.0)
+    assert not off.verify.enabled
+
+
+def test_every_packaged_rule_polls_at_least_as_often_as_the_defaults_say_unless_it_sets_its_own() -> None:
+    for name in PACKAGED_PLAYBOOKS:
+        raw = yaml.safe_load(
+            (ROOT / "trading_ops" / "reconciler" / "playbooks" / f"{name}.yml").read_text(encoding="utf-8")
+        )
+        default = raw["defaults"]["verify"]["interval"]
+        for data, rule in zip(raw["rules"], load_packaged_playbook(name).rules, strict=True):
+            own = (data.get("verify") or {}).get("interval") if isinstance(data.get("verify"), dict) else None
+            assert rule.verify.interval == parse_duration(own or default), (name, rule.name)
 
 
 def test_risk_classes_of_bot_commands() -> None:

@@ -1,6 +1,8 @@
-"""Verification takes its expression from the playbook or from Prometheus's own rules, never from the webhook.
+"""Verification takes its expression from the playbook or from Prometheus's own rules, never from the webhook; it
+queries the raw series behind a recording rule, and times its queries after the target's scrapes.
 
-Needs the `prometheus` binary: a Prometheus with alerting rules of its own is started here."""
+Needs the `prometheus` binary: a Prometheus with alerting and recording rules of its own, scraping itself every
+second, is started here."""
 
 from __future__ import annotations
 
@@ -29,7 +31,14 @@ from conftest import (
     write_playbook,
 )
 
+from trading_ops.clients.prometheus import (
+    SCRAPE_COMMIT_MARGIN_SECONDS,
+    PrometheusClient,
+    ScrapeSchedule,
+    inline_recording_rules,
+)
 from trading_ops.reconciler.app import create_app
+from trading_ops.reconciler.verify import next_poll
 
 pytestmark = [pytest.mark.prometheus]
 
@@ -50,6 +59,9 @@ RULES = {
                 # Two tiers of one name: the alert's severity says which one it came from.
                 {"alert": "TestTiered", "expr": "vector(1) < 0", "labels": {"severity": "warning"}},
                 {"alert": "TestTiered", "expr": STILL_FAILING, "labels": {"severity": "critical"}},
+                # The alert reads a recording rule: verification reads the rule's expression instead.
+                {"record": "test:cleared:value", "expr": "vector(1) < 0"},
+                {"alert": "TestRecorded", "expr": "test:cleared:value > 0", "labels": {"severity": "critical"}},
             ],
         }
     ]
@@ -61,10 +73,22 @@ def prometheus_with_rules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     assert PROMETHEUS_BIN is not None, "prometheus is not installed (apt-get install prometheus)"
     tmp = tmp_path_factory.mktemp("prometheus-rules")
     (tmp / "rules.yml").write_text(yaml.safe_dump(RULES))
-    (tmp / "prometheus.yml").write_text(
-        yaml.safe_dump({"global": {"evaluation_interval": "1s"}, "rule_files": [str(tmp / "rules.yml")]})
-    )
     port = free_port()
+    (tmp / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"evaluation_interval": "1s"},
+                "rule_files": [str(tmp / "rules.yml")],
+                "scrape_configs": [
+                    {
+                        "job_name": "self",
+                        "scrape_interval": "1s",
+                        "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                    }
+                ],
+            }
+        )
+    )
     proc = subprocess.Popen(
         [
             PROMETHEUS_BIN,
@@ -209,3 +233,108 @@ async def test_every_query_is_bounded_by_prometheus_and_by_the_client(aiohttp_se
         assert await PrometheusClient(session, str(server.make_url(""))).query("up == 0") == []
     assert seen == [{"query": "up == 0", "timeout": f"{QUERY_TIMEOUT_SECONDS:g}s"}]
     assert TIMEOUT.total is not None and TIMEOUT.total > QUERY_TIMEOUT_SECONDS
+
+
+def recording(name: str, query: str, **labels: str) -> dict[str, Any]:
+    return {"type": "recording", "name": name, "query": query, "labels": labels}
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("a:age:seconds > 10", "(time() - a_ts) > 10"),
+        ("sum by (instance) (a:age:seconds) > 1", "sum by (instance) ((time() - a_ts)) > 1"),
+        ("b:age:doubled > 20", "((time() - a_ts) * 2) > 20"),  # a rule recording a rule: followed
+        # Not a plain selector: matchers, a range, offset, @ would need the expression rewritten.
+        ('a:age:seconds{instance="x"} > 10', 'a:age:seconds{instance="x"} > 10'),
+        ("rate(a:age:seconds[5m]) > 0", "rate(a:age:seconds[5m]) > 0"),
+        ("a:age:seconds offset 1m > 10", "a:age:seconds offset 1m > 10"),
+        ("a:age:seconds @ 100 > 10", "a:age:seconds @ 100 > 10"),
+        # Text in a string is text; a rule with labels of its own, or recorded twice, stays as it is.
+        ('label_replace(up, "a:age:seconds", "", "", "") > 0', 'label_replace(up, "a:age:seconds", "", "", "") > 0'),
+        ("c:labelled:x > 0 and d:twice:x > 0", "c:labelled:x > 0 and d:twice:x > 0"),
+        ("up == 0", "up == 0"),
+    ],
+)
+def test_recording_rules_named_plainly_are_replaced_by_their_expression(expr: str, expected: str) -> None:
+    rules = [
+        recording("a:age:seconds", "time() - a_ts"),
+        recording("b:age:doubled", "a:age:seconds * 2"),
+        recording("c:labelled:x", "up", tier="1"),
+        recording("d:twice:x", "up"),
+        recording("d:twice:x", "up * 2"),
+        {"type": "alerting", "name": "A", "query": "a:age:seconds > 10"},
+    ]
+    assert inline_recording_rules(expr, rules) == expected
+
+
+async def test_an_alert_on_a_recording_rule_is_verified_on_the_raw_series(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, prometheus_with_rules: str
+) -> None:
+    body = payload(alert("TestRecorded", severity="critical"))
+    episode = await run_one(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, prometheus_with_rules, body)
+    assert episode["state"] == "recovered", episode
+    assert episode["attempts"][0]["detail"] == (
+        "(vector(1) < 0) > 0 returned nothing for this alert [expression from prometheus_rules]"
+    )
+
+
+async def test_the_scrape_schedule_predicts_the_targets_next_scrapes(prometheus_with_rules: str) -> None:
+    import aiohttp
+
+    instance = prometheus_with_rules.removeprefix("http://")
+    async with aiohttp.ClientSession() as session:
+        client = PrometheusClient(session, prometheus_with_rules)
+        assert await client.scrape_schedule({"job": "self"}) is None  # no instance: no single target
+        assert await client.scrape_schedule({"job": "other", "instance": instance}) is None
+        end = time.monotonic() + 20
+        while (first := await client.scrape_schedule({"job": "self", "instance": instance})) is None:
+            assert time.monotonic() < end, "Prometheus never scraped itself"
+            await asyncio.sleep(0.2)
+        assert first.interval == 1.0 and 0 <= first.duration < 1.0
+        await asyncio.sleep(3.5)
+        later = await client.scrape_schedule({"job": "self", "instance": instance})
+    assert later is not None
+    scrapes = round((later.last - first.last) / first.interval)
+    assert scrapes >= 3
+    # Prometheus keeps the target on its offset: the schedule read 3.5 s earlier predicted this scrape's start.
+    assert abs(later.last - (first.last + scrapes * first.interval)) < 0.1, (first, later)
+
+
+def test_polls_are_timed_after_the_targets_scrapes() -> None:
+    scrapes = ScrapeSchedule(last=100.0, interval=1.0, duration=0.01)
+    margin = 2 * 0.01 + SCRAPE_COMMIT_MARGIN_SECONDS
+    # No schedule: every `most` seconds.
+    assert next_poll(1.0, None, began=100.3, now=100.31, first=True) == 1.0
+    # The first wait ends when the first scrape that began after the verification (at 101) can be queried.
+    assert next_poll(1.0, scrapes, began=100.3, now=100.31, first=True) == pytest.approx(101 + margin - 100.31)
+    # A scrape that began before the verification (at 100) cannot show the action's effect, even when it is later
+    # queryable.
+    assert next_poll(2.0, scrapes, began=100.001, now=100.002, first=True) == pytest.approx(101 + margin - 100.002)
+    # Never longer than `most`, whatever the schedule.
+    slow = ScrapeSchedule(last=100.0, interval=15.0, duration=0.01)
+    assert next_poll(1.0, slow, began=100.3, now=100.31, first=True) == 1.0
+    # Later polls: the last scrape within `most` (two are within 2.5 s: the later one), else `most`.
+    assert next_poll(2.5, scrapes, began=100.3, now=101.2, first=False) == pytest.approx(103 + margin - 101.2)
+    assert next_poll(1.0, slow, began=100.3, now=101.2, first=False) == 1.0
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"lastScrape": "0001-01-01T00:00:00Z", "scrapeInterval": "1s", "lastScrapeDuration": 0},  # never scraped
+        {"lastScrape": "2026-11-23T10:44:56.520946674Z", "scrapeInterval": "soon"},
+        {"lastScrape": "2026-11-23T10:44:56Z", "scrapeInterval": "1s", "lastScrapeDuration": 5},
+        {"scrapeInterval": "1s"},
+    ],
+)
+def test_a_target_without_a_usable_schedule_has_none(target: dict[str, Any]) -> None:
+    assert ScrapeSchedule.of(target) is None
+
+
+def test_a_real_targets_schedule_is_read() -> None:
+    target = {"lastScrape": "2026-11-23T10:44:56.520946674Z", "scrapeInterval": "1m30s", "lastScrapeDuration": 0.0037}
+    schedule = ScrapeSchedule.of(target)
+    assert schedule is not None
+    assert (schedule.interval, schedule.duration) == (90.0, 0.0037)
+    assert schedule.last == pytest.approx(1795430696.520946)

@@ -1,10 +1,17 @@
-"""A small client of Prometheus's HTTP API: instant queries, and the expression behind an alert."""
+"""A small client of Prometheus's HTTP API: instant queries, the expression behind an alert, and when a target is
+scraped."""
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
+
+from trading_ops.durations import parse_duration
 
 # Every query is bounded twice: Prometheus stops evaluating it after QUERY_TIMEOUT (its `timeout` parameter), and
 # the client stops waiting a little later, whatever the server does.
@@ -21,49 +28,155 @@ class PrometheusClient:
         self.session = session
         self.base_url = base_url.rstrip("/")
 
-    async def query(self, expr: str) -> list[dict[str, Any]]:
-        """GET /api/v1/query: the instant vector (or scalar as a one-element list) for `expr`."""
-        url = f"{self.base_url}/api/v1/query"
+    async def _get(self, path: str, params: dict[str, str], what: str) -> dict[str, Any]:
+        """GET an API path: its `data` object, or PrometheusError naming `what` failed and why."""
         try:
-            params = {"query": expr, "timeout": f"{QUERY_TIMEOUT_SECONDS:g}s"}
-            async with self.session.get(url, params=params, timeout=TIMEOUT) as resp:
+            async with self.session.get(f"{self.base_url}{path}", params=params, timeout=TIMEOUT) as resp:
                 body = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise PrometheusError(f"query {expr!r}: {exc or type(exc).__name__}") from exc
+            raise PrometheusError(f"{what}: {exc or type(exc).__name__}") from exc
         if not isinstance(body, dict) or body.get("status") != "success":
             error = body.get("error") if isinstance(body, dict) else body
-            raise PrometheusError(f"query {expr!r}: {error}")
-        data = body.get("data") or {}
+            raise PrometheusError(f"{what}: {error}")
+        data = body.get("data")
+        return data if isinstance(data, dict) else {}
+
+    async def query(self, expr: str) -> list[dict[str, Any]]:
+        """GET /api/v1/query: the instant vector (or scalar as a one-element list) for `expr`."""
+        params = {"query": expr, "timeout": f"{QUERY_TIMEOUT_SECONDS:g}s"}
+        data = await self._get("/api/v1/query", params, f"query {expr!r}")
         result = data.get("result")
         if data.get("resultType") in ("scalar", "string"):
             return [{"value": result}]
         return list(result or [])
 
-    async def alert_expressions(self, alertname: str, labels: dict[str, str]) -> list[str]:
-        """GET /api/v1/rules: the expressions of Prometheus's own alerting rules named `alertname` whose static labels
-        agree with the alert's (a warning and a critical tier of one name are told apart by their severity).
+    async def rules(self) -> list[dict[str, Any]]:
+        """GET /api/v1/rules: every alerting and recording rule of every group, as Prometheus loaded them."""
+        groups = (await self._get("/api/v1/rules", {}, "rules")).get("groups") or []
+        return [r for g in groups if isinstance(g, dict) for r in g.get("rules") or [] if isinstance(r, dict)]
+
+    async def alert_expressions(
+        self, alertname: str, labels: dict[str, str], rules: list[dict[str, Any]] | None = None
+    ) -> list[str]:
+        """The expressions of Prometheus's own alerting rules named `alertname` whose static labels agree with the
+        alert's (a warning and a critical tier of one name are told apart by their severity); `rules` as `rules()`
+        returned them, else they are read.
 
         What a webhook says the expression is (its generatorURL) is never taken: anyone with the webhook token could
         make any query the check, one that is always empty (a "recovery") included."""
-        url = f"{self.base_url}/api/v1/rules"
-        try:
-            async with self.session.get(url, params={"type": "alert"}, timeout=TIMEOUT) as resp:
-                body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise PrometheusError(f"rules: {exc or type(exc).__name__}") from exc
-        if not isinstance(body, dict) or body.get("status") != "success":
-            error = body.get("error") if isinstance(body, dict) else body
-            raise PrometheusError(f"rules: {error}")
         found: list[str] = []
-        for group in (body.get("data") or {}).get("groups") or []:
-            for rule in group.get("rules") or []:
-                if rule.get("type") != "alerting" or rule.get("name") != alertname:
-                    continue
-                expr = rule.get("query")
-                if isinstance(expr, str) and expr.strip() and _labels_agree(rule.get("labels") or {}, labels):
-                    if expr not in found:
-                        found.append(expr)
+        for rule in await self.rules() if rules is None else rules:
+            if rule.get("type") != "alerting" or rule.get("name") != alertname:
+                continue
+            expr = rule.get("query")
+            if isinstance(expr, str) and expr.strip() and _labels_agree(rule.get("labels") or {}, labels):
+                if expr not in found:
+                    found.append(expr)
         return found
+
+    async def scrape_schedule(self, labels: dict[str, str]) -> ScrapeSchedule | None:
+        """GET /api/v1/targets: when the active target these labels name (its `job` and `instance`) is scraped, or
+        None when the labels name no single target (no `instance`, an unknown one, several jobs)."""
+        if not labels.get("instance"):
+            return None
+        targets = (await self._get("/api/v1/targets", {"state": "active"}, "targets")).get("activeTargets") or []
+        found = [
+            t
+            for t in targets
+            if isinstance(t, dict)
+            and all((t.get("labels") or {}).get(k) == labels[k] for k in ("job", "instance") if k in labels)
+        ]
+        return ScrapeSchedule.of(found[0]) if len(found) == 1 else None
+
+
+# A scrape's samples are appended and committed after the fetch its lastScrapeDuration measures: a query this long
+# after that (plus the fetch's own length again, for one slower than the last) finds them.
+SCRAPE_COMMIT_MARGIN_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class ScrapeSchedule:
+    """When Prometheus scrapes one target: from `last` (the last scrape's start, Unix seconds) every `interval`.
+
+    Prometheus keeps each target on a fixed offset within its interval, so the next scrapes are predictable."""
+
+    last: float
+    interval: float
+    duration: float
+
+    @classmethod
+    def of(cls, target: dict[str, Any]) -> ScrapeSchedule | None:
+        """From one of /api/v1/targets' activeTargets; None when it was never scraped or says nothing usable."""
+        try:
+            last = datetime.fromisoformat(str(target["lastScrape"]).replace("Z", "+00:00")).timestamp()
+            interval = parse_duration(str(target["scrapeInterval"]))
+            duration = float(target.get("lastScrapeDuration") or 0.0)
+        except (KeyError, ValueError, TypeError, OverflowError):
+            return None
+        if last <= 0 or interval <= 0 or not 0 <= duration < interval:
+            return None  # never scraped (Go's zero time), or nonsense
+        return cls(last, interval, duration)
+
+    def done(self, k: int) -> float:
+        """When the samples of scrape `k` (0: the last one) can be queried."""
+        return self.last + k * self.interval + 2 * self.duration + SCRAPE_COMMIT_MARGIN_SECONDS
+
+    def first_done(self, started_after: float, after: float) -> float:
+        """When the first scrape that starts at `started_after` or later, and is queryable after `after`, is."""
+        k = max(0, math.ceil((started_after - self.last) / self.interval))
+        k = max(k, math.floor((after - self.done(0)) / self.interval) + 1)
+        while self.done(k) <= after:
+            k += 1
+        return self.done(k)
+
+    def last_done(self, after: float, until: float) -> float | None:
+        """The latest moment in (after, until] a scrape becomes queryable, or None when none does."""
+        k = math.floor((until - self.done(0)) / self.interval)
+        return self.done(k) if self.done(k) > after else None
+
+
+# A token of PromQL: a quoted string (skipped: a name in it is text) or an identifier (metric names have colons).
+_PROMQL_TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`|[A-Za-z_:][A-Za-z0-9_:]*')
+# What may follow an instant-vector selector that a parenthesised expression cannot replace: label matchers, a
+# range, a function call, `offset` or `@`.
+_NOT_REPLACEABLE_AFTER_RE = re.compile(r"\s*(?:[{\[(@]|offset\b)")
+INLINE_PASSES = 4
+
+
+def inline_recording_rules(expr: str, rules: list[dict[str, Any]]) -> str:
+    """`expr` with each recording rule it names, bare, replaced by the rule's own expression in parentheses.
+
+    A recording rule's series are only as fresh as its last evaluation: a verification that queries the rule's
+    expression on the raw series sees a recovery one evaluation interval sooner. Only the unambiguous cases: a name
+    with a colon (the level:metric:operations convention, never a label name) recorded by exactly one rule without
+    labels of its own, used as a plain selector (no matchers, range, `offset` or `@`: those would need the
+    expression rewritten). Rules recording other rules are followed a few levels."""
+    counts: dict[str, int] = {}
+    queries: dict[str, str] = {}
+    for rule in rules:
+        name, query = rule.get("name"), rule.get("query")
+        if rule.get("type") != "recording" or not isinstance(name, str) or not isinstance(query, str):
+            continue
+        counts[name] = counts.get(name, 0) + 1
+        if ":" in name and not rule.get("labels") and query.strip():
+            queries[name] = query
+    inline = {name: query for name, query in queries.items() if counts[name] == 1}
+    for _ in range(INLINE_PASSES if inline else 0):
+        expanded = _inline_once(expr, inline)
+        if expanded == expr:
+            break
+        expr = expanded
+    return expr
+
+
+def _inline_once(expr: str, inline: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token not in inline or _NOT_REPLACEABLE_AFTER_RE.match(expr, match.end()):
+            return token
+        return f"({inline[token]})"
+
+    return _PROMQL_TOKEN_RE.sub(replace, expr)
 
 
 def _labels_agree(rule_labels: dict[str, Any], labels: dict[str, str]) -> bool:

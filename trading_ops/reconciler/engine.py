@@ -19,7 +19,7 @@ import aiohttp
 
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
 from trading_ops.clients.notify import Notifier
-from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
+from trading_ops.clients.prometheus import PrometheusClient, PrometheusError, inline_recording_rules
 from trading_ops.config import Config
 from trading_ops.db.base import utcnow
 from trading_ops.matchers import compile_pattern
@@ -308,10 +308,32 @@ class Engine:
     async def _hand_back(self, episode: dict[str, Any], **values: Any) -> bool:
         """The run's last write: the episode closed, parked or due again later, its claim given back (False when
         it was no longer ours)."""
+        self._end_claim(episode)
+        return await self.db(self.ledger.set_episode, episode["id"], self.owner, **values)
+
+    def _end_claim(self, episode: dict[str, Any]) -> None:
+        """The run is about to give its claim back: stop renewing its lease."""
         claim = self.claims.get(episode["id"])
         if claim is not None:
             claim.active = False
-        return await self.db(self.ledger.set_episode, episode["id"], self.owner, **values)
+
+    async def _defer(self, episode: dict[str, Any], state: str, until: datetime, detail: str) -> str:
+        """Hand the episode back to run again at `until`, unless its alert resolved while we held it: then it is
+        closed resolved (Ledger.defer). The state written."""
+        self._end_claim(episode)
+        written: str | None = await self.db(self.ledger.defer, episode["id"], self.owner, state, until, detail)
+        if written is None:
+            raise LostClaim
+        if written == "resolved":
+            self.metrics.episodes_total.labels("resolved").inc()
+            log.info(
+                "episode %s (%s on %s): resolved while held: not deferred (%s)",
+                episode["id"],
+                episode["alertname"],
+                episode["target"],
+                detail,
+            )
+        return written
 
     async def _close(self, episode: dict[str, Any], state: str, detail: str, **values: Any) -> None:
         if not await self._hand_back(episode, state=state, detail=detail, **values):
@@ -370,15 +392,9 @@ class Engine:
             self.ledger.cooldown_until, rule.name, episode["target"], episode["id"], rule.cooldown, now
         )
         if cooldown is not None and not interrupted and episode["attempts"] == 0:
-            if not await self._hand_back(
-                episode,
-                state="waiting",
-                next_run_at=cooldown,
-                owner=None,
-                lease_until=None,
-                detail=f"cooldown of rule {rule.name} on {episode['target']} until {cooldown}",
-            ):
-                raise LostClaim
+            await self._defer(
+                episode, "waiting", cooldown, f"cooldown of rule {rule.name} on {episode['target']} until {cooldown}"
+            )
             return
         for circuit in (episode["target"], GLOBAL_TARGET):
             until = await self.db(self.ledger.circuit_open_until, circuit, now)
@@ -446,16 +462,8 @@ class Engine:
         if not (episode["state"] == "waiting" and episode["detail"] == why):
             attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner, counted=False)
             await self.db(self.ledger.finish_attempt, attempt_id, "skipped", f"{why}: nothing executed")
-        if not await self._hand_back(
-            episode,
-            state="waiting",
-            next_run_at=until,
-            owner=None,
-            lease_until=None,
-            detail=why,
-        ):
-            raise LostClaim
-        log.info("episode %s (%s on %s): parked: %s", episode["id"], episode["alertname"], episode["target"], why)
+        if await self._defer(episode, "waiting", until, why) == "waiting":
+            log.info("episode %s (%s on %s): parked: %s", episode["id"], episode["alertname"], episode["target"], why)
 
     async def _within_budget(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
         needed = sum(1 for s in rule.steps if ACTIONS[s.action].budgeted)
@@ -551,15 +559,9 @@ class Engine:
         if number < rule.max_attempts and not refused:
             delay = rule.backoff.delay(number, self.rng)
             retry_at = utcnow() + timedelta(seconds=delay)
-            if not await self._hand_back(
-                episode,
-                state="pending",
-                next_run_at=retry_at,
-                owner=None,
-                lease_until=None,
-                detail=f"attempt {number} failed ({failure[:200]}); retry at {retry_at}",
-            ):
-                raise LostClaim
+            await self._defer(
+                episode, "pending", retry_at, f"attempt {number} failed ({failure[:200]}); retry at {retry_at}"
+            )
             return
         await self._give_up(episode, rule, ctx, failure)
 
@@ -607,6 +609,16 @@ class Engine:
         expr, source = found
         if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state="verifying"):
             raise LostClaim
+        try:
+            scrapes = await self.prometheus.scrape_schedule(ctx.labels)
+        except PrometheusError as exc:
+            log.info(
+                "episode %s: polling every %gs: the target's scrapes are unknown: %s",
+                episode["id"],
+                rule.verify.interval,
+                exc,
+            )
+            scrapes = None
         verdict = await verify(
             self.prometheus,
             expr,
@@ -615,6 +627,7 @@ class Engine:
             lambda: self._is_resolved(episode["id"]),
             alert_labels=ctx.labels,
             wake=self.resolved.get(episode["id"]),
+            scrapes=scrapes,
         )
         outcome = verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure"
         return outcome, f"{verdict.detail} [expression from {source}]"
@@ -624,23 +637,31 @@ class Engine:
 
         The playbook's `verify.expr` (its ${label}s validated), else the expression of Prometheus's own alerting
         rule of that name, read from its rules API: never the one the webhook's generatorURL carries, which
-        whoever holds the webhook token writes."""
+        whoever holds the webhook token writes. Either way the recording rules it names plainly are replaced by
+        their expressions (`inline_recording_rules`): the raw series show a recovery an evaluation sooner."""
+        expr, source = None, "playbook"
         if rule.verify.expr:
             try:
-                return ctx.render(rule.verify.expr), "playbook"
+                expr = ctx.render(rule.verify.expr)
             except Refused as exc:
                 return f"cannot verify: {exc}"
         try:
-            exprs = await self.prometheus.alert_expressions(episode["alertname"], ctx.labels)
+            rules = await self.prometheus.rules()
         except PrometheusError as exc:
+            if expr is not None:
+                return expr, source  # as written
             return f"cannot verify: no verify.expr, and Prometheus's alerting rules could not be read: {exc}"
-        if not exprs:
-            return (
-                f"cannot verify: no verify.expr, and Prometheus has no alerting rule {episode['alertname']} "
-                "with this alert's labels"
-            )
-        # Several rules of one name with the same labels: still failing while any of them matches.
-        return " or ".join(f"({e})" for e in exprs) if len(exprs) > 1 else exprs[0], "prometheus_rules"
+        if expr is None:
+            exprs = await self.prometheus.alert_expressions(episode["alertname"], ctx.labels, rules)
+            if not exprs:
+                return (
+                    f"cannot verify: no verify.expr, and Prometheus has no alerting rule {episode['alertname']} "
+                    "with this alert's labels"
+                )
+            # Several rules of one name with the same labels: still failing while any of them matches.
+            expr = " or ".join(f"({e})" for e in exprs) if len(exprs) > 1 else exprs[0]
+            source = "prometheus_rules"
+        return inline_recording_rules(expr, rules), source
 
     async def _record_process(self, step_id: int, pid: int) -> None:
         """A step started a process group: recorded so that a crash of ours never leaves it running unseen."""

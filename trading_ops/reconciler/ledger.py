@@ -19,6 +19,7 @@ from trading_ops.reconciler.processes import owner_is_dead
 
 OPEN_STATES = ("pending", "waiting", "running", "verifying", "interrupted")
 RUNNABLE_STATES = ("pending", "waiting", "interrupted")
+CLAIMED_STATES = ("running", "verifying")
 ACTIVE_STATES = ("running", "verifying")
 CLOSED_STATES = ("recovered", "failed", "escalated", "resolved", "skipped", "dry_run")
 GLOBAL_TARGET = "*"
@@ -133,7 +134,7 @@ class Ledger:
             E.c.id == bindparam("key_id"), E.c.state.in_(RUNNABLE_STATES), E.c.resolved_at.is_(None)
         )
         self._flag_resolved = update(E).where(
-            E.c.id == bindparam("key_id"), E.c.state.notin_(CLOSED_STATES), E.c.resolved_at.is_(None)
+            E.c.id == bindparam("key_id"), E.c.state.in_(CLAIMED_STATES), E.c.resolved_at.is_(None)
         )
         self._known: OrderedDict[tuple[str, datetime], None] = OrderedDict()
 
@@ -237,11 +238,18 @@ class Ledger:
             "detail": "resolved; pending work cancelled",
         }
         # Not claimed (pending, waiting, interrupted): closed here, its pending work cancelled. Claimed (running,
-        # verifying, possibly only since we read it): never closed behind its run's back, which would leave its
-        # attempt `running`; only flagged, and the run stops between steps and cancels its verification.
-        if row.state in RUNNABLE_STATES and conn.execute(self._close_resolved, close).rowcount:
+        # verifying): never closed behind its run's back, which would leave its attempt `running`; only flagged, and
+        # the run stops between steps, cancels its verification, and closes it rather than hand it back to wait
+        # (Ledger.defer). Each statement judges the row as it is then (on PostgreSQL another replica may claim or
+        # hand it back between them): a claim taken after the close is flagged, a run handed back after the flag
+        # missed is closed by the last try.
+        if conn.execute(self._close_resolved, close).rowcount:
             result.closed["resolved"] = result.closed.get("resolved", 0) + 1
-        elif not conn.execute(self._flag_resolved, flag).rowcount:
+        elif conn.execute(self._flag_resolved, flag).rowcount:
+            pass
+        elif conn.execute(self._close_resolved, close).rowcount:
+            result.closed["resolved"] = result.closed.get("resolved", 0) + 1
+        else:
             result.deduplicated += 1  # closed or resolved by someone else since we read it
             return
         result.resolved_ids.append(row.id)
@@ -482,6 +490,30 @@ class Ledger:
             cond.append(E.c.owner == holder)
         with self.tx() as conn:
             return bool(conn.execute(update(E).where(*cond).values(**values)).rowcount)
+
+    def defer(self, episode_id: int, holder: str, state: str, next_run_at: datetime, detail: str) -> str | None:
+        """Hand a claimed episode back to run again at `next_run_at` (`state` pending or waiting: a retry, a
+        cooldown, a gate), or, when its alert resolved while it was claimed (the intake only flags a claimed
+        episode), close it resolved: nothing is left waiting for an alert that is over. The state written, or None
+        when `holder` no longer held it."""
+        now = utcnow()
+        held = [E.c.id == episode_id, E.c.owner == holder]
+        free = {"owner": None, "lease_until": None, "updated_at": now}
+        with self.tx() as conn:
+            deferred = update(E).where(*held, E.c.resolved_at.is_(None))
+            if conn.execute(deferred.values(state=state, next_run_at=next_run_at, detail=detail, **free)).rowcount:
+                return state
+            closed = (
+                update(E)
+                .where(*held)
+                .values(
+                    state="resolved",
+                    closed_at=now,
+                    detail=f"resolved while claimed; not deferred ({detail})"[:1000],
+                    **free,
+                )
+            )
+            return "resolved" if conn.execute(closed).rowcount else None
 
     def start_attempt(self, episode_id: int, owner: str, counted: bool = True) -> int:
         """A new attempt row, numbered after the episode's last. A `counted` attempt executes steps: it raises the

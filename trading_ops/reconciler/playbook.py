@@ -264,10 +264,18 @@ def parse_playbook(data: Any, source: str = "<memory>") -> Playbook:
     return Playbook(rules, source)
 
 
+# Mappings a rule refines key by key rather than replaces: the defaults' values stand for the keys it does not set.
+MERGED_KEYS = ("verify", "backoff")
+
+
 def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = False) -> Rule:
     if not isinstance(raw, dict):
         raise PlaybookError(f"{where}: expected a mapping")
     data = {**defaults, **raw}
+    for key in MERGED_KEYS:  # a rule's `verify: {expr: ...}` keeps the defaults' interval and deadline
+        base, own = defaults.get(key), raw.get(key)
+        if isinstance(base, dict) and key in raw:
+            data[key] = {**base, **own} if isinstance(own, dict) else base if own is True else own
     for key in data:
         if key not in RULE_KEYS:
             raise PlaybookError(f"{where}.{key}: unknown key (known: {', '.join(RULE_KEYS)})")

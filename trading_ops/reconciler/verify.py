@@ -1,4 +1,8 @@
-"""Verification: query the alert's condition in Prometheus until the alert's own series clear or a deadline passes."""
+"""Verification: query the alert's condition in Prometheus until the alert's own series clear or a deadline passes.
+
+A query only learns something new once Prometheus has scraped the target again; when the alert names one target
+(its `instance`), the queries are timed just after its scrapes: the first right after the first scrape that began
+after the action, the next ones after the last scrape within each `interval`. Without a schedule, every `interval`."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
+from trading_ops.clients.prometheus import PrometheusClient, PrometheusError, ScrapeSchedule
 
 
 @dataclass
@@ -35,16 +39,20 @@ async def verify(
     resolved: Callable[[], Awaitable[bool]],
     alert_labels: Mapping[str, str] | None = None,
     wake: asyncio.Event | None = None,
+    scrapes: ScrapeSchedule | None = None,
 ) -> Verdict:
     """Poll `expr` (an alerting condition: a result means still failing) until the alert's series are gone.
 
     Only series that belong to the alert (`alert_labels`) count: another bot failing the same condition does
     not keep this one's recovery unverified. A resolved notification ends the verification: one last query
     tells a recovery (clear) from a condition that went away on its own while still matching here. `wake`,
-    when set, cuts the wait between polls short (the resolved notification arrived)."""
+    when set, cuts the wait between polls short (the resolved notification arrived). `scrapes`, the alert's target's
+    scrape schedule, times the polls just after its scrapes (never further apart than `interval`)."""
     labels = alert_labels or {}
     end = time.monotonic() + deadline
+    began = time.time()
     last = "not queried"
+    polls = 0
     while True:
         was_resolved = await resolved()
         try:
@@ -61,9 +69,23 @@ async def verify(
         remaining = end - time.monotonic()
         if remaining <= 0:
             return Verdict("deadline", f"not clear after {deadline:g}s ({last}): {expr}")
+        polls += 1
+        pause = next_poll(min(interval, remaining), scrapes, began, time.time(), first=polls == 1)
         if wake is None:
-            await asyncio.sleep(min(interval, remaining))
+            await asyncio.sleep(pause)
             continue
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(interval, remaining)):
+            async with asyncio.timeout(pause):
                 await wake.wait()
+
+
+def next_poll(most: float, scrapes: ScrapeSchedule | None, began: float, now: float, first: bool) -> float:
+    """Seconds from `now` until the next query, at most `most`: after the first (failed) query, until the first scrape
+    that began after the verification did (at `began`) can be queried; later, until the last scrape that can be
+    within `most`."""
+    if scrapes is None:
+        return most
+    if first:
+        return min(most, max(0.0, scrapes.first_done(began, now) - now))
+    latest = scrapes.last_done(now, now + most)
+    return most if latest is None else max(0.0, latest - now)
