@@ -5,9 +5,8 @@ process, real Prometheus with the repository's freqtrade and availability rules 
 Alertmanager with the repository's configuration, the reconciler running the packaged playbook's freqtrade rules with
 an exec step that restarts freqtrade). Each fault, `--runs` times, from a quiet stack:
 
-- gateway_drop: the gateway drops every connection until the reconciler has TradingBotBrokerDisconnected, then
-  answers again; broker-reconnect asks the sidecar for `reconnect` (freqtrade's reload_config, sent once the venue
-  answers);
+- gateway_drop: the gateway drops every connection until a client starts a new session; broker-reconnect asks the
+  sidecar for `reconnect`, which starts one (ending the drop), then asks freqtrade to reload_config;
 - stalled_loop: freqtrade's loop blocks with its API alive (the committed strategy's stall): TradingBotHeartbeatStale,
   freqtrade-loop-restart;
 - hung_sigstop (its API stops too) and killed_sigkill: TradingBotFreqtradeDown, freqtrade-restart.
@@ -46,11 +45,11 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
-from test_freqtrade_e2e import Stack, drop_until_alerted, freqtrade_stack, heal  # noqa: E402
+from test_freqtrade_e2e import Stack, drop_connection, freqtrade_stack, heal  # noqa: E402
 
 # fault -> (the alert it raises, what injects it)
 FAULTS: dict[str, tuple[str, Callable[[Stack], Callable[[], None]]]] = {
-    "gateway_drop": ("TradingBotBrokerDisconnected", drop_until_alerted),
+    "gateway_drop": ("TradingBotBrokerDisconnected", drop_connection),
     "stalled_loop": ("TradingBotHeartbeatStale", lambda stack: lambda: stack.freqtrade.stall(stack.pid())),
     "hung_sigstop": ("TradingBotFreqtradeDown", lambda stack: lambda: os.kill(stack.pid(), signal.SIGSTOP)),
     "killed_sigkill": ("TradingBotFreqtradeDown", lambda stack: lambda: os.kill(stack.pid(), signal.SIGKILL)),

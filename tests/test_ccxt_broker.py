@@ -347,6 +347,31 @@ async def test_after_a_venue_outage_the_polls_find_the_venue_back_by_themselves(
             await broker.close()
 
 
+async def test_a_session_check_ends_a_dropped_connection_but_not_an_outage_and_starts_no_polls() -> None:
+    """check_session (the freqtrade sidecar's test before a reload_config) starts a session as a careful client does:
+    it ends a drop_connection for every client, is refused by an outage, and never starts the broker's own polls."""
+    async with running_gateway(tick_interval=0.02, volatility=0.002) as (gateway, base):
+        broker = connected_broker(base)
+        try:
+            await chaos(base, "outage", seconds=600)
+            with pytest.raises(BrokerError) as info:
+                await broker.check_session()
+            assert info.value.error_class in ("network", "unavailable")
+            assert gateway.faults.outage_until > 0
+            await chaos(base, "clear")
+            await chaos(base, "drop_connection")
+            status_calls = gateway.calls.get("SystemStatus", 0)
+            await broker.check_session()
+            assert gateway.faults.dropped_until == 0
+            assert gateway.calls.get("SystemStatus", 0) == status_calls + 1
+            assert gateway.calls.get("BalanceEx", 0) == 1  # the private call
+            tickers = gateway.calls.get("Ticker", 0)
+            await asyncio.sleep(0.3)  # six quote intervals: a started broker would have polled
+            assert gateway.calls.get("Ticker", 0) == tickers and broker._tasks == []
+        finally:
+            await broker.close()
+
+
 async def test_brokers_on_two_accounts_of_one_venue_never_see_or_cancel_each_others_orders() -> None:
     """Two bots' brokers, each with its own key to its own account of the venue (a sub-account): open orders, fills,
     positions are each one's own, and one's cancel_all (Kraken's CancelAll) leaves the other's orders resting."""

@@ -462,12 +462,13 @@ async def test_the_venue_lost_and_back_reconnect_waits_for_it_and_reload_keeps_f
     sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
 ) -> None:
     """freqtrade keeps its API up and its loop turning while every exchange call fails: the sidecar reads the
-    failures from its log. reconnect (reload_config) is refused while the venue does not answer, since freqtrade exits
-    when it cannot load its markets, and works once it does."""
+    failures from its log. reconnect (reload_config) is refused while the venue does not answer (an outage: not even
+    a new session's status call is answered), since freqtrade exits when it cannot load its markets, and works once
+    it does."""
     until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
     started = freqtrade.api("GET", "/health")["bot_startup_ts"]
     errors_before = await _venue_errors(sidecar)
-    gateway.chaos("drop_connection")
+    gateway.chaos("outage")
     try:
         await sidecar.until(
             "market data disconnected",

@@ -254,6 +254,13 @@ class CcxtBroker(Broker):
             self._fills_since = await self.server_time()
         self._start_polls()
 
+    async def check_session(self) -> None:
+        """What a client that rebuilds its connection needs of the venue, without starting this broker's polls: a
+        session begun as connect's is (the venue's status, its markets loaded again, every symbol listed), then one
+        private call (the account's balances). Raises BrokerError naming what the venue did not answer."""
+        await self._open_session()
+        await self.balances()
+
     async def resubscribe(self, symbols: list[str] | None = None) -> None:
         targets = self.symbols if symbols is None else symbols
         unknown = [s for s in targets if s not in self._unified]

@@ -43,13 +43,9 @@ class _StateView:
 
 
 def venue_probe(broker: CcxtBroker) -> VenueProbe:
-    """A check that the venue answers a public call (its time) and a private one (the account's balances)."""
-
-    async def probe() -> None:
-        await broker.server_time()
-        await broker.balances()
-
-    return probe
+    """A check that the venue would let freqtrade rebuild its connection: a new session as a careful client starts one
+    (the venue's status, its markets loaded: what freqtrade's reload_config needs, or it exits) and a private call."""
+    return broker.check_session
 
 
 class FreqtradeSidecar:

@@ -81,8 +81,10 @@ class FreqtradeControl:
     pairlists) from its configuration file. Two things about it make it unsafe to send blindly, so the sidecar checks
     first: freqtrade comes back in its configuration's `initial_state`, so from paused or stopped it could start
     trading (refused, 409: only a running freqtrade is reloaded, and one that comes back otherwise is started again);
-    and a freqtrade that cannot load its markets while reloading exits, so `reconnect` first checks through the
-    target's ccxt venue that the venue answers (503 while it does not: the reconciler retries, then escalates).
+    and a freqtrade that cannot load its markets while reloading exits, so `reconnect` first starts a session of its
+    own with the target's ccxt venue, as a careful client does (its status, its markets: `CcxtBroker.check_session`),
+    and answers 503 while the venue does not let it (the reconciler retries, then escalates). A venue that dropped
+    its clients' connections until one starts a new session is back after that check, as it is for any client.
     """
 
     def __init__(
