@@ -12,8 +12,10 @@ EXTRAS := test,freqtrade
 CONFIG ?= trading-ops.yaml
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze node
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd nodejs
+BENCH_BINARIES := wrk
+BENCH_PACKAGES := wrk
 
-.PHONY: setup system-deps run test lint typecheck bench clean lock
+.PHONY: setup system-deps bench-deps run test lint typecheck bench clean lock
 
 setup: $(STAMP)
 
@@ -41,18 +43,27 @@ lock:
 	mv "$$tmp/constraints.txt" $(CONSTRAINTS); \
 	echo "$(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pinned packages"
 
-# Installs the Debian packages that provide the real Prometheus and Alertmanager when a binary is missing.
-system-deps:
-	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+# $(call install-missing,BINARIES,PACKAGES): installs the Debian packages when one of the binaries is missing.
+define install-missing
+	@missing=""; for b in $(1); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	echo "missing binaries:$$missing"; \
 	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2); \
 	else \
-		echo "install them with: sudo apt-get install $(DEBIAN_PACKAGES)"; \
-		echo "(or put prometheus, promtool, prometheus-alertmanager/alertmanager, amtool and docker-compose on PATH)"; \
+		echo "install them with: sudo apt-get install $(2)"; \
 		exit 1; \
 	fi
+endef
+
+# The Debian packages that provide the real Prometheus and Alertmanager (and what the other tests run).
+system-deps:
+	$(call install-missing,$(SYSTEM_BINARIES),$(DEBIAN_PACKAGES))
+
+# wrk loads the webhook intake in bench_intake.py: a client in C, as Alertmanager's is in Go, leaves the CPUs to the
+# servers measured.
+bench-deps:
+	$(call install-missing,$(BENCH_BINARIES),$(BENCH_PACKAGES))
 
 var/secrets/control-token:
 	@mkdir -p var/secrets && chmod 700 var/secrets
@@ -93,7 +104,7 @@ test: $(STAMP) system-deps
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # Every benchmark but the soak (`$(PY) benchmarks/bench_soak.py --minutes 60`: an hour at least, run it on its own).
-bench: $(STAMP)
+bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_exporter.py
 	$(PY) benchmarks/bench_intake.py
 	$(PY) benchmarks/bench_recovery.py

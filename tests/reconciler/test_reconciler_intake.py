@@ -13,8 +13,9 @@ from conftest import AUTH, STARTS_AT, ThreadedServer, alert, engine_settled, mak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_http import NON_ASCII_AUTH, raw_request
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
+from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
 from trading_ops.db.models import Episode, Notification
 from trading_ops.reconciler import keys
@@ -356,3 +357,49 @@ async def test_an_absurd_start_is_refused_on_its_own_and_the_others_are_stored(
     # Alone, the alert is refused with a 422 (Alertmanager does not resend a 4xx either).
     resp = await client.post("/api/v1/alertmanager", json=payload(alert(starts_at=starts_at)), headers=AUTH)
     assert resp.status == 422 and "alerts[0].startsAt" in (await resp.json())["error"]
+
+
+async def test_the_writer_opens_new_connections_when_postgresql_ended_its_own(
+    aiohttp_client: Any, tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The intake's writer keeps its connections (the thread's, and the event loop's for resends of known episodes).
+    PostgreSQL ending them (a restart, an administrator's pg_terminate_backend) costs no notification: the one that
+    found them dead is stored on a fresh connection, and its ack waits for that."""
+    migrate.upgrade(postgres_url)
+    config = make_config(tmp_path, postgres_url, playbook=str(write_playbook(tmp_path, IDLE_RULES)))
+    client = await aiohttp_client(create_app(config))
+
+    async def post(fingerprint: str) -> None:
+        resp = await client.post("/api/v1/alertmanager", json=payload(alert(fingerprint=fingerprint)), headers=AUTH)
+        assert resp.status == 200, await resp.text()
+
+    def end_sessions() -> int:
+        admin = make_engine(postgres_url)
+        try:
+            with admin.connect() as conn:
+                return int(
+                    conn.execute(
+                        text(
+                            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    ).scalar_one()
+                )
+        finally:
+            admin.dispose()
+
+    await post("f1")  # a new episode: the thread's connection
+    await post("f1")  # a resend: the event loop's
+    assert end_sessions() >= 2
+    caplog.clear()
+    await post("f1")  # the event loop's connection is gone: through the thread, whose connection is gone too
+    said = [r.getMessage() for r in caplog.records]
+    assert any("on the event loop failed" in m for m in said), said
+    assert any("storing again on a new one" in m for m in said), said
+    await post("f2")
+    n, episodes = counts(postgres_url)
+    assert n == 4 and [e[0] for e in episodes] == ["f1", "f2"]
+    assert end_sessions() >= 1
+    await post("f3")
+    await post("f3")
+    assert counts(postgres_url)[0] == 6

@@ -17,6 +17,8 @@ from trading_ops.config import TargetConfig
 from trading_ops.durations import parse_duration
 from trading_ops.reconciler.actions.base import TEMPLATE_RE
 from trading_ops.reconciler.playbook import (
+    MATCH_MEMO_LABEL_CHARS,
+    MATCH_MEMO_MAX,
     PACKAGED_PLAYBOOKS,
     Backoff,
     PlaybookError,
@@ -307,3 +309,31 @@ def test_on_recovery_steps_are_steps_checked_like_the_others() -> None:
         parse_playbook({"rules": [{**RULE, "on_recovery": [{"action": "bot", "command": "explode"}]}]})
     with pytest.raises(PlaybookError, match="on_recovery: expected a list of steps"):
         parse_playbook({"rules": [{**RULE, "on_recovery": "resume"}]})
+
+
+def test_match_remembers_label_sets_within_bounds_and_routes_as_the_rules_do() -> None:
+    """Resends are most of the intake: their label sets are routed once, then looked up. The look-up answers what the
+    rules answer, and holds a bounded number of bounded label sets, whatever a sender puts in its labels."""
+    steps = [{"action": "bot", "command": "reconnect"}]
+    pb = parse_playbook(
+        {
+            "rules": [
+                {"name": "regex", "match": ['alertname=~"A.*"', 'severity!="info"'], "steps": steps},
+                {"name": "plain", "match": ['alertname="B"'], "steps": steps},
+            ]
+        }
+    )
+    cases = [
+        ({"alertname": "Ax", "severity": "critical"}, "regex"),
+        ({"alertname": "Ax", "severity": "info"}, None),
+        ({"alertname": "B"}, "plain"),
+        ({"alertname": "C"}, None),
+    ]
+    for _ in range(2):  # the second time from the memo
+        assert [(r.name if (r := pb.match(dict(labels))) else None) for labels, _ in cases] == [e for _, e in cases]
+    for i in range(MATCH_MEMO_MAX + 100):
+        assert pb.match({"alertname": f"A{i}"}).name == "regex"  # type: ignore[union-attr]
+    assert 0 < len(pb._memo) <= MATCH_MEMO_MAX
+    big = {"alertname": "Ax", "description": "x" * MATCH_MEMO_LABEL_CHARS}
+    assert pb.match(big).name == "regex"  # type: ignore[union-attr]
+    assert frozenset(big.items()) not in pb._memo

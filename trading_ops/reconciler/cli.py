@@ -149,9 +149,10 @@ def serve(args: argparse.Namespace, config: Config) -> int:
 
     from aiohttp import web
 
-    from trading_ops.reconciler.app import create_app
+    from trading_ops.reconciler.app import create_app, freeze_startup_heap
 
     app = create_app(config)
+    app.on_startup.append(freeze_startup_heap)
     environment_for_steps(args.config)
     listen = config.reconciler.listen
     logging.getLogger(__name__).info("reconciler listening on http://%s:%d", listen.host, listen.port)

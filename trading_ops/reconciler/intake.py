@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import re
@@ -10,12 +12,26 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from trading_ops.bearer import bearer_matches
-from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn, StoreResult
+from trading_ops.db.base import utcnow
+from trading_ops.reconciler.ledger import (
+    NOTIFICATION_INSERT,
+    AlertIn,
+    Ledger,
+    NotificationIn,
+    StoreResult,
+    notification_rows,
+)
 from trading_ops.reconciler.playbook import Playbook
 from trading_ops.tasks import stop_tasks
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +47,9 @@ BAD_TEXT_RE = re.compile("[\x00\ud800-\udfff]")
 # A startsAt later than this past our clock is not a real alert's (a clock that far off breaks more than us): its
 # wait (wait_for) would end years from now, or overflow the calendar (9999-12-31T23:59:59.999Z plus a wait).
 MAX_FUTURE_SKEW = timedelta(hours=1)
+# The fast path's bound on one batch (connect included), and its rest after a failure.
+FAST_PATH_TIMEOUT_SECONDS = 10.0
+FAST_PATH_REST_SECONDS = 30.0
 TIMESTAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$")
 
 
@@ -85,15 +104,25 @@ def parse_timestamp(value: Any, where: str) -> datetime:
     """RFC 3339 as Alertmanager writes it (nanoseconds included) -> an aware UTC datetime."""
     if not isinstance(value, str):
         raise Rejected(422, "invalid_payload", f"{where}: expected an RFC 3339 timestamp string")
+    try:
+        return _rfc3339(value)
+    except ValueError as exc:
+        raise Rejected(422, "invalid_payload", f"{where}: {exc}") from exc
+
+
+# Timestamps already read: a resend carries its alert's startsAt again. Only valid ones are kept (a failure is not
+# cached), and those are at most 36 characters.
+@functools.lru_cache(maxsize=4096)
+def _rfc3339(value: str) -> datetime:
     m = TIMESTAMP_RE.match(value)
     if not m:
-        raise Rejected(422, "invalid_payload", f"{where}: not an RFC 3339 timestamp: {value[:40]!r}")
+        raise ValueError(f"not an RFC 3339 timestamp: {value[:40]!r}")
     frac = (m.group(3) or "0")[:6].ljust(6, "0")
     zone = "+00:00" if m.group(4) in ("Z", "z") else m.group(4)
     try:
         return datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}.{frac}{zone}").astimezone(UTC)
     except (ValueError, OverflowError) as exc:
-        raise Rejected(422, "invalid_payload", f"{where}: {exc}") from exc
+        raise ValueError(str(exc)) from exc
 
 
 def _str_map(value: Any, where: str, required: bool = False) -> dict[str, str]:
@@ -234,7 +263,16 @@ def plan_notification(v: Validated, payload: str, playbook: Playbook, watchdog: 
 class GroupCommitWriter:
     """One writer that stores whatever requests are waiting in one transaction, then acks them all.
 
-    Each request waits on its future, which completes only after the commit: no 200 before durable."""
+    Each request waits on its future, which completes only after the commit: no 200 before durable. The writer's
+    thread keeps one database connection for its transactions (no checkout and liveness ping per batch); after an
+    error it is dropped, and the next transaction opens a fresh one.
+
+    On PostgreSQL, a batch of resends only (Ledger.only_known_resends: most of what Alertmanager sends, every
+    repeat_interval and from each member of an HA pair) needs nothing but its notifications' rows: those are written
+    on the event loop, over a psycopg asyncio connection of the writer's, in one round trip (a pipeline: BEGIN, the
+    INSERTs, COMMIT), with no hand-over to the thread and back. A failure there sends the batch the general way (and
+    rests the fast path a while); a commit whose answer was lost may so add its rows twice, as Alertmanager's own
+    retry would."""
 
     def __init__(self, ledger: Ledger, batch_max: int, on_stored: Callable[[StoreResult, list[NotificationIn]], None]):
         self.ledger = ledger
@@ -243,6 +281,9 @@ class GroupCommitWriter:
         self.queue: asyncio.Queue[tuple[NotificationIn, asyncio.Future[None]]] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         self.task: asyncio.Task[None] | None = None
+        self._conn: Connection | None = None  # used in the executor's thread only
+        self._aconn: psycopg.AsyncConnection[Any] | None = None  # the fast path's, on the event loop
+        self._fast_after = 0.0  # loop time before which the fast path rests after a failure
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="ledger-writer")
@@ -253,7 +294,83 @@ class GroupCommitWriter:
             _, fut = self.queue.get_nowait()
             if not fut.done():
                 fut.set_exception(RuntimeError("reconciler shutting down"))
+        self.executor.submit(self._drop_connection, invalidate=False)
         self.executor.shutdown(wait=True)
+        await self._close_fast()
+
+    def _store(self, items: list[NotificationIn]) -> StoreResult:
+        """In the writer's thread: one transaction on the writer's connection; once more on a new one when the
+        database had ended it (a restart: the first statement finds out). Were the transaction committed before the
+        connection went, the retry adds the notifications' rows again (episodes are unique): as Alertmanager's own
+        retry after a 5xx would."""
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = self.ledger.engine.connect()
+            try:
+                return self.ledger.store(items, self._conn)
+            except DBAPIError as exc:
+                self._drop_connection(invalidate=True)
+                if not exc.connection_invalidated or attempt == 2:
+                    raise
+                log.warning("the database ended the writer's connection; storing again on a new one: %s", exc.orig)
+            except Exception:
+                self._drop_connection(invalidate=True)  # in an unknown state: never reused
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop_connection(self, invalidate: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if invalidate:
+                conn.invalidate()
+            conn.close()
+        except Exception:
+            log.exception("closing the writer's database connection failed")
+
+    async def _append_fast(self, items: list[NotificationIn]) -> bool:
+        """The fast path (see the class): True once the batch's rows are committed, False when it was not taken or
+        failed (the batch then goes the general way)."""
+        loop = asyncio.get_running_loop()
+        if self.ledger.dialect != "postgresql" or loop.time() < self._fast_after:
+            return False
+        if not self.ledger.only_known_resends(items):
+            return False
+        try:
+            async with asyncio.timeout(FAST_PATH_TIMEOUT_SECONDS):
+                if self._aconn is None:
+                    self._aconn = await self._connect_fast()
+                rows = notification_rows(items, utcnow())
+                async with self._aconn.pipeline():
+                    async with self._aconn.cursor() as cursor:
+                        await cursor.executemany(NOTIFICATION_INSERT, rows)
+                    await self._aconn.commit()
+        except Exception as exc:
+            log.warning(
+                "appending %d notification(s) on the event loop failed (through the writer's thread instead, and "
+                "for %gs): %s",
+                len(items),
+                FAST_PATH_REST_SECONDS,
+                exc or type(exc).__name__,
+            )
+            self._fast_after = loop.time() + FAST_PATH_REST_SECONDS
+            await self._close_fast()
+            return False
+        return True
+
+    async def _connect_fast(self) -> psycopg.AsyncConnection[Any]:
+        import psycopg  # the postgres extra, as the engine's own driver
+
+        engine = self.ledger.engine
+        args, kwargs = engine.dialect.create_connect_args(engine.url)
+        return await psycopg.AsyncConnection.connect(*args, **kwargs)
+
+    async def _close_fast(self) -> None:
+        conn, self._aconn = self._aconn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     @property
     def alive(self) -> bool:
@@ -271,8 +388,11 @@ class GroupCommitWriter:
             while len(batch) < self.batch_max and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             items = [item for item, _ in batch]
+            if await self._append_fast(items):
+                self._done(StoreResult(deduplicated=sum(len(n.alerts) for n in items)), items, [f for _, f in batch])
+                continue
             try:
-                result = await loop.run_in_executor(self.executor, self.ledger.store, items)
+                result = await loop.run_in_executor(self.executor, self._store, items)
             except Exception:
                 if len(batch) == 1:
                     log.exception("storing a notification failed")
@@ -281,7 +401,7 @@ class GroupCommitWriter:
                 # One bad notification must not fail the others: store them one by one.
                 for item, fut in batch:
                     try:
-                        single = await loop.run_in_executor(self.executor, self.ledger.store, [item])
+                        single = await loop.run_in_executor(self.executor, self._store, [item])
                     except Exception:
                         log.exception("storing a notification failed")
                         _fail(fut)

@@ -47,6 +47,12 @@ NOTIFICATION_SEARCH_LIMIT = 200
 # What retention deletes, by table (tradingops_ledger_pruned_rows_total{table}).
 PRUNED_TABLES = ("notifications", "episodes", "attempts", "steps")
 
+# A notification's columns as the intake writes them (notification_rows), and psycopg's statement for one.
+NOTIFICATION_COLUMNS = ("received_at", "receiver", "status", "group_key", "alert_count", "payload")
+NOTIFICATION_INSERT = (
+    f"INSERT INTO {Notification.__tablename__} ({', '.join(NOTIFICATION_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(NOTIFICATION_COLUMNS))})"
+)
 # What `later` gives for a time past the calendar's end (both databases store it).
 END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
@@ -112,6 +118,11 @@ class StoreResult:
     closed: dict[str, int] = field(default_factory=dict)
 
 
+def notification_rows(batch: list[NotificationIn], now: datetime) -> list[tuple[Any, ...]]:
+    """The notifications' rows, NOTIFICATION_COLUMNS in order, received `now`."""
+    return [(now, n.receiver[:255], n.status, n.group_key, len(n.alerts), n.payload) for n in batch]
+
+
 class Ledger:
     def __init__(self, engine: Engine, retention: timedelta | None = None) -> None:
         """`retention`: how long closed episodes are kept (reconciler.retention_days). A firing alert that started
@@ -141,42 +152,35 @@ class Ledger:
     @contextlib.contextmanager
     def tx(self) -> Iterator[Connection]:
         """A write transaction (BEGIN IMMEDIATE on SQLite, so concurrent writers queue instead of failing)."""
-        with self.engine.connect() as conn:
-            conn.info["immediate"] = True
-            try:
-                with conn.begin():
-                    yield conn
-            finally:
-                conn.info["immediate"] = False
+        with self.engine.connect() as conn, self.tx_on(conn):
+            yield conn
+
+    @contextlib.contextmanager
+    def tx_on(self, conn: Connection) -> Iterator[Connection]:
+        """A write transaction, as `tx`, on a connection the caller holds."""
+        conn.info["immediate"] = True
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.info["immediate"] = False
 
     def _insert(self, table: Any) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     # ---- intake -------------------------------------------------------------------------------------
 
-    def store(self, batch: list[NotificationIn]) -> StoreResult:
-        """Store notifications and their episodes in one transaction (group commit); returns what changed."""
+    def store(self, batch: list[NotificationIn], conn: Connection | None = None) -> StoreResult:
+        """Store notifications and their episodes in one transaction (group commit); returns what changed. `conn`: a
+        connection the caller holds (the intake's writer keeps one), else one of the pool's."""
         now = utcnow()
         result = StoreResult()
         stored: list[tuple[str, datetime]] = []
-        with self.tx() as conn:
-            conn.execute(
-                self._add_notifications,
-                [
-                    {
-                        "received_at": now,
-                        "receiver": n.receiver[:255],
-                        "status": n.status,
-                        "group_key": n.group_key,
-                        "alert_count": len(n.alerts),
-                        "payload": n.payload,
-                    }
-                    for n in batch
-                ],
-            )
+        with self.tx() if conn is None else self.tx_on(conn) as tx:
+            self._add_notifications_of(tx, batch, now)
             for n in batch:
                 for alert in n.alerts:
-                    self._store_alert(conn, alert, now, result, stored)
+                    self._store_alert(tx, alert, now, result, stored)
         # Only what was committed becomes known.
         for key in stored:
             self._known[key] = None
@@ -184,6 +188,16 @@ class Ledger:
         while len(self._known) > KNOWN_EPISODES_MAX:
             self._known.popitem(last=False)
         return result
+
+    def _add_notifications_of(self, conn: Connection, batch: list[NotificationIn], now: datetime) -> None:
+        rows = notification_rows(batch, now)
+        conn.execute(self._add_notifications, [dict(zip(NOTIFICATION_COLUMNS, row, strict=True)) for row in rows])
+
+    def only_known_resends(self, batch: list[NotificationIn]) -> bool:
+        """Whether storing `batch` is appending its notifications and nothing else: every alert a firing resend of an
+        episode stored before (what `store` would count as deduplicated without asking the database)."""
+        known = self._known
+        return all(a.status == "firing" and (a.fingerprint[:64], a.starts_at) in known for n in batch for a in n.alerts)
 
     def _store_alert(
         self, conn: Connection, a: AlertIn, now: datetime, result: StoreResult, stored: list[tuple[str, datetime]]

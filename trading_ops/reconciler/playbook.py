@@ -168,14 +168,33 @@ class Rule:
         return labels.get(self.target_label) or labels.get("alertname", "unknown")
 
 
+# Label sets whose rule Playbook.match remembers, and the longest (in label value characters) it keeps: a few MB at
+# most, whatever a sender puts in its labels.
+MATCH_MEMO_MAX = 2048
+MATCH_MEMO_LABEL_CHARS = 1024
+
+
 @dataclass
 class Playbook:
     rules: list[Rule]
     source: str = "<memory>"
+    # Label sets already routed: most notifications are resends of alerts already seen, and a rule's regular
+    # expressions cost more than a look-up. Emptied when full (MATCH_MEMO_MAX).
+    _memo: dict[frozenset[tuple[str, str]], Rule | None] = field(default_factory=dict, repr=False, compare=False)
 
     def match(self, labels: dict[str, str]) -> Rule | None:
         """The first rule whose matchers all match, as Alertmanager's routes without `continue`."""
-        return next((r for r in self.rules if r.matches(labels)), None)
+        key = frozenset(labels.items())
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        rule = next((r for r in self.rules if r.matches(labels)), None)
+        if sum(map(len, labels.values())) <= MATCH_MEMO_LABEL_CHARS:
+            if len(self._memo) >= MATCH_MEMO_MAX:
+                self._memo.clear()
+            self._memo[key] = rule
+        return rule
 
     def alertnames(self) -> list[str]:
         """The alert names the rules name literally (`alertname="X"`, or an alternative of `alertname=~"X|Y"`)."""
