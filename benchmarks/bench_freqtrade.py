@@ -134,19 +134,6 @@ def scrape_cost(stack: Stack, scrapes: int) -> dict[str, Any]:
     }
 
 
-def sidecar_rss(stack: Stack) -> int:
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "trading_ops" in cmdline and "freqtrade" in cmdline:
-            try:
-                for conn in proc.net_connections(kind="tcp"):
-                    if conn.laddr and conn.laddr.port == stack.sidecar_port and conn.status == "LISTEN":
-                        return int(proc.memory_info().rss)
-            except psutil.Error:
-                continue
-    raise RuntimeError("the sidecar process was not found")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per fault")
@@ -171,7 +158,7 @@ def main() -> int:
                 print(json.dumps({fault: runs[-1]}), file=sys.stderr)
             report[fault] = summarize(runs)
         report["sidecar_scrape"] = scrape_cost(stack, args.scrapes)
-        report["sidecar_rss_bytes"] = sidecar_rss(stack)
+        report["sidecar_rss_bytes"] = psutil.Process(stack.sidecar_pid).memory_info().rss
         report["sidecar_rss_mib"] = round(report["sidecar_rss_bytes"] / 2**20, 1)
         report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))

@@ -3,16 +3,24 @@
 Every --every seconds one fault from a fixed cycle is injected into the paper bot (faults the reconciler heals
 without restarting the bot, so each process lives the whole soak and its growth is its own): drop_connection,
 stale_market_data, position_drift, reject_storm (the playbook pauses the bot; the soak, as a human would, clears the
-fault and resumes it). Every --sample seconds the resident memory and open file descriptors of the bot, the
-reconciler, Prometheus and Alertmanager are sampled. The report gives, per process, the first and last values and
-the growth per hour (least-squares slope over the second half of the soak, after the caches have warmed), and the
-episodes by alert and outcome. The bot runs without a daily loss limit (the demo's fees would halt it within hours).
+fault and resumes it), a reject storm once in eight faults so that each storm's 5-minute window clears before the
+next. Every --sample seconds the resident memory and open file descriptors of the bot, the reconciler, Prometheus
+and Alertmanager are sampled. The report gives, per process, the first and last values and the growth per hour
+(least-squares slope over the second half of the soak, after the caches have warmed), and the episodes by alert and
+outcome. The bot runs without a daily loss limit (the demo's fees would halt it within hours).
+
+Beside it (unless --no-freqtrade) runs the stack of tests/test_freqtrade_e2e.py: a real freqtrade trading on the
+paper gateway behind the `trading-ops freqtrade` sidecar, its own Prometheus, Alertmanager and reconciler (a thread
+of this process, so not sampled). Every fourth fault interval, between the paper bot's faults, its gateway drops
+every connection (the sidecar's reconnect, which the playbook asks for, ends the drop); freqtrade, the sidecar and
+the gateway are sampled with the rest, and the freqtrade reconciler's episodes are reported apart.
 Run it for an hour at least (not in CI): `python benchmarks/bench_soak.py --minutes 60`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -24,11 +32,27 @@ from typing import Any
 import psutil
 from bench_recovery import Stack, post_json
 
-FAULTS: list[tuple[str, dict[str, Any]]] = [
-    ("drop_connection", {}),
-    ("stale_market_data", {"symbol": "ETH-USD"}),
-    ("position_drift", {"symbol": "SOL-USD", "quantity": 0.05}),
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
+
+from test_freqtrade_e2e import Stack as FreqtradeStack  # noqa: E402
+from test_freqtrade_e2e import freqtrade_stack  # noqa: E402
+
+Fault = tuple[str, dict[str, Any]]
+DROP: Fault = ("drop_connection", {})
+STALE: Fault = ("stale_market_data", {"symbol": "ETH-USD"})
+DRIFT: Fault = ("position_drift", {"symbol": "SOL-USD", "quantity": 0.05})
+# One reject storm in eight faults: TradingBotOrderRejectRatioHigh judges rejects over 5 minutes, so storms closer
+# than the storm plus that window would keep one alert firing across them (one episode for several storms).
+FAULTS: list[Fault] = [
+    DROP,
+    STALE,
+    DRIFT,
     ("reject_storm", {"seconds": 120}),
+    DROP,
+    STALE,
+    DRIFT,
+    STALE,
 ]
 # After a reject storm the playbook pauses the bot; this long later the soak clears the fault and resumes it.
 RESUME_AFTER_SECONDS = 90.0
@@ -61,27 +85,56 @@ def sample(pids: dict[str, int]) -> dict[str, tuple[float, int] | None]:
     return out
 
 
+def process_report(points: list[tuple[float, float, int]]) -> dict[str, Any]:
+    rss = [(t, v) for t, v, _ in points]
+    fds = [(t, float(f)) for t, _, f in points]
+    return {
+        "samples": len(points),
+        "rss_mib_first": round(points[0][1], 1),
+        "rss_mib_last": round(points[-1][1], 1),
+        "rss_mib_max": round(max(v for _, v, _ in points), 1),
+        "rss_mib_per_hour": None if (g := slope_per_hour(rss)) is None else round(g, 2),
+        "open_fds_first": points[0][2],
+        "open_fds_last": points[-1][2],
+        "open_fds_per_hour": None if (g := slope_per_hour(fds)) is None else round(g, 2),
+    }
+
+
+def outcomes(episodes: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(sorted(Counter(f"{e['alertname']}: {e['state']}" for e in episodes).items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--every", type=float, default=60.0, help="seconds between faults (default 60)")
     parser.add_argument("--sample", type=float, default=15.0, help="seconds between samples (default 15)")
+    parser.add_argument(
+        "--no-freqtrade", action="store_true", help="without the freqtrade behind its sidecar (the paper stack only)"
+    )
     args = parser.parse_args()
     if args.minutes <= 0 or args.every <= 0 or args.sample <= 0:
         parser.error("--minutes, --every and --sample must be positive")
-    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, contextlib.ExitStack() as held:
         # No daily loss limit: the demo's fees and spreads would halt the bot within hours, and a halted bot stops
         # the workload whose growth the soak measures (the loss limit has a scenario of its own in bench_mttr).
         stack = Stack(Path(tmp), "fast", cooldown=min(args.every, 300.0), bot={"risk": {"daily_loss_limit": 0}})
         series: dict[str, list[tuple[float, float, int]]] = {}
         injected: Counter[str] = Counter()
         refused: Counter[str] = Counter()
+        ft: FreqtradeStack | None = None
         try:
+            if not args.no_freqtrade:
+                ft = held.enter_context(freqtrade_stack(Path(tmp) / "freqtrade"))
             stack.wait_ready()
             pids = stack.child_pids()
+            if ft is not None:
+                pids |= {"freqtrade": ft.pid(), "freqtrade-sidecar": ft.sidecar_pid, "gateway": ft.gateway.proc.pid}
             started = time.monotonic()
             end = started + args.minutes * 60
             next_fault, next_sample, resume_at, cycle = started + 10, started, None, 0
+            # The freqtrade's gateway drops its connections every fourth fault, between the paper bot's.
+            next_ft_fault = started + 10 + args.every * 2.5
             while time.monotonic() < end:
                 now = time.monotonic()
                 if now >= next_sample:
@@ -107,38 +160,38 @@ def main() -> int:
                     except OSError:
                         refused[fault] += 1
                     next_fault = now + args.every
+                if ft is not None and now >= next_ft_fault:
+                    try:
+                        ft.gateway.chaos("drop_connection")
+                        injected["freqtrade gateway drop_connection"] += 1
+                    except OSError:
+                        refused["freqtrade gateway drop_connection"] += 1
+                    next_ft_fault = now + args.every * 4
                 time.sleep(1.0)
             episodes = stack.episodes_all()
-            restarts = stack.child_pids() != pids
+            restarted = [name for name, pid in stack.child_pids().items() if pids.get(name) != pid]
+            ft_episodes: list[dict[str, Any]] = []
+            if ft is not None:
+                ft_episodes = ft.all_episodes(limit=500)
+                if ft.pid() != pids["freqtrade"]:
+                    restarted.append("freqtrade")
         finally:
             code = stack.stop()
-    processes = {}
-    for name, points in series.items():
-        rss = [(t, v) for t, v, _ in points]
-        fds = [(t, float(f)) for t, _, f in points]
-        processes[name] = {
-            "samples": len(points),
-            "rss_mib_first": round(points[0][1], 1),
-            "rss_mib_last": round(points[-1][1], 1),
-            "rss_mib_max": round(max(v for _, v, _ in points), 1),
-            "rss_mib_per_hour": None if (g := slope_per_hour(rss)) is None else round(g, 2),
-            "open_fds_first": points[0][2],
-            "open_fds_last": points[-1][2],
-            "open_fds_per_hour": None if (g := slope_per_hour(fds)) is None else round(g, 2),
-        }
-    outcomes = Counter(f"{e['alertname']}: {e['state']}" for e in episodes)
-    report = {
+    report: dict[str, Any] = {
         "benchmark": "soak: the local stack under a steady rhythm of faults",
         "minutes": args.minutes,
         "fault_every_seconds": args.every,
         "faults_injected": dict(injected),
         "commands_refused": dict(refused),
-        "processes": processes,
-        "a_process_restarted": restarts,
+        "processes": {name: process_report(points) for name, points in series.items()},
+        "processes_restarted": restarted,
         "episodes": len(episodes),
-        "episodes_by_alert_and_outcome": dict(sorted(outcomes.items())),
+        "episodes_by_alert_and_outcome": outcomes(episodes),
         "up_exit_status": code,
     }
+    if ft is not None:
+        report["freqtrade_episodes"] = len(ft_episodes)
+        report["freqtrade_episodes_by_alert_and_outcome"] = outcomes(ft_episodes)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -78,6 +78,7 @@ class Stack:
     sidecar_port: int
     prometheus: str
     reconciler: ThreadedServer
+    sidecar_pid: int
 
     @property
     def instance(self) -> str:
@@ -95,8 +96,8 @@ class Stack:
         result = self.query(expr)
         return float(result[0]["value"][1]) if result else None
 
-    def all_episodes(self) -> list[dict[str, Any]]:
-        req = urllib.request.Request(f"{self.reconciler.url}/api/v1/episodes?limit=100", headers=READ_AUTH)
+    def all_episodes(self, limit: int = 100) -> list[dict[str, Any]]:
+        req = urllib.request.Request(f"{self.reconciler.url}/api/v1/episodes?limit={limit}", headers=READ_AUTH)
         with urllib.request.urlopen(req, timeout=5) as resp:
             return list(json.loads(resp.read())["episodes"])
 
@@ -237,15 +238,14 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
             }
         }
         (tmp / "sidecar.yaml").write_text(json.dumps(sidecar_config))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "trading_ops", "--config", str(tmp / "sidecar.yaml"), "freqtrade"],
-                cwd=REPO_ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=open(tmp / "sidecar.log", "wb"),  # noqa: SIM115
-            )
+        sidecar = subprocess.Popen(
+            [sys.executable, "-m", "trading_ops", "--config", str(tmp / "sidecar.yaml"), "freqtrade"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "sidecar.log", "wb"),  # noqa: SIM115
         )
-        wait_http(f"http://127.0.0.1:{sidecar_port}/metrics", proc=procs[-1])
+        procs.append(sidecar)
+        wait_http(f"http://127.0.0.1:{sidecar_port}/metrics", proc=sidecar)
 
         # The reconciler (in-process thread) first: Alertmanager's webhook points at it.
         db = f"sqlite:///{tmp / 'reconciler.db'}"
@@ -289,7 +289,7 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
             )
         )
         wait_http(f"{prometheus_url}/-/ready", proc=procs[-1], deadline=30)
-        stack = Stack(gateway, ft, pidfile, sidecar_port, prometheus_url, reconciler)
+        stack = Stack(gateway, ft, pidfile, sidecar_port, prometheus_url, reconciler, sidecar.pid)
         until("Prometheus sees freqtrade up", lambda: stack.scalar("tradingbot_freqtrade_up") == 1, DEADLINE_SECONDS)
         yield stack
     finally:
