@@ -18,7 +18,8 @@ their rounds.
 How a scenario ends:
 - recovered: an episode of its alert closed `recovered` (the reconciler acted and Prometheus verified it); for a
   memory leak, the critical tier of TradingBotMemoryFillingUp, whose rule restarts the bot (what follows detection
-  then holds the bot's own start), and for a disk filling, TradingBotDiskAlmostFull's, whose rule runs the cleanup;
+  then holds the bot's own start), and for a disk filling, the first critical disk alert's, whose rule runs the
+  cleanup;
 - healed: the service manager healed it (a crash restarted by Restart=on-failure, a hang killed by WatchdogSec):
   the alert no longer fires and the bot answers again; the episode, if any, closed resolved or recovered;
 - adopted: the bot's own scheduled reconciliation adopted what the venue did (no alert needed);
@@ -71,7 +72,9 @@ class Scenario:
     restarts: bool = False
 
     def matches(self, alertname: str, labels: dict[str, str]) -> bool:
-        return alertname == self.alert and all(labels.get(k) == v for k, v in self.labels.items())
+        """One of its alerts (`alert` may name several, `|` between them), with its labels."""
+        names = self.alert.split("|") if self.alert else []
+        return alertname in names and all(labels.get(k) == v for k, v in self.labels.items())
 
 
 SCENARIOS = [
@@ -83,8 +86,14 @@ SCENARIOS = [
     Scenario("position_drift", None, "adopted", {"symbol": "SOL-USD", "quantity": 0.5}),
     # With their defaults both cross the budgets `up` gives the bot, far below the machine's memory and disk.
     Scenario("leak_memory", "TradingBotMemoryFillingUp", "recovered", labels={"severity": "critical"}, restarts=True),
+    # Whichever critical disk alert fires first runs the cleanup (the trend's in the floor profile, where every `for:`
+    # is one evaluation; the level's in the fast one); the other then ends resolved.
     Scenario(
-        "fill_disk", "TradingBotDiskAlmostFull", "recovered", cleanup=("clear_chaos",), labels={"severity": "critical"}
+        "fill_disk",
+        "TradingBotDiskAlmostFull|TradingBotDiskFillingUp",
+        "recovered",
+        cleanup=("clear_chaos",),
+        labels={"severity": "critical"},
     ),
     Scenario(
         "reject_storm", "TradingBotOrderRejectRatioHigh", "recovered", {"seconds": 600}, ("clear_chaos", "resume")
@@ -199,8 +208,14 @@ def run_round(stack: Stack, number: int, scenario: Scenario, timeout: float, pid
     if fired and "detected" in seen:
         seen["detected"] = min(fired)  # Prometheus's evaluation that fired it, not when we saw it
     result["episodes"] = {str(e["id"]): e["state"] for e in mine}
-    result["actions"] = [s["description"][:80] for e in mine for a in e["attempts"] for s in a["steps"]]
+    steps = [s for e in mine for a in e["attempts"] for s in a["steps"]]
+    result["actions"] = [s["description"][:80] for s in steps]
     result["seconds"] = {k: round(v - fault_at, 3) for k, v in seen.items()}
+    # The remedy's own run time (a bot command: milliseconds; a cleanup process, a restart: seconds), as the ledger
+    # timed its steps: what follows detection less this is the pipeline's and the verification's share.
+    ran = [(a, b) for s in steps if (a := ts(s["started_at"])) is not None and (b := ts(s["finished_at"])) is not None]
+    if ran:
+        result["action_seconds"] = round(sum(b - a for a, b in ran), 3)
     for command in scenario.cleanup:
         probe.bot(command)
     return result
@@ -266,9 +281,9 @@ def run_profile(
         stages = {
             k: summary([r["seconds"][k] for r in ok if k in r["seconds"]]) for k in ("detected", "first_action", "end")
         }
-        added = [
-            r["seconds"]["end"] - r["seconds"]["detected"] for r in ok if {"end", "detected"} <= r["seconds"].keys()
-        ]
+        timed = [r for r in ok if {"end", "detected"} <= r["seconds"].keys()]
+        added = [r["seconds"]["end"] - r["seconds"]["detected"] for r in timed]
+        besides_action = [a - r.get("action_seconds", 0.0) for a, r in zip(added, timed, strict=True)]
         per_scenario[scenario.fault] = {
             "alert": scenario.alert,
             "ends": scenario.ends,
@@ -279,6 +294,8 @@ def run_profile(
             "fault_to_first_action": stages["first_action"],
             "fault_to_end": stages["end"],
             "added_on_top_of_detection": summary(added),
+            "action_run_time": summary([r["action_seconds"] for r in ok if "action_seconds" in r]),
+            "added_besides_the_action": summary(besides_action),
             "actions_per_round": [len(r["actions"]) for r in ok],
         }
     return {
@@ -328,6 +345,8 @@ def main() -> int:
                 "includes_the_bots_restart": BY_FAULT[fault].restarts,
                 "added_p50": added["p50"],
                 "added_p95": added["p95"],
+                "besides_the_action_p50": data["scenarios"][fault]["added_besides_the_action"]["p50"],
+                "besides_the_action_p95": data["scenarios"][fault]["added_besides_the_action"]["p95"],
                 "met": added["p50"] is not None
                 and added["p50"] <= GOAL_ADDED_P50_SECONDS
                 and (added["p95"] or 0) <= GOAL_ADDED_P95_SECONDS,
