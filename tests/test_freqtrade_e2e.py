@@ -198,7 +198,7 @@ def start_alertmanager(
 
 @contextlib.contextmanager
 def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
-    """The whole stack in `tmp`, stopped on exit (also used by benchmarks/bench_freqtrade.py)."""
+    """The whole stack in `tmp`, stopped on exit (also used by benchmarks/bench_freqtrade.py and bench_soak.py)."""
     gateway = start_gateway(tmp / "gateway")
     ft = make_freqtrade(tmp / "freqtrade", gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600)
     pidfile = tmp / "freqtrade.pid"
