@@ -347,6 +347,40 @@ async def test_after_a_venue_outage_the_polls_find_the_venue_back_by_themselves(
             await broker.close()
 
 
+async def test_a_call_of_the_session_a_reconnect_closed_does_not_mark_the_new_one_down() -> None:
+    """reconnect() closes ccxt's connections under the calls in flight (a poll): their failures are the old session's
+    and say nothing of the venue, which the new session has just found up. A failure in the new session still does."""
+    async with running_gateway(tick_interval=0.02, volatility=0.002) as (_gateway, base):
+        seen = Recorder()
+        broker = connected_broker(base, poll_interval=3600, quote_interval=3600)
+        try:
+            await broker.connect(seen.events())
+            assert broker.is_connected(Channel.ORDERS)
+            release = asyncio.Event()
+
+            async def in_flight() -> None:
+                await release.wait()
+                raise ccxt.NetworkError("kraken GET https://api.kraken.com: Connection closed")
+
+            old = asyncio.create_task(broker._call(Channel.ORDERS, "open orders", in_flight))
+            await asyncio.sleep(0)  # the call is under way
+            await broker.reconnect()
+            release.set()
+            with pytest.raises(BrokerError) as info:
+                await old
+            assert info.value.error_class == "network"
+            assert broker.is_connected(Channel.ORDERS) and (Channel.ORDERS, False) not in seen.connections
+
+            async def now_failing() -> None:
+                raise ccxt.NetworkError("kraken GET https://api.kraken.com: Connection reset")
+
+            with pytest.raises(BrokerError):
+                await broker._call(Channel.ORDERS, "open orders", now_failing)
+            assert not broker.is_connected(Channel.ORDERS) and seen.connections[-1] == (Channel.ORDERS, False)
+        finally:
+            await broker.close()
+
+
 async def test_a_session_check_ends_a_dropped_connection_but_not_an_outage_and_starts_no_polls() -> None:
     """check_session (the freqtrade sidecar's test before a reload_config) starts a session as a careful client does:
     it ends a drop_connection for every client, is refused by an outage, and never starts the broker's own polls."""

@@ -189,6 +189,9 @@ class CcxtBroker(Broker):
         self._connected = dict.fromkeys(Channel, False)
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
+        # Counts the sessions begun: a call of an earlier one, failing because reconnect() closed its connections,
+        # says nothing of the venue (it would mark a channel down the new session has just found up).
+        self._session = 0
         self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
         self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
         self._seen_trades: OrderedDict[str, None] = OrderedDict()
@@ -245,6 +248,7 @@ class CcxtBroker(Broker):
     async def reconnect(self) -> None:
         """A new session (ccxt's connections closed and opened again, the venue's status and markets asked), then
         one call on each channel."""
+        self._session += 1
         await self.exchange.close()
         self._started = True
         await self._open_session()
@@ -285,6 +289,7 @@ class CcxtBroker(Broker):
 
     async def _call(self, channel: Channel, what: str, method: Callable[..., Any], *args: Any) -> Any:
         """One ccxt call, its exception mapped (ERROR_CLASSES); a refused nonce is retried with a fresh one."""
+        session = self._session
         for attempt in range(self.nonce_retries + 1):
             try:
                 result = await method(*args)
@@ -293,7 +298,7 @@ class CcxtBroker(Broker):
                 if error.error_class == "nonce" and attempt < self.nonce_retries:
                     self._handled("nonce")  # refused, so nothing happened: safe to send again, fresh nonce
                     continue
-                if error.error_class in ("network", "unavailable"):
+                if error.error_class in ("network", "unavailable") and session == self._session:
                     await self._set_connected(channel, False)
                 raise error from exc
             await self._set_connected(channel, True)
