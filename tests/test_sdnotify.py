@@ -8,8 +8,11 @@ import socket
 import uuid
 from importlib import resources
 
-from tests.paper_helpers import wait_for
+from prometheus_client import CollectorRegistry
+
+from tests.paper_helpers import fast_config, wait_for
 from trading_ops.bot.sdnotify import SystemdNotifier
+from trading_ops.paper.bot import PaperBot
 
 
 def recv_all(sock: socket.socket) -> list[str]:
@@ -74,3 +77,23 @@ def test_without_systemd_nothing_is_sent() -> None:
 def test_unit_file_is_type_notify_with_a_watchdog() -> None:
     unit = resources.files("trading_ops.paper").joinpath("systemd/trading-ops-paper-bot.service").read_text()
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "paper-bot" in unit
+
+
+async def test_a_starting_bot_pings_the_watchdog_from_its_first_check(tmp_path, monkeypatch, caplog) -> None:
+    """The watchdog starts with the trading loop, before its first iteration is done: that is a bot starting, not a
+    hung loop. Its first check pings (no "no progress" error at every start, no gap of half a WatchdogSec)."""
+    path = tmp_path / "notify.sock"
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # a check a second
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.setblocking(False)
+        bot = PaperBot(fast_config(tmp_path), token="t" * 32, registry=CollectorRegistry(), chaos=True)
+        await bot.start("127.0.0.1", 0)
+        try:
+            received: list[str] = []
+            await wait_for(lambda: received.extend(recv_all(sock)) or "WATCHDOG=1" in received)
+        finally:
+            await bot.stop()
+    assert received[0].startswith("READY=1")
+    assert not [r for r in caplog.records if "makes no progress" in r.getMessage()]

@@ -305,9 +305,9 @@ class BotRuntime:
         return age is None or age > self.config.bot.market_data_stale_seconds
 
     def loop_progressing(self) -> bool:
-        """The trading loop completed an iteration within the heartbeat timeout (what /healthz checks)."""
-        age = self.metrics.heartbeat_age()
-        return age is not None and age <= self.config.bot.heartbeat_timeout_seconds
+        """What /healthz checks: the trading loop completed an iteration within the heartbeat timeout, or the bot
+        started less than that ago (the first iteration may still be under way: not a stall)."""
+        return self.inst.health()[0]
 
     def hang(self, seconds: float) -> None:
         """Fault injection: the trading loop makes no progress for `seconds`."""
