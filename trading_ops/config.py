@@ -17,10 +17,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from trading_ops.matchers import RegexError, compile_pattern
 
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
 SECRET_SUFFIXES = ("_file", "_env")
@@ -133,6 +129,8 @@ def http_url_problem(value: str) -> str | None:
 
 def _check_regex(value: str) -> str | None:
     """A pattern RE2 compiles (label values are matched in linear time, whatever they hold)."""
+    from trading_ops.matchers import RegexError, compile_pattern
+
     try:
         compile_pattern(value)
     except RegexError as exc:
@@ -163,6 +161,10 @@ def _check_command(value: list[str]) -> str | None:
 
 def _check_database_url(value: str, *, in_file: bool) -> str | None:
     """The problem with a database URL, or None. `in_file`: written in the configuration, so no password."""
+    # SQLAlchemy is imported here, not with the module: every command loads the configuration, few use the database.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(value)
     except (ArgumentError, ValueError) as exc:
