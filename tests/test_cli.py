@@ -397,3 +397,26 @@ def test_a_usage_error_imports_no_heavy_module() -> None:
     result, modules = imported_modules("stackctl", "reboot")
     assert result.returncode == 2 and "invalid choice: 'reboot'" in result.stderr
     assert heavy(modules) == []
+
+
+def test_stackctl_and_upkeep_cleanup_as_the_reconciler_runs_them_import_no_heavy_module(tmp_path: Path) -> None:
+    """The reconciler's systemd steps run `stackctl show|restart` twice per restart in the local stack, its disk rule
+    `upkeep cleanup`: each a process, with the reconciler's configuration (a database.url given) in the environment."""
+    scratch = tmp_path / "data" / "scratch"
+    scratch.mkdir(parents=True)
+    (scratch / "junk.bin").write_bytes(bytes(1000))
+    config = config_with(
+        tmp_path,
+        f"database:\n  url: sqlite:///{tmp_path / 'db.sqlite'}\nbot:\n  data_dir: {tmp_path / 'data'}\n"
+        f"backup:\n  directory: {tmp_path / 'backups'}\n",
+    )
+    env = {"TRADING_OPS_CONFIG": config}
+    show, modules = imported_modules(
+        "stackctl", "--state-dir", str(tmp_path / "no-stack"), "show", "trading-ops-paper-bot.service", env=env
+    )
+    assert one_line_error(show, 1).startswith("trading-ops: stackctl: no `trading-ops up` runs with state directory")
+    assert heavy(modules) == []
+    cleanup, modules = imported_modules("upkeep", "cleanup", env=env)
+    assert cleanup.returncode == 0 and "cleanup scratch" in cleanup.stdout, cleanup.stderr
+    assert not (scratch / "junk.bin").exists()
+    assert heavy(modules) == []
