@@ -1,5 +1,5 @@
 """The `trading-ops` console script as a real process: every error is one line with its exit status, the db and
-config commands, and a `--help` that describes every option of every subcommand."""
+config commands, a `--help` that describes every option of every subcommand, and what starting a command imports."""
 
 from __future__ import annotations
 
@@ -319,3 +319,104 @@ def test_an_unexpected_error_is_one_line_without_a_traceback(
     assert err.strip() == (
         "trading-ops: config failed: RuntimeError: something nobody expected (--log-level DEBUG shows the traceback)"
     )
+
+
+# ---- start-up: what a command imports ------------------------------------------------------------------------------
+
+# Modules that cost a command tens of milliseconds or more to import. Parsing the command line imports none of them:
+# each handler imports what its command uses (tests/test_cli.py's `--help` of every subcommand parses them all).
+HEAVY_MODULES = (
+    "aiohttp",
+    "sqlalchemy",
+    "alembic",
+    "prometheus_client",
+    "apprise",
+    "ccxt",
+    "freqtrade",
+    "trading_ops.db.models",
+    "trading_ops.reconciler.ledger",
+    "trading_ops.reconciler.actions",
+    "trading_ops.reconciler.engine",
+    "trading_ops.bot.runtime",
+    "trading_ops.bot.instrumentation",
+)
+
+
+# The command line as trading_ops/__main__.py runs it, then the modules it had imported, on stderr's last line.
+IMPORTS_PROBE = """
+import sys
+from trading_ops.cli import main
+try:
+    status = main(sys.argv[1:])
+finally:
+    print("imported:", *sorted(sys.modules), file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def imported_modules(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `trading-ops ARGS` in a fresh Python; its result, and the modules it imported (stderr without them)."""
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_PROBE, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+    )
+    stderr, _, modules = result.stderr.rpartition("imported: ")
+    result.stderr = stderr
+    return result, set(modules.split())
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY_MODULES))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["stackctl", "--help"],
+        ["upkeep", "cleanup", "--help"],
+        ["chaos", "--help"],
+        ["reconciler", "history", "--help"],
+        ["playbook", "explain", "--help"],
+    ],
+)
+def test_help_imports_no_heavy_module(args: list[str]) -> None:
+    result, modules = imported_modules(*args)
+    assert result.returncode == 0 and "usage: trading-ops" in result.stdout, result.stderr[-2000:]
+    assert {"trading_ops.cli", "trading_ops.stack.cli", "trading_ops.reconciler.cli"} <= modules
+    assert heavy(modules) == []
+
+
+def test_a_usage_error_imports_no_heavy_module() -> None:
+    result, modules = imported_modules("stackctl", "reboot")
+    assert result.returncode == 2 and "invalid choice: 'reboot'" in result.stderr
+    assert heavy(modules) == []
+
+
+def test_stackctl_and_upkeep_cleanup_as_the_reconciler_runs_them_import_no_heavy_module(tmp_path: Path) -> None:
+    """The reconciler's systemd steps run `stackctl show|restart` twice per restart in the local stack, its disk rule
+    `upkeep cleanup`: each a process, with the reconciler's configuration (a database.url given) in the environment."""
+    scratch = tmp_path / "data" / "scratch"
+    scratch.mkdir(parents=True)
+    (scratch / "junk.bin").write_bytes(bytes(1000))
+    config = config_with(
+        tmp_path,
+        f"database:\n  url: sqlite:///{tmp_path / 'db.sqlite'}\nbot:\n  data_dir: {tmp_path / 'data'}\n"
+        f"backup:\n  directory: {tmp_path / 'backups'}\n",
+    )
+    env = {"TRADING_OPS_CONFIG": config}
+    show, modules = imported_modules(
+        "stackctl", "--state-dir", str(tmp_path / "no-stack"), "show", "trading-ops-paper-bot.service", env=env
+    )
+    assert one_line_error(show, 1).startswith("trading-ops: stackctl: no `trading-ops up` runs with state directory")
+    assert heavy(modules) == []
+    cleanup, modules = imported_modules("upkeep", "cleanup", env=env)
+    assert cleanup.returncode == 0 and "cleanup scratch" in cleanup.stdout, cleanup.stderr
+    assert not (scratch / "junk.bin").exists()
+    assert heavy(modules) == []

@@ -1,4 +1,4 @@
-"""The local stack's services behave as production's systemd units (stack/service.py, stack/stackctl.py): real child
+"""The local stack's services behave as production's systemd units (stack/service.py, stack/stackctl*.py): real child
 processes talking the notify protocol through the bot library's own SystemdNotifier, restarted on failure, killed
 by the watchdog when their pings stop, stopped by the start limit, and driven by `trading-ops stackctl`."""
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from trading_ops.stack import stackctl
+from trading_ops.stack import stackctl, stackctl_server
 from trading_ops.stack.service import NotifySocket, Service, ServiceError, ServicePolicy
 from trading_ops.stack.supervisor import Child
 
@@ -187,7 +187,7 @@ async def test_stackctl_speaks_to_the_services_of_its_state_directory(harness: H
     await service.start()
     harness.run(service)
     lines: list[str] = []
-    server = stackctl.Server(harness.services, tmp_path, lines.append)
+    server = stackctl_server.Server(harness.services, tmp_path, lines.append)
     await server.start()
     try:
         cli = [sys.executable, "-m", "trading_ops", "stackctl", "--state-dir", str(tmp_path)]
@@ -227,7 +227,7 @@ async def test_stackctl_speaks_to_the_services_of_its_state_directory(harness: H
 
 def test_a_malformed_request_gets_an_answer_not_a_crash(tmp_path: Path) -> None:
     async def scenario() -> dict[str, Any]:
-        server = stackctl.Server([], tmp_path)
+        server = stackctl_server.Server([], tmp_path)
         await server.start()
         try:
             reader, writer = await asyncio.open_unix_connection("\0" + stackctl.socket_name(tmp_path))

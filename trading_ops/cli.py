@@ -20,7 +20,10 @@ EXIT_USAGE = 2
 # The configuration file when --config is not given (the reconciler sets it for the commands its steps start, so
 # the disk rule's `trading-ops upkeep cleanup` reads the reconciler's own configuration).
 CONFIG_ENV = "TRADING_OPS_CONFIG"
-# Modules that contribute subcommands; each has `register(subparsers)` and sets `handler(args, config)`.
+# Modules that contribute subcommands; each has `register(subparsers)` and sets `handler(args, config)`. Every command
+# imports all of them to parse its command line, so a module imports at its top only what `register` needs (argparse,
+# the standard library, this module, trading_ops.config, constants), and each handler imports what its command uses:
+# aiohttp, SQLAlchemy, the models, the ledger, the bot runtime (tests/test_cli.py holds that line).
 COMMAND_MODULES = (
     "trading_ops.commands.config_cmd",
     "trading_ops.commands.db_cmd",

@@ -17,10 +17,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from trading_ops.matchers import RegexError, compile_pattern
 
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
 SECRET_SUFFIXES = ("_file", "_env")
@@ -29,6 +25,11 @@ DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psyco
 POSTGRESQL_DRIVER = "postgresql+psycopg"
 # psycopg is the `postgres` extra, not a core dependency: without it a PostgreSQL URL is a one-line error.
 POSTGRESQL_DRIVER_MISSING = "PostgreSQL needs the psycopg driver: pip install 'trading-ops[postgres]'"
+# sqlite:///PATH without a query or a %-escape: the default URL, and what `trading-ops up` writes. SQLAlchemy's
+# make_url (sqlalchemy/engine/url.py) reads every such URL as that driver, no user, no password, PATH the database,
+# so it is read here without SQLAlchemy, whose import would cost ~0.1 s to every command that loads the
+# configuration (the reconciler's stackctl steps, the disk rule's `upkeep cleanup`). Any other URL goes to make_url.
+SQLITE_FILE_URL = re.compile(r"(sqlite(?:\+pysqlite)?):///([^?%]*)")
 # Names that end up in label values, file names and the journal: a word of letters, digits, `_`, `.`, `-`.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # A systemd unit name (unit@instance.service and the like); the polkit rule decides which ones may be restarted.
@@ -133,6 +134,8 @@ def http_url_problem(value: str) -> str | None:
 
 def _check_regex(value: str) -> str | None:
     """A pattern RE2 compiles (label values are matched in linear time, whatever they hold)."""
+    from trading_ops.matchers import RegexError, compile_pattern
+
     try:
         compile_pattern(value)
     except RegexError as exc:
@@ -163,6 +166,12 @@ def _check_command(value: list[str]) -> str | None:
 
 def _check_database_url(value: str, *, in_file: bool) -> str | None:
     """The problem with a database URL, or None. `in_file`: written in the configuration, so no password."""
+    if SQLITE_FILE_URL.fullmatch(value):
+        return None  # a supported driver, no password: what make_url would find
+    # SQLAlchemy is imported here, not with the module: every command loads the configuration, few use the database.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(value)
     except (ArgumentError, ValueError) as exc:
@@ -215,6 +224,19 @@ class DatabaseConfig:
         if problem:
             raise ConfigError(key, problem)
         return value
+
+
+def sqlite_file(url: str) -> str | None:
+    """The database file of an SQLite URL as SQLAlchemy reads it, or None: another database, or one in memory."""
+    match = SQLITE_FILE_URL.fullmatch(url)
+    if match is not None:
+        database: str | None = match.group(2)
+    else:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    return database if database and database != ":memory:" else None
 
 
 def _check_optional_limit(value: float | None) -> str | None:

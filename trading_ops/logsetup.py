@@ -6,8 +6,6 @@ import logging
 import sys
 import threading
 
-from pythonjsonlogger.json import JsonFormatter
-
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The fields of a JSON line, from the LogRecord attributes they are renamed from; `extra=` keys follow them, the
 # traceback of a logged exception is `exc_info` (a string), the time `ts` (ISO 8601, UTC).
@@ -21,6 +19,8 @@ log = logging.getLogger("trading_ops")
 
 
 def json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.json import JsonFormatter  # only with the JSON log: every command sets logging up
+
     return JsonFormatter(JSON_FORMAT, style="{", rename_fields=JSON_FIELDS, timestamp=JSON_TIMESTAMP_FIELD)
 
 
@@ -45,6 +45,10 @@ def log_thread_exception(args: threading.ExceptHookArgs) -> None:
 
 
 def json_enabled() -> bool:
+    if "pythonjsonlogger.json" not in sys.modules:  # no JSON formatter was ever made
+        return False
+    from pythonjsonlogger.json import JsonFormatter
+
     return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
 
 

@@ -24,16 +24,19 @@ import socket
 import weakref
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, text
+# SQLAlchemy only for the advisory lock, imported where it is taken: upkeep cleanup and the live backup read
+# LOCK_SUFFIX, and cleanup runs as a process of its own (the disk rule's step) that needs no database.
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
 # PostgreSQL truncates application_name to 63 bytes.
 MAX_APPLICATION_NAME = 63
-HOLDER_QUERY = text(
+HOLDER_QUERY = (
     "SELECT a.pid, a.application_name, host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
@@ -87,6 +90,8 @@ class InstanceLock:
 
     def release(self) -> None:
         if self._connection is not None:
+            from sqlalchemy import text
+
             connection, self._connection = self._connection, None
             try:
                 connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
@@ -132,6 +137,8 @@ class InstanceLock:
 
     # -- the advisory lock (other hosts) -------------------------------------------------------------------------
     def _lock_database(self, engine: Engine) -> None:
+        from sqlalchemy import text
+
         connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             label = f"trading-ops {self.name} pid {os.getpid()}@{socket.gethostname()}"[:MAX_APPLICATION_NAME]
@@ -149,8 +156,12 @@ class InstanceLock:
         )
 
     def _holder(self, connection: Connection) -> str:
+        from sqlalchemy import text
+
         unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
-        row: Any = connection.execute(HOLDER_QUERY, {"high": unsigned >> 32, "low": unsigned & 0xFFFF_FFFF}).first()
+        row: Any = connection.execute(
+            text(HOLDER_QUERY), {"high": unsigned >> 32, "low": unsigned & 0xFFFF_FFFF}
+        ).first()
         if row is None:
             return "another session"
         backend, application, address = row

@@ -5,9 +5,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
-
 NOT_MIGRATED = "database is not migrated: run `trading-ops db upgrade`"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -27,6 +24,9 @@ class DatabaseProblem:
 
 def shown_url(url: str) -> str:
     """The URL as it may be printed: its password (from url_env or url_file) masked."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -46,6 +46,12 @@ def database_problem(exc: BaseException, url: str | None) -> DatabaseProblem | N
         if ALEMBIC_BEHIND in str(exc):  # `alembic check` on a database behind the migrations
             return DatabaseProblem(NOT_MIGRATED, EXIT_USAGE)
         return DatabaseProblem(f"migrations: {_first_line(str(exc))}", EXIT_USAGE)
+    # A command that never imported SQLAlchemy cannot have raised one of its errors (and importing it to find out
+    # would cost every failing command that import).
+    if "sqlalchemy.exc" not in sys.modules:
+        return None
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
     if not isinstance(exc, DBAPIError):
         return None
     orig = exc.orig

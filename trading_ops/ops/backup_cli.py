@@ -8,14 +8,9 @@ import sqlite3
 import sys
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from trading_ops.config import Config
-from trading_ops.ops.backup_postgres import ClientProgramError
 
 EXIT_OK, EXIT_FAILURE = 0, 1
-# What a backup or upkeep command reports as one line (exit 1) instead of a traceback.
-EXPECTED_ERRORS = (ClientProgramError, OSError, SQLAlchemyError, sqlite3.Error)
 
 
 def register(sub: Any) -> None:
@@ -50,6 +45,17 @@ def register(sub: Any) -> None:
         uinner.add_parser(task, help=text).set_defaults(handler=upkeep_run, only=task)
 
 
+def expected_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
+    """What a backup or upkeep command reports as one line (exit 1) instead of a traceback, `more` included. A
+    function, which `except` calls only once something was raised: the commands that never touch the database do
+    not import SQLAlchemy for it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from trading_ops.ops.backup_postgres import ClientProgramError
+
+    return (*more, ClientProgramError, OSError, SQLAlchemyError, sqlite3.Error)
+
+
 def _fail(action: str, exc: BaseException) -> int:
     message = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     print(f"trading-ops: {action}: {message[0] if message else type(exc).__name__}", file=sys.stderr)
@@ -70,7 +76,7 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
     progress = TerminalProgress("backup")
     try:
         result = run_backup(config, "manual", progress)
-    except (BackupError, *EXPECTED_ERRORS) as exc:
+    except expected_errors(BackupError) as exc:
         return _fail("backup run", exc)
     finally:
         progress.finish()
@@ -86,7 +92,7 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
     if args.verify:
         try:
             verified = verify_backup(config, m)
-        except (BackupError, *EXPECTED_ERRORS) as exc:
+        except expected_errors(BackupError) as exc:
             return _fail("backup verify", exc)
         print(f"backup {m.id} verified: {verified.rows} rows in {verified.tables} tables match the manifest")
     return EXIT_OK
@@ -118,7 +124,7 @@ def backup_verify(args: argparse.Namespace, config: Config) -> int:
     try:
         manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id)
         result = verify_backup(config, manifest, progress)
-    except (BackupError, *EXPECTED_ERRORS) as exc:
+    except expected_errors(BackupError) as exc:
         return _fail("backup verify", exc)
     finally:
         progress.finish()
@@ -135,7 +141,7 @@ def backup_restore(args: argparse.Namespace, config: Config) -> int:
     try:
         manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id)
         result = restore_backup(config, manifest, force=args.force)
-    except (BackupError, *EXPECTED_ERRORS) as exc:
+    except expected_errors(BackupError) as exc:
         return _fail("backup restore", exc)
     safety = f"safety backup {result.safety.id}" if result.safety else "no safety backup (there was no database)"
     print(
@@ -168,7 +174,7 @@ def upkeep_run(args: argparse.Namespace, config: Config) -> int:
         tasks = tuple(t for t in TASKS if getattr(args, t, False)) or TASKS
     try:
         result = run_upkeep_sync(config, tasks)
-    except EXPECTED_ERRORS as exc:
+    except expected_errors() as exc:
         return _fail(f"upkeep {only or 'run'}", exc)
     deleted = {t: n for t, n in result.rows_deleted.items() if n}
     if "retention" in tasks:

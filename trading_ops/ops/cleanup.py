@@ -12,10 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from trading_ops.bot.instance_lock import LOCK_SUFFIX
-from trading_ops.config import CleanupDirConfig, Config, ConfigError
+from trading_ops.config import CleanupDirConfig, Config, ConfigError, sqlite_file
 from trading_ops.durations import parse_duration
 
 log = logging.getLogger(__name__)
@@ -70,12 +68,12 @@ def protected_paths(config: Config) -> tuple[set[Path], list[Path]]:
     (the backups and their off-machine copy)."""
     files: set[Path] = set()
     try:
-        url = make_url(config.database_url())
+        database = sqlite_file(config.database_url())
     except ConfigError as exc:  # e.g. url_env unset in a step's environment: SQLITE_HEADER still guards
         log.warning("cleanup: the database URL cannot be read (%s); databases are known by their header", exc)
-        url = make_url("sqlite://")
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        base = str(Path(url.database).resolve())
+        database = None
+    if database is not None:
+        base = str(Path(database).resolve())
         files.update(Path(base + suffix) for suffix in SQLITE_COMPANIONS)
     dirs = [config.path(config.backup.directory).resolve()]
     if config.backup.copy_to:

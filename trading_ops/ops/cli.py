@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from datetime import date
-from typing import Any
-
-from sqlalchemy import inspect
+from typing import TYPE_CHECKING, Any
 
 from trading_ops.cli import UsageError
 from trading_ops.config import Config, ConfigError
-from trading_ops.db.base import make_engine, utcnow
-from trading_ops.db.models.ops import MaintenanceWindow
 from trading_ops.durations import parse_duration
+
+if TYPE_CHECKING:
+    from trading_ops.db.models.ops import MaintenanceWindow
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -57,6 +55,10 @@ def register(sub: Any) -> None:
 
 
 def _run(config: Config, work: Any) -> Any:
+    import asyncio
+
+    from sqlalchemy import inspect
+
     from trading_ops.ops.maintenance import with_maintenance
 
     async def go() -> Any:
@@ -112,6 +114,8 @@ def maintenance_start(args: argparse.Namespace, config: Config) -> int:
 
 
 def maintenance_end(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
     from trading_ops.ops.maintenance import ACTIVE, MaintenanceError
 
     async def work(m: Any) -> Any:
@@ -137,6 +141,10 @@ def maintenance_end(args: argparse.Namespace, config: Config) -> int:
 
 
 def maintenance_status(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
+    from trading_ops.db.base import utcnow
+
     async def work(m: Any) -> list[str]:
         lines = []
         for w in await asyncio.to_thread(m.windows, open_only=True):
@@ -155,6 +163,8 @@ def maintenance_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def maintenance_list(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
     lines = _run(
         config,
         lambda m: asyncio.to_thread(
@@ -169,6 +179,9 @@ def maintenance_list(args: argparse.Namespace, config: Config) -> int:
 
 
 def report_daily(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
+    from trading_ops.db.base import make_engine, utcnow
     from trading_ops.ops import report
     from trading_ops.ops.schedule import CronSchedule
 

@@ -3,24 +3,21 @@ cleanup; each run logged, recorded in `<data_dir>/upkeep-state.json` and exporte
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from typing import TYPE_CHECKING, Any
 
 from trading_ops.config import Config
-from trading_ops.db.base import make_engine, utcnow
 from trading_ops.ops.cleanup import CleanupResult, cleanup_targets, run_cleanup
-from trading_ops.ops.journal_retention import prune_journal, prune_recovery
 from trading_ops.ops.state import OpsState, add_count
-from trading_ops.reconciler.ledger import Ledger
-from trading_ops.reconciler.retention import Pruner
+
+# The database's side (engines, the models, the ledger's pruner) is imported by the tasks that use it: the disk
+# rule's step runs `trading-ops upkeep cleanup` as a process of its own, which needs none of it.
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +45,8 @@ def state_path(config: Config) -> Path:
 
 
 def _sqlite_size(engine: Engine) -> int | None:
+    from sqlalchemy.engine import make_url
+
     url = make_url(str(engine.url))
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return None
@@ -57,6 +56,8 @@ def _sqlite_size(engine: Engine) -> int | None:
 def vacuum(engine: Engine) -> None:
     """SQLite: PRAGMA optimize, ANALYZE, VACUUM and a WAL checkpoint that truncates it; PostgreSQL: VACUUM (ANALYZE).
     Both outside a transaction, as they must be."""
+    from sqlalchemy import text
+
     if engine.dialect.name == "sqlite":
         # The raw connection: the engine's begin hook would wrap even an autocommit statement in BEGIN.
         raw = engine.raw_connection()
@@ -73,6 +74,13 @@ def vacuum(engine: Engine) -> None:
 
 
 def _retention(config: Config, engine: Engine) -> dict[str, int]:
+    import asyncio
+
+    from trading_ops.db.base import utcnow
+    from trading_ops.ops.journal_retention import prune_journal, prune_recovery
+    from trading_ops.reconciler.ledger import Ledger
+    from trading_ops.reconciler.retention import Pruner
+
     now = utcnow()
     deleted: dict[str, int] = {}
     days = config.upkeep.journal_retention_days
@@ -97,6 +105,8 @@ def run_upkeep_sync(config: Config, tasks: tuple[str, ...] = TASKS) -> UpkeepRes
         cleanup_targets(config)  # a directory too close to the root is a configuration error, before anything runs
     engine = None
     if "retention" in tasks or "vacuum" in tasks:
+        from trading_ops.db.base import make_engine
+
         engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
     try:
         if "retention" in tasks and engine is not None:
@@ -146,7 +156,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _record(config: Config, result: UpkeepResult) -> None:
-    now = utcnow().timestamp()
+    now = time.time()
 
     def change(data: dict[str, Any]) -> None:
         add_count(data, "runs_total")
@@ -173,4 +183,6 @@ def _record(config: Config, result: UpkeepResult) -> None:
 
 async def run_upkeep(config: Config, tasks: tuple[str, ...] = TASKS) -> UpkeepResult:
     """The scheduled job: every upkeep task, off the event loop."""
+    import asyncio
+
     return await asyncio.to_thread(run_upkeep_sync, config, tasks)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -11,8 +10,6 @@ import socket
 import sys
 from typing import Any
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from trading_ops import logsetup
 from trading_ops.cli import UsageError, http_url
@@ -51,6 +48,8 @@ def register(sub: Any) -> None:
 
 
 def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
     from trading_ops.bot.instance_lock import AnotherInstanceRunning
     from trading_ops.paper.bot import PaperBot, control_token
 
@@ -116,6 +115,10 @@ def parse_params(params: list[str]) -> dict[str, Any]:
 
 
 def run_chaos(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
+    import aiohttp
+
     token = resolve_secret(config, config.bot, "control_token", "bot.control_token")
     if not token:
         raise ConfigError("bot.control_token", "no token to call the bot's control API with")
@@ -134,6 +137,8 @@ def run_chaos(args: argparse.Namespace, config: Config) -> int:
 def unreachable(exc: Exception, url: str) -> str:
     """Why a request to `url` got no answer, in words: "Connection refused", "cannot resolve host h (Name or service
     not known)", "no answer within 10 s"."""
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientConnectorError):
         error = exc.os_error
         if isinstance(error, socket.gaierror):  # getaddrinfo's errors are negative: os.strerror says "Unknown error"
@@ -143,6 +148,8 @@ def unreachable(exc: Exception, url: str) -> str:
 
 
 async def _post(url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+    import aiohttp
+
     timeout = aiohttp.ClientTimeout(total=CHAOS_TIMEOUT_SECONDS)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,

@@ -42,8 +42,6 @@ from trading_ops.reconciler.intake import (
     validate,
 )
 from trading_ops.reconciler.ledger import (
-    CLOSED_STATES,
-    OPEN_STATES,
     Ledger,
     NotificationIn,
     StoreResult,
@@ -54,6 +52,7 @@ from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
 from trading_ops.reconciler.retention import Pruner
+from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)

@@ -9,27 +9,19 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from trading_ops.cli import CONFIG_ENV, UsageError
 from trading_ops.config import Config
-from trading_ops.db.base import make_engine, utcnow
-from trading_ops.matchers import Pattern, compile_pattern
-from trading_ops.reconciler.actions import ACTIONS
-from trading_ops.reconciler.actions.base import TEMPLATE_RE, Refused, checked_label
-from trading_ops.reconciler.history import episode_view, history_json, history_table
-from trading_ops.reconciler.intake import Rejected, parse_body, validate
-from trading_ops.reconciler.ledger import CLOSED_STATES, OPEN_STATES, Ledger, episode_json
-from trading_ops.reconciler.playbook import (
-    PACKAGED_PLAYBOOKS,
-    Playbook,
-    PlaybookError,
-    Rule,
-    StepSpec,
-    load_configured_playbook,
-)
+from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
+from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
+
+if TYPE_CHECKING:
+    from trading_ops.matchers import Pattern
+    from trading_ops.reconciler.ledger import Ledger
+    from trading_ops.reconciler.playbook import Playbook, Rule, StepSpec
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EPISODE_STATES = (*OPEN_STATES, *CLOSED_STATES)
@@ -171,10 +163,16 @@ def environment_for_steps(config_path: str | None) -> None:
 
 
 def _ledger(config: Config) -> Ledger:
+    from trading_ops.db.base import make_engine
+    from trading_ops.reconciler.ledger import Ledger
+
     return Ledger(make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous))
 
 
 def history(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.reconciler.history import episode_view, history_json, history_table
+    from trading_ops.reconciler.ledger import episode_json
+
     if args.id is None:
         if args.payload:
             raise UsageError("--payload needs an episode ID")
@@ -226,6 +224,8 @@ def _operator(args: argparse.Namespace) -> str:
 
 
 def retry_episode(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.db.base import utcnow
+
     ledger = _ledger(config)
     try:
         why_not = ledger.retry(args.id, _operator(args))
@@ -275,6 +275,8 @@ def resume(args: argparse.Namespace, config: Config) -> int:
 
 
 def _playbook(args: argparse.Namespace, config: Config) -> Playbook:
+    from trading_ops.reconciler.playbook import PlaybookError, load_configured_playbook
+
     try:
         if args.playbook:
             return load_configured_playbook(args.playbook)
@@ -286,6 +288,9 @@ def _playbook(args: argparse.Namespace, config: Config) -> Playbook:
 def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: Pattern) -> str | None:
     """Why the engine would refuse this step for these labels (destructive, or a label value that fails the
     strict pattern, checked by the same function the actions use), or None."""
+    from trading_ops.reconciler.actions import ACTIONS
+    from trading_ops.reconciler.actions.base import Refused, checked_label
+
     if step.risk == "destructive" and not rule.allow_destructive:
         return "destructive not allowed"
     for name in ACTIONS[step.action].checked_labels(step.params):
@@ -308,6 +313,8 @@ def plan(rule: Rule | None, labels: dict[str, str], pattern: Pattern) -> list[st
 
 
 def playbook_test(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.matchers import compile_pattern
+
     path = Path(args.cases)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -348,6 +355,9 @@ def playbook_test(args: argparse.Namespace, config: Config) -> int:
 
 
 def playbook_explain(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.matchers import compile_pattern
+    from trading_ops.reconciler.intake import Rejected, parse_body, validate
+
     path = Path(args.payload)
     try:
         raw = path.read_bytes()
@@ -405,6 +415,8 @@ def _rule_plan(rule: Rule, labels: dict[str, str], pattern: Pattern, verify: str
 
 
 def playbook_route(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.matchers import compile_pattern
+
     labels = {"alertname": args.alertname}
     for item in args.label:
         key, sep, value = item.partition("=")
@@ -436,6 +448,8 @@ def playbook_route(args: argparse.Namespace, config: Config) -> int:
 
 def _verify_expr(rule: Rule, alert: dict[str, Any], pattern: Pattern) -> str:
     """The verification query as the engine would render it: label values only after validation."""
+    from trading_ops.reconciler.actions.base import TEMPLATE_RE, Refused, checked_label
+
     expr = rule.verify.expr
     if not expr:
         return f"the expression of Prometheus's alerting rule {alert['labels']['alertname']} (read at verification)"

@@ -16,12 +16,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from trading_ops.db.base import utcnow
 from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Notification, Setting, Step, Target
 from trading_ops.reconciler.processes import owner_is_dead
+from trading_ops.reconciler.states import ACTIVE_STATES, CLAIMED_STATES, CLOSED_STATES, OPEN_STATES, RUNNABLE_STATES
 
-OPEN_STATES = ("pending", "waiting", "running", "verifying", "interrupted")
-RUNNABLE_STATES = ("pending", "waiting", "interrupted")
-CLAIMED_STATES = ("running", "verifying")
-ACTIVE_STATES = ("running", "verifying")
-CLOSED_STATES = ("recovered", "failed", "escalated", "resolved", "skipped", "dry_run")
 GLOBAL_TARGET = "*"
 # The operator's pause (every replica), and the detail of the episodes it parked (woken on resume).
 PAUSE_KEY = "paused"

@@ -10,7 +10,8 @@ from prometheus_client.registry import Collector
 
 from trading_ops import __version__
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED
-from trading_ops.reconciler.ledger import CLOSED_STATES, OPEN_STATES, PRUNED_TABLES
+from trading_ops.reconciler.ledger import PRUNED_TABLES
+from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
 
 PREFIX = "tradingops"
 ESCALATION_ALERTS = (FAILED, CIRCUIT_OPEN)

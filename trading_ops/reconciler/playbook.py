@@ -16,11 +16,8 @@ from trading_ops.durations import parse_duration
 from trading_ops.matchers import compile_matcher, regex_matches
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import RISKS
+from trading_ops.reconciler.packaged_playbooks import DEFAULT_PLAYBOOK, PACKAGED_PLAYBOOKS
 
-# Playbooks shipped in the package, by the name `reconciler.playbook` may give instead of a file path:
-# default (the paper bot under systemd) and docker (the docker compose stack: restarts through the Engine API).
-PACKAGED_PLAYBOOKS = {"default": "default.yml", "docker": "docker.yml"}
-DEFAULT_PLAYBOOK = "default"
 MATCHER_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
 STEP_KEYS = ("action", "name", "timeout", "risk")
 RULE_KEYS = (

@@ -5,7 +5,8 @@ In production the bot and the reconciler run under systemd (trading_ops/*/system
 after RestartSec, a hung trading loop stops its watchdog pings and is killed (SIGABRT) and restarted, and a crash
 loop hits StartLimitBurst and stays failed until a human runs `systemctl reset-failed`. `trading-ops up` gives its
 children the same, so what heals in production heals locally, and what production gives up on ends with a human
-locally too. The reconciler's `systemd` steps reach a `Service` through `trading-ops stackctl` (stack/stackctl.py).
+locally too. The reconciler's `systemd` steps reach a `Service` through `trading-ops stackctl` (stack/stackctl.py,
+answered by stack/stackctl_server.py).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from trading_ops.stack.profiles import Profile
 from trading_ops.stack.prometheus_config import render_prometheus, write_prometheus
 from trading_ops.stack.repo import MonitoringConfigError, find_repo
 from trading_ops.stack.service import NotifySocket, Service, ServicePolicy
-from trading_ops.stack.stackctl import Server as StackctlServer
+from trading_ops.stack.stackctl_server import Server as StackctlServer
 from trading_ops.stack.status import StatusPrinter, fetch, render
 from trading_ops.stack.supervisor import Child, describe_exit
 from trading_ops.stack.units import (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -60,6 +59,8 @@ def run_gateway(args: argparse.Namespace, config: Config) -> int:
 
 
 def run_gateway_chaos(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
     import aiohttp
 
     token = resolve_secret(config, config.gateway, "control_token", "gateway.control_token")

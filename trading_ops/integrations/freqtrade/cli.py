@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import signal
 from typing import Any
-
-from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from trading_ops.cli import UsageError
 from trading_ops.config import Config, ConfigError, resolve_secret
@@ -32,6 +28,8 @@ def register(sub: Any) -> None:
 
 def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
     """One FreqtradeSidecar per configured target (each on its own registry); configuration problems first."""
+    from prometheus_client import CollectorRegistry
+
     from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
 
     section = config.freqtrade
@@ -81,6 +79,8 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
     sidecars = build_sidecars(config, args.target)
     asyncio.run(serve(config, sidecars))
     return 0
@@ -88,6 +88,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 async def serve(config: Config, sidecars: list[Any]) -> None:
     """Serve every sidecar until SIGTERM or SIGINT."""
+    import asyncio
+
+    from aiohttp import web
+
     from trading_ops.integrations.freqtrade.app import create_app
 
     stop = asyncio.Event()
