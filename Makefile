@@ -106,6 +106,7 @@ test: $(STAMP) system-deps
 # Every benchmark but the soak (`$(PY) benchmarks/bench_soak.py --minutes 60`: an hour at least, run it on its own).
 bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_exporter.py
+	$(PY) benchmarks/bench_cli.py
 	$(PY) benchmarks/bench_intake.py
 	$(PY) benchmarks/bench_recovery.py
 	$(PY) benchmarks/bench_backup.py
