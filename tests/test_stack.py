@@ -46,7 +46,7 @@ from trading_ops.stack.app_config import (
     STACK_MEMORY_BUDGET_BYTES,
     build_app_config,
 )
-from trading_ops.stack.layout import BASE_PORT_ORDER, Layout, Ports
+from trading_ops.stack.layout import PORT_ORDER, Layout, Ports, port_option
 from trading_ops.stack.profiles import FAST, STANDARD
 from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
@@ -63,6 +63,7 @@ HEALTH = {
     "reconciler": ("reconciler", "/readyz"),
     "alertmanager": ("alertmanager", "/-/ready"),
     "prometheus": ("prometheus", "/-/ready"),
+    "alertmanager-2": ("alertmanager_2", "/-/ready"),  # `up --alertmanagers 2`
 }
 STARTUP_SECONDS = 120.0
 STOP_SECONDS = 60.0
@@ -492,7 +493,7 @@ async def test_status_line_shows_the_reconcilers_pause_and_open_circuits(tmp_pat
     async with aiohttp.ClientSession() as session:
         deadline = time.monotonic() + 20
         while True:
-            snap = await fetch(session, None, None, base)
+            snap = await fetch(session, [], None, base)
             if snap.paused and snap.open_circuits or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
@@ -530,13 +531,7 @@ class UpProcess:
         self, root: Path, *extra: str, env: dict[str, str] | None = None, profile: str = "fast", **config: Any
     ) -> None:
         self.root = root
-        self.ports = Ports(
-            bot=free_port(),
-            reconciler=free_port(),
-            prometheus=free_port(),
-            alertmanager=free_port(),
-            gateway=free_port(),
-        )
+        self.ports = Ports(**{name: free_port() for name in PORT_ORDER})  # the pair's too: unused without it
         settings: dict[str, Any] = {
             "database": {"url": f"sqlite:///{root / 'trading-ops.db'}"},
             "bot": {"data_dir": str(root / "bot"), "control_token_file": str(root / "secrets" / "control-token")},
@@ -553,7 +548,7 @@ class UpProcess:
         self.state_dir = root / "stack"
         args = [sys.executable, "-m", "trading_ops", "--config", str(self.config), "up", "--profile", profile]
         args += ["--state-dir", str(self.state_dir), "--ready-timeout", "90"]
-        args += [f"--{name}-port={getattr(self.ports, name)}" for name in BASE_PORT_ORDER]
+        args += [f"{port_option(name)}={getattr(self.ports, name)}" for name in PORT_ORDER]
         args += extra  # last, so a test's own flags win
         self.lines: list[str] = []
         self.changed = threading.Condition()
@@ -1097,3 +1092,108 @@ def test_status_line_counts_a_fleets_bots_rather_than_listing_them() -> None:
     line = render(snap)
     assert "| bots: 20 (16 active, 4 not: ccxt-2, ccxt-5, ccxt-9, +1 more) |" in line
     assert line.endswith("| DOWN: reconciler")
+
+
+# ---- a clustered Alertmanager pair: `up --alertmanagers 2` -----------------------------------------------------
+
+PAIR = Ports(
+    **{**PORTS.__dict__, "alertmanager_gossip": 19094, "alertmanager_2": 19095, "alertmanager_2_gossip": 19096}
+)
+MEMBERS = ["127.0.0.1:19093", "127.0.0.1:19095"]
+
+
+def test_a_pairs_ports_follow_alertmanagers_convention_or_the_base_port() -> None:
+    from trading_ops.stack.layout import bot_ports
+
+    def pair(ports: Ports) -> tuple[int, ...]:
+        return ports.alertmanager, ports.alertmanager_gossip, ports.alertmanager_2, ports.alertmanager_2_gossip
+
+    assert pair(Ports()) == (9093, 9094, 9095, 9096)  # each member's gossip right after its HTTP port
+    based = Ports.choose(19100)
+    assert pair(based) == (19103, 19105, 19106, 19107)  # after the five of --base-port
+    assert based.gateway == 19104
+    assert Ports.choose(19100, alertmanager_2=20000, alertmanager_2_gossip=None).alertmanager_2 == 20000
+    # A fleet starts after the stack's highest port: the pair's are counted only when the pair runs.
+    assert bot_ports(based, 2) == [19105, 19106]
+    assert bot_ports(based, 2, alertmanagers=2) == [19108, 19109]
+    assert bot_ports(Ports(), 2, alertmanagers=2) == [9111, 9112]
+
+
+@pytest.mark.prometheus
+def test_prometheus_sends_every_alert_to_both_members_and_scrapes_both(layout: Layout) -> None:
+    """As production does: one alertmanagers entry with both members, so each gets every alert; both are scraped, so
+    TradingOpsAlertmanagerDown names the member that is down."""
+    rendered = render_prometheus(REPO_ROOT, PAIR, FAST, layout, alertmanagers=MEMBERS)
+    write_prometheus(rendered, layout, REPO_ROOT, FAST)
+    config = rendered.config
+    assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": MEMBERS}]}]
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "alertmanager"]
+    assert job_targets(job) == MEMBERS
+    result = run_binary("promtool", "check", "config", layout.prometheus_config)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_reconciler_posts_to_both_members_and_only_to_the_stacks(tmp_path: Path, layout: Layout) -> None:
+    """The pair: alertmanager_url is the first member, alertmanager_peers the second (escalations and silences go to
+    both, reads to the first that answers). Peers in the user's file are another deployment's: never the stack's."""
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text(yaml.safe_dump({"reconciler": {"alertmanager_peers": ["http://am-2.prod.example:9093"]}}))
+    app = build_app_config(source, layout, PAIR, alertmanager_peers=["http://127.0.0.1:19095"])
+    reconciler = load_config(app.path).reconciler
+    assert reconciler.alertmanager_url == "http://127.0.0.1:19093"
+    assert reconciler.alertmanager_peers == ["http://127.0.0.1:19095"]
+    assert reconciler.alertmanager_urls == ["http://127.0.0.1:19093", "http://127.0.0.1:19095"]
+    single = load_config(build_app_config(source, layout, PAIR).path).reconciler
+    assert (single.alertmanager_url, single.alertmanager_peers) == ("http://127.0.0.1:19093", [])
+    assert "alertmanager_peers" not in yaml.safe_load(app.path.read_text())["reconciler"]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0", "--alertmanagers must be 1 or 2 (a clustered pair), got 0"),
+        ("3", "--alertmanagers must be 1 or 2 (a clustered pair), got 3"),
+        ("-2", "--alertmanagers must be 1 or 2 (a clustered pair), got -2"),
+        ("two", "argument --alertmanagers: invalid int value: 'two'"),
+    ],
+)
+def test_bad_alertmanagers_values_are_one_line_of_bad_usage(tmp_path: Path, value: str, problem: str) -> None:
+    command = [sys.executable, "-m", "trading_ops", "up", "--state-dir", str(tmp_path / "s"), "--repo", str(REPO_ROOT)]
+    command += [f"--alertmanagers={value}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(("trading-ops: up: ", "trading-ops up: ")) and problem in line, line  # ours, argparse's
+    assert not (tmp_path / "s").exists()  # nothing written, nothing started
+
+
+@pytest.mark.alertmanager
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["tcp", "udp"])
+def test_a_gossip_port_in_use_is_named(tmp_path: Path, kind: int) -> None:
+    """Alertmanager gossips over TCP and UDP on its cluster port: either taken is one line naming the member."""
+    require_binary("prometheus-alertmanager")
+    base = free_ports(8)
+    with socket.socket(socket.AF_INET, kind) as busy:
+        busy.bind(("127.0.0.1", base + 7))
+        if kind == socket.SOCK_STREAM:
+            busy.listen()
+        command = [sys.executable, "-m", "trading_ops", "up", "--state-dir", str(tmp_path / "s")]
+        command += ["--repo", str(REPO_ROOT), "--alertmanagers", "2", "--base-port", str(base)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"trading-ops: up: port {base + 7} (alertmanager-2 gossip) is in use on 127.0.0.1: free it or pass "
+        "--alertmanager-2-gossip-port or --base-port"
+    ]
+
+
+def test_two_members_on_one_gossip_port_are_bad_usage(tmp_path: Path) -> None:
+    base = free_ports(8)
+    command = [sys.executable, "-m", "trading_ops", "up", "--state-dir", str(tmp_path / "s"), "--repo", str(REPO_ROOT)]
+    command += ["--alertmanagers", "2", "--base-port", str(base), f"--alertmanager-2-gossip-port={base + 5}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"trading-ops: up: two parts of the stack would share port {base + 5}: alertmanager gossip and alertmanager-2 "
+        "gossip"
+    ]

@@ -173,9 +173,12 @@ def build_app_config(
     bot_kind: str = "paper",
     profile: Profile | None = None,
     bot_ports: Sequence[int] | None = None,
+    alertmanager_peers: Sequence[str] = (),
 ) -> AppConfig:
     """Write the stack's configuration into the state dir: the user's file (or the defaults) with the bot and the
-    reconciler on the stack's ports, tokens from files, and the reconciler pointed at the local servers; for the
+    reconciler on the stack's ports, tokens from files, and the reconciler pointed at the local servers (with a
+    clustered Alertmanager pair, `alertmanager_peers` are the members after the first, as production configures it:
+    escalations and silences posted to every member, reads from the first that answers); for the
     ccxt-gateway bot, the gateway and the bot's ccxt section too. With more than one of `bot_ports` (a fleet of
     ccxt-gateway bots, one per port; default: one bot on the stack's bot port), each bot gets a configuration file of
     its own (`Layout.bot_config`) with its name, port, data dir and a sub-account of the gateway with its own key."""
@@ -219,6 +222,9 @@ def build_app_config(
     rc["listen"] = {"host": HOST, "port": ports.reconciler}
     rc["prometheus_url"] = ports.url("prometheus")
     rc["alertmanager_url"] = ports.url("alertmanager")
+    rc.pop("alertmanager_peers", None)  # the file's peers are another deployment's members: only the stack's
+    if alertmanager_peers:
+        rc["alertmanager_peers"] = list(alertmanager_peers)
     # The stack's children are not systemd units: `up` runs them as their units would and answers systemctl's verbs
     # through `trading-ops stackctl`, so the playbook's systemd steps restart the bot here as in production.
     rc["systemctl"] = [

@@ -16,9 +16,12 @@ from trading_ops.stack.layout import (
     DEFAULT_STATE_DIR,
     FLEET_START_SECONDS,
     MAX_BOTS,
+    PAIR_PORTS,
+    PORT_ORDER,
     Ports,
+    port_option,
 )
-from trading_ops.stack.profiles import FAST, FLOOR, PROFILES, STANDARD
+from trading_ops.stack.profiles import FAST, FLOOR, PROFILES, STANDARD, Profile
 from trading_ops.stack.stackctl import (
     DEFAULT_TIMEOUT_SECONDS,
     SHOW_PROPERTIES,
@@ -58,15 +61,48 @@ tree but notify nobody, as they need accounts and the internet: their alerts are
 """
 
 PROFILE_INDENT = " " * 18
+# The port options of the clustered Alertmanager pair (`--alertmanagers 2`), as --help names them.
+PORT_HELP = {
+    "alertmanager_gossip": "the alertmanager's gossip, TCP and UDP (--alertmanagers 2 only)",
+    "alertmanager_2": "the second Alertmanager, alertmanager-2 (--alertmanagers 2 only)",
+    "alertmanager_2_gossip": "alertmanager-2's gossip, TCP and UDP (--alertmanagers 2 only)",
+}
 FLEET_PORT = max(DEFAULT_PORTS.values()) + 1  # where a fleet's bots start with the default ports
+
+
+def _profile_help(profile: Profile, label: str) -> str:
+    """A profile's summary in the epilog, after its label (a flag is never cut at its hyphens)."""
+    return textwrap.fill(
+        profile.summary, 110, initial_indent=label, subsequent_indent=PROFILE_INDENT, break_on_hyphens=False
+    )
+
+
+PAIR_HELP = textwrap.fill(
+    "a clustered Alertmanager pair: --alertmanagers 2 runs two prometheus-alertmanager children gossiping with each "
+    "other as production's HA pair does: alertmanager and alertmanager-2, each with its own port, storage "
+    "(STATE_DIR/alertmanager*/data), log and gossip port (TCP and UDP), the other's gossip port as its peer. By "
+    "default Alertmanager's own convention (gossip right after HTTP): alertmanager "
+    f"{DEFAULT_PORTS['alertmanager']} and its gossip {PAIR_PORTS['alertmanager_gossip']} (--alertmanager-gossip-port), "
+    f"alertmanager-2 {PAIR_PORTS['alertmanager_2']} (--alertmanager-2-port) and its gossip "
+    f"{PAIR_PORTS['alertmanager_2_gossip']} (--alertmanager-2-gossip-port); with --base-port N: N+3 and N+5, N+6 and "
+    "N+7 (a fleet's bots then start at N+8). Prometheus sends every alert to both and scrapes both; the reconciler "
+    "posts escalations and silences to both (alertmanager_url, alertmanager_peers) and reads from the first that "
+    "answers; the status line reads every member that answers. A member that dies (kill -9 included) is restarted "
+    "and rejoins the cluster; one that gives up (its start limit hit) leaves the stack running on the other. Without "
+    "--alertmanagers 2 the one Alertmanager gossips with nobody and these ports are not used.",
+    116,
+    break_on_hyphens=False,
+)
 EPILOG = f"""\
 profiles:
-{textwrap.fill(FAST.summary, 110, initial_indent="  fast (default)  ", subsequent_indent=PROFILE_INDENT)}
-{textwrap.fill(STANDARD.summary, 110, initial_indent="  standard        ", subsequent_indent=PROFILE_INDENT)}
-{textwrap.fill(FLOOR.summary, 110, initial_indent="  floor           ", subsequent_indent=PROFILE_INDENT)}
+{_profile_help(FAST, "  fast (default)  ")}
+{_profile_help(STANDARD, "  standard        ")}
+{_profile_help(FLOOR, "  floor           ")}
 
 ports: --base-port N puts the bot, the reconciler, Prometheus, Alertmanager and the gateway (--bot ccxt-gateway only)
 on N, N+1, N+2, N+3, N+4 (default {", ".join(f"{name} {DEFAULT_PORTS[name]}" for name in BASE_PORT_ORDER)}).
+
+{PAIR_HELP}
 
 a fleet: --bot ccxt-gateway --bots N runs N example bots (at most {MAX_BOTS}) on the one paper gateway, named ccxt-1 ..
 ccxt-N (NAME-1 .. with bot.name NAME or NAME-1), each a child of its own (unit trading-ops-bot@ccxt-I.service)
@@ -81,8 +117,8 @@ down under all of them.
 Each child runs as its production systemd unit says (read from the shipped unit files): restarted on failure, the
 bot under its watchdog (a hung loop is killed and restarted), a crash loop stopped by the start limit. If the bot
 (or the gateway) gives up, the rest keeps running so its alert, the reconciler's attempt and the escalation can be
-watched; if Prometheus, Alertmanager or the reconciler gives up, everything stops. `trading-ops stackctl` is
-systemctl for the stack; the reconciler's systemd steps use it.
+watched; if Prometheus, Alertmanager (of a pair: both members) or the reconciler gives up, everything stops.
+`trading-ops stackctl` is systemctl for the stack; the reconciler's systemd steps use it.
 exit status: 0 after Ctrl-C with every child stopped on SIGTERM, 1 if a child failed (to start, to become
 healthy, during the run, or to stop on SIGTERM), 2 for bad usage or configuration.
 """
@@ -109,14 +145,21 @@ def register(sub: Any) -> None:
         help="directory with prometheus/ and alertmanager/ (default: the current directory, else the checkout "
         "trading_ops runs from)",
     )
-    up.add_argument("--base-port", type=int, default=None, metavar="N", help="ports N..N+4 (see below)")
-    for name in BASE_PORT_ORDER:
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ports N..N+4 (with --alertmanagers 2, N..N+7; see below)",
+    )
+    for name in PORT_ORDER:
+        what = PORT_HELP.get(name, f"the {name}")
         up.add_argument(
-            f"--{name}-port",
+            port_option(name),
             type=int,
             default=None,
             metavar="PORT",
-            help=f"port of the {name} (default {DEFAULT_PORTS[name]})",
+            help=f"port of {what} (default {(DEFAULT_PORTS | PAIR_PORTS)[name]})",
         )
     up.add_argument(
         "--node-exporter",
@@ -155,6 +198,14 @@ def register(sub: Any) -> None:
         help=f"how many bots (default 1; more than one, at most {MAX_BOTS}: --bot ccxt-gateway only, see below)",
     )
     up.add_argument(
+        "--alertmanagers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="1 (default: one Alertmanager, clustering off) or 2: a clustered pair gossiping as production's HA "
+        "deployment (see below)",
+    )
+    up.add_argument(
         "--bots-base-port",
         type=int,
         default=None,
@@ -175,7 +226,8 @@ def register(sub: Any) -> None:
         nargs="*",
         metavar="UNIT",
         help="unit names as production has them (trading-ops-paper-bot.service, trading-ops-reconciler.service, "
-        "prometheus.service, prometheus-alertmanager.service; a fleet's bots trading-ops-bot@ccxt-I.service), with "
+        "prometheus.service, prometheus-alertmanager.service; with --alertmanagers 2 also "
+        "prometheus-alertmanager-2.service; a fleet's bots trading-ops-bot@ccxt-I.service), with "
         "or without .service, or the child's name; "
         "status and reset-failed without a unit mean every one",
     )
@@ -236,7 +288,7 @@ def handle(args: argparse.Namespace, config: Config) -> int:
     options = UpOptions(
         state_dir=Path(args.state_dir),
         repo=args.repo,
-        ports=Ports.choose(args.base_port, **{name: getattr(args, f"{name}_port") for name in BASE_PORT_ORDER}),
+        ports=Ports.choose(args.base_port, **{name: getattr(args, f"{name}_port") for name in PORT_ORDER}),
         profile=PROFILES[args.profile],
         ready_timeout=args.ready_timeout,
         status_interval=args.status_interval,
@@ -246,6 +298,7 @@ def handle(args: argparse.Namespace, config: Config) -> int:
         bot_kind=args.bot,
         bots=args.bots,
         bots_base_port=args.bots_base_port,
+        alertmanagers=args.alertmanagers,
     )
     try:
         return run(options)

@@ -11,6 +11,18 @@ DEFAULT_STATE_DIR = "var/stack"
 # paper venue behind Kraken's API) runs only with `--bot ccxt-gateway`.
 DEFAULT_PORTS = {"bot": 9101, "reconciler": 9102, "prometheus": 9090, "alertmanager": 9093, "gateway": 9110}
 BASE_PORT_ORDER = ("bot", "reconciler", "prometheus", "alertmanager", "gateway")
+# `up --alertmanagers 2`: the clustered Alertmanager pair production runs. The second member's HTTP port and both
+# members' gossip ports (Alertmanager's --cluster.listen-address, TCP and UDP). By default Alertmanager's own
+# convention, each member's gossip port right after its HTTP port (9093 and 9094, 9095 and 9096); with --base-port N
+# they follow the five above in this order: N+5, N+6, N+7. One Alertmanager has no gossip port and uses none of these.
+PAIR_PORTS = {"alertmanager_gossip": 9094, "alertmanager_2": 9095, "alertmanager_2_gossip": 9096}
+PAIR_PORT_ORDER = tuple(PAIR_PORTS)
+PORT_ORDER = BASE_PORT_ORDER + PAIR_PORT_ORDER  # every port option, `--<name>-port` (dashes for underscores)
+# The members' port names (child names with a dash: alertmanager, alertmanager-2), in the order of the members, and
+# each one's gossip port.
+ALERTMANAGER_ROLES = ("alertmanager", "alertmanager_2")
+GOSSIP_ROLE = {"alertmanager": "alertmanager_gossip", "alertmanager_2": "alertmanager_2_gossip"}
+MAX_ALERTMANAGERS = len(ALERTMANAGER_ROLES)
 # `up --bots N`: a fleet of example bots on the one gateway, each a process of its own (about 150 MB resident).
 MAX_BOTS = 100
 # How much longer than --ready-timeout a fleet's bots may take to become healthy, per bot beyond the first: they start
@@ -25,13 +37,16 @@ class Ports:
     prometheus: int = DEFAULT_PORTS["prometheus"]
     alertmanager: int = DEFAULT_PORTS["alertmanager"]
     gateway: int = DEFAULT_PORTS["gateway"]
+    alertmanager_gossip: int = PAIR_PORTS["alertmanager_gossip"]
+    alertmanager_2: int = PAIR_PORTS["alertmanager_2"]
+    alertmanager_2_gossip: int = PAIR_PORTS["alertmanager_2_gossip"]
 
     @classmethod
     def choose(cls, base: int | None = None, **explicit: int | None) -> Ports:
-        """Ports from --base-port (consecutive, in BASE_PORT_ORDER) with explicit --<name>-port winning."""
-        values = dict(DEFAULT_PORTS)
+        """Ports from --base-port (consecutive, in PORT_ORDER) with explicit --<name>-port winning."""
+        values = DEFAULT_PORTS | PAIR_PORTS
         if base is not None:
-            values = {name: base + i for i, name in enumerate(BASE_PORT_ORDER)}
+            values = {name: base + i for i, name in enumerate(PORT_ORDER)}
         values.update({name: port for name, port in explicit.items() if port is not None})
         return cls(**values)
 
@@ -42,12 +57,28 @@ class Ports:
         return f"http://{self.address(name)}"
 
 
-def bot_ports(ports: Ports, count: int, base: int | None = None) -> list[int]:
+def port_option(name: str) -> str:
+    """The option that sets the port `name` of PORT_ORDER: `--alertmanager-2-gossip-port` for alertmanager_2_gossip."""
+    return f"--{name.replace('_', '-')}-port"
+
+
+def alertmanager_roles(members: int) -> tuple[str, ...]:
+    """The port names of the stack's `members` Alertmanagers (`up --alertmanagers N`), in the order of the members."""
+    return ALERTMANAGER_ROLES[:members]
+
+
+def child_name(role: str) -> str:
+    """The child (and log) of an Alertmanager member's port name: alertmanager, alertmanager-2."""
+    return role.replace("_", "-")
+
+
+def bot_ports(ports: Ports, count: int, base: int | None = None, alertmanagers: int = 1) -> list[int]:
     """The ports of the stack's `count` bots, consecutive from `base` (--bots-base-port): by default one bot on the
     stack's bot port, and a fleet on the ports right after the stack's highest one (9111.. with the defaults, N+5..
-    with --base-port N)."""
+    with --base-port N, N+8.. with the pair's ports too, `alertmanagers` 2)."""
     if base is None:
-        base = ports.bot if count == 1 else max(getattr(ports, name) for name in BASE_PORT_ORDER) + 1
+        names = BASE_PORT_ORDER + (PAIR_PORT_ORDER if alertmanagers > 1 else ())
+        base = ports.bot if count == 1 else max(getattr(ports, name) for name in names) + 1
     return list(range(base, base + count))
 
 

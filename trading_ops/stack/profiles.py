@@ -16,6 +16,19 @@ FOR_DIVISOR = 5
 FOR_FLOOR_SECONDS = 2.0
 # The floor profile's `for:`: one 1 s evaluation (an alert fires on the second evaluation that finds it true).
 FOR_MINIMUM_SECONDS = 1.0
+# The timings of a clustered Alertmanager pair (`up --alertmanagers 2`) that the fast profile divides by FOR_DIVISOR
+# (the standard profile keeps Alertmanager's defaults, these): how often members gossip and fully sync their state
+# (notification log, silences), how long a member that starts waits for the gossip to settle before it notifies (the
+# settle usually ends well before, once the member count holds for 3 polls of 10 gossip intervals), and how long the
+# second member waits for the first to notify before it does (cluster position x peer-timeout: what a member killed
+# while it was first costs until the other finds it dead). Failure detection (probe interval and timeout) is left as
+# is: shorter, a loaded 2-core machine would see members flap.
+ALERTMANAGER_CLUSTER_DEFAULTS = {
+    "gossip-interval": 0.2,
+    "pushpull-interval": 60.0,
+    "settle-timeout": 60.0,
+    "peer-timeout": 15.0,
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,13 @@ class Profile:
     recovery: tuple[tuple[str, float], ...] = ()
     # Every `for:` at its minimum (one evaluation) instead of divided: the floor of detection, for benchmarks.
     minimal_for: bool = False
+    # A clustered Alertmanager pair's --cluster.<flag> timings (ALERTMANAGER_CLUSTER_DEFAULTS); empty keeps
+    # Alertmanager's defaults.
+    alertmanager_cluster: tuple[tuple[str, float], ...] = ()
+
+    def cluster_flags(self) -> list[str]:
+        """The Alertmanager flags of this profile's cluster timings (`--cluster.peer-timeout=3s`, ...)."""
+        return [f"--cluster.{flag}={format_duration(value)}" for flag, value in self.alertmanager_cluster]
 
     def alert_for(self, seconds: float) -> float:
         """The `for:` duration this profile gives an alert whose repo rule says `seconds`."""
@@ -72,6 +92,11 @@ class Profile:
                 f"the Alertmanager routes to the reconciler use group_wait {fmt(self.reconciler_group_wait)} "
                 f"and group_interval {fmt(self.reconciler_group_interval)}"
             )
+        if self.alertmanager_cluster:
+            parts.append(
+                "with --alertmanagers 2, the pair's "
+                + ", ".join(f"--cluster.{flag} {fmt(value)}" for flag, value in self.alertmanager_cluster)
+            )
         if self.recovery:
             parts.append(
                 "the bot's "
@@ -106,6 +131,8 @@ class Profile:
             "alertmanager_reconciler_group_wait": fmt(self.reconciler_group_wait),
             "alertmanager_reconciler_group_interval": fmt(self.reconciler_group_interval),
             "bot_recovery": {key: format_duration(value) for key, value in self.recovery} or "as configured",
+            "alertmanager_cluster": {flag: format_duration(value) for flag, value in self.alertmanager_cluster}
+            or "Alertmanager's defaults",
             "alert_for": (
                 f"{format_duration(FOR_MINIMUM_SECONDS)}, never longer than the repo's"
                 if self.minimal_for
@@ -132,6 +159,8 @@ FAST = Profile(
     # A scheduled reconciliation every 15 s (60 s by default) finds a drifted position sooner; a crashed bot's
     # restart waits until its last heartbeat is 3 s old (3 beats; 10 s by default) before it takes over.
     recovery=(("reconcile_interval_seconds", 15.0), ("crash_timeout_seconds", 3.0)),
+    # Divided as `for:` is: gossip every 40ms, a full sync every 12s, settled within 12s, 3s between the members.
+    alertmanager_cluster=tuple((flag, value / FOR_DIVISOR) for flag, value in ALERTMANAGER_CLUSTER_DEFAULTS.items()),
 )
 STANDARD = Profile(
     name="standard",

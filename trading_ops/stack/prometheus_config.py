@@ -6,6 +6,7 @@ import copy
 import glob
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,16 @@ def _rule_files(data: dict[str, Any], prometheus_dir: Path) -> list[Path]:
     return files
 
 
-def _scrape_job(job: dict[str, Any], target: str, global_interval: float, global_timeout: float) -> dict[str, Any]:
+def _scrape_job(
+    job: dict[str, Any], targets: Sequence[str], global_interval: float, global_timeout: float
+) -> dict[str, Any]:
     new = {
         k: v for k, v in job.items() if not k.endswith(SD_SUFFIX) and k not in ("static_configs", *DROPPED_TARGET_KEYS)
     }
     labels: dict[str, Any] = {}
     for static in job.get("static_configs") or []:
         labels.update(static.get("labels") or {})
-    new["static_configs"] = [{"targets": [target], **({"labels": labels} if labels else {})}]
+    new["static_configs"] = [{"targets": list(targets), **({"labels": labels} if labels else {})}]
     where = f"scrape job {job.get('job_name')}"
     interval = _seconds(new["scrape_interval"], where) if "scrape_interval" in new else global_interval
     timeout = _seconds(new["scrape_timeout"], where) if "scrape_timeout" in new else global_timeout
@@ -133,9 +136,13 @@ def adapt_prometheus(
     rule_paths: list[Path],
     node_exporter: str | None,
     bot_targets: Path | None = None,
+    alertmanagers: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[str]]:
     """The repo's prometheus.yml for the local stack, and notes on what was left out. With `bot_targets`, the bot's
-    job reads its targets from that file_sd file (as the repo's does), which the caller writes."""
+    job reads its targets from that file_sd file (as the repo's does), which the caller writes. `alertmanagers`: the
+    addresses of the stack's Alertmanagers (default: the one on the alertmanager port); with a clustered pair every
+    alert goes to both members and both are scraped, as production does."""
+    members = list(alertmanagers) or [ports.address("alertmanager")]
     notes: list[str] = []
     out = {k: copy.deepcopy(v) for k, v in data.items() if k not in DROPPED_TOP_LEVEL}
     for key in DROPPED_TOP_LEVEL:
@@ -160,7 +167,7 @@ def adapt_prometheus(
     managers = alerting.get("alertmanagers") or [{}]
     first = {k: v for k, v in managers[0].items() if not k.endswith(SD_SUFFIX) and k not in DROPPED_TARGET_KEYS}
     first.pop("static_configs", None)
-    alerting["alertmanagers"] = [{**first, "static_configs": [{"targets": [ports.address("alertmanager")]}]}]
+    alerting["alertmanagers"] = [{**first, "static_configs": [{"targets": members}]}]
     out["alerting"] = alerting
     out["rule_files"] = [str(p) for p in rule_paths]
 
@@ -175,10 +182,12 @@ def adapt_prometheus(
             if node_exporter is None:
                 notes.append(f"prometheus: scrape job {name!r} left out: no node exporter answers on 127.0.0.1:9100")
                 continue
-            target = node_exporter
+            targets = [node_exporter]
+        elif role == "alertmanager":
+            targets = members
         else:
-            target = ports.address(role)
-        new = _scrape_job(job, target, global_interval, global_timeout)
+            targets = [ports.address(role)]
+        new = _scrape_job(job, targets, global_interval, global_timeout)
         if role == "bot" and bot_targets is not None:
             del new["static_configs"]
             new["file_sd_configs"] = [{"files": [str(bot_targets)]}]
@@ -194,9 +203,11 @@ def render_prometheus(
     layout: Layout,
     node_exporter: str | None = None,
     bot_instances: list[str] | None = None,
+    alertmanagers: Sequence[str] = (),
 ) -> RenderedPrometheus:
     """Read the repo's prometheus.yml and rule files and adapt them (nothing is written). The bot job's file_sd
-    targets are `bot_instances` (the configuration's bots: list), by default the stack's one bot."""
+    targets are `bot_instances` (the configuration's bots: list), by default the stack's one bot; alerts go to (and
+    the alertmanager job scrapes) `alertmanagers`, by default the stack's one Alertmanager."""
     source = repo / PROMETHEUS_CONFIG
     data = load_yaml(source)
     rule_sources = _rule_files(data, source.parent)
@@ -209,7 +220,7 @@ def render_prometheus(
         rules[path.name] = adapt_rules(load_yaml(path), profile, str(path)) if profile.shorten_for else path
     # Rules the profile changes are copied into the state dir; otherwise Prometheus reads the repo's own files.
     rule_paths = [layout.rules_dir / name if isinstance(r, dict) else r for name, r in rules.items()]
-    config, notes = adapt_prometheus(data, ports, profile, rule_paths, node_exporter, layout.bot_targets)
+    config, notes = adapt_prometheus(data, ports, profile, rule_paths, node_exporter, layout.bot_targets, alertmanagers)
     return RenderedPrometheus(config, rules, notes, list(bot_instances or [ports.address("bot")]))
 
 

@@ -8,6 +8,7 @@ import contextlib
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 WATCHDOG = "Watchdog"
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=2)
+ALERTS_QUERY = "/api/v2/alerts?active=true&silenced=false&inhibited=false&unprocessed=false"
 EPISODES_LISTED = 20
 NAMES_SHOWN = 3
 # Alerts are listed most severe first (a critical one is never hidden behind "+N more"); unknown severities last.
@@ -31,7 +33,7 @@ CLEAR_EOL = "\x1b[K"
 @dataclass
 class Snapshot:
     alerts: list[str] | None = None  # names of the alerts firing (Watchdog aside); None: nobody could say
-    alerts_from: str = ""
+    alerts_from: str = ""  # the URLs of the Alertmanagers that answered (comma-separated), or "prometheus"
     severities: dict[str, str] = field(default_factory=dict)  # alert name -> its most severe `severity` label
     paused: bool | None = None
     open_circuits: list[str] = field(default_factory=list)
@@ -54,17 +56,23 @@ async def _get_json(session: aiohttp.ClientSession, url: str, token: str = "") -
         return None
 
 
-async def _alerts(session: aiohttp.ClientSession, alertmanager: str | None, prometheus: str | None) -> Snapshot:
+async def _alerts(session: aiohttp.ClientSession, alertmanagers: Sequence[str], prometheus: str | None) -> Snapshot:
     snap = Snapshot()
-    if alertmanager:
-        # Alertmanager knows what reaches receivers: also the escalations the reconciler posts, minus silenced
-        # and inhibited alerts.
-        body = await _get_json(
-            session, f"{alertmanager}/api/v2/alerts?active=true&silenced=false&inhibited=false&unprocessed=false"
-        )
-        if isinstance(body, list):
-            _take([a.get("labels") or {} for a in body if isinstance(a, dict)], snap, "alertmanager")
-            return snap
+    # Alertmanager knows what reaches receivers: also the escalations the reconciler posts, minus silenced and
+    # inhibited alerts. Of a clustered pair, every member that answers: one down changes nothing on the line, and one
+    # just restarted, which holds no alert until Prometheus sends them again (members gossip silences and what they
+    # notified, not alerts), hides none of the other's.
+    bodies = await asyncio.gather(*(_get_json(session, f"{url}{ALERTS_QUERY}") for url in alertmanagers))
+    answered = [(url, body) for url, body in zip(alertmanagers, bodies, strict=True) if isinstance(body, list)]
+    if answered:
+        merged: dict[str, dict[str, Any]] = {}
+        for _, body in answered:
+            for alert in body:
+                if isinstance(alert, dict):
+                    labels = alert.get("labels") or {}
+                    merged.setdefault(str(alert.get("fingerprint") or sorted(labels.items())), labels)
+        _take(list(merged.values()), snap, ", ".join(url for url, _ in answered))
+        return snap
     if prometheus:
         body = await _get_json(session, f"{prometheus}/api/v1/alerts")
         if isinstance(body, dict):
@@ -132,13 +140,14 @@ def last_action(episodes: list[dict[str, Any]]) -> str | None:
 
 async def fetch(
     session: aiohttp.ClientSession,
-    alertmanager: str | None,
+    alertmanagers: Sequence[str],
     prometheus: str | None,
     reconciler: str | None,
     read_token: str = "",
 ) -> Snapshot:
-    """What the status line shows; the episodes are read with the reconciler's read token."""
-    alerts_task = asyncio.ensure_future(_alerts(session, alertmanager, prometheus))
+    """What the status line shows: the alerts of every one of `alertmanagers` that answers, each alert once (none
+    answers: Prometheus's); the episodes are read with the reconciler's read token."""
+    alerts_task = asyncio.ensure_future(_alerts(session, alertmanagers, prometheus))
     url = f"{reconciler}/api/v1/episodes?limit={EPISODES_LISTED}"
     body = await _get_json(session, url, read_token) if reconciler else None
     snap = await alerts_task

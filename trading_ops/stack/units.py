@@ -16,7 +16,13 @@ RECONCILER_UNIT_FILE = PACKAGE / "reconciler" / "systemd" / "trading-ops-reconci
 RECONCILER_UNIT = "trading-ops-reconciler.service"
 # Debian's prometheus and prometheus-alertmanager units: Restart=on-failure with systemd's defaults (RestartSec
 # 100ms, StartLimitIntervalSec 10s, StartLimitBurst 5).
-SERVER_UNITS = {"prometheus": "prometheus.service", "alertmanager": "prometheus-alertmanager.service"}
+# The second member of a clustered pair (`up --alertmanagers 2`) runs the same unit on its own host in production;
+# on one machine its unit is named after its child.
+SERVER_UNITS = {
+    "prometheus": "prometheus.service",
+    "alertmanager": "prometheus-alertmanager.service",
+    "alertmanager-2": "prometheus-alertmanager-2.service",
+}
 SERVER_POLICY = {"restart_seconds": 0.1, "start_limit_burst": 5, "start_limit_interval": 10.0}
 # systemd.time(7) time spans: "5s", "10min", "1h 30min", a bare number of seconds.
 TIMESPAN_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")

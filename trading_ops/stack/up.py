@@ -1,4 +1,4 @@
-"""`trading-ops up`: render the stack's configurations, start the four children, watch them, stop them cleanly."""
+"""`trading-ops up`: render the stack's configurations, start the children, watch them, stop them cleanly."""
 
 from __future__ import annotations
 
@@ -26,7 +26,19 @@ from trading_ops.stack import binaries
 from trading_ops.stack.alertmanager_config import render_alertmanager, write_alertmanager
 from trading_ops.stack.app_config import GATEWAY_BOT_KIND, AppConfig, build_app_config
 from trading_ops.stack.health import StartupFailed, wait_healthy
-from trading_ops.stack.layout import FLEET_START_SECONDS, HOST, MAX_BOTS, Layout, Ports, bot_ports
+from trading_ops.stack.layout import (
+    FLEET_START_SECONDS,
+    GOSSIP_ROLE,
+    HOST,
+    MAX_ALERTMANAGERS,
+    MAX_BOTS,
+    Layout,
+    Ports,
+    alertmanager_roles,
+    bot_ports,
+    child_name,
+    port_option,
+)
 from trading_ops.stack.profiles import Profile
 from trading_ops.stack.prometheus_config import render_prometheus, write_prometheus
 from trading_ops.stack.repo import MonitoringConfigError, find_repo
@@ -53,6 +65,7 @@ RECONCILER_STOP_SECONDS = 15.0
 # The bot gets its own graceful-shutdown deadline (recovery.shutdown_deadline_seconds) plus this much.
 BOT_STOP_GRACE_SECONDS = 5.0
 LOG_TAIL_LINES = 20
+BANNER_LABEL_WIDTH = 13  # "  prometheus    http://..."; a longer label (alertmanager-2) widens every row
 STOPPING_NAMES_SHOWN = 5  # "stopping ccxt-1, ccxt-2, ccxt-3, ccxt-4, ccxt-5, ... (20 in all) ..."
 # Status refresh: every second on a terminal; every 2 s otherwise (a line is printed only when it changes).
 TTY_STATUS_SECONDS = 1.0
@@ -79,13 +92,19 @@ EXAMPLE_BOT = Path("examples") / "ccxt_bot.py"
 # bot has canceled its orders on it.
 VENUE = "paper-gateway"
 GATEWAY_UNIT = "trading-ops-paper-gateway.service"
+# What listens on each port of the stack, as errors name it. The gossip ports (TCP and UDP) are the clustered pair's
+# (`--alertmanagers 2`).
 CHILD_OF_ROLE = {
     "bot": WORKLOAD,
     "reconciler": "reconciler",
     "prometheus": "prometheus",
     "alertmanager": "alertmanager",
     "gateway": VENUE,
+    "alertmanager_2": "alertmanager-2",
+    "alertmanager_gossip": "alertmanager gossip",
+    "alertmanager_2_gossip": "alertmanager-2 gossip",
 }
+GOSSIP_ROLES = frozenset(GOSSIP_ROLE.values())
 # Ctrl-C, a service manager's stop, and the terminal closing all stop the stack cleanly.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -108,6 +127,7 @@ class UpOptions:
     bot_kind: str = DEFAULT_BOT_KIND
     bots: int = 1  # --bots N: how many bots of bot_kind (more than one: ccxt-gateway only)
     bots_base_port: int | None = None  # --bots-base-port: the bots on P..P+N-1 (layout.bot_ports)
+    alertmanagers: int = 1  # --alertmanagers N: one Alertmanager (no gossip), or production's clustered pair
 
 
 @dataclass
@@ -124,11 +144,17 @@ class Stack:
     venue: str | None = None  # the gateway child of the ccxt-gateway stack: likewise
     services: list[Service] = field(default_factory=list)  # one per child, in the same order
     notify: NotifySocket | None = None
+    # The Alertmanager children that run (child name -> its port name), in the order of the members: one, or a
+    # clustered pair.
+    alertmanagers: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def survivable(self) -> set[str]:
-        """The children the stack keeps running without: the bots and their venue."""
-        return set(self.workloads) | ({self.venue} if self.venue else set())
+    def survives_without(self, name: str, failed: set[str]) -> bool:
+        """Whether the stack keeps running once the child `name` gave up (`failed`: every child that has, `name`
+        included): without the bots and their venue, and without a member of the Alertmanager pair while another
+        member still runs (Prometheus and the reconciler reach the other one, as in production)."""
+        if name in self.workloads or name == self.venue:
+            return True
+        return name in self.alertmanagers and any(member not in failed for member in self.alertmanagers)
 
     @property
     def fleet(self) -> bool:
@@ -136,15 +162,18 @@ class Stack:
         return len(self.workloads) > 1
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
+def _port_free(port: int, udp: bool = False) -> bool:
+    """Nothing listens on `port` over TCP (and over UDP too with `udp`: an Alertmanager gossip port takes both)."""
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((HOST, port))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    return False
+                raise
     return True
 
 
@@ -168,12 +197,13 @@ def _check_ports(ports: Ports, roles: list[str], fleet: list[int] | None = None)
     """Every port the stack will listen on is valid, its own and free. `fleet`: the bots' ports when they are not the
     stack's bot port (--bots N, --bots-base-port), named bot 1 ... bot N."""
     parts = [
-        (CHILD_OF_ROLE[role], getattr(ports, role), f"--{role}-port or --base-port")
+        (CHILD_OF_ROLE[role], getattr(ports, role), f"{port_option(role)} or --base-port")
         for role in roles
         if not (fleet and role == "bot")
     ]
     fleet = fleet or []
     parts += [(f"bot {i} of {len(fleet)}", port, "--bots-base-port") for i, port in enumerate(fleet, 1)]
+    gossip = {CHILD_OF_ROLE[role] for role in roles if role in GOSSIP_ROLES}
     for name, port, _ in parts:
         if not 1 <= port <= 65535:
             raise UsageProblem(f"ports must be between 1 and 65535: {name} would listen on {port}")
@@ -183,7 +213,7 @@ def _check_ports(ports: Ports, roles: list[str], fleet: list[int] | None = None)
             raise UsageProblem(f"two parts of the stack would share port {port}: {taken[port]} and {name}")
         taken[port] = name
     for name, port, flags in parts:
-        if not _port_free(port):
+        if not _port_free(port, udp=name in gossip):
             raise UsageProblem(f"port {port} ({name}) is in use on {HOST}: free it or pass {flags}")
 
 
@@ -265,24 +295,7 @@ def _children(
         ),
     ]
     if am.path:
-        argv = [
-            am.path,
-            f"--config.file={layout.alertmanager_config}",
-            f"--storage.path={layout.data('alertmanager')}",
-            f"--web.listen-address={ports.address('alertmanager')}",
-            f"--web.external-url={ports.url('alertmanager')}",
-            "--cluster.listen-address=",  # a single local instance: no gossip port
-            "--log.level=info",
-        ]
-        children.append(
-            Child(
-                "alertmanager",
-                argv,
-                layout.log("alertmanager"),
-                f"{ports.url('alertmanager')}/-/ready",
-                SERVER_STOP_SECONDS,
-            )
-        )
+        children += _alertmanagers(am.path, options, layout)
     if prom.path:
         argv = [
             prom.path,
@@ -306,10 +319,49 @@ def _children(
     return children
 
 
+def _alertmanagers(binary: str, options: UpOptions, layout: Layout) -> list[Child]:
+    """The Alertmanager children: one, or the members of a clustered pair (alertmanager, alertmanager-2), each with
+    its own port, storage and log, all reading the one generated alertmanager.yml as production's members do."""
+    ports, members = options.ports, alertmanager_roles(options.alertmanagers)
+    children = []
+    for role in members:
+        name = child_name(role)
+        argv = [
+            binary,
+            f"--config.file={layout.alertmanager_config}",
+            f"--storage.path={layout.data(name)}",
+            f"--web.listen-address={ports.address(role)}",
+            f"--web.external-url={ports.url(role)}",
+            *_cluster_flags(role, members, ports, options.profile),
+            "--log.level=info",
+        ]
+        children.append(Child(name, argv, layout.log(name), f"{ports.url(role)}/-/ready", SERVER_STOP_SECONDS))
+    return children
+
+
+def _cluster_flags(role: str, members: Sequence[str], ports: Ports, profile: Profile) -> list[str]:
+    """Alertmanager's gossip flags for the member `role` of `members`: clustering off and no gossip port for one
+    Alertmanager; in a pair, its own gossip port (Alertmanager advertises the loopback address it listens on), every
+    other member's as a peer to join (a member started before its peer, or restarted, joins once the peer answers:
+    Alertmanager retries an initial peer every --cluster.reconnect-interval), and the profile's cluster timings."""
+    if len(members) == 1:
+        return ["--cluster.listen-address="]
+    flags = [f"--cluster.listen-address={ports.address(GOSSIP_ROLE[role])}"]
+    flags += [f"--cluster.peer={ports.address(GOSSIP_ROLE[other])}" for other in members if other != role]
+    return flags + profile.cluster_flags()
+
+
 def prepare(options: UpOptions) -> Stack:
     """Everything before a process starts: ports, configurations, tokens, database, binaries."""
     prom, am = binaries.find("prometheus"), binaries.find("alertmanager")
-    roles = ["bot", "reconciler"] + [b.server for b in (prom, am) if b.path]
+    if not 1 <= options.alertmanagers <= MAX_ALERTMANAGERS:
+        raise UsageProblem(
+            f"--alertmanagers must be 1 or {MAX_ALERTMANAGERS} (a clustered pair), got {options.alertmanagers}"
+        )
+    members = alertmanager_roles(options.alertmanagers) if am.path else ()
+    roles = ["bot", "reconciler"] + (["prometheus"] if prom.path else []) + list(members)
+    if len(members) > 1:
+        roles += [GOSSIP_ROLE[role] for role in members]
     if options.bot_kind == GATEWAY_BOT_KIND:
         roles.append("gateway")
     if not 1 <= options.bots <= MAX_BOTS:
@@ -318,7 +370,7 @@ def prepare(options: UpOptions) -> Stack:
         raise UsageProblem(
             f"--bots {options.bots}: a fleet of bots runs on the paper gateway: add --bot {GATEWAY_BOT_KIND}"
         )
-    listen = bot_ports(options.ports, options.bots, options.bots_base_port)
+    listen = bot_ports(options.ports, options.bots, options.bots_base_port, len(members))
     fleet = listen if options.bots > 1 or options.bots_base_port is not None else None
     _check_ports(options.ports, roles, fleet)
     try:
@@ -328,15 +380,24 @@ def prepare(options: UpOptions) -> Stack:
     layout = Layout(options.state_dir.resolve())
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
     source = options.config_path or (DEFAULT_CONFIG_PATH if Path(DEFAULT_CONFIG_PATH).exists() else None)
+    peers = [options.ports.url(role) for role in members[1:]]
     app = build_app_config(
-        Path(source) if source else None, layout, options.ports, options.bot_kind, options.profile, listen
+        Path(source) if source else None, layout, options.ports, options.bot_kind, options.profile, listen, peers
     )
     bot_command(options.bot_kind, app, options.log_level, repo)  # an unknown kind before anything is written
     try:
         rendered_am = render_alertmanager(repo, options.ports, options.profile, app.reconciler_token_file)
         node_exporter = _node_exporter(options.node_exporter)
         instances = [b.instance for b in app.config.bots]
-        rendered_prom = render_prometheus(repo, options.ports, options.profile, layout, node_exporter, instances)
+        rendered_prom = render_prometheus(
+            repo,
+            options.ports,
+            options.profile,
+            layout,
+            node_exporter,
+            instances,
+            [options.ports.address(role) for role in members],
+        )
     except MonitoringConfigError as exc:
         raise UsageProblem(str(exc)) from exc
     write_alertmanager(rendered_am, layout, repo, options.profile)
@@ -355,6 +416,7 @@ def prepare(options: UpOptions) -> Stack:
         rendered_prom.notes + rendered_am.notes,
         bot_names(options.bot_kind, app, options.log_level, repo),
         VENUE if VENUE in names else None,
+        alertmanagers={child_name(role): role for role in members},
     )
     stack.notify = NotifySocket(f"trading-ops-notify-{os.getpid()}")
     try:
@@ -402,15 +464,16 @@ def _banner(stack: Stack) -> list[str]:
         bot_row,
         ("reconciler", "reconciler", f"{ports.url('reconciler')}/api/v1/episodes"),
         ("prometheus", "prometheus", f"{ports.url('prometheus')}/alerts"),
-        ("alertmanager", "alertmanager", ports.url("alertmanager")),
+        *_alertmanager_rows(stack),
     ]
     if stack.venue:
         rows.insert(1, ("venue", stack.venue, f"{ports.url('gateway')}  (Kraken's REST API over the paper venue)"))
     out = [f"trading-ops local stack is up (profile {stack.profile.name}):"]
+    width = max(BANNER_LABEL_WIDTH, *(len(label) + 1 for label, _, _ in rows))
     for label, name, url in rows:
-        out.append(f"  {label:<13} {url if name in running else 'not running (binary missing)'}")
-    out.append(f"  logs          {layout.logs_dir}/")
-    out.append(f"  config        {stack.app.path}")
+        out.append(f"  {label:<{width}} {url if name in running else 'not running (binary missing)'}")
+    out.append(f"  {'logs':<{width}} {layout.logs_dir}/")
+    out.append(f"  {'config':<{width}} {stack.app.path}")
     command = f"{self_command()} --config {shlex.quote(str(stack.app.path))}"
     # The paper bot breaks itself (its --chaos commands); the ccxt bot's faults are the venue's, on the gateway.
     chaos = "gateway-chaos" if stack.venue else "chaos"
@@ -420,6 +483,18 @@ def _banner(stack: Stack) -> list[str]:
     out.append(f"what it did:    {command} reconciler history")
     out.append(f"Ctrl-C stops everything (from another shell: kill -INT {os.getpid()}).")
     return out
+
+
+def _alertmanager_rows(stack: Stack) -> list[tuple[str, str, str]]:
+    """The banner's Alertmanager rows: its URL, or each member of the pair with its gossip address."""
+    ports, members = stack.ports, stack.alertmanagers
+    if len(members) < MAX_ALERTMANAGERS:
+        return [("alertmanager", "alertmanager", ports.url("alertmanager"))]
+    rows = []
+    for i, (name, role) in enumerate(members.items(), 1):
+        member = f"cluster member {i} of {len(members)}, gossip {ports.address(GOSSIP_ROLE[role])}"
+        rows.append((name, name, f"{ports.url(role)}  ({member})"))
+    return rows
 
 
 def self_command() -> str:
@@ -442,11 +517,20 @@ async def _stop_all(
     printer: StatusPrinter,
     workloads: Sequence[str] = (WORKLOAD,),
     venue: str | None = None,
+    leaving_first: Sequence[str] = (),
 ) -> bool:
     """Stop the pipeline first (nothing reacts to the bots going away), then the bots (together), then their venue
-    (each bot cancels its orders there as it stops); no restarts any more; True if all stopped on SIGTERM."""
+    (each bot cancels its orders there as it stops); no restarts any more; True if all stopped on SIGTERM.
+    `leaving_first`: the Alertmanager pair's members but the first, stopped before the rest of the pipeline. A member
+    that stops leaves the cluster and waits until its leave has reached a peer: when its only peer leaves a moment
+    before it, it waits 10 s in vain (memberlist) and outlasts its stop timeout; one after the other, each is quick."""
     phases = [
-        [s for s in services if s.child.name not in workloads and s.child.name != venue],
+        [s for s in services if s.child.name in leaving_first],
+        [
+            s
+            for s in services
+            if s.child.name not in workloads and s.child.name != venue and s.child.name not in leaving_first
+        ],
         [s for s in services if s.child.name in workloads],
         [s for s in services if venue and s.child.name == venue],
     ]
@@ -479,6 +563,7 @@ async def _watch(
     ports, names = stack.ports, {c.name for c in stack.children}
     reported: set[str] = set()
     while not stop.is_set():
+        failed = {s.child.name for s in stack.services if s.state == "failed"}
         for service in stack.services:
             child = service.child
             if service.state != "failed":
@@ -491,12 +576,15 @@ async def _watch(
                 f"!!! {service.unit} failed ({service.result}): {child.name} is not restarted any more; "
                 f"last lines of {child.log_path}:\n{_tail(child.log_path)}"
             )
-            if child.name not in stack.survivable:
+            if not stack.survives_without(child.name, failed):
                 printer.message(f"!!! the alerting pipeline is broken without {child.name}: stopping the stack")
                 return EXIT_FAILURE
             ctl = f"{self_command()} stackctl --state-dir {shlex.quote(str(stack.layout.state_dir))}"
             watch = "TradingBotDown fire, the reconciler's restart be refused and the escalation page"
-            if child.name not in stack.workloads:
+            if child.name in stack.alertmanagers:
+                others = ", ".join(m for m in stack.alertmanagers if m not in failed)
+                watch = f"alerts go through {others}, and TradingOpsAlertmanagerDown fire for {child.name}"
+            elif child.name not in stack.workloads:
                 watch = "the bot's broker alerts fire and the reconciler act and escalate"
             printer.message(
                 f"!!! the rest keeps running: watch {watch}; once the cause is fixed: {ctl} reset-failed && "
@@ -504,7 +592,7 @@ async def _watch(
             )
         snap = await fetch(
             session,
-            ports.url("alertmanager") if "alertmanager" in names else None,
+            [ports.url(role) for role in stack.alertmanagers.values()],
             ports.url("prometheus") if "prometheus" in names else None,
             ports.url("reconciler"),
             read_token,
@@ -592,7 +680,7 @@ async def supervise(stack: Stack, options: UpOptions, printer: StatusPrinter) ->
         code = EXIT_FAILURE
     finally:
         await stop_tasks(watchers)  # no restarts from here on
-        clean = await _stop_all(stack.services, printer, stack.workloads, stack.venue)
+        clean = await _stop_all(stack.services, printer, stack.workloads, stack.venue, list(stack.alertmanagers)[1:])
         await ctl.close()
         if stack.notify is not None:
             stack.notify.close()
