@@ -24,10 +24,8 @@ import collections
 import contextlib
 import json
 import os
-import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +40,7 @@ from typing import Any
 
 import psutil
 import yaml
+from bench_ports import free_port, free_range
 
 POLL_SECONDS = 0.2
 TOKEN_BYTES = 24
@@ -51,36 +50,6 @@ MIB = 1024 * 1024
 GOAL_ALL_CLEAR_SECONDS = 30.0
 GOAL_RECONCILER_RSS_MIB = 150.0
 PARTS = ("paper-gateway", "reconciler", "prometheus", "alertmanager")
-
-
-_PICKED: set[int] = set()
-
-
-def free_range(count: int, attempts: int = 1000) -> int:
-    """The first of `count` consecutive ports free on 127.0.0.1, below the kernel's ephemeral range: a port picked
-    there can be taken by one of the fleet's own outgoing connections before the server that was to listen on it
-    binds it (a bot then fails to start with "address already in use")."""
-    try:
-        ceiling = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        ceiling = 32768
-    for _ in range(attempts):
-        first = random.randrange(10000, max(ceiling, 10000 + 10 * count) - count)
-        if not _PICKED.isdisjoint(range(first, first + count)):
-            continue
-        try:
-            with contextlib.ExitStack() as held:
-                for port in range(first, first + count):
-                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        _PICKED.update(range(first, first + count))
-        return first
-    raise RuntimeError(f"no {count} consecutive free ports")
-
-
-def free_port() -> int:
-    return free_range(1)
 
 
 def http(url: str, token: str = "", body: dict[str, Any] | None = None) -> tuple[int, str]:

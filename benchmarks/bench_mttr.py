@@ -32,7 +32,11 @@ running, and kills the reconciler (SIGKILL); `up` restarts it as systemd would, 
 replacement runs it again, finds the unit restarted after the alert began and verifies) or resolved (the restart the
 killed run asked for brought the bot back before the replacement took the episode up). Either way the bot must have
 been restarted exactly once: the round reports the restarts asked of the service manager and the reconciler's own
-restart time.
+restart time. alertmanager_member_killed runs on a stack with a clustered Alertmanager pair (`up --alertmanagers 2`,
+Prometheus sending to both, the reconciler posting to both): member 1, the one the reconciler reads first, is killed
+(SIGKILL) and the broker connection dropped at once; the other member routes the alert, the reconciler reconnects
+once (both members notify it: one run per episode) and verifies, and `up` restarts the killed member. When it is among
+the scenarios, every scenario runs on the pair.
 
 The stack runs the packaged default playbook with its cooldowns capped at --gap (rounds come back to back) and its
 budgets raised; everything else as shipped.
@@ -49,6 +53,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +91,8 @@ class Scenario:
     # A fault of the pipeline itself is judged on its end (one restart, verified), not on the latency goal: its time
     # holds the rule's wait_for (the service manager first), the kill and the reconciler's own restart.
     latency_goal: bool = True
+    # Runs on a clustered Alertmanager pair.
+    needs_pair: bool = False
 
     def matches(self, alertname: str, labels: dict[str, str]) -> bool:
         """One of its alerts (`alert` may name several, `|` between them), with its labels."""
@@ -117,11 +124,25 @@ SCENARIOS = [
     Scenario(
         "reconciler_killed", "TradingBotDown", "recovered", restarts=True, also_ends=("resolved",), latency_goal=False
     ),
+    # Judged on one action and a verified end: the surviving member may wait Alertmanager's peer timeout for the dead
+    # one to notify first (its place in the cluster decides: the HA pair's deliberate price), so its time is its own.
+    Scenario(
+        "alertmanager_member_killed", "TradingBotBrokerDisconnected", "recovered", latency_goal=False, needs_pair=True
+    ),
     Scenario("loss_spike", "TradingBotDailyLossBreached", "paged"),
 ]
 BY_FAULT = {s.fault: s for s in SCENARIOS}
 BOT_UNIT = "trading-ops-paper-bot.service"
 RECONCILER_UNIT = "trading-ops-reconciler.service"
+
+
+def ready(stack: Stack, server: str) -> bool:
+    """A server of the stack (Prometheus, an Alertmanager) answers its readiness endpoint."""
+    try:
+        with urllib.request.urlopen(f"{stack.urls[server]}/-/ready", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 class ReconcilerKill:
@@ -145,9 +166,10 @@ class ReconcilerKill:
     def _reconciler_restarts(self) -> int:
         return sum(line.startswith(self.back) for line in list(self.stack.lines))
 
-    def inject(self) -> bool:
+    def inject(self, probe: Probe) -> str | None:
         argv = [sys.executable, "-m", "trading_ops", "stackctl", "--state-dir", str(self.stack.root / "stack")]
-        return subprocess.run([*argv, "stop", BOT_UNIT], capture_output=True, timeout=60, check=False).returncode == 0
+        stopped = subprocess.run([*argv, "stop", BOT_UNIT], capture_output=True, timeout=60, check=False)
+        return None if stopped.returncode == 0 else f"stackctl stop {BOT_UNIT} failed"
 
     def poll(self, now: float) -> None:
         if self.killed_at is None and self._restarts_asked() > self.asked_before:
@@ -155,6 +177,11 @@ class ReconcilerKill:
             self.killed_at = now
         elif self.killed_at is not None and self.back_at is None and self._reconciler_restarts() > self.back_before:
             self.back_at = now
+
+    def problem(self) -> str | None:
+        if self.killed_at is None:
+            return "the episode ended before the reconciler could be killed during its step"
+        return None
 
     def report(self) -> dict[str, Any]:
         return {
@@ -165,6 +192,44 @@ class ReconcilerKill:
             if self.back_at is not None and self.killed_at is not None
             else None,
         }
+
+
+class MemberKill:
+    """alertmanager_member_killed: member 1 of the pair killed (SIGKILL), the broker connection dropped at once."""
+
+    member = "alertmanager"
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.pid = stack.child_pids()[self.member]
+        self.killed_at: float | None = None
+        self.back_at: float | None = None
+
+    def inject(self, probe: Probe) -> str | None:
+        os.kill(self.pid, signal.SIGKILL)
+        self.killed_at = time.time()
+        return None if probe.bot("drop_connection") is not None else "the fault command was refused"
+
+    def poll(self, now: float) -> None:
+        """Back: `up` started a new member and it answers."""
+        if self.back_at is None and self.stack.child_pids()[self.member] != self.pid and ready(self.stack, self.member):
+            self.back_at = now
+
+    def problem(self) -> str | None:
+        return None
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "member_back_after_seconds": round(self.back_at - self.killed_at, 3)
+            if self.back_at is not None and self.killed_at is not None
+            else None
+        }
+
+
+INFRASTRUCTURE: dict[str, type[ReconcilerKill] | type[MemberKill]] = {
+    "reconciler_killed": ReconcilerKill,
+    "alertmanager_member_killed": MemberKill,
+}
 
 
 class Probe:
@@ -202,6 +267,10 @@ class Probe:
         except (urllib.error.URLError, OSError):
             return []
 
+    def alertmanagers_ready(self) -> bool:
+        """Every Alertmanager of the stack answers (a killed member is back)."""
+        return all(ready(self.stack, name) for name in ("alertmanager", "alertmanager-2") if name in self.stack.urls)
+
     def reconciler_answers(self) -> bool:
         try:
             self.stack.episodes()
@@ -226,11 +295,12 @@ def run_round(stack: Stack, number: int, scenario: Scenario, timeout: float, pid
     known = {e["id"] for e in probe.episodes()}
     before = probe.discrepancies()
     result: dict[str, Any] = {"round": number, "fault": scenario.fault, "alert": scenario.alert, "ends": scenario.ends}
-    kill = ReconcilerKill(stack) if scenario.fault == "reconciler_killed" else None
+    kill = INFRASTRUCTURE[scenario.fault](stack) if scenario.fault in INFRASTRUCTURE else None
     if kill is not None:
         fault_at = time.time()
-        if not kill.inject():
-            result["failure"] = f"stackctl stop {BOT_UNIT} failed"
+        problem = kill.inject(probe)
+        if problem is not None:
+            result["failure"] = problem
             return result
     elif scenario.fault == "loss_spike":  # wait for a book the spike can breach the limit with
         end = time.monotonic() + 60
@@ -298,8 +368,9 @@ def run_round(stack: Stack, number: int, scenario: Scenario, timeout: float, pid
         result["action_seconds"] = round(sum(b - a for a, b in ran), 3)
     if kill is not None:
         result.update(kill.report())
-        if not kill.killed_at and "failure" not in result:
-            result["failure"] = "the episode ended before the reconciler could be killed during its step"
+        problem = kill.problem()
+        if problem is not None and "failure" not in result:
+            result["failure"] = problem
     for command in scenario.cleanup:
         probe.bot(command)
     return result
@@ -315,7 +386,7 @@ def settle(stack: Stack, timeout: float) -> None:
             a for a in stack.prom_alerts() if a["state"] == "firing" and a["labels"].get("service") == "tradingbot"
         ]
         open_episodes = [e for e in probe.episodes() if not e["closed_at"]]
-        answers = probe.reconciler_answers()
+        answers = probe.reconciler_answers() and probe.alertmanagers_ready()
         if status is not None and status.get("state") == "active" and answers and not firing and not open_episodes:
             return
         if time.monotonic() > end:
@@ -327,12 +398,17 @@ def settle(stack: Stack, timeout: float) -> None:
         time.sleep(0.5)
 
 
+def alertmanagers(scenarios: list[Scenario]) -> int:
+    """A clustered pair when a scenario kills one of its members, else one Alertmanager."""
+    return 2 if any(s.needs_pair for s in scenarios) else 1
+
+
 def run_stack(
     profile: str, number: int, scenarios: list[Scenario], rounds: int, gap: float, timeout: float
 ) -> tuple[list[dict[str, Any]], int | None]:
     """One fresh stack: `rounds` of every scenario (the paged one once, last); its results and `up`'s exit status."""
     with tempfile.TemporaryDirectory(prefix=f"bench-mttr-{profile}-") as tmp:
-        stack = Stack(Path(tmp), profile, gap)
+        stack = Stack(Path(tmp), profile, gap, alertmanagers=alertmanagers(scenarios))
         results: list[dict[str, Any]] = []
         try:
             stack.wait_ready()
@@ -384,6 +460,10 @@ def run_profile(
             "actions_per_round": [len(r["actions"]) for r in ok],
             "episode_states": sorted({state for r in ok for state in r["episodes"].values()}),
         }
+        if scenario.fault == "alertmanager_member_killed":
+            per_scenario[scenario.fault]["member_back_after_kill"] = summary(
+                [r["member_back_after_seconds"] for r in ok if r.get("member_back_after_seconds") is not None]
+            )
         if scenario.fault == "reconciler_killed":
             per_scenario[scenario.fault]["bot_restarts_asked_per_round"] = [r.get("bot_restarts_asked") for r in ok]
             per_scenario[scenario.fault]["reconciler_back_after_kill"] = summary(
@@ -391,6 +471,7 @@ def run_profile(
             )
     return {
         "settings": PROFILES[profile].settings(),
+        "alertmanagers": alertmanagers(scenarios),
         "stacks": stacks,
         "up_exit_status": codes,
         "scenarios": per_scenario,

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from bench_ports import free_port
 
 from trading_ops.durations import parse_duration
 from trading_ops.stack.profiles import PROFILES
@@ -52,12 +52,6 @@ FAULTS = {
 }
 TOKEN_BYTES = 24
 STARTED_RE = re.compile(r"^started (?P<name>[\w-]+): pid (?P<pid>\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
@@ -91,9 +85,14 @@ def percentile(values: list[float], q: float) -> float | None:
 class Stack:
     """`trading-ops up` as a child process on free ports, with a configuration written for the benchmark."""
 
-    def __init__(self, root: Path, profile: str, cooldown: float, bot: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, root: Path, profile: str, cooldown: float, bot: dict[str, Any] | None = None, alertmanagers: int = 1
+    ) -> None:
         self.root = root
-        self.ports = {name: free_port() for name in ("bot", "reconciler", "prometheus", "alertmanager")}
+        names = ["bot", "reconciler", "prometheus", "alertmanager"]
+        if alertmanagers == 2:  # a clustered pair: the second member and both gossip ports
+            names += ["alertmanager-2", "alertmanager-gossip", "alertmanager-2-gossip"]
+        self.ports = {name: free_port() for name in names}
         self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
         secrets = root / "secrets"
         secrets.mkdir(mode=0o700)
@@ -128,7 +127,7 @@ class Stack:
         self.lines: list[str] = []
         self.up_seen = threading.Event()
         args = [sys.executable, "-m", "trading_ops", "--config", str(self.config), "up", "--profile", profile]
-        args += ["--state-dir", str(root / "stack"), "--status-interval", "5"]
+        args += ["--state-dir", str(root / "stack"), "--status-interval", "5", "--alertmanagers", str(alertmanagers)]
         args += [f"--{name}-port={port}" for name, port in self.ports.items()]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
