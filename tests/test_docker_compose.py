@@ -12,6 +12,7 @@ import yaml
 from system_binaries import REPO_ROOT, run_binary
 
 from trading_ops.config import ReconcilerConfig, load_config, parse_config
+from trading_ops.durations import parse_duration
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 # Long-running services must prove they are healthy; one-shot jobs only need to be retried.
@@ -316,3 +317,14 @@ def test_the_reconciler_cleans_the_bots_data_directory() -> None:
     playbook = resources.files("trading_ops.reconciler").joinpath("playbooks", "docker.yml").read_text()
     (rule,) = [r for r in yaml.safe_load(playbook)["rules"] if r["name"] == "disk-cleanup"]
     assert rule["steps"] == [{"action": "exec", "argv": ["trading-ops", "upkeep", "cleanup"], "timeout": "2m"}]
+
+
+def test_prometheus_keeps_more_than_the_longest_slo_window() -> None:
+    """The SLO recording rules average over up to 30 days: Prometheus must hold that much and more, or the error budget
+    of the month is computed over what is left of it."""
+    rules = (REPO_ROOT / "prometheus" / "rules" / "tradingbot-slo.yml").read_text()
+    windows = [parse_duration(w) for w in re.findall(r"\[(\d+[smhdwy])\]", rules)]
+    command = compose()["services"]["prometheus"]["command"]
+    (flag,) = [a for a in command if a.startswith("--storage.tsdb.retention.time=")]
+    retention = parse_duration(flag.split("=", 1)[1])
+    assert windows and retention > max(windows), (flag, max(windows))
