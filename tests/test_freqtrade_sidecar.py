@@ -240,6 +240,29 @@ async def test_pause_and_resume_reach_freqtrade(sidecar: Client, freqtrade: Freq
     assert await sidecar.value("tradingbot_state", state="active") == 1
 
 
+async def test_control_commands_are_counted_by_who_asked(sidecar: Client, freqtrade: Freqtrade) -> None:
+    """tradingbot_control_commands_total{command, source}, as a bot on the runtime counts them: the boards' annotations
+    say who paused a freqtrade. The state commands are there at 0 from the start (increase() sees the first one)."""
+
+    async def counted(source: str) -> float | None:
+        return await sidecar.value("tradingbot_control_commands_total", command="pause", source=source)
+
+    before = {source: await counted(source) for source in ("operator", "reconciler", "maintenance")}
+    assert None not in before.values(), before
+    status, _ = await sidecar.control("pause", {**AUTH, "X-Trading-Ops-Source": "reconciler"})
+    assert status == 200
+    status, _ = await sidecar.control("pause", AUTH)  # no header: an operator's
+    assert status == 200
+    after = {source: await counted(source) for source in before}
+    assert after == {
+        "operator": before["operator"] + 1,
+        "reconciler": before["reconciler"] + 1,
+        "maintenance": before["maintenance"],
+    }
+    status, _ = await sidecar.control("resume", AUTH)
+    assert status == 200
+
+
 async def test_flatten_closes_every_trade_on_the_gateway(
     sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
 ) -> None:

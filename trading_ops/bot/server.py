@@ -16,7 +16,6 @@ from trading_ops.bearer import bearer_matches
 from trading_ops.bot.broker import BrokerError
 from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR, CommandError, command_source
 from trading_ops.bot.keys import INSTRUMENTATION
-from trading_ops.bot.metrics import BotMetrics
 from trading_ops.bot.state import TransitionRefused
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ async def control_handler(request: web.Request) -> web.Response:
     peer = request.remote or "-"
     authenticated = bearer_matches(request.headers.get("Authorization"), inst.token)
     source = command_source(request.headers.get(SOURCE_HEADER), authenticated)
-    _count_command(inst.metrics, label, source)
+    inst.metrics.control_command(label, source)
     started = time.monotonic()
     if not authenticated:
         inst.metrics.control_failure(label, "unauthorized")
@@ -128,16 +127,6 @@ async def control_handler(request: web.Request) -> web.Response:
         json.dumps(result, default=str)[:300],
     )
     return web.json_response({"ok": True, "command": command, **result}, dumps=_dumps)
-
-
-def _count_command(metrics: Any, command: str, source: str) -> None:
-    """tradingbot_control_commands_total{command, source}. The freqtrade sidecar serves this app with metrics of its
-    own (trading_ops.integrations.freqtrade.control.ControlMetrics) that count by command alone until they have
-    the `source` label too."""
-    if isinstance(metrics, BotMetrics):
-        metrics.control_command(command, source)
-    else:
-        metrics.control_command(command)
 
 
 def _dumps(obj: Any) -> str:

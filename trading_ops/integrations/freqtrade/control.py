@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from trading_ops.bot.broker import BrokerError
+from trading_ops.bot.control import HEADER_SOURCES, STATE_COMMANDS
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.bot.state import TradingState, TransitionRefused
 from trading_ops.integrations.freqtrade.client import FreqtradeRefused, FreqtradeUnavailable
@@ -50,12 +51,22 @@ class CommandRefused(TransitionRefused):
 
 
 class ControlMetrics:
-    """`tradingbot_control_commands_total` and `..._failures_total`, the library's names for the control API."""
+    """`tradingbot_control_commands_total{command, source}` and `..._failures_total`, the library's names for the
+    control API: who paused or halted a freqtrade shows on the boards as it does for a bot on the runtime. The state
+    commands are exported at 0 for each source a caller can name from the start (increase() over a series that
+    appears at 1 misses that first command); freqtrade's own limits are not the sidecar's, so no `risk` source."""
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self._commands = Counter(
-            f"{PREFIX}_control_commands", "Control commands received.", ["command"], registry=registry
+            f"{PREFIX}_control_commands",
+            "Control commands received by the sidecar's control API, by who asked (source: operator, reconciler, "
+            "maintenance, unauthenticated).",
+            ["command", "source"],
+            registry=registry,
         )
+        for command in STATE_COMMANDS:
+            for source in HEADER_SOURCES:
+                self._commands.labels(command, source)
         self._failures = Counter(
             f"{PREFIX}_control_command_failures",
             "Control commands that were not carried out, by reason.",
@@ -63,8 +74,8 @@ class ControlMetrics:
             registry=registry,
         )
 
-    def control_command(self, command: str) -> None:
-        self._commands.labels(command).inc()
+    def control_command(self, command: str, source: str) -> None:
+        self._commands.labels(command, source).inc()
 
     def control_failure(self, command: str, reason: str) -> None:
         self._failures.labels(command, reason).inc()
