@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,10 @@ DEFAULT_GAP_SECONDS = 20.0
 UNREACHABLE_LOSS_LIMIT: dict[str, Any] = {"risk": {"daily_loss_limit": 1_000_000.0}}
 # The seeds' bound: a memory leak takes ~2 minutes to cross its budget's critical tier and stay there for `for:`.
 DEFAULT_ROUND_TIMEOUT = 300.0
+# The reject ratio's rate window. Its alert resolves while the window still holds the storm's tail; a round that
+# stopped the bot within it (reconciler_killed) lets the normal orders leave the window first, the ratio rises past
+# 10 % again, and reject-storm-pause (its cooldown capped at --gap here, 30 minutes as shipped) pauses the bot anew.
+REJECT_WINDOW_SECONDS = 5 * 60 + 15
 # Between rounds, for the bot to be active with nothing firing: after a reject storm, TradingBotOrderRejectRatioHigh
 # goes on firing until the storm has left its 5-minute rate window.
 SETTLE_SECONDS = 420.0
@@ -95,6 +100,9 @@ class Scenario:
     latency_goal: bool = True
     # Runs on a clustered Alertmanager pair.
     needs_pair: bool = False
+    # Seconds the next round waits after this one's end, besides settling: a window of the alert's that still holds
+    # this fault once the alert resolved.
+    window_after: float = 0.0
 
     def matches(self, alertname: str, labels: dict[str, str]) -> bool:
         """One of its alerts (`alert` may name several, `|` between them), with its labels."""
@@ -121,7 +129,12 @@ SCENARIOS = [
         labels={"severity": "critical"},
     ),
     Scenario(
-        "reject_storm", "TradingBotOrderRejectRatioHigh", "recovered", {"seconds": 600}, ("clear_chaos", "resume")
+        "reject_storm",
+        "TradingBotOrderRejectRatioHigh",
+        "recovered",
+        {"seconds": 600},
+        ("clear_chaos", "resume"),
+        window_after=REJECT_WINDOW_SECONDS,
     ),
     Scenario(
         "reconciler_killed", "TradingBotDown", "recovered", restarts=True, also_ends=("resolved",), latency_goal=False
@@ -405,6 +418,14 @@ def alertmanagers(scenarios: list[Scenario]) -> int:
     return 2 if any(s.needs_pair for s in scenarios) else 1
 
 
+def keep_logs(stack: Stack) -> Path:
+    """A copy of the stack's logs (every child's, and `up`'s) that outlives its temporary directory."""
+    kept = Path(tempfile.mkdtemp(prefix="bench-mttr-kept-"))
+    shutil.copytree(stack.root / "stack" / "logs", kept / "logs")
+    shutil.copy(stack.root / "up.log", kept / "up.log")
+    return kept
+
+
 def run_stack(
     profile: str, number: int, plan: list[Scenario], gap: float, timeout: float, bot: dict[str, Any] | None = None
 ) -> tuple[list[dict[str, Any]], int | None]:
@@ -415,19 +436,23 @@ def run_stack(
         results: list[dict[str, Any]] = []
         try:
             stack.wait_ready()
+            not_before = 0.0
             for round_number, scenario in enumerate(plan, 1):
+                time.sleep(max(0.0, not_before - time.monotonic()))
                 try:
                     settle(stack, max(timeout, SETTLE_SECONDS))
                 except RuntimeError as exc:
+                    failure = f"{exc} (logs kept in {keep_logs(stack)})"
                     left = plan[round_number - 1 :]
-                    results += [{"stack": number, "fault": s.fault, "failure": str(exc)} for s in left]
-                    print(json.dumps({"profile": profile, "stack": number, "failure": str(exc)}), file=sys.stderr)
+                    results += [{"stack": number, "fault": s.fault, "failure": failure} for s in left]
+                    print(json.dumps({"profile": profile, "stack": number, "failure": failure}), file=sys.stderr)
                     break
                 time.sleep(gap)
                 status = Probe(stack).bot("status") or {}
                 results.append(
                     {"stack": number, **run_round(stack, round_number, scenario, timeout, status.get("pid"))}
                 )
+                not_before = time.monotonic() + scenario.window_after
                 print(json.dumps({"profile": profile, **results[-1]}), file=sys.stderr)
         finally:
             code = stack.stop()
