@@ -37,6 +37,7 @@ import yaml
 from bench_ports import free_port
 
 from trading_ops.durations import parse_duration
+from trading_ops.stack.binaries import find as find_binary
 from trading_ops.stack.profiles import PROFILES
 
 GOAL_P50_SECONDS = 10.0
@@ -88,6 +89,10 @@ class Stack:
     def __init__(
         self, root: Path, profile: str, cooldown: float, bot: dict[str, Any] | None = None, alertmanagers: int = 1
     ) -> None:
+        # The benchmarks measure the whole pipeline: without either server `up` would start the rest and nothing fires.
+        for server in ("prometheus", "alertmanager"):
+            if (binary := find_binary(server)).path is None:
+                raise SystemExit(f"{Path(sys.argv[0]).name}: {binary.install_hint} (make bench does)")
         self.root = root
         names = ["bot", "reconciler", "prometheus", "alertmanager"]
         if alertmanagers == 2:  # a clustered pair: the second member and both gossip ports
