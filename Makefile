@@ -101,7 +101,7 @@ test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check trading_ops tests benchmarks examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict --follow-imports=silent examples
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25
 
 # Every benchmark but the soak (`$(PY) benchmarks/bench_soak.py --minutes 60`: an hour at least, run it on its own).
 bench: $(STAMP) system-deps bench-deps

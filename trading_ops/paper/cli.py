@@ -126,7 +126,7 @@ def run_chaos(args: argparse.Namespace, config: Config) -> int:
     url = (args.url or f"http://{listen.host}:{listen.port}").rstrip("/") + f"/control/{args.fault}"
     body = parse_params(args.params)
     try:
-        status, payload = asyncio.run(_post(url, token, body))
+        status, payload = asyncio.run(post_json(url, token, body))
     except (aiohttp.ClientError, TimeoutError) as exc:
         print(f"trading-ops: chaos: cannot reach the bot at {url}: {unreachable(exc, url)}", file=sys.stderr)
         return 1
@@ -147,7 +147,9 @@ def unreachable(exc: Exception, url: str) -> str:
     return str(exc) or f"no answer within {CHAOS_TIMEOUT_SECONDS} s"
 
 
-async def _post(url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+async def post_json(url: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """POST `body` as JSON with the bearer `token` (the fault commands of the bot and of the gateway): the status and
+    the answer's JSON, or its first 500 characters when it is not JSON."""
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=CHAOS_TIMEOUT_SECONDS)

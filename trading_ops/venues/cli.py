@@ -10,7 +10,7 @@ from typing import Any
 
 from trading_ops.cli import http_url
 from trading_ops.config import Config, ConfigError, resolve_secret
-from trading_ops.paper.cli import _post, parse_params, unreachable
+from trading_ops.paper.cli import parse_params, post_json, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def run_gateway_chaos(args: argparse.Namespace, config: Config) -> int:
         if args.fault == "status":
             status, payload = asyncio.run(_get(f"{base}/chaos", token))
         else:
-            status, payload = asyncio.run(_post(f"{base}/chaos/{args.fault}", token, parse_params(args.params)))
+            status, payload = asyncio.run(post_json(f"{base}/chaos/{args.fault}", token, parse_params(args.params)))
     except (aiohttp.ClientError, TimeoutError) as exc:
         print(f"trading-ops: gateway-chaos: cannot reach {base}: {unreachable(exc, base)}", file=sys.stderr)
         return 1
