@@ -14,6 +14,22 @@ from sqlalchemy import create_engine, text
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed test's report carries the recent log of each server process it used (a fixture value with a
+    `diagnostics()` method: freqtrade, the paper gateway), which is gone with the temporary directory after CI."""
+    report = yield
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            diagnostics = getattr(value, "diagnostics", None)
+            if callable(diagnostics):
+                try:
+                    report.sections.append((f"{name}: its log's last lines", str(diagnostics())))
+                except OSError as exc:
+                    report.sections.append((f"{name}: its log", f"unreadable: {exc}"))
+    return report
+
+
 @pytest.fixture(autouse=True)
 def restore_root_logging() -> Iterator[None]:
     """`trading_ops.cli.main` configures the root logger on sys.stderr, which under capsys is a capture stream closed

@@ -190,6 +190,10 @@ class Freqtrade:
             text += stderr.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
+    def diagnostics(self) -> str:
+        """What a failed test's report shows of this freqtrade (tests/conftest.py)."""
+        return self.tail(60)
+
     def api(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5) -> Any:
         """freqtrade's REST API with basic auth (as a person with curl would), independent of the sidecar."""
         basic = b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()

@@ -17,25 +17,35 @@ from conftest import free_port
 from freqtrade_helpers import until
 from system_binaries import REPO_ROOT
 
+# Three keys of the venue's one account, one per client, as on Kraken (its nonce must increase per key, and
+# freqtrade does not send an order again whose nonce came in behind another client's): freqtrade's, its sidecar's
+# (reconciliation) and the test's own (looking at what the venue holds).
 API_KEY = "freqtrade-test-key"
 API_SECRET = base64.b64encode(b"the freqtrade tests' gateway secret").decode()
+SIDECAR_KEY = "sidecar-test-key"
+SIDECAR_SECRET = base64.b64encode(b"the sidecar's key on the same account").decode()
+CHECK_KEY = "test-check-key"
+CHECK_SECRET = base64.b64encode(b"the key the test looks at the venue with").decode()
 CHAOS_TOKEN = "gateway-chaos-token"
 
 
 @dataclass
 class Gateway:
     url: str
-    api_key: str
+    api_key: str  # freqtrade's
     api_secret: str
     proc: subprocess.Popen[bytes]
     log: Path
+    sidecar_key: str = SIDECAR_KEY
+    sidecar_secret: str = SIDECAR_SECRET
 
     def ccxt(self) -> Any:
-        """ccxt's real (sync) kraken client on the gateway, as a person checking the venue would use."""
+        """ccxt's real (sync) kraken client on the gateway, as a person checking the venue would use (a key of their
+        own on the account)."""
         return ccxt.kraken(
             {
-                "apiKey": self.api_key,
-                "secret": self.api_secret,
+                "apiKey": CHECK_KEY,
+                "secret": CHECK_SECRET,
                 "enableRateLimit": False,
                 "timeout": 5000,
                 "urls": {"api": {"public": self.url, "private": self.url}},
@@ -43,8 +53,8 @@ class Gateway:
         )
 
     def call(self, method: str, *args: Any) -> Any:
-        """A ccxt call on the gateway, sent again when the nonce is refused: freqtrade, the sidecar and the test sign
-        with the one key the gateway has, and their nonces may arrive out of order (as on Kraken with a shared key)."""
+        """A ccxt call on the gateway with the test's key, sent again when its nonce is refused (calls of the test's
+        threads on that one key may arrive out of order)."""
         for attempt in range(10):
             try:
                 return getattr(self.ccxt(), method)(*args)
@@ -64,6 +74,11 @@ class Gateway:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return json.loads(resp.read())
 
+    def diagnostics(self) -> str:
+        """What a failed test's report shows of the gateway (tests/conftest.py): its log's last lines."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-40:])
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -81,6 +96,9 @@ def start_gateway(tmp: Path) -> Gateway:
     (tmp / "api-key").write_text(API_KEY)
     (tmp / "api-secret").write_text(API_SECRET)
     (tmp / "chaos-token").write_text(CHAOS_TOKEN)
+    for name, key, secret in (("sidecar", SIDECAR_KEY, SIDECAR_SECRET), ("check", CHECK_KEY, CHECK_SECRET)):
+        (tmp / f"{name}-key").write_text(key)
+        (tmp / f"{name}-secret").write_text(secret)
     port = free_port()
     config = {
         "paper": {
@@ -95,6 +113,10 @@ def start_gateway(tmp: Path) -> Gateway:
             "api_key_file": str(tmp / "api-key"),
             "api_secret_file": str(tmp / "api-secret"),
             "control_token_file": str(tmp / "chaos-token"),
+            "extra_keys": [
+                {"api_key_file": str(tmp / f"{name}-key"), "api_secret_file": str(tmp / f"{name}-secret")}
+                for name in ("sidecar", "check")
+            ],
             "orders_per_second": 1000,
         },
     }

@@ -210,8 +210,8 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
         sidecar_port = free_port()
         (tmp / "token").write_text(TOKEN)
         (tmp / "ft-password").write_text(PASSWORD)
-        (tmp / "gw-key").write_text(gateway.api_key)
-        (tmp / "gw-secret").write_text(gateway.api_secret)
+        (tmp / "gw-key").write_text(gateway.sidecar_key)
+        (tmp / "gw-secret").write_text(gateway.sidecar_secret)
         sidecar_config = {
             "freqtrade": {
                 "control_token_file": str(tmp / "token"),

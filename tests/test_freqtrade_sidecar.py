@@ -65,8 +65,8 @@ def broker_of(gateway: Gateway) -> CcxtBroker:
     """The ccxt broker the sidecar reconciles through: ccxt's real async kraken client on the gateway."""
     exchange = ccxt_async.kraken(
         {
-            "apiKey": gateway.api_key,
-            "secret": gateway.api_secret,
+            "apiKey": gateway.sidecar_key,
+            "secret": gateway.sidecar_secret,
             "enableRateLimit": False,
             "timeout": 5000,
             "urls": {"api": {"public": gateway.url, "private": gateway.url}},
@@ -139,6 +139,12 @@ class Client:
 
 @pytest.fixture
 async def sidecar(freqtrade: Freqtrade, gateway: Gateway, aiohttp_client: Any) -> AsyncIterator[Client]:
+    # Each test starts from a trading freqtrade on a venue without faults: one that failed before its own resume,
+    # unlock or clear does not fail the next.
+    if freqtrade.api("GET", "/show_config")["state"] != "running":
+        freqtrade.api("POST", "/start")
+    unlock_pairs(freqtrade)
+    gateway.chaos("clear")
     sc = sidecar_of(freqtrade, broker=broker_of(gateway))
     client = Client(await aiohttp_client(create_app(sc)), sc)
     await client.until("the sidecar's first answered poll", lambda: client.value("tradingbot_freqtrade_up"))
@@ -276,7 +282,10 @@ async def test_flatten_closes_every_trade_on_the_gateway(
     held = until("the gateway holds no BTC and no ETH", lambda: _flat(venue_holdings(gateway)))
     assert held["USD"] > 0
     # The exits, as the library counts order flow: one market sell per pair submitted, acknowledged and filled.
-    sold = {t["pair"].replace("/", "-"): t["amount"] for t in freqtrade.api("GET", "/trades?limit=2")["trades"]}
+    sold = {
+        t["pair"].replace("/", "-"): t["amount"]
+        for t in freqtrade.api("GET", "/trades?limit=2&order_by_id=false")["trades"]
+    }
     for symbol, amount in sold.items():
         flow = {"venue": "kraken", "strategy": STRATEGY, "symbol": symbol}
         sell = {**flow, "side": "sell"}
@@ -303,6 +312,43 @@ async def test_flatten_closes_every_trade_on_the_gateway(
     assert status == 200
     for lock in locks:
         freqtrade.api("DELETE", f"/locks/{lock['id']}")
+    until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
+
+
+async def test_flatten_exits_trade_by_trade_and_sends_an_exit_the_venue_refused_again(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    """freqtrade's /forceexit of "all" stops at the first exit the venue refuses (HTTP 500) and leaves the other trades
+    open. The sidecar exits one trade at a time and sends a refused exit again: one refusal leaves nothing open; a
+    venue that keeps refusing fails flatten with 503 naming the trades, which stay open, paused."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    try:
+        gateway.chaos("invalid_order", count=1)  # the first exit order is refused, once
+        status, body = await sidecar.control("flatten")
+        assert status == 200 and len(body["trades_exited"]) == 2, body
+        until("freqtrade has no open trade", lambda: freqtrade.open_trades() == [])
+        until("the gateway holds no BTC and no ETH", lambda: _flat(venue_holdings(gateway)))
+        assert "Invalid order" in freqtrade.tail(200)  # the refusal did happen, and was overcome
+
+        status, _ = await sidecar.control("resume")
+        assert status == 200
+        unlock_pairs(freqtrade)
+        held = until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
+        gateway.chaos("invalid_order", count=100)  # every exit refused
+        status, body = await sidecar.control("flatten")
+        assert status == 503 and body["state"] == "paused", body
+        assert "did not exit 2 of 2 trades" in body["error"], body
+        for trade in held:
+            assert f"trade {trade['trade_id']}:" in body["error"]
+        assert len(freqtrade.open_trades()) == 2
+    finally:
+        gateway.chaos("clear")
+    status, body = await sidecar.control("flatten")
+    assert status == 200, body
+    until("freqtrade has no open trade", lambda: freqtrade.open_trades() == [])
+    status, _ = await sidecar.control("resume")
+    assert status == 200
+    unlock_pairs(freqtrade)
     until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
 
 
@@ -435,6 +481,20 @@ async def test_an_order_the_venue_refuses_is_counted_rejected_with_its_reason(
     status, _ = await sidecar.control("flatten")
     assert status == 200
     until("freqtrade has no open trade", lambda: freqtrade.open_trades() == [])
+    # Long after freqtrade's first five closed trades (the earlier tests' flattens): a trade that closes between two
+    # polls is found among the newest closed ones, its exit counted filled (not canceled), and no older one counted.
+    assert freqtrade.api("GET", "/profit")["closed_trade_count"] > 5
+    for symbol in ("BTC-USD", "ETH-USD"):
+        sell = {"venue": "kraken", "strategy": STRATEGY, "symbol": symbol, "side": "sell"}
+        await sidecar.until(
+            f"the {symbol} exit filled",
+            lambda sell=sell: sidecar.value("tradingbot_fills_total", liquidity="unknown", **sell),
+        )
+        assert await sidecar.value("tradingbot_orders_submitted_total", order_type="market", **sell) == 1
+        canceled = await sidecar.value(
+            "tradingbot_orders_canceled_total", venue="kraken", strategy=STRATEGY, symbol=symbol
+        )
+        assert not canceled
     gateway.chaos("insufficient_funds", count=1)
     status, _ = await sidecar.control("resume")
     assert status == 200

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import ccxt.async_support as ccxt
 import pytest
+from aiohttp import web
 
 from tests.ccxt_helpers import (
     API_KEY,
@@ -31,7 +32,7 @@ from tests.ccxt_helpers import (
 from tests.conftest import free_port
 from trading_ops.cli import main
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.venues.kraken_gateway import gateway_from_config, sign
+from trading_ops.venues.kraken_gateway import create_app, gateway_from_config, sign
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -388,6 +389,53 @@ def test_sub_accounts_from_the_configuration_keep_their_state_beside_the_venues(
     ):
         with pytest.raises(ConfigError, match=problem):
             gateway_from_config(parse_config({"gateway": {**section, "accounts": accounts}}, base_dir=tmp_path))
+
+
+async def test_more_keys_of_the_main_account_from_the_configuration_each_with_its_own_nonce(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """gateway.extra_keys: each reaches the main account (the same balance, the same orders), and its nonce is its
+    own, so a client far ahead on one key does not get another client's calls on another key refused."""
+    for name, value in (("key", API_KEY), ("secret", API_SECRET), ("other-key", OTHER_KEY), ("other", OTHER_SECRET)):
+        (tmp_path / name).write_text(value)
+    monkeypatch.setenv("GATEWAY_TEST_TOKEN", CONTROL_TOKEN)
+    section = {
+        "api_key_file": "key",
+        "api_secret_file": "secret",
+        "control_token_env": "GATEWAY_TEST_TOKEN",
+        "extra_keys": [{"api_key_file": "other-key", "api_secret_file": "other"}],
+    }
+    gateway = gateway_from_config(parse_config({"gateway": section}, base_dir=tmp_path))
+    assert list(gateway.accounts) == ["main"]
+    runner = web.AppRunner(create_app(gateway))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    bot, ahead = kraken(base), kraken(base, key=OTHER_KEY, secret=OTHER_SECRET)
+    ahead.nonce = lambda: 10**18  # far ahead of anything the bot's key will send
+    try:
+        placed = await bot.create_order("BTC/USD", "limit", "buy", 0.01, 1000)
+        assert [o["id"] for o in await ahead.fetch_open_orders()] == [placed["id"]]  # one account
+        assert (await bot.fetch_balance())["total"] == (await ahead.fetch_balance())["total"]
+        await bot.cancel_order(placed["id"])  # the bot's key is not held back by the other's nonce
+    finally:
+        for ex in (bot, ahead):
+            await ex.close()
+        await runner.cleanup()
+    for extra, problem in (
+        (
+            [{"api_key_file": "key", "api_secret_file": "secret"}],
+            r"extra_keys\[0\].api_key: is another key of the main",
+        ),
+        ([{"api_key_file": "other-key"}], r"gateway.extra_keys\[0\].api_secret: not set"),
+        ([{"api_key_file": "other-key", "api_secret_file": "key"}], r"extra_keys\[0\].api_secret: an API"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            gateway_from_config(parse_config({"gateway": {**section, "extra_keys": extra}}, base_dir=tmp_path))
+    sub = {"name": "x", "api_key_file": "other-key", "api_secret_file": "other"}
+    with pytest.raises(ConfigError, match="API key of sub-account x is another"):
+        gateway_from_config(parse_config({"gateway": {**section, "accounts": [sub]}}, base_dir=tmp_path))
 
 
 async def test_an_outage_drops_every_client_whatever_they_do_until_it_ends_by_itself() -> None:

@@ -812,6 +812,16 @@ class GatewayListenConfig(ListenConfig):
 
 
 @dataclass
+class GatewayKeyConfig:
+    """One more API key of the gateway's main account, as Kraken lets an account have several: each key has its own
+    nonce, so each client of the account (a bot, its sidecar's reconciliation, a person's script) signs with its own and
+    none has its orders refused because another's nonce arrived first."""
+
+    api_key: str = secret("", "an API key of the main account")
+    api_secret: str = secret("", "base64 API secret of that key")
+
+
+@dataclass
 class GatewayAccountConfig:
     """A sub-account of the gateway's venue, as Kraken's subaccounts: balances, orders and trades of its own on the
     same market, reached with its own API key (several bots on one venue never see each other's orders)."""
@@ -837,6 +847,8 @@ class GatewayConfig:
     state_file: str = ""
     # The venue's order rate limit per account (a token bucket); past it AddOrder answers EOrder:Rate limit exceeded.
     orders_per_second: float = bounded(50.0, min=0.1)
+    # More keys of the main account (`api_key_file`/`_env`, `api_secret_file`/`_env` each): one per client of it.
+    extra_keys: list[GatewayKeyConfig] = field(default_factory=list)
     # Sub-accounts on the same market, each with its own key (one per bot sharing the venue).
     accounts: list[GatewayAccountConfig] = field(default_factory=list)
 

@@ -1076,6 +1076,13 @@ def gateway_from_config(config: Config) -> KrakenGateway:
     values = {}
     for name in ("api_key", "api_secret", "control_token"):
         values[name] = _secret(config, g, name, f"gateway.{name}")
+    keys = {values["api_key"]: values["api_secret"]}
+    for i, extra in enumerate(g.extra_keys):
+        key = f"gateway.extra_keys[{i}]"
+        api_key = _secret(config, extra, "api_key", f"{key}.api_key")
+        if api_key in keys:
+            raise ConfigError(f"{key}.api_key", "is another key of the main account too")
+        keys[api_key] = _secret(config, extra, "api_secret", f"{key}.api_secret")
     state = config.path(g.state_file) if g.state_file else None
     seed = config.paper.seed or secrets.randbits(32)
     venue = _paper_venue(config, list(config.paper.symbols), seed, "kraken-gateway", state, "gateway.state_file")
@@ -1093,9 +1100,7 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         sub = _paper_venue(config, list(venue.symbols), seed + i + 1, name, account_state, f"{key}.state_file", i + 1)
         subaccounts.append(SubAccount(account.name, sub, {api_key: api_secret}))
     try:
-        return KrakenGateway(
-            venue, {values["api_key"]: values["api_secret"]}, values["control_token"], subaccounts=subaccounts
-        )
+        return KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts)
     except ValueError as exc:
         raise ConfigError("gateway.accounts", str(exc)) from None
 

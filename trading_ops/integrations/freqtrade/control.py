@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -26,6 +26,9 @@ COMMAND_TIMEOUT_SECONDS = 30.0
 # starts again); the command waits this long for it to answer with a new start time.
 RELOAD_SECONDS = 30.0
 RELOAD_POLL_SECONDS = 0.25
+# flatten sends a trade's exit again, this long after a failed one, as many times in all as FLATTEN_ATTEMPTS.
+FLATTEN_ATTEMPTS = 3
+FLATTEN_RETRY_SECONDS = 1.0
 CommandHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # Checks that the venue answers (public and private calls) before freqtrade is asked to rebuild its connection to it;
 # raises BrokerError when it does not.
@@ -252,7 +255,11 @@ class FreqtradeControl:
 
     # -- orders and positions --------------------------------------------------------------------------------
     async def _flatten(self, _args: dict[str, Any]) -> dict[str, Any]:
-        """Stop entries, then force-exit every open trade (freqtrade places the exit orders)."""
+        """Stop entries, then force-exit every open trade, one /forceexit per trade (freqtrade places the exit
+        orders). freqtrade's "all" stops at the first trade whose exit fails and leaves the rest open; one by one, a
+        trade the venue refuses now does not keep the others open. A trade whose exit failed and that is still open
+        with no exit order on the venue is sent again after FLATTEN_RETRY_SECONDS, FLATTEN_ATTEMPTS times in all; one
+        still left then fails the command (503), naming it and freqtrade's reason, and the trades that did exit."""
         state = await self._current()
         if state is TradingState.HALTED:
             raise CommandRefused(
@@ -261,11 +268,38 @@ class FreqtradeControl:
         if state is TradingState.ACTIVE:
             await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS)
         trades = [t.get("trade_id") for t in self.poller.snapshot.trades]
-        answer = (
-            await self.client.post("/forceexit", {"tradeid": "all"}, timeout=COMMAND_TIMEOUT_SECONDS)
-            if trades
-            else None
-        )
+        failed: dict[str, str] = {}
+        answer: Any = None
+        pending = trades
+        for attempt in range(FLATTEN_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(FLATTEN_RETRY_SECONDS)
+            for trade_id in pending:
+                try:
+                    answer = await self.client.post(
+                        "/forceexit", {"tradeid": str(trade_id)}, timeout=COMMAND_TIMEOUT_SECONDS
+                    )
+                except (FreqtradeUnavailable, FreqtradeRefused) as exc:
+                    failed[str(trade_id)] = str(exc)
+                else:
+                    failed.pop(str(trade_id), None)
+            if not failed:
+                break
+            # Sent again: only a trade whose exit failed and that has no exit order on the venue yet (one placed
+            # after all, or filled, would be sold twice); one gone meanwhile exited.
+            await self._current()
+            left = {str(trade_id) for trade_id in _without_exit(self.poller.snapshot.trades)}
+            failed = {trade_id: reason for trade_id, reason in failed.items() if trade_id in left}
+            pending = [trade_id for trade_id in trades if str(trade_id) in failed]
+        if failed:
+            reasons = "; ".join(f"trade {trade_id}: {reason}" for trade_id, reason in failed.items())
+            log.warning("flatten: %d of %d trades not exited: %s", len(failed), len(trades), reasons)
+            raise BrokerError(
+                "unavailable",
+                f"freqtrade did not exit {len(failed)} of {len(trades)} trades "
+                f"(exited {[t for t in trades if str(t) not in failed]}): {reasons}",
+                outcome_unknown=False,
+            )
         after = await self._current()
         return {
             "state": after.value,
@@ -340,6 +374,25 @@ class FreqtradeControl:
             "open_orders": len(snap.open_orders()),
             "commands": self.commands,
         }
+
+
+def _without_exit(trades: Iterable[dict[str, Any]]) -> list[Any]:
+    """The ids of open trades with no exit order on the venue, open or (partly) filled: those a flatten still has to
+    send an exit for."""
+    pending = []
+    for trade in trades:
+        exit_side = "buy" if trade.get("is_short") else "sell"
+        exits = [o for o in trade.get("orders") or () if o.get("ft_order_side") == exit_side]
+        if not any(o.get("is_open") or _filled(o) for o in exits):
+            pending.append(trade.get("trade_id"))
+    return pending
+
+
+def _filled(order: dict[str, Any]) -> bool:
+    try:
+        return float(order.get("filled") or 0) > 0
+    except (TypeError, ValueError):
+        return True  # an amount we cannot read: assume it filled rather than sell twice
 
 
 def _status_text(answer: Any) -> str:

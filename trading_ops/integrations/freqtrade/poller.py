@@ -184,7 +184,9 @@ class FreqtradePoller:
         elif closed_count is not None and previous.closed_count is not None and closed_count > previous.closed_count:
             limit = min(closed_count - previous.closed_count + CLOSED_MARGIN, CLOSED_MAX)
         if limit and closed_count:
-            answer = await c.get("/trades", limit=limit)
+            # Newest closed first: by default freqtrade sorts /trades by id, oldest first, and a limit would then
+            # answer the same oldest trades forever, never the one that just closed.
+            answer = await c.get("/trades", limit=limit, order_by_id="false")
             rows = answer.get("trades") if isinstance(answer, dict) else None
             closed = [t for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
         # The version is asked once per freqtrade process (a restart may bring another one).
