@@ -8,6 +8,7 @@ freqtrade starts once for this module (a few seconds); the last test kills it an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -350,6 +351,20 @@ async def test_flatten_exits_trade_by_trade_and_sends_an_exit_the_venue_refused_
     assert status == 200
     unlock_pairs(freqtrade)
     until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
+
+
+async def test_polls_run_one_at_a_time_each_from_the_snapshot_before(sidecar: Client) -> None:
+    """Commands poll afresh while the scheduled poll may be in flight: polls wait for each other, so every poll's
+    listeners (the counters) see the snapshot the poll before produced, never two polls from the same one with the
+    older answer coming last (fees would fall and rise again, and be counted twice)."""
+    poller = sidecar.sidecar.poller
+    seen: list[tuple[Any, Any]] = []
+    poller.listeners.append(lambda previous, snapshot, _news, _counted: seen.append((previous, snapshot)))
+    await asyncio.gather(*(poller.poll() for _ in range(3)))
+    assert len(seen) >= 3
+    for (_, produced), (previous, _) in zip(seen, seen[1:], strict=False):
+        assert previous is produced
+    assert poller.snapshot is seen[-1][1]
 
 
 async def test_pnl_and_daily_profit_are_freqtrade_own_numbers(sidecar: Client, freqtrade: Freqtrade) -> None:

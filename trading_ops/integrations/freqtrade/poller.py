@@ -110,6 +110,10 @@ class FreqtradePoller:
         self.listeners: list[Listener] = []
         self._cursor = LogCursor()
         self._baseline = False
+        # One poll at a time: a command's fresh poll waits for the scheduled one in flight, so each poll starts from
+        # the snapshot of the one before (two at once would both start from the same one, and the slower, older
+        # answer would come last: counters would see fees fall and rise again, trades close twice).
+        self._polling = asyncio.Lock()
 
     async def start(self) -> None:
         await self.client.open()
@@ -135,6 +139,10 @@ class FreqtradePoller:
 
     async def poll(self) -> Snapshot:
         """Ask freqtrade everything once; a failure of any part reports it down (never half a picture)."""
+        async with self._polling:
+            return await self._poll()
+
+    async def _poll(self) -> Snapshot:
         previous = self.snapshot
         try:
             snapshot, news = await self._fetch(previous)
