@@ -44,13 +44,20 @@ async def running_gateway(sub_account: bool = False, **venue_args: Any) -> Async
     subs = [SubAccount(SUB_ACCOUNT, PaperVenue(**{**args, "seed": 8, "id_base": 10**12}), {SUB_KEY: SUB_SECRET})]
     keys = {API_KEY: API_SECRET, OTHER_KEY: OTHER_SECRET}
     gateway = KrakenGateway(venue, keys, CONTROL_TOKEN, subaccounts=subs if sub_account else ())
+    async with serving(gateway) as base:
+        yield gateway, base
+
+
+@contextlib.asynccontextmanager
+async def serving(gateway: KrakenGateway) -> AsyncIterator[str]:
+    """`gateway` served on a free port of 127.0.0.1 until the block ends; yields its URL."""
     runner = web.AppRunner(create_app(gateway))
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:
-        yield gateway, f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import aiohttp
 import ccxt.async_support as ccxt
 import pytest
-from aiohttp import web
 
 from tests.ccxt_helpers import (
     API_KEY,
@@ -27,12 +26,13 @@ from tests.ccxt_helpers import (
     SUB_SECRET,
     kraken,
     running_gateway,
+    serving,
     wait_for,
 )
 from tests.conftest import free_port
 from trading_ops.cli import main
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.venues.kraken_gateway import create_app, gateway_from_config, sign
+from trading_ops.venues.kraken_gateway import gateway_from_config, sign
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -360,14 +360,19 @@ async def test_a_sub_account_trades_the_same_market_with_balances_orders_and_tra
                 await ex.close()
 
 
-def test_sub_accounts_from_the_configuration_keep_their_state_beside_the_venues(tmp_path: Path, monkeypatch) -> None:
-    for name, value in (("key", API_KEY), ("secret", API_SECRET), ("sub-key", SUB_KEY), ("sub-secret", SUB_SECRET)):
+def gateway_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A `gateway` section of the main account's key (files `key`, `secret` in tmp_path) and token; the files
+    `sub-key`, `sub-secret`, `other-key` and `other` hold a sub-account's and another main-account key."""
+    files = {"key": API_KEY, "secret": API_SECRET, "sub-key": SUB_KEY, "sub-secret": SUB_SECRET}
+    for name, value in {**files, "other-key": OTHER_KEY, "other": OTHER_SECRET}.items():
         (tmp_path / name).write_text(value)
     monkeypatch.setenv("GATEWAY_TEST_TOKEN", CONTROL_TOKEN)
+    return {"api_key_file": "key", "api_secret_file": "secret", "control_token_env": "GATEWAY_TEST_TOKEN"}
+
+
+def test_sub_accounts_from_the_configuration_keep_their_state_beside_the_venues(tmp_path: Path, monkeypatch) -> None:
     section = {
-        "api_key_file": "key",
-        "api_secret_file": "secret",
-        "control_token_env": "GATEWAY_TEST_TOKEN",
+        **gateway_section(tmp_path, monkeypatch),
         "state_file": "state/venue.json",
         "accounts": [{"name": "bot-2", "api_key_file": "sub-key", "api_secret_file": "sub-secret"}],
     }
@@ -396,33 +401,23 @@ async def test_more_keys_of_the_main_account_from_the_configuration_each_with_it
 ) -> None:
     """gateway.extra_keys: each reaches the main account (the same balance, the same orders), and its nonce is its
     own, so a client far ahead on one key does not get another client's calls on another key refused."""
-    for name, value in (("key", API_KEY), ("secret", API_SECRET), ("other-key", OTHER_KEY), ("other", OTHER_SECRET)):
-        (tmp_path / name).write_text(value)
-    monkeypatch.setenv("GATEWAY_TEST_TOKEN", CONTROL_TOKEN)
     section = {
-        "api_key_file": "key",
-        "api_secret_file": "secret",
-        "control_token_env": "GATEWAY_TEST_TOKEN",
+        **gateway_section(tmp_path, monkeypatch),
         "extra_keys": [{"api_key_file": "other-key", "api_secret_file": "other"}],
     }
     gateway = gateway_from_config(parse_config({"gateway": section}, base_dir=tmp_path))
     assert list(gateway.accounts) == ["main"]
-    runner = web.AppRunner(create_app(gateway))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    base = f"http://127.0.0.1:{port}"
-    bot, ahead = kraken(base), kraken(base, key=OTHER_KEY, secret=OTHER_SECRET)
-    ahead.nonce = lambda: 10**18  # far ahead of anything the bot's key will send
-    try:
-        placed = await bot.create_order("BTC/USD", "limit", "buy", 0.01, 1000)
-        assert [o["id"] for o in await ahead.fetch_open_orders()] == [placed["id"]]  # one account
-        assert (await bot.fetch_balance())["total"] == (await ahead.fetch_balance())["total"]
-        await bot.cancel_order(placed["id"])  # the bot's key is not held back by the other's nonce
-    finally:
-        for ex in (bot, ahead):
-            await ex.close()
-        await runner.cleanup()
+    async with serving(gateway) as base:
+        bot, ahead = kraken(base), kraken(base, key=OTHER_KEY, secret=OTHER_SECRET)
+        ahead.nonce = lambda: 10**18  # far ahead of anything the bot's key will send
+        try:
+            placed = await bot.create_order("BTC/USD", "limit", "buy", 0.01, 1000)
+            assert [o["id"] for o in await ahead.fetch_open_orders()] == [placed["id"]]  # one account
+            assert (await bot.fetch_balance())["total"] == (await ahead.fetch_balance())["total"]
+            await bot.cancel_order(placed["id"])  # the bot's key is not held back by the other's nonce
+        finally:
+            for ex in (bot, ahead):
+                await ex.close()
     for extra, problem in (
         (
             [{"api_key_file": "key", "api_secret_file": "secret"}],
