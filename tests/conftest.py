@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from ports import free_port  # noqa: F401 - re-exported: tests import it from here
@@ -12,6 +15,35 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+# A test module that starts something once for the module (a whole stack, a freqtrade, promtool's classification of
+# every rule test): a fixture of module (or package, class) scope defined in it.
+STARTS_ONCE_PER_MODULE = re.compile(r"@pytest\.fixture\([^)]*\bscope=[\"'](?:module|package|class)[\"']")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Two lanes (`pytest -n 2 --dist loadgroup`): the tests of a module that starts something once for the module run
+    on one worker, in their order (its fixture starts once, not once per worker); every other test goes to whichever
+    worker is free. xdist's own `xdist_group` marks cannot say it here: pytest 9.2's node ids no longer take the group
+    suffix xdist 3.8 writes into them, so the scheduler groups by the test's module path itself."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    @functools.cache
+    def grouped(path: str) -> bool:
+        try:
+            return bool(STARTS_ONCE_PER_MODULE.search((config.rootpath / path).read_text(encoding="utf-8")))
+        except OSError:
+            return False
+
+    class ModuleGroups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if grouped(path) else nodeid
+
+    return ModuleGroups(config, log)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -371,7 +371,10 @@ async def test_pnl_and_daily_profit_are_freqtrade_own_numbers(sidecar: Client, f
     """Realized P&L and the daily profit ratio are today's row of freqtrade's /daily, unrealized P&L the sum of its
     open trades' profit in /status: compared with freqtrade's own answers of the same moment (its prices move every
     iteration, so each comparison is of one poll and the answers right after it)."""
-    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    (first, _) = until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    # One trade closed today, whatever ran before: realized P&L is then its, not zero by default.
+    freqtrade.api("POST", "/forceexit", {"tradeid": str(first["trade_id"])})
+    until("a trade closed today", lambda: freqtrade.api("GET", "/daily?timescale=1")["data"][0]["trade_count"] >= 1)
     labels = {"venue": "kraken", "strategy": STRATEGY}
 
     async def same_as_freqtrade() -> bool:
@@ -388,8 +391,7 @@ async def test_pnl_and_daily_profit_are_freqtrade_own_numbers(sidecar: Client, f
         )
 
     await sidecar.until("realized, unrealized and daily profit as freqtrade answers them", same_as_freqtrade)
-    # The flatten above closed trades today: realized P&L is theirs, not zero by default.
-    assert freqtrade.api("GET", "/daily?timescale=1")["data"][0]["trade_count"] >= 2
+    assert await sidecar.value("tradingbot_realized_pnl", **labels) != 0
 
 
 async def _locks_exported(sidecar: Client, freqtrade: Freqtrade) -> bool:

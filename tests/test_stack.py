@@ -585,7 +585,9 @@ class UpProcess:
                 self.changed.wait(0.5)
 
     def wait_up(self) -> None:
+        """Until the whole banner is out (its first line comes before the URLs and commands)."""
         self.wait_line(lambda line: "local stack is up" in line)
+        self.wait_line(lambda line: line.startswith("Ctrl-C stops everything"))
 
     def pids(self) -> dict[str, int]:
         return {m["name"]: int(m["pid"]) for line in self.lines if (m := STARTED_RE.match(line))}
