@@ -537,7 +537,7 @@ def _check_instance(value: str) -> str | None:
 
 # ---- backup and upkeep (trading_ops.ops) ------------------------------------------------------------------------
 # Schedules are cron-like "M H DOM MON DOW" (lists, ranges, steps, names), checked by the scheduler's own parser
-# (trading_ops.ops.schedule) so that every schedule the file accepts is one the scheduler can run.
+# (trading_ops.cron) so that every schedule the file accepts is one the scheduler can run.
 
 
 def _check_cron(value: str) -> str | None:
@@ -666,7 +666,7 @@ class UpkeepConfig:
 
 
 def _check_schedule_time_zone(value: str) -> str | None:
-    from trading_ops.ops.schedule import ScheduleError, zone
+    from trading_ops.cron import ScheduleError, zone
 
     try:
         zone(value)
@@ -676,7 +676,7 @@ def _check_schedule_time_zone(value: str) -> str | None:
 
 
 def _check_schedule(value: str) -> str | None:
-    from trading_ops.ops.schedule import CronSchedule, ScheduleError
+    from trading_ops.cron import CronSchedule, ScheduleError
 
     try:
         CronSchedule.parse(value)

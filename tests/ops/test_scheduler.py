@@ -16,9 +16,9 @@ from sqlalchemy import insert, select
 
 from tests.ops.conftest import ops_config
 from trading_ops.config import Config, parse_config
+from trading_ops.cron import CronSchedule
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models.ops import JobRun
-from trading_ops.ops.schedule import CronSchedule
 from trading_ops.ops.scheduler import Job, Scheduler
 
 NEW_YORK = "America/New_York"

@@ -181,9 +181,9 @@ def maintenance_list(args: argparse.Namespace, config: Config) -> int:
 def report_daily(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
+    from trading_ops.cron import CronSchedule
     from trading_ops.db.base import make_engine, utcnow
     from trading_ops.ops import report
-    from trading_ops.ops.schedule import CronSchedule
 
     if args.date:
         try:

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from trading_ops.config import Config
+from trading_ops.cron import CronSchedule
 from trading_ops.durations import parse_duration
 from trading_ops.ops import backup, maintenance, report, upkeep
-from trading_ops.ops.schedule import CronSchedule
 from trading_ops.ops.scheduler import Job, JobFunc
 
 # How often finished maintenance windows are closed (bots resumed) and a missing silence is retried.

@@ -1,4 +1,4 @@
-"""Maintenance windows: an Alertmanager silence, the matched bots paused (and resumed), the window recorded."""
+"""Maintenance windows, the operator's side: a silence, the matched bots paused (and resumed), the window recorded."""
 
 from __future__ import annotations
 

@@ -15,12 +15,12 @@ from sqlalchemy import Engine, func, inspect, select
 
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, ReportConfig, resolve_secret
+from trading_ops.cron import to_utc, zone
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models.journal import Fill, Position
 from trading_ops.db.models.ledger import Episode
 from trading_ops.db.models.recovery import BotRun
 from trading_ops.ops.backup import Catalog
-from trading_ops.ops.schedule import to_utc, zone
 
 log = logging.getLogger(__name__)
 

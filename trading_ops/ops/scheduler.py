@@ -16,9 +16,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
 from trading_ops.config import Config
+from trading_ops.cron import CronSchedule
 from trading_ops.db.base import IMMEDIATE_OPTION, utcnow
 from trading_ops.db.models.ops import JobRun
-from trading_ops.ops.schedule import CronSchedule
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Maintenance windows: which Alertmanager silences pause the bots' remediation, refreshed into metrics."""
+"""Which Alertmanager silences are bot maintenance windows: they pause the bots' remediation; refreshed into metrics."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from freezegun import freeze_time
 
+from trading_ops.cron import CronSchedule, ScheduleError
 from trading_ops.db.base import utcnow
-from trading_ops.ops.schedule import CronSchedule, ScheduleError
 
 NEW_YORK = "America/New_York"
 # 2026: clocks go forward at 02:00 EST on March 8 (07:00 UTC) and back at 02:00 EDT on November 1 (06:00 UTC).
