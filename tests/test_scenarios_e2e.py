@@ -305,8 +305,18 @@ def test_a_memory_leak_past_the_budget_is_restarted_and_verified(stack: PaperSta
     assert episode["state"] == "recovered" and episode["rule"] == "memory-leak-restart", episode
     assert episode["labels"]["severity"] == "critical"
     steps = [(s["action"], s["outcome"]) for a in episode["attempts"] for s in a["steps"]]
-    assert steps == [("bot", "success"), ("systemd", "success")], steps
+    assert steps == [("bot", "success"), ("silence", "success"), ("systemd", "success")], steps
     assert bot_pid(stack) != before
+    # The restart's own down does not page: the reconciler silenced this bot's TradingBotDown before restarting it.
+    silences = get_json(stack.up.url("alertmanager", "/api/v2/silences"))
+    ours = [
+        x
+        for x in silences
+        if x["createdBy"] == "trading-ops-reconciler"
+        and {m["name"]: m["value"] for m in x["matchers"]}
+        == {"alertname": "TradingBotDown", "instance": stack.instance}
+    ]
+    assert ours and "memory-leak-restart" in ours[-1]["comment"], silences
     # On the budget: more than 80 % of it, less than half of the machine (or cgroup) limit.
     selector = f'{{job="tradingbot", instance="{stack.instance}"}}'
     assert stack.value(f"max_over_time(process_resident_memory_bytes{selector}[10m])") > 0.8 * budget

@@ -42,6 +42,8 @@ from trading_ops.durations import parse_duration
 from trading_ops.paper import chaos
 from trading_ops.stack.alertmanager_config import render_alertmanager
 from trading_ops.stack.app_config import (
+    STACK_ACTIONS_PER_TARGET_PER_HOUR,
+    STACK_DAILY_LOSS_LIMIT,
     STACK_DATA_DIR_BUDGET_BYTES,
     STACK_MEMORY_BUDGET_BYTES,
     build_app_config,
@@ -51,7 +53,7 @@ from trading_ops.stack.profiles import FAST, STANDARD
 from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
-from trading_ops.stack.up import children_path
+from trading_ops.stack.up import UpOptions, children_path, in_force, prepare
 
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 ROUTING_CASES = yaml.safe_load((REPO_ROOT / "alertmanager" / "tests" / "routing-cases.yml").read_text())
@@ -339,6 +341,101 @@ def test_the_committed_example_config_runs_in_the_stack(tmp_path: Path, layout: 
     config = load_config(build_app_config(source, layout, PORTS).path)
     assert config.database_url() == f"sqlite:///{tmp_path / 'var' / 'trading-ops.db'}"
     assert set(config.reconciler.targets) == {"127.0.0.1:19101"}
+
+
+def test_the_demo_profile_and_budgets_are_in_force_with_the_example_config(tmp_path: Path, layout: Layout) -> None:
+    """The example copied by `make run` leaves the demo's settings to the stack: the fast profile's crash timeout and
+    reconciliation interval, the paper bot's 2,500 loss limit and an action budget the README's fault tour fits in
+    twice; the banner's `in force` line says what applies. A value the user's file sets still wins."""
+    source = tmp_path / "trading-ops.yaml"
+    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", source)
+    config = load_config(build_app_config(source, layout, PORTS, profile=FAST).path)
+    assert (config.recovery.crash_timeout_seconds, config.recovery.reconcile_interval_seconds) == (3.0, 15.0)
+    assert config.bot.risk.daily_loss_limit is None and config.paper.daily_loss_limit == STACK_DAILY_LOSS_LIMIT
+    assert config.reconciler.budgets.max_actions_per_target_per_hour == STACK_ACTIONS_PER_TARGET_PER_HOUR
+    assert in_force(config) == (
+        "in force: daily loss limit 2500 (paper.daily_loss_limit), recovery.crash_timeout_seconds 3s, "
+        "recovery.reconcile_interval_seconds 15s, reconciler budget 30 actions per target and 60 in all per hour"
+    )
+    mine = yaml.safe_load(source.read_text())
+    mine["recovery"]["crash_timeout_seconds"] = 7
+    mine["reconciler"]["budgets"] = {"max_actions_per_target_per_hour": 4}
+    mine["bot"]["risk"]["daily_loss_limit"] = 900
+    source.write_text(yaml.safe_dump(mine))
+    config = load_config(build_app_config(source, layout, PORTS, profile=FAST).path)
+    assert config.recovery.crash_timeout_seconds == 7 and config.reconciler.budgets.max_actions_per_target_per_hour == 4
+    assert "daily loss limit 900 (bot.risk.daily_loss_limit), recovery.crash_timeout_seconds 7s" in in_force(config)
+
+
+def test_the_ccxt_gateway_stack_from_the_example_config_gets_a_bot_of_its_own(tmp_path: Path, layout: Layout) -> None:
+    """`make run UP_ARGS="--bot ccxt-gateway"` copies the example, whose bot section is the paper bot's: the ccxt bot
+    must not take its name (and with it the paper bot's journal and positions), nor ccxt's 1 call/s rate limiter
+    against the local gateway; the notes say what was changed."""
+    source = tmp_path / "trading-ops.yaml"
+    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", source)
+    ports = Ports(**{**PORTS.__dict__, "gateway": 19110})
+    app = build_app_config(source, layout, ports, "ccxt-gateway")
+    config = load_config(app.path)
+    assert (config.bot.name, config.bot.venue, config.bot.strategy) == ("ccxt-1", "kraken", "mean-reverter")
+    assert config.ccxt.enable_rate_limit is False
+    assert [b.name for b in config.bots] == ["ccxt-1"]
+    assert len(app.notes) == 2
+    assert "'paper-1' on venue 'paper' is the paper bot's section" in app.notes[0] and "'ccxt-1'" in app.notes[0]
+    assert app.notes[1].startswith("ccxt.enable_rate_limit is off on the paper gateway")
+    # A bot section of the user's own (not the paper bot's) is kept, and the paper stack changes nothing.
+    source.write_text(yaml.safe_dump({"bot": {"name": "mybot", "venue": "kraken"}}))
+    app = build_app_config(source, layout, ports, "ccxt-gateway")
+    assert load_config(app.path).bot.name == "mybot" and app.notes == ()
+    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", source)
+    assert build_app_config(source, layout, PORTS).notes == ()
+
+
+def test_backups_go_where_the_users_file_says_not_into_the_state_dir(tmp_path: Path, layout: Layout) -> None:
+    """`trading-ops backup list` run beside the user's file reads backup.directory relative to that file: the stack
+    writes its backups to the same place (it wrote them under the state dir, var/stack/var/backups)."""
+    source = tmp_path / "trading-ops.yaml"
+    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", source)
+    config = load_config(build_app_config(source, layout, PORTS).path)
+    assert config.path(config.backup.directory) == tmp_path / "var" / "backups"
+    assert load_config(source).path(load_config(source).backup.directory) == tmp_path / "var" / "backups"
+
+
+def test_up_says_when_it_reuses_the_state_of_an_earlier_run_and_fresh_removes_it(tmp_path: Path) -> None:
+    """A second `up` carries the first one's ledger (episodes, cooldowns, spent budgets), Prometheus data and venue
+    book: it says so, and `--fresh` starts from empty state instead."""
+    source = tmp_path / "trading-ops.yaml"
+    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", source)
+    base = free_ports(5)
+    options = UpOptions(
+        state_dir=tmp_path / "var" / "stack",
+        repo=str(REPO_ROOT),
+        ports=Ports.choose(base),
+        profile=FAST,
+        ready_timeout=60,
+        status_interval=None,
+        node_exporter="",
+        config_path=str(source),
+        log_level=None,
+    )
+
+    def notes(fresh: bool) -> list[str]:
+        stack = prepare(UpOptions(**{**options.__dict__, "fresh": fresh}))
+        assert stack.notify is not None
+        stack.notify.close()
+        return [note for note in stack.notes if "state" in note]
+
+    database = tmp_path / "var" / "trading-ops.db"
+    assert notes(fresh=False) == [] and database.exists()  # the first run: nothing to reuse
+    prometheus_data = options.state_dir / "prometheus" / "data"
+    prometheus_data.mkdir(parents=True)
+    (reused,) = notes(fresh=False)
+    assert reused.startswith(f"reusing the earlier runs' state ({database}, {prometheus_data})"), reused
+    assert "`up --fresh`" in reused
+    (removed,) = notes(fresh=True)
+    assert removed == f"--fresh: removed the earlier runs' state ({database}, {prometheus_data})"
+    assert not prometheus_data.exists() and database.exists()  # migrated anew, empty
+    (reused,) = notes(fresh=False)  # the fresh run's own database from then on
+    assert reused.startswith(f"reusing the earlier runs' state ({database}):"), reused
 
 
 @pytest.mark.parametrize(

@@ -446,6 +446,31 @@ async def test_silence_creates_an_alertmanager_silence(tmp_path: Path, alertmana
     }
 
 
+async def test_a_restart_silences_the_targets_down_alert_not_every_target(
+    tmp_path: Path, alertmanager: Alertmanager
+) -> None:
+    """`silence alertname=TradingBotDown` (before the packaged restarts): that alert of this target only, so the
+    reconciler's own restart does not page; an alert without the target label is refused, never a silence of all."""
+    async with aiohttp.ClientSession() as s:
+        labels = {"alertname": "TradingBotHeartbeatStale", "instance": "bot-restarted:9101"}
+        c = ctx(tmp_path, s, labels, am_url=alertmanager.url)
+        params = {"alertname": "TradingBotDown", "duration": "3m", "comment": "restarted by the reconciler (test)"}
+        result = await run(c, "silence", params)
+        assert result.ok, result.output
+        ours = [x for x in alertmanager.get("silences") if x["comment"] == "restarted by the reconciler (test)"]
+        assert len(ours) == 1 and ours[0]["status"]["state"] == "active"
+        assert {m["name"]: m["value"] for m in ours[0]["matchers"]} == {
+            "alertname": "TradingBotDown",
+            "instance": "bot-restarted:9101",
+        }
+        with pytest.raises(Refused, match="none of the labels instance"):
+            venue = ctx(tmp_path, s, {"alertname": "TradingBotVenueDown"}, am_url=alertmanager.url)
+            del venue.labels["instance"]  # a venue's alert: no instance label
+            await run(venue, "silence", params)
+    with pytest.raises(ValueError, match="alertname"):
+        ACTIONS["silence"].validate({"alertname": "Trading Bot Down"})
+
+
 async def test_notify_sends_through_apprise(tmp_path: Path, aiohttp_server: Any) -> None:
     received: list[dict[str, Any]] = []
 

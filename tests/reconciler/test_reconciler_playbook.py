@@ -188,11 +188,11 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
         "TradingBotMarketDataStale": ("market-data-resubscribe", ["bot"]),
         "TradingBotPositionMismatch": ("position-reconcile", ["bot"]),
         "TradingBotDailyLossBreached": ("loss-limit-flatten", ["bot", "bot", "bot"]),
-        "TradingBotHeartbeatStale": ("bot-loop-restart", ["systemd"]),
+        "TradingBotHeartbeatStale": ("bot-loop-restart", ["silence", "systemd"]),
         "TradingBotReconciliationStale": ("position-reconcile", ["bot"]),
         "TradingBotReconciliationFailing": ("reconciliation-retry", ["bot"]),
         "TradingBotDown": ("bot-restart", ["systemd"]),
-        "TradingBotMemoryFillingUp": ("memory-leak-restart", ["bot", "systemd"]),
+        "TradingBotMemoryFillingUp": ("memory-leak-restart", ["bot", "silence", "systemd"]),
         "TradingBotDiskAlmostFull": ("disk-cleanup", ["exec"]),
     }
     for alertname, (rule_name, actions) in expected.items():

@@ -69,6 +69,12 @@ DEFAULT_DATABASE_URL = DatabaseConfig().url
 # demo usually holds (about 6,000), while the demo's own fees and spreads (it loses on the order of 1,000 an hour)
 # take hours to reach it.
 STACK_DAILY_LOSS_LIMIT = 2500.0
+# The reconciler's action budget per target in the stack unless the configuration sets one: the README's fault tour
+# (every fault of `chaos --help` once) takes about 15 actions on the bot, so a demo can run it twice within the hour
+# before a spent budget opens the bot's circuit (production's default, 6, would stop the tour half-way).
+STACK_ACTIONS_PER_TARGET_PER_HOUR = 30
+# Keys whose string values are directories relative to the configuration file, whatever their name.
+DIRECTORY_KEYS = {"backup": ("directory", "copy_to")}
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class AppConfig:
     bot_configs: tuple[Path, ...] = ()
     # Every database the stack's processes use, migrated before they start (a fleet's bots on SQLite: one each).
     database_urls: tuple[str, ...] = ()
+    # What the stack changed in the user's file, and why (`up` prints each as a note).
+    notes: tuple[str, ...] = ()
 
 
 def _url_token() -> str:
@@ -128,9 +136,14 @@ def _token_path(section: dict[str, Any], key: str, base: Path, default: str) -> 
     return Path(value) if value else (base / default).resolve()
 
 
-def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports) -> Path:
+def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports, notes: list[str]) -> Path:
     """The paper gateway on its port with generated credentials (files under var/secrets, never in the YAML), and the
-    bot's `ccxt:` section on the same key, pointed at it. Returns the file of the gateway's fault-command token."""
+    bot's `ccxt:` section on the same key, pointed at it. Returns the file of the gateway's fault-command token.
+
+    A `bot:` section that describes the paper bot (venue `paper`, as the example configuration's does) is not the
+    ccxt bot's: taking its name would give the ccxt bot the paper bot's journal, whose positions the gateway's account
+    never held (its start-up reconciliation halts on them). The ccxt bot then gets a name, venue and strategy of its
+    own, and `notes` says so."""
     gateway = data.setdefault("gateway", {})
     files = {
         "api_key": ensure_token(_token_path(gateway, "api_key", base, DEFAULT_GATEWAY_API_KEY)),
@@ -144,7 +157,12 @@ def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports
     client["exchange"] = "kraken"
     client["urls"] = {"public": ports.url("gateway"), "private": ports.url("gateway")}
     client.setdefault("symbols", list(data.get("paper", {}).get("symbols") or PaperConfig().symbols))
-    client.setdefault("enable_rate_limit", False)  # the gateway limits orders itself; ccxt's kraken allows 1 call/s
+    if client.get("enable_rate_limit"):
+        notes.append(
+            "ccxt.enable_rate_limit is off on the paper gateway (it limits orders itself; ccxt's kraken limiter allows "
+            "1 call/s, which makes the start-up reconciliation take minutes)"
+        )
+    client["enable_rate_limit"] = False
     for section, names in ((gateway, files), (client, ("api_key", "api_secret"))):
         for name in names:
             section.pop(f"{name}_env", None)
@@ -193,6 +211,14 @@ def build_app_config(
     if not isinstance(raw, dict):
         raise ConfigError("(top level)", "expected a mapping")
     data: dict[str, Any] = _absolute(copy.deepcopy(raw), base)
+    notes: list[str] = []
+    for section, keys in DIRECTORY_KEYS.items():
+        values = data.get(section)
+        if not isinstance(values, dict):
+            continue  # absent, or parse_config names the problem
+        for key in keys:
+            if isinstance(values.get(key), str) and values[key]:
+                values[key] = str((base / Path(values[key]).expanduser()).resolve())
     db = data.setdefault("database", {})
     if not db.get("url_file") and not db.get("url_env"):
         # A relative SQLite path (the default one included) is relative to the user's file, not to the copy.
@@ -200,6 +226,16 @@ def build_app_config(
         if url.startswith(SQLITE_PREFIX) and not url.startswith(SQLITE_PREFIX + "/") and url != SQLITE_MEMORY:
             db["url"] = SQLITE_PREFIX + str((base / url[len(SQLITE_PREFIX) :]).resolve())
     bot = data.setdefault("bot", {})
+    if bot_kind == GATEWAY_BOT_KIND and bot.get("venue") == "paper":
+        # The paper bot's section (the example configuration's) is not the ccxt bot's: its name would give the ccxt
+        # bot the paper bot's journal, whose positions the gateway's account never held (its start-up reconciliation
+        # halts on them). The ccxt bot gets the gateway bot's name, venue and strategy instead.
+        notes.append(
+            f"bot {bot.get('name', 'paper-1')!r} on venue 'paper' is the paper bot's section: the ccxt bot runs as "
+            f"{GATEWAY_BOT_DEFAULTS['name']!r} on venue {GATEWAY_BOT_DEFAULTS['venue']!r}, with a journal of its own"
+        )
+        for key in GATEWAY_BOT_DEFAULTS:
+            bot.pop(key, None)
     named = bot.get("name")  # the user's name for the bot (a fleet's bots are NAME-1 ... NAME-N)
     bot.setdefault("data_dir", str((base / "var").resolve()))
     recovery = data.setdefault("recovery", {})
@@ -209,6 +245,9 @@ def build_app_config(
         data.setdefault("paper", {}).setdefault("daily_loss_limit", STACK_DAILY_LOSS_LIMIT)
     _default_budgets(bot)
     rc = data.setdefault("reconciler", {})
+    budgets = rc.setdefault("budgets", {})
+    if isinstance(budgets, dict):  # else parse_config names the problem
+        budgets.setdefault("max_actions_per_target_per_hour", STACK_ACTIONS_PER_TARGET_PER_HOUR)
     control = ensure_token(_token_path(bot, "control_token", base, DEFAULT_CONTROL_TOKEN))
     webhook = ensure_token(_token_path(rc, "token", base, DEFAULT_RECONCILER_TOKEN))
     read = ensure_token(_token_path(rc, "read_token", base, DEFAULT_READ_TOKEN))
@@ -237,7 +276,7 @@ def build_app_config(
         "--state-dir",
         str(layout.state_dir.resolve()),
     ]
-    gateway_token = _wire_gateway(data, base, layout, ports) if bot_kind == GATEWAY_BOT_KIND else None
+    gateway_token = _wire_gateway(data, base, layout, ports, notes) if bot_kind == GATEWAY_BOT_KIND else None
     # The stack's bots are the bots: list (the reconciler's targets are derived from it, and Prometheus scrapes the
     # same instances through its file_sd file). Prometheus labels a bot's series instance="<host>:<port>" of its
     # scrape target: that is how the reconciler's bot action finds the control API.
@@ -277,7 +316,15 @@ def build_app_config(
     )
     bot_configs = tuple(fleet) or (layout.app_config,)
     return AppConfig(
-        layout.app_config, config, control, webhook, read, gateway_token, bot_configs, tuple(dict.fromkeys(databases))
+        layout.app_config,
+        config,
+        control,
+        webhook,
+        read,
+        gateway_token,
+        bot_configs,
+        tuple(dict.fromkeys(databases)),
+        tuple(notes),
     )
 
 

@@ -139,6 +139,12 @@ def register(sub: Any) -> None:
         help=f"generated configurations, server data and logs (default: ./{DEFAULT_STATE_DIR})",
     )
     up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from empty state: remove the earlier runs' ledger and journal (SQLite), Prometheus's and "
+        "Alertmanager's data and the paper venues' books before starting (default: keep them, and say so)",
+    )
+    up.add_argument(
         "--repo",
         default=None,
         metavar="DIR",
@@ -299,6 +305,7 @@ def handle(args: argparse.Namespace, config: Config) -> int:
         bots=args.bots,
         bots_base_port=args.bots_base_port,
         alertmanagers=args.alertmanagers,
+        fresh=args.fresh,
     )
     try:
         return run(options)

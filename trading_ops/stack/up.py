@@ -19,14 +19,16 @@ from pathlib import Path
 
 import aiohttp
 
-from trading_ops.config import DEFAULT_CONFIG_PATH
+from trading_ops.config import DEFAULT_CONFIG_PATH, Config
 from trading_ops.db import migrate
 from trading_ops.durations import format_duration
+from trading_ops.paper.bot import VENUE_STATE_FILE
 from trading_ops.stack import binaries
 from trading_ops.stack.alertmanager_config import render_alertmanager, write_alertmanager
-from trading_ops.stack.app_config import GATEWAY_BOT_KIND, AppConfig, build_app_config
+from trading_ops.stack.app_config import GATEWAY_BOT_KIND, SQLITE_PREFIX, AppConfig, build_app_config
 from trading_ops.stack.health import StartupFailed, wait_healthy
 from trading_ops.stack.layout import (
+    ALERTMANAGER_ROLES,
     FLEET_START_SECONDS,
     GOSSIP_ROLE,
     HOST,
@@ -128,6 +130,7 @@ class UpOptions:
     bots: int = 1  # --bots N: how many bots of bot_kind (more than one: ccxt-gateway only)
     bots_base_port: int | None = None  # --bots-base-port: the bots on P..P+N-1 (layout.bot_ports)
     alertmanagers: int = 1  # --alertmanagers N: one Alertmanager (no gossip), or production's clustered pair
+    fresh: bool = False  # --fresh: the earlier runs' state removed before the start
 
 
 @dataclass
@@ -400,9 +403,23 @@ def prepare(options: UpOptions) -> Stack:
         )
     except MonitoringConfigError as exc:
         raise UsageProblem(str(exc)) from exc
+    urls = app.database_urls or (app.config.database_url(),)
+    earlier = state_of_earlier_runs(layout, urls, app.config)
+    state_notes = [*app.notes]
+    if earlier and options.fresh:
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        state_notes.append(f"--fresh: removed the earlier runs' state ({', '.join(map(str, earlier))})")
+    elif earlier:
+        state_notes.append(
+            f"reusing the earlier runs' state ({', '.join(map(str, earlier))}): their episodes, cooldowns, spent "
+            "budgets and alert history carry over; `up --fresh` (make run UP_ARGS=--fresh) starts from empty state"
+        )
+    if options.fresh and any(not url.startswith(SQLITE_PREFIX) for url in urls):
+        state_notes.append("--fresh leaves a PostgreSQL database as it is: give the stack a new one to start empty")
     write_alertmanager(rendered_am, layout, repo, options.profile)
     write_prometheus(rendered_prom, layout, repo, options.profile)
-    for url in app.database_urls or (app.config.database_url(),):
+    for url in urls:
         migrate.upgrade(url)
     children = _children(options, app, layout, prom, am, repo)
     names = {c.name for c in children}
@@ -413,7 +430,7 @@ def prepare(options: UpOptions) -> Stack:
         app,
         children,
         [b for b in (prom, am) if not b.path],
-        rendered_prom.notes + rendered_am.notes,
+        state_notes + rendered_prom.notes + rendered_am.notes,
         bot_names(options.bot_kind, app, options.log_level, repo),
         VENUE if VENUE in names else None,
         alertmanagers={child_name(role): role for role in members},
@@ -426,6 +443,18 @@ def prepare(options: UpOptions) -> Stack:
         raise UsageProblem(str(exc)) from exc
     stack.services = [Service(c, policies[c.name], stack.notify) for c in children]
     return stack
+
+
+def state_of_earlier_runs(layout: Layout, database_urls: Sequence[str], config: Config) -> list[Path]:
+    """What earlier runs of the stack left that this one would carry on from: the SQLite databases (the reconciler's
+    ledger, the bots' journals), Prometheus's and Alertmanager's data, the gateway's venue and the paper bot's venue
+    book. Only files the stack itself writes; a PostgreSQL database is never among them."""
+    paths = [Path(url[len(SQLITE_PREFIX) :]) for url in database_urls if url.startswith(SQLITE_PREFIX)]
+    paths = [p for db in paths for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"))]
+    paths += [layout.data(child) for child in ("prometheus", *map(child_name, ALERTMANAGER_ROLES))]
+    paths.append(layout.gateway_state.parent)
+    paths.append(config.path(config.bot.data_dir) / f"{config.bot.name}-{VENUE_STATE_FILE}")
+    return [p for p in paths if p.exists() and p != Path(":memory:")]
 
 
 def _policy(child: Child, stack: Stack) -> ServicePolicy:
@@ -448,6 +477,24 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def in_force(config: Config) -> str:
+    """One line: the settings of the stack's (first) bot and reconciler that the demo's promises depend on, as they
+    are in force after the profile and the configuration file are combined."""
+    fmt = format_duration
+    loss = config.bot.risk.daily_loss_limit
+    where = "bot.risk"
+    if loss is None and config.bot.venue == "paper":
+        loss, where = config.paper.daily_loss_limit, "paper"
+    budgets = config.reconciler.budgets
+    return (
+        f"in force: daily loss limit {f'{loss:g} ({where}.daily_loss_limit)' if loss else 'none'}, "
+        f"recovery.crash_timeout_seconds {fmt(config.recovery.crash_timeout_seconds)}, "
+        f"recovery.reconcile_interval_seconds {fmt(config.recovery.reconcile_interval_seconds)}, "
+        f"reconciler budget {budgets.max_actions_per_target_per_hour} actions per target "
+        f"and {budgets.max_actions_per_hour} in all per hour"
+    )
 
 
 def _banner(stack: Stack) -> list[str]:
@@ -701,4 +748,5 @@ def run(options: UpOptions) -> int:
     for note in stack.notes:
         printer.message(f"note: {note}")
     printer.message(f"profile {stack.profile.name}: {stack.profile.summary}")
+    printer.message(in_force(stack.app.config))
     return asyncio.run(supervise(stack, options, printer))

@@ -1,30 +1,48 @@
-"""`silence`: create an Alertmanager silence for the alert (API v2), e.g. while a slow fix settles."""
+"""`silence`: create an Alertmanager silence for the alert (API v2), e.g. while a slow fix settles.
+
+With `alertname`, the silence is for that alert of the same target instead (the `labels` taken from the alert,
+default `instance`): a restart the reconciler performs silences the target's TradingBotDown for the restart's
+duration, so its own disruptive action does not page, while a bot still down when the silence ends does."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 from trading_ops.clients.alertmanager import AlertmanagerError
 from trading_ops.db.base import utcnow
 from trading_ops.durations import parse_duration
-from trading_ops.reconciler.actions.base import Action, ActionContext, Result
+from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result
 
 CREATED_BY = "trading-ops-reconciler"
+ALERTNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 class SilenceAction(Action):
     kind = "silence"
     budgeted = False
-    params = {"duration": ((str, int, float), False), "labels": (list, False), "comment": (str, False)}
+    params = {
+        "duration": ((str, int, float), False),
+        "labels": (list, False),
+        "comment": (str, False),
+        "alertname": (str, False),
+    }
 
     def validate(self, params: dict[str, Any]) -> None:
         super().validate(params)
         parse_duration(params.get("duration", "1h"))
+        if "alertname" in params and not ALERTNAME_RE.match(params["alertname"]):
+            raise ValueError("alertname: expected an alert name (letters, digits and '_')")
 
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
-        names = params.get("labels") or ["alertname", "instance"]
+        other = params.get("alertname")
+        names = params.get("labels") or (["instance"] if other else ["alertname", "instance"])
         matchers = {n: ctx.labels[n] for n in names if n in ctx.labels}
+        if other:
+            if not matchers.keys() - {"alertname"}:  # it would silence that alert of every target
+                raise Refused(f"silence of {other}: the alert has none of the labels {', '.join(names)}")
+            matchers["alertname"] = other
         now = utcnow()
         end = now + timedelta(seconds=parse_duration(params.get("duration", "1h")))
         comment = params.get("comment") or f"trading-ops reconciler, episode {ctx.episode_id}"
