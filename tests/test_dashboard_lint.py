@@ -533,11 +533,43 @@ def test_the_linter_has_every_rule_of_dashboard_linter() -> None:
 
 
 def test_the_parser_reads_every_shipped_expression() -> None:
-    """What the target rules walk: every panel target of every board parses into a tree with selectors."""
+    """What the target rules walk: every panel target and annotation of every board, and every rule's expression,
+    parses into a tree with selectors (a rule file's are promtool-checked in tests/test_prometheus_rules.py)."""
+    exprs = []
     for path in DASHBOARD_FILES:
-        for panel in panels(load(path)):
-            for target in panel.get("targets") or []:
-                assert selectors(parse(expand(target["expr"]))), (path.stem, panel["title"], target["refId"])
+        board = load(path)
+        exprs += [target["expr"] for panel in panels(board) for target in panel.get("targets") or []]
+        exprs += [a["expr"] for a in board["annotations"]["list"] if "expr" in a]
+    for path in sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml")):
+        exprs += [rule["expr"] for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+    assert len(exprs) > 200
+    unread = [expr for expr in exprs if not selectors(parse(expand(expr))) and "vector(" not in expr]
+    assert unread == []
+
+
+def test_the_parser_gives_what_encloses_each_selector() -> None:
+    tree = parse('-sum by (a) (rate(x_total{a="1", b!~"2"}[5m] offset 1m)) / on (a) group_left y ^ 2 or z[1h:1m]')
+    enclosing = {
+        node.name: [type(parent).__name__ for parent in parents]
+        for node, parents in walk(tree)
+        if isinstance(node, VectorSelector)
+    }
+    assert enclosing == {
+        "x_total": ["BinaryExpr", "BinaryExpr", "UnaryExpr", "AggregateExpr", "Call", "MatrixSelector"],
+        "y": ["BinaryExpr", "BinaryExpr", "BinaryExpr"],
+        "z": ["BinaryExpr", "SubqueryExpr"],
+    }
+    (x,) = [s for s in selectors(tree) if s.name == "x_total"]
+    assert [(m.label, m.op, m.value) for m in x.matchers] == [("a", "=", "1"), ("b", "!~", "2")]
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["sum by (a (x)", "rate(x[5m]", "x{a=b}", "x + ", "x[5]", "{}", "x y", "sum(x) by (a) by (b)", 'x{a="1",,}'],
+)
+def test_the_parser_rejects_what_it_cannot_read(expr: str) -> None:
+    with pytest.raises(PromQLSyntaxError):
+        parse(expr)
 
 
 # -- every rule can fail: a deliberately broken board, and the problem the linter reports -------------------------
