@@ -108,21 +108,26 @@ class Exclusion:
         )
 
 
-SPANS_JOBS = (
-    "the board follows the bots' alerts through the reconciler (job trading-ops-reconciler), Alertmanager and "
-    "Prometheus: its series carry those jobs and instances, never a bot's, so the bots' `job=~\"$job\"` and "
-    '`instance=~"$instance"` would empty every panel. The variables stay (the dashboard links carry them from '
-    "board to board), and the panels that concern one bot select it by the label that names it."
+# The variables stay on these boards all the same: the dashboard links carry them from board to board.
+RECONCILER_BOARD = (
+    "the board shows the reconciler (job trading-ops-reconciler): its series carry the reconciler's job and "
+    'instance, never a bot\'s, so the bots\' `job=~"$job"` and `instance=~"$instance"` would empty every '
+    "panel; the one panel about bots (circuit breakers) selects them by its `target` label."
+)
+PIPELINE_BOARD = (
+    "the board follows alerts from Prometheus through Alertmanager to the reconciler and shows every scrape "
+    'target: it spans those jobs by design, and the bots\' `job=~"$job"` and `instance=~"$instance"` would '
+    "empty every panel but the scrape targets."
 )
 SLO_CONSTANT = (
     "a per-SLO constant (recorded from vector(), one series per `slo`), not a bot's series: it has no job or "
     "instance, and the matchers would hide it; the bot's side of the expression carries them."
 )
 EXCEPTIONS = [
-    Exclusion("target-job-rule", SPANS_JOBS, dashboard="Self-healing"),
-    Exclusion("target-instance-rule", SPANS_JOBS, dashboard="Self-healing"),
-    Exclusion("target-job-rule", SPANS_JOBS, dashboard="Alerting pipeline"),
-    Exclusion("target-instance-rule", SPANS_JOBS, dashboard="Alerting pipeline"),
+    Exclusion("target-job-rule", RECONCILER_BOARD, dashboard="Self-healing"),
+    Exclusion("target-instance-rule", RECONCILER_BOARD, dashboard="Self-healing"),
+    Exclusion("target-job-rule", PIPELINE_BOARD, dashboard="Alerting pipeline"),
+    Exclusion("target-instance-rule", PIPELINE_BOARD, dashboard="Alerting pipeline"),
     Exclusion("target-job-rule", SLO_CONSTANT, dashboard="SLOs", metric="slo:objective:ratio"),
     Exclusion("target-instance-rule", SLO_CONSTANT, dashboard="SLOs", metric="slo:objective:ratio"),
     Exclusion("target-job-rule", SLO_CONSTANT, dashboard="SLOs", metric="slo:error_budget:ratio"),
