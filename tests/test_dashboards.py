@@ -146,7 +146,8 @@ class Stack:
         """The dashboard variables set to what a user would pick (both bots, as Grafana writes a multi-value choice
         into a regex), and Grafana's built-ins."""
         instances = f"({self.bot_instance}|{self.sidecar_instance})"
-        return {"instance": instances, "venue": "paper|kraken", "symbol": "BTC-USD", **BUILTIN_VALUES}
+        jobs = "(tradingbot|freqtrade)"
+        return {"job": jobs, "instance": instances, "venue": "paper|kraken", "symbol": "BTC-USD", **BUILTIN_VALUES}
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -359,9 +360,10 @@ def test_trading_bot_health_and_slo_panels_show_data_for_a_healthy_bot(stack: St
 @pytest.mark.slow
 def test_every_variable_query_finds_the_bot(stack: Stack) -> None:
     queries = variable_queries()
-    assert {where.rsplit("$", 1)[1] for where, _ in queries} == {"instance", "venue", "symbol"}
-    expected = {"instance": stack.bot_instance, "venue": "paper", "symbol": "BTC-USD"}
-    also = {"instance": stack.sidecar_instance, "venue": "kraken"}  # a freqtrade is a bot of the boards as well
+    assert {where.rsplit("$", 1)[1] for where, _ in queries} == {"job", "instance", "venue", "symbol"}
+    expected = {"job": "tradingbot", "instance": stack.bot_instance, "venue": "paper", "symbol": "BTC-USD"}
+    # A freqtrade is a bot of the boards as well.
+    also = {"job": "freqtrade", "instance": stack.sidecar_instance, "venue": "kraken"}
     for where, query in queries:
         found = LABEL_VALUES.match(query)
         assert found, f"{where}: only label_values(...) variables are supported, got {query!r}"
@@ -455,11 +457,10 @@ def test_dashboard_uses_the_current_schema(path: Path) -> None:
 def test_dashboard_variables_and_annotations(path: Path) -> None:
     board = load(path)
     variables = {variable["name"]: variable for variable in board["templating"]["list"]}
-    assert list(variables) == ["datasource", "instance", "venue", "symbol"]
-    assert variables["datasource"]["type"] == "datasource"
-    assert variables["datasource"]["query"] == "prometheus"
+    # The datasource, job and instance variables' shape is test_dashboard_lint.py's (dashboard-linter's rules).
+    assert list(variables) == ["datasource", "job", "instance", "venue", "symbol"]
     assert variables["datasource"]["current"]["value"] == DATASOURCE_UID
-    for name in ("instance", "venue", "symbol"):
+    for name in ("venue", "symbol"):
         assert variables[name]["datasource"]["uid"] == "${datasource}"
     names = {annotation["name"] for annotation in board["annotations"]["list"]}
     assert {"Maintenance", "Remediation"} <= names

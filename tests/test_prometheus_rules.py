@@ -20,7 +20,6 @@ RULE_TESTS_DIR = PROMETHEUS_DIR / "tests"
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 RULE_TEST_FILES = sorted(RULE_TESTS_DIR.glob("*_test.yml"))
 RUNBOOK_URL_BASE = "https://github.com/trading-ops/trading-ops/blob/main/runbooks/"
-SEVERITIES = {"critical", "warning", "info"}
 SERVICES = {"tradingbot", "trading-ops", "alerting"}
 ALERT_NAME = re.compile(r"^(TradingBot|TradingOps)[A-Z][A-Za-z0-9]+$|^Watchdog$")
 RECORD_NAME = re.compile(r"^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$")
@@ -314,6 +313,8 @@ def test_bot_alerts_keep_instance_and_job_when_they_fire() -> None:
 
 @pytest.mark.parametrize("rule", all_alert_rules(), ids=lambda r: f"{r['alert']}-{r['labels']['severity']}")
 def test_alert_conventions(rule: dict[str, Any]) -> None:
+    """What the project adds to mixtool's rules (tests/test_rule_lint.py: CamelCase, severity, summary,
+    description, runbook_url): the shared prefix, the service label, a `for:`, the runbook URL from the name."""
     name = rule["alert"]
     assert ALERT_NAME.match(name), name
     labels, annotations = rule["labels"], rule["annotations"]
@@ -321,11 +322,8 @@ def test_alert_conventions(rule: dict[str, Any]) -> None:
         assert labels == {"severity": "none", "service": "alerting"}
         assert rule["expr"] == "vector(1)"
     else:
-        assert labels["severity"] in SEVERITIES
         assert rule.get("for"), "every alert but Watchdog waits before firing"
     assert labels["service"] in SERVICES
-    assert "{{" not in annotations["summary"] and annotations["summary"].endswith(".")
-    assert "{{" in annotations["description"] or name == "Watchdog"
     assert annotations["runbook_url"] == f"{RUNBOOK_URL_BASE}{name}.md"
 
 
