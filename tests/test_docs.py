@@ -1,8 +1,8 @@
 """The documentation: README.md and docs/ built by MkDocs in strict mode, their relative links, and their examples run.
 
 A fenced block of commands carries a marker comment on the line before it: `<!-- example: run -->` (every command
-in it runs here, through the console script's module, and exits 0 or as its `# exits N` comment says) or
-`<!-- example: TAG -->` with a TAG of NOT_RUN, which says why it cannot run in a test (it is skipped by name, with
+in it runs here, through the console script's module, and exits 0, or as its comment `# exits N: what it says` says)
+or `<!-- example: TAG -->` with a TAG of NOT_RUN, which says why it cannot run in a test (it is skipped by name, with
 that reason). A block of commands without a marker fails the tests.
 """
 
@@ -33,7 +33,7 @@ NOT_RUN = {
 # A line that runs trading-ops: optional VAR=value assignments and sudo (-u USER), then the console script.
 COMMAND = re.compile(r"^\s*(?:\$\s+)?(?:\w+=\S+\s+)*(?:sudo\s+(?:-u\s+\S+\s+)?)?(?:\S*/)?trading-ops\s")
 SHELL_LANGUAGES = {"", "sh", "bash", "console", "shell"}
-EXIT_COMMENT = re.compile(r"#.*\bexits (\d)\b")
+EXIT_COMMENT = re.compile(r"#.*\bexits (\d)\b(?:: (.+))?")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 INLINE_CODE = re.compile(r"`[^`]*`")
 SECRETS_MAKE_RUN_WRITES = ("control-token", "reconciler-token", "reconciler-read-token")
@@ -187,7 +187,8 @@ def examples() -> list[object]:
         for offset, line in enumerate(block.lines, start=block.line + 1):
             if not COMMAND.match(line):
                 continue
-            name = f"{block.page.relative_to(REPO_ROOT)}:{offset}"
+            command = line.partition("#")[0].strip()
+            name = f"{block.page.relative_to(REPO_ROOT)}:{offset} {command}"
             if block.tag == RUN:
                 params.append(pytest.param(line, id=name))
             elif block.tag in NOT_RUN:
@@ -231,6 +232,8 @@ def test_command_example_runs_as_documented(line: str, checkout: Path) -> None:
     )
     assert result.returncode == (int(expected.group(1)) if expected else 0), result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+    if expected and expected.group(2):  # `# exits N: what it says`
+        assert expected.group(2).strip() in result.stdout + result.stderr
     assert result.stdout.strip() or result.stderr.strip()  # it said something
     if "--help" in words:
         assert result.stdout.startswith("usage: trading-ops"), result.stdout
