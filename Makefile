@@ -117,4 +117,4 @@ bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_mttr.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) var site .pytest_cache .ruff_cache .mypy_cache

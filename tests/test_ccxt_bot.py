@@ -43,7 +43,7 @@ from trading_ops.db.models.journal import Order
 from trading_ops.paper.venue import PaperVenue
 
 EXAMPLE = REPO_ROOT / "examples" / "ccxt_bot.py"
-README = REPO_ROOT / "README.md"
+LIBRARY_DOCS = REPO_ROOT / "docs" / "library.md"
 BOT, VENUE = "ccxt-1", "kraken"
 SYMBOLS = ["BTC-USD", "ETH-USD"]
 NEVER = 3600  # seconds: order polls off, so the bot hears of fills only through its reconciliations
@@ -433,8 +433,8 @@ async def wait_for_value(probe: Any, timeout: float = 60.0) -> Any:
     return found[0]
 
 
-def test_the_readme_shows_the_example_as_it_is_and_a_configuration_on_the_gateway() -> None:
-    section = README.read_text().split("## Using the library in a bot", 1)[1].split("\n## ", 1)[0]
+def test_the_library_docs_show_the_example_as_it_is_and_a_configuration_on_the_gateway() -> None:
+    section = LIBRARY_DOCS.read_text().split("# Using the library in a bot", 1)[1].split("\n## ", 1)[0]
     python, config = (re.search(rf"```{lang}\n(.*?)```", section, re.DOTALL) for lang in ("python", "yaml"))
     assert python is not None and config is not None
     example = EXAMPLE.read_text()

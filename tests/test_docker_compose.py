@@ -255,8 +255,8 @@ def test_the_bots_are_declared_once_for_prometheus_and_the_reconciler() -> None:
     committed = (REPO_ROOT / "prometheus" / "targets" / "freqtrade.yml").read_text()
     assert committed == file_sd(bot_instances(config, "freqtrade"), "trading-ops.docker.yaml", "freqtrade")
     assert bot_instances(config, "freqtrade") == []
-    # Uncommented as the README says, it is a bot too: the reconciler's control steps reach it, Prometheus scrapes it
-    # in its own job (never in tradingbot's as well), from its own file_sd file.
+    # Uncommented as docs/freqtrade.md says, it is a bot too: the reconciler's control steps reach it, Prometheus
+    # scrapes it in its own job (never in tradingbot's as well), from its own file_sd file.
     text = (REPO_ROOT / "trading-ops.docker.yaml").read_text()
     enabled = re.sub(r"^  # (- name: freqtrade-1|  \w+: .*)$", r"  \1", text, flags=re.MULTILINE)
     assert enabled != text, "the commented freqtrade entry is gone"
