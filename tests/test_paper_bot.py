@@ -220,6 +220,23 @@ async def test_flatten_closes_every_position_then_pauses(bot: PaperBot) -> None:
     assert all(q == 0 for q in (await bot.broker.positions()).values())
 
 
+async def test_a_halted_bot_accepts_flatten_closes_every_position_and_stays_halted(bot: PaperBot) -> None:
+    await wait_for(lambda: sum(1 for s in bot.config.paper.symbols if bot.book.position(s)) >= 2, timeout=20)
+    assert (await control(bot.port, "halt"))[0] == 200
+    status, body = await control(bot.port, "cancel_all")
+    assert status == 200, body
+    status, body = await control(bot.port, "flatten")
+    assert status == 200 and body["state"] == "halted" and not body["changed"], body
+    await wait_for(lambda: all(bot.book.position(s) == 0 for s in bot.config.paper.symbols), timeout=20)
+    assert all(q == 0 for q in (await bot.broker.positions()).values())
+    assert await bot.broker.open_orders() == []
+    await wait_for(lambda: not bot.inst.state.flatten_while_halted, timeout=10)
+    status, body = await control(bot.port, "status")
+    assert body["state"] == "halted" and body["flatten_while_halted"] is False, body
+    assert sample(bot, "tradingbot_kill_switch_engaged") == 1
+    assert (await control(bot.port, "resume"))[0] == 409  # the halt stays: only clear_halt leaves it
+
+
 async def test_halt_cancels_working_orders_and_refuses_resume(bot: PaperBot) -> None:
     await wait_for(lambda: bot.orders, timeout=20)
     assert (await control(bot.port, "halt"))[0] == 200
