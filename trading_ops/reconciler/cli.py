@@ -301,12 +301,13 @@ def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: Pa
     return None
 
 
-def plan(rule: Rule | None, labels: dict[str, str], pattern: Pattern) -> list[str]:
-    """The steps a rule would run for these labels, each with whether it would be refused."""
+def plan(rule: Rule | None, labels: dict[str, str], pattern: Pattern, on_recovery: bool = False) -> list[str]:
+    """The steps a rule would run for these labels (its on_recovery steps with `on_recovery`), each with whether it
+    would be refused."""
     if rule is None:
         return []
     out = []
-    for step in rule.steps:
+    for step in rule.on_recovery if on_recovery else rule.steps:
         refusal = step_refusal(rule, step, labels, pattern)
         out.append(step.name + (f" (refused: {refusal})" if refusal else ""))
     return out
@@ -342,6 +343,9 @@ def playbook_test(args: argparse.Namespace, config: Config) -> int:
         steps = plan(rule, labels, pattern)
         if "actions" in expect and list(expect["actions"] or []) != steps:
             problems.append(f"actions: expected {expect['actions']!r}, got {steps!r}")
+        undo = plan(rule, labels, pattern, on_recovery=True)
+        if "on_recovery" in expect and list(expect["on_recovery"] or []) != undo:
+            problems.append(f"on_recovery: expected {expect['on_recovery']!r}, got {undo!r}")
         if "target" in expect and rule and expect["target"] != rule.target(labels):
             problems.append(f"target: expected {expect['target']!r}, got {rule.target(labels)!r}")
         if problems:
