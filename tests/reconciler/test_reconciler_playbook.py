@@ -315,6 +315,14 @@ def test_on_recovery_steps_are_steps_checked_like_the_others() -> None:
         parse_playbook({"rules": [{**RULE, "on_recovery": "resume"}]})
 
 
+def test_a_rules_summary_is_one_line_of_text() -> None:
+    rule = {**RULE, "summary": "  Loss limit breached on ${instance}  "}
+    assert parse_playbook({"rules": [rule]}).rules[0].summary == "Loss limit breached on ${instance}"
+    for bad in ("two\nlines", 3, ["a"]):
+        with pytest.raises(PlaybookError, match=r"rules\[0\]\.summary: expected one line of text"):
+            parse_playbook({"rules": [{**RULE, "summary": bad}]})
+
+
 def test_match_remembers_label_sets_within_bounds_and_routes_as_the_rules_do() -> None:
     """Resends are most of the intake: their label sets are routed once, then looked up. The look-up answers what the
     rules answer, and holds a bounded number of bounded label sets, whatever a sender puts in its labels."""
