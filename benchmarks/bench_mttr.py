@@ -23,8 +23,9 @@ How a scenario ends:
 - healed: the service manager healed it (a crash restarted by Restart=on-failure, a hang killed by WatchdogSec):
   the alert no longer fires and the bot answers again; the episode, if any, closed resolved or recovered;
 - adopted: the bot's own scheduled reconciliation adopted what the venue did (no alert needed);
-- paged: the playbook pages by design (the loss limit: the bot halts itself, the page is posted); runs once per
-  profile, last, as it halts the bot for the day.
+- paged: the playbook pages by design (the loss limit: the bot halts itself, the playbook cancels its orders and
+  flattens it, verifies it flat and posts TradingOpsBotFlattened); runs once per profile, last, as it halts the bot
+  for the day.
 
 Besides the bot's own faults, a fault of the pipeline itself: reconciler_killed stops the bot's unit (`stackctl stop`,
 as someone would with systemctl: nothing restarts it on its own), waits until the reconciler's bot-restart step is
@@ -298,8 +299,9 @@ class Probe:
         return float(found[0]["value"][1]) if found else 0.0
 
     def paged(self, original: str) -> bool:
+        """The playbook's page about `original` is in Alertmanager (the loss limit's: flattened and verified)."""
         return any(
-            a["labels"].get("alertname") == "TradingOpsRemediationFailed"
+            a["labels"].get("alertname") == "TradingOpsBotFlattened"
             and a["labels"].get("original_alertname") == original
             for a in self.stack.am_alerts()
         )

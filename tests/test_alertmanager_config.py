@@ -32,6 +32,7 @@ RECONCILER_POSTED_ALERTS = {
     "TradingOpsRemediationFailed": "critical",
     "TradingOpsRemediationCircuitOpen": "critical",
     "TradingOpsBotPaused": "warning",
+    "TradingOpsBotFlattened": "critical",
 }
 # Alerts about the reconciler itself: it cannot heal itself, so its webhook does not get them (people do).
 RECONCILER_OWN_HEALTH = {

@@ -174,6 +174,14 @@ def test_chaos_against_a_host_that_does_not_resolve_says_so(tmp_path: Path) -> N
     ), line
 
 
+def test_chaos_help_lists_every_fault_of_the_paper_bot() -> None:
+    from trading_ops.paper.chaos import CHAOS_COMMANDS
+
+    shown = " ".join(cli("chaos", "--help").stdout.split())
+    assert [fault for fault in CHAOS_COMMANDS if fault not in shown] == []
+    assert "--json" in shown
+
+
 def test_chaos_without_arguments_asks_only_for_the_fault() -> None:
     line = one_line_error(cli("chaos"), 2)
     assert "the following arguments are required: fault" in line and "KEY=VALUE" not in line
@@ -198,6 +206,65 @@ def test_history_refuses_a_limit_below_one(migrated_config: str, limit: str) -> 
 def test_history_of_an_episode_that_does_not_exist_is_one_line(migrated_config: str) -> None:
     line = one_line_error(cli("-c", migrated_config, "reconciler", "history", "42"), 1)
     assert line.startswith("trading-ops: reconciler history: no episode 42")
+
+
+@pytest.mark.parametrize("args", [["99999999999999999999999"], ["--limit", "9223372036854775808"]])
+def test_history_of_a_number_past_any_ledger_integer_is_one_usage_line(migrated_config: str, args: list[str]) -> None:
+    """No database integer is that large (SQLite's INTEGER, PostgreSQL's bigint): a usage error, not an OverflowError
+    from the driver."""
+    line = one_line_error(cli("-c", migrated_config, "reconciler", "history", *args), 2)
+    assert f"expected at most 9223372036854775807, got {args[-1]}" in line
+
+
+def test_history_of_the_largest_ledger_integer_is_no_episode(migrated_config: str) -> None:
+    line = one_line_error(cli("-c", migrated_config, "reconciler", "history", "9223372036854775807"), 1)
+    assert line.startswith("trading-ops: reconciler history: no episode 9223372036854775807")
+
+
+# ---- output into a pipe whose reader went away (`| head`) ---------------------------------------------
+
+
+def cli_into_a_closed_pipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The console script with stdout a pipe whose reader is already gone (as `| head` leaves it once it has read
+    its lines): every write to it fails with EPIPE, whatever the timing."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [str(CONSOLE_SCRIPT), *args],
+            check=False,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["config", "show"],
+        ["reconciler", "history"],
+        ["playbook", "test", str(REPO_ROOT / "trading_ops" / "reconciler" / "playbooks" / "default-cases.yml")],
+    ],
+)
+def test_output_into_a_closed_pipe_ends_quietly_with_the_sigpipe_status(migrated_config: str, args: list[str]) -> None:
+    result = cli_into_a_closed_pipe("-c", migrated_config, *args)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+# ---- playbook test ---------------------------------------------------------------------------------------
+
+
+def test_playbook_test_of_a_cases_file_with_a_yaml_syntax_error_is_one_line(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.yml"
+    cases.write_text("cases: [\n  - {name: a\n")
+    line = one_line_error(cli("playbook", "test", str(cases)), 2)
+    assert line.startswith(f"trading-ops: {cases}: cannot read cases: ") and "at line 2, column 3" in line
 
 
 # ---- config ----------------------------------------------------------------------------------------------

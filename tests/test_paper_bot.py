@@ -188,6 +188,36 @@ async def _loss_spike(bot: PaperBot) -> None:
     assert -(realized + unrealized) >= limit
 
 
+async def test_loss_spike_without_an_amount_loses_what_the_book_can_when_that_still_passes_the_limit(tmp_path) -> None:
+    """The default is 1.2x the daily loss limit; a book that cannot lose that much in one gap loses what it can (90 %
+    of its exposure) if that still passes 1.05x the limit, and is refused, saying so, when it does not."""
+    bot = PaperBot(fast_config(tmp_path, daily_loss_limit=40), token=TOKEN, registry=CollectorRegistry(), chaos=True)
+    bot.port = await bot.start("127.0.0.1", 0)
+    try:
+        assert bot.chaos is not None
+        exposure = 0.0
+
+        def holds_enough() -> bool:
+            nonlocal exposure
+            exposure = float(sum(abs(bot.book.notional(s)) for s in bot.config.paper.symbols))
+            return exposure > 500
+
+        await wait_for(holds_enough, timeout=20)
+        bot.chaos.daily_loss_limit = exposure  # one gap takes at most 0.9x: under 1.05x the limit
+        status, body = await control(bot.port, "loss_spike")
+        assert status == 400 and "not enough to pass the daily loss limit" in body["error"], body
+        assert bot.inst.state.state.value == "active"
+        holds_enough()
+        limit = exposure * 0.9 / 1.12  # 1.2x it is more than one gap can take, 1.05x it less
+        bot.chaos.daily_loss_limit = limit
+        status, body = await control(bot.port, "loss_spike")
+        assert status == 200, body
+        assert float(body["expected_loss"]) == pytest.approx(exposure * 0.9, rel=0.04), (body, exposure)
+        assert 1.05 * limit <= float(body["expected_loss"]) < 1.2 * limit
+    finally:
+        await bot.stop()
+
+
 def rejected(bot: PaperBot, reason: str) -> float:
     return sum(
         s.value
@@ -218,6 +248,23 @@ async def test_flatten_closes_every_position_then_pauses(bot: PaperBot) -> None:
     await wait_for(lambda: bot.inst.state.state.value == "paused", timeout=20)
     assert all(bot.book.position(s) == 0 for s in bot.config.paper.symbols)
     assert all(q == 0 for q in (await bot.broker.positions()).values())
+
+
+async def test_a_halted_bot_accepts_flatten_closes_every_position_and_stays_halted(bot: PaperBot) -> None:
+    await wait_for(lambda: sum(1 for s in bot.config.paper.symbols if bot.book.position(s)) >= 2, timeout=20)
+    assert (await control(bot.port, "halt"))[0] == 200
+    status, body = await control(bot.port, "cancel_all")
+    assert status == 200, body
+    status, body = await control(bot.port, "flatten")
+    assert status == 200 and body["state"] == "halted" and not body["changed"], body
+    await wait_for(lambda: all(bot.book.position(s) == 0 for s in bot.config.paper.symbols), timeout=20)
+    assert all(q == 0 for q in (await bot.broker.positions()).values())
+    assert await bot.broker.open_orders() == []
+    await wait_for(lambda: not bot.inst.state.flatten_while_halted, timeout=10)
+    status, body = await control(bot.port, "status")
+    assert body["state"] == "halted" and body["flatten_while_halted"] is False, body
+    assert sample(bot, "tradingbot_kill_switch_engaged") == 1
+    assert (await control(bot.port, "resume"))[0] == 409  # the halt stays: only clear_halt leaves it
 
 
 async def test_halt_cancels_working_orders_and_refuses_resume(bot: PaperBot) -> None:

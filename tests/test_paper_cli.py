@@ -87,22 +87,60 @@ def running_bot(tmp_path):
 
 def test_chaos_cli_crash_kills_the_process(running_bot) -> None:
     proc, config, _port = running_bot
-    status = cli("--config", str(config), "chaos", "status")
+    status = cli("--config", str(config), "chaos", "status", "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["state"] == "active"
-    crash = cli("--config", str(config), "chaos", "crash")
+    crash = cli("--config", str(config), "chaos", "crash", "--json")
     assert crash.returncode == 0 and json.loads(crash.stdout)["fault"] == "crash"
     assert proc.wait(timeout=10) == -signal.SIGKILL
 
 
-def test_chaos_cli_sends_typed_arguments_and_reports_refusals(running_bot) -> None:
+def one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
+    """Failed with `status`, said so in one line on stderr, printed nothing on stdout."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert (result.returncode, len(lines), result.stdout) == (status, 1, ""), (result.returncode, result.stderr)
+    return lines[0]
+
+
+def test_chaos_cli_sends_typed_arguments_and_reports_refusals_in_one_line(running_bot) -> None:
     _proc, config, _port = running_bot
-    result = cli("--config", str(config), "chaos", "hang_loop", "seconds=0.5")
+    result = cli("--config", str(config), "chaos", "hang_loop", "seconds=0.5", "--json")
     assert result.returncode == 0 and json.loads(result.stdout)["seconds"] == 0.5
-    refused = cli("--config", str(config), "chaos", "stale_market_data", "symbol=NOPE-USD")
-    assert refused.returncode == 1 and "unknown symbol" in refused.stdout
+    # Without --json: the answer's fields, one `key: value` line each.
+    plain = cli("--config", str(config), "chaos", "hang_loop", "seconds=0.5")
+    assert plain.returncode == 0 and "fault: hang_loop" in plain.stdout.splitlines(), plain.stdout
+    assert "seconds: 0.5" in plain.stdout.splitlines()
+    # A bad argument value, an unknown fault: usage errors (exit 2), one line each.
+    line = one_line_error(cli("--config", str(config), "chaos", "stale_market_data", "symbol=NOPE-USD"), 2)
+    assert line.startswith("trading-ops: chaos: stale_market_data: ") and "unknown symbol" in line
+    assert line.endswith("(HTTP 400)")
+    line = one_line_error(cli("--config", str(config), "chaos", "melt_down", "--json"), 2)
+    assert line.startswith("trading-ops: chaos: melt_down: unknown command 'melt_down' (known: ")
+    assert "reject_storm" in line and "loss_spike" in line
+    # A command the bot's state refuses: a failure (exit 1), one line.
+    line = one_line_error(cli("--config", str(config), "chaos", "clear_halt"), 1)
+    assert line == "trading-ops: chaos: clear_halt: 'clear_halt' is not allowed while active (HTTP 409)"
     bad = cli("--config", str(config), "chaos", "hang_loop", "seconds")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_chaos_status_into_a_pipe_whose_reader_went_away_ends_quietly(running_bot) -> None:
+    _proc, config, _port = running_bot
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head` leaves it once it has read its lines
+    try:
+        result = subprocess.run(
+            [str(CONSOLE_SCRIPT), "--config", str(config), "chaos", "status"],
+            check=False,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
 
 
 def test_sigterm_stops_the_bot_cleanly(running_bot) -> None:

@@ -20,7 +20,12 @@ RUNBOOKS_DIR = REPO_ROOT / "runbooks"
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 RUNBOOK_URL_PREFIX = "https://github.com/trading-ops/trading-ops/blob/main/"
 # Alerts the reconciler posts to Alertmanager's API itself; no rule file defines them, but on-call gets them.
-RECONCILER_POSTED_ALERTS = ("TradingOpsRemediationFailed", "TradingOpsRemediationCircuitOpen", "TradingOpsBotPaused")
+RECONCILER_POSTED_ALERTS = (
+    "TradingOpsRemediationFailed",
+    "TradingOpsRemediationCircuitOpen",
+    "TradingOpsBotPaused",
+    "TradingOpsBotFlattened",
+)
 SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
 PROMQL_HINT = re.compile(r"`[^`]*\b(tradingbot_|tradingops_|up\{|ALERTS|prometheus_|alertmanager_|process_|instance)")
 # Inline code spans; with the lines of fenced blocks, that is where runbooks put the commands to run.

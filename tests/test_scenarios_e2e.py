@@ -3,7 +3,7 @@ control API fires its alert in Prometheus, Alertmanager routes it, and the episo
 the unit's own restart, as systemd does it, or by the packaged playbook) or in exactly the page the playbook
 prescribes. Each test leaves the stack clean for the next (faults cleared, alerts resolved, the bot active); the
 reject storm runs next to last (its page and its 5-minute ratio linger in Alertmanager), the loss limit last, as it
-halts the bot for the day.
+halts (and flattens) the bot for the day.
 
 Needs the real servers prometheus and prometheus-alertmanager (Debian packages `prometheus`,
 `prometheus-alertmanager`); `trading-ops up` starts them with the paper bot and the reconciler, once for this module,
@@ -21,6 +21,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -341,14 +342,33 @@ def test_a_reject_storm_pauses_the_bot_and_tells_people(stack: PaperStack) -> No
     assert len(new_episodes(stack, known, "TradingBotOrderRejectRatioHigh")) == 1
 
 
-def test_a_breached_loss_limit_halts_the_bot_and_pages(stack: PaperStack) -> None:
-    """Last: the day's loss stays past the limit. The bot halts itself at once (in-process risk limit); the alert
-    fires; the playbook's loss-limit-flatten finds it halted and pages a human. It never resumes."""
+def test_a_breached_loss_limit_halts_flattens_verifies_flat_and_pages_what_was_done(stack: PaperStack) -> None:
+    """Last: the day's loss stays past the limit (`chaos loss_spike` with its default amount). The bot halts itself at
+    once (in-process risk limit); the alert fires; the playbook's loss-limit-flatten cancels its orders and flattens
+    it (a halted bot accepts both: halted means no new risk), Prometheus verifies it flat, and the page Alertmanager
+    receives says what was done. The bot stays halted: nothing resumes it."""
     known = {e["id"] for e in stack.episodes()}
     spike = until("a loss spike the book can take", lambda: stack.try_control("loss_spike"), deadline=60)
     assert float(spike["expected_loss"]) >= 2500
     until("halted by its risk limit", lambda: stack.control("status")["state"] == "halted", deadline=30)
     (episode,) = settled(stack, known, "TradingBotDailyLossBreached")
-    assert episode["state"] == "escalated" and episode["rule"] == "loss-limit-flatten", episode
-    until("the page", lambda: pages(stack, "TradingOpsRemediationFailed", "TradingBotDailyLossBreached"))
-    assert stack.control("status")["state"] == "halted"
+    assert episode["state"] == "recovered" and episode["rule"] == "loss-limit-flatten", episode
+    steps = [(s["description"], s["outcome"]) for a in episode["attempts"] for s in a["steps"]]
+    assert [d.split(" description=")[0] for d, _ in steps] == [
+        "bot command=cancel_all",
+        "bot command=flatten",
+        "escalate alertname=TradingOpsBotFlattened",
+    ], steps
+    assert all(outcome == "success" for _, outcome in steps), steps
+    # The book is flat, on the bot and in Prometheus, no order works, and the halt stays.
+    status = stack.control("status")
+    assert status["state"] == "halted" and status["state_reason"].startswith("risk limit daily_loss"), status
+    assert all(Decimal(q) == 0 for q in status["positions"].values()) and status["open_orders"] == 0, status
+    assert stack.value(f'sum(abs(tradingbot_position_quantity{{instance="{stack.instance}"}}))') == 0
+    # The page as Alertmanager received it: what happened, on which bot; no failure page.
+    (page,) = until("the page", lambda: pages(stack, "TradingOpsBotFlattened", "TradingBotDailyLossBreached"))
+    assert page["labels"]["severity"] == "critical"
+    assert page["annotations"]["description"].startswith(
+        f"Loss limit breached on {stack.instance}: halted, orders cancelled, flattened (verified: no position"
+    ), page
+    assert not pages(stack, "TradingOpsRemediationFailed", "TradingBotDailyLossBreached")

@@ -56,7 +56,7 @@ class Stack:
         line = self.up.wait_line(lambda text: text.startswith("inject a fault: "))
         command = shlex.split(line.removeprefix("inject a fault: ").split("  (see")[0])[:-1]
         assert command[-1] == ("gateway-chaos" if self.kind == "ccxt-gateway" else "chaos"), line
-        args = [*command, fault, *(f"{k}={v}" for k, v in params.items())]
+        args = [*command, fault, *(f"{k}={v}" for k, v in params.items()), "--json"]
         done = subprocess.run(
             args, cwd=self.up.root, capture_output=True, text=True, timeout=CHAOS_SECONDS, check=False
         )

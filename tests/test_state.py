@@ -41,7 +41,7 @@ def test_allowed_paths(registry: CollectorRegistry, commands: list[str], final: 
     assert one_hot(registry)[final] == 1 and sum(one_hot(registry).values()) == 1
 
 
-@pytest.mark.parametrize("command", ["resume", "pause", "reduce_only", "flatten"])
+@pytest.mark.parametrize("command", ["resume", "pause", "reduce_only"])
 def test_nothing_leaves_halted_but_clear_halt(registry: CollectorRegistry, command: str) -> None:
     sm = StateMachine(registry)
     sm.apply("halt")
@@ -49,6 +49,26 @@ def test_nothing_leaves_halted_but_clear_halt(registry: CollectorRegistry, comma
         sm.apply(command)
     assert sm.state is TradingState.HALTED
     assert registry.get_sample_value("tradingbot_kill_switch_engaged") == 1
+
+
+def test_a_flatten_while_halted_lets_only_reduce_only_orders_go_and_the_halt_stays(registry: CollectorRegistry) -> None:
+    """Halted means no new risk, never "cannot reduce risk": a flatten is accepted, the state stays halted (the kill
+    switch engaged), and only reduce-only orders may go until the book is flat; clear_halt ends it too."""
+    sm = StateMachine(registry)
+    sm.apply("halt", reason="risk limit daily_loss")
+    assert sm.apply("flatten") == (TradingState.HALTED, TradingState.HALTED)
+    assert sm.state is TradingState.HALTED and sm.reason == "risk limit daily_loss"
+    assert sm.flatten_while_halted
+    assert registry.get_sample_value("tradingbot_kill_switch_engaged") == 1
+    assert (sm.may_submit(reduce_only=False), sm.may_submit(reduce_only=True)) == (False, True)
+    with pytest.raises(TransitionRefused, match="clear_halt"):
+        sm.apply("resume")
+    sm.flatten_done_while_halted()
+    assert sm.state is TradingState.HALTED and not sm.flatten_while_halted
+    assert sm.order_refusal(reduce_only=True) == "no orders while halted"
+    sm.apply("flatten")
+    sm.apply("clear_halt")
+    assert sm.state is TradingState.PAUSED and not sm.flatten_while_halted
 
 
 def test_resume_from_flattening_is_refused(registry: CollectorRegistry) -> None:

@@ -17,6 +17,8 @@ from trading_ops.db.errors import database_problem
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# The reader of stdout went away (`trading-ops ... | head`): the status of a process ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 # The configuration file when --config is not given (the reconciler sets it for the commands its steps start, so
 # the disk rule's `trading-ops upkeep cleanup` reads the reconciler's own configuration).
 CONFIG_ENV = "TRADING_OPS_CONFIG"
@@ -85,6 +87,21 @@ def setup_logging(config: Config, override: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script's entry point. Output piped into a reader that stops early (`| head`) ends quietly, as
+    Python's documentation of SIGPIPE recommends: stdout is pointed at /dev/null (so the flush at exit cannot fail
+    again) and the exit status is that of a process killed by SIGPIPE, as `yes | head` reports."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # what is still buffered fails here, inside the try, when the reader is gone
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config is None and os.environ.get(CONFIG_ENV):
@@ -105,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError:
+        raise  # the reader of our output went away: main ends quietly
     except Exception as exc:
         problem = database_problem(exc, _database_url(config))
         if problem is not None:

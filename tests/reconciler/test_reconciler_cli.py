@@ -181,7 +181,7 @@ def test_playbook_test_passes_and_fails_like_amtool(tmp_path: Path, capsys: pyte
             {
                 "name": "loss limit flattens",
                 "labels": {"alertname": "TradingBotDailyLossBreached", "instance": "b"},
-                "expect": {"actions": ["bot command=pause", "bot command=cancel_all", "bot command=flatten"]},
+                "expect": {"actions": ["bot command=cancel_all", "bot command=flatten"]},
             },
             {"name": "watchdog has no rule", "labels": {"alertname": "Watchdog"}, "expect": {"rule": None}},
         ]
@@ -274,7 +274,10 @@ def test_explain_validates_label_values_as_the_engine_does(tmp_path: Path, capsy
     (tmp_path / "p.json").write_text(json.dumps(body))
     assert main(["playbook", "explain", str(tmp_path / "p.json")]) == 0
     out = capsys.readouterr().out
-    assert "1. bot command=pause (refused: label 'instance' value 'x; reboot' does not match" in out
+    assert "1. bot command=cancel_all (refused: label 'instance' value 'x; reboot' does not match" in out
+    # The page's ${instance} too: no text for people is filled in with a value that failed validation.
+    assert "once recovered: escalate alertname=TradingOpsBotFlattened" in out
+    assert "(refused: label 'instance' value 'x; reboot' does not match" in out.split("once recovered:", 1)[1]
     # The verification query is not rendered with a value that failed validation.
     assert "verify until clear within 60s: refused (label 'instance' value 'x; reboot'" in out
     assert 'instance="x; reboot"' not in out
@@ -499,7 +502,8 @@ def test_playbook_route_prints_the_rule_and_steps_for_an_alert_name() -> None:
     assert routed.returncode == 0, routed.stderr
     out = routed.stdout
     assert "alert {alertname=TradingBotDailyLossBreached, instance=b:9101}" in out
-    assert "1. bot command=pause [" in out and "bot command=flatten [destructive" in out
+    assert "1. bot command=cancel_all [destructive" in out and "2. bot command=flatten [destructive" in out
+    assert "once recovered: escalate alertname=TradingOpsBotFlattened" in out
     unknown = run_cli("playbook", "route", "--alertname", "NoSuchAlert")
     assert unknown.returncode == 0 and "no rule matches: recorded as skipped" in unknown.stdout
     bad = run_cli("playbook", "route", "--alertname", "X", "--label", "novalue")

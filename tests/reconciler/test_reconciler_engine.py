@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from conftest import (
     AUTH,
@@ -39,6 +40,8 @@ from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn
 from trading_ops.reconciler.processes import ProcessId, make_owner
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.alertmanager]
+
+PLAYBOOKS_DIR = Path(__file__).resolve().parents[2] / "trading_ops" / "reconciler" / "playbooks"
 
 
 async def wait_state(client: Any, states: set[str], deadline: float = 20.0, index: int = 0) -> dict[str, Any]:
@@ -193,6 +196,46 @@ async def test_destructive_steps_are_refused_unless_the_rule_allows_them(
     allowed = await wait_state(client, {"failed", "escalated", "recovered"}, index=1)
     assert allowed["state"] == "recovered"
     assert fake_bot.commands() == ["pause", "pause", "flatten"]
+
+
+async def test_the_loss_limit_rule_pages_that_the_book_was_not_flattened_and_why(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    prometheus: str,
+    alertmanager: Alertmanager,
+) -> None:
+    """The packaged loss-limit-flatten rule on a bot that refuses its flatten (a token without the destructive scope):
+    one attempt, and the page leads with what the alert means and names the refused step and the bot's answer."""
+    packaged = yaml.safe_load((PLAYBOOKS_DIR / "default.yml").read_text())
+    rule = next(r for r in packaged["rules"] if r["name"] == "loss-limit-flatten")
+    fake_bot.status["flatten"] = 403
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [rule],
+        prometheus_url=prometheus,
+        alertmanager_url=alertmanager.url,
+    )
+    body = payload(alert("TradingBotDailyLossBreached", instance="bot-1", fingerprint="1055"))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    episode = await wait_state(client, {"recovered", "failed", "escalated"})
+    assert episode["state"] == "escalated", episode
+    assert fake_bot.commands() == ["cancel_all", "flatten"]  # no pause: a halted bot refuses it
+    posted = [
+        a
+        for a in alertmanager.get("alerts")
+        if a["labels"]["alertname"] == "TradingOpsRemediationFailed"
+        and a["labels"].get("original_alertname") == "TradingBotDailyLossBreached"
+        and a["labels"].get("target") == "bot-1"
+    ]
+    assert posted, "the escalation reached Alertmanager"
+    description = posted[0]["annotations"]["description"]
+    assert description.startswith("Loss limit breached on bot-1, not flattened: bot command=flatten: failure: HTTP 403")
+    assert not [a for a in alertmanager.get("alerts") if a["labels"]["alertname"] == "TradingOpsBotFlattened"]
 
 
 async def test_dry_run_records_what_it_would_do_and_does_nothing(

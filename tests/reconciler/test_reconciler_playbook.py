@@ -187,7 +187,7 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
         "TradingBotBrokerDisconnected": ("broker-reconnect", ["bot"]),
         "TradingBotMarketDataStale": ("market-data-resubscribe", ["bot"]),
         "TradingBotPositionMismatch": ("position-reconcile", ["bot"]),
-        "TradingBotDailyLossBreached": ("loss-limit-flatten", ["bot", "bot", "bot"]),
+        "TradingBotDailyLossBreached": ("loss-limit-flatten", ["bot", "bot"]),
         "TradingBotHeartbeatStale": ("bot-loop-restart", ["silence", "systemd"]),
         "TradingBotReconciliationStale": ("position-reconcile", ["bot"]),
         "TradingBotReconciliationFailing": ("reconciliation-retry", ["bot"]),
@@ -201,6 +201,10 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
         assert [s.action for s in rule.steps] == actions
     flatten = pb.match({"alertname": "TradingBotDailyLossBreached"})
     assert flatten is not None and flatten.allow_destructive
+    # No pause (a halted bot refuses it); once verified flat, the page that says what was done.
+    assert [s.params["command"] for s in flatten.steps] == ["cancel_all", "flatten"]
+    assert [(s.action, s.params["alertname"]) for s in flatten.on_recovery] == [("escalate", "TradingOpsBotFlattened")]
+    assert flatten.summary.startswith("Loss limit breached on ${instance}")
     assert pb.match({"alertname": "Watchdog"}) is None
     # The bot's own unit (bots[].unit), never a unit an alert's label names; the paper bot's default is the unit the
     # package ships (trading_ops/paper/systemd/), not a name nothing installs.
@@ -309,6 +313,14 @@ def test_on_recovery_steps_are_steps_checked_like_the_others() -> None:
         parse_playbook({"rules": [{**RULE, "on_recovery": [{"action": "bot", "command": "explode"}]}]})
     with pytest.raises(PlaybookError, match="on_recovery: expected a list of steps"):
         parse_playbook({"rules": [{**RULE, "on_recovery": "resume"}]})
+
+
+def test_a_rules_summary_is_one_line_of_text() -> None:
+    rule = {**RULE, "summary": "  Loss limit breached on ${instance}  "}
+    assert parse_playbook({"rules": [rule]}).rules[0].summary == "Loss limit breached on ${instance}"
+    for bad in ("two\nlines", 3, ["a"]):
+        with pytest.raises(PlaybookError, match=r"rules\[0\]\.summary: expected one line of text"):
+            parse_playbook({"rules": [{**RULE, "summary": bad}]})
 
 
 def test_match_remembers_label_sets_within_bounds_and_routes_as_the_rules_do() -> None:

@@ -102,6 +102,8 @@ class ControlPlane:
         status: dict[str, Any] = {
             "state": self.state.state.value,
             "state_reason": self.state.reason,
+            # Halted, closing its positions on a flatten given while halted (the halt stays once they are closed).
+            "flatten_while_halted": self.state.flatten_while_halted,
             "heartbeat_age_seconds": self.metrics.heartbeat_age(),
             "commands": self.commands,
             "allowed_transitions": [c for c in STATE_COMMANDS if c in TRANSITIONS and self.state.can(c)],

@@ -617,7 +617,7 @@ class BotRuntime:
             try:
                 async with self.trade_lock.hold():
                     if self.trading_allowed and self.gate.accepting:
-                        if self.inst.state.state is TradingState.FLATTENING:
+                        if self._flattening:
                             await self.order_engine.flatten_step()  # flatten is the runtime's, for every bot
                         else:
                             await self.strategy.step(self.context)
@@ -640,12 +640,19 @@ class BotRuntime:
             received = datetime.now(UTC)
             self.metrics.clock_skew(clock_offset(sent, received, server, self.broker.server_time_resolution()))
         self.order_engine.export_pnl()
-        if (
-            self.inst.state.state is TradingState.FLATTENING
-            and not any(self.book.position(s) for s in self.symbols)
-            and not self.orders
-        ):
-            self.inst.state.apply("flatten_done", reason="all positions closed")
+        if self._flattening and not any(self.book.position(s) for s in self.symbols) and not self.orders:
+            if self.inst.state.state is TradingState.FLATTENING:
+                self.inst.state.apply("flatten_done", reason="all positions closed")
+            else:
+                self.inst.state.flatten_done_while_halted()
+
+    @property
+    def _flattening(self) -> bool:
+        """A flatten is under way: the state flattening, or a flatten given while halted (the halt stays)."""
+        state = self.inst.state
+        return state.state is TradingState.FLATTENING or (
+            state.state is TradingState.HALTED and state.flatten_while_halted
+        )
 
     # -- what other parts call ------------------------------------------------------------------------
     async def halt(self, reason: str) -> None:

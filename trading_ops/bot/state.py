@@ -17,7 +17,7 @@ class TradingState(enum.StrEnum):
     REDUCE_ONLY = "reduce_only"  # only orders that shrink a position
     PAUSED = "paused"  # no new orders; working orders stay
     FLATTENING = "flattening"  # closing every position, then paused
-    HALTED = "halted"  # kill switch: nothing trades until an operator clears the halt
+    HALTED = "halted"  # kill switch: nothing new trades until an operator clears the halt (a flatten may close)
 
     @property
     def may_open_positions(self) -> bool:
@@ -48,7 +48,9 @@ TRANSITIONS: dict[str, tuple[frozenset[TradingState], TradingState]] = {
     "pause": (frozenset({S.ACTIVE, S.REDUCE_ONLY, S.PAUSED, S.FLATTENING}), S.PAUSED),
     "resume": (frozenset({S.PAUSED, S.REDUCE_ONLY, S.ACTIVE}), S.ACTIVE),
     "reduce_only": (frozenset({S.ACTIVE, S.PAUSED, S.REDUCE_ONLY}), S.REDUCE_ONLY),
-    "flatten": (frozenset({S.ACTIVE, S.REDUCE_ONLY, S.PAUSED, S.FLATTENING}), S.FLATTENING),
+    # Halted means no new risk, never "cannot reduce risk": a flatten given while halted closes the positions and
+    # the halt stays (StateMachine.flatten_while_halted), so it leads to flattening from every other state only.
+    "flatten": (frozenset({S.ACTIVE, S.REDUCE_ONLY, S.PAUSED, S.FLATTENING, S.HALTED}), S.FLATTENING),
     "flatten_done": (frozenset({S.FLATTENING}), S.PAUSED),
     "halt": (frozenset(S), S.HALTED),
     # Leaving the kill switch is its own explicit command, and lands in paused, never straight in active.
@@ -78,6 +80,9 @@ class StateMachine:
         self._lock = threading.Lock()
         self._state = initial
         self.reason = "start"
+        # A flatten given while halted, not done yet: the runtime closes the positions with reduce-only orders (the
+        # only orders a halted bot sends) and the halt stays. Cleared when the book is flat or the halt is left.
+        self.flatten_while_halted = False
         # Called as listener(before, after, reason) after each change of state (the runtime journals them).
         self._listeners: list[Callable[[TradingState, TradingState, str], None]] = []
         self._gauge = Gauge(
@@ -103,10 +108,12 @@ class StateMachine:
     def may_submit(self, reduce_only: bool) -> bool:
         """The gate a bot checks right before an order leaves: see TradingState.may_submit. Read it after the last
         await before sending, never from a state read earlier (a halt may have come in between)."""
-        return self._state.may_submit(reduce_only)
+        return self.order_refusal(reduce_only) is None
 
     def order_refusal(self, reduce_only: bool) -> str | None:
-        """Why the current state refuses an order, or None."""
+        """Why the current state refuses an order, or None. Halted with a flatten under way, reduce-only orders go."""
+        if reduce_only and self.flatten_while_halted and self._state is S.HALTED:
+            return None
         return self._state.refusal(reduce_only)
 
     def add_listener(self, listener: Callable[[TradingState, TradingState, str], None]) -> None:
@@ -127,6 +134,13 @@ class StateMachine:
             if before not in allowed:
                 hint = "clear the halt first with 'clear_halt'" if before is S.HALTED else ""
                 raise TransitionRefused(command, before, hint)
+            if command == "flatten" and before is S.HALTED:
+                target = S.HALTED  # the halt stays; the runtime closes the positions
+                if not self.flatten_while_halted:
+                    self.flatten_while_halted = True
+                    log.warning("flatten while halted (%s): closing every position, the halt stays", reason or command)
+            elif before is S.HALTED and target is not S.HALTED:
+                self.flatten_while_halted = False
             if before is not target:
                 self._state = target
                 self.reason = reason or command
@@ -137,6 +151,13 @@ class StateMachine:
             for listener in self._listeners:
                 listener(before, target, self.reason)
         return before, target
+
+    def flatten_done_while_halted(self) -> None:
+        """The flatten given while halted closed every position: the bot stays halted, sending nothing."""
+        with self._lock:
+            if self.flatten_while_halted:
+                self.flatten_while_halted = False
+                log.warning("flatten while halted done: every position closed, the halt stays")
 
     def _export(self) -> None:
         for state in TradingState:

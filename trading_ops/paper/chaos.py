@@ -35,7 +35,10 @@ DEFAULT_LEAK_MIB_PER_SECOND = 10
 DEFAULT_LEAK_MIB = 1024
 DEFAULT_FILL_MIB_PER_SECOND = 20
 DEFAULT_FILL_MIB = 320
-DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT = 1.2
+DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT = Decimal("1.2")
+# Without an amount, a book that cannot lose 1.2x the limit in one gap loses what it can, if that is at least this
+# share of the limit (clear of the day's small gains and fees): `chaos loss_spike` works on the demo's book as it is.
+MIN_LOSS_SPIKE_SHARE_OF_LIMIT = Decimal("1.05")
 # The largest gap of one price, as a share of it: a long position can lose at most this much of its notional at once.
 MAX_PRICE_GAP = Decimal("0.9")
 CHAOS_COMMANDS = (
@@ -220,16 +223,28 @@ class Chaos:
         }
 
     async def _loss_spike(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Gap every held symbol's price against the position by the same share, together losing exactly `amount`
-        (default 1.2x the daily loss limit). A book too small to lose that much in one gap (at most 90 % of a price)
-        is refused with what it could lose, rather than delivering less than the answer says."""
-        limit = self.daily_loss_limit
-        amount = Decimal(str(_number(args, "amount", limit * DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT, 1, 1e12)))
+        """Gap every held symbol's price against the position by the same share, together losing exactly `amount`.
+        Without one: 1.2x the daily loss limit, or what the book can lose in one gap (at most 90 % of a price) when
+        that is less but still 1.05x the limit or more. A book too small to lose what is asked is refused with what
+        it could lose, rather than delivering less than the answer says."""
+        limit = Decimal(str(self.daily_loss_limit))
         book = self.book
         held = {s: book.notional(s) for s in self.symbols if book.notional(s)}
         if not held:
             raise CommandError("the bot holds no position to lose on yet; try again in a few seconds")
         exposure = sum(abs(n) for n in held.values())
+        if "amount" in args:
+            amount = Decimal(str(_number(args, "amount", 0, 1, 1e12)))
+        elif not limit:
+            raise CommandError("the bot has no daily loss limit to pass: give an amount")
+        else:
+            most = (exposure * MAX_PRICE_GAP).quantize(Decimal("0.01"))
+            amount = min(limit * DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT, most)
+            if amount < limit * MIN_LOSS_SPIKE_SHARE_OF_LIMIT:
+                raise CommandError(
+                    f"the book's exposure {exposure:.2f} can lose at most {most:.2f} in one gap, not enough to pass "
+                    f"the daily loss limit {limit:.2f} clearly: try again once the bot holds more, or give an amount"
+                )
         move = amount / exposure
         if move > MAX_PRICE_GAP:
             raise CommandError(

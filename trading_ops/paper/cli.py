@@ -33,8 +33,11 @@ def register(sub: Any) -> None:
         help="inject a fault into a bot started with --chaos (or send any control command)",
         description="Faults: hang_loop [seconds=N], crash, drop_connection, stale_market_data [symbol=S], "
         "leak_memory [mib_per_second=N max_mib=N], fill_disk [mib_per_second=N max_mib=N], "
-        "position_drift [symbol=S quantity=Q], loss_spike [amount=A], stall_journal [seconds=N], clear_chaos. "
-        "Heal with reconnect, resubscribe, reconcile, or any other control command.",
+        "position_drift [symbol=S quantity=Q], loss_spike [amount=A], "
+        "reject_storm [seconds=N reason=insufficient_funds|venue_busy|price_out_of_band], stall_journal [seconds=N], "
+        "clear_chaos. Heal with reconnect, resubscribe, reconcile, or any other control command. Prints the bot's "
+        "answer as `key: value` lines (--json: the JSON it sent); a refusal is one line on stderr, exit 2 for a bad "
+        "command, argument or token, 1 for one the bot could not carry out.",
     )
     chaos.add_argument("fault", help="the fault or control command to send, e.g. drop_connection or status")
     # default=[]: without it argparse reports an empty `nargs="*"` positional as required.
@@ -44,6 +47,7 @@ def register(sub: Any) -> None:
     chaos.add_argument(
         "--url", type=http_url, default=None, help="bot base URL, http://host:port (default: from bot.listen)"
     )
+    chaos.add_argument("--json", action="store_true", help="print the bot's answer as the JSON it sent")
     chaos.set_defaults(handler=run_chaos)
 
 
@@ -130,8 +134,35 @@ def run_chaos(args: argparse.Namespace, config: Config) -> int:
     except (aiohttp.ClientError, TimeoutError) as exc:
         print(f"trading-ops: chaos: cannot reach the bot at {url}: {unreachable(exc, url)}", file=sys.stderr)
         return 1
-    print(json.dumps(payload, indent=2, sort_keys=True))
-    return 0 if status == 200 else 1
+    return print_answer("chaos", args.fault, status, payload, args.json)
+
+
+# Answers of a control or fault command that are the caller's mistake (a bad or unknown command or argument, a body
+# too large, a token the bot does not take): exit 2, as a usage or configuration error. Anything else is a failure.
+USAGE_STATUSES = frozenset({400, 401, 403, 404, 413})
+
+
+def print_answer(prog: str, command: str, status: int, payload: Any, as_json: bool) -> int:
+    """Print a control or fault command's answer as every command speaks: on success its fields as `key: value` lines
+    (nested values as compact JSON), or with `as_json` the JSON as sent; on a refusal one line on stderr (the error,
+    the HTTP status, and for an unknown command the known ones), exit 2 when it was the caller's mistake
+    (USAGE_STATUSES), else 1."""
+    if status == 200:
+        if as_json:
+            print(json.dumps(payload, indent=2, sort_keys=True))
+        elif isinstance(payload, dict):
+            for key, value in sorted(payload.items()):
+                print(f"{key}: {value if isinstance(value, str) else json.dumps(value, sort_keys=True)}")
+        else:
+            print(json.dumps(payload))
+        return 0
+    error = payload.get("error") or payload.get("body") if isinstance(payload, dict) else None
+    line = " ".join(str(error or payload).split())[:300]  # one line, however the answer was laid out
+    known = payload.get("commands") if isinstance(payload, dict) else None
+    if status == 404 and isinstance(known, list):
+        line += f" (known: {', '.join(map(str, known))})"
+    print(f"trading-ops: {prog}: {command}: {line} (HTTP {status})", file=sys.stderr)
+    return 2 if status in USAGE_STATUSES else 1
 
 
 def unreachable(exc: Exception, url: str) -> str:

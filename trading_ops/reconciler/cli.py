@@ -30,6 +30,11 @@ OPERATOR_MAX = 128
 PLAYBOOK_HELP = f"playbook file or packaged name ({', '.join(PACKAGED_PLAYBOOKS)}); default: the configured one"
 
 
+# The largest id or count the ledger's databases hold (a signed 64-bit INTEGER in SQLite, a bigint in PostgreSQL):
+# a larger one is no episode and no limit, and the drivers refuse to bind it.
+MAX_INTEGER = 2**63 - 1
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -37,6 +42,8 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    if value > MAX_INTEGER:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_INTEGER}, got {text[:40]}")
     return value
 
 
@@ -301,12 +308,13 @@ def step_refusal(rule: Rule, step: StepSpec, labels: dict[str, str], pattern: Pa
     return None
 
 
-def plan(rule: Rule | None, labels: dict[str, str], pattern: Pattern) -> list[str]:
-    """The steps a rule would run for these labels, each with whether it would be refused."""
+def plan(rule: Rule | None, labels: dict[str, str], pattern: Pattern, on_recovery: bool = False) -> list[str]:
+    """The steps a rule would run for these labels (its on_recovery steps with `on_recovery`), each with whether it
+    would be refused."""
     if rule is None:
         return []
     out = []
-    for step in rule.steps:
+    for step in rule.on_recovery if on_recovery else rule.steps:
         refusal = step_refusal(rule, step, labels, pattern)
         out.append(step.name + (f" (refused: {refusal})" if refusal else ""))
     return out
@@ -318,8 +326,13 @@ def playbook_test(args: argparse.Namespace, config: Config) -> int:
     path = Path(args.cases)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"{path}: cannot read cases: {exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read cases: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:  # PyYAML's own message spans lines (the snippet, a caret): one line here
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UsageError(f"{path}: cannot read cases: {problem}{where}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise UsageError(f"{path}: expected a mapping with a `cases` list")
     named = data.get("playbook")
@@ -342,6 +355,9 @@ def playbook_test(args: argparse.Namespace, config: Config) -> int:
         steps = plan(rule, labels, pattern)
         if "actions" in expect and list(expect["actions"] or []) != steps:
             problems.append(f"actions: expected {expect['actions']!r}, got {steps!r}")
+        undo = plan(rule, labels, pattern, on_recovery=True)
+        if "on_recovery" in expect and list(expect["on_recovery"] or []) != undo:
+            problems.append(f"on_recovery: expected {expect['on_recovery']!r}, got {undo!r}")
         if "target" in expect and rule and expect["target"] != rule.target(labels):
             problems.append(f"target: expected {expect['target']!r}, got {rule.target(labels)!r}")
         if problems:

@@ -677,6 +677,12 @@ class Engine:
             f"Rule {rule.name} did not recover {episode['alertname']} on {episode['target']} "
             f"(episode {episode['id']}). Tried: " + "; ".join(ctx.history or ["nothing"])
         )
+        if rule.summary:  # the page leads with what the alert means and what was not done, and why
+            try:
+                summary = ctx.render(rule.summary)
+            except Refused:
+                summary = rule.summary
+            description = f"{summary}: {failure[:300]}. {description}"
         await self._close_escalated(episode, FAILED, ctx, description, failure)
 
     async def _close_escalated(

@@ -34,6 +34,7 @@ RULE_KEYS = (
     "allow_destructive",
     "target_label",
     "on_recovery",
+    "summary",
 )
 ON_FAILURE = ("escalate", "none")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -150,6 +151,9 @@ class Rule:
     # Steps run once the recovery is verified (the fault is over): undoing what the steps did only for the fault's
     # duration, e.g. resuming the bots a venue outage set to reduce_only. Their failure pages a human.
     on_recovery: tuple[StepSpec, ...] = ()
+    # What the alert means in a person's words (${label}s filled in): it leads the page when the rule fails, before
+    # the step that failed and why, e.g. "Loss limit breached on ${instance}: bot command=flatten: failure: ...".
+    summary: str = ""
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(m.matches(labels) for m in self.matchers)
@@ -320,6 +324,9 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
     target_label = data.get("target_label", "instance")
     if not isinstance(target_label, str):
         raise PlaybookError(f"{where}.target_label: expected a label name")
+    summary = data.get("summary", "")
+    if not isinstance(summary, str) or "\n" in summary.strip():
+        raise PlaybookError(f"{where}.summary: expected one line of text")
     return Rule(
         name=name,
         matchers=matchers,
@@ -333,6 +340,7 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
         allow_destructive=allow_destructive,
         target_label=target_label,
         on_recovery=on_recovery,
+        summary=summary.strip(),
     )
 
 

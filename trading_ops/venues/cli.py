@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any
 
 from trading_ops.cli import http_url
 from trading_ops.config import Config, ConfigError, resolve_secret
-from trading_ops.paper.cli import parse_params, post_json, unreachable
+from trading_ops.paper.cli import parse_params, post_json, print_answer, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +33,15 @@ def register(sub: Any) -> None:
         "lost_reply [count=N mode=close|timeout delay=S], insufficient_funds [count=N], invalid_order [count=N], "
         "stale_market_data [symbol=S seconds=N] (until the client resubscribes), "
         "position_drift [symbol=S quantity=Q account=NAME], price_gap [symbol=S change=R], clear. "
-        "`status` lists what is in force.",
+        "`status` lists what is in force. Prints the gateway's answer as `key: value` lines (--json: the JSON it "
+        "sent); a refusal is one line on stderr, exit 2 for a bad fault, argument or token, 1 otherwise.",
     )
     chaos.add_argument("fault", help="the fault to inject, e.g. rate_limit, or status")
     chaos.add_argument("params", nargs="*", metavar="KEY=VALUE", help="arguments (numbers are sent as numbers)")
     chaos.add_argument(
         "--url", type=http_url, default=None, help="gateway base URL, http://host:port (default: from gateway.listen)"
     )
+    chaos.add_argument("--json", action="store_true", help="print the gateway's answer as the JSON it sent")
     chaos.set_defaults(handler=run_gateway_chaos)
 
 
@@ -76,8 +77,7 @@ def run_gateway_chaos(args: argparse.Namespace, config: Config) -> int:
     except (aiohttp.ClientError, TimeoutError) as exc:
         print(f"trading-ops: gateway-chaos: cannot reach {base}: {unreachable(exc, base)}", file=sys.stderr)
         return 1
-    print(json.dumps(payload, indent=2, sort_keys=True))
-    return 0 if status == 200 else 1
+    return print_answer("gateway-chaos", args.fault, status, payload, args.json)
 
 
 async def _get(url: str, token: str) -> tuple[int, Any]:

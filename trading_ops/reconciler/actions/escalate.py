@@ -5,17 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
-from trading_ops.reconciler.actions.base import Action, ActionContext, Result
+from trading_ops.reconciler.actions.base import Action, ActionContext, Result, template_labels
 
 FAILED = "TradingOpsRemediationFailed"
 CIRCUIT_OPEN = "TradingOpsRemediationCircuitOpen"
 # A playbook stopped a bot on purpose (protective pause): nothing failed, but only a human may let it trade again.
 BOT_PAUSED = "TradingOpsBotPaused"
+# A playbook closed a bot's positions on a breached limit and verified it flat (loss-limit-flatten): it pages, since
+# the bot stopped trading for the day and only a human lets it trade again.
+BOT_FLATTENED = "TradingOpsBotFlattened"
 RUNBOOK_BASE = "https://github.com/trading-ops/trading-ops/blob/main/runbooks/"
 SUMMARIES = {
     FAILED: "Automatic remediation did not recover the alert.",
     CIRCUIT_OPEN: "The reconciler spent a target's action budget and stopped acting on it.",
     BOT_PAUSED: "The reconciler paused a bot; a human decides when it trades again.",
+    BOT_FLATTENED: "A bot breached a loss limit and was flattened; a human decides when it trades again.",
 }
 
 
@@ -25,10 +29,12 @@ class EscalateAction(Action):
     params = {"alertname": (str, False), "severity": (str, False), "description": (str, False)}
 
     def checked_labels(self, params: dict[str, Any]) -> list[str]:
-        return []  # the description is text for people, posted as JSON; nothing is executed with labels
+        # The description is text for people, posted as JSON; its ${label}s are filled in with validated values.
+        return template_labels(params.get("description", ""))
 
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
-        description = params.get("description") or "; ".join(ctx.history) or "escalated by the playbook"
+        given = params.get("description")
+        description = ctx.render(given) if given else "; ".join(ctx.history) or "escalated by the playbook"
         try:
             await escalate(
                 ctx.alertmanager,
