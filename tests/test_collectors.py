@@ -109,7 +109,7 @@ def test_a_failing_probe_is_counted_and_the_scrape_goes_on(
     assert sample(registry, "tradingbot_collector_errors_total", collector="disk") == 1
     generate_latest(registry)
     assert sample(registry, "tradingbot_collector_errors_total", collector="disk") == 2
-    assert sample(registry, "tradingbot_collector_errors_total", collector="process") is None
+    assert sample(registry, "tradingbot_collector_errors_total", collector="process") == 0  # exported from 0
     assert any("collector disk failed" in r.getMessage() for r in caplog.records)
 
 

@@ -378,6 +378,7 @@ def test_the_ccxt_gateway_stack_from_the_example_config_gets_a_bot_of_its_own(tm
     config = load_config(app.path)
     assert (config.bot.name, config.bot.venue, config.bot.strategy) == ("ccxt-1", "kraken", "mean-reverter")
     assert config.ccxt.enable_rate_limit is False
+    assert config.bot.risk.daily_loss_limit == STACK_DAILY_LOSS_LIMIT  # the demo's limit, in the runtime's risk
     assert [b.name for b in config.bots] == ["ccxt-1"]
     assert len(app.notes) == 2
     assert "'paper-1' on venue 'paper' is the paper bot's section" in app.notes[0] and "'ccxt-1'" in app.notes[0]

@@ -9,7 +9,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -107,15 +107,20 @@ class ResourceCollector(Collector):
         self._memory_budget = memory_budget
         self._data_dir_budget = data_dir_budget
         self._process = psutil.Process()
+        for name, _ in self._probes():  # each collector's errors exported from 0: "no error yet", not "no data"
+            errors.labels(name)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        for name, probe in (
+    def _probes(self) -> tuple[tuple[str, Callable[[], Iterator[GaugeMetricFamily]]], ...]:
+        return (
             ("disk", self._disk),
             ("data_dir", self._data_dir_families),
             ("process", self._process_families),
             ("memory", self._memory),
             ("event_loop", self._event_loop),
-        ):
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, probe in self._probes():
             try:
                 families = list(probe())
             except Exception:

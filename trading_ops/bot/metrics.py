@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -317,6 +317,14 @@ class BotMetrics:
         self._venue_errors = counter(
             "venue_errors", "Errors returned by the venue, by class.", ("error_class",), ("venue",)
         )
+        # Counters of labels known up front start at 0 (an increase over a window that begins with the series is
+        # lost to rate(), and a board's panel would read "no data" instead of "none"): every error class, every
+        # channel's reconnects and disconnects. Per-symbol ones start with known_symbols().
+        for error_class in VENUE_ERROR_CLASSES:
+            self._venue_errors[(error_class,)]
+        for channel in CHANNELS:
+            self._reconnects[(channel,)]
+            self._disconnects[(channel,)]
 
         # The trading loop.
         self._heartbeat = Gauge(
@@ -405,6 +413,13 @@ class BotMetrics:
     def order_refused(self, symbol: str, reason: str) -> None:
         """An order the bot itself did not send (its own gate said no): never reached the venue."""
         self._refused[(symbol, reason)]()
+
+    def known_symbols(self, symbols: Iterable[str]) -> None:
+        """The symbols the bot trades, known at its start: their counters of rare events (orders with an unknown
+        outcome, fee rebates) are exported from 0, as the first such event must be counted by rate() too."""
+        for symbol in symbols:
+            self._unknown_outcome[(symbol,)]
+            self._rebates[(symbol,)]
 
     def order_outcome_unknown(self, symbol: str) -> None:
         """A submission whose answer was lost: the order stays tracked (in flight) until the bot learns its fate."""

@@ -216,6 +216,7 @@ class BotRuntime:
             on_halt=self.halt,
         )
         self.context = Context(self.order_engine, self.inst.state, self.symbols, bot.market_data_stale_seconds)
+        self.metrics.known_symbols(self.symbols)
         rec = config.recovery
         self.recovery_store = RecoveryStore(self.engine, bot.name, bot.venue)
         self.heartbeat = Heartbeat(

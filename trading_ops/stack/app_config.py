@@ -243,6 +243,9 @@ def build_app_config(
         recovery.setdefault(key, value)
     if (bot.get("risk") or {}).get("daily_loss_limit") is None:
         data.setdefault("paper", {}).setdefault("daily_loss_limit", STACK_DAILY_LOSS_LIMIT)
+        if bot_kind == GATEWAY_BOT_KIND and isinstance(bot.setdefault("risk", {}), dict):
+            # The ccxt bot's limit is the runtime's (bot.risk): the same demo limit, and the boards' loss panel.
+            bot["risk"]["daily_loss_limit"] = STACK_DAILY_LOSS_LIMIT
     _default_budgets(bot)
     rc = data.setdefault("reconciler", {})
     budgets = rc.setdefault("budgets", {})
