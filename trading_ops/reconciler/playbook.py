@@ -34,8 +34,13 @@ RULE_KEYS = (
     "allow_destructive",
     "target_label",
     "on_recovery",
+    "on_unknown",
 )
 ON_FAILURE = ("escalate", "none")
+# What a run does with a step whose outcome is unknown (the reconciler died while it ran): run it again, or page a
+# human and do nothing more. Unset: escalate for a disruptive or destructive step, retry for a safe one.
+ON_UNKNOWN = ("retry", "escalate")
+RISKY = ("disruptive", "destructive")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Longest duration a playbook may give (waits, cooldowns, backoffs): added to times, a longer one would overflow the
 # calendar; a century is past any real wait.
@@ -150,6 +155,14 @@ class Rule:
     # Steps run once the recovery is verified (the fault is over): undoing what the steps did only for the fault's
     # duration, e.g. resuming the bots a venue outage set to reduce_only. Their failure pages a human.
     on_recovery: tuple[StepSpec, ...] = ()
+    # The playbook's on_unknown (None: decided by the risk of the step whose outcome is unknown, `unknown_policy`).
+    on_unknown: str | None = None
+
+    def unknown_policy(self, step: StepSpec) -> str:
+        """`retry` or `escalate`: what to do after `step` ran with an outcome nobody saw."""
+        if self.on_unknown is not None:
+            return self.on_unknown
+        return "escalate" if step.risk in RISKY else "retry"
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(m.matches(labels) for m in self.matchers)
@@ -317,6 +330,9 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
     on_failure = data.get("on_failure", "escalate")
     if on_failure not in ON_FAILURE:
         raise PlaybookError(f"{where}.on_failure: expected one of {', '.join(ON_FAILURE)}")
+    on_unknown = data.get("on_unknown")
+    if on_unknown is not None and on_unknown not in ON_UNKNOWN:
+        raise PlaybookError(f"{where}.on_unknown: expected one of {', '.join(ON_UNKNOWN)}")
     target_label = data.get("target_label", "instance")
     if not isinstance(target_label, str):
         raise PlaybookError(f"{where}.target_label: expected a label name")
@@ -333,6 +349,7 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
         allow_destructive=allow_destructive,
         target_label=target_label,
         on_recovery=on_recovery,
+        on_unknown=on_unknown,
     )
 
 
