@@ -65,7 +65,7 @@ CLAIM_LOST = "claim lost"
 # A step's outcome the ledger did not take (the database unreachable) is written again after these delays, doubling
 # up to the last, for as long as the run holds its claim (the spool keeps it meanwhile, and past the process's end).
 OUTCOME_RETRY_INITIAL_SECONDS = 0.2
-OUTCOME_RETRY_MAX_SECONDS = 5.0
+OUTCOME_RETRY_MAX_SECONDS = 1.0
 # Outcomes of an earlier step that a run which stopped saw (or may have seen: `interrupted` is what a sweep wrote
 # before outcomes could be unknown) and which say nothing about what the step did.
 UNSEEN_OUTCOMES = (UNKNOWN, "interrupted")
@@ -443,7 +443,12 @@ class Engine:
             if last is not None and (interrupted or last["outcome"] in UNSEEN_OUTCOMES):
                 found = await self._resumption(episode, rule, ctx, last)
                 if found is None:
-                    return  # decided (escalated, or verified and closed): nothing is run again
+                    return  # decided (escalated): nothing is run again
+                if isinstance(found, _Resume) and found.verify_only:
+                    # Nothing is executed: no gate holds a verification back (parked, the run's record would be
+                    # older than the next run's look at it).
+                    await self._attempt(episode, rule, ctx, found)
+                    return
                 resume = found if isinstance(found, _Resume) else None
         if interrupted and resume is None:
             ctx.history.append(f"attempt {episode['attempts']} interrupted (the reconciler stopped)")

@@ -664,20 +664,21 @@ class Ledger:
             )
 
     def last_run(self, episode_id: int) -> dict[str, Any] | None:
-        """The episode's last attempt that ran steps (not a gate's record, nor an operator's), with its steps
-        (`steps`, by position); None when it has none."""
+        """The episode's last attempt that ran steps (not a gate's record, nor an acknowledgement), with its steps
+        (`steps`, by position); None when it has none, or when an operator's `reconciler retry` came after it (the
+        steps are to run once more, whatever that attempt did)."""
         with self.engine.connect() as conn:
             row = (
                 conn.execute(
                     select(A)
-                    .where(A.c.episode_id == episode_id, A.c.outcome.notin_(("skipped", *OPERATOR_OUTCOMES)))
+                    .where(A.c.episode_id == episode_id, A.c.outcome.notin_(("skipped", "acknowledged")))
                     .order_by(A.c.number.desc())
                     .limit(1)
                 )
                 .mappings()
                 .first()
             )
-            if row is None:
+            if row is None or row["outcome"] in OPERATOR_OUTCOMES:
                 return None
             attempt = dict(row)
             steps = conn.execute(select(S).where(S.c.attempt_id == attempt["id"]).order_by(S.c.position)).mappings()
