@@ -749,7 +749,10 @@ class Engine:
         write (the outcome is a fact, whoever runs the episode next), only the run after it. Should the process stop
         first, the spool is replayed at its next start, before any sweep."""
         spooled = SpooledOutcome(step_id, result.outcome, result.output, utcnow())
-        await self.db(self.spool.put, spooled)  # the ledger's threads: asyncio's default pool may be stuck
+        try:
+            await self.db(self.spool.put, spooled)  # the ledger's threads: asyncio's default pool may be stuck
+        except OSError as exc:  # the ledger is the record; the spool only outlives the process when it is away
+            log.error("step %s: its outcome could not be spooled (%s): %s", step_id, self.spool.directory, exc)
         claim = self.claims.get(episode_id)
         if claim is not None:
             claim.recording = True
