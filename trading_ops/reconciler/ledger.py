@@ -394,10 +394,10 @@ class Ledger:
         """Mark runs whose owner died interrupted: its lease expired, or its process is provably gone (our own
         previous life after a restart, say), and free the targets such owners held. A step of theirs still `running`
         is `unknown` (it may have acted or not; the rule's on_unknown decides), and so is its attempt; an outcome
-        the run saw is already recorded (written before anything else, or replayed from the spool before a sweep). A live owner renewing its lease
-        is never touched, whatever its name; `live` are the caller's own runs in progress (left alone, with their
-        targets, even if a slow renewal let their lease lapse). A run's steps that had started a process group
-        fence its target (see LEFTOVER_FENCE_SECONDS) in the same commit that frees it.
+        the run saw is already recorded (written before anything else, or replayed from the spool before a sweep).
+        A live owner renewing its lease is never touched, whatever its name; `live` are the caller's own runs in
+        progress (left alone, with their targets, even if a slow renewal let their lease lapse). A run's steps that
+        had started a process group fence its target (see LEFTOVER_FENCE_SECONDS) in the same commit that frees it.
 
         What was read outside the transaction is only a candidate: each takeover re-checks, in its UPDATE, the
         owner and lease it read, so a renewal landing in between keeps the run (no second, concurrent run)."""
