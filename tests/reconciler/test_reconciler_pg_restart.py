@@ -135,8 +135,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def reconciler(tmp_path: Path, db_url: str, bot: FakeBot, **rc: Any) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """A reconciler process on `db_url`, acting on the fake bot for INSTANCES; (process, port, log)."""
+def reconciler(
+    tmp_path: Path, db_url: str, bot: FakeBot, playbook_rule: dict[str, Any] | None = None, **rc: Any
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A reconciler process on `db_url`, acting on the fake bot for INSTANCES (RULE, with `playbook_rule`'s keys);
+    (process, port, log)."""
     port = free_port()
     (tmp_path / "webhook-token").write_text(TOKEN)
     (tmp_path / "read-token").write_text("read-token")
@@ -149,7 +152,7 @@ def reconciler(tmp_path: Path, db_url: str, bot: FakeBot, **rc: Any) -> tuple[su
             "instance": "solo",
             "token_file": str(tmp_path / "webhook-token"),
             "read_token_file": str(tmp_path / "read-token"),
-            "playbook": str(write_playbook(tmp_path, [RULE])),
+            "playbook": str(write_playbook(tmp_path, [{**RULE, **(playbook_rule or {})}])),
             "poll_interval_seconds": 0.05,
             "lease_seconds": 2,  # lapses while the database is away: the run still holds on
             "check_silences": False,
@@ -348,5 +351,42 @@ async def test_a_step_outcome_the_database_did_not_take_lands_exactly_once(
         fake_bot.on_call = None
         if cluster.pid() is None or not _alive(cluster.pid() or 0):
             await asyncio.to_thread(cluster.start)
+        stop(proc)
+        ledger.engine.dispose()
+
+
+async def test_a_database_lost_after_the_step_hands_the_run_back_and_it_is_verified_not_run_again(
+    tmp_path: Path, cluster: Cluster, fake_bot: FakeBot, prometheus: str
+) -> None:
+    """The step's outcome is in the ledger; the database goes away while the run verifies. That is no internal
+    error (nobody is paged): once the database answers, the run hands itself back, and the next run verifies
+    only. One action, one attempt, recovered."""
+    url = await asyncio.to_thread(cluster.create_database, "handback")
+    clears_at = time.time() + 25  # the fault lasts well past the outage below, then clears by itself
+    verify = {"expr": f"vector(time()) < {clears_at:.3f}", "deadline": "2m", "interval": "200ms"}
+    proc, port, log = await asyncio.to_thread(
+        reconciler, tmp_path, url, fake_bot, prometheus_url=prometheus, playbook_rule={"verify": verify}
+    )
+    ledger = Ledger(make_engine(url))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/api/v1/alertmanager", json=body(0), headers=AUTH) as r:
+                assert r.status == 200
+        await until(lambda: [e["state"] for e in ledger.list_episodes()] == ["verifying"], "the run verifying")
+        await asyncio.to_thread(cluster.stop)
+        try:
+            await until(lambda: _log_count(log, "the run is handed back once it answers") >= 1, "the run waiting")
+        finally:
+            await asyncio.to_thread(cluster.start)
+        await until(lambda: all(e["state"] in CLOSED_STATES for e in ledger.list_episodes()), "closed", 120)
+        (episode,) = ledger.list_episodes()
+        assert episode["state"] == "recovered", episode
+        assert fake_bot.commands() == ["reconnect"]
+        (attempt,) = episode["attempt_list"]
+        assert attempt["outcome"] == "success" and [s["outcome"] for s in attempt["steps"]] == ["success"]
+        text = log.read_text()
+        assert "internal error" not in text and "escalation" not in text
+        assert proc.poll() is None
+    finally:
         stop(proc)
         ledger.engine.dispose()
