@@ -501,6 +501,10 @@ class ReconcilerConfig:
     poll_interval_seconds: float = bounded(1.0, min=0.01)
     # A claim on an episode and its target lasts this long and is renewed while the run is alive.
     lease_seconds: float = bounded(30.0, min=0.5)
+    # Outcomes of steps the ledger has not taken yet (the database unreachable when a step finished, and the
+    # reconciler stopping before it came back): one file each, written to the ledger at the next start before
+    # anything else. Relative to this file's folder.
+    spool_dir: str = checked("./var/reconciler-spool", _check_nonempty)
     max_concurrent_runs: int = bounded(4, min=1)
     # Intake group commit: notifications stored per transaction at most.
     batch_max: int = bounded(256, min=1)

@@ -253,6 +253,9 @@ def test_explain_prints_the_plan_of_a_recorded_webhook(tmp_path: Path, capsys: p
     )
     assert "bot command=flatten [destructive" in out and "refused" not in out
     assert "feeds the dead man's switch" in out and "closes episode" in out
+    # What a run does after the reconciler died while a step ran (the playbook's on_unknown, or the step's risk).
+    assert "bot command=reconnect [safe, timeout 15s, if its outcome is unknown: retry]" in out
+    assert "bot command=flatten [destructive, timeout 15s, if its outcome is unknown: escalate]" in out
 
 
 def test_serving_without_a_token_exits_2(tmp_path: Path, migrated_sqlite: str, monkeypatch, capsys) -> None:

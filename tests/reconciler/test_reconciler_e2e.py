@@ -221,10 +221,21 @@ async def test_two_reconcilers_on_one_postgresql_act_once_per_episode(
             stop(proc)
 
 
-@pytest.mark.parametrize(("max_attempts", "final"), [(2, "recovered"), (1, "escalated")])
-async def test_kill_9_mid_action_is_interrupted_then_retried_or_escalated_and_nothing_acked_is_lost(
-    tmp_path: Path, migrated_sqlite: str, max_attempts: int, final: str, alertmanager: Alertmanager
+@pytest.mark.parametrize(
+    ("max_attempts", "on_unknown", "final"),
+    [(2, "retry", "recovered"), (1, "retry", "escalated"), (2, None, "escalated"), (2, "escalate", "escalated")],
+)
+async def test_kill_9_mid_action_leaves_an_unknown_outcome_that_on_unknown_decides_and_nothing_acked_is_lost(
+    tmp_path: Path,
+    migrated_sqlite: str,
+    max_attempts: int,
+    on_unknown: str | None,
+    final: str,
+    alertmanager: Alertmanager,
 ) -> None:
+    # The step (exec: disruptive) was running when the reconciler was killed: nobody saw its outcome. After the
+    # restart the episode says so (step and attempt `unknown`), and the rule's on_unknown decides: retry (within
+    # max_attempts), or escalate without running anything again (the default for a disruptive step).
     started, pids, seen = tmp_path / "started", tmp_path / "pids", tmp_path / "seen-by-retry"
     # First run: start a helper in the step's process group (as a restart script's children would be), announce,
     # then hang: the reconciler is killed meanwhile. A retry first looks whether anything of the first run
@@ -255,6 +266,7 @@ else:
             "max_attempts": max_attempts,
             "backoff": {"initial": "100ms"},
             "steps": [{"action": "exec", "argv": [sys.executable, "-c", script], "timeout": "2m"}],
+            **({"on_unknown": on_unknown} if on_unknown else {}),
         }
     ]
     config, port = write_config(tmp_path, "solo", migrated_sqlite, rules, alertmanager_url=alertmanager.url)
@@ -283,13 +295,18 @@ else:
             assert ledger.notification_count() == acked
             episode = next(e for e in ledger.list_episodes() if e["alertname"] == "TradingBotDiskSpaceLow")
             outcomes = [a["outcome"] for a in episode["attempt_list"]]
-            assert outcomes == (["interrupted", "success"] if max_attempts == 2 else ["interrupted"])
+            retried = final == "recovered"
+            assert outcomes == (["unknown", "success"] if retried else ["unknown"]), episode
             step = episode["attempt_list"][0]["steps"][0]
-            assert step["outcome"] == "interrupted"
+            assert step["outcome"] == "unknown"
+            if not retried:
+                why = "no attempts left" if on_unknown == "retry" else "not run again (on_unknown: escalate)"
+                assert "is unknown" in episode["detail"] and why in episode["detail"], episode["detail"]
+                assert not seen.exists(), "the step ran again"
             # The step's command died with the reconciler (PR_SET_PDEATHSIG); what it had started was found by
             # the sweep after the restart, through the process group recorded in the step, and killed.
             assert step["process"] and "still ran: killed" in step["output"]
-            if max_attempts == 2:
+            if retried:
                 assert seen.read_text() == "[]", f"the retry started while {seen.read_text()} of the first run ran"
             for pid in old:
                 assert not _running(pid), f"process {pid} of the interrupted run survived"

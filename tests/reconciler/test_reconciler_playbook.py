@@ -102,6 +102,7 @@ def test_first_matching_rule_wins() -> None:
         ({"cooldown": "soon"}, "rules[0].cooldown: expected a duration"),
         ({"max_attempts": 0}, "rules[0].max_attempts: expected an integer >= 1"),
         ({"on_failure": "panic"}, "rules[0].on_failure: expected one of escalate, none"),
+        ({"on_unknown": "shrug"}, "rules[0].on_unknown: expected one of retry, escalate"),
         ({"colour": "red"}, "rules[0].colour: unknown key"),
         ({"steps": [{"action": "bot", "command": "flatten", "risk": "safe"}]}, "rules[0].steps[0].risk"),
         ({"steps": [{"action": "exec", "argv": "rm -rf /"}]}, "rules[0].steps[0].argv: expected a list"),
@@ -114,6 +115,25 @@ def test_validation_names_the_key_in_one_line(change: dict, message: str) -> Non
     assert message in str(exc.value)
     assert str(exc.value).startswith("pb.yml: ")
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("command", "on_unknown", "policy"),
+    [
+        ("reconnect", None, "retry"),  # safe
+        ("pause", None, "escalate"),  # disruptive
+        ("flatten", None, "escalate"),  # destructive
+        ("pause", "retry", "retry"),
+        ("reconnect", "escalate", "escalate"),
+    ],
+)
+def test_on_unknown_defaults_to_escalate_for_disruptive_and_destructive_steps(
+    command: str, on_unknown: str | None, policy: str
+) -> None:
+    extra = {"on_unknown": on_unknown} if on_unknown else {}
+    rule = {**RULE, "steps": [{"action": "bot", "command": command}], "allow_destructive": True, **extra}
+    (parsed,) = parse_playbook({"rules": [rule]}).rules
+    assert parsed.unknown_policy(parsed.steps[0]) == policy
 
 
 def test_duplicate_rule_names_are_refused() -> None:

@@ -413,7 +413,11 @@ def _rule_plan(rule: Rule, labels: dict[str, str], pattern: Pattern, verify: str
     if rule.wait_for:
         out.append(f"    wait {rule.wait_for:g}s, act only if Alertmanager still has it firing")
     for j, step in enumerate(plan(rule, labels, pattern), 1):
-        out.append(f"    {j}. {step} [{rule.steps[j - 1].risk}, timeout {rule.steps[j - 1].timeout:g}s]")
+        spec = rule.steps[j - 1]
+        out.append(
+            f"    {j}. {step} [{spec.risk}, timeout {spec.timeout:g}s, if its outcome is unknown: "
+            f"{rule.unknown_policy(spec)}]"
+        )
     if rule.verify.enabled:
         out.append(f"    verify until clear within {rule.verify.deadline:g}s: {verify}")
     else:

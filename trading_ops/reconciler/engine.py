@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import aiohttp
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
 from trading_ops.clients.notify import Notifier
@@ -28,10 +29,18 @@ from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, 
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED, escalate
 from trading_ops.reconciler.actions.silence import CREATED_BY
 from trading_ops.reconciler.intake import Rejected, parse_timestamp
-from trading_ops.reconciler.ledger import GLOBAL_TARGET, LEFTOVER_FENCE_SECONDS, PAUSE_KEY, PAUSED_DETAIL, Ledger
+from trading_ops.reconciler.ledger import (
+    GLOBAL_TARGET,
+    LEFTOVER_FENCE_SECONDS,
+    PAUSE_KEY,
+    PAUSED_DETAIL,
+    UNKNOWN,
+    Ledger,
+)
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.playbook import Playbook, Rule
 from trading_ops.reconciler.processes import ProcessId, host_token, kill_leftover_group
+from trading_ops.reconciler.spool import OutcomeSpool, SpooledOutcome
 from trading_ops.reconciler.verify import verify
 from trading_ops.tasks import stop_tasks
 
@@ -53,6 +62,23 @@ STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
 # Ledger calls of the dispatch loop (and the pruner's) beside those of the runs.
 EXTRA_LEDGER_THREADS = 2
 CLAIM_LOST = "claim lost"
+# A step's outcome the ledger did not take (the database unreachable) is written again after these delays, doubling
+# up to the last, for as long as the run holds its claim (the spool keeps it meanwhile, and past the process's end).
+OUTCOME_RETRY_INITIAL_SECONDS = 0.2
+OUTCOME_RETRY_MAX_SECONDS = 1.0
+# Outcomes of an earlier step that a run which stopped saw (or may have seen: `interrupted` is what a sweep wrote
+# before outcomes could be unknown) and which say nothing about what the step did.
+UNSEEN_OUTCOMES = (UNKNOWN, "interrupted")
+# How a run the database left mid-way hands itself back (its attempt's and the episode's detail).
+LEDGER_AWAY = "ledger unreachable during the run"
+
+
+def ledger_unreachable(exc: BaseException) -> bool:
+    """Whether a ledger call failed because the database could not be reached (restarting, stopped, the connection
+    cut), not for what the statement did: the run waits for it instead of giving up."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 class LostClaim(Exception):
@@ -64,9 +90,26 @@ class _Claim:
     """A run's hold on its episode and target, as its lease renewer sees it."""
 
     lost: bool = False
+    # True while the run writes a step's outcome: a renewal finding the claim lost then does not cancel the run (the
+    # outcome is written first, then the run stops).
+    recording: bool = False
     # False once the run gives its claim back (closing or parking the episode): a renewal failing from then on
     # means nothing, and cancels nothing.
     active: bool = True
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """How a run carries on what a stopped run of its episode began (`Engine._resumption`)."""
+
+    # The attempt carried on (None: a new attempt), and its number as the rule's max_attempts counts it.
+    attempt_id: int | None
+    number: int
+    # The first step to run (the rule's steps before it succeeded), and every position that succeeded.
+    start: int
+    done: frozenset[int]
+    # Every step had succeeded: only the verification is left, and its failure is escalated, never run again.
+    verify_only: bool = False
 
 
 class Engine:
@@ -111,6 +154,7 @@ class Engine:
         runs = self.rc.max_concurrent_runs
         self.executor = ThreadPoolExecutor(runs + EXTRA_LEDGER_THREADS, thread_name_prefix="reconciler-ledger")
         self.lease_executor = ThreadPoolExecutor(runs, thread_name_prefix="reconciler-lease")
+        self.spool = OutcomeSpool(config.path(self.rc.spool_dir))
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -130,6 +174,9 @@ class Engine:
             self.wake.clear()
 
     async def dispatch_once(self) -> None:
+        # Outcomes seen but not yet in the ledger (a previous life of ours stopped while the database was away)
+        # first: the sweep must not call unknown what a run saw.
+        await self.db(self.spool.replay, self.ledger, ledger_unreachable)
         swept = await self.db(self.ledger.sweep, utcnow(), self.owner, set(self.runs))
         for episode_id in swept.interrupted:
             log.warning("episode %s: the run was interrupted (its reconciler stopped); policy decides", episode_id)
@@ -244,9 +291,12 @@ class Engine:
             task.uncancel()
             log.warning("episode %s: lease renewal found the claim lost; run stopped", episode_id)
         except Exception as exc:
-            log.exception("episode %s: run failed", episode_id)
-            with contextlib.suppress(Exception):
-                await self._internal_error(episode, exc)
+            if ledger_unreachable(exc):
+                await self._interrupt_when_reachable(episode, claim, exc)
+            else:
+                log.exception("episode %s: run failed", episode_id)
+                with contextlib.suppress(Exception):
+                    await self._internal_error(episode, exc)
         finally:
             claim.active = False
             renewer.cancel()
@@ -259,6 +309,26 @@ class Engine:
                     await self.db(self.ledger.abandon_run, episode_id, self.owner, f"{CLAIM_LOST}: run stopped")
             with contextlib.suppress(Exception):
                 await self.db(self.ledger.release_target, target, self.owner)
+
+    async def _interrupt_when_reachable(self, episode: dict[str, Any], claim: _Claim, exc: Exception) -> None:
+        """The database went away mid-run: not an internal error (nobody is paged for it). What the run's steps did
+        is recorded (`_record_outcome`); once the ledger answers again the run is handed back `interrupted`, due at
+        once, and its next run carries on from there (`_resumption`): nothing done is done again. The lease is
+        renewed meanwhile; a replica that takes it over after all has the same record to carry on from."""
+        log.warning(
+            "episode %s: the ledger is unreachable; the run is handed back once it answers: %s", episode["id"], exc
+        )
+        delay = OUTCOME_RETRY_INITIAL_SECONDS
+        while not claim.lost:
+            try:
+                await self.db(self.ledger.abandon_run, episode["id"], self.owner, LEDGER_AWAY)
+                return
+            except Exception as again:
+                if not ledger_unreachable(again):
+                    log.exception("episode %s: handing the run back failed", episode["id"])
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTCOME_RETRY_MAX_SECONDS)
 
     async def _internal_error(self, episode: dict[str, Any], exc: Exception) -> None:
         """A bug or a broken database stopped the run: nothing more is tried automatically, so a human is paged
@@ -292,7 +362,7 @@ class Engine:
             if not ok:
                 if claim.active:
                     claim.lost = True
-                    if run is not None:
+                    if run is not None and not claim.recording:
                         run.cancel(msg=CLAIM_LOST)
                 return
 
@@ -367,7 +437,20 @@ class Engine:
             await self._close(episode, "resolved", "resolved before the run")
             return
         interrupted = episode["state"] == "interrupted"
-        if interrupted:
+        resume: _Resume | None = None
+        if episode["attempts"] and not self.rc.dry_run:
+            last = await self.db(self.ledger.last_run, episode["id"])
+            if last is not None and (interrupted or last["outcome"] in UNSEEN_OUTCOMES):
+                found = await self._resumption(episode, rule, ctx, last)
+                if found is None:
+                    return  # decided (escalated): nothing is run again
+                if isinstance(found, _Resume) and found.verify_only:
+                    # Nothing is executed: no gate holds a verification back (parked, the run's record would be
+                    # older than the next run's look at it).
+                    await self._attempt(episode, rule, ctx, found)
+                    return
+                resume = found if isinstance(found, _Resume) else None
+        if interrupted and resume is None:
             ctx.history.append(f"attempt {episode['attempts']} interrupted (the reconciler stopped)")
             if episode["attempts"] >= rule.max_attempts:
                 await self._give_up(episode, rule, ctx, "interrupted and no attempts left")
@@ -414,7 +497,58 @@ class Engine:
                 return
         if not self.rc.dry_run and not rule.protective and not await self._within_budget(episode, rule, ctx, now):
             return
-        await self._attempt(episode, rule, ctx)
+        await self._attempt(episode, rule, ctx, resume)
+
+    async def _resumption(
+        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, last: dict[str, Any]
+    ) -> _Resume | bool | None:
+        """What a run does after a run of its episode stopped before the end (the reconciler died, or the ledger
+        went away): what its steps did is in `last` (the last attempt that ran steps), and none of it is done again.
+
+        A step whose outcome is unknown (it was running when its run stopped): the rule's on_unknown decides, run
+        it again (a new attempt from that step) or escalate. Every step succeeded: only the verification is left,
+        and its failure escalates. Some steps succeeded, the rest never started: the same attempt carries on with
+        the next. Returns that plan; None when it decided alone (the episode is closed); False when the usual retry
+        policy applies (a step failed, or nothing ran)."""
+        steps = {s["position"]: s for s in last["steps"]}
+        if last["outcome"] not in (*UNSEEN_OUTCOMES, "success", "resolved"):
+            return False
+        if not steps:
+            # Nothing ran. A run that handed itself back for the database carries on its attempt (a blip costs no
+            # attempt); one that died is retried or escalated by max_attempts, as always.
+            if last["outcome"] == "interrupted" and last["detail"] == LEDGER_AWAY:
+                return _Resume(last["id"], episode["attempts"], 0, frozenset())
+            return False
+        done = frozenset(p for p, s in steps.items() if s["outcome"] == "success")
+        unseen = sorted(p for p, s in steps.items() if s["outcome"] in UNSEEN_OUTCOMES)
+        specs = rule.steps + rule.on_recovery
+        number, count = last["number"], len(rule.steps)
+        if unseen and unseen[0] < len(specs):
+            position = unseen[0]
+            spec = specs[position]
+            policy = rule.unknown_policy(spec)
+            what = f"the outcome of step {position + 1} ({spec.name}) of attempt {number} is unknown"
+            ctx.history.append(f"attempt {number}: {what} (the reconciler stopped while it ran); on_unknown: {policy}")
+            log.warning("episode %s: %s; on_unknown: %s", episode["id"], what, policy)
+            if policy == "escalate":
+                await self._give_up(episode, rule, ctx, f"{what}: not run again (on_unknown: escalate)")
+                return None
+            if position >= count:  # an on_recovery step: the recovery is verified again, then it runs again
+                return _Resume(last["id"], episode["attempts"], count, done)
+            if episode["attempts"] >= rule.max_attempts:
+                await self._give_up(episode, rule, ctx, f"{what} and no attempts left (on_unknown: retry)")
+                return None
+            return _Resume(None, episode["attempts"] + 1, position, done)
+        if any(s["outcome"] != "success" for p, s in steps.items() if p < count):
+            return False  # a step failed: the rule's retry policy, as after any failed attempt
+        if all(p in done for p in range(count)):
+            ctx.history.append(
+                f"attempt {number}: every step succeeded before the run stopped: verified, not run again"
+            )
+            return _Resume(last["id"], episode["attempts"], count, done, verify_only=True)
+        start = min(p for p in range(count) if p not in done)
+        ctx.history.append(f"attempt {number}: carried on from step {start + 1} (the steps before it succeeded)")
+        return _Resume(last["id"], episode["attempts"], start, done)
 
     async def _maintenance(self, labels: dict[str, str]) -> dict[str, Any] | None:
         if not self.rc.check_silences:
@@ -492,14 +626,23 @@ class Engine:
             return False
         return True
 
-    async def _attempt(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> None:
-        number = episode["attempts"] + 1
-        attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner)
+    async def _attempt(
+        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, resume: _Resume | None = None
+    ) -> None:
+        start, done = (resume.start, resume.done) if resume is not None else (0, frozenset[int]())
+        if resume is not None and resume.attempt_id is not None:
+            number, attempt_id = resume.number, resume.attempt_id
+            await self.db(self.ledger.resume_attempt, attempt_id, self.owner, f"carried on from step {start + 1}")
+        else:
+            number = episode["attempts"] + 1
+            attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner)
         if number == 1 and not episode["first_action_at"]:
             self.metrics.time_to_first_action.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
         failure = ""
         refused = False
         for position, step in enumerate(rule.steps):
+            if position < start:
+                continue  # succeeded in the run that stopped: never run twice
             if await self._is_resolved(episode["id"]):
                 await self.db(self.ledger.finish_attempt, attempt_id, "resolved", "resolved between steps")
                 await self._close(episode, "resolved", "resolved during the run; remaining steps cancelled")
@@ -523,7 +666,7 @@ class Engine:
             result = await self._execute(ctx, step.action, step.params, step.timeout)
             self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
             self.metrics.actions.labels(step.action, result.outcome).inc()
-            await self.db(self.ledger.finish_step, step_id, result.outcome, result.output)
+            await self._record_outcome(episode["id"], step_id, result)
             ctx.history.append(f"attempt {number}: {step.name} -> {result.outcome} ({result.output[:200]})")
             if not result.ok:
                 failure = f"{step.name}: {result.outcome}: {result.output[:300]}"
@@ -536,7 +679,7 @@ class Engine:
         if not failure:
             outcome, detail = await self._verify(episode, rule, ctx)
             if outcome in ("resolved", "clear"):
-                undone = await self._on_recovery(episode, rule, ctx, attempt_id, number)
+                undone = await self._on_recovery(episode, rule, ctx, attempt_id, number, done)
                 await self.db(
                     self.ledger.finish_attempt, attempt_id, "resolved" if outcome == "resolved" else "success", detail
                 )
@@ -555,8 +698,10 @@ class Engine:
             failure = detail
             ctx.history.append(f"attempt {number}: verification: {detail[:300]}")
         await self.db(self.ledger.finish_attempt, attempt_id, "failure", failure)
-        # A refused step would be refused again: no retry, straight to the failure policy.
-        if number < rule.max_attempts and not refused:
+        # A refused step would be refused again: no retry, straight to the failure policy. Nor when every step had
+        # succeeded in a run that stopped: its verification failing is escalated, the steps are never run again.
+        verify_only = resume is not None and resume.verify_only
+        if number < rule.max_attempts and not refused and not verify_only:
             delay = rule.backoff.delay(number, self.rng)
             retry_at = utcnow() + timedelta(seconds=delay)
             await self._defer(
@@ -566,10 +711,19 @@ class Engine:
         await self._give_up(episode, rule, ctx, failure)
 
     async def _on_recovery(
-        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, attempt_id: int, number: int
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        done: frozenset[int] = frozenset(),
     ) -> str:
-        """Run the rule's on_recovery steps (recorded after its steps, in the same attempt); what failed, or ""."""
+        """Run the rule's on_recovery steps (recorded after its steps, in the same attempt; those in `done` succeeded
+        in a run that stopped, and are not run again); what failed, or ""."""
         for position, step in enumerate(rule.on_recovery, start=len(rule.steps)):
+            if position in done:
+                continue
             action = ACTIONS[step.action]
             record = (attempt_id, position, step.action, step.name, step.risk, episode["target"], action.budgeted)
             if step.risk == "destructive" and not rule.allow_destructive:
@@ -580,13 +734,52 @@ class Engine:
             ctx.process_started = functools.partial(self._record_process, step_id)
             result = await self._execute(ctx, step.action, step.params, step.timeout)
             self.metrics.actions.labels(step.action, result.outcome).inc()
-            await self.db(self.ledger.finish_step, step_id, result.outcome, result.output)
+            await self._record_outcome(episode["id"], step_id, result)
             ctx.history.append(
                 f"attempt {number}: on recovery: {step.name} -> {result.outcome} ({result.output[:200]})"
             )
             if not result.ok:
                 return f"{step.name}: {result.outcome}: {result.output[:300]}"
         return ""
+
+    async def _record_outcome(self, episode_id: int, step_id: int, result: Result) -> None:
+        """What a step did, written before anything else, and never given up on: first to the local spool (it
+        survives the process), then to the ledger, tried again with backoff while the database is away and the run
+        holds its claim (the lease renewer keeps renewing it meanwhile). A claim lost meanwhile does not stop the
+        write (the outcome is a fact, whoever runs the episode next), only the run after it. Should the process stop
+        first, the spool is replayed at its next start, before any sweep."""
+        spooled = SpooledOutcome(step_id, result.outcome, result.output, utcnow())
+        try:
+            await self.db(self.spool.put, spooled)  # the ledger's threads: asyncio's default pool may be stuck
+        except OSError as exc:  # the ledger is the record; the spool only outlives the process when it is away
+            log.error("step %s: its outcome could not be spooled (%s): %s", step_id, self.spool.directory, exc)
+        claim = self.claims.get(episode_id)
+        if claim is not None:
+            claim.recording = True
+        delay = OUTCOME_RETRY_INITIAL_SECONDS
+        try:
+            while True:
+                try:
+                    await self.db(self.ledger.finish_step, step_id, result.outcome, result.output, spooled.finished_at)
+                    break
+                except Exception as exc:
+                    if not ledger_unreachable(exc) or claim is None or claim.lost:
+                        raise  # left in the spool: replayed before the next sweep
+                    log.warning(
+                        "step %s: its outcome (%s) is not in the ledger yet; written again in %gs: %s",
+                        step_id,
+                        result.outcome,
+                        delay,
+                        exc,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTCOME_RETRY_MAX_SECONDS)
+        finally:
+            if claim is not None:
+                claim.recording = False
+        await self.db(self.spool.remove, step_id)
+        if claim is not None and claim.lost:
+            raise LostClaim
 
     async def _execute(self, ctx: ActionContext, kind: str, params: dict[str, Any], timeout: float) -> Result:
         try:

@@ -26,7 +26,11 @@ PAUSED_DETAIL = "reconciler paused"
 # without asking the database. Episodes are only ever added, so a key once stored stays true; bounded, LRU.
 KNOWN_EPISODES_MAX = 20_000
 # Step outcomes that mean something was actually done (they count against budgets).
-EXECUTED_OUTCOMES = ("running", "success", "failure", "timeout", "interrupted")
+EXECUTED_OUTCOMES = ("running", "success", "failure", "timeout", "interrupted", "unknown")
+# A step found `running` by a sweep (its run died) or by its own run after a lost claim: it may have acted or not,
+# and nobody saw its result. Its attempt says so too. The rule's on_unknown decides what comes next.
+UNKNOWN = "unknown"
+UNKNOWN_DETAIL = "a step was still running: its outcome is unknown"
 # A run died while its step's process group may still run: no run of that target starts anywhere until a
 # reconciler on the process's host (same boot and pid namespace, processes.host_token) has killed what is left of
 # the group, which it does on its next poll. No other host can see that process, let alone kill it: if no
@@ -388,10 +392,12 @@ class Ledger:
         is_dead: Callable[[str | None], bool] = owner_is_dead,
     ) -> SweepResult:
         """Mark runs whose owner died interrupted: its lease expired, or its process is provably gone (our own
-        previous life after a restart, say), and free the targets such owners held. A live owner renewing its lease
-        is never touched, whatever its name; `live` are the caller's own runs in progress (left alone, with their
-        targets, even if a slow renewal let their lease lapse). A run's steps that had started a process group
-        fence its target (see LEFTOVER_FENCE_SECONDS) in the same commit that frees it.
+        previous life after a restart, say), and free the targets such owners held. A step of theirs still `running`
+        is `unknown` (it may have acted or not; the rule's on_unknown decides), and so is its attempt; an outcome
+        the run saw is already recorded (written before anything else, or replayed from the spool before a sweep).
+        A live owner renewing its lease is never touched, whatever its name; `live` are the caller's own runs in
+        progress (left alone, with their targets, even if a slow renewal let their lease lapse). A run's steps that
+        had started a process group fence its target (see LEFTOVER_FENCE_SECONDS) in the same commit that frees it.
 
         What was read outside the transaction is only a candidate: each takeover re-checks, in its UPDATE, the
         owner and lease it read, so a renewal landing in between keeps the run (no second, concurrent run)."""
@@ -439,19 +445,18 @@ class Ledger:
                 if not took:
                     continue
                 result.interrupted.append(row.id)
+                # A step still `running` may have acted or not: its outcome is unknown (never "interrupted", which
+                # would let a retry run it again as if it had not). An outcome its run saw was written before
+                # anything else (or spooled, and replayed before this sweep), so it is not among these.
                 attempt_ids = select(A.c.id).where(A.c.episode_id == row.id).scalar_subquery()
-                conn.execute(
-                    update(A)
-                    .where(A.c.episode_id == row.id, A.c.outcome == "running")
-                    .values(outcome="interrupted", finished_at=now, detail="the reconciler stopped during this run")
-                )
                 running = and_(S.c.attempt_id.in_(attempt_ids), S.c.outcome == "running")
+                self._attempts_stopped(conn, A.c.episode_id == row.id, now, "the reconciler stopped during this run")
                 result.fenced += conn.execute(
                     update(S)
                     .where(running, S.c.process.is_not(None))
-                    .values(outcome="interrupted", finished_at=now, fenced_until=fence_until)
+                    .values(outcome=UNKNOWN, finished_at=now, fenced_until=fence_until)
                 ).rowcount
-                conn.execute(update(S).where(running).values(outcome="interrupted", finished_at=now))
+                conn.execute(update(S).where(running).values(outcome=UNKNOWN, finished_at=now))
             for target in dead_targets:
                 conn.execute(
                     update(T)
@@ -563,7 +568,8 @@ class Ledger:
         for its retry policy to decide."""
         now = utcnow()
         with self.tx() as conn:
-            self._close_running(conn, episode_id, owner, "interrupted", detail, now)
+            self._attempts_stopped(conn, and_(A.c.episode_id == episode_id, A.c.owner == owner), now, detail)
+            self._close_running(conn, episode_id, owner, UNKNOWN, detail, now)
             conn.execute(
                 update(E)
                 .where(E.c.id == episode_id, E.c.owner == owner, E.c.state.in_(ACTIVE_STATES))
@@ -571,6 +577,19 @@ class Ledger:
                     state="interrupted", owner=None, lease_until=None, next_run_at=now, updated_at=now, detail=detail
                 )
             )
+
+    @staticmethod
+    def _attempts_stopped(conn: Connection, which: Any, now: datetime, detail: str) -> None:
+        """The `running` attempts `which` selects stopped: `unknown` when a step of theirs was still running (it may
+        have acted), else `interrupted` (between steps: every outcome they saw is recorded)."""
+        step_running = exists().where(S.c.attempt_id == A.c.id, S.c.outcome == "running")
+        running = and_(which, A.c.outcome == "running")
+        conn.execute(
+            update(A)
+            .where(running, step_running)
+            .values(outcome=UNKNOWN, finished_at=now, detail=f"{detail}: {UNKNOWN_DETAIL}"[:1000])
+        )
+        conn.execute(update(A).where(running).values(outcome="interrupted", finished_at=now, detail=detail))
 
     @staticmethod
     def _close_running(conn: Connection, episode_id: int, owner: str, outcome: str, detail: str, now: datetime) -> None:
@@ -636,10 +655,45 @@ class Ledger:
         with self.tx() as conn:
             conn.execute(update(S).where(S.c.id == step_id).values(output=S.c.output + "\n" + note))
 
-    def finish_step(self, step_id: int, outcome: str, output: str) -> None:
+    def finish_step(self, step_id: int, outcome: str, output: str, finished_at: datetime | None = None) -> None:
+        """Record what a step did (written again as is when retried or replayed from the spool: idempotent). It
+        replaces an `unknown` a sweep wrote meanwhile: the outcome was seen, it is not unknown."""
         with self.tx() as conn:
             conn.execute(
-                update(S).where(S.c.id == step_id).values(outcome=outcome, output=output, finished_at=utcnow())
+                update(S)
+                .where(S.c.id == step_id)
+                .values(outcome=outcome, output=output, finished_at=finished_at or utcnow())
+            )
+
+    def last_run(self, episode_id: int) -> dict[str, Any] | None:
+        """The episode's last attempt that ran steps (not a gate's record, nor an acknowledgement), with its steps
+        (`steps`, by position); None when it has none, or when an operator's `reconciler retry` came after it (the
+        steps are to run once more, whatever that attempt did)."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(A)
+                    .where(A.c.episode_id == episode_id, A.c.outcome.notin_(("skipped", "acknowledged")))
+                    .order_by(A.c.number.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+            if row is None or row["outcome"] in OPERATOR_OUTCOMES:
+                return None
+            attempt = dict(row)
+            steps = conn.execute(select(S).where(S.c.attempt_id == attempt["id"]).order_by(S.c.position)).mappings()
+            attempt["steps"] = [dict(s) for s in steps]
+        return attempt
+
+    def resume_attempt(self, attempt_id: int, owner: str, detail: str) -> None:
+        """An attempt a dead run left is carried on by `owner`'s run (its steps that succeeded are not run again)."""
+        with self.tx() as conn:
+            conn.execute(
+                update(A)
+                .where(A.c.id == attempt_id)
+                .values(outcome="running", owner=owner, finished_at=None, detail=detail)
             )
 
     # ---- cooldown, budgets, circuits, pause ---------------------------------------------------------

@@ -35,8 +35,13 @@ RULE_KEYS = (
     "target_label",
     "on_recovery",
     "summary",
+    "on_unknown",
 )
 ON_FAILURE = ("escalate", "none")
+# What a run does with a step whose outcome is unknown (the reconciler died while it ran): run it again, or page a
+# human and do nothing more. Unset: escalate for a disruptive or destructive step, retry for a safe one.
+ON_UNKNOWN = ("retry", "escalate")
+RISKY = ("disruptive", "destructive")
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Longest duration a playbook may give (waits, cooldowns, backoffs): added to times, a longer one would overflow the
 # calendar; a century is past any real wait.
@@ -154,6 +159,14 @@ class Rule:
     # What the alert means in a person's words (${label}s filled in): it leads the page when the rule fails, before
     # the step that failed and why, e.g. "Loss limit breached on ${instance}: bot command=flatten: failure: ...".
     summary: str = ""
+    # The playbook's on_unknown (None: decided by the risk of the step whose outcome is unknown, `unknown_policy`).
+    on_unknown: str | None = None
+
+    def unknown_policy(self, step: StepSpec) -> str:
+        """`retry` or `escalate`: what to do after `step` ran with an outcome nobody saw."""
+        if self.on_unknown is not None:
+            return self.on_unknown
+        return "escalate" if step.risk in RISKY else "retry"
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(m.matches(labels) for m in self.matchers)
@@ -321,6 +334,9 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
     on_failure = data.get("on_failure", "escalate")
     if on_failure not in ON_FAILURE:
         raise PlaybookError(f"{where}.on_failure: expected one of {', '.join(ON_FAILURE)}")
+    on_unknown = data.get("on_unknown")
+    if on_unknown is not None and on_unknown not in ON_UNKNOWN:
+        raise PlaybookError(f"{where}.on_unknown: expected one of {', '.join(ON_UNKNOWN)}")
     target_label = data.get("target_label", "instance")
     if not isinstance(target_label, str):
         raise PlaybookError(f"{where}.target_label: expected a label name")
@@ -341,6 +357,7 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
         target_label=target_label,
         on_recovery=on_recovery,
         summary=summary.strip(),
+        on_unknown=on_unknown,
     )
 
 

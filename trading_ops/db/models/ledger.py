@@ -71,7 +71,8 @@ class Attempt(Base):
     owner: Mapped[str] = mapped_column(String(128))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
-    # running, success, failure, interrupted, skipped, dry_run, resolved
+    # running, success, failure, interrupted, unknown (a step was running when its run died), skipped, dry_run,
+    # resolved
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str] = mapped_column(Text, default="")
 
@@ -96,7 +97,7 @@ class Step(Base):
     budgeted: Mapped[bool] = mapped_column(default=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
-    # running, success, failure, timeout, refused, dry_run, interrupted
+    # running, success, failure, timeout, refused, dry_run, unknown (running when its run died; earlier: interrupted)
     outcome: Mapped[str] = mapped_column(String(16))
     output: Mapped[str] = mapped_column(Text, default="")
     # The process group the step started (exec, systemd), as host.pid.start-time (trading_ops.reconciler.processes):

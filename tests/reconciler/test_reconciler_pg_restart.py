@@ -1,0 +1,392 @@
+"""The reconciler's ledger on a PostgreSQL that restarts and stops under it: no acked notification lost, no action
+run twice, every episode closed once the database is back, and the reconciler never restarted.
+
+Needs PostgreSQL's server binaries (/usr/lib/postgresql/*/bin: initdb, pg_ctl): a cluster of the module's own on a
+free port (never the shared one on 5432), started once for the module and stopped by its pid whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+import yaml
+from conftest import AUTH, BOT_TOKEN, TOKEN, FakeBot, alert, free_port, payload, stop, wait_http, write_playbook
+
+from trading_ops.db import migrate
+from trading_ops.db.base import make_engine
+from trading_ops.reconciler.ledger import CLOSED_STATES, Ledger
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+RULE = {
+    "name": "reconnect",
+    "match": ['alertname="TradingBotBrokerDisconnected"'],
+    "verify": False,
+    "cooldown": 0,
+    "backoff": {"initial": "100ms"},
+    "steps": [{"action": "bot", "command": "reconnect", "body": {"key": "${key}"}}],
+}
+# How long the database stays stopped in the stream test (the issue's "stopped for 10 s").
+OUTAGE_SECONDS = 10.0
+INSTANCES = tuple(f"bot-{i}" for i in range(6))
+
+
+def server_binary(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}")) or [Path(p) for p in [shutil.which(name)] if p]
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} is required (Debian: postgresql)")
+    return str(found[-1])
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    """initdb and the server refuse to run as root: run them as the postgres user then."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+@dataclass
+class Cluster:
+    """A PostgreSQL cluster of this module's own (trust auth, user postgres, 127.0.0.1 only)."""
+
+    data: Path
+    port: int
+
+    def ctl(self, *args: str) -> None:
+        argv = as_postgres([server_binary("pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args])
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self.ctl("-l", str(self.data / "server.log"), "-o", options, "start")
+
+    def stop(self) -> None:
+        self.ctl("-m", "fast", "stop")
+
+    def restart(self) -> None:
+        self.ctl("-l", str(self.data / "server.log"), "-m", "fast", "restart")
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        url = self.url(name)
+        migrate.upgrade(url)
+        return url
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    data = Path(tempfile.mkdtemp(prefix="trading-ops-pg-"))  # under /tmp: the postgres user can reach it
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+    initdb = as_postgres([server_binary("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+    done = subprocess.run(initdb, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.fail(f"initdb failed: {done.stderr.strip()}")
+    pg = Cluster(data, free_port())
+    try:
+        pg.start()
+        yield pg
+    finally:
+        with contextlib.suppress(Exception):
+            pg.stop()
+        pid = pg.pid()  # whichever postmaster runs now (a restart changes it): stopped by its pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+            end = time.monotonic() + 30
+            while time.monotonic() < end and _alive(pid):
+                time.sleep(0.05)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def reconciler(
+    tmp_path: Path, db_url: str, bot: FakeBot, playbook_rule: dict[str, Any] | None = None, **rc: Any
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A reconciler process on `db_url`, acting on the fake bot for INSTANCES (RULE, with `playbook_rule`'s keys);
+    (process, port, log)."""
+    port = free_port()
+    (tmp_path / "webhook-token").write_text(TOKEN)
+    (tmp_path / "read-token").write_text("read-token")
+    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    targets = {i: {"url": bot.url, "token_file": str(tmp_path / "bot-token")} for i in INSTANCES}
+    data = {
+        "database": {"url": db_url},
+        "reconciler": {
+            "listen": {"port": port},
+            "instance": "solo",
+            "token_file": str(tmp_path / "webhook-token"),
+            "read_token_file": str(tmp_path / "read-token"),
+            "playbook": str(write_playbook(tmp_path, [{**RULE, **(playbook_rule or {})}])),
+            "poll_interval_seconds": 0.05,
+            "lease_seconds": 2,  # lapses while the database is away: the run still holds on
+            "check_silences": False,
+            "alertmanager_url": "http://127.0.0.1:9",
+            "watchdog": {"window_seconds": 0},
+            "targets": targets,
+            "budgets": {"max_actions_per_target_per_hour": 100_000, "max_actions_per_hour": 100_000},
+            **rc,
+        },
+    }
+    config = tmp_path / "reconciler.yaml"
+    config.write_text(yaml.safe_dump(data))
+    log = tmp_path / "reconciler.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trading_ops", "-c", str(config), "reconciler"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "ab"),  # noqa: SIM115
+    )
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    return proc, port, log
+
+
+def body(i: int) -> dict[str, Any]:
+    return payload(alert(fingerprint=f"fp{i}", instance=INSTANCES[i % len(INSTANCES)], key=f"k{i}"))
+
+
+async def until(predicate: Any, what: str, deadline: float = 60.0) -> None:
+    end = time.monotonic() + deadline
+    while not await asyncio.to_thread(predicate):
+        assert time.monotonic() < end, f"never: {what}"
+        await asyncio.sleep(0.1)
+
+
+def keys_acted(bot: FakeBot) -> Counter[str]:
+    return Counter(str(b.get("key")) for c, b in bot.calls if c == "reconnect")
+
+
+async def test_postgresql_restarted_and_stopped_during_a_stream_of_alerts(
+    tmp_path: Path, cluster: Cluster, fake_bot: FakeBot
+) -> None:
+    url = await asyncio.to_thread(cluster.create_database, "stream")
+    fake_bot.delay = 0.3  # steps are in flight when the database goes
+    proc, port, log = await asyncio.to_thread(reconciler, tmp_path, url, fake_bot)
+    base = f"http://127.0.0.1:{port}"
+    status: dict[int, int] = {}  # alert -> the status of its last post
+    answers: list[int] = []
+    readiness: list[tuple[str, int]] = []  # (phase, /readyz status)
+    phase = "up"
+    stop_stream = asyncio.Event()
+    ledger = Ledger(make_engine(url))
+
+    async def post(session: aiohttp.ClientSession, i: int) -> int:
+        async with session.post(f"{base}/api/v1/alertmanager", json=body(i), headers=AUTH) as resp:
+            await resp.read()
+            return resp.status
+
+    async def stream(session: aiohttp.ClientSession) -> None:
+        i = 0
+        while not stop_stream.is_set():
+            status[i] = await post(session, i)
+            answers.append(status[i])
+            async with session.get(f"{base}/readyz") as resp:
+                readiness.append((phase, resp.status))
+            i += 1
+            await asyncio.sleep(0.2)  # a steady stream the runs keep up with (4 at a time, 0.3 s each)
+
+    def acked() -> int:
+        return sum(1 for s in status.values() if 200 <= s < 300)
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            streaming = asyncio.create_task(stream(session))
+            await until(lambda: acked() >= 15 and len(fake_bot.calls) >= 5, "alerts acted on before the restart")
+            before = acked()
+            await asyncio.to_thread(cluster.restart)  # pg_ctl restart -m fast
+            await until(lambda: acked() >= before + 15, "alerts acked after the restart")
+            phase = "stopping"
+            await asyncio.to_thread(cluster.stop)
+            phase = "stopped"
+            stopped_at = time.monotonic()
+            await until(lambda: sum(1 for p, s in readiness if p == "stopped") >= 3, "/readyz asked while stopped")
+            # The outage itself lasts OUTAGE_SECONDS (a fault's duration, not a wait for a result).
+            await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped_at)))
+            phase = "starting"
+            await asyncio.to_thread(cluster.start)
+            back_at, back_wall = time.monotonic(), datetime.now(UTC)
+            phase = "back"
+            after = acked()
+            await until(lambda: acked() >= after + 15, "alerts acked once the database is back")
+            stop_stream.set()
+            await streaming
+            # What was not acked, Alertmanager sends again until it is.
+            refused = sorted(i for i, s in status.items() if not 200 <= s < 300)
+            for i in refused:
+                status[i] = await post(session, i)
+            total = len(status)
+
+            def all_closed() -> bool:
+                episodes = ledger.list_episodes(limit=total + 10)
+                return len(episodes) == total and all(e["state"] in CLOSED_STATES for e in episodes)
+
+            try:
+                await until(all_closed, "every episode closed once the database is back", deadline=120)
+            except AssertionError:
+                left = [(e["id"], e["state"], e["detail"]) for e in ledger.list_episodes(limit=total + 10)]
+                raise AssertionError(f"open: {[e for e in left if e[1] not in CLOSED_STATES]}") from None
+            closed_after = time.monotonic() - back_at
+            async with session.get(f"{base}/readyz") as resp:
+                ready_at_end = resp.status
+        episodes = ledger.list_episodes(limit=total + 10)
+        acted = keys_acted(fake_bot)
+        measured = {
+            "alerts": total,
+            "answers_2xx": sum(1 for s in answers if 200 <= s < 300),
+            "answers_5xx": sum(1 for s in answers if s >= 500),
+            "duplicate_actions": sum(n - 1 for n in acted.values() if n > 1),
+            "all_episodes_closed_seconds_after_database_back": round(closed_after, 2),
+            # The episodes stored before the database came back: when the last of them closed.
+            "earlier_episodes_closed_seconds_after_database_back": round(
+                max(
+                    (e["closed_at"] - back_wall).total_seconds()
+                    for e in episodes
+                    if e["received_at"] < back_wall and e["closed_at"] is not None
+                ),
+                2,
+            ),
+            "states": dict(Counter(e["state"] for e in episodes)),
+        }
+        print(json.dumps(measured))
+        assert proc.poll() is None, "the reconciler exited"  # and was never restarted: the same process throughout
+        assert all(200 <= s < 300 or s >= 500 for s in answers), Counter(answers)  # never a 4xx
+        assert refused, "no webhook was refused while the database was away: the outage was not seen"
+        assert all(200 <= s < 300 for s in status.values())
+        assert {json.loads(e["labels"])["key"] for e in episodes} == {f"k{i}" for i in range(total)}
+        assert measured["duplicate_actions"] == 0, [k for k, n in acted.items() if n > 1]
+        assert set(acted) == {f"k{i}" for i in range(total)}  # every alert acted on, exactly once
+        assert all(e["state"] == "recovered" for e in episodes), measured["states"]
+        assert ("stopped", 503) in readiness and ready_at_end == 200
+        assert "internal error" not in log.read_text()
+    finally:
+        stop_stream.set()
+        stop(proc)
+        ledger.engine.dispose()
+
+
+def _log_count(log: Path, text: str) -> int:
+    return log.read_text(errors="replace").count(text) if log.exists() else 0
+
+
+@pytest.mark.parametrize("exit_first", [False, True], ids=["written-when-back", "spooled-across-a-kill"])
+async def test_a_step_outcome_the_database_did_not_take_lands_exactly_once(
+    tmp_path: Path, cluster: Cluster, fake_bot: FakeBot, exit_first: bool
+) -> None:
+    """The database goes away while the step runs, so the ledger write of its outcome fails. The reconciler keeps
+    writing it (its lease lapses meanwhile) until the database is back; or, killed first (-9), its spool holds the
+    outcome, and the next reconciler writes it before its sweep. Either way: one action, the step a success (never
+    unknown), the episode recovered, nothing run again."""
+    url = await asyncio.to_thread(cluster.create_database, f"outcome_{int(exit_first)}")
+    fake_bot.on_call = lambda _command: cluster.stop()  # answers only once the database is down
+    proc, port, log = await asyncio.to_thread(reconciler, tmp_path, url, fake_bot)
+    spool = tmp_path / "var" / "reconciler-spool"
+    ledger = Ledger(make_engine(url))
+    try:
+        async with aiohttp.ClientSession() as session:
+            url_hook = f"http://127.0.0.1:{port}/api/v1/alertmanager"
+            async with session.post(url_hook, json=body(0), headers=AUTH) as resp:
+                assert resp.status == 200
+        await until(lambda: fake_bot.calls, "the step ran")
+        fake_bot.on_call = None
+        # Written again and again while the database is away: longer than the lease (2 s).
+        await until(lambda: _log_count(log, "is not in the ledger yet") >= 4, "the outcome write retried")
+        assert [p.name for p in spool.iterdir()] != []
+        if exit_first:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        await asyncio.to_thread(cluster.start)
+        if exit_first:
+            proc, port, log = await asyncio.to_thread(reconciler, tmp_path, url, fake_bot)
+
+        def closed() -> bool:
+            return all(e["state"] in CLOSED_STATES for e in ledger.list_episodes())
+
+        await until(closed, "the episode closed")
+        (episode,) = ledger.list_episodes()
+        assert episode["state"] == "recovered", episode
+        assert fake_bot.commands() == ["reconnect"]
+        (attempt,) = episode["attempt_list"]
+        assert attempt["outcome"] == "success", attempt
+        ((step),) = attempt["steps"]
+        assert step["outcome"] == "success", step
+        assert list(spool.iterdir()) == []
+        if exit_first:
+            assert "written from the spool into the ledger" in log.read_text()
+        assert proc.poll() is None
+    finally:
+        fake_bot.on_call = None
+        if cluster.pid() is None or not _alive(cluster.pid() or 0):
+            await asyncio.to_thread(cluster.start)
+        stop(proc)
+        ledger.engine.dispose()
+
+
+async def test_a_database_lost_after_the_step_hands_the_run_back_and_it_is_verified_not_run_again(
+    tmp_path: Path, cluster: Cluster, fake_bot: FakeBot, prometheus: str
+) -> None:
+    """The step's outcome is in the ledger; the database goes away while the run verifies. That is no internal
+    error (nobody is paged): once the database answers, the run hands itself back, and the next run verifies
+    only. One action, one attempt, recovered."""
+    url = await asyncio.to_thread(cluster.create_database, "handback")
+    clears_at = time.time() + 25  # the fault lasts well past the outage below, then clears by itself
+    verify = {"expr": f"vector(time()) < {clears_at:.3f}", "deadline": "2m", "interval": "200ms"}
+    proc, port, log = await asyncio.to_thread(
+        reconciler, tmp_path, url, fake_bot, prometheus_url=prometheus, playbook_rule={"verify": verify}
+    )
+    ledger = Ledger(make_engine(url))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/api/v1/alertmanager", json=body(0), headers=AUTH) as r:
+                assert r.status == 200
+        await until(lambda: [e["state"] for e in ledger.list_episodes()] == ["verifying"], "the run verifying")
+        await asyncio.to_thread(cluster.stop)
+        try:
+            await until(lambda: _log_count(log, "the run is handed back once it answers") >= 1, "the run waiting")
+        finally:
+            await asyncio.to_thread(cluster.start)
+        await until(lambda: all(e["state"] in CLOSED_STATES for e in ledger.list_episodes()), "closed", 120)
+        (episode,) = ledger.list_episodes()
+        assert episode["state"] == "recovered", episode
+        assert fake_bot.commands() == ["reconnect"]
+        (attempt,) = episode["attempt_list"]
+        assert attempt["outcome"] == "success" and [s["outcome"] for s in attempt["steps"]] == ["success"]
+        text = log.read_text()
+        assert "internal error" not in text and "escalation" not in text
+        assert proc.poll() is None
+    finally:
+        stop(proc)
+        ledger.engine.dispose()

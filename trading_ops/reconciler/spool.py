@@ -1,0 +1,113 @@
+"""A local, durable spool of step outcomes: written before the ledger, replayed into it at start-up before a sweep."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+PREFIX = "step-"
+SUFFIX = ".json"
+# Appended to a spooled outcome's file the ledger refused for another reason than being unreachable (kept for a human).
+REJECTED = ".rejected"
+
+
+class OutcomeWriter(Protocol):
+    def finish_step(self, step_id: int, outcome: str, output: str, finished_at: datetime | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class SpooledOutcome:
+    step_id: int
+    outcome: str
+    output: str
+    finished_at: datetime
+
+
+class OutcomeSpool:
+    """One file per step outcome the ledger has not taken yet (`step-<id>.json`, written whole: a temporary file,
+    fsync, rename, fsync of the folder). A kill -9 after a step finished leaves its outcome here; the next start of
+    the reconciler writes it to the ledger before its sweep can call the step's outcome unknown."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def put(self, item: SpooledOutcome) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(item.step_id)
+        tmp = path.with_name(f".{path.name}.tmp")
+        data = {
+            "step_id": item.step_id,
+            "outcome": item.outcome,
+            "output": item.output,
+            "finished_at": item.finished_at.isoformat(),
+        }
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._sync_directory()
+
+    def remove(self, step_id: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(step_id).unlink()
+
+    def pending(self) -> list[SpooledOutcome]:
+        """The spooled outcomes, oldest step first (a file that cannot be read is logged and left for a human)."""
+        if not self.directory.is_dir():
+            return []
+        out = []
+        for path in sorted(self.directory.glob(f"{PREFIX}*{SUFFIX}")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                out.append(
+                    SpooledOutcome(
+                        int(data["step_id"]),
+                        str(data["outcome"]),
+                        str(data["output"]),
+                        datetime.fromisoformat(data["finished_at"]),
+                    )
+                )
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("spooled step outcome %s cannot be read (left in place): %s", path, exc)
+        return sorted(out, key=lambda item: item.step_id)
+
+    def replay(self, ledger: OutcomeWriter, transient: Callable[[Exception], bool]) -> int:
+        """Write every spooled outcome to the ledger, removing each once written; how many were written. An error
+        `transient` says will pass (the database unreachable) stops the replay, raised: what is left stays spooled
+        for the next try. Any other error is that outcome's own: it is logged and its file set aside (REJECTED), so
+        that one bad file never holds back the others, nor the sweeps that wait for them."""
+        written = 0
+        for item in self.pending():
+            try:
+                ledger.finish_step(item.step_id, item.outcome, item.output, item.finished_at)
+            except Exception as exc:
+                if transient(exc):
+                    raise
+                log.exception("step %s: its spooled outcome cannot be written: set aside", item.step_id)
+                path = self._path(item.step_id)
+                with contextlib.suppress(FileNotFoundError):
+                    path.rename(path.with_name(path.name + REJECTED))
+                continue
+            self.remove(item.step_id)
+            written += 1
+            log.warning("step %s: outcome %s written from the spool into the ledger", item.step_id, item.outcome)
+        return written
+
+    def _path(self, step_id: int) -> Path:
+        return self.directory / f"{PREFIX}{step_id}{SUFFIX}"
+
+    def _sync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
