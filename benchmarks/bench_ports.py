@@ -28,7 +28,7 @@ def _ephemeral_low() -> int:
 
 
 def port_range(count: int) -> range:
-    """Where this process picks `count` consecutive ports: below the ephemeral range, this xdist worker's slice of it."""
+    """Where this process picks `count` consecutive ports: below the ephemeral range, in this xdist worker's slice."""
     ceiling = _ephemeral_low()
     if ceiling - FLOOR < 10 * count:  # a kernel that hands out (nearly) every port: take what it gives
         ceiling = 65536
