@@ -233,5 +233,7 @@ def test_every_limit_has_a_refusal_reason_and_an_action() -> None:
     from trading_ops.bot.risk import ACTION, REFUSED_PREFIX
 
     assert set(ACTION) == set(LIMITS)
-    assert ACTION["daily_loss"] == "halt" and {ACTION[x] for x in LIMITS if x != "daily_loss"} == {"reduce_only"}
+    halting = {"daily_loss", "drawdown"}
+    assert {ACTION[x] for x in halting} == {"halt"}
+    assert {ACTION[x] for x in LIMITS if x not in halting} == {"reduce_only"}
     assert all(f"{REFUSED_PREFIX}{x}".isidentifier() for x in LIMITS)

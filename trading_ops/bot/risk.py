@@ -151,8 +151,8 @@ class RiskEngine:
         labels = ["venue", "strategy", "limit"]
         gauge = Gauge(
             f"{PREFIX}_risk_limit",
-            "The bot's in-process risk limits (0: no limit): daily loss and notional values in the quote asset, "
-            "open orders as a count, order rates per second or minute.",
+            "The bot's in-process risk limits (0: no limit): daily loss, drawdown and notional values in the quote "
+            "asset, open orders and open positions as counts, order rates per second or minute.",
             labels,
             registry=registry,
         )
