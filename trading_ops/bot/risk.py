@@ -242,7 +242,7 @@ class RiskEngine:
         exposed = book.exposed_symbols()
         if symbol in exposed or len(exposed) + 1 <= cap:
             return None
-        return Breach(OPEN_POSITIONS, f"{len(exposed)} symbols held or with orders working; the limit is {cap}")
+        return Breach(OPEN_POSITIONS, f"{len(exposed)} symbol(s) held or with an order working; the limit is {cap}")
 
     def sent(self) -> None:
         """An order left (counts against the order rates)."""
