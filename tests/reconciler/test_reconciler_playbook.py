@@ -188,6 +188,7 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
         "TradingBotMarketDataStale": ("market-data-resubscribe", ["bot"]),
         "TradingBotPositionMismatch": ("position-reconcile", ["bot"]),
         "TradingBotDailyLossBreached": ("loss-limit-flatten", ["bot", "bot", "bot"]),
+        "TradingBotDrawdownBreached": ("drawdown-flatten", ["bot", "bot"]),
         "TradingBotHeartbeatStale": ("bot-loop-restart", ["systemd"]),
         "TradingBotReconciliationStale": ("position-reconcile", ["bot"]),
         "TradingBotReconciliationFailing": ("reconciliation-retry", ["bot"]),
@@ -199,8 +200,9 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
         rule = pb.match({"alertname": alertname, "instance": "127.0.0.1:9101", "severity": "critical"})
         assert rule is not None and rule.name == rule_name, alertname
         assert [s.action for s in rule.steps] == actions
-    flatten = pb.match({"alertname": "TradingBotDailyLossBreached"})
-    assert flatten is not None and flatten.allow_destructive
+    for alertname in ("TradingBotDailyLossBreached", "TradingBotDrawdownBreached"):
+        flatten = pb.match({"alertname": alertname})
+        assert flatten is not None and flatten.allow_destructive and flatten.max_attempts == 1, alertname
     assert pb.match({"alertname": "Watchdog"}) is None
     # The bot's own unit (bots[].unit), never a unit an alert's label names; the paper bot's default is the unit the
     # package ships (trading_ops/paper/systemd/), not a name nothing installs.
