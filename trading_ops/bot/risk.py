@@ -52,6 +52,12 @@ ACTION = {limit: HALT if limit in LOSS_LIMITS else REDUCE_ONLY for limit in LIMI
 # The starts of the reasons a loss-limit halt carries (journaled with the transition): a restart finds one and stays
 # halted (see BotRuntime), so the halt never clears by itself.
 HALT_REASON_PREFIXES = tuple(f"risk limit {limit}" for limit in LOSS_LIMITS)
+# The help of the families a bot without this engine (the freqtrade sidecar) exports too, where it has the notion.
+RISK_LIMIT_HELP = (
+    "The bot's in-process risk limits (0: no limit): daily loss, drawdown and notional values in the quote asset, "
+    "open orders and open positions as counts, order rates per second or minute."
+)
+OPEN_POSITIONS_HELP = "Symbols with a non-zero position (what the open_positions risk limit counts)."
 # Without bot.risk.drawdown_window: the peak of the last day.
 DRAWDOWN_WINDOW_SECONDS = 86400.0
 RATE_WINDOWS = {ORDERS_PER_SECOND: 1.0, ORDERS_PER_MINUTE: 60.0}
@@ -151,8 +157,7 @@ class RiskEngine:
         labels = ["venue", "strategy", "limit"]
         gauge = Gauge(
             f"{PREFIX}_risk_limit",
-            "The bot's in-process risk limits (0: no limit): daily loss, drawdown and notional values in the quote "
-            "asset, open orders and open positions as counts, order rates per second or minute.",
+            RISK_LIMIT_HELP,
             labels,
             registry=registry,
         )
@@ -172,9 +177,7 @@ class RiskEngine:
         def measured(name: str, doc: str) -> Callable[[float], None]:
             return Gauge(f"{PREFIX}_{name}", doc, vs, registry=registry).labels(metrics.venue, metrics.strategy).set
 
-        self._open_positions = measured(
-            "open_positions", "Symbols with a non-zero position (what the open_positions risk limit counts)."
-        )
+        self._open_positions = measured("open_positions", OPEN_POSITIONS_HELP)
         self._equity_peak = measured(
             "equity_peak",
             "The highest equity (realized P&L of the positions held plus unrealized P&L at the mark) within the "
