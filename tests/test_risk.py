@@ -15,12 +15,15 @@ from prometheus_client import CollectorRegistry
 from tests.paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
 from trading_ops.bot.book import Book
 from trading_ops.bot.broker import OrderType, Side
-from trading_ops.bot.drawdown import BUCKETS
+from trading_ops.bot.drawdown import BUCKETS, EquityPeak, PeakJournal
+from trading_ops.bot.journal import Journal
 from trading_ops.bot.metrics import BotMetrics
 from trading_ops.bot.risk import LIMITS, RiskEngine, RiskLimits
 from trading_ops.bot.runtime import BotRuntime, risk_limits
 from trading_ops.bot.state import StateMachine
 from trading_ops.config import ConfigError, parse_config
+from trading_ops.db import migrate
+from trading_ops.db.base import make_engine
 from trading_ops.paper.bot import PaperBot, make_venue
 
 SYMBOL = "BTC-USD"
@@ -452,3 +455,27 @@ def test_drawdown_and_open_positions_are_configured_under_bot_risk(tmp_path: Pat
     ):
         with pytest.raises(ConfigError, match=problem):
             parse_config({"bot": {"risk": bad}}, base_dir=tmp_path)
+
+
+async def test_the_journal_keeps_the_buckets_of_the_window_and_deletes_older_ones(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    migrate.upgrade(url)
+    journal = Journal(make_engine(url), "paper-1", "paper")
+    try:
+        peak = EquityPeak(3600.0)
+        store, start = PeakJournal(peak, journal), 1_800_000_000.0
+        peak.observe(Decimal(100), start)
+        peak.observe(Decimal(90), start + 1800)
+        peak.observe(Decimal(95), start + 1800)  # a rise within a bucket: one row, its highest value
+        await store.save(start + 1800)
+        assert sorted((await journal.call(journal.equity_peaks)).values()) == [95, 100]
+        later = start + 3600 + 2 * peak.width  # the bucket of 100 has left the window
+        peak.observe(Decimal(50), later)
+        await store.save(later)
+        assert sorted((await journal.call(journal.equity_peaks)).values()) == [50, 95]
+        restored = EquityPeak(3600.0)
+        await PeakJournal(restored, journal).load(later)
+        assert restored.peak(later) == 95 and restored.drawdown(Decimal(50), later) == 45
+        assert restored.take_dirty() == {}  # loaded, not risen: nothing to write back
+    finally:
+        journal.close()
