@@ -336,6 +336,15 @@ def test_a_fall_of_max_drawdown_from_the_peak_halts_though_the_day_is_in_profit(
     assert risk.state.state.value == "paused"
 
 
+def test_a_bot_that_never_made_money_measures_from_its_start() -> None:
+    """The peak of a bot that only lost is where it started (0): its whole loss is the drawdown."""
+    risk, clock = risk_engine(max_drawdown=50.0)
+    observe(risk, clock, 0, -20, -49.99)
+    assert risk.state.state.value == "active" and gauge(risk, "tradingbot_equity_peak") == 0
+    observe(risk, clock, -50)
+    assert risk.state.state.value == "halted" and gauge(risk, "tradingbot_drawdown") == 50
+
+
 def test_the_window_rolls_the_peak_off_and_a_fall_from_the_days_start_does_not_count() -> None:
     risk, clock = risk_engine(max_drawdown=50.0, drawdown_window=3600.0)
     width = 3600.0 / BUCKETS

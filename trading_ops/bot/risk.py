@@ -274,9 +274,10 @@ class RiskEngine:
             return
         now = self.wall()
         self.peak.observe(equity, now)
-        peak = self.peak.peak(now)
-        self._drawdown = self.peak.drawdown(equity, now)
-        self._equity_peak(float(peak if peak is not None else equity))
+        highest = self.peak.peak(now)
+        peak = equity if highest is None else highest  # never None right after an observation
+        self._drawdown = max(peak - equity, Decimal(0))
+        self._equity_peak(float(peak))
         self._drawdown_gauge(float(self._drawdown))
         if self._crossed(DRAWDOWN, self._drawdown, self.limits.max_drawdown):
             self.breached(self._drawdown_breach())
