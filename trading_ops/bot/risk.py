@@ -37,9 +37,9 @@ LIMITS = (
     ORDERS_PER_SECOND,
     ORDERS_PER_MINUTE,
     OPEN_ORDERS,
+    OPEN_POSITIONS,
     ORDER_NOTIONAL,
     POSITION_NOTIONAL,
-    OPEN_POSITIONS,
 )
 REFUSED_PREFIX = "risk_"
 # What a breach does: a loss limit (the day's loss, the drawdown from the equity peak) halts (the kill switch: only an
@@ -121,7 +121,7 @@ class RiskEngine:
     """Checks every order against the limits before it leaves, and the day's loss whenever P&L changes.
 
     A breach refuses the order that would cross the limit and, at once, moves the bot to reduce_only (halted for
-    the daily loss limit) with the limit named in the transition's reason; `on_halt` then lets the owner sweep
+    the loss limits: the day's loss, the drawdown) with the limit named in the transition's reason; `on_halt` then lets the owner sweep
     open orders off the venue. The limits are exported as `tradingbot_risk_limit{limit}` (0: none) and every
     breach counts in `tradingbot_risk_limit_breaches_total{limit}`; what the limits without a gauge of their own
     measure is exported beside them (`tradingbot_open_positions`, `tradingbot_equity_peak`, `tradingbot_drawdown`).
