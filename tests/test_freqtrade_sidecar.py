@@ -206,6 +206,11 @@ async def test_a_trading_freqtrade_exports_the_library_families(
     assert value("tradingbot_realized_pnl", venue="kraken", strategy="TradingOpsQuick") is not None
     assert value("tradingbot_freqtrade_open_trades") == 2
     assert value("tradingbot_freqtrade_max_open_trades") == 2
+    # The library's open_positions limit and what it counts: freqtrade's max_open_trades and the pairs it holds.
+    assert value("tradingbot_risk_limit", venue="kraken", strategy="TradingOpsQuick", limit="open_positions") == 2
+    assert value("tradingbot_open_positions", venue="kraken", strategy="TradingOpsQuick") == len(
+        {trade["pair"] for trade in trades}
+    )
     assert value("tradingbot_freqtrade_pair_locks") == 0
     assert value("tradingbot_freqtrade_trades_total") is not None and value("tradingbot_freqtrade_trades_total") >= 2
     info = [labels for (name, labels) in samples if name == "tradingbot_freqtrade_info"]

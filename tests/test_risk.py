@@ -1,8 +1,10 @@
 """In-process risk limits: each limit's breach stops the order that would cross it, before it leaves, against the
-real paper venue; the bot moves to reduce-only (halted for the loss limit) at once, and says so in its metrics."""
+real paper venue; the bot moves to reduce-only (halted for the loss limits) at once, and says so in its metrics. The
+drawdown limit's peak is also driven directly on the RiskEngine, with a clock of the test's own."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any
@@ -10,11 +12,18 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.paper_helpers import TOKEN, IdleStrategy, control, fast_config, wait_for
+from tests.paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
+from trading_ops.bot.book import Book
 from trading_ops.bot.broker import OrderType, Side
-from trading_ops.bot.risk import LIMITS
+from trading_ops.bot.drawdown import BUCKETS, EquityPeak, PeakJournal
+from trading_ops.bot.journal import Journal
+from trading_ops.bot.metrics import BotMetrics
+from trading_ops.bot.risk import LIMITS, RiskEngine, RiskLimits
 from trading_ops.bot.runtime import BotRuntime, risk_limits
+from trading_ops.bot.state import StateMachine
 from trading_ops.config import ConfigError, parse_config
+from trading_ops.db import migrate
+from trading_ops.db.base import make_engine
 from trading_ops.paper.bot import PaperBot, make_venue
 
 SYMBOL = "BTC-USD"
@@ -28,14 +37,18 @@ class FakeClock:
         return self.now
 
 
-async def risk_bot(tmp_path: Path, **risk: Any) -> PaperBot:
+async def risk_bot(tmp_path: Path, paper: dict[str, Any] | None = None, **risk: Any) -> PaperBot:
     """A started paper bot placing nothing by itself, with these bot.risk limits (and no daily loss limit unless
     given), its market data fresh."""
-    config = fast_config(tmp_path, partial_fill_probability=0.0)
+    config = fast_config(tmp_path, **{"partial_fill_probability": 0.0, **(paper or {})})
     config.bot.risk.daily_loss_limit = 0.0
     for key, value in risk.items():
         setattr(config.bot.risk, key, value)
-    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), chaos=True)
+    return await started(PaperBot(config, token=TOKEN, registry=CollectorRegistry(), chaos=True))
+
+
+async def started(bot: PaperBot) -> PaperBot:
+    """`bot` started with a strategy that places nothing, once it may trade and its market data is fresh."""
     bot.strategy = IdleStrategy()  # type: ignore[assignment]
     bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
     await wait_for(lambda: bot.trading_allowed and not bot.market_data_stale(SYMBOL))
@@ -233,5 +246,245 @@ def test_every_limit_has_a_refusal_reason_and_an_action() -> None:
     from trading_ops.bot.risk import ACTION, REFUSED_PREFIX
 
     assert set(ACTION) == set(LIMITS)
-    assert ACTION["daily_loss"] == "halt" and {ACTION[x] for x in LIMITS if x != "daily_loss"} == {"reduce_only"}
+    halting = {"daily_loss", "drawdown"}
+    assert {ACTION[x] for x in halting} == {"halt"}
+    assert {ACTION[x] for x in LIMITS if x not in halting} == {"reduce_only"}
     assert all(f"{REFUSED_PREFIX}{x}".isidentifier() for x in LIMITS)
+
+
+# -- max_open_positions ---------------------------------------------------------------------------------------------
+OTHER = "ETH-USD"
+
+
+async def test_max_open_positions_refuses_the_order_that_would_open_one_more_and_allows_adding_and_reducing(
+    tmp_path: Path,
+) -> None:
+    bot = await risk_bot(tmp_path, max_open_positions=1)
+    try:
+        assert value(bot, "tradingbot_risk_limit", limit="open_positions") == 1
+        assert await bot.submit(SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 500)) is not None
+        await wait_for(lambda: bot.book.position(SYMBOL) > 0)
+        # Adding to the position held opens none.
+        assert await bot.submit(SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 500)) is not None
+        await wait_for(lambda: value(bot, "tradingbot_open_positions") == 1)
+        held = bot.book.position(SYMBOL)
+        assert await bot.submit(OTHER, Side.BUY, OrderType.MARKET, size_for(bot, 500, OTHER)) is None
+        await bot.broker.drain_events()
+        assert (await bot.broker.positions()).get(OTHER, 0) == 0  # it never reached the venue
+        assert value(bot, "tradingbot_orders_refused_total", symbol=OTHER, reason="risk_open_positions") == 1
+        assert value(bot, "tradingbot_risk_limit_breaches_total", limit="open_positions") == 1
+        assert bot.inst.state.state.value == "reduce_only"
+        assert bot.inst.state.reason.startswith("risk limit open_positions")
+        assert commanded(bot, "reduce_only", "risk") == 1
+        # Reducing the position held is still allowed.
+        assert await bot.submit(SYMBOL, Side.SELL, OrderType.MARKET, held, reduce_only=True) is not None
+        await wait_for(lambda: bot.book.position(SYMBOL) == 0)
+        await wait_for(lambda: value(bot, "tradingbot_open_positions") == 0)
+    finally:
+        await bot.stop()
+
+
+async def test_max_open_positions_counts_a_symbol_with_an_order_working(tmp_path: Path) -> None:
+    """Resting orders in many symbols would all open positions when they fill: a symbol with one counts."""
+    bot = await risk_bot(tmp_path, max_open_positions=1)
+    try:
+        assert await bot.submit(OTHER, Side.BUY, OrderType.LIMIT, size_for(bot, 100, OTHER), far_bid(bot, OTHER))
+        # A second order in the same symbol opens nothing more; one in another symbol would.
+        assert await bot.submit(OTHER, Side.BUY, OrderType.LIMIT, size_for(bot, 100, OTHER), far_bid(bot, OTHER))
+        assert await bot.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 100), far_bid(bot)) is None
+        assert len(await bot.broker.open_orders()) == 2
+        assert_refused_for(bot, "open_positions")
+    finally:
+        await bot.stop()
+
+
+# -- max_drawdown, on the RiskEngine ----------------------------------------------------------------------------------
+def risk_engine(**limits: Any) -> tuple[RiskEngine, FakeClock]:
+    """A RiskEngine with these limits on a registry of its own, its drawdown window on the returned clock."""
+    registry = CollectorRegistry()
+    metrics = BotMetrics(venue="paper", strategy="demo", registry=registry)
+    clock = FakeClock()
+    return RiskEngine(RiskLimits(**limits), StateMachine(registry), metrics, wall=clock), clock
+
+
+def gauge(risk: RiskEngine, name: str) -> float | None:
+    return risk.metrics.registry.get_sample_value(name, {"venue": "paper", "strategy": "demo"})  # type: ignore[union-attr]
+
+
+def observe(risk: RiskEngine, clock: FakeClock, *equities: float, every: float = 60.0) -> None:
+    for equity in equities:
+        clock.now += every
+        risk.observe_equity(Decimal(str(equity)), 0)
+
+
+def test_a_fall_of_max_drawdown_from_the_peak_halts_though_the_day_is_in_profit() -> None:
+    risk, clock = risk_engine(max_drawdown=50.0)
+    observe(risk, clock, 0, 40, 100, 60, 51)
+    assert risk.state.state.value == "active"
+    assert (gauge(risk, "tradingbot_equity_peak"), gauge(risk, "tradingbot_drawdown")) == (100, 49)
+    observe(risk, clock, 50)  # still 50 up on the day's start: measured from there, nothing would have happened
+    assert risk.state.state.value == "halted"
+    assert risk.state.reason.startswith("risk limit drawdown: equity 50.00 below its 1d peak")
+    assert (gauge(risk, "tradingbot_equity_peak"), gauge(risk, "tradingbot_drawdown")) == (100, 50)
+    breaches = {"venue": "paper", "strategy": "demo", "limit": "drawdown"}
+    assert risk.metrics.registry.get_sample_value("tradingbot_risk_limit_breaches_total", breaches) == 1  # type: ignore[union-attr]
+    assert risk.metrics.registry.get_sample_value("tradingbot_risk_limit", breaches) == 50  # type: ignore[union-attr]
+    # Edge-triggered: once an operator cleared the halt, the drawdown staying past the limit does not halt again
+    # by itself (an order that could add risk does: the paper bot's test below).
+    risk.state.apply("clear_halt", reason="operator")
+    observe(risk, clock, 45)
+    assert risk.state.state.value == "paused"
+
+
+def test_a_bot_that_never_made_money_measures_from_its_start() -> None:
+    """The peak of a bot that only lost is where it started (0): its whole loss is the drawdown."""
+    risk, clock = risk_engine(max_drawdown=50.0)
+    observe(risk, clock, 0, -20, -49.99)
+    assert risk.state.state.value == "active" and gauge(risk, "tradingbot_equity_peak") == 0
+    observe(risk, clock, -50)
+    assert risk.state.state.value == "halted" and gauge(risk, "tradingbot_drawdown") == 50
+
+
+def test_the_window_rolls_the_peak_off_and_a_fall_from_the_days_start_does_not_count() -> None:
+    risk, clock = risk_engine(max_drawdown=50.0, drawdown_window=3600.0)
+    width = 3600.0 / BUCKETS
+    # A slow fall over three hours: 90 from the day's start, never 50 within one hour.
+    observe(risk, clock, *[100 - minute / 2 for minute in range(181)])
+    assert risk.state.state.value == "active"
+    assert 30 <= gauge(risk, "tradingbot_drawdown") <= 30 + width / 120  # type: ignore[operator]
+    # A peak of 200, then 140 just after the window (and the peak's bucket) has passed: the peak is gone.
+    observe(risk, clock, 200)
+    observe(risk, clock, 140, every=3600 + width)
+    assert risk.state.state.value == "active"
+    assert (gauge(risk, "tradingbot_equity_peak"), gauge(risk, "tradingbot_drawdown")) == (140, 0)
+    # The same fall within the window halts.
+    observe(risk, clock, 200)
+    observe(risk, clock, 140, every=3000)
+    assert risk.state.state.value == "halted"
+    assert risk.state.reason.startswith("risk limit drawdown")
+
+
+def test_the_peak_is_not_reset_by_a_new_day() -> None:
+    """Equity is the realized P&L of every position so far plus the unrealized: the day's P&L restarts at midnight,
+    the drawdown does not."""
+    book, (risk, clock) = Book(), risk_engine(max_drawdown=50.0)
+    clock.now = datetime(2026, 11, 24, 22, 0, tzinfo=UTC).timestamp()
+    book.apply_fill(SYMBOL, Decimal(1), Decimal(100), Decimal(0), datetime(2026, 11, 24, 22, 0, tzinfo=UTC))
+    book.apply_fill(SYMBOL, Decimal(-1), Decimal(200), Decimal(0), datetime(2026, 11, 24, 23, 0, tzinfo=UTC))
+    risk.observe_equity(book.equity(), book.open_positions())
+    assert book.equity() == 100 and gauge(risk, "tradingbot_equity_peak") == 100
+    book.apply_fill(SYMBOL, Decimal(1), Decimal(200), Decimal(0), datetime(2026, 11, 25, 1, 0, tzinfo=UTC))
+    assert book.equity() is None  # held without a mark: no partial sum, no false peak
+    risk.observe_equity(book.equity(), book.open_positions())
+    book.mark(SYMBOL, Decimal(140))
+    clock.now += 3 * 3600
+    risk.observe_equity(book.equity(), book.open_positions())
+    assert book.realized_today == 0 and book.equity() == 40  # down 60 today, and 60 from the peak of yesterday
+    assert risk.state.state.value == "halted" and gauge(risk, "tradingbot_open_positions") == 1
+
+
+# -- max_drawdown, through the paper bot ------------------------------------------------------------------------------
+STILL = {"volatility": 0.0}  # prices move only when the test gaps them
+
+
+def equity(bot: PaperBot) -> Decimal:
+    value = bot.book.equity()
+    assert value is not None
+    return value
+
+
+async def test_the_drawdown_peak_and_its_halt_survive_restarts(tmp_path: Path) -> None:
+    bot = await risk_bot(tmp_path, STILL, max_drawdown=80.0, drawdown_window="24h")
+    config = bot.config
+    try:
+        assert await bot.submit(SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 2_000)) is not None
+        await wait_for(lambda: bot.book.position(SYMBOL) > 0)
+        await bot.broker.gap_price(SYMBOL, 0.05)  # type: ignore[attr-defined]  # about 100 gained: the peak
+        await wait_for(lambda: value(bot, "tradingbot_equity_peak") > 90)
+        peak = value(bot, "tradingbot_equity_peak")
+        await bot.broker.gap_price(SYMBOL, -0.03)  # type: ignore[attr-defined]  # about 63 of it lost again
+        await wait_for(lambda: 55 < value(bot, "tradingbot_drawdown") < 80)
+        assert bot.inst.state.state.value == "active"
+    finally:
+        await bot.stop()
+    # A restart keeps the peak (journaled): about 31 lost from here is 94 below the peak, past the limit.
+    again = await started(PaperBot(config, token=TOKEN, registry=CollectorRegistry(), chaos=True))
+    try:
+        await wait_for(lambda: value(again, "tradingbot_drawdown") > 55)
+        assert value(again, "tradingbot_equity_peak") == peak
+        at_start = equity(again)
+        await again.broker.gap_price(SYMBOL, -0.015)  # type: ignore[attr-defined]
+        await wait_for(lambda: again.inst.state.state.value == "halted")
+        assert at_start - equity(again) < 80  # measured from this run's start, no halt
+        assert again.inst.state.reason.startswith("risk limit drawdown")
+        assert value(again, "tradingbot_risk_limit_breaches_total", limit="drawdown") == 1
+        assert commanded(again, "halt", "risk") == 1
+        status, metrics = await get(again.port, "/metrics")  # type: ignore[attr-defined]
+        assert 'tradingbot_state{state="halted"} 1.0' in metrics and "tradingbot_kill_switch_engaged 1.0" in metrics
+        # Halted, and still ready: connected, reconciled, its data fresh (it can flatten); the state says halted.
+        status, body = await get(again.port, "/readyz")  # type: ignore[attr-defined]
+        assert status == 200, body
+        status, body = await get(again.port, "/healthz")  # type: ignore[attr-defined]
+        assert '"state": "halted"' in body
+        assert await again.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(again, 100), far_bid(again)) is None
+        assert (await control(again.port, "resume"))[0] == 409  # type: ignore[attr-defined]
+    finally:
+        await again.stop()
+    # Only an operator lifts it: a second restart comes back halted by the drawdown limit; an order that could add
+    # risk after clear_halt halts the bot again while the drawdown is past the limit.
+    third = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    third.strategy = IdleStrategy()  # type: ignore[assignment]
+    port = await third.start("127.0.0.1", 0)
+    try:
+        assert third.inst.state.state.value == "halted"
+        assert third.inst.state.reason.startswith("risk limit drawdown")
+        assert (await control(port, "clear_halt"))[0] == 200
+        assert (await control(port, "resume"))[0] == 200
+        await wait_for(lambda: third.trading_allowed and not third.market_data_stale(SYMBOL))
+        await wait_for(lambda: value(third, "tradingbot_drawdown") >= 80)
+        assert await third.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(third, 100), far_bid(third)) is None
+        assert value(third, "tradingbot_orders_refused_total", symbol=SYMBOL, reason="risk_drawdown") == 1
+        assert third.inst.state.state.value == "halted"
+    finally:
+        await third.stop()
+
+
+def test_drawdown_and_open_positions_are_configured_under_bot_risk(tmp_path: Path) -> None:
+    config = parse_config(
+        {"bot": {"risk": {"max_open_positions": 3, "max_drawdown": 250, "drawdown_window": "7d"}}}, base_dir=tmp_path
+    )
+    limits = risk_limits(config)
+    assert (limits.max_open_positions, limits.max_drawdown, limits.drawdown_window) == (3, 250, 7 * 86400)
+    assert risk_limits(parse_config({}, base_dir=tmp_path)).drawdown_window == 86400  # off unless max_drawdown
+    for bad, problem in (
+        ({"max_open_positions": -1}, "bot.risk.max_open_positions: must be at least 0"),
+        ({"max_drawdown": -5}, "bot.risk.max_drawdown: must be at least 0"),
+        ({"drawdown_window": "0s"}, "bot.risk.drawdown_window: must be longer than 0s"),
+        ({"drawdown_window": "a day"}, "bot.risk.drawdown_window: expected a duration like 30s"),
+    ):
+        with pytest.raises(ConfigError, match=problem):
+            parse_config({"bot": {"risk": bad}}, base_dir=tmp_path)
+
+
+async def test_the_journal_keeps_the_buckets_of_the_window_and_deletes_older_ones(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    migrate.upgrade(url)
+    journal = Journal(make_engine(url), "paper-1", "paper")
+    try:
+        peak = EquityPeak(3600.0)
+        store, start = PeakJournal(peak, journal), 1_800_000_000.0
+        peak.observe(Decimal(100), start)
+        peak.observe(Decimal(90), start + 1800)
+        peak.observe(Decimal(95), start + 1800)  # a rise within a bucket: one row, its highest value
+        await store.save(start + 1800)
+        assert sorted((await journal.call(journal.equity_peaks)).values()) == [95, 100]
+        later = start + 3600 + 2 * peak.width  # the bucket of 100 has left the window
+        peak.observe(Decimal(50), later)
+        await store.save(later)
+        assert sorted((await journal.call(journal.equity_peaks)).values()) == [50, 95]
+        restored = EquityPeak(3600.0)
+        await PeakJournal(restored, journal).load(later)
+        assert restored.peak(later) == 95 and restored.drawdown(Decimal(50), later) == 45
+        assert restored.take_dirty() == {}  # loaded, not risen: nothing to write back
+    finally:
+        journal.close()

@@ -243,6 +243,16 @@ def _check_optional_limit(value: float | None) -> str | None:
     return None if value is None or value >= 0 else f"must be at least 0, got {value}"
 
 
+def _check_positive_duration(value: str) -> str | None:
+    from trading_ops.durations import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        return str(exc)
+    return None if seconds > 0 else "must be longer than 0s"
+
+
 @dataclass
 class RiskConfig:
     """In-process risk limits, enforced in the order gate before an order leaves; 0 means no limit. Notional
@@ -259,6 +269,15 @@ class RiskConfig:
     max_order_notional: float = bounded(0.0, min=0)
     max_orders_per_second: float = bounded(0.0, min=0)
     max_orders_per_minute: float = bounded(0.0, min=0)
+    # Symbols with a non-zero position (or an order working, which may open one): an order that would open one more
+    # is refused (then reduce-only); one adding to or reducing a position already held is not.
+    max_open_positions: int = bounded(0, min=0)
+    # How far equity (realized P&L of the positions held plus unrealized P&L) may fall below its highest point of the
+    # last drawdown_window before the bot halts, like the daily loss limit: an operator clears it, a restart keeps
+    # it, and the peak is journaled. Measured from the peak, never from the day's start.
+    max_drawdown: float = bounded(0.0, min=0)
+    # How long a peak counts (a duration: 24h, 7d).
+    drawdown_window: str = checked("24h", _check_positive_duration)
 
 
 @dataclass
@@ -687,16 +706,6 @@ def _check_schedule(value: str) -> str | None:
     except ScheduleError as exc:
         return f"{exc}: {_describe(value)}"
     return None
-
-
-def _check_positive_duration(value: str) -> str | None:
-    from trading_ops.durations import parse_duration
-
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        return str(exc)
-    return None if seconds > 0 else "must be longer than 0s"
 
 
 def _check_time_of_day(value: str) -> str | None:

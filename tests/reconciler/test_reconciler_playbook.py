@@ -208,6 +208,7 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
         "TradingBotMarketDataStale": ("market-data-resubscribe", ["bot"]),
         "TradingBotPositionMismatch": ("position-reconcile", ["bot"]),
         "TradingBotDailyLossBreached": ("loss-limit-flatten", ["bot", "bot"]),
+        "TradingBotDrawdownBreached": ("drawdown-flatten", ["bot", "bot"]),
         "TradingBotHeartbeatStale": ("bot-loop-restart", ["silence", "systemd"]),
         "TradingBotReconciliationStale": ("position-reconcile", ["bot"]),
         "TradingBotReconciliationFailing": ("reconciliation-retry", ["bot"]),
@@ -219,6 +220,9 @@ def test_default_playbook_maps_the_alert_catalogue() -> None:
         rule = pb.match({"alertname": alertname, "instance": "127.0.0.1:9101", "severity": "critical"})
         assert rule is not None and rule.name == rule_name, alertname
         assert [s.action for s in rule.steps] == actions
+    for alertname in ("TradingBotDailyLossBreached", "TradingBotDrawdownBreached"):
+        halted = pb.match({"alertname": alertname})
+        assert halted is not None and halted.allow_destructive and halted.max_attempts == 1, alertname
     flatten = pb.match({"alertname": "TradingBotDailyLossBreached"})
     assert flatten is not None and flatten.allow_destructive
     # No pause (a halted bot refuses it); once verified flat, the page that says what was done.

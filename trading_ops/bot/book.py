@@ -105,6 +105,17 @@ class Book:
         mark = self.marks.get(symbol)
         return self.position(symbol) * mark if mark is not None else ZERO
 
+    def equity(self) -> Decimal | None:
+        """Realized P&L of every position held so far plus unrealized P&L at the mark: what the drawdown limit
+        measures (it does not restart with the day). None while a held symbol has no mark yet."""
+        if any(h.quantity and symbol not in self.marks for symbol, h in self.holdings.items()):
+            return None
+        return sum((h.realized_pnl for h in self.holdings.values()), ZERO) + self.unrealized_pnl()
+
+    def open_positions(self) -> int:
+        """Symbols with a non-zero position."""
+        return sum(1 for h in self.holdings.values() if h.quantity)
+
     def unrealized_pnl(self) -> Decimal:
         total = ZERO
         for symbol, holding in self.holdings.items():

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from trading_ops.bot.book import Holding
 from trading_ops.bot.broker import OrderRequest, OrderStatus, Side, VenueFill, VenueOrder
 from trading_ops.db.base import make_sessionmaker, utcnow
-from trading_ops.db.models import Balance, Fill, Order, Position
+from trading_ops.db.models import Balance, EquityPeak, Fill, Order, Position
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -397,6 +397,38 @@ class Journal:
         with self._sessions() as session:
             rows = session.scalars(select(Balance).where(Balance.bot == self.bot, Balance.venue == self.venue))
             return {row.asset: row.total for row in rows}
+
+    def equity_peaks(self) -> dict[datetime, Decimal]:
+        """The highest equity of each journaled bucket of the drawdown window, by the bucket's start."""
+        with self._sessions() as session:
+            rows = session.scalars(select(EquityPeak).where(EquityPeak.bot == self.bot, EquityPeak.venue == self.venue))
+            return {row.bucket_start: row.equity for row in rows}
+
+    def save_equity_peaks(self, peaks: dict[datetime, Decimal], older_than: datetime) -> None:
+        """Store the highest equity of these buckets (a bucket's value only rises) and delete the buckets that
+        start before `older_than` (out of the window), in one transaction."""
+        with self._sessions.begin() as session:
+            session.execute(
+                delete(EquityPeak).where(
+                    EquityPeak.bot == self.bot, EquityPeak.venue == self.venue, EquityPeak.bucket_start < older_than
+                )
+            )
+            rows = {
+                row.bucket_start: row
+                for row in session.scalars(
+                    select(EquityPeak).where(
+                        EquityPeak.bot == self.bot,
+                        EquityPeak.venue == self.venue,
+                        EquityPeak.bucket_start.in_(list(peaks)),
+                    )
+                )
+            }
+            for start, equity in peaks.items():
+                row = rows.get(start)
+                if row is None:
+                    session.add(EquityPeak(bot=self.bot, venue=self.venue, bucket_start=start, equity=equity))
+                elif equity > row.equity:
+                    row.equity = equity
 
     def flush(self) -> None:
         """Nothing to do: awaiting `call(journal.flush)` returns once every earlier write has landed."""

@@ -94,6 +94,10 @@ class OrderEngine:
     def open_order_count(self) -> int:
         return len(self.orders.keys() | self.order_sent_at.keys())
 
+    def exposed_symbols(self) -> set[str]:
+        held = {symbol for symbol, holding in self.book.holdings.items() if holding.quantity}
+        return held | {order.symbol for order in self.orders.values()}
+
     # -- orders ---------------------------------------------------------------------------------------
     def next_client_order_id(self) -> str:
         return f"{self.id_prefix}-{next(self._ids)}"
@@ -365,11 +369,13 @@ class OrderEngine:
         self.metrics.market_data(quote.symbol)
 
     def export_pnl(self) -> None:
-        """Positions and P&L as metrics, and the day's loss to the risk engine (its limit halts the bot)."""
+        """Positions and P&L as metrics, and the day's loss and the equity to the risk engine (their limits halt
+        the bot)."""
         for symbol in self.symbols:
             self.metrics.position(symbol, float(self.book.position(symbol)), float(self.book.notional(symbol)))
         self.metrics.pnl(float(self.book.realized_today), float(self.book.unrealized_pnl()))
         self.gate.risk.observe_loss(-(self.book.realized_today + self.book.unrealized_pnl()))
+        self.gate.risk.observe_equity(self.book.equity(), self.book.open_positions())
 
     # -- reconciliation hooks (trading_ops.bot.reconciliation.ReconciliationHooks) ---------------------
     async def settle(self) -> None:

@@ -14,29 +14,52 @@ from prometheus_client import Counter, Gauge
 
 from trading_ops.bot.broker import OrderRequest
 from trading_ops.bot.control import SOURCE_RISK
+from trading_ops.bot.drawdown import EquityPeak
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.state import StateMachine, TradingState
+from trading_ops.durations import format_duration
 
 log = logging.getLogger(__name__)
 
 # The limits, in the order they are checked; each is the `limit` label of the risk metrics and, prefixed with
 # REFUSED_PREFIX, the `reason` of tradingbot_orders_refused_total.
 DAILY_LOSS = "daily_loss"
+DRAWDOWN = "drawdown"
 ORDERS_PER_SECOND = "orders_per_second"
 ORDERS_PER_MINUTE = "orders_per_minute"
 OPEN_ORDERS = "open_orders"
 ORDER_NOTIONAL = "order_notional"
 POSITION_NOTIONAL = "position_notional"
-LIMITS = (DAILY_LOSS, ORDERS_PER_SECOND, ORDERS_PER_MINUTE, OPEN_ORDERS, ORDER_NOTIONAL, POSITION_NOTIONAL)
+OPEN_POSITIONS = "open_positions"
+LIMITS = (
+    DAILY_LOSS,
+    DRAWDOWN,
+    ORDERS_PER_SECOND,
+    ORDERS_PER_MINUTE,
+    OPEN_ORDERS,
+    OPEN_POSITIONS,
+    ORDER_NOTIONAL,
+    POSITION_NOTIONAL,
+)
 REFUSED_PREFIX = "risk_"
-# What a breach does: a loss limit halts (the kill switch: only an operator clears it); any other limit leaves the
-# bot able to shrink its positions and nothing more until an operator resumes it.
+# What a breach does: a loss limit (the day's loss, the drawdown from the equity peak) halts (the kill switch: only an
+# operator clears it); any other limit leaves the bot able to shrink its positions and nothing more until an operator
+# resumes it.
 HALT = "halt"
 REDUCE_ONLY = "reduce_only"
-ACTION = {limit: HALT if limit == DAILY_LOSS else REDUCE_ONLY for limit in LIMITS}
-# The start of the reason a loss-limit halt carries (journaled with the transition): a restart finds it and stays
+LOSS_LIMITS = (DAILY_LOSS, DRAWDOWN)
+ACTION = {limit: HALT if limit in LOSS_LIMITS else REDUCE_ONLY for limit in LIMITS}
+# The starts of the reasons a loss-limit halt carries (journaled with the transition): a restart finds one and stays
 # halted (see BotRuntime), so the halt never clears by itself.
-HALT_REASON_PREFIX = f"risk limit {DAILY_LOSS}"
+HALT_REASON_PREFIXES = tuple(f"risk limit {limit}" for limit in LOSS_LIMITS)
+# The help of the families a bot without this engine (the freqtrade sidecar) exports too, where it has the notion.
+RISK_LIMIT_HELP = (
+    "The bot's in-process risk limits (0: no limit): daily loss, drawdown and notional values in the quote asset, "
+    "open orders and open positions as counts, order rates per second or minute."
+)
+OPEN_POSITIONS_HELP = "Symbols with a non-zero position (what the open_positions risk limit counts)."
+# Without bot.risk.drawdown_window: the peak of the last day.
+DRAWDOWN_WINDOW_SECONDS = 86400.0
 RATE_WINDOWS = {ORDERS_PER_SECOND: 1.0, ORDERS_PER_MINUTE: 60.0}
 
 
@@ -50,16 +73,21 @@ class RiskLimits:
     max_order_notional: float = 0.0
     max_orders_per_second: float = 0.0
     max_orders_per_minute: float = 0.0
+    max_open_positions: int = 0
+    max_drawdown: float = 0.0
+    drawdown_window: float = DRAWDOWN_WINDOW_SECONDS  # seconds
 
     def value(self, limit: str) -> float:
         return float(
             {
                 DAILY_LOSS: self.daily_loss,
+                DRAWDOWN: self.max_drawdown,
                 ORDERS_PER_SECOND: self.max_orders_per_second,
                 ORDERS_PER_MINUTE: self.max_orders_per_minute,
                 OPEN_ORDERS: self.max_open_orders,
                 ORDER_NOTIONAL: self.max_order_notional,
                 POSITION_NOTIONAL: self.max_position_notional,
+                OPEN_POSITIONS: self.max_open_positions,
             }[limit]
         )
 
@@ -72,6 +100,10 @@ class Exposure(Protocol):
     def mark(self, symbol: str) -> Decimal | None: ...
 
     def open_order_count(self) -> int: ...
+
+    def exposed_symbols(self) -> set[str]:
+        """Symbols with a non-zero position or a working order (which may open one)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -89,9 +121,14 @@ class RiskEngine:
     """Checks every order against the limits before it leaves, and the day's loss whenever P&L changes.
 
     A breach refuses the order that would cross the limit and, at once, moves the bot to reduce_only (halted for
-    the daily loss limit) with the limit named in the transition's reason; `on_halt` then lets the owner sweep
+    the loss limits: the day's loss, the drawdown) with the limit named in the transition's reason; `on_halt` then lets the owner sweep
     open orders off the venue. The limits are exported as `tradingbot_risk_limit{limit}` (0: none) and every
-    breach counts in `tradingbot_risk_limit_breaches_total{limit}`.
+    breach counts in `tradingbot_risk_limit_breaches_total{limit}`; what the limits without a gauge of their own
+    measure is exported beside them (`tradingbot_open_positions`, `tradingbot_equity_peak`, `tradingbot_drawdown`).
+
+    The drawdown is measured from the highest equity (realized P&L of the positions held so far plus unrealized P&L
+    at the mark) of the last `drawdown_window`, never from the day's start: a day that began after a peak, or that
+    is still in profit, does not hide a fall from that peak (the mistake of hummingbot #2969).
     """
 
     def __init__(
@@ -102,21 +139,25 @@ class RiskEngine:
         *,
         on_halt: Callable[[str], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.limits = limits
         self.state = state
         self.metrics = metrics
         self.on_halt = on_halt
         self.clock = monotonic  # replaceable: a test drives the order-rate windows
+        self.wall = wall  # replaceable: a test drives the drawdown window (journaled: wall clock)
         self._sent: dict[str, deque[float]] = {name: deque() for name in RATE_WINDOWS}
         self._loss = Decimal(0)  # the day's loss as last observed
-        self._over_loss_limit = False  # the last observed loss was at or past the limit (a halt is edge-triggered)
+        # The last observed loss (the day's; the drawdown) was at or past its limit (a halt is edge-triggered).
+        self._over: dict[str, bool] = dict.fromkeys(LOSS_LIMITS, False)
+        self.peak = EquityPeak(limits.drawdown_window)  # journaled by the owner (BotRuntime): survives a restart
+        self._drawdown = Decimal(0)  # below the window's equity peak, as last observed
         registry = metrics.registry
         labels = ["venue", "strategy", "limit"]
         gauge = Gauge(
             f"{PREFIX}_risk_limit",
-            "The bot's in-process risk limits (0: no limit): daily loss and notional values in the quote asset, "
-            "open orders as a count, order rates per second or minute.",
+            RISK_LIMIT_HELP,
             labels,
             registry=registry,
         )
@@ -131,6 +172,22 @@ class RiskEngine:
             gauge.labels(metrics.venue, metrics.strategy, limit).set(limits.value(limit))
             self._breaches[limit] = breaches.labels(metrics.venue, metrics.strategy, limit).inc
         metrics.daily_loss_limit(limits.daily_loss)
+        vs = ["venue", "strategy"]
+
+        def measured(name: str, doc: str) -> Callable[[float], None]:
+            return Gauge(f"{PREFIX}_{name}", doc, vs, registry=registry).labels(metrics.venue, metrics.strategy).set
+
+        self._open_positions = measured("open_positions", OPEN_POSITIONS_HELP)
+        self._equity_peak = measured(
+            "equity_peak",
+            "The highest equity (realized P&L of the positions held plus unrealized P&L at the mark) within the "
+            "drawdown window, in units of the quote asset.",
+        )
+        self._drawdown_gauge = measured(
+            "drawdown",
+            "How far equity is below its peak within the drawdown window (positive), in units of the quote asset: "
+            "the drawdown risk limit halts the bot at its value.",
+        )
 
     # -- checks ---------------------------------------------------------------------------------------
     def check(self, symbol: str, reduce_only: bool, request: OrderRequest | None, book: Exposure) -> Breach | None:
@@ -140,6 +197,9 @@ class RiskEngine:
         loss = self.limits.daily_loss
         if loss and not reduce_only and self._loss >= Decimal(str(loss)):
             return Breach(DAILY_LOSS, f"the day's loss {self._loss:.2f} reached the daily loss limit {loss:g}")
+        drawdown = self.limits.max_drawdown
+        if drawdown and not reduce_only and self._drawdown >= Decimal(str(drawdown)):
+            return self._drawdown_breach()
         now = self.clock()
         for limit, window in RATE_WINDOWS.items():
             allowed = self.limits.value(limit)
@@ -154,6 +214,9 @@ class RiskEngine:
         max_open = self.limits.max_open_orders
         if max_open and book.open_order_count() + 1 > max_open:
             return Breach(OPEN_ORDERS, f"{book.open_order_count()} orders open; the limit is {max_open}")
+        positions = self._open_positions_breach(symbol, book)
+        if positions is not None:
+            return positions
         if request is None:
             return None
         price = request.price if request.price is not None else book.mark(symbol)
@@ -172,6 +235,18 @@ class RiskEngine:
             )
         return None
 
+    def _open_positions_breach(self, symbol: str, book: Exposure) -> Breach | None:
+        """An order in a symbol the bot neither holds nor has an order working in would open one more position: past
+        the cap it is refused. Symbols with a working order count as open (their orders may fill), so resting orders
+        in many symbols cannot take the bot past the cap; an order adding to or reducing a position never opens one."""
+        cap = self.limits.max_open_positions
+        if not cap:
+            return None
+        exposed = book.exposed_symbols()
+        if symbol in exposed or len(exposed) + 1 <= cap:
+            return None
+        return Breach(OPEN_POSITIONS, f"{len(exposed)} symbol(s) held or with an order working; the limit is {cap}")
+
     def sent(self) -> None:
         """An order left (counts against the order rates)."""
         now = self.clock()
@@ -187,11 +262,38 @@ class RiskEngine:
         """
         self._loss = loss
         limit = self.limits.daily_loss
-        over = bool(limit) and loss >= Decimal(str(limit))
-        crossed = over and not self._over_loss_limit
-        self._over_loss_limit = over
-        if crossed and self.state.state is not TradingState.HALTED:
+        if self._crossed(DAILY_LOSS, loss, limit):
             self.breached(Breach(DAILY_LOSS, f"the day's loss {loss:.2f} reached the daily loss limit {limit:g}"))
+
+    def observe_equity(self, equity: Decimal | None, open_positions: int) -> None:
+        """Equity (realized P&L of the positions held so far plus unrealized P&L; None while a held symbol has no
+        mark yet: a partial sum would set a false peak) and the number of symbols held, as they are now. A fall of
+        `max_drawdown` from the window's peak halts the bot, edge-triggered like the daily loss limit."""
+        self._open_positions(open_positions)
+        if equity is None:
+            return
+        now = self.wall()
+        self.peak.observe(equity, now)
+        highest = self.peak.peak(now)
+        peak = equity if highest is None else highest  # never None right after an observation
+        self._drawdown = max(peak - equity, Decimal(0))
+        self._equity_peak(float(peak))
+        self._drawdown_gauge(float(self._drawdown))
+        if self._crossed(DRAWDOWN, self._drawdown, self.limits.max_drawdown):
+            self.breached(self._drawdown_breach())
+
+    def _drawdown_breach(self) -> Breach:
+        window, limit = format_duration(self.limits.drawdown_window), self.limits.max_drawdown
+        return Breach(
+            DRAWDOWN, f"equity {self._drawdown:.2f} below its {window} peak reached the drawdown limit {limit:g}"
+        )
+
+    def _crossed(self, limit: str, value: Decimal, allowed: float) -> bool:
+        """Whether `value` just reached the loss limit `allowed` (0: none) and the bot is not halted already."""
+        over = bool(allowed) and value >= Decimal(str(allowed))
+        crossed = over and not self._over[limit]
+        self._over[limit] = over
+        return crossed and self.state.state is not TradingState.HALTED
 
     # -- breaches -------------------------------------------------------------------------------------
     def breached(self, breach: Breach) -> None:

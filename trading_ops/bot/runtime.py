@@ -18,6 +18,7 @@ from trading_ops.bot.broker import Broker, BrokerEvents, Channel
 from trading_ops.bot.commands import register_commands
 from trading_ops.bot.control import SOURCE_RISK
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
+from trading_ops.bot.drawdown import PeakJournal
 from trading_ops.bot.gate import OrderGate
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
 from trading_ops.bot.instance_lock import InstanceLock
@@ -28,7 +29,7 @@ from trading_ops.bot.orders import OrderEngine
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
-from trading_ops.bot.risk import HALT_REASON_PREFIX, LIMITS, RiskEngine, RiskLimits
+from trading_ops.bot.risk import HALT_REASON_PREFIXES, LIMITS, RiskEngine, RiskLimits
 from trading_ops.bot.schedule import ReconciliationSchedule
 from trading_ops.bot.sdnotify import SystemdNotifier
 from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, exit_now
@@ -37,6 +38,7 @@ from trading_ops.bot.strategy import Context, Strategy
 from trading_ops.bot.trade_lock import TradeLock
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
+from trading_ops.durations import parse_duration
 from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ ABANDON_SECONDS = 1.0
 VENUE_TASK = "venue"
 # How often the loop reads the venue's clock for tradingbot_clock_skew_seconds (TradingBotClockSkew waits 2 m).
 CLOCK_SKEW_INTERVAL_SECONDS = 30.0
+# How often the trading loop journals a risen equity peak (and at shutdown): a crash loses at most this much of a rise.
+PEAK_SAVE_INTERVAL_SECONDS = 5.0
 BrokerFactory = Callable[[], Broker]
 
 
@@ -86,6 +90,9 @@ def risk_limits(config: Config, daily_loss_default: float = 0.0) -> RiskLimits:
         max_order_notional=r.max_order_notional,
         max_orders_per_second=r.max_orders_per_second,
         max_orders_per_minute=r.max_orders_per_minute,
+        max_open_positions=r.max_open_positions,
+        max_drawdown=r.max_drawdown,
+        drawdown_window=parse_duration(r.drawdown_window),
     )
 
 
@@ -203,6 +210,8 @@ class BotRuntime:
             log.warning("bot %s trades without a daily loss limit: set bot.risk.daily_loss_limit", bot.name)
         self.risk = RiskEngine(limits, self.inst.state, self.metrics, on_halt=self._halted_by_risk)
         self.gate = OrderGate(self.inst.state, self.metrics, self.risk, self.market_data_stale)
+        self.peak_journal = PeakJournal(self.risk.peak, self.journal)
+        self._peak_save_due = 0.0
         self.order_engine = OrderEngine(
             self.broker,
             self.journal,
@@ -402,6 +411,7 @@ class BotRuntime:
             positions = await self.journal.call(self.journal.positions)
             crash_positions = {s: str(p.quantity) for s, p in sorted(positions.items())}
         await self.order_engine.restore_book()
+        await self.peak_journal.load(self.risk.wall())
         await self._restore_loss_halt()
         bound = await self.inst.start(host, port)
         oe = self.order_engine
@@ -442,12 +452,13 @@ class BotRuntime:
         return bound
 
     async def _restore_loss_halt(self) -> None:
-        """A halt for the loss limit never clears by itself: when it is the last journaled state, start halted."""
+        """A halt for a loss limit (the day's loss, the drawdown) never clears by itself: when it is the last
+        journaled state, start halted."""
         last = await self.journal.call(self.recovery_store.last_transition)
         if (
             last
             and last.get("after") == TradingState.HALTED
-            and str(last.get("reason", "")).startswith(HALT_REASON_PREFIX)
+            and str(last.get("reason", "")).startswith(HALT_REASON_PREFIXES)
         ):
             self.inst.state.apply("halt", reason=str(last["reason"]))
             self.metrics.control_command("halt", SOURCE_RISK)
@@ -495,6 +506,7 @@ class BotRuntime:
             await self.heartbeat.stop(clean=not failed, reason=why)
 
         async def flush() -> None:
+            await self.peak_journal.save(self.risk.wall())
             if self._journal_writes:
                 await asyncio.gather(*self._journal_writes)
             await self.journal.call(self.journal.flush)
@@ -641,6 +653,12 @@ class BotRuntime:
             received = datetime.now(UTC)
             self.metrics.clock_skew(clock_offset(sent, received, server, self.broker.server_time_resolution()))
         self.order_engine.export_pnl()
+        if time.monotonic() >= self._peak_save_due:
+            self._peak_save_due = time.monotonic() + PEAK_SAVE_INTERVAL_SECONDS
+            try:
+                await self.peak_journal.save(self.risk.wall())
+            except Exception:  # kept dirty: saved at the next attempt
+                log.exception("journaling the equity peak failed")
         if self._flattening and not any(self.book.position(s) for s in self.symbols) and not self.orders:
             if self.inst.state.state is TradingState.FLATTENING:
                 self.inst.state.apply("flatten_done", reason="all positions closed")

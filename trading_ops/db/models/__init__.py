@@ -1,7 +1,7 @@
 """Every table of trading-ops; importing this module registers them all on `Base.metadata`."""
 
 from trading_ops.db.base import Base
-from trading_ops.db.models.journal import Balance, Fill, Order, Position
+from trading_ops.db.models.journal import Balance, EquityPeak, Fill, Order, Position
 from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Notification, Setting, Step, Target
 from trading_ops.db.models.ops import JobRun, MaintenanceWindow
 from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
@@ -12,6 +12,7 @@ __all__ = [
     "Balance",
     "Base",
     "BotRun",
+    "EquityPeak",
     "Episode",
     "Fill",
     "JobRun",

@@ -89,3 +89,17 @@ class Balance(Base):
     asset: Mapped[str] = mapped_column(String(16))
     total: Mapped[Decimal] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class EquityPeak(Base):
+    """The highest equity a bot saw in one bucket of its drawdown window (trading_ops.bot.drawdown): the peak the
+    drawdown limit measures from survives a restart. Buckets older than the window are deleted."""
+
+    __tablename__ = "equity_peaks"
+    __table_args__ = (UniqueConstraint("bot", "venue", "bucket_start"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    venue: Mapped[str] = mapped_column(String(32))
+    bucket_start: Mapped[datetime] = mapped_column()
+    equity: Mapped[Decimal] = mapped_column()
