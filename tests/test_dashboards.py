@@ -59,7 +59,7 @@ BUILTIN_VALUES = {
 # has no freqtrade). On the SLO board that includes the burn rates over a day and three days and the budget left over
 # 30 days, recorded once a minute from what history there is.
 DATA_DASHBOARDS = ("trading-overview", "bot-health", "slo")
-FREQTRADE_ONLY = "freqtrade's own numbers, from its sidecar: the paper bot has no freqtrade"
+FREQTRADE_ONLY = "freqtrade's own numbers, from its sidecar: a bot on the runtime (paper, ccxt) has no freqtrade"
 NOT_THIS_KIND: dict[str, dict[str, str]] = {
     "both bots": {},
     "paper bot": {

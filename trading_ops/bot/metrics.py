@@ -318,13 +318,10 @@ class BotMetrics:
             "venue_errors", "Errors returned by the venue, by class.", ("error_class",), ("venue",)
         )
         # Counters of labels known up front start at 0 (an increase over a window that begins with the series is
-        # lost to rate(), and a board's panel would read "no data" instead of "none"): every error class, every
-        # channel's reconnects and disconnects. Per-symbol ones start with known_symbols().
+        # lost to rate(), and a board's panel would read "no data" instead of "none"): every error class here, a
+        # channel's reconnects and disconnects with its first state, each symbol's with known_symbols().
         for error_class in VENUE_ERROR_CLASSES:
             self._venue_errors[(error_class,)]
-        for channel in CHANNELS:
-            self._reconnects[(channel,)]
-            self._disconnects[(channel,)]
 
         # The trading loop.
         self._heartbeat = Gauge(
@@ -513,6 +510,9 @@ class BotMetrics:
         previous = self._connection_state.get(channel)
         self._connection_state[channel] = connected
         self._connected[(channel,)](1 if connected else 0)
+        if previous is None:  # a channel this bot has: its reconnects and disconnects are exported from 0
+            self._reconnects[(channel,)]
+            self._disconnects[(channel,)]
         if previous is True and not connected:
             self._disconnects[(channel,)]()
         elif previous is False and connected:
