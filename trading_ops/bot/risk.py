@@ -121,10 +121,11 @@ class RiskEngine:
     """Checks every order against the limits before it leaves, and the day's loss whenever P&L changes.
 
     A breach refuses the order that would cross the limit and, at once, moves the bot to reduce_only (halted for
-    the loss limits: the day's loss, the drawdown) with the limit named in the transition's reason; `on_halt` then lets the owner sweep
-    open orders off the venue. The limits are exported as `tradingbot_risk_limit{limit}` (0: none) and every
-    breach counts in `tradingbot_risk_limit_breaches_total{limit}`; what the limits without a gauge of their own
-    measure is exported beside them (`tradingbot_open_positions`, `tradingbot_equity_peak`, `tradingbot_drawdown`).
+    the loss limits: the day's loss, the drawdown) with the limit named in the transition's reason; `on_halt` then
+    lets the owner sweep open orders off the venue. The limits are exported as `tradingbot_risk_limit{limit}` (0:
+    none) and every breach counts in `tradingbot_risk_limit_breaches_total{limit}`; what the limits without a gauge
+    of their own measure is exported beside them (`tradingbot_open_positions`, `tradingbot_equity_peak`,
+    `tradingbot_drawdown`).
 
     The drawdown is measured from the highest equity (realized P&L of the positions held so far plus unrealized P&L
     at the mark) of the last `drawdown_window`, never from the day's start: a day that began after a peak, or that
