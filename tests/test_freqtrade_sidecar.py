@@ -397,6 +397,9 @@ async def test_pnl_and_daily_profit_are_freqtrade_own_numbers(sidecar: Client, f
 
     await sidecar.until("realized, unrealized and daily profit as freqtrade answers them", same_as_freqtrade)
     assert await sidecar.value("tradingbot_realized_pnl", **labels) != 0
+    # Left as found: the exited pair unlocked and re-entered, both trades filled, no order working.
+    unlock_pairs(freqtrade)
+    until("freqtrade holds two trades again", lambda: two_open_trades(freqtrade))
 
 
 async def _locks_exported(sidecar: Client, freqtrade: Freqtrade) -> bool:
@@ -453,6 +456,7 @@ async def test_status_and_the_commands_freqtrade_cannot_do(sidecar: Client, freq
 
 
 async def test_cancel_all_with_nothing_open_cancels_nothing(sidecar: Client, freqtrade: Freqtrade) -> None:
+    until("freqtrade holds two trades and works no order", lambda: two_open_trades(freqtrade))
     status, body = await sidecar.control("cancel_all")
     assert status == 200 and body["trades_canceled"] == [] and body["state"] == "active"
 

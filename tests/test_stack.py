@@ -754,7 +754,7 @@ def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: C
     command = shlex.split(fault.removeprefix("inject a fault: ").split("  (see")[0])
     assert command[-1] == "drop_connection"
     status = subprocess.run(
-        [*command[:-1], "status"], check=False, cwd=up.root, capture_output=True, text=True, timeout=60
+        [*command[:-1], "status", "--json"], check=False, cwd=up.root, capture_output=True, text=True, timeout=60
     )
     assert status.returncode == 0 and json.loads(status.stdout)["state"], status.stderr
     history = up.wait_line(lambda line: line.startswith("what it did: "))

@@ -10,7 +10,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -238,7 +238,8 @@ class Chaos:
         elif not limit:
             raise CommandError("the bot has no daily loss limit to pass: give an amount")
         else:
-            most = (exposure * MAX_PRICE_GAP).quantize(Decimal("0.01"))
+            # Rounded down: a cent up would ask for a gap just past the largest one, and be refused.
+            most = (exposure * MAX_PRICE_GAP).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
             amount = min(limit * DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT, most)
             if amount < limit * MIN_LOSS_SPIKE_SHARE_OF_LIMIT:
                 raise CommandError(
