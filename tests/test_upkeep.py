@@ -35,6 +35,7 @@ from trading_ops.db.models import (
 )
 from trading_ops.ops.state_metrics import UpkeepCollector
 from trading_ops.ops.upkeep import run_upkeep_sync, state_path
+from trading_ops.reconciler.retention import ledger_retention
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext
@@ -153,7 +154,7 @@ def test_journal_retention_never_takes_an_open_order_or_a_position_s_history(dat
     o8 = rows.order("canceled", now - timedelta(days=1))
     before = rows.positions()
 
-    result = run_upkeep_sync(config, ("retention",))
+    result = run_upkeep_sync(config, ("retention",), retention=(ledger_retention(config),))
     assert result.failures == []
     assert result.rows_deleted["fills"] == 2 and result.rows_deleted["orders"] == 3
     assert names(engine, Fill.trade_id) == {f3, f4, f5, f6}
@@ -242,7 +243,7 @@ def test_recovery_and_ledger_retention(database_url: str, tmp_path: Path) -> Non
                     closed_at=closed,
                 )
             )
-    result = run_upkeep_sync(config, ("retention",))
+    result = run_upkeep_sync(config, ("retention",), retention=(ledger_retention(config),))
     assert result.failures == []
     # r1 went (its event was notified); r2 stays (an unnotified event names it), r3 is the bot's last run.
     assert names(engine, BotRun.id) == {r2, r3}
@@ -473,7 +474,7 @@ async def test_the_scheduled_job_runs_every_task(tmp_path: Path) -> None:
     migrate.upgrade(url)
     config = make_config(tmp_path, url)
     write(tmp_path / "data" / "scratch" / "junk.bin", 4096, 0)
-    result = await run_upkeep(config)
+    result = await run_upkeep(config, retention=(ledger_retention(config),))
     assert result.failures == [] and result.vacuumed and result.bytes_freed == 4096
     assert "reconciler_episodes" in result.rows_deleted and "bot_runs" in result.rows_deleted
     assert collector(config).get_sample_value("tradingops_upkeep_runs_total") == 1

@@ -1,4 +1,4 @@
-"""`trading-ops backup run|list|verify|restore` and `trading-ops upkeep run|vacuum|retention|cleanup`."""
+"""`trading-ops backup run|list|verify|restore` (`trading-ops upkeep`: trading_ops.commands.upkeep_cmd)."""
 
 from __future__ import annotations
 
@@ -30,20 +30,6 @@ def register(sub: Any) -> None:
     restore.add_argument("--force", action="store_true", help="restore even while a bot or the reconciler uses it")
     restore.set_defaults(handler=backup_restore)
 
-    upkeep = sub.add_parser("upkeep", help="database and disk upkeep: VACUUM/ANALYZE, retention, cleanup")
-    uinner = upkeep.add_subparsers(dest="upkeep_command", metavar="ACTION", required=True)
-    urun = uinner.add_parser("run", help="every upkeep task (or the ones named)")
-    urun.add_argument("--vacuum", action="store_true", help="VACUUM/ANALYZE the database")
-    urun.add_argument("--retention", action="store_true", help="delete rows older than their retention")
-    urun.add_argument("--cleanup", action="store_true", help="clean the configured directories")
-    urun.set_defaults(handler=upkeep_run)
-    for task, text in (
-        ("vacuum", "VACUUM/ANALYZE the database"),
-        ("retention", "delete journal, recovery and ledger rows older than their retention"),
-        ("cleanup", "delete old and excess files in the configured directories (logs, scratch, temp)"),
-    ):
-        uinner.add_parser(task, help=text).set_defaults(handler=upkeep_run, only=task)
-
 
 def expected_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
     """What a backup or upkeep command reports as one line (exit 1) instead of a traceback, `more` included. A
@@ -56,13 +42,13 @@ def expected_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
     return (*more, ClientProgramError, OSError, SQLAlchemyError, sqlite3.Error)
 
 
-def _fail(action: str, exc: BaseException) -> int:
+def fail(action: str, exc: BaseException) -> int:
     message = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     print(f"trading-ops: {action}: {message[0] if message else type(exc).__name__}", file=sys.stderr)
     return EXIT_FAILURE
 
 
-def _human(size: float) -> str:
+def human(size: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -77,12 +63,12 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
     try:
         result = run_backup(config, "manual", progress)
     except expected_errors(BackupError) as exc:
-        return _fail("backup run", exc)
+        return fail("backup run", exc)
     finally:
         progress.finish()
     m = result.manifest
     print(
-        f"backup {m.id}: {_human(m.size_bytes)}, {sum(m.row_counts.values())} rows in {len(m.row_counts)} tables, "
+        f"backup {m.id}: {human(m.size_bytes)}, {sum(m.row_counts.values())} rows in {len(m.row_counts)} tables, "
         f"schema {m.schema_revision or 'none'}, {m.duration_seconds:.2f}s -> {config.path(config.backup.directory)}"
     )
     if result.copied_to:
@@ -93,7 +79,7 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
         try:
             verified = verify_backup(config, m)
         except expected_errors(BackupError) as exc:
-            return _fail("backup verify", exc)
+            return fail("backup verify", exc)
         print(f"backup {m.id} verified: {verified.rows} rows in {verified.tables} tables match the manifest")
     return EXIT_OK
 
@@ -111,7 +97,7 @@ def backup_list(args: argparse.Namespace, config: Config) -> int:
     print(f"{'ID':<24} {'CREATED (UTC)':<20} {'TRIGGER':<9} {'SIZE':>10} {'ROWS':>9} {'SCHEMA':<8} SOURCE")
     for m in manifests:
         print(
-            f"{m.id:<24} {m.created_at:%Y-%m-%d %H:%M:%S} {m.trigger:<9} {_human(m.size_bytes):>10} "
+            f"{m.id:<24} {m.created_at:%Y-%m-%d %H:%M:%S} {m.trigger:<9} {human(m.size_bytes):>10} "
             f"{sum(m.row_counts.values()):>9} {m.schema_revision or '-':<8} {m.source}"
         )
     return EXIT_OK
@@ -125,7 +111,7 @@ def backup_verify(args: argparse.Namespace, config: Config) -> int:
         manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id)
         result = verify_backup(config, manifest, progress)
     except expected_errors(BackupError) as exc:
-        return _fail("backup verify", exc)
+        return fail("backup verify", exc)
     finally:
         progress.finish()
     print(
@@ -142,7 +128,7 @@ def backup_restore(args: argparse.Namespace, config: Config) -> int:
         manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id)
         result = restore_backup(config, manifest, force=args.force)
     except expected_errors(BackupError) as exc:
-        return _fail("backup restore", exc)
+        return fail("backup restore", exc)
     safety = f"safety backup {result.safety.id}" if result.safety else "no safety backup (there was no database)"
     print(
         f"database restored from backup {manifest.id} ({sum(manifest.row_counts.values())} rows), {safety}; "
@@ -162,33 +148,3 @@ def _schema_head(config: Config) -> str | None:
     from trading_ops.db.migrate import alembic_config
 
     return ScriptDirectory.from_config(alembic_config(config.database_url())).get_current_head()
-
-
-def upkeep_run(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops.ops.upkeep import TASKS, run_upkeep_sync
-
-    only = getattr(args, "only", None)
-    if only:
-        tasks: tuple[str, ...] = (only,)
-    else:
-        tasks = tuple(t for t in TASKS if getattr(args, t, False)) or TASKS
-    try:
-        result = run_upkeep_sync(config, tasks)
-    except expected_errors() as exc:
-        return _fail(f"upkeep {only or 'run'}", exc)
-    deleted = {t: n for t, n in result.rows_deleted.items() if n}
-    if "retention" in tasks:
-        print("rows deleted: " + (", ".join(f"{t} {n}" for t, n in sorted(deleted.items())) or "none"))
-    if "vacuum" in tasks:
-        if result.vacuumed and result.database_bytes_before is not None:
-            print(f"vacuum: {_human(result.database_bytes_before)} -> {_human(result.database_bytes_after or 0)}")
-        else:
-            print("vacuum: " + ("done" if result.vacuumed else "not run"))
-    for r in result.cleanup:
-        print(
-            f"cleanup {r.name} ({r.path}): {r.files_deleted} file(s), {_human(r.bytes_freed)} freed, "
-            f"{_human(r.bytes_left)} left" + (f", {r.failures} failure(s)" if r.failures else "")
-        )
-    for failure in result.failures:
-        print(f"trading-ops: upkeep: {failure}", file=sys.stderr)
-    return EXIT_FAILURE if result.failures else EXIT_OK

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from trading_ops.config import Config
 from trading_ops.cron import CronSchedule
@@ -11,6 +14,7 @@ from trading_ops.durations import parse_duration
 from trading_ops.ops import backup, maintenance, report, upkeep
 from trading_ops.ops.scheduler import Job, JobFunc
 
+UPKEEP = "upkeep"
 # How often finished maintenance windows are closed (bots resumed) and a missing silence is retried.
 HOUSEKEEPING_CRON = "* * * * *"
 DAILY_SUMMARY_METRIC = "tradingops_daily_report_last_success_timestamp_seconds"
@@ -44,23 +48,27 @@ JOBS: tuple[JobSpec, ...] = (
     JobSpec(
         "backup", lambda c: (c.backup.schedule, c.backup.time_zone), lambda c, r, s: backup.run_scheduled_backup(c)
     ),
-    JobSpec("upkeep", lambda c: (c.upkeep.schedule, c.upkeep.time_zone), lambda c, r, s: upkeep.run_upkeep(c)),
+    JobSpec(UPKEEP, lambda c: (c.upkeep.schedule, c.upkeep.time_zone), lambda c, r, s: upkeep.run_upkeep(c)),
 )
 
 
-def configured_jobs(config: Config) -> list[Job]:
+def configured_jobs(config: Config, upkeep_retention: Sequence[upkeep.RetentionHook] = ()) -> list[Job]:
     """The jobs of this configuration: JOBS that are on, and one per scheduled maintenance window (a window
-    missed during downtime still opens while its time lasts, for what is left of it)."""
+    missed during downtime still opens while its time lasts, for what is left of it). `upkeep_retention`: what the
+    upkeep job's retention task also prunes (the reconciler gives its ledger's pruner: ops does not know the ledger)."""
     jobs = []
     for spec in JOBS:
         schedule = spec.schedule(config)
         if schedule is None:
             continue
+        run = spec.run
+        if spec.name == UPKEEP and upkeep_retention:
+            run = functools.partial(_upkeep_with, tuple(upkeep_retention))
         jobs.append(
             Job(
                 spec.name,
                 CronSchedule.parse(*schedule),
-                spec.run,
+                run,
                 catch_up_within=spec.catch_up_within(config),
                 last_success_metric=spec.last_success_metric,
                 catch_up_slots=spec.catch_up_slots,
@@ -76,3 +84,9 @@ def configured_jobs(config: Config) -> list[Job]:
             )
         )
     return jobs
+
+
+async def _upkeep_with(
+    retention: tuple[upkeep.RetentionHook, ...], config: Config, registry: Any, slot: datetime
+) -> None:
+    await upkeep.run_upkeep(config, retention=retention)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,10 +15,14 @@ from trading_ops.config import Config
 from trading_ops.ops.cleanup import CleanupResult, cleanup_targets, run_cleanup
 from trading_ops.ops.state import OpsState, add_count
 
-# The database's side (engines, the models, the ledger's pruner) is imported by the tasks that use it: the disk
-# rule's step runs `trading-ops upkeep cleanup` as a process of its own, which needs none of it.
+# The database's side (engines, the models) is imported by the tasks that use it: the disk rule's step runs
+# `trading-ops upkeep cleanup` as a process of its own, which needs none of it.
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+# What another part of trading-ops prunes of its own tables in the retention task (engine, now) -> rows deleted per
+# table: the reconciler's ledger (trading_ops.reconciler.retention.ledger_retention), given by whoever runs upkeep.
+RetentionHook = Callable[["Engine", datetime], dict[str, int]]
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +78,9 @@ def vacuum(engine: Engine) -> None:
         connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM (ANALYZE)"))
 
 
-def _retention(config: Config, engine: Engine) -> dict[str, int]:
-    import asyncio
-
+def _retention(config: Config, engine: Engine, more: Sequence[RetentionHook]) -> dict[str, int]:
     from trading_ops.db.base import utcnow
     from trading_ops.ops.journal_retention import prune_journal, prune_recovery
-    from trading_ops.reconciler.ledger import Ledger
-    from trading_ops.reconciler.retention import Pruner
 
     now = utcnow()
     deleted: dict[str, int] = {}
@@ -90,15 +91,17 @@ def _retention(config: Config, engine: Engine) -> dict[str, int]:
         deleted.update(prune_journal(engine, cutoff))
     if config.upkeep.recovery_retention_days:
         deleted.update(prune_recovery(engine, now - timedelta(days=config.upkeep.recovery_retention_days)))
-    # The ledger has its own retention (the reconciler prunes hourly); the same pruner, run here too.
-    pruner = Pruner(Ledger(engine), config.reconciler.retention_days, metrics=None)
-    ledger_deleted = asyncio.run(pruner.prune_once(now))
-    deleted.update({f"reconciler_{table}": count for table, count in ledger_deleted.items()})
+    # The tables of other parts, by their own rules: the reconciler's ledger (reconciler.retention.ledger_retention).
+    for prune in more:
+        deleted.update(prune(engine, now))
     return deleted
 
 
-def run_upkeep_sync(config: Config, tasks: tuple[str, ...] = TASKS) -> UpkeepResult:
-    """Run the chosen tasks; a failing task is recorded and the others still run."""
+def run_upkeep_sync(
+    config: Config, tasks: tuple[str, ...] = TASKS, retention: Sequence[RetentionHook] = ()
+) -> UpkeepResult:
+    """Run the chosen tasks; a failing task is recorded and the others still run. `retention`: the pruners of the
+    tables this package does not own (the reconciler's ledger), run with the retention task after the journal's."""
     started = time.monotonic()
     result = UpkeepResult()
     if "cleanup" in tasks:
@@ -111,7 +114,7 @@ def run_upkeep_sync(config: Config, tasks: tuple[str, ...] = TASKS) -> UpkeepRes
     try:
         if "retention" in tasks and engine is not None:
             try:
-                result.rows_deleted = _retention(config, engine)
+                result.rows_deleted = _retention(config, engine, retention)
             except Exception as exc:
                 result.failures.append(f"retention: {_one_line(exc)}")
         if "vacuum" in tasks and engine is not None and config.upkeep.vacuum:
@@ -181,8 +184,10 @@ def _record(config: Config, result: UpkeepResult) -> None:
         log.error("cannot record the upkeep run in %s: %s", state_path(config), exc)
 
 
-async def run_upkeep(config: Config, tasks: tuple[str, ...] = TASKS) -> UpkeepResult:
+async def run_upkeep(
+    config: Config, tasks: tuple[str, ...] = TASKS, retention: Sequence[RetentionHook] = ()
+) -> UpkeepResult:
     """The scheduled job: every upkeep task, off the event loop."""
     import asyncio
 
-    return await asyncio.to_thread(run_upkeep_sync, config, tasks)
+    return await asyncio.to_thread(run_upkeep_sync, config, tasks, retention)

@@ -51,7 +51,7 @@ from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
-from trading_ops.reconciler.retention import Pruner
+from trading_ops.reconciler.retention import Pruner, ledger_retention
 from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.tasks import stop_tasks
 
@@ -232,7 +232,9 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     # exported from the start, and right wherever Prometheus scrapes.
     windows = register_maintenance_metrics(app[keys.REGISTRY], app[keys.LEDGER].engine)
     await asyncio.to_thread(windows.read)
-    scheduler = Scheduler(config, app[keys.LEDGER].engine, configured_jobs(config), app[keys.REGISTRY], app[keys.OWNER])
+    # The ledger is the reconciler's: upkeep's retention task prunes it with the reconciler's own pruner.
+    jobs = configured_jobs(config, upkeep_retention=(ledger_retention(config),))
+    scheduler = Scheduler(config, app[keys.LEDGER].engine, jobs, app[keys.REGISTRY], app[keys.OWNER])
     app[keys.SCHEDULER] = scheduler
     task = asyncio.create_task(scheduler.run_forever(), name="scheduler")
     app[keys.TASKS].append(task)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from sqlalchemy import Engine
+
+from trading_ops.config import Config
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.metrics import ReconcilerMetrics
@@ -68,3 +72,15 @@ class Pruner:
             pruned[table] += count
             if count and self.metrics is not None:
                 self.metrics.ledger_pruned_rows.labels(table).inc(count)
+
+
+def ledger_retention(config: Config) -> Callable[[Engine, datetime], dict[str, int]]:
+    """The ledger's pruner for `trading-ops upkeep` (trading_ops.ops.upkeep's retention task, run by the scheduler
+    and the command line): the same pruning the reconciler does hourly, its rows counted as reconciler_<table>."""
+
+    def prune(engine: Engine, now: datetime) -> dict[str, int]:
+        pruner = Pruner(Ledger(engine), config.reconciler.retention_days, metrics=None)
+        deleted = asyncio.run(pruner.prune_once(now))
+        return {f"reconciler_{table}": count for table, count in deleted.items()}
+
+    return prune
