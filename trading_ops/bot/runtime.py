@@ -38,6 +38,7 @@ from trading_ops.bot.trade_lock import TradeLock
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
 from trading_ops.tasks import stop_tasks
+from trading_ops.webconfig import server_web_config
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +394,8 @@ class BotRuntime:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Detect a crash, restore the book and a standing loss-limit halt, reconcile (the safe-start gate), then
         trade. Returns the bound port of the HTTP server."""
+        # A bad web_config_file is a configuration error (exit 2) before anything is touched.
+        web_config = server_web_config(self.config, self.config.bot.listen, "bot.listen")
         self.crash = await self.heartbeat.begin()
         crash_orders: list[dict[str, str]] = []
         crash_positions: dict[str, str] = {}
@@ -402,7 +405,7 @@ class BotRuntime:
             crash_positions = {s: str(p.quantity) for s, p in sorted(positions.items())}
         await self.order_engine.restore_book()
         await self._restore_loss_halt()
-        bound = await self.inst.start(host, port)
+        bound = await self.inst.start(host, port, web_config)
         oe = self.order_engine
         events = BrokerEvents(
             on_order=oe.on_order,
