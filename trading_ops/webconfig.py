@@ -252,16 +252,16 @@ def _server_context(tls: dict[str, Any], base: Path, load_files: bool) -> tuple[
         return context, allowed
     cert_file = _path(files["cert_file"], base)
     key_file = _path(files["key_file"], base)
+    for name, value in files.items():
+        if value and not os.access(_path(value, base), os.R_OK):
+            raise WebConfigError(f"{where}.{name}", f"cannot read {_path(value, base)}")
     try:
         if pem["cert"] or pem["key"]:
             _load_inline_chain(context, pem["cert"], cert_file, pem["key"], key_file)
         else:
             context.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as exc:
-        missing = "cert_file" if Path(exc.filename or "") == Path(cert_file) else "key_file"
-        raise WebConfigError(f"{where}.{missing}", f"cannot read {exc.filename}: {exc.strerror}") from None
-    except OSError as exc:
-        detail = exc.strerror or getattr(exc, "reason", None) or str(exc)
+    except (OSError, ssl.SSLError) as exc:
+        detail = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
         raise WebConfigError(f"{where}.cert_file", f"cannot load the certificate and key: {detail}") from None
     if has_ca:
         ca_key = "client_ca_file" if files["client_ca_file"] else "client_ca"

@@ -136,6 +136,8 @@ class BotRuntime:
         token = token if token is not None else control_token(config)
         if not token:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
+        # TLS and basic auth of the bot's server: a bad web_config_file is a configuration error before anything runs.
+        self.web_config = server_web_config(config, bot.listen, "bot.listen")
         self.symbols = list(symbols)
         self.quote_asset = quote_asset
         self.loop_interval = bot.loop_interval_seconds if loop_interval is None else loop_interval
@@ -394,8 +396,6 @@ class BotRuntime:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Detect a crash, restore the book and a standing loss-limit halt, reconcile (the safe-start gate), then
         trade. Returns the bound port of the HTTP server."""
-        # A bad web_config_file is a configuration error (exit 2) before anything is touched.
-        web_config = server_web_config(self.config, self.config.bot.listen, "bot.listen")
         self.crash = await self.heartbeat.begin()
         crash_orders: list[dict[str, str]] = []
         crash_positions: dict[str, str] = {}
@@ -405,7 +405,7 @@ class BotRuntime:
             crash_positions = {s: str(p.quantity) for s, p in sorted(positions.items())}
         await self.order_engine.restore_book()
         await self._restore_loss_halt()
-        bound = await self.inst.start(host, port, web_config)
+        bound = await self.inst.start(host, port, self.web_config)
         oe = self.order_engine
         events = BrokerEvents(
             on_order=oe.on_order,
