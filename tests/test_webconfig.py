@@ -494,7 +494,7 @@ def test_alertmanager_posts_over_tls_and_the_reconciler_pauses_the_bot_over_tls(
     read = {"Authorization": f"Bearer {READ_TOKEN}"}
 
     def episode() -> dict[str, Any] | None:
-        for item in get_json(f"{stack.reconciler}/api/v1/episodes", client, read):
+        for item in get_json(f"{stack.reconciler}/api/v1/episodes", client, read)["episodes"]:
             if item["alertname"] == ALERTNAME and item["state"] in ("recovered", "failed", "escalated"):
                 return item  # type: ignore[no-any-return]
         return None

@@ -80,6 +80,27 @@ AUTH_CACHE_SIZE = 256
 BASIC_REALM = 'Basic realm="trading-ops"'
 
 
+class AlertingSSLObject(ssl.SSLObject):
+    """asyncio closes a connection whose handshake failed without sending what OpenSSL wrote for the client: the TLS
+    alert that says why ("certificate required", "unknown ca"), so a client (Prometheus) saw only "EOF". The first
+    failure is reported as "want read": asyncio flushes the alert, then the client hangs up (or asyncio's handshake
+    timeout ends it), and a later call raises the failure itself. Set as the server context's sslobject_class."""
+
+    _failure: ssl.SSLError | None = None
+
+    def do_handshake(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            self._failure = exc
+            log.info("TLS handshake refused: %s", exc.reason or exc)
+            raise ssl.SSLWantReadError("handshake failed: the alert goes out first") from exc
+
+
 class WebConfigError(ValueError):
     """A problem with the file: `where` is the key inside it (tls_server_config.cert_file)."""
 
@@ -244,6 +265,7 @@ def _server_context(tls: dict[str, Any], base: Path, load_files: bool) -> tuple[
         raise WebConfigError(f"{where}.prefer_server_cipher_suites", f"expected true or false, got {prefer!r}")
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslobject_class = AlertingSSLObject
     context.minimum_version, context.maximum_version = versions["min_version"], versions["max_version"]
     if prefer:
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
