@@ -635,3 +635,147 @@ def test_a_server_with_a_bad_web_config_exits_2_with_one_line_at_start(tmp_path:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert f"{section}.listen.web_config_file" in lines[0] and "client_auth_type" in lines[0], lines[0]
+
+
+# ---- two hosts: network namespaces ----------------------------------------------------------------------------------
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"ip {' '.join(args)}: {result.stderr.strip()} (network namespaces need root)", pytrace=False)
+
+
+def _in_namespace_json(namespace: str, url: str) -> Any:
+    """GET `url` from inside `namespace` (the test itself runs in another)."""
+    code = (
+        "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    )
+    result = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", code, url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise OSError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed")
+    return json.loads(result.stdout)
+
+
+def test_prometheus_scrapes_a_bot_on_another_host_over_mutual_tls(tmp_path: Path) -> None:
+    """Two hosts: the paper bot in one network namespace (10.231.0.1), Prometheus in another (10.231.0.2), joined by a
+    veth pair: the scrape crosses a real network stack, over mutual TLS (up == 1), and without a client certificate it
+    is refused (up == 0, "certificate"). Needs root (ip netns) and the `prometheus` binary."""
+    prometheus_binary = require_binary("prometheus")
+    bot_host, prometheus_host = "10.231.0.1", "10.231.0.2"
+    tag = f"{time.monotonic_ns() % 100000}"
+    ns_bot, ns_prometheus = f"tlsbot{tag}", f"tlsprom{tag}"
+    pki = make_pki(tmp_path / "pki", bot_host)
+    bot_port, prometheus_port = free_port(), free_port()
+    (tmp_path / "token").write_text(CONTROL_TOKEN)
+    (tmp_path / "web.yml").write_text(yaml.safe_dump(web_config(pki)))
+    config = {
+        "database": {"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+        "bot": {
+            "name": "netns",
+            "listen": {"host": bot_host, "port": bot_port, "web_config_file": "web.yml"},
+            "control_token_file": "token",
+            "data_dir": str(tmp_path / "data"),
+        },
+        "paper": PAPER,
+    }
+    (tmp_path / "trading-ops.yaml").write_text(yaml.safe_dump(config))
+    tls_client = {
+        "ca_file": pki.path("ca.crt"),
+        "cert_file": pki.path("client.crt"),
+        "key_file": pki.path("client.key"),
+    }
+    target = f"{bot_host}:{bot_port}"
+    (tmp_path / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "mtls",
+                        "scheme": "https",
+                        "tls_config": tls_client,
+                        "static_configs": [{"targets": [target]}],
+                    },
+                    {
+                        "job_name": "no-cert",
+                        "scheme": "https",
+                        "tls_config": {"ca_file": pki.path("ca.crt")},
+                        "static_configs": [{"targets": [target]}],
+                    },
+                ],
+            }
+        )
+    )
+    trading_ops = [*TRADING_OPS, "--config", str(tmp_path / "trading-ops.yaml")]
+    assert (
+        subprocess.run([*trading_ops, "db", "upgrade"], capture_output=True, timeout=120, check=False).returncode == 0
+    )
+    processes: list[subprocess.Popen[bytes]] = []
+    logs = [tmp_path / "paper-bot.log", tmp_path / "prometheus.log"]
+    created: list[str] = []
+    try:
+        for ns in (ns_bot, ns_prometheus):
+            _ip("netns", "add", ns)
+            created.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip(
+            "link",
+            "add",
+            f"v{tag}a",
+            "netns",
+            ns_bot,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"v{tag}b",
+            "netns",
+            ns_prometheus,
+        )
+        _ip("-n", ns_bot, "addr", "add", f"{bot_host}/24", "dev", f"v{tag}a")
+        _ip("-n", ns_prometheus, "addr", "add", f"{prometheus_host}/24", "dev", f"v{tag}b")
+        _ip("-n", ns_bot, "link", "set", f"v{tag}a", "up")
+        _ip("-n", ns_prometheus, "link", "set", f"v{tag}b", "up")
+        processes.append(start(["ip", "netns", "exec", ns_bot, *trading_ops, "paper-bot"], logs[0]))
+        processes.append(
+            start(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns_prometheus,
+                    prometheus_binary,
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
+                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                ],
+                logs[1],
+            )
+        )
+        api = f"http://127.0.0.1:{prometheus_port}/api/v1"
+
+        def targets() -> dict[str, dict[str, Any]] | None:
+            found = {
+                t["labels"]["job"]: t
+                for t in _in_namespace_json(ns_prometheus, f"{api}/targets")["data"]["activeTargets"]
+                if t["health"] != "unknown"
+            }
+            return found if found.get("mtls", {}).get("health") == "up" and "no-cert" in found else None
+
+        seen = until(f"Prometheus scraping {target} across the namespaces\n{tails(logs)}", targets, deadline=90)
+        assert seen["mtls"]["scrapeUrl"] == f"https://{target}/metrics"
+        assert seen["no-cert"]["health"] == "down" and "certificate" in seen["no-cert"]["lastError"], seen["no-cert"]
+        # The bot is not reachable from this (the root) namespace at all: the scrape did cross the veth pair.
+        with pytest.raises(OSError):
+            request(f"https://{target}/healthz", pki.client_context())
+    finally:
+        stop(processes)
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
