@@ -779,3 +779,52 @@ def test_prometheus_scrapes_a_bot_on_another_host_over_mutual_tls(tmp_path: Path
         stop(processes)
         for ns in created:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30, check=False)
+
+
+# ---- the rest of the format: allowed SANs, headers, rate limit ------------------------------------------------------
+
+
+async def test_allowed_sans_headers_and_rate_limit_apply_to_every_route(tmp_path: Path, pki: Pki) -> None:
+    """client_allowed_sans refuses a verified certificate without an allowed SAN (403), http_server_config.headers are
+    on every answer, and rate_limit answers 429 past its burst, bearer routes included (as in the exporter-toolkit)."""
+    import aiohttp
+    from aiohttp import web
+
+    from trading_ops.webconfig import load_web_config, secure_app
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    def serve(data: dict[str, Any]) -> tuple[web.Application, Any]:
+        path = tmp_path / f"web-{len(list(tmp_path.iterdir()))}.yml"
+        path.write_text(yaml.safe_dump(data))
+        config = load_web_config(path)
+        app = web.Application()
+        app.router.add_get("/metrics", ok)
+        app.router.add_get("/control/status", ok)
+        secure_app(app, config, ("/control/",))
+        return app, config.ssl_context
+
+    async def statuses(app: web.Application, context: Any, path: str, times: int) -> list[tuple[int, str]]:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+        out = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                for _ in range(times):
+                    async with session.get(f"https://127.0.0.1:{port}{path}", ssl=pki.client_context()) as response:
+                        out.append((response.status, response.headers.get("X-Frame-Options", "")))
+        finally:
+            await runner.cleanup()
+        return out
+
+    wrong_san = web_config(pki, client_allowed_sans=["reconciler"])
+    assert await statuses(*serve(wrong_san), "/metrics", 1) == [(403, "")]
+    right_san = web_config(pki, client_allowed_sans=["prometheus"])
+    right_san["http_server_config"] = {"headers": {"X-Frame-Options": "deny"}}
+    assert await statuses(*serve(right_san), "/metrics", 1) == [(200, "deny")]
+    limited = web_config(pki)
+    limited["rate_limit"] = {"interval": "1h", "burst": 2}
+    assert [s for s, _ in await statuses(*serve(limited), "/control/status", 3)] == [200, 200, 429]
