@@ -97,7 +97,7 @@ class AlertingSSLObject(ssl.SSLObject):
             raise
         except ssl.SSLError as exc:
             self._failure = exc
-            log.info("TLS handshake refused: %s", exc.reason or exc)
+            log.debug("TLS handshake refused: %s", exc.reason or exc)
             raise ssl.SSLWantReadError("handshake failed: the alert goes out first") from exc
 
 
