@@ -571,18 +571,43 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def _config_with(tmp_path: Path, pki: Pki, web: Any, section: str) -> Path:
-    """A configuration whose `section`.listen names a web configuration `web` (a mapping, or raw text) written beside
-    the test's certificates (relative paths in it resolve there)."""
+# Each server we ship -> the key of its listen section.
+SERVERS = {
+    "paper-bot": "bot.listen",
+    "reconciler": "reconciler.listen",
+    "freqtrade": "freqtrade.targets.ft.listen",
+    "paper-gateway": "gateway.listen",
+}
+
+
+def _config_with(tmp_path: Path, pki: Pki, web: Any, server: str) -> Path:
+    """A configuration whose `server`'s listen section names a web configuration `web` (a mapping, or raw text)
+    written beside the test's certificates (relative paths in it resolve there). The freqtrade sidecar watches a
+    freqtrade that is not there (it serves regardless: /healthz says so)."""
     web_file = pki.dir / f"web-{tmp_path.name}.yml"
     web_file.write_text(web if isinstance(web, str) else yaml.safe_dump(web))
-    (tmp_path / "token").write_text("t0ken\n")
+    token = str(tmp_path / "token")
+    (tmp_path / "token").write_text(f"{CONTROL_TOKEN}\n")
+    (tmp_path / "gateway-secret").write_text(b64encode(b"gateway-test-secret").decode())
+    listen = {"host": "127.0.0.1", "port": free_port(), "web_config_file": str(web_file)}
     data: dict[str, Any] = {
         "database": {"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
-        "bot": {"control_token_file": str(tmp_path / "token"), "data_dir": str(tmp_path / "data")},
-        "reconciler": {"token_file": str(tmp_path / "token")},
+        "bot": {"control_token_file": token, "data_dir": str(tmp_path / "data")},
+        "reconciler": {"token_file": token},
+        "freqtrade": {
+            "control_token_file": token,
+            "targets": {"ft": {"url": f"http://127.0.0.1:{free_port()}", "password_file": token}},
+        },
+        "gateway": {
+            "control_token_file": token,
+            "api_key_file": token,
+            "api_secret_file": str(tmp_path / "gateway-secret"),
+        },
     }
-    data.setdefault(section, {})["listen"] = {"port": free_port(), "web_config_file": str(web_file)}
+    section = data
+    for part in SERVERS[server].split(".")[:-1]:
+        section = section[part]
+    section["listen"] = listen
     path = tmp_path / "trading-ops.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -596,7 +621,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 def test_config_check_names_the_problem_of_a_bad_web_config_in_one_line(
     tmp_path: Path, pki: Pki, case: str, web: Any, expected: str
 ) -> None:
-    config = _config_with(tmp_path, pki, web, "bot")
+    config = _config_with(tmp_path, pki, web, "paper-bot")
     result = _run("--config", str(config), "config", "check")
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
@@ -624,17 +649,53 @@ def test_config_check_accepts_mutual_tls_basic_auth_and_the_reconcilers_client_t
     assert "reconciler.tls.key_file" in result.stderr
 
 
-@pytest.mark.parametrize("server", ["paper-bot", "reconciler"])
+@pytest.mark.parametrize("server", list(SERVERS))
 def test_a_server_with_a_bad_web_config_exits_2_with_one_line_at_start(tmp_path: Path, pki: Pki, server: str) -> None:
-    section = "bot" if server == "paper-bot" else "reconciler"
     bad = {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key", "client_auth_type": "Always"}}
-    config = _config_with(tmp_path, pki, bad, section)
+    config = _config_with(tmp_path, pki, bad, server)
     assert _run("--config", str(config), "db", "upgrade", timeout=120).returncode == 0
     result = _run("--config", str(config), server, timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert f"{section}.listen.web_config_file" in lines[0] and "client_auth_type" in lines[0], lines[0]
+    assert f"{SERVERS[server]}.web_config_file" in lines[0] and "client_auth_type" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("server", "read", "bearer"),
+    [("freqtrade", "/metrics", "/control/status"), ("paper-gateway", "/0/public/Time", "/chaos")],
+)
+def test_the_sidecar_and_the_gateway_serve_mutual_tls_and_basic_auth(
+    tmp_path: Path, pki: Pki, server: str, read: str, bearer: str
+) -> None:
+    """The freqtrade sidecar and the paper gateway started from the configuration serve their web config: plain HTTP
+    refused, a read needs the client certificate and the password, the bearer-token route its token only."""
+    config = _config_with(tmp_path, pki, web_config(pki, users={SCRAPE_USER: SCRAPE_PASSWORD}), server)
+    listen = yaml.safe_load(config.read_text())
+    for part in SERVERS[server].split("."):
+        listen = listen[part]
+    base = f"https://127.0.0.1:{listen['port']}"
+    log = tmp_path / f"{server}.log"
+    process = start([*TRADING_OPS, "--config", str(config), server], log)
+    client = pki.client_context()
+    try:
+        until(
+            f"{server} serving TLS\n{tails([log])}",
+            lambda: request(f"{base}{read}", client, basic=(SCRAPE_USER, SCRAPE_PASSWORD))[0] == 200,
+            deadline=60,
+            tolerate=(OSError, http.client.HTTPException),
+        )
+        assert request(f"{base}{read}", client)[0] == 401
+        with pytest.raises((OSError, http.client.HTTPException)):
+            request(f"{base.replace('https', 'http')}{read}", None, basic=(SCRAPE_USER, SCRAPE_PASSWORD))
+        with pytest.raises((ssl.SSLError, OSError)):
+            request(f"{base}{read}", pki.client_context(with_certificate=False), basic=(SCRAPE_USER, SCRAPE_PASSWORD))
+        method = "POST" if server == "freqtrade" else "GET"
+        assert request(f"{base}{bearer}", client, method=method, basic=(SCRAPE_USER, SCRAPE_PASSWORD))[0] == 401
+        status, body, _ = request(f"{base}{bearer}", client, method=method, bearer=CONTROL_TOKEN)
+        assert status == 200, body
+    finally:
+        stop([process])
 
 
 # ---- two hosts: network namespaces ----------------------------------------------------------------------------------
