@@ -126,9 +126,9 @@ class Pki:
         return context
 
 
-def make_pki(directory: Path, *server_ips: str) -> Pki:
+def make_pki(directory: Path, *server_ips: str, ca_name: str = "trading-ops test CA") -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
-    ca = _ca("trading-ops test CA")
+    ca = _ca(ca_name)
     _write(directory / "ca", None, ca[1])
     ips = ["127.0.0.1", *server_ips]
     server_sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
@@ -889,3 +889,66 @@ async def test_allowed_sans_headers_and_rate_limit_apply_to_every_route(tmp_path
     limited = web_config(pki)
     limited["rate_limit"] = {"interval": "1h", "burst": 2}
     assert [s for s, _ in await statuses(*serve(limited), "/control/status", 3)] == [200, 200, 429]
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path, pki: Pki) -> None:
+    """As the exporter-toolkit rereads its file: a certificate and key replaced on disk are what the next connection
+    gets, and basic_auth_users edited in the file apply; a broken renewal keeps the previous certificate."""
+    import asyncio
+    import shutil
+
+    from aiohttp import web
+
+    from trading_ops.webconfig import load_web_config, secure_app
+
+    renewed = make_pki(tmp_path / "renewed", ca_name="trading-ops renewal CA")
+    server = tmp_path / "server"
+    server.mkdir()
+    for suffix in ("crt", "key"):
+        shutil.copy(pki.path(f"server.{suffix}"), server / f"bot.{suffix}")
+    web_file = tmp_path / "web.yml"
+    data = web_config(pki, cert_file="server/bot.crt", key_file="server/bot.key")
+    web_file.write_text(yaml.safe_dump(data))
+    client = pki.client_context()
+    client.load_verify_locations(renewed.path("ca.crt"))  # trusts the renewed certificate's CA too
+
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    config = load_web_config(web_file)
+    app = web.Application()
+    app.router.add_get("/metrics", ok)
+    secure_app(app, config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=config.ssl_context).start()
+
+    async def served(basic: tuple[str, str] | None = None) -> tuple[x509.Name, int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        auth = f"Authorization: Basic {b64encode(f'{basic[0]}:{basic[1]}'.encode()).decode()}\r\n" if basic else ""
+        writer.write(f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n".encode())
+        status = int((await reader.readline()).split()[1])
+        writer.close()
+        await writer.wait_closed()
+        return x509.load_der_x509_certificate(der).issuer, status
+
+    def replace(path: Path, content: bytes) -> None:
+        (path.parent / f".{path.name}.new").write_bytes(content)
+        (path.parent / f".{path.name}.new").replace(path)
+
+    try:
+        assert await served() == (x509.load_pem_x509_certificate((pki.dir / "ca.crt").read_bytes()).subject, 200)
+        replace(server / "bot.key", Path(renewed.path("server.key")).read_bytes())
+        replace(server / "bot.crt", Path(renewed.path("server.crt")).read_bytes())
+        renewed_ca = x509.load_pem_x509_certificate(Path(renewed.path("ca.crt")).read_bytes()).subject
+        assert await served() == (renewed_ca, 200)
+        data["basic_auth_users"] = {"alice": bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()}
+        replace(web_file, yaml.safe_dump(data).encode())
+        assert await served() == (renewed_ca, 401)
+        assert await served(("alice", "pw")) == (renewed_ca, 200)
+        replace(server / "bot.key", Path(pki.path("client.key")).read_bytes())  # not the certificate's key
+        assert await served(("alice", "pw")) == (renewed_ca, 200)
+    finally:
+        await runner.cleanup()

@@ -117,6 +117,8 @@ class WebConfig:
     users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     allowed_sans: frozenset[str] | None = None
+    # The files the TLS context was read from (certificate, key, client CA): a change is picked up (Reloader).
+    tls_files: tuple[Path, ...] = ()
     rate_interval: float = 0.0
     rate_burst: int = 0
 
@@ -160,6 +162,12 @@ def load_web_config(path: Path, *, load_files: bool = True) -> WebConfig:
     config.rate_interval, config.rate_burst = _rate_limit(data.get("rate_limit"))
     if tls:
         config.ssl_context, config.allowed_sans = _server_context(tls, path.parent, load_files)
+        names = ("cert_file", "key_file", "client_ca_file")
+        config.tls_files = tuple(
+            Path(_path(tls[n], path.parent)) for n in names if isinstance(tls.get(n), str) and tls[n]
+        )
+        if load_files and config.ssl_context is not None:
+            config.ssl_context.sni_callback = Reloader(config)
     return config
 
 
@@ -327,6 +335,54 @@ def _normal_san(value: str) -> str:
         return value.strip()
 
 
+class Reloader:
+    """Serves renewed certificates without a restart, as the exporter-toolkit does (it rereads the file per request):
+    at each new connection (OpenSSL's ClientHello callback, called with or without SNI), when the web configuration or
+    a certificate, key or CA file it names has changed, the file is read again and the connection, and the next ones,
+    get the new TLS context; basic_auth_users and client_allowed_sans follow. What cannot change on a connection
+    already begun (client_auth_type, the TLS versions) applies from the next restart; a file that no longer loads is
+    logged and the previous context kept (a renewal written half-way must not stop the server)."""
+
+    def __init__(self, config: WebConfig) -> None:
+        self.config = config
+        self.context = config.ssl_context
+        self._stamp = self._stamps()
+
+    def _stamps(self) -> tuple[tuple[int, int] | None, ...]:
+        stamps: list[tuple[int, int] | None] = []
+        for path in (self.config.source, *self.config.tls_files):
+            try:
+                st = path.stat()
+                stamps.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    def __call__(self, connection: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext) -> None:
+        stamp = self._stamps()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._reload()
+        if self.context is not None and connection.context is not self.context:
+            connection.context = self.context
+
+    def _reload(self) -> None:
+        try:
+            fresh = load_web_config(self.config.source)
+        except (OSError, WebConfigError) as exc:
+            log.error("web config %s not reloaded, the previous one stays: %s", self.config.source, exc)
+            return
+        if fresh.ssl_context is None:
+            log.error("web config %s has no tls_server_config any more: restart to serve plain HTTP", fresh.source)
+            return
+        fresh.ssl_context.sni_callback = self
+        self.context = fresh.ssl_context
+        self.config.users, self.config.allowed_sans = fresh.users, fresh.allowed_sans
+        self.config.tls_files = fresh.tls_files
+        self._stamp = self._stamps()
+        log.info("web config %s reloaded (certificates of new connections)", self.config.source)
+
+
 # ---- the configuration's side: which file, loaded for which server ----------------------------------------------
 
 
@@ -468,8 +524,8 @@ def secure_app(app: web.Application, config: WebConfig | None, bearer_routes: tu
         return
     app[WEB_CONFIG_KEY] = config
     guard = _Guard(config, bearer_routes)
-    if config.users or config.allowed_sans is not None or config.rate_interval > 0:
-        app.middlewares.insert(0, guard.middleware)
+    # Always, even without users: a reloaded file may add them (Reloader).
+    app.middlewares.insert(0, guard.middleware)
     if config.headers:
         app.on_response_prepare.append(guard.add_headers)
     app.on_cleanup.append(guard.close)
