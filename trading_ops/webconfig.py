@@ -82,11 +82,20 @@ BASIC_REALM = 'Basic realm="trading-ops"'
 
 class AlertingSSLObject(ssl.SSLObject):
     """asyncio closes a connection whose handshake failed without sending what OpenSSL wrote for the client: the TLS
-    alert that says why ("certificate required", "unknown ca"), so a client (Prometheus) saw only "EOF". The first
-    failure is reported as "want read": asyncio flushes the alert, then the client hangs up (or asyncio's handshake
-    timeout ends it), and a later call raises the failure itself. Set as the server context's sslobject_class."""
+    alert that says why ("certificate required", "unknown ca"), so a client (Prometheus) saw only "EOF". When a failed
+    handshake left an alert to send, the failure is first reported as "want read": asyncio flushes the alert, the
+    client hangs up on it (or asyncio's handshake timeout ends the connection), and a later call raises the failure.
+    A failure with nothing to send (plain HTTP on the TLS port) is raised at once. The server context's
+    sslobject_class (a documented hook: SSLContext.wrap_bio, which asyncio uses, creates one per connection)."""
 
     _failure: ssl.SSLError | None = None
+    _outgoing: ssl.MemoryBIO | None = None
+
+    @classmethod
+    def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: Any, **kwargs: Any) -> Any:
+        obj = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
+        obj._outgoing = outgoing
+        return obj
 
     def do_handshake(self) -> None:
         if self._failure is not None:
@@ -96,6 +105,8 @@ class AlertingSSLObject(ssl.SSLObject):
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
         except ssl.SSLError as exc:
+            if self._outgoing is None or not self._outgoing.pending:
+                raise
             self._failure = exc
             log.debug("TLS handshake refused: %s", exc.reason or exc)
             raise ssl.SSLWantReadError("handshake failed: the alert goes out first") from exc
