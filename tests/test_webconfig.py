@@ -952,3 +952,56 @@ async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path,
         assert await served(("alice", "pw")) == (renewed_ca, 200)
     finally:
         await runner.cleanup()
+
+
+async def test_a_ccxt_bot_trades_with_a_gateway_over_mutual_tls(tmp_path: Path, pki: Pki) -> None:
+    """The paper gateway behind mutual TLS: a ccxt exchange built from the configuration with ccxt.tls (the CA, the
+    bot's client certificate) signs and sends a private call (balances); without ccxt.tls, certifi's bundle does not
+    know the gateway's CA and the call fails on the certificate."""
+    import ccxt.async_support as ccxt_async
+
+    from trading_ops.config import load_config
+    from trading_ops.venues.ccxt import make_exchange
+
+    path = _config_with(tmp_path, pki, web_config(pki), "paper-gateway")
+    data = yaml.safe_load(path.read_text())
+    base = f"https://127.0.0.1:{data['gateway']['listen']['port']}"
+    log = tmp_path / "gateway.log"
+    process = start([*TRADING_OPS, "--config", str(path), "paper-gateway"], log)
+    try:
+        until(
+            f"the gateway serving TLS\n{tails([log])}",
+            lambda: request(f"{base}/0/public/Time", pki.client_context())[0] == 200,
+            deadline=60,
+            tolerate=(OSError, http.client.HTTPException),
+        )
+        data["ccxt"] = {
+            "exchange": "kraken",
+            "api_key_file": data["gateway"]["api_key_file"],
+            "api_secret_file": data["gateway"]["api_secret_file"],
+            "urls": {"public": base, "private": base},
+            "tls": {
+                "ca_file": pki.path("ca.crt"),
+                "cert_file": pki.path("client.crt"),
+                "key_file": pki.path("client.key"),
+            },
+        }
+        path.write_text(yaml.safe_dump(data))
+        exchange = make_exchange(load_config(path))
+        try:
+            balance = await exchange.fetch_balance()
+        finally:
+            await exchange.close()
+        assert balance["total"], balance
+        del data["ccxt"]["tls"]
+        path.write_text(yaml.safe_dump(data))
+        exchange = make_exchange(load_config(path))
+        try:
+            with pytest.raises(ccxt_async.NetworkError) as refused:
+                await exchange.fetch_balance()
+            cause = refused.value.__cause__ or refused.value.__context__
+            assert "certificate" in repr(cause).lower(), repr(cause)
+        finally:
+            await exchange.close()
+    finally:
+        stop([process])

@@ -894,6 +894,9 @@ class CcxtConfig:
     enable_rate_limit: bool = True
     # Base-asset balances that are not the bot's (spot positions are the balance less this).
     position_baseline: dict[str, float] = field(default_factory=dict)
+    # TLS to an https venue whose certificate is not in ccxt's CA bundle (certifi), e.g. a paper gateway with a
+    # web_config_file: the CA to verify it with, and a client certificate if it asks for one (mutual TLS).
+    tls: TLSClientConfig = field(default_factory=TLSClientConfig)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         if not self.symbols:

@@ -72,12 +72,13 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.webconfig import client_ssl_context, server_web_config
 
     config.database_url()
-    # Every server's web_config_file and the reconciler's client TLS, as the servers load them at start (certificates
-    # and keys are read unless --no-secrets).
+    # Every server's web_config_file and the clients' TLS (reconciler, ccxt), as they are loaded at start
+    # (certificates and keys are read unless --no-secrets).
     load = not args.no_secrets
     for key, listen in web_servers(config):
         server_web_config(config, listen, key, load_files=load)
     client_ssl_context(config, config.reconciler.tls, "reconciler.tls", load_files=load)
+    client_ssl_context(config, config.ccxt.tls, "ccxt.tls", load_files=load)
     if not args.no_secrets:
         token = resolve_secret(config, config.bot, "control_token", "bot.control_token")
         if not token:
