@@ -563,6 +563,7 @@ BAD_CONFIGS = [
     ),
     ("a password, not a hash", {"basic_auth_users": {"alice": "secret"}}, "basic_auth_users.alice: expected a bcrypt"),
     ("not YAML", "tls_server_config: [", "not valid YAML"),
+    ("not text", b"tls_server_config: \xff\n", "not UTF-8 text"),
 ]
 
 
@@ -585,7 +586,10 @@ def _config_with(tmp_path: Path, pki: Pki, web: Any, server: str) -> Path:
     written beside the test's certificates (relative paths in it resolve there). The freqtrade sidecar watches a
     freqtrade that is not there (it serves regardless: /healthz says so)."""
     web_file = pki.dir / f"web-{tmp_path.name}.yml"
-    web_file.write_text(web if isinstance(web, str) else yaml.safe_dump(web))
+    if isinstance(web, bytes):
+        web_file.write_bytes(web)
+    else:
+        web_file.write_text(web if isinstance(web, str) else yaml.safe_dump(web))
     token = str(tmp_path / "token")
     (tmp_path / "token").write_text(f"{CONTROL_TOKEN}\n")
     (tmp_path / "gateway-secret").write_text(b64encode(b"gateway-test-secret").decode())

@@ -144,7 +144,10 @@ WEB_CONFIG_KEY = web.AppKey("web_config", WebConfig)
 def load_web_config(path: Path, *, load_files: bool = True) -> WebConfig:
     """Parse and validate the file at `path`; with `load_files`, also read its certificates and keys into the TLS
     context. Raises WebConfigError naming the key inside the file, OSError when the file cannot be read."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise WebConfigError("", "not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
