@@ -190,6 +190,19 @@ def _check_database_url(value: str, *, in_file: bool) -> str | None:
 class ListenConfig:
     host: str = checked("127.0.0.1", _check_host)
     port: int = bounded(9101, min=0, max=65535)
+    # The Prometheus exporter-toolkit web configuration (tls_server_config incl. mutual TLS, basic_auth_users with
+    # bcrypt hashes; relative to this file): empty = plain HTTP. See trading_ops/webconfig.py and the README.
+    web_config_file: str = ""
+
+
+@dataclass
+class TLSClientConfig:
+    """TLS of a client (Prometheus's tls_config, in short): the CA its servers' certificates are verified against
+    (empty: the system's), and a certificate and key for servers that ask for one (mutual TLS)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
 
 @dataclass
@@ -547,6 +560,8 @@ class ReconcilerConfig:
     retention_days: int = bounded(30, min=1, max=36500)
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    # TLS of every request the reconciler sends to an https URL: bots' control APIs, Prometheus, Alertmanager.
+    tls: TLSClientConfig = field(default_factory=TLSClientConfig)
     # Bot instance (the `instance` label of its alerts) -> its control API.
     targets: dict[str, TargetConfig] = field(default_factory=dict)
 
@@ -892,6 +907,9 @@ class CcxtConfig:
     enable_rate_limit: bool = True
     # Base-asset balances that are not the bot's (spot positions are the balance less this).
     position_baseline: dict[str, float] = field(default_factory=dict)
+    # TLS to an https venue whose certificate is not in ccxt's CA bundle (certifi), e.g. a paper gateway with a
+    # web_config_file: the CA to verify it with, and a client certificate if it asks for one (mutual TLS).
+    tls: TLSClientConfig = field(default_factory=TLSClientConfig)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         if not self.symbols:

@@ -18,8 +18,9 @@ from trading_ops.bot.collectors import EventLoopLagMonitor, ResourceCollector, r
 from trading_ops.bot.control import ControlPlane
 from trading_ops.bot.data_dir_size import DataDirSize
 from trading_ops.bot.metrics import PREFIX, BotMetrics
-from trading_ops.bot.server import create_app
+from trading_ops.bot.server import BEARER_ROUTES, create_app
 from trading_ops.bot.state import StateMachine, TradingState
+from trading_ops.webconfig import WebConfig, app_ssl_context, describe, secure_app
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,9 @@ class Instrumentation:
     def create_app(self) -> web.Application:
         return create_app(self)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 9101) -> int:
+    async def start(self, host: str = "127.0.0.1", port: int = 9101, web_config: WebConfig | None = None) -> int:
         """Start the event-loop lag monitor, the data directory's measurement and the HTTP server (loopback by
-        default); returns the bound port."""
+        default; TLS and basic auth per `web_config`, a loaded web_config_file); returns the bound port."""
         if self._tune_switch_interval and sys.getswitchinterval() > GIL_SWITCH_INTERVAL_SECONDS:
             # Opted in (see the class docstring): bound how long the /metrics thread holds the event loop.
             self._previous_switch_interval = sys.getswitchinterval()
@@ -153,14 +154,22 @@ class Instrumentation:
         self.lag.start()
         if self.data_dir_size is not None:
             self.data_dir_size.start()
-        self._runner = web.AppRunner(self.create_app(), access_log=None, handle_signals=False)
+        app = self.create_app()
+        secure_app(app, web_config, BEARER_ROUTES)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=app_ssl_context(app))
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info("bot HTTP server on http://%s:%s (/metrics, /healthz, /readyz, /control)", host, self.port)
+        log.info(
+            "bot HTTP server on %s://%s:%s (/metrics, /healthz, /readyz, /control; %s)",
+            web_config.scheme if web_config is not None else "http",
+            host,
+            self.port,
+            describe(web_config),
+        )
         return int(self.port)
 
     async def stop(self) -> None:

@@ -40,6 +40,7 @@ from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.db.base import make_engine
 from trading_ops.durations import parse_duration
 from trading_ops.tasks import stop_tasks
+from trading_ops.webconfig import server_web_config
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ class BotRuntime:
         token = token if token is not None else control_token(config)
         if not token:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
+        # TLS and basic auth of the bot's server: a bad web_config_file is a configuration error before anything runs.
+        self.web_config = server_web_config(config, bot.listen, "bot.listen")
         self.symbols = list(symbols)
         self.quote_asset = quote_asset
         self.loop_interval = bot.loop_interval_seconds if loop_interval is None else loop_interval
@@ -413,7 +416,7 @@ class BotRuntime:
         await self.order_engine.restore_book()
         await self.peak_journal.load(self.risk.wall())
         await self._restore_loss_halt()
-        bound = await self.inst.start(host, port)
+        bound = await self.inst.start(host, port, self.web_config)
         oe = self.order_engine
         events = BrokerEvents(
             on_order=oe.on_order,

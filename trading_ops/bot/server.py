@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 MAX_CONTROL_BODY_BYTES = 64 * 1024
 # Commands are counted by name only when known, so a caller cannot grow the label set.
 UNKNOWN_COMMAND_LABEL = "unknown"
+# Routes that check a bearer token themselves: a web configuration's basic auth covers every other route.
+BEARER_ROUTES = ("/control/",)
 
 
 def create_app(instrumentation: Any) -> web.Application:

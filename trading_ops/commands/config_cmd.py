@@ -69,7 +69,16 @@ def config_source(args: argparse.Namespace) -> str:
 
 
 def check_config(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.webconfig import client_ssl_context, server_web_config
+
     config.database_url()
+    # Every server's web_config_file and the clients' TLS (reconciler, ccxt), as they are loaded at start
+    # (certificates and keys are read unless --no-secrets).
+    load = not args.no_secrets
+    for key, listen in web_servers(config):
+        server_web_config(config, listen, key, load_files=load)
+    client_ssl_context(config, config.reconciler.tls, "reconciler.tls", load_files=load)
+    client_ssl_context(config, config.ccxt.tls, "ccxt.tls", load_files=load)
     if not args.no_secrets:
         token = resolve_secret(config, config.bot, "control_token", "bot.control_token")
         if not token:
@@ -80,6 +89,14 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
             )
     print(f"configuration ok ({config_source(args)})")
     return 0
+
+
+def web_servers(config: Config) -> list[tuple[str, Any]]:
+    """(key, listen section) of every HTTP server the configuration describes."""
+    servers = [("bot.listen", config.bot.listen), ("reconciler.listen", config.reconciler.listen)]
+    servers += [(f"freqtrade.targets.{n}.listen", t.listen) for n, t in config.freqtrade.targets.items()]
+    servers.append(("gateway.listen", config.gateway.listen))
+    return servers
 
 
 def _secret(config: Config, section: Any, name: str, key: str) -> dict[str, str]:

@@ -292,9 +292,13 @@ class Maintenance:
 async def with_maintenance(
     config: Config, engine: Engine | None = None
 ) -> tuple[Maintenance, aiohttp.ClientSession, Engine]:
-    """A Maintenance with its own HTTP session (and engine unless given); the caller closes both."""
+    """A Maintenance with its own HTTP session (and engine unless given); the caller closes both. The session speaks
+    to bots and Alertmanager as the reconciler does: with reconciler.tls."""
+    from trading_ops.webconfig import client_ssl_context
+
+    tls = client_ssl_context(config, config.reconciler.tls, "reconciler.tls")
     owned = engine or make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
-    session = aiohttp.ClientSession()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True))
     return Maintenance(config, owned, session), session, owned
 
 

@@ -54,6 +54,7 @@ from trading_ops.reconciler.processes import make_owner
 from trading_ops.reconciler.retention import Pruner, ledger_retention
 from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.tasks import stop_tasks
+from trading_ops.webconfig import client_ssl_context, secure_app, server_web_config
 
 log = logging.getLogger(__name__)
 # GET /api/v1/episodes: `limit` between 1 and MAX_LIST (50 when not given), `state` one of the ledger's states.
@@ -62,6 +63,9 @@ DEFAULT_LIST = 50
 KNOWN_STATES = (*OPEN_STATES, *CLOSED_STATES)
 # An episode id is a positive INTEGER of the ledger (32 bits on PostgreSQL): a number past it names no episode and
 # must not reach the database, where it overflows (a 500). Not a number at all: a 400.
+# Routes that check a bearer token themselves (the webhook, the episode API): a web configuration's basic auth covers
+# every other route (/metrics, /healthz, /readyz).
+BEARER_ROUTES = ("/api/",)
 EPISODE_ID_RE = re.compile(r"^[0-9]{1,40}$")
 MAX_EPISODE_ID = 2**31 - 1
 
@@ -78,8 +82,13 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     read_token = resolve_secret(config, rc, "read_token", "reconciler.read_token")
     if read_token and hmac.compare_digest(read_token.encode(), token.encode()):
         raise ConfigError("reconciler.read_token", "must differ from the webhook token (reconciler.token)")
+    web_config = server_web_config(config, rc.listen, "reconciler.listen")
+    client_tls = client_ssl_context(config, rc.tls, "reconciler.tls")
     app = web.Application(client_max_size=rc.max_body_bytes)
+    secure_app(app, web_config, BEARER_ROUTES)
     app[keys.CONFIG] = config
+    if client_tls is not None:
+        app[keys.CLIENT_TLS] = client_tls
     app[keys.REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[keys.METRICS] = ReconcilerMetrics(app[keys.REGISTRY])
     # Backups and upkeep run from the CLI and the schedule; their records on disk are exported here.
@@ -153,7 +162,9 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def clients_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with aiohttp.ClientSession() as session:
+    """One session for every request the reconciler sends (bots, Prometheus, Alertmanager), with reconciler.tls."""
+    tls = app.get(keys.CLIENT_TLS)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True)) as session:
         app[keys.SESSION] = session
         yield
 

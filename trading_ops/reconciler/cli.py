@@ -149,13 +149,21 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     from aiohttp import web
 
     from trading_ops.reconciler.app import create_app, freeze_startup_heap
+    from trading_ops.webconfig import WEB_CONFIG_KEY, app_ssl_context, describe
 
     app = create_app(config)
     app.on_startup.append(freeze_startup_heap)
     environment_for_steps(args.config)
     listen = config.reconciler.listen
-    logging.getLogger(__name__).info("reconciler listening on http://%s:%d", listen.host, listen.port)
-    web.run_app(app, host=listen.host, port=listen.port, print=None, access_log=None)
+    tls = app_ssl_context(app)
+    logging.getLogger(__name__).info(
+        "reconciler listening on %s://%s:%d (%s)",
+        "https" if tls is not None else "http",
+        listen.host,
+        listen.port,
+        describe(app.get(WEB_CONFIG_KEY)),
+    )
+    web.run_app(app, host=listen.host, port=listen.port, ssl_context=tls, print=None, access_log=None)
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import aiohttp
 from aiohttp import web
@@ -32,5 +33,7 @@ ENGINE = web.AppKey("engine", Engine)
 DEADMAN = web.AppKey("deadman", DeadMansSwitch)
 MAINTENANCE = web.AppKey("maintenance", MaintenanceWatcher)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+# reconciler.tls (CA, client certificate) for its session; absent when not configured.
+CLIENT_TLS = web.AppKey("client_tls", ssl.SSLContext)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 TASKS = web.AppKey("tasks", list[asyncio.Task[None]])

@@ -57,6 +57,7 @@ from trading_ops.bot.broker import (
 )
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.tasks import stop_tasks
+from trading_ops.webconfig import client_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -698,6 +699,9 @@ def make_exchange(config: Config) -> ccxt_async.Exchange:
     if c.urls:
         settings["urls"] = {"api": dict(c.urls)}
     exchange: ccxt_async.Exchange = getattr(ccxt_async, c.exchange)(settings)
+    tls = client_ssl_context(config, c.tls, "ccxt.tls")
+    if tls is not None:
+        exchange.ssl_context = tls  # ccxt's session takes it instead of certifi's bundle
     return exchange
 
 

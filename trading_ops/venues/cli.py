@@ -48,14 +48,20 @@ def register(sub: Any) -> None:
 def run_gateway(args: argparse.Namespace, config: Config) -> int:
     from aiohttp import web
 
-    from trading_ops.venues.kraken_gateway import create_app, gateway_from_config
+    from trading_ops.venues.kraken_gateway import BEARER_ROUTES, create_app, gateway_from_config
+    from trading_ops.webconfig import describe, secure_app, server_web_config
 
     gateway = gateway_from_config(config)  # configuration problems first
     listen = config.gateway.listen
+    web_config = server_web_config(config, listen, "gateway.listen")
     host = args.host or listen.host
     port = listen.port if args.port is None else args.port
-    log.info("paper gateway (Kraken REST) on http://%s:%d", host, port)
-    web.run_app(create_app(gateway), host=host, port=port, print=None, access_log=None)
+    scheme = web_config.scheme if web_config is not None else "http"
+    log.info("paper gateway (Kraken REST) on %s://%s:%d (%s)", scheme, host, port, describe(web_config))
+    app = create_app(gateway)
+    secure_app(app, web_config, BEARER_ROUTES)
+    ssl_context = web_config.ssl_context if web_config is not None else None
+    web.run_app(app, host=host, port=port, ssl_context=ssl_context, print=None, access_log=None)
     return 0
 
 

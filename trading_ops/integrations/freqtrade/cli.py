@@ -92,8 +92,15 @@ async def serve(config: Config, sidecars: list[Any]) -> None:
 
     from aiohttp import web
 
+    from trading_ops.bot.server import BEARER_ROUTES
     from trading_ops.integrations.freqtrade.app import create_app
+    from trading_ops.webconfig import describe, secure_app, server_web_config
 
+    # Every target's web configuration first: a bad one is a configuration error before any sidecar serves.
+    web_configs = {
+        s.name: server_web_config(config, config.freqtrade.targets[s.name].listen, f"freqtrade.targets.{s.name}.listen")
+        for s in sidecars
+    }
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,22 +110,28 @@ async def serve(config: Config, sidecars: list[Any]) -> None:
     try:
         for sidecar in sidecars:
             listen = config.freqtrade.targets[sidecar.name].listen
-            runner = web.AppRunner(create_app(sidecar), access_log=None)
+            web_config = web_configs[sidecar.name]
+            app = create_app(sidecar)
+            secure_app(app, web_config, BEARER_ROUTES)
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             runners.append(runner)
+            ssl_context = web_config.ssl_context if web_config is not None else None
             try:
-                await web.TCPSite(runner, listen.host, listen.port).start()
+                await web.TCPSite(runner, listen.host, listen.port, ssl_context=ssl_context).start()
             except OSError as exc:
                 raise ConfigError(
                     f"freqtrade.targets.{sidecar.name}.listen",
                     f"cannot listen on {listen.host}:{listen.port}: {exc.strerror}",
                 ) from exc
             log.info(
-                "freqtrade sidecar %s: %s -> http://%s:%d",
+                "freqtrade sidecar %s: %s -> %s://%s:%d (%s)",
                 sidecar.name,
                 sidecar.poller.client.base,
+                web_config.scheme if web_config is not None else "http",
                 listen.host,
                 listen.port,
+                describe(web_config),
             )
         await stop.wait()
     finally:
