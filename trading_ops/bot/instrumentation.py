@@ -90,6 +90,7 @@ class Instrumentation:
         # directory the bot names is walked (never a working directory that happens to be the default).
         self.data_dir_size = DataDirSize(data_dir, data_dir_exclude) if data_dir is not None else None
         self._readiness: dict[str, ReadinessCheck] = {}
+        self._liveness: dict[str, ReadinessCheck] = {}
         self._started = time.monotonic()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -123,8 +124,28 @@ class Instrumentation:
             results[name] = {"ok": ok, "detail": detail}
         return all(r["ok"] for r in results.values()), results
 
+    def add_health_check(self, name: str, check: ReadinessCheck) -> None:
+        """`check()` returns (ok, detail); /healthz is 200 only when the loop makes progress and every check is ok."""
+        self._liveness[name] = check
+
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Alive and the trading loop completing iterations within the heartbeat timeout."""
+        """Alive: the trading loop completing iterations within the heartbeat timeout, and every health check ok."""
+        healthy, detail = self.loop_health()
+        for name, check in self._liveness.items():
+            try:
+                ok, why = check()
+            except Exception as exc:
+                log.exception("health check %s failed", name)
+                ok, why = False, f"check raised {exc!r}"
+            detail[name] = {"ok": ok, "detail": why}
+            if not ok:
+                healthy = False
+                if detail["status"] == "ok":
+                    detail["status"] = f"{name}: {why}"
+        return healthy, detail
+
+    def loop_health(self) -> tuple[bool, dict[str, Any]]:
+        """The trading loop completing iterations within the heartbeat timeout (or the bot just started)."""
         age = self.metrics.heartbeat_age()
         detail: dict[str, Any] = {
             "heartbeat_age_seconds": age,

@@ -23,6 +23,7 @@ from trading_ops.bot.heartbeat import CrashFound, Heartbeat
 from trading_ops.bot.instance_lock import InstanceLock
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.bot.journal import Journal
+from trading_ops.bot.journal_health import JournalHealth
 from trading_ops.bot.kill_switch import KillSwitch
 from trading_ops.bot.orders import OrderEngine
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
@@ -196,7 +197,9 @@ class BotRuntime:
         )
         self.metrics = self.inst.metrics
         self.broker: Broker = broker if isinstance(broker, Broker) or not callable(broker) else broker()
-        self.journal = Journal(self.engine, bot.name, bot.venue)
+        self.journal = Journal(
+            self.engine, bot.name, bot.venue, JournalHealth(venue=bot.venue, registry=self.inst.registry)
+        )
         self.trade_lock = TradeLock()
         limits = risk_limits(config) if limits is None else limits
         if not limits.daily_loss:
@@ -254,6 +257,7 @@ class BotRuntime:
             self.metrics,
             rec,
         )
+        self.journal.health.add_listener(self.schedule.journal_changed)
         self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
         self._stop_reason = "stop"
         self._stopped = False
@@ -305,9 +309,10 @@ class BotRuntime:
         return age is None or age > self.config.bot.market_data_stale_seconds
 
     def loop_progressing(self) -> bool:
-        """What /healthz checks: the trading loop completed an iteration within the heartbeat timeout, or the bot
-        started less than that ago (the first iteration may still be under way: not a stall)."""
-        return self.inst.health()[0]
+        """What /healthz checks first (and the heartbeat and systemd's watchdog only): the trading loop completed an
+        iteration within the heartbeat timeout, or the bot started less than that ago (the first iteration may still
+        be under way: not a stall)."""
+        return self.inst.loop_health()[0]
 
     def hang(self, seconds: float) -> None:
         """Fault injection: the trading loop makes no progress for `seconds`."""
@@ -334,13 +339,30 @@ class BotRuntime:
                 return False, f"startup reconciliation not passed: {last['result']}"
             if self.reconnect_reconciliation_pending:
                 return False, f"no reconciliation passed since the orders channel reconnected (last: {last['result']})"
-            if last["result"] in (Result.FAILED, Result.HALTED):
-                return False, f"last run {last['run_id']} {last['result']}"
+            if last["result"] in (Result.FAILED, Result.HALTED, Result.UNKNOWN):
+                why = f": {last['error']}" if last["result"] == Result.UNKNOWN else ""
+                return False, f"last run {last['run_id']} {last['result']}{why}"
             return True, f"run {last['run_id']} {last['result']} at {last['finished_at']}"
+
+        def journal() -> tuple[bool, str]:
+            health = self.journal.health
+            if health.failing:
+                return False, f"cannot be written for {health.failing_for():.1f} s ({health.reason}): {health.error}"
+            if self.gate.journal_reconcile_pending:
+                return False, "written again; no reconciliation passed since"
+            return True, "writable"
+
+        def journal_alive() -> tuple[bool, str]:
+            health, timeout = self.journal.health, self.config.bot.journal_failure_timeout_seconds
+            if health.failing_for() > timeout:
+                return False, f"journal cannot be written for {health.failing_for():.1f} s (over {timeout:g} s)"
+            return True, "writable" if not health.failing else f"failing for {health.failing_for():.1f} s"
 
         self.inst.add_readiness_check("broker", broker)
         self.inst.add_readiness_check("market_data", market_data)
         self.inst.add_readiness_check("reconciliation", reconciliation)
+        self.inst.add_readiness_check("journal", journal)
+        self.inst.add_health_check("journal", journal_alive)
 
     def _journal_transition(self, before: TradingState, after: TradingState, reason: str) -> None:
         """Every change of trading state goes to the journal with its reason (a loss-limit halt is found there at
@@ -628,6 +650,7 @@ class BotRuntime:
             await asyncio.sleep(self.loop_interval)
 
     async def _after_step(self) -> None:
+        await self._probe_journal()
         await self.kill_switch.after_step()
         headroom = self.broker.rate_limit_headroom()
         if headroom is not None:
@@ -646,6 +669,14 @@ class BotRuntime:
             and not self.orders
         ):
             self.inst.state.apply("flatten_done", reason="all positions closed")
+
+    async def _probe_journal(self) -> None:
+        """A step in which no journal write landed writes the heartbeat: a journal that cannot be written is known
+        (/readyz, the gate) within one loop step whatever the strategy did, and known writable again as soon."""
+        health = self.journal.health
+        age = health.last_write_age()
+        if health.failing or age is None or age > self.loop_interval:
+            await self.heartbeat.beat()
 
     # -- what other parts call ------------------------------------------------------------------------
     async def halt(self, reason: str) -> None:
