@@ -204,6 +204,7 @@ class _ReadyCollector(Collector):
         ready, _ = self._inst.readiness()
         yield GaugeMetricFamily(
             f"{PREFIX}_ready",
-            "1 when the bot is ready to trade: broker connected, market data fresh and reconciliation passed.",
+            "1 when the bot is ready to trade: every /readyz check passes (a bot on the runtime: broker connected, "
+            "market data fresh, reconciliation passed, journal writable).",
             1 if ready else 0,
         )
