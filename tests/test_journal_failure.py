@@ -36,9 +36,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from system_binaries import REPO_ROOT, require_binary
 
-from tests.paper_helpers import TOKEN, control, fast_config, get, wait_for
+from tests.paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
 from tests.ports import free_port
 from trading_ops.bot.reconciliation import Trigger
+from trading_ops.bot.runtime import BotRuntime
 from trading_ops.config import Config
 from trading_ops.db import migrate
 from trading_ops.db.models import Order
@@ -54,11 +55,11 @@ def measured(what: str, seconds: float) -> None:
     print(f"\nMEASURED {what}: {seconds:.2f} s")
 
 
-def sample(bot: PaperBot, name: str, **labels: str) -> float:
+def sample(bot: BotRuntime, name: str, **labels: str) -> float:
     return bot.inst.registry.get_sample_value(name, labels) or 0.0
 
 
-def submitted(bot: PaperBot) -> float:
+def submitted(bot: BotRuntime) -> float:
     return sum(
         s.value
         for f in bot.inst.registry.collect()
@@ -68,28 +69,28 @@ def submitted(bot: PaperBot) -> float:
     )
 
 
-async def readiness(bot: PaperBot) -> tuple[int, dict[str, Any]]:
+async def readiness(bot: BotRuntime) -> tuple[int, dict[str, Any]]:
     status, body = await get(bot.port, "/readyz")  # type: ignore[attr-defined]
     return status, json.loads(body)
 
 
-async def journal_not_ready(bot: PaperBot) -> bool:
+async def journal_not_ready(bot: BotRuntime) -> bool:
     status, body = await readiness(bot)
     return status == 503 and not body["checks"]["journal"]["ok"]
 
 
-async def ready(bot: PaperBot) -> bool:
+async def ready(bot: BotRuntime) -> bool:
     return (await readiness(bot))[0] == 200
 
 
-async def orders_stopped(bot: PaperBot) -> None:
+async def orders_stopped(bot: BotRuntime) -> None:
     """No order leaves over twenty loop steps (the journal's failure is already known)."""
     before, steps = submitted(bot), sample(bot, "tradingbot_loop_iterations_total")
     await wait_for(lambda: sample(bot, "tradingbot_loop_iterations_total") > steps + 20, timeout=30)
     assert submitted(bot) == before
 
 
-async def check_reconciled_before_trading(bot: PaperBot, fixed_at: datetime) -> None:
+async def check_reconciled_before_trading(bot: BotRuntime, fixed_at: datetime) -> None:
     """The first order journaled after the fault was fixed follows a passing reconciliation that ended after the fix
     (orders journaled between the fault and the first failed write are not it: a filesystem fills while the journal
     still writes into space it holds)."""
@@ -107,7 +108,7 @@ async def check_reconciled_before_trading(bot: PaperBot, fixed_at: datetime) -> 
     assert passed, (first.isoformat(), [(r.trigger, r.result, r.finished_at.isoformat()) for r in runs[-5:]])
 
 
-async def check_journal_agrees_with_the_venue(bot: PaperBot, before: set[str]) -> None:
+async def check_journal_agrees_with_the_venue(bot: BotRuntime, before: set[str]) -> None:
     """Nothing journaled before the fault is lost, nothing is journaled twice, and the journal holds the venue's
     positions (with trading paused and nothing working, a reconciliation finds nothing)."""
     assert (await control(bot.port, "pause"))[0] == 200  # type: ignore[attr-defined]
@@ -473,3 +474,54 @@ async def test_a_positions_query_that_fails_never_changes_the_journals_positions
         assert (await readiness(bot))[1]["checks"]["reconciliation"]["ok"]
     finally:
         await bot.stop()
+
+
+async def test_an_idle_bot_knows_within_a_loop_step_that_its_database_is_gone(tmp_path: Path, cluster: Cluster) -> None:
+    """A bot that writes nothing on its own (a strategy that places no order) still learns within one loop step that
+    its PostgreSQL journal is gone: a step in which no write landed probes the journal (a heartbeat write). Counted in
+    loop iterations, not seconds: the journal is failing before the loop has completed two steps after the stop. Back,
+    it is ready again after a reconciliation of its own (trigger `journal`)."""
+    config = fast_config(tmp_path)
+    config.database.url = cluster.create_database("journal_idle")
+    config.recovery.heartbeat_interval_seconds = 60.0  # the heartbeat task alone would take a minute
+    venue = make_venue(config)
+    bot = BotRuntime(
+        config,
+        venue,
+        IdleStrategy(),
+        symbols=config.paper.symbols,
+        token=TOKEN,
+        registry=CollectorRegistry(),
+        venue_task=venue.run,
+        loop_interval=0.2,
+    )
+    bot.port = port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+    steps_at_failure: list[float] = []
+    bot.journal.health.add_listener(
+        lambda reason: steps_at_failure.append(sample(bot, "tradingbot_loop_iterations_total")) if reason else None
+    )
+    stopped = False
+    try:
+        await wait_for(lambda: ready(bot), timeout=30)
+        await asyncio.to_thread(cluster.stop)
+        stopped = True
+        steps_at_stop = sample(bot, "tradingbot_loop_iterations_total")
+        started = time.monotonic()
+        await wait_for(lambda: journal_not_ready(bot), timeout=30, interval=0.005)
+        measured("PostgreSQL stopped (idle bot, 0.2 s loop) -> /readyz failing", time.monotonic() - started)
+        assert steps_at_failure and steps_at_failure[0] <= steps_at_stop + 1, (steps_at_stop, steps_at_failure)
+        assert bot.journal.health.reason == "database_unavailable"
+        runs = sample(bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="journal", result="clean")
+        await asyncio.to_thread(cluster.start)
+        stopped = False
+        await wait_for(lambda: ready(bot), timeout=60)
+        assert (
+            sample(bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="journal", result="clean") > runs
+        )
+        assert not bot.gate.journal_reconcile_pending
+        assert (await get(port, "/healthz"))[0] == 200
+    finally:
+        if stopped:
+            await asyncio.to_thread(cluster.start)
+        await bot.stop()
+        bot.engine.dispose()

@@ -726,6 +726,12 @@ class BotRuntime:
             "risk_limits": {name: self.risk.limits.value(name) for name in LIMITS if self.risk.limits.value(name)},
             "trading_allowed": self.trading_allowed,
             "reconnect_reconciliation_pending": self.reconnect_reconciliation_pending,
+            "journal": {
+                "writable": not self.journal.health.failing,
+                "reason": self.journal.health.reason,
+                "failing_seconds": round(self.journal.health.failing_for(), 3),
+                "reconciliation_pending": self.gate.journal_reconcile_pending,
+            },
             "next_reconciliation_seconds": self.next_reconciliation_delay(),
             "reconciliation": {
                 k: v
