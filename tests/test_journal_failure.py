@@ -344,6 +344,15 @@ class Cluster:
         except (OSError, ValueError, IndexError):
             return None
 
+    def advisory_lock_holders(self) -> list[str]:
+        """The application names of the sessions holding an advisory lock (the bots' single-instance locks)."""
+        query = (
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted"
+        )
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres") as c:
+            return [row[0] for row in c.execute(query)]
+
     def create_database(self, name: str) -> str:
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
             c.execute(f'CREATE DATABASE "{name}"')
@@ -392,8 +401,8 @@ async def test_a_stopped_postgresql_stops_orders_and_the_bot_reconnects_reconcil
 ) -> None:
     """The journal on PostgreSQL, the demo strategy trading: the database is stopped (pg_ctl stop -m fast). /readyz
     fails its `journal` check (database_unavailable) and no order leaves. The database is started again: with no
-    restart of the bot, its connections are re-established, it reconciles and trades again; every fill journaled
-    before the stop is still there and none is journaled twice."""
+    restart of the bot, its connections are re-established (its single-instance advisory lock too), it reconciles and
+    trades again; every fill journaled before the stop is still there and none is journaled twice."""
     config = fast_config(tmp_path)
     config.database.url = cluster.create_database("journal_stop")
     bot = start_bot(config)
@@ -419,6 +428,9 @@ async def test_a_stopped_postgresql_stops_orders_and_the_bot_reconnects_reconcil
         measured("PostgreSQL back -> first order out again", time.monotonic() - back)
         await wait_for(lambda: ready(bot), timeout=30)
         assert (await get(port, "/healthz"))[0] == 200
+        # The single-instance advisory lock went with the session the stop ended: the bot holds it again.
+        await wait_for(lambda: asyncio.to_thread(cluster.advisory_lock_holders), timeout=30)
+        assert all(h.startswith("trading-ops paper-1 pid") for h in cluster.advisory_lock_holders())
         await check_reconciled_before_trading(bot, fixed_at)
         await check_journal_agrees_with_the_venue(bot, before)
     finally:

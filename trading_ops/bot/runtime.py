@@ -20,7 +20,7 @@ from trading_ops.bot.control import SOURCE_RISK
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.gate import OrderGate
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
-from trading_ops.bot.instance_lock import InstanceLock
+from trading_ops.bot.instance_lock import AnotherInstanceRunning, InstanceLock
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.journal_health import JournalHealth
@@ -258,6 +258,7 @@ class BotRuntime:
             rec,
         )
         self.journal.health.add_listener(self.schedule.journal_changed)
+        self.journal.health.add_listener(self._journal_changed)
         self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
         self._stop_reason = "stop"
         self._stopped = False
@@ -684,6 +685,24 @@ class BotRuntime:
         if self.inst.state.state is not TradingState.HALTED:
             self.metrics.control_command("halt", SOURCE_RISK)
         await self.kill_switch.halt(reason)
+
+    def _journal_changed(self, reason: str | None) -> None:
+        """The journal is writable again: a PostgreSQL that was away took the single-instance advisory lock with the
+        session that held it, so it is taken again (another process holding it by now halts this one)."""
+        if reason is not None or self.instance_lock.engine is None or self._stopped:
+            return
+        task = asyncio.get_running_loop().create_task(self._keep_instance_lock(), name="instance-lock")
+        self._journal_writes.add(task)
+        task.add_done_callback(self._journal_writes.discard)
+
+    async def _keep_instance_lock(self) -> None:
+        try:
+            await self.journal.call(self.instance_lock.keep_database_lock)
+        except AnotherInstanceRunning as exc:
+            log.error("%s: halting, two instances must not trade one account", exc)
+            await self.halt(f"single-instance lock lost: {exc}"[:200])
+        except Exception as exc:  # the database is away again: its next return tries again
+            log.warning("taking the advisory lock again failed: %s", exc)
 
     def _lost_reply(self) -> None:
         self.schedule.lost_reply()
