@@ -38,6 +38,7 @@ from system_binaries import REPO_ROOT, require_binary
 
 from tests.paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
 from tests.ports import free_port
+from trading_ops.bot.broker import OrderType, Side
 from trading_ops.bot.reconciliation import Trigger
 from trading_ops.bot.runtime import BotRuntime
 from trading_ops.config import Config
@@ -537,3 +538,69 @@ async def test_an_idle_bot_knows_within_a_loop_step_that_its_database_is_gone(tm
             await asyncio.to_thread(cluster.start)
         await bot.stop()
         bot.engine.dispose()
+
+
+async def test_the_order_gate_while_the_journal_cannot_be_written_and_until_a_reconciliation_passed(
+    tmp_path: Path,
+) -> None:
+    """The journal's SQLite file on a full tmpfs: once a write has failed, no order goes out, a reduce-only one
+    included (each is journaled before it leaves), each refusal counted with reason `journal`, while cancels still go
+    (cancel_all answers 200 and the venue has nothing of the bot's open). Written again (the heartbeat lands), an order
+    that only reduces goes out at once, one that adds risk waits for the reconciliation that follows."""
+    with small_filesystem(tmp_path / "fs") as fs:
+        config = fast_config(tmp_path)
+        config.database.url = f"sqlite:///{fs / 'journal.db'}"
+        config.recovery.heartbeat_interval_seconds = 0.1
+        migrate.upgrade(config.database_url())
+        venue = make_venue(config)
+        bot = BotRuntime(
+            config,
+            venue,
+            IdleStrategy(),
+            symbols=["BTC-USD"],
+            token=TOKEN,
+            registry=CollectorRegistry(),
+            venue_task=venue.run,
+        )
+        bot.port = port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+        try:
+            await wait_for(lambda: ready(bot), timeout=30)
+            assert await bot.submit("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.05")) is not None
+            await wait_for(lambda: bot.book.position("BTC-USD") == Decimal("0.05"))
+            price = (venue.quote("BTC-USD").bid / 2).quantize(Decimal("0.01"))
+            filler = fill(fs)
+
+            async def a_resting_order_is_refused() -> bool:
+                # SQLite still writes into the space its WAL holds: orders may go out until a write needs more.
+                await bot.submit("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.001"), price)
+                return bot.journal.health.failing
+
+            await wait_for(a_resting_order_is_refused, timeout=30)
+            assert bot.journal.health.reason == "disk_full"
+            working = len(await venue.open_orders())
+            refusal = bot.order_refusal("BTC-USD", reduce_only=True)
+            assert refusal is not None and "journal cannot be written" in refusal
+            labels = {"venue": "paper", "strategy": config.bot.strategy, "symbol": "BTC-USD", "reason": "journal"}
+            refused = sample(bot, "tradingbot_orders_refused_total", **labels)
+            assert await bot.submit("BTC-USD", Side.SELL, OrderType.MARKET, Decimal("0.05"), reduce_only=True) is None
+            assert sample(bot, "tradingbot_orders_refused_total", **labels) == refused + 1
+            assert len(await venue.open_orders()) == working and bot.book.position("BTC-USD") == Decimal("0.05")
+            status, body = await control(port, "cancel_all")
+            assert status == 200 and body["canceled"] == working, body
+            assert await venue.open_orders() == []
+            async with bot.trade_lock.hold():  # the reconciliation the journal's return asks for waits here
+                filler.unlink()
+                await wait_for(lambda: not bot.journal.health.failing)  # the heartbeat landed
+                assert bot.gate.journal_reconcile_pending
+                assert bot.order_refusal("BTC-USD", reduce_only=True) is None
+                refusal = bot.order_refusal("BTC-USD", reduce_only=False)
+                assert refusal is not None and "after the journal could be written again" in refusal
+                assert not (await readiness(bot))[1]["checks"]["journal"]["ok"]
+            await wait_for(lambda: bot.order_refusal("BTC-USD", reduce_only=False) is None, timeout=30)
+            assert await ready(bot)
+            closed = await bot.submit("BTC-USD", Side.SELL, OrderType.MARKET, Decimal("0.05"), reduce_only=True)
+            assert closed is not None
+            await wait_for(lambda: bot.book.position("BTC-USD") == 0)
+        finally:
+            await bot.stop()
+            bot.engine.dispose()
