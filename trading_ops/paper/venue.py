@@ -29,7 +29,9 @@ Conventions a caller relies on:
   operation changes its state at once, then awaits the callbacks one by one).
 - Balances list every asset the venue ever held, except one withdrawn to zero by `transfer` (venues that list
   only non-zero assets do that).
-- Every fault-injection method is a coroutine; `faults()` is a plain query.
+- Every fault-injection method is a coroutine; `faults()` is a plain query. `fail_queries` makes the `positions`
+  or `balances` query raise `BrokerError("unavailable", ...)` for a while, everything else answering (an account
+  endpoint in trouble: reconciliation must then leave those unknown, never read them as flat).
 """
 
 from __future__ import annotations
