@@ -266,6 +266,7 @@ class BotRuntime:
         self._hang_until = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
         self._journal_writes: set[asyncio.Task[None]] = set()
+        self._journal_probe: asyncio.Task[None] | None = None
         self._on_stop: list[Callable[[], None]] = []
         self.inst.state.add_listener(self._journal_transition)
         register_commands(self)
@@ -651,7 +652,7 @@ class BotRuntime:
             await asyncio.sleep(self.loop_interval)
 
     async def _after_step(self) -> None:
-        await self._probe_journal()
+        self._probe_journal()
         await self.kill_switch.after_step()
         headroom = self.broker.rate_limit_headroom()
         if headroom is not None:
@@ -671,13 +672,18 @@ class BotRuntime:
         ):
             self.inst.state.apply("flatten_done", reason="all positions closed")
 
-    async def _probe_journal(self) -> None:
+    def _probe_journal(self) -> None:
         """A step in which no journal write landed writes the heartbeat: a journal that cannot be written is known
-        (/readyz, the gate) within one loop step whatever the strategy did, and known writable again as soon."""
+        (/readyz, the gate) within one loop step whatever the strategy did, and known writable again as soon. In the
+        background, one at a time: a slow or hung database never holds the loop up here."""
+        if self._journal_probe is not None and not self._journal_probe.done():
+            return
         health = self.journal.health
         age = health.last_write_age()
         if health.failing or age is None or age > self.loop_interval:
-            await self.heartbeat.beat()
+            self._journal_probe = asyncio.create_task(self.heartbeat.beat(), name="journal-probe")
+            self._journal_writes.add(self._journal_probe)
+            self._journal_probe.add_done_callback(self._journal_writes.discard)
 
     # -- what other parts call ------------------------------------------------------------------------
     async def halt(self, reason: str) -> None:
