@@ -210,3 +210,21 @@ def test_failure_reasons_are_bounded_and_name_the_cause() -> None:
     assert failure_reason(refused) == DATABASE_UNAVAILABLE
     assert failure_reason(DBAPIError("SELECT 1", {}, Exception("odd"))) == WRITE_ERROR
     assert {DISK_FULL, DATABASE_UNAVAILABLE, WRITE_ERROR} == set(REASONS)
+
+
+def test_with_settle_the_metric_holds_until_a_reconciliation_settles_it() -> None:
+    """A full disk flaps (a write that fits lands, the next fails): with `settle` (the runtime's), a write that lands
+    makes the journal writable for the gate, but the metric and the failing clock hold until settled()."""
+    registry = CollectorRegistry()
+    health = JournalHealth(venue="paper", registry=registry, settle=True)
+    labels = {"venue": "paper", "reason": DISK_FULL}
+    health.failed(OSError(errno.ENOSPC, "No space left on device"))
+    health.wrote()
+    assert not health.failing and health.failing_for() > 0
+    assert registry.get_sample_value("tradingbot_journal_failing", labels) == 1
+    health.failed(OSError(errno.ENOSPC, "No space left on device"))
+    health.settled()  # not while failing
+    assert registry.get_sample_value("tradingbot_journal_failing", labels) == 1
+    health.wrote()
+    health.settled()
+    assert registry.get_sample_value("tradingbot_journal_failing", labels) == 0 and health.failing_for() == 0

@@ -18,8 +18,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ import psycopg
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from reconciler.conftest import READ_AUTH, ThreadedServer, alertmanager_binary, make_config, stop
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from system_binaries import REPO_ROOT, require_binary
@@ -44,12 +47,19 @@ from trading_ops.bot.runtime import BotRuntime
 from trading_ops.config import Config
 from trading_ops.db import migrate
 from trading_ops.db.models import Order
+from trading_ops.durations import format_duration
 from trading_ops.paper.bot import PaperBot, make_venue
+from trading_ops.stack.alertmanager_config import render_alertmanager
+from trading_ops.stack.layout import Ports
+from trading_ops.stack.profiles import FAST
+from trading_ops.stack.prometheus_config import adapt_rules
+from trading_ops.stack.repo import load_yaml
 
 # Big enough for the journal's database and its WAL, small enough to fill in a moment.
 TMPFS_SIZE = "64m"
 CHUNK = 1024 * 1024
 RULES = REPO_ROOT / "prometheus" / "rules" / "tradingbot-availability.yml"
+PLAYBOOK = REPO_ROOT / "trading_ops" / "reconciler" / "playbooks" / "default.yml"
 
 
 def measured(what: str, seconds: float) -> None:
@@ -247,7 +257,8 @@ async def test_a_full_disk_stops_orders_fails_readyz_fires_the_alert_and_the_bot
                 started = time.monotonic()
                 await wait_for(lambda: journal_not_ready(bot), timeout=30, interval=0.005)
                 measured("full disk -> /readyz failing", time.monotonic() - started)
-                assert bot.journal.health.reason == "disk_full"
+                # A full disk flaps (a write that fits in space SQLite holds lands, the next fails): the metric holds
+                # until a reconciliation after the journal's return passed, so the alert's `for:` runs on.
                 assert sample(bot, "tradingbot_journal_failing", venue="paper", reason="disk_full") == 1
                 assert sample(bot, "tradingbot_ready") == 0
                 await orders_stopped(bot)
@@ -602,5 +613,140 @@ async def test_the_order_gate_while_the_journal_cannot_be_written_and_until_a_re
             assert closed is not None
             await wait_for(lambda: bot.book.position("BTC-USD") == 0)
         finally:
+            await bot.stop()
+            bot.engine.dispose()
+
+
+# -- the whole answer: Prometheus, Alertmanager, the reconciler's packaged rule --------------------------------------
+def journal_playbook() -> dict[str, Any]:
+    """The packaged default playbook's journal-failing rule as it ships, verified every second and without cooldown."""
+    packaged = yaml.safe_load(PLAYBOOK.read_text())
+    (rule,) = [r for r in packaged["rules"] if r["name"] == "journal-failing"]
+    rule = {**rule, "cooldown": "0s", "verify": {**rule.get("verify", {}), "interval": "1s"}}
+    return {"version": 1, "defaults": packaged["defaults"], "rules": [rule]}
+
+
+def episodes(reconciler_url: str) -> list[dict[str, Any]]:
+    request = urllib.request.Request(f"{reconciler_url}/api/v1/episodes?limit=20", headers=READ_AUTH)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return [e for e in json.loads(response.read())["episodes"] if e["alertname"] == "TradingBotJournalFailing"]
+
+
+async def test_the_packaged_playbook_answers_a_full_disk_with_reduce_only_the_cleanup_and_a_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bot's data directory and journal on a small tmpfs, filled through the bot's scratch directory (what a
+    runaway file does): TradingBotJournalFailing fires in a real Prometheus (the repository's rules as the fast
+    profile times them), Alertmanager (the repository's configuration) hands it to the reconciler, whose packaged
+    journal-failing rule sets the bot reduce_only and runs `trading-ops upkeep cleanup`, which empties the scratch
+    directory; the journal is writable again, the bot reconciles, the episode is verified in Prometheus and the bot
+    resumed by the rule's on_recovery: it trades again with no human involved."""
+    with small_filesystem(tmp_path / "fs") as fs:
+        config = fast_config(tmp_path)
+        config.database.url = f"sqlite:///{fs / 'journal.db'}"
+        config.bot.data_dir = str(fs / "data")
+        migrate.upgrade(config.database_url())
+        # What `trading-ops upkeep cleanup` (the rule's exec step) reads: the bot's data directory.
+        (tmp_path / "cleanup.yaml").write_text(yaml.safe_dump({"bot": {"data_dir": str(fs / "data")}}))
+        monkeypatch.setenv("TRADING_OPS_CONFIG", str(tmp_path / "cleanup.yaml"))
+        monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        bot = start_bot(config)
+        bot.port = port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+        instance = f"127.0.0.1:{port}"
+        (tmp_path / "paper-bot-token").write_text(TOKEN)
+        procs: list[subprocess.Popen[bytes]] = []
+        reconciler: ThreadedServer | None = None
+        try:
+            db = f"sqlite:///{tmp_path / 'reconciler.db'}"
+            migrate.upgrade(db)
+            (tmp_path / "playbook.yml").write_text(yaml.safe_dump(journal_playbook()))
+            prometheus_port, alertmanager_port = free_port(), free_port()
+            prometheus_url = f"http://127.0.0.1:{prometheus_port}"
+            reconciler = ThreadedServer(
+                make_config(
+                    tmp_path,
+                    db,
+                    playbook=str(tmp_path / "playbook.yml"),
+                    prometheus_url=prometheus_url,
+                    alertmanager_url=f"http://127.0.0.1:{alertmanager_port}",
+                    targets={instance: {"url": f"http://{instance}", "token_file": str(tmp_path / "paper-bot-token")}},
+                )
+            )
+            am = tmp_path / "alertmanager"
+            am.mkdir()
+            rendered = render_alertmanager(
+                REPO_ROOT, Ports(reconciler=reconciler.port), FAST, tmp_path / "webhook-token"
+            )
+            (am / "alertmanager.yml").write_text(yaml.safe_dump(rendered.config))
+            with (am / "alertmanager.log").open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            alertmanager_binary(),
+                            f"--config.file={am / 'alertmanager.yml'}",
+                            f"--storage.path={am / 'data'}",
+                            f"--web.listen-address=127.0.0.1:{alertmanager_port}",
+                            "--cluster.listen-address=",
+                            "--log.level=warn",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
+                )
+            rules = tmp_path / RULES.name
+            rules.write_text(yaml.safe_dump(adapt_rules(load_yaml(RULES), FAST, str(RULES))))
+            interval = format_duration(FAST.scrape_interval or 1)
+            prometheus_config = {
+                "global": {"scrape_interval": interval, "evaluation_interval": interval},
+                "rule_files": [str(rules)],
+                "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]},
+                "scrape_configs": [{"job_name": "tradingbot", "static_configs": [{"targets": [instance]}]}],
+            }
+            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config))
+            with (tmp_path / "prometheus.log").open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            require_binary("prometheus"),
+                            f"--config.file={tmp_path / 'prometheus.yml'}",
+                            f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
+                            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                            f"--rules.alert.resend-delay={format_duration(FAST.alert_resend_delay or 60)}",
+                            "--log.level=warn",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
+                )
+            await wait_for(lambda: scraped(Prometheus(procs[-1], prometheus_url)), timeout=60, interval=0.2)
+            await wait_for(lambda: submitted(bot) > 20, timeout=30)
+            scratch = fs / "data" / "scratch"
+            scratch.mkdir(parents=True, exist_ok=True)
+            fill(scratch)
+            started = time.monotonic()
+
+            def recovered() -> list[dict[str, Any]]:
+                return [e for e in episodes(reconciler.url) if e["closed_at"]]  # type: ignore[union-attr]
+
+            (episode,) = await wait_for(lambda: asyncio.to_thread(recovered), timeout=180, interval=0.5)
+            measured("full disk -> the playbook's episode closed (cleanup verified)", time.monotonic() - started)
+            assert episode["state"] == "recovered", [a.get("detail") for a in episode["attempts"]]
+            # One attempt: reduce_only, the cleanup, then (verified) on_recovery's resume.
+            actions = [(a["action"], a["outcome"]) for a in episode["attempts"]]
+            assert actions == [("bot, exec, bot", "success")], episode["attempts"]
+            assert list(scratch.iterdir()) == []  # the cleanup emptied the scratch directory
+            await wait_for(lambda: bot.inst.state.state.value == "active", timeout=60)  # on_recovery's resume
+            for command in ("reduce_only", "resume"):
+                labels = {"command": command, "source": "reconciler"}
+                assert sample(bot, "tradingbot_control_commands_total", **labels) == 1, command
+            waiting = submitted(bot)
+            await wait_for(lambda: submitted(bot) > waiting, timeout=60)
+            measured("full disk -> trading again after the playbook", time.monotonic() - started)
+            assert await ready(bot)
+        finally:
+            if reconciler is not None:
+                reconciler.stop()
+            for proc in reversed(procs):
+                stop(proc)
             await bot.stop()
             bot.engine.dispose()

@@ -57,6 +57,11 @@ class JournalHealth:
     Listeners (`add_listener`) are called on the event loop at each change with the reason (None: writable again);
     `failing_for()` is how long it has been failing (what /healthz compares with
     `bot.journal_failure_timeout_seconds`).
+
+    With `settle`, the metric and the clock of `failing_for()` stay as they were when a write lands again, until
+    `settled()` (the runtime calls it once a reconciliation after the journal's return passed). A disk that is full
+    flaps: a write that fits in space the database already holds lands, the next one that needs more fails; the alert
+    must not start its `for:` over at every write that happened to fit.
     """
 
     def __init__(
@@ -65,8 +70,10 @@ class JournalHealth:
         venue: str,
         registry: CollectorRegistry | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        settle: bool = False,
     ) -> None:
         self.reason: str | None = None  # None while writable
+        self.settle = settle
         self.error = ""
         self.failures = 0  # failed calls in a row
         self._since: float | None = None
@@ -96,7 +103,7 @@ class JournalHealth:
         self._listeners.append(listener)
 
     def failing_for(self) -> float:
-        """Seconds the journal has been failing (0 while writable)."""
+        """Seconds the journal has been failing (0 while writable; with `settle`, until settled)."""
         return 0.0 if self._since is None else self._monotonic() - self._since
 
     def last_write_age(self) -> float | None:
@@ -133,10 +140,17 @@ class JournalHealth:
         )
         self.reason = None
         self.failures = 0
+        if not self.settle:
+            self.settled()
+        self._notify(None)
+
+    def settled(self) -> None:
+        """Writable and proven so (see the class): the metric and the clock of failing_for() clear."""
+        if self.reason is not None:
+            return
         self._since = None
         for child in self._failing.values():
             child.set(0)
-        self._notify(None)
 
     def _notify(self, reason: str | None) -> None:
         for listener in self._listeners:

@@ -198,7 +198,7 @@ class BotRuntime:
         self.metrics = self.inst.metrics
         self.broker: Broker = broker if isinstance(broker, Broker) or not callable(broker) else broker()
         self.journal = Journal(
-            self.engine, bot.name, bot.venue, JournalHealth(venue=bot.venue, registry=self.inst.registry)
+            self.engine, bot.name, bot.venue, JournalHealth(venue=bot.venue, registry=self.inst.registry, settle=True)
         )
         self.trade_lock = TradeLock()
         limits = risk_limits(config) if limits is None else limits
@@ -258,6 +258,7 @@ class BotRuntime:
             rec,
         )
         self.journal.health.add_listener(self.schedule.journal_changed)
+        self.schedule.on_journal_settled = self.journal.health.settled
         self.journal.health.add_listener(self._journal_changed)
         self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
         self._stop_reason = "stop"
@@ -357,7 +358,9 @@ class BotRuntime:
         def journal_alive() -> tuple[bool, str]:
             health, timeout = self.journal.health, self.config.bot.journal_failure_timeout_seconds
             if health.failing_for() > timeout:
-                return False, f"journal cannot be written for {health.failing_for():.1f} s (over {timeout:g} s)"
+                return False, (
+                    f"journal failing, or not reconciled since, for {health.failing_for():.1f} s (over {timeout:g} s)"
+                )
             return True, "writable" if not health.failing else f"failing for {health.failing_for():.1f} s"
 
         self.inst.add_readiness_check("broker", broker)

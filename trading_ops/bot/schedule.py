@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from trading_ops.bot.broker import Broker, Channel
@@ -61,6 +62,8 @@ class ReconciliationSchedule:
         self.journal_reconcile_failures = 0  # runs in a row that did not clear gate.journal_reconcile_pending
         self._outages = 0  # drops of the orders channel so far
         self._journal_outages = 0  # times the journal became unwritable so far
+        # Called once a reconciliation after the journal's return passed (JournalHealth.settled).
+        self.on_journal_settled: Callable[[], None] | None = None
         self._wake = asyncio.Event()  # wakes the task: a run was requested, or its timing changed
         self._requested: Trigger | None = None  # what the run it was woken for is (reconnect, startup retry)
         self._channel_lost: set[Channel] = set()
@@ -99,6 +102,8 @@ class ReconciliationSchedule:
                 # included) and none failed since it started: the journal holds what the venue did meanwhile.
                 self.gate.journal_reconcile_pending = False
                 self.journal_reconcile_failures = 0
+                if self.on_journal_settled is not None:
+                    self.on_journal_settled()
                 log.info(
                     "reconciliation %d after the journal came back %s: new risk allowed again",
                     summary["run_id"],
