@@ -2,10 +2,11 @@
 
 Real servers, each started here: a small tmpfs the test mounts (and unmounts) for the journal's SQLite file, filled
 to the last byte; a PostgreSQL cluster of this module's own (initdb + pg_ctl on a free port, 127.0.0.1 only), stopped
-and started again under a trading bot; and a real Prometheus scraping the bot with the shipped rule file, in which
-TradingBotJournalFailing must fire. Needs root (mount), PostgreSQL's server binaries (/usr/lib/postgresql/*/bin) and
-Debian's `prometheus`. The measured times are printed (run with -s to see them): fault to /readyz failing, fault to
-the alert firing, fault cleared to the bot trading again.
+and started again under a trading bot; a real Prometheus scraping the bot with the shipped rule file, in which
+TradingBotJournalFailing must fire; and, for the packaged playbook's answer, Prometheus with Alertmanager (the
+repository's configuration) and the reconciler. Needs root (mount), PostgreSQL's server binaries
+(/usr/lib/postgresql/*/bin) and Debian's `prometheus` and `prometheus-alertmanager`. The measured times are printed
+(run with -s to see them): fault to /readyz failing, fault to the alert firing, fault cleared to the bot trading again.
 """
 
 from __future__ import annotations
