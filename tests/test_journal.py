@@ -1,20 +1,33 @@
 """The journal on SQLite and PostgreSQL: order updates never move an order back, adopting balances is exact (an asset
 the venue omits is zero), removing duplicate fill rows takes their balance changes with them, and what a restart
-restores (positions, the day's realized P&L) never needs the whole fill history."""
+restores (positions, the day's realized P&L) never needs the whole fill history; and the journal knows when it cannot
+be written (JournalHealth)."""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import delete
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from trading_ops.bot import journal as journal_module
 from trading_ops.bot.book import Holding
 from trading_ops.bot.broker import OrderRequest, OrderStatus, OrderType, Side, VenueFill, VenueOrder
 from trading_ops.bot.journal import Journal, OrderUpdate
+from trading_ops.bot.journal_health import (
+    DATABASE_UNAVAILABLE,
+    DISK_FULL,
+    REASONS,
+    WRITE_ERROR,
+    JournalHealth,
+    failure_reason,
+)
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
 from trading_ops.db.models import Fill
@@ -129,3 +142,89 @@ def test_fills_journaled_without_their_realized_pnl_get_it_from_one_replay(
     state = journal.book_state()
     assert state.holdings == {"BTC-USD": Holding(Decimal("0.8"), Decimal("102.5"), Decimal(3))}
     assert state.realized_on_day == Decimal(3)
+
+
+def request(client_order_id: str) -> OrderRequest:
+    return OrderRequest(client_order_id, "BTC-USD", Side.BUY, OrderType.LIMIT, Decimal(1), Decimal(100))
+
+
+async def test_the_journal_is_failing_from_a_failed_call_until_a_write_lands_and_a_read_proves_nothing(
+    journal: Journal,
+) -> None:
+    """JournalHealth follows the journal's calls: a database error makes it failing with a bounded reason (exported
+    one-hot in tradingbot_journal_failing), a read that works leaves it failing (a full disk still serves reads), the
+    first committed write makes it writable again; each change is told to the listeners once."""
+    registry = CollectorRegistry()
+    journal.health = JournalHealth(venue="paper", registry=registry)
+    changes: list[str | None] = []
+    journal.health.add_listener(changes.append)
+
+    def failing(labels: dict[str, str]) -> float | None:
+        return registry.get_sample_value("tradingbot_journal_failing", {"venue": "paper", **labels})
+
+    await journal.call(journal.order_submitted, request("c-1"), "demo")
+    assert not journal.health.failing and journal.health.last_write_age() is not None
+
+    def disk_full() -> None:
+        raise OperationalError("INSERT INTO orders", {}, sqlite3.OperationalError("database or disk is full"))
+
+    for _ in range(2):
+        with pytest.raises(OperationalError):
+            await journal.call(disk_full)
+    assert journal.health.reason == DISK_FULL and journal.health.failures == 2
+    assert failing({"reason": "disk_full"}) == 1 and failing({"reason": "database_unavailable"}) == 0
+    assert registry.get_sample_value("tradingbot_journal_write_failures_total", {"venue": "paper"}) == 2
+    assert len(await journal.call(journal.open_orders)) == 1  # a read works: still failing
+    assert journal.health.failing
+    await journal.call(journal.order_submitted, request("c-2"), "demo")
+    assert not journal.health.failing and journal.health.failing_for() == 0
+    assert failing({"reason": "disk_full"}) == 0
+    assert changes == [DISK_FULL, None]
+
+
+async def test_a_duplicate_or_a_bug_is_no_journal_failure(journal: Journal) -> None:
+    """A constraint the data broke (a client order id journaled twice) and an error that is not the database's are
+    raised as they are, and the journal stays writable."""
+    await journal.call(journal.order_submitted, request("c-1"), "demo")
+    with pytest.raises(IntegrityError):
+        await journal.call(journal.order_submitted, request("c-1"), "demo")
+
+    def bug() -> None:
+        raise ValueError("a bug in the caller")
+
+    with pytest.raises(ValueError):
+        await journal.call(bug)
+    assert not journal.health.failing and journal.health.failures == 0
+
+
+def test_failure_reasons_are_bounded_and_name_the_cause() -> None:
+    assert failure_reason(OSError(errno.ENOSPC, "No space left on device")) == DISK_FULL
+    full = OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
+    assert failure_reason(full) == DISK_FULL
+
+    class PgOperationalError(Exception):  # what psycopg raises for a refused or dropped connection
+        sqlstate = None
+
+    PgOperationalError.__name__ = "OperationalError"
+    refused = OperationalError("SELECT 1", {}, PgOperationalError("connection refused"))
+    assert failure_reason(refused) == DATABASE_UNAVAILABLE
+    assert failure_reason(DBAPIError("SELECT 1", {}, Exception("odd"))) == WRITE_ERROR
+    assert {DISK_FULL, DATABASE_UNAVAILABLE, WRITE_ERROR} == set(REASONS)
+
+
+def test_with_settle_the_metric_holds_until_a_reconciliation_settles_it() -> None:
+    """A full disk flaps (a write that fits lands, the next fails): with `settle` (the runtime's), a write that lands
+    makes the journal writable for the gate, but the metric and the failing clock hold until settled()."""
+    registry = CollectorRegistry()
+    health = JournalHealth(venue="paper", registry=registry, settle=True)
+    labels = {"venue": "paper", "reason": DISK_FULL}
+    health.failed(OSError(errno.ENOSPC, "No space left on device"))
+    health.wrote()
+    assert not health.failing and health.failing_for() > 0
+    assert registry.get_sample_value("tradingbot_journal_failing", labels) == 1
+    health.failed(OSError(errno.ENOSPC, "No space left on device"))
+    health.settled()  # not while failing
+    assert registry.get_sample_value("tradingbot_journal_failing", labels) == 1
+    health.wrote()
+    health.settled()
+    assert registry.get_sample_value("tradingbot_journal_failing", labels) == 0 and health.failing_for() == 0

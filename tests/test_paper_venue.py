@@ -876,3 +876,20 @@ async def test_a_version_1_state_file_still_loads(make_venue: Callable[..., Pape
     copy.load_state(path)
     assert copy.state_dict() == original.state_dict()
     assert copy.faults()["external_open_orders"] == [external.client_order_id]
+
+
+async def test_failing_account_queries_leave_orders_and_fills_answering() -> None:
+    """fail_queries: the positions (or balances) query fails as unavailable while the rest of the venue answers; it is
+    listed among the faults, and clear_faults ends it."""
+    venue = PaperVenue(["BTC-USD"], seed=3)
+    await venue.connect(BrokerEvents())
+    await venue.fail_queries(["positions"], 60)
+    with pytest.raises(BrokerError) as raised:
+        await venue.positions()
+    assert raised.value.error_class == "unavailable" and not raised.value.outcome_unknown
+    assert await venue.balances() and await venue.open_orders() == [] and await venue.recent_fills() == []
+    assert venue.faults()["failing_queries"] == ["positions"]
+    with pytest.raises(ValueError):
+        await venue.fail_queries(["orders"], 60)
+    await venue.clear_faults()
+    assert venue.faults()["failing_queries"] == [] and "BTC-USD" in await venue.positions()

@@ -449,11 +449,12 @@ async def test_startup_retries_back_off_and_stop_while_halted(tmp_path) -> None:
     bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), venue=venue)
     bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
     try:
-        # The venue's account API fails: each retry waits twice as long as the one before.
+        # The venue's account API fails: each retry waits twice as long as the one before. The positions it could not
+        # see are unknown (never flat): the run does not pass.
         await wait_for(lambda: bot.startup_failures >= 5, timeout=30)
         assert bot.next_reconciliation_delay() == pytest.approx(0.01 * 2**bot.startup_failures)
         runs = await bot.journal.call(bot.recovery_store.reconciliation_runs)
-        assert {(r.trigger, r.result) for r in runs} == {("startup", "failed")}
+        assert {(r.trigger, r.result) for r in runs} == {("startup", "unknown")}
         # The account API is back, with a fill the bot never saw: the next retry halts, and retries stop.
         await venue.inject_hidden_fill("SOL-USD", Decimal("1"))
         venue.account_down = False

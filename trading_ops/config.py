@@ -321,6 +321,9 @@ class BotConfig:
     heartbeat_timeout_seconds: float = bounded(15.0, min=0.1)
     # Market data older than this makes /readyz fail and the bot stop opening positions.
     market_data_stale_seconds: float = bounded(10.0, min=0.1)
+    # A journal that cannot be written stops every order and fails /readyz at once; failing this long, /healthz too
+    # (a restart may help a broken connection; it does not free a full disk, hence not at once).
+    journal_failure_timeout_seconds: float = bounded(60.0, min=0.1)
     # Distinct values a single label may take before new ones fold into "other".
     cardinality_limit: int = bounded(200, min=1)
     # Memory the bot may use; 0 means the cgroup limit, or the machine's memory when there is none.

@@ -20,6 +20,8 @@ REFUSED_STARTUP = "startup_reconciliation"
 REFUSED_STATE = "trading_state"
 REFUSED_RECONNECT = "reconnect_reconciliation"
 REFUSED_STALE = "stale_market_data"
+REFUSED_JOURNAL = "journal"
+REFUSED_JOURNAL_RECONCILIATION = "journal_reconciliation"
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,14 @@ class Refusal:
 
 
 class OrderGate:
-    """Says whether an order may go out now: shutdown, the safe-start gate, the trading state, a reconciliation
-    still due after a reconnect, market data freshness, then the risk limits.
+    """Says whether an order may go out now: shutdown, a journal that cannot be written, the safe-start gate, the
+    trading state, a reconciliation still due after a reconnect or after the journal came back, market data
+    freshness, then the risk limits.
+
+    Every order is journaled before it leaves, so while the journal cannot be written (`journal_failing`) none may
+    go, reduce-only ones included (cancels are not orders: they still go). Once it can be written again, fills and
+    order events may have been missed meanwhile: as after a reconnect, no order that can add risk goes out until a
+    reconciliation that started after it came back passes (`journal_reconcile_pending`).
 
     Nothing goes out while shutting down or before a startup reconciliation passed (the journal may not know what
     the bot holds). The trading state decides next (`TradingState.may_submit`: nothing while paused or halted,
@@ -59,6 +67,8 @@ class OrderGate:
         # risk goes out until a reconciliation that started after the reconnect passes.
         self.reconnect_pending = False
         self.stopping = False  # refusals while stopping are expected: logged quietly
+        self.journal_failing: str | None = None  # why the journal cannot be written now, or None
+        self.journal_reconcile_pending = False  # written again: new risk waits for a reconciliation
 
     def refusal(
         self, symbol: str, reduce_only: bool, book: Exposure, request: OrderRequest | None = None
@@ -66,12 +76,19 @@ class OrderGate:
         """Why this order may not go out now, or None. Without `request`: whether an order of this kind may."""
         if not self.accepting:
             return Refusal(REFUSED_SHUTTING_DOWN, "shutting down")
+        if self.journal_failing is not None:
+            return Refusal(REFUSED_JOURNAL, f"the journal cannot be written ({self.journal_failing})")
         if not self.trading_allowed:
             return Refusal(REFUSED_STARTUP, "the startup reconciliation has not passed")
         state_refusal = self.state.order_refusal(reduce_only)
         if state_refusal is not None:
             return Refusal(REFUSED_STATE, state_refusal)
         if not reduce_only:
+            if self.journal_reconcile_pending:
+                return Refusal(
+                    REFUSED_JOURNAL_RECONCILIATION,
+                    "the reconciliation after the journal could be written again has not passed",
+                )
             if self.reconnect_pending:
                 return Refusal(
                     REFUSED_RECONNECT, "the reconciliation after the orders channel reconnected has not passed"

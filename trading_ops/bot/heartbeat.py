@@ -44,7 +44,8 @@ class Heartbeat:
     recorded its stop without the marker (a shutdown step failed) is treated as a crash at once.
 
     A failed heartbeat write (the database away for a moment) is logged and counted in
-    `tradingbot_heartbeat_write_failures_total`; the heartbeat keeps beating.
+    `tradingbot_heartbeat_write_failures_total` (and, as every journal call, makes the journal failing: see
+    JournalHealth); the heartbeat keeps beating.
     """
 
     def __init__(
@@ -122,6 +123,11 @@ class Heartbeat:
             await asyncio.sleep(self.interval)
             if self.progressing():
                 await self._write(self.run_id)
+
+    async def beat(self) -> None:
+        """Write the heartbeat now (the trading loop's probe of the journal); a failure is counted, not raised."""
+        if self.run_id is not None and self._task is not None:
+            await self._write(self.run_id)
 
     async def _write(self, run_id: int) -> None:
         try:

@@ -102,6 +102,27 @@ class InstanceLock:
                     connection.close()
         self._unlock_file()
 
+    def keep_database_lock(self) -> bool:
+        """After the database was away (restarted, unreachable): the advisory lock lives as long as its session, so
+        take it again on a new session if that one is gone. True when it was taken again; raises
+        AnotherInstanceRunning when another process took it meanwhile, and the database's error when it cannot be
+        asked (the next return of the database tries again)."""
+        if self.engine is None or self._fd is None:
+            return False
+        if self._connection is not None:
+            from sqlalchemy import text
+
+            try:
+                self._connection.execute(text("SELECT 1"))
+                return False  # the session, and the lock with it, survived
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self._connection.close()
+                self._connection = None
+        self._lock_database(self.engine)
+        log.warning("bot %s: the PostgreSQL advisory lock was lost with its session; taken again", self.name)
+        return True
+
     # -- the lock file (this host) -------------------------------------------------------------------------------
     def _lock_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,7 @@ class Instrumentation:
         # directory the bot names is walked (never a working directory that happens to be the default).
         self.data_dir_size = DataDirSize(data_dir, data_dir_exclude) if data_dir is not None else None
         self._readiness: dict[str, ReadinessCheck] = {}
+        self._liveness: dict[str, ReadinessCheck] = {}
         self._started = time.monotonic()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -124,8 +125,28 @@ class Instrumentation:
             results[name] = {"ok": ok, "detail": detail}
         return all(r["ok"] for r in results.values()), results
 
+    def add_health_check(self, name: str, check: ReadinessCheck) -> None:
+        """`check()` returns (ok, detail); /healthz is 200 only when the loop makes progress and every check is ok."""
+        self._liveness[name] = check
+
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Alive and the trading loop completing iterations within the heartbeat timeout."""
+        """Alive: the trading loop completing iterations within the heartbeat timeout, and every health check ok."""
+        healthy, detail = self.loop_health()
+        for name, check in self._liveness.items():
+            try:
+                ok, why = check()
+            except Exception as exc:
+                log.exception("health check %s failed", name)
+                ok, why = False, f"check raised {exc!r}"
+            detail[name] = {"ok": ok, "detail": why}
+            if not ok:
+                healthy = False
+                if detail["status"] == "ok":
+                    detail["status"] = f"{name}: {why}"
+        return healthy, detail
+
+    def loop_health(self) -> tuple[bool, dict[str, Any]]:
+        """The trading loop completing iterations within the heartbeat timeout (or the bot just started)."""
         age = self.metrics.heartbeat_age()
         detail: dict[str, Any] = {
             "heartbeat_age_seconds": age,
@@ -192,6 +213,7 @@ class _ReadyCollector(Collector):
         ready, _ = self._inst.readiness()
         yield GaugeMetricFamily(
             f"{PREFIX}_ready",
-            "1 when the bot is ready to trade: broker connected, market data fresh and reconciliation passed.",
+            "1 when the bot is ready to trade: every /readyz check passes (a bot on the runtime: broker connected, "
+            "market data fresh, reconciliation passed, journal writable).",
             1 if ready else 0,
         )

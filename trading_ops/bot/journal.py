@@ -6,17 +6,19 @@ import asyncio
 import concurrent.futures
 import enum
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy import Engine, and_, delete, event, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from trading_ops.bot.book import Holding
 from trading_ops.bot.broker import OrderRequest, OrderStatus, Side, VenueFill, VenueOrder
+from trading_ops.bot.journal_health import JournalHealth, is_journal_failure
 from trading_ops.db.base import make_sessionmaker, utcnow
 from trading_ops.db.models import Balance, EquityPeak, Fill, Order, Position
 
@@ -54,22 +56,48 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 
 class Journal:
     """Synchronous writes, one transaction per event; `call` runs them in order on one worker thread so the
-    event loop never waits on the disk."""
+    event loop never waits on the disk.
 
-    def __init__(self, engine: Engine, bot: str, venue: str) -> None:
+    Every call reports to `health` (JournalHealth): one that fails on the database or its storage makes the journal
+    failing; one that committed a transaction makes it writable again. A commit is seen on the engine (any writer
+    on the journal's thread: the journal's own methods and the recovery store's heartbeat alike)."""
+
+    def __init__(self, engine: Engine, bot: str, venue: str, health: JournalHealth | None = None) -> None:
         self.engine = engine
         self.bot = bot
         self.venue = venue
+        self.health = health if health is not None else JournalHealth(venue=venue)
         self._sessions = make_sessionmaker(engine, immediate=True)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._local = threading.local()  # commits seen on this thread during the current call
+        event.listen(engine, "commit", self._committed)
+
+    def _committed(self, _conn: Any) -> None:
+        self._local.commits = getattr(self._local, "commits", 0) + 1
+
+    def _counted(self, fn: Callable[..., T], *args: Any) -> tuple[T, bool]:
+        """Run `fn` on the journal's thread; also whether it committed a transaction (a write landed)."""
+        self._local.commits = 0
+        result = fn(*args)
+        return result, self._local.commits > 0
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a journal method on the journal's own thread, in submission order."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            result, wrote = await asyncio.get_running_loop().run_in_executor(self._executor, self._counted, fn, *args)
+        except Exception as exc:
+            if is_journal_failure(exc):
+                self.health.failed(exc)
+            raise
+        if wrote:
+            self.health.wrote()
+        return result
 
     def close(self, wait: bool = True) -> None:
         """Stop the worker thread; without `wait`, drop queued writes and leave a stuck write behind."""
         self._executor.shutdown(wait=wait, cancel_futures=not wait)
+        if event.contains(self.engine, "commit", self._committed):
+            event.remove(self.engine, "commit", self._committed)
 
     # -- orders ---------------------------------------------------------------------------------------
     def order_submitted(self, request: OrderRequest, strategy: str) -> None:

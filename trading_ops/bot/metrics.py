@@ -210,7 +210,8 @@ class BotMetrics:
         self._refused = counter(
             "orders_refused",
             "Orders the bot kept from the venue (trading state, safe-start gate, stale market data, a reconciliation "
-            "still due after a reconnect, shutdown, a risk limit: risk_<limit>), by reason.",
+            "still due after a reconnect or after the journal came back, a journal that cannot be written, shutdown, "
+            "a risk limit: risk_<limit>), by reason.",
             ("symbol", "reason"),
         )
         self._unknown_outcome = counter(

@@ -24,8 +24,9 @@ from trading_ops.bot.broker import (
     VenueOrder,
     order_key,
 )
-from trading_ops.bot.gate import OrderGate
+from trading_ops.bot.gate import REFUSED_JOURNAL, OrderGate, Refusal
 from trading_ops.bot.journal import Journal, OrderUpdate
+from trading_ops.bot.journal_health import is_journal_failure
 from trading_ops.bot.metrics import BotMetrics
 from trading_ops.bot.reconciliation import ADJUSTMENT_LIQUIDITY, balance_changes, split_symbol
 from trading_ops.db.base import utcnow
@@ -116,15 +117,23 @@ class OrderEngine:
         price: Decimal | None = None,
         reduce_only: bool = False,
     ) -> VenueOrder | None:
-        """Journal and send an order; None when it was refused (the gate), the venue did not take it, or its answer
-        was lost (the order is then tracked as in flight until reconciliation says what became of it)."""
+        """Journal and send an order; None when it was refused (the gate, or a journal that cannot be written), the
+        venue did not take it, or its answer was lost (the order is then tracked as in flight until reconciliation
+        says what became of it)."""
         draft = OrderRequest("", symbol, side, order_type, quantity, price, reduce_only)
         refusal = self.gate.refusal(symbol, reduce_only, self, draft)
         if refusal is not None:
             self.gate.refuse(symbol, refusal)
             return None
         request = replace(draft, client_order_id=self.next_client_order_id())
-        await self.journal.call(self.journal.order_submitted, request, self.strategy)
+        try:
+            await self.journal.call(self.journal.order_submitted, request, self.strategy)
+        except Exception as exc:
+            if not is_journal_failure(exc):
+                raise
+            # Not journaled, so never sent: the gate refuses from now on (JournalHealth told it), this one included.
+            self.gate.refuse(symbol, Refusal(REFUSED_JOURNAL, f"the journal cannot be written: {exc}"[:200]))
+            return None
         # The gate again, after the last await before sending: a halt or pause may have come in meanwhile.
         refusal = self.gate.refusal(symbol, reduce_only, self, request)
         if refusal is not None:
@@ -220,11 +229,18 @@ class OrderEngine:
     async def cancel_all(self) -> int:
         """Cancel every open order of the bot on the venue once (`own_open_orders`: in flight and journaled ones
         too, not only those it tracks); raises BrokerError when the venue cannot be reached. A cancel the venue
-        refuses (rate limit) is logged and left. The cancels go out first, their answers are journaled after."""
+        refuses (rate limit) is logged and left. The cancels go out first, their answers are journaled after; a journal
+        that cannot be written does not stop them (cancels reduce risk): an answer it could not take is left to the
+        reconciliation that follows the journal's return."""
         answers = [await self._cancel_at_venue(o.key, o) for o in await self.own_open_orders()]
         for answer in answers:
             if answer is not None:
-                await self.apply_order(answer)
+                try:
+                    await self.apply_order(answer)
+                except Exception as exc:
+                    if not is_journal_failure(exc):
+                        raise
+                    log.warning("order %s canceled on the venue; not journaled (%s)", answer.key, exc)
         return sum(answer is not None for answer in answers)
 
     async def cancel_everything(self, budget: float) -> tuple[int, list[str]]:

@@ -9,6 +9,11 @@ export only), halt (the kill switch).
 Resolution is idempotent: what adopt and cancel change makes the journal agree with the venue, so a second run
 finds nothing. Classification is a pure function of the two snapshots, ordered deterministically.
 
+Unknown is not flat: when the venue does not answer the positions or the balances query, the run compares and resolves
+what it could see (orders, fills) and ends `unknown`. What it could not see is never read as zero: no position or
+balance is compared, adjusted or adopted from a missing answer, and the run does not pass (the safe-start gate stays
+closed, /readyz fails, tradingbot_reconciliation_unknown says which part).
+
 A healthy bot trades while it is reconciled, so a snapshot can catch a fill the venue made whose event is still on
 its way. Before each snapshot the bot hands every event already delivered to the journal and the broker is asked
 to drain what it has produced (`Broker.drain_events`); and whatever the first snapshot finds is only acted on when
@@ -28,7 +33,16 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from trading_ops.bot.broker import VENUE_ID_PREFIX, Broker, OrderStatus, OrderType, Side, VenueFill, VenueOrder
+from trading_ops.bot.broker import (
+    VENUE_ID_PREFIX,
+    Broker,
+    BrokerError,
+    OrderStatus,
+    OrderType,
+    Side,
+    VenueFill,
+    VenueOrder,
+)
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
@@ -69,6 +83,7 @@ class Trigger(enum.StrEnum):
     RECONNECT = "reconnect"
     COMMAND = "command"
     LOST_REPLY = "lost_reply"  # a submission whose answer was lost: did the order reach the venue?
+    JOURNAL = "journal"  # the journal can be written again: what happened while it could not?
 
 
 class Result(enum.StrEnum):
@@ -76,6 +91,11 @@ class Result(enum.StrEnum):
     RESOLVED = "resolved"  # everything found was handled by its policy (adopted, canceled or alerted)
     FAILED = "failed"  # the run could not complete, or an action failed
     HALTED = "halted"  # a halt policy engaged the kill switch
+    UNKNOWN = "unknown"  # the venue did not answer for positions or balances: those were not compared
+
+
+# The parts of the account a run may not see (tradingbot_reconciliation_unknown's `part`).
+UNKNOWN_PARTS = ("positions", "balances")
 
 
 class ReconciliationError(Exception):
@@ -146,12 +166,17 @@ class JournalSnapshot:
 
 @dataclass
 class VenueSnapshot:
-    positions: dict[str, Decimal]
-    balances: dict[str, Decimal]
+    positions: dict[str, Decimal] | None  # None: the venue did not answer (unknown, never flat)
+    balances: dict[str, Decimal] | None
     open_orders: list[VenueOrder]
     fills: list[VenueFill]  # oldest first
     # How the orders open in the journal and not on the venue ended, by order key (None: the venue forgot it).
     closed_orders: dict[str, VenueOrder | None] = field(default_factory=dict)
+
+    @property
+    def unknown(self) -> list[str]:
+        """The parts the venue did not answer for."""
+        return [part for part in UNKNOWN_PARTS if getattr(self, part) is None]
 
 
 @dataclass
@@ -185,7 +210,8 @@ class Discrepancy:
 def classify(
     journal: JournalSnapshot, venue: VenueSnapshot, split: Callable[[str], tuple[str, str]] = split_symbol
 ) -> list[Discrepancy]:
-    """Every difference between the two snapshots, in a deterministic order (class, then time or key)."""
+    """Every difference between the two snapshots, in a deterministic order (class, then time or key). Positions or
+    balances the venue did not answer for (None) are not compared at all."""
     found: list[Discrepancy] = []
 
     # Fills: the venue's once each; a trade id it lists twice is a duplicate only until journaled once.
@@ -322,8 +348,9 @@ def classify(
             expected_positions[extra.symbol] = expected_positions.get(extra.symbol, ZERO) - sign * extra.quantity
             for asset, change in balance_changes(extra, split).items():
                 expected_balances[asset] = expected_balances.get(asset, ZERO) - change
-    for symbol in sorted(set(venue.positions) | set(expected_positions)):
-        theirs = venue.positions.get(symbol, ZERO)
+    venue_positions = venue.positions if venue.positions is not None else {}
+    for symbol in sorted(set(venue_positions) | set(expected_positions)) if venue.positions is not None else ():
+        theirs = venue_positions.get(symbol, ZERO)
         ours = expected_positions.get(symbol, ZERO)
         if theirs != ours:
             found.append(
@@ -338,7 +365,8 @@ def classify(
                     sort_key=(symbol,),
                 )
             )
-    if journal.balances:  # an empty journal takes the venue's balances as its baseline, silently
+    # An empty journal takes the venue's balances as its baseline, silently.
+    if journal.balances and venue.balances is not None:
         for asset in sorted(set(venue.balances) | set(expected_balances)):
             theirs = venue.balances.get(asset, ZERO)
             ours = expected_balances.get(asset, ZERO)
@@ -441,6 +469,7 @@ class Reconciler:
         found: list[Discrepancy] = []
         error: str | None = None
         mismatch: dict[str, Decimal] = {}
+        unknown: list[str] = []
         settled = 0
         try:
             look = await self._look()
@@ -460,11 +489,13 @@ class Reconciler:
                     )
                 look.found = confirmed
             found = look.found
+            unknown = look.venue.unknown
             await self._resolve(found, look.journal, look.venue, started)
-            positions = await self.journal.call(self.journal.positions)
-            for symbol in sorted(set(look.venue.positions) | set(positions)):
-                ours = positions[symbol].quantity if symbol in positions else ZERO
-                mismatch[symbol] = look.venue.positions.get(symbol, ZERO) - ours
+            if look.venue.positions is not None:
+                positions = await self.journal.call(self.journal.positions)
+                for symbol in sorted(set(look.venue.positions) | set(positions)):
+                    ours = positions[symbol].quantity if symbol in positions else ZERO
+                    mismatch[symbol] = look.venue.positions.get(symbol, ZERO) - ours
         except Exception as exc:
             log.exception("reconciliation (%s) failed", trigger.value)
             error = f"{type(exc).__name__}: {exc}"
@@ -475,6 +506,9 @@ class Reconciler:
             )
         elif any(d.outcome == "halted" for d in found):
             result = Result.HALTED
+        elif unknown:
+            result = Result.UNKNOWN
+            error = f"the venue did not answer for {' and '.join(unknown)}: not compared"
         elif found:
             result = Result.RESOLVED
         else:
@@ -485,6 +519,8 @@ class Reconciler:
             self.store.record_reconciliation, trigger.value, result.value, started, finished, items, error
         )
         self.metrics.run(trigger.value, result.value, time.time())
+        if error is None or result is Result.UNKNOWN:  # a run that failed early saw nothing: says nothing here
+            self.metrics.unknown(unknown)
         for d in found:
             self.metrics.discrepancy(d.kind.value)
         for symbol, difference in mismatch.items():
@@ -500,9 +536,10 @@ class Reconciler:
             "discrepancies": items,
             "settled": settled,
             "position_mismatch": {s: str(q) for s, q in mismatch.items() if q},
+            "unknown": unknown,
             "error": error,
         }
-        level = logging.INFO if result in (Result.CLEAN, Result.RESOLVED) else logging.ERROR
+        level = logging.INFO if result in (Result.CLEAN, Result.RESOLVED) else logging.ERROR  # unknown included
         log.log(level, "reconciliation %d (%s): %s, %s", run_id, trigger.value, result.value, summary["counts"])
         self.last = summary
         if result in (Result.CLEAN, Result.RESOLVED):
@@ -519,17 +556,30 @@ class Reconciler:
         return _Pass(journal, venue, classify(journal, venue, self.split))
 
     async def _venue_snapshot(self, now: datetime) -> VenueSnapshot:
-        """Positions, balances, open orders and fills with no fill arriving in between (else look again)."""
+        """Positions, balances, open orders and fills with no fill arriving in between (else look again). Positions
+        or balances the venue does not answer for are None (unknown); open orders and fills it must answer."""
         since = now - timedelta(seconds=self.fills_lookback) if self.fills_lookback > 0 else None
         for _ in range(SNAPSHOT_ATTEMPTS):
             before = await self.broker.recent_fills(since)
-            positions = await self.broker.positions()
-            balances = await self.broker.balances()
+            positions = await self._ask("positions", self.broker.positions)
+            balances = await self._ask("balances", self.broker.balances)
             open_orders = await self.broker.open_orders()
             after = await self.broker.recent_fills(since)
             if [f.trade_id for f in before] == [f.trade_id for f in after]:
                 return VenueSnapshot(positions, balances, open_orders, after)
         raise RuntimeError(f"the venue kept filling during {SNAPSHOT_ATTEMPTS} snapshot attempts")
+
+    @staticmethod
+    async def _ask(part: str, query: Callable[[], Any]) -> dict[str, Decimal] | None:
+        """The venue's answer, or None when it gave none (never an empty answer: that would read as flat)."""
+        try:
+            answer: dict[str, Decimal] = await query()
+        except BrokerError as exc:
+            log.warning(
+                "reconciliation: the venue did not answer for %s (%s: %s): left unknown", part, exc.error_class, exc
+            )
+            return None
+        return answer
 
     async def _closed_orders(self, journal: JournalSnapshot, venue: VenueSnapshot) -> dict[str, VenueOrder | None]:
         """Ask the venue how each order open in the journal but not listed open ended (up to MAX_ORDER_LOOKUPS)."""
@@ -622,7 +672,7 @@ class Reconciler:
                 d.detail = {**d.detail, "error": str(exc)[:200]}
         if fills_removed:
             await self.hooks.fills_changed(sorted(fills_removed))
-        if adopt_balances:
+        if adopt_balances and venue.balances is not None:
             await self.journal.call(self.journal.set_balances, dict(venue.balances))
         if halts:
             await self.hooks.halt("reconciliation: " + ", ".join(halts[:5]) + (" ..." if len(halts) > 5 else ""))

@@ -10,8 +10,9 @@ from trading_ops.bot.cardinality import ChildCache
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.config import RECONCILIATION_POLICIES
 
-TRIGGERS = ("startup", "schedule", "reconnect", "command", "lost_reply")
-RESULTS = ("clean", "resolved", "failed", "halted")
+TRIGGERS = ("startup", "schedule", "reconnect", "command", "lost_reply", "journal")
+RESULTS = ("clean", "resolved", "failed", "halted", "unknown")
+UNKNOWN_PARTS = ("positions", "balances")
 
 
 class ReconciliationMetrics:
@@ -53,6 +54,14 @@ class ReconciliationMetrics:
             registry=registry,
         )
         self._mismatch = ChildCache(mismatch, ("symbol",), (venue,), metrics.guard)
+        unknown = Gauge(
+            f"{PREFIX}_reconciliation_unknown",
+            "1 when the last reconciliation could not see this part of the account (the venue did not answer the "
+            "positions or balances query): it was not compared, never taken as zero.",
+            ["venue", "part"],
+            registry=registry,
+        )
+        self._unknown = {part: unknown.labels(venue, part) for part in UNKNOWN_PARTS}
         for trigger in TRIGGERS:
             for result in RESULTS:
                 self._runs.labels(venue, trigger, result)
@@ -64,6 +73,11 @@ class ReconciliationMetrics:
         self._runs.labels(self.venue, trigger, result).inc()
         if result in ("clean", "resolved"):
             self._last_success.labels(self.venue).set(finished_at)
+
+    def unknown(self, parts: list[str]) -> None:
+        """The parts the last run could not see (the others it saw)."""
+        for part, child in self._unknown.items():
+            child.set(1 if part in parts else 0)
 
     def discrepancy(self, kind: str) -> None:
         self._discrepancies.labels(self.venue, kind).inc()

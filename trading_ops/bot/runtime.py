@@ -21,9 +21,10 @@ from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.drawdown import PeakJournal
 from trading_ops.bot.gate import OrderGate
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
-from trading_ops.bot.instance_lock import InstanceLock
+from trading_ops.bot.instance_lock import AnotherInstanceRunning, InstanceLock
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.bot.journal import Journal
+from trading_ops.bot.journal_health import JournalHealth
 from trading_ops.bot.kill_switch import KillSwitch
 from trading_ops.bot.orders import OrderEngine
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
@@ -206,7 +207,9 @@ class BotRuntime:
         )
         self.metrics = self.inst.metrics
         self.broker: Broker = broker if isinstance(broker, Broker) or not callable(broker) else broker()
-        self.journal = Journal(self.engine, bot.name, bot.venue)
+        self.journal = Journal(
+            self.engine, bot.name, bot.venue, JournalHealth(venue=bot.venue, registry=self.inst.registry, settle=True)
+        )
         self.trade_lock = TradeLock()
         limits = risk_limits(config) if limits is None else limits
         if not limits.daily_loss:
@@ -267,6 +270,9 @@ class BotRuntime:
             self.metrics,
             rec,
         )
+        self.journal.health.add_listener(self.schedule.journal_changed)
+        self.schedule.on_journal_settled = self.journal.health.settled
+        self.journal.health.add_listener(self._journal_changed)
         self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
         self._stop_reason = "stop"
         self._stopped = False
@@ -274,6 +280,7 @@ class BotRuntime:
         self._hang_until = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
         self._journal_writes: set[asyncio.Task[None]] = set()
+        self._journal_probe: asyncio.Task[None] | None = None
         self._on_stop: list[Callable[[], None]] = []
         self.inst.state.add_listener(self._journal_transition)
         register_commands(self)
@@ -318,9 +325,10 @@ class BotRuntime:
         return age is None or age > self.config.bot.market_data_stale_seconds
 
     def loop_progressing(self) -> bool:
-        """What /healthz checks: the trading loop completed an iteration within the heartbeat timeout, or the bot
-        started less than that ago (the first iteration may still be under way: not a stall)."""
-        return self.inst.health()[0]
+        """What /healthz checks first (and the heartbeat and systemd's watchdog only): the trading loop completed an
+        iteration within the heartbeat timeout, or the bot started less than that ago (the first iteration may still
+        be under way: not a stall)."""
+        return self.inst.loop_health()[0]
 
     def hang(self, seconds: float) -> None:
         """Fault injection: the trading loop makes no progress for `seconds`."""
@@ -347,13 +355,32 @@ class BotRuntime:
                 return False, f"startup reconciliation not passed: {last['result']}"
             if self.reconnect_reconciliation_pending:
                 return False, f"no reconciliation passed since the orders channel reconnected (last: {last['result']})"
-            if last["result"] in (Result.FAILED, Result.HALTED):
-                return False, f"last run {last['run_id']} {last['result']}"
+            if last["result"] in (Result.FAILED, Result.HALTED, Result.UNKNOWN):
+                why = f": {last['error']}" if last["result"] == Result.UNKNOWN else ""
+                return False, f"last run {last['run_id']} {last['result']}{why}"
             return True, f"run {last['run_id']} {last['result']} at {last['finished_at']}"
+
+        def journal() -> tuple[bool, str]:
+            health = self.journal.health
+            if health.failing:
+                return False, f"cannot be written for {health.failing_for():.1f} s ({health.reason}): {health.error}"
+            if self.gate.journal_reconcile_pending:
+                return False, "written again; no reconciliation passed since"
+            return True, "writable"
+
+        def journal_alive() -> tuple[bool, str]:
+            health, timeout = self.journal.health, self.config.bot.journal_failure_timeout_seconds
+            if health.failing_for() > timeout:
+                return False, (
+                    f"journal failing, or not reconciled since, for {health.failing_for():.1f} s (over {timeout:g} s)"
+                )
+            return True, "writable" if not health.failing else f"failing for {health.failing_for():.1f} s"
 
         self.inst.add_readiness_check("broker", broker)
         self.inst.add_readiness_check("market_data", market_data)
         self.inst.add_readiness_check("reconciliation", reconciliation)
+        self.inst.add_readiness_check("journal", journal)
+        self.inst.add_health_check("journal", journal_alive)
 
     def _journal_transition(self, before: TradingState, after: TradingState, reason: str) -> None:
         """Every change of trading state goes to the journal with its reason (a loss-limit halt is found there at
@@ -644,6 +671,7 @@ class BotRuntime:
             await asyncio.sleep(self.loop_interval)
 
     async def _after_step(self) -> None:
+        self._probe_journal()
         await self.kill_switch.after_step()
         headroom = self.broker.rate_limit_headroom()
         if headroom is not None:
@@ -676,12 +704,43 @@ class BotRuntime:
             state.state is TradingState.HALTED and state.flatten_while_halted
         )
 
+    def _probe_journal(self) -> None:
+        """A step in which no journal write landed writes the heartbeat: a journal that cannot be written is known
+        (/readyz, the gate) within one loop step whatever the strategy did, and known writable again as soon. In the
+        background, one at a time: a slow or hung database never holds the loop up here."""
+        if self._journal_probe is not None and not self._journal_probe.done():
+            return
+        health = self.journal.health
+        age = health.last_write_age()
+        if health.failing or age is None or age > self.loop_interval:
+            self._journal_probe = asyncio.create_task(self.heartbeat.beat(), name="journal-probe")
+            self._journal_writes.add(self._journal_probe)
+            self._journal_probe.add_done_callback(self._journal_writes.discard)
+
     # -- what other parts call ------------------------------------------------------------------------
     async def halt(self, reason: str) -> None:
         """The kill switch, engaged by the bot itself (a reconciliation's halt policy)."""
         if self.inst.state.state is not TradingState.HALTED:
             self.metrics.control_command("halt", SOURCE_RISK)
         await self.kill_switch.halt(reason)
+
+    def _journal_changed(self, reason: str | None) -> None:
+        """The journal is writable again: a PostgreSQL that was away took the single-instance advisory lock with the
+        session that held it, so it is taken again (another process holding it by now halts this one)."""
+        if reason is not None or self.instance_lock.engine is None or self._stopped:
+            return
+        task = asyncio.get_running_loop().create_task(self._keep_instance_lock(), name="instance-lock")
+        self._journal_writes.add(task)
+        task.add_done_callback(self._journal_writes.discard)
+
+    async def _keep_instance_lock(self) -> None:
+        try:
+            await self.journal.call(self.instance_lock.keep_database_lock)
+        except AnotherInstanceRunning as exc:
+            log.error("%s: halting, two instances must not trade one account", exc)
+            await self.halt(f"single-instance lock lost: {exc}"[:200])
+        except Exception as exc:  # the database is away again: its next return tries again
+            log.warning("taking the advisory lock again failed: %s", exc)
 
     def _lost_reply(self) -> None:
         self.schedule.lost_reply()
@@ -724,6 +783,12 @@ class BotRuntime:
             "risk_limits": {name: self.risk.limits.value(name) for name in LIMITS if self.risk.limits.value(name)},
             "trading_allowed": self.trading_allowed,
             "reconnect_reconciliation_pending": self.reconnect_reconciliation_pending,
+            "journal": {
+                "writable": not self.journal.health.failing,
+                "reason": self.journal.health.reason,
+                "failing_seconds": round(self.journal.health.failing_for(), 3),
+                "reconciliation_pending": self.gate.journal_reconcile_pending,
+            },
             "next_reconciliation_seconds": self.next_reconciliation_delay(),
             "reconciliation": {
                 k: v

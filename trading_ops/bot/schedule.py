@@ -1,10 +1,12 @@
 """When the bot reconciles: at start until it passes (the safe-start gate), on a schedule, after every reconnect
-of the orders channel, after a lost reply and when asked; and what a passing run unblocks."""
+of the orders channel, after a lost reply, when the journal can be written again and when asked; and what a
+passing run unblocks."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from trading_ops.bot.broker import Broker, Channel
@@ -31,7 +33,8 @@ def startup_retry_delay(failures: int, base: float, cap: float = MAX_STARTUP_RET
 
 class ReconciliationSchedule:
     """Runs the Reconciler with trading held and opens what a passing run allows: the safe-start gate
-    (`gate.trading_allowed`) and, after the orders channel dropped, new risk again (`gate.reconnect_pending`)."""
+    (`gate.trading_allowed`) and, after the orders channel dropped or the journal could not be written, new risk
+    again (`gate.reconnect_pending`, `gate.journal_reconcile_pending`)."""
 
     def __init__(
         self,
@@ -56,7 +59,11 @@ class ReconciliationSchedule:
         self.recovery = recovery
         self.startup_failures = 0  # startup reconciliations in a row that did not pass
         self.reconnect_failures = 0  # reconciliations in a row that did not clear gate.reconnect_pending
+        self.journal_reconcile_failures = 0  # runs in a row that did not clear gate.journal_reconcile_pending
         self._outages = 0  # drops of the orders channel so far
+        self._journal_outages = 0  # times the journal became unwritable so far
+        # Called once a reconciliation after the journal's return passed (JournalHealth.settled).
+        self.on_journal_settled: Callable[[], None] | None = None
         self._wake = asyncio.Event()  # wakes the task: a run was requested, or its timing changed
         self._requested: Trigger | None = None  # what the run it was woken for is (reconnect, startup retry)
         self._channel_lost: set[Channel] = set()
@@ -65,6 +72,7 @@ class ReconciliationSchedule:
         """One reconciliation with trading held: no strategy step runs and venue events wait until it ends."""
         async with self.trade_lock.hold():
             outages = self._outages
+            journal_outages = self._journal_outages
             connected = self.broker.is_connected(Channel.ORDERS)
             self.orders.reconciling = True
             try:
@@ -88,6 +96,21 @@ class ReconciliationSchedule:
                 )
             elif connected:
                 self.reconnect_failures += 1
+        if self.gate.journal_reconcile_pending:
+            if passed and journal_outages == self._journal_outages and self.gate.journal_failing is None:
+                # It looked at the venue after the journal stopped, every write it made landed (its own record
+                # included) and none failed since it started: the journal holds what the venue did meanwhile.
+                self.gate.journal_reconcile_pending = False
+                self.journal_reconcile_failures = 0
+                if self.on_journal_settled is not None:
+                    self.on_journal_settled()
+                log.info(
+                    "reconciliation %d after the journal came back %s: new risk allowed again",
+                    summary["run_id"],
+                    summary["result"],
+                )
+            elif self.gate.journal_failing is None:
+                self.journal_reconcile_failures += 1
         if passed:
             self.startup_failures = 0
             if not self.gate.trading_allowed:
@@ -99,9 +122,22 @@ class ReconciliationSchedule:
         return summary
 
     def request(self, trigger: Trigger) -> None:
+        if trigger is Trigger.JOURNAL and self._requested is not None:
+            return  # any run that passes from now on serves the journal's return
         if self._requested is not Trigger.RECONNECT:  # a reconnect run also serves as a startup retry
             self._requested = trigger
         self._wake.set()
+
+    def journal_changed(self, reason: str | None) -> None:
+        """JournalHealth's listener: no order while the journal cannot be written (`reason`); once it can again
+        (None), a reconciliation runs at once, and new risk waits until one passes."""
+        self.gate.journal_failing = reason
+        if reason is not None:
+            self._journal_outages += 1
+            self.gate.journal_reconcile_pending = True
+            self.journal_reconcile_failures = 0
+        elif not self.reconciler.running:  # a run under way (its writes brought the journal back) serves, if it passes
+            self.request(Trigger.JOURNAL)
 
     def lost_reply(self) -> None:
         """A submission's answer was lost: the venue is asked (the run after a reconnect does it if it is down)."""
@@ -119,6 +155,10 @@ class ReconciliationSchedule:
             if self.gate.reconnect_pending and not halted and self.broker.is_connected(Channel.ORDERS):
                 # The run after a reconnect did not pass: new risk waits for one, so retry soon (backing off).
                 retry = startup_retry_delay(self.reconnect_failures, rec.reconcile_retry_seconds)
+                return retry if interval is None else min(interval, retry)
+            if self.gate.journal_reconcile_pending and not halted and self.gate.journal_failing is None:
+                # The same after the journal came back.
+                retry = startup_retry_delay(self.journal_reconcile_failures, rec.reconcile_retry_seconds)
                 return retry if interval is None else min(interval, retry)
             return interval
         if halted:
@@ -148,6 +188,10 @@ class ReconciliationSchedule:
                 # It could only fail (TradingBotReconciliationFailing for its 15 minutes after a 3-second drop), and
                 # the reconnect asks for a run of its own: what happened while the channel was down is read then.
                 log.info("scheduled reconciliation skipped: the orders channel is down")
+                continue
+            if trigger is Trigger.SCHEDULE and self.gate.journal_failing is not None:
+                # It could not be stored; the journal's return asks for a run of its own.
+                log.info("scheduled reconciliation skipped: the journal cannot be written")
                 continue
             try:
                 if trigger is Trigger.RECONNECT:

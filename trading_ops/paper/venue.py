@@ -29,7 +29,9 @@ Conventions a caller relies on:
   operation changes its state at once, then awaits the callbacks one by one).
 - Balances list every asset the venue ever held, except one withdrawn to zero by `transfer` (venues that list
   only non-zero assets do that).
-- Every fault-injection method is a coroutine; `faults()` is a plain query.
+- Every fault-injection method is a coroutine; `faults()` is a plain query. `fail_queries` makes the `positions`
+  or `balances` query raise `BrokerError("unavailable", ...)` for a while, everything else answering (an account
+  endpoint in trouble: reconciliation must then leave those unknown, never read them as flat).
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ PARTIAL_FILL_FRACTION = (0.1, 0.9)  # a partial fill covers this share of what r
 MAX_RETAINED_FILLS = 1000
 MAX_RETAINED_CLOSED_ORDERS = 1000
 MAX_FAULT_RECORDS = 1000
+# The account queries fail_queries can make fail.
+ACCOUNT_QUERIES = ("positions", "balances")
 MAX_ADVANCE_TICKS = 100_000  # past this, advance() takes coarser steps rather than running for minutes
 STATE_VERSION = 2  # 2: reduce-only and silent orders by venue order id (1: by client order id)
 DRAIN_TIMEOUT_SECONDS = 5.0
@@ -258,6 +262,7 @@ class PaperVenue(Broker):
         self._stale: set[str] = set()
         # reject_orders(): every new order is rejected with this reason until this time (time.monotonic()).
         self._reject_until = 0.0
+        self._failing_queries: dict[str, float] = {}  # account query -> monotonic time its fault ends
         self._reject_with = ""
         self._closed = asyncio.Event()
         self._tokens = float(rate_limit_burst)
@@ -477,10 +482,12 @@ class PaperVenue(Broker):
     # -- Broker: account --------------------------------------------------------------------------------------
     async def positions(self) -> dict[str, Decimal]:
         self._require(Channel.ORDERS)
+        self._check_query("positions")
         return dict(self._positions)
 
     async def balances(self) -> dict[str, Decimal]:
         self._require(Channel.ORDERS)
+        self._check_query("balances")
         return dict(self._balances)
 
     async def open_orders(self) -> list[VenueOrder]:
@@ -520,6 +527,19 @@ class PaperVenue(Broker):
         sizing bug): the connection stays up, cancels still work."""
         self._reject_with = reason
         self._reject_until = time.monotonic() + seconds
+
+    async def fail_queries(self, queries: Iterable[str], seconds: float) -> None:
+        """The account queries named (`positions`, `balances`) fail as unavailable for `seconds`, everything else
+        answering (an account endpoint in trouble while orders and fills still flow)."""
+        until = time.monotonic() + seconds
+        for query in queries:
+            if query not in ACCOUNT_QUERIES:
+                raise ValueError(f"unknown account query {query!r}; one of {', '.join(ACCOUNT_QUERIES)}")
+            self._failing_queries[query] = until
+
+    def _check_query(self, query: str) -> None:
+        if time.monotonic() < self._failing_queries.get(query, 0.0):
+            raise BrokerError("unavailable", f"{self.venue}: the {query} query is unavailable", outcome_unknown=False)
 
     async def stop_market_data(self, symbol: str) -> None:
         """Quotes for `symbol` stop, the connection staying up, until resubscribe()."""
@@ -657,6 +677,7 @@ class PaperVenue(Broker):
             "connection_dropped": self._dropped and not all(self._connected.values()),
             "stale_symbols": sorted(self._stale),
             "rejecting_orders": self._reject_with if time.monotonic() < self._reject_until else None,
+            "failing_queries": sorted(q for q, until in self._failing_queries.items() if time.monotonic() < until),
             "clock_skew_seconds": self._skew,
             "external_open_orders": external,
             "hidden_fills": list(self._hidden_fills),
@@ -671,6 +692,7 @@ class PaperVenue(Broker):
         """
         self._skew = 0.0
         self._reject_until = 0.0
+        self._failing_queries.clear()
         self._hidden_fills.clear()
         self._unnotified_fills.clear()
         if self._dropped:

@@ -55,8 +55,8 @@ class ReconciliationRun(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     bot: Mapped[str] = mapped_column(String(64))
     venue: Mapped[str] = mapped_column(String(32))
-    trigger: Mapped[str] = mapped_column(String(16))  # startup, schedule, reconnect, command, lost_reply
-    result: Mapped[str] = mapped_column(String(16))  # clean, resolved, failed, halted
+    trigger: Mapped[str] = mapped_column(String(16))  # startup, schedule, reconnect, command, lost_reply, journal
+    result: Mapped[str] = mapped_column(String(16))  # clean, resolved, failed, halted, unknown
     started_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime] = mapped_column()
     discrepancies: Mapped[int] = mapped_column(default=0)
