@@ -35,12 +35,12 @@ from trading_ops.db.models import (
 )
 from trading_ops.ops.state_metrics import UpkeepCollector
 from trading_ops.ops.upkeep import run_upkeep_sync, state_path
-from trading_ops.reconciler.retention import ledger_retention
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext
 from trading_ops.reconciler.cli import environment_for_steps
 from trading_ops.reconciler.playbook import load_configured_playbook
+from trading_ops.reconciler.retention import ledger_retention
 
 MIB = 1024 * 1024
 
