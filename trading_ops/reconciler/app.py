@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import json
 import logging
 import re
 import socket
@@ -49,6 +50,7 @@ from trading_ops.reconciler.ledger import (
 )
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.outbox import Outbox, OutboxCollector
 from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
 from trading_ops.reconciler.retention import Pruner
@@ -190,8 +192,24 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     writer.start()
     app[keys.WRITER], app[keys.ENGINE], app[keys.DEADMAN] = writer, engine, deadman
     pruner = Pruner(app[keys.LEDGER], config.reconciler.retention_days, metrics)
+    rc = config.reconciler
+    outbox = Outbox(
+        engine.outbox,
+        AlertmanagerClient(app[keys.SESSION], rc.alertmanager_urls),
+        notifier,
+        metrics,
+        app[keys.OWNER],
+        rc.escalation,
+        rc.lease_seconds,
+        rc.poll_interval_seconds,
+        wake=engine.escalations,
+    )
+    outbox_metrics = OutboxCollector(engine.outbox)
+    app[keys.REGISTRY].register(outbox_metrics)
+    app[keys.OUTBOX] = outbox
     tasks = [
         asyncio.create_task(engine.run_forever(), name="engine"),
+        asyncio.create_task(outbox.run_forever(), name="outbox"),
         asyncio.create_task(deadman.run_forever(), name="deadman"),
         asyncio.create_task(pruner.run_forever(), name="retention"),
     ]
@@ -218,7 +236,9 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         await stop_tasks(tasks)
         await engine.stop()
+        await outbox.stop()
         await writer.stop()
+        app[keys.REGISTRY].unregister(outbox_metrics)
 
 
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -326,11 +346,34 @@ async def get_episode(request: web.Request) -> web.Response:
         row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
     if row is None:
         return web.json_response({"error": f"no episode {episode_id}"}, status=404)
-    return web.json_response(episode_json(row))
+    body = episode_json(row)
+    pages = await asyncio.to_thread(request.app[keys.ENGINE].outbox.of_episode, episode_id)
+    body["escalations"] = [escalation_json(p) for p in pages]
+    return web.json_response(body)
+
+
+def escalation_json(page: dict[str, Any]) -> dict[str, Any]:
+    """An outbox row of the episode: the page it owes, and how far its delivery got."""
+
+    def ts(v: Any) -> str | None:
+        return v.isoformat() if v else None
+
+    return {
+        "alertname": page["alertname"],
+        "labels": json.loads(page["labels"]),
+        "starts_at": ts(page["starts_at"]),
+        "created_at": ts(page["created_at"]),
+        "attempts": page["attempts"],
+        "next_attempt_at": ts(page["next_attempt_at"]) if page["posted_at"] is None else None,
+        "posted_at": ts(page["posted_at"]),
+        "notified_at": ts(page["notified_at"]),
+        "last_error": page["last_error"],
+    }
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[keys.REGISTRY])
+    # In a thread: the escalation outbox's gauges are read from the ledger on each scrape.
+    body = await asyncio.to_thread(generate_latest, request.app[keys.REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

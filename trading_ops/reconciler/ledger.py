@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, exist
 from sqlalchemy.dialects import postgresql, sqlite
 
 from trading_ops.db.base import utcnow
-from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Notification, Setting, Step, Target
+from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Escalation, Notification, Setting, Step, Target
 from trading_ops.reconciler.processes import owner_is_dead
 from trading_ops.reconciler.states import ACTIVE_STATES, CLAIMED_STATES, CLOSED_STATES, OPEN_STATES, RUNNABLE_STATES
 
@@ -59,6 +59,7 @@ T = cast(Table, Target.__table__)
 N = cast(Table, Notification.__table__)
 SET = cast(Table, Setting.__table__)
 AUDIT = cast(Table, AuditEntry.__table__)
+ESC = cast(Table, Escalation.__table__)
 CIRCUIT_RESET = "circuit_reset"
 
 
@@ -958,6 +959,7 @@ class Ledger:
             attempt_ids = select(A.c.id).where(A.c.episode_id.in_(ids))
             steps = conn.execute(delete(S).where(S.c.attempt_id.in_(attempt_ids))).rowcount
             attempts = conn.execute(delete(A).where(A.c.episode_id.in_(ids))).rowcount
+            conn.execute(delete(ESC).where(ESC.c.episode_id.in_(ids)))  # their pages (SQLite enforces no cascade)
             episodes = conn.execute(delete(E).where(E.c.id.in_(ids), E.c.state.in_(CLOSED_STATES))).rowcount
         return {"episodes": int(episodes), "attempts": int(attempts), "steps": int(steps)}
 
