@@ -16,7 +16,6 @@ import pytest
 from conftest import AUTH, READ_AUTH, FakeBot, alert, bot_targets, make_config, payload, write_playbook
 from prometheus_client import CollectorRegistry
 
-from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app
 
 GOLDEN = Path(__file__).parent / "golden" / "reconciler_metrics.txt"
