@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
-import json
 import logging
 import re
 import socket
@@ -346,29 +345,7 @@ async def get_episode(request: web.Request) -> web.Response:
         row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
     if row is None:
         return web.json_response({"error": f"no episode {episode_id}"}, status=404)
-    body = episode_json(row)
-    pages = await asyncio.to_thread(request.app[keys.ENGINE].outbox.of_episode, episode_id)
-    body["escalations"] = [escalation_json(p) for p in pages]
-    return web.json_response(body)
-
-
-def escalation_json(page: dict[str, Any]) -> dict[str, Any]:
-    """An outbox row of the episode: the page it owes, and how far its delivery got."""
-
-    def ts(v: Any) -> str | None:
-        return v.isoformat() if v else None
-
-    return {
-        "alertname": page["alertname"],
-        "labels": json.loads(page["labels"]),
-        "starts_at": ts(page["starts_at"]),
-        "created_at": ts(page["created_at"]),
-        "attempts": page["attempts"],
-        "next_attempt_at": ts(page["next_attempt_at"]) if page["posted_at"] is None else None,
-        "posted_at": ts(page["posted_at"]),
-        "notified_at": ts(page["notified_at"]),
-        "last_error": page["last_error"],
-    }
+    return web.json_response(episode_json(row))
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -837,6 +837,8 @@ class Ledger:
                 if aids
                 else []
             )
+            pages = conn.execute(select(ESC).where(ESC.c.episode_id == episode_id).order_by(ESC.c.id)).mappings()
+            episode["escalation_list"] = [dict(p) for p in pages]
         for a in attempts:
             a["steps"] = [s for s in steps if s["attempt_id"] == a["id"]]
         episode["attempt_list"] = attempts
@@ -1015,7 +1017,7 @@ def episode_json(e: dict[str, Any]) -> dict[str, Any]:
                 "steps": steps,
             }
         )
-    return {
+    shown = {
         "id": e["id"],
         "fingerprint": e["fingerprint"],
         "starts_at": ts(e["starts_at"]),
@@ -1032,3 +1034,19 @@ def episode_json(e: dict[str, Any]) -> dict[str, Any]:
         "closed_at": ts(e["closed_at"]),
         "attempts": attempts,
     }
+    if "escalation_list" in e:  # one episode's view: the pages it owes (the escalation outbox) and how far they got
+        shown["escalations"] = [
+            {
+                "alertname": p["alertname"],
+                "labels": json.loads(p["labels"]),
+                "starts_at": ts(p["starts_at"]),
+                "created_at": ts(p["created_at"]),
+                "attempts": p["attempts"],
+                "next_attempt_at": ts(p["next_attempt_at"]) if p["posted_at"] is None else None,
+                "posted_at": ts(p["posted_at"]),
+                "notified_at": ts(p["notified_at"]),
+                "last_error": p["last_error"],
+            }
+            for p in e["escalation_list"]
+        ]
+    return shown
