@@ -353,11 +353,14 @@ async def test_a_reconciler_killed_while_sending_leaves_its_pages_to_the_next(
             body = payload(alert("TradingBotStalled", fingerprint=bot.replace("-", ""), instance=bot))
             assert await asyncio.to_thread(post, first_port, body) == 200
 
-        def held_by_first() -> bool:
+        def held_by_first() -> list[dict[str, Any]]:
+            """Every page owed, and some held by the first reconciler (its post of them hangs)."""
             rows = [r for e in ledger.list_episodes() for r in store.of_episode(e["id"])]
-            return len(rows) == PAGES and all(r["owner"] and r["posted_at"] is None for r in rows)
+            held = [r for r in rows if r["owner"] and r["posted_at"] is None]
+            return held if len(rows) == PAGES and held else []
 
-        await until("the pages held by the first reconciler", lambda: asyncio.to_thread(held_by_first))
+        held = await until("pages held by the first reconciler", lambda: asyncio.to_thread(held_by_first))
+        assert all(r["owner"].startswith("first:") for r in held)
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait()
         if who == "replica":
