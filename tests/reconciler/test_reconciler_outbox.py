@@ -21,7 +21,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,11 @@ from conftest import (
 from ports import free_port
 
 from tests.ops.conftest import Mailbox, SMTPServer
-from trading_ops.db.base import make_engine
+from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys
-from trading_ops.reconciler.actions.escalate import FAILED
+from trading_ops.reconciler.actions.escalate import FAILED, escalation_alert
 from trading_ops.reconciler.app import create_app
-from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn
 from trading_ops.reconciler.outbox import VIA_APPRISE, OutboxStore
 
 pytestmark = [pytest.mark.alertmanager]
@@ -390,3 +390,58 @@ async def test_a_reconciler_killed_while_sending_leaves_its_pages_to_the_next(
         for proc in procs:
             await asyncio.to_thread(stop, proc)
         await asyncio.to_thread(stop, am.proc)
+
+
+# ---- the outbox's claims, on both databases -----------------------------------------------------------------------
+
+
+def owe_pages(ledger: Ledger, count: int) -> list[int]:
+    """`count` episodes whose runs gave up: each an escalating episode with its page in the outbox."""
+    store, run = OutboxStore(ledger), uuid.uuid4().hex[:6]
+    ids = []
+    for i in range(count):
+        instance = f"bot-{run}-{i}"
+        labels = {"alertname": "TradingBotStalled", "instance": instance}
+        a = AlertIn("firing", f"{run}{i}", utcnow(), labels["alertname"], labels, {}, "", "restart", instance)
+        ledger.store([NotificationIn("reconciler", "firing", "g", "{}", [a])])
+        (episode_id,) = [e["id"] for e in ledger.list_episodes() if e["target"] == instance]
+        assert ledger.claim(episode_id, instance, "run", utcnow(), 60) is not None
+        page = escalation_alert(FAILED, labels, instance, "gave up", episode=episode_id)
+        assert store.enqueue(episode_id, "run", page, "gave up", utcnow())
+        ids.append(episode_id)
+    return ids
+
+
+def test_two_live_replicas_never_hold_one_page_and_a_dead_ones_pages_are_taken_at_once(database_url: str) -> None:
+    from trading_ops.db import migrate
+
+    migrate.upgrade(database_url)
+    ledger = Ledger(make_engine(database_url))
+    try:
+        store = OutboxStore(ledger)
+        episodes = owe_pages(ledger, 5)
+        assert {e["state"] for e in ledger.list_episodes()} == {"escalating"}
+        alive = lambda _owner: False  # noqa: E731 - both replicas live
+        now = utcnow()
+        first = store.claim_due("replica-a", now, 30, limit=3, is_dead=alive)
+        second = store.claim_due("replica-b", now, 30, is_dead=alive)
+        assert len(first) == 3 and len(second) == 2
+        assert {p.episode_id for p in first} | {p.episode_id for p in second} == set(episodes)
+        # Both hold theirs: nothing is left to claim, for either, while the leases run.
+        assert store.claim_due("replica-a", now, 30, is_dead=alive) == []
+        assert store.claim_due("replica-c", now, 30, is_dead=alive) == []
+        # replica-a's process is gone (kill -9): its pages are taken at once, its lease notwithstanding ...
+        taken = store.claim_due("replica-c", now, 60, is_dead=lambda owner: owner == "replica-a")
+        assert sorted(p.id for p in taken) == sorted(p.id for p in first)
+        # ... and replica-b's, alive, once its lease has lapsed (replica-c's, 60 s, still holds).
+        later_on = now + timedelta(seconds=31)
+        assert sorted(p.id for p in store.claim_due("replica-c", later_on, 30, is_dead=alive)) == sorted(
+            p.id for p in second
+        )
+        # What a holder that lost its pages writes changes nothing; the holder's own write delivers them.
+        assert store.posted([p.id for p in first], "replica-a", utcnow()) == []
+        assert sorted(store.posted([p.id for p in first + second], "replica-c", utcnow())) == sorted(episodes)
+        assert {e["state"] for e in ledger.list_episodes()} == {"escalated"}
+        assert store.stats().pending == 0
+    finally:
+        ledger.engine.dispose()

@@ -309,6 +309,11 @@ class Outbox:
             now = utcnow()
             fallback_at = page.created_at + fallback_after
             if page.notified_at is None and now >= fallback_at:
+                # The batch's hold renewed first (apprise may be slow): no page of it lapses to another replica
+                # meanwhile, which would post it beside us.
+                held = await self.db(self.store.renew, [p.id for p in pages], self.owner, self.lease_seconds)
+                if page.id not in held:
+                    continue  # lost to another replica meanwhile: it sends
                 await self._fallback(page, error)
             when = now + timedelta(seconds=self._delay(page.attempts + 1))
             if page.notified_at is None and fallback_at > now:
@@ -324,8 +329,6 @@ class Outbox:
 
     async def _fallback(self, page: Page, error: AlertmanagerError) -> None:
         """Send the page through the apprise notifications (it stays in the outbox for Alertmanager)."""
-        if not await self.db(self.store.renew, [page.id], self.owner, self.lease_seconds):
-            return  # lost to another replica meanwhile: it sends
         labels = page.labels
         title = f"[trading-ops] {page.alertname}: {labels.get('original_alertname') or '?'} on {labels.get('target')}"
         body = (
