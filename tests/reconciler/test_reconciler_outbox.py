@@ -438,6 +438,13 @@ def test_two_live_replicas_never_hold_one_page_and_a_dead_ones_pages_are_taken_a
         assert sorted(p.id for p in store.claim_due("replica-c", later_on, 30, is_dead=alive)) == sorted(
             p.id for p in second
         )
+        # Alertmanager did not take them: each backs off ...
+        store.retry_later([(p.id, later_on + timedelta(seconds=60)) for p in taken], "replica-c", "refused")
+        assert store.claim_due("replica-c", later_on, 30, is_dead=alive) == []
+        # ... until a post is taken again: then every page backing off, held by nobody, is due at once.
+        assert store.hurry(later_on) == len(taken)
+        retaken = store.claim_due("replica-c", later_on, 60, is_dead=alive)
+        assert sorted(p.id for p in retaken) == sorted(p.id for p in taken) and {p.attempts for p in retaken} == {1}
         # What a holder that lost its pages writes changes nothing; the holder's own write delivers them.
         assert store.posted([p.id for p in first], "replica-a", utcnow()) == []
         assert sorted(store.posted([p.id for p in first + second], "replica-c", utcnow())) == sorted(episodes)
