@@ -188,7 +188,10 @@ def main() -> int:
             down = time.monotonic()
             for i in range(args.pages):
                 post_alert(port, i)
-            wait(f"{args.pages} pages owed", lambda: len(ledger.list_episodes(state="escalating")) == args.pages)
+            wait(
+                f"{args.pages} pages owed",
+                lambda: len(ledger.list_episodes(limit=args.pages + 1, state="escalating")) == args.pages,
+            )
             owed = time.monotonic() - down
             time.sleep(max(0.0, args.outage - (time.monotonic() - down)))
             if args.freeze:
