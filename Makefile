@@ -114,6 +114,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_freqtrade.py
 	$(PY) benchmarks/bench_fleet.py
 	$(PY) benchmarks/bench_mttr.py
+	$(PY) benchmarks/bench_outbox.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache
