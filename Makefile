@@ -116,6 +116,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_fleet.py
 	$(PY) benchmarks/bench_mttr.py
 	$(PY) benchmarks/bench_webconfig.py
+	$(PY) benchmarks/bench_outbox.py
 
 clean:
 	rm -rf $(VENV) var site .pytest_cache .ruff_cache .mypy_cache

@@ -42,6 +42,7 @@ RECONCILER_OWN_HEALTH = {
     "TradingOpsCircuitStillOpen",
     "TradingOpsRemediationSuccessRatioLow",
     "TradingOpsEscalationFailing",
+    "TradingOpsEscalationsStuck",
     "TradingOpsLedgerPruneFailing",
 }
 # What a person must see for each severity, whatever else receives the alert.

@@ -31,7 +31,9 @@ from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import SchedulerMetrics
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
+from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.outbox import OutboxCollector, OutboxStore
 
 RULE_FILES = sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml"))
 DASHBOARD_FILES = sorted((REPO_ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -160,6 +162,8 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     ops_db = tmp_path_factory.mktemp("ops-db") / "ops.db"
     migrate.upgrade(f"sqlite:///{ops_db}")
     register_maintenance_metrics(reconciler_registry, make_engine(f"sqlite:///{ops_db}")).read()
+    # The escalation outbox's gauges, read from the ledger on each scrape.
+    reconciler_registry.register(OutboxCollector(OutboxStore(Ledger(make_engine(f"sqlite:///{ops_db}")))))
     sidecar_registry = CollectorRegistry()
     sidecar = FreqtradeSidecar(
         name="ft", url="http://127.0.0.1:9", username="u", password="p", token=TOKEN, registry=sidecar_registry

@@ -502,6 +502,18 @@ class WatchdogConfig:
 
 
 @dataclass
+class EscalationConfig:
+    # Every page the reconciler owes is a ledger row (the outbox) posted to Alertmanager until a member takes it,
+    # however long that takes. A post Alertmanager did not take is tried again after this long, doubling ...
+    retry_initial_seconds: float = bounded(1.0, min=0.01)
+    # ... up to this: once Alertmanager is back, every pending page is posted within about this long.
+    retry_max_seconds: float = bounded(10.0, min=0.01)
+    # A page Alertmanager has not taken this long after it was owed also goes out through notifications.urls
+    # (apprise), and the episode counts as escalated from then on; the outbox still posts it to Alertmanager.
+    fallback_after_seconds: float = bounded(30.0, min=0)
+
+
+@dataclass
 class ReconcilerConfig:
     listen: ReconcilerListenConfig = field(default_factory=ReconcilerListenConfig)
     token: str = secret("TRADING_OPS_RECONCILER_TOKEN", "bearer token Alertmanager sends to the webhook")
@@ -565,6 +577,7 @@ class ReconcilerConfig:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # TLS of every request the reconciler sends to an https URL: bots' control APIs, Prometheus, Alertmanager.
     tls: TLSClientConfig = field(default_factory=TLSClientConfig)
+    escalation: EscalationConfig = field(default_factory=EscalationConfig)
     # Bot instance (the `instance` label of its alerts) -> its control API.
     targets: dict[str, TargetConfig] = field(default_factory=dict)
 

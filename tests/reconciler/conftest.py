@@ -317,9 +317,11 @@ def start_alertmanager(
     peers: tuple[int, ...] = (),
     repeat_interval: str = "1h",
     max_alerts: int = 0,
+    port: int | None = None,
 ) -> Alertmanager:
+    """A real Alertmanager; `port` to start it again where a stopped one listened (its clients keep their URL)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     receivers: list[dict[str, Any]] = [{"name": "null"}]
     route: dict[str, Any] = {
         "receiver": "null",

@@ -395,6 +395,12 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
     assert f"episode {eid}: TradingBotBrokerDisconnected on {instance}  state escalated" in whole.stdout
     assert "1. bot command=reconnect  [safe]  failure" in whole.stdout and "| HTTP 500" in whole.stdout
     assert "why it escalated: bot command=reconnect: failure: HTTP 500" in whole.stdout
+    # Its page, from the escalation outbox: Alertmanager took it at the first post.
+    assert "pages (escalation outbox):" in whole.stdout
+    assert (
+        "TradingOpsRemediationFailed  owed " in whole.stdout
+        and "0 failed post(s)  taken by Alertmanager" in whole.stdout
+    )
 
     as_json = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid, "--json")
     assert json.loads(as_json.stdout) == await (await client.get(f"/api/v1/episodes/{eid}", headers=READ_AUTH)).json()

@@ -418,33 +418,60 @@ async def test_escalation_falls_back_to_apprise_when_alertmanager_is_down(
     url, received = hook
     fake_bot.status["reconnect"] = 500
     rule = {**RECONNECT, "verify": False, "max_attempts": 1}
-    # alertmanager_url points at a closed port (make_config's default).
-    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], notify_urls=[url])
-    client.app[keys.ENGINE].escalation_delays = (0.01, 0.02)
+    # alertmanager_url points at a closed port (make_config's default); the fallback is due at once.
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [rule],
+        notify_urls=[url],
+        escalation={"fallback_after_seconds": 0, "retry_initial_seconds": 0.05},
+    )
     await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)
     episode = await wait_state(client, {"recovered", "failed", "escalated"})
     assert episode["state"] == "escalated", episode
-    assert "Alertmanager unreachable: escalated through the apprise notifications" in episode["detail"]
+    assert "sent through the apprise notifications" in episode["detail"]
     assert len(received) == 1
     assert received[0]["title"] == "[trading-ops] TradingOpsRemediationFailed: TradingBotBrokerDisconnected on bot-1"
     assert "Rule reconnect did not recover" in received[0]["message"] and "HTTP 500" in received[0]["message"]
     metrics = await (await client.get("/metrics")).text()
     assert 'tradingops_escalation_fallbacks_total{alertname="TradingOpsRemediationFailed"} 1.0' in metrics
     assert 'tradingops_escalations_total{alertname="TradingOpsRemediationFailed"} 0.0' in metrics
+    # Delivered by apprise, but Alertmanager has not taken it: still in the outbox, posted again and again ...
+    assert "tradingops_escalations_pending 1.0" in metrics
+    (page,) = (await (await client.get(f"/api/v1/episodes/{episode['id']}", headers=READ_AUTH)).json())["escalations"]
+    assert page["notified_at"] and page["posted_at"] is None
+    end = time.monotonic() + 10
+    while (await (await client.get(f"/api/v1/episodes/{episode['id']}", headers=READ_AUTH)).json())["escalations"][0][
+        "attempts"
+    ] < 3:
+        assert time.monotonic() < end, "the outbox stopped posting the page"
+        await asyncio.sleep(0.05)
+    assert len(received) == 1  # ... while apprise sent it once
 
 
-async def test_an_escalation_that_reaches_nobody_is_recorded_as_failed(
+async def test_an_escalation_that_reaches_nobody_stays_escalating_never_failed(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
 ) -> None:
     fake_bot.status["reconnect"] = 500
     rule = {**RECONNECT, "verify": False, "max_attempts": 1}
-    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule])  # no apprise URLs either
-    client.app[keys.ENGINE].escalation_delays = (0.01,)
+    client = await start(  # Alertmanager down, no apprise URLs either
+        aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], escalation={"fallback_after_seconds": 0}
+    )
     await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)
-    episode = await wait_state(client, {"recovered", "failed", "escalated"})
-    assert episode["state"] == "failed" and "escalation failed" in episode["detail"]
-    metrics = await (await client.get("/metrics")).text()
-    assert 'tradingops_escalation_failures_total{alertname="TradingOpsRemediationFailed"} 1.0' in metrics
+    episode = await wait_state(client, {"escalating", "recovered", "failed", "escalated"})
+    assert episode["state"] == "escalating" and "HTTP 500" in episode["detail"], episode
+    registry = client.app[keys.REGISTRY]
+    failures = {"alertname": "TradingOpsRemediationFailed"}
+    end = time.monotonic() + 10
+    while registry.get_sample_value("tradingops_escalation_failures_total", failures) != 1:
+        assert time.monotonic() < end, "the failed fallback was not counted"
+        await asyncio.sleep(0.05)
+    assert registry.get_sample_value("tradingops_escalations_pending") == 1
+    assert registry.get_sample_value("tradingops_episodes_total", {"outcome": "failed"}) == 0
+    listed = (await (await client.get("/api/v1/episodes?state=escalating", headers=READ_AUTH)).json())["episodes"]
+    assert [e["id"] for e in listed] == [episode["id"]]
 
 
 async def test_resolved_cancels_verification_and_pending_retries(
@@ -590,7 +617,6 @@ async def test_a_resolved_alert_whose_run_died_with_no_attempts_left_is_closed_n
     client = await start(
         aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [{**RECONNECT, "max_attempts": 1}], instances=(instance,)
     )
-    client.app[keys.ENGINE].escalation_delays = ()
     episode = await wait_state(client, {"resolved", "escalated", "failed", "recovered"})
     assert (episode["state"], episode["detail"]) == ("resolved", "resolved before the run")
     assert fake_bot.calls == []

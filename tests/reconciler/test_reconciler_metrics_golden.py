@@ -16,13 +16,12 @@ import pytest
 from conftest import AUTH, READ_AUTH, FakeBot, alert, bot_targets, make_config, payload, write_playbook
 from prometheus_client import CollectorRegistry
 
-from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app
 
 GOLDEN = Path(__file__).parent / "golden" / "reconciler_metrics.txt"
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})? (?P<value>\S+)$")
 # Values that depend on the clock or on how fast this machine is: kept as a placeholder, their series checked.
-TIMED = re.compile(r"(_timestamp_seconds|_seconds_bucket|_seconds_sum)$")
+TIMED = re.compile(r"(_timestamp_seconds|_seconds_bucket|_seconds_sum|_oldest_pending_seconds)$")
 VERSION = re.compile(r'version="[^"]*"')
 
 RULES = [
@@ -80,17 +79,18 @@ async def test_full_metrics_match_golden_and_pass_promtool(
         playbook=str(write_playbook(tmp_path, RULES)),
         targets=bot_targets(fake_bot, tmp_path),
         watchdog={"window_seconds": 600},
+        # Alertmanager is down: the failed episode's page stays in the outbox, its apprise fallback due at once.
+        escalation={"fallback_after_seconds": 0},
     )
     registry = CollectorRegistry()
     client = await aiohttp_client(create_app(config, registry=registry))
-    client.app[keys.ENGINE].escalation_delays = ()
     fake_bot.status["resubscribe"] = 500
 
     async def send(body: dict[str, Any], headers: dict[str, str] = AUTH) -> None:
         await client.post("/api/v1/alertmanager", json=body, headers=headers)
 
-    # A recovered episode, a resend of it, one that fails and cannot be escalated (Alertmanager is down, no
-    # apprise URLs), one resolved before any action, one no rule matches, a Watchdog, and three rejections.
+    # A recovered episode, a resend of it, one that fails and whose page waits in the outbox (Alertmanager is down,
+    # no apprise URLs), one resolved before any action, one no rule matches, a Watchdog, and three rejections.
     await send(payload(alert(fingerprint="a")))
     await closed(client, 1)
     await send(payload(alert(fingerprint="a")))
@@ -102,9 +102,13 @@ async def test_full_metrics_match_golden_and_pass_promtool(
     await client.post("/api/v1/alertmanager", data=b"{", headers=AUTH)
     await send({**payload(alert()), "version": "3"})
     episodes = await closed(client, 4)
-    assert sorted(e["state"] for e in episodes) == ["failed", "recovered", "resolved", "skipped"]
-    end = time.monotonic() + 10  # the engine's next poll refreshes the ledger snapshot
-    while registry.get_sample_value("tradingops_open_episodes", {"state": "running"}) != 0:
+    assert sorted(e["state"] for e in episodes) == ["escalating", "recovered", "resolved", "skipped"]
+    end = time.monotonic() + 10  # the engine's next poll refreshes the ledger snapshot; the outbox tries apprise
+    failures = {"alertname": "TradingOpsRemediationFailed"}
+    while (
+        registry.get_sample_value("tradingops_open_episodes", {"state": "running"}) != 0
+        or registry.get_sample_value("tradingops_escalation_failures_total", failures) != 1
+    ):
         assert time.monotonic() < end
         await asyncio.sleep(0.05)
 

@@ -49,6 +49,7 @@ from trading_ops.reconciler.ledger import (
 )
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.outbox import Outbox, OutboxCollector
 from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
 from trading_ops.reconciler.retention import Pruner, ledger_retention
@@ -201,8 +202,24 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     writer.start()
     app[keys.WRITER], app[keys.ENGINE], app[keys.DEADMAN] = writer, engine, deadman
     pruner = Pruner(app[keys.LEDGER], config.reconciler.retention_days, metrics)
+    rc = config.reconciler
+    outbox = Outbox(
+        engine.outbox,
+        AlertmanagerClient(app[keys.SESSION], rc.alertmanager_urls),
+        notifier,
+        metrics,
+        app[keys.OWNER],
+        rc.escalation,
+        rc.lease_seconds,
+        rc.poll_interval_seconds,
+        wake=engine.escalations,
+    )
+    outbox_metrics = OutboxCollector(engine.outbox)
+    app[keys.REGISTRY].register(outbox_metrics)
+    app[keys.OUTBOX] = outbox
     tasks = [
         asyncio.create_task(engine.run_forever(), name="engine"),
+        asyncio.create_task(outbox.run_forever(), name="outbox"),
         asyncio.create_task(deadman.run_forever(), name="deadman"),
         asyncio.create_task(pruner.run_forever(), name="retention"),
     ]
@@ -229,7 +246,9 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         await stop_tasks(tasks)
         await engine.stop()
+        await outbox.stop()
         await writer.stop()
+        app[keys.REGISTRY].unregister(outbox_metrics)
 
 
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -343,7 +362,8 @@ async def get_episode(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[keys.REGISTRY])
+    # In a thread: the escalation outbox's gauges are read from the ledger on each scrape.
+    body = await asyncio.to_thread(generate_latest, request.app[keys.REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

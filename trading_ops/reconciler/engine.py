@@ -26,7 +26,7 @@ from trading_ops.db.base import utcnow
 from trading_ops.matchers import compile_pattern
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
-from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED, escalate
+from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED, escalation_alert
 from trading_ops.reconciler.actions.silence import CREATED_BY
 from trading_ops.reconciler.intake import Rejected, parse_timestamp
 from trading_ops.reconciler.ledger import (
@@ -38,6 +38,7 @@ from trading_ops.reconciler.ledger import (
     Ledger,
 )
 from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.outbox import OutboxStore
 from trading_ops.reconciler.playbook import Playbook, Rule
 from trading_ops.reconciler.processes import ProcessId, host_token, kill_leftover_group
 from trading_ops.reconciler.spool import OutcomeSpool, SpooledOutcome
@@ -46,17 +47,12 @@ from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Posting an escalation to Alertmanager is retried after these delays before the apprise notifications take over.
-ESCALATION_RETRY_DELAYS = (0.5, 1.0, 2.0)
 # A paused reconciler looks at its parked episodes again this often (resume wakes them at once).
 PAUSE_RECHECK_SECONDS = 60.0
 # A maintenance silence is re-read at its end, and at least this often (an operator may expire it early) ...
 MAINTENANCE_RECHECK_SECONDS = 60.0
 # ... but never sooner than this (Alertmanager's clock and ours may differ a little at the end).
 MIN_RECHECK_SECONDS = 1.0
-# What an escalation's episode detail says about how it went out ("" = through Alertmanager).
-FALLBACK = " (Alertmanager unreachable: escalated through the apprise notifications)"
-NOBODY = " (escalation failed: Alertmanager unreachable and no notification delivered)"
 # Alertmanager's API gives startsAt in milliseconds, webhooks in nanoseconds.
 STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
 # Ledger calls of the dispatch loop (and the pruner's) beside those of the runs.
@@ -145,7 +141,9 @@ class Engine:
         # Running episode -> set when intake stored a resolved notification for it (wakes its verification).
         self.resolved: dict[int, asyncio.Event] = {}
         self.claims: dict[int, _Claim] = {}
-        self.escalation_delays: tuple[float, ...] = ESCALATION_RETRY_DELAYS
+        # Pages owed go to the escalation outbox (trading_ops.reconciler.outbox); this wakes its sender.
+        self.outbox = OutboxStore(ledger)
+        self.escalations = asyncio.Event()
         # Fenced steps of another host, logged once each (nothing here can see their processes).
         self.foreign_fences: set[int] = set()
         # The ledger's own threads, not asyncio's default pool: apprise notifications (blocking, possibly slow)
@@ -343,10 +341,8 @@ class Engine:
             f"The reconciler hit an internal error while handling {episode['alertname']} on {episode['target']} "
             f"(episode {episode['id']}, rule {episode['rule']}): {error}. Nothing more is tried automatically."
         )
-        how = await self._escalate(FAILED, json.loads(episode["labels"]), episode["target"], description)
-        state = "failed" if how == NOBODY else "escalated"
-        if await self._hand_back(episode, state=state, detail=f"internal error: {error}" + how):
-            self.metrics.episodes_total.labels(state).inc()
+        labels = json.loads(episode["labels"])
+        await self._owe_page(episode, FAILED, labels, episode["target"], description, f"internal error: {error}")
 
     async def _renew(self, episode_id: int, target: str, run: asyncio.Task[Any] | None, claim: _Claim) -> None:
         loop = asyncio.get_running_loop()
@@ -881,44 +877,35 @@ class Engine:
     async def _close_escalated(
         self, episode: dict[str, Any], alertname: str, ctx: ActionContext, description: str, detail: str
     ) -> None:
-        """Post the escalation (Alertmanager, else the apprise fallback), then close the episode `escalated`; or
-        `failed`, saying so, when it reached nobody. Every run that ends escalated ends here: a page is never lost
-        (the internal-error path, which must not raise, does the same through `_hand_back`)."""
-        how = await self._escalate(alertname, ctx.labels, ctx.target, description)
-        await self._close(episode, "escalated" if how != NOBODY else "failed", detail + how)
+        """End the run by paging a human. Every run that ends escalated ends here (the internal-error path, which
+        must not raise, goes to `_owe_page` itself): a page is never lost."""
+        await self._owe_page(episode, alertname, ctx.labels, ctx.target, description, detail)
 
-    async def _escalate(self, alertname: str, labels: dict[str, str], target: str, description: str) -> str:
-        """Page a human: post the alert to Alertmanager (retried with backoff), else send it through the apprise
-        notifications. Returns "" when Alertmanager took it, otherwise a note for the episode's detail."""
-        error: AlertmanagerError | None = None
-        for delay in (*self.escalation_delays, None):
-            try:
-                await escalate(self.alertmanager, alertname, labels, target, description)
-            except AlertmanagerError as exc:
-                error = exc
-                log.warning("escalation %s: Alertmanager did not take it: %s", alertname, exc)
-                if delay is not None:
-                    await asyncio.sleep(delay)
-                continue
-            self.metrics.escalations.labels(alertname).inc()
-            return ""
-        title = f"[trading-ops] {alertname}: {labels.get('alertname', '?')} on {target}"
-        body = (
-            f"{description}\n\nAlertmanager could not be reached ({error}), so this escalation did not go through "
-            "its routing: it is sent to the trading-ops notification URLs directly."
+    async def _owe_page(
+        self,
+        episode: dict[str, Any],
+        alertname: str,
+        labels: dict[str, str],
+        target: str,
+        description: str,
+        detail: str,
+    ) -> None:
+        """The episode becomes `escalating` and its page an outbox row, in one write; the outbox posts it until
+        Alertmanager takes it (the apprise notifications too after a while), and the episode is `escalated` once
+        the page was delivered somewhere."""
+        alert = escalation_alert(alertname, labels, target, description, episode=episode["id"])
+        self._end_claim(episode)
+        if not await self.db(self.outbox.enqueue, episode["id"], self.owner, alert, detail, utcnow()):
+            raise LostClaim
+        self.escalations.set()
+        log.info(
+            "episode %s (%s on %s): escalating (%s): %s",
+            episode["id"],
+            episode["alertname"],
+            episode["target"],
+            alertname,
+            detail,
         )
-        try:
-            sent = await self.notifier.notify(title, body)
-        except Exception:
-            log.exception("escalation %s: the apprise fallback failed", alertname)
-            sent = False
-        if sent:
-            self.metrics.escalation_fallbacks.labels(alertname).inc()
-            log.error("escalation %s: Alertmanager unreachable; sent through apprise instead", alertname)
-            return FALLBACK
-        self.metrics.escalation_failures.labels(alertname).inc()
-        log.error("escalation %s reached nobody: Alertmanager unreachable and no notification delivered", alertname)
-        return NOBODY
 
 
 def _seconds(value: float) -> timedelta:

@@ -140,6 +140,21 @@ def episode_view(e: dict[str, Any]) -> str:
             took = _duration(st["started_at"], st["finished_at"])
             out.append(f"      {st['position'] + 1}. {st['description']}  [{st['risk']}]  {st['outcome']}  {took}")
             out.extend(f"         | {line}" for line in (st["output"] or "").splitlines() if line.strip())
-    label = {"escalated": "why it escalated", "failed": "why it failed", "waiting": "why it waits"}
+    pages = e.get("escalation_list", [])
+    if pages:
+        out.append("  pages (escalation outbox):")
+    for p in pages:
+        took = f"taken by Alertmanager {_when(p['posted_at'])}" if p["posted_at"] else "not taken by Alertmanager yet"
+        mailed = f", sent through apprise {_when(p['notified_at'])}" if p["notified_at"] else ""
+        tries = f"{p['attempts']} failed post(s)"
+        out.append(f"    {p['alertname']}  owed {_when(p['created_at'])}  {tries}  {took}{mailed}")
+        if p["posted_at"] is None and p["last_error"]:
+            out.append(f"      last error: {p['last_error']}")
+    label = {
+        "escalated": "why it escalated",
+        "escalating": "why it escalates (its page is delivered nowhere yet)",
+        "failed": "why it failed",
+        "waiting": "why it waits",
+    }
     out.append(f"  {label.get(e['state'], 'detail')}: {e['detail'] or '-'}")
     return "\n".join(out)

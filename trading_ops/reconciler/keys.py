@@ -17,6 +17,7 @@ from trading_ops.reconciler.intake import GroupCommitWriter
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.outbox import Outbox
 from trading_ops.reconciler.playbook import Playbook
 
 CONFIG = web.AppKey("config", Config)
@@ -30,6 +31,7 @@ INSTANCE = web.AppKey("instance", str)
 LEDGER = web.AppKey("ledger", Ledger)
 WRITER = web.AppKey("writer", GroupCommitWriter)
 ENGINE = web.AppKey("engine", Engine)
+OUTBOX = web.AppKey("outbox", Outbox)
 DEADMAN = web.AppKey("deadman", DeadMansSwitch)
 MAINTENANCE = web.AppKey("maintenance", MaintenanceWatcher)
 SESSION = web.AppKey("session", aiohttp.ClientSession)

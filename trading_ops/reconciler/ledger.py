@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, exist
 from sqlalchemy.dialects import postgresql, sqlite
 
 from trading_ops.db.base import utcnow
-from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Notification, Setting, Step, Target
+from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Escalation, Notification, Setting, Step, Target
 from trading_ops.reconciler.processes import owner_is_dead
 from trading_ops.reconciler.states import ACTIVE_STATES, CLAIMED_STATES, CLOSED_STATES, OPEN_STATES, RUNNABLE_STATES
 
@@ -63,6 +63,7 @@ T = cast(Table, Target.__table__)
 N = cast(Table, Notification.__table__)
 SET = cast(Table, Setting.__table__)
 AUDIT = cast(Table, AuditEntry.__table__)
+ESC = cast(Table, Escalation.__table__)
 CIRCUIT_RESET = "circuit_reset"
 
 
@@ -890,6 +891,8 @@ class Ledger:
                 if aids
                 else []
             )
+            pages = conn.execute(select(ESC).where(ESC.c.episode_id == episode_id).order_by(ESC.c.id)).mappings()
+            episode["escalation_list"] = [dict(p) for p in pages]
         for a in attempts:
             a["steps"] = [s for s in steps if s["attempt_id"] == a["id"]]
         episode["attempt_list"] = attempts
@@ -1012,6 +1015,7 @@ class Ledger:
             attempt_ids = select(A.c.id).where(A.c.episode_id.in_(ids))
             steps = conn.execute(delete(S).where(S.c.attempt_id.in_(attempt_ids))).rowcount
             attempts = conn.execute(delete(A).where(A.c.episode_id.in_(ids))).rowcount
+            conn.execute(delete(ESC).where(ESC.c.episode_id.in_(ids)))  # their pages (SQLite enforces no cascade)
             episodes = conn.execute(delete(E).where(E.c.id.in_(ids), E.c.state.in_(CLOSED_STATES))).rowcount
         return {"episodes": int(episodes), "attempts": int(attempts), "steps": int(steps)}
 
@@ -1067,7 +1071,7 @@ def episode_json(e: dict[str, Any]) -> dict[str, Any]:
                 "steps": steps,
             }
         )
-    return {
+    shown = {
         "id": e["id"],
         "fingerprint": e["fingerprint"],
         "starts_at": ts(e["starts_at"]),
@@ -1084,3 +1088,19 @@ def episode_json(e: dict[str, Any]) -> dict[str, Any]:
         "closed_at": ts(e["closed_at"]),
         "attempts": attempts,
     }
+    if "escalation_list" in e:  # one episode's view: the pages it owes (the escalation outbox) and how far they got
+        shown["escalations"] = [
+            {
+                "alertname": p["alertname"],
+                "labels": json.loads(p["labels"]),
+                "starts_at": ts(p["starts_at"]),
+                "created_at": ts(p["created_at"]),
+                "attempts": p["attempts"],
+                "next_attempt_at": ts(p["next_attempt_at"]) if p["posted_at"] is None else None,
+                "posted_at": ts(p["posted_at"]),
+                "notified_at": ts(p["notified_at"]),
+                "last_error": p["last_error"],
+            }
+            for p in e["escalation_list"]
+        ]
+    return shown

@@ -1,6 +1,7 @@
 """The states of an episode in the ledger: open while the reconciler works on it, closed once it has an outcome."""
 
-OPEN_STATES = ("pending", "waiting", "running", "verifying", "interrupted")
+# escalating: the run gave up and its page is in the outbox, not yet delivered anywhere (then `escalated`).
+OPEN_STATES = ("pending", "waiting", "running", "verifying", "interrupted", "escalating")
 RUNNABLE_STATES = ("pending", "waiting", "interrupted")
 CLAIMED_STATES = ("running", "verifying")
 ACTIVE_STATES = ("running", "verifying")

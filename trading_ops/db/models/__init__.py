@@ -2,7 +2,7 @@
 
 from trading_ops.db.base import Base
 from trading_ops.db.models.journal import Balance, EquityPeak, Fill, Order, Position
-from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Notification, Setting, Step, Target
+from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Escalation, Notification, Setting, Step, Target
 from trading_ops.db.models.ops import JobRun, MaintenanceWindow
 from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
 
@@ -14,6 +14,7 @@ __all__ = [
     "BotRun",
     "EquityPeak",
     "Episode",
+    "Escalation",
     "Fill",
     "JobRun",
     "MaintenanceWindow",

@@ -135,6 +135,34 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class Escalation(Base):
+    """A page the reconciler owes (the outbox): written before it is sent, posted to Alertmanager until a member
+    takes it; sent through the apprise notifications too when that takes too long."""
+
+    __tablename__ = "reconciler_escalations"
+    __table_args__ = (Index("ix_reconciler_escalations_posted_at_next_attempt_at", "posted_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    episode_id: Mapped[int] = mapped_column(ForeignKey("reconciler_episodes.id", ondelete="CASCADE"), index=True)
+    # The posted alert, fixed when the page was owed: every resend has the same labels and startsAt, so
+    # Alertmanager keeps one alert (one page) however often it is posted.
+    alertname: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[str] = mapped_column(Text)
+    annotations: Mapped[str] = mapped_column(Text)
+    starts_at: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    # Held by a replica while it sends the row (a lease, as the episodes' claims).
+    owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    # When Alertmanager took it (the row is done), when the apprise fallback delivered it, when that first failed.
+    posted_at: Mapped[datetime | None] = mapped_column()
+    notified_at: Mapped[datetime | None] = mapped_column()
+    fallback_failed_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
 class Setting(Base):
     """Operator switches shared by every replica (the reconciler's own pause)."""
 

@@ -57,6 +57,19 @@ async def escalate(
     description: str,
     severity: str = "critical",
 ) -> None:
+    await client.post_alerts([escalation_alert(alertname, original, target, description, severity)])
+
+
+def escalation_alert(
+    alertname: str,
+    original: dict[str, str],
+    target: str,
+    description: str,
+    severity: str = "critical",
+    episode: int | None = None,
+) -> dict[str, Any]:
+    """The alert an escalation posts (labels and annotations): it names the original alert and its target. An
+    `episode` label (the outbox's pages) keeps one episode's page apart from another's of the same alert."""
     labels = {
         "alertname": alertname,
         "severity": severity,
@@ -65,12 +78,14 @@ async def escalate(
         "instance": original.get("instance", target),
         "original_alertname": original.get("alertname", ""),
     }
+    if episode is not None:
+        labels["episode"] = str(episode)
     annotations = {
         "summary": SUMMARIES.get(alertname, "The reconciler escalated an alert."),
         "description": description[:4000],
         "runbook_url": f"{RUNBOOK_BASE}{alertname}.md",
     }
-    await client.post_alerts([{"labels": labels, "annotations": annotations}])
+    return {"labels": labels, "annotations": annotations}
 
 
 ACTION = EscalateAction()

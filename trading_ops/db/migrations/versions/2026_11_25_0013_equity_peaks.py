@@ -1,7 +1,7 @@
 """journal: the highest equity of each bucket of a bot's drawdown window (the peak survives a restart)
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0012
 Create Date: 2026-11-25 06:38:23.802730
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import trading_ops.db.base
 
 revision: str = '0013'
-down_revision: str | None = '0008'
+down_revision: str | None = '0012'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
