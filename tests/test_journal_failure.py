@@ -16,11 +16,8 @@ import contextlib
 import errno
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg
 import pytest
 import yaml
+from pg_cluster import Cluster, own_cluster
 from prometheus_client import CollectorRegistry
 from reconciler.conftest import READ_AUTH, ThreadedServer, alertmanager_binary, make_config, stop
 from sqlalchemy import func, select
@@ -319,94 +316,10 @@ async def test_healthz_fails_once_the_journal_has_failed_for_longer_than_its_tim
 
 
 # -- a PostgreSQL that stops ---------------------------------------------------------------------------------------
-def server_binary(name: str) -> str:
-    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}")) or [Path(p) for p in [shutil.which(name)] if p]
-    if not found:
-        pytest.fail(f"PostgreSQL's {name} is required (Debian: postgresql)", pytrace=False)
-    return str(found[-1])
-
-
-def as_postgres(argv: list[str]) -> list[str]:
-    """initdb and the server refuse to run as root: run them as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-@dataclass
-class Cluster:
-    """A PostgreSQL cluster of this module's own (trust auth, user postgres, 127.0.0.1 only)."""
-
-    data: Path
-    port: int
-
-    def ctl(self, *args: str) -> None:
-        argv = as_postgres([server_binary("pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args])
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
-        self.ctl("-l", str(self.data / "server.log"), "-o", options, "start")
-
-    def stop(self) -> None:
-        self.ctl("-m", "fast", "stop")
-
-    def pid(self) -> int | None:
-        try:
-            return int((self.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def advisory_lock_holders(self) -> list[str]:
-        """The application names of the sessions holding an advisory lock (the bots' single-instance locks)."""
-        query = (
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted"
-        )
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres") as c:
-            return [row[0] for row in c.execute(query)]
-
-    def create_database(self, name: str) -> str:
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
-        migrate.upgrade(url)
-        return url
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    data = Path(tempfile.mkdtemp(prefix="trading-ops-pg-"))  # under /tmp: the postgres user can reach it
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres")
-    initdb = as_postgres([server_binary("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
-    done = subprocess.run(initdb, capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        shutil.rmtree(data, ignore_errors=True)
-        pytest.fail(f"initdb failed: {done.stderr.strip()}", pytrace=False)
-    pg = Cluster(data, free_port())
-    try:
-        pg.start()
+    with own_cluster() as pg:
         yield pg
-    finally:
-        with contextlib.suppress(Exception):
-            pg.stop()
-        pid = pg.pid()  # a postmaster pg_ctl could not stop: stopped by its pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGQUIT)
-            end = time.monotonic() + 30
-            while time.monotonic() < end and _alive(pid):
-                time.sleep(0.05)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 async def test_a_stopped_postgresql_stops_orders_and_the_bot_reconnects_reconciles_and_trades_by_itself(

@@ -7,30 +7,25 @@ free port (never the shared one on 5432), started once for the module and stoppe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg
 import pytest
 import yaml
 from conftest import AUTH, BOT_TOKEN, TOKEN, FakeBot, alert, free_port, payload, stop, wait_http, write_playbook
+from pg_cluster import Cluster, alive, own_cluster
 from sqlalchemy import func, select
 
-from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
 from trading_ops.db.models import Escalation
 from trading_ops.reconciler.ledger import CLOSED_STATES, Ledger
@@ -50,91 +45,10 @@ OUTAGE_SECONDS = 10.0
 INSTANCES = tuple(f"bot-{i}" for i in range(6))
 
 
-def server_binary(name: str) -> str:
-    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}")) or [Path(p) for p in [shutil.which(name)] if p]
-    if not found:
-        pytest.fail(f"PostgreSQL's {name} is required (Debian: postgresql)")
-    return str(found[-1])
-
-
-def as_postgres(argv: list[str]) -> list[str]:
-    """initdb and the server refuse to run as root: run them as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-@dataclass
-class Cluster:
-    """A PostgreSQL cluster of this module's own (trust auth, user postgres, 127.0.0.1 only)."""
-
-    data: Path
-    port: int
-
-    def ctl(self, *args: str) -> None:
-        argv = as_postgres([server_binary("pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args])
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self.ctl("-l", str(self.data / "server.log"), "-o", options, "start")
-
-    def stop(self) -> None:
-        self.ctl("-m", "fast", "stop")
-
-    def restart(self) -> None:
-        self.ctl("-l", str(self.data / "server.log"), "-m", "fast", "restart")
-
-    def pid(self) -> int | None:
-        try:
-            return int((self.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def create_database(self, name: str) -> str:
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-        url = self.url(name)
-        migrate.upgrade(url)
-        return url
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    data = Path(tempfile.mkdtemp(prefix="trading-ops-pg-"))  # under /tmp: the postgres user can reach it
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres")
-    initdb = as_postgres([server_binary("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
-    done = subprocess.run(initdb, capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        shutil.rmtree(data, ignore_errors=True)
-        pytest.fail(f"initdb failed: {done.stderr.strip()}")
-    pg = Cluster(data, free_port())
-    try:
-        pg.start()
+    with own_cluster("-c fsync=off") as pg:
         yield pg
-    finally:
-        with contextlib.suppress(Exception):
-            pg.stop()
-        pid = pg.pid()  # whichever postmaster runs now (a restart changes it): stopped by its pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGQUIT)
-            end = time.monotonic() + 30
-            while time.monotonic() < end and _alive(pid):
-                time.sleep(0.05)
-        shutil.rmtree(data, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def reconciler(
@@ -351,7 +265,7 @@ async def test_a_step_outcome_the_database_did_not_take_lands_exactly_once(
         assert proc.poll() is None
     finally:
         fake_bot.on_call = None
-        if cluster.pid() is None or not _alive(cluster.pid() or 0):
+        if cluster.pid() is None or not alive(cluster.pid() or 0):
             await asyncio.to_thread(cluster.start)
         stop(proc)
         ledger.engine.dispose()

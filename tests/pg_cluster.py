@@ -1,0 +1,120 @@
+"""A PostgreSQL cluster of a test module's own (initdb + pg_ctl on a free port, trust auth, user postgres, 127.0.0.1
+only), for the tests that stop or restart the database: never the machine's shared server on 5432. Stopped by its pid
+even when a test fails."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from ports import free_port
+
+from trading_ops.db import migrate
+
+
+def server_binary(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}")) or [Path(p) for p in [shutil.which(name)] if p]
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} is required (Debian: postgresql)", pytrace=False)
+    return str(found[-1])
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    """initdb and the server refuse to run as root: run them as the postgres user then."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass
+class Cluster:
+    data: Path
+    port: int
+    options: str = ""  # more server options (-c fsync=off)
+
+    def ctl(self, *args: str) -> None:
+        argv = as_postgres([server_binary("pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args])
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 {self.options}".strip()
+        self.ctl("-l", str(self.data / "server.log"), "-o", options, "start")
+
+    def stop(self) -> None:
+        self.ctl("-m", "fast", "stop")
+
+    def restart(self) -> None:
+        self.ctl("-l", str(self.data / "server.log"), "-m", "fast", "restart")
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new database, migrated; its SQLAlchemy URL."""
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        url = self.url(name)
+        migrate.upgrade(url)
+        return url
+
+    def advisory_lock_holders(self) -> list[str]:
+        """The application names of the sessions holding an advisory lock (the bots' single-instance locks)."""
+        query = (
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted"
+        )
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres") as c:
+            return [row[0] for row in c.execute(query)]
+
+
+@contextlib.contextmanager
+def own_cluster(options: str = "") -> Iterator[Cluster]:
+    """initdb into a new directory, start the server, and at the end stop it (by its pid if pg_ctl cannot) and
+    remove the directory."""
+    data = Path(tempfile.mkdtemp(prefix="trading-ops-pg-"))  # under /tmp: the postgres user can reach it
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+    initdb = as_postgres([server_binary("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+    done = subprocess.run(initdb, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(data, ignore_errors=True)
+        pytest.fail(f"initdb failed: {done.stderr.strip()}", pytrace=False)
+    pg = Cluster(data, free_port(), options)
+    try:
+        pg.start()
+        yield pg
+    finally:
+        with contextlib.suppress(Exception):
+            pg.stop()
+        pid = pg.pid()  # whichever postmaster runs now (a restart changes it): stopped by its pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+            end = time.monotonic() + 30
+            while time.monotonic() < end and alive(pid):
+                time.sleep(0.05)
+        shutil.rmtree(data, ignore_errors=True)
