@@ -385,16 +385,18 @@ def restore_backup(config: Config, manifest: Manifest, *, force: bool = False) -
         backup_sqlite.restore(path, sqlite_path(url))
         counts, _ = _sqlite_counts(sqlite_path(url))
     else:
-        backup_postgres.restore(url, path, config.backup.pg_restore, config.backup.timeout_seconds, clean=True)
         engine = make_engine(url)
         try:
             with engine.begin() as conn:
                 # pg_restore --clean drops only what the dump holds: tables a later migration added are dropped
-                # too, so the database is the backup's (and `db upgrade` can bring it forward again).
+                # too, so the database is the backup's (and `db upgrade` can bring it forward again). Before the
+                # restore: a newer table's foreign key on a table of the dump would stop --clean from dropping its
+                # primary key. (The safety backup above holds them.)
                 quote = conn.dialect.identifier_preparer.quote
-                for table in set(inspect(conn).get_table_names()) - set(manifest.row_counts):
+                for table in sorted(set(inspect(conn).get_table_names()) - set(manifest.row_counts)):
                     log.warning("restore: dropping table %s, which backup %s does not have", table, manifest.id)
                     conn.execute(text(f"DROP TABLE {quote(table)} CASCADE"))
+            backup_postgres.restore(url, path, config.backup.pg_restore, config.backup.timeout_seconds, clean=True)
             with engine.connect() as conn:
                 counts = row_counts(conn)
         finally:
