@@ -16,7 +16,8 @@ from trading_ops.bot.metrics import PREFIX
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient
 from trading_ops.integrations.freqtrade.collector import FreqtradeCollector
 from trading_ops.integrations.freqtrade.control import ControlMetrics, FreqtradeControl, VenueProbe
-from trading_ops.integrations.freqtrade.logs import exchange_error, order_problem
+from trading_ops.integrations.freqtrade.journal import FreqtradeJournal
+from trading_ops.integrations.freqtrade.logs import database_error, exchange_error, order_problem
 from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, News, Snapshot
 from trading_ops.integrations.freqtrade.venue_link import VenueLink
@@ -93,10 +94,11 @@ class FreqtradeSidecar:
         self.state = _StateView(self.poller)
         self.link = VenueLink()
         self.flow = OrderFlow()
+        self.journal = FreqtradeJournal()
         self.transitions: dict[str, float] = {}
         self._last_state: str | None = None
         self.poller.listeners.append(self._observe)
-        registry.register(FreqtradeCollector(self.poller, self.link, self.flow, self.transitions))
+        registry.register(FreqtradeCollector(self.poller, self.link, self.flow, self.transitions, self.journal))
         ProcessCollector(registry=registry)
         Gauge(
             f"{PREFIX}_build_info",
@@ -126,11 +128,17 @@ class FreqtradeSidecar:
         checks: dict[str, dict[str, Any]] = {
             "freqtrade": {"ok": snap.up, "error": snap.error or None, "polled_at": snap.polled_at},
             "venue": {"ok": not down, "channels_down": down},
+            "journal": {
+                "ok": not self.journal.failing,
+                "reason": self.journal.reason,
+                "error": self.journal.error or None,
+            },
         }
-        return snap.up and not down, checks
+        return snap.up and not down and not self.journal.failing, checks
 
     def _observe(self, previous: Snapshot, snap: Snapshot, news: News, count: bool) -> None:
-        """One answered poll: the venue link and the order flow from freqtrade's log and trades; state transitions."""
+        """One answered poll: the venue link, the order flow and the journal from freqtrade's log and trades; state
+        transitions."""
         if previous.bot_start is not None and snap.bot_start != previous.bot_start:
             self.link.restarted()
         self.link.observe(
@@ -142,6 +150,13 @@ class FreqtradeSidecar:
             snap.trades,
             news.closed_trades,
             [p for p in map(order_problem, news.records) if p is not None],
+            count,
+        )
+        self.journal.observe(
+            [e for e in map(database_error, news.records) if e is not None],
+            snap.trades,
+            news.closed_trades,
+            snap.heartbeat,
             count,
         )
         if snap.state is not None and snap.state != self._last_state:

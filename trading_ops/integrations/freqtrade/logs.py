@@ -1,5 +1,6 @@
 """freqtrade's log records (its /api/v1/logs), each read once and classified: exchange errors by class and channel,
-and orders the venue refused or never answered. Only its log says these: its REST API reports neither."""
+orders the venue refused or never answered, and writes its database refused. Only its log says these: its REST API
+reports none of them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from trading_ops.bot.journal_health import DATABASE_UNAVAILABLE, DISK_FULL, DISK_FULL_WORDS, WRITE_ERROR
 
 # Records asked for on each poll: freqtrade keeps its last 1000 in memory. A dropped venue makes it log about 25 a
 # second at its fastest (1 s loop, five attempts per call, a few calls); with the 2 s default poll, 200 covers that
@@ -56,6 +59,30 @@ REFUSED = re.compile(
 UNANSWERED = re.compile(
     r"Unable to (?:create trade for|exit trade|emergency exit trade) (?P<pair>\S+?): Could not place "
     r"(?P<side>buy|sell) order due to (?P<cls>\w+)"
+)
+
+# A database error as SQLAlchemy words it, in the message or the traceback freqtrade logged with it:
+# "(sqlite3.OperationalError) database or disk is full", "(psycopg.errors.DiskFull) could not extend file ...",
+# "(psycopg.OperationalError) connection failed: ... Connection refused". The driver's class, then its message.
+DB_ERROR = re.compile(
+    r"\((?P<cls>(?:sqlite3|psycopg2?|pymysql|MySQLdb)(?:\.[a-z_]+)*\.(?P<name>[A-Z]\w+))\) (?P<text>[^\n]*)"
+)
+# PostgreSQL's words for a full disk where the driver's class does not say it (a plain OperationalError).
+PG_DISK_FULL_WORDS = ("could not extend file", "could not write to file")
+# The driver's classes that mean the database cannot be reached or used at all (OperationalError and PostgreSQL's
+# connection-class errors); the library's journal says `database_unavailable` for the same classes.
+UNAVAILABLE_CLASSES = frozenset(
+    {
+        "OperationalError",
+        "InterfaceError",
+        "AdminShutdown",
+        "CrashShutdown",
+        "CannotConnectNow",
+        "ConnectionFailure",
+        "ConnectionException",
+        "ConnectionDoesNotExist",
+        "SqlclientUnableToEstablishSqlconnection",
+    }
 )
 
 
@@ -173,3 +200,32 @@ def order_problem(record: Record) -> OrderProblem | None:
     if unanswered is not None and ERROR_CLASSES.get(unanswered.group("cls")) in CONNECTION_CLASSES:
         return OrderProblem(record.at, unanswered.group("pair"), unanswered.group("side"), "", "unknown_outcome")
     return None
+
+
+@dataclass(frozen=True)
+class DatabaseError:
+    """A database call of freqtrade's that failed on the database or its storage: its trades, orders and wallet
+    history could not be written (freqtrade's journal). `reason` is the library's (trading_ops.bot.journal_health)."""
+
+    at: float
+    reason: str  # disk_full, database_unavailable or write_error
+    error: str  # the driver's class and message, one line
+
+
+def database_error(record: Record) -> DatabaseError | None:
+    """The database failure a record reports, if any: a warning or worse quoting a database driver's error (SQLAlchemy
+    names the driver's class in brackets). A constraint the data broke (IntegrityError) is freqtrade's own bug, not
+    its database failing, as for the library's journal."""
+    if record.level not in ("WARNING", "ERROR", "CRITICAL"):
+        return None
+    found = DB_ERROR.search(record.message)
+    if found is None or found.group("name") == "IntegrityError":
+        return None
+    name, text = found.group("name"), found.group("text").lower()
+    if name == "DiskFull" or any(word in text for word in (*DISK_FULL_WORDS, *PG_DISK_FULL_WORDS)):
+        reason = DISK_FULL
+    elif name in UNAVAILABLE_CLASSES:
+        reason = DATABASE_UNAVAILABLE
+    else:
+        reason = WRITE_ERROR
+    return DatabaseError(record.at, reason, f"{found.group('cls')}: {found.group('text')[:200]}")
