@@ -4,13 +4,15 @@
 The first test drives the sidecar with the records a poll hands it (freqtrade's own words, tests/test_freqtrade_logs.py)
 and reads its HTTP API. The second runs a REAL freqtrade (the `freqtrade` extra) trading on the Kraken-compatible paper
 gateway, its SQLite database on a small tmpfs this test mounts (and unmounts whatever happens: needs root), filled to
-the last byte: the sidecar polling it must report the journal failing, and keep saying so after freqtrade exits on it.
+the last byte: the sidecar polling it and reading its log file must report the journal failing, and keep saying so
+after freqtrade exits on it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 import time
@@ -37,7 +39,7 @@ TMPFS_SIZE = "4m"
 REASONS = ("disk_full", "database_unavailable", "write_error")
 
 
-def sidecar_of(url: str) -> FreqtradeSidecar:
+def sidecar_of(url: str, log_file: Path | None = None) -> FreqtradeSidecar:
     return FreqtradeSidecar(
         name="ft",
         url=url,
@@ -46,6 +48,7 @@ def sidecar_of(url: str) -> FreqtradeSidecar:
         token=TOKEN,
         registry=CollectorRegistry(),
         poll_interval=POLL_SECONDS,
+        log_file=str(log_file) if log_file else None,
     )
 
 
@@ -191,9 +194,13 @@ async def test_a_real_freqtrade_on_a_full_disk_fails_the_sidecars_journal(tmp_pa
                 tmp_path / "freqtrade", gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600
             )
             ft.db_url = f"sqlite:///{db_dir / 'tradesv3.sqlite'}"
+            # freqtrade sets up no logging of its own (no --logfile) when it finds PYTEST_VERSION in its environment,
+            # which it inherits from this test, unless told to: the sidecar reads that file.
+            config = json.loads(ft.config.read_text())
+            ft.config.write_text(json.dumps({**config, "ft_tests_force_logging": True}))
             ft.start()
             until("freqtrade opens a trade", lambda: [t for t in ft.open_trades() if t["amount"] > 0])
-            sidecar = sidecar_of(ft.url)
+            sidecar = sidecar_of(ft.url, ft.log)
             client = await aiohttp_client(create_app(sidecar))
 
             async def until_async(what: str, probe: Any, deadline: float = 30.0) -> Any:
@@ -226,10 +233,14 @@ async def test_a_real_freqtrade_on_a_full_disk_fails_the_sidecars_journal(tmp_pa
             assert values["failures"] is not None and values["failures"] >= 1
             resp = await client.get("/readyz")
             assert resp.status == 503 and (await resp.json())["checks"]["journal"]["reason"] == "disk_full"
-            # freqtrade exits on the failed commit of its loop; the sidecar keeps saying why.
+            # freqtrade exits on the failed commit of its loop; the sidecar keeps saying why, and reads what freqtrade
+            # logged after its API was gone ("Fatal exception!", "Error during cleanup") from its log file.
             assert ft.proc is not None
             until("freqtrade exits on its database error", lambda: ft.proc.poll() is not None, deadline=60)
             await until_async("the sidecar sees freqtrade down", lambda: _down(client))
+            await until_async(
+                "the failures freqtrade logged as it exited", lambda: _when(failing(), lambda v: v["failures"] >= 2)
+            )
             assert (await failing())["disk_full"] == 1
             print(f"\nfreqtrade journal: fault -> sidecar's journal_failing 1 in {detected:.2f} s")
     finally:

@@ -5,11 +5,15 @@ exact wording the sidecar depends on, so a freqtrade upgrade that changes it fai
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 import pytest
 
 from trading_ops.integrations.freqtrade.journal import QUIET_SECONDS, FreqtradeJournal
 from trading_ops.integrations.freqtrade.logs import (
     LogCursor,
+    LogFile,
     Record,
     database_error,
     exchange_error,
@@ -293,3 +297,36 @@ def test_the_first_poll_sets_the_journal_state_without_counting_history() -> Non
     assert journal.reason == "disk_full" and journal.failures == 0
     journal.observe([], ({"trade_id": 1, "orders": []},), [], loop_end=11.0)
     assert journal.failing  # the trades the first poll found are no write of the failure's time
+
+
+def test_the_log_file_is_followed_record_by_record_tracebacks_included_and_read_again_when_rotated(
+    tmp_path: Path,
+) -> None:
+    # freqtrade's --logfile lines (LOGFORMAT, local time), as freqtrade 2026.9 wrote them on the full tmpfs.
+    path = tmp_path / "freqtrade.log"
+    path.write_text(
+        "partial line of an older record\n2026-11-25 07:25:03,431 - freqtrade.worker - INFO - Bot heartbeat\n"
+    )
+    log_file = LogFile(path)
+    assert log_file.read() == []  # the last record may still grow (a traceback): held until more comes or nothing does
+    (first,) = log_file.read()
+    assert (first.logger, first.level, first.message) == ("freqtrade.worker", "INFO", "Bot heartbeat")
+    assert first.at == datetime(2026, 11, 25, 7, 25, 3, 431000).timestamp()
+    with path.open("a") as out:
+        out.write("2026-11-25 07:25:14,229 - freqtrade - ERROR - Fatal exception!\n" + TRACEBACK_HEAD + DISK_FULL_TAIL)
+        out.write("\n2026-11-25 07:25:14,300 - freqtrade - INFO - half a li")
+    assert log_file.read() == []  # the traceback may go on: held until the next record's line is whole
+    with path.open("a") as out:
+        out.write("ne\n")
+    (fatal,) = log_file.read()
+    assert fatal.message.startswith("Fatal exception!\nTraceback") and fatal.message.endswith("e3q8)")
+    error = database_error(fatal)
+    assert error is not None and error.reason == "disk_full"
+    assert [r.message for r in log_file.read()] == ["half a line"]
+    # Rotated (freqtrade's RotatingFileHandler renames it and starts a new file): read from the new file's start.
+    path.rename(tmp_path / "freqtrade.log.1")
+    path.write_text("2026-11-25 07:26:00,000 - freqtrade - INFO - after rotation\n")
+    log_file.read()
+    assert [r.message for r in log_file.read()] == ["after rotation"]
+    path.unlink()
+    assert log_file.read() == []  # no file (yet): nothing, no error

@@ -17,7 +17,14 @@ from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClien
 from trading_ops.integrations.freqtrade.collector import FreqtradeCollector
 from trading_ops.integrations.freqtrade.control import ControlMetrics, FreqtradeControl, VenueProbe
 from trading_ops.integrations.freqtrade.journal import FreqtradeJournal
-from trading_ops.integrations.freqtrade.logs import database_error, exchange_error, order_problem
+from trading_ops.integrations.freqtrade.logs import (
+    DatabaseError,
+    LogFile,
+    Record,
+    database_error,
+    exchange_error,
+    order_problem,
+)
 from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, News, Snapshot
 from trading_ops.integrations.freqtrade.venue_link import VenueLink
@@ -71,6 +78,7 @@ class FreqtradeSidecar:
         broker: CcxtBroker | None = None,
         reconcile_interval: float = 60.0,
         reconcile_confirm: float | None = None,
+        log_file: str | None = None,
     ) -> None:
         if not token:
             raise ValueError("the control API needs a bearer token")
@@ -95,9 +103,14 @@ class FreqtradeSidecar:
         self.link = VenueLink()
         self.flow = OrderFlow()
         self.journal = FreqtradeJournal()
+        # freqtrade's log file, when the sidecar can read it: the database errors come from it (read on every poll,
+        # answered or not), else from /logs (lost when freqtrade exits before a poll reads them).
+        self.log_file = LogFile(log_file) if log_file else None
+        self._log_file_read = False
         self.transitions: dict[str, float] = {}
         self._last_state: str | None = None
         self.poller.listeners.append(self._observe)
+        self.poller.down_listeners.append(self._observe_down)
         registry.register(FreqtradeCollector(self.poller, self.link, self.flow, self.transitions, self.journal))
         ProcessCollector(registry=registry)
         Gauge(
@@ -152,17 +165,32 @@ class FreqtradeSidecar:
             [p for p in map(order_problem, news.records) if p is not None],
             count,
         )
-        self.journal.observe(
-            [e for e in map(database_error, news.records) if e is not None],
-            snap.trades,
-            news.closed_trades,
-            snap.heartbeat,
-            count,
-        )
+        if self.log_file is None:
+            errors, count_errors = self._database_errors(news.records), count
+        else:
+            errors, count_errors = self._file_errors()
+        self.journal.observe(errors, snap.trades, news.closed_trades, snap.heartbeat, count, count_errors)
         if snap.state is not None and snap.state != self._last_state:
             if self._last_state is not None:
                 self.transitions[snap.state] = self.transitions.get(snap.state, 0.0) + 1
             self._last_state = snap.state
+
+    def _observe_down(self, _snap: Snapshot) -> None:
+        """A poll freqtrade did not answer: what its log file says of its database (freqtrade exits on an error)."""
+        if self.log_file is not None:
+            self.journal.failed(*self._file_errors())
+
+    def _file_errors(self) -> tuple[list[DatabaseError], bool]:
+        """The database errors freqtrade's log file has since the last read, and whether to count them (its first
+        read is history)."""
+        assert self.log_file is not None
+        errors = self._database_errors(self.log_file.read())
+        count, self._log_file_read = self._log_file_read, True
+        return errors, count
+
+    @staticmethod
+    def _database_errors(records: list[Record]) -> list[DatabaseError]:
+        return [e for e in map(database_error, records) if e is not None]
 
 
 def create_app(sidecar: FreqtradeSidecar) -> web.Application:

@@ -60,17 +60,13 @@ class FreqtradeJournal:
         closed: list[dict[str, Any]],
         loop_end: float | None,
         count: bool = True,
+        count_failures: bool | None = None,
     ) -> None:
         """Take a poll's new database failures (oldest first), freqtrade's open trades, the trades that closed since the
-        previous poll, and its last loop end (Unix time, or None)."""
+        previous poll, and its last loop end (Unix time, or None). `count` false: the sidecar's first poll (history);
+        `count_failures`, when given, for the failures alone (read from a log file, whose first read is history)."""
         wrote = self._wrote(trades, closed, count)
-        for error in errors:
-            if count:
-                self.failures += 1
-            if self.reason is None:
-                log.error("freqtrade cannot write its database (%s): %s", error.reason, error.error)
-            self.reason, self.error = error.reason, error.error
-            self.failed_at = max(self.failed_at, error.at)
+        self.failed(errors, count if count_failures is None else count_failures)
         if self.reason is None:
             return
         if errors:
@@ -80,6 +76,16 @@ class FreqtradeJournal:
             why = "a write landed" if wrote else f"its loop ran {QUIET_SECONDS:g} s without a failure"
             log.warning("freqtrade writes its database again (%s; was %s)", why, self.reason)
             self.reason, self.error = None, ""
+
+    def failed(self, errors: list[DatabaseError], count: bool = True) -> None:
+        """Take database failures (oldest first) read while freqtrade may not answer (its log file)."""
+        for error in errors:
+            if count:
+                self.failures += 1
+            if self.reason is None:
+                log.error("freqtrade cannot write its database (%s): %s", error.reason, error.error)
+            self.reason, self.error = error.reason, error.error
+            self.failed_at = max(self.failed_at, error.at)
 
     def _wrote(self, trades: tuple[dict[str, Any], ...], closed: list[dict[str, Any]], count: bool) -> bool:
         """Whether this poll shows a write freqtrade committed since the previous one (never on the first poll)."""

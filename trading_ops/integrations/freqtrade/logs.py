@@ -5,9 +5,12 @@ reports none of them."""
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from trading_ops.bot.journal_health import DATABASE_UNAVAILABLE, DISK_FULL, DISK_FULL_WORDS, WRITE_ERROR
@@ -84,6 +87,13 @@ UNAVAILABLE_CLASSES = frozenset(
         "SqlclientUnableToEstablishSqlconnection",
     }
 )
+# A record's first line in freqtrade's log file (its LOGFORMAT "%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+# asctime in the host's local time); the lines up to the next such line are its message's rest (a traceback).
+FILE_RECORD = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - (?P<logger>\S+) - (?P<level>[A-Z]+) - (?P<message>.*)$"
+)
+# What the first read of a log file takes of its end (history: it sets states, counts nothing).
+FILE_HISTORY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,62 @@ def records(body: Any) -> list[Record]:
             continue
         out.append(Record(float(at) / 1000.0, str(row[2]), str(row[3]), str(row[4])))
     return out
+
+
+class LogFile:
+    """freqtrade's own log file (its `--logfile`), followed across reads: what it logged survives its exit, where its
+    /logs dies with it (freqtrade exits at the first database error its loop meets, its API first). Each `read()`
+    returns the records completed since the previous one; the first read returns the last FILE_HISTORY_BYTES as
+    history. A file that shrank or was replaced (freqtrade rotates it) is read again from its start."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._offset: int | None = None
+        self._inode: int | None = None
+        self._pending: list[str] = []  # the last record's lines: complete once another record or nothing new follows
+        self._rest = b""  # a line not ended yet
+
+    def read(self) -> list[Record]:
+        try:
+            with self.path.open("rb") as f:
+                stat = os.fstat(f.fileno())
+                if self._offset is None:
+                    self._offset = max(0, stat.st_size - FILE_HISTORY_BYTES)
+                elif stat.st_ino != self._inode or stat.st_size < self._offset:
+                    self._offset, self._rest = 0, b""
+                self._inode = stat.st_ino
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return []
+        self._offset += len(data)
+        buffer = self._rest + data
+        cut = buffer.rfind(b"\n") + 1
+        complete, self._rest = buffer[:cut], buffer[cut:]
+        out: list[Record] = []
+        lines = complete.decode("utf-8", "replace").split("\n")[:-1]
+        for line in lines:
+            if FILE_RECORD.match(line) and self._pending:
+                out.extend(_file_record(self._pending))
+                self._pending = []
+            if FILE_RECORD.match(line) or self._pending:
+                self._pending.append(line)
+        if not lines and self._pending:  # nothing new: the last record is whole
+            out.extend(_file_record(self._pending))
+            self._pending = []
+        return out
+
+
+def _file_record(lines: list[str]) -> list[Record]:
+    found = FILE_RECORD.match(lines[0])
+    if found is None:
+        return []
+    try:
+        at = datetime.strptime(found.group("at"), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, as freqtrade's
+    except ValueError:
+        return []
+    message = "\n".join([found.group("message"), *lines[1:]])
+    return [Record(at, found.group("logger"), found.group("level"), message)]
 
 
 class LogCursor:
