@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 from freqtrade_helpers import PASSWORD, USERNAME, make_freqtrade, until
 from gateway_helpers import start_gateway
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from test_freqtrade_logs import API_DISK_FULL, PG_REFUSED
+from test_freqtrade_logs import API_DISK_FULL, LOOP_DISK_FULL, PG_REFUSED
 
 from trading_ops.bot import server
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
@@ -62,10 +63,13 @@ async def samples(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     }
 
 
-def journal(values: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float | None]:
-    """journal_failing per reason, and the failures counter, of venue kraken."""
-    out = {r: values.get(("tradingbot_journal_failing", (("reason", r), ("venue", "kraken")))) for r in REASONS}
-    out["failures"] = values.get(("tradingbot_journal_write_failures_total", (("venue", "kraken"),)))
+def journal(
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float], venue: str = "kraken"
+) -> dict[str, float | None]:
+    """journal_failing per reason, and the failures counter, of `venue` (freqtrade's exchange; `unknown` until it
+    answered once)."""
+    out = {r: values.get(("tradingbot_journal_failing", (("reason", r), ("venue", venue)))) for r in REASONS}
+    out["failures"] = values.get(("tradingbot_journal_write_failures_total", (("venue", venue),)))
     return out
 
 
@@ -260,3 +264,35 @@ async def _up(client: Any) -> bool:
 
 async def _down(client: Any) -> bool:
     return (await samples(client)).get(("tradingbot_freqtrade_up", ())) == 0
+
+
+async def test_a_log_file_is_read_while_freqtrade_does_not_answer(tmp_path: Path, aiohttp_client: Any) -> None:
+    # Nothing listens on the port: every poll fails, as for a freqtrade that exited on its database error.
+    log = tmp_path / "freqtrade.log"
+    log.write_text("2026-11-25 07:25:03,431 - freqtrade.worker - INFO - Bot heartbeat\n")
+    sidecar = sidecar_of(f"http://127.0.0.1:{free_port()}", log)
+    client = await aiohttp_client(create_app(sidecar))
+    await _until_polled(sidecar, 2)
+    assert journal(await samples(client), "unknown") == {
+        "disk_full": 0,
+        "database_unavailable": 0,
+        "write_error": 0,
+        "failures": 0,
+    }
+    with log.open("a") as out:
+        out.write(f"2026-11-25 07:25:14,229 - freqtrade - ERROR - {LOOP_DISK_FULL}\n")
+    await _until_polled(sidecar, sidecar.poller.polls + 2)  # the record is whole once a read finds nothing after it
+    values = journal(await samples(client), "unknown")
+    assert values == {"disk_full": 1, "database_unavailable": 0, "write_error": 0, "failures": 1}
+    check = (await (await client.get("/readyz")).json())["checks"]["journal"]
+    assert check["ok"] is False and check["reason"] == "disk_full"
+
+
+async def _until_polled(sidecar: FreqtradeSidecar, polls: int, deadline: float = 30.0) -> None:
+    import asyncio
+
+    end = time.monotonic() + deadline
+    while sidecar.poller.polls < polls:
+        if time.monotonic() > end:
+            raise AssertionError(f"{polls} polls: not within {deadline:g}s")
+        await asyncio.sleep(POLL_SECONDS / 2)
