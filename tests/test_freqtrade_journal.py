@@ -225,7 +225,7 @@ async def test_a_real_freqtrade_on_a_full_disk_fails_the_sidecars_journal(tmp_pa
             await until_async("the sidecar's first answered poll", lambda: _up(client))
             assert await failing() == {"disk_full": 0, "database_unavailable": 0, "write_error": 0, "failures": 0}
 
-            fill(db_dir)
+            filler = fill(db_dir)
             faulted = time.monotonic()
             # The exit must be journaled: freqtrade's commit fails (its API answers 500), its loop's next commit too.
             with contextlib.suppress(OSError):
@@ -246,7 +246,32 @@ async def test_a_real_freqtrade_on_a_full_disk_fails_the_sidecars_journal(tmp_pa
                 "the failures freqtrade logged as it exited", lambda: _when(failing(), lambda v: v["failures"] >= 2)
             )
             assert (await failing())["disk_full"] == 1
-            print(f"\nfreqtrade journal: fault -> sidecar's journal_failing 1 in {detected:.2f} s")
+
+            # Space freed, freqtrade started again: it looks for the exits it sent before their commits failed (on the
+            # venue, not in its database) and closes the trades, or the test exits what is still open. Those writes
+            # land, and the journal is writable again.
+            filler.unlink()
+            freed = time.monotonic()
+            ft.start()
+            await until_async("the sidecar sees freqtrade up again", lambda: _up(client), deadline=60)
+            if ft.open_trades():
+                with contextlib.suppress(OSError):
+                    ft.api("POST", "/forceexit", {"tradeid": "all"}, timeout=10)
+            values = await until_async(
+                "journal_failing back to 0 after a write landed",
+                lambda: _when(failing(), lambda v: v["disk_full"] == 0),
+                deadline=60,
+            )
+            assert ft.api("GET", "/profit")["closed_trade_count"] >= 1
+            cleared = time.monotonic() - freed
+            assert values["database_unavailable"] == 0 and values["write_error"] == 0
+            assert values["failures"] is not None and values["failures"] >= 2  # a counter: never goes back
+            resp = await client.get("/readyz")
+            assert resp.status == 200, await resp.text()
+            print(
+                f"\nfreqtrade journal: fault -> sidecar's journal_failing 1 in {detected:.2f} s; "
+                f"space freed -> 0 in {cleared:.2f} s (freqtrade restarted)"
+            )
     finally:
         if ft is not None:
             ft.stop()
