@@ -276,11 +276,17 @@ def test_a_freqtrade_that_does_not_answer_mutes_its_stale_heartbeat_only(alertma
         bot_alert("TradingBotFreqtradeDown", "critical", "ft-a:9103"),
         bot_alert("TradingBotHeartbeatStale", "critical", "ft-a:9103"),
         bot_alert("TradingBotHeartbeatStale", "critical", "ft-b:9103"),
+        # freqtrade exits at a database error: its journal failing is why it is down, not a consequence.
+        bot_alert("TradingBotJournalFailing", "critical", "ft-a:9103"),
     )
     assert_states(
         alertmanager_url,
         "ft-a:9103",
-        {"TradingBotFreqtradeDown/critical": "active", "TradingBotHeartbeatStale/critical": "suppressed"},
+        {
+            "TradingBotFreqtradeDown/critical": "active",
+            "TradingBotHeartbeatStale/critical": "suppressed",
+            "TradingBotJournalFailing/critical": "active",
+        },
     )
     assert_states(alertmanager_url, "ft-b:9103", {"TradingBotHeartbeatStale/critical": "active"})
 

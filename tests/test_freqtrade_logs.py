@@ -5,9 +5,21 @@ exact wording the sidecar depends on, so a freqtrade upgrade that changes it fai
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 import pytest
 
-from trading_ops.integrations.freqtrade.logs import LogCursor, Record, exchange_error, order_problem, records
+from trading_ops.integrations.freqtrade.journal import QUIET_SECONDS, FreqtradeJournal
+from trading_ops.integrations.freqtrade.logs import (
+    LogCursor,
+    LogFile,
+    Record,
+    database_error,
+    exchange_error,
+    order_problem,
+    records,
+)
 from trading_ops.integrations.freqtrade.venue_link import VenueLink
 
 URL = "http://127.0.0.1:36095"
@@ -44,6 +56,51 @@ UNANSWERED = (
     "Unable to exit trade ETH/USD: Could not place sell order due to NetworkError. Message: kraken POST "
     f"{URL}/0/private/AddOrder"
 )
+
+# freqtrade 2026.9 with its SQLite database on a full tmpfs (SQLAlchemy 2.1): a /forceexit's commit failed in the API
+# (uvicorn logs the traceback), then the trading loop's own commit killed freqtrade ("Fatal exception!", its API
+# already stopped). The record's message is the log message, a newline and the traceback, as /logs answers it.
+TRACEBACK_HEAD = (
+    "Traceback (most recent call last):\n"
+    '  File "/work/main/.venv/lib/python3.11/site-packages/sqlalchemy/engine/base.py", line 1201, in _commit_impl\n'
+    "    self.engine.dialect.do_commit(self.connection)\n"
+    '  File "/work/main/.venv/lib/python3.11/site-packages/sqlalchemy/engine/default.py", line 954, in do_commit\n'
+    "    dbapi_connection.commit()\n"
+)
+DISK_FULL_TAIL = (
+    "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database or disk is full\n"
+    "(Background on this error at: https://sqlalche.me/e/21/e3q8)"
+)
+API_DISK_FULL = (
+    f"Exception in ASGI application\n{TRACEBACK_HEAD}sqlite3.OperationalError: database or disk is full\n\n"
+    f"The above exception was the direct cause of the following exception:\n\n{TRACEBACK_HEAD}{DISK_FULL_TAIL}"
+)
+LOOP_DISK_FULL = (
+    f"Fatal exception!\n{TRACEBACK_HEAD}sqlite3.OperationalError: database or disk is full\n{DISK_FULL_TAIL}"
+)
+# SQLAlchemy's str() of psycopg 3's errors (checked against the installed SQLAlchemy and psycopg), as a traceback's
+# last line; SQLite's sqlite3 messages for a locked or vanished file (sqlite3.c: SQLITE_BUSY, SQLITE_CANTOPEN).
+PG_REFUSED = (
+    "sqlalchemy.exc.OperationalError: (psycopg.OperationalError) connection failed: connection to server at "
+    '"127.0.0.1", port 5433 failed: Connection refused\n\tIs the server running on that host and accepting TCP/IP '
+    "connections?\n(Background on this error at: https://sqlalche.me/e/21/e3q8)"
+)
+PG_CLOSED = (
+    "sqlalchemy.exc.OperationalError: (psycopg.OperationalError) consuming input failed: server closed the connection "
+    "unexpectedly\n\tThis probably means the server terminated abnormally\n\tbefore or while processing the request."
+)
+PG_SHUTDOWN = (
+    "sqlalchemy.exc.OperationalError: (psycopg.errors.AdminShutdown) terminating connection due to administrator "
+    "command"
+)
+PG_DISK_FULL = (
+    'sqlalchemy.exc.OperationalError: (psycopg.errors.DiskFull) could not extend file "base/16384/16402": No space '
+    "left on device\nHINT:  Check free disk space."
+)
+SQLITE_LOCKED = "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked"
+SQLITE_GONE = "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) unable to open database file"
+SQLITE_MALFORMED = "sqlalchemy.exc.DatabaseError: (sqlite3.DatabaseError) database disk image is malformed"
+DUPLICATE = "sqlalchemy.exc.IntegrityError: (sqlite3.IntegrityError) UNIQUE constraint failed: orders.ft_pair"
 
 
 def record(message: str, logger: str = "freqtrade.exchange.common", level: str = "WARNING", at: float = 1.0) -> Record:
@@ -158,3 +215,118 @@ def test_the_first_poll_sets_the_state_without_counting_history() -> None:
     link.observe([gave_up], loop_end=10.2, count=False)
     assert not link.connected("market_data")
     assert (link.errors, link.disconnects) == ({}, {})
+
+
+@pytest.mark.parametrize(
+    ("message", "logger", "reason"),
+    [
+        (API_DISK_FULL, "uvicorn.error", "disk_full"),
+        (LOOP_DISK_FULL, "freqtrade", "disk_full"),
+        (f"Error saving wallet balance records: {PG_DISK_FULL}", "freqtrade.wallets", "disk_full"),
+        (f"Fatal exception!\n{PG_REFUSED}", "freqtrade", "database_unavailable"),
+        (f"Fatal exception!\n{PG_CLOSED}", "freqtrade", "database_unavailable"),
+        (f"Fatal exception!\n{PG_SHUTDOWN}", "freqtrade", "database_unavailable"),
+        (f"Error finding onexchange order\n{SQLITE_LOCKED}", "freqtrade.freqtradebot", "database_unavailable"),
+        (f"Fatal exception!\n{SQLITE_GONE}", "freqtrade", "database_unavailable"),
+        (f"Fatal exception!\n{SQLITE_MALFORMED}", "freqtrade", "write_error"),
+    ],
+)
+def test_database_errors_by_reason(message: str, logger: str, reason: str) -> None:
+    error = database_error(record(message, logger, level="ERROR"))
+    assert error is not None and error.reason == reason
+    assert "\n" not in error.error and error.error.split(":")[0].startswith(("sqlite3.", "psycopg."))
+
+
+def test_what_is_not_a_database_failure() -> None:
+    # A duplicate is freqtrade's bug, not its database failing (as the library's journal); an INFO quoting an error;
+    # a traceback that names no database driver; an exchange error.
+    assert database_error(record(f"Fatal exception!\n{DUPLICATE}", "freqtrade", "ERROR")) is None
+    assert database_error(record(f"retrying\n{SQLITE_LOCKED}", level="INFO")) is None
+    assert database_error(record("Fatal exception!\nValueError: (x.y) z", "freqtrade", "ERROR")) is None
+    assert database_error(record(TICKER_GAVE_UP)) is None
+
+
+def test_the_journal_fails_at_the_first_database_error_and_is_writable_again_after_a_write_that_landed() -> None:
+    journal = FreqtradeJournal()
+    trade = {"trade_id": 1, "orders": [{"order_id": "P1", "filled": 0.0015}]}
+    journal.observe([], (trade,), [], loop_end=9.0)
+    assert not journal.failing and journal.gauges() == {"disk_full": 0, "database_unavailable": 0, "write_error": 0}
+    full = database_error(record(API_DISK_FULL, "uvicorn.error", "ERROR", at=10.0))
+    assert full is not None
+    journal.observe([full], (trade,), [], loop_end=10.5)
+    assert journal.reason == "disk_full" and journal.failures == 1
+    assert journal.gauges() == {"disk_full": 1, "database_unavailable": 0, "write_error": 0}
+    # freqtrade's loop turns on, nothing new in its database: still failing (the database takes reads).
+    journal.observe([], (trade,), [], loop_end=20.0)
+    assert journal.failing
+    # The latest failure's reason is the one exported.
+    locked = database_error(record(f"x\n{SQLITE_LOCKED}", level="ERROR", at=21.0))
+    assert locked is not None
+    journal.observe([locked], (trade,), [], loop_end=21.5)
+    assert journal.reason == "database_unavailable" and journal.failures == 2
+    # A trade that closed since: it was committed, so the database is written again.
+    journal.observe([], (), [{"trade_id": 1}], loop_end=22.5)
+    assert not journal.failing and journal.error == "" and journal.failures == 2
+
+
+def test_a_new_trade_or_a_fill_proves_a_write_and_a_quiet_loop_clears_after_quiet_seconds() -> None:
+    journal = FreqtradeJournal()
+    journal.observe([], (), [], loop_end=1.0)
+    failure = database_error(record(LOOP_DISK_FULL, "freqtrade", "ERROR", at=10.0))
+    assert failure is not None
+    journal.observe([failure], (), [], loop_end=10.2)
+    journal.observe([], ({"trade_id": 7, "orders": [{"order_id": "P9", "filled": 0.0}]},), [], loop_end=11.0)
+    assert not journal.failing  # a trade it had not listed: freqtrade committed it
+    journal.observe([failure], ({"trade_id": 7, "orders": [{"order_id": "P9", "filled": 0.0}]},), [], loop_end=12.0)
+    journal.observe([], ({"trade_id": 7, "orders": [{"order_id": "P9", "filled": 0.5}]},), [], loop_end=13.0)
+    assert not journal.failing  # the order's fill was committed
+    journal.observe([failure], (), [], loop_end=14.0)
+    journal.observe([], (), [], loop_end=10.0 + QUIET_SECONDS - 0.1)
+    assert journal.failing  # the loop ran on, not yet long enough to say the database takes writes
+    journal.observe([], (), [], loop_end=None)  # stopped or down: says nothing
+    assert journal.failing
+    journal.observe([], (), [], loop_end=10.0 + QUIET_SECONDS)
+    assert not journal.failing
+
+
+def test_the_first_poll_sets_the_journal_state_without_counting_history() -> None:
+    journal = FreqtradeJournal()
+    failure = database_error(record(LOOP_DISK_FULL, "freqtrade", "ERROR", at=10.0))
+    assert failure is not None
+    journal.observe([failure], ({"trade_id": 1, "orders": []},), [], loop_end=10.5, count=False)
+    assert journal.reason == "disk_full" and journal.failures == 0
+    journal.observe([], ({"trade_id": 1, "orders": []},), [], loop_end=11.0)
+    assert journal.failing  # the trades the first poll found are no write of the failure's time
+
+
+def test_the_log_file_is_followed_record_by_record_tracebacks_included_and_read_again_when_rotated(
+    tmp_path: Path,
+) -> None:
+    # freqtrade's --logfile lines (LOGFORMAT, local time), as freqtrade 2026.9 wrote them on the full tmpfs.
+    path = tmp_path / "freqtrade.log"
+    path.write_text(
+        "partial line of an older record\n2026-11-25 07:25:03,431 - freqtrade.worker - INFO - Bot heartbeat\n"
+    )
+    log_file = LogFile(path)
+    assert log_file.read() == []  # the last record may still grow (a traceback): held until more comes or nothing does
+    (first,) = log_file.read()
+    assert (first.logger, first.level, first.message) == ("freqtrade.worker", "INFO", "Bot heartbeat")
+    assert first.at == datetime(2026, 11, 25, 7, 25, 3, 431000).timestamp()
+    with path.open("a") as out:
+        out.write("2026-11-25 07:25:14,229 - freqtrade - ERROR - Fatal exception!\n" + TRACEBACK_HEAD + DISK_FULL_TAIL)
+        out.write("\n2026-11-25 07:25:14,300 - freqtrade - INFO - half a li")
+    assert log_file.read() == []  # the traceback may go on: held until the next record's line is whole
+    with path.open("a") as out:
+        out.write("ne\n")
+    (fatal,) = log_file.read()
+    assert fatal.message.startswith("Fatal exception!\nTraceback") and fatal.message.endswith("e3q8)")
+    error = database_error(fatal)
+    assert error is not None and error.reason == "disk_full"
+    assert [r.message for r in log_file.read()] == ["half a line"]
+    # Rotated (freqtrade's RotatingFileHandler renames it and starts a new file): read from the new file's start.
+    path.rename(tmp_path / "freqtrade.log.1")
+    path.write_text("2026-11-25 07:26:00,000 - freqtrade - INFO - after rotation\n")
+    log_file.read()
+    assert [r.message for r in log_file.read()] == ["after rotation"]
+    path.unlink()
+    assert log_file.read() == []  # no file (yet): nothing, no error

@@ -812,6 +812,10 @@ class FreqtradeTargetConfig:
     # and urls as freqtrade's `exchange` section; symbols = freqtrade's pairs as BASE-QUOTE) for `reconcile`.
     # Without it, `reconcile` answers 409.
     ccxt: CcxtConfig | None = None
+    # freqtrade's log file (its `--logfile`) when the sidecar runs on its host and may read it: freqtrade's database
+    # errors are read from it on every poll, so one freqtrade logged just before it exited is seen (its /logs, read
+    # otherwise, dies with it). Empty: /logs only.
+    log_file: str = ""
 
 
 @dataclass

@@ -16,7 +16,15 @@ from trading_ops.bot.metrics import PREFIX
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient
 from trading_ops.integrations.freqtrade.collector import FreqtradeCollector
 from trading_ops.integrations.freqtrade.control import ControlMetrics, FreqtradeControl, VenueProbe
-from trading_ops.integrations.freqtrade.logs import exchange_error, order_problem
+from trading_ops.integrations.freqtrade.journal import FreqtradeJournal
+from trading_ops.integrations.freqtrade.logs import (
+    DatabaseError,
+    LogFile,
+    Record,
+    database_error,
+    exchange_error,
+    order_problem,
+)
 from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, News, Snapshot
 from trading_ops.integrations.freqtrade.venue_link import VenueLink
@@ -70,6 +78,7 @@ class FreqtradeSidecar:
         broker: CcxtBroker | None = None,
         reconcile_interval: float = 60.0,
         reconcile_confirm: float | None = None,
+        log_file: str | None = None,
     ) -> None:
         if not token:
             raise ValueError("the control API needs a bearer token")
@@ -93,10 +102,16 @@ class FreqtradeSidecar:
         self.state = _StateView(self.poller)
         self.link = VenueLink()
         self.flow = OrderFlow()
+        self.journal = FreqtradeJournal()
+        # freqtrade's log file, when the sidecar can read it: the database errors come from it (read on every poll,
+        # answered or not), else from /logs (lost when freqtrade exits before a poll reads them).
+        self.log_file = LogFile(log_file) if log_file else None
+        self._log_file_read = False
         self.transitions: dict[str, float] = {}
         self._last_state: str | None = None
         self.poller.listeners.append(self._observe)
-        registry.register(FreqtradeCollector(self.poller, self.link, self.flow, self.transitions))
+        self.poller.down_listeners.append(self._observe_down)
+        registry.register(FreqtradeCollector(self.poller, self.link, self.flow, self.transitions, self.journal))
         ProcessCollector(registry=registry)
         Gauge(
             f"{PREFIX}_build_info",
@@ -126,11 +141,17 @@ class FreqtradeSidecar:
         checks: dict[str, dict[str, Any]] = {
             "freqtrade": {"ok": snap.up, "error": snap.error or None, "polled_at": snap.polled_at},
             "venue": {"ok": not down, "channels_down": down},
+            "journal": {
+                "ok": not self.journal.failing,
+                "reason": self.journal.reason,
+                "error": self.journal.error or None,
+            },
         }
-        return snap.up and not down, checks
+        return snap.up and not down and not self.journal.failing, checks
 
     def _observe(self, previous: Snapshot, snap: Snapshot, news: News, count: bool) -> None:
-        """One answered poll: the venue link and the order flow from freqtrade's log and trades; state transitions."""
+        """One answered poll: the venue link, the order flow and the journal from freqtrade's log and trades; state
+        transitions."""
         if previous.bot_start is not None and snap.bot_start != previous.bot_start:
             self.link.restarted()
         self.link.observe(
@@ -144,10 +165,32 @@ class FreqtradeSidecar:
             [p for p in map(order_problem, news.records) if p is not None],
             count,
         )
+        if self.log_file is None:
+            errors, count_errors = self._database_errors(news.records), count
+        else:
+            errors, count_errors = self._file_errors()
+        self.journal.observe(errors, snap.trades, news.closed_trades, snap.heartbeat, count, count_errors)
         if snap.state is not None and snap.state != self._last_state:
             if self._last_state is not None:
                 self.transitions[snap.state] = self.transitions.get(snap.state, 0.0) + 1
             self._last_state = snap.state
+
+    def _observe_down(self, _snap: Snapshot) -> None:
+        """A poll freqtrade did not answer: what its log file says of its database (freqtrade exits on an error)."""
+        if self.log_file is not None:
+            self.journal.failed(*self._file_errors())
+
+    def _file_errors(self) -> tuple[list[DatabaseError], bool]:
+        """The database errors freqtrade's log file has since the last read, and whether to count them (its first
+        read is history)."""
+        assert self.log_file is not None
+        errors = self._database_errors(self.log_file.read())
+        count, self._log_file_read = self._log_file_read, True
+        return errors, count
+
+    @staticmethod
+    def _database_errors(records: list[Record]) -> list[DatabaseError]:
+        return [e for e in map(database_error, records) if e is not None]
 
 
 def create_app(sidecar: FreqtradeSidecar) -> web.Application:

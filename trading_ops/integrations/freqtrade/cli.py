@@ -73,6 +73,7 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
                 heartbeat_timeout=section.heartbeat_timeout_seconds,
                 broker=broker,
                 reconcile_interval=section.reconcile_interval_seconds,
+                log_file=target.log_file or None,
             )
         )
     return sidecars

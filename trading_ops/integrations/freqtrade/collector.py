@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.bot.risk import OPEN_POSITIONS, OPEN_POSITIONS_HELP, RISK_LIMIT_HELP
 from trading_ops.bot.state import TradingState
+from trading_ops.integrations.freqtrade.journal import FreqtradeJournal
 from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, Snapshot, symbol_of
 from trading_ops.integrations.freqtrade.venue_link import CHANNELS, VenueLink
@@ -40,9 +41,10 @@ ORDER_FLOW_FAMILIES = (
 
 class FreqtradeCollector(Collector):
     """Exports what freqtrade told the last poll under the library's names (state, heartbeat, positions, P&L,
-    balances, open orders, the venue connection per channel, readiness) and freqtrade's own signals under
-    `tradingbot_freqtrade_*`; and what the sidecar saw happen as the library's counters (order flow, fills, fees,
-    venue errors, disconnects and reconnects, state transitions), kept while freqtrade is down.
+    balances, open orders, the venue connection per channel, its database's writability, readiness) and freqtrade's
+    own signals under `tradingbot_freqtrade_*`; and what the sidecar saw happen as the library's counters (order flow,
+    fills, fees, venue errors, journal write failures, disconnects and reconnects, state transitions), kept while
+    freqtrade is down.
 
     `tradingbot_freqtrade_up` is always there. While it is 0 the data families are left out (a dead freqtrade
     has no positions to report, and zeros would read as "flat"); the heartbeat keeps its last value, so it goes
@@ -56,11 +58,13 @@ class FreqtradeCollector(Collector):
         link: VenueLink | None = None,
         flow: OrderFlow | None = None,
         transitions: dict[str, float] | None = None,
+        journal: FreqtradeJournal | None = None,
     ) -> None:
         self._poller = poller
         self._link = link or VenueLink()
         self._flow = flow or OrderFlow()
         self._transitions = transitions if transitions is not None else {}
+        self._journal = journal or FreqtradeJournal()
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # families depend on the snapshot: registration must not call collect()
@@ -96,9 +100,21 @@ class FreqtradeCollector(Collector):
             )
         yield GaugeMetricFamily(
             f"{PREFIX}_ready",
-            "1 when the bot is ready to trade: freqtrade answers and its venue connection is up on every channel.",
-            1 if snap.up and self._link.all_connected else 0,
+            "1 when the bot is ready to trade: freqtrade answers, its venue connection is up on every channel and it "
+            "can write its database.",
+            1 if snap.up and self._link.all_connected and not self._journal.failing else 0,
         )
+        # The journal's state is kept while freqtrade is down: freqtrade exits on a database error its loop does not
+        # catch, and a restart must prove the database writable again (trading_ops.integrations.freqtrade.journal).
+        failing = GaugeMetricFamily(
+            f"{PREFIX}_journal_failing",
+            "1 while freqtrade cannot write its database, for the reason its log gives (disk_full, "
+            "database_unavailable, write_error).",
+            labels=["venue", "reason"],
+        )
+        for reason, value in self._journal.gauges().items():
+            failing.add_metric([snap.venue, reason], value)
+        yield failing
         yield from self._history(snap)
         if snap.up:
             yield from _data_families(snap)
@@ -128,6 +144,13 @@ class FreqtradeCollector(Collector):
         for error_class, value in sorted(self._link.errors.items()):
             errors.add_metric([venue, error_class], value)
         yield errors
+        write_failures = CounterMetricFamily(
+            f"{PREFIX}_journal_write_failures",
+            "Database calls that failed on the database or its storage, as freqtrade's log reports them.",
+            labels=["venue"],
+        )
+        write_failures.add_metric([venue], self._journal.failures)
+        yield write_failures
         for name, doc, labels in ORDER_FLOW_FAMILIES:
             family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["venue", "strategy", *labels])
             for label_values, value in sorted(self._flow.counts.get(name, {}).items()):

@@ -1,13 +1,19 @@
 """freqtrade's log records (its /api/v1/logs), each read once and classified: exchange errors by class and channel,
-and orders the venue refused or never answered. Only its log says these: its REST API reports neither."""
+orders the venue refused or never answered, and writes its database refused. Only its log says these: its REST API
+reports none of them."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from trading_ops.bot.journal_health import DATABASE_UNAVAILABLE, DISK_FULL, DISK_FULL_WORDS, WRITE_ERROR
 
 # Records asked for on each poll: freqtrade keeps its last 1000 in memory. A dropped venue makes it log about 25 a
 # second at its fastest (1 s loop, five attempts per call, a few calls); with the 2 s default poll, 200 covers that
@@ -57,6 +63,37 @@ UNANSWERED = re.compile(
     r"Unable to (?:create trade for|exit trade|emergency exit trade) (?P<pair>\S+?): Could not place "
     r"(?P<side>buy|sell) order due to (?P<cls>\w+)"
 )
+
+# A database error as SQLAlchemy words it, in the message or the traceback freqtrade logged with it:
+# "(sqlite3.OperationalError) database or disk is full", "(psycopg.errors.DiskFull) could not extend file ...",
+# "(psycopg.OperationalError) connection failed: ... Connection refused". The driver's class, then its message.
+DB_ERROR = re.compile(
+    r"\((?P<cls>(?:sqlite3|psycopg2?|pymysql|MySQLdb)(?:\.[a-z_]+)*\.(?P<name>[A-Z]\w+))\) (?P<text>[^\n]*)"
+)
+# PostgreSQL's words for a full disk where the driver's class does not say it (a plain OperationalError).
+PG_DISK_FULL_WORDS = ("could not extend file", "could not write to file")
+# The driver's classes that mean the database cannot be reached or used at all (OperationalError and PostgreSQL's
+# connection-class errors); the library's journal says `database_unavailable` for the same classes.
+UNAVAILABLE_CLASSES = frozenset(
+    {
+        "OperationalError",
+        "InterfaceError",
+        "AdminShutdown",
+        "CrashShutdown",
+        "CannotConnectNow",
+        "ConnectionFailure",
+        "ConnectionException",
+        "ConnectionDoesNotExist",
+        "SqlclientUnableToEstablishSqlconnection",
+    }
+)
+# A record's first line in freqtrade's log file (its LOGFORMAT "%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+# asctime in the host's local time); the lines up to the next such line are its message's rest (a traceback).
+FILE_RECORD = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - (?P<logger>\S+) - (?P<level>[A-Z]+) - (?P<message>.*)$"
+)
+# What the first read of a log file takes of its end (history: it sets states, counts nothing).
+FILE_HISTORY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -108,6 +145,62 @@ def records(body: Any) -> list[Record]:
             continue
         out.append(Record(float(at) / 1000.0, str(row[2]), str(row[3]), str(row[4])))
     return out
+
+
+class LogFile:
+    """freqtrade's own log file (its `--logfile`), followed across reads: what it logged survives its exit, where its
+    /logs dies with it (freqtrade exits at the first database error its loop meets, its API first). Each `read()`
+    returns the records completed since the previous one; the first read returns the last FILE_HISTORY_BYTES as
+    history. A file that shrank or was replaced (freqtrade rotates it) is read again from its start."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._offset: int | None = None
+        self._inode: int | None = None
+        self._pending: list[str] = []  # the last record's lines: complete once another record or nothing new follows
+        self._rest = b""  # a line not ended yet
+
+    def read(self) -> list[Record]:
+        try:
+            with self.path.open("rb") as f:
+                stat = os.fstat(f.fileno())
+                if self._offset is None:
+                    self._offset = max(0, stat.st_size - FILE_HISTORY_BYTES)
+                elif stat.st_ino != self._inode or stat.st_size < self._offset:
+                    self._offset, self._rest = 0, b""
+                self._inode = stat.st_ino
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return []
+        self._offset += len(data)
+        buffer = self._rest + data
+        cut = buffer.rfind(b"\n") + 1
+        complete, self._rest = buffer[:cut], buffer[cut:]
+        out: list[Record] = []
+        lines = complete.decode("utf-8", "replace").split("\n")[:-1]
+        for line in lines:
+            if FILE_RECORD.match(line) and self._pending:
+                out.extend(_file_record(self._pending))
+                self._pending = []
+            if FILE_RECORD.match(line) or self._pending:
+                self._pending.append(line)
+        if not lines and self._pending:  # nothing new: the last record is whole
+            out.extend(_file_record(self._pending))
+            self._pending = []
+        return out
+
+
+def _file_record(lines: list[str]) -> list[Record]:
+    found = FILE_RECORD.match(lines[0])
+    if found is None:
+        return []
+    try:
+        at = datetime.strptime(found.group("at"), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, as freqtrade's
+    except ValueError:
+        return []
+    message = "\n".join([found.group("message"), *lines[1:]])
+    return [Record(at, found.group("logger"), found.group("level"), message)]
 
 
 class LogCursor:
@@ -173,3 +266,32 @@ def order_problem(record: Record) -> OrderProblem | None:
     if unanswered is not None and ERROR_CLASSES.get(unanswered.group("cls")) in CONNECTION_CLASSES:
         return OrderProblem(record.at, unanswered.group("pair"), unanswered.group("side"), "", "unknown_outcome")
     return None
+
+
+@dataclass(frozen=True)
+class DatabaseError:
+    """A database call of freqtrade's that failed on the database or its storage: its trades, orders and wallet
+    history could not be written (freqtrade's journal). `reason` is the library's (trading_ops.bot.journal_health)."""
+
+    at: float
+    reason: str  # disk_full, database_unavailable or write_error
+    error: str  # the driver's class and message, one line
+
+
+def database_error(record: Record) -> DatabaseError | None:
+    """The database failure a record reports, if any: a warning or worse quoting a database driver's error (SQLAlchemy
+    names the driver's class in brackets). A constraint the data broke (IntegrityError) is freqtrade's own bug, not
+    its database failing, as for the library's journal."""
+    if record.level not in ("WARNING", "ERROR", "CRITICAL"):
+        return None
+    found = DB_ERROR.search(record.message)
+    if found is None or found.group("name") == "IntegrityError":
+        return None
+    name, text = found.group("name"), found.group("text").lower()
+    if name == "DiskFull" or any(word in text for word in (*DISK_FULL_WORDS, *PG_DISK_FULL_WORDS)):
+        reason = DISK_FULL
+    elif name in UNAVAILABLE_CLASSES:
+        reason = DATABASE_UNAVAILABLE
+    else:
+        reason = WRITE_ERROR
+    return DatabaseError(record.at, reason, f"{found.group('cls')}: {found.group('text')[:200]}")

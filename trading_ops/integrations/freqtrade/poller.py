@@ -40,6 +40,8 @@ class News:
 # Called after every answered poll with (previous snapshot, new snapshot, news, count): count is false for the
 # sidecar's first answered poll, whose news are history (a baseline, not events).
 Listener = Callable[["Snapshot", "Snapshot", News, bool], None]
+# Called after every poll freqtrade did not answer, with the new snapshot.
+DownListener = Callable[["Snapshot"], None]
 
 
 def symbol_of(pair: str) -> str:
@@ -108,6 +110,7 @@ class FreqtradePoller:
         self._task: asyncio.Task[None] | None = None
         self._polled = asyncio.Event()
         self.listeners: list[Listener] = []
+        self.down_listeners: list[DownListener] = []
         self._cursor = LogCursor()
         self._baseline = False
         # One poll at a time: a command's fresh poll waits for the scheduled one in flight, so each poll starts from
@@ -159,6 +162,8 @@ class FreqtradePoller:
                 bot_start=previous.bot_start,
                 closed_count=previous.closed_count,
             )
+            for down_listener in self.down_listeners:
+                down_listener(snapshot)
         else:
             if not previous.up:
                 log.info("freqtrade at %s is up (version %s)", self.client.base, snapshot.version)
