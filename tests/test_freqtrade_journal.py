@@ -11,18 +11,15 @@ after freqtrade exits on it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import free_port
 from freqtrade_helpers import PASSWORD, USERNAME, make_freqtrade, until
+from full_disk import fill, small_filesystem
 from gateway_helpers import start_gateway
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -150,49 +147,12 @@ async def test_a_database_error_in_the_log_fails_the_journal_in_metrics_and_read
 # -- a real freqtrade on a full disk -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def small_filesystem(path: Path) -> Iterator[Path]:
-    """A tmpfs of TMPFS_SIZE mounted at `path` for the test, unmounted after it whatever happened."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting the test's tmpfs needs root", pytrace=False)
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"mount -t tmpfs failed: {done.stderr.strip()}", pytrace=False)
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True, timeout=30, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30, check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the filesystem has no byte left (ENOSPC); unbuffered, so nothing is retried at close."""
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as out:
-        for size in (1 << 20, 4096, 1):
-            block = b"\0" * size
-            while True:
-                try:
-                    out.write(block)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC, exc
-                    break
-    return filler
-
-
 @pytest.mark.slow
 async def test_a_real_freqtrade_on_a_full_disk_fails_the_sidecars_journal(tmp_path: Path, aiohttp_client: Any) -> None:
     gateway = start_gateway(tmp_path / "gateway")
     ft = None
     try:
-        with small_filesystem(tmp_path / "db") as db_dir:
+        with small_filesystem(tmp_path / "db", TMPFS_SIZE) as db_dir:
             # Trades stay open (held an hour) until the test exits them: its exit is the write that fails.
             ft = make_freqtrade(
                 tmp_path / "freqtrade", gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import subprocess
@@ -30,6 +29,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from full_disk import fill, small_filesystem
 from pg_cluster import Cluster, own_cluster
 from prometheus_client import CollectorRegistry
 from reconciler.conftest import READ_AUTH, ThreadedServer, alertmanager_binary, make_config, stop
@@ -55,7 +55,6 @@ from trading_ops.stack.repo import load_yaml
 
 # Big enough for the journal's database and its WAL, small enough to fill in a moment.
 TMPFS_SIZE = "64m"
-CHUNK = 1024 * 1024
 RULES = REPO_ROOT / "prometheus" / "rules" / "tradingbot-availability.yml"
 PLAYBOOK = REPO_ROOT / "trading_ops" / "reconciler" / "playbooks" / "default.yml"
 
@@ -138,44 +137,6 @@ def start_bot(config: Config) -> PaperBot:
 
 
 # -- a full disk ---------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def small_filesystem(path: Path) -> Iterator[Path]:
-    """A tmpfs of TMPFS_SIZE mounted at `path` for the test, unmounted after it whatever happened."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting the test's tmpfs needs root", pytrace=False)
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0755", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"mount -t tmpfs failed: {done.stderr.strip()}", pytrace=False)
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True, timeout=30, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30, check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the filesystem has no byte left (ENOSPC), then return it. Unbuffered: a write that failed
-    must not be retried by a buffer's flush at close."""
-    filler = directory / "filler"
-    with filler.open("wb", buffering=0) as out:
-        for size in (CHUNK, 4096, 1):
-            block = b"\0" * size
-            while True:
-                try:
-                    out.write(block)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC, exc
-                    break
-    return filler
-
-
 @dataclass
 class Prometheus:
     proc: subprocess.Popen[bytes]
@@ -240,7 +201,7 @@ async def test_a_full_disk_stops_orders_fails_readyz_fires_the_alert_and_the_bot
     gate lets nothing out, `tradingbot_journal_failing{reason="disk_full"}` is 1, and TradingBotJournalFailing
     fires in a real Prometheus within its `for:`. The filler is deleted: without any command, the bot reconciles and
     trades again, having lost nothing it journaled and journaled nothing twice."""
-    with small_filesystem(tmp_path / "fs") as fs:
+    with small_filesystem(tmp_path / "fs", TMPFS_SIZE) as fs:
         config = fast_config(tmp_path)
         config.database.url = f"sqlite:///{fs / 'journal.db'}"
         migrate.upgrade(config.database_url())
@@ -286,7 +247,7 @@ async def test_a_full_disk_stops_orders_fails_readyz_fires_the_alert_and_the_bot
 async def test_healthz_fails_once_the_journal_has_failed_for_longer_than_its_timeout(tmp_path: Path) -> None:
     """`bot.journal_failure_timeout_seconds`: /readyz fails at once, /healthz only once the journal has failed that long
     (the loop itself keeps running), and both pass again once space is freed."""
-    with small_filesystem(tmp_path / "fs") as fs:
+    with small_filesystem(tmp_path / "fs", TMPFS_SIZE) as fs:
         config = fast_config(tmp_path)
         config.database.url = f"sqlite:///{fs / 'journal.db'}"
         config.bot.journal_failure_timeout_seconds = 2.0
@@ -472,7 +433,7 @@ async def test_the_order_gate_while_the_journal_cannot_be_written_and_until_a_re
     included (each is journaled before it leaves), each refusal counted with reason `journal`, while cancels still go
     (cancel_all answers 200 and the venue has nothing of the bot's open). Written again (the heartbeat lands), an order
     that only reduces goes out at once, one that adds risk waits for the reconciliation that follows."""
-    with small_filesystem(tmp_path / "fs") as fs:
+    with small_filesystem(tmp_path / "fs", TMPFS_SIZE) as fs:
         config = fast_config(tmp_path)
         config.database.url = f"sqlite:///{fs / 'journal.db'}"
         config.recovery.heartbeat_interval_seconds = 0.1
@@ -555,7 +516,7 @@ async def test_the_packaged_playbook_answers_a_full_disk_with_reduce_only_the_cl
     journal-failing rule sets the bot reduce_only and runs `trading-ops upkeep cleanup`, which empties the scratch
     directory; the journal is writable again, the bot reconciles, the episode is verified in Prometheus and the bot
     resumed by the rule's on_recovery: it trades again with no human involved."""
-    with small_filesystem(tmp_path / "fs") as fs:
+    with small_filesystem(tmp_path / "fs", TMPFS_SIZE) as fs:
         config = fast_config(tmp_path)
         config.database.url = f"sqlite:///{fs / 'journal.db'}"
         config.bot.data_dir = str(fs / "data")
