@@ -19,6 +19,18 @@ DEBIAN_PACKAGES = {
     "systemd-analyze": "systemd",
     # Runs the polkit rule in tests/test_systemd_units.py (no polkitd runs on a test machine).
     "node": "nodejs",
+    # A Debian root for the deployment tests: real systemd (booted with systemd-nspawn) and the image a real Docker
+    # engine builds from (tests/debian_root.py).
+    "debootstrap": "debootstrap",
+    "systemd-nspawn": "systemd-container",
+    "dockerd": "docker.io",
+    "docker": "docker.io",
+    # The operator console's browser tests (Playwright drives Debian's Chromium; no browser is ever downloaded).
+    "chromium": "chromium",
+    # The off-host backup repository's server and client (OpenSSH) and PostgreSQL's point-in-time recovery.
+    "sshd": "openssh-server",
+    "ssh": "openssh-client",
+    "pgbackrest": "pgbackrest",
 }
 
 

@@ -1,0 +1,111 @@
+"""A Debian bookworm root made by debootstrap, for the deployment tests: real systemd booted with systemd-nspawn, and
+the base image a real Docker engine builds the project's image from (`docker import`).
+
+A root takes about a minute and a few hundred MB to make, so it is made once per machine and cached outside the
+repository, under ``$XDG_CACHE_HOME/trading-ops/roots`` (``~/.cache`` by default), keyed by what it holds (suite,
+variant, packages): a test run reuses it, a change of its package list makes a new one. Two test workers that ask for
+the same root at once wait for one build (a file lock). The cached root is never written by a test: copy it (`copy`)
+or mount it read-only and give the test its own writable overlay.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from system_binaries import require_binary
+
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# A root that boots under systemd-nspawn and runs the project with Debian's own Python.
+SYSTEMD_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "ca-certificates")
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "trading-ops" / "roots"
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt already uses (deb822 `.sources` or a one-line `sources.list`)."""
+    candidates = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
+    for path in candidates:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("URIs:"):
+                for uri in line.split()[1:]:
+                    if "security" not in uri:
+                        return uri.rstrip("/")
+            elif line.startswith("deb ") and "security" not in line:
+                parts = [part for part in line.split() if not part.startswith("[")]
+                if len(parts) >= 2 and parts[1].startswith(("http://", "https://", "file:")):
+                    return parts[1].rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def root_key(packages: Sequence[str], *, variant: str = "minbase", suite: str = SUITE) -> str:
+    spec = "\n".join([suite, variant, *sorted(set(packages))])
+    return f"{suite}-{variant}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def debian_root(packages: Sequence[str] = SYSTEMD_PACKAGES, *, variant: str = "minbase") -> Path:
+    """The cached root holding `packages` (made now if this machine has none yet). Fails the test, never skips it,
+    with one line when debootstrap or root is missing or the mirror cannot be reached."""
+    if os.geteuid() != 0:
+        pytest.fail("the deployment tests need root (debootstrap, systemd-nspawn, dockerd)", pytrace=False)
+    debootstrap = require_binary("debootstrap")
+    target = cache_dir() / root_key(packages, variant=variant)
+    with _locked(target.with_suffix(".lock")):
+        if (target / ".complete").exists():
+            return target
+        building = target.with_name(target.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        command = [
+            debootstrap,
+            f"--variant={variant}",
+            f"--include={','.join(sorted(set(packages)))}",
+            SUITE,
+            str(building),
+            apt_mirror(),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+        if result.returncode != 0:
+            shutil.rmtree(building, ignore_errors=True)
+            last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            pytest.fail(f"debootstrap of a {SUITE} root failed (exit {result.returncode}): {last[0]}", pytrace=False)
+        # apt's downloaded .debs are not part of the root.
+        shutil.rmtree(building / "var/cache/apt/archives", ignore_errors=True)
+        (building / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+        (building / ".complete").write_text(" ".join(sorted(set(packages))) + "\n", encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        building.rename(target)
+    return target
+
+
+def copy_root(source: Path, destination: Path) -> Path:
+    """A writable copy of a cached root (hard links would let a test write through to the cache, so it copies;
+    `cp -a --reflink=auto` keeps owners, modes, devices and extended attributes)."""
+    subprocess.run(["cp", "-a", "--reflink=auto", f"{source}/.", str(destination)], check=True, timeout=600)
+    return destination
