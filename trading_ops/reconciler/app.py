@@ -84,8 +84,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     # alerts need not read them, nor act).
     api_tokens = resolve_tokens(config, rc, "read_token", "api_tokens", "reconciler", legacy_scope=READ)
     if (clash := api_tokens.match(f"Bearer {token}")) is not None:
-        key = "reconciler.read_token" if clash.legacy else "reconciler.api_tokens"
-        raise ConfigError(key, f"token {clash.name!r} must differ from the webhook token (reconciler.token)")
+        key = "reconciler.read_token" if clash.legacy else f"reconciler.api_tokens ({clash.name})"
+        raise ConfigError(key, "must differ from the webhook token (reconciler.token)")
     web_config = server_web_config(config, rc.listen, "reconciler.listen")
     client_tls = client_ssl_context(config, rc.tls, "reconciler.tls")
     app = web.Application(client_max_size=rc.max_body_bytes)

@@ -18,7 +18,7 @@ from trading_ops.scopes import Token, refusal
 
 log = logging.getLogger(__name__)
 
-UNAUTHORIZED = "missing or wrong bearer token (one of reconciler.api_tokens, or reconciler.read_token)"
+UNAUTHORIZED = "missing or wrong bearer token (the read token, reconciler.read_token, or one of reconciler.api_tokens)"
 
 
 def authorized(request: web.Request, scope: str, action: str) -> Token | web.Response:
