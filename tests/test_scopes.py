@@ -267,7 +267,7 @@ async def test_a_bot_on_the_runtime_journals_who_changed_its_state_and_from_wher
     try:
         status, body = await control(port, "pause", {"reason": "a test"}, auth("rec-operate"))
         assert status == 200, body
-        journaled = await wait_for(lambda: bot.recovery_store.last_transition())
+        journaled = await wait_for(bot.recovery_store.last_transition)
         assert journaled == {
             "before": "active",
             "after": "paused",
