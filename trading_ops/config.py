@@ -358,7 +358,7 @@ class BotConfig:
     # The single token of the control API: every right (destructive), its callers name themselves in the
     # X-Trading-Ops-Source header. Unset (no file, no variable) when control_tokens are given instead.
     control_token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of the bot's control API")
-    # Named tokens, each with a scope (read, operate, destructive): docs/security.md#tokens-and-scopes.
+    # Named tokens, each with a scope (read, operate, destructive): docs/configuration.md, "Tokens and scopes".
     control_tokens: list[NamedTokenConfig] = field(default_factory=list)
     data_dir: str = checked("./var", _check_nonempty)
     # How often a bot on the runtime runs its strategy's step (the paper bot: paper.loop_interval_seconds).
