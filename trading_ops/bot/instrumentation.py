@@ -50,7 +50,7 @@ class Instrumentation:
     Without it, the working directory's filesystem is exported and nothing is walked.
 
     `token`: the control API's bearer token (every right), or a `trading_ops.scopes.TokenSet` of named tokens with
-    scopes (a bot on the runtime: `bot_tokens(config)`).
+    scopes (a bot on the runtime: `trading_ops.bot.runtime.control_tokens(config)`).
     """
 
     def __init__(
