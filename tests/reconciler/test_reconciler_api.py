@@ -176,3 +176,60 @@ def test_an_api_token_must_differ_from_the_webhooks(tmp_path: Path, sqlite_url: 
     config = make_config(tmp_path, sqlite_url, api_tokens=tokens)
     with pytest.raises(ConfigError, match=r"reconciler.api_tokens \(x\): must differ from the webhook token"):
         create_app(config)
+
+
+async def test_retry_and_circuit_reset_need_the_operate_scope_and_record_the_tokens_name(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from trading_ops.db.base import make_engine, utcnow
+    from trading_ops.db.models import AuditEntry
+    from trading_ops.reconciler.ledger import Ledger
+
+    client = await aiohttp_client(create_app(api_token_config(tmp_path, migrated_sqlite)))
+    body = payload(alert(fingerprint="f1", instance="bot-1"))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    episode = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"][0]
+
+    retry = f"/api/v1/episodes/{episode['id']}/retry"
+    for name in ("oncall-read", "lead"):
+        resp = await client.post(retry, headers=bearer(name))
+        assert resp.status == 403
+        needs = f"retrying an episode needs the 'operate' scope; token '{name}' has '{API_TOKENS[name]}'"
+        assert (await resp.json())["error"] == needs
+    assert (await client.post(retry, headers=AUTH)).status == 401
+    # Allowed, and answered by the ledger: a waiting episode is not retried (only escalated or failed ones are).
+    resp = await client.post(retry, headers=bearer("ops-operate"))
+    assert (
+        resp.status == 409
+        and "is waiting; only escalated or failed episodes are retried" in (await resp.json())["error"]
+    )
+    assert (await client.post("/api/v1/episodes/4040/retry", headers=bearer("ops-destructive"))).status == 404
+    assert (await client.post("/api/v1/episodes/x/retry", headers=bearer("ops-operate"))).status == 400
+
+    ledger = Ledger(make_engine(migrated_sqlite))
+    try:
+        until = utcnow() + timedelta(minutes=30)
+        assert ledger.open_circuit("bot-1", until)
+        reset = "/api/v1/circuits/bot-1/reset"
+        resp = await client.post(reset, headers=bearer("oncall-read"))
+        assert resp.status == 403
+        assert (await resp.json())[
+            "error"
+        ] == "resetting a circuit needs the 'operate' scope; token 'oncall-read' has 'read'"
+        assert ledger.circuit_open_until("bot-1", utcnow()) is not None
+        resp = await client.post(reset, headers=bearer("ops-operate"))
+        assert resp.status == 200, await resp.text()
+        assert ledger.circuit_open_until("bot-1", utcnow()) is None
+        with ledger.engine.connect() as conn:
+            audit = conn.execute(select(AuditEntry)).mappings().all()
+        assert [(a["action"], a["target"], a["actor"]) for a in audit] == [
+            ("circuit_reset", "bot-1", "token 'ops-operate' from 127.0.0.1")
+        ]
+        resp = await client.post(reset, headers=bearer("ops-operate"))
+        assert resp.status == 404 and (await resp.json())["error"] == "no open circuit for 'bot-1'"
+    finally:
+        ledger.engine.dispose()

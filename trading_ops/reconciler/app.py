@@ -19,7 +19,7 @@ from sqlalchemy import inspect, text
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
-from trading_ops.db.base import make_engine
+from trading_ops.db.base import make_engine, utcnow
 from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import Scheduler
@@ -53,7 +53,7 @@ from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_config
 from trading_ops.reconciler.processes import make_owner
 from trading_ops.reconciler.retention import Pruner, ledger_retention
 from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
-from trading_ops.scopes import READ
+from trading_ops.scopes import OPERATE, READ
 from trading_ops.tasks import stop_tasks
 from trading_ops.webconfig import client_ssl_context, secure_app, server_web_config
 
@@ -69,6 +69,8 @@ KNOWN_STATES = (*OPEN_STATES, *CLOSED_STATES)
 BEARER_ROUTES = ("/api/",)
 EPISODE_ID_RE = re.compile(r"^[0-9]{1,40}$")
 MAX_EPISODE_ID = 2**31 - 1
+# A circuit's target is an alert's `instance` (label values are at most 128 characters; the CLI takes up to 255).
+MAX_TARGET_CHARS = 255
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -122,6 +124,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_post("/api/v1/alertmanager", webhook)
     app.router.add_get("/api/v1/episodes", list_episodes)
     app.router.add_get("/api/v1/episodes/{id}", get_episode)
+    app.router.add_post("/api/v1/episodes/{id}/retry", retry_episode)
+    app.router.add_post("/api/v1/circuits/{target}/reset", reset_circuit)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -337,19 +341,58 @@ async def list_episodes(request: web.Request) -> web.Response:
     return web.json_response({"episodes": [episode_json(e) for e in rows]})
 
 
-async def get_episode(request: web.Request) -> web.Response:
-    if isinstance(caller := authorized(request, READ, "reading an episode"), web.Response):
-        return caller
+def _episode_id(request: web.Request) -> int | web.Response:
+    """The `{id}` of the path, or the 400 to answer."""
     raw = request.match_info["id"]
     if not EPISODE_ID_RE.match(raw):
         return web.json_response({"error": "id: expected a positive integer"}, status=400)
-    episode_id = int(raw)
+    return int(raw)
+
+
+async def get_episode(request: web.Request) -> web.Response:
+    if isinstance(caller := authorized(request, READ, "reading an episode"), web.Response):
+        return caller
+    if isinstance(episode_id := _episode_id(request), web.Response):
+        return episode_id
     row = None
     if 0 < episode_id <= MAX_EPISODE_ID:
         row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
     if row is None:
         return web.json_response({"error": f"no episode {episode_id}"}, status=404)
     return web.json_response(episode_json(row))
+
+
+async def retry_episode(request: web.Request) -> web.Response:
+    """`reconciler retry ID` over the API (the `operate` scope): one more run of an escalated or failed episode whose
+    alert still fires, recorded in its history as asked by the token's name from its address."""
+    if isinstance(token := authorized(request, OPERATE, "retrying an episode"), web.Response):
+        return token
+    if isinstance(episode_id := _episode_id(request), web.Response):
+        return episode_id
+    who = f"token '{token.name}' from {request.remote or '-'}"
+    why_not: str | None = f"no episode {episode_id}"
+    if 0 < episode_id <= MAX_EPISODE_ID:
+        why_not = await asyncio.to_thread(request.app[keys.LEDGER].retry, episode_id, who)
+    if why_not is not None:
+        return web.json_response({"error": why_not}, status=404 if why_not.startswith("no episode") else 409)
+    log.warning("episode %d re-queued by %s", episode_id, who)
+    request.app[keys.ENGINE].wake.set()
+    return web.json_response({"episode": episode_id, "retry": "queued: one more run if its alert still fires"})
+
+
+async def reset_circuit(request: web.Request) -> web.Response:
+    """`reconciler circuits reset TARGET` over the API (the `operate` scope), audited as the token's name."""
+    if isinstance(token := authorized(request, OPERATE, "resetting a circuit"), web.Response):
+        return token
+    target = request.match_info["target"]
+    if len(target) > MAX_TARGET_CHARS or not target.isprintable():
+        return web.json_response({"error": "target: not a target name"}, status=400)
+    who = f"token '{token.name}' from {request.remote or '-'}"
+    until = await asyncio.to_thread(request.app[keys.LEDGER].reset_circuit, target, who, utcnow())
+    if until is None:
+        return web.json_response({"error": f"no open circuit for {target!r}"}, status=404)
+    log.warning("circuit of %s closed by %s (was open until %s)", target, who, until.isoformat())
+    return web.json_response({"target": target, "was_open_until": until.isoformat()})
 
 
 async def metrics(request: web.Request) -> web.Response:

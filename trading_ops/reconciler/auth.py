@@ -1,8 +1,8 @@
 """Who may use the reconciler's API: the request's named token (reconciler.api_tokens, read_token) and its scope.
 
-Each handler says what it needs: reads (episodes) `read`; acting (retry, circuits, maintenance windows) `operate`;
-what closes positions or stops a bot (an emergency halt) `destructive`; deciding an approval (`POST
-/api/v1/approvals/{id}`) `approve`. `authorized(request, APPROVE, "approving")` answers 401 for no or an unknown
+Each handler says what it needs: reads (episodes) `read`; acting (an episode's retry, a circuit's reset, maintenance
+windows) `operate`; what closes positions or stops a bot (an emergency halt) `destructive`; deciding an approval
+(`POST /api/v1/approvals/{id}`) `approve`. `authorized(request, APPROVE, "approving")` answers 401 for no or an unknown
 token, 403 with one line naming the scope needed for a token without it, else the token (its name is who decided).
 The webhook has its own token (Alertmanager's), which none of these may be.
 """
