@@ -151,7 +151,8 @@ async def _post(
     target = ctx.config.reconciler.targets[instance]
     token = target_token(ctx.config, instance, command)
     url = f"{target.url.rstrip('/')}/control/{command}"
-    # The bot counts the command as the reconciler's (tradingbot_control_commands_total{source}).
+    # A bot given named tokens counts the command under the token's name; with its single token, as the reconciler's
+    # (tradingbot_control_commands_total{source}).
     headers = {"Authorization": f"Bearer {token}", SOURCE_HEADER: SOURCE_RECONCILER}
     try:
         async with ctx.session.post(
