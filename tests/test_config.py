@@ -391,3 +391,114 @@ def test_config_targets_puts_freqtrade_sidecars_in_their_own_job(
     with pytest.raises(SystemExit) as exited:
         main(["--config", str(path), "config", "targets", "--job", "nope"])
     assert exited.value.code == 2
+
+
+# -- named tokens with scopes ---------------------------------------------------------------------------------------
+
+
+def write_tokens(tmp_path: Path, **tokens: str) -> None:
+    for name, value in tokens.items():
+        (tmp_path / name).write_text(value + "\n")
+
+
+NAMED = "    - {name: oncall, scope: read, token_file: t-read}\n    - {name: rec, scope: operate, token_file: t-op}\n"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        (
+            "bot:\n  control_tokens:\n" + NAMED + "    - {name: oncall, scope: destructive, token_file: t-de}\n",
+            "bot.control_tokens[2].name: 'oncall' is given twice; names tell the tokens apart",
+        ),
+        (
+            "bot:\n  control_tokens:\n    - {name: x, scope: admin, token_file: t-read}\n",
+            "bot.control_tokens[0].scope: expected one of 'read', 'operate', 'destructive', 'approve', got 'admin'",
+        ),
+        (
+            "bot:\n  control_tokens:\n    - {name: x, scope: read, token_file: /nonexistent/t}\n",
+            "bot.control_tokens[0].token_file: cannot read /nonexistent/t: No such file or directory",
+        ),
+        (
+            "bot:\n  control_tokens:\n    - {name: x, scope: read, token: hunter2}\n",
+            "bot.control_tokens[0].token: secrets are not written in the file; use token_file or token_env",
+        ),
+        (
+            "bot:\n  control_tokens:\n    - {name: x, scope: read}\n",
+            "bot.control_tokens[0].token_file: missing: each token's secret is read from token_file (or token_env)",
+        ),
+        (
+            "bot:\n  control_tokens:\n    - {name: x, token_file: t-read}\n",
+            "bot.control_tokens[0].scope: missing (each token has a name and a scope",
+        ),
+        (
+            "bot:\n  control_tokens:\n    - {scope: read, token_file: t-read}\n",
+            "bot.control_tokens[0].name: missing",
+        ),
+        (
+            "bot:\n  control_tokens:\n    - {name: risk, scope: read, token_file: t-read}\n",
+            "bot.control_tokens[0].name: 'risk' is reserved",
+        ),
+        (
+            "bot:\n  control_tokens:\n    - {name: control_token, scope: read, token_file: t-read}\n",
+            "bot.control_tokens[0].name: 'control_token' is the name of the single token",
+        ),
+        (
+            "bot:\n  control_tokens:\n    - {name: 'a b', scope: read, token_file: t-read}\n",
+            "bot.control_tokens[0].name: expected a name",
+        ),
+        (
+            "bot:\n  control_tokens:\n" + NAMED + "    - {name: again, scope: destructive, token_file: t-op}\n",
+            "bot.control_tokens: tokens 'rec' and 'again' have the same value; give each its own",
+        ),
+        (
+            "bot:\n  control_token_file: t-op\n  control_tokens:\n" + NAMED,
+            "bot.control_tokens: tokens 'control_token' and 'rec' have the same value",
+        ),
+        (
+            "freqtrade:\n  control_tokens:\n" + NAMED + "    - {name: rec, scope: read, token_file: t-de}\n",
+            "freqtrade.control_tokens[2].name: 'rec' is given twice",
+        ),
+        (
+            "reconciler:\n  api_tokens:\n    - {name: read_token, scope: read, token_file: t-read}\n",
+            "reconciler.api_tokens[0].name: 'read_token' is the name of the single token",
+        ),
+        (
+            "reconciler:\n  api_tokens:\n    - {name: a, scope: approve, token_file: /nonexistent/a}\n",
+            "reconciler.api_tokens[0].token_file: cannot read /nonexistent/a",
+        ),
+        (
+            "bots:\n  - {name: b1, destructive_token_file: /nonexistent/d}\n",
+            "reconciler.targets.127.0.0.1:9101.destructive_token_file: cannot read /nonexistent/d",
+        ),
+    ],
+)
+def test_token_configuration_errors_are_one_line_exit_2(
+    tmp_path, capsys, monkeypatch, yaml_text: str, message: str
+) -> None:
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "x")
+    write_tokens(tmp_path, **{"t-read": "r", "t-op": "o", "t-de": "d"})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    assert main(["--config", str(path), "config", "check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_named_tokens_alone_pass_config_check_without_the_single_token(tmp_path, capsys, monkeypatch) -> None:
+    from trading_ops.bot.runtime import control_tokens
+
+    monkeypatch.delenv("TRADING_OPS_CONTROL_TOKEN", raising=False)
+    write_tokens(tmp_path, **{"t-read": "r", "t-op": "o"})
+    path = tmp_path / "c.yaml"
+    path.write_text("bot:\n  control_tokens:\n" + NAMED)
+    assert main(["--config", str(path), "config", "check"]) == 0, capsys.readouterr().err
+    tokens = control_tokens(load_config(path))
+    assert [(t.name, t.scope, t.legacy) for t in tokens.tokens] == [
+        ("oncall", "read", False),
+        ("rec", "operate", False),
+    ]
+    # With the single token too, it is one more token, of every right, named after its key.
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "old")
+    tokens = control_tokens(load_config(path))
+    assert [(t.name, t.scope, t.legacy) for t in tokens.tokens][0] == ("control_token", "destructive", True)

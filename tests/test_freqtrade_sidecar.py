@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from raw_http import NON_ASCII_AUTH, raw_request
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
+from trading_ops.scopes import DESTRUCTIVE, OPERATE, READ, TokenSet
 from trading_ops.venues.ccxt import CcxtBroker
 
 pytestmark = [pytest.mark.slow]
@@ -77,14 +79,17 @@ def broker_of(gateway: Gateway) -> CcxtBroker:
 
 
 def sidecar_of(
-    ft: Freqtrade, registry: CollectorRegistry | None = None, broker: CcxtBroker | None = None
+    ft: Freqtrade,
+    registry: CollectorRegistry | None = None,
+    broker: CcxtBroker | None = None,
+    token: str | TokenSet = TOKEN,
 ) -> FreqtradeSidecar:
     return FreqtradeSidecar(
         name="ft",
         url=ft.url,
         username=USERNAME,
         password=PASSWORD,
-        token=TOKEN,
+        token=token,
         registry=registry or CollectorRegistry(),
         poll_interval=POLL_SECONDS,
         request_timeout=3.0,
@@ -273,6 +278,49 @@ async def test_control_commands_are_counted_by_who_asked(sidecar: Client, freqtr
     }
     status, _ = await sidecar.control("resume", AUTH)
     assert status == 200
+
+
+async def test_each_scope_on_the_sidecar_and_who_asked(
+    freqtrade: Freqtrade, aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sidecar with named tokens: `read` may ask the status but not pause, `operate` may pause and resume but not
+    halt or flatten, `destructive` may halt; each refusal is a 403 naming the scope, each command is counted under the
+    token's name and logged with it and the peer, and freqtrade sees only what was allowed."""
+    tokens = TokenSet(
+        [("oncall", READ, "r-tok"), ("rec-operate", OPERATE, "o-tok"), ("rec-destructive", DESTRUCTIVE, "d-tok")]
+    )
+    sc = sidecar_of(freqtrade, token=tokens)
+    client = Client(await aiohttp_client(create_app(sc)), sc)
+    await client.until("the sidecar's first answered poll", lambda: client.value("tradingbot_freqtrade_up"))
+    read, operate, destructive = ({"Authorization": f"Bearer {t}"} for t in ("r-tok", "o-tok", "d-tok"))
+    caplog.set_level(logging.INFO, logger="trading_ops.bot.server")
+
+    assert (await client.control("status", read))[0] == 200
+    status, body = await client.control("pause", read)
+    assert (status, body["error"]) == (403, "pause needs the 'operate' scope; token 'oncall' has 'read'")
+    assert freqtrade.api("GET", "/show_config")["state"] == "running"
+    assert (await client.control("pause", operate))[0] == 200
+    assert freqtrade.api("GET", "/show_config")["state"] == "paused"
+    for command in ("flatten", "halt"):
+        status, body = await client.control(command, operate)
+        assert status == 403
+        assert body["error"] == f"{command} needs the 'destructive' scope; token 'rec-operate' has 'operate'"
+    assert freqtrade.api("GET", "/show_config")["state"] == "paused"
+    assert (await client.control("halt", destructive))[0] == 200
+    assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
+    assert (await client.control("clear_halt", destructive))[0] == 200
+    assert (await client.control("resume", operate))[0] == 200
+    assert freqtrade.api("GET", "/show_config")["state"] == "running"
+
+    async def counted(command: str, source: str) -> float | None:
+        return await client.value("tradingbot_control_commands_total", command=command, source=source)
+
+    assert await counted("pause", "oncall") == 1 and await counted("pause", "rec-operate") == 1
+    assert await counted("halt", "rec-operate") == 1 and await counted("halt", "rec-destructive") == 1
+    assert await counted("resume", "rec-destructive") == 0  # every configured name is there from the start
+    assert await counted("pause", "operator") is None  # no single token: no header sources
+    lines = [r.getMessage() for r in caplog.records if r.name == "trading_ops.bot.server"]
+    assert any(line.startswith("control halt by token 'rec-destructive' from 127.0.0.1 ok") for line in lines), lines
 
 
 async def test_flatten_closes_every_trade_on_the_gateway(

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from trading_ops.scopes import DESTRUCTIVE, SCOPES, TokenSet
+
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
 SECRET_SUFFIXES = ("_file", "_env")
 # SQLAlchemy drivers the project supports; bare `postgresql` means psycopg 3 (psycopg2 is not a dependency).
@@ -65,7 +67,8 @@ class ConfigError(Exception):
 def secret(env: str, help: str = "") -> Any:
     """A secret field: never written in the file, read from `<name>_env` or `<name>_file`.
 
-    Without either, it is read from the environment variable `env`, whether or not its section is in the file.
+    Without either, it is read from the environment variable `env`, whether or not its section is in the file;
+    `env` "" means none: such a secret is unset unless the file names where it is.
     """
     return field(default=f"env:{env}", metadata={"secret": True, "env": env, "help": help})
 
@@ -307,13 +310,56 @@ class ResourcesConfig:
     data_dir_budget_bytes: int = bounded(0, min=0)
 
 
+# Names the `source` label of tradingbot_control_commands_total gives to what is no configured token's: a bot's own
+# risk limits, and requests without a valid token. A named token may not take them.
+RESERVED_TOKEN_NAMES = ("risk", "unauthenticated")
+
+
+@dataclass
+class NamedTokenConfig:
+    """One of the several tokens an API accepts: its name (logs, the journal, the `source` label), its scope, and
+    where its secret is read from (token_file, or token_env; never the file itself)."""
+
+    name: str = checked("", _check_name)
+    scope: Literal["read", "operate", "destructive", "approve"] = "read"
+    token: str = secret("", "the token's secret")
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        for key in ("name", "scope"):
+            if key not in given:
+                raise ConfigError(
+                    f"{prefix}.{key}", f"missing (each token has a name and a scope: {', '.join(SCOPES)})"
+                )
+        if self.token == "env:":
+            raise ConfigError(
+                f"{prefix}.token_file", "missing: each token's secret is read from token_file (or token_env)"
+            )
+        if self.name in RESERVED_TOKEN_NAMES:
+            raise ConfigError(f"{prefix}.name", f"{self.name!r} is reserved (a `source` label value of its own)")
+
+
+def check_token_names(tokens: list[NamedTokenConfig], key: str, *reserved: str) -> None:
+    """Each name once in a list of tokens, and none a name the single older token of that API goes by."""
+    seen: set[str] = set()
+    for i, token in enumerate(tokens):
+        if token.name in seen:
+            raise ConfigError(f"{key}[{i}].name", f"{token.name!r} is given twice; names tell the tokens apart")
+        if token.name in reserved:
+            raise ConfigError(f"{key}[{i}].name", f"{token.name!r} is the name of the single token (its key)")
+        seen.add(token.name)
+
+
 @dataclass
 class BotConfig:
     name: str = checked("paper-1", _check_name)
     venue: str = checked("paper", _check_name)
     strategy: str = checked("demo", _check_name)
     listen: ListenConfig = field(default_factory=ListenConfig)
+    # The single token of the control API: every right (destructive), its callers name themselves in the
+    # X-Trading-Ops-Source header. Unset (no file, no variable) when control_tokens are given instead.
     control_token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of the bot's control API")
+    # Named tokens, each with a scope (read, operate, destructive): docs/configuration.md, "Tokens and scopes".
+    control_tokens: list[NamedTokenConfig] = field(default_factory=list)
     data_dir: str = checked("./var", _check_nonempty)
     # How often a bot on the runtime runs its strategy's step (the paper bot: paper.loop_interval_seconds).
     loop_interval_seconds: float = bounded(0.5, min=0.001)
@@ -333,6 +379,7 @@ class BotConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def validate(self, prefix: str, given: set[str]) -> None:
+        check_token_names(self.control_tokens, f"{prefix}.control_tokens", "control_token")
         budget, limit = self.resources.memory_budget_bytes, self.memory_limit_bytes
         if budget and limit and budget > limit:
             raise ConfigError(
@@ -476,6 +523,9 @@ class TargetConfig:
     # Base URL of the bot's HTTP server; the bot action posts to <url>/control/<command>.
     url: str = checked("http://127.0.0.1:9101", _check_http_url)
     token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of this bot's control API")
+    # A token of the `destructive` scope, sent only with the commands that need it (cancel_all, flatten, halt,
+    # clear_halt); `token` then needs no more than `operate`. Unset: `token` is sent with every command.
+    destructive_token: str = secret("", "bearer token of this bot's control API for destructive commands")
     # The systemd unit running it: what a playbook's `systemd` step without `unit:` restarts.
     unit: str = checked(PAPER_BOT_UNIT, _check_unit)
     # Its container (docker compose): what a `docker` step without `container:` restarts.
@@ -520,6 +570,9 @@ class ReconcilerConfig:
     # Bearer token of the episode API (GET /api/v1/episodes...), which shows labels, annotations and step outputs:
     # not the webhook's (whoever can post alerts need not read them). Unset = the episode API answers 401.
     read_token: str = secret("TRADING_OPS_RECONCILER_READ_TOKEN", "bearer token of the episode API")
+    # Named tokens of the API (not of the webhook), each with a scope: read (episodes), operate, destructive,
+    # approve (approvals). read_token is one more, named read_token, of the read scope.
+    api_tokens: list[NamedTokenConfig] = field(default_factory=list)
     # Name of this replica in claims and logs (empty = the host name). Replicas may share it: a claim is taken
     # over only when its lease expired or its process is provably gone.
     instance: str = ""
@@ -581,6 +634,9 @@ class ReconcilerConfig:
     # Bot instance (the `instance` label of its alerts) -> its control API.
     targets: dict[str, TargetConfig] = field(default_factory=dict)
 
+    def validate(self, prefix: str, given: set[str]) -> None:
+        check_token_names(self.api_tokens, f"{prefix}.api_tokens", "read_token")
+
 
 def _check_instance(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
@@ -634,6 +690,8 @@ class BotEntryConfig:
     # Base URL of its control API (usually http://<instance>).
     url: str = checked("http://127.0.0.1:9101", _check_http_url)
     token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of this bot's control API")
+    # A `destructive` token sent only with cancel_all, flatten, halt and clear_halt (then `token` may be `operate`).
+    destructive_token: str = secret("", "bearer token of this bot's control API for destructive commands")
     # Its systemd unit (what the playbook's restart steps restart); default: trading-ops-paper-bot.service for the
     # paper kind, else the template unit's instance trading-ops-bot@<name>.service.
     unit: str = checked("", _check_unit)
@@ -822,6 +880,8 @@ class FreqtradeTargetConfig:
 class FreqtradeConfig:
     # Bearer token of the sidecar's control API (the same for every watched freqtrade).
     control_token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of the freqtrade sidecar's control API")
+    # Named tokens with scopes, as bot.control_tokens (the same for every watched freqtrade).
+    control_tokens: list[NamedTokenConfig] = field(default_factory=list)
     # How often freqtrade's API is asked; each poll is a handful of cheap GETs.
     poll_interval_seconds: float = bounded(2.0, min=0.05)
     request_timeout_seconds: float = bounded(3.0, min=0.05)
@@ -834,6 +894,7 @@ class FreqtradeConfig:
     targets: dict[str, FreqtradeTargetConfig] = field(default_factory=dict)
 
     def validate(self, prefix: str, given: set[str]) -> None:
+        check_token_names(self.control_tokens, f"{prefix}.control_tokens", "control_token")
         listens: dict[tuple[str, int], str] = {}
         for name, target in self.targets.items():
             key = f"{prefix}.targets.{name}"
@@ -989,7 +1050,13 @@ class Config:
             if self.reconciler.targets:
                 raise ConfigError("reconciler.targets", "give the bots once, under bots: (targets are derived)")
             self.reconciler.targets = {
-                b.instance: TargetConfig(url=b.url, token=b.token, unit=b.systemd_unit, container=b.docker_container)
+                b.instance: TargetConfig(
+                    url=b.url,
+                    token=b.token,
+                    destructive_token=b.destructive_token,
+                    unit=b.systemd_unit,
+                    container=b.docker_container,
+                )
                 for b in self.bots
             }
 
@@ -1084,6 +1151,27 @@ def resolve_secret(config: Config, obj: Any, name: str, key: str) -> str:
         env = value[len("env:") :]
         return os.environ.get(env, "")
     return value
+
+
+def resolve_tokens(
+    config: Config, section: Any, legacy: str, named: str, key: str, legacy_scope: str = DESTRUCTIVE
+) -> TokenSet:
+    """The tokens an API accepts: the single older one (`section.<legacy>`, every right of the API unless
+    `legacy_scope` says less) when it is set, and each of the named ones (`section.<named>`), their files read now.
+    Two tokens with one value are a configuration error: a request must name exactly one caller."""
+    tokens: list[NamedTokenConfig] = getattr(section, named)
+    values = [resolve_secret(config, t, "token", f"{key}.{named}[{i}].token") for i, t in enumerate(tokens)]
+    single = resolve_secret(config, section, legacy, f"{key}.{legacy}")
+    for i, value in enumerate(values):
+        if not value:
+            raise ConfigError(f"{key}.{named}[{i}].token", f"the token of {tokens[i].name!r} is empty")
+    try:
+        return TokenSet(
+            [(t.name, t.scope, v) for t, v in zip(tokens, values, strict=True)],
+            legacy=(legacy, legacy_scope, single) if single else None,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{key}.{named}", str(exc)) from exc
 
 
 def _read_secret_file(key: str, path: str) -> str:

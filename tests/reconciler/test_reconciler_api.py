@@ -89,3 +89,147 @@ async def test_without_a_read_token_the_api_is_closed(aiohttp_client: Any, tmp_p
     client = await aiohttp_client(create_app(config))
     for header in ({}, {"Authorization": "Bearer "}, READ_AUTH):
         assert (await client.get("/api/v1/episodes", headers=header)).status == 401
+
+
+# -- named tokens with scopes ----------------------------------------------------------------------------------------
+
+API_TOKENS = {"oncall-read": "read", "ops-operate": "operate", "ops-destructive": "destructive", "lead": "approve"}
+
+
+def api_token_config(tmp_path: Path, db: str) -> Any:
+    tokens = []
+    for name, scope in API_TOKENS.items():
+        (tmp_path / f"{name}-token").write_text(f"secret-of-{name}\n")
+        tokens.append({"name": name, "scope": scope, "token_file": str(tmp_path / f"{name}-token")})
+    return make_config(tmp_path, db, playbook=str(write_playbook(tmp_path, IDLE_RULES)), api_tokens=tokens)
+
+
+def bearer(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer secret-of-{name}"}
+
+
+async def test_every_scope_reads_episodes_and_the_webhook_token_none(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str
+) -> None:
+    client = await aiohttp_client(create_app(api_token_config(tmp_path, migrated_sqlite)))
+    for name in API_TOKENS:
+        assert (await client.get("/api/v1/episodes", headers=bearer(name))).status == 200, name
+    assert (await client.get("/api/v1/episodes", headers=READ_AUTH)).status == 200  # read_token: still the read scope
+    assert (await client.get("/api/v1/episodes", headers=AUTH)).status == 401
+    # An API token is no webhook token either: Alertmanager's is its own.
+    assert (await client.post("/api/v1/alertmanager", json=payload(alert()), headers=bearer("lead"))).status == 401
+
+
+async def test_a_handler_gets_the_token_or_a_401_or_a_403_naming_the_scope(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str
+) -> None:
+    """What the API's acting routes do (approvals need `approve`, an emergency halt `destructive`, a retry `operate`):
+    `authorized` answers for each scope, with a read_token of the read scope only."""
+    from aiohttp import web
+
+    from trading_ops.reconciler.auth import authorized
+    from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE
+
+    app = create_app(api_token_config(tmp_path, migrated_sqlite))
+
+    def route(scope: str, action: str) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            if isinstance(token := authorized(request, scope, action), web.Response):
+                return token
+            return web.json_response({"by": token.name})
+
+        return handle
+
+    app.router.add_post("/api/v1/test/retry", route(OPERATE, "retrying"))
+    app.router.add_post("/api/v1/test/halt", route(DESTRUCTIVE, "halting a bot"))
+    app.router.add_post("/api/v1/test/approve", route(APPROVE, "approving"))
+    client = await aiohttp_client(app)
+    allowed = {
+        "oncall-read": set(),
+        "ops-operate": {"retry"},
+        "ops-destructive": {"retry", "halt"},
+        "lead": {"approve"},
+    }
+    needs = {
+        "retry": ("operate", "retrying"),
+        "halt": ("destructive", "halting a bot"),
+        "approve": ("approve", "approving"),
+    }
+    for name, may in allowed.items():
+        for path, (scope, action) in needs.items():
+            resp = await client.post(f"/api/v1/test/{path}", headers=bearer(name))
+            body = await resp.json()
+            if path in may:
+                assert (resp.status, body) == (200, {"by": name})
+            else:
+                assert resp.status == 403, (name, path)
+                assert body == {"error": f"{action} needs the '{scope}' scope; token '{name}' has '{API_TOKENS[name]}'"}
+    resp = await client.post("/api/v1/test/approve", headers=READ_AUTH)
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "approving needs the 'approve' scope; token 'read_token' has 'read'"
+    for header in ({}, AUTH, {"Authorization": "Bearer secret-of-leadx"}):
+        assert (await client.post("/api/v1/test/approve", headers=header)).status == 401
+
+
+def test_an_api_token_must_differ_from_the_webhooks(tmp_path: Path, sqlite_url: str) -> None:
+    tokens = [{"name": "x", "scope": "approve", "token_file": str(tmp_path / "webhook-token")}]
+    config = make_config(tmp_path, sqlite_url, api_tokens=tokens)
+    with pytest.raises(ConfigError, match=r"reconciler.api_tokens \(x\): must differ from the webhook token"):
+        create_app(config)
+
+
+async def test_retry_and_circuit_reset_need_the_operate_scope_and_record_the_tokens_name(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from trading_ops.db.base import make_engine, utcnow
+    from trading_ops.db.models import AuditEntry
+    from trading_ops.reconciler.ledger import Ledger
+
+    client = await aiohttp_client(create_app(api_token_config(tmp_path, migrated_sqlite)))
+    body = payload(alert(fingerprint="f1", instance="bot-1"))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    episode = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"][0]
+
+    retry = f"/api/v1/episodes/{episode['id']}/retry"
+    for name in ("oncall-read", "lead"):
+        resp = await client.post(retry, headers=bearer(name))
+        assert resp.status == 403
+        needs = f"retrying an episode needs the 'operate' scope; token '{name}' has '{API_TOKENS[name]}'"
+        assert (await resp.json())["error"] == needs
+    assert (await client.post(retry, headers=AUTH)).status == 401
+    # Allowed, and answered by the ledger: a waiting episode is not retried (only escalated or failed ones are).
+    resp = await client.post(retry, headers=bearer("ops-operate"))
+    assert (
+        resp.status == 409
+        and "is waiting; only escalated or failed episodes are retried" in (await resp.json())["error"]
+    )
+    assert (await client.post("/api/v1/episodes/4040/retry", headers=bearer("ops-destructive"))).status == 404
+    assert (await client.post("/api/v1/episodes/x/retry", headers=bearer("ops-operate"))).status == 400
+
+    ledger = Ledger(make_engine(migrated_sqlite))
+    try:
+        until = utcnow() + timedelta(minutes=30)
+        assert ledger.open_circuit("bot-1", until)
+        reset = "/api/v1/circuits/bot-1/reset"
+        resp = await client.post(reset, headers=bearer("oncall-read"))
+        assert resp.status == 403
+        assert (await resp.json())[
+            "error"
+        ] == "resetting a circuit needs the 'operate' scope; token 'oncall-read' has 'read'"
+        assert ledger.circuit_open_until("bot-1", utcnow()) is not None
+        resp = await client.post(reset, headers=bearer("ops-operate"))
+        assert resp.status == 200, await resp.text()
+        assert ledger.circuit_open_until("bot-1", utcnow()) is None
+        with ledger.engine.connect() as conn:
+            audit = conn.execute(select(AuditEntry)).mappings().all()
+        assert [(a["action"], a["target"], a["actor"]) for a in audit] == [
+            ("circuit_reset", "bot-1", "token 'ops-operate' from 127.0.0.1")
+        ]
+        resp = await client.post(reset, headers=bearer("ops-operate"))
+        assert resp.status == 404 and (await resp.json())["error"] == "no open circuit for 'bot-1'"
+    finally:
+        ledger.engine.dispose()

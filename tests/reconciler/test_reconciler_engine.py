@@ -198,6 +198,61 @@ async def test_destructive_steps_are_refused_unless_the_rule_allows_them(
     assert fake_bot.commands() == ["pause", "pause", "flatten"]
 
 
+async def test_each_step_goes_with_the_least_scope_and_the_bot_sees_which_token(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, migrated_sqlite: str
+) -> None:
+    """A real bot control API with named tokens; the reconciler holds its `operate` token and its `destructive` one.
+    The pause goes with the operate token, the flatten with the destructive one: the bot counts and records each by
+    its name. A bot whose reconciler holds the operate token only refuses the flatten with the scope it needs."""
+    from prometheus_client import CollectorRegistry
+
+    from trading_ops.bot.instrumentation import Instrumentation
+    from trading_ops.scopes import DESTRUCTIVE, OPERATE, TokenSet
+
+    tokens = TokenSet([("rec-operate", OPERATE, "op-secret"), ("rec-destructive", DESTRUCTIVE, "de-secret")])
+    (tmp_path / "operate-token").write_text("op-secret\n")
+    (tmp_path / "destructive-token").write_text("de-secret\n")
+    bots, targets = {}, {}
+    for instance, both in (("bot-1", True), ("bot-2", False)):
+        (tmp_path / instance).mkdir()
+        bot = Instrumentation(venue="paper", token=tokens, registry=CollectorRegistry(), data_dir=tmp_path / instance)
+        url = str((await aiohttp_server(bot.create_app())).make_url("")).rstrip("/")
+        bots[instance] = bot
+        targets[instance] = {"url": url, "token_file": str(tmp_path / "operate-token")}
+        if both:
+            targets[instance]["destructive_token_file"] = str(tmp_path / "destructive-token")
+    steps = [{"action": "bot", "command": "pause"}, {"action": "bot", "command": "flatten"}]
+    rule = {"name": "flat", "match": ['alertname="A"'], "steps": steps, "verify": False, "allow_destructive": True}
+    rule["on_failure"] = "none"
+    config = make_config(tmp_path, migrated_sqlite, playbook=str(write_playbook(tmp_path, [rule])), targets=targets)
+    client = await aiohttp_client(create_app(config))
+
+    def counted(instance: str, command: str, source: str) -> float | None:
+        labels = {"command": command, "source": source}
+        return bots[instance].registry.get_sample_value("tradingbot_control_commands_total", labels)
+
+    body = payload(alert("A", fingerprint="a", instance="bot-1"))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    episode = await wait_state(client, {"failed", "escalated", "recovered"})
+    assert episode["state"] == "recovered", episode
+    assert bots["bot-1"].state.state.value == "flattening"
+    assert counted("bot-1", "pause", "rec-operate") == 1 and counted("bot-1", "pause", "rec-destructive") == 0
+    assert counted("bot-1", "flatten", "rec-destructive") == 1 and counted("bot-1", "flatten", "rec-operate") == 0
+    assert bots["bot-1"].state.by == "token 'rec-destructive' from 127.0.0.1"
+
+    body = payload(alert("A", fingerprint="b", instance="bot-2"))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    episode = await wait_state(client, {"failed", "escalated", "recovered"}, index=1)
+    assert episode["state"] == "failed", episode
+    flatten = episode["attempts"][0]["steps"][1]
+    assert flatten["outcome"] == "failure"
+    assert "HTTP 403" in flatten["output"]
+    assert "flatten needs the 'destructive' scope; token 'rec-operate' has 'operate'" in flatten["output"]
+    assert (
+        bots["bot-2"].state.state.value == "paused" and bots["bot-2"].state.by == "token 'rec-operate' from 127.0.0.1"
+    )
+
+
 async def test_the_loss_limit_rule_pages_that_the_book_was_not_flattened_and_why(
     aiohttp_client: Any,
     tmp_path: Path,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from trading_ops.bot.metrics import BotMetrics
 from trading_ops.bot.state import TRANSITIONS, StateMachine, TradingState
+from trading_ops.scopes import DESTRUCTIVE, OPERATE, READ, Token, TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -16,11 +18,30 @@ CommandHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 STATE_COMMANDS = ("pause", "resume", "reduce_only", "flatten", "halt", "clear_halt")
 # Commands every bot is expected to offer (DESIGN.md); a bot registers the non-state ones.
 REQUIRED_COMMANDS = (*STATE_COMMANDS, "cancel_all", "reconnect", "resubscribe", "reconcile", "status")
+# The scope each command needs (trading_ops.scopes): reads, what pauses or mends, what closes positions or stops a bot
+# until a person clears it. The reconciler's `bot` steps send a target's destructive_token with the destructive ones.
+# `reload` is the freqtrade sidecar's reconnect. A command a bot registers without a scope needs `destructive`.
+COMMAND_SCOPES = {
+    "status": READ,
+    "pause": OPERATE,
+    "resume": OPERATE,
+    "reduce_only": OPERATE,
+    "reconnect": OPERATE,
+    "resubscribe": OPERATE,
+    "reconcile": OPERATE,
+    "reload": OPERATE,
+    "cancel_all": DESTRUCTIVE,
+    "flatten": DESTRUCTIVE,
+    "halt": DESTRUCTIVE,
+    "clear_halt": DESTRUCTIVE,
+}
 
 # Who a command came from: the `source` label of tradingbot_control_commands_total, so a board can say who paused or
-# halted a bot. Callers of the control API name themselves in SOURCE_HEADER (the reconciler's `bot` steps, the
-# maintenance windows); a request without it (curl, `trading-ops chaos`) is a person's. The bot's own risk limits
-# change its state in process. A request without a valid token is counted as unauthenticated, whatever it claims.
+# halted a bot. A named token (bot.control_tokens) is its name. With the single token (bot.control_token), which
+# everyone shares, callers name themselves in SOURCE_HEADER (the reconciler's `bot` steps, the maintenance windows);
+# a request without it (curl, `trading-ops chaos`) is a person's. The bot's own risk limits change its state in
+# process. A request without a valid token is counted as unauthenticated, whatever it claims. Every value comes from
+# this list or the configuration: the label set stays bounded.
 SOURCE_HEADER = "X-Trading-Ops-Source"
 SOURCE_OPERATOR = "operator"
 SOURCE_RECONCILER = "reconciler"
@@ -29,16 +50,37 @@ SOURCE_RISK = "risk"
 SOURCE_UNAUTHENTICATED = "unauthenticated"
 # What SOURCE_HEADER may say; anything else is counted as an operator's (the label set stays bounded).
 HEADER_SOURCES = (SOURCE_OPERATOR, SOURCE_RECONCILER, SOURCE_MAINTENANCE)
-# The sources whose state commands are exported at 0 from the start (a refused, unauthenticated one is not news).
-COUNTED_SOURCES = (*HEADER_SOURCES, SOURCE_RISK)
 
 
-def command_source(header: str | None, authenticated: bool) -> str:
-    """The `source` label of a control API request, from its SOURCE_HEADER."""
-    if not authenticated:
+def command_source(header: str | None, token: Token | None) -> str:
+    """The `source` label of a control API request: the name of its token, or for the single token of an older
+    configuration what its SOURCE_HEADER says."""
+    if token is None:
         return SOURCE_UNAUTHENTICATED
+    if not token.legacy:
+        return token.name
     value = (header or "").strip().lower()
     return value if value in HEADER_SOURCES else SOURCE_OPERATOR
+
+
+def control_sources(tokens: TokenSet) -> tuple[str, ...]:
+    """The `source` values a request with one of `tokens` can be counted under: each named token's name, and the
+    header's sources when the single token is among them."""
+    legacy = HEADER_SOURCES if any(t.legacy for t in tokens.tokens) else ()
+    return (*legacy, *(t.name for t in tokens.tokens if not t.legacy))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a control command: the token's name, where from (the peer address) and the `source` label."""
+
+    token: str
+    peer: str
+    source: str
+
+    def __str__(self) -> str:
+        via = f" ({self.source})" if self.source != self.token else ""
+        return f"token '{self.token}'{via} from {self.peer}"
 
 
 class CommandError(Exception):
@@ -48,11 +90,13 @@ class CommandError(Exception):
 class ControlPlane:
     """Maps command names to handlers. State commands are built in; a bot adds the rest with `register`."""
 
-    def __init__(self, state: StateMachine, metrics: BotMetrics) -> None:
+    def __init__(self, state: StateMachine, metrics: BotMetrics, sources: tuple[str, ...] = HEADER_SOURCES) -> None:
+        """`sources`: who may ask (control_sources of the API's tokens); their state commands are counted from 0."""
         self.state = state
         self.metrics = metrics
-        metrics.control_commands_known(STATE_COMMANDS, COUNTED_SOURCES)
+        metrics.control_commands_known(STATE_COMMANDS, (*sources, SOURCE_RISK))
         self._handlers: dict[str, CommandHandler] = {}
+        self._scopes: dict[str, str] = dict(COMMAND_SCOPES)
         self._on_transition: list[Callable[[str, TradingState, TradingState], Awaitable[None]]] = []
         for command in STATE_COMMANDS:
             self._handlers[command] = self._state_handler(command)
@@ -63,12 +107,21 @@ class ControlPlane:
     def commands(self) -> list[str]:
         return sorted(self._handlers)
 
-    def register(self, name: str, handler: CommandHandler) -> None:
+    def register(self, name: str, handler: CommandHandler, scope: str | None = None) -> None:
+        """Offer command `name`. `scope`: what a token needs to send it; by default COMMAND_SCOPES's, and for a
+        command not in it `destructive` (what a command does is its author's to say; until then, the most)."""
         if name in STATE_COMMANDS or name == "status":
             raise ValueError(f"'{name}' is built in; use on_transition to act on it")
         if not name.replace("_", "").isalnum() or not name.islower():
             raise ValueError(f"command names are lowercase words joined by underscores, got {name!r}")
+        if scope is not None and scope not in (READ, OPERATE, DESTRUCTIVE):
+            raise ValueError(f"scope of {name!r}: expected read, operate or destructive, got {scope!r}")
         self._handlers[name] = handler
+        self._scopes[name] = scope or COMMAND_SCOPES.get(name, DESTRUCTIVE)
+
+    def scope(self, name: str) -> str:
+        """The scope a token needs to send command `name`."""
+        return self._scopes.get(name, DESTRUCTIVE)
 
     def unregister(self, name: str) -> None:
         self._handlers.pop(name, None)
@@ -83,25 +136,33 @@ class ControlPlane:
     def has(self, name: str) -> bool:
         return name in self._handlers
 
-    async def run(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Carry out a command. Raises KeyError (unknown), TransitionRefused, CommandError."""
+    async def run(self, name: str, args: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
+        """Carry out a command. Raises KeyError (unknown), TransitionRefused, CommandError. A state command's
+        `caller` is journaled with the transition."""
         handler = self._handlers[name]
+        if name in STATE_COMMANDS:
+            return await self._apply_state(name, args, caller)
         return await handler(args)
 
     def _state_handler(self, command: str) -> CommandHandler:
         async def handle(args: dict[str, Any]) -> dict[str, Any]:
-            reason = str(args.get("reason", "")) or f"control:{command}"
-            before, after = self.state.apply(command, reason=reason)
-            for callback in self._on_transition:
-                await callback(command, before, after)
-            return {"state": after.value, "previous_state": before.value, "changed": before is not after}
+            return await self._apply_state(command, args, None)
 
         return handle
+
+    async def _apply_state(self, command: str, args: dict[str, Any], caller: Caller | None) -> dict[str, Any]:
+        reason = str(args.get("reason", "")) or f"control:{command}"
+        before, after = self.state.apply(command, reason=reason, by=str(caller) if caller else "")
+        for callback in self._on_transition:
+            await callback(command, before, after)
+        return {"state": after.value, "previous_state": before.value, "changed": before is not after}
 
     async def _status(self, _args: dict[str, Any]) -> dict[str, Any]:
         status: dict[str, Any] = {
             "state": self.state.state.value,
             "state_reason": self.state.reason,
+            # Who asked for the current state over this API ("" when the bot changed it itself).
+            "state_by": self.state.by,
             # Halted, closing its positions on a flatten given while halted (the halt stays once they are closed).
             "flatten_while_halted": self.state.flatten_while_halted,
             "heartbeat_age_seconds": self.metrics.heartbeat_age(),

@@ -15,11 +15,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trading_ops.bot.collectors import EventLoopLagMonitor, ResourceCollector, register_process_collectors
-from trading_ops.bot.control import ControlPlane
+from trading_ops.bot.control import ControlPlane, control_sources
 from trading_ops.bot.data_dir_size import DataDirSize
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.server import BEARER_ROUTES, create_app
 from trading_ops.bot.state import StateMachine, TradingState
+from trading_ops.scopes import TokenSet
 from trading_ops.webconfig import WebConfig, app_ssl_context, describe, secure_app
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,16 @@ class Instrumentation:
     `data_dir`: the bot's data directory. Its filesystem is exported, and its size is measured from `start()` in a
     worker thread (at most once a second, under 5 % of the time) for the disk alerts and `data_dir_budget`.
     Without it, the working directory's filesystem is exported and nothing is walked.
+
+    `token`: the control API's bearer token (every right), or a `trading_ops.scopes.TokenSet` of named tokens with
+    scopes (a bot on the runtime: `trading_ops.bot.runtime.control_tokens(config)`).
     """
 
     def __init__(
         self,
         *,
         venue: str,
-        token: str,
+        token: str | TokenSet,
         strategy: str = "default",
         registry: CollectorRegistry | None = None,
         data_dir: str | Path | None = None,
@@ -71,7 +75,8 @@ class Instrumentation:
     ) -> None:
         if not token:
             raise ValueError("the control API needs a bearer token")
-        self.token = token
+        # The tokens the control API accepts (trading_ops.scopes); a bare string is one token with every right.
+        self.tokens = TokenSet.single(token) if isinstance(token, str) else token
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = BotMetrics(
             venue=venue,
@@ -84,7 +89,7 @@ class Instrumentation:
         self._tune_switch_interval = tune_switch_interval
         self._previous_switch_interval: float | None = None
         self.state = StateMachine(self.registry, initial_state)
-        self.control = ControlPlane(self.state, self.metrics)
+        self.control = ControlPlane(self.state, self.metrics, control_sources(self.tokens))
         self.heartbeat_timeout = heartbeat_timeout
         self.lag = EventLoopLagMonitor(lag_interval)
         # Walked in a worker thread at a bounded rate from start(); a scrape only reads the latest size. Only a data

@@ -342,7 +342,8 @@ class BotMetrics:
         self._commands = Counter(
             f"{PREFIX}_control_commands",
             "Control commands received by the control API, and state changes the bot's risk limits made, by who "
-            "asked (source: operator, reconciler, maintenance, risk, unauthenticated).",
+            "asked (source: the token's name; with the single control_token operator, reconciler or maintenance; "
+            "risk; unauthenticated).",
             ["command", "source"],
             registry=r,
         )

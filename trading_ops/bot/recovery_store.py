@@ -153,10 +153,14 @@ class RecoveryStore:
             )
 
     # -- trading state transitions --------------------------------------------------------------------
-    def record_transition(self, run_id: int, before: str, after: str, reason: str) -> None:
-        """Journal a change of trading state with its reason (a `state` event: never reported as a crash)."""
+    def record_transition(self, run_id: int, before: str, after: str, reason: str, by: str = "") -> None:
+        """Journal a change of trading state with its reason and who asked for it (`by`, a control command's
+        `token 'NAME' from ADDRESS`; "" for the bot's own), as a `state` event: never reported as a crash."""
         with self._sessions.begin() as session:
-            detail = json.dumps({"before": before, "after": after, "reason": reason}, sort_keys=True)
+            fields = {"before": before, "after": after, "reason": reason}
+            if by:
+                fields["by"] = by
+            detail = json.dumps(fields, sort_keys=True)
             session.add(RecoveryEvent(bot=self.bot, run_id=run_id, kind=STATE_EVENT, detail=detail, notified=True))
 
     def last_transition(self) -> dict[str, str] | None:

@@ -37,9 +37,10 @@ from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence,
 from trading_ops.bot.state import TradingState
 from trading_ops.bot.strategy import Context, Strategy
 from trading_ops.bot.trade_lock import TradeLock
-from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.base import make_engine
 from trading_ops.durations import parse_duration
+from trading_ops.scopes import TokenSet
 from trading_ops.tasks import stop_tasks
 from trading_ops.webconfig import server_web_config
 
@@ -73,12 +74,15 @@ def clock_offset(sent: datetime, received: datetime, server: datetime, resolutio
     return 0.0
 
 
-def control_token(config: Config) -> str:
-    """The bearer token of the bot's control API; ConfigError when none is configured."""
-    token = resolve_secret(config, config.bot, "control_token", "bot.control_token")
-    if not token:
-        raise ConfigError("bot.control_token", "no token: set control_token_file or TRADING_OPS_CONTROL_TOKEN")
-    return token
+def control_tokens(config: Config) -> TokenSet:
+    """The tokens of the bot's control API (bot.control_tokens, and bot.control_token with every right); ConfigError
+    when none is configured or one cannot be read."""
+    tokens = resolve_tokens(config, config.bot, "control_token", "control_tokens", "bot")
+    if not tokens:
+        raise ConfigError(
+            "bot.control_token", "no token: give control_tokens, or control_token_file or TRADING_OPS_CONTROL_TOKEN"
+        )
+    return tokens
 
 
 def risk_limits(config: Config, daily_loss_default: float = 0.0) -> RiskLimits:
@@ -126,7 +130,7 @@ class BotRuntime:
         symbols: Sequence[str],
         quote_asset: str = "USD",
         loop_interval: float | None = None,
-        token: str | None = None,
+        token: str | TokenSet | None = None,
         registry: CollectorRegistry | None = None,
         engine: Any = None,
         venue_task: Callable[[], Coroutine[Any, Any, None]] | None = None,
@@ -141,7 +145,7 @@ class BotRuntime:
         `loop_interval`: the strategy's period, by default `bot.loop_interval_seconds`."""
         self.config = config
         bot = config.bot
-        token = token if token is not None else control_token(config)
+        token = token if token is not None else control_tokens(config)
         if not token:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
         # TLS and basic auth of the bot's server: a bad web_config_file is a configuration error before anything runs.
@@ -177,7 +181,7 @@ class BotRuntime:
     def _set_up(
         self,
         config: Config,
-        token: str,
+        token: str | TokenSet,
         broker: Broker | BrokerFactory,
         registry: CollectorRegistry | None,
         confirm_delay_seconds: float,
@@ -382,9 +386,10 @@ class BotRuntime:
         self.inst.add_readiness_check("journal", journal)
         self.inst.add_health_check("journal", journal_alive)
 
-    def _journal_transition(self, before: TradingState, after: TradingState, reason: str) -> None:
-        """Every change of trading state goes to the journal with its reason (a loss-limit halt is found there at
-        the next start). Written in the background, in order with the journal's other writes."""
+    def _journal_transition(self, before: TradingState, after: TradingState, reason: str, by: str) -> None:
+        """Every change of trading state goes to the journal with its reason and, for a control command, who asked
+        from where (a loss-limit halt is found there at the next start). Written in the background, in order with
+        the journal's other writes."""
         run_id = self.heartbeat.run_id
         if run_id is None:
             return
@@ -396,7 +401,7 @@ class BotRuntime:
         async def write() -> None:
             try:
                 await self.journal.call(
-                    self.recovery_store.record_transition, run_id, before.value, after.value, reason
+                    self.recovery_store.record_transition, run_id, before.value, after.value, reason, by
                 )
             except Exception:
                 log.exception("journaling the state transition %s -> %s failed", before.value, after.value)

@@ -12,11 +12,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from trading_ops.bearer import bearer_matches
 from trading_ops.bot.broker import BrokerError
-from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR, CommandError, command_source
+from trading_ops.bot.control import SOURCE_HEADER, Caller, CommandError, command_source
 from trading_ops.bot.keys import INSTRUMENTATION
 from trading_ops.bot.state import TransitionRefused
+from trading_ops.scopes import refusal
 
 log = logging.getLogger(__name__)
 
@@ -76,57 +76,66 @@ async def control_handler(request: web.Request) -> web.Response:
     command = request.match_info["command"]
     known = inst.control.has(command)
     label = command if known else UNKNOWN_COMMAND_LABEL
-    peer = request.remote or "-"
-    authenticated = bearer_matches(request.headers.get("Authorization"), inst.token)
-    source = command_source(request.headers.get(SOURCE_HEADER), authenticated)
+    address = request.remote or "-"
+    token = inst.tokens.match(request.headers.get("Authorization"))
+    source = command_source(request.headers.get(SOURCE_HEADER), token)
     inst.metrics.control_command(label, source)
     started = time.monotonic()
-    if not authenticated:
+    if token is None:
         inst.metrics.control_failure(label, "unauthorized")
-        log.warning("control %s from %s refused: missing or wrong bearer token", label, peer)
+        log.warning("control %s from %s refused: missing or wrong bearer token", label, address)
         return _error(401, "missing or wrong bearer token")
-    if source != SOURCE_OPERATOR:
-        peer = f"{peer} ({source})"
+    # Who asked and from where, in every line below (and in the journal with a state command).
+    caller = Caller(token.name, address, source)
+    peer = str(caller)
+    fields = {"command": label, "token": token.name, "peer": address, "source": source}  # a JSON log's own keys
     if not known:
         inst.metrics.control_failure(label, "unknown_command")
-        log.warning("control from %s: unknown command %r", peer, command[:64])
+        log.warning("control by %s: unknown command %r", peer, command[:64], extra=fields)
         return _error(404, f"unknown command {command[:64]!r}", commands=inst.control.commands)
+    needed = inst.control.scope(command)
+    if not token.allows(needed):
+        inst.metrics.control_failure(label, "forbidden")
+        message = refusal(command, needed, token)
+        log.warning("control %s by %s refused: %s", command, peer, message, extra=fields)
+        return _error(403, message)
     try:
         args = await _read_args(request)
     except web.HTTPRequestEntityTooLarge:
         inst.metrics.control_failure(label, "bad_request")
-        log.warning("control %s from %s: body over %d bytes", command, peer, MAX_CONTROL_BODY_BYTES)
+        log.warning("control %s by %s: body over %d bytes", command, peer, MAX_CONTROL_BODY_BYTES, extra=fields)
         return _error(413, f"body over {MAX_CONTROL_BODY_BYTES} bytes")
     except ValueError as exc:
         inst.metrics.control_failure(label, "bad_request")
-        log.warning("control %s from %s: %s", command, peer, exc)
+        log.warning("control %s by %s: %s", command, peer, exc, extra=fields)
         return _error(400, str(exc))
     try:
-        result = await inst.control.run(command, args)
+        result = await inst.control.run(command, args, caller)
     except TransitionRefused as exc:
         inst.metrics.control_failure(label, "refused")
-        log.warning("control %s from %s refused: %s", command, peer, exc)
+        log.warning("control %s by %s refused: %s", command, peer, exc, extra=fields)
         return _error(409, str(exc), state=exc.state.value)
     except CommandError as exc:
         inst.metrics.control_failure(label, "bad_request")
-        log.warning("control %s from %s failed: %s", command, peer, exc)
+        log.warning("control %s by %s failed: %s", command, peer, exc, extra=fields)
         return _error(400, str(exc))
     except BrokerError as exc:
         # The command needs the venue and the venue cannot be reached: retry after `reconnect`. What the command
         # did before it needed the venue stands; the error's detail says what (a halt stays halted).
         inst.metrics.control_failure(label, "broker_unavailable")
-        log.warning("control %s from %s: broker unavailable: %s", command, peer, exc)
+        log.warning("control %s by %s: broker unavailable: %s", command, peer, exc, extra=fields)
         return _error(503, f"broker unavailable: {exc}", **{**exc.detail, "state": inst.state.state.value})
     except Exception as exc:
         inst.metrics.control_failure(label, "error")
-        log.exception("control %s from %s raised", command, peer)
+        log.exception("control %s by %s raised", command, peer, extra=fields)
         return _error(500, f"{command} failed: {exc}")
     log.info(
-        "control %s from %s ok in %.1f ms: %s",
+        "control %s by %s ok in %.1f ms: %s",
         command,
         peer,
         (time.monotonic() - started) * 1000,
         json.dumps(result, default=str)[:300],
+        extra=fields,
     )
     return web.json_response({"ok": True, "command": command, **result}, dumps=_dumps)
 

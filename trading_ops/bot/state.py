@@ -80,11 +80,13 @@ class StateMachine:
         self._lock = threading.Lock()
         self._state = initial
         self.reason = "start"
+        # Who asked for the current state over the control API (`token 'NAME' from ADDRESS`); "" for the bot itself.
+        self.by = ""
         # A flatten given while halted, not done yet: the runtime closes the positions with reduce-only orders (the
         # only orders a halted bot sends) and the halt stays. Cleared when the book is flat or the halt is left.
         self.flatten_while_halted = False
-        # Called as listener(before, after, reason) after each change of state (the runtime journals them).
-        self._listeners: list[Callable[[TradingState, TradingState, str], None]] = []
+        # Called as listener(before, after, reason, by) after each change of state (the runtime journals them).
+        self._listeners: list[Callable[[TradingState, TradingState, str, str], None]] = []
         self._gauge = Gauge(
             f"{prefix}_state",
             "Trading state of the bot, one-hot: 1 for the current state.",
@@ -116,16 +118,18 @@ class StateMachine:
             return None
         return self._state.refusal(reduce_only)
 
-    def add_listener(self, listener: Callable[[TradingState, TradingState, str], None]) -> None:
-        """Call `listener(before, after, reason)` after every change of state, whoever made it."""
+    def add_listener(self, listener: Callable[[TradingState, TradingState, str, str], None]) -> None:
+        """Call `listener(before, after, reason, by)` after every change of state, whoever made it (`by`: the
+        control API's caller, "" for the bot's own changes)."""
         self._listeners.append(listener)
 
     def can(self, command: str) -> bool:
         allowed, _ = TRANSITIONS[command]
         return self._state in allowed
 
-    def apply(self, command: str, reason: str = "") -> tuple[TradingState, TradingState]:
-        """Carry out a transition command; returns (before, after). Raises TransitionRefused."""
+    def apply(self, command: str, reason: str = "", by: str = "") -> tuple[TradingState, TradingState]:
+        """Carry out a transition command; returns (before, after). Raises TransitionRefused. `by`: who asked, when
+        it came through the control API."""
         if command not in TRANSITIONS:
             raise KeyError(command)
         allowed, target = TRANSITIONS[command]
@@ -144,12 +148,16 @@ class StateMachine:
             if before is not target:
                 self._state = target
                 self.reason = reason or command
+                self.by = by
                 self._transitions.labels(target.value).inc()
                 self._export()
-                log.warning("trading state %s -> %s (%s)", before.value, target.value, self.reason)
+                log.warning(
+                    "trading state %s -> %s (%s)%s", before.value, target.value, self.reason, f" by {by}" if by else ""
+                )
+            reason = self.reason
         if before is not target:
             for listener in self._listeners:
-                listener(before, target, self.reason)
+                listener(before, target, reason, by)
         return before, target
 
     def flatten_done_while_halted(self) -> None:

@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
-from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, resolve_secret
+from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.errors import shown_url
+from trading_ops.scopes import READ
 
 # The database URL's own keys: `config show` replaces them with the URL in effect (password masked).
 DATABASE_URL_KEYS = ("url", "url_env", "url_file")
@@ -80,13 +81,19 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
     client_ssl_context(config, config.reconciler.tls, "reconciler.tls", load_files=load)
     client_ssl_context(config, config.ccxt.tls, "ccxt.tls", load_files=load)
     if not args.no_secrets:
-        token = resolve_secret(config, config.bot, "control_token", "bot.control_token")
-        if not token:
+        # Every token file read and told apart, as each server does at start (one value per token, names once).
+        tokens = resolve_tokens(config, config.bot, "control_token", "control_tokens", "bot")
+        if not tokens:
             raise ConfigError(
                 "bot.control_token",
-                "no token: set control_token_file or the environment "
+                "no token: give control_tokens, or set control_token_file or the environment "
                 "variable named by control_token_env (default TRADING_OPS_CONTROL_TOKEN)",
             )
+        resolve_tokens(config, config.freqtrade, "control_token", "control_tokens", "freqtrade")
+        resolve_tokens(config, config.reconciler, "read_token", "api_tokens", "reconciler", legacy_scope=READ)
+        for instance, target in config.reconciler.targets.items():
+            key = f"reconciler.targets.{instance}.destructive_token"
+            resolve_secret(config, target, "destructive_token", key)
     print(f"configuration ok ({config_source(args)})")
     return 0
 

@@ -11,12 +11,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.runtime import CENT, BotRuntime, control_token, risk_limits
+from trading_ops.bot.runtime import CENT, BotRuntime, control_tokens, risk_limits
 from trading_ops.bot.schedule import startup_retry_delay
 from trading_ops.config import Config
 from trading_ops.paper.chaos import Chaos
 from trading_ops.paper.strategy import DemoStrategy
 from trading_ops.paper.venue import PaperVenue
+from trading_ops.scopes import TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class PaperBot(BotRuntime):
         self,
         config: Config,
         *,
-        token: str | None = None,
+        token: str | TokenSet | None = None,
         venue: PaperVenue | None = None,
         registry: CollectorRegistry | None = None,
         engine: Any = None,
@@ -117,4 +118,4 @@ class PaperBot(BotRuntime):
         return self.broker
 
 
-__all__ = ["CENT", "PaperBot", "control_token", "make_venue", "startup_retry_delay"]
+__all__ = ["CENT", "PaperBot", "control_tokens", "make_venue", "startup_retry_delay"]

@@ -55,9 +55,9 @@ def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
     from trading_ops.bot.instance_lock import AnotherInstanceRunning
-    from trading_ops.paper.bot import PaperBot, control_token
+    from trading_ops.paper.bot import PaperBot, control_tokens
 
-    control_token(config)  # configuration problems first
+    control_tokens(config)  # configuration problems first
     problem = schema_problem(config)
     if problem is not None:
         raise UsageError(problem)

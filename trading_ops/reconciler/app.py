@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import re
 import socket
@@ -17,11 +16,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import inspect, text
 
-from trading_ops.bearer import bearer_matches
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
-from trading_ops.config import Config, ConfigError, resolve_secret
-from trading_ops.db.base import make_engine
+from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
+from trading_ops.db.base import make_engine, utcnow
 from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import Scheduler
@@ -30,6 +28,7 @@ from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.http import ACTION as HTTP_ACTION
 from trading_ops.reconciler.actions.http import host_allowed
 from trading_ops.reconciler.actions.silence import CREATED_BY
+from trading_ops.reconciler.auth import authorized
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import (
@@ -54,6 +53,7 @@ from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_config
 from trading_ops.reconciler.processes import make_owner
 from trading_ops.reconciler.retention import Pruner, ledger_retention
 from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
+from trading_ops.scopes import OPERATE, READ
 from trading_ops.tasks import stop_tasks
 from trading_ops.webconfig import client_ssl_context, secure_app, server_web_config
 
@@ -69,6 +69,8 @@ KNOWN_STATES = (*OPEN_STATES, *CLOSED_STATES)
 BEARER_ROUTES = ("/api/",)
 EPISODE_ID_RE = re.compile(r"^[0-9]{1,40}$")
 MAX_EPISODE_ID = 2**31 - 1
+# A circuit's target is an alert's `instance` (label values are at most 128 characters; the CLI takes up to 255).
+MAX_TARGET_CHARS = 255
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -80,9 +82,12 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
             "reconciler.token",
             "no webhook token: set token_file or token_env (default variable TRADING_OPS_RECONCILER_TOKEN)",
         )
-    read_token = resolve_secret(config, rc, "read_token", "reconciler.read_token")
-    if read_token and hmac.compare_digest(read_token.encode(), token.encode()):
-        raise ConfigError("reconciler.read_token", "must differ from the webhook token (reconciler.token)")
+    # The API's tokens (read_token, and api_tokens with their scopes): none may be the webhook's (whoever can post
+    # alerts need not read them, nor act).
+    api_tokens = resolve_tokens(config, rc, "read_token", "api_tokens", "reconciler", legacy_scope=READ)
+    if (clash := api_tokens.match(f"Bearer {token}")) is not None:
+        key = "reconciler.read_token" if clash.legacy else f"reconciler.api_tokens ({clash.name})"
+        raise ConfigError(key, "must differ from the webhook token (reconciler.token)")
     web_config = server_web_config(config, rc.listen, "reconciler.listen")
     client_tls = client_ssl_context(config, rc.tls, "reconciler.tls")
     app = web.Application(client_max_size=rc.max_body_bytes)
@@ -102,11 +107,11 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
         raise ConfigError("reconciler.playbook", str(exc)) from exc
     check_http_hosts(app[keys.PLAYBOOK], rc.http_allowed_hosts)
     app[keys.TOKEN] = token
-    app[keys.READ_TOKEN] = read_token
-    if not read_token:
+    app[keys.API_TOKENS] = api_tokens
+    if not api_tokens:
         log.warning(
-            "no reconciler.read_token (read_token_file, read_token_env or TRADING_OPS_RECONCILER_READ_TOKEN): "
-            "the episode API answers 401"
+            "no reconciler.api_tokens nor read_token (read_token_file, read_token_env or "
+            "TRADING_OPS_RECONCILER_READ_TOKEN): the episode API answers 401"
         )
     app[keys.INSTANCE] = rc.instance or socket.gethostname()
     # Claims name this process (host, pid, start time): replicas sharing an instance name never take each
@@ -119,6 +124,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_post("/api/v1/alertmanager", webhook)
     app.router.add_get("/api/v1/episodes", list_episodes)
     app.router.add_get("/api/v1/episodes/{id}", get_episode)
+    app.router.add_post("/api/v1/episodes/{id}/retry", retry_episode)
+    app.router.add_post("/api/v1/circuits/{target}/reset", reset_circuit)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -321,21 +328,9 @@ async def webhook(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
-def _refused_read(request: web.Request) -> web.Response | None:
-    """401 unless the request carries the read token (constant time, any header bytes)."""
-    if bearer_matches(request.headers.get("Authorization"), request.app[keys.READ_TOKEN]):
-        return None
-    log.warning("episode API request from %s refused: missing or wrong read token", request.remote)
-    return web.json_response(
-        {"error": "missing or wrong bearer token (the read token, reconciler.read_token)"},
-        status=401,
-        headers={"WWW-Authenticate": 'Bearer realm="trading-ops reconciler"'},
-    )
-
-
 async def list_episodes(request: web.Request) -> web.Response:
-    if (refused := _refused_read(request)) is not None:
-        return refused
+    if isinstance(caller := authorized(request, READ, "listing episodes"), web.Response):
+        return caller
     raw_limit = request.query.get("limit", str(DEFAULT_LIST))
     if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
         return web.json_response({"error": f"limit: expected an integer from 1 to {MAX_LIST}"}, status=400)
@@ -346,19 +341,58 @@ async def list_episodes(request: web.Request) -> web.Response:
     return web.json_response({"episodes": [episode_json(e) for e in rows]})
 
 
-async def get_episode(request: web.Request) -> web.Response:
-    if (refused := _refused_read(request)) is not None:
-        return refused
+def _episode_id(request: web.Request) -> int | web.Response:
+    """The `{id}` of the path, or the 400 to answer."""
     raw = request.match_info["id"]
     if not EPISODE_ID_RE.match(raw):
         return web.json_response({"error": "id: expected a positive integer"}, status=400)
-    episode_id = int(raw)
+    return int(raw)
+
+
+async def get_episode(request: web.Request) -> web.Response:
+    if isinstance(caller := authorized(request, READ, "reading an episode"), web.Response):
+        return caller
+    if isinstance(episode_id := _episode_id(request), web.Response):
+        return episode_id
     row = None
     if 0 < episode_id <= MAX_EPISODE_ID:
         row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
     if row is None:
         return web.json_response({"error": f"no episode {episode_id}"}, status=404)
     return web.json_response(episode_json(row))
+
+
+async def retry_episode(request: web.Request) -> web.Response:
+    """`reconciler retry ID` over the API (the `operate` scope): one more run of an escalated or failed episode whose
+    alert still fires, recorded in its history as asked by the token's name from its address."""
+    if isinstance(token := authorized(request, OPERATE, "retrying an episode"), web.Response):
+        return token
+    if isinstance(episode_id := _episode_id(request), web.Response):
+        return episode_id
+    who = f"token '{token.name}' from {request.remote or '-'}"
+    why_not: str | None = f"no episode {episode_id}"
+    if 0 < episode_id <= MAX_EPISODE_ID:
+        why_not = await asyncio.to_thread(request.app[keys.LEDGER].retry, episode_id, who)
+    if why_not is not None:
+        return web.json_response({"error": why_not}, status=404 if why_not.startswith("no episode") else 409)
+    log.warning("episode %d re-queued by %s", episode_id, who)
+    request.app[keys.ENGINE].wake.set()
+    return web.json_response({"episode": episode_id, "retry": "queued: one more run if its alert still fires"})
+
+
+async def reset_circuit(request: web.Request) -> web.Response:
+    """`reconciler circuits reset TARGET` over the API (the `operate` scope), audited as the token's name."""
+    if isinstance(token := authorized(request, OPERATE, "resetting a circuit"), web.Response):
+        return token
+    target = request.match_info["target"]
+    if len(target) > MAX_TARGET_CHARS or not target.isprintable():
+        return web.json_response({"error": "target: not a target name"}, status=400)
+    who = f"token '{token.name}' from {request.remote or '-'}"
+    until = await asyncio.to_thread(request.app[keys.LEDGER].reset_circuit, target, who, utcnow())
+    if until is None:
+        return web.json_response({"error": f"no open circuit for {target!r}"}, status=404)
+    log.warning("circuit of %s closed by %s (was open until %s)", target, who, until.isoformat())
+    return web.json_response({"target": target, "was_open_until": until.isoformat()})
 
 
 async def metrics(request: web.Request) -> web.Response:

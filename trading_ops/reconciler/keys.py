@@ -19,13 +19,15 @@ from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import Outbox
 from trading_ops.reconciler.playbook import Playbook
+from trading_ops.scopes import TokenSet
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 METRICS = web.AppKey("metrics", ReconcilerMetrics)
 PLAYBOOK = web.AppKey("playbook", Playbook)
 TOKEN = web.AppKey("token", str)
-READ_TOKEN = web.AppKey("read_token", str)
+# The API's tokens with their scopes (reconciler.read_token, reconciler.api_tokens): trading_ops.reconciler.auth.
+API_TOKENS = web.AppKey("api_tokens", TokenSet)
 OWNER = web.AppKey("owner", str)
 INSTANCE = web.AppKey("instance", str)
 LEDGER = web.AppKey("ledger", Ledger)

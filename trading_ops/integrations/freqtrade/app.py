@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
 from trading_ops import __version__
 from trading_ops.bot import server
+from trading_ops.bot.control import control_sources
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient
 from trading_ops.integrations.freqtrade.collector import FreqtradeCollector
@@ -28,6 +29,7 @@ from trading_ops.integrations.freqtrade.logs import (
 from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, News, Snapshot
 from trading_ops.integrations.freqtrade.venue_link import VenueLink
+from trading_ops.scopes import TokenSet
 
 if TYPE_CHECKING:  # ccxt is imported only by a sidecar that reconciles
     from trading_ops.integrations.freqtrade.reconcile import FreqtradeReconciler
@@ -70,7 +72,7 @@ class FreqtradeSidecar:
         url: str,
         username: str,
         password: str,
-        token: str,
+        token: str | TokenSet,
         registry: CollectorRegistry,
         poll_interval: float = 2.0,
         request_timeout: float = 3.0,
@@ -83,12 +85,13 @@ class FreqtradeSidecar:
         if not token:
             raise ValueError("the control API needs a bearer token")
         self.name = name
-        self.token = token
+        # The tokens its control API accepts; a bare string is one token with every right.
+        self.tokens = TokenSet.single(token) if isinstance(token, str) else token
         self.registry = registry
         self.heartbeat_timeout = heartbeat_timeout
         client = FreqtradeClient(url, username, password, timeout=request_timeout, metrics=ApiMetrics(registry))
         self.poller = FreqtradePoller(client, poll_interval)
-        self.metrics = ControlMetrics(registry)
+        self.metrics = ControlMetrics(registry, control_sources(self.tokens))
         self.reconciler: FreqtradeReconciler | None = None
         if broker is not None:
             from trading_ops.integrations.freqtrade.reconcile import FreqtradeReconciler

@@ -10,7 +10,7 @@ import signal
 from typing import Any
 
 from trading_ops.cli import UsageError
-from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,12 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
     unknown = sorted(set(only or ()) - set(section.targets))
     if unknown:
         raise UsageError(f"--target {unknown[0]}: not in freqtrade.targets ({', '.join(sorted(section.targets))})")
-    token = resolve_secret(config, section, "control_token", "freqtrade.control_token")
-    if not token:
+    tokens = resolve_tokens(config, section, "control_token", "control_tokens", "freqtrade")
+    if not tokens:
         raise ConfigError(
             "freqtrade.control_token",
-            "no token: give control_token_file or control_token_env (or set TRADING_OPS_CONTROL_TOKEN)",
+            "no token: give control_tokens, or control_token_file or control_token_env (or set "
+            "TRADING_OPS_CONTROL_TOKEN)",
         )
     sidecars = []
     for name, target in section.targets.items():
@@ -66,7 +67,7 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
                 url=target.url,
                 username=target.username,
                 password=password,
-                token=token,
+                token=tokens,
                 registry=CollectorRegistry(),
                 poll_interval=section.poll_interval_seconds,
                 request_timeout=section.request_timeout_seconds,

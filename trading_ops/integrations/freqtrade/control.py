@@ -11,11 +11,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from trading_ops.bot.broker import BrokerError
-from trading_ops.bot.control import HEADER_SOURCES, STATE_COMMANDS
+from trading_ops.bot.control import COMMAND_SCOPES, HEADER_SOURCES, STATE_COMMANDS, Caller
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.bot.state import TradingState, TransitionRefused
 from trading_ops.integrations.freqtrade.client import FreqtradeRefused, FreqtradeUnavailable
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller
+from trading_ops.scopes import DESTRUCTIVE
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,19 @@ class ControlMetrics:
     """`tradingbot_control_commands_total{command, source}` and `..._failures_total`, the library's names for the
     control API: who paused or halted a freqtrade shows on the boards as it does for a bot on the runtime. The state
     commands are exported at 0 for each source a caller can name from the start (increase() over a series that
-    appears at 1 misses that first command); freqtrade's own limits are not the sidecar's, so no `risk` source."""
+    appears at 1 misses that first command); freqtrade's own limits are not the sidecar's, so no `risk` source.
+    `sources`: the names a caller can have (the single token's header sources, the named tokens)."""
 
-    def __init__(self, registry: CollectorRegistry | None) -> None:
+    def __init__(self, registry: CollectorRegistry | None, sources: tuple[str, ...] = HEADER_SOURCES) -> None:
         self._commands = Counter(
             f"{PREFIX}_control_commands",
-            "Control commands received by the sidecar's control API, by who asked (source: operator, reconciler, "
-            "maintenance, unauthenticated).",
+            "Control commands received by the sidecar's control API, by who asked (source: the token's name, or for "
+            "the single control_token operator, reconciler, maintenance; unauthenticated).",
             ["command", "source"],
             registry=registry,
         )
         for command in STATE_COMMANDS:
-            for source in HEADER_SOURCES:
+            for source in sources:
                 self._commands.labels(command, source)
         self._failures = Counter(
             f"{PREFIX}_control_command_failures",
@@ -135,8 +137,13 @@ class FreqtradeControl:
     def has(self, name: str) -> bool:
         return name in self._handlers
 
-    async def run(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Carry out `name`. Raises CommandRefused (409) or BrokerError (503: freqtrade does not answer)."""
+    def scope(self, name: str) -> str:
+        """The scope a token needs to send command `name` (the library's table: `reload` is a reconnect)."""
+        return COMMAND_SCOPES.get(name, DESTRUCTIVE)
+
+    async def run(self, name: str, args: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
+        """Carry out `name`. Raises CommandRefused (409) or BrokerError (503: freqtrade does not answer). `caller` is
+        the bot server's log line's: freqtrade keeps no journal of the sidecar's."""
         try:
             return await self._handlers[name](args)
         except FreqtradeUnavailable as exc:

@@ -14,10 +14,11 @@ from typing import Any
 
 import aiohttp
 
-from trading_ops.bot.control import SOURCE_HEADER, SOURCE_RECONCILER
+from trading_ops.bot.control import COMMAND_SCOPES, SOURCE_HEADER, SOURCE_RECONCILER
 from trading_ops.clients.prometheus import PrometheusError
-from trading_ops.config import resolve_secret
+from trading_ops.config import Config, resolve_secret
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, template_labels, truncate
+from trading_ops.scopes import DESTRUCTIVE
 
 # The bot a step commands: the alert's own instance unless the step names one.
 DEFAULT_INSTANCE = "${instance}"
@@ -130,14 +131,28 @@ class BotAction(Action):
         return Result("failure" if failed else "success", output)
 
 
+def target_token(config: Config, instance: str, command: str) -> str:
+    """The token to send `command` to bot `instance` with: the least scope that does it. A destructive command
+    (COMMAND_SCOPES) goes with the target's destructive_token when it has one, everything else with its token (then
+    an `operate` token), so a pause never travels with the right to flatten."""
+    target = config.reconciler.targets[instance]
+    key = f"reconciler.targets.{instance}"
+    if COMMAND_SCOPES.get(command, DESTRUCTIVE) == DESTRUCTIVE:
+        destructive = resolve_secret(config, target, "destructive_token", f"{key}.destructive_token")
+        if destructive:
+            return destructive
+    return resolve_secret(config, target, "token", f"{key}.token")
+
+
 async def _post(
     ctx: ActionContext, instance: str, command: str, body: dict[str, Any], timeout: float
 ) -> tuple[int, str]:
     """(HTTP status, body) of one control command; (0, why) when there was no answer."""
     target = ctx.config.reconciler.targets[instance]
-    token = resolve_secret(ctx.config, target, "token", f"reconciler.targets.{instance}.token")
+    token = target_token(ctx.config, instance, command)
     url = f"{target.url.rstrip('/')}/control/{command}"
-    # The bot counts the command as the reconciler's (tradingbot_control_commands_total{source}).
+    # A bot given named tokens counts the command under the token's name; with its single token, as the reconciler's
+    # (tradingbot_control_commands_total{source}).
     headers = {"Authorization": f"Bearer {token}", SOURCE_HEADER: SOURCE_RECONCILER}
     try:
         async with ctx.session.post(
