@@ -166,8 +166,8 @@ def _own_data_dir(bot: dict[str, Any], layout: Layout, notes: list[str]) -> None
                 own.mkdir(parents=True, exist_ok=True)
                 book.rename(own / book.name)
         notes.append(
-            f"bot.data_dir {data_dir} holds the stack's state directory {layout.state_dir.resolve()}: the bot keeps "
-            f"its data in {bot['data_dir']}, so the stack's files do not count against the bot's disk budget"
+            f"bot.data_dir {data_dir} holds the stack's directory {layout.state_dir.resolve()}: the bot keeps its "
+            f"data in {bot['data_dir']}, so the stack's files do not count against the bot's disk budget"
         )
 
 
