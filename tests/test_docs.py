@@ -195,10 +195,9 @@ def examples() -> list[object]:
     return params
 
 
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkout as `make run` leaves it: the repository's files, trading-ops.yaml and the tokens it writes."""
-    root = tmp_path_factory.mktemp("checkout")
+def make_checkout(root: Path) -> Path:
+    """A checkout as `make run` leaves it in `root`: the repository's files, trading-ops.yaml (the example, copied)
+    and the tokens it writes."""
     for entry in REPO_ROOT.iterdir():
         if entry.name not in {"var", "trading-ops.yaml", ".git", ".venv", "site"}:
             (root / entry.name).symlink_to(entry)
@@ -209,6 +208,11 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         secret.write_text(f"docs-example-token-{index}-{'x' * 24}\n")
         secret.chmod(0o600)
     return root
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkout(tmp_path_factory.mktemp("checkout"))
 
 
 @pytest.mark.parametrize("line", examples())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -496,6 +497,48 @@ def test_app_config_keeps_named_playbooks_and_resolves_playbook_files(
     assert generated["reconciler"]["playbook"] == expected.format(root=tmp_path)
 
 
+def test_a_shortening_profile_shortens_the_playbooks_cooldowns_and_nothing_else(tmp_path: Path, layout: Layout) -> None:
+    """The fast profile divides the cooldowns as it divides the alerts' `for:` (at most 1 min, never below 30 s), so
+    the README's tour runs twice in a row; every rule, step and verification is the packaged playbook's own, and the
+    standard profile leaves the playbook as it ships."""
+    from trading_ops.reconciler.playbook import load_packaged_playbook, load_playbook
+
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text(yaml.safe_dump({"reconciler": {"playbook": "default"}}))
+    app = build_app_config(source, layout, PORTS, profile=FAST)
+    generated = yaml.safe_load(app.path.read_text())["reconciler"]["playbook"]
+    assert generated == str(layout.state_dir / "playbook.yml")
+    shipped, fast = load_packaged_playbook("default"), load_playbook(generated)
+    assert [r.name for r in fast.rules] == [r.name for r in shipped.rules]
+    for ours, theirs in zip(fast.rules, shipped.rules, strict=True):
+        assert ours.cooldown == min(theirs.cooldown, max(min(theirs.cooldown / 5, 60.0), 30.0)), ours.name
+        assert dataclasses.replace(ours, cooldown=theirs.cooldown) == theirs, ours.name
+    assert {r.name: r.cooldown for r in fast.rules}["broker-reconnect"] == 60.0  # the shipped 5m
+    assert any("cooldowns are shortened" in note for note in app.notes)
+
+    standard = build_app_config(source, layout, PORTS, profile=STANDARD)
+    assert yaml.safe_load(standard.path.read_text())["reconciler"]["playbook"] == "default"
+
+
+def test_a_bot_data_dir_that_holds_the_stack_gets_a_directory_of_its_own(tmp_path: Path) -> None:
+    """The example's `bot.data_dir: ./var` holds `./var/stack` (Prometheus's data): the bot's disk budget must not
+    count the stack's files, so the bot keeps its data in `var/bot`, and a paper venue book an earlier run left in
+    `var` moves with it (the journal's positions are on it)."""
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "paper-1-paper-venue.json").write_text("{}")
+    source = tmp_path / "trading-ops.yaml"
+    source.write_text(yaml.safe_dump({"bot": {"data_dir": "./var"}}))
+    app = build_app_config(source, Layout(tmp_path / "var" / "stack"), PORTS)
+    assert yaml.safe_load(app.path.read_text())["bot"]["data_dir"] == str(tmp_path / "var" / "bot")
+    assert (tmp_path / "var" / "bot" / "paper-1-paper-venue.json").read_text() == "{}"
+    assert not (tmp_path / "var" / "paper-1-paper-venue.json").exists()
+    assert any("does not count" in note or "do not count" in note for note in app.notes)
+    # A data dir beside the state dir is the user's to keep as it is.
+    source.write_text(yaml.safe_dump({"bot": {"data_dir": "./data"}}))
+    app = build_app_config(source, Layout(tmp_path / "var" / "stack"), PORTS)
+    assert yaml.safe_load(app.path.read_text())["bot"]["data_dir"] == str(tmp_path / "data")
+
+
 # ---- the status line ------------------------------------------------------------------------------------------
 
 
@@ -626,10 +669,40 @@ class UpProcess:
     """`trading-ops up` on free ports in a temp dir; kills whatever is left on close (even after a failure)."""
 
     def __init__(
-        self, root: Path, *extra: str, env: dict[str, str] | None = None, profile: str = "fast", **config: Any
+        self,
+        root: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        profile: str = "fast",
+        checkout: bool = False,
+        **config: Any,
     ) -> None:
+        """`up` with a configuration of the test's (paths in `root`, `config`'s sections over them), or, with
+        `checkout`, as `make run` runs it in a checkout: `root/trading-ops.yaml` and the tokens under `root/var/secrets`
+        as they are (tests/test_docs.py's `make_checkout`), the default state directory `root/var/stack`; only the
+        ports are the test's."""
         self.root = root
         self.ports = Ports(**{name: free_port() for name in PORT_ORDER})  # the pair's too: unused without it
+        self.config = root / "trading-ops.yaml"
+        self.secrets = root / "var" / "secrets" if checkout else root / "secrets"
+        self.state_dir = root / "var" / "stack" if checkout else root / "stack"
+        args = [sys.executable, "-m", "trading_ops", "--config", str(self.config), "up", "--profile", profile]
+        if not checkout:
+            self.config.write_text(yaml.safe_dump(self._settings(root, config)))
+            args += ["--state-dir", str(self.state_dir)]
+        args += ["--ready-timeout", "90"]
+        args += [f"{port_option(name)}={getattr(self.ports, name)}" for name in PORT_ORDER]
+        args += extra  # last, so a test's own flags win
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    @staticmethod
+    def _settings(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         settings: dict[str, Any] = {
             "database": {"url": f"sqlite:///{root / 'trading-ops.db'}"},
             "bot": {"data_dir": str(root / "bot"), "control_token_file": str(root / "secrets" / "control-token")},
@@ -641,20 +714,7 @@ class UpProcess:
         }
         for section, values in config.items():
             settings.setdefault(section, {}).update(values)
-        self.config = root / "trading-ops.yaml"
-        self.config.write_text(yaml.safe_dump(settings))
-        self.state_dir = root / "stack"
-        args = [sys.executable, "-m", "trading_ops", "--config", str(self.config), "up", "--profile", profile]
-        args += ["--state-dir", str(self.state_dir), "--ready-timeout", "90"]
-        args += [f"{port_option(name)}={getattr(self.ports, name)}" for name in PORT_ORDER]
-        args += extra  # last, so a test's own flags win
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        return settings
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

@@ -62,8 +62,8 @@ class Stack:
     def __init__(self, up: UpProcess, kind: str) -> None:
         self.up = up
         self.kind = kind
-        self.token = (up.root / "secrets" / "control-token").read_text().strip()
-        self.read_token = (up.root / "secrets" / "reconciler-read-token").read_text().strip()
+        self.token = (up.secrets / "control-token").read_text().strip()
+        self.read_token = (up.secrets / "reconciler-read-token").read_text().strip()
         self.instance = f"127.0.0.1:{up.ports.bot}"
 
     def inject(self, fault: str, **params: str) -> dict[str, Any]:

@@ -10,14 +10,18 @@ import secrets
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from trading_ops.config import Config, ConfigError, DatabaseConfig, PaperConfig, parse_config
+from trading_ops.durations import format_duration, parse_duration
+from trading_ops.paper.bot import VENUE_STATE_FILE
+from trading_ops.reconciler.packaged_playbooks import DEFAULT_PLAYBOOK, PACKAGED_PLAYBOOKS
 from trading_ops.stack.layout import HOST, Layout, Ports
-from trading_ops.stack.profiles import Profile
+from trading_ops.stack.profiles import FOR_DIVISOR, Profile
 from trading_ops.stack.repo import dump_yaml
 
 # Token files `make run` creates; `up` creates them too when the configuration names none.
@@ -54,6 +58,15 @@ FLEET_DEFAULTS: dict[str, dict[str, float]] = {
 # so they are made absolute. A playbook value that names no file ("default", "docker") is kept as it is.
 PATH_KEY_SUFFIXES = ("_file", "_dir", "_path", "_socket")
 PATH_KEYS = ("playbook",)
+# The playbook's default cooldown (reconciler.playbook's Rule.cooldown), and what a shortening profile makes of one:
+# divided as `for:` is, at most a minute (the tour's second round comes minutes after the first: a disk cleanup's 1h
+# would be 12 min), never below 30 s (a rule still cannot loop on a target faster than twice a minute; the budget
+# per target holds the rest).
+DEFAULT_COOLDOWN_SECONDS = 300.0
+PROFILE_COOLDOWN_CAP_SECONDS = 60.0
+COOLDOWN_FLOOR = 30.0
+# The bot's own directory inside a data_dir that also holds the stack's state directory.
+OWN_DATA_DIR = "bot"
 MIB = 1024 * 1024
 # Budgets of the bot's memory and disk alerts in the stack (bot.resources), unless the configuration sets its own:
 # the machine (24 GiB, a 250 GB disk) is far bigger than a paper bot (~90 MiB resident, a data directory of a few
@@ -134,6 +147,67 @@ def _absolute(data: Any, base: Path) -> Any:
 def _token_path(section: dict[str, Any], key: str, base: Path, default: str) -> Path:
     value = section.get(f"{key}_file")
     return Path(value) if value else (base / default).resolve()
+
+
+def _own_data_dir(bot: dict[str, Any], layout: Layout, notes: list[str]) -> None:
+    """The bot's data directory holds only the bot's data: when it holds the stack's state directory (the example's
+    `./var` holds `./var/stack`, with Prometheus's data), the bot's budget would count the stack's files, and a cleanup
+    of the bot's data dir could reach them. The bot then keeps its data in a directory of its own inside it (`bot`)."""
+    if not isinstance(bot.get("data_dir"), str) or not bot["data_dir"]:
+        return  # parse_config names the problem
+    data_dir = Path(bot["data_dir"])
+    if layout.state_dir.resolve().is_relative_to(data_dir):
+        own = data_dir / OWN_DATA_DIR
+        bot["data_dir"] = str(own)
+        # A paper venue's book that an earlier run kept beside the stack's state (before the bot had a directory of
+        # its own) moves with the bot: the journal's positions are on it.
+        for book in data_dir.glob(f"*-{VENUE_STATE_FILE}"):
+            if not (own / book.name).exists():
+                own.mkdir(parents=True, exist_ok=True)
+                book.rename(own / book.name)
+        notes.append(
+            f"bot.data_dir {data_dir} holds the stack's directory {layout.state_dir.resolve()}: the bot keeps its "
+            f"data in {bot['data_dir']}, so the stack's files do not count against the bot's disk budget"
+        )
+
+
+def _profile_playbook(rc: dict[str, Any], layout: Layout, profile: Profile, notes: list[str]) -> None:
+    """The configured playbook with its cooldowns shortened as the profile shortens the alerts' `for:` (5m -> 1m; at
+    most 1m), in
+    the state dir: a cooldown spaces runs of one rule on one target, so production's would hold back the second round
+    of a demo's fault tour for minutes while the alerts, shortened, fire again at once. Everything else is the
+    playbook's own; a playbook that cannot be read or parsed is left for the reconciler to reject (it names the
+    problem)."""
+    value = rc.get("playbook") or DEFAULT_PLAYBOOK
+    try:
+        if value in PACKAGED_PLAYBOOKS:
+            package = resources.files("trading_ops.reconciler").joinpath("playbooks", PACKAGED_PLAYBOOKS[value])
+            text = package.read_text(encoding="utf-8")
+        else:
+            text = Path(value).read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+        defaults = data.setdefault("defaults", {})
+        rules = data["rules"]
+        changed = {}
+        for where, section in [("defaults", defaults), *((str(r.get("name")), r) for r in rules)]:
+            if where != "defaults" and "cooldown" not in section:
+                continue
+            seconds = parse_duration(section.get("cooldown", DEFAULT_COOLDOWN_SECONDS))
+            shortened = min(seconds, max(min(seconds / FOR_DIVISOR, PROFILE_COOLDOWN_CAP_SECONDS), COOLDOWN_FLOOR))
+            if shortened != seconds:
+                section["cooldown"] = format_duration(shortened)
+                changed[where] = f"{format_duration(seconds)} -> {section['cooldown']}"
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        return
+    if not changed:
+        return
+    path = layout.state_dir / "playbook.yml"
+    dump_yaml(path, data, f"Generated by `trading-ops up` (profile {profile.name}) from {value}: cooldowns shortened.")
+    rc["playbook"] = str(path)
+    notes.append(
+        f"profile {profile.name}: the playbook's cooldowns are shortened as the alerts' `for:` are "
+        f"(defaults {changed.get('defaults', 'unchanged')}), in {path}"
+    )
 
 
 def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports, notes: list[str]) -> Path:
@@ -238,6 +312,7 @@ def build_app_config(
             bot.pop(key, None)
     named = bot.get("name")  # the user's name for the bot (a fleet's bots are NAME-1 ... NAME-N)
     bot.setdefault("data_dir", str((base / "var").resolve()))
+    _own_data_dir(bot, layout, notes)
     recovery = data.setdefault("recovery", {})
     for key, value in profile.recovery if profile else ():
         recovery.setdefault(key, value)
@@ -262,6 +337,8 @@ def build_app_config(
     rc.pop("read_token_env", None)
     rc["read_token_file"] = str(read)
     rc["listen"] = {"host": HOST, "port": ports.reconciler}
+    if profile is not None and profile.shorten_for:
+        _profile_playbook(rc, layout, profile, notes)
     rc["prometheus_url"] = ports.url("prometheus")
     rc["alertmanager_url"] = ports.url("alertmanager")
     rc.pop("alertmanager_peers", None)  # the file's peers are another deployment's members: only the stack's
