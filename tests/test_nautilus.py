@@ -163,6 +163,32 @@ def test_the_exported_families_match_the_nodes_cache_and_portfolio(node: Node) -
     assert value(samples, "tradingbot_broker_connected", venue=VENUE, channel="orders") == 1
     assert value(samples, "tradingbot_state", state="active") == 1
     assert value(samples, "tradingbot_kill_switch_engaged") == 0
+    # The node reconciled before its trader (and the controller) started.
+    assert value(samples, "tradingbot_reconciliation_runs_total", venue=VENUE, trigger="startup", result="clean") == 1
+
+
+def test_every_family_is_one_the_runtime_exports_with_its_labels(node: Node) -> None:
+    """The controller's families are the library's (tests/golden/paper_bot_metrics.txt, a paper bot's whole /metrics):
+    same names, same label names, so every rule, board and playbook reads a node as it reads a runtime bot. Its own
+    are the node's info and its process's."""
+    golden = (Path(__file__).resolve().parent / "golden" / "paper_bot_metrics.txt").read_text()
+
+    def labels(text: str) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                found.setdefault(sample.name, set()).update(sample.labels)
+        return found
+
+    library = labels(golden)
+    with urllib.request.urlopen(f"{node.url}/metrics", timeout=5) as resp:
+        exported = labels(resp.read().decode())
+    # The `_created` samples: the paper bot owns its process and turns them off process-wide; the controller lives in
+    # the node's process and leaves that switch to its owner.
+    own = {n for n in exported if n.startswith(("process_", "tradingbot_nautilus_info")) or n.endswith("_created")}
+    assert {n for n in exported if n not in own and n not in library} == set()
+    assert {n: ls for n, ls in exported.items() if n not in own and ls != library[n]} == {}
+    assert len(exported) - len(own) > 35  # orders, fills, positions, balances, P&L, connections, heartbeat, state, ...
 
 
 def test_the_heartbeat_follows_the_nodes_clock_and_stops_with_its_loop(node: Node) -> None:
@@ -325,3 +351,14 @@ def test_the_token_comes_from_a_file_or_the_environment_never_the_config(tmp_pat
     assert read_token(TradingOpsControllerConfig(token_file=str(tmp_path / "token"))) == "from-a-file"
     with pytest.raises(ValueError, match="TRADING_OPS_TEST_UNSET is empty or unset"):
         read_token(TradingOpsControllerConfig(token_env="TRADING_OPS_TEST_UNSET"))
+
+
+def test_the_docs_snippet_builds_a_node_config_with_the_controller(tmp_path: Path) -> None:
+    """docs/nautilus.md's configuration block, run as written: a TradingNodeConfig whose controller is ours."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "nautilus.md").read_text()
+    block = page.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, Any] = {}
+    exec(compile(block, "docs/nautilus.md", "exec"), scope)
+    config = scope["config"]
+    assert config.controller.controller_path == "trading_ops.integrations.nautilus.controller:TradingOpsController"
+    assert config.controller.config["port"] == 9310 and config.controller.config["daily_loss_limit"] == 500.0

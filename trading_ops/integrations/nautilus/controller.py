@@ -174,6 +174,9 @@ class TradingOpsController(Controller):
             daily_loss_limit=config.daily_loss_limit,
         )
         self.exporter.info(trader.trader_id.value, nautilus_trader.__version__)
+        if trader._exec_engine.reconciliation:
+            # A live node starts its trader (and so this controller) only once its execution reconciliation passed.
+            self.exporter.reconciliation.run("startup", "clean", time.time())
         self.control = NautilusControl(trader, self.exporter, self._tick, self.heartbeat_age)
         self.msgbus.subscribe(topic="events.order.*", handler=self._on_order_event)
         self.msgbus.subscribe(topic="events.position.*", handler=self._on_change)
