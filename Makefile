@@ -121,6 +121,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_mttr.py
 	$(PY) benchmarks/bench_webconfig.py
 	$(PY) benchmarks/bench_outbox.py
+	$(PY) benchmarks/bench_nautilus.py
 
 clean:
 	rm -rf $(VENV) var site .pytest_cache .ruff_cache .mypy_cache

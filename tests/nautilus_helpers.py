@@ -276,11 +276,12 @@ def start_node(
     trader_id: str = "NAUTILUS-001",
     daily_loss_limit: float | None = None,
     quantity: str = "0.5",
+    log_level: str = "WARNING",
 ) -> Node:
     """A TradingNode on its own loop thread, started; returns once the controller serves and the strategy placed."""
     config = TradingNodeConfig(
         trader_id=TraderId(trader_id),
-        logging=LoggingConfig(log_level="WARNING"),
+        logging=LoggingConfig(log_level=log_level),
         exec_engine=LiveExecEngineConfig(reconciliation=True),
         data_clients={VENUE: PaperQuotesConfig(url=gateway_url)},
         exec_clients={

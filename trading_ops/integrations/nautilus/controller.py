@@ -121,7 +121,7 @@ class TradingOpsController(Controller):
         super().__init__(trader=trader, config=config)
         self.ops_config = config
         self.token = read_token(config)
-        self.registry = CollectorRegistry()
+        self.registry: CollectorRegistry | None = None
         self.exporter: NautilusExporter | None = None
         self.control: NautilusControl | None = None
         self.server: ServerThread | None = None
@@ -166,6 +166,8 @@ class TradingOpsController(Controller):
         config = self.ops_config
         trader = self._trader
         venue = config.venue or self._first_venue()
+        # A registry per start: a node stopped and started again in its process exports afresh, as a new bot would.
+        self.registry = CollectorRegistry()
         self.exporter = NautilusExporter(
             venue=venue,
             strategy=config.strategy or trader.trader_id.value,
