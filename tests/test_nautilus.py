@@ -362,3 +362,41 @@ def test_the_docs_snippet_builds_a_node_config_with_the_controller(tmp_path: Pat
     config = scope["config"]
     assert config.controller.controller_path == "trading_ops.integrations.nautilus.controller:TradingOpsController"
     assert config.controller.config["port"] == 9310 and config.controller.config["daily_loss_limit"] == 500.0
+
+
+def test_a_web_config_file_guards_metrics_with_basic_auth_and_control_keeps_its_bearer(
+    node: Node, tmp_path: Path
+) -> None:
+    """web_config_file as every trading-ops server takes it: basic_auth_users on /metrics, the bearer on /control.
+    A second server of the module's controller, as the controller builds its own from its configuration."""
+    import base64
+
+    import bcrypt
+
+    from trading_ops.integrations.nautilus.controller import _Instrumentation, _ThreadedControl
+    from trading_ops.integrations.nautilus.server import ServerThread
+
+    (tmp_path / "web.yml").write_text(
+        json.dumps({"basic_auth_users": {"prom": bcrypt.hashpw(b"scrape-pw", bcrypt.gensalt(4)).decode()}})
+    )
+    controller = node.controller
+    assert controller.control is not None
+    inst = _Instrumentation(controller, _ThreadedControl(controller.control, node.loop))
+    server = ServerThread(inst, "127.0.0.1", free_port(), str(tmp_path / "web.yml"))
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/metrics", timeout=5)
+        assert refused.value.code == 401
+        basic = base64.b64encode(b"prom:scrape-pw").decode()
+        req = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Basic {basic}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert b"tradingbot_state" in resp.read()
+        req = urllib.request.Request(
+            f"{url}/control/status", data=b"{}", method="POST", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert json.loads(resp.read())["nautilus_trading_state"] == "ACTIVE"
+    finally:
+        server.stop()
