@@ -201,6 +201,9 @@ def test_the_heartbeat_follows_the_nodes_clock_and_stops_with_its_loop(node: Nod
         "the heartbeat ticks", lambda: (value(scrape(node), "tradingbot_loop_iterations_total") or 0) > iterations, 10
     )
     assert urllib.request.urlopen(f"{node.url}/healthz", timeout=5).status == 200
+    with urllib.request.urlopen(f"{node.url}/readyz", timeout=5) as resp:
+        ready = json.loads(resp.read())
+    assert ready["ready"] and ready["checks"]["clients"]["connected"] == {"data:PAPER": True, "exec:PAPER": True}
 
     # The node's loop held up: the server (its own thread) still answers, and says the loop is stuck.
     release = threading.Event()

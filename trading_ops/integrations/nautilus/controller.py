@@ -17,6 +17,7 @@ from nautilus_trader.trading.controller import Controller
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.control import SOURCE_RISK
+from trading_ops.bot.state import TradingState as OpsState
 from trading_ops.integrations.nautilus.control import NautilusControl
 from trading_ops.integrations.nautilus.exporter import NautilusExporter
 from trading_ops.integrations.nautilus.server import ServerThread, on_loop
@@ -81,9 +82,7 @@ class _StateView:
         self._exporter = exporter
 
     @property
-    def state(self) -> Any:
-        from trading_ops.bot.state import TradingState as OpsState
-
+    def state(self) -> OpsState:
         return self._exporter.state.state or OpsState.ACTIVE
 
 
@@ -247,8 +246,8 @@ class TradingOpsController(Controller):
         assert exporter is not None and control is not None
         trader = self._trader
         exporter.snapshot(self.cache, self.portfolio, self.cache.instruments(), time.time())
-        data = {c.id.value: bool(c.is_connected) for c in trader._data_engine._clients.values()}
-        orders = {c.id.value: bool(c.is_connected) for c in trader._exec_engine._clients.values()}
+        data = {f"data:{c.id.value}": bool(c.is_connected) for c in trader._data_engine._clients.values()}
+        orders = {f"exec:{c.id.value}": bool(c.is_connected) for c in trader._exec_engine._clients.values()}
         exporter.connected = {**data, **orders}
         exporter.subscribed = sorted(
             {i.symbol.value for c in trader._data_engine._clients.values() for i in c.subscribed_quote_ticks()}

@@ -145,7 +145,8 @@ class NautilusExporter:
         )
         self.realized = 0.0
         self.unrealized = 0.0
-        # Client id -> connected, and the symbols quoted to the node: what /readyz says (read from the server's thread).
+        # `data:<client id>` / `exec:<client id>` -> connected, and the symbols quoted to the node: what /readyz says
+        # (read from the server's thread).
         self.connected: dict[str, bool] = {}
         self.subscribed: list[str] = []
         self._day: str | None = None
