@@ -86,7 +86,8 @@ def paper_instruments(url: str, venue: str) -> dict[str, tuple[CurrencyPair, str
 class PaperQuotesClient(LiveMarketDataClient):
     """Quotes by polling the gateway's Ticker, per subscribed instrument. A subscription starts as a polling client's
     does on Kraken: AssetPairs for the pair (the gateway's stale_market_data fault ends there), then Ticker every
-    poll interval. A pair the gateway leaves out of Ticker (its feed stopped) publishes nothing until renewed."""
+    poll interval. A pair the gateway leaves out of Ticker (its feed stopped) publishes nothing until renewed; a
+    request the gateway does not answer marks the client disconnected until it is connected again."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, name: str, config: PaperQuotesConfig, msgbus: Any, cache: Any, clock: Any
@@ -110,7 +111,9 @@ class PaperQuotesClient(LiveMarketDataClient):
 
     async def _connect(self) -> None:
         self._session = aiohttp.ClientSession()
-        async with self._session.get(f"{self._url}/0/public/Time") as resp:
+        # A new session starts as a careful client's does, with the venue's status (the gateway's drop_connection
+        # fault ends there).
+        async with self._session.get(f"{self._url}/0/public/SystemStatus") as resp:
             resp.raise_for_status()
         for instrument_id in self.subscribed_quote_ticks():
             await self._renew(instrument_id)
@@ -163,7 +166,10 @@ class PaperQuotesClient(LiveMarketDataClient):
                     )
                     self.quotes_published += 1
             except (aiohttp.ClientError, ValueError) as exc:
+                # The session is lost (the venue closed it): the client says so, and waits for a reconnect.
                 self._log.warning(f"Ticker {altname}: {exc}")
+                if self.is_connected:
+                    self._set_connected(False)
             await asyncio.sleep(self._interval)
 
 

@@ -4,10 +4,13 @@ the packaged playbook's rules for these faults.
 
 Prometheus loads the repository's recording, availability and trading rules with `for:` shortened as `trading-ops up
 --profile fast` does; Alertmanager runs the repository's configuration as the fast profile adapts it. The playbook is
-the packaged default one's market-data-resubscribe and loss-limit-flatten rules as they are, with no cooldown (faults
-follow each other in a module) and a 1 s verification interval.
+the packaged default one's broker-reconnect, market-data-resubscribe and loss-limit-flatten rules as they are, with no
+cooldown (faults follow each other in a module) and a 1 s verification interval.
 
 Faults, each ending in an episode `recovered` (verified in Prometheus):
+- the gateway drops its clients' connections until one starts a new session (drop_connection): the node's data client
+  loses its session, TradingBotBrokerDisconnected fires, broker-reconnect asks for `reconnect` (the node's clients
+  disconnected and connected again: a new session, which ends the drop) and quotes flow;
 - the gateway's feed of BTC-USD stops (stale_market_data: Ticker leaves the pair out until a client subscribes again):
   TradingBotMarketDataStale, `resubscribe` renews the node's quote subscriptions and quotes flow;
 - the price gaps down 30 % under the node's long position: the controller's daily loss limit halts the node (the
@@ -52,7 +55,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager
 TOKEN = "nautilus-e2e-token"
 RULE_FILES = ("recording.yml", "tradingbot-availability.yml", "tradingbot-trading.yml")
 PLAYBOOK = REPO_ROOT / "trading_ops" / "reconciler" / "playbooks" / "default.yml"
-RULES = ("market-data-resubscribe", "loss-limit-flatten")
+RULES = ("broker-reconnect", "market-data-resubscribe", "loss-limit-flatten")
 # The loss limit (USD) and the position: a 30 % gap on 0.5 BTC (~5,000 USD) is far past it; the market's own drift
 # over the test (a few USD) is far below.
 DAILY_LOSS_LIMIT = 1000.0
@@ -203,6 +206,25 @@ def heal(stack: Stack, alertname: str, fault: Callable[[], None]) -> dict[str, A
     assert recovered[0]["attempts"][-1]["outcome"] == "success", recovered
     assert recovered[0]["labels"]["instance"] == stack.node.instance
     return recovered[0]
+
+
+def test_a_lost_session_is_reconnected_and_verified(stack: Stack) -> None:
+    instance = stack.node.instance
+    episode = heal(stack, "TradingBotBrokerDisconnected", lambda: stack.gateway.chaos("drop_connection"))
+    assert episode["labels"]["channel"] == "market_data"
+    until(
+        "Prometheus sees every channel connected, the reconnect counted",
+        lambda: (
+            stack.scalar(f'min(tradingbot_broker_connected{{instance="{instance}"}})') == 1
+            and (
+                stack.scalar(f'tradingbot_broker_reconnects_total{{instance="{instance}",channel="market_data"}}') or 0
+            )
+            >= 1
+        ),
+        30,
+    )
+    quotes = stack.node.data_client.quotes_published
+    until("quotes reach the node", lambda: stack.node.data_client.quotes_published > quotes, 10)
 
 
 def test_a_feed_that_stopped_is_resubscribed_and_verified(stack: Stack) -> None:

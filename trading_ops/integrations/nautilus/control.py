@@ -252,10 +252,14 @@ class NautilusControl:
         """Disconnect and connect every data and execution client (each client's own connect/disconnect)."""
         before = self.state()
         clients = self._clients()
+        # A live client's disconnect runs as a task (not kept anywhere) that ends by canceling the client's pending
+        # tasks: a connect begun before it is done would be canceled. The tasks the disconnects start are awaited.
+        running = asyncio.all_tasks()
         for client in clients.values():
             client.disconnect()
-        # A client's disconnect runs as a task that cancels the client's pending tasks: connecting before it is done
-        # would see the connect canceled.
+        disconnecting = asyncio.all_tasks() - running
+        if disconnecting:
+            await asyncio.wait(disconnecting, timeout=RECONNECT_SECONDS)
         await self._until_connected(clients, False, "disconnect")
         for client in clients.values():
             client.connect()
