@@ -245,13 +245,12 @@ class TradingOpsController(Controller):
         exporter, control = self.exporter, self.control
         assert exporter is not None and control is not None
         trader = self._trader
-        exporter.snapshot(self.cache, self.portfolio, self.cache.instruments(), time.time())
+        quoted = {i for c in trader._data_engine._clients.values() for i in c.subscribed_quote_ticks()}
+        exporter.snapshot(self.cache, self.portfolio, quoted, time.time())
         data = {f"data:{c.id.value}": bool(c.is_connected) for c in trader._data_engine._clients.values()}
         orders = {f"exec:{c.id.value}": bool(c.is_connected) for c in trader._exec_engine._clients.values()}
         exporter.connected = {**data, **orders}
-        exporter.subscribed = sorted(
-            {i.symbol.value for c in trader._data_engine._clients.values() for i in c.subscribed_quote_ticks()}
-        )
+        exporter.subscribed = sorted({i.symbol.value for i in quoted})
         exporter.connections(all(data.values()) if data else None, all(orders.values()) if orders else None)
         self._loss_limit(control)
         exporter.state.set(control.state())

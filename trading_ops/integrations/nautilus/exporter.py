@@ -149,6 +149,7 @@ class NautilusExporter:
         # (read from the server's thread).
         self.connected: dict[str, bool] = {}
         self.subscribed: list[str] = []
+        self._positions: set[Any] = set()  # the instruments whose position is exported
         self._day: str | None = None
         self._realized_at_day_start = 0.0
 
@@ -193,13 +194,15 @@ class NautilusExporter:
         self.metrics.market_data(symbol)
 
     # -- snapshots on the node's clock -----------------------------------------------------------------------------
-    def snapshot(self, cache: Any, portfolio: Any, instruments: Iterable[Any], now: float) -> None:
-        """Positions, balances and P&L from the cache and the portfolio, as Nautilus has them now."""
+    def snapshot(self, cache: Any, portfolio: Any, quoted: Iterable[Any], now: float) -> None:
+        """Positions, balances and P&L from the cache and the portfolio, as Nautilus has them now. A position is
+        exported for every instrument with an open position or quoted to the node (`quoted`), and stays exported (at 0)
+        once closed: not for every instrument a venue lists (thousands on some)."""
         m = self.metrics
-        for instrument in instruments:
-            iid = instrument.id
-            net = portfolio.net_position(iid)
-            quantity = float(net)
+        current = {p.instrument_id for p in cache.positions_open()} | set(quoted)
+        self._positions |= current
+        for iid in self._positions:
+            quantity = float(portfolio.net_position(iid))
             quote = cache.quote_tick(iid)
             notional = None
             if quote is not None:
