@@ -304,6 +304,17 @@ def test_halt_then_cancel_all_and_flatten_while_halted(node: Node) -> None:
     assert control(node, "resume")[0] == 200 and running(node)
 
 
+def test_flatten_while_trading_stops_the_strategies_and_closes_every_position(node: Node) -> None:
+    iid = InstrumentId.from_str(INSTRUMENT_ID)
+    node.on_loop(lambda: node.strategy.buy("0.2"))
+    until("the strategy holds 0.2", lambda: node.on_loop(lambda: float(node.node.portfolio.net_position(iid))) == 0.2)
+    status, body = control(node, "flatten")
+    assert status == 200 and body["previous_state"] == "active" and body["state"] == "paused"
+    until("the position is closed", lambda: node.on_loop(lambda: node.node.portfolio.is_flat(iid)), 10)
+    assert not running(node) and trading_state(node) == TradingState.ACTIVE
+    assert control(node, "resume")[0] == 200 and running(node)
+
+
 def test_reconcile_runs_nautilus_execution_reconciliation(node: Node) -> None:
     before = value(scrape(node), "tradingbot_reconciliation_runs_total", venue=VENUE, trigger="command", result="clean")
     status, body = control(node, "reconcile")
