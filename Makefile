@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 # The extras the development and CI environment installs (and that make lock resolves).
 # The freqtrade extra: a real freqtrade (and its TA-Lib wheel) for the freqtrade sidecar's tests.
-EXTRAS := test,freqtrade
+# The nautilus extra: NautilusTrader for trading_ops.integrations.nautilus and its tests (it needs pandas<3, which
+# freqtrade accepts too: one environment holds both).
+EXTRAS := test,freqtrade,nautilus
 CONFIG ?= trading-ops.yaml
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
 TEST_LANES ?= 2
@@ -119,6 +121,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_mttr.py
 	$(PY) benchmarks/bench_webconfig.py
 	$(PY) benchmarks/bench_outbox.py
+	$(PY) benchmarks/bench_nautilus.py
 
 clean:
 	rm -rf $(VENV) var site .pytest_cache .ruff_cache .mypy_cache

@@ -1,1 +1,2 @@
-"""Sidecars that give bots we don't write (freqtrade) the library's metrics and control API."""
+"""Bots we don't write, given the library's metrics and control API: the freqtrade sidecar, the NautilusTrader
+controller."""

@@ -1,0 +1,288 @@
+"""`TradingOpsController`: the NautilusTrader `Controller` that gives a node the library's metrics and control API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import nautilus_trader
+from nautilus_trader.live.config import ControllerConfig
+from nautilus_trader.model.enums import TradingState
+from nautilus_trader.system.config import ImportableControllerConfig
+from nautilus_trader.trading.controller import Controller
+from prometheus_client import CollectorRegistry
+
+from trading_ops.bot.control import SOURCE_RISK
+from trading_ops.bot.state import TradingState as OpsState
+from trading_ops.integrations.nautilus.control import NautilusControl
+from trading_ops.integrations.nautilus.exporter import NautilusExporter
+from trading_ops.integrations.nautilus.server import ServerThread, on_loop
+
+log = logging.getLogger(__name__)
+
+TIMER_NAME = "trading-ops-heartbeat"
+DEFAULT_TOKEN_ENV = "TRADING_OPS_CONTROL_TOKEN"
+# A command waits this long for the node's loop to carry it out (a flatten while halted waits for its orders to pass
+# the RiskEngine; reconciliation has a timeout of its own within this).
+COMMAND_TIMEOUT_SECONDS = 30.0
+
+
+class TradingOpsControllerConfig(ControllerConfig, frozen=True, kw_only=True):
+    """Where the controller serves and what it exports.
+
+    The bearer token of the control API comes from `token_file` or the environment variable `token_env`, never from
+    the configuration itself. `venue` and `strategy` are the `venue` and `strategy` labels of the families (default:
+    the venue of the first execution client, the trader id). Realized and unrealized P&L are summed in
+    `quote_currency`; `daily_loss_limit` (positive, that currency) halts the node (the RiskEngine's HALTED) when the
+    day's loss reaches it, as the library's in-process limit does."""
+
+    host: str = "127.0.0.1"
+    port: int = 9310
+    token_file: str | None = None
+    token_env: str = DEFAULT_TOKEN_ENV
+    web_config_file: str | None = None
+    venue: str | None = None
+    strategy: str | None = None
+    quote_currency: str = "USD"
+    daily_loss_limit: float | None = None
+    heartbeat_interval_seconds: float = 1.0
+    heartbeat_timeout_seconds: float = 15.0
+    market_data_stale_seconds: float = 10.0
+
+
+def controller_config(**config: Any) -> ImportableControllerConfig:
+    """What goes in `TradingNodeConfig(controller=...)`: `controller_config(port=9310, token_file=...)`."""
+    return ImportableControllerConfig(
+        controller_path="trading_ops.integrations.nautilus.controller:TradingOpsController",
+        config_path="trading_ops.integrations.nautilus.controller:TradingOpsControllerConfig",
+        config=config,
+    )
+
+
+def read_token(config: TradingOpsControllerConfig) -> str:
+    if config.token_file:
+        token = Path(config.token_file).read_text().strip()
+        where = f"token_file {config.token_file}"
+    else:
+        token = os.environ.get(config.token_env, "").strip()
+        where = f"environment variable {config.token_env}"
+    if not token:
+        raise ValueError(f"the trading-ops control API needs a bearer token: {where} is empty or unset")
+    return token
+
+
+class _StateView:
+    """What the bot server reads of a bot's state (`state.state.value`): the last state the node's thread exported."""
+
+    def __init__(self, exporter: NautilusExporter) -> None:
+        self._exporter = exporter
+
+    @property
+    def state(self) -> OpsState:
+        return self._exporter.state.state or OpsState.ACTIVE
+
+
+class _ThreadedControl:
+    """The control plane as the server's thread sees it: each command carried out on the node's loop."""
+
+    def __init__(self, control: NautilusControl, loop: Any) -> None:
+        self._control = control
+        self._loop = loop
+
+    @property
+    def commands(self) -> list[str]:
+        return self._control.commands
+
+    def has(self, name: str) -> bool:
+        return self._control.has(name)
+
+    async def run(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await on_loop(
+            self._loop, lambda: self._control.run(name, args), COMMAND_TIMEOUT_SECONDS
+        )
+        return result
+
+
+class TradingOpsController(Controller):
+    """Add it to a node with `TradingNodeConfig(controller=controller_config(...))`.
+
+    Exports the `tradingbot_` families from the node's message bus (order events, quotes, the RiskEngine's trading
+    state) and, on the node's clock, from its cache and portfolio (positions, balances, P&L, client connections,
+    heartbeat); serves /metrics, /healthz, /readyz and the bearer-authenticated /control/{command} from a thread of its
+    own; carries out each command on the node's event loop (see NautilusControl)."""
+
+    def __init__(self, trader: Any, config: TradingOpsControllerConfig | None = None) -> None:
+        config = config or TradingOpsControllerConfig()
+        super().__init__(trader=trader, config=config)
+        self.ops_config = config
+        self.token = read_token(config)
+        self.registry: CollectorRegistry | None = None
+        self.exporter: NautilusExporter | None = None
+        self.control: NautilusControl | None = None
+        self.server: ServerThread | None = None
+        self._last_heartbeat: float | None = None
+
+    # -- what the bot server reads (trading_ops.bot.server) --------------------------------------------------------
+    @property
+    def metrics(self) -> Any:
+        assert self.exporter is not None
+        return self.exporter.metrics
+
+    @property
+    def port(self) -> int | None:
+        return self.server.port if self.server is not None else None
+
+    def heartbeat_age(self) -> float | None:
+        return None if self._last_heartbeat is None else time.monotonic() - self._last_heartbeat
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        age = self.heartbeat_age()
+        timeout = self.ops_config.heartbeat_timeout_seconds
+        return age is not None and age <= timeout, {"heartbeat_age_seconds": age, "heartbeat_timeout_seconds": timeout}
+
+    def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
+        assert self.exporter is not None
+        clients = self.exporter.connected
+        stale = [
+            symbol
+            for symbol in self.exporter.subscribed
+            if (age := self.exporter.metrics.market_data_age(symbol)) is None
+            or age > self.ops_config.market_data_stale_seconds
+        ]
+        checks: dict[str, dict[str, Any]] = {
+            "clients": {"ok": all(clients.values()), "connected": clients},
+            "market_data": {"ok": not stale, "stale": stale},
+            "loop": {"ok": self.health()[0], "heartbeat_age_seconds": self.heartbeat_age()},
+        }
+        return all(c["ok"] for c in checks.values()), checks
+
+    # -- Nautilus's actor lifecycle (on the node's thread) ---------------------------------------------------------
+    def on_start(self) -> None:
+        config = self.ops_config
+        trader = self._trader
+        venue = config.venue or self._first_venue()
+        # A registry per start: a node stopped and started again in its process exports afresh, as a new bot would.
+        self.registry = CollectorRegistry()
+        self.exporter = NautilusExporter(
+            venue=venue,
+            strategy=config.strategy or trader.trader_id.value,
+            quote_currency=config.quote_currency,
+            registry=self.registry,
+            daily_loss_limit=config.daily_loss_limit,
+        )
+        self.exporter.info(trader.trader_id.value, nautilus_trader.__version__)
+        if trader._exec_engine.reconciliation:
+            # A live node starts its trader (and so this controller) only once its execution reconciliation passed.
+            self.exporter.reconciliation.run("startup", "clean", time.time())
+        self.control = NautilusControl(trader, self.exporter, self._tick, self.heartbeat_age)
+        self.msgbus.subscribe(topic="events.order.*", handler=self._on_order_event)
+        self.msgbus.subscribe(topic="events.position.*", handler=self._on_change)
+        self.msgbus.subscribe(topic="events.risk", handler=self._on_change)
+        self.msgbus.subscribe(topic="data.quotes.*", handler=self._on_quote)
+        self._tick()
+        # The live clock calls its timers from a thread of its own: the tick is handed to the node's loop, where the
+        # cache is touched (and a stuck loop stops the heartbeat).
+        loop = trader._loop
+        assert loop is not None, "a live node has an event loop"
+        self.clock.set_timer(
+            TIMER_NAME,
+            timedelta(seconds=config.heartbeat_interval_seconds),
+            callback=lambda _event: loop.call_soon_threadsafe(self._tick),
+        )
+        self.server = ServerThread(
+            _Instrumentation(self, _ThreadedControl(self.control, trader._loop)),
+            config.host,
+            config.port,
+            config.web_config_file,
+        )
+        self.server.start()
+
+    def on_stop(self) -> None:
+        if TIMER_NAME in self.clock.timer_names:
+            self.clock.cancel_timer(TIMER_NAME)
+        for topic, handler in (
+            ("events.order.*", self._on_order_event),
+            ("events.position.*", self._on_change),
+            ("events.risk", self._on_change),
+            ("data.quotes.*", self._on_quote),
+        ):
+            self.msgbus.unsubscribe(topic=topic, handler=handler)
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def _first_venue(self) -> str:
+        for client in self._trader._exec_engine._clients.values():
+            if client.venue is not None:
+                return str(client.venue.value)
+        return "nautilus"
+
+    # -- message bus and clock -------------------------------------------------------------------------------------
+    def _on_order_event(self, event: Any) -> None:
+        assert self.exporter is not None
+        self.exporter.order_event(event, self.cache.order(event.client_order_id))
+
+    def _on_quote(self, quote: Any) -> None:
+        assert self.exporter is not None
+        self.exporter.quote(quote.instrument_id.symbol.value)
+
+    def _on_change(self, _event: Any) -> None:
+        self._refresh()
+
+    def _tick(self) -> None:
+        """The heartbeat, on the node's clock: it stops when the node's loop does."""
+        started = time.perf_counter()
+        self._refresh()
+        self._last_heartbeat = time.monotonic()
+        assert self.exporter is not None
+        self.exporter.heartbeat(time.perf_counter() - started)
+
+    def _refresh(self) -> None:
+        exporter, control = self.exporter, self.control
+        assert exporter is not None and control is not None
+        trader = self._trader
+        quoted = {i for c in trader._data_engine._clients.values() for i in c.subscribed_quote_ticks()}
+        exporter.snapshot(self.cache, self.portfolio, quoted, time.time())
+        data = {f"data:{c.id.value}": bool(c.is_connected) for c in trader._data_engine._clients.values()}
+        orders = {f"exec:{c.id.value}": bool(c.is_connected) for c in trader._exec_engine._clients.values()}
+        exporter.connected = {**data, **orders}
+        exporter.subscribed = sorted({i.symbol.value for i in quoted})
+        exporter.connections(all(data.values()) if data else None, all(orders.values()) if orders else None)
+        self._loss_limit(control)
+        exporter.state.set(control.state())
+
+    def _loss_limit(self, control: NautilusControl) -> None:
+        """The day's loss at the limit halts the node (again if someone clears the halt while it is still reached; a
+        flatten under way, REDUCING for its orders, is left alone)."""
+        assert self.exporter is not None
+        limit = self.ops_config.daily_loss_limit
+        if limit is None or limit <= 0 or control.flattening:
+            return
+        loss = -(self.exporter.realized + self.exporter.unrealized)
+        if loss >= limit and control.risk_engine.trading_state != TradingState.HALTED:
+            log.warning("daily loss %.2f reached the limit %.2f: halting the node", loss, limit)
+            control.risk_engine.set_trading_state(TradingState.HALTED)
+            self.exporter.metrics.control_command("halt", SOURCE_RISK)
+
+
+class _Instrumentation:
+    """The controller as trading_ops.bot.server reads a bot: registry, token, control, metrics, state, health."""
+
+    def __init__(self, controller: TradingOpsController, control: _ThreadedControl) -> None:
+        self._controller = controller
+        self.control = control
+        self.registry = controller.registry
+        self.token = controller.token
+        self.metrics = controller.metrics
+        assert controller.exporter is not None
+        self.state = _StateView(controller.exporter)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return self._controller.health()
+
+    def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
+        return self._controller.readiness()
