@@ -41,8 +41,8 @@ def apt_mirror() -> str:
             text = path.read_text(encoding="utf-8")
         except OSError:
             continue
-        for line in text.splitlines():
-            line = line.strip()
+        for raw in text.splitlines():
+            line = raw.strip()
             if line.startswith("URIs:"):
                 for uri in line.split()[1:]:
                     if "security" not in uri:
