@@ -121,16 +121,23 @@ def base_image_name() -> str:
 def ensure_base_image(engine: DockerEngine) -> str:
     """The Dockerfile's base image, imported from the cached root (re-imported when the root's key changes)."""
     name = base_image_name()
-    engine.import_root(debian_root(BASE_PACKAGES), name, root_key(BASE_PACKAGES), changes=['CMD ["bash"]'])
+    root = debian_root(BASE_PACKAGES)
+    engine.import_root(root, name, made_key(root, BASE_PACKAGES), changes=['CMD ["bash"]'])
     return name
+
+
+def made_key(root: Path, packages: tuple[str, ...]) -> str:
+    """A root's cache key and when it was made: a root made anew (its cache deleted, newer packages) is imported
+    anew."""
+    return f"{root_key(packages)}-{(root / '.complete').stat().st_mtime_ns}"
 
 
 def ensure_service_images(engine: DockerEngine, workdir: Path) -> dict[str, str]:
     """service name -> image, built from the imported services root. Docker's build cache makes a rebuild with
     unchanged inputs a no-op, and a changed one (a new root, a changed entrypoint) rebuilds."""
-    key = root_key(SERVICE_PACKAGES)
-    root_image = f"trading-ops-test/debian-services:{key.rsplit('-', 1)[1]}"
-    engine.import_root(debian_root(SERVICE_PACKAGES), root_image, key)
+    root = debian_root(SERVICE_PACKAGES)
+    root_image = f"trading-ops-test/debian-services:{root_key(SERVICE_PACKAGES).rsplit('-', 1)[1]}"
+    engine.import_root(root, root_image, made_key(root, SERVICE_PACKAGES))
     images = {}
     for service, (image, lines) in SERVICE_IMAGES.items():
         context = workdir / f"image-{service}"

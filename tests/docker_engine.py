@@ -62,8 +62,8 @@ class DockerEngine:
         """dockerd in namespaces of its own, with the cached data root when no other run holds it."""
         if os.geteuid() != 0:
             pytest.fail("the compose deployment test needs root (dockerd)", pytrace=False)
-        require_binary("dockerd")
-        require_binary("unshare")
+        for binary in ("dockerd", "containerd", "unshare", "ip"):
+            require_binary(binary)
         workdir = Path(subprocess.check_output(["mktemp", "-d", str(SHORT_TMP / "tod-XXXXXX")], text=True).strip())
         cached = cache_dir() / "data-root"
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -151,12 +151,6 @@ class DockerEngine:
             last = (result.stderr or result.stdout).strip().splitlines()[-3:]
             raise AssertionError(f"docker {' '.join(args[:3])} failed (exit {result.returncode}): {' | '.join(last)}")
         return result
-
-    def in_netns(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run `argv` in the engine's network namespace (where its bridges and published ports are)."""
-        assert self.proc is not None
-        command = ["nsenter", f"--net=/proc/{self.proc.pid}/ns/net", "--", *argv]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
     def image_label(self, image: str, label: str) -> str | None:
         result = self.docker(
