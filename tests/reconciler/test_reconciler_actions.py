@@ -401,6 +401,7 @@ async def test_signal_sends_to_the_pid_in_the_pidfile(tmp_path: Path) -> None:
         proc.wait()
 
 
+@pytest.mark.timeout(900)  # the first run on a machine makes the Debian root of the image (a few minutes)
 async def test_docker_restarts_a_container_through_the_engine_api_socket(tmp_path: Path, docker_engine: Any) -> None:
     """On a real Docker engine (this run's own dockerd, tests/docker_engine.py): the container is restarted (the same
     container, started anew), a missing one is the engine's own 404, and a name that is no container name never
