@@ -122,12 +122,14 @@ class DockerEngine:
 
     def reset(self) -> None:
         """What an earlier run left in the cached data root (a run killed before its cleanup): its containers,
-        networks and volumes, not its images or build cache."""
+        networks and volumes, and images no tag names; not the build cache of the current images."""
         ids = self.docker("ps", "-aq").stdout.split()
         if ids:
             self.docker("rm", "-f", "-v", *ids)
         self.docker("network", "prune", "-f")
         self.docker("volume", "prune", "-f")
+        # Images an earlier build replaced (untagged): the cached data root does not grow with every source change.
+        self.docker("image", "prune", "-f")
 
     def log_tail(self, lines: int = 5) -> str:
         try:
