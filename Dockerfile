@@ -1,41 +1,39 @@
 # The trading-ops image: the paper bot, the reconciler and every other `trading-ops` subcommand.
 #   docker build -t trading-ops .   then   docker run --rm trading-ops --help
-# Pinned to a patch release and a Debian release so a rebuild gets the same interpreter and libraries; bump both
-# on purpose (the tests in tests/test_docker_compose.py require a full pin).
-FROM python:3.11.17-slim-bookworm
+# Debian bookworm with Debian's own Python 3.11 and PostgreSQL client: pinned to a Debian point release so a rebuild
+# gets the same libraries (tests/test_docker_compose.py requires the pin); bump it on purpose. The compose test
+# (tests/test_compose_real.py) builds this file on a real Docker engine from a debootstrap root of the same release.
+FROM debian:12.15-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/trading-ops/bin:$PATH
 
-# PostgreSQL's client programs, for `trading-ops backup` of the compose stack's database (pg_dump -Fc, pg_restore):
-# pg_dump must be at least the server's major version and Debian bookworm ships 15, so the client comes from the
-# PostgreSQL project's apt repository (apt.postgresql.org; apt checks its signature against the project's key).
-# Keep PG_MAJOR the major version of the postgres image in docker-compose.yml (tests/test_docker_compose.py checks
-# it); the build fails unless pg_dump and pg_restore of that version are on PATH.
-ARG PG_MAJOR=16
+# Python (a virtual environment: Debian's interpreter refuses pip installs into its own site-packages), and
+# PostgreSQL's client programs for `trading-ops backup` of the compose stack's database (pg_dump -Fc, pg_restore).
+# pg_dump must be at least the server's major version: Debian bookworm ships PostgreSQL 15, the postgres image of
+# docker-compose.yml. Keep PG_MAJOR that image's major version (tests/test_docker_compose.py checks it); the build
+# fails unless pg_dump and pg_restore of that version are on PATH.
+ARG PG_MAJOR=15
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
-    && install -d /usr/share/postgresql-common/pgdg \
-    && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
-        https://www.postgresql.org/media/keys/ACCC4CF8.asc \
-    && . /etc/os-release \
-    && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
-        > /etc/apt/sources.list.d/pgdg.list \
-    && apt-get update \
-    && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" \
-    && apt-get purge -y --auto-remove curl \
+    && apt-get install -y --no-install-recommends python3 python3-venv "postgresql-client-${PG_MAJOR}" \
     && rm -rf /var/lib/apt/lists/* \
     && pg_dump --version | grep -q "(PostgreSQL) ${PG_MAJOR}\." \
     && pg_restore --version | grep -q "(PostgreSQL) ${PG_MAJOR}\."
 
 WORKDIR /src
+# Offline builds (no package index reachable): put the wheels of constraints.txt in ./wheelhouse and build with
+# --build-arg WHEELHOUSE=wheelhouse; pip then installs from there only (--no-index). Without it, from the index.
+COPY wheelhouse ./wheelhouse
+ARG WHEELHOUSE=
 COPY pyproject.toml README.md constraints.txt ./
 COPY trading_ops ./trading_ops
 # The versions the tests passed with (constraints.txt, written by `make lock`), and the PostgreSQL driver: the
 # compose stack keeps its journal and ledger in PostgreSQL.
-RUN pip install -c constraints.txt '.[postgres]' \
+RUN python3 -m venv /opt/trading-ops \
+    && pip install ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} -c constraints.txt '.[postgres]' \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/trading-ops trading \
     && rm -rf /src
 

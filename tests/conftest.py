@@ -108,3 +108,16 @@ def database_url(request) -> str:
     if request.param == "sqlite":
         return str(request.getfixturevalue("sqlite_url"))
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Any]:
+    """This test run's own Docker engine (tests/docker_engine.py), started once per run (per xdist worker) by the first
+    test that asks for it, and stopped by its pid at the end, whatever happened."""
+    from docker_engine import DockerEngine
+
+    engine = DockerEngine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()

@@ -81,6 +81,7 @@ def debian_root(packages: Sequence[str] = SYSTEMD_PACKAGES, *, variant: str = "m
         if (target / ".complete").exists():
             return target
         building = target.with_name(target.name + ".building")
+        _unmount_under(building)
         shutil.rmtree(building, ignore_errors=True)
         command = [
             debootstrap,
@@ -90,7 +91,11 @@ def debian_root(packages: Sequence[str] = SYSTEMD_PACKAGES, *, variant: str = "m
             str(building),
             apt_mirror(),
         ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+        finally:
+            # A debootstrap killed half-way (a timeout, an interrupted test) leaves the root's /proc and /sys mounted.
+            _unmount_under(building)
         if result.returncode != 0:
             shutil.rmtree(building, ignore_errors=True)
             last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -102,6 +107,20 @@ def debian_root(packages: Sequence[str] = SYSTEMD_PACKAGES, *, variant: str = "m
         shutil.rmtree(target, ignore_errors=True)
         building.rename(target)
     return target
+
+
+def _unmount_under(path: Path) -> None:
+    """Unmount whatever is mounted at or below `path` (deepest first), so that removing it cannot reach into /proc,
+    /sys or a bind-mounted /dev of the host."""
+    prefix = str(path.resolve())
+    mounts = []
+    with open("/proc/self/mounts", encoding="utf-8") as handle:
+        for line in handle:
+            point = line.split()[1].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                mounts.append(point)
+    for point in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, check=False, timeout=60)
 
 
 def copy_root(source: Path, destination: Path) -> Path:

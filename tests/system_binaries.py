@@ -25,6 +25,10 @@ DEBIAN_PACKAGES = {
     "systemd-nspawn": "systemd-container",
     "dockerd": "docker.io",
     "docker": "docker.io",
+    "containerd": "docker.io",
+    # The test's dockerd runs in network and mount namespaces of its own (tests/docker_engine.py).
+    "unshare": "util-linux",
+    "ip": "iproute2",
     # The operator console's browser tests (Playwright drives Debian's Chromium; no browser is ever downloaded).
     "chromium": "chromium",
     # The off-host backup repository's server and client (OpenSSH) and PostgreSQL's point-in-time recovery.

@@ -22,11 +22,11 @@ PINNED_IMAGES = {
     "alertmanager": "prom/alertmanager:v0.27.",
     "grafana": "grafana/grafana:11.",
     "node-exporter": "prom/node-exporter:v1.8.",
-    "postgres": "postgres:16.",
+    "postgres": "postgres:15.",
 }
 BUILT_SERVICES = {"paper-bot": "paper-bot", "reconciler": "reconciler"}
-# Fully pinned: a Python patch release and a Debian release.
-BASE_IMAGE = re.compile(r"^FROM python:3\.11\.\d+-slim-[a-z]+$", re.MULTILINE)
+# Fully pinned: a Debian point release (Debian's own Python and PostgreSQL client come with it).
+BASE_IMAGE = re.compile(r"^FROM debian:12\.\d+-slim$", re.MULTILINE)
 # The PostgreSQL client the image installs, by major version.
 PG_MAJOR = re.compile(r"^ARG PG_MAJOR=(\d+)$", re.MULTILINE)
 # What each service waits for before it starts: no crash loop while the schema is being created.
@@ -119,7 +119,7 @@ def test_bot_and_reconciler_are_built_from_the_repository_dockerfile() -> None:
         assert services[name]["build"] == "."
         assert services[name]["command"][-1] == subcommand
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    assert dockerfile.startswith("#") and BASE_IMAGE.search(dockerfile), "base image not pinned to a patch release"
+    assert dockerfile.startswith("#") and BASE_IMAGE.search(dockerfile), "base image not pinned to a point release"
     assert 'ENTRYPOINT ["trading-ops"]' in dockerfile
 
 
@@ -283,7 +283,8 @@ def test_the_image_ships_the_postgresql_client_of_the_compose_database() -> None
     image = compose()["services"]["postgres"]["image"]
     assert image.split(":")[1].split(".")[0] == found.group(1), f"client {found.group(1)} for server {image}"
     install = dockerfile[found.end() : dockerfile.index("WORKDIR /src")]
-    assert '"postgresql-client-${PG_MAJOR}"' in install and "apt.postgresql.org" in install
+    # Debian's own client (bookworm ships PostgreSQL 15, the server's major version): no third-party repository.
+    assert '"postgresql-client-${PG_MAJOR}"' in install and "http" not in install
     # The build fails unless both programs of that version are on PATH, where backup.pg_dump/pg_restore look.
     for program in ("pg_dump", "pg_restore"):
         assert f'{program} --version | grep -q "(PostgreSQL) ${{PG_MAJOR}}\\."' in install, program

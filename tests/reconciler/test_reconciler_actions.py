@@ -4,6 +4,7 @@ an apprise target. Exec never goes through a shell; label values reach it only a
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -400,34 +401,50 @@ async def test_signal_sends_to_the_pid_in_the_pidfile(tmp_path: Path) -> None:
         proc.wait()
 
 
-async def test_docker_restarts_a_container_through_the_engine_api_socket(tmp_path: Path) -> None:
-    calls: list[tuple[str, str]] = []
+@pytest.mark.timeout(900)  # the first run on a machine makes the Debian root of the image (a few minutes)
+async def test_docker_restarts_a_container_through_the_engine_api_socket(tmp_path: Path, docker_engine: Any) -> None:
+    """On a real Docker engine (this run's own dockerd, tests/docker_engine.py): the container is restarted (the same
+    container, started anew), a missing one is the engine's own 404, and a name that is no container name never
+    reaches the engine."""
+    from compose_images import ensure_base_image
 
-    async def restart(request: web.Request) -> web.Response:
-        calls.append((request.match_info["name"], request.query.get("t", "")))
-        if request.match_info["name"] != "paper-bot":
-            return web.json_response({"message": "No such container"}, status=404)
-        return web.Response(status=204)
+    image = ensure_base_image(docker_engine)
+    name = f"paper-bot-{os.getpid()}"
+    # Like a bot, it ends at SIGTERM.
+    loop = "trap 'exit 0' TERM; while :; do sleep 0.2; done"
+    docker_engine.docker("run", "-d", "--name", name, "--network", "none", image, "sh", "-c", loop)
 
-    app = web.Application()
-    app.router.add_post("/containers/{name}/restart", restart)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = str(tmp_path / "docker.sock")
-    await web.UnixSite(runner, sock).start()
+    def state() -> dict[str, Any]:
+        return dict(json.loads(docker_engine.docker("inspect", name).stdout)[0]["State"])
+
     try:
+        before = state()
+        assert before["Running"], before
+        socket = str(docker_engine.socket)
         async with aiohttp.ClientSession() as s:
-            c = ctx(tmp_path, s, {"container": "paper-bot"}, docker_socket=sock)
-            assert (await run(c, "docker", {"container": "${container}", "stop_timeout": 5})).ok
-            missing = await run(ctx(tmp_path, s, docker_socket=sock), "docker", {"container": "gone"})
-            assert missing.outcome == "failure" and "404" in missing.output
+            c = ctx(tmp_path, s, {"container": name}, docker_socket=socket)
+            result = await run(c, "docker", {"container": "${container}", "stop_timeout": 5}, timeout=60)
+            assert result.ok and result.output.startswith("HTTP 204"), result.output
+            after = state()
+            assert after["Running"] and after["StartedAt"] != before["StartedAt"] and after["Pid"] != before["Pid"]
+            missing = await run(ctx(tmp_path, s, docker_socket=socket), "docker", {"container": f"gone-{name}"})
+            assert (
+                missing.outcome == "failure" and "HTTP 404" in missing.output and "No such container" in missing.output
+            )
             with pytest.raises(Refused):
                 await run(
-                    ctx(tmp_path, s, {"container": "../x"}, docker_socket=sock), "docker", {"container": "${container}"}
+                    ctx(tmp_path, s, {"container": "../x"}, docker_socket=socket),
+                    "docker",
+                    {"container": "${container}"},
                 )
-        assert calls == [("paper-bot", "5"), ("gone", "10")]
+            # No engine on the socket: a failure that says so, not an exception.
+            nothing = await run(
+                ctx(tmp_path, s, docker_socket=str(tmp_path / "none.sock")), "docker", {"container": name}
+            )
+            assert nothing.outcome == "failure" and f"docker restart {name}" in nothing.output
+        assert state()["StartedAt"] == after["StartedAt"], "only the one restart reached the engine"
     finally:
-        await runner.cleanup()
+        docker_engine.docker("rm", "-f", name, check=False)
 
 
 # ---- silence, notify -----------------------------------------------------------------------------------

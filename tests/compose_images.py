@@ -1,0 +1,195 @@
+"""The images the compose deployment test runs on a real Docker engine where no registry is reachable.
+
+- The Dockerfile's base (`FROM debian:12.N-slim`): a debootstrap bookworm root (tests/debian_root.py) imported under
+  that name. It holds the packages the Dockerfile installs with apt (Debian's python3, python3-venv and the
+  PostgreSQL client), and no apt sources: the build has no network, and `apt-get install` of what a root already
+  holds succeeds offline. The image is then built from the Dockerfile as shipped.
+- Python packages: a wheelhouse of constraints.txt's pins for Debian's Python 3.11, downloaded on this machine with
+  pip (cached, keyed by constraints.txt and the project's requirements) and given to the build with
+  `--build-arg WHEELHOUSE=wheelhouse` (the Dockerfile's offline path).
+- PostgreSQL, Prometheus, Alertmanager and the node exporter: Debian's packages (postgresql-15, prometheus,
+  prometheus-alertmanager, prometheus-node-exporter) in one debootstrap root, and a small image per service from it
+  (its entrypoint and user); the compose override of the test names these images instead of the registry's.
+  The postgres image's entrypoint takes what docker-compose.yml gives the official one (POSTGRES_USER,
+  POSTGRES_DB, POSTGRES_PASSWORD_FILE, the data in /var/lib/postgresql/data, started as root and switching to the
+  postgres user). Grafana has no Debian package: the test does not run it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from debian_root import cache_dir as roots_cache_dir
+from debian_root import debian_root, root_key
+from docker_engine import DockerEngine
+from system_binaries import REPO_ROOT
+
+# What the Dockerfile installs with apt (its PG_MAJOR: Debian bookworm's PostgreSQL).
+BASE_PACKAGES = ("python3", "python3-venv", "postgresql-client-15")
+SERVICE_PACKAGES = ("postgresql-15", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "wget")
+FROM_LINE = re.compile(r"^FROM (\S+)$", re.MULTILINE)
+# Debian bookworm's interpreter, for which the wheelhouse is downloaded.
+WHEEL_TARGET = [
+    "--only-binary=:all:",
+    "--python-version=3.11",
+    "--implementation=cp",
+    "--abi=cp311",
+    "--platform=manylinux_2_28_x86_64",
+    "--platform=manylinux_2_17_x86_64",
+    "--platform=manylinux2014_x86_64",
+    "--platform=linux_x86_64",
+]
+
+POSTGRES_ENTRYPOINT = r"""#!/bin/sh
+# What docker-compose.yml gives the official postgres image: POSTGRES_USER, POSTGRES_DB, POSTGRES_PASSWORD_FILE (read
+# as root, as the official entrypoint does), the data in /var/lib/postgresql/data; the server runs as postgres.
+set -eu
+export PGDATA=/var/lib/postgresql/data
+if [ "$(id -u)" = 0 ]; then
+    chown postgres:postgres "$PGDATA" /var/run/postgresql
+    chmod 700 "$PGDATA"
+    POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+    export POSTGRES_PASSWORD
+    exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
+fi
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    pwfile="$(mktemp)"
+    printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+    initdb --username="$POSTGRES_USER" --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256 \
+        --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+    rm -f "$pwfile"
+    echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+    echo "CREATE DATABASE \"$POSTGRES_DB\";" | postgres --single -D "$PGDATA" postgres >/dev/null
+fi
+unset POSTGRES_PASSWORD
+exec postgres -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql
+"""
+
+# Each service image: the lines after FROM (the imported services root).
+SERVICE_IMAGES = {
+    "postgres": (
+        "trading-ops-test/postgres:15",
+        [
+            "ENV PATH=/usr/lib/postgresql/15/bin:$PATH",
+            "COPY entrypoint.sh /usr/local/bin/docker-entrypoint.sh",
+            "RUN chmod 755 /usr/local/bin/docker-entrypoint.sh"
+            " && install -d -o postgres -g postgres -m 700 /var/lib/postgresql/data",
+            "STOPSIGNAL SIGINT",
+            'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]',
+            'CMD ["postgres"]',
+        ],
+    ),
+    "prometheus": (
+        "trading-ops-test/prometheus:debian",
+        [
+            "RUN install -d -o nobody -g nogroup /prometheus",
+            "USER nobody",
+            "WORKDIR /prometheus",
+            'ENTRYPOINT ["/usr/bin/prometheus"]',
+        ],
+    ),
+    "alertmanager": (
+        "trading-ops-test/alertmanager:debian",
+        [
+            "RUN install -d -o nobody -g nogroup /alertmanager && install -d /etc/alertmanager/secrets",
+            "USER nobody",
+            "WORKDIR /alertmanager",
+            'ENTRYPOINT ["/usr/bin/prometheus-alertmanager"]',
+        ],
+    ),
+    "node-exporter": (
+        "trading-ops-test/node-exporter:debian",
+        ["USER nobody", 'ENTRYPOINT ["/usr/bin/prometheus-node-exporter"]'],
+    ),
+}
+
+
+def base_image_name() -> str:
+    found = FROM_LINE.search((REPO_ROOT / "Dockerfile").read_text())
+    assert found, "the Dockerfile has no FROM line"
+    return found.group(1)
+
+
+def ensure_base_image(engine: DockerEngine) -> str:
+    """The Dockerfile's base image, imported from the cached root (re-imported when the root's key changes)."""
+    name = base_image_name()
+    root = debian_root(BASE_PACKAGES)
+    engine.import_root(root, name, made_key(root, BASE_PACKAGES), changes=['CMD ["bash"]'])
+    return name
+
+
+def made_key(root: Path, packages: tuple[str, ...]) -> str:
+    """A root's cache key and when it was made: a root made anew (its cache deleted, newer packages) is imported
+    anew."""
+    return f"{root_key(packages)}-{(root / '.complete').stat().st_mtime_ns}"
+
+
+def ensure_service_images(engine: DockerEngine, workdir: Path) -> dict[str, str]:
+    """service name -> image, built from the imported services root. Docker's build cache makes a rebuild with
+    unchanged inputs a no-op, and a changed one (a new root, a changed entrypoint) rebuilds."""
+    root = debian_root(SERVICE_PACKAGES)
+    root_image = f"trading-ops-test/debian-services:{root_key(SERVICE_PACKAGES).rsplit('-', 1)[1]}"
+    engine.import_root(root, root_image, made_key(root, SERVICE_PACKAGES))
+    images = {}
+    for service, (image, lines) in SERVICE_IMAGES.items():
+        context = workdir / f"image-{service}"
+        context.mkdir(parents=True, exist_ok=True)
+        (context / "Dockerfile").write_text("\n".join([f"FROM {root_image}", *lines]) + "\n")
+        if service == "postgres":
+            (context / "entrypoint.sh").write_text(POSTGRES_ENTRYPOINT)
+        engine.docker("build", "--network=none", "-q", "-t", image, str(context))
+        images[service] = image
+    return images
+
+
+def project_requirements() -> list[str]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    return [
+        *project["project"]["dependencies"],
+        *project["project"]["optional-dependencies"]["postgres"],
+        *project["build-system"]["requires"],
+    ]
+
+
+def wheelhouse() -> Path:
+    """constraints.txt's wheels for Debian bookworm's Python (with the build backend), downloaded once per machine and
+    cached under ~/.cache/trading-ops/wheelhouse, keyed by constraints.txt and the project's requirements."""
+    requirements = project_requirements()
+    constraints = REPO_ROOT / "constraints.txt"
+    spec = constraints.read_bytes() + "\n".join([*requirements, *WHEEL_TARGET]).encode()
+    target = roots_cache_dir().parent / "wheelhouse" / hashlib.sha256(spec).hexdigest()[:16]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        building = target.with_name(target.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--dest",
+            str(building),
+            *WHEEL_TARGET,
+            "-c",
+            str(constraints),
+        ]
+        result = subprocess.run([*command, *requirements], capture_output=True, text=True, timeout=900, check=False)
+        if result.returncode != 0:
+            last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            pytest.fail(f"pip download of the image's wheels failed: {last[0]}", pytrace=False)
+        (building / ".complete").write_text("\n".join(requirements) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        building.rename(target)
+    return target

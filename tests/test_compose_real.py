@@ -1,0 +1,247 @@
+"""docker-compose.yml on a real Docker engine: the image built from the Dockerfile, `docker-compose up` of the shipped
+file, every healthcheck healthy, Prometheus scraping the bot and the reconciler over the compose network, and a
+hung bot container restarted by the reconciler's `docker` action (playbook docker.yml) and verified healthy again.
+
+The engine is this run's own dockerd in namespaces of its own (tests/docker_engine.py); no registry is reachable, so
+the images come from Debian roots (tests/compose_images.py). The override file of the test changes only what must
+differ here: the images of the registry's services, the Docker socket the reconciler mounts, the wheelhouse of the
+offline build, and the compose network made `internal`. Grafana has no Debian package and is not started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from compose_images import ensure_base_image, ensure_service_images, wheelhouse
+from docker_engine import DockerEngine
+from system_binaries import REPO_ROOT, require_binary
+
+# The first run on a machine makes two Debian roots and builds every image from scratch (several minutes).
+pytestmark = pytest.mark.timeout(1200)
+
+PROJECT = "tradingops"
+BOT_CONTAINER = "trading-ops-paper-bot"
+# Every service of docker-compose.yml but Grafana (no Debian package, no registry) and the freqtrade profile's.
+SERVICES = ["postgres", "db-migrate", "paper-bot", "reconciler", "prometheus", "alertmanager", "node-exporter"]
+LONG_RUNNING = [s for s in SERVICES if s != "db-migrate"]
+# The build context and the configuration folders compose mounts: what a user's checkout holds.
+COPIED = [
+    "Dockerfile",
+    ".dockerignore",
+    "docker-compose.yml",
+    "trading-ops.docker.yaml",
+    "pyproject.toml",
+    "README.md",
+    "constraints.txt",
+    "trading_ops",
+    "wheelhouse",
+    "prometheus",
+    "alertmanager",
+    "grafana",
+]
+
+
+@dataclass
+class Stack:
+    engine: DockerEngine
+    project_dir: Path
+    env: dict[str, str]
+    timings: dict[str, float]
+    started: float
+
+    def mark(self, what: str) -> None:
+        """Seconds since the fixture started, for the report."""
+        self.timings[what] = round(time.monotonic() - self.started, 1)
+
+    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [require_binary("docker-compose"), "-p", PROJECT, "-f", "docker-compose.yml"]
+        argv += ["-f", "docker-compose.test.yml", *args]
+        try:
+            result = subprocess.run(
+                argv, cwd=self.project_dir, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            logs = self.logs() if args[0] != "logs" else ""
+            raise AssertionError(f"docker-compose {args[0]}: no end within {timeout:g}s; logs:\n{logs}") from None
+        if check and result.returncode != 0:
+            last = (result.stderr or result.stdout).strip().splitlines()[-5:]
+            raise AssertionError(f"docker-compose {args[0]} failed (exit {result.returncode}): {' | '.join(last)}")
+        return result
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "-q", service).stdout.strip()
+
+    def inspect(self, container: str) -> dict[str, Any]:
+        return dict(json.loads(self.engine.docker("inspect", container).stdout)[0])
+
+    def health(self) -> dict[str, str]:
+        states = {}
+        for service in LONG_RUNNING:
+            container = self.container(service)
+            state = self.inspect(container)["State"] if container else {}
+            states[service] = state.get("Health", {}).get("Status", state.get("Status", "missing"))
+        return states
+
+    def prometheus(self, query: str) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:9090/api/v1/query?query={query}"
+        out = self.engine.docker("exec", self.container("prometheus"), "wget", "-q", "-O", "-", url).stdout
+        return list(json.loads(out)["data"]["result"])
+
+    def episodes(self) -> list[dict[str, Any]]:
+        script = (
+            "import urllib.request, pathlib; token = pathlib.Path('/run/secrets/reconciler-read-token').read_text()"
+            ".strip(); request = urllib.request.Request('http://127.0.0.1:9102/api/v1/episodes', headers="
+            "{'Authorization': 'Bearer ' + token}); print(urllib.request.urlopen(request, timeout=5).read().decode())"
+        )
+        out = self.engine.docker("exec", self.container("reconciler"), "python", "-c", script).stdout
+        return list(json.loads(out)["episodes"])
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail", "20", timeout=60, check=False).stdout
+
+
+def write_secrets(folder: Path) -> None:
+    """The secret files, as secrets/README.md has a user create them."""
+    script = (REPO_ROOT / "secrets" / "README.md").read_text().split("```sh\n", 1)[1].split("```", 1)[0]
+    folder.mkdir()
+    subprocess.run(["sh", "-euc", script], cwd=folder.parent, check=True, timeout=60)
+
+
+def override(images: dict[str, str], socket: Path) -> dict[str, Any]:
+    services: dict[str, Any] = {name: {"image": image} for name, image in images.items()}
+    # The image is built once (the other services use it by its name, trading-ops:local), offline.
+    services["db-migrate"] = {"build": {"context": ".", "network": "none", "args": {"WHEELHOUSE": "wheelhouse"}}}
+    services["reconciler"] = {"volumes": [f"{socket}:/var/run/docker.sock"]}
+    return {"version": "3.8", "services": services, "networks": {"default": {"internal": True}}}
+
+
+@pytest.fixture(scope="module")
+def stack(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_binary("docker-compose")
+    project_dir = tmp_path_factory.mktemp("compose")
+    env = {**docker_engine.env, "DOCKER_GID": str(docker_engine.socket.stat().st_gid)}
+    # docker-compose builds through the engine's API (the classic builder), not through a `docker buildx` plugin.
+    env |= {"COMPOSE_DOCKER_CLI_BUILD": "0", "DOCKER_BUILDKIT": "0"}
+    stack = Stack(docker_engine, project_dir, env, {}, time.monotonic())
+    for name in COPIED:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project_dir / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(source, project_dir / name)
+    for wheel in wheelhouse().glob("*.whl"):
+        shutil.copy(wheel, project_dir / "wheelhouse" / wheel.name)
+    stack.mark("wheelhouse")
+    write_secrets(project_dir / "secrets")
+    ensure_base_image(docker_engine)
+    images = ensure_service_images(docker_engine, project_dir)
+    stack.mark("images")
+    (project_dir / "docker-compose.test.yml").write_text(yaml.safe_dump(override(images, docker_engine.socket)))
+    try:
+        stack.compose("build", "db-migrate")
+        stack.mark("build")
+        # Returns once db-migrate completed and every service started (healthy where one waits on it).
+        stack.compose("up", "-d", *SERVICES, timeout=300)
+        stack.mark("up")
+        yield stack
+    finally:
+        try:
+            stack.compose("down", "-v", "-t", "5", timeout=300)
+        except AssertionError:
+            pass
+        print(f"compose deployment timings (s since the fixture started): {json.dumps(stack.timings)}")
+
+
+def bot_id(stack: Stack) -> str:
+    return str(stack.inspect(BOT_CONTAINER)["Id"])
+
+
+def wait_until(what: str, check: Any, timeout: float, stack: Stack, interval: float = 2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not within {timeout:g}s (last: {last}); logs:\n{stack.logs()}")
+
+
+def test_every_service_becomes_healthy(stack: Stack) -> None:
+    def all_healthy() -> dict[str, str] | None:
+        states = stack.health()
+        return states if set(states.values()) == {"healthy"} else None
+
+    states = wait_until("every service healthy", all_healthy, 300, stack)
+    stack.mark("healthy")
+    assert states == dict.fromkeys(LONG_RUNNING, "healthy")
+    migrate = stack.inspect(stack.container("db-migrate"))["State"]
+    assert (migrate["Status"], migrate["ExitCode"]) == ("exited", 0)
+    # Nothing in the stack reaches beyond the machine: the compose network has no way out.
+    network = json.loads(stack.engine.docker("network", "inspect", f"{PROJECT}_default").stdout)[0]
+    assert network["Internal"] is True and set(network["Containers"]) >= {bot_id(stack)}
+    # As docker-compose.yml asks: read-only, unprivileged, bounded, and the image's own user.
+    bot = stack.inspect(BOT_CONTAINER)
+    assert bot["HostConfig"]["ReadonlyRootfs"] is True and bot["HostConfig"]["CapDrop"] == ["ALL"]
+    assert bot["HostConfig"]["Memory"] == 512 * 1024 * 1024 and bot["Config"]["User"] == "trading"
+    # The image is Debian's Python and PostgreSQL client, pg_dump of the server's major version.
+    version = stack.engine.docker("exec", BOT_CONTAINER, "pg_dump", "--version").stdout
+    server = stack.engine.docker("exec", stack.container("postgres"), "postgres", "--version").stdout
+    assert version.split()[2].split(".")[0] == server.split()[2].split(".")[0] == "15", (version, server)
+
+
+def test_prometheus_scrapes_the_bot_and_the_reconciler_over_the_compose_network(stack: Stack) -> None:
+    def both_up() -> dict[str, float] | None:
+        up = {r["metric"]["job"]: float(r["value"][1]) for r in stack.prometheus("up")}
+        return up if up.get("tradingbot") == 1 and up.get("trading-ops-reconciler") == 1 else None
+
+    up = wait_until("up == 1 for the bot and the reconciler", both_up, 120, stack)
+    assert up["tradingbot"] == up["trading-ops-reconciler"] == 1
+    targets = {r["metric"]["instance"] for r in stack.prometheus('up{job=~"tradingbot|trading-ops-reconciler"}')}
+    assert targets == {"paper-bot:9101", "reconciler:9102"}
+
+
+def test_a_hung_bot_container_is_restarted_by_the_reconcilers_docker_action(stack: Stack) -> None:
+    """SIGSTOP the bot's process (it hangs: Docker's restart policy does not act on it, its healthcheck fails):
+    TradingBotDown fires, Alertmanager posts it to the reconciler, whose docker playbook restarts the container
+    through the engine's API on the mounted socket, and verifies the bot is scraped again."""
+    test_prometheus_scrapes_the_bot_and_the_reconciler_over_the_compose_network(stack)
+    before = stack.inspect(BOT_CONTAINER)["State"]
+    os.kill(before["Pid"], signal.SIGSTOP)
+    hung = time.monotonic()
+
+    def restarted() -> dict[str, Any] | None:
+        state = stack.inspect(BOT_CONTAINER)["State"]
+        return state if state["StartedAt"] != before["StartedAt"] else None
+
+    try:
+        wait_until("the bot's container restarted", restarted, 240, stack)
+    finally:
+        # Not restarted (a failure): let it go on, so that compose down stops it.
+        if stack.inspect(BOT_CONTAINER)["State"]["Pid"] == before["Pid"]:
+            os.kill(before["Pid"], signal.SIGCONT)
+
+    def verified() -> dict[str, Any] | None:
+        for episode in stack.episodes():
+            if episode["alertname"] == "TradingBotDown" and episode["state"] == "recovered":
+                return episode
+        return None
+
+    episode = wait_until("the episode verified", verified, 180, stack, interval=3)
+    stack.timings["hang_to_verified"] = round(time.monotonic() - hung, 1)
+    steps = [step for attempt in episode["attempts"] for step in attempt["steps"]]
+    assert [(s["action"], s["outcome"]) for s in steps] == [("docker", "success")], episode
+    assert "HTTP 204" in steps[0]["output"], steps
+    assert episode["rule"] == "bot-restart" and episode["labels"]["instance"] == "paper-bot:9101"
+    wait_until("the bot healthy again", lambda: stack.health()["paper-bot"] == "healthy", 180, stack)
