@@ -16,11 +16,12 @@ from nautilus_trader.system.config import ImportableControllerConfig
 from nautilus_trader.trading.controller import Controller
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.control import SOURCE_RISK
+from trading_ops.bot.control import COMMAND_SCOPES, SOURCE_RISK, Caller
 from trading_ops.bot.state import TradingState as OpsState
 from trading_ops.integrations.nautilus.control import NautilusControl
 from trading_ops.integrations.nautilus.exporter import NautilusExporter
 from trading_ops.integrations.nautilus.server import ServerThread, on_loop
+from trading_ops.scopes import DESTRUCTIVE, TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,14 @@ class _ThreadedControl:
     def has(self, name: str) -> bool:
         return self._control.has(name)
 
-    async def run(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    def scope(self, name: str) -> str:
+        """The scope a token needs to send command `name` (the library's: status read, pause operate, flatten
+        destructive)."""
+        return COMMAND_SCOPES.get(name, DESTRUCTIVE)
+
+    async def run(self, name: str, args: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
+        if caller is not None:
+            log.info("control %s by %s", name, caller)
         result: dict[str, Any] = await on_loop(
             self._loop, lambda: self._control.run(name, args), COMMAND_TIMEOUT_SECONDS
         )
@@ -276,7 +284,8 @@ class _Instrumentation:
         self._controller = controller
         self.control = control
         self.registry = controller.registry
-        self.token = controller.token
+        # The controller's one token has every right of its API, as a bot's single control_token has.
+        self.tokens = TokenSet.single(controller.token)
         self.metrics = controller.metrics
         assert controller.exporter is not None
         self.state = _StateView(controller.exporter)

@@ -20,7 +20,7 @@ from nautilus_trader.model.events import (
 from nautilus_trader.model.identifiers import Venue
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
-from trading_ops.bot.control import COUNTED_SOURCES, STATE_COMMANDS
+from trading_ops.bot.control import HEADER_SOURCES, SOURCE_RISK, STATE_COMMANDS
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.state import TradingState as OpsState
@@ -133,7 +133,7 @@ class NautilusExporter:
         self.metrics = BotMetrics(
             venue=venue, strategy=strategy, registry=registry, daily_loss_limit=daily_loss_limit, clock=time.time
         )
-        self.metrics.control_commands_known(STATE_COMMANDS, COUNTED_SOURCES)
+        self.metrics.control_commands_known(STATE_COMMANDS, (*HEADER_SOURCES, SOURCE_RISK))
         self.reconciliation = ReconciliationMetrics(self.metrics)
         self.state = StateGauges(registry)
         ProcessCollector(registry=registry)
