@@ -46,6 +46,7 @@ from trading_ops.venues.ccxt import CcxtBroker
 
 GOAL_RATIO = 1.1
 NEVER = 3600.0
+BTC_DEPOSIT = 1000  # on the gateway's account, for the round trips' resting sells
 STARTUP_SECONDS = 60.0
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,7 +171,7 @@ async def reconciliation(base: str, key: str, secret: str, orders: int, workdir:
         if i % 2 == 0:
             request = OrderRequest(f"r-{i}", "ETH-USD", Side.BUY, OrderType.MARKET, Decimal("0.01"))
         else:
-            request = OrderRequest(f"r-{i}", "SOL-USD", Side.SELL, OrderType.LIMIT, Decimal("0.01"), Decimal("9999"))
+            request = OrderRequest(f"r-{i}", "SOL-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), Decimal("1"))
         await journal.call(journal.order_submitted, request, "bench")
         answer = await placing.submit(request)
         await journal.call(journal.order_update, answer)
@@ -233,6 +234,8 @@ def serve(port: int) -> int:
         rate_limit_per_second=1e9,
         rate_limit_burst=1e9,
     )
+    # A spot account sells only what it holds, as on Kraken: the round trips' resting sells need the BTC.
+    asyncio.run(venue.transfer("BTC", Decimal(BTC_DEPOSIT)))
     keys = json.loads(os.environ["BENCH_GATEWAY_KEYS"])
     web.run_app(
         create_app(KrakenGateway(venue, keys, "bench")), host="127.0.0.1", port=port, print=None, access_log=None

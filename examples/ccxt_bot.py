@@ -9,17 +9,11 @@ shutdown on SIGTERM. Run `trading-ops db upgrade` once before the first start.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections import deque
 from decimal import Decimal
 
-from trading_ops import logsetup
-from trading_ops.bot.broker import BrokerError, OrderType, Side
-from trading_ops.bot.instance_lock import AnotherInstanceRunning
-from trading_ops.bot.runtime import BotRuntime
-from trading_ops.bot.strategy import StrategyContext
-from trading_ops.config import ConfigError, load_config
+from trading_ops.bot import OrderType, Side, StrategyContext, run
 from trading_ops.venues.ccxt import broker_from_config
 
 ORDER_NOTIONAL = Decimal("100")  # in the quote asset, per order
@@ -66,27 +60,11 @@ class MeanReverter:
                 await ctx.submit(symbol, Side.SELL, OrderType.MARKET, held, reduce_only=True)
 
 
-async def run(path: str) -> None:
-    config = load_config(path)
-    logsetup.setup(config.logging.level, config.logging.format)
-    broker = broker_from_config(config)  # config.ccxt: the exchange, its keys, its urls (the paper gateway's)
-    symbols = list(config.ccxt.symbols)
-    quote_asset = symbols[0].partition("-")[2]
-    bot = BotRuntime(config, broker, MeanReverter(), symbols=symbols, quote_asset=quote_asset, own_process=True)
-    await bot.run(force_exit=True)  # serves bot.listen until SIGTERM or SIGINT, then stops within the deadline
-
-
 def main(argv: list[str]) -> int:
     """0 after a clean stop; one line on stderr and 2 for a configuration problem, 1 for a failure."""
-    try:
-        asyncio.run(run(argv[1] if len(argv) > 1 else "trading-ops.yaml"))
-    except ConfigError as exc:
-        print(f"ccxt_bot: config: {exc}", file=sys.stderr)
-        return 2
-    except (AnotherInstanceRunning, BrokerError, OSError) as exc:
-        print(f"ccxt_bot: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    # config.ccxt: the exchange, its keys, its urls (the paper gateway's), the symbols; trades until SIGTERM or SIGINT,
+    # then stops within recovery.shutdown_deadline_seconds.
+    return run(MeanReverter(), broker_from_config, argv[1] if len(argv) > 1 else "trading-ops.yaml")
 
 
 if __name__ == "__main__":

@@ -434,7 +434,7 @@ async def wait_for_value(probe: Any, timeout: float = 60.0) -> Any:
 
 
 def test_the_library_docs_show_the_example_as_it_is_and_a_configuration_on_the_gateway() -> None:
-    section = LIBRARY_DOCS.read_text().split("# Using the library in a bot", 1)[1].split("\n## ", 1)[0]
+    section = LIBRARY_DOCS.read_text().split("## A whole bot on any ccxt exchange", 1)[1].split("\n## ", 1)[0]
     python, config = (re.search(rf"```{lang}\n(.*?)```", section, re.DOTALL) for lang in ("python", "yaml"))
     assert python is not None and config is not None
     example = EXAMPLE.read_text()

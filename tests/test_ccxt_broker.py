@@ -577,3 +577,36 @@ async def test_an_order_placed_by_hand_without_a_client_order_id() -> None:
         finally:
             await by_hand.close()
             await broker.close()
+
+
+async def test_krakens_price_rejects_funds_and_a_wrong_secret_are_the_classes_they_are() -> None:
+    """Kraken words a refused price `EOrder:Invalid price:<why>`, of which stock ccxt knows one wording: the broker
+    counts every one as `invalid_order` (the gateway's random price_out_of_band reject included), a busy venue as
+    `unavailable`, a sell of what the spot account does not hold as `insufficient_funds`, a wrong secret as `auth`."""
+    async with running_gateway(reject_probability=1.0) as (gateway, base):
+        broker, wrong = connected_broker(base), connected_broker(base, client={"secret": OTHER_SECRET})
+        try:
+            await broker.connect(BrokerEvents())
+            classes = set()
+            for i in range(40):
+                with pytest.raises(BrokerError) as info:
+                    await broker.submit(limit(f"r-{i}"))
+                classes.add((info.value.error_class, "EOrder:Invalid price" in str(info.value)))
+                if len(classes) == 2:
+                    break
+            assert classes == {("invalid_order", True), ("unavailable", False)}
+            gateway.venue.reject_probability = 0.0
+            with pytest.raises(ccxt.InvalidOrder, match="price can only be specified up to 2 decimals") as raised:
+                await broker.exchange.private_post_addorder(
+                    {"pair": "XXBTZUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "1.001"}
+                )
+            assert error_class(raised.value) == "invalid_order"
+            with pytest.raises(BrokerError) as info:
+                await broker.submit(market("s-1", "SOL-USD", Side.SELL, "1"))
+            assert info.value.error_class == "insufficient_funds" and not info.value.outcome_unknown
+            with pytest.raises(BrokerError) as info:
+                await wrong.connect(BrokerEvents())
+            assert info.value.error_class == "auth"
+        finally:
+            await broker.close()
+            await wrong.close()

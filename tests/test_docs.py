@@ -4,18 +4,28 @@ A fenced block of commands carries a marker comment on the line before it: `<!--
 in it runs here, through the console script's module, and exits 0, or as its comment `# exits N: what it says` says)
 or `<!-- example: TAG -->` with a TAG of NOT_RUN, which says why it cannot run in a test (it is skipped by name, with
 that reason). A block of commands without a marker fails the tests.
+
+`<!-- example: bot -->` marks the three blocks of the bot a newcomer writes ("Writing a bot"): its Python file, its
+configuration and the commands that run it. test_the_bot_example_runs_as_documented writes the first two to files
+and runs the third in that directory.
 """
 
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"
@@ -26,6 +36,7 @@ LINKED_PAGES = [*PAGES, *sorted((REPO_ROOT / "runbooks").glob("*.md")), REPO_ROO
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
 MARKER = re.compile(r"^\s*<!-- example: ([\w-]+) -->\s*$")
 RUN = "run"
+BOT = "bot"  # the blocks of the bot example (test_the_bot_example_runs_as_documented)
 # Why the examples of a tag are not run by this module (each is skipped under its page and line, with this reason).
 NOT_RUN = {
     "needs-stack": "needs the running local stack of `make run` (its bot, reconciler and var/stack/ configuration)",
@@ -176,7 +187,9 @@ def test_the_readme_is_a_front_page() -> None:
 
 def test_every_block_of_commands_is_tagged() -> None:
     untagged = [block.name for block in command_blocks() if block.tag is None]
-    unknown = [f"{block.name} ({block.tag})" for block in command_blocks() if block.tag not in {RUN, None, *NOT_RUN}]
+    unknown = [
+        f"{block.name} ({block.tag})" for block in command_blocks() if block.tag not in {RUN, BOT, None, *NOT_RUN}
+    ]
     assert not untagged, f"blocks of commands without <!-- example: run|{'|'.join(NOT_RUN)} -->: {untagged}"
     assert not unknown, f"unknown example tags: {unknown}"
     assert any(block.tag == RUN for block in command_blocks())
@@ -250,3 +263,98 @@ def test_the_command_line_page_shows_every_commands_help() -> None:
     run = {line.strip() for block in command_blocks() if block.tag == RUN for line in block.lines}
     missing = [name for name in commands if f"trading-ops {name} --help" not in run]
     assert not missing, f"docs/cli.md shows no `trading-ops COMMAND --help` for {missing}"
+
+
+# A log line as the runtime's default logging writes it: time, level, logger, message.
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
+BOT_DEADLINE_SECONDS = 60.0  # to start and trade; a deadline, not a measurement
+
+
+def bot_example() -> tuple[Block, Block, Block]:
+    """The bot example's Python file, configuration and commands (the blocks marked `bot`)."""
+    blocks = [block for page in PAGES for block in fenced_blocks(page) if block.tag == BOT]
+    by_language = {block.language: block for block in blocks}
+    assert len(blocks) == 3 and sorted(by_language) == ["python", "sh", "yaml"], [b.name for b in blocks]
+    return by_language["python"], by_language["yaml"], by_language["sh"]
+
+
+def fills(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = [line for line in text.splitlines() if line.startswith("tradingbot_fills_total{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
+
+
+def test_the_bot_example_runs_as_documented(tmp_path: Path) -> None:
+    """The bot of "Writing a bot" as a newcomer runs it: the file and the configuration as the page shows them (the
+    bot's port made a free one), the page's commands run in that directory. Started before `db upgrade`, the bot
+    stops at once with one line saying to run it; after it, the bot trades on its simulated venue (fills in its
+    /metrics), logs with time and level, and stops cleanly on SIGTERM."""
+    python, config, commands = bot_example()
+    lines = [line.strip() for line in commands.lines if line.strip()]
+    start = next(line for line in lines if line.startswith("python "))
+    _, script, config_name = shlex.split(start)
+    (tmp_path / script).write_text("\n".join(python.lines) + "\n")
+    settings = yaml.safe_load("\n".join(config.lines))
+    port = free_port()
+    settings["bot"]["listen"]["port"] = port
+    (tmp_path / config_name).write_text(yaml.safe_dump(settings))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADING_OPS_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    bot = [sys.executable, script, config_name]
+
+    def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+    for line in lines[: lines.index(start)]:
+        if COMMAND.match(line):  # before the first trading-ops command (db upgrade): the bot cannot start yet
+            early = run(bot)
+            assert early.returncode == 2, early.stderr
+            assert early.stderr.splitlines() == [
+                f"{script}: config: database.url: database is not migrated: run `trading-ops db upgrade`"
+            ]
+            result = run([sys.executable, "-m", "trading_ops", *shlex.split(line, comments=True)[1:]])
+        else:
+            result = run(["bash", "-c", line])
+        assert result.returncode == 0, f"{line}: {result.stdout}{result.stderr}"
+
+    log = tmp_path / "bot.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(bot, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + BOT_DEADLINE_SECONDS
+        traded = 0.0
+        while traded <= 0:
+            assert proc.poll() is None, f"the bot exited with {proc.returncode}: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"no fill within {BOT_DEADLINE_SECONDS:g} s: {log.read_text()[-2000:]}"
+            try:
+                traded = fills(port)
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert any(LOG_LINE.match(line) and "trading BTC-USD on paper" in line for line in text.splitlines()), text
+
+
+def test_the_writing_a_bot_table_names_every_export_with_the_module_it_lives_in() -> None:
+    """`from trading_ops.bot import NAME` for every name of __all__, each in the table of docs/library.md's "Writing a
+    bot" beside the module that defines it: a newcomer finds every name, and where to read it."""
+    from trading_ops import bot
+
+    page = (DOCS / "library.md").read_text()
+    section = page.split("\n## Writing a bot\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for names, modules in re.findall(r"^\| ((?:`\w+`(?:, )?)+) \| ((?:`[\w.]+`(?:, )?)+) \|", section, re.MULTILINE):
+        for name in re.findall(r"`(\w+)`", names):
+            rows[name] = set(re.findall(r"`([\w.]+)`", modules))
+    assert sorted(rows) == sorted(bot.__all__)
+    for name in bot.__all__:
+        assert getattr(bot, name).__module__ in rows[name], name
+    assert set(bot.__all__) <= set(dir(bot))  # what an editor completes

@@ -8,7 +8,7 @@ import asyncio
 import base64
 import subprocess
 import sys
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
 import aiohttp
@@ -113,6 +113,7 @@ async def test_limit_and_market_orders_partial_fills_cancels_history_and_trades(
             with pytest.raises(ccxt.OrderNotFound):
                 await ex.cancel_order(resting["id"])
 
+            await gateway.venue.transfer("SOL", Decimal(1))  # a deposit: a spot account sells only what it holds
             market = await ex.create_order("SOL/USD", "market", "sell", 1, None, {"clientOrderId": "mkt-1"})
             assert market["type"] == "market"
             by_cid = await ex.fetch_open_orders(None, None, None, {"clientOrderId": "mkt-1"})
@@ -121,7 +122,7 @@ async def test_limit_and_market_orders_partial_fills_cancels_history_and_trades(
             balance = await ex.fetch_balance()
             venue = await gateway.venue.balances()
             assert Decimal(str(balance["total"]["USD"])) == venue["USD"].quantize(Decimal("1e-10"))
-            assert Decimal(str(balance["total"]["SOL"])) == venue["SOL"] < 0
+            assert Decimal(str(balance["total"]["SOL"])) == venue["SOL"] < 1
         finally:
             await ex.close()
 
@@ -154,8 +155,8 @@ async def test_authentication_and_the_increasing_nonce() -> None:
             assert (await good.fetch_balance())["total"]["USD"] == 100000
             with pytest.raises(ccxt.AuthenticationError, match="EAPI:Invalid key"):
                 await wrong_key.fetch_balance()
-            # ccxt leaves Kraken's "Invalid signature" as a bare ExchangeError (the broker teaches it better).
-            with pytest.raises(ccxt.ExchangeError, match="EAPI:Invalid signature"):
+            # A wrong secret is Kraken's "Invalid key" too: stock ccxt (and so freqtrade) raises AuthenticationError.
+            with pytest.raises(ccxt.AuthenticationError, match="EAPI:Invalid key"):
                 await wrong_secret.fetch_balance()
             with pytest.raises(ccxt.InvalidNonce, match="EAPI:Invalid nonce"):
                 await stale.fetch_balance()
@@ -176,9 +177,9 @@ async def test_authentication_and_the_increasing_nonce() -> None:
             async with session.post(url, data=body, headers=headers) as r:
                 assert (await r.json()) == {"error": ["EAPI:Invalid nonce"], "result": {}}
             async with session.post(url, data=body + "&x=1", headers=headers) as r:
-                assert (await r.json())["error"] == ["EAPI:Invalid signature"]
+                assert (await r.json())["error"] == ["EAPI:Invalid key"]
             async with session.post(url, data=body, headers={**headers, "API-Sign": "ünïcode"}) as r:
-                assert (await r.json())["error"] == ["EAPI:Invalid signature"]
+                assert (await r.json())["error"] == ["EAPI:Invalid key"]
 
 
 @pytest.mark.parametrize(
@@ -573,3 +574,186 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch) ->
     assert main(["--config", str(config), "gateway-chaos", "clear"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("trading-ops: gateway-chaos: cannot reach http://127.0.0.1:")
+
+
+def _venue_balances_never_negative(gateway) -> None:  # type: ignore[no-untyped-def]
+    for name, venue in gateway.accounts.items():
+        negative = {a: b for a, b in venue._balances.items() if b < 0}
+        assert not negative, f"{name}: {negative}"
+
+
+async def test_a_spot_account_never_goes_negative_and_open_orders_hold_funds_as_kraken_does() -> None:
+    """With ccxt's stock kraken client: a sell beyond the base asset held, or beyond what open sells leave of it,
+    and a buy beyond the quote asset open buys leave (fee included), answer `EOrder:Insufficient funds`
+    (InsufficientFunds) and place nothing; BalanceEx's hold_trade is what ccxt reads as `used`."""
+    async with running_gateway(sub_account=True, starting_balance=Decimal(10_000)) as (gateway, base):
+        ex = kraken(base)
+        ex.number = str
+        try:
+            await ex.load_markets()
+            btc = gateway.venue.quote("BTC-USD")
+            for amount in ("0.01", "1000"):  # none held: what the issue saw sell 1,000 BTC
+                with pytest.raises(ccxt.InsufficientFunds, match="EOrder:Insufficient funds"):
+                    await ex.create_order("BTC/USD", "market", "sell", amount)
+            with pytest.raises(ccxt.InsufficientFunds):  # 5 ETH with none held
+                await ex.create_order("ETH/USD", "limit", "sell", "5", "100000")
+            with pytest.raises(ccxt.InsufficientFunds):  # ~13,000 USD of BTC on 10,000 USD
+                await ex.create_order("BTC/USD", "market", "buy", "0.2")
+            assert await ex.fetch_open_orders() == [] and await ex.fetch_closed_orders() == []  # never existed
+
+            await ex.create_order("BTC/USD", "market", "buy", "0.1")  # ~6,500 USD
+            ask = gateway.venue.quote("BTC-USD").ask
+            resting = await ex.create_order("BTC/USD", "limit", "sell", "0.06", str(ask * 2))  # holds 0.06 BTC
+            balance = await ex.fetch_balance()
+            assert Decimal(balance["BTC"]["total"]) == Decimal("0.1") and Decimal(balance["BTC"]["used"]) == Decimal(
+                "0.06"
+            )
+            with pytest.raises(ccxt.InsufficientFunds):  # 0.04 left free
+                await ex.create_order("BTC/USD", "market", "sell", "0.05")
+            await ex.create_order("BTC/USD", "market", "sell", "0.04")
+
+            fee = max(gateway.venue.maker_fee, gateway.venue.taker_fee)
+            await ex.create_order("ETH/USD", "limit", "buy", "1", "1000")  # holds 1,000 USD plus the fee
+            balance = await ex.fetch_balance()
+            assert Decimal(balance["USD"]["used"]) == Decimal(1000) * (1 + fee)
+            free = Decimal(balance["USD"]["free"])
+            with pytest.raises(ccxt.InsufficientFunds):  # a limit buy that would spend just over what is free
+                await ex.create_order("ETH/USD", "limit", "buy", "1", str((free / (1 + fee) + 1).quantize(btc.bid)))
+            await ex.cancel_order(resting["id"])
+            assert Decimal((await ex.fetch_balance())["BTC"]["used"]) == 0
+            # A fault cannot make a spot account hold less than nothing either.
+            status, body = await chaos(base, "position_drift", symbol="ETH-USD", quantity=-1, account=SUB_ACCOUNT)
+            assert status == 400 and "cannot pay" in body["error"]
+            _venue_balances_never_negative(gateway)
+        finally:
+            await ex.close()
+
+
+async def test_a_market_buy_filling_over_time_never_spends_more_than_the_account_holds() -> None:
+    """A market buy partly filled, the price rising under the rest: a spot account pays for what it can and the rest
+    is canceled; no balance goes negative, whatever the partial fills and the prices do."""
+    async with running_gateway(
+        partial_fill_probability=1.0, tick_interval=0.01, volatility=0.02, starting_balance=Decimal(1000)
+    ) as (gateway, base):
+        ex = kraken(base)
+        try:
+            await ex.load_markets()
+            for _ in range(10):  # each time all the account can pay for at the ask: the rest fills at later prices
+                ask = gateway.venue.quote("SOL-USD").ask
+                usd = (await gateway.venue.balances())["USD"] * Decimal("0.999")
+                affordable = (usd / (ask * Decimal("1.0005"))).quantize(Decimal("0.0001"), rounding=ROUND_DOWN)
+                try:
+                    await ex.create_order("SOL/USD", "market", "buy", str(affordable))
+                except ccxt.InsufficientFunds:
+                    pass  # the price moved between the quote and the order
+                await wait_for(lambda: not gateway.venue._open, timeout=30)
+                _venue_balances_never_negative(gateway)
+                held = (await gateway.venue.balances())["SOL"]
+                if held > 0:
+                    await ex.create_order("SOL/USD", "market", "sell", str(held))
+                    await wait_for(lambda: not gateway.venue._open, timeout=30)
+                _venue_balances_never_negative(gateway)
+        finally:
+            await ex.close()
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "raised"),
+    [
+        ({"volume": "0.00001"}, "EOrder:Order minimum not met", ccxt.InvalidOrder),
+        ({"volume": "lots"}, "EGeneral:Invalid arguments:volume", ccxt.InvalidOrder),
+        ({"price": ""}, "EGeneral:Invalid arguments:price", ccxt.InvalidOrder),
+        # Kraken's own words; stock ccxt knows only "...:Invalid price argument" (the broker teaches it the rest).
+        (
+            {"price": "1000.001"},
+            "EOrder:Invalid price:XXBTZUSD price can only be specified up to 2 decimals.",
+            ccxt.ExchangeError,
+        ),
+        ({"ordertype": "iceberg"}, "EGeneral:Invalid arguments:ordertype", ccxt.ExchangeError),
+        ({"type": "hold"}, "EGeneral:Invalid arguments:type", ccxt.ExchangeError),
+        ({"pair": "DOGEUSD"}, "EQuery:Unknown asset pair", ccxt.ExchangeError),
+    ],
+)
+async def test_order_validation_answers_krakens_strings(params, error, raised) -> None:
+    """AddOrder sent as is (ccxt's implicit API, no rounding by the client): Kraken's error string, and the class
+    stock ccxt raises for it; nothing is placed."""
+    async with running_gateway() as (gateway, base):
+        ex = kraken(base)
+        try:
+            order = {"pair": "XXBTZUSD", "type": "buy", "ordertype": "limit", "volume": "0.01", "price": "1000"}
+            with pytest.raises(raised) as info:
+                await ex.private_post_addorder({**order, **params})
+            assert f'["{error}"]' in str(info.value)
+            assert gateway.venue.orders() == []
+        finally:
+            await ex.close()
+
+
+async def test_random_rejects_answer_krakens_strings_in_the_classes_ccxt_gives_them() -> None:
+    """`paper.reject_probability`: a price out of band is `EOrder:Invalid price:Invalid price argument`
+    (InvalidOrder, as ccxt's table has it), a busy venue `EService:Busy` (ExchangeNotAvailable)."""
+    async with running_gateway(reject_probability=1.0) as (gateway, base):
+        ex = kraken(base)
+        try:
+            await ex.load_markets()
+            seen: dict[type, str] = {}
+            for _ in range(40):
+                try:
+                    await ex.create_order("BTC/USD", "limit", "buy", 0.01, 1000)
+                except (ccxt.InvalidOrder, ccxt.ExchangeNotAvailable) as exc:
+                    seen[type(exc)] = str(exc)
+                if len(seen) == 2:
+                    break
+            assert 'EOrder:Invalid price:Invalid price argument"' in seen[ccxt.InvalidOrder]
+            assert '"EService:Busy"' in seen[ccxt.ExchangeNotAvailable]
+            assert await ex.fetch_open_orders() == [] and await ex.fetch_closed_orders() == []  # never existed
+        finally:
+            await ex.close()
+
+
+async def test_public_trades_and_spread_in_krakens_format() -> None:
+    """Trades: every account's fills on the market as the taker saw them (stock ccxt's fetch_trades), oldest first,
+    `since` in milliseconds; Spread: the best bid and ask each time they changed (ccxt's implicit public API)."""
+    async with running_gateway(sub_account=True, tick_interval=0.02, volatility=0.001) as (gateway, base):
+        main, sub = kraken(base), kraken(base, SUB_KEY, SUB_SECRET)
+        try:
+            for ex in (main, sub):
+                await ex.load_markets()
+            assert await main.fetch_trades("BTC/USD") == []
+            taken = await main.create_order("BTC/USD", "market", "buy", 0.01)
+            bid = gateway.venue.quote("BTC-USD").bid
+            resting = await sub.create_order("BTC/USD", "limit", "buy", 0.02, float(bid - 50))
+            await chaos(base, "price_gap", symbol="BTC-USD", change=-0.05)  # the market sells into the sub's bid
+            assert (await sub.fetch_order(resting["id"]))["status"] == "closed"
+
+            trades = await main.fetch_trades("BTC/USD")
+            assert [(t["side"], t["type"], t["amount"]) for t in trades] == [
+                ("buy", "market", 0.01),
+                ("sell", "market", 0.02),  # the taker of the sub-account's resting bid sold
+            ]
+            assert [t["id"] for t in trades] == [
+                (await main.fetch_my_trades())[0]["id"].lstrip("T"),
+                (await sub.fetch_my_trades())[0]["id"].lstrip("T"),
+            ]
+            assert trades[0]["timestamp"] <= trades[1]["timestamp"]
+            assert trades[1]["price"] == float(bid - 50)
+            later = await main.fetch_trades("BTC/USD", trades[0]["timestamp"] + 1)
+            assert [t["amount"] for t in later] == ([0.02] if trades[1]["timestamp"] > trades[0]["timestamp"] else [])
+            assert await main.fetch_trades("ETH/USD") == []
+            assert len(await main.fetch_trades("BTC/USD", None, 1)) == 1
+            assert taken["id"]
+
+            spread = (await main.public_get_spread({"pair": "XXBTZUSD"}))["result"]
+            rows = spread["XXBTZUSD"]
+            assert rows and all(Decimal(b) < Decimal(a) for _, b, a in rows)
+            assert all(rows[i][0] <= rows[i + 1][0] for i in range(len(rows) - 1))
+            quote = gateway.venue.quote("BTC-USD")
+            assert (Decimal(rows[-1][1]), Decimal(rows[-1][2])) == (quote.bid, quote.ask)
+            assert spread["last"] == rows[-1][0]
+            newer = (await main.public_get_spread({"pair": "XBTUSD", "since": spread["last"]}))["result"]
+            assert all(row[0] > spread["last"] for row in newer["XXBTZUSD"])
+            with pytest.raises(ccxt.ExchangeError, match="EGeneral:Invalid arguments:pair"):
+                await main.public_get_spread({})
+        finally:
+            for ex in (main, sub):
+                await ex.close()

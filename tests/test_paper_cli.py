@@ -18,7 +18,8 @@ from alembic.script import ScriptDirectory
 from tests.conftest import free_port
 from trading_ops.config import load_config
 from trading_ops.db import migrate
-from trading_ops.paper.cli import NOT_MIGRATED, schema_problem
+from trading_ops.db.errors import NOT_MIGRATED
+from trading_ops.paper.cli import schema_problem
 
 TOKEN = "cli-test-token"
 

@@ -325,6 +325,35 @@ async def test_buy_the_balance_cannot_pay_is_rejected_as_insufficient_funds(
     )
 
 
+async def test_a_spot_venue_sells_only_what_it_holds_and_open_sells_hold_it(
+    make_venue: Callable[..., PaperVenue],
+) -> None:
+    """Without `spot` a sell of nothing goes short (the paper bot's venue); with it, a sell beyond the base asset
+    held less what open sells reserve is rejected, and `reserved()` says what open orders hold."""
+    loose = make_venue()
+    await loose.connect(Recorder().events())
+    assert (await loose.submit(market("short", Side.SELL, "1"))).status is OrderStatus.FILLED
+    assert (await loose.balances())["BTC"] == D(-1)
+
+    venue = make_venue(starting_balance=D(100_000), spot=True)
+    await venue.connect(Recorder().events())
+    assert (await venue.submit(market("s0", Side.SELL, "0.001"))).reject_reason == "insufficient_funds"
+    assert (await venue.submit(market("b1", Side.BUY, "1"))).status is OrderStatus.FILLED
+    resting = await venue.submit(limit("s1", Side.SELL, "0.6", "1000000"))
+    assert resting.status is OrderStatus.ACKNOWLEDGED
+    assert venue.reserved() == {"BTC": D("0.6")}
+    assert (await venue.submit(market("s2", Side.SELL, "0.5"))).reject_reason == "insufficient_funds"
+    assert (await venue.submit(market("s3", Side.SELL, "0.4"))).status is OrderStatus.FILLED
+    with pytest.raises(ValueError, match="cannot pay"):  # by hand or by a fault, no more than the account holds
+        await venue.inject_hidden_fill("BTC-USD", D("-0.1"))
+    with pytest.raises(ValueError, match="cannot pay"):
+        await venue.place_external_order("BTC-USD", Side.SELL, D("0.1"), D("1000000"))
+    assert [o.client_order_id for o in await venue.open_orders()] == ["s1"]
+    await venue.cancel("s1")
+    assert venue.reserved() == {} and (await venue.balances())["BTC"] == D("0.6")
+    assert all(b >= 0 for b in (await venue.balances()).values())
+
+
 async def test_reduce_only_order_that_would_grow_the_position_is_rejected(
     connected: tuple[PaperVenue, Recorder],
 ) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from trading_ops import logsetup
 from trading_ops.bot.broker import Broker, BrokerEvents, Channel
 from trading_ops.bot.commands import register_commands
 from trading_ops.bot.control import SOURCE_RISK
@@ -35,10 +36,11 @@ from trading_ops.bot.schedule import ReconciliationSchedule
 from trading_ops.bot.sdnotify import SystemdNotifier
 from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, exit_now
 from trading_ops.bot.state import TradingState
-from trading_ops.bot.strategy import Context, Strategy
+from trading_ops.bot.strategy import Context, Strategy, StrategyWithStart
 from trading_ops.bot.trade_lock import TradeLock
 from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.base import make_engine
+from trading_ops.db.migrate import schema_problem
 from trading_ops.durations import parse_duration
 from trading_ops.scopes import TokenSet
 from trading_ops.tasks import stop_tasks
@@ -145,6 +147,8 @@ class BotRuntime:
         `loop_interval`: the strategy's period, by default `bot.loop_interval_seconds`."""
         self.config = config
         bot = config.bot
+        if not logging.getLogger().handlers:  # the author set up no logging: lines with their time and level
+            logsetup.setup(config.logging.level, config.logging.format)
         token = token if token is not None else control_tokens(config)
         if not token:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
@@ -163,6 +167,20 @@ class BotRuntime:
             if engine is not None
             else make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
         )
+        # A database without this version's tables is one line saying what to do (not the first query's traceback).
+        # The runtime does not migrate it itself: the schema is shared (the reconciler, upkeep, every bot of a fleet),
+        # so migrating is the operator's one deliberate step (`db upgrade`, ExecStartPre in the packaged units), not
+        # something each bot's start races to do, or a newer bot does under an older reconciler.
+        try:
+            problem = schema_problem(self.engine)
+        except BaseException:
+            if engine is None:
+                self.engine.dispose()
+            raise
+        if problem is not None:
+            if engine is None:
+                self.engine.dispose()
+            raise ConfigError("database.url", problem)
         # One process per bot, before anything reads or writes its state (the venue file, the journal): raises
         # AnotherInstanceRunning naming the holder. Held until the shutdown's last step (or the process's end).
         self.instance_lock = InstanceLock(self.data_dir, bot.name, self.engine)
@@ -475,9 +493,8 @@ class BotRuntime:
         self._tasks.append(asyncio.create_task(self.crash_reporter.run(), name="crash-report"))
         if self._venue_task is not None:
             self._tasks.append(asyncio.create_task(self._venue_task(), name=VENUE_TASK))
-        on_start = getattr(self.strategy, "on_start", None)
-        if on_start is not None:
-            await on_start(self.context)
+        if isinstance(self.strategy, StrategyWithStart):
+            await self.strategy.on_start(self.context)
         self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
         self._tasks.append(asyncio.create_task(self.schedule.run(), name="reconciliation"))
         self.heartbeat.start()

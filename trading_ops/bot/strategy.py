@@ -17,26 +17,55 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class Strategy(Protocol):
-    """A strategy: `step(ctx)` once per loop iteration, while the safe-start gate is open and the bot is not
-    shutting down. It may also define `async def on_start(ctx)`, awaited once before the first step."""
+    """What a bot author writes: an object with `async def step(self, ctx)`. Any class with that method is one (a
+    Protocol: nothing to subclass); it may also define `on_start` (see StrategyWithStart).
 
-    async def step(self, ctx: StrategyContext) -> None: ...
+    The runtime calls `step` once per loop iteration, every `bot.loop_interval_seconds`, only after the startup
+    reconciliation passed (the safe-start gate), never while the bot shuts down or the runtime flattens its
+    positions (the `flatten` command); one step at a time, never at the same time as a reconciliation or a control
+    command that restricts trading. A step that raises is logged with its traceback and the loop goes on: the next
+    step runs as usual.
+    """
+
+    async def step(self, ctx: StrategyContext) -> None:
+        """Look at the market and the bot through `ctx` and act through it (`ctx.submit`, `ctx.cancel`). Return soon:
+        the loop's progress is what /healthz and the heartbeat check."""
+        ...
+
+
+@runtime_checkable
+class StrategyWithStart(Strategy, Protocol):
+    """A Strategy that also wants to prepare once the bot is up (say, look at the positions it starts with)."""
+
+    async def on_start(self, ctx: StrategyContext) -> None:
+        """Awaited once, after the startup reconciliation and before the first `step`; the same `ctx` as every
+        step's. An exception here stops the start (the bot does not trade)."""
+        ...
 
 
 class StrategyContext(Protocol):
-    """What a strategy may see and do. Every order goes through the runtime's order gate and risk limits."""
+    """What a strategy may see and do: the runtime's view of the bot, nothing more. Every order goes through the
+    runtime's order gate (shutdown, safe start, trading state, market-data freshness) and the risk limits of
+    `bot.risk` right before it leaves, and is journaled first."""
 
     @property
-    def symbols(self) -> Sequence[str]: ...
+    def symbols(self) -> Sequence[str]:
+        """The symbols the bot trades (`BASE-QUOTE`, e.g. `BTC-USD`), as given to the runtime."""
+        ...
 
     @property
-    def state(self) -> TradingState: ...
+    def state(self) -> TradingState:
+        """The trading state now: ACTIVE, REDUCE_ONLY (only orders that shrink a position pass), PAUSED, HALTED or
+        FLATTENING (the runtime is closing positions). The gate enforces it; a strategy may skip work on it."""
+        ...
 
     def quote(self, symbol: str) -> Quote | None:
         """The latest quote of `symbol` while its market data is fresh; None when there is none or it is stale."""
         ...
 
-    def position(self, symbol: str) -> Decimal: ...
+    def position(self, symbol: str) -> Decimal:
+        """The bot's position in `symbol`, in the base asset (signed: negative is short), from its own fills."""
+        ...
 
     def working_orders(self, include_adopted: bool = False) -> dict[str, VenueOrder]:
         """Working orders by key: the bot's own (in flight included); with `include_adopted`, also those adopted
@@ -60,9 +89,17 @@ class StrategyContext(Protocol):
         quantity: Decimal,
         price: Decimal | None = None,
         reduce_only: bool = False,
-    ) -> VenueOrder | None: ...
+    ) -> VenueOrder | None:
+        """Send an order (`price` for a LIMIT order, None for MARKET; `quantity` in the base asset) and return the
+        venue's answer; None when it was not placed: refused by the gate or a risk limit, rejected by the venue,
+        or its answer lost (the runtime tracks it until reconciliation says what became of it). Never raises for a
+        venue's refusal: it is counted in the metrics and logged."""
+        ...
 
-    async def cancel(self, key: str) -> bool: ...
+    async def cancel(self, key: str) -> bool:
+        """Cancel a working order by its key (a key of `working_orders()`); False when there is no such order or the
+        venue refused."""
+        ...
 
 
 class Context:

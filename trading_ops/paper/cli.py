@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 from trading_ops import logsetup
 from trading_ops.cli import UsageError, http_url
 from trading_ops.config import Config, ConfigError, resolve_secret
-from trading_ops.db.errors import NOT_MIGRATED
 
 log = logging.getLogger(__name__)
 CHAOS_TIMEOUT_SECONDS = 10
@@ -75,32 +74,14 @@ def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
 
 def schema_problem(config: Config) -> str | None:
     """Why the database cannot hold this version's journal (not migrated to the Alembic head), or None."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
     from trading_ops.db import migrate
     from trading_ops.db.base import make_engine
 
-    url = config.database_url()
-    script = ScriptDirectory.from_config(migrate.alembic_config(url))
-    heads = set(script.get_heads())
-    engine = make_engine(url)
-    alembic_log = logging.getLogger("alembic")
-    level = alembic_log.level
-    alembic_log.setLevel(logging.WARNING)  # its INFO lines about the dialect are noise here
+    engine = make_engine(config.database_url())
     try:
-        with engine.connect() as connection:
-            current = set(MigrationContext.configure(connection).get_current_heads())
+        return migrate.schema_problem(engine)
     finally:
-        alembic_log.setLevel(level)
         engine.dispose()
-    if current == heads:
-        return None
-    known = {rev.revision for rev in script.walk_revisions()}
-    if current - known:
-        newer = ", ".join(sorted(current - known))
-        return f"database is at revision {newer}, which this version of trading-ops does not know: upgrade trading-ops"
-    return NOT_MIGRATED
 
 
 def parse_params(params: list[str]) -> dict[str, Any]:

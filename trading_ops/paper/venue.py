@@ -29,6 +29,13 @@ Conventions a caller relies on:
   operation changes its state at once, then awaits the callbacks one by one).
 - Balances list every asset the venue ever held, except one withdrawn to zero by `transfer` (venues that list
   only non-zero assets do that).
+- Funds: open orders reserve what they may spend (`reserved()`): a buy its remaining quantity at its limit price (a
+  market order at the ask) plus the higher fee, in the quote asset; a sell its remaining quantity of the base asset.
+  A buy the quote asset left over cannot pay is rejected `insufficient_funds`. A `spot` venue (as Kraken's spot
+  accounts are; the Kraken gateway's venues are) holds sells to the same rule, so no balance ever goes negative: a
+  sell beyond the base asset held less what open sells reserve is rejected `insufficient_funds`, a fill never takes
+  more than the account holds (what it cannot pay for is canceled), and a hidden fill or an order placed by hand
+  that the account cannot pay raises ValueError. Otherwise sells are not checked (positions may go short).
 - Every fault-injection method is a coroutine; `faults()` is a plain query. `fail_queries` makes the `positions`
   or `balances` query raise `BrokerError("unavailable", ...)` for a while, everything else answering (an account
   endpoint in trouble: reconciliation must then leave those unknown, never read them as flat).
@@ -194,6 +201,7 @@ class PaperVenue(Broker):
         venue: str = "paper",
         autosave_path: str | os.PathLike[str] | None = None,
         id_base: int = 0,
+        spot: bool = False,
     ) -> None:
         self.symbols = list(dict.fromkeys(symbols))
         if not self.symbols:
@@ -219,6 +227,7 @@ class PaperVenue(Broker):
         self.rate_limit_per_second = rate_limit_per_second
         self.rate_limit_burst = rate_limit_burst
         self.autosave_path = None if autosave_path is None else Path(autosave_path)
+        self.spot = spot  # no balance may go negative (see the module's docstring)
         # Venue order and trade ids count up from here: accounts of one venue (sub-accounts) never share an id.
         self.id_base = id_base
         self._clock = clock
@@ -559,6 +568,11 @@ class PaperVenue(Broker):
         now = self._venue_now()
         quote = self._quote(symbol, now)
         at = self._round_price(symbol, Decimal(price)) if price is not None else self._taker_price(side, quote)
+        if self.spot:
+            asset = self.base_asset(symbol) if side is Side.SELL else self.quote_asset
+            need = abs(signed) if side is Side.SELL else abs(signed) * at * (1 + self.taker_fee)
+            if need > self._available(asset):
+                raise ValueError(f"a spot account cannot pay for it: {self._available(asset)} {asset} available")
         self._order_seq += 1
         fill = self._record_fill(
             None, f"P{self.id_base + self._order_seq}", symbol, side, abs(signed), at, "taker", now
@@ -614,6 +628,9 @@ class PaperVenue(Broker):
             raise ValueError(f"client order id {client_order_id} is already in use")
         now = self._venue_now()
         order = self._new_order(client_order_id, symbol, side, order_type, qty, limit, now)
+        if self.spot and self._unfunded(order):
+            self._forget(order)
+            raise ValueError(f"a spot account cannot pay for {side.value} {qty} {symbol}")
         self._silent.add(order.venue_order_id)
         self._try_fill(order, now, on_arrival=True)
         await self._autosave()
@@ -884,6 +901,14 @@ class PaperVenue(Broker):
             self._by_client[client_order_id] = order.venue_order_id
         return order
 
+    def _forget(self, order: VenueOrder) -> None:
+        """Undo `_new_order` of an order that was never placed."""
+        self._order_seq -= 1
+        del self._orders[order.venue_order_id]
+        del self._open[order.venue_order_id]
+        if order.client_order_id:
+            del self._by_client[order.client_order_id]
+
     def _set_status(self, order: VenueOrder, status: OrderStatus) -> None:
         order.status = status
         if status.is_open:
@@ -891,15 +916,39 @@ class PaperVenue(Broker):
         else:
             self._open.pop(order.venue_order_id, None)
 
-    def _available_quote(self, exclude: str | None = None) -> Decimal:
-        """Quote balance not set aside for open buy orders (other than `exclude`)."""
-        reserved = Decimal(0)
-        fee = max(self.maker_fee, self.taker_fee)
+    def reserved(self) -> dict[str, Decimal]:
+        """What the open orders hold of each asset (Kraken's `hold_trade`): a buy its remaining quantity at its limit
+        price (a market order at the ask) plus the higher fee, in the quote asset; a sell its remaining quantity of the
+        base asset."""
+        held: dict[str, Decimal] = {}
         for order in self._open.values():
-            if order.side is Side.BUY and order.venue_order_id != exclude:
-                price = order.price if order.price is not None else self._quote(order.symbol, self._venue_now()).ask
-                reserved += (order.quantity - order.filled_quantity) * price * (1 + fee)
-        return self._balances[self.quote_asset] - reserved
+            asset, amount = self._reservation(order)
+            held[asset] = held.get(asset, Decimal(0)) + amount
+        return held
+
+    def _reservation(self, order: VenueOrder) -> tuple[str, Decimal]:
+        left = order.quantity - order.filled_quantity
+        if order.side is Side.SELL:
+            return self.base_asset(order.symbol), left
+        price = order.price if order.price is not None else self._quote(order.symbol, self._venue_now()).ask
+        return self.quote_asset, left * price * (1 + max(self.maker_fee, self.taker_fee))
+
+    def _available(self, asset: str, exclude: str | None = None) -> Decimal:
+        """The balance of `asset` not reserved by open orders (other than the order `exclude`)."""
+        reserved = Decimal(0)
+        for order in self._open.values():
+            if order.venue_order_id != exclude:
+                held, amount = self._reservation(order)
+                if held == asset:
+                    reserved += amount
+        return self._balances.get(asset, Decimal(0)) - reserved
+
+    def _unfunded(self, order: VenueOrder) -> bool:
+        """The account cannot pay for `order` with what open orders leave (a sell checked on a spot venue only)."""
+        asset, amount = self._reservation(order)
+        if order.side is Side.SELL and not self.spot:
+            return False
+        return amount > self._available(asset, exclude=order.venue_order_id)
 
     def _reject_reason(self, order: VenueOrder, reduce_only: bool) -> str | None:
         if time.monotonic() < self._reject_until:
@@ -908,14 +957,19 @@ class PaperVenue(Broker):
             position = self._positions[order.symbol]
             if position * order.side.sign >= 0 or order.quantity > abs(position):
                 return "reduce_only"
-        if order.side is Side.BUY:
-            price = order.price if order.price is not None else self._quote(order.symbol, self._venue_now()).ask
-            cost = order.quantity * price * (1 + max(self.maker_fee, self.taker_fee))
-            if cost > self._available_quote(exclude=order.venue_order_id):
-                return "insufficient_funds"
+        if self._unfunded(order):
+            return "insufficient_funds"
         if self._rng.random() < self.reject_probability:
             return self._rng.choice(RANDOM_REJECT_REASONS)
         return None
+
+    def _affordable(self, order: VenueOrder, price: Decimal, liquidity: str) -> Decimal:
+        """On a spot venue, the most of `order` the account can pay for at `price` (rounded down to the step)."""
+        if order.side is Side.SELL:
+            return self._available(self.base_asset(order.symbol), exclude=order.venue_order_id)
+        fee = self.maker_fee if liquidity == "maker" else self.taker_fee
+        funds = self._available(self.quote_asset, exclude=order.venue_order_id)
+        return self._round_quantity(order.symbol, max(Decimal(0), funds) / (price * (1 + fee)))
 
     def _try_fill(
         self, order: VenueOrder, now: datetime, *, on_arrival: bool, quote: Quote | None = None
@@ -947,6 +1001,11 @@ class PaperVenue(Broker):
                 self._set_status(order, OrderStatus.CANCELED)
                 return [dataclasses.replace(order)]
             qty = min(qty, allowed)
+        if self.spot:
+            qty = min(qty, self._affordable(order, price, liquidity))
+            if qty <= 0:  # the account cannot pay for any of it (a market order's price moved on): canceled
+                self._set_status(order, OrderStatus.CANCELED)
+                return [dataclasses.replace(order)]
         fill = self._execute(order, qty, price, liquidity, now)
         return [fill, dataclasses.replace(order)]
 

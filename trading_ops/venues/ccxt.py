@@ -80,9 +80,16 @@ ERROR_CLASSES: tuple[tuple[type[Exception], type[BaseException] | None, str], ..
 )
 # A connection that could not be opened carried no request: such a failure is a definite one.
 UNSENT_CAUSES: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
-# Venue errors the installed ccxt leaves as a bare ExchangeError; taught to it so it raises the class they are.
-EXTRA_EXACT_ERRORS: dict[str, dict[str, type[Exception]]] = {
-    "kraken": {"EAPI:Invalid signature": ccxt_async.AuthenticationError},
+# Venue errors the installed ccxt leaves as a bare ExchangeError; taught to it (ccxt's own `exact` and `broad` tables)
+# so it raises the class they are. Kraken documents `EAPI:Invalid signature` for a wrong secret (today it answers
+# `EAPI:Invalid key`, which ccxt knows, and so does the paper gateway), and words a refused price
+# `EOrder:Invalid price:<why>`, of which ccxt knows only `...:Invalid price argument`
+# (`...:XXBTZUSD price can only be specified up to 1 decimals.` is another).
+EXTRA_ERRORS: dict[str, dict[str, dict[str, type[Exception]]]] = {
+    "kraken": {
+        "exact": {"EAPI:Invalid signature": ccxt_async.AuthenticationError},
+        "broad": {"EOrder:Invalid price": ccxt_async.InvalidOrder},
+    },
 }
 NONCE_RETRIES = 3
 LOOKUP_ATTEMPTS = 4  # lookups of an order whose submit answer was lost
@@ -181,10 +188,11 @@ class CcxtBroker(Broker):
         self.lookup_backoff = lookup_backoff
         self.handled_errors: Counter[str] = Counter()
         exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
-        extra = EXTRA_EXACT_ERRORS.get(self.venue)
+        extra = EXTRA_ERRORS.get(self.venue)
         if extra:
             exceptions = dict(exchange.exceptions or {})
-            exceptions["exact"] = {**exceptions.get("exact", {}), **extra}
+            for kind, table in extra.items():
+                exceptions[kind] = {**exceptions.get(kind, {}), **table}
             exchange.exceptions = exceptions
         self._events = BrokerEvents()
         self._connected = dict.fromkeys(Channel, False)

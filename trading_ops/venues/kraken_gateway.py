@@ -1,10 +1,10 @@
 """A Kraken-compatible REST gateway over the paper venue: any ccxt client trades on it with `urls` pointed here.
 
 It serves the endpoints ccxt's `kraken` client calls (public: Time, SystemStatus, Assets, AssetPairs, Ticker, OHLC,
-Depth; private: Balance, BalanceEx, AddOrder, CancelOrder, CancelAll, OpenOrders, ClosedOrders, QueryOrders,
-TradesHistory) with Kraken's shapes: the `{"error": [...], "result": ...}` envelope, HTTP 200 for API errors, assets
-named as Kraken names them (XXBT, ZUSD), pairs keyed by their id (XXBTZUSD) with an altname (XBTUSD), at most
-PAGE_SIZE closed orders or trades per call (`ofs` pages on), newest first.
+Depth, Trades, Spread; private: Balance, BalanceEx, AddOrder, CancelOrder, CancelAll, OpenOrders, ClosedOrders,
+QueryOrders, TradesHistory) with Kraken's shapes: the `{"error": [...], "result": ...}` envelope, HTTP 200 for API
+errors, assets named as Kraken names them (XXBT, ZUSD), pairs keyed by their id (XXBTZUSD) with an altname (XBTUSD),
+at most PAGE_SIZE closed orders or trades per call (`ofs` pages on), newest first.
 
 Accounts, as Kraken has them: the main account (gateway.api_key; several keys may reach one account) and sub-accounts
 (gateway.accounts), each with balances, orders and trades of its own on the one market (its prices tick on the main
@@ -15,7 +15,20 @@ account each, and never see (or cancel) each other's orders. Order and trade ids
 Private calls are authenticated as Kraken does: `API-Key` must be a known key, `API-Sign` the base64
 HMAC-SHA512 (keyed with the base64-decoded secret) of the URI path followed by SHA256(nonce + POST body), and the
 nonce must be greater than the last one accepted for that key. Errors carry Kraken's own strings, so a ccxt client
-raises its real exception classes.
+raises its real exception classes: an unknown key and a signature that does not verify (a wrong secret) both answer
+`EAPI:Invalid key`, as Kraken answers a wrong secret today (its own CLI's maintainers say so, krakenfx/kraken-cli#33;
+Kraken's documentation also lists `EAPI:Invalid signature`, which older reports show and which ccxt leaves a bare
+ExchangeError, so a client could not tell a wrong secret from any venue error).
+
+Every account is a spot account, as on Kraken: no balance goes negative. Open orders hold funds (BalanceEx's
+`hold_trade`): a buy its remaining volume at its price plus fee in the quote asset, a sell its remaining volume of the
+base asset; an order the rest cannot pay for answers `EOrder:Insufficient funds` and is not placed (PaperVenue with
+`spot`). Order validation answers Kraken's strings: `EOrder:Order minimum not met` under the pair's `ordermin`,
+`EOrder:Invalid price:<pair> price can only be specified up to N decimals.` for a price finer than its tick,
+`EGeneral:Invalid arguments:<field>` for a missing or malformed one.
+
+Public trades (Trades) are the fills of every account on the market, each as its taker saw it, oldest first; Spread
+the best bid and ask each time they changed, as the feed published them.
 
 Fault injection (`POST /chaos/{fault}` with the control token as a bearer token; `GET /chaos` lists what is in
 force): drop_connection, outage, unavailable, rate_limit, stale_market_data (for `seconds`, 0 = until cleared or
@@ -51,6 +64,7 @@ import math
 import secrets
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -84,6 +98,10 @@ MAX_QUERY_IDS = 50  # QueryOrders takes at most this many txids
 DEPTH_LEVELS = 10  # book levels per side Depth answers at most
 CANDLE_SECONDS = 60
 MAX_CANDLES = 720  # one-minute candles kept per pair (OHLC answers at most 720, as Kraken does)
+MAX_TRADES = 1000  # Trades answers at most this many (Kraken's `count` default and maximum)
+MAX_SPREADS = 200  # changes of the best bid and ask kept per pair for Spread
+NANOSECONDS = 10**9
+SECONDS_OR_NANOSECONDS = 10**12  # a `since` above this is a nanosecond id, not Unix seconds
 OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)  # minutes
 MAX_FAULT_SECONDS = 3600.0
 MAX_FAULT_COUNT = 10_000
@@ -109,8 +127,7 @@ KRAKEN_ASSETS = {
 }
 
 # Kraken's error strings, as its REST API documents them.
-E_INVALID_KEY = "EAPI:Invalid key"
-E_INVALID_SIGNATURE = "EAPI:Invalid signature"
+E_INVALID_KEY = "EAPI:Invalid key"  # an unknown key, and a signature that does not verify
 E_INVALID_NONCE = "EAPI:Invalid nonce"
 E_RATE_LIMIT = "EAPI:Rate limit exceeded"
 E_ORDER_RATE_LIMIT = "EOrder:Rate limit exceeded"
@@ -119,7 +136,8 @@ E_BUSY = "EService:Busy"
 E_INSUFFICIENT_FUNDS = "EOrder:Insufficient funds"
 E_ORDER_MINIMUM = "EOrder:Order minimum not met"
 E_INVALID_ORDER = "EOrder:Invalid order"
-E_INVALID_PRICE = "EOrder:Invalid price"
+E_INVALID_PRICE = "EOrder:Invalid price:Invalid price argument"
+E_PRICE_DECIMALS = "EOrder:Invalid price:{pair} price can only be specified up to {decimals} decimals."
 E_UNKNOWN_ORDER = "EOrder:Unknown order"
 E_UNKNOWN_PAIR = "EQuery:Unknown asset pair"
 E_INVALID_ARGUMENTS = "EGeneral:Invalid arguments"
@@ -324,6 +342,7 @@ class KrakenGateway:
         self.venue = venue
         self.control_token = control_token
         self.accounts: dict[str, PaperVenue] = {MAIN_ACCOUNT: venue}
+        venue.spot = True  # Kraken's spot accounts: no balance goes negative
         self._account_of_key: dict[str, PaperVenue] = dict.fromkeys(api_keys, venue)
         self._secrets = {key: decode_secret(secret) for key, secret in api_keys.items()}
         for sub in subaccounts:
@@ -338,6 +357,7 @@ class KrakenGateway:
                     raise ValueError(f"API key of sub-account {sub.name} is another account's key too")
                 self._secrets[key] = decode_secret(secret)
                 self._account_of_key[key] = sub.venue
+            sub.venue.spot = True
             self.accounts[sub.name] = sub.venue
         self._subaccounts = [v for name, v in self.accounts.items() if name != MAIN_ACCOUNT]
         self._clock = clock
@@ -352,6 +372,9 @@ class KrakenGateway:
         self.calls: dict[str, int] = {}  # answered calls per method (what a test counts)
         self._quotes: dict[str, Quote] = {}
         self._candles: dict[str, list[list[Decimal]]] = {s: [] for s in venue.symbols}
+        self._spreads: dict[str, deque[tuple[int, Decimal, Decimal]]] = {
+            s: deque(maxlen=MAX_SPREADS) for s in venue.symbols
+        }
         self._task: asyncio.Task[None] | None = None
         self._release = asyncio.Event()  # ends the wait of answers held back (lost_reply timeout) at clear or stop
         self._public: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {
@@ -362,6 +385,8 @@ class KrakenGateway:
             "Ticker": self._ticker,
             "OHLC": self._ohlc,
             "Depth": self._depth,
+            "Trades": self._trades,
+            "Spread": self._spread,
         }
         self._private: dict[str, Callable[[PaperVenue, Mapping[str, str]], Awaitable[Any]]] = {
             "Balance": self._balance,
@@ -412,6 +437,9 @@ class KrakenGateway:
 
     async def _on_quote(self, quote: Quote) -> None:
         self._quotes[quote.symbol] = quote
+        spreads = self._spreads[quote.symbol]
+        if not spreads or spreads[-1][1:] != (quote.bid, quote.ask):
+            spreads.append((int(quote.timestamp.timestamp()), quote.bid, quote.ask))
         mid = quote.mid.quantize(self.venue.tick_size(quote.symbol))
         minute = Decimal(int(quote.timestamp.timestamp()) // CANDLE_SECONDS * CANDLE_SECONDS)
         candles = self._candles[quote.symbol]
@@ -518,7 +546,7 @@ class KrakenGateway:
         expected = sign(secret, request.path, nonce, body)
         given = request.headers.get("API-Sign", "")
         if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
-            raise KrakenError(E_INVALID_SIGNATURE)
+            raise KrakenError(E_INVALID_KEY)  # as Kraken answers a wrong secret
         if self.faults.nonce_errors > 0:
             self.faults.nonce_errors -= 1
             raise KrakenError(E_INVALID_NONCE)
@@ -783,23 +811,63 @@ class KrakenGateway:
         bids = [[_num(quote.bid - i * tick), "1.000", at] for i in range(levels) if quote.bid - i * tick > 0]
         return {pair.pair_id: {"asks": asks, "bids": bids}}
 
+    @staticmethod
+    def _since_ns(params: Mapping[str, str]) -> int | None:
+        """Trades' and Spread's `since`: Unix seconds, or a nanosecond id (Trades' `last`) as Kraken also takes."""
+        since = _decimal(params, "since")
+        if since is None:
+            return None
+        return int(since) if since > SECONDS_OR_NANOSECONDS else int(since * NANOSECONDS)
+
+    async def _trades(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """The market's public trades: every account's fills of the pair, as the taker saw them (the side and order
+        type of the taker; a fill of a resting order was taken by the other side at the market), oldest first."""
+        (pair,) = self._pairs(params, required=True)[:1]
+        raw = params.get("count", "") or str(MAX_TRADES)
+        if not raw.isdigit() or int(raw) < 1:
+            raise KrakenError(f"{E_INVALID_ARGUMENTS}:count")
+        since = self._since_ns(params)
+        rows: list[tuple[int, int, list[Any]]] = []
+        for venue in self.accounts.values():
+            kinds = {o.venue_order_id: o.order_type for o in venue.orders()}
+            for fill in await venue.recent_fills():
+                if fill.symbol != pair.symbol:
+                    continue
+                at = int(fill.executed_at.timestamp() * NANOSECONDS)
+                if since is not None and at <= since:
+                    continue
+                taker = fill.liquidity != "maker"
+                side = fill.side if taker else (Side.SELL if fill.side is Side.BUY else Side.BUY)
+                kind = "l" if taker and kinds.get(fill.venue_order_id) is OrderType.LIMIT else "m"
+                trade_id = int(fill.trade_id.lstrip("T") or 0)
+                row = [_num(fill.price), _num(fill.quantity), at / NANOSECONDS, side.value[0], kind, "", trade_id]
+                rows.append((at, trade_id, row))
+        rows.sort(key=lambda r: (r[0], r[1]))
+        newest = rows[-int(raw) :] if int(raw) < len(rows) else rows
+        last = newest[-1][0] if newest else (since or 0)
+        return {pair.pair_id: [row for _, _, row in newest], "last": str(last)}
+
+    async def _spread(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """The best bid and ask of the pair each time they changed (frozen with a stale feed), oldest first."""
+        (pair,) = self._pairs(params, required=True)[:1]
+        since = self._since_ns(params)
+        rows = [
+            [at, _num(bid), _num(ask)]
+            for at, bid, ask in self._spreads[pair.symbol]
+            if since is None or at * NANOSECONDS > since
+        ]
+        last = rows[-1][0] if rows else (since or 0) // NANOSECONDS
+        return {pair.pair_id: rows, "last": last}
+
     # -- private endpoints ------------------------------------------------------------------------------------
     async def _balance(self, venue: PaperVenue, _params: Mapping[str, str]) -> dict[str, str]:
         return {asset_id(a): _num(b) for a, b in (await venue.balances()).items()}
 
     async def _balance_ex(self, venue: PaperVenue, _params: Mapping[str, str]) -> dict[str, Any]:
-        held: dict[str, Decimal] = {}
-        for order in await venue.open_orders():
-            left = order.quantity - order.filled_quantity
-            if order.side is Side.BUY:
-                price = order.price if order.price is not None else venue.quote(order.symbol).ask
-                asset, amount = venue.quote_asset, left * price
-            else:
-                asset, amount = venue.base_asset(order.symbol), left
-            held[asset] = held.get(asset, Decimal(0)) + amount
+        balances = await venue.balances()
+        held = venue.reserved()
         return {
-            asset_id(a): {"balance": _num(b), "hold_trade": _num(held.get(a, Decimal(0)))}
-            for a, b in (await venue.balances()).items()
+            asset_id(a): {"balance": _num(b), "hold_trade": _num(held.get(a, Decimal(0)))} for a, b in balances.items()
         }
 
     async def _add_order(self, venue: PaperVenue, params: Mapping[str, str]) -> dict[str, Any]:
@@ -817,6 +885,10 @@ class KrakenGateway:
         price = _decimal(params, "price") if kind == "limit" else None
         if kind == "limit" and (price is None or price <= 0):
             raise KrakenError(f"{E_INVALID_ARGUMENTS}:price")
+        tick = venue.tick_size(pair.symbol)
+        if price is not None and price % tick != 0:
+            decimals = max(0, -int(tick.as_tuple().exponent))
+            raise KrakenError(E_PRICE_DECIMALS.format(pair=pair.pair_id, decimals=decimals))
         if _flag(params, "validate"):
             return {"descr": {"order": self._description(side, volume, pair, kind, price)}}
         if self.faults.insufficient_funds > 0:
