@@ -616,6 +616,53 @@ async def test_the_venue_lost_and_back_reconnect_waits_for_it_and_reload_keeps_f
     assert freqtrade.api("GET", "/show_config")["state"] == "running"
 
 
+async def test_a_rate_limited_venue_reaches_the_venue_errors_as_rate_limit(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    """freqtrade names no ccxt class for a rate limit (it re-raises ccxt's DDoSProtection as its own, with the venue's
+    message): the sidecar reads the venue's words in its retrier's warnings, and the connection stays up (the venue
+    answered, it refused)."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    assert await sidecar.value("tradingbot_venue_errors_total", venue="kraken", error_class="rate_limit") is None
+    gateway.chaos("rate_limit", seconds=2)
+    try:
+        await sidecar.until(
+            "rate_limit errors counted",
+            lambda: sidecar.value("tradingbot_venue_errors_total", venue="kraken", error_class="rate_limit"),
+        )
+    finally:
+        gateway.chaos("clear")
+    warnings = [row[4] for row in freqtrade.api("GET", "/logs?limit=200")["logs"] if row[3] == "WARNING"]
+    assert any("EAPI:Rate limit exceeded" in w and "due to" not in w for w in warnings), warnings
+    for channel in ("orders", "market_data", "account"):
+        assert await sidecar.value("tradingbot_broker_connected", venue="kraken", channel=channel) == 1, channel
+
+
+async def test_a_reload_is_no_state_transition(sidecar: Client, freqtrade: Freqtrade) -> None:
+    """freqtrade answers `reload_config` (then an empty state) for a second while it rebuilds itself: the sidecar
+    keeps the state it had, so a reconnect or reload exports no paused -> active transition nobody asked for."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    seen: list[tuple[str | None, str | None]] = []
+    sidecar.sidecar.poller.listeners.append(
+        lambda _prev, snap, _news, _count: seen.append((snap.freqtrade_state, snap.state))
+    )
+    before = {
+        state: await sidecar.value("tradingbot_state_transitions_total", state=state)
+        for state in ("active", "paused", "halted")
+    }
+    status, body = await sidecar.control("reload")
+    assert status == 200 and body["state"] == "active" and body["started_again"] is False, body
+    # The sidecar did see freqtrade reloading (it polls every 0.2 s; freqtrade says reload_config for about 1 s).
+    assert "reload_config" in {ft_state for ft_state, _ in seen}, seen
+    assert {state for _, state in seen} == {"active"}, seen
+    after = {
+        state: await sidecar.value("tradingbot_state_transitions_total", state=state)
+        for state in ("active", "paused", "halted")
+    }
+    assert after == before
+    assert await sidecar.value("tradingbot_state", state="active") == 1
+
+
 async def _is(value: Any, expected: float) -> bool:
     return await value == expected
 
@@ -854,6 +901,8 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
     assert reconciler is not None
     await sidecar.until("the startup reconciliation", lambda: _ran(reconciler, "startup"))
     last_heartbeat = await sidecar.value("tradingbot_heartbeat_timestamp_seconds")
+    info = _info_labels(await sidecar.samples())
+    assert info["bot_name"] == "trading-ops-test" and info["stake_currency"] == "USD", info
     freqtrade.kill()
     await sidecar.until("the sidecar reports freqtrade down", lambda: _is_down(sidecar))
     names = await sidecar.names()
@@ -870,7 +919,8 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
     # The heartbeat stays at freqtrade's last iteration: it goes stale, it is not reset.
     heartbeat = await sidecar.value("tradingbot_heartbeat_timestamp_seconds")
     assert heartbeat is not None and last_heartbeat is not None and heartbeat >= last_heartbeat
-    assert await sidecar.value("tradingbot_freqtrade_info", **_info_labels(await sidecar.samples())) == 1
+    # freqtrade's info keeps its labels while it is down: the same series, not a new one with empty labels.
+    assert _info_labels(await sidecar.samples()) == info
     resp = await sidecar.http.get("/healthz")
     assert resp.status == 503
     status, body = await sidecar.control("pause")

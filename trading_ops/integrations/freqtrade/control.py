@@ -15,7 +15,7 @@ from trading_ops.bot.control import HEADER_SOURCES, STATE_COMMANDS
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.bot.state import TradingState, TransitionRefused
 from trading_ops.integrations.freqtrade.client import FreqtradeRefused, FreqtradeUnavailable
-from trading_ops.integrations.freqtrade.poller import FreqtradePoller
+from trading_ops.integrations.freqtrade.poller import STATES, FreqtradePoller
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,8 @@ class FreqtradeControl:
         deadline = time.monotonic() + RELOAD_SECONDS
         while True:
             snap = await self.poller.poll()
-            if snap.up and snap.bot_start != started and snap.freqtrade_state not in (None, "reload_config"):
+            # Back: a new start in one of its states (not reload_config, nor the empty state it answers after it).
+            if snap.up and snap.bot_start != started and snap.freqtrade_state in STATES:
                 return snap
             if time.monotonic() > deadline:
                 raise BrokerError(
