@@ -1065,6 +1065,66 @@ def test_the_ccxt_gateway_stack_gets_a_gateway_with_generated_credentials_and_a_
     assert files[1].read_text() == secret
 
 
+def test_the_freqtrade_stack_wires_freqtrade_its_sidecar_and_a_key_of_the_sidecars_own(
+    tmp_path: Path, layout: Layout
+) -> None:
+    """`up --bot freqtrade`: the sidecar (the freqtrade section) serves the bot port, polls freqtrade's API on the
+    freqtrade port and reconciles through the gateway on a key of its own; freqtrade's config.json points ccxt at the
+    gateway and holds no secret (they reach freqtrade as FREQTRADE__* variables from files); Prometheus scrapes the
+    sidecar in the freqtrade job and the tradingbot job has no target."""
+    from trading_ops.config import resolve_secret
+    from trading_ops.stack import freqtrade_bot
+    from trading_ops.venues.kraken_gateway import gateway_from_config
+
+    source = tmp_path / "trading-ops.yaml"
+    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", source)
+    ports = Ports(**{**PORTS.__dict__, "gateway": 19110, "freqtrade": 19108})
+    app = build_app_config(source, layout, ports, "freqtrade", FAST)
+    config = load_config(app.path)
+    target = config.freqtrade.targets["freqtrade-1"]
+    assert (target.url, target.listen.port, target.username) == ("http://127.0.0.1:19108", 19101, "freqtrader")
+    assert target.ccxt is not None and target.ccxt.urls["private"] == "http://127.0.0.1:19110"
+    assert Path(target.log_file) == layout.freqtrade_log
+    assert [(b.name, b.kind, b.instance, b.systemd_unit) for b in config.bots] == [
+        ("freqtrade-1", "freqtrade", "127.0.0.1:19101", "trading-ops-freqtrade.service")
+    ]
+    served = gateway_from_config(config)
+    main_key = (tmp_path / "var" / "secrets" / "gateway-api-key").read_text().strip()
+    sidecar_key = (tmp_path / "var" / "secrets" / "gateway-sidecar-api-key").read_text().strip()
+    assert {main_key, sidecar_key} <= set(served._secrets) and main_key != sidecar_key
+    secrets = dict(app.freqtrade_secrets)
+    assert set(secrets) == {
+        "FREQTRADE__EXCHANGE__KEY",
+        "FREQTRADE__EXCHANGE__SECRET",
+        "FREQTRADE__API_SERVER__PASSWORD",
+        "FREQTRADE__API_SERVER__JWT_SECRET_KEY",
+        "FREQTRADE__API_SERVER__WS_TOKEN",
+    }
+    assert secrets["FREQTRADE__EXCHANGE__KEY"].read_text().strip() == main_key
+    env = freqtrade_bot.environment(app, {})
+    # freqtrade's API password is the one the sidecar logs in with.
+    assert env["FREQTRADE__API_SERVER__PASSWORD"] == resolve_secret(config, target, "password", "password")
+    written = freqtrade_bot.write_config(config, layout, ports, FAST).read_text()
+    for value in env.values():
+        assert value not in written
+    ft = json.loads(written)
+    assert ft["exchange"]["ccxt_config"] == {
+        "urls": {"api": {"public": "http://127.0.0.1:19110", "private": "http://127.0.0.1:19110"}},
+        "enableRateLimit": True,
+        "rateLimit": freqtrade_bot.GATEWAY_RATE_LIMIT_MS,
+    }
+    assert ft["exchange"]["pair_whitelist"] == [s.replace("-", "/") for s in config.paper.symbols]
+    assert (ft["api_server"]["listen_port"], ft["dry_run"], ft["initial_state"]) == (19108, False, "running")
+    rendered = render_prometheus(
+        REPO_ROOT, ports, FAST, layout, bot_instances=[], freqtrade_instances=["127.0.0.1:19101"]
+    )
+    write_prometheus(rendered, layout, REPO_ROOT, FAST)
+    jobs = {job["job_name"]: job for job in rendered.config["scrape_configs"]}
+    assert jobs["freqtrade"]["file_sd_configs"] == [{"files": [str(layout.freqtrade_targets)]}]
+    assert yaml.safe_load(layout.freqtrade_targets.read_text()) == [{"targets": ["127.0.0.1:19101"]}]
+    assert yaml.safe_load(layout.bot_targets.read_text()) == []
+
+
 # ---- a fleet: `up --bot ccxt-gateway --bots N` ----------------------------------------------------------------
 
 
