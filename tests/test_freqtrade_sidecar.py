@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -321,6 +322,36 @@ async def test_flatten_closes_every_trade_on_the_gateway(
     until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
 
 
+async def test_a_halted_freqtrade_still_cancels_and_flattens_and_stays_halted(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    """Halted means no new risk, never that risk cannot be reduced: freqtrade refuses /forceexit and an order cancel
+    while stopped ("trader is not running"), so the sidecar pauses it for the command (it enters nothing paused) and
+    stops it again."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    status, body = await sidecar.control("halt")
+    assert status == 200 and body["state"] == "halted"
+    # freqtrade's own answer, which the sidecar works around.
+    with pytest.raises(urllib.error.HTTPError):
+        freqtrade.api("POST", "/forceexit", {"tradeid": "all"})
+    status, body = await sidecar.control("cancel_all")
+    assert status == 200 and body["state"] == "halted" and body["trades_canceled"] == [], body
+    assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
+    status, body = await sidecar.control("flatten")
+    assert status == 200 and body["state"] == "halted" and body["previous_state"] == "halted", body
+    assert len(body["trades_exited"]) == 2
+    assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
+    until("freqtrade has no open trade", lambda: freqtrade.open_trades() == [])
+    until("the gateway holds no BTC and no ETH", lambda: _flat(venue_holdings(gateway)))
+    assert await sidecar.value("tradingbot_kill_switch_engaged") == 1
+    status, _ = await sidecar.control("clear_halt")
+    assert status == 200
+    status, _ = await sidecar.control("resume")
+    assert status == 200
+    unlock_pairs(freqtrade)
+    until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
+
+
 async def test_flatten_exits_trade_by_trade_and_sends_an_exit_the_venue_refused_again(
     sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
 ) -> None:
@@ -428,7 +459,7 @@ async def test_status_and_the_commands_freqtrade_cannot_do(sidecar: Client, freq
     # A stopped freqtrade runs no loop on purpose: no heartbeat to go stale; the kill switch says why.
     assert "tradingbot_heartbeat_timestamp_seconds" not in names
     assert await sidecar.value("tradingbot_kill_switch_engaged") == 1
-    for command in ("resume", "flatten", "cancel_all", "pause"):
+    for command in ("resume", "pause"):
         status, body = await sidecar.control(command)
         assert status == 409, (command, body)
         assert body["state"] == "halted" and "halted" in body["error"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -260,12 +261,37 @@ class FreqtradeControl:
         orders). freqtrade's "all" stops at the first trade whose exit fails and leaves the rest open; one by one, a
         trade the venue refuses now does not keep the others open. A trade whose exit failed and that is still open
         with no exit order on the venue is sent again after FLATTEN_RETRY_SECONDS, FLATTEN_ATTEMPTS times in all; one
-        still left then fails the command (503), naming it and freqtrade's reason, and the trades that did exit."""
+        still left then fails the command (503), naming it and freqtrade's reason, and the trades that did exit. A
+        halted freqtrade is flattened too, and stays halted (_reducing)."""
         state = await self._current()
-        if state is TradingState.HALTED:
-            raise CommandRefused(
-                "flatten", state, "freqtrade is stopped (halted) and exits nothing; clear_halt, then flatten"
-            )
+        async with self._reducing(state):
+            trades, answer = await self._exit_all(state)
+        after = await self._current()
+        return {
+            "state": after.value,
+            "previous_state": state.value,
+            "trades_exited": trades,
+            "freqtrade": _status_text(answer) if answer is not None else "no open trade",
+        }
+
+    @contextlib.asynccontextmanager
+    async def _reducing(self, state: TradingState) -> AsyncIterator[None]:
+        """Around a command that only reduces risk (cancel_all, flatten). A halted bot still takes them: halted means
+        no new risk, never that risk cannot be reduced. freqtrade refuses both while stopped (its /forceexit and
+        order cancel answer "trader is not running"), so a halted freqtrade is paused for the command (freqtrade's
+        /pause from stopped: its loop runs again but enters nothing, it only manages what it holds) and stopped again
+        after it, whether the command worked or not: it stays halted."""
+        if state is not TradingState.HALTED:
+            yield
+            return
+        await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS)
+        try:
+            yield
+        finally:
+            await self.client.post("/stop", timeout=COMMAND_TIMEOUT_SECONDS)
+
+    async def _exit_all(self, state: TradingState) -> tuple[list[Any], Any]:
+        """flatten's exits (see _flatten): the trades exited and freqtrade's last answer. Raises BrokerError."""
         if state is TradingState.ACTIVE:
             await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS)
         trades = [t.get("trade_id") for t in self.poller.snapshot.trades]
@@ -301,18 +327,15 @@ class FreqtradeControl:
                 f"(exited {[t for t in trades if str(t) not in failed]}): {reasons}",
                 outcome_unknown=False,
             )
-        after = await self._current()
-        return {
-            "state": after.value,
-            "previous_state": state.value,
-            "trades_exited": trades,
-            "freqtrade": _status_text(answer) if answer is not None else "no open trade",
-        }
+        return trades, answer
 
     async def _cancel_all(self, _args: dict[str, Any]) -> dict[str, Any]:
+        """Cancel every open order of freqtrade's trades; a halted freqtrade too, which stays halted (_reducing)."""
         state = await self._current()
-        if state is TradingState.HALTED:
-            raise CommandRefused("cancel_all", state, "freqtrade is stopped (halted) and cancels nothing")
+        async with self._reducing(state):
+            return await self._cancel_orders(state)
+
+    async def _cancel_orders(self, state: TradingState) -> dict[str, Any]:
         canceled: list[Any] = []
         failed: dict[str, str] = {}
         for trade, _order in self.poller.snapshot.open_orders():
