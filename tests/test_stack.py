@@ -53,7 +53,7 @@ from trading_ops.stack.profiles import FAST, STANDARD
 from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
-from trading_ops.stack.up import UpOptions, children_path, in_force, prepare
+from trading_ops.stack.up import UpOptions, UsageProblem, children_path, in_force, prepare
 
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 ROUTING_CASES = yaml.safe_load((REPO_ROOT / "alertmanager" / "tests" / "routing-cases.yml").read_text())
@@ -1123,6 +1123,29 @@ def test_the_freqtrade_stack_wires_freqtrade_its_sidecar_and_a_key_of_the_sideca
     assert jobs["freqtrade"]["file_sd_configs"] == [{"files": [str(layout.freqtrade_targets)]}]
     assert yaml.safe_load(layout.freqtrade_targets.read_text()) == [{"targets": ["127.0.0.1:19101"]}]
     assert yaml.safe_load(layout.bot_targets.read_text()) == []
+
+
+def test_up_bot_freqtrade_without_freqtrade_installed_is_one_line_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before anything is written or started: the usage problem says how to install it."""
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    options = UpOptions(
+        state_dir=tmp_path / "stack",
+        repo=str(REPO_ROOT),
+        ports=Ports.choose(free_ports(9)),
+        profile=FAST,
+        ready_timeout=60,
+        status_interval=None,
+        node_exporter="",
+        config_path=None,
+        log_level=None,
+        bot_kind="freqtrade",
+    )
+    with pytest.raises(UsageProblem, match=r"^--bot freqtrade: freqtrade is not installed: pip install "):
+        prepare(options)
+    assert not (tmp_path / "stack").exists()
 
 
 # ---- a fleet: `up --bot ccxt-gateway --bots N` ----------------------------------------------------------------

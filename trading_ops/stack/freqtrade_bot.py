@@ -23,7 +23,7 @@ from trading_ops.stack.profiles import Profile
 PACKAGE = Path(__file__).resolve().parent.parent
 STRATEGY_DIR = PACKAGE / "integrations" / "freqtrade" / "strategies"
 STRATEGY = "TradingOpsDemo"
-INSTALL_HINT = "freqtrade is not installed: pip install 'trading-ops[freqtrade]' (make install-dev installs it)"
+INSTALL_HINT = "freqtrade is not installed: pip install 'trading-ops[freqtrade]' (in a checkout: make setup)"
 # The systemd unit freqtrade runs under in production (freqtrade's docs ship freqtrade.service): the name the packaged
 # playbook's freqtrade-restart and freqtrade-loop-restart rules restart, which `stackctl` answers to in the stack.
 FREQTRADE_UNIT = "freqtrade.service"
