@@ -1019,7 +1019,8 @@ def test_up_runs_a_bot_kind_from_the_configuration(tmp_path: Path, layout: Layou
     ]
     with pytest.raises(UsageProblem, match=rf"--bot ccxt-gateway: no examples/ccxt_bot.py in {tmp_path}: pass --repo"):
         bot_command("ccxt-gateway", app, None, tmp_path)
-    with pytest.raises(UsageProblem, match=r"--bot ccxt: unknown bot kind \(known: ccxt-gateway, mine, odd, paper;"):
+    known = r"\(known: ccxt-gateway, freqtrade, mine, odd, paper;"
+    with pytest.raises(UsageProblem, match=rf"--bot ccxt: unknown bot kind {known}"):
         bot_command("ccxt", app, None)
     with pytest.raises(UsageProblem, match=r"bot_kinds.odd: only \{python\} and \{config\}"):
         bot_command("odd", app, None)

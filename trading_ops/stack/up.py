@@ -721,6 +721,8 @@ async def _watch(
                 watch = "TradingBotFreqtradeDown fire, the reconciler's restart of freqtrade.service fail and escalate"
             elif child.name not in stack.workloads:
                 watch = "the bot's broker alerts fire and the reconciler act and escalate"
+            elif stack.bot_process:
+                watch = "TradingBotFreqtradeSidecarDown fire, the reconciler's restart of its unit fail and escalate"
             printer.message(
                 f"!!! the rest keeps running: watch {watch}; once the cause is fixed: {ctl} reset-failed && "
                 f"{ctl} restart {service.unit}"
