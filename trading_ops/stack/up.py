@@ -573,7 +573,7 @@ def _banner(stack: Stack) -> list[str]:
             (
                 "freqtrade",
                 stack.bot_process,
-                f"{ports.url('freqtrade')}  (its REST API and FreqUI: user freqtrader, password in {password}; "
+                f"{ports.url('freqtrade')}  (its REST API: user freqtrader, password in {password}; "
                 f"config {freqtrade_bot.config_path(layout)})",
             ),
         )
