@@ -340,8 +340,9 @@ async def test_a_halted_freqtrade_still_cancels_and_flattens_and_stays_halted(
     status, body = await sidecar.control("flatten")
     assert status == 200 and body["state"] == "halted" and body["previous_state"] == "halted", body
     assert len(body["trades_exited"]) == 2
+    # Stopped again only once its loop had closed the exited trades (stopped, it would never apply the fills).
     assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
-    until("freqtrade has no open trade", lambda: freqtrade.open_trades() == [])
+    assert freqtrade.open_trades() == []
     until("the gateway holds no BTC and no ETH", lambda: _flat(venue_holdings(gateway)))
     assert await sidecar.value("tradingbot_kill_switch_engaged") == 1
     status, _ = await sidecar.control("clear_halt")

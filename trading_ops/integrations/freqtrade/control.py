@@ -30,6 +30,11 @@ RELOAD_POLL_SECONDS = 0.25
 # flatten sends a trade's exit again, this long after a failed one, as many times in all as FLATTEN_ATTEMPTS.
 FLATTEN_ATTEMPTS = 3
 FLATTEN_RETRY_SECONDS = 1.0
+# A halted freqtrade paused for cancel_all or flatten is stopped again once its loop has taken in what the command did
+# (no order of its trades open any more), or after this long: freqtrade applies an exit's fill to its trade only in its
+# loop, which runs paused, not stopped.
+SETTLE_SECONDS = 30.0
+SETTLE_POLL_SECONDS = 0.25
 CommandHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # Checks that the venue answers (public and private calls) before freqtrade is asked to rebuild its connection to it;
 # raises BrokerError when it does not.
@@ -280,15 +285,34 @@ class FreqtradeControl:
         no new risk, never that risk cannot be reduced. freqtrade refuses both while stopped (its /forceexit and
         order cancel answer "trader is not running"), so a halted freqtrade is paused for the command (freqtrade's
         /pause from stopped: its loop runs again but enters nothing, it only manages what it holds) and stopped again
-        after it, whether the command worked or not: it stays halted."""
+        after it, whether the command worked or not: it stays halted. Once the command worked it is stopped only after
+        its loop has taken in what the command did (_settled): stopped, freqtrade would hold its exited trades open
+        forever, their exit orders filled on the venue and never applied."""
         if state is not TradingState.HALTED:
             yield
             return
         await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS)
         try:
             yield
+            await self._settled()
         finally:
             await self.client.post("/stop", timeout=COMMAND_TIMEOUT_SECONDS)
+
+    async def _settled(self) -> None:
+        """Until no order of freqtrade's trades is open (an exit that filled closed its trade), or SETTLE_SECONDS."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            snap = await self.poller.poll()
+            if snap.up and not snap.open_orders():
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "freqtrade still works %d orders %gs after the command: halting it again with them open",
+                    len(snap.open_orders()),
+                    SETTLE_SECONDS,
+                )
+                return
+            await asyncio.sleep(SETTLE_POLL_SECONDS)
 
     async def _exit_all(self, state: TradingState) -> tuple[list[Any], Any]:
         """flatten's exits (see _flatten): the trades exited and freqtrade's last answer. Raises BrokerError."""
