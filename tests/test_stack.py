@@ -439,6 +439,37 @@ def test_up_says_when_it_reuses_the_state_of_an_earlier_run_and_fresh_removes_it
     assert reused.startswith(f"reusing the earlier runs' state ({database}):"), reused
 
 
+@pytest.mark.parametrize("kind", ["ccxt-gateway", "freqtrade"])
+def test_fresh_empties_the_gateways_state_dir_and_leaves_it_for_the_gateway(tmp_path: Path, kind: str) -> None:
+    """The gateway writes its venue into its state directory and creates none: `--fresh` removes the earlier venue,
+    never the directory (the gateway's orders failed with HTTP 500, its autosave finding no directory). A directory
+    the configuration has just created (empty) is no earlier run's state."""
+    options = UpOptions(
+        state_dir=tmp_path / "stack",
+        repo=str(REPO_ROOT),
+        ports=Ports.choose(free_ports(9)),
+        profile=FAST,
+        ready_timeout=60,
+        status_interval=None,
+        node_exporter="",
+        config_path=None,
+        log_level=None,
+        bot_kind=kind,
+    )
+
+    def start(fresh: bool) -> list[str]:
+        stack = prepare(UpOptions(**{**options.__dict__, "fresh": fresh}))
+        assert stack.notify is not None
+        stack.notify.close()
+        return [note for note in stack.notes if "state" in note]
+
+    venue = options.state_dir / "gateway" / "venue.json"
+    assert not any(str(venue.parent) in note for note in start(fresh=False))
+    venue.write_text("{}")
+    (removed,) = start(fresh=True)
+    assert str(venue.parent) in removed and not venue.exists() and venue.parent.is_dir()
+
+
 @pytest.mark.parametrize(
     ("bot", "memory_budget", "data_dir_budget"),
     [

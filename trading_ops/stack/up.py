@@ -446,6 +446,9 @@ def prepare(options: UpOptions) -> Stack:
     if earlier and options.fresh:
         for path in earlier:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if app.config.gateway.state_file and options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):
+            # The gateway's state directory, emptied: the gateway writes its venue there (it creates no directory).
+            Path(app.config.gateway.state_file).parent.mkdir(parents=True, exist_ok=True)
         state_notes.append(f"--fresh: removed the earlier runs' state ({', '.join(map(str, earlier))})")
     elif earlier:
         state_notes.append(
