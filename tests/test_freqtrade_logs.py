@@ -52,6 +52,14 @@ REFUSED = (
     "Unable to create trade for BTC/USD: Insufficient funds to create market buy order on market BTC/USD. Tried to buy "
     'amount 0.0015 at rate 64570.36.Message: kraken {"error": ["EOrder:Insufficient funds"], "result": {}}'
 )
+# freqtrade 2026.9 under the gateway's rate_limit fault (Kraken's EAPI:Rate limit exceeded): ccxt raises DDoSProtection,
+# which freqtrade re-raises as its own DDosProtection with ccxt's message alone, no class named. Its retrier logs each
+# attempt (and backs off 1, 2, 5, 10 s), then gives up; the exit that needed the ticker says so from the bot's loop.
+RATE_LIMITED = 'kraken {"error": ["EAPI:Rate limit exceeded"], "result": {}}'
+TICKER_RATE_LIMITED_RETRY = f'fetch_ticker() returned exception: "{RATE_LIMITED}". Retrying still for 4 times.'
+TICKER_RATE_LIMITED_GAVE_UP = f'fetch_ticker() returned exception: "{RATE_LIMITED}". Giving up.'
+EXIT_RATE_LIMITED = f"Unable to exit trade BTC/USD: {RATE_LIMITED}"
+BACKOFF = "Applying DDosProtection backoff delay: 1"
 UNANSWERED = (
     "Unable to exit trade ETH/USD: Could not place sell order due to NetworkError. Message: kraken POST "
     f"{URL}/0/private/AddOrder"
@@ -137,6 +145,24 @@ def test_exchange_errors_by_class_and_channel(
     assert error is not None
     assert (error.error_class, error.channel, error.final, error.counted) == (error_class, channel, final, counted)
     assert error.disconnects is final
+
+
+def test_a_rate_limit_freqtrade_retries_is_counted_by_its_venue_words_not_a_class_name() -> None:
+    retry = exchange_error(record(TICKER_RATE_LIMITED_RETRY))
+    gave_up = exchange_error(record(TICKER_RATE_LIMITED_GAVE_UP))
+    assert retry is not None and gave_up is not None
+    assert (retry.error_class, retry.channel, retry.final, retry.counted) == ("rate_limit", "market_data", False, True)
+    assert (gave_up.error_class, gave_up.final, gave_up.counted) == ("rate_limit", True, True)
+    # Refused, not unreachable: the channel stays up (the venue answered).
+    assert not gave_up.disconnects
+    link = VenueLink()
+    link.observe([retry, gave_up], loop_end=5.0, count=True)
+    assert link.errors == {"rate_limit": 2} and link.all_connected
+    # The bot loop's exit that needed the ticker is the same failure again: not a call of its own. The backoff INFO
+    # names no venue error, and a warning quoting no retried call is not read for words.
+    assert exchange_error(record(EXIT_RATE_LIMITED, "freqtrade.freqtradebot")) is None
+    assert exchange_error(record(BACKOFF, level="INFO")) is None
+    assert exchange_error(record("Strategy says: rate limit your entries", "freqtrade.strategy")) is None
 
 
 def test_what_is_not_an_exchange_error() -> None:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -369,6 +370,37 @@ async def test_flatten_closes_every_trade_on_the_gateway(
     until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
 
 
+async def test_a_halted_freqtrade_still_cancels_and_flattens_and_stays_halted(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    """Halted means no new risk, never that risk cannot be reduced: freqtrade refuses /forceexit and an order cancel
+    while stopped ("trader is not running"), so the sidecar pauses it for the command (it enters nothing paused) and
+    stops it again."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    status, body = await sidecar.control("halt")
+    assert status == 200 and body["state"] == "halted"
+    # freqtrade's own answer, which the sidecar works around.
+    with pytest.raises(urllib.error.HTTPError):
+        freqtrade.api("POST", "/forceexit", {"tradeid": "all"})
+    status, body = await sidecar.control("cancel_all")
+    assert status == 200 and body["state"] == "halted" and body["trades_canceled"] == [], body
+    assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
+    status, body = await sidecar.control("flatten")
+    assert status == 200 and body["state"] == "halted" and body["previous_state"] == "halted", body
+    assert len(body["trades_exited"]) == 2
+    # Stopped again only once its loop had closed the exited trades (stopped, it would never apply the fills).
+    assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
+    assert freqtrade.open_trades() == []
+    until("the gateway holds no BTC and no ETH", lambda: _flat(venue_holdings(gateway)))
+    assert await sidecar.value("tradingbot_kill_switch_engaged") == 1
+    status, _ = await sidecar.control("clear_halt")
+    assert status == 200
+    status, _ = await sidecar.control("resume")
+    assert status == 200
+    unlock_pairs(freqtrade)
+    until("freqtrade re-enters after resume", lambda: two_open_trades(freqtrade))
+
+
 async def test_flatten_exits_trade_by_trade_and_sends_an_exit_the_venue_refused_again(
     sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
 ) -> None:
@@ -476,7 +508,7 @@ async def test_status_and_the_commands_freqtrade_cannot_do(sidecar: Client, freq
     # A stopped freqtrade runs no loop on purpose: no heartbeat to go stale; the kill switch says why.
     assert "tradingbot_heartbeat_timestamp_seconds" not in names
     assert await sidecar.value("tradingbot_kill_switch_engaged") == 1
-    for command in ("resume", "flatten", "cancel_all", "pause"):
+    for command in ("resume", "pause"):
         status, body = await sidecar.control(command)
         assert status == 409, (command, body)
         assert body["state"] == "halted" and "halted" in body["error"]
@@ -662,6 +694,53 @@ async def test_the_venue_lost_and_back_reconnect_waits_for_it_and_reload_keeps_f
     status, body = await sidecar.control("reload")
     assert status == 200 and body["state"] == "active" and body["started_again"] is False, body
     assert freqtrade.api("GET", "/show_config")["state"] == "running"
+
+
+async def test_a_rate_limited_venue_reaches_the_venue_errors_as_rate_limit(
+    sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
+) -> None:
+    """freqtrade names no ccxt class for a rate limit (it re-raises ccxt's DDoSProtection as its own, with the venue's
+    message): the sidecar reads the venue's words in its retrier's warnings, and the connection stays up (the venue
+    answered, it refused)."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    assert await sidecar.value("tradingbot_venue_errors_total", venue="kraken", error_class="rate_limit") is None
+    gateway.chaos("rate_limit", seconds=2)
+    try:
+        await sidecar.until(
+            "rate_limit errors counted",
+            lambda: sidecar.value("tradingbot_venue_errors_total", venue="kraken", error_class="rate_limit"),
+        )
+    finally:
+        gateway.chaos("clear")
+    warnings = [row[4] for row in freqtrade.api("GET", "/logs?limit=200")["logs"] if row[3] == "WARNING"]
+    assert any("EAPI:Rate limit exceeded" in w and "due to" not in w for w in warnings), warnings
+    for channel in ("orders", "market_data", "account"):
+        assert await sidecar.value("tradingbot_broker_connected", venue="kraken", channel=channel) == 1, channel
+
+
+async def test_a_reload_is_no_state_transition(sidecar: Client, freqtrade: Freqtrade) -> None:
+    """freqtrade answers `reload_config` (then an empty state) for a second while it rebuilds itself: the sidecar
+    keeps the state it had, so a reconnect or reload exports no paused -> active transition nobody asked for."""
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    seen: list[tuple[str | None, str | None]] = []
+    sidecar.sidecar.poller.listeners.append(
+        lambda _prev, snap, _news, _count: seen.append((snap.freqtrade_state, snap.state))
+    )
+    before = {
+        state: await sidecar.value("tradingbot_state_transitions_total", state=state)
+        for state in ("active", "paused", "halted")
+    }
+    status, body = await sidecar.control("reload")
+    assert status == 200 and body["state"] == "active" and body["started_again"] is False, body
+    # The sidecar did see freqtrade reloading (it polls every 0.2 s; freqtrade says reload_config for about 1 s).
+    assert "reload_config" in {ft_state for ft_state, _ in seen}, seen
+    assert {state for _, state in seen} == {"active"}, seen
+    after = {
+        state: await sidecar.value("tradingbot_state_transitions_total", state=state)
+        for state in ("active", "paused", "halted")
+    }
+    assert after == before
+    assert await sidecar.value("tradingbot_state", state="active") == 1
 
 
 async def _is(value: Any, expected: float) -> bool:
@@ -902,6 +981,8 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
     assert reconciler is not None
     await sidecar.until("the startup reconciliation", lambda: _ran(reconciler, "startup"))
     last_heartbeat = await sidecar.value("tradingbot_heartbeat_timestamp_seconds")
+    info = _info_labels(await sidecar.samples())
+    assert info["bot_name"] == "trading-ops-test" and info["stake_currency"] == "USD", info
     freqtrade.kill()
     await sidecar.until("the sidecar reports freqtrade down", lambda: _is_down(sidecar))
     names = await sidecar.names()
@@ -918,7 +999,8 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
     # The heartbeat stays at freqtrade's last iteration: it goes stale, it is not reset.
     heartbeat = await sidecar.value("tradingbot_heartbeat_timestamp_seconds")
     assert heartbeat is not None and last_heartbeat is not None and heartbeat >= last_heartbeat
-    assert await sidecar.value("tradingbot_freqtrade_info", **_info_labels(await sidecar.samples())) == 1
+    # freqtrade's info keeps its labels while it is down: the same series, not a new one with empty labels.
+    assert _info_labels(await sidecar.samples()) == info
     resp = await sidecar.http.get("/healthz")
     assert resp.status == 503
     status, body = await sidecar.control("pause")

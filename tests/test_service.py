@@ -101,6 +101,37 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     h.notify.close()
 
 
+# A process that handles SIGTERM itself (freqtrade does: it shuts its loop and API down), exiting with this status.
+HANDLES_SIGTERM = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))
+print("serving", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+async def test_a_stopped_process_stops_on_sigterm_as_systemd_continues_it(tmp_path: Path) -> None:
+    """systemd sends SIGCONT after the stop signal: a process someone froze (SIGSTOP, the local stack's `freqtrade
+    hung` fault) that handles SIGTERM (a fatal default signal would kill it frozen) runs its handler at once instead
+    of waiting out the stop timeout for SIGKILL."""
+    script = tmp_path / "handles_sigterm.py"
+    script.write_text(HANDLES_SIGTERM)
+    log = tmp_path / "worker.log"
+    child = Child("worker", [sys.executable, str(script)], log, "", stop_timeout=5.0)
+    service = Service(child, ServicePolicy(unit="worker.service", restart_seconds=0.2))
+    await service.start()
+    try:
+        await until("it serves", lambda: "serving" in log.read_text())
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGSTOP)
+        await service.stop()
+        # Its handler ran (exit status 3): not the SIGKILL that ends the stop timeout.
+        assert child.returncode == 3 and not child.killed
+    finally:
+        await service.close()
+
+
 async def test_a_notify_service_is_active_only_once_it_says_ready(harness: Harness) -> None:
     service = harness.service(ready_after=0.5)
     await service.start(wait=False)

@@ -54,7 +54,7 @@ from trading_ops.stack.profiles import FAST, STANDARD
 from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
-from trading_ops.stack.up import UpOptions, children_path, in_force, prepare
+from trading_ops.stack.up import UpOptions, UsageProblem, children_path, in_force, prepare
 
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 ROUTING_CASES = yaml.safe_load((REPO_ROOT / "alertmanager" / "tests" / "routing-cases.yml").read_text())
@@ -438,6 +438,37 @@ def test_up_says_when_it_reuses_the_state_of_an_earlier_run_and_fresh_removes_it
     assert not prometheus_data.exists() and database.exists()  # migrated anew, empty
     (reused,) = notes(fresh=False)  # the fresh run's own database from then on
     assert reused.startswith(f"reusing the earlier runs' state ({database}):"), reused
+
+
+@pytest.mark.parametrize("kind", ["ccxt-gateway", "freqtrade"])
+def test_fresh_empties_the_gateways_state_dir_and_leaves_it_for_the_gateway(tmp_path: Path, kind: str) -> None:
+    """The gateway writes its venue into its state directory and creates none: `--fresh` removes the earlier venue,
+    never the directory (the gateway's orders failed with HTTP 500, its autosave finding no directory). A directory
+    the configuration has just created (empty) is no earlier run's state."""
+    options = UpOptions(
+        state_dir=tmp_path / "stack",
+        repo=str(REPO_ROOT),
+        ports=Ports.choose(free_ports(9)),
+        profile=FAST,
+        ready_timeout=60,
+        status_interval=None,
+        node_exporter="",
+        config_path=None,
+        log_level=None,
+        bot_kind=kind,
+    )
+
+    def start(fresh: bool) -> list[str]:
+        stack = prepare(UpOptions(**{**options.__dict__, "fresh": fresh}))
+        assert stack.notify is not None
+        stack.notify.close()
+        return [note for note in stack.notes if "state" in note]
+
+    venue = options.state_dir / "gateway" / "venue.json"
+    assert not any(str(venue.parent) in note for note in start(fresh=False))
+    venue.write_text("{}")
+    (removed,) = start(fresh=True)
+    assert str(venue.parent) in removed and not venue.exists() and venue.parent.is_dir()
 
 
 @pytest.mark.parametrize(
@@ -1079,7 +1110,8 @@ def test_up_runs_a_bot_kind_from_the_configuration(tmp_path: Path, layout: Layou
     ]
     with pytest.raises(UsageProblem, match=rf"--bot ccxt-gateway: no examples/ccxt_bot.py in {tmp_path}: pass --repo"):
         bot_command("ccxt-gateway", app, None, tmp_path)
-    with pytest.raises(UsageProblem, match=r"--bot ccxt: unknown bot kind \(known: ccxt-gateway, mine, odd, paper;"):
+    known = r"\(known: ccxt-gateway, freqtrade, mine, odd, paper;"
+    with pytest.raises(UsageProblem, match=rf"--bot ccxt: unknown bot kind {known}"):
         bot_command("ccxt", app, None)
     with pytest.raises(UsageProblem, match=r"bot_kinds.odd: only \{python\} and \{config\}"):
         bot_command("odd", app, None)
@@ -1123,6 +1155,89 @@ def test_the_ccxt_gateway_stack_gets_a_gateway_with_generated_credentials_and_a_
     secret = files[1].read_text()
     build_app_config(source, layout, ports, "ccxt-gateway")
     assert files[1].read_text() == secret
+
+
+def test_the_freqtrade_stack_wires_freqtrade_its_sidecar_and_a_key_of_the_sidecars_own(
+    tmp_path: Path, layout: Layout
+) -> None:
+    """`up --bot freqtrade`: the sidecar (the freqtrade section) serves the bot port, polls freqtrade's API on the
+    freqtrade port and reconciles through the gateway on a key of its own; freqtrade's config.json points ccxt at the
+    gateway and holds no secret (they reach freqtrade as FREQTRADE__* variables from files); Prometheus scrapes the
+    sidecar in the freqtrade job and the tradingbot job has no target."""
+    from trading_ops.config import resolve_secret
+    from trading_ops.stack import freqtrade_bot
+    from trading_ops.venues.kraken_gateway import gateway_from_config
+
+    source = tmp_path / "trading-ops.yaml"
+    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", source)
+    ports = Ports(**{**PORTS.__dict__, "gateway": 19110, "freqtrade": 19108})
+    app = build_app_config(source, layout, ports, "freqtrade", FAST)
+    config = load_config(app.path)
+    target = config.freqtrade.targets["freqtrade-1"]
+    assert (target.url, target.listen.port, target.username) == ("http://127.0.0.1:19108", 19101, "freqtrader")
+    assert target.ccxt is not None and target.ccxt.urls["private"] == "http://127.0.0.1:19110"
+    assert Path(target.log_file) == layout.freqtrade_log
+    assert [(b.name, b.kind, b.instance, b.systemd_unit) for b in config.bots] == [
+        ("freqtrade-1", "freqtrade", "127.0.0.1:19101", "trading-ops-freqtrade.service")
+    ]
+    served = gateway_from_config(config)
+    main_key = (tmp_path / "var" / "secrets" / "gateway-api-key").read_text().strip()
+    sidecar_key = (tmp_path / "var" / "secrets" / "gateway-sidecar-api-key").read_text().strip()
+    assert {main_key, sidecar_key} <= set(served._secrets) and main_key != sidecar_key
+    secrets = dict(app.freqtrade_secrets)
+    assert set(secrets) == {
+        "FREQTRADE__EXCHANGE__KEY",
+        "FREQTRADE__EXCHANGE__SECRET",
+        "FREQTRADE__API_SERVER__PASSWORD",
+        "FREQTRADE__API_SERVER__JWT_SECRET_KEY",
+        "FREQTRADE__API_SERVER__WS_TOKEN",
+    }
+    assert secrets["FREQTRADE__EXCHANGE__KEY"].read_text().strip() == main_key
+    env = freqtrade_bot.environment(app, {})
+    # freqtrade's API password is the one the sidecar logs in with.
+    assert env["FREQTRADE__API_SERVER__PASSWORD"] == resolve_secret(config, target, "password", "password")
+    written = freqtrade_bot.write_config(config, layout, ports, FAST).read_text()
+    for value in env.values():
+        assert value not in written
+    ft = json.loads(written)
+    assert ft["exchange"]["ccxt_config"] == {
+        "urls": {"api": {"public": "http://127.0.0.1:19110", "private": "http://127.0.0.1:19110"}},
+        "enableRateLimit": True,
+        "rateLimit": freqtrade_bot.GATEWAY_RATE_LIMIT_MS,
+    }
+    assert ft["exchange"]["pair_whitelist"] == [s.replace("-", "/") for s in config.paper.symbols]
+    assert (ft["api_server"]["listen_port"], ft["dry_run"], ft["initial_state"]) == (19108, False, "running")
+    rendered = render_prometheus(
+        REPO_ROOT, ports, FAST, layout, bot_instances=[], freqtrade_instances=["127.0.0.1:19101"]
+    )
+    write_prometheus(rendered, layout, REPO_ROOT, FAST)
+    jobs = {job["job_name"]: job for job in rendered.config["scrape_configs"]}
+    assert jobs["freqtrade"]["file_sd_configs"] == [{"files": [str(layout.freqtrade_targets)]}]
+    assert yaml.safe_load(layout.freqtrade_targets.read_text()) == [{"targets": ["127.0.0.1:19101"]}]
+    assert yaml.safe_load(layout.bot_targets.read_text()) == []
+
+
+def test_up_bot_freqtrade_without_freqtrade_installed_is_one_line_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before anything is written or started: the usage problem says how to install it."""
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    options = UpOptions(
+        state_dir=tmp_path / "stack",
+        repo=str(REPO_ROOT),
+        ports=Ports.choose(free_ports(9)),
+        profile=FAST,
+        ready_timeout=60,
+        status_interval=None,
+        node_exporter="",
+        config_path=None,
+        log_level=None,
+        bot_kind="freqtrade",
+    )
+    with pytest.raises(UsageProblem, match=r"^--bot freqtrade: freqtrade is not installed: pip install "):
+        prepare(options)
+    assert not (tmp_path / "stack").exists()
 
 
 # ---- a fleet: `up --bot ccxt-gateway --bots N` ----------------------------------------------------------------

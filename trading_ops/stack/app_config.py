@@ -37,6 +37,24 @@ DEFAULT_GATEWAY_API_KEY = "var/secrets/gateway-api-key"
 DEFAULT_GATEWAY_API_SECRET = "var/secrets/gateway-api-secret"
 DEFAULT_GATEWAY_TOKEN = "var/secrets/gateway-control-token"
 SECRET_BYTES = 64
+# `up --bot freqtrade`: a real freqtrade (the `freqtrade` extra) trading on the paper gateway with the gateway's main
+# key, watched by the `trading-ops freqtrade` sidecar, which reconciles on a key of its own on the same account
+# (gateway.extra_keys: each client its own nonce; on Kraken a key with query permissions only). freqtrade's API
+# password, JWT secret and websocket token are generated into files too; they reach freqtrade as its FREQTRADE__*
+# environment variables, never in its config.json.
+FREQTRADE_BOT_KIND = "freqtrade"
+FREQTRADE_TARGET = "freqtrade-1"
+FREQTRADE_USERNAME = "freqtrader"
+DEFAULT_SIDECAR_API_KEY = "var/secrets/gateway-sidecar-api-key"
+DEFAULT_SIDECAR_API_SECRET = "var/secrets/gateway-sidecar-api-secret"
+FREQTRADE_SECRETS = {
+    "FREQTRADE__API_SERVER__PASSWORD": "var/secrets/freqtrade-api-password",
+    "FREQTRADE__API_SERVER__JWT_SECRET_KEY": "var/secrets/freqtrade-jwt-secret",
+    "FREQTRADE__API_SERVER__WS_TOKEN": "var/secrets/freqtrade-ws-token",
+}
+# The sidecar polls freqtrade this often in the stack unless the configuration says otherwise (its default is 2 s):
+# a fault shows a second sooner, at a handful of cheap GETs a second.
+STACK_FREQTRADE_POLL_SECONDS = 1.0
 # What the generated configuration names the gateway bot by, unless the user's file says otherwise.
 GATEWAY_BOT_DEFAULTS = {"name": "ccxt-1", "venue": "kraken", "strategy": "mean-reverter"}
 # A fleet (`up --bots N`): bots NAME-1 ... NAME-N (NAME the configuration's bot.name less a trailing -1, else this);
@@ -97,13 +115,19 @@ class AppConfig:
     control_token_file: Path
     reconciler_token_file: Path
     read_token_file: Path | None = None
-    gateway_token_file: Path | None = None  # the gateway's fault commands (`--bot ccxt-gateway`)
+    gateway_token_file: Path | None = None  # the gateway's fault commands (`--bot ccxt-gateway`, `--bot freqtrade`)
     # Each bot's configuration file, in the order of the bots: list (one bot: the stack's own file).
     bot_configs: tuple[Path, ...] = ()
     # Every database the stack's processes use, migrated before they start (a fleet's bots on SQLite: one each).
     database_urls: tuple[str, ...] = ()
     # What the stack changed in the user's file, and why (`up` prints each as a note).
     notes: tuple[str, ...] = ()
+    # `--bot freqtrade`: freqtrade's environment variable -> the file of its secret (FREQTRADE_SECRETS, and the
+    # exchange key and secret: the gateway's main key).
+    freqtrade_secrets: tuple[tuple[str, Path], ...] = ()
+
+    def freqtrade_secrets_file(self, variable: str) -> Path | None:
+        return dict(self.freqtrade_secrets).get(variable)
 
 
 def _url_token() -> str:
@@ -210,14 +234,9 @@ def _profile_playbook(rc: dict[str, Any], layout: Layout, profile: Profile, note
     )
 
 
-def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports, notes: list[str]) -> Path:
-    """The paper gateway on its port with generated credentials (files under var/secrets, never in the YAML), and the
-    bot's `ccxt:` section on the same key, pointed at it. Returns the file of the gateway's fault-command token.
-
-    A `bot:` section that describes the paper bot (venue `paper`, as the example configuration's does) is not the
-    ccxt bot's: taking its name would give the ccxt bot the paper bot's journal, whose positions the gateway's account
-    never held (its start-up reconciliation halts on them). The ccxt bot then gets a name, venue and strategy of its
-    own, and `notes` says so."""
+def _gateway_section(data: dict[str, Any], base: Path, layout: Layout, ports: Ports) -> dict[str, Path]:
+    """The paper gateway on its port with generated credentials (files under var/secrets, never in the YAML): the
+    files of its api_key, api_secret and control_token."""
     gateway = data.setdefault("gateway", {})
     files = {
         "api_key": ensure_token(_token_path(gateway, "api_key", base, DEFAULT_GATEWAY_API_KEY)),
@@ -227,6 +246,21 @@ def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports
     gateway["listen"] = {"host": HOST, "port": ports.gateway}
     gateway.setdefault("state_file", str(layout.gateway_state))
     Path(gateway["state_file"]).parent.mkdir(parents=True, exist_ok=True)
+    for name, path in files.items():
+        gateway.pop(f"{name}_env", None)
+        gateway[f"{name}_file"] = str(path)
+    return files
+
+
+def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports, notes: list[str]) -> Path:
+    """The paper gateway (_gateway_section), and the bot's `ccxt:` section on the same key, pointed at it. Returns the
+    file of the gateway's fault-command token.
+
+    A `bot:` section that describes the paper bot (venue `paper`, as the example configuration's does) is not the
+    ccxt bot's: taking its name would give the ccxt bot the paper bot's journal, whose positions the gateway's account
+    never held (its start-up reconciliation halts on them). The ccxt bot then gets a name, venue and strategy of its
+    own, and `notes` says so."""
+    files = _gateway_section(data, base, layout, ports)
     client = data.setdefault("ccxt", {})
     client["exchange"] = "kraken"
     client["urls"] = {"public": ports.url("gateway"), "private": ports.url("gateway")}
@@ -237,13 +271,60 @@ def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports
             "1 call/s, which makes the start-up reconciliation take minutes)"
         )
     client["enable_rate_limit"] = False
-    for section, names in ((gateway, files), (client, ("api_key", "api_secret"))):
-        for name in names:
-            section.pop(f"{name}_env", None)
-            section[f"{name}_file"] = str(files[name])
+    for name in ("api_key", "api_secret"):
+        client.pop(f"{name}_env", None)
+        client[f"{name}_file"] = str(files[name])
     for key, value in GATEWAY_BOT_DEFAULTS.items():
         data["bot"].setdefault(key, value)
     return files["control_token"]
+
+
+def _wire_freqtrade(
+    data: dict[str, Any], base: Path, layout: Layout, ports: Ports, control: Path
+) -> tuple[Path, tuple[tuple[str, Path], ...]]:
+    """The gateway (_gateway_section) with one more key of its main account, the sidecar's, and the `freqtrade:`
+    section: one target, the stack's freqtrade (its API on the freqtrade port), served on the bot port, reconciled
+    through the gateway on the sidecar's key, its log file read. Returns the gateway's fault-command token file and
+    freqtrade's secrets (environment variable -> file)."""
+    files = _gateway_section(data, base, layout, ports)
+    gateway = data["gateway"]
+    key = ensure_token((base / DEFAULT_SIDECAR_API_KEY).resolve())
+    secret = ensure_token((base / DEFAULT_SIDECAR_API_SECRET).resolve(), _api_secret)
+    extra = gateway.get("extra_keys")
+    extra = extra if isinstance(extra, list) else []
+    if not any(isinstance(k, dict) and k.get("api_key_file") == str(key) for k in extra):
+        extra.append({"api_key_file": str(key), "api_secret_file": str(secret)})
+    gateway["extra_keys"] = extra
+    secrets_ = {env: ensure_token((base / path).resolve()) for env, path in FREQTRADE_SECRETS.items()}
+    section = data.setdefault("freqtrade", {})
+    section.pop("control_token_env", None)
+    section["control_token_file"] = str(control)
+    section.setdefault("poll_interval_seconds", STACK_FREQTRADE_POLL_SECONDS)
+    symbols = list(data.get("paper", {}).get("symbols") or PaperConfig().symbols)
+    section["targets"] = {
+        FREQTRADE_TARGET: {
+            "url": ports.url("freqtrade"),
+            "username": FREQTRADE_USERNAME,
+            "password_file": str(secrets_["FREQTRADE__API_SERVER__PASSWORD"]),
+            "listen": {"host": HOST, "port": ports.bot},
+            "log_file": str(layout.freqtrade_log),
+            "ccxt": {
+                "exchange": "kraken",
+                "api_key_file": str(key),
+                "api_secret_file": str(secret),
+                "urls": {"public": ports.url("gateway"), "private": ports.url("gateway")},
+                "symbols": symbols,
+                # The gateway limits orders itself; ccxt's kraken limiter would space the reconciliation's calls 1 s.
+                "enable_rate_limit": False,
+            },
+        }
+    }
+    env = {
+        "FREQTRADE__EXCHANGE__KEY": files["api_key"],
+        "FREQTRADE__EXCHANGE__SECRET": files["api_secret"],
+        **secrets_,
+    }
+    return files["control_token"], tuple(env.items())
 
 
 def _default_budgets(bot: dict[str, Any]) -> None:
@@ -357,11 +438,16 @@ def build_app_config(
         str(layout.state_dir.resolve()),
     ]
     gateway_token = _wire_gateway(data, base, layout, ports, notes) if bot_kind == GATEWAY_BOT_KIND else None
+    freqtrade_secrets: tuple[tuple[str, Path], ...] = ()
+    if bot_kind == FREQTRADE_BOT_KIND:
+        gateway_token, freqtrade_secrets = _wire_freqtrade(data, base, layout, ports, control)
     # The stack's bots are the bots: list (the reconciler's targets are derived from it, and Prometheus scrapes the
     # same instances through its file_sd file). Prometheus labels a bot's series instance="<host>:<port>" of its
     # scrape target: that is how the reconciler's bot action finds the control API.
     rc.pop("targets", None)
-    if len(bot_ports) == 1:
+    if bot_kind == FREQTRADE_BOT_KIND:
+        names = [FREQTRADE_TARGET]
+    elif len(bot_ports) == 1:
         names = [str(bot.get("name", "paper-1"))]
     else:
         prefix = re.sub(r"-\d+$", "", str(named)) if named else FLEET_NAME  # bot.name paper-1: paper-1 .. paper-N
@@ -405,6 +491,7 @@ def build_app_config(
         bot_configs,
         tuple(dict.fromkeys(databases)),
         tuple(notes),
+        freqtrade_secrets,
     )
 
 

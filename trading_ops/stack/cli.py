@@ -15,6 +15,7 @@ from trading_ops.stack.layout import (
     DEFAULT_PORTS,
     DEFAULT_STATE_DIR,
     FLEET_START_SECONDS,
+    FREQTRADE_PORTS,
     MAX_BOTS,
     PAIR_PORTS,
     PORT_ORDER,
@@ -66,6 +67,7 @@ PORT_HELP = {
     "alertmanager_gossip": "the alertmanager's gossip, TCP and UDP (--alertmanagers 2 only)",
     "alertmanager_2": "the second Alertmanager, alertmanager-2 (--alertmanagers 2 only)",
     "alertmanager_2_gossip": "alertmanager-2's gossip, TCP and UDP (--alertmanagers 2 only)",
+    "freqtrade": "freqtrade's REST API (--bot freqtrade only; its sidecar serves the bot port)",
 }
 FLEET_PORT = max(DEFAULT_PORTS.values()) + 1  # where a fleet's bots start with the default ports
 
@@ -113,6 +115,15 @@ P+N-1, with --bots-base-port P (default: right after the stack's highest port, {
 N+5 .. with --base-port N). All are in the bots: list, so Prometheus scrapes every one and the reconciler acts on
 every one; the status line counts them ("bots: 20 (20 active)"). `gateway-chaos outage seconds=60` takes the venue
 down under all of them.
+
+freqtrade: --bot freqtrade runs a real freqtrade (the `freqtrade` extra: pip install 'trading-ops[freqtrade]') trading
+live on a paper-gateway child, with the packaged demo strategy TradingOpsDemo and a generated config
+(STATE_DIR/freqtrade/config.json: exchange.ccxt_config points ccxt's kraken client at the gateway, its rate limiter
+at 20 calls a second; its API on --freqtrade-port, N+8 with --base-port N), its secrets from var/secrets as
+FREQTRADE__* environment variables; and its sidecar (`trading-ops freqtrade`, the `freqtrade:` section of the
+generated configuration) on the bot port, reconciling on a gateway key of its own (var/secrets/gateway-sidecar-*).
+Prometheus scrapes the sidecar in its freqtrade job; freqtrade runs as freqtrade.service, which the playbook's
+freqtrade rules restart through stackctl. The banner prints the faults to try.
 
 Each child runs as its production systemd unit says (read from the shipped unit files): restarted on failure, the
 bot under its watchdog (a hung loop is killed and restarted), a crash loop stopped by the start limit. If the bot
@@ -165,7 +176,7 @@ def register(sub: Any) -> None:
             type=int,
             default=None,
             metavar="PORT",
-            help=f"port of {what} (default {(DEFAULT_PORTS | PAIR_PORTS)[name]})",
+            help=f"port of {what} (default {(DEFAULT_PORTS | PAIR_PORTS | FREQTRADE_PORTS)[name]})",
         )
     up.add_argument(
         "--node-exporter",
@@ -193,7 +204,9 @@ def register(sub: Any) -> None:
         default="paper",
         metavar="KIND",
         help="the bot to run: paper (default: the paper bot with --chaos); ccxt-gateway (examples/ccxt_bot.py trading "
-        "through ccxt on a paper-gateway child with generated credentials; its faults: gateway-chaos); or a kind of "
+        "through ccxt on a paper-gateway child with generated credentials; its faults: gateway-chaos); freqtrade (a "
+        "real freqtrade, the `freqtrade` extra, on the paper gateway, watched by its `trading-ops freqtrade` sidecar "
+        "on the bot port; see below); or a kind of "
         "bot_kinds: in the configuration (KIND -> its command line; {python} and {config} are filled in)",
     )
     up.add_argument(
@@ -250,6 +263,11 @@ def register(sub: Any) -> None:
         help=f"show: only these properties, comma-separated (default: {', '.join(SHOW_PROPERTIES)})",
     )
     ctl.add_argument(
+        "--value",
+        action="store_true",
+        help="show: print the values only, without the property names (as systemctl's option)",
+    )
+    ctl.add_argument(
         "--timestamp",
         choices=["pretty", "unix"],
         default="pretty",
@@ -282,7 +300,8 @@ def handle_stackctl(args: argparse.Namespace, _config: Config) -> int:
         if args.verb == "status":
             print(format_status(service))
         elif args.verb == "show":
-            print("\n".join(format_show(service, properties, args.timestamp == "unix")))
+            lines = format_show(service, properties, args.timestamp == "unix")
+            print("\n".join(line.partition("=")[2] if args.value else line for line in lines))
     return 0
 
 

@@ -17,7 +17,12 @@ BASE_PORT_ORDER = ("bot", "reconciler", "prometheus", "alertmanager", "gateway")
 # they follow the five above in this order: N+5, N+6, N+7. One Alertmanager has no gossip port and uses none of these.
 PAIR_PORTS = {"alertmanager_gossip": 9094, "alertmanager_2": 9095, "alertmanager_2_gossip": 9096}
 PAIR_PORT_ORDER = tuple(PAIR_PORTS)
-PORT_ORDER = BASE_PORT_ORDER + PAIR_PORT_ORDER  # every port option, `--<name>-port` (dashes for underscores)
+# `up --bot freqtrade`: freqtrade's own REST API (its api_server), which its sidecar polls; the sidecar serves the
+# library's /metrics and /control on the bot port. With --base-port N: N+8 (after the pair's ports, used or not).
+FREQTRADE_PORTS = {"freqtrade": 9108}
+FREQTRADE_PORT_ORDER = tuple(FREQTRADE_PORTS)
+# Every port option, `--<name>-port` (dashes for underscores).
+PORT_ORDER = BASE_PORT_ORDER + PAIR_PORT_ORDER + FREQTRADE_PORT_ORDER
 # The members' port names (child names with a dash: alertmanager, alertmanager-2), in the order of the members, and
 # each one's gossip port.
 ALERTMANAGER_ROLES = ("alertmanager", "alertmanager_2")
@@ -40,11 +45,12 @@ class Ports:
     alertmanager_gossip: int = PAIR_PORTS["alertmanager_gossip"]
     alertmanager_2: int = PAIR_PORTS["alertmanager_2"]
     alertmanager_2_gossip: int = PAIR_PORTS["alertmanager_2_gossip"]
+    freqtrade: int = FREQTRADE_PORTS["freqtrade"]
 
     @classmethod
     def choose(cls, base: int | None = None, **explicit: int | None) -> Ports:
         """Ports from --base-port (consecutive, in PORT_ORDER) with explicit --<name>-port winning."""
-        values = DEFAULT_PORTS | PAIR_PORTS
+        values = DEFAULT_PORTS | PAIR_PORTS | FREQTRADE_PORTS
         if base is not None:
             values = {name: base + i for i, name in enumerate(PORT_ORDER)}
         values.update({name: port for name, port in explicit.items() if port is not None})
@@ -121,6 +127,21 @@ class Layout:
     def gateway_state(self) -> Path:
         """The paper venue behind the gateway (`--bot ccxt-gateway`): its orders, fills and balances between runs."""
         return self.state_dir / "gateway" / "venue.json"
+
+    @property
+    def freqtrade_targets(self) -> Path:
+        """The file_sd file of the `freqtrade` job: the sidecar's listen address of the stack's freqtrade."""
+        return self.prometheus_dir / "targets" / "freqtrade.yml"
+
+    @property
+    def freqtrade_dir(self) -> Path:
+        """The freqtrade of `--bot freqtrade`: its generated config.json, user_data, database and log file."""
+        return self.state_dir / "freqtrade"
+
+    @property
+    def freqtrade_log(self) -> Path:
+        """freqtrade's own log file (its --logfile), which its sidecar reads; its output goes to logs/freqtrade.log."""
+        return self.freqtrade_dir / "freqtrade.log"
 
     def bot_config(self, name: str) -> Path:
         """The configuration of one bot of a fleet (`up --bots N`, N > 1): the stack's, with its own name, port, data

@@ -20,6 +20,7 @@ from trading_ops.stack.repo import PROMETHEUS_CONFIG, MonitoringConfigError, dum
 # Which part of the local stack a scrape job watches: by job name, else by the catalogue port of its first target.
 ROLE_BY_JOB = {
     "tradingbot": "bot",
+    "freqtrade": "freqtrade",
     "trading-ops-reconciler": "reconciler",
     "alertmanager": "alertmanager",
     "prometheus": "prometheus",
@@ -48,6 +49,7 @@ class RenderedPrometheus:
     rules: dict[str, dict[str, Any] | Path]  # file name -> adapted rule groups, or the repo file used as is
     notes: list[str] = field(default_factory=list)
     bot_targets: list[str] = field(default_factory=list)  # the file_sd targets of the bot job
+    freqtrade_targets: list[str] = field(default_factory=list)  # the file_sd targets of the freqtrade job (sidecars)
 
 
 def _port(target: str) -> int | None:
@@ -137,11 +139,13 @@ def adapt_prometheus(
     node_exporter: str | None,
     bot_targets: Path | None = None,
     alertmanagers: Sequence[str] = (),
+    freqtrade_targets: Path | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The repo's prometheus.yml for the local stack, and notes on what was left out. With `bot_targets`, the bot's
     job reads its targets from that file_sd file (as the repo's does), which the caller writes. `alertmanagers`: the
     addresses of the stack's Alertmanagers (default: the one on the alertmanager port); with a clustered pair every
-    alert goes to both members and both are scraped, as production does."""
+    alert goes to both members and both are scraped, as production does. With `freqtrade_targets`, the freqtrade job
+    (freqtrade sidecars) reads its targets from that file_sd file; without it, the job is left out."""
     members = list(alertmanagers) or [ports.address("alertmanager")]
     notes: list[str] = []
     out = {k: copy.deepcopy(v) for k, v in data.items() if k not in DROPPED_TOP_LEVEL}
@@ -178,6 +182,9 @@ def adapt_prometheus(
         if role is None:
             notes.append(f"prometheus: scrape job {name!r} left out: nothing in the local stack matches it")
             continue
+        if role == "freqtrade" and freqtrade_targets is None:
+            notes.append(f"prometheus: scrape job {name!r} left out: the local stack runs no freqtrade")
+            continue
         if role == "node":
             if node_exporter is None:
                 notes.append(f"prometheus: scrape job {name!r} left out: no node exporter answers on 127.0.0.1:9100")
@@ -185,12 +192,15 @@ def adapt_prometheus(
             targets = [node_exporter]
         elif role == "alertmanager":
             targets = members
+        elif role == "freqtrade":
+            targets = []
         else:
             targets = [ports.address(role)]
         new = _scrape_job(job, targets, global_interval, global_timeout)
-        if role == "bot" and bot_targets is not None:
+        sd_file = {"bot": bot_targets, "freqtrade": freqtrade_targets}.get(role)
+        if sd_file is not None:
             del new["static_configs"]
-            new["file_sd_configs"] = [{"files": [str(bot_targets)]}]
+            new["file_sd_configs"] = [{"files": [str(sd_file)]}]
         jobs.append(new)
     out["scrape_configs"] = jobs
     return out, notes
@@ -204,9 +214,11 @@ def render_prometheus(
     node_exporter: str | None = None,
     bot_instances: list[str] | None = None,
     alertmanagers: Sequence[str] = (),
+    freqtrade_instances: Sequence[str] = (),
 ) -> RenderedPrometheus:
     """Read the repo's prometheus.yml and rule files and adapt them (nothing is written). The bot job's file_sd
-    targets are `bot_instances` (the configuration's bots: list), by default the stack's one bot; alerts go to (and
+    targets are `bot_instances` (the configuration's bots: list), by default the stack's one bot; the freqtrade job's
+    `freqtrade_instances` (the sidecar of `up --bot freqtrade`; none: the job is left out); alerts go to (and
     the alertmanager job scrapes) `alertmanagers`, by default the stack's one Alertmanager."""
     source = repo / PROMETHEUS_CONFIG
     data = load_yaml(source)
@@ -220,8 +232,12 @@ def render_prometheus(
         rules[path.name] = adapt_rules(load_yaml(path), profile, str(path)) if profile.shorten_for else path
     # Rules the profile changes are copied into the state dir; otherwise Prometheus reads the repo's own files.
     rule_paths = [layout.rules_dir / name if isinstance(r, dict) else r for name, r in rules.items()]
-    config, notes = adapt_prometheus(data, ports, profile, rule_paths, node_exporter, layout.bot_targets, alertmanagers)
-    return RenderedPrometheus(config, rules, notes, list(bot_instances or [ports.address("bot")]))
+    freqtrade_sd = layout.freqtrade_targets if freqtrade_instances else None
+    config, notes = adapt_prometheus(
+        data, ports, profile, rule_paths, node_exporter, layout.bot_targets, alertmanagers, freqtrade_sd
+    )
+    bots = [ports.address("bot")] if bot_instances is None else list(bot_instances)
+    return RenderedPrometheus(config, rules, notes, bots, list(freqtrade_instances))
 
 
 def write_prometheus(rendered: RenderedPrometheus, layout: Layout, repo: Path, profile: Profile) -> None:
@@ -238,6 +254,9 @@ def write_prometheus(rendered: RenderedPrometheus, layout: Layout, repo: Path, p
             )
     layout.bot_targets.parent.mkdir(parents=True, exist_ok=True)
     layout.bot_targets.write_text(file_sd(rendered.bot_targets, str(layout.app_config)), encoding="utf-8")
+    if rendered.freqtrade_targets:
+        text = file_sd(rendered.freqtrade_targets, str(layout.app_config), "freqtrade")
+        layout.freqtrade_targets.write_text(text, encoding="utf-8")
     dump_yaml(
         layout.prometheus_config,
         rendered.config,

@@ -95,12 +95,15 @@ class Child:
             os.killpg(self.proc.pid, sig)
 
     async def stop(self, timeout: float | None = None) -> int | None:
-        """SIGTERM to the process group, SIGKILL after `timeout`; the exit status (negative: a signal)."""
+        """SIGTERM to the process group, then SIGCONT (as systemd does: a stopped process, a freqtrade someone froze
+        with SIGSTOP, handles its SIGTERM only once continued), SIGKILL after `timeout`; the exit status (negative: a
+        signal)."""
         if self.proc is None:
             return None
         self.stopping = True
         if self.proc.poll() is None:
             self.signal_group(signal.SIGTERM)
+            self.signal_group(signal.SIGCONT)
             try:
                 await asyncio.to_thread(self.proc.wait, self.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:

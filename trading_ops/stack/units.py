@@ -14,6 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent
 PAPER_BOT_UNIT_FILE = PACKAGE / "paper" / "systemd" / "trading-ops-paper-bot.service"
 RECONCILER_UNIT_FILE = PACKAGE / "reconciler" / "systemd" / "trading-ops-reconciler.service"
 RECONCILER_UNIT = "trading-ops-reconciler.service"
+FREQTRADE_SIDECAR_UNIT_FILE = PACKAGE / "integrations" / "freqtrade" / "systemd" / "trading-ops-freqtrade.service"
+FREQTRADE_SIDECAR_UNIT = "trading-ops-freqtrade.service"
 # Debian's prometheus and prometheus-alertmanager units: Restart=on-failure with systemd's defaults (RestartSec
 # 100ms, StartLimitIntervalSec 10s, StartLimitBurst 5).
 # The second member of a clustered pair (`up --alertmanagers 2`) runs the same unit on its own host in production;

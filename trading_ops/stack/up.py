@@ -23,9 +23,15 @@ from trading_ops.config import DEFAULT_CONFIG_PATH, Config
 from trading_ops.db import migrate
 from trading_ops.durations import format_duration
 from trading_ops.paper.bot import VENUE_STATE_FILE
-from trading_ops.stack import binaries
+from trading_ops.stack import binaries, freqtrade_bot
 from trading_ops.stack.alertmanager_config import render_alertmanager, write_alertmanager
-from trading_ops.stack.app_config import GATEWAY_BOT_KIND, SQLITE_PREFIX, AppConfig, build_app_config
+from trading_ops.stack.app_config import (
+    FREQTRADE_BOT_KIND,
+    GATEWAY_BOT_KIND,
+    SQLITE_PREFIX,
+    AppConfig,
+    build_app_config,
+)
 from trading_ops.stack.health import StartupFailed, wait_healthy
 from trading_ops.stack.layout import (
     ALERTMANAGER_ROLES,
@@ -49,6 +55,8 @@ from trading_ops.stack.stackctl_server import Server as StackctlServer
 from trading_ops.stack.status import StatusPrinter, fetch, render
 from trading_ops.stack.supervisor import Child, describe_exit
 from trading_ops.stack.units import (
+    FREQTRADE_SIDECAR_UNIT,
+    FREQTRADE_SIDECAR_UNIT_FILE,
     PAPER_BOT_UNIT_FILE,
     RECONCILER_UNIT,
     RECONCILER_UNIT_FILE,
@@ -86,7 +94,7 @@ LAST_TO_START = ("prometheus",)
 # in the configuration adds others: KIND -> the bot's command line, with {python} and {config} (the stack's
 # generated configuration) filled in.
 DEFAULT_BOT_KIND = "paper"
-BUILT_IN_KINDS = (DEFAULT_BOT_KIND, GATEWAY_BOT_KIND)
+BUILT_IN_KINDS = (DEFAULT_BOT_KIND, GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND)
 GATEWAY_WORKLOAD = "ccxt-bot"
 EXAMPLE_BOT = Path("examples") / "ccxt_bot.py"
 # The venue of the ccxt-gateway stack: like the bot, when it dies the rest keeps running (the bot's broker alerts
@@ -94,6 +102,12 @@ EXAMPLE_BOT = Path("examples") / "ccxt_bot.py"
 # bot has canceled its orders on it.
 VENUE = "paper-gateway"
 GATEWAY_UNIT = "trading-ops-paper-gateway.service"
+# `--bot freqtrade`: a real freqtrade on the paper gateway (a child of its own, its unit freqtrade.service: what the
+# playbook's freqtrade rules restart) and its sidecar, the stack's workload (the bot port's /metrics and /control). Like
+# the venue, freqtrade dying leaves the rest running (TradingBotFreqtradeDown and its restart are the demo); it starts
+# after the venue and before its sidecar, and stops with the sidecar.
+FREQTRADE = "freqtrade"
+FREQTRADE_WORKLOAD = "freqtrade-sidecar"
 # What listens on each port of the stack, as errors name it. The gossip ports (TCP and UDP) are the clustered pair's
 # (`--alertmanagers 2`).
 CHILD_OF_ROLE = {
@@ -102,6 +116,7 @@ CHILD_OF_ROLE = {
     "prometheus": "prometheus",
     "alertmanager": "alertmanager",
     "gateway": VENUE,
+    "freqtrade": FREQTRADE,
     "alertmanager_2": "alertmanager-2",
     "alertmanager_gossip": "alertmanager gossip",
     "alertmanager_2_gossip": "alertmanager-2 gossip",
@@ -144,7 +159,8 @@ class Stack:
     notes: list[str]
     # The bot children, in the order of the bots: list: when one gives up, the rest keeps running.
     workloads: list[str] = field(default_factory=lambda: [WORKLOAD])
-    venue: str | None = None  # the gateway child of the ccxt-gateway stack: likewise
+    venue: str | None = None  # the gateway child of the ccxt-gateway and freqtrade stacks: likewise
+    bot_process: str | None = None  # the freqtrade child of the freqtrade stack (its sidecar is the workload): likewise
     services: list[Service] = field(default_factory=list)  # one per child, in the same order
     notify: NotifySocket | None = None
     # The Alertmanager children that run (child name -> its port name), in the order of the members: one, or a
@@ -155,7 +171,7 @@ class Stack:
         """Whether the stack keeps running once the child `name` gave up (`failed`: every child that has, `name`
         included): without the bots and their venue, and without a member of the Alertmanager pair while another
         member still runs (Prometheus and the reconciler reach the other one, as in production)."""
-        if name in self.workloads or name == self.venue:
+        if name in self.workloads or name in (self.venue, self.bot_process):
             return True
         return name in self.alertmanagers and any(member not in failed for member in self.alertmanagers)
 
@@ -229,6 +245,8 @@ def bot_command(
     config = config or app.path
     if kind == DEFAULT_BOT_KIND:
         return WORKLOAD, _python_child(app, log_level, "paper-bot", "--chaos")
+    if kind == FREQTRADE_BOT_KIND:
+        return FREQTRADE_WORKLOAD, _python_child(app, log_level, "freqtrade")
     if kind == GATEWAY_BOT_KIND:
         script = (repo or Path.cwd()) / EXAMPLE_BOT
         if not script.is_file():
@@ -269,7 +287,7 @@ def _children(
     ports = options.ports
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": children_path(os.environ.get("PATH", os.defpath))}
     children = []
-    if options.bot_kind == GATEWAY_BOT_KIND:  # first: the bot connects to it at its start
+    if options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):  # first: the bot connects to it at its start
         children.append(
             Child(
                 VENUE,
@@ -278,6 +296,18 @@ def _children(
                 f"{ports.url('gateway')}/0/public/Time",
                 SERVER_STOP_SECONDS,
                 env,
+                healthy_first=True,
+            )
+        )
+    if options.bot_kind == FREQTRADE_BOT_KIND:  # then freqtrade, answering before its sidecar polls it
+        children.append(
+            Child(
+                FREQTRADE,
+                freqtrade_bot.command(layout),
+                layout.log(FREQTRADE),
+                freqtrade_bot.health_url(ports),
+                freqtrade_bot.STOP_SECONDS,
+                freqtrade_bot.environment(app, env),
                 healthy_first=True,
             )
         )
@@ -365,8 +395,14 @@ def prepare(options: UpOptions) -> Stack:
     roles = ["bot", "reconciler"] + (["prometheus"] if prom.path else []) + list(members)
     if len(members) > 1:
         roles += [GOSSIP_ROLE[role] for role in members]
-    if options.bot_kind == GATEWAY_BOT_KIND:
+    if options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):
         roles.append("gateway")
+    if options.bot_kind == FREQTRADE_BOT_KIND:
+        roles.append("freqtrade")
+        try:
+            freqtrade_bot.freqtrade_binary()
+        except freqtrade_bot.FreqtradeMissing as exc:
+            raise UsageProblem(f"--bot {FREQTRADE_BOT_KIND}: {exc}") from None
     if not 1 <= options.bots <= MAX_BOTS:
         raise UsageProblem(f"--bots must be between 1 and {MAX_BOTS}, got {options.bots}")
     if options.bots > 1 and options.bot_kind != GATEWAY_BOT_KIND:
@@ -391,7 +427,7 @@ def prepare(options: UpOptions) -> Stack:
     try:
         rendered_am = render_alertmanager(repo, options.ports, options.profile, app.reconciler_token_file)
         node_exporter = _node_exporter(options.node_exporter)
-        instances = [b.instance for b in app.config.bots]
+        instances = [b.instance for b in app.config.bots if b.kind != FREQTRADE_BOT_KIND]
         rendered_prom = render_prometheus(
             repo,
             options.ports,
@@ -400,6 +436,7 @@ def prepare(options: UpOptions) -> Stack:
             node_exporter,
             instances,
             [options.ports.address(role) for role in members],
+            [b.instance for b in app.config.bots if b.kind == FREQTRADE_BOT_KIND],
         )
     except MonitoringConfigError as exc:
         raise UsageProblem(str(exc)) from exc
@@ -409,6 +446,9 @@ def prepare(options: UpOptions) -> Stack:
     if earlier and options.fresh:
         for path in earlier:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if app.config.gateway.state_file and options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):
+            # The gateway's state directory, emptied: the gateway writes its venue there (it creates no directory).
+            Path(app.config.gateway.state_file).parent.mkdir(parents=True, exist_ok=True)
         state_notes.append(f"--fresh: removed the earlier runs' state ({', '.join(map(str, earlier))})")
     elif earlier:
         state_notes.append(
@@ -419,6 +459,8 @@ def prepare(options: UpOptions) -> Stack:
         state_notes.append("--fresh leaves a PostgreSQL database as it is: give the stack a new one to start empty")
     write_alertmanager(rendered_am, layout, repo, options.profile)
     write_prometheus(rendered_prom, layout, repo, options.profile)
+    if options.bot_kind == FREQTRADE_BOT_KIND:
+        freqtrade_bot.write_config(app.config, layout, options.ports, options.profile)
     for url in urls:
         migrate.upgrade(url)
     children = _children(options, app, layout, prom, am, repo)
@@ -433,6 +475,7 @@ def prepare(options: UpOptions) -> Stack:
         state_notes + rendered_prom.notes + rendered_am.notes,
         bot_names(options.bot_kind, app, options.log_level, repo),
         VENUE if VENUE in names else None,
+        FREQTRADE if FREQTRADE in names else None,
         alertmanagers={child_name(role): role for role in members},
     )
     stack.notify = NotifySocket(f"trading-ops-notify-{os.getpid()}")
@@ -452,7 +495,13 @@ def state_of_earlier_runs(layout: Layout, database_urls: Sequence[str], config: 
     paths = [Path(url[len(SQLITE_PREFIX) :]) for url in database_urls if url.startswith(SQLITE_PREFIX)]
     paths = [p for db in paths for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"))]
     paths += [layout.data(child) for child in ("prometheus", *map(child_name, ALERTMANAGER_ROLES))]
-    paths.append(layout.gateway_state.parent)
+    gateway = (
+        layout.gateway_state.parent
+    )  # created (empty) with the configuration: an earlier run's only once it holds a file
+    if gateway.is_dir() and any(gateway.iterdir()):
+        paths.append(gateway)
+    trades = Path(freqtrade_bot.database_url(layout)[len(SQLITE_PREFIX) :])  # the freqtrade's trades (--bot freqtrade)
+    paths += [trades, trades.with_name(trades.name + "-wal"), trades.with_name(trades.name + "-shm")]
     paths.append(config.path(config.bot.data_dir) / f"{config.bot.name}-{VENUE_STATE_FILE}")
     return [p for p in paths if p.exists() and p != Path(":memory:")]
 
@@ -461,6 +510,10 @@ def _policy(child: Child, stack: Stack) -> ServicePolicy:
     """How production's systemd runs this child: the bot as its unit file says (Type=notify, WatchdogSec, Restart,
     start limit) under the unit name the bots: list gives it; the reconciler as its unit; the servers as Debian's."""
     profile = stack.profile
+    if child.name == FREQTRADE_WORKLOAD:
+        return read_policy(FREQTRADE_SIDECAR_UNIT_FILE, FREQTRADE_SIDECAR_UNIT, profile)
+    if child.name == stack.bot_process:
+        return ServicePolicy(unit=freqtrade_bot.FREQTRADE_UNIT, restart_seconds=profile.shortened(5.0, 1.0))
     if child.name in stack.workloads:
         unit = stack.app.config.bots[stack.workloads.index(child.name)].systemd_unit
         return read_policy(PAPER_BOT_UNIT_FILE, unit, profile)
@@ -515,6 +568,18 @@ def _banner(stack: Stack) -> list[str]:
     ]
     if stack.venue:
         rows.insert(1, ("venue", stack.venue, f"{ports.url('gateway')}  (Kraken's REST API over the paper venue)"))
+    if stack.bot_process:
+        rows[0] = ("sidecar", stack.workloads[0], f"{bots[0].url}  {api}")
+        password = stack.app.freqtrade_secrets_file("FREQTRADE__API_SERVER__PASSWORD")
+        rows.insert(
+            0,
+            (
+                "freqtrade",
+                stack.bot_process,
+                f"{ports.url('freqtrade')}  (its REST API: user freqtrader, password in {password}; "
+                f"config {freqtrade_bot.config_path(layout)})",
+            ),
+        )
     out = [f"trading-ops local stack is up (profile {stack.profile.name}):"]
     width = max(BANNER_LABEL_WIDTH, *(len(label) + 1 for label, _, _ in rows))
     for label, name, url in rows:
@@ -522,14 +587,35 @@ def _banner(stack: Stack) -> list[str]:
     out.append(f"  {'logs':<{width}} {layout.logs_dir}/")
     out.append(f"  {'config':<{width}} {stack.app.path}")
     command = f"{self_command()} --config {shlex.quote(str(stack.app.path))}"
-    # The paper bot breaks itself (its --chaos commands); the ccxt bot's faults are the venue's, on the gateway.
+    # The paper bot breaks itself (its --chaos commands); the ccxt bot's and freqtrade's faults are the venue's, on
+    # the gateway, and freqtrade's own (its process: stopped, hung, killed).
     chaos = "gateway-chaos" if stack.venue else "chaos"
     out.append(f"inject a fault: {command} {chaos} drop_connection  (see {chaos} --help)")
-    if stack.venue:
+    if stack.bot_process:
+        out.extend(_freqtrade_faults(stack, command))
+    elif stack.venue:
         out.append(f"venue outage:   {command} gateway-chaos outage seconds=60  (every bot's connection, 60 s)")
     out.append(f"what it did:    {command} reconciler history")
     out.append(f"Ctrl-C stops everything (from another shell: kill -INT {os.getpid()}).")
     return out
+
+
+def _freqtrade_faults(stack: Stack, command: str) -> list[str]:
+    """The banner's faults to try on freqtrade, each with the alert it fires and the packaged playbook's rule that heals
+    it (after `inject a fault`: the venue drops freqtrade's connections, TradingBotBrokerDisconnected, broker-reconnect:
+    the sidecar's reconnect starts a session with the venue, then freqtrade's reload_config)."""
+    ctl = f"{self_command()} stackctl --state-dir {shlex.quote(str(stack.layout.state_dir))}"
+    pid = f"$({ctl} show {FREQTRADE} -p MainPID --value)"
+    return [
+        "                (TradingBotBrokerDisconnected -> broker-reconnect: the sidecar's reconnect, freqtrade's "
+        "reload_config)",
+        f"rate limited:   {command} gateway-chaos rate_limit seconds=30  (tradingbot_venue_errors_total"
+        '{error_class="rate_limit"}; freqtrade backs off on its own)',
+        f"freqtrade hung: kill -STOP {pid}  (TradingBotFreqtradeDown -> freqtrade-restart: stackctl restart "
+        f"{freqtrade_bot.FREQTRADE_UNIT})",
+        f"venue outage:   {command} gateway-chaos outage seconds=60  (TradingBotBrokerDisconnected; the reconnect "
+        "waits for the venue, then escalates)",
+    ]
 
 
 def _alertmanager_rows(stack: Stack) -> list[tuple[str, str, str]]:
@@ -565,20 +651,23 @@ async def _stop_all(
     workloads: Sequence[str] = (WORKLOAD,),
     venue: str | None = None,
     leaving_first: Sequence[str] = (),
+    bot_process: str | None = None,
 ) -> bool:
     """Stop the pipeline first (nothing reacts to the bots going away), then the bots (together), then their venue
     (each bot cancels its orders there as it stops); no restarts any more; True if all stopped on SIGTERM.
+    `bot_process`: freqtrade, stopped with its sidecar (the workload).
     `leaving_first`: the Alertmanager pair's members but the first, stopped before the rest of the pipeline. A member
     that stops leaves the cluster and waits until its leave has reached a peer: when its only peer leaves a moment
     before it, it waits 10 s in vain (memberlist) and outlasts its stop timeout; one after the other, each is quick."""
+    bots = {*workloads, *([bot_process] if bot_process else [])}
     phases = [
         [s for s in services if s.child.name in leaving_first],
         [
             s
             for s in services
-            if s.child.name not in workloads and s.child.name != venue and s.child.name not in leaving_first
+            if s.child.name not in bots and s.child.name != venue and s.child.name not in leaving_first
         ],
-        [s for s in services if s.child.name in workloads],
+        [s for s in services if s.child.name in bots],
         [s for s in services if venue and s.child.name == venue],
     ]
     clean = True
@@ -631,8 +720,12 @@ async def _watch(
             if child.name in stack.alertmanagers:
                 others = ", ".join(m for m in stack.alertmanagers if m not in failed)
                 watch = f"alerts go through {others}, and TradingOpsAlertmanagerDown fire for {child.name}"
+            elif child.name == stack.bot_process:
+                watch = "TradingBotFreqtradeDown fire, the reconciler's restart of freqtrade.service fail and escalate"
             elif child.name not in stack.workloads:
                 watch = "the bot's broker alerts fire and the reconciler act and escalate"
+            elif stack.bot_process:
+                watch = "TradingBotFreqtradeSidecarDown fire, the reconciler's restart of its unit fail and escalate"
             printer.message(
                 f"!!! the rest keeps running: watch {watch}; once the cause is fixed: {ctl} reset-failed && "
                 f"{ctl} restart {service.unit}"
@@ -727,7 +820,9 @@ async def supervise(stack: Stack, options: UpOptions, printer: StatusPrinter) ->
         code = EXIT_FAILURE
     finally:
         await stop_tasks(watchers)  # no restarts from here on
-        clean = await _stop_all(stack.services, printer, stack.workloads, stack.venue, list(stack.alertmanagers)[1:])
+        clean = await _stop_all(
+            stack.services, printer, stack.workloads, stack.venue, list(stack.alertmanagers)[1:], stack.bot_process
+        )
         await ctl.close()
         if stack.notify is not None:
             stack.notify.close()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -15,7 +16,7 @@ from trading_ops.bot.control import COMMAND_SCOPES, HEADER_SOURCES, STATE_COMMAN
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.bot.state import TradingState, TransitionRefused
 from trading_ops.integrations.freqtrade.client import FreqtradeRefused, FreqtradeUnavailable
-from trading_ops.integrations.freqtrade.poller import FreqtradePoller
+from trading_ops.integrations.freqtrade.poller import STATES, FreqtradePoller
 from trading_ops.scopes import DESTRUCTIVE
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,11 @@ RELOAD_POLL_SECONDS = 0.25
 # flatten sends a trade's exit again, this long after a failed one, as many times in all as FLATTEN_ATTEMPTS.
 FLATTEN_ATTEMPTS = 3
 FLATTEN_RETRY_SECONDS = 1.0
+# A halted freqtrade paused for cancel_all or flatten is stopped again once its loop has taken in what the command did
+# (no order of its trades open any more), or after this long: freqtrade applies an exit's fill to its trade only in its
+# loop, which runs paused, not stopped.
+SETTLE_SECONDS = 30.0
+SETTLE_POLL_SECONDS = 0.25
 CommandHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # Checks that the venue answers (public and private calls) before freqtrade is asked to rebuild its connection to it;
 # raises BrokerError when it does not.
@@ -249,7 +255,8 @@ class FreqtradeControl:
         deadline = time.monotonic() + RELOAD_SECONDS
         while True:
             snap = await self.poller.poll()
-            if snap.up and snap.bot_start != started and snap.freqtrade_state not in (None, "reload_config"):
+            # Back: a new start in one of its states (not reload_config, nor the empty state it answers after it).
+            if snap.up and snap.bot_start != started and snap.freqtrade_state in STATES:
                 return snap
             if time.monotonic() > deadline:
                 raise BrokerError(
@@ -266,12 +273,56 @@ class FreqtradeControl:
         orders). freqtrade's "all" stops at the first trade whose exit fails and leaves the rest open; one by one, a
         trade the venue refuses now does not keep the others open. A trade whose exit failed and that is still open
         with no exit order on the venue is sent again after FLATTEN_RETRY_SECONDS, FLATTEN_ATTEMPTS times in all; one
-        still left then fails the command (503), naming it and freqtrade's reason, and the trades that did exit."""
+        still left then fails the command (503), naming it and freqtrade's reason, and the trades that did exit. A
+        halted freqtrade is flattened too, and stays halted (_reducing)."""
         state = await self._current()
-        if state is TradingState.HALTED:
-            raise CommandRefused(
-                "flatten", state, "freqtrade is stopped (halted) and exits nothing; clear_halt, then flatten"
-            )
+        async with self._reducing(state):
+            trades, answer = await self._exit_all(state)
+        after = await self._current()
+        return {
+            "state": after.value,
+            "previous_state": state.value,
+            "trades_exited": trades,
+            "freqtrade": _status_text(answer) if answer is not None else "no open trade",
+        }
+
+    @contextlib.asynccontextmanager
+    async def _reducing(self, state: TradingState) -> AsyncIterator[None]:
+        """Around a command that only reduces risk (cancel_all, flatten). A halted bot still takes them: halted means
+        no new risk, never that risk cannot be reduced. freqtrade refuses both while stopped (its /forceexit and
+        order cancel answer "trader is not running"), so a halted freqtrade is paused for the command (freqtrade's
+        /pause from stopped: its loop runs again but enters nothing, it only manages what it holds) and stopped again
+        after it, whether the command worked or not: it stays halted. Once the command worked it is stopped only after
+        its loop has taken in what the command did (_settled): stopped, freqtrade would hold its exited trades open
+        forever, their exit orders filled on the venue and never applied."""
+        if state is not TradingState.HALTED:
+            yield
+            return
+        await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS)
+        try:
+            yield
+            await self._settled()
+        finally:
+            await self.client.post("/stop", timeout=COMMAND_TIMEOUT_SECONDS)
+
+    async def _settled(self) -> None:
+        """Until no order of freqtrade's trades is open (an exit that filled closed its trade), or SETTLE_SECONDS."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            snap = await self.poller.poll()
+            if snap.up and not snap.open_orders():
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "freqtrade still works %d orders %gs after the command: halting it again with them open",
+                    len(snap.open_orders()),
+                    SETTLE_SECONDS,
+                )
+                return
+            await asyncio.sleep(SETTLE_POLL_SECONDS)
+
+    async def _exit_all(self, state: TradingState) -> tuple[list[Any], Any]:
+        """flatten's exits (see _flatten): the trades exited and freqtrade's last answer. Raises BrokerError."""
         if state is TradingState.ACTIVE:
             await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS)
         trades = [t.get("trade_id") for t in self.poller.snapshot.trades]
@@ -307,18 +358,15 @@ class FreqtradeControl:
                 f"(exited {[t for t in trades if str(t) not in failed]}): {reasons}",
                 outcome_unknown=False,
             )
-        after = await self._current()
-        return {
-            "state": after.value,
-            "previous_state": state.value,
-            "trades_exited": trades,
-            "freqtrade": _status_text(answer) if answer is not None else "no open trade",
-        }
+        return trades, answer
 
     async def _cancel_all(self, _args: dict[str, Any]) -> dict[str, Any]:
+        """Cancel every open order of freqtrade's trades; a halted freqtrade too, which stays halted (_reducing)."""
         state = await self._current()
-        if state is TradingState.HALTED:
-            raise CommandRefused("cancel_all", state, "freqtrade is stopped (halted) and cancels nothing")
+        async with self._reducing(state):
+            return await self._cancel_orders(state)
+
+    async def _cancel_orders(self, state: TradingState) -> dict[str, Any]:
         canceled: list[Any] = []
         failed: dict[str, str] = {}
         for trade, _order in self.poller.snapshot.open_orders():

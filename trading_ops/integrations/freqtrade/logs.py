@@ -43,6 +43,13 @@ ERROR_CLASSES = {
     "BadSymbol": "other",
     "BaseError": "other",
 }
+# A call freqtrade's retrier gave up on or retries quotes the exception alone: `fetch_ticker() returned exception:
+# "<message>". Retrying still for 4 times.` A rate limit (ccxt's DDoSProtection and RateLimitExceeded) reaches it as
+# freqtrade's own DDosProtection, whose message is ccxt's with no class named (`kraken {"error": ["EAPI:Rate limit
+# exceeded"], ...}`): the venue's words say what it was. Kraken's EAPI:/EOrder:Rate limit exceeded, and the usual
+# words of other venues (Too many requests, HTTP 429, DDoS protection).
+RETRIED = re.compile(r'^\w+\(\) returned exception: "')
+RATE_LIMIT_WORDS = re.compile(r"rate limit|too many requests|\b429\b|ddos", re.IGNORECASE)
 REQUEST_LINE = re.compile(r'Message: \w+ (?:GET|POST|PUT|DELETE) [^\s"]+(?=["\s]|$)(?!\s+\d{3}\b)')
 # Classes that mean the venue could not be reached: the channel is down (as the ccxt broker's `on_connection`).
 CONNECTION_CLASSES = ("network", "unavailable")
@@ -225,15 +232,19 @@ class LogCursor:
 
 
 def exchange_error(record: Record) -> ExchangeError | None:
-    """The exchange error a record reports, if any: a warning or worse naming a ccxt error class."""
+    """The exchange error a record reports, if any: a warning or worse naming a ccxt error class, or a call freqtrade's
+    retrier reports refused for a rate limit (RETRIED)."""
     if record.level not in ("WARNING", "ERROR", "CRITICAL"):
         return None
+    first_line = record.message.splitlines()[0] if record.message else ""
     found = DUE_TO.search(record.message)
-    if found is None or found.group(1) not in ERROR_CLASSES:
+    if found is not None and found.group(1) in ERROR_CLASSES:
+        name = found.group(1)
+    elif RETRIED.match(first_line) and RATE_LIMIT_WORDS.search(first_line):
+        name = "RateLimitExceeded"
+    else:
         return None
-    name = found.group(1)
     error_class = ERROR_CLASSES[name]
-    first_line = record.message.splitlines()[0]
     if name == "ExchangeNotAvailable" and REQUEST_LINE.search(first_line):
         error_class = "network"
     if MARKET_DATA.search(first_line):

@@ -20,8 +20,17 @@ from trading_ops.tasks import stop_tasks
 log = logging.getLogger(__name__)
 
 # freqtrade's bot states -> the library's trading states. `stopped` is freqtrade's kill switch: nothing trades
-# until someone starts it again, exactly what `halted` means; `reload_config` is a moment of standing still.
-STATES = {"running": "active", "paused": "paused", "stopped": "halted", "reload_config": "paused"}
+# until someone starts it again, exactly what `halted` means.
+STATES = {"running": "active", "paused": "paused", "stopped": "halted"}
+# freqtrade rebuilding itself in place (its reload_config: the sidecar's reconnect and reload, a config change): no one
+# decided to stop it, and it comes back in its configuration's initial_state a second or two later. Its API answers
+# `reload_config` for about a second, then for a moment an empty state, then nothing until the new bot answers
+# (freqtrade 2026.9). In any state but STATES the sidecar keeps reporting the state it saw last (a reload is no
+# transition), or `paused` when it has seen none yet.
+RELOADING_UNKNOWN = "paused"
+# What `tradingbot_freqtrade_info` says of freqtrade besides its version: kept, with the version, while freqtrade is
+# down, so its info series keeps its labels (a new series with empty ones would read as another bot).
+INFO_KEYS = ("exchange", "strategy", "bot_name", "dry_run", "trading_mode", "stake_currency")
 # Trades that closed since the last poll are asked for with this many more (freqtrade lists them newest first), so
 # one that closed between two of a poll's requests is not missed; the first poll asks for this many alone (already
 # closed: a baseline), so every answer overlaps trades already known. /trades answers at most 500 at a time.
@@ -67,6 +76,8 @@ class Snapshot:
     balance: dict[str, Any] = field(default_factory=dict)
     locks: dict[str, Any] = field(default_factory=dict)
     today: dict[str, Any] | None = None
+    # The library's state freqtrade was in last, kept while it is in none of STATES: a reload_config.
+    before_reload: str | None = None
 
     @property
     def freqtrade_state(self) -> str | None:
@@ -75,8 +86,10 @@ class Snapshot:
 
     @property
     def state(self) -> str | None:
-        """The library's trading state, or None while down or unknown."""
-        return STATES.get(self.freqtrade_state or "") if self.up else None
+        """The library's trading state, or None while down; while freqtrade reloads, the one before."""
+        if not self.up:
+            return None
+        return STATES.get(self.freqtrade_state or "") or self.before_reload or RELOADING_UNKNOWN
 
     @property
     def venue(self) -> str:
@@ -113,6 +126,7 @@ class FreqtradePoller:
         self.down_listeners: list[DownListener] = []
         self._cursor = LogCursor()
         self._baseline = False
+        self._known_state: str | None = None  # the last state freqtrade was in that was not a reload
         # One poll at a time: a command's fresh poll waits for the scheduled one in flight, so each poll starts from
         # the snapshot of the one before (two at once would both start from the same one, and the slower, older
         # answer would come last: counters would see fees fall and rise again, trades close twice).
@@ -157,7 +171,7 @@ class FreqtradePoller:
                 polled_at=previous.polled_at,
                 error=str(exc),
                 version=previous.version,
-                config={k: previous.config[k] for k in ("exchange", "strategy") if k in previous.config},
+                config={k: previous.config[k] for k in INFO_KEYS if k in previous.config},
                 heartbeat=previous.heartbeat,
                 bot_start=previous.bot_start,
                 closed_count=previous.closed_count,
@@ -222,7 +236,10 @@ class FreqtradePoller:
             balance=balance if isinstance(balance, dict) else {},
             locks=locks if isinstance(locks, dict) else {},
             today=days[0] if isinstance(days, list) and days and isinstance(days[0], dict) else None,
+            before_reload=self._known_state,
         )
+        if (snapshot.freqtrade_state or "") in STATES:
+            self._known_state = snapshot.state
         return snapshot, News(self._cursor.new(records(logs)), closed)
 
     def replace(self, **changes: Any) -> None:
