@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# PostgreSQL's client programs, for `trading-ops backup` of the compose stack's database (pg_dump -Fc, pg_restore):
+# OpenSSH's client, for the off-host copy of every backup (backup.remote), and PostgreSQL's client programs, for
+# `trading-ops backup` of the compose stack's database (pg_dump -Fc, pg_restore):
 # pg_dump must be at least the server's major version and Debian bookworm ships 15, so the client comes from the
 # PostgreSQL project's apt repository (apt.postgresql.org; apt checks its signature against the project's key).
 # Keep PG_MAJOR the major version of the postgres image in docker-compose.yml (tests/test_docker_compose.py checks
@@ -24,7 +25,7 @@ RUN apt-get update \
     && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
         > /etc/apt/sources.list.d/pgdg.list \
     && apt-get update \
-    && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" \
+    && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" openssh-client \
     && apt-get purge -y --auto-remove curl \
     && rm -rf /var/lib/apt/lists/* \
     && pg_dump --version | grep -q "(PostgreSQL) ${PG_MAJOR}\." \

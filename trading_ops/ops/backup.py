@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,11 +19,11 @@ import sys
 import tempfile
 import time
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import make_url
@@ -31,6 +32,7 @@ from trading_ops.config import Config
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.ops import backup_postgres, backup_sqlite
 from trading_ops.ops.backup_live import live_users
+from trading_ops.ops.backup_remote import Remote
 from trading_ops.ops.state import OpsState, add_count, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class Manifest:
     source: str  # the database URL, password masked
     trigger: str = "manual"
     version: int = MANIFEST_VERSION
+    # Where the off-host copy is, once its checksum was verified there ("" while there is none).
+    off_host: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -97,6 +101,7 @@ class BackupResult:
     manifest: Manifest
     pruned: list[str] = field(default_factory=list)  # ids deleted by retention
     copied_to: Path | None = None
+    remote_pruned: list[str] = field(default_factory=list)  # ids retention deleted from the off-host repository
 
 
 @dataclass
@@ -348,6 +353,9 @@ def verify_backup(config: Config, manifest: Manifest, progress: Progress | None 
                 finally:
                     engine.dispose()
         _compare_counts(manifest, counts, "restored")
+        remote = remote_of(config)
+        if manifest.off_host and remote is not None and remote.sha256(manifest.file) != manifest.sha256:
+            raise BackupError(f"backup {manifest.id}: its off-host copy on {remote.location} is missing or damaged")
     except Exception as exc:
         _record(catalog, verified=False, error=str(exc))
         raise
@@ -412,7 +420,14 @@ def restore_backup(config: Config, manifest: Manifest, *, force: bool = False) -
     return result
 
 
-def kept_backups(manifests: list[Manifest], hourly: int, daily: int, weekly: int, time_zone: str = "UTC") -> set[str]:
+class Dated(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+def kept_backups(manifests: Sequence[Dated], hourly: int, daily: int, weekly: int, time_zone: str = "UTC") -> set[str]:
     """Grandfather-father-son: the newest backup of each of the `hourly` newest hours that have one, of the `daily`
     newest days and of the `weekly` newest ISO weeks (in `time_zone`), and always the newest of all."""
     ordered = sorted(manifests, key=lambda m: m.created_at, reverse=True)
@@ -465,8 +480,108 @@ def copy_off_machine(config: Config, manifest: Manifest) -> Path:
     return target
 
 
+def remote_of(config: Config) -> Remote | None:
+    """The configured off-host repository (None without a host)."""
+    settings = config.backup.remote
+    return Remote(settings, config.base_dir, config.backup.timeout_seconds) if settings.host else None
+
+
+def copy_off_host(config: Config, manifest: Manifest) -> Manifest:
+    """Copy a backup and then its manifest to the off-host repository; the data's checksum is computed there and must
+    be the manifest's. Returns the manifest with `off_host` set (also written to the local catalog)."""
+    remote = remote_of(config)
+    if remote is None:
+        raise BackupError("no off-host repository: backup.remote.host is not configured")
+    catalog = Catalog(config.path(config.backup.directory))
+    copied = remote.put(catalog.data_path(manifest))
+    if copied != manifest.sha256:
+        raise BackupError(
+            f"backup {manifest.id}: the copy on {remote.location} has sha256 {copied[:16] or 'none'}..., "
+            f"not the manifest's {manifest.sha256[:16]}... (damaged on the way)"
+        )
+    done = dataclasses.replace(manifest, off_host=remote.location)
+    write_json_atomic(catalog.manifest_path(manifest.id), done.to_json())
+    remote.put(catalog.manifest_path(manifest.id))
+    log.info("backup %s copied off host to %s (checksum verified there)", manifest.id, remote.location)
+    return done
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    id: str
+    created_at: datetime
+
+
+def remote_backups(remote: Remote) -> list[RemoteEntry]:
+    """The backups in the off-host repository (those whose manifest is there), newest first."""
+    found = []
+    for name in remote.names():
+        backup_id = name.removeprefix(FILE_PREFIX).removesuffix(MANIFEST_SUFFIX)
+        if name.startswith(FILE_PREFIX) and name.endswith(MANIFEST_SUFFIX) and ID_RE.match(backup_id):
+            found.append(RemoteEntry(backup_id, datetime.strptime(backup_id, ID_FORMAT).replace(tzinfo=UTC)))
+    return sorted(found, key=lambda e: e.created_at, reverse=True)
+
+
+def apply_remote_retention(config: Config, remote: Remote) -> list[str]:
+    """The same retention in the off-host repository, over the backups that are there (it may hold backups this
+    host's catalog no longer has, or never had: a new host after the old one was lost); their ids. Partial files of
+    interrupted copies go too."""
+    settings = config.backup
+    names = remote.names()
+    entries = remote_backups(remote)
+    keep = kept_backups(entries, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
+    pruned = [e.id for e in entries if e.id not in keep]
+    doomed = [n for n in names if n.startswith(f".{FILE_PREFIX}") and n.endswith(".partial")]
+    for backup_id in pruned:  # the manifest first: a backup without its manifest is not listed
+        doomed.append(f"{FILE_PREFIX}{backup_id}{MANIFEST_SUFFIX}")
+        doomed += [f"{FILE_PREFIX}{backup_id}{suffix}" for suffix in DATA_SUFFIX.values()]
+    remote.delete([n for n in doomed if n in names])
+    if pruned:
+        log.info("backup retention deleted %d backup(s) on %s: %s", len(pruned), remote.location, ", ".join(pruned))
+    return pruned
+
+
+def fetch_backup(config: Config, backup_id: str = "latest") -> Manifest:
+    """Copy a backup from the off-host repository into the local catalog (a host rebuilt after the old one was lost:
+    then `restore`); checked against its manifest's checksum. Returns its manifest."""
+    remote = remote_of(config)
+    if remote is None:
+        raise BackupError("no off-host repository: backup.remote.host is not configured")
+    entries = remote_backups(remote)
+    if not entries:
+        raise BackupError(f"no backups in the off-host repository {remote.location}")
+    chosen = entries[0] if backup_id == "latest" else next((e for e in entries if e.id == backup_id), None)
+    if chosen is None:
+        raise BackupError(f"no backup {backup_id!r} in the off-host repository {remote.location}")
+    try:
+        manifest = Manifest.from_json(json.loads(remote.read_text(f"{FILE_PREFIX}{chosen.id}{MANIFEST_SUFFIX}")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackupError(f"backup {chosen.id}: its manifest on {remote.location} is unreadable: {exc}") from exc
+    catalog = Catalog(config.path(config.backup.directory))
+    catalog.directory.mkdir(parents=True, exist_ok=True)
+    partial = catalog.directory / f".{manifest.file}{PARTIAL_SUFFIX}"
+    try:
+        remote.get(manifest.file, partial)
+        if partial.stat().st_size != manifest.size_bytes or sha256_of(partial) != manifest.sha256:
+            raise BackupError(
+                f"backup {manifest.id}: the copy fetched from {remote.location} does not match its checksum"
+            )
+        _fsync(partial)
+        os.replace(partial, catalog.data_path(manifest))
+    finally:
+        partial.unlink(missing_ok=True)
+    write_json_atomic(catalog.manifest_path(manifest.id), manifest.to_json())
+    log.info("backup %s fetched from %s", manifest.id, remote.location)
+    return manifest
+
+
 def _record(
-    catalog: Catalog, *, manifest: Manifest | None = None, error: str = "", verified: bool | None = None
+    catalog: Catalog,
+    *,
+    manifest: Manifest | None = None,
+    error: str = "",
+    verified: bool | None = None,
+    stage: str = "backup",
 ) -> None:
     """Add a run to the catalog's state: what the metrics export (and the alerts watch)."""
     now = utcnow().timestamp()
@@ -487,6 +602,8 @@ def _record(
             data["last_id"] = manifest.id
         else:
             add_count(data, "failures_total")
+            if stage == "off_host":  # the off-host copy (or its retention) failed: the backup is not complete
+                add_count(data, "off_host_failures_total")
             data["last_failure_timestamp_seconds"] = now
             data["last_error"] = error[:500]
 
@@ -502,15 +619,28 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
     """A whole backup run: take it, copy it off the machine when configured, apply retention, record the run.
     A failure anywhere is recorded (tradingops_backup_failures_total) and raised."""
     catalog = Catalog(config.path(config.backup.directory))
+    remote = remote_of(config)
+    stage = "backup"
     try:
         manifest = take_backup(config, trigger, progress)
         copied = copy_off_machine(config, manifest) if config.backup.copy_to else None
+        stage = "off_host"
+        if remote is not None:
+            manifest = copy_off_host(config, manifest)
+        elif config.backup.remote.required:
+            raise BackupError(
+                f"backup {manifest.id} is on this host only: no off-host repository is configured "
+                "(backup.remote.host; or backup.remote.required: false to accept that)"
+            )
+        stage = "backup"
         pruned = apply_retention(config)
+        stage = "off_host"
+        remote_pruned = apply_remote_retention(config, remote) if remote is not None else []
     except Exception as exc:  # reported by the caller (one line on the CLI, a log line from the schedule)
-        _record(catalog, error=f"{type(exc).__name__}: {exc}")
+        _record(catalog, error=f"{type(exc).__name__}: {exc}", stage=stage)
         raise
     _record(catalog, manifest=manifest)
-    return BackupResult(manifest, pruned, copied)
+    return BackupResult(manifest, pruned, copied, remote_pruned)
 
 
 async def run_scheduled_backup(config: Config) -> BackupResult:

@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
     restore.add_argument("backup_id", metavar="ID", help="a backup id, or latest")
     restore.add_argument("--force", action="store_true", help="restore even while a bot or the reconciler uses it")
     restore.set_defaults(handler=backup_restore)
+    fetch = inner.add_parser("fetch", help="copy a backup from the off-host repository into the local catalog")
+    fetch.add_argument("backup_id", nargs="?", default="latest", metavar="ID", help="a backup id (default: latest)")
+    fetch.set_defaults(handler=backup_fetch)
 
 
 def expected_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
@@ -38,8 +41,9 @@ def expected_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from trading_ops.ops.backup_postgres import ClientProgramError
+    from trading_ops.ops.backup_remote import RemoteError
 
-    return (*more, ClientProgramError, OSError, SQLAlchemyError, sqlite3.Error)
+    return (*more, ClientProgramError, RemoteError, OSError, SQLAlchemyError, sqlite3.Error)
 
 
 def fail(action: str, exc: BaseException) -> int:
@@ -73,8 +77,14 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
     )
     if result.copied_to:
         print(f"copied to {result.copied_to}")
+    if m.off_host:
+        print(f"off host: {m.off_host} (checksum verified there)")
+    else:
+        print("off host: none (backup.remote.required is false): this backup is lost with this host")
     if result.pruned:
         print(f"retention deleted {len(result.pruned)} older backup(s)")
+    if result.remote_pruned:
+        print(f"retention deleted {len(result.remote_pruned)} older backup(s) off host")
     if args.verify:
         try:
             verified = verify_backup(config, m)
@@ -94,11 +104,12 @@ def backup_list(args: argparse.Namespace, config: Config) -> int:
     if not manifests:
         print(f"no backups in {config.path(config.backup.directory)}")
         return EXIT_OK
-    print(f"{'ID':<24} {'CREATED (UTC)':<20} {'TRIGGER':<9} {'SIZE':>10} {'ROWS':>9} {'SCHEMA':<8} SOURCE")
+    print(f"{'ID':<24} {'CREATED (UTC)':<20} {'TRIGGER':<9} {'SIZE':>10} {'ROWS':>9} {'SCHEMA':<8} OFF-HOST  SOURCE")
     for m in manifests:
         print(
             f"{m.id:<24} {m.created_at:%Y-%m-%d %H:%M:%S} {m.trigger:<9} {human(m.size_bytes):>10} "
-            f"{sum(m.row_counts.values()):>9} {m.schema_revision or '-':<8} {m.source}"
+            f"{sum(m.row_counts.values()):>9} {m.schema_revision or '-':<8} {'yes' if m.off_host else 'no':<9} "
+            f"{m.source}"
         )
     return EXIT_OK
 
@@ -139,6 +150,20 @@ def backup_restore(args: argparse.Namespace, config: Config) -> int:
         print(
             f"the restored schema is at revision {manifest.schema_revision}: run `trading-ops db upgrade` (to {head})"
         )
+    return EXIT_OK
+
+
+def backup_fetch(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.ops.backup import BackupError, fetch_backup
+
+    try:
+        manifest = fetch_backup(config, args.backup_id)
+    except expected_errors(BackupError) as exc:
+        return fail("backup fetch", exc)
+    print(
+        f"backup {manifest.id} fetched from {manifest.off_host or 'the off-host repository'}: "
+        f"{human(manifest.size_bytes)}, checksum ok -> {config.path(config.backup.directory)}"
+    )
     return EXIT_OK
 
 

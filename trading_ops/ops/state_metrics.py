@@ -29,6 +29,11 @@ BACKUP_GAUGES = (
 BACKUP_COUNTERS = (
     ("backup_runs", "runs_total", "Backup runs, successful or not."),
     ("backup_failures", "failures_total", "Backup runs that failed."),
+    (
+        "backup_off_host_failures",
+        "off_host_failures_total",
+        "Backup runs that failed because the off-host copy could not be made or verified (counted in failures too).",
+    ),
     ("backup_verify_runs", "verify_runs_total", "Backup verifications."),
     ("backup_verify_failures", "verify_failures_total", "Backup verifications that failed."),
 )
