@@ -40,7 +40,8 @@ from trading_ops.ops.backup import (
     run_backup,
     verify_backup,
 )
-from trading_ops.ops.state_metrics import BackupCollector
+from trading_ops.ops.restore_drill import run_drill
+from trading_ops.ops.state_metrics import BackupCollector, RestoreDrillCollector
 from trading_ops.paper.bot import PaperBot
 
 PAPER = {
@@ -169,6 +170,10 @@ async def test_backup_while_the_paper_bot_trades_restores_that_moment(
 
     verified = await asyncio.to_thread(verify_backup, config, manifest)
     assert verified.rows == sum(manifest.row_counts.values())
+    # The restore drill: the backup restored into a scratch database, at head, and its journal consistent.
+    drilled = await asyncio.to_thread(run_drill, config)
+    assert drilled.manifest.id == manifest.id and drilled.rows == sum(manifest.row_counts.values())
+    assert drilled.schema_revision == migrate.script_directory().get_current_head()
 
     restored = await asyncio.to_thread(restore_backup, config, manifest)
     now = content(url)
@@ -598,3 +603,75 @@ def test_a_failed_off_host_copy_is_a_failed_backup(sqlite_url: str, tmp_path: Pa
     err = error_line(capsys.readouterr().err)
     assert "is on this host only: no off-host repository is configured (backup.remote.host" in err
     assert registry.get_sample_value("tradingops_backup_off_host_failures_total") == 2
+
+
+# -- the restore drill ---------------------------------------------------------------------------------------------
+
+
+def drill_metrics(tmp_path: Path) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(RestoreDrillCollector(tmp_path / "backups" / "restore-drill-state.json"))
+    return registry
+
+
+def test_the_drill_brings_an_older_schema_to_head_and_records_it(sqlite_url: str, tmp_path: Path, capsys: Any) -> None:
+    migrate.upgrade(sqlite_url, "0006")
+    config_path = write_yaml(tmp_path, sqlite_url)
+    registry = drill_metrics(tmp_path)
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "drill"]) == 1  # nothing to drill yet
+    assert error_line(capsys.readouterr().err) == f"trading-ops: backup drill: no backups in {tmp_path / 'backups'}"
+    assert registry.get_sample_value("tradingops_restore_drill_failures_total") == 1
+    assert main(["--config", str(config_path), "backup", "run"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "drill"]) == 0
+    out = capsys.readouterr().out
+    head = migrate.script_directory().get_current_head()
+    assert out.startswith("restore drill passed: backup ") and f"migrated to {head}" in out
+    assert registry.get_sample_value("tradingops_restore_drill_runs_total") == 2
+    assert registry.get_sample_value("tradingops_restore_drill_failures_total") == 1
+    last = registry.get_sample_value("tradingops_restore_drill_last_success_timestamp_seconds")
+    assert last is not None and abs(last - utcnow().timestamp()) < 600
+    manifest = Catalog(tmp_path / "backups").get("latest")
+    assert registry.get_sample_value("tradingops_restore_drill_last_backup_timestamp_seconds") == pytest.approx(
+        manifest.created_at.timestamp()
+    )
+    # The drill touched neither the database (still at 0006) nor the catalog.
+    assert content(sqlite_url)["alembic_version"] == [("0006",)]
+    assert [m.id for m in Catalog(tmp_path / "backups").manifests()] == [manifest.id]
+
+
+def test_a_drill_of_an_inconsistent_journal_fails(database_url: str, tmp_path: Path, capsys: Any) -> None:
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    with engine.begin() as conn:  # a position no fill explains, and a fill of an order that was never journaled
+        conn.execute(
+            insert(Position).values(bot="b", venue="paper", symbol="BTC-USD", quantity=Decimal(2), average_price=1)
+        )
+        conn.execute(
+            insert(Fill).values(
+                bot="b", venue="paper", trade_id="t1", client_order_id="lost-1", symbol="ETH-USD", side="buy",
+                quantity=Decimal(1), price=Decimal(100), fee=Decimal(0), fee_asset="USD", liquidity="taker",
+                executed_at=utcnow(),
+            )
+        )  # fmt: skip
+    engine.dispose()
+    config_path = write_yaml(tmp_path, database_url)
+    registry = drill_metrics(tmp_path)
+    assert main(["--config", str(config_path), "backup", "run"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "drill"]) == 1
+    err = error_line(capsys.readouterr().err)
+    assert "restored, but its journal is inconsistent: " in err
+    assert "position b/paper/BTC-USD is 2, its fills sum to 0" in err
+    assert "position b/paper/ETH-USD is 0, its fills sum to 1" in err
+    assert "1 fill(s) of bot b name order 'lost-1', which is not journaled" in err
+    assert registry.get_sample_value("tradingops_restore_drill_failures_total") == 1
+    assert registry.get_sample_value("tradingops_restore_drill_last_success_timestamp_seconds") is None
+    assert registry.get_sample_value("tradingops_restore_drill_last_failure_timestamp_seconds") is not None
+    if database_url.startswith("postgresql"):  # the scratch database is gone again
+        admin = create_engine(POSTGRES_ADMIN_URL)
+        with admin.connect() as conn:
+            names = conn.execute(text("SELECT datname FROM pg_database")).scalars().all()
+        admin.dispose()
+        assert not [n for n in names if n.startswith("trading_ops_verify_")]

@@ -307,7 +307,7 @@ def take_backup(config: Config, trigger: str = "manual", progress: Progress | No
     return manifest
 
 
-def _check_file(catalog: Catalog, manifest: Manifest) -> Path:
+def check_file(catalog: Catalog, manifest: Manifest) -> Path:
     path = catalog.data_path(manifest)
     if not path.is_file():
         raise BackupError(f"backup {manifest.id}: data file {path} is missing")
@@ -331,7 +331,7 @@ def verify_backup(config: Config, manifest: Manifest, progress: Progress | None 
     catalog = Catalog(config.path(config.backup.directory))
     started = time.monotonic()
     try:
-        path = _check_file(catalog, manifest)
+        path = check_file(catalog, manifest)
         if manifest.dialect == "sqlite":
             with tempfile.TemporaryDirectory(prefix=".verify-", dir=catalog.directory) as scratch_dir:
                 scratch = Path(scratch_dir) / "scratch.sqlite"
@@ -379,7 +379,7 @@ def restore_backup(config: Config, manifest: Manifest, *, force: bool = False) -
     catalog = Catalog(config.path(config.backup.directory))
     if manifest.dialect != dialect_of(url):
         raise BackupError(f"backup {manifest.id} is of a {manifest.dialect} database; the configured one is not")
-    path = _check_file(catalog, manifest)
+    path = check_file(catalog, manifest)
     started = time.monotonic()
     exists = dialect_of(url) == "postgresql" or sqlite_path(url).is_file()
     if exists:

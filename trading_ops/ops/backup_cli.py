@@ -1,4 +1,4 @@
-"""`trading-ops backup run|list|verify|restore` (`trading-ops upkeep`: trading_ops.commands.upkeep_cmd)."""
+"""`trading-ops backup run|list|verify|restore|fetch|drill` (`trading-ops upkeep`: trading_ops.commands.upkeep_cmd)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def register(sub: Any) -> None:
     fetch = inner.add_parser("fetch", help="copy a backup from the off-host repository into the local catalog")
     fetch.add_argument("backup_id", nargs="?", default="latest", metavar="ID", help="a backup id (default: latest)")
     fetch.set_defaults(handler=backup_fetch)
+    drill = inner.add_parser(
+        "drill",
+        help="restore a backup into a scratch database, migrate it to head and check the journal (a restore drill)",
+    )
+    drill.add_argument("backup_id", nargs="?", default="latest", metavar="ID", help="a backup id (default: latest)")
+    drill.set_defaults(handler=backup_drill)
 
 
 def expected_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
@@ -163,6 +169,23 @@ def backup_fetch(args: argparse.Namespace, config: Config) -> int:
     print(
         f"backup {manifest.id} fetched from {manifest.off_host or 'the off-host repository'}: "
         f"{human(manifest.size_bytes)}, checksum ok -> {config.path(config.backup.directory)}"
+    )
+    return EXIT_OK
+
+
+def backup_drill(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.ops.backup import BackupError
+    from trading_ops.ops.restore_drill import run_drill
+
+    try:
+        result = run_drill(config, args.backup_id)
+    except expected_errors(BackupError) as exc:
+        return fail("backup drill", exc)
+    m = result.manifest
+    print(
+        f"restore drill passed: backup {m.id} ({m.created_at:%Y-%m-%d %H:%M:%S} UTC) restored into a scratch "
+        f"database, migrated to {result.schema_revision}, {result.rows} rows; checked: {', '.join(result.checks)} "
+        f"({result.duration_seconds:.2f}s)"
     )
     return EXIT_OK
 

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from trading_ops.config import Config
 from trading_ops.ops.backup import Catalog
+from trading_ops.ops.restore_drill import DRILL_STATE_FILE
 from trading_ops.ops.state import OpsState
 from trading_ops.ops.upkeep import UPKEEP_STATE_FILE
 
@@ -65,6 +66,47 @@ class BackupCollector(Collector):
         )
 
 
+DRILL_GAUGES = (
+    (
+        "restore_drill_last_success_timestamp_seconds",
+        "last_success_timestamp_seconds",
+        "When a restore drill last passed (the latest backup restored, migrated to head and its journal checked).",
+    ),
+    (
+        "restore_drill_last_failure_timestamp_seconds",
+        "last_failure_timestamp_seconds",
+        "When a restore drill last failed.",
+    ),
+    ("restore_drill_last_duration_seconds", "last_duration_seconds", "How long the last restore drill took."),
+    (
+        "restore_drill_last_backup_timestamp_seconds",
+        "last_backup_timestamp_seconds",
+        "When the backup the last restore drill restored was taken.",
+    ),
+)
+DRILL_COUNTERS = (
+    ("restore_drill_runs", "runs_total", "Restore drills, passed or not."),
+    ("restore_drill_failures", "failures_total", "Restore drills that failed."),
+)
+
+
+class RestoreDrillCollector(Collector):
+    """Restore drills, from their state file in the backup directory, read at each scrape."""
+
+    def __init__(self, path: Path) -> None:
+        self.state = OpsState(path)
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state.read()
+        for name, key, doc in DRILL_GAUGES:
+            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+            if key in state:  # absent until there is one: "never" is not 1970
+                gauge.add_metric([], float(state[key]))
+            yield gauge
+        for name, key, doc in DRILL_COUNTERS:
+            yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=float(state.get(key, 0)))
+
+
 class UpkeepCollector(Collector):
     """Database and disk upkeep runs: rows deleted by table, bytes and files freed by directory, failures."""
 
@@ -112,4 +154,5 @@ class UpkeepCollector(Collector):
 def register_ops_metrics(config: Config, registry: CollectorRegistry) -> None:
     """Export the backup and upkeep records of `config` on `registry`."""
     registry.register(BackupCollector(config.path(config.backup.directory)))
+    registry.register(RestoreDrillCollector(config.path(config.backup.directory) / DRILL_STATE_FILE))
     registry.register(UpkeepCollector(config.path(config.bot.data_dir) / UPKEEP_STATE_FILE))
