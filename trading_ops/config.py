@@ -687,6 +687,21 @@ class BackupRemoteConfig:
 
 
 @dataclass
+class BackupPitrConfig:
+    # PostgreSQL point-in-time recovery with pgBackRest: `backup run` also takes a pgBackRest backup of the cluster
+    # that holds the database (differential; full when the last full is older than full_every_days), and the
+    # cluster archives its WAL with `archive_command = 'pgbackrest --config=… --stanza=… archive-push %p'`.
+    # `backup restore --to-time T --pg-data DIR` restores the cluster as of T into DIR (a stopped or new cluster).
+    enabled: bool = False
+    stanza: str = checked("trading-ops", _check_nonempty)
+    config_file: str = "/etc/pgbackrest/pgbackrest.conf"  # pgBackRest's own configuration (repo1-path, pg1-path, …)
+    # How pgBackRest runs: as the cluster's owner (it reads the data directory), e.g. [sudo, -u, postgres, pgbackrest].
+    command: list[str] = checked(["pgbackrest"], _check_command)
+    full_every_days: float = bounded(7.0, min=0)
+    timeout_seconds: float = bounded(3600.0, min=1)
+
+
+@dataclass
 class BackupConfig:
     # Where backups and their manifests are kept (relative to this file's directory).
     directory: str = checked("var/backups", _check_nonempty)
@@ -701,6 +716,7 @@ class BackupConfig:
     copy_to: str = ""
     # The second copy of every backup, on another host (see BackupRemoteConfig).
     remote: BackupRemoteConfig = field(default_factory=BackupRemoteConfig)
+    pitr: BackupPitrConfig = field(default_factory=BackupPitrConfig)
     # The restore drill (`trading-ops backup drill`): the latest backup restored into a scratch database, migrated
     # to head and checked (journal consistency), on this schedule (cron, in time_zone); false: not scheduled.
     drill: bool = True

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 
 from trading_ops.config import Config
 from trading_ops.db.base import make_engine, utcnow
-from trading_ops.ops import backup_postgres, backup_sqlite
+from trading_ops.ops import backup_pitr, backup_postgres, backup_sqlite
 from trading_ops.ops.backup_live import live_users
 from trading_ops.ops.backup_remote import Remote
 from trading_ops.ops.state import OpsState, add_count, write_json_atomic
@@ -102,6 +102,7 @@ class BackupResult:
     pruned: list[str] = field(default_factory=list)  # ids deleted by retention
     copied_to: Path | None = None
     remote_pruned: list[str] = field(default_factory=list)  # ids retention deleted from the off-host repository
+    pitr: backup_pitr.PitrBackup | None = None  # the pgBackRest backup taken with it (backup.pitr)
 
 
 @dataclass
@@ -135,11 +136,16 @@ class Catalog:
                 log.warning("ignoring unreadable backup manifest %s: %s", path, exc)
         return sorted(found, key=lambda m: m.created_at, reverse=True)
 
-    def get(self, backup_id: str) -> Manifest:
-        """The backup `backup_id` (or `latest`); BackupError naming what exists when there is no such backup."""
+    def get(self, backup_id: str, schema: str | None = None) -> Manifest:
+        """The backup `backup_id` (or `latest`); BackupError naming what exists when there is no such backup.
+        `schema`: only a backup at that schema revision (`latest` then is the newest of those)."""
         manifests = self.manifests()
         if not manifests:
             raise BackupError(f"no backups in {self.directory}")
+        if schema is not None:
+            manifests = [m for m in manifests if m.schema_revision == schema]
+            if not manifests:
+                raise BackupError(f"no backup at schema revision {schema} in {self.directory}")
         if backup_id == "latest":
             return manifests[0]
         for manifest in manifests:
@@ -452,11 +458,14 @@ def kept_backups(manifests: Sequence[Dated], hourly: int, daily: int, weekly: in
 
 
 def apply_retention(config: Config) -> list[str]:
-    """Delete the backups retention does not keep; their ids."""
+    """Delete the backups retention does not keep (kept_backups, and the newest at each schema revision); their ids."""
     catalog = Catalog(config.path(config.backup.directory))
     settings = config.backup
     manifests = catalog.manifests()
     keep = kept_backups(manifests, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
+    # And the newest backup at each schema revision: what a bad migration goes back to (the backup taken before an
+    # upgrade stays, whatever the hour's scheduled backups after it).
+    keep |= {next(m.id for m in manifests if m.schema_revision == r) for r in {m.schema_revision for m in manifests}}
     pruned = []
     for manifest in manifests:
         if manifest.id not in keep:
@@ -530,6 +539,7 @@ def apply_remote_retention(config: Config, remote: Remote) -> list[str]:
     names = remote.names()
     entries = remote_backups(remote)
     keep = kept_backups(entries, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
+    keep |= {m.id for m in Catalog(config.path(config.backup.directory)).manifests()}  # what this host keeps
     pruned = [e.id for e in entries if e.id not in keep]
     doomed = [n for n in names if n.startswith(f".{FILE_PREFIX}") and n.endswith(".partial")]
     for backup_id in pruned:  # the manifest first: a backup without its manifest is not listed
@@ -582,6 +592,7 @@ def _record(
     error: str = "",
     verified: bool | None = None,
     stage: str = "backup",
+    pitr: backup_pitr.PitrBackup | None = None,
 ) -> None:
     """Add a run to the catalog's state: what the metrics export (and the alerts watch)."""
     now = utcnow().timestamp()
@@ -600,10 +611,15 @@ def _record(
             data["last_size_bytes"] = manifest.size_bytes
             data["last_duration_seconds"] = manifest.duration_seconds
             data["last_id"] = manifest.id
+            if pitr is not None:
+                data["pitr_last_success_timestamp_seconds"] = now
+                data["pitr_last_duration_seconds"] = round(pitr.duration_seconds, 6)
         else:
             add_count(data, "failures_total")
             if stage == "off_host":  # the off-host copy (or its retention) failed: the backup is not complete
                 add_count(data, "off_host_failures_total")
+            if stage == "pitr":
+                add_count(data, "pitr_failures_total")
             data["last_failure_timestamp_seconds"] = now
             data["last_error"] = error[:500]
 
@@ -621,6 +637,7 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
     catalog = Catalog(config.path(config.backup.directory))
     remote = remote_of(config)
     stage = "backup"
+    pitr: backup_pitr.PitrBackup | None = None
     try:
         manifest = take_backup(config, trigger, progress)
         copied = copy_off_machine(config, manifest) if config.backup.copy_to else None
@@ -632,6 +649,9 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
                 f"backup {manifest.id} is on this host only: no off-host repository is configured "
                 "(backup.remote.host; or backup.remote.required: false to accept that)"
             )
+        if config.backup.pitr.enabled and manifest.dialect == "postgresql":
+            stage = "pitr"
+            pitr = backup_pitr.take(config)
         stage = "backup"
         pruned = apply_retention(config)
         stage = "off_host"
@@ -639,8 +659,8 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
     except Exception as exc:  # reported by the caller (one line on the CLI, a log line from the schedule)
         _record(catalog, error=f"{type(exc).__name__}: {exc}", stage=stage)
         raise
-    _record(catalog, manifest=manifest)
-    return BackupResult(manifest, pruned, copied, remote_pruned)
+    _record(catalog, manifest=manifest, pitr=pitr)
+    return BackupResult(manifest, pruned, copied, remote_pruned, pitr)
 
 
 async def run_scheduled_backup(config: Config) -> BackupResult:

@@ -125,14 +125,21 @@ def _scratch(config: Config, manifest: Manifest, data: Path) -> Iterator[str]:
         yield url
 
 
-def run_drill(config: Config, backup_id: str = "latest") -> DrillResult:
+def run_drill(config: Config, backup_id: str = "latest", schema: str | None = None) -> DrillResult:
     """Drill the restore of a backup (default: the latest); recorded either way. DrillFailed (or BackupError,
     or what the database raised) when the system would not come back from it."""
     catalog = Catalog(config.path(config.backup.directory))
     started = time.monotonic()
     manifest: Manifest | None = None
     try:
-        manifest = catalog.get(backup_id)
+        if backup_id == "latest":
+            # The newest backup a restore would use: not a safety backup (what a restore replaced, kept for a
+            # post-mortem, a broken database maybe), unless there is nothing else.
+            manifest = catalog.get(backup_id, schema)
+            kept = [m for m in catalog.manifests() if m.trigger != "safety" and schema in (None, m.schema_revision)]
+            manifest = kept[0] if kept else manifest
+        else:
+            manifest = catalog.get(backup_id, schema)
         data = check_file(catalog, manifest)
         with _scratch(config, manifest, data) as url:
             migrate.upgrade(url)  # what `db upgrade` does after a restore of an older schema

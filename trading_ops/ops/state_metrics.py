@@ -22,6 +22,16 @@ BACKUP_GAUGES = (
     ("backup_last_size_bytes", "last_size_bytes", "Size of the last successful backup."),
     ("backup_last_duration_seconds", "last_duration_seconds", "How long the last successful backup took."),
     (
+        "backup_pitr_last_success_timestamp_seconds",
+        "pitr_last_success_timestamp_seconds",
+        "When the last pgBackRest backup of the PostgreSQL cluster finished (backup.pitr).",
+    ),
+    (
+        "backup_pitr_last_duration_seconds",
+        "pitr_last_duration_seconds",
+        "How long the last pgBackRest backup took.",
+    ),
+    (
         "backup_last_verify_success_timestamp_seconds",
         "last_verify_success_timestamp_seconds",
         "When a backup last passed verification (restored into a scratch database and checked).",
@@ -34,6 +44,11 @@ BACKUP_COUNTERS = (
         "backup_off_host_failures",
         "off_host_failures_total",
         "Backup runs that failed because the off-host copy could not be made or verified (counted in failures too).",
+    ),
+    (
+        "backup_pitr_failures",
+        "pitr_failures_total",
+        "Backup runs whose pgBackRest backup failed (counted in failures too).",
     ),
     ("backup_verify_runs", "verify_runs_total", "Backup verifications."),
     ("backup_verify_failures", "verify_failures_total", "Backup verifications that failed."),

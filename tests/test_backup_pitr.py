@@ -1,0 +1,199 @@
+"""PostgreSQL point-in-time recovery through pgBackRest: a cluster of the test's own (tests/pg_cluster.py) archives its
+WAL with `pgbackrest archive-push`; `backup run` takes the pgBackRest backup; orders and episodes are written, a
+moment noted, more written; `backup restore --to-time` restores the cluster as of that moment into a fresh data
+directory, and the cluster started on it holds exactly what was committed before it. Needs PostgreSQL's server
+programs (initdb, pg_ctl) and Debian's pgbackrest."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pg_cluster import Cluster, own_cluster
+from sqlalchemy import create_engine, insert
+from system_binaries import require_binary
+
+from tests.conftest import free_port
+from trading_ops.cli import main
+from trading_ops.db.base import utcnow
+from trading_ops.db.models import Episode, Order
+
+STANZA = "trading-ops"
+
+
+def pgbackrest_conf(path: Path, repo: Path, pg: Cluster) -> None:
+    path.write_text(
+        "[global]\n"
+        f"repo1-path={repo}\nrepo1-retention-full=2\nstart-fast=y\nlog-level-console=warn\nlog-level-file=off\n"
+        f"lock-path={repo.parent / 'lock'}\narchive-timeout=30\n"
+        f"[{STANZA}]\npg1-path={pg.data}\npg1-port={pg.port}\npg1-socket-path={pg.data}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+    """The cluster, archiving its WAL into a pgBackRest repository; (cluster, pgbackrest.conf)."""
+    require_binary("pgbackrest")
+    with own_cluster() as pg:
+        work = Path(pg.data).parent / f"{pg.data.name}-pgbackrest"
+        work.mkdir()
+        (work / "repo").mkdir()
+        (work / "lock").mkdir()
+        shutil.chown(work, "postgres")
+        for sub in ("repo", "lock"):
+            shutil.chown(work / sub, "postgres")
+        conf = work / "pgbackrest.conf"
+        pgbackrest_conf(conf, work / "repo", pg)
+        conf.chmod(0o644)
+        with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET wal_level = 'replica'")
+            c.execute("ALTER SYSTEM SET archive_mode = 'on'")
+            c.execute(
+                f"ALTER SYSTEM SET archive_command = 'pgbackrest --config={conf} --stanza={STANZA} archive-push %p'"
+            )
+        pg.restart()
+        try:
+            yield pg, conf
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def sql(port: int, database: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname={database}", autocommit=True) as c:
+        cur = c.execute(query, params)  # type: ignore[arg-type]
+        return list(cur.fetchall()) if cur.description else []
+
+
+def write(url: str, tag: str, count: int) -> None:
+    """`count` orders and `count` episodes, each committed on its own (as the bot and the reconciler commit)."""
+    engine = create_engine(url)
+    try:
+        for i in range(count):
+            with engine.begin() as conn:
+                conn.execute(
+                    insert(Order).values(
+                        bot="b", client_order_id=f"{tag}-{i}", venue="paper", symbol="BTC-USD", side="buy",
+                        order_type="limit", quantity=1, filled_quantity=0, status="open", strategy="s",
+                    )
+                )  # fmt: skip
+            with engine.begin() as conn:
+                conn.execute(
+                    insert(Episode).values(
+                        fingerprint=f"{tag}-{i}", starts_at=utcnow(), alertname="A", target="t", labels="{}",
+                        annotations="{}", state="received",
+                    )
+                )  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def archived(port: int) -> None:
+    """Switch to a new WAL segment and wait until the one holding the last commits is in the archive."""
+    segment = sql(port, "postgres", "SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    deadline = time.monotonic() + 60
+    while (sql(port, "postgres", "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") < segment:
+        assert time.monotonic() < deadline, f"WAL segment {segment} was not archived within 60s"
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def restored_cluster(data: Path) -> Iterator[Cluster]:
+    """A cluster started on a restored data directory (archiving off: it is a copy), stopped by its pid at the end."""
+    pg = Cluster(data, free_port(), options="-c archive_mode=off")
+    try:
+        pg.start()
+        yield pg
+    finally:
+        with contextlib.suppress(Exception):
+            pg.stop()
+        pid = pg.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+
+
+def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
+    cluster: tuple[Cluster, Path], tmp_path: Path, capsys: Any
+) -> None:
+    pg, conf = cluster
+    url = pg.create_database("journal")
+    config_path = tmp_path / "trading-ops.yaml"
+    config_path.write_text(
+        f"database:\n  url: {url}\nbot:\n  data_dir: {tmp_path / 'data'}\n"
+        f"reconciler:\n  listen:\n    port: {free_port()}\n"
+        f"backup:\n  directory: {tmp_path / 'backups'}\n  remote:\n    required: false\n"
+        f"  pitr:\n    enabled: true\n    stanza: {STANZA}\n    config_file: {conf}\n"
+        f"    command: [runuser, -u, postgres, --, pgbackrest]\n"
+    )
+    write(url, "before-backup", 5)
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "run"]) == 0
+    assert "pgBackRest full backup " in capsys.readouterr().out
+    write(url, "before", 20)
+    time.sleep(0.2)
+    moment = utcnow()  # the moment to restore to: the 25 orders and episodes before it were committed
+    time.sleep(0.2)
+    write(url, "after", 20)
+    archived(pg.port)
+
+    target = Path(f"{pg.data}-restored")
+    target.mkdir(mode=0o700)
+    shutil.chown(target, "postgres")
+    try:
+        assert (
+            main(
+                [
+                    "--config",
+                    str(config_path),
+                    "backup",
+                    "restore",
+                    "--to-time",
+                    moment.isoformat(),
+                    "--pg-data",
+                    str(target),
+                ]
+            )  # fmt: skip
+            == 0
+        )
+        assert "cluster restored as of " in capsys.readouterr().out
+        with restored_cluster(target) as restored:
+            deadline = time.monotonic() + 60
+            while sql(restored.port, "postgres", "SELECT pg_is_in_recovery()")[0][0]:
+                assert time.monotonic() < deadline, "the restored cluster did not promote within 60s"
+                time.sleep(0.1)
+            orders = {r[0] for r in sql(restored.port, "journal", "SELECT client_order_id FROM orders")}
+            episodes = {r[0] for r in sql(restored.port, "journal", "SELECT fingerprint FROM reconciler_episodes")}
+        expected = {f"before-backup-{i}" for i in range(5)} | {f"before-{i}" for i in range(20)}
+        assert orders == expected  # everything committed before the moment, nothing after it
+        assert episodes == expected
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def test_restore_to_time_errors_are_one_line(tmp_path: Path, capsys: Any) -> None:
+    config_path = tmp_path / "trading-ops.yaml"
+    config_path.write_text(f"backup:\n  directory: {tmp_path / 'backups'}\n")
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "restore", "--to-time", "2026-11-25T09:00:00Z"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "trading-ops: backup restore: --to-time TIME and --pg-data DIR go together, without a backup ID"
+    )
+    args = ["backup", "restore", "--to-time", "2026-11-25T09:00:00Z", "--pg-data", str(tmp_path / "pg")]
+    assert main(["--config", str(config_path), *args]) == 2
+    assert "backup.pitr.enabled is false" in capsys.readouterr().err
+    config_path.write_text(
+        config_path.read_text() + "  pitr:\n    enabled: true\n    config_file: /nonexistent/pgbackrest.conf\n"
+    )
+    assert main(["--config", str(config_path), "backup", "restore", "--to-time", "yesterday", "--pg-data", "x"]) == 2
+    assert "expected an ISO 8601 time" in capsys.readouterr().err
+    assert main(["--config", str(config_path), *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("trading-ops: backup restore: pgbackrest restore failed: ") and "\n" not in err
