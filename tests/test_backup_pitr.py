@@ -6,10 +6,7 @@ programs (initdb, pg_ctl) and Debian's pgbackrest."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_cluster import Cluster, own_cluster
+from pg_cluster import PGBACKREST_STANZA as STANZA
+from pg_cluster import Cluster, archive_now, cluster_on, own_cluster, pgbackrest_archiving
 from sqlalchemy import create_engine, insert
 from system_binaries import require_binary
 
@@ -26,44 +24,13 @@ from trading_ops.cli import main
 from trading_ops.db.base import utcnow
 from trading_ops.db.models import Episode, Order
 
-STANZA = "trading-ops"
-
-
-def pgbackrest_conf(path: Path, repo: Path, pg: Cluster) -> None:
-    path.write_text(
-        "[global]\n"
-        f"repo1-path={repo}\nrepo1-retention-full=2\nstart-fast=y\nlog-level-console=warn\nlog-level-file=off\n"
-        f"lock-path={repo.parent / 'lock'}\narchive-timeout=30\n"
-        f"[{STANZA}]\npg1-path={pg.data}\npg1-port={pg.port}\npg1-socket-path={pg.data}\n"
-    )
-
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
+def cluster() -> Iterator[tuple[Cluster, Path]]:
     """The cluster, archiving its WAL into a pgBackRest repository; (cluster, pgbackrest.conf)."""
     require_binary("pgbackrest")
-    with own_cluster() as pg:
-        work = Path(pg.data).parent / f"{pg.data.name}-pgbackrest"
-        work.mkdir()
-        (work / "repo").mkdir()
-        (work / "lock").mkdir()
-        shutil.chown(work, "postgres")
-        for sub in ("repo", "lock"):
-            shutil.chown(work / sub, "postgres")
-        conf = work / "pgbackrest.conf"
-        pgbackrest_conf(conf, work / "repo", pg)
-        conf.chmod(0o644)
-        with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres", autocommit=True) as c:
-            c.execute("ALTER SYSTEM SET wal_level = 'replica'")
-            c.execute("ALTER SYSTEM SET archive_mode = 'on'")
-            c.execute(
-                f"ALTER SYSTEM SET archive_command = 'pgbackrest --config={conf} --stanza={STANZA} archive-push %p'"
-            )
-        pg.restart()
-        try:
-            yield pg, conf
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    with own_cluster() as pg, pgbackrest_archiving(pg) as conf:
+        yield pg, conf
 
 
 def sql(port: int, database: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -95,31 +62,6 @@ def write(url: str, tag: str, count: int) -> None:
         engine.dispose()
 
 
-def archived(port: int) -> None:
-    """Switch to a new WAL segment and wait until the one holding the last commits is in the archive."""
-    segment = sql(port, "postgres", "SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-    deadline = time.monotonic() + 60
-    while (sql(port, "postgres", "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") < segment:
-        assert time.monotonic() < deadline, f"WAL segment {segment} was not archived within 60s"
-        time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def restored_cluster(data: Path) -> Iterator[Cluster]:
-    """A cluster started on a restored data directory (archiving off: it is a copy), stopped by its pid at the end."""
-    pg = Cluster(data, free_port(), options="-c archive_mode=off")
-    try:
-        pg.start()
-        yield pg
-    finally:
-        with contextlib.suppress(Exception):
-            pg.stop()
-        pid = pg.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGQUIT)
-
-
 def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
     cluster: tuple[Cluster, Path], tmp_path: Path, capsys: Any
 ) -> None:
@@ -142,7 +84,7 @@ def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
     moment = utcnow()  # the moment to restore to: the 25 orders and episodes before it were committed
     time.sleep(0.2)
     write(url, "after", 20)
-    archived(pg.port)
+    archive_now(pg.port)
 
     target = Path(f"{pg.data}-restored")
     target.mkdir(mode=0o700)
@@ -164,7 +106,7 @@ def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
             == 0
         )
         assert "cluster restored as of " in capsys.readouterr().out
-        with restored_cluster(target) as restored:
+        with cluster_on(target, options="-c archive_mode=off") as restored:
             deadline = time.monotonic() + 60
             while sql(restored.port, "postgres", "SELECT pg_is_in_recovery()")[0][0]:
                 assert time.monotonic() < deadline, "the restored cluster did not promote within 60s"
