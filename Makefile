@@ -15,7 +15,7 @@ TEST_LANES ?= 2
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze node \
 	debootstrap systemd-nspawn dockerd chromium sshd ssh pgbackrest
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd nodejs \
-	debootstrap systemd-container docker.io chromium openssh-server openssh-client pgbackrest
+	debootstrap systemd-container docker.io chromium openssh-server openssh-client pgbackrest rsync
 BENCH_BINARIES := wrk
 BENCH_PACKAGES := wrk
 

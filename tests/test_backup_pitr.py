@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, insert
 from system_binaries import require_binary
 
 from tests.conftest import free_port
+from tests.ssh_host import SshHost, ssh_host
 from trading_ops.cli import main
 from trading_ops.db.base import utcnow
 from trading_ops.db.models import Episode, Order
@@ -31,6 +32,18 @@ def cluster() -> Iterator[tuple[Cluster, Path]]:
     require_binary("pgbackrest")
     with own_cluster() as pg, pgbackrest_archiving(pg) as conf:
         yield pg, conf
+
+
+@pytest.fixture(scope="module")
+def backup_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
+    """The off-host repository (sshd in a network namespace), where pgBackRest's repository is copied too."""
+    require_binary("rsync")
+    with ssh_host(tmp_path_factory.mktemp("pitr-backup-host")) as host:
+        yield host
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def sql(port: int, database: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -63,22 +76,28 @@ def write(url: str, tag: str, count: int) -> None:
 
 
 def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
-    cluster: tuple[Cluster, Path], tmp_path: Path, capsys: Any
+    cluster: tuple[Cluster, Path], backup_host: SshHost, tmp_path: Path, capsys: Any
 ) -> None:
     pg, conf = cluster
     url = pg.create_database("journal")
+    repo = conf.parent / "repo"
+    remote = backup_host.remote(path=str(backup_host.repository / tmp_path.name))
     config_path = tmp_path / "trading-ops.yaml"
     config_path.write_text(
         f"database:\n  url: {url}\nbot:\n  data_dir: {tmp_path / 'data'}\n"
         f"reconciler:\n  listen:\n    port: {free_port()}\n"
-        f"backup:\n  directory: {tmp_path / 'backups'}\n  remote:\n    required: false\n"
-        f"  pitr:\n    enabled: true\n    stanza: {STANZA}\n    config_file: {conf}\n"
-        f"    command: [runuser, -u, postgres, --, pgbackrest]\n"
-    )
+        f"backup:\n  directory: {tmp_path / 'backups'}\n"
+        "  remote:\n" + "".join(f"    {k}: {v}\n" for k, v in remote.items()) +
+        f"  pitr:\n    enabled: true\n    stanza: {STANZA}\n    config_file: {conf}\n    repo_path: {repo}\n"
+        "    command: [runuser, -u, postgres, --, pgbackrest]\n"
+    )  # fmt: skip
     write(url, "before-backup", 5)
     capsys.readouterr()
     assert main(["--config", str(config_path), "backup", "run"]) == 0
     assert "pgBackRest full backup " in capsys.readouterr().out
+    # pgBackRest's repository (the full backup and the WAL archived so far) went off host with the pg_dump backup.
+    copied = files_under(Path(remote["path"]) / "pgbackrest")
+    assert copied == files_under(repo) and any(name.endswith("backup.manifest") for name in copied)
     write(url, "before", 20)
     time.sleep(0.2)
     moment = utcnow()  # the moment to restore to: the 25 orders and episodes before it were committed

@@ -699,6 +699,11 @@ class BackupPitrConfig:
     command: list[str] = checked(["pgbackrest"], _check_command)
     full_every_days: float = bounded(7.0, min=0)
     timeout_seconds: float = bounded(3600.0, min=1)
+    # pgBackRest's repository (its repo1-path), when this host's user can read it: copied after each pgBackRest
+    # backup into <backup.remote.path>/pgbackrest with rsync over SSH (the backups and the WAL archived so far).
+    # Empty: not copied (the repository is on another host or a mount of one already).
+    repo_path: str = ""
+    rsync: str = checked("rsync", _check_nonempty)
 
 
 @dataclass

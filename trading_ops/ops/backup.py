@@ -49,6 +49,8 @@ HASH_CHUNK = 1 << 20
 # A terminal progress line is rewritten at most this often.
 PROGRESS_INTERVAL_SECONDS = 0.2
 TRIGGERS = ("manual", "scheduled", "safety")
+# Where the copy of pgBackRest's repository goes in the off-host repository (backup.pitr.repo_path).
+PITR_REMOTE_DIRECTORY = "pgbackrest"
 
 Progress = Callable[[int, int], None]
 
@@ -652,6 +654,11 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
         if config.backup.pitr.enabled and manifest.dialect == "postgresql":
             stage = "pitr"
             pitr = backup_pitr.take(config)
+            if remote is not None and config.backup.pitr.repo_path:
+                stage = "off_host"
+                repo = config.path(config.backup.pitr.repo_path)
+                remote.sync_directory(repo, PITR_REMOTE_DIRECTORY, config.backup.pitr.rsync)
+                log.info("pgBackRest repository %s copied off host to %s", repo, remote.location)
         stage = "backup"
         pruned = apply_retention(config)
         stage = "off_host"

@@ -122,3 +122,27 @@ class Remote:
     def delete(self, names: list[str]) -> None:
         if names:
             self.run(f"rm -f -- {' '.join(self._file(n) for n in names)}")
+
+    def sync_directory(self, source: Path, name: str, rsync: str) -> None:
+        """Make `name` in the repository directory a copy of the local directory `source` (rsync over this ssh:
+        files compared by size and time, each transferred file checked by rsync's whole-file checksum, files gone
+        here deleted there)."""
+        ssh = shlex.join(self.argv("")[:-2])  # ssh and its options, without `-- host command`
+        target = f"{self.settings.host}:{self.settings.path.rstrip('/')}/{name}/"
+        if ":" in self.settings.host:  # an IPv6 address
+            target = f"[{self.settings.host}]:{self.settings.path.rstrip('/')}/{name}/"
+        argv = [rsync, "-a", "--delete", "--mkpath", "-e", ssh, "--", f"{source}/", target]
+        try:
+            proc = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=self.timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise RemoteError(
+                f"off-host repository {self.location}: rsync did not finish within {self.timeout:g}s"
+            ) from None
+        except OSError as exc:
+            raise RemoteError(f"cannot start {rsync}: {exc.strerror or exc}") from exc
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
+            detail = lines[0].strip() if lines else f"exit status {proc.returncode}"
+            raise RemoteError(f"off-host repository {self.location}: rsync of {source} failed: {detail[:STDERR_LIMIT]}")
