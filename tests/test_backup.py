@@ -675,3 +675,19 @@ def test_a_drill_of_an_inconsistent_journal_fails(database_url: str, tmp_path: P
             names = conn.execute(text("SELECT datname FROM pg_database")).scalars().all()
         admin.dispose()
         assert not [n for n in names if n.startswith("trading_ops_verify_")]
+
+
+def test_retention_keeps_the_newest_backup_of_each_schema_revision(sqlite_url: str, tmp_path: Path) -> None:
+    """The backup taken before an upgrade is what a bad migration goes back to: the hour's later backups (at the new
+    revision) do not push it out."""
+    migrate.upgrade(sqlite_url, "0006")
+    config = make_config(tmp_path, sqlite_url, keep_hourly=1, keep_daily=0, keep_weekly=0)
+    start = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    with freeze_time(start):
+        before_upgrade = run_backup(config).manifest
+    migrate.upgrade(sqlite_url)
+    for minutes in (10, 20, 30):
+        with freeze_time(start + timedelta(minutes=minutes)):
+            newest = run_backup(config, "scheduled").manifest
+    kept = [m.id for m in Catalog(config.path(config.backup.directory)).manifests()]
+    assert kept == [newest.id, before_upgrade.id]
