@@ -37,7 +37,7 @@ from trading_ops.config import Config, parse_config
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models import Fill, Order, Position
-from trading_ops.ops.backup import fetch_backup, restore_backup, run_backup, verify_backup
+from trading_ops.ops.backup import Catalog, fetch_backup, restore_backup, run_backup, verify_backup
 from trading_ops.ops.backup_pitr import restore_to_time
 from trading_ops.ops.backup_postgres import libpq_env
 from trading_ops.ops.restore_drill import run_drill
@@ -147,6 +147,15 @@ def measure(url: str, directory: Path, baseline: Any, remote: dict[str, Any]) ->
     off_host_seconds, _ = timed(run_backup, remote_config)
     fetch_config = config_for(url, directory / "new-host", remote)
     fetch_seconds, _ = timed(fetch_backup, fetch_config)
+    # Its baseline: the bare ssh copy of the same file (`ssh host 'cat > file' < file`, no sync, rename, checksum).
+    ssh_target = Path(remote["path"]) / "bare-copy"
+    argv = [
+        "ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={remote['known_hosts_file']}", "-i",
+        remote["identity_file"], "-p", str(remote["port"]), "-l", remote["user"], "--", remote["host"],
+        f"cat > {ssh_target}",
+    ]  # fmt: skip
+    with open(Catalog(config.path(config.backup.directory)).data_path(manifest), "rb") as source:
+        bare_ssh_seconds, _ = timed(subprocess.run, argv, stdin=source, check=True)
     restore_seconds, restored = timed(restore_backup, config, manifest, force=True)
     # Upkeep on the same journal: retention of fills older than a day (all but the last day's), then VACUUM.
     upkeep_config = parse_config(
@@ -175,6 +184,8 @@ def measure(url: str, directory: Path, baseline: Any, remote: dict[str, Any]) ->
         "backup_with_off_host_copy_seconds": round(off_host_seconds, 3),
         "off_host_vs_local_backup": round(off_host_seconds / backup_seconds, 2),
         "fetch_from_off_host_seconds": round(fetch_seconds, 3),
+        "bare_ssh_copy_seconds": round(bare_ssh_seconds, 3),
+        "off_host_copy_vs_bare_ssh_copy": round((off_host_seconds - backup_seconds) / bare_ssh_seconds, 2),
         "retention_seconds": round(retention_seconds, 3),
         "retention_rows_deleted": {t: n for t, n in retention.rows_deleted.items() if n},
         "vacuum_seconds": round(vacuum_seconds, 3),
@@ -259,6 +270,7 @@ def bench_pitr(fills: int, directory: Path) -> dict[str, Any]:
         }
         config = config_for(url, directory, pitr=pitr)
         backup_seconds, result = timed(run_backup, config)
+        time.sleep(1.5)  # pgBackRest keeps a backup's stop time in whole seconds: the moment is after it
         fill_journal_more(url, "before", 100)
         moment = utcnow()
         time.sleep(0.2)

@@ -98,6 +98,7 @@ def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
     # pgBackRest's repository (the full backup and the WAL archived so far) went off host with the pg_dump backup.
     copied = files_under(Path(remote["path"]) / "pgbackrest")
     assert copied == files_under(repo) and any(name.endswith("backup.manifest") for name in copied)
+    time.sleep(1.1)  # pgBackRest keeps a backup's stop time in whole seconds: the moment is after it
     write(url, "before", 20)
     time.sleep(0.2)
     moment = utcnow()  # the moment to restore to: the 25 orders and episodes before it were committed
