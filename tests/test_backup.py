@@ -535,16 +535,16 @@ def test_every_backup_goes_off_host_and_is_verified_there(
 
 def test_retention_applies_to_both_copies(sqlite_url: str, tmp_path: Path, backup_host: SshHost) -> None:
     migrate.upgrade(sqlite_url)
-    config = remote_config(tmp_path, sqlite_url, backup_host, keep_hourly=2, keep_daily=0, keep_weekly=0)
+    config = remote_config(tmp_path, sqlite_url, backup_host, keep_hourly=1, keep_daily=0, keep_weekly=0)
     start = datetime(2026, 11, 2, 0, 10, tzinfo=UTC)
-    for hours in range(5):
+    for hours in range(3):
         with freeze_time(start + timedelta(hours=hours)):
             run_backup(config, "scheduled")
     local = {m.id for m in Catalog(config.path(config.backup.directory)).manifests()}
-    assert len(local) == 2
+    assert len(local) == 1
     there = remote_files(config)
     assert {n.removeprefix("trading-ops-").removesuffix(".manifest.json") for n in there if "manifest" in n} == local
-    assert len(there) == 4  # the two kept backups' data and manifests, nothing else
+    assert len(there) == 2  # the kept backup's data and manifest, nothing else
 
 
 def test_a_lost_host_comes_back_from_the_off_host_copy(sqlite_url: str, tmp_path: Path, backup_host: SshHost) -> None:

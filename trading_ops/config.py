@@ -695,7 +695,8 @@ class BackupPitrConfig:
     enabled: bool = False
     stanza: str = checked("trading-ops", _check_nonempty)
     config_file: str = "/etc/pgbackrest/pgbackrest.conf"  # pgBackRest's own configuration (repo1-path, pg1-path, …)
-    # How pgBackRest runs: as the cluster's owner (it reads the data directory), e.g. [sudo, -u, postgres, pgbackrest].
+    # How pgBackRest runs. It reads the data directory: the cluster's owner, or a user in its group when the cluster
+    # has group access (initdb --allow-group-access), as the reconciler's user under systemd (no sudo there).
     command: list[str] = checked(["pgbackrest"], _check_command)
     full_every_days: float = bounded(7.0, min=0)
     timeout_seconds: float = bounded(3600.0, min=1)
