@@ -11,14 +11,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/trading-ops/bin:$PATH
 
-# Python (a virtual environment: Debian's interpreter refuses pip installs into its own site-packages), and
-# PostgreSQL's client programs for `trading-ops backup` of the compose stack's database (pg_dump -Fc, pg_restore).
+# Python (a virtual environment: Debian's interpreter refuses pip installs into its own site-packages), OpenSSH's
+# client for the off-host copy of every backup (backup.remote), and PostgreSQL's client programs for `trading-ops backup` of the compose stack's database (pg_dump -Fc, pg_restore).
 # pg_dump must be at least the server's major version: Debian bookworm ships PostgreSQL 15, the postgres image of
 # docker-compose.yml. Keep PG_MAJOR that image's major version (tests/test_docker_compose.py checks it); the build
 # fails unless pg_dump and pg_restore of that version are on PATH.
 ARG PG_MAJOR=15
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv "postgresql-client-${PG_MAJOR}" \
+    && apt-get install -y --no-install-recommends python3 python3-venv "postgresql-client-${PG_MAJOR}" openssh-client \
     && rm -rf /var/lib/apt/lists/* \
     && pg_dump --version | grep -q "(PostgreSQL) ${PG_MAJOR}\." \
     && pg_restore --version | grep -q "(PostgreSQL) ${PG_MAJOR}\."

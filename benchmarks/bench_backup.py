@@ -5,7 +5,12 @@ journal would hold them). For each database: `trading-ops backup` (take: consist
 manifest), `verify` (restore into a scratch database, integrity, counts) and `restore`, with their sizes; and, as
 the baseline measured in the same run, the bare copy the backup is built on: a file copy of the SQLite database, a
 plain `pg_dump -Fc` of the PostgreSQL one. The ratio is what the manifest, checksum and consistency add. Then
-upkeep on the same journal: retention of everything but its last day, and VACUUM/ANALYZE.
+the restore drill (restore into a scratch database, migrations to head, `alembic check`, the journal's consistency
+checks), the same backup with its off-host copy over SSH (OpenSSH's sshd in a network namespace, tests/ssh_host.py)
+and `backup fetch` of it, and upkeep on the same journal: retention of everything but its last day, VACUUM/ANALYZE.
+Last, PostgreSQL point-in-time recovery on a cluster of its own (tests/pg_cluster.py) archiving its WAL to
+pgBackRest: the pgBackRest full backup of the 100k-fill journal, the restore of the cluster to a moment, and its
+start (WAL replay and promotion).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -29,9 +36,11 @@ from sqlalchemy.engine import make_url
 from trading_ops.config import Config, parse_config
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
-from trading_ops.db.models import Fill, Order
-from trading_ops.ops.backup import restore_backup, run_backup, verify_backup
+from trading_ops.db.models import Fill, Order, Position
+from trading_ops.ops.backup import Catalog, fetch_backup, restore_backup, run_backup, verify_backup
+from trading_ops.ops.backup_pitr import restore_to_time
 from trading_ops.ops.backup_postgres import libpq_env
+from trading_ops.ops.restore_drill import run_drill
 from trading_ops.ops.upkeep import run_upkeep_sync
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -42,6 +51,7 @@ SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
 def fill_journal(url: str, fills: int) -> None:
     engine = make_engine(url, sqlite_synchronous="NORMAL")
     start = utcnow() - timedelta(days=30)
+    held: dict[str, Decimal] = dict.fromkeys(SYMBOLS, Decimal(0))
     try:
         for first in range(0, fills, BATCH):
             orders, rows = [], []
@@ -89,16 +99,31 @@ def fill_journal(url: str, fills: int) -> None:
             with engine.begin() as conn:
                 conn.execute(insert(Order), orders)
                 conn.execute(insert(Fill), rows)
+            for row in rows:
+                held[row["symbol"]] += row["quantity"] if row["side"] == "buy" else -row["quantity"]
+        # Each position the sum of its fills, as the journal keeps it (the restore drill checks it).
+        with engine.begin() as conn:
+            conn.execute(
+                insert(Position),
+                [
+                    dict(bot="paper-1", venue="paper", symbol=s, quantity=q, average_price=Decimal("50000.5"))
+                    for s, q in held.items()
+                ],
+            )
     finally:
         engine.dispose()
 
 
-def config_for(url: str, directory: Path) -> Config:
+# The test helpers that start sshd in a network namespace and PostgreSQL clusters (they import their siblings).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+def config_for(url: str, directory: Path, remote: dict[str, Any] | None = None, **backup: Any) -> Config:
     return parse_config(
         {
             "database": {"url": url},
             "bot": {"data_dir": str(directory / "data")},
-            "backup": {"directory": str(directory / "backups")},
+            "backup": {"directory": str(directory / "backups"), "remote": remote or {"required": False}, **backup},
         },
         base_dir=directory,
     )
@@ -110,12 +135,27 @@ def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def measure(url: str, directory: Path, baseline: Any) -> dict[str, Any]:
+def measure(url: str, directory: Path, baseline: Any, remote: dict[str, Any]) -> dict[str, Any]:
     config = config_for(url, directory)
     baseline_seconds, baseline_bytes = baseline()
     backup_seconds, result = timed(run_backup, config)
     manifest = result.manifest
     verify_seconds, _ = timed(verify_backup, config, manifest)
+    drill_seconds, _ = timed(run_drill, config)
+    # The same with the off-host copy (its checksum computed there), then fetched back into an empty catalog.
+    remote_config = config_for(url, directory / "off-host", remote)
+    off_host_seconds, _ = timed(run_backup, remote_config)
+    fetch_config = config_for(url, directory / "new-host", remote)
+    fetch_seconds, _ = timed(fetch_backup, fetch_config)
+    # Its baseline: the bare ssh copy of the same file (`ssh host 'cat > file' < file`, no sync, rename, checksum).
+    ssh_target = Path(remote["path"]) / "bare-copy"
+    argv = [
+        "ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={remote['known_hosts_file']}", "-i",
+        remote["identity_file"], "-p", str(remote["port"]), "-l", remote["user"], "--", remote["host"],
+        f"cat > {ssh_target}",
+    ]  # fmt: skip
+    with open(Catalog(config.path(config.backup.directory)).data_path(manifest), "rb") as source:
+        bare_ssh_seconds, _ = timed(subprocess.run, argv, stdin=source, check=True)
     restore_seconds, restored = timed(restore_backup, config, manifest, force=True)
     # Upkeep on the same journal: retention of fills older than a day (all but the last day's), then VACUUM.
     upkeep_config = parse_config(
@@ -140,6 +180,12 @@ def measure(url: str, directory: Path, baseline: Any) -> dict[str, Any]:
         "baseline_bytes": baseline_bytes,
         "backup_vs_baseline": round(backup_seconds / baseline_seconds, 2),
         "verify_vs_backup": round(verify_seconds / backup_seconds, 2),
+        "drill_seconds": round(drill_seconds, 3),
+        "backup_with_off_host_copy_seconds": round(off_host_seconds, 3),
+        "off_host_vs_local_backup": round(off_host_seconds / backup_seconds, 2),
+        "fetch_from_off_host_seconds": round(fetch_seconds, 3),
+        "bare_ssh_copy_seconds": round(bare_ssh_seconds, 3),
+        "off_host_copy_vs_bare_ssh_copy": round((off_host_seconds - backup_seconds) / bare_ssh_seconds, 2),
         "retention_seconds": round(retention_seconds, 3),
         "retention_rows_deleted": {t: n for t, n in retention.rows_deleted.items() if n},
         "vacuum_seconds": round(vacuum_seconds, 3),
@@ -147,7 +193,7 @@ def measure(url: str, directory: Path, baseline: Any) -> dict[str, Any]:
     }
 
 
-def bench_sqlite(fills: int, directory: Path) -> dict[str, Any]:
+def bench_sqlite(fills: int, directory: Path, remote: dict[str, Any]) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     db = directory / "journal.db"
     url = f"sqlite:///{db}"
@@ -164,7 +210,7 @@ def bench_sqlite(fills: int, directory: Path) -> dict[str, Any]:
         return seconds, (directory / "copy.db").stat().st_size
 
     size = db.stat().st_size
-    result = measure(url, directory, file_copy)
+    result = measure(url, directory, file_copy, remote)
     result["database_bytes"] = size
     result["database_bytes_after_upkeep"] = db.stat().st_size
     return result
@@ -179,7 +225,7 @@ def database_size(url: str) -> int:
         engine.dispose()
 
 
-def bench_postgres(fills: int, directory: Path) -> dict[str, Any]:
+def bench_postgres(fills: int, directory: Path, remote: dict[str, Any]) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     name = f"trading_ops_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -198,7 +244,7 @@ def bench_postgres(fills: int, directory: Path) -> dict[str, Any]:
             return seconds, target.stat().st_size
 
         size = database_size(url)
-        result = measure(url, directory, plain_pg_dump)
+        result = measure(url, directory, plain_pg_dump, remote)
         result["database_bytes"] = size
         result["database_bytes_after_upkeep"] = database_size(url)
         return result
@@ -208,15 +254,89 @@ def bench_postgres(fills: int, directory: Path) -> dict[str, Any]:
         admin.dispose()
 
 
+def bench_pitr(fills: int, directory: Path) -> dict[str, Any]:
+    """Point-in-time recovery of a cluster holding the 100k-fill journal (pgBackRest, WAL archiving)."""
+    from pg_cluster import PGBACKREST_STANZA, archive_now, cluster_on, own_cluster, pgbackrest_archiving
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with own_cluster() as pg, pgbackrest_archiving(pg) as conf:
+        url = pg.create_database("journal")
+        fill_journal(url, fills)
+        pitr = {
+            "enabled": True,
+            "stanza": PGBACKREST_STANZA,
+            "config_file": str(conf),
+            "command": ["runuser", "-u", "postgres", "--", "pgbackrest"] if os.geteuid() == 0 else ["pgbackrest"],
+        }
+        config = config_for(url, directory, pitr=pitr)
+        backup_seconds, result = timed(run_backup, config)
+        time.sleep(1.5)  # pgBackRest keeps a backup's stop time in whole seconds: the moment is after it
+        fill_journal_more(url, "before", 100)
+        moment = utcnow()
+        time.sleep(0.2)
+        fill_journal_more(url, "after", 100)
+        archive_now(pg.port)
+        target = Path(f"{pg.data}-restored")
+        target.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            shutil.chown(target, "postgres")
+        try:
+            restore_seconds = restore_to_time(config, moment, target)
+            started = time.perf_counter()
+            with cluster_on(target, "-c archive_mode=off") as restored:
+                engine = create_engine(restored.url("journal"))
+                with engine.connect() as conn:
+                    while conn.execute(text("SELECT pg_is_in_recovery()")).scalar_one():
+                        time.sleep(0.05)
+                    start_seconds = time.perf_counter() - started
+                    orders = int(conn.execute(text("SELECT count(*) FROM orders")).scalar_one())
+                engine.dispose()
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+    return {
+        "fills": fills,
+        "backup_with_pgbackrest_full_seconds": round(backup_seconds, 3),
+        "pgbackrest_full_backup_seconds": round(result.pitr.duration_seconds, 3) if result.pitr else None,
+        "pitr_restore_seconds": round(restore_seconds, 3),
+        "pitr_start_replay_promote_seconds": round(start_seconds, 3),
+        "orders_after_restore": orders,
+        "orders_expected": fills + 100,
+    }
+
+
+def fill_journal_more(url: str, tag: str, count: int) -> None:
+    """`count` orders, each committed on its own (the WAL a point-in-time restore replays)."""
+    engine = make_engine(url)
+    try:
+        for i in range(count):
+            with engine.begin() as conn:
+                conn.execute(
+                    insert(Order).values(
+                        bot="paper-1", client_order_id=f"{tag}-{i}", venue="paper", symbol="BTC-USD", side="buy",
+                        order_type="limit", quantity=Decimal(1), filled_quantity=Decimal(0), status="open",
+                        strategy="demo",
+                    )
+                )  # fmt: skip
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
+    from ssh_host import ssh_host
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fills", type=int, default=100_000)
     args = parser.parse_args()
     out: dict[str, Any] = {"fills": args.fills, "cpus": os.cpu_count()}
-    with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
-        out["sqlite"] = bench_sqlite(args.fills, Path(tmp) / "sqlite")
-    with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
-        out["postgresql"] = bench_postgres(args.fills, Path(tmp) / "postgresql")
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-backup-")))
+        host = stack.enter_context(ssh_host(tmp / "backup-host"))
+        out["off_host"] = "sshd in a network namespace" if host.namespace else "sshd on loopback"
+        out["sqlite"] = bench_sqlite(args.fills, tmp / "sqlite", host.remote(path=str(host.repository / "sqlite")))
+        out["postgresql"] = bench_postgres(
+            args.fills, tmp / "postgresql", host.remote(path=str(host.repository / "postgresql"))
+        )
+        out["postgresql_pitr"] = bench_pitr(args.fills, tmp / "pitr")
     print(json.dumps(out, indent=2))
 
 

@@ -118,3 +118,62 @@ def own_cluster(options: str = "") -> Iterator[Cluster]:
             while time.monotonic() < end and alive(pid):
                 time.sleep(0.05)
         shutil.rmtree(data, ignore_errors=True)
+
+
+PGBACKREST_STANZA = "trading-ops"
+
+
+@contextlib.contextmanager
+def pgbackrest_archiving(pg: Cluster) -> Iterator[Path]:
+    """`pg` archiving its WAL into a pgBackRest repository of its own (archive_command = pgbackrest archive-push,
+    restarted for archive_mode); pgBackRest's configuration file, removed with the repository at the end."""
+    work = Path(f"{pg.data}-pgbackrest")
+    for folder in (work, work / "repo", work / "lock"):
+        folder.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres")
+    conf = work / "pgbackrest.conf"
+    conf.write_text(
+        "[global]\n"
+        f"repo1-path={work / 'repo'}\nrepo1-retention-full=2\nstart-fast=y\nlog-level-console=warn\n"
+        f"log-level-file=off\nlock-path={work / 'lock'}\narchive-timeout=30\n"
+        f"[{PGBACKREST_STANZA}]\npg1-path={pg.data}\npg1-port={pg.port}\npg1-socket-path={pg.data}\n"
+    )
+    conf.chmod(0o644)
+    command = f"pgbackrest --config={conf} --stanza={PGBACKREST_STANZA} archive-push %p"
+    with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET wal_level = 'replica'")
+        c.execute("ALTER SYSTEM SET archive_mode = 'on'")
+        c.execute(f"ALTER SYSTEM SET archive_command = '{command}'")
+    pg.restart()
+    try:
+        yield conf
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def archive_now(port: int, timeout: float = 60.0) -> None:
+    """Switch to a new WAL segment and wait until the one holding the last commits is in the archive."""
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+        segment = c.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]  # type: ignore[index]
+        deadline = time.monotonic() + timeout
+        while (c.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0] or "") < segment:  # type: ignore[index]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"WAL segment {segment} was not archived within {timeout:g}s")
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def cluster_on(data: Path, options: str = "") -> Iterator[Cluster]:
+    """A cluster started on an existing data directory (a restored one), stopped by its pid at the end."""
+    pg = Cluster(data, free_port(), options)
+    try:
+        pg.start()
+        yield pg
+    finally:
+        with contextlib.suppress(Exception):
+            pg.stop()
+        pid = pg.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)

@@ -35,6 +35,8 @@ DEBIAN_PACKAGES = {
     "sshd": "openssh-server",
     "ssh": "openssh-client",
     "pgbackrest": "pgbackrest",
+    # Copies pgBackRest's repository to the off-host backup repository (over SSH).
+    "rsync": "rsync",
 }
 
 

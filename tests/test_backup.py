@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlalchemy import MetaData, create_engine, insert, select, text
 
 from tests.conftest import POSTGRES_ADMIN_URL, free_port
 from tests.paper_helpers import TOKEN, counter_total, wait_for
+from tests.ssh_host import SshHost, ssh_host
 from trading_ops.bot.broker import Side
 from trading_ops.cli import main
 from trading_ops.config import Config, parse_config
@@ -38,7 +40,8 @@ from trading_ops.ops.backup import (
     run_backup,
     verify_backup,
 )
-from trading_ops.ops.state_metrics import BackupCollector
+from trading_ops.ops.restore_drill import run_drill
+from trading_ops.ops.state_metrics import BackupCollector, RestoreDrillCollector
 from trading_ops.paper.bot import PaperBot
 
 PAPER = {
@@ -60,7 +63,8 @@ def make_config(tmp_path: Path, url: str, **backup: Any) -> Config:
             "bot": {"data_dir": str(tmp_path / "data"), "heartbeat_timeout_seconds": 0.5},
             "paper": PAPER,
             "recovery": {"heartbeat_interval_seconds": 0.1, "crash_timeout_seconds": 0.5},
-            "backup": {"directory": str(tmp_path / "backups"), **backup},
+            # Local-only unless a test gives its remote (the off-host tests below).
+            "backup": {"directory": str(tmp_path / "backups"), "remote": {"required": False}, **backup},
             # Nothing answers there: a reconciler another test runs on the default port is not this database's.
             "reconciler": {"listen": {"port": free_port()}},
         },
@@ -166,6 +170,10 @@ async def test_backup_while_the_paper_bot_trades_restores_that_moment(
 
     verified = await asyncio.to_thread(verify_backup, config, manifest)
     assert verified.rows == sum(manifest.row_counts.values())
+    # The restore drill: the backup restored into a scratch database, at head, and its journal consistent.
+    drilled = await asyncio.to_thread(run_drill, config)
+    assert drilled.manifest.id == manifest.id and drilled.rows == sum(manifest.row_counts.values())
+    assert drilled.schema_revision == migrate.script_directory().get_current_head()
 
     restored = await asyncio.to_thread(restore_backup, config, manifest)
     now = content(url)
@@ -238,7 +246,8 @@ def write_yaml(tmp_path: Path, url: str, extra: str = "") -> Path:
     path = tmp_path / "trading-ops.yaml"
     path.write_text(
         f"database:\n  url: {url}\nbot:\n  data_dir: {tmp_path / 'data'}\n"
-        f"reconciler:\n  listen:\n    port: {free_port()}\nbackup:\n  directory: {tmp_path / 'backups'}\n{extra}"
+        f"reconciler:\n  listen:\n    port: {free_port()}\nbackup:\n  directory: {tmp_path / 'backups'}\n"
+        f"  remote:\n    required: false\n{extra}"
     )
     return path
 
@@ -442,7 +451,7 @@ async def test_restore_refuses_while_the_reconciler_serves(sqlite_url: str, tmp_
         {
             "database": {"url": sqlite_url},
             "bot": {"data_dir": str(tmp_path / "data")},
-            "backup": {"directory": str(tmp_path / "backups")},
+            "backup": {"directory": str(tmp_path / "backups"), "remote": {"required": False}},
             "reconciler": {
                 "listen": {"port": port},
                 "token_file": str(tmp_path / "webhook-token"),
@@ -477,3 +486,208 @@ def test_restoring_an_older_schema_then_upgrading(database_url: str, tmp_path: P
     assert "reconciler_audit" not in tables and tables["alembic_version"] == [("0006",)]
     migrate.upgrade(database_url)  # and the migrations bring it forward again
     migrate.check(database_url)
+
+
+# -- off host: every backup's second copy on another host, over SSH --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backup_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
+    """OpenSSH's sshd on a host of its own (a network namespace; tests/ssh_host.py), once for the module."""
+    with ssh_host(tmp_path_factory.mktemp("backup-host")) as host:
+        yield host
+
+
+def remote_config(tmp_path: Path, url: str, host: SshHost, **backup: Any) -> Config:
+    repository = host.repository / tmp_path.name  # a repository of the test's own on the shared host
+    return make_config(tmp_path, url, remote=host.remote(path=str(repository)), **backup)
+
+
+def remote_files(config: Config) -> dict[str, bytes]:
+    folder = Path(config.backup.remote.path)
+    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else {}
+
+
+def test_every_backup_goes_off_host_and_is_verified_there(
+    sqlite_url: str, tmp_path: Path, backup_host: SshHost
+) -> None:
+    migrate.upgrade(sqlite_url)
+    config = remote_config(tmp_path, sqlite_url, backup_host)
+    result = run_backup(config)
+    manifest = result.manifest
+    assert (
+        manifest.off_host
+        == f"{backup_host.user}@{backup_host.host}:{config.backup.remote.path} (port {backup_host.port})"
+    )
+    catalog = Catalog(config.path(config.backup.directory))
+    # Both copies, byte for byte; the local manifest says where the verified copy is, and so does the remote one.
+    there = remote_files(config)
+    assert there[manifest.file] == catalog.data_path(manifest).read_bytes()
+    assert json.loads(there[f"trading-ops-{manifest.id}.manifest.json"]) == manifest.to_json()
+    assert catalog.get("latest").off_host == manifest.off_host
+    assert not [name for name in there if name.endswith(".partial")]
+    # verify checks the off-host copy too: damaged there, the backup does not verify.
+    verify_backup(config, manifest)
+    (Path(config.backup.remote.path) / manifest.file).write_bytes(b"damaged")
+    with pytest.raises(BackupError, match="off-host copy on .* is missing or damaged"):
+        verify_backup(config, manifest)
+
+
+def test_retention_applies_to_both_copies(sqlite_url: str, tmp_path: Path, backup_host: SshHost) -> None:
+    migrate.upgrade(sqlite_url)
+    config = remote_config(tmp_path, sqlite_url, backup_host, keep_hourly=1, keep_daily=0, keep_weekly=0)
+    start = datetime(2026, 11, 2, 0, 10, tzinfo=UTC)
+    for hours in range(3):
+        with freeze_time(start + timedelta(hours=hours)):
+            run_backup(config, "scheduled")
+    local = {m.id for m in Catalog(config.path(config.backup.directory)).manifests()}
+    assert len(local) == 1
+    there = remote_files(config)
+    assert {n.removeprefix("trading-ops-").removesuffix(".manifest.json") for n in there if "manifest" in n} == local
+    assert len(there) == 2  # the kept backup's data and manifest, nothing else
+
+
+def test_a_lost_host_comes_back_from_the_off_host_copy(sqlite_url: str, tmp_path: Path, backup_host: SshHost) -> None:
+    migrate.upgrade(sqlite_url)
+    config_path = write_yaml(tmp_path, sqlite_url)
+    remote = backup_host.remote(path=str(backup_host.repository / tmp_path.name))
+    config_path.write_text(config_path.read_text().replace("  remote:\n    required: false\n", ""))
+    config_path.write_text(
+        config_path.read_text() + "  remote:\n" + "".join(f"    {k}: {v}\n" for k, v in remote.items())
+    )
+    assert main(["--config", str(config_path), "backup", "run"]) == 0
+    before = content(sqlite_url)
+    # The host is lost: its database and its backup catalog with it.
+    Path(make_url_path(sqlite_url)).unlink()
+    shutil.rmtree(tmp_path / "backups")
+    assert main(["--config", str(config_path), "backup", "fetch"]) == 0
+    assert main(["--config", str(config_path), "backup", "restore", "latest"]) == 0
+    assert content(sqlite_url) == before
+
+
+def error_line(stderr: str) -> str:
+    """The command's error: one line (the log lines before it are the logger's)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("trading-ops:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def make_url_path(url: str) -> str:
+    return url.removeprefix("sqlite:///")
+
+
+def test_a_failed_off_host_copy_is_a_failed_backup(sqlite_url: str, tmp_path: Path, capsys: Any) -> None:
+    migrate.upgrade(sqlite_url)
+    registry = CollectorRegistry()
+    # Nothing listens there (a port no server was given): the repository is unreachable.
+    unreachable = {"host": "127.0.0.1", "port": free_port(), "connect_timeout_seconds": 2}
+    config_path = write_yaml(tmp_path, sqlite_url)
+    text_ = config_path.read_text().replace("  remote:\n    required: false\n", "")
+    config_path.write_text(text_ + "  remote:\n" + "".join(f"    {k}: {v}\n" for k, v in unreachable.items()))
+    registry.register(BackupCollector(tmp_path / "backups"))
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "run"]) == 1
+    err = error_line(capsys.readouterr().err)
+    assert err.startswith("trading-ops: backup run: off-host repository 127.0.0.1:")
+    assert "unreachable" in err and "Connection refused" in err
+    # Not complete: a failure (with the off-host reason), and no last success for the stale alert to count on.
+    assert registry.get_sample_value("tradingops_backup_failures_total") == 1
+    assert registry.get_sample_value("tradingops_backup_off_host_failures_total") == 1
+    assert registry.get_sample_value("tradingops_backup_last_success_timestamp_seconds") is None
+    assert "unreachable" in Catalog(tmp_path / "backups").state.read()["last_error"]
+    # The local copy is kept (it is a backup, just not a complete one), marked as not off host.
+    assert [m.off_host for m in Catalog(tmp_path / "backups").manifests()] == [""]
+    # Off host by default: without a remote host configured, every run fails the same way, saying so.
+    config_path.write_text(text_)
+    assert main(["--config", str(config_path), "backup", "run"]) == 1
+    err = error_line(capsys.readouterr().err)
+    assert "is on this host only: no off-host repository is configured (backup.remote.host" in err
+    assert registry.get_sample_value("tradingops_backup_off_host_failures_total") == 2
+
+
+# -- the restore drill ---------------------------------------------------------------------------------------------
+
+
+def drill_metrics(tmp_path: Path) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(RestoreDrillCollector(tmp_path / "backups" / "restore-drill-state.json"))
+    return registry
+
+
+def test_the_drill_brings_an_older_schema_to_head_and_records_it(sqlite_url: str, tmp_path: Path, capsys: Any) -> None:
+    migrate.upgrade(sqlite_url, "0006")
+    config_path = write_yaml(tmp_path, sqlite_url)
+    registry = drill_metrics(tmp_path)
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "drill"]) == 1  # nothing to drill yet
+    assert error_line(capsys.readouterr().err) == f"trading-ops: backup drill: no backups in {tmp_path / 'backups'}"
+    assert registry.get_sample_value("tradingops_restore_drill_failures_total") == 1
+    assert main(["--config", str(config_path), "backup", "run"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "drill"]) == 0
+    out = capsys.readouterr().out
+    head = migrate.script_directory().get_current_head()
+    assert out.startswith("restore drill passed: backup ") and f"migrated to {head}" in out
+    assert registry.get_sample_value("tradingops_restore_drill_runs_total") == 2
+    assert registry.get_sample_value("tradingops_restore_drill_failures_total") == 1
+    last = registry.get_sample_value("tradingops_restore_drill_last_success_timestamp_seconds")
+    assert last is not None and abs(last - utcnow().timestamp()) < 600
+    manifest = Catalog(tmp_path / "backups").get("latest")
+    assert registry.get_sample_value("tradingops_restore_drill_last_backup_timestamp_seconds") == pytest.approx(
+        manifest.created_at.timestamp()
+    )
+    # The drill touched neither the database (still at 0006) nor the catalog.
+    assert content(sqlite_url)["alembic_version"] == [("0006",)]
+    assert [m.id for m in Catalog(tmp_path / "backups").manifests()] == [manifest.id]
+
+
+def test_a_drill_of_an_inconsistent_journal_fails(database_url: str, tmp_path: Path, capsys: Any) -> None:
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    with engine.begin() as conn:  # a position no fill explains, and a fill of an order that was never journaled
+        conn.execute(
+            insert(Position).values(bot="b", venue="paper", symbol="BTC-USD", quantity=Decimal(2), average_price=1)
+        )
+        conn.execute(
+            insert(Fill).values(
+                bot="b", venue="paper", trade_id="t1", client_order_id="lost-1", symbol="ETH-USD", side="buy",
+                quantity=Decimal(1), price=Decimal(100), fee=Decimal(0), fee_asset="USD", liquidity="taker",
+                executed_at=utcnow(),
+            )
+        )  # fmt: skip
+    engine.dispose()
+    config_path = write_yaml(tmp_path, database_url)
+    registry = drill_metrics(tmp_path)
+    assert main(["--config", str(config_path), "backup", "run"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config_path), "backup", "drill"]) == 1
+    err = error_line(capsys.readouterr().err)
+    assert "restored, but its journal is inconsistent: " in err
+    assert "position b/paper/BTC-USD is 2, its fills sum to 0" in err
+    assert "position b/paper/ETH-USD is 0, its fills sum to 1" in err
+    assert "1 fill(s) of bot b name order 'lost-1', which is not journaled" in err
+    assert registry.get_sample_value("tradingops_restore_drill_failures_total") == 1
+    assert registry.get_sample_value("tradingops_restore_drill_last_success_timestamp_seconds") is None
+    assert registry.get_sample_value("tradingops_restore_drill_last_failure_timestamp_seconds") is not None
+    if database_url.startswith("postgresql"):  # the scratch database is gone again
+        admin = create_engine(POSTGRES_ADMIN_URL)
+        with admin.connect() as conn:
+            names = conn.execute(text("SELECT datname FROM pg_database")).scalars().all()
+        admin.dispose()
+        assert not [n for n in names if n.startswith("trading_ops_verify_")]
+
+
+def test_retention_keeps_the_newest_backup_of_each_schema_revision(sqlite_url: str, tmp_path: Path) -> None:
+    """The backup taken before an upgrade is what a bad migration goes back to: the hour's later backups (at the new
+    revision) do not push it out."""
+    migrate.upgrade(sqlite_url, "0006")
+    config = make_config(tmp_path, sqlite_url, keep_hourly=1, keep_daily=0, keep_weekly=0)
+    start = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    with freeze_time(start):
+        before_upgrade = run_backup(config).manifest
+    migrate.upgrade(sqlite_url)
+    for minutes in (10, 20, 30):
+        with freeze_time(start + timedelta(minutes=minutes)):
+            newest = run_backup(config, "scheduled").manifest
+    kept = [m.id for m in Catalog(config.path(config.backup.directory)).manifests()]
+    assert kept == [newest.id, before_upgrade.id]

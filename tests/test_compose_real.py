@@ -116,6 +116,13 @@ def write_secrets(folder: Path) -> None:
     script = (REPO_ROOT / "secrets" / "README.md").read_text().split("```sh\n", 1)[1].split("```", 1)[0]
     folder.mkdir()
     subprocess.run(["sh", "-euc", script], cwd=folder.parent, check=True, timeout=60)
+    # The off-host backup repository's files (the README's second block asks the backup host for its key: this stack
+    # has no backup host, and nothing here may reach one): a key pair of the test's, and no known host.
+    key = folder / "backup-ssh-key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=60)
+    key.with_suffix(".pub").unlink()
+    key.chmod(0o644)  # read by the container's uid 10001, which the test cannot chown to on every host
+    (folder / "backup-known-hosts").write_text("")
 
 
 def override(images: dict[str, str], socket: Path) -> dict[str, Any]:

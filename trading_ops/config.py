@@ -711,6 +711,60 @@ class BotEntryConfig:
         return KIND_CONTAINERS.get(self.kind) or f"trading-ops-{self.name}"
 
 
+def _check_optional_host(value: str) -> str | None:
+    return None if value == "" else _check_host(value)
+
+
+def _check_remote_user(value: str) -> str | None:
+    if value == "" or re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", value):
+        return None
+    return f"expected a user name (lower case letters, digits, '_', '.' or '-'), got {_describe(value)}"
+
+
+def _check_remote_path(value: str) -> str | None:
+    if not value or value.startswith("-") or any(c in value for c in "\n\r\0"):
+        return f"expected a directory on the remote host, got {_describe(value)}"
+    return None
+
+
+@dataclass
+class BackupRemoteConfig:
+    # The off-host repository: a directory on another host, reached over SSH with OpenSSH's `ssh` (key auth only,
+    # BatchMode). The remote needs a POSIX shell with cat, mkdir, mv, rm, ls and sha256sum (any Linux host).
+    host: str = checked("", _check_optional_host)
+    port: int = bounded(22, min=1, max=65535)
+    user: str = checked("", _check_remote_user)  # empty: ssh's default (the local user, or ~/.ssh/config's)
+    path: str = checked("trading-ops-backups", _check_remote_path)  # relative paths are in the user's home
+    identity_file: str = ""  # a private key (relative to this file); empty: ssh's default keys
+    known_hosts_file: str = ""  # the remote's host key (StrictHostKeyChecking=yes); empty: ~/.ssh/known_hosts
+    ssh: str = checked("ssh", _check_nonempty)
+    connect_timeout_seconds: float = bounded(10.0, min=1)
+    # true: a backup is complete only once its off-host copy exists and its checksum verified there; with no host
+    # every backup run fails (loudly: TradingOpsBackupFailed). false: local-only backups are accepted.
+    required: bool = True
+
+
+@dataclass
+class BackupPitrConfig:
+    # PostgreSQL point-in-time recovery with pgBackRest: `backup run` also takes a pgBackRest backup of the cluster
+    # that holds the database (differential; full when the last full is older than full_every_days), and the
+    # cluster archives its WAL with `archive_command = 'pgbackrest --config=… --stanza=… archive-push %p'`.
+    # `backup restore --to-time T --pg-data DIR` restores the cluster as of T into DIR (a stopped or new cluster).
+    enabled: bool = False
+    stanza: str = checked("trading-ops", _check_nonempty)
+    config_file: str = "/etc/pgbackrest/pgbackrest.conf"  # pgBackRest's own configuration (repo1-path, pg1-path, …)
+    # How pgBackRest runs. It reads the data directory: the cluster's owner, or a user in its group when the cluster
+    # has group access (initdb --allow-group-access), as the reconciler's user under systemd (no sudo there).
+    command: list[str] = checked(["pgbackrest"], _check_command)
+    full_every_days: float = bounded(7.0, min=0)
+    timeout_seconds: float = bounded(3600.0, min=1)
+    # pgBackRest's repository (its repo1-path), when this host's user can read it: copied after each pgBackRest
+    # backup into <backup.remote.path>/pgbackrest with rsync over SSH (the backups and the WAL archived so far).
+    # Empty: not copied (the repository is on another host or a mount of one already).
+    repo_path: str = ""
+    rsync: str = checked("rsync", _check_nonempty)
+
+
 @dataclass
 class BackupConfig:
     # Where backups and their manifests are kept (relative to this file's directory).
@@ -724,6 +778,13 @@ class BackupConfig:
     keep_weekly: int = bounded(4, min=0)
     # Also copy each backup and its manifest to this directory (another disk, a mounted remote); empty = no copy.
     copy_to: str = ""
+    # The second copy of every backup, on another host (see BackupRemoteConfig).
+    remote: BackupRemoteConfig = field(default_factory=BackupRemoteConfig)
+    pitr: BackupPitrConfig = field(default_factory=BackupPitrConfig)
+    # The restore drill (`trading-ops backup drill`): the latest backup restored into a scratch database, migrated
+    # to head and checked (journal consistency), on this schedule (cron, in time_zone); false: not scheduled.
+    drill: bool = True
+    drill_schedule: str = checked("30 4 * * *", _check_cron)
     # `restore` refuses a database a bot or the reconciler used this recently (heartbeat, lease) without --force.
     live_seconds: float = bounded(60.0, min=0)
     # PostgreSQL client programs (from postgresql-client), found on PATH unless a path is given.

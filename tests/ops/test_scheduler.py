@@ -247,6 +247,7 @@ async def test_the_reconciler_runs_the_scheduler(aiohttp_client: Any, tmp_path: 
         "daily_summary",
         "maintenance_housekeeping",
         "backup",
+        "restore_drill",
         "upkeep",
         "maintenance_window:weekly",
     }

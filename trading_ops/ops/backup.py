@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,19 +19,20 @@ import sys
 import tempfile
 import time
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from trading_ops.config import Config
 from trading_ops.db.base import make_engine, utcnow
-from trading_ops.ops import backup_postgres, backup_sqlite
+from trading_ops.ops import backup_pitr, backup_postgres, backup_sqlite
 from trading_ops.ops.backup_live import live_users
+from trading_ops.ops.backup_remote import Remote
 from trading_ops.ops.state import OpsState, add_count, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ HASH_CHUNK = 1 << 20
 # A terminal progress line is rewritten at most this often.
 PROGRESS_INTERVAL_SECONDS = 0.2
 TRIGGERS = ("manual", "scheduled", "safety")
+# Where the copy of pgBackRest's repository goes in the off-host repository (backup.pitr.repo_path).
+PITR_REMOTE_DIRECTORY = "pgbackrest"
 
 Progress = Callable[[int, int], None]
 
@@ -73,6 +77,8 @@ class Manifest:
     source: str  # the database URL, password masked
     trigger: str = "manual"
     version: int = MANIFEST_VERSION
+    # Where the off-host copy is, once its checksum was verified there ("" while there is none).
+    off_host: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -97,6 +103,8 @@ class BackupResult:
     manifest: Manifest
     pruned: list[str] = field(default_factory=list)  # ids deleted by retention
     copied_to: Path | None = None
+    remote_pruned: list[str] = field(default_factory=list)  # ids retention deleted from the off-host repository
+    pitr: backup_pitr.PitrBackup | None = None  # the pgBackRest backup taken with it (backup.pitr)
 
 
 @dataclass
@@ -130,11 +138,16 @@ class Catalog:
                 log.warning("ignoring unreadable backup manifest %s: %s", path, exc)
         return sorted(found, key=lambda m: m.created_at, reverse=True)
 
-    def get(self, backup_id: str) -> Manifest:
-        """The backup `backup_id` (or `latest`); BackupError naming what exists when there is no such backup."""
+    def get(self, backup_id: str, schema: str | None = None) -> Manifest:
+        """The backup `backup_id` (or `latest`); BackupError naming what exists when there is no such backup.
+        `schema`: only a backup at that schema revision (`latest` then is the newest of those)."""
         manifests = self.manifests()
         if not manifests:
             raise BackupError(f"no backups in {self.directory}")
+        if schema is not None:
+            manifests = [m for m in manifests if m.schema_revision == schema]
+            if not manifests:
+                raise BackupError(f"no backup at schema revision {schema} in {self.directory}")
         if backup_id == "latest":
             return manifests[0]
         for manifest in manifests:
@@ -302,7 +315,7 @@ def take_backup(config: Config, trigger: str = "manual", progress: Progress | No
     return manifest
 
 
-def _check_file(catalog: Catalog, manifest: Manifest) -> Path:
+def check_file(catalog: Catalog, manifest: Manifest) -> Path:
     path = catalog.data_path(manifest)
     if not path.is_file():
         raise BackupError(f"backup {manifest.id}: data file {path} is missing")
@@ -326,7 +339,7 @@ def verify_backup(config: Config, manifest: Manifest, progress: Progress | None 
     catalog = Catalog(config.path(config.backup.directory))
     started = time.monotonic()
     try:
-        path = _check_file(catalog, manifest)
+        path = check_file(catalog, manifest)
         if manifest.dialect == "sqlite":
             with tempfile.TemporaryDirectory(prefix=".verify-", dir=catalog.directory) as scratch_dir:
                 scratch = Path(scratch_dir) / "scratch.sqlite"
@@ -348,6 +361,9 @@ def verify_backup(config: Config, manifest: Manifest, progress: Progress | None 
                 finally:
                     engine.dispose()
         _compare_counts(manifest, counts, "restored")
+        remote = remote_of(config)
+        if manifest.off_host and remote is not None and remote.sha256(manifest.file) != manifest.sha256:
+            raise BackupError(f"backup {manifest.id}: its off-host copy on {remote.location} is missing or damaged")
     except Exception as exc:
         _record(catalog, verified=False, error=str(exc))
         raise
@@ -371,7 +387,7 @@ def restore_backup(config: Config, manifest: Manifest, *, force: bool = False) -
     catalog = Catalog(config.path(config.backup.directory))
     if manifest.dialect != dialect_of(url):
         raise BackupError(f"backup {manifest.id} is of a {manifest.dialect} database; the configured one is not")
-    path = _check_file(catalog, manifest)
+    path = check_file(catalog, manifest)
     started = time.monotonic()
     exists = dialect_of(url) == "postgresql" or sqlite_path(url).is_file()
     if exists:
@@ -412,7 +428,14 @@ def restore_backup(config: Config, manifest: Manifest, *, force: bool = False) -
     return result
 
 
-def kept_backups(manifests: list[Manifest], hourly: int, daily: int, weekly: int, time_zone: str = "UTC") -> set[str]:
+class Dated(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+def kept_backups(manifests: Sequence[Dated], hourly: int, daily: int, weekly: int, time_zone: str = "UTC") -> set[str]:
     """Grandfather-father-son: the newest backup of each of the `hourly` newest hours that have one, of the `daily`
     newest days and of the `weekly` newest ISO weeks (in `time_zone`), and always the newest of all."""
     ordered = sorted(manifests, key=lambda m: m.created_at, reverse=True)
@@ -437,11 +460,14 @@ def kept_backups(manifests: list[Manifest], hourly: int, daily: int, weekly: int
 
 
 def apply_retention(config: Config) -> list[str]:
-    """Delete the backups retention does not keep; their ids."""
+    """Delete the backups retention does not keep (kept_backups, and the newest at each schema revision); their ids."""
     catalog = Catalog(config.path(config.backup.directory))
     settings = config.backup
     manifests = catalog.manifests()
     keep = kept_backups(manifests, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
+    # And the newest backup at each schema revision: what a bad migration goes back to (the backup taken before an
+    # upgrade stays, whatever the hour's scheduled backups after it).
+    keep |= {next(m.id for m in manifests if m.schema_revision == r) for r in {m.schema_revision for m in manifests}}
     pruned = []
     for manifest in manifests:
         if manifest.id not in keep:
@@ -465,8 +491,110 @@ def copy_off_machine(config: Config, manifest: Manifest) -> Path:
     return target
 
 
+def remote_of(config: Config) -> Remote | None:
+    """The configured off-host repository (None without a host)."""
+    settings = config.backup.remote
+    return Remote(settings, config.base_dir, config.backup.timeout_seconds) if settings.host else None
+
+
+def copy_off_host(config: Config, manifest: Manifest) -> Manifest:
+    """Copy a backup and then its manifest to the off-host repository; the data's checksum is computed there and must
+    be the manifest's. Returns the manifest with `off_host` set (also written to the local catalog)."""
+    remote = remote_of(config)
+    if remote is None:
+        raise BackupError("no off-host repository: backup.remote.host is not configured")
+    catalog = Catalog(config.path(config.backup.directory))
+    copied = remote.put(catalog.data_path(manifest))
+    if copied != manifest.sha256:
+        raise BackupError(
+            f"backup {manifest.id}: the copy on {remote.location} has sha256 {copied[:16] or 'none'}..., "
+            f"not the manifest's {manifest.sha256[:16]}... (damaged on the way)"
+        )
+    done = dataclasses.replace(manifest, off_host=remote.location)
+    write_json_atomic(catalog.manifest_path(manifest.id), done.to_json())
+    remote.put(catalog.manifest_path(manifest.id))
+    log.info("backup %s copied off host to %s (checksum verified there)", manifest.id, remote.location)
+    return done
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    id: str
+    created_at: datetime
+
+
+def remote_backups(remote: Remote) -> list[RemoteEntry]:
+    """The backups in the off-host repository (those whose manifest is there), newest first."""
+    found = []
+    for name in remote.names():
+        backup_id = name.removeprefix(FILE_PREFIX).removesuffix(MANIFEST_SUFFIX)
+        if name.startswith(FILE_PREFIX) and name.endswith(MANIFEST_SUFFIX) and ID_RE.match(backup_id):
+            found.append(RemoteEntry(backup_id, datetime.strptime(backup_id, ID_FORMAT).replace(tzinfo=UTC)))
+    return sorted(found, key=lambda e: e.created_at, reverse=True)
+
+
+def apply_remote_retention(config: Config, remote: Remote) -> list[str]:
+    """The same retention in the off-host repository, over the backups that are there (it may hold backups this
+    host's catalog no longer has, or never had: a new host after the old one was lost); their ids. Partial files of
+    interrupted copies go too."""
+    settings = config.backup
+    names = remote.names()
+    entries = remote_backups(remote)
+    keep = kept_backups(entries, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
+    keep |= {m.id for m in Catalog(config.path(config.backup.directory)).manifests()}  # what this host keeps
+    pruned = [e.id for e in entries if e.id not in keep]
+    doomed = [n for n in names if n.startswith(f".{FILE_PREFIX}") and n.endswith(".partial")]
+    for backup_id in pruned:  # the manifest first: a backup without its manifest is not listed
+        doomed.append(f"{FILE_PREFIX}{backup_id}{MANIFEST_SUFFIX}")
+        doomed += [f"{FILE_PREFIX}{backup_id}{suffix}" for suffix in DATA_SUFFIX.values()]
+    remote.delete([n for n in doomed if n in names])
+    if pruned:
+        log.info("backup retention deleted %d backup(s) on %s: %s", len(pruned), remote.location, ", ".join(pruned))
+    return pruned
+
+
+def fetch_backup(config: Config, backup_id: str = "latest") -> Manifest:
+    """Copy a backup from the off-host repository into the local catalog (a host rebuilt after the old one was lost:
+    then `restore`); checked against its manifest's checksum. Returns its manifest."""
+    remote = remote_of(config)
+    if remote is None:
+        raise BackupError("no off-host repository: backup.remote.host is not configured")
+    entries = remote_backups(remote)
+    if not entries:
+        raise BackupError(f"no backups in the off-host repository {remote.location}")
+    chosen = entries[0] if backup_id == "latest" else next((e for e in entries if e.id == backup_id), None)
+    if chosen is None:
+        raise BackupError(f"no backup {backup_id!r} in the off-host repository {remote.location}")
+    try:
+        manifest = Manifest.from_json(json.loads(remote.read_text(f"{FILE_PREFIX}{chosen.id}{MANIFEST_SUFFIX}")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackupError(f"backup {chosen.id}: its manifest on {remote.location} is unreadable: {exc}") from exc
+    catalog = Catalog(config.path(config.backup.directory))
+    catalog.directory.mkdir(parents=True, exist_ok=True)
+    partial = catalog.directory / f".{manifest.file}{PARTIAL_SUFFIX}"
+    try:
+        remote.get(manifest.file, partial)
+        if partial.stat().st_size != manifest.size_bytes or sha256_of(partial) != manifest.sha256:
+            raise BackupError(
+                f"backup {manifest.id}: the copy fetched from {remote.location} does not match its checksum"
+            )
+        _fsync(partial)
+        os.replace(partial, catalog.data_path(manifest))
+    finally:
+        partial.unlink(missing_ok=True)
+    write_json_atomic(catalog.manifest_path(manifest.id), manifest.to_json())
+    log.info("backup %s fetched from %s", manifest.id, remote.location)
+    return manifest
+
+
 def _record(
-    catalog: Catalog, *, manifest: Manifest | None = None, error: str = "", verified: bool | None = None
+    catalog: Catalog,
+    *,
+    manifest: Manifest | None = None,
+    error: str = "",
+    verified: bool | None = None,
+    stage: str = "backup",
+    pitr: backup_pitr.PitrBackup | None = None,
 ) -> None:
     """Add a run to the catalog's state: what the metrics export (and the alerts watch)."""
     now = utcnow().timestamp()
@@ -485,8 +613,15 @@ def _record(
             data["last_size_bytes"] = manifest.size_bytes
             data["last_duration_seconds"] = manifest.duration_seconds
             data["last_id"] = manifest.id
+            if pitr is not None:
+                data["pitr_last_success_timestamp_seconds"] = now
+                data["pitr_last_duration_seconds"] = round(pitr.duration_seconds, 6)
         else:
             add_count(data, "failures_total")
+            if stage == "off_host":  # the off-host copy (or its retention) failed: the backup is not complete
+                add_count(data, "off_host_failures_total")
+            if stage == "pitr":
+                add_count(data, "pitr_failures_total")
             data["last_failure_timestamp_seconds"] = now
             data["last_error"] = error[:500]
 
@@ -502,15 +637,37 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
     """A whole backup run: take it, copy it off the machine when configured, apply retention, record the run.
     A failure anywhere is recorded (tradingops_backup_failures_total) and raised."""
     catalog = Catalog(config.path(config.backup.directory))
+    remote = remote_of(config)
+    stage = "backup"
+    pitr: backup_pitr.PitrBackup | None = None
     try:
         manifest = take_backup(config, trigger, progress)
         copied = copy_off_machine(config, manifest) if config.backup.copy_to else None
+        stage = "off_host"
+        if remote is not None:
+            manifest = copy_off_host(config, manifest)
+        elif config.backup.remote.required:
+            raise BackupError(
+                f"backup {manifest.id} is on this host only: no off-host repository is configured "
+                "(backup.remote.host; or backup.remote.required: false to accept that)"
+            )
+        if config.backup.pitr.enabled and manifest.dialect == "postgresql":
+            stage = "pitr"
+            pitr = backup_pitr.take(config)
+            if remote is not None and config.backup.pitr.repo_path:
+                stage = "off_host"
+                repo = config.path(config.backup.pitr.repo_path)
+                remote.sync_directory(repo, PITR_REMOTE_DIRECTORY, config.backup.pitr.rsync)
+                log.info("pgBackRest repository %s copied off host to %s", repo, remote.location)
+        stage = "backup"
         pruned = apply_retention(config)
+        stage = "off_host"
+        remote_pruned = apply_remote_retention(config, remote) if remote is not None else []
     except Exception as exc:  # reported by the caller (one line on the CLI, a log line from the schedule)
-        _record(catalog, error=f"{type(exc).__name__}: {exc}")
+        _record(catalog, error=f"{type(exc).__name__}: {exc}", stage=stage)
         raise
-    _record(catalog, manifest=manifest)
-    return BackupResult(manifest, pruned, copied)
+    _record(catalog, manifest=manifest, pitr=pitr)
+    return BackupResult(manifest, pruned, copied, remote_pruned, pitr)
 
 
 async def run_scheduled_backup(config: Config) -> BackupResult:

@@ -1,4 +1,4 @@
-"""`trading-ops backup run|list|verify|restore` (`trading-ops upkeep`: trading_ops.commands.upkeep_cmd)."""
+"""`trading-ops backup run|list|verify|restore|fetch|drill` (`trading-ops upkeep`: trading_ops.commands.upkeep_cmd)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from trading_ops.config import Config
 
-EXIT_OK, EXIT_FAILURE = 0, 1
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub: Any) -> None:
@@ -26,9 +26,36 @@ def register(sub: Any) -> None:
     verify.add_argument("backup_id", nargs="?", default="latest", metavar="ID", help="a backup id (default: latest)")
     verify.set_defaults(handler=backup_verify)
     restore = inner.add_parser("restore", help="replace the database with a backup (a safety backup is taken first)")
-    restore.add_argument("backup_id", metavar="ID", help="a backup id, or latest")
+    restore.add_argument("backup_id", nargs="?", metavar="ID", help="a backup id, or latest")
+    restore.add_argument(
+        "--to-time",
+        metavar="TIME",
+        help="PostgreSQL with backup.pitr: restore the cluster as of TIME (ISO 8601, e.g. 2026-11-25T09:10:00Z) "
+        "with pgBackRest into --pg-data, instead of a backup ID",
+    )
+    restore.add_argument("--pg-data", metavar="DIR", help="with --to-time: the data directory to restore into")
     restore.add_argument("--force", action="store_true", help="restore even while a bot or the reconciler uses it")
+    restore.add_argument(
+        "--schema",
+        metavar="REV",
+        help="only a backup at this schema revision (`head`: this release's newest; with latest: the newest such)",
+    )
     restore.set_defaults(handler=backup_restore)
+    fetch = inner.add_parser("fetch", help="copy a backup from the off-host repository into the local catalog")
+    fetch.add_argument("backup_id", nargs="?", default="latest", metavar="ID", help="a backup id (default: latest)")
+    fetch.set_defaults(handler=backup_fetch)
+    drill = inner.add_parser(
+        "drill",
+        help="restore a backup into a scratch database, migrate it to head and check the journal (a restore drill)",
+    )
+    drill.add_argument("backup_id", nargs="?", default="latest", metavar="ID", help="a backup id (default: latest)")
+    drill.add_argument(
+        "--schema",
+        metavar="REV",
+        help="only a backup at this schema revision (`head`: this release's newest; with latest: the newest such)",
+    )
+    drill.add_argument("--last", action="store_true", help="print the last drill's recorded result; run none")
+    drill.set_defaults(handler=backup_drill)
 
 
 def expected_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
@@ -37,9 +64,11 @@ def expected_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
     not import SQLAlchemy for it."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from trading_ops.ops.backup_pitr import PitrError
     from trading_ops.ops.backup_postgres import ClientProgramError
+    from trading_ops.ops.backup_remote import RemoteError
 
-    return (*more, ClientProgramError, OSError, SQLAlchemyError, sqlite3.Error)
+    return (*more, ClientProgramError, PitrError, RemoteError, OSError, SQLAlchemyError, sqlite3.Error)
 
 
 def fail(action: str, exc: BaseException) -> int:
@@ -73,8 +102,16 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
     )
     if result.copied_to:
         print(f"copied to {result.copied_to}")
+    if m.off_host:
+        print(f"off host: {m.off_host} (checksum verified there)")
+    else:
+        print("off host: none (backup.remote.required is false): this backup is lost with this host")
+    if result.pitr:
+        print(f"pgBackRest {result.pitr.type} backup {result.pitr.label} ({result.pitr.duration_seconds:.2f}s)")
     if result.pruned:
         print(f"retention deleted {len(result.pruned)} older backup(s)")
+    if result.remote_pruned:
+        print(f"retention deleted {len(result.remote_pruned)} older backup(s) off host")
     if args.verify:
         try:
             verified = verify_backup(config, m)
@@ -94,11 +131,12 @@ def backup_list(args: argparse.Namespace, config: Config) -> int:
     if not manifests:
         print(f"no backups in {config.path(config.backup.directory)}")
         return EXIT_OK
-    print(f"{'ID':<24} {'CREATED (UTC)':<20} {'TRIGGER':<9} {'SIZE':>10} {'ROWS':>9} {'SCHEMA':<8} SOURCE")
+    print(f"{'ID':<24} {'CREATED (UTC)':<20} {'TRIGGER':<9} {'SIZE':>10} {'ROWS':>9} {'SCHEMA':<8} OFF-HOST  SOURCE")
     for m in manifests:
         print(
             f"{m.id:<24} {m.created_at:%Y-%m-%d %H:%M:%S} {m.trigger:<9} {human(m.size_bytes):>10} "
-            f"{sum(m.row_counts.values()):>9} {m.schema_revision or '-':<8} {m.source}"
+            f"{sum(m.row_counts.values()):>9} {m.schema_revision or '-':<8} {'yes' if m.off_host else 'no':<9} "
+            f"{m.source}"
         )
     return EXIT_OK
 
@@ -124,8 +162,13 @@ def backup_verify(args: argparse.Namespace, config: Config) -> int:
 def backup_restore(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.ops.backup import BackupError, Catalog, restore_backup
 
+    if args.to_time is not None or args.pg_data is not None:
+        return _restore_to_time(args, config)
+    if args.backup_id is None:
+        return usage("backup restore", "give a backup ID (or latest), or --to-time TIME --pg-data DIR")
+
     try:
-        manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id)
+        manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id, _schema(config, args.schema))
         result = restore_backup(config, manifest, force=args.force)
     except expected_errors(BackupError) as exc:
         return fail("backup restore", exc)
@@ -139,6 +182,102 @@ def backup_restore(args: argparse.Namespace, config: Config) -> int:
         print(
             f"the restored schema is at revision {manifest.schema_revision}: run `trading-ops db upgrade` (to {head})"
         )
+    return EXIT_OK
+
+
+def backup_fetch(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.ops.backup import BackupError, fetch_backup
+
+    try:
+        manifest = fetch_backup(config, args.backup_id)
+    except expected_errors(BackupError) as exc:
+        return fail("backup fetch", exc)
+    print(
+        f"backup {manifest.id} fetched from {manifest.off_host or 'the off-host repository'}: "
+        f"{human(manifest.size_bytes)}, checksum ok -> {config.path(config.backup.directory)}"
+    )
+    return EXIT_OK
+
+
+def backup_drill(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.ops.backup import BackupError
+    from trading_ops.ops.restore_drill import drill_state, run_drill
+
+    if args.last:
+        return _last_drill(drill_state(config).read())
+    try:
+        result = run_drill(config, args.backup_id, _schema(config, args.schema))
+    except expected_errors(BackupError) as exc:
+        return fail("backup drill", exc)
+    m = result.manifest
+    print(
+        f"restore drill passed: backup {m.id} ({m.created_at:%Y-%m-%d %H:%M:%S} UTC) restored into a scratch "
+        f"database, migrated to {result.schema_revision}, {result.rows} rows; checked: {', '.join(result.checks)} "
+        f"({result.duration_seconds:.2f}s)"
+    )
+    return EXIT_OK
+
+
+def _last_drill(state: dict[str, Any]) -> int:
+    """The recorded result of the last drill: exit 0 when it passed, 1 when it failed or there was none."""
+    from datetime import UTC, datetime
+
+    def when(key: str) -> str:
+        return f"{datetime.fromtimestamp(float(state[key]), UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+    if not state.get("runs_total"):
+        print(
+            "trading-ops: backup drill: no restore drill has run yet (`trading-ops backup drill` runs one)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    passed = not state.get("last_error")
+    success = "last_success_timestamp_seconds"
+    print(
+        f"last restore drill {'passed' if passed else 'FAILED'} at {when('last_run_timestamp_seconds')} "
+        f"on backup {state.get('last_backup_id', '?')} ({float(state.get('last_duration_seconds', 0)):.2f}s); "
+        f"last passed: {when(success) if success in state else 'never'}"
+        f"; {int(state.get('failures_total', 0))} of {int(state['runs_total'])} drills failed"
+        + ("" if passed else f"; error: {state['last_error']}")
+    )
+    return EXIT_OK if passed else EXIT_FAILURE
+
+
+def _schema(config: Config, schema: str | None) -> str | None:
+    return _schema_head(config) if schema == "head" else schema
+
+
+def usage(action: str, problem: str) -> int:
+    print(f"trading-ops: {action}: {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _restore_to_time(args: argparse.Namespace, config: Config) -> int:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from trading_ops.ops.backup_pitr import PitrError, restore_to_time
+
+    if args.backup_id is not None or args.to_time is None or args.pg_data is None:
+        return usage("backup restore", "--to-time TIME and --pg-data DIR go together, without a backup ID")
+    if not config.backup.pitr.enabled:
+        return usage("backup restore", "--to-time needs point-in-time recovery: backup.pitr.enabled is false")
+    try:
+        moment = datetime.fromisoformat(args.to_time)
+    except ValueError:
+        return usage(
+            "backup restore", f"--to-time: expected an ISO 8601 time such as 2026-11-25T09:10:00Z, got {args.to_time!r}"
+        )
+    if moment.tzinfo is None:
+        return usage("backup restore", f"--to-time: give the time zone (Z or +HH:MM) of {args.to_time!r}")
+    try:
+        duration = restore_to_time(config, moment, Path(args.pg_data))
+    except expected_errors(PitrError) as exc:
+        return fail("backup restore", exc)
+    print(
+        f"cluster restored as of {moment.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f} UTC into {args.pg_data} "
+        f"({duration:.2f}s): start PostgreSQL on it; it replays the WAL to that moment and promotes itself"
+    )
     return EXIT_OK
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from trading_ops.config import Config
 from trading_ops.cron import CronSchedule
 from trading_ops.durations import parse_duration
-from trading_ops.ops import backup, maintenance, report, upkeep
+from trading_ops.ops import backup, maintenance, report, restore_drill, upkeep
 from trading_ops.ops.scheduler import Job, JobFunc
 
 UPKEEP = "upkeep"
@@ -47,6 +47,11 @@ JOBS: tuple[JobSpec, ...] = (
     # Backups and upkeep export their own metrics from their records on disk (trading_ops.ops.state_metrics).
     JobSpec(
         "backup", lambda c: (c.backup.schedule, c.backup.time_zone), lambda c, r, s: backup.run_scheduled_backup(c)
+    ),
+    JobSpec(
+        "restore_drill",
+        lambda c: (c.backup.drill_schedule, c.backup.time_zone) if c.backup.drill else None,
+        lambda c, r, s: restore_drill.run_scheduled_drill(c),
     ),
     JobSpec(UPKEEP, lambda c: (c.upkeep.schedule, c.upkeep.time_zone), lambda c, r, s: upkeep.run_upkeep(c)),
 )

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from trading_ops.config import Config
 from trading_ops.ops.backup import Catalog
+from trading_ops.ops.restore_drill import DRILL_STATE_FILE
 from trading_ops.ops.state import OpsState
 from trading_ops.ops.upkeep import UPKEEP_STATE_FILE
 
@@ -21,6 +22,16 @@ BACKUP_GAUGES = (
     ("backup_last_size_bytes", "last_size_bytes", "Size of the last successful backup."),
     ("backup_last_duration_seconds", "last_duration_seconds", "How long the last successful backup took."),
     (
+        "backup_pitr_last_success_timestamp_seconds",
+        "pitr_last_success_timestamp_seconds",
+        "When the last pgBackRest backup of the PostgreSQL cluster finished (backup.pitr).",
+    ),
+    (
+        "backup_pitr_last_duration_seconds",
+        "pitr_last_duration_seconds",
+        "How long the last pgBackRest backup took.",
+    ),
+    (
         "backup_last_verify_success_timestamp_seconds",
         "last_verify_success_timestamp_seconds",
         "When a backup last passed verification (restored into a scratch database and checked).",
@@ -29,6 +40,16 @@ BACKUP_GAUGES = (
 BACKUP_COUNTERS = (
     ("backup_runs", "runs_total", "Backup runs, successful or not."),
     ("backup_failures", "failures_total", "Backup runs that failed."),
+    (
+        "backup_off_host_failures",
+        "off_host_failures_total",
+        "Backup runs that failed because the off-host copy could not be made or verified (counted in failures too).",
+    ),
+    (
+        "backup_pitr_failures",
+        "pitr_failures_total",
+        "Backup runs whose pgBackRest backup failed (counted in failures too).",
+    ),
     ("backup_verify_runs", "verify_runs_total", "Backup verifications."),
     ("backup_verify_failures", "verify_failures_total", "Backup verifications that failed."),
 )
@@ -58,6 +79,47 @@ class BackupCollector(Collector):
             "Total size of the backups kept in the catalog.",
             value=sum(m.size_bytes for m in manifests),
         )
+
+
+DRILL_GAUGES = (
+    (
+        "restore_drill_last_success_timestamp_seconds",
+        "last_success_timestamp_seconds",
+        "When a restore drill last passed (the latest backup restored, migrated to head and its journal checked).",
+    ),
+    (
+        "restore_drill_last_failure_timestamp_seconds",
+        "last_failure_timestamp_seconds",
+        "When a restore drill last failed.",
+    ),
+    ("restore_drill_last_duration_seconds", "last_duration_seconds", "How long the last restore drill took."),
+    (
+        "restore_drill_last_backup_timestamp_seconds",
+        "last_backup_timestamp_seconds",
+        "When the backup the last restore drill restored was taken.",
+    ),
+)
+DRILL_COUNTERS = (
+    ("restore_drill_runs", "runs_total", "Restore drills, passed or not."),
+    ("restore_drill_failures", "failures_total", "Restore drills that failed."),
+)
+
+
+class RestoreDrillCollector(Collector):
+    """Restore drills, from their state file in the backup directory, read at each scrape."""
+
+    def __init__(self, path: Path) -> None:
+        self.state = OpsState(path)
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state.read()
+        for name, key, doc in DRILL_GAUGES:
+            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+            if key in state:  # absent until there is one: "never" is not 1970
+                gauge.add_metric([], float(state[key]))
+            yield gauge
+        for name, key, doc in DRILL_COUNTERS:
+            yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=float(state.get(key, 0)))
 
 
 class UpkeepCollector(Collector):
@@ -107,4 +169,5 @@ class UpkeepCollector(Collector):
 def register_ops_metrics(config: Config, registry: CollectorRegistry) -> None:
     """Export the backup and upkeep records of `config` on `registry`."""
     registry.register(BackupCollector(config.path(config.backup.directory)))
+    registry.register(RestoreDrillCollector(config.path(config.backup.directory) / DRILL_STATE_FILE))
     registry.register(UpkeepCollector(config.path(config.bot.data_dir) / UPKEEP_STATE_FILE))

@@ -374,6 +374,12 @@ def build_app_config(
         for key in keys:
             if isinstance(values.get(key), str) and values[key]:
                 values[key] = str((base / Path(values[key]).expanduser()).resolve())
+    backup = data.setdefault("backup", {})
+    remote = backup.setdefault("remote", {}) if isinstance(backup, dict) else None
+    if isinstance(remote, dict) and not remote.get("host") and remote.get("required", True) is True:
+        # A demo on one machine has no other host: its backups stay here (`backup run` says so on every run). A
+        # deployment's backups are not complete without their off-host copy (backup.remote).
+        remote["required"] = False
     db = data.setdefault("database", {})
     if not db.get("url_file") and not db.get("url_env"):
         # A relative SQLite path (the default one included) is relative to the user's file, not to the copy.

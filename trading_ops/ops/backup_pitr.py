@@ -1,0 +1,97 @@
+"""PostgreSQL point-in-time recovery through pgBackRest: full and differential backups of the cluster that holds the
+journal and the ledger (its WAL archived by the cluster's own `archive_command`), and restores of the cluster as of a
+moment. pgBackRest runs from an argument list (`backup.pitr.command`, e.g. as the cluster's owner), never a shell."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from trading_ops.config import Config
+
+log = logging.getLogger(__name__)
+
+STDERR_LIMIT = 500
+DAY_SECONDS = 86400
+
+
+class PitrError(RuntimeError):
+    """pgBackRest failed, could not start, or ran out of time; one line with its error."""
+
+
+@dataclass(frozen=True)
+class PitrBackup:
+    label: str
+    type: str  # full, diff
+    duration_seconds: float
+
+
+def _run(config: Config, *args: str) -> str:
+    pitr = config.backup.pitr
+    argv = [*pitr.command, f"--config={config.path(pitr.config_file)}", f"--stanza={pitr.stanza}", *args]
+    try:
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=pitr.timeout_seconds, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise PitrError(f"pgbackrest {args[-1]} did not finish within {pitr.timeout_seconds:g}s") from None
+    except OSError as exc:
+        raise PitrError(f"cannot start {pitr.command[0]}: {exc.strerror or exc}") from exc
+    if done.returncode != 0:
+        lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "ERROR" in ln]
+        detail = (errors or lines or [f"exit status {done.returncode}"])[0]
+        raise PitrError(f"pgbackrest {args[-1]} failed: {detail[:STDERR_LIMIT]}")
+    return done.stdout
+
+
+def info(config: Config) -> dict[str, Any]:
+    """The stanza's entry of `pgbackrest info --output=json` (empty when there is none)."""
+    stanzas = json.loads(_run(config, "--output=json", "info") or "[]")
+    return next((s for s in stanzas if s.get("name") == config.backup.pitr.stanza), {})
+
+
+def take(config: Config) -> PitrBackup:
+    """A pgBackRest backup of the cluster: full when there is none or the last is older than `full_every_days`,
+    differential otherwise. Creates the stanza the first time (stanza-create is idempotent)."""
+    started = time.monotonic()
+    _run(config, "stanza-create")
+    backups = info(config).get("backup", [])
+    fulls = [b["timestamp"]["stop"] for b in backups if b.get("type") == "full"]
+    age = time.time() - max(fulls) if fulls else None
+    kind = "full" if age is None or age > config.backup.pitr.full_every_days * DAY_SECONDS else "diff"
+    _run(config, f"--type={kind}", "backup")
+    newest = info(config).get("backup", [])
+    label = str(newest[-1]["label"]) if newest else ""
+    result = PitrBackup(label, kind, time.monotonic() - started)
+    log.info(
+        "pgBackRest %s backup %s of stanza %s: %.2fs", kind, label, config.backup.pitr.stanza, result.duration_seconds
+    )
+    return result
+
+
+def restore_to_time(config: Config, target: datetime, pg_data: Path) -> float:
+    """Restore the cluster as of `target` into the data directory `pg_data` (empty, or a stopped cluster's: its files
+    are replaced); the cluster promotes itself once it replayed the WAL up to `target`. Seconds it took."""
+    started = time.monotonic()
+    moment = target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+    _run(
+        config,
+        f"--pg1-path={pg_data}",
+        "--type=time",
+        f"--target={moment}",
+        "--target-action=promote",
+        "--delta",
+        "restore",
+    )
+    duration = time.monotonic() - started
+    log.warning(
+        "cluster restored as of %s into %s (pgBackRest, %.2fs): start it to replay the WAL", moment, pg_data, duration
+    )
+    return duration
