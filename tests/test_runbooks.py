@@ -25,6 +25,7 @@ RECONCILER_POSTED_ALERTS = (
     "TradingOpsRemediationCircuitOpen",
     "TradingOpsBotPaused",
     "TradingOpsBotFlattened",
+    "TradingOpsApprovalRequested",
 )
 SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
 PROMQL_HINT = re.compile(r"`[^`]*\b(tradingbot_|tradingops_|up\{|ALERTS|prometheus_|alertmanager_|process_|instance)")

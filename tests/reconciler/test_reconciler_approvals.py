@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,10 +27,11 @@ from conftest import (
     Alertmanager,
     FakeBot,
     alert,
+    alertmanager_binary,
     free_port,
     payload,
-    start_alertmanager,
     stop,
+    wait_http,
 )
 
 from trading_ops.cli import main
@@ -461,10 +463,6 @@ def start_routed_alertmanager(tmp: Path, port: int, reconciler_url: str, pager_u
 
 
 def start_alertmanager_with(tmp: Path, port: int, config: dict[str, Any]) -> Alertmanager:
-    import subprocess
-
-    from conftest import alertmanager_binary, wait_http
-
     (tmp / "am.yml").write_text(yaml.safe_dump(config))
     proc = subprocess.Popen(
         [
