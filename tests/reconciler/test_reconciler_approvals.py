@@ -482,3 +482,43 @@ def start_alertmanager_with(tmp: Path, port: int, config: dict[str, Any]) -> Ale
         proc.kill()
         raise
     return Alertmanager(f"http://127.0.0.1:{port}", proc)
+
+
+# ---- the playbook's approval keys ----------------------------------------------------------------------------------
+
+
+def test_the_playbook_says_which_steps_wait_and_refuses_bad_approval_keys() -> None:
+    from trading_ops.reconciler.playbook import PlaybookError, parse_playbook
+
+    rule = {
+        **FLATTEN,
+        "steps": [
+            {"action": "bot", "command": "reconnect"},  # safe: the rule's approval does not cover it
+            {"action": "bot", "command": "flatten", "approval_timeout": "2m", "on_timeout": "skip"},
+            {"action": "bot", "command": "cancel_all", "approval": "none"},  # its own say wins
+            {"action": "escalate", "approval": "required"},
+        ],
+    }
+    playbook = parse_playbook({"rules": [rule]})
+    (parsed,) = playbook.rules
+    soft, hard = {"severity": "warning"}, {"severity": "critical"}
+    assert [parsed.needs_approval(s, soft) for s in parsed.steps] == [False, True, False, True]
+    assert [parsed.needs_approval(s, hard) for s in parsed.steps] == [False, False, False, False]
+    assert (parsed.steps[1].approval_timeout, parsed.steps[1].on_timeout) == (120.0, "skip")
+    assert (parsed.steps[3].approval_timeout, parsed.steps[3].on_timeout) == (30.0, "escalate")
+    # The version follows what the playbook says, not how it is written.
+    assert parse_playbook(yaml.safe_load(yaml.safe_dump({"rules": [rule]}))).version == playbook.version
+    assert parse_playbook({"rules": [{**rule, "approval_timeout": "31s"}]}).version != playbook.version
+    bad = [
+        ({**FLATTEN, "approval": "yes"}, "rules[0].approval: expected one of required, none"),
+        ({**FLATTEN, "on_timeout": "retry"}, "rules[0].on_timeout: expected one of escalate, skip"),
+        ({**FLATTEN, "approval_timeout": "0s"}, "rules[0].approval_timeout: expected a duration longer than 0"),
+        (
+            {**FLATTEN, "on_recovery": [{"action": "notify", "title": "t", "approval": "required"}]},
+            "rules[0].on_recovery[0].approval: only a rule's steps wait for an approval",
+        ),
+        ({**FLATTEN, "hard_limit": ["severity"]}, "rules[0].hard_limit[0]"),
+    ]
+    for data, message in bad:
+        with pytest.raises(PlaybookError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            parse_playbook({"rules": [data]})
