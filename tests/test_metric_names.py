@@ -31,9 +31,9 @@ from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import SchedulerMetrics
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
+from trading_ops.reconciler.approvals import ApprovalCollector, ApprovalStore
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.metrics import ReconcilerMetrics
-from trading_ops.reconciler.approvals import ApprovalCollector, ApprovalStore
 from trading_ops.reconciler.outbox import OutboxCollector, OutboxStore
 
 RULE_FILES = sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml"))
