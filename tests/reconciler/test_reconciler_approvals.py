@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +318,10 @@ async def test_a_changed_playbook_or_a_closed_episode_is_refused(
     text = await (await client.get("/metrics")).text()
     assert "tradingops_approvals_pending 0.0" in text
     assert fake_bot.commands() == []
+    # Retention prunes a closed episode with its approvals.
+    later = datetime.now(UTC) + timedelta(days=1)
+    pruned = await asyncio.to_thread(client.app[keys.LEDGER].prune_episodes, later, 100)
+    assert pruned["episodes"] == 1 and await approvals(client) == []
 
 
 async def test_a_pending_approval_survives_a_restart(

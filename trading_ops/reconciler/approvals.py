@@ -17,7 +17,7 @@ from trading_ops.db.models.ledger import Approval, Attempt, Episode
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.metrics import APPROVAL_OUTCOMES, PREFIX
 from trading_ops.reconciler.outbox import OutboxStore
-from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
+from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 
 log = logging.getLogger(__name__)
 AP = cast(Table, Approval.__table__)
@@ -31,7 +31,7 @@ PENDING, APPROVED, REJECTED, EXPIRED, EXECUTED, SUPERSEDED = (
     "executed",
     "superseded",
 )
-STATUSES = (PENDING, APPROVED, REJECTED, EXPIRED, EXECUTED, SUPERSEDED)
+STATUSES = APPROVAL_STATUSES
 # What an operator sends (`decision`), and the status it writes.
 DECISIONS = {"approve": APPROVED, "reject": REJECTED}
 # tradingops_approval_decisions_total{outcome}: every way an approval stops waiting.

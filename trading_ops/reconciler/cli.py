@@ -16,7 +16,7 @@ import yaml
 from trading_ops.cli import CONFIG_ENV, UsageError
 from trading_ops.config import Config
 from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
-from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
+from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 
 if TYPE_CHECKING:
     from trading_ops.matchers import Pattern
@@ -562,13 +562,11 @@ def circuits_reset(args: argparse.Namespace, config: Config) -> int:
 
 
 def _register_approvals(inner: Any) -> None:
-    from trading_ops.reconciler.approvals import STATUSES
-
     listing = inner.add_parser(
         "approvals",
         help="approvals of playbook steps, newest first (pending ones wait for `approve` or `reject`)",
     )
-    listing.add_argument("--status", default=None, choices=STATUSES, help="only approvals in this status")
+    listing.add_argument("--status", default=None, choices=APPROVAL_STATUSES, help="only approvals in this status")
     listing.add_argument("--limit", type=positive_int, default=50, help="how many at most (default: 50)")
     listing.add_argument("--json", action="store_true", help="print JSON (as GET /api/v1/approvals)")
     listing.set_defaults(handler=approvals_list)
