@@ -527,3 +527,39 @@ def test_the_playbook_says_which_steps_wait_and_refuses_bad_approval_keys() -> N
     for data, message in bad:
         with pytest.raises(PlaybookError, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_playbook({"rules": [data]})
+
+
+async def test_a_reconciler_restarted_with_a_changed_playbook_asks_again_under_it(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rule = {**FLATTEN, "approval_timeout": "2s", "steps": [{"action": "bot", "command": "flatten"}]}
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, rule)
+    first = await aiohttp_client(create_app(load_config(config)))
+    await first.post("/api/v1/alertmanager", json=flatten_alert(alertmanager), headers=AUTH)
+    old = await one_pending(first)
+    await first.close()
+    # The playbook changes (a longer timeout) while the approval waits; the reconciler starts again under it.
+    (tmp_path / "playbook.yml").write_text(
+        yaml.safe_dump({"version": 1, "rules": [{**rule, "approval_timeout": "30s"}]})
+    )
+    second = await aiohttp_client(create_app(load_config(config)))
+    refused = await decide(second, old["id"], "approve", READ_AUTH, reason="ok", by="lena")
+    assert refused.status == 409 and "playbook version" in (await refused.json())["error"]
+    # At the old deadline the engine finds the approval bound to another playbook: superseded, and asked again.
+    new = await poll(
+        lambda: approvals(second, "pending"), lambda a: len(a) == 1 and a[0]["id"] != old["id"], "a new approval"
+    )
+    assert new[0]["playbook_version"] == second.app[keys.PLAYBOOK].version != old["playbook_version"]
+    assert {a["id"]: a["status"] for a in await approvals(second)}[old["id"]] == "superseded"
+    assert fake_bot.commands() == []
+    assert cli(config, "approve", str(new[0]["id"]), "--reason", "ok", "--as", "lena") == 0
+    await episode(second, "recovered")
+    assert fake_bot.commands() == ["flatten"]
+    assert cli(config, "approvals", "--status", "executed") == 0
+    listed = capsys.readouterr().out
+    assert f"{new[0]['id']}  executed" in listed and "by lena: ok" in listed
