@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Connection, Table, func, insert, select, update
 
 from trading_ops.db.base import utcnow
 from trading_ops.db.models.ledger import Approval, Attempt, Episode
@@ -133,17 +133,31 @@ class ApprovalStore:
         self,
         episode_id: int,
         holder: str,
+        attempt_id: int,
         values: dict[str, Any],
         page: Callable[[int], dict[str, Any]],
+        why: Callable[[int], str],
         now: datetime,
-    ) -> int | None:
-        """Store a pending approval (`values`: the step it binds, its deadline, who asks) and its page (`page(id)`:
-        the alert posted to Alertmanager) in one transaction, while `holder` still holds the episode; any earlier
-        approval of the episode still pending is superseded. The new id, or None when the claim was lost."""
+    ) -> tuple[int | None, str] | None:
+        """Ask: a pending approval (`values`: the step it binds, its deadline, who asks), its page (`page(id)`: the
+        alert posted to Alertmanager) and the episode parked until the deadline (its attempt handed back, `why(id)`
+        its detail), all in one transaction while `holder` still holds the episode: a crash leaves either nothing
+        or all of it. Any earlier approval of the episode still standing is superseded. (The approval's id, the
+        state written: `waiting`, or `resolved` with no approval when the alert resolved while held); None when the
+        claim was lost."""
+        free = {"owner": None, "lease_until": None, "updated_at": now}
         with self.ledger.tx() as conn:
-            held = conn.execute(select(E.c.id).where(E.c.id == episode_id, E.c.owner == holder)).first()
+            held = conn.execute(
+                select(E.c.resolved_at).where(E.c.id == episode_id, E.c.owner == holder).with_for_update()
+            ).first()
             if held is None:
                 return None
+            if held.resolved_at is not None:
+                detail = "resolved while claimed; no approval asked"
+                conn.execute(
+                    update(E).where(E.c.id == episode_id).values(state="resolved", closed_at=now, detail=detail, **free)
+                )
+                return None, "resolved"
             conn.execute(
                 update(AP)
                 .where(AP.c.episode_id == episode_id, AP.c.status.in_((PENDING, APPROVED)))
@@ -152,12 +166,24 @@ class ApprovalStore:
             approval_id = int(
                 conn.execute(
                     insert(AP)
-                    .values(episode_id=episode_id, status=PENDING, requested_at=now, reason="", **values)
+                    .values(
+                        episode_id=episode_id,
+                        attempt_id=attempt_id,
+                        status=PENDING,
+                        requested_at=now,
+                        reason="",
+                        **values,
+                    )
                     .returning(AP.c.id)
                 ).scalar_one()
             )
             OutboxStore.owe(conn, episode_id, page(approval_id), now)
-        return approval_id
+            state = self._park(
+                conn, episode_id, holder, attempt_id, approval_id, values["deadline"], why(approval_id), now
+            )
+            if state is None:
+                raise RuntimeError(f"episode {episode_id}: held a moment ago, not parked")  # rolled back
+        return approval_id, state
 
     def decide(
         self, approval_id: int, decision: str, who: str, reason: str, version: str, now: datetime
@@ -212,25 +238,39 @@ class ApprovalStore:
     def park(
         self, episode_id: int, holder: str, attempt_id: int, approval_id: int, until: datetime, why: str, now: datetime
     ) -> str | None:
-        """Hand the attempt and the episode back (waiting) until the approval's deadline `until`, in one transaction
-        that cannot miss a decision: the episode is written first (on PostgreSQL a decision's wake-up then waits for
-        this transaction and finds it waiting), then, should the approval have been decided already, it is made due
-        at once. An episode whose alert resolved while held is closed resolved instead (as Ledger.defer). The state
-        written, or None when `holder` no longer held it."""
+        """Hand the attempt and the episode back (waiting) until the approval's deadline `until` (a run woken before
+        it, the approval still pending), in one transaction that cannot miss a decision (see `_park`)."""
+        with self.ledger.tx() as conn:
+            return self._park(conn, episode_id, holder, attempt_id, approval_id, until, why, now)
+
+    @staticmethod
+    def _park(
+        conn: Connection,
+        episode_id: int,
+        holder: str,
+        attempt_id: int,
+        approval_id: int,
+        until: datetime,
+        why: str,
+        now: datetime,
+    ) -> str | None:
+        """The episode is written first (on PostgreSQL a decision's wake-up then waits for this transaction and finds
+        it waiting), then, should the approval have been decided already, it is made due at once. An episode whose
+        alert resolved while held is closed resolved instead (as Ledger.defer). The state written, or None when
+        `holder` no longer held it."""
         held = [E.c.id == episode_id, E.c.owner == holder]
         free = {"owner": None, "lease_until": None, "updated_at": now}
-        with self.ledger.tx() as conn:
-            conn.execute(
-                update(A).where(A.c.id == attempt_id).values(outcome=AWAITING_OUTCOME, detail=why, finished_at=now)
-            )
-            parked = update(E).where(*held, E.c.resolved_at.is_(None))
-            if conn.execute(parked.values(state="waiting", next_run_at=until, detail=why, **free)).rowcount:
-                status = conn.execute(select(AP.c.status).where(AP.c.id == approval_id)).scalar()
-                if status != PENDING:
-                    conn.execute(update(E).where(E.c.id == episode_id, E.c.owner.is_(None)).values(next_run_at=now))
-                return "waiting"
-            closed = update(E).where(*held).values(state="resolved", closed_at=now, detail=f"resolved: {why}", **free)
-            return "resolved" if conn.execute(closed).rowcount else None
+        conn.execute(
+            update(A).where(A.c.id == attempt_id).values(outcome=AWAITING_OUTCOME, detail=why, finished_at=now)
+        )
+        parked = update(E).where(*held, E.c.resolved_at.is_(None))
+        if conn.execute(parked.values(state="waiting", next_run_at=until, detail=why, **free)).rowcount:
+            status = conn.execute(select(AP.c.status).where(AP.c.id == approval_id)).scalar()
+            if status != PENDING:
+                conn.execute(update(E).where(E.c.id == episode_id, E.c.owner.is_(None)).values(next_run_at=now))
+            return "waiting"
+        closed = update(E).where(*held).values(state="resolved", closed_at=now, detail=f"resolved: {why}", **free)
+        return "resolved" if conn.execute(closed).rowcount else None
 
     def expire(self, approval_id: int, now: datetime) -> bool:
         """Nobody decided before the deadline: expired (True when this call did it)."""

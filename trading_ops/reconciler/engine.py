@@ -834,11 +834,10 @@ class Engine:
         step: StepSpec,
         now: datetime,
     ) -> None:
-        """Store a pending approval for the step and its page (one transaction), then park the episode until the
-        deadline: the run's claim and its target are given back, so nothing else waits for the person."""
+        """Store a pending approval for the step, its page and the episode parked until the deadline, in one
+        transaction: the run's claim and its target are given back, so nothing else waits for the person."""
         deadline = now + _seconds(step.approval_timeout)
         values = {
-            "attempt_id": attempt_id,
             "position": position,
             "action": step.action,
             "step_name": step.name,
@@ -851,11 +850,20 @@ class Engine:
             "deadline": deadline,
         }
         page = functools.partial(self._approval_page, episode, rule, ctx, position, step, deadline)
-        approval_id = await self.db(self.approvals.request, episode["id"], self.owner, values, page, now)
-        if approval_id is None:
+
+        def why(approval_id: int) -> str:
+            return f"{AWAITING} {approval_id} for {step.name} until {deadline.isoformat()}"
+
+        self._end_claim(episode)
+        asked = await self.db(self.approvals.request, episode["id"], self.owner, attempt_id, values, page, why, now)
+        if asked is None:
             raise LostClaim
+        approval_id, state = asked
+        if state == "resolved":
+            self.metrics.episodes_total.labels("resolved").inc()
+            log.info("episode %s: resolved while held: no approval asked", episode["id"])
+            return
         self.escalations.set()
-        ctx.history.append(f"attempt {number}: {step.name} waits for approval {approval_id}")
         log.info(
             "episode %s (%s on %s): step %s (%s) waits for approval %s until %s",
             episode["id"],
@@ -866,8 +874,6 @@ class Engine:
             approval_id,
             deadline.isoformat(),
         )
-        row = {"id": approval_id, "deadline": deadline}
-        await self._await_decision(episode, attempt_id, row, step)
 
     async def _await_decision(
         self, episode: dict[str, Any], attempt_id: int, row: dict[str, Any], step: StepSpec
