@@ -33,6 +33,7 @@ RECONCILER_POSTED_ALERTS = {
     "TradingOpsRemediationCircuitOpen": "critical",
     "TradingOpsBotPaused": "warning",
     "TradingOpsBotFlattened": "critical",
+    "TradingOpsApprovalRequested": "critical",
 }
 # Alerts about the reconciler itself: it cannot heal itself, so its webhook does not get them (people do).
 RECONCILER_OWN_HEALTH = {
@@ -44,6 +45,7 @@ RECONCILER_OWN_HEALTH = {
     "TradingOpsEscalationFailing",
     "TradingOpsEscalationsStuck",
     "TradingOpsLedgerPruneFailing",
+    "TradingOpsApprovalUnanswered",
 }
 # What a person must see for each severity, whatever else receives the alert.
 RECEIVER_FOR_SEVERITY = {"critical": "pager", "warning": "chat", "info": "null", "none": "deadman"}

@@ -31,6 +31,7 @@ from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import SchedulerMetrics
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
+from trading_ops.reconciler.approvals import ApprovalCollector, ApprovalStore
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxCollector, OutboxStore
@@ -164,6 +165,8 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     register_maintenance_metrics(reconciler_registry, make_engine(f"sqlite:///{ops_db}")).read()
     # The escalation outbox's gauges, read from the ledger on each scrape.
     reconciler_registry.register(OutboxCollector(OutboxStore(Ledger(make_engine(f"sqlite:///{ops_db}")))))
+    # The approvals' gauges too.
+    reconciler_registry.register(ApprovalCollector(ApprovalStore(Ledger(make_engine(f"sqlite:///{ops_db}")))))
     sidecar_registry = CollectorRegistry()
     sidecar = FreqtradeSidecar(
         name="ft", url="http://127.0.0.1:9", username="u", password="p", token=TOKEN, registry=sidecar_registry

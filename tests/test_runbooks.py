@@ -25,6 +25,7 @@ RECONCILER_POSTED_ALERTS = (
     "TradingOpsRemediationCircuitOpen",
     "TradingOpsBotPaused",
     "TradingOpsBotFlattened",
+    "TradingOpsApprovalRequested",
 )
 SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
 # Runbooks that are procedures, not an alert's (tests/test_disaster_recovery.py runs this one's commands).

@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import inspect, text
 
+from trading_ops.bearer import bearer_matches
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
@@ -28,6 +29,15 @@ from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.http import ACTION as HTTP_ACTION
 from trading_ops.reconciler.actions.http import host_allowed
 from trading_ops.reconciler.actions.silence import CREATED_BY
+from trading_ops.reconciler.approvals import (
+    DECIDER_MAX,
+    DECISIONS,
+    REASON_MAX,
+    STATUSES,
+    ApprovalCollector,
+    Refusal,
+    approval_json,
+)
 from trading_ops.reconciler.auth import authorized
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
@@ -53,7 +63,7 @@ from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_config
 from trading_ops.reconciler.processes import make_owner
 from trading_ops.reconciler.retention import Pruner, ledger_retention
 from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
-from trading_ops.scopes import OPERATE, READ
+from trading_ops.scopes import APPROVE, OPERATE, READ
 from trading_ops.tasks import stop_tasks
 from trading_ops.webconfig import client_ssl_context, secure_app, server_web_config
 
@@ -126,6 +136,9 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_get("/api/v1/episodes/{id}", get_episode)
     app.router.add_post("/api/v1/episodes/{id}/retry", retry_episode)
     app.router.add_post("/api/v1/circuits/{target}/reset", reset_circuit)
+    app.router.add_get("/api/v1/approvals", list_approvals)
+    app.router.add_get("/api/v1/approvals/{id}", get_approval)
+    app.router.add_post("/api/v1/approvals/{id}", decide_approval)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -223,6 +236,8 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     outbox_metrics = OutboxCollector(engine.outbox)
     app[keys.REGISTRY].register(outbox_metrics)
+    approval_metrics = ApprovalCollector(engine.approvals)
+    app[keys.REGISTRY].register(approval_metrics)
     app[keys.OUTBOX] = outbox
     tasks = [
         asyncio.create_task(engine.run_forever(), name="engine"),
@@ -256,6 +271,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         await outbox.stop()
         await writer.stop()
         app[keys.REGISTRY].unregister(outbox_metrics)
+        app[keys.REGISTRY].unregister(approval_metrics)
 
 
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -419,3 +435,97 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         return web.json_response({"status": f"database unavailable: {type(exc).__name__}"}, status=503)
     return web.json_response({"status": "ready"})
+
+
+# ---- approvals: GET /api/v1/approvals[/{id}] (read token), POST /api/v1/approvals/{id} (a decision) ------------------
+
+
+def _approval_id(request: web.Request) -> int | web.Response:
+    raw = request.match_info["id"]
+    if not EPISODE_ID_RE.match(raw):
+        return web.json_response({"error": "id: expected a positive integer"}, status=400)
+    approval_id = int(raw)
+    if not 0 < approval_id <= MAX_EPISODE_ID:
+        return web.json_response({"error": f"no approval {approval_id}"}, status=404)
+    return approval_id
+
+
+async def list_approvals(request: web.Request) -> web.Response:
+    if isinstance(refused := authorized(request, READ, "reading approvals"), web.Response):
+        return refused
+    raw_limit = request.query.get("limit", str(DEFAULT_LIST))
+    if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
+        return web.json_response({"error": f"limit: expected an integer from 1 to {MAX_LIST}"}, status=400)
+    status = request.query.get("status") or None
+    if status is not None and status not in STATUSES:
+        return web.json_response({"error": f"status: expected one of {', '.join(STATUSES)}"}, status=400)
+    rows = await asyncio.to_thread(request.app[keys.ENGINE].approvals.recent, status, int(raw_limit))
+    return web.json_response({"approvals": [approval_json(r) for r in rows]})
+
+
+async def get_approval(request: web.Request) -> web.Response:
+    if isinstance(refused := authorized(request, READ, "reading approvals"), web.Response):
+        return refused
+    approval_id = _approval_id(request)
+    if isinstance(approval_id, web.Response):
+        return approval_id
+    row = await asyncio.to_thread(request.app[keys.ENGINE].approvals.get, approval_id)
+    if row is None:
+        return web.json_response({"error": f"no approval {approval_id}"}, status=404)
+    return web.json_response(approval_json(row))
+
+
+def authorize_decision(request: web.Request) -> str | web.Response:
+    """Who may decide an approval: the one check every decision through the API passes (the CLI writes the ledger
+    under the database's own access). Returns the deciding token's name, or the refusal.
+
+    A token of reconciler.api_tokens with the `approve` scope (which no other scope includes: whoever may flatten may
+    not approve a flatten). Never the webhook token (reconciler.token): that is the reconciler's own side of the
+    pipeline (what Alertmanager posts with), and the requester never approves its own request."""
+    header = request.headers.get("Authorization")
+    if bearer_matches(header, request.app[keys.TOKEN]):
+        log.warning("approval decision from %s refused: the webhook token is the requester's own", request.remote)
+        return web.json_response(
+            {"error": "the reconciler's own (webhook) token cannot decide an approval: the requester never approves"},
+            status=403,
+        )
+    token = authorized(request, APPROVE, "deciding an approval")
+    return token if isinstance(token, web.Response) else token.name
+
+
+async def decide_approval(request: web.Request) -> web.Response:
+    """POST /api/v1/approvals/{id} {"decision": "approve"|"reject", "reason": "...", "by": "name"}."""
+    credential = authorize_decision(request)
+    if isinstance(credential, web.Response):
+        return credential
+    approval_id = _approval_id(request)
+    if isinstance(approval_id, web.Response):
+        return approval_id
+    try:
+        body = await request.json()
+    except ValueError:
+        return web.json_response({"error": "expected a JSON object with decision and reason"}, status=400)
+    if not isinstance(body, dict) or body.get("decision") not in DECISIONS:
+        return web.json_response({"error": "decision: expected approve or reject"}, status=400)
+    reason, by = body.get("reason", ""), body.get("by", "")
+    if not isinstance(reason, str) or not isinstance(by, str) or len(reason) > REASON_MAX:
+        return web.json_response({"error": f"reason and by: expected text (reason {REASON_MAX} at most)"}, status=400)
+    name = " ".join(by.split())[: DECIDER_MAX - 40] or "api"
+    who = f"{name} (token {credential})"
+    app = request.app
+    engine = app[keys.ENGINE]
+    result = await asyncio.to_thread(
+        engine.approvals.decide,
+        approval_id,
+        body["decision"],
+        who,
+        " ".join(reason.split()),
+        app[keys.PLAYBOOK].version,
+        utcnow(),
+    )
+    if isinstance(result, Refusal):
+        log.warning("approval %s: %s refused (%s): %s", approval_id, body["decision"], request.remote, result.message)
+        return web.json_response({"error": result.message}, status=result.status)
+    engine.wake.set()
+    log.info("approval %s %s by %s: %s", approval_id, result["status"], who, result["reason"])
+    return web.json_response(approval_json(result))

@@ -16,7 +16,7 @@ import yaml
 from trading_ops.cli import CONFIG_ENV, UsageError
 from trading_ops.config import Config
 from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
-from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
+from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 
 if TYPE_CHECKING:
     from trading_ops.matchers import Pattern
@@ -112,6 +112,7 @@ def register(sub: Any) -> None:
     ack.set_defaults(handler=ack_episode)
 
     _register_circuits(inner)
+    _register_approvals(inner)
 
     pb = sub.add_parser("playbook", help="check and explain playbooks without side effects")
     pinner = pb.add_subparsers(dest="playbook_command", metavar="ACTION", required=True)
@@ -324,7 +325,12 @@ def plan(rule: Rule | None, labels: dict[str, str], pattern: Pattern, on_recover
     out = []
     for step in rule.on_recovery if on_recovery else rule.steps:
         refusal = step_refusal(rule, step, labels, pattern)
-        out.append(step.name + (f" (refused: {refusal})" if refusal else ""))
+        if refusal:
+            out.append(f"{step.name} (refused: {refusal})")
+        elif rule.needs_approval(step, labels):
+            out.append(f"{step.name} (after approval; unanswered in {step.approval_timeout:g}s: {step.on_timeout})")
+        else:
+            out.append(step.name)
     return out
 
 
@@ -549,4 +555,78 @@ def circuits_reset(args: argparse.Namespace, config: Config) -> int:
         print(f"trading-ops: circuits reset: no open circuit for {target!r}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"circuit of {target} closed (was open until {until:%Y-%m-%d %H:%M:%S} UTC); its action budget restarts now")
+    return EXIT_OK
+
+
+# ---- approvals: list them, approve or reject one (trading_ops.reconciler.approvals) ---------------------------------
+
+
+def _register_approvals(inner: Any) -> None:
+    listing = inner.add_parser(
+        "approvals",
+        help="approvals of playbook steps, newest first (pending ones wait for `approve` or `reject`)",
+    )
+    listing.add_argument("--status", default=None, choices=APPROVAL_STATUSES, help="only approvals in this status")
+    listing.add_argument("--limit", type=positive_int, default=50, help="how many at most (default: 50)")
+    listing.add_argument("--json", action="store_true", help="print JSON (as GET /api/v1/approvals)")
+    listing.set_defaults(handler=approvals_list)
+    for decision, verb in (("approve", "approve"), ("reject", "reject")):
+        cmd = inner.add_parser(
+            verb,
+            help=f"{verb} a step that waits for a person (recorded: who, when, why)",
+            description=f"{verb.capitalize()} a pending approval (see `reconciler approvals`). Refused when it is "
+            "no longer pending (decided, expired), its episode is closed, or the configured playbook changed since "
+            "it was asked. The reconciler never decides its own requests.",
+        )
+        cmd.add_argument("id", type=positive_int, metavar="ID", help="the approval (its ID column)")
+        cmd.add_argument("--reason", required=True, help="why (recorded with the decision)")
+        cmd.add_argument("--as", dest="by", default=None, help="who decides (default: the login name)")
+        cmd.set_defaults(handler=decide_approval, decision=decision)
+
+
+def approvals_list(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.reconciler.approvals import ApprovalStore, approval_json
+
+    ledger = _ledger(config)
+    try:
+        rows = ApprovalStore(ledger).recent(args.status, args.limit)
+    finally:
+        ledger.engine.dispose()
+    if args.json:
+        print(json.dumps({"approvals": [approval_json(r) for r in rows]}, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no approvals")
+        return EXIT_OK
+    for r in rows:
+        decided = f" by {r['decided_by']}: {r['reason']}" if r["decided_by"] else ""
+        print(
+            f"{r['id']}  {r['status']:<10} episode {r['episode_id']} ({r['alertname']}, {r['episode_state']})  "
+            f"rule {r['rule']} step {r['position'] + 1}: {r['step_name']}  on {r['target']}  "
+            f"deadline {r['deadline']:%Y-%m-%d %H:%M:%S} UTC{decided}"
+        )
+    return EXIT_OK
+
+
+def decide_approval(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.db.base import utcnow
+    from trading_ops.reconciler.approvals import ApprovalStore, Refusal
+
+    reason = " ".join(str(args.reason).split())
+    if not reason:
+        raise UsageError(f"reconciler {args.decision}: --reason must say why")
+    who = _operator(args)
+    version = _playbook(argparse.Namespace(playbook=None), config).version
+    ledger = _ledger(config)
+    try:
+        result = ApprovalStore(ledger).decide(args.id, args.decision, who, reason, version, utcnow())
+    finally:
+        ledger.engine.dispose()
+    if isinstance(result, Refusal):
+        print(f"trading-ops: reconciler {args.decision}: {result.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"approval {args.id} {result['status']} by {who}: episode {result['episode_id']} carries on at once "
+        f"(rule {result['rule']}, step {result['position'] + 1}: {result['step_name']})"
+    )
     return EXIT_OK

@@ -26,8 +26,17 @@ from trading_ops.db.base import utcnow
 from trading_ops.matchers import compile_pattern
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
-from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED, escalation_alert
+from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, CIRCUIT_OPEN, FAILED, escalation_alert
 from trading_ops.reconciler.actions.silence import CREATED_BY
+from trading_ops.reconciler.approvals import (
+    APPROVED,
+    AWAITING,
+    AWAITING_OUTCOME,
+    EXPIRED,
+    PENDING,
+    REJECTED,
+    ApprovalStore,
+)
 from trading_ops.reconciler.intake import Rejected, parse_timestamp
 from trading_ops.reconciler.ledger import (
     GLOBAL_TARGET,
@@ -39,7 +48,7 @@ from trading_ops.reconciler.ledger import (
 )
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxStore
-from trading_ops.reconciler.playbook import Playbook, Rule
+from trading_ops.reconciler.playbook import Playbook, Rule, StepSpec
 from trading_ops.reconciler.processes import ProcessId, host_token, kill_leftover_group
 from trading_ops.reconciler.spool import OutcomeSpool, SpooledOutcome
 from trading_ops.reconciler.verify import verify
@@ -67,6 +76,11 @@ OUTCOME_RETRY_MAX_SECONDS = 1.0
 UNSEEN_OUTCOMES = (UNKNOWN, "interrupted")
 # How a run the database left mid-way hands itself back (its attempt's and the episode's detail).
 LEDGER_AWAY = "ledger unreachable during the run"
+# An attempt handed back while a step waits for a person's decision (carried on from that step once it is decided
+# or expired), and the outcome of a step an expired approval skipped (on_timeout: skip): done, as a success is.
+AWAITING_APPROVAL = AWAITING_OUTCOME
+SKIPPED = "skipped"
+DONE_OUTCOMES = ("success", SKIPPED)
 
 
 def ledger_unreachable(exc: BaseException) -> bool:
@@ -143,6 +157,7 @@ class Engine:
         self.claims: dict[int, _Claim] = {}
         # Pages owed go to the escalation outbox (trading_ops.reconciler.outbox); this wakes its sender.
         self.outbox = OutboxStore(ledger)
+        self.approvals = ApprovalStore(ledger)
         self.escalations = asyncio.Event()
         # Fenced steps of another host, logged once each (nothing here can see their processes).
         self.foreign_fences: set[int] = set()
@@ -436,7 +451,8 @@ class Engine:
         resume: _Resume | None = None
         if episode["attempts"] and not self.rc.dry_run:
             last = await self.db(self.ledger.last_run, episode["id"])
-            if last is not None and (interrupted or last["outcome"] in UNSEEN_OUTCOMES):
+            carried = (*UNSEEN_OUTCOMES, AWAITING_APPROVAL)
+            if last is not None and (interrupted or last["outcome"] in carried):
                 found = await self._resumption(episode, rule, ctx, last)
                 if found is None:
                     return  # decided (escalated): nothing is run again
@@ -507,15 +523,18 @@ class Engine:
         the next. Returns that plan; None when it decided alone (the episode is closed); False when the usual retry
         policy applies (a step failed, or nothing ran)."""
         steps = {s["position"]: s for s in last["steps"]}
-        if last["outcome"] not in (*UNSEEN_OUTCOMES, "success", "resolved"):
+        if last["outcome"] not in (*UNSEEN_OUTCOMES, "success", "resolved", AWAITING_APPROVAL):
             return False
         if not steps:
-            # Nothing ran. A run that handed itself back for the database carries on its attempt (a blip costs no
-            # attempt); one that died is retried or escalated by max_attempts, as always.
-            if last["outcome"] == "interrupted" and last["detail"] == LEDGER_AWAY:
+            # Nothing ran. A run that handed itself back for the database, or to wait for an approval of its first
+            # step, carries on its attempt (costing no attempt); one that died is retried or escalated by
+            # max_attempts, as always.
+            if (last["outcome"] == "interrupted" and last["detail"] == LEDGER_AWAY) or last["outcome"] == (
+                AWAITING_APPROVAL
+            ):
                 return _Resume(last["id"], episode["attempts"], 0, frozenset())
             return False
-        done = frozenset(p for p, s in steps.items() if s["outcome"] == "success")
+        done = frozenset(p for p, s in steps.items() if s["outcome"] in DONE_OUTCOMES)
         unseen = sorted(p for p, s in steps.items() if s["outcome"] in UNSEEN_OUTCOMES)
         specs = rule.steps + rule.on_recovery
         number, count = last["number"], len(rule.steps)
@@ -535,7 +554,7 @@ class Engine:
                 await self._give_up(episode, rule, ctx, f"{what} and no attempts left (on_unknown: retry)")
                 return None
             return _Resume(None, episode["attempts"] + 1, position, done)
-        if any(s["outcome"] != "success" for p, s in steps.items() if p < count):
+        if any(s["outcome"] not in DONE_OUTCOMES for p, s in steps.items() if p < count):
             return False  # a step failed: the rule's retry policy, as after any failed attempt
         if all(p in done for p in range(count)):
             ctx.history.append(
@@ -653,9 +672,23 @@ class Engine:
                 failure, refused = reason, True
                 break
             if self.rc.dry_run:
-                await self.db(self.ledger.start_step, *record, outcome="dry_run", output=f"would run: {step.name}")
+                after = " (after an approval)" if rule.needs_approval(step, ctx.labels) else ""
+                await self.db(
+                    self.ledger.start_step, *record, outcome="dry_run", output=f"would run: {step.name}{after}"
+                )
                 self.metrics.actions.labels(step.action, "dry_run").inc()
                 continue
+            if rule.needs_approval(step, ctx.labels):
+                gate = await self._approval_gate(episode, rule, ctx, attempt_id, number, position, step)
+                if gate is None:
+                    return  # waits for the decision (the episode parked), or ended (rejected, expired: escalated)
+                if gate == SKIPPED:
+                    continue
+                # Spent before the step starts: an approval runs its step once, whatever happens next.
+                approval = await self.db(self.approvals.use, gate, utcnow())
+                if approval is None:
+                    raise LostClaim
+                self._count_decision(approval)
             step_id = await self.db(self.ledger.start_step, *record)
             ctx.process_started = functools.partial(self._record_process, step_id)
             started = time.monotonic()
@@ -705,6 +738,186 @@ class Engine:
             )
             return
         await self._give_up(episode, rule, ctx, failure)
+
+    async def _approval_gate(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        position: int,
+        step: StepSpec,
+    ) -> int | str | None:
+        """A step that needs a person's decision: the approval's id when approved (the step runs), SKIPPED when it
+        expired and the step says on_timeout: skip, None when the run ends here (the episode parked until the
+        decision or the deadline, or closed escalated: rejected, expired with on_timeout: escalate).
+
+        The approval is bound to this attempt, the step's position, its exact arguments and the playbook's version:
+        one asked under another playbook (the reconciler restarted with a changed one) no longer stands, and the
+        step is asked for again."""
+        now = utcnow()
+        row = await self.db(self.approvals.latest, episode["id"], position)
+        if row is not None and row["attempt_id"] != attempt_id:
+            if row["status"] in (PENDING, APPROVED):
+                await self.db(self.approvals.supersede, row["id"], now)
+            row = None  # asked for an earlier attempt: this one asks again (an approval runs its step once)
+        if row is not None and (row["playbook_version"], row["arguments"]) != (self.playbook.version, step.arguments()):
+            if row["status"] in (PENDING, APPROVED):
+                await self.db(self.approvals.supersede, row["id"], now)
+                ctx.history.append(f"attempt {number}: approval {row['id']} superseded (the playbook changed)")
+                row = None
+        if row is None or row["status"] not in (PENDING, APPROVED, REJECTED, EXPIRED):
+            await self._ask(episode, rule, ctx, attempt_id, number, position, step, now)
+            return None
+        approval_id = row["id"]
+        if row["status"] == PENDING and row["deadline"] > now:
+            await self._await_decision(episode, attempt_id, row, step)  # woken early (a resume): wait on
+            return None
+        if row["status"] == PENDING:
+            if not await self.db(self.approvals.expire, approval_id, now):
+                row = await self.db(self.approvals.latest, episode["id"], position)  # decided this very moment
+                if row is None or row["id"] != approval_id:
+                    raise LostClaim
+            else:
+                self.metrics.approval_decisions.labels("expired").inc()
+                row = {**row, "status": EXPIRED}
+        action = ACTIONS[step.action]
+        record = (attempt_id, position, step.action, step.name, step.risk, episode["target"], action.budgeted)
+        if row["status"] == APPROVED:
+            ctx.history.append(
+                f"attempt {number}: {step.name} approved by {row['decided_by']} (approval {approval_id}: "
+                f"{row['reason'] or 'no reason given'})"
+            )
+            return int(approval_id)
+        if row["status"] == EXPIRED and step.on_timeout == "skip":
+            why = f"approval {approval_id} expired unanswered at {row['deadline'].isoformat()}: skipped (on_timeout)"
+            await self.db(self.ledger.start_step, *record, outcome=SKIPPED, output=why)
+            ctx.history.append(f"attempt {number}: {step.name}: {why}")
+            log.info("episode %s: step %s (%s): %s", episode["id"], position + 1, step.name, why)
+            return SKIPPED
+        if row["status"] == REJECTED:
+            self._count_decision(row)
+            outcome = "refused"
+            why = f"{step.name} rejected by {row['decided_by']} (approval {approval_id}): {row['reason'] or '-'}"
+        else:
+            outcome = EXPIRED
+            why = (
+                f"{step.name}: approval {approval_id} expired unanswered at {row['deadline'].isoformat()} "
+                "(on_timeout: escalate)"
+            )
+        await self.db(self.ledger.start_step, *record, outcome=outcome, output=why)
+        await self.db(self.ledger.finish_attempt, attempt_id, "failure", why)
+        ctx.history.append(f"attempt {number}: {why}")
+        description = (
+            f"Rule {rule.name} did not act on {episode['alertname']} on {episode['target']} (episode {episode['id']}): "
+            f"{why}. Nothing more is done automatically. Tried: " + "; ".join(ctx.history)
+        )
+        await self._close_escalated(episode, FAILED, ctx, description, why)
+        return None
+
+    def _count_decision(self, row: dict[str, Any]) -> None:
+        """A person's decision, counted when the reconciler acts on it (once: the run holding the episode does, by the
+        CLI or the API, on whichever replica), with how long the approval waited for it."""
+        self.metrics.approval_decisions.labels(row["status"]).inc()
+        waited = (row["decided_at"] - row["requested_at"]).total_seconds()
+        self.metrics.approval_decision_seconds.observe(max(0.0, waited))
+
+    async def _ask(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        position: int,
+        step: StepSpec,
+        now: datetime,
+    ) -> None:
+        """Store a pending approval for the step, its page and the episode parked until the deadline, in one
+        transaction: the run's claim and its target are given back, so nothing else waits for the person."""
+        deadline = now + _seconds(step.approval_timeout)
+        values = {
+            "position": position,
+            "action": step.action,
+            "step_name": step.name,
+            "arguments": step.arguments(),
+            "playbook_version": self.playbook.version,
+            "rule": rule.name,
+            "target": episode["target"],
+            "on_timeout": step.on_timeout,
+            "requested_by": self.instance,
+            "deadline": deadline,
+        }
+        page = functools.partial(self._approval_page, episode, rule, ctx, position, step, deadline)
+
+        def why(approval_id: int) -> str:
+            return f"{AWAITING} {approval_id} for {step.name} until {deadline.isoformat()}"
+
+        self._end_claim(episode)
+        asked = await self.db(self.approvals.request, episode["id"], self.owner, attempt_id, values, page, why, now)
+        if asked is None:
+            raise LostClaim
+        approval_id, state = asked
+        if state == "resolved":
+            self.metrics.episodes_total.labels("resolved").inc()
+            log.info("episode %s: resolved while held: no approval asked", episode["id"])
+            return
+        self.escalations.set()
+        log.info(
+            "episode %s (%s on %s): step %s (%s) waits for approval %s until %s",
+            episode["id"],
+            episode["alertname"],
+            episode["target"],
+            position + 1,
+            step.name,
+            approval_id,
+            deadline.isoformat(),
+        )
+
+    async def _await_decision(
+        self, episode: dict[str, Any], attempt_id: int, row: dict[str, Any], step: StepSpec
+    ) -> None:
+        """Hand the attempt and the episode back (waiting) until the approval's deadline; a decision makes it due at
+        once (ApprovalStore.decide), and the next run carries the attempt on from this step."""
+        why = f"{AWAITING} {row['id']} for {step.name} until {row['deadline'].isoformat()}"
+        self._end_claim(episode)
+        now = utcnow()
+        written = await self.db(
+            self.approvals.park, episode["id"], self.owner, attempt_id, row["id"], row["deadline"], why, now
+        )
+        if written is None:
+            raise LostClaim
+        if written == "resolved":
+            self.metrics.episodes_total.labels("resolved").inc()
+
+    def _approval_page(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        position: int,
+        step: StepSpec,
+        deadline: datetime,
+        approval_id: int,
+    ) -> dict[str, Any]:
+        """The page an approval posts: what the reconciler wants to do, until when, and how to answer."""
+        listen = self.rc.listen
+        url = f"http://{listen.host}:{listen.port}/api/v1/approvals/{approval_id}"
+        then = "the episode is escalated" if step.on_timeout == "escalate" else "the step is skipped"
+        description = (
+            f"Rule {rule.name} wants to run step {position + 1}, {step.name} [{step.risk}], on {episode['target']} "
+            f"for {episode['alertname']} (episode {episode['id']}). Approve: trading-ops reconciler approve "
+            f"{approval_id} --reason '...'; reject: trading-ops reconciler reject {approval_id} --reason '...'; or "
+            f'POST {url} {{"decision": "approve"|"reject", "reason": "..."}}. Unanswered by '
+            f"{deadline.isoformat()}: {then}."
+        )
+        alert = escalation_alert(APPROVAL_REQUESTED, ctx.labels, ctx.target, description, episode=episode["id"])
+        alert["labels"]["approval"] = str(approval_id)
+        alert["annotations"]["approve_command"] = f"trading-ops reconciler approve {approval_id} --reason '...'"
+        alert["annotations"]["reject_command"] = f"trading-ops reconciler reject {approval_id} --reason '...'"
+        alert["annotations"]["approval_url"] = url
+        return alert
 
     async def _on_recovery(
         self,

@@ -14,7 +14,17 @@ from sqlalchemy import Connection, Engine, Table, and_, bindparam, delete, exist
 from sqlalchemy.dialects import postgresql, sqlite
 
 from trading_ops.db.base import utcnow
-from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Escalation, Notification, Setting, Step, Target
+from trading_ops.db.models.ledger import (
+    Approval,
+    Attempt,
+    AuditEntry,
+    Episode,
+    Escalation,
+    Notification,
+    Setting,
+    Step,
+    Target,
+)
 from trading_ops.reconciler.processes import owner_is_dead
 from trading_ops.reconciler.states import ACTIVE_STATES, CLAIMED_STATES, CLOSED_STATES, OPEN_STATES, RUNNABLE_STATES
 
@@ -64,6 +74,7 @@ N = cast(Table, Notification.__table__)
 SET = cast(Table, Setting.__table__)
 AUDIT = cast(Table, AuditEntry.__table__)
 ESC = cast(Table, Escalation.__table__)
+APPROVALS = cast(Table, Approval.__table__)
 CIRCUIT_RESET = "circuit_reset"
 
 
@@ -1016,6 +1027,7 @@ class Ledger:
             steps = conn.execute(delete(S).where(S.c.attempt_id.in_(attempt_ids))).rowcount
             attempts = conn.execute(delete(A).where(A.c.episode_id.in_(ids))).rowcount
             conn.execute(delete(ESC).where(ESC.c.episode_id.in_(ids)))  # their pages (SQLite enforces no cascade)
+            conn.execute(delete(APPROVALS).where(APPROVALS.c.episode_id.in_(ids)))  # and their approvals
             episodes = conn.execute(delete(E).where(E.c.id.in_(ids), E.c.state.in_(CLOSED_STATES))).rowcount
         return {"episodes": int(episodes), "attempts": int(attempts), "steps": int(steps)}
 

@@ -20,6 +20,10 @@ REJECT_REASONS = ("unauthorized", "too_large", "invalid_json", "invalid_payload"
 ACTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # Alert start to first action / verified recovery: wait_for and Prometheus `for:` make these seconds to minutes.
 RECOVERY_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+# Every way an approval stops waiting (tradingops_approval_decisions_total{outcome}).
+APPROVAL_OUTCOMES = ("approved", "rejected", "expired")
+# Asked to decided: a person answering a page takes minutes; approval_timeout defaults to 15 minutes.
+DECISION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 
 
 class LedgerSnapshot:
@@ -171,6 +175,20 @@ class ReconcilerMetrics:
         )
         for table in PRUNED_TABLES:
             self.ledger_pruned_rows.labels(table)
+        self.approval_decisions = Counter(
+            f"{PREFIX}_approval_decisions",
+            "Approvals that stopped waiting, by outcome (approved, rejected, expired).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in APPROVAL_OUTCOMES:
+            self.approval_decisions.labels(outcome)
+        self.approval_decision_seconds = Histogram(
+            f"{PREFIX}_approval_decision_seconds",
+            "Time from an approval's request to a person's decision (approved or rejected).",
+            buckets=DECISION_BUCKETS,
+            registry=registry,
+        )
         self.ledger_prune_failures = Counter(
             f"{PREFIX}_ledger_prune_failures",
             "Retention runs that failed (the ledger grows until one succeeds).",

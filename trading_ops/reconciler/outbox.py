@@ -101,20 +101,26 @@ class OutboxStore:
             ).rowcount
             if not took:
                 return False
-            conn.execute(
-                insert(ESC).values(
-                    episode_id=episode_id,
-                    alertname=alert["labels"]["alertname"],
-                    labels=json.dumps(alert["labels"], sort_keys=True),
-                    annotations=json.dumps(alert["annotations"], sort_keys=True),
-                    starts_at=now,
-                    created_at=now,
-                    attempts=0,
-                    next_attempt_at=now,
-                    last_error="",
-                )
-            )
+            self.owe(conn, episode_id, alert, now)
         return True
+
+    @staticmethod
+    def owe(conn: Connection, episode_id: int, alert: dict[str, Any], now: datetime) -> None:
+        """A page as an outbox row, in the caller's transaction (the episode's state is the caller's business: an
+        approval's page leaves it waiting)."""
+        conn.execute(
+            insert(ESC).values(
+                episode_id=episode_id,
+                alertname=alert["labels"]["alertname"],
+                labels=json.dumps(alert["labels"], sort_keys=True),
+                annotations=json.dumps(alert["annotations"], sort_keys=True),
+                starts_at=now,
+                created_at=now,
+                attempts=0,
+                next_attempt_at=now,
+                last_error="",
+            )
+        )
 
     def claim_due(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from trading_ops.reconciler.actions.base import RISKS
 from trading_ops.reconciler.packaged_playbooks import DEFAULT_PLAYBOOK, PACKAGED_PLAYBOOKS
 
 MATCHER_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
-STEP_KEYS = ("action", "name", "timeout", "risk")
+STEP_KEYS = ("action", "name", "timeout", "risk", "approval", "approval_timeout", "on_timeout")
 RULE_KEYS = (
     "name",
     "match",
@@ -36,12 +38,22 @@ RULE_KEYS = (
     "on_recovery",
     "summary",
     "on_unknown",
+    "approval",
+    "approval_timeout",
+    "on_timeout",
+    "hard_limit",
 )
 ON_FAILURE = ("escalate", "none")
 # What a run does with a step whose outcome is unknown (the reconciler died while it ran): run it again, or page a
 # human and do nothing more. Unset: escalate for a disruptive or destructive step, retry for a safe one.
 ON_UNKNOWN = ("retry", "escalate")
 RISKY = ("disruptive", "destructive")
+# `approval: required` on a step: it waits for a person's decision (trading_ops.reconciler.approvals). On a rule: each
+# of its disruptive and destructive steps does (a step's own `approval: none` exempts it).
+APPROVAL = ("required", "none")
+# What an approval nobody answered in time does: page and end the episode escalated, or skip the step and go on.
+ON_TIMEOUT = ("escalate", "skip")
+DEFAULT_APPROVAL_TIMEOUT = 900.0
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Longest duration a playbook may give (waits, cooldowns, backoffs): added to times, a longer one would overflow the
 # calendar; a century is past any real wait.
@@ -135,9 +147,18 @@ class StepSpec:
     timeout: float
     risk: str
     name: str
+    # Whether the step waits for an approval (a rule's `approval: required` already applied), how long at most,
+    # and what happens when nobody answers in time.
+    approval: bool = False
+    approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT
+    on_timeout: str = "escalate"
 
     def describe(self) -> str:
         return ACTIONS[self.action].describe(self.params)
+
+    def arguments(self) -> str:
+        """The step's exact arguments (its action and parameters) as an approval binds them."""
+        return json.dumps({"action": self.action, "params": self.params}, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -161,6 +182,16 @@ class Rule:
     summary: str = ""
     # The playbook's on_unknown (None: decided by the risk of the step whose outcome is unknown, `unknown_policy`).
     on_unknown: str | None = None
+    # A breached hard limit, as the alert's labels say it (every matcher matches): no step of the rule then waits
+    # for an approval. Protective actions on a breached hard limit (flattening a bot its runtime halted for its
+    # loss limit) never wait for a person; the same steps for a softer alert do.
+    hard_limit: tuple[Matcher, ...] = ()
+
+    def needs_approval(self, step: StepSpec, labels: dict[str, str]) -> bool:
+        """Whether `step` waits for a person's decision for an alert with these labels."""
+        if not step.approval:
+            return False
+        return not (self.hard_limit and all(m.matches(labels) for m in self.hard_limit))
 
     def unknown_policy(self, step: StepSpec) -> str:
         """`retry` or `escalate`: what to do after `step` ran with an outcome nobody saw."""
@@ -192,6 +223,9 @@ MATCH_MEMO_LABEL_CHARS = 1024
 class Playbook:
     rules: list[Rule]
     source: str = "<memory>"
+    # A hash of what was loaded (the parsed YAML: comments and layout do not count): an approval is bound to it, and
+    # is refused once the playbook changed.
+    version: str = ""
     # Label sets already routed: most notifications are resends of alerts already seen, and a rule's regular
     # expressions cost more than a look-up. Emptied when full (MATCH_MEMO_MAX).
     _memo: dict[frozenset[tuple[str, str]], Rule | None] = field(default_factory=dict, repr=False, compare=False)
@@ -294,7 +328,8 @@ def parse_playbook(data: Any, source: str = "<memory>") -> Playbook:
             raise PlaybookError(f"{source}: rules[{i}].name: duplicate rule name {rule.name!r}")
         names.add(rule.name)
         rules.append(rule)
-    return Playbook(rules, source)
+    canonical = json.dumps(data, sort_keys=True, default=str).encode()
+    return Playbook(rules, source, version=hashlib.sha256(canonical).hexdigest()[:16])
 
 
 # Mappings a rule refines key by key rather than replaces: the defaults' values stand for the keys it does not set.
@@ -323,11 +358,16 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
     steps_data = data.get("steps")
     if not isinstance(steps_data, list) or (not steps_data and not allow_empty):
         raise PlaybookError(f"{where}.steps: expected a non-empty list of steps")
-    steps = tuple(_step(s, f"{where}.steps[{j}]", timeout) for j, s in enumerate(steps_data))
+    approval = _approval_settings(data, where, (None, DEFAULT_APPROVAL_TIMEOUT, "escalate"))
+    steps = tuple(_step(s, f"{where}.steps[{j}]", timeout, approval) for j, s in enumerate(steps_data))
     recovery_data = data.get("on_recovery", [])
     if not isinstance(recovery_data, list):
         raise PlaybookError(f"{where}.on_recovery: expected a list of steps")
     on_recovery = tuple(_step(s, f"{where}.on_recovery[{j}]", timeout) for j, s in enumerate(recovery_data))
+    for j, step in enumerate(on_recovery):
+        if step.approval:
+            raise PlaybookError(f"{where}.on_recovery[{j}].approval: only a rule's steps wait for an approval")
+    hard_limit = _matchers(data.get("hard_limit", []), f"{where}.hard_limit", allow_empty=True)
     max_attempts = data.get("max_attempts", 2)
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise PlaybookError(f"{where}.max_attempts: expected an integer >= 1")
@@ -358,7 +398,27 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
         on_recovery=on_recovery,
         summary=summary.strip(),
         on_unknown=on_unknown,
+        hard_limit=hard_limit,
     )
+
+
+ApprovalSettings = tuple[str | None, float, str]
+
+
+def _approval_settings(raw: dict[str, Any], where: str, inherited: ApprovalSettings) -> ApprovalSettings:
+    """`approval` (required, none or unset), `approval_timeout` and `on_timeout` of a rule or a step."""
+    approval = raw.get("approval", inherited[0])
+    if approval is not None and approval not in APPROVAL:
+        raise PlaybookError(f"{where}.approval: expected one of {', '.join(APPROVAL)}")
+    timeout = inherited[1]
+    if "approval_timeout" in raw:
+        timeout = _duration(raw["approval_timeout"], f"{where}.approval_timeout")
+        if timeout <= 0:
+            raise PlaybookError(f"{where}.approval_timeout: expected a duration longer than 0")
+    on_timeout = raw.get("on_timeout", inherited[2])
+    if on_timeout not in ON_TIMEOUT:
+        raise PlaybookError(f"{where}.on_timeout: expected one of {', '.join(ON_TIMEOUT)}")
+    return approval, timeout, on_timeout
 
 
 def _matchers(raw: Any, where: str, allow_empty: bool) -> tuple[Matcher, ...]:
@@ -375,7 +435,9 @@ def _matchers(raw: Any, where: str, allow_empty: bool) -> tuple[Matcher, ...]:
     return tuple(out)
 
 
-def _step(raw: Any, where: str, default_timeout: float) -> StepSpec:
+def _step(
+    raw: Any, where: str, default_timeout: float, rule_approval: ApprovalSettings = (None, 900.0, "escalate")
+) -> StepSpec:
     if not isinstance(raw, dict):
         raise PlaybookError(f"{where}: expected a mapping with `action`")
     kind = raw.get("action")
@@ -395,7 +457,11 @@ def _step(raw: Any, where: str, default_timeout: float) -> StepSpec:
         raise PlaybookError(f"{where}.risk: {kind} {action.describe(params)} is {action.risk(params)}, not {risk}")
     timeout = _duration(raw.get("timeout", default_timeout), f"{where}.timeout")
     name = str(raw.get("name") or action.describe(params))
-    return StepSpec(kind, params, timeout, risk, name)
+    own, approval_timeout, on_timeout = _approval_settings(raw, where, (None, *rule_approval[1:]))
+    # The step's own `approval` decides; else the rule's `approval: required` covers its disruptive and destructive
+    # steps.
+    required = own == "required" if own is not None else rule_approval[0] == "required" and risk in RISKY
+    return StepSpec(kind, params, timeout, risk, name, required, approval_timeout, on_timeout)
 
 
 def _duration(value: Any, where: str) -> float:

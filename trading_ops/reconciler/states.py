@@ -6,3 +6,6 @@ RUNNABLE_STATES = ("pending", "waiting", "interrupted")
 CLAIMED_STATES = ("running", "verifying")
 ACTIVE_STATES = ("running", "verifying")
 CLOSED_STATES = ("recovered", "failed", "escalated", "resolved", "skipped", "dry_run")
+# An approval (trading_ops.reconciler.approvals): waiting, decided, expired, used by its step, or superseded (the
+# playbook changed since it was asked).
+APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired", "executed", "superseded")

@@ -2,11 +2,22 @@
 
 from trading_ops.db.base import Base
 from trading_ops.db.models.journal import Balance, EquityPeak, Fill, Order, Position
-from trading_ops.db.models.ledger import Attempt, AuditEntry, Episode, Escalation, Notification, Setting, Step, Target
+from trading_ops.db.models.ledger import (
+    Approval,
+    Attempt,
+    AuditEntry,
+    Episode,
+    Escalation,
+    Notification,
+    Setting,
+    Step,
+    Target,
+)
 from trading_ops.db.models.ops import JobRun, MaintenanceWindow
 from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
 
 __all__ = [
+    "Approval",
     "Attempt",
     "AuditEntry",
     "Balance",

@@ -171,3 +171,35 @@ class Setting(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Approval(Base):
+    """A human decision a playbook step waits for (`approval: required`): bound to the episode, the step, its exact
+    arguments and the playbook's version; decided once (approved, rejected) or expired, and used at most once."""
+
+    __tablename__ = "reconciler_approvals"
+    __table_args__ = (Index("ix_reconciler_approvals_status_deadline", "status", "deadline"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    episode_id: Mapped[int] = mapped_column(ForeignKey("reconciler_episodes.id", ondelete="CASCADE"), index=True)
+    # The attempt that asked (a later attempt reaching the step asks again: an approval is used once).
+    attempt_id: Mapped[int] = mapped_column()
+    # The step: its position in the rule's steps, its action and name, its parameters as JSON (sorted keys) and what
+    # it does with this alert's labels filled in, and the version (hash) of the playbook that holds it.
+    position: Mapped[int] = mapped_column()
+    action: Mapped[str] = mapped_column(String(32))
+    step_name: Mapped[str] = mapped_column(Text)
+    arguments: Mapped[str] = mapped_column(Text)
+    playbook_version: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(255))
+    # pending, approved, rejected, expired, executed (approved and used), superseded (the playbook changed).
+    status: Mapped[str] = mapped_column(String(16))
+    on_timeout: Mapped[str] = mapped_column(String(16))
+    requested_by: Mapped[str] = mapped_column(String(128))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deadline: Mapped[datetime] = mapped_column()
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_at: Mapped[datetime | None] = mapped_column()
+    reason: Mapped[str] = mapped_column(Text, default="")
+    executed_at: Mapped[datetime | None] = mapped_column()

@@ -14,11 +14,15 @@ BOT_PAUSED = "TradingOpsBotPaused"
 # A playbook closed a bot's positions on a breached limit and verified it flat (loss-limit-flatten): it pages, since
 # the bot stopped trading for the day and only a human lets it trade again.
 BOT_FLATTENED = "TradingOpsBotFlattened"
+# A step marked `approval: required` waits for a person (trading_ops.reconciler.approvals): the page says what and how
+# to answer.
+APPROVAL_REQUESTED = "TradingOpsApprovalRequested"
 RUNBOOK_BASE = "https://github.com/trading-ops/trading-ops/blob/main/runbooks/"
 SUMMARIES = {
     FAILED: "Automatic remediation did not recover the alert.",
     CIRCUIT_OPEN: "The reconciler spent a target's action budget and stopped acting on it.",
     BOT_PAUSED: "The reconciler paused a bot; a human decides when it trades again.",
+    APPROVAL_REQUESTED: "The reconciler waits for a person to approve or reject a step.",
     BOT_FLATTENED: "A bot breached a loss limit and was flattened; a human decides when it trades again.",
 }
 

@@ -1,0 +1,582 @@
+"""Approvals: a step marked `approval: required` waits for a person's decision (CLI or API), pages through a real
+Alertmanager while it waits, and does what the rule says when nobody answers; on SQLite and PostgreSQL, across a
+restart and with two replicas. Needs the `prometheus-alertmanager` binary (the fixtures start it) and PostgreSQL on
+127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from conftest import (
+    AUTH,
+    BOT_TOKEN,
+    READ_AUTH,
+    READ_TOKEN,
+    TOKEN,
+    Alertmanager,
+    FakeBot,
+    alert,
+    alertmanager_binary,
+    free_port,
+    payload,
+    stop,
+    wait_http,
+)
+
+from trading_ops.cli import main
+from trading_ops.config import load_config
+from trading_ops.db.base import make_engine
+from trading_ops.reconciler import keys
+from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
+from trading_ops.reconciler.app import create_app
+from trading_ops.reconciler.ledger import Ledger
+
+pytestmark = [pytest.mark.alertmanager]
+
+# The desk's token (reconciler.api_tokens): the `approve` scope, which no other scope includes.
+APPROVE_TOKEN = "approve-token-of-the-desk-0123456789"
+APPROVE_AUTH = {"Authorization": f"Bearer {APPROVE_TOKEN}"}
+
+
+FLATTEN = {
+    "name": "flatten-on-request",
+    "match": ['alertname="TradingBotFlattenRequested"'],
+    "allow_destructive": True,
+    "approval": "required",
+    "approval_timeout": "30s",
+    "hard_limit": ['severity="critical"'],
+    "max_attempts": 1,
+    "cooldown": 0,
+    "verify": False,
+    "steps": [{"action": "bot", "command": "cancel_all"}, {"action": "bot", "command": "flatten"}],
+}
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """main() points logging at this test's captured stderr; later tests must not write to it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def write_config(
+    tmp_path: Path, db: str, bot: FakeBot, am_url: str, rule: dict[str, Any], bot_instance: str = "bot-1", **rc: Any
+) -> Path:
+    """A configuration file (the CLI reads it; the apps are built from it too) and its playbook file."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name, value in (
+        ("webhook-token", TOKEN),
+        ("read-token", READ_TOKEN),
+        ("bot-token", BOT_TOKEN),
+        ("approve-token", APPROVE_TOKEN),
+    ):
+        (tmp_path / name).write_text(value)
+    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [rule]}))
+    data = {
+        "database": {"url": db},
+        "reconciler": {
+            "token_file": str(tmp_path / "webhook-token"),
+            "read_token_file": str(tmp_path / "read-token"),
+            # The desk's token: the `approve` scope, which no other scope includes.
+            "api_tokens": [{"name": "desk", "scope": "approve", "token_file": str(tmp_path / "approve-token")}],
+            "playbook": str(tmp_path / "playbook.yml"),
+            "poll_interval_seconds": 0.05,
+            "lease_seconds": 3,
+            "check_silences": False,
+            "prometheus_url": "http://127.0.0.1:9",
+            "alertmanager_url": am_url,
+            "watchdog": {"window_seconds": 0},
+            "targets": {bot_instance: {"url": bot.url, "token_file": str(tmp_path / "bot-token")}},
+            **rc,
+        },
+    }
+    path = tmp_path / "trading-ops.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+async def poll(fetch: Any, check: Any, what: str, deadline: float = 20.0) -> Any:
+    end = time.monotonic() + deadline
+    while True:
+        value = await fetch()
+        if check(value):
+            return value
+        assert time.monotonic() < end, f"{what} not reached within {deadline}s: {value}"
+        await asyncio.sleep(0.05)
+
+
+async def approvals(client: Any, status: str | None = None) -> list[dict[str, Any]]:
+    query = f"?status={status}" if status else ""
+    resp = await client.get(f"/api/v1/approvals{query}", headers=READ_AUTH)
+    assert resp.status == 200
+    return list((await resp.json())["approvals"])
+
+
+async def one_pending(client: Any) -> dict[str, Any]:
+    found = await poll(lambda: approvals(client, "pending"), lambda a: len(a) == 1, "one pending approval")
+    return dict(found[0])
+
+
+async def episode(client: Any, state: str) -> dict[str, Any]:
+    async def fetch() -> list[dict[str, Any]]:
+        return list((await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"])
+
+    found = await poll(fetch, lambda e: len(e) == 1 and e[0]["state"] == state, f"the episode {state}")
+    return dict(found[0])
+
+
+async def held_page(am: Alertmanager, alertname: str, **labels: str) -> dict[str, Any]:
+    """The page Alertmanager holds with these labels (posting is asynchronous: polled)."""
+
+    async def fetch() -> list[dict[str, Any]]:
+        return list(await asyncio.to_thread(am.get, "alerts"))
+
+    def find(held: list[dict[str, Any]]) -> bool:
+        return any(a["labels"]["alertname"] == alertname and labels.items() <= a["labels"].items() for a in held)
+
+    held = await poll(fetch, find, f"a {alertname} page with {labels}")
+    return next(a for a in held if a["labels"]["alertname"] == alertname and labels.items() <= a["labels"].items())
+
+
+def cli(config: Path, *args: str) -> int:
+    return main(["-c", str(config), "reconciler", *args])
+
+
+def flatten_alert(am: Alertmanager, **labels: str) -> dict[str, Any]:
+    """The webhook Alertmanager sends for a firing TradingBotFlattenRequested it holds (an episode that waited asks
+    Alertmanager whether its alert still fires before it acts)."""
+    full = {"alertname": "TradingBotFlattenRequested", "instance": "bot-1", "run": uuid.uuid4().hex[:8], **labels}
+    held = am.fire(full)
+    fired = alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **full)
+    return payload(fired)
+
+
+async def decide(client: Any, approval_id: int, decision: str, headers: dict[str, str], **body: str) -> Any:
+    return await client.post(f"/api/v1/approvals/{approval_id}", json={"decision": decision, **body}, headers=headers)
+
+
+async def test_approved_by_api_the_step_runs_once_and_the_decision_is_recorded(
+    aiohttp_client: Any, tmp_path: Path, migrated_db: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    instance = f"bot-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, migrated_db, fake_bot, alertmanager.url, FLATTEN, bot_instance=instance)
+    client = await aiohttp_client(create_app(load_config(config)))
+    assert (
+        await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance=instance), headers=AUTH)
+    ).status == 200
+    pending = await one_pending(client)
+    # Asked, not acted: cancel_all (the rule's approval covers every destructive step) waits, and the episode too.
+    assert fake_bot.commands() == []
+    assert pending["step"] == 1 and pending["action"] == "bot" and pending["rule"] == "flatten-on-request"
+    assert json.loads(pending["arguments"]) == {"action": "bot", "params": {"command": "cancel_all"}}
+    assert pending["playbook_version"] == client.app[keys.PLAYBOOK].version
+    assert (await episode(client, "waiting"))["detail"].startswith(f"awaiting approval {pending['id']}")
+    # The page says what and how to answer.
+    page = await held_page(alertmanager, APPROVAL_REQUESTED, approval=str(pending["id"]), instance=instance)
+    description = page["annotations"]["description"]
+    assert f"trading-ops reconciler approve {pending['id']}" in description
+    assert f"/api/v1/approvals/{pending['id']}" in page["annotations"]["approval_url"]
+    assert "bot command=cancel_all [destructive]" in description
+    # The requester's own token never decides; a read token cannot (one line naming the scope); the desk's does.
+    refused = await decide(client, pending["id"], "approve", AUTH, reason="me")
+    assert refused.status == 403 and "requester" in (await refused.json())["error"]
+    refused = await decide(client, pending["id"], "approve", READ_AUTH, reason="me too")
+    assert refused.status == 403
+    assert (await refused.json())[
+        "error"
+    ] == "deciding an approval needs the 'approve' scope; token 'read_token' has 'read'"
+    refused = await decide(client, pending["id"], "approve", APPROVE_AUTH, reason="x", by="reconciler")
+    assert refused.status == 403
+    assert (await decide(client, pending["id"], "maybe", APPROVE_AUTH)).status == 400
+    ok = await decide(client, pending["id"], "approve", APPROVE_AUTH, reason="desk agrees", by="alice")
+    assert ok.status == 200, await ok.text()
+    decided = await ok.json()
+    assert decided["status"] == "approved" and decided["decided_by"] == "alice (token desk)"
+    # Step 2 asks in turn: one approval per step, each bound to its own arguments.
+    second = await poll(
+        lambda: approvals(client, "pending"), lambda a: len(a) == 1 and a[0]["step"] == 2, "step 2's approval"
+    )
+    assert fake_bot.commands() == ["cancel_all"]
+    ok = await decide(client, second[0]["id"], "approve", APPROVE_AUTH, reason="flat it", by="bob")
+    assert ok.status == 200
+    done = await episode(client, "recovered")
+    assert fake_bot.commands() == ["cancel_all", "flatten"]
+    assert [a["outcome"] for a in done["attempts"]] == ["success"]
+    listed = {a["id"]: a for a in await approvals(client)}
+    assert listed[pending["id"]]["status"] == "executed" and listed[pending["id"]]["reason"] == "desk agrees"
+    assert listed[second[0]["id"]]["decided_by"] == "bob (token desk)"
+    again = await decide(client, pending["id"], "reject", APPROVE_AUTH, reason="too late", by="carol")
+    assert again.status == 409 and "executed" in (await again.json())["error"]
+    metrics = client.app[keys.METRICS]
+    assert metrics.approval_decisions.labels("approved")._value.get() == 2
+    text = await (await client.get("/metrics")).text()
+    assert "tradingops_approvals_pending 0.0" in text
+    assert "tradingops_approval_decision_seconds_count 2.0" in text
+
+
+async def test_rejected_by_cli_nothing_runs_and_a_human_is_paged(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    instance = f"bot-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, FLATTEN)
+    client = await aiohttp_client(create_app(load_config(config)))
+    await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance=instance), headers=AUTH)
+    pending = await one_pending(client)
+    assert cli(config, "reject", str(pending["id"]), "--reason", "position is hedged", "--as", "dana") == 0
+    assert f"approval {pending['id']} rejected by dana" in capsys.readouterr().out
+    done = await episode(client, "escalated")
+    assert fake_bot.commands() == []
+    assert "rejected by dana" in done["detail"]
+    page = await held_page(alertmanager, FAILED, instance=instance)
+    assert "rejected by dana" in page["annotations"]["description"]
+    assert "position is hedged" in page["annotations"]["description"]
+    # Decided once: a second answer is one line, exit 1.
+    assert cli(config, "approve", str(pending["id"]), "--reason", "oops", "--as", "erin") == 1
+    # (The app's own log lines share this stderr since main() set up logging: the CLI's is the last.)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("trading-ops: reconciler approve: approval") and "is rejected by dana" in err
+    # Nor may anyone decide under the requester's name.
+    assert client.app[keys.METRICS].approval_decisions.labels("rejected")._value.get() == 1
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "final", "commands"), [("escalate", "escalated", []), ("skip", "recovered", [])]
+)
+async def test_an_approval_nobody_answers_does_what_the_rule_says(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    on_timeout: str,
+    final: str,
+    commands: list[str],
+) -> None:
+    instance = f"bot-{uuid.uuid4().hex[:8]}"
+    rule = {**FLATTEN, "approval_timeout": "1s", "on_timeout": on_timeout}
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, rule)
+    client = await aiohttp_client(create_app(load_config(config)))
+    await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance=instance), headers=AUTH)
+    done = await episode(client, final)
+    assert fake_bot.commands() == commands
+    listed = await approvals(client)
+    # escalate: the first step's approval expired and the episode ended; skip: each step was asked, and skipped.
+    assert [a["status"] for a in listed] == ["expired"] * (1 if on_timeout == "escalate" else 2)
+    assert client.app[keys.METRICS].approval_decisions.labels("expired")._value.get() == len(listed)
+    steps = done["attempts"][-1]["steps"]
+    if on_timeout == "escalate":
+        assert [s["outcome"] for s in steps] == ["expired"]
+        page = await held_page(alertmanager, FAILED, instance=instance)
+        assert "expired unanswered" in page["annotations"]["description"]
+    else:
+        assert [s["outcome"] for s in steps] == ["skipped", "skipped"]
+    late = await decide(client, listed[0]["id"], "approve", APPROVE_AUTH, reason="late", by="frank")
+    assert late.status == 409
+
+
+async def test_a_hard_limit_breach_runs_its_protective_steps_without_approval(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, FLATTEN)
+    client = await aiohttp_client(create_app(load_config(config)))
+    await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, severity="critical"), headers=AUTH)
+    await episode(client, "recovered")
+    assert fake_bot.commands() == ["cancel_all", "flatten"]
+    assert await approvals(client) == []
+
+
+async def test_a_changed_playbook_or_a_closed_episode_is_refused(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, FLATTEN)
+    client = await aiohttp_client(create_app(load_config(config)))
+    body = flatten_alert(alertmanager)
+    await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
+    pending = await one_pending(client)
+    # The playbook file changed (the CLI reads the configured one): the step may differ, so no decision binds it.
+    (tmp_path / "playbook.yml").write_text(
+        yaml.safe_dump({"version": 1, "rules": [{**FLATTEN, "approval_timeout": "45s"}]})
+    )
+    assert cli(config, "approve", str(pending["id"]), "--reason", "ok", "--as", "gina") == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("trading-ops: reconciler approve:") and "was asked under playbook version" in err
+    assert fake_bot.commands() == []
+    # The alert resolves: the episode closes, and its approval can no longer be decided.
+    resolved = {**body["alerts"][0], "status": "resolved"}
+    await client.post("/api/v1/alertmanager", json=payload(resolved), headers=AUTH)
+    await episode(client, "resolved")
+    refused = await decide(client, pending["id"], "approve", APPROVE_AUTH, reason="ok", by="gina")
+    assert refused.status == 409 and "is resolved" in (await refused.json())["error"]
+    text = await (await client.get("/metrics")).text()
+    assert "tradingops_approvals_pending 0.0" in text
+    assert fake_bot.commands() == []
+    # Retention prunes a closed episode with its approvals.
+    later = datetime.now(UTC) + timedelta(days=1)
+    pruned = await asyncio.to_thread(client.app[keys.LEDGER].prune_episodes, later, 100)
+    assert pruned["episodes"] == 1 and await approvals(client) == []
+
+
+async def test_a_pending_approval_survives_a_restart(
+    aiohttp_client: Any, tmp_path: Path, migrated_db: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    config = write_config(tmp_path, migrated_db, fake_bot, alertmanager.url, FLATTEN)
+    first = await aiohttp_client(create_app(load_config(config)))
+    await first.post("/api/v1/alertmanager", json=flatten_alert(alertmanager), headers=AUTH)
+    pending = await one_pending(first)
+    await first.close()  # the reconciler stops while the approval waits
+    text_before = None
+    second = await aiohttp_client(create_app(load_config(config)))
+    assert (await one_pending(second))["id"] == pending["id"]
+    text_before = await (await second.get("/metrics")).text()
+    assert "tradingops_approvals_pending 1.0" in text_before
+    assert (await decide(second, pending["id"], "approve", APPROVE_AUTH, reason="go", by="hana")).status == 200
+    step2 = await poll(
+        lambda: approvals(second, "pending"), lambda a: len(a) == 1 and a[0]["step"] == 2, "step 2's approval"
+    )
+    assert (await decide(second, step2[0]["id"], "approve", APPROVE_AUTH, reason="go", by="hana")).status == 200
+    await episode(second, "recovered")
+    assert fake_bot.commands() == ["cancel_all", "flatten"]
+
+
+@pytest.mark.postgres
+async def test_two_replicas_one_decision_one_execution(
+    aiohttp_client: Any, tmp_path: Path, postgres_url: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    from trading_ops.db import migrate
+
+    await asyncio.to_thread(migrate.upgrade, postgres_url)
+    rule = {**FLATTEN, "steps": [{"action": "bot", "command": "flatten"}]}
+    fake_bot.delay = 0.3  # the run spans many polls of the other replica
+    clients = []
+    for name in ("replica-a", "replica-b"):
+        config = write_config(tmp_path / name, postgres_url, fake_bot, alertmanager.url, rule, instance=name)
+        clients.append(await aiohttp_client(create_app(load_config(config))))
+    body = flatten_alert(alertmanager)
+    # Alertmanager's HA pair: every notification reaches both replicas.
+    for client in clients:
+        assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    pending = await one_pending(clients[0])
+    assert pending["requested_by"] in ("replica-a", "replica-b")
+    # The requester's name cannot decide; two people answering at once through both replicas: one decision.
+    own = await decide(clients[1], pending["id"], "approve", APPROVE_AUTH, reason="x", by=pending["requested_by"])
+    assert own.status == 403
+    answers = await asyncio.gather(
+        decide(clients[0], pending["id"], "approve", APPROVE_AUTH, reason="one", by="ines"),
+        decide(clients[1], pending["id"], "reject", APPROVE_AUTH, reason="two", by="jon"),
+    )
+    assert sorted(a.status for a in answers) == [200, 409]
+    winner = await next(a for a in answers if a.status == 200).json()
+    final = "recovered" if winner["status"] == "approved" else "escalated"
+    await episode(clients[0], final)
+    await episode(clients[1], final)
+    assert fake_bot.commands() == (["flatten"] if final == "recovered" else [])
+    ledger = Ledger(make_engine(postgres_url))
+    try:
+        rows = ledger.list_episodes()
+        assert len(rows) == 1 and len(rows[0]["attempt_list"]) == 1
+    finally:
+        ledger.engine.dispose()
+
+
+# ---- the whole pipeline: Alertmanager routes the alert to the reconciler, and the page to a person --------------
+
+
+async def test_through_real_alertmanager_the_page_reaches_a_receiver_and_the_cli_approval_flattens(
+    aiohttp_server: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
+) -> None:
+    pages: list[dict[str, Any]] = []
+
+    async def pager(request: web.Request) -> web.Response:
+        pages.extend((await request.json())["alerts"])
+        return web.json_response({})
+
+    pager_app = web.Application()
+    pager_app.router.add_post("/page", pager)
+    pager_server = await aiohttp_server(pager_app)
+    port = free_port()
+    am_port = free_port()
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, f"http://127.0.0.1:{am_port}", FLATTEN)
+    server = await aiohttp_server(create_app(load_config(config)), port=port)
+    am = await asyncio.to_thread(
+        start_routed_alertmanager,
+        tmp_path / "am",
+        am_port,
+        f"{server.make_url('/api/v1/alertmanager')}",
+        f"{pager_server.make_url('/page')}",
+    )
+    try:
+        am.post_alerts([{"labels": {"alertname": "TradingBotFlattenRequested", "instance": "bot-1"}}])
+
+        async def fetch() -> list[dict[str, Any]]:
+            return list(pages)
+
+        seen = await poll(fetch, lambda p: any(a["labels"]["alertname"] == APPROVAL_REQUESTED for a in p), "a page")
+        page = next(a for a in seen if a["labels"]["alertname"] == APPROVAL_REQUESTED)
+        approval_id = page["labels"]["approval"]
+        assert fake_bot.commands() == []
+        assert await asyncio.to_thread(cli, config, "approve", approval_id, "--reason", "ok", "--as", "kim") == 0
+
+        async def second() -> list[dict[str, Any]]:
+            return [a for a in pages if a["labels"].get("approval") not in (None, approval_id)]
+
+        more = await poll(second, bool, "step 2's page")
+        assert await asyncio.to_thread(cli, config, "approve", more[0]["labels"]["approval"], "--reason", "ok") == 0
+
+        async def bot_calls() -> list[str]:
+            return fake_bot.commands()
+
+        await poll(bot_calls, lambda c: c == ["cancel_all", "flatten"], "the bot flattened")
+    finally:
+        stop(am.proc)
+
+
+def start_routed_alertmanager(tmp: Path, port: int, reconciler_url: str, pager_url: str) -> Alertmanager:
+    """A real Alertmanager routing trading-bot alerts to the reconciler and the reconciler's pages to a pager."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = {
+        "route": {
+            "receiver": "pager",
+            "group_by": ["alertname", "instance", "approval"],
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+            "routes": [{"receiver": "reconciler", "matchers": ['alertname=~"TradingBot.*"']}],
+        },
+        "receivers": [
+            {"name": "pager", "webhook_configs": [{"url": pager_url}]},
+            {
+                "name": "reconciler",
+                "webhook_configs": [
+                    {
+                        "url": reconciler_url,
+                        "send_resolved": True,
+                        "http_config": {"authorization": {"type": "Bearer", "credentials": TOKEN}},
+                    }
+                ],
+            },
+        ],
+    }
+    return start_alertmanager_with(tmp, port, config)
+
+
+def start_alertmanager_with(tmp: Path, port: int, config: dict[str, Any]) -> Alertmanager:
+    (tmp / "am.yml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [
+            alertmanager_binary(),
+            f"--config.file={tmp / 'am.yml'}",
+            f"--storage.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "am.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready", proc=proc)
+    except Exception:
+        proc.kill()
+        raise
+    return Alertmanager(f"http://127.0.0.1:{port}", proc)
+
+
+# ---- the playbook's approval keys ----------------------------------------------------------------------------------
+
+
+def test_the_playbook_says_which_steps_wait_and_refuses_bad_approval_keys() -> None:
+    from trading_ops.reconciler.playbook import PlaybookError, parse_playbook
+
+    rule = {
+        **FLATTEN,
+        "steps": [
+            {"action": "bot", "command": "reconnect"},  # safe: the rule's approval does not cover it
+            {"action": "bot", "command": "flatten", "approval_timeout": "2m", "on_timeout": "skip"},
+            {"action": "bot", "command": "cancel_all", "approval": "none"},  # its own say wins
+            {"action": "escalate", "approval": "required"},
+        ],
+    }
+    playbook = parse_playbook({"rules": [rule]})
+    (parsed,) = playbook.rules
+    soft, hard = {"severity": "warning"}, {"severity": "critical"}
+    assert [parsed.needs_approval(s, soft) for s in parsed.steps] == [False, True, False, True]
+    assert [parsed.needs_approval(s, hard) for s in parsed.steps] == [False, False, False, False]
+    assert (parsed.steps[1].approval_timeout, parsed.steps[1].on_timeout) == (120.0, "skip")
+    assert (parsed.steps[3].approval_timeout, parsed.steps[3].on_timeout) == (30.0, "escalate")
+    # The version follows what the playbook says, not how it is written.
+    assert parse_playbook(yaml.safe_load(yaml.safe_dump({"rules": [rule]}))).version == playbook.version
+    assert parse_playbook({"rules": [{**rule, "approval_timeout": "31s"}]}).version != playbook.version
+    bad = [
+        ({**FLATTEN, "approval": "yes"}, "rules[0].approval: expected one of required, none"),
+        ({**FLATTEN, "on_timeout": "retry"}, "rules[0].on_timeout: expected one of escalate, skip"),
+        ({**FLATTEN, "approval_timeout": "0s"}, "rules[0].approval_timeout: expected a duration longer than 0"),
+        (
+            {**FLATTEN, "on_recovery": [{"action": "notify", "title": "t", "approval": "required"}]},
+            "rules[0].on_recovery[0].approval: only a rule's steps wait for an approval",
+        ),
+        ({**FLATTEN, "hard_limit": ["severity"]}, "rules[0].hard_limit[0]"),
+    ]
+    for data, message in bad:
+        with pytest.raises(PlaybookError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            parse_playbook({"rules": [data]})
+
+
+async def test_a_reconciler_restarted_with_a_changed_playbook_asks_again_under_it(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rule = {**FLATTEN, "approval_timeout": "2s", "steps": [{"action": "bot", "command": "flatten"}]}
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, rule)
+    first = await aiohttp_client(create_app(load_config(config)))
+    await first.post("/api/v1/alertmanager", json=flatten_alert(alertmanager), headers=AUTH)
+    old = await one_pending(first)
+    await first.close()
+    # The playbook changes (a longer timeout) while the approval waits; the reconciler starts again under it.
+    (tmp_path / "playbook.yml").write_text(
+        yaml.safe_dump({"version": 1, "rules": [{**rule, "approval_timeout": "30s"}]})
+    )
+    second = await aiohttp_client(create_app(load_config(config)))
+    refused = await decide(second, old["id"], "approve", APPROVE_AUTH, reason="ok", by="lena")
+    assert refused.status == 409 and "playbook version" in (await refused.json())["error"]
+    # At the old deadline the engine finds the approval bound to another playbook: superseded, and asked again.
+    new = await poll(
+        lambda: approvals(second, "pending"), lambda a: len(a) == 1 and a[0]["id"] != old["id"], "a new approval"
+    )
+    assert new[0]["playbook_version"] == second.app[keys.PLAYBOOK].version != old["playbook_version"]
+    assert {a["id"]: a["status"] for a in await approvals(second)}[old["id"]] == "superseded"
+    assert fake_bot.commands() == []
+    assert cli(config, "approve", str(new[0]["id"]), "--reason", "ok", "--as", "lena") == 0
+    await episode(second, "recovered")
+    assert fake_bot.commands() == ["flatten"]
+    assert cli(config, "approvals", "--status", "executed") == 0
+    listed = capsys.readouterr().out
+    assert f"{new[0]['id']}  executed" in listed and "by lena: ok" in listed

@@ -1,0 +1,340 @@
+"""Approvals: a step marked `approval: required` waits for a person's durable, attributed, expiring decision."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Connection, Table, func, insert, select, update
+
+from trading_ops.db.base import utcnow
+from trading_ops.db.models.ledger import Approval, Attempt, Episode
+from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.metrics import APPROVAL_OUTCOMES, PREFIX
+from trading_ops.reconciler.outbox import OutboxStore
+from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
+
+log = logging.getLogger(__name__)
+AP = cast(Table, Approval.__table__)
+E = cast(Table, Episode.__table__)
+A = cast(Table, Attempt.__table__)
+PENDING, APPROVED, REJECTED, EXPIRED, EXECUTED, SUPERSEDED = (
+    "pending",
+    "approved",
+    "rejected",
+    "expired",
+    "executed",
+    "superseded",
+)
+STATUSES = APPROVAL_STATUSES
+# What an operator sends (`decision`), and the status it writes.
+DECISIONS = {"approve": APPROVED, "reject": REJECTED}
+# tradingops_approval_decisions_total{outcome}: every way an approval stops waiting.
+OUTCOMES = APPROVAL_OUTCOMES
+# Names no person may decide under: the reconciler is the requester, and never approves its own request.
+RESERVED_DECIDERS = ("reconciler", "trading-ops", "trading-ops-reconciler")
+DECIDER_MAX = 255
+REASON_MAX = 2000
+# The ledger's episode detail of an episode that waits for a decision (see Engine._approval_gate).
+AWAITING = "awaiting approval"
+# The outcome of an attempt handed back while one of its steps waits for a decision (carried on from that step).
+AWAITING_OUTCOME = "approval"
+PENDING_HELP = "Approvals waiting for a person's decision (open episodes only)."
+OLDEST_HELP = "How long the oldest approval still waiting for a decision has waited (0 when none)."
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a decision was not taken: the HTTP status that says so (404, 403, 409) and one line."""
+
+    status: int
+    message: str
+
+
+def approval_json(row: dict[str, Any]) -> dict[str, Any]:
+    """An approval as the API and `reconciler approvals --json` show it."""
+
+    def ts(v: datetime | None) -> str | None:
+        return v.isoformat() if v is not None else None
+
+    return {
+        "id": row["id"],
+        "episode_id": row["episode_id"],
+        "episode_state": row.get("episode_state"),
+        "alertname": row.get("alertname"),
+        "rule": row["rule"],
+        "target": row["target"],
+        "step": row["position"] + 1,
+        "action": row["action"],
+        "step_name": row["step_name"],
+        "arguments": row["arguments"],
+        "playbook_version": row["playbook_version"],
+        "status": row["status"],
+        "on_timeout": row["on_timeout"],
+        "requested_by": row["requested_by"],
+        "requested_at": ts(row["requested_at"]),
+        "deadline": ts(row["deadline"]),
+        "decided_by": row["decided_by"],
+        "decided_at": ts(row["decided_at"]),
+        "reason": row["reason"],
+        "executed_at": ts(row["executed_at"]),
+    }
+
+
+class ApprovalStore:
+    """The approvals' rows, in the ledger's database. Every change is a conditional UPDATE on the row's status: of
+    two replicas (or two operators) acting at once, the second matches nothing, so an approval is decided once and
+    used once."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def latest(self, episode_id: int, position: int) -> dict[str, Any] | None:
+        """The newest approval of this step of the episode."""
+        with self.ledger.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(AP)
+                    .where(AP.c.episode_id == episode_id, AP.c.position == position)
+                    .order_by(AP.c.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else None
+
+    def get(self, approval_id: int) -> dict[str, Any] | None:
+        rows = self._select(AP.c.id == approval_id, limit=1)
+        return rows[0] if rows else None
+
+    def recent(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first; with their episode's alert name and state."""
+        return self._select(AP.c.status == status if status else None, limit=limit)
+
+    def _select(self, where: Any, limit: int) -> list[dict[str, Any]]:
+        stmt = (
+            select(AP, E.c.state.label("episode_state"), E.c.alertname.label("alertname"))
+            .join(E, E.c.id == AP.c.episode_id)
+            .order_by(AP.c.id.desc())
+            .limit(limit)
+        )
+        if where is not None:
+            stmt = stmt.where(where)
+        with self.ledger.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def request(
+        self,
+        episode_id: int,
+        holder: str,
+        attempt_id: int,
+        values: dict[str, Any],
+        page: Callable[[int], dict[str, Any]],
+        why: Callable[[int], str],
+        now: datetime,
+    ) -> tuple[int | None, str] | None:
+        """Ask: a pending approval (`values`: the step it binds, its deadline, who asks), its page (`page(id)`: the
+        alert posted to Alertmanager) and the episode parked until the deadline (its attempt handed back, `why(id)`
+        its detail), all in one transaction while `holder` still holds the episode: a crash leaves either nothing
+        or all of it. Any earlier approval of the episode still standing is superseded. (The approval's id, the
+        state written: `waiting`, or `resolved` with no approval when the alert resolved while held); None when the
+        claim was lost."""
+        free = {"owner": None, "lease_until": None, "updated_at": now}
+        with self.ledger.tx() as conn:
+            held = conn.execute(
+                select(E.c.resolved_at).where(E.c.id == episode_id, E.c.owner == holder).with_for_update()
+            ).first()
+            if held is None:
+                return None
+            if held.resolved_at is not None:
+                detail = "resolved while claimed; no approval asked"
+                conn.execute(
+                    update(E).where(E.c.id == episode_id).values(state="resolved", closed_at=now, detail=detail, **free)
+                )
+                return None, "resolved"
+            conn.execute(
+                update(AP)
+                .where(AP.c.episode_id == episode_id, AP.c.status.in_((PENDING, APPROVED)))
+                .values(status=SUPERSEDED, decided_at=now)
+            )
+            approval_id = int(
+                conn.execute(
+                    insert(AP)
+                    .values(
+                        episode_id=episode_id,
+                        attempt_id=attempt_id,
+                        status=PENDING,
+                        requested_at=now,
+                        reason="",
+                        **values,
+                    )
+                    .returning(AP.c.id)
+                ).scalar_one()
+            )
+            OutboxStore.owe(conn, episode_id, page(approval_id), now)
+            state = self._park(
+                conn, episode_id, holder, attempt_id, approval_id, values["deadline"], why(approval_id), now
+            )
+            if state is None:
+                raise RuntimeError(f"episode {episode_id}: held a moment ago, not parked")  # rolled back
+        return approval_id, state
+
+    def decide(
+        self, approval_id: int, decision: str, who: str, reason: str, version: str, now: datetime
+    ) -> dict[str, Any] | Refusal:
+        """Record `who`'s decision (approve or reject) and wake the episode: the row as decided, or why not. Refused:
+        no such approval (404); the requester itself deciding (403); already decided, expired, superseded, its
+        episode closed, or the playbook changed since it was asked (version differs from `version`, the playbook
+        the decider's reconciler runs) (409)."""
+        status = DECISIONS[decision]
+        with self.ledger.tx() as conn:
+            found = conn.execute(select(AP).where(AP.c.id == approval_id)).mappings().first()
+            if found is None:
+                return Refusal(404, f"no approval {approval_id}")
+            # The episode's row locked first (PostgreSQL): a run parking it (ApprovalStore.park) either finishes
+            # before this reads its state, or waits for this decision and then sees it. No wake-up is lost between.
+            state = conn.execute(select(E.c.state).where(E.c.id == found["episode_id"]).with_for_update()).scalar()
+            row: dict[str, Any] = {**dict(found), "episode_state": state}
+            name = who.partition(" (token ")[0].strip()
+            if name.lower() in RESERVED_DECIDERS or name == row["requested_by"]:
+                return Refusal(403, f"approval {approval_id}: the requester ({who}) cannot decide its own request")
+            if row["status"] != PENDING:
+                by = f" by {row['decided_by']}" if row["decided_by"] else ""
+                at = f" at {row['decided_at'].isoformat()}" if row["decided_at"] else ""
+                return Refusal(409, f"approval {approval_id} is {row['status']}{by}{at}: nothing to decide")
+            if row["episode_state"] in CLOSED_STATES or row["episode_state"] not in OPEN_STATES:
+                return Refusal(409, f"approval {approval_id}: episode {row['episode_id']} is {row['episode_state']}")
+            if row["deadline"] <= now:
+                return Refusal(409, f"approval {approval_id} expired at {row['deadline'].isoformat()}")
+            if row["playbook_version"] != version:
+                return Refusal(
+                    409,
+                    f"approval {approval_id} was asked under playbook version {row['playbook_version']}, the "
+                    f"reconciler now runs {version}: the step may differ; it asks again under the new one",
+                )
+            took = conn.execute(
+                update(AP)
+                .where(AP.c.id == approval_id, AP.c.status == PENDING)
+                .values(status=status, decided_by=who[:DECIDER_MAX], decided_at=now, reason=reason[:REASON_MAX])
+            ).rowcount
+            if not took:
+                return Refusal(409, f"approval {approval_id} was decided meanwhile; look again")
+            # Due now: whichever replica polls first carries the episode on (its claim makes it one run).
+            conn.execute(
+                update(E)
+                .where(E.c.id == row["episode_id"], E.c.state == "waiting", E.c.owner.is_(None))
+                .values(next_run_at=now, updated_at=now)
+            )
+        decided = row
+        decided.update(status=status, decided_by=who[:DECIDER_MAX], decided_at=now, reason=reason[:REASON_MAX])
+        return decided
+
+    def park(
+        self, episode_id: int, holder: str, attempt_id: int, approval_id: int, until: datetime, why: str, now: datetime
+    ) -> str | None:
+        """Hand the attempt and the episode back (waiting) until the approval's deadline `until` (a run woken before
+        it, the approval still pending), in one transaction that cannot miss a decision (see `_park`)."""
+        with self.ledger.tx() as conn:
+            return self._park(conn, episode_id, holder, attempt_id, approval_id, until, why, now)
+
+    @staticmethod
+    def _park(
+        conn: Connection,
+        episode_id: int,
+        holder: str,
+        attempt_id: int,
+        approval_id: int,
+        until: datetime,
+        why: str,
+        now: datetime,
+    ) -> str | None:
+        """The episode is written first (on PostgreSQL a decision's wake-up then waits for this transaction and finds
+        it waiting), then, should the approval have been decided already, it is made due at once. An episode whose
+        alert resolved while held is closed resolved instead (as Ledger.defer). The state written, or None when
+        `holder` no longer held it."""
+        held = [E.c.id == episode_id, E.c.owner == holder]
+        free = {"owner": None, "lease_until": None, "updated_at": now}
+        conn.execute(
+            update(A).where(A.c.id == attempt_id).values(outcome=AWAITING_OUTCOME, detail=why, finished_at=now)
+        )
+        parked = update(E).where(*held, E.c.resolved_at.is_(None))
+        if conn.execute(parked.values(state="waiting", next_run_at=until, detail=why, **free)).rowcount:
+            status = conn.execute(select(AP.c.status).where(AP.c.id == approval_id)).scalar()
+            if status != PENDING:
+                conn.execute(update(E).where(E.c.id == episode_id, E.c.owner.is_(None)).values(next_run_at=now))
+            return "waiting"
+        closed = update(E).where(*held).values(state="resolved", closed_at=now, detail=f"resolved: {why}", **free)
+        return "resolved" if conn.execute(closed).rowcount else None
+
+    def expire(self, approval_id: int, now: datetime) -> bool:
+        """Nobody decided before the deadline: expired (True when this call did it)."""
+        with self.ledger.tx() as conn:
+            return bool(
+                conn.execute(
+                    update(AP)
+                    .where(AP.c.id == approval_id, AP.c.status == PENDING, AP.c.deadline <= now)
+                    .values(status=EXPIRED, decided_at=now, decided_by=None)
+                ).rowcount
+            )
+
+    def use(self, approval_id: int, now: datetime) -> dict[str, Any] | None:
+        """The approved step is about to run: the approval is spent. The row as it was decided, or None when it was
+        no longer approved (spent or superseded meanwhile)."""
+        with self.ledger.tx() as conn:
+            took = conn.execute(
+                update(AP)
+                .where(AP.c.id == approval_id, AP.c.status == APPROVED)
+                .values(status=EXECUTED, executed_at=now)
+            ).rowcount
+            if not took:
+                return None
+            row = conn.execute(select(AP).where(AP.c.id == approval_id)).mappings().one()
+        return {**dict(row), "status": APPROVED}
+
+    def supersede(self, approval_id: int, now: datetime) -> None:
+        """The playbook changed since the approval was asked: it no longer stands (a new one is asked)."""
+        with self.ledger.tx() as conn:
+            conn.execute(
+                update(AP)
+                .where(AP.c.id == approval_id, AP.c.status.in_((PENDING, APPROVED)))
+                .values(status=SUPERSEDED, decided_at=now)
+            )
+
+    def stats(self) -> tuple[int, datetime | None]:
+        """Approvals waiting for a decision (of open episodes), and when the oldest of them was asked."""
+        with self.ledger.engine.connect() as conn:
+            count, oldest = conn.execute(
+                select(func.count(), func.min(AP.c.requested_at))
+                .select_from(AP.join(E, E.c.id == AP.c.episode_id))
+                .where(AP.c.status == PENDING, E.c.state.in_(OPEN_STATES))
+            ).one()
+        return int(count), oldest
+
+
+class ApprovalCollector(Collector):
+    """tradingops_approvals_pending and tradingops_approval_oldest_pending_seconds, read from the ledger on each
+    scrape (every replica exports the same shared approvals)."""
+
+    def __init__(self, store: ApprovalStore, now: Callable[[], datetime] = utcnow) -> None:
+        self.store = store
+        self.now = now
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(f"{PREFIX}_approvals_pending", PENDING_HELP)
+        yield GaugeMetricFamily(f"{PREFIX}_approval_oldest_pending_seconds", OLDEST_HELP)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            count, oldest = self.store.stats()
+        except Exception as exc:
+            log.warning("approvals not readable for /metrics: %s", exc)
+            return
+        yield GaugeMetricFamily(f"{PREFIX}_approvals_pending", PENDING_HELP, value=count)
+        age = 0.0 if oldest is None else max(0.0, (self.now() - oldest).total_seconds())
+        yield GaugeMetricFamily(f"{PREFIX}_approval_oldest_pending_seconds", OLDEST_HELP, value=age)
