@@ -12,10 +12,10 @@ EXTRAS := test,freqtrade
 CONFIG ?= trading-ops.yaml
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
 TEST_LANES ?= 2
-SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze node \
-	debootstrap systemd-nspawn dockerd chromium sshd ssh pgbackrest
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd nodejs \
-	debootstrap systemd-container docker.io chromium openssh-server openssh-client pgbackrest
+SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
+	debootstrap systemd-nspawn nsenter dockerd chromium sshd ssh pgbackrest
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
+	debootstrap systemd-container util-linux docker.io chromium openssh-server openssh-client pgbackrest
 BENCH_BINARIES := wrk
 BENCH_PACKAGES := wrk
 
