@@ -174,3 +174,19 @@ def test_the_memory_limit_is_that_of_the_process_cgroup(
     v1_root = _tree(tmp_path / "v1", v1)
     expected = None if limit is None else limit * 1024 * 1024
     assert cgroup_memory_limit(proc, v2_root, v1_root) == expected
+
+
+def test_the_loop_has_a_heartbeat_timeout_from_its_start_not_from_the_process_start(
+    registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    """A bot whose start took longer than the heartbeat timeout (it waited for a crashed run's heartbeat to age, as
+    under systemd after every crash) is not reported stalled, and so keeps its watchdog pings, before its loop ran."""
+    inst = Instrumentation(venue="paper", token="t", registry=registry, data_dir=tmp_path, heartbeat_timeout=0.2)
+    time.sleep(0.3)  # the start: crash wait, startup reconciliation
+    assert inst.loop_health()[0] is False  # no iteration and past the timeout: stalled
+    inst.loop_starting()
+    healthy, detail = inst.loop_health()
+    assert healthy and detail["status"] == "starting"
+    time.sleep(0.3)
+    healthy, detail = inst.loop_health()
+    assert not healthy and detail["status"] == "no loop iteration yet"

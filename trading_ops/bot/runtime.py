@@ -473,6 +473,7 @@ class BotRuntime:
         on_start = getattr(self.strategy, "on_start", None)
         if on_start is not None:
             await on_start(self.context)
+        self.inst.loop_starting()
         self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
         self._tasks.append(asyncio.create_task(self.schedule.run(), name="reconciliation"))
         self.heartbeat.start()
