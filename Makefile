@@ -14,9 +14,9 @@ EXTRAS := test,freqtrade,nautilus
 CONFIG ?= trading-ops.yaml
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
 TEST_LANES ?= 2
-SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze node \
-	debootstrap systemd-nspawn dockerd unshare ip chromium sshd ssh pgbackrest rsync
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd nodejs \
+SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
+	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
 	debootstrap systemd-container docker.io util-linux iproute2 chromium openssh-server openssh-client pgbackrest rsync
 BENCH_BINARIES := wrk
 BENCH_PACKAGES := wrk

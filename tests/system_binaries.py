@@ -17,12 +17,12 @@ DEBIAN_PACKAGES = {
     "amtool": "prometheus-alertmanager",
     "docker-compose": "docker-compose",
     "systemd-analyze": "systemd",
-    # Runs the polkit rule in tests/test_systemd_units.py (no polkitd runs on a test machine).
-    "node": "nodejs",
     # A Debian root for the deployment tests: real systemd (booted with systemd-nspawn) and the image a real Docker
     # engine builds from (tests/debian_root.py).
     "debootstrap": "debootstrap",
     "systemd-nspawn": "systemd-container",
+    # Runs commands inside the booted root (tests/nspawn_machine.py).
+    "nsenter": "util-linux",
     "dockerd": "docker.io",
     "docker": "docker.io",
     "containerd": "docker.io",

@@ -16,7 +16,12 @@ import psutil
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from trading_ops.bot.collectors import EventLoopLagMonitor, ResourceCollector, register_process_collectors
+from trading_ops.bot.collectors import (
+    EventLoopLagMonitor,
+    ResourceCollector,
+    cgroup_memory_limit,
+    register_process_collectors,
+)
 from trading_ops.bot.instrumentation import Instrumentation
 
 # The loop is blocked for BLOCK_SECONDS; the lag must show at least LAG_SEEN_SECONDS of it. The monitor wakes
@@ -118,3 +123,70 @@ def test_process_and_gc_collectors_on_a_bot_registry(registry: CollectorRegistry
     assert (sample(registry, "process_cpu_seconds_total") or 0) > 0
     assert sample(registry, "process_open_fds") is not None
     assert sample(registry, "python_gc_collections_total", generation="0") is not None
+
+
+def _tree(base: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (base / name).parent.mkdir(parents=True, exist_ok=True)
+        (base / name).write_text(text + "\n")
+    return base
+
+
+@pytest.mark.parametrize(
+    ("proc_cgroup", "v2", "v1", "limit"),
+    [
+        # A systemd unit on cgroup v2: its MemoryMax, not the root's "max" (what the bot read before it looked up
+        # its own cgroup: every systemd host then exported the machine's memory as the limit).
+        (
+            "0::/system.slice/bot.service",
+            {"memory.max": "max", "system.slice/bot.service/memory.max": "536870912"},
+            {},
+            512,
+        ),
+        # A slice's lower limit applies to the unit in it.
+        (
+            "0::/system.slice/bot.service",
+            {"system.slice/memory.max": "268435456", "system.slice/bot.service/memory.max": "536870912"},
+            {},
+            256,
+        ),
+        # A systemd unit on cgroup v1 (the memory controller's own hierarchy; the unified one holds no limits).
+        (
+            "4:memory:/system.slice/bot.service\n0::/system.slice/bot.service",
+            {},
+            {"memory.limit_in_bytes": str(2**63 - 4096), "system.slice/bot.service/memory.limit_in_bytes": "536870912"},
+            512,
+        ),
+        # A container with its own cgroup namespace (Docker): its cgroup is the root of what it sees.
+        ("0::/", {"memory.max": "402653184"}, {}, 384),
+        # Outside this namespace's view (v1 without a cgroup namespace): the root's file, which is the container's.
+        ("4:memory:/../docker/abc", {}, {"memory.limit_in_bytes": "134217728"}, 128),
+        ("0::/user.slice", {"memory.max": "max", "user.slice/memory.max": "max"}, {}, None),
+    ],
+    ids=["v2-unit", "v2-slice", "v1-unit", "v2-namespace", "v1-outside", "unlimited"],
+)
+def test_the_memory_limit_is_that_of_the_process_cgroup(
+    tmp_path: Path, proc_cgroup: str, v2: dict[str, str], v1: dict[str, str], limit: int | None
+) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text(proc_cgroup + "\n")
+    v2_root = _tree(tmp_path / "v2", v2)
+    v1_root = _tree(tmp_path / "v1", v1)
+    expected = None if limit is None else limit * 1024 * 1024
+    assert cgroup_memory_limit(proc, v2_root, v1_root) == expected
+
+
+def test_the_loop_has_a_heartbeat_timeout_from_its_start_not_from_the_process_start(
+    registry: CollectorRegistry, tmp_path: Path
+) -> None:
+    """A bot whose start took longer than the heartbeat timeout (it waited for a crashed run's heartbeat to age, as
+    under systemd after every crash) is not reported stalled, and so keeps its watchdog pings, before its loop ran."""
+    inst = Instrumentation(venue="paper", token="t", registry=registry, data_dir=tmp_path, heartbeat_timeout=0.2)
+    time.sleep(0.3)  # the start: crash wait, startup reconciliation
+    assert inst.loop_health()[0] is False  # no iteration and past the timeout: stalled
+    inst.loop_starting()
+    healthy, detail = inst.loop_health()
+    assert healthy and detail["status"] == "starting"
+    time.sleep(0.3)
+    healthy, detail = inst.loop_health()
+    assert not healthy and detail["status"] == "no loop iteration yet"

@@ -147,8 +147,11 @@ async def test_a_crash_is_restarted_after_restart_sec_and_a_clean_exit_is_not(ha
     harness.run(service)
     first = service.child.pid
     os.kill(first, signal.SIGKILL)
+    await until("waiting RestartSec", lambda: service.state == "auto-restart")
+    assert service.describe()["SubState"] == "auto-restart" and service.result == "signal"
     await until("restarted", lambda: service.state == "active" and service.child.pid != first)
-    assert service.restarts == 1 and service.result == "signal"
+    # A start resets the result, as systemd's does (tests/test_systemd_real.py saw it there).
+    assert service.restarts == 1 and service.result == "success"
     assert any("killed by SIGKILL" in e for e in harness.events)
     (harness.dir / "exit").write_text("0")
     await until("stopped", lambda: service.state == "inactive")
@@ -163,7 +166,8 @@ async def test_a_hung_service_is_killed_by_the_watchdog_and_restarted(harness: H
     harness.run(service)
     first = service.child.pid
     (harness.dir / "hang").touch()  # pings stop; the process stays alive
-    await until("watchdog kill", lambda: service.child.pid != first and service.result == "watchdog")
+    await until("watchdog kill", lambda: service.state == "auto-restart" and service.result == "watchdog")
+    assert service.child.pid == first  # not started again yet: RestartSec first
     assert any("watchdog timeout" in e for e in harness.events)
     (harness.dir / "hang").unlink()
     await until("active again", lambda: service.state == "active")
@@ -176,7 +180,9 @@ async def test_a_crash_loop_hits_the_start_limit_and_stays_failed_until_reset(ha
     await service.start(wait=False)
     harness.run(service)
     await until("failed", lambda: service.state == "failed")
-    assert service.result == "start-limit-hit" and len(harness.starts()) == 3
+    # Burst starts ran, the next was refused; the unit keeps the result of the crash that led there, as systemd's
+    # does (not start-limit-hit: that shows only where no failure came before the refusal).
+    assert service.result == "exit-code" and len(harness.starts()) == 3 and service.restarts == 3
     with pytest.raises(ServiceError, match="start request repeated too quickly"):
         await service.restart()
     assert len(harness.starts()) == 3
@@ -184,6 +190,20 @@ async def test_a_crash_loop_hits_the_start_limit_and_stays_failed_until_reset(ha
     service.reset_failed()
     await service.restart()
     assert service.state == "active" and len(harness.starts()) == 4
+
+
+async def test_restarting_a_healthy_service_too_often_hits_the_start_limit(harness: Harness) -> None:
+    """No failure came before the refused start: then the result says start-limit-hit, and the unit is stopped."""
+    service = harness.service(start_limit_burst=2, start_limit_interval=60.0)
+    await service.start()
+    await service.restart()
+    with pytest.raises(ServiceError, match="start request repeated too quickly"):
+        await service.restart()
+    assert (service.state, service.result, len(harness.starts())) == ("failed", "start-limit-hit", 2)
+    assert service.pid is None
+    service.reset_failed()
+    await service.start()
+    assert service.state == "active" and len(harness.starts()) == 3
 
 
 async def test_stop_does_not_restart_even_when_the_process_exits_with_an_error(harness: Harness) -> None:

@@ -25,8 +25,11 @@ from trading_ops.tasks import stop_tasks
 log = logging.getLogger(__name__)
 
 PREFIX = "tradingbot"
-CGROUP_V2_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
-CGROUP_V1_MEMORY_LIMIT = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+# The process's own cgroup (a systemd unit's: /system.slice/NAME.service; a container's with its own cgroup namespace:
+# /) under the cgroup v2 tree or the cgroup v1 memory controller's; its limit, or a parent's (a slice's), applies.
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+CGROUP_V2_ROOT = Path("/sys/fs/cgroup")
+CGROUP_V1_MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
 # cgroup v1 reports "no limit" as a number near 2**63.
 CGROUP_V1_UNLIMITED = 1 << 60
 # The lag gauge reports the worst sample over this window, so a scrape every 5 s sees every stall.
@@ -45,15 +48,45 @@ def memory_limit_bytes(configured: int = 0) -> int:
     """The memory the process may use: configured, else the cgroup limit, else the machine's memory."""
     if configured > 0:
         return configured
-    with contextlib.suppress(OSError, ValueError):
-        text = CGROUP_V2_MEMORY_MAX.read_text().strip()
-        if text != "max":
-            return int(text)
-    with contextlib.suppress(OSError, ValueError):
-        value = int(CGROUP_V1_MEMORY_LIMIT.read_text().strip())
-        if value < CGROUP_V1_UNLIMITED:
-            return value
-    return int(psutil.virtual_memory().total)
+    limit = cgroup_memory_limit()
+    return limit if limit is not None else int(psutil.virtual_memory().total)
+
+
+def cgroup_memory_limit(
+    proc_cgroup: Path = PROC_SELF_CGROUP, v2_root: Path = CGROUP_V2_ROOT, v1_root: Path = CGROUP_V1_MEMORY_ROOT
+) -> int | None:
+    """The lowest memory limit of the process's cgroup and its parents (a unit's MemoryMax, its slice's), cgroup v2
+    (memory.max) or v1 (the memory controller's memory.limit_in_bytes); None when nothing limits it."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    v2, v1 = "/", "/"
+    for line in lines:
+        _id, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    limits = [int(text) for text in _read_up(v2_root, v2, "memory.max") if text != "max" and text.isdigit()]
+    limits += [
+        value
+        for value in (int(text) for text in _read_up(v1_root, v1, "memory.limit_in_bytes") if text.isdigit())
+        if value < CGROUP_V1_UNLIMITED
+    ]
+    return min(limits) if limits else None
+
+
+def _read_up(root: Path, cgroup: str, name: str) -> list[str]:
+    """`name` in the cgroup's directory under `root` and in each parent up to `root` (those that exist and read)."""
+    parts = [p for p in cgroup.split("/") if p and p != "."]
+    if ".." in parts:  # a cgroup outside this namespace's view: only the root's file is ours to read
+        parts = []
+    found = []
+    for depth in range(len(parts), -1, -1):
+        with contextlib.suppress(OSError):
+            found.append((root.joinpath(*parts[:depth]) / name).read_text().strip())
+    return found
 
 
 class EventLoopLagMonitor:

@@ -150,6 +150,11 @@ class Instrumentation:
                     detail["status"] = f"{name}: {why}"
         return healthy, detail
 
+    def loop_starting(self) -> None:
+        """The trading loop starts now: its first iteration has a heartbeat timeout from here (a start that waited for
+        a crashed run's heartbeat to age, or reconciled for long, is not a stalled loop)."""
+        self._started = time.monotonic()
+
     def loop_health(self) -> tuple[bool, dict[str, Any]]:
         """The trading loop completing iterations within the heartbeat timeout (or the bot just started)."""
         age = self.metrics.heartbeat_age()

@@ -495,6 +495,7 @@ class BotRuntime:
             self._tasks.append(asyncio.create_task(self._venue_task(), name=VENUE_TASK))
         if isinstance(self.strategy, StrategyWithStart):
             await self.strategy.on_start(self.context)
+        self.inst.loop_starting()
         self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
         self._tasks.append(asyncio.create_task(self.schedule.run(), name="reconciliation"))
         self.heartbeat.start()

@@ -12,7 +12,6 @@ answered by stack/stackctl_server.py).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -31,6 +30,7 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.1
 # Exit signals systemd's Restart=on-failure counts as a clean exit (SuccessExitStatus's default signals).
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
+START_LIMIT_REFUSED = "start request repeated too quickly; run `trading-ops stackctl reset-failed` first"
 # A notification datagram is a few short KEY=VALUE lines.
 NOTIFY_DATAGRAM_BYTES = 4096
 UCRED = struct.Struct("3i")  # pid, uid, gid of SCM_CREDENTIALS
@@ -126,13 +126,18 @@ class Service:
                 extra["WATCHDOG_USEC"] = str(int(policy.watchdog_seconds * 1_000_000))
             child.env = {**(child.env if child.env is not None else os.environ), **extra}
         self.state = "inactive"
-        self.result = "success"  # why it last stopped: success, exit-code, signal, watchdog, timeout, start-limit-hit
+        # Why it last failed: success, exit-code, signal, watchdog, timeout; start-limit-hit only when a start is
+        # refused while there was no failure to tell (systemd keeps the first failure's result). A start resets it.
+        self.result = "success"
         self.restarts = 0  # automatic restarts (systemd's NRestarts)
         self.status_text = ""  # the last STATUS= it sent
         self.on_event: Callable[[str], None] = lambda _message: None
         self.on_restart: Callable[[], None] = lambda: None  # after each automatic restart's process started
         self.started_at_wall: float | None = None  # when the main process last started (ExecMainStartTimestamp)
-        self._starts: collections.deque[float] = collections.deque()
+        # systemd's start rate limit: a window of StartLimitIntervalSec from its first start, at most StartLimitBurst
+        # starts in it; a start after the window opens a new one.
+        self._window_begin: float | None = None
+        self._window_starts = 0
         self._started_at = 0.0
         self._last_ping = 0.0
         self._restart_at: float | None = None
@@ -263,13 +268,23 @@ class Service:
         if self.child.proc is not None:
             self.child.proc.wait()
 
+    def _start_allowed(self, now: float) -> bool:
+        """systemd's ratelimit of starts (StartLimitBurst within StartLimitIntervalSec): counts this start."""
+        if self._window_begin is None or now - self._window_begin > self.policy.start_limit_interval:
+            self._window_begin, self._window_starts = now, 0
+        if self._window_starts >= self.policy.start_limit_burst:
+            return False
+        self._window_starts += 1
+        return True
+
     def _start_now(self) -> None:
-        """Start the process, or refuse it past the start limit (the service then stays failed)."""
+        """Start the process, or refuse it past the start limit (the service then stays failed, with the result of
+        the failure that led there, as systemd keeps it)."""
         now = time.monotonic()
-        while self._starts and now - self._starts[0] > self.policy.start_limit_interval:
-            self._starts.popleft()
-        if len(self._starts) >= self.policy.start_limit_burst:
-            self.state, self.result = "failed", "start-limit-hit"
+        if not self._start_allowed(now):
+            self.state = "failed"
+            if self.result == "success":
+                self.result = "start-limit-hit"
             self._restart_at = None
             self._ready.set()
             self.on_event(
@@ -277,7 +292,7 @@ class Service:
                 f"{self.policy.start_limit_interval:g}s): failed; `trading-ops stackctl reset-failed` once fixed"
             )
             return
-        self._starts.append(now)
+        self.result = "success"
         self._restart_at = None
         self._ready = asyncio.Event()
         self.child.stopping = False
@@ -303,16 +318,10 @@ class Service:
     # -- the verbs --------------------------------------------------------------------------------------------
     async def start(self, wait: bool = True) -> None:
         async with self._lock:
-            if self.state in ("active", "activating"):
-                pass
-            elif self.state == "failed" and self.result == "start-limit-hit" and not self._limit_passed():
-                raise ServiceError(
-                    f"{self.unit}: start request repeated too quickly; run `trading-ops stackctl reset-failed` first"
-                )
-            else:
+            if self.state not in ("active", "activating"):
                 self._start_now()
                 if self.state == "failed":
-                    raise ServiceError(f"{self.unit}: start request repeated too quickly")
+                    raise ServiceError(f"{self.unit}: {START_LIMIT_REFUSED}")
         if wait:
             await self._wait_started()
 
@@ -340,14 +349,10 @@ class Service:
 
     async def restart(self) -> None:
         async with self._lock:
-            if self.state == "failed" and self.result == "start-limit-hit" and not self._limit_passed():
-                raise ServiceError(
-                    f"{self.unit}: start request repeated too quickly; run `trading-ops stackctl reset-failed` first"
-                )
             await self._stop_locked()
             self._start_now()
             if self.state == "failed":
-                raise ServiceError(f"{self.unit}: start request repeated too quickly")
+                raise ServiceError(f"{self.unit}: {START_LIMIT_REFUSED}")
         await self._wait_started()
 
     async def try_restart(self) -> None:
@@ -355,13 +360,10 @@ class Service:
             await self.restart()
 
     def reset_failed(self) -> None:
-        self._starts.clear()
+        """Forget the failure and the start limit's window (systemctl reset-failed)."""
+        self._window_begin, self._window_starts = None, 0
         if self.state == "failed":
             self.state, self.result = "inactive", "success"
-
-    def _limit_passed(self) -> bool:
-        now = time.monotonic()
-        return not self._starts or now - self._starts[-1] > self.policy.start_limit_interval
 
     async def close(self) -> int | None:
         """The stack stops: no more restarts; stop the process."""
