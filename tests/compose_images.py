@@ -1,9 +1,9 @@
 """The images the compose deployment test runs on a real Docker engine where no registry is reachable.
 
 - The Dockerfile's base (`FROM debian:12.N-slim`): a debootstrap bookworm root (tests/debian_root.py) imported under
-  that name. It holds the packages the Dockerfile installs with apt (Debian's python3, python3-venv and the
-  PostgreSQL client), and no apt sources: the build has no network, and `apt-get install` of what a root already
-  holds succeeds offline. The image is then built from the Dockerfile as shipped.
+  that name. It holds the packages the Dockerfile installs with apt (Debian's python3, python3-venv, the
+  PostgreSQL client and OpenSSH's client), and no apt sources: the build has no network, and `apt-get install` of
+  what a root already holds succeeds offline. The image is then built from the Dockerfile as shipped.
 - Python packages: a wheelhouse of constraints.txt's pins for Debian's Python 3.11, downloaded on this machine with
   pip (cached, keyed by constraints.txt and the project's requirements) and given to the build with
   `--build-arg WHEELHOUSE=wheelhouse` (the Dockerfile's offline path).
@@ -32,8 +32,9 @@ from debian_root import debian_root, root_key
 from docker_engine import DockerEngine
 from system_binaries import REPO_ROOT
 
-# What the Dockerfile installs with apt (its PG_MAJOR: Debian bookworm's PostgreSQL).
-BASE_PACKAGES = ("python3", "python3-venv", "postgresql-client-15")
+# What the Dockerfile installs with apt (its PG_MAJOR: Debian bookworm's PostgreSQL; OpenSSH's client for the
+# off-host backup copy). test_the_base_image_holds_what_the_dockerfile_installs keeps the two lists one.
+BASE_PACKAGES = ("python3", "python3-venv", "postgresql-client-15", "openssh-client")
 SERVICE_PACKAGES = ("postgresql-15", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "wget")
 FROM_LINE = re.compile(r"^FROM (\S+)$", re.MULTILINE)
 # Debian bookworm's interpreter, for which the wheelhouse is downloaded.

@@ -329,3 +329,17 @@ def test_prometheus_keeps_more_than_the_longest_slo_window() -> None:
     (flag,) = [a for a in command if a.startswith("--storage.tsdb.retention.time=")]
     retention = parse_duration(flag.split("=", 1)[1])
     assert windows and retention > max(windows), (flag, max(windows))
+
+
+def test_the_base_image_holds_what_the_dockerfile_installs() -> None:
+    """The compose test builds the image offline from a Debian root that already holds what the Dockerfile's
+    `apt-get install` asks for (tests/compose_images.py): a package added to the Dockerfile alone would fail that
+    build with apt's "Unable to locate package" instead of naming the list to change."""
+    from compose_images import BASE_PACKAGES
+
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    pg_major = re.search(r"^ARG PG_MAJOR=(\d+)$", dockerfile, re.MULTILINE)
+    assert pg_major is not None
+    installs = re.findall(r"apt-get install -y --no-install-recommends ([^\\\n&]+)", dockerfile)
+    wanted = {word.strip('"').replace("${PG_MAJOR}", pg_major.group(1)) for line in installs for word in line.split()}
+    assert wanted and wanted <= set(BASE_PACKAGES), wanted - set(BASE_PACKAGES)
