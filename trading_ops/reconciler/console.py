@@ -392,17 +392,15 @@ async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
     for bot, status in zip(targets, statuses, strict=True):
         if "error" in status:
             state = badge("unknown")
-            detail = f'<p class="problem">{h(status["error"])}</p>'
+            detail = f'<dt>Status</dt><dd class="problem">{h(status["error"])}</dd>'
         else:
             state = badge(str(status.get("state", "?")))
             age = status.get("heartbeat_age_seconds")
             beat = f"{float(age):.1f} s ago" if isinstance(age, int | float) else "-"
             detail = (
-                "<dl>"
                 f"<dt>Reason</dt><dd>{h(status.get('state_reason') or '-')}</dd>"
                 f"<dt>Last heartbeat</dt><dd>{h(beat)}</dd>"
                 f"<dt>Positions</dt><dd class=positions>{positions(status)}</dd>"
-                "</dl>"
             )
         opened = open_by.get(bot, 0)
         episodes_link = f'<a href="{PREFIX}/episodes?target={h(bot)}">{opened} open</a>'
@@ -414,8 +412,8 @@ async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
             else ""
         )
         cards.append(
-            f'<section class="card bot" id="bot-{h(bot)}"><h2>{h(bot)} {state}</h2>{detail}'
-            f"<dl><dt>Episodes</dt><dd>{episodes_link}</dd><dt>Circuit</dt><dd>{breaker}</dd></dl>{halt}</section>"
+            f'<section class="card bot" id="bot-{h(bot)}"><h2>{h(bot)} {state}</h2><dl>{detail}'
+            f"<dt>Episodes</dt><dd>{episodes_link}</dd><dt>Circuit</dt><dd>{breaker}</dd></dl>{halt}</section>"
         )
     if "__global__" in circuit or any(c["target"] not in targets for c in circuits):
         others = ", ".join(h(c["target"]) for c in circuits if c["target"] not in targets)
@@ -458,13 +456,12 @@ def approval_card(row: dict[str, Any], session: Session) -> str:
     forms = ""
     if row["status"] == "pending":
         if session.token.allows(APPROVE):
-            forms = "".join(
+            forms = (
                 f'<form method="post" action="{PREFIX}/approvals/{row["id"]}" class="decide">{csrf_field(session)}'
-                f'<input type="hidden" name="decision" value="{decision}">'
-                f'<label>Reason<input name="reason" required maxlength="{REASON_MAX}"></label>'
-                '<label>Your name <small>(optional)</small><input name="by" maxlength="80"></label>'
-                f'<button type="submit" class="{css}">{label}</button></form>'
-                for decision, label, css in (("approve", "Approve", "good"), ("reject", "Reject", "danger"))
+                f'<label>Reason <small>(required)</small><input name="reason" required maxlength="{REASON_MAX}">'
+                '</label><label>Your name <small>(optional)</small><input name="by" maxlength="80"></label>'
+                '<button type="submit" name="decision" value="approve" class="good">Approve</button>'
+                '<button type="submit" name="decision" value="reject" class="danger">Reject</button></form>'
             )
         else:
             forms = (
@@ -520,7 +517,7 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
             f'<ol class="steps">{steps}</ol></li>'
         )
     pages = "".join(
-        f"<li><strong>{h(p['alertname'])}</strong> · {when(p['created_at'])} · "
+        f"<li class=row><strong>{h(p['alertname'])}</strong> · {when(p['created_at'])} · "
         + (f"posted {when(p['posted_at'])}" if p["posted_at"] else f"not posted yet ({h(p['last_error'] or '')})")
         + "</li>"
         for p in row["escalation_list"]
@@ -539,6 +536,16 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
 # ---- approvals ------------------------------------------------------------------------------------------------------
 
 
+def decided_row(row: dict[str, Any]) -> str:
+    who = f" by {h(row['decided_by'])}: {h(row['reason'])}" if row["decided_by"] else ""
+    return (
+        f'<li class="row" id="approval-{row["id"]}"><strong>#{row["id"]}</strong> {badge(row["status"])} '
+        f'<a href="{PREFIX}/episodes/{row["episode_id"]}">episode #{row["episode_id"]}</a> · step '
+        f"{row['position'] + 1}: {h(row['step_name'])}"
+        f'<div class="meta">{when(row["decided_at"] or row["requested_at"])}{who}</div></li>'
+    )
+
+
 async def approvals(request: web.Request, session: Session) -> web.StreamResponse:
     store = request.app[keys.ENGINE].approvals
     pending, recent = await asyncio.gather(
@@ -550,7 +557,7 @@ async def approvals(request: web.Request, session: Session) -> web.StreamRespons
         + "<h2>Pending</h2>"
         + ("".join(approval_card(a, session) for a in pending) or "<p>Nothing waits for a decision.</p>")
         + "<h2>Recent decisions</h2>"
-        + ("".join(approval_card(a, session) for a in decided) or "<p>None yet.</p>")
+        + (f'<ul class="list">{"".join(decided_row(a) for a in decided)}</ul>' if decided else "<p>None yet.</p>")
     )
     return html_response(layout("Approvals", body, session, "approvals"))
 
@@ -592,13 +599,13 @@ async def maintenance(request: web.Request, session: Session) -> web.StreamRespo
     for w in rows:
         matchers = ", ".join(f"{k}={v}" for k, v in json.loads(w.matchers).items())
         end = (
-            f'<form method="post" action="{PREFIX}/maintenance/{w.id}/end" class="inline">{csrf_field(session)}'
+            f'<form method="post" action="{PREFIX}/maintenance/{w.id}/end" class="end">{csrf_field(session)}'
             '<button type="submit">End now</button></form>'
             if can and w.state == ACTIVE
             else ""
         )
         items.append(
-            f'<li class="row" id="window-{w.id}"><strong>#{w.id}</strong> {badge(w.state)} {h(matchers)} {end}'
+            f'<li class="row" id="window-{w.id}">{end}<strong>#{w.id}</strong> {badge(w.state)} {h(matchers)}'
             f'<div class="meta">{when(w.starts_at)} → {when(w.ends_at)} · {h(w.reason)} · {h(w.created_by)}</div></li>'
         )
     start = (
@@ -613,12 +620,8 @@ async def maintenance(request: web.Request, session: Session) -> web.StreamRespo
         else '<p class="hint">Starting and ending windows needs the operate scope '
         f"(yours: {h(session.token.scope)}).</p>"
     )
-    body = (
-        flash(request)
-        + start
-        + "<h2>Windows</h2>"
-        + (f'<ul class="list">{"".join(items)}</ul>' if items else "<p>None.</p>")
-    )
+    listed = f'<ul class="list">{"".join(items)}</ul>' if items else "<p>None.</p>"
+    body = flash(request) + listed + "<h2>Start a window</h2>" + start
     return html_response(layout("Maintenance", body, session, "maintenance"))
 
 
