@@ -286,11 +286,13 @@ def screenshot(page: Any, stack: Stack, name: str) -> None:
         shutil.copy(path, REPO / "docs" / "img" / path.name)
 
 
-def fire(stack: Stack) -> dict[str, Any]:
+def fire(stack: Stack, **annotations: str) -> dict[str, Any]:
     """A firing TradingBotFlattenRequested held by Alertmanager, sent to the webhook as Alertmanager would."""
     labels = {"alertname": "TradingBotFlattenRequested", "instance": BOT, "run": uuid.uuid4().hex[:8]}
     held = stack.am.fire(labels)
-    body = json.dumps(payload(alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **labels))).encode()
+    fired = alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **labels)
+    fired["annotations"].update(annotations)
+    body = json.dumps(payload(fired)).encode()
     req = urllib.request.Request(
         f"{stack.reconciler.url}/api/v1/alertmanager",
         data=body,
@@ -496,4 +498,21 @@ def test_the_phone_width_layout_has_no_horizontal_scroll(browser: Any, stack: St
         assert width[0] <= width[1], f"{path}: {width[0]} px wide in a {width[1]} px viewport"
     page.goto(f"{stack.reconciler.url}/ui/approvals")
     screenshot(page, stack, "phone")
+    page.context.close()
+
+
+def test_what_an_alert_says_is_shown_as_text_never_as_markup(browser: Any, stack: Stack) -> None:
+    hostile = '<img src=x id=injected><script>document.title="owned"</script>'
+    fire(stack, description=hostile)
+    asked = poll(
+        lambda: stack.reconciler.api("/api/v1/approvals?status=pending")["approvals"],
+        lambda a: len(a) == 2,
+        "the new approval",
+    )[0]
+    page = login(browser, stack, READ_TOKEN)
+    page.goto(f"{stack.reconciler.url}/ui/episodes/{asked['episode_id']}")
+    page.click("summary:has-text('Labels and annotations')")
+    assert hostile in page.locator("main details").first.inner_text()
+    assert page.locator("#injected").count() == 0 and page.locator("main script").count() == 0
+    assert "owned" not in page.title()
     page.context.close()

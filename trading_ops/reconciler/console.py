@@ -72,6 +72,8 @@ class Session:
     token: Token
     csrf: str
     expires: float
+    # (done|problem, message) of the last POSTs, shown once by the next page.
+    flash: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -209,14 +211,14 @@ def csrf_field(session: Session) -> str:
     return f'<input type="hidden" name="csrf" value="{h(session.csrf)}">'
 
 
-def flash(request: web.Request) -> str:
-    """A one-line message carried in the query string after a POST (?done=... or ?problem=...), escaped."""
-    parts = []
-    if done := request.query.get("done"):
-        parts.append(f'<p class="done" role="status">{h(done[:500])}</p>')
-    if problem := request.query.get("problem"):
-        parts.append(f'<p class="problem" role="alert">{h(problem[:500])}</p>')
-    return "".join(parts)
+def flash(session: Session) -> str:
+    """The outcome of the session's last POST (kept server-side, shown once), escaped."""
+    shown = "".join(
+        f'<p class="{kind}" role="{"status" if kind == "done" else "alert"}">{h(message)}</p>'
+        for kind, message in session.flash
+    )
+    session.flash.clear()
+    return shown
 
 
 def when(value: datetime | str | None) -> str:
@@ -231,11 +233,10 @@ def badge(text: str) -> str:
     return f'<span class="badge s-{h(text)}">{h(text)}</span>'
 
 
-def with_flash(location: str, key: str, message: str) -> web.Response:
-    from urllib.parse import quote
-
-    sep = "&" if "?" in location else "?"
-    return redirect(f"{location}{sep}{key}={quote(message[:500])}")
+def with_flash(session: Session, location: str, kind: str, message: str) -> web.Response:
+    """Redirect after a POST (303), the outcome shown once on the next page."""
+    session.flash.append((kind, message[:500]))
+    return redirect(location)
 
 
 # ---- login ----------------------------------------------------------------------------------------------------------
@@ -418,7 +419,7 @@ async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
     if "__global__" in circuit or any(c["target"] not in targets for c in circuits):
         others = ", ".join(h(c["target"]) for c in circuits if c["target"] not in targets)
         cards.append(f'<p class="problem">Open circuits: {others}</p>')
-    body = flash(request) + ("".join(cards) or "<p>No bots configured (reconciler.targets).</p>")
+    body = flash(session) + ("".join(cards) or "<p>No bots configured (reconciler.targets).</p>")
     return html_response(layout("Fleet", f'<div class="grid">{body}</div>', session, "fleet"))
 
 
@@ -530,7 +531,7 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
         + (f'<h2>Pages</h2><ul class="list">{pages}</ul>' if pages else "")
     )
     title = f"Episode #{row['id']}: {row['alertname']}"
-    return html_response(layout(title, flash(request) + body, session, "episodes"))
+    return html_response(layout(title, flash(session) + body, session, "episodes"))
 
 
 # ---- approvals ------------------------------------------------------------------------------------------------------
@@ -553,7 +554,7 @@ async def approvals(request: web.Request, session: Session) -> web.StreamRespons
     )
     decided = [a for a in recent if a["status"] != "pending"]
     body = (
-        flash(request)
+        flash(session)
         + "<h2>Pending</h2>"
         + ("".join(approval_card(a, session) for a in pending) or "<p>Nothing waits for a decision.</p>")
         + "<h2>Recent decisions</h2>"
@@ -570,7 +571,7 @@ async def decide(request: web.Request, session: Session, form: dict[str, str]) -
     if decision not in DECISIONS:
         return one_line(400, "refused: decision must be approve or reject")
     if not reason:
-        return with_flash(f"{PREFIX}/approvals", "problem", f"approval {raw}: a reason is required")
+        return with_flash(session, f"{PREFIX}/approvals", "problem", f"approval {raw}: a reason is required")
     app = request.app
     engine = app[keys.ENGINE]
     who = decider(session, form)
@@ -579,10 +580,10 @@ async def decide(request: web.Request, session: Session, form: dict[str, str]) -
     )
     if isinstance(result, Refusal):
         log.warning("console: approval %s %s by %s refused: %s", raw, decision, who, result.message)
-        return with_flash(f"{PREFIX}/approvals", "problem", result.message)
+        return with_flash(session, f"{PREFIX}/approvals", "problem", result.message)
     engine.wake.set()
     log.info("approval %s %s by %s (console): %s", raw, result["status"], who, reason)
-    return with_flash(f"{PREFIX}/approvals", "done", f"approval {raw} {result['status']} by {who}")
+    return with_flash(session, f"{PREFIX}/approvals", "done", f"approval {raw} {result['status']} by {who}")
 
 
 # ---- maintenance windows --------------------------------------------------------------------------------------------
@@ -621,7 +622,7 @@ async def maintenance(request: web.Request, session: Session) -> web.StreamRespo
         f"(yours: {h(session.token.scope)}).</p>"
     )
     listed = f'<ul class="list">{"".join(items)}</ul>' if items else "<p>None.</p>"
-    body = flash(request) + listed + "<h2>Start a window</h2>" + start
+    body = flash(session) + listed + "<h2>Start a window</h2>" + start
     return html_response(layout("Maintenance", body, session, "maintenance"))
 
 
@@ -637,10 +638,12 @@ async def start_window(request: web.Request, session: Session, form: dict[str, s
             matchers, seconds, reason, f"console: {decider(session, form)}"
         )
     except (ValueError, MaintenanceError) as exc:
-        return with_flash(back, "problem", str(exc))
+        return with_flash(session, back, "problem", str(exc))
     note = "; ".join([*outcome.done, *outcome.problems])
     log.warning("maintenance window %d started from the console by %s", outcome.window.id, decider(session, form))
-    return with_flash(back, "problem" if outcome.problems else "done", f"window {outcome.window.id} started: {note}")
+    return with_flash(
+        session, back, "problem" if outcome.problems else "done", f"window {outcome.window.id} started: {note}"
+    )
 
 
 async def end_window(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:
@@ -651,10 +654,10 @@ async def end_window(request: web.Request, session: Session, form: dict[str, str
     try:
         outcome = await maintenance_of(request.app).end(int(raw))
     except MaintenanceError as exc:
-        return with_flash(back, "problem", str(exc))
+        return with_flash(session, back, "problem", str(exc))
     log.warning("maintenance window %s ended from the console by %s", raw, decider(session, form))
     note = "; ".join([*outcome.done, *outcome.problems]) or "nothing to undo"
-    return with_flash(back, "problem" if outcome.problems else "done", f"window {raw} ended: {note}")
+    return with_flash(session, back, "problem" if outcome.problems else "done", f"window {raw} ended: {note}")
 
 
 # ---- emergency halt -------------------------------------------------------------------------------------------------
@@ -667,7 +670,7 @@ async def halt_confirm(request: web.Request, session: Session) -> web.StreamResp
     if not session.token.allows(DESTRUCTIVE):
         body = f'<p class="problem">{h(refusal("halting a bot", DESTRUCTIVE, session.token))}</p>'
         return html_response(layout(f"Halt {bot}", body, session), 403)
-    body = (
+    body = flash(session) + (
         f'<section class="card warn"><p>Halting <strong>{h(bot)}</strong> stops its trading at once: it sends no new '
         "orders until someone clears the halt (<code>clear_halt</code>). Open orders and positions stay as they "
         "are.</p>"
@@ -688,7 +691,7 @@ async def halt(request: web.Request, session: Session, form: dict[str, str]) -> 
         return one_line(404, "refused: no such bot")
     reason = " ".join(form.get("reason", "").split())
     if not reason:
-        return with_flash(f"{PREFIX}/bots/{bot}/halt", "problem", "a reason is required")
+        return with_flash(session, f"{PREFIX}/bots/{bot}/halt", "problem", "a reason is required")
     who = decider(session, form)
     target = config.reconciler.targets[bot]
     url = f"{target.url.rstrip('/')}/control/halt"
@@ -703,9 +706,9 @@ async def halt(request: web.Request, session: Session, form: dict[str, str]) -> 
         status, text = 0, f"no answer ({type(exc).__name__})"
     if status != 200:
         log.error("console: halt of %s by %s failed: HTTP %s %s", bot, who, status, text[:200])
-        return with_flash(f"{PREFIX}/", "problem", f"halt of {bot} failed: HTTP {status} {text[:200]}")
+        return with_flash(session, f"{PREFIX}/", "problem", f"halt of {bot} failed: HTTP {status} {text[:200]}")
     log.warning("console: %s halted by %s: %s", bot, who, reason)
-    return with_flash(f"{PREFIX}/", "done", f"{bot} halted by {who}")
+    return with_flash(session, f"{PREFIX}/", "done", f"{bot} halted by {who}")
 
 
 # ---- the stylesheet -------------------------------------------------------------------------------------------------
