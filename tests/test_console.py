@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from trading_ops.db import migrate
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.console import CSRF_REFUSED
+from trading_ops.webconfig import app_ssl_context
 
 pytestmark = [pytest.mark.alertmanager]
 
@@ -144,14 +146,15 @@ class Reconciler:
         self.thread.start()
         if not self.started.wait(30) or self.error:
             raise RuntimeError(f"the reconciler did not start: {self.error}")
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if app_ssl_context(self.app) else 'http'}://127.0.0.1:{port}"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         runner = web.AppRunner(self.app, access_log=None)
         try:
             self.loop.run_until_complete(runner.setup())
-            self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+            site = web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=app_ssl_context(self.app))
+            self.loop.run_until_complete(site.start())
         except BaseException as exc:  # reported to the fixture
             self.error = exc
             self.started.set()
@@ -195,6 +198,50 @@ def poll(fetch: Callable[[], Any], check: Callable[[Any], bool], what: str, dead
         time.sleep(0.05)
 
 
+def write_config(tmp: Path, port: int, am_url: str, bot_url: str, **listen: str) -> None:
+    """The reconciler's configuration (and its files) in `tmp`: tokens of each scope, the bot as its one target."""
+    for name, value in (
+        ("webhook-token", TOKEN),
+        ("read-token", READ_TOKEN),
+        ("desk-token", DESK_TOKEN),
+        ("oncall-token", ONCALL_TOKEN),
+        ("bot-operate", BOT_OPERATE),
+        ("bot-destructive", BOT_DESTRUCTIVE),
+    ):
+        (tmp / name).write_text(value)
+    (tmp / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [FLATTEN]}))
+    db = f"sqlite:///{tmp / 'ledger.db'}"
+    migrate.upgrade(db)
+    data = {
+        "database": {"url": db},
+        "reconciler": {
+            "token_file": str(tmp / "webhook-token"),
+            "read_token_file": str(tmp / "read-token"),
+            "api_tokens": [
+                {"name": "desk", "scope": "approve", "token_file": str(tmp / "desk-token")},
+                {"name": "oncall", "scope": "destructive", "token_file": str(tmp / "oncall-token")},
+            ],
+            "external_url": f"{'https' if listen else 'http'}://127.0.0.1:{port}",
+            "listen": {"port": port, **listen},
+            "playbook": str(tmp / "playbook.yml"),
+            "poll_interval_seconds": 0.05,
+            "lease_seconds": 3,
+            "check_silences": False,
+            "prometheus_url": "http://127.0.0.1:9",
+            "alertmanager_url": am_url,
+            "watchdog": {"window_seconds": 0},
+            "targets": {
+                BOT: {
+                    "url": bot_url,
+                    "token_file": str(tmp / "bot-operate"),
+                    "destructive_token_file": str(tmp / "bot-destructive"),
+                }
+            },
+        },
+    }
+    (tmp / "trading-ops.yaml").write_text(yaml.safe_dump(data))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("console")
@@ -203,46 +250,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     bot_server = serve_bot(bot)
     reconciler = None
     try:
-        for name, value in (
-            ("webhook-token", TOKEN),
-            ("read-token", READ_TOKEN),
-            ("desk-token", DESK_TOKEN),
-            ("oncall-token", ONCALL_TOKEN),
-            ("bot-operate", BOT_OPERATE),
-            ("bot-destructive", BOT_DESTRUCTIVE),
-        ):
-            (tmp / name).write_text(value)
-        (tmp / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [FLATTEN]}))
-        db = f"sqlite:///{tmp / 'ledger.db'}"
-        migrate.upgrade(db)
         port = free_port()
-        data = {
-            "database": {"url": db},
-            "reconciler": {
-                "token_file": str(tmp / "webhook-token"),
-                "read_token_file": str(tmp / "read-token"),
-                "api_tokens": [
-                    {"name": "desk", "scope": "approve", "token_file": str(tmp / "desk-token")},
-                    {"name": "oncall", "scope": "destructive", "token_file": str(tmp / "oncall-token")},
-                ],
-                "external_url": f"http://127.0.0.1:{port}",
-                "playbook": str(tmp / "playbook.yml"),
-                "poll_interval_seconds": 0.05,
-                "lease_seconds": 3,
-                "check_silences": False,
-                "prometheus_url": "http://127.0.0.1:9",
-                "alertmanager_url": am.url,
-                "watchdog": {"window_seconds": 0},
-                "targets": {
-                    BOT: {
-                        "url": bot.url,
-                        "token_file": str(tmp / "bot-operate"),
-                        "destructive_token_file": str(tmp / "bot-destructive"),
-                    }
-                },
-            },
-        }
-        (tmp / "trading-ops.yaml").write_text(yaml.safe_dump(data))
+        write_config(tmp, port, am.url, bot.url)
         reconciler = Reconciler(tmp / "trading-ops.yaml", port)
         shots = tmp / "screenshots"
         shots.mkdir()
@@ -516,3 +525,74 @@ def test_what_an_alert_says_is_shown_as_text_never_as_markup(browser: Any, stack
     assert page.locator("#injected").count() == 0 and page.locator("main script").count() == 0
     assert "owned" not in page.title()
     page.context.close()
+
+
+def self_signed(tmp: Path) -> None:
+    """server.crt and server.key: a certificate for 127.0.0.1, signed by its own key."""
+    import ipaddress
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "server.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def test_over_tls_the_session_cookie_is_secure(stack: Stack, tmp_path: Path) -> None:
+    import http.cookies
+    import ssl
+
+    self_signed(tmp_path)
+    (tmp_path / "web.yml").write_text(
+        yaml.safe_dump({"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}})
+    )
+    port = free_port()
+    write_config(tmp_path, port, stack.am.url, stack.bot.url, web_config_file=str(tmp_path / "web.yml"))
+    served = Reconciler(tmp_path / "trading-ops.yaml", port)
+    try:
+        assert served.url.startswith("https://")
+        tls = ssl.create_default_context(cafile=str(tmp_path / "server.crt"))
+        with urllib.request.urlopen(f"{served.url}/ui/login", timeout=10, context=tls) as resp:
+            login_cookie = http.cookies.SimpleCookie(resp.headers["Set-Cookie"])
+            csrf = next(iter(login_cookie.values()))
+        assert csrf["secure"] and csrf["httponly"] and csrf["samesite"] == "Strict"
+
+        class Keep(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: Any) -> None:
+                return None  # the 303 itself: its Set-Cookie is what is checked
+
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls), Keep())
+        form = f"csrf={csrf.value}&token={DESK_TOKEN}".encode()
+        req = urllib.request.Request(
+            f"{served.url}/ui/login", data=form, headers={"Cookie": f"{csrf.key}={csrf.value}"}, method="POST"
+        )
+        try:
+            opener.open(req, timeout=10)
+            raise AssertionError("the login did not redirect")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 303, exc.read()
+            cookies = [c for c in exc.headers.get_all("Set-Cookie") if c.startswith("tradingops_console=")]
+        session = http.cookies.SimpleCookie(cookies[0])["tradingops_console"]
+        assert session["secure"] and session["httponly"] and session["samesite"] == "Strict"
+        assert session["path"] == "/ui" and len(session.value) >= 40
+    finally:
+        served.stop()
