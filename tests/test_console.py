@@ -369,6 +369,9 @@ def test_an_alert_opens_an_episode_and_approving_it_flattens_the_bot(browser: An
     fire(stack)
     first = pending(stack)[0]
     page = login(browser, stack, DESK_TOKEN)
+    page.click(f"#bot-{BOT} >> text=1 open")  # the fleet counts the bot's open episode, and lists it
+    assert page.locator("h1").inner_text() == f"Episodes of {BOT}"
+    assert page.locator(".list li").count() == 1
     page.click("nav >> text=Episodes")
     page.click(f"a[href='/ui/episodes/{first['episode_id']}']")
     assert "TradingBotFlattenRequested" in page.locator("h1").inner_text()

@@ -37,7 +37,6 @@ from trading_ops.ops.maintenance import ACTIVE, Maintenance, MaintenanceError, p
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.bot import target_token
 from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal
-from trading_ops.reconciler.states import OPEN_STATES
 from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE, READ, Token, refusal
 from trading_ops.webconfig import app_ssl_context
 
@@ -379,15 +378,11 @@ async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
     targets = sorted(app[keys.CONFIG].reconciler.targets)
     ledger = app[keys.LEDGER]
     now = utcnow()
-    statuses, recent, circuits = await asyncio.gather(
+    statuses, open_by, circuits = await asyncio.gather(
         asyncio.gather(*(bot_status(app, b) for b in targets)),
-        asyncio.to_thread(ledger.list_episodes, 500),
+        asyncio.to_thread(ledger.open_episodes_by_target),
         asyncio.to_thread(ledger.open_circuits, now),
     )
-    open_by: dict[str, int] = {}
-    for e in recent:
-        if e["state"] in OPEN_STATES:
-            open_by[e["target"]] = open_by.get(e["target"], 0) + 1
     circuit = {c["target"]: c["open_until"] for c in circuits}
     cards = []
     for bot, status in zip(targets, statuses, strict=True):
@@ -428,10 +423,8 @@ async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
 
 async def episodes(request: web.Request, session: Session) -> web.StreamResponse:
     ledger = request.app[keys.LEDGER]
-    target = request.query.get("target", "")
-    rows = await asyncio.to_thread(ledger.list_episodes, 500 if target else LIST_LIMIT)
-    if target:
-        rows = [e for e in rows if e["target"] == target][:LIST_LIMIT]
+    target = request.query.get("target", "")[:255]
+    rows = await asyncio.to_thread(ledger.list_episodes, LIST_LIMIT, None, target or None)
     items = "".join(
         f'<li class="row"><a href="{PREFIX}/episodes/{e["id"]}"><span class="id">#{e["id"]}</span> '
         f"<strong>{h(e['alertname'])}</strong> on {h(e['target'])}</a> {badge(e['state'])}"
