@@ -377,7 +377,6 @@ def test_an_alert_opens_an_episode_and_approving_it_flattens_the_bot(browser: An
     assert "TradingBotFlattenRequested" in page.locator("h1").inner_text()
     assert "waiting" in page.locator("main").inner_text()
     assert page.locator(f"#approval-{first['id']} form.decide button").count() == 2
-    screenshot(page, stack, "episode")
     # The page Alertmanager holds links to the console's approval.
     asked = held_page(stack, APPROVAL_REQUESTED, approval=str(first["id"]))
     assert asked["annotations"]["console_url"] == f"{stack.reconciler.url}/ui/approvals#approval-{first['id']}"
@@ -393,6 +392,13 @@ def test_an_alert_opens_an_episode_and_approving_it_flattens_the_bot(browser: An
     assert stack.bot.commands() == ["cancel_all", "flatten"]
     # Sent with the target's destructive token.
     assert all(scope == "destructive" for _, scope in stack.bot.calls)
+    page.goto(f"{stack.reconciler.url}/ui/episodes/{first['episode_id']}")
+    steps = page.locator(".timeline .step")
+    assert [steps.nth(i).locator("strong").inner_text() for i in range(steps.count())][-2:] == [
+        "1. bot command=cancel_all",
+        "2. bot command=flatten",
+    ]
+    screenshot(page, stack, "episode")
     page.goto(f"{stack.reconciler.url}/ui/")
     assert "flat" in page.locator(f"#bot-{BOT} .positions").inner_text()
     decided = stack.reconciler.api(f"/api/v1/approvals/{first['id']}")

@@ -518,9 +518,14 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
     )
     body = (
         f'<section class="card">{facts}</section>'
-        + "".join(approval_card(a, session) for a in asked)
+        + "".join(approval_card(a, session) for a in asked if a["status"] == "pending")
         + "<h2>Timeline</h2>"
         + (f'<ol class="timeline">{"".join(timeline)}</ol>' if timeline else "<p>No attempt yet.</p>")
+        + (
+            f'<h2>Approvals</h2><ul class="list">{"".join(decided_row(a) for a in decided)}</ul>'
+            if (decided := [a for a in asked if a["status"] != "pending"])
+            else ""
+        )
         + (f'<h2>Pages</h2><ul class="list">{pages}</ul>' if pages else "")
     )
     title = f"Episode #{row['id']}: {row['alertname']}"
