@@ -34,7 +34,8 @@ from trading_ops.config import load_config
 from trading_ops.db import migrate
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
-from trading_ops.reconciler.console import CSRF_REFUSED
+from trading_ops.reconciler.console import CSRF_REFUSED, MAX_SESSIONS, Sessions
+from trading_ops.scopes import Token
 from trading_ops.webconfig import app_ssl_context
 
 pytestmark = [pytest.mark.alertmanager]
@@ -605,3 +606,23 @@ def test_over_tls_the_session_cookie_is_secure(stack: Stack, tmp_path: Path) -> 
         assert session["path"] == "/ui" and len(session.value) >= 40
     finally:
         served.stop()
+
+
+def test_log_out_ends_the_session_and_sessions_expire(browser: Any, stack: Stack) -> None:
+    page = login(browser, stack, READ_TOKEN)
+    old = next(c for c in page.context.cookies() if c["name"] == "tradingops_console")
+    page.click("button:has-text('Log out')")
+    page.wait_for_url(f"{stack.reconciler.url}/ui/login")
+    # The old session id, sent again, is no session: the server forgot it.
+    page.context.add_cookies([old])
+    page.goto(f"{stack.reconciler.url}/ui/approvals")
+    assert page.url.endswith("/ui/login")
+    page.context.close()
+    sessions = Sessions()
+    token = Token("someone", "read", b"\0" * 32)
+    sid, session = sessions.create(token)
+    assert sessions.get(sid) is session and sessions.get("guess") is None
+    session.expires = time.monotonic() - 1
+    assert sessions.get(sid) is None and sid not in sessions.by_id
+    ids = [sessions.create(token)[0] for _ in range(MAX_SESSIONS + 1)]
+    assert len(sessions.by_id) == MAX_SESSIONS and ids[0] not in sessions.by_id and ids[-1] in sessions.by_id
