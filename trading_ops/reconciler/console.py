@@ -481,9 +481,7 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
     row = await asyncio.to_thread(app[keys.LEDGER].get_episode_full, int(raw))
     if row is None:
         return html_response(layout("Not found", f"<p>No episode {h(raw)}.</p>", session), 404)
-    asked = [
-        a for a in await asyncio.to_thread(app[keys.ENGINE].approvals.recent, None, 500) if a["episode_id"] == row["id"]
-    ]
+    asked = await asyncio.to_thread(app[keys.ENGINE].approvals.of_episode, row["id"])
     labels = json.loads(row["labels"])
     annotations = json.loads(row["annotations"])
     facts = (
