@@ -500,6 +500,10 @@ class ReconcilerListenConfig(ListenConfig):
     port: int = bounded(9102, min=0, max=65535)
 
 
+def _check_optional_http_url(value: str) -> str | None:
+    return None if value == "" else _check_http_url(value)
+
+
 def _check_http_urls(values: list[str]) -> str | None:
     if not isinstance(values, list):
         return f"expected a list of http(s) URLs, got {_describe(values)}"
@@ -573,6 +577,10 @@ class ReconcilerConfig:
     # Named tokens of the API (not of the webhook), each with a scope: read (episodes), operate, destructive,
     # approve (approvals). read_token is one more, named read_token, of the read scope.
     api_tokens: list[NamedTokenConfig] = field(default_factory=list)
+    # The reconciler's own address as operators reach it (https://reconciler.example.org): its pages to Alertmanager
+    # then carry a `console_url` annotation, a link into the operator console (/ui/) at their episode or approval.
+    # Empty = no link.
+    external_url: str = checked("", _check_optional_http_url)
     # Name of this replica in claims and logs (empty = the host name). Replicas may share it: a claim is taken
     # over only when its lease expired or its process is provably gone.
     instance: str = ""

@@ -39,6 +39,7 @@ from trading_ops.reconciler.approvals import (
     approval_json,
 )
 from trading_ops.reconciler.auth import authorized
+from trading_ops.reconciler.console import setup_console
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import (
@@ -139,6 +140,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_get("/api/v1/approvals", list_approvals)
     app.router.add_get("/api/v1/approvals/{id}", get_approval)
     app.router.add_post("/api/v1/approvals/{id}", decide_approval)
+    # The operator console (/ui/): its own login (a session cookie), CSRF tokens and scope checks.
+    setup_console(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

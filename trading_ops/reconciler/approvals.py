@@ -117,6 +117,10 @@ class ApprovalStore:
         """Newest first; with their episode's alert name and state."""
         return self._select(AP.c.status == status if status else None, limit=limit)
 
+    def of_episode(self, episode_id: int, limit: int = 100) -> list[dict[str, Any]]:
+        """An episode's approvals, newest first (the operator console's episode page)."""
+        return self._select(AP.c.episode_id == episode_id, limit=limit)
+
     def _select(self, where: Any, limit: int) -> list[dict[str, Any]]:
         stmt = (
             select(AP, E.c.state.label("episode_state"), E.c.alertname.label("alertname"))

@@ -917,6 +917,10 @@ class Engine:
         alert["annotations"]["approve_command"] = f"trading-ops reconciler approve {approval_id} --reason '...'"
         alert["annotations"]["reject_command"] = f"trading-ops reconciler reject {approval_id} --reason '...'"
         alert["annotations"]["approval_url"] = url
+        if self.rc.external_url:
+            alert["annotations"]["console_url"] = (
+                f"{self.rc.external_url.rstrip('/')}/ui/approvals#approval-{approval_id}"
+            )
         return alert
 
     async def _on_recovery(
@@ -1107,6 +1111,8 @@ class Engine:
         Alertmanager takes it (the apprise notifications too after a while), and the episode is `escalated` once
         the page was delivered somewhere."""
         alert = escalation_alert(alertname, labels, target, description, episode=episode["id"])
+        if self.rc.external_url:
+            alert["annotations"]["console_url"] = f"{self.rc.external_url.rstrip('/')}/ui/episodes/{episode['id']}"
         self._end_claim(episode)
         if not await self.db(self.outbox.enqueue, episode["id"], self.owner, alert, detail, utcnow()):
             raise LostClaim

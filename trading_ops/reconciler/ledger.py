@@ -848,10 +848,14 @@ class Ledger:
             paused = conn.execute(select(SET.c.value).where(SET.c.key == PAUSE_KEY)).scalar()
         return LedgerCounts({r[0]: int(r[1]) for r in states}, int(due), list(circuits), paused == "1")
 
-    def list_episodes(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
+    def list_episodes(
+        self, limit: int = 50, state: str | None = None, target: str | None = None
+    ) -> list[dict[str, Any]]:
         stmt = select(E).order_by(E.c.id.desc()).limit(limit)
         if state:
             stmt = stmt.where(E.c.state == state)
+        if target is not None:
+            stmt = stmt.where(E.c.target == target)
         with self.engine.connect() as conn:
             episodes = [dict(r) for r in conn.execute(stmt).mappings()]
             ids = [e["id"] for e in episodes]
@@ -882,6 +886,12 @@ class Ledger:
         for e in episodes:
             e["attempt_list"] = by_episode.get(e["id"], [])
         return episodes
+
+    def open_episodes_by_target(self) -> dict[str, int]:
+        """How many episodes are open (not closed yet) per target: the operator console's fleet."""
+        stmt = select(E.c.target, func.count()).where(E.c.state.in_(OPEN_STATES)).group_by(E.c.target)
+        with self.engine.connect() as conn:
+            return {str(target): int(count) for target, count in conn.execute(stmt).all()}
 
     def get_episode_full(self, episode_id: int) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
