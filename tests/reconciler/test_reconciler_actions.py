@@ -213,14 +213,22 @@ async def test_exec_timeout_kills_the_whole_process_group(tmp_path: Path) -> Non
     result = await run_argv([sys.executable, "-c", script], None, 1.0, 4096)
     assert result.outcome == "timeout"
     for pid in map(int, pids.read_text().split()):
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+        for _ in range(500):
+            if not running(pid):
                 break
             await asyncio.sleep(0.02)
         else:
             raise AssertionError(f"process {pid} survived the timeout")
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` still runs: a killed process whose parent has not reaped it yet (a zombie, state Z: the
+    grandchild, reparented once its parent died, waits for the machine's reaper) has stopped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 async def test_exec_reports_its_process_group_and_dies_with_the_reconciler(tmp_path: Path) -> None:
