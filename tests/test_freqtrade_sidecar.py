@@ -477,9 +477,11 @@ async def test_pnl_and_daily_profit_are_freqtrade_own_numbers(sidecar: Client, f
 
     await sidecar.until("realized, unrealized and daily profit as freqtrade answers them", same_as_freqtrade)
     assert await sidecar.value("tradingbot_realized_pnl", **labels) != 0
-    # Left as found: the exited pair unlocked and re-entered, both trades filled, no order working.
+    # Left as found: the exited pair unlocked and re-entered, both trades filled, no order working. freqtrade enters
+    # on a new candle's signal (1m timeframe), so the re-entry can take a whole candle after the exit, plus its loop
+    # throttle: more than a minute on a loaded machine.
     unlock_pairs(freqtrade)
-    until("freqtrade holds two trades again", lambda: two_open_trades(freqtrade))
+    until("freqtrade holds two trades again", lambda: two_open_trades(freqtrade), deadline=180)
 
 
 async def _locks_exported(sidecar: Client, freqtrade: Freqtrade) -> bool:
