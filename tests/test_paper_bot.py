@@ -207,6 +207,9 @@ async def test_loss_spike_without_an_amount_loses_what_the_book_can_when_that_st
         status, body = await control(bot.port, "loss_spike")
         assert status == 400 and "not enough to pass the daily loss limit" in body["error"], body
         assert bot.inst.state.state.value == "active"
+        # The book must not move between its measure here and the gap: no new orders, none left working to fill.
+        assert (await control(bot.port, "pause"))[0] == 200
+        assert (await control(bot.port, "cancel_all"))[0] == 200
         holds_enough()
         limit = exposure * 0.9 / 1.12  # 1.2x it is more than one gap can take, 1.05x it less
         bot.chaos.daily_loss_limit = limit
