@@ -9,9 +9,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from trading_ops.bot.metrics import PREFIX
-from trading_ops.bot.risk import OPEN_POSITIONS, OPEN_POSITIONS_HELP, RISK_LIMIT_HELP
 from trading_ops.bot.state import TradingState
 from trading_ops.integrations.freqtrade.journal import FreqtradeJournal
+from trading_ops.integrations.freqtrade.limits import limit_families
 from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, Snapshot, symbol_of
 from trading_ops.integrations.freqtrade.venue_link import CHANNELS, VenueLink
@@ -263,13 +263,7 @@ def _data_families(snap: Snapshot) -> Iterator[Metric]:
             "freqtrade's max_open_trades: it opens no trade beyond this many (absent when unlimited).",
             snap.max_open_trades,
         )
-    # The library's open_positions limit, where freqtrade has the notion: max_open_trades caps its open trades (one per
-    # pair), and the symbols it holds are what the limit counts. Its other limits freqtrade does not have.
-    yield _pnl("open_positions", OPEN_POSITIONS_HELP, venue, strategy, len({t.get("pair") for t in snap.trades}))
-    if snap.max_open_trades is not None:
-        limit = GaugeMetricFamily(f"{PREFIX}_risk_limit", RISK_LIMIT_HELP, labels=["venue", "strategy", "limit"])
-        limit.add_metric([venue, strategy, OPEN_POSITIONS], snap.max_open_trades)
-        yield limit
+    yield from limit_families(snap)  # the runtime's risk-limit families that freqtrade has a notion of (limits.py)
     locks = [lock for lock in snap.locks.get("locks") or () if isinstance(lock, dict) and lock.get("active")]
     yield GaugeMetricFamily(
         f"{PREFIX}_freqtrade_pair_locks",

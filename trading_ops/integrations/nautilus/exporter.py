@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollecto
 from trading_ops.bot.control import HEADER_SOURCES, SOURCE_RISK, STATE_COMMANDS
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
+from trading_ops.bot.risk import OPEN_POSITIONS_HELP
 from trading_ops.bot.state import TradingState as OpsState
 
 # Nautilus's order types as the catalogue's bounded `order_type` label (its ORDER_TYPES); a post-only limit order is
@@ -137,6 +138,11 @@ class NautilusExporter:
         self.reconciliation = ReconciliationMetrics(self.metrics)
         self.state = StateGauges(registry)
         ProcessCollector(registry=registry)
+        # What the runtime's open_positions limit counts; the node has no such limit (nor a drawdown one): no
+        # `tradingbot_risk_limit` for it (docs/nautilus.md).
+        self._open_positions = Gauge(
+            f"{PREFIX}_open_positions", OPEN_POSITIONS_HELP, ["venue", "strategy"], registry=registry
+        ).labels(venue, strategy)
         self._info = Gauge(
             f"{PREFIX}_nautilus_info",
             "The NautilusTrader node this controller runs in (always 1).",
@@ -208,6 +214,7 @@ class NautilusExporter:
             if quote is not None:
                 notional = quantity * (float(quote.bid_price) + float(quote.ask_price)) / 2
             m.position(iid.symbol.value, quantity, notional)
+        self.open_positions(cache, portfolio)
         venues: set[str] = set()
         for account in cache.accounts():
             venues.add(account.id.get_issuer())
@@ -226,6 +233,14 @@ class NautilusExporter:
         self.realized = realized - self._realized_at_day_start
         self.unrealized = unrealized
         m.pnl(self.realized, self.unrealized)
+
+    def open_positions(self, cache: Any, portfolio: Any) -> int:
+        """`tradingbot_open_positions`: the instruments of the cache's open positions whose net position is not zero
+        (a hedging account's long and short of the same size hold nothing, as the runtime's book would count it)."""
+        held = {p.instrument_id for p in cache.positions_open()}
+        count = sum(1 for iid in held if portfolio.net_position(iid) != 0)
+        self._open_positions.set(count)
+        return count
 
     def connections(self, market_data: bool | None, orders: bool | None) -> None:
         if market_data is not None:
