@@ -32,6 +32,7 @@ from gateway_helpers import Gateway, start_gateway
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from raw_http import NON_ASCII_AUTH, raw_request
+from runtime_families import runtime_limit_shapes, shapes
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
@@ -242,6 +243,67 @@ async def test_a_trading_freqtrade_exports_the_library_families(
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def set_max_open_trades(ft: Freqtrade, value: int) -> None:
+    """freqtrade's max_open_trades changed in its config file and reloaded (`/reload_config`), as an operator would."""
+    config = json.loads(ft.config.read_text())
+    config["max_open_trades"] = value
+    ft.config.write_text(json.dumps(config, indent=2))
+    ft.api("POST", "/reload_config")
+    until(
+        f"freqtrade runs again with max_open_trades {value}",
+        lambda: (c := ft.api("GET", "/show_config"))["state"] == "running" and c["max_open_trades"] == value,
+    )
+
+
+async def test_max_open_trades_is_the_runtime_open_positions_limit_and_no_drawdown_is_made_up(
+    sidecar: Client, freqtrade: Freqtrade
+) -> None:
+    """freqtrade's one limit the runtime has: max_open_trades, exported as the runtime exports its open_positions
+    limit (same families: name, type, help, labels) beside the pairs it holds, and followed when the limit or the
+    holdings change. Its drawdown protection is not visible through its API (and is a ratio): no drawdown family."""
+    labels = {"venue": "kraken", "strategy": STRATEGY}
+    cap = {**labels, "limit": "open_positions"}
+    until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
+    await sidecar.until("two positions exported", lambda: _is(sidecar.value("tradingbot_open_positions", **labels), 2))
+    exported = shapes(await sidecar.metrics_text())
+    runtime = runtime_limit_shapes()
+    for name in ("tradingbot_open_positions", "tradingbot_risk_limit"):
+        assert exported[name] == runtime[name], name
+    # What freqtrade has no notion of is absent, not zero: no drawdown, peak, breaches, nor other limits.
+    assert {"tradingbot_drawdown", "tradingbot_equity_peak", "tradingbot_risk_limit_breaches"} & set(exported) == set()
+    samples = await sidecar.samples()
+    limits = {dict(ls)["limit"]: v for (n, ls), v in samples.items() if n == "tradingbot_risk_limit"}
+    assert limits == {"open_positions": 2}
+    try:
+        # Unlimited (-1) is the runtime's "no limit" (0); 0 (freqtrade opens nothing) that family cannot say: absent.
+        # (Both pairs are held: neither setting lets freqtrade open anything.)
+        set_max_open_trades(freqtrade, -1)
+        await sidecar.until("unlimited is 0", lambda: _is(sidecar.value("tradingbot_risk_limit", **cap), 0))
+        set_max_open_trades(freqtrade, 0)
+        await sidecar.until(
+            "max_open_trades 0 exported as freqtrade's own",
+            lambda: _is(sidecar.value("tradingbot_freqtrade_max_open_trades"), 0),
+        )
+        assert await sidecar.value("tradingbot_risk_limit", **cap) is None
+        assert await sidecar.value("tradingbot_open_positions", **labels) == 2
+        set_max_open_trades(freqtrade, 1)
+        await sidecar.until(
+            "the limit follows the reload", lambda: _is(sidecar.value("tradingbot_risk_limit", **cap), 1)
+        )
+        # Over its new limit freqtrade keeps what it holds and opens nothing more: one exit leaves one pair held.
+        first = freqtrade.open_trades()[0]
+        freqtrade.api("POST", "/forceexit", {"tradeid": str(first["trade_id"])})
+        until("freqtrade holds one trade", lambda: len(freqtrade.open_trades()) == 1)
+        await sidecar.until(
+            "one position exported", lambda: _is(sidecar.value("tradingbot_open_positions", **labels), 1)
+        )
+        assert len(freqtrade.open_trades()) == 1  # at its limit: nothing re-entered
+    finally:
+        set_max_open_trades(freqtrade, 2)
+        unlock_pairs(freqtrade)
+    await sidecar.until("the limit back at 2", lambda: _is(sidecar.value("tradingbot_risk_limit", **cap), 2))
 
 
 # -- control -------------------------------------------------------------------------------------------------------

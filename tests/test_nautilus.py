@@ -24,8 +24,11 @@ from nautilus_trader.model.enums import OrderStatus, TradingState
 from nautilus_trader.model.identifiers import InstrumentId, Venue
 from polling import until
 from prometheus_client.parser import text_string_to_metric_families
+from runtime_families import runtime_limit_shapes, shapes
 
 TOKEN = "nautilus-control-token"
+# The `strategy` label of the node's families: its trader id (the controller's default).
+STRATEGY_LABEL = "NAUTILUS-001"
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +194,29 @@ def test_every_family_is_one_the_runtime_exports_with_its_labels(node: Node) -> 
     assert len(exported) - len(own) > 35  # orders, fills, positions, balances, P&L, connections, heartbeat, state, ...
 
 
+def test_open_positions_is_the_runtimes_family_and_the_node_has_no_limit_families(node: Node) -> None:
+    """What the runtime's open_positions limit counts, from the node's portfolio, as the runtime exports it (name,
+    type, help, labels). Nautilus's RiskEngine has no open-positions or drawdown limit, nor the portfolio a drawdown:
+    none of those families is made up."""
+    iid = InstrumentId.from_str(INSTRUMENT_ID)
+    with urllib.request.urlopen(f"{node.url}/metrics", timeout=5) as resp:
+        exported = shapes(resp.read().decode())
+    assert exported["tradingbot_open_positions"] == runtime_limit_shapes()["tradingbot_open_positions"]
+    absent = {
+        "tradingbot_risk_limit",
+        "tradingbot_risk_limit_breaches",
+        "tradingbot_drawdown",
+        "tradingbot_equity_peak",
+    }
+    assert absent & set(exported) == set()
+    # The node holds its one instrument (the strategy's filled buy): what its portfolio says, counted once.
+    held = node.on_loop(
+        lambda: sum(1 for p in node.node.cache.positions_open() if node.node.portfolio.net_position(p.instrument_id))
+    )
+    assert held == 1 and node.on_loop(lambda: not node.node.portfolio.is_flat(iid))
+    assert value(scrape(node), "tradingbot_open_positions", venue=VENUE, strategy=STRATEGY_LABEL) == held
+
+
 def test_the_heartbeat_follows_the_nodes_clock_and_stops_with_its_loop(node: Node) -> None:
     samples = scrape(node)
     node_now = node.on_loop(node.node.kernel.clock.timestamp)
@@ -291,6 +317,7 @@ def test_halt_then_cancel_all_and_flatten_while_halted(node: Node) -> None:
         lambda: (
             (s := scrape(node))
             and value(s, "tradingbot_position_quantity", venue=VENUE, symbol=SYMBOL) == 0
+            and value(s, "tradingbot_open_positions", venue=VENUE, strategy=STRATEGY_LABEL) == 0
             and total(s, "tradingbot_open_orders") == 0
             and value(s, "tradingbot_state", state="halted") == 1
         ),
@@ -308,9 +335,19 @@ def test_flatten_while_trading_stops_the_strategies_and_closes_every_position(no
     iid = InstrumentId.from_str(INSTRUMENT_ID)
     node.on_loop(lambda: node.strategy.buy("0.2"))
     until("the strategy holds 0.2", lambda: node.on_loop(lambda: float(node.node.portfolio.net_position(iid))) == 0.2)
+    until(
+        "the position counted",
+        lambda: value(scrape(node), "tradingbot_open_positions", venue=VENUE, strategy=STRATEGY_LABEL) == 1,
+        10,
+    )
     status, body = control(node, "flatten")
     assert status == 200 and body["previous_state"] == "active" and body["state"] == "paused"
     until("the position is closed", lambda: node.on_loop(lambda: node.node.portfolio.is_flat(iid)), 10)
+    until(
+        "no position counted",
+        lambda: value(scrape(node), "tradingbot_open_positions", venue=VENUE, strategy=STRATEGY_LABEL) == 0,
+        10,
+    )
     assert not running(node) and trading_state(node) == TradingState.ACTIVE
     assert control(node, "resume")[0] == 200 and running(node)
 
