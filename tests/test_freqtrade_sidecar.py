@@ -628,6 +628,9 @@ async def test_cancel_all_cancels_a_resting_order_on_the_gateway(
             lambda: sidecar.value("tradingbot_open_orders", venue="kraken", symbol="BTC-USD"),
         )
         (trade,) = freqtrade.open_trades()
+        # A resting entry holds nothing yet (freqtrade's trade amount 0): no position for the open_positions limit.
+        assert trade["amount"] == 0
+        assert await sidecar.value("tradingbot_open_positions", venue="kraken", strategy=STRATEGY) == 0
         status, body = await sidecar.control("cancel_all")
         assert status == 200 and body["trades_canceled"] == [trade["trade_id"]] and "failed" not in body, body
         until("nothing rests on the gateway", lambda: not gateway.call("fetch_open_orders", "BTC/USD"))
