@@ -578,7 +578,7 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch) ->
 
 def _venue_balances_never_negative(gateway) -> None:  # type: ignore[no-untyped-def]
     for name, venue in gateway.accounts.items():
-        negative = {a: b for a, b in venue._balances.items() if b < 0}
+        negative = {a: b for a, b in venue.book.balances.items() if b < 0}
         assert not negative, f"{name}: {negative}"
 
 
@@ -646,12 +646,12 @@ async def test_a_market_buy_filling_over_time_never_spends_more_than_the_account
                     await ex.create_order("SOL/USD", "market", "buy", str(affordable))
                 except ccxt.InsufficientFunds:
                     pass  # the price moved between the quote and the order
-                await wait_for(lambda: not gateway.venue._open, timeout=30)
+                await wait_for(lambda: not gateway.venue.book.open, timeout=30)
                 _venue_balances_never_negative(gateway)
                 held = (await gateway.venue.balances())["SOL"]
                 if held > 0:
                     await ex.create_order("SOL/USD", "market", "sell", str(held))
-                    await wait_for(lambda: not gateway.venue._open, timeout=30)
+                    await wait_for(lambda: not gateway.venue.book.open, timeout=30)
                 _venue_balances_never_negative(gateway)
         finally:
             await ex.close()
