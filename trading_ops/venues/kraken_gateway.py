@@ -217,7 +217,7 @@ class KrakenGateway:
             return web.Response()  # the connection is already closed: nothing is sent
         await self.faults.end_stale(expired_only=True)
         try:
-            self.faults.check_service(method)
+            self._service_faults(method)
             handler = self._public.get(method)
             if handler is None:
                 raise KrakenError(E_UNKNOWN_METHOD)
@@ -232,8 +232,8 @@ class KrakenGateway:
             return web.Response()
         body = await request.text()
         try:
-            self.faults.check_service(method)
-            account, params = self.auth.authenticate(request, body)
+            self._service_faults(method)
+            account, params = self._authenticate(request, body)
             handler = self._private.get(method)
             if handler is None:
                 raise KrakenError(E_UNKNOWN_METHOD)
@@ -252,6 +252,15 @@ class KrakenGateway:
     def _error(method: str, exc: KrakenError) -> web.Response:
         LOG.info("%s: %s", method, exc.error)
         return web.json_response({"error": [exc.error], "result": {}})
+
+    def _service_faults(self, method: str) -> None:
+        """KrakenError while a fault refuses the service (unavailable, rate_limit)."""
+        self.faults.check_service(method)
+
+    def _authenticate(self, request: web.Request, body: str) -> tuple[PaperVenue, dict[str, str]]:
+        """The account of the key and the POST parameters of a correctly signed private call with a fresh nonce;
+        KrakenError otherwise."""
+        return self.auth.authenticate(request, body)
 
     async def handle_chaos(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
