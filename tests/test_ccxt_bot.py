@@ -253,7 +253,7 @@ async def test_after_a_venue_outage_the_bot_reconciles_before_it_adds_risk_again
             assert all(o.created_at > after.finished_at for o in buys), [(o.created_at, after) for o in buys]
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
-    assert gateway.faults.outage_until == 0
+    assert gateway.fault_model.until("outage") == 0
 
 
 async def test_two_bots_on_one_gateway_each_on_an_account_of_its_own_never_meet(tmp_path: Path) -> None:
@@ -362,7 +362,7 @@ async def test_kill_9_mid_order_then_the_restarted_bots_reconciliation_finds_exa
             await wait_for(traded, timeout=60)
             bids = resting()
             await chaos(base, "lost_reply", count=1, mode="timeout", delay=60.0)
-            await wait_for(lambda: gateway.faults.lost_replies == 0, timeout=30)
+            await wait_for(lambda: gateway.fault_model.count("lost_reply") == 0, timeout=30)
             held = gateway.venue.orders()[-1]  # the last: its step waits for the answer, so nothing follows it
             # A bid still resting now (the drifting market may have filled the one seen a moment ago) fills unseen.
             bid_ids = {o.client_order_id for o in bids} - {held.client_order_id}

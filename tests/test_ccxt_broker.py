@@ -300,7 +300,7 @@ async def test_stale_market_data_heals_on_resubscribe_and_a_dropped_connection_o
             assert len([q for q in seen.quotes if q.symbol == "ETH-USD"]) == eth
             assert broker.is_connected(Channel.MARKET_DATA)  # the session is fine: it is the feed that stopped
             await broker.resubscribe(["ETH-USD"])
-            assert seen.quotes[-1].symbol == "ETH-USD" and gateway.faults.stale == {}
+            assert seen.quotes[-1].symbol == "ETH-USD" and gateway.fault_model.subjects("stale_market_data") == []
             eth = len([q for q in seen.quotes if q.symbol == "ETH-USD"])
             await wait_for(lambda: len([q for q in seen.quotes if q.symbol == "ETH-USD"]) > eth + 2)
             with pytest.raises(BrokerError) as info:
@@ -319,7 +319,7 @@ async def test_stale_market_data_heals_on_resubscribe_and_a_dropped_connection_o
                 [(Channel.ORDERS, True), (Channel.MARKET_DATA, True)],
                 [(Channel.MARKET_DATA, True), (Channel.ORDERS, True)],
             )
-            assert gateway.faults.dropped_until == 0
+            assert gateway.fault_model.until("drop_connection") == 0
         finally:
             await broker.close()
 
@@ -342,7 +342,7 @@ async def test_after_a_venue_outage_the_polls_find_the_venue_back_by_themselves(
             await wait_for(lambda: broker.is_connected(Channel.ORDERS) and broker.is_connected(Channel.MARKET_DATA))
             back = seen.connections[down:]
             assert len(back) == 2 and set(back) == {(Channel.ORDERS, True), (Channel.MARKET_DATA, True)}
-            assert gateway.faults.outage_until == 0
+            assert gateway.fault_model.until("outage") == 0
         finally:
             await broker.close()
 
@@ -391,12 +391,12 @@ async def test_a_session_check_ends_a_dropped_connection_but_not_an_outage_and_s
             with pytest.raises(BrokerError) as info:
                 await broker.check_session()
             assert info.value.error_class in ("network", "unavailable")
-            assert gateway.faults.outage_until > 0
+            assert gateway.fault_model.until("outage") > 0
             await chaos(base, "clear")
             await chaos(base, "drop_connection")
             status_calls = gateway.calls.get("SystemStatus", 0)
             await broker.check_session()
-            assert gateway.faults.dropped_until == 0
+            assert gateway.fault_model.until("drop_connection") == 0
             assert gateway.calls.get("SystemStatus", 0) == status_calls + 1
             assert gateway.calls.get("BalanceEx", 0) == 1  # the private call
             tickers = gateway.calls.get("Ticker", 0)

@@ -32,7 +32,8 @@ from tests.ccxt_helpers import (
 from tests.conftest import free_port
 from trading_ops.cli import main
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.venues.kraken_gateway import gateway_from_config, sign
+from trading_ops.venues.kraken_api import sign
+from trading_ops.venues.kraken_gateway import gateway_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -269,7 +270,7 @@ async def test_stale_market_data_stops_one_pairs_feed_until_a_client_loads_the_m
             # Subscribing again, for a polling client: the markets loaded again. The feed flows from then on.
             await ex.load_markets(True)
             assert (await ex.fetch_ticker("ETH/USD"))["bid"] == float(gateway.venue.quote("ETH-USD").bid)
-            assert gateway.faults.stale == {}
+            assert gateway.fault_model.subjects("stale_market_data") == []
 
             # With `seconds`, it also ends by itself.
             await chaos(base, "stale_market_data", symbol="SOL-USD", seconds=0.3)
@@ -297,7 +298,7 @@ async def test_a_dropped_connection_lasts_until_the_client_reconnects_with_a_sta
             ex.open()
             assert (await ex.fetch_status())["status"] == "ok"
             assert (await ex.fetch_balance())["total"]["USD"] > 0
-            assert gateway.faults.dropped_until == 0
+            assert gateway.fault_model.until("drop_connection") == 0
 
             await chaos(base, "drop_connection", seconds=0.3)  # with `seconds`, it also ends by itself
             with pytest.raises(ccxt.ExchangeNotAvailable):
@@ -475,7 +476,7 @@ async def test_an_outage_drops_every_client_whatever_they_do_until_it_ends_by_it
             assert (await chaos(base, "outage", seconds=0.5))[1]["seconds"] == 0.5
             assert not await answered()
             await wait_for(answered, timeout=10)  # over by itself, nobody told it
-            assert gateway.faults.outage_until == 0
+            assert gateway.fault_model.until("outage") == 0
         finally:
             for ex in clients:
                 await ex.close()
@@ -498,7 +499,7 @@ async def test_fault_commands_need_the_token_and_valid_arguments() -> None:
         assert (await chaos(base, "rate_limit", seconds=1e9))[0] == 400
         assert (await chaos(base, "stale_market_data", symbol="DOGE-USD"))[0] == 400
         assert (await chaos(base, "lost_reply", mode="sideways"))[0] == 400
-        assert gateway.faults.rate_limited_until == 0  # nothing took effect
+        assert gateway.fault_model.until("rate_limit") == 0  # nothing took effect
         status, body = await chaos(base, "position_drift", symbol="SOL-USD", quantity=2)
         assert status == 200 and (await gateway.venue.positions())["SOL-USD"] == 2
 
@@ -578,7 +579,7 @@ def test_cli_config_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch) ->
 
 def _venue_balances_never_negative(gateway) -> None:  # type: ignore[no-untyped-def]
     for name, venue in gateway.accounts.items():
-        negative = {a: b for a, b in venue._balances.items() if b < 0}
+        negative = {a: b for a, b in venue.book.balances.items() if b < 0}
         assert not negative, f"{name}: {negative}"
 
 
@@ -646,12 +647,12 @@ async def test_a_market_buy_filling_over_time_never_spends_more_than_the_account
                     await ex.create_order("SOL/USD", "market", "buy", str(affordable))
                 except ccxt.InsufficientFunds:
                     pass  # the price moved between the quote and the order
-                await wait_for(lambda: not gateway.venue._open, timeout=30)
+                await wait_for(lambda: not gateway.venue.book.open, timeout=30)
                 _venue_balances_never_negative(gateway)
                 held = (await gateway.venue.balances())["SOL"]
                 if held > 0:
                     await ex.create_order("SOL/USD", "market", "sell", str(held))
-                    await wait_for(lambda: not gateway.venue._open, timeout=30)
+                    await wait_for(lambda: not gateway.venue.book.open, timeout=30)
                 _venue_balances_never_negative(gateway)
         finally:
             await ex.close()

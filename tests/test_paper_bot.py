@@ -343,7 +343,7 @@ async def test_commands_needing_the_venue_answer_503_while_it_is_unreachable(bot
 
 def await_venue_open(bot: PaperBot) -> list[str]:
     """The venue's open orders, read directly (its API refuses while the connection is down)."""
-    return list(bot.broker._open)
+    return list(bot.broker.book.open)
 
 
 async def test_no_new_risk_on_stale_market_data_but_reduce_only_goes_out(tmp_path) -> None:
@@ -388,11 +388,11 @@ async def test_an_adopted_order_is_not_expired_by_the_strategy_but_canceled_at_s
         # The strategy keeps trading (and expiring its own orders after 0.2 s) around it, many times over.
         canceled = counter_total(bot, "tradingbot_orders_canceled")
         await wait_for(lambda: counter_total(bot, "tradingbot_orders_canceled") >= canceled + 10, timeout=30)
-        assert external.venue_order_id in bot.broker._open
+        assert external.venue_order_id in bot.broker.book.open
         assert (await control(bot.port, "status"))[1]["adopted_orders"] == 1
         await bot.stop()  # open_orders_on_shutdown: cancel, adopted orders included
         stopped = True
-        assert bot.broker._orders[external.venue_order_id].status.value == "canceled"
+        assert bot.broker.book.orders[external.venue_order_id].status.value == "canceled"
         run = await asyncio.to_thread(RecoveryStore(bot.engine, "paper-1", "paper").last_run)
         assert run is not None and run.clean_shutdown
     finally:
@@ -438,7 +438,7 @@ async def test_keep_policy_leaves_working_orders_on_the_venue_and_the_next_start
     far = await bot.submit("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), (mid * Decimal("0.8")).quantize(CENT))
     assert far is not None and far.status.is_open
     await bot.stop()
-    kept = [o.key for o in bot.broker._open.values()]
+    kept = [o.key for o in bot.broker.book.open.values()]
     assert far.key in kept  # nothing canceled it
     run = await asyncio.to_thread(bot.recovery_store.last_run)
     assert run is not None and run.clean_shutdown and run.stop_reason == "stop"
@@ -627,8 +627,8 @@ async def test_kill_switch_and_shutdown_cancel_the_bots_orders_it_does_not_track
         kept_from_before = await untracked("paper-1-previous-run-2", journaled=True)
         await bot.stop()  # open_orders_on_shutdown: cancel
         stopped = True
-        assert bot.broker._orders[bot.broker._by_client[kept_from_before]].status.value == "canceled"
-        assert [o.key for o in bot.broker._open.values()] == [by_hand.key]
+        assert bot.broker.book.orders[bot.broker.book.by_client[kept_from_before]].status.value == "canceled"
+        assert [o.key for o in bot.broker.book.open.values()] == [by_hand.key]
         run = await asyncio.to_thread(bot.recovery_store.last_run)
         assert run is not None and run.clean_shutdown
     finally:

@@ -723,14 +723,14 @@ async def test_the_autosave_is_written_off_the_event_loop_before_anyone_hears_of
     recorder = Recorder()
     await venue.connect(recorder.events())
     writing, release = threading.Event(), threading.Event()
-    write = venue._write_autosave
+    write = venue.persistence.write
 
     def slow_disk(*args: Any) -> None:
         writing.set()
         assert release.wait(30)
         write(*args)
 
-    venue._write_autosave = slow_disk  # type: ignore[method-assign]
+    venue.persistence.write = slow_disk  # type: ignore[method-assign]
     submit = asyncio.create_task(venue.submit(market("c1", Side.BUY, "0.1")))
     await wait_for(writing.is_set)  # a poll on the event loop: it runs while the write is under way
     await wait_for(lambda: venue.quote("BTC-USD"))  # and goes on running
@@ -753,13 +753,13 @@ async def test_a_burst_of_changes_is_written_in_one_or_two_writes(
     venue = make_venue(autosave_path=path, rate_limit_burst=100)
     await venue.connect(BrokerEvents())
     written: list[int] = []
-    write = venue._write_autosave
+    write = venue.persistence.write
 
     def counted(target: Any, data: str, generation: int) -> None:
         written.append(generation)
         write(target, data, generation)
 
-    venue._write_autosave = counted  # type: ignore[method-assign]
+    venue.persistence.write = counted  # type: ignore[method-assign]
     await asyncio.gather(*(venue.submit(limit(f"c{i}", Side.BUY, "0.01", "60000")) for i in range(10)))
     assert 1 <= len(written) <= 2, written
     on_disk = make_venue()
@@ -890,7 +890,7 @@ async def test_a_version_1_state_file_still_loads(make_venue: Callable[..., Pape
     await original.connect(BrokerEvents())
     await original.submit(market("b1", Side.BUY, "0.5"))
     await original.submit(limit("r1", Side.SELL, "0.1", "70000"))
-    original._reduce_only.add(original._by_client["r1"])
+    original.book.reduce_only.add(original.book.by_client["r1"])
     external = await original.place_external_order("BTC-USD", Side.BUY, D("0.01"), D(50000))
     state = original.state_dict()
     by_venue_id = {o["venue_order_id"]: o["client_order_id"] for o in state["orders"]}

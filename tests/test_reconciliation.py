@@ -196,12 +196,12 @@ async def test_halt_and_alert_policies(tmp_path) -> None:
 async def test_position_mismatch_no_fill_explains_is_adopted_as_an_adjustment(tmp_path) -> None:
     bot = await quiet_bot(tmp_path, {"position_mismatch": "adopt", "balance_mismatch": "alert"})
     try:
-        bot.broker._positions["ETH-USD"] += Decimal("0.5")  # the venue's books moved with no fill behind it
+        bot.broker.book.positions["ETH-USD"] += Decimal("0.5")  # the venue's books moved with no fill behind it
         result = await bot.reconcile(Trigger.COMMAND)
         assert kinds(result) == [("position_mismatch", "ETH-USD", "adopted")]
         assert bot.book.position("ETH-USD") == Decimal("0.5")
         assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"
-        bot.broker._balances["USD"] += Decimal("100")  # a deposit
+        bot.broker.book.balances["USD"] += Decimal("100")  # a deposit
         assert kinds(await bot.reconcile(Trigger.COMMAND)) == [("balance_mismatch", "USD", "alerted")]
     finally:
         await bot.stop()
@@ -343,9 +343,9 @@ async def test_order_updates_never_move_an_order_back(bot: PaperBot) -> None:
     coid = await resting_order(bot)
     acknowledged = dataclasses.replace(bot.orders[coid])
     await bot.broker.fill_without_notifying(coid, Decimal("0.04"))
-    partial = dataclasses.replace(bot.broker._orders[acknowledged.venue_order_id])
+    partial = dataclasses.replace(bot.broker.book.orders[acknowledged.venue_order_id])
     await bot.broker.fill_without_notifying(coid)
-    filled = dataclasses.replace(bot.broker._orders[acknowledged.venue_order_id])
+    filled = dataclasses.replace(bot.broker.book.orders[acknowledged.venue_order_id])
     await bot.order_engine.on_order(filled)
     # Events arriving late and out of order: neither reopens the order, in the journal or in the bot.
     await bot.order_engine.on_order(partial)
@@ -620,7 +620,7 @@ async def test_a_submit_whose_answer_was_lost_stays_open_until_reconciliation_se
     [row] = await bot.journal.call(bot.journal.orders_by_client_id, [key])
     assert (row.status, row.reject_reason) == ("new", None)
     assert bot.orders[key].symbol == "ETH-USD" and (await control(bot.port, "status"))[1]["orders_outcome_unknown"] == 1
-    assert venue._orders[venue._by_client[key]].status.value == "acknowledged"  # it is on the venue
+    assert venue.book.orders[venue.book.by_client[key]].status.value == "acknowledged"  # it is on the venue
     await venue.reconnect()
     await wait_for(lambda: bot.reconciler.last and bot.reconciler.last["trigger"] == "reconnect")
     assert kinds(bot.reconciler.last) == [("order_state_mismatch", key, "adopted")]  # type: ignore[arg-type]
@@ -657,11 +657,11 @@ async def test_an_order_update_before_its_fill_does_not_count_the_fill_twice(bot
     kill switch's cancel finds it."""
     coid = await resting_order(bot, "BTC-USD")  # 0.1
     venue = bot.broker
-    vid = venue._by_client[coid]
+    vid = venue.book.by_client[coid]
     events: list[VenueOrder | VenueFill] = []
     for part in ("0.04", "0.04"):
         fill = await venue.fill_without_notifying(coid, Decimal(part))
-        events += [dataclasses.replace(venue._orders[vid]), fill]
+        events += [dataclasses.replace(venue.book.orders[vid]), fill]
     for event in events:
         if isinstance(event, VenueFill):
             await bot.order_engine.on_fill(event)

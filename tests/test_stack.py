@@ -1284,7 +1284,7 @@ def test_a_fleet_gets_a_configuration_an_account_a_port_and_a_data_dir_per_bot(t
         assert mine.database_url() == f"sqlite:///{tmp_path / 'var' / 'bot' / name / 'trading-ops.db'}"
         assert mine.bots == config.bots and mine.ccxt.urls == config.ccxt.urls
         exchange = make_exchange(mine)  # its key reaches its own account of the venue
-        assert gateway._account_of_key[exchange.apiKey] is gateway.accounts["main" if name == "ccxt-1" else name]
+        assert gateway.auth.account_of_key[exchange.apiKey] is gateway.accounts["main" if name == "ccxt-1" else name]
         keys.add(exchange.apiKey)
         if name != "ccxt-1":
             for suffix in ("api-key", "api-secret"):
