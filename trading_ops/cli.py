@@ -126,20 +126,25 @@ def _run(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         raise  # the reader of our output went away: main ends quietly
     except Exception as exc:
-        problem = database_problem(exc, _database_url(config))
-        if problem is not None:
-            logsetup.report(f"trading-ops: {args.command}: {problem.message}")
-            return problem.exit_status
-        # One line on a terminal, never a traceback: the traceback is for whoever asks for it (--log-level DEBUG),
-        # or inside the JSON log's one record per line, where a log pipeline keeps it.
-        if config.logging.format == "json":
-            log.error("%s failed", args.command, exc_info=True)
-        else:
-            log.debug("%s failed", args.command, exc_info=True)
-        shows = config.logging.format == "json" or log.isEnabledFor(logging.DEBUG)
-        hint = "" if shows else " (--log-level DEBUG shows the traceback)"
-        logsetup.report(f"trading-ops: {args.command} failed: {type(exc).__name__}: {exc}{hint}")
-        return EXIT_FAILURE
+        return _report_failure(args.command, config, exc)
+
+
+def _report_failure(command: str, config: Config, exc: Exception) -> int:
+    """A command that failed: one line saying why (a database's problem as such), and its exit status."""
+    problem = database_problem(exc, _database_url(config))
+    if problem is not None:
+        logsetup.report(f"trading-ops: {command}: {problem.message}")
+        return problem.exit_status
+    # One line on a terminal, never a traceback: the traceback is for whoever asks for it (--log-level DEBUG),
+    # or inside the JSON log's one record per line, where a log pipeline keeps it.
+    if config.logging.format == "json":
+        log.error("%s failed", command, exc_info=True)
+    else:
+        log.debug("%s failed", command, exc_info=True)
+    shows = config.logging.format == "json" or log.isEnabledFor(logging.DEBUG)
+    hint = "" if shows else " (--log-level DEBUG shows the traceback)"
+    logsetup.report(f"trading-ops: {command} failed: {type(exc).__name__}: {exc}{hint}")
+    return EXIT_FAILURE
 
 
 def _database_url(config: Config) -> str | None:

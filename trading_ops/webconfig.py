@@ -47,6 +47,7 @@ TLS_KEYS = (
     "curve_preferences",
 )
 HTTP_KEYS = ("http2", "headers")
+SERVER_TLS = "tls_server_config"  # where a TLS problem is, in its messages
 RATE_LIMIT_KEYS = ("interval", "burst")
 UNSUPPORTED = {
     "cipher_suites": "not supported: the names are Go's; OpenSSL's defaults for the TLS version apply",
@@ -235,70 +236,109 @@ def _rate_limit(data: Any) -> tuple[float, int]:
     return interval, burst
 
 
+@dataclass(frozen=True)
+class _TLSSources:
+    """Where the server's certificate, key and client CA come from: inline PEM (`cert`) or a file (`cert_file`)."""
+
+    pem: dict[str, str]
+    files: dict[str, str]
+
+    @property
+    def has_ca(self) -> bool:
+        return bool(self.pem["client_ca"] or self.files["client_ca_file"])
+
+
 def _server_context(tls: dict[str, Any], base: Path, load_files: bool) -> tuple[ssl.SSLContext, frozenset[str] | None]:
-    where = "tls_server_config"
     for key, problem in UNSUPPORTED.items():
         if tls.get(key):
-            raise WebConfigError(f"{where}.{key}", problem)
-    pem = {name: _string(tls, name, where) for name in ("cert", "key", "client_ca")}
-    files = {name: _string(tls, name, where) for name in ("cert_file", "key_file", "client_ca_file")}
+            raise WebConfigError(f"{SERVER_TLS}.{key}", problem)
+    sources = _tls_sources(tls)
+    auth = _client_auth_type(tls, sources.has_ca)
+    allowed = _allowed_sans(tls, auth)
+    min_version, max_version = _tls_versions(tls)
+    prefer = tls.get("prefer_server_cipher_suites", True)
+    if not isinstance(prefer, bool):
+        raise WebConfigError(f"{SERVER_TLS}.prefer_server_cipher_suites", f"expected true or false, got {prefer!r}")
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslobject_class = AlertingSSLObject
+    context.minimum_version, context.maximum_version = min_version, max_version
+    if prefer:
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.verify_mode = VERIFY_MODES[auth]
+    if load_files:
+        _load_server_files(context, sources, base)
+    return context, allowed
+
+
+def _tls_sources(tls: dict[str, Any]) -> _TLSSources:
+    """The certificate, key and client CA, each given once, inline or as a file; the certificate and key required."""
+    pem = {name: _string(tls, name, SERVER_TLS) for name in ("cert", "key", "client_ca")}
+    files = {name: _string(tls, name, SERVER_TLS) for name in ("cert_file", "key_file", "client_ca_file")}
     for name in ("cert", "key", "client_ca"):
         if pem[name] and files[f"{name}_file"]:
-            raise WebConfigError(f"{where}.{name}_file", f"give only one of {name} and {name}_file")
+            raise WebConfigError(f"{SERVER_TLS}.{name}_file", f"give only one of {name} and {name}_file")
     for name in ("cert", "key"):
         if not pem[name] and not files[f"{name}_file"]:
-            raise WebConfigError(f"{where}.{name}_file", f"missing: TLS needs {name}_file (or {name})")
-    auth = _string(tls, "client_auth_type", where) or "NoClientCert"
+            raise WebConfigError(f"{SERVER_TLS}.{name}_file", f"missing: TLS needs {name}_file (or {name})")
+    return _TLSSources(pem, files)
+
+
+def _client_auth_type(tls: dict[str, Any], has_ca: bool) -> str:
+    """The client_auth_type, one Python's TLS can serve, consistent with whether a client CA is given."""
+    auth = _string(tls, "client_auth_type", SERVER_TLS) or "NoClientCert"
     if auth == "RequireAnyClientCert":
         raise WebConfigError(
-            f"{where}.client_auth_type",
+            f"{SERVER_TLS}.client_auth_type",
             "RequireAnyClientCert (an unverified certificate) is not supported: Python's TLS verifies every client "
             "certificate it asks for; use RequireAndVerifyClientCert with client_ca_file",
         )
     if auth not in VERIFY_MODES:
         raise WebConfigError(
-            f"{where}.client_auth_type", f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {auth!r}"
+            f"{SERVER_TLS}.client_auth_type", f"expected one of {', '.join(CLIENT_AUTH_TYPES)}, got {auth!r}"
         )
-    has_ca = bool(pem["client_ca"] or files["client_ca_file"])
     if has_ca and auth == "NoClientCert":
         raise WebConfigError(
-            f"{where}.client_ca_file", "a client CA without client_auth_type (RequireAndVerifyClientCert)"
+            f"{SERVER_TLS}.client_ca_file", "a client CA without client_auth_type (RequireAndVerifyClientCert)"
         )
     if VERIFY_MODES[auth] != ssl.CERT_NONE and not has_ca:
-        raise WebConfigError(f"{where}.client_ca_file", f"missing: client_auth_type {auth} verifies against it")
+        raise WebConfigError(f"{SERVER_TLS}.client_ca_file", f"missing: client_auth_type {auth} verifies against it")
+    return auth
+
+
+def _allowed_sans(tls: dict[str, Any], auth: str) -> frozenset[str] | None:
+    """The client certificate SANs let in (None: any verified certificate)."""
     sans = tls.get("client_allowed_sans")
-    allowed: frozenset[str] | None = None
-    if sans is not None:
-        if not isinstance(sans, list) or not all(isinstance(s, str) and s for s in sans):
-            raise WebConfigError(f"{where}.client_allowed_sans", "expected a list of strings")
-        if auth != "RequireAndVerifyClientCert":
-            raise WebConfigError(f"{where}.client_allowed_sans", "needs client_auth_type RequireAndVerifyClientCert")
-        allowed = frozenset(_normal_san(s) for s in sans)
+    if sans is None:
+        return None
+    if not isinstance(sans, list) or not all(isinstance(s, str) and s for s in sans):
+        raise WebConfigError(f"{SERVER_TLS}.client_allowed_sans", "expected a list of strings")
+    if auth != "RequireAndVerifyClientCert":
+        raise WebConfigError(f"{SERVER_TLS}.client_allowed_sans", "needs client_auth_type RequireAndVerifyClientCert")
+    return frozenset(_normal_san(s) for s in sans)
+
+
+def _tls_versions(tls: dict[str, Any]) -> tuple[ssl.TLSVersion, ssl.TLSVersion]:
+    """min_version and max_version (TLS12 to TLS13 unless given), in order."""
     versions = {}
     for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
-        value = _string(tls, name, where) or default
+        value = _string(tls, name, SERVER_TLS) or default
         if value not in TLS_VERSIONS:
-            raise WebConfigError(f"{where}.{name}", f"expected TLS12 or TLS13, got {value!r}")
+            raise WebConfigError(f"{SERVER_TLS}.{name}", f"expected TLS12 or TLS13, got {value!r}")
         versions[name] = TLS_VERSIONS[value]
     if versions["min_version"] > versions["max_version"]:
-        raise WebConfigError(f"{where}.min_version", "is above max_version")
-    prefer = tls.get("prefer_server_cipher_suites", True)
-    if not isinstance(prefer, bool):
-        raise WebConfigError(f"{where}.prefer_server_cipher_suites", f"expected true or false, got {prefer!r}")
+        raise WebConfigError(f"{SERVER_TLS}.min_version", "is above max_version")
+    return versions["min_version"], versions["max_version"]
 
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.sslobject_class = AlertingSSLObject
-    context.minimum_version, context.maximum_version = versions["min_version"], versions["max_version"]
-    if prefer:
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    context.verify_mode = VERIFY_MODES[auth]
-    if not load_files:
-        return context, allowed
+
+def _load_server_files(context: ssl.SSLContext, sources: _TLSSources, base: Path) -> None:
+    """Load the certificate, key and client CA into `context`; an unreadable or bad one names its key."""
+    pem, files = sources.pem, sources.files
     cert_file = _path(files["cert_file"], base)
     key_file = _path(files["key_file"], base)
     for name, value in files.items():
         if value and not os.access(_path(value, base), os.R_OK):
-            raise WebConfigError(f"{where}.{name}", f"cannot read {_path(value, base)}")
+            raise WebConfigError(f"{SERVER_TLS}.{name}", f"cannot read {_path(value, base)}")
     try:
         if pem["cert"] or pem["key"]:
             _load_inline_chain(context, pem["cert"], cert_file, pem["key"], key_file)
@@ -306,18 +346,18 @@ def _server_context(tls: dict[str, Any], base: Path, load_files: bool) -> tuple[
             context.load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
         detail = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-        raise WebConfigError(f"{where}.cert_file", f"cannot load the certificate and key: {detail}") from None
-    if has_ca:
-        ca_key = "client_ca_file" if files["client_ca_file"] else "client_ca"
-        try:
-            if files["client_ca_file"]:
-                context.load_verify_locations(cafile=_path(files["client_ca_file"], base))
-            else:
-                context.load_verify_locations(cadata=pem["client_ca"])
-        except (OSError, ssl.SSLError) as exc:
-            detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-            raise WebConfigError(f"{where}.{ca_key}", f"cannot load the CA certificates: {detail}") from None
-    return context, allowed
+        raise WebConfigError(f"{SERVER_TLS}.cert_file", f"cannot load the certificate and key: {detail}") from None
+    if not sources.has_ca:
+        return
+    ca_key = "client_ca_file" if files["client_ca_file"] else "client_ca"
+    try:
+        if files["client_ca_file"]:
+            context.load_verify_locations(cafile=_path(files["client_ca_file"], base))
+        else:
+            context.load_verify_locations(cadata=pem["client_ca"])
+    except (OSError, ssl.SSLError) as exc:
+        detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise WebConfigError(f"{SERVER_TLS}.{ca_key}", f"cannot load the CA certificates: {detail}") from None
 
 
 def _path(value: str, base: Path) -> str:
@@ -449,6 +489,20 @@ def client_ssl_context(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """The user and password of a Basic Authorization header, None when it is absent or malformed."""
+    if not header:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
 class _Guard:
     """What a web configuration asks of every request, except those of the routes that check a bearer token
     themselves (`bearer_routes`, by route prefix): basic auth there would take the same Authorization header."""
@@ -478,17 +532,10 @@ class _Guard:
         return False
 
     async def _password_ok(self, header: str | None) -> bool:
-        if not header:
+        credentials = _basic_credentials(header)
+        if credentials is None:
             return False
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        if not sep:
-            return False
+        user, password = credentials
         hashed = self.config.users.get(user)
         cache_key = hashlib.sha256(b"\0".join((user.encode(), hashed or b"", password.encode()))).digest()
         if hashed is not None and cache_key in self._ok:

@@ -41,11 +41,9 @@ def _first_line(text: str) -> str:
 def database_problem(exc: BaseException, url: str | None) -> DatabaseProblem | None:
     """The line to print for `exc` when it is a database or migration error (else None): an unmigrated schema and a
     bad revision are usage problems (2), a database that cannot be reached or used is a failure (1)."""
-    alembic_util = sys.modules.get("alembic.util.exc")
-    if alembic_util is not None and isinstance(exc, alembic_util.CommandError):
-        if ALEMBIC_BEHIND in str(exc):  # `alembic check` on a database behind the migrations
-            return DatabaseProblem(NOT_MIGRATED, EXIT_USAGE)
-        return DatabaseProblem(f"migrations: {_first_line(str(exc))}", EXIT_USAGE)
+    migration = _migration_problem(exc)
+    if migration is not None:
+        return migration
     # A command that never imported SQLAlchemy cannot have raised one of its errors (and importing it to find out
     # would cost every failing command that import).
     if "sqlalchemy.exc" not in sys.modules:
@@ -63,3 +61,13 @@ def database_problem(exc: BaseException, url: str | None) -> DatabaseProblem | N
     if isinstance(exc, OperationalError) and (sqlstate is None or sqlstate.startswith("08")):
         return DatabaseProblem(f"database unreachable{where}: {_first_line(text)}", EXIT_FAILURE)
     return DatabaseProblem(f"database error{where}: {_first_line(text)}", EXIT_FAILURE)
+
+
+def _migration_problem(exc: BaseException) -> DatabaseProblem | None:
+    """The line for an Alembic error (a usage problem: the schema or the revision asked for), else None."""
+    alembic_util = sys.modules.get("alembic.util.exc")
+    if alembic_util is None or not isinstance(exc, alembic_util.CommandError):
+        return None
+    if ALEMBIC_BEHIND in str(exc):  # `alembic check` on a database behind the migrations
+        return DatabaseProblem(NOT_MIGRATED, EXIT_USAGE)
+    return DatabaseProblem(f"migrations: {_first_line(str(exc))}", EXIT_USAGE)

@@ -89,23 +89,7 @@ def clean_directory(
     result = CleanupResult(target.name, target.path)
     if not target.path.is_dir():
         return result
-    candidates: list[tuple[float, int, Path]] = []
-    for root, dirs, names in os.walk(target.path, followlinks=False):
-        here = Path(root)
-        dirs[:] = [d for d in dirs if not any((here / d).resolve() == p for p in protected_dirs)]
-        for filename in names:
-            path = here / filename
-            if not fnmatch.fnmatch(filename, target.pattern) or filename.endswith(LOCK_SUFFIX):
-                continue
-            if path.resolve() in protected_files:
-                continue
-            try:
-                info = path.lstat()
-            except OSError:
-                continue  # gone meanwhile
-            if stat.S_ISREG(info.st_mode) and not _is_sqlite(path):
-                candidates.append((info.st_mtime, info.st_size, path))
-    candidates.sort()
+    candidates = sorted(_candidates(target, protected_files, protected_dirs))
     keep: list[tuple[float, int, Path]] = []
     for mtime, size, path in candidates:
         if target.max_age_seconds is not None and now - mtime > target.max_age_seconds:
@@ -131,6 +115,30 @@ def clean_directory(
             result.failures,
         )
     return result
+
+
+def _candidates(
+    target: CleanupTarget, protected_files: set[Path], protected_dirs: list[Path]
+) -> list[tuple[float, int, Path]]:
+    """The files cleanup may delete in the target's directory, as (modification time, size, path): regular files
+    matching its pattern, outside the protected directories, never a protected file, a lock or an SQLite database."""
+    candidates: list[tuple[float, int, Path]] = []
+    for root, dirs, names in os.walk(target.path, followlinks=False):
+        here = Path(root)
+        dirs[:] = [d for d in dirs if not any((here / d).resolve() == p for p in protected_dirs)]
+        for filename in names:
+            path = here / filename
+            if not fnmatch.fnmatch(filename, target.pattern) or filename.endswith(LOCK_SUFFIX):
+                continue
+            if path.resolve() in protected_files:
+                continue
+            try:
+                info = path.lstat()
+            except OSError:
+                continue  # gone meanwhile
+            if stat.S_ISREG(info.st_mode) and not _is_sqlite(path):
+                candidates.append((info.st_mtime, info.st_size, path))
+    return candidates
 
 
 def _is_sqlite(path: Path) -> bool:

@@ -496,14 +496,9 @@ def authorize_decision(request: web.Request) -> str | web.Response:
     return token if isinstance(token, web.Response) else token.name
 
 
-async def decide_approval(request: web.Request) -> web.Response:
-    """POST /api/v1/approvals/{id} {"decision": "approve"|"reject", "reason": "...", "by": "name"}."""
-    credential = authorize_decision(request)
-    if isinstance(credential, web.Response):
-        return credential
-    approval_id = _approval_id(request)
-    if isinstance(approval_id, web.Response):
-        return approval_id
+async def _decision_body(request: web.Request) -> tuple[str, str, str] | web.Response:
+    """A decision's body, checked: the decision, its reason and who decided (as given), or the 400 that says what is
+    wrong with it."""
     try:
         body = await request.json()
     except ValueError:
@@ -513,6 +508,21 @@ async def decide_approval(request: web.Request) -> web.Response:
     reason, by = body.get("reason", ""), body.get("by", "")
     if not isinstance(reason, str) or not isinstance(by, str) or len(reason) > REASON_MAX:
         return web.json_response({"error": f"reason and by: expected text (reason {REASON_MAX} at most)"}, status=400)
+    return body["decision"], reason, by
+
+
+async def decide_approval(request: web.Request) -> web.Response:
+    """POST /api/v1/approvals/{id} {"decision": "approve"|"reject", "reason": "...", "by": "name"}."""
+    credential = authorize_decision(request)
+    if isinstance(credential, web.Response):
+        return credential
+    approval_id = _approval_id(request)
+    if isinstance(approval_id, web.Response):
+        return approval_id
+    body = await _decision_body(request)
+    if isinstance(body, web.Response):
+        return body
+    decision, reason, by = body
     name = " ".join(by.split())[: DECIDER_MAX - 40] or "api"
     who = f"{name} (token {credential})"
     app = request.app
@@ -520,14 +530,14 @@ async def decide_approval(request: web.Request) -> web.Response:
     result = await asyncio.to_thread(
         engine.approvals.decide,
         approval_id,
-        body["decision"],
+        decision,
         who,
         " ".join(reason.split()),
         app[keys.PLAYBOOK].version,
         utcnow(),
     )
     if isinstance(result, Refusal):
-        log.warning("approval %s: %s refused (%s): %s", approval_id, body["decision"], request.remote, result.message)
+        log.warning("approval %s: %s refused (%s): %s", approval_id, decision, request.remote, result.message)
         return web.json_response({"error": result.message}, status=result.status)
     engine.wake.set()
     log.info("approval %s %s by %s: %s", approval_id, result["status"], who, result["reason"])

@@ -86,6 +86,30 @@ def approval_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _refusal(row: dict[str, Any], who: str, version: str, now: datetime) -> Refusal | None:
+    """Why `who` may not decide the approval `row` (with its episode's state) now, under playbook `version`; None
+    when they may."""
+    approval_id = row["id"]
+    name = who.partition(" (token ")[0].strip()
+    if name.lower() in RESERVED_DECIDERS or name == row["requested_by"]:
+        return Refusal(403, f"approval {approval_id}: the requester ({who}) cannot decide its own request")
+    if row["status"] != PENDING:
+        by = f" by {row['decided_by']}" if row["decided_by"] else ""
+        at = f" at {row['decided_at'].isoformat()}" if row["decided_at"] else ""
+        return Refusal(409, f"approval {approval_id} is {row['status']}{by}{at}: nothing to decide")
+    if row["episode_state"] in CLOSED_STATES or row["episode_state"] not in OPEN_STATES:
+        return Refusal(409, f"approval {approval_id}: episode {row['episode_id']} is {row['episode_state']}")
+    if row["deadline"] <= now:
+        return Refusal(409, f"approval {approval_id} expired at {row['deadline'].isoformat()}")
+    if row["playbook_version"] != version:
+        return Refusal(
+            409,
+            f"approval {approval_id} was asked under playbook version {row['playbook_version']}, the "
+            f"reconciler now runs {version}: the step may differ; it asks again under the new one",
+        )
+    return None
+
+
 class ApprovalStore:
     """The approvals' rows, in the ledger's database. Every change is a conditional UPDATE on the row's status: of
     two replicas (or two operators) acting at once, the second matches nothing, so an approval is decided once and
@@ -205,23 +229,9 @@ class ApprovalStore:
             # before this reads its state, or waits for this decision and then sees it. No wake-up is lost between.
             state = conn.execute(select(E.c.state).where(E.c.id == found["episode_id"]).with_for_update()).scalar()
             row: dict[str, Any] = {**dict(found), "episode_state": state}
-            name = who.partition(" (token ")[0].strip()
-            if name.lower() in RESERVED_DECIDERS or name == row["requested_by"]:
-                return Refusal(403, f"approval {approval_id}: the requester ({who}) cannot decide its own request")
-            if row["status"] != PENDING:
-                by = f" by {row['decided_by']}" if row["decided_by"] else ""
-                at = f" at {row['decided_at'].isoformat()}" if row["decided_at"] else ""
-                return Refusal(409, f"approval {approval_id} is {row['status']}{by}{at}: nothing to decide")
-            if row["episode_state"] in CLOSED_STATES or row["episode_state"] not in OPEN_STATES:
-                return Refusal(409, f"approval {approval_id}: episode {row['episode_id']} is {row['episode_state']}")
-            if row["deadline"] <= now:
-                return Refusal(409, f"approval {approval_id} expired at {row['deadline'].isoformat()}")
-            if row["playbook_version"] != version:
-                return Refusal(
-                    409,
-                    f"approval {approval_id} was asked under playbook version {row['playbook_version']}, the "
-                    f"reconciler now runs {version}: the step may differ; it asks again under the new one",
-                )
+            refusal = _refusal(row, who, version, now)
+            if refusal is not None:
+                return refusal
             took = conn.execute(
                 update(AP)
                 .where(AP.c.id == approval_id, AP.c.status == PENDING)

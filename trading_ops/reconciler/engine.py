@@ -448,20 +448,9 @@ class Engine:
             await self._close(episode, "resolved", "resolved before the run")
             return
         interrupted = episode["state"] == "interrupted"
-        resume: _Resume | None = None
-        if episode["attempts"] and not self.rc.dry_run:
-            last = await self.db(self.ledger.last_run, episode["id"])
-            carried = (*UNSEEN_OUTCOMES, AWAITING_APPROVAL)
-            if last is not None and (interrupted or last["outcome"] in carried):
-                found = await self._resumption(episode, rule, ctx, last)
-                if found is None:
-                    return  # decided (escalated): nothing is run again
-                if isinstance(found, _Resume) and found.verify_only:
-                    # Nothing is executed: no gate holds a verification back (parked, the run's record would be
-                    # older than the next run's look at it).
-                    await self._attempt(episode, rule, ctx, found)
-                    return
-                resume = found if isinstance(found, _Resume) else None
+        handled, resume = await self._carry_on(episode, rule, ctx, interrupted)
+        if handled:
+            return
         if interrupted and resume is None:
             ctx.history.append(f"attempt {episode['attempts']} interrupted (the reconciler stopped)")
             if episode["attempts"] >= rule.max_attempts:
@@ -471,18 +460,49 @@ class Engine:
         # resolved notification may still be on its way (group_interval), or never come (silenced meanwhile).
         if episode["state"] == "waiting" and not await self._still_firing(episode, ctx):
             return
-        # Gates: nothing is executed while they hold; the episode is parked (recorded) and looked at again.
+        if await self._held_back(episode, rule, ctx, now, interrupted):
+            return
+        await self._attempt(episode, rule, ctx, resume)
+
+    async def _carry_on(
+        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, interrupted: bool
+    ) -> tuple[bool, _Resume | None]:
+        """What is left of an earlier run of the episode that stopped before the end (`_resumption`): whether this
+        run is already handled (decided, or only the verification was left and it ran), and the plan to carry the
+        earlier attempt on (None: the usual start)."""
+        if not episode["attempts"] or self.rc.dry_run:
+            return False, None
+        last = await self.db(self.ledger.last_run, episode["id"])
+        carried = (*UNSEEN_OUTCOMES, AWAITING_APPROVAL)
+        if last is None or not (interrupted or last["outcome"] in carried):
+            return False, None
+        found = await self._resumption(episode, rule, ctx, last)
+        if found is None:
+            return True, None  # decided (escalated): nothing is run again
+        if isinstance(found, _Resume) and found.verify_only:
+            # Nothing is executed: no gate holds a verification back (parked, the run's record would be older than
+            # the next run's look at it).
+            await self._attempt(episode, rule, ctx, found)
+            return True, None
+        return False, found if isinstance(found, _Resume) else None
+
+    async def _held_back(
+        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime, interrupted: bool
+    ) -> bool:
+        """The gates: nothing is executed while they hold. The episode is parked (recorded) and looked at again, or
+        deferred past the rule's cooldown, or closed escalated (an open circuit, a spent budget). True when one
+        held."""
         if await self.is_paused():
             await self._park(episode, f"{PAUSED_DETAIL}: re-checked on resume", now + _seconds(PAUSE_RECHECK_SECONDS))
-            return
-        silence = await self._maintenance(labels)
+            return True
+        silence = await self._maintenance(ctx.labels)
         if silence:
             ends = _silence_end(silence, now)
             why = f"maintenance silence {silence.get('id', '')} until {ends.isoformat()}"
             comment = str(silence.get("comment", ""))[:100]
             recheck = min(ends, now + _seconds(MAINTENANCE_RECHECK_SECONDS))
             await self._park(episode, f"{why} ({comment})", max(recheck, now + _seconds(MIN_RECHECK_SECONDS)))
-            return
+            return True
         cooldown = await self.db(
             self.ledger.cooldown_until, rule.name, episode["target"], episode["id"], rule.cooldown, now
         )
@@ -490,7 +510,14 @@ class Engine:
             await self._defer(
                 episode, "waiting", cooldown, f"cooldown of rule {rule.name} on {episode['target']} until {cooldown}"
             )
-            return
+            return True
+        if await self._circuit_open(episode, rule, ctx, now):
+            return True
+        return not self.rc.dry_run and not rule.protective and not await self._within_budget(episode, rule, ctx, now)
+
+    async def _circuit_open(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
+        """Whether the target's or the global circuit is open and holds the rule back (the episode then closed
+        escalated). A protective rule acts anyway, and says so."""
         for circuit in (episode["target"], GLOBAL_TARGET):
             until = await self.db(self.ledger.circuit_open_until, circuit, now)
             if until is not None and rule.protective:
@@ -506,10 +533,8 @@ class Engine:
                     f"{until.isoformat()} (its action budget was spent). Nothing was executed."
                 )
                 await self._close_escalated(episode, CIRCUIT_OPEN, ctx, description, why)
-                return
-        if not self.rc.dry_run and not rule.protective and not await self._within_budget(episode, rule, ctx, now):
-            return
-        await self._attempt(episode, rule, ctx, resume)
+                return True
+        return False
 
     async def _resumption(
         self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, last: dict[str, Any]
@@ -529,31 +554,15 @@ class Engine:
             # Nothing ran. A run that handed itself back for the database, or to wait for an approval of its first
             # step, carries on its attempt (costing no attempt); one that died is retried or escalated by
             # max_attempts, as always.
-            if (last["outcome"] == "interrupted" and last["detail"] == LEDGER_AWAY) or last["outcome"] == (
-                AWAITING_APPROVAL
-            ):
-                return _Resume(last["id"], episode["attempts"], 0, frozenset())
-            return False
+            handed_back = last["outcome"] == AWAITING_APPROVAL or (
+                last["outcome"] == "interrupted" and last["detail"] == LEDGER_AWAY
+            )
+            return _Resume(last["id"], episode["attempts"], 0, frozenset()) if handed_back else False
         done = frozenset(p for p, s in steps.items() if s["outcome"] in DONE_OUTCOMES)
         unseen = sorted(p for p, s in steps.items() if s["outcome"] in UNSEEN_OUTCOMES)
-        specs = rule.steps + rule.on_recovery
         number, count = last["number"], len(rule.steps)
-        if unseen and unseen[0] < len(specs):
-            position = unseen[0]
-            spec = specs[position]
-            policy = rule.unknown_policy(spec)
-            what = f"the outcome of step {position + 1} ({spec.name}) of attempt {number} is unknown"
-            ctx.history.append(f"attempt {number}: {what} (the reconciler stopped while it ran); on_unknown: {policy}")
-            log.warning("episode %s: %s; on_unknown: %s", episode["id"], what, policy)
-            if policy == "escalate":
-                await self._give_up(episode, rule, ctx, f"{what}: not run again (on_unknown: escalate)")
-                return None
-            if position >= count:  # an on_recovery step: the recovery is verified again, then it runs again
-                return _Resume(last["id"], episode["attempts"], count, done)
-            if episode["attempts"] >= rule.max_attempts:
-                await self._give_up(episode, rule, ctx, f"{what} and no attempts left (on_unknown: retry)")
-                return None
-            return _Resume(None, episode["attempts"] + 1, position, done)
+        if unseen and unseen[0] < len(rule.steps + rule.on_recovery):
+            return await self._resume_unknown(episode, rule, ctx, last, unseen[0], done)
         if any(s["outcome"] not in DONE_OUTCOMES for p, s in steps.items() if p < count):
             return False  # a step failed: the rule's retry policy, as after any failed attempt
         if all(p in done for p in range(count)):
@@ -564,6 +573,34 @@ class Engine:
         start = min(p for p in range(count) if p not in done)
         ctx.history.append(f"attempt {number}: carried on from step {start + 1} (the steps before it succeeded)")
         return _Resume(last["id"], episode["attempts"], start, done)
+
+    async def _resume_unknown(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        last: dict[str, Any],
+        position: int,
+        done: frozenset[int],
+    ) -> _Resume | None:
+        """The step at `position` was running when its run stopped: its rule's on_unknown runs it again (a new attempt
+        from that step; an on_recovery step: the recovery verified again) or escalates. None when the episode was
+        closed escalated."""
+        spec = (rule.steps + rule.on_recovery)[position]
+        number, count = last["number"], len(rule.steps)
+        policy = rule.unknown_policy(spec)
+        what = f"the outcome of step {position + 1} ({spec.name}) of attempt {number} is unknown"
+        ctx.history.append(f"attempt {number}: {what} (the reconciler stopped while it ran); on_unknown: {policy}")
+        log.warning("episode %s: %s; on_unknown: %s", episode["id"], what, policy)
+        if policy == "escalate":
+            await self._give_up(episode, rule, ctx, f"{what}: not run again (on_unknown: escalate)")
+            return None
+        if position >= count:  # an on_recovery step: the recovery is verified again, then it runs again
+            return _Resume(last["id"], episode["attempts"], count, done)
+        if episode["attempts"] >= rule.max_attempts:
+            await self._give_up(episode, rule, ctx, f"{what} and no attempts left (on_unknown: retry)")
+            return None
+        return _Resume(None, episode["attempts"] + 1, position, done)
 
     async def _maintenance(self, labels: dict[str, str]) -> dict[str, Any] | None:
         if not self.rc.check_silences:
@@ -645,87 +682,20 @@ class Engine:
         self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, resume: _Resume | None = None
     ) -> None:
         start, done = (resume.start, resume.done) if resume is not None else (0, frozenset[int]())
-        if resume is not None and resume.attempt_id is not None:
-            number, attempt_id = resume.number, resume.attempt_id
-            await self.db(self.ledger.resume_attempt, attempt_id, self.owner, f"carried on from step {start + 1}")
-        else:
-            number = episode["attempts"] + 1
-            attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner)
-        if number == 1 and not episode["first_action_at"]:
-            self.metrics.time_to_first_action.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
-        failure = ""
-        refused = False
-        for position, step in enumerate(rule.steps):
-            if position < start:
-                continue  # succeeded in the run that stopped: never run twice
-            if await self._is_resolved(episode["id"]):
-                await self.db(self.ledger.finish_attempt, attempt_id, "resolved", "resolved between steps")
-                await self._close(episode, "resolved", "resolved during the run; remaining steps cancelled")
-                return
-            action = ACTIONS[step.action]
-            record = (attempt_id, position, step.action, step.name, step.risk, episode["target"], action.budgeted)
-            if step.risk == "destructive" and not rule.allow_destructive:
-                reason = f"refused: {step.name} is destructive and rule {rule.name} does not allow_destructive"
-                await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
-                self.metrics.actions.labels(step.action, "refused").inc()
-                ctx.history.append(f"attempt {number}: {reason}")  # the page says why nothing was done
-                failure, refused = reason, True
-                break
-            if self.rc.dry_run:
-                after = " (after an approval)" if rule.needs_approval(step, ctx.labels) else ""
-                await self.db(
-                    self.ledger.start_step, *record, outcome="dry_run", output=f"would run: {step.name}{after}"
-                )
-                self.metrics.actions.labels(step.action, "dry_run").inc()
-                continue
-            if rule.needs_approval(step, ctx.labels):
-                gate = await self._approval_gate(episode, rule, ctx, attempt_id, number, position, step)
-                if gate is None:
-                    return  # waits for the decision (the episode parked), or ended (rejected, expired: escalated)
-                if gate == SKIPPED:
-                    continue
-                # Spent before the step starts: an approval runs its step once, whatever happens next.
-                approval = await self.db(self.approvals.use, gate, utcnow())
-                if approval is None:
-                    raise LostClaim
-                self._count_decision(approval)
-            step_id = await self.db(self.ledger.start_step, *record)
-            ctx.process_started = functools.partial(self._record_process, step_id)
-            started = time.monotonic()
-            result = await self._execute(ctx, step.action, step.params, step.timeout)
-            self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
-            self.metrics.actions.labels(step.action, result.outcome).inc()
-            await self._record_outcome(episode["id"], step_id, result)
-            ctx.history.append(f"attempt {number}: {step.name} -> {result.outcome} ({result.output[:200]})")
-            if not result.ok:
-                failure = f"{step.name}: {result.outcome}: {result.output[:300]}"
-                refused = result.outcome == "refused"
-                break
+        number, attempt_id = await self._open_attempt(episode, resume, start)
+        ran = await self._run_steps(episode, rule, ctx, attempt_id, number, start)
+        if ran is None:
+            return
+        failure, refused = ran
         if self.rc.dry_run:
             await self.db(self.ledger.finish_attempt, attempt_id, "dry_run", "dry run: nothing executed")
             await self._close(episode, "dry_run", f"dry run: would run {len(rule.steps)} step(s) of {rule.name}")
             return
         if not failure:
-            outcome, detail = await self._verify(episode, rule, ctx)
-            if outcome in ("resolved", "clear"):
-                undone = await self._on_recovery(episode, rule, ctx, attempt_id, number, done)
-                await self.db(
-                    self.ledger.finish_attempt, attempt_id, "resolved" if outcome == "resolved" else "success", detail
-                )
-                if outcome == "clear":
-                    self.metrics.time_to_recovery.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
-                if undone:
-                    description = (
-                        f"{episode['alertname']} on {episode['target']} is over (episode {episode['id']}, rule "
-                        f"{rule.name}), but the steps that undo what the rule did failed: {undone}. Tried: "
-                        + "; ".join(ctx.history)
-                    )
-                    await self._close_escalated(episode, FAILED, ctx, description, f"{detail}; on_recovery: {undone}")
-                    return
-                await self._close(episode, "resolved" if outcome == "resolved" else "recovered", detail)
+            verified = await self._verify_attempt(episode, rule, ctx, attempt_id, number, done)
+            if verified is None:
                 return
-            failure = detail
-            ctx.history.append(f"attempt {number}: verification: {detail[:300]}")
+            failure = verified
         await self.db(self.ledger.finish_attempt, attempt_id, "failure", failure)
         # A refused step would be refused again: no retry, straight to the failure policy. Nor when every step had
         # succeeded in a run that stopped: its verification failing is escalated, the steps are never run again.
@@ -738,6 +708,110 @@ class Engine:
             )
             return
         await self._give_up(episode, rule, ctx, failure)
+
+    async def _open_attempt(self, episode: dict[str, Any], resume: _Resume | None, start: int) -> tuple[int, int]:
+        """The attempt this run makes, carried on or new: its number and id."""
+        if resume is not None and resume.attempt_id is not None:
+            number, attempt_id = resume.number, resume.attempt_id
+            await self.db(self.ledger.resume_attempt, attempt_id, self.owner, f"carried on from step {start + 1}")
+        else:
+            number = episode["attempts"] + 1
+            attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner)
+        if number == 1 and not episode["first_action_at"]:
+            self.metrics.time_to_first_action.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
+        return number, attempt_id
+
+    async def _run_steps(
+        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, attempt_id: int, number: int, start: int
+    ) -> tuple[str, bool] | None:
+        """Run the rule's steps from `start`, in order, until one fails: returns the failure ("" when none did) and
+        whether the step was refused (it would be again: no retry). None when the run ended on the way (the alert
+        resolved between steps; a step waits for an approval, or its approval was rejected or expired)."""
+        for position, step in enumerate(rule.steps):
+            if position < start:
+                continue  # succeeded in the run that stopped: never run twice
+            if await self._is_resolved(episode["id"]):
+                await self.db(self.ledger.finish_attempt, attempt_id, "resolved", "resolved between steps")
+                await self._close(episode, "resolved", "resolved during the run; remaining steps cancelled")
+                return None
+            record = _step_record(episode, attempt_id, position, step)
+            if step.risk == "destructive" and not rule.allow_destructive:
+                reason = f"refused: {step.name} is destructive and rule {rule.name} does not allow_destructive"
+                await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
+                self.metrics.actions.labels(step.action, "refused").inc()
+                ctx.history.append(f"attempt {number}: {reason}")  # the page says why nothing was done
+                return reason, True
+            if self.rc.dry_run:
+                after = " (after an approval)" if rule.needs_approval(step, ctx.labels) else ""
+                await self.db(
+                    self.ledger.start_step, *record, outcome="dry_run", output=f"would run: {step.name}{after}"
+                )
+                self.metrics.actions.labels(step.action, "dry_run").inc()
+                continue
+            if rule.needs_approval(step, ctx.labels):
+                gate = await self._approval_gate(episode, rule, ctx, attempt_id, number, position, step)
+                if gate is None:
+                    return None  # waits for the decision (the episode parked), or ended (rejected, expired: escalated)
+                if gate == SKIPPED:
+                    continue
+                await self._spend_approval(gate)
+            result = await self._run_step(episode, ctx, record, number, step)
+            if not result.ok:
+                return f"{step.name}: {result.outcome}: {result.output[:300]}", result.outcome == "refused"
+        return "", False
+
+    async def _spend_approval(self, approval_id: int | str) -> None:
+        """Spent before the step starts: an approval runs its step once, whatever happens next."""
+        approval = await self.db(self.approvals.use, approval_id, utcnow())
+        if approval is None:
+            raise LostClaim
+        self._count_decision(approval)
+
+    async def _run_step(
+        self, episode: dict[str, Any], ctx: ActionContext, record: tuple[Any, ...], number: int, step: StepSpec
+    ) -> Result:
+        """Execute one step, recorded in the ledger (its process too, for a reconciler that restarts) and counted."""
+        step_id = await self.db(self.ledger.start_step, *record)
+        ctx.process_started = functools.partial(self._record_process, step_id)
+        started = time.monotonic()
+        result = await self._execute(ctx, step.action, step.params, step.timeout)
+        self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
+        self.metrics.actions.labels(step.action, result.outcome).inc()
+        await self._record_outcome(episode["id"], step_id, result)
+        ctx.history.append(f"attempt {number}: {step.name} -> {result.outcome} ({result.output[:200]})")
+        return result
+
+    async def _verify_attempt(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        done: frozenset[int],
+    ) -> str | None:
+        """Verify what the steps did. Recovered or resolved: the on_recovery steps run and the episode is closed
+        (escalated when they fail), and None is returned. Otherwise why the verification failed."""
+        outcome, detail = await self._verify(episode, rule, ctx)
+        if outcome not in ("resolved", "clear"):
+            ctx.history.append(f"attempt {number}: verification: {detail[:300]}")
+            return detail
+        undone = await self._on_recovery(episode, rule, ctx, attempt_id, number, done)
+        await self.db(
+            self.ledger.finish_attempt, attempt_id, "resolved" if outcome == "resolved" else "success", detail
+        )
+        if outcome == "clear":
+            self.metrics.time_to_recovery.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
+        if undone:
+            description = (
+                f"{episode['alertname']} on {episode['target']} is over (episode {episode['id']}, rule "
+                f"{rule.name}), but the steps that undo what the rule did failed: {undone}. Tried: "
+                + "; ".join(ctx.history)
+            )
+            await self._close_escalated(episode, FAILED, ctx, description, f"{detail}; on_recovery: {undone}")
+            return None
+        await self._close(episode, "resolved" if outcome == "resolved" else "recovered", detail)
+        return None
 
     async def _approval_gate(
         self,
@@ -757,16 +831,7 @@ class Engine:
         one asked under another playbook (the reconciler restarted with a changed one) no longer stands, and the
         step is asked for again."""
         now = utcnow()
-        row = await self.db(self.approvals.latest, episode["id"], position)
-        if row is not None and row["attempt_id"] != attempt_id:
-            if row["status"] in (PENDING, APPROVED):
-                await self.db(self.approvals.supersede, row["id"], now)
-            row = None  # asked for an earlier attempt: this one asks again (an approval runs its step once)
-        if row is not None and (row["playbook_version"], row["arguments"]) != (self.playbook.version, step.arguments()):
-            if row["status"] in (PENDING, APPROVED):
-                await self.db(self.approvals.supersede, row["id"], now)
-                ctx.history.append(f"attempt {number}: approval {row['id']} superseded (the playbook changed)")
-                row = None
+        row = await self._standing_approval(episode, ctx, attempt_id, number, position, step, now)
         if row is None or row["status"] not in (PENDING, APPROVED, REJECTED, EXPIRED):
             await self._ask(episode, rule, ctx, attempt_id, number, position, step, now)
             return None
@@ -782,8 +847,7 @@ class Engine:
             else:
                 self.metrics.approval_decisions.labels("expired").inc()
                 row = {**row, "status": EXPIRED}
-        action = ACTIONS[step.action]
-        record = (attempt_id, position, step.action, step.name, step.risk, episode["target"], action.budgeted)
+        record = _step_record(episode, attempt_id, position, step)
         if row["status"] == APPROVED:
             ctx.history.append(
                 f"attempt {number}: {step.name} approved by {row['decided_by']} (approval {approval_id}: "
@@ -815,6 +879,31 @@ class Engine:
         )
         await self._close_escalated(episode, FAILED, ctx, description, why)
         return None
+
+    async def _standing_approval(
+        self,
+        episode: dict[str, Any],
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        position: int,
+        step: StepSpec,
+        now: datetime,
+    ) -> dict[str, Any] | None:
+        """The latest approval of the step that still stands for this attempt (None: none does, ask again): one asked
+        for an earlier attempt, or under another playbook or other arguments while undecided or approved, is
+        superseded."""
+        row = await self.db(self.approvals.latest, episode["id"], position)
+        if row is not None and row["attempt_id"] != attempt_id:
+            if row["status"] in (PENDING, APPROVED):
+                await self.db(self.approvals.supersede, row["id"], now)
+            return None  # asked for an earlier attempt: this one asks again (an approval runs its step once)
+        if row is not None and (row["playbook_version"], row["arguments"]) != (self.playbook.version, step.arguments()):
+            if row["status"] in (PENDING, APPROVED):
+                await self.db(self.approvals.supersede, row["id"], now)
+                ctx.history.append(f"attempt {number}: approval {row['id']} superseded (the playbook changed)")
+                return None
+        return row
 
     def _count_decision(self, row: dict[str, Any]) -> None:
         """A person's decision, counted when the reconciler acts on it (once: the run holding the episode does, by the
@@ -937,8 +1026,7 @@ class Engine:
         for position, step in enumerate(rule.on_recovery, start=len(rule.steps)):
             if position in done:
                 continue
-            action = ACTIONS[step.action]
-            record = (attempt_id, position, step.action, step.name, step.risk, episode["target"], action.budgeted)
+            record = _step_record(episode, attempt_id, position, step)
             if step.risk == "destructive" and not rule.allow_destructive:
                 reason = f"refused: {step.name} is destructive and rule {rule.name} does not allow_destructive"
                 await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
@@ -1125,6 +1213,11 @@ class Engine:
             alertname,
             detail,
         )
+
+
+def _step_record(episode: dict[str, Any], attempt_id: int, position: int, step: StepSpec) -> tuple[Any, ...]:
+    """What the ledger records of a step when it starts (Ledger.start_step's arguments)."""
+    return (attempt_id, position, step.action, step.name, step.risk, episode["target"], ACTIONS[step.action].budgeted)
 
 
 def _seconds(value: float) -> timedelta:

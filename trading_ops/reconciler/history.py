@@ -132,24 +132,8 @@ def episode_view(e: dict[str, Any]) -> str:
     ran = [a for a in attempts if a["outcome"] not in OPERATOR_OUTCOMES and a["outcome"] != "skipped"]
     out.append(f"  attempts ({len(ran)}):" if ran else "  attempts: none (nothing was executed)")
     for a in ran:
-        took = _duration(a["started_at"], a["finished_at"])
-        out.append(f"    attempt {a['number']}  {a['outcome']}  {_when(a['started_at'])}  {took}  by {a['owner']}")
-        if a["detail"]:
-            out.append(f"      result: {a['detail']}")
-        for st in a.get("steps", []):
-            took = _duration(st["started_at"], st["finished_at"])
-            out.append(f"      {st['position'] + 1}. {st['description']}  [{st['risk']}]  {st['outcome']}  {took}")
-            out.extend(f"         | {line}" for line in (st["output"] or "").splitlines() if line.strip())
-    pages = e.get("escalation_list", [])
-    if pages:
-        out.append("  pages (escalation outbox):")
-    for p in pages:
-        took = f"taken by Alertmanager {_when(p['posted_at'])}" if p["posted_at"] else "not taken by Alertmanager yet"
-        mailed = f", sent through apprise {_when(p['notified_at'])}" if p["notified_at"] else ""
-        tries = f"{p['attempts']} failed post(s)"
-        out.append(f"    {p['alertname']}  owed {_when(p['created_at'])}  {tries}  {took}{mailed}")
-        if p["posted_at"] is None and p["last_error"]:
-            out.append(f"      last error: {p['last_error']}")
+        out.extend(_attempt_lines(a))
+    out.extend(_page_lines(e.get("escalation_list", [])))
     label = {
         "escalated": "why it escalated",
         "escalating": "why it escalates (its page is delivered nowhere yet)",
@@ -158,3 +142,29 @@ def episode_view(e: dict[str, Any]) -> str:
     }
     out.append(f"  {label.get(e['state'], 'detail')}: {e['detail'] or '-'}")
     return "\n".join(out)
+
+
+def _attempt_lines(a: dict[str, Any]) -> list[str]:
+    """An attempt that ran, with its result and every step with its whole (stored) output."""
+    took = _duration(a["started_at"], a["finished_at"])
+    out = [f"    attempt {a['number']}  {a['outcome']}  {_when(a['started_at'])}  {took}  by {a['owner']}"]
+    if a["detail"]:
+        out.append(f"      result: {a['detail']}")
+    for st in a.get("steps", []):
+        took = _duration(st["started_at"], st["finished_at"])
+        out.append(f"      {st['position'] + 1}. {st['description']}  [{st['risk']}]  {st['outcome']}  {took}")
+        out.extend(f"         | {line}" for line in (st["output"] or "").splitlines() if line.strip())
+    return out
+
+
+def _page_lines(pages: list[dict[str, Any]]) -> list[str]:
+    """The episode's pages in the escalation outbox: owed when, and whether Alertmanager (and apprise) took them."""
+    out = ["  pages (escalation outbox):"] if pages else []
+    for p in pages:
+        took = f"taken by Alertmanager {_when(p['posted_at'])}" if p["posted_at"] else "not taken by Alertmanager yet"
+        mailed = f", sent through apprise {_when(p['notified_at'])}" if p["notified_at"] else ""
+        tries = f"{p['attempts']} failed post(s)"
+        out.append(f"    {p['alertname']}  owed {_when(p['created_at'])}  {tries}  {took}{mailed}")
+        if p["posted_at"] is None and p["last_error"]:
+            out.append(f"      last error: {p['last_error']}")
+    return out

@@ -358,6 +358,67 @@ def build_app_config(
     bot_ports = list(bot_ports or [ports.bot])
     if len(bot_ports) > 1 and bot_kind != GATEWAY_BOT_KIND:
         raise ConfigError("bots", f"a fleet of bots runs on the paper gateway only (--bot {GATEWAY_BOT_KIND})")
+    data, base = _read_source(source)
+    notes: list[str] = []
+    _local_storage(data, base)
+    bot = data.setdefault("bot", {})
+    named = _stack_bot_section(bot, bot_kind, notes)  # the user's name for the bot (a fleet's: NAME-1 ... NAME-N)
+    bot.setdefault("data_dir", str((base / "var").resolve()))
+    _own_data_dir(bot, layout, notes)
+    _stack_limits(data, bot, bot_kind, profile)
+    rc = data.setdefault("reconciler", {})
+    budgets = rc.setdefault("budgets", {})
+    if isinstance(budgets, dict):  # else parse_config names the problem
+        budgets.setdefault("max_actions_per_target_per_hour", STACK_ACTIONS_PER_TARGET_PER_HOUR)
+    tokens = _wire_tokens(bot, rc, base, bot_ports[0], ports)
+    _wire_reconciler(rc, layout, ports, profile, alertmanager_peers, notes)
+    gateway_token = _wire_gateway(data, base, layout, ports, notes) if bot_kind == GATEWAY_BOT_KIND else None
+    freqtrade_secrets: tuple[tuple[str, Path], ...] = ()
+    if bot_kind == FREQTRADE_BOT_KIND:
+        gateway_token, freqtrade_secrets = _wire_freqtrade(data, base, layout, ports, tokens.control)
+    # The stack's bots are the bots: list (the reconciler's targets are derived from it, and Prometheus scrapes the
+    # same instances through its file_sd file). Prometheus labels a bot's series instance="<host>:<port>" of its
+    # scrape target: that is how the reconciler's bot action finds the control API.
+    rc.pop("targets", None)
+    names = _bot_names(bot_kind, bot, named, len(bot_ports))
+    data["bots"] = [
+        {
+            "name": name,
+            "kind": bot_kind,
+            "instance": f"{HOST}:{port}",
+            "url": f"http://{HOST}:{port}",
+            "token_file": str(tokens.control),
+        }
+        for name, port in zip(names, bot_ports, strict=True)
+    ]
+    fleet = _fleet(data, base, layout, names, bot_ports) if len(bot_ports) > 1 else {}
+    config, databases = _write_configs(source, layout, data, fleet)
+    return AppConfig(
+        layout.app_config,
+        config,
+        tokens.control,
+        tokens.webhook,
+        tokens.read,
+        gateway_token,
+        tuple(fleet) or (layout.app_config,),
+        databases,
+        tuple(notes),
+        freqtrade_secrets,
+    )
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """The stack's token files: the bots' control API, the reconciler's webhook and its read-only API."""
+
+    control: Path
+    webhook: Path
+    read: Path
+
+
+def _read_source(source: Path | None) -> tuple[dict[str, Any], Path]:
+    """The user's file (or the defaults: an empty one) with its paths absolute, and the directory they are relative
+    to."""
     if source is not None and source.exists():
         raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
         base = source.resolve().parent
@@ -366,7 +427,6 @@ def build_app_config(
     if not isinstance(raw, dict):
         raise ConfigError("(top level)", "expected a mapping")
     data: dict[str, Any] = _absolute(copy.deepcopy(raw), base)
-    notes: list[str] = []
     for section, keys in DIRECTORY_KEYS.items():
         values = data.get(section)
         if not isinstance(values, dict):
@@ -374,6 +434,12 @@ def build_app_config(
         for key in keys:
             if isinstance(values.get(key), str) and values[key]:
                 values[key] = str((base / Path(values[key]).expanduser()).resolve())
+    return data, base
+
+
+def _local_storage(data: dict[str, Any], base: Path) -> None:
+    """Backups that stay on this machine unless the file names a remote host; a relative SQLite database relative to
+    the user's file."""
     backup = data.setdefault("backup", {})
     remote = backup.setdefault("remote", {}) if isinstance(backup, dict) else None
     if isinstance(remote, dict) and not remote.get("host") and remote.get("required", True) is True:
@@ -386,7 +452,10 @@ def build_app_config(
         url = str(db.get("url", DEFAULT_DATABASE_URL))
         if url.startswith(SQLITE_PREFIX) and not url.startswith(SQLITE_PREFIX + "/") and url != SQLITE_MEMORY:
             db["url"] = SQLITE_PREFIX + str((base / url[len(SQLITE_PREFIX) :]).resolve())
-    bot = data.setdefault("bot", {})
+
+
+def _stack_bot_section(bot: dict[str, Any], bot_kind: str, notes: list[str]) -> Any:
+    """The bot section for `bot_kind`; returns the bot's name as the user's file gives it (None without one)."""
     if bot_kind == GATEWAY_BOT_KIND and bot.get("venue") == "paper":
         # The paper bot's section (the example configuration's) is not the ccxt bot's: its name would give the ccxt
         # bot the paper bot's journal, whose positions the gateway's account never held (its start-up reconciliation
@@ -397,9 +466,12 @@ def build_app_config(
         )
         for key in GATEWAY_BOT_DEFAULTS:
             bot.pop(key, None)
-    named = bot.get("name")  # the user's name for the bot (a fleet's bots are NAME-1 ... NAME-N)
-    bot.setdefault("data_dir", str((base / "var").resolve()))
-    _own_data_dir(bot, layout, notes)
+    return bot.get("name")
+
+
+def _stack_limits(data: dict[str, Any], bot: dict[str, Any], bot_kind: str, profile: Profile | None) -> None:
+    """The profile's recovery settings, the demo's daily loss limit and the resource budgets, where the file sets
+    none."""
     recovery = data.setdefault("recovery", {})
     for key, value in profile.recovery if profile else ():
         recovery.setdefault(key, value)
@@ -409,21 +481,35 @@ def build_app_config(
             # The ccxt bot's limit is the runtime's (bot.risk): the same demo limit, and the boards' loss panel.
             bot["risk"]["daily_loss_limit"] = STACK_DAILY_LOSS_LIMIT
     _default_budgets(bot)
-    rc = data.setdefault("reconciler", {})
-    budgets = rc.setdefault("budgets", {})
-    if isinstance(budgets, dict):  # else parse_config names the problem
-        budgets.setdefault("max_actions_per_target_per_hour", STACK_ACTIONS_PER_TARGET_PER_HOUR)
-    control = ensure_token(_token_path(bot, "control_token", base, DEFAULT_CONTROL_TOKEN))
-    webhook = ensure_token(_token_path(rc, "token", base, DEFAULT_RECONCILER_TOKEN))
-    read = ensure_token(_token_path(rc, "read_token", base, DEFAULT_READ_TOKEN))
+
+
+def _wire_tokens(bot: dict[str, Any], rc: dict[str, Any], base: Path, bot_port: int, ports: Ports) -> _Tokens:
+    """Tokens from files (created when missing) for the bot and the reconciler, each on its stack port."""
+    tokens = _Tokens(
+        control=ensure_token(_token_path(bot, "control_token", base, DEFAULT_CONTROL_TOKEN)),
+        webhook=ensure_token(_token_path(rc, "token", base, DEFAULT_RECONCILER_TOKEN)),
+        read=ensure_token(_token_path(rc, "read_token", base, DEFAULT_READ_TOKEN)),
+    )
     bot.pop("control_token_env", None)
-    bot["control_token_file"] = str(control)
-    bot["listen"] = {"host": HOST, "port": bot_ports[0]}
+    bot["control_token_file"] = str(tokens.control)
+    bot["listen"] = {"host": HOST, "port": bot_port}
     rc.pop("token_env", None)
-    rc["token_file"] = str(webhook)
+    rc["token_file"] = str(tokens.webhook)
     rc.pop("read_token_env", None)
-    rc["read_token_file"] = str(read)
+    rc["read_token_file"] = str(tokens.read)
     rc["listen"] = {"host": HOST, "port": ports.reconciler}
+    return tokens
+
+
+def _wire_reconciler(
+    rc: dict[str, Any],
+    layout: Layout,
+    ports: Ports,
+    profile: Profile | None,
+    alertmanager_peers: Sequence[str],
+    notes: list[str],
+) -> None:
+    """The reconciler pointed at the stack's Prometheus and Alertmanager, and its systemctl at the stack's."""
     if profile is not None and profile.shorten_for:
         _profile_playbook(rc, layout, profile, notes)
     rc["prometheus_url"] = ports.url("prometheus")
@@ -443,32 +529,23 @@ def build_app_config(
         "--state-dir",
         str(layout.state_dir.resolve()),
     ]
-    gateway_token = _wire_gateway(data, base, layout, ports, notes) if bot_kind == GATEWAY_BOT_KIND else None
-    freqtrade_secrets: tuple[tuple[str, Path], ...] = ()
+
+
+def _bot_names(bot_kind: str, bot: dict[str, Any], named: Any, count: int) -> list[str]:
+    """The names of the stack's `count` bots (a fleet's: the user's name, or FLEET_NAME, numbered from 1)."""
     if bot_kind == FREQTRADE_BOT_KIND:
-        gateway_token, freqtrade_secrets = _wire_freqtrade(data, base, layout, ports, control)
-    # The stack's bots are the bots: list (the reconciler's targets are derived from it, and Prometheus scrapes the
-    # same instances through its file_sd file). Prometheus labels a bot's series instance="<host>:<port>" of its
-    # scrape target: that is how the reconciler's bot action finds the control API.
-    rc.pop("targets", None)
-    if bot_kind == FREQTRADE_BOT_KIND:
-        names = [FREQTRADE_TARGET]
-    elif len(bot_ports) == 1:
-        names = [str(bot.get("name", "paper-1"))]
-    else:
-        prefix = re.sub(r"-\d+$", "", str(named)) if named else FLEET_NAME  # bot.name paper-1: paper-1 .. paper-N
-        names = [f"{prefix}-{i}" for i in range(1, len(bot_ports) + 1)]
-    data["bots"] = [
-        {
-            "name": name,
-            "kind": bot_kind,
-            "instance": f"{HOST}:{port}",
-            "url": f"http://{HOST}:{port}",
-            "token_file": str(control),
-        }
-        for name, port in zip(names, bot_ports, strict=True)
-    ]
-    fleet = _fleet(data, base, layout, names, bot_ports) if len(bot_ports) > 1 else {}
+        return [FREQTRADE_TARGET]
+    if count == 1:
+        return [str(bot.get("name", "paper-1"))]
+    prefix = re.sub(r"-\d+$", "", str(named)) if named else FLEET_NAME  # bot.name paper-1: paper-1 .. paper-N
+    return [f"{prefix}-{i}" for i in range(1, count + 1)]
+
+
+def _write_configs(
+    source: Path | None, layout: Layout, data: dict[str, Any], fleet: dict[Path, dict[str, Any]]
+) -> tuple[Config, tuple[str, ...]]:
+    """Parse (which checks) and write the stack's configuration and each fleet bot's; returns the stack's parsed
+    configuration and every database the processes use, without repeats."""
     config = parse_config(data, base_dir=layout.state_dir.resolve())
     origin = source.resolve() if source else "the defaults"
     databases = [config.database_url()]
@@ -477,7 +554,7 @@ def build_app_config(
         dump_yaml(
             path,
             bot_data,
-            f"Generated by `trading-ops up --bots {len(bot_ports)}` from {origin}: the stack's configuration with\n"
+            f"Generated by `trading-ops up --bots {len(fleet)}` from {origin}: the stack's configuration with\n"
             "this bot's name, port, data dir and gateway account key. Edit the source file, not this copy.",
         )
     dump_yaml(
@@ -486,19 +563,7 @@ def build_app_config(
         f"Generated by `trading-ops up` from {origin}: the stack's ports,\n"
         "token files and local Prometheus and Alertmanager. Edit the source file, not this copy.",
     )
-    bot_configs = tuple(fleet) or (layout.app_config,)
-    return AppConfig(
-        layout.app_config,
-        config,
-        control,
-        webhook,
-        read,
-        gateway_token,
-        bot_configs,
-        tuple(dict.fromkeys(databases)),
-        tuple(notes),
-        freqtrade_secrets,
-    )
+    return config, tuple(dict.fromkeys(databases))
 
 
 def _fleet(

@@ -131,6 +131,36 @@ def _scrape_job(
     return new
 
 
+def _global_settings(settings: dict[str, Any], profile: Profile) -> tuple[dict[str, Any], float, float]:
+    """The global section with the profile's timings (a timeout never above the interval), its scrape interval and
+    timeout in seconds."""
+    settings = dict(settings)
+    for key, value in (
+        ("scrape_interval", profile.scrape_interval),
+        ("evaluation_interval", profile.evaluation_interval),
+        ("scrape_timeout", profile.scrape_timeout),
+    ):
+        if value is not None:
+            settings[key] = format_duration(value)
+    interval = _seconds(settings.get("scrape_interval", DEFAULT_SCRAPE_INTERVAL), "global.scrape_interval")
+    timeout = _seconds(settings.get("scrape_timeout", DEFAULT_SCRAPE_TIMEOUT), "global.scrape_timeout")
+    if timeout > interval:
+        settings["scrape_timeout"] = format_duration(interval * TIMEOUT_SHARE)
+        timeout = interval * TIMEOUT_SHARE
+    return settings, interval, timeout
+
+
+def _alerting(alerting: dict[str, Any], members: list[str]) -> dict[str, Any]:
+    """The alerting section sending to the stack's Alertmanagers: the first configured one's settings, with its
+    targets replaced by `members`."""
+    alerting = dict(alerting)
+    managers = alerting.get("alertmanagers") or [{}]
+    first = {k: v for k, v in managers[0].items() if not k.endswith(SD_SUFFIX) and k not in DROPPED_TARGET_KEYS}
+    first.pop("static_configs", None)
+    alerting["alertmanagers"] = [{**first, "static_configs": [{"targets": members}]}]
+    return alerting
+
+
 def adapt_prometheus(
     data: dict[str, Any],
     ports: Ports,
@@ -152,27 +182,9 @@ def adapt_prometheus(
     for key in DROPPED_TOP_LEVEL:
         if key in data:
             notes.append(f"prometheus: {key} left out (the local stack ships nothing off this machine)")
-    settings = dict(out.get("global") or {})
-    for key, value in (
-        ("scrape_interval", profile.scrape_interval),
-        ("evaluation_interval", profile.evaluation_interval),
-        ("scrape_timeout", profile.scrape_timeout),
-    ):
-        if value is not None:
-            settings[key] = format_duration(value)
+    settings, global_interval, global_timeout = _global_settings(out.get("global") or {}, profile)
     out["global"] = settings
-    global_interval = _seconds(settings.get("scrape_interval", DEFAULT_SCRAPE_INTERVAL), "global.scrape_interval")
-    global_timeout = _seconds(settings.get("scrape_timeout", DEFAULT_SCRAPE_TIMEOUT), "global.scrape_timeout")
-    if global_timeout > global_interval:
-        settings["scrape_timeout"] = format_duration(global_interval * TIMEOUT_SHARE)
-        global_timeout = global_interval * TIMEOUT_SHARE
-
-    alerting = dict(out.get("alerting") or {})
-    managers = alerting.get("alertmanagers") or [{}]
-    first = {k: v for k, v in managers[0].items() if not k.endswith(SD_SUFFIX) and k not in DROPPED_TARGET_KEYS}
-    first.pop("static_configs", None)
-    alerting["alertmanagers"] = [{**first, "static_configs": [{"targets": members}]}]
-    out["alerting"] = alerting
+    out["alerting"] = _alerting(out.get("alerting") or {}, members)
     out["rule_files"] = [str(p) for p in rule_paths]
 
     jobs = []

@@ -24,7 +24,7 @@ from trading_ops.db import migrate
 from trading_ops.durations import format_duration
 from trading_ops.paper.bot import VENUE_STATE_FILE
 from trading_ops.stack import binaries, freqtrade_bot
-from trading_ops.stack.alertmanager_config import render_alertmanager, write_alertmanager
+from trading_ops.stack.alertmanager_config import RenderedAlertmanager, render_alertmanager, write_alertmanager
 from trading_ops.stack.app_config import (
     FREQTRADE_BOT_KIND,
     GATEWAY_BOT_KIND,
@@ -48,7 +48,7 @@ from trading_ops.stack.layout import (
     port_option,
 )
 from trading_ops.stack.profiles import Profile
-from trading_ops.stack.prometheus_config import render_prometheus, write_prometheus
+from trading_ops.stack.prometheus_config import RenderedPrometheus, render_prometheus, write_prometheus
 from trading_ops.stack.repo import MonitoringConfigError, find_repo
 from trading_ops.stack.service import NotifySocket, Service, ServicePolicy
 from trading_ops.stack.stackctl_server import Server as StackctlServer
@@ -387,28 +387,7 @@ def _cluster_flags(role: str, members: Sequence[str], ports: Ports, profile: Pro
 def prepare(options: UpOptions) -> Stack:
     """Everything before a process starts: ports, configurations, tokens, database, binaries."""
     prom, am = binaries.find("prometheus"), binaries.find("alertmanager")
-    if not 1 <= options.alertmanagers <= MAX_ALERTMANAGERS:
-        raise UsageProblem(
-            f"--alertmanagers must be 1 or {MAX_ALERTMANAGERS} (a clustered pair), got {options.alertmanagers}"
-        )
-    members = alertmanager_roles(options.alertmanagers) if am.path else ()
-    roles = ["bot", "reconciler"] + (["prometheus"] if prom.path else []) + list(members)
-    if len(members) > 1:
-        roles += [GOSSIP_ROLE[role] for role in members]
-    if options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):
-        roles.append("gateway")
-    if options.bot_kind == FREQTRADE_BOT_KIND:
-        roles.append("freqtrade")
-        try:
-            freqtrade_bot.freqtrade_binary()
-        except freqtrade_bot.FreqtradeMissing as exc:
-            raise UsageProblem(f"--bot {FREQTRADE_BOT_KIND}: {exc}") from None
-    if not 1 <= options.bots <= MAX_BOTS:
-        raise UsageProblem(f"--bots must be between 1 and {MAX_BOTS}, got {options.bots}")
-    if options.bots > 1 and options.bot_kind != GATEWAY_BOT_KIND:
-        raise UsageProblem(
-            f"--bots {options.bots}: a fleet of bots runs on the paper gateway: add --bot {GATEWAY_BOT_KIND}"
-        )
+    members, roles = _stack_roles(options, prom, am)
     listen = bot_ports(options.ports, options.bots, options.bots_base_port, len(members))
     fleet = listen if options.bots > 1 or options.bots_base_port is not None else None
     _check_ports(options.ports, roles, fleet)
@@ -424,39 +403,9 @@ def prepare(options: UpOptions) -> Stack:
         Path(source) if source else None, layout, options.ports, options.bot_kind, options.profile, listen, peers
     )
     bot_command(options.bot_kind, app, options.log_level, repo)  # an unknown kind before anything is written
-    try:
-        rendered_am = render_alertmanager(repo, options.ports, options.profile, app.reconciler_token_file)
-        node_exporter = _node_exporter(options.node_exporter)
-        instances = [b.instance for b in app.config.bots if b.kind != FREQTRADE_BOT_KIND]
-        rendered_prom = render_prometheus(
-            repo,
-            options.ports,
-            options.profile,
-            layout,
-            node_exporter,
-            instances,
-            [options.ports.address(role) for role in members],
-            [b.instance for b in app.config.bots if b.kind == FREQTRADE_BOT_KIND],
-        )
-    except MonitoringConfigError as exc:
-        raise UsageProblem(str(exc)) from exc
+    rendered_am, rendered_prom = _render_monitoring(options, repo, layout, app, members)
     urls = app.database_urls or (app.config.database_url(),)
-    earlier = state_of_earlier_runs(layout, urls, app.config)
-    state_notes = [*app.notes]
-    if earlier and options.fresh:
-        for path in earlier:
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        if app.config.gateway.state_file and options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):
-            # The gateway's state directory, emptied: the gateway writes its venue there (it creates no directory).
-            Path(app.config.gateway.state_file).parent.mkdir(parents=True, exist_ok=True)
-        state_notes.append(f"--fresh: removed the earlier runs' state ({', '.join(map(str, earlier))})")
-    elif earlier:
-        state_notes.append(
-            f"reusing the earlier runs' state ({', '.join(map(str, earlier))}): their episodes, cooldowns, spent "
-            "budgets and alert history carry over; `up --fresh` (make run UP_ARGS=--fresh) starts from empty state"
-        )
-    if options.fresh and any(not url.startswith(SQLITE_PREFIX) for url in urls):
-        state_notes.append("--fresh leaves a PostgreSQL database as it is: give the stack a new one to start empty")
+    state_notes = [*app.notes, *_earlier_state(options, layout, app, urls)]
     write_alertmanager(rendered_am, layout, repo, options.profile)
     write_prometheus(rendered_prom, layout, repo, options.profile)
     if options.bot_kind == FREQTRADE_BOT_KIND:
@@ -486,6 +435,78 @@ def prepare(options: UpOptions) -> Stack:
         raise UsageProblem(str(exc)) from exc
     stack.services = [Service(c, policies[c.name], stack.notify) for c in children]
     return stack
+
+
+def _stack_roles(options: UpOptions, prom: binaries.Binary, am: binaries.Binary) -> tuple[tuple[str, ...], list[str]]:
+    """The Alertmanager members and every role that needs a port, for the options (checked: a bad count or a missing
+    freqtrade is bad usage)."""
+    if not 1 <= options.alertmanagers <= MAX_ALERTMANAGERS:
+        raise UsageProblem(
+            f"--alertmanagers must be 1 or {MAX_ALERTMANAGERS} (a clustered pair), got {options.alertmanagers}"
+        )
+    members = alertmanager_roles(options.alertmanagers) if am.path else ()
+    roles = ["bot", "reconciler"] + (["prometheus"] if prom.path else []) + list(members)
+    if len(members) > 1:
+        roles += [GOSSIP_ROLE[role] for role in members]
+    if options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):
+        roles.append("gateway")
+    if options.bot_kind == FREQTRADE_BOT_KIND:
+        roles.append("freqtrade")
+        try:
+            freqtrade_bot.freqtrade_binary()
+        except freqtrade_bot.FreqtradeMissing as exc:
+            raise UsageProblem(f"--bot {FREQTRADE_BOT_KIND}: {exc}") from None
+    if not 1 <= options.bots <= MAX_BOTS:
+        raise UsageProblem(f"--bots must be between 1 and {MAX_BOTS}, got {options.bots}")
+    if options.bots > 1 and options.bot_kind != GATEWAY_BOT_KIND:
+        raise UsageProblem(
+            f"--bots {options.bots}: a fleet of bots runs on the paper gateway: add --bot {GATEWAY_BOT_KIND}"
+        )
+    return members, roles
+
+
+def _render_monitoring(
+    options: UpOptions, repo: Path, layout: Layout, app: AppConfig, members: Sequence[str]
+) -> tuple[RenderedAlertmanager, RenderedPrometheus]:
+    """Alertmanager's and Prometheus's configurations for the stack, rendered (not yet written)."""
+    try:
+        rendered_am = render_alertmanager(repo, options.ports, options.profile, app.reconciler_token_file)
+        node_exporter = _node_exporter(options.node_exporter)
+        instances = [b.instance for b in app.config.bots if b.kind != FREQTRADE_BOT_KIND]
+        rendered_prom = render_prometheus(
+            repo,
+            options.ports,
+            options.profile,
+            layout,
+            node_exporter,
+            instances,
+            [options.ports.address(role) for role in members],
+            [b.instance for b in app.config.bots if b.kind == FREQTRADE_BOT_KIND],
+        )
+    except MonitoringConfigError as exc:
+        raise UsageProblem(str(exc)) from exc
+    return rendered_am, rendered_prom
+
+
+def _earlier_state(options: UpOptions, layout: Layout, app: AppConfig, urls: Sequence[str]) -> list[str]:
+    """What earlier runs left: removed with --fresh, else carried over; the notes saying which."""
+    earlier = state_of_earlier_runs(layout, urls, app.config)
+    notes = []
+    if earlier and options.fresh:
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if app.config.gateway.state_file and options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):
+            # The gateway's state directory, emptied: the gateway writes its venue there (it creates no directory).
+            Path(app.config.gateway.state_file).parent.mkdir(parents=True, exist_ok=True)
+        notes.append(f"--fresh: removed the earlier runs' state ({', '.join(map(str, earlier))})")
+    elif earlier:
+        notes.append(
+            f"reusing the earlier runs' state ({', '.join(map(str, earlier))}): their episodes, cooldowns, spent "
+            "budgets and alert history carry over; `up --fresh` (make run UP_ARGS=--fresh) starts from empty state"
+        )
+    if options.fresh and any(not url.startswith(SQLITE_PREFIX) for url in urls):
+        notes.append("--fresh leaves a PostgreSQL database as it is: give the stack a new one to start empty")
+    return notes
 
 
 def state_of_earlier_runs(layout: Layout, database_urls: Sequence[str], config: Config) -> list[Path]:

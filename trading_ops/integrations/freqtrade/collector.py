@@ -177,21 +177,26 @@ def _info(snap: Snapshot) -> dict[str, str]:
     }
 
 
+def _state_families(current: str | None) -> Iterator[Metric]:
+    """The trading state, one-hot, and the kill switch; nothing while the state is unknown."""
+    if current is None:
+        return
+    state = GaugeMetricFamily(
+        f"{PREFIX}_state", "Trading state of the bot, one-hot: 1 for the current state.", labels=["state"]
+    )
+    for s in TradingState:
+        state.add_metric([s.value], 1 if s.value == current else 0)
+    yield state
+    yield GaugeMetricFamily(
+        f"{PREFIX}_kill_switch_engaged",
+        "1 while the kill switch holds the bot halted.",
+        1 if current == TradingState.HALTED.value else 0,
+    )
+
+
 def _data_families(snap: Snapshot) -> Iterator[Metric]:
     venue, strategy = snap.venue, snap.strategy
-    current = snap.state
-    if current is not None:
-        state = GaugeMetricFamily(
-            f"{PREFIX}_state", "Trading state of the bot, one-hot: 1 for the current state.", labels=["state"]
-        )
-        for s in TradingState:
-            state.add_metric([s.value], 1 if s.value == current else 0)
-        yield state
-        yield GaugeMetricFamily(
-            f"{PREFIX}_kill_switch_engaged",
-            "1 while the kill switch holds the bot halted.",
-            1 if current == TradingState.HALTED.value else 0,
-        )
+    yield from _state_families(snap.state)
 
     quantity = GaugeMetricFamily(
         f"{PREFIX}_position_quantity",

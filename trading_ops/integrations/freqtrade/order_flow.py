@@ -80,13 +80,8 @@ class OrderFlow:
         """Take a poll: freqtrade's open trades, the trades that closed since the last poll, the order problems its
         log reported since. `count` false takes the baseline."""
         vs = (venue, strategy)
-        for problem in problems if count else ():
-            symbol = symbol_of(problem.pair)
-            if problem.reason == "unknown_outcome":
-                self.add("orders_outcome_unknown", (*vs, symbol))
-                continue
-            self.add("orders_submitted", (*vs, symbol, problem.side, order_type_of(problem.order_type)))
-            self.add("orders_rejected", (*vs, symbol, problem.reason))
+        if count:
+            self._count_problems(vs, problems)
         listed: set[str] = set()
         for trade in closed_trades:
             trade_id = trade.get("trade_id")
@@ -109,6 +104,22 @@ class OrderFlow:
             listed |= self._trade(vs, trade, count)
         for trade_id in set(self._fees) - open_ids:
             del self._fees[trade_id]
+        self._drop_unlisted(vs, listed, count)
+
+    def _count_problems(self, vs: Labels, problems: Iterable[OrderProblem]) -> None:
+        """The order problems freqtrade's log reported: an order whose outcome is unknown, or one the venue
+        rejected (submitted, then rejected)."""
+        for problem in problems:
+            symbol = symbol_of(problem.pair)
+            if problem.reason == "unknown_outcome":
+                self.add("orders_outcome_unknown", (*vs, symbol))
+                continue
+            self.add("orders_submitted", (*vs, symbol, problem.side, order_type_of(problem.order_type)))
+            self.add("orders_rejected", (*vs, symbol, problem.reason))
+
+    def _drop_unlisted(self, vs: Labels, listed: set[str], count: bool) -> None:
+        """Forget the orders freqtrade stopped listing (for MISSING_POLLS polls when counting), an open one counted
+        as canceled."""
         for order_id, order in list(self._orders.items()):
             if order_id in listed:
                 order.missing = 0
@@ -117,7 +128,7 @@ class OrderFlow:
             if order.missing < MISSING_POLLS and count:
                 continue
             # An open order freqtrade no longer lists: canceled before it filled (or its unfilled entry's trade was
-            # deleted). A filled one leaves only with its closed trade, handled above.
+            # deleted). A filled one leaves only with its closed trade, handled in observe.
             if order.open and not order.done and count:
                 self.add("orders_canceled", (*vs, order.symbol))
             del self._orders[order_id]
