@@ -797,9 +797,13 @@ async def test_a_reload_is_no_state_transition(sidecar: Client, freqtrade: Freqt
         state: await sidecar.value("tradingbot_state_transitions_total", state=state)
         for state in ("active", "paused", "halted")
     }
-    status, body = await sidecar.control("reload")
-    assert status == 200 and body["state"] == "active" and body["started_again"] is False, body
-    # The sidecar did see freqtrade reloading (it polls every 0.2 s; freqtrade says reload_config for about 1 s).
+    # The sidecar must see freqtrade reloading (it polls every 0.2 s; freqtrade says reload_config for about 1 s): on
+    # a busy machine a poll can miss that window, so reload again (at most three times) until one was seen.
+    for _ in range(3):
+        status, body = await sidecar.control("reload")
+        assert status == 200 and body["state"] == "active" and body["started_again"] is False, body
+        if "reload_config" in {ft_state for ft_state, _ in seen}:
+            break
     assert "reload_config" in {ft_state for ft_state, _ in seen}, seen
     assert {state for _, state in seen} == {"active"}, seen
     after = {
