@@ -207,70 +207,105 @@ class Discrepancy:
         }
 
 
-def classify(
-    journal: JournalSnapshot, venue: VenueSnapshot, split: Callable[[str], tuple[str, str]] = split_symbol
-) -> list[Discrepancy]:
-    """Every difference between the two snapshots, in a deterministic order (class, then time or key). Positions or
-    balances the venue did not answer for (None) are not compared at all."""
-    found: list[Discrepancy] = []
+@dataclass
+class _Sides:
+    """The two snapshots being compared, and what more than one check derives from them."""
 
-    # Fills: the venue's once each; a trade id it lists twice is a duplicate only until journaled once.
-    venue_counts = Counter(f.trade_id for f in venue.fills)
-    unique_fills: dict[str, VenueFill] = {}
-    for fill in venue.fills:
-        unique_fills.setdefault(fill.trade_id, fill)
-    for trade_id, count in venue_counts.items():
-        if count > 1 and trade_id not in journal.trade_ids:
-            fill = unique_fills[trade_id]
+    journal: JournalSnapshot
+    venue: VenueSnapshot
+    split: Callable[[str], tuple[str, str]]
+    unique_fills: dict[str, VenueFill]  # the venue's fills, once each by trade id
+    missing: list[VenueFill]  # those the journal lacks
+    journal_dups: dict[str, list[JournalFill]]  # the journal's rows of a trade id journaled twice or more
+
+    @classmethod
+    def of(cls, journal: JournalSnapshot, venue: VenueSnapshot, split: Callable[[str], tuple[str, str]]) -> _Sides:
+        unique_fills: dict[str, VenueFill] = {}
+        for fill in venue.fills:
+            unique_fills.setdefault(fill.trade_id, fill)
+        journal_dups: dict[str, list[JournalFill]] = {}
+        for row in journal.duplicate_fills:
+            journal_dups.setdefault(row.trade_id, []).append(row)
+        missing = [f for f in unique_fills.values() if f.trade_id not in journal.trade_ids]
+        return cls(journal, venue, split, unique_fills, missing, journal_dups)
+
+    def expected(self) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+        """The journal's positions and balances as they will be once the missing fills are adopted and the
+        duplicate rows removed: what the venue's are compared with."""
+        positions = dict(self.journal.positions)
+        balances = dict(self.journal.balances)
+        for fill in self.missing:
+            positions[fill.symbol] = positions.get(fill.symbol, ZERO) + fill.side.sign * fill.quantity
+            for asset, change in balance_changes(fill, self.split).items():
+                balances[asset] = balances.get(asset, ZERO) + change
+        # A duplicate row was journaled like any fill, with its position and balance changes: both lose them again.
+        for rows in self.journal_dups.values():
+            for extra in rows[1:]:
+                sign = Side(extra.side).sign
+                positions[extra.symbol] = positions.get(extra.symbol, ZERO) - sign * extra.quantity
+                for asset, change in balance_changes(extra, self.split).items():
+                    balances[asset] = balances.get(asset, ZERO) - change
+        return positions, balances
+
+
+def _venue_duplicate_fills(sides: _Sides) -> list[Discrepancy]:
+    """A trade id the venue lists twice is a duplicate only until it is journaled once."""
+    found = []
+    for trade_id, count in Counter(f.trade_id for f in sides.venue.fills).items():
+        if count > 1 and trade_id not in sides.journal.trade_ids:
             found.append(
                 Discrepancy(
                     Kind.DUPLICATE_FILL,
                     trade_id,
-                    fill.symbol,
+                    sides.unique_fills[trade_id].symbol,
                     journal="0",
                     venue=str(count),
                     detail={"source": "venue", "times": count},
                     sort_key=(trade_id,),
                 )
             )
-    journal_dups: dict[str, list[JournalFill]] = {}
-    for row in journal.duplicate_fills:
-        journal_dups.setdefault(row.trade_id, []).append(row)
-    for trade_id, rows in journal_dups.items():
-        found.append(
-            Discrepancy(
-                Kind.DUPLICATE_FILL,
-                trade_id,
-                rows[0].symbol,
-                journal=str(len(rows)),
-                venue="1" if trade_id in unique_fills else None,
-                detail={"source": "journal", "times": len(rows), "extra_rows": [r.row_id for r in rows[1:]]},
-                sort_key=(trade_id,),
-            )
-        )
-    missing = [f for f in unique_fills.values() if f.trade_id not in journal.trade_ids]
-    for fill in missing:
-        found.append(
-            Discrepancy(
-                Kind.MISSING_FILL,
-                fill.trade_id,
-                fill.symbol,
-                journal=None,
-                venue=f"{fill.side.value} {fill.quantity} @ {fill.price}",
-                detail={"client_order_id": fill.client_order_id, "executed_at": fill.executed_at.isoformat()},
-                fill=fill,
-                sort_key=(fill.executed_at, fill.trade_id),
-            )
-        )
+    return found
 
-    # Orders, by key: the client order id, or the venue order id of one placed without a client id.
-    venue_open = {o.key: o for o in venue.open_orders}
-    filled_by_order: dict[str, Decimal] = {}
-    for fill in unique_fills.values():
-        if fill.client_order_id:
-            filled_by_order[fill.client_order_id] = filled_by_order.get(fill.client_order_id, ZERO) + fill.quantity
-    for key, order in venue_open.items():
-        mine = journal.orders.get(key)
+
+def _journal_duplicate_fills(sides: _Sides) -> list[Discrepancy]:
+    """A trade id journaled more than once: every row but the first is extra."""
+    return [
+        Discrepancy(
+            Kind.DUPLICATE_FILL,
+            trade_id,
+            rows[0].symbol,
+            journal=str(len(rows)),
+            venue="1" if trade_id in sides.unique_fills else None,
+            detail={"source": "journal", "times": len(rows), "extra_rows": [r.row_id for r in rows[1:]]},
+            sort_key=(trade_id,),
+        )
+        for trade_id, rows in sides.journal_dups.items()
+    ]
+
+
+def _missing_fills(sides: _Sides) -> list[Discrepancy]:
+    """A venue fill the journal lacks."""
+    return [
+        Discrepancy(
+            Kind.MISSING_FILL,
+            fill.trade_id,
+            fill.symbol,
+            journal=None,
+            venue=f"{fill.side.value} {fill.quantity} @ {fill.price}",
+            detail={"client_order_id": fill.client_order_id, "executed_at": fill.executed_at.isoformat()},
+            fill=fill,
+            sort_key=(fill.executed_at, fill.trade_id),
+        )
+        for fill in sides.missing
+    ]
+
+
+def _venue_open_orders(sides: _Sides) -> list[Discrepancy]:
+    """An order open on the venue that the bot never placed, or whose status or filled quantity differ. Orders by
+    key: the client order id, or the venue order id of one placed without a client id."""
+    found = []
+    for key, order in {o.key: o for o in sides.venue.open_orders}.items():
+        mine = sides.journal.orders.get(key)
         if mine is None:  # never placed by the bot: known to the venue by its venue order id only
             found.append(
                 Discrepancy(
@@ -295,29 +330,41 @@ def classify(
                     sort_key=(key,),
                 )
             )
-    for key, mine in journal.orders.items():
+    return found
+
+
+def _ended_from_fills(key: str, mine: JournalOrder, filled_by_order: dict[str, Decimal]) -> VenueOrder:
+    """How an order the venue forgot ended: what its fills say (filled in full, else canceled)."""
+    filled = max(mine.filled_quantity, filled_by_order.get(key, ZERO))
+    return VenueOrder(
+        client_order_id="" if key.startswith(VENUE_ID_PREFIX) else key,
+        venue_order_id=mine.venue_order_id or "",
+        symbol=mine.symbol,
+        side=Side(mine.side),
+        order_type=OrderType(mine.order_type),
+        quantity=mine.quantity,
+        price=mine.price,
+        filled_quantity=filled,
+        status=OrderStatus.FILLED if filled >= mine.quantity else OrderStatus.CANCELED,
+    )
+
+
+def _gone_orders(sides: _Sides) -> list[Discrepancy]:
+    """An order open in the journal that the venue no longer lists open: filled (a state mismatch), or vanished."""
+    venue_open = {o.key for o in sides.venue.open_orders}
+    filled_by_order: dict[str, Decimal] = {}
+    for fill in sides.unique_fills.values():
+        if fill.client_order_id:
+            filled_by_order[fill.client_order_id] = filled_by_order.get(fill.client_order_id, ZERO) + fill.quantity
+    found = []
+    for key, mine in sides.journal.orders.items():
         if key in venue_open or not OrderStatus(mine.status).is_open:
             continue
-        final = venue.closed_orders.get(key)
+        final = sides.venue.closed_orders.get(key)
         if final is not None and final.status.is_open:
             continue  # it is open after all (listed in between): nothing to say
-        if final is not None:
-            source = "venue"
-            order = final
-        else:  # the venue forgot it: how it ended is what its fills say
-            source = "fills"
-            filled = max(mine.filled_quantity, filled_by_order.get(key, ZERO))
-            order = VenueOrder(
-                client_order_id="" if key.startswith(VENUE_ID_PREFIX) else key,
-                venue_order_id=mine.venue_order_id or "",
-                symbol=mine.symbol,
-                side=Side(mine.side),
-                order_type=OrderType(mine.order_type),
-                quantity=mine.quantity,
-                price=mine.price,
-                filled_quantity=filled,
-                status=OrderStatus.FILLED if filled >= mine.quantity else OrderStatus.CANCELED,
-            )
+        source = "venue" if final is not None else "fills"
+        order = final if final is not None else _ended_from_fills(key, mine, filled_by_order)
         kind = Kind.ORDER_STATE_MISMATCH if order.status is OrderStatus.FILLED else Kind.VANISHED_ORDER
         found.append(
             Discrepancy(
@@ -333,55 +380,80 @@ def classify(
                 sort_key=(key,),
             )
         )
+    return found
 
-    # Positions and balances: only what the fills above do not explain.
-    expected_positions = dict(journal.positions)
-    expected_balances = dict(journal.balances)
-    for fill in missing:
-        expected_positions[fill.symbol] = expected_positions.get(fill.symbol, ZERO) + fill.side.sign * fill.quantity
-        for asset, change in balance_changes(fill, split).items():
-            expected_balances[asset] = expected_balances.get(asset, ZERO) + change
-    # A duplicate row was journaled like any fill, with its position and balance changes: both lose them again.
-    for rows in journal_dups.values():
-        for extra in rows[1:]:
-            sign = Side(extra.side).sign
-            expected_positions[extra.symbol] = expected_positions.get(extra.symbol, ZERO) - sign * extra.quantity
-            for asset, change in balance_changes(extra, split).items():
-                expected_balances[asset] = expected_balances.get(asset, ZERO) - change
-    venue_positions = venue.positions if venue.positions is not None else {}
-    for symbol in sorted(set(venue_positions) | set(expected_positions)) if venue.positions is not None else ():
+
+def _positions(sides: _Sides) -> list[Discrepancy]:
+    """A position that the fills found do not explain; none compared when the venue did not answer for them."""
+    venue_positions = sides.venue.positions
+    if venue_positions is None:
+        return []
+    expected, _ = sides.expected()
+    found = []
+    for symbol in sorted(set(venue_positions) | set(expected)):
         theirs = venue_positions.get(symbol, ZERO)
-        ours = expected_positions.get(symbol, ZERO)
+        ours = expected.get(symbol, ZERO)
         if theirs != ours:
             found.append(
                 Discrepancy(
                     Kind.POSITION_MISMATCH,
                     symbol,
                     symbol,
-                    journal=str(journal.positions.get(symbol, ZERO)),
+                    journal=str(sides.journal.positions.get(symbol, ZERO)),
                     venue=str(theirs),
                     detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
                     quantity=theirs - ours,
                     sort_key=(symbol,),
                 )
             )
-    # An empty journal takes the venue's balances as its baseline, silently.
-    if journal.balances and venue.balances is not None:
-        for asset in sorted(set(venue.balances) | set(expected_balances)):
-            theirs = venue.balances.get(asset, ZERO)
-            ours = expected_balances.get(asset, ZERO)
-            if theirs != ours:
-                found.append(
-                    Discrepancy(
-                        Kind.BALANCE_MISMATCH,
-                        asset,
-                        None,
-                        journal=str(journal.balances.get(asset, ZERO)),
-                        venue=str(theirs),
-                        detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
-                        sort_key=(asset,),
-                    )
+    return found
+
+
+def _balances(sides: _Sides) -> list[Discrepancy]:
+    """A balance that the fills found do not explain; none compared when the venue did not answer for them, and an
+    empty journal takes the venue's balances as its baseline, silently."""
+    venue_balances = sides.venue.balances
+    if not sides.journal.balances or venue_balances is None:
+        return []
+    _, expected = sides.expected()
+    found = []
+    for asset in sorted(set(venue_balances) | set(expected)):
+        theirs = venue_balances.get(asset, ZERO)
+        ours = expected.get(asset, ZERO)
+        if theirs != ours:
+            found.append(
+                Discrepancy(
+                    Kind.BALANCE_MISMATCH,
+                    asset,
+                    None,
+                    journal=str(sides.journal.balances.get(asset, ZERO)),
+                    venue=str(theirs),
+                    detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
+                    sort_key=(asset,),
                 )
+            )
+    return found
+
+
+# What classify compares, one check each; each returns its discrepancies (classify orders them).
+CHECKS: tuple[Callable[[_Sides], list[Discrepancy]], ...] = (
+    _venue_duplicate_fills,
+    _journal_duplicate_fills,
+    _missing_fills,
+    _venue_open_orders,
+    _gone_orders,
+    _positions,
+    _balances,
+)
+
+
+def classify(
+    journal: JournalSnapshot, venue: VenueSnapshot, split: Callable[[str], tuple[str, str]] = split_symbol
+) -> list[Discrepancy]:
+    """Every difference between the two snapshots, in a deterministic order (class, then time or key). Positions or
+    balances the venue did not answer for (None) are not compared at all."""
+    sides = _Sides.of(journal, venue, split)
+    found = [d for check in CHECKS for d in check(sides)]
     found.sort(key=lambda d: (KIND_ORDER[d.kind], d.sort_key))
     return found
 

@@ -5,9 +5,11 @@ claims, run record, limits, queries, pruning), whose methods it offers under the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from trading_ops.reconciler.ledger.claims import LEFTOVER_FENCE_SECONDS, Claims, SweepResult
 from trading_ops.reconciler.ledger.db import END_OF_TIME, LedgerDB, later
@@ -86,7 +88,8 @@ class Ledger:
     - `queries` (Queries): reads for the engine's metrics, the API, the console and the CLI;
     - `pruning` (Pruning): retention's deletes.
 
-    A method is an attribute of the instance, so a test may replace one (monkeypatch) for every caller."""
+    A method is an attribute of the instance, so a test may replace one (monkeypatch) for every caller; `tx`, the
+    write transaction, is the parts' own: replacing it replaces it for all of them."""
 
     def __init__(self, engine: Engine, retention: timedelta | None = None) -> None:
         """`retention`: how long closed episodes are kept (reconciler.retention_days); see Intake."""
@@ -94,7 +97,6 @@ class Ledger:
         self.engine = engine
         self.dialect = self.db.dialect
         self.retention = retention
-        self.tx = self.db.tx
         self.tx_on = self.db.tx_on
 
         self.intake = intake = Intake(self.db, retention)
@@ -150,3 +152,12 @@ class Ledger:
         self.pruning = pruning = Pruning(self.db)
         self.prune_notifications = pruning.prune_notifications
         self.prune_episodes = pruning.prune_episodes
+
+    @property
+    def tx(self) -> Callable[[], AbstractContextManager[Connection]]:
+        """A write transaction (see LedgerDB.tx)."""
+        return self.db.tx
+
+    @tx.setter
+    def tx(self, tx: Callable[[], AbstractContextManager[Connection]]) -> None:
+        self.db.tx = tx

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -42,9 +42,11 @@ class LedgerDB:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # What the parts open their write transactions with: `transaction`, unless a test puts itself in between.
+        self.tx: Callable[[], contextlib.AbstractContextManager[Connection]] = self.transaction
 
     @contextlib.contextmanager
-    def tx(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """A write transaction (BEGIN IMMEDIATE on SQLite, so concurrent writers queue instead of failing)."""
         with self.engine.connect() as conn, self.tx_on(conn):
             yield conn
