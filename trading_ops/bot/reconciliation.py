@@ -27,7 +27,7 @@ import enum
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -458,6 +458,20 @@ def classify(
     return found
 
 
+def verdict(found: list[Discrepancy], unknown: list[str], error: str | None) -> tuple[Result, str | None]:
+    """A run's result, and its error: the run's own, the actions that failed, or the parts the venue did not
+    answer for."""
+    if error is not None or any(d.outcome == "failed" for d in found):
+        return Result.FAILED, error or "; ".join(
+            f"{d.kind.value} {d.key}: {d.detail.get('error')}" for d in found if d.outcome == "failed"
+        )
+    if any(d.outcome == "halted" for d in found):
+        return Result.HALTED, None
+    if unknown:
+        return Result.UNKNOWN, f"the venue did not answer for {' and '.join(unknown)}: not compared"
+    return (Result.RESOLVED if found else Result.CLEAN), None
+
+
 class ReconciliationHooks(Protocol):
     """What the engine asks of the bot, so its in-memory state follows what the journal adopts."""
 
@@ -487,6 +501,17 @@ class _Pass:
     journal: JournalSnapshot
     venue: VenueSnapshot
     found: list[Discrepancy]
+
+
+@dataclass
+class _Resolution:
+    """What resolving one run's discrepancies gathers for after the last of them."""
+
+    started: datetime
+    rows: dict[int, JournalFill]  # the journal's duplicate rows, by row id
+    halts: list[str] = field(default_factory=list)
+    fills_removed: set[str] = field(default_factory=set)  # symbols whose duplicate fill rows were removed
+    adopt_balances: bool = False
 
 
 class Reconciler:
@@ -544,47 +569,16 @@ class Reconciler:
         unknown: list[str] = []
         settled = 0
         try:
-            look = await self._look()
-            if look.found and self.confirm_delay > 0:
-                # What is real is still there a moment later; an event that was on its way has landed by then.
-                await asyncio.sleep(self.confirm_delay)
-                first = {(d.kind, d.key) for d in look.found}
-                look = await self._look()
-                confirmed = [d for d in look.found if (d.kind, d.key) in first]
-                settled = len(first) - len(confirmed)
-                if settled or len(confirmed) < len(look.found):
-                    log.info(
-                        "reconciliation (%s): %d differences settled by themselves, %d new ones left for the next run",
-                        trigger.value,
-                        settled,
-                        len(look.found) - len(confirmed),
-                    )
-                look.found = confirmed
+            look, settled = await self._confirmed_look(trigger)
             found = look.found
             unknown = look.venue.unknown
             await self._resolve(found, look.journal, look.venue, started)
             if look.venue.positions is not None:
-                positions = await self.journal.call(self.journal.positions)
-                for symbol in sorted(set(look.venue.positions) | set(positions)):
-                    ours = positions[symbol].quantity if symbol in positions else ZERO
-                    mismatch[symbol] = look.venue.positions.get(symbol, ZERO) - ours
+                mismatch = await self._position_mismatch(look.venue.positions)
         except Exception as exc:
             log.exception("reconciliation (%s) failed", trigger.value)
             error = f"{type(exc).__name__}: {exc}"
-        if error is not None or any(d.outcome == "failed" for d in found):
-            result = Result.FAILED
-            error = error or "; ".join(
-                f"{d.kind.value} {d.key}: {d.detail.get('error')}" for d in found if d.outcome == "failed"
-            )
-        elif any(d.outcome == "halted" for d in found):
-            result = Result.HALTED
-        elif unknown:
-            result = Result.UNKNOWN
-            error = f"the venue did not answer for {' and '.join(unknown)}: not compared"
-        elif found:
-            result = Result.RESOLVED
-        else:
-            result = Result.CLEAN
+        result, error = verdict(found, unknown, error)
         finished = utcnow()
         items = [d.to_dict() for d in found]
         run_id = await self.journal.call(
@@ -617,6 +611,37 @@ class Reconciler:
         if result in (Result.CLEAN, Result.RESOLVED):
             self.last_success = summary
         return summary
+
+    async def _confirmed_look(self, trigger: Trigger) -> tuple[_Pass, int]:
+        """A look at both sides whose differences a second look, `confirm_delay` later, found again; and how many
+        of the first look's settled by themselves in between."""
+        look = await self._look()
+        if not look.found or self.confirm_delay <= 0:
+            return look, 0
+        # What is real is still there a moment later; an event that was on its way has landed by then.
+        await asyncio.sleep(self.confirm_delay)
+        first = {(d.kind, d.key) for d in look.found}
+        look = await self._look()
+        confirmed = [d for d in look.found if (d.kind, d.key) in first]
+        settled = len(first) - len(confirmed)
+        if settled or len(confirmed) < len(look.found):
+            log.info(
+                "reconciliation (%s): %d differences settled by themselves, %d new ones left for the next run",
+                trigger.value,
+                settled,
+                len(look.found) - len(confirmed),
+            )
+        look.found = confirmed
+        return look, settled
+
+    async def _position_mismatch(self, venue_positions: dict[str, Decimal]) -> dict[str, Decimal]:
+        """The venue's position minus the journal's, by symbol, after the run resolved what it found."""
+        positions = await self.journal.call(self.journal.positions)
+        mismatch: dict[str, Decimal] = {}
+        for symbol in sorted(set(venue_positions) | set(positions)):
+            ours = positions[symbol].quantity if symbol in positions else ZERO
+            mismatch[symbol] = venue_positions.get(symbol, ZERO) - ours
+        return mismatch
 
     async def _look(self) -> _Pass:
         """Settle what is in flight, then snapshot the venue (at once after the settling), the journal and how the
@@ -697,54 +722,75 @@ class Reconciler:
     async def _resolve(
         self, found: list[Discrepancy], journal: JournalSnapshot, venue: VenueSnapshot, started: datetime
     ) -> None:
-        halts: list[str] = []
-        fills_removed: set[str] = set()
-        adopt_balances = not journal.balances  # the baseline of a new journal
-        rows = {row.row_id: row for row in journal.duplicate_fills}
+        run = _Resolution(started, {row.row_id: row for row in journal.duplicate_fills})
+        run.adopt_balances = not journal.balances  # the baseline of a new journal
         for d in found:
             d.policy = self.policies[d.kind.value]
             try:
-                if d.policy == "alert":
-                    d.outcome = "alerted"
-                elif d.policy == "halt":
-                    d.outcome = "halted"
-                    halts.append(f"{d.kind.value} {d.key}")
-                elif d.kind is Kind.DUPLICATE_FILL:
-                    extra = [rows[i] for i in d.detail.get("extra_rows") or []]
-                    if extra:  # the rows go, and with them the balance changes they were journaled with
-                        undo: dict[str, Decimal] = {}
-                        for row in extra:
-                            for asset, change in balance_changes(row, self.split).items():
-                                undo[asset] = undo.get(asset, ZERO) - change
-                        await self.journal.call(self.journal.remove_fill_rows, [r.row_id for r in extra], undo)
-                        fills_removed.update(row.symbol for row in extra)
-                    d.outcome = "adopted"  # a venue duplicate is journaled once by missing_fill
-                elif d.kind is Kind.MISSING_FILL:
-                    assert d.fill is not None
-                    await self.hooks.adopt_fill(d.fill)
-                    d.outcome = "adopted"
-                elif d.kind is Kind.UNKNOWN_ORDER and d.policy == "cancel":
-                    assert d.order is not None
-                    await self.broker.cancel(d.order.client_order_id, venue_order_id=d.order.venue_order_id)
-                    d.outcome = "canceled"
-                elif d.kind in (Kind.UNKNOWN_ORDER, Kind.ORDER_STATE_MISMATCH, Kind.VANISHED_ORDER):
-                    assert d.order is not None
-                    await self.hooks.adopt_order(d.order)
-                    d.outcome = "adopted"
-                elif d.kind is Kind.POSITION_MISMATCH:
-                    reference = f"reconcile-{started.strftime('%Y%m%dT%H%M%S%f')}-{d.key}"
-                    await self.hooks.adjust_position(d.key, d.quantity, reference)
-                    d.outcome = "adopted"
-                elif d.kind is Kind.BALANCE_MISMATCH:
-                    adopt_balances = True
-                    d.outcome = "adopted"
+                d.outcome = await self._resolve_one(d, run)
             except Exception as exc:
                 log.warning("reconciliation could not %s %s %s: %s", d.policy, d.kind.value, d.key, exc)
                 d.outcome = "failed"
                 d.detail = {**d.detail, "error": str(exc)[:200]}
-        if fills_removed:
-            await self.hooks.fills_changed(sorted(fills_removed))
-        if adopt_balances and venue.balances is not None:
+        if run.fills_removed:
+            await self.hooks.fills_changed(sorted(run.fills_removed))
+        if run.adopt_balances and venue.balances is not None:
             await self.journal.call(self.journal.set_balances, dict(venue.balances))
-        if halts:
+        if run.halts:
+            halts = run.halts
             await self.hooks.halt("reconciliation: " + ", ".join(halts[:5]) + (" ..." if len(halts) > 5 else ""))
+
+    async def _resolve_one(self, d: Discrepancy, run: _Resolution) -> str:
+        """Apply the discrepancy's policy; its outcome."""
+        if d.policy == "alert":
+            return "alerted"
+        if d.policy == "halt":
+            run.halts.append(f"{d.kind.value} {d.key}")
+            return "halted"
+        resolvers: dict[Kind, Callable[[Discrepancy, _Resolution], Awaitable[str]]] = {
+            Kind.DUPLICATE_FILL: self._remove_duplicates,
+            Kind.MISSING_FILL: self._adopt_fill,
+            Kind.UNKNOWN_ORDER: self._cancel_or_adopt_order,
+            Kind.ORDER_STATE_MISMATCH: self._adopt_order,
+            Kind.VANISHED_ORDER: self._adopt_order,
+            Kind.POSITION_MISMATCH: self._adjust_position,
+            Kind.BALANCE_MISMATCH: self._adopt_balances,
+        }
+        return await resolvers[d.kind](d, run)
+
+    async def _remove_duplicates(self, d: Discrepancy, run: _Resolution) -> str:
+        extra = [run.rows[i] for i in d.detail.get("extra_rows") or []]
+        if extra:  # the rows go, and with them the balance changes they were journaled with
+            undo: dict[str, Decimal] = {}
+            for row in extra:
+                for asset, change in balance_changes(row, self.split).items():
+                    undo[asset] = undo.get(asset, ZERO) - change
+            await self.journal.call(self.journal.remove_fill_rows, [r.row_id for r in extra], undo)
+            run.fills_removed.update(row.symbol for row in extra)
+        return "adopted"  # a venue duplicate is journaled once by missing_fill
+
+    async def _adopt_fill(self, d: Discrepancy, run: _Resolution) -> str:
+        assert d.fill is not None
+        await self.hooks.adopt_fill(d.fill)
+        return "adopted"
+
+    async def _cancel_or_adopt_order(self, d: Discrepancy, run: _Resolution) -> str:
+        if d.policy != "cancel":
+            return await self._adopt_order(d, run)
+        assert d.order is not None
+        await self.broker.cancel(d.order.client_order_id, venue_order_id=d.order.venue_order_id)
+        return "canceled"
+
+    async def _adopt_order(self, d: Discrepancy, run: _Resolution) -> str:
+        assert d.order is not None
+        await self.hooks.adopt_order(d.order)
+        return "adopted"
+
+    async def _adjust_position(self, d: Discrepancy, run: _Resolution) -> str:
+        reference = f"reconcile-{run.started.strftime('%Y%m%dT%H%M%S%f')}-{d.key}"
+        await self.hooks.adjust_position(d.key, d.quantity, reference)
+        return "adopted"
+
+    async def _adopt_balances(self, d: Discrepancy, run: _Resolution) -> str:
+        run.adopt_balances = True  # once, after every discrepancy: the venue's balances as they are
+        return "adopted"
