@@ -289,14 +289,14 @@ def test_a_resolved_racing_a_concurrent_first_firing_still_closes_the_episode(po
     migrate.upgrade(postgres_url)
     a, b = Ledger(make_engine(postgres_url)), Ledger(make_engine(postgres_url))
     inserted, go = Event(), Event()
-    store_alert_in_a = a._store_alert
+    store_alert_in_a = a.intake._store_alert
 
     def held_open(*args: Any) -> None:
         store_alert_in_a(*args)
         inserted.set()
         assert go.wait(20)
 
-    a._store_alert = held_open  # type: ignore[method-assign]
+    a.intake._store_alert = held_open  # type: ignore[method-assign]
     results: dict[str, StoreResult] = {}
 
     def store(name: str, ledger: Ledger, status: str) -> None:

@@ -99,11 +99,19 @@ class Ledger:
         self.retention = retention
         self.tx_on = self.db.tx_on
 
-        self.intake = intake = Intake(self.db, retention)
+        self.intake = self._offer_intake(Intake(self.db, retention))
+        self.claims = self._offer_claims(Claims(self.db))
+        self.runs = self._offer_runs(RunRecord(self.db))
+        self.limits = self._offer_limits(Limits(self.db))
+        self.queries = self._offer_queries(Queries(self.db))
+        self.pruning = self._offer_pruning(Pruning(self.db))
+
+    def _offer_intake(self, intake: Intake) -> Intake:
         self.store = intake.store
         self.only_known_resends = intake.only_known_resends
+        return intake
 
-        self.claims = claims = Claims(self.db)
+    def _offer_claims(self, claims: Claims) -> Claims:
         self.due = claims.due
         self.claim = claims.claim
         self.renew = claims.renew
@@ -111,8 +119,9 @@ class Ledger:
         self.sweep = claims.sweep
         self.fenced_steps = claims.fenced_steps
         self.unfence = claims.unfence
+        return claims
 
-        self.runs = runs = RunRecord(self.db)
+    def _offer_runs(self, runs: RunRecord) -> RunRecord:
         self.episode = runs.episode
         self.set_episode = runs.set_episode
         self.defer = runs.defer
@@ -128,8 +137,9 @@ class Ledger:
         self.resume_attempt = runs.resume_attempt
         self.acknowledge = runs.acknowledge
         self.retry = runs.retry
+        return runs
 
-        self.limits = limits = Limits(self.db)
+    def _offer_limits(self, limits: Limits) -> Limits:
         self.cooldown_until = limits.cooldown_until
         self.actions_last_hour = limits.actions_last_hour
         self.circuit_open_until = limits.circuit_open_until
@@ -140,18 +150,21 @@ class Ledger:
         self.get_setting = limits.get_setting
         self.set_setting = limits.set_setting
         self.set_paused = limits.set_paused
+        return limits
 
-        self.queries = queries = Queries(self.db)
+    def _offer_queries(self, queries: Queries) -> Queries:
         self.snapshot = queries.snapshot
         self.list_episodes = queries.list_episodes
         self.open_episodes_by_target = queries.open_episodes_by_target
         self.get_episode_full = queries.get_episode_full
         self.notification_for = queries.notification_for
         self.notification_count = queries.notification_count
+        return queries
 
-        self.pruning = pruning = Pruning(self.db)
+    def _offer_pruning(self, pruning: Pruning) -> Pruning:
         self.prune_notifications = pruning.prune_notifications
         self.prune_episodes = pruning.prune_episodes
+        return pruning
 
     @property
     def tx(self) -> Callable[[], AbstractContextManager[Connection]]:
