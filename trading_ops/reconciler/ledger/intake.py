@@ -176,7 +176,7 @@ class Intake:
         # Not claimed (pending, waiting, interrupted): closed here, its pending work cancelled. Claimed (running,
         # verifying): never closed behind its run's back, which would leave its attempt `running`; only flagged, and
         # the run stops between steps, cancels its verification, and closes it rather than hand it back to wait
-        # (Ledger.defer). Each statement judges the row as it is then (on PostgreSQL another replica may claim or
+        # (RunRecord.defer). Each statement judges the row as it is then (on PostgreSQL another replica may claim or
         # hand it back between them): a claim taken after the close is flagged, a run handed back after the flag
         # missed is closed by the last try.
         if conn.execute(self._close_resolved, close).rowcount:

@@ -11,12 +11,14 @@ from trading_ops.db.base import utcnow
 from trading_ops.reconciler.ledger.db import AUDIT, SET, A, E, LedgerDB, S, T, later
 from trading_ops.reconciler.ledger.runs import OPERATOR_OUTCOMES
 
+# The target whose budget and circuit cover every target (reconciler-wide).
 GLOBAL_TARGET = "*"
 # The operator's pause (every replica), and the detail of the episodes it parked (woken on resume).
 PAUSE_KEY = "paused"
 PAUSED_DETAIL = "reconciler paused"
 # Step outcomes that mean something was actually done (they count against budgets).
 EXECUTED_OUTCOMES = ("running", "success", "failure", "timeout", "interrupted", "unknown")
+# The audit entry of an operator resetting a circuit.
 CIRCUIT_RESET = "circuit_reset"
 
 
