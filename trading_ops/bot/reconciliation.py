@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections import Counter
@@ -229,6 +230,7 @@ class _Sides:
         missing = [f for f in unique_fills.values() if f.trade_id not in journal.trade_ids]
         return cls(journal, venue, split, unique_fills, missing, journal_dups)
 
+    @functools.cached_property
     def expected(self) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
         """The journal's positions and balances as they will be once the missing fills are adopted and the
         duplicate rows removed: what the venue's are compared with."""
@@ -388,7 +390,7 @@ def _positions(sides: _Sides) -> list[Discrepancy]:
     venue_positions = sides.venue.positions
     if venue_positions is None:
         return []
-    expected, _ = sides.expected()
+    expected, _ = sides.expected
     found = []
     for symbol in sorted(set(venue_positions) | set(expected)):
         theirs = venue_positions.get(symbol, ZERO)
@@ -415,7 +417,7 @@ def _balances(sides: _Sides) -> list[Discrepancy]:
     venue_balances = sides.venue.balances
     if not sides.journal.balances or venue_balances is None:
         return []
-    _, expected = sides.expected()
+    _, expected = sides.expected
     found = []
     for asset in sorted(set(venue_balances) | set(expected)):
         theirs = venue_balances.get(asset, ZERO)
