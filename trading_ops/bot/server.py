@@ -83,12 +83,19 @@ class _Call:
     fields: dict[str, str]  # a JSON log's own keys
 
     def fail(
-        self, status: int, reason: str, message: str, why: str, *args: Any, level: int = logging.WARNING, **extra: Any
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        why: str,
+        *args: Any,
+        level: int = logging.WARNING,
+        body: dict[str, Any] | None = None,
     ) -> web.Response:
-        """Count the failure as `reason`, log `why % args`, answer `status` with `message`."""
+        """Count the failure as `reason`, log `why % args`, answer `status` with `message` (and `body`'s fields)."""
         self.inst.metrics.control_failure(self.label, reason)
         log.log(level, why, *args, exc_info=level >= logging.ERROR, extra=self.fields)
-        return _error(status, message, **extra)
+        return _error(status, message, **(body or {}))
 
 
 async def control_handler(request: web.Request) -> web.Response:
@@ -140,7 +147,7 @@ def _refusal(call: _Call, known: bool, token: Any) -> web.Response | None:
             "control by %s: unknown command %r",
             call.peer,
             command[:64],
-            commands=call.inst.control.commands,
+            body={"commands": call.inst.control.commands},
         )
     needed = call.inst.control.scope(command)
     if not token.allows(needed):
@@ -174,7 +181,7 @@ async def _run(call: _Call, args: dict[str, Any], caller: Caller) -> dict[str, A
         result: dict[str, Any] = await call.inst.control.run(command, args, caller)
     except TransitionRefused as exc:
         why = "control %s by %s refused: %s"
-        return call.fail(409, "refused", str(exc), why, command, peer, exc, state=exc.state.value)
+        return call.fail(409, "refused", str(exc), why, command, peer, exc, body={"state": exc.state.value})
     except CommandError as exc:
         return call.fail(400, "bad_request", str(exc), "control %s by %s failed: %s", command, peer, exc)
     except BrokerError as exc:
@@ -188,7 +195,7 @@ async def _run(call: _Call, args: dict[str, Any], caller: Caller) -> dict[str, A
             command,
             peer,
             exc,
-            **{**exc.detail, "state": call.inst.state.state.value},
+            body={**exc.detail, "state": call.inst.state.state.value},
         )
     except Exception as exc:
         why = "control %s by %s raised"
