@@ -289,14 +289,14 @@ def test_a_resolved_racing_a_concurrent_first_firing_still_closes_the_episode(po
     migrate.upgrade(postgres_url)
     a, b = Ledger(make_engine(postgres_url)), Ledger(make_engine(postgres_url))
     inserted, go = Event(), Event()
-    store_alert_in_a = a._store_alert
+    store_alert_in_a = a.intake._store_alert
 
     def held_open(*args: Any) -> None:
         store_alert_in_a(*args)
         inserted.set()
         assert go.wait(20)
 
-    a._store_alert = held_open  # type: ignore[method-assign]
+    a.intake._store_alert = held_open  # type: ignore[method-assign]
     results: dict[str, StoreResult] = {}
 
     def store(name: str, ledger: Ledger, status: str) -> None:
@@ -508,3 +508,36 @@ def test_a_wait_past_the_calendars_end_stores_instead_of_overflowing(migrated_db
         assert later(last, 86400.0) == END_OF_TIME
     finally:
         ledger.engine.dispose()
+
+
+# ---- the facade and its parts -------------------------------------------------------------------------------------
+
+
+def test_the_ledger_offers_every_method_of_its_parts_and_they_share_its_transactions(migrated_sqlite: str) -> None:
+    # Each part owns one concern; callers hold the Ledger. A method added to a part and not offered, or a part
+    # that opened its own engine or transactions, would split what must stay one store.
+    ledger = Ledger(make_engine(migrated_sqlite))
+    parts = (ledger.intake, ledger.claims, ledger.runs, ledger.limits, ledger.queries, ledger.pruning)
+    offered = set()
+    for part in parts:
+        assert part.db is ledger.db
+        for name in dir(type(part)):
+            if not name.startswith("_") and callable(getattr(type(part), name)):
+                assert getattr(ledger, name) == getattr(part, name), f"{type(part).__name__}.{name} is not offered"
+                offered.add(name)
+    assert len(offered) == 42  # what the one Ledger class had before it was split
+    opened: list[str] = []
+    original = ledger.tx
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[Connection]:
+        opened.append("tx")
+        with original() as conn:
+            yield conn
+
+    ledger.tx = counted  # type: ignore[method-assign]
+    ledger.set_setting("k", "v")
+    assert ledger.open_circuit("bot-1", T0 + timedelta(days=3650))
+    assert opened == ["tx", "tx"]  # one write transaction each, through the one the ledger hands out
+    assert ledger.get_setting("k") == "v"
+    ledger.engine.dispose()

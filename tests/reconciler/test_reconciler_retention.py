@@ -159,7 +159,7 @@ async def test_a_failing_prune_is_counted_logged_and_retried_never_fatal(
         calls.append(limit)
         if len(calls) == 1:
             raise OSError("database is locked")
-        return Ledger.prune_notifications(ledger, cutoff, limit)
+        return ledger.pruning.prune_notifications(cutoff, limit)
 
     monkeypatch.setattr(ledger, "prune_notifications", broken_once)
     pruner = Pruner(ledger, 30, ReconcilerMetrics(registry), interval=0.01)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
-from trading_ops.bot.broker import BrokerError, Channel
-from trading_ops.bot.control import CommandError
+from trading_ops.bot.broker import Broker, BrokerError, Channel
+from trading_ops.bot.control import CommandError, ControlPlane
 from trading_ops.bot.kill_switch import STEP_WAIT_SECONDS
 from trading_ops.bot.reconciliation import Result, Trigger
 from trading_ops.bot.state import TradingState
-
-if TYPE_CHECKING:
-    from trading_ops.bot.runtime import BotRuntime
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +19,47 @@ log = logging.getLogger(__name__)
 RESTRICTING_COMMANDS = ("pause", "reduce_only", "flatten", "halt")
 
 
-def register_commands(runtime: BotRuntime) -> None:
+class CommandRuntime(Protocol):
+    """What the commands need from the bot's runtime (trading_ops.bot.runtime.BotRuntime), and nothing more."""
+
+    @property
+    def symbols(self) -> Sequence[str]:
+        """The symbols the bot trades."""
+
+    @property
+    def stopping(self) -> bool:
+        """The bot is shutting down."""
+
+    @property
+    def trading_allowed(self) -> bool:
+        """The safe-start gate is open (a startup reconciliation passed)."""
+
+    async def cancel_all(self) -> int:
+        """Cancel every working order; how many."""
+
+    async def reconcile(self, trigger: Trigger) -> dict[str, Any]:
+        """One reconciliation with trading held; its summary."""
+
+    def request_reconciliation(self, trigger: Trigger) -> None:
+        """Ask for a reconciliation soon (the schedule runs it)."""
+
+    def hold_trading(self, timeout: float) -> AbstractAsyncContextManager[bool]:
+        """Hold trading: no strategy step or reconciliation runs meanwhile; False when `timeout` passed first."""
+
+    async def sweep_for_halt(self, step_finished: bool) -> int:
+        """The kill switch's sweep after a `halt`; again after the step in progress when it had not finished."""
+
+    def status(self) -> dict[str, Any]:
+        """What `status` answers beyond the trading state."""
+
+
+def register_commands(control: ControlPlane, broker: Broker, runtime: CommandRuntime) -> None:
     """cancel_all, reconnect, resubscribe and reconcile, what the state commands do beyond the state (pause,
     resume, reduce_only, flatten, halt, clear_halt are built into the control plane) and the status fields."""
-    control = runtime.inst.control
-    broker = runtime.broker
     wait = STEP_WAIT_SECONDS
 
     async def cancel_all(_args: dict[str, Any]) -> dict[str, Any]:
-        return {"canceled": await runtime.order_engine.cancel_all()}
+        return {"canceled": await runtime.cancel_all()}
 
     async def reconnect(_args: dict[str, Any]) -> dict[str, Any]:
         await broker.reconnect()
@@ -57,15 +88,14 @@ def register_commands(runtime: BotRuntime) -> None:
             # The state is set: the order gate refuses from now on. Wait for the step in progress (it may be sending
             # an order right now) so that, once the command answers, nothing it forbids is still on its way; a
             # halt then cancels with trading held.
-            async with runtime.trade_lock.hold(wait) as held:
+            async with runtime.hold_trading(wait) as held:
                 if not held:
                     log.warning("%s: the step in progress did not finish within %g s", command, wait)
                 if command == "halt":
-                    runtime.kill_switch.sweep_after_step = not held
-                    canceled = await runtime.kill_switch.sweep(raise_unreachable=True)
+                    canceled = await runtime.sweep_for_halt(step_finished=held)
                     log.warning("kill switch engaged: %d open orders canceled", canceled)
         elif command == "clear_halt" and not runtime.trading_allowed:
-            runtime.schedule.request(Trigger.STARTUP)  # the startup run may pass now
+            runtime.request_reconciliation(Trigger.STARTUP)  # the startup run may pass now
 
     control.register("cancel_all", cancel_all)
     control.register("reconnect", reconnect)

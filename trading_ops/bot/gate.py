@@ -74,6 +74,18 @@ class OrderGate:
         self, symbol: str, reduce_only: bool, book: Exposure, request: OrderRequest | None = None
     ) -> Refusal | None:
         """Why this order may not go out now, or None. Without `request`: whether an order of this kind may."""
+        refusal = self._bot_refusal(reduce_only)
+        if refusal is None and not reduce_only:
+            refusal = self._new_risk_refusal(symbol)
+        if refusal is not None:
+            return refusal
+        breach = self.risk.check(symbol, reduce_only, request, book)
+        if breach is not None:
+            return Refusal(breach.reason, breach.message, breach)
+        return None
+
+    def _bot_refusal(self, reduce_only: bool) -> Refusal | None:
+        """Why the bot sends no order of this kind now (shutting down, journal, safe start, its trading state)."""
         if not self.accepting:
             return Refusal(REFUSED_SHUTTING_DOWN, "shutting down")
         if self.journal_failing is not None:
@@ -81,23 +93,19 @@ class OrderGate:
         if not self.trading_allowed:
             return Refusal(REFUSED_STARTUP, "the startup reconciliation has not passed")
         state_refusal = self.state.order_refusal(reduce_only)
-        if state_refusal is not None:
-            return Refusal(REFUSED_STATE, state_refusal)
-        if not reduce_only:
-            if self.journal_reconcile_pending:
-                return Refusal(
-                    REFUSED_JOURNAL_RECONCILIATION,
-                    "the reconciliation after the journal could be written again has not passed",
-                )
-            if self.reconnect_pending:
-                return Refusal(
-                    REFUSED_RECONNECT, "the reconciliation after the orders channel reconnected has not passed"
-                )
-            if self.market_data_stale(symbol):
-                return Refusal(REFUSED_STALE, f"market data for {symbol} is stale")
-        breach = self.risk.check(symbol, reduce_only, request, book)
-        if breach is not None:
-            return Refusal(breach.reason, breach.message, breach)
+        return None if state_refusal is None else Refusal(REFUSED_STATE, state_refusal)
+
+    def _new_risk_refusal(self, symbol: str) -> Refusal | None:
+        """Why no order that can add risk on `symbol` goes out now (a reconciliation owed, stale market data)."""
+        if self.journal_reconcile_pending:
+            return Refusal(
+                REFUSED_JOURNAL_RECONCILIATION,
+                "the reconciliation after the journal could be written again has not passed",
+            )
+        if self.reconnect_pending:
+            return Refusal(REFUSED_RECONNECT, "the reconciliation after the orders channel reconnected has not passed")
+        if self.market_data_stale(symbol):
+            return Refusal(REFUSED_STALE, f"market data for {symbol} is stale")
         return None
 
     def refuse(self, symbol: str, refusal: Refusal) -> None:

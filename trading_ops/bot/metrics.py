@@ -86,6 +86,10 @@ ErrorClass = Literal[
 ]
 
 
+# The labels every bot family carries first (the scrape config adds no target labels).
+VS = ("venue", "strategy")
+
+
 class BotMetrics:
     """Everything a bot records. One instance per bot process; pass `registry` for an isolated one.
 
@@ -189,46 +193,52 @@ class BotMetrics:
         self._next_sweep = monotonic() + TRACKING_SWEEP_INTERVAL_SECONDS
         self.last_heartbeat_monotonic: float | None = None
         self.last_market_data_monotonic: dict[str, float] = {}
-        r = registry
-        vs = ("venue", "strategy")
+        self._order_metrics()
+        self._account_metrics(daily_loss_limit)
+        self._venue_metrics()
+        self._loop_and_control_metrics()
 
-        def counter(name: str, doc: str, labels: tuple[str, ...], fixed: tuple[str, ...] = vs) -> ChildCache:
-            metric = Counter(f"{PREFIX}_{name}", doc, [*fixed, *labels], registry=r)
-            return ChildCache(metric, labels, self._fixed(fixed), self.guard, "inc")
+    # -- the families, registered in this order (the /metrics output's) ------------------------------
+    def _counter(self, name: str, doc: str, labels: tuple[str, ...], fixed: tuple[str, ...] = VS) -> ChildCache:
+        metric = Counter(f"{PREFIX}_{name}", doc, [*fixed, *labels], registry=self.registry)
+        return ChildCache(metric, labels, self._fixed(fixed), self.guard, "inc")
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...], fixed: tuple[str, ...] = ("venue",)) -> ChildCache:
-            metric = Gauge(f"{PREFIX}_{name}", doc, [*fixed, *labels], registry=r)
-            return ChildCache(metric, labels, self._fixed(fixed), self.guard, "set")
+    def _gauge(self, name: str, doc: str, labels: tuple[str, ...], fixed: tuple[str, ...] = ("venue",)) -> ChildCache:
+        metric = Gauge(f"{PREFIX}_{name}", doc, [*fixed, *labels], registry=self.registry)
+        return ChildCache(metric, labels, self._fixed(fixed), self.guard, "set")
 
+    def _order_metrics(self) -> None:
         # Orders and fills.
-        self._submitted = counter("orders_submitted", "Orders sent to the venue.", ("symbol", "side", "order_type"))
-        self._acknowledged = counter(
+        self._submitted = self._counter(
+            "orders_submitted", "Orders sent to the venue.", ("symbol", "side", "order_type")
+        )
+        self._acknowledged = self._counter(
             "orders_acknowledged", "Orders the venue acknowledged.", ("symbol", "side", "order_type")
         )
-        self._rejected = counter("orders_rejected", "Orders the venue rejected, by reason.", ("symbol", "reason"))
-        self._canceled = counter("orders_canceled", "Orders canceled (by the bot or the venue).", ("symbol",))
-        self._refused = counter(
+        self._rejected = self._counter("orders_rejected", "Orders the venue rejected, by reason.", ("symbol", "reason"))
+        self._canceled = self._counter("orders_canceled", "Orders canceled (by the bot or the venue).", ("symbol",))
+        self._refused = self._counter(
             "orders_refused",
             "Orders the bot kept from the venue (trading state, safe-start gate, stale market data, a reconciliation "
             "still due after a reconnect or after the journal came back, a journal that cannot be written, shutdown, "
             "a risk limit: risk_<limit>), by reason.",
             ("symbol", "reason"),
         )
-        self._unknown_outcome = counter(
+        self._unknown_outcome = self._counter(
             "orders_outcome_unknown",
             "Orders whose submission got no answer (network error, venue unavailable): they may be on the venue; "
             "the bot tracks them until reconciliation settles them.",
             ("symbol",),
         )
-        self._fills = counter("fills", "Fills (executions) received.", ("symbol", "side", "liquidity"))
-        self._filled_quantity = counter(
+        self._fills = self._counter("fills", "Fills (executions) received.", ("symbol", "side", "liquidity"))
+        self._filled_quantity = self._counter(
             "filled_quantity", "Quantity filled, in units of the base asset.", ("symbol", "side")
         )
-        self._filled_notional = counter(
+        self._filled_notional = self._counter(
             "filled_notional", "Notional value filled, in units of the quote asset.", ("symbol", "side")
         )
-        self._fees = counter("fees", "Fees paid, in units of the quote asset.", ("symbol",))
-        self._rebates = counter(
+        self._fees = self._counter("fees", "Fees paid, in units of the quote asset.", ("symbol",))
+        self._rebates = self._counter(
             "fee_rebates",
             "Fee rebates received (negative fees, e.g. maker rebates), in units of the quote asset.",
             ("symbol",),
@@ -238,84 +248,88 @@ class BotMetrics:
             "Time from order submission to the venue's acknowledgement.",
             ["venue", "order_type"],
             buckets=ACK_LATENCY_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
-        self._ack_latency = ChildCache(ack, ("order_type",), (venue,), self.guard, "observe")
+        self._ack_latency = ChildCache(ack, ("order_type",), (self.venue,), self.guard, "observe")
         fill = Histogram(
             f"{PREFIX}_order_fill_latency_seconds",
             "Time from order submission to each fill.",
             ["venue", "order_type"],
             buckets=FILL_LATENCY_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
-        self._fill_latency = ChildCache(fill, ("order_type",), (venue,), self.guard, "observe")
+        self._fill_latency = ChildCache(fill, ("order_type",), (self.venue,), self.guard, "observe")
         dropped = Counter(
             f"{PREFIX}_tracked_orders_dropped",
             "Orders the library stopped tracking without an event closing them: older than the tracking "
             "horizon (expired) or beyond the tracking cap (overflow).",
             ["venue", "reason"],
-            registry=r,
+            registry=self.registry,
         )
-        self._dropped = {reason: dropped.labels(venue, reason).inc for reason in DROP_REASONS}
+        self._dropped = {reason: dropped.labels(self.venue, reason).inc for reason in DROP_REASONS}
 
+    def _account_metrics(self, daily_loss_limit: float | None) -> None:
         # Positions, balances, P&L.
-        self._position = gauge(
+        self._position = self._gauge(
             "position_quantity", "Signed position in units of the base asset (negative is short).", ("symbol",)
         )
-        self._position_notional = gauge(
+        self._position_notional = self._gauge(
             "position_notional", "Signed position valued at the mark price, in units of the quote asset.", ("symbol",)
         )
-        self._balance = gauge("balance", "Account balance per asset, in units of that asset.", ("asset",))
+        self._balance = self._gauge("balance", "Account balance per asset, in units of that asset.", ("asset",))
         pnl_labels: tuple[str, ...] = ()
-        self._realized = gauge(
+        self._realized = self._gauge(
             "realized_pnl",
             "Realized profit and loss since the start of the UTC day, in units of the quote asset.",
             pnl_labels,
-            vs,
+            VS,
         )[()]
-        self._unrealized = gauge(
+        self._unrealized = self._gauge(
             "unrealized_pnl",
             "Unrealized profit and loss of open positions at the mark price, in units of the quote asset.",
             pnl_labels,
-            vs,
+            VS,
         )[()]
-        self._loss_limit = gauge(
+        self._loss_limit = self._gauge(
             "daily_loss_limit",
             "Loss (positive, quote asset) at which the bot must stop trading for the day.",
             pnl_labels,
-            vs,
+            VS,
         )[()]
         if daily_loss_limit is not None:
             self._loss_limit(daily_loss_limit)
 
+    def _venue_metrics(self) -> None:
         # Venue connectivity and health.
-        self._connected = gauge(
+        self._connected = self._gauge(
             "broker_connected", "1 when the connection to the venue is up, per channel.", ("channel",)
         )
-        self._reconnects = counter(
+        self._reconnects = self._counter(
             "broker_reconnects", "Connections re-established after a loss, per channel.", ("channel",), ("venue",)
         )
-        self._disconnects = counter(
+        self._disconnects = self._counter(
             "broker_disconnects", "Connections to the venue lost, per channel.", ("channel",), ("venue",)
         )
         self._connection_state: dict[str, bool] = {}
-        self._md_updates = counter("market_data_updates", "Market-data updates received.", ("symbol",), ("venue",))
-        self._md_last = gauge(
+        self._md_updates = self._counter(
+            "market_data_updates", "Market-data updates received.", ("symbol",), ("venue",)
+        )
+        self._md_last = self._gauge(
             "market_data_last_update_timestamp_seconds",
             "Unix time of the last market-data update per symbol.",
             ("symbol",),
         )
         # Absent until the bot reports one: a 0 exported before that would read as "rate limit exhausted".
-        self._headroom = gauge(
+        self._headroom = self._gauge(
             "rate_limit_headroom_ratio", "Fraction of the venue's request rate limit still available (0-1).", ()
         )
-        self._skew = gauge(
+        self._skew = self._gauge(
             "clock_skew_seconds",
             "Local clock minus the venue's clock, as small as the last reading allows (its round trip and the "
             "venue's time resolution taken out; 0 when they may agree).",
             (),
         )
-        self._venue_errors = counter(
+        self._venue_errors = self._counter(
             "venue_errors", "Errors returned by the venue, by class.", ("error_class",), ("venue",)
         )
         # Counters of labels known up front start at 0 (an increase over a window that begins with the series is
@@ -324,18 +338,21 @@ class BotMetrics:
         for error_class in VENUE_ERROR_CLASSES:
             self._venue_errors[(error_class,)]
 
+    def _loop_and_control_metrics(self) -> None:
         # The trading loop.
         self._heartbeat = Gauge(
             f"{PREFIX}_heartbeat_timestamp_seconds",
             "Unix time at which the trading loop last completed an iteration.",
-            registry=r,
+            registry=self.registry,
         ).set
-        self._iterations = Counter(f"{PREFIX}_loop_iterations", "Trading-loop iterations completed.", registry=r).inc
+        self._iterations = Counter(
+            f"{PREFIX}_loop_iterations", "Trading-loop iterations completed.", registry=self.registry
+        ).inc
         self._loop_duration = Histogram(
             f"{PREFIX}_loop_duration_seconds",
             "Duration of one trading-loop iteration.",
             buckets=LOOP_DURATION_BUCKETS,
-            registry=r,
+            registry=self.registry,
         ).observe
 
         # Control API.
@@ -345,30 +362,30 @@ class BotMetrics:
             "asked (source: the token's name; with the single control_token operator, reconciler or maintenance; "
             "risk; unauthenticated).",
             ["command", "source"],
-            registry=r,
+            registry=self.registry,
         )
         self._command_failures = Counter(
             f"{PREFIX}_control_command_failures",
             "Control commands that were not carried out, by reason.",
             ["command", "reason"],
-            registry=r,
+            registry=self.registry,
         )
         self.collector_errors = Counter(
             f"{PREFIX}_collector_errors",
             "Errors raised by a metrics collector during a scrape.",
             ["collector"],
-            registry=r,
+            registry=self.registry,
         )
 
         build = Gauge(
             f"{PREFIX}_build_info",
             "Build of trading-ops running in this bot (always 1).",
             ["version", "python_version"],
-            registry=r,
+            registry=self.registry,
         )
         build.labels(__version__, platform.python_version()).set(1)
-        if r is not None:
-            r.register(_OrderFlowCollector(self))
+        if self.registry is not None:
+            self.registry.register(_OrderFlowCollector(self))
 
     def _fixed(self, names: tuple[str, ...]) -> tuple[str, ...]:
         values = {"venue": self.venue, "strategy": self.strategy}

@@ -143,6 +143,11 @@ class OrderEngine:
         self.order_sent_at[request.client_order_id] = time.monotonic()
         self.gate.risk.sent()
         self.metrics.order_submitted(symbol, side.value, order_type.value, request.client_order_id)
+        return await self._send(request)
+
+    async def _send(self, request: OrderRequest) -> VenueOrder | None:
+        """Send a journaled order to the venue; None when the venue did not take it or its answer was lost."""
+        symbol = request.symbol
         try:
             return await self.broker.submit(request)
         except BrokerError as exc:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -207,70 +208,106 @@ class Discrepancy:
         }
 
 
-def classify(
-    journal: JournalSnapshot, venue: VenueSnapshot, split: Callable[[str], tuple[str, str]] = split_symbol
-) -> list[Discrepancy]:
-    """Every difference between the two snapshots, in a deterministic order (class, then time or key). Positions or
-    balances the venue did not answer for (None) are not compared at all."""
-    found: list[Discrepancy] = []
+@dataclass
+class _Sides:
+    """The two snapshots being compared, and what more than one check derives from them."""
 
-    # Fills: the venue's once each; a trade id it lists twice is a duplicate only until journaled once.
-    venue_counts = Counter(f.trade_id for f in venue.fills)
-    unique_fills: dict[str, VenueFill] = {}
-    for fill in venue.fills:
-        unique_fills.setdefault(fill.trade_id, fill)
-    for trade_id, count in venue_counts.items():
-        if count > 1 and trade_id not in journal.trade_ids:
-            fill = unique_fills[trade_id]
+    journal: JournalSnapshot
+    venue: VenueSnapshot
+    split: Callable[[str], tuple[str, str]]
+    unique_fills: dict[str, VenueFill]  # the venue's fills, once each by trade id
+    missing: list[VenueFill]  # those the journal lacks
+    journal_dups: dict[str, list[JournalFill]]  # the journal's rows of a trade id journaled twice or more
+
+    @classmethod
+    def of(cls, journal: JournalSnapshot, venue: VenueSnapshot, split: Callable[[str], tuple[str, str]]) -> _Sides:
+        unique_fills: dict[str, VenueFill] = {}
+        for fill in venue.fills:
+            unique_fills.setdefault(fill.trade_id, fill)
+        journal_dups: dict[str, list[JournalFill]] = {}
+        for row in journal.duplicate_fills:
+            journal_dups.setdefault(row.trade_id, []).append(row)
+        missing = [f for f in unique_fills.values() if f.trade_id not in journal.trade_ids]
+        return cls(journal, venue, split, unique_fills, missing, journal_dups)
+
+    @functools.cached_property
+    def expected(self) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+        """The journal's positions and balances as they will be once the missing fills are adopted and the
+        duplicate rows removed: what the venue's are compared with."""
+        positions = dict(self.journal.positions)
+        balances = dict(self.journal.balances)
+        for fill in self.missing:
+            positions[fill.symbol] = positions.get(fill.symbol, ZERO) + fill.side.sign * fill.quantity
+            for asset, change in balance_changes(fill, self.split).items():
+                balances[asset] = balances.get(asset, ZERO) + change
+        # A duplicate row was journaled like any fill, with its position and balance changes: both lose them again.
+        for rows in self.journal_dups.values():
+            for extra in rows[1:]:
+                sign = Side(extra.side).sign
+                positions[extra.symbol] = positions.get(extra.symbol, ZERO) - sign * extra.quantity
+                for asset, change in balance_changes(extra, self.split).items():
+                    balances[asset] = balances.get(asset, ZERO) - change
+        return positions, balances
+
+
+def _venue_duplicate_fills(sides: _Sides) -> list[Discrepancy]:
+    """A trade id the venue lists twice is a duplicate only until it is journaled once."""
+    found = []
+    for trade_id, count in Counter(f.trade_id for f in sides.venue.fills).items():
+        if count > 1 and trade_id not in sides.journal.trade_ids:
             found.append(
                 Discrepancy(
                     Kind.DUPLICATE_FILL,
                     trade_id,
-                    fill.symbol,
+                    sides.unique_fills[trade_id].symbol,
                     journal="0",
                     venue=str(count),
                     detail={"source": "venue", "times": count},
                     sort_key=(trade_id,),
                 )
             )
-    journal_dups: dict[str, list[JournalFill]] = {}
-    for row in journal.duplicate_fills:
-        journal_dups.setdefault(row.trade_id, []).append(row)
-    for trade_id, rows in journal_dups.items():
-        found.append(
-            Discrepancy(
-                Kind.DUPLICATE_FILL,
-                trade_id,
-                rows[0].symbol,
-                journal=str(len(rows)),
-                venue="1" if trade_id in unique_fills else None,
-                detail={"source": "journal", "times": len(rows), "extra_rows": [r.row_id for r in rows[1:]]},
-                sort_key=(trade_id,),
-            )
-        )
-    missing = [f for f in unique_fills.values() if f.trade_id not in journal.trade_ids]
-    for fill in missing:
-        found.append(
-            Discrepancy(
-                Kind.MISSING_FILL,
-                fill.trade_id,
-                fill.symbol,
-                journal=None,
-                venue=f"{fill.side.value} {fill.quantity} @ {fill.price}",
-                detail={"client_order_id": fill.client_order_id, "executed_at": fill.executed_at.isoformat()},
-                fill=fill,
-                sort_key=(fill.executed_at, fill.trade_id),
-            )
-        )
+    return found
 
-    # Orders, by key: the client order id, or the venue order id of one placed without a client id.
-    venue_open = {o.key: o for o in venue.open_orders}
-    filled_by_order: dict[str, Decimal] = {}
-    for fill in unique_fills.values():
-        if fill.client_order_id:
-            filled_by_order[fill.client_order_id] = filled_by_order.get(fill.client_order_id, ZERO) + fill.quantity
-    for key, order in venue_open.items():
-        mine = journal.orders.get(key)
+
+def _journal_duplicate_fills(sides: _Sides) -> list[Discrepancy]:
+    """A trade id journaled more than once: every row but the first is extra."""
+    return [
+        Discrepancy(
+            Kind.DUPLICATE_FILL,
+            trade_id,
+            rows[0].symbol,
+            journal=str(len(rows)),
+            venue="1" if trade_id in sides.unique_fills else None,
+            detail={"source": "journal", "times": len(rows), "extra_rows": [r.row_id for r in rows[1:]]},
+            sort_key=(trade_id,),
+        )
+        for trade_id, rows in sides.journal_dups.items()
+    ]
+
+
+def _missing_fills(sides: _Sides) -> list[Discrepancy]:
+    """A venue fill the journal lacks."""
+    return [
+        Discrepancy(
+            Kind.MISSING_FILL,
+            fill.trade_id,
+            fill.symbol,
+            journal=None,
+            venue=f"{fill.side.value} {fill.quantity} @ {fill.price}",
+            detail={"client_order_id": fill.client_order_id, "executed_at": fill.executed_at.isoformat()},
+            fill=fill,
+            sort_key=(fill.executed_at, fill.trade_id),
+        )
+        for fill in sides.missing
+    ]
+
+
+def _venue_open_orders(sides: _Sides) -> list[Discrepancy]:
+    """An order open on the venue that the bot never placed, or whose status or filled quantity differ. Orders by
+    key: the client order id, or the venue order id of one placed without a client id."""
+    found = []
+    for key, order in {o.key: o for o in sides.venue.open_orders}.items():
+        mine = sides.journal.orders.get(key)
         if mine is None:  # never placed by the bot: known to the venue by its venue order id only
             found.append(
                 Discrepancy(
@@ -295,29 +332,41 @@ def classify(
                     sort_key=(key,),
                 )
             )
-    for key, mine in journal.orders.items():
+    return found
+
+
+def _ended_from_fills(key: str, mine: JournalOrder, filled_by_order: dict[str, Decimal]) -> VenueOrder:
+    """How an order the venue forgot ended: what its fills say (filled in full, else canceled)."""
+    filled = max(mine.filled_quantity, filled_by_order.get(key, ZERO))
+    return VenueOrder(
+        client_order_id="" if key.startswith(VENUE_ID_PREFIX) else key,
+        venue_order_id=mine.venue_order_id or "",
+        symbol=mine.symbol,
+        side=Side(mine.side),
+        order_type=OrderType(mine.order_type),
+        quantity=mine.quantity,
+        price=mine.price,
+        filled_quantity=filled,
+        status=OrderStatus.FILLED if filled >= mine.quantity else OrderStatus.CANCELED,
+    )
+
+
+def _gone_orders(sides: _Sides) -> list[Discrepancy]:
+    """An order open in the journal that the venue no longer lists open: filled (a state mismatch), or vanished."""
+    venue_open = {o.key for o in sides.venue.open_orders}
+    filled_by_order: dict[str, Decimal] = {}
+    for fill in sides.unique_fills.values():
+        if fill.client_order_id:
+            filled_by_order[fill.client_order_id] = filled_by_order.get(fill.client_order_id, ZERO) + fill.quantity
+    found = []
+    for key, mine in sides.journal.orders.items():
         if key in venue_open or not OrderStatus(mine.status).is_open:
             continue
-        final = venue.closed_orders.get(key)
+        final = sides.venue.closed_orders.get(key)
         if final is not None and final.status.is_open:
             continue  # it is open after all (listed in between): nothing to say
-        if final is not None:
-            source = "venue"
-            order = final
-        else:  # the venue forgot it: how it ended is what its fills say
-            source = "fills"
-            filled = max(mine.filled_quantity, filled_by_order.get(key, ZERO))
-            order = VenueOrder(
-                client_order_id="" if key.startswith(VENUE_ID_PREFIX) else key,
-                venue_order_id=mine.venue_order_id or "",
-                symbol=mine.symbol,
-                side=Side(mine.side),
-                order_type=OrderType(mine.order_type),
-                quantity=mine.quantity,
-                price=mine.price,
-                filled_quantity=filled,
-                status=OrderStatus.FILLED if filled >= mine.quantity else OrderStatus.CANCELED,
-            )
+        source = "venue" if final is not None else "fills"
+        order = final if final is not None else _ended_from_fills(key, mine, filled_by_order)
         kind = Kind.ORDER_STATE_MISMATCH if order.status is OrderStatus.FILLED else Kind.VANISHED_ORDER
         found.append(
             Discrepancy(
@@ -333,57 +382,96 @@ def classify(
                 sort_key=(key,),
             )
         )
+    return found
 
-    # Positions and balances: only what the fills above do not explain.
-    expected_positions = dict(journal.positions)
-    expected_balances = dict(journal.balances)
-    for fill in missing:
-        expected_positions[fill.symbol] = expected_positions.get(fill.symbol, ZERO) + fill.side.sign * fill.quantity
-        for asset, change in balance_changes(fill, split).items():
-            expected_balances[asset] = expected_balances.get(asset, ZERO) + change
-    # A duplicate row was journaled like any fill, with its position and balance changes: both lose them again.
-    for rows in journal_dups.values():
-        for extra in rows[1:]:
-            sign = Side(extra.side).sign
-            expected_positions[extra.symbol] = expected_positions.get(extra.symbol, ZERO) - sign * extra.quantity
-            for asset, change in balance_changes(extra, split).items():
-                expected_balances[asset] = expected_balances.get(asset, ZERO) - change
-    venue_positions = venue.positions if venue.positions is not None else {}
-    for symbol in sorted(set(venue_positions) | set(expected_positions)) if venue.positions is not None else ():
+
+def _positions(sides: _Sides) -> list[Discrepancy]:
+    """A position that the fills found do not explain; none compared when the venue did not answer for them."""
+    venue_positions = sides.venue.positions
+    if venue_positions is None:
+        return []
+    expected, _ = sides.expected
+    found = []
+    for symbol in sorted(set(venue_positions) | set(expected)):
         theirs = venue_positions.get(symbol, ZERO)
-        ours = expected_positions.get(symbol, ZERO)
+        ours = expected.get(symbol, ZERO)
         if theirs != ours:
             found.append(
                 Discrepancy(
                     Kind.POSITION_MISMATCH,
                     symbol,
                     symbol,
-                    journal=str(journal.positions.get(symbol, ZERO)),
+                    journal=str(sides.journal.positions.get(symbol, ZERO)),
                     venue=str(theirs),
                     detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
                     quantity=theirs - ours,
                     sort_key=(symbol,),
                 )
             )
-    # An empty journal takes the venue's balances as its baseline, silently.
-    if journal.balances and venue.balances is not None:
-        for asset in sorted(set(venue.balances) | set(expected_balances)):
-            theirs = venue.balances.get(asset, ZERO)
-            ours = expected_balances.get(asset, ZERO)
-            if theirs != ours:
-                found.append(
-                    Discrepancy(
-                        Kind.BALANCE_MISMATCH,
-                        asset,
-                        None,
-                        journal=str(journal.balances.get(asset, ZERO)),
-                        venue=str(theirs),
-                        detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
-                        sort_key=(asset,),
-                    )
+    return found
+
+
+def _balances(sides: _Sides) -> list[Discrepancy]:
+    """A balance that the fills found do not explain; none compared when the venue did not answer for them, and an
+    empty journal takes the venue's balances as its baseline, silently."""
+    venue_balances = sides.venue.balances
+    if not sides.journal.balances or venue_balances is None:
+        return []
+    _, expected = sides.expected
+    found = []
+    for asset in sorted(set(venue_balances) | set(expected)):
+        theirs = venue_balances.get(asset, ZERO)
+        ours = expected.get(asset, ZERO)
+        if theirs != ours:
+            found.append(
+                Discrepancy(
+                    Kind.BALANCE_MISMATCH,
+                    asset,
+                    None,
+                    journal=str(sides.journal.balances.get(asset, ZERO)),
+                    venue=str(theirs),
+                    detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
+                    sort_key=(asset,),
                 )
+            )
+    return found
+
+
+# What classify compares, one check each; each returns its discrepancies (classify orders them).
+CHECKS: tuple[Callable[[_Sides], list[Discrepancy]], ...] = (
+    _venue_duplicate_fills,
+    _journal_duplicate_fills,
+    _missing_fills,
+    _venue_open_orders,
+    _gone_orders,
+    _positions,
+    _balances,
+)
+
+
+def classify(
+    journal: JournalSnapshot, venue: VenueSnapshot, split: Callable[[str], tuple[str, str]] = split_symbol
+) -> list[Discrepancy]:
+    """Every difference between the two snapshots, in a deterministic order (class, then time or key). Positions or
+    balances the venue did not answer for (None) are not compared at all."""
+    sides = _Sides.of(journal, venue, split)
+    found = [d for check in CHECKS for d in check(sides)]
     found.sort(key=lambda d: (KIND_ORDER[d.kind], d.sort_key))
     return found
+
+
+def verdict(found: list[Discrepancy], unknown: list[str], error: str | None) -> tuple[Result, str | None]:
+    """A run's result, and its error: the run's own, the actions that failed, or the parts the venue did not
+    answer for."""
+    if error is not None or any(d.outcome == "failed" for d in found):
+        return Result.FAILED, error or "; ".join(
+            f"{d.kind.value} {d.key}: {d.detail.get('error')}" for d in found if d.outcome == "failed"
+        )
+    if any(d.outcome == "halted" for d in found):
+        return Result.HALTED, None
+    if unknown:
+        return Result.UNKNOWN, f"the venue did not answer for {' and '.join(unknown)}: not compared"
+    return (Result.RESOLVED if found else Result.CLEAN), None
 
 
 class ReconciliationHooks(Protocol):
@@ -415,6 +503,17 @@ class _Pass:
     journal: JournalSnapshot
     venue: VenueSnapshot
     found: list[Discrepancy]
+
+
+@dataclass
+class _Resolution:
+    """What resolving one run's discrepancies gathers for after the last of them."""
+
+    started: datetime
+    rows: dict[int, JournalFill]  # the journal's duplicate rows, by row id
+    halts: list[str] = field(default_factory=list)
+    fills_removed: set[str] = field(default_factory=set)  # symbols whose duplicate fill rows were removed
+    adopt_balances: bool = False
 
 
 class Reconciler:
@@ -472,47 +571,16 @@ class Reconciler:
         unknown: list[str] = []
         settled = 0
         try:
-            look = await self._look()
-            if look.found and self.confirm_delay > 0:
-                # What is real is still there a moment later; an event that was on its way has landed by then.
-                await asyncio.sleep(self.confirm_delay)
-                first = {(d.kind, d.key) for d in look.found}
-                look = await self._look()
-                confirmed = [d for d in look.found if (d.kind, d.key) in first]
-                settled = len(first) - len(confirmed)
-                if settled or len(confirmed) < len(look.found):
-                    log.info(
-                        "reconciliation (%s): %d differences settled by themselves, %d new ones left for the next run",
-                        trigger.value,
-                        settled,
-                        len(look.found) - len(confirmed),
-                    )
-                look.found = confirmed
+            look, settled = await self._confirmed_look(trigger)
             found = look.found
             unknown = look.venue.unknown
             await self._resolve(found, look.journal, look.venue, started)
             if look.venue.positions is not None:
-                positions = await self.journal.call(self.journal.positions)
-                for symbol in sorted(set(look.venue.positions) | set(positions)):
-                    ours = positions[symbol].quantity if symbol in positions else ZERO
-                    mismatch[symbol] = look.venue.positions.get(symbol, ZERO) - ours
+                mismatch = await self._position_mismatch(look.venue.positions)
         except Exception as exc:
             log.exception("reconciliation (%s) failed", trigger.value)
             error = f"{type(exc).__name__}: {exc}"
-        if error is not None or any(d.outcome == "failed" for d in found):
-            result = Result.FAILED
-            error = error or "; ".join(
-                f"{d.kind.value} {d.key}: {d.detail.get('error')}" for d in found if d.outcome == "failed"
-            )
-        elif any(d.outcome == "halted" for d in found):
-            result = Result.HALTED
-        elif unknown:
-            result = Result.UNKNOWN
-            error = f"the venue did not answer for {' and '.join(unknown)}: not compared"
-        elif found:
-            result = Result.RESOLVED
-        else:
-            result = Result.CLEAN
+        result, error = verdict(found, unknown, error)
         finished = utcnow()
         items = [d.to_dict() for d in found]
         run_id = await self.journal.call(
@@ -545,6 +613,37 @@ class Reconciler:
         if result in (Result.CLEAN, Result.RESOLVED):
             self.last_success = summary
         return summary
+
+    async def _confirmed_look(self, trigger: Trigger) -> tuple[_Pass, int]:
+        """A look at both sides whose differences a second look, `confirm_delay` later, found again; and how many
+        of the first look's settled by themselves in between."""
+        look = await self._look()
+        if not look.found or self.confirm_delay <= 0:
+            return look, 0
+        # What is real is still there a moment later; an event that was on its way has landed by then.
+        await asyncio.sleep(self.confirm_delay)
+        first = {(d.kind, d.key) for d in look.found}
+        look = await self._look()
+        confirmed = [d for d in look.found if (d.kind, d.key) in first]
+        settled = len(first) - len(confirmed)
+        if settled or len(confirmed) < len(look.found):
+            log.info(
+                "reconciliation (%s): %d differences settled by themselves, %d new ones left for the next run",
+                trigger.value,
+                settled,
+                len(look.found) - len(confirmed),
+            )
+        look.found = confirmed
+        return look, settled
+
+    async def _position_mismatch(self, venue_positions: dict[str, Decimal]) -> dict[str, Decimal]:
+        """The venue's position minus the journal's, by symbol, after the run resolved what it found."""
+        positions = await self.journal.call(self.journal.positions)
+        mismatch: dict[str, Decimal] = {}
+        for symbol in sorted(set(venue_positions) | set(positions)):
+            ours = positions[symbol].quantity if symbol in positions else ZERO
+            mismatch[symbol] = venue_positions.get(symbol, ZERO) - ours
+        return mismatch
 
     async def _look(self) -> _Pass:
         """Settle what is in flight, then snapshot the venue (at once after the settling), the journal and how the
@@ -625,54 +724,75 @@ class Reconciler:
     async def _resolve(
         self, found: list[Discrepancy], journal: JournalSnapshot, venue: VenueSnapshot, started: datetime
     ) -> None:
-        halts: list[str] = []
-        fills_removed: set[str] = set()
-        adopt_balances = not journal.balances  # the baseline of a new journal
-        rows = {row.row_id: row for row in journal.duplicate_fills}
+        run = _Resolution(started, {row.row_id: row for row in journal.duplicate_fills})
+        run.adopt_balances = not journal.balances  # the baseline of a new journal
         for d in found:
             d.policy = self.policies[d.kind.value]
             try:
-                if d.policy == "alert":
-                    d.outcome = "alerted"
-                elif d.policy == "halt":
-                    d.outcome = "halted"
-                    halts.append(f"{d.kind.value} {d.key}")
-                elif d.kind is Kind.DUPLICATE_FILL:
-                    extra = [rows[i] for i in d.detail.get("extra_rows") or []]
-                    if extra:  # the rows go, and with them the balance changes they were journaled with
-                        undo: dict[str, Decimal] = {}
-                        for row in extra:
-                            for asset, change in balance_changes(row, self.split).items():
-                                undo[asset] = undo.get(asset, ZERO) - change
-                        await self.journal.call(self.journal.remove_fill_rows, [r.row_id for r in extra], undo)
-                        fills_removed.update(row.symbol for row in extra)
-                    d.outcome = "adopted"  # a venue duplicate is journaled once by missing_fill
-                elif d.kind is Kind.MISSING_FILL:
-                    assert d.fill is not None
-                    await self.hooks.adopt_fill(d.fill)
-                    d.outcome = "adopted"
-                elif d.kind is Kind.UNKNOWN_ORDER and d.policy == "cancel":
-                    assert d.order is not None
-                    await self.broker.cancel(d.order.client_order_id, venue_order_id=d.order.venue_order_id)
-                    d.outcome = "canceled"
-                elif d.kind in (Kind.UNKNOWN_ORDER, Kind.ORDER_STATE_MISMATCH, Kind.VANISHED_ORDER):
-                    assert d.order is not None
-                    await self.hooks.adopt_order(d.order)
-                    d.outcome = "adopted"
-                elif d.kind is Kind.POSITION_MISMATCH:
-                    reference = f"reconcile-{started.strftime('%Y%m%dT%H%M%S%f')}-{d.key}"
-                    await self.hooks.adjust_position(d.key, d.quantity, reference)
-                    d.outcome = "adopted"
-                elif d.kind is Kind.BALANCE_MISMATCH:
-                    adopt_balances = True
-                    d.outcome = "adopted"
+                d.outcome = await self._resolve_one(d, run)
             except Exception as exc:
                 log.warning("reconciliation could not %s %s %s: %s", d.policy, d.kind.value, d.key, exc)
                 d.outcome = "failed"
                 d.detail = {**d.detail, "error": str(exc)[:200]}
-        if fills_removed:
-            await self.hooks.fills_changed(sorted(fills_removed))
-        if adopt_balances and venue.balances is not None:
+        if run.fills_removed:
+            await self.hooks.fills_changed(sorted(run.fills_removed))
+        if run.adopt_balances and venue.balances is not None:
             await self.journal.call(self.journal.set_balances, dict(venue.balances))
-        if halts:
+        if run.halts:
+            halts = run.halts
             await self.hooks.halt("reconciliation: " + ", ".join(halts[:5]) + (" ..." if len(halts) > 5 else ""))
+
+    async def _resolve_one(self, d: Discrepancy, run: _Resolution) -> str:
+        """Apply the discrepancy's policy; its outcome."""
+        if d.policy == "alert":
+            return "alerted"
+        if d.policy == "halt":
+            run.halts.append(f"{d.kind.value} {d.key}")
+            return "halted"
+        resolvers: dict[Kind, Callable[[Discrepancy, _Resolution], Awaitable[str]]] = {
+            Kind.DUPLICATE_FILL: self._remove_duplicates,
+            Kind.MISSING_FILL: self._adopt_fill,
+            Kind.UNKNOWN_ORDER: self._cancel_or_adopt_order,
+            Kind.ORDER_STATE_MISMATCH: self._adopt_order,
+            Kind.VANISHED_ORDER: self._adopt_order,
+            Kind.POSITION_MISMATCH: self._adjust_position,
+            Kind.BALANCE_MISMATCH: self._adopt_balances,
+        }
+        return await resolvers[d.kind](d, run)
+
+    async def _remove_duplicates(self, d: Discrepancy, run: _Resolution) -> str:
+        extra = [run.rows[i] for i in d.detail.get("extra_rows") or []]
+        if extra:  # the rows go, and with them the balance changes they were journaled with
+            undo: dict[str, Decimal] = {}
+            for row in extra:
+                for asset, change in balance_changes(row, self.split).items():
+                    undo[asset] = undo.get(asset, ZERO) - change
+            await self.journal.call(self.journal.remove_fill_rows, [r.row_id for r in extra], undo)
+            run.fills_removed.update(row.symbol for row in extra)
+        return "adopted"  # a venue duplicate is journaled once by missing_fill
+
+    async def _adopt_fill(self, d: Discrepancy, run: _Resolution) -> str:
+        assert d.fill is not None
+        await self.hooks.adopt_fill(d.fill)
+        return "adopted"
+
+    async def _cancel_or_adopt_order(self, d: Discrepancy, run: _Resolution) -> str:
+        if d.policy != "cancel":
+            return await self._adopt_order(d, run)
+        assert d.order is not None
+        await self.broker.cancel(d.order.client_order_id, venue_order_id=d.order.venue_order_id)
+        return "canceled"
+
+    async def _adopt_order(self, d: Discrepancy, run: _Resolution) -> str:
+        assert d.order is not None
+        await self.hooks.adopt_order(d.order)
+        return "adopted"
+
+    async def _adjust_position(self, d: Discrepancy, run: _Resolution) -> str:
+        reference = f"reconcile-{run.started.strftime('%Y%m%dT%H%M%S%f')}-{d.key}"
+        await self.hooks.adjust_position(d.key, d.quantity, reference)
+        return "adopted"
+
+    async def _adopt_balances(self, d: Discrepancy, run: _Resolution) -> str:
+        run.adopt_balances = True  # once, after every discrepancy: the venue's balances as they are
+        return "adopted"

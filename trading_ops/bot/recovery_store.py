@@ -61,6 +61,9 @@ def _record(row: BotRun) -> RunRecord:
 
 
 class RecoveryStore:
+    """Owns one bot's crash-recovery rows: its runs and their heartbeats (crash detection), the recovery events
+    still to notify, its trading-state transitions, and its reconciliation runs with their discrepancies."""
+
     def __init__(self, engine: Engine, bot: str, venue: str) -> None:
         self.bot = bot
         self.venue = venue

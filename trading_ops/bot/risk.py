@@ -195,12 +195,31 @@ class RiskEngine:
         """The limit this order would cross, or None. Without `request` (a strategy asking whether it may send
         one), only the limits that do not depend on the order itself. A reduce-only order is held only to the
         order rates: it can only shrink a position, and a flatten must not be blocked by the limits it cures."""
+        if not reduce_only:
+            breach = self._loss_breach()
+            if breach is not None:
+                return breach
+        breach = self._rate_breach()
+        if breach is not None or reduce_only:
+            return breach
+        return (
+            self._open_orders_breach(book)
+            or self._open_positions_breach(symbol, book)
+            or self._order_breach(symbol, request, book)
+        )
+
+    def _loss_breach(self) -> Breach | None:
+        """The day's loss or the drawdown at its limit: no order that can add risk goes out."""
         loss = self.limits.daily_loss
-        if loss and not reduce_only and self._loss >= Decimal(str(loss)):
+        if loss and self._loss >= Decimal(str(loss)):
             return Breach(DAILY_LOSS, f"the day's loss {self._loss:.2f} reached the daily loss limit {loss:g}")
         drawdown = self.limits.max_drawdown
-        if drawdown and not reduce_only and self._drawdown >= Decimal(str(drawdown)):
+        if drawdown and self._drawdown >= Decimal(str(drawdown)):
             return self._drawdown_breach()
+        return None
+
+    def _rate_breach(self) -> Breach | None:
+        """One more order would be past an order rate (the windows forget what they no longer cover)."""
         now = self.clock()
         for limit, window in RATE_WINDOWS.items():
             allowed = self.limits.value(limit)
@@ -210,14 +229,17 @@ class RiskEngine:
                     sent.popleft()
                 if len(sent) + 1 > allowed:
                     return Breach(limit, f"{len(sent)} orders in the last {window:g} s; the limit is {allowed:g}")
-        if reduce_only:
-            return None
+        return None
+
+    def _open_orders_breach(self, book: Exposure) -> Breach | None:
         max_open = self.limits.max_open_orders
         if max_open and book.open_order_count() + 1 > max_open:
             return Breach(OPEN_ORDERS, f"{book.open_order_count()} orders open; the limit is {max_open}")
-        positions = self._open_positions_breach(symbol, book)
-        if positions is not None:
-            return positions
+        return None
+
+    def _order_breach(self, symbol: str, request: OrderRequest | None, book: Exposure) -> Breach | None:
+        """The order itself, or the position after it fills, over its notional limit (only with a request and a
+        price to value it at)."""
         if request is None:
             return None
         price = request.price if request.price is not None else book.mark(symbol)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -305,7 +306,7 @@ class BotRuntime:
         self._journal_probe: asyncio.Task[None] | None = None
         self._on_stop: list[Callable[[], None]] = []
         self.inst.state.add_listener(self._journal_transition)
-        register_commands(self)
+        register_commands(self.inst.control, self.broker, self)
         self._register_readiness()
 
     # -- what the parts share -------------------------------------------------------------------------
@@ -775,6 +776,21 @@ class BotRuntime:
     async def reconcile(self, trigger: Trigger) -> dict[str, Any]:
         """One reconciliation with trading held (ReconciliationSchedule.reconcile)."""
         return await self.schedule.reconcile(trigger)
+
+    def request_reconciliation(self, trigger: Trigger) -> None:
+        """Ask the schedule for a reconciliation soon (ReconciliationSchedule.request)."""
+        self.schedule.request(trigger)
+
+    def hold_trading(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold the trade lock (TradeLock.hold): no strategy step, reconciliation or restricting command runs."""
+        return self.trade_lock.hold(timeout)
+
+    async def sweep_for_halt(self, step_finished: bool) -> int:
+        """The `halt` command's sweep (the state is halted already, trading held): every working order canceled, and
+        again right after the step in progress when it had not finished; a venue that cannot be reached raises
+        BrokerError (the cancel is then pending until the reconnect)."""
+        self.kill_switch.sweep_after_step = not step_finished
+        return await self.kill_switch.sweep(raise_unreachable=True)
 
     def next_reconciliation_delay(self) -> float | None:
         return self.schedule.next_delay()

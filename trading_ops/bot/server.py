@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -71,6 +72,32 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"ok": False, "error": message, **extra}, status=status, headers=headers)
 
 
+@dataclass
+class _Call:
+    """One control request being answered: who asked, and how a refusal of it is counted, logged and answered."""
+
+    inst: Any  # the bot's Instrumentation
+    command: str
+    label: str  # the command's metric label
+    peer: str  # the caller, for the log
+    fields: dict[str, str]  # a JSON log's own keys
+
+    def fail(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        why: str,
+        *args: Any,
+        level: int = logging.WARNING,
+        body: dict[str, Any] | None = None,
+    ) -> web.Response:
+        """Count the failure as `reason`, log `why % args`, answer `status` with `message` (and `body`'s fields)."""
+        self.inst.metrics.control_failure(self.label, reason)
+        log.log(level, why, *args, exc_info=level >= logging.ERROR, extra=self.fields)
+        return _error(status, message, **(body or {}))
+
+
 async def control_handler(request: web.Request) -> web.Response:
     inst = request.app[INSTRUMENTATION]
     command = request.match_info["command"]
@@ -87,57 +114,93 @@ async def control_handler(request: web.Request) -> web.Response:
         return _error(401, "missing or wrong bearer token")
     # Who asked and from where, in every line below (and in the journal with a state command).
     caller = Caller(token.name, address, source)
-    peer = str(caller)
-    fields = {"command": label, "token": token.name, "peer": address, "source": source}  # a JSON log's own keys
-    if not known:
-        inst.metrics.control_failure(label, "unknown_command")
-        log.warning("control by %s: unknown command %r", peer, command[:64], extra=fields)
-        return _error(404, f"unknown command {command[:64]!r}", commands=inst.control.commands)
-    needed = inst.control.scope(command)
-    if not token.allows(needed):
-        inst.metrics.control_failure(label, "forbidden")
-        message = refusal(command, needed, token)
-        log.warning("control %s by %s refused: %s", command, peer, message, extra=fields)
-        return _error(403, message)
-    try:
-        args = await _read_args(request)
-    except web.HTTPRequestEntityTooLarge:
-        inst.metrics.control_failure(label, "bad_request")
-        log.warning("control %s by %s: body over %d bytes", command, peer, MAX_CONTROL_BODY_BYTES, extra=fields)
-        return _error(413, f"body over {MAX_CONTROL_BODY_BYTES} bytes")
-    except ValueError as exc:
-        inst.metrics.control_failure(label, "bad_request")
-        log.warning("control %s by %s: %s", command, peer, exc, extra=fields)
-        return _error(400, str(exc))
-    try:
-        result = await inst.control.run(command, args, caller)
-    except TransitionRefused as exc:
-        inst.metrics.control_failure(label, "refused")
-        log.warning("control %s by %s refused: %s", command, peer, exc, extra=fields)
-        return _error(409, str(exc), state=exc.state.value)
-    except CommandError as exc:
-        inst.metrics.control_failure(label, "bad_request")
-        log.warning("control %s by %s failed: %s", command, peer, exc, extra=fields)
-        return _error(400, str(exc))
-    except BrokerError as exc:
-        # The command needs the venue and the venue cannot be reached: retry after `reconnect`. What the command
-        # did before it needed the venue stands; the error's detail says what (a halt stays halted).
-        inst.metrics.control_failure(label, "broker_unavailable")
-        log.warning("control %s by %s: broker unavailable: %s", command, peer, exc, extra=fields)
-        return _error(503, f"broker unavailable: {exc}", **{**exc.detail, "state": inst.state.state.value})
-    except Exception as exc:
-        inst.metrics.control_failure(label, "error")
-        log.exception("control %s by %s raised", command, peer, extra=fields)
-        return _error(500, f"{command} failed: {exc}")
+    fields = {"command": label, "token": token.name, "peer": address, "source": source}
+    call = _Call(inst, command, label, str(caller), fields)
+    refused = _refusal(call, known, token)
+    if refused is not None:
+        return refused
+    args = await _args(call, request)
+    if isinstance(args, web.Response):
+        return args
+    result = await _run(call, args, caller)
+    if isinstance(result, web.Response):
+        return result
     log.info(
         "control %s by %s ok in %.1f ms: %s",
         command,
-        peer,
+        call.peer,
         (time.monotonic() - started) * 1000,
         json.dumps(result, default=str)[:300],
         extra=fields,
     )
     return web.json_response({"ok": True, "command": command, **result}, dumps=_dumps)
+
+
+def _refusal(call: _Call, known: bool, token: Any) -> web.Response | None:
+    """404 for an unknown command, 403 for a token without its scope; None when it may run."""
+    command = call.command
+    if not known:
+        return call.fail(
+            404,
+            "unknown_command",
+            f"unknown command {command[:64]!r}",
+            "control by %s: unknown command %r",
+            call.peer,
+            command[:64],
+            body={"commands": call.inst.control.commands},
+        )
+    needed = call.inst.control.scope(command)
+    if not token.allows(needed):
+        message = refusal(command, needed, token)
+        return call.fail(403, "forbidden", message, "control %s by %s refused: %s", command, call.peer, message)
+    return None
+
+
+async def _args(call: _Call, request: web.Request) -> dict[str, Any] | web.Response:
+    """The command's arguments (the JSON body), or the 413 or 400 that answers a body that is not."""
+    try:
+        return await _read_args(request)
+    except web.HTTPRequestEntityTooLarge:
+        return call.fail(
+            413,
+            "bad_request",
+            f"body over {MAX_CONTROL_BODY_BYTES} bytes",
+            "control %s by %s: body over %d bytes",
+            call.command,
+            call.peer,
+            MAX_CONTROL_BODY_BYTES,
+        )
+    except ValueError as exc:
+        return call.fail(400, "bad_request", str(exc), "control %s by %s: %s", call.command, call.peer, exc)
+
+
+async def _run(call: _Call, args: dict[str, Any], caller: Caller) -> dict[str, Any] | web.Response:
+    """The command's result, or the error that answers it."""
+    command, peer = call.command, call.peer
+    try:
+        result: dict[str, Any] = await call.inst.control.run(command, args, caller)
+    except TransitionRefused as exc:
+        why = "control %s by %s refused: %s"
+        return call.fail(409, "refused", str(exc), why, command, peer, exc, body={"state": exc.state.value})
+    except CommandError as exc:
+        return call.fail(400, "bad_request", str(exc), "control %s by %s failed: %s", command, peer, exc)
+    except BrokerError as exc:
+        # The command needs the venue and the venue cannot be reached: retry after `reconnect`. What the command
+        # did before it needed the venue stands; the error's detail says what (a halt stays halted).
+        return call.fail(
+            503,
+            "broker_unavailable",
+            f"broker unavailable: {exc}",
+            "control %s by %s: broker unavailable: %s",
+            command,
+            peer,
+            exc,
+            body={**exc.detail, "state": call.inst.state.state.value},
+        )
+    except Exception as exc:
+        why = "control %s by %s raised"
+        return call.fail(500, "error", f"{command} failed: {exc}", why, command, peer, level=logging.ERROR)
+    return result
 
 
 def _dumps(obj: Any) -> str:
