@@ -5,19 +5,21 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import ipaddress
-import math
 import os
 import re
+import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
+import msgspec
 import yaml
 
+from trading_ops.schema import SchemaError, convert, describe, json_schema
 from trading_ops.scopes import DESTRUCTIVE, SCOPES, TokenSet
 
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
@@ -505,8 +507,6 @@ def _check_optional_http_url(value: str) -> str | None:
 
 
 def _check_http_urls(values: list[str]) -> str | None:
-    if not isinstance(values, list):
-        return f"expected a list of http(s) URLs, got {_describe(values)}"
     return next((problem for v in values if (problem := _check_http_url(v))), None)
 
 
@@ -1206,7 +1206,11 @@ def _reject_duplicate_keys(node: yaml.Node, path: str, visited: set[int]) -> Non
 
 
 def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
-    config = _build(Config, data, "")
+    try:
+        converted = convert(data, _struct_of(Config), unknown_key=_unknown_key)
+    except SchemaError as exc:
+        raise ConfigError(exc.key, exc.problem) from None
+    config: Config = _build(Config, converted, data, "")
     config.base_dir = base_dir or Path.cwd()
     return config
 
@@ -1250,109 +1254,131 @@ def _read_secret_file(key: str, path: str) -> str:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _type_name(tp: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    if tp in names:
-        return names[tp]
-    origin = get_origin(tp)
-    if origin is list:
-        return "a list"
-    if origin is dict:
-        return "a mapping"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return str(tp)
-
-
 def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return describe(value)
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(key, f"expected {_type_name(tp)}, got {_describe(value)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(key, f"expected a list, got {_describe(value)}")
-        (item,) = get_args(tp)
-        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a mapping, got {_describe(value)}")
-        _, item = get_args(tp)
-        return {str(k): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {_describe(value)}")
-        return value
+# ---- the schema: a msgspec structure per section, derived from the dataclasses above ---------------------------
+# The dataclasses stay what the code reads; their msgspec twins are what the file is checked against in one call
+# (types, ranges, unknown keys, finite numbers) and what `trading-ops config schema` prints. A secret `x` is the keys
+# `x_file` and `x_env` there. Checks that are not types (names, hosts, URLs, schedules, database URLs, RE2
+# patterns) are the `checked` functions, run on the converted values; rules across keys are `validate` methods.
+
+
+def _bounds(tp: Any, meta: Mapping[str, Any]) -> Any:
+    """A numeric field's msgspec type: its `bounded` range, and finite for a float."""
+    low, high = meta.get("min"), meta.get("max")
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, f"expected a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(key, f"expected a finite number, got {value}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {_describe(value)}")
-        return value
-    raise ConfigError(key, f"unsupported type {tp}")  # pragma: no cover - a programming error
+        low = -sys.float_info.max if low is None else low
+        high = sys.float_info.max if high is None else high
+    if low is None and high is None:
+        return tp
+    return Annotated[tp, msgspec.Meta(ge=low, le=high)]
 
 
-def _build(cls: Any, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(prefix or "(top level)", f"expected a mapping, got {_describe(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    secrets = {name for name, f in fields.items() if f.metadata.get("secret")}
+def _schema_type(tp: Any, meta: Mapping[str, Any] = types.MappingProxyType({})) -> Any:
+    """The msgspec type of a dataclass field's type."""
+    origin, args = get_origin(tp), get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _struct_of(tp)  # type: ignore[arg-type]
+    if origin is list:
+        return list[_schema_type(args[0])]  # type: ignore[misc]
+    if origin is dict:
+        return dict[str, _schema_type(args[1])]  # type: ignore[misc]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_schema_type(a, meta) for a in args)]  # noqa: UP007 - built from a tuple
+    if tp in (int, float):
+        return _bounds(tp, meta)
+    return tp
+
+
+def _struct_field(f: dataclasses.Field[Any], tp: Any) -> list[tuple[str, Any, Any]]:
+    if f.metadata.get("secret"):
+        words = f.metadata.get("help") or f.name
+        where = Annotated[str, msgspec.Meta(min_length=1, description=f"{words}: read from this file")]
+        env = Annotated[str, msgspec.Meta(min_length=1, description=f"{words}: read from this environment variable")]
+        return [
+            (f"{f.name}_file", where, msgspec.field(default_factory=str)),
+            (f"{f.name}_env", env, msgspec.field(default_factory=str)),
+        ]
+    if f.default is not dataclasses.MISSING:
+        default = msgspec.field(default=f.default)
+    else:
+        default = msgspec.field(default_factory=f.default_factory)  # type: ignore[arg-type]
+    return [(f.name, _schema_type(tp, f.metadata), default)]
+
+
+_STRUCTS: dict[type, type[msgspec.Struct]] = {}
+_DATACLASSES: dict[type, type] = {}
+
+
+def _struct_of(cls: type) -> type[msgspec.Struct]:
+    """The msgspec structure of a configuration dataclass (made once): unknown keys refused."""
+    if cls not in _STRUCTS:
+        hints = typing.get_type_hints(cls)
+        fields: list[tuple[str, Any, Any]] = []
+        for f in _config_fields(cls):
+            fields += _struct_field(f, hints[f.name])
+        struct = msgspec.defstruct(
+            cls.__name__,
+            fields,
+            kw_only=True,
+            forbid_unknown_fields=True,
+            module=__name__,
+            namespace={"__doc__": cls.__doc__},
+        )
+        _STRUCTS[cls], _DATACLASSES[struct] = struct, cls
+    return _STRUCTS[cls]
+
+
+def _config_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]  # type: ignore[arg-type]
+
+
+def _unknown_key(struct: type, name: str) -> str:
+    cls = _DATACLASSES[struct]
+    secrets = [f.name for f in _config_fields(cls) if f.metadata.get("secret")]
+    if name in secrets:
+        return f"secrets are not written in the file; use {name}_file or {name}_env"
+    known = ", ".join(sorted(f.encode_name for f in msgspec.structs.fields(struct)))
+    return f"unknown key (known keys: {known})"
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file (`trading-ops config schema`)."""
+    return json_schema(_struct_of(Config), "trading-ops configuration")
+
+
+def _build(cls: Any, value: msgspec.Struct, raw: dict[str, Any], prefix: str) -> Any:
+    """The dataclass of a converted section: the keys the file gave, their checks, then the section's rules."""
     kwargs: dict[str, Any] = {}
-    for raw_key, value in data.items():
-        key = str(raw_key)
-        path = f"{prefix}.{key}" if prefix else key
-        base = next((key[: -len(s)] for s in SECRET_SUFFIXES if key.endswith(s) and key[: -len(s)] in secrets), None)
-        if base is not None:
-            if not isinstance(value, str) or not value:
-                raise ConfigError(path, f"expected a non-empty string, got {_describe(value)}")
-            if base in kwargs:
-                raise ConfigError(path, f"give only one of {base}_file and {base}_env")
-            kwargs[base] = ("file:" if key.endswith("_file") else "env:") + value
-            continue
-        if key in secrets:
-            raise ConfigError(path, f"secrets are not written in the file; use {key}_file or {key}_env")
-        if key not in fields:
-            known = ", ".join(
-                sorted([f for f in fields if f not in secrets] + [s + suf for s in secrets for suf in SECRET_SUFFIXES])
-            )
-            raise ConfigError(path, f"unknown key (known keys: {known})")
-        converted = _convert(hints[key], value, path)
-        meta = fields[key].metadata
-        if meta.get("min") is not None and converted < meta["min"]:
-            raise ConfigError(path, f"must be at least {meta['min']}, got {converted}")
-        if meta.get("max") is not None and converted > meta["max"]:
-            raise ConfigError(path, f"must be at most {meta['max']}, got {converted}")
-        if meta.get("check") is not None and (problem := meta["check"](converted)):
-            raise ConfigError(path, problem)
-        kwargs[key] = converted
+    for f in _config_fields(cls):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        if f.metadata.get("secret"):
+            file, env = getattr(value, f"{f.name}_file"), getattr(value, f"{f.name}_env")
+            if file and env:
+                raise ConfigError(f"{path}_env", f"give only one of {f.name}_file and {f.name}_env")
+            if file or env:
+                kwargs[f.name] = f"file:{file}" if file else f"env:{env}"
+        elif f.name in raw:
+            kwargs[f.name] = converted = _instance(getattr(value, f.name), raw[f.name], path)
+            check = f.metadata.get("check")
+            if check is not None and (problem := check(converted)):
+                raise ConfigError(path, problem)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         # Rules that span keys of one section (the section's defaults satisfy them).
         validate(prefix, set(kwargs))
     return obj
+
+
+def _instance(value: Any, raw: Any, path: str) -> Any:
+    """A converted value with its structures made dataclasses (`raw`: what the file gave for it)."""
+    if isinstance(value, msgspec.Struct):
+        return _build(_DATACLASSES[type(value)], value, raw, path)
+    if isinstance(value, list):
+        return [_instance(v, raw[i], f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _instance(v, raw[k], f"{path}.{k}") for k, v in value.items()}
+    return value

@@ -1,0 +1,161 @@
+"""The schema layer: typed structures (msgspec) checked in one call, their errors one line naming the key path."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import msgspec
+
+# What a float field takes unless it says more: a finite number (NaN and infinities compare false with every bound,
+# so a range alone would let them in).
+FINITE = msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)
+Finite = Annotated[float, FINITE]
+
+# msgspec's names of JSON types, in the words of our messages.
+TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "array": "a list",
+    "object": "a mapping",
+    "null": "nothing (null)",
+}
+PATH_SEGMENT_RE = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+TYPE_ERROR_RE = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
+BOUND_ERROR_RE = re.compile(r"Expected `(?:int|float)` (>=|<=|>|<) (\S+)")
+LENGTH_ERROR_RE = re.compile(r"Expected `(?:str|array|object)` of length >= (\d+)")
+BOUND_WORDS = {">=": "must be at least", "<=": "must be at most", ">": "must be more than", "<": "must be less than"}
+
+
+class SchemaError(ValueError):
+    """A value that does not fit its structure: `key` is its dotted path (`bot.listen.port`, "" the top level)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+def describe(value: Any) -> str:
+    """A value as an error message shows it: its repr, at most 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def unknown_key_words(struct: type, name: str) -> str:
+    """The default message for a key a structure does not have."""
+    known = ", ".join(f.encode_name for f in msgspec.structs.fields(struct))
+    return f"unknown key (known: {known})"
+
+
+def convert(
+    data: Any, tp: Any, *, unknown_key: Callable[[type, str], str] = unknown_key_words, dec_hook: Any = None
+) -> Any:
+    """`data` (YAML or JSON) as `tp`; SchemaError names the first key that does not fit, in one line."""
+    try:
+        return msgspec.convert(data, tp, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        raise explain(exc, data, tp, unknown_key) from None
+
+
+def explain(exc: msgspec.ValidationError, data: Any, tp: Any, unknown_key: Callable[[type, str], str]) -> SchemaError:
+    """msgspec's "Expected `int`, got `str` - at `$.bot.listen.port`" as `bot.listen.port: expected an integer, got
+    'abc'`: the key path with dict keys filled in, the value shown, the words of our messages."""
+    message, _, where = str(exc).partition(" - at `")
+    if where.startswith("key` in `"):  # a mapping key that is not a string
+        key, value, _tp = _walk(where[len("key` in `") : -1], data, tp)
+        return SchemaError(key or "(top level)", f"keys must be strings, got {describe(next(iter(value), None))}")
+    key, value, at = _walk(where[:-1], data, tp)
+    if match := re.match(r"Object contains unknown field `(.+)`", message):
+        name = match.group(1)
+        return SchemaError(f"{key}.{name}" if key else name, unknown_key(_struct(at), name))
+    if match := re.match(r"Object missing required field `(.+)`", message):
+        return SchemaError(f"{key}.{match.group(1)}" if key else match.group(1), "required")
+    return SchemaError(key or "(top level)", _problem(message, value, at))
+
+
+def _problem(message: str, value: Any, at: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, got {value}"
+    if match := TYPE_ERROR_RE.match(message):
+        wanted = " or ".join(TYPE_WORDS.get(name, name) for name in match.group(1).split(" | "))
+        return f"expected {wanted}, got {describe(value)}"
+    if match := BOUND_ERROR_RE.match(message):
+        bound = float(match.group(2))
+        shown = str(int(bound)) if bound.is_integer() and abs(bound) < 1e15 else repr(bound)
+        return f"{BOUND_WORDS[match.group(1)]} {shown}, got {describe(value)}"
+    if match := LENGTH_ERROR_RE.match(message):
+        return "must not be empty" if match.group(1) == "1" else f"expected at least {match.group(1)} entries"
+    if message.startswith("Invalid enum value"):
+        choices = ", ".join(repr(choice) for choice in _literal_choices(at))
+        return f"expected one of {choices}, got {describe(value)}"
+    return message[:1].lower() + message[1:]
+
+
+def _walk(path: str, data: Any, tp: Any) -> tuple[str, Any, Any]:
+    """Follow msgspec's path (`$.a.b[0].c[...]`) through `data` and `tp`: the dotted key, the value, its type. A
+    mapping's entry (`[...]`) is the first whose value does not convert."""
+    key, value = "", data
+    for name, index in PATH_SEGMENT_RE.findall(path.removeprefix("$")):
+        if name:
+            tp = _field_type(_struct(tp), name)
+            key, value = f"{key}.{name}" if key else name, value.get(name) if isinstance(value, dict) else None
+        elif index != "...":
+            tp, value, key = _args(tp)[0], value[int(index)], f"{key}[{index}]"
+        else:
+            tp = _args(tp)[1]
+            entry = next(k for k, v in value.items() if not _fits(v, tp))
+            key, value = f"{key}.{entry}", value[entry]
+    return key, value, tp
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    try:
+        msgspec.convert(value, tp)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _strip(tp: Any) -> Any:
+    """`tp` without Annotated, and without None when it is `X | None`."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        return _strip(inner[0]) if len(inner) == 1 else tp
+    return tp
+
+
+def _args(tp: Any) -> tuple[Any, ...]:
+    return get_args(_strip(tp))
+
+
+def _struct(tp: Any) -> Any:
+    return _strip(tp)
+
+
+def _field_type(struct: Any, name: str) -> Any:
+    hints = typing.get_type_hints(struct, include_extras=True)
+    for f in msgspec.structs.fields(struct):
+        if f.encode_name == name:
+            return hints.get(f.name, f.type)
+    return Any
+
+
+def _literal_choices(tp: Any) -> tuple[Any, ...]:
+    tp = _strip(tp)
+    return get_args(tp) if get_origin(tp) is Literal else ()
+
+
+def json_schema(tp: Any, title: str, schema_hook: Callable[[type], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of `tp`, for editors (the YAML language server) and other tools."""
+    schema = msgspec.json.schema(tp, schema_hook=schema_hook)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": title, **schema}
