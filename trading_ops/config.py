@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import ipaddress
 import os
 import re
@@ -1319,13 +1320,15 @@ def _struct_of(cls: type) -> type[msgspec.Struct]:
         fields: list[tuple[str, Any, Any]] = []
         for f in _config_fields(cls):
             fields += _struct_field(f, hints[f.name])
+        # A dataclass's own docstring, not the signature @dataclass writes when it has none.
+        doc = inspect.cleandoc(cls.__doc__) if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(") else None
         struct = msgspec.defstruct(
             cls.__name__,
             fields,
             kw_only=True,
             forbid_unknown_fields=True,
             module=__name__,
-            namespace={"__doc__": cls.__doc__},
+            namespace={"__doc__": doc},
         )
         _STRUCTS[cls], _DATACLASSES[struct] = struct, cls
     return _STRUCTS[cls]
