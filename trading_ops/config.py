@@ -1210,7 +1210,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
     try:
         converted = convert(data, _struct_of(Config), unknown_key=_unknown_key)
     except SchemaError as exc:
-        raise ConfigError(exc.key, exc.problem) from None
+        raise ConfigError(exc.key or "(top level)", exc.problem) from None
     config: Config = _build(Config, converted, data, "")
     config.base_dir = base_dir or Path.cwd()
     return config

@@ -6,7 +6,6 @@ import math
 import re
 import sys
 import types
-import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -56,29 +55,42 @@ def unknown_key_words(struct: type, name: str) -> str:
 
 
 def convert(
-    data: Any, tp: Any, *, unknown_key: Callable[[type, str], str] = unknown_key_words, dec_hook: Any = None
+    data: Any,
+    tp: Any,
+    *,
+    unknown_key: Callable[[type, str], str] = unknown_key_words,
+    expected_from_description: bool = False,
 ) -> Any:
-    """`data` (YAML or JSON) as `tp`; SchemaError names the first key that does not fit, in one line."""
+    """`data` (YAML or JSON) as `tp`; SchemaError names the first key that does not fit, in one line.
+    `expected_from_description`: a value that does not fit a type with a description is "expected <description>"."""
     try:
-        return msgspec.convert(data, tp, dec_hook=dec_hook)
+        return msgspec.convert(data, tp)
     except msgspec.ValidationError as exc:
-        raise explain(exc, data, tp, unknown_key) from None
+        raise explain(exc, data, tp, unknown_key, expected_from_description) from None
 
 
-def explain(exc: msgspec.ValidationError, data: Any, tp: Any, unknown_key: Callable[[type, str], str]) -> SchemaError:
+def explain(
+    exc: msgspec.ValidationError,
+    data: Any,
+    tp: Any,
+    unknown_key: Callable[[type, str], str] = unknown_key_words,
+    expected_from_description: bool = False,
+) -> SchemaError:
     """msgspec's "Expected `int`, got `str` - at `$.bot.listen.port`" as `bot.listen.port: expected an integer, got
-    'abc'`: the key path with dict keys filled in, the value shown, the words of our messages."""
+    'abc'`: the key path with dict keys filled in, the value shown, the words of our messages ("" the top level)."""
     message, _, where = str(exc).partition(" - at `")
     if where.startswith("key` in `"):  # a mapping key that is not a string
         key, value, _tp = _walk(where[len("key` in `") : -1], data, tp)
-        return SchemaError(key or "(top level)", f"keys must be strings, got {describe(next(iter(value), None))}")
+        return SchemaError(key, f"keys must be strings, got {describe(next(iter(value), None))}")
     key, value, at = _walk(where[:-1], data, tp)
     if match := re.match(r"Object contains unknown field `(.+)`", message):
         name = match.group(1)
-        return SchemaError(f"{key}.{name}" if key else name, unknown_key(_struct(at), name))
+        return SchemaError(f"{key}.{name}" if key else name, unknown_key(_member(at, msgspec.Struct), name))
     if match := re.match(r"Object missing required field `(.+)`", message):
         return SchemaError(f"{key}.{match.group(1)}" if key else match.group(1), "required")
-    return SchemaError(key or "(top level)", _problem(message, value, at))
+    if expected_from_description and (words := _description(at)):
+        return SchemaError(key, f"expected {words}")
+    return SchemaError(key, _problem(message, value, at))
 
 
 def _problem(message: str, value: Any, at: Any) -> str:
@@ -105,14 +117,14 @@ def _walk(path: str, data: Any, tp: Any) -> tuple[str, Any, Any]:
     key, value = "", data
     for name, index in PATH_SEGMENT_RE.findall(path.removeprefix("$")):
         if name:
-            tp = _field_type(_struct(tp), name)
+            tp = _field_type(_member(tp, msgspec.Struct), name)
             key, value = f"{key}.{name}" if key else name, value.get(name) if isinstance(value, dict) else None
         elif index != "...":
-            tp, value, key = _args(tp)[0], value[int(index)], f"{key}[{index}]"
+            tp, value, key = get_args(_member(tp, list))[0], value[int(index)], f"{key}[{index}]"
         else:
-            tp = _args(tp)[1]
+            tp = get_args(_member(tp, dict))[1]
             entry = next(k for k, v in value.items() if not _fits(v, tp))
-            key, value = f"{key}.{entry}", value[entry]
+            key, value = f"{key}.{entry}" if key else str(entry), value[entry]
     return key, value, tp
 
 
@@ -124,35 +136,46 @@ def _fits(value: Any, tp: Any) -> bool:
     return True
 
 
-def _strip(tp: Any) -> Any:
-    """`tp` without Annotated, and without None when it is `X | None`."""
+def _members(tp: Any) -> list[Any]:
+    """The types a value of `tp` may be (a union's members), each with its Annotated kept."""
+    bare = get_args(tp)[0] if get_origin(tp) is Annotated else tp
+    if get_origin(bare) in (Union, types.UnionType):
+        return [m for a in get_args(bare) for m in _members(a)]
+    return [tp]
+
+
+def _bare(tp: Any) -> Any:
     while get_origin(tp) is Annotated:
         tp = get_args(tp)[0]
-    if get_origin(tp) in (Union, types.UnionType):
-        inner = [a for a in get_args(tp) if a is not type(None)]
-        return _strip(inner[0]) if len(inner) == 1 else tp
     return tp
 
 
-def _args(tp: Any) -> tuple[Any, ...]:
-    return get_args(_strip(tp))
-
-
-def _struct(tp: Any) -> Any:
-    return _strip(tp)
-
-
-def _field_type(struct: Any, name: str) -> Any:
-    hints = typing.get_type_hints(struct, include_extras=True)
-    for f in msgspec.structs.fields(struct):
-        if f.encode_name == name:
-            return hints.get(f.name, f.type)
+def _member(tp: Any, kind: type) -> Any:
+    """The member of `tp` that is a `kind` (a Struct class, list[...] or dict[...]), without Annotated."""
+    for member in map(_bare, _members(tp)):
+        if (get_origin(member) or member) is kind or isinstance(member, type) and issubclass(member, kind):
+            return member
     return Any
 
 
+def _field_type(struct: Any, name: str) -> Any:
+    return next((f.type for f in msgspec.structs.fields(struct) if f.encode_name == name), Any)
+
+
 def _literal_choices(tp: Any) -> tuple[Any, ...]:
-    tp = _strip(tp)
-    return get_args(tp) if get_origin(tp) is Literal else ()
+    return next((get_args(m) for m in map(_bare, _members(tp)) if get_origin(m) is Literal), ())
+
+
+def _description(tp: Any) -> str | None:
+    """The description of a Meta on `tp`, or else on the first member of a union that has one."""
+    if get_origin(tp) is Annotated:
+        meta = next((m for m in get_args(tp)[1:] if isinstance(m, msgspec.Meta) and m.description), None)
+        if meta is not None:
+            return meta.description
+        tp = get_args(tp)[0]
+    if get_origin(tp) in (Union, types.UnionType):
+        return next(filter(None, map(_description, get_args(tp))), None)
+    return None
 
 
 def json_schema(tp: Any, title: str, schema_hook: Callable[[type], dict[str, Any]] | None = None) -> dict[str, Any]:
