@@ -30,6 +30,9 @@ PATH_SEGMENT_RE = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 TYPE_ERROR_RE = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
 BOUND_ERROR_RE = re.compile(r"Expected `(?:int|float)` (>=|<=|>|<) (\S+)")
 LENGTH_ERROR_RE = re.compile(r"Expected `(?:str|array|object)` of length >= (\d+)")
+# Too many entries or characters: said as such, whatever the type's description.
+TOO_LONG_RE = re.compile(r"Expected `(str|array|object)` of length <= (\d+)")
+KEY_CHARS = 60  # of a mapping's key in a key path: whatever a sender put there, the message stays one short line
 BOUND_WORDS = {">=": "must be at least", "<=": "must be at most", ">": "must be more than", "<": "must be less than"}
 
 
@@ -79,16 +82,23 @@ def explain(
     """msgspec's "Expected `int`, got `str` - at `$.bot.listen.port`" as `bot.listen.port: expected an integer, got
     'abc'`: the key path with dict keys filled in, the value shown, the words of our messages ("" the top level)."""
     message, _, where = str(exc).partition(" - at `")
-    if where.startswith("key` in `"):  # a mapping key that is not a string
-        key, value, _tp = _walk(where[len("key` in `") : -1], data, tp)
-        return SchemaError(key, f"keys must be strings, got {describe(next(iter(value), None))}")
+    if where.startswith("key` in `"):  # a mapping's key: the first that does not fit, named as "(the name)"
+        key, value, at = _walk(where[len("key` in `") : -1], data, tp)
+        at = get_args(_member(at, dict))[0]
+        entry = next(k for k in value if not _fits(k, at))
+        where_key = f"{key}.{entry[:KEY_CHARS]} (the name)" if isinstance(entry, str) else key
+        return explain_value(message, where_key, entry, at, expected_from_description)
     key, value, at = _walk(where[:-1], data, tp)
     if match := re.match(r"Object contains unknown field `(.+)`", message):
         name = match.group(1)
         return SchemaError(f"{key}.{name}" if key else name, unknown_key(_member(at, msgspec.Struct), name))
     if match := re.match(r"Object missing required field `(.+)`", message):
         return SchemaError(f"{key}.{match.group(1)}" if key else match.group(1), "required")
-    if expected_from_description and (words := _description(at)):
+    return explain_value(message, key, value, at, expected_from_description)
+
+
+def explain_value(message: str, key: str, value: Any, at: Any, expected_from_description: bool) -> SchemaError:
+    if expected_from_description and (words := _description(at)) and not TOO_LONG_RE.match(message):
         return SchemaError(key, f"expected {words}")
     return SchemaError(key, _problem(message, value, at))
 
@@ -103,6 +113,9 @@ def _problem(message: str, value: Any, at: Any) -> str:
         bound = float(match.group(2))
         shown = str(int(bound)) if bound.is_integer() and abs(bound) < 1e15 else repr(bound)
         return f"{BOUND_WORDS[match.group(1)]} {shown}, got {describe(value)}"
+    if match := TOO_LONG_RE.match(message):
+        unit = "characters" if match.group(1) == "str" else "entries"
+        return f"more than {match.group(2)} {unit}"
     if match := LENGTH_ERROR_RE.match(message):
         return "must not be empty" if match.group(1) == "1" else f"expected at least {match.group(1)} entries"
     if message.startswith("Invalid enum value"):
@@ -124,7 +137,7 @@ def _walk(path: str, data: Any, tp: Any) -> tuple[str, Any, Any]:
         else:
             tp = get_args(_member(tp, dict))[1]
             entry = next(k for k, v in value.items() if not _fits(v, tp))
-            key, value = f"{key}.{entry}" if key else str(entry), value[entry]
+            key, value = f"{key}.{str(entry)[:KEY_CHARS]}" if key else str(entry)[:KEY_CHARS], value[entry]
     return key, value, tp
 
 
