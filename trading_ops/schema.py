@@ -103,24 +103,43 @@ def explain_value(message: str, key: str, value: Any, at: Any, expected_from_des
     return SchemaError(key, _problem(message, value, at))
 
 
+def _bound_words(match: re.Match[str], value: Any) -> str:
+    bound = float(match.group(2))
+    shown = str(int(bound)) if bound.is_integer() and abs(bound) < 1e15 else repr(bound)
+    return f"{BOUND_WORDS[match.group(1)]} {shown}, got {describe(value)}"
+
+
+def _type_words(match: re.Match[str], value: Any) -> str:
+    wanted = " or ".join(TYPE_WORDS.get(name, name) for name in match.group(1).split(" | "))
+    return f"expected {wanted}, got {describe(value)}"
+
+
+def _too_long_words(match: re.Match[str], value: Any) -> str:
+    return f"more than {match.group(2)} {'characters' if match.group(1) == 'str' else 'entries'}"
+
+
+def _too_short_words(match: re.Match[str], value: Any) -> str:
+    return "must not be empty" if match.group(1) == "1" else f"expected at least {match.group(1)} entries"
+
+
+# msgspec's messages and ours.
+MESSAGE_WORDS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str], Any], str]], ...] = (
+    (TYPE_ERROR_RE, _type_words),
+    (BOUND_ERROR_RE, _bound_words),
+    (TOO_LONG_RE, _too_long_words),
+    (LENGTH_ERROR_RE, _too_short_words),
+)
+
+
 def _problem(message: str, value: Any, at: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return f"expected a finite number, got {value}"
-    if match := TYPE_ERROR_RE.match(message):
-        wanted = " or ".join(TYPE_WORDS.get(name, name) for name in match.group(1).split(" | "))
-        return f"expected {wanted}, got {describe(value)}"
-    if match := BOUND_ERROR_RE.match(message):
-        bound = float(match.group(2))
-        shown = str(int(bound)) if bound.is_integer() and abs(bound) < 1e15 else repr(bound)
-        return f"{BOUND_WORDS[match.group(1)]} {shown}, got {describe(value)}"
-    if match := TOO_LONG_RE.match(message):
-        unit = "characters" if match.group(1) == "str" else "entries"
-        return f"more than {match.group(2)} {unit}"
-    if match := LENGTH_ERROR_RE.match(message):
-        return "must not be empty" if match.group(1) == "1" else f"expected at least {match.group(1)} entries"
     if message.startswith("Invalid enum value"):
         choices = ", ".join(repr(choice) for choice in _literal_choices(at))
         return f"expected one of {choices}, got {describe(value)}"
+    for pattern, words in MESSAGE_WORDS:
+        if match := pattern.match(message):
+            return words(match, value)
     return message[:1].lower() + message[1:]
 
 

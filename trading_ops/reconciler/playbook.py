@@ -20,7 +20,7 @@ from trading_ops.matchers import compile_matcher, regex_matches
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import RISKS
 from trading_ops.reconciler.packaged_playbooks import DEFAULT_PLAYBOOK, PACKAGED_PLAYBOOKS
-from trading_ops.schema import SchemaError, convert, json_schema
+from trading_ops.schema import SchemaError, convert
 
 MATCHER_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
 STEP_KEYS = ("action", "name", "timeout", "risk", "approval", "approval_timeout", "on_timeout")
@@ -550,8 +550,3 @@ def _verify(spec: bool | VerifySpec, where: str) -> Verify:
         deadline=_duration(spec.deadline, f"{where}.deadline"),
         interval=_duration(spec.interval, f"{where}.interval"),
     )
-
-
-def playbook_schema() -> dict[str, Any]:
-    """The JSON Schema of a playbook file (its rules; a step's parameters are its action's)."""
-    return json_schema(PlaybookFile, "trading-ops playbook")
