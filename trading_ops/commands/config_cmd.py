@@ -76,14 +76,21 @@ def print_schema(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.config import config_schema
 
     text = json.dumps(config_schema(), indent=2) + "\n"
-    if args.output is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        Path(args.output).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("--output", f"cannot write {args.output}: {exc.strerror}") from exc
+    if write_output(text, args.output):
+        print(f"wrote the JSON Schema of the configuration to {args.output}")
     return 0
+
+
+def write_output(text: str, output: str | None) -> bool:
+    """`text` to the file `output` (True), or to stdout without one (False)."""
+    if output is None:
+        sys.stdout.write(text)
+        return False
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--output", f"cannot write {output}: {exc.strerror}") from exc
+    return True
 
 
 def config_source(args: argparse.Namespace) -> str:
@@ -200,11 +207,5 @@ def file_sd(instances: list[str], source: str, job: str = "tradingbot") -> str:
 
 def print_targets(args: argparse.Namespace, config: Config) -> int:
     text = file_sd(bot_instances(config, args.job), args.config or "trading-ops.yaml", args.job)
-    if args.output is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        Path(args.output).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("--output", f"cannot write {args.output}: {exc.strerror}") from exc
+    write_output(text, args.output)
     return 0
