@@ -10,7 +10,6 @@ import os
 import re
 import sys
 import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1309,6 +1308,17 @@ def _struct_field(f: dataclasses.Field[Any], tp: Any) -> list[tuple[str, Any, An
     return [(f.name, _schema_type(tp, f.metadata), default)]
 
 
+_ANNOTATIONS: dict[str, Any] = {}
+
+
+def _annotation(text: str) -> Any:
+    """A field's annotation (a string: `from __future__ import annotations`) as a type; the few distinct ones are
+    evaluated once each, not once per field as typing.get_type_hints would (every command loads the configuration)."""
+    if text not in _ANNOTATIONS:
+        _ANNOTATIONS[text] = eval(text, globals())  # noqa: S307 - this module's own annotations
+    return _ANNOTATIONS[text]
+
+
 _STRUCTS: dict[type, type[msgspec.Struct]] = {}
 _DATACLASSES: dict[type, type] = {}
 
@@ -1316,10 +1326,9 @@ _DATACLASSES: dict[type, type] = {}
 def _struct_of(cls: type) -> type[msgspec.Struct]:
     """The msgspec structure of a configuration dataclass (made once): unknown keys refused."""
     if cls not in _STRUCTS:
-        hints = typing.get_type_hints(cls)
         fields: list[tuple[str, Any, Any]] = []
         for f in _config_fields(cls):
-            fields += _struct_field(f, hints[f.name])
+            fields += _struct_field(f, _annotation(str(f.type)))
         # A dataclass's own docstring, not the signature @dataclass writes when it has none.
         doc = inspect.cleandoc(cls.__doc__) if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(") else None
         struct = msgspec.defstruct(

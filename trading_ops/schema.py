@@ -16,6 +16,7 @@ import msgspec
 FINITE = msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)
 Finite = Annotated[float, FINITE]
 
+# Patterns of msgspec's messages, compiled on the first error (re caches them), not by every command at start.
 # msgspec's names of JSON types, in the words of our messages.
 TYPE_WORDS = {
     "int": "an integer",
@@ -26,12 +27,12 @@ TYPE_WORDS = {
     "object": "a mapping",
     "null": "nothing (null)",
 }
-PATH_SEGMENT_RE = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
-TYPE_ERROR_RE = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
-BOUND_ERROR_RE = re.compile(r"Expected `(?:int|float)` (>=|<=|>|<) (\S+)")
-LENGTH_ERROR_RE = re.compile(r"Expected `(?:str|array|object)` of length >= (\d+)")
+PATH_SEGMENT_PATTERN = r"\.([^.\[]+)|\[(\d+|\.\.\.)\]"
+TYPE_ERROR_PATTERN = r"Expected `([^`]+)`, got `([^`]+)`"
+BOUND_ERROR_PATTERN = r"Expected `(?:int|float)` (>=|<=|>|<) (\S+)"
+LENGTH_ERROR_PATTERN = r"Expected `(?:str|array|object)` of length >= (\d+)"
 # Too many entries or characters: said as such, whatever the type's description.
-TOO_LONG_RE = re.compile(r"Expected `(str|array|object)` of length <= (\d+)")
+TOO_LONG_PATTERN = r"Expected `(str|array|object)` of length <= (\d+)"
 KEY_CHARS = 60  # of a mapping's key in a key path: whatever a sender put there, the message stays one short line
 BOUND_WORDS = {">=": "must be at least", "<=": "must be at most", ">": "must be more than", "<": "must be less than"}
 
@@ -98,7 +99,7 @@ def explain(
 
 
 def explain_value(message: str, key: str, value: Any, at: Any, expected_from_description: bool) -> SchemaError:
-    if expected_from_description and (words := _description(at)) and not TOO_LONG_RE.match(message):
+    if expected_from_description and (words := _description(at)) and not re.match(TOO_LONG_PATTERN, message):
         return SchemaError(key, f"expected {words}")
     return SchemaError(key, _problem(message, value, at))
 
@@ -123,11 +124,11 @@ def _too_short_words(match: re.Match[str], value: Any) -> str:
 
 
 # msgspec's messages and ours.
-MESSAGE_WORDS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str], Any], str]], ...] = (
-    (TYPE_ERROR_RE, _type_words),
-    (BOUND_ERROR_RE, _bound_words),
-    (TOO_LONG_RE, _too_long_words),
-    (LENGTH_ERROR_RE, _too_short_words),
+MESSAGE_WORDS: tuple[tuple[str, Callable[[re.Match[str], Any], str]], ...] = (
+    (TYPE_ERROR_PATTERN, _type_words),
+    (BOUND_ERROR_PATTERN, _bound_words),
+    (TOO_LONG_PATTERN, _too_long_words),
+    (LENGTH_ERROR_PATTERN, _too_short_words),
 )
 
 
@@ -138,7 +139,7 @@ def _problem(message: str, value: Any, at: Any) -> str:
         choices = ", ".join(repr(choice) for choice in _literal_choices(at))
         return f"expected one of {choices}, got {describe(value)}"
     for pattern, words in MESSAGE_WORDS:
-        if match := pattern.match(message):
+        if match := re.match(pattern, message):
             return words(match, value)
     return message[:1].lower() + message[1:]
 
@@ -147,7 +148,7 @@ def _walk(path: str, data: Any, tp: Any) -> tuple[str, Any, Any]:
     """Follow msgspec's path (`$.a.b[0].c[...]`) through `data` and `tp`: the dotted key, the value, its type. A
     mapping's entry (`[...]`) is the first whose value does not convert."""
     key, value = "", data
-    for name, index in PATH_SEGMENT_RE.findall(path.removeprefix("$")):
+    for name, index in re.findall(PATH_SEGMENT_PATTERN, path.removeprefix("$")):
         if name:
             tp = _field_type(_member(tp, msgspec.Struct), name)
             key, value = f"{key}.{name}" if key else name, value.get(name) if isinstance(value, dict) else None
