@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-import inspect
 import ipaddress
 import os
 import re
-import sys
-import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import msgspec
 import yaml
 
-from trading_ops.schema import SchemaError, convert, describe, json_schema
 from trading_ops.scopes import DESTRUCTIVE, SCOPES, TokenSet
 
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
-SECRET_SUFFIXES = ("_file", "_env")
 # SQLAlchemy drivers the project supports; bare `postgresql` means psycopg 3 (psycopg2 is not a dependency).
 DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 POSTGRESQL_DRIVER = "postgresql+psycopg"
@@ -1206,11 +1199,15 @@ def _reject_duplicate_keys(node: yaml.Node, path: str, visited: set[int]) -> Non
 
 
 def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
+    """The configuration in `data` (the parsed YAML), checked against its schema (types, ranges, unknown keys), then
+    by the `checked` functions and the sections' `validate` rules."""
+    # The schema layer (msgspec) is imported by the commands that read a configuration, not by `--help`.
+    from trading_ops.schema import SchemaError, build
+
     try:
-        converted = convert(data, _struct_of(Config), unknown_key=_unknown_key)
+        config: Config = build(Config, data, unknown_key=_unknown_key)
     except SchemaError as exc:
         raise ConfigError(exc.key or "(top level)", exc.problem) from None
-    config: Config = _build(Config, converted, data, "")
     config.base_dir = base_dir or Path.cwd()
     return config
 
@@ -1255,142 +1252,21 @@ def _read_secret_file(key: str, path: str) -> str:
 
 
 def _describe(value: Any) -> str:
-    return describe(value)
-
-
-# ---- the schema: a msgspec structure per section, derived from the dataclasses above ---------------------------
-# The dataclasses stay what the code reads; their msgspec twins are what the file is checked against in one call
-# (types, ranges, unknown keys, finite numbers) and what `trading-ops config schema` prints. A secret `x` is the keys
-# `x_file` and `x_env` there. Checks that are not types (names, hosts, URLs, schedules, database URLs, RE2
-# patterns) are the `checked` functions, run on the converted values; rules across keys are `validate` methods.
-
-
-def _bounds(tp: Any, meta: Mapping[str, Any]) -> Any:
-    """A numeric field's msgspec type: its `bounded` range, and finite for a float."""
-    low, high = meta.get("min"), meta.get("max")
-    if tp is float:
-        low = -sys.float_info.max if low is None else low
-        high = sys.float_info.max if high is None else high
-    if low is None and high is None:
-        return tp
-    return Annotated[tp, msgspec.Meta(ge=low, le=high)]
-
-
-def _schema_type(tp: Any, meta: Mapping[str, Any] = types.MappingProxyType({})) -> Any:
-    """The msgspec type of a dataclass field's type."""
-    origin, args = get_origin(tp), get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _struct_of(tp)  # type: ignore[arg-type]
-    if origin is list:
-        return list[_schema_type(args[0])]  # type: ignore[misc]
-    if origin is dict:
-        return dict[str, _schema_type(args[1])]  # type: ignore[misc]
-    if origin in (Union, types.UnionType):
-        return Union[tuple(_schema_type(a, meta) for a in args)]  # noqa: UP007 - built from a tuple
-    if tp in (int, float):
-        return _bounds(tp, meta)
-    return tp
-
-
-def _struct_field(f: dataclasses.Field[Any], tp: Any) -> list[tuple[str, Any, Any]]:
-    if f.metadata.get("secret"):
-        words = f.metadata.get("help") or f.name
-        where = Annotated[str, msgspec.Meta(min_length=1, description=f"{words}: read from this file")]
-        env = Annotated[str, msgspec.Meta(min_length=1, description=f"{words}: read from this environment variable")]
-        return [
-            (f"{f.name}_file", where, msgspec.field(default_factory=str)),
-            (f"{f.name}_env", env, msgspec.field(default_factory=str)),
-        ]
-    if f.default is not dataclasses.MISSING:
-        default = msgspec.field(default=f.default)
-    else:
-        default = msgspec.field(default_factory=f.default_factory)  # type: ignore[arg-type]
-    return [(f.name, _schema_type(tp, f.metadata), default)]
-
-
-_ANNOTATIONS: dict[str, Any] = {}
-
-
-def _annotation(text: str) -> Any:
-    """A field's annotation (a string: `from __future__ import annotations`) as a type; the few distinct ones are
-    evaluated once each, not once per field as typing.get_type_hints would (every command loads the configuration)."""
-    if text not in _ANNOTATIONS:
-        _ANNOTATIONS[text] = eval(text, globals())  # noqa: S307 - this module's own annotations
-    return _ANNOTATIONS[text]
-
-
-_STRUCTS: dict[type, type[msgspec.Struct]] = {}
-_DATACLASSES: dict[type, type] = {}
-
-
-def _struct_of(cls: type) -> type[msgspec.Struct]:
-    """The msgspec structure of a configuration dataclass (made once): unknown keys refused."""
-    if cls not in _STRUCTS:
-        fields: list[tuple[str, Any, Any]] = []
-        for f in _config_fields(cls):
-            fields += _struct_field(f, _annotation(str(f.type)))
-        # A dataclass's own docstring, not the signature @dataclass writes when it has none.
-        doc = inspect.cleandoc(cls.__doc__) if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(") else None
-        struct = msgspec.defstruct(
-            cls.__name__,
-            fields,
-            kw_only=True,
-            forbid_unknown_fields=True,
-            module=__name__,
-            namespace={"__doc__": doc},
-        )
-        _STRUCTS[cls], _DATACLASSES[struct] = struct, cls
-    return _STRUCTS[cls]
-
-
-def _config_fields(cls: type) -> list[dataclasses.Field[Any]]:
-    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]  # type: ignore[arg-type]
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _unknown_key(struct: type, name: str) -> str:
-    cls = _DATACLASSES[struct]
-    secrets = [f.name for f in _config_fields(cls) if f.metadata.get("secret")]
-    if name in secrets:
+    """The message for a key a section does not have: a secret written in the file, or an unknown one."""
+    from trading_ops.schema import dataclass_fields, encode_names
+
+    if name in [f.name for f in dataclass_fields(struct) if f.metadata.get("secret")]:
         return f"secrets are not written in the file; use {name}_file or {name}_env"
-    known = ", ".join(sorted(f.encode_name for f in msgspec.structs.fields(struct)))
-    return f"unknown key (known keys: {known})"
+    return f"unknown key (known keys: {', '.join(sorted(encode_names(struct)))})"
 
 
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of the configuration file (`trading-ops config schema`)."""
-    return json_schema(_struct_of(Config), "trading-ops configuration")
+    from trading_ops.schema import json_schema, struct_of
 
-
-def _build(cls: Any, value: msgspec.Struct, raw: dict[str, Any], prefix: str) -> Any:
-    """The dataclass of a converted section: the keys the file gave, their checks, then the section's rules."""
-    kwargs: dict[str, Any] = {}
-    for f in _config_fields(cls):
-        path = f"{prefix}.{f.name}" if prefix else f.name
-        if f.metadata.get("secret"):
-            file, env = getattr(value, f"{f.name}_file"), getattr(value, f"{f.name}_env")
-            if file and env:
-                raise ConfigError(f"{path}_env", f"give only one of {f.name}_file and {f.name}_env")
-            if file or env:
-                kwargs[f.name] = f"file:{file}" if file else f"env:{env}"
-        elif f.name in raw:
-            kwargs[f.name] = converted = _instance(getattr(value, f.name), raw[f.name], path)
-            check = f.metadata.get("check")
-            if check is not None and (problem := check(converted)):
-                raise ConfigError(path, problem)
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        # Rules that span keys of one section (the section's defaults satisfy them).
-        validate(prefix, set(kwargs))
-    return obj
-
-
-def _instance(value: Any, raw: Any, path: str) -> Any:
-    """A converted value with its structures made dataclasses (`raw`: what the file gave for it)."""
-    if isinstance(value, msgspec.Struct):
-        return _build(_DATACLASSES[type(value)], value, raw, path)
-    if isinstance(value, list):
-        return [_instance(v, raw[i], f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {k: _instance(v, raw[k], f"{path}.{k}") for k, v in value.items()}
-    return value
+    return json_schema(struct_of(Config), "trading-ops configuration")

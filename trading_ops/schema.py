@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import re
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
-
-# What a float field takes unless it says more: a finite number (NaN and infinities compare false with every bound,
-# so a range alone would let them in).
-FINITE = msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)
-Finite = Annotated[float, FINITE]
 
 # Patterns of msgspec's messages, compiled on the first error (re caches them), not by every command at start.
 # msgspec's names of JSON types, in the words of our messages.
@@ -215,3 +212,142 @@ def json_schema(tp: Any, title: str, schema_hook: Callable[[type], dict[str, Any
     """The JSON Schema (draft 2020-12) of `tp`, for editors (the YAML language server) and other tools."""
     schema = msgspec.json.schema(tp, schema_hook=schema_hook)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": title, **schema}
+
+
+# ---- dataclasses as structures: the configuration's sections ------------------------------------------------------
+# A configuration dataclass declares its keys; its msgspec twin (made once, on first use) is what a file is converted
+# with in one call (types, ranges, unknown keys refused, finite numbers) and what its JSON Schema is made from. Field
+# metadata (trading_ops.config's `secret`, `bounded`, `checked`): `secret` (with `help`) makes the key `x` the keys
+# `x_file` and `x_env`; `min`/`max` a numeric range; `check` a function run on the converted value that returns the
+# problem or None; `internal` a field the file does not set. After the conversion each section's dataclass is made
+# from the keys the file gave, and its `validate(prefix, given)` checks the rules across its keys.
+
+_STRUCTS: dict[type, type[msgspec.Struct]] = {}
+_DATACLASSES: dict[type, type] = {}
+_ANNOTATIONS: dict[tuple[str, str], Any] = {}
+
+
+def build(cls: type, data: Any, *, unknown_key: Callable[[type, str], str] = unknown_key_words) -> Any:
+    """`data` as the dataclass `cls`; SchemaError names the first key whose type, range or name is wrong, and what
+    the checks and `validate` methods raise passes through."""
+    return _build(cls, convert(data, struct_of(cls), unknown_key=unknown_key), data, "")
+
+
+def struct_of(cls: type) -> type[msgspec.Struct]:
+    """The msgspec structure of a dataclass (and of the dataclasses it holds): unknown keys refused."""
+    if cls not in _STRUCTS:
+        fields: list[tuple[str, Any, Any]] = []
+        for f in dataclass_fields(cls):
+            fields += _struct_fields(f, _annotation(cls, str(f.type)))
+        # A dataclass's own docstring, not the signature @dataclass writes when it has none.
+        doc = cls.__doc__ if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(") else None
+        struct = msgspec.defstruct(
+            cls.__name__,
+            fields,
+            kw_only=True,
+            forbid_unknown_fields=True,
+            module=cls.__module__,
+            namespace={"__doc__": inspect.cleandoc(doc) if doc else None},
+        )
+        _STRUCTS[cls], _DATACLASSES[struct] = struct, cls
+    return _STRUCTS[cls]
+
+
+def dataclass_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields of a dataclass (or of the dataclass a structure was made from) that a file sets."""
+    cls = _DATACLASSES.get(cls, cls)
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]  # type: ignore[arg-type]
+
+
+def encode_names(struct: type) -> list[str]:
+    """The keys a structure takes."""
+    return [f.encode_name for f in msgspec.structs.fields(struct)]
+
+
+def _annotation(cls: type, text: str) -> Any:
+    """A field's annotation (a string under `from __future__ import annotations`) as a type, evaluated in its
+    module; each distinct one once, not once per field as typing.get_type_hints would (every command loads the
+    configuration)."""
+    key = (cls.__module__, text)
+    if key not in _ANNOTATIONS:
+        _ANNOTATIONS[key] = eval(text, vars(sys.modules[cls.__module__]))  # noqa: S307 - the module's own annotations
+    return _ANNOTATIONS[key]
+
+
+def _struct_fields(f: dataclasses.Field[Any], tp: Any) -> list[tuple[str, Any, Any]]:
+    """The structure's fields for a dataclass field: itself, or a secret's `_file` and `_env` keys."""
+    if f.metadata.get("secret"):
+        words = f.metadata.get("help") or f.name
+        return [
+            (f"{f.name}{suffix}", Annotated[str, msgspec.Meta(min_length=1, description=f"{words}: {where}")], NOT_SET)
+            for suffix, where in (("_file", "read from this file"), ("_env", "read from this environment variable"))
+        ]
+    if f.default is not dataclasses.MISSING:
+        default = msgspec.field(default=f.default)
+    else:
+        default = msgspec.field(default_factory=f.default_factory)  # type: ignore[arg-type]
+    return [(f.name, _struct_type(tp, f.metadata), default)]
+
+
+# A secret's `_file` and `_env` keys when the file gives neither (the schema shows no default).
+NOT_SET = msgspec.field(default_factory=str)
+
+
+def _struct_type(tp: Any, meta: Mapping[str, Any] = types.MappingProxyType({})) -> Any:
+    """The structure's type for a dataclass field's type."""
+    origin, args = get_origin(tp), get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return struct_of(tp)  # type: ignore[arg-type]
+    if origin is list:
+        return list[_struct_type(args[0])]  # type: ignore[misc]
+    if origin is dict:
+        return dict[str, _struct_type(args[1])]  # type: ignore[misc]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_struct_type(a, meta) for a in args)]  # noqa: UP007 - built from a tuple
+    if tp in (int, float):
+        return _bounded(tp, meta)
+    return tp
+
+
+def _bounded(tp: type, meta: Mapping[str, Any]) -> Any:
+    """A number's type with its range (`min`, `max`); a float is finite whether or not it has one."""
+    low, high = meta.get("min"), meta.get("max")
+    if tp is float:
+        low = -sys.float_info.max if low is None else low
+        high = sys.float_info.max if high is None else high
+    return tp if low is None and high is None else Annotated[tp, msgspec.Meta(ge=low, le=high)]
+
+
+def _build(cls: Any, value: msgspec.Struct, raw: dict[str, Any], prefix: str) -> Any:
+    """The dataclass of a converted section: the keys the file gave, their checks, then the section's rules."""
+    kwargs: dict[str, Any] = {}
+    for f in dataclass_fields(cls):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        if f.metadata.get("secret"):
+            file, env = getattr(value, f"{f.name}_file"), getattr(value, f"{f.name}_env")
+            if file and env:
+                raise SchemaError(f"{path}_env", f"give only one of {f.name}_file and {f.name}_env")
+            if file or env:
+                kwargs[f.name] = f"file:{file}" if file else f"env:{env}"
+        elif f.name in raw:
+            kwargs[f.name] = converted = _instance(getattr(value, f.name), raw[f.name], path)
+            check = f.metadata.get("check")
+            if check is not None and (problem := check(converted)):
+                raise SchemaError(path, problem)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        # Rules that span keys of one section (the section's defaults satisfy them).
+        validate(prefix, set(kwargs))
+    return obj
+
+
+def _instance(value: Any, raw: Any, path: str) -> Any:
+    """A converted value with its structures made dataclasses (`raw`: what the file gave for it)."""
+    if (cls := _DATACLASSES.get(type(value))) is not None:
+        return _build(cls, value, raw, path)
+    if isinstance(value, list):
+        return [_instance(v, raw[i], f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _instance(v, raw[k], f"{path}.{k}") for k, v in value.items()}
+    return value
