@@ -132,9 +132,9 @@ MESSAGE_WORDS: tuple[tuple[str, Callable[[re.Match[str], Any], str]], ...] = (
 def _problem(message: str, value: Any, at: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return f"expected a finite number, got {value}"
-    if message.startswith("Invalid enum value"):
-        choices = ", ".join(repr(choice) for choice in _literal_choices(at))
-        return f"expected one of {choices}, got {describe(value)}"
+    choices = _literal_choices(at)
+    if choices and (message.startswith("Invalid enum value") or re.match(TYPE_ERROR_PATTERN, message)):
+        return f"expected one of {', '.join(map(repr, choices))}, got {describe(value)}"
     for pattern, words in MESSAGE_WORDS:
         if match := re.match(pattern, message):
             return words(match, value)
