@@ -23,28 +23,6 @@ from trading_ops.reconciler.packaged_playbooks import DEFAULT_PLAYBOOK, PACKAGED
 from trading_ops.schema import SchemaError, convert
 
 MATCHER_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
-STEP_KEYS = ("action", "name", "timeout", "risk", "approval", "approval_timeout", "on_timeout")
-RULE_KEYS = (
-    "name",
-    "match",
-    "steps",
-    "wait_for",
-    "timeout",
-    "max_attempts",
-    "backoff",
-    "cooldown",
-    "verify",
-    "on_failure",
-    "allow_destructive",
-    "target_label",
-    "on_recovery",
-    "summary",
-    "on_unknown",
-    "approval",
-    "approval_timeout",
-    "on_timeout",
-    "hard_limit",
-)
 ON_FAILURE = ("escalate", "none")
 # What a run does with a step whose outcome is unknown (the reconciler died while it ran): run it again, or page a
 # human and do nothing more. Unset: escalate for a disruptive or destructive step, retry for a safe one.
@@ -348,7 +326,7 @@ Steps = Annotated[list[Any], Expected(description="a list of steps")]
 
 
 class RuleSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A rule: the alerts it handles (match) and what it does about them (steps), in the order of RULE_KEYS."""
+    """A rule: the alerts it handles (match) and what it does about them (steps)."""
 
     name: Annotated[str, Expected(pattern=r"^[A-Za-z0-9_.-]{1,128}$", description=NAME_WORDS)]
     match: Matchers
@@ -385,6 +363,9 @@ class StepKeys(msgspec.Struct):
     approval: Approval | None = None
     approval_timeout: Duration | None = None
     on_timeout: OnTimeout | None = None
+
+
+STEP_KEYS = tuple(f.name for f in msgspec.structs.fields(StepKeys))
 
 
 def _spec(data: Any, tp: Any, where: str, sep: str = ".") -> Any:
