@@ -108,7 +108,12 @@ def _run(argv: Sequence[str] | None) -> int:
     if args.config is None and os.environ.get(CONFIG_ENV):
         args.config = os.environ[CONFIG_ENV]
     try:
-        config = load_config(args.config, must_exist=args.config is not None)
+        # A command that reads no configuration (`config schema`, which helps fix a file that does not load).
+        config = (
+            Config()
+            if getattr(args, "without_config", False)
+            else load_config(args.config, must_exist=args.config is not None)
+        )
     except ConfigError as exc:
         print(f"trading-ops: config: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import ipaddress
-import math
 import os
 import re
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -21,7 +17,6 @@ import yaml
 from trading_ops.scopes import DESTRUCTIVE, SCOPES, TokenSet
 
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
-SECRET_SUFFIXES = ("_file", "_env")
 # SQLAlchemy drivers the project supports; bare `postgresql` means psycopg 3 (psycopg2 is not a dependency).
 DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 POSTGRESQL_DRIVER = "postgresql+psycopg"
@@ -505,8 +500,6 @@ def _check_optional_http_url(value: str) -> str | None:
 
 
 def _check_http_urls(values: list[str]) -> str | None:
-    if not isinstance(values, list):
-        return f"expected a list of http(s) URLs, got {_describe(values)}"
     return next((problem for v in values if (problem := _check_http_url(v))), None)
 
 
@@ -1206,7 +1199,15 @@ def _reject_duplicate_keys(node: yaml.Node, path: str, visited: set[int]) -> Non
 
 
 def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
-    config = _build(Config, data, "")
+    """The configuration in `data` (the parsed YAML), checked against its schema (types, ranges, unknown keys), then
+    by the `checked` functions and the sections' `validate` rules."""
+    # The schema layer (msgspec) is imported by the commands that read a configuration, not by `--help`.
+    from trading_ops.schema import SchemaError, build
+
+    try:
+        config: Config = build(Config, data, unknown_key=_unknown_key)
+    except SchemaError as exc:
+        raise ConfigError(exc.key or "(top level)", exc.problem) from None
     config.base_dir = base_dir or Path.cwd()
     return config
 
@@ -1250,109 +1251,22 @@ def _read_secret_file(key: str, path: str) -> str:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _type_name(tp: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    if tp in names:
-        return names[tp]
-    origin = get_origin(tp)
-    if origin is list:
-        return "a list"
-    if origin is dict:
-        return "a mapping"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return str(tp)
-
-
 def _describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(key, f"expected {_type_name(tp)}, got {_describe(value)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(key, f"expected a list, got {_describe(value)}")
-        (item,) = get_args(tp)
-        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a mapping, got {_describe(value)}")
-        _, item = get_args(tp)
-        return {str(k): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {_describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, f"expected a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(key, f"expected a finite number, got {value}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {_describe(value)}")
-        return value
-    raise ConfigError(key, f"unsupported type {tp}")  # pragma: no cover - a programming error
+def _unknown_key(struct: type, name: str) -> str:
+    """The message for a key a section does not have: a secret written in the file, or an unknown one."""
+    from trading_ops.schema import dataclass_fields, encode_names
+
+    if name in [f.name for f in dataclass_fields(struct) if f.metadata.get("secret")]:
+        return f"secrets are not written in the file; use {name}_file or {name}_env"
+    return f"unknown key (known keys: {', '.join(sorted(encode_names(struct)))})"
 
 
-def _build(cls: Any, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(prefix or "(top level)", f"expected a mapping, got {_describe(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    secrets = {name for name, f in fields.items() if f.metadata.get("secret")}
-    kwargs: dict[str, Any] = {}
-    for raw_key, value in data.items():
-        key = str(raw_key)
-        path = f"{prefix}.{key}" if prefix else key
-        base = next((key[: -len(s)] for s in SECRET_SUFFIXES if key.endswith(s) and key[: -len(s)] in secrets), None)
-        if base is not None:
-            if not isinstance(value, str) or not value:
-                raise ConfigError(path, f"expected a non-empty string, got {_describe(value)}")
-            if base in kwargs:
-                raise ConfigError(path, f"give only one of {base}_file and {base}_env")
-            kwargs[base] = ("file:" if key.endswith("_file") else "env:") + value
-            continue
-        if key in secrets:
-            raise ConfigError(path, f"secrets are not written in the file; use {key}_file or {key}_env")
-        if key not in fields:
-            known = ", ".join(
-                sorted([f for f in fields if f not in secrets] + [s + suf for s in secrets for suf in SECRET_SUFFIXES])
-            )
-            raise ConfigError(path, f"unknown key (known keys: {known})")
-        converted = _convert(hints[key], value, path)
-        meta = fields[key].metadata
-        if meta.get("min") is not None and converted < meta["min"]:
-            raise ConfigError(path, f"must be at least {meta['min']}, got {converted}")
-        if meta.get("max") is not None and converted > meta["max"]:
-            raise ConfigError(path, f"must be at most {meta['max']}, got {converted}")
-        if meta.get("check") is not None and (problem := meta["check"](converted)):
-            raise ConfigError(path, problem)
-        kwargs[key] = converted
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        # Rules that span keys of one section (the section's defaults satisfy them).
-        validate(prefix, set(kwargs))
-    return obj
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file (`trading-ops config schema`)."""
+    from trading_ops.schema import json_schema, struct_of
+
+    return json_schema(struct_of(Config), "trading-ops configuration")

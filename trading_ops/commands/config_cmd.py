@@ -1,5 +1,6 @@
-"""`trading-ops config check|show|targets`: validate the configuration, print it as it is in effect (secrets
-masked), or print the Prometheus file_sd targets of the configured bots (per scrape job: tradingbot, freqtrade)."""
+"""`trading-ops config check|show|targets|schema`: validate the configuration, print it as it is in effect (secrets
+masked), print the Prometheus file_sd targets of the configured bots (per scrape job: tradingbot, freqtrade), or
+print the JSON Schema of the file for editors."""
 
 from __future__ import annotations
 
@@ -58,6 +59,38 @@ def register(sub: Any) -> None:
         "never their values; the database URL's password is masked.",
     )
     show.set_defaults(handler=show_config)
+    schema = inner.add_parser(
+        "schema",
+        help="print the JSON Schema of the configuration file (for an editor: docs/configuration.md)",
+        description="Print the JSON Schema (draft 2020-12) of the configuration file: every key, its type, range "
+        "and default. Editors check a file against it as it is typed, e.g. the YAML language server with a "
+        "`# yaml-language-server: $schema=trading-ops.schema.json` line. It reads no configuration file.",
+    )
+    schema.add_argument("--output", "-o", default=None, metavar="FILE", help="write to FILE instead of stdout")
+    schema.set_defaults(handler=print_schema, without_config=True)
+
+
+def print_schema(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from trading_ops.config import config_schema
+
+    text = json.dumps(config_schema(), indent=2) + "\n"
+    if write_output(text, args.output):
+        print(f"wrote the JSON Schema of the configuration to {args.output}")
+    return 0
+
+
+def write_output(text: str, output: str | None) -> bool:
+    """`text` to the file `output` (True), or to stdout without one (False)."""
+    if output is None:
+        sys.stdout.write(text)
+        return False
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--output", f"cannot write {output}: {exc.strerror}") from exc
+    return True
 
 
 def config_source(args: argparse.Namespace) -> str:
@@ -174,11 +207,5 @@ def file_sd(instances: list[str], source: str, job: str = "tradingbot") -> str:
 
 def print_targets(args: argparse.Namespace, config: Config) -> int:
     text = file_sd(bot_instances(config, args.job), args.config or "trading-ops.yaml", args.job)
-    if args.output is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        Path(args.output).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("--output", f"cannot write {args.output}: {exc.strerror}") from exc
+    write_output(text, args.output)
     return 0

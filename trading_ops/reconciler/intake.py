@@ -12,8 +12,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import msgspec
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -28,6 +29,7 @@ from trading_ops.reconciler.ledger import (
     notification_rows,
 )
 from trading_ops.reconciler.playbook import Playbook
+from trading_ops.schema import SchemaError, convert
 from trading_ops.tasks import stop_tasks
 
 if TYPE_CHECKING:
@@ -125,34 +127,57 @@ def _rfc3339(value: str) -> datetime:
         raise ValueError(str(exc)) from exc
 
 
-def _str_map(value: Any, where: str, required: bool = False) -> dict[str, str]:
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        raise Rejected(422, "invalid_payload", f"{where}: expected an object of strings")
-    if len(value) > MAX_LABELS:
-        raise Rejected(422, "invalid_payload", f"{where}: more than {MAX_LABELS} entries")
+# ---- the payload's schema (Alertmanager's webhook, version 4), checked by msgspec ---------------------------------
+# Label names and values, and annotations: bounded, so a sender cannot make one alert cost megabytes.
+LabelMap = Annotated[
+    dict[
+        Annotated[str, msgspec.Meta(max_length=MAX_LABEL_NAME, description=f"a string (at most {MAX_LABEL_NAME})")],
+        Annotated[str, msgspec.Meta(max_length=MAX_VALUE, description=f"a string (at most {MAX_VALUE})")],
+    ],
+    msgspec.Meta(max_length=MAX_LABELS),
+]
+Status = Annotated[Literal["firing", "resolved"], msgspec.Meta(description="firing or resolved")]
+
+
+class WebhookPayload(msgspec.Struct, kw_only=True):
+    """A notification as Alertmanager posts it (its other keys, commonLabels and the like, are not read)."""
+
+    status: Status
+    alerts: Annotated[list[Any], msgspec.Meta(max_length=MAX_ALERTS, description="list of alert objects")]
+    receiver: str = ""
+    groupKey: str = ""
+    truncatedAlerts: Any = 0
+
+
+class AlertPayload(msgspec.Struct, kw_only=True):
+    """One alert of a notification; each is checked on its own."""
+
+    status: Status
+    labels: LabelMap
+    fingerprint: Annotated[str, msgspec.Meta(pattern=FINGERPRINT_RE.pattern, description="1-64 letters or digits")]
+    startsAt: Annotated[str, msgspec.Meta(description="an RFC 3339 timestamp string")]
+    annotations: LabelMap | None = None
+    generatorURL: str = ""
+
+
+def _payload(data: Any, tp: Any, at: str) -> Any:
+    """`data` as the structure `tp`, or Rejected(422) naming its first wrong key under `at`."""
+    try:
+        return convert(data, tp, expected_from_description=True)
+    except SchemaError as exc:
+        where = f"{at}.{exc.key}" if at and exc.key else at or exc.key
+        shown = where.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise Rejected(422, "invalid_payload", f"{shown}: {exc.problem}") from None
+
+
+def _text_map(value: dict[str, str], where: str) -> dict[str, str]:
+    """Labels or annotations as text a database stores: no NUL, no lone surrogate."""
     search = BAD_TEXT_RE.search
     for k, v in value.items():
         # Messages are built only for what is rejected: this runs for every label of every notification.
-        if not isinstance(v, str) or len(k) > MAX_LABEL_NAME or len(v) > MAX_VALUE:
-            raise Rejected(422, "invalid_payload", f"{where}.{_printable(k)}: expected a string (at most {MAX_VALUE})")
         if search(k) or search(v):
             _check_text(k, f"{where}.{_printable(k)} (the name)")
             _check_text(v, f"{where}.{_printable(k)}")
-    return dict(value)
-
-
-def _field(obj: dict[str, Any], name: str, where: str, tp: type, required: bool = True) -> Any:
-    if name not in obj:
-        if required:
-            raise Rejected(422, "invalid_payload", f"{where}{name}: required")
-        return None
-    value = obj[name]
-    if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
-        raise Rejected(422, "invalid_payload", f"{where}{name}: expected {tp.__name__}")
-    if isinstance(value, str):
-        _check_text(value, f"{where}{name}")
     return value
 
 
@@ -181,18 +206,13 @@ def validate(data: Any) -> Validated:
         raise Rejected(
             422, "unsupported_version", f'version: unsupported {shown} (expected the string "{SUPPORTED_VERSION}")'
         )
-    status = _field(data, "status", "", str)
-    if status not in STATUSES:
-        raise Rejected(422, "invalid_payload", "status: expected firing or resolved")
-    receiver = _field(data, "receiver", "", str, required=False) or ""
-    group_key = _field(data, "groupKey", "", str, required=False) or ""
-    raw_alerts = _field(data, "alerts", "", list)
-    if len(raw_alerts) > MAX_ALERTS:
-        raise Rejected(422, "invalid_payload", f"alerts: more than {MAX_ALERTS}")
+    payload: WebhookPayload = _payload(data, WebhookPayload, "")
+    _check_text(payload.receiver, "receiver")
+    _check_text(payload.groupKey, "groupKey")
     alerts: list[dict[str, Any]] = []
     invalid: list[str] = []
     latest = datetime.now(UTC) + MAX_FUTURE_SKEW
-    for i, a in enumerate(raw_alerts):
+    for i, a in enumerate(payload.alerts):
         # An alert that cannot be handled is refused on its own: the others of its notification are stored (a 422
         # for all of them would lose them, as Alertmanager does not resend after a 4xx).
         try:
@@ -202,36 +222,30 @@ def validate(data: Any) -> Validated:
     if invalid and not alerts:
         more = f" (and {len(invalid) - 1} more invalid alerts)" if len(invalid) > 1 else ""
         raise Rejected(422, "invalid_payload", invalid[0] + more)
-    truncated = data.get("truncatedAlerts")
-    truncated = truncated if isinstance(truncated, int) and not isinstance(truncated, bool) and truncated > 0 else 0
-    return Validated(receiver, status, group_key, alerts, invalid, truncated)
+    truncated = payload.truncatedAlerts
+    truncated = truncated if type(truncated) is int and truncated > 0 else 0
+    return Validated(payload.receiver, payload.status, payload.groupKey, alerts, invalid, truncated)
 
 
 def _alert(a: Any, at: str, latest: datetime) -> dict[str, Any]:
     """One alert of the payload, checked; Rejected(422) names its first wrong field."""
     where = f"{at}."
-    if not isinstance(a, dict):
-        raise Rejected(422, "invalid_payload", f"{at}: expected an object")
-    a_status = _field(a, "status", where, str)
-    if a_status not in STATUSES:
-        raise Rejected(422, "invalid_payload", f"{where}status: expected firing or resolved")
-    labels = _str_map(a.get("labels"), f"{where}labels", required=True)
+    alert: AlertPayload = _payload(a, AlertPayload, at)
+    labels = _text_map(alert.labels, f"{where}labels")
     if not labels.get("alertname"):
         raise Rejected(422, "invalid_payload", f"{where}labels.alertname: required")
-    fingerprint = _field(a, "fingerprint", where, str)
-    if not FINGERPRINT_RE.match(fingerprint):
-        raise Rejected(422, "invalid_payload", f"{where}fingerprint: expected 1-64 letters or digits")
-    starts_at = parse_timestamp(a.get("startsAt"), f"{where}startsAt")
+    starts_at = parse_timestamp(alert.startsAt, f"{where}startsAt")
     if starts_at > latest:
-        shown = _printable(str(a.get("startsAt")))
+        shown = _printable(alert.startsAt)
         raise Rejected(422, "invalid_payload", f"{where}startsAt: {shown} is in the future (not a real alert's start)")
+    _check_text(alert.generatorURL, f"{where}generatorURL")
     return {
-        "status": a_status,
+        "status": alert.status,
         "labels": labels,
-        "annotations": _str_map(a.get("annotations"), f"{where}annotations"),
+        "annotations": _text_map(alert.annotations or {}, f"{where}annotations"),
         "starts_at": starts_at,
-        "generator_url": _field(a, "generatorURL", where, str, required=False) or "",
-        "fingerprint": fingerprint,
+        "generator_url": alert.generatorURL,
+        "fingerprint": alert.fingerprint,
     }
 
 

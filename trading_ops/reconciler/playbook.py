@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import yaml
 
 from trading_ops.durations import parse_duration
@@ -19,30 +20,9 @@ from trading_ops.matchers import compile_matcher, regex_matches
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import RISKS
 from trading_ops.reconciler.packaged_playbooks import DEFAULT_PLAYBOOK, PACKAGED_PLAYBOOKS
+from trading_ops.schema import SchemaError, convert
 
 MATCHER_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
-STEP_KEYS = ("action", "name", "timeout", "risk", "approval", "approval_timeout", "on_timeout")
-RULE_KEYS = (
-    "name",
-    "match",
-    "steps",
-    "wait_for",
-    "timeout",
-    "max_attempts",
-    "backoff",
-    "cooldown",
-    "verify",
-    "on_failure",
-    "allow_destructive",
-    "target_label",
-    "on_recovery",
-    "summary",
-    "on_unknown",
-    "approval",
-    "approval_timeout",
-    "on_timeout",
-    "hard_limit",
-)
 ON_FAILURE = ("escalate", "none")
 # What a run does with a step whose outcome is unknown (the reconciler died while it ran): run it again, or page a
 # human and do nothing more. Unset: escalate for a disruptive or destructive step, retry for a safe one.
@@ -54,6 +34,10 @@ APPROVAL = ("required", "none")
 # What an approval nobody answered in time does: page and end the episode escalated, or skip the step and go on.
 ON_TIMEOUT = ("escalate", "skip")
 DEFAULT_APPROVAL_TIMEOUT = 900.0
+NAME_WORDS = "a name of letters, digits, '_', '.', '-'"
+BACKOFF_WORDS = "a mapping (initial, max, multiplier, jitter)"
+VERIFY_WORDS = "true, false or a mapping (expr, deadline, interval)"
+RISK_WORDS = f"one of {', '.join(RISKS)}"
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Longest duration a playbook may give (waits, cooldowns, backoffs): added to times, a longer one would overflow the
 # calendar; a century is past any real wait.
@@ -301,25 +285,107 @@ def _parse_text(text: str, source: str) -> Playbook:
     return parse_playbook(data, source)
 
 
+# ---- the playbook's schema: what a file may say, checked by msgspec in one call per rule ------------------------
+# A duration: seconds, or a Prometheus duration (`1h30m`) or one decimal unit (`2.5s`), read by parse_duration.
+Duration = Annotated[float | str, msgspec.Meta(description="a duration like 30s, 5m or 1h, or seconds")]
+Expected = msgspec.Meta  # its description is the words after "expected" in an error about the key
+
+
+class PlaybookFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A playbook file: rules tried in order, the first whose matchers all match handles an alert."""
+
+    version: Any = None
+    defaults: Annotated[dict[str, Any], Expected(description="a mapping")] | None = None
+    rules: Annotated[list[Any], Expected(min_length=1, description="a non-empty list")]
+
+
+class BackoffSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """Waits between a rule's attempts: initial, times multiplier after each, at most max, +- jitter."""
+
+    initial: Duration = 5
+    max: Duration = 300
+    multiplier: Annotated[float, Expected(ge=1, description="a number >= 1")] = 2.0
+    jitter: Annotated[float, Expected(ge=0, le=1, description="a number between 0 and 1")] = 0.2
+
+
+class VerifySpec(msgspec.Struct, forbid_unknown_fields=True):
+    """How success is checked against Prometheus after the steps."""
+
+    enabled: bool = True
+    expr: Annotated[str, Expected(description="a PromQL expression")] | None = None
+    deadline: Duration = 120
+    interval: Duration = 5
+
+
+Approval = Annotated[Literal["required", "none"], Expected(description=f"one of {', '.join(APPROVAL)}")]
+OnTimeout = Annotated[Literal["escalate", "skip"], Expected(description=f"one of {', '.join(ON_TIMEOUT)}")]
+Matchers = (
+    Annotated[list[Any], Expected(description='a list of matchers like alertname="TradingBotDown"')] | dict[str, Any]
+)
+Steps = Annotated[list[Any], Expected(description="a list of steps")]
+
+
+class RuleSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A rule: the alerts it handles (match) and what it does about them (steps)."""
+
+    name: Annotated[str, Expected(pattern=r"^[A-Za-z0-9_.-]{1,128}$", description=NAME_WORDS)]
+    match: Matchers
+    steps: Steps
+    wait_for: Duration = 0
+    timeout: Duration = 30
+    max_attempts: Annotated[int, Expected(ge=1, description="an integer >= 1")] = 2
+    backoff: Annotated[BackoffSpec, Expected(description=BACKOFF_WORDS)] | None = None
+    cooldown: Duration = 300
+    verify: bool | Annotated[VerifySpec, Expected(description=VERIFY_WORDS)] = True
+    on_failure: Annotated[Literal["escalate", "none"], Expected(description=f"one of {', '.join(ON_FAILURE)}")] = (
+        "escalate"
+    )
+    allow_destructive: Annotated[bool, Expected(description="true or false")] = False
+    target_label: Annotated[str, Expected(description="a label name")] = "instance"
+    on_recovery: Steps = []
+    summary: Annotated[str, Expected(description="one line of text")] = ""
+    on_unknown: (
+        Annotated[Literal["retry", "escalate"], Expected(description=f"one of {', '.join(ON_UNKNOWN)}")] | None
+    ) = None
+    approval: Approval | None = None
+    approval_timeout: Duration | None = None
+    on_timeout: OnTimeout | None = None
+    hard_limit: Matchers = []
+
+
+class StepKeys(msgspec.Struct):
+    """A step's own keys (its other keys are its action's parameters, checked by the action)."""
+
+    action: Any = None
+    name: Any = None
+    timeout: Duration | None = None
+    risk: Annotated[Literal["safe", "disruptive", "destructive"], Expected(description=RISK_WORDS)] | None = None
+    approval: Approval | None = None
+    approval_timeout: Duration | None = None
+    on_timeout: OnTimeout | None = None
+
+
+STEP_KEYS = tuple(f.name for f in msgspec.structs.fields(StepKeys))
+
+
+def _spec(data: Any, tp: Any, where: str, sep: str = ".") -> Any:
+    """`data` as the structure `tp`; PlaybookError names the key under `where` (a rule's, or the file's with ": ")."""
+    try:
+        return convert(data, tp, expected_from_description=True)
+    except SchemaError as exc:
+        raise PlaybookError(f"{where}{sep}{exc.key}: {exc.problem}" if exc.key else f"{where}: {exc.problem}") from None
+
+
 def parse_playbook(data: Any, source: str = "<memory>") -> Playbook:
-    if not isinstance(data, dict):
-        raise PlaybookError(f"{source}: expected a mapping with `rules`")
-    unknown = set(data) - {"version", "defaults", "rules"}
-    if unknown:
-        raise PlaybookError(f"{source}: {sorted(unknown)[0]}: unknown key (known: version, defaults, rules)")
-    defaults = data.get("defaults") or {}
-    rules_data = data.get("rules")
-    if not isinstance(defaults, dict):
-        raise PlaybookError(f"{source}: defaults: expected a mapping")
-    if not isinstance(rules_data, list) or not rules_data:
-        raise PlaybookError(f"{source}: rules: expected a non-empty list")
+    spec: PlaybookFile = _spec(data, PlaybookFile, source, ": ")
+    defaults = spec.defaults or {}
     try:
         _rule({**defaults, "name": "defaults", "match": [], "steps": []}, "defaults", {}, allow_empty=True)
     except PlaybookError as exc:
         raise PlaybookError(f"{source}: {exc}") from exc
     rules: list[Rule] = []
     names: set[str] = set()
-    for i, raw in enumerate(rules_data):
+    for i, raw in enumerate(spec.rules):
         try:
             rule = _rule(raw, f"rules[{i}]", defaults)
         except PlaybookError as exc:
@@ -336,98 +402,70 @@ def parse_playbook(data: Any, source: str = "<memory>") -> Playbook:
 MERGED_KEYS = ("verify", "backoff")
 
 
-def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = False) -> Rule:
-    if not isinstance(raw, dict):
-        raise PlaybookError(f"{where}: expected a mapping")
+def _merged(raw: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A rule over the playbook's defaults: a rule's `verify: {expr: ...}` keeps the defaults' interval and deadline."""
     data = {**defaults, **raw}
-    for key in MERGED_KEYS:  # a rule's `verify: {expr: ...}` keeps the defaults' interval and deadline
+    for key in MERGED_KEYS:
         base, own = defaults.get(key), raw.get(key)
         if isinstance(base, dict) and key in raw:
             data[key] = {**base, **own} if isinstance(own, dict) else base if own is True else own
-    for key in data:
-        if key not in RULE_KEYS:
-            raise PlaybookError(f"{where}.{key}: unknown key (known: {', '.join(RULE_KEYS)})")
-    name = data.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", name):
-        raise PlaybookError(f"{where}.name: expected a name of letters, digits, '_', '.', '-'")
-    matchers = _matchers(data.get("match"), f"{where}.match", allow_empty)
-    timeout = _duration(data.get("timeout", 30), f"{where}.timeout")
-    allow_destructive = data.get("allow_destructive", False)
-    if not isinstance(allow_destructive, bool):
-        raise PlaybookError(f"{where}.allow_destructive: expected true or false")
-    steps_data = data.get("steps")
-    if not isinstance(steps_data, list) or (not steps_data and not allow_empty):
+    return data
+
+
+def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = False) -> Rule:
+    if not isinstance(raw, dict):
+        raise PlaybookError(f"{where}: expected a mapping")
+    spec: RuleSpec = _spec(_merged(raw, defaults), RuleSpec, where)
+    matchers = _matchers(spec.match, f"{where}.match", allow_empty)
+    timeout = _duration(spec.timeout, f"{where}.timeout")
+    if not spec.steps and not allow_empty:
         raise PlaybookError(f"{where}.steps: expected a non-empty list of steps")
-    approval = _approval_settings(data, where, (None, DEFAULT_APPROVAL_TIMEOUT, "escalate"))
-    steps = tuple(_step(s, f"{where}.steps[{j}]", timeout, approval) for j, s in enumerate(steps_data))
-    recovery_data = data.get("on_recovery", [])
-    if not isinstance(recovery_data, list):
-        raise PlaybookError(f"{where}.on_recovery: expected a list of steps")
-    on_recovery = tuple(_step(s, f"{where}.on_recovery[{j}]", timeout) for j, s in enumerate(recovery_data))
+    approval = _approval_settings(spec, where, (None, DEFAULT_APPROVAL_TIMEOUT, "escalate"))
+    steps = tuple(_step(s, f"{where}.steps[{j}]", timeout, approval) for j, s in enumerate(spec.steps))
+    on_recovery = tuple(_step(s, f"{where}.on_recovery[{j}]", timeout) for j, s in enumerate(spec.on_recovery))
     for j, step in enumerate(on_recovery):
         if step.approval:
             raise PlaybookError(f"{where}.on_recovery[{j}].approval: only a rule's steps wait for an approval")
-    hard_limit = _matchers(data.get("hard_limit", []), f"{where}.hard_limit", allow_empty=True)
-    max_attempts = data.get("max_attempts", 2)
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise PlaybookError(f"{where}.max_attempts: expected an integer >= 1")
-    on_failure = data.get("on_failure", "escalate")
-    if on_failure not in ON_FAILURE:
-        raise PlaybookError(f"{where}.on_failure: expected one of {', '.join(ON_FAILURE)}")
-    on_unknown = data.get("on_unknown")
-    if on_unknown is not None and on_unknown not in ON_UNKNOWN:
-        raise PlaybookError(f"{where}.on_unknown: expected one of {', '.join(ON_UNKNOWN)}")
-    target_label = data.get("target_label", "instance")
-    if not isinstance(target_label, str):
-        raise PlaybookError(f"{where}.target_label: expected a label name")
-    summary = data.get("summary", "")
-    if not isinstance(summary, str) or "\n" in summary.strip():
+    if "\n" in spec.summary.strip():
         raise PlaybookError(f"{where}.summary: expected one line of text")
     return Rule(
-        name=name,
+        name=spec.name,
         matchers=matchers,
         steps=steps,
-        wait_for=_duration(data.get("wait_for", 0), f"{where}.wait_for"),
-        max_attempts=max_attempts,
-        backoff=_backoff(data.get("backoff") or {}, f"{where}.backoff"),
-        cooldown=_duration(data.get("cooldown", 300), f"{where}.cooldown"),
-        verify=_verify(data.get("verify", True), f"{where}.verify"),
-        on_failure=on_failure,
-        allow_destructive=allow_destructive,
-        target_label=target_label,
+        wait_for=_duration(spec.wait_for, f"{where}.wait_for"),
+        max_attempts=spec.max_attempts,
+        backoff=_backoff(spec.backoff or BackoffSpec(), f"{where}.backoff"),
+        cooldown=_duration(spec.cooldown, f"{where}.cooldown"),
+        verify=_verify(spec.verify, f"{where}.verify"),
+        on_failure=spec.on_failure,
+        allow_destructive=spec.allow_destructive,
+        target_label=spec.target_label,
         on_recovery=on_recovery,
-        summary=summary.strip(),
-        on_unknown=on_unknown,
-        hard_limit=hard_limit,
+        summary=spec.summary.strip(),
+        on_unknown=spec.on_unknown,
+        hard_limit=_matchers(spec.hard_limit, f"{where}.hard_limit", allow_empty=True),
     )
 
 
 ApprovalSettings = tuple[str | None, float, str]
 
 
-def _approval_settings(raw: dict[str, Any], where: str, inherited: ApprovalSettings) -> ApprovalSettings:
+def _approval_settings(spec: RuleSpec | StepKeys, where: str, inherited: ApprovalSettings) -> ApprovalSettings:
     """`approval` (required, none or unset), `approval_timeout` and `on_timeout` of a rule or a step."""
-    approval = raw.get("approval", inherited[0])
-    if approval is not None and approval not in APPROVAL:
-        raise PlaybookError(f"{where}.approval: expected one of {', '.join(APPROVAL)}")
     timeout = inherited[1]
-    if "approval_timeout" in raw:
-        timeout = _duration(raw["approval_timeout"], f"{where}.approval_timeout")
+    if spec.approval_timeout is not None:
+        timeout = _duration(spec.approval_timeout, f"{where}.approval_timeout")
         if timeout <= 0:
             raise PlaybookError(f"{where}.approval_timeout: expected a duration longer than 0")
-    on_timeout = raw.get("on_timeout", inherited[2])
-    if on_timeout not in ON_TIMEOUT:
-        raise PlaybookError(f"{where}.on_timeout: expected one of {', '.join(ON_TIMEOUT)}")
-    return approval, timeout, on_timeout
+    return spec.approval or inherited[0], timeout, spec.on_timeout or inherited[2]
 
 
-def _matchers(raw: Any, where: str, allow_empty: bool) -> tuple[Matcher, ...]:
-    if isinstance(raw, dict):
-        raw = [f'{k}="{v}"' for k, v in raw.items()]
-    if not isinstance(raw, list) or (not raw and not allow_empty):
+def _matchers(raw: list[Any] | dict[str, Any], where: str, allow_empty: bool) -> tuple[Matcher, ...]:
+    texts = [f'{k}="{v}"' for k, v in raw.items()] if isinstance(raw, dict) else raw
+    if not texts and not allow_empty:
         raise PlaybookError(f'{where}: expected a list of matchers like alertname="TradingBotDown"')
     out = []
-    for k, text in enumerate(raw):
+    for k, text in enumerate(texts):
         try:
             out.append(parse_matcher(str(text)))
         except ValueError as exc:
@@ -440,7 +478,8 @@ def _step(
 ) -> StepSpec:
     if not isinstance(raw, dict):
         raise PlaybookError(f"{where}: expected a mapping with `action`")
-    kind = raw.get("action")
+    keys: StepKeys = _spec(raw, StepKeys, where)
+    kind = keys.action
     if kind not in ACTIONS:
         raise PlaybookError(f"{where}.action: unknown action {kind!r} (known: {', '.join(ACTIONS)})")
     action = ACTIONS[kind]
@@ -449,15 +488,13 @@ def _step(
         action.validate(params)
     except ValueError as exc:
         raise PlaybookError(f"{where}.{exc}") from exc
-    risk = raw.get("risk", action.risk(params))
-    if risk not in RISKS:
-        raise PlaybookError(f"{where}.risk: expected one of {', '.join(RISKS)}")
+    risk = keys.risk or action.risk(params)
     # A step may declare itself riskier than its kind, never safer.
     if RISKS.index(risk) < RISKS.index(action.risk(params)):
         raise PlaybookError(f"{where}.risk: {kind} {action.describe(params)} is {action.risk(params)}, not {risk}")
-    timeout = _duration(raw.get("timeout", default_timeout), f"{where}.timeout")
-    name = str(raw.get("name") or action.describe(params))
-    own, approval_timeout, on_timeout = _approval_settings(raw, where, (None, *rule_approval[1:]))
+    timeout = _duration(default_timeout if keys.timeout is None else keys.timeout, f"{where}.timeout")
+    name = str(keys.name or action.describe(params))
+    own, approval_timeout, on_timeout = _approval_settings(keys, where, (None, *rule_approval[1:]))
     # The step's own `approval` decides; else the rule's `approval: required` covers its disruptive and destructive
     # steps.
     required = own == "required" if own is not None else rule_approval[0] == "required" and risk in RISKY
@@ -474,40 +511,23 @@ def _duration(value: Any, where: str) -> float:
     return seconds
 
 
-def _backoff(raw: Any, where: str) -> Backoff:
-    if not isinstance(raw, dict):
-        raise PlaybookError(f"{where}: expected a mapping (initial, max, multiplier, jitter)")
-    for key in raw:
-        if key not in ("initial", "max", "multiplier", "jitter"):
-            raise PlaybookError(f"{where}.{key}: unknown key (known: initial, max, multiplier, jitter)")
-    jitter = raw.get("jitter", 0.2)
-    multiplier = raw.get("multiplier", 2.0)
-    if not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
-        raise PlaybookError(f"{where}.jitter: expected a number between 0 and 1")
-    if not isinstance(multiplier, int | float) or multiplier < 1:
-        raise PlaybookError(f"{where}.multiplier: expected a number >= 1")
+def _backoff(spec: BackoffSpec, where: str) -> Backoff:
     return Backoff(
-        initial=_duration(raw.get("initial", 5), f"{where}.initial"),
-        max=_duration(raw.get("max", 300), f"{where}.max"),
-        multiplier=float(multiplier),
-        jitter=float(jitter),
+        initial=_duration(spec.initial, f"{where}.initial"),
+        max=_duration(spec.max, f"{where}.max"),
+        multiplier=spec.multiplier,
+        jitter=spec.jitter,
     )
 
 
-def _verify(raw: Any, where: str) -> Verify:
-    if isinstance(raw, bool):
-        return Verify(enabled=raw)
-    if not isinstance(raw, dict):
-        raise PlaybookError(f"{where}: expected true, false or a mapping (expr, deadline, interval)")
-    for key in raw:
-        if key not in ("expr", "deadline", "interval", "enabled"):
-            raise PlaybookError(f"{where}.{key}: unknown key (known: enabled, expr, deadline, interval)")
-    expr = raw.get("expr")
-    if expr is not None and (not isinstance(expr, str) or not expr.strip()):
+def _verify(spec: bool | VerifySpec, where: str) -> Verify:
+    if isinstance(spec, bool):
+        return Verify(enabled=spec)
+    if spec.expr is not None and not spec.expr.strip():
         raise PlaybookError(f"{where}.expr: expected a PromQL expression")
     return Verify(
-        enabled=bool(raw.get("enabled", True)),
-        expr=expr,
-        deadline=_duration(raw.get("deadline", 120), f"{where}.deadline"),
-        interval=_duration(raw.get("interval", 5), f"{where}.interval"),
+        enabled=spec.enabled,
+        expr=spec.expr,
+        deadline=_duration(spec.deadline, f"{where}.deadline"),
+        interval=_duration(spec.interval, f"{where}.interval"),
     )
