@@ -123,15 +123,24 @@ class Remote:
         if names:
             self.run(f"rm -f -- {' '.join(self._file(n) for n in names)}")
 
-    def sync_directory(self, source: Path, name: str, rsync: str) -> None:
+    def _rsync_target(self, name: str) -> str:
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host  # an IPv6 address
+        return f"{host}:{self.settings.path.rstrip('/')}/{name}/"
+
+    def sync_directory(self, source: Path, name: str, rsync: str, *, delete: bool = True) -> None:
         """Make `name` in the repository directory a copy of the local directory `source` (rsync over this ssh:
-        files compared by size and time, each transferred file checked by rsync's whole-file checksum, files gone
-        here deleted there)."""
+        files compared by size and time, each transferred file checked by rsync's whole-file checksum; with `delete`,
+        files gone here are deleted there)."""
+        self._rsync(rsync, ["--delete"] if delete else [], f"{source}/", self._rsync_target(name), source)
+
+    def fetch_directory(self, name: str, target: Path, rsync: str) -> None:
+        """Copy the directory `name` of the repository into the local directory `target` (created; files there that
+        the remote does not have are kept)."""
+        self._rsync(rsync, [], self._rsync_target(name), f"{target}/", target)
+
+    def _rsync(self, rsync: str, options: list[str], source: str, target: str, local: Path) -> None:
         ssh = shlex.join(self.argv("")[:-2])  # ssh and its options, without `-- host command`
-        target = f"{self.settings.host}:{self.settings.path.rstrip('/')}/{name}/"
-        if ":" in self.settings.host:  # an IPv6 address
-            target = f"[{self.settings.host}]:{self.settings.path.rstrip('/')}/{name}/"
-        argv = [rsync, "-a", "--delete", "--mkpath", "-e", ssh, "--", f"{source}/", target]
+        argv = [rsync, "-a", *options, "--mkpath", "-e", ssh, "--", source, target]
         try:
             proc = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=self.timeout, check=False
@@ -145,4 +154,4 @@ class Remote:
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
             detail = lines[0].strip() if lines else f"exit status {proc.returncode}"
-            raise RemoteError(f"off-host repository {self.location}: rsync of {source} failed: {detail[:STDERR_LIMIT]}")
+            raise RemoteError(f"off-host repository {self.location}: rsync of {local} failed: {detail[:STDERR_LIMIT]}")
