@@ -35,7 +35,8 @@ class PitrBackup:
 def _run(config: Config, *args: str, command: list[str] | None = None) -> str:
     """pgBackRest (`command`, by default backup.pitr.command) with the configuration file, the stanza and `args`."""
     pitr = config.backup.pitr
-    argv = [*(command or pitr.command), f"--config={config.path(pitr.config_file)}", f"--stanza={pitr.stanza}", *args]
+    command = command or pitr.command
+    argv = [*command, f"--config={config.path(pitr.config_file)}", f"--stanza={pitr.stanza}", *args]
     verb = next((a for a in args if not a.startswith("-")), "")
     try:
         done = subprocess.run(
@@ -44,7 +45,7 @@ def _run(config: Config, *args: str, command: list[str] | None = None) -> str:
     except subprocess.TimeoutExpired:
         raise PitrError(f"pgbackrest {verb} did not finish within {pitr.timeout_seconds:g}s") from None
     except OSError as exc:
-        raise PitrError(f"cannot start {pitr.command[0]}: {exc.strerror or exc}") from exc
+        raise PitrError(f"cannot start {command[0]}: {exc.strerror or exc}") from exc
     if done.returncode != 0:
         lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if "ERROR" in ln]
