@@ -10,7 +10,6 @@ before it. Needs PostgreSQL's server programs, Debian's pgbackrest, rsync, sshd 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -92,7 +91,8 @@ def config_text(work: Path, conf: Path, port: int, remote: dict[str, Any]) -> st
         f"bot:\n  data_dir: {work / 'data'}\nreconciler:\n  listen:\n    port: {free_port()}\n"
         f"backup:\n  directory: {work / 'backups'}\n"
         "  remote:\n" + "".join(f"    {k}: {v}\n" for k, v in remote.items()) +
-        f"  pitr:\n    enabled: true\n    stanza: {STANZA}\n    config_file: {conf}\n    repo_path: {conf.parent / 'repo'}\n"
+        f"  pitr:\n    enabled: true\n    stanza: {STANZA}\n    config_file: {conf}\n"
+        f"    repo_path: {conf.parent / 'repo'}\n"
         "    command: [runuser, -u, postgres, --, pgbackrest]\n"
         f"    archive_timeout_seconds: {ARCHIVE_TIMEOUT_SECONDS}\n"
     )  # fmt: skip
