@@ -28,7 +28,10 @@ from system_binaries import require_binary
 from tests.conftest import free_port
 from tests.ssh_host import ssh_host
 from trading_ops.cli import main
+from trading_ops.config import parse_config
 from trading_ops.db.base import utcnow
+from trading_ops.ops.backup import sync_pitr_repository
+from trading_ops.ops.backup_remote import Remote
 from trading_ops.ops.state_metrics import BackupCollector
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -227,3 +230,29 @@ def test_archive_wal_errors_are_one_line(tmp_path: Path, capsys: Any) -> None:
     config.write_text(f"backup:\n  directory: {tmp_path / 'backups'}\n")
     assert main(["--config", str(config), *args]) == 2
     assert capsys.readouterr().err.strip().endswith("--from-off-host goes with --to-time TIME --pg-data DIR")
+
+
+def test_a_backup_run_deletes_off_host_only_the_wal_expired_here(tmp_path: Path) -> None:
+    """The repository's copy at a backup run: the WAL pgBackRest expired here goes there too; a segment archive-wal is
+    shipping meanwhile (rsync's temporary file) and the segments here stay."""
+    require_binary("rsync")
+    with ssh_host(tmp_path / "host") as host:
+        remote = Remote(parse_config({"backup": {"remote": host.remote()}}).backup.remote, tmp_path, 60)
+        repo = tmp_path / "repo"
+        kept, expired = "trading-ops/15-1/0000000100000000/000000010000000000000002-ab.gz", "trading-ops/15-1/x-old.gz"
+        for name in ("backup/trading-ops/backup.info", "archive/trading-ops/archive.info", f"archive/{kept}"):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (repo / name).write_text(name)
+        there = host.repository / "pgbackrest"
+        shipping = f"archive/{Path(kept).parent}/.000000010000000000000003-cd.gz.Xy12ab"
+        for name in (f"archive/{expired}", shipping):
+            (there / name).parent.mkdir(parents=True, exist_ok=True)
+            (there / name).write_text(name)
+        sync_pitr_repository(remote, repo, "rsync")
+        copied = {str(p.relative_to(there)) for p in there.rglob("*") if p.is_file()}
+        assert copied == {
+            "backup/trading-ops/backup.info",
+            "archive/trading-ops/archive.info",
+            f"archive/{kept}",
+            shipping,
+        }
