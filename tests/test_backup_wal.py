@@ -10,20 +10,16 @@ before it. Needs PostgreSQL's server programs, Debian's pgbackrest, rsync, sshd 
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
-import subprocess
-import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from pg_cluster import PGBACKREST_STANZA as STANZA
 from pg_cluster import cluster_on, own_cluster, pgbackrest_archiving
 from prometheus_client import CollectorRegistry
 from system_binaries import require_binary
+from wal_shipping import sql, wal_shipping
 
 from tests.conftest import free_port
 from tests.ssh_host import ssh_host
@@ -34,71 +30,22 @@ from trading_ops.ops.backup import sync_pitr_repository
 from trading_ops.ops.backup_remote import Remote
 from trading_ops.ops.state_metrics import BackupCollector
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ARCHIVE_TIMEOUT_SECONDS = 5  # the cluster's archive_timeout here: a commit leaves the host within it
 WAIT_SECONDS = 90.0
 
 
-def sql(port: int, query: str, database: str = "postgres") -> list[tuple[Any, ...]]:
-    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname={database}", autocommit=True) as c:
-        cur = c.execute(query)  # type: ignore[arg-type]
-        return list(cur.fetchall()) if cur.description else []
-
-
-def insert(port: int, tag: str, count: int) -> None:
-    """`count` rows, each committed on its own."""
+def insert(port: int, tag: str, count: int) -> str:
+    """`count` rows, each committed on its own; the WAL segment the last commit went to."""
     with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=journal", autocommit=True) as c:
         for i in range(count):
             c.execute("INSERT INTO trades (tag) VALUES (%s)", (f"{tag}-{i}",))
+        return str(c.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0])  # type: ignore[index]
 
 
-def current_segment(port: int) -> str:
-    return str(sql(port, "SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0])
-
-
-def off_host(remote_repo: Path, segment: str) -> bool:
-    """Whether the off-host copy of pgBackRest's repository holds the WAL segment."""
-    return any(remote_repo.glob(f"pgbackrest/archive/{STANZA}/*/{segment[:16]}/{segment}-*"))
-
-
-def wait_off_host(remote_repo: Path, segment: str) -> float:
-    """Seconds until `segment` is off host (fails after WAIT_SECONDS)."""
-    started = time.monotonic()
-    while not off_host(remote_repo, segment):
-        assert time.monotonic() - started < WAIT_SECONDS, f"WAL segment {segment} not off host in {WAIT_SECONDS:g}s"
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
-def metric(config_dir: Path, name: str) -> float | None:
+def metric(work: Path, name: str) -> float | None:
     registry = CollectorRegistry()
-    registry.register(BackupCollector(config_dir / "backups"))
+    registry.register(BackupCollector(work / "backups"))
     return registry.get_sample_value(name)
-
-
-def archiver_argv() -> list[str]:
-    """How the archiver (the postgres user) runs this tree's trading-ops: this interpreter when that user can run it,
-    or else the system's interpreter of the same version with this one's packages (a virtualenv under /root)."""
-    paths = [str(REPO_ROOT), sysconfig.get_paths()["purelib"]]
-    python = sys.executable
-    probe = subprocess.run(["runuser", "-u", "postgres", "--", python, "-c", ""], capture_output=True, check=False)
-    if probe.returncode != 0:
-        python = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin") or ""
-        assert python, f"no interpreter the postgres user can run (it cannot run {sys.executable})"
-    return ["env", f"PYTHONPATH={':'.join(paths)}", python, "-m", "trading_ops"]
-
-
-def config_text(work: Path, conf: Path, port: int, remote: dict[str, Any]) -> str:
-    return (
-        f"database:\n  url: postgresql+psycopg://postgres@127.0.0.1:{port}/journal\n"
-        f"bot:\n  data_dir: {work / 'data'}\nreconciler:\n  listen:\n    port: {free_port()}\n"
-        f"backup:\n  directory: {work / 'backups'}\n"
-        "  remote:\n" + "".join(f"    {k}: {v}\n" for k, v in remote.items()) +
-        f"  pitr:\n    enabled: true\n    stanza: {STANZA}\n    config_file: {conf}\n"
-        f"    repo_path: {conf.parent / 'repo'}\n"
-        "    command: [runuser, -u, postgres, --, pgbackrest]\n"
-        f"    archive_timeout_seconds: {ARCHIVE_TIMEOUT_SECONDS}\n"
-    )  # fmt: skip
 
 
 def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
@@ -106,39 +53,20 @@ def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
 ) -> None:
     for binary in ("pgbackrest", "rsync", "runuser"):
         require_binary(binary)
-    measured: dict[str, float] = {}
     with (
         ssh_host(tmp_path_factory.mktemp("wal-backup-host")) as host,
         own_cluster() as pg,
         pgbackrest_archiving(pg) as conf,
+        wal_shipping(pg, conf, host, ARCHIVE_TIMEOUT_SECONDS) as shipping,
     ):
-        work = conf.parent  # the postgres user's (the archiver runs as it): config, key, backups, repository
-        key, known_hosts = work / "client_key", work / "known_hosts"
-        shutil.copyfile(host.identity_file, key)
-        shutil.copyfile(host.known_hosts_file, known_hosts)
-        (work / "backups").mkdir()
-        for path in (key, known_hosts, work / "backups"):
-            shutil.chown(path, "postgres")
-        key.chmod(0o600)
-        remote_repo = host.repository / "offsite"
-        remote = host.remote(path=str(remote_repo), identity_file=str(key), known_hosts_file=str(known_hosts))
-        config = work / "trading-ops.yaml"
-        config.write_text(config_text(work, conf, pg.port, remote))
-        config.chmod(0o644)
-        archive_command = shlex.join([*archiver_argv(), "--config", str(config)])
-        sql(pg.port, "CREATE DATABASE journal")
-        sql(pg.port, "CREATE TABLE trades (id serial PRIMARY KEY, tag text NOT NULL)", "journal")
-        sql(pg.port, f"ALTER SYSTEM SET archive_command = '{archive_command} backup archive-wal %p'")
-        sql(pg.port, f"ALTER SYSTEM SET archive_timeout = '{ARCHIVE_TIMEOUT_SECONDS}s'")
-        sql(pg.port, "SELECT pg_reload_conf()")
-
+        config, work = shipping.config, shipping.work
         capsys.readouterr()
-        assert main(["--config", str(config), "backup", "run"]) == 0, (pg.data / "server.log").read_text()[-3000:]
+        assert main(["--config", str(config), "backup", "run"]) == 0, capsys.readouterr().err
         assert "pgBackRest full backup " in capsys.readouterr().out
         assert metric(work, "tradingops_backup_pitr_wal_off_host_last_success_timestamp_seconds") is not None
 
         # The off-host repository unreachable (a port nothing listens on): the segment fails, stays, and says so.
-        config.write_text(config_text(work, conf, pg.port, {**remote, "port": free_port()}))
+        shipping.write_config(port=free_port())
         insert(pg.port, "before-a", 10)
         failures = sql(pg.port, "SELECT failed_count FROM pg_stat_archiver")[0][0]
         sql(pg.port, "SELECT pg_switch_wal()")
@@ -147,7 +75,7 @@ def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
             assert time.monotonic() < deadline, "archiving did not fail with the off-host repository unreachable"
             time.sleep(0.05)
         failed = str(row[1])
-        assert not off_host(remote_repo, failed)
+        assert not shipping.off_host(failed)
         assert (pg.data / "pg_wal" / "archive_status" / f"{failed}.ready").exists()  # kept for the next try
         assert "trading-ops: backup archive-wal: off-host repository " in (pg.data / "server.log").read_text()
         assert (metric(work, "tradingops_backup_pitr_wal_failures_total") or 0) >= 1
@@ -155,28 +83,19 @@ def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
         assert (metric(work, "tradingops_backup_failures_total") or 0) >= 1  # what TradingOpsBackupFailed watches
 
         # Reachable again: PostgreSQL's retry (woken by the next segment) ships it.
-        config.write_text(config_text(work, conf, pg.port, remote))
+        shipping.write_config()
         insert(pg.port, "before-b", 10)
-        switched = time.monotonic()
         segment = str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0])
-        wait_off_host(remote_repo, failed)
-        wait_off_host(remote_repo, segment)
-        measured["retried_and_switched_segments_off_host_seconds"] = time.monotonic() - switched
+        shipping.wait_off_host(failed)
+        shipping.wait_off_host(segment)
         insert(pg.port, "before-c", 10)
-        switched = time.monotonic()
-        segment = str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0])
-        wait_off_host(remote_repo, segment)
-        measured["switched_segment_off_host_seconds"] = time.monotonic() - switched
+        shipping.wait_off_host(str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]))
 
         time.sleep(0.2)
         moment = utcnow()  # the 30 rows before it were committed
         time.sleep(0.2)
-        insert(pg.port, "after", 20)
-        committed, segment = time.monotonic(), current_segment(pg.port)
-        wait_off_host(remote_repo, segment)  # no pg_switch_wal: archive_timeout switches it
-        measured["commit_off_host_by_archive_timeout_seconds"] = time.monotonic() - committed
-        state = json.loads((work / "backups" / "wal-archive-state.json").read_text())
-        measured["archive_wal_last_duration_seconds"] = state["last_duration_seconds"]
+        last = insert(pg.port, "after", 20)
+        shipping.wait_off_host(last)  # no pg_switch_wal: archive_timeout switches the segment, archive-wal ships it
 
         # The database host is lost: the cluster, its data directory and the local pgBackRest repository.
         pg.ctl("-m", "immediate", "stop")
@@ -186,22 +105,19 @@ def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
         target.mkdir(mode=0o700)
         shutil.chown(target, "postgres")
         try:
-            started = time.monotonic()
             argv = ["--config", str(config), "backup", "restore", "--to-time", moment.isoformat()]
             assert main([*argv, "--pg-data", str(target), "--from-off-host"]) == 0, capsys.readouterr().err
             out = capsys.readouterr().out
             assert "pgBackRest repository fetched from off host into " in out and "cluster restored as of " in out
-            measured["restore_command_seconds"] = time.monotonic() - started
             with cluster_on(target, options="-c archive_mode=off") as restored:
+                deadline = time.monotonic() + WAIT_SECONDS
                 while sql(restored.port, "SELECT pg_is_in_recovery()")[0][0]:
-                    assert time.monotonic() - started < WAIT_SECONDS, "the restored cluster did not promote"
+                    assert time.monotonic() < deadline, "the restored cluster did not promote"
                     time.sleep(0.05)
-                measured["restore_to_promoted_seconds"] = time.monotonic() - started
                 tags = {r[0] for r in sql(restored.port, "SELECT tag FROM trades", "journal")}
         finally:
             shutil.rmtree(target, ignore_errors=True)
     assert tags == {f"{tag}-{i}" for tag in ("before-a", "before-b", "before-c") for i in range(10)}
-    print(json.dumps({k: round(v, 3) for k, v in measured.items()}), file=sys.__stdout__)
 
 
 def test_archive_wal_errors_are_one_line(tmp_path: Path, capsys: Any) -> None:
