@@ -64,6 +64,8 @@ def run(rounds: int, archive_timeout: int, workdir: Path) -> dict[str, Any]:
         pgbackrest_archiving(pg) as conf,
         wal_shipping(pg, conf, host, archive_timeout) as shipping,
     ):
+        sql(pg.port, "CREATE DATABASE journal")
+        sql(pg.port, "CREATE TABLE trades (id serial PRIMARY KEY, tag text NOT NULL)", "journal")
         config = str(shipping.config)
         quiet_cli("--config", config, "backup", "run")
         started = time.perf_counter()

@@ -59,6 +59,8 @@ def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
         pgbackrest_archiving(pg) as conf,
         wal_shipping(pg, conf, host, ARCHIVE_TIMEOUT_SECONDS) as shipping,
     ):
+        sql(pg.port, "CREATE DATABASE journal")
+        sql(pg.port, "CREATE TABLE trades (id serial PRIMARY KEY, tag text NOT NULL)", "journal")
         config, work = shipping.config, shipping.work
         capsys.readouterr()
         assert main(["--config", str(config), "backup", "run"]) == 0, capsys.readouterr().err

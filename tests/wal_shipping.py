@@ -87,7 +87,7 @@ class WalShipping:
 @contextlib.contextmanager
 def wal_shipping(pg: Cluster, pgbackrest_conf: Path, host: SshHost, archive_timeout: int) -> Iterator[WalShipping]:
     """`pg` (archiving with pgbackrest_archiving) archiving through `trading-ops backup archive-wal` to `host`, with
-    archive_timeout seconds; a database `journal` with a table `trades (id, tag)`."""
+    archive_timeout seconds; the configuration's database is `journal` (the caller creates it)."""
     work = pgbackrest_conf.parent
     key, known_hosts = work / "client_key", work / "known_hosts"
     shutil.copyfile(host.identity_file, key)
@@ -102,8 +102,6 @@ def wal_shipping(pg: Cluster, pgbackrest_conf: Path, host: SshHost, archive_time
     shipping = WalShipping(pg, pgbackrest_conf, work, remote, archive_timeout, work / "trading-ops.yaml")
     shipping.write_config()
     archive_command = shlex.join([*archiver_argv(), "--config", str(shipping.config)])
-    sql(pg.port, "CREATE DATABASE journal")
-    sql(pg.port, "CREATE TABLE trades (id serial PRIMARY KEY, tag text NOT NULL)", "journal")
     sql(pg.port, f"ALTER SYSTEM SET archive_command = '{archive_command} backup archive-wal %p'")
     sql(pg.port, f"ALTER SYSTEM SET archive_timeout = '{archive_timeout}s'")
     sql(pg.port, "SELECT pg_reload_conf()")

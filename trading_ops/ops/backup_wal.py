@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from trading_ops.config import Config
@@ -99,6 +100,35 @@ def archive_wal(config: Config, wal: str) -> float:
     _record(config, segment, duration)
     log.info("WAL %s archived and copied off host in %.3fs", segment, duration)
     return duration
+
+
+def check_shipping(config: Config) -> None:
+    """BackupError unless the WAL the cluster archived last (pg_stat_archiver) went through archive-wal: a cluster
+    whose archive_command is plain `pgbackrest archive-push` keeps its WAL on this host between backup runs."""
+    from sqlalchemy import text
+
+    from trading_ops.db.base import make_engine
+
+    engine = make_engine(config.database_url())
+    try:
+        with engine.connect() as conn:
+            segment, archived = conn.execute(
+                text("SELECT last_archived_wal, extract(epoch FROM last_archived_time) FROM pg_stat_archiver")
+            ).one()
+    finally:
+        engine.dispose()
+    state = wal_state(config).read()  # read after the archiver's record: newer, if anything
+    shipped = state.get("last_success_timestamp_seconds")
+    # The same segment; or a later one, shipped after the archiver recorded that one as archived.
+    if segment is None or state.get("last_segment") == segment or float(shipped or 0) > float(archived):
+        return
+    when = (
+        "never" if shipped is None else f"last at {datetime.fromtimestamp(float(shipped), UTC):%Y-%m-%d %H:%M:%S} UTC"
+    )
+    raise BackupError(
+        f"WAL {segment} was archived but not by `trading-ops backup archive-wal` ({when}, {wal_state(config).path}): "
+        "set the cluster's archive_command to it, or its WAL stays on this host until the next backup run"
+    )
 
 
 def fetch_repository(config: Config, pg_data: Path) -> Path:
