@@ -20,6 +20,7 @@ from pg_cluster import PGBACKREST_STANZA, archive_now, cluster_on, own_cluster, 
 from sqlalchemy import create_engine, insert
 from system_binaries import require_binary
 from wal_shipping import WalShipping, wal_shipping
+from wal_shipping import sql as server_sql
 
 from tests.ssh_host import ssh_host
 from trading_ops.cli import main
@@ -159,25 +160,25 @@ def test_a_backup_run_fails_while_the_wal_is_not_shipped_as_it_is_archived(shipp
     shipping_command = sql(pg.port, "postgres", "SHOW archive_command")[0][0]
     plain = f"pgbackrest --config={shipping.pgbackrest_conf} --stanza={PGBACKREST_STANZA} archive-push %p"
     try:
-        sql(pg.port, "postgres", f"ALTER SYSTEM SET archive_command = '{plain}'")
+        server_sql(pg.port, f"ALTER SYSTEM SET archive_command = '{plain}'")
         sql(pg.port, "postgres", "SELECT pg_reload_conf()")
         write(pg.url("journal"), "local-only", 1)
         archive_now(pg.port)  # archived, into the local repository only
         capsys.readouterr()
         assert main(["--config", str(config_path), "backup", "run"]) == 1
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("trading-ops: backup run: WAL ") and "\n" not in err
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the log lines of the backup before it
+        assert err.startswith("trading-ops: backup run: WAL ")
         assert "was archived but not by `trading-ops backup archive-wal`" in err
         # The cluster's archive_timeout (30 s) longer than the configured bound: WAL could stay here for longer.
         shipping.archive_timeout = 10
         shipping.write_config()
         assert main(["--config", str(config_path), "backup", "run"]) == 1
-        assert capsys.readouterr().err.strip() == (
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
             "trading-ops: backup run: the cluster's archive_timeout is 30s: set it to at most 10s "
             "(backup.pitr.archive_timeout_seconds), or WAL may stay on this host only for longer"
         )
     finally:
         shipping.archive_timeout = ARCHIVE_TIMEOUT_SECONDS
         shipping.write_config()
-        sql(pg.port, "postgres", f"ALTER SYSTEM SET archive_command = '{shipping_command}'")
+        server_sql(pg.port, f"ALTER SYSTEM SET archive_command = '{shipping_command}'")
         sql(pg.port, "postgres", "SELECT pg_reload_conf()")
