@@ -98,7 +98,7 @@ def archive_wal(config: Config, wal: str) -> float:
         raise
     duration = time.monotonic() - started
     _record(config, segment, duration)
-    log.info("WAL %s archived and copied off host in %.3fs", segment, duration)
+    log.debug("WAL %s archived and copied off host in %.3fs", segment, duration)  # the server log: failures only
     return duration
 
 
