@@ -768,7 +768,7 @@ class BackupPitrConfig:
     timeout_seconds: float = bounded(3600.0, min=1)
     # pgBackRest's repository (its repo1-path), when this host's user can read it: copied after each pgBackRest
     # backup into <backup.remote.path>/pgbackrest with rsync over SSH (the backups and the WAL archived so far).
-    # Empty: not copied (the repository is on another host or a mount of one already).
+    # Empty: not copied (the repository is on another host or a mount of one already), by archive-wal either.
     repo_path: str = ""
     rsync: str = checked("rsync", _check_nonempty)
     # WAL leaves this host continuously, not only at backup runs: the cluster's archive_command is

@@ -672,13 +672,11 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
         if config.backup.pitr.enabled and manifest.dialect == "postgresql":
             stage = "pitr"
             pitr = backup_pitr.take(config)
-            if remote is not None:
+            if remote is not None and config.backup.pitr.repo_path:
                 from trading_ops.ops import backup_wal  # it builds on this module
 
                 stage = "off_host"
                 backup_wal.check_shipping(config)  # the WAL goes off host as it is archived, not only now
-            if remote is not None and config.backup.pitr.repo_path:
-                stage = "off_host"
                 repo = config.path(config.backup.pitr.repo_path)
                 sync_pitr_repository(remote, repo, config.backup.pitr.rsync)
                 log.info("pgBackRest repository %s copied off host to %s", repo, remote.location)

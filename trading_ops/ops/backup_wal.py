@@ -88,9 +88,7 @@ def archive_wal(config: Config, wal: str) -> float:
                     "no off-host repository (backup.remote.host): the WAL would stay on this host only "
                     "(backup.remote.required: false accepts that)"
                 )
-        elif not pitr.repo_path:
-            raise BackupError("backup.pitr.repo_path is empty: the WAL archive cannot be copied off host")
-        else:
+        elif pitr.repo_path:  # empty: the repository is on another host (or a mount of one) already
             archive = config.path(pitr.repo_path) / "archive" / pitr.stanza
             remote.sync_directory(archive, f"{PITR_REMOTE_DIRECTORY}/archive/{pitr.stanza}", pitr.rsync, delete=False)
     except Exception as exc:
