@@ -115,6 +115,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_intake.py
 	$(PY) benchmarks/bench_recovery.py
 	$(PY) benchmarks/bench_backup.py
+	$(PY) benchmarks/bench_wal.py
 	$(PY) benchmarks/bench_ccxt.py
 	$(PY) benchmarks/bench_freqtrade.py
 	$(PY) benchmarks/bench_fleet.py

@@ -144,6 +144,7 @@ def pgbackrest_archiving(pg: Cluster) -> Iterator[Path]:
     with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres", autocommit=True) as c:
         c.execute("ALTER SYSTEM SET wal_level = 'replica'")
         c.execute("ALTER SYSTEM SET archive_mode = 'on'")
+        c.execute("ALTER SYSTEM SET archive_timeout = '30s'")  # WAL switched (and archived) at least this often
         c.execute(f"ALTER SYSTEM SET archive_command = '{command}'")
     pg.restart()
     try:

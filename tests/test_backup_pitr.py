@@ -1,8 +1,10 @@
 """PostgreSQL point-in-time recovery through pgBackRest: a cluster of the test's own (tests/pg_cluster.py) archives its
-WAL with `pgbackrest archive-push`; `backup run` takes the pgBackRest backup; orders and episodes are written, a
-moment noted, more written; `backup restore --to-time` restores the cluster as of that moment into a fresh data
-directory, and the cluster started on it holds exactly what was committed before it. Needs PostgreSQL's server
-programs (initdb, pg_ctl) and Debian's pgbackrest."""
+WAL through `trading-ops backup archive-wal` (tests/wal_shipping.py); `backup run` takes the pgBackRest backup;
+orders and episodes are written, a moment noted, more written; `backup restore --to-time` restores the cluster as of
+that moment into a fresh data directory, and the cluster started on it holds exactly what was committed before it.
+A backup run fails while the cluster's WAL does not go through archive-wal, or may stay on the host for longer than
+backup.pitr.archive_timeout_seconds. Needs PostgreSQL's server programs (initdb, pg_ctl), Debian's pgbackrest, rsync
+and OpenSSH."""
 
 from __future__ import annotations
 
@@ -14,32 +16,35 @@ from typing import Any
 
 import psycopg
 import pytest
-from pg_cluster import PGBACKREST_STANZA as STANZA
-from pg_cluster import Cluster, archive_now, cluster_on, own_cluster, pgbackrest_archiving
+from pg_cluster import PGBACKREST_STANZA, archive_now, cluster_on, own_cluster, pgbackrest_archiving
 from sqlalchemy import create_engine, insert
 from system_binaries import require_binary
+from wal_shipping import WalShipping, wal_shipping
+from wal_shipping import sql as server_sql
 
-from tests.conftest import free_port
-from tests.ssh_host import SshHost, ssh_host
+from tests.ssh_host import ssh_host
 from trading_ops.cli import main
 from trading_ops.db.base import utcnow
 from trading_ops.db.models import Episode, Order
 
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[Cluster, Path]]:
-    """The cluster, archiving its WAL into a pgBackRest repository; (cluster, pgbackrest.conf)."""
-    require_binary("pgbackrest")
-    with own_cluster() as pg, pgbackrest_archiving(pg) as conf:
-        yield pg, conf
+ARCHIVE_TIMEOUT_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
-def backup_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
-    """The off-host repository (sshd in a network namespace), where pgBackRest's repository is copied too."""
-    require_binary("rsync")
-    with ssh_host(tmp_path_factory.mktemp("pitr-backup-host")) as host:
-        yield host
+def shipping(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WalShipping]:
+    """The cluster, its database `journal` migrated, archiving its WAL into a pgBackRest repository through
+    `trading-ops backup archive-wal`, which ships it to the off-host repository (sshd in a network namespace), where
+    `backup run` copies pgBackRest's repository too."""
+    for binary in ("pgbackrest", "rsync"):
+        require_binary(binary)
+    with (
+        ssh_host(tmp_path_factory.mktemp("pitr-backup-host")) as host,
+        own_cluster() as pg,
+        pgbackrest_archiving(pg) as conf,
+    ):
+        pg.create_database("journal")
+        with wal_shipping(pg, conf, host, ARCHIVE_TIMEOUT_SECONDS) as shipping:
+            yield shipping
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
@@ -76,27 +81,16 @@ def write(url: str, tag: str, count: int) -> None:
 
 
 def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
-    cluster: tuple[Cluster, Path], backup_host: SshHost, tmp_path: Path, capsys: Any
+    shipping: WalShipping, capsys: Any
 ) -> None:
-    pg, conf = cluster
-    url = pg.create_database("journal")
-    repo = conf.parent / "repo"
-    remote = backup_host.remote(path=str(backup_host.repository / tmp_path.name))
-    config_path = tmp_path / "trading-ops.yaml"
-    config_path.write_text(
-        f"database:\n  url: {url}\nbot:\n  data_dir: {tmp_path / 'data'}\n"
-        f"reconciler:\n  listen:\n    port: {free_port()}\n"
-        f"backup:\n  directory: {tmp_path / 'backups'}\n"
-        "  remote:\n" + "".join(f"    {k}: {v}\n" for k, v in remote.items()) +
-        f"  pitr:\n    enabled: true\n    stanza: {STANZA}\n    config_file: {conf}\n    repo_path: {repo}\n"
-        "    command: [runuser, -u, postgres, --, pgbackrest]\n"
-    )  # fmt: skip
+    pg, repo, config_path = shipping.pg, shipping.work / "repo", shipping.config
+    url = pg.url("journal")
     write(url, "before-backup", 5)
     capsys.readouterr()
     assert main(["--config", str(config_path), "backup", "run"]) == 0
     assert "pgBackRest full backup " in capsys.readouterr().out
     # pgBackRest's repository (the full backup and the WAL archived so far) went off host with the pg_dump backup.
-    copied = files_under(Path(remote["path"]) / "pgbackrest")
+    copied = files_under(shipping.remote_repo / "pgbackrest")
     assert copied == files_under(repo) and any(name.endswith("backup.manifest") for name in copied)
     time.sleep(1.1)  # pgBackRest keeps a backup's stop time in whole seconds: the moment is after it
     write(url, "before", 20)
@@ -159,3 +153,32 @@ def test_restore_to_time_errors_are_one_line(tmp_path: Path, capsys: Any) -> Non
     assert main(["--config", str(config_path), *args]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("trading-ops: backup restore: pgbackrest restore failed: ") and "\n" not in err
+
+
+def test_a_backup_run_fails_while_the_wal_is_not_shipped_as_it_is_archived(shipping: WalShipping, capsys: Any) -> None:
+    pg, config_path = shipping.pg, shipping.config
+    shipping_command = sql(pg.port, "postgres", "SHOW archive_command")[0][0]
+    plain = f"pgbackrest --config={shipping.pgbackrest_conf} --stanza={PGBACKREST_STANZA} archive-push %p"
+    try:
+        server_sql(pg.port, f"ALTER SYSTEM SET archive_command = '{plain}'")
+        sql(pg.port, "postgres", "SELECT pg_reload_conf()")
+        write(pg.url("journal"), "local-only", 1)
+        archive_now(pg.port)  # archived, into the local repository only
+        capsys.readouterr()
+        assert main(["--config", str(config_path), "backup", "run"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the log lines of the backup before it
+        assert err.startswith("trading-ops: backup run: WAL ")
+        assert "was archived but not by `trading-ops backup archive-wal`" in err
+        # The cluster's archive_timeout (30 s) longer than the configured bound: WAL could stay here for longer.
+        shipping.archive_timeout = 10
+        shipping.write_config()
+        assert main(["--config", str(config_path), "backup", "run"]) == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "trading-ops: backup run: the cluster's archive_timeout is 30s: set it to at most 10s "
+            "(backup.pitr.archive_timeout_seconds), or WAL may stay on this host only for longer"
+        )
+    finally:
+        shipping.archive_timeout = ARCHIVE_TIMEOUT_SECONDS
+        shipping.write_config()
+        server_sql(pg.port, f"ALTER SYSTEM SET archive_command = '{shipping_command}'")
+        sql(pg.port, "postgres", "SELECT pg_reload_conf()")

@@ -761,9 +761,21 @@ class BackupPitrConfig:
     timeout_seconds: float = bounded(3600.0, min=1)
     # pgBackRest's repository (its repo1-path), when this host's user can read it: copied after each pgBackRest
     # backup into <backup.remote.path>/pgbackrest with rsync over SSH (the backups and the WAL archived so far).
-    # Empty: not copied (the repository is on another host or a mount of one already).
+    # Empty: not copied (the repository is on another host or a mount of one already), by archive-wal either.
     repo_path: str = ""
     rsync: str = checked("rsync", _check_nonempty)
+    # WAL leaves this host continuously, not only at backup runs: the cluster's archive_command is
+    # `trading-ops --config=… backup archive-wal %p`, which pushes each segment into the local repository with
+    # `<archive_push_command> archive-push` and copies the repository's WAL archive to <backup.remote.path>/pgbackrest
+    # over SSH before it reports success (PostgreSQL keeps the segment and retries until then). The archiver runs as
+    # the cluster's owner already: pgBackRest as it is, no runuser.
+    archive_push_command: list[str] = checked(["pgbackrest"], _check_command)
+    # The longest a committed transaction may stay on this host only: the cluster's archive_timeout must be set and
+    # at most this (`backup run` fails otherwise), so a segment is switched, archived and shipped within it.
+    archive_timeout_seconds: float = bounded(60.0, min=1)
+    # Where `backup archive-wal` records its shipments (metrics, alerts); empty: wal-archive-state.json in
+    # backup.directory. The cluster's owner must be able to write it.
+    wal_state_file: str = ""
 
 
 @dataclass

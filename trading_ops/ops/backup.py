@@ -51,6 +51,9 @@ PROGRESS_INTERVAL_SECONDS = 0.2
 TRIGGERS = ("manual", "scheduled", "safety")
 # Where the copy of pgBackRest's repository goes in the off-host repository (backup.pitr.repo_path).
 PITR_REMOTE_DIRECTORY = "pgbackrest"
+# A file of pgBackRest's WAL archive as the off-host listing names it: nothing else is ever deleted there (no `..`,
+# and not rsync's temporary `.name.XXXXXX` of a copy in progress).
+SAFE_PATH = re.compile(r"\w[\w.-]*(/\w[\w.-]*)*")
 
 Progress = Callable[[int, int], None]
 
@@ -633,6 +636,21 @@ def _record(
         log.error("cannot record the backup run in %s: %s", catalog.state.path, exc)
 
 
+def sync_pitr_repository(remote: Remote, repo: Path, rsync: str) -> None:
+    """Make <remote>/pgbackrest a copy of pgBackRest's repository `repo`. The WAL archive is copied without rsync's
+    deletions, which would race `backup archive-wal` (a segment pushed here and shipped there after this rsync listed
+    `repo` would be deleted there); the WAL retention expired here is deleted there after, from a listing taken there
+    before the one here: every segment shipped by then is here too, so only expired ones go."""
+    archive = f"{PITR_REMOTE_DIRECTORY}/archive"
+    remote.sync_directory(repo, PITR_REMOTE_DIRECTORY, rsync, protect=("/archive/**",))
+    there = remote.files(archive)
+    here = {str(p.relative_to(repo / "archive")) for p in (repo / "archive").rglob("*") if p.is_file()}
+    expired = [name for name in there if name not in here and SAFE_PATH.fullmatch(name)]
+    remote.delete([f"{archive}/{name}" for name in expired])
+    if expired:
+        log.info("deleted %d WAL file(s) pgBackRest expired from %s", len(expired), remote.location)
+
+
 def run_backup(config: Config, trigger: str = "manual", progress: Progress | None = None) -> BackupResult:
     """A whole backup run: take it, copy it off the machine when configured, apply retention, record the run.
     A failure anywhere is recorded (tradingops_backup_failures_total) and raised."""
@@ -655,9 +673,12 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
             stage = "pitr"
             pitr = backup_pitr.take(config)
             if remote is not None and config.backup.pitr.repo_path:
+                from trading_ops.ops import backup_wal  # it builds on this module
+
                 stage = "off_host"
+                backup_wal.check_shipping(config)  # the WAL goes off host as it is archived, not only now
                 repo = config.path(config.backup.pitr.repo_path)
-                remote.sync_directory(repo, PITR_REMOTE_DIRECTORY, config.backup.pitr.rsync)
+                sync_pitr_repository(remote, repo, config.backup.pitr.rsync)
                 log.info("pgBackRest repository %s copied off host to %s", repo, remote.location)
         stage = "backup"
         pruned = apply_retention(config)

@@ -34,6 +34,12 @@ def register(sub: Any) -> None:
         "with pgBackRest into --pg-data, instead of a backup ID",
     )
     restore.add_argument("--pg-data", metavar="DIR", help="with --to-time: the data directory to restore into")
+    restore.add_argument(
+        "--from-off-host",
+        action="store_true",
+        help="with --to-time: first fetch pgBackRest's repository (backups and WAL) from the off-host repository "
+        "into backup.pitr.repo_path (the database host and its repository were lost)",
+    )
     restore.add_argument("--force", action="store_true", help="restore even while a bot or the reconciler uses it")
     restore.add_argument(
         "--schema",
@@ -41,6 +47,12 @@ def register(sub: Any) -> None:
         help="only a backup at this schema revision (`head`: this release's newest; with latest: the newest such)",
     )
     restore.set_defaults(handler=backup_restore)
+    archive = inner.add_parser(
+        "archive-wal",
+        help="PostgreSQL's archive_command: push a WAL segment into pgBackRest's repository and copy it off host",
+    )
+    archive.add_argument("wal", metavar="WAL", help="the WAL file (archive_command's %%p)")
+    archive.set_defaults(handler=backup_archive_wal)
     fetch = inner.add_parser("fetch", help="copy a backup from the off-host repository into the local catalog")
     fetch.add_argument("backup_id", nargs="?", default="latest", metavar="ID", help="a backup id (default: latest)")
     fetch.set_defaults(handler=backup_fetch)
@@ -162,7 +174,7 @@ def backup_verify(args: argparse.Namespace, config: Config) -> int:
 def backup_restore(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.ops.backup import BackupError, Catalog, restore_backup
 
-    if args.to_time is not None or args.pg_data is not None:
+    if args.to_time is not None or args.pg_data is not None or args.from_off_host:
         return _restore_to_time(args, config)
     if args.backup_id is None:
         return usage("backup restore", "give a backup ID (or latest), or --to-time TIME --pg-data DIR")
@@ -182,6 +194,21 @@ def backup_restore(args: argparse.Namespace, config: Config) -> int:
         print(
             f"the restored schema is at revision {manifest.schema_revision}: run `trading-ops db upgrade` (to {head})"
         )
+    return EXIT_OK
+
+
+def backup_archive_wal(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.ops.backup import BackupError
+    from trading_ops.ops.backup_wal import WalNameError, archive_wal
+
+    if not config.backup.pitr.enabled:
+        return usage("backup archive-wal", "backup.pitr.enabled is false")
+    try:
+        archive_wal(config, args.wal)
+    except WalNameError as exc:
+        return usage("backup archive-wal", str(exc))
+    except expected_errors(BackupError) as exc:
+        return fail("backup archive-wal", exc)
     return EXIT_OK
 
 
@@ -256,8 +283,11 @@ def _restore_to_time(args: argparse.Namespace, config: Config) -> int:
     from datetime import UTC, datetime
     from pathlib import Path
 
+    from trading_ops.ops.backup import BackupError
     from trading_ops.ops.backup_pitr import PitrError, restore_to_time
 
+    if args.from_off_host and args.to_time is None:
+        return usage("backup restore", "--from-off-host goes with --to-time TIME --pg-data DIR")
     if args.backup_id is not None or args.to_time is None or args.pg_data is None:
         return usage("backup restore", "--to-time TIME and --pg-data DIR go together, without a backup ID")
     if not config.backup.pitr.enabled:
@@ -271,8 +301,12 @@ def _restore_to_time(args: argparse.Namespace, config: Config) -> int:
     if moment.tzinfo is None:
         return usage("backup restore", f"--to-time: give the time zone (Z or +HH:MM) of {args.to_time!r}")
     try:
+        if args.from_off_host:
+            from trading_ops.ops.backup_wal import fetch_repository
+
+            print(f"pgBackRest repository fetched from off host into {fetch_repository(config, Path(args.pg_data))}")
         duration = restore_to_time(config, moment, Path(args.pg_data))
-    except expected_errors(PitrError) as exc:
+    except expected_errors(PitrError, BackupError) as exc:
         return fail("backup restore", exc)
     print(
         f"cluster restored as of {moment.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f} UTC into {args.pg_data} "

@@ -32,22 +32,25 @@ class PitrBackup:
     duration_seconds: float
 
 
-def _run(config: Config, *args: str) -> str:
+def _run(config: Config, *args: str, command: list[str] | None = None) -> str:
+    """pgBackRest (`command`, by default backup.pitr.command) with the configuration file, the stanza and `args`."""
     pitr = config.backup.pitr
-    argv = [*pitr.command, f"--config={config.path(pitr.config_file)}", f"--stanza={pitr.stanza}", *args]
+    command = command or pitr.command
+    argv = [*command, f"--config={config.path(pitr.config_file)}", f"--stanza={pitr.stanza}", *args]
+    verb = next((a for a in args if not a.startswith("-")), "")
     try:
         done = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=pitr.timeout_seconds, check=False
         )
     except subprocess.TimeoutExpired:
-        raise PitrError(f"pgbackrest {args[-1]} did not finish within {pitr.timeout_seconds:g}s") from None
+        raise PitrError(f"pgbackrest {verb} did not finish within {pitr.timeout_seconds:g}s") from None
     except OSError as exc:
-        raise PitrError(f"cannot start {pitr.command[0]}: {exc.strerror or exc}") from exc
+        raise PitrError(f"cannot start {command[0]}: {exc.strerror or exc}") from exc
     if done.returncode != 0:
         lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if "ERROR" in ln]
         detail = (errors or lines or [f"exit status {done.returncode}"])[0]
-        raise PitrError(f"pgbackrest {args[-1]} failed: {detail[:STDERR_LIMIT]}")
+        raise PitrError(f"pgbackrest {verb} failed: {detail[:STDERR_LIMIT]}")
     return done.stdout
 
 
@@ -57,10 +60,45 @@ def info(config: Config) -> dict[str, Any]:
     return next((s for s in stanzas if s.get("name") == config.backup.pitr.stanza), {})
 
 
+def archive_push(config: Config, wal: str) -> None:
+    """`pgbackrest archive-push` of the WAL file `wal` (the archive_command's %p) into the local repository, run
+    with backup.pitr.archive_push_command (the archiver is the cluster's owner already)."""
+    _run(config, "archive-push", wal, command=config.backup.pitr.archive_push_command)
+
+
+def check_archiving(config: Config) -> None:
+    """PitrError unless the cluster archives its WAL and switches segments at least every archive_timeout_seconds
+    (archive_timeout): otherwise a quiet hour's commits stay in pg_wal, on this host only."""
+    from sqlalchemy import text
+
+    from trading_ops.db.base import make_engine
+
+    bound = config.backup.pitr.archive_timeout_seconds
+    engine = make_engine(config.database_url())
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT name, setting FROM pg_settings WHERE name IN ('archive_mode', 'archive_timeout')")
+            )
+            settings = {str(name): str(value) for name, value in rows}
+    finally:
+        engine.dispose()
+    if settings.get("archive_mode", "off") == "off":
+        raise PitrError("the cluster does not archive its WAL (archive_mode is off): see docs/backups.md")
+    timeout = int(settings.get("archive_timeout", "0"))
+    if timeout == 0 or timeout > bound:
+        raise PitrError(
+            f"the cluster's archive_timeout is {timeout}s{' (off)' if timeout == 0 else ''}: set it to at most "
+            f"{bound:g}s (backup.pitr.archive_timeout_seconds), or WAL may stay on this host only for longer"
+        )
+
+
 def take(config: Config) -> PitrBackup:
     """A pgBackRest backup of the cluster: full when there is none or the last is older than `full_every_days`,
-    differential otherwise. Creates the stanza the first time (stanza-create is idempotent)."""
+    differential otherwise. Creates the stanza the first time (stanza-create is idempotent). Checks first that the
+    cluster switches WAL segments often enough (check_archiving)."""
     started = time.monotonic()
+    check_archiving(config)
     _run(config, "stanza-create")
     backups = info(config).get("backup", [])
     fulls = [b["timestamp"]["stop"] for b in backups if b.get("type") == "full"]

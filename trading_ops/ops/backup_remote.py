@@ -19,6 +19,8 @@ PARTIAL_SUFFIX = ".partial"
 # ssh's exit status when the connection (not the remote command) failed.
 SSH_CONNECTION_FAILED = 255
 STDERR_LIMIT = 500
+# Files one `rm` removes (a command line stays far below ARG_MAX).
+DELETE_BATCH = 500
 
 
 class RemoteError(RuntimeError):
@@ -120,18 +122,39 @@ class Remote:
         return self.run(f"cat -- {self._file(name)}")
 
     def delete(self, names: list[str]) -> None:
-        if names:
-            self.run(f"rm -f -- {' '.join(self._file(n) for n in names)}")
+        """Remove the files `names` (paths relative to the repository directory), a bounded number per command."""
+        for start in range(0, len(names), DELETE_BATCH):
+            self.run(f"rm -f -- {' '.join(self._file(n) for n in names[start : start + DELETE_BATCH])}")
 
-    def sync_directory(self, source: Path, name: str, rsync: str) -> None:
+    def _rsync_target(self, name: str) -> str:
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host  # an IPv6 address
+        return f"{host}:{self.settings.path.rstrip('/')}/{name}/"
+
+    def sync_directory(
+        self, source: Path, name: str, rsync: str, *, delete: bool = True, protect: tuple[str, ...] = ()
+    ) -> None:
         """Make `name` in the repository directory a copy of the local directory `source` (rsync over this ssh:
-        files compared by size and time, each transferred file checked by rsync's whole-file checksum, files gone
-        here deleted there)."""
+        files compared by size and time, each transferred file checked by rsync's whole-file checksum; with `delete`,
+        files gone here are deleted there, except those matching a `protect` pattern: rsync's filter rules, e.g.
+        `/archive/**`)."""
+        options = ["--delete", *(f"--filter=P {p}" for p in protect)] if delete else []
+        self._rsync(rsync, options, f"{source}/", self._rsync_target(name), source)
+
+    def files(self, name: str) -> list[str]:
+        """The regular files under the directory `name` of the repository, as paths relative to it (none when it does
+        not exist)."""
+        directory = self._file(name)
+        out = self.run(f"if [ -d {directory} ]; then cd {directory} && find . -type f; fi")
+        return sorted(line.removeprefix("./") for line in out.splitlines() if line.startswith("./"))
+
+    def fetch_directory(self, name: str, target: Path, rsync: str) -> None:
+        """Copy the directory `name` of the repository into the local directory `target` (created; files there that
+        the remote does not have are kept)."""
+        self._rsync(rsync, [], self._rsync_target(name), f"{target}/", target)
+
+    def _rsync(self, rsync: str, options: list[str], source: str, target: str, local: Path) -> None:
         ssh = shlex.join(self.argv("")[:-2])  # ssh and its options, without `-- host command`
-        target = f"{self.settings.host}:{self.settings.path.rstrip('/')}/{name}/"
-        if ":" in self.settings.host:  # an IPv6 address
-            target = f"[{self.settings.host}]:{self.settings.path.rstrip('/')}/{name}/"
-        argv = [rsync, "-a", "--delete", "--mkpath", "-e", ssh, "--", f"{source}/", target]
+        argv = [rsync, "-a", *options, "--mkpath", "-e", ssh, "--", source, target]
         try:
             proc = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=self.timeout, check=False
@@ -145,4 +168,4 @@ class Remote:
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
             detail = lines[0].strip() if lines else f"exit status {proc.returncode}"
-            raise RemoteError(f"off-host repository {self.location}: rsync of {source} failed: {detail[:STDERR_LIMIT]}")
+            raise RemoteError(f"off-host repository {self.location}: rsync of {local} failed: {detail[:STDERR_LIMIT]}")

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from trading_ops.config import Config
 from trading_ops.ops.backup import Catalog
+from trading_ops.ops.backup_wal import WAL_STATE_FILE, wal_state
 from trading_ops.ops.restore_drill import DRILL_STATE_FILE
 from trading_ops.ops.state import OpsState
 from trading_ops.ops.upkeep import UPKEEP_STATE_FILE
@@ -39,11 +40,15 @@ BACKUP_GAUGES = (
 )
 BACKUP_COUNTERS = (
     ("backup_runs", "runs_total", "Backup runs, successful or not."),
-    ("backup_failures", "failures_total", "Backup runs that failed."),
+    (
+        "backup_failures",
+        "failures_total",
+        "Backup runs that failed, and WAL segments `backup archive-wal` could not archive or copy off host.",
+    ),
     (
         "backup_off_host_failures",
         "off_host_failures_total",
-        "Backup runs that failed because the off-host copy could not be made or verified (counted in failures too).",
+        "Backup runs and WAL segments whose off-host copy could not be made or verified (counted in failures too).",
     ),
     (
         "backup_pitr_failures",
@@ -55,21 +60,55 @@ BACKUP_COUNTERS = (
 )
 
 
-class BackupCollector(Collector):
-    """Backup runs and the catalog, from the backup directory's state file and manifests, read at each scrape."""
+WAL_GAUGES = (
+    (
+        "backup_pitr_wal_off_host_last_success_timestamp_seconds",
+        "last_success_timestamp_seconds",
+        "When `backup archive-wal` last archived a WAL segment and copied it off host.",
+    ),
+    (
+        "backup_pitr_wal_off_host_last_duration_seconds",
+        "last_duration_seconds",
+        "How long the last WAL segment took to be archived and copied off host.",
+    ),
+)
+WAL_COUNTERS = (
+    ("backup_pitr_wal_segments", "segments_total", "WAL segments `backup archive-wal` was given, archived or not."),
+    (
+        "backup_pitr_wal_failures",
+        "failures_total",
+        "WAL segments `backup archive-wal` could not archive or copy off host (PostgreSQL retries them).",
+    ),
+)
 
-    def __init__(self, directory: Path) -> None:
+
+class BackupCollector(Collector):
+    """Backup runs and the catalog, from the backup directory's state file and manifests, and WAL shipments from
+    `backup archive-wal`'s record (`wal_state`, by default in the same directory), read at each scrape."""
+
+    def __init__(self, directory: Path, wal_state: Path | None = None) -> None:
         self.catalog = Catalog(directory)
+        self.wal = OpsState(wal_state or Path(directory) / WAL_STATE_FILE)
 
     def collect(self) -> Iterator[Metric]:
         state = self.catalog.state.read()
+        wal = self.wal.read()
         for name, key, doc in BACKUP_GAUGES:
             gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
             if key in state:  # never a made-up 0: "no backup yet" is the absence of the series
                 gauge.add_metric([], float(state[key]))
             yield gauge
         for name, key, doc in BACKUP_COUNTERS:
-            yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=float(state.get(key, 0)))
+            # A WAL segment that did not get off host fails the backup as a failed run does (TradingOpsBackupFailed).
+            extra = float(wal.get(key, 0)) if key in ("failures_total", "off_host_failures_total") else 0.0
+            yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=float(state.get(key, 0)) + extra)
+        for name, key, doc in WAL_GAUGES:
+            gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+            if key in wal:
+                gauge.add_metric([], float(wal[key]))
+            yield gauge
+        for name, key, doc in WAL_COUNTERS:
+            yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=float(wal.get(key, 0)))
         manifests = self.catalog.manifests()
         yield GaugeMetricFamily(
             f"{PREFIX}_backup_catalog_backups", "Backups kept in the catalog.", value=len(manifests)
@@ -168,6 +207,6 @@ class UpkeepCollector(Collector):
 
 def register_ops_metrics(config: Config, registry: CollectorRegistry) -> None:
     """Export the backup and upkeep records of `config` on `registry`."""
-    registry.register(BackupCollector(config.path(config.backup.directory)))
+    registry.register(BackupCollector(config.path(config.backup.directory), wal_state(config).path))
     registry.register(RestoreDrillCollector(config.path(config.backup.directory) / DRILL_STATE_FILE))
     registry.register(UpkeepCollector(config.path(config.bot.data_dir) / UPKEEP_STATE_FILE))

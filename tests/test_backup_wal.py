@@ -1,0 +1,176 @@
+"""WAL off host as it is archived (trading_ops.ops.backup_wal): a PostgreSQL cluster of the test's own
+(tests/pg_cluster.py, initdb + pg_ctl on a free port) archives with `archive_command = trading-ops backup archive-wal
+%p`, which pushes each segment into pgBackRest's local repository and copies it to the off-host repository (OpenSSH's
+sshd in a network namespace, tests/ssh_host.py) before it reports success. While the off-host repository cannot be
+reached the segment stays and fails (pg_stat_archiver, the metrics); once it can, PostgreSQL's retry ships it. Then
+the database host is lost (its data directory and the local repository deleted) and `backup restore --to-time
+--from-off-host` brings the cluster back as of a moment from what is off host only, with exactly the rows committed
+before it. Needs PostgreSQL's server programs, Debian's pgbackrest, rsync, sshd and ssh."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pg_cluster import cluster_on, own_cluster, pgbackrest_archiving
+from prometheus_client import CollectorRegistry
+from system_binaries import require_binary
+from wal_shipping import sql, wal_shipping
+
+from tests.conftest import free_port
+from tests.ssh_host import ssh_host
+from trading_ops.cli import main
+from trading_ops.config import parse_config
+from trading_ops.db.base import utcnow
+from trading_ops.ops.backup import sync_pitr_repository
+from trading_ops.ops.backup_remote import Remote
+from trading_ops.ops.state_metrics import BackupCollector
+
+ARCHIVE_TIMEOUT_SECONDS = 5  # the cluster's archive_timeout here: a commit leaves the host within it
+WAIT_SECONDS = 90.0
+
+
+def insert(port: int, tag: str, count: int) -> str:
+    """`count` rows, each committed on its own; the WAL segment the last commit went to."""
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=journal", autocommit=True) as c:
+        for i in range(count):
+            c.execute("INSERT INTO trades (tag) VALUES (%s)", (f"{tag}-{i}",))
+        return str(c.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0])  # type: ignore[index]
+
+
+def metric(work: Path, name: str) -> float | None:
+    registry = CollectorRegistry()
+    registry.register(BackupCollector(work / "backups"))
+    return registry.get_sample_value(name)
+
+
+def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
+    tmp_path_factory: Any, capsys: Any
+) -> None:
+    for binary in ("pgbackrest", "rsync", "runuser"):
+        require_binary(binary)
+    with (
+        ssh_host(tmp_path_factory.mktemp("wal-backup-host")) as host,
+        own_cluster() as pg,
+        pgbackrest_archiving(pg) as conf,
+        wal_shipping(pg, conf, host, ARCHIVE_TIMEOUT_SECONDS) as shipping,
+    ):
+        sql(pg.port, "CREATE DATABASE journal")
+        sql(pg.port, "CREATE TABLE trades (id serial PRIMARY KEY, tag text NOT NULL)", "journal")
+        config, work = shipping.config, shipping.work
+        capsys.readouterr()
+        assert main(["--config", str(config), "backup", "run"]) == 0, capsys.readouterr().err
+        assert "pgBackRest full backup " in capsys.readouterr().out
+        assert metric(work, "tradingops_backup_pitr_wal_off_host_last_success_timestamp_seconds") is not None
+
+        # The off-host repository unreachable (a port nothing listens on): the segment fails, stays, and says so.
+        shipping.write_config(port=free_port())
+        insert(pg.port, "before-a", 10)
+        failures = sql(pg.port, "SELECT failed_count FROM pg_stat_archiver")[0][0]
+        sql(pg.port, "SELECT pg_switch_wal()")
+        deadline = time.monotonic() + WAIT_SECONDS
+        while (row := sql(pg.port, "SELECT failed_count, last_failed_wal FROM pg_stat_archiver")[0])[0] == failures:
+            assert time.monotonic() < deadline, "archiving did not fail with the off-host repository unreachable"
+            time.sleep(0.05)
+        failed = str(row[1])
+        assert not shipping.off_host(failed)
+        assert (pg.data / "pg_wal" / "archive_status" / f"{failed}.ready").exists()  # kept for the next try
+        assert "trading-ops: backup archive-wal: off-host repository " in (pg.data / "server.log").read_text()
+        assert (metric(work, "tradingops_backup_pitr_wal_failures_total") or 0) >= 1
+        assert (metric(work, "tradingops_backup_off_host_failures_total") or 0) >= 1
+        assert (metric(work, "tradingops_backup_failures_total") or 0) >= 1  # what TradingOpsBackupFailed watches
+
+        # Reachable again: PostgreSQL's retry (woken by the next segment) ships it.
+        shipping.write_config()
+        insert(pg.port, "before-b", 10)
+        segment = str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0])
+        shipping.wait_off_host(failed)
+        shipping.wait_off_host(segment)
+        insert(pg.port, "before-c", 10)
+        shipping.wait_off_host(str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]))
+
+        time.sleep(0.2)
+        moment = utcnow()  # the 30 rows before it were committed
+        time.sleep(0.2)
+        last = insert(pg.port, "after", 20)
+        shipping.wait_off_host(last)  # no pg_switch_wal: archive_timeout switches the segment, archive-wal ships it
+
+        # The database host is lost: the cluster, its data directory and the local pgBackRest repository.
+        pg.ctl("-m", "immediate", "stop")
+        shutil.rmtree(pg.data)
+        shutil.rmtree(work / "repo")
+        target = Path(f"{pg.data}-restored")
+        target.mkdir(mode=0o700)
+        shutil.chown(target, "postgres")
+        try:
+            argv = ["--config", str(config), "backup", "restore", "--to-time", moment.isoformat()]
+            assert main([*argv, "--pg-data", str(target), "--from-off-host"]) == 0, capsys.readouterr().err
+            out = capsys.readouterr().out
+            assert "pgBackRest repository fetched from off host into " in out and "cluster restored as of " in out
+            with cluster_on(target, options="-c archive_mode=off") as restored:
+                deadline = time.monotonic() + WAIT_SECONDS
+                while sql(restored.port, "SELECT pg_is_in_recovery()")[0][0]:
+                    assert time.monotonic() < deadline, "the restored cluster did not promote"
+                    time.sleep(0.05)
+                tags = {r[0] for r in sql(restored.port, "SELECT tag FROM trades", "journal")}
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+    assert tags == {f"{tag}-{i}" for tag in ("before-a", "before-b", "before-c") for i in range(10)}
+
+
+def test_archive_wal_errors_are_one_line(tmp_path: Path, capsys: Any) -> None:
+    config = tmp_path / "trading-ops.yaml"
+    config.write_text(f"backup:\n  directory: {tmp_path / 'backups'}\n")
+    capsys.readouterr()
+    assert main(["--config", str(config), "backup", "archive-wal", "pg_wal/000000010000000000000001"]) == 2
+    assert capsys.readouterr().err.strip() == "trading-ops: backup archive-wal: backup.pitr.enabled is false"
+    config.write_text(
+        config.read_text() + "  pitr:\n    enabled: true\n    config_file: /nonexistent/pgbackrest.conf\n"
+        "    archive_push_command: [/nonexistent/pgbackrest]\n"
+    )
+    assert main(["--config", str(config), "backup", "archive-wal", "pg_wal/x; rm -rf /"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "trading-ops: backup archive-wal: 'pg_wal/x; rm -rf /' is not a WAL file name (archive_command passes %p)"
+    )
+    assert main(["--config", str(config), "backup", "archive-wal", "pg_wal/000000010000000000000001"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "trading-ops: backup archive-wal: cannot start /nonexistent/pgbackrest: No such file or directory"
+    state = json.loads((tmp_path / "backups" / "wal-archive-state.json").read_text())
+    assert state["failures_total"] == 1 and "000000010000000000000001" in state["last_error"]
+    config.write_text(config.read_text() + "    archive_timeout_seconds: 0\n")
+    assert main(["--config", str(config), "backup", "archive-wal", "pg_wal/000000010000000000000001"]) == 2
+    assert "archive_timeout_seconds" in capsys.readouterr().err
+    args = ["backup", "restore", "--from-off-host"]
+    config.write_text(f"backup:\n  directory: {tmp_path / 'backups'}\n")
+    assert main(["--config", str(config), *args]) == 2
+    assert capsys.readouterr().err.strip().endswith("--from-off-host goes with --to-time TIME --pg-data DIR")
+
+
+def test_a_backup_run_deletes_off_host_only_the_wal_expired_here(tmp_path: Path) -> None:
+    """The repository's copy at a backup run: the WAL pgBackRest expired here goes there too; a segment archive-wal is
+    shipping meanwhile (rsync's temporary file) and the segments here stay."""
+    require_binary("rsync")
+    with ssh_host(tmp_path / "host") as host:
+        remote = Remote(parse_config({"backup": {"remote": host.remote()}}).backup.remote, tmp_path, 60)
+        repo = tmp_path / "repo"
+        kept, expired = "trading-ops/15-1/0000000100000000/000000010000000000000002-ab.gz", "trading-ops/15-1/x-old.gz"
+        for name in ("backup/trading-ops/backup.info", "archive/trading-ops/archive.info", f"archive/{kept}"):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (repo / name).write_text(name)
+        there = host.repository / "pgbackrest"
+        shipping = f"archive/{Path(kept).parent}/.000000010000000000000003-cd.gz.Xy12ab"
+        for name in (f"archive/{expired}", shipping):
+            (there / name).parent.mkdir(parents=True, exist_ok=True)
+            (there / name).write_text(name)
+        sync_pitr_repository(remote, repo, "rsync")
+        copied = {str(p.relative_to(there)) for p in there.rglob("*") if p.is_file()}
+        assert copied == {
+            "backup/trading-ops/backup.info",
+            "archive/trading-ops/archive.info",
+            f"archive/{kept}",
+            shipping,
+        }

@@ -1,0 +1,150 @@
+"""WAL off host as it is archived: the cluster's archive_command, `trading-ops backup archive-wal %p`, pushes each WAL
+segment into the local pgBackRest repository and copies the repository's WAL archive to the off-host repository over
+SSH before it reports success, so PostgreSQL keeps the segment and retries until the off-host copy exists; and the
+repository fetched back from there after the database host was lost (`backup restore --to-time --from-off-host`).
+
+Why this design and not pgBackRest's own repository host (`repo1-host`): pgBackRest 2.45 then refuses `backup` on the
+database host, so the backup must run on the backup host and reach back to the database host over SSH (a second sshd
+on the database side, pgBackRest installed and configured on both, keys both ways). Here the backup host needs
+nothing but sshd and rsync (what the pg_dump copies already need), `backup run` keeps running beside the database,
+and the bound is PostgreSQL's own: a committed transaction leaves the host within archive_timeout (checked by
+`backup run`, backup.pitr.archive_timeout_seconds) plus one copy. Nothing goes through a local shell: pgBackRest and
+rsync get argument lists, and the WAL file's name must be one PostgreSQL makes before anything runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from trading_ops.config import Config
+from trading_ops.db.base import utcnow
+from trading_ops.ops import backup_pitr
+from trading_ops.ops.backup import PITR_REMOTE_DIRECTORY, BackupError, remote_of
+from trading_ops.ops.state import OpsState, add_count
+
+log = logging.getLogger(__name__)
+
+WAL_STATE_FILE = "wal-archive-state.json"
+# What the archiver hands archive_command: a segment, a partial segment, a backup history file, a timeline history.
+WAL_NAME = re.compile(r"[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history")
+ERROR_LIMIT = 500
+
+
+class WalNameError(ValueError):
+    """archive-wal was given something that is not a WAL file PostgreSQL archives."""
+
+
+def wal_state(config: Config) -> OpsState:
+    """The record of archive-wal's runs (backup.pitr.wal_state_file), which the metrics export."""
+    configured = config.backup.pitr.wal_state_file
+    path = config.path(configured) if configured else config.path(config.backup.directory) / WAL_STATE_FILE
+    return OpsState(path)
+
+
+def _record(config: Config, segment: str, duration: float, error: str = "", stage: str = "") -> None:
+    now = utcnow().timestamp()
+
+    def change(data: dict[str, object]) -> None:
+        add_count(data, "segments_total")
+        if error:
+            add_count(data, "failures_total")
+            if stage == "off_host":
+                add_count(data, "off_host_failures_total")
+            data["last_failure_timestamp_seconds"] = now
+            data["last_error"] = f"{segment}: {error}"[:ERROR_LIMIT]
+        else:
+            data["last_success_timestamp_seconds"] = now
+            data["last_duration_seconds"] = round(duration, 6)
+            data["last_segment"] = segment
+
+    try:
+        wal_state(config).update(change)
+    except OSError as exc:  # the archiver sees the outcome either way (exit status, the server log)
+        log.error("cannot record the WAL shipment in %s: %s", wal_state(config).path, exc)
+
+
+def archive_wal(config: Config, wal: str) -> float:
+    """Archive the WAL file `wal` (archive_command's %p, relative to the data directory): into the local repository
+    (`pgbackrest archive-push`), then the repository's WAL archive copied off host (rsync over backup.remote's SSH;
+    nothing there is deleted). Seconds it took. Raises when either did not happen: the archiver then keeps the segment
+    and tries again. Each run is recorded (wal_state)."""
+    segment = Path(wal).name
+    if not WAL_NAME.fullmatch(segment):
+        raise WalNameError(f"{wal!r} is not a WAL file name (archive_command passes %p)")
+    pitr = config.backup.pitr
+    started = time.monotonic()
+    stage = "push"
+    try:
+        backup_pitr.archive_push(config, wal)
+        stage = "off_host"
+        remote = remote_of(config)
+        if remote is None:
+            if config.backup.remote.required:
+                raise BackupError(
+                    "no off-host repository (backup.remote.host): the WAL would stay on this host only "
+                    "(backup.remote.required: false accepts that)"
+                )
+        elif pitr.repo_path:  # empty: the repository is on another host (or a mount of one) already
+            archive = config.path(pitr.repo_path) / "archive" / pitr.stanza
+            remote.sync_directory(archive, f"{PITR_REMOTE_DIRECTORY}/archive/{pitr.stanza}", pitr.rsync, delete=False)
+    except Exception as exc:
+        _record(config, segment, time.monotonic() - started, f"{type(exc).__name__}: {exc}", stage)
+        raise
+    duration = time.monotonic() - started
+    _record(config, segment, duration)
+    log.debug("WAL %s archived and copied off host in %.3fs", segment, duration)  # the server log: failures only
+    return duration
+
+
+def check_shipping(config: Config) -> None:
+    """BackupError unless the WAL the cluster archived last (pg_stat_archiver) went through archive-wal: a cluster
+    whose archive_command is plain `pgbackrest archive-push` keeps its WAL on this host between backup runs."""
+    from sqlalchemy import text
+
+    from trading_ops.db.base import make_engine
+
+    engine = make_engine(config.database_url())
+    try:
+        with engine.connect() as conn:
+            segment, archived = conn.execute(
+                text("SELECT last_archived_wal, extract(epoch FROM last_archived_time) FROM pg_stat_archiver")
+            ).one()
+    finally:
+        engine.dispose()
+    state = wal_state(config).read()  # read after the archiver's record: newer, if anything
+    shipped = state.get("last_success_timestamp_seconds")
+    # The same segment; or a later one, shipped after the archiver recorded that one as archived.
+    if segment is None or state.get("last_segment") == segment or float(shipped or 0) > float(archived):
+        return
+    when = (
+        "never" if shipped is None else f"last at {datetime.fromtimestamp(float(shipped), UTC):%Y-%m-%d %H:%M:%S} UTC"
+    )
+    raise BackupError(
+        f"WAL {segment} was archived but not by `trading-ops backup archive-wal` ({when}, {wal_state(config).path}): "
+        "set the cluster's archive_command to it, or its WAL stays on this host until the next backup run"
+    )
+
+
+def fetch_repository(config: Config, pg_data: Path) -> Path:
+    """Copy pgBackRest's repository from the off-host repository into backup.pitr.repo_path (a host rebuilt after the
+    database host was lost, the pgBackRest configuration reinstalled): its backups and every WAL segment shipped by
+    archive-wal. Run as root, the copy is given to the owner of `pg_data`, as whom pgBackRest restores. The path."""
+    pitr = config.backup.pitr
+    remote = remote_of(config)
+    if remote is None:
+        raise BackupError("no off-host repository: backup.remote.host is not configured")
+    if not pitr.repo_path:
+        raise BackupError("backup.pitr.repo_path is empty: where pgBackRest's repository goes (its repo1-path)")
+    repo = config.path(pitr.repo_path)
+    remote.fetch_directory(PITR_REMOTE_DIRECTORY, repo, pitr.rsync)
+    if os.geteuid() == 0 and pg_data.exists():
+        owner = pg_data.stat()
+        for folder, _, files in os.walk(repo):
+            for path in [folder, *(os.path.join(folder, f) for f in files)]:
+                os.chown(path, owner.st_uid, owner.st_gid)
+    log.warning("pgBackRest repository fetched from %s into %s", remote.location, repo)
+    return repo
