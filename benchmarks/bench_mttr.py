@@ -242,7 +242,8 @@ class MemberKill:
         }
 
 
-INFRASTRUCTURE: dict[str, type[ReconcilerKill] | type[MemberKill]] = {
+Kill = ReconcilerKill | MemberKill
+INFRASTRUCTURE: dict[str, type[Kill]] = {
     "reconciler_killed": ReconcilerKill,
     "alertmanager_member_killed": MemberKill,
 }
@@ -307,82 +308,146 @@ class Probe:
         )
 
 
+def steps_of(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every step of every attempt of `episodes`, as the ledger holds them."""
+    return [s for e in episodes for a in e["attempts"] for s in a["steps"]]
+
+
+def inject(probe: Probe, scenario: Scenario, kill: Kill | None) -> tuple[float, str | None]:
+    """The scenario's fault, injected: when (seconds since the epoch), and why it could not be, if it could not."""
+    if kill is not None:
+        fault_at = time.time()
+        return fault_at, kill.inject(probe)
+    if scenario.fault == "loss_spike":  # wait for a book the spike can breach the limit with
+        end = time.monotonic() + 60
+        while probe.bot("loss_spike") is None:
+            if time.monotonic() > end:
+                return time.time(), "the book never held enough to breach the loss limit"
+            time.sleep(1)
+        return time.time(), None
+    fault_at = time.time()
+    refused = probe.bot(scenario.fault, scenario.body) is None
+    return fault_at, "the fault command was refused" if refused else None
+
+
+@dataclass
+class Watch:
+    """One round from its fault on: polls the stack until the scenario ends as designed (or fails), noting when each
+    stage was first seen (`seen`: seconds since the epoch) and why it failed (`failure`)."""
+
+    probe: Probe
+    scenario: Scenario
+    known: set[Any]  # the episodes before the round
+    discrepancies_before: float
+    pid_before: Any
+    kill: Kill | None
+    seen: dict[str, float] = field(default_factory=dict)
+    failure: str | None = None
+
+    def mine(self) -> list[dict[str, Any]]:
+        """The round's episodes: new since it began, of its alert."""
+        return [
+            e
+            for e in self.probe.episodes()
+            if e["id"] not in self.known and self.scenario.matches(e["alertname"], e["labels"])
+        ]
+
+    def run(self, timeout: float) -> bool:
+        """Poll until the round is over; False when it was not within `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.over(time.time()):
+                return True
+            time.sleep(POLL_SECONDS)
+        return False
+
+    def over(self, now: float) -> bool:
+        """One poll: detection, the first action, then the end the scenario is judged on."""
+        if self.kill is not None:
+            self.kill.poll(now)
+        if self.scenario.alert and "detected" not in self.seen and self.probe.firing(self.scenario):
+            self.seen["detected"] = now
+        mine = self.mine()
+        steps = steps_of(mine)
+        if steps and "first_action" not in self.seen:
+            self.seen["first_action"] = min(ts(s["started_at"]) or now for s in steps)
+        ended = {"recovered": self.recovered, "healed": self.healed, "adopted": self.adopted, "paged": self.paged}
+        return ended[self.scenario.ends](mine, now)
+
+    def recovered(self, mine: list[dict[str, Any]], now: float) -> bool:
+        """An episode closed recovered (or in a state the scenario also ends in); a failure if all closed otherwise."""
+        done = next((e for e in mine if e["state"] in ("recovered", *self.scenario.also_ends)), None)
+        if done is not None:
+            self.seen["end"] = ts(done["closed_at"]) or now
+            return True
+        if mine and all(e["closed_at"] for e in mine) and "detected" in self.seen:
+            self.failure = "closed without recovery: " + ", ".join(f"{e['state']}" for e in mine)
+            return True
+        return False
+
+    def healed(self, mine: list[dict[str, Any]], now: float) -> bool:
+        """The bot restarted and active again, its alert no longer firing, its episodes closed."""
+        status = self.probe.bot("status")
+        if status is not None and status.get("pid") != self.pid_before:
+            self.seen.setdefault("restarted", now)
+        back = "restarted" in self.seen and status is not None and status.get("state") == "active"
+        if back and not self.probe.firing(self.scenario) and all(e["closed_at"] for e in mine):
+            self.seen["end"] = now
+            return True
+        return False
+
+    def adopted(self, mine: list[dict[str, Any]], now: float) -> bool:
+        """The bot's reconciliation counted a discrepancy (it adopted what the venue did)."""
+        if self.probe.discrepancies() > self.discrepancies_before:
+            self.seen["detected"] = self.seen["end"] = now
+            return True
+        return False
+
+    def paged(self, mine: list[dict[str, Any]], now: float) -> bool:
+        """The playbook's page is in Alertmanager."""
+        if self.probe.paged(self.scenario.alert or ""):
+            self.seen["end"] = now
+            return True
+        return False
+
+    def tally(self, fault_at: float) -> dict[str, Any]:
+        """The round's episodes, actions and stage times (seconds from the fault) as the ledger has them at its end."""
+        mine = self.mine()
+        fired = [t for e in mine if (t := ts(e["starts_at"])) is not None and t >= fault_at]
+        if fired and "detected" in self.seen:
+            self.seen["detected"] = min(fired)  # Prometheus's evaluation that fired it, not when we saw it
+        steps = steps_of(mine)
+        out: dict[str, Any] = {
+            "episodes": {str(e["id"]): e["state"] for e in mine},
+            "actions": [s["description"][:80] for s in steps],
+            "seconds": {k: round(v - fault_at, 3) for k, v in self.seen.items()},
+        }
+        # The remedy's own run time (a bot command: milliseconds; a cleanup process, a restart: seconds), as the
+        # ledger timed its steps: what follows detection less this is the pipeline's and the verification's share.
+        ran = [
+            (a, b) for s in steps if (a := ts(s["started_at"])) is not None and (b := ts(s["finished_at"])) is not None
+        ]
+        if ran:
+            out["action_seconds"] = round(sum(b - a for a, b in ran), 3)
+        return out
+
+
 def run_round(stack: Stack, number: int, scenario: Scenario, timeout: float, pid_before: Any) -> dict[str, Any]:
     probe = Probe(stack)
     known = {e["id"] for e in probe.episodes()}
     before = probe.discrepancies()
     result: dict[str, Any] = {"round": number, "fault": scenario.fault, "alert": scenario.alert, "ends": scenario.ends}
     kill = INFRASTRUCTURE[scenario.fault](stack) if scenario.fault in INFRASTRUCTURE else None
-    if kill is not None:
-        fault_at = time.time()
-        problem = kill.inject(probe)
-        if problem is not None:
-            result["failure"] = problem
-            return result
-    elif scenario.fault == "loss_spike":  # wait for a book the spike can breach the limit with
-        end = time.monotonic() + 60
-        while probe.bot("loss_spike") is None:
-            if time.monotonic() > end:
-                result["failure"] = "the book never held enough to breach the loss limit"
-                return result
-            time.sleep(1)
-        fault_at = time.time()
-    else:
-        fault_at = time.time()
-        if probe.bot(scenario.fault, scenario.body) is None:
-            result["failure"] = "the fault command was refused"
-            return result
-    seen: dict[str, float] = {}
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        now = time.time()
-        if kill is not None:
-            kill.poll(now)
-        if scenario.alert and "detected" not in seen and probe.firing(scenario):
-            seen["detected"] = now
-        mine = [e for e in probe.episodes() if e["id"] not in known and scenario.matches(e["alertname"], e["labels"])]
-        steps = [s for e in mine for a in e["attempts"] for s in a["steps"]]
-        if steps and "first_action" not in seen:
-            seen["first_action"] = min(ts(s["started_at"]) or now for s in steps)
-        if scenario.ends == "recovered":
-            done = next((e for e in mine if e["state"] in ("recovered", *scenario.also_ends)), None)
-            if done is not None:
-                seen["end"] = ts(done["closed_at"]) or now
-                break
-            if mine and all(e["closed_at"] for e in mine) and "detected" in seen:
-                result["failure"] = "closed without recovery: " + ", ".join(f"{e['state']}" for e in mine)
-                break
-        elif scenario.ends == "healed":
-            status = probe.bot("status")
-            if status is not None and status.get("pid") != pid_before:
-                seen.setdefault("restarted", now)
-            active = status is not None and status.get("state") == "active"
-            if "restarted" in seen and active and not probe.firing(scenario) and all(e["closed_at"] for e in mine):
-                seen["end"] = now
-                break
-        elif scenario.ends == "adopted":
-            if probe.discrepancies() > before:
-                seen["detected"] = seen["end"] = now
-                break
-        elif scenario.ends == "paged" and probe.paged(scenario.alert or ""):
-            seen["end"] = now
-            break
-        time.sleep(POLL_SECONDS)
-    else:
-        result["failure"] = f"not over within {timeout:g}s"
-    mine = [e for e in probe.episodes() if e["id"] not in known and scenario.matches(e["alertname"], e["labels"])]
-    fired = [t for e in mine if (t := ts(e["starts_at"])) is not None and t >= fault_at]
-    if fired and "detected" in seen:
-        seen["detected"] = min(fired)  # Prometheus's evaluation that fired it, not when we saw it
-    result["episodes"] = {str(e["id"]): e["state"] for e in mine}
-    steps = [s for e in mine for a in e["attempts"] for s in a["steps"]]
-    result["actions"] = [s["description"][:80] for s in steps]
-    result["seconds"] = {k: round(v - fault_at, 3) for k, v in seen.items()}
-    # The remedy's own run time (a bot command: milliseconds; a cleanup process, a restart: seconds), as the ledger
-    # timed its steps: what follows detection less this is the pipeline's and the verification's share.
-    ran = [(a, b) for s in steps if (a := ts(s["started_at"])) is not None and (b := ts(s["finished_at"])) is not None]
-    if ran:
-        result["action_seconds"] = round(sum(b - a for a, b in ran), 3)
+    fault_at, problem = inject(probe, scenario, kill)
+    if problem is not None:
+        result["failure"] = problem
+        return result
+    watch = Watch(probe, scenario, known, before, pid_before, kill)
+    if not watch.run(timeout):
+        watch.failure = f"not over within {timeout:g}s"
+    if watch.failure is not None:
+        result["failure"] = watch.failure
+    result.update(watch.tally(fault_at))
     if kill is not None:
         result.update(kill.report())
         problem = kill.problem()

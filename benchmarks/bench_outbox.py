@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,48 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def main() -> int:
+@dataclass
+class Alertmanager:
+    """The Alertmanager the reconciler pages, away for the outage: stopped (SIGTERM), or frozen (SIGSTOP) with
+    `freeze`, and back on the same port."""
+
+    binary: str
+    tmp: Path
+    port: int
+    freeze: bool
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, binary: str, tmp: Path, port: int, freeze: bool) -> Alertmanager:
+        return cls(binary, tmp, port, freeze, start_alertmanager(binary, tmp, port))
+
+    def away(self) -> None:
+        if self.freeze:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+        else:
+            stop(self.proc)
+
+    def back(self) -> None:
+        if self.freeze:
+            os.kill(self.proc.pid, signal.SIGCONT)
+        else:
+            self.proc = start_alertmanager(self.binary, self.tmp, self.port)
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+@dataclass(frozen=True)
+class Drain:
+    """What one outage measured (seconds on this machine's clock)."""
+
+    owed: float  # Alertmanager away -> every page owed (the episodes escalating)
+    drained: float  # Alertmanager back -> the outbox empty
+    held: float  # Alertmanager back -> Alertmanager holding every page
+    escalated: int
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = EscalationConfig()
     parser.add_argument("--pages", type=int, default=50)
@@ -128,7 +170,72 @@ def main() -> int:
     parser.add_argument("--retry-initial", type=float, default=defaults.retry_initial_seconds)
     parser.add_argument("--retry-max", type=float, default=defaults.retry_max_seconds)
     parser.add_argument("--fallback-after", type=float, default=3600.0, help="apprise fallback (no URLs here)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def write_config(tmp: Path, db: str, port: int, am_port: int, args: argparse.Namespace) -> Path:
+    """The reconciler's token, its playbook (one rule whose only step fails, so every alert owes a page) and its
+    configuration in `tmp`; returns the configuration's path."""
+    (tmp / "token").write_text(TOKEN)
+    playbook = {
+        "version": 1,
+        "rules": [
+            {
+                "name": "fails",
+                "match": ['alertname="TradingBotStalled"'],
+                "cooldown": 0,
+                "max_attempts": 1,
+                "verify": False,
+                "steps": [{"action": "exec", "argv": [sys.executable, "-c", "raise SystemExit(3)"]}],
+            }
+        ],
+    }
+    (tmp / "playbook.yml").write_text(yaml.safe_dump(playbook))
+    config = {
+        "database": {"url": db},
+        "reconciler": {
+            "listen": {"port": port},
+            "token_file": str(tmp / "token"),
+            "playbook": str(tmp / "playbook.yml"),
+            "check_silences": False,
+            "alertmanager_url": f"http://127.0.0.1:{am_port}",
+            "watchdog": {"window_seconds": 0},
+            "max_concurrent_runs": 8,
+            "escalation": {
+                "retry_initial_seconds": args.retry_initial,
+                "retry_max_seconds": args.retry_max,
+                "fallback_after_seconds": args.fallback_after,
+            },
+        },
+    }
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp / "config.yaml"
+
+
+def outage(am: Alertmanager, port: int, pages: int, seconds: float, ledger: Ledger, store: OutboxStore) -> Drain:
+    """Alertmanager away while `pages` alerts reach the reconciler at `port`, back after `seconds`; the drain timed."""
+    am.away()
+    down = time.monotonic()
+    for i in range(pages):
+        post_alert(port, i)
+    wait(
+        f"{pages} pages owed",
+        lambda: len(ledger.list_episodes(limit=pages + 1, state="escalating")) == pages,
+    )
+    owed = time.monotonic() - down
+    time.sleep(max(0.0, seconds - (time.monotonic() - down)))
+    am.back()
+    back = time.monotonic()
+    wait("the outbox drained", lambda: store.stats().pending == 0)
+    drained = time.monotonic() - back
+    wait("Alertmanager holding every page", lambda: held_escalations(am.port) == pages)
+    held = time.monotonic() - back
+    escalated = len(ledger.list_episodes(limit=pages + 1, state="escalated"))
+    return Drain(owed=owed, drained=drained, held=held, escalated=escalated)
+
+
+def main() -> int:
+    args = parse_args()
     binary = find_binary("alertmanager").path
     if binary is None:
         print(find_binary("alertmanager").install_hint, file=sys.stderr)
@@ -138,42 +245,10 @@ def main() -> int:
         db = f"sqlite:///{tmp / 'ledger.db'}"
         migrate.upgrade(db)
         am_port, port = free_port(), free_port()
-        (tmp / "token").write_text(TOKEN)
-        playbook = {
-            "version": 1,
-            "rules": [
-                {
-                    "name": "fails",
-                    "match": ['alertname="TradingBotStalled"'],
-                    "cooldown": 0,
-                    "max_attempts": 1,
-                    "verify": False,
-                    "steps": [{"action": "exec", "argv": [sys.executable, "-c", "raise SystemExit(3)"]}],
-                }
-            ],
-        }
-        (tmp / "playbook.yml").write_text(yaml.safe_dump(playbook))
-        config = {
-            "database": {"url": db},
-            "reconciler": {
-                "listen": {"port": port},
-                "token_file": str(tmp / "token"),
-                "playbook": str(tmp / "playbook.yml"),
-                "check_silences": False,
-                "alertmanager_url": f"http://127.0.0.1:{am_port}",
-                "watchdog": {"window_seconds": 0},
-                "max_concurrent_runs": 8,
-                "escalation": {
-                    "retry_initial_seconds": args.retry_initial,
-                    "retry_max_seconds": args.retry_max,
-                    "fallback_after_seconds": args.fallback_after,
-                },
-            },
-        }
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config))
-        am = start_alertmanager(binary, tmp, am_port)
+        config = write_config(tmp, db, port, am_port, args)
+        am = Alertmanager.start(binary, tmp, am_port, args.freeze)
         reconciler = subprocess.Popen(
-            [sys.executable, "-m", "trading_ops", "-c", str(tmp / "config.yaml"), "reconciler"],
+            [sys.executable, "-m", "trading_ops", "-c", str(config), "reconciler"],
             stdout=subprocess.DEVNULL,
             stderr=open(tmp / "reconciler.log", "wb"),  # noqa: SIM115
         )
@@ -181,32 +256,10 @@ def main() -> int:
         store = OutboxStore(ledger)
         try:
             wait("reconciler ready", lambda: answers(f"http://127.0.0.1:{port}/healthz"), 60)
-            if args.freeze:
-                os.kill(am.pid, signal.SIGSTOP)
-            else:
-                stop(am)
-            down = time.monotonic()
-            for i in range(args.pages):
-                post_alert(port, i)
-            wait(
-                f"{args.pages} pages owed",
-                lambda: len(ledger.list_episodes(limit=args.pages + 1, state="escalating")) == args.pages,
-            )
-            owed = time.monotonic() - down
-            time.sleep(max(0.0, args.outage - (time.monotonic() - down)))
-            if args.freeze:
-                os.kill(am.pid, signal.SIGCONT)
-            else:
-                am = start_alertmanager(binary, tmp, am_port)
-            back = time.monotonic()
-            wait("the outbox drained", lambda: store.stats().pending == 0)
-            drained = time.monotonic() - back
-            wait("Alertmanager holding every page", lambda: held_escalations(am_port) == args.pages)
-            held = time.monotonic() - back
-            escalated = len(ledger.list_episodes(limit=args.pages + 1, state="escalated"))
+            drain = outage(am, port, args.pages, args.outage, ledger, store)
         finally:
             stop(reconciler)
-            stop(am)
+            am.stop()
             ledger.engine.dispose()
     report = {
         "pages": args.pages,
@@ -214,13 +267,13 @@ def main() -> int:
         "how": "SIGSTOP" if args.freeze else "stopped",
         "retry_initial_seconds": args.retry_initial,
         "retry_max_seconds": args.retry_max,
-        "all_owed_after_seconds": round(owed, 3),
-        "drain_seconds": round(drained, 3),
-        "all_held_by_alertmanager_seconds": round(held, 3),
-        "episodes_escalated": escalated,
+        "all_owed_after_seconds": round(drain.owed, 3),
+        "drain_seconds": round(drain.drained, 3),
+        "all_held_by_alertmanager_seconds": round(drain.held, 3),
+        "episodes_escalated": drain.escalated,
     }
     print(json.dumps(report, indent=2))
-    return 0 if escalated == args.pages else 1
+    return 0 if drain.escalated == args.pages else 1
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,115 @@ def outcomes(episodes: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(f"{e['alertname']}: {e['state']}" for e in episodes).items()))
 
 
-def main() -> int:
+@dataclass
+class Soak:
+    """The soak's rhythm from `started` (monotonic seconds): a sample of every process every `sample_every` seconds,
+    a paper bot fault every `every` seconds (cycling through FAULTS), the resume after a reject storm, and the
+    freqtrade gateway's drop every fourth fault interval, between the paper bot's faults."""
+
+    stack: Stack
+    ft: FreqtradeStack | None
+    pids: dict[str, int]
+    every: float
+    sample_every: float
+    started: float
+    series: dict[str, list[tuple[float, float, int]]] = field(default_factory=dict)
+    injected: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    cycle: int = 0
+    resume_at: float | None = None
+    next_sample: float = field(init=False)
+    next_fault: float = field(init=False)
+    next_ft_fault: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.next_sample = self.started
+        self.next_fault = self.started + 10
+        # The freqtrade's gateway drops its connections every fourth fault, between the paper bot's.
+        self.next_ft_fault = self.started + 10 + self.every * 2.5
+
+    def run(self, minutes: float) -> None:
+        end = self.started + minutes * 60
+        while time.monotonic() < end:
+            now = time.monotonic()
+            if now >= self.next_sample:
+                self.take_sample(now)
+            if self.resume_at is not None and now >= self.resume_at:
+                self.resume()
+            if now >= self.next_fault:
+                self.inject(now)
+            if self.ft is not None and now >= self.next_ft_fault:
+                self.drop_freqtrade_gateway(self.ft, now)
+            time.sleep(1.0)
+
+    def take_sample(self, now: float) -> None:
+        for name, value in sample(self.pids).items():
+            if value is not None:
+                self.series.setdefault(name, []).append((now - self.started, value[0], value[1]))
+        self.next_sample = now + self.sample_every
+
+    def control(self, command: str, body: dict[str, Any]) -> bool:
+        """A control command to the paper bot; False (and counted as refused) when it did not answer."""
+        try:
+            post_json(f"{self.stack.urls['bot']}/control/{command}", self.stack.token, body)
+        except OSError:
+            self.refused[command] += 1
+            return False
+        return True
+
+    def resume(self) -> None:
+        """The fault cleared and the bot resumed after a reject storm, as a human would."""
+        for command in ("clear_chaos", "resume"):
+            self.control(command, {})
+        self.resume_at = None
+
+    def inject(self, now: float) -> None:
+        fault, body = FAULTS[self.cycle % len(FAULTS)]
+        self.cycle += 1
+        if self.control(fault, body):
+            self.injected[fault] += 1
+            if fault == "reject_storm":
+                self.resume_at = now + RESUME_AFTER_SECONDS
+        self.next_fault = now + self.every
+
+    def drop_freqtrade_gateway(self, ft: FreqtradeStack, now: float) -> None:
+        try:
+            ft.gateway.chaos("drop_connection")
+            self.injected["freqtrade gateway drop_connection"] += 1
+        except OSError:
+            self.refused["freqtrade gateway drop_connection"] += 1
+        self.next_ft_fault = now + self.every * 4
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the stacks hold at the end of the soak."""
+
+    episodes: list[dict[str, Any]]
+    restarted: list[str]
+    ft_episodes: list[dict[str, Any]]
+
+
+def watched_pids(stack: Stack, ft: FreqtradeStack | None) -> dict[str, int]:
+    """The processes sampled: the stack's children, and the freqtrade, its sidecar and its gateway beside it."""
+    pids = stack.child_pids()
+    if ft is not None:
+        pids |= {"freqtrade": ft.pid(), "freqtrade-sidecar": ft.sidecar_pid, "gateway": ft.gateway.proc.pid}
+    return pids
+
+
+def outcome(stack: Stack, ft: FreqtradeStack | None, pids: dict[str, int]) -> Outcome:
+    episodes = stack.episodes_all()
+    restarted = [name for name, pid in stack.child_pids().items() if pids.get(name) != pid]
+    ft_episodes: list[dict[str, Any]] = []
+    if ft is not None:
+        ft_episodes = ft.all_episodes(limit=500)
+        if ft.pid() != pids["freqtrade"]:
+            restarted.append("freqtrade")
+    return Outcome(episodes, restarted, ft_episodes)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--every", type=float, default=60.0, help="seconds between faults (default 60)")
@@ -115,83 +224,41 @@ def main() -> int:
     args = parser.parse_args()
     if args.minutes <= 0 or args.every <= 0 or args.sample <= 0:
         parser.error("--minutes, --every and --sample must be positive")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, contextlib.ExitStack() as held:
         # No daily loss limit: the demo's fees and spreads would halt the bot within hours, and a halted bot stops
         # the workload whose growth the soak measures (the loss limit has a scenario of its own in bench_mttr).
         stack = Stack(Path(tmp), "fast", cooldown=min(args.every, 300.0), bot={"risk": {"daily_loss_limit": 0}})
-        series: dict[str, list[tuple[float, float, int]]] = {}
-        injected: Counter[str] = Counter()
-        refused: Counter[str] = Counter()
         ft: FreqtradeStack | None = None
         try:
             if not args.no_freqtrade:
                 ft = held.enter_context(freqtrade_stack(Path(tmp) / "freqtrade"))
             stack.wait_ready()
-            pids = stack.child_pids()
-            if ft is not None:
-                pids |= {"freqtrade": ft.pid(), "freqtrade-sidecar": ft.sidecar_pid, "gateway": ft.gateway.proc.pid}
-            started = time.monotonic()
-            end = started + args.minutes * 60
-            next_fault, next_sample, resume_at, cycle = started + 10, started, None, 0
-            # The freqtrade's gateway drops its connections every fourth fault, between the paper bot's.
-            next_ft_fault = started + 10 + args.every * 2.5
-            while time.monotonic() < end:
-                now = time.monotonic()
-                if now >= next_sample:
-                    for name, value in sample(pids).items():
-                        if value is not None:
-                            series.setdefault(name, []).append((now - started, value[0], value[1]))
-                    next_sample = now + args.sample
-                if resume_at is not None and now >= resume_at:
-                    for command in ("clear_chaos", "resume"):
-                        try:
-                            post_json(f"{stack.urls['bot']}/control/{command}", stack.token, {})
-                        except OSError:
-                            refused[command] += 1
-                    resume_at = None
-                if now >= next_fault:
-                    fault, body = FAULTS[cycle % len(FAULTS)]
-                    cycle += 1
-                    try:
-                        post_json(f"{stack.urls['bot']}/control/{fault}", stack.token, body)
-                        injected[fault] += 1
-                        if fault == "reject_storm":
-                            resume_at = now + RESUME_AFTER_SECONDS
-                    except OSError:
-                        refused[fault] += 1
-                    next_fault = now + args.every
-                if ft is not None and now >= next_ft_fault:
-                    try:
-                        ft.gateway.chaos("drop_connection")
-                        injected["freqtrade gateway drop_connection"] += 1
-                    except OSError:
-                        refused["freqtrade gateway drop_connection"] += 1
-                    next_ft_fault = now + args.every * 4
-                time.sleep(1.0)
-            episodes = stack.episodes_all()
-            restarted = [name for name, pid in stack.child_pids().items() if pids.get(name) != pid]
-            ft_episodes: list[dict[str, Any]] = []
-            if ft is not None:
-                ft_episodes = ft.all_episodes(limit=500)
-                if ft.pid() != pids["freqtrade"]:
-                    restarted.append("freqtrade")
+            pids = watched_pids(stack, ft)
+            soak = Soak(stack, ft, pids, args.every, args.sample, time.monotonic())
+            soak.run(args.minutes)
+            at_end = outcome(stack, ft, pids)
         finally:
             code = stack.stop()
     report: dict[str, Any] = {
         "benchmark": "soak: the local stack under a steady rhythm of faults",
         "minutes": args.minutes,
         "fault_every_seconds": args.every,
-        "faults_injected": dict(injected),
-        "commands_refused": dict(refused),
-        "processes": {name: process_report(points) for name, points in series.items()},
-        "processes_restarted": restarted,
-        "episodes": len(episodes),
-        "episodes_by_alert_and_outcome": outcomes(episodes),
+        "faults_injected": dict(soak.injected),
+        "commands_refused": dict(soak.refused),
+        "processes": {name: process_report(points) for name, points in soak.series.items()},
+        "processes_restarted": at_end.restarted,
+        "episodes": len(at_end.episodes),
+        "episodes_by_alert_and_outcome": outcomes(at_end.episodes),
         "up_exit_status": code,
     }
     if ft is not None:
-        report["freqtrade_episodes"] = len(ft_episodes)
-        report["freqtrade_episodes_by_alert_and_outcome"] = outcomes(ft_episodes)
+        report["freqtrade_episodes"] = len(at_end.ft_episodes)
+        report["freqtrade_episodes_by_alert_and_outcome"] = outcomes(at_end.ft_episodes)
     print(json.dumps(report, indent=2))
     return 0
 

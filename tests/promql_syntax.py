@@ -293,21 +293,28 @@ class Parser:
     def primary(self) -> Node:
         kind, text, _ = self.peek()
         if kind == "op" and text == "(":
-            self.index += 1
-            inner = self.expression(0)
-            self.expect(")")
-            return ParenExpr(inner)
-        if kind == "number":
-            self.index += 1
-            return NumberLiteral(text)
-        if kind == "string":
-            self.index += 1
-            return StringLiteral(unquote(text))
+            return self.parenthesised()
+        if kind in ("number", "string"):
+            return self.literal()
         if kind == "op" and text == "{":
             return self.selector(None)
         if kind != "ident":
             raise self.fail("an expression")
+        return self.named()
+
+    def parenthesised(self) -> ParenExpr:
         self.index += 1
+        inner = self.expression(0)
+        self.expect(")")
+        return ParenExpr(inner)
+
+    def literal(self) -> Node:
+        kind, text, _ = self.next()
+        return NumberLiteral(text) if kind == "number" else StringLiteral(unquote(text))
+
+    def named(self) -> Node:
+        """What an identifier starts: Inf or NaN, an aggregation, a function call or a selector."""
+        text = self.next()[1]
         if text.lower() in ("inf", "nan"):
             return NumberLiteral(text)
         if text in AGGREGATIONS and self.peek()[1] in ("(", "by", "without"):
