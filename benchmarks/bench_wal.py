@@ -51,8 +51,38 @@ def quiet_cli(*argv: str) -> None:
         raise SystemExit(f"trading-ops {' '.join(argv[2:])} exited {code}")
 
 
+def restore_lost_host(pg: Any, shipping: Any, config: str, moment: Any) -> tuple[float, float, int]:
+    """Lose the database host (its data directory and local repository), restore as of `moment` from the off-host
+    repository alone into a fresh data directory, and start it: the restore's seconds, the seconds until the cluster
+    promoted itself, and the rows it holds."""
+    from pg_cluster import cluster_on
+    from wal_shipping import sql
+
+    pg.ctl("-m", "immediate", "stop")
+    shutil.rmtree(pg.data)
+    shutil.rmtree(shipping.work / "repo")
+    target = Path(f"{pg.data}-restored")
+    target.mkdir(mode=0o700)
+    shutil.chown(target, "postgres")
+    try:
+        started = time.perf_counter()
+        quiet_cli(
+            "--config", config, "backup", "restore", "--from-off-host", "--to-time", moment.isoformat(),
+            "--pg-data", str(target),
+        )  # fmt: skip
+        restore_seconds = time.perf_counter() - started
+        with cluster_on(target, options="-c archive_mode=off") as restored:
+            while sql(restored.port, "SELECT pg_is_in_recovery()")[0][0]:
+                time.sleep(0.02)
+            promoted_seconds = time.perf_counter() - started
+            rows = int(sql(restored.port, "SELECT count(*) FROM trades", "journal")[0][0])
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    return restore_seconds, promoted_seconds, rows
+
+
 def run(rounds: int, archive_timeout: int, workdir: Path) -> dict[str, Any]:
-    from pg_cluster import cluster_on, own_cluster, pgbackrest_archiving
+    from pg_cluster import own_cluster, pgbackrest_archiving
     from ssh_host import ssh_host
     from wal_shipping import archiver_argv, sql, wal_shipping
 
@@ -99,26 +129,7 @@ def run(rounds: int, archive_timeout: int, workdir: Path) -> dict[str, Any]:
         shipping.wait_off_host(last, timeout=archive_timeout * 3 + 60)
         expected = int(sql(pg.port, "SELECT count(*) FROM trades WHERE tag NOT LIKE 'after-%'", "journal")[0][0])
 
-        pg.ctl("-m", "immediate", "stop")
-        shutil.rmtree(pg.data)
-        shutil.rmtree(shipping.work / "repo")
-        target = Path(f"{pg.data}-restored")
-        target.mkdir(mode=0o700)
-        shutil.chown(target, "postgres")
-        try:
-            started = time.perf_counter()
-            quiet_cli(
-                "--config", config, "backup", "restore", "--from-off-host", "--to-time", moment.isoformat(),
-                "--pg-data", str(target),
-            )  # fmt: skip
-            restore_seconds = time.perf_counter() - started
-            with cluster_on(target, options="-c archive_mode=off") as restored:
-                while sql(restored.port, "SELECT pg_is_in_recovery()")[0][0]:
-                    time.sleep(0.02)
-                promoted_seconds = time.perf_counter() - started
-                rows = int(sql(restored.port, "SELECT count(*) FROM trades", "journal")[0][0])
-        finally:
-            shutil.rmtree(target, ignore_errors=True)
+        restore_seconds, promoted_seconds, rows = restore_lost_host(pg, shipping, config, moment)
     return {
         "rounds": rounds,
         "archive_timeout_seconds": archive_timeout,

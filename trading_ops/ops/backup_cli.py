@@ -6,6 +6,8 @@ import argparse
 import json
 import sqlite3
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from trading_ops.config import Config
@@ -279,27 +281,38 @@ def usage(action: str, problem: str) -> int:
     return EXIT_USAGE
 
 
-def _restore_to_time(args: argparse.Namespace, config: Config) -> int:
-    from datetime import UTC, datetime
-    from pathlib import Path
+def _restore_to_time_problem(args: argparse.Namespace, config: Config) -> str | None:
+    """What is wrong with a `backup restore --to-time` command line (None: nothing)."""
+    if args.from_off_host and args.to_time is None:
+        return "--from-off-host goes with --to-time TIME --pg-data DIR"
+    if args.backup_id is not None or args.to_time is None or args.pg_data is None:
+        return "--to-time TIME and --pg-data DIR go together, without a backup ID"
+    if not config.backup.pitr.enabled:
+        return "--to-time needs point-in-time recovery: backup.pitr.enabled is false"
+    return None
 
+
+def _moment(text: str) -> datetime | str:
+    """The moment `--to-time` names, or what is wrong with it."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return f"--to-time: expected an ISO 8601 time such as 2026-11-25T09:10:00Z, got {text!r}"
+    if moment.tzinfo is None:
+        return f"--to-time: give the time zone (Z or +HH:MM) of {text!r}"
+    return moment
+
+
+def _restore_to_time(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.ops.backup import BackupError
     from trading_ops.ops.backup_pitr import PitrError, restore_to_time
 
-    if args.from_off_host and args.to_time is None:
-        return usage("backup restore", "--from-off-host goes with --to-time TIME --pg-data DIR")
-    if args.backup_id is not None or args.to_time is None or args.pg_data is None:
-        return usage("backup restore", "--to-time TIME and --pg-data DIR go together, without a backup ID")
-    if not config.backup.pitr.enabled:
-        return usage("backup restore", "--to-time needs point-in-time recovery: backup.pitr.enabled is false")
-    try:
-        moment = datetime.fromisoformat(args.to_time)
-    except ValueError:
-        return usage(
-            "backup restore", f"--to-time: expected an ISO 8601 time such as 2026-11-25T09:10:00Z, got {args.to_time!r}"
-        )
-    if moment.tzinfo is None:
-        return usage("backup restore", f"--to-time: give the time zone (Z or +HH:MM) of {args.to_time!r}")
+    problem = _restore_to_time_problem(args, config)
+    if problem is not None:
+        return usage("backup restore", problem)
+    moment = _moment(args.to_time)
+    if isinstance(moment, str):
+        return usage("backup restore", moment)
     try:
         if args.from_off_host:
             from trading_ops.ops.backup_wal import fetch_repository
