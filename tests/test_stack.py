@@ -1150,7 +1150,7 @@ def test_the_ccxt_gateway_stack_gets_a_gateway_with_generated_credentials_and_a_
     exchange = make_exchange(config)  # the bot's client signs with the key the gateway accepts
     served = gateway_from_config(config)
     assert served.control_token == files[2].read_text().strip()
-    assert exchange.apiKey in served._secrets and served._secrets[exchange.apiKey] == base64.b64decode(exchange.secret)
+    assert served.auth.secret_of(exchange.apiKey) == base64.b64decode(exchange.secret)
     # A second start keeps them (the venue's state and the bot's key go together).
     secret = files[1].read_text()
     build_app_config(source, layout, ports, "ccxt-gateway")
@@ -1183,7 +1183,7 @@ def test_the_freqtrade_stack_wires_freqtrade_its_sidecar_and_a_key_of_the_sideca
     served = gateway_from_config(config)
     main_key = (tmp_path / "var" / "secrets" / "gateway-api-key").read_text().strip()
     sidecar_key = (tmp_path / "var" / "secrets" / "gateway-sidecar-api-key").read_text().strip()
-    assert {main_key, sidecar_key} <= set(served._secrets) and main_key != sidecar_key
+    assert {main_key, sidecar_key} <= served.auth.keys() and main_key != sidecar_key
     secrets = dict(app.freqtrade_secrets)
     assert set(secrets) == {
         "FREQTRADE__EXCHANGE__KEY",

@@ -34,6 +34,14 @@ class KrakenAuth:
     def has_key(self, key: str) -> bool:
         return key in self._secrets
 
+    def keys(self) -> set[str]:
+        """The API keys the gateway accepts."""
+        return set(self._secrets)
+
+    def secret_of(self, key: str) -> bytes | None:
+        """The decoded secret `key` signs with (None for an unknown key)."""
+        return self._secrets.get(key)
+
     def add_keys(self, keys: Mapping[str, str], account: PaperVenue) -> None:
         """Let `keys` (API key -> base64 secret) reach `account`; ValueError for a secret that is not base64."""
         for key, secret in keys.items():
