@@ -446,7 +446,7 @@ def server_web_config(config: Any, listen: Any, key: str, *, load_files: bool = 
     inside it."""
     if not listen.web_config_file:
         return None
-    path = config.path(listen.web_config_file)
+    path = Path(listen.web_config_file)
     try:
         return load_web_config(path, load_files=load_files)
     except OSError as exc:
@@ -470,13 +470,13 @@ def client_ssl_context(
         return context
     if tls.ca_file:
         try:
-            context.load_verify_locations(cafile=str(config.path(tls.ca_file)))
+            context.load_verify_locations(cafile=tls.ca_file)
         except (OSError, ssl.SSLError) as exc:
             detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-            raise ConfigError(f"{key}.ca_file", f"cannot load {config.path(tls.ca_file)}: {detail}") from None
+            raise ConfigError(f"{key}.ca_file", f"cannot load {tls.ca_file}: {detail}") from None
     if tls.cert_file:
         try:
-            context.load_cert_chain(str(config.path(tls.cert_file)), str(config.path(tls.key_file)))
+            context.load_cert_chain(tls.cert_file, tls.key_file)
         except (OSError, ssl.SSLError) as exc:
             detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
             raise ConfigError(f"{key}.cert_file", f"cannot load the certificate and key: {detail}") from None

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -161,7 +162,7 @@ class BotRuntime:
         self._clock_skew_due = 0.0  # time.monotonic() of the next clock reading
         self.strategy = strategy
         self._venue_task = venue_task
-        self.data_dir = config.path(bot.data_dir)
+        self.data_dir = Path(bot.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = (
             engine
@@ -221,7 +222,7 @@ class BotRuntime:
             data_dir_budget=bot.resources.data_dir_budget_bytes,
             # A backup catalog kept in the data directory (the default layout of `make run`) has its own retention
             # and metrics; the bot's budget is for what the bot writes.
-            data_dir_exclude=[config.path(config.backup.directory)],
+            data_dir_exclude=[Path(config.backup.directory)],
             lag_interval=bot.event_loop_lag_interval_seconds,
             # A bot that is a whole process of its own may tune process-wide settings: a 0.5 ms GIL switch
             # interval keeps a scrape from stalling the event loop, and no `_created` series.

@@ -128,7 +128,7 @@ class RestoreResult:
 class Catalog:
     """The backups in one directory, newest first, as their manifests say."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.state = OpsState(self.directory / STATE_FILE)
 
@@ -262,7 +262,7 @@ def _sqlite_counts(path: Path) -> tuple[dict[str, int], str | None]:
 def take_backup(config: Config, trigger: str = "manual", progress: Progress | None = None) -> Manifest:
     """Back the configured database up into the catalog and return the new backup's manifest."""
     url = config.database_url()
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     catalog.directory.mkdir(parents=True, exist_ok=True)
     catalog.remove_partials()
     started = time.monotonic()
@@ -339,7 +339,7 @@ def _compare_counts(manifest: Manifest, counts: dict[str, int], where: str) -> N
 
 def verify_backup(config: Config, manifest: Manifest, progress: Progress | None = None) -> VerifyResult:
     """Restore a backup into a scratch database and check it: checksum, integrity, row counts per table."""
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     started = time.monotonic()
     try:
         path = check_file(catalog, manifest)
@@ -387,7 +387,7 @@ def restore_backup(config: Config, manifest: Manifest, *, force: bool = False) -
 
     Refuses (LiveDatabase) while a bot or the reconciler uses the database, unless `force`."""
     url = config.database_url()
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     if manifest.dialect != dialect_of(url):
         raise BackupError(f"backup {manifest.id} is of a {manifest.dialect} database; the configured one is not")
     path = check_file(catalog, manifest)
@@ -464,7 +464,7 @@ def kept_backups(manifests: Sequence[Dated], hourly: int, daily: int, weekly: in
 
 def apply_retention(config: Config) -> list[str]:
     """Delete the backups retention does not keep (kept_backups, and the newest at each schema revision); their ids."""
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     settings = config.backup
     manifests = catalog.manifests()
     keep = kept_backups(manifests, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
@@ -483,8 +483,8 @@ def apply_retention(config: Config) -> list[str]:
 
 def copy_off_machine(config: Config, manifest: Manifest) -> Path:
     """Copy a backup and then its manifest to backup.copy_to (each written under a temporary name first)."""
-    catalog = Catalog(config.path(config.backup.directory))
-    target = config.path(config.backup.copy_to)
+    catalog = Catalog(config.backup.directory)
+    target = Path(config.backup.copy_to)
     target.mkdir(parents=True, exist_ok=True)
     for source in (catalog.data_path(manifest), catalog.manifest_path(manifest.id)):
         partial = target / f".{source.name}{PARTIAL_SUFFIX}"
@@ -506,7 +506,7 @@ def copy_off_host(config: Config, manifest: Manifest) -> Manifest:
     remote = remote_of(config)
     if remote is None:
         raise BackupError("no off-host repository: backup.remote.host is not configured")
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     copied = remote.put(catalog.data_path(manifest))
     if copied != manifest.sha256:
         raise BackupError(
@@ -544,7 +544,7 @@ def apply_remote_retention(config: Config, remote: Remote) -> list[str]:
     names = remote.names()
     entries = remote_backups(remote)
     keep = kept_backups(entries, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
-    keep |= {m.id for m in Catalog(config.path(config.backup.directory)).manifests()}  # what this host keeps
+    keep |= {m.id for m in Catalog(config.backup.directory).manifests()}  # what this host keeps
     pruned = [e.id for e in entries if e.id not in keep]
     doomed = [n for n in names if n.startswith(f".{FILE_PREFIX}") and n.endswith(".partial")]
     for backup_id in pruned:  # the manifest first: a backup without its manifest is not listed
@@ -572,7 +572,7 @@ def fetch_backup(config: Config, backup_id: str = "latest") -> Manifest:
         manifest = Manifest.from_json(json.loads(remote.read_text(f"{FILE_PREFIX}{chosen.id}{MANIFEST_SUFFIX}")))
     except (ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"backup {chosen.id}: its manifest on {remote.location} is unreadable: {exc}") from exc
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     catalog.directory.mkdir(parents=True, exist_ok=True)
     partial = catalog.directory / f".{manifest.file}{PARTIAL_SUFFIX}"
     try:
@@ -654,7 +654,7 @@ def sync_pitr_repository(remote: Remote, repo: Path, rsync: str) -> None:
 def run_backup(config: Config, trigger: str = "manual", progress: Progress | None = None) -> BackupResult:
     """A whole backup run: take it, copy it off the machine when configured, apply retention, record the run.
     A failure anywhere is recorded (tradingops_backup_failures_total) and raised."""
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     remote = remote_of(config)
     stage = "backup"
     pitr: backup_pitr.PitrBackup | None = None
@@ -677,7 +677,7 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
 
                 stage = "off_host"
                 backup_wal.check_shipping(config)  # the WAL goes off host as it is archived, not only now
-                repo = config.path(config.backup.pitr.repo_path)
+                repo = Path(config.backup.pitr.repo_path)
                 sync_pitr_repository(remote, repo, config.backup.pitr.rsync)
                 log.info("pgBackRest repository %s copied off host to %s", repo, remote.location)
         stage = "backup"

@@ -112,7 +112,7 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
     m = result.manifest
     print(
         f"backup {m.id}: {human(m.size_bytes)}, {sum(m.row_counts.values())} rows in {len(m.row_counts)} tables, "
-        f"schema {m.schema_revision or 'none'}, {m.duration_seconds:.2f}s -> {config.path(config.backup.directory)}"
+        f"schema {m.schema_revision or 'none'}, {m.duration_seconds:.2f}s -> {Path(config.backup.directory)}"
     )
     if result.copied_to:
         print(f"copied to {result.copied_to}")
@@ -138,12 +138,12 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
 def backup_list(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.ops.backup import Catalog
 
-    manifests = Catalog(config.path(config.backup.directory)).manifests()
+    manifests = Catalog(config.backup.directory).manifests()
     if args.json:
         print(json.dumps([m.to_json() for m in manifests], indent=2))
         return EXIT_OK
     if not manifests:
-        print(f"no backups in {config.path(config.backup.directory)}")
+        print(f"no backups in {Path(config.backup.directory)}")
         return EXIT_OK
     print(f"{'ID':<24} {'CREATED (UTC)':<20} {'TRIGGER':<9} {'SIZE':>10} {'ROWS':>9} {'SCHEMA':<8} OFF-HOST  SOURCE")
     for m in manifests:
@@ -160,7 +160,7 @@ def backup_verify(args: argparse.Namespace, config: Config) -> int:
 
     progress = TerminalProgress("verify")
     try:
-        manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id)
+        manifest = Catalog(config.backup.directory).get(args.backup_id)
         result = verify_backup(config, manifest, progress)
     except expected_errors(BackupError) as exc:
         return fail("backup verify", exc)
@@ -182,7 +182,7 @@ def backup_restore(args: argparse.Namespace, config: Config) -> int:
         return usage("backup restore", "give a backup ID (or latest), or --to-time TIME --pg-data DIR")
 
     try:
-        manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id, _schema(config, args.schema))
+        manifest = Catalog(config.backup.directory).get(args.backup_id, _schema(config, args.schema))
         result = restore_backup(config, manifest, force=args.force)
     except expected_errors(BackupError) as exc:
         return fail("backup restore", exc)
@@ -223,7 +223,7 @@ def backup_fetch(args: argparse.Namespace, config: Config) -> int:
         return fail("backup fetch", exc)
     print(
         f"backup {manifest.id} fetched from {manifest.off_host or 'the off-host repository'}: "
-        f"{human(manifest.size_bytes)}, checksum ok -> {config.path(config.backup.directory)}"
+        f"{human(manifest.size_bytes)}, checksum ok -> {Path(config.backup.directory)}"
     )
     return EXIT_OK
 

@@ -36,7 +36,7 @@ def _run(config: Config, *args: str, command: list[str] | None = None) -> str:
     """pgBackRest (`command`, by default backup.pitr.command) with the configuration file, the stanza and `args`."""
     pitr = config.backup.pitr
     command = command or pitr.command
-    argv = [*command, f"--config={config.path(pitr.config_file)}", f"--stanza={pitr.stanza}", *args]
+    argv = [*command, f"--config={pitr.config_file}", f"--stanza={pitr.stanza}", *args]
     verb = next((a for a in args if not a.startswith("-")), "")
     try:
         done = subprocess.run(

@@ -41,7 +41,7 @@ class WalNameError(ValueError):
 def wal_state(config: Config) -> OpsState:
     """The record of archive-wal's runs (backup.pitr.wal_state_file), which the metrics export."""
     configured = config.backup.pitr.wal_state_file
-    path = config.path(configured) if configured else config.path(config.backup.directory) / WAL_STATE_FILE
+    path = Path(configured) if configured else Path(config.backup.directory) / WAL_STATE_FILE
     return OpsState(path)
 
 
@@ -89,7 +89,7 @@ def archive_wal(config: Config, wal: str) -> float:
                     "(backup.remote.required: false accepts that)"
                 )
         elif pitr.repo_path:  # empty: the repository is on another host (or a mount of one) already
-            archive = config.path(pitr.repo_path) / "archive" / pitr.stanza
+            archive = Path(pitr.repo_path) / "archive" / pitr.stanza
             remote.sync_directory(archive, f"{PITR_REMOTE_DIRECTORY}/archive/{pitr.stanza}", pitr.rsync, delete=False)
     except Exception as exc:
         _record(config, segment, time.monotonic() - started, f"{type(exc).__name__}: {exc}", stage)
@@ -139,7 +139,7 @@ def fetch_repository(config: Config, pg_data: Path) -> Path:
         raise BackupError("no off-host repository: backup.remote.host is not configured")
     if not pitr.repo_path:
         raise BackupError("backup.pitr.repo_path is empty: where pgBackRest's repository goes (its repo1-path)")
-    repo = config.path(pitr.repo_path)
+    repo = Path(pitr.repo_path)
     remote.fetch_directory(PITR_REMOTE_DIRECTORY, repo, pitr.rsync)
     if os.geteuid() == 0 and pg_data.exists():
         owner = pg_data.stat()

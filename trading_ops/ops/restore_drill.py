@@ -51,7 +51,7 @@ class DrillResult:
 
 
 def drill_state(config: Config) -> OpsState:
-    return OpsState(config.path(config.backup.directory) / DRILL_STATE_FILE)
+    return OpsState(Path(config.backup.directory) / DRILL_STATE_FILE)
 
 
 def journal_problems(url: str) -> list[str]:
@@ -114,7 +114,7 @@ def journal_problems(url: str) -> list[str]:
 def _scratch(config: Config, manifest: Manifest, data: Path) -> Iterator[str]:
     """The backup restored into a scratch database; its URL. The database is gone when the block ends."""
     if manifest.dialect == "sqlite":
-        directory = config.path(config.backup.directory)
+        directory = Path(config.backup.directory)
         with tempfile.TemporaryDirectory(prefix=".drill-", dir=directory) as scratch_dir:
             scratch = Path(scratch_dir) / "drill.sqlite"
             backup_sqlite.restore(data, scratch)
@@ -128,7 +128,7 @@ def _scratch(config: Config, manifest: Manifest, data: Path) -> Iterator[str]:
 def run_drill(config: Config, backup_id: str = "latest", schema: str | None = None) -> DrillResult:
     """Drill the restore of a backup (default: the latest); recorded either way. DrillFailed (or BackupError,
     or what the database raised) when the system would not come back from it."""
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     started = time.monotonic()
     manifest: Manifest | None = None
     try:

@@ -46,7 +46,7 @@ class UpkeepResult:
 
 
 def state_path(config: Config) -> Path:
-    return config.path(config.bot.data_dir) / UPKEEP_STATE_FILE
+    return Path(config.bot.data_dir) / UPKEEP_STATE_FILE
 
 
 def _sqlite_size(engine: Engine) -> int | None:
