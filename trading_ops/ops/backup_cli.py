@@ -206,7 +206,7 @@ def backup_archive_wal(args: argparse.Namespace, config: Config) -> int:
     if not config.backup.pitr.enabled:
         return usage("backup archive-wal", "backup.pitr.enabled is false")
     try:
-        archive_wal(config, args.wal)
+        archive_wal(config.backup, args.wal)
     except WalNameError as exc:
         return usage("backup archive-wal", str(exc))
     except expected_errors(BackupError) as exc:
@@ -218,7 +218,7 @@ def backup_fetch(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.ops.backup import BackupError, fetch_backup
 
     try:
-        manifest = fetch_backup(config, args.backup_id)
+        manifest = fetch_backup(config.backup, args.backup_id)
     except expected_errors(BackupError) as exc:
         return fail("backup fetch", exc)
     print(
@@ -233,7 +233,7 @@ def backup_drill(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.ops.restore_drill import drill_state, run_drill
 
     if args.last:
-        return _last_drill(drill_state(config).read())
+        return _last_drill(drill_state(config.backup).read())
     try:
         result = run_drill(config, args.backup_id, _schema(config, args.schema))
     except expected_errors(BackupError) as exc:
@@ -317,8 +317,9 @@ def _restore_to_time(args: argparse.Namespace, config: Config) -> int:
         if args.from_off_host:
             from trading_ops.ops.backup_wal import fetch_repository
 
-            print(f"pgBackRest repository fetched from off host into {fetch_repository(config, Path(args.pg_data))}")
-        duration = restore_to_time(config, moment, Path(args.pg_data))
+            repo = fetch_repository(config.backup, Path(args.pg_data))
+            print(f"pgBackRest repository fetched from off host into {repo}")
+        duration = restore_to_time(config.backup.pitr, moment, Path(args.pg_data))
     except expected_errors(PitrError, BackupError) as exc:
         return fail("backup restore", exc)
     print(

@@ -207,6 +207,6 @@ class UpkeepCollector(Collector):
 
 def register_ops_metrics(config: Config, registry: CollectorRegistry) -> None:
     """Export the backup and upkeep records of `config` on `registry`."""
-    registry.register(BackupCollector(Path(config.backup.directory), wal_state(config).path))
+    registry.register(BackupCollector(Path(config.backup.directory), wal_state(config.backup).path))
     registry.register(RestoreDrillCollector(Path(config.backup.directory) / DRILL_STATE_FILE))
     registry.register(UpkeepCollector(Path(config.bot.data_dir) / UPKEEP_STATE_FILE))
