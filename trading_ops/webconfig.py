@@ -440,7 +440,7 @@ class Reloader:
 # ---- the configuration's side: which file, loaded for which server ----------------------------------------------
 
 
-def server_web_config(config: Any, listen: Any, key: str, *, load_files: bool = True) -> WebConfig | None:
+def server_web_config(listen: Any, key: str, *, load_files: bool = True) -> WebConfig | None:
     """The web configuration of the server listening per `listen` (a ListenConfig at `key`, e.g. bot.listen), or None
     without one (plain HTTP as ever). Problems are a ConfigError naming `key`.web_config_file, the file and the key
     inside it."""
@@ -455,9 +455,7 @@ def server_web_config(config: Any, listen: Any, key: str, *, load_files: bool = 
         raise ConfigError(f"{key}.web_config_file", f"{path}: {exc}") from None
 
 
-def client_ssl_context(
-    config: Any, tls: TLSClientConfig, key: str, *, load_files: bool = True
-) -> ssl.SSLContext | None:
+def client_ssl_context(tls: TLSClientConfig, key: str, *, load_files: bool = True) -> ssl.SSLContext | None:
     """The TLS context of a client (the reconciler's): CA to verify servers with, a certificate for mutual TLS. None
     when nothing is configured (https URLs then verify against the system's CAs, as before)."""
     if not (tls.ca_file or tls.cert_file or tls.key_file):

@@ -155,7 +155,7 @@ class BotRuntime:
         if not token:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
         # TLS and basic auth of the bot's server: a bad web_config_file is a configuration error before anything runs.
-        self.web_config = server_web_config(config, bot.listen, "bot.listen")
+        self.web_config = server_web_config(bot.listen, "bot.listen")
         self.symbols = list(symbols)
         self.quote_asset = quote_asset
         self.loop_interval = bot.loop_interval_seconds if loop_interval is None else loop_interval

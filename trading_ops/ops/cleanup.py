@@ -51,11 +51,11 @@ def cleanup_targets(config: Config) -> list[CleanupTarget]:
     data_dir = config.bot.data_dir
     targets = []
     for name, settings in config.upkeep.cleanup.items():
-        targets.append(_target(config, name, settings, data_dir))
+        targets.append(_target(name, settings, data_dir))
     return targets
 
 
-def _target(config: Config, name: str, settings: CleanupDirConfig, data_dir: str) -> CleanupTarget:
+def _target(name: str, settings: CleanupDirConfig, data_dir: str) -> CleanupTarget:
     path = Path(settings.path.replace(DATA_DIR_PLACEHOLDER, data_dir)).resolve()
     if path == Path(path.anchor) or path == Path.home().resolve() or len(path.parts) < 3:
         raise ConfigError(f"upkeep.cleanup.{name}.path", f"refusing to clean {path}: too close to the root")
