@@ -146,7 +146,7 @@ def measure(url: str, directory: Path, baseline: Any, remote: dict[str, Any]) ->
     remote_config = config_for(url, directory / "off-host", remote)
     off_host_seconds, _ = timed(run_backup, remote_config)
     fetch_config = config_for(url, directory / "new-host", remote)
-    fetch_seconds, _ = timed(fetch_backup, fetch_config)
+    fetch_seconds, _ = timed(fetch_backup, fetch_config.backup)
     # Its baseline: the bare ssh copy of the same file (`ssh host 'cat > file' < file`, no sync, rename, checksum).
     ssh_target = Path(remote["path"]) / "bare-copy"
     argv = [
@@ -281,7 +281,7 @@ def bench_pitr(fills: int, directory: Path) -> dict[str, Any]:
         if os.geteuid() == 0:
             shutil.chown(target, "postgres")
         try:
-            restore_seconds = restore_to_time(config, moment, target)
+            restore_seconds = restore_to_time(config.backup.pitr, moment, target)
             started = time.perf_counter()
             with cluster_on(target, "-c archive_mode=off") as restored:
                 engine = create_engine(restored.url("journal"))

@@ -101,7 +101,7 @@ def run(rounds: int, archive_timeout: int, workdir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         subprocess.run(["runuser", "-u", "postgres", "--", *archiver_argv(), "--help"], capture_output=True, check=True)
         interpreter_seconds = time.perf_counter() - started
-        remote = Remote(parse_config({"backup": {"remote": shipping.remote}}).backup.remote, workdir, 60)
+        remote = Remote(parse_config({"backup": {"remote": shipping.remote}}).backup.remote, 60)
         started = time.perf_counter()
         remote.run("true")
         ssh_seconds = time.perf_counter() - started

@@ -155,7 +155,7 @@ def test_a_backup_run_deletes_off_host_only_the_wal_expired_here(tmp_path: Path)
     shipping meanwhile (rsync's temporary file) and the segments here stay."""
     require_binary("rsync")
     with ssh_host(tmp_path / "host") as host:
-        remote = Remote(parse_config({"backup": {"remote": host.remote()}}).backup.remote, tmp_path, 60)
+        remote = Remote(parse_config({"backup": {"remote": host.remote()}}).backup.remote, 60)
         repo = tmp_path / "repo"
         kept, expired = "trading-ops/15-1/0000000100000000/000000010000000000000002-ab.gz", "trading-ops/15-1/x-old.gz"
         for name in ("backup/trading-ops/backup.info", "archive/trading-ops/archive.info", f"archive/{kept}"):

@@ -150,6 +150,36 @@ def test_relative_sqlite_path_resolves_against_the_config_file(tmp_path) -> None
     assert load_config(cfg_path).database_url() == f"sqlite:///{tmp_path}/var/x.db"
 
 
+def test_relative_paths_are_resolved_against_the_config_file_when_it_loads(tmp_path) -> None:
+    """Every path key (field metadata `path`) holds an absolute path once loaded, in sections of lists and dicts too;
+    an absolute path, `~`, an empty key (not configured) and a `{data_dir}` template are kept as they mean."""
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "bot": {"data_dir": "./data", "listen": {"web_config_file": "web.yml"}},
+                "backup": {"directory": "/srv/backups", "copy_to": "~/copies", "pitr": {"repo_path": "repo"}},
+                "reconciler": {"tls": {"ca_file": "tls/ca.pem"}},
+                "gateway": {"state_file": "gw.json", "accounts": [{"name": "sub", "state_file": "sub.json"}]},
+                "upkeep": {"cleanup": {"logs": {"path": "{data_dir}/log"}, "other": {"path": "scratch"}}},
+            }
+        )
+    )
+    config = load_config(cfg_path)
+    assert config.bot.data_dir == str(tmp_path / "data")
+    assert config.bot.listen.web_config_file == str(tmp_path / "web.yml")
+    assert config.backup.directory == "/srv/backups"
+    assert config.backup.copy_to == str(Path.home() / "copies")
+    assert config.backup.pitr.repo_path == str(tmp_path / "repo")
+    assert config.backup.pitr.wal_state_file == ""
+    assert config.reconciler.tls.ca_file == str(tmp_path / "tls" / "ca.pem")
+    assert config.reconciler.spool_dir == str(tmp_path / "var" / "reconciler-spool")  # a default is resolved too
+    assert config.gateway.state_file == str(tmp_path / "gw.json")
+    assert config.gateway.accounts[0].state_file == str(tmp_path / "sub.json")
+    assert config.upkeep.cleanup["logs"].path == "{data_dir}/log"
+    assert config.upkeep.cleanup["other"].path == str(tmp_path / "scratch")
+
+
 def test_db_upgrade_command(tmp_path, capsys) -> None:
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text("database:\n  url: sqlite:///var/x.db\n")

@@ -60,7 +60,7 @@ def make_config(tmp_path: Path, url: str, **upkeep: Any) -> Config:
 
 def collector(config: Config) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(UpkeepCollector(state_path(config)))
+    registry.register(UpkeepCollector(state_path(config.bot.data_dir)))
     return registry
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import ipaddress
 import os
@@ -79,6 +80,36 @@ def checked(default: Any, check: Callable[[Any], str | None]) -> Any:
         items = list(default)
         return field(default_factory=lambda: list(items), metadata={"check": check})
     return field(default=default, metadata={"check": check})
+
+
+def path_field(default: str = "", check: Callable[[Any], str | None] | None = None) -> Any:
+    """A path: a relative value is resolved against the configuration file's directory when the file is loaded
+    (`resolve_paths`), so the code that uses it takes it as it is. Empty stays empty (not configured)."""
+    metadata: dict[str, Any] = {"path": True}
+    if check is not None:
+        metadata["check"] = check
+    return field(default=default, metadata=metadata)
+
+
+def resolve_path(value: str, base_dir: Path) -> str:
+    """`value` (`~` expanded) if absolute, else `base_dir / value`; an empty value, or one that starts with a
+    placeholder rendered at run time (`{data_dir}`), as it is."""
+    if not value or value.startswith("{"):
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else base_dir / p)
+
+
+def resolve_paths(section: Any, base_dir: Path) -> None:
+    """Rewrite the path fields (`path_field`) of `section` and of the sections it holds to absolute paths."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.metadata.get("path"):
+            setattr(section, f.name, resolve_path(value, base_dir))
+            continue
+        for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]:
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                resolve_paths(item, base_dir)
 
 
 def _check_name(value: str) -> str | None:
@@ -190,7 +221,7 @@ class ListenConfig:
     port: int = bounded(9101, min=0, max=65535)
     # The Prometheus exporter-toolkit web configuration (tls_server_config incl. mutual TLS, basic_auth_users with
     # bcrypt hashes; relative to this file): empty = plain HTTP. See trading_ops/webconfig.py and the README.
-    web_config_file: str = ""
+    web_config_file: str = path_field()
 
 
 @dataclass
@@ -198,9 +229,9 @@ class TLSClientConfig:
     """TLS of a client (Prometheus's tls_config, in short): the CA its servers' certificates are verified against
     (empty: the system's), and a certificate and key for servers that ask for one (mutual TLS)."""
 
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
+    ca_file: str = path_field()
+    cert_file: str = path_field()
+    key_file: str = path_field()
 
 
 @dataclass
@@ -209,7 +240,7 @@ class DatabaseConfig:
     # postgresql+psycopg://user@host:5432/db. A URL with a password belongs in url_env / url_file.
     url: str = checked("sqlite:///var/trading-ops.db", lambda value: _check_database_url(value, in_file=True))
     url_env: str = ""
-    url_file: str = ""
+    url_file: str = path_field()
     # SQLite only: NORMAL survives a process crash (kill -9) in WAL mode; FULL also survives power loss.
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
 
@@ -355,7 +386,7 @@ class BotConfig:
     control_token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of the bot's control API")
     # Named tokens, each with a scope (read, operate, destructive): docs/configuration.md, "Tokens and scopes".
     control_tokens: list[NamedTokenConfig] = field(default_factory=list)
-    data_dir: str = checked("./var", _check_nonempty)
+    data_dir: str = path_field("./var", _check_nonempty)
     # How often a bot on the runtime runs its strategy's step (the paper bot: paper.loop_interval_seconds).
     loop_interval_seconds: float = bounded(0.5, min=0.001)
     # A trading loop that has not completed an iteration for this long is hung (/healthz fails).
@@ -605,7 +636,7 @@ class ReconcilerConfig:
     # Outcomes of steps the ledger has not taken yet (the database unreachable when a step finished, and the
     # reconciler stopping before it came back): one file each, written to the ledger at the next start before
     # anything else. Relative to this file's folder.
-    spool_dir: str = checked("./var/reconciler-spool", _check_nonempty)
+    spool_dir: str = path_field("./var/reconciler-spool", _check_nonempty)
     max_concurrent_runs: int = bounded(4, min=1)
     # Intake group commit: notifications stored per transaction at most.
     batch_max: int = bounded(256, min=1)
@@ -736,8 +767,8 @@ class BackupRemoteConfig:
     port: int = bounded(22, min=1, max=65535)
     user: str = checked("", _check_remote_user)  # empty: ssh's default (the local user, or ~/.ssh/config's)
     path: str = checked("trading-ops-backups", _check_remote_path)  # relative paths are in the user's home
-    identity_file: str = ""  # a private key (relative to this file); empty: ssh's default keys
-    known_hosts_file: str = ""  # the remote's host key (StrictHostKeyChecking=yes); empty: ~/.ssh/known_hosts
+    identity_file: str = path_field()  # a private key (relative to this file); empty: ssh's default keys
+    known_hosts_file: str = path_field()  # the remote's host key (StrictHostKeyChecking=yes); empty: ~/.ssh/known_hosts
     ssh: str = checked("ssh", _check_nonempty)
     connect_timeout_seconds: float = bounded(10.0, min=1)
     # true: a backup is complete only once its off-host copy exists and its checksum verified there; with no host
@@ -753,7 +784,8 @@ class BackupPitrConfig:
     # `backup restore --to-time T --pg-data DIR` restores the cluster as of T into DIR (a stopped or new cluster).
     enabled: bool = False
     stanza: str = checked("trading-ops", _check_nonempty)
-    config_file: str = "/etc/pgbackrest/pgbackrest.conf"  # pgBackRest's own configuration (repo1-path, pg1-path, …)
+    # pgBackRest's own configuration (repo1-path, pg1-path, …).
+    config_file: str = path_field("/etc/pgbackrest/pgbackrest.conf")
     # How pgBackRest runs. It reads the data directory: the cluster's owner, or a user in its group when the cluster
     # has group access (initdb --allow-group-access), as the reconciler's user under systemd (no sudo there).
     command: list[str] = checked(["pgbackrest"], _check_command)
@@ -762,7 +794,7 @@ class BackupPitrConfig:
     # pgBackRest's repository (its repo1-path), when this host's user can read it: copied after each pgBackRest
     # backup into <backup.remote.path>/pgbackrest with rsync over SSH (the backups and the WAL archived so far).
     # Empty: not copied (the repository is on another host or a mount of one already), by archive-wal either.
-    repo_path: str = ""
+    repo_path: str = path_field()
     rsync: str = checked("rsync", _check_nonempty)
     # WAL leaves this host continuously, not only at backup runs: the cluster's archive_command is
     # `trading-ops --config=… backup archive-wal %p`, which pushes each segment into the local repository with
@@ -775,13 +807,13 @@ class BackupPitrConfig:
     archive_timeout_seconds: float = bounded(60.0, min=1)
     # Where `backup archive-wal` records its shipments (metrics, alerts); empty: wal-archive-state.json in
     # backup.directory. The cluster's owner must be able to write it.
-    wal_state_file: str = ""
+    wal_state_file: str = path_field()
 
 
 @dataclass
 class BackupConfig:
     # Where backups and their manifests are kept (relative to this file's directory).
-    directory: str = checked("var/backups", _check_nonempty)
+    directory: str = path_field("var/backups", _check_nonempty)
     # When the scheduled backup runs (cron, in time_zone).
     schedule: str = checked("0 * * * *", _check_cron)
     time_zone: str = checked("UTC", _check_time_zone)
@@ -790,7 +822,7 @@ class BackupConfig:
     keep_daily: int = bounded(7, min=0)
     keep_weekly: int = bounded(4, min=0)
     # Also copy each backup and its manifest to this directory (another disk, a mounted remote); empty = no copy.
-    copy_to: str = ""
+    copy_to: str = path_field()
     # The second copy of every backup, on another host (see BackupRemoteConfig).
     remote: BackupRemoteConfig = field(default_factory=BackupRemoteConfig)
     pitr: BackupPitrConfig = field(default_factory=BackupPitrConfig)
@@ -809,7 +841,7 @@ class BackupConfig:
 @dataclass
 class CleanupDirConfig:
     # `{data_dir}` in path is bot.data_dir. Only regular files under path matching pattern are ever deleted.
-    path: str = checked("{data_dir}/scratch", _check_nonempty)
+    path: str = path_field("{data_dir}/scratch", _check_nonempty)
     pattern: str = checked("*", _check_nonempty)
     # Files older than this are deleted ("" = no age rule) ...
     max_age: str = checked("", _check_optional_duration)
@@ -1013,7 +1045,7 @@ class GatewayAccountConfig:
     api_key: str = secret("", "API key of this sub-account")
     api_secret: str = secret("", "base64 API secret of that key")
     # Its state between restarts; empty: beside gateway.state_file as <stem>.<name><suffix> (none without it).
-    state_file: str = ""
+    state_file: str = path_field()
 
 
 @dataclass
@@ -1027,7 +1059,7 @@ class GatewayConfig:
     # Bearer token of POST /chaos/{fault} (`trading-ops gateway-chaos`).
     control_token: str = secret("TRADING_OPS_GATEWAY_CONTROL_TOKEN", "bearer token of the gateway's fault commands")
     # The venue's state survives restarts in this file (relative to this configuration); empty keeps it in memory.
-    state_file: str = ""
+    state_file: str = path_field()
     # The venue's order rate limit per account (a token bucket); past it AddOrder answers EOrder:Rate limit exceeded.
     orders_per_second: float = bounded(50.0, min=0.1)
     # More keys of the main account (`api_key_file`/`_env`, `api_secret_file`/`_env` each): one per client of it.
@@ -1135,7 +1167,8 @@ class Config:
             }
 
     def path(self, value: str) -> Path:
-        """Resolve a path from the configuration against the configuration file's directory."""
+        """Resolve a path rendered at run time (a step's pidfile template) against the configuration file's
+        directory; the configured path keys are resolved at load (`path_field`)."""
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
 
@@ -1221,6 +1254,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
     except SchemaError as exc:
         raise ConfigError(exc.key or "(top level)", exc.problem) from None
     config.base_dir = base_dir or Path.cwd()
+    resolve_paths(config, config.base_dir)
     return config
 
 

@@ -440,13 +440,13 @@ class Reloader:
 # ---- the configuration's side: which file, loaded for which server ----------------------------------------------
 
 
-def server_web_config(config: Any, listen: Any, key: str, *, load_files: bool = True) -> WebConfig | None:
+def server_web_config(listen: Any, key: str, *, load_files: bool = True) -> WebConfig | None:
     """The web configuration of the server listening per `listen` (a ListenConfig at `key`, e.g. bot.listen), or None
     without one (plain HTTP as ever). Problems are a ConfigError naming `key`.web_config_file, the file and the key
     inside it."""
     if not listen.web_config_file:
         return None
-    path = config.path(listen.web_config_file)
+    path = Path(listen.web_config_file)
     try:
         return load_web_config(path, load_files=load_files)
     except OSError as exc:
@@ -455,9 +455,7 @@ def server_web_config(config: Any, listen: Any, key: str, *, load_files: bool = 
         raise ConfigError(f"{key}.web_config_file", f"{path}: {exc}") from None
 
 
-def client_ssl_context(
-    config: Any, tls: TLSClientConfig, key: str, *, load_files: bool = True
-) -> ssl.SSLContext | None:
+def client_ssl_context(tls: TLSClientConfig, key: str, *, load_files: bool = True) -> ssl.SSLContext | None:
     """The TLS context of a client (the reconciler's): CA to verify servers with, a certificate for mutual TLS. None
     when nothing is configured (https URLs then verify against the system's CAs, as before)."""
     if not (tls.ca_file or tls.cert_file or tls.key_file):
@@ -470,13 +468,13 @@ def client_ssl_context(
         return context
     if tls.ca_file:
         try:
-            context.load_verify_locations(cafile=str(config.path(tls.ca_file)))
+            context.load_verify_locations(cafile=tls.ca_file)
         except (OSError, ssl.SSLError) as exc:
             detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-            raise ConfigError(f"{key}.ca_file", f"cannot load {config.path(tls.ca_file)}: {detail}") from None
+            raise ConfigError(f"{key}.ca_file", f"cannot load {tls.ca_file}: {detail}") from None
     if tls.cert_file:
         try:
-            context.load_cert_chain(str(config.path(tls.cert_file)), str(config.path(tls.key_file)))
+            context.load_cert_chain(tls.cert_file, tls.key_file)
         except (OSError, ssl.SSLError) as exc:
             detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
             raise ConfigError(f"{key}.cert_file", f"cannot load the certificate and key: {detail}") from None

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -154,14 +155,14 @@ class BotRuntime:
         if not token:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
         # TLS and basic auth of the bot's server: a bad web_config_file is a configuration error before anything runs.
-        self.web_config = server_web_config(config, bot.listen, "bot.listen")
+        self.web_config = server_web_config(bot.listen, "bot.listen")
         self.symbols = list(symbols)
         self.quote_asset = quote_asset
         self.loop_interval = bot.loop_interval_seconds if loop_interval is None else loop_interval
         self._clock_skew_due = 0.0  # time.monotonic() of the next clock reading
         self.strategy = strategy
         self._venue_task = venue_task
-        self.data_dir = config.path(bot.data_dir)
+        self.data_dir = Path(bot.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = (
             engine
@@ -221,7 +222,7 @@ class BotRuntime:
             data_dir_budget=bot.resources.data_dir_budget_bytes,
             # A backup catalog kept in the data directory (the default layout of `make run`) has its own retention
             # and metrics; the bot's budget is for what the bot writes.
-            data_dir_exclude=[config.path(config.backup.directory)],
+            data_dir_exclude=[Path(config.backup.directory)],
             lag_interval=bot.event_loop_lag_interval_seconds,
             # A bot that is a whole process of its own may tune process-wide settings: a 0.5 ms GIL switch
             # interval keeps a scrape from stalling the event loop, and no `_created` series.

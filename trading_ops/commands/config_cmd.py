@@ -110,9 +110,9 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
     # (certificates and keys are read unless --no-secrets).
     load = not args.no_secrets
     for key, listen in web_servers(config):
-        server_web_config(config, listen, key, load_files=load)
-    client_ssl_context(config, config.reconciler.tls, "reconciler.tls", load_files=load)
-    client_ssl_context(config, config.ccxt.tls, "ccxt.tls", load_files=load)
+        server_web_config(listen, key, load_files=load)
+    client_ssl_context(config.reconciler.tls, "reconciler.tls", load_files=load)
+    client_ssl_context(config.ccxt.tls, "ccxt.tls", load_files=load)
     if not args.no_secrets:
         # Every token file read and told apart, as each server does at start (one value per token, names once).
         tokens = resolve_tokens(config, config.bot, "control_token", "control_tokens", "bot")

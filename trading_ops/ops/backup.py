@@ -28,7 +28,7 @@ from typing import Any, Protocol, TextIO
 from sqlalchemy import Connection, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from trading_ops.config import Config
+from trading_ops.config import BackupConfig, Config
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.ops import backup_pitr, backup_postgres, backup_sqlite
 from trading_ops.ops.backup_live import live_users
@@ -128,7 +128,7 @@ class RestoreResult:
 class Catalog:
     """The backups in one directory, newest first, as their manifests say."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.state = OpsState(self.directory / STATE_FILE)
 
@@ -259,10 +259,11 @@ def _sqlite_counts(path: Path) -> tuple[dict[str, int], str | None]:
         engine.dispose()
 
 
-def take_backup(config: Config, trigger: str = "manual", progress: Progress | None = None) -> Manifest:
-    """Back the configured database up into the catalog and return the new backup's manifest."""
-    url = config.database_url()
-    catalog = Catalog(config.path(config.backup.directory))
+def take_backup(
+    settings: BackupConfig, url: str, trigger: str = "manual", progress: Progress | None = None
+) -> Manifest:
+    """Back the database at `url` up into the catalog of `settings` and return the new backup's manifest."""
+    catalog = Catalog(settings.directory)
     catalog.directory.mkdir(parents=True, exist_ok=True)
     catalog.remove_partials()
     started = time.monotonic()
@@ -280,9 +281,7 @@ def take_backup(config: Config, trigger: str = "manual", progress: Progress | No
             try:
                 with backup_postgres.exported_snapshot(engine) as (conn, snapshot):
                     counts, revision = row_counts(conn), schema_revision(conn)
-                    backup_postgres.dump(
-                        url, snapshot, partial, config.backup.pg_dump, config.backup.timeout_seconds, progress
-                    )
+                    backup_postgres.dump(url, snapshot, partial, settings.pg_dump, settings.timeout_seconds, progress)
             finally:
                 engine.dispose()
         _fsync(partial)
@@ -339,7 +338,7 @@ def _compare_counts(manifest: Manifest, counts: dict[str, int], where: str) -> N
 
 def verify_backup(config: Config, manifest: Manifest, progress: Progress | None = None) -> VerifyResult:
     """Restore a backup into a scratch database and check it: checksum, integrity, row counts per table."""
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     started = time.monotonic()
     try:
         path = check_file(catalog, manifest)
@@ -364,7 +363,7 @@ def verify_backup(config: Config, manifest: Manifest, progress: Progress | None 
                 finally:
                     engine.dispose()
         _compare_counts(manifest, counts, "restored")
-        remote = remote_of(config)
+        remote = remote_of(config.backup)
         if manifest.off_host and remote is not None and remote.sha256(manifest.file) != manifest.sha256:
             raise BackupError(f"backup {manifest.id}: its off-host copy on {remote.location} is missing or damaged")
     except Exception as exc:
@@ -387,7 +386,7 @@ def restore_backup(config: Config, manifest: Manifest, *, force: bool = False) -
 
     Refuses (LiveDatabase) while a bot or the reconciler uses the database, unless `force`."""
     url = config.database_url()
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     if manifest.dialect != dialect_of(url):
         raise BackupError(f"backup {manifest.id} is of a {manifest.dialect} database; the configured one is not")
     path = check_file(catalog, manifest)
@@ -399,7 +398,7 @@ def restore_backup(config: Config, manifest: Manifest, *, force: bool = False) -
             raise LiveDatabase(f"the database is in use ({'; '.join(users)}): stop it first, or give --force")
         if users:
             log.warning("restoring over a database in use (--force): %s", "; ".join(users))
-    safety = take_backup(config, trigger="safety") if exists else None
+    safety = take_backup(config.backup, url, trigger="safety") if exists else None
     if dialect_of(url) == "sqlite":
         backup_sqlite.restore(path, sqlite_path(url))
         counts, _ = _sqlite_counts(sqlite_path(url))
@@ -462,10 +461,9 @@ def kept_backups(manifests: Sequence[Dated], hourly: int, daily: int, weekly: in
     return keep
 
 
-def apply_retention(config: Config) -> list[str]:
+def apply_retention(settings: BackupConfig) -> list[str]:
     """Delete the backups retention does not keep (kept_backups, and the newest at each schema revision); their ids."""
-    catalog = Catalog(config.path(config.backup.directory))
-    settings = config.backup
+    catalog = Catalog(settings.directory)
     manifests = catalog.manifests()
     keep = kept_backups(manifests, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
     # And the newest backup at each schema revision: what a bad migration goes back to (the backup taken before an
@@ -481,10 +479,10 @@ def apply_retention(config: Config) -> list[str]:
     return pruned
 
 
-def copy_off_machine(config: Config, manifest: Manifest) -> Path:
+def copy_off_machine(settings: BackupConfig, manifest: Manifest) -> Path:
     """Copy a backup and then its manifest to backup.copy_to (each written under a temporary name first)."""
-    catalog = Catalog(config.path(config.backup.directory))
-    target = config.path(config.backup.copy_to)
+    catalog = Catalog(settings.directory)
+    target = Path(settings.copy_to)
     target.mkdir(parents=True, exist_ok=True)
     for source in (catalog.data_path(manifest), catalog.manifest_path(manifest.id)):
         partial = target / f".{source.name}{PARTIAL_SUFFIX}"
@@ -494,19 +492,18 @@ def copy_off_machine(config: Config, manifest: Manifest) -> Path:
     return target
 
 
-def remote_of(config: Config) -> Remote | None:
+def remote_of(settings: BackupConfig) -> Remote | None:
     """The configured off-host repository (None without a host)."""
-    settings = config.backup.remote
-    return Remote(settings, config.base_dir, config.backup.timeout_seconds) if settings.host else None
+    return Remote(settings.remote, settings.timeout_seconds) if settings.remote.host else None
 
 
-def copy_off_host(config: Config, manifest: Manifest) -> Manifest:
+def copy_off_host(settings: BackupConfig, manifest: Manifest) -> Manifest:
     """Copy a backup and then its manifest to the off-host repository; the data's checksum is computed there and must
     be the manifest's. Returns the manifest with `off_host` set (also written to the local catalog)."""
-    remote = remote_of(config)
+    remote = remote_of(settings)
     if remote is None:
         raise BackupError("no off-host repository: backup.remote.host is not configured")
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(settings.directory)
     copied = remote.put(catalog.data_path(manifest))
     if copied != manifest.sha256:
         raise BackupError(
@@ -536,15 +533,14 @@ def remote_backups(remote: Remote) -> list[RemoteEntry]:
     return sorted(found, key=lambda e: e.created_at, reverse=True)
 
 
-def apply_remote_retention(config: Config, remote: Remote) -> list[str]:
+def apply_remote_retention(settings: BackupConfig, remote: Remote) -> list[str]:
     """The same retention in the off-host repository, over the backups that are there (it may hold backups this
     host's catalog no longer has, or never had: a new host after the old one was lost); their ids. Partial files of
     interrupted copies go too."""
-    settings = config.backup
     names = remote.names()
     entries = remote_backups(remote)
     keep = kept_backups(entries, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
-    keep |= {m.id for m in Catalog(config.path(config.backup.directory)).manifests()}  # what this host keeps
+    keep |= {m.id for m in Catalog(settings.directory).manifests()}  # what this host keeps
     pruned = [e.id for e in entries if e.id not in keep]
     doomed = [n for n in names if n.startswith(f".{FILE_PREFIX}") and n.endswith(".partial")]
     for backup_id in pruned:  # the manifest first: a backup without its manifest is not listed
@@ -556,10 +552,10 @@ def apply_remote_retention(config: Config, remote: Remote) -> list[str]:
     return pruned
 
 
-def fetch_backup(config: Config, backup_id: str = "latest") -> Manifest:
+def fetch_backup(settings: BackupConfig, backup_id: str = "latest") -> Manifest:
     """Copy a backup from the off-host repository into the local catalog (a host rebuilt after the old one was lost:
     then `restore`); checked against its manifest's checksum. Returns its manifest."""
-    remote = remote_of(config)
+    remote = remote_of(settings)
     if remote is None:
         raise BackupError("no off-host repository: backup.remote.host is not configured")
     entries = remote_backups(remote)
@@ -572,7 +568,7 @@ def fetch_backup(config: Config, backup_id: str = "latest") -> Manifest:
         manifest = Manifest.from_json(json.loads(remote.read_text(f"{FILE_PREFIX}{chosen.id}{MANIFEST_SUFFIX}")))
     except (ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"backup {chosen.id}: its manifest on {remote.location} is unreadable: {exc}") from exc
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(settings.directory)
     catalog.directory.mkdir(parents=True, exist_ok=True)
     partial = catalog.directory / f".{manifest.file}{PARTIAL_SUFFIX}"
     try:
@@ -654,36 +650,38 @@ def sync_pitr_repository(remote: Remote, repo: Path, rsync: str) -> None:
 def run_backup(config: Config, trigger: str = "manual", progress: Progress | None = None) -> BackupResult:
     """A whole backup run: take it, copy it off the machine when configured, apply retention, record the run.
     A failure anywhere is recorded (tradingops_backup_failures_total) and raised."""
-    catalog = Catalog(config.path(config.backup.directory))
-    remote = remote_of(config)
+    settings = config.backup
+    catalog = Catalog(settings.directory)
+    remote = remote_of(settings)
     stage = "backup"
     pitr: backup_pitr.PitrBackup | None = None
     try:
-        manifest = take_backup(config, trigger, progress)
-        copied = copy_off_machine(config, manifest) if config.backup.copy_to else None
+        url = config.database_url()
+        manifest = take_backup(settings, url, trigger, progress)
+        copied = copy_off_machine(settings, manifest) if settings.copy_to else None
         stage = "off_host"
         if remote is not None:
-            manifest = copy_off_host(config, manifest)
-        elif config.backup.remote.required:
+            manifest = copy_off_host(settings, manifest)
+        elif settings.remote.required:
             raise BackupError(
                 f"backup {manifest.id} is on this host only: no off-host repository is configured "
                 "(backup.remote.host; or backup.remote.required: false to accept that)"
             )
-        if config.backup.pitr.enabled and manifest.dialect == "postgresql":
+        if settings.pitr.enabled and manifest.dialect == "postgresql":
             stage = "pitr"
-            pitr = backup_pitr.take(config)
-            if remote is not None and config.backup.pitr.repo_path:
+            pitr = backup_pitr.take(settings.pitr, url)
+            if remote is not None and settings.pitr.repo_path:
                 from trading_ops.ops import backup_wal  # it builds on this module
 
                 stage = "off_host"
-                backup_wal.check_shipping(config)  # the WAL goes off host as it is archived, not only now
-                repo = config.path(config.backup.pitr.repo_path)
-                sync_pitr_repository(remote, repo, config.backup.pitr.rsync)
+                backup_wal.check_shipping(settings, url)  # the WAL goes off host as it is archived, not only now
+                repo = Path(settings.pitr.repo_path)
+                sync_pitr_repository(remote, repo, settings.pitr.rsync)
                 log.info("pgBackRest repository %s copied off host to %s", repo, remote.location)
         stage = "backup"
-        pruned = apply_retention(config)
+        pruned = apply_retention(settings)
         stage = "off_host"
-        remote_pruned = apply_remote_retention(config, remote) if remote is not None else []
+        remote_pruned = apply_remote_retention(settings, remote) if remote is not None else []
     except Exception as exc:  # reported by the caller (one line on the CLI, a log line from the schedule)
         _record(catalog, error=f"{type(exc).__name__}: {exc}", stage=stage)
         raise

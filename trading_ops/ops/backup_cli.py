@@ -112,7 +112,7 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
     m = result.manifest
     print(
         f"backup {m.id}: {human(m.size_bytes)}, {sum(m.row_counts.values())} rows in {len(m.row_counts)} tables, "
-        f"schema {m.schema_revision or 'none'}, {m.duration_seconds:.2f}s -> {config.path(config.backup.directory)}"
+        f"schema {m.schema_revision or 'none'}, {m.duration_seconds:.2f}s -> {Path(config.backup.directory)}"
     )
     if result.copied_to:
         print(f"copied to {result.copied_to}")
@@ -138,12 +138,12 @@ def backup_run(args: argparse.Namespace, config: Config) -> int:
 def backup_list(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.ops.backup import Catalog
 
-    manifests = Catalog(config.path(config.backup.directory)).manifests()
+    manifests = Catalog(config.backup.directory).manifests()
     if args.json:
         print(json.dumps([m.to_json() for m in manifests], indent=2))
         return EXIT_OK
     if not manifests:
-        print(f"no backups in {config.path(config.backup.directory)}")
+        print(f"no backups in {Path(config.backup.directory)}")
         return EXIT_OK
     print(f"{'ID':<24} {'CREATED (UTC)':<20} {'TRIGGER':<9} {'SIZE':>10} {'ROWS':>9} {'SCHEMA':<8} OFF-HOST  SOURCE")
     for m in manifests:
@@ -160,7 +160,7 @@ def backup_verify(args: argparse.Namespace, config: Config) -> int:
 
     progress = TerminalProgress("verify")
     try:
-        manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id)
+        manifest = Catalog(config.backup.directory).get(args.backup_id)
         result = verify_backup(config, manifest, progress)
     except expected_errors(BackupError) as exc:
         return fail("backup verify", exc)
@@ -182,7 +182,7 @@ def backup_restore(args: argparse.Namespace, config: Config) -> int:
         return usage("backup restore", "give a backup ID (or latest), or --to-time TIME --pg-data DIR")
 
     try:
-        manifest = Catalog(config.path(config.backup.directory)).get(args.backup_id, _schema(config, args.schema))
+        manifest = Catalog(config.backup.directory).get(args.backup_id, _schema(config, args.schema))
         result = restore_backup(config, manifest, force=args.force)
     except expected_errors(BackupError) as exc:
         return fail("backup restore", exc)
@@ -206,7 +206,7 @@ def backup_archive_wal(args: argparse.Namespace, config: Config) -> int:
     if not config.backup.pitr.enabled:
         return usage("backup archive-wal", "backup.pitr.enabled is false")
     try:
-        archive_wal(config, args.wal)
+        archive_wal(config.backup, args.wal)
     except WalNameError as exc:
         return usage("backup archive-wal", str(exc))
     except expected_errors(BackupError) as exc:
@@ -218,12 +218,12 @@ def backup_fetch(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.ops.backup import BackupError, fetch_backup
 
     try:
-        manifest = fetch_backup(config, args.backup_id)
+        manifest = fetch_backup(config.backup, args.backup_id)
     except expected_errors(BackupError) as exc:
         return fail("backup fetch", exc)
     print(
         f"backup {manifest.id} fetched from {manifest.off_host or 'the off-host repository'}: "
-        f"{human(manifest.size_bytes)}, checksum ok -> {config.path(config.backup.directory)}"
+        f"{human(manifest.size_bytes)}, checksum ok -> {Path(config.backup.directory)}"
     )
     return EXIT_OK
 
@@ -233,7 +233,7 @@ def backup_drill(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.ops.restore_drill import drill_state, run_drill
 
     if args.last:
-        return _last_drill(drill_state(config).read())
+        return _last_drill(drill_state(config.backup).read())
     try:
         result = run_drill(config, args.backup_id, _schema(config, args.schema))
     except expected_errors(BackupError) as exc:
@@ -317,8 +317,9 @@ def _restore_to_time(args: argparse.Namespace, config: Config) -> int:
         if args.from_off_host:
             from trading_ops.ops.backup_wal import fetch_repository
 
-            print(f"pgBackRest repository fetched from off host into {fetch_repository(config, Path(args.pg_data))}")
-        duration = restore_to_time(config, moment, Path(args.pg_data))
+            repo = fetch_repository(config.backup, Path(args.pg_data))
+            print(f"pgBackRest repository fetched from off host into {repo}")
+        duration = restore_to_time(config.backup.pitr, moment, Path(args.pg_data))
     except expected_errors(PitrError, BackupError) as exc:
         return fail("backup restore", exc)
     print(

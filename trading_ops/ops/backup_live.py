@@ -85,7 +85,7 @@ def _database_users(conn: Connection, fresh_seconds: float) -> list[str]:
 
 def live_users(config: Config, url: str) -> list[str]:
     """Everything that shows the database at `url` is in use (empty: nobody is)."""
-    users = [f"a bot holds {p}" for p in locked_instance_files(config.path(config.bot.data_dir))]
+    users = [f"a bot holds {p}" for p in locked_instance_files(Path(config.bot.data_dir))]
     if (address := reconciler_answering(config)) is not None:
         users.append(f"a reconciler answers on {address}")
     engine = make_engine(url)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trading_ops.config import Config
+from trading_ops.config import BackupPitrConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,10 @@ class PitrBackup:
     duration_seconds: float
 
 
-def _run(config: Config, *args: str, command: list[str] | None = None) -> str:
+def _run(pitr: BackupPitrConfig, *args: str, command: list[str] | None = None) -> str:
     """pgBackRest (`command`, by default backup.pitr.command) with the configuration file, the stanza and `args`."""
-    pitr = config.backup.pitr
     command = command or pitr.command
-    argv = [*command, f"--config={config.path(pitr.config_file)}", f"--stanza={pitr.stanza}", *args]
+    argv = [*command, f"--config={pitr.config_file}", f"--stanza={pitr.stanza}", *args]
     verb = next((a for a in args if not a.startswith("-")), "")
     try:
         done = subprocess.run(
@@ -54,27 +53,27 @@ def _run(config: Config, *args: str, command: list[str] | None = None) -> str:
     return done.stdout
 
 
-def info(config: Config) -> dict[str, Any]:
+def info(pitr: BackupPitrConfig) -> dict[str, Any]:
     """The stanza's entry of `pgbackrest info --output=json` (empty when there is none)."""
-    stanzas = json.loads(_run(config, "--output=json", "info") or "[]")
-    return next((s for s in stanzas if s.get("name") == config.backup.pitr.stanza), {})
+    stanzas = json.loads(_run(pitr, "--output=json", "info") or "[]")
+    return next((s for s in stanzas if s.get("name") == pitr.stanza), {})
 
 
-def archive_push(config: Config, wal: str) -> None:
+def archive_push(pitr: BackupPitrConfig, wal: str) -> None:
     """`pgbackrest archive-push` of the WAL file `wal` (the archive_command's %p) into the local repository, run
     with backup.pitr.archive_push_command (the archiver is the cluster's owner already)."""
-    _run(config, "archive-push", wal, command=config.backup.pitr.archive_push_command)
+    _run(pitr, "archive-push", wal, command=pitr.archive_push_command)
 
 
-def check_archiving(config: Config) -> None:
+def check_archiving(pitr: BackupPitrConfig, url: str) -> None:
     """PitrError unless the cluster archives its WAL and switches segments at least every archive_timeout_seconds
     (archive_timeout): otherwise a quiet hour's commits stay in pg_wal, on this host only."""
     from sqlalchemy import text
 
     from trading_ops.db.base import make_engine
 
-    bound = config.backup.pitr.archive_timeout_seconds
-    engine = make_engine(config.database_url())
+    bound = pitr.archive_timeout_seconds
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
@@ -93,34 +92,32 @@ def check_archiving(config: Config) -> None:
         )
 
 
-def take(config: Config) -> PitrBackup:
+def take(pitr: BackupPitrConfig, url: str) -> PitrBackup:
     """A pgBackRest backup of the cluster: full when there is none or the last is older than `full_every_days`,
     differential otherwise. Creates the stanza the first time (stanza-create is idempotent). Checks first that the
     cluster switches WAL segments often enough (check_archiving)."""
     started = time.monotonic()
-    check_archiving(config)
-    _run(config, "stanza-create")
-    backups = info(config).get("backup", [])
+    check_archiving(pitr, url)
+    _run(pitr, "stanza-create")
+    backups = info(pitr).get("backup", [])
     fulls = [b["timestamp"]["stop"] for b in backups if b.get("type") == "full"]
     age = time.time() - max(fulls) if fulls else None
-    kind = "full" if age is None or age > config.backup.pitr.full_every_days * DAY_SECONDS else "diff"
-    _run(config, f"--type={kind}", "backup")
-    newest = info(config).get("backup", [])
+    kind = "full" if age is None or age > pitr.full_every_days * DAY_SECONDS else "diff"
+    _run(pitr, f"--type={kind}", "backup")
+    newest = info(pitr).get("backup", [])
     label = str(newest[-1]["label"]) if newest else ""
     result = PitrBackup(label, kind, time.monotonic() - started)
-    log.info(
-        "pgBackRest %s backup %s of stanza %s: %.2fs", kind, label, config.backup.pitr.stanza, result.duration_seconds
-    )
+    log.info("pgBackRest %s backup %s of stanza %s: %.2fs", kind, label, pitr.stanza, result.duration_seconds)
     return result
 
 
-def restore_to_time(config: Config, target: datetime, pg_data: Path) -> float:
+def restore_to_time(pitr: BackupPitrConfig, target: datetime, pg_data: Path) -> float:
     """Restore the cluster as of `target` into the data directory `pg_data` (empty, or a stopped cluster's: its files
     are replaced); the cluster promotes itself once it replayed the WAL up to `target`. Seconds it took."""
     started = time.monotonic()
     moment = target.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
     _run(
-        config,
+        pitr,
         f"--pg1-path={pg_data}",
         "--type=time",
         f"--target={moment}",

@@ -29,10 +29,9 @@ class RemoteError(RuntimeError):
 
 @dataclass(frozen=True)
 class Remote:
-    """The repository of `settings` (identity and known-hosts files resolved against `base_dir`)."""
+    """The repository of `settings` (its identity and known-hosts files resolved when the configuration loaded)."""
 
     settings: BackupRemoteConfig
-    base_dir: Path
     timeout: float
 
     @property
@@ -41,10 +40,6 @@ class Remote:
         s = self.settings
         where = f"{s.user + '@' if s.user else ''}{s.host}:{s.path}"
         return where if s.port == 22 else f"{where} (port {s.port})"
-
-    def _path(self, value: str) -> str:
-        p = Path(value).expanduser()
-        return str(p if p.is_absolute() else self.base_dir / p)
 
     def argv(self, command: str) -> list[str]:
         s = self.settings
@@ -57,9 +52,9 @@ class Remote:
             "-p", str(s.port),
         ]  # fmt: skip
         if s.identity_file:
-            argv += ["-o", "IdentitiesOnly=yes", "-i", self._path(s.identity_file)]
+            argv += ["-o", "IdentitiesOnly=yes", "-i", s.identity_file]
         if s.known_hosts_file:
-            argv += ["-o", f"UserKnownHostsFile={self._path(s.known_hosts_file)}"]
+            argv += ["-o", f"UserKnownHostsFile={s.known_hosts_file}"]
         if s.user:
             argv += ["-l", s.user]
         return [*argv, "--", s.host, command]

@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trading_ops.config import Config
+from trading_ops.config import BackupConfig
 from trading_ops.db.base import utcnow
 from trading_ops.ops import backup_pitr
 from trading_ops.ops.backup import PITR_REMOTE_DIRECTORY, BackupError, remote_of
@@ -38,14 +38,14 @@ class WalNameError(ValueError):
     """archive-wal was given something that is not a WAL file PostgreSQL archives."""
 
 
-def wal_state(config: Config) -> OpsState:
+def wal_state(settings: BackupConfig) -> OpsState:
     """The record of archive-wal's runs (backup.pitr.wal_state_file), which the metrics export."""
-    configured = config.backup.pitr.wal_state_file
-    path = config.path(configured) if configured else config.path(config.backup.directory) / WAL_STATE_FILE
+    configured = settings.pitr.wal_state_file
+    path = Path(configured) if configured else Path(settings.directory) / WAL_STATE_FILE
     return OpsState(path)
 
 
-def _record(config: Config, segment: str, duration: float, error: str = "", stage: str = "") -> None:
+def _record(settings: BackupConfig, segment: str, duration: float, error: str = "", stage: str = "") -> None:
     now = utcnow().timestamp()
 
     def change(data: dict[str, object]) -> None:
@@ -62,12 +62,12 @@ def _record(config: Config, segment: str, duration: float, error: str = "", stag
             data["last_segment"] = segment
 
     try:
-        wal_state(config).update(change)
+        wal_state(settings).update(change)
     except OSError as exc:  # the archiver sees the outcome either way (exit status, the server log)
-        log.error("cannot record the WAL shipment in %s: %s", wal_state(config).path, exc)
+        log.error("cannot record the WAL shipment in %s: %s", wal_state(settings).path, exc)
 
 
-def archive_wal(config: Config, wal: str) -> float:
+def archive_wal(settings: BackupConfig, wal: str) -> float:
     """Archive the WAL file `wal` (archive_command's %p, relative to the data directory): into the local repository
     (`pgbackrest archive-push`), then the repository's WAL archive copied off host (rsync over backup.remote's SSH;
     nothing there is deleted). Seconds it took. Raises when either did not happen: the archiver then keeps the segment
@@ -75,39 +75,39 @@ def archive_wal(config: Config, wal: str) -> float:
     segment = Path(wal).name
     if not WAL_NAME.fullmatch(segment):
         raise WalNameError(f"{wal!r} is not a WAL file name (archive_command passes %p)")
-    pitr = config.backup.pitr
+    pitr = settings.pitr
     started = time.monotonic()
     stage = "push"
     try:
-        backup_pitr.archive_push(config, wal)
+        backup_pitr.archive_push(pitr, wal)
         stage = "off_host"
-        remote = remote_of(config)
+        remote = remote_of(settings)
         if remote is None:
-            if config.backup.remote.required:
+            if settings.remote.required:
                 raise BackupError(
                     "no off-host repository (backup.remote.host): the WAL would stay on this host only "
                     "(backup.remote.required: false accepts that)"
                 )
         elif pitr.repo_path:  # empty: the repository is on another host (or a mount of one) already
-            archive = config.path(pitr.repo_path) / "archive" / pitr.stanza
+            archive = Path(pitr.repo_path) / "archive" / pitr.stanza
             remote.sync_directory(archive, f"{PITR_REMOTE_DIRECTORY}/archive/{pitr.stanza}", pitr.rsync, delete=False)
     except Exception as exc:
-        _record(config, segment, time.monotonic() - started, f"{type(exc).__name__}: {exc}", stage)
+        _record(settings, segment, time.monotonic() - started, f"{type(exc).__name__}: {exc}", stage)
         raise
     duration = time.monotonic() - started
-    _record(config, segment, duration)
+    _record(settings, segment, duration)
     log.debug("WAL %s archived and copied off host in %.3fs", segment, duration)  # the server log: failures only
     return duration
 
 
-def check_shipping(config: Config) -> None:
+def check_shipping(settings: BackupConfig, url: str) -> None:
     """BackupError unless the WAL the cluster archived last (pg_stat_archiver) went through archive-wal: a cluster
     whose archive_command is plain `pgbackrest archive-push` keeps its WAL on this host between backup runs."""
     from sqlalchemy import text
 
     from trading_ops.db.base import make_engine
 
-    engine = make_engine(config.database_url())
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             segment, archived = conn.execute(
@@ -115,7 +115,7 @@ def check_shipping(config: Config) -> None:
             ).one()
     finally:
         engine.dispose()
-    state = wal_state(config).read()  # read after the archiver's record: newer, if anything
+    state = wal_state(settings).read()  # read after the archiver's record: newer, if anything
     shipped = state.get("last_success_timestamp_seconds")
     # The same segment; or a later one, shipped after the archiver recorded that one as archived.
     if segment is None or state.get("last_segment") == segment or float(shipped or 0) > float(archived):
@@ -124,22 +124,22 @@ def check_shipping(config: Config) -> None:
         "never" if shipped is None else f"last at {datetime.fromtimestamp(float(shipped), UTC):%Y-%m-%d %H:%M:%S} UTC"
     )
     raise BackupError(
-        f"WAL {segment} was archived but not by `trading-ops backup archive-wal` ({when}, {wal_state(config).path}): "
+        f"WAL {segment} was archived but not by `trading-ops backup archive-wal` ({when}, {wal_state(settings).path}): "
         "set the cluster's archive_command to it, or its WAL stays on this host until the next backup run"
     )
 
 
-def fetch_repository(config: Config, pg_data: Path) -> Path:
+def fetch_repository(settings: BackupConfig, pg_data: Path) -> Path:
     """Copy pgBackRest's repository from the off-host repository into backup.pitr.repo_path (a host rebuilt after the
     database host was lost, the pgBackRest configuration reinstalled): its backups and every WAL segment shipped by
     archive-wal. Run as root, the copy is given to the owner of `pg_data`, as whom pgBackRest restores. The path."""
-    pitr = config.backup.pitr
-    remote = remote_of(config)
+    pitr = settings.pitr
+    remote = remote_of(settings)
     if remote is None:
         raise BackupError("no off-host repository: backup.remote.host is not configured")
     if not pitr.repo_path:
         raise BackupError("backup.pitr.repo_path is empty: where pgBackRest's repository goes (its repo1-path)")
-    repo = config.path(pitr.repo_path)
+    repo = Path(pitr.repo_path)
     remote.fetch_directory(PITR_REMOTE_DIRECTORY, repo, pitr.rsync)
     if os.geteuid() == 0 and pg_data.exists():
         owner = pg_data.stat()

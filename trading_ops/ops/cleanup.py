@@ -48,15 +48,15 @@ class CleanupTarget:
 def cleanup_targets(config: Config) -> list[CleanupTarget]:
     """The configured directories, `{data_dir}` expanded and paths resolved; a directory that could hold the system
     or a home directory is a configuration error, never cleaned."""
-    data_dir = str(config.path(config.bot.data_dir))
+    data_dir = config.bot.data_dir
     targets = []
     for name, settings in config.upkeep.cleanup.items():
-        targets.append(_target(config, name, settings, data_dir))
+        targets.append(_target(name, settings, data_dir))
     return targets
 
 
-def _target(config: Config, name: str, settings: CleanupDirConfig, data_dir: str) -> CleanupTarget:
-    path = config.path(settings.path.replace(DATA_DIR_PLACEHOLDER, data_dir)).resolve()
+def _target(name: str, settings: CleanupDirConfig, data_dir: str) -> CleanupTarget:
+    path = Path(settings.path.replace(DATA_DIR_PLACEHOLDER, data_dir)).resolve()
     if path == Path(path.anchor) or path == Path.home().resolve() or len(path.parts) < 3:
         raise ConfigError(f"upkeep.cleanup.{name}.path", f"refusing to clean {path}: too close to the root")
     max_age = parse_duration(settings.max_age) if settings.max_age else None
@@ -75,9 +75,9 @@ def protected_paths(config: Config) -> tuple[set[Path], list[Path]]:
     if database is not None:
         base = str(Path(database).resolve())
         files.update(Path(base + suffix) for suffix in SQLITE_COMPANIONS)
-    dirs = [config.path(config.backup.directory).resolve()]
+    dirs = [Path(config.backup.directory).resolve()]
     if config.backup.copy_to:
-        dirs.append(config.path(config.backup.copy_to).resolve())
+        dirs.append(Path(config.backup.copy_to).resolve())
     return files, dirs
 
 

@@ -296,7 +296,7 @@ async def with_maintenance(
     to bots and Alertmanager as the reconciler does: with reconciler.tls."""
     from trading_ops.webconfig import client_ssl_context
 
-    tls = client_ssl_context(config, config.reconciler.tls, "reconciler.tls")
+    tls = client_ssl_context(config.reconciler.tls, "reconciler.tls")
     owned = engine or make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True))
     return Maintenance(config, owned, session), session, owned

@@ -225,7 +225,7 @@ def backup_lines(config: Config, start: datetime, end: datetime) -> list[str]:
     """The backups part, from the manifests of the backup catalog in `backup.directory`."""
     section = config.backup
     try:
-        manifests = list(Catalog(config.path(section.directory)).manifests())
+        manifests = list(Catalog(section.directory).manifests())
     except Exception as exc:  # a summary without its backup part beats no summary
         log.warning("backup catalog not readable for the daily summary: %s", exc)
         return [f"backup catalog not readable: {exc}"]

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy.orm import aliased
 
 from trading_ops.bot.broker import Side
-from trading_ops.config import Config
+from trading_ops.config import BackupConfig, Config
 from trading_ops.db import migrate
 from trading_ops.db.base import utcnow
 from trading_ops.db.models import Fill, Order, Position
@@ -50,8 +50,8 @@ class DrillResult:
     checks: list[str] = field(default_factory=list)  # what was checked, for the report
 
 
-def drill_state(config: Config) -> OpsState:
-    return OpsState(config.path(config.backup.directory) / DRILL_STATE_FILE)
+def drill_state(settings: BackupConfig) -> OpsState:
+    return OpsState(Path(settings.directory) / DRILL_STATE_FILE)
 
 
 def journal_problems(url: str) -> list[str]:
@@ -114,7 +114,7 @@ def journal_problems(url: str) -> list[str]:
 def _scratch(config: Config, manifest: Manifest, data: Path) -> Iterator[str]:
     """The backup restored into a scratch database; its URL. The database is gone when the block ends."""
     if manifest.dialect == "sqlite":
-        directory = config.path(config.backup.directory)
+        directory = Path(config.backup.directory)
         with tempfile.TemporaryDirectory(prefix=".drill-", dir=directory) as scratch_dir:
             scratch = Path(scratch_dir) / "drill.sqlite"
             backup_sqlite.restore(data, scratch)
@@ -128,7 +128,7 @@ def _scratch(config: Config, manifest: Manifest, data: Path) -> Iterator[str]:
 def run_drill(config: Config, backup_id: str = "latest", schema: str | None = None) -> DrillResult:
     """Drill the restore of a backup (default: the latest); recorded either way. DrillFailed (or BackupError,
     or what the database raised) when the system would not come back from it."""
-    catalog = Catalog(config.path(config.backup.directory))
+    catalog = Catalog(config.backup.directory)
     started = time.monotonic()
     manifest: Manifest | None = None
     try:
@@ -159,7 +159,7 @@ def run_drill(config: Config, backup_id: str = "latest", schema: str | None = No
             finally:
                 engine.dispose()
     except Exception as exc:
-        _record(config, started, manifest, error=_one_line(exc))
+        _record(config.backup, started, manifest, error=_one_line(exc))
         raise
     result = DrillResult(
         manifest,
@@ -168,7 +168,7 @@ def run_drill(config: Config, backup_id: str = "latest", schema: str | None = No
         rows,
         ["restored", "migrated to head", "alembic check", "positions = fills", "fills -> orders", "quantities"],
     )
-    _record(config, started, manifest)
+    _record(config.backup, started, manifest)
     log.info(
         "restore drill of backup %s passed: %d rows, schema %s, %.2fs",
         manifest.id,
@@ -184,7 +184,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
 
 
-def _record(config: Config, started: float, manifest: Manifest | None, error: str = "") -> None:
+def _record(settings: BackupConfig, started: float, manifest: Manifest | None, error: str = "") -> None:
     now = utcnow().timestamp()
     duration = time.monotonic() - started
 
@@ -203,7 +203,7 @@ def _record(config: Config, started: float, manifest: Manifest | None, error: st
             data["last_success_timestamp_seconds"] = now
             data["last_error"] = ""
 
-    state = drill_state(config)
+    state = drill_state(settings)
     try:
         state.path.parent.mkdir(parents=True, exist_ok=True)
         state.update(change)

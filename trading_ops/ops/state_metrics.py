@@ -13,9 +13,9 @@ from prometheus_client.registry import Collector
 from trading_ops.config import Config
 from trading_ops.ops.backup import Catalog
 from trading_ops.ops.backup_wal import WAL_STATE_FILE, wal_state
-from trading_ops.ops.restore_drill import DRILL_STATE_FILE
+from trading_ops.ops.restore_drill import drill_state
 from trading_ops.ops.state import OpsState
-from trading_ops.ops.upkeep import UPKEEP_STATE_FILE
+from trading_ops.ops.upkeep import state_path
 
 PREFIX = "tradingops"
 BACKUP_GAUGES = (
@@ -207,6 +207,6 @@ class UpkeepCollector(Collector):
 
 def register_ops_metrics(config: Config, registry: CollectorRegistry) -> None:
     """Export the backup and upkeep records of `config` on `registry`."""
-    registry.register(BackupCollector(config.path(config.backup.directory), wal_state(config).path))
-    registry.register(RestoreDrillCollector(config.path(config.backup.directory) / DRILL_STATE_FILE))
-    registry.register(UpkeepCollector(config.path(config.bot.data_dir) / UPKEEP_STATE_FILE))
+    registry.register(BackupCollector(Path(config.backup.directory), wal_state(config.backup).path))
+    registry.register(RestoreDrillCollector(drill_state(config.backup).path))
+    registry.register(UpkeepCollector(state_path(config.bot.data_dir)))

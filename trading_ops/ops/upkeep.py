@@ -45,8 +45,9 @@ class UpkeepResult:
         return sum(r.bytes_freed for r in self.cleanup)
 
 
-def state_path(config: Config) -> Path:
-    return config.path(config.bot.data_dir) / UPKEEP_STATE_FILE
+def state_path(data_dir: str) -> Path:
+    """The record of upkeep's runs, in the bot's data directory (bot.data_dir)."""
+    return Path(data_dir) / UPKEEP_STATE_FILE
 
 
 def _sqlite_size(engine: Engine) -> int | None:
@@ -135,7 +136,7 @@ def run_upkeep_sync(
             result.failures.append(f"cleanup: {_one_line(exc)}")
         result.failures += [f"cleanup {r.name}: {e}" for r in result.cleanup for e in r.errors[:3]]
     result.duration_seconds = time.monotonic() - started
-    _record(config, result)
+    _record(config.bot.data_dir, result)
     deleted = {t: n for t, n in result.rows_deleted.items() if n}
     log.log(
         logging.WARNING if result.failures else logging.INFO,
@@ -158,7 +159,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text_[0] if text_ else ''}"
 
 
-def _record(config: Config, result: UpkeepResult) -> None:
+def _record(data_dir: str, result: UpkeepResult) -> None:
     now = time.time()
 
     def change(data: dict[str, Any]) -> None:
@@ -179,9 +180,9 @@ def _record(config: Config, result: UpkeepResult) -> None:
             add_count(counts, "failures", r.failures)
 
     try:
-        OpsState(state_path(config)).update(change)
+        OpsState(state_path(data_dir)).update(change)
     except OSError as exc:
-        log.error("cannot record the upkeep run in %s: %s", state_path(config), exc)
+        log.error("cannot record the upkeep run in %s: %s", state_path(data_dir), exc)
 
 
 async def run_upkeep(

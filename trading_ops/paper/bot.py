@@ -73,7 +73,7 @@ class PaperBot(BotRuntime):
         chaos: bool = False,
     ) -> None:
         paper = config.paper
-        self.venue_state_path = config.path(config.bot.data_dir) / f"{config.bot.name}-{VENUE_STATE_FILE}"
+        self.venue_state_path = Path(config.bot.data_dir) / f"{config.bot.name}-{VENUE_STATE_FILE}"
 
         def open_venue() -> PaperVenue:
             # Called once the single-instance lock is held: only then may the venue file be read.

@@ -99,8 +99,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     if (clash := api_tokens.match(f"Bearer {token}")) is not None:
         key = "reconciler.read_token" if clash.legacy else f"reconciler.api_tokens ({clash.name})"
         raise ConfigError(key, "must differ from the webhook token (reconciler.token)")
-    web_config = server_web_config(config, rc.listen, "reconciler.listen")
-    client_tls = client_ssl_context(config, rc.tls, "reconciler.tls")
+    web_config = server_web_config(rc.listen, "reconciler.listen")
+    client_tls = client_ssl_context(rc.tls, "reconciler.tls")
     app = web.Application(client_max_size=rc.max_body_bytes)
     secure_app(app, web_config, BEARER_ROUTES)
     app[keys.CONFIG] = config

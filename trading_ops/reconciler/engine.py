@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -167,7 +168,7 @@ class Engine:
         runs = self.rc.max_concurrent_runs
         self.executor = ThreadPoolExecutor(runs + EXTRA_LEDGER_THREADS, thread_name_prefix="reconciler-ledger")
         self.lease_executor = ThreadPoolExecutor(runs, thread_name_prefix="reconciler-lease")
-        self.spool = OutcomeSpool(config.path(self.rc.spool_dir))
+        self.spool = OutcomeSpool(Path(self.rc.spool_dir))
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

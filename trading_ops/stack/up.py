@@ -523,7 +523,7 @@ def state_of_earlier_runs(layout: Layout, database_urls: Sequence[str], config: 
         paths.append(gateway)
     trades = Path(freqtrade_bot.database_url(layout)[len(SQLITE_PREFIX) :])  # the freqtrade's trades (--bot freqtrade)
     paths += [trades, trades.with_name(trades.name + "-wal"), trades.with_name(trades.name + "-shm")]
-    paths.append(config.path(config.bot.data_dir) / f"{config.bot.name}-{VENUE_STATE_FILE}")
+    paths.append(Path(config.bot.data_dir) / f"{config.bot.name}-{VENUE_STATE_FILE}")
     return [p for p in paths if p.exists() and p != Path(":memory:")]
 
 

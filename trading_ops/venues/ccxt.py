@@ -707,7 +707,7 @@ def make_exchange(config: Config) -> ccxt_async.Exchange:
     if c.urls:
         settings["urls"] = {"api": dict(c.urls)}
     exchange: ccxt_async.Exchange = getattr(ccxt_async, c.exchange)(settings)
-    tls = client_ssl_context(config, c.tls, "ccxt.tls")
+    tls = client_ssl_context(c.tls, "ccxt.tls")
     if tls is not None:
         exchange.ssl_context = tls  # ccxt's session takes it instead of certifi's bundle
     return exchange

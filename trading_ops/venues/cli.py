@@ -53,7 +53,7 @@ def run_gateway(args: argparse.Namespace, config: Config) -> int:
 
     gateway = gateway_from_config(config)  # configuration problems first
     listen = config.gateway.listen
-    web_config = server_web_config(config, listen, "gateway.listen")
+    web_config = server_web_config(listen, "gateway.listen")
     host = args.host or listen.host
     port = listen.port if args.port is None else args.port
     scheme = web_config.scheme if web_config is not None else "http"

@@ -352,7 +352,7 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         if api_key in keys:
             raise ConfigError(f"{key}.api_key", "is another key of the main account too")
         keys[api_key] = _secret(config, extra, "api_secret", f"{key}.api_secret")
-    state = config.path(g.state_file) if g.state_file else None
+    state = Path(g.state_file) if g.state_file else None
     seed = config.paper.seed or secrets.randbits(32)
     venue = _paper_venue(config, list(config.paper.symbols), seed, "kraken-gateway", state, "gateway.state_file")
     subaccounts = []
@@ -361,7 +361,7 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         api_key = _secret(config, account, "api_key", f"{key}.api_key")
         api_secret = _secret(config, account, "api_secret", f"{key}.api_secret")
         if account.state_file:
-            account_state: Path | None = config.path(account.state_file)
+            account_state: Path | None = Path(account.state_file)
         else:
             account_state = state.with_name(f"{state.stem}.{account.name}{state.suffix}") if state else None
         # The main venue's symbols (its state file may have added some): every account trades the whole market.

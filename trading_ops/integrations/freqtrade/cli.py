@@ -100,7 +100,7 @@ async def serve(config: Config, sidecars: list[Any]) -> None:
 
     # Every target's web configuration first: a bad one is a configuration error before any sidecar serves.
     web_configs = {
-        s.name: server_web_config(config, config.freqtrade.targets[s.name].listen, f"freqtrade.targets.{s.name}.listen")
+        s.name: server_web_config(config.freqtrade.targets[s.name].listen, f"freqtrade.targets.{s.name}.listen")
         for s in sidecars
     }
     stop = asyncio.Event()
