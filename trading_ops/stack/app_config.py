@@ -72,6 +72,11 @@ FLEET_DEFAULTS: dict[str, dict[str, float]] = {
     "ccxt": {"poll_interval_seconds": 2.0, "quote_poll_interval_seconds": 2.0},
     "bot": {"loop_interval_seconds": 1.0},
 }
+# The ccxt-gateway stack's Kraken tier, unless the configuration sets one: the gateway enforces its REST call counter
+# (gateway.call_counter) and the bot budgets against it (ccxt.kraken_tier), so the bot's rate-limit headroom is checked
+# against the venue. Pro (20 points, 1/s decay) lets the demo bot poll its orders every 2 s; Starter would stretch
+# that to 6 s. The freqtrade stack leaves the counter off: freqtrade paces itself by ccxt's limiter, not this counter.
+STACK_KRAKEN_TIER = "pro"
 # Keys whose string values are paths relative to the configuration file; the generated file lives elsewhere,
 # so they are made absolute. A playbook value that names no file ("default", "docker") is kept as it is.
 PATH_KEY_SUFFIXES = ("_file", "_dir", "_path", "_socket")
@@ -271,6 +276,8 @@ def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports
             "1 call/s, which makes the start-up reconciliation take minutes)"
         )
     client["enable_rate_limit"] = False
+    tier = client.setdefault("kraken_tier", STACK_KRAKEN_TIER)
+    data["gateway"].setdefault("call_counter", tier)
     for name in ("api_key", "api_secret"):
         client.pop(f"{name}_env", None)
         client[f"{name}_file"] = str(files[name])

@@ -27,12 +27,20 @@ What it does that a bare ccxt call does not:
   account held that is not the bot's; zero by default, as on the paper venue).
 - Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages. Other exchanges return
   what one `fetch_my_trades(since)` returns.
+- Kraken's call counter (trading_ops.venues.call_counter): with a `call_budget`, every private request spends from
+  it, the order poll runs no oftener than the tier's decay allows (CallBudget.poll_interval), skips a cycle the
+  budget cannot afford, and asks for the trade history only when something may have filled (an open order's filled
+  quantity moved, an order left the open list, the broker submitted or canceled one, a session began) or every
+  `trades_interval`; reconciliation's `drain_events` always asks. `rate_limit_headroom` is the budget's headroom.
+  Without a budget (an exchange other than Kraken) the polls ask for everything each cycle and the headroom is
+  unknown (None).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -57,6 +65,7 @@ from trading_ops.bot.broker import (
 )
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.tasks import stop_tasks
+from trading_ops.venues.call_counter import CallBudget, background, install
 from trading_ops.webconfig import client_ssl_context
 
 log = logging.getLogger(__name__)
@@ -171,6 +180,7 @@ class CcxtBroker(Broker):
         nonce_retries: int = NONCE_RETRIES,
         lookup_attempts: int = LOOKUP_ATTEMPTS,
         lookup_backoff: float = LOOKUP_BACKOFF_SECONDS,
+        call_budget: CallBudget | None = None,
     ) -> None:
         if not symbols:
             raise ValueError("a ccxt broker needs at least one symbol")
@@ -187,6 +197,9 @@ class CcxtBroker(Broker):
         self.lookup_attempts = lookup_attempts
         self.lookup_backoff = lookup_backoff
         self.handled_errors: Counter[str] = Counter()
+        self.call_budget = call_budget
+        if call_budget is not None:
+            install(exchange, call_budget)
         exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
         extra = EXTRA_ERRORS.get(self.venue)
         if extra:
@@ -207,6 +220,8 @@ class CcxtBroker(Broker):
         self._fills_since: datetime | None = None
         self._time_resolution = 0.0
         self._poll_lock = asyncio.Lock()
+        self._trades_due = True  # something may have filled since the trade history was last asked for
+        self._trades_asked = 0.0  # monotonic time of that
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
@@ -224,11 +239,21 @@ class CcxtBroker(Broker):
         if self._tasks:
             return
         self._tasks = [
-            asyncio.create_task(self._every(self.poll_interval, self._poll_orders), name=f"{self.venue}-orders"),
+            asyncio.create_task(self._every(self.orders_interval, self._background_poll), name=f"{self.venue}-orders"),
             asyncio.create_task(
                 self._every(self.quote_interval, lambda: self._poll_quotes(self.symbols)), name=f"{self.venue}-quotes"
             ),
         ]
+
+    @property
+    def orders_interval(self) -> float:
+        """How often the order poll runs: `poll_interval`, or less often when the call budget's tier needs it."""
+        if self.call_budget is None:
+            return self.poll_interval
+        return max(self.poll_interval, self.call_budget.poll_interval(1.0))
+
+    def rate_limit_headroom(self) -> float | None:
+        return None if self.call_budget is None else self.call_budget.headroom()
 
     async def close(self) -> None:
         self._started = False
@@ -258,6 +283,7 @@ class CcxtBroker(Broker):
         """A new session (ccxt's connections closed and opened again, the venue's status and markets asked), then
         one call on each channel."""
         self._session += 1
+        self._trades_due = True
         await self.exchange.close()
         self._started = True
         await self._open_session()
@@ -351,6 +377,7 @@ class CcxtBroker(Broker):
             if not exc.outcome_unknown:
                 raise
             return await self._resolve_lost_submit(request, exc)
+        self._trades_due = True  # it may have filled at once (a market order never shows as open)
         order = self._order(raw, request)
         self._track(order)
         await self._acknowledged(order)
@@ -403,6 +430,7 @@ class CcxtBroker(Broker):
         symbol = self._unified.get(known.symbol) if known is not None else None
         params = {} if venue_order_id else {"clientOrderId": client_order_id}
         what = f"cancel {venue_order_id or client_order_id}"
+        self._trades_due = True  # what filled before the cancel is told by the trade history
         try:
             await self._call(Channel.ORDERS, what, self.exchange.cancel_order, venue_order_id, symbol, params)
         except BrokerError as exc:
@@ -564,23 +592,41 @@ class CcxtBroker(Broker):
             if self._events.on_quote is not None:
                 await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
 
-    async def _poll_orders(self) -> None:
-        """New trades (on_fill), then orders whose state changed (on_order), oldest first."""
+    async def _background_poll(self) -> None:
+        """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
+        afford is skipped."""
+        if self.call_budget is not None and not self.call_budget.affordable(1.0):
+            return
+        with background():
+            await self._poll_orders(every_trade=self.call_budget is None)
+
+    async def _poll_orders(self, *, every_trade: bool = True) -> None:
+        """New trades (on_fill), then orders whose state changed (on_order), oldest first. The trade history is asked
+        for always with `every_trade`, else only when something may have filled (or it is `trades_interval` old)."""
         async with self._poll_lock:
             before = dict(self._open)
             since = self._fills_since
-            # Orders first, trades second: an order seen closed has every one of its fills in the trades that follow,
-            # so no order update tells of a fill not yet delivered.
-            listed = {o.venue_order_id: o for o in await self.open_orders()}
-            updates = [
-                o
-                for vid, o in listed.items()
-                if (prev := before.get(vid)) is None
-                or (prev.status, prev.filled_quantity) != (o.status, o.filled_quantity)
-            ]
-            gone = [vid for vid in before if vid not in listed]
-            updates.extend(await self._final_states(gone))
-            fills = await self.recent_fills(since)
+            due, self._trades_due = self._trades_due, False
+            try:
+                # Orders first, trades second: an order seen closed has every one of its fills in the trades that
+                # follow, so no order update tells of a fill not yet delivered.
+                listed = {o.venue_order_id: o for o in await self.open_orders()}
+                updates = [
+                    o
+                    for vid, o in listed.items()
+                    if (prev := before.get(vid)) is None
+                    or (prev.status, prev.filled_quantity) != (o.status, o.filled_quantity)
+                ]
+                gone = [vid for vid in before if vid not in listed]
+                updates.extend(await self._final_states(gone))
+                moved = any(o.venue_order_id in before for o in updates)  # filled some more, or closed
+                fills: list[VenueFill] = []
+                if every_trade or due or gone or moved or self._trades_stale():
+                    self._trades_asked = time.monotonic()
+                    fills = await self.recent_fills(since)
+            except BaseException:
+                self._trades_due = self._trades_due or due
+                raise
             fresh = [f for f in fills if f.trade_id not in self._seen_trades]
             # Orders a submit added while this poll was out are looked at by the next one.
             added = {vid: o for vid, o in self._open.items() if vid not in before and vid not in listed}
@@ -597,6 +643,11 @@ class CcxtBroker(Broker):
             for order in updates:
                 if self._events.on_order is not None:
                     await self._events.on_order(order)
+
+    def _trades_stale(self) -> bool:
+        if self.call_budget is None:
+            return True
+        return time.monotonic() - self._trades_asked >= self.call_budget.trades_interval()
 
     async def _final_states(self, venue_order_ids: list[str]) -> list[VenueOrder]:
         found: list[VenueOrder] = []
@@ -714,7 +765,8 @@ def make_exchange(config: Config) -> ccxt_async.Exchange:
 
 
 def broker_from_config(config: Config) -> CcxtBroker:
-    """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`."""
+    """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`; on Kraken, with a call budget of the
+    account's tier (`ccxt.kraken_tier`)."""
     c = config.ccxt
     return CcxtBroker(
         make_exchange(config),
@@ -722,4 +774,5 @@ def broker_from_config(config: Config) -> CcxtBroker:
         poll_interval=c.poll_interval_seconds,
         quote_interval=c.quote_poll_interval_seconds,
         position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},
+        call_budget=CallBudget(c.kraken_tier) if c.exchange == "kraken" else None,
     )

@@ -49,6 +49,9 @@ Two faults end the way they end on a real venue, by what the client does, so tha
   (AssetPairs listing the pair, as CcxtBroker's resubscribe does).
 
 Orders the paper venue rejects never existed for Kraken: AddOrder answers the error and the order is not listed.
+
+With `gateway.call_counter` set to a tier, private calls count on Kraken's REST call counter of their key
+(trading_ops.venues.call_counter.CounterLimiter), and a call past its maximum answers `EAPI:Rate limit exceeded`.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ from trading_ops.bot.broker import (
 from trading_ops.config import GATEWAY_MAIN_ACCOUNT, Config, ConfigError, resolve_secret
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.tasks import stop_tasks
+from trading_ops.venues.call_counter import CounterLimiter
 
 LOG = logging.getLogger(__name__)
 
@@ -334,6 +338,7 @@ class KrakenGateway:
         *,
         subaccounts: Iterable[SubAccount] = (),
         clock: Callable[[], float] = time.monotonic,
+        call_counter: CounterLimiter | None = None,
     ) -> None:
         if not api_keys:
             raise ValueError("the gateway needs at least one API key")
@@ -361,6 +366,7 @@ class KrakenGateway:
             self.accounts[sub.name] = sub.venue
         self._subaccounts = [v for name, v in self.accounts.items() if name != MAIN_ACCOUNT]
         self._clock = clock
+        self.call_counter = call_counter  # Kraken's REST call counter per key (trading_ops.venues.call_counter)
         self.pairs = {s: make_pair(s, venue.base_asset(s), venue.quote_asset) for s in venue.symbols}
         self._pair_by_name: dict[str, Pair] = {}
         for pair in self.pairs.values():
@@ -482,6 +488,8 @@ class KrakenGateway:
         try:
             self._service_faults(method)
             account, params = self._authenticate(request, body)
+            if self.call_counter is not None and not self.call_counter.admit(request.headers["API-Key"], method):
+                raise KrakenError(E_RATE_LIMIT)
             handler = self._private.get(method)
             if handler is None:
                 raise KrakenError(E_UNKNOWN_METHOD)
@@ -1175,7 +1183,8 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         sub = _paper_venue(config, list(venue.symbols), seed + i + 1, name, account_state, f"{key}.state_file", i + 1)
         subaccounts.append(SubAccount(account.name, sub, {api_key: api_secret}))
     try:
-        return KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts)
+        counter = None if g.call_counter == "off" else CounterLimiter(g.call_counter)
+        return KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts, call_counter=counter)
     except ValueError as exc:
         raise ConfigError("gateway.accounts", str(exc)) from None
 

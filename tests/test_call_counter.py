@@ -1,0 +1,153 @@
+"""Kraken's REST call counter (trading_ops.venues.call_counter): its costs and decay, the gateway refusing past the
+maximum with Kraken's own string, and CcxtBroker on ccxt's real kraken client budgeting every private call against
+it on a gateway that enforces it (started per test on a free loopback port): a headroom that moves with real
+spending, falls under the alert's 0.2 when the bot overspends, is never overrun, and is saturated by the venue's
+refusal when the estimate was wrong."""
+
+from __future__ import annotations
+
+import ccxt.async_support as ccxt
+import pytest
+
+from tests.ccxt_helpers import OTHER_KEY, OTHER_SECRET, kraken, running_gateway, wait_for
+from tests.test_ccxt_broker import SYMBOLS, Recorder, limit, market
+from trading_ops.bot.broker import BrokerError, Channel, OrderStatus
+from trading_ops.config import ConfigError, parse_config
+from trading_ops.venues.call_counter import TIERS, CallBudget, CallCounter, CounterLimiter, call_cost
+from trading_ops.venues.ccxt import CcxtBroker, broker_from_config
+
+HEADROOM_ALERT = 0.2  # TradingBotRateLimitHeadroomLow
+
+
+class Clock:
+    """A clock that moves only when told (the counter's decay without waiting for it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_costs_are_krakens_and_the_counter_decays_at_the_tiers_rate() -> None:
+    assert [call_cost(m) for m in ("Balance", "OpenOrders", "QueryOrders", "ClosedOrders")] == [1, 1, 1, 1]
+    assert [call_cost(m) for m in ("TradesHistory", "Ledgers")] == [2, 2]
+    assert [call_cost(m) for m in ("AddOrder", "CancelOrder", "CancelAll")] == [0, 0, 0]
+    assert {name: (t.maximum, t.decay) for name, t in TIERS.items()} == {
+        "starter": (15, 0.33),
+        "intermediate": (20, 0.5),
+        "pro": (20, 1.0),
+    }
+    clock = Clock()
+    counter = CallCounter(TIERS["intermediate"], clock)
+    counter.add(10)
+    clock.now += 4
+    assert counter.level() == pytest.approx(8)
+    assert counter.seconds_until(3, 10) == pytest.approx(2)
+    clock.now += 100
+    assert counter.level() == 0
+
+
+async def test_the_gateway_refuses_past_the_tiers_maximum_with_krakens_error() -> None:
+    """Starter: 15 points. Balance costs 1, TradesHistory 2, AddOrder nothing; the 16th point is refused with
+    `EAPI:Rate limit exceeded` (ccxt's DDoSProtection), and the counter's decay lets calls through again."""
+    clock = Clock()
+    async with running_gateway() as (gateway, base):
+        gateway.call_counter = CounterLimiter("starter", clock)
+        client, other = kraken(base), kraken(base, key=OTHER_KEY, secret=OTHER_SECRET)
+        try:
+            await client.load_markets()
+            await client.fetch_my_trades()  # 2
+            for _ in range(13):
+                await client.fetch_balance()  # 15
+            placed = await client.create_order("BTC/USD", "limit", "buy", 0.01, 1000)  # free
+            await client.cancel_order(placed["id"])  # free
+            with pytest.raises(ccxt.DDoSProtection, match="EAPI:Rate limit exceeded"):
+                await client.fetch_open_orders()
+            assert gateway.call_counter.refused == 1
+            await other.fetch_balance()  # each key has its own counter
+            clock.now += 3.1  # 0.33/s: one point decayed
+            await client.fetch_open_orders()
+            with pytest.raises(ccxt.RateLimitExceeded):
+                await client.fetch_balance()
+            assert gateway.call_counter.refused == 2
+        finally:
+            await client.close()
+            await other.close()
+
+
+async def test_the_brokers_headroom_moves_with_spending_and_the_venue_never_refuses_it() -> None:
+    """The bot's estimate against the gateway's counter, both Kraken's Pro tier: at rest the polls leave most of the
+    counter free; a burst of private calls (a reconciliation storm) takes the headroom under the alert's threshold but
+    never past the maximum (the calls wait for the decay); the venue refuses nothing."""
+    async with running_gateway(partial_fill_probability=0.0) as (gateway, base):
+        gateway.call_counter = CounterLimiter("pro")
+        budget = CallBudget("pro")
+        broker = CcxtBroker(kraken(base), SYMBOLS, poll_interval=0.05, quote_interval=0.05, call_budget=budget)
+        seen = Recorder()
+        try:
+            assert broker.rate_limit_headroom() == 1.0
+            await broker.connect(seen.events())
+            assert broker.orders_interval == 2.0  # Pro decays 1 point/s; open orders (1) take half of it
+            assert budget.spent >= 1 and broker.rate_limit_headroom() < 1.0
+            # Polls find nothing changed: open orders each cycle, the trade history only every trades_interval.
+            asked = dict(gateway.calls)
+            await wait_for(lambda: gateway.calls.get("OpenOrders", 0) >= asked.get("OpenOrders", 0) + 3)
+            assert gateway.calls.get("TradesHistory", 0) - asked.get("TradesHistory", 0) <= 1
+            assert broker.rate_limit_headroom() > 0.5
+            # A market order fills at once and never shows as open: the submit asks the next poll for the trades.
+            bought = await broker.submit(market("m-1"))
+            await wait_for(lambda: any(f.venue_order_id == bought.venue_order_id for f in seen.fills))
+            # A resting order canceled: its final state comes from the cancel's lookup.
+            resting = await broker.submit(limit("l-1"))
+            assert (await broker.cancel("l-1")).status is OrderStatus.CANCELED
+            assert resting.venue_order_id not in {o.venue_order_id for o in await broker.open_orders()}
+
+            lowest = 1.0
+            for _ in range(22):  # 22 points asked for at once: more than the whole counter
+                await broker.balances()
+                lowest = min(lowest, broker.rate_limit_headroom() or 0.0)
+            assert lowest < HEADROOM_ALERT
+            assert budget.waited >= 1  # the last ones waited for the decay instead of being refused
+            assert gateway.call_counter.refused == 0
+            assert gateway.call_counter.level(broker.exchange.apiKey) <= TIERS["pro"].maximum
+            await wait_for(lambda: (broker.rate_limit_headroom() or 0) > 0.5, timeout=30)
+            assert gateway.call_counter.refused == 0 and broker.is_connected(Channel.ORDERS)
+        finally:
+            await broker.close()
+
+
+async def test_a_wrong_estimate_is_refused_by_the_venue_and_then_believed() -> None:
+    """A bot that takes its account for Pro on a venue that counts it as Starter overruns the counter: the venue
+    refuses with EAPI:Rate limit exceeded, the broker raises it as `rate_limit`, and its estimate is saturated (no
+    headroom) so that what follows waits for the decay."""
+    clock = Clock()
+    async with running_gateway() as (gateway, base):
+        gateway.call_counter = CounterLimiter("starter", clock)
+        broker = CcxtBroker(kraken(base), SYMBOLS, poll_interval=3600, quote_interval=3600, call_budget=CallBudget("pro"))
+        try:
+            await broker.connect(Recorder().events())
+            with pytest.raises(BrokerError) as info:
+                for _ in range(16):
+                    await broker.balances()
+            assert info.value.error_class == "rate_limit" and "EAPI:Rate limit exceeded" in str(info.value)
+            assert broker.rate_limit_headroom() == 0.0
+        finally:
+            await broker.close()
+
+
+def test_the_tier_is_configured_and_a_broker_on_kraken_budgets_against_it() -> None:
+    config = parse_config(
+        {
+            "ccxt": {"api_key_env": "X_KEY", "api_secret_env": "X_SECRET", "kraken_tier": "intermediate"},
+            "gateway": {"call_counter": "pro"},
+        },
+        env={"X_KEY": "k", "X_SECRET": "c2VjcmV0"},
+    )
+    assert config.gateway.call_counter == "pro"
+    broker = broker_from_config(config)
+    assert broker.call_budget is not None and broker.call_budget.tier is TIERS["intermediate"]
+    assert broker.orders_interval == 4.0  # 1 point at half of 0.5/s
+    assert parse_config({}).gateway.call_counter == "off" and parse_config({}).ccxt.kraken_tier == "starter"
+    with pytest.raises(ConfigError, match="ccxt.kraken_tier"):
+        parse_config({"ccxt": {"kraken_tier": "gold"}})
