@@ -68,7 +68,7 @@ async def test_the_gateway_refuses_past_the_tiers_maximum_with_krakens_error() -
             await other.fetch_balance()  # each key has its own counter
             clock.now += 3.1  # 0.33/s: one point decayed
             await client.fetch_open_orders()
-            with pytest.raises(ccxt.RateLimitExceeded):
+            with pytest.raises(ccxt.DDoSProtection, match="EAPI:Rate limit exceeded"):
                 await client.fetch_balance()
             assert gateway.call_counter.refused == 2
         finally:
@@ -124,25 +124,28 @@ async def test_a_wrong_estimate_is_refused_by_the_venue_and_then_believed() -> N
     clock = Clock()
     async with running_gateway() as (gateway, base):
         gateway.call_counter = CounterLimiter("starter", clock)
-        broker = CcxtBroker(kraken(base), SYMBOLS, poll_interval=3600, quote_interval=3600, call_budget=CallBudget("pro"))
+        broker = CcxtBroker(
+            kraken(base), SYMBOLS, poll_interval=3600, quote_interval=3600, call_budget=CallBudget("pro")
+        )
         try:
             await broker.connect(Recorder().events())
             with pytest.raises(BrokerError) as info:
                 for _ in range(16):
                     await broker.balances()
             assert info.value.error_class == "rate_limit" and "EAPI:Rate limit exceeded" in str(info.value)
-            assert broker.rate_limit_headroom() == 0.0
+            assert (broker.rate_limit_headroom() or 0.0) < 0.01
         finally:
             await broker.close()
 
 
-def test_the_tier_is_configured_and_a_broker_on_kraken_budgets_against_it() -> None:
+def test_the_tier_is_configured_and_a_broker_on_kraken_budgets_against_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("X_KEY", "k")
+    monkeypatch.setenv("X_SECRET", "c2VjcmV0")
     config = parse_config(
         {
             "ccxt": {"api_key_env": "X_KEY", "api_secret_env": "X_SECRET", "kraken_tier": "intermediate"},
             "gateway": {"call_counter": "pro"},
-        },
-        env={"X_KEY": "k", "X_SECRET": "c2VjcmV0"},
+        }
     )
     assert config.gateway.call_counter == "pro"
     broker = broker_from_config(config)
