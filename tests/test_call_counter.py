@@ -13,7 +13,15 @@ from tests.ccxt_helpers import OTHER_KEY, OTHER_SECRET, kraken, running_gateway,
 from tests.test_ccxt_broker import SYMBOLS, Recorder, limit, market
 from trading_ops.bot.broker import BrokerError, Channel, OrderStatus
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.venues.call_counter import TIERS, CallBudget, CallCounter, CounterLimiter, call_cost
+from trading_ops.venues.call_counter import (
+    TIERS,
+    CallBudget,
+    CallCounter,
+    CounterLimiter,
+    Deferred,
+    background,
+    call_cost,
+)
 from trading_ops.venues.ccxt import CcxtBroker, broker_from_config
 
 HEADROOM_ALERT = 0.2  # TradingBotRateLimitHeadroomLow
@@ -134,6 +142,36 @@ async def test_a_wrong_estimate_is_refused_by_the_venue_and_then_believed() -> N
                     await broker.balances()
             assert info.value.error_class == "rate_limit" and "EAPI:Rate limit exceeded" in str(info.value)
             assert (broker.rate_limit_headroom() or 0.0) < 0.01
+        finally:
+            await broker.close()
+
+
+async def test_a_background_poll_never_waits_and_leaves_the_reserve_to_the_rest() -> None:
+    """Past the poll ceiling (half the counter) the order poll skips its cycles (Deferred: it never waits holding the
+    poll lock a reconciliation needs) and a fill's balance comes from the last answer; a cancel or a lookup still goes
+    through at once."""
+    clock = Clock()
+    async with running_gateway(partial_fill_probability=0.0) as (gateway, base):
+        budget = CallBudget("pro", clock=clock)
+        broker = CcxtBroker(kraken(base), SYMBOLS, poll_interval=0.05, quote_interval=0.05, call_budget=budget)
+        try:
+            await broker.connect(Recorder().events())
+            before = await broker.balances()
+            budget.counter.add(budget.poll_ceiling)  # a reconciliation just spent half the counter
+            asked = dict(gateway.calls)
+            clock.now += 0.5  # less than a point decayed: still no room for a poll
+            await broker._background_poll()
+            with background():
+                with pytest.raises(Deferred):
+                    await broker.open_orders()
+                assert await broker.balances() == before  # the last answer
+            assert gateway.calls == asked  # nothing was sent
+            assert budget.deferred >= 1
+            resting = await broker.submit(limit("l-1"))
+            assert (await broker.cancel(venue_order_id=resting.venue_order_id)).status is OrderStatus.CANCELED
+            clock.now += 100  # decayed: the polls run again
+            await broker._background_poll()
+            assert gateway.calls.get("OpenOrders", 0) > asked.get("OpenOrders", 0)
         finally:
             await broker.close()
 

@@ -17,8 +17,9 @@ How the budget is spent, as a REST-only Kraken bot must:
   instead (the margin covers the venue's coarser decay steps and the request's travel time), so a bot whose estimate
   is right is never refused.
 - Background polls (`background()` marks them) keep a reserve: they spend only up to `POLL_CEILING` of the maximum
-  and skip a cycle rather than wait, so cancels, order lookups and reconciliations, which wait for nothing but the
-  hard margin, always find half the counter free.
+  and never wait (a call that does not fit raises Deferred: the poll skips its cycle, holding nothing a reconciliation
+  needs), so cancels, order lookups and reconciliations, which wait for nothing but the hard margin, always find half
+  the counter free, and wait at most for what they spent themselves.
 - The cadence of the polls is planned from the tier's decay (`poll_interval`): open orders each cycle at most
   `POLL_SHARE` of the decay, trade history only when something changed or every `trades_interval` (the broker says
   when), so that at rest the counter stays near empty.
@@ -70,6 +71,10 @@ TRADES_INTERVAL_SECONDS = 10.0  # ... and never more often than this when nothin
 _BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("kraken_background_call", default=False)
 
 
+class Deferred(Exception):
+    """A background call the budget has no room for under the poll ceiling: not sent."""
+
+
 def call_cost(method: str) -> float:
     """Points a private Kraken method adds to the call counter."""
     if method in FREE_METHODS:
@@ -107,6 +112,10 @@ class CallCounter:
         return max(0.0, (self.level() + points - ceiling) / self.tier.decay)
 
 
+def in_background() -> bool:
+    return _BACKGROUND.get()
+
+
 @contextlib.contextmanager
 def background() -> Iterator[None]:
     """Marks the private calls made inside (in this task) as a background poll's: they keep the reserve."""
@@ -135,6 +144,7 @@ class CallBudget:
         self.poll_ceiling = self.tier.maximum * poll_ceiling
         self.spent = 0.0  # points, since the start
         self.waited = 0  # calls that had to wait for the decay
+        self.deferred = 0  # background calls not sent for want of room
 
     def headroom(self) -> float:
         """Fraction (0-1) of the counter still free, by the estimate."""
@@ -152,12 +162,19 @@ class CallBudget:
         return self.counter.level() + points <= self.poll_ceiling
 
     async def spend(self, method: str) -> None:
-        """Wait until the method's call fits (a background one under the poll ceiling), then count it."""
+        """Wait until the method's call fits under the hard ceiling, then count it; a background call that does not
+        fit under the poll ceiling raises Deferred at once."""
         points = call_cost(method)
         if points == 0:
             return
-        ceiling = self.poll_ceiling if _BACKGROUND.get() else self.hard_ceiling
-        ceiling = max(ceiling, points)  # a call bigger than the ceiling waits for an empty counter
+        if _BACKGROUND.get():
+            if not self.affordable(points):
+                self.deferred += 1
+                raise Deferred(method)
+            self.counter.add(points)
+            self.spent += points
+            return
+        ceiling = max(self.hard_ceiling, points)  # a call bigger than the ceiling waits for an empty counter
         wait = self.counter.seconds_until(points, ceiling)
         if wait > 0:
             self.waited += 1

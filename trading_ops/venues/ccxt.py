@@ -65,7 +65,7 @@ from trading_ops.bot.broker import (
 )
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.tasks import stop_tasks
-from trading_ops.venues.call_counter import CallBudget, background, install
+from trading_ops.venues.call_counter import CallBudget, Deferred, background, in_background, install
 from trading_ops.webconfig import client_ssl_context
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,9 @@ class CcxtBroker(Broker):
         self._poll_lock = asyncio.Lock()
         self._trades_due = True  # something may have filled since the trade history was last asked for
         self._trades_asked = 0.0  # monotonic time of that
+        self._poll_cycle = 0  # order polls begun
+        self._balances: dict[str, Decimal] | None = None  # the last answer, and the poll cycle it came in
+        self._balances_cycle = -1
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
@@ -505,9 +508,18 @@ class CcxtBroker(Broker):
 
     # -- account ----------------------------------------------------------------------------------------------
     async def balances(self) -> dict[str, Decimal]:
-        raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
+        """The venue's balances. Asked from a background poll's callbacks (a fill's), the answer of this poll cycle
+        is reused, and the last answer stands in when the call budget has no room (it never waits there)."""
+        if in_background() and self._balances_cycle == self._poll_cycle and self._balances is not None:
+            return dict(self._balances)
+        try:
+            raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
+        except Deferred:
+            return dict(self._balances or {})
         totals = raw.get("total") or {}
-        return {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
+        found = {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
+        self._balances, self._balances_cycle = found, self._poll_cycle
+        return dict(found)
 
     async def positions(self) -> dict[str, Decimal]:
         balances = await self.balances()
@@ -595,15 +607,19 @@ class CcxtBroker(Broker):
     async def _background_poll(self) -> None:
         """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
         afford is skipped."""
-        if self.call_budget is not None and not self.call_budget.affordable(1.0):
+        if self.call_budget is not None and not self.call_budget.affordable(3.0 if self._trades_due else 1.0):
             return
         with background():
-            await self._poll_orders(every_trade=self.call_budget is None)
+            try:
+                await self._poll_orders(every_trade=self.call_budget is None)
+            except Deferred:
+                log.debug("%s: order poll deferred: the call budget has no room", self.venue)
 
     async def _poll_orders(self, *, every_trade: bool = True) -> None:
         """New trades (on_fill), then orders whose state changed (on_order), oldest first. The trade history is asked
         for always with `every_trade`, else only when something may have filled (or it is `trades_interval` old)."""
         async with self._poll_lock:
+            self._poll_cycle += 1
             before = dict(self._open)
             since = self._fills_since
             due, self._trades_due = self._trades_due, False
