@@ -147,9 +147,9 @@ async def test_a_wrong_estimate_is_refused_by_the_venue_and_then_believed() -> N
 
 
 async def test_a_background_poll_never_waits_and_leaves_the_reserve_to_the_rest() -> None:
-    """Past the poll ceiling (half the counter) the order poll skips its cycles (Deferred: it never waits holding the
-    poll lock a reconciliation needs) and a fill's balance comes from the last answer; a cancel or a lookup still goes
-    through at once."""
+    """Past the poll ceiling (half the counter) the order poll skips its cycles; past the hard ceiling a background
+    call raises Deferred rather than wait (holding the poll lock a reconciliation needs) and a fill's balance comes
+    from the last answer; a cancel still goes through (it costs nothing), and after the decay the polls run again."""
     clock = Clock()
     async with running_gateway(partial_fill_probability=0.0) as (gateway, base):
         budget = CallBudget("pro", clock=clock)
@@ -160,18 +160,20 @@ async def test_a_background_poll_never_waits_and_leaves_the_reserve_to_the_rest(
             budget.counter.add(budget.poll_ceiling)  # a reconciliation just spent half the counter
             asked = dict(gateway.calls)
             clock.now += 0.5  # less than a point decayed: still no room for a poll
-            await broker._background_poll()
+            await broker._background_poll()  # skipped: no room for a cycle under the poll ceiling
+            assert gateway.calls == asked
+            budget.counter.add(budget.hard_ceiling)  # ... and none at all
             with background():
                 with pytest.raises(Deferred):
                     await broker.open_orders()
                 assert await broker.balances() == before  # the last answer
             assert gateway.calls == asked  # nothing was sent
             assert budget.deferred >= 1
-            resting = await broker.submit(limit("l-1"))
-            assert (await broker.cancel(venue_order_id=resting.venue_order_id)).status is OrderStatus.CANCELED
+            resting = await broker.submit(limit("l-1"))  # placing costs nothing on this counter
             clock.now += 100  # decayed: the polls run again
             await broker._background_poll()
             assert gateway.calls.get("OpenOrders", 0) > asked.get("OpenOrders", 0)
+            assert (await broker.cancel(venue_order_id=resting.venue_order_id)).status is OrderStatus.CANCELED
         finally:
             await broker.close()
 

@@ -16,10 +16,12 @@ How the budget is spent, as a REST-only Kraken bot must:
 - Nothing is ever sent that would take the estimate past `maximum - MARGIN_POINTS`: a caller waits for the decay
   instead (the margin covers the venue's coarser decay steps and the request's travel time), so a bot whose estimate
   is right is never refused.
-- Background polls (`background()` marks them) keep a reserve: they spend only up to `POLL_CEILING` of the maximum
-  and never wait (a call that does not fit raises Deferred: the poll skips its cycle, holding nothing a reconciliation
-  needs), so cancels, order lookups and reconciliations, which wait for nothing but the hard margin, always find half
-  the counter free, and wait at most for what they spent themselves.
+- Background polls (`background()` marks them) keep a reserve: a poll cycle begins only while the estimate is under
+  `POLL_CEILING` of the maximum with room for its usual cost (the broker asks `affordable`), and its calls never wait
+  (one past the hard ceiling raises Deferred: the cycle ends, holding nothing a reconciliation needs). A cycle once
+  begun finishes (its order lookups and trade history are what the next one would need again), so cancels, order
+  lookups and reconciliations, which wait for nothing but the hard margin, find about half the counter free and
+  wait at most for what they spent themselves.
 - The cadence of the polls is planned from the tier's decay (`poll_interval`): open orders each cycle at most
   `POLL_SHARE` of the decay, trade history only when something changed or every `trades_interval` (the broker says
   when), so that at rest the counter stays near empty.
@@ -163,12 +165,12 @@ class CallBudget:
 
     async def spend(self, method: str) -> None:
         """Wait until the method's call fits under the hard ceiling, then count it; a background call that does not
-        fit under the poll ceiling raises Deferred at once."""
+        fit raises Deferred at once."""
         points = call_cost(method)
         if points == 0:
             return
         if _BACKGROUND.get():
-            if not self.affordable(points):
+            if self.counter.level() + points > self.hard_ceiling:
                 self.deferred += 1
                 raise Deferred(method)
             self.counter.add(points)

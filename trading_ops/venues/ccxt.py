@@ -109,6 +109,9 @@ POLL_INTERVAL_SECONDS = 1.0
 TRADE_PAGES = {"kraken": ("ofs", 50)}
 MAX_PAGES = 1000
 ORDER_LOOKUP_BATCH = 50
+# Exchanges whose client looks orders up by a list of ids in one request though ccxt's `has` does not say so (ccxt's
+# kraken: QueryOrders with up to 20 txids, one call on the call counter), and how many ids a request takes.
+ORDER_LOOKUP_BATCHES = {"kraken": 20}
 FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
 MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
 MESSAGE_LIMIT = 300
@@ -607,8 +610,11 @@ class CcxtBroker(Broker):
     async def _background_poll(self) -> None:
         """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
         afford is skipped."""
-        if self.call_budget is not None and not self.call_budget.affordable(3.0 if self._trades_due else 1.0):
-            return
+        if self.call_budget is not None:
+            # Its usual cost: open orders, a lookup of those that left, the trade history when it is due.
+            usual = 1.0 + (1.0 if self._open else 0.0) + (2.0 if self._trades_due or self._trades_stale() else 0.0)
+            if not self.call_budget.affordable(usual):
+                return
         with background():
             try:
                 await self._poll_orders(every_trade=self.call_budget is None)
@@ -669,9 +675,12 @@ class CcxtBroker(Broker):
         found: list[VenueOrder] = []
         if not venue_order_ids:
             return found
-        if self.exchange.has.get("fetchOrdersByIds"):
-            for start in range(0, len(venue_order_ids), ORDER_LOOKUP_BATCH):
-                batch = venue_order_ids[start : start + ORDER_LOOKUP_BATCH]
+        batch_size = ORDER_LOOKUP_BATCHES.get(self.venue)
+        if batch_size is None and self.exchange.has.get("fetchOrdersByIds"):
+            batch_size = ORDER_LOOKUP_BATCH
+        if batch_size is not None:
+            for start in range(0, len(venue_order_ids), batch_size):
+                batch = venue_order_ids[start : start + batch_size]
                 raws = await self._call(Channel.ORDERS, "orders", self.exchange.fetch_orders_by_ids, batch)
                 found.extend(self._order(raw) for raw in raws)
         else:
