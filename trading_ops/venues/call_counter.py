@@ -20,7 +20,7 @@ How the budget is spent, as a REST-only Kraken bot must:
   `POLL_CEILING` of the maximum with room for its usual cost (the broker asks `affordable`), and its calls never wait
   (one past the hard ceiling raises Deferred: the cycle ends, holding nothing a reconciliation needs). A cycle once
   begun finishes (its order lookups and trade history are what the next one would need again), so cancels, order
-  lookups and reconciliations, which wait for nothing but the hard margin, find about half the counter free and
+  lookups and reconciliations, which wait for nothing but the hard margin, find 70 % of the counter free and
   wait at most for what they spent themselves.
 - The cadence of the polls is planned from the tier's decay (`poll_interval`): open orders each cycle at most
   `POLL_SHARE` of the decay, trade history only when something changed or every `trades_interval` (the broker says
@@ -65,7 +65,7 @@ FREE_METHODS = frozenset(
 # Ledger and trade-history calls: 2 points.
 DOUBLE_METHODS = frozenset({"TradesHistory", "QueryTrades", "Ledgers", "QueryLedgers"})
 MARGIN_POINTS = 2.0  # never spent by the bot: the venue's decay comes in steps, and requests take time to arrive
-POLL_CEILING = 0.5  # background polls never take the estimate past this share of the maximum
+POLL_CEILING = 0.3  # polls begin a cycle only under this share of the maximum: a reconciliation (~12) fits on top
 POLL_SHARE = 0.5  # the open-orders poll's planned share of the decay
 TRADES_SHARE = 0.2  # the trade-history poll's planned share of the decay (when nothing asked for it sooner)
 TRADES_INTERVAL_SECONDS = 10.0  # ... and never more often than this when nothing changed
