@@ -323,6 +323,7 @@ def _wire_freqtrade(
                 "symbols": symbols,
                 # The gateway limits orders itself; ccxt's kraken limiter would space the reconciliation's calls 1 s.
                 "enable_rate_limit": False,
+                "kraken_tier": STACK_KRAKEN_TIER,  # the sidecar's reconciliations budget against Pro's counter
             },
         }
     }

@@ -29,9 +29,10 @@ What it does that a bare ccxt call does not:
   what one `fetch_my_trades(since)` returns.
 - Kraken's call counter (trading_ops.venues.call_counter): with a `call_budget`, every private request spends from
   it, the order poll runs no oftener than the tier's decay allows (CallBudget.poll_interval), skips a cycle the
-  budget cannot afford, and asks for the trade history only when something may have filled (an open order's filled
-  quantity moved, an order left the open list, the broker submitted or canceled one, a session began) or every
-  `trades_interval`; reconciliation's `drain_events` always asks. `rate_limit_headroom` is the budget's headroom.
+  budget cannot afford (asking the venue's clock instead, which is free, so an outage is still noticed), and asks
+  for the trade history only when something may have filled (an open order's filled quantity moved, an order left
+  the open list, the broker submitted or canceled one, a session began) or every `trades_interval`;
+  reconciliation's `drain_events` always asks. `rate_limit_headroom` is the budget's headroom.
   Without a budget (an exchange other than Kraken) the polls ask for everything each cycle and the headroom is
   unknown (None).
 """
@@ -614,6 +615,9 @@ class CcxtBroker(Broker):
             # Its usual cost: open orders, a lookup of those that left, the trade history when it is due.
             usual = 1.0 + (1.0 if self._open else 0.0) + (2.0 if self._trades_due or self._trades_stale() else 0.0)
             if not self.call_budget.affordable(usual):
+                # Still ask the venue something free on the call counter (its clock, a public call on the same
+                # connections), so that a venue gone quiet is noticed at the poll's cadence all the same.
+                await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
                 return
         with background():
             try:
