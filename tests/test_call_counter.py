@@ -10,7 +10,7 @@ import ccxt.async_support as ccxt
 import pytest
 
 from tests.ccxt_helpers import OTHER_KEY, OTHER_SECRET, kraken, running_gateway, wait_for
-from tests.test_ccxt_broker import SYMBOLS, Recorder, limit, market
+from tests.test_ccxt_broker import SYMBOLS, Recorder, chaos, limit, market
 from trading_ops.bot.broker import BrokerError, Channel, OrderStatus
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.call_counter import (
@@ -142,6 +142,29 @@ async def test_a_wrong_estimate_is_refused_by_the_venue_and_then_believed() -> N
                     await broker.balances()
             assert info.value.error_class == "rate_limit" and "EAPI:Rate limit exceeded" in str(info.value)
             assert (broker.rate_limit_headroom() or 0.0) < 0.01
+        finally:
+            await broker.close()
+
+
+async def test_calls_an_outage_left_unanswered_are_counted_back_out() -> None:
+    """During an outage every request is closed unanswered: the venue counted none of them, and neither does the
+    estimate, so the bot does not come back to a counter it believes full."""
+    clock = Clock()
+    async with running_gateway() as (_gateway, base):
+        budget = CallBudget("pro", clock=clock)
+        broker = CcxtBroker(kraken(base), SYMBOLS, poll_interval=3600, quote_interval=3600, call_budget=budget)
+        try:
+            await broker.connect(Recorder().events())
+            level = budget.counter.level()
+            await chaos(base, "outage", seconds=60)
+            for _ in range(25):
+                with pytest.raises(BrokerError) as info:
+                    await broker.balances()
+                assert info.value.error_class == "network"
+            assert budget.counter.level() == level and budget.waited == 0
+            await chaos(base, "clear")
+            await broker.balances()
+            assert budget.counter.level() == level + 1
         finally:
             await broker.close()
 

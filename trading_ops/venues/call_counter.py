@@ -10,7 +10,9 @@ ccxt tells its client nothing of that counter. Its own throttler (kraken: `rateL
 waiting or not), it knows no tier, and the stack turns it off on the paper gateway. So the broker keeps the estimate
 itself, as Kraken's own client guides do: `CallBudget` is one counter per API key, spent by every private request ccxt
 sends (`install` wraps ccxt's `fetch2`, the one place every request passes, where ccxt's own throttler sits), and
-the headroom the bot exports is `1 - level / maximum` of it, a value that moves with real spending.
+the headroom the bot exports is `1 - level / maximum` of it, a value that moves with real spending. A call that got
+no answer because its connection was refused or closed (an outage) is counted back out; one the venue refuses with
+`EAPI:Rate limit exceeded` sets the estimate to the maximum (the venue knows better).
 
 How the budget is spent, as a REST-only Kraken bot must:
 - Nothing is ever sent that would take the estimate past `maximum - MARGIN_POINTS`: a caller waits for the decay
@@ -42,6 +44,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import ccxt.async_support as ccxt_async
 
 
@@ -186,6 +189,13 @@ class CallBudget:
         self.counter.add(points)
         self.spent += points
 
+    def refund(self, method: str) -> None:
+        """A call the venue never answered (its connection refused or closed): counted back out. Were the venue to
+        have counted it after all, its refusal saturates the estimate."""
+        points = call_cost(method)
+        self.counter.add(-min(points, self.counter.level()))
+        self.spent -= points
+
     def saturate(self) -> None:
         """The venue said the counter is past its maximum: believe it (the estimate was wrong)."""
         level = self.counter.level()
@@ -194,7 +204,7 @@ class CallBudget:
 
 def install(exchange: ccxt_async.Exchange, budget: CallBudget) -> None:
     """Every private request of `exchange` (a ccxt kraken client) spends from `budget` before it is sent; a refusal
-    `EAPI:Rate limit exceeded` saturates the estimate."""
+    `EAPI:Rate limit exceeded` saturates the estimate, one that got no answer on its connection is counted back out."""
     send = exchange.fetch2
 
     async def fetch2(
@@ -208,6 +218,10 @@ def install(exchange: ccxt_async.Exchange, budget: CallBudget) -> None:
         except ccxt_async.DDoSProtection as exc:  # RateLimitExceeded is one
             if private and "EAPI:Rate limit exceeded" in str(exc):
                 budget.saturate()
+            raise
+        except ccxt_async.ExchangeNotAvailable as exc:
+            if private and isinstance(exc.__cause__, aiohttp.ClientConnectionError):
+                budget.refund(path)  # no answer on that connection: the venue most likely never counted it
             raise
 
     exchange.fetch2 = fetch2
