@@ -87,7 +87,7 @@ async def test_the_gateway_refuses_past_the_tiers_maximum_with_krakens_error() -
 async def test_the_brokers_headroom_moves_with_spending_and_the_venue_never_refuses_it() -> None:
     """The bot's estimate against the gateway's counter, both Kraken's Pro tier: at rest the polls leave most of the
     counter free; a burst of private calls (a reconciliation storm) takes the headroom under the alert's threshold but
-    never past the maximum (the calls wait for the decay); the venue refuses nothing."""
+    never past the maximum (the calls past it are refused by the bot itself, unsent); the venue refuses nothing."""
     async with running_gateway(partial_fill_probability=0.0) as (gateway, base):
         gateway.call_counter = CounterLimiter("pro")
         budget = CallBudget("pro")
@@ -111,12 +111,16 @@ async def test_the_brokers_headroom_moves_with_spending_and_the_venue_never_refu
             assert (await broker.cancel("l-1")).status is OrderStatus.CANCELED
             assert resting.venue_order_id not in {o.venue_order_id for o in await broker.open_orders()}
 
-            lowest = 1.0
+            lowest, refused = 1.0, 0
             for _ in range(22):  # 22 points asked for at once: more than the whole counter
-                await broker.balances()
+                try:
+                    await broker.balances()
+                except BrokerError as exc:  # never sent: the budget has no room
+                    assert exc.error_class == "rate_limit" and "call budget" in str(exc), exc
+                    refused += 1
                 lowest = min(lowest, broker.rate_limit_headroom() or 0.0)
             assert lowest < HEADROOM_ALERT
-            assert budget.waited >= 1  # the last ones waited for the decay instead of being refused
+            assert refused >= 1 and budget.exhausted == refused
             assert gateway.call_counter.refused == 0
             assert gateway.call_counter.level(broker.exchange.apiKey) <= TIERS["pro"].maximum
             await wait_for(lambda: (broker.rate_limit_headroom() or 0) > 0.5, timeout=30)
@@ -161,7 +165,7 @@ async def test_calls_an_outage_left_unanswered_are_counted_back_out() -> None:
                 with pytest.raises(BrokerError) as info:
                     await broker.balances()
                 assert info.value.error_class == "network"
-            assert budget.counter.level() == level and budget.waited == 0
+            assert budget.counter.level() == level and budget.exhausted == 0
             await chaos(base, "clear")
             await broker.balances()
             assert budget.counter.level() == level + 1

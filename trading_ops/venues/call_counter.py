@@ -15,15 +15,17 @@ no answer because its connection was refused or closed (an outage) is counted ba
 `EAPI:Rate limit exceeded` sets the estimate to the maximum (the venue knows better).
 
 How the budget is spent, as a REST-only Kraken bot must:
-- Nothing is ever sent that would take the estimate past `maximum - MARGIN_POINTS`: a caller waits for the decay
-  instead (the margin covers the venue's coarser decay steps and the request's travel time), so a bot whose estimate
-  is right is never refused.
+- Nothing is ever sent that would take the estimate past `maximum - MARGIN_POINTS` (the margin covers the venue's
+  coarser decay steps and the request's travel time): such a call is refused at once with BudgetExhausted (ccxt's
+  RateLimitExceeded, so the broker raises it as a `rate_limit` BrokerError), never sent, so a bot whose estimate is
+  right is never refused by the venue. It does not wait for the decay: a reconciliation holds the trading loop while
+  it runs, and a loop held for seconds is a stalled bot (its watchdog restarts it); the caller tries again later, as
+  it does after any rate-limit error.
 - Background polls (`background()` marks them) keep a reserve: a poll cycle begins only while the estimate is under
   `POLL_CEILING` of the maximum with room for its usual cost (the broker asks `affordable`), and its calls never wait
   (one past the hard ceiling raises Deferred: the cycle ends, holding nothing a reconciliation needs). A cycle once
   begun finishes (its order lookups and trade history are what the next one would need again), so cancels, order
-  lookups and reconciliations, which wait for nothing but the hard margin, find 70 % of the counter free and
-  wait at most for what they spent themselves.
+  lookups and reconciliations (about 12 points) find 70 % of the counter free.
 - The cadence of the polls is planned from the tier's decay (`poll_interval`): open orders each cycle at most
   `POLL_SHARE` of the decay, trade history only when something changed or every `trades_interval` (the broker says
   when), so that at rest the counter stays near empty.
@@ -36,7 +38,6 @@ while limited may prolong the limit, without a number; the lightest reading is m
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import time
@@ -77,7 +78,11 @@ _BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("kraken_backg
 
 
 class Deferred(Exception):
-    """A background call the budget has no room for under the poll ceiling: not sent."""
+    """A background call the budget has no room for: not sent."""
+
+
+class BudgetExhausted(ccxt_async.RateLimitExceeded):
+    """A call the budget has no room for (it would take the estimate past the hard ceiling): not sent."""
 
 
 def call_cost(method: str) -> float:
@@ -148,7 +153,7 @@ class CallBudget:
         self.hard_ceiling = self.tier.maximum - margin
         self.poll_ceiling = self.tier.maximum * poll_ceiling
         self.spent = 0.0  # points, since the start
-        self.waited = 0  # calls that had to wait for the decay
+        self.exhausted = 0  # calls refused for want of room (never sent)
         self.deferred = 0  # background calls not sent for want of room
 
     def headroom(self) -> float:
@@ -166,26 +171,22 @@ class CallBudget:
         """Whether a background poll may spend `points` now."""
         return self.counter.level() + points <= self.poll_ceiling
 
-    async def spend(self, method: str) -> None:
-        """Wait until the method's call fits under the hard ceiling, then count it; a background call that does not
-        fit raises Deferred at once."""
+    def spend(self, method: str) -> None:
+        """Count the method's call if it fits under the hard ceiling; else raise at once, sending nothing: Deferred in
+        a background poll, BudgetExhausted (a rate-limit error) elsewhere."""
         points = call_cost(method)
         if points == 0:
             return
-        if _BACKGROUND.get():
-            if self.counter.level() + points > self.hard_ceiling:
+        wait = self.counter.seconds_until(points, self.hard_ceiling)
+        if wait > 0:
+            if _BACKGROUND.get():
                 self.deferred += 1
                 raise Deferred(method)
-            self.counter.add(points)
-            self.spent += points
-            return
-        ceiling = max(self.hard_ceiling, points)  # a call bigger than the ceiling waits for an empty counter
-        wait = self.counter.seconds_until(points, ceiling)
-        if wait > 0:
-            self.waited += 1
-            while wait > 0:
-                await asyncio.sleep(wait)
-                wait = self.counter.seconds_until(points, ceiling)
+            self.exhausted += 1
+            raise BudgetExhausted(
+                f"{method}: the call budget of Kraken's {self.tier_name} tier has no room "
+                f"(headroom {self.headroom():.2f}; {wait:.1f} s to decay)"
+            )
         self.counter.add(points)
         self.spent += points
 
@@ -212,11 +213,11 @@ def install(exchange: ccxt_async.Exchange, budget: CallBudget) -> None:
     ) -> Any:
         private = api == "private" or (isinstance(api, list) and "private" in api)
         if private:
-            await budget.spend(path)
+            budget.spend(path)
         try:
             return await send(path, api, method, {} if params is None else params, {} if config is None else config)
         except ccxt_async.DDoSProtection as exc:  # RateLimitExceeded is one
-            if private and "EAPI:Rate limit exceeded" in str(exc):
+            if private and "EAPI:Rate limit exceeded" in str(exc) and not isinstance(exc, BudgetExhausted):
                 budget.saturate()
             raise
         except ccxt_async.ExchangeNotAvailable as exc:

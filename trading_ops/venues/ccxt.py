@@ -40,6 +40,7 @@ What it does that a bare ccxt call does not:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -66,7 +67,14 @@ from trading_ops.bot.broker import (
 )
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.tasks import stop_tasks
-from trading_ops.venues.call_counter import CallBudget, Deferred, background, in_background, install
+from trading_ops.venues.call_counter import (
+    BudgetExhausted,
+    CallBudget,
+    Deferred,
+    background,
+    in_background,
+    install,
+)
 from trading_ops.webconfig import client_ssl_context
 
 log = logging.getLogger(__name__)
@@ -448,7 +456,14 @@ class CcxtBroker(Broker):
                 raise
             self._handled(exc.error_class)
         else:
-            state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
+            try:
+                state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
+            except BrokerError as exc:
+                # The venue took the cancel (it costs nothing on Kraken's counter); only the lookup after it found no
+                # room in the call budget: the order is canceled as last seen, its fills come with the next poll.
+                if not isinstance(exc.__cause__, BudgetExhausted) or known is None:
+                    raise
+                state = dataclasses.replace(known, status=OrderStatus.CANCELED)
         if state is None:
             raise BrokerError("invalid_order", f"{what}: the venue no longer knows the order")
         if not state.status.is_open:
