@@ -122,10 +122,6 @@ class CallCounter:
         return max(0.0, (self.level() + points - ceiling) / self.tier.decay)
 
 
-def in_background() -> bool:
-    return _BACKGROUND.get()
-
-
 @contextlib.contextmanager
 def background() -> Iterator[None]:
     """Marks the private calls made inside (in this task) as a background poll's: they keep the reserve."""

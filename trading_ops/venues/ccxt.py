@@ -72,7 +72,6 @@ from trading_ops.venues.call_counter import (
     CallBudget,
     Deferred,
     background,
-    in_background,
     install,
 )
 from trading_ops.webconfig import client_ssl_context
@@ -237,6 +236,7 @@ class CcxtBroker(Broker):
         self._poll_cycle = 0  # order polls begun
         self._balances: dict[str, Decimal] | None = None  # the last answer, and the poll cycle it came in
         self._balances_cycle = -1
+        self._delivering = False  # a poll is handing its events to the callbacks
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
@@ -527,14 +527,19 @@ class CcxtBroker(Broker):
 
     # -- account ----------------------------------------------------------------------------------------------
     async def balances(self) -> dict[str, Decimal]:
-        """The venue's balances. Asked from a background poll's callbacks (a fill's), the answer of this poll cycle
-        is reused, and the last answer stands in when the call budget has no room (it never waits there)."""
-        if in_background() and self._balances_cycle == self._poll_cycle and self._balances is not None:
+        """The venue's balances. Asked from a poll's event callbacks (a fill's), the answer of this poll cycle is
+        reused, and the last answer stands in when the call budget has no room: a callback that raised would leave
+        the poll's other events undelivered."""
+        if self._delivering and self._balances_cycle == self._poll_cycle and self._balances is not None:
             return dict(self._balances)
         try:
             raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
         except Deferred:
             return dict(self._balances or {})
+        except BrokerError as exc:
+            if self._delivering and isinstance(exc.__cause__, BudgetExhausted):
+                return dict(self._balances or {})
+            raise
         totals = raw.get("total") or {}
         found = {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
         self._balances, self._balances_cycle = found, self._poll_cycle
@@ -678,12 +683,16 @@ class CcxtBroker(Broker):
                 newest = max(f.executed_at for f in fills).timestamp() - FILL_OVERLAP_SECONDS
                 if since is None or newest > since.timestamp():
                     self._fills_since = datetime.fromtimestamp(newest, UTC)
-            for fill in fresh:
-                if self._events.on_fill is not None:
-                    await self._events.on_fill(fill)
-            for order in updates:
-                if self._events.on_order is not None:
-                    await self._events.on_order(order)
+            self._delivering = True
+            try:
+                for fill in fresh:
+                    if self._events.on_fill is not None:
+                        await self._events.on_fill(fill)
+                for order in updates:
+                    if self._events.on_order is not None:
+                        await self._events.on_order(order)
+            finally:
+                self._delivering = False
 
     def _trades_stale(self) -> bool:
         if self.call_budget is None:
