@@ -6,12 +6,15 @@ refusal when the estimate was wrong."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
+
 import ccxt.async_support as ccxt
 import pytest
 
 from tests.ccxt_helpers import OTHER_KEY, OTHER_SECRET, kraken, running_gateway, wait_for
 from tests.test_ccxt_broker import SYMBOLS, Recorder, chaos, limit, market
-from trading_ops.bot.broker import BrokerError, Channel, OrderStatus
+from trading_ops.bot.broker import BrokerError, Channel, OrderStatus, Side
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.call_counter import (
     TIERS,
@@ -22,7 +25,7 @@ from trading_ops.venues.call_counter import (
     background,
     call_cost,
 )
-from trading_ops.venues.ccxt import CcxtBroker, broker_from_config
+from trading_ops.venues.ccxt import FILL_OVERLAP_SECONDS, CcxtBroker, broker_from_config
 
 HEADROOM_ALERT = 0.2  # TradingBotRateLimitHeadroomLow
 
@@ -227,3 +230,31 @@ def test_the_tier_is_configured_and_a_broker_on_kraken_budgets_against_it(monkey
     assert parse_config({}).gateway.call_counter == "off" and parse_config({}).ccxt.kraken_tier == "starter"
     with pytest.raises(ConfigError, match="ccxt.kraken_tier"):
         parse_config({"ccxt": {"kraken_tier": "gold"}})
+
+
+async def test_a_reconciliations_trade_history_pages_once_then_only_whats_new() -> None:
+    """Kraken pages trade history 50 at a time, 2 points a page: the whole window (a reconciliation's day) is paged
+    once, then only what is newer than the newest trade known is asked for, so a second look costs one page."""
+    async with running_gateway(partial_fill_probability=0.0, tick_interval=0.05) as (gateway, base):
+        budget = CallBudget("pro")
+        broker = CcxtBroker(kraken(base), SYMBOLS, poll_interval=3600, quote_interval=3600, call_budget=budget)
+        try:
+            await broker.connect(Recorder().events())
+            for i in range(30):
+                await broker.submit(market(f"m-{i}", "ETH-USD", quantity="0.1"))
+                await broker.submit(market(f"s-{i}", "ETH-USD", Side.SELL, quantity="0.1"))
+            # The newest trade stamped past the overlap the look-back allows for late stamps (Kraken's `start` is in
+            # whole seconds): a look-back from it does not reach the sixty.
+            await asyncio.sleep(FILL_OVERLAP_SECONDS + 2.5)
+            await broker.submit(market("m-mid", "ETH-USD", quantity="0.1"))
+            day = datetime.now(UTC) - timedelta(days=1)
+            asked = gateway.calls.get("TradesHistory", 0)
+            first = await broker.recent_fills(day)
+            assert len(first) == 61 and gateway.calls["TradesHistory"] - asked == 2  # two pages
+            await broker.submit(market("m-last", "ETH-USD", quantity="0.1"))
+            second = await broker.recent_fills(day + timedelta(seconds=1))
+            assert gateway.calls["TradesHistory"] - asked == 3  # one page: what is new
+            assert [f.trade_id for f in second] == [f.trade_id for f in first] + [second[-1].trade_id]
+            assert second[-1].client_order_id == "m-last"
+        finally:
+            await broker.close()

@@ -237,6 +237,8 @@ class CcxtBroker(Broker):
         self._balances: dict[str, Decimal] | None = None  # the last answer, and the poll cycle it came in
         self._balances_cycle = -1
         self._delivering = False  # a poll is handing its events to the callbacks
+        self._history: dict[str, dict[str, Any]] = {}  # the venue's trades by id (call budget only: recent_fills)
+        self._history_from: int | None = None  # every trade from this time (ms) on is in _history
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
@@ -554,31 +556,20 @@ class CcxtBroker(Broker):
         return positions
 
     async def recent_fills(self, since: datetime | None = None) -> list[VenueFill]:
+        """Fills since `since`, oldest first. With a call budget, the venue's trades (which never change) are kept:
+        once every trade since T is known, a later ask from T on fetches only what is newer than the newest known
+        (less FILL_OVERLAP_SECONDS), instead of paging through the whole window again at 2 points a page."""
         since_ms = None if since is None else int(since.timestamp() * 1000)
-        raws: dict[str, dict[str, Any]] = {}
-        paging = TRADE_PAGES.get(self.venue)
-        if paging is None:
-            for raw in await self._call(Channel.ORDERS, "my trades", self.exchange.fetch_my_trades, None, since_ms):
-                raws.setdefault(str(raw["id"]), raw)
+        known_from = self._history_from
+        if self.call_budget is None or since_ms is None:
+            raws = await self._fetch_trades(since)
+        elif known_from is not None and since_ms >= known_from:
+            newest = max((int(r["timestamp"]) for r in self._history.values()), default=known_from)
+            self._keep(await self._fetch_trades(_time(newest - int(FILL_OVERLAP_SECONDS * 1000))), known_from)
+            raws = self._history
         else:
-            offset_param, page_size = paging
-            params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
-            offset = 0
-            for _ in range(MAX_PAGES):
-                page = await self._call(
-                    Channel.ORDERS,
-                    "my trades",
-                    self.exchange.fetch_my_trades,
-                    None,
-                    None,
-                    None,
-                    {**params, offset_param: offset},
-                )
-                for raw in page:
-                    raws.setdefault(str(raw["id"]), raw)
-                if len(page) < page_size:
-                    break
-                offset += len(page)
+            self._keep(await self._fetch_trades(since), since_ms)
+            raws = self._history
         trades = [raw for raw in raws.values() if since_ms is None or int(raw["timestamp"]) >= since_ms]
         await self._learn_client_ids({str(raw["order"]) for raw in trades if raw.get("order")})
         fills = [self._fill(raw) for raw in trades]
@@ -586,6 +577,48 @@ class CcxtBroker(Broker):
         fills.reverse()
         fills.sort(key=lambda f: f.executed_at)
         return fills
+
+    async def _fetch_trades(self, since: datetime | None) -> dict[str, dict[str, Any]]:
+        """The account's trades since `since` as the venue lists them (all its pages), by trade id."""
+        raws: dict[str, dict[str, Any]] = {}
+        since_ms = None if since is None else int(since.timestamp() * 1000)
+        paging = TRADE_PAGES.get(self.venue)
+        if paging is None:
+            for raw in await self._call(Channel.ORDERS, "my trades", self.exchange.fetch_my_trades, None, since_ms):
+                raws.setdefault(str(raw["id"]), raw)
+            return raws
+        offset_param, page_size = paging
+        params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
+        offset = 0
+        for _ in range(MAX_PAGES):
+            page = await self._call(
+                Channel.ORDERS,
+                "my trades",
+                self.exchange.fetch_my_trades,
+                None,
+                None,
+                None,
+                {**params, offset_param: offset},
+            )
+            for raw in page:
+                raws.setdefault(str(raw["id"]), raw)
+            if len(page) < page_size:
+                break
+            offset += len(page)
+        return raws
+
+    def _keep(self, raws: dict[str, dict[str, Any]], complete_from: int) -> None:
+        """Add fetched trades to those kept; every trade from `complete_from` (ms) on is known now. At most
+        MAX_REMEMBERED are kept: the oldest go, and what is known complete starts after them."""
+        for trade_id, raw in raws.items():
+            self._history.setdefault(trade_id, raw)
+        start = complete_from if self._history_from is None else min(self._history_from, complete_from)
+        if len(self._history) > MAX_REMEMBERED:
+            ordered = sorted(self._history.items(), key=lambda item: int(item[1]["timestamp"]))
+            dropped = ordered[: len(ordered) - MAX_REMEMBERED]
+            self._history = dict(ordered[len(dropped) :])
+            start = max(start, int(dropped[-1][1]["timestamp"]) + 1)
+        self._history_from = start
 
     async def server_time(self) -> datetime:
         ms = await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
