@@ -95,9 +95,9 @@ def write_config(
             "poll_interval_seconds": 0.1,
             "quote_poll_interval_seconds": 0.1,
             "enable_rate_limit": False,
-            # The Kraken tier whose call counter the broker budgets against: Pro, the fastest (the gateway here does
-            # not enforce it; tests/test_call_counter.py is about the counter).
-            "kraken_tier": "pro",
+            # No call budget: the gateway here keeps no call counter, and these bots step every 50 ms
+            # (tests/test_call_counter.py is about the counter).
+            "kraken_tier": "off",
             **ccxt,
         },
         "recovery": {

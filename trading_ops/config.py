@@ -1060,7 +1060,9 @@ class CcxtConfig:
     enable_rate_limit: bool = True
     # Kraken only: the account's verification tier, whose REST call counter (maximum, decay) the broker budgets every
     # private call against (trading_ops.venues.call_counter); tradingbot_rate_limit_headroom_ratio is what is left.
-    kraken_tier: Literal["starter", "intermediate", "pro"] = "starter"
+    # off: no budget and no headroom (a Kraken-compatible venue without that counter, e.g. a paper gateway without
+    # gateway.call_counter).
+    kraken_tier: Literal["off", "starter", "intermediate", "pro"] = "starter"
     # Base-asset balances that are not the bot's (spot positions are the balance less this).
     position_baseline: dict[str, float] = field(default_factory=dict)
     # TLS to an https venue whose certificate is not in ccxt's CA bundle (certifi), e.g. a paper gateway with a

@@ -77,6 +77,10 @@ FLEET_DEFAULTS: dict[str, dict[str, float]] = {
 # against the venue. Pro (20 points, 1/s decay) lets the demo bot poll its orders every 2 s; Starter would stretch
 # that to 6 s. The freqtrade stack leaves the counter off: freqtrade paces itself by ccxt's limiter, not this counter.
 STACK_KRAKEN_TIER = "pro"
+# ... and the ccxt bot's scheduled reconciliation at least this far apart, whatever the profile: one costs about 12
+# points of that counter (trade history twice, balances twice, open orders, lookups), so the fast profile's 15 s would
+# spend most of Pro's decay (1/s) on reconciling alone, leaving the bot's polls and cancels no room.
+STACK_KRAKEN_RECONCILE_SECONDS = 60.0
 # Keys whose string values are paths relative to the configuration file; the generated file lives elsewhere,
 # so they are made absolute. A playbook value that names no file ("default", "docker") is kept as it is.
 PATH_KEY_SUFFIXES = ("_file", "_dir", "_path", "_socket")
@@ -410,7 +414,8 @@ def build_app_config(
     _own_data_dir(bot, layout, notes)
     recovery = data.setdefault("recovery", {})
     for key, value in profile.recovery if profile else ():
-        recovery.setdefault(key, value)
+        ccxt_reconcile = bot_kind == GATEWAY_BOT_KIND and key == "reconcile_interval_seconds"
+        recovery.setdefault(key, max(value, STACK_KRAKEN_RECONCILE_SECONDS) if ccxt_reconcile else value)
     if (bot.get("risk") or {}).get("daily_loss_limit") is None:
         data.setdefault("paper", {}).setdefault("daily_loss_limit", STACK_DAILY_LOSS_LIMIT)
         if bot_kind == GATEWAY_BOT_KIND and isinstance(bot.setdefault("risk", {}), dict):

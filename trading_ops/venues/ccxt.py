@@ -860,5 +860,5 @@ def broker_from_config(config: Config) -> CcxtBroker:
         poll_interval=c.poll_interval_seconds,
         quote_interval=c.quote_poll_interval_seconds,
         position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},
-        call_budget=CallBudget(c.kraken_tier) if c.exchange == "kraken" else None,
+        call_budget=CallBudget(c.kraken_tier) if c.exchange == "kraken" and c.kraken_tier != "off" else None,
     )
