@@ -123,6 +123,9 @@ ORDER_LOOKUP_BATCHES = {"kraken": 20}
 FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
 MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
 MESSAGE_LIMIT = 300
+# With a call budget, a balance answer this young is reused when nothing changed since (no submit, cancel or fill):
+# a reconciliation's snapshot asks positions() then balances(), the same call.
+BALANCE_REUSE_SECONDS = 1.0
 STATUSES = {
     "closed": OrderStatus.FILLED,
     "canceled": OrderStatus.CANCELED,
@@ -236,6 +239,9 @@ class CcxtBroker(Broker):
         self._poll_cycle = 0  # order polls begun
         self._balances: dict[str, Decimal] | None = None  # the last answer, and the poll cycle it came in
         self._balances_cycle = -1
+        self._balances_at = 0.0
+        self._balances_seen = -1
+        self._changes = 0  # submits, cancels and fills delivered: a balance answer older than the last is stale
         self._delivering = False  # a poll is handing its events to the callbacks
         self._history: dict[str, dict[str, Any]] = {}  # the venue's trades by id (call budget only: recent_fills)
         self._history_from: int | None = None  # every trade from this time (ms) on is in _history
@@ -395,6 +401,7 @@ class CcxtBroker(Broker):
                 raise
             return await self._resolve_lost_submit(request, exc)
         self._trades_due = True  # it may have filled at once (a market order never shows as open)
+        self._changes += 1
         order = self._order(raw, request)
         self._track(order)
         await self._acknowledged(order)
@@ -448,6 +455,7 @@ class CcxtBroker(Broker):
         params = {} if venue_order_id else {"clientOrderId": client_order_id}
         what = f"cancel {venue_order_id or client_order_id}"
         self._trades_due = True  # what filled before the cancel is told by the trade history
+        self._changes += 1
         try:
             await self._call(Channel.ORDERS, what, self.exchange.cancel_order, venue_order_id, symbol, params)
         except BrokerError as exc:
@@ -518,11 +526,16 @@ class CcxtBroker(Broker):
         return [self._order(raw) for raw in raws]
 
     async def drain_events(self) -> None:
-        """One poll now: every fill and order change the venue already made is handed to the callbacks."""
+        """One poll now: every fill and order change the venue already made is handed to the callbacks. With a call
+        budget, the trade history is asked for only when an order of the poll's changed, the broker placed or
+        canceled one, or it is older than one poll interval: a fill of the bot's own order always shows so; one of an
+        order placed by hand since the last look is left to the snapshot that follows (a reconciliation's settling
+        drains more than once, and each trade history costs 2 points)."""
         if not self._started:
             return
+        every_trade = self.call_budget is None or time.monotonic() - self._trades_asked >= self.orders_interval
         try:
-            await self._poll_orders()
+            await self._poll_orders(every_trade=every_trade)
         except BrokerError as exc:
             self._handled(exc.error_class)
             log.warning("%s: could not poll before a snapshot: %s", self.venue, exc)
@@ -534,6 +547,13 @@ class CcxtBroker(Broker):
         the poll's other events undelivered."""
         if self._delivering and self._balances_cycle == self._poll_cycle and self._balances is not None:
             return dict(self._balances)
+        if (
+            self.call_budget is not None
+            and self._balances is not None
+            and self._balances_seen == self._changes
+            and time.monotonic() - self._balances_at < BALANCE_REUSE_SECONDS
+        ):
+            return dict(self._balances)  # positions() then balances(), as a snapshot asks: one call
         try:
             raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
         except Deferred:
@@ -545,6 +565,7 @@ class CcxtBroker(Broker):
         totals = raw.get("total") or {}
         found = {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
         self._balances, self._balances_cycle = found, self._poll_cycle
+        self._balances_at, self._balances_seen = time.monotonic(), self._changes
         return dict(found)
 
     async def positions(self) -> dict[str, Decimal]:
@@ -712,6 +733,7 @@ class CcxtBroker(Broker):
             self._open = {**listed, **added}
             for fill in fresh:
                 self._remember(self._seen_trades, fill.trade_id, None)
+            self._changes += len(fresh)
             if fills:
                 newest = max(f.executed_at for f in fills).timestamp() - FILL_OVERLAP_SECONDS
                 if since is None or newest > since.timestamp():
