@@ -117,7 +117,7 @@ async def test_the_brokers_headroom_moves_with_spending_and_the_venue_never_refu
             lowest, refused = 1.0, 0
             for _ in range(22):  # 22 points asked for at once: more than the whole counter
                 try:
-                    await broker.balances()
+                    await broker.open_orders()
                 except BrokerError as exc:  # never sent: the budget has no room
                     assert exc.error_class == "rate_limit" and "call budget" in str(exc), exc
                     refused += 1
@@ -146,7 +146,7 @@ async def test_a_wrong_estimate_is_refused_by_the_venue_and_then_believed() -> N
             await broker.connect(Recorder().events())
             with pytest.raises(BrokerError) as info:
                 for _ in range(16):
-                    await broker.balances()
+                    await broker.open_orders()
             assert info.value.error_class == "rate_limit" and "EAPI:Rate limit exceeded" in str(info.value)
             assert (broker.rate_limit_headroom() or 0.0) < 0.01
         finally:
