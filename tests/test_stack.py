@@ -1145,10 +1145,13 @@ def test_the_ccxt_gateway_stack_gets_a_gateway_with_generated_credentials_and_a_
     assert Path(gateway.state_file) == layout.gateway_state and layout.gateway_state.parent.is_dir()
     assert client.urls == {"public": "http://127.0.0.1:19110", "private": "http://127.0.0.1:19110"}
     assert (client.exchange, client.symbols, client.enable_rate_limit) == ("kraken", ["BTC-USD", "ETH-USD"], False)
+    # The bot budgets against Kraken's Pro call counter, which the gateway enforces.
+    assert (client.kraken_tier, gateway.call_counter) == ("pro", "pro")
     assert (config.bot.name, config.bot.venue) == ("ccxt-1", "kraken")
     assert [(b.name, b.kind, b.instance) for b in config.bots] == [("ccxt-1", "ccxt-gateway", "127.0.0.1:19101")]
     exchange = make_exchange(config)  # the bot's client signs with the key the gateway accepts
     served = gateway_from_config(config)
+    assert served.call_counter is not None and served.call_counter.tier.decay == 1.0
     assert served.control_token == files[2].read_text().strip()
     assert served.auth.secret_of(exchange.apiKey) == base64.b64decode(exchange.secret)
     # A second start keeps them (the venue's state and the bot's key go together).

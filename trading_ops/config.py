@@ -1062,6 +1062,9 @@ class GatewayConfig:
     state_file: str = path_field()
     # The venue's order rate limit per account (a token bucket); past it AddOrder answers EOrder:Rate limit exceeded.
     orders_per_second: float = bounded(50.0, min=0.1)
+    # Kraken's REST call counter per API key of this tier (trading_ops.venues.call_counter), past whose maximum a
+    # private call answers EAPI:Rate limit exceeded; off: no such limit.
+    call_counter: Literal["off", "starter", "intermediate", "pro"] = "off"
     # More keys of the main account (`api_key_file`/`_env`, `api_secret_file`/`_env` each): one per client of it.
     extra_keys: list[GatewayKeyConfig] = field(default_factory=list)
     # Sub-accounts on the same market, each with its own key (one per bot sharing the venue).
@@ -1092,6 +1095,11 @@ class CcxtConfig:
     quote_poll_interval_seconds: float = bounded(1.0, min=0.01)
     timeout_seconds: float = bounded(10.0, min=0.1)
     enable_rate_limit: bool = True
+    # Kraken only: the account's verification tier, whose REST call counter (maximum, decay) the broker budgets every
+    # private call against (trading_ops.venues.call_counter); tradingbot_rate_limit_headroom_ratio is what is left.
+    # off: no budget and no headroom (a Kraken-compatible venue without that counter, e.g. a paper gateway without
+    # gateway.call_counter).
+    kraken_tier: Literal["off", "starter", "intermediate", "pro"] = "starter"
     # Base-asset balances that are not the bot's (spot positions are the balance less this).
     position_baseline: dict[str, float] = field(default_factory=dict)
     # TLS to an https venue whose certificate is not in ccxt's CA bundle (certifi), e.g. a paper gateway with a

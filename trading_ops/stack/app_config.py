@@ -72,6 +72,15 @@ FLEET_DEFAULTS: dict[str, dict[str, float]] = {
     "ccxt": {"poll_interval_seconds": 2.0, "quote_poll_interval_seconds": 2.0},
     "bot": {"loop_interval_seconds": 1.0},
 }
+# The ccxt-gateway stack's Kraken tier, unless the configuration sets one: the gateway enforces its REST call counter
+# (gateway.call_counter) and the bot budgets against it (ccxt.kraken_tier), so the bot's rate-limit headroom is checked
+# against the venue. Pro (20 points, 1/s decay) lets the demo bot poll its orders every 2 s; Starter would stretch
+# that to 6 s. The freqtrade stack leaves the counter off: freqtrade paces itself by ccxt's limiter, not this counter.
+STACK_KRAKEN_TIER = "pro"
+# ... and the ccxt bot's scheduled reconciliation at least this far apart, whatever the profile: one costs about 12
+# points of that counter (trade history twice, balances twice, open orders, lookups), so the fast profile's 15 s would
+# spend most of Pro's decay (1/s) on reconciling alone, leaving the bot's polls and cancels no room.
+STACK_KRAKEN_RECONCILE_SECONDS = 60.0
 # Keys whose string values are paths relative to the configuration file; the generated file lives elsewhere,
 # so they are made absolute. A playbook value that names no file ("default", "docker") is kept as it is.
 PATH_KEY_SUFFIXES = ("_file", "_dir", "_path", "_socket")
@@ -271,6 +280,8 @@ def _wire_gateway(data: dict[str, Any], base: Path, layout: Layout, ports: Ports
             "1 call/s, which makes the start-up reconciliation take minutes)"
         )
     client["enable_rate_limit"] = False
+    tier = client.setdefault("kraken_tier", STACK_KRAKEN_TIER)
+    data["gateway"].setdefault("call_counter", tier)
     for name in ("api_key", "api_secret"):
         client.pop(f"{name}_env", None)
         client[f"{name}_file"] = str(files[name])
@@ -316,6 +327,7 @@ def _wire_freqtrade(
                 "symbols": symbols,
                 # The gateway limits orders itself; ccxt's kraken limiter would space the reconciliation's calls 1 s.
                 "enable_rate_limit": False,
+                "kraken_tier": STACK_KRAKEN_TIER,  # the sidecar's reconciliations budget against Pro's counter
             },
         }
     }
@@ -474,7 +486,8 @@ def _stack_limits(data: dict[str, Any], bot: dict[str, Any], bot_kind: str, prof
     none."""
     recovery = data.setdefault("recovery", {})
     for key, value in profile.recovery if profile else ():
-        recovery.setdefault(key, value)
+        ccxt_reconcile = bot_kind == GATEWAY_BOT_KIND and key == "reconcile_interval_seconds"
+        recovery.setdefault(key, max(value, STACK_KRAKEN_RECONCILE_SECONDS) if ccxt_reconcile else value)
     if (bot.get("risk") or {}).get("daily_loss_limit") is None:
         data.setdefault("paper", {}).setdefault("daily_loss_limit", STACK_DAILY_LOSS_LIMIT)
         if bot_kind == GATEWAY_BOT_KIND and isinstance(bot.setdefault("risk", {}), dict):

@@ -588,7 +588,11 @@ def _banner(stack: Stack) -> list[str]:
         *_alertmanager_rows(stack),
     ]
     if stack.venue:
-        rows.insert(1, ("venue", stack.venue, f"{ports.url('gateway')}  (Kraken's REST API over the paper venue)"))
+        counter = stack.app.config.gateway.call_counter
+        tier = "" if counter == "off" else f"; call counter of Kraken's {counter} tier"
+        rows.insert(
+            1, ("venue", stack.venue, f"{ports.url('gateway')}  (Kraken's REST API over the paper venue{tier})")
+        )
     if stack.bot_process:
         rows[0] = ("sidecar", stack.workloads[0], f"{bots[0].url}  {api}")
         password = stack.app.freqtrade_secrets_file("FREQTRADE__API_SERVER__PASSWORD")

@@ -27,12 +27,22 @@ What it does that a bare ccxt call does not:
   account held that is not the bot's; zero by default, as on the paper venue).
 - Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages. Other exchanges return
   what one `fetch_my_trades(since)` returns.
+- Kraken's call counter (trading_ops.venues.call_counter): with a `call_budget`, every private request spends from
+  it, the order poll runs no oftener than the tier's decay allows (CallBudget.poll_interval), skips a cycle the
+  budget cannot afford (asking the venue's clock instead, which is free, so an outage is still noticed), and asks
+  for the trade history only when something may have filled (an open order's filled quantity moved, an order left
+  the open list, the broker submitted or canceled one, a session began) or every `trades_interval`;
+  reconciliation's `drain_events` always asks. `rate_limit_headroom` is the budget's headroom.
+  Without a budget (an exchange other than Kraken) the polls ask for everything each cycle and the headroom is
+  unknown (None).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -57,6 +67,13 @@ from trading_ops.bot.broker import (
 )
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.tasks import stop_tasks
+from trading_ops.venues.call_counter import (
+    BudgetExhausted,
+    CallBudget,
+    Deferred,
+    background,
+    install,
+)
 from trading_ops.webconfig import client_ssl_context
 
 log = logging.getLogger(__name__)
@@ -100,9 +117,15 @@ POLL_INTERVAL_SECONDS = 1.0
 TRADE_PAGES = {"kraken": ("ofs", 50)}
 MAX_PAGES = 1000
 ORDER_LOOKUP_BATCH = 50
+# Exchanges whose client looks orders up by a list of ids in one request though ccxt's `has` does not say so (ccxt's
+# kraken: QueryOrders with up to 20 txids, one call on the call counter), and how many ids a request takes.
+ORDER_LOOKUP_BATCHES = {"kraken": 20}
 FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
 MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
 MESSAGE_LIMIT = 300
+# With a call budget, a balance answer this young is reused when nothing changed since (no submit, cancel or fill):
+# a reconciliation's snapshot asks positions() then balances(), the same call.
+BALANCE_REUSE_SECONDS = 1.0
 STATUSES = {
     "closed": OrderStatus.FILLED,
     "canceled": OrderStatus.CANCELED,
@@ -171,6 +194,7 @@ class CcxtBroker(Broker):
         nonce_retries: int = NONCE_RETRIES,
         lookup_attempts: int = LOOKUP_ATTEMPTS,
         lookup_backoff: float = LOOKUP_BACKOFF_SECONDS,
+        call_budget: CallBudget | None = None,
     ) -> None:
         if not symbols:
             raise ValueError("a ccxt broker needs at least one symbol")
@@ -187,6 +211,9 @@ class CcxtBroker(Broker):
         self.lookup_attempts = lookup_attempts
         self.lookup_backoff = lookup_backoff
         self.handled_errors: Counter[str] = Counter()
+        self.call_budget = call_budget
+        if call_budget is not None:
+            install(exchange, call_budget)
         exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
         extra = EXTRA_ERRORS.get(self.venue)
         if extra:
@@ -207,6 +234,17 @@ class CcxtBroker(Broker):
         self._fills_since: datetime | None = None
         self._time_resolution = 0.0
         self._poll_lock = asyncio.Lock()
+        self._trades_due = True  # something may have filled since the trade history was last asked for
+        self._trades_asked = 0.0  # monotonic time of that
+        self._poll_cycle = 0  # order polls begun
+        self._balances: dict[str, Decimal] | None = None  # the last answer, and the poll cycle it came in
+        self._balances_cycle = -1
+        self._balances_at = 0.0
+        self._balances_seen = -1
+        self._changes = 0  # submits, cancels and fills delivered: a balance answer older than the last is stale
+        self._delivering = False  # a poll is handing its events to the callbacks
+        self._history: dict[str, dict[str, Any]] = {}  # the venue's trades by id (call budget only: recent_fills)
+        self._history_from: int | None = None  # every trade from this time (ms) on is in _history
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
@@ -224,11 +262,21 @@ class CcxtBroker(Broker):
         if self._tasks:
             return
         self._tasks = [
-            asyncio.create_task(self._every(self.poll_interval, self._poll_orders), name=f"{self.venue}-orders"),
+            asyncio.create_task(self._every(self.orders_interval, self._background_poll), name=f"{self.venue}-orders"),
             asyncio.create_task(
                 self._every(self.quote_interval, lambda: self._poll_quotes(self.symbols)), name=f"{self.venue}-quotes"
             ),
         ]
+
+    @property
+    def orders_interval(self) -> float:
+        """How often the order poll runs: `poll_interval`, or less often when the call budget's tier needs it."""
+        if self.call_budget is None:
+            return self.poll_interval
+        return max(self.poll_interval, self.call_budget.poll_interval(1.0))
+
+    def rate_limit_headroom(self) -> float | None:
+        return None if self.call_budget is None else self.call_budget.headroom()
 
     async def close(self) -> None:
         self._started = False
@@ -258,6 +306,7 @@ class CcxtBroker(Broker):
         """A new session (ccxt's connections closed and opened again, the venue's status and markets asked), then
         one call on each channel."""
         self._session += 1
+        self._trades_due = True
         await self.exchange.close()
         self._started = True
         await self._open_session()
@@ -351,6 +400,8 @@ class CcxtBroker(Broker):
             if not exc.outcome_unknown:
                 raise
             return await self._resolve_lost_submit(request, exc)
+        self._trades_due = True  # it may have filled at once (a market order never shows as open)
+        self._changes += 1
         order = self._order(raw, request)
         self._track(order)
         await self._acknowledged(order)
@@ -403,6 +454,8 @@ class CcxtBroker(Broker):
         symbol = self._unified.get(known.symbol) if known is not None else None
         params = {} if venue_order_id else {"clientOrderId": client_order_id}
         what = f"cancel {venue_order_id or client_order_id}"
+        self._trades_due = True  # what filled before the cancel is told by the trade history
+        self._changes += 1
         try:
             await self._call(Channel.ORDERS, what, self.exchange.cancel_order, venue_order_id, symbol, params)
         except BrokerError as exc:
@@ -413,7 +466,14 @@ class CcxtBroker(Broker):
                 raise
             self._handled(exc.error_class)
         else:
-            state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
+            try:
+                state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
+            except BrokerError as exc:
+                # The venue took the cancel (it costs nothing on Kraken's counter); only the lookup after it found no
+                # room in the call budget: the order is canceled as last seen, its fills come with the next poll.
+                if not isinstance(exc.__cause__, BudgetExhausted) or known is None:
+                    raise
+                state = dataclasses.replace(known, status=OrderStatus.CANCELED)
         if state is None:
             raise BrokerError("invalid_order", f"{what}: the venue no longer knows the order")
         if not state.status.is_open:
@@ -466,20 +526,47 @@ class CcxtBroker(Broker):
         return [self._order(raw) for raw in raws]
 
     async def drain_events(self) -> None:
-        """One poll now: every fill and order change the venue already made is handed to the callbacks."""
+        """One poll now: every fill and order change the venue already made is handed to the callbacks. With a call
+        budget, the trade history is asked for only when an order of the poll's changed, the broker placed or
+        canceled one, or it is older than one poll interval: a fill of the bot's own order always shows so; one of an
+        order placed by hand since the last look is left to the snapshot that follows (a reconciliation's settling
+        drains more than once, and each trade history costs 2 points)."""
         if not self._started:
             return
+        every_trade = self.call_budget is None or time.monotonic() - self._trades_asked >= self.orders_interval
         try:
-            await self._poll_orders()
+            await self._poll_orders(every_trade=every_trade)
         except BrokerError as exc:
             self._handled(exc.error_class)
             log.warning("%s: could not poll before a snapshot: %s", self.venue, exc)
 
     # -- account ----------------------------------------------------------------------------------------------
     async def balances(self) -> dict[str, Decimal]:
-        raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
+        """The venue's balances. Asked from a poll's event callbacks (a fill's), the answer of this poll cycle is
+        reused, and the last answer stands in when the call budget has no room: a callback that raised would leave
+        the poll's other events undelivered."""
+        if self._delivering and self._balances_cycle == self._poll_cycle and self._balances is not None:
+            return dict(self._balances)
+        if (
+            self.call_budget is not None
+            and self._balances is not None
+            and self._balances_seen == self._changes
+            and time.monotonic() - self._balances_at < BALANCE_REUSE_SECONDS
+        ):
+            return dict(self._balances)  # positions() then balances(), as a snapshot asks: one call
+        try:
+            raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
+        except Deferred:
+            return dict(self._balances or {})
+        except BrokerError as exc:
+            if self._delivering and isinstance(exc.__cause__, BudgetExhausted):
+                return dict(self._balances or {})
+            raise
         totals = raw.get("total") or {}
-        return {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
+        found = {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
+        self._balances, self._balances_cycle = found, self._poll_cycle
+        self._balances_at, self._balances_seen = time.monotonic(), self._changes
+        return dict(found)
 
     async def positions(self) -> dict[str, Decimal]:
         balances = await self.balances()
@@ -490,31 +577,20 @@ class CcxtBroker(Broker):
         return positions
 
     async def recent_fills(self, since: datetime | None = None) -> list[VenueFill]:
+        """Fills since `since`, oldest first. With a call budget, the venue's trades (which never change) are kept:
+        once every trade since T is known, a later ask from T on fetches only what is newer than the newest known
+        (less FILL_OVERLAP_SECONDS), instead of paging through the whole window again at 2 points a page."""
         since_ms = None if since is None else int(since.timestamp() * 1000)
-        raws: dict[str, dict[str, Any]] = {}
-        paging = TRADE_PAGES.get(self.venue)
-        if paging is None:
-            for raw in await self._call(Channel.ORDERS, "my trades", self.exchange.fetch_my_trades, None, since_ms):
-                raws.setdefault(str(raw["id"]), raw)
+        known_from = self._history_from
+        if self.call_budget is None or since_ms is None:
+            raws = await self._fetch_trades(since)
+        elif known_from is not None and since_ms >= known_from:
+            newest = max((int(r["timestamp"]) for r in self._history.values()), default=known_from)
+            self._keep(await self._fetch_trades(_time(newest - int(FILL_OVERLAP_SECONDS * 1000))), known_from)
+            raws = self._history
         else:
-            offset_param, page_size = paging
-            params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
-            offset = 0
-            for _ in range(MAX_PAGES):
-                page = await self._call(
-                    Channel.ORDERS,
-                    "my trades",
-                    self.exchange.fetch_my_trades,
-                    None,
-                    None,
-                    None,
-                    {**params, offset_param: offset},
-                )
-                for raw in page:
-                    raws.setdefault(str(raw["id"]), raw)
-                if len(page) < page_size:
-                    break
-                offset += len(page)
+            self._keep(await self._fetch_trades(since), since_ms)
+            raws = self._history
         trades = [raw for raw in raws.values() if since_ms is None or int(raw["timestamp"]) >= since_ms]
         await self._learn_client_ids({str(raw["order"]) for raw in trades if raw.get("order")})
         fills = [self._fill(raw) for raw in trades]
@@ -522,6 +598,48 @@ class CcxtBroker(Broker):
         fills.reverse()
         fills.sort(key=lambda f: f.executed_at)
         return fills
+
+    async def _fetch_trades(self, since: datetime | None) -> dict[str, dict[str, Any]]:
+        """The account's trades since `since` as the venue lists them (all its pages), by trade id."""
+        raws: dict[str, dict[str, Any]] = {}
+        since_ms = None if since is None else int(since.timestamp() * 1000)
+        paging = TRADE_PAGES.get(self.venue)
+        if paging is None:
+            for raw in await self._call(Channel.ORDERS, "my trades", self.exchange.fetch_my_trades, None, since_ms):
+                raws.setdefault(str(raw["id"]), raw)
+            return raws
+        offset_param, page_size = paging
+        params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
+        offset = 0
+        for _ in range(MAX_PAGES):
+            page = await self._call(
+                Channel.ORDERS,
+                "my trades",
+                self.exchange.fetch_my_trades,
+                None,
+                None,
+                None,
+                {**params, offset_param: offset},
+            )
+            for raw in page:
+                raws.setdefault(str(raw["id"]), raw)
+            if len(page) < page_size:
+                break
+            offset += len(page)
+        return raws
+
+    def _keep(self, raws: dict[str, dict[str, Any]], complete_from: int) -> None:
+        """Add fetched trades to those kept; every trade from `complete_from` (ms) on is known now. At most
+        MAX_REMEMBERED are kept: the oldest go, and what is known complete starts after them."""
+        for trade_id, raw in raws.items():
+            self._history.setdefault(trade_id, raw)
+        start = complete_from if self._history_from is None else min(self._history_from, complete_from)
+        if len(self._history) > MAX_REMEMBERED:
+            ordered = sorted(self._history.items(), key=lambda item: int(item[1]["timestamp"]))
+            dropped = ordered[: len(ordered) - MAX_REMEMBERED]
+            self._history = dict(ordered[len(dropped) :])
+            start = max(start, int(dropped[-1][1]["timestamp"]) + 1)
+        self._history_from = start
 
     async def server_time(self) -> datetime:
         ms = await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
@@ -564,47 +682,88 @@ class CcxtBroker(Broker):
             if self._events.on_quote is not None:
                 await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
 
-    async def _poll_orders(self) -> None:
-        """New trades (on_fill), then orders whose state changed (on_order), oldest first."""
+    async def _background_poll(self) -> None:
+        """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
+        afford is skipped."""
+        if self.call_budget is not None:
+            # Its usual cost: open orders, a lookup of those that left, the trade history when it is due.
+            usual = 1.0 + (1.0 if self._open else 0.0) + (2.0 if self._trades_due or self._trades_stale() else 0.0)
+            if not self.call_budget.affordable(usual):
+                # Still ask the venue something free on the call counter (its clock, a public call on the same
+                # connections), so that a venue gone quiet is noticed at the poll's cadence all the same.
+                await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
+                return
+        with background():
+            try:
+                await self._poll_orders(every_trade=self.call_budget is None)
+            except Deferred:
+                log.debug("%s: order poll deferred: the call budget has no room", self.venue)
+
+    async def _poll_orders(self, *, every_trade: bool = True) -> None:
+        """New trades (on_fill), then orders whose state changed (on_order), oldest first. The trade history is asked
+        for always with `every_trade`, else only when something may have filled (or it is `trades_interval` old)."""
         async with self._poll_lock:
+            self._poll_cycle += 1
             before = dict(self._open)
             since = self._fills_since
-            # Orders first, trades second: an order seen closed has every one of its fills in the trades that follow,
-            # so no order update tells of a fill not yet delivered.
-            listed = {o.venue_order_id: o for o in await self.open_orders()}
-            updates = [
-                o
-                for vid, o in listed.items()
-                if (prev := before.get(vid)) is None
-                or (prev.status, prev.filled_quantity) != (o.status, o.filled_quantity)
-            ]
-            gone = [vid for vid in before if vid not in listed]
-            updates.extend(await self._final_states(gone))
-            fills = await self.recent_fills(since)
+            due, self._trades_due = self._trades_due, False
+            try:
+                # Orders first, trades second: an order seen closed has every one of its fills in the trades that
+                # follow, so no order update tells of a fill not yet delivered.
+                listed = {o.venue_order_id: o for o in await self.open_orders()}
+                updates = [
+                    o
+                    for vid, o in listed.items()
+                    if (prev := before.get(vid)) is None
+                    or (prev.status, prev.filled_quantity) != (o.status, o.filled_quantity)
+                ]
+                gone = [vid for vid in before if vid not in listed]
+                updates.extend(await self._final_states(gone))
+                moved = any(o.venue_order_id in before for o in updates)  # filled some more, or closed
+                fills: list[VenueFill] = []
+                if every_trade or due or gone or moved or self._trades_stale():
+                    self._trades_asked = time.monotonic()
+                    fills = await self.recent_fills(since)
+            except BaseException:
+                self._trades_due = self._trades_due or due
+                raise
             fresh = [f for f in fills if f.trade_id not in self._seen_trades]
             # Orders a submit added while this poll was out are looked at by the next one.
             added = {vid: o for vid, o in self._open.items() if vid not in before and vid not in listed}
             self._open = {**listed, **added}
             for fill in fresh:
                 self._remember(self._seen_trades, fill.trade_id, None)
+            self._changes += len(fresh)
             if fills:
                 newest = max(f.executed_at for f in fills).timestamp() - FILL_OVERLAP_SECONDS
                 if since is None or newest > since.timestamp():
                     self._fills_since = datetime.fromtimestamp(newest, UTC)
-            for fill in fresh:
-                if self._events.on_fill is not None:
-                    await self._events.on_fill(fill)
-            for order in updates:
-                if self._events.on_order is not None:
-                    await self._events.on_order(order)
+            self._delivering = True
+            try:
+                for fill in fresh:
+                    if self._events.on_fill is not None:
+                        await self._events.on_fill(fill)
+                for order in updates:
+                    if self._events.on_order is not None:
+                        await self._events.on_order(order)
+            finally:
+                self._delivering = False
+
+    def _trades_stale(self) -> bool:
+        if self.call_budget is None:
+            return True
+        return time.monotonic() - self._trades_asked >= self.call_budget.trades_interval()
 
     async def _final_states(self, venue_order_ids: list[str]) -> list[VenueOrder]:
         found: list[VenueOrder] = []
         if not venue_order_ids:
             return found
-        if self.exchange.has.get("fetchOrdersByIds"):
-            for start in range(0, len(venue_order_ids), ORDER_LOOKUP_BATCH):
-                batch = venue_order_ids[start : start + ORDER_LOOKUP_BATCH]
+        batch_size = ORDER_LOOKUP_BATCHES.get(self.venue)
+        if batch_size is None and self.exchange.has.get("fetchOrdersByIds"):
+            batch_size = ORDER_LOOKUP_BATCH
+        if batch_size is not None:
+            for start in range(0, len(venue_order_ids), batch_size):
+                batch = venue_order_ids[start : start + batch_size]
                 raws = await self._call(Channel.ORDERS, "orders", self.exchange.fetch_orders_by_ids, batch)
                 found.extend(self._order(raw) for raw in raws)
         else:
@@ -714,7 +873,8 @@ def make_exchange(config: Config) -> ccxt_async.Exchange:
 
 
 def broker_from_config(config: Config) -> CcxtBroker:
-    """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`."""
+    """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`; on Kraken, with a call budget of the
+    account's tier (`ccxt.kraken_tier`)."""
     c = config.ccxt
     return CcxtBroker(
         make_exchange(config),
@@ -722,4 +882,5 @@ def broker_from_config(config: Config) -> CcxtBroker:
         poll_interval=c.poll_interval_seconds,
         quote_interval=c.quote_poll_interval_seconds,
         position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},
+        call_budget=CallBudget(c.kraken_tier) if c.exchange == "kraken" and c.kraken_tier != "off" else None,
     )

@@ -49,6 +49,9 @@ Two faults end the way they end on a real venue, by what the client does, so tha
   (AssetPairs listing the pair, as CcxtBroker's resubscribe does).
 
 Orders the paper venue rejects never existed for Kraken: AddOrder answers the error and the order is not listed.
+
+With `gateway.call_counter` set to a tier, private calls count on Kraken's REST call counter of their key
+(trading_ops.venues.call_counter.CounterLimiter), and a call past its maximum answers `EAPI:Rate limit exceeded`.
 """
 
 from __future__ import annotations
@@ -71,8 +74,9 @@ from trading_ops.config import GATEWAY_MAIN_ACCOUNT, Config, ConfigError, resolv
 from trading_ops.paper.faults import FaultModel
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.tasks import stop_tasks
+from trading_ops.venues.call_counter import CounterLimiter
 from trading_ops.venues.kraken_account import AccountEndpoints
-from trading_ops.venues.kraken_api import E_UNKNOWN_METHOD, KrakenError, Pairs, decode_secret
+from trading_ops.venues.kraken_api import E_RATE_LIMIT, E_UNKNOWN_METHOD, KrakenError, Pairs, decode_secret
 from trading_ops.venues.kraken_auth import KrakenAuth
 from trading_ops.venues.kraken_faults import FAULTS, FaultError, GatewayFaults
 from trading_ops.venues.kraken_market import MarketData
@@ -118,6 +122,7 @@ class KrakenGateway:
         *,
         subaccounts: Iterable[SubAccount] = (),
         clock: Callable[[], float] = time.monotonic,
+        call_counter: CounterLimiter | None = None,
     ) -> None:
         if not api_keys:
             raise ValueError("the gateway needs at least one API key")
@@ -137,6 +142,7 @@ class KrakenGateway:
         self._subaccounts = [v for name, v in self.accounts.items() if name != MAIN_ACCOUNT]
         self.market = MarketData(venue, self.accounts, self.pairs, self.faults)
         self.account = AccountEndpoints(self.pairs, self.faults)
+        self.call_counter = call_counter  # Kraken's REST call counter per key (trading_ops.venues.call_counter)
         self.calls: dict[str, int] = {}  # answered calls per method (what a test counts)
         self._task: asyncio.Task[None] | None = None
         self._public: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {
@@ -234,6 +240,8 @@ class KrakenGateway:
         try:
             self._service_faults(method)
             account, params = self._authenticate(request, body)
+            if self.call_counter is not None and not self.call_counter.admit(request.headers["API-Key"], method):
+                raise KrakenError(E_RATE_LIMIT)
             handler = self._private.get(method)
             if handler is None:
                 raise KrakenError(E_UNKNOWN_METHOD)
@@ -369,7 +377,8 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         sub = _paper_venue(config, list(venue.symbols), seed + i + 1, name, account_state, f"{key}.state_file", i + 1)
         subaccounts.append(SubAccount(account.name, sub, {api_key: api_secret}))
     try:
-        return KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts)
+        counter = None if g.call_counter == "off" else CounterLimiter(g.call_counter)
+        return KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts, call_counter=counter)
     except ValueError as exc:
         raise ConfigError("gateway.accounts", str(exc)) from None
 

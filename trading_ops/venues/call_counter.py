@@ -1,0 +1,252 @@
+"""Kraken's REST call counter: the bot's estimate of it (every private call from one budget) and the gateway's copy.
+
+Kraken limits private REST calls with a counter per API key (docs.kraken.com, "Spot REST Rate Limits"): it starts at
+0, a trade-history or ledger call adds 2, order placement and cancellation add nothing (they count on the matching
+engine's limiter instead), every other private call adds 1; it decays continuously at the tier's rate; a call past the
+tier's maximum is refused with `EAPI:Rate limit exceeded`. Public calls are limited per IP, elsewhere.
+
+ccxt tells its client nothing of that counter. Its own throttler (kraken: `rateLimit` 1000 ms, Balance 3, OpenOrders
+3, TradesHistory 6, AddOrder 0) is a leaky bucket of capacity one call: it has no state worth exporting (it is either
+waiting or not), it knows no tier, and the stack turns it off on the paper gateway. So the broker keeps the estimate
+itself, as Kraken's own client guides do: `CallBudget` is one counter per API key, spent by every private request ccxt
+sends (`install` wraps ccxt's `fetch2`, the one place every request passes, where ccxt's own throttler sits), and
+the headroom the bot exports is `1 - level / maximum` of it, a value that moves with real spending. A call that got
+no answer because its connection was refused or closed (an outage) is counted back out; one the venue refuses with
+`EAPI:Rate limit exceeded` sets the estimate to the maximum (the venue knows better).
+
+How the budget is spent, as a REST-only Kraken bot must:
+- Nothing is ever sent that would take the estimate past `maximum - MARGIN_POINTS` (the margin covers the venue's
+  coarser decay steps and the request's travel time): such a call is refused at once with BudgetExhausted (ccxt's
+  RateLimitExceeded, so the broker raises it as a `rate_limit` BrokerError), never sent, so a bot whose estimate is
+  right is never refused by the venue. It does not wait for the decay: a reconciliation holds the trading loop while
+  it runs, and a loop held for seconds is a stalled bot (its watchdog restarts it); the caller tries again later, as
+  it does after any rate-limit error.
+- Background polls (`background()` marks them) keep a reserve: a poll cycle begins only while the estimate is under
+  `POLL_CEILING` of the maximum with room for its usual cost (the broker asks `affordable`), and its calls never wait
+  (one past the hard ceiling raises Deferred: the cycle ends, holding nothing a reconciliation needs). A cycle once
+  begun finishes (its order lookups and trade history are what the next one would need again), so cancels, order
+  lookups and reconciliations (about 12 points) find 70 % of the counter free.
+- The cadence of the polls is planned from the tier's decay (`poll_interval`): open orders each cycle at most
+  `POLL_SHARE` of the decay, trade history only when something changed or every `trades_interval` (the broker says
+  when), so that at rest the counter stays near empty.
+
+The gateway (trading_ops.venues.kraken_gateway, `gateway.call_counter`) keeps the same counter per key with
+`CounterLimiter` and refuses with Kraken's string, so the bot's estimate is checked against the venue: a refusal on a
+healthy stack means the estimate is wrong. A refused call adds nothing to the gateway's counter (Kraken says calls made
+while limited may prolong the limit, without a number; the lightest reading is modelled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import ccxt.async_support as ccxt_async
+
+
+@dataclass(frozen=True)
+class Tier:
+    maximum: float  # the counter's maximum
+    decay: float  # points per second
+
+
+# Kraken's verification tiers (docs.kraken.com, Spot REST Rate Limits).
+TIERS = {
+    "starter": Tier(15.0, 0.33),
+    "intermediate": Tier(20.0, 0.5),
+    "pro": Tier(20.0, 1.0),
+}
+# Private methods that count on the matching engine's limiter, not on this counter.
+FREE_METHODS = frozenset(
+    {"AddOrder", "AddOrderBatch", "AmendOrder", "EditOrder", "CancelOrder", "CancelOrderBatch", "CancelAll"}
+    | {"CancelAllOrdersAfter"}
+)
+# Ledger and trade-history calls: 2 points.
+DOUBLE_METHODS = frozenset({"TradesHistory", "QueryTrades", "Ledgers", "QueryLedgers"})
+MARGIN_POINTS = 2.0  # never spent by the bot: the venue's decay comes in steps, and requests take time to arrive
+POLL_CEILING = 0.3  # polls begin a cycle only under this share of the maximum: a reconciliation (~12) fits on top
+POLL_SHARE = 0.5  # the open-orders poll's planned share of the decay
+TRADES_SHARE = 0.2  # the trade-history poll's planned share of the decay (when nothing asked for it sooner)
+TRADES_INTERVAL_SECONDS = 10.0  # ... and never more often than this when nothing changed
+# Set in a task that polls in the background: its private calls keep the reserve.
+_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("kraken_background_call", default=False)
+
+
+class Deferred(Exception):
+    """A background call the budget has no room for: not sent."""
+
+
+class BudgetExhausted(ccxt_async.RateLimitExceeded):
+    """A call the budget has no room for (it would take the estimate past the hard ceiling): not sent."""
+
+
+def call_cost(method: str) -> float:
+    """Points a private Kraken method adds to the call counter."""
+    if method in FREE_METHODS:
+        return 0.0
+    return 2.0 if method in DOUBLE_METHODS else 1.0
+
+
+def tier(name: str) -> Tier:
+    try:
+        return TIERS[name]
+    except KeyError:
+        raise ValueError(f"unknown Kraken tier {name!r} (one of {', '.join(TIERS)})") from None
+
+
+class CallCounter:
+    """One API key's counter: points added, decaying continuously at the tier's rate."""
+
+    def __init__(self, tier: Tier, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tier = tier
+        self._clock = clock
+        self._level = 0.0
+        self._at = clock()
+
+    def level(self) -> float:
+        now = self._clock()
+        self._level = max(0.0, self._level - (now - self._at) * self.tier.decay)
+        self._at = now
+        return self._level
+
+    def add(self, points: float) -> None:
+        self._level = self.level() + points
+
+    def seconds_until(self, points: float, ceiling: float) -> float:
+        """How long until `points` more keep the counter at or under `ceiling` (0: now)."""
+        return max(0.0, (self.level() + points - ceiling) / self.tier.decay)
+
+
+@contextlib.contextmanager
+def background() -> Iterator[None]:
+    """Marks the private calls made inside (in this task) as a background poll's: they keep the reserve."""
+    token = _BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
+
+
+class CallBudget:
+    """The bot's estimate of its key's counter, spent by every private call (see the module's docstring)."""
+
+    def __init__(
+        self,
+        tier_name: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        margin: float = MARGIN_POINTS,
+        poll_ceiling: float = POLL_CEILING,
+    ) -> None:
+        self.tier_name = tier_name
+        self.tier = tier(tier_name)
+        self.counter = CallCounter(self.tier, clock)
+        self.hard_ceiling = self.tier.maximum - margin
+        self.poll_ceiling = self.tier.maximum * poll_ceiling
+        self.spent = 0.0  # points, since the start
+        self.exhausted = 0  # calls refused for want of room (never sent)
+        self.deferred = 0  # background calls not sent for want of room
+
+    def headroom(self) -> float:
+        """Fraction (0-1) of the counter still free, by the estimate."""
+        return max(0.0, min(1.0, 1.0 - self.counter.level() / self.tier.maximum))
+
+    def poll_interval(self, points: float, share: float = POLL_SHARE) -> float:
+        """The shortest interval at which a poll of `points` spends at most `share` of the decay."""
+        return points / (self.tier.decay * share)
+
+    def trades_interval(self) -> float:
+        return max(TRADES_INTERVAL_SECONDS, self.poll_interval(call_cost("TradesHistory"), TRADES_SHARE))
+
+    def affordable(self, points: float) -> bool:
+        """Whether a background poll may spend `points` now."""
+        return self.counter.level() + points <= self.poll_ceiling
+
+    def spend(self, method: str) -> None:
+        """Count the method's call if it fits under the hard ceiling; else raise at once, sending nothing: Deferred in
+        a background poll, BudgetExhausted (a rate-limit error) elsewhere."""
+        points = call_cost(method)
+        if points == 0:
+            return
+        wait = self.counter.seconds_until(points, self.hard_ceiling)
+        if wait > 0:
+            if _BACKGROUND.get():
+                self.deferred += 1
+                raise Deferred(method)
+            self.exhausted += 1
+            raise BudgetExhausted(
+                f"{method}: the call budget of Kraken's {self.tier_name} tier has no room "
+                f"(headroom {self.headroom():.2f}; {wait:.1f} s to decay)"
+            )
+        self.counter.add(points)
+        self.spent += points
+
+    def refund(self, method: str) -> None:
+        """A call the venue never answered (its connection refused or closed): counted back out. Were the venue to
+        have counted it after all, its refusal saturates the estimate."""
+        points = call_cost(method)
+        self.counter.add(-min(points, self.counter.level()))
+        self.spent -= points
+
+    def saturate(self) -> None:
+        """The venue said the counter is past its maximum: believe it (the estimate was wrong)."""
+        level = self.counter.level()
+        self.counter.add(max(0.0, self.tier.maximum - level))
+
+
+def install(exchange: ccxt_async.Exchange, budget: CallBudget) -> None:
+    """Every private request of `exchange` (a ccxt kraken client) spends from `budget` before it is sent; a refusal
+    `EAPI:Rate limit exceeded` saturates the estimate, one that got no answer on its connection is counted back out."""
+    send = exchange.fetch2
+
+    async def fetch2(
+        path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None
+    ) -> Any:
+        private = api == "private" or (isinstance(api, list) and "private" in api)
+        if private:
+            budget.spend(path)
+        try:
+            return await send(path, api, method, {} if params is None else params, {} if config is None else config)
+        except ccxt_async.DDoSProtection as exc:  # RateLimitExceeded is one
+            if private and "EAPI:Rate limit exceeded" in str(exc) and not isinstance(exc, BudgetExhausted):
+                budget.saturate()
+            raise
+        except ccxt_async.ExchangeNotAvailable as exc:
+            if private and isinstance(exc.__cause__, aiohttp.ClientConnectionError):
+                budget.refund(path)  # no answer on that connection: the venue most likely never counted it
+            raise
+
+    exchange.fetch2 = fetch2
+
+
+class CounterLimiter:
+    """The venue's side: a counter per API key, refusing a call its counter cannot take."""
+
+    def __init__(self, tier_name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tier = tier(tier_name)
+        self._clock = clock
+        self._counters: dict[str, CallCounter] = {}
+        self.refused = 0
+
+    def admit(self, key: str, method: str) -> bool:
+        """Count the call of `method` signed with `key`; False (and nothing counted) when it would pass the maximum."""
+        points = call_cost(method)
+        if points == 0:
+            return True
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = CallCounter(self.tier, self._clock)
+        if counter.level() + points > self.tier.maximum:
+            self.refused += 1
+            return False
+        counter.add(points)
+        return True
+
+    def level(self, key: str) -> float:
+        counter = self._counters.get(key)
+        return 0.0 if counter is None else counter.level()
