@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import ccxt.async_support as ccxt
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.ccxt_helpers import OTHER_KEY, OTHER_SECRET, kraken, running_gateway, wait_for
+from tests.paper_helpers import TOKEN, IdleStrategy, fast_config
 from tests.test_ccxt_broker import SYMBOLS, Recorder, chaos, limit, market
-from trading_ops.bot.broker import BrokerError, Channel, OrderStatus, Side
+from trading_ops.bot.broker import BrokerError, Channel, OrderStatus, OrderType, Side
+from trading_ops.bot.runtime import BotRuntime
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.call_counter import (
     TIERS,
@@ -28,6 +33,9 @@ from trading_ops.venues.call_counter import (
 from trading_ops.venues.ccxt import FILL_OVERLAP_SECONDS, CcxtBroker, broker_from_config
 
 HEADROOM_ALERT = 0.2  # TradingBotRateLimitHeadroomLow
+RUNS = "tradingbot_reconciliation_runs_total"
+LOOPS = "tradingbot_loop_iterations_total"
+QUIET_CLOCK = {"tick_interval_seconds": 3600, "partial_fill_probability": 0.0}
 
 
 class Clock:
@@ -258,3 +266,55 @@ async def test_a_reconciliations_trade_history_pages_once_then_only_whats_new() 
             assert second[-1].client_order_id == "m-last"
         finally:
             await broker.close()
+
+
+def _runs(bot: BotRuntime, trigger: str) -> dict[str, float]:
+    """Reconciliation runs of `trigger` so far, by result."""
+    registry = bot.inst.registry
+    results = ("clean", "resolved", "failed", "halted", "unknown")
+    labels = {"venue": bot.config.bot.venue, "trigger": trigger}
+    return {r: registry.get_sample_value(RUNS, {**labels, "result": r}) or 0.0 for r in results}
+
+
+async def test_a_busy_reject_then_the_reconciliation_it_triggers_never_fail_for_want_of_the_bots_own_budget(
+    tmp_path: Path,
+) -> None:
+    """The demo stack's burst, on the real gateway with Kraken's Pro counter enforced: the counter part spent by
+    recent activity, a submit rejected `EService:Busy` (the orders channel goes down, the lost submit is looked up:
+    4 points, and found never placed; the channel is back up) and the reconnect reconciliation that follows at once.
+    It reserves the budget and waits for the room it needs (the trading loop runs meanwhile) instead of starting
+    into a counter it would overrun: it passes, the bot refuses none of its own calls, the venue refuses none."""
+    config = fast_config(tmp_path, **QUIET_CLOCK)
+    config.bot.market_data_stale_seconds = 3600.0
+    async with running_gateway(partial_fill_probability=0.0) as (gateway, base):
+        gateway.call_counter = CounterLimiter("pro")
+        budget = CallBudget("pro")
+        broker = CcxtBroker(kraken(base), SYMBOLS, poll_interval=0.05, quote_interval=0.05, call_budget=budget)
+        bot = BotRuntime(config, broker, IdleStrategy(), symbols=SYMBOLS, token=TOKEN, registry=CollectorRegistry())
+        await bot.start("127.0.0.1", 0)
+        try:
+            await wait_for(lambda: bot.gate.trading_allowed, timeout=30)
+            await wait_for(lambda: budget.counter.level() < 1.0, timeout=30)  # the startup run's spending decayed
+            while budget.counter.level() < 9.0:  # recent activity: about half the counter spent
+                await broker.open_orders()
+            before = _runs(bot, "reconnect")
+            steps = bot.inst.registry.get_sample_value(LOOPS) or 0.0
+            await gateway.venue.reject_orders("venue_busy", 30.0)
+            refused = await bot.submit("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), Decimal("1000"))
+            assert refused is None or not refused.status.is_open
+            assert gateway.calls.get("ClosedOrders", 0) >= 2  # the lost submit was looked up
+
+            def ran() -> bool:
+                now = _runs(bot, "reconnect")
+                return sum(now.values()) > sum(before.values())
+
+            await wait_for(ran, timeout=60)
+            after = _runs(bot, "reconnect")
+            assert after["clean"] + after["resolved"] == before["clean"] + before["resolved"] + 1, (before, after)
+            assert budget.exhausted == 0  # the bot refused none of its own calls
+            assert gateway.call_counter.refused == 0  # nor did the venue: no EAPI:Rate limit exceeded
+            loops = bot.inst.registry.get_sample_value(LOOPS) or 0.0
+            assert loops > steps  # the trading loop ran while the reconciliation waited for its room
+            assert not budget.reserved
+        finally:
+            await bot.stop()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -257,3 +258,10 @@ class Broker(abc.ABC):
         """Fraction (0-1) of the venue's request rate limit still available, or None when the broker cannot tell
         (then tradingbot_rate_limit_headroom_ratio stays absent)."""
         return None
+
+    @contextlib.asynccontextmanager
+    async def reconciliation_room(self) -> AsyncIterator[None]:
+        """Entered before a reconciliation takes the trade lock, held until it ends: a broker that budgets the
+        venue's rate limit returns once a reconciliation's calls fit (waiting for the limit's decay, the trading
+        loop free meanwhile) and leaves the limit to it while it runs (its own polls wait). The default: at once."""
+        yield

@@ -69,8 +69,10 @@ class ReconciliationSchedule:
         self._channel_lost: set[Channel] = set()
 
     async def reconcile(self, trigger: Trigger) -> dict[str, Any]:
-        """One reconciliation with trading held: no strategy step runs and venue events wait until it ends."""
-        async with self.trade_lock.hold():
+        """One reconciliation with trading held: no strategy step runs and venue events wait until it ends. On a
+        venue whose rate limit the broker budgets, it first waits (trading not held) for the room its calls need
+        (Broker.reconciliation_room): it never fails for want of the bot's own budget."""
+        async with self.broker.reconciliation_room(), self.trade_lock.hold():
             outages = self._outages
             journal_outages = self._journal_outages
             connected = self.broker.is_connected(Channel.ORDERS)

@@ -26,6 +26,10 @@ How the budget is spent, as a REST-only Kraken bot must:
   (one past the hard ceiling raises Deferred: the cycle ends, holding nothing a reconciliation needs). A cycle once
   begun finishes (its order lookups and trade history are what the next one would need again), so cancels, order
   lookups and reconciliations (about 12 points) find 70 % of the counter free.
+- A reconciliation is not refused for want of room by the bot's own budget: before it takes the trade lock it
+  reserves the counter (`reserved`: the polls skip their cycles from then on) and, while the estimate leaves less
+  than RECONCILIATION_POINTS under the hard ceiling, waits for the decay (`seconds_until_room`) with nothing held:
+  the trading loop and the heartbeat run meanwhile (CcxtBroker.reconciliation_room).
 - The cadence of the polls is planned from the tier's decay (`poll_interval`): open orders each cycle at most
   `POLL_SHARE` of the decay, trade history only when something changed or every `trades_interval` (the broker says
   when), so that at rest the counter stays near empty.
@@ -73,6 +77,10 @@ POLL_CEILING = 0.3  # polls begin a cycle only under this share of the maximum: 
 POLL_SHARE = 0.5  # the open-orders poll's planned share of the decay
 TRADES_SHARE = 0.2  # the trade-history poll's planned share of the decay (when nothing asked for it sooner)
 TRADES_INTERVAL_SECONDS = 10.0  # ... and never more often than this when nothing changed
+# What a reconciliation spends, at most, in one look (its settling drains, a snapshot, the lookups of orders that
+# left the open list) and its confirming look: it starts only once this much fits under the hard ceiling (or the
+# counter is empty, on a tier whose ceiling is lower).
+RECONCILIATION_POINTS = 12.0
 # Set in a task that polls in the background: its private calls keep the reserve.
 _BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("kraken_background_call", default=False)
 
@@ -151,6 +159,7 @@ class CallBudget:
         self.spent = 0.0  # points, since the start
         self.exhausted = 0  # calls refused for want of room (never sent)
         self.deferred = 0  # background calls not sent for want of room
+        self.reserved = 0  # reconciliations waiting for their room or running: the polls leave the counter to them
 
     def headroom(self) -> float:
         """Fraction (0-1) of the counter still free, by the estimate."""
@@ -164,8 +173,13 @@ class CallBudget:
         return max(TRADES_INTERVAL_SECONDS, self.poll_interval(call_cost("TradesHistory"), TRADES_SHARE))
 
     def affordable(self, points: float) -> bool:
-        """Whether a background poll may spend `points` now."""
-        return self.counter.level() + points <= self.poll_ceiling
+        """Whether a background poll may spend `points` now: never while a reconciliation holds a reservation."""
+        return not self.reserved and self.counter.level() + points <= self.poll_ceiling
+
+    def seconds_until_room(self, points: float) -> float:
+        """Seconds of decay until `points` fit under the hard ceiling (0: now); `points` past the whole room wait
+        for an empty counter."""
+        return self.counter.seconds_until(min(points, self.hard_ceiling), self.hard_ceiling)
 
     def spend(self, method: str) -> None:
         """Count the method's call if it fits under the hard ceiling; else raise at once, sending nothing: Deferred in

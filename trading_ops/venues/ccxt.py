@@ -32,7 +32,10 @@ What it does that a bare ccxt call does not:
   budget cannot afford (asking the venue's clock instead, which is free, so an outage is still noticed), and asks
   for the trade history only when something may have filled (an open order's filled quantity moved, an order left
   the open list, the broker submitted or canceled one, a session began) or every `trades_interval`;
-  reconciliation's `drain_events` always asks. `rate_limit_headroom` is the budget's headroom.
+  reconciliation's `drain_events` always asks, and the snapshot's first `recent_fills` right after it reuses that
+  answer (its second asks again). `rate_limit_headroom` is the budget's headroom; `reconciliation_room` reserves
+  the budget for a reconciliation (the order poll skips its cycles) and waits, trading not held, until its calls
+  fit.
   Without a budget (an exchange other than Kraken) the polls ask for everything each cycle and the headroom is
   unknown (None).
 """
@@ -40,11 +43,12 @@ What it does that a bare ccxt call does not:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -68,6 +72,7 @@ from trading_ops.bot.broker import (
 from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.call_counter import (
+    RECONCILIATION_POINTS,
     BudgetExhausted,
     CallBudget,
     Deferred,
@@ -245,6 +250,9 @@ class CcxtBroker(Broker):
         self._delivering = False  # a poll is handing its events to the callbacks
         self._history: dict[str, dict[str, Any]] = {}  # the venue's trades by id (call budget only: recent_fills)
         self._history_from: int | None = None  # every trade from this time (ms) on is in _history
+        # Set by drain_events when its poll fetched the trade history (the `_changes` of then): the next
+        # recent_fills, a reconciliation snapshot's first, reuses that answer once if nothing changed since.
+        self._history_fresh: int | None = None
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
@@ -277,6 +285,26 @@ class CcxtBroker(Broker):
 
     def rate_limit_headroom(self) -> float | None:
         return None if self.call_budget is None else self.call_budget.headroom()
+
+    @contextlib.asynccontextmanager
+    async def reconciliation_room(self) -> AsyncIterator[None]:
+        """With a call budget: reserve it (the order poll skips its cycles until the reconciliation ends) and wait,
+        holding nothing, until RECONCILIATION_POINTS fit under its hard ceiling. The wait is bounded by the time the
+        whole counter takes to decay; what other callers spend meanwhile is theirs (the reconciliation then starts
+        with what room there is)."""
+        budget = self.call_budget
+        if budget is None:
+            yield
+            return
+        budget.reserved += 1
+        try:
+            deadline = time.monotonic() + budget.tier.maximum / budget.tier.decay
+            while (wait := budget.seconds_until_room(RECONCILIATION_POINTS)) > 0 and time.monotonic() < deadline:
+                log.info("%s: reconciliation waits %.1f s for room in the call budget", self.venue, wait)
+                await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())) + 0.01)
+            yield
+        finally:
+            budget.reserved -= 1
 
     async def close(self) -> None:
         self._started = False
@@ -534,11 +562,16 @@ class CcxtBroker(Broker):
         if not self._started:
             return
         every_trade = self.call_budget is None or time.monotonic() - self._trades_asked >= self.orders_interval
+        asked = self._trades_asked
+        self._history_fresh = None
         try:
             await self._poll_orders(every_trade=every_trade)
         except BrokerError as exc:
             self._handled(exc.error_class)
             log.warning("%s: could not poll before a snapshot: %s", self.venue, exc)
+            return
+        if self._trades_asked != asked:  # it asked for the trade history: the snapshot that follows may reuse it
+            self._history_fresh = self._changes
 
     # -- account ----------------------------------------------------------------------------------------------
     async def balances(self) -> dict[str, Decimal]:
@@ -582,8 +615,11 @@ class CcxtBroker(Broker):
         (less FILL_OVERLAP_SECONDS), instead of paging through the whole window again at 2 points a page."""
         since_ms = None if since is None else int(since.timestamp() * 1000)
         known_from = self._history_from
+        fresh, self._history_fresh = self._history_fresh == self._changes, None
         if self.call_budget is None or since_ms is None:
             raws = await self._fetch_trades(since)
+        elif known_from is not None and since_ms >= known_from and fresh:
+            raws = self._history  # what drain_events just fetched: the snapshot's first look at the fills
         elif known_from is not None and since_ms >= known_from:
             newest = max((int(r["timestamp"]) for r in self._history.values()), default=known_from)
             self._keep(await self._fetch_trades(_time(newest - int(FILL_OVERLAP_SECONDS * 1000))), known_from)
