@@ -22,6 +22,7 @@ from trading_ops.bot.broker import BrokerError, Channel, OrderStatus, OrderType,
 from trading_ops.bot.runtime import BotRuntime
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.call_counter import (
+    RECONCILIATION_POINTS,
     TIERS,
     CallBudget,
     CallCounter,
@@ -65,6 +66,28 @@ def test_costs_are_krakens_and_the_counter_decays_at_the_tiers_rate() -> None:
     assert counter.seconds_until(3, 10) == pytest.approx(2)
     clock.now += 100
     assert counter.level() == 0
+
+
+def test_a_reconciliation_waits_for_its_room_and_the_polls_leave_the_counter_to_it_meanwhile() -> None:
+    """Pro: hard ceiling 18; a reconciliation's RECONCILIATION_POINTS (12) fit once the estimate is down to 6, and
+    on Starter (ceiling 13) it waits for an empty counter at most; while one holds a reservation, no poll cycle is
+    affordable however empty the counter."""
+    clock = Clock()
+    budget = CallBudget("pro", clock=clock)
+    assert RECONCILIATION_POINTS == 12 and budget.seconds_until_room(RECONCILIATION_POINTS) == 0
+    budget.counter.add(13)
+    assert budget.seconds_until_room(RECONCILIATION_POINTS) == pytest.approx(7)
+    clock.now += 7
+    assert budget.seconds_until_room(RECONCILIATION_POINTS) == 0
+    starter = CallBudget("starter", clock=clock)
+    starter.counter.add(3.3)
+    assert starter.seconds_until_room(100) == pytest.approx(10)
+    clock.now += 100
+    assert budget.affordable(1)
+    budget.reserved += 1
+    assert not budget.affordable(1)
+    budget.reserved -= 1
+    assert budget.affordable(1)
 
 
 async def test_the_gateway_refuses_past_the_tiers_maximum_with_krakens_error() -> None:
