@@ -23,7 +23,7 @@ STARTS_ONCE_PER_MODULE = re.compile(r"@pytest\.fixture\([^)]*\bscope=[\"'](?:mod
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Two lanes (`pytest -n 2 --dist loadgroup`): the tests of a module that starts something once for the module run
+    """Lanes (`pytest -n 3 --dist loadgroup`): the tests of a module that starts something once for the module run
     on one worker, in their order (its fixture starts once, not once per worker); every other test goes to whichever
     worker is free. xdist's own `xdist_group` marks cannot say it here: pytest 9.2's node ids no longer take the group
     suffix xdist 3.8 writes into them, so the scheduler groups by the test's module path itself."""

@@ -441,10 +441,15 @@ def test_up_says_when_it_reuses_the_state_of_an_earlier_run_and_fresh_removes_it
 
 
 @pytest.mark.parametrize("kind", ["ccxt-gateway", "freqtrade"])
-def test_fresh_empties_the_gateways_state_dir_and_leaves_it_for_the_gateway(tmp_path: Path, kind: str) -> None:
+def test_fresh_empties_the_gateways_state_dir_and_leaves_it_for_the_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
     """The gateway writes its venue into its state directory and creates none: `--fresh` removes the earlier venue,
     never the directory (the gateway's orders failed with HTTP 500, its autosave finding no directory). A directory
     the configuration has just created (empty) is no earlier run's state."""
+    # No configuration given: the defaults are relative to the working directory (the ledger in var/), which must
+    # be this test's own, never the checkout's that other workers' tests share (--fresh removes the database).
+    monkeypatch.chdir(tmp_path)
     options = UpOptions(
         state_dir=tmp_path / "stack",
         repo=str(REPO_ROOT),
