@@ -13,9 +13,10 @@ CONSTRAINTS := constraints.txt
 EXTRAS := test,freqtrade,nautilus
 CONFIG ?= trading-ops.yaml
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
-# Three on the 2-core machine: a stack test spends most of its time waiting on alert timers, not on the CPUs
-# (2,303 tests from a fresh clone: 18:57 of pytest in two lanes, 13:22 in three; docs/development.md).
-TEST_LANES ?= 3
+# Two on the 2-core machine. Three are faster (2,303 tests from a fresh clone: 13:22 of pytest against 18:57 in two),
+# but one run of three of them lost test_scenarios_e2e's stack (a unit still "activating" once healthy, then no
+# restart within 120 s): `make test TEST_LANES=3` until that is understood.
+TEST_LANES ?= 2
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
 	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
