@@ -91,6 +91,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaperStack]:
         up.close()
 
 
+@pytest.fixture(autouse=True)
+def stack_output(stack: PaperStack) -> Iterator[None]:
+    """What the stack printed during the test: pytest shows it only when the test fails, which is when it tells
+    what the units did (restarts, kills, start timeouts) and the assertion cannot."""
+    start = len(stack.up.lines)
+    yield
+    print("\n".join(stack.up.lines[start:][-120:]))
+
+
 def stack_episode(stack: PaperStack, episode_id: int) -> dict[str, Any]:
     return next(e for e in stack.episodes() if e["id"] == episode_id)
 
@@ -164,7 +173,9 @@ def test_a_crashed_bot_is_restarted_as_systemd_would_and_nothing_pages(stack: Pa
     before = bot_pid(stack)
     stack.control("crash")
     until("a new bot process", lambda: stack.up.healthy("paper-bot") and bot_pid(stack) != before, deadline=120)
-    assert unit_state(stack)["ActiveState"] == "active"
+    # /healthz answers from the moment the bot's HTTP server is up; the unit turns active only at READY=1, after the
+    # startup reconciliation (as systemd's Type=notify): the bot may be healthy and its unit still activating.
+    until("the unit active", lambda: unit_state(stack)["ActiveState"] == "active", deadline=120)
     assert re.search(r"trading-ops-paper-bot.service: paper-bot \(pid \d+\) killed by SIGKILL", stack.up.output)
     back_to_normal(stack)
     for episode in new_episodes(stack, known, "TradingBotDown"):  # if it fired at all while the bot restarted
