@@ -385,56 +385,47 @@ def _gone_orders(sides: _Sides) -> list[Discrepancy]:
     return found
 
 
-def _positions(sides: _Sides) -> list[Discrepancy]:
-    """A position that the fills found do not explain; none compared when the venue did not answer for them."""
-    venue_positions = sides.venue.positions
-    if venue_positions is None:
-        return []
-    expected, _ = sides.expected
+def _unexplained(
+    kind: Kind, venue: dict[str, Decimal], expected: dict[str, Decimal], journal: dict[str, Decimal]
+) -> list[Discrepancy]:
+    """Each symbol (positions) or asset (balances) whose amount on the venue differs from what the journal will
+    hold after the fills found: `journal` is what it holds now, `expected` what it will."""
+    position = kind is Kind.POSITION_MISMATCH
     found = []
-    for symbol in sorted(set(venue_positions) | set(expected)):
-        theirs = venue_positions.get(symbol, ZERO)
-        ours = expected.get(symbol, ZERO)
+    for key in sorted(set(venue) | set(expected)):
+        theirs = venue.get(key, ZERO)
+        ours = expected.get(key, ZERO)
         if theirs != ours:
             found.append(
                 Discrepancy(
-                    Kind.POSITION_MISMATCH,
-                    symbol,
-                    symbol,
-                    journal=str(sides.journal.positions.get(symbol, ZERO)),
+                    kind,
+                    key,
+                    key if position else None,
+                    journal=str(journal.get(key, ZERO)),
                     venue=str(theirs),
                     detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
-                    quantity=theirs - ours,
-                    sort_key=(symbol,),
+                    quantity=theirs - ours if position else ZERO,
+                    sort_key=(key,),
                 )
             )
     return found
+
+
+def _positions(sides: _Sides) -> list[Discrepancy]:
+    """A position that the fills found do not explain; none compared when the venue did not answer for them."""
+    if sides.venue.positions is None:
+        return []
+    expected, _ = sides.expected
+    return _unexplained(Kind.POSITION_MISMATCH, sides.venue.positions, expected, sides.journal.positions)
 
 
 def _balances(sides: _Sides) -> list[Discrepancy]:
     """A balance that the fills found do not explain; none compared when the venue did not answer for them, and an
     empty journal takes the venue's balances as its baseline, silently."""
-    venue_balances = sides.venue.balances
-    if not sides.journal.balances or venue_balances is None:
+    if not sides.journal.balances or sides.venue.balances is None:
         return []
     _, expected = sides.expected
-    found = []
-    for asset in sorted(set(venue_balances) | set(expected)):
-        theirs = venue_balances.get(asset, ZERO)
-        ours = expected.get(asset, ZERO)
-        if theirs != ours:
-            found.append(
-                Discrepancy(
-                    Kind.BALANCE_MISMATCH,
-                    asset,
-                    None,
-                    journal=str(sides.journal.balances.get(asset, ZERO)),
-                    venue=str(theirs),
-                    detail={"expected_after_fills": str(ours), "difference": str(theirs - ours)},
-                    sort_key=(asset,),
-                )
-            )
-    return found
+    return _unexplained(Kind.BALANCE_MISMATCH, sides.venue.balances, expected, sides.journal.balances)
 
 
 # What classify compares, one check each; each returns its discrepancies (classify orders them).
