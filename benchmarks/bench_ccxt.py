@@ -35,9 +35,10 @@ from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.book import Book
 from trading_ops.bot.broker import BrokerEvents, OrderRequest, OrderType, Side, VenueFill, VenueOrder
+from trading_ops.bot.classify import balance_changes
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.metrics import BotMetrics
-from trading_ops.bot.reconciliation import Reconciler, Trigger, balance_changes
+from trading_ops.bot.reconciliation import Reconciler, Trigger
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.db import migrate

@@ -17,14 +17,8 @@ from sqlalchemy.exc import OperationalError
 
 from tests.paper_helpers import TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
 from trading_ops.bot.broker import BrokerError, OrderRequest, OrderType, Side, VenueFill, VenueOrder
-from trading_ops.bot.reconciliation import (
-    JournalFill,
-    JournalOrder,
-    JournalSnapshot,
-    Trigger,
-    VenueSnapshot,
-    classify,
-)
+from trading_ops.bot.classify import JournalFill, JournalOrder, JournalSnapshot, VenueSnapshot, classify
+from trading_ops.bot.reconciliation import Trigger
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.paper.bot import PaperBot, make_venue, startup_retry_delay
 from trading_ops.paper.venue import PaperVenue

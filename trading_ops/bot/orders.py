@@ -24,11 +24,11 @@ from trading_ops.bot.broker import (
     VenueOrder,
     order_key,
 )
+from trading_ops.bot.classify import ADJUSTMENT_LIQUIDITY, balance_changes, split_symbol
 from trading_ops.bot.gate import REFUSED_JOURNAL, OrderGate, Refusal
 from trading_ops.bot.journal import Journal, OrderUpdate
 from trading_ops.bot.journal_health import is_journal_failure
 from trading_ops.bot.metrics import BotMetrics
-from trading_ops.bot.reconciliation import ADJUSTMENT_LIQUIDITY, balance_changes, split_symbol
 from trading_ops.db.base import utcnow
 
 log = logging.getLogger(__name__)

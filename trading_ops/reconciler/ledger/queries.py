@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from trading_ops.reconciler.ledger.db import ESC, SET, A, E, LedgerDB, N, S, T
 from trading_ops.reconciler.ledger.limits import PAUSE_KEY
@@ -57,33 +57,8 @@ class Queries:
             stmt = stmt.where(E.c.target == target)
         with self.db.engine.connect() as conn:
             episodes = [dict(r) for r in conn.execute(stmt).mappings()]
-            ids = [e["id"] for e in episodes]
-            attempts = (
-                [
-                    dict(r)
-                    for r in conn.execute(select(A).where(A.c.episode_id.in_(ids)).order_by(A.c.number)).mappings()
-                ]
-                if ids
-                else []
-            )
-            aids = [a["id"] for a in attempts]
-            steps = (
-                [
-                    dict(r)
-                    for r in conn.execute(select(S).where(S.c.attempt_id.in_(aids)).order_by(S.c.position)).mappings()
-                ]
-                if aids
-                else []
-            )
-        by_attempt: dict[int, list[dict[str, Any]]] = {}
-        for s in steps:
-            by_attempt.setdefault(s["attempt_id"], []).append(s)
-        by_episode: dict[int, list[dict[str, Any]]] = {}
-        for a in attempts:
-            a["steps"] = by_attempt.get(a["id"], [])
-            by_episode.setdefault(a["episode_id"], []).append(a)
-        for e in episodes:
-            e["attempt_list"] = by_episode.get(e["id"], [])
+            attempts = _attempts_with_steps(conn, [e["id"] for e in episodes])
+        _attach(episodes, "attempt_list", attempts, "episode_id")
         return episodes
 
     def open_episodes_by_target(self) -> dict[str, int]:
@@ -98,24 +73,9 @@ class Queries:
             if row is None:
                 return None
             episode = dict(row)
-            attempts = [
-                dict(r)
-                for r in conn.execute(select(A).where(A.c.episode_id == episode_id).order_by(A.c.number)).mappings()
-            ]
-            aids = [a["id"] for a in attempts]
-            steps = (
-                [
-                    dict(r)
-                    for r in conn.execute(select(S).where(S.c.attempt_id.in_(aids)).order_by(S.c.position)).mappings()
-                ]
-                if aids
-                else []
-            )
+            episode["attempt_list"] = _attempts_with_steps(conn, [episode_id])
             pages = conn.execute(select(ESC).where(ESC.c.episode_id == episode_id).order_by(ESC.c.id)).mappings()
             episode["escalation_list"] = [dict(p) for p in pages]
-        for a in attempts:
-            a["steps"] = [s for s in steps if s["attempt_id"] == a["id"]]
-        episode["attempt_list"] = attempts
         return episode
 
     def notification_for(self, fingerprint: str, starts_at: datetime) -> str | None:
@@ -147,6 +107,33 @@ class Queries:
     def notification_count(self) -> int:
         with self.db.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(N)).scalar_one())
+
+
+def _attempts_with_steps(conn: Connection, episode_ids: list[int]) -> list[dict[str, Any]]:
+    """The attempts of these episodes by number, each with its steps by position under "steps": two queries, however
+    many episodes."""
+    if not episode_ids:
+        return []
+    attempts = [
+        dict(r) for r in conn.execute(select(A).where(A.c.episode_id.in_(episode_ids)).order_by(A.c.number)).mappings()
+    ]
+    aids = [a["id"] for a in attempts]
+    steps = (
+        [dict(r) for r in conn.execute(select(S).where(S.c.attempt_id.in_(aids)).order_by(S.c.position)).mappings()]
+        if aids
+        else []
+    )
+    _attach(attempts, "steps", steps, "attempt_id")
+    return attempts
+
+
+def _attach(parents: list[dict[str, Any]], name: str, children: list[dict[str, Any]], parent_key: str) -> None:
+    """Put under each parent's `name` its children (those whose `parent_key` is its id), in the children's order."""
+    by_parent: dict[int, list[dict[str, Any]]] = {}
+    for child in children:
+        by_parent.setdefault(child[parent_key], []).append(child)
+    for parent in parents:
+        parent[name] = by_parent.get(parent["id"], [])
 
 
 def episode_json(e: dict[str, Any]) -> dict[str, Any]:
