@@ -9,6 +9,7 @@ docs/img/console-*.png (the documentation's)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,15 +29,18 @@ import pytest
 import yaml
 from aiohttp import web
 from ports import free_port
+from sqlalchemy import update
 
 from tests.reconciler.conftest import TOKEN, Alertmanager, alert, payload, start_alertmanager, stop
 from tests.system_binaries import require_binary
 from trading_ops.config import load_config
 from trading_ops.db import migrate
+from trading_ops.db.base import utcnow
+from trading_ops.db.models import ConsoleSession
+from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
-from trading_ops.reconciler.console import CSRF_REFUSED, MAX_SESSIONS, Sessions
-from trading_ops.scopes import Token
+from trading_ops.reconciler.console import CSRF_REFUSED
 from trading_ops.webconfig import app_ssl_context
 
 pytestmark = [pytest.mark.alertmanager]
@@ -618,11 +623,15 @@ def test_log_out_ends_the_session_and_sessions_expire(browser: Any, stack: Stack
     page.goto(f"{stack.reconciler.url}/ui/approvals")
     assert page.url.endswith("/ui/login")
     page.context.close()
-    sessions = Sessions()
-    token = Token("someone", "read", b"\0" * 32)
-    sid, session = sessions.create(token)
-    assert sessions.get(sid) is session and sessions.get("guess") is None
-    session.expires = time.monotonic() - 1
-    assert sessions.get(sid) is None and sid not in sessions.by_id
-    ids = [sessions.create(token)[0] for _ in range(MAX_SESSIONS + 1)]
-    assert len(sessions.by_id) == MAX_SESSIONS and ids[0] not in sessions.by_id and ids[-1] in sessions.by_id
+    # A session past its end (its login longer ago than SESSION_SECONDS) is refused too: log in again.
+    page = login(browser, stack, READ_TOKEN)
+    sid = next(c for c in page.context.cookies() if c["name"] == "tradingops_console")["value"]
+    with stack.reconciler.app[keys.LEDGER].db.tx() as conn:
+        conn.execute(
+            update(ConsoleSession)
+            .where(ConsoleSession.id_hash == hashlib.sha256(sid.encode()).hexdigest())
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    page.goto(f"{stack.reconciler.url}/ui/approvals")
+    assert page.url.endswith("/ui/login")
+    page.context.close()

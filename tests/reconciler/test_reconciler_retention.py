@@ -79,7 +79,7 @@ async def test_old_notifications_and_closed_episodes_are_pruned_in_batches_open_
     metrics = ReconcilerMetrics(registry)
     pruner = Pruner(ledger, 30, metrics, batch=2)
     pruned = await pruner.prune_once(T0 + timedelta(days=31))
-    assert pruned == {"notifications": 5, "episodes": 1, "attempts": 1, "steps": 1}
+    assert pruned == {"notifications": 5, "episodes": 1, "attempts": 1, "steps": 1, "console_sessions": 0}
     assert batches == [2, 2, 1]  # small transactions, never one long write lock
     kept = {e["fingerprint"]: e for e in ledger.list_episodes()}
     assert set(kept) == {"open", "recent"} and kept["open"]["state"] == "pending"

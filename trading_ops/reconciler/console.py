@@ -6,21 +6,22 @@ halt per bot behind a confirmation page. HTML only, no JavaScript; one styleshee
 carries a strict Content-Security-Policy.
 
 Login: a token of reconciler.api_tokens (or read_token) posted once to /ui/login; the console keeps an opaque random
-session id in a cookie (HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS) and the session in this process's
-memory (one replica: a restart or another replica asks to log in again). Every POST carries the session's CSRF token
-in a hidden field, compared in constant time; the login form a pre-login one (its own cookie). What a page offers
-follows the token's scope (trading_ops.scopes), and every POST checks it again: a form not shown is also refused.
+session id in a cookie (HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS) and the session in the ledger's database
+(ConsoleSessions: only a hash of the id), so every replica knows it and a restart keeps it; a session of a token the
+configuration no longer has (removed, another value or scope) ends. Every POST carries the session's CSRF token in a
+hidden field, compared in constant time; the login form a pre-login one (its own cookie). What a page offers follows
+the token's scope (trading_ops.scopes), and every POST checks it again: a form not shown is also refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import html
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,7 +38,8 @@ from trading_ops.ops.maintenance import ACTIVE, Maintenance, MaintenanceError, p
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.bot import target_token
 from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal
-from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE, READ, Token, refusal
+from trading_ops.reconciler.ledger import StoredSession
+from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE, READ, Token, TokenSet, refusal
 from trading_ops.webconfig import app_ssl_context
 
 log = logging.getLogger(__name__)
@@ -68,50 +70,31 @@ CSRF_REFUSED = "refused: missing or wrong CSRF token (reload the page and try ag
 
 @dataclass
 class Session:
+    """The session of one request: the token it was made with, its CSRF token, when it ends and its id's hash in the
+    ledger; the messages of its last POSTs, and what this request showed of them and added."""
+
     token: Token
     csrf: str
-    expires: float
+    expires: datetime
+    key: str
     # (done|problem, message) of the last POSTs, shown once by the next page.
     flash: list[tuple[str, str]] = field(default_factory=list)
+    shown: int = 0
+    added: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass
-class Sessions:
-    """The console's sessions, in this process's memory: opaque id -> session."""
-
-    by_id: dict[str, Session] = field(default_factory=dict)
-
-    def create(self, token: Token) -> tuple[str, Session]:
-        self.prune()
-        while len(self.by_id) >= MAX_SESSIONS:
-            del self.by_id[next(iter(self.by_id))]
-        sid = secrets.token_urlsafe(32)
-        session = Session(token, secrets.token_urlsafe(32), time.monotonic() + SESSION_SECONDS)
-        self.by_id[sid] = session
-        return sid, session
-
-    def get(self, sid: str | None) -> Session | None:
-        if not sid:
-            return None
-        session = self.by_id.get(sid)
-        if session is None:
-            return None
-        if session.expires <= time.monotonic():
-            del self.by_id[sid]
-            return None
-        return session
-
-    def drop(self, sid: str | None) -> None:
-        if sid:
-            self.by_id.pop(sid, None)
-
-    def prune(self) -> None:
-        now = time.monotonic()
-        for sid in [s for s, v in self.by_id.items() if v.expires <= now]:
-            del self.by_id[sid]
+def token_hash(token: Token) -> str:
+    """What a session records of its token's value: a SHA-256 of the token's own digest (hex)."""
+    return hashlib.sha256(token.digest).hexdigest()
 
 
-SESSIONS = web.AppKey("console_sessions", Sessions)
+def configured(tokens: TokenSet, stored: StoredSession) -> Token | None:
+    """The configured token a stored session was made with, if the configuration still has it (same name, scope and
+    value)."""
+    for token in tokens.tokens:
+        if token.name == stored.token_name and token.scope == stored.scope:
+            return token if hmac.compare_digest(token_hash(token), stored.token_hash) else None
+    return None
 
 
 def h(value: Any) -> str:
@@ -120,7 +103,6 @@ def h(value: Any) -> str:
 
 
 def setup_console(app: web.Application) -> None:
-    app[SESSIONS] = Sessions()
     app.middlewares.append(console_headers)
     r = app.router
     r.add_get(f"{PREFIX}", to_fleet)
@@ -166,8 +148,30 @@ def secure(request: web.Request) -> bool:
     return app_ssl_context(request.app) is not None
 
 
-def current(request: web.Request) -> Session | None:
-    return request.app[SESSIONS].get(request.cookies.get(COOKIE))
+async def current(request: web.Request) -> Session | None:
+    """The request's session (its cookie's id, looked up in the ledger), or None: no cookie, an unknown or expired id,
+    or a token the configuration no longer has."""
+    sid = request.cookies.get(COOKIE)
+    if not sid:
+        return None
+    ledger = request.app[keys.LEDGER]
+    stored = await asyncio.to_thread(ledger.console_session, sid, utcnow())
+    if stored is None:
+        return None
+    token = configured(request.app[keys.API_TOKENS], stored)
+    if token is None:
+        log.warning("console session of token %r ended: the configuration no longer has that token", stored.token_name)
+        await asyncio.to_thread(ledger.drop_console_session, sid)
+        return None
+    return Session(token, stored.csrf, stored.expires_at, stored.id_hash, stored.flash)
+
+
+async def keep_flash(request: web.Request, session: Session) -> None:
+    """Record in the ledger what this request showed of the session's messages and what it added."""
+    if session.shown or session.added:
+        await asyncio.to_thread(
+            request.app[keys.LEDGER].update_console_flash, session.key, session.shown, session.added
+        )
 
 
 def one_line(status: int, message: str) -> web.Response:
@@ -216,6 +220,7 @@ def flash(session: Session) -> str:
         f'<p class="{kind}" role="{"status" if kind == "done" else "alert"}">{h(message)}</p>'
         for kind, message in session.flash
     )
+    session.shown += len(session.flash)
     session.flash.clear()
     return shown
 
@@ -234,7 +239,7 @@ def badge(text: str) -> str:
 
 def with_flash(session: Session, location: str, kind: str, message: str) -> web.Response:
     """Redirect after a POST (303), the outcome shown once on the next page."""
-    session.flash.append((kind, message[:500]))
+    session.added.append((kind, message[:500]))
     return redirect(location)
 
 
@@ -282,7 +287,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     if token is None:
         log.warning("console login from %s refused: unknown token", request.remote)
         return await login_form(request, "Unknown token.", 401)
-    sid, _session = request.app[SESSIONS].create(token)
+    sid, _session = await asyncio.to_thread(
+        request.app[keys.LEDGER].create_console_session,
+        token.name,
+        token.scope,
+        token_hash(token),
+        utcnow(),
+        SESSION_SECONDS,
+        MAX_SESSIONS,
+    )
     log.info("console login: token %r from %s", token.name, request.remote)
     response = redirect(f"{PREFIX}/")
     response.set_cookie(
@@ -293,7 +306,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:
-    request.app[SESSIONS].drop(request.cookies.get(COOKIE))
+    await asyncio.to_thread(request.app[keys.LEDGER].drop_console_session, request.cookies.get(COOKIE))
     response = redirect(f"{PREFIX}/login")
     response.del_cookie(COOKIE, path=PREFIX)
     return response
@@ -309,10 +322,12 @@ def page(view: View) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """A page for any logged-in token (each shows what its scope may do); the login page for no session."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        session = current(request)
+        session = await current(request)
         if session is None:
             return redirect(f"{PREFIX}/login")
-        return await view(request, session)
+        response = await view(request, session)
+        await keep_flash(request, session)
+        return response
 
     return handler
 
@@ -321,7 +336,7 @@ def action(scope: str, what: str, act: Act) -> Callable[[web.Request], Awaitable
     """A POST: a session, its CSRF token (constant-time comparison), then the scope `scope`; each refusal one line."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        session = current(request)
+        session = await current(request)
         if session is None:
             return one_line(403, "refused: not logged in (log in at /ui/login)")
         form = await read_form(request)
@@ -334,7 +349,9 @@ def action(scope: str, what: str, act: Act) -> Callable[[web.Request], Awaitable
             message = refusal(what, scope, session.token)
             log.warning("console %s from %s refused: %s", request.path, request.remote, message)
             return one_line(403, f"refused: {message}")
-        return await act(request, session, form)
+        response = await act(request, session, form)
+        await keep_flash(request, session)
+        return response
 
     return handler
 

@@ -1,4 +1,5 @@
-"""Ledger retention: notifications and closed episodes older than reconciler.retention_days, pruned hourly."""
+"""Ledger retention: notifications and closed episodes older than reconciler.retention_days, and expired console
+sessions, pruned hourly."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import Engine
 
 from trading_ops.config import Config
 from trading_ops.db.base import utcnow
-from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.ledger import PRUNED_TABLES, Ledger
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 
 log = logging.getLogger(__name__)
@@ -50,22 +51,30 @@ class Pruner:
             await asyncio.sleep(self.interval)
 
     async def prune_once(self, now: datetime) -> dict[str, int]:
-        """Delete everything older than the retention as of `now`, batch by batch; rows deleted by table."""
+        """Delete everything older than the retention as of `now`, and the console sessions expired at `now`, batch
+        by batch; rows deleted by table."""
         cutoff = now - self.retention
-        pruned = {"notifications": 0, "episodes": 0, "attempts": 0, "steps": 0}
-        while True:
-            count = await asyncio.to_thread(self.ledger.prune_notifications, cutoff, self.batch)
-            self._count(pruned, {"notifications": count})
-            if count < self.batch:
-                break
+        pruned = dict.fromkeys(PRUNED_TABLES, 0)
+        await self._drain(pruned, "notifications", self.ledger.prune_notifications, cutoff)
         while True:
             counts = await asyncio.to_thread(self.ledger.prune_episodes, cutoff, self.batch)
             self._count(pruned, counts)
             if counts["episodes"] < self.batch:
                 break
+        await self._drain(pruned, "console_sessions", self.ledger.prune_console_sessions, now)
         if any(pruned.values()):
             log.info("ledger retention (%s): pruned %s", self.retention, pruned)
         return pruned
+
+    async def _drain(
+        self, pruned: dict[str, int], table: str, prune: Callable[[datetime, int], int], when: datetime
+    ) -> None:
+        """`prune(when, batch)` until a batch comes back short: the rows of `table` it deleted counted in `pruned`."""
+        while True:
+            count = await asyncio.to_thread(prune, when, self.batch)
+            self._count(pruned, {table: count})
+            if count < self.batch:
+                return
 
     def _count(self, pruned: dict[str, int], counts: dict[str, int]) -> None:
         for table, count in counts.items():

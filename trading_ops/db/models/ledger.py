@@ -1,4 +1,5 @@
-"""The reconciler's ledger: acknowledged notifications, episodes, attempts, steps, target claims, settings."""
+"""The reconciler's ledger: acknowledged notifications, episodes, attempts, steps, target claims, settings, console
+sessions."""
 
 from __future__ import annotations
 
@@ -203,3 +204,25 @@ class Approval(Base):
     decided_at: Mapped[datetime | None] = mapped_column()
     reason: Mapped[str] = mapped_column(Text, default="")
     executed_at: Mapped[datetime | None] = mapped_column()
+
+
+class ConsoleSession(Base):
+    """A login to the operator console (/ui/), shared by every replica on the ledger's database. The browser holds
+    the opaque session id; this row holds only its SHA-256, so what the database shows cannot be used as a cookie."""
+
+    __tablename__ = "reconciler_console_sessions"
+
+    # SHA-256 (hex) of the session id in the cookie.
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The token logged in with: its name and scope, and a SHA-256 (hex) of its digest, so a session ends when the
+    # configuration no longer has that token (removed, given another value or scope).
+    token_name: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    # The CSRF token every POST of the session carries.
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Absolute: a session lasts from its login until then (trading_ops.reconciler.console.SESSION_SECONDS).
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    # [[done|problem, message], ...] of the last POSTs (JSON), shown once by the next page, whichever replica serves it.
+    flash: Mapped[str] = mapped_column(Text, default="[]")

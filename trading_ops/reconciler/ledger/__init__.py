@@ -1,4 +1,5 @@
-"""The durable store behind the reconciler: batched intake, episode claims with a lease, the run record.
+"""The durable store behind the reconciler: batched intake, episode claims with a lease, the run record, the console's
+sessions.
 
 `Ledger` is what its callers hold: one engine, and the parts that each own one concern of the store (intake,
 claims, run record, limits, queries, pruning), whose methods it offers under the names they have always had."""
@@ -34,6 +35,7 @@ from trading_ops.reconciler.ledger.limits import (
 from trading_ops.reconciler.ledger.pruning import PRUNED_TABLES, Pruning
 from trading_ops.reconciler.ledger.queries import NOTIFICATION_SEARCH_LIMIT, LedgerCounts, Queries, episode_json
 from trading_ops.reconciler.ledger.runs import OPERATOR_OUTCOMES, RETRYABLE_STATES, UNKNOWN, UNKNOWN_DETAIL, RunRecord
+from trading_ops.reconciler.ledger.sessions import ConsoleSessions, StoredSession
 from trading_ops.reconciler.states import ACTIVE_STATES, CLAIMED_STATES, CLOSED_STATES, OPEN_STATES, RUNNABLE_STATES
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "UNKNOWN_DETAIL",
     "AlertIn",
     "Claims",
+    "ConsoleSessions",
     "Intake",
     "Ledger",
     "LedgerCounts",
@@ -70,6 +73,7 @@ __all__ = [
     "Queries",
     "RunRecord",
     "StoreResult",
+    "StoredSession",
     "SweepResult",
     "episode_json",
     "later",
@@ -86,6 +90,7 @@ class Ledger:
     - `runs` (RunRecord): an episode's state, attempts and steps as a run writes them, an operator's ack and retry;
     - `limits` (Limits): cooldowns, budgets, circuits and their audit, settings, the pause;
     - `queries` (Queries): reads for the engine's metrics, the API, the console and the CLI;
+    - `sessions` (ConsoleSessions): the operator console's logins (every replica's, kept over a restart);
     - `pruning` (Pruning): retention's deletes.
 
     A method is an attribute of the instance, so a test may replace one (monkeypatch) for every caller; `tx`, the
@@ -104,6 +109,7 @@ class Ledger:
         self.runs = self._offer_runs(RunRecord(self.db))
         self.limits = self._offer_limits(Limits(self.db))
         self.queries = self._offer_queries(Queries(self.db))
+        self.sessions = self._offer_sessions(ConsoleSessions(self.db))
         self.pruning = self._offer_pruning(Pruning(self.db))
 
     def _offer_intake(self, intake: Intake) -> Intake:
@@ -161,9 +167,17 @@ class Ledger:
         self.notification_count = queries.notification_count
         return queries
 
+    def _offer_sessions(self, sessions: ConsoleSessions) -> ConsoleSessions:
+        self.create_console_session = sessions.create_console_session
+        self.console_session = sessions.console_session
+        self.drop_console_session = sessions.drop_console_session
+        self.update_console_flash = sessions.update_console_flash
+        return sessions
+
     def _offer_pruning(self, pruning: Pruning) -> Pruning:
         self.prune_notifications = pruning.prune_notifications
         self.prune_episodes = pruning.prune_episodes
+        self.prune_console_sessions = pruning.prune_console_sessions
         return pruning
 
     @property

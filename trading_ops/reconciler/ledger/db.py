@@ -14,6 +14,7 @@ from trading_ops.db.models.ledger import (
     Approval,
     Attempt,
     AuditEntry,
+    ConsoleSession,
     Episode,
     Escalation,
     Notification,
@@ -34,6 +35,7 @@ SET = cast(Table, Setting.__table__)
 AUDIT = cast(Table, AuditEntry.__table__)
 ESC = cast(Table, Escalation.__table__)
 APPROVALS = cast(Table, Approval.__table__)
+CONSOLE_SESSIONS = cast(Table, ConsoleSession.__table__)
 
 
 class LedgerDB:

@@ -1,4 +1,5 @@
-"""The ledger's retention: old notifications and closed episodes deleted in short, bounded transactions."""
+"""The ledger's retention: old notifications, closed episodes and expired console sessions deleted in short, bounded
+transactions."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from datetime import datetime
 
 from sqlalchemy import delete, select
 
-from trading_ops.reconciler.ledger.db import APPROVALS, ESC, A, E, LedgerDB, N, S
+from trading_ops.reconciler.ledger.db import APPROVALS, CONSOLE_SESSIONS, ESC, A, E, LedgerDB, N, S
 from trading_ops.reconciler.states import CLOSED_STATES
 
 # What retention deletes, by table (tradingops_ledger_pruned_rows_total{table}).
-PRUNED_TABLES = ("notifications", "episodes", "attempts", "steps")
+PRUNED_TABLES = ("notifications", "episodes", "attempts", "steps", "console_sessions")
 
 
 class Pruning:
@@ -46,3 +47,10 @@ class Pruning:
             conn.execute(delete(APPROVALS).where(APPROVALS.c.episode_id.in_(ids)))  # and their approvals
             episodes = conn.execute(delete(E).where(E.c.id.in_(ids), E.c.state.in_(CLOSED_STATES))).rowcount
         return {"episodes": int(episodes), "attempts": int(attempts), "steps": int(steps)}
+
+    def prune_console_sessions(self, now: datetime, limit: int) -> int:
+        """Delete up to `limit` of the console sessions expired at `now` (one short transaction)."""
+        cs = CONSOLE_SESSIONS
+        expired = select(cs.c.id_hash).where(cs.c.expires_at <= now).order_by(cs.c.expires_at).limit(limit)
+        with self.db.tx() as conn:
+            return int(conn.execute(delete(cs).where(cs.c.id_hash.in_(expired.scalar_subquery()))).rowcount)
