@@ -55,15 +55,15 @@ class Gates(RunPart):
         deferred past the rule's cooldown, or closed escalated (an open circuit, a spent budget). True when one
         held."""
         if await self.is_paused():
-            await self.park(episode, f"{PAUSED_DETAIL}: re-checked on resume", now + _seconds(PAUSE_RECHECK_SECONDS))
+            await self._park(episode, f"{PAUSED_DETAIL}: re-checked on resume", now + _seconds(PAUSE_RECHECK_SECONDS))
             return True
-        silence = await self.maintenance(ctx.labels)
+        silence = await self._maintenance(ctx.labels)
         if silence:
             ends = _silence_end(silence, now)
             why = f"maintenance silence {silence.get('id', '')} until {ends.isoformat()}"
             comment = str(silence.get("comment", ""))[:100]
             recheck = min(ends, now + _seconds(MAINTENANCE_RECHECK_SECONDS))
-            await self.park(episode, f"{why} ({comment})", max(recheck, now + _seconds(MIN_RECHECK_SECONDS)))
+            await self._park(episode, f"{why} ({comment})", max(recheck, now + _seconds(MIN_RECHECK_SECONDS)))
             return True
         cooldown = await self.db(
             self.ledger.cooldown_until, rule.name, episode["target"], episode["id"], rule.cooldown, now
@@ -73,11 +73,11 @@ class Gates(RunPart):
                 episode, "waiting", cooldown, f"cooldown of rule {rule.name} on {episode['target']} until {cooldown}"
             )
             return True
-        if await self.circuit_open(episode, rule, ctx, now):
+        if await self._circuit_open(episode, rule, ctx, now):
             return True
-        return not self.rc.dry_run and not rule.protective and not await self.within_budget(episode, rule, ctx, now)
+        return not self.rc.dry_run and not rule.protective and not await self._within_budget(episode, rule, ctx, now)
 
-    async def circuit_open(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
+    async def _circuit_open(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
         """Whether the target's or the global circuit is open and holds the rule back (the episode then closed
         escalated). A protective rule acts anyway, and says so."""
         for circuit in (episode["target"], GLOBAL_TARGET):
@@ -98,7 +98,7 @@ class Gates(RunPart):
                 return True
         return False
 
-    async def maintenance(self, labels: dict[str, str]) -> dict[str, Any] | None:
+    async def _maintenance(self, labels: dict[str, str]) -> dict[str, Any] | None:
         if not self.rc.check_silences:
             return None
         try:
@@ -139,7 +139,7 @@ class Gates(RunPart):
         )
         return False
 
-    async def park(self, episode: dict[str, Any], why: str, until: datetime) -> None:
+    async def _park(self, episode: dict[str, Any], why: str, until: datetime) -> None:
         """Hold the episode (state waiting) until `until`; record once per reason that nothing was executed."""
         if not (episode["state"] == "waiting" and episode["detail"] == why):
             attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner, counted=False)
@@ -147,7 +147,7 @@ class Gates(RunPart):
         if await self.holder.defer(episode, "waiting", until, why) == "waiting":
             log.info("episode %s (%s on %s): parked: %s", episode["id"], episode["alertname"], episode["target"], why)
 
-    async def within_budget(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
+    async def _within_budget(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
         needed = sum(1 for s in rule.steps if ACTIONS[s.action].budgeted)
         if not needed:
             return True

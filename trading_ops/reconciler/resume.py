@@ -32,7 +32,7 @@ DONE_OUTCOMES = ("success", SKIPPED)
 
 @dataclass(frozen=True)
 class Resume:
-    """How a run carries on what a stopped run of its episode began (`Resumption.resumption`)."""
+    """How a run carries on what a stopped run of its episode began (`Resumption._resumption`)."""
 
     # The attempt carried on (None: a new attempt), and its number as the rule's max_attempts counts it.
     attempt_id: int | None
@@ -57,7 +57,7 @@ class Resumption(RunPart):
     async def carry_on(
         self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, interrupted: bool
     ) -> tuple[bool, Resume | None]:
-        """What is left of an earlier run of the episode that stopped before the end (`resumption`): whether this
+        """What is left of an earlier run of the episode that stopped before the end (`_resumption`): whether this
         run is already handled (decided: escalated), and the plan to carry the earlier attempt on (None: the usual
         start; `verify_only`: only the verification is left)."""
         if not episode["attempts"] or self.rc.dry_run:
@@ -66,12 +66,12 @@ class Resumption(RunPart):
         carried = (*UNSEEN_OUTCOMES, AWAITING_APPROVAL)
         if last is None or not (interrupted or last["outcome"] in carried):
             return False, None
-        found = await self.resumption(episode, rule, ctx, last)
+        found = await self._resumption(episode, rule, ctx, last)
         if found is None:
             return True, None  # decided (escalated): nothing is run again
         return False, found if isinstance(found, Resume) else None
 
-    async def resumption(
+    async def _resumption(
         self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, last: dict[str, Any]
     ) -> Resume | bool | None:
         """What a run does after a run of its episode stopped before the end (the reconciler died, or the ledger

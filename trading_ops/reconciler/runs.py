@@ -135,8 +135,8 @@ class RunHolder:
 
     async def _interrupt_when_reachable(self, episode: dict[str, Any], claim: Claim, exc: Exception) -> None:
         """The database went away mid-run: not an internal error (nobody is paged for it). What the run's steps did
-        is recorded (`Steps.record_outcome`); once the ledger answers again the run is handed back `interrupted`, due
-        at once, and its next run carries on from there (`Resumption.resumption`): nothing done is done again. The
+        is recorded (`Steps._record_outcome`); once the ledger answers again the run is handed back `interrupted`, due
+        at once, and its next run carries on from there (`Resumption._resumption`): nothing done is done again. The
         lease is renewed meanwhile; a replica that takes it over after all has the same record to carry on from."""
         log.warning(
             "episode %s: the ledger is unreachable; the run is handed back once it answers: %s", episode["id"], exc
@@ -180,7 +180,7 @@ class RunHolder:
             raise LostClaim
         return row["resolved_at"] is not None
 
-    async def hand_back(self, episode: dict[str, Any], **values: Any) -> bool:
+    async def _hand_back(self, episode: dict[str, Any], **values: Any) -> bool:
         """The run's last write: the episode closed, parked or due again later, its claim given back (False when
         it was no longer ours)."""
         self.end_claim(episode)
@@ -211,7 +211,7 @@ class RunHolder:
         return written
 
     async def close(self, episode: dict[str, Any], state: str, detail: str, **values: Any) -> None:
-        if not await self.hand_back(episode, state=state, detail=detail, **values):
+        if not await self._hand_back(episode, state=state, detail=detail, **values):
             raise LostClaim
         self.metrics.episodes_total.labels(state).inc()
         log.info("episode %s (%s on %s): %s: %s", episode["id"], episode["alertname"], episode["target"], state, detail)

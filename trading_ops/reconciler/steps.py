@@ -44,12 +44,12 @@ class Steps(RunPart):
     ) -> Result:
         """Execute one step, recorded in the ledger (its process too, for a reconciler that restarts) and counted."""
         step_id = await self.db(self.ledger.start_step, *record)
-        ctx.process_started = functools.partial(self.record_process, step_id)
+        ctx.process_started = functools.partial(self._record_process, step_id)
         started = time.monotonic()
-        result = await self.execute(ctx, step.action, step.params, step.timeout)
+        result = await self._execute(ctx, step.action, step.params, step.timeout)
         self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
         self.metrics.actions.labels(step.action, result.outcome).inc()
-        await self.record_outcome(episode["id"], step_id, result)
+        await self._record_outcome(episode["id"], step_id, result)
         ctx.history.append(f"attempt {number}: {step.name} -> {result.outcome} ({result.output[:200]})")
         return result
 
@@ -73,10 +73,10 @@ class Steps(RunPart):
                 await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
                 return reason
             step_id = await self.db(self.ledger.start_step, *record)
-            ctx.process_started = functools.partial(self.record_process, step_id)
-            result = await self.execute(ctx, step.action, step.params, step.timeout)
+            ctx.process_started = functools.partial(self._record_process, step_id)
+            result = await self._execute(ctx, step.action, step.params, step.timeout)
             self.metrics.actions.labels(step.action, result.outcome).inc()
-            await self.record_outcome(episode["id"], step_id, result)
+            await self._record_outcome(episode["id"], step_id, result)
             ctx.history.append(
                 f"attempt {number}: on recovery: {step.name} -> {result.outcome} ({result.output[:200]})"
             )
@@ -84,7 +84,7 @@ class Steps(RunPart):
                 return f"{step.name}: {result.outcome}: {result.output[:300]}"
         return ""
 
-    async def record_outcome(self, episode_id: int, step_id: int, result: Result) -> None:
+    async def _record_outcome(self, episode_id: int, step_id: int, result: Result) -> None:
         """What a step did, written before anything else, and never given up on: first to the local spool (it
         survives the process), then to the ledger, tried again with backoff while the database is away and the run
         holds its claim (the lease renewer keeps renewing it meanwhile). A claim lost meanwhile does not stop the
@@ -123,7 +123,7 @@ class Steps(RunPart):
         if claim is not None and claim.lost:
             raise LostClaim
 
-    async def execute(self, ctx: ActionContext, kind: str, params: dict[str, Any], timeout: float) -> Result:
+    async def _execute(self, ctx: ActionContext, kind: str, params: dict[str, Any], timeout: float) -> Result:
         try:
             async with asyncio.timeout(timeout + 5):
                 return await ACTIONS[kind].run(ctx, params, timeout)
@@ -135,7 +135,7 @@ class Steps(RunPart):
             log.exception("action %s failed", kind)
             return Result("failure", truncate(f"{type(exc).__name__}: {exc}", self.rc.output_limit_bytes))
 
-    async def record_process(self, step_id: int, pid: int) -> None:
+    async def _record_process(self, step_id: int, pid: int) -> None:
         """A step started a process group: recorded so that a crash of ours never leaves it running unseen."""
         process = await asyncio.to_thread(ProcessId.of, pid)
         if process is not None:
