@@ -38,9 +38,8 @@ from trading_ops.config import parse_config
 from trading_ops.db.base import make_engine
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app
-from trading_ops.reconciler.engine import PAUSE_KEY
 from trading_ops.reconciler.intake import validate
-from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn
+from trading_ops.reconciler.ledger import PAUSE_KEY, AlertIn, Ledger, NotificationIn
 
 PLAYBOOKS = resources.files("trading_ops.reconciler").joinpath("playbooks")
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -1,10 +1,11 @@
 """Every way an episode ends `escalated` posts its page to a real Alertmanager: none is lost.
 
-The paths (trading_ops/reconciler/engine.py): the rule's attempts used up (`_give_up`), a destructive step refused
-because its rule does not allow_destructive (`_give_up` at once: no retry), a run that was interrupted with no
-attempt left (`_give_up` too), an internal error mid-run (`_internal_error`), the action budget spent
-(`_within_budget`, whether this run or another replica opened the circuit), and the circuit of the target, or the
-global one, already open (`run_episode`). Needs the `prometheus-alertmanager` binary (the fixture starts it)."""
+The paths (trading_ops/reconciler/escalation.py, gates.py): the rule's attempts used up (`give_up`), a destructive
+step refused because its rule does not allow_destructive (`give_up` at once: no retry), a run that was interrupted
+with no attempt left (`give_up` too), an internal error mid-run (`internal_error`), the action budget spent
+(`Gates._within_budget`, whether this run or another replica opened the circuit), and the circuit of the target, or
+the global one, already open (`Gates._circuit_open`). Needs the `prometheus-alertmanager` binary (the fixture starts
+it)."""
 
 from __future__ import annotations
 

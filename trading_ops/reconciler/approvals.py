@@ -40,7 +40,7 @@ OUTCOMES = APPROVAL_OUTCOMES
 RESERVED_DECIDERS = ("reconciler", "trading-ops", "trading-ops-reconciler")
 DECIDER_MAX = 255
 REASON_MAX = 2000
-# The ledger's episode detail of an episode that waits for a decision (see Engine._approval_gate).
+# The ledger's episode detail of an episode that waits for a decision (see ApprovalGate.gate).
 AWAITING = "awaiting approval"
 # The outcome of an attempt handed back while one of its steps waits for a decision (carried on from that step).
 AWAITING_OUTCOME = "approval"

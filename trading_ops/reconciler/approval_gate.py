@@ -1,0 +1,258 @@
+"""The gate of a step marked `approval: required`: asked for, waited on, spent once, or ended on a rejection."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from trading_ops.config import ReconcilerConfig
+from trading_ops.db.base import utcnow
+from trading_ops.reconciler.actions.base import ActionContext
+from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED, escalation_alert
+from trading_ops.reconciler.approvals import (
+    APPROVED,
+    AWAITING,
+    EXPIRED,
+    PENDING,
+    REJECTED,
+    ApprovalStore,
+)
+from trading_ops.reconciler.escalation import Escalation
+from trading_ops.reconciler.playbook import Playbook, Rule, StepSpec
+from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
+from trading_ops.reconciler.steps import step_record
+
+log = logging.getLogger(ENGINE_LOGGER)
+# The outcome of a step an expired approval skipped (on_timeout: skip): done, as a success is.
+SKIPPED = "skipped"
+
+
+class ApprovalGate(RunPart):
+    """Owns the engine's side of a person's decision on a step (the ledger's side is `ApprovalStore`): the approval
+    asked for with its page and the episode parked until the deadline, the decision or the deadline found when the
+    run comes back, an approval spent before its step runs (once), a rejection or an expiry ending the run escalated,
+    and the decision counted. The reconciler never approves itself."""
+
+    def __init__(
+        self,
+        holder: RunHolder,
+        rc: ReconcilerConfig,
+        playbook: Playbook,
+        approvals: ApprovalStore,
+        escalation: Escalation,
+        instance: str,
+    ) -> None:
+        super().__init__(holder)
+        self.rc = rc
+        self.playbook = playbook
+        self.approvals = approvals
+        self.escalation = escalation
+        self.instance = instance
+
+    async def gate(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        position: int,
+        step: StepSpec,
+    ) -> int | str | None:
+        """A step that needs a person's decision: the approval's id when approved (the step runs), SKIPPED when it
+        expired and the step says on_timeout: skip, None when the run ends here (the episode parked until the
+        decision or the deadline, or closed escalated: rejected, expired with on_timeout: escalate).
+
+        The approval is bound to this attempt, the step's position, its exact arguments and the playbook's version:
+        one asked under another playbook (the reconciler restarted with a changed one) no longer stands, and the
+        step is asked for again."""
+        now = utcnow()
+        row = await self._standing(episode, ctx, attempt_id, number, position, step, now)
+        if row is None or row["status"] not in (PENDING, APPROVED, REJECTED, EXPIRED):
+            await self._ask(episode, rule, ctx, attempt_id, number, position, step, now)
+            return None
+        approval_id = row["id"]
+        if row["status"] == PENDING and row["deadline"] > now:
+            await self._await_decision(episode, attempt_id, row, step)  # woken early (a resume): wait on
+            return None
+        if row["status"] == PENDING:
+            if not await self.db(self.approvals.expire, approval_id, now):
+                row = await self.db(self.approvals.latest, episode["id"], position)  # decided this very moment
+                if row is None or row["id"] != approval_id:
+                    raise LostClaim
+            else:
+                self.metrics.approval_decisions.labels("expired").inc()
+                row = {**row, "status": EXPIRED}
+        record = step_record(episode, attempt_id, position, step)
+        if row["status"] == APPROVED:
+            ctx.history.append(
+                f"attempt {number}: {step.name} approved by {row['decided_by']} (approval {approval_id}: "
+                f"{row['reason'] or 'no reason given'})"
+            )
+            return int(approval_id)
+        if row["status"] == EXPIRED and step.on_timeout == "skip":
+            why = f"approval {approval_id} expired unanswered at {row['deadline'].isoformat()}: skipped (on_timeout)"
+            await self.db(self.ledger.start_step, *record, outcome=SKIPPED, output=why)
+            ctx.history.append(f"attempt {number}: {step.name}: {why}")
+            log.info("episode %s: step %s (%s): %s", episode["id"], position + 1, step.name, why)
+            return SKIPPED
+        if row["status"] == REJECTED:
+            self._count_decision(row)
+            outcome = "refused"
+            why = f"{step.name} rejected by {row['decided_by']} (approval {approval_id}): {row['reason'] or '-'}"
+        else:
+            outcome = EXPIRED
+            why = (
+                f"{step.name}: approval {approval_id} expired unanswered at {row['deadline'].isoformat()} "
+                "(on_timeout: escalate)"
+            )
+        await self.db(self.ledger.start_step, *record, outcome=outcome, output=why)
+        await self.db(self.ledger.finish_attempt, attempt_id, "failure", why)
+        ctx.history.append(f"attempt {number}: {why}")
+        description = (
+            f"Rule {rule.name} did not act on {episode['alertname']} on {episode['target']} (episode {episode['id']}): "
+            f"{why}. Nothing more is done automatically. Tried: " + "; ".join(ctx.history)
+        )
+        await self.escalation.close_escalated(episode, FAILED, ctx, description, why)
+        return None
+
+    async def spend(self, approval_id: int | str) -> None:
+        """Spent before the step starts: an approval runs its step once, whatever happens next."""
+        approval = await self.db(self.approvals.use, approval_id, utcnow())
+        if approval is None:
+            raise LostClaim
+        self._count_decision(approval)
+
+    async def _standing(
+        self,
+        episode: dict[str, Any],
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        position: int,
+        step: StepSpec,
+        now: datetime,
+    ) -> dict[str, Any] | None:
+        """The latest approval of the step that still stands for this attempt (None: none does, ask again): one asked
+        for an earlier attempt, or under another playbook or other arguments while undecided or approved, is
+        superseded."""
+        row = await self.db(self.approvals.latest, episode["id"], position)
+        if row is not None and row["attempt_id"] != attempt_id:
+            if row["status"] in (PENDING, APPROVED):
+                await self.db(self.approvals.supersede, row["id"], now)
+            return None  # asked for an earlier attempt: this one asks again (an approval runs its step once)
+        if row is not None and (row["playbook_version"], row["arguments"]) != (self.playbook.version, step.arguments()):
+            if row["status"] in (PENDING, APPROVED):
+                await self.db(self.approvals.supersede, row["id"], now)
+                ctx.history.append(f"attempt {number}: approval {row['id']} superseded (the playbook changed)")
+                return None
+        return row
+
+    def _count_decision(self, row: dict[str, Any]) -> None:
+        """A person's decision, counted when the reconciler acts on it (once: the run holding the episode does, by the
+        CLI or the API, on whichever replica), with how long the approval waited for it."""
+        self.metrics.approval_decisions.labels(row["status"]).inc()
+        waited = (row["decided_at"] - row["requested_at"]).total_seconds()
+        self.metrics.approval_decision_seconds.observe(max(0.0, waited))
+
+    async def _ask(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        position: int,
+        step: StepSpec,
+        now: datetime,
+    ) -> None:
+        """Store a pending approval for the step, its page and the episode parked until the deadline, in one
+        transaction: the run's claim and its target are given back, so nothing else waits for the person."""
+        deadline = now + timedelta(seconds=step.approval_timeout)
+        values = {
+            "position": position,
+            "action": step.action,
+            "step_name": step.name,
+            "arguments": step.arguments(),
+            "playbook_version": self.playbook.version,
+            "rule": rule.name,
+            "target": episode["target"],
+            "on_timeout": step.on_timeout,
+            "requested_by": self.instance,
+            "deadline": deadline,
+        }
+        page = functools.partial(self._page, episode, rule, ctx, position, step, deadline)
+
+        def why(approval_id: int) -> str:
+            return f"{AWAITING} {approval_id} for {step.name} until {deadline.isoformat()}"
+
+        self.holder.end_claim(episode)
+        asked = await self.db(self.approvals.request, episode["id"], self.owner, attempt_id, values, page, why, now)
+        if asked is None:
+            raise LostClaim
+        approval_id, state = asked
+        if state == "resolved":
+            self.metrics.episodes_total.labels("resolved").inc()
+            log.info("episode %s: resolved while held: no approval asked", episode["id"])
+            return
+        self.escalation.escalations.set()
+        log.info(
+            "episode %s (%s on %s): step %s (%s) waits for approval %s until %s",
+            episode["id"],
+            episode["alertname"],
+            episode["target"],
+            position + 1,
+            step.name,
+            approval_id,
+            deadline.isoformat(),
+        )
+
+    async def _await_decision(
+        self, episode: dict[str, Any], attempt_id: int, row: dict[str, Any], step: StepSpec
+    ) -> None:
+        """Hand the attempt and the episode back (waiting) until the approval's deadline; a decision makes it due at
+        once (ApprovalStore.decide), and the next run carries the attempt on from this step."""
+        why = f"{AWAITING} {row['id']} for {step.name} until {row['deadline'].isoformat()}"
+        self.holder.end_claim(episode)
+        now = utcnow()
+        written = await self.db(
+            self.approvals.park, episode["id"], self.owner, attempt_id, row["id"], row["deadline"], why, now
+        )
+        if written is None:
+            raise LostClaim
+        if written == "resolved":
+            self.metrics.episodes_total.labels("resolved").inc()
+
+    def _page(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        position: int,
+        step: StepSpec,
+        deadline: datetime,
+        approval_id: int,
+    ) -> dict[str, Any]:
+        """The page an approval posts: what the reconciler wants to do, until when, and how to answer."""
+        listen = self.rc.listen
+        url = f"http://{listen.host}:{listen.port}/api/v1/approvals/{approval_id}"
+        then = "the episode is escalated" if step.on_timeout == "escalate" else "the step is skipped"
+        description = (
+            f"Rule {rule.name} wants to run step {position + 1}, {step.name} [{step.risk}], on {episode['target']} "
+            f"for {episode['alertname']} (episode {episode['id']}). Approve: trading-ops reconciler approve "
+            f"{approval_id} --reason '...'; reject: trading-ops reconciler reject {approval_id} --reason '...'; or "
+            f'POST {url} {{"decision": "approve"|"reject", "reason": "..."}}. Unanswered by '
+            f"{deadline.isoformat()}: {then}."
+        )
+        alert = escalation_alert(APPROVAL_REQUESTED, ctx.labels, ctx.target, description, episode=episode["id"])
+        alert["labels"]["approval"] = str(approval_id)
+        alert["annotations"]["approve_command"] = f"trading-ops reconciler approve {approval_id} --reason '...'"
+        alert["annotations"]["reject_command"] = f"trading-ops reconciler reject {approval_id} --reason '...'"
+        alert["annotations"]["approval_url"] = url
+        if self.rc.external_url:
+            alert["annotations"]["console_url"] = (
+                f"{self.rc.external_url.rstrip('/')}/ui/approvals#approval-{approval_id}"
+            )
+        return alert

@@ -1,0 +1,186 @@
+"""The gates an episode passes before anything is executed: pause, maintenance, cooldown, circuits, budgets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
+from trading_ops.config import ReconcilerConfig
+from trading_ops.db.base import utcnow
+from trading_ops.reconciler.actions import ACTIONS
+from trading_ops.reconciler.actions.base import ActionContext
+from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN
+from trading_ops.reconciler.actions.silence import CREATED_BY
+from trading_ops.reconciler.escalation import Escalation
+from trading_ops.reconciler.intake import Rejected, parse_timestamp
+from trading_ops.reconciler.ledger import GLOBAL_TARGET, PAUSE_KEY, PAUSED_DETAIL
+from trading_ops.reconciler.playbook import Rule
+from trading_ops.reconciler.runs import ENGINE_LOGGER, RunHolder, RunPart
+
+log = logging.getLogger(ENGINE_LOGGER)
+# A paused reconciler looks at its parked episodes again this often (resume wakes them at once).
+PAUSE_RECHECK_SECONDS = 60.0
+# A maintenance silence is re-read at its end, and at least this often (an operator may expire it early) ...
+MAINTENANCE_RECHECK_SECONDS = 60.0
+# ... but never sooner than this (Alertmanager's clock and ours may differ a little at the end).
+MIN_RECHECK_SECONDS = 1.0
+# Alertmanager's API gives startsAt in milliseconds, webhooks in nanoseconds.
+STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
+
+
+class Gates(RunPart):
+    """Owns the checks between a claimed episode and its first step: the reconciler's pause and an active
+    maintenance silence park the episode (recorded: nothing executed), the rule's cooldown defers it, an open circuit
+    or a spent action budget closes it escalated (a protective rule acts anyway), and a deferred run first asks
+    Alertmanager whether its alert still fires. A step's own approval is not here (`ApprovalGate`)."""
+
+    def __init__(
+        self, holder: RunHolder, rc: ReconcilerConfig, alertmanager: AlertmanagerClient, escalation: Escalation
+    ) -> None:
+        super().__init__(holder)
+        self.rc = rc
+        self.alertmanager = alertmanager
+        self.escalation = escalation
+
+    async def is_paused(self) -> bool:
+        return await self.db(self.ledger.get_setting, PAUSE_KEY, "0") == "1"
+
+    async def held_back(
+        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime, interrupted: bool
+    ) -> bool:
+        """The gates: nothing is executed while they hold. The episode is parked (recorded) and looked at again, or
+        deferred past the rule's cooldown, or closed escalated (an open circuit, a spent budget). True when one
+        held."""
+        if await self.is_paused():
+            await self._park(episode, f"{PAUSED_DETAIL}: re-checked on resume", now + _seconds(PAUSE_RECHECK_SECONDS))
+            return True
+        silence = await self._maintenance(ctx.labels)
+        if silence:
+            ends = _silence_end(silence, now)
+            why = f"maintenance silence {silence.get('id', '')} until {ends.isoformat()}"
+            comment = str(silence.get("comment", ""))[:100]
+            recheck = min(ends, now + _seconds(MAINTENANCE_RECHECK_SECONDS))
+            await self._park(episode, f"{why} ({comment})", max(recheck, now + _seconds(MIN_RECHECK_SECONDS)))
+            return True
+        cooldown = await self.db(
+            self.ledger.cooldown_until, rule.name, episode["target"], episode["id"], rule.cooldown, now
+        )
+        if cooldown is not None and not interrupted and episode["attempts"] == 0:
+            await self.holder.defer(
+                episode, "waiting", cooldown, f"cooldown of rule {rule.name} on {episode['target']} until {cooldown}"
+            )
+            return True
+        if await self._circuit_open(episode, rule, ctx, now):
+            return True
+        return not self.rc.dry_run and not rule.protective and not await self._within_budget(episode, rule, ctx, now)
+
+    async def _circuit_open(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
+        """Whether the target's or the global circuit is open and holds the rule back (the episode then closed
+        escalated). A protective rule acts anyway, and says so."""
+        for circuit in (episode["target"], GLOBAL_TARGET):
+            until = await self.db(self.ledger.circuit_open_until, circuit, now)
+            if until is not None and rule.protective:
+                # Stopping trading is never held back by what other alerts spent (a loss limit above all).
+                ctx.history.append(f"circuit of {circuit} open until {until.isoformat()}: acted anyway (protective)")
+            elif until is not None:
+                # The alert is not acted on: a human must hear of it, whatever the circuit's opener already posted
+                # (that page named another alert, and may have resolved since).
+                why = f"circuit of {circuit} open until {until.isoformat()}"
+                description = (
+                    f"The reconciler did not act on {episode['alertname']} on {episode['target']} "
+                    f"(episode {episode['id']}, rule {rule.name}): the {circuit} circuit is open until "
+                    f"{until.isoformat()} (its action budget was spent). Nothing was executed."
+                )
+                await self.escalation.close_escalated(episode, CIRCUIT_OPEN, ctx, description, why)
+                return True
+        return False
+
+    async def _maintenance(self, labels: dict[str, str]) -> dict[str, Any] | None:
+        if not self.rc.check_silences:
+            return None
+        try:
+            return await self.alertmanager.active_silence_for(labels, exclude_created_by=CREATED_BY)
+        except AlertmanagerError as exc:
+            log.warning("cannot check silences (acting anyway): %s", exc)
+            return None
+
+    async def still_firing(self, episode: dict[str, Any], ctx: ActionContext) -> bool:
+        """Ask Alertmanager whether the episode's alert is still active; close the episode resolved when not.
+
+        Alertmanager unreachable: act anyway (and say so). The alert fired long enough for its rule's `for:`, and
+        remediation must keep working when the alerting pipeline is degraded, which is when it is needed most;
+        the verification after the steps still decides whether anything was fixed."""
+        labels: dict[str, str] = json.loads(episode["labels"])
+        try:
+            alerts = await self.alertmanager.alerts_matching(labels)
+        except AlertmanagerError as exc:
+            log.warning("episode %s: cannot ask Alertmanager whether it still fires; acting: %s", episode["id"], exc)
+            ctx.history.append("Alertmanager unreachable: could not confirm the alert still fired; acted anyway")
+            return True
+        for alert in alerts:
+            if alert.get("fingerprint") != episode["fingerprint"]:
+                continue
+            try:
+                started = parse_timestamp(alert.get("startsAt"), "startsAt")
+            except Rejected:
+                return True
+            # A later startsAt is the alert firing again after it resolved: a new episode, not this one. (A difference,
+            # not a sum: no startsAt, however absurd, overflows it.)
+            if started - episode["starts_at"] <= STARTS_AT_TOLERANCE:
+                return True
+        await self.holder.close(
+            episode,
+            "resolved",
+            "no longer firing in Alertmanager when the wait ended: nothing executed",
+            resolved_at=utcnow(),
+        )
+        return False
+
+    async def _park(self, episode: dict[str, Any], why: str, until: datetime) -> None:
+        """Hold the episode (state waiting) until `until`; record once per reason that nothing was executed."""
+        if not (episode["state"] == "waiting" and episode["detail"] == why):
+            attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner, counted=False)
+            await self.db(self.ledger.finish_attempt, attempt_id, "skipped", f"{why}: nothing executed")
+        if await self.holder.defer(episode, "waiting", until, why) == "waiting":
+            log.info("episode %s (%s on %s): parked: %s", episode["id"], episode["alertname"], episode["target"], why)
+
+    async def _within_budget(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
+        needed = sum(1 for s in rule.steps if ACTIONS[s.action].budgeted)
+        if not needed:
+            return True
+        budgets = self.rc.budgets
+        checks = (
+            (episode["target"], budgets.max_actions_per_target_per_hour, episode["target"]),
+            (GLOBAL_TARGET, budgets.max_actions_per_hour, None),
+        )
+        for circuit, limit, scope in checks:
+            spent = await self.db(self.ledger.actions_last_hour, now, scope)
+            if spent + needed <= limit:
+                continue
+            until = now + timedelta(seconds=budgets.circuit_cool_off_seconds)
+            why = f"action budget of {circuit} spent ({spent} of {limit} per hour); circuit open until {until}"
+            if await self.db(self.ledger.open_circuit, circuit, until):
+                self.metrics.snapshot.open_circuits.append(circuit)
+            # Posted by every episode that ends here, not only by the one that opened the circuit (another replica
+            # may have opened it a moment before, for another alert): each one's page is its own.
+            description = (
+                f"{why}. The reconciler did not act on {episode['alertname']} on {episode['target']} "
+                f"(episode {episode['id']}, rule {rule.name}). Nothing was executed."
+            )
+            await self.escalation.close_escalated(episode, CIRCUIT_OPEN, ctx, description, why)
+            return False
+        return True
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def _silence_end(silence: dict[str, Any], now: datetime) -> datetime:
+    try:
+        return parse_timestamp(silence.get("endsAt"), "endsAt")
+    except Rejected:
+        return now + _seconds(MAINTENANCE_RECHECK_SECONDS)

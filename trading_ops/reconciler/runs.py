@@ -1,0 +1,228 @@
+"""A run's hold on its episode: its claim and lease, the ledger's threads its calls go through, and how it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.metrics import ReconcilerMetrics
+
+# Every module of the engine logs under the engine's one name, as it always did: each line says `logger`, and operators
+# filter and route on it.
+ENGINE_LOGGER = "trading_ops.reconciler.engine"
+log = logging.getLogger(ENGINE_LOGGER)
+T = TypeVar("T")
+# Ledger calls of the dispatch loop (and the pruner's) beside those of the runs.
+EXTRA_LEDGER_THREADS = 2
+CLAIM_LOST = "claim lost"
+# A step's outcome the ledger did not take (the database unreachable) is written again after these delays, doubling
+# up to the last, for as long as the run holds its claim (the spool keeps it meanwhile, and past the process's end).
+OUTCOME_RETRY_INITIAL_SECONDS = 0.2
+OUTCOME_RETRY_MAX_SECONDS = 1.0
+# How a run the database left mid-way hands itself back (its attempt's and the episode's detail).
+LEDGER_AWAY = "ledger unreachable during the run"
+
+
+def ledger_unreachable(exc: BaseException) -> bool:
+    """Whether a ledger call failed because the database could not be reached (restarting, stopped, the connection
+    cut), not for what the statement did: the run waits for it instead of giving up."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class LostClaim(Exception):
+    """Another replica took the episode over (our lease lapsed): stop without writing more."""
+
+
+@dataclass
+class Claim:
+    """A run's hold on its episode and target, as its lease renewer sees it."""
+
+    lost: bool = False
+    # True while the run writes a step's outcome: a renewal finding the claim lost then does not cancel the run (the
+    # outcome is written first, then the run stops).
+    recording: bool = False
+    # False once the run gives its claim back (closing or parking the episode): a renewal failing from then on
+    # means nothing, and cancels nothing.
+    active: bool = True
+
+
+class RunHolder:
+    """Owns what the runs in progress hold: the ledger's threads every ledger call of the engine goes through, each
+    run's claim (its lease renewed beside it, lost to another replica, given back) and resolved event, the way a run
+    stops (claim lost, shutdown, the ledger away) and the writes that end a run or hand its episode back (closed,
+    deferred). Nothing here decides what a run does."""
+
+    def __init__(
+        self, ledger: Ledger, metrics: ReconcilerMetrics, owner: str, lease_seconds: float, max_runs: int
+    ) -> None:
+        self.ledger = ledger
+        self.metrics = metrics
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        # Running episode -> set when intake stored a resolved notification for it (wakes its verification).
+        self.resolved: dict[int, asyncio.Event] = {}
+        self.claims: dict[int, Claim] = {}
+        # The ledger's own threads, not asyncio's default pool: apprise notifications (blocking, possibly slow)
+        # and leftover kills run there and must never delay a write, least of all a lease renewal, which has
+        # its own threads (one per possible run) so no run's renewal waits behind another run's work.
+        self.executor = ThreadPoolExecutor(max_runs + EXTRA_LEDGER_THREADS, thread_name_prefix="reconciler-ledger")
+        self.lease_executor = ThreadPoolExecutor(max_runs, thread_name_prefix="reconciler-lease")
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.lease_executor.shutdown(wait=False, cancel_futures=True)
+
+    async def hold(
+        self,
+        episode: dict[str, Any],
+        run: Callable[[dict[str, Any]], Awaitable[None]],
+        internal_error: Callable[[dict[str, Any], Exception], Awaitable[None]],
+    ) -> None:
+        """Run `run(episode)` under the episode's claim, renewed meanwhile; whatever stops it, the claim and the
+        target are given back (`internal_error` pages a human for a bug or a broken database)."""
+        episode_id, target = episode["id"], episode["target"]
+        claim = self.claims[episode_id] = Claim()
+        renewer = asyncio.create_task(self._renew(episode_id, target, asyncio.current_task(), claim))
+        self.resolved[episode_id] = asyncio.Event()
+        try:
+            await run(episode)
+        except LostClaim:
+            claim.lost = True
+            log.warning("episode %s: claim lost to another replica; stopped", episode_id)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            # Shutting down: leave the run to the sweep after restart (marked interrupted there) ...
+            if not claim.lost or task is None or task.cancelling() > 1:
+                raise
+            # ... but this cancellation is the renewer's alone: the claim is gone, so the run stops here.
+            task.uncancel()
+            log.warning("episode %s: lease renewal found the claim lost; run stopped", episode_id)
+        except Exception as exc:
+            if ledger_unreachable(exc):
+                await self._interrupt_when_reachable(episode, claim, exc)
+            else:
+                log.exception("episode %s: run failed", episode_id)
+                with contextlib.suppress(Exception):
+                    await internal_error(episode, exc)
+        finally:
+            claim.active = False
+            renewer.cancel()
+            self.resolved.pop(episode_id, None)
+            self.claims.pop(episode_id, None)
+            if claim.lost:
+                # Whoever took the claim over may not close what this run left `running` (an attempt and steps
+                # that count against the budgets): this run does.
+                with contextlib.suppress(Exception):
+                    await self.db(self.ledger.abandon_run, episode_id, self.owner, f"{CLAIM_LOST}: run stopped")
+            with contextlib.suppress(Exception):
+                await self.db(self.ledger.release_target, target, self.owner)
+
+    async def _interrupt_when_reachable(self, episode: dict[str, Any], claim: Claim, exc: Exception) -> None:
+        """The database went away mid-run: not an internal error (nobody is paged for it). What the run's steps did
+        is recorded (`Steps._record_outcome`); once the ledger answers again the run is handed back `interrupted`, due
+        at once, and its next run carries on from there (`Resumption._resumption`): nothing done is done again. The
+        lease is renewed meanwhile; a replica that takes it over after all has the same record to carry on from."""
+        log.warning(
+            "episode %s: the ledger is unreachable; the run is handed back once it answers: %s", episode["id"], exc
+        )
+        delay = OUTCOME_RETRY_INITIAL_SECONDS
+        while not claim.lost:
+            try:
+                await self.db(self.ledger.abandon_run, episode["id"], self.owner, LEDGER_AWAY)
+                return
+            except Exception as again:
+                if not ledger_unreachable(again):
+                    log.exception("episode %s: handing the run back failed", episode["id"])
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTCOME_RETRY_MAX_SECONDS)
+
+    async def _renew(self, episode_id: int, target: str, run: asyncio.Task[Any] | None, claim: Claim) -> None:
+        loop = asyncio.get_running_loop()
+        lease = self.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                renew = functools.partial(self.ledger.renew, episode_id, target, self.owner, lease)
+                ok = await loop.run_in_executor(self.lease_executor, renew)
+            except Exception:
+                log.exception("episode %s: lease renewal failed", episode_id)
+                continue
+            if not ok:
+                if claim.active:
+                    claim.lost = True
+                    if run is not None and not claim.recording:
+                        run.cancel(msg=CLAIM_LOST)
+                return
+
+    async def is_resolved(self, episode_id: int) -> bool:
+        event = self.resolved.get(episode_id)
+        if event is not None and event.is_set():
+            return True
+        row = await self.db(self.ledger.episode, episode_id)
+        if row is None or row["owner"] != self.owner:
+            raise LostClaim
+        return row["resolved_at"] is not None
+
+    async def _hand_back(self, episode: dict[str, Any], **values: Any) -> bool:
+        """The run's last write: the episode closed, parked or due again later, its claim given back (False when
+        it was no longer ours)."""
+        self.end_claim(episode)
+        return await self.db(self.ledger.set_episode, episode["id"], self.owner, **values)
+
+    def end_claim(self, episode: dict[str, Any]) -> None:
+        """The run is about to give its claim back: stop renewing its lease."""
+        claim = self.claims.get(episode["id"])
+        if claim is not None:
+            claim.active = False
+
+    async def defer(self, episode: dict[str, Any], state: str, until: datetime, detail: str) -> str:
+        """Hand the episode back to run again at `until`, unless its alert resolved while we held it: then it is
+        closed resolved (Ledger.defer). The state written."""
+        self.end_claim(episode)
+        written: str | None = await self.db(self.ledger.defer, episode["id"], self.owner, state, until, detail)
+        if written is None:
+            raise LostClaim
+        if written == "resolved":
+            self.metrics.episodes_total.labels("resolved").inc()
+            log.info(
+                "episode %s (%s on %s): resolved while held: not deferred (%s)",
+                episode["id"],
+                episode["alertname"],
+                episode["target"],
+                detail,
+            )
+        return written
+
+    async def close(self, episode: dict[str, Any], state: str, detail: str, **values: Any) -> None:
+        if not await self._hand_back(episode, state=state, detail=detail, **values):
+            raise LostClaim
+        self.metrics.episodes_total.labels(state).inc()
+        log.info("episode %s (%s on %s): %s: %s", episode["id"], episode["alertname"], episode["target"], state, detail)
+
+
+class RunPart:
+    """A part of the engine that acts within runs: its ledger calls go through the holder's threads, as its owner."""
+
+    def __init__(self, holder: RunHolder) -> None:
+        self.holder = holder
+        self.ledger = holder.ledger
+        self.metrics = holder.metrics
+        self.owner = holder.owner
+        self.db = holder.db

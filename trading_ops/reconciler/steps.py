@@ -1,0 +1,147 @@
+"""One step of a rule executed: recorded in the ledger when it starts, its outcome written before anything else."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any
+
+from trading_ops.config import ReconcilerConfig
+from trading_ops.db.base import utcnow
+from trading_ops.reconciler.actions import ACTIONS
+from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
+from trading_ops.reconciler.playbook import Rule, StepSpec
+from trading_ops.reconciler.processes import ProcessId
+from trading_ops.reconciler.runs import (
+    ENGINE_LOGGER,
+    OUTCOME_RETRY_INITIAL_SECONDS,
+    OUTCOME_RETRY_MAX_SECONDS,
+    LostClaim,
+    RunHolder,
+    RunPart,
+    ledger_unreachable,
+)
+from trading_ops.reconciler.spool import OutcomeSpool, SpooledOutcome
+
+log = logging.getLogger(ENGINE_LOGGER)
+
+
+class Steps(RunPart):
+    """Owns executing a step: its ledger row, the action run under its timeout (an exception is a `failure`, never a
+    crash), the process group it starts (recorded, for a reconciler that restarts), its counters, and its outcome,
+    spooled and then written to the ledger until it lands. Also the rule's on_recovery steps, run the same way. Which
+    steps run, and in which order, is the attempt's (`Attempts`)."""
+
+    def __init__(self, holder: RunHolder, rc: ReconcilerConfig, spool: OutcomeSpool) -> None:
+        super().__init__(holder)
+        self.rc = rc
+        self.spool = spool
+
+    async def run_step(
+        self, episode: dict[str, Any], ctx: ActionContext, record: tuple[Any, ...], number: int, step: StepSpec
+    ) -> Result:
+        """Execute one step, recorded in the ledger (its process too, for a reconciler that restarts) and counted."""
+        step_id = await self.db(self.ledger.start_step, *record)
+        ctx.process_started = functools.partial(self._record_process, step_id)
+        started = time.monotonic()
+        result = await self._execute(ctx, step.action, step.params, step.timeout)
+        self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
+        self.metrics.actions.labels(step.action, result.outcome).inc()
+        await self._record_outcome(episode["id"], step_id, result)
+        ctx.history.append(f"attempt {number}: {step.name} -> {result.outcome} ({result.output[:200]})")
+        return result
+
+    async def on_recovery(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        done: frozenset[int] = frozenset(),
+    ) -> str:
+        """Run the rule's on_recovery steps (recorded after its steps, in the same attempt; those in `done` succeeded
+        in a run that stopped, and are not run again); what failed, or ""."""
+        for position, step in enumerate(rule.on_recovery, start=len(rule.steps)):
+            if position in done:
+                continue
+            record = step_record(episode, attempt_id, position, step)
+            if step.risk == "destructive" and not rule.allow_destructive:
+                reason = f"refused: {step.name} is destructive and rule {rule.name} does not allow_destructive"
+                await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
+                return reason
+            step_id = await self.db(self.ledger.start_step, *record)
+            ctx.process_started = functools.partial(self._record_process, step_id)
+            result = await self._execute(ctx, step.action, step.params, step.timeout)
+            self.metrics.actions.labels(step.action, result.outcome).inc()
+            await self._record_outcome(episode["id"], step_id, result)
+            ctx.history.append(
+                f"attempt {number}: on recovery: {step.name} -> {result.outcome} ({result.output[:200]})"
+            )
+            if not result.ok:
+                return f"{step.name}: {result.outcome}: {result.output[:300]}"
+        return ""
+
+    async def _record_outcome(self, episode_id: int, step_id: int, result: Result) -> None:
+        """What a step did, written before anything else, and never given up on: first to the local spool (it
+        survives the process), then to the ledger, tried again with backoff while the database is away and the run
+        holds its claim (the lease renewer keeps renewing it meanwhile). A claim lost meanwhile does not stop the
+        write (the outcome is a fact, whoever runs the episode next), only the run after it. Should the process stop
+        first, the spool is replayed at its next start, before any sweep."""
+        spooled = SpooledOutcome(step_id, result.outcome, result.output, utcnow())
+        try:
+            await self.db(self.spool.put, spooled)  # the ledger's threads: asyncio's default pool may be stuck
+        except OSError as exc:  # the ledger is the record; the spool only outlives the process when it is away
+            log.error("step %s: its outcome could not be spooled (%s): %s", step_id, self.spool.directory, exc)
+        claim = self.holder.claims.get(episode_id)
+        if claim is not None:
+            claim.recording = True
+        delay = OUTCOME_RETRY_INITIAL_SECONDS
+        try:
+            while True:
+                try:
+                    await self.db(self.ledger.finish_step, step_id, result.outcome, result.output, spooled.finished_at)
+                    break
+                except Exception as exc:
+                    if not ledger_unreachable(exc) or claim is None or claim.lost:
+                        raise  # left in the spool: replayed before the next sweep
+                    log.warning(
+                        "step %s: its outcome (%s) is not in the ledger yet; written again in %gs: %s",
+                        step_id,
+                        result.outcome,
+                        delay,
+                        exc,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OUTCOME_RETRY_MAX_SECONDS)
+        finally:
+            if claim is not None:
+                claim.recording = False
+        await self.db(self.spool.remove, step_id)
+        if claim is not None and claim.lost:
+            raise LostClaim
+
+    async def _execute(self, ctx: ActionContext, kind: str, params: dict[str, Any], timeout: float) -> Result:
+        try:
+            async with asyncio.timeout(timeout + 5):
+                return await ACTIONS[kind].run(ctx, params, timeout)
+        except Refused as exc:
+            return Result("refused", str(exc))
+        except TimeoutError:
+            return Result("timeout", f"no result within {timeout:g}s")
+        except Exception as exc:
+            log.exception("action %s failed", kind)
+            return Result("failure", truncate(f"{type(exc).__name__}: {exc}", self.rc.output_limit_bytes))
+
+    async def _record_process(self, step_id: int, pid: int) -> None:
+        """A step started a process group: recorded so that a crash of ours never leaves it running unseen."""
+        process = await asyncio.to_thread(ProcessId.of, pid)
+        if process is not None:
+            await self.db(self.ledger.set_step_process, step_id, process.token())
+
+
+def step_record(episode: dict[str, Any], attempt_id: int, position: int, step: StepSpec) -> tuple[Any, ...]:
+    """What the ledger records of a step when it starts (Ledger.start_step's arguments)."""
+    return (attempt_id, position, step.action, step.name, step.risk, episode["target"], ACTIONS[step.action].budgeted)

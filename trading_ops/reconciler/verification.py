@@ -1,0 +1,126 @@
+"""Whether an attempt's steps recovered the alert, asked of Prometheus, and how the run ends when they did."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trading_ops.clients.prometheus import PrometheusClient, PrometheusError, inline_recording_rules
+from trading_ops.db.base import utcnow
+from trading_ops.reconciler.actions.base import ActionContext, Refused
+from trading_ops.reconciler.actions.escalate import FAILED
+from trading_ops.reconciler.escalation import Escalation
+from trading_ops.reconciler.playbook import Rule
+from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
+from trading_ops.reconciler.steps import Steps
+from trading_ops.reconciler.verify import verify
+
+log = logging.getLogger(ENGINE_LOGGER)
+
+
+class Verification(RunPart):
+    """Owns the check after the steps: the verification expression chosen (the playbook's, else Prometheus's own
+    alerting rule, never the webhook's), the episode `verifying` while `verify` polls, and what a verdict ends in: a
+    recovery (or a resolution) runs the on_recovery steps and closes the episode, escalated when they fail; any other
+    verdict is handed back to the attempt as its failure."""
+
+    def __init__(self, holder: RunHolder, prometheus: PrometheusClient, steps: Steps, escalation: Escalation) -> None:
+        super().__init__(holder)
+        self.prometheus = prometheus
+        self.steps = steps
+        self.escalation = escalation
+
+    async def verify_attempt(
+        self,
+        episode: dict[str, Any],
+        rule: Rule,
+        ctx: ActionContext,
+        attempt_id: int,
+        number: int,
+        done: frozenset[int],
+    ) -> str | None:
+        """Verify what the steps did. Recovered or resolved: the on_recovery steps run and the episode is closed
+        (escalated when they fail), and None is returned. Otherwise why the verification failed."""
+        outcome, detail = await self._verify(episode, rule, ctx)
+        if outcome not in ("resolved", "clear"):
+            ctx.history.append(f"attempt {number}: verification: {detail[:300]}")
+            return detail
+        undone = await self.steps.on_recovery(episode, rule, ctx, attempt_id, number, done)
+        await self.db(
+            self.ledger.finish_attempt, attempt_id, "resolved" if outcome == "resolved" else "success", detail
+        )
+        if outcome == "clear":
+            self.metrics.time_to_recovery.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
+        if undone:
+            description = (
+                f"{episode['alertname']} on {episode['target']} is over (episode {episode['id']}, rule "
+                f"{rule.name}), but the steps that undo what the rule did failed: {undone}. Tried: "
+                + "; ".join(ctx.history)
+            )
+            await self.escalation.close_escalated(episode, FAILED, ctx, description, f"{detail}; on_recovery: {undone}")
+            return None
+        await self.holder.close(episode, "resolved" if outcome == "resolved" else "recovered", detail)
+        return None
+
+    async def _verify(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str]:
+        if not rule.verify.enabled:
+            return "clear", "steps succeeded (verification disabled by the rule)"
+        found = await self._expression(episode, rule, ctx)
+        if isinstance(found, str):
+            return "failure", found  # fails safe: no expression, no "recovered"
+        expr, source = found
+        if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state="verifying"):
+            raise LostClaim
+        try:
+            scrapes = await self.prometheus.scrape_schedule(ctx.labels)
+        except PrometheusError as exc:
+            log.info(
+                "episode %s: polling every %gs: the target's scrapes are unknown: %s",
+                episode["id"],
+                rule.verify.interval,
+                exc,
+            )
+            scrapes = None
+        verdict = await verify(
+            self.prometheus,
+            expr,
+            rule.verify.deadline,
+            rule.verify.interval,
+            lambda: self.holder.is_resolved(episode["id"]),
+            alert_labels=ctx.labels,
+            wake=self.holder.resolved.get(episode["id"]),
+            scrapes=scrapes,
+        )
+        outcome = verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure"
+        return outcome, f"{verdict.detail} [expression from {source}]"
+
+    async def _expression(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str] | str:
+        """The verification query and where it came from (playbook or prometheus_rules), or why there is none.
+
+        The playbook's `verify.expr` (its ${label}s validated), else the expression of Prometheus's own alerting
+        rule of that name, read from its rules API: never the one the webhook's generatorURL carries, which
+        whoever holds the webhook token writes. Either way the recording rules it names plainly are replaced by
+        their expressions (`inline_recording_rules`): the raw series show a recovery an evaluation sooner."""
+        expr, source = None, "playbook"
+        if rule.verify.expr:
+            try:
+                expr = ctx.render(rule.verify.expr)
+            except Refused as exc:
+                return f"cannot verify: {exc}"
+        try:
+            rules = await self.prometheus.rules()
+        except PrometheusError as exc:
+            if expr is not None:
+                return expr, source  # as written
+            return f"cannot verify: no verify.expr, and Prometheus's alerting rules could not be read: {exc}"
+        if expr is None:
+            exprs = await self.prometheus.alert_expressions(episode["alertname"], ctx.labels, rules)
+            if not exprs:
+                return (
+                    f"cannot verify: no verify.expr, and Prometheus has no alerting rule {episode['alertname']} "
+                    "with this alert's labels"
+                )
+            # Several rules of one name with the same labels: still failing while any of them matches.
+            expr = " or ".join(f"({e})" for e in exprs) if len(exprs) > 1 else exprs[0]
+            source = "prometheus_rules"
+        return inline_recording_rules(expr, rules), source
