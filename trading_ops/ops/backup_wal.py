@@ -21,6 +21,7 @@ deleted off host by hand) the next `backup run`'s copy of the whole repository p
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -59,9 +60,9 @@ def wal_state(settings: BackupConfig) -> OpsState:
     return OpsState(path)
 
 
-def shipped_record(settings: BackupConfig) -> OpsState:
+def shipped_record(settings: BackupConfig) -> Path:
     """The record of the WAL archive's files already off host (wal-shipped.json beside wal_state's file)."""
-    return OpsState(wal_state(settings).path.with_name(WAL_SHIPPED_FILE))
+    return wal_state(settings).path.with_name(WAL_SHIPPED_FILE)
 
 
 def archive_files(archive: Path) -> list[str]:
@@ -74,30 +75,29 @@ def archive_files(archive: Path) -> list[str]:
     return sorted(found)
 
 
-def ship_archive(remote: Remote, archive: Path, target: str, rsync: str, record: OpsState) -> list[str]:
+def ship_archive(remote: Remote, archive: Path, target: str, rsync: str, record: Path) -> list[str]:
     """Copy into `target` of the off-host repository what of the WAL archive `archive` is not there yet: the files
     not in `record` (the archive's files when a shipment of it to the same place last succeeded) and the archive's
     info files. Then the record is the archive's files as listed here before the copy. The files sent.
 
     The record only ever names files a successful copy left there: it is written after the copy, and a shipment to
     another host or directory starts from nothing (its first copy compares the whole archive, as rsync of the
-    directory did). Two shipments at once can only make it forget a file, which the next shipment sends again."""
+    directory did). Losing it is always safe, so it is not synced: a record a crash left old, empty or unreadable,
+    or two shipments at once, only make the next shipment compare and send more than it must."""
     here = archive_files(archive)
     place = {"remote": remote.location, "target": target, "archive": str(archive)}
-    last = record.read()
+    last = OpsState(record).read()
     known = set(last.get("files", [])) if all(last.get(k) == v for k, v in place.items()) else set()
     send = [name for name in here if name not in known or name in ARCHIVE_INFO_FILES]
     if send:
         remote.send_files(archive, send, target, rsync)
-
-    def change(data: dict[str, object]) -> None:
-        data.clear()
-        data.update(place, files=here)
-
+    partial = record.with_name(f".{record.name}.{os.getpid()}.tmp")
     try:
-        record.update(change)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({**place, "files": here}), encoding="utf-8")
+        os.replace(partial, record)
     except OSError as exc:  # shipped all the same; the next shipment compares more than it must
-        log.error("cannot record the WAL shipped in %s: %s", record.path, exc)
+        log.error("cannot record the WAL shipped in %s: %s", record, exc)
     return send
 
 
