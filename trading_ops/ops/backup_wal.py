@@ -69,9 +69,10 @@ def archive_files(archive: Path) -> list[str]:
     """The files of pgBackRest's WAL archive `archive`, as paths relative to it (pgBackRest's temporary files left
     out: a file there is complete once it has its name)."""
     found: list[str] = []
-    for folder, _, files in os.walk(archive):
-        base = Path(folder).relative_to(archive)
-        found += [str(base / name) for name in files if not name.endswith(PGBACKREST_TEMPORARY)]
+    root = str(archive)
+    for folder, _, files in os.walk(root):
+        prefix = "" if folder == root else f"{folder[len(root) + 1 :]}/"  # strings: Path objects cost per file
+        found += [prefix + name for name in files if not name.endswith(PGBACKREST_TEMPORARY)]
     return sorted(found)
 
 
