@@ -1,15 +1,19 @@
 """WAL off host as it is archived (`trading-ops backup archive-wal`, the cluster's archive_command): how long a
 switched WAL segment takes to reach the off-host repository (sshd in a network namespace), how long a commit takes
 with no switch (archive_timeout), and the point-in-time restore of a lost database host from the off-host repository
-alone. Baselines in the same run: the interpreter's start for `trading-ops --help` as the archiver's user, and one
-bare `ssh host true`. Needs what tests/test_backup_wal.py needs (PostgreSQL server programs, pgbackrest, rsync,
-sshd, root for the network namespace). Prints JSON."""
+alone; and one shipment's seconds against the number of segments already in the archive (10, 200, 2,000, 10,000;
+copies of one segment make up the difference), as archive-wal makes it (what the archive gained) and as it made it
+before (rsync of the whole archive directory), with the files rsync compared. Baselines in the same run: the
+interpreter's start for `trading-ops --help` as the archiver's user, and one bare `ssh host true`. Needs what
+tests/test_backup_wal.py needs (PostgreSQL server programs, pgbackrest, rsync, sshd, root for the network
+namespace). Prints JSON."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -25,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from trading_ops.cli import main as cli  # noqa: E402
 from trading_ops.db.base import utcnow  # noqa: E402
 from trading_ops.ops.backup_remote import Remote  # noqa: E402
+from trading_ops.ops.backup_wal import ARCHIVE_INFO_FILES, archive_files, ship_archive  # noqa: E402
 
 
 def insert(port: int, tag: str, count: int) -> str:
@@ -81,7 +86,113 @@ def restore_lost_host(pg: Any, shipping: Any, config: str, moment: Any) -> tuple
     return restore_seconds, promoted_seconds, rows
 
 
-def run(rounds: int, archive_timeout: int, workdir: Path) -> dict[str, Any]:
+def median_seconds(actions: list[Any], times: int) -> list[float]:
+    """Per action, the median of `times` timed calls, seconds; the actions take turns (the machine's drift in load
+    falls on each alike)."""
+    spent: list[list[float]] = [[] for _ in actions]
+    for _ in range(times):
+        for action, took in zip(actions, spent, strict=True):
+            started = time.perf_counter()
+            action()
+            took.append(time.perf_counter() - started)
+    return [round(statistics.median(took), 4) for took in spent]
+
+
+def segments_in(archive: Path) -> int:
+    return len(archive_files(archive)) - len(ARCHIVE_INFO_FILES)
+
+
+def pad_archive(archive: Path, first: int, files: int) -> None:
+    """`files` copies of one of the archive's segments, numbered from `first`, under the names of a timeline nothing
+    restores (0x99): an archive as long as a longer retention's, without the hours of WAL it takes to make one."""
+    sample = next(archive.glob("*/0000000100000000/*.gz"))
+    for n in range(first, first + files):
+        name = f"00000099{n >> 8:08X}{n & 0xFF:08X}"
+        copy = sample.parent.parent / name[:16] / f"{name}-{'0' * 40}.gz"
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(sample, copy)
+    subprocess.run(["chown", "-R", "postgres:", str(sample.parent.parent)], check=True)
+
+
+def shipment_costs(pg: Any, shipping: Any, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
+    """Per archive size (the segments the cluster archived, and copies of one up to `size`: a real segment takes the
+    archiver a second or more here): one shipment's seconds as archive-wal makes it now (ship_archive: the files not
+    shipped yet, here the info files only) and as it made it before (rsync of the whole archive directory, which
+    compares every file), both in this process against the same archive and host; and archive-wal's own seconds
+    (pgBackRest's push and the shipment, as the archiver ran it) for real segments switched at that size. The
+    archive is off host before each measurement."""
+    from pg_cluster import PGBACKREST_STANZA
+    from wal_shipping import sql
+
+    from trading_ops.config import parse_config
+
+    archive = shipping.work / "repo" / "archive" / PGBACKREST_STANZA
+    target = f"pgbackrest/archive/{PGBACKREST_STANZA}"
+    rsync = "rsync"  # backup.pitr.rsync, as the archiver's configuration has it
+    remote = Remote(parse_config({"backup": {"remote": shipping.remote}}).backup.remote, 60)
+    state = shipping.work / "backups" / "wal-archive-state.json"
+
+    stats = shipping.work / "bench-rsync-stats.log"
+    counting = shipping.work / "bench-rsync"  # rsync with its --stats kept: how many files it compared
+    counting.write_text(f'#!/bin/sh\nexec rsync --stats "$@" > {stats}\n')
+    counting.chmod(0o755)
+
+    def compared(ship: Any) -> int:
+        ship(str(counting))
+        found = re.findall(r"Number of files: [\d,]+ \(reg: ([\d,]+)", stats.read_text())
+        return int(found[-1].replace(",", ""))
+
+    def local_seconds(record: Path) -> float:
+        """What a shipment does here besides rsync: the archive listed, the record read and written."""
+        started = time.perf_counter()
+        ship_archive(remote, archive, target, "true", record)  # `true`: an rsync that does nothing
+        return time.perf_counter() - started
+
+    def switch() -> float:
+        insert(pg.port, "measured", 1)
+        shipping.wait_off_host(str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]), timeout=300)
+        return float(json.loads(state.read_text())["last_duration_seconds"])
+
+    out, synthetic = [], 0
+    for size in sizes:
+        if (missing := size - segments_in(archive)) > 0:
+            pad_archive(archive, synthetic, missing)
+            synthetic += missing
+            catch_up = switch()  # the next segment's shipment sends the copies with it
+        else:
+            catch_up = None
+        record = shipping.work / f"bench-shipped-{size}.json"  # the archiver's own record stays its own
+        ship_archive(remote, archive, target, rsync, record)
+        held = segments_in(archive)
+
+        def new(rsync: str = rsync) -> Any:
+            return ship_archive(remote, archive, target, rsync, record)
+
+        def old(rsync: str = rsync) -> None:
+            remote.sync_directory(archive, target, rsync, delete=False)
+
+        now, before = median_seconds([new, old], repeat)
+        files_new, files_old = compared(new), compared(old)
+        local = statistics.median(local_seconds(record) for _ in range(repeat))
+        archive_wal = [switch() for _ in range(3)]
+        out.append(
+            {
+                "segments_in_archive": held,
+                "synthetic_segments": synthetic,
+                "shipment_files_compared": files_new,
+                "old_whole_archive_rsync_files_compared": files_old,
+                "shipment_seconds_p50": now,
+                "shipment_local_part_seconds_p50": round(local, 4),
+                "old_whole_archive_rsync_seconds_p50": before,
+                "old_over_new": round(before / now, 2),
+                "archive_wal_seconds_p50": round(statistics.median(archive_wal), 4),
+                "archive_wal_catching_up_copies_seconds": catch_up,
+            }
+        )
+    return out
+
+
+def run(rounds: int, archive_timeout: int, workdir: Path, sizes: list[int]) -> dict[str, Any]:
     from pg_cluster import own_cluster, pgbackrest_archiving
     from ssh_host import ssh_host
     from wal_shipping import archiver_argv, sql, wal_shipping
@@ -114,6 +225,7 @@ def run(rounds: int, archive_timeout: int, workdir: Path) -> dict[str, Any]:
             shipping.wait_off_host(segment)
             switched.append(time.perf_counter() - started)
         state = json.loads((shipping.work / "backups" / "wal-archive-state.json").read_text())
+        per_size = shipment_costs(pg, shipping, sizes, repeat=7)
 
         committed = []
         for i in range(3):
@@ -138,6 +250,7 @@ def run(rounds: int, archive_timeout: int, workdir: Path) -> dict[str, Any]:
             "max": round(max(switched), 3),
         },
         "archive_wal_in_process_last_seconds": state["last_duration_seconds"],
+        "shipment_by_archive_size": per_size,
         "baseline_interpreter_start_seconds": round(interpreter_seconds, 3),
         "baseline_ssh_true_seconds": round(ssh_seconds, 3),
         "commit_off_host_without_switch_seconds": [round(s, 3) for s in committed],
@@ -152,9 +265,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--archive-timeout", type=int, default=10, help="the cluster's archive_timeout, seconds")
+    parser.add_argument(
+        "--archive-sizes",
+        default="10,200,2000,10000",
+        help="segments in the archive at which a shipment is timed (copies of one make up what the cluster has not)",
+    )
     args = parser.parse_args()
+    sizes = sorted(int(n) for n in args.archive_sizes.split(","))
     with tempfile.TemporaryDirectory(prefix="bench-wal-") as tmp:
-        out = {"cpus": os.cpu_count(), **run(args.rounds, args.archive_timeout, Path(tmp))}
+        out = {"cpus": os.cpu_count(), **run(args.rounds, args.archive_timeout, Path(tmp), sizes)}
     print(json.dumps(out, indent=2))
 
 

@@ -5,21 +5,25 @@ sshd in a network namespace, tests/ssh_host.py) before it reports success. While
 reached the segment stays and fails (pg_stat_archiver, the metrics); once it can, PostgreSQL's retry ships it. Then
 the database host is lost (its data directory and the local repository deleted) and `backup restore --to-time
 --from-off-host` brings the cluster back as of a moment from what is off host only, with exactly the rows committed
-before it. Needs PostgreSQL's server programs, Debian's pgbackrest, rsync, sshd and ssh."""
+before it. A shipment gives rsync only what the archive gained (rsync's own itemized list says so), and a segment
+whose shipment failed and which PostgreSQL then archived without one goes with the next shipment. Needs PostgreSQL's
+server programs, Debian's pgbackrest, rsync, sshd and ssh."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from pg_cluster import cluster_on, own_cluster, pgbackrest_archiving
+from pg_cluster import PGBACKREST_STANZA, cluster_on, own_cluster, pgbackrest_archiving
 from prometheus_client import CollectorRegistry
 from system_binaries import require_binary
-from wal_shipping import sql, wal_shipping
+from wal_shipping import WalShipping, sql, wal_shipping
 
 from tests.conftest import free_port
 from tests.ssh_host import ssh_host
@@ -28,6 +32,7 @@ from trading_ops.config import parse_config
 from trading_ops.db.base import utcnow
 from trading_ops.ops.backup import sync_pitr_repository
 from trading_ops.ops.backup_remote import Remote
+from trading_ops.ops.backup_wal import ARCHIVE_INFO_FILES
 from trading_ops.ops.state_metrics import BackupCollector
 
 ARCHIVE_TIMEOUT_SECONDS = 5  # the cluster's archive_timeout here: a commit leaves the host within it
@@ -48,9 +53,10 @@ def metric(work: Path, name: str) -> float | None:
     return registry.get_sample_value(name)
 
 
-def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
-    tmp_path_factory: Any, capsys: Any
-) -> None:
+@contextlib.contextmanager
+def journal_shipping(tmp_path_factory: Any) -> Iterator[WalShipping]:
+    """A cluster of the test's own with the database `journal` (a table `trades`), archiving through archive-wal to
+    sshd in a network namespace."""
     for binary in ("pgbackrest", "rsync", "runuser"):
         require_binary(binary)
     with (
@@ -61,6 +67,14 @@ def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
     ):
         sql(pg.port, "CREATE DATABASE journal")
         sql(pg.port, "CREATE TABLE trades (id serial PRIMARY KEY, tag text NOT NULL)", "journal")
+        yield shipping
+
+
+def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
+    tmp_path_factory: Any, capsys: Any
+) -> None:
+    with journal_shipping(tmp_path_factory) as shipping:
+        pg = shipping.pg
         config, work = shipping.config, shipping.work
         capsys.readouterr()
         assert main(["--config", str(config), "backup", "run"]) == 0, capsys.readouterr().err
@@ -174,3 +188,79 @@ def test_a_backup_run_deletes_off_host_only_the_wal_expired_here(tmp_path: Path)
             f"archive/{kept}",
             shipping,
         }
+
+
+# rsync as the archiver runs it, each run's items (-ii: every file it compared, sent or not) appended to a log.
+LOGGED_RSYNC = "#!/bin/sh\necho '-- shipment' >> {log}\nexec rsync -ii \"$@\" >> {log}\n"
+
+
+def shipments(log: Path) -> list[dict[str, str]]:
+    """Per rsync run in `log` (LOGGED_RSYNC), the files it compared: path -> rsync's item (`<f+++++++++`: sent, new
+    there)."""
+    runs: list[dict[str, str]] = []
+    for line in log.read_text().splitlines():
+        if line == "-- shipment":
+            runs.append({})
+        elif len(line) > 12 and line[1] == "f":  # a file's item; directories (`cd…`) are not what was compared
+            runs[-1][line[12:]] = line[:11]
+    return runs
+
+
+def test_a_shipment_sends_what_the_archive_gained_and_what_a_failed_one_left_behind(tmp_path_factory: Any) -> None:
+    """Each archive-wal gives rsync the files of the archive that are not off host yet, not the whole archive: a
+    segment whose shipment failed (and was then archived here only, by a plain `pgbackrest archive-push`) goes with
+    the next shipment, and no shipment compares or sends a file an earlier one shipped (the info files aside)."""
+    with journal_shipping(tmp_path_factory) as shipping:
+        pg, conf = shipping.pg, shipping.pgbackrest_conf
+        assert main(["--config", str(shipping.config), "backup", "run"]) == 0  # the stanza, and a backup
+        work, stanza = shipping.work, PGBACKREST_STANZA
+        here, there = work / "repo" / "archive" / stanza, shipping.remote_repo / "pgbackrest" / "archive" / stanza
+        log, rsync = work / "rsync.log", work / "rsync"
+        rsync.write_text(LOGGED_RSYNC.format(log=log))
+        rsync.chmod(0o755)
+        log.touch()
+        shutil.chown(log, "postgres")
+        shipping.write_config(pitr={"rsync": rsync})
+        for i in range(3):  # the first shipment compares the whole archive (no record yet), the next ones not
+            shipping.wait_off_host(str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]))
+            insert(pg.port, f"first-{i}", 1)
+        before = {str(p.relative_to(there)) for p in there.rglob("*") if p.is_file()} - set(ARCHIVE_INFO_FILES)
+        assert len(before) >= 3
+
+        # The off-host repository unreachable: the segment is pushed here, its shipment fails.
+        shipping.write_config(pitr={"rsync": rsync}, port=free_port())
+        failures = sql(pg.port, "SELECT failed_count FROM pg_stat_archiver")[0][0]
+        insert(pg.port, "failed", 1)
+        failed = str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0])
+        deadline = time.monotonic() + WAIT_SECONDS
+        while sql(pg.port, "SELECT failed_count FROM pg_stat_archiver")[0][0] == failures:
+            assert time.monotonic() < deadline, "archiving did not fail with the off-host repository unreachable"
+            time.sleep(0.05)
+        assert list(here.glob(f"*/{failed[:16]}/{failed}-*")) and not shipping.off_host(failed)
+        # ... and then it is archived without a shipment: PostgreSQL will not hand it to archive-wal again.
+        archive_wal = sql(pg.port, "SHOW archive_command")[0][0]
+        plain = f"pgbackrest --config={conf} --stanza={stanza} archive-push %p"
+        sql(pg.port, f"ALTER SYSTEM SET archive_command = '{plain}'")
+        sql(pg.port, "SELECT pg_reload_conf()")
+        while sql(pg.port, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] != failed:
+            assert time.monotonic() < deadline, f"{failed} was not archived by pgbackrest archive-push"
+            time.sleep(0.05)
+        log.write_text("")
+        shipping.write_config(pitr={"rsync": rsync})
+        sql(pg.port, f"ALTER SYSTEM SET archive_command = '{archive_wal}'")
+        sql(pg.port, "SELECT pg_reload_conf()")
+
+        insert(pg.port, "next", 1)
+        shipping.wait_off_host(str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]))
+        insert(pg.port, "last", 1)
+        last = str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0])
+        shipping.wait_off_host(last)
+        assert shipping.off_host(failed)  # shipped by the next shipment: no archive_command ran for it since
+        runs = shipments(log)  # the log goes with the cluster's pgBackRest directory
+    assert len(runs) >= 2
+    compared = [name for run in runs for name in run if name not in ARCHIVE_INFO_FILES]
+    assert len(compared) == len(set(compared)), f"a file compared by two shipments: {runs}"  # each sent once
+    assert not set(compared) & before, f"shipments compared files shipped before: {runs}"
+    sent = {name.rsplit("/", 1)[-1].split("-")[0]: item for run in runs for name, item in run.items()}
+    assert sent[failed] == sent[last] == "<f+++++++++"  # sent, new there
+    assert all(run[info].strip() == ".f" for run in runs for info in ARCHIVE_INFO_FILES)  # compared, unchanged

@@ -58,8 +58,9 @@ class WalShipping:
         """The off-host repository as this machine's file system sees it."""
         return Path(self.remote["path"])
 
-    def write_config(self, **remote: Any) -> None:
-        """The configuration the archiver and the test's commands read (backup.remote overridden by `remote`)."""
+    def write_config(self, pitr: dict[str, Any] | None = None, **remote: Any) -> None:
+        """The configuration the archiver and the test's commands read (backup.remote overridden by `remote`,
+        backup.pitr given `pitr` too)."""
         conf = self.pgbackrest_conf
         self.config.write_text(
             f"database:\n  url: {self.pg.url('journal')}\n"
@@ -68,7 +69,8 @@ class WalShipping:
             "  remote:\n" + "".join(f"    {k}: {v}\n" for k, v in {**self.remote, **remote}.items()) +
             f"  pitr:\n    enabled: true\n    stanza: {PGBACKREST_STANZA}\n    config_file: {conf}\n"
             f"    repo_path: {self.work / 'repo'}\n    command: [runuser, -u, postgres, --, pgbackrest]\n"
-            f"    archive_timeout_seconds: {self.archive_timeout}\n"
+            f"    archive_timeout_seconds: {self.archive_timeout}\n" +
+            "".join(f"    {k}: {v}\n" for k, v in (pitr or {}).items())
         )  # fmt: skip
         self.config.chmod(0o644)
 

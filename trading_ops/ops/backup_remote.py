@@ -135,6 +135,19 @@ class Remote:
         options = ["--delete", *(f"--filter=P {p}" for p in protect)] if delete else []
         self._rsync(rsync, options, f"{source}/", self._rsync_target(name), source)
 
+    def send_files(self, source: Path, files: list[str], name: str, rsync: str) -> None:
+        """Copy the files `files` (paths relative to the local directory `source`) into `name` in the repository
+        directory, under the same relative paths (rsync over this ssh, given the list: only these files are compared
+        and sent, each under a temporary name there until it is complete; a listed file gone here is skipped)."""
+        self._rsync(
+            rsync,
+            ["--files-from=-", "--from0", "--ignore-missing-args"],
+            f"{source}/",
+            self._rsync_target(name),
+            source,
+            files="\0".join(files),
+        )
+
     def files(self, name: str) -> list[str]:
         """The regular files under the directory `name` of the repository, as paths relative to it (none when it does
         not exist)."""
@@ -147,12 +160,19 @@ class Remote:
         the remote does not have are kept)."""
         self._rsync(rsync, [], self._rsync_target(name), f"{target}/", target)
 
-    def _rsync(self, rsync: str, options: list[str], source: str, target: str, local: Path) -> None:
+    def _rsync(
+        self, rsync: str, options: list[str], source: str, target: str, local: Path, files: str | None = None
+    ) -> None:
         ssh = shlex.join(self.argv("")[:-2])  # ssh and its options, without `-- host command`
         argv = [rsync, "-a", *options, "--mkpath", "-e", ssh, "--", source, target]
         try:
             proc = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=self.timeout, check=False
+                argv,
+                stdin=subprocess.DEVNULL if files is None else None,
+                input=None if files is None else files.encode(),  # rsync's --files-from list
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             raise RemoteError(
