@@ -23,7 +23,7 @@ from schema_helpers import first_error_at, printed_validator, schema_errors
 from trading_ops.cli import main
 from trading_ops.matchers import RegexError
 from trading_ops.reconciler.playbook import PlaybookError, parse_matcher, parse_playbook
-from trading_ops.reconciler.playbook_schema import MATCHER_PATTERN
+from trading_ops.reconciler.playbook_schema import LABEL_NAME_PATTERN, MATCHER_PATTERN
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGED = resources.files("trading_ops.reconciler").joinpath("playbooks")
@@ -318,15 +318,26 @@ def test_a_changed_playbook_the_schema_accepts_the_loader_loads(data: st.DataObj
     else:
         # The same change is refused by the loader, unless the schema is the stricter one: a step named by a
         # number or a matcher value given as true, which the loader turns into text.
-        assert loads(changed) is not None or schema_stricter(changed, validator), schema_errors(validator, changed)
+        assert loads(changed) is not None or schema_stricter(changed), schema_errors(validator, changed)
 
 
-def schema_stricter(data: Any, validator: jsonschema.Draft202012Validator) -> bool:
-    """Where the schema refuses what the loader takes as text: a step's `name` or a `match` mapping's value that is
-    not a string or a number, a `defaults` that names a rule's own keys (name, match, steps: each rule's, which
-    `defaults` would hand to every rule)."""
-    where = first_error_at(validator, data) or ""
-    return bool(re.search(r"\.name$|\.match\.\w+$|\.hard_limit\.\w+$|^defaults$", where))
+def schema_stricter(data: Any) -> bool:
+    """Whether `data` has what the schema refuses and the loader takes as text: a step's `name` that is not a
+    string, a `match` or `hard_limit` mapping with a key that is no label name (`{'job=~a': x}` is read as a regex
+    matcher) or a value that is no string or number, a `defaults` with a rule's own keys (which the loader would hand
+    to every rule)."""
+    defaults = data.get("defaults")
+    if isinstance(defaults, dict) and RULE_KEYS & set(defaults):
+        return True
+    rules = [r for r in [defaults, *data.get("rules", [])] if isinstance(r, dict)]
+    for matchers in (r.get(key) for r in rules for key in ("match", "hard_limit")):
+        if isinstance(matchers, dict) and any(
+            not re.fullmatch(LABEL_NAME_PATTERN, str(k)) or isinstance(v, bool) or not isinstance(v, str | int | float)
+            for k, v in matchers.items()
+        ):
+            return True
+    steps = [s for r in rules for key in ("steps", "on_recovery") if isinstance(r.get(key), list) for s in r[key]]
+    return any(isinstance(s, dict) and not isinstance(s.get("name", ""), str | None) for s in steps)
 
 
 @settings(max_examples=300, deadline=None)
