@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from schema_helpers import key_path, printed_validator, schema_errors
 
 from trading_ops.cli import main
 from trading_ops.config import Config, ConfigError, parse_config
@@ -20,17 +21,9 @@ SECTIONS = {name for name in Config.__dataclass_fields__ if name != "base_dir"}
 YAML_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.S | re.M)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def validator() -> jsonschema.Draft202012Validator:
-    """The schema as the command prints it, read back from a file it wrote."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "schema.json"
-        assert main(["config", "schema", "--output", str(out)]) == 0
-        schema = json.loads(out.read_text(encoding="utf-8"))
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    return printed_validator("config")
 
 
 def as_config(text: str) -> dict[str, Any] | None:
@@ -70,11 +63,6 @@ def documented_configs() -> list[tuple[str, dict[str, Any]]]:
 CONFIGS = documented_configs()
 
 
-def key_path(path: Any) -> str:
-    """jsonschema's path of an error as the loader names keys: bots[0].instance."""
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-
-
 def test_the_configurations_found_include_the_docs_and_the_tests() -> None:
     names = [name for name, _ in CONFIGS]
     assert "trading-ops.example.yaml" in names
@@ -86,7 +74,7 @@ def test_the_configurations_found_include_the_docs_and_the_tests() -> None:
 def test_every_configuration_in_use_validates_against_the_schema(
     validator: jsonschema.Draft202012Validator, name: str, data: dict[str, Any]
 ) -> None:
-    errors = [f"{key_path(e.absolute_path)}: {e.message}" for e in validator.iter_errors(data)]
+    errors = schema_errors(validator, data)
     assert not errors, f"{name}: {errors}"
 
 

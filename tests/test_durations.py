@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from trading_ops.durations import format_duration, parse_duration
+from trading_ops.durations import DURATION_PATTERN, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -40,3 +43,15 @@ def test_hand_written_forms_of_playbooks_are_accepted(value: str | float, second
 def test_a_bad_duration_is_refused_naming_it(bad: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)  # type: ignore[arg-type]
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet="0123456789.smhdwy \t-", max_size=8) | st.sampled_from(["1h30m", "2w3d", "1.5ms", "500ms"]))
+def test_the_duration_pattern_of_json_schemas_is_what_parse_duration_reads(text: str) -> None:
+    """`trading-ops playbook schema` says which strings are durations with DURATION_PATTERN: exactly these."""
+    try:
+        parse_duration(text)
+    except ValueError:
+        assert re.search(DURATION_PATTERN, text) is None, text
+    else:
+        assert re.search(DURATION_PATTERN, text) is not None, text

@@ -18,6 +18,11 @@ UNITS: tuple[tuple[str, float], ...] = (
 DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 # Also accepted (playbooks and settings written by hand): a decimal number of one unit, `2.5s`, `1.5h`, or bare `30`.
 DECIMAL_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+# The strings parse_duration reads, as one regular expression of both Python's and JSON Schema's (ECMA-262) dialect:
+# what a JSON Schema says a duration is (`trading-ops playbook schema`).
+DURATION_PATTERN = (
+    r"^\s*(?:\d+(?:\.\d+)?(?:ms|s|m|h|d)?|(?=\d)(?:\d+y)?(?:\d+w)?(?:\d+d)?(?:\d+h)?(?:\d+m)?(?:\d+s)?(?:\d+ms)?)\s*$"
+)
 
 
 def parse_duration(text: str | int | float) -> float:

@@ -8,7 +8,7 @@ import math
 import re
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
@@ -208,10 +208,49 @@ def _description(tp: Any) -> str | None:
     return None
 
 
+def one_of(choices: Iterable[str]) -> Any:
+    """The type of a value that is one of `choices` (a table's keys, say): a Literal, an `enum` in a JSON Schema."""
+    return Literal[tuple(choices)]
+
+
+def duration_type(most: float | None = None, *, positive: bool = False) -> Any:
+    """A duration as a JSON Schema says it (parse_duration reads it): seconds, at least 0 (more than 0 if `positive`)
+    and at most `most`, or a string like 30s, 1h30m or 2.5s (with a digit other than 0 if `positive`)."""
+    from trading_ops.durations import DURATION_PATTERN
+
+    seconds = msgspec.Meta(gt=0, le=most) if positive else msgspec.Meta(ge=0, le=most)
+    text = r"^(?=[^1-9]*[1-9])" + DURATION_PATTERN[1:] if positive else DURATION_PATTERN
+    return Annotated[
+        Annotated[float, seconds] | Annotated[str, msgspec.Meta(pattern=text)],
+        msgspec.Meta(description="a duration like 30s, 5m or 1h, or seconds"),
+    ]
+
+
 def json_schema(tp: Any, title: str, schema_hook: Callable[[type], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of `tp`, for editors (the YAML language server) and other tools."""
-    schema = msgspec.json.schema(tp, schema_hook=schema_hook)
+    schema = _tag_choices(msgspec.json.schema(tp, schema_hook=schema_hook))
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": title, **schema}
+
+
+def _tag_choices(node: Any) -> Any:
+    """msgspec's tagged unions (anyOf with OpenAPI's `discriminator`) as the tag's choices, then the structure its
+    value names (if/then): validators ignore `discriminator`, and of an anyOf they report only that the whole value
+    fits none of its members, where this names the key that is wrong (the tag, or a key of its structure)."""
+    if isinstance(node, list):
+        return [_tag_choices(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _tag_choices(value) for key, value in node.items()}
+    tagged = out.get("discriminator")
+    if "anyOf" not in out or not isinstance(tagged, dict) or set(tagged) != {"propertyName", "mapping"}:
+        return out
+    del out["anyOf"], out["discriminator"]
+    tag, mapping = tagged["propertyName"], tagged["mapping"]
+    choices = [
+        {"if": {"properties": {tag: {"const": value}}, "required": [tag]}, "then": {"$ref": ref}}
+        for value, ref in mapping.items()
+    ]
+    return {**out, "type": "object", "required": [tag], "properties": {tag: {"enum": list(mapping)}}, "allOf": choices}
 
 
 # ---- dataclasses as structures: the configuration's sections ------------------------------------------------------

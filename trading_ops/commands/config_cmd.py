@@ -59,25 +59,36 @@ def register(sub: Any) -> None:
         "never their values; the database URL's password is masked.",
     )
     show.set_defaults(handler=show_config)
-    schema = inner.add_parser(
-        "schema",
+    add_schema_command(
+        inner,
+        print_schema,
         help="print the JSON Schema of the configuration file (for an editor: docs/configuration.md)",
         description="Print the JSON Schema (draft 2020-12) of the configuration file: every key, its type, range "
         "and default. Editors check a file against it as it is typed, e.g. the YAML language server with a "
         "`# yaml-language-server: $schema=trading-ops.schema.json` line. It reads no configuration file.",
     )
+
+
+def add_schema_command(inner: Any, handler: Any, **words: str) -> None:
+    """A `schema [--output FILE]` action under `inner`: it prints a JSON Schema and reads no configuration (it helps
+    fix a file that does not load)."""
+    schema = inner.add_parser("schema", **words)
     schema.add_argument("--output", "-o", default=None, metavar="FILE", help="write to FILE instead of stdout")
-    schema.set_defaults(handler=print_schema, without_config=True)
+    schema.set_defaults(handler=handler, without_config=True)
+
+
+def print_json_schema(schema: dict[str, Any], what: str, output: str | None) -> None:
+    """`schema` as JSON to the file `output` (saying so), or to stdout without one."""
+    import json
+
+    if write_output(json.dumps(schema, indent=2) + "\n", output):
+        print(f"wrote the JSON Schema of {what} to {output}")
 
 
 def print_schema(args: argparse.Namespace, config: Config) -> int:
-    import json
-
     from trading_ops.config import config_schema
 
-    text = json.dumps(config_schema(), indent=2) + "\n"
-    if write_output(text, args.output):
-        print(f"wrote the JSON Schema of the configuration to {args.output}")
+    print_json_schema(config_schema(), "the configuration", args.output)
     return 0
 
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from trading_ops.cli import CONFIG_ENV, UsageError
-from trading_ops.config import Config
+from trading_ops.commands.config_cmd import add_schema_command, print_json_schema
+from trading_ops.config import Config, ConfigError
 from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
 from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 
@@ -142,6 +143,25 @@ def register(sub: Any) -> None:
     )
     route.add_argument("--playbook", default=None, help=PLAYBOOK_HELP)
     route.set_defaults(handler=playbook_route)
+    add_schema_command(
+        pinner,
+        print_playbook_schema,
+        help="print the JSON Schema of a playbook file (for an editor: docs/reconciler.md)",
+        description="Print the JSON Schema (draft 2020-12) of a playbook file as it is written: its top-level keys, "
+        "`defaults`, the rules, their steps (one kind of step per action, with its parameters). Editors check a "
+        "playbook against it as it is typed, e.g. the YAML language server with a "
+        "`# yaml-language-server: $schema=playbook.schema.json` line. It reads no configuration or playbook file.",
+    )
+
+
+def print_playbook_schema(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.reconciler.playbook_schema import playbook_schema
+
+    try:
+        print_json_schema(playbook_schema(), "a playbook", args.output)
+    except ConfigError as exc:  # an option of this command, not the configuration: no "config:" before it
+        raise UsageError(str(exc)) from None
+    return 0
 
 
 def serve(args: argparse.Namespace, config: Config) -> int:

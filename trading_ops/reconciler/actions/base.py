@@ -109,6 +109,9 @@ class Action:
     default_risk = "safe"
     # Parameters this kind accepts: name -> (type, required).
     params: dict[str, tuple[type | tuple[type, ...], bool]] = {}
+    # A parameter's type in the playbook's JSON Schema where its type above says less (its choices, its items, a
+    # pattern): a msgspec type (trading_ops.reconciler.playbook_schema). Checking a step stays `validate`'s.
+    schema: dict[str, Any] = {}
 
     def validate(self, params: dict[str, Any]) -> None:
         """Raise ValueError naming the parameter when `params` is wrong."""

@@ -18,6 +18,7 @@ from trading_ops.bot.control import COMMAND_SCOPES, SOURCE_HEADER, SOURCE_RECONC
 from trading_ops.clients.prometheus import PrometheusError
 from trading_ops.config import Config, resolve_secret
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, template_labels, truncate
+from trading_ops.schema import one_of
 from trading_ops.scopes import DESTRUCTIVE
 
 # The bot a step commands: the alert's own instance unless the step names one.
@@ -53,6 +54,7 @@ class BotAction(Action):
         "only_state": (str, False),
         "only_reason": (str, False),
     }
+    schema = {"command": one_of(COMMAND_RISK)}
 
     def validate(self, params: dict[str, Any]) -> None:
         super().validate(params)

@@ -11,7 +11,9 @@ import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, truncate
 
@@ -42,6 +44,10 @@ class ExecAction(Action):
     kind = "exec"
     default_risk = "disruptive"
     params = {"argv": (list, True), "env": (dict, False), "cwd": (str, False)}
+    schema = {
+        "argv": Annotated[list[str], msgspec.Meta(min_length=1)],
+        "env": dict[Annotated[str, msgspec.Meta(pattern=ENV_NAME_RE.pattern)], str],
+    }
 
     def validate(self, params: dict[str, Any]) -> None:
         super().validate(params)

@@ -9,6 +9,7 @@ import aiohttp
 from yarl import URL
 
 from trading_ops.reconciler.actions.base import TEMPLATE_RE, Action, ActionContext, Refused, Result, truncate
+from trading_ops.schema import one_of
 
 METHODS = ("GET", "POST", "PUT", "DELETE")
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -48,6 +49,7 @@ class HttpAction(Action):
     kind = "http"
     default_risk = "disruptive"
     params = {"url": (str, True), "method": (str, False), "json": (dict, False), "expect_status": (list, False)}
+    schema = {"method": one_of(METHODS), "expect_status": list[int]}
 
     def validate(self, params: dict[str, Any]) -> None:
         super().validate(params)

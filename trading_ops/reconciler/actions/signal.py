@@ -7,6 +7,7 @@ import signal
 from typing import Any
 
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result
+from trading_ops.schema import one_of
 
 SIGNALS = {
     "HUP": signal.SIGHUP,
@@ -22,6 +23,7 @@ class SignalAction(Action):
     kind = "signal"
     default_risk = "disruptive"
     params = {"pidfile": (str, True), "signal": (str, False)}
+    schema = {"signal": one_of(SIGNALS)}
 
     def validate(self, params: dict[str, Any]) -> None:
         super().validate(params)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from trading_ops.clients.alertmanager import AlertmanagerError
 from trading_ops.db.base import utcnow
 from trading_ops.durations import parse_duration
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result
+from trading_ops.schema import duration_type
 
 CREATED_BY = "trading-ops-reconciler"
 ALERTNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -27,6 +30,11 @@ class SilenceAction(Action):
         "labels": (list, False),
         "comment": (str, False),
         "alertname": (str, False),
+    }
+    schema = {
+        "duration": duration_type(),
+        "labels": list[str],
+        "alertname": Annotated[str, msgspec.Meta(pattern=ALERTNAME_RE.pattern)],
     }
 
     def validate(self, params: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result
 from trading_ops.reconciler.actions.exec import minimal_env, run_argv
+from trading_ops.schema import one_of
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.:\\-]{0,250}$")
 VERBS = ("restart", "reload", "try-restart", "start")
@@ -29,6 +30,7 @@ class SystemdAction(Action):
     kind = "systemd"
     default_risk = "disruptive"
     params = {"unit": (str, False), "verb": (str, False)}
+    schema = {"verb": one_of(VERBS)}
 
     def validate(self, params: dict[str, Any]) -> None:
         super().validate(params)
