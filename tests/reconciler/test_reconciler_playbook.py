@@ -95,6 +95,9 @@ def test_first_matching_rule_wins() -> None:
     ("change", "message"),
     [
         ({"steps": [{"action": "reboot"}]}, "rules[0].steps[0].action: unknown action 'reboot'"),
+        ({"steps": [{"action": ["bot"]}]}, "rules[0].steps[0].action: expected an action name"),
+        ({"steps": [{"command": "pause"}]}, "rules[0].steps[0].action: expected an action name"),
+        ({"steps": [{"action": "silence", "duration": "forever"}]}, "rules[0].steps[0].duration: expected a duration"),
         ({"steps": [{"action": "bot", "command": "explode"}]}, "rules[0].steps[0].command: unknown bot command"),
         ({"steps": [{"action": "bot"}]}, "rules[0].steps[0].command: required"),
         ({"match": ['alertname=~"("']}, "rules[0].match[0]: invalid regular expression"),

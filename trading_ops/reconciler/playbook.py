@@ -480,6 +480,8 @@ def _step(
         raise PlaybookError(f"{where}: expected a mapping with `action`")
     keys: StepKeys = _spec(raw, StepKeys, where)
     kind = keys.action
+    if not isinstance(kind, str):
+        raise PlaybookError(f"{where}.action: expected an action name ({', '.join(ACTIONS)}), got {kind!r:.40}")
     if kind not in ACTIONS:
         raise PlaybookError(f"{where}.action: unknown action {kind!r} (known: {', '.join(ACTIONS)})")
     action = ACTIONS[kind]

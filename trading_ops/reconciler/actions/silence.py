@@ -39,7 +39,10 @@ class SilenceAction(Action):
 
     def validate(self, params: dict[str, Any]) -> None:
         super().validate(params)
-        parse_duration(params.get("duration", "1h"))
+        try:
+            parse_duration(params.get("duration", "1h"))
+        except ValueError as exc:
+            raise ValueError(f"duration: {exc}") from exc
         if "alertname" in params and not ALERTNAME_RE.match(params["alertname"]):
             raise ValueError("alertname: expected an alert name (letters, digits and '_')")
 
