@@ -7,12 +7,12 @@ import time
 from prometheus_client import Counter, Gauge
 
 from trading_ops.bot.cardinality import ChildCache
+from trading_ops.bot.classify import UNKNOWN_PARTS
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.config import RECONCILIATION_POLICIES
 
 TRIGGERS = ("startup", "schedule", "reconnect", "command", "lost_reply", "journal")
 RESULTS = ("clean", "resolved", "failed", "halted", "unknown")
-UNKNOWN_PARTS = ("positions", "balances")
 
 
 class ReconciliationMetrics:
