@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from trading_ops import __version__, logsetup
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, http_url_problem, load_config
@@ -157,3 +159,29 @@ def _database_url(config: Config) -> str | None:
         return config.database_url()
     except ConfigError:
         return None
+
+
+def add_schema_command(inner: Any, handler: Any, **words: str) -> None:
+    """A `schema [--output FILE]` action under `inner`: it prints a JSON Schema and reads no configuration (it helps
+    fix a file that does not load)."""
+    schema = inner.add_parser("schema", **words)
+    schema.add_argument("--output", "-o", default=None, metavar="FILE", help="write to FILE instead of stdout")
+    schema.set_defaults(handler=handler, without_config=True)
+
+
+def print_json_schema(schema: dict[str, Any], what: str, output: str | None) -> None:
+    """`schema` as JSON to the file `output` (saying so), or to stdout without one."""
+    if write_output(json.dumps(schema, indent=2) + "\n", output):
+        print(f"wrote the JSON Schema of {what} to {output}")
+
+
+def write_output(text: str, output: str | None) -> bool:
+    """`text` to the file `output` (True), or to stdout without one (False)."""
+    if output is None:
+        sys.stdout.write(text)
+        return False
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--output", f"cannot write {output}: {exc.strerror}") from exc
+    return True

@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from trading_ops.cli import add_schema_command, print_json_schema, write_output
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.errors import shown_url
 from trading_ops.scopes import READ
@@ -69,39 +69,11 @@ def register(sub: Any) -> None:
     )
 
 
-def add_schema_command(inner: Any, handler: Any, **words: str) -> None:
-    """A `schema [--output FILE]` action under `inner`: it prints a JSON Schema and reads no configuration (it helps
-    fix a file that does not load)."""
-    schema = inner.add_parser("schema", **words)
-    schema.add_argument("--output", "-o", default=None, metavar="FILE", help="write to FILE instead of stdout")
-    schema.set_defaults(handler=handler, without_config=True)
-
-
-def print_json_schema(schema: dict[str, Any], what: str, output: str | None) -> None:
-    """`schema` as JSON to the file `output` (saying so), or to stdout without one."""
-    import json
-
-    if write_output(json.dumps(schema, indent=2) + "\n", output):
-        print(f"wrote the JSON Schema of {what} to {output}")
-
-
 def print_schema(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.config import config_schema
 
     print_json_schema(config_schema(), "the configuration", args.output)
     return 0
-
-
-def write_output(text: str, output: str | None) -> bool:
-    """`text` to the file `output` (True), or to stdout without one (False)."""
-    if output is None:
-        sys.stdout.write(text)
-        return False
-    try:
-        Path(output).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("--output", f"cannot write {output}: {exc.strerror}") from exc
-    return True
 
 
 def config_source(args: argparse.Namespace) -> str:

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from trading_ops.cli import CONFIG_ENV, UsageError
-from trading_ops.commands.config_cmd import add_schema_command, print_json_schema
+from trading_ops.cli import CONFIG_ENV, UsageError, add_schema_command, print_json_schema
 from trading_ops.config import Config, ConfigError
 from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
 from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
