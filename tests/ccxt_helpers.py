@@ -12,8 +12,8 @@ from typing import Any
 
 import ccxt.async_support as ccxt
 from aiohttp import web
+from ports import free_port
 
-from tests.conftest import free_port
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.venues.kraken_gateway import KrakenGateway, SubAccount, create_app
 

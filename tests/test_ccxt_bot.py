@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from ports import free_port
 from system_binaries import REPO_ROOT
 
 from tests.ccxt_helpers import (
@@ -31,7 +32,6 @@ from tests.ccxt_helpers import (
     running_gateway,
     wait_for,
 )
-from tests.conftest import free_port
 from tests.paper_helpers import TOKEN, control, get
 from trading_ops.bot.broker import OrderStatus, OrderType
 from trading_ops.bot.journal import Journal

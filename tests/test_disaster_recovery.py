@@ -165,7 +165,7 @@ def deployment(tmp_path: Path, backup_host: SshHost) -> Deployment:
 
 
 def free_port_for_test() -> int:
-    from tests.conftest import free_port
+    from ports import free_port
 
     return free_port()
 

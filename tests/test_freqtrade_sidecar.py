@@ -25,10 +25,10 @@ from typing import Any
 
 import ccxt.async_support as ccxt_async
 import pytest
-from conftest import free_port
 from freqtrade_client import FtRestClient
 from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, until
 from gateway_helpers import Gateway, start_gateway
+from ports import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from raw_http import NON_ASCII_AUTH, raw_request

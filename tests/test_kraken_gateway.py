@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import ccxt.async_support as ccxt
 import pytest
+from ports import free_port
 
 from tests.ccxt_helpers import (
     API_KEY,
@@ -29,7 +30,6 @@ from tests.ccxt_helpers import (
     serving,
     wait_for,
 )
-from tests.conftest import free_port
 from trading_ops.cli import main
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.kraken_api import sign

@@ -17,9 +17,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from aiohttp import web
+from ports import free_port
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import free_port
 from tests.paper_helpers import counter_total, wait_for
 from tests.test_paper_cli import cli, wait_healthy
 from trading_ops.bot.broker import OrderStatus, Side

@@ -21,22 +21,12 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from conftest import (
-    AUTH,
-    BOT_TOKEN,
-    TOKEN,
-    Alertmanager,
-    FakeBot,
-    alert,
-    bot_targets,
-    free_port,
-    make_config,
-    payload,
-    start_alertmanager,
-    stop,
-    wait_http,
-    write_playbook,
-)
+from alertmanager_server import Alertmanager, start_alertmanager
+from fake_bot import FakeBot, bot_targets
+from ports import free_port
+from reconciler_server import AUTH, BOT_TOKEN, TOKEN, make_config, write_playbook
+from server_process import stop, wait_http
+from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine
 from trading_ops.reconciler.app import create_app

@@ -18,20 +18,11 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from conftest import (
-    AUTH,
-    READ_AUTH,
-    Alertmanager,
-    FakeBot,
-    alert,
-    bot_targets,
-    dead_owner,
-    engine_settled,
-    make_config,
-    payload,
-    starts,
-    write_playbook,
-)
+from alertmanager_server import Alertmanager
+from engine_runs import dead_owner, engine_settled
+from fake_bot import FakeBot, bot_targets
+from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from webhook_payloads import alert, payload, starts
 
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys

@@ -28,23 +28,13 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from aiosmtpd.controller import Controller
-from conftest import (
-    AUTH,
-    READ_AUTH,
-    TOKEN,
-    Alertmanager,
-    alert,
-    make_config,
-    payload,
-    start_alertmanager,
-    stop,
-    wait_http,
-    write_playbook,
-)
+from alertmanager_server import Alertmanager, start_alertmanager
 from ports import free_port
+from reconciler_server import AUTH, READ_AUTH, TOKEN, make_config, write_playbook
+from server_process import stop, wait_http
+from smtp_sink import SMTPServer, serve_smtp
+from webhook_payloads import alert, payload
 
-from tests.ops.conftest import Mailbox, SMTPServer
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import FAILED, escalation_alert
@@ -88,14 +78,8 @@ class Pages:
 @pytest.fixture
 def mail() -> Iterator[SMTPServer]:
     """The apprise fallback's real SMTP server (aiosmtpd, as tests/ops uses it), keeping what it receives."""
-    mailbox = Mailbox()
-    port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SMTPServer("127.0.0.1", port, mailbox, controller)
-    finally:
-        controller.stop()
+    with serve_smtp() as server:
+        yield server
 
 
 @pytest.fixture

@@ -22,9 +22,13 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import AUTH, BOT_TOKEN, TOKEN, FakeBot, alert, free_port, payload, stop, wait_http, write_playbook
+from fake_bot import FakeBot
 from pg_cluster import Cluster, alive, own_cluster
+from ports import free_port
+from reconciler_server import AUTH, BOT_TOKEN, TOKEN, write_playbook
+from server_process import stop, wait_http
 from sqlalchemy import func, select
+from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine
 from trading_ops.db.models import Escalation
