@@ -14,9 +14,7 @@ from pathlib import Path
 import aiohttp
 import ccxt.async_support as ccxt
 import pytest
-from ports import free_port
-
-from tests.ccxt_helpers import (
+from ccxt_helpers import (
     API_KEY,
     API_SECRET,
     CONTROL_TOKEN,
@@ -30,6 +28,8 @@ from tests.ccxt_helpers import (
     serving,
     wait_for,
 )
+from ports import free_port
+
 from trading_ops.cli import main
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.kraken_api import sign
