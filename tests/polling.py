@@ -24,13 +24,18 @@ class _Deadline:
         self.last = ""
 
     def tolerated(self, exc: Exception) -> None:
+        """An error waited out: the probe's answer is none, and the failure will name the error."""
         self.last = f" (last error: {type(exc).__name__}: {exc})"
 
-    def check(self, result: Any) -> None:
-        """Fail if the deadline has passed; the last answer is named when it says more than false or nothing."""
+    def done(self, result: Any) -> bool:
+        """Whether `result` is the one waited for; past the deadline a failure, naming the last answer when it says
+        more than false or nothing."""
+        if result:
+            return True
         if time.monotonic() > self.end:
             answer = "" if self.last or result is None or isinstance(result, bool) else f" (last answer: {result!r})"
             raise AssertionError(f"{self.what}: not within {self.deadline:g}s{self.last}{answer}")
+        return False
 
 
 def until(
@@ -50,9 +55,8 @@ def until(
         except tolerate as exc:
             result = None
             wait.tolerated(exc)
-        if result:
+        if wait.done(result):
             return result
-        wait.check(result)
         time.sleep(interval)
 
 
@@ -76,7 +80,6 @@ async def until_async(
         except tolerate as exc:
             result = None
             wait.tolerated(exc)
-        if result:
+        if wait.done(result):
             return result
-        wait.check(result)
         await asyncio.sleep(interval)
