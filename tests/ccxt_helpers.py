@@ -3,17 +3,16 @@ client pointed at it."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import ccxt.async_support as ccxt
 from aiohttp import web
+from polling import until_async
+from ports import free_port
 
-from tests.conftest import free_port
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.venues.kraken_gateway import KrakenGateway, SubAccount, create_app
 
@@ -77,14 +76,5 @@ def kraken(base: str, key: str = API_KEY, secret: str = API_SECRET, **options: A
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0) -> None:
-    """Poll `predicate` until it holds; fail after `timeout` seconds (a deadline, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
+    """`polling.until_async` (no error waited out): fail after `timeout` seconds (a deadline, not a measurement)."""
+    await until_async("condition", predicate, timeout, 0.02, tolerate=())

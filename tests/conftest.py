@@ -1,21 +1,18 @@
-"""Shared fixtures: fresh registries, databases (SQLite file and a PostgreSQL database per test) and ports."""
+"""Shared fixtures and hooks: fresh registries and databases (a SQLite file and a PostgreSQL database per test), the
+xdist lanes, and a failed test's server logs. What tests import lives in modules of their own (ports, polling,
+shared_postgres, ...): a module named `conftest` is a different one in each folder."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import re
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ports import free_port  # noqa: F401 - re-exported: tests import it from here
 from prometheus_client import CollectorRegistry
-from sqlalchemy import create_engine, text
-
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
+from shared_postgres import new_database
 
 # A test module that starts something once for the module (a whole stack, a freqtrade, promtool's classification of
 # every rule test): a fixture of module (or package, class) scope defined in it.
@@ -86,20 +83,8 @@ def sqlite_url(tmp_path) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A new, empty PostgreSQL database on 127.0.0.1:5432 for this test, dropped afterwards."""
-    name = f"trading_ops_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # pragma: no cover - environment problem, reported plainly
-        admin.dispose()
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 (trust auth, database test) is required: {exc}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with new_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -23,7 +23,7 @@ from typing import Any
 
 import polling
 import pytest
-from conftest import free_port
+from ports import free_port
 from system_binaries import REPO_ROOT
 
 STRATEGY_DIR = REPO_ROOT / "tests" / "freqtrade" / "strategies"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import ccxt
-from conftest import free_port
 from freqtrade_helpers import until
+from ports import free_port
 from system_binaries import REPO_ROOT
 
 # Three keys of the venue's one account, one per client, as on Kraken (its nonce must increase per key, and

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from polling import until_async
 
 from trading_ops.config import Config, parse_config
 from trading_ops.db import migrate
@@ -56,17 +55,10 @@ def fast_config(tmp_path: Path, **paper: Any) -> Config:
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll `predicate` until it returns something truthy; fail with a clear message at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {getattr(predicate, '__name__', predicate)}")
-        await asyncio.sleep(interval)
+    """`polling.until_async` named by the predicate (no error waited out): its truthy result, or a failure at the
+    deadline."""
+    what = f"condition {getattr(predicate, '__name__', predicate)}"
+    return await until_async(what, predicate, timeout, interval, tolerate=())
 
 
 async def control(

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ports import free_port
 from system_binaries import require_binary
-
-from tests.ports import free_port
 
 NETWORK = "10.231"  # 10.231.X.Y/30: X, Y chosen at random among the subnets no interface of this machine has
 START_TIMEOUT_SECONDS = 15.0

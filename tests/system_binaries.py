@@ -38,6 +38,9 @@ DEBIAN_PACKAGES = {
     # Copies pgBackRest's repository to the off-host backup repository (over SSH).
     "rsync": "rsync",
 }
+# The Alertmanager server under Debian's name or upstream's, and the Prometheus server (None when not installed).
+ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+PROMETHEUS_BIN = shutil.which("prometheus")
 
 
 def require_binary(name: str) -> str:
@@ -50,6 +53,16 @@ def require_binary(name: str) -> str:
             pytrace=False,
         )
     return path
+
+
+def alertmanager_binary() -> str:
+    """The Alertmanager server (Debian's name, or upstream's); a missing one fails the test, never skips it."""
+    return ALERTMANAGER_BIN or require_binary("prometheus-alertmanager")
+
+
+def prometheus_binary() -> str:
+    """The Prometheus server; a missing one fails the test, never skips it."""
+    return PROMETHEUS_BIN or require_binary("prometheus")
 
 
 def run_binary(name: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

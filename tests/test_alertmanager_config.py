@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
+from ports import free_port
 from system_binaries import REPO_ROOT, require_binary, run_binary
 
 from trading_ops.reconciler.playbook import parse_matcher

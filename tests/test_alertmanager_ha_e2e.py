@@ -24,9 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
+from alertmanager_server import Alertmanager, start_alertmanager
 from polling import until
-from reconciler.conftest import READ_TOKEN, TOKEN, Alertmanager, start_alertmanager, stop, wait_http
+from ports import free_port
+from reconciler_server import READ_TOKEN, TOKEN
+from server_process import stop, wait_http
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.db import migrate

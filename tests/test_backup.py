@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
+from paper_helpers import TOKEN, counter_total, wait_for
+from ports import free_port
 from prometheus_client import CollectorRegistry
+from shared_postgres import POSTGRES_ADMIN_URL
 from sqlalchemy import MetaData, create_engine, insert, select, text
+from ssh_host import SshHost, ssh_host
 
-from tests.conftest import POSTGRES_ADMIN_URL, free_port
-from tests.paper_helpers import TOKEN, counter_total, wait_for
-from tests.ssh_host import SshHost, ssh_host
 from trading_ops.bot.broker import Side
 from trading_ops.cli import main
 from trading_ops.config import Config, parse_config

@@ -18,11 +18,11 @@ import psycopg
 import pytest
 from pg_cluster import PGBACKREST_STANZA, archive_now, cluster_on, own_cluster, pgbackrest_archiving
 from sqlalchemy import create_engine, insert
+from ssh_host import ssh_host
 from system_binaries import require_binary
 from wal_shipping import WalShipping, wal_shipping
 from wal_shipping import sql as server_sql
 
-from tests.ssh_host import ssh_host
 from trading_ops.cli import main
 from trading_ops.db.base import utcnow
 from trading_ops.db.models import Episode, Order

@@ -21,12 +21,12 @@ from typing import Any
 
 import psycopg
 from pg_cluster import PGBACKREST_STANZA, cluster_on, own_cluster, pgbackrest_archiving
+from ports import free_port
 from prometheus_client import CollectorRegistry
+from ssh_host import ssh_host
 from system_binaries import require_binary
 from wal_shipping import WalShipping, sql, wal_shipping
 
-from tests.conftest import free_port
-from tests.ssh_host import ssh_host
 from trading_ops.cli import main
 from trading_ops.config import parse_config
 from trading_ops.db.base import utcnow

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import ccxt.async_support as ccxt
 import pytest
+from ccxt_helpers import OTHER_KEY, OTHER_SECRET, kraken, running_gateway, wait_for
+from paper_helpers import TOKEN, IdleStrategy, fast_config
 from prometheus_client import CollectorRegistry
 
-from tests.ccxt_helpers import OTHER_KEY, OTHER_SECRET, kraken, running_gateway, wait_for
-from tests.paper_helpers import TOKEN, IdleStrategy, fast_config
 from tests.test_ccxt_broker import SYMBOLS, Recorder, chaos, limit, market
 from trading_ops.bot.broker import BrokerError, Channel, OrderStatus, OrderType, Side
 from trading_ops.bot.runtime import BotRuntime

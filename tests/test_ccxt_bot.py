@@ -19,9 +19,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from system_binaries import REPO_ROOT
-
-from tests.ccxt_helpers import (
+from ccxt_helpers import (
     API_KEY,
     API_SECRET,
     CONTROL_TOKEN,
@@ -31,8 +29,10 @@ from tests.ccxt_helpers import (
     running_gateway,
     wait_for,
 )
-from tests.conftest import free_port
-from tests.paper_helpers import TOKEN, control, get
+from paper_helpers import TOKEN, control, get
+from ports import free_port
+from system_binaries import REPO_ROOT
+
 from trading_ops.bot.broker import OrderStatus, OrderType
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.recovery_store import RecoveryStore

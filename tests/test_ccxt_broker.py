@@ -13,9 +13,7 @@ from pathlib import Path
 import aiohttp
 import ccxt.async_support as ccxt
 import pytest
-from prometheus_client import CollectorRegistry
-
-from tests.ccxt_helpers import (
+from ccxt_helpers import (
     API_SECRET,
     CONTROL_TOKEN,
     OTHER_KEY,
@@ -27,6 +25,8 @@ from tests.ccxt_helpers import (
     running_gateway,
     wait_for,
 )
+from prometheus_client import CollectorRegistry
+
 from trading_ops.bot.broker import (
     BrokerError,
     BrokerEvents,

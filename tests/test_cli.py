@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
-from tests.conftest import free_port
 from trading_ops.cli import build_parser
 from trading_ops.db import migrate
 from trading_ops.db.errors import NOT_MIGRATED

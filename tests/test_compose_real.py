@@ -25,6 +25,7 @@ import pytest
 import yaml
 from compose_images import ensure_base_image, ensure_service_images, wheelhouse
 from docker_engine import DockerEngine
+from polling import until
 from system_binaries import REPO_ROOT, require_binary
 
 # The first run on a machine makes two Debian roots and builds every image from scratch (several minutes).
@@ -175,14 +176,11 @@ def bot_id(stack: Stack) -> str:
 
 
 def wait_until(what: str, check: Any, timeout: float, stack: Stack, interval: float = 2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not within {timeout:g}s (last: {last}); logs:\n{stack.logs()}")
+    """`polling.until` (no error waited out), failing with the stack's logs."""
+    try:
+        return until(what, check, timeout, interval, tolerate=())
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; logs:\n{stack.logs()}") from None
 
 
 def test_every_service_becomes_healthy(stack: Stack) -> None:

@@ -28,11 +28,14 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from alertmanager_server import Alertmanager, start_alertmanager
 from ports import free_port
+from reconciler_server import TOKEN
+from server_process import stop
 from sqlalchemy import update
+from system_binaries import require_binary
+from webhook_payloads import alert, payload
 
-from tests.reconciler.conftest import TOKEN, Alertmanager, alert, payload, start_alertmanager, stop
-from tests.system_binaries import require_binary
 from trading_ops.config import load_config
 from trading_ops.db import migrate
 from trading_ops.db.base import utcnow

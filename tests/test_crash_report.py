@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from paper_helpers import TOKEN, fast_config, wait_for
+from ports import free_port
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import free_port
-from tests.paper_helpers import TOKEN, fast_config, wait_for
 from trading_ops.bot.crash_report import CrashReporter
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.recovery_store import RecoveryStore

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
 from freqtrade_helpers import PASSWORD, USERNAME, make_freqtrade
 from gateway_helpers import start_gateway
+from ports import free_port
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.bot.control import SOURCE_HEADER

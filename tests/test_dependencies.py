@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from system_binaries import REPO_ROOT
 
-from tests.system_binaries import REPO_ROOT
 from trading_ops.config import POSTGRESQL_DRIVER_MISSING
 
 CONSTRAINTS = REPO_ROOT / "constraints.txt"

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paper_helpers import TOKEN, counter_total, wait_for
 from prometheus_client import CollectorRegistry
 from sqlalchemy import MetaData, create_engine, select, text
+from ssh_host import SshHost, ssh_host
 
-from tests.paper_helpers import TOKEN, counter_total, wait_for
-from tests.ssh_host import SshHost, ssh_host
 from trading_ops.config import load_config
 from trading_ops.db import migrate
 from trading_ops.ops.backup import Catalog
@@ -165,7 +165,7 @@ def deployment(tmp_path: Path, backup_host: SshHost) -> Deployment:
 
 
 def free_port_for_test() -> int:
-    from tests.conftest import free_port
+    from ports import free_port
 
     return free_port()
 

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.conftest import free_port
+from ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"

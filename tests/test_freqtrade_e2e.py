@@ -42,11 +42,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
 from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, until
 from gateway_helpers import Gateway, start_gateway
-from reconciler.conftest import READ_AUTH, ThreadedServer, alertmanager_binary, make_config, stop, wait_http
-from system_binaries import REPO_ROOT, require_binary
+from ports import free_port
+from reconciler_server import READ_AUTH, ThreadedServer, make_config
+from server_process import stop, wait_http
+from system_binaries import REPO_ROOT, alertmanager_binary, require_binary
 
 from trading_ops.db import migrate
 from trading_ops.durations import format_duration

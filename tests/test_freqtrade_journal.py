@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import polling
 import pytest
-from conftest import free_port
 from freqtrade_helpers import PASSWORD, USERNAME, make_freqtrade, until
 from full_disk import fill, small_filesystem
 from gateway_helpers import start_gateway
+from ports import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_freqtrade_logs import API_DISK_FULL, LOOP_DISK_FULL, PG_REFUSED
@@ -168,16 +169,10 @@ async def test_a_real_freqtrade_on_a_full_disk_fails_the_sidecars_journal(tmp_pa
             client = await aiohttp_client(create_app(sidecar))
 
             async def until_async(what: str, probe: Any, deadline: float = 30.0) -> Any:
-                import asyncio
-
-                end = time.monotonic() + deadline
-                while True:
-                    result = await probe()
-                    if result:
-                        return result
-                    if time.monotonic() > end:
-                        raise AssertionError(f"{what}: not within {deadline:g}s; freqtrade's log: {ft.tail()}")
-                    await asyncio.sleep(POLL_SECONDS)
+                try:
+                    return await polling.until_async(what, probe, deadline, POLL_SECONDS)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; freqtrade's log: {ft.tail()}") from None
 
             async def failing() -> dict[str, float | None]:
                 return journal(await samples(client))
@@ -274,10 +269,4 @@ async def test_a_log_file_is_read_while_freqtrade_does_not_answer(tmp_path: Path
 
 
 async def _until_polled(sidecar: FreqtradeSidecar, polls: int, deadline: float = 30.0) -> None:
-    import asyncio
-
-    end = time.monotonic() + deadline
-    while sidecar.poller.polls < polls:
-        if time.monotonic() > end:
-            raise AssertionError(f"{polls} polls: not within {deadline:g}s")
-        await asyncio.sleep(POLL_SECONDS / 2)
+    await polling.until_async(f"{polls} polls", lambda: sidecar.poller.polls >= polls, deadline, POLL_SECONDS / 2)

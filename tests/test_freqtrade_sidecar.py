@@ -25,10 +25,11 @@ from typing import Any
 
 import ccxt.async_support as ccxt_async
 import pytest
-from conftest import free_port
 from freqtrade_client import FtRestClient
 from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, until
 from gateway_helpers import Gateway, start_gateway
+from polling import until_async
+from ports import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from raw_http import NON_ASCII_AUTH, raw_request
@@ -133,16 +134,8 @@ class Client:
         return resp.status, dict(await resp.json())
 
     async def until(self, what: str, probe: Any, deadline: float = 30.0) -> Any:
-        import asyncio
-
-        end = time.monotonic() + deadline
-        while True:
-            result = await probe()
-            if result:
-                return result
-            if time.monotonic() > end:
-                raise AssertionError(f"{what}: not within {deadline:g}s")
-            await asyncio.sleep(POLL_SECONDS)
+        """`polling.until_async` at the sidecar's own poll interval: a new answer comes no sooner."""
+        return await until_async(what, probe, deadline, POLL_SECONDS)
 
 
 @pytest.fixture

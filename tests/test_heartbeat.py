@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
+from paper_helpers import wait_for
 
-from tests.paper_helpers import wait_for
 from trading_ops.bot.heartbeat import AnotherInstanceRunning, Heartbeat
 from trading_ops.bot.instance_lock import InstanceLock
 from trading_ops.bot.journal import Journal

@@ -30,15 +30,16 @@ import aiohttp
 import pytest
 import yaml
 from full_disk import fill, small_filesystem
+from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
 from pg_cluster import Cluster, own_cluster
+from ports import free_port
 from prometheus_client import CollectorRegistry
-from reconciler.conftest import READ_AUTH, ThreadedServer, alertmanager_binary, make_config, stop
+from reconciler_server import READ_AUTH, ThreadedServer, make_config
+from server_process import stop
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from system_binaries import REPO_ROOT, require_binary
+from system_binaries import REPO_ROOT, alertmanager_binary, require_binary
 
-from tests.paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
-from tests.ports import free_port
 from trading_ops.bot.broker import OrderType, Side
 from trading_ops.bot.reconciliation import Trigger
 from trading_ops.bot.runtime import BotRuntime

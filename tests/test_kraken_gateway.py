@@ -14,8 +14,7 @@ from pathlib import Path
 import aiohttp
 import ccxt.async_support as ccxt
 import pytest
-
-from tests.ccxt_helpers import (
+from ccxt_helpers import (
     API_KEY,
     API_SECRET,
     CONTROL_TOKEN,
@@ -29,7 +28,8 @@ from tests.ccxt_helpers import (
     serving,
     wait_for,
 )
-from tests.conftest import free_port
+from ports import free_port
+
 from trading_ops.cli import main
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.kraken_api import sign

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paper_helpers import TOKEN, fast_config
 from prometheus_client import CollectorRegistry
 from system_binaries import REPO_ROOT
 
-from tests.paper_helpers import TOKEN, fast_config
 from trading_ops.config import parse_config
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import prometheus_client.metrics
 import pytest
+from paper_helpers import TOKEN, control, fast_config, get, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from tests.paper_helpers import TOKEN, control, fast_config, get, wait_for
 from trading_ops.bot.gate import Refusal
 from trading_ops.bot.risk import ORDER_NOTIONAL, Breach
 from trading_ops.config import Config

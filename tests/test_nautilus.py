@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
 from gateway_helpers import Gateway, start_gateway
 from nautilus_helpers import INSTRUMENT_ID, SYMBOL, VENUE, Node, start_node
 from nautilus_trader.model.enums import OrderStatus, TradingState
 from nautilus_trader.model.identifiers import InstrumentId, Venue
 from polling import until
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_families import runtime_limit_shapes, shapes
 

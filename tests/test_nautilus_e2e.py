@@ -34,13 +34,14 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
 from gateway_helpers import Gateway, start_gateway
 from nautilus_helpers import INSTRUMENT_ID, Node, start_node
 from nautilus_trader.model.enums import TradingState
 from nautilus_trader.model.identifiers import InstrumentId
 from polling import until
-from reconciler.conftest import READ_AUTH, ThreadedServer, make_config, stop, wait_http
+from ports import free_port
+from reconciler_server import READ_AUTH, ThreadedServer, make_config
+from server_process import stop, wait_http
 from system_binaries import REPO_ROOT, require_binary
 from test_freqtrade_e2e import start_alertmanager
 

@@ -10,10 +10,10 @@ from decimal import Decimal
 
 import psutil
 import pytest
+from paper_helpers import AUTH, TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
 from prometheus_client import CollectorRegistry, enable_created_metrics
 from sqlalchemy import func, select
 
-from tests.paper_helpers import AUTH, TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
 from trading_ops.bot.broker import Channel, OrderRequest, OrderType, Side, VenueFill, VenueOrder
 from trading_ops.bot.instance_lock import AnotherInstanceRunning
 from trading_ops.bot.journal import Journal

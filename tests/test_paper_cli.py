@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
+from ports import free_port
 
-from tests.conftest import free_port
 from trading_ops.config import load_config
 from trading_ops.db import migrate
 from trading_ops.db.errors import NOT_MIGRATED

@@ -12,8 +12,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from paper_helpers import wait_for
 
-from tests.paper_helpers import wait_for
 from trading_ops.bot.broker import (
     BrokerError,
     BrokerEvents,

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from paper_helpers import TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from tests.paper_helpers import TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
 from trading_ops.bot.broker import BrokerError, OrderRequest, OrderType, Side, VenueFill, VenueOrder
 from trading_ops.bot.classify import JournalFill, JournalOrder, JournalSnapshot, VenueSnapshot, classify
 from trading_ops.bot.reconciliation import Trigger

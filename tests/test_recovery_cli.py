@@ -17,10 +17,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from aiohttp import web
+from paper_helpers import counter_total, wait_for
+from ports import free_port
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import free_port
-from tests.paper_helpers import counter_total, wait_for
 from tests.test_paper_cli import cli, wait_healthy
 from trading_ops.bot.broker import OrderStatus, Side
 from trading_ops.bot.reconciliation import Trigger

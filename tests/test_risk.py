@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
 from prometheus_client import CollectorRegistry
 
-from tests.paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
 from trading_ops.bot.book import Book
 from trading_ops.bot.broker import OrderType, Side
 from trading_ops.bot.drawdown import BUCKETS, EquityPeak, PeakJournal

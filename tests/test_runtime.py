@@ -11,11 +11,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
+from ccxt_helpers import CONTROL_TOKEN, kraken, running_gateway
+from paper_helpers import TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
 from prometheus_client import CollectorRegistry
 from system_binaries import REPO_ROOT
 
-from tests.ccxt_helpers import CONTROL_TOKEN, kraken, running_gateway
-from tests.paper_helpers import TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
 from trading_ops.bot.broker import OrderType, Side
 from trading_ops.bot.runtime import BotRuntime
 from trading_ops.bot.strategy import StrategyContext

@@ -8,9 +8,9 @@ import socket
 import uuid
 from importlib import resources
 
+from paper_helpers import fast_config, wait_for
 from prometheus_client import CollectorRegistry
 
-from tests.paper_helpers import fast_config, wait_for
 from trading_ops.bot.sdnotify import SystemdNotifier
 from trading_ops.paper.bot import PaperBot
 

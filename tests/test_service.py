@@ -12,11 +12,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until_async
 
 from trading_ops.stack import stackctl, stackctl_server
 from trading_ops.stack.service import NotifySocket, Service, ServiceError, ServicePolicy
@@ -46,14 +47,6 @@ async def main():
 asyncio.run(main())
 """
 DEADLINE = 20.0
-
-
-async def until(what: str, probe: Callable[[], Any], deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while not (result := probe()):
-        assert time.monotonic() < end, f"{what}: not within {deadline}s"
-        await asyncio.sleep(0.05)
-    return result
 
 
 class Harness:
@@ -122,7 +115,7 @@ async def test_a_stopped_process_stops_on_sigterm_as_systemd_continues_it(tmp_pa
     service = Service(child, ServicePolicy(unit="worker.service", restart_seconds=0.2))
     await service.start()
     try:
-        await until("it serves", lambda: "serving" in log.read_text())
+        await until_async("it serves", lambda: "serving" in log.read_text(), DEADLINE)
         assert child.pid is not None
         os.kill(child.pid, signal.SIGSTOP)
         await service.stop()
@@ -147,14 +140,14 @@ async def test_a_crash_is_restarted_after_restart_sec_and_a_clean_exit_is_not(ha
     harness.run(service)
     first = service.child.pid
     os.kill(first, signal.SIGKILL)
-    await until("waiting RestartSec", lambda: service.state == "auto-restart")
+    await until_async("waiting RestartSec", lambda: service.state == "auto-restart", DEADLINE)
     assert service.describe()["SubState"] == "auto-restart" and service.result == "signal"
-    await until("restarted", lambda: service.state == "active" and service.child.pid != first)
+    await until_async("restarted", lambda: service.state == "active" and service.child.pid != first, DEADLINE)
     # A start resets the result, as systemd's does (tests/test_systemd_real.py saw it there).
     assert service.restarts == 1 and service.result == "success"
     assert any("killed by SIGKILL" in e for e in harness.events)
     (harness.dir / "exit").write_text("0")
-    await until("stopped", lambda: service.state == "inactive")
+    await until_async("stopped", lambda: service.state == "inactive", DEADLINE)
     (harness.dir / "exit").unlink()
     await asyncio.sleep(0.5)  # longer than RestartSec: a clean exit is not restarted
     assert service.state == "inactive" and len(harness.starts()) == 2
@@ -166,11 +159,13 @@ async def test_a_hung_service_is_killed_by_the_watchdog_and_restarted(harness: H
     harness.run(service)
     first = service.child.pid
     (harness.dir / "hang").touch()  # pings stop; the process stays alive
-    await until("watchdog kill", lambda: service.state == "auto-restart" and service.result == "watchdog")
+    await until_async(
+        "watchdog kill", lambda: service.state == "auto-restart" and service.result == "watchdog", DEADLINE
+    )
     assert service.child.pid == first  # not started again yet: RestartSec first
     assert any("watchdog timeout" in e for e in harness.events)
     (harness.dir / "hang").unlink()
-    await until("active again", lambda: service.state == "active")
+    await until_async("active again", lambda: service.state == "active", DEADLINE)
     assert service.restarts == 1
 
 
@@ -179,7 +174,7 @@ async def test_a_crash_loop_hits_the_start_limit_and_stays_failed_until_reset(ha
     service = harness.service(start_limit_burst=3, start_limit_interval=60.0)
     await service.start(wait=False)
     harness.run(service)
-    await until("failed", lambda: service.state == "failed")
+    await until_async("failed", lambda: service.state == "failed", DEADLINE)
     # Burst starts ran, the next was refused; the unit keeps the result of the crash that led there, as systemd's
     # does (not start-limit-hit: that shows only where no failure came before the refusal).
     assert service.result == "exit-code" and len(harness.starts()) == 3 and service.restarts == 3

@@ -33,8 +33,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
-from ports import free_ports
+from ports import free_port, free_ports
 from system_binaries import REPO_ROOT, require_binary, run_binary
 
 from trading_ops.config import load_config

@@ -21,14 +21,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from nspawn_machine import VENV, Machine, Overlay, build_project_wheel, nspawn_pipe, prepared_root
+from polling import until
 from ports import free_port
 from system_binaries import REPO_ROOT, require_binary
 
@@ -40,7 +41,6 @@ from trading_ops.reconciler.states import CLOSED_STATES
 # debootstrap and the dependencies' virtualenv (minutes): beyond pytest's default 300 s.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-T = TypeVar("T")
 BOT = "trading-ops-paper-bot.service"
 RECONCILER = "trading-ops-reconciler.service"
 SIDECAR = "trading-ops-freqtrade.service"
@@ -64,17 +64,6 @@ HEARTBEAT_TIMEOUT = 2
 SLOW_CRASH_RECOVERY = 30
 CRASH_TIMEOUT = 10  # Deployment.configure's default
 DEADLINE = 120.0
-
-
-def until(what: str, probe: Callable[[], T | None], deadline: float = DEADLINE, interval: float = 0.25) -> T:
-    end = time.monotonic() + deadline
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not within {deadline:g}s")
-        time.sleep(interval)
 
 
 def http(
@@ -436,7 +425,7 @@ def test_the_bot_is_active_only_once_it_sent_ready(deployment: Deployment) -> No
         seen.append(f"{state['ActiveState']}/{state['SubState']}")
         return state["ActiveState"] == "active"
 
-    until("the bot active", active, interval=0.05)
+    until("the bot active", active, deadline=DEADLINE, interval=0.05)
     assert "activating/start" in seen, seen  # its process ran, not yet ready (the startup reconciliation)
     shown = machine.show(BOT, "ExecMainStartTimestamp", "ActiveEnterTimestamp", "StatusText", "NotifyAccess")
     assert shown["NotifyAccess"] == "main"

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from system_binaries import REPO_ROOT, run_binary
 
-from tests.system_binaries import REPO_ROOT, run_binary
 from trading_ops.config import parse_config
 
 UNIT_SUFFIXES = {".service", ".timer", ".socket", ".path", ".target", ".mount"}

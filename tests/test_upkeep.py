@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from paper_helpers import TOKEN, control, wait_for
 from prometheus_client import CollectorRegistry
 from sqlalchemy import insert, select, text
 
-from tests.paper_helpers import TOKEN, control, wait_for
 from trading_ops.bot.broker import Side
 from trading_ops.cli import main
 from trading_ops.clients.alertmanager import AlertmanagerClient

@@ -34,8 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from polling import until
 from ports import free_port
-
-from tests.system_binaries import require_binary
+from system_binaries import require_binary
 
 TRADING_OPS = [sys.executable, "-m", "trading_ops"]
 CONTROL_TOKEN = "tls-test-control-token"

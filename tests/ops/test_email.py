@@ -14,11 +14,14 @@ import pytest
 import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from alertmanager_server import Alertmanager
+from ops_setup import ops_config
+from ports import free_port
 from prometheus_client import CollectorRegistry
+from server_process import stop, wait_http
+from smtp_sink import Mailbox, SMTPServer
+from system_binaries import ALERTMANAGER_BIN
 
-from tests.conftest import free_port
-from tests.ops.conftest import Mailbox, SMTPServer, ops_config
-from tests.reconciler.conftest import ALERTMANAGER_BIN, Alertmanager, stop, wait_http
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import resolve_secret
 from trading_ops.reconciler.deadman import DeadMansSwitch

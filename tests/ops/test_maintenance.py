@@ -13,11 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from alertmanager_server import Alertmanager
+from ops_setup import Bot, ops_config
+from ports import free_port
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import free_port
-from tests.ops.conftest import Bot, ops_config
-from tests.reconciler.conftest import Alertmanager
 from trading_ops.cli import main
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.config import Config
@@ -366,7 +366,9 @@ async def test_the_reconciler_acts_on_nothing_a_window_matches(
 ) -> None:
     """A real reconciler (silences checked against the real Alertmanager) parks the episode of a bot in a window
     opened by `maintenance start`, executes nothing, and acts on a bot outside it."""
-    from tests.reconciler.conftest import AUTH, READ_AUTH, alert, make_config, payload, write_playbook
+    from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+    from webhook_payloads import alert, payload
+
     from trading_ops.reconciler.app import create_app
 
     rule = {

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from reconciler_server import make_config
 
-from tests.reconciler.conftest import make_config
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.ops import maintenance, maintenance_metrics

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from freezegun import freeze_time
+from ops_setup import ops_config
+from ports import free_port
 from prometheus_client import CollectorRegistry
+from smtp_sink import Mailbox, SMTPServer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.conftest import free_port
-from tests.ops.conftest import Mailbox, SMTPServer, ops_config
 from trading_ops.cli import main
 from trading_ops.config import Config
 from trading_ops.db.base import make_engine

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
+from ops_setup import ops_config
 from prometheus_client import CollectorRegistry
 from sqlalchemy import insert, select
 
-from tests.ops.conftest import ops_config
 from trading_ops.config import Config, parse_config
 from trading_ops.cron import CronSchedule
 from trading_ops.db.base import make_engine, utcnow
@@ -235,7 +235,8 @@ async def test_a_dead_replicas_run_is_taken_over_when_its_lease_expires(tmp_path
 
 
 async def test_the_reconciler_runs_the_scheduler(aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str) -> None:
-    from tests.reconciler.conftest import make_config
+    from reconciler_server import make_config
+
     from trading_ops.reconciler import keys
     from trading_ops.reconciler.app import create_app
 

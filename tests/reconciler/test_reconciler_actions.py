@@ -17,8 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import BOT_TOKEN, Alertmanager, FakeBot, bot_targets, make_config
+from alertmanager_server import Alertmanager
+from fake_bot import FakeBot, bot_targets
 from prometheus_client import CollectorRegistry
+from reconciler_server import BOT_TOKEN, make_config
 
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.clients.alertmanager import AlertmanagerClient
@@ -617,7 +619,7 @@ async def test_http_refuses_a_label_outside_the_strict_pattern(tmp_path: Path, r
 
 
 def test_a_playbook_http_step_to_a_host_not_allowed_stops_the_start(tmp_path: Path, sqlite_url: str) -> None:
-    from conftest import write_playbook
+    from reconciler_server import write_playbook
 
     from trading_ops.config import ConfigError
     from trading_ops.reconciler.app import create_app

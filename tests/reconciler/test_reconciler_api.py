@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AUTH, READ_AUTH, READ_TOKEN, TOKEN, alert, make_config, payload, write_playbook
 from raw_http import NON_ASCII_AUTH, raw_request
+from reconciler_server import AUTH, READ_AUTH, READ_TOKEN, TOKEN, make_config, write_playbook
+from webhook_payloads import alert, payload
 
 from trading_ops.config import ConfigError
 from trading_ops.reconciler.app import MAX_LIST, create_app

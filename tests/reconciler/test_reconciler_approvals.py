@@ -19,21 +19,13 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from conftest import (
-    AUTH,
-    BOT_TOKEN,
-    READ_AUTH,
-    READ_TOKEN,
-    TOKEN,
-    Alertmanager,
-    FakeBot,
-    alert,
-    alertmanager_binary,
-    free_port,
-    payload,
-    stop,
-    wait_http,
-)
+from alertmanager_server import Alertmanager
+from fake_bot import FakeBot
+from ports import free_port
+from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
+from server_process import stop, wait_http
+from system_binaries import alertmanager_binary
+from webhook_payloads import alert, payload
 
 from trading_ops.cli import main
 from trading_ops.config import load_config

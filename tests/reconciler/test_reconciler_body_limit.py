@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ThreadedServer, make_config, start_alertmanager, stop, write_playbook
+from alertmanager_server import start_alertmanager
+from reconciler_server import ThreadedServer, make_config, write_playbook
+from server_process import stop
 from sqlalchemy import func, select
 
 from trading_ops.config import ReconcilerConfig

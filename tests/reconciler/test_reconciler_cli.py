@@ -18,20 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
-    AUTH,
-    READ_AUTH,
-    READ_TOKEN,
-    TOKEN,
-    Alertmanager,
-    FakeBot,
-    alert,
-    bot_targets,
-    make_config,
-    payload,
-    starts,
-    write_playbook,
-)
+from alertmanager_server import Alertmanager
+from fake_bot import FakeBot, bot_targets
+from reconciler_server import AUTH, READ_AUTH, READ_TOKEN, TOKEN, make_config, write_playbook
+from webhook_payloads import alert, payload, starts
 
 from trading_ops.cli import main
 from trading_ops.config import parse_config

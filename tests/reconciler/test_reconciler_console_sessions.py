@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from conftest import READ_TOKEN, make_config
+from reconciler_server import READ_TOKEN, make_config
 from sqlalchemy import func, select, update
 
 from trading_ops.config import Config

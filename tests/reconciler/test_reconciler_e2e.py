@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,22 +20,13 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from conftest import (
-    AUTH,
-    BOT_TOKEN,
-    TOKEN,
-    Alertmanager,
-    FakeBot,
-    alert,
-    bot_targets,
-    free_port,
-    make_config,
-    payload,
-    start_alertmanager,
-    stop,
-    wait_http,
-    write_playbook,
-)
+from alertmanager_server import Alertmanager, start_alertmanager
+from fake_bot import FakeBot, bot_targets
+from polling import until_async
+from ports import free_port
+from reconciler_server import AUTH, BOT_TOKEN, TOKEN, make_config, write_playbook
+from server_process import stop, wait_http
+from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine
 from trading_ops.reconciler.app import create_app
@@ -51,14 +41,6 @@ RECONNECT = {
     "cooldown": 0,
     "steps": [{"action": "bot", "command": "reconnect", "body": {"key": "${key}"}}],
 }
-
-
-async def until(predicate: Any, deadline: float = 30.0, what: str = "condition") -> None:
-    end = time.monotonic() + deadline
-    while not await asyncio.to_thread(predicate):
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {deadline}s")
-        await asyncio.sleep(0.1)
 
 
 def am_alert(key: str, instance: str = "bot-1", starts_at: datetime | None = None) -> dict[str, Any]:
@@ -88,7 +70,12 @@ async def test_real_alertmanager_resends_and_the_bot_is_acted_on_once(
     )
     try:
         am.post_alerts([am_alert("k1")])
-        await until(lambda: ledger.notification_count() >= 3, what="three notifications (repeat_interval resends)")
+        await until_async(
+            "three notifications (repeat_interval resends)",
+            lambda: ledger.notification_count() >= 3,
+            30,
+            in_thread=True,
+        )
         assert fake_bot.calls == [("reconnect", {"key": "k1"})]
         episodes = ledger.list_episodes()
         assert len(episodes) == 1 and episodes[0]["state"] == "recovered"
@@ -110,9 +97,16 @@ async def test_a_clustered_alertmanager_pair_gets_one_action(
         starts = datetime.now(UTC)
         for am in ams:  # Prometheus sends every alert to every Alertmanager of the pair
             am.post_alerts([am_alert("ha", starts_at=starts)])
-        await until(lambda: ledger.notification_count() >= 4, what="notifications from both members")
+        await until_async(
+            "notifications from both members", lambda: ledger.notification_count() >= 4, 30, in_thread=True
+        )
         # Episodes are stored with the notifications: once none is open, every run that was due has happened.
-        await until(lambda: all(e["state"] in CLOSED_STATES for e in ledger.list_episodes()), what="no open episode")
+        await until_async(
+            "no open episode",
+            lambda: all(e["state"] in CLOSED_STATES for e in ledger.list_episodes()),
+            30,
+            in_thread=True,
+        )
         assert fake_bot.commands() == ["reconnect"]
         assert len(ledger.list_episodes()) == 1
     finally:
@@ -203,11 +197,13 @@ async def test_two_reconcilers_on_one_postgresql_act_once_per_episode(
         assert set(await asyncio.gather(*sends)) == {200}
         ledger = Ledger(make_engine(postgres_url))
         try:
-            await until(
+            await until_async(
+                "8 recovered episodes",
                 lambda: (
                     all(e["state"] == "recovered" for e in ledger.list_episodes()) and len(ledger.list_episodes()) == 8
                 ),
-                what="8 recovered episodes",
+                30,
+                in_thread=True,
             )
             episodes = ledger.list_episodes()
         finally:
@@ -276,7 +272,7 @@ else:
     try:
         assert await asyncio.to_thread(post, port, payload(alert("TradingBotDiskSpaceLow", fingerprint="disk"))) == 200
         acked += 1
-        await until(started.exists, what="the step to start")
+        await until_async("the step to start", started.exists, 30, in_thread=True)
         old = [int(p) for p in pids.read_text().split()]
         for i in range(20):  # more notifications, each acknowledged before the kill
             acked += await asyncio.to_thread(post, port, payload(alert("Other", fingerprint=f"o{i}"))) == 200
@@ -291,7 +287,7 @@ else:
                     e["alertname"] == "TradingBotDiskSpaceLow" and e["state"] == final for e in ledger.list_episodes()
                 )
 
-            await until(done, what=f"the episode to end {final}")
+            await until_async(f"the episode to end {final}", done, 30, in_thread=True)
             assert ledger.notification_count() == acked
             episode = next(e for e in ledger.list_episodes() if e["alertname"] == "TradingBotDiskSpaceLow")
             outcomes = [a["outcome"] for a in episode["attempt_list"]]

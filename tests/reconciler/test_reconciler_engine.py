@@ -18,20 +18,12 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from conftest import (
-    AUTH,
-    READ_AUTH,
-    Alertmanager,
-    FakeBot,
-    alert,
-    bot_targets,
-    dead_owner,
-    engine_settled,
-    make_config,
-    payload,
-    starts,
-    write_playbook,
-)
+from alertmanager_server import Alertmanager
+from engine_runs import dead_owner, engine_settled
+from fake_bot import FakeBot, bot_targets
+from polling import until_async
+from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from webhook_payloads import alert, payload, starts
 
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys
@@ -646,13 +638,6 @@ def store_firing(ledger: Ledger, instance: str, rule: str = "reconnect", fingerp
     return int(max(e["id"] for e in ledger.list_episodes()))
 
 
-async def until(predicate: Any, what: str, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        assert time.monotonic() < end, f"never: {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_resolved_alert_whose_run_died_with_no_attempts_left_is_closed_not_escalated(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
 ) -> None:
@@ -707,7 +692,7 @@ async def test_a_run_that_loses_its_claim_closes_its_own_attempt_and_steps(
     client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], instances=(instance,), **rc)
     await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
     engine = client.app[keys.ENGINE]
-    await until(lambda: fake_bot.calls and not engine.runs, "the run stopped")
+    await until_async("the run stopped", lambda: fake_bot.calls and not engine.runs, 20)
     (episode,) = ledger.list_episodes()
     (attempt,) = episode["attempt_list"]
     if how == "renewal":
@@ -760,7 +745,7 @@ async def test_an_internal_error_after_the_claim_was_lost_pages_nobody_and_leave
     monkeypatch.setattr(client.app[keys.LEDGER], "finish_step", taken_over_then_broken)
     await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
     engine = client.app[keys.ENGINE]
-    await until(lambda: fake_bot.calls and not engine.runs, "the run stopped")
+    await until_async("the run stopped", lambda: fake_bot.calls and not engine.runs, 20)
     (episode,) = ledger.list_episodes()
     assert (episode["state"], episode["owner"]) == ("running", "thief:1")
     attempts = {a["owner"]: a for a in episode["attempt_list"]}
@@ -837,7 +822,7 @@ async def test_runs_and_lease_renewals_never_wait_behind_the_default_thread_pool
     stuck = [loop.run_in_executor(None, release.wait, 60) for _ in range(64)]  # more than the pool's threads
     try:
         await client.post("/api/v1/alertmanager", json=payload(alert(instance=instance)), headers=AUTH)
-        await until(lambda: ledger.list_episodes()[0]["state"] == "recovered", "the run recovered", deadline=30)
+        await until_async("the run recovered", lambda: ledger.list_episodes()[0]["state"] == "recovered", 30)
         (episode,) = ledger.list_episodes()
         assert [a["outcome"] for a in episode["attempt_list"]] == ["success"]  # never interrupted: leases held
         assert fake_bot.commands() == ["reconnect"]

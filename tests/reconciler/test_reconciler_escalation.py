@@ -17,18 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    AUTH,
-    READ_AUTH,
-    Alertmanager,
-    FakeBot,
-    alert,
-    bot_targets,
-    dead_owner,
-    make_config,
-    payload,
-    write_playbook,
-)
+from alertmanager_server import Alertmanager
+from engine_runs import dead_owner
+from fake_bot import FakeBot, bot_targets
+from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys

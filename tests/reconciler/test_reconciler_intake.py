@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AUTH, STARTS_AT, ThreadedServer, alert, engine_settled, make_config, payload, write_playbook
+from engine_runs import engine_settled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_http import NON_ASCII_AUTH, raw_request
+from reconciler_server import AUTH, ThreadedServer, make_config, write_playbook
 from sqlalchemy import func, select, text
+from webhook_payloads import STARTS_AT, alert, payload
 
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from threading import Barrier, Event, Thread
 from typing import Any
 
-from conftest import dead_owner
+from engine_runs import dead_owner
 from freezegun import freeze_time
 from sqlalchemy import Connection, Engine, event, text
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Alertmanager, make_config
+from alertmanager_server import Alertmanager
+from reconciler_server import make_config
 
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app

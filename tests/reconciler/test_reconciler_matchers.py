@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import Alertmanager
+from alertmanager_server import Alertmanager
 
 from trading_ops.clients.alertmanager import matcher_accepts
 from trading_ops.config import ConfigError, parse_config

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AUTH, READ_AUTH, FakeBot, alert, bot_targets, make_config, payload, write_playbook
+from fake_bot import FakeBot, bot_targets
 from prometheus_client import CollectorRegistry
+from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from webhook_payloads import alert, payload
 
 from trading_ops.reconciler.app import create_app
 

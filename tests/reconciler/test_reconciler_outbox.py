@@ -28,23 +28,14 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from aiosmtpd.controller import Controller
-from conftest import (
-    AUTH,
-    READ_AUTH,
-    TOKEN,
-    Alertmanager,
-    alert,
-    make_config,
-    payload,
-    start_alertmanager,
-    stop,
-    wait_http,
-    write_playbook,
-)
+from alertmanager_server import Alertmanager, start_alertmanager
+from polling import until_async
 from ports import free_port
+from reconciler_server import AUTH, READ_AUTH, TOKEN, make_config, write_playbook
+from server_process import stop, wait_http
+from smtp_sink import SMTPServer, serve_smtp
+from webhook_payloads import alert, payload
 
-from tests.ops.conftest import Mailbox, SMTPServer
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import FAILED, escalation_alert
@@ -88,14 +79,8 @@ class Pages:
 @pytest.fixture
 def mail() -> Iterator[SMTPServer]:
     """The apprise fallback's real SMTP server (aiosmtpd, as tests/ops uses it), keeping what it receives."""
-    mailbox = Mailbox()
-    port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SMTPServer("127.0.0.1", port, mailbox, controller)
-    finally:
-        controller.stop()
+    with serve_smtp() as server:
+        yield server
 
 
 @pytest.fixture
@@ -106,16 +91,6 @@ async def pages(aiohttp_server: Any) -> Pages:
     server = await aiohttp_server(app)
     receiver.url = str(server.make_url("/"))
     return receiver
-
-
-async def until(what: str, probe: Callable[[], Awaitable[Any]], deadline: float = 60.0) -> Any:
-    end = time.monotonic() + deadline
-    while True:
-        found = await probe()
-        if found:
-            return found
-        assert time.monotonic() < end, f"{what} not reached within {deadline:g}s (last: {found!r})"
-        await asyncio.sleep(0.05)
 
 
 def instances(count: int) -> list[str]:
@@ -191,10 +166,7 @@ async def test_pages_owed_while_alertmanager_is_down_arrive_once_it_is_back(
 
         # Without apprise nobody has the page yet: escalating, never failed. With it, the mail is the page.
         waiting = "escalated" if apprise else "escalating"
-        episodes = await until(
-            f"{PAGES} episodes {waiting}",
-            lambda: _with_states(listed, {waiting}, PAGES),
-        )
+        episodes = await until_async(f"{PAGES} episodes {waiting}", lambda: _with_states(listed, {waiting}, PAGES), 60)
         registry = client.app[keys.REGISTRY]
         assert registry.get_sample_value("tradingops_escalations_pending") == PAGES
         assert registry.get_sample_value("tradingops_episodes_total", {"outcome": "failed"}) == 0
@@ -207,14 +179,16 @@ async def test_pages_owed_while_alertmanager_is_down_arrive_once_it_is_back(
         await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down)))
         am = await asyncio.to_thread(start_am, tmp_path / "am", pages, port)
         back = time.monotonic()
-        await until("the outbox drained", lambda: _pending_is(registry, 0))
+        await until_async("the outbox drained", lambda: _pending_is(registry, 0), 60)
         drained = time.monotonic() - back
         report("stopped", time.monotonic() - down - drained, drained, "apprise" if apprise else "alertmanager only")
-        episodes = await until(f"{PAGES} episodes escalated", lambda: _with_states(listed, {"escalated"}, PAGES))
+        episodes = await until_async(
+            f"{PAGES} episodes escalated", lambda: _with_states(listed, {"escalated"}, PAGES), 60
+        )
         assert all(e["detail"].endswith(VIA_APPRISE) == apprise for e in episodes)
         ledger = client.app[keys.LEDGER]
         by_id = {e["id"]: e["target"] for e in episodes}
-        await until("a page per episode", lambda: asyncio.to_thread(lambda: len(pages.by_episode) >= PAGES))
+        await until_async("a page per episode", lambda: len(pages.by_episode) >= PAGES, 60, in_thread=True)
         await asyncio.to_thread(assert_one_page_per_episode, am, pages, ledger, by_id)
         assert len(mail.mailbox.messages) == (PAGES if apprise else 0)  # apprise sent each page once
         assert registry.get_sample_value("tradingops_escalation_oldest_pending_seconds") == 0
@@ -263,13 +237,13 @@ async def test_a_realistic_outage_alertmanager_frozen_by_sigstop(
         await asyncio.sleep(max(0.0, REALISTIC_OUTAGE_SECONDS - (time.monotonic() - down)))
         os.kill(am.proc.pid, signal.SIGCONT)
         back = time.monotonic()
-        await until("the outbox drained", lambda: _pending_is(registry, 0))
+        await until_async("the outbox drained", lambda: _pending_is(registry, 0), 60)
         drained = time.monotonic() - back
         report("sigstop", back - down, drained, "apprise")
         ledger = client.app[keys.LEDGER]
         episodes = await asyncio.to_thread(ledger.list_episodes)
         assert {e["state"] for e in episodes} == {"escalated"} and len(episodes) == PAGES
-        await until("a page per episode", lambda: asyncio.to_thread(lambda: len(pages.by_episode) >= PAGES))
+        await until_async("a page per episode", lambda: len(pages.by_episode) >= PAGES, 60, in_thread=True)
         await asyncio.to_thread(
             assert_one_page_per_episode, am, pages, ledger, {e["id"]: e["target"] for e in episodes}
         )
@@ -359,7 +333,7 @@ async def test_a_reconciler_killed_while_sending_leaves_its_pages_to_the_next(
             held = [r for r in rows if r["owner"] and r["posted_at"] is None]
             return held if len(rows) == PAGES and held else []
 
-        held = await until("pages held by the first reconciler", lambda: asyncio.to_thread(held_by_first))
+        held = await until_async("pages held by the first reconciler", held_by_first, 60, in_thread=True)
         assert all(r["owner"].startswith("first:") for r in held)
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait()
@@ -375,12 +349,12 @@ async def test_a_reconciler_killed_while_sending_leaves_its_pages_to_the_next(
         def drained() -> bool:
             return store.stats().pending == 0
 
-        await until("the outbox drained", lambda: asyncio.to_thread(drained))
+        await until_async("the outbox drained", drained, 60, in_thread=True)
         took = time.monotonic() - back
         report(f"sigkill-{who}", back - down, took, "alertmanager only")
         episodes = await asyncio.to_thread(ledger.list_episodes)
         assert sorted(e["state"] for e in episodes) == ["escalated"] * PAGES, episodes
-        await until("a page per episode", lambda: asyncio.to_thread(lambda: len(pages.by_episode) >= PAGES))
+        await until_async("a page per episode", lambda: len(pages.by_episode) >= PAGES, 60, in_thread=True)
         await asyncio.to_thread(
             assert_one_page_per_episode, am, pages, ledger, {e["id"]: e["target"] for e in episodes}
         )

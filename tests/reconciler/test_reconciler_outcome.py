@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import READ_AUTH, Alertmanager, FakeBot, bot_targets, dead_owner, make_config, write_playbook
+from alertmanager_server import Alertmanager
+from engine_runs import dead_owner
+from fake_bot import FakeBot, bot_targets
+from reconciler_server import READ_AUTH, make_config, write_playbook
 
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys

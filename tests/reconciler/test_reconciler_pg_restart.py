@@ -22,9 +22,14 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import AUTH, BOT_TOKEN, TOKEN, FakeBot, alert, free_port, payload, stop, wait_http, write_playbook
+from fake_bot import FakeBot
 from pg_cluster import Cluster, alive, own_cluster
+from polling import until_async
+from ports import free_port
+from reconciler_server import AUTH, BOT_TOKEN, TOKEN, write_playbook
+from server_process import stop, wait_http
 from sqlalchemy import func, select
+from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine
 from trading_ops.db.models import Escalation
@@ -95,13 +100,6 @@ def body(i: int) -> dict[str, Any]:
     return payload(alert(fingerprint=f"fp{i}", instance=INSTANCES[i % len(INSTANCES)], key=f"k{i}"))
 
 
-async def until(predicate: Any, what: str, deadline: float = 60.0) -> None:
-    end = time.monotonic() + deadline
-    while not await asyncio.to_thread(predicate):
-        assert time.monotonic() < end, f"never: {what}"
-        await asyncio.sleep(0.1)
-
-
 def keys_acted(bot: FakeBot) -> Counter[str]:
     return Counter(str(b.get("key")) for c, b in bot.calls if c == "reconnect")
 
@@ -141,15 +139,25 @@ async def test_postgresql_restarted_and_stopped_during_a_stream_of_alerts(
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             streaming = asyncio.create_task(stream(session))
-            await until(lambda: acked() >= 15 and len(fake_bot.calls) >= 5, "alerts acted on before the restart")
+            await until_async(
+                "alerts acted on before the restart",
+                lambda: acked() >= 15 and len(fake_bot.calls) >= 5,
+                60,
+                in_thread=True,
+            )
             before = acked()
             await asyncio.to_thread(cluster.restart)  # pg_ctl restart -m fast
-            await until(lambda: acked() >= before + 15, "alerts acked after the restart")
+            await until_async("alerts acked after the restart", lambda: acked() >= before + 15, 60, in_thread=True)
             phase = "stopping"
             await asyncio.to_thread(cluster.stop)
             phase = "stopped"
             stopped_at = time.monotonic()
-            await until(lambda: sum(1 for p, s in readiness if p == "stopped") >= 3, "/readyz asked while stopped")
+            await until_async(
+                "/readyz asked while stopped",
+                lambda: sum(1 for p, s in readiness if p == "stopped") >= 3,
+                60,
+                in_thread=True,
+            )
             # The outage itself lasts OUTAGE_SECONDS (a fault's duration, not a wait for a result).
             await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped_at)))
             phase = "starting"
@@ -157,7 +165,9 @@ async def test_postgresql_restarted_and_stopped_during_a_stream_of_alerts(
             back_at, back_wall = time.monotonic(), datetime.now(UTC)
             phase = "back"
             after = acked()
-            await until(lambda: acked() >= after + 15, "alerts acked once the database is back")
+            await until_async(
+                "alerts acked once the database is back", lambda: acked() >= after + 15, 60, in_thread=True
+            )
             stop_stream.set()
             await streaming
             # What was not acked, Alertmanager sends again until it is.
@@ -171,7 +181,7 @@ async def test_postgresql_restarted_and_stopped_during_a_stream_of_alerts(
                 return len(episodes) == total and all(e["state"] in CLOSED_STATES for e in episodes)
 
             try:
-                await until(all_closed, "every episode closed once the database is back", deadline=120)
+                await until_async("every episode closed once the database is back", all_closed, 120, in_thread=True)
             except AssertionError:
                 left = [(e["id"], e["state"], e["detail"]) for e in ledger.list_episodes(limit=total + 10)]
                 raise AssertionError(f"open: {[e for e in left if e[1] not in CLOSED_STATES]}") from None
@@ -236,10 +246,12 @@ async def test_a_step_outcome_the_database_did_not_take_lands_exactly_once(
             url_hook = f"http://127.0.0.1:{port}/api/v1/alertmanager"
             async with session.post(url_hook, json=body(0), headers=AUTH) as resp:
                 assert resp.status == 200
-        await until(lambda: fake_bot.calls, "the step ran")
+        await until_async("the step ran", lambda: fake_bot.calls, 60, in_thread=True)
         fake_bot.on_call = None
         # Written again and again while the database is away: longer than the lease (2 s).
-        await until(lambda: _log_count(log, "is not in the ledger yet") >= 4, "the outcome write retried")
+        await until_async(
+            "the outcome write retried", lambda: _log_count(log, "is not in the ledger yet") >= 4, 60, in_thread=True
+        )
         assert [p.name for p in spool.iterdir()] != []
         if exit_first:
             os.kill(proc.pid, signal.SIGKILL)
@@ -251,7 +263,7 @@ async def test_a_step_outcome_the_database_did_not_take_lands_exactly_once(
         def closed() -> bool:
             return all(e["state"] in CLOSED_STATES for e in ledger.list_episodes())
 
-        await until(closed, "the episode closed")
+        await until_async("the episode closed", closed, 60, in_thread=True)
         (episode,) = ledger.list_episodes()
         assert episode["state"] == "recovered", episode
         assert fake_bot.commands() == ["reconnect"]
@@ -288,13 +300,25 @@ async def test_a_database_lost_after_the_step_hands_the_run_back_and_it_is_verif
         async with aiohttp.ClientSession() as session:
             async with session.post(f"http://127.0.0.1:{port}/api/v1/alertmanager", json=body(0), headers=AUTH) as r:
                 assert r.status == 200
-        await until(lambda: [e["state"] for e in ledger.list_episodes()] == ["verifying"], "the run verifying")
+        await until_async(
+            "the run verifying",
+            lambda: [e["state"] for e in ledger.list_episodes()] == ["verifying"],
+            60,
+            in_thread=True,
+        )
         await asyncio.to_thread(cluster.stop)
         try:
-            await until(lambda: _log_count(log, "the run is handed back once it answers") >= 1, "the run waiting")
+            await until_async(
+                "the run waiting",
+                lambda: _log_count(log, "the run is handed back once it answers") >= 1,
+                60,
+                in_thread=True,
+            )
         finally:
             await asyncio.to_thread(cluster.start)
-        await until(lambda: all(e["state"] in CLOSED_STATES for e in ledger.list_episodes()), "closed", 120)
+        await until_async(
+            "closed", lambda: all(e["state"] in CLOSED_STATES for e in ledger.list_episodes()), 120, in_thread=True
+        )
         (episode,) = ledger.list_episodes()
         assert episode["state"] == "recovered", episode
         assert fake_bot.commands() == ["reconnect"]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import alertmanager_binary, prometheus_binary
+from system_binaries import alertmanager_binary, prometheus_binary
 
 from benchmarks.probe_hostile import shipped_max_alerts
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config, write_playbook
 from freezegun import freeze_time
 from prometheus_client import CollectorRegistry
+from reconciler_server import make_config, write_playbook
 
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.db.base import make_engine

@@ -16,20 +16,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
-    AUTH,
-    PROMETHEUS_BIN,
-    READ_AUTH,
-    FakeBot,
-    alert,
-    bot_targets,
-    free_port,
-    make_config,
-    payload,
-    stop,
-    wait_http,
-    write_playbook,
-)
+from fake_bot import FakeBot, bot_targets
+from ports import free_port
+from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from server_process import stop, wait_http
+from system_binaries import PROMETHEUS_BIN
+from webhook_payloads import alert, payload
 
 from trading_ops.clients.prometheus import (
     SCRAPE_COMMIT_MARGIN_SECONDS,

@@ -1,0 +1,69 @@
+"""A bot control API as the contract says (POST /control/{command}, bearer token, JSON) that records what the
+reconciler asks of it and answers as a test tells it to; and the reconciler targets pointing at it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from reconciler_server import BOT_TOKEN
+
+COMMANDS = {
+    "pause",
+    "resume",
+    "reduce_only",
+    "cancel_all",
+    "flatten",
+    "reconnect",
+    "resubscribe",
+    "reconcile",
+    "status",
+    "halt",
+}
+
+
+@dataclass
+class FakeBot:
+    """A bot control API as the contract says (POST /control/{command}, bearer token, JSON)."""
+
+    url: str = ""
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # command -> HTTP status to answer (default 200)
+    status: dict[str, int] = field(default_factory=dict)
+    delay: float = 0.0
+    on_call: Callable[[str], None] | None = None
+
+    def commands(self) -> list[str]:
+        return [c for c, _ in self.calls]
+
+    def app(self) -> web.Application:
+        """The control API's app: records each command, then answers with `status` after `delay`."""
+
+        async def control(request: web.Request) -> web.Response:
+            if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
+                return web.json_response({"error": "unauthorized"}, status=401)
+            command = request.match_info["command"]
+            if command not in COMMANDS:
+                return web.json_response({"error": "unknown command"}, status=404)
+            body = await request.json() if request.can_read_body else {}
+            self.calls.append((command, body))
+            if self.on_call:
+                self.on_call(command)
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            status = self.status.get(command, 200)
+            return web.json_response({"ok": status == 200, "command": command}, status=status)
+
+        app = web.Application()
+        app.router.add_post("/control/{command}", control)
+        return app
+
+
+def bot_targets(bot: FakeBot, tmp_path: Path, *instances: str) -> dict[str, Any]:
+    """reconciler.targets mapping these bot instances (default: bot-1) to the fake bot."""
+    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    return {i: {"url": bot.url, "token_file": str(tmp_path / "bot-token")} for i in instances or ("bot-1",)}

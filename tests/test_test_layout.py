@@ -1,0 +1,104 @@
+"""The tests' own modules stay importable in any order: pytest puts tests/ and each folder under it on sys.path
+(rootdir-relative, no packages), so a module is found by its basename alone. Three conftest.py were three modules
+named `conftest`, and which one `from conftest import` meant depended on the folders given on the command line
+(`pytest tests/reconciler tests/ops` failed to collect). What tests import lives in helper modules whose basenames
+are unique, imported by that basename only (`tests.ports` beside `ports` would be a second copy of the module)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def python_files() -> list[Path]:
+    return sorted(TESTS.rglob("*.py"))
+
+
+def helper_modules() -> list[Path]:
+    """The modules under tests/ that are neither a conftest nor a test module: what tests import."""
+    return [p for p in python_files() if p.name != "conftest.py" and not p.name.startswith("test_")]
+
+
+def imported_modules(source: str) -> Iterator[tuple[int, str]]:
+    """(line, module) of every absolute import in `source`, at the top or inside a function."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+        elif isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+
+
+def duplicate_basenames(paths: list[Path]) -> list[str]:
+    """The modules (conftest.py aside: pytest loads each by its path) whose basename another module has too."""
+    counts = Counter(path.stem for path in paths if path.name != "conftest.py")
+    return sorted(str(path.relative_to(TESTS.parent)) for path in paths if counts[path.stem] > 1)
+
+
+def conftest_imports(source: str) -> list[tuple[int, str]]:
+    return [(line, name) for line, name in imported_modules(source) if name.split(".")[-1] == "conftest"]
+
+
+def prefixed_imports(source: str, helpers: set[str]) -> list[tuple[int, str]]:
+    """Imports of a helper module by a dotted name (`tests.ports`, `reconciler.fake_bot`), not by its basename."""
+    return [
+        (line, name)
+        for line, name in imported_modules(source)
+        if "." in name and name.split(".")[-1] in helpers and name.split(".")[0] in {"tests", *dirs_under_tests()}
+    ]
+
+
+def dirs_under_tests() -> set[str]:
+    return {p.name for p in TESTS.iterdir() if p.is_dir()}
+
+
+def test_no_module_under_tests_imports_a_conftest() -> None:
+    found = [
+        f"{path.relative_to(TESTS.parent)}:{line}: {name}"
+        for path in python_files()
+        for line, name in conftest_imports(path.read_text(encoding="utf-8"))
+    ]
+    assert not found, "conftest.py holds fixtures and hooks only; import a helper module:\n" + "\n".join(found)
+
+
+def test_module_basenames_under_tests_are_unique() -> None:
+    duplicated = duplicate_basenames(python_files())
+    assert not duplicated, f"two modules of one basename under tests/ (one shadows the other): {duplicated}"
+    # tests/ comes first on sys.path: a helper named `email` or `mailbox` would shadow the standard library's.
+    shadowing = sorted({path.stem for path in python_files()} & sys.stdlib_module_names)
+    assert not shadowing, f"modules under tests/ named as the standard library's: {shadowing}"
+
+
+def test_helper_modules_are_imported_by_their_basename_only() -> None:
+    helpers = {path.stem for path in helper_modules()}
+    found = [
+        f"{path.relative_to(TESTS.parent)}:{line}: {name}"
+        for path in python_files()
+        for line, name in prefixed_imports(path.read_text(encoding="utf-8"), helpers)
+    ]
+    assert not found, "a second copy of a helper module, under a dotted name:\n" + "\n".join(found)
+
+
+def test_the_checks_find_each_way_of_importing_a_conftest_or_a_second_copy() -> None:
+    source = """
+from conftest import free_port
+import conftest as servers
+from tests.conftest import POSTGRES_ADMIN_URL
+from reconciler.conftest import make_config
+
+def late():
+    from tests.ops.conftest import ops_config
+from conftests_elsewhere import x
+from ports import free_port
+from tests.ports import free_ports
+import reconciler.fake_bot
+from tests.test_paper_cli import cli
+"""
+    assert [line for line, _ in conftest_imports(source)] == [2, 3, 4, 5, 8]
+    assert prefixed_imports(source, {"ports", "fake_bot"}) == [(11, "tests.ports"), (12, "reconciler.fake_bot")]
+    paths = [TESTS / "conftest.py", TESTS / "ops" / "conftest.py", TESTS / "helpers.py", TESTS / "ops" / "helpers.py"]
+    assert duplicate_basenames(paths) == ["tests/helpers.py", "tests/ops/helpers.py"]
