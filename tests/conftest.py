@@ -8,6 +8,7 @@ import functools
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,7 +41,31 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             path = nodeid.split("::", 1)[0]
             return path if grouped(path) else nodeid
 
+    # The work goes out in collection order (pytest_collection_modifyitems puts the long work first), not xdist's
+    # largest-number-of-tests first: a module of three five-minute tests handed out last would be the run's tail.
+    config.option.loadscopereorder = False
     return ModuleGroups(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In lanes, the long work first (longest processing time first, as a scheduler would): the modules with an
+    end-to-end test (marked slow), then the other modules that start something once, then the rest; a module's tests
+    keep their order. Workers collect, so this runs on each of them (where `dist` reads "no")."""
+    if not hasattr(config, "workerinput"):
+        return
+
+    @functools.cache
+    def once_per_module(path: Path) -> bool:
+        try:
+            return bool(STARTS_ONCE_PER_MODULE.search(path.read_text(encoding="utf-8")))
+        except OSError:
+            return False
+
+    rank: dict[Path, int] = {}
+    for item in items:
+        own = 0 if item.get_closest_marker("slow") is not None else 1 if once_per_module(item.path) else 2
+        rank[item.path] = min(own, rank.get(item.path, own))
+    items.sort(key=lambda item: rank[item.path])
 
 
 @pytest.hookimpl(wrapper=True)
