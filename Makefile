@@ -14,7 +14,7 @@ EXTRAS := test,freqtrade,nautilus
 CONFIG ?= trading-ops.yaml
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
 # Three on the 2-core machine: a stack test mostly waits on alert timers (2,303 tests from a fresh clone: 13:26 of
-# pytest against 18:57 in two). `make test TEST_LANES=2` on a slower or busier machine.
+# pytest against 18:57 in two; docs/development.md). `make test TEST_LANES=2` on a slower or busier machine.
 TEST_LANES ?= 3
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
 	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync
