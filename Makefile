@@ -13,9 +13,10 @@ CONSTRAINTS := constraints.txt
 EXTRAS := test,freqtrade,nautilus
 CONFIG ?= trading-ops.yaml
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
-# Three on the 2-core machine: a stack test mostly waits on alert timers (2,303 tests from a fresh clone: 13:26 of
-# pytest against 18:57 in two; docs/development.md). `make test TEST_LANES=2` on a slower or busier machine.
-TEST_LANES ?= 3
+# Four on the 2-core machine: a stack test mostly waits on alert timers (2,461 tests from a fresh clone: 17:05 of
+# pytest in four; five took 13:31 to 15:24, but under that load a real freqtrade's reload_config failed in two runs
+# of four; docs/development.md). `make test TEST_LANES=3` on a busier machine.
+TEST_LANES ?= 4
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
 	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
@@ -23,7 +24,7 @@ DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
 BENCH_BINARIES := wrk
 BENCH_PACKAGES := wrk
 
-.PHONY: setup system-deps bench-deps run test lint typecheck bench clean lock
+.PHONY: setup system-deps bench-deps bytecode run test lint typecheck bench clean lock
 
 setup: $(STAMP)
 
@@ -63,6 +64,12 @@ define install-missing
 	fi
 endef
 
+# The bytecode of the package, the tests and the benchmarks, written ahead. Where PYTHONDONTWRITEBYTECODE is set (as
+# on this machine), Python writes none itself, and each process a test or the stack starts (`python -m trading_ops
+# ...`, hundreds in `make test`) compiled the package again: half a second of CPU each. A stale file is only ignored.
+bytecode: $(STAMP)
+	$(PY) -m compileall -q -j 0 trading_ops tests benchmarks examples > /dev/null
+
 # The Debian packages that provide the real Prometheus and Alertmanager (and what the other tests run).
 system-deps:
 	$(call install-missing,$(SYSTEM_BINARIES),$(DEBIAN_PACKAGES))
@@ -92,7 +99,7 @@ $(CONFIG):
 # `up` migrates the database itself. make passes no SIGINT on to a recipe (and a shell starts a background job with
 # SIGINT ignored): stop a `make run &` with `kill <make's pid>` (make passes SIGTERM on to `up`) or
 # `kill -INT <up's pid>` (its banner prints it).
-run: $(STAMP) var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token $(CONFIG)
+run: $(STAMP) bytecode var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token $(CONFIG)
 	-@$(MAKE) --no-print-directory system-deps
 	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)
 
@@ -104,11 +111,15 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict --follow-imports=silent examples
 
-test: $(STAMP) system-deps
+# The type checks run beside the tests (the lanes leave a core part idle while stacks wait on alert timers); their
+# output follows the tests', and either failing fails `make test`.
+test: $(STAMP) system-deps bytecode
 	$(VENV)/bin/ruff check trading_ops tests benchmarks examples
-	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy --strict --follow-imports=silent examples
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 -n $(TEST_LANES) --dist loadgroup
+	@types=$$(mktemp); \
+	{ $(MAKE) --no-print-directory typecheck > "$$types" 2>&1; echo $$? >> "$$types"; } & \
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 -n $(TEST_LANES) --dist loadgroup; tested=$$?; \
+	wait; typed=$$(tail -n 1 "$$types"); sed '$$d' "$$types"; rm -f "$$types"; \
+	[ "$$tested" = 0 ] && [ "$$typed" = 0 ]
 
 # Every benchmark but the soak (`$(PY) benchmarks/bench_soak.py --minutes 60`: an hour at least, run it on its own).
 bench: $(STAMP) system-deps bench-deps

@@ -1,9 +1,9 @@
 """Self-healing of a real freqtrade, and the sidecar's own cost; prints JSON.
 
-The stack of tests/test_freqtrade_e2e.py (freqtrade live on the paper gateway, the `trading-ops freqtrade` sidecar
-process, real Prometheus with the repository's freqtrade and availability rules at the fast profile's `for:`,
-Alertmanager with the repository's configuration, the reconciler running the packaged playbook's freqtrade rules with
-an exec step that restarts freqtrade). Each fault, `--runs` times, from a quiet stack:
+The stack of tests/test_freqtrade_e2e.py, tests/freqtrade_stack.py (freqtrade live on the paper gateway, the
+`trading-ops freqtrade` sidecar process, real Prometheus with the repository's freqtrade and availability rules at the
+fast profile's `for:`, Alertmanager with the repository's configuration, the reconciler running the packaged
+playbook's freqtrade rules with an exec step that restarts freqtrade). Each fault, `--runs` times, from a quiet stack:
 
 - gateway_drop: the gateway drops every connection until a client starts a new session; broker-reconnect asks the
   sidecar for `reconnect`, which starts one (ending the drop), then asks freqtrade to reload_config;
@@ -45,7 +45,7 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
-from test_freqtrade_e2e import Stack, drop_connection, freqtrade_stack, heal  # noqa: E402
+from freqtrade_stack import Stack, drop_connection, freqtrade_stack, heal  # noqa: E402
 
 # fault -> (the alert it raises, what injects it)
 FAULTS: dict[str, tuple[str, Callable[[Stack], Callable[[], None]]]] = {

@@ -9,11 +9,12 @@ and Alertmanager are sampled. The report gives, per process, the first and last 
 (least-squares slope over the second half of the soak, after the caches have warmed), and the episodes by alert and
 outcome. The bot runs without a daily loss limit (the demo's fees would halt it within hours).
 
-Beside it (unless --no-freqtrade) runs the stack of tests/test_freqtrade_e2e.py: a real freqtrade trading on the
-paper gateway behind the `trading-ops freqtrade` sidecar, its own Prometheus, Alertmanager and reconciler (a thread
-of this process, so not sampled). Every fourth fault interval, between the paper bot's faults, its gateway drops
-every connection (the sidecar's reconnect, which the playbook asks for, ends the drop); freqtrade, the sidecar and
-the gateway are sampled with the rest, and the freqtrade reconciler's episodes are reported apart.
+Beside it (unless --no-freqtrade) runs the stack of tests/test_freqtrade_e2e.py, tests/freqtrade_stack.py: a real
+freqtrade trading on the paper gateway behind the `trading-ops freqtrade` sidecar, its own Prometheus, Alertmanager
+and reconciler (a thread of this process, so not sampled). Every fourth fault interval, between the paper bot's
+faults, its gateway drops every connection (the sidecar's reconnect, which the playbook asks for, ends the drop);
+freqtrade, the sidecar and the gateway are sampled with the rest, and the freqtrade reconciler's episodes are reported
+apart.
 Run it for an hour at least (not in CI): `python benchmarks/bench_soak.py --minutes 60`.
 """
 
@@ -36,8 +37,8 @@ from bench_recovery import Stack, post_json
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
-from test_freqtrade_e2e import Stack as FreqtradeStack  # noqa: E402
-from test_freqtrade_e2e import freqtrade_stack  # noqa: E402
+from freqtrade_stack import Stack as FreqtradeStack  # noqa: E402
+from freqtrade_stack import freqtrade_stack  # noqa: E402
 
 Fault = tuple[str, dict[str, Any]]
 DROP: Fault = ("drop_connection", {})

@@ -1,6 +1,6 @@
 """A real Alertmanager for a test: started on a free loopback port (alone or in a cluster, optionally sending its
-webhooks to a reconciler), with a client of its API v2 that fires, resolves and silences alerts as Prometheus and an
-operator would."""
+webhooks to a reconciler; or with the repository's configuration as `trading-ops up --profile fast` writes it), with
+a client of its API v2 that fires, resolves and silences alerts as Prometheus and an operator would."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ from typing import Any
 
 import yaml
 from ports import free_port
-from reconciler_server import TOKEN
+from reconciler_server import TOKEN, ThreadedServer
 from server_process import wait_http
-from system_binaries import alertmanager_binary
+from system_binaries import REPO_ROOT, alertmanager_binary
+
+from trading_ops.stack.alertmanager_config import render_alertmanager
+from trading_ops.stack.layout import Ports
+from trading_ops.stack.profiles import FAST
 
 
 @dataclass
@@ -135,3 +139,27 @@ def start_alertmanager(
         proc.kill()
         raise
     return Alertmanager(f"http://127.0.0.1:{port}", proc)
+
+
+def start_repo_alertmanager(
+    tmp: Path, port: int, reconciler: ThreadedServer, token_file: Path
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """The repository's alertmanager.yml as `trading-ops up --profile fast` writes it, on `port`."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=reconciler.port), FAST, token_file)
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(rendered.config))
+    proc = subprocess.Popen(
+        [
+            alertmanager_binary(),
+            f"--config.file={tmp / 'alertmanager.yml'}",
+            f"--storage.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "alertmanager.log", "wb"),  # noqa: SIM115
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/-/ready", proc=proc)
+    return url, proc

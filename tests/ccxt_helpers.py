@@ -1,18 +1,30 @@
-"""Shared by the gateway, ccxt broker and ccxt bot tests: a gateway on a free loopback port, and ccxt's real kraken
-client pointed at it."""
+"""Shared by the gateway, ccxt broker and ccxt bot tests: a gateway on a free loopback port, its faults, and ccxt's
+real kraken client pointed at it; and what a broker test gives a broker (callbacks recording its events) and submits."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import ccxt.async_support as ccxt
 from aiohttp import web
 from polling import until_async
 from ports import free_port
 
+from trading_ops.bot.broker import (
+    BrokerEvents,
+    Channel,
+    OrderRequest,
+    OrderType,
+    Quote,
+    Side,
+    VenueFill,
+    VenueOrder,
+)
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.venues.kraken_gateway import KrakenGateway, SubAccount, create_app
 
@@ -25,6 +37,8 @@ SUB_ACCOUNT = "desk-2"
 SUB_KEY = "sub-account-key"
 SUB_SECRET = base64.b64encode(b"the sub-account's secret").decode()
 CONTROL_TOKEN = "chaos-token"
+# The paper venue's symbols (its DEFAULT_SYMBOLS): what a broker test trades and subscribes to.
+SYMBOLS = ["BTC-USD", "ETH-USD", "SOL-USD"]
 QUIET_VENUE = {
     "tick_interval": 3600.0,
     "volatility": 0.0,
@@ -78,3 +92,49 @@ def kraken(base: str, key: str = API_KEY, secret: str = API_SECRET, **options: A
 async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0) -> None:
     """`polling.until_async` (no error waited out): fail after `timeout` seconds (a deadline, not a measurement)."""
     await until_async("condition", predicate, timeout, 0.02, tolerate=())
+
+
+class Recorder:
+    """The callbacks a bot gives the broker, recording what arrives."""
+
+    def __init__(self) -> None:
+        self.orders: list[VenueOrder] = []
+        self.fills: list[VenueFill] = []
+        self.quotes: list[Quote] = []
+        self.connections: list[tuple[Channel, bool]] = []
+
+    def events(self) -> BrokerEvents:
+        async def on_order(order: VenueOrder) -> None:
+            self.orders.append(order)
+
+        async def on_fill(fill: VenueFill) -> None:
+            self.fills.append(fill)
+
+        async def on_quote(quote: Quote) -> None:
+            self.quotes.append(quote)
+
+        async def on_connection(channel: Channel, up: bool) -> None:
+            self.connections.append((channel, up))
+
+        return BrokerEvents(on_order=on_order, on_fill=on_fill, on_quote=on_quote, on_connection=on_connection)
+
+    def last(self, key: str) -> VenueOrder | None:
+        mine = [o for o in self.orders if o.key == key]
+        return mine[-1] if mine else None
+
+
+async def chaos(base: str, fault: str, **args: object) -> dict:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/chaos/{fault}", json=args, headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+def limit(cid: str, symbol: str = "BTC-USD", price: str = "1000", quantity: str = "0.01") -> OrderRequest:
+    return OrderRequest(cid, symbol, Side.BUY, OrderType.LIMIT, Decimal(quantity), Decimal(price))
+
+
+def market(cid: str, symbol: str = "ETH-USD", side: Side = Side.BUY, quantity: str = "0.5") -> OrderRequest:
+    return OrderRequest(cid, symbol, side, OrderType.MARKET, Decimal(quantity))

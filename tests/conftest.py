@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from shared_postgres import new_database
 
-# A test module that starts something once for the module (a whole stack, a freqtrade, promtool's classification of
-# every rule test): a fixture of module (or package, class) scope defined in it.
+# A test module that starts something once for the module (a whole stack, a freqtrade): a fixture of module (or
+# package, class) scope defined in it.
 STARTS_ONCE_PER_MODULE = re.compile(r"@pytest\.fixture\([^)]*\bscope=[\"'](?:module|package|class)[\"']")
 
 
@@ -48,9 +48,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In lanes, the long work first (longest processing time first, as a scheduler would): the modules with an
-    end-to-end test (marked slow), then the other modules that start something once, then the rest; a module's tests
-    keep their order. Workers collect, so this runs on each of them (where `dist` reads "no")."""
+    """In lanes, the long work first (longest processing time first, as a scheduler would): the modules that share a
+    lane (they start something once) and have a test marked slow, with the slow tests of the other modules, then the
+    other modules that share a lane, then the rest. A module that shares a lane keeps its tests' order. Workers
+    collect, so this runs on each of them (where `dist` reads "no")."""
     if not hasattr(config, "workerinput"):
         return
 
@@ -61,11 +62,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         except OSError:
             return False
 
-    rank: dict[Path, int] = {}
+    def own(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("slow") is not None else 1 if once_per_module(item.path) else 2
+
+    module_rank: dict[Path, int] = {}
     for item in items:
-        own = 0 if item.get_closest_marker("slow") is not None else 1 if once_per_module(item.path) else 2
-        rank[item.path] = min(own, rank.get(item.path, own))
-    items.sort(key=lambda item: rank[item.path])
+        if once_per_module(item.path):
+            module_rank[item.path] = min(own(item), module_rank.get(item.path, 2))
+    items.sort(key=lambda item: module_rank.get(item.path, own(item)))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +23,9 @@ import polling
 import pytest
 from ports import free_port
 from system_binaries import REPO_ROOT
+
+from trading_ops.stack.freqtrade_bot import FreqtradeMissing, trading_settings
+from trading_ops.stack.freqtrade_bot import freqtrade_binary as stack_freqtrade_binary
 
 STRATEGY_DIR = REPO_ROOT / "tests" / "freqtrade" / "strategies"
 STRATEGY = "TradingOpsQuick"
@@ -39,15 +40,10 @@ PAIRS = ("BTC/USD", "ETH/USD")
 
 def freqtrade_binary() -> str:
     """The freqtrade console script of this interpreter's environment; fails (never skips) when it is missing."""
-    path = Path(sys.executable).parent / "freqtrade"
-    if not path.exists():
-        found = shutil.which("freqtrade")
-        if found is None:
-            pytest.fail(
-                "freqtrade is not installed: pip install -e '.[freqtrade]' (`make test` does it)", pytrace=False
-            )
-        return found
-    return str(path)
+    try:
+        return stack_freqtrade_binary()
+    except FreqtradeMissing:
+        pytest.fail("freqtrade is not installed: pip install -e '.[freqtrade]' (`make test` does it)", pytrace=False)
 
 
 def freqtrade_config(
@@ -69,27 +65,9 @@ def freqtrade_config(
         "max_open_trades": max_open_trades,
         "stake_currency": "USD",
         "stake_amount": 100,
-        "tradable_balance_ratio": 0.99,
-        "dry_run": False,
-        "trading_mode": "spot",
-        "initial_state": "running",
-        "timeframe": "1m",
-        "cancel_open_orders_on_exit": False,
-        # Long enough for a test to act on a resting order before freqtrade cancels it itself.
-        "unfilledtimeout": {"entry": 60, "exit": 60, "unit": "seconds"},
-        # POST /forceenter: a test places a limit entry that rests on the gateway.
-        "force_entry_enable": True,
-        "entry_pricing": {"price_side": "other", "use_order_book": False, "price_last_balance": 0.0},
-        "exit_pricing": {"price_side": "other", "use_order_book": False},
-        "order_types": {
-            "entry": "market",
-            "exit": "market",
-            "emergency_exit": "market",
-            "force_exit": "market",
-            "force_entry": "market",
-            "stoploss": "market",
-            "stoploss_on_exchange": False,
-        },
+        # The stack's: tests rely on its forced entries (POST /forceenter places a limit entry that rests on the
+        # gateway) and its unfilledtimeout (a minute to act on a resting order before freqtrade cancels it itself).
+        **trading_settings(),
         "exchange": {
             "name": "kraken",
             "key": api_key,

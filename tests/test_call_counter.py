@@ -13,11 +13,21 @@ from pathlib import Path
 
 import ccxt.async_support as ccxt
 import pytest
-from ccxt_helpers import OTHER_KEY, OTHER_SECRET, kraken, running_gateway, wait_for
+from ccxt_helpers import (
+    OTHER_KEY,
+    OTHER_SECRET,
+    SYMBOLS,
+    Recorder,
+    chaos,
+    kraken,
+    limit,
+    market,
+    running_gateway,
+    wait_for,
+)
 from paper_helpers import TOKEN, IdleStrategy, fast_config
 from prometheus_client import CollectorRegistry
 
-from tests.test_ccxt_broker import SYMBOLS, Recorder, chaos, limit, market
 from trading_ops.bot.broker import BrokerError, Channel, OrderStatus, OrderType, Side
 from trading_ops.bot.runtime import BotRuntime
 from trading_ops.config import ConfigError, parse_config

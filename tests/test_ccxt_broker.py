@@ -15,13 +15,17 @@ import ccxt.async_support as ccxt
 import pytest
 from ccxt_helpers import (
     API_SECRET,
-    CONTROL_TOKEN,
     OTHER_KEY,
     OTHER_SECRET,
     SUB_ACCOUNT,
     SUB_KEY,
     SUB_SECRET,
+    SYMBOLS,
+    Recorder,
+    chaos,
     kraken,
+    limit,
+    market,
     running_gateway,
     wait_for,
 )
@@ -31,13 +35,9 @@ from trading_ops.bot.broker import (
     BrokerError,
     BrokerEvents,
     Channel,
-    OrderRequest,
     OrderStatus,
     OrderType,
-    Quote,
     Side,
-    VenueFill,
-    VenueOrder,
 )
 from trading_ops.bot.metrics import BotMetrics
 from trading_ops.bot.runtime import clock_offset
@@ -45,53 +45,6 @@ from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.ccxt import CcxtBroker, broker_from_config, error_class, make_exchange
 
 ROOT = Path(__file__).resolve().parent.parent
-SYMBOLS = ["BTC-USD", "ETH-USD", "SOL-USD"]
-
-
-class Recorder:
-    """The callbacks a bot gives the broker, recording what arrives."""
-
-    def __init__(self) -> None:
-        self.orders: list[VenueOrder] = []
-        self.fills: list[VenueFill] = []
-        self.quotes: list[Quote] = []
-        self.connections: list[tuple[Channel, bool]] = []
-
-    def events(self) -> BrokerEvents:
-        async def on_order(order: VenueOrder) -> None:
-            self.orders.append(order)
-
-        async def on_fill(fill: VenueFill) -> None:
-            self.fills.append(fill)
-
-        async def on_quote(quote: Quote) -> None:
-            self.quotes.append(quote)
-
-        async def on_connection(channel: Channel, up: bool) -> None:
-            self.connections.append((channel, up))
-
-        return BrokerEvents(on_order=on_order, on_fill=on_fill, on_quote=on_quote, on_connection=on_connection)
-
-    def last(self, key: str) -> VenueOrder | None:
-        mine = [o for o in self.orders if o.key == key]
-        return mine[-1] if mine else None
-
-
-async def chaos(base: str, fault: str, **args: object) -> dict:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(f"{base}/chaos/{fault}", json=args, headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as r,
-    ):
-        assert r.status == 200, await r.text()
-        return await r.json()
-
-
-def limit(cid: str, symbol: str = "BTC-USD", price: str = "1000", quantity: str = "0.01") -> OrderRequest:
-    return OrderRequest(cid, symbol, Side.BUY, OrderType.LIMIT, Decimal(quantity), Decimal(price))
-
-
-def market(cid: str, symbol: str = "ETH-USD", side: Side = Side.BUY, quantity: str = "0.5") -> OrderRequest:
-    return OrderRequest(cid, symbol, side, OrderType.MARKET, Decimal(quantity))
 
 
 def connected_broker(base: str, **kwargs) -> CcxtBroker:  # type: ignore[no-untyped-def]

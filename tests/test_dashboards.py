@@ -25,6 +25,17 @@ from typing import Any
 
 import pytest
 import yaml
+from dashboard_queries import (
+    BUILTIN_VALUES,
+    DASHBOARD_FILES,
+    DATA_DASHBOARDS,
+    GRAFANA_DIR,
+    NOT_THIS_KIND,
+    load,
+    panel_queries,
+    substitute,
+    variable_queries,
+)
 from freqtrade_helpers import PASSWORD, USERNAME, make_freqtrade
 from gateway_helpers import start_gateway
 from ports import free_port
@@ -32,45 +43,15 @@ from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.bot.control import SOURCE_HEADER
 
-GRAFANA_DIR = REPO_ROOT / "grafana"
-DASHBOARD_FILES = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
 DATASOURCE_UID = "prometheus"
 SHARED_TAG = "trading-ops"
 PANEL_TYPES = {"timeseries", "stat", "state-timeline", "table", "text", "bargauge", "gauge"}
 # A row groups the panels below it (the current schema's way, not the old `rows` list): no query of its own.
 ROW = "row"
 EXPECTED_DASHBOARDS = {"Trading overview", "Bot health", "Self-healing", "Alerting pipeline", "SLOs"}
-VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
 # The test Prometheus scrapes and evaluates every second, so a few seconds hold enough samples for rate().
 SCRAPE_INTERVAL_SECONDS = 1
-# What Grafana puts in for its built-in variables with that scrape interval (`$__rate_interval` is at least four
-# scrape intervals) over the last 5 minutes, besides the values a user picks for the dashboard variables.
-BUILTIN_VALUES = {
-    "__rate_interval": "4s",
-    "__interval": "1s",
-    "__interval_ms": "1000",
-    "__range": "5m",
-    "__range_s": "300",
-    "__range_ms": "300000",
-}
-# The dashboards whose bot panels must show data (or a deliberate 0) on a healthy stack: every query of theirs must
-# return something with both bots picked, and with the paper bot alone except for freqtrade's own row (the paper bot
-# has no freqtrade). On the SLO board that includes the burn rates over a day and three days and the budget left over
-# 30 days, recorded once a minute from what history there is.
-DATA_DASHBOARDS = ("trading-overview", "bot-health", "slo")
-FREQTRADE_ONLY = "freqtrade's own numbers, from its sidecar: a bot on the runtime (paper, ccxt) has no freqtrade"
-NOT_THIS_KIND: dict[str, dict[str, str]] = {
-    "both bots": {},
-    "paper bot": {
-        "bot-health/Daily profit (freqtrade's /daily)/A": FREQTRADE_ONLY,
-        "bot-health/Open trades against max_open_trades/A": FREQTRADE_ONLY,
-        "bot-health/Open trades against max_open_trades/B": FREQTRADE_ONLY,
-        "bot-health/Pair locks/A": FREQTRADE_ONLY,
-        "bot-health/freqtrade API answer time (p99)/A": FREQTRADE_ONLY,
-        "bot-health/freqtrade answering its sidecar/A": FREQTRADE_ONLY,
-    },
-}
 # Units that name a currency: P&L, notional and fees are in the quote currency of whatever the bot trades.
 CURRENCY_UNITS = re.compile(r"^currency|^(USD|EUR|GBP|JPY)$", re.IGNORECASE)
 # A healthy paper bot: it trades several times a second and the venue rejects a fifth of its orders, so orders,
@@ -87,44 +68,6 @@ STARTUP_SECONDS = 60
 CONTROL_TOKEN = "dashboard-test-control-token"
 DATA_DEADLINE_SECONDS = 90
 STOP_SECONDS = 20
-
-
-def load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def substitute(expr: str, values: dict[str, str]) -> str:
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if name.isdigit():  # label_replace's "$1": Grafana has no such variable and leaves it alone
-            return match.group(0)
-        assert name in values, f"unknown variable ${name} in {expr!r}"
-        return values[name]
-
-    return VARIABLE.sub(value, expr)
-
-
-def panel_queries() -> list[tuple[str, str]]:
-    """(where, expression) for every panel target and annotation query of every dashboard."""
-    queries = []
-    for path in DASHBOARD_FILES:
-        board = load(path)
-        for panel in board["panels"]:
-            for target in panel.get("targets", []):
-                queries.append((f"{path.stem}/{panel['title']}/{target['refId']}", target["expr"]))
-        for annotation in board["annotations"]["list"]:
-            if "expr" in annotation:
-                queries.append((f"{path.stem}/annotation {annotation['name']}", annotation["expr"]))
-    return queries
-
-
-def variable_queries() -> list[tuple[str, str]]:
-    return [
-        (f"{path.stem}/${variable['name']}", variable["query"])
-        for path in DASHBOARD_FILES
-        for variable in load(path)["templating"]["list"]
-        if variable["type"] == "query"
-    ]
 
 
 # -- a real paper bot, reconciler and Prometheus, once per session --------------------------------------------

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from make_run_checkout import make_checkout
 from ports import free_port
+from system_binaries import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"
 DOCS = REPO_ROOT / "docs"
 PAGES = [README, *sorted(DOCS.glob("*.md"))]
@@ -48,7 +49,6 @@ SHELL_LANGUAGES = {"", "sh", "bash", "console", "shell"}
 EXIT_COMMENT = re.compile(r"#.*\bexits (\d)\b(?:: (.+))?")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 INLINE_CODE = re.compile(r"`[^`]*`")
-SECRETS_MAKE_RUN_WRITES = ("control-token", "reconciler-token", "reconciler-read-token")
 TIMEOUT = 120
 
 
@@ -205,21 +205,6 @@ def examples() -> list[object]:
                 command = line.partition("#")[0].strip()
                 params.append(pytest.param(line, id=f"{block.page.relative_to(REPO_ROOT)}:{offset} {command}"))
     return params
-
-
-def make_checkout(root: Path) -> Path:
-    """A checkout as `make run` leaves it in `root`: the repository's files, trading-ops.yaml (the example, copied)
-    and the tokens it writes."""
-    for entry in REPO_ROOT.iterdir():
-        if entry.name not in {"var", "trading-ops.yaml", ".git", ".venv", "site"}:
-            (root / entry.name).symlink_to(entry)
-    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", root / "trading-ops.yaml")
-    (root / "var" / "secrets").mkdir(parents=True, mode=0o700)
-    for index, name in enumerate(SECRETS_MAKE_RUN_WRITES):
-        secret = root / "var" / "secrets" / name
-        secret.write_text(f"docs-example-token-{index}-{'x' * 24}\n")
-        secret.chmod(0o600)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,13 @@ from typing import Any
 
 import polling
 import pytest
+from freqtrade_database_errors import API_DISK_FULL, LOOP_DISK_FULL, PG_REFUSED
 from freqtrade_helpers import PASSWORD, USERNAME, make_freqtrade, until
 from full_disk import fill, small_filesystem
 from gateway_helpers import start_gateway
 from ports import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from test_freqtrade_logs import API_DISK_FULL, LOOP_DISK_FULL, PG_REFUSED
 
 from trading_ops.bot import server
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app

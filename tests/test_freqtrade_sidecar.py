@@ -180,6 +180,13 @@ async def test_a_trading_freqtrade_exports_the_library_families(
     await sidecar.until(
         "positions exported", lambda: sidecar.value("tradingbot_position_quantity", venue="kraken", symbol="ETH-USD")
     )
+
+    # The sidecar polls on its own schedule: its heartbeat reaches the iteration /health reported at its next poll.
+    async def heartbeat_caught_up() -> bool:
+        heartbeat = await sidecar.value("tradingbot_heartbeat_timestamp_seconds")
+        return heartbeat is not None and heartbeat >= health["last_process_ts"]
+
+    await sidecar.until("the heartbeat of the iteration /health reported", heartbeat_caught_up)
     samples = await sidecar.samples()
 
     def value(name: str, **labels: str) -> float | None:

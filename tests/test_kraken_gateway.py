@@ -407,7 +407,9 @@ async def test_more_keys_of_the_main_account_from_the_configuration_each_with_it
         **gateway_section(tmp_path, monkeypatch),
         "extra_keys": [{"api_key_file": "other-key", "api_secret_file": "other"}],
     }
-    gateway = gateway_from_config(parse_config({"gateway": section}, base_dir=tmp_path))
+    # No random business rejects (paper.reject_probability's 2 % of orders): the orders here must be taken.
+    config = parse_config({"paper": {"reject_probability": 0}, "gateway": section}, base_dir=tmp_path)
+    gateway = gateway_from_config(config)
     assert list(gateway.accounts) == ["main"]
     async with serving(gateway) as base:
         bot, ahead = kraken(base), kraken(base, key=OTHER_KEY, secret=OTHER_SECRET)

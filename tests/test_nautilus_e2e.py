@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
+from alertmanager_server import start_repo_alertmanager
 from gateway_helpers import Gateway, start_gateway
 from nautilus_helpers import INSTRUMENT_ID, Node, start_node
 from nautilus_trader.model.enums import TradingState
@@ -43,7 +44,6 @@ from ports import free_port
 from reconciler_server import READ_AUTH, ThreadedServer, make_config
 from server_process import stop, wait_http
 from system_binaries import REPO_ROOT, require_binary
-from test_freqtrade_e2e import start_alertmanager
 
 from trading_ops.db import migrate
 from trading_ops.durations import format_duration
@@ -156,7 +156,9 @@ def nautilus_stack(tmp: Path) -> Iterator[Stack]:
             targets={node.instance: {"url": node.url, "token_file": str(tmp / "token")}},
         )
         reconciler = ThreadedServer(config)
-        am_url, am_proc = start_alertmanager(tmp / "alertmanager", alertmanager_port, reconciler, tmp / "webhook-token")
+        am_url, am_proc = start_repo_alertmanager(
+            tmp / "alertmanager", alertmanager_port, reconciler, tmp / "webhook-token"
+        )
         procs.append(am_proc)
         procs.append(
             subprocess.Popen(

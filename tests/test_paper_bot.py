@@ -23,6 +23,7 @@ from trading_ops.bot.shutdown import ShutdownDeadlineExceeded
 from trading_ops.db.base import make_engine, make_sessionmaker, utcnow
 from trading_ops.db.models import Fill, Order, Position
 from trading_ops.paper.bot import CENT, PaperBot
+from trading_ops.paper.chaos import CHAOS_COMMANDS
 
 
 @pytest.fixture
@@ -290,19 +291,7 @@ async def test_without_chaos_the_fault_commands_do_not_exist(tmp_path) -> None:
     paper_bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry(), chaos=False)
     port = await paper_bot.start("127.0.0.1", 0)
     try:
-        for fault in (
-            "hang_loop",
-            "crash",
-            "drop_connection",
-            "stale_market_data",
-            "leak_memory",
-            "fill_disk",
-            "position_drift",
-            "loss_spike",
-            "reject_storm",
-            "stall_journal",
-            "clear_chaos",
-        ):
+        for fault in CHAOS_COMMANDS:
             assert (await control(port, fault))[0] == 404, fault
         assert (await control(port, "reconnect", headers=AUTH))[0] == 200
     finally:

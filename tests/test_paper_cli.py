@@ -8,13 +8,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
+from paper_process import CONSOLE_SCRIPT, cli, wait_healthy
 from ports import free_port
+from system_binaries import REPO_ROOT
 
 from trading_ops.config import load_config
 from trading_ops.db import migrate
@@ -33,36 +34,6 @@ def write_config(tmp_path: Path, port: int) -> Path:
         "paper:\n  seed: 3\n  loop_interval_seconds: 0.05\n  tick_interval_seconds: 0.02\n"
     )
     return config
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The console script a user runs (beside this Python), on this checkout's code.
-CONSOLE_SCRIPT = Path(sys.executable).parent / "trading-ops"
-
-
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(CONSOLE_SCRIPT), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the bot exited while starting"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the paper bot did not become healthy")
 
 
 @pytest.fixture

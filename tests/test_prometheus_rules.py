@@ -5,6 +5,8 @@ Integration tests need promtool (Debian package `prometheus`); they run it thems
 
 from __future__ import annotations
 
+import fcntl
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +101,12 @@ def test_promtool_check_rules(rule_file: Path) -> None:
 
 
 @pytest.mark.prometheus
+@pytest.mark.slow  # a minute for the longest files: in lanes they go out first, side by side
 @pytest.mark.parametrize("test_file", RULE_TEST_FILES, ids=lambda p: p.name)
-def test_promtool_rule_unit_tests(test_file: Path) -> None:
-    result = run_binary("promtool", "test", "rules", test_file.name, cwd=RULE_TESTS_DIR)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_promtool_rule_unit_tests(test_file: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The file's own cases, run by promtool beside the quiet cases' probes (one run of each file serves both).
+    run = probed_run(test_file, tmp_path_factory)
+    assert run.original_cases_pass(), run.output
 
 
 @pytest.mark.parametrize("rule_file", RULE_FILES, ids=lambda p: p.name)
@@ -181,7 +185,46 @@ def probe(alertname: str, severity: str, probe_id: str) -> str:
     )
 
 
-def classify_quiet_cases(test_file: Path, workdir: Path) -> list[QuietCase]:
+@dataclass(frozen=True)
+class ProbedRun:
+    """`promtool test rules` on a test file with a pending probe added for every tier of each quiet case."""
+
+    cases: list[tuple[str, str, float]]  # each quiet case: where, alertname, eval_time in seconds
+    probes: dict[str, tuple[int, str]]  # probe id -> (quiet case's number, severity)
+    returncode: int
+    output: str
+
+    def reported(self) -> list[str]:
+        """The probes promtool reports as failed: found nothing pending."""
+        return list(PROBE_REPORT.findall(self.output))
+
+    def original_cases_pass(self) -> bool:
+        """Whether only probes failed, and only by finding nothing: the file's own cases all passed (and promtool
+        read every file). Anything else also makes the classification meaningless."""
+        reported = self.reported()
+        return (
+            self.returncode in (0, 1)
+            and self.output.count("expr:") == len(reported)
+            and "alertname:" not in self.output.split("FAILED", 1)[-1]
+            and (self.returncode == 1) == bool(reported)
+        )
+
+    def quiet_cases(self) -> list[QuietCase]:
+        assert self.original_cases_pass(), self.output
+        tiers = alert_tiers()
+        not_pending = {self.probes[probe_id] for probe_id in self.reported()}
+        return [
+            QuietCase(
+                where,
+                alertname,
+                eval_seconds,
+                frozenset(s for s in tiers[alertname] if (number, s) not in not_pending),
+            )
+            for number, (where, alertname, eval_seconds) in enumerate(self.cases)
+        ]
+
+
+def run_with_probes(test_file: Path, workdir: Path) -> ProbedRun:
     document = load_yaml(test_file)
     document["rule_files"] = [str((test_file.parent / name).resolve()) for name in document["rule_files"]]
     tiers = alert_tiers()
@@ -213,29 +256,44 @@ def classify_quiet_cases(test_file: Path, workdir: Path) -> list[QuietCase]:
     derived = workdir / test_file.name
     derived.write_text(yaml.safe_dump(document, sort_keys=False))
     result = run_binary("promtool", "test", "rules", derived.name, cwd=workdir)
-    output = result.stdout + result.stderr
-    reported = PROBE_REPORT.findall(output)
-    # Only probes may fail, and only by finding nothing: anything else (a failing original case, a query error,
-    # a file promtool cannot read) would make the classification meaningless.
-    assert result.returncode in (0, 1), output
-    assert output.count("expr:") == len(reported) and "alertname:" not in output.split("FAILED", 1)[-1], output
-    assert (result.returncode == 1) == bool(reported), output
-    not_pending = {probes[probe_id] for probe_id in reported}
-    return [
-        QuietCase(
-            where,
-            alertname,
-            eval_seconds,
-            frozenset(s for s in tiers[alertname] if (number, s) not in not_pending),
-        )
-        for number, (where, alertname, eval_seconds) in enumerate(cases)
-    ]
+    return ProbedRun(cases, probes, result.returncode, result.stdout + result.stderr)
 
 
-@pytest.fixture(scope="module")
+def classify_quiet_cases(test_file: Path, workdir: Path) -> list[QuietCase]:
+    return run_with_probes(test_file, workdir).quiet_cases()
+
+
+def probed_run(test_file: Path, tmp_path_factory: pytest.TempPathFactory) -> ProbedRun:
+    """`run_with_probes` of a shipped test file, once per pytest run: its lanes (xdist's workers) share the result
+    through their common temporary folder, the first to ask runs promtool while the others wait on its lock."""
+    shared = tmp_path_factory.getbasetemp().parent / "promtool-probes"
+    shared.mkdir(exist_ok=True)
+    stored = shared / f"{test_file.name}.json"
+    with open(shared / f"{test_file.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if stored.exists():
+                data = json.loads(stored.read_text(encoding="utf-8"))
+                return ProbedRun(
+                    [(where, alertname, eval_seconds) for where, alertname, eval_seconds in data["cases"]],
+                    {probe_id: (number, severity) for probe_id, (number, severity) in data["probes"].items()},
+                    data["returncode"],
+                    data["output"],
+                )
+            workdir = shared / test_file.stem
+            workdir.mkdir(exist_ok=True)
+            run = run_with_probes(test_file, workdir)
+            stored.write_text(json.dumps(run.__dict__), encoding="utf-8")
+            return run
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# Of session scope, not module: the module's tests need not share a lane (tests/conftest.py keeps a module with a
+# fixture of module scope on one), as `probed_run` already runs each file once for all of them.
+@pytest.fixture(scope="session")
 def quiet_cases(tmp_path_factory: pytest.TempPathFactory) -> list[QuietCase]:
-    workdir = tmp_path_factory.mktemp("promtool-probes")
-    return [case for path in RULE_TEST_FILES for case in classify_quiet_cases(path, workdir)]
+    return [case for path in RULE_TEST_FILES for case in probed_run(path, tmp_path_factory).quiet_cases()]
 
 
 @pytest.mark.prometheus

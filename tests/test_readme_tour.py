@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from make_run_checkout import make_checkout
 from polling import until
-from system_binaries import require_binary
-from test_docs import REPO_ROOT, make_checkout
-from test_scenarios_e2e import PaperStack, back_to_normal, bot_pid, pages, settled
-from test_stack import UpProcess, alive
-from test_stack_e2e import fired, new_episodes
+from system_binaries import REPO_ROOT, require_binary
+from up_process import UpProcess, alive
+from up_stack import PaperStack, back_to_normal, bot_pid, fired, new_episodes, pages, settled
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from aiohttp import web
 from paper_helpers import counter_total, wait_for
+from paper_process import cli, wait_healthy
 from ports import free_port
 from prometheus_client import CollectorRegistry
 
-from tests.test_paper_cli import cli, wait_healthy
 from trading_ops.bot.broker import OrderStatus, Side
 from trading_ops.bot.reconciliation import Trigger
 from trading_ops.config import load_config

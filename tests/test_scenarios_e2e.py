@@ -12,67 +12,27 @@ on free loopback ports, fast profile.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import until
 from system_binaries import require_binary
-from test_stack import UpProcess, alive
-from test_stack_e2e import Stack, fired, get_json, new_episodes, until
+from up_process import UpProcess, alive
+from up_stack import PaperStack, back_to_normal, bot_pid, fired, get_json, new_episodes, pages, settled
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
 # The critical resource alerts wait `for: 5m` (1 minute in the fast profile) after the fault crosses the budget.
 RESOURCE_DEADLINE_SECONDS = 180.0
 MIB = 1024 * 1024
-
-
-class PaperStack(Stack):
-    """The paper bot's stack, with its control API at hand."""
-
-    def control(self, command: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        req = urllib.request.Request(
-            self.up.url("bot", f"/control/{command}"),
-            data=json.dumps(body or {}).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return dict(json.loads(resp.read()))
-
-    def try_control(self, command: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """A command's answer, or None when the bot refuses it (4xx)."""
-        try:
-            return self.control(command, body)
-        except urllib.error.HTTPError as exc:
-            if 400 <= exc.code < 500:
-                return None
-            raise
-
-    def metric(self, name: str, role: str = "bot") -> dict[str, float]:
-        """Samples of one metric family on the bot's own /metrics (or the reconciler's): labels text -> value."""
-        with urllib.request.urlopen(self.up.url(role, "/metrics"), timeout=5) as resp:
-            text = resp.read().decode()
-        found = re.findall(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)
-        return {labels: float(value) for labels, value in found}
-
-    def value(self, expr: str) -> float:
-        """The single value of an instant query (it must return exactly one series)."""
-        (series,) = self.query(expr)
-        return float(series["value"][1])
-
-    def alertmanager_alerts_all(self) -> list[dict[str, Any]]:
-        return list(get_json(self.up.url("alertmanager", "/api/v2/alerts?active=true&silenced=false")))
 
 
 @pytest.fixture(scope="module")
@@ -113,53 +73,6 @@ def unit_state(stack: PaperStack) -> dict[str, str]:
     shown = stackctl(stack, "--timestamp=unix", "show", "trading-ops-paper-bot.service")
     assert shown.returncode == 0, shown.stderr
     return dict(line.split("=", 1) for line in shown.stdout.splitlines())
-
-
-def bot_pid(stack: PaperStack) -> int:
-    return int(stack.control("status")["pid"])
-
-
-def pages(stack: PaperStack, alertname: str, original: str) -> list[dict[str, Any]]:
-    """What the reconciler posted to Alertmanager about `original` on this bot."""
-    return [
-        a
-        for a in stack.alertmanager_alerts(alertname)
-        if a["labels"].get("original_alertname") == original and a["labels"].get("instance") == stack.instance
-    ]
-
-
-def settled(stack: PaperStack, known: set[int], alertname: str, deadline: float = 180) -> list[dict[str, Any]]:
-    """The new episodes of `alertname` once every one of them is closed."""
-
-    def closed() -> list[dict[str, Any]] | None:
-        try:
-            episodes = new_episodes(stack, known, alertname)
-        except OSError:  # the reconciler restarting (a scenario kills it): ask again
-            return None
-        return episodes if episodes and all(e["closed_at"] for e in episodes) else None
-
-    return until(f"every {alertname} episode closed", closed, deadline=deadline)
-
-
-def back_to_normal(stack: PaperStack, *lingering: str) -> None:
-    """The bot answers, trades (state active), and nothing about it fires any more (but the `lingering` alerts,
-    whose windows still hold the fault: a 5-minute ratio stays high for minutes after its cause is gone)."""
-    until("the bot healthy", lambda: stack.up.healthy("paper-bot"), deadline=120)
-    until("the bot active", lambda: stack.control("status")["state"] == "active", deadline=60)
-    firing: list[str] = []
-
-    def quiet() -> bool:
-        firing[:] = [
-            a["labels"]["alertname"]
-            for a in stack.alertmanager_alerts_all()
-            if a["labels"].get("instance") == stack.instance and a["labels"]["alertname"] not in lingering
-        ]
-        return not firing
-
-    try:
-        until("no bot alert firing", quiet, deadline=120)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; still firing: {firing}") from None
 
 
 def test_a_start_fires_no_spurious_bot_down(stack: PaperStack) -> None:

@@ -11,11 +11,8 @@ bot kind for this module, on free loopback ports, fast profile.
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
 import signal
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -24,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashboard_queries import BUILTIN_VALUES, DATA_DASHBOARDS, NOT_THIS_KIND, panel_queries, substitute
 from polling import until
 from system_binaries import require_binary
-from test_dashboards import BUILTIN_VALUES, DATA_DASHBOARDS, NOT_THIS_KIND, panel_queries, substitute
-from test_stack import UpProcess, alive
+from up_process import UpProcess, alive
+from up_stack import Stack, fired, get_json, new_episodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
-CHAOS_SECONDS = 60.0
 # How long a new stack's rates, recording rules and once-a-minute SLO records may take to show on every panel.
 PANELS_DEADLINE_SECONDS = 150.0
 # What a panel may lack on a stack of this kind, with the reason: nothing of the kind's bot has it at all (neither
@@ -45,60 +42,6 @@ CHILDREN = {
     "paper": {"paper-bot", "reconciler", "prometheus", "alertmanager"},
     "ccxt-gateway": {"ccxt-bot", "paper-gateway", "reconciler", "prometheus", "alertmanager"},
 }
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-class Stack:
-    def __init__(self, up: UpProcess, kind: str) -> None:
-        self.up = up
-        self.kind = kind
-        self.token = (up.secrets / "control-token").read_text().strip()
-        self.read_token = (up.secrets / "reconciler-read-token").read_text().strip()
-        self.instance = f"127.0.0.1:{up.ports.bot}"
-
-    def inject(self, fault: str, **params: str) -> dict[str, Any]:
-        """Inject a fault with the command `up`'s banner prints, as a user would: the paper bot's `chaos`, or the
-        gateway's `gateway-chaos` for the ccxt bot, whose faults are the venue's."""
-        line = self.up.wait_line(lambda text: text.startswith("inject a fault: "))
-        command = shlex.split(line.removeprefix("inject a fault: ").split("  (see")[0])[:-1]
-        assert command[-1] == ("gateway-chaos" if self.kind == "ccxt-gateway" else "chaos"), line
-        args = [*command, fault, *(f"{k}={v}" for k, v in params.items()), "--json"]
-        done = subprocess.run(
-            args, cwd=self.up.root, capture_output=True, text=True, timeout=CHAOS_SECONDS, check=False
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return dict(json.loads(done.stdout))
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        url = self.up.url("prometheus", f"/api/v1/query?query={urllib.parse.quote(expr)}")
-        return list(get_json(url)["data"]["result"])
-
-    def prometheus_alerts(self, alertname: str) -> list[dict[str, Any]]:
-        alerts = get_json(self.up.url("prometheus", "/api/v1/alerts"))["data"]["alerts"]
-        return [a for a in alerts if a["labels"]["alertname"] == alertname]
-
-    def alertmanager_alerts(self, alertname: str) -> list[dict[str, Any]]:
-        alerts = get_json(self.up.url("alertmanager", "/api/v2/alerts?active=true"))
-        return [a for a in alerts if a["labels"]["alertname"] == alertname]
-
-    def episodes(self) -> list[dict[str, Any]]:
-        req = urllib.request.Request(
-            self.up.url("reconciler", "/api/v1/episodes?limit=100"),
-            headers={"Authorization": f"Bearer {self.read_token}"},
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return list(json.loads(resp.read())["episodes"])
-
-    def bot_metric(self, name: str) -> dict[str, float]:
-        """Samples of one metric family on the bot's own /metrics: labels text -> value."""
-        with urllib.request.urlopen(self.up.url("bot", "/metrics"), timeout=5) as resp:
-            text = resp.read().decode()
-        found = re.findall(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)
-        return {labels: float(value) for labels, value in found}
 
 
 @pytest.fixture(scope="module", params=sorted(CHILDREN, reverse=True))
@@ -122,16 +65,6 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         assert not any(alive(pid) for pid in pids.values())
     finally:
         up.close()
-
-
-def new_episodes(stack: Stack, known: set[int], alertname: str) -> list[dict[str, Any]]:
-    return [e for e in stack.episodes() if e["id"] not in known and e["alertname"] == alertname]
-
-
-def fired(stack: Stack, alertname: str, **labels: str) -> bool:
-    """Prometheus's own record (the ALERTS series) that the alert was firing in the last two minutes."""
-    matchers = ",".join([f'alertname="{alertname}"', 'alertstate="firing"'] + [f'{k}="{v}"' for k, v in labels.items()])
-    return bool(stack.query(f"max_over_time(ALERTS{{{matchers}}}[2m])"))
 
 
 def episode_summary(episodes: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

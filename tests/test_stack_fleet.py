@@ -25,7 +25,7 @@ import pytest
 from polling import until
 from ports import free_ports
 from system_binaries import require_binary
-from test_stack import UpProcess, alive
+from up_process import UpProcess, alive
 
 from trading_ops.config import load_config
 

@@ -27,7 +27,7 @@ import pytest
 from freqtrade_helpers import freqtrade_binary
 from polling import until
 from system_binaries import require_binary
-from test_stack import UpProcess, alive
+from up_process import UpProcess, alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 

@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from polling import until
 from system_binaries import require_binary
-from test_stack import CHILDREN, STARTED_RE, UpProcess, alive
+from up_process import CHILDREN, STARTED_RE, UpProcess, alive
 
 from trading_ops.config import load_config
 from trading_ops.stack.status import Snapshot, fetch

@@ -2,7 +2,9 @@
 (rootdir-relative, no packages), so a module is found by its basename alone. Three conftest.py were three modules
 named `conftest`, and which one `from conftest import` meant depended on the folders given on the command line
 (`pytest tests/reconciler tests/ops` failed to collect). What tests import lives in helper modules whose basenames
-are unique, imported by that basename only (`tests.ports` beside `ports` would be a second copy of the module)."""
+are unique, imported by that basename only (`tests.ports` beside `ports` would be a second copy of the module). No
+test module or benchmark imports a test module: what they share lives in a helper module, so that running, changing or
+deleting one test module never breaks another's collection (or a benchmark's start)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
+BENCHMARKS = TESTS.parent / "benchmarks"
 
 
 def python_files() -> list[Path]:
@@ -56,6 +59,41 @@ def dirs_under_tests() -> set[str]:
     return {p.name for p in TESTS.iterdir() if p.is_dir()}
 
 
+def names_of_test_modules() -> set[str]:
+    return {path.stem for path in python_files() if path.name.startswith("test_")}
+
+
+def imports_of_test_modules(source: str, tests: set[str]) -> list[tuple[int, str]]:
+    """Imports of a test module: by its basename (`test_stack`), a dotted name (`tests.test_paper_cli`) or from its
+    folder (`from tests import test_docs`); a module of another package named test_* (`aiohttp.test_utils`) is not."""
+    prefixes = {"tests", *dirs_under_tests()}
+
+    def ours(name: str) -> bool:
+        parts = name.split(".")
+        return parts[-1] in tests and (len(parts) == 1 or parts[0] in prefixes)
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if ours(alias.name)]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if ours(node.module):
+                found.append((node.lineno, node.module))
+            elif node.module in prefixes:
+                found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names if a.name in tests]
+    return sorted(found)
+
+
+def importers_of_test_modules() -> list[str]:
+    """`path:line: module` for every import of a test module by a module under tests/ or a benchmark."""
+    tests = names_of_test_modules()
+    return [
+        f"{path.relative_to(TESTS.parent)}:{line}: imports {name}"
+        for path in [*python_files(), *sorted(BENCHMARKS.glob("*.py"))]
+        for line, name in imports_of_test_modules(path.read_text(encoding="utf-8"), tests)
+    ]
+
+
 def test_no_module_under_tests_imports_a_conftest() -> None:
     found = [
         f"{path.relative_to(TESTS.parent)}:{line}: {name}"
@@ -83,6 +121,11 @@ def test_helper_modules_are_imported_by_their_basename_only() -> None:
     assert not found, "a second copy of a helper module, under a dotted name:\n" + "\n".join(found)
 
 
+def test_no_test_module_or_benchmark_imports_a_test_module() -> None:
+    found = importers_of_test_modules()
+    assert not found, "test modules imported; move what they share into a helper module:\n" + "\n".join(found)
+
+
 def test_the_checks_find_each_way_of_importing_a_conftest_or_a_second_copy() -> None:
     source = """
 from conftest import free_port
@@ -102,3 +145,35 @@ from tests.test_paper_cli import cli
     assert prefixed_imports(source, {"ports", "fake_bot"}) == [(11, "tests.ports"), (12, "reconciler.fake_bot")]
     paths = [TESTS / "conftest.py", TESTS / "ops" / "conftest.py", TESTS / "helpers.py", TESTS / "ops" / "helpers.py"]
     assert duplicate_basenames(paths) == ["tests/helpers.py", "tests/ops/helpers.py"]
+
+
+def test_the_check_finds_each_way_of_importing_a_test_module() -> None:
+    source = """
+from test_stack import UpProcess, alive
+import test_docs
+from tests.test_paper_cli import cli
+import tests.test_webconfig as webconfig
+from tests import test_dashboards, polling
+from reconciler.test_reconciler_cli import run
+
+def late():
+    from test_freqtrade_e2e import heal
+from aiohttp.test_utils import TestClient
+import test_utils
+from up_process import UpProcess
+from tests import ports
+from test_not_a_module_here import x
+"""
+    tests = {"test_stack", "test_docs", "test_paper_cli", "test_webconfig", "test_dashboards", "test_reconciler_cli"}
+    assert imports_of_test_modules(source, tests | {"test_freqtrade_e2e"}) == [
+        (2, "test_stack"),
+        (3, "test_docs"),
+        (4, "tests.test_paper_cli"),
+        (5, "tests.test_webconfig"),
+        (6, "tests.test_dashboards"),
+        (7, "reconciler.test_reconciler_cli"),
+        (10, "test_freqtrade_e2e"),
+    ]
+    # Against this checkout's files: the names are those of the test modules under tests/, at any depth.
+    assert {"test_stack", "test_test_layout", "test_reconciler_cli"} <= names_of_test_modules()
+    assert not names_of_test_modules() & {"up_process", "polling", "conftest"}

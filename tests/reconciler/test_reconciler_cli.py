@@ -218,6 +218,40 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert "version: unsupported" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("playbook", "message"),
+    [
+        (
+            "rules: [{name: r, match: ['alertname=\"A\"'], steps: [{action: bot, command: reconnect, name: 123}]}]",
+            "rules[0].steps[0].name: expected a string or nothing (null), got 123",
+        ),
+        (
+            "rules: [{name: r, match: {job=~a: x}, steps: [{action: bot, command: reconnect}]}]",
+            "rules[0].match: 'job=~a' is not a label name (a mapping's keys are; =~, != and !~ take the list form)",
+        ),
+        (
+            "rules: [{name: r, match: {alertname: true}, steps: [{action: bot, command: reconnect}]}]",
+            "rules[0].match.alertname: expected a string or a number, got True",
+        ),
+        (
+            "defaults: {match: ['alertname=\"A\"']}\nrules: [{name: r, steps: [{action: bot, command: reconnect}]}]",
+            "defaults.match: a rule's own key, not a default (each rule gives its own match)",
+        ),
+    ],
+)
+def test_a_playbook_the_schema_refuses_is_refused_in_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, playbook: str, message: str
+) -> None:
+    """What the loader once read as text (a step named 123, `job=~a` read as a regex matcher, true as "True", a rule's
+    own key in defaults) is refused by `playbook test` as `playbook schema` refuses it."""
+    (tmp_path / "pb.yml").write_text(playbook + "\n")
+    (tmp_path / "cases.yml").write_text("cases: []\n")
+    assert main(["playbook", "test", str(tmp_path / "cases.yml"), "--playbook", str(tmp_path / "pb.yml")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"trading-ops: playbook: {tmp_path / 'pb.yml'}: {message}\n"
+    assert captured.out == ""
+
+
 def test_explain_prints_the_plan_of_a_recorded_webhook(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     body = payload(
         # What a webhook says the expression is counts for nothing: the engine reads Prometheus's rule of that name.

@@ -16,7 +16,8 @@ import pytest
 from alertmanager_server import Alertmanager
 from engine_runs import dead_owner
 from fake_bot import FakeBot, bot_targets
-from reconciler_server import READ_AUTH, make_config, write_playbook
+from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys
@@ -240,3 +241,53 @@ async def test_a_step_left_running_by_a_dead_run_is_unknown_and_on_unknown_decid
             assert "is unknown" in episode["detail"] and "on_unknown: escalate" in episode["detail"], episode
     finally:
         ledger.engine.dispose()
+
+
+def test_a_replay_leaves_an_outcome_a_live_run_is_writing_to_that_run(tmp_path: Path) -> None:
+    spool = OutcomeSpool(tmp_path / "spool")
+    written: list[int] = []
+
+    class Ledger:
+        def finish_step(self, step_id: int, outcome: str, output: str, finished_at: Any = None) -> None:
+            written.append(step_id)
+
+    spool.hold(1)
+    spool.put(SpooledOutcome(1, "success", "the live run's", utcnow()))
+    spool.put(SpooledOutcome(2, "success", "a dead run's", utcnow()))
+    assert spool.replay(Ledger(), lambda exc: False) == 1
+    assert written == [2] and [item.step_id for item in spool.pending()] == [1]
+    spool.release(1)  # the run stopped before writing it: the next replay does
+    assert spool.replay(Ledger(), lambda exc: False) == 1
+    assert written == [2, 1] and spool.pending() == []
+
+
+async def test_a_sweep_during_a_step_s_outcome_write_never_writes_it_beside_the_run(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run spooled its step's outcome and is writing it to the ledger when a dispatch replays the spool (a webhook
+    # woke it). The replay must leave that outcome to the run: written twice, a failure of the replay's write would be
+    # taken for the run's, or the run's for the replay's.
+    instance = f"bot-{uuid.uuid4().hex[:6]}"
+    client = await start(aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule("reconnect")], instance)
+    engine = client.app[keys.ENGINE]
+    ledger = client.app[keys.LEDGER]
+    real_finish_step = ledger.finish_step
+    calls: list[tuple[int, str]] = []
+
+    def finish_step(step_id: int, outcome: str, output: str, finished_at: Any = None) -> None:
+        if not calls:
+            calls.append((step_id, "replay"))
+            assert engine.spool.replay(ledger, lambda exc: False) == 0  # a dispatch's replay, mid-write
+        calls.append((step_id, outcome))
+        real_finish_step(step_id, outcome, output, finished_at)
+
+    monkeypatch.setattr(ledger, "finish_step", finish_step)
+    await client.post("/api/v1/alertmanager", json=payload(alert(alertname=ALERTNAME, instance=instance)), headers=AUTH)
+    (eid,) = [e["id"] for e in ledger.list_episodes()]
+    episode = await closed(client, eid)
+    assert episode["state"] == "recovered", episode
+    ((step,),) = [a["steps"] for a in episode["attempts"]]
+    assert step["outcome"] == "success"
+    (step_id, _), _ = calls
+    assert calls == [(step_id, "replay"), (step_id, "success")]  # written once, by the run
+    assert engine.spool.pending() == [] and engine.spool.held == set()

@@ -110,6 +110,20 @@ def test_first_matching_rule_wins() -> None:
         ({"steps": [{"action": "bot", "command": "flatten", "risk": "safe"}]}, "rules[0].steps[0].risk"),
         ({"steps": [{"action": "exec", "argv": "rm -rf /"}]}, "rules[0].steps[0].argv: expected a list"),
         ({"steps": [{"action": "exec", "argv": ["x"], "env": {"bad-name": "instance"}}]}, "env.bad-name"),
+        # What the loader once turned into text, as the schema refuses it: a step named by a number, a mapping of
+        # matchers keyed by a matcher (read as `job=~"a"`) or giving true as a label value.
+        (
+            {"steps": [{"action": "bot", "command": "reconnect", "name": 123}]},
+            "rules[0].steps[0].name: expected a string or nothing (null), got 123",
+        ),
+        ({"on_recovery": [{"action": "notify", "name": True}]}, "rules[0].on_recovery[0].name: expected a string"),
+        (
+            {"match": {"job=~a": "x"}},
+            "rules[0].match: 'job=~a' is not a label name (a mapping's keys are; =~, != and !~ take the list form)",
+        ),
+        ({"match": {"alertname": True}}, "rules[0].match.alertname: expected a string or a number, got True"),
+        ({"hard_limit": {"severity": None}}, "rules[0].hard_limit.severity: expected a string or a number, got None"),
+        ({"hard_limit": {"two\nlines": "x"}}, "rules[0].hard_limit: 'two\\nlines' is not a label name"),
     ],
 )
 def test_validation_names_the_key_in_one_line(change: dict, message: str) -> None:
@@ -147,6 +161,31 @@ def test_duplicate_rule_names_are_refused() -> None:
 def test_defaults_apply_to_every_rule() -> None:
     pb = parse_playbook({"defaults": {"cooldown": "10m", "max_attempts": 3}, "rules": [RULE]})
     assert pb.rules[0].cooldown == 600 and pb.rules[0].max_attempts == 3
+
+
+@pytest.mark.parametrize("key", ["name", "match", "steps"])
+def test_defaults_refuse_a_rules_own_keys(key: str) -> None:
+    """`defaults` would hand every rule one name (duplicates), one match or the same steps: each rule gives its own."""
+    with pytest.raises(PlaybookError) as exc:
+        parse_playbook({"defaults": {"cooldown": "1m", key: RULE[key]}, "rules": [RULE]}, "pb.yml")
+    assert str(exc.value) == f"pb.yml: defaults.{key}: a rule's own key, not a default (each rule gives its own {key})"
+
+
+def test_an_unknown_key_of_defaults_lists_what_defaults_may_give() -> None:
+    with pytest.raises(PlaybookError) as exc:
+        parse_playbook({"defaults": {"colour": "red"}, "rules": [RULE]}, "pb.yml")
+    message = str(exc.value)
+    assert message.startswith("pb.yml: defaults.colour: unknown key (known: wait_for, timeout, max_attempts, ")
+    assert "name" not in message.split("known: ")[1].split(", ") and "steps" not in message
+    with pytest.raises(PlaybookError, match=r"defaults\.backoff\.colour: unknown key \(known: initial, max, "):
+        parse_playbook({"defaults": {"backoff": {"colour": "red"}}, "rules": [RULE]}, "pb.yml")
+
+
+def test_a_mapping_of_matchers_takes_label_names_to_strings_and_numbers() -> None:
+    (rule,) = parse_playbook({"rules": [{**RULE, "match": {"alertname": "A", "code": 500, "ratio": 0.5}}]}).rules
+    assert [str(m) for m in rule.matchers] == ['alertname="A"', 'code="500"', 'ratio="0.5"']
+    assert rule.matches({"alertname": "A", "code": "500", "ratio": "0.5"})
+    assert not rule.matches({"alertname": "A", "code": "5000", "ratio": "0.5"})
 
 
 def test_a_rules_verify_and_backoff_refine_the_defaults_key_by_key() -> None:

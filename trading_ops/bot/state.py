@@ -68,6 +68,38 @@ class TransitionRefused(Exception):
         self.state = state
 
 
+class StateMetrics:
+    """`{prefix}_state{state}` (one-hot), `{prefix}_kill_switch_engaged` and `{prefix}_state_transitions_total`: the
+    trading state as metrics, for the StateMachine and for a bot whose state is kept elsewhere (a Nautilus node)."""
+
+    def __init__(self, registry: CollectorRegistry | None, prefix: str = "tradingbot") -> None:
+        self._gauge = Gauge(
+            f"{prefix}_state",
+            "Trading state of the bot, one-hot: 1 for the current state.",
+            ["state"],
+            registry=registry,
+        )
+        self._kill_switch = Gauge(
+            f"{prefix}_kill_switch_engaged", "1 while the kill switch holds the bot halted.", registry=registry
+        )
+        self._transitions = Counter(
+            f"{prefix}_state_transitions", "Transitions into each trading state.", ["state"], registry=registry
+        )
+        for state in TradingState:
+            self._transitions.labels(state.value)
+
+    def transition(self, state: TradingState) -> None:
+        """Count a transition into `state` and show it as the current one."""
+        self._transitions.labels(state.value).inc()
+        self.show(state)
+
+    def show(self, state: TradingState) -> None:
+        """Export `state` as the current one."""
+        for each in TradingState:
+            self._gauge.labels(each.value).set(1 if each is state else 0)
+        self._kill_switch.set(1 if state is TradingState.HALTED else 0)
+
+
 class StateMachine:
     """Holds the bot's trading state, validates every transition and exports it as metrics."""
 
@@ -87,21 +119,8 @@ class StateMachine:
         self.flatten_while_halted = False
         # Called as listener(before, after, reason, by) after each change of state (the runtime journals them).
         self._listeners: list[Callable[[TradingState, TradingState, str, str], None]] = []
-        self._gauge = Gauge(
-            f"{prefix}_state",
-            "Trading state of the bot, one-hot: 1 for the current state.",
-            ["state"],
-            registry=registry,
-        )
-        self._kill_switch = Gauge(
-            f"{prefix}_kill_switch_engaged", "1 while the kill switch holds the bot halted.", registry=registry
-        )
-        self._transitions = Counter(
-            f"{prefix}_state_transitions", "Transitions into each trading state.", ["state"], registry=registry
-        )
-        for state in TradingState:
-            self._transitions.labels(state.value)
-        self._export()
+        self._metrics = StateMetrics(registry, prefix)
+        self._metrics.show(self._state)
 
     @property
     def state(self) -> TradingState:
@@ -149,8 +168,7 @@ class StateMachine:
                 self._state = target
                 self.reason = reason or command
                 self.by = by
-                self._transitions.labels(target.value).inc()
-                self._export()
+                self._metrics.transition(target)
                 log.warning(
                     "trading state %s -> %s (%s)%s", before.value, target.value, self.reason, f" by {by}" if by else ""
                 )
@@ -166,8 +184,3 @@ class StateMachine:
             if self.flatten_while_halted:
                 self.flatten_while_halted = False
                 log.warning("flatten while halted done: every position closed, the halt stays")
-
-    def _export(self) -> None:
-        for state in TradingState:
-            self._gauge.labels(state.value).set(1 if state is self._state else 0)
-        self._kill_switch.set(1 if self._state is S.HALTED else 0)

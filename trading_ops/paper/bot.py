@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import secrets
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +28,8 @@ CONFIRM_DELAY_SECONDS = 0.05
 
 def make_venue(config: Config, autosave_path: Path | None = None) -> PaperVenue:
     p = config.paper
-    return PaperVenue(
-        list(p.symbols),
-        quote_asset=p.quote_asset,
-        starting_balance=Decimal(str(p.starting_balance)),
-        seed=p.seed or secrets.randbits(32),
-        volatility=p.volatility,
-        order_latency=p.order_latency_seconds,
-        reject_probability=p.reject_probability,
-        partial_fill_probability=p.partial_fill_probability,
-        maker_fee=Decimal(str(p.maker_fee_rate)),
-        taker_fee=Decimal(str(p.taker_fee_rate)),
-        tick_interval=p.tick_interval_seconds,
-        venue=config.bot.venue,
-        autosave_path=autosave_path,
+    return PaperVenue.from_config(
+        p, list(p.symbols), seed=p.seed or secrets.randbits(32), venue=config.bot.venue, autosave_path=autosave_path
     )
 
 

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trading_ops.bot.broker import (
     Broker,
@@ -71,6 +71,9 @@ from trading_ops.paper.book import RANDOM_REJECT_REASONS, Fees, Notification, Or
 from trading_ops.paper.faults import FaultModel
 from trading_ops.paper.market import DEFAULT_SPREAD, RandomWalkMarket
 from trading_ops.paper.persistence import VenueState
+
+if TYPE_CHECKING:
+    from trading_ops.config import PaperConfig
 
 __all__ = ["RANDOM_REJECT_REASONS", "PaperVenue"]
 
@@ -174,6 +177,25 @@ class PaperVenue(Broker):
         self._idle.set()
 
     # -- settings the parts own -------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, paper: PaperConfig, symbols: Iterable[str], *, seed: int, **options: Any) -> PaperVenue:
+        """The venue the config's `paper` section sets up (quote asset and balance, market, latency, rejects, partial
+        fills, fees, tick); `options` are the rest of __init__'s (venue, autosave_path, ...)."""
+        return cls(
+            symbols,
+            quote_asset=paper.quote_asset,
+            starting_balance=Decimal(str(paper.starting_balance)),
+            seed=seed,
+            volatility=paper.volatility,
+            order_latency=paper.order_latency_seconds,
+            reject_probability=paper.reject_probability,
+            partial_fill_probability=paper.partial_fill_probability,
+            maker_fee=Decimal(str(paper.maker_fee_rate)),
+            taker_fee=Decimal(str(paper.taker_fee_rate)),
+            tick_interval=paper.tick_interval_seconds,
+            **options,
+        )
+
     @property
     def symbols(self) -> list[str]:
         return self.market.symbols

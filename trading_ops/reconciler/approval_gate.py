@@ -9,7 +9,6 @@ from typing import Any
 
 from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
-from trading_ops.reconciler.actions.base import ActionContext
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED, escalation_alert
 from trading_ops.reconciler.approvals import (
     APPROVED,
@@ -20,9 +19,9 @@ from trading_ops.reconciler.approvals import (
     ApprovalStore,
 )
 from trading_ops.reconciler.escalation import Escalation
-from trading_ops.reconciler.playbook import Playbook, Rule, StepSpec
+from trading_ops.reconciler.playbook import Playbook, StepSpec
 from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
-from trading_ops.reconciler.steps import step_record
+from trading_ops.reconciler.steps import AttemptRun
 
 log = logging.getLogger(ENGINE_LOGGER)
 # The outcome of a step an expired approval skipped (on_timeout: skip): done, as a success is.
@@ -51,16 +50,7 @@ class ApprovalGate(RunPart):
         self.escalation = escalation
         self.instance = instance
 
-    async def gate(
-        self,
-        episode: dict[str, Any],
-        rule: Rule,
-        ctx: ActionContext,
-        attempt_id: int,
-        number: int,
-        position: int,
-        step: StepSpec,
-    ) -> int | str | None:
+    async def gate(self, run: AttemptRun, position: int, step: StepSpec) -> int | str | None:
         """A step that needs a person's decision: the approval's id when approved (the step runs), SKIPPED when it
         expired and the step says on_timeout: skip, None when the run ends here (the episode parked until the
         decision or the deadline, or closed escalated: rejected, expired with on_timeout: escalate).
@@ -68,14 +58,15 @@ class ApprovalGate(RunPart):
         The approval is bound to this attempt, the step's position, its exact arguments and the playbook's version:
         one asked under another playbook (the reconciler restarted with a changed one) no longer stands, and the
         step is asked for again."""
+        episode, rule, ctx = run.episode, run.rule, run.ctx
         now = utcnow()
-        row = await self._standing(episode, ctx, attempt_id, number, position, step, now)
+        row = await self._standing(run, position, step, now)
         if row is None or row["status"] not in (PENDING, APPROVED, REJECTED, EXPIRED):
-            await self._ask(episode, rule, ctx, attempt_id, number, position, step, now)
+            await self._ask(run, position, step, now)
             return None
         approval_id = row["id"]
         if row["status"] == PENDING and row["deadline"] > now:
-            await self._await_decision(episode, attempt_id, row, step)  # woken early (a resume): wait on
+            await self._await_decision(run, row, step)  # woken early (a resume): wait on
             return None
         if row["status"] == PENDING:
             if not await self.db(self.approvals.expire, approval_id, now):
@@ -85,17 +76,17 @@ class ApprovalGate(RunPart):
             else:
                 self.metrics.approval_decisions.labels("expired").inc()
                 row = {**row, "status": EXPIRED}
-        record = step_record(episode, attempt_id, position, step)
+        record = run.step_record(position, step)
         if row["status"] == APPROVED:
-            ctx.history.append(
-                f"attempt {number}: {step.name} approved by {row['decided_by']} (approval {approval_id}: "
+            run.note(
+                f"{step.name} approved by {row['decided_by']} (approval {approval_id}: "
                 f"{row['reason'] or 'no reason given'})"
             )
             return int(approval_id)
         if row["status"] == EXPIRED and step.on_timeout == "skip":
             why = f"approval {approval_id} expired unanswered at {row['deadline'].isoformat()}: skipped (on_timeout)"
             await self.db(self.ledger.start_step, *record, outcome=SKIPPED, output=why)
-            ctx.history.append(f"attempt {number}: {step.name}: {why}")
+            run.note(f"{step.name}: {why}")
             log.info("episode %s: step %s (%s): %s", episode["id"], position + 1, step.name, why)
             return SKIPPED
         if row["status"] == REJECTED:
@@ -109,8 +100,8 @@ class ApprovalGate(RunPart):
                 "(on_timeout: escalate)"
             )
         await self.db(self.ledger.start_step, *record, outcome=outcome, output=why)
-        await self.db(self.ledger.finish_attempt, attempt_id, "failure", why)
-        ctx.history.append(f"attempt {number}: {why}")
+        await self.db(self.ledger.finish_attempt, run.attempt_id, "failure", why)
+        run.note(why)
         description = (
             f"Rule {rule.name} did not act on {episode['alertname']} on {episode['target']} (episode {episode['id']}): "
             f"{why}. Nothing more is done automatically. Tried: " + "; ".join(ctx.history)
@@ -125,28 +116,19 @@ class ApprovalGate(RunPart):
             raise LostClaim
         self._count_decision(approval)
 
-    async def _standing(
-        self,
-        episode: dict[str, Any],
-        ctx: ActionContext,
-        attempt_id: int,
-        number: int,
-        position: int,
-        step: StepSpec,
-        now: datetime,
-    ) -> dict[str, Any] | None:
+    async def _standing(self, run: AttemptRun, position: int, step: StepSpec, now: datetime) -> dict[str, Any] | None:
         """The latest approval of the step that still stands for this attempt (None: none does, ask again): one asked
         for an earlier attempt, or under another playbook or other arguments while undecided or approved, is
         superseded."""
-        row = await self.db(self.approvals.latest, episode["id"], position)
-        if row is not None and row["attempt_id"] != attempt_id:
+        row = await self.db(self.approvals.latest, run.episode["id"], position)
+        if row is not None and row["attempt_id"] != run.attempt_id:
             if row["status"] in (PENDING, APPROVED):
                 await self.db(self.approvals.supersede, row["id"], now)
             return None  # asked for an earlier attempt: this one asks again (an approval runs its step once)
         if row is not None and (row["playbook_version"], row["arguments"]) != (self.playbook.version, step.arguments()):
             if row["status"] in (PENDING, APPROVED):
                 await self.db(self.approvals.supersede, row["id"], now)
-                ctx.history.append(f"attempt {number}: approval {row['id']} superseded (the playbook changed)")
+                run.note(f"approval {row['id']} superseded (the playbook changed)")
                 return None
         return row
 
@@ -157,19 +139,10 @@ class ApprovalGate(RunPart):
         waited = (row["decided_at"] - row["requested_at"]).total_seconds()
         self.metrics.approval_decision_seconds.observe(max(0.0, waited))
 
-    async def _ask(
-        self,
-        episode: dict[str, Any],
-        rule: Rule,
-        ctx: ActionContext,
-        attempt_id: int,
-        number: int,
-        position: int,
-        step: StepSpec,
-        now: datetime,
-    ) -> None:
+    async def _ask(self, run: AttemptRun, position: int, step: StepSpec, now: datetime) -> None:
         """Store a pending approval for the step, its page and the episode parked until the deadline, in one
         transaction: the run's claim and its target are given back, so nothing else waits for the person."""
+        episode = run.episode
         deadline = now + timedelta(seconds=step.approval_timeout)
         values = {
             "position": position,
@@ -177,19 +150,19 @@ class ApprovalGate(RunPart):
             "step_name": step.name,
             "arguments": step.arguments(),
             "playbook_version": self.playbook.version,
-            "rule": rule.name,
+            "rule": run.rule.name,
             "target": episode["target"],
             "on_timeout": step.on_timeout,
             "requested_by": self.instance,
             "deadline": deadline,
         }
-        page = functools.partial(self._page, episode, rule, ctx, position, step, deadline)
+        page = functools.partial(self._page, run, position, step, deadline)
 
         def why(approval_id: int) -> str:
             return f"{AWAITING} {approval_id} for {step.name} until {deadline.isoformat()}"
 
         self.holder.end_claim(episode)
-        asked = await self.db(self.approvals.request, episode["id"], self.owner, attempt_id, values, page, why, now)
+        asked = await self.db(self.approvals.request, episode["id"], self.owner, run.attempt_id, values, page, why, now)
         if asked is None:
             raise LostClaim
         approval_id, state = asked
@@ -209,16 +182,14 @@ class ApprovalGate(RunPart):
             deadline.isoformat(),
         )
 
-    async def _await_decision(
-        self, episode: dict[str, Any], attempt_id: int, row: dict[str, Any], step: StepSpec
-    ) -> None:
+    async def _await_decision(self, run: AttemptRun, row: dict[str, Any], step: StepSpec) -> None:
         """Hand the attempt and the episode back (waiting) until the approval's deadline; a decision makes it due at
         once (ApprovalStore.decide), and the next run carries the attempt on from this step."""
         why = f"{AWAITING} {row['id']} for {step.name} until {row['deadline'].isoformat()}"
-        self.holder.end_claim(episode)
+        self.holder.end_claim(run.episode)
         now = utcnow()
         written = await self.db(
-            self.approvals.park, episode["id"], self.owner, attempt_id, row["id"], row["deadline"], why, now
+            self.approvals.park, run.episode["id"], self.owner, run.attempt_id, row["id"], row["deadline"], why, now
         )
         if written is None:
             raise LostClaim
@@ -226,21 +197,15 @@ class ApprovalGate(RunPart):
             self.metrics.episodes_total.labels("resolved").inc()
 
     def _page(
-        self,
-        episode: dict[str, Any],
-        rule: Rule,
-        ctx: ActionContext,
-        position: int,
-        step: StepSpec,
-        deadline: datetime,
-        approval_id: int,
+        self, run: AttemptRun, position: int, step: StepSpec, deadline: datetime, approval_id: int
     ) -> dict[str, Any]:
         """The page an approval posts: what the reconciler wants to do, until when, and how to answer."""
+        episode, ctx = run.episode, run.ctx
         listen = self.rc.listen
         url = f"http://{listen.host}:{listen.port}/api/v1/approvals/{approval_id}"
         then = "the episode is escalated" if step.on_timeout == "escalate" else "the step is skipped"
         description = (
-            f"Rule {rule.name} wants to run step {position + 1}, {step.name} [{step.risk}], on {episode['target']} "
+            f"Rule {run.rule.name} wants to run step {position + 1}, {step.name} [{step.risk}], on {episode['target']} "
             f"for {episode['alertname']} (episode {episode['id']}). Approve: trading-ops reconciler approve "
             f"{approval_id} --reason '...'; reject: trading-ops reconciler reject {approval_id} --reason '...'; or "
             f'POST {url} {{"decision": "approve"|"reject", "reason": "..."}}. Unanswered by '

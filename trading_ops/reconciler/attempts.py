@@ -14,7 +14,7 @@ from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.playbook import Rule
 from trading_ops.reconciler.resume import Resume
 from trading_ops.reconciler.runs import RunHolder, RunPart
-from trading_ops.reconciler.steps import Steps, step_record
+from trading_ops.reconciler.steps import AttemptRun, Steps
 from trading_ops.reconciler.verification import Verification
 
 
@@ -47,7 +47,8 @@ class Attempts(RunPart):
     ) -> None:
         start, done = (resume.start, resume.done) if resume is not None else (0, frozenset[int]())
         number, attempt_id = await self._open(episode, resume, start)
-        ran = await self._run_steps(episode, rule, ctx, attempt_id, number, start)
+        run = AttemptRun(episode, rule, ctx, attempt_id, number)
+        ran = await self._run_steps(run, start)
         if ran is None:
             return
         failure, refused = ran
@@ -56,7 +57,7 @@ class Attempts(RunPart):
             await self.holder.close(episode, "dry_run", f"dry run: would run {len(rule.steps)} step(s) of {rule.name}")
             return
         if not failure:
-            verified = await self.verification.verify_attempt(episode, rule, ctx, attempt_id, number, done)
+            verified = await self.verification.verify_attempt(run, done)
             if verified is None:
                 return
             failure = verified
@@ -85,25 +86,24 @@ class Attempts(RunPart):
             self.metrics.time_to_first_action.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
         return number, attempt_id
 
-    async def _run_steps(
-        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, attempt_id: int, number: int, start: int
-    ) -> tuple[str, bool] | None:
+    async def _run_steps(self, run: AttemptRun, start: int) -> tuple[str, bool] | None:
         """Run the rule's steps from `start`, in order, until one fails: returns the failure ("" when none did) and
         whether the step was refused (it would be again: no retry). None when the run ended on the way (the alert
         resolved between steps; a step waits for an approval, or its approval was rejected or expired)."""
+        episode, rule, ctx = run.episode, run.rule, run.ctx
         for position, step in enumerate(rule.steps):
             if position < start:
                 continue  # succeeded in the run that stopped: never run twice
             if await self.holder.is_resolved(episode["id"]):
-                await self.db(self.ledger.finish_attempt, attempt_id, "resolved", "resolved between steps")
+                await self.db(self.ledger.finish_attempt, run.attempt_id, "resolved", "resolved between steps")
                 await self.holder.close(episode, "resolved", "resolved during the run; remaining steps cancelled")
                 return None
-            record = step_record(episode, attempt_id, position, step)
-            if step.risk == "destructive" and not rule.allow_destructive:
-                reason = f"refused: {step.name} is destructive and rule {rule.name} does not allow_destructive"
+            record = run.step_record(position, step)
+            reason = run.refusal(step)
+            if reason is not None:
                 await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
                 self.metrics.actions.labels(step.action, "refused").inc()
-                ctx.history.append(f"attempt {number}: {reason}")  # the page says why nothing was done
+                run.note(reason)  # the page says why nothing was done
                 return reason, True
             if self.rc.dry_run:
                 after = " (after an approval)" if rule.needs_approval(step, ctx.labels) else ""
@@ -113,13 +113,13 @@ class Attempts(RunPart):
                 self.metrics.actions.labels(step.action, "dry_run").inc()
                 continue
             if rule.needs_approval(step, ctx.labels):
-                gate = await self.approval_gate.gate(episode, rule, ctx, attempt_id, number, position, step)
+                gate = await self.approval_gate.gate(run, position, step)
                 if gate is None:
                     return None  # waits for the decision (the episode parked), or ended (rejected, expired: escalated)
                 if gate == SKIPPED:
                     continue
                 await self.approval_gate.spend(gate)
-            result = await self.steps.run_step(episode, ctx, record, number, step)
+            result = await self.steps.run_step(run, record, step)
             if not result.ok:
                 return f"{step.name}: {result.outcome}: {result.output[:300]}", result.outcome == "refused"
         return "", False

@@ -20,7 +20,7 @@ from trading_ops.matchers import compile_matcher, regex_matches
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import RISKS
 from trading_ops.reconciler.packaged_playbooks import DEFAULT_PLAYBOOK, PACKAGED_PLAYBOOKS
-from trading_ops.schema import SchemaError, convert
+from trading_ops.schema import SchemaError, convert, describe, unknown_key_words
 
 MATCHER_RE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
 ON_FAILURE = ("escalate", "none")
@@ -38,7 +38,11 @@ NAME_WORDS = "a name of letters, digits, '_', '.', '-'"
 BACKOFF_WORDS = "a mapping (initial, max, multiplier, jitter)"
 VERIFY_WORDS = "true, false or a mapping (expr, deadline, interval)"
 RISK_WORDS = f"one of {', '.join(RISKS)}"
-IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A label name, as Prometheus's (an alert name too): the key of a `match` or `hard_limit` mapping.
+LABEL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+IDENTIFIER_RE = re.compile(LABEL_NAME_PATTERN)
+# A rule's own keys: each rule gives them, `defaults` never (it would hand one name, match or steps to every rule).
+OWN_KEYS = ("name", "match", "steps")
 # Longest duration a playbook may give (waits, cooldowns, backoffs): added to times, a longer one would overflow the
 # calendar; a century is past any real wait.
 MAX_DURATION_SECONDS = 100 * 365 * 86400.0
@@ -357,7 +361,7 @@ class StepKeys(msgspec.Struct):
     """A step's own keys (its other keys are its action's parameters, checked by the action)."""
 
     action: Any = None
-    name: Any = None
+    name: str | None = None
     timeout: Duration | None = None
     risk: Annotated[Literal["safe", "disruptive", "destructive"], Expected(description=RISK_WORDS)] | None = None
     approval: Approval | None = None
@@ -368,10 +372,12 @@ class StepKeys(msgspec.Struct):
 STEP_KEYS = tuple(f.name for f in msgspec.structs.fields(StepKeys))
 
 
-def _spec(data: Any, tp: Any, where: str, sep: str = ".") -> Any:
+def _spec(
+    data: Any, tp: Any, where: str, sep: str = ".", unknown_key: Callable[[type, str], str] = unknown_key_words
+) -> Any:
     """`data` as the structure `tp`; PlaybookError names the key under `where` (a rule's, or the file's with ": ")."""
     try:
-        return convert(data, tp, expected_from_description=True)
+        return convert(data, tp, unknown_key=unknown_key, expected_from_description=True)
     except SchemaError as exc:
         raise PlaybookError(f"{where}{sep}{exc.key}: {exc.problem}" if exc.key else f"{where}: {exc.problem}") from None
 
@@ -379,6 +385,10 @@ def _spec(data: Any, tp: Any, where: str, sep: str = ".") -> Any:
 def parse_playbook(data: Any, source: str = "<memory>") -> Playbook:
     spec: PlaybookFile = _spec(data, PlaybookFile, source, ": ")
     defaults = spec.defaults or {}
+    if own := next((key for key in OWN_KEYS if key in defaults), None):
+        raise PlaybookError(
+            f"{source}: defaults.{own}: a rule's own key, not a default (each rule gives its own {own})"
+        )
     try:
         _rule({**defaults, "name": "defaults", "match": [], "steps": []}, "defaults", {}, allow_empty=True)
     except PlaybookError as exc:
@@ -415,7 +425,8 @@ def _merged(raw: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
 def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = False) -> Rule:
     if not isinstance(raw, dict):
         raise PlaybookError(f"{where}: expected a mapping")
-    spec: RuleSpec = _spec(_merged(raw, defaults), RuleSpec, where)
+    unknown_key = _default_key if allow_empty else unknown_key_words  # allow_empty: the playbook's defaults
+    spec: RuleSpec = _spec(_merged(raw, defaults), RuleSpec, where, unknown_key=unknown_key)
     matchers = _matchers(spec.match, f"{where}.match", allow_empty)
     timeout = _duration(spec.timeout, f"{where}.timeout")
     if not spec.steps and not allow_empty:
@@ -460,8 +471,16 @@ def _approval_settings(spec: RuleSpec | StepKeys, where: str, inherited: Approva
     return spec.approval or inherited[0], timeout, spec.on_timeout or inherited[2]
 
 
+def _default_key(struct: type, name: str) -> str:
+    """The message for a key `defaults` does not have: it lists those it has (a rule's, but its own)."""
+    if struct is not RuleSpec:  # a key of its backoff or verify
+        return unknown_key_words(struct, name)
+    known = ", ".join(f.name for f in msgspec.structs.fields(RuleSpec) if f.name not in OWN_KEYS)
+    return f"unknown key (known: {known})"
+
+
 def _matchers(raw: list[Any] | dict[str, Any], where: str, allow_empty: bool) -> tuple[Matcher, ...]:
-    texts = [f'{k}="{v}"' for k, v in raw.items()] if isinstance(raw, dict) else raw
+    texts = [_mapped_matcher(k, v, where) for k, v in raw.items()] if isinstance(raw, dict) else raw
     if not texts and not allow_empty:
         raise PlaybookError(f'{where}: expected a list of matchers like alertname="TradingBotDown"')
     out = []
@@ -471,6 +490,18 @@ def _matchers(raw: list[Any] | dict[str, Any], where: str, allow_empty: bool) ->
         except ValueError as exc:
             raise PlaybookError(f"{where}[{k}]: {exc}") from exc
     return tuple(out)
+
+
+def _mapped_matcher(name: Any, value: Any, where: str) -> str:
+    """An entry `name: value` of a mapping of matchers as the matcher `name="value"`: its key a label name (not a
+    matcher: `job=~a` would read as one), its value a string or a number (true is no label value)."""
+    if not isinstance(name, str) or not IDENTIFIER_RE.fullmatch(name):
+        raise PlaybookError(
+            f"{where}: {describe(name)} is not a label name (a mapping's keys are; =~, != and !~ take the list form)"
+        )
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise PlaybookError(f"{where}.{name}: expected a string or a number, got {describe(value)}")
+    return f'{name}="{value}"'
 
 
 def _step(
@@ -495,7 +526,7 @@ def _step(
     if RISKS.index(risk) < RISKS.index(action.risk(params)):
         raise PlaybookError(f"{where}.risk: {kind} {action.describe(params)} is {action.risk(params)}, not {risk}")
     timeout = _duration(default_timeout if keys.timeout is None else keys.timeout, f"{where}.timeout")
-    name = str(keys.name or action.describe(params))
+    name = keys.name or action.describe(params)
     own, approval_timeout, on_timeout = _approval_settings(keys, where, (None, *rule_approval[1:]))
     # The step's own `approval` decides; else the rule's `approval: required` covers its disruptive and destructive
     # steps.

@@ -18,7 +18,9 @@ import msgspec
 from trading_ops.reconciler.actions import ACTIONS, Action
 from trading_ops.reconciler.actions.base import RISKS
 from trading_ops.reconciler.playbook import (
+    LABEL_NAME_PATTERN,
     MAX_DURATION_SECONDS,
+    OWN_KEYS,
     Approval,
     BackoffSpec,
     Duration,
@@ -31,8 +33,6 @@ from trading_ops.reconciler.playbook import (
 from trading_ops.schema import duration_type, json_schema, one_of
 
 TITLE = "trading-ops playbook"
-# The keys of a rule that belong to it alone: `defaults` gives the others.
-OWN_KEYS = ("name", "match", "steps")
 MATCHER_WORDS = 'a matcher like alertname="TradingBotDown" (=, !=, =~, !~)'
 # A matcher as parse_matcher reads it (MATCHER_RE): a value in quotes with its quotes escaped, or a value without
 # quotes that does not start with one (so `=~"` is not read as `=` and `~"`).
@@ -40,7 +40,6 @@ MATCHER_PATTERN = r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=(?!~))\s*(?:"(?:[^
 # A value of the mapping form of `match` ({label: value}): the loader quotes it, so a quote in it must be escaped.
 QUOTED_VALUE_PATTERN = r'^(?:[^"\\]|\\.)*$'
 DEFAULTS_DOC = "What every rule takes unless it says otherwise (a rule's verify and backoff refine these key by key)."
-LABEL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Python's types of action parameters (Action.params) as a JSON Schema says them.
 PARAM_TYPES: dict[type, Any] = {str: str, int: int, float: float, bool: bool, list: list[Any], dict: dict[str, Any]}
 
@@ -92,7 +91,6 @@ def _step_struct(action: Action, recovery: bool) -> type[msgspec.Struct]:
     overridable = type(action).risk is Action.risk  # a kind whose risk depends on its parameters takes any risk
     risks = RISKS[RISKS.index(action.default_risk) :] if overridable else RISKS
     keys = {
-        "name": str | None,
         "timeout": PlaybookDuration | None,
         "risk": Annotated[one_of(risks), Expected(description=f"one of {', '.join(risks)}")] | None,
         "approval": (Literal["none"] if recovery else Approval) | None,

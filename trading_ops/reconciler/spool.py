@@ -38,6 +38,17 @@ class OutcomeSpool:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # Steps whose outcome a run of this process is writing itself: a replay leaves them to it (written twice, the
+        # second write would race the run's own, and a failure of either would be the other's to explain).
+        self.held: set[int] = set()
+
+    def hold(self, step_id: int) -> None:
+        """The run writing this step's outcome is alive here: replays skip it until `release`."""
+        self.held.add(step_id)
+
+    def release(self, step_id: int) -> None:
+        """The run is done with this step's outcome: written and removed, or left here for the next replay."""
+        self.held.discard(step_id)
 
     def put(self, item: SpooledOutcome) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -84,9 +95,12 @@ class OutcomeSpool:
         """Write every spooled outcome to the ledger, removing each once written; how many were written. An error
         `transient` says will pass (the database unreachable) stops the replay, raised: what is left stays spooled
         for the next try. Any other error is that outcome's own: it is logged and its file set aside (REJECTED), so
-        that one bad file never holds back the others, nor the sweeps that wait for them."""
+        that one bad file never holds back the others, nor the sweeps that wait for them. Outcomes a live run of this
+        process is writing (`held`) are its own to write."""
         written = 0
         for item in self.pending():
+            if item.step_id in self.held:
+                continue
             try:
                 ledger.finish_step(item.step_id, item.outcome, item.output, item.finished_at)
             except Exception as exc:

@@ -1,4 +1,5 @@
-"""One step of a rule executed: recorded in the ledger when it starts, its outcome written before anything else."""
+"""One step of a rule executed, in its attempt (`AttemptRun`): recorded in the ledger when it starts, its outcome
+written before anything else."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import functools
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from trading_ops.config import ReconcilerConfig
@@ -18,6 +20,7 @@ from trading_ops.reconciler.runs import (
     ENGINE_LOGGER,
     OUTCOME_RETRY_INITIAL_SECONDS,
     OUTCOME_RETRY_MAX_SECONDS,
+    Claim,
     LostClaim,
     RunHolder,
     RunPart,
@@ -26,6 +29,32 @@ from trading_ops.reconciler.runs import (
 from trading_ops.reconciler.spool import OutcomeSpool, SpooledOutcome
 
 log = logging.getLogger(ENGINE_LOGGER)
+
+
+@dataclass(frozen=True)
+class AttemptRun:
+    """The attempt a run makes at a rule on an episode: what the parts of the engine that act in it are handed."""
+
+    episode: dict[str, Any]
+    rule: Rule
+    ctx: ActionContext
+    attempt_id: int
+    number: int
+
+    def note(self, text: str) -> None:
+        """A line of the attempt's history (the page's "Tried: ...")."""
+        self.ctx.history.append(f"attempt {self.number}: {text}")
+
+    def refusal(self, step: StepSpec) -> str | None:
+        """Why the rule may not run `step` at all (destructive, and the rule does not allow_destructive), or None."""
+        if step.risk == "destructive" and not self.rule.allow_destructive:
+            return f"refused: {step.name} is destructive and rule {self.rule.name} does not allow_destructive"
+        return None
+
+    def step_record(self, position: int, step: StepSpec) -> tuple[Any, ...]:
+        """What the ledger records of a step when it starts (Ledger.start_step's arguments)."""
+        action = ACTIONS[step.action]
+        return (self.attempt_id, position, step.action, step.name, step.risk, self.episode["target"], action.budgeted)
 
 
 class Steps(RunPart):
@@ -39,47 +68,36 @@ class Steps(RunPart):
         self.rc = rc
         self.spool = spool
 
-    async def run_step(
-        self, episode: dict[str, Any], ctx: ActionContext, record: tuple[Any, ...], number: int, step: StepSpec
-    ) -> Result:
+    async def run_step(self, run: AttemptRun, record: tuple[Any, ...], step: StepSpec) -> Result:
         """Execute one step, recorded in the ledger (its process too, for a reconciler that restarts) and counted."""
         step_id = await self.db(self.ledger.start_step, *record)
-        ctx.process_started = functools.partial(self._record_process, step_id)
+        run.ctx.process_started = functools.partial(self._record_process, step_id)
         started = time.monotonic()
-        result = await self._execute(ctx, step.action, step.params, step.timeout)
+        result = await self._execute(run.ctx, step.action, step.params, step.timeout)
         self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
         self.metrics.actions.labels(step.action, result.outcome).inc()
-        await self._record_outcome(episode["id"], step_id, result)
-        ctx.history.append(f"attempt {number}: {step.name} -> {result.outcome} ({result.output[:200]})")
+        await self._record_outcome(run.episode["id"], step_id, result)
+        run.note(f"{step.name} -> {result.outcome} ({result.output[:200]})")
         return result
 
-    async def on_recovery(
-        self,
-        episode: dict[str, Any],
-        rule: Rule,
-        ctx: ActionContext,
-        attempt_id: int,
-        number: int,
-        done: frozenset[int] = frozenset(),
-    ) -> str:
+    async def on_recovery(self, run: AttemptRun, done: frozenset[int] = frozenset()) -> str:
         """Run the rule's on_recovery steps (recorded after its steps, in the same attempt; those in `done` succeeded
         in a run that stopped, and are not run again); what failed, or ""."""
+        rule = run.rule
         for position, step in enumerate(rule.on_recovery, start=len(rule.steps)):
             if position in done:
                 continue
-            record = step_record(episode, attempt_id, position, step)
-            if step.risk == "destructive" and not rule.allow_destructive:
-                reason = f"refused: {step.name} is destructive and rule {rule.name} does not allow_destructive"
+            record = run.step_record(position, step)
+            reason = run.refusal(step)
+            if reason is not None:
                 await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
                 return reason
             step_id = await self.db(self.ledger.start_step, *record)
-            ctx.process_started = functools.partial(self._record_process, step_id)
-            result = await self._execute(ctx, step.action, step.params, step.timeout)
+            run.ctx.process_started = functools.partial(self._record_process, step_id)
+            result = await self._execute(run.ctx, step.action, step.params, step.timeout)
             self.metrics.actions.labels(step.action, result.outcome).inc()
-            await self._record_outcome(episode["id"], step_id, result)
-            ctx.history.append(
-                f"attempt {number}: on recovery: {step.name} -> {result.outcome} ({result.output[:200]})"
-            )
+            await self._record_outcome(run.episode["id"], step_id, result)
+            run.note(f"on recovery: {step.name} -> {result.outcome} ({result.output[:200]})")
             if not result.ok:
                 return f"{step.name}: {result.outcome}: {result.output[:300]}"
         return ""
@@ -91,37 +109,42 @@ class Steps(RunPart):
         write (the outcome is a fact, whoever runs the episode next), only the run after it. Should the process stop
         first, the spool is replayed at its next start, before any sweep."""
         spooled = SpooledOutcome(step_id, result.outcome, result.output, utcnow())
-        try:
-            await self.db(self.spool.put, spooled)  # the ledger's threads: asyncio's default pool may be stuck
-        except OSError as exc:  # the ledger is the record; the spool only outlives the process when it is away
-            log.error("step %s: its outcome could not be spooled (%s): %s", step_id, self.spool.directory, exc)
+        self.spool.hold(step_id)  # before it is spooled: a replay between the two would write it beside us
         claim = self.holder.claims.get(episode_id)
         if claim is not None:
             claim.recording = True
-        delay = OUTCOME_RETRY_INITIAL_SECONDS
         try:
-            while True:
-                try:
-                    await self.db(self.ledger.finish_step, step_id, result.outcome, result.output, spooled.finished_at)
-                    break
-                except Exception as exc:
-                    if not ledger_unreachable(exc) or claim is None or claim.lost:
-                        raise  # left in the spool: replayed before the next sweep
-                    log.warning(
-                        "step %s: its outcome (%s) is not in the ledger yet; written again in %gs: %s",
-                        step_id,
-                        result.outcome,
-                        delay,
-                        exc,
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, OUTCOME_RETRY_MAX_SECONDS)
+            try:
+                await self.db(self.spool.put, spooled)  # the ledger's threads: asyncio's default pool may be stuck
+            except OSError as exc:  # the ledger is the record; the spool only outlives the process when it is away
+                log.error("step %s: its outcome could not be spooled (%s): %s", step_id, self.spool.directory, exc)
+            await self._write_outcome(step_id, result, spooled, claim)
+            await self.db(self.spool.remove, step_id)
         finally:
             if claim is not None:
                 claim.recording = False
-        await self.db(self.spool.remove, step_id)
+            self.spool.release(step_id)
         if claim is not None and claim.lost:
             raise LostClaim
+
+    async def _write_outcome(self, step_id: int, result: Result, spooled: SpooledOutcome, claim: Claim | None) -> None:
+        delay = OUTCOME_RETRY_INITIAL_SECONDS
+        while True:
+            try:
+                await self.db(self.ledger.finish_step, step_id, result.outcome, result.output, spooled.finished_at)
+                return
+            except Exception as exc:
+                if not ledger_unreachable(exc) or claim is None or claim.lost:
+                    raise  # left in the spool: replayed before the next sweep
+                log.warning(
+                    "step %s: its outcome (%s) is not in the ledger yet; written again in %gs: %s",
+                    step_id,
+                    result.outcome,
+                    delay,
+                    exc,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTCOME_RETRY_MAX_SECONDS)
 
     async def _execute(self, ctx: ActionContext, kind: str, params: dict[str, Any], timeout: float) -> Result:
         try:
@@ -140,8 +163,3 @@ class Steps(RunPart):
         process = await asyncio.to_thread(ProcessId.of, pid)
         if process is not None:
             await self.db(self.ledger.set_step_process, step_id, process.token())
-
-
-def step_record(episode: dict[str, Any], attempt_id: int, position: int, step: StepSpec) -> tuple[Any, ...]:
-    """What the ledger records of a step when it starts (Ledger.start_step's arguments)."""
-    return (attempt_id, position, step.action, step.name, step.risk, episode["target"], ACTIONS[step.action].budgeted)

@@ -12,7 +12,7 @@ from trading_ops.reconciler.actions.escalate import FAILED
 from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.playbook import Rule
 from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
-from trading_ops.reconciler.steps import Steps
+from trading_ops.reconciler.steps import AttemptRun, Steps
 from trading_ops.reconciler.verify import verify
 
 log = logging.getLogger(ENGINE_LOGGER)
@@ -30,24 +30,17 @@ class Verification(RunPart):
         self.steps = steps
         self.escalation = escalation
 
-    async def verify_attempt(
-        self,
-        episode: dict[str, Any],
-        rule: Rule,
-        ctx: ActionContext,
-        attempt_id: int,
-        number: int,
-        done: frozenset[int],
-    ) -> str | None:
+    async def verify_attempt(self, run: AttemptRun, done: frozenset[int]) -> str | None:
         """Verify what the steps did. Recovered or resolved: the on_recovery steps run and the episode is closed
         (escalated when they fail), and None is returned. Otherwise why the verification failed."""
+        episode, rule, ctx = run.episode, run.rule, run.ctx
         outcome, detail = await self._verify(episode, rule, ctx)
         if outcome not in ("resolved", "clear"):
-            ctx.history.append(f"attempt {number}: verification: {detail[:300]}")
+            run.note(f"verification: {detail[:300]}")
             return detail
-        undone = await self.steps.on_recovery(episode, rule, ctx, attempt_id, number, done)
+        undone = await self.steps.on_recovery(run, done)
         await self.db(
-            self.ledger.finish_attempt, attempt_id, "resolved" if outcome == "resolved" else "success", detail
+            self.ledger.finish_attempt, run.attempt_id, "resolved" if outcome == "resolved" else "success", detail
         )
         if outcome == "clear":
             self.metrics.time_to_recovery.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))

@@ -74,17 +74,11 @@ def pairs(config: Config) -> list[str]:
     return [symbol.replace("-", "/") for symbol in config.paper.symbols]
 
 
-def freqtrade_config(config: Config, layout: Layout, ports: Ports, profile: Profile) -> dict[str, Any]:
-    """freqtrade's config.json for the stack: live on the paper gateway, its API on the freqtrade port. The keys a
-    freqtrade user copies for their own bot are `exchange.ccxt_config` (where the venue is, how fast to call it) and
-    `api_server` (what the sidecar polls)."""
-    gateway = ports.url("gateway")
-    throttle = FAST_PROCESS_THROTTLE_SECONDS if profile.shorten_for else DEFAULT_PROCESS_THROTTLE_SECONDS
+def trading_settings() -> dict[str, Any]:
+    """How freqtrade trades on the paper gateway (the stack's freqtrade and the tests' own): live (dry_run false) on
+    the spot market from the start, market orders throughout, and a forced entry allowed (POST /forceenter), whose
+    limit order may rest on the gateway a minute before freqtrade cancels it itself."""
     return {
-        "bot_name": FREQTRADE_TARGET,
-        "max_open_trades": len(config.paper.symbols),
-        "stake_currency": config.paper.quote_asset,
-        "stake_amount": STAKE_AMOUNT,
         "tradable_balance_ratio": 0.99,
         "dry_run": False,
         "trading_mode": "spot",
@@ -104,6 +98,21 @@ def freqtrade_config(config: Config, layout: Layout, ports: Ports, profile: Prof
             "stoploss": "market",
             "stoploss_on_exchange": False,
         },
+    }
+
+
+def freqtrade_config(config: Config, layout: Layout, ports: Ports, profile: Profile) -> dict[str, Any]:
+    """freqtrade's config.json for the stack: live on the paper gateway, its API on the freqtrade port. The keys a
+    freqtrade user copies for their own bot are `exchange.ccxt_config` (where the venue is, how fast to call it) and
+    `api_server` (what the sidecar polls)."""
+    gateway = ports.url("gateway")
+    throttle = FAST_PROCESS_THROTTLE_SECONDS if profile.shorten_for else DEFAULT_PROCESS_THROTTLE_SECONDS
+    return {
+        "bot_name": FREQTRADE_TARGET,
+        "max_open_trades": len(config.paper.symbols),
+        "stake_currency": config.paper.quote_asset,
+        "stake_amount": STAKE_AMOUNT,
+        **trading_settings(),
         "exchange": {
             "name": "kraken",
             # key and secret: FREQTRADE__EXCHANGE__KEY and __SECRET (the gateway's main key).

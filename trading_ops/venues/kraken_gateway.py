@@ -63,7 +63,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -400,19 +399,11 @@ def _paper_venue(
 ) -> PaperVenue:
     """The paper venue of the `account`-th account (0: the main one) as `config.paper` sets it up, its state loaded
     from `state` when that exists."""
-    p, g = config.paper, config.gateway
-    venue = PaperVenue(
+    g = config.gateway
+    venue = PaperVenue.from_config(
+        config.paper,
         symbols,
-        quote_asset=p.quote_asset,
-        starting_balance=Decimal(str(p.starting_balance)),
         seed=seed,
-        volatility=p.volatility,
-        order_latency=p.order_latency_seconds,
-        reject_probability=p.reject_probability,
-        partial_fill_probability=p.partial_fill_probability,
-        maker_fee=Decimal(str(p.maker_fee_rate)),
-        taker_fee=Decimal(str(p.taker_fee_rate)),
-        tick_interval=p.tick_interval_seconds,
         rate_limit_per_second=g.orders_per_second,
         rate_limit_burst=max(1.0, g.orders_per_second),
         venue=name,

@@ -18,12 +18,13 @@ from nautilus_trader.model.events import (
     OrderSubmitted,
 )
 from nautilus_trader.model.identifiers import Venue
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
 from trading_ops.bot.control import HEADER_SOURCES, SOURCE_RISK, STATE_COMMANDS
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.risk import OPEN_POSITIONS_HELP
+from trading_ops.bot.state import StateMetrics
 from trading_ops.bot.state import TradingState as OpsState
 
 # Nautilus's order types as the catalogue's bounded `order_type` label (its ORDER_TYPES); a post-only limit order is
@@ -84,32 +85,18 @@ class StateGauges:
     as the library's state machine exports them, set from what the node says."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._gauge = Gauge(
-            f"{PREFIX}_state",
-            "Trading state of the bot, one-hot: 1 for the current state.",
-            ["state"],
-            registry=registry,
-        )
-        self._kill_switch = Gauge(
-            f"{PREFIX}_kill_switch_engaged", "1 while the kill switch holds the bot halted.", registry=registry
-        )
-        self._transitions = Counter(
-            f"{PREFIX}_state_transitions", "Transitions into each trading state.", ["state"], registry=registry
-        )
-        for state in OpsState:
-            self._transitions.labels(state.value)
+        self._metrics = StateMetrics(registry, PREFIX)
         self.state: OpsState | None = None
 
     def set(self, state: OpsState) -> bool:
         """Export `state`; whether it changed."""
         if state is self.state:
             return False
-        if self.state is not None:
-            self._transitions.labels(state.value).inc()
+        if self.state is None:
+            self._metrics.show(state)
+        else:
+            self._metrics.transition(state)
         self.state = state
-        for each in OpsState:
-            self._gauge.labels(each.value).set(1 if each is state else 0)
-        self._kill_switch.set(1 if state is OpsState.HALTED else 0)
         return True
 
 

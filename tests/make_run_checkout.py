@@ -1,0 +1,26 @@
+"""A checkout as `make run` leaves it, for the tests that run the documented commands in one (the docs' examples,
+the README's tour)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from system_binaries import REPO_ROOT
+
+SECRETS_MAKE_RUN_WRITES = ("control-token", "reconciler-token", "reconciler-read-token")
+
+
+def make_checkout(root: Path) -> Path:
+    """A checkout as `make run` leaves it in `root`: the repository's files, trading-ops.yaml (the example, copied)
+    and the tokens it writes."""
+    for entry in REPO_ROOT.iterdir():
+        if entry.name not in {"var", "trading-ops.yaml", ".git", ".venv", "site"}:
+            (root / entry.name).symlink_to(entry)
+    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", root / "trading-ops.yaml")
+    (root / "var" / "secrets").mkdir(parents=True, mode=0o700)
+    for index, name in enumerate(SECRETS_MAKE_RUN_WRITES):
+        secret = root / "var" / "secrets" / name
+        secret.write_text(f"docs-example-token-{index}-{'x' * 24}\n")
+        secret.chmod(0o600)
+    return root
