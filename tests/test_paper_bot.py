@@ -208,15 +208,28 @@ async def test_loss_spike_without_an_amount_loses_what_the_book_can_when_that_st
         status, body = await control(bot.port, "loss_spike")
         assert status == 400 and "not enough to pass the daily loss limit" in body["error"], body
         assert bot.inst.state.state.value == "active"
-        # The book must not move between its measure here and the gap: no new orders, none left working to fill.
+        # The book must not move between its measure here and the gap: no new orders, none left working to fill,
+        # and none still on its way to the venue (sent before the pause, it fills after the cancel).
         assert (await control(bot.port, "pause"))[0] == 200
-        assert (await control(bot.port, "cancel_all"))[0] == 200
+        positions: dict[str, Decimal] = {}
+
+        async def book_still() -> bool:
+            assert (await control(bot.port, "cancel_all"))[0] == 200
+            now = {s: bot.book.position(s) for s in bot.config.paper.symbols}
+            still = now == positions
+            positions.update(now)
+            await asyncio.sleep(0.5)
+            return still and now == {s: bot.book.position(s) for s in bot.config.paper.symbols}
+
+        await wait_for(book_still, timeout=20)
         holds_enough()
         limit = exposure * 0.9 / 1.12  # 1.2x it is more than one gap can take, 1.05x it less
         bot.chaos.daily_loss_limit = limit
         status, body = await control(bot.port, "loss_spike")
         assert status == 200, body
-        assert float(body["expected_loss"]) == pytest.approx(exposure * 0.9, rel=0.04), (body, exposure)
+        # All one gap can take: 90 % of every held price (to the cent, rounded down).
+        assert float(body["price_move"]) == pytest.approx(0.9, abs=1e-4), (body, exposure)
+        assert float(body["expected_loss"]) == pytest.approx(exposure * 0.9, rel=0.01), (body, exposure)
         assert 1.05 * limit <= float(body["expected_loss"]) < 1.2 * limit
     finally:
         await bot.stop()

@@ -30,7 +30,7 @@ from trading_ops.clients.prometheus import (
     inline_recording_rules,
 )
 from trading_ops.reconciler.app import create_app
-from trading_ops.reconciler.verify import next_poll
+from trading_ops.reconciler.verify import next_poll, verify
 
 pytestmark = [pytest.mark.prometheus]
 
@@ -309,6 +309,53 @@ def test_polls_are_timed_after_the_targets_scrapes() -> None:
     # Later polls: the last scrape within `most` (two are within 2.5 s: the later one), else `most`.
     assert next_poll(2.5, scrapes, began=100.3, now=101.2, first=False) == pytest.approx(103 + margin - 101.2)
     assert next_poll(1.0, slow, began=100.3, now=101.2, first=False) == 1.0
+
+
+async def always_resolved() -> bool:
+    return True
+
+
+@pytest.mark.parametrize("clears", [True, False])
+async def test_an_alert_resolved_before_the_first_scrape_after_the_action_waits_for_that_scrape(
+    prometheus_with_rules: str, clears: bool
+) -> None:
+    """A restart takes the target down: its series go stale and Alertmanager may send the resolved notification while
+    the action still runs. The query right after the action sees the old process; the one after the first scrape of
+    the new one says whether it recovered (CI saw a real restart closed as merely "resolved")."""
+    import aiohttp
+
+    began = time.time()
+    scrapes = ScrapeSchedule(last=began - 0.1, interval=1.0, duration=0.0)
+    fresh_at = scrapes.first_done(began, began)
+    # Still failing right after the action; cleared (or not) by the first scrape that began after it.
+    expr = f"vector(time()) < {began + 0.5:.3f}" if clears else "vector(1)"
+    async with aiohttp.ClientSession() as session:
+        client = PrometheusClient(session, prometheus_with_rules)
+        verdict = await verify(client, expr, 60, 10, always_resolved, scrapes=scrapes)
+    done = time.time()
+    assert fresh_at <= done < began + 30, (began, fresh_at, done)  # waited for that scrape, not for the deadline
+    if clears:
+        assert (verdict.outcome, verdict.detail) == (
+            "clear",
+            f"{expr} returned nothing for this alert; the alert resolved too",
+        )
+    else:
+        assert (verdict.outcome, verdict.detail) == (
+            "resolved",
+            "alert resolved during verification (1 series of this alert still match)",
+        )
+
+
+async def test_an_alert_resolved_without_a_scrape_schedule_ends_the_verification_at_once(
+    prometheus_with_rules: str,
+) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        client = PrometheusClient(session, prometheus_with_rules)
+        began = time.monotonic()
+        verdict = await verify(client, "vector(1)", 60, 10, always_resolved)
+    assert verdict.outcome == "resolved" and time.monotonic() - began < 10, verdict
 
 
 @pytest.mark.parametrize(

@@ -45,12 +45,16 @@ async def verify(
 
     Only series that belong to the alert (`alert_labels`) count: another bot failing the same condition does
     not keep this one's recovery unverified. A resolved notification ends the verification: one last query
-    tells a recovery (clear) from a condition that went away on its own while still matching here. `wake`,
+    tells a recovery (clear) from a condition that went away on its own while still matching here. With the target's
+    scrape schedule, that query waits for the first scrape that began after the action: an alert resolved by the
+    action itself (a restart takes the target down, and its series go stale) is no word on what came back. `wake`,
     when set, cuts the wait between polls short (the resolved notification arrived). `scrapes`, the alert's target's
     scrape schedule, times the polls just after its scrapes (never further apart than `interval`)."""
     labels = alert_labels or {}
     end = time.monotonic() + deadline
     began = time.time()
+    # When a query first shows the target as the action left it; a resolution seen before then says nothing.
+    fresh_at = began if scrapes is None else scrapes.first_done(began, began)
     last = "not queried"
     polls = 0
     while True:
@@ -64,12 +68,15 @@ async def verify(
                 why = "; the alert resolved too" if was_resolved else ""
                 return Verdict("clear", f"{expr} returned nothing for this alert{why}")
             last = f"{len(result)} series of this alert still match"
-        if was_resolved:
-            return Verdict("resolved", f"alert resolved during verification ({last})")
         remaining = end - time.monotonic()
+        if was_resolved and (time.time() >= fresh_at or remaining <= 0):
+            return Verdict("resolved", f"alert resolved during verification ({last})")
         if remaining <= 0:
             return Verdict("deadline", f"not clear after {deadline:g}s ({last}): {expr}")
         polls += 1
+        if was_resolved:  # resolved before the action's effect could be scraped: query once that scrape is in
+            await asyncio.sleep(min(remaining, max(0.0, fresh_at - time.time())))
+            continue
         pause = next_poll(min(interval, remaining), scrapes, began, time.time(), first=polls == 1)
         if wake is None:
             await asyncio.sleep(pause)
