@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from shared_postgres import new_database
+
+# The helper modules' asserts say what they compared, as a test module's do: pytest rewrites a module's asserts only
+# when it is registered before anything imports it (the helpers are imported by their basename: tests/ is on sys.path).
+HELPER_MODULES = sorted(
+    {p.stem for p in Path(__file__).parent.rglob("*.py") if p.stem != "conftest" and not p.stem.startswith("test_")}
+)
+pytest.register_assert_rewrite(*HELPER_MODULES)
+
+from shared_postgres import new_database  # noqa: E402 (a helper: registered above)
 
 # A test module that starts something once for the module (a whole stack, a freqtrade): a fixture of module (or
 # package, class) scope defined in it.

@@ -94,6 +94,17 @@ def importers_of_test_modules() -> list[str]:
     ]
 
 
+def test_the_helper_modules_asserts_are_rewritten_as_a_tests_are() -> None:
+    """A failed assert in a helper says what it compared (`assert 3 == 4`), not a bare AssertionError."""
+    import importlib
+
+    helpers = {path.stem for path in helper_modules()}
+    for name in ("polling", "ports", "server_process", "webhook_payloads"):
+        assert name in helpers, name
+        module = importlib.import_module(name)
+        assert type(module.__loader__).__name__ == "AssertionRewritingHook", (name, module.__loader__)
+
+
 def test_no_module_under_tests_imports_a_conftest() -> None:
     found = [
         f"{path.relative_to(TESTS.parent)}:{line}: {name}"
