@@ -13,9 +13,10 @@ CONSTRAINTS := constraints.txt
 EXTRAS := test,freqtrade,nautilus
 CONFIG ?= trading-ops.yaml
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
-# Four on the 2-core machine: a stack test mostly waits on alert timers (2,461 tests from a fresh clone: 17:05 of
-# pytest in four; five took 13:31 to 15:24, but under that load a real freqtrade's reload_config failed in two runs
-# of four; docs/development.md). `make test TEST_LANES=3` on a busier machine.
+# Four on the 2-core machine: a stack test mostly waits on alert timers (2,464 tests from a fresh clone: 11:23 to 12:01
+# of pytest in four, 16:35 on a machine busy with its own services; five were faster on that one, but under their load
+# a real freqtrade's reload_config failed in two runs of four; docs/development.md). `make test TEST_LANES=3` on a
+# busier machine.
 TEST_LANES ?= 4
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
 	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync
