@@ -146,6 +146,15 @@ class Freqtrade:
         )
         self.wait_running()
 
+    def start_again_if_gone(self) -> int | None:
+        """Start this freqtrade again when its process has exited (a module's tests share one: a test that lost it,
+        as a reload_config that could not load the markets does, does not fail the next ones); its exit code then."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        code = self.proc.returncode
+        self.start()
+        return code
+
     def wait_running(self, deadline: float = START_DEADLINE_SECONDS) -> None:
         """Until the API answers and the loop has completed an iteration (health's last_process is set)."""
         end = time.monotonic() + deadline

@@ -141,11 +141,13 @@ class Client:
 @pytest.fixture
 async def sidecar(freqtrade: Freqtrade, gateway: Gateway, aiohttp_client: Any) -> AsyncIterator[Client]:
     # Each test starts from a trading freqtrade on a venue without faults: one that failed before its own resume,
-    # unlock or clear does not fail the next.
+    # unlock or clear, or lost freqtrade itself, does not fail the next.
+    gateway.chaos("clear")
+    if (code := freqtrade.start_again_if_gone()) is not None:
+        logging.getLogger(__name__).warning("freqtrade had exited with %s: started again", code)
     if freqtrade.api("GET", "/show_config")["state"] != "running":
         freqtrade.api("POST", "/start")
     unlock_pairs(freqtrade)
-    gateway.chaos("clear")
     sc = sidecar_of(freqtrade, broker=broker_of(gateway))
     client = Client(await aiohttp_client(create_app(sc)), sc)
     await client.until("the sidecar's first answered poll", lambda: client.value("tradingbot_freqtrade_up"))
@@ -1107,3 +1109,17 @@ async def _is_down(sidecar: Client) -> bool:
 
 def _info_labels(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, str]:
     return next(dict(labels) for name, labels in samples if name == "tradingbot_freqtrade_info")
+
+
+def test_a_freqtrade_that_exited_is_started_again_for_the_next_test(freqtrade: Freqtrade) -> None:
+    """The module's tests share one freqtrade: one a test lost (reload_config exits freqtrade when it cannot load the
+    markets) is started again, on its own database, before the next test (the `sidecar` fixture); a running one is
+    left alone."""
+    assert freqtrade.proc is not None
+    before = freqtrade.proc.pid
+    assert freqtrade.start_again_if_gone() is None
+    assert freqtrade.proc.pid == before
+    freqtrade.kill()
+    assert freqtrade.start_again_if_gone() == -signal.SIGKILL
+    assert freqtrade.proc.pid != before and freqtrade.proc.poll() is None
+    assert freqtrade.api("GET", "/health")["last_process_ts"]
