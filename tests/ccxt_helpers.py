@@ -1,5 +1,6 @@
 """Shared by the gateway, ccxt broker and ccxt bot tests: a gateway on a free loopback port, its faults, and ccxt's
-real kraken client pointed at it; and what a broker test gives a broker (callbacks recording its events) and submits."""
+real kraken client pointed at it; and what a broker test submits (what it gives a broker to record its events is
+broker_recorder's Recorder)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,7 @@ from aiohttp import web
 from polling import until_async
 from ports import free_port
 
-from trading_ops.bot.broker import (
-    BrokerEvents,
-    Channel,
-    OrderRequest,
-    OrderType,
-    Quote,
-    Side,
-    VenueFill,
-    VenueOrder,
-)
+from trading_ops.bot.broker import OrderRequest, OrderType, Side
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.venues.kraken_gateway import KrakenGateway, SubAccount, create_app
 
@@ -92,35 +84,6 @@ def kraken(base: str, key: str = API_KEY, secret: str = API_SECRET, **options: A
 async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0) -> None:
     """`polling.until_async` (no error waited out): fail after `timeout` seconds (a deadline, not a measurement)."""
     await until_async("condition", predicate, timeout, 0.02, tolerate=())
-
-
-class Recorder:
-    """The callbacks a bot gives the broker, recording what arrives."""
-
-    def __init__(self) -> None:
-        self.orders: list[VenueOrder] = []
-        self.fills: list[VenueFill] = []
-        self.quotes: list[Quote] = []
-        self.connections: list[tuple[Channel, bool]] = []
-
-    def events(self) -> BrokerEvents:
-        async def on_order(order: VenueOrder) -> None:
-            self.orders.append(order)
-
-        async def on_fill(fill: VenueFill) -> None:
-            self.fills.append(fill)
-
-        async def on_quote(quote: Quote) -> None:
-            self.quotes.append(quote)
-
-        async def on_connection(channel: Channel, up: bool) -> None:
-            self.connections.append((channel, up))
-
-        return BrokerEvents(on_order=on_order, on_fill=on_fill, on_quote=on_quote, on_connection=on_connection)
-
-    def last(self, key: str) -> VenueOrder | None:
-        mine = [o for o in self.orders if o.key == key]
-        return mine[-1] if mine else None
 
 
 async def chaos(base: str, fault: str, **args: object) -> dict:

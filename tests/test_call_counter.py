@@ -13,11 +13,11 @@ from pathlib import Path
 
 import ccxt.async_support as ccxt
 import pytest
+from broker_recorder import Recorder
 from ccxt_helpers import (
     OTHER_KEY,
     OTHER_SECRET,
     SYMBOLS,
-    Recorder,
     chaos,
     kraken,
     limit,

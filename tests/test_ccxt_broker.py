@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import ccxt.async_support as ccxt
 import pytest
+from broker_recorder import Recorder
 from ccxt_helpers import (
     API_SECRET,
     OTHER_KEY,
@@ -21,7 +22,6 @@ from ccxt_helpers import (
     SUB_KEY,
     SUB_SECRET,
     SYMBOLS,
-    Recorder,
     chaos,
     kraken,
     limit,

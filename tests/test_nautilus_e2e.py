@@ -23,111 +23,39 @@ Needs prometheus and prometheus-alertmanager (Debian packages) and the `nautilus
 from __future__ import annotations
 
 import contextlib
-import json
-import subprocess
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from alertmanager_server import start_repo_alertmanager
+from e2e_stack import DEADLINE_SECONDS, Monitoring, ended_after, monitoring, packaged_playbook, recovered
 from gateway_helpers import Gateway, start_gateway
 from nautilus_helpers import INSTRUMENT_ID, Node, start_node
 from nautilus_trader.model.enums import TradingState
 from nautilus_trader.model.identifiers import InstrumentId
 from polling import until
 from ports import free_port
-from reconciler_server import READ_AUTH, ThreadedServer, make_config
-from server_process import stop, wait_http
-from system_binaries import REPO_ROOT, require_binary
-
-from trading_ops.db import migrate
-from trading_ops.durations import format_duration
-from trading_ops.stack.profiles import FAST
-from trading_ops.stack.prometheus_config import adapt_rules
-from trading_ops.stack.repo import load_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
 TOKEN = "nautilus-e2e-token"
 RULE_FILES = ("recording.yml", "tradingbot-availability.yml", "tradingbot-trading.yml")
-PLAYBOOK = REPO_ROOT / "trading_ops" / "reconciler" / "playbooks" / "default.yml"
 RULES = ("broker-reconnect", "market-data-resubscribe", "loss-limit-flatten")
 # The loss limit (USD) and the position: a 30 % gap on 0.5 BTC (~5,000 USD) is far past it; the market's own drift
 # over the test (a few USD) is far below.
 DAILY_LOSS_LIMIT = 1000.0
-DEADLINE_SECONDS = 120.0
-ENDED = ("recovered", "escalated", "failed", "resolved", "skipped")
 
 
 @dataclass
-class Stack:
+class Stack(Monitoring):
     gateway: Gateway
     node: Node
-    prometheus: str
-    alertmanager: str
-    reconciler: ThreadedServer
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        url = f"{self.prometheus}/api/v1/query?query={urllib.parse.quote(expr)}"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return list(json.loads(resp.read())["data"]["result"])
-
-    def scalar(self, expr: str) -> float | None:
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else None
-
-    def episodes(self, alertname: str) -> list[dict[str, Any]]:
-        req = urllib.request.Request(f"{self.reconciler.url}/api/v1/episodes?limit=100", headers=READ_AUTH)
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return [e for e in json.loads(resp.read())["episodes"] if e["alertname"] == alertname]
-
-    def paged(self, alertname: str) -> list[dict[str, Any]]:
-        """The alerts named `alertname` Alertmanager holds (what its routing pages a human with)."""
-        query = urllib.parse.quote(f'alertname="{alertname}"')
-        with urllib.request.urlopen(f"{self.alertmanager}/api/v2/alerts?filter={query}", timeout=5) as resp:
-            return list(json.loads(resp.read()))
-
-
-def playbook() -> dict[str, Any]:
-    """The packaged default playbook's rules for these faults, timed for this test (see the module's docstring)."""
-    packaged = yaml.safe_load(PLAYBOOK.read_text())
-    rules = []
-    for rule in packaged["rules"]:
-        if rule["name"] in RULES:
-            rules.append({**rule, "cooldown": "0s", "verify": {**rule.get("verify", {}), "interval": "1s"}})
-    assert [r["name"] for r in rules] == list(RULES), "the packaged playbook's rules changed"
-    defaults = {**packaged["defaults"], "backoff": {"initial": "1s", "max": "5s", "multiplier": 2, "jitter": 0.2}}
-    return {"version": 1, "defaults": defaults, "rules": rules}
-
-
-def prometheus_config(tmp: Path, target: str, alertmanager_url: str) -> Path:
-    rule_paths = []
-    for name in RULE_FILES:
-        source = REPO_ROOT / "prometheus" / "rules" / name
-        (tmp / name).write_text(yaml.safe_dump(adapt_rules(load_yaml(source), FAST, str(source))))
-        rule_paths.append(str(tmp / name))
-    interval = format_duration(FAST.scrape_interval or 1)
-    config = {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": rule_paths,
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager_url.removeprefix("http://")]}]}]},
-        "scrape_configs": [{"job_name": "nautilus", "static_configs": [{"targets": [target]}]}],
-    }
-    path = tmp / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @contextlib.contextmanager
 def nautilus_stack(tmp: Path) -> Iterator[Stack]:
     gateway = start_gateway(tmp / "gateway")
-    procs: list[subprocess.Popen[bytes]] = []
-    reconciler: ThreadedServer | None = None
     node: Node | None = None
     try:
         (tmp / "token").write_text(TOKEN)
@@ -141,48 +69,17 @@ def nautilus_stack(tmp: Path) -> Iterator[Stack]:
             ),
             30,
         )
-        db = f"sqlite:///{tmp / 'reconciler.db'}"
-        migrate.upgrade(db)
-        (tmp / "playbook.yml").write_text(yaml.safe_dump(playbook()))
-        prometheus_port, alertmanager_port = free_port(), free_port()
-        prometheus_url = f"http://127.0.0.1:{prometheus_port}"
-        config = make_config(
-            tmp,
-            db,
-            playbook=str(tmp / "playbook.yml"),
-            prometheus_url=prometheus_url,
-            alertmanager_url=f"http://127.0.0.1:{alertmanager_port}",
-            budgets={"max_actions_per_target_per_hour": 1000},
-            targets={node.instance: {"url": node.url, "token_file": str(tmp / "token")}},
-        )
-        reconciler = ThreadedServer(config)
-        am_url, am_proc = start_repo_alertmanager(
-            tmp / "alertmanager", alertmanager_port, reconciler, tmp / "webhook-token"
-        )
-        procs.append(am_proc)
-        procs.append(
-            subprocess.Popen(
-                [
-                    require_binary("prometheus"),
-                    f"--config.file={prometheus_config(tmp, node.instance, am_url)}",
-                    f"--storage.tsdb.path={tmp / 'prometheus-data'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                    f"--rules.alert.resend-delay={format_duration(FAST.alert_resend_delay or 60)}",
-                    "--log.level=warn",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=open(tmp / "prometheus.log", "wb"),  # noqa: SIM115
+        with monitoring(
+            tmp, packaged_playbook(RULES), RULE_FILES, "nautilus", node.instance, node.url, tmp / "token"
+        ) as watching:
+            stack = Stack(
+                **vars(watching),
+                gateway=gateway,
+                node=node,
             )
-        )
-        wait_http(f"{prometheus_url}/-/ready", proc=procs[-1], deadline=30)
-        stack = Stack(gateway, node, prometheus_url, am_url, reconciler)
-        until("Prometheus scrapes the node", lambda: stack.scalar(f'up{{instance="{node.instance}"}}') == 1, 60)
-        yield stack
+            until("Prometheus scrapes the node", lambda: stack.scalar(f'up{{instance="{node.instance}"}}') == 1, 60)
+            yield stack
     finally:
-        if reconciler is not None:
-            reconciler.stop()
-        for proc in reversed(procs):
-            stop(proc)
         if node is not None:
             node.stop()
         gateway.stop()
@@ -198,17 +95,10 @@ def heal(stack: Stack, alertname: str, fault: Callable[[], None]) -> dict[str, A
     """Inject `fault`; wait until every new episode of `alertname` has ended; return the one that recovered."""
     known = {e["id"] for e in stack.episodes(alertname)}
     fault()
-
-    def ended() -> list[dict[str, Any]]:
-        new = [e for e in stack.episodes(alertname) if e["id"] not in known]
-        return new if new and all(e["state"] in ENDED for e in new) else []
-
-    episodes = until(f"the {alertname} episodes end", ended, DEADLINE_SECONDS)
-    recovered = [e for e in episodes if e["state"] == "recovered"]
-    assert recovered and not [e for e in episodes if e["state"] in ("escalated", "failed")], json.dumps(episodes)
-    assert recovered[0]["attempts"][-1]["outcome"] == "success", recovered
-    assert recovered[0]["labels"]["instance"] == stack.node.instance
-    return recovered[0]
+    episodes = until(f"the {alertname} episodes end", lambda: ended_after(stack, alertname, known), DEADLINE_SECONDS)
+    episode = recovered(episodes)
+    assert episode["labels"]["instance"] == stack.node.instance
+    return episode
 
 
 def test_a_lost_session_is_reconnected_and_verified(stack: Stack) -> None:

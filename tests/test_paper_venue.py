@@ -6,12 +6,12 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from broker_recorder import Recorder
 from paper_helpers import wait_for
 
 from trading_ops.bot.broker import (
@@ -24,7 +24,6 @@ from trading_ops.bot.broker import (
     Quote,
     Side,
     VenueFill,
-    VenueOrder,
 )
 from trading_ops.paper.venue import RANDOM_REJECT_REASONS, PaperVenue
 
@@ -41,37 +40,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-@dataclass
-class Recorder:
-    """What a bot would have been told."""
-
-    orders: list[VenueOrder] = field(default_factory=list)
-    fills: list[VenueFill] = field(default_factory=list)
-    quotes: list[Quote] = field(default_factory=list)
-    connections: list[tuple[Channel, bool]] = field(default_factory=list)
-
-    def events(self) -> BrokerEvents:
-        async def on_order(order: VenueOrder) -> None:
-            self.orders.append(order)
-
-        async def on_fill(fill: VenueFill) -> None:
-            self.fills.append(fill)
-
-        async def on_quote(quote: Quote) -> None:
-            self.quotes.append(quote)
-
-        async def on_connection(channel: Channel, up: bool) -> None:
-            self.connections.append((channel, up))
-
-        return BrokerEvents(on_order=on_order, on_fill=on_fill, on_quote=on_quote, on_connection=on_connection)
-
-    def clear(self) -> None:
-        self.orders.clear()
-        self.fills.clear()
-        self.quotes.clear()
-        self.connections.clear()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ fake_bot, engine_runs): a module named `conftest` is a different one in each fol
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,8 +11,8 @@ import pytest
 from alertmanager_server import Alertmanager, start_alertmanager
 from fake_bot import FakeBot
 from ports import free_port
+from prometheus_server import start_prometheus
 from server_process import stop, wait_http
-from system_binaries import prometheus_binary
 
 from trading_ops.db import migrate
 
@@ -49,21 +48,10 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus (no scrape targets: verification uses expressions of time())."""
-    binary = prometheus_binary()
     tmp = tmp_path_factory.mktemp("prometheus")
     (tmp / "prometheus.yml").write_text("global:\n  scrape_interval: 15s\n")
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "prometheus.log", "wb"),  # noqa: SIM115
-    )
+    proc = start_prometheus(tmp / "prometheus.yml", tmp / "data", port)
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", proc=proc, deadline=30)
         yield f"http://127.0.0.1:{port}"

@@ -7,7 +7,6 @@ second, is started here."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from fake_bot import FakeBot, bot_targets
 from ports import free_port
+from prometheus_server import start_prometheus
 from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
 from server_process import stop, wait_http
 from system_binaries import PROMETHEUS_BIN
@@ -81,17 +81,7 @@ def prometheus_with_rules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             }
         )
     )
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS_BIN,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "prometheus.log", "wb"),  # noqa: SIM115
-    )
+    proc = start_prometheus(tmp / "prometheus.yml", tmp / "data", port)
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", proc=proc, deadline=30)
         yield f"http://127.0.0.1:{port}"

@@ -1,0 +1,44 @@
+"""What a bot would have been told by a Broker (trading_ops.bot.broker): the BrokerEvents callbacks a test gives a
+broker (the paper venue, CcxtBroker), recording every order, fill, quote and connection change that arrives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trading_ops.bot.broker import BrokerEvents, Channel, Quote, VenueFill, VenueOrder
+
+
+@dataclass
+class Recorder:
+    """The callbacks a bot gives the broker, recording what arrives."""
+
+    orders: list[VenueOrder] = field(default_factory=list)
+    fills: list[VenueFill] = field(default_factory=list)
+    quotes: list[Quote] = field(default_factory=list)
+    connections: list[tuple[Channel, bool]] = field(default_factory=list)
+
+    def events(self) -> BrokerEvents:
+        async def on_order(order: VenueOrder) -> None:
+            self.orders.append(order)
+
+        async def on_fill(fill: VenueFill) -> None:
+            self.fills.append(fill)
+
+        async def on_quote(quote: Quote) -> None:
+            self.quotes.append(quote)
+
+        async def on_connection(channel: Channel, up: bool) -> None:
+            self.connections.append((channel, up))
+
+        return BrokerEvents(on_order=on_order, on_fill=on_fill, on_quote=on_quote, on_connection=on_connection)
+
+    def last(self, key: str) -> VenueOrder | None:
+        """The last state of the order `key` that arrived (None if none did)."""
+        mine = [o for o in self.orders if o.key == key]
+        return mine[-1] if mine else None
+
+    def clear(self) -> None:
+        self.orders.clear()
+        self.fills.clear()
+        self.quotes.clear()
+        self.connections.clear()
