@@ -79,6 +79,20 @@ def test_broker_connection_counts_disconnects_and_reconnects(registry: Collector
     assert value(registry, "tradingbot_broker_reconnects_total", venue="paper", channel="orders") == 1
 
 
+def test_the_heartbeat_reads_the_loops_start_until_its_first_iteration(registry: CollectorRegistry) -> None:
+    now = [1_700_000_000.0]
+    m = BotMetrics(venue="paper", registry=registry, clock=lambda: now[0])
+    assert value(registry, "tradingbot_heartbeat_timestamp_seconds") == 0  # before the loop: not started
+    m.loop_started()
+    assert value(registry, "tradingbot_heartbeat_timestamp_seconds") == 1_700_000_000.0
+    assert m.heartbeat_age() is None  # no iteration yet
+    now[0] += 5
+    m.loop_iteration(0.003)
+    now[0] += 5
+    m.loop_started()  # a loop started again in the same process keeps its last iteration's heartbeat
+    assert value(registry, "tradingbot_heartbeat_timestamp_seconds") == 1_700_000_005.0
+
+
 def test_loop_iteration_is_the_heartbeat(registry: CollectorRegistry) -> None:
     m = BotMetrics(venue="paper", registry=registry, clock=lambda: 1_700_000_000.0)
     assert m.heartbeat_age() is None

@@ -152,8 +152,10 @@ class Instrumentation:
 
     def loop_starting(self) -> None:
         """The trading loop starts now: its first iteration has a heartbeat timeout from here (a start that waited for
-        a crashed run's heartbeat to age, or reconciled for long, is not a stalled loop)."""
+        a crashed run's heartbeat to age, or reconciled for long, is not a stalled loop), and the heartbeat reads this
+        start until then."""
         self._started = time.monotonic()
+        self.metrics.loop_started()
 
     def loop_health(self) -> tuple[bool, dict[str, Any]]:
         """The trading loop completing iterations within the heartbeat timeout (or the bot just started)."""

@@ -559,6 +559,13 @@ class BotMetrics:
         self._heartbeat(self._clock())
         self.last_heartbeat_monotonic = self._monotonic()
 
+    def loop_started(self) -> None:
+        """The trading loop starts: until its first iteration completes, the heartbeat reads the loop's start. The
+        gauge reads 0 (1970) before: a scrape between the start and the first iteration, right after a restart, showed
+        a heartbeat decades stale, and a verification of that restart saw the loop still hung."""
+        if self.last_heartbeat_monotonic is None:
+            self._heartbeat(self._clock())
+
     def heartbeat_age(self) -> float | None:
         """Seconds since the last loop iteration (monotonic), or None before the first one."""
         if self.last_heartbeat_monotonic is None:
