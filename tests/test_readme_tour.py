@@ -176,7 +176,16 @@ def fill_disk(tour: Tour, halted: bool) -> None:
 
 def loss_spike(tour: Tour) -> None:
     known = tour.known()
-    spike = until("a loss spike the book can take", lambda: tour.cli("chaos", "loss_spike", "--json"), deadline=60)
+
+    def spike_taken() -> subprocess.CompletedProcess[str] | None:
+        """The spike, or None while the bot refuses it as a person would read (its book cannot yet lose enough in one
+        gap to pass the limit clearly: it grows as the demo strategy trades), and tries again."""
+        answer = tour.cli("chaos", "loss_spike", "--json")
+        if answer.returncode == 2 and "not enough to pass the daily loss limit" in answer.stderr:
+            return None
+        return answer
+
+    spike = until("a book big enough to pass the daily loss limit in one gap", spike_taken, 90, interval=2)
     assert spike.returncode == 0, spike.stdout + spike.stderr
     until("halted by its risk limit", lambda: tour.control("status")["state"] == "halted", deadline=30)
     (episode,) = closed_episodes(tour, known, "TradingBotDailyLossBreached", 180)
