@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,38 @@ from system_binaries import REPO_ROOT, alertmanager_binary
 from trading_ops.stack.alertmanager_config import render_alertmanager
 from trading_ops.stack.layout import Ports
 from trading_ops.stack.profiles import FAST
+
+# Alone: no gossip listener (another test's Alertmanager on this machine would join it).
+STANDALONE = ("--cluster.listen-address=",)
+
+
+def alertmanager_argv(config: Path, storage: Path, port: int, cluster: Sequence[str] = STANDALONE) -> list[str]:
+    """The command line of a real Alertmanager on 127.0.0.1:`port`, its log at warnings and errors."""
+    return [
+        alertmanager_binary(),
+        f"--config.file={config}",
+        f"--storage.path={storage}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+        *cluster,
+    ]
+
+
+def run_alertmanager(
+    config: Path, storage: Path, port: int, log: Path, cluster: Sequence[str] = STANDALONE
+) -> Alertmanager:
+    """Start one, its stderr in `log`, and wait until it is ready (it is killed when it is not)."""
+    proc = subprocess.Popen(
+        alertmanager_argv(config, storage, port, cluster),
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),  # noqa: SIM115
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready", proc=proc)
+    except Exception:
+        proc.kill()
+        raise
+    return Alertmanager(f"http://127.0.0.1:{port}", proc)
 
 
 @dataclass
@@ -114,31 +147,17 @@ def start_alertmanager(
         )
         route["receiver"] = "reconciler"
     (tmp / "am.yml").write_text(yaml.safe_dump({"route": route, "receivers": receivers}))
-    args = [
-        alertmanager_binary(),
-        f"--config.file={tmp / 'am.yml'}",
-        f"--storage.path={tmp / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
-    if cluster_port is None:
-        args.append("--cluster.listen-address=")
-    else:
-        args += [
+    cluster: list[str] = list(STANDALONE)
+    if cluster_port is not None:
+        cluster = [
             f"--cluster.listen-address=127.0.0.1:{cluster_port}",
             f"--cluster.advertise-address=127.0.0.1:{cluster_port}",
             "--cluster.settle-timeout=1s",
             "--cluster.gossip-interval=50ms",
             "--cluster.pushpull-interval=1s",
+            *(f"--cluster.peer=127.0.0.1:{p}" for p in peers),
         ]
-        args += [f"--cluster.peer=127.0.0.1:{p}" for p in peers]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(tmp / "am.log", "wb"))  # noqa: SIM115
-    try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", proc=proc)
-    except Exception:
-        proc.kill()
-        raise
-    return Alertmanager(f"http://127.0.0.1:{port}", proc)
+    return run_alertmanager(tmp / "am.yml", tmp / "data", port, tmp / "am.log", cluster)
 
 
 def start_repo_alertmanager(
@@ -148,18 +167,5 @@ def start_repo_alertmanager(
     tmp.mkdir(parents=True, exist_ok=True)
     rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=reconciler.port), FAST, token_file)
     (tmp / "alertmanager.yml").write_text(yaml.safe_dump(rendered.config))
-    proc = subprocess.Popen(
-        [
-            alertmanager_binary(),
-            f"--config.file={tmp / 'alertmanager.yml'}",
-            f"--storage.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "alertmanager.log", "wb"),  # noqa: SIM115
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/-/ready", proc=proc)
-    return url, proc
+    am = run_alertmanager(tmp / "alertmanager.yml", tmp / "data", port, tmp / "alertmanager.log")
+    return am.url, am.proc

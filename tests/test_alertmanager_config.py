@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from alertmanager_server import alertmanager_argv
 from ports import free_port
-from system_binaries import REPO_ROOT, require_binary, run_binary
+from system_binaries import REPO_ROOT, run_binary
 
 from trading_ops.reconciler.playbook import parse_matcher
 
@@ -162,19 +163,9 @@ def test_secrets_come_from_files() -> None:
 # -- inhibition, against a real Alertmanager ---------------------------------------------------------------
 
 
-def _alertmanager_binary() -> str:
-    for name in ("prometheus-alertmanager", "alertmanager"):
-        try:
-            return require_binary(name)
-        except pytest.fail.Exception:
-            continue
-    return require_binary("prometheus-alertmanager")
-
-
 @pytest.fixture(scope="module")
 def alertmanager_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Alertmanager running the committed configuration, with its secret files in a temp dir."""
-    binary = _alertmanager_binary()
     tmp = tmp_path_factory.mktemp("alertmanager")
     secrets = tmp / "secrets"
     secrets.mkdir()
@@ -185,13 +176,7 @@ def alertmanager_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config.write_text(CONFIG.read_text().replace(SECRETS_DIR, f"{secrets}/"))
     port = free_port()
     process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
+        alertmanager_argv(config, tmp / "data", port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from alertmanager_server import alertmanager_argv
 from full_disk import fill, small_filesystem
 from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
 from pg_cluster import Cluster, own_cluster
@@ -38,7 +39,7 @@ from reconciler_server import READ_AUTH, ThreadedServer, make_config
 from server_process import stop
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from system_binaries import REPO_ROOT, alertmanager_binary, require_binary
+from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.bot.broker import OrderType, Side
 from trading_ops.bot.reconciliation import Trigger
@@ -557,14 +558,7 @@ async def test_the_packaged_playbook_answers_a_full_disk_with_reduce_only_the_cl
             with (am / "alertmanager.log").open("wb") as log:
                 procs.append(
                     subprocess.Popen(
-                        [
-                            alertmanager_binary(),
-                            f"--config.file={am / 'alertmanager.yml'}",
-                            f"--storage.path={am / 'data'}",
-                            f"--web.listen-address=127.0.0.1:{alertmanager_port}",
-                            "--cluster.listen-address=",
-                            "--log.level=warn",
-                        ],
+                        alertmanager_argv(am / "alertmanager.yml", am / "data", alertmanager_port),
                         stdout=subprocess.DEVNULL,
                         stderr=log,
                     )

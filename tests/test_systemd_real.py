@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+from alertmanager_server import alertmanager_argv
 from nspawn_machine import VENV, Machine, Overlay, build_project_wheel, nspawn_pipe, prepared_root
 from polling import until
 from ports import free_port
@@ -313,13 +314,7 @@ def start_monitoring(tmp: Path, bot_port: int, reconciler_port: int, webhook_tok
         )
     )
     am = start_server(
-        [
-            require_binary("prometheus-alertmanager"),
-            f"--config.file={tmp / 'alertmanager.yml'}",
-            f"--storage.path={tmp / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{alertmanager_port}",
-            "--cluster.listen-address=",
-        ],
+        alertmanager_argv(tmp / "alertmanager.yml", tmp / "am-data", alertmanager_port),
         tmp / "alertmanager.log",
         f"http://127.0.0.1:{alertmanager_port}/-/ready",
     )

@@ -26,6 +26,7 @@ from typing import Any
 import bcrypt
 import pytest
 import yaml
+from alertmanager_server import alertmanager_argv
 from cryptography import x509
 from polling import until
 from ports import free_port
@@ -122,7 +123,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A paper bot serving mutual TLS + basic auth; a reconciler serving mutual TLS and calling the bot with its client
     certificate; Prometheus scraping the bot three ways; Alertmanager posting the webhook to the reconciler over TLS."""
     prometheus_binary = require_binary("prometheus")
-    alertmanager_binary = require_binary("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("tls-stack")
     pki = make_pki(tmp / "pki")
     bot_port, reconciler_port, prometheus_port, alertmanager_port = (free_port() for _ in range(4))
@@ -245,16 +245,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ],
             logs[2],
         ),
-        start(
-            [
-                alertmanager_binary,
-                f"--config.file={tmp / 'alertmanager.yml'}",
-                f"--storage.path={tmp / 'alertmanager-data'}",
-                f"--web.listen-address=127.0.0.1:{alertmanager_port}",
-                "--cluster.listen-address=",
-            ],
-            logs[3],
-        ),
+        start(alertmanager_argv(tmp / "alertmanager.yml", tmp / "alertmanager-data", alertmanager_port), logs[3]),
     ]
     found = Stack(
         pki,

@@ -14,11 +14,11 @@ import pytest
 import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
-from alertmanager_server import Alertmanager
+from alertmanager_server import run_alertmanager
 from ops_setup import ops_config
 from ports import free_port
 from prometheus_client import CollectorRegistry
-from server_process import stop, wait_http
+from server_process import stop
 from smtp_sink import Mailbox, SMTPServer
 from system_binaries import ALERTMANAGER_BIN
 
@@ -114,22 +114,8 @@ def test_alertmanager_pages_by_email_through_the_shipped_receiver(
     config = shipped_email_only(tmp_path, smtp)
     check = subprocess.run(["amtool", "check-config", str(config)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            ALERTMANAGER_BIN,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "am.log", "wb"),  # noqa: SIM115
-    )
+    am = run_alertmanager(config, tmp_path / "data", free_port(), tmp_path / "am.log")
     try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", proc=proc)
-        am = Alertmanager(f"http://127.0.0.1:{port}", proc)
         am.post_alerts(
             [
                 {
@@ -148,7 +134,7 @@ def test_alertmanager_pages_by_email_through_the_shipped_receiver(
             log = (tmp_path / "am.log").read_text()[-1500:]
             raise AssertionError(f"{exc}; logins {logins}; Alertmanager says: {log}") from exc
     finally:
-        stop(proc)
+        stop(am.proc)
     assert message["Subject"] == "[FIRING:1] TradingBotDown on bot-1"
     assert message["To"] == "oncall@example.com" and message["From"] == "trading-ops@example.com"
     text = message.get_body(preferencelist=("plain",)).get_content()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,12 +18,11 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from alertmanager_server import Alertmanager
+from alertmanager_server import Alertmanager, run_alertmanager
 from fake_bot import FakeBot
 from ports import free_port
 from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
-from server_process import stop, wait_http
-from system_binaries import alertmanager_binary
+from server_process import stop
 from webhook_payloads import alert, payload
 
 from trading_ops.cli import main
@@ -478,24 +476,7 @@ def start_routed_alertmanager(tmp: Path, port: int, reconciler_url: str, pager_u
 
 def start_alertmanager_with(tmp: Path, port: int, config: dict[str, Any]) -> Alertmanager:
     (tmp / "am.yml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [
-            alertmanager_binary(),
-            f"--config.file={tmp / 'am.yml'}",
-            f"--storage.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "am.log", "wb"),  # noqa: SIM115
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", proc=proc)
-    except Exception:
-        proc.kill()
-        raise
-    return Alertmanager(f"http://127.0.0.1:{port}", proc)
+    return run_alertmanager(tmp / "am.yml", tmp / "data", port, tmp / "am.log")
 
 
 # ---- the playbook's approval keys ----------------------------------------------------------------------------------
