@@ -195,7 +195,7 @@ def shipment_costs(pg: Any, shipping: Any, sizes: list[int], repeat: int) -> lis
 def run(rounds: int, archive_timeout: int, workdir: Path, sizes: list[int]) -> dict[str, Any]:
     from pg_cluster import own_cluster, pgbackrest_archiving
     from ssh_host import ssh_host
-    from wal_shipping import archiver_argv, sql, wal_shipping
+    from wal_shipping import sql, wal_shipping
 
     from trading_ops.config import parse_config
 
@@ -210,7 +210,9 @@ def run(rounds: int, archive_timeout: int, workdir: Path, sizes: list[int]) -> d
         config = str(shipping.config)
         quiet_cli("--config", config, "backup", "run")
         started = time.perf_counter()
-        subprocess.run(["runuser", "-u", "postgres", "--", *archiver_argv(), "--help"], capture_output=True, check=True)
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *shipping.archiver, "--help"], capture_output=True, check=True
+        )
         interpreter_seconds = time.perf_counter() - started
         remote = Remote(parse_config({"backup": {"remote": shipping.remote}}).backup.remote, 60)
         started = time.perf_counter()

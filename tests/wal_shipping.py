@@ -6,11 +6,13 @@ tests/test_backup_wal.py and benchmarks/bench_wal.py."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,24 +20,86 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from pg_cluster import PGBACKREST_STANZA, Cluster
+from pg_cluster import PGBACKREST_STANZA, Cluster, as_postgres
 from ports import free_port
 from ssh_host import SshHost
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def archiver_argv() -> list[str]:
-    """How the archiver (the postgres user) runs this tree's trading-ops: this interpreter when that user can run it,
-    or else the system's interpreter of the same version with this one's packages (a virtualenv under /root)."""
+# What `trading-ops backup archive-wal` imports: a copy for the archiver holds the installed packages these import.
+ARCHIVER_MODULES = ("trading_ops.cli", "trading_ops.ops.backup_cli", "trading_ops.ops.backup_wal")
+IMPORTED_PACKAGES = f"""
+import sys, sysconfig
+import {", ".join(ARCHIVER_MODULES)}
+site = sysconfig.get_paths()["purelib"] + "/"
+files = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
+print("\\n".join(sorted({{f[len(site):].split("/")[0] for f in files if f.startswith(site)}})))
+"""
+
+
+def _cannot_run(argv: list[str]) -> str:
+    """Why the archiver's user cannot run `argv --help` (its error's last line), or "" when it can."""
+    done = subprocess.run(as_postgres([*argv, "--help"]), capture_output=True, text=True, timeout=120, check=False)
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return "" if done.returncode == 0 else (lines[-1] if lines else f"exit status {done.returncode}")
+
+
+def _readable_copy(copy: Path) -> None:
+    """Make the archiver's copy readable and its directories enterable by every user (the checkout's umask aside)."""
+    copy.chmod(0o755)
+    for folder, dirs, files in os.walk(copy):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+
+
+@contextlib.contextmanager
+def archiver() -> Iterator[list[str]]:
+    """How the archiver (the postgres user) runs this tree's trading-ops: this interpreter with this tree and its
+    packages when that user can reach them; else (a checkout under /root, whose mode is 0700) a copy of the package and
+    of the packages archive-wal imports, in a directory of its own under /tmp that every user can enter, run by this
+    interpreter's own executable or the system's of the same version, and removed at the end. Fails naming what
+    that user cannot run when neither works."""
     paths = [str(REPO_ROOT), sysconfig.get_paths()["purelib"]]
-    python = sys.executable
-    probe = subprocess.run(["runuser", "-u", "postgres", "--", python, "-c", ""], capture_output=True, check=False)
-    if probe.returncode != 0:
-        python = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin") or ""
-        if not python:
-            raise RuntimeError(f"no Python the postgres user can run (it cannot run {sys.executable})")
-    return ["env", f"PYTHONPATH={':'.join(paths)}", python, "-m", "trading_ops"]
+    argv = ["env", f"PYTHONPATH={':'.join(paths)}", sys.executable, "-m", "trading_ops"]
+    direct = _cannot_run(argv)
+    if not direct:
+        yield argv
+        return
+    copy = Path(tempfile.mkdtemp(prefix="trading-ops-archiver-"))
+    try:
+        site = Path(sysconfig.get_paths()["purelib"])
+        listed = subprocess.run(
+            [sys.executable, "-c", IMPORTED_PACKAGES], capture_output=True, text=True, timeout=120, check=True
+        ).stdout.split()
+        for name in listed:
+            source = site / name
+            if name.startswith("__editable__"):  # the finder that maps trading_ops to this checkout
+                continue
+            if source.is_dir():
+                shutil.copytree(source, copy / name)
+            elif source.suffix in (".py", ".so"):
+                shutil.copy2(source, copy / name)
+        shutil.copytree(REPO_ROOT / "trading_ops", copy / "trading_ops")
+        _readable_copy(copy)
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        pythons = [os.path.realpath(sys.executable), *filter(None, [shutil.which(version, path="/usr/bin")])]
+        why = direct
+        for python in dict.fromkeys(pythons):
+            argv = ["env", f"PYTHONPATH={copy}", python, "-s", "-m", "trading_ops"]
+            why = _cannot_run(argv)
+            if not why:
+                break
+        else:
+            raise RuntimeError(
+                f"the postgres user cannot run trading-ops for archive_command, from {REPO_ROOT} ({direct}) "
+                f"nor from a copy in {copy} ({why})"
+            )
+        yield argv
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 def sql(port: int, query: str, database: str = "postgres") -> list[tuple[Any, ...]]:
@@ -52,6 +116,7 @@ class WalShipping:
     remote: dict[str, Any]  # the backup.remote section
     archive_timeout: int
     config: Path  # trading-ops.yaml
+    archiver: list[str]  # how the postgres user runs trading-ops (archiver())
 
     @property
     def remote_repo(self) -> Path:
@@ -101,10 +166,11 @@ def wal_shipping(pg: Cluster, pgbackrest_conf: Path, host: SshHost, archive_time
     remote = host.remote(
         path=str(host.repository / "offsite"), identity_file=str(key), known_hosts_file=str(known_hosts)
     )
-    shipping = WalShipping(pg, pgbackrest_conf, work, remote, archive_timeout, work / "trading-ops.yaml")
-    shipping.write_config()
-    archive_command = shlex.join([*archiver_argv(), "--config", str(shipping.config)])
-    sql(pg.port, f"ALTER SYSTEM SET archive_command = '{archive_command} backup archive-wal %p'")
-    sql(pg.port, f"ALTER SYSTEM SET archive_timeout = '{archive_timeout}s'")
-    sql(pg.port, "SELECT pg_reload_conf()")
-    yield shipping
+    with archiver() as argv:
+        shipping = WalShipping(pg, pgbackrest_conf, work, remote, archive_timeout, work / "trading-ops.yaml", argv)
+        shipping.write_config()
+        archive_command = shlex.join([*argv, "--config", str(shipping.config)])
+        sql(pg.port, f"ALTER SYSTEM SET archive_command = '{archive_command} backup archive-wal %p'")
+        sql(pg.port, f"ALTER SYSTEM SET archive_timeout = '{archive_timeout}s'")
+        sql(pg.port, "SELECT pg_reload_conf()")
+        yield shipping
