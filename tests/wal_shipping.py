@@ -6,6 +6,7 @@ tests/test_backup_wal.py and benchmarks/bench_wal.py."""
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import shlex
 import shutil
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from pg_cluster import PGBACKREST_STANZA, Cluster, as_postgres
 from ports import free_port
 from ssh_host import SshHost
@@ -27,15 +30,56 @@ from ssh_host import SshHost
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-# What `trading-ops backup archive-wal` imports: a copy for the archiver holds the installed packages these import.
-ARCHIVER_MODULES = ("trading_ops.cli", "trading_ops.ops.backup_cli", "trading_ops.ops.backup_wal")
-IMPORTED_PACKAGES = f"""
-import sys, sysconfig
-import {", ".join(ARCHIVER_MODULES)}
-site = sysconfig.get_paths()["purelib"] + "/"
-files = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
-print("\\n".join(sorted({{f[len(site):].split("/")[0] for f in files if f.startswith(site)}})))
-"""
+# The extras of trading-ops the archiver's copy holds besides its dependencies: its database is PostgreSQL.
+ARCHIVER_EXTRAS = ("postgres",)
+
+
+def _distributions(name: str, extras: tuple[str, ...] = ()) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions `name` (with `extras`) needs, not itself: its requirements, theirs, and so on."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    todo = [(name, extras)]
+    while todo:
+        wanted, wanted_extras = todo.pop()
+        for line in importlib.metadata.distribution(wanted).requires or []:
+            requirement = Requirement(line)
+            marker = requirement.marker
+            if marker and not any(marker.evaluate({"extra": extra}) for extra in ("", *wanted_extras)):
+                continue
+            key = canonicalize_name(requirement.name)
+            if key not in found:
+                found[key] = importlib.metadata.distribution(requirement.name)
+            todo.append((requirement.name, tuple(requirement.extras)))
+    return found
+
+
+def _place(source: Path, target: Path) -> None:
+    """`source` at `target`, readable by every user: a hard link where it can be one (the same file system and
+    readable by all already), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.stat().st_mode & 0o004:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+    target.chmod(0o644 | (source.stat().st_mode & 0o111))
+
+
+def _archiver_copy(copy: Path) -> None:
+    """Into `copy`: this tree's trading_ops and every installed distribution it needs (ARCHIVER_EXTRAS included),
+    readable by every user."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    for dist in _distributions("trading-ops", ARCHIVER_EXTRAS).values():
+        for file in dist.files or []:
+            source = Path(str(dist.locate_file(file)))
+            if source.is_relative_to(site) and source.is_file():
+                _place(source, copy / source.relative_to(site))
+    for source in (REPO_ROOT / "trading_ops").rglob("*"):
+        if source.is_file():
+            _place(source, copy / source.relative_to(REPO_ROOT))
+    for folder, _, _ in os.walk(copy):
+        os.chmod(folder, 0o755)
 
 
 def _cannot_run(argv: list[str]) -> str:
@@ -45,21 +89,11 @@ def _cannot_run(argv: list[str]) -> str:
     return "" if done.returncode == 0 else (lines[-1] if lines else f"exit status {done.returncode}")
 
 
-def _readable_copy(copy: Path) -> None:
-    """Make the archiver's copy readable and its directories enterable by every user (the checkout's umask aside)."""
-    copy.chmod(0o755)
-    for folder, dirs, files in os.walk(copy):
-        for name in dirs:
-            os.chmod(os.path.join(folder, name), 0o755)
-        for name in files:
-            os.chmod(os.path.join(folder, name), 0o644)
-
-
 @contextlib.contextmanager
 def archiver() -> Iterator[list[str]]:
     """How the archiver (the postgres user) runs this tree's trading-ops: this interpreter with this tree and its
     packages when that user can reach them; else (a checkout under /root, whose mode is 0700) a copy of the package and
-    of the packages archive-wal imports, in a directory of its own under /tmp that every user can enter, run by this
+    of the installed distributions it needs, in a directory of its own under /tmp that every user can enter, run by this
     interpreter's own executable or the system's of the same version, and removed at the end. Fails naming what
     that user cannot run when neither works."""
     paths = [str(REPO_ROOT), sysconfig.get_paths()["purelib"]]
@@ -70,20 +104,7 @@ def archiver() -> Iterator[list[str]]:
         return
     copy = Path(tempfile.mkdtemp(prefix="trading-ops-archiver-"))
     try:
-        site = Path(sysconfig.get_paths()["purelib"])
-        listed = subprocess.run(
-            [sys.executable, "-c", IMPORTED_PACKAGES], capture_output=True, text=True, timeout=120, check=True
-        ).stdout.split()
-        for name in listed:
-            source = site / name
-            if name.startswith("__editable__"):  # the finder that maps trading_ops to this checkout
-                continue
-            if source.is_dir():
-                shutil.copytree(source, copy / name)
-            elif source.suffix in (".py", ".so"):
-                shutil.copy2(source, copy / name)
-        shutil.copytree(REPO_ROOT / "trading_ops", copy / "trading_ops")
-        _readable_copy(copy)
+        _archiver_copy(copy)
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"
         pythons = [os.path.realpath(sys.executable), *filter(None, [shutil.which(version, path="/usr/bin")])]
         why = direct
