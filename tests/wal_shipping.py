@@ -56,6 +56,8 @@ def _place(source: Path, target: Path) -> None:
     """`source` at `target`, readable by every user: a hard link where it can be one (the same file system and
     readable by all already), else a copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        raise FileExistsError(f"{target} is there already")
     if source.stat().st_mode & 0o004:
         try:
             os.link(source, target)
@@ -72,7 +74,7 @@ def _archiver_copy(copy: Path) -> None:
     site = Path(sysconfig.get_paths()["purelib"])
     for dist in _distributions("trading-ops", ARCHIVER_EXTRAS).values():
         for file in dist.files or []:
-            source = Path(str(dist.locate_file(file)))
+            source = Path(os.path.normpath(dist.locate_file(file)))  # a script's is ../../../bin/<name>: left out
             if source.is_relative_to(site) and source.is_file():
                 _place(source, copy / source.relative_to(site))
     for source in (REPO_ROOT / "trading_ops").rglob("*"):
