@@ -17,9 +17,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from polling import until
 from ports import free_port
 
 from trading_ops.db import migrate
+
+# How many of the server log's last lines a failure's message quotes.
+LOG_TAIL_LINES = 12
 
 
 def server_binary(name: str) -> str:
@@ -52,7 +56,55 @@ class Cluster:
         argv = as_postgres([server_binary("pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args])
         done = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {done.stderr.strip() or done.stdout.strip()}")
+            said = done.stderr.strip() or done.stdout.strip()
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {said}{self.log_tail()}")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The server log's last lines (the postgres user's server writes it), for a failure's message."""
+        try:
+            tail = (self.data / "server.log").read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n  server.log: ...\n  " + "\n  ".join(tail) if tail else ""
+
+    def archiver_report(self) -> str:
+        """What the archiver (archive_command, run by the server as the postgres user) did last: pg_stat_archiver's
+        counts and the server log's lines about its last failure, for the message of a wait that gave up."""
+        try:
+            with psycopg.connect(
+                f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", connect_timeout=5
+            ) as c:
+                row = c.execute(
+                    "SELECT archived_count, last_archived_wal, failed_count, last_failed_wal FROM pg_stat_archiver"
+                ).fetchone()
+            counts = f"archived {row[0]} (last {row[1]}), failed {row[2]} (last {row[3]})" if row else ""
+        except psycopg.Error as exc:
+            counts = f"pg_stat_archiver unreadable: {str(exc).strip()}"
+        try:
+            log = (self.data / "server.log").read_text(errors="replace").splitlines()
+        except OSError:
+            log = []
+        failures = [i for i, line in enumerate(log) if "archive command failed" in line]
+        said = ""
+        if failures:  # what the command wrote since the failure before it, and the server's lines (one names it)
+            last = failures[-1]
+            since = failures[-2] + 2 if len(failures) > 1 else 0
+            said = "\n  " + "\n  ".join(log[max(since, last - LOG_TAIL_LINES) : last + 2])
+        return f"the archiver (archive_command as the postgres user): {counts}{said or '; no failure in server.log'}"
+
+    def wait_promoted(self, timeout: float = 90.0) -> None:
+        """Wait until the server is out of recovery (a restored cluster replays WAL through its restore_command, run
+        as the postgres user); at the deadline the failure quotes the server log."""
+
+        def promoted() -> bool:
+            with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres") as c:
+                return not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]
+
+        try:
+            until("the restored cluster out of recovery (pg_is_in_recovery)", promoted, timeout, 0.05, (psycopg.Error,))
+        except AssertionError as exc:
+            exc.add_note(self.log_tail())
+            raise
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 {self.options}".strip()
@@ -149,6 +201,9 @@ def pgbackrest_archiving(pg: Cluster) -> Iterator[Path]:
     pg.restart()
     try:
         yield conf
+    except Exception as exc:  # whatever failed while the cluster archived (pgBackRest's own wait for WAL included)
+        exc.add_note(pg.archiver_report())
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -157,11 +212,12 @@ def archive_now(port: int, timeout: float = 60.0) -> None:
     """Switch to a new WAL segment and wait until the one holding the last commits is in the archive."""
     with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
         segment = c.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]  # type: ignore[index]
-        deadline = time.monotonic() + timeout
-        while (c.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0] or "") < segment:  # type: ignore[index]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"WAL segment {segment} was not archived within {timeout:g}s")
-            time.sleep(0.1)
+        until(
+            f"WAL segment {segment} archived (pg_stat_archiver.last_archived_wal)",
+            lambda: (c.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0] or "") >= segment,  # type: ignore[index]
+            timeout,
+            interval=0.1,
+        )
 
 
 @contextlib.contextmanager

@@ -121,10 +121,7 @@ def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
         )
         assert "cluster restored as of " in capsys.readouterr().out
         with cluster_on(target, options="-c archive_mode=off") as restored:
-            deadline = time.monotonic() + 60
-            while sql(restored.port, "postgres", "SELECT pg_is_in_recovery()")[0][0]:
-                assert time.monotonic() < deadline, "the restored cluster did not promote within 60s"
-                time.sleep(0.1)
+            restored.wait_promoted(60)
             orders = {r[0] for r in sql(restored.port, "journal", "SELECT client_order_id FROM orders")}
             episodes = {r[0] for r in sql(restored.port, "journal", "SELECT fingerprint FROM reconciler_episodes")}
         expected = {f"before-backup-{i}" for i in range(5)} | {f"before-{i}" for i in range(20)}

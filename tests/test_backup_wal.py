@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 from pg_cluster import PGBACKREST_STANZA, cluster_on, own_cluster, pgbackrest_archiving
+from polling import until
 from ports import free_port
 from prometheus_client import CollectorRegistry
 from ssh_host import ssh_host
@@ -86,10 +87,15 @@ def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
         insert(pg.port, "before-a", 10)
         failures = sql(pg.port, "SELECT failed_count FROM pg_stat_archiver")[0][0]
         sql(pg.port, "SELECT pg_switch_wal()")
-        deadline = time.monotonic() + WAIT_SECONDS
-        while (row := sql(pg.port, "SELECT failed_count, last_failed_wal FROM pg_stat_archiver")[0])[0] == failures:
-            assert time.monotonic() < deadline, "archiving did not fail with the off-host repository unreachable"
-            time.sleep(0.05)
+        row = until(
+            "archiving failing with the off-host repository unreachable (pg_stat_archiver.failed_count)",
+            lambda: (
+                (r := sql(pg.port, "SELECT failed_count, last_failed_wal FROM pg_stat_archiver")[0])[0] != failures
+                and r
+            ),
+            WAIT_SECONDS,
+            0.05,
+        )
         failed = str(row[1])
         assert not shipping.off_host(failed)
         assert (pg.data / "pg_wal" / "archive_status" / f"{failed}.ready").exists()  # kept for the next try
@@ -126,10 +132,7 @@ def test_wal_leaves_the_host_as_it_is_archived_and_a_restore_needs_nothing_else(
             out = capsys.readouterr().out
             assert "pgBackRest repository fetched from off host into " in out and "cluster restored as of " in out
             with cluster_on(target, options="-c archive_mode=off") as restored:
-                deadline = time.monotonic() + WAIT_SECONDS
-                while sql(restored.port, "SELECT pg_is_in_recovery()")[0][0]:
-                    assert time.monotonic() < deadline, "the restored cluster did not promote"
-                    time.sleep(0.05)
+                restored.wait_promoted(WAIT_SECONDS)
                 tags = {r[0] for r in sql(restored.port, "SELECT tag FROM trades", "journal")}
         finally:
             shutil.rmtree(target, ignore_errors=True)
@@ -232,19 +235,24 @@ def test_a_shipment_sends_what_the_archive_gained_and_what_a_failed_one_left_beh
         failures = sql(pg.port, "SELECT failed_count FROM pg_stat_archiver")[0][0]
         insert(pg.port, "failed", 1)
         failed = str(sql(pg.port, "SELECT pg_walfile_name(pg_switch_wal())")[0][0])
-        deadline = time.monotonic() + WAIT_SECONDS
-        while sql(pg.port, "SELECT failed_count FROM pg_stat_archiver")[0][0] == failures:
-            assert time.monotonic() < deadline, "archiving did not fail with the off-host repository unreachable"
-            time.sleep(0.05)
+        until(
+            "archiving failing with the off-host repository unreachable (pg_stat_archiver.failed_count)",
+            lambda: sql(pg.port, "SELECT failed_count FROM pg_stat_archiver")[0][0] != failures,
+            WAIT_SECONDS,
+            0.05,
+        )
         assert list(here.glob(f"*/{failed[:16]}/{failed}-*")) and not shipping.off_host(failed)
         # ... and then it is archived without a shipment: PostgreSQL will not hand it to archive-wal again.
         archive_wal = sql(pg.port, "SHOW archive_command")[0][0]
         plain = f"pgbackrest --config={conf} --stanza={stanza} archive-push %p"
         sql(pg.port, f"ALTER SYSTEM SET archive_command = '{plain}'")
         sql(pg.port, "SELECT pg_reload_conf()")
-        while sql(pg.port, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] != failed:
-            assert time.monotonic() < deadline, f"{failed} was not archived by pgbackrest archive-push"
-            time.sleep(0.05)
+        until(
+            f"{failed} archived by plain pgbackrest archive-push (pg_stat_archiver.last_archived_wal)",
+            lambda: sql(pg.port, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] == failed,
+            WAIT_SECONDS,
+            0.05,
+        )
         log.write_text("")
         shipping.write_config(pitr={"rsync": rsync})
         sql(pg.port, f"ALTER SYSTEM SET archive_command = '{archive_wal}'")

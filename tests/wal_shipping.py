@@ -14,7 +14,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import psycopg
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pg_cluster import PGBACKREST_STANZA, Cluster, as_postgres
+from polling import until
 from ports import free_port
 from ssh_host import SshHost
 
@@ -167,11 +167,7 @@ class WalShipping:
         return any(self.remote_repo.glob(f"pgbackrest/archive/{PGBACKREST_STANZA}/*/{segment[:16]}/{segment}-*"))
 
     def wait_off_host(self, segment: str, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.off_host(segment):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"WAL segment {segment} was not off host within {timeout:g}s")
-            time.sleep(0.02)
+        until(f"WAL segment {segment} off host (archive-wal's shipment)", lambda: self.off_host(segment), timeout, 0.02)
 
 
 @contextlib.contextmanager
