@@ -122,7 +122,9 @@ async def test_hang_loop_stops_the_heartbeat(bot: PaperBot) -> None:
     await wait_for(lambda: (sample(bot, "tradingbot_loop_iterations_total") or 0) > 2)
     assert (await get(bot.port, "/healthz"))[0] == 200
     assert (await control(bot.port, "hang_loop", {"seconds": 30}))[0] == 200
-    await wait_for(lambda: (bot.metrics.heartbeat_age() or 0) > 0.6)
+    # Inside the hang (not still in a slow iteration from before it, which would make progress again) and 0.6 s
+    # without progress.
+    await wait_for(lambda: bot.hanging() and (bot.metrics.heartbeat_age() or 0) > 0.6)
     status, body = await get(bot.port, "/healthz")
     assert status == 503 and "stalled" in body
     iterations = sample(bot, "tradingbot_loop_iterations_total")
@@ -411,7 +413,9 @@ async def test_the_database_heartbeat_stops_while_the_loop_hangs(tmp_path) -> No
     try:
         await wait_for(lambda: bot.heartbeat.beats >= 3)
         assert (await control(bot.port, "hang_loop", {"seconds": 60}))[0] == 200
-        await wait_for(lambda: not bot.loop_progressing())  # heartbeat_timeout_seconds (0.5) without progress
+        # Inside the hang (an iteration under way when the command came, slow on a busy machine, completes first and
+        # the loop progresses again) and heartbeat_timeout_seconds (0.5) without progress.
+        await wait_for(lambda: bot.hanging() and not bot.loop_progressing())
         # A beat that checked progress just before the loop counted as hung may still be writing: journal calls run
         # in submission order, so one more call waits it out before the count is taken.
         await bot.journal.call(lambda: None)

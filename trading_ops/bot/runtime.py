@@ -302,6 +302,7 @@ class BotRuntime:
         self._stopped = False
         self._stop = asyncio.Event()
         self._hang_until = 0.0
+        self._hanging = False  # the loop is inside an injected hang (the iteration it was in has finished)
         self._tasks: list[asyncio.Task[Any]] = []
         self._journal_writes: set[asyncio.Task[None]] = set()
         self._journal_probe: asyncio.Task[None] | None = None
@@ -357,6 +358,11 @@ class BotRuntime:
     def hang(self, seconds: float) -> None:
         """Fault injection: the trading loop makes no progress for `seconds`."""
         self._hang_until = time.monotonic() + seconds
+
+    def hanging(self) -> bool:
+        """Fault injection: whether the trading loop is inside the hang (the iteration under way when `hang` was
+        called has finished: no iteration completes until the hang ends)."""
+        return self._hanging
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Call `callback()` when the background tasks stop (a fault injector releasing what it holds)."""
@@ -680,7 +686,9 @@ class BotRuntime:
     async def _trading_loop(self) -> None:
         while not self._stop.is_set():
             while time.monotonic() < self._hang_until:  # fault injection: a hung loop makes no progress
+                self._hanging = True
                 await asyncio.sleep(min(0.1, self._hang_until - time.monotonic()))
+            self._hanging = False
             started = time.monotonic()
             try:
                 async with self.trade_lock.hold():
