@@ -93,6 +93,13 @@ async def ready(bot: BotRuntime) -> bool:
     return (await readiness(bot))[0] == 200
 
 
+async def healthy(port: int) -> bool:
+    """/healthz passes: the loop completed an iteration within the heartbeat timeout (0.5 s here). Waited for, not
+    read once: right after the journal's return the loop's iteration may still be waiting on the reconciliation's
+    trade lock, longer than that on a busy machine."""
+    return (await get(port, "/healthz"))[0] == 200
+
+
 async def orders_stopped(bot: BotRuntime) -> None:
     """No order leaves over twenty loop steps (the journal's failure is already known)."""
     before, steps = submitted(bot), sample(bot, "tradingbot_loop_iterations_total")
@@ -272,7 +279,7 @@ async def test_healthz_fails_once_the_journal_has_failed_for_longer_than_its_tim
             assert status == 503 and not detail["journal"]["ok"] and detail["heartbeat_age_seconds"] < 1.0, detail
             filler.unlink()
             await wait_for(lambda: ready(bot), timeout=60)
-            assert (await get(port, "/healthz"))[0] == 200
+            await wait_for(lambda: healthy(port), timeout=30)
         finally:
             await bot.stop()
             bot.engine.dispose()
@@ -316,7 +323,7 @@ async def test_a_stopped_postgresql_stops_orders_and_the_bot_reconnects_reconcil
         await wait_for(lambda: submitted(bot) > waiting, timeout=60)
         measured("PostgreSQL back -> first order out again", time.monotonic() - back)
         await wait_for(lambda: ready(bot), timeout=30)
-        assert (await get(port, "/healthz"))[0] == 200
+        await wait_for(lambda: healthy(port), timeout=30)
         # The single-instance advisory lock went with the session the stop ended: the bot holds it again.
         await wait_for(lambda: asyncio.to_thread(cluster.advisory_lock_holders), timeout=30)
         assert all(h.startswith("trading-ops paper-1 pid") for h in cluster.advisory_lock_holders())
@@ -420,7 +427,7 @@ async def test_an_idle_bot_knows_within_a_loop_step_that_its_database_is_gone(tm
             sample(bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="journal", result="clean") > runs
         )
         assert not bot.gate.journal_reconcile_pending
-        assert (await get(port, "/healthz"))[0] == 200
+        await wait_for(lambda: healthy(port), timeout=30)
     finally:
         if stopped:
             await asyncio.to_thread(cluster.start)
