@@ -4,9 +4,9 @@
   that name. It holds the packages the Dockerfile installs with apt (Debian's python3, python3-venv, the
   PostgreSQL client and OpenSSH's client), and no apt sources: the build has no network, and `apt-get install` of
   what a root already holds succeeds offline. The image is then built from the Dockerfile as shipped.
-- Python packages: a wheelhouse of constraints.txt's pins for Debian's Python 3.11, downloaded on this machine with
-  pip (cached, keyed by constraints.txt and the project's requirements) and given to the build with
-  `--build-arg WHEELHOUSE=wheelhouse` (the Dockerfile's offline path).
+- Python packages: the wheelhouse of constraints.txt's pins for Debian's Python 3.11 (tests/debian_root.py's, which the
+  systemd test's virtualenv is installed from too) given to the build with `--build-arg WHEELHOUSE=wheelhouse` (the
+  Dockerfile's offline path).
 - PostgreSQL, Prometheus, Alertmanager and the node exporter: Debian's packages (postgresql-15, prometheus,
   prometheus-alertmanager, prometheus-node-exporter) in one debootstrap root, and a small image per service from it
   (its entrypoint and user); the compose override of the test names these images instead of the registry's.
@@ -17,17 +17,9 @@
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import re
-import shutil
-import subprocess
-import sys
-import tomllib
 from pathlib import Path
 
-import pytest
-from debian_root import cache_dir as roots_cache_dir
 from debian_root import debian_root, root_key
 from docker_engine import DockerEngine
 from system_binaries import REPO_ROOT
@@ -37,18 +29,6 @@ from system_binaries import REPO_ROOT
 BASE_PACKAGES = ("python3", "python3-venv", "postgresql-client-15", "openssh-client")
 SERVICE_PACKAGES = ("postgresql-15", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "wget")
 FROM_LINE = re.compile(r"^FROM (\S+)$", re.MULTILINE)
-# Debian bookworm's interpreter, for which the wheelhouse is downloaded.
-WHEEL_TARGET = [
-    "--only-binary=:all:",
-    "--python-version=3.11",
-    "--implementation=cp",
-    "--abi=cp311",
-    "--platform=manylinux_2_28_x86_64",
-    "--platform=manylinux_2_17_x86_64",
-    "--platform=manylinux2014_x86_64",
-    "--platform=linux_x86_64",
-]
-
 POSTGRES_ENTRYPOINT = r"""#!/bin/sh
 # What docker-compose.yml gives the official postgres image: POSTGRES_USER, POSTGRES_DB, POSTGRES_PASSWORD_FILE (read
 # as root, as the official entrypoint does), the data in /var/lib/postgresql/data; the server runs as postgres.
@@ -149,48 +129,3 @@ def ensure_service_images(engine: DockerEngine, workdir: Path) -> dict[str, str]
         engine.docker("build", "--network=none", "-q", "-t", image, str(context))
         images[service] = image
     return images
-
-
-def project_requirements() -> list[str]:
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    return [
-        *project["project"]["dependencies"],
-        *project["project"]["optional-dependencies"]["postgres"],
-        *project["build-system"]["requires"],
-    ]
-
-
-def wheelhouse() -> Path:
-    """constraints.txt's wheels for Debian bookworm's Python (with the build backend), downloaded once per machine and
-    cached under ~/.cache/trading-ops/wheelhouse, keyed by constraints.txt and the project's requirements."""
-    requirements = project_requirements()
-    constraints = REPO_ROOT / "constraints.txt"
-    spec = constraints.read_bytes() + "\n".join([*requirements, *WHEEL_TARGET]).encode()
-    target = roots_cache_dir().parent / "wheelhouse" / hashlib.sha256(spec).hexdigest()[:16]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        building = target.with_name(target.name + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--dest",
-            str(building),
-            *WHEEL_TARGET,
-            "-c",
-            str(constraints),
-        ]
-        result = subprocess.run([*command, *requirements], capture_output=True, text=True, timeout=900, check=False)
-        if result.returncode != 0:
-            last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            pytest.fail(f"pip download of the image's wheels failed: {last[0]}", pytrace=False)
-        (building / ".complete").write_text("\n".join(requirements) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        building.rename(target)
-    return target

@@ -1,5 +1,6 @@
 """A Debian bookworm root made by debootstrap, for the deployment tests: real systemd booted with systemd-nspawn, and
-the base image a real Docker engine builds the project's image from (`docker import`).
+the base image a real Docker engine builds the project's image from (`docker import`); and the wheelhouse both install
+trading-ops' dependencies from (Debian's Python 3.11).
 
 A root takes about a minute and a few hundred MB to make, so it is made once per machine and cached outside the
 repository, under ``$XDG_CACHE_HOME/trading-ops/roots`` (``~/.cache`` by default), keyed by what it holds (suite,
@@ -15,17 +16,30 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
+import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from system_binaries import require_binary
+from system_binaries import REPO_ROOT, require_binary
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # A root that boots under systemd-nspawn and runs the project with Debian's own Python.
 SYSTEMD_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "ca-certificates")
+# Debian bookworm's interpreter, for which the wheelhouse is downloaded.
+WHEEL_TARGET = [
+    "--only-binary=:all:",
+    "--python-version=3.11",
+    "--implementation=cp",
+    "--abi=cp311",
+    "--platform=manylinux_2_28_x86_64",
+    "--platform=manylinux_2_17_x86_64",
+    "--platform=manylinux2014_x86_64",
+    "--platform=linux_x86_64",
+]
 
 
 def cache_dir() -> Path:
@@ -128,3 +142,49 @@ def copy_root(source: Path, destination: Path) -> Path:
     `cp -a --reflink=auto` keeps owners, modes, devices and extended attributes)."""
     subprocess.run(["cp", "-a", "--reflink=auto", f"{source}/.", str(destination)], check=True, timeout=600)
     return destination
+
+
+def project_requirements() -> list[str]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    return [
+        *project["project"]["dependencies"],
+        *project["project"]["optional-dependencies"]["postgres"],
+        *project["build-system"]["requires"],
+    ]
+
+
+def wheelhouse() -> Path:
+    """constraints.txt's wheels for Debian bookworm's Python (with the build backend), downloaded once per machine and
+    cached under ~/.cache/trading-ops/wheelhouse, keyed by constraints.txt and the project's requirements: one set for
+    the deployment tests, the compose test's image build and the systemd test's virtualenv."""
+    requirements = project_requirements()
+    constraints = REPO_ROOT / "constraints.txt"
+    spec = constraints.read_bytes() + "\n".join([*requirements, *WHEEL_TARGET]).encode()
+    target = cache_dir().parent / "wheelhouse" / hashlib.sha256(spec).hexdigest()[:16]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        building = target.with_name(target.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--dest",
+            str(building),
+            *WHEEL_TARGET,
+            "-c",
+            str(constraints),
+        ]
+        result = subprocess.run([*command, *requirements], capture_output=True, text=True, timeout=900, check=False)
+        if result.returncode != 0:
+            last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            pytest.fail(f"pip download of the image's wheels failed: {last[0]}", pytrace=False)
+        (building / ".complete").write_text("\n".join(requirements) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        building.rename(target)
+    return target

@@ -2,25 +2,28 @@
 (a virtualenv at /opt/trading-ops/.venv made by Debian's python3 and pip from wheels), for the deployment tests.
 
 The cached root (tests/debian_root.py) is never written: the machine runs on an overlay whose lower layers are the
-root and a cached layer holding the virtualenv with trading-ops' dependencies (built once per root and constraints),
-and whose upper layer is the test's own. Only the project's wheel is installed per run (`pip install --no-deps`, a
-second or two), so a change of the code is always what runs. Commands run inside through `nsenter -t <its systemd>`;
-the machine is stopped by the pid of its systemd-nspawn (SIGTERM: a clean poweroff; SIGKILL after a deadline)."""
+root and a cached layer holding the virtualenv with trading-ops' dependencies (built once per root and wheelhouse:
+tests/debian_root.py's, which the compose test's image build installs from too, one download for both), and whose
+upper layer is the test's own. Only the project's wheel is installed per run (`pip install --no-deps`, a second or
+two), so a change of the code is always what runs. Commands run inside through `nsenter -t <its systemd>`; the
+machine is stopped by the pid of its systemd-nspawn (SIGTERM: a clean poweroff; SIGKILL after a deadline)."""
 
 from __future__ import annotations
 
 import hashlib
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from debian_root import SYSTEMD_PACKAGES, _locked, cache_dir, debian_root
+from debian_root import SYSTEMD_PACKAGES, _locked, cache_dir, debian_root, wheelhouse
 from system_binaries import REPO_ROOT, require_binary
 
 # polkitd answers systemd's "may this user restart that unit" (the reconciler's polkit rule; it needs logind,
@@ -55,44 +58,6 @@ def _must(result: subprocess.CompletedProcess[str], what: str) -> subprocess.Com
 
 def _pip() -> list[str]:
     return [sys.executable, "-m", "pip"]
-
-
-def dependency_wheels() -> Path:
-    """Wheels of trading-ops' runtime dependencies at the versions constraints.txt pins, for this machine's CPython
-    3.11 (Debian's bookworm python3 is 3.11 too), cached by the constraints and the dependency list."""
-    pyproject = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    constraints = (REPO_ROOT / "constraints.txt").read_text(encoding="utf-8")
-    key = hashlib.sha256((pyproject.split("[project.optional-dependencies]")[0] + constraints).encode()).hexdigest()
-    target = cache_dir().parent / "wheels" / key[:12]
-    with _locked(target.with_suffix(".lock")):
-        if (target / ".complete").exists():
-            return target
-        building = target.with_name(target.name + ".building")
-        shutil.rmtree(building, ignore_errors=True)
-        building.mkdir(parents=True)
-        project = build_project_wheel(building / "project")
-        _must(
-            _run(
-                [
-                    *_pip(),
-                    "download",
-                    "--only-binary=:all:",
-                    "--dest",
-                    building,
-                    "--constraint",
-                    REPO_ROOT / "constraints.txt",
-                    project,
-                ]
-            ),
-            "pip download of trading-ops' dependencies",
-        )
-        for wheel in building.glob("trading_ops-*.whl"):
-            wheel.unlink()
-        shutil.rmtree(building / "project")
-        (building / ".complete").write_text(key + "\n", encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)
-        building.rename(target)
-    return target
 
 
 def build_project_wheel(into: Path) -> Path:
@@ -154,9 +119,11 @@ def nspawn_pipe(root: Path, script: str, binds: Sequence[tuple[Path, str]] = (),
     return _must(_run(argv, timeout, stdin=subprocess.DEVNULL), f"in the root: {script.splitlines()[0][:80]}").stdout
 
 
-def venv_layer(root: Path, wheels: Path) -> Path:
-    """An overlay layer over `root` holding /opt/trading-ops/.venv with the dependency wheels installed (cached)."""
-    key = hashlib.sha256(f"{root.name}\n{wheels.name}\n{VENV}".encode()).hexdigest()[:12]
+def venv_layer(root: Path, wheels: Path, requirements: Sequence[str]) -> Path:
+    """An overlay layer over `root` holding /opt/trading-ops/.venv with trading-ops' dependencies, `requirements`,
+    installed from the wheelhouse `wheels` (cached)."""
+    spec = "\n".join([root.name, wheels.name, VENV, *requirements])
+    key = hashlib.sha256(spec.encode()).hexdigest()[:12]
     target = cache_dir().parent / "layers" / f"venv-{key}"
     with _locked(target.with_suffix(".lock")):
         if (target / "opt" / "trading-ops" / ".complete").exists():
@@ -169,7 +136,8 @@ def venv_layer(root: Path, wheels: Path) -> Path:
             nspawn_pipe(
                 merged,
                 f"python3 -m venv {VENV}\n"
-                f"{VENV}/bin/pip install --quiet --no-index --no-cache-dir --find-links /wheels /wheels/*.whl",
+                f"{VENV}/bin/pip install --quiet --no-index --no-cache-dir --find-links /wheels "
+                f"{shlex.join(requirements)}",
                 binds=[(wheels, "/wheels")],
             )
             (merged / "opt" / "trading-ops" / ".complete").write_text(wheels.name + "\n", encoding="utf-8")
@@ -266,6 +234,8 @@ class Machine:
 
 
 def prepared_root() -> tuple[Path, Path]:
-    """The cached root (with polkitd) and the cached layer with trading-ops' dependencies installed over it."""
+    """The cached root (with polkitd) and the cached layer with trading-ops' dependencies (its runtime ones, from the
+    wheelhouse the compose test's image build uses too) installed over it."""
     root = debian_root(ROOT_PACKAGES)
-    return root, venv_layer(root, dependency_wheels())
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    return root, venv_layer(root, wheelhouse(), dependencies)

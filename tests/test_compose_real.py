@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
-from compose_images import ensure_base_image, ensure_service_images, wheelhouse
+from compose_images import ensure_base_image, ensure_service_images
+from debian_root import wheelhouse
 from docker_engine import DockerEngine
 from polling import until
 from system_binaries import REPO_ROOT, require_binary
