@@ -51,7 +51,7 @@ def guard(app: web.Application, headers_of: HeadersOf | None = None, render: Ren
         except web.HTTPException as exc:
             if exc.status >= 500:
                 return render(request, exc.status, exc.reason)
-            return exc
+            raise
         except Exception:
             log.exception("%s %s from %s failed", request.method, request.path, request.remote)
             return render(request, 500, "internal error (logged)")

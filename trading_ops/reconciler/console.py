@@ -53,7 +53,7 @@ LOGIN_COOKIE = "tradingops_console_login"
 # A session lasts this long from its login (then log in again), and this many of one token live at once at most (its
 # oldest go: logins with one token never end another token's sessions).
 SESSION_SECONDS = 12 * 3600.0
-MAX_SESSIONS_PER_TOKEN = 20
+MAX_SESSIONS_PER_TOKEN = 10
 STATUS_TIMEOUT = aiohttp.ClientTimeout(total=3)
 HALT_TIMEOUT = aiohttp.ClientTimeout(total=10)
 MAX_FORM_BYTES = 16 * 1024
