@@ -393,7 +393,7 @@ def test_an_alert_opens_an_episode_and_approving_it_flattens_the_bot(browser: An
     screenshot(page, stack, "approvals")
     assert stack.bot.commands() == []
     decide_in_page(page, first["id"], "approve", "desk agrees", "alice")
-    assert f"approval {first['id']} approved by alice (token desk)" in page.locator(".done").inner_text()
+    assert f'approval {first["id"]} approved by "alice" with token desk' in page.locator(".done").inner_text()
     second = pending(stack, step=2)[0]
     page.goto(f"{stack.reconciler.url}/ui/approvals")
     decide_in_page(page, second["id"], "approve", "close it", "alice")
@@ -411,7 +411,7 @@ def test_an_alert_opens_an_episode_and_approving_it_flattens_the_bot(browser: An
     page.goto(f"{stack.reconciler.url}/ui/")
     assert "flat" in page.locator(f"#bot-{BOT} .positions").inner_text()
     decided = stack.reconciler.api(f"/api/v1/approvals/{first['id']}")
-    assert decided["decided_by"] == "alice (token desk)" and decided["reason"] == "desk agrees"
+    assert (decided["decided_by"], decided["decided_token"], decided["reason"]) == ("alice", "desk", "desk agrees")
     page.context.close()
 
 
@@ -421,7 +421,7 @@ def test_rejecting_pages_a_human_with_a_link_to_the_episode(browser: Any, stack:
     page = login(browser, stack, DESK_TOKEN)
     page.goto(f"{stack.reconciler.url}/ui/episodes/{asked['episode_id']}")
     decide_in_page(page, asked["id"], "reject", "the position is hedged", "dana")
-    assert "rejected by dana (token desk)" in page.locator(".done").inner_text()
+    assert 'rejected by "dana" with token desk' in page.locator(".done").inner_text()
     failed = held_page(stack, FAILED, episode=str(asked["episode_id"]))
     assert "the position is hedged" in failed["annotations"]["description"]
     assert failed["annotations"]["console_url"] == f"{stack.reconciler.url}/ui/episodes/{asked['episode_id']}"
@@ -489,7 +489,7 @@ def test_maintenance_windows_start_and_end(browser: Any, stack: Stack) -> None:
     assert stack.bot.state == "paused"
     item = page.locator(".list li").first
     assert "active" in item.inner_text() and "venue upgrade" in item.inner_text()
-    assert "console: erin (token oncall)" in item.inner_text()
+    assert 'console: "erin" with token oncall' in item.inner_text()
     silences = [s for s in stack.am.get("silences") if s["status"]["state"] == "active"]
     assert any({"name": "instance", "value": BOT}.items() <= m.items() for s in silences for m in s["matchers"])
     screenshot(page, stack, "maintenance")
@@ -510,7 +510,7 @@ def test_the_emergency_halt_asks_for_confirmation_first(browser: Any, stack: Sta
     page.click(f"#bot-{BOT} a.button.danger")
     page.fill("input[name=reason]", "runaway orders")
     page.click(f"button:has-text('Yes, halt {BOT}')")
-    assert f"{BOT} halted by console (token oncall)" in page.locator(".done").inner_text()
+    assert f'{BOT} halted by "console" with token oncall' in page.locator(".done").inner_text()
     assert stack.bot.state == "halted" and stack.bot.calls[-1] == ("halt", "destructive")
     assert "halted" in page.locator(f"#bot-{BOT} .badge").inner_text()
     page.context.close()

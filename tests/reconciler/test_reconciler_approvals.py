@@ -196,7 +196,7 @@ async def test_approved_by_api_the_step_runs_once_and_the_decision_is_recorded(
     ok = await decide(client, pending["id"], "approve", APPROVE_AUTH, reason="desk agrees", by="alice")
     assert ok.status == 200, await ok.text()
     decided = await ok.json()
-    assert decided["status"] == "approved" and decided["decided_by"] == "alice (token desk)"
+    assert decided["status"] == "approved" and (decided["decided_by"], decided["decided_token"]) == ("alice", "desk")
     # Step 2 asks in turn: one approval per step, each bound to its own arguments.
     second = await poll(
         lambda: approvals(client, "pending"), lambda a: len(a) == 1 and a[0]["step"] == 2, "step 2's approval"
@@ -209,7 +209,7 @@ async def test_approved_by_api_the_step_runs_once_and_the_decision_is_recorded(
     assert [a["outcome"] for a in done["attempts"]] == ["success"]
     listed = {a["id"]: a for a in await approvals(client)}
     assert listed[pending["id"]]["status"] == "executed" and listed[pending["id"]]["reason"] == "desk agrees"
-    assert listed[second[0]["id"]]["decided_by"] == "bob (token desk)"
+    assert (listed[second[0]["id"]]["decided_by"], listed[second[0]["id"]]["decided_token"]) == ("bob", "desk")
     again = await decide(client, pending["id"], "reject", APPROVE_AUTH, reason="too late", by="carol")
     assert again.status == 409 and "executed" in (await again.json())["error"]
     metrics = client.app[keys.METRICS]
@@ -233,18 +233,18 @@ async def test_rejected_by_cli_nothing_runs_and_a_human_is_paged(
     await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance=instance), headers=AUTH)
     pending = await one_pending(client)
     assert cli(config, "reject", str(pending["id"]), "--reason", "position is hedged", "--as", "dana") == 0
-    assert f"approval {pending['id']} rejected by dana" in capsys.readouterr().out
+    assert f'approval {pending["id"]} rejected by "dana" (CLI)' in capsys.readouterr().out
     done = await episode(client, "escalated")
     assert fake_bot.commands() == []
-    assert "rejected by dana" in done["detail"]
+    assert 'rejected by "dana" (CLI)' in done["detail"]
     page = await held_page(alertmanager, FAILED, instance=instance)
-    assert "rejected by dana" in page["annotations"]["description"]
+    assert 'rejected by "dana" (CLI)' in page["annotations"]["description"]
     assert "position is hedged" in page["annotations"]["description"]
     # Decided once: a second answer is one line, exit 1.
     assert cli(config, "approve", str(pending["id"]), "--reason", "oops", "--as", "erin") == 1
     # (The app's own log lines share this stderr since main() set up logging: the CLI's is the last.)
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("trading-ops: reconciler approve: approval") and "is rejected by dana" in err
+    assert err.startswith("trading-ops: reconciler approve: approval") and 'is rejected by "dana" (CLI)' in err
     # Nor may anyone decide under the requester's name.
     assert client.app[keys.METRICS].approval_decisions.labels("rejected")._value.get() == 1
 
@@ -552,4 +552,4 @@ async def test_a_reconciler_restarted_with_a_changed_playbook_asks_again_under_i
     assert fake_bot.commands() == ["flatten"]
     assert cli(config, "approvals", "--status", "executed") == 0
     listed = capsys.readouterr().out
-    assert f"{new[0]['id']}  executed" in listed and "by lena: ok" in listed
+    assert f"{new[0]['id']}  executed" in listed and 'by "lena" (CLI): ok' in listed

@@ -67,7 +67,7 @@ def register_commands(control: ControlPlane, broker: Broker, runtime: CommandRun
 
     async def resubscribe(args: dict[str, Any]) -> dict[str, Any]:
         symbol = args.get("symbol")
-        if symbol is not None and symbol not in runtime.symbols:
+        if symbol is not None and (not isinstance(symbol, str) or symbol not in runtime.symbols):
             raise CommandError(f"unknown symbol {str(symbol)[:32]!r}")
         await broker.resubscribe([symbol] if symbol else None)
         return {"resubscribed": [symbol] if symbol else list(runtime.symbols)}

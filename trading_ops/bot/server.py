@@ -17,6 +17,8 @@ from trading_ops.bot.broker import BrokerError
 from trading_ops.bot.control import SOURCE_HEADER, Caller, CommandError, command_source
 from trading_ops.bot.keys import INSTRUMENTATION
 from trading_ops.bot.state import TransitionRefused
+from trading_ops.http_guard import guard
+from trading_ops.http_input import InputError, read_json_object
 from trading_ops.scopes import refusal
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ BEARER_ROUTES = ("/control/",)
 def create_app(instrumentation: Any) -> web.Application:
     """The aiohttp application of one bot, serving `instrumentation` (a trading_ops.bot.Instrumentation)."""
     app = web.Application(client_max_size=MAX_CONTROL_BODY_BYTES)
+    # Every answer with its security headers; a refused input or an unexpected error in the control API's format.
+    guard(app, render=render_error)
     app[INSTRUMENTATION] = instrumentation
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz_handler)
@@ -65,6 +69,10 @@ async def readyz_handler(request: web.Request) -> web.Response:
     inst = request.app[INSTRUMENTATION]
     ready, checks = inst.readiness()
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+def render_error(_request: web.Request, status: int, message: str) -> web.StreamResponse:
+    return _error(status, message)
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -157,21 +165,12 @@ def _refusal(call: _Call, known: bool, token: Any) -> web.Response | None:
 
 
 async def _args(call: _Call, request: web.Request) -> dict[str, Any] | web.Response:
-    """The command's arguments (the JSON body), or the 413 or 400 that answers a body that is not."""
+    """The command's arguments (the JSON object of the body; none is {}), or the 4xx that answers a body that is not
+    one (over MAX_CONTROL_BODY_BYTES whatever its framing, not JSON, nested too deep, absurd numbers)."""
     try:
-        return await _read_args(request)
-    except web.HTTPRequestEntityTooLarge:
-        return call.fail(
-            413,
-            "bad_request",
-            f"body over {MAX_CONTROL_BODY_BYTES} bytes",
-            "control %s by %s: body over %d bytes",
-            call.command,
-            call.peer,
-            MAX_CONTROL_BODY_BYTES,
-        )
-    except ValueError as exc:
-        return call.fail(400, "bad_request", str(exc), "control %s by %s: %s", call.command, call.peer, exc)
+        return await read_json_object(request, MAX_CONTROL_BODY_BYTES)
+    except InputError as exc:
+        return call.fail(exc.status, "bad_request", exc.message, "control %s by %s: %s", call.command, call.peer, exc)
 
 
 async def _run(call: _Call, args: dict[str, Any], caller: Caller) -> dict[str, Any] | web.Response:
@@ -205,18 +204,3 @@ async def _run(call: _Call, args: dict[str, Any], caller: Caller) -> dict[str, A
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
-
-
-async def _read_args(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        args = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(args, dict):
-        raise ValueError("body must be a JSON object")
-    return args

@@ -19,6 +19,10 @@ from trading_ops.scopes import READ
 
 # The database URL's own keys: `config show` replaces them with the URL in effect (password masked).
 DATABASE_URL_KEYS = ("url", "url_env", "url_file")
+# The reconciler's tokens (the webhook's, and the API's, which log in to the console) are at least this long: the
+# console's login throttle (trading_ops.reconciler.login_throttle) slows a guesser, a long token makes guessing futile.
+MIN_TOKEN_CHARS = 16
+TOKEN_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one"
 # user:password@ in any URL-valued setting (an Alertmanager or Prometheus URL with basic auth).
 URL_PASSWORD_RE = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
@@ -107,11 +111,28 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
             )
         resolve_tokens(config, config.freqtrade, "control_token", "control_tokens", "freqtrade")
         resolve_tokens(config, config.reconciler, "read_token", "api_tokens", "reconciler", legacy_scope=READ)
+        check_token_lengths(config)
         for instance, target in config.reconciler.targets.items():
             key = f"reconciler.targets.{instance}.destructive_token"
             resolve_secret(config, target, "destructive_token", key)
     print(f"configuration ok ({config_source(args)})")
     return 0
+
+
+def check_token_lengths(config: Config) -> None:
+    """The reconciler's configured tokens, each at least MIN_TOKEN_CHARS long (ConfigError naming the first short
+    one, never its value)."""
+    rc = config.reconciler
+    found = [
+        ("reconciler.token", resolve_secret(config, rc, "token", "reconciler.token")),
+        ("reconciler.read_token", resolve_secret(config, rc, "read_token", "reconciler.read_token")),
+    ]
+    for i, named in enumerate(rc.api_tokens):
+        key = f"reconciler.api_tokens[{i}].token"
+        found.append((key, resolve_secret(config, named, "token", key)))
+    for key, value in found:
+        if value and len(value) < MIN_TOKEN_CHARS:
+            raise ConfigError(key, f"{len(value)} characters: a token has at least {MIN_TOKEN_CHARS} ({TOKEN_HINT})")
 
 
 def web_servers(config: Config) -> list[tuple[str, Any]]:

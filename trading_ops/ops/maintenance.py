@@ -27,6 +27,14 @@ CREATED_BY = "trading-ops maintenance"
 DEFAULT_MATCHERS = {"service": "tradingbot"}
 # The labels a bot's own alerts carry, which decide whether a window's matchers select that bot.
 BOT_SERVICE = "tradingbot"
+# The alerting pipeline's own alerts, which a window silences only with the destructive scope (the console): the
+# reconciler's pages (escalations and the TradingOps* rules: service=trading-ops, and these labels of any value) and
+# the Watchdog (its labels in prometheus/rules/alerting-pipeline.yml).
+OWN_SERVICE = "trading-ops"
+OWN_ALERT_PREFIX = "TradingOps"
+OWN_PAGE_LABELS = ("severity", "target", "instance", "original_alertname", "episode")
+WATCHDOG = "Watchdog"
+WATCHDOG_LABELS = {"severity": "none", "service": "alerting"}
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_DURATION_SECONDS = 7 * 86400.0
 CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -67,6 +75,23 @@ def matched_bots(config: Config, matchers: dict[str, str]) -> list[str]:
         for name in sorted(config.reconciler.targets)
         if silence_matches(silence, {"instance": name, "service": BOT_SERVICE, "job": BOT_SERVICE})
     ]
+
+
+def silences_own_pages(matchers: dict[str, str]) -> str | None:
+    """What of the alerting pipeline's own a window of these (equality) matchers would silence: the reconciler's
+    pages (its escalations and the TradingOps* alerts, service=trading-ops) or the Watchdog; None when nothing. A
+    matcher on a label those alerts carry with any value (instance, severity, ...) does not narrow them away."""
+    alertname = matchers.get("alertname")
+    if alertname == WATCHDOG and all(n in ("alertname", *WATCHDOG_LABELS) for n in matchers):
+        if all(matchers[n] == v for n, v in WATCHDOG_LABELS.items() if n in matchers):
+            return "the Watchdog"
+    if alertname is not None and not alertname.startswith(OWN_ALERT_PREFIX):
+        return None
+    if matchers.get("service", OWN_SERVICE) != OWN_SERVICE:
+        return None
+    if any(n not in ("alertname", "service", *OWN_PAGE_LABELS) for n in matchers):
+        return None
+    return f"the reconciler's own pages ({alertname or f'{OWN_ALERT_PREFIX}* alerts'}, service={OWN_SERVICE})"
 
 
 @dataclass

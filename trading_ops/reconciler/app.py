@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import re
 import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -21,6 +20,8 @@ from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.base import make_engine, utcnow
+from trading_ops.http_guard import guard
+from trading_ops.http_input import InputError, parse_id, parse_limit, read_body, read_json_object
 from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import Scheduler
@@ -37,9 +38,10 @@ from trading_ops.reconciler.approvals import (
     ApprovalCollector,
     Refusal,
     approval_json,
+    attribution,
 )
 from trading_ops.reconciler.auth import authorized
-from trading_ops.reconciler.console import setup_console
+from trading_ops.reconciler.console import render_error, response_headers, setup_console
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import (
@@ -73,13 +75,9 @@ log = logging.getLogger(__name__)
 MAX_LIST = 500
 DEFAULT_LIST = 50
 KNOWN_STATES = (*OPEN_STATES, *CLOSED_STATES)
-# An episode id is a positive INTEGER of the ledger (32 bits on PostgreSQL): a number past it names no episode and
-# must not reach the database, where it overflows (a 500). Not a number at all: a 400.
 # Routes that check a bearer token themselves (the webhook, the episode API): a web configuration's basic auth covers
 # every other route (/metrics, /healthz, /readyz).
 BEARER_ROUTES = ("/api/",)
-EPISODE_ID_RE = re.compile(r"^[0-9]{1,40}$")
-MAX_EPISODE_ID = 2**31 - 1
 # A circuit's target is an alert's `instance` (label values are at most 128 characters; the CLI takes up to 255).
 MAX_TARGET_CHARS = 255
 
@@ -103,6 +101,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     client_tls = client_ssl_context(rc.tls, "reconciler.tls")
     app = web.Application(client_max_size=rc.max_body_bytes)
     secure_app(app, web_config, BEARER_ROUTES)
+    # Every answer with its security headers (the console's on /ui/), a refused input one line, an exception a 500.
+    guard(app, response_headers, render_error)
     app[keys.CONFIG] = config
     if client_tls is not None:
         app[keys.CLIENT_TLS] = client_tls
@@ -307,12 +307,10 @@ async def webhook(request: web.Request) -> web.Response:
     try:
         check_token(request.headers.get("Authorization"), app[keys.TOKEN])
         limit = app[keys.CONFIG].reconciler.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise Rejected(413, "too_large", f"body of {request.content_length} bytes is over the {limit}-byte limit")
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise Rejected(413, "too_large", f"body over the {limit}-byte limit") from exc
+            body = await read_body(request, limit)
+        except InputError as exc:
+            raise Rejected(exc.status, "too_large" if exc.status == 413 else "invalid_json", exc.message) from exc
         text = decode_body(body)
         validated = validate(parse_body(text))
         wd = app[keys.CONFIG].reconciler.watchdog.alertname
@@ -350,32 +348,24 @@ async def webhook(request: web.Request) -> web.Response:
 async def list_episodes(request: web.Request) -> web.Response:
     if isinstance(caller := authorized(request, READ, "listing episodes"), web.Response):
         return caller
-    raw_limit = request.query.get("limit", str(DEFAULT_LIST))
-    if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
-        return web.json_response({"error": f"limit: expected an integer from 1 to {MAX_LIST}"}, status=400)
+    limit = parse_limit(request.query.get("limit"), DEFAULT_LIST, MAX_LIST)
     state = request.query.get("state") or None
     if state is not None and state not in KNOWN_STATES:
         return web.json_response({"error": f"state: expected one of {', '.join(KNOWN_STATES)}"}, status=400)
-    rows = await asyncio.to_thread(request.app[keys.LEDGER].list_episodes, int(raw_limit), state)
+    rows = await asyncio.to_thread(request.app[keys.LEDGER].list_episodes, limit, state)
     return web.json_response({"episodes": [episode_json(e) for e in rows]})
 
 
-def _episode_id(request: web.Request) -> int | web.Response:
-    """The `{id}` of the path, or the 400 to answer."""
-    raw = request.match_info["id"]
-    if not EPISODE_ID_RE.match(raw):
-        return web.json_response({"error": "id: expected a positive integer"}, status=400)
-    return int(raw)
+def _episode_id(request: web.Request) -> int:
+    """The `{id}` of the path (a 400 or 404 InputError when it names no episode)."""
+    return parse_id(request.match_info["id"], "episode")
 
 
 async def get_episode(request: web.Request) -> web.Response:
     if isinstance(caller := authorized(request, READ, "reading an episode"), web.Response):
         return caller
-    if isinstance(episode_id := _episode_id(request), web.Response):
-        return episode_id
-    row = None
-    if 0 < episode_id <= MAX_EPISODE_ID:
-        row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
+    episode_id = _episode_id(request)
+    row = await asyncio.to_thread(request.app[keys.LEDGER].get_episode_full, episode_id)
     if row is None:
         return web.json_response({"error": f"no episode {episode_id}"}, status=404)
     return web.json_response(episode_json(row))
@@ -386,12 +376,9 @@ async def retry_episode(request: web.Request) -> web.Response:
     alert still fires, recorded in its history as asked by the token's name from its address."""
     if isinstance(token := authorized(request, OPERATE, "retrying an episode"), web.Response):
         return token
-    if isinstance(episode_id := _episode_id(request), web.Response):
-        return episode_id
+    episode_id = _episode_id(request)
     who = f"token '{token.name}' from {request.remote or '-'}"
-    why_not: str | None = f"no episode {episode_id}"
-    if 0 < episode_id <= MAX_EPISODE_ID:
-        why_not = await asyncio.to_thread(request.app[keys.LEDGER].retry, episode_id, who)
+    why_not = await asyncio.to_thread(request.app[keys.LEDGER].retry, episode_id, who)
     if why_not is not None:
         return web.json_response({"error": why_not}, status=404 if why_not.startswith("no episode") else 409)
     log.warning("episode %d re-queued by %s", episode_id, who)
@@ -443,26 +430,18 @@ async def readyz(request: web.Request) -> web.Response:
 # ---- approvals: GET /api/v1/approvals[/{id}] (read token), POST /api/v1/approvals/{id} (a decision) ------------------
 
 
-def _approval_id(request: web.Request) -> int | web.Response:
-    raw = request.match_info["id"]
-    if not EPISODE_ID_RE.match(raw):
-        return web.json_response({"error": "id: expected a positive integer"}, status=400)
-    approval_id = int(raw)
-    if not 0 < approval_id <= MAX_EPISODE_ID:
-        return web.json_response({"error": f"no approval {approval_id}"}, status=404)
-    return approval_id
+def _approval_id(request: web.Request) -> int:
+    return parse_id(request.match_info["id"], "approval")
 
 
 async def list_approvals(request: web.Request) -> web.Response:
     if isinstance(refused := authorized(request, READ, "reading approvals"), web.Response):
         return refused
-    raw_limit = request.query.get("limit", str(DEFAULT_LIST))
-    if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
-        return web.json_response({"error": f"limit: expected an integer from 1 to {MAX_LIST}"}, status=400)
+    limit = parse_limit(request.query.get("limit"), DEFAULT_LIST, MAX_LIST)
     status = request.query.get("status") or None
     if status is not None and status not in STATUSES:
         return web.json_response({"error": f"status: expected one of {', '.join(STATUSES)}"}, status=400)
-    rows = await asyncio.to_thread(request.app[keys.ENGINE].approvals.recent, status, int(raw_limit))
+    rows = await asyncio.to_thread(request.app[keys.ENGINE].approvals.recent, status, limit)
     return web.json_response({"approvals": [approval_json(r) for r in rows]})
 
 
@@ -470,8 +449,6 @@ async def get_approval(request: web.Request) -> web.Response:
     if isinstance(refused := authorized(request, READ, "reading approvals"), web.Response):
         return refused
     approval_id = _approval_id(request)
-    if isinstance(approval_id, web.Response):
-        return approval_id
     row = await asyncio.to_thread(request.app[keys.ENGINE].approvals.get, approval_id)
     if row is None:
         return web.json_response({"error": f"no approval {approval_id}"}, status=404)
@@ -499,11 +476,8 @@ def authorize_decision(request: web.Request) -> str | web.Response:
 async def _decision_body(request: web.Request) -> tuple[str, str, str] | web.Response:
     """A decision's body, checked: the decision, its reason and who decided (as given), or the 400 that says what is
     wrong with it."""
-    try:
-        body = await request.json()
-    except ValueError:
-        return web.json_response({"error": "expected a JSON object with decision and reason"}, status=400)
-    if not isinstance(body, dict) or body.get("decision") not in DECISIONS:
+    body = await read_json_object(request, request.app[keys.CONFIG].reconciler.max_body_bytes)
+    if body.get("decision") not in DECISIONS:
         return web.json_response({"error": "decision: expected approve or reject"}, status=400)
     reason, by = body.get("reason", ""), body.get("by", "")
     if not isinstance(reason, str) or not isinstance(by, str) or len(reason) > REASON_MAX:
@@ -517,24 +491,23 @@ async def decide_approval(request: web.Request) -> web.Response:
     if isinstance(credential, web.Response):
         return credential
     approval_id = _approval_id(request)
-    if isinstance(approval_id, web.Response):
-        return approval_id
     body = await _decision_body(request)
     if isinstance(body, web.Response):
         return body
     decision, reason, by = body
-    name = " ".join(by.split())[: DECIDER_MAX - 40] or "api"
-    who = f"{name} (token {credential})"
+    name = " ".join(by.split())[:DECIDER_MAX] or "api"
+    who = attribution(name, credential)
     app = request.app
     engine = app[keys.ENGINE]
     result = await asyncio.to_thread(
         engine.approvals.decide,
         approval_id,
         decision,
-        who,
+        name,
         " ".join(reason.split()),
         app[keys.PLAYBOOK].version,
         utcnow(),
+        credential,
     )
     if isinstance(result, Refusal):
         log.warning("approval %s: %s refused (%s): %s", approval_id, decision, request.remote, result.message)

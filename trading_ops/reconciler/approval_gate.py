@@ -17,6 +17,7 @@ from trading_ops.reconciler.approvals import (
     PENDING,
     REJECTED,
     ApprovalStore,
+    attribution,
 )
 from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.playbook import Playbook, StepSpec
@@ -79,7 +80,8 @@ class ApprovalGate(RunPart):
         record = run.step_record(position, step)
         if row["status"] == APPROVED:
             run.note(
-                f"{step.name} approved by {row['decided_by']} (approval {approval_id}: "
+                f"{step.name} approved by {attribution(row['decided_by'], row.get('decided_token'))} "
+                f"(approval {approval_id}: "
                 f"{row['reason'] or 'no reason given'})"
             )
             return int(approval_id)
@@ -92,7 +94,8 @@ class ApprovalGate(RunPart):
         if row["status"] == REJECTED:
             self._count_decision(row)
             outcome = "refused"
-            why = f"{step.name} rejected by {row['decided_by']} (approval {approval_id}): {row['reason'] or '-'}"
+            who = attribution(row["decided_by"], row.get("decided_token"))
+            why = f"{step.name} rejected by {who} (approval {approval_id}): {row['reason'] or '-'}"
         else:
             outcome = EXPIRED
             why = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ PENDING_HELP = "Approvals waiting for a person's decision (open episodes only)."
 OLDEST_HELP = "How long the oldest approval still waiting for a decision has waited (0 when none)."
 
 
+def attribution(name: str | None, token: str | None) -> str:
+    """Who decided, as every view shows it (the console's log lines, `reconciler history`, the CLI): the typed name
+    quoted (JSON's quoting: whatever it says stays inside its quotes) and the token it came with, or the CLI's
+    database access. `"bob (token oncall)" with token read` cannot pass for bob of token oncall."""
+    quoted = json.dumps(name or "", ensure_ascii=False)
+    return f"{quoted} with token {token}" if token else f"{quoted} (CLI)"
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why a decision was not taken: the HTTP status that says so (404, 403, 409) and one line."""
@@ -80,6 +89,7 @@ def approval_json(row: dict[str, Any]) -> dict[str, Any]:
         "requested_at": ts(row["requested_at"]),
         "deadline": ts(row["deadline"]),
         "decided_by": row["decided_by"],
+        "decided_token": row.get("decided_token"),
         "decided_at": ts(row["decided_at"]),
         "reason": row["reason"],
         "executed_at": ts(row["executed_at"]),
@@ -90,11 +100,11 @@ def _refusal(row: dict[str, Any], who: str, version: str, now: datetime) -> Refu
     """Why `who` may not decide the approval `row` (with its episode's state) now, under playbook `version`; None
     when they may."""
     approval_id = row["id"]
-    name = who.partition(" (token ")[0].strip()
+    name = who.strip()
     if name.lower() in RESERVED_DECIDERS or name == row["requested_by"]:
         return Refusal(403, f"approval {approval_id}: the requester ({who}) cannot decide its own request")
     if row["status"] != PENDING:
-        by = f" by {row['decided_by']}" if row["decided_by"] else ""
+        by = f" by {attribution(row['decided_by'], row.get('decided_token'))}" if row["decided_by"] else ""
         at = f" at {row['decided_at'].isoformat()}" if row["decided_at"] else ""
         return Refusal(409, f"approval {approval_id} is {row['status']}{by}{at}: nothing to decide")
     if row["episode_state"] in CLOSED_STATES or row["episode_state"] not in OPEN_STATES:
@@ -214,9 +224,17 @@ class ApprovalStore:
         return approval_id, state
 
     def decide(
-        self, approval_id: int, decision: str, who: str, reason: str, version: str, now: datetime
+        self,
+        approval_id: int,
+        decision: str,
+        who: str,
+        reason: str,
+        version: str,
+        now: datetime,
+        token: str | None = None,
     ) -> dict[str, Any] | Refusal:
-        """Record `who`'s decision (approve or reject) and wake the episode: the row as decided, or why not. Refused:
+        """Record `who`'s decision (approve or reject; `who` the name as given, `token` the name of the API token it
+        came with, stored apart) and wake the episode: the row as decided, or why not. Refused:
         no such approval (404); the requester itself deciding (403); already decided, expired, superseded, its
         episode closed, or the playbook changed since it was asked (version differs from `version`, the playbook
         the decider's reconciler runs) (409)."""
@@ -235,7 +253,13 @@ class ApprovalStore:
             took = conn.execute(
                 update(AP)
                 .where(AP.c.id == approval_id, AP.c.status == PENDING)
-                .values(status=status, decided_by=who[:DECIDER_MAX], decided_at=now, reason=reason[:REASON_MAX])
+                .values(
+                    status=status,
+                    decided_by=who[:DECIDER_MAX],
+                    decided_token=token,
+                    decided_at=now,
+                    reason=reason[:REASON_MAX],
+                )
             ).rowcount
             if not took:
                 return Refusal(409, f"approval {approval_id} was decided meanwhile; look again")
@@ -246,7 +270,9 @@ class ApprovalStore:
                 .values(next_run_at=now, updated_at=now)
             )
         decided = row
-        decided.update(status=status, decided_by=who[:DECIDER_MAX], decided_at=now, reason=reason[:REASON_MAX])
+        decided.update(
+            status=status, decided_by=who[:DECIDER_MAX], decided_token=token, decided_at=now, reason=reason[:REASON_MAX]
+        )
         return decided
 
     def park(

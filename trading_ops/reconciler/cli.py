@@ -604,7 +604,7 @@ def _register_approvals(inner: Any) -> None:
 
 
 def approvals_list(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops.reconciler.approvals import ApprovalStore, approval_json
+    from trading_ops.reconciler.approvals import ApprovalStore, approval_json, attribution
 
     ledger = _ledger(config)
     try:
@@ -618,7 +618,8 @@ def approvals_list(args: argparse.Namespace, config: Config) -> int:
         print("no approvals")
         return EXIT_OK
     for r in rows:
-        decided = f" by {r['decided_by']}: {r['reason']}" if r["decided_by"] else ""
+        who = attribution(r["decided_by"], r.get("decided_token"))
+        decided = f" by {who}: {r['reason']}" if r["decided_by"] else ""
         print(
             f"{r['id']}  {r['status']:<10} episode {r['episode_id']} ({r['alertname']}, {r['episode_state']})  "
             f"rule {r['rule']} step {r['position'] + 1}: {r['step_name']}  on {r['target']}  "
@@ -629,7 +630,7 @@ def approvals_list(args: argparse.Namespace, config: Config) -> int:
 
 def decide_approval(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.db.base import utcnow
-    from trading_ops.reconciler.approvals import ApprovalStore, Refusal
+    from trading_ops.reconciler.approvals import ApprovalStore, Refusal, attribution
 
     reason = " ".join(str(args.reason).split())
     if not reason:
@@ -645,7 +646,8 @@ def decide_approval(args: argparse.Namespace, config: Config) -> int:
         print(f"trading-ops: reconciler {args.decision}: {result.message}", file=sys.stderr)
         return EXIT_FAILURE
     print(
-        f"approval {args.id} {result['status']} by {who}: episode {result['episode_id']} carries on at once "
+        f"approval {args.id} {result['status']} by {attribution(who, None)}: episode {result['episode_id']} carries "
+        "on at once "
         f"(rule {result['rule']}, step {result['position'] + 1}: {result['step_name']})"
     )
     return EXIT_OK

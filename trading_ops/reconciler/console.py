@@ -31,14 +31,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from trading_ops import http_input
 from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR
 from trading_ops.db.base import utcnow
 from trading_ops.durations import parse_duration
-from trading_ops.ops.maintenance import ACTIVE, Maintenance, MaintenanceError, parse_matchers
+from trading_ops.http_guard import API_HEADERS
+from trading_ops.ops.maintenance import ACTIVE, Maintenance, MaintenanceError, parse_matchers, silences_own_pages
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.bot import target_token
-from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal
+from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal, attribution
 from trading_ops.reconciler.ledger import StoredSession
+from trading_ops.reconciler.login_throttle import LoginThrottle
 from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE, READ, Token, TokenSet, refusal
 from trading_ops.webconfig import app_ssl_context
 
@@ -47,13 +50,17 @@ log = logging.getLogger(__name__)
 PREFIX = "/ui"
 COOKIE = "tradingops_console"
 LOGIN_COOKIE = "tradingops_console_login"
-# A session lasts this long from its login (then log in again), and this many live at once at most (the oldest go).
+# A session lasts this long from its login (then log in again), and this many of one token live at once at most (its
+# oldest go: logins with one token never end another token's sessions).
 SESSION_SECONDS = 12 * 3600.0
-MAX_SESSIONS = 1000
+MAX_SESSIONS_PER_TOKEN = 10
 STATUS_TIMEOUT = aiohttp.ClientTimeout(total=3)
 HALT_TIMEOUT = aiohttp.ClientTimeout(total=10)
 MAX_FORM_BYTES = 16 * 1024
 LIST_LIMIT = 100
+# A bot's status as the fleet shows it: positions listed at most, and a heartbeat age past any real one (a century).
+MAX_POSITIONS = 50
+MAX_HEARTBEAT_AGE = 100 * 365 * 86400.0
 # No script, no frame, no foreign origin: the console's own stylesheet and forms posting to itself only.
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -65,6 +72,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+# Strict-Transport-Security where the console is on https (a year; the browser then never tries plain http).
+HSTS = {"Strict-Transport-Security": "max-age=31536000"}
 CSRF_REFUSED = "refused: missing or wrong CSRF token (reload the page and try again)"
 
 
@@ -103,7 +112,7 @@ def h(value: Any) -> str:
 
 
 def setup_console(app: web.Application) -> None:
-    app.middlewares.append(console_headers)
+    app[keys.LOGIN_THROTTLE] = LoginThrottle()
     r = app.router
     r.add_get(f"{PREFIX}", to_fleet)
     r.add_get(f"{PREFIX}/", page(fleet))
@@ -126,18 +135,22 @@ async def to_fleet(_request: web.Request) -> web.Response:
     return redirect(f"{PREFIX}/")
 
 
-@web.middleware
-async def console_headers(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    if request.path != PREFIX and not request.path.startswith(f"{PREFIX}/"):
-        return await handler(request)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
-    response.headers.update(SECURITY_HEADERS)
-    return response
+def is_console(request: web.Request) -> bool:
+    return request.path == PREFIX or request.path.startswith(f"{PREFIX}/")
+
+
+def response_headers(request: web.Request) -> dict[str, str]:
+    """The security headers of every answer of the reconciler (trading_ops.http_guard): the console's strict ones on
+    /ui/, an API's elsewhere; HSTS wherever the console is reached over https."""
+    headers = SECURITY_HEADERS if is_console(request) else API_HEADERS
+    return {**headers, **HSTS} if secure(request) else headers
+
+
+def render_error(request: web.Request, status: int, message: str) -> web.StreamResponse:
+    """A refused input or an internal error: one line on the console, JSON on the API."""
+    if is_console(request):
+        return one_line(status, f"refused: {message}" if status < 500 else message)
+    return web.json_response({"error": message}, status=status)
 
 
 def redirect(location: str) -> web.Response:
@@ -145,7 +158,12 @@ def redirect(location: str) -> web.Response:
 
 
 def secure(request: web.Request) -> bool:
-    return app_ssl_context(request.app) is not None
+    """Whether operators reach the console over https: served with TLS, or behind a TLS-terminating proxy that
+    reconciler.external_url names (a plain listener there, the browser on https all the same)."""
+    if app_ssl_context(request.app) is not None:
+        return True
+    config = request.app.get(keys.CONFIG)
+    return config is not None and config.reconciler.external_url.lower().startswith("https://")
 
 
 async def current(request: web.Request) -> Session | None:
@@ -265,20 +283,19 @@ async def login_form(request: web.Request, problem: str = "", status: int = 200)
     return response
 
 
-async def read_form(request: web.Request) -> dict[str, str] | web.Response:
-    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-        return one_line(413, f"refused: a form of more than {MAX_FORM_BYTES} bytes")
-    try:
-        data = await request.post()
-    except (ValueError, web.HTTPException):
-        return one_line(400, "refused: not a form")
-    return {k: v for k, v in data.items() if isinstance(v, str)}
+async def read_form(request: web.Request) -> dict[str, str]:
+    """The posted form, at most MAX_FORM_BYTES whatever its framing (InputError: a one-line 4xx)."""
+    return await http_input.read_form(request, MAX_FORM_BYTES)
 
 
 async def login(request: web.Request) -> web.StreamResponse:
+    wait = request.app[keys.LOGIN_THROTTLE].admit(request.remote or "-")
+    if wait:
+        log.warning("console login from %s refused: too many attempts (retry in %d s)", request.remote, wait)
+        response = one_line(429, f"refused: too many login attempts; try again in {wait} s")
+        response.headers["Retry-After"] = str(wait)
+        return response
     form = await read_form(request)
-    if isinstance(form, web.Response):
-        return form
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not expected or not hmac.compare_digest(form.get("csrf", "").encode(), expected.encode()):
         log.warning("console login from %s refused: missing or wrong CSRF token", request.remote)
@@ -294,7 +311,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         token_hash(token),
         utcnow(),
         SESSION_SECONDS,
-        MAX_SESSIONS,
+        MAX_SESSIONS_PER_TOKEN,
     )
     log.info("console login: token %r from %s", token.name, request.remote)
     response = redirect(f"{PREFIX}/")
@@ -340,8 +357,6 @@ def action(scope: str, what: str, act: Act) -> Callable[[web.Request], Awaitable
         if session is None:
             return one_line(403, "refused: not logged in (log in at /ui/login)")
         form = await read_form(request)
-        if isinstance(form, web.Response):
-            return form
         if not hmac.compare_digest(form.get("csrf", "").encode(), session.csrf.encode()):
             log.warning("console %s %s from %s refused: CSRF token", request.method, request.path, request.remote)
             return one_line(403, CSRF_REFUSED)
@@ -356,10 +371,14 @@ def action(scope: str, what: str, act: Act) -> Callable[[web.Request], Awaitable
     return handler
 
 
+def typed_name(form: dict[str, str]) -> str:
+    """The optional name a person gave (`by`), as free text."""
+    return " ".join(form.get("by", "").split())[: DECIDER_MAX - 80] or "console"
+
+
 def decider(session: Session, form: dict[str, str]) -> str:
-    """Who decided or acted: the optional name given, and the token's name (as the API records it)."""
-    name = " ".join(form.get("by", "").split())[: DECIDER_MAX - 60] or "console"
-    return f"{name} (token {session.token.name})"
+    """Who decided or acted, in one line: the name given, quoted, and the session's token apart (attribution)."""
+    return attribution(typed_name(form), session.token.name)
 
 
 # ---- the fleet ------------------------------------------------------------------------------------------------------
@@ -386,8 +405,52 @@ def positions(status: dict[str, Any]) -> str:
     held = status.get("positions")
     if not isinstance(held, dict):
         return "-"
-    open_ = {k: v for k, v in held.items() if str(v) not in ("0", "0.0", "")}
+    open_ = {k: v for k, v in list(held.items())[:MAX_POSITIONS] if str(v) not in ("0", "0.0", "")}
     return ", ".join(f"{h(k)} {h(v)}" for k, v in open_.items()) or "flat"
+
+
+def status_detail(status: dict[str, Any]) -> tuple[str, str]:
+    """The state badge and the facts of a bot's `status` answer; ValueError, TypeError or OverflowError for an
+    answer that is not one (fleet_card then shows the bot as unknown)."""
+    if "error" in status:
+        return badge("unknown"), f'<dt>Status</dt><dd class="problem">{h(status["error"])}</dd>'
+    state = status.get("state", "?")
+    if not isinstance(state, str):
+        raise TypeError(f"state is {type(state).__name__}")
+    age = status.get("heartbeat_age_seconds")
+    beat = "-"
+    if isinstance(age, int | float) and not isinstance(age, bool):
+        seconds = float(age)
+        if not 0 <= seconds < MAX_HEARTBEAT_AGE:
+            raise ValueError(f"heartbeat_age_seconds {str(age)[:40]}")
+        beat = f"{seconds:.1f} s ago"
+    return badge(state[:40]), (
+        f"<dt>Reason</dt><dd>{h(str(status.get('state_reason') or '-')[:500])}</dd>"
+        f"<dt>Last heartbeat</dt><dd>{h(beat)}</dd>"
+        f"<dt>Positions</dt><dd class=positions>{positions(status)}</dd>"
+    )
+
+
+def bot_card(bot: str, status: dict[str, Any], opened: int, until: Any, session: Session) -> str:
+    """One bot on the fleet page. Whatever its `status` answered, the card is drawn (the page holds every bot's
+    emergency halt): an answer that cannot be read shows the bot as unknown, saying why."""
+    try:
+        state, detail = status_detail(status)
+    except (ValueError, TypeError, OverflowError) as exc:
+        log.warning("console: status of %s not shown: %s", bot, exc)
+        state = badge("unknown")
+        detail = f'<dt>Status</dt><dd class="problem">{h(f"status answered what is not a status ({exc})")}</dd>'
+    episodes_link = f'<a href="{PREFIX}/episodes?target={h(bot)}">{opened} open</a>'
+    breaker = f"open until {when(until)}" if until else "closed"
+    halt = (
+        f'<a class="button danger" href="{PREFIX}/bots/{h(bot)}/halt">Emergency halt</a>'
+        if session.token.allows(DESTRUCTIVE)
+        else ""
+    )
+    return (
+        f'<section class="card bot" id="bot-{h(bot)}"><h2>{h(bot)} {state}</h2><dl>{detail}'
+        f"<dt>Episodes</dt><dd>{episodes_link}</dd><dt>Circuit</dt><dd>{breaker}</dd></dl>{halt}</section>"
+    )
 
 
 async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
@@ -401,33 +464,10 @@ async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
         asyncio.to_thread(ledger.open_circuits, now),
     )
     circuit = {c["target"]: c["open_until"] for c in circuits}
-    cards = []
-    for bot, status in zip(targets, statuses, strict=True):
-        if "error" in status:
-            state = badge("unknown")
-            detail = f'<dt>Status</dt><dd class="problem">{h(status["error"])}</dd>'
-        else:
-            state = badge(str(status.get("state", "?")))
-            age = status.get("heartbeat_age_seconds")
-            beat = f"{float(age):.1f} s ago" if isinstance(age, int | float) else "-"
-            detail = (
-                f"<dt>Reason</dt><dd>{h(status.get('state_reason') or '-')}</dd>"
-                f"<dt>Last heartbeat</dt><dd>{h(beat)}</dd>"
-                f"<dt>Positions</dt><dd class=positions>{positions(status)}</dd>"
-            )
-        opened = open_by.get(bot, 0)
-        episodes_link = f'<a href="{PREFIX}/episodes?target={h(bot)}">{opened} open</a>'
-        until = circuit.get(bot)
-        breaker = f"open until {when(until)}" if until else "closed"
-        halt = (
-            f'<a class="button danger" href="{PREFIX}/bots/{h(bot)}/halt">Emergency halt</a>'
-            if session.token.allows(DESTRUCTIVE)
-            else ""
-        )
-        cards.append(
-            f'<section class="card bot" id="bot-{h(bot)}"><h2>{h(bot)} {state}</h2><dl>{detail}'
-            f"<dt>Episodes</dt><dd>{episodes_link}</dd><dt>Circuit</dt><dd>{breaker}</dd></dl>{halt}</section>"
-        )
+    cards = [
+        bot_card(bot, status, open_by.get(bot, 0), circuit.get(bot), session)
+        for bot, status in zip(targets, statuses, strict=True)
+    ]
     if "__global__" in circuit or any(c["target"] not in targets for c in circuits):
         others = ", ".join(h(c["target"]) for c in circuits if c["target"] not in targets)
         cards.append(f'<p class="problem">Open circuits: {others}</p>')
@@ -460,7 +500,7 @@ def approval_card(row: dict[str, Any], session: Session) -> str:
     except ValueError:
         arguments = row["arguments"]
     decided = (
-        f"<dt>Decided</dt><dd>{h(row['decided_by'])} at {when(row['decided_at'])}: {h(row['reason'])}</dd>"
+        f"<dt>Decided</dt><dd>{deciders(row)} at {when(row['decided_at'])}: {h(row['reason'])}</dd>"
         if row["decided_by"]
         else ""
     )
@@ -491,13 +531,14 @@ def approval_card(row: dict[str, Any], session: Session) -> str:
 
 
 async def episode(request: web.Request, session: Session) -> web.StreamResponse:
-    raw = request.match_info["id"]
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) < 2**31:
+    try:
+        episode_id = http_input.parse_id(request.match_info["id"], "episode")
+    except http_input.InputError:
         return html_response(layout("Not found", "<p>No such episode.</p>", session), 404)
     app = request.app
-    row = await asyncio.to_thread(app[keys.LEDGER].get_episode_full, int(raw))
+    row = await asyncio.to_thread(app[keys.LEDGER].get_episode_full, episode_id)
     if row is None:
-        return html_response(layout("Not found", f"<p>No episode {h(raw)}.</p>", session), 404)
+        return html_response(layout("Not found", f"<p>No episode {episode_id}.</p>", session), 404)
     asked = await asyncio.to_thread(app[keys.ENGINE].approvals.of_episode, row["id"])
     labels = json.loads(row["labels"])
     annotations = json.loads(row["annotations"])
@@ -550,8 +591,16 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
 # ---- approvals ------------------------------------------------------------------------------------------------------
 
 
+def deciders(row: dict[str, Any]) -> str:
+    """Who decided an approval, the typed name and the token apart: the name as quoted text, the token in its own
+    element (the CLI's decisions have none)."""
+    token = row.get("decided_token")
+    via = f'<span class="token">token {h(token)}</span>' if token else '<span class="token">the CLI</span>'
+    return f'<q class="decider">{h(row["decided_by"])}</q> {via}'
+
+
 def decided_row(row: dict[str, Any]) -> str:
-    who = f" by {h(row['decided_by'])}: {h(row['reason'])}" if row["decided_by"] else ""
+    who = f" by {deciders(row)}: {h(row['reason'])}" if row["decided_by"] else ""
     return (
         f'<li class="row" id="approval-{row["id"]}"><strong>#{row["id"]}</strong> {badge(row["status"])} '
         f'<a href="{PREFIX}/episodes/{row["episode_id"]}">episode #{row["episode_id"]}</a> · step '
@@ -577,9 +626,7 @@ async def approvals(request: web.Request, session: Session) -> web.StreamRespons
 
 
 async def decide(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:
-    raw = request.match_info["id"]
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) < 2**31:
-        return one_line(404, "refused: no such approval")
+    raw = str(http_input.parse_id(request.match_info["id"], "approval"))
     decision, reason = form.get("decision", ""), " ".join(form.get("reason", "").split())
     if decision not in DECISIONS:
         return one_line(400, "refused: decision must be approve or reject")
@@ -589,7 +636,14 @@ async def decide(request: web.Request, session: Session, form: dict[str, str]) -
     engine = app[keys.ENGINE]
     who = decider(session, form)
     result = await asyncio.to_thread(
-        engine.approvals.decide, int(raw), decision, who, reason[:REASON_MAX], app[keys.PLAYBOOK].version, utcnow()
+        engine.approvals.decide,
+        int(raw),
+        decision,
+        typed_name(form),
+        reason[:REASON_MAX],
+        app[keys.PLAYBOOK].version,
+        utcnow(),
+        session.token.name,
     )
     if isinstance(result, Refusal):
         log.warning("console: approval %s %s by %s refused: %s", raw, decision, who, result.message)
@@ -628,6 +682,8 @@ async def maintenance(request: web.Request, session: Session) -> web.StreamRespo
         '<label>Reason<input name="reason" required maxlength="500"></label>'
         "<label>Matchers <small>(label=value, one per line; empty: every bot)</small>"
         '<textarea name="matchers" rows="2"></textarea></label>'
+        '<p class="hint">A window that would silence the reconciler&#39;s own pages (service=trading-ops, '
+        "TradingOps… alerts, a bot's instance alone) or the Watchdog needs the destructive scope.</p>"
         '<label>Your name <small>(optional)</small><input name="by" maxlength="80"></label>'
         '<button type="submit">Start window</button></form>'
         if can
@@ -647,6 +703,10 @@ async def start_window(request: web.Request, session: Session, form: dict[str, s
         reason = " ".join(form.get("reason", "").split())
         if not reason:
             raise MaintenanceError("a reason is required")
+        own = silences_own_pages(matchers)
+        if own is not None and not session.token.allows(DESTRUCTIVE):
+            log.warning("console maintenance window by %s refused: it would silence %s", decider(session, form), own)
+            raise MaintenanceError(f"this window would silence {own}: {refusal('that', DESTRUCTIVE, session.token)}")
         outcome = await maintenance_of(request.app).start(
             matchers, seconds, reason, f"console: {decider(session, form)}"
         )
@@ -661,9 +721,7 @@ async def start_window(request: web.Request, session: Session, form: dict[str, s
 
 async def end_window(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:
     back = f"{PREFIX}/maintenance"
-    raw = request.match_info["id"]
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) < 2**31:
-        return one_line(404, "refused: no such window")
+    raw = str(http_input.parse_id(request.match_info["id"], "window"))
     try:
         outcome = await maintenance_of(request.app).end(int(raw))
     except MaintenanceError as exc:

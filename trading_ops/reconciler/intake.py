@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from trading_ops.bearer import bearer_matches
 from trading_ops.db.base import utcnow
+from trading_ops.http_input import InputError, parse_json
 from trading_ops.reconciler.ledger import (
     NOTIFICATION_INSERT,
     AlertIn,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 SUPPORTED_VERSION = "4"
 STATUSES = ("firing", "resolved")
 MAX_ALERTS = 10_000
+MAX_TRUNCATED = 2**63 - 1
 MAX_LABELS = 100
 MAX_LABEL_NAME = 256
 MAX_VALUE = 16_384
@@ -81,11 +83,11 @@ def decode_body(body: bytes) -> str:
 def parse_body(body: bytes | str) -> Any:
     text = decode_body(body) if isinstance(body, bytes) else body
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise Rejected(400, "invalid_json", f"body is not JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise Rejected(400, "invalid_json", "body is not JSON we accept: nested too deeply") from exc
+        # Depth: Python's own bound (a 400 past it); the schema reads only alerts of a fixed shape, and a walk of
+        # every node would double the cost of a large notification.
+        return parse_json(text, max_depth=None)
+    except InputError as exc:
+        raise Rejected(exc.status, "invalid_json", exc.message) from exc
 
 
 def _printable(name: str) -> str:
@@ -223,7 +225,8 @@ def validate(data: Any) -> Validated:
         more = f" (and {len(invalid) - 1} more invalid alerts)" if len(invalid) > 1 else ""
         raise Rejected(422, "invalid_payload", invalid[0] + more)
     truncated = payload.truncatedAlerts
-    truncated = truncated if type(truncated) is int and truncated > 0 else 0
+    # A count Alertmanager could send (an int64); anything else is no count (the notification is stored all the same).
+    truncated = truncated if type(truncated) is int and 0 < truncated <= MAX_TRUNCATED else 0
     return Validated(payload.receiver, payload.status, payload.groupKey, alerts, invalid, truncated)
 
 

@@ -15,6 +15,7 @@ from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import GroupCommitWriter
 from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.login_throttle import LoginThrottle
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import Outbox
@@ -40,4 +41,5 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 # reconciler.tls (CA, client certificate) for its session; absent when not configured.
 CLIENT_TLS = web.AppKey("client_tls", ssl.SSLContext)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 TASKS = web.AppKey("tasks", list[asyncio.Task[None]])

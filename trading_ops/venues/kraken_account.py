@@ -25,6 +25,7 @@ from trading_ops.venues.kraken_api import (
     Pair,
     Pairs,
     asset_id,
+    count_param,
     decimal_param,
     flag,
     num,
@@ -34,6 +35,7 @@ from trading_ops.venues.kraken_api import (
 from trading_ops.venues.kraken_faults import GatewayFaults
 
 PAGE_SIZE = 50  # ClosedOrders and TradesHistory answer at most this many per call
+MAX_OFFSET = 10**9  # an `ofs` past this is no offset
 MAX_QUERY_IDS = 50  # QueryOrders takes at most this many txids
 # How Kraken refuses what the paper venue rejects (the order then never existed).
 REJECT_ERRORS = {
@@ -47,10 +49,7 @@ ANONYMOUS_PREFIX = "anonymous:"
 
 
 def _page(items: list[Any], params: Mapping[str, str]) -> list[Any]:
-    raw = params.get("ofs", "0") or "0"
-    if not raw.isdigit():
-        raise KrakenError(f"{E_INVALID_ARGUMENTS}:ofs")
-    offset = int(raw)
+    offset = count_param(params, "ofs", 0, MAX_OFFSET)
     return items[offset : offset + PAGE_SIZE]
 
 

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
+from trading_ops.http_input import MAX_NUMBER_CHARS, InputError, whole_number
+
 # Kraken's ids for the assets it names the legacy way (X for crypto, Z for fiat): (id, altname). Others keep their
 # name as both.
+# The largest magnitude a decimal parameter may have (a nanosecond `since` is about 1.8e18).
+MAX_DECIMAL = Decimal(10) ** 20
 KRAKEN_ASSETS = {
     "BTC": ("XXBT", "XBT"),
     "ETH": ("XETH", "ETH"),
@@ -111,12 +115,25 @@ def decimal_param(params: Mapping[str, str], name: str) -> Decimal | None:
     if raw is None or raw == "":
         return None
     try:
-        value = Decimal(raw)
+        value = Decimal(raw) if len(raw) <= MAX_NUMBER_CHARS else Decimal("NaN")
     except InvalidOperation:
         raise KrakenError(f"{E_INVALID_ARGUMENTS}:{name}") from None
-    if not value.is_finite():
+    # Finite and of a size a price, a volume or a time can have (a nanosecond id included): `1e999999` is none.
+    if not value.is_finite() or abs(value) >= MAX_DECIMAL:
         raise KrakenError(f"{E_INVALID_ARGUMENTS}:{name}")
     return value
+
+
+def count_param(params: Mapping[str, str], name: str, default: int, high: int) -> int:
+    """A whole-number parameter (a count, an offset, an interval) from 0 to `high`; `default` when absent or empty;
+    KrakenError for anything else (no int() of thousands of digits, nor of `²`)."""
+    raw = params.get(name, "")
+    if not raw:
+        return default
+    try:
+        return whole_number(raw, name, 0, high)
+    except InputError:
+        raise KrakenError(f"{E_INVALID_ARGUMENTS}:{name}") from None
 
 
 def seconds_param(params: Mapping[str, str], name: str) -> float | None:

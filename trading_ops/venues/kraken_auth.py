@@ -19,6 +19,9 @@ from trading_ops.venues.kraken_api import (
 )
 from trading_ops.venues.kraken_faults import GatewayFaults
 
+# A nonce is a counter (ccxt sends milliseconds or microseconds): 30 digits is far past any, and int() stays cheap.
+MAX_NONCE_DIGITS = 30
+
 
 class KrakenAuth:
     """Which account each API key reaches, its decoded secret and the last nonce it used, and the check of a private
@@ -65,7 +68,9 @@ class KrakenAuth:
         if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
             raise KrakenError(E_INVALID_KEY)  # as Kraken answers a wrong secret
         self.faults.check_nonce()
-        if not nonce.isascii() or not nonce.isdigit() or int(nonce) <= self._nonces.get(key, 0):
+        if not nonce.isascii() or not nonce.isdigit() or len(nonce) > MAX_NONCE_DIGITS:
+            raise KrakenError(E_INVALID_NONCE)
+        if int(nonce) <= self._nonces.get(key, 0):
             raise KrakenError(E_INVALID_NONCE)
         self._nonces[key] = int(nonce)
         return self.account_of_key[key], params

@@ -70,12 +70,21 @@ from aiohttp import web
 
 from trading_ops.bot.broker import BrokerEvents
 from trading_ops.config import GATEWAY_MAIN_ACCOUNT, Config, ConfigError, resolve_secret
+from trading_ops.http_guard import guard
+from trading_ops.http_input import InputError, read_body, read_json_object
 from trading_ops.paper.faults import FaultModel
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.call_counter import CounterLimiter
 from trading_ops.venues.kraken_account import AccountEndpoints
-from trading_ops.venues.kraken_api import E_RATE_LIMIT, E_UNKNOWN_METHOD, KrakenError, Pairs, decode_secret
+from trading_ops.venues.kraken_api import (
+    E_INVALID_ARGUMENTS,
+    E_RATE_LIMIT,
+    E_UNKNOWN_METHOD,
+    KrakenError,
+    Pairs,
+    decode_secret,
+)
 from trading_ops.venues.kraken_auth import KrakenAuth
 from trading_ops.venues.kraken_faults import FAULTS, FaultError, GatewayFaults
 from trading_ops.venues.kraken_market import MarketData
@@ -235,7 +244,10 @@ class KrakenGateway:
         method = request.match_info["method"]
         if self.faults.dropping(request):
             return web.Response()
-        body = await request.text()
+        try:
+            body = (await read_body(request, MAX_BODY_BYTES)).decode("utf-8")
+        except (InputError, UnicodeDecodeError):
+            return self._error(method, KrakenError(E_INVALID_ARGUMENTS))
         try:
             self._service_faults(method)
             account, params = self._authenticate(request, body)
@@ -279,12 +291,10 @@ class KrakenGateway:
         if fault not in FAULTS:
             return web.json_response({"error": f"unknown fault; one of {', '.join(FAULTS)}"}, status=404)
         try:
-            args = await request.json() if request.can_read_body else {}
-        except ValueError:
-            args = None
-        if not isinstance(args, dict):
-            LOG.warning("fault %s refused: the body is not a JSON object", fault)
-            return web.json_response({"error": "the body must be a JSON object"}, status=400)
+            args = await read_json_object(request, MAX_BODY_BYTES)
+        except InputError as exc:
+            LOG.warning("fault %s refused: %s", fault, exc)
+            return web.json_response({"error": exc.message}, status=exc.status)
         try:
             answer = await self.faults.inject(fault, args)
         except FaultError as exc:
@@ -313,6 +323,8 @@ class KrakenGateway:
 
 
 GATEWAY = web.AppKey("gateway", KrakenGateway)
+# A private call's form or a fault command's arguments: far more than either takes.
+MAX_BODY_BYTES = 64 * 1024
 # Routes that check a bearer token themselves (the fault commands): a web configuration's basic auth covers the
 # Kraken API (whose private methods are signed with an API key besides).
 BEARER_ROUTES = ("/chaos",)
@@ -320,7 +332,9 @@ BEARER_ROUTES = ("/chaos",)
 
 def create_app(gateway: KrakenGateway) -> web.Application:
     """The gateway's aiohttp application; the venue's market ticks while the app runs."""
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    # Every answer with its security headers, an unexpected error a 500 in JSON (the Kraken API's own errors are 200s).
+    guard(app)
     app[GATEWAY] = gateway
     app.router.add_get("/0/public/{method}", gateway.handle_public)
     app.router.add_post("/0/public/{method}", gateway.handle_public)

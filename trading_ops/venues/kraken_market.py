@@ -18,6 +18,7 @@ from trading_ops.venues.kraken_api import (
     KrakenError,
     Pairs,
     asset_id,
+    count_param,
     decimal_param,
     num,
     seconds_param,
@@ -29,6 +30,7 @@ CANDLE_SECONDS = 60
 MAX_CANDLES = 720  # one-minute candles kept per pair (OHLC answers at most 720, as Kraken does)
 MAX_TRADES = 1000  # Trades answers at most this many (Kraken's `count` default and maximum)
 MAX_SPREADS = 200  # changes of the best bid and ask kept per pair for Spread
+MAX_COUNT = 10**9  # a `count` past this is no count (the answer is capped at the levels or trades kept anyway)
 NANOSECONDS = 10**9
 SECONDS_OR_NANOSECONDS = 10**12  # a `since` above this is a nanosecond id, not Unix seconds
 OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)  # minutes
@@ -165,10 +167,10 @@ class MarketData:
 
     async def ohlc(self, params: Mapping[str, str]) -> dict[str, Any]:
         pair = self.pairs.one(params)
-        raw = params.get("interval", "1") or "1"
-        if not raw.isdigit() or int(raw) not in OHLC_INTERVALS:
+        interval = count_param(params, "interval", 1, max(OHLC_INTERVALS))
+        if interval not in OHLC_INTERVALS:
             raise KrakenError(f"{E_INVALID_ARGUMENTS}:interval")
-        width = int(raw) * CANDLE_SECONDS
+        width = interval * CANDLE_SECONDS
         since = seconds_param(params, "since")
         merged: list[list[Decimal]] = []
         for t, o, h, low, c, n in self._candles[pair.symbol]:
@@ -187,10 +189,10 @@ class MarketData:
 
     async def depth(self, params: Mapping[str, str]) -> dict[str, Any]:
         pair = self.pairs.one(params)
-        raw = params.get("count", "") or str(DEPTH_LEVELS)
-        if not raw.isdigit() or int(raw) < 1:
+        count = count_param(params, "count", DEPTH_LEVELS, MAX_COUNT)
+        if count < 1:
             raise KrakenError(f"{E_INVALID_ARGUMENTS}:count")
-        levels = min(int(raw), DEPTH_LEVELS)
+        levels = min(count, DEPTH_LEVELS)
         quote = self._quote(pair.symbol)
         tick = self.venue.tick_size(pair.symbol)
         at = int(quote.timestamp.timestamp())
@@ -210,8 +212,8 @@ class MarketData:
         """The market's public trades: every account's fills of the pair, as the taker saw them (the side and order
         type of the taker; a fill of a resting order was taken by the other side at the market), oldest first."""
         pair = self.pairs.one(params)
-        raw = params.get("count", "") or str(MAX_TRADES)
-        if not raw.isdigit() or int(raw) < 1:
+        count = count_param(params, "count", MAX_TRADES, MAX_COUNT)
+        if count < 1:
             raise KrakenError(f"{E_INVALID_ARGUMENTS}:count")
         since = self._since_ns(params)
         rows: list[tuple[int, int, list[Any]]] = []
@@ -230,7 +232,7 @@ class MarketData:
                 row = [num(fill.price), num(fill.quantity), at / NANOSECONDS, side.value[0], kind, "", trade_id]
                 rows.append((at, trade_id, row))
         rows.sort(key=lambda r: (r[0], r[1]))
-        newest = rows[-int(raw) :] if int(raw) < len(rows) else rows
+        newest = rows[-count:] if count < len(rows) else rows
         last = newest[-1][0] if newest else (since or 0)
         return {pair.pair_id: [row for _, _, row in newest], "last": str(last)}
 

@@ -200,7 +200,11 @@ class Approval(Base):
     requested_by: Mapped[str] = mapped_column(String(128))
     requested_at: Mapped[datetime] = mapped_column(default=utcnow)
     deadline: Mapped[datetime] = mapped_column()
+    # Who decided, as they named themselves (free text), and the name of the API token they decided with (the
+    # console's and the API's; none from the CLI, which writes with the database's own access): kept apart, so a
+    # typed name cannot read like another token's attribution.
     decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_token: Mapped[str | None] = mapped_column(String(128))
     decided_at: Mapped[datetime | None] = mapped_column()
     reason: Mapped[str] = mapped_column(Text, default="")
     executed_at: Mapped[datetime | None] = mapped_column()

@@ -57,14 +57,16 @@ class ConsoleSessions:
     def create_console_session(
         self, token_name: str, scope: str, token_hash: str, now: datetime, seconds: float, keep: int
     ) -> tuple[str, StoredSession]:
-        """A new session for the token, lasting `seconds` from `now`: its id (for the cookie only) and the session."""
+        """A new session for the token, lasting `seconds` from `now`: its id (for the cookie only) and the session.
+        A token keeps `keep` sessions at most: its new login ends its own oldest, never another token's."""
         session_id = secrets.token_urlsafe(SECRET_BYTES)
         csrf = secrets.token_urlsafe(SECRET_BYTES)
         session = StoredSession(id_hash(session_id), token_name, scope, token_hash, csrf, later(now, seconds), [])
         with self.db.tx() as conn:
-            live = int(conn.execute(select(func.count()).select_from(CS)).scalar_one())
+            mine = (CS.c.token_name == token_name, CS.c.token_hash == token_hash)
+            live = int(conn.execute(select(func.count()).select_from(CS).where(*mine)).scalar_one())
             if live >= keep:
-                oldest = select(CS.c.id_hash).order_by(CS.c.expires_at).limit(live - keep + 1)
+                oldest = select(CS.c.id_hash).where(*mine).order_by(CS.c.expires_at).limit(live - keep + 1)
                 conn.execute(delete(CS).where(CS.c.id_hash.in_(oldest.scalar_subquery())))
             conn.execute(
                 insert(CS).values(

@@ -1,0 +1,64 @@
+"""What every response of a server we ship carries, its errors included: the server's security headers on every
+response (a 500 from a handler that raised, a 404 of the router, a 401 of basic auth), an InputError answered as the
+one-line 4xx it is, and an unexpected exception logged and answered as a 500 in the server's own format."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from trading_ops.http_input import InputError
+
+log = logging.getLogger(__name__)
+
+# An API's answers (JSON, /metrics): nothing to sniff, frame, cache or refer from.
+API_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The headers of a request's response (they may depend on its path: the console's are stricter than the API's).
+HeadersOf = Callable[[web.Request], Mapping[str, str]]
+# How a server answers an error: (request, status, one line) -> its response.
+Render = Callable[[web.Request, int, str], web.StreamResponse]
+
+
+def json_error(_request: web.Request, status: int, message: str) -> web.StreamResponse:
+    return web.json_response({"error": message}, status=status)
+
+
+def guard(app: web.Application, headers_of: HeadersOf | None = None, render: Render = json_error) -> None:
+    """Give `app` its guard: headers_of(request) (API_HEADERS without it) on every response, InputError and
+        unexpected exceptions answered through `render`. Its middleware goes first in the chain; the headers are set as
+    each response is prepared, so a response of a middleware before it (a web configuration's 401) has them too."""
+
+    def headers(request: web.Request) -> Mapping[str, str]:
+        return headers_of(request) if headers_of is not None else API_HEADERS
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except InputError as exc:
+            log.warning("%s %s from %s refused (%d): %s", request.method, request.path, request.remote, exc.status, exc)
+            return render(request, exc.status, exc.message)
+        except web.HTTPException as exc:
+            if exc.status >= 500:
+                return render(request, exc.status, exc.reason)
+            raise
+        except Exception:
+            log.exception("%s %s from %s failed", request.method, request.path, request.remote)
+            return render(request, 500, "internal error (logged)")
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in headers(request).items():
+            response.headers.setdefault(name, value)
+
+    app.middlewares.insert(0, middleware)
+    app.on_response_prepare.append(add_headers)
