@@ -21,6 +21,7 @@ from trading_ops.bot.broker import Broker, BrokerEvents, Channel
 from trading_ops.bot.commands import register_commands
 from trading_ops.bot.control import SOURCE_RISK
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
+from trading_ops.bot.dead_man_switch import DeadMansSwitch
 from trading_ops.bot.drawdown import PeakJournal
 from trading_ops.bot.gate import OrderGate
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
@@ -283,6 +284,9 @@ class BotRuntime:
         self.crash_report_retry_seconds = RETRY_SECONDS  # first retry of an unsent crash report; doubles from there
         self.crash_reporter: CrashReporter | None = None
         self.kill_switch = KillSwitch(self.inst.state, self.order_engine, self.trade_lock)
+        self.dead_man = DeadMansSwitch(
+            self.broker, self.inst.state, bot.dead_man_switch, venue=bot.venue, registry=self.inst.registry
+        )
         self.schedule = ReconciliationSchedule(
             self.reconciler,
             self.broker,
@@ -481,6 +485,8 @@ class BotRuntime:
         # Before the venue ticks on and before the loop may trade: the journal must agree with the venue.
         await self.reconcile(Trigger.STARTUP)
         await oe.adopt_open_orders()
+        # What the venue holds is known now: from here on, a dead host or a hung loop leaves no order resting.
+        await self.dead_man.arm()
         if self.crash is not None:
             await self._record_crash(self.crash, crash_orders, crash_positions)
         urls = resolve_secret(self.config, self.config.notifications, "urls", "notifications.urls").split()
@@ -569,6 +575,7 @@ class BotRuntime:
         sequence.steps = [
             ("stop new orders", self._stop_trading),
             (orders_step, self._cancel_open_orders if policy == "cancel" else self._keep_open_orders),
+            ("the dead man's switch", lambda: self._end_dead_man(orders_step, sequence.failed)),
             ("disconnect from the venue", self._disconnect),
             ("flush the journal", flush),
             ("final heartbeat with the clean-shutdown marker", final_heartbeat),
@@ -606,6 +613,23 @@ class BotRuntime:
         if left:
             raise RuntimeError(f"{len(left)} open orders could not be canceled: {', '.join(left[:5])}")
         log.info("shutdown: %d open orders canceled", canceled)
+
+    async def _end_dead_man(self, orders_step: str, failed: list[str]) -> None:
+        """Disarm the venue's switch as `bot.dead_man_switch.disarm_on_shutdown` says: after_cancel only when this
+        shutdown canceled the open orders (else the venue cancels what is left at the trigger)."""
+        when = self.config.bot.dead_man_switch.disarm_on_shutdown
+        canceled = self.config.recovery.open_orders_on_shutdown == "cancel" and orders_step not in failed
+        if not self.dead_man.active:
+            return
+        if when == "always" or (when == "after_cancel" and canceled):
+            await self.dead_man.disarm()
+            return
+        self.dead_man.stop()
+        if self.dead_man.armed:
+            log.warning(
+                "shutdown: the dead man's switch stays armed: the venue cancels every open order of the account at %s",
+                self.dead_man.trigger.isoformat() if self.dead_man.trigger else "its trigger",
+            )
 
     async def _keep_open_orders(self) -> None:
         log.info("shutdown: %d open orders kept on the venue (reconciled at the next start)", len(self.orders))
@@ -697,6 +721,7 @@ class BotRuntime:
 
     async def _after_step(self) -> None:
         self._probe_journal()
+        await self.dead_man.refresh()  # from the loop itself: a loop that stops stops refreshing it
         await self.kill_switch.after_step()
         headroom = self.broker.rate_limit_headroom()
         if headroom is not None:
@@ -817,6 +842,7 @@ class BotRuntime:
             "orders_outcome_unknown": sum(not o.venue_order_id for o in self.orders.values()),
             "adopted_orders": len(oe.external_orders),
             "cancel_pending": self.cancel_pending,
+            "dead_man_switch": self.dead_man.status(),
             "realized_pnl_today": str(self.book.realized_today.quantize(CENT)),
             "unrealized_pnl": str(self.book.unrealized_pnl().quantize(CENT)),
             "connected": {ch.value: self.broker.is_connected(ch) for ch in Channel},

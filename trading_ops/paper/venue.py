@@ -79,8 +79,8 @@ __all__ = ["RANDOM_REJECT_REASONS", "PaperVenue"]
 
 LOG = logging.getLogger(__name__)
 DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
-# The account queries fail_queries can make fail.
-ACCOUNT_QUERIES = ("positions", "balances")
+# The account calls fail_queries can make fail (cancel_all_orders_after: the dead man's switch refused).
+ACCOUNT_QUERIES = ("positions", "balances", "cancel_all_orders_after")
 MAX_ADVANCE_TICKS = 100_000  # past this, advance() takes coarser steps rather than running for minutes
 DRAIN_TIMEOUT_SECONDS = 5.0
 # Kraken's CancelAllOrdersAfter takes a timeout under a day (docs.kraken.com, "Cancel All Orders After X").
@@ -470,8 +470,9 @@ class PaperVenue(Broker):
         disarmed). Once triggered, it stays disarmed until armed again. BrokerError("other") for a timeout Kraken
         refuses (negative, or a day or more)."""
         self._require(Channel.ORDERS)
+        self._check_query("cancel_all_orders_after")
         if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 <= timeout < MAX_CANCEL_AFTER_SECONDS:
-            raise BrokerError("other", f"{self.venue}: the timeout must be whole seconds from 0 to 86399, got {timeout!r}")
+            raise BrokerError("other", f"{self.venue}: the timeout must be 0 to 86399 whole seconds, got {timeout!r}")
         now = self._venue_now()
         self._cancel_all_at = now + timedelta(seconds=timeout) if timeout else None
         return now, self._cancel_all_at
@@ -563,8 +564,8 @@ class PaperVenue(Broker):
         self.fault_model.start(REJECTING, seconds, detail=reason)
 
     async def fail_queries(self, queries: Iterable[str], seconds: float) -> None:
-        """The account queries named (`positions`, `balances`) fail as unavailable for `seconds`, everything else
-        answering (an account endpoint in trouble while orders and fills still flow)."""
+        """The account calls named (`positions`, `balances`, `cancel_all_orders_after`) fail as unavailable for
+        `seconds`, everything else answering (an account endpoint in trouble while orders and fills still flow)."""
         for query in queries:
             if query not in ACCOUNT_QUERIES:
                 raise ValueError(f"unknown account query {query!r}; one of {', '.join(ACCOUNT_QUERIES)}")
