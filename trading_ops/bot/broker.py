@@ -272,6 +272,13 @@ class Broker(abc.ABC):
         return None
 
     @contextlib.asynccontextmanager
+    async def patient(self) -> AsyncIterator[None]:
+        """Entered around work nothing else waits on and that must not fail for want of the venue's rate limit (the
+        start before the trading loop runs, a shutdown's cancels): a broker that budgets the limit makes the calls
+        inside (in this task) wait for room rather than fail. The default: nothing changes."""
+        yield
+
+    @contextlib.asynccontextmanager
     async def reconciliation_room(self) -> AsyncIterator[None]:
         """Entered before a reconciliation takes the trade lock, held until it ends: a broker that budgets the
         venue's rate limit returns once a reconciliation's calls fit (waiting for the limit's decay, the trading

@@ -37,7 +37,7 @@ from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.bot.risk import HALT_REASON_PREFIXES, LIMITS, RiskEngine, RiskLimits
 from trading_ops.bot.schedule import ReconciliationSchedule
 from trading_ops.bot.sdnotify import SystemdNotifier
-from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, exit_now
+from trading_ops.bot.shutdown import OrdersLeftOpen, ShutdownDeadlineExceeded, ShutdownSequence, exit_now
 from trading_ops.bot.state import TradingState
 from trading_ops.bot.strategy import Context, Strategy, StrategyWithStart
 from trading_ops.bot.trade_lock import TradeLock
@@ -303,6 +303,9 @@ class BotRuntime:
         self.journal.health.add_listener(self._journal_changed)
         self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
         self._stop_reason = "stop"
+        # Set by a shutdown whose cancel of the open orders could not be confirmed: what `run` raises (OrdersLeftOpen).
+        self.orders_left_open = ""
+        self._cancel_error = ""
         self._stopped = False
         self._stop = asyncio.Event()
         self._hang_until = 0.0
@@ -458,6 +461,8 @@ class BotRuntime:
                 if not force_exit:
                     raise
                 exit_now(EXIT_FORCED)
+        if self.orders_left_open:
+            raise OrdersLeftOpen(self.orders_left_open)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Detect a crash, restore the book and a standing loss-limit halt, reconcile (the safe-start gate), then
@@ -483,10 +488,13 @@ class BotRuntime:
         )
         await self.broker.connect(events)
         # Before the venue ticks on and before the loop may trade: the journal must agree with the venue.
-        await self.reconcile(Trigger.STARTUP)
-        await oe.adopt_open_orders()
-        # What the venue holds is known now: from here on, a dead host or a hung loop leaves no order resting.
-        await self.dead_man.arm()
+        # Nothing else runs yet: these wait for room in the venue's rate limit rather than fail (a bot restarted after
+        # its host died finds the counter spent by its own reconciliation, and must not exit for want of it).
+        async with self.broker.patient():
+            await self.reconcile(Trigger.STARTUP)
+            await oe.adopt_open_orders()
+            # What the venue holds is known now: from here on, a dead host or a hung loop leaves no order resting.
+            await self.dead_man.arm()
         if self.crash is not None:
             await self._record_crash(self.crash, crash_orders, crash_positions)
         urls = resolve_secret(self.config, self.config.notifications, "urls", "notifications.urls").split()
@@ -592,7 +600,12 @@ class BotRuntime:
             if not force_exit:
                 await self._abandon()
             raise
-        log.info(
+        if policy == "cancel" and orders_step in failed:
+            self.orders_left_open = (
+                f"shutdown could not confirm the cancel of its open orders ({self._cancel_error}); they may rest at "
+                f"the venue{self._left_to_the_switch()}"
+            )
+        (log.error if failed else log.info)(
             "bot %s stopped (%s)%s",
             self.config.bot.name,
             reason,
@@ -607,12 +620,25 @@ class BotRuntime:
                     task.cancel()
 
     async def _cancel_open_orders(self) -> None:
-        """Every working order of the bot, adopted ones included; raises when some are left working."""
+        """Every working order of the bot, adopted ones included, confirmed by a look at the venue (its calls wait
+        for room in the venue's rate limit, within the shutdown's deadline); raises when some are left working or the
+        venue could not confirm it."""
         budget = self.config.recovery.shutdown_deadline_seconds / 2
-        canceled, left = await self.order_engine.cancel_everything(budget)
+        try:
+            async with self.broker.patient():
+                canceled, left = await self.order_engine.cancel_everything(budget)
+        except Exception as exc:
+            self._cancel_error = f"{type(exc).__name__}: {exc}"[:300]
+            raise
         if left:
+            self._cancel_error = f"{len(left)} still open: {', '.join(left[:5])}"
             raise RuntimeError(f"{len(left)} open orders could not be canceled: {', '.join(left[:5])}")
         log.info("shutdown: %d open orders canceled", canceled)
+
+    def _left_to_the_switch(self) -> str:
+        if self.dead_man.armed and self.dead_man.trigger is not None:
+            return f"; the venue's dead man's switch cancels them at {self.dead_man.trigger.isoformat()}"
+        return ""
 
     async def _end_dead_man(self, orders_step: str, failed: list[str]) -> None:
         """Disarm the venue's switch as `bot.dead_man_switch.disarm_on_shutdown` says: after_cancel only when this

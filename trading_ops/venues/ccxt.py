@@ -78,6 +78,7 @@ from trading_ops.venues.call_counter import (
     Deferred,
     background,
     install,
+    patient,
 )
 from trading_ops.webconfig import client_ssl_context
 
@@ -285,6 +286,12 @@ class CcxtBroker(Broker):
 
     def rate_limit_headroom(self) -> float | None:
         return None if self.call_budget is None else self.call_budget.headroom()
+
+    @contextlib.asynccontextmanager
+    async def patient(self) -> AsyncIterator[None]:
+        """With a call budget: the private calls inside wait for its decay instead of failing (call_counter.patient)."""
+        with patient():
+            yield
 
     @contextlib.asynccontextmanager
     async def reconciliation_room(self) -> AsyncIterator[None]:
