@@ -61,6 +61,7 @@ class Clock:
 
 def test_costs_are_krakens_and_the_counter_decays_at_the_tiers_rate() -> None:
     assert [call_cost(m) for m in ("Balance", "OpenOrders", "QueryOrders", "ClosedOrders")] == [1, 1, 1, 1]
+    assert call_cost("CancelAllOrdersAfter") == 1  # the dead man's switch: not an order placement or cancel
     assert [call_cost(m) for m in ("TradesHistory", "Ledgers")] == [2, 2]
     assert [call_cost(m) for m in ("AddOrder", "CancelOrder", "CancelAll")] == [0, 0, 0]
     assert {name: (t.maximum, t.decay) for name, t in TIERS.items()} == {

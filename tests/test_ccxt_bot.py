@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,10 +66,12 @@ def write_config(
     bot: str = BOT,
     key: tuple[str, str] = (API_KEY, API_SECRET),
     database: str | None = None,
+    dead_man_switch: dict[str, Any] | None = None,
     **ccxt: Any,
 ) -> Path:
     """The example bot's configuration: the paper gateway at `base` through ccxt's `urls` with the API `key` (key,
-    secret), fast loop and recovery; its journal in `database` (default: its own, in `tmp`)."""
+    secret), fast loop and recovery; its journal in `database` (default: its own, in `tmp`); `dead_man_switch`: its
+    bot.dead_man_switch section (default: the configuration's)."""
     tmp.mkdir(parents=True, exist_ok=True)
     for file, value in (("api-key", key[0]), ("api-secret", key[1]), ("token", TOKEN)):
         (tmp / file).write_text(value)
@@ -85,6 +89,7 @@ def write_config(
             "loop_interval_seconds": 0.05,
             "market_data_stale_seconds": 2,
             "risk": {"daily_loss_limit": 5000},
+            **({"dead_man_switch": dead_man_switch} if dead_man_switch else {}),
         },
         "ccxt": {
             "exchange": "kraken",
@@ -114,10 +119,11 @@ def write_config(
 
 @contextlib.asynccontextmanager
 async def example_bot(config: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python examples/ccxt_bot.py CONFIG`, its log in `log`; killed if the test leaves it running."""
+    """`python examples/ccxt_bot.py CONFIG`, its log in `log`, in a process group of its own (what a host looks like
+    to the venue: `os.killpg` kills all of it); killed if the test leaves it running."""
     with open(log, "ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(EXAMPLE), str(config), stdout=out, stderr=out, cwd=REPO_ROOT
+            sys.executable, str(EXAMPLE), str(config), stdout=out, stderr=out, cwd=REPO_ROOT, start_new_session=True
         )
     try:
         yield proc
@@ -308,6 +314,73 @@ async def test_two_bots_on_one_gateway_each_on_an_account_of_its_own_never_meet(
         assert all(o.updated_at - o.created_at >= timedelta(seconds=10) for o in canceled), canceled
         venue = {f.trade_id for f in await gateway.accounts[SUB_ACCOUNT].recent_fills()}
         assert trade_ids <= venue and not venue & {f.trade_id for f in await gateway.venue.recent_fills()}
+
+
+async def test_a_bots_process_group_killed_with_orders_resting_the_venue_cancels_them_within_the_switchs_timeout(
+    tmp_path: Path,
+) -> None:
+    """Two example bots on one gateway, each on an account of its own (the second on a sub-account), each keeping the
+    venue's dead man's switch armed through ccxt's stock kraken client (a 3 s timeout, refreshed every second). The
+    first one's whole process group is SIGKILLed (a dead host, as the venue sees it) with its bids resting: the gateway
+    cancels every open order of its account within the timeout, nobody having asked. The second bot, whose switch
+    is its own account's, keeps trading: its switch never fired and its bids rest (it cancels one only when it is
+    older than BID_MAX_AGE_SECONDS, 10 s, as its strategy does)."""
+    timeout = 3
+    switch = {"timeout_seconds": timeout, "refresh_interval_seconds": 1}
+    quiet = {"tick_interval": 0.05, "volatility": 0.0, "reject_probability": 0.0}  # bids rest, nothing fills
+    async with running_gateway(sub_account=True, **quiet) as (gateway, base):
+        sub = gateway.accounts[SUB_ACCOUNT]
+        url = f"sqlite:///{tmp_path / 'journal.db'}"
+        ports = {BOT: free_port(), "ccxt-2": free_port()}
+        first = write_config(tmp_path / BOT, base, ports[BOT], database=url, dead_man_switch=switch)
+        second = write_config(
+            tmp_path / "ccxt-2",
+            base,
+            ports["ccxt-2"],
+            bot="ccxt-2",
+            key=(SUB_KEY, SUB_SECRET),
+            database=url,
+            dead_man_switch=switch,
+        )
+        async with (
+            example_bot(first, tmp_path / f"{BOT}.log") as one,
+            example_bot(second, tmp_path / "ccxt-2.log") as two,
+        ):
+
+            def resting(venue: PaperVenue) -> set[str]:
+                for proc, name in ((one, BOT), (two, "ccxt-2")):
+                    if proc is two or not killed:
+                        assert proc.returncode is None, (tmp_path / f"{name}.log").read_text()[-3000:]
+                return {o.symbol for o in venue.book.open.values()}
+
+            def both_armed_and_resting() -> bool:
+                armed = gateway.venue.dead_man_switch_trigger() and sub.dead_man_switch_trigger()
+                return bool(armed) and resting(gateway.venue) == resting(sub) == set(SYMBOLS)
+
+            killed: list[str] = []
+            await wait_for(both_armed_and_resting, timeout=60)
+            assert await metric(ports[BOT], "tradingbot_dead_man_switch_armed", venue=VENUE) == 1
+            killed.extend(gateway.venue.book.open)
+            os.killpg(one.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            await one.wait()
+            # The deadline is the switch's timeout plus DESIGN.md's 10 s: what a test may wait, not a measurement.
+            await wait_for(lambda: not gateway.venue.book.open, timeout=timeout + 10)
+            took = time.monotonic() - killed_at
+            print(f"SIGKILL -> every order canceled at the venue: {took:.2f} s (timeout {timeout} s)")
+            by_id = {o.venue_order_id: o for o in gateway.venue.orders()}
+            assert killed and all(by_id[v].status is OrderStatus.CANCELED for v in killed)
+            assert gateway.venue.dead_man_switch_trigger() is None  # it fired, and stays disarmed
+
+            # The second bot trades on, its own account's switch armed, its bids resting.
+            assert sub.dead_man_switch_trigger() is not None
+            await wait_for(lambda: resting(sub) == set(SYMBOLS), timeout=30)
+            canceled = [o for o in sub.orders() if o.status is OrderStatus.CANCELED]
+            assert all(o.closed_at - o.created_at >= timedelta(seconds=10) for o in canceled), canceled
+            two.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(two.wait(), STOP_SECONDS) == 0
+        # Its graceful shutdown canceled its orders, then disarmed its switch.
+        assert not sub.book.open and sub.dead_man_switch_trigger() is None
 
 
 async def _equals(value: Any, expected: float, at_least: bool = False) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
@@ -760,3 +761,74 @@ async def test_public_trades_and_spread_in_krakens_format() -> None:
         finally:
             for ex in (main, sub):
                 await ex.close()
+
+
+async def test_the_dead_man_switch_through_ccxts_stock_client_arms_refreshes_disarms_and_cancels_the_account() -> None:
+    """Kraken's CancelAllOrdersAfter as ccxt's `cancel_all_orders_after` sends it (the timeout in ms, sent in whole
+    seconds): currentTime and triggerTime in RFC 3339, triggerTime "0" when disarmed with 0; at the trigger every open
+    order of the account is canceled, whichever of its keys placed it, and no other account's; then it stays
+    disarmed. A timeout Kraken refuses (negative, a day or more, not whole seconds, none) answers its string."""
+    async with running_gateway(sub_account=True, tick_interval=0.05) as (gateway, base):
+        main, by_hand, sub = (
+            kraken(base),
+            kraken(base, key=OTHER_KEY, secret=OTHER_SECRET),
+            kraken(base, SUB_KEY, SUB_SECRET),
+        )
+        try:
+            for ex in (main, by_hand, sub):
+                await ex.load_markets()
+            armed = await main.cancel_all_orders_after(60_000)
+            assert armed["error"] == []
+            now = datetime.strptime(armed["result"]["currentTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            trigger = datetime.strptime(armed["result"]["triggerTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            assert trigger - now == timedelta(seconds=60)
+            refreshed = await by_hand.cancel_all_orders_after(3_000_000)  # another key of the account: the one timer
+            later = datetime.strptime(refreshed["result"]["triggerTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            assert later > trigger
+            disarmed = await main.cancel_all_orders_after(0)
+            assert disarmed["result"]["triggerTime"] == "0" and disarmed["result"]["currentTime"].endswith("Z")
+            assert gateway.venue.dead_man_switch_trigger() is None
+
+            for params in ({"timeout": -1}, {"timeout": 86_400}, {"timeout": "1.5"}, {}):
+                with pytest.raises(ccxt.BadRequest, match='"EGeneral:Invalid arguments"'):
+                    await main.private_post_cancelallordersafter(params)
+            assert gateway.venue.dead_man_switch_trigger() is None  # refused: nothing armed
+
+            mine = await main.create_order("BTC/USD", "limit", "buy", 0.01, 1000, {"clientOrderId": "mine"})
+            by_other_key = await by_hand.create_order("ETH/USD", "limit", "buy", 0.1, 100, {"clientOrderId": "hand"})
+            theirs = await sub.create_order("BTC/USD", "limit", "buy", 0.01, 1000, {"clientOrderId": "theirs"})
+            await sub.cancel_all_orders_after(600_000)  # the sub-account's own timer, far away
+            await main.cancel_all_orders_after(1_000)
+
+            async def main_account_empty() -> bool:
+                return await main.fetch_open_orders() == []
+
+            await wait_for(main_account_empty)
+            closed = {o["id"]: o for o in await main.fetch_closed_orders()}
+            assert closed[mine["id"]]["status"] == "canceled" and closed[by_other_key["id"]]["status"] == "canceled"
+            assert [o["id"] for o in await sub.fetch_open_orders()] == [theirs["id"]]
+            assert gateway.venue.dead_man_switch_trigger() is None  # triggered: disarmed until armed again
+            assert gateway.accounts[SUB_ACCOUNT].dead_man_switch_trigger() is not None
+        finally:
+            for ex in (main, by_hand, sub):
+                await ex.close()
+
+
+async def test_a_canceled_orders_closetm_is_the_time_of_the_cancel() -> None:
+    """QueryOrders' and ClosedOrders' `closetm` of a canceled order is when it was canceled, not when it opened."""
+    clock = [datetime(2026, 1, 1, 12, 0, tzinfo=UTC)]
+    async with running_gateway(clock=lambda: clock[0]) as (gateway, base):
+        ex = kraken(base)
+        try:
+            await ex.load_markets()
+            order = await ex.create_order("BTC/USD", "limit", "buy", 0.01, 1000, {"clientOrderId": "late-cancel"})
+            clock[0] += timedelta(minutes=5)
+            await ex.cancel_order(order["id"])
+            (info,) = (await ex.private_post_queryorders({"txid": order["id"]}))["result"].values()
+            assert info["status"] == "canceled"
+            assert info["closetm"] - info["opentm"] == 300
+            assert info["closetm"] == clock[0].timestamp()
+            closed = (await ex.private_post_closedorders())["result"]["closed"][order["id"]]
+            assert closed["closetm"] == clock[0].timestamp()
+        finally:
+            await ex.close()

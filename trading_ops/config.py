@@ -336,6 +336,36 @@ class ResourcesConfig:
     data_dir_budget_bytes: int = bounded(0, min=0)
 
 
+@dataclass
+class DeadMansSwitchConfig:
+    """The venue's dead man's switch (Kraken's CancelAllOrdersAfter), kept armed by the trading loop where the venue
+    has one (trading_ops.bot.dead_man_switch): the venue cancels every open order of the account when the bot stops
+    refreshing it for `timeout_seconds` (its host died, its loop hung). Kraken recommends a call every 15-30 s with a
+    60 s timeout."""
+
+    enabled: bool = True
+    # Seconds the venue waits after the last refresh before it cancels every open order (Kraken: under a day).
+    timeout_seconds: int = bounded(60, min=1, max=86_399)
+    # How often the trading loop pushes the trigger back; must be well under the timeout.
+    refresh_interval_seconds: float = bounded(20.0, min=0.1)
+    # When the switch cannot be armed at start (or lapses): reduce_only (the bot opens no position until it is armed,
+    # then resumes by itself) or alert (the metrics and the alert only).
+    on_failure: Literal["reduce_only", "alert"] = "reduce_only"
+    # At a graceful shutdown: after_cancel disarms it only once the shutdown's own cancel of the open orders
+    # succeeded (with recovery.open_orders_on_shutdown keep, or a cancel that failed, it stays armed and the venue
+    # cancels what is left at the trigger); always disarms it (kept orders stay until the next start); never leaves
+    # it armed.
+    disarm_on_shutdown: Literal["after_cancel", "always", "never"] = "after_cancel"
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if self.refresh_interval_seconds * 2 > self.timeout_seconds:
+            raise ConfigError(
+                f"{prefix}.refresh_interval_seconds",
+                f"{self.refresh_interval_seconds:g} is more than half of timeout_seconds ({self.timeout_seconds}): one "
+                "late refresh would let the venue cancel every order",
+            )
+
+
 # Names the `source` label of tradingbot_control_commands_total gives to what is no configured token's: a bot's own
 # risk limits, and requests without a valid token. A named token may not take them.
 RESERVED_TOKEN_NAMES = ("risk", "unauthenticated")
@@ -403,6 +433,7 @@ class BotConfig:
     event_loop_lag_interval_seconds: float = bounded(0.25, min=0.01)
     risk: RiskConfig = field(default_factory=RiskConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    dead_man_switch: DeadMansSwitchConfig = field(default_factory=DeadMansSwitchConfig)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         check_token_names(self.control_tokens, f"{prefix}.control_tokens", "control_token")

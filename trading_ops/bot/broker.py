@@ -115,6 +115,7 @@ class VenueOrder:
     status: OrderStatus
     reject_reason: str | None = None
     created_at: datetime | None = None
+    closed_at: datetime | None = None  # when it was filled, canceled or rejected (None while open, or not known)
 
     @property
     def key(self) -> str:
@@ -254,10 +255,28 @@ class Broker(abc.ABC):
                 return symbol.split(sep, 1)[0]
         return symbol
 
+    def has_dead_man_switch(self) -> bool:
+        """Whether the venue has a dead man's switch (Kraken's CancelAllOrdersAfter, ccxt's cancelAllOrdersAfter):
+        `cancel_all_orders_after` works. The runtime keeps it armed from its trading loop."""
+        return False
+
+    async def cancel_all_orders_after(self, timeout: int) -> tuple[datetime, datetime | None]:
+        """Arm (or push back) the venue's dead man's switch: every open order of the account is canceled `timeout`
+        seconds from now unless called again before; 0 disarms it. Returns the venue's time and the trigger time
+        (None: disarmed). Raises BrokerError; NotImplementedError where `has_dead_man_switch()` is false."""
+        raise NotImplementedError(f"{type(self).__name__} has no dead man's switch")
+
     def rate_limit_headroom(self) -> float | None:
         """Fraction (0-1) of the venue's request rate limit still available, or None when the broker cannot tell
         (then tradingbot_rate_limit_headroom_ratio stays absent)."""
         return None
+
+    @contextlib.asynccontextmanager
+    async def patient(self) -> AsyncIterator[None]:
+        """Entered around work nothing else waits on and that must not fail for want of the venue's rate limit (the
+        start before the trading loop runs, a shutdown's cancels): a broker that budgets the limit makes the calls
+        inside (in this task) wait for room rather than fail. The default: nothing changes."""
+        yield
 
     @contextlib.asynccontextmanager
     async def reconciliation_room(self) -> AsyncIterator[None]:

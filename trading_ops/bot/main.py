@@ -13,6 +13,7 @@ from trading_ops.bot.broker import Broker, BrokerError
 from trading_ops.bot.instance_lock import AnotherInstanceRunning
 from trading_ops.bot.risk import RiskLimits
 from trading_ops.bot.runtime import BotRuntime
+from trading_ops.bot.shutdown import OrdersLeftOpen
 from trading_ops.bot.strategy import Strategy
 from trading_ops.config import Config, ConfigError, load_config
 
@@ -36,7 +37,8 @@ def run(
     """Run `strategy` on `broker` as a whole process until SIGTERM or SIGINT, then stop gracefully; returns the exit
     status: 0 after a clean stop, 2 for a configuration problem (a database not migrated included: one line on
     stderr saying to run `trading-ops db upgrade`), 1 for a failure (another instance of the bot running, the venue
-    refusing the keys, a file that cannot be written); a shutdown past its deadline ends the process with 1.
+    refusing the keys, a file that cannot be written, a shutdown that could not confirm the cancel of its open
+    orders); a shutdown past its deadline ends the process with 1.
 
     `broker`: a Broker, or a function of the configuration that makes one (`broker_from_config`, the ccxt broker of
     the `ccxt:` section). `config`: the configuration or the path of its YAML file. `symbols`: what the bot trades,
@@ -75,7 +77,7 @@ def run(
     except ConfigError as exc:
         print(f"{prog}: config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (AnotherInstanceRunning, BrokerError, OSError) as exc:
+    except (AnotherInstanceRunning, BrokerError, OSError, OrdersLeftOpen) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK

@@ -38,6 +38,12 @@ EXTERNAL_STRATEGY = "external"  # strategy recorded for orders adopted from the 
 CANCEL_RETRY_SECONDS = 0.1
 # Rounds of "drain the venue, journal what was held back" before a reconciliation snapshot.
 SETTLE_ROUNDS = 5
+# An order of unknown outcome (its submit's answer lost, the broker's own lookup failed) is looked up before it is
+# canceled, at most this often at first, the wait doubling after each lookup that finds nothing, up to the cap: a
+# strategy asking every step to cancel it must not spend the venue's call budget on it (a cancel by client order id
+# of an order never placed is refused every time).
+UNKNOWN_LOOKUP_SECONDS = 2.0
+UNKNOWN_LOOKUP_MAX_SECONDS = 60.0
 
 
 class OrderEngine:
@@ -81,6 +87,7 @@ class OrderEngine:
         self.quotes: dict[str, Quote] = {}
         self.reconciling = False
         self._deferred: list[VenueFill | VenueOrder] = []  # venue events that arrived during a reconciliation
+        self._lookups: dict[str, tuple[float, float]] = {}  # unknown outcome: key -> (next lookup, wait after it)
         self._fill_lock = asyncio.Lock()  # one fill at a time between the book and its journal write
         self._ids = itertools.count(1)
         self.id_prefix = f"{bot[:16]}-{int(time.time() * 1000):x}"
@@ -203,7 +210,13 @@ class OrderEngine:
         return True
 
     async def _cancel_at_venue(self, key: str, order: VenueOrder | None = None) -> VenueOrder | None:
-        order = self.orders.get(key) or order
+        if order is None or not order.venue_order_id:  # the venue's listing, when given, knows its id
+            order = self.orders.get(key) or order
+        if order is not None and not order.venue_order_id and order.client_order_id:
+            # Its outcome is unknown: ask the venue what became of it rather than send a cancel it may refuse.
+            order = await self._look_up_unknown(key)
+            if order is None or not order.status.is_open:
+                return order
         try:
             if order is not None and not order.client_order_id:
                 return await self.broker.cancel(venue_order_id=order.venue_order_id)
@@ -230,6 +243,29 @@ class OrderEngine:
             journaled = {row.client_order_id for row in rows}
             mine.extend(o for o in others if o.key in journaled)
         return mine
+
+    async def _look_up_unknown(self, key: str) -> VenueOrder | None:
+        """The venue's view of a tracked order of unknown outcome (Broker.order_status, by its client order id), taken
+        in as the venue's word; None when it is not time for another lookup, the venue cannot be asked, or it does
+        not know the order (yet: the reconciliation its unknown outcome asked for settles it)."""
+        now = time.monotonic()
+        due, wait = self._lookups.get(key, (0.0, UNKNOWN_LOOKUP_SECONDS))
+        if now < due:
+            return None
+        self._lookups[key] = (now + wait, min(wait * 2, UNKNOWN_LOOKUP_MAX_SECONDS))
+        try:
+            found = await self.broker.order_status(key)
+        except BrokerError as exc:
+            self.metrics.venue_error(exc.error_class)
+            log.info("order %s: looking it up failed: %s", key, exc)
+            return None
+        if found is None:
+            log.info("order %s: the venue does not know it (yet); left to reconciliation", key)
+            return None
+        log.info("order %s of unknown outcome found at the venue: %s %s", key, found.venue_order_id, found.status.value)
+        self._lookups.pop(key, None)
+        await self.apply_order(found)
+        return found
 
     async def cancel_all(self) -> int:
         """Cancel every open order of the bot on the venue once (`own_open_orders`: in flight and journaled ones
@@ -310,6 +346,7 @@ class OrderEngine:
 
     def _forget(self, key: str) -> None:
         """The order is closed: no longer working, in flight or adopted."""
+        self._lookups.pop(key, None)
         self.orders.pop(key, None)
         self.order_sent_at.pop(key, None)
         self.external_orders.discard(key)

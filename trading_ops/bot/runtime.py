@@ -21,6 +21,7 @@ from trading_ops.bot.broker import Broker, BrokerEvents, Channel
 from trading_ops.bot.commands import register_commands
 from trading_ops.bot.control import SOURCE_RISK
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
+from trading_ops.bot.dead_man_switch import DeadMansSwitch
 from trading_ops.bot.drawdown import PeakJournal
 from trading_ops.bot.gate import OrderGate
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
@@ -36,7 +37,7 @@ from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.bot.risk import HALT_REASON_PREFIXES, LIMITS, RiskEngine, RiskLimits
 from trading_ops.bot.schedule import ReconciliationSchedule
 from trading_ops.bot.sdnotify import SystemdNotifier
-from trading_ops.bot.shutdown import ShutdownDeadlineExceeded, ShutdownSequence, exit_now
+from trading_ops.bot.shutdown import OrdersLeftOpen, ShutdownDeadlineExceeded, ShutdownSequence, exit_now
 from trading_ops.bot.state import TradingState
 from trading_ops.bot.strategy import Context, Strategy, StrategyWithStart
 from trading_ops.bot.trade_lock import TradeLock
@@ -283,6 +284,9 @@ class BotRuntime:
         self.crash_report_retry_seconds = RETRY_SECONDS  # first retry of an unsent crash report; doubles from there
         self.crash_reporter: CrashReporter | None = None
         self.kill_switch = KillSwitch(self.inst.state, self.order_engine, self.trade_lock)
+        self.dead_man = DeadMansSwitch(
+            self.broker, self.inst.state, bot.dead_man_switch, venue=bot.venue, registry=self.inst.registry
+        )
         self.schedule = ReconciliationSchedule(
             self.reconciler,
             self.broker,
@@ -299,6 +303,9 @@ class BotRuntime:
         self.journal.health.add_listener(self._journal_changed)
         self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
         self._stop_reason = "stop"
+        # Set by a shutdown whose cancel of the open orders could not be confirmed: what `run` raises (OrdersLeftOpen).
+        self.orders_left_open = ""
+        self._cancel_error = ""
         self._stopped = False
         self._stop = asyncio.Event()
         self._hang_until = 0.0
@@ -460,6 +467,8 @@ class BotRuntime:
                 if not force_exit:
                     raise
                 exit_now(EXIT_FORCED)
+        if self.orders_left_open:
+            raise OrdersLeftOpen(self.orders_left_open)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Detect a crash, restore the book and a standing loss-limit halt, reconcile (the safe-start gate), then
@@ -485,8 +494,13 @@ class BotRuntime:
         )
         await self.broker.connect(events)
         # Before the venue ticks on and before the loop may trade: the journal must agree with the venue.
-        await self.reconcile(Trigger.STARTUP)
-        await oe.adopt_open_orders()
+        # Nothing else runs yet: these wait for room in the venue's rate limit rather than fail (a bot restarted after
+        # its host died finds the counter spent by its own reconciliation, and must not exit for want of it).
+        async with self.broker.patient():
+            await self.reconcile(Trigger.STARTUP)
+            await oe.adopt_open_orders()
+            # What the venue holds is known now: from here on, a dead host or a hung loop leaves no order resting.
+            await self.dead_man.arm()
         if self.crash is not None:
             await self._record_crash(self.crash, crash_orders, crash_positions)
         urls = resolve_secret(self.config, self.config.notifications, "urls", "notifications.urls").split()
@@ -575,6 +589,7 @@ class BotRuntime:
         sequence.steps = [
             ("stop new orders", self._stop_trading),
             (orders_step, self._cancel_open_orders if policy == "cancel" else self._keep_open_orders),
+            ("the dead man's switch", lambda: self._end_dead_man(orders_step, sequence.failed)),
             ("disconnect from the venue", self._disconnect),
             ("flush the journal", flush),
             ("final heartbeat with the clean-shutdown marker", final_heartbeat),
@@ -591,7 +606,12 @@ class BotRuntime:
             if not force_exit:
                 await self._abandon()
             raise
-        log.info(
+        if policy == "cancel" and orders_step in failed:
+            self.orders_left_open = (
+                f"shutdown could not confirm the cancel of its open orders ({self._cancel_error}); they may rest at "
+                f"the venue{self._left_to_the_switch()}"
+            )
+        (log.error if failed else log.info)(
             "bot %s stopped (%s)%s",
             self.config.bot.name,
             reason,
@@ -606,12 +626,42 @@ class BotRuntime:
                     task.cancel()
 
     async def _cancel_open_orders(self) -> None:
-        """Every working order of the bot, adopted ones included; raises when some are left working."""
+        """Every working order of the bot, adopted ones included, confirmed by a look at the venue (its calls wait
+        for room in the venue's rate limit, within the shutdown's deadline); raises when some are left working or the
+        venue could not confirm it."""
         budget = self.config.recovery.shutdown_deadline_seconds / 2
-        canceled, left = await self.order_engine.cancel_everything(budget)
+        try:
+            async with self.broker.patient():
+                canceled, left = await self.order_engine.cancel_everything(budget)
+        except Exception as exc:
+            self._cancel_error = f"{type(exc).__name__}: {exc}"[:300]
+            raise
         if left:
+            self._cancel_error = f"{len(left)} still open: {', '.join(left[:5])}"
             raise RuntimeError(f"{len(left)} open orders could not be canceled: {', '.join(left[:5])}")
         log.info("shutdown: %d open orders canceled", canceled)
+
+    def _left_to_the_switch(self) -> str:
+        if self.dead_man.armed and self.dead_man.trigger is not None:
+            return f"; the venue's dead man's switch cancels them at {self.dead_man.trigger.isoformat()}"
+        return ""
+
+    async def _end_dead_man(self, orders_step: str, failed: list[str]) -> None:
+        """Disarm the venue's switch as `bot.dead_man_switch.disarm_on_shutdown` says: after_cancel only when this
+        shutdown canceled the open orders (else the venue cancels what is left at the trigger)."""
+        when = self.config.bot.dead_man_switch.disarm_on_shutdown
+        canceled = self.config.recovery.open_orders_on_shutdown == "cancel" and orders_step not in failed
+        if not self.dead_man.active:
+            return
+        if when == "always" or (when == "after_cancel" and canceled):
+            await self.dead_man.disarm()
+            return
+        self.dead_man.stop()
+        if self.dead_man.armed:
+            log.warning(
+                "shutdown: the dead man's switch stays armed: the venue cancels every open order of the account at %s",
+                self.dead_man.trigger.isoformat() if self.dead_man.trigger else "its trigger",
+            )
 
     async def _keep_open_orders(self) -> None:
         log.info("shutdown: %d open orders kept on the venue (reconciled at the next start)", len(self.orders))
@@ -705,6 +755,7 @@ class BotRuntime:
 
     async def _after_step(self) -> None:
         self._probe_journal()
+        await self.dead_man.refresh()  # from the loop itself: a loop that stops stops refreshing it
         await self.kill_switch.after_step()
         headroom = self.broker.rate_limit_headroom()
         if headroom is not None:
@@ -825,6 +876,7 @@ class BotRuntime:
             "orders_outcome_unknown": sum(not o.venue_order_id for o in self.orders.values()),
             "adopted_orders": len(oe.external_orders),
             "cancel_pending": self.cancel_pending,
+            "dead_man_switch": self.dead_man.status(),
             "realized_pnl_today": str(self.book.realized_today.quantize(CENT)),
             "unrealized_pnl": str(self.book.unrealized_pnl().quantize(CENT)),
             "connected": {ch.value: self.broker.is_connected(ch) for ch in Channel},

@@ -24,6 +24,11 @@ class ShutdownDeadlineExceeded(Exception):
         self.unfinished = unfinished
 
 
+class OrdersLeftOpen(Exception):
+    """A graceful shutdown whose cancel of the open orders could not be confirmed: it ran to its end, and the process
+    exits non-zero saying so (the orders may still rest at the venue)."""
+
+
 class ShutdownSequence:
     """Steps run in order within `deadline` seconds; a failing step is logged and the next one runs.
 

@@ -114,7 +114,7 @@ class OrderBook:
             self.reduce_only.add(order.venue_order_id)
         reason = forced_reject or self._reject_reason(order, reduce_only)
         if reason is not None:
-            self.set_status(order, OrderStatus.REJECTED)
+            self.set_status(order, OrderStatus.REJECTED, now)
             order.reject_reason = reason
         notifications: list[Notification] = [dataclasses.replace(order)]
         if reason is None:
@@ -130,12 +130,15 @@ class OrderBook:
         if order.client_order_id:
             del self.by_client[order.client_order_id]
 
-    def set_status(self, order: VenueOrder, status: OrderStatus) -> None:
+    def set_status(self, order: VenueOrder, status: OrderStatus, at: datetime) -> None:
+        """Move `order` to `status` at the venue time `at` (a closing status stamps its `closed_at`)."""
         order.status = status
         if status.is_open:
             self.open[order.venue_order_id] = order
         else:
             self.open.pop(order.venue_order_id, None)
+            if order.closed_at is None:
+                order.closed_at = at
 
     def prune(self) -> None:
         if len(self.orders) - len(self.open) <= MAX_RETAINED_CLOSED_ORDERS:
@@ -237,13 +240,13 @@ class OrderBook:
             position = self.positions[order.symbol]
             allowed = abs(position) if position * order.side.sign < 0 else Decimal(0)
             if allowed <= 0:  # the position it was to reduce is gone: the venue cancels it
-                self.set_status(order, OrderStatus.CANCELED)
+                self.set_status(order, OrderStatus.CANCELED, now)
                 return [dataclasses.replace(order)]
             qty = min(qty, allowed)
         if self.spot:
             qty = min(qty, self._affordable(order, price, liquidity))
             if qty <= 0:  # the account cannot pay for any of it (a market order's price moved on): canceled
-                self.set_status(order, OrderStatus.CANCELED)
+                self.set_status(order, OrderStatus.CANCELED, now)
                 return [dataclasses.replace(order)]
         fill = self.execute(order, qty, price, liquidity, now)
         return [fill, dataclasses.replace(order)]
@@ -264,7 +267,7 @@ class OrderBook:
     def execute(self, order: VenueOrder, qty: Decimal, price: Decimal, liquidity: str, now: datetime) -> VenueFill:
         order.filled_quantity += qty
         done = order.filled_quantity >= order.quantity
-        self.set_status(order, OrderStatus.FILLED if done else OrderStatus.PARTIALLY_FILLED)
+        self.set_status(order, OrderStatus.FILLED if done else OrderStatus.PARTIALLY_FILLED, now)
         return self._record_fill(
             order.client_order_id, order.venue_order_id, order.symbol, order.side, qty, price, liquidity, now
         )

@@ -54,6 +54,7 @@ def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
     from trading_ops.bot.instance_lock import AnotherInstanceRunning
+    from trading_ops.bot.shutdown import OrdersLeftOpen
     from trading_ops.paper.bot import PaperBot, control_tokens
 
     control_tokens(config)  # configuration problems first
@@ -69,6 +70,9 @@ def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
         # start, a previous run's heartbeat that kept moving (one on a host the locks cannot see).
         logsetup.report(f"trading-ops: paper-bot: {exc}")
         return EXIT_ALREADY_RUNNING
+    except OrdersLeftOpen as exc:  # it shut down, but could not confirm that its orders are canceled
+        logsetup.report(f"trading-ops: paper-bot: {exc}")
+        return 1
     return 0
 
 

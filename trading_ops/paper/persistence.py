@@ -32,6 +32,7 @@ def order_to_json(order: VenueOrder) -> dict[str, Any]:
         "status": order.status.value,
         "reject_reason": order.reject_reason,
         "created_at": None if order.created_at is None else order.created_at.isoformat(),
+        "closed_at": None if order.closed_at is None else order.closed_at.isoformat(),
     }
 
 
@@ -48,6 +49,8 @@ def order_from_json(data: Mapping[str, Any]) -> VenueOrder:
         status=OrderStatus(data["status"]),
         reject_reason=data["reject_reason"],
         created_at=None if data["created_at"] is None else datetime.fromisoformat(data["created_at"]),
+        # State files written before closed_at was kept have none.
+        closed_at=None if data.get("closed_at") is None else datetime.fromisoformat(data["closed_at"]),
     )
 
 

@@ -79,10 +79,12 @@ __all__ = ["RANDOM_REJECT_REASONS", "PaperVenue"]
 
 LOG = logging.getLogger(__name__)
 DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
-# The account queries fail_queries can make fail.
-ACCOUNT_QUERIES = ("positions", "balances")
+# The account calls fail_queries can make fail (cancel_all_orders_after: the dead man's switch refused).
+ACCOUNT_QUERIES = ("positions", "balances", "cancel_all_orders_after")
 MAX_ADVANCE_TICKS = 100_000  # past this, advance() takes coarser steps rather than running for minutes
 DRAIN_TIMEOUT_SECONDS = 5.0
+# Kraken's CancelAllOrdersAfter takes a timeout under a day (docs.kraken.com, "Cancel All Orders After X").
+MAX_CANCEL_AFTER_SECONDS = 86_400
 # The faults PaperVenue keeps in its FaultModel (subjects: a symbol, an account query).
 DROPPED = "drop_connection"
 STALE = "stale_market_data"
@@ -175,6 +177,9 @@ class PaperVenue(Broker):
         self._busy = 0  # operations between a state change and the end of its event delivery
         self._idle = asyncio.Event()
         self._idle.set()
+        # The dead man's switch (cancel_all_orders_after): when every open order is canceled, None when disarmed.
+        # The venue's own state, as Kraken's trading engine keeps it; not persisted (a restarted venue forgets it).
+        self._cancel_all_at: datetime | None = None
 
     # -- settings the parts own -------------------------------------------------------------------------------
     @classmethod
@@ -289,7 +294,9 @@ class PaperVenue(Broker):
         return self.market.quote(symbol, self._venue_now())
 
     async def tick(self) -> dict[str, Quote]:
-        """Advance every price one random-walk step, fill resting orders that now cross, publish quotes."""
+        """Advance every price one random-walk step, fill resting orders that now cross, publish quotes (after the
+        dead man's switch, when its time has come, canceled every open order)."""
+        await self.expire_dead_man_switch()
         with self._delivering():
             now = self._venue_now()
             quotes = self.market.step(now)
@@ -449,10 +456,50 @@ class PaperVenue(Broker):
         if not order.status.is_open:
             raise BrokerError("other", "order already closed")
         with self._delivering():
-            self.book.set_status(order, OrderStatus.CANCELED)
+            self.book.set_status(order, OrderStatus.CANCELED, self._venue_now())
             await self._autosave()
             await self._deliver([dataclasses.replace(order)])
         return dataclasses.replace(order)
+
+    def has_dead_man_switch(self) -> bool:
+        return True
+
+    async def cancel_all_orders_after(self, timeout: int) -> tuple[datetime, datetime | None]:
+        """Kraken's dead man's switch: every open order of the account is canceled `timeout` seconds from now unless
+        a later call pushes the time back; 0 disarms it. Returns the venue's time and the trigger time (None:
+        disarmed). Once triggered, it stays disarmed until armed again. BrokerError("other") for a timeout Kraken
+        refuses (negative, or a day or more)."""
+        self._require(Channel.ORDERS)
+        self._check_query("cancel_all_orders_after")
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 <= timeout < MAX_CANCEL_AFTER_SECONDS:
+            raise BrokerError("other", f"{self.venue}: the timeout must be 0 to 86399 whole seconds, got {timeout!r}")
+        now = self._venue_now()
+        self._cancel_all_at = now + timedelta(seconds=timeout) if timeout else None
+        return now, self._cancel_all_at
+
+    def dead_man_switch_trigger(self) -> datetime | None:
+        """When the dead man's switch cancels every open order (None: disarmed)."""
+        return self._cancel_all_at
+
+    async def expire_dead_man_switch(self) -> list[VenueOrder]:
+        """When the dead man's switch's time has come: cancel every open order of the account (its events delivered
+        as a cancel's) and disarm it. Returns the orders canceled (none before the trigger time)."""
+        if self._cancel_all_at is None:
+            return []
+        now = self._venue_now()
+        if now < self._cancel_all_at:
+            return []
+        self._cancel_all_at = None
+        canceled = []
+        with self._delivering():
+            for order in list(self.book.open.values()):
+                self.book.set_status(order, OrderStatus.CANCELED, now)
+                canceled.append(dataclasses.replace(order))
+            if canceled:
+                await self._autosave()
+            await self._deliver(list(canceled))
+        LOG.warning("%s: the dead man's switch triggered: %d open orders canceled", self.venue, len(canceled))
+        return canceled
 
     async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
         """Any order the venue still remembers (every open one, the last MAX_RETAINED_CLOSED_ORDERS closed)."""
@@ -517,8 +564,8 @@ class PaperVenue(Broker):
         self.fault_model.start(REJECTING, seconds, detail=reason)
 
     async def fail_queries(self, queries: Iterable[str], seconds: float) -> None:
-        """The account queries named (`positions`, `balances`) fail as unavailable for `seconds`, everything else
-        answering (an account endpoint in trouble while orders and fills still flow)."""
+        """The account calls named (`positions`, `balances`, `cancel_all_orders_after`) fail as unavailable for
+        `seconds`, everything else answering (an account endpoint in trouble while orders and fills still flow)."""
         for query in queries:
             if query not in ACCOUNT_QUERIES:
                 raise ValueError(f"unknown account query {query!r}; one of {', '.join(ACCOUNT_QUERIES)}")
@@ -593,7 +640,7 @@ class PaperVenue(Broker):
         order = self.book.find(client_order_id, venue_order_id)
         if order is None or not order.status.is_open:
             raise ValueError(f"no open order {client_order_id or venue_order_id}")
-        self.book.set_status(order, OrderStatus.CANCELED)
+        self.book.set_status(order, OrderStatus.CANCELED, self._venue_now())
         await self._autosave()
         return dataclasses.replace(order)
 

@@ -20,7 +20,9 @@ How the budget is spent, as a REST-only Kraken bot must:
   RateLimitExceeded, so the broker raises it as a `rate_limit` BrokerError), never sent, so a bot whose estimate is
   right is never refused by the venue. It does not wait for the decay: a reconciliation holds the trading loop while
   it runs, and a loop held for seconds is a stalled bot (its watchdog restarts it); the caller tries again later, as
-  it does after any rate-limit error.
+  it does after any rate-limit error. Except inside `patient()`: a bot's start (before its loop runs: its startup
+  reconciliation, adopting what it left, arming the dead man's switch) and a shutdown's cancels wait for the decay,
+  since nothing else waits on them and failing them (the start exiting, orders left open) helps nobody.
 - Background polls (`background()` marks them) keep a reserve: a poll cycle begins only while the estimate is under
   `POLL_CEILING` of the maximum with room for its usual cost (the broker asks `affordable`), and its calls never wait
   (one past the hard ceiling raises Deferred: the cycle ends, holding nothing a reconciliation needs). A cycle once
@@ -42,6 +44,7 @@ while limited may prolong the limit, without a number; the lightest reading is m
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import time
@@ -65,10 +68,11 @@ TIERS = {
     "intermediate": Tier(20.0, 0.5),
     "pro": Tier(20.0, 1.0),
 }
-# Private methods that count on the matching engine's limiter, not on this counter.
+# Private methods that count on the matching engine's limiter, not on this counter. CancelAllOrdersAfter (the dead
+# man's switch) is not one of them: Kraken's page names only order placement and cancellation, so it adds 1 like any
+# other private call (a refresh every 20 s: 3 points a minute, 15 % of the Starter tier's decay).
 FREE_METHODS = frozenset(
     {"AddOrder", "AddOrderBatch", "AmendOrder", "EditOrder", "CancelOrder", "CancelOrderBatch", "CancelAll"}
-    | {"CancelAllOrdersAfter"}
 )
 # Ledger and trade-history calls: 2 points.
 DOUBLE_METHODS = frozenset({"TradesHistory", "QueryTrades", "Ledgers", "QueryLedgers"})
@@ -83,6 +87,9 @@ TRADES_INTERVAL_SECONDS = 10.0  # ... and never more often than this when nothin
 RECONCILIATION_POINTS = 12.0
 # Set in a task that polls in the background: its private calls keep the reserve.
 _BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("kraken_background_call", default=False)
+# Set around work that nothing else waits on and that must not fail for want of room (a start, a shutdown's cancels):
+# its private calls wait for the counter's decay instead of raising BudgetExhausted.
+_PATIENT: contextvars.ContextVar[bool] = contextvars.ContextVar("kraken_patient_call", default=False)
 
 
 class Deferred(Exception):
@@ -131,6 +138,18 @@ class CallCounter:
 
 
 @contextlib.contextmanager
+def patient() -> Iterator[None]:
+    """Marks the private calls made inside (in this task) as ones that wait for room in the budget rather than fail:
+    what a bot does before its trading loop runs (its startup reconciliation, adopting what it left, arming the dead
+    man's switch) and a shutdown's cancels, which nothing else waits on. A background poll's calls never wait."""
+    token = _PATIENT.set(True)
+    try:
+        yield
+    finally:
+        _PATIENT.reset(token)
+
+
+@contextlib.contextmanager
 def background() -> Iterator[None]:
     """Marks the private calls made inside (in this task) as a background poll's: they keep the reserve."""
     token = _BACKGROUND.set(True)
@@ -160,6 +179,7 @@ class CallBudget:
         self.exhausted = 0  # calls refused for want of room (never sent)
         self.deferred = 0  # background calls not sent for want of room
         self.reserved = 0  # reconciliations waiting for their room or running: the polls leave the counter to them
+        self.waits = 0  # patient calls that waited for room (never refused)
 
     def headroom(self) -> float:
         """Fraction (0-1) of the counter still free, by the estimate."""
@@ -180,6 +200,16 @@ class CallBudget:
         """Seconds of decay until `points` fit under the hard ceiling (0: now); `points` past the whole room wait
         for an empty counter."""
         return self.counter.seconds_until(min(points, self.hard_ceiling), self.hard_ceiling)
+
+    async def wait_for_room(self, method: str) -> None:
+        """Inside `patient()` (and not in a background poll): return once the method's call fits under the hard
+        ceiling, sleeping through the decay meanwhile. Elsewhere at once."""
+        if not _PATIENT.get() or _BACKGROUND.get():
+            return
+        points = call_cost(method)
+        while points and (wait := self.seconds_until_room(points)) > 0:
+            self.waits += 1
+            await asyncio.sleep(wait + 0.01)
 
     def spend(self, method: str) -> None:
         """Count the method's call if it fits under the hard ceiling; else raise at once, sending nothing: Deferred in
@@ -223,6 +253,7 @@ def install(exchange: ccxt_async.Exchange, budget: CallBudget) -> None:
     ) -> Any:
         private = api == "private" or (isinstance(api, list) and "private" in api)
         if private:
+            await budget.wait_for_room(path)
             budget.spend(path)
         try:
             return await send(path, api, method, {} if params is None else params, {} if config is None else config)

@@ -49,7 +49,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -78,6 +78,7 @@ from trading_ops.venues.call_counter import (
     Deferred,
     background,
     install,
+    patient,
 )
 from trading_ops.webconfig import client_ssl_context
 
@@ -285,6 +286,12 @@ class CcxtBroker(Broker):
 
     def rate_limit_headroom(self) -> float | None:
         return None if self.call_budget is None else self.call_budget.headroom()
+
+    @contextlib.asynccontextmanager
+    async def patient(self) -> AsyncIterator[None]:
+        """With a call budget: the private calls inside wait for its decay instead of failing (call_counter.patient)."""
+        with patient():
+            yield
 
     @contextlib.asynccontextmanager
     async def reconciliation_room(self) -> AsyncIterator[None]:
@@ -548,6 +555,28 @@ class CcxtBroker(Broker):
             await self._call(Channel.ORDERS, "cancel all", self.exchange.cancel_all_orders)
             return await self._final_states([o.venue_order_id for o in listed])
         return [await self.cancel(o.client_order_id, venue_order_id=o.venue_order_id) for o in listed]
+
+    def has_dead_man_switch(self) -> bool:
+        return bool(self.exchange.has.get("cancelAllOrdersAfter"))
+
+    async def cancel_all_orders_after(self, timeout: int) -> tuple[datetime, datetime | None]:
+        """ccxt's `cancelAllOrdersAfter` (milliseconds; kraken sends whole seconds, 0 disarms). The times are the
+        venue's where it says them (kraken's `result.currentTime` / `triggerTime`, "0" when disarmed), else ours."""
+        if not self.has_dead_man_switch():
+            raise NotImplementedError(f"{self.venue} has no cancelAllOrdersAfter in ccxt")
+        sent = datetime.now(UTC)
+        raw = await self._call(
+            Channel.ORDERS, "dead man's switch", self.exchange.cancel_all_orders_after, int(timeout) * 1000
+        )
+        result = raw.get("result") if isinstance(raw, dict) else None
+        if isinstance(result, dict) and "triggerTime" in result:
+            now = _time(self.exchange.parse8601(result.get("currentTime"))) or sent
+            if str(result["triggerTime"]) == "0":
+                return now, None
+            trigger = _time(self.exchange.parse8601(result["triggerTime"]))
+            if trigger is not None:
+                return now, trigger
+        return sent, (sent + timedelta(seconds=timeout) if timeout else None)
 
     async def open_orders(self) -> list[VenueOrder]:
         raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from trading_ops.bot.broker import BrokerError, OrderRequest, OrderStatus, OrderType, Side, VenueFill, VenueOrder
-from trading_ops.paper.venue import PaperVenue
+from trading_ops.paper.venue import MAX_CANCEL_AFTER_SECONDS, PaperVenue
 from trading_ops.venues.kraken_api import (
     E_BUSY,
     E_INSUFFICIENT_FUNDS,
@@ -29,6 +29,7 @@ from trading_ops.venues.kraken_api import (
     decimal_param,
     flag,
     num,
+    rfc3339,
     seconds_param,
     ts,
 )
@@ -177,6 +178,21 @@ class AccountEndpoints:
             count += 1
         return {"count": count}
 
+    async def cancel_all_orders_after(self, venue: PaperVenue, params: Mapping[str, str]) -> dict[str, str]:
+        """Kraken's dead man's switch for the account of the key: `timeout` whole seconds (0 disarms, under a day);
+        `currentTime` and `triggerTime` in RFC 3339 to the second, `triggerTime` "0" when disarmed. Every key of the
+        account arms, pushes back and disarms the one timer; at the trigger every open order of the account is
+        canceled."""
+        raw = params.get("timeout", "")
+        if not raw.isascii() or not raw.isdigit() or int(raw) >= MAX_CANCEL_AFTER_SECONDS:
+            # Kraken's bare string here (ccxt's BadRequest), not the field-named one its order validation answers.
+            raise KrakenError(E_INVALID_ARGUMENTS)
+        try:
+            now, trigger = await venue.cancel_all_orders_after(int(raw))
+        except BrokerError as exc:
+            raise self._venue_error(exc) from None
+        return {"currentTime": rfc3339(now), "triggerTime": "0" if trigger is None else rfc3339(trigger)}
+
     @staticmethod
     async def _fills_by_order(venue: PaperVenue) -> dict[str, list[VenueFill]]:
         by_order: dict[str, list[VenueFill]] = {}
@@ -225,7 +241,10 @@ class AccountEndpoints:
         if not order.client_order_id.startswith(ANONYMOUS_PREFIX):
             info["cl_ord_id"] = order.client_order_id
         if not order.status.is_open:
-            info["closetm"] = ts(fills[-1].executed_at if fills else order.created_at)
+            # The time it closed: its last fill for a filled order, the cancel for a canceled one (an order from a
+            # state file older than closed_at: its last fill, or its creation).
+            closed = order.closed_at or (fills[-1].executed_at if fills else order.created_at)
+            info["closetm"] = ts(closed)
             info["reason"] = None if status == "closed" else "User requested"
         if trades and fills:
             info["trades"] = [f.trade_id for f in fills]

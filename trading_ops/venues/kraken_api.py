@@ -9,7 +9,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from trading_ops.http_input import MAX_NUMBER_CHARS, InputError, whole_number
@@ -103,6 +103,11 @@ def num(value: Decimal) -> str:
 
 def ts(at: datetime | None) -> float:
     return 0.0 if at is None else at.timestamp()
+
+
+def rfc3339(at: datetime) -> str:
+    """A time as Kraken's CancelAllOrdersAfter writes it: RFC 3339 in UTC, to the second (2023-03-24T17:41:56Z)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def flag(params: Mapping[str, str], name: str) -> bool:

@@ -1,10 +1,10 @@
 """A Kraken-compatible REST gateway over the paper venue: any ccxt client trades on it with `urls` pointed here.
 
 It serves the endpoints ccxt's `kraken` client calls (public: Time, SystemStatus, Assets, AssetPairs, Ticker, OHLC,
-Depth, Trades, Spread; private: Balance, BalanceEx, AddOrder, CancelOrder, CancelAll, OpenOrders, ClosedOrders,
-QueryOrders, TradesHistory) with Kraken's shapes: the `{"error": [...], "result": ...}` envelope, HTTP 200 for API
-errors, assets named as Kraken names them (XXBT, ZUSD), pairs keyed by their id (XXBTZUSD) with an altname (XBTUSD),
-at most PAGE_SIZE closed orders or trades per call (`ofs` pages on), newest first.
+Depth, Trades, Spread; private: Balance, BalanceEx, AddOrder, CancelOrder, CancelAll, CancelAllOrdersAfter,
+OpenOrders, ClosedOrders, QueryOrders, TradesHistory) with Kraken's shapes: the `{"error": [...], "result": ...}`
+envelope, HTTP 200 for API errors, assets named as Kraken names them (XXBT, ZUSD), pairs keyed by their id (XXBTZUSD)
+with an altname (XBTUSD), at most PAGE_SIZE closed orders or trades per call (`ofs` pages on), newest first.
 
 Accounts, as Kraken has them: the main account (gateway.api_key; several keys may reach one account) and sub-accounts
 (gateway.accounts), each with balances, orders and trades of its own on the one market (its prices tick on the main
@@ -29,6 +29,13 @@ base asset; an order the rest cannot pay for answers `EOrder:Insufficient funds`
 
 Public trades (Trades) are the fills of every account on the market, each as its taker saw it, oldest first; Spread
 the best bid and ask each time they changed, as the feed published them.
+
+The dead man's switch (CancelAllOrdersAfter) is the account's, as Kraken's is: one timer per account, which any key
+of that account arms (`timeout` seconds, under a day), pushes back, or disarms (`timeout=0`; `triggerTime` "0"); when
+it runs out (checked every market tick), every open order of that account is canceled, whichever key placed it, and
+the timer stays disarmed until armed again. Other accounts' orders are untouched. It adds 1 to the key's REST call
+counter, as every private call but order placement and cancellation does. Bad input (no timeout, not whole seconds,
+a day or more) answers `EGeneral:Invalid arguments`.
 
 Fault injection (`POST /chaos/{fault}` with the control token as a bearer token; `GET /chaos` lists what is in
 force): drop_connection, outage, unavailable, rate_limit, stale_market_data (for `seconds`, 0 = until cleared or
@@ -170,6 +177,7 @@ class KrakenGateway:
             "AddOrder": self.account.add_order,
             "CancelOrder": self.account.cancel_order,
             "CancelAll": self.account.cancel_all,
+            "CancelAllOrdersAfter": self.account.cancel_all_orders_after,
             "OpenOrders": self.account.open_orders,
             "ClosedOrders": self.account.closed_orders,
             "QueryOrders": self.account.query_orders,
@@ -204,6 +212,8 @@ class KrakenGateway:
             try:
                 await self.venue.tick()
                 await self._follow()
+                for sub in self._subaccounts:
+                    await sub.expire_dead_man_switch()
             except Exception:
                 LOG.exception("the market's tick failed")
 
