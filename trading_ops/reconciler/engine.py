@@ -71,7 +71,7 @@ class Engine:
         self.instance = instance
         self.notifier = notifier
         self.alertmanager = AlertmanagerClient(session, self.rc.alertmanager_urls)
-        self.prometheus = PrometheusClient(session, self.rc.prometheus_url)
+        self.prometheus = PrometheusClient(session, self.rc.prometheus_urls)
         self.label_pattern = compile_pattern(self.rc.label_value_pattern)
         self.rng = rng or random.Random()
         self.wake = asyncio.Event()
