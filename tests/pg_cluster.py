@@ -234,3 +234,87 @@ def cluster_on(data: Path, options: str = "") -> Iterator[Cluster]:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGQUIT)
+
+
+@dataclass
+class ReplicatedPair:
+    """A primary and its streaming standby (pg_basebackup -R), each a cluster of its own; `synchronous`: the primary
+    commits only once the standby has the commit (synchronous_standby_names), as the reconciler's ledger needs for a
+    failover that loses nothing acknowledged."""
+
+    primary: Cluster
+    standby: Cluster
+
+    def url(self, database: str, *, read_write: bool = True) -> str:
+        """The multi-host SQLAlchemy URL naming both servers, primary first (libpq tries them in order and, with
+        target_session_attrs=read-write, keeps the first that takes writes)."""
+        hosts = "&".join(f"host=127.0.0.1:{c.port}" for c in (self.primary, self.standby))
+        attrs = "&target_session_attrs=read-write" if read_write else ""
+        return f"postgresql+psycopg://postgres@/{database}?{hosts}{attrs}"
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary's postmaster (its backends notice and exit): the host's database gone at once."""
+        pid = self.primary.pid()
+        assert pid is not None, "the primary is not running"
+        os.kill(pid, signal.SIGKILL)
+        end = time.monotonic() + 30
+        while alive(pid) and time.monotonic() < end:
+            time.sleep(0.05)
+
+    def promote(self) -> None:
+        """pg_ctl promote on the standby, waiting until it takes writes."""
+        self.standby.ctl("promote")
+
+    def replicated(self) -> bool:
+        """Whether the standby streams from the primary now (and, with synchronous replication, confirms commits)."""
+        query = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+        with psycopg.connect(f"host=127.0.0.1 port={self.primary.port} user=postgres dbname=postgres") as c:
+            row = c.execute(query).fetchone()
+        return bool(row and row[0])
+
+
+def _stop_by_pid(pg: Cluster) -> None:
+    with contextlib.suppress(Exception):
+        pg.stop()
+    pid = pg.pid()
+    if pid is not None and alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and alive(pid):
+            time.sleep(0.05)
+    shutil.rmtree(pg.data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replicated_pair(options: str = "", *, synchronous: bool = True) -> Iterator[ReplicatedPair]:
+    """A primary (own_cluster's way) and a standby made from it with pg_basebackup -R on a port of its own, streaming;
+    both stopped by their pids and removed at the end, whichever of them runs then."""
+    replication = "-c wal_level=replica -c max_wal_senders=4 -c wal_keep_size=64MB"
+    # Only the primary waits for a standby: a promoted standby told to wait for one of its own (it has none) would
+    # hold every commit (a failover manager such as Patroni sets synchronous_standby_names as members come and go).
+    synchronous_names = " -c synchronous_standby_names='*'" if synchronous else ""
+    with own_cluster(f"{replication}{synchronous_names} {options}".strip()) as primary:
+        data = Path(tempfile.mkdtemp(prefix="trading-ops-pg-standby-"))
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres")
+        data.chmod(0o700)
+        backup = as_postgres(
+            [server_binary("pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"]
+            + ["-D", str(data), "-R", "-X", "stream", "-c", "fast"]
+        )
+        standby = Cluster(data, free_port(), f"{replication} {options}".strip())
+        try:
+            done = subprocess.run(backup, capture_output=True, text=True, timeout=120, check=False)
+            if done.returncode != 0:
+                pytest.fail(f"pg_basebackup failed: {done.stderr.strip()}", pytrace=False)
+            standby.start()
+            pair = ReplicatedPair(primary, standby)
+            end = time.monotonic() + 60
+            while not pair.replicated():
+                if time.monotonic() > end:
+                    pytest.fail("the standby never streamed from the primary", pytrace=False)
+                time.sleep(0.1)
+            yield pair
+        finally:
+            _stop_by_pid(standby)

@@ -565,6 +565,16 @@ def _check_http_urls(values: list[str]) -> str | None:
     return next((problem for v in values if (problem := _check_http_url(v))), None)
 
 
+def _check_prometheus_urls(value: str | list[str]) -> str | None:
+    if isinstance(value, str):
+        return _check_http_url(value)
+    if not value:
+        return "expected a URL or a list of the members' URLs, got an empty list"
+    if len({v.rstrip("/") for v in value}) < len(value):
+        return "a member is named twice"
+    return _check_http_urls(value)
+
+
 def _check_unit(value: str) -> str | None:
     if value == "" or UNIT_PATTERN.match(value):
         return None
@@ -642,7 +652,9 @@ class ReconcilerConfig:
     # A packaged playbook (`default`: systemd units, `docker`: the docker compose stack) or a playbook file;
     # empty = default.
     playbook: str = ""
-    prometheus_url: str = checked("http://127.0.0.1:9090", _check_http_url)
+    # Prometheus, or every member of an HA pair (a list): each query goes to the member that answered last, and one
+    # that fails there is asked of the next before it counts as failed, so one member down fails no verification.
+    prometheus_url: str | list[str] = checked("http://127.0.0.1:9090", _check_prometheus_urls)
     alertmanager_url: str = checked("http://127.0.0.1:9093", _check_http_url)
     # The other members of a clustered Alertmanager (the URL above is one of them): escalations are posted to every
     # member, as Prometheus sends its alerts, and reads (silences, still-firing checks) go to the first that answers,
@@ -652,6 +664,10 @@ class ReconcilerConfig:
     @property
     def alertmanager_urls(self) -> list[str]:
         return [self.alertmanager_url, *self.alertmanager_peers]
+
+    @property
+    def prometheus_urls(self) -> list[str]:
+        return [self.prometheus_url] if isinstance(self.prometheus_url, str) else list(self.prometheus_url)
 
     # Webhook bodies larger than this get 413 (Alertmanager does not resend after a 4xx: such a notification is
     # lost). Paired with the receiver's max_alerts in alertmanager/alertmanager.yml (1000): 1000 alerts of the

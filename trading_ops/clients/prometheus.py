@@ -1,11 +1,12 @@
 """A small client of Prometheus's HTTP API: instant queries, the expression behind an alert, and when a target is
-scraped."""
+scraped; asked of any member of an HA pair (or more) that answers."""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,9 @@ from trading_ops.durations import parse_duration
 # Every query is bounded twice: Prometheus stops evaluating it after QUERY_TIMEOUT (its `timeout` parameter), and
 # the client stops waiting a little later, whatever the server does.
 QUERY_TIMEOUT_SECONDS = 10.0
-TIMEOUT = aiohttp.ClientTimeout(total=QUERY_TIMEOUT_SECONDS + 2.0)
+# A member that does not even accept the connection this quickly is passed over for the next one.
+CONNECT_TIMEOUT_SECONDS = 3.0
+TIMEOUT = aiohttp.ClientTimeout(total=QUERY_TIMEOUT_SECONDS + 2.0, sock_connect=CONNECT_TIMEOUT_SECONDS)
 
 
 class PrometheusError(Exception):
@@ -24,20 +27,51 @@ class PrometheusError(Exception):
 
 
 class PrometheusClient:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+    """Prometheus's HTTP API, asked of the members of an HA pair in turn (`base_urls`: one URL or every member's).
+
+    Every request goes first to the member that answered last, and when it fails (unreachable, an error, a timeout),
+    to the next: a request fails only when every member failed it. Staying with one member while it answers keeps
+    successive queries of one verification on one server's scrapes (the members scrape the same targets at their own
+    moments, so their answers may differ by a scrape); `member` says which one answered last."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_urls: str | Sequence[str]) -> None:
         self.session = session
-        self.base_url = base_url.rstrip("/")
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls:
+            raise ValueError("no Prometheus URL")
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.member = self.base_urls[0]
+
+    @property
+    def base_url(self) -> str:
+        """The member that answered last (the first member before any did)."""
+        return self.member
 
     async def _get(self, path: str, params: dict[str, str], what: str) -> dict[str, Any]:
-        """GET an API path: its `data` object, or PrometheusError naming `what` failed and why."""
+        """GET an API path of the first member that answers: its `data` object, or PrometheusError naming `what`
+        failed on every member and why."""
+        start = self.base_urls.index(self.member)
+        order = self.base_urls[start:] + self.base_urls[:start]
+        problems: list[str] = []
+        for url in order:
+            try:
+                data = await self._get_one(url, path, params)
+            except PrometheusError as exc:
+                problems.append(f"{url}: {exc}" if len(order) > 1 else str(exc))
+                continue
+            self.member = url
+            return data
+        raise PrometheusError(f"{what}: {'; '.join(problems)}")
+
+    async def _get_one(self, url: str, path: str, params: dict[str, str]) -> dict[str, Any]:
         try:
-            async with self.session.get(f"{self.base_url}{path}", params=params, timeout=TIMEOUT) as resp:
+            async with self.session.get(f"{url}{path}", params=params, timeout=TIMEOUT) as resp:
                 body = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise PrometheusError(f"{what}: {exc or type(exc).__name__}") from exc
+            raise PrometheusError(str(exc) or type(exc).__name__) from exc
         if not isinstance(body, dict) or body.get("status") != "success":
             error = body.get("error") if isinstance(body, dict) else body
-            raise PrometheusError(f"{what}: {error}")
+            raise PrometheusError(str(error))
         data = body.get("data")
         return data if isinstance(data, dict) else {}
 
@@ -86,7 +120,8 @@ class PrometheusClient:
             if isinstance(t, dict)
             and all((t.get("labels") or {}).get(k) == labels[k] for k in ("job", "instance") if k in labels)
         ]
-        return ScrapeSchedule.of(found[0]) if len(found) == 1 else None
+        schedule = ScrapeSchedule.of(found[0]) if len(found) == 1 else None
+        return None if schedule is None else replace(schedule, member=self.member)
 
 
 # A scrape's samples are appended and committed after the fetch its lastScrapeDuration measures: a query this long
@@ -98,11 +133,13 @@ SCRAPE_COMMIT_MARGIN_SECONDS = 0.05
 class ScrapeSchedule:
     """When Prometheus scrapes one target: from `last` (the last scrape's start, Unix seconds) every `interval`.
 
-    Prometheus keeps each target on a fixed offset within its interval, so the next scrapes are predictable."""
+    Prometheus keeps each target on a fixed offset within its interval, so the next scrapes are predictable: by the
+    member of a pair that said so (`member`), not by its twin, which scrapes at an offset of its own."""
 
     last: float
     interval: float
     duration: float
+    member: str = ""
 
     @classmethod
     def of(cls, target: dict[str, Any]) -> ScrapeSchedule | None:
@@ -128,6 +165,11 @@ class ScrapeSchedule:
         while self.done(k) <= after:
             k += 1
         return self.done(k)
+
+    def any_first_done(self, started_after: float) -> float:
+        """When the first scrape at or after `started_after` is queryable on any server scraping at this interval
+        (the other member of a pair): a full interval later at most."""
+        return started_after + self.interval + 2 * self.duration + SCRAPE_COMMIT_MARGIN_SECONDS
 
     def last_done(self, after: float, until: float) -> float | None:
         """The latest moment in (after, until] a scrape becomes queryable, or None when none does."""

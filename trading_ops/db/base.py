@@ -78,11 +78,29 @@ def utcnow() -> datetime:
 IMMEDIATE_OPTION = "trading_ops_sqlite_immediate"
 
 
+# libpq settings a URL may override. connect_timeout is per host: a multi-host URL's next host is tried after it;
+# keepalives find a vanished peer in about 10 + 3 x 3 s.
+PSYCOPG_CONNECT_DEFAULTS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
+
+
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
     """An engine for `url`; SQLite gets WAL mode, a busy timeout and foreign keys, and its folder made."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        if parsed.get_driver_name() == "psycopg":
+            # libpq's own defaults wait for a host that does not answer as long as the kernel does (minutes): each
+            # host of a multi-host URL is given up after connect_timeout, and a connection to a host that vanished
+            # (its machine died, the network cut) is found dead by TCP keepalives, as the URL does not say otherwise.
+            given = {**parsed.query, **kwargs.get("connect_args", {})}
+            defaults = {k: v for k, v in PSYCOPG_CONNECT_DEFAULTS.items() if k not in given}
+            kwargs["connect_args"] = {**defaults, **kwargs.get("connect_args", {})}
         return create_engine(url, **kwargs)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

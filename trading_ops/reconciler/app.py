@@ -416,14 +416,21 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     ledger = request.app[keys.LEDGER]
 
-    def ping() -> None:
+    def ping() -> bool:
+        """Whether the ledger takes writes: a PostgreSQL standby (a URL naming it without
+        target_session_attrs=read-write, or one never promoted) answers reads and refuses every write."""
         with ledger.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            if conn.dialect.name != "postgresql":
+                conn.execute(text("SELECT 1"))
+                return True
+            return conn.execute(text("SELECT current_setting('transaction_read_only')")).scalar() != "on"
 
     try:
-        await asyncio.to_thread(ping)
+        writable = await asyncio.to_thread(ping)
     except Exception as exc:
         return web.json_response({"status": f"database unavailable: {type(exc).__name__}"}, status=503)
+    if not writable:
+        return web.json_response({"status": "database read-only (a standby): nothing can be stored"}, status=503)
     return web.json_response({"status": "ready"})
 
 

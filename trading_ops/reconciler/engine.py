@@ -71,7 +71,7 @@ class Engine:
         self.instance = instance
         self.notifier = notifier
         self.alertmanager = AlertmanagerClient(session, self.rc.alertmanager_urls)
-        self.prometheus = PrometheusClient(session, self.rc.prometheus_url)
+        self.prometheus = PrometheusClient(session, self.rc.prometheus_urls)
         self.label_pattern = compile_pattern(self.rc.label_value_pattern)
         self.rng = rng or random.Random()
         self.wake = asyncio.Event()
@@ -118,7 +118,9 @@ class Engine:
         # Outcomes seen but not yet in the ledger (a previous life of ours stopped while the database was away)
         # first: the sweep must not call unknown what a run saw.
         await self.db(self.spool.replay, self.ledger, ledger_unreachable)
-        swept = await self.db(self.ledger.sweep, utcnow(), self.owner, set(self.runs))
+        # A lapsed lease is taken for its owner's death only once we have reached the ledger for a whole lease.
+        lapsed_is_dead = self.holder.lapsed_is_dead()
+        swept = await self.db(self.ledger.sweep, utcnow(), self.owner, set(self.runs), lapsed_is_dead=lapsed_is_dead)
         for episode_id in swept.interrupted:
             log.warning("episode %s: the run was interrupted (its reconciler stopped); policy decides", episode_id)
         # Before any retry: what a dead run started must not run beside it (one action at a time per target). Its

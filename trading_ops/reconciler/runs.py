@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,11 +79,37 @@ class RunHolder:
         # and leftover kills run there and must never delay a write, least of all a lease renewal, which has
         # its own threads (one per possible run) so no run's renewal waits behind another run's work.
         self.executor = ThreadPoolExecutor(max_runs + EXTRA_LEDGER_THREADS, thread_name_prefix="reconciler-ledger")
+        # Since when (monotonic) every ledger call of ours answered; None until one does, and after one failed for
+        # the database being away (`lapsed_is_dead`).
+        self.reachable_since: float | None = None
         self.lease_executor = ThreadPoolExecutor(max_runs, thread_name_prefix="reconciler-lease")
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        try:
+            result = await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        except Exception as exc:
+            self.saw_ledger(exc)
+            raise
+        self.saw_ledger(None)
+        return result
+
+    def saw_ledger(self, exc: BaseException | None) -> None:
+        """A ledger call answered (None) or failed: when it failed for the database being away, the ledger counts
+        as unreachable from here until a call answers again."""
+        if exc is not None:
+            if ledger_unreachable(exc):
+                self.reachable_since = None
+        elif self.reachable_since is None:
+            self.reachable_since = time.monotonic()
+
+    def lapsed_is_dead(self) -> bool:
+        """Whether a lease that lapsed says its owner is gone: only once this replica has reached the ledger for a
+        whole lease without a break. A live owner renews its lease every third of one whenever the database takes
+        writes, so a lease lapsed while the database was away (for everyone: a restart, a failover) says nothing of
+        its owner, and a run whose owner still holds its outcome is not taken over (the sweep's `lapsed_is_dead`)."""
+        since = self.reachable_since
+        return since is not None and time.monotonic() - since >= self.lease_seconds
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -161,9 +188,11 @@ class RunHolder:
             try:
                 renew = functools.partial(self.ledger.renew, episode_id, target, self.owner, lease)
                 ok = await loop.run_in_executor(self.lease_executor, renew)
-            except Exception:
+            except Exception as exc:
+                self.saw_ledger(exc)
                 log.exception("episode %s: lease renewal failed", episode_id)
                 continue
+            self.saw_ledger(None)
             if not ok:
                 if claim.active:
                     claim.lost = True

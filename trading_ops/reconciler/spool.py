@@ -20,7 +20,7 @@ REJECTED = ".rejected"
 
 
 class OutcomeWriter(Protocol):
-    def finish_step(self, step_id: int, outcome: str, output: str, finished_at: datetime | None = None) -> None: ...
+    def finish_step(self, step_id: int, outcome: str, output: str, finished_at: datetime | None = None) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class OutcomeSpool:
             if item.step_id in self.held:
                 continue
             try:
-                ledger.finish_step(item.step_id, item.outcome, item.output, item.finished_at)
+                taken = ledger.finish_step(item.step_id, item.outcome, item.output, item.finished_at)
             except Exception as exc:
                 if transient(exc):
                     raise
@@ -112,6 +112,15 @@ class OutcomeSpool:
                     path.rename(path.with_name(path.name + REJECTED))
                 continue
             self.remove(item.step_id)
+            # Another replica took the run over and found the step unknown; or the step is gone.
+            if taken in ("fenced", "missing"):
+                log.warning(
+                    "step %s: spooled outcome %s not written: %s",
+                    item.step_id,
+                    item.outcome,
+                    "its run was taken over meanwhile (the step is unknown)" if taken == "fenced" else "no such step",
+                )
+                continue
             written += 1
             log.warning("step %s: outcome %s written from the spool into the ledger", item.step_id, item.outcome)
         return written

@@ -14,6 +14,7 @@ from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
+from trading_ops.reconciler.ledger import FENCED, MISSING, Fenced
 from trading_ops.reconciler.playbook import Rule, StepSpec
 from trading_ops.reconciler.processes import ProcessId
 from trading_ops.reconciler.runs import (
@@ -29,6 +30,10 @@ from trading_ops.reconciler.runs import (
 from trading_ops.reconciler.spool import OutcomeSpool, SpooledOutcome
 
 log = logging.getLogger(ENGINE_LOGGER)
+
+
+class LedgerWentBack(Exception):
+    """A row this run wrote is gone from the ledger: the database went back in time."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class Steps(RunPart):
 
     async def run_step(self, run: AttemptRun, record: tuple[Any, ...], step: StepSpec) -> Result:
         """Execute one step, recorded in the ledger (its process too, for a reconciler that restarts) and counted."""
-        step_id = await self.db(self.ledger.start_step, *record)
+        step_id = await self._start(record)
         run.ctx.process_started = functools.partial(self._record_process, step_id)
         started = time.monotonic()
         result = await self._execute(run.ctx, step.action, step.params, step.timeout)
@@ -92,7 +97,7 @@ class Steps(RunPart):
             if reason is not None:
                 await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
                 return reason
-            step_id = await self.db(self.ledger.start_step, *record)
+            step_id = await self._start(record)
             run.ctx.process_started = functools.partial(self._record_process, step_id)
             result = await self._execute(run.ctx, step.action, step.params, step.timeout)
             self.metrics.actions.labels(step.action, result.outcome).inc()
@@ -101,6 +106,15 @@ class Steps(RunPart):
             if not result.ok:
                 return f"{step.name}: {result.outcome}: {result.output[:300]}"
         return ""
+
+    async def _start(self, record: tuple[Any, ...]) -> int:
+        """The step's row, written only while the run still holds its episode and target (the fence: its lease is
+        renewed in the same transaction); a run taken over meanwhile stops here, before it acts (LostClaim)."""
+        try:
+            return await self.db(self.ledger.start_step, *record, owner=self.owner, lease=self.rc.lease_seconds)
+        except Fenced as exc:
+            log.warning("step %s of attempt %s not started: %s", record[1] + 1, record[0], exc)
+            raise LostClaim from exc
 
     async def _record_outcome(self, episode_id: int, step_id: int, result: Result) -> None:
         """What a step did, written before anything else, and never given up on: first to the local spool (it
@@ -118,21 +132,40 @@ class Steps(RunPart):
                 await self.db(self.spool.put, spooled)  # the ledger's threads: asyncio's default pool may be stuck
             except OSError as exc:  # the ledger is the record; the spool only outlives the process when it is away
                 log.error("step %s: its outcome could not be spooled (%s): %s", step_id, self.spool.directory, exc)
-            await self._write_outcome(step_id, result, spooled, claim)
+            written = await self._write_outcome(step_id, result, spooled, claim)
             await self.db(self.spool.remove, step_id)
         finally:
             if claim is not None:
                 claim.recording = False
             self.spool.release(step_id)
+        if not written:
+            log.warning(
+                "step %s: its outcome (%s) is not written: another replica took the run over while the ledger was "
+                "away from this one, and found the step unknown; this run stops",
+                step_id,
+                result.outcome,
+            )
+            if claim is not None:
+                claim.lost = True
         if claim is not None and claim.lost:
             raise LostClaim
 
-    async def _write_outcome(self, step_id: int, result: Result, spooled: SpooledOutcome, claim: Claim | None) -> None:
+    async def _write_outcome(self, step_id: int, result: Result, spooled: SpooledOutcome, claim: Claim | None) -> bool:
+        """Whether the outcome is the step's in the ledger (False: fenced, the run was taken over). A step row that is
+        gone while its run still holds it means the ledger went back in time (a failover to a standby that had not
+        received the last commits): LedgerWentBack, escalated as an internal error, never acted on blindly."""
         delay = OUTCOME_RETRY_INITIAL_SECONDS
         while True:
             try:
-                await self.db(self.ledger.finish_step, step_id, result.outcome, result.output, spooled.finished_at)
-                return
+                found = await self.db(
+                    self.ledger.finish_step, step_id, result.outcome, result.output, spooled.finished_at
+                )
+                if found == MISSING:
+                    raise LedgerWentBack(
+                        f"step {step_id} (outcome {result.outcome}) is gone from the ledger while its run still held "
+                        "it: the database lost commits it had acknowledged (a failover to a standby behind it?)"
+                    )
+                return found != FENCED
             except Exception as exc:
                 if not ledger_unreachable(exc) or claim is None or claim.lost:
                     raise  # left in the spool: replayed before the next sweep

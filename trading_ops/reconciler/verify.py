@@ -49,7 +49,9 @@ async def verify(
     scrape schedule, that query waits for the first scrape that began after the action: an alert resolved by the
     action itself (a restart takes the target down, and its series go stale) is no word on what came back. `wake`,
     when set, cuts the wait between polls short (the resolved notification arrived). `scrapes`, the alert's target's
-    scrape schedule, times the polls just after its scrapes (never further apart than `interval`)."""
+    scrape schedule, times the polls just after its scrapes (never further apart than `interval`) while the member of
+    the Prometheus pair it was read from answers; when another member answers instead, polls go every `interval` and
+    a resolution waits a full scrape interval after the action."""
     labels = alert_labels or {}
     end = time.monotonic() + deadline
     began = time.time()
@@ -64,6 +66,11 @@ async def verify(
         except PrometheusError as exc:
             last = f"query failed: {exc}"
         else:
+            if scrapes is not None and scrapes.member and prometheus.member != scrapes.member:
+                # The member whose scrapes timed the polls stopped answering and its twin did: the twin scrapes at
+                # its own offset, so a resolution counts only once any scrape begun after the action is in.
+                fresh_at = max(fresh_at, scrapes.any_first_done(began))
+                scrapes = None
             if not result:
                 why = "; the alert resolved too" if was_resolved else ""
                 return Verdict("clear", f"{expr} returned nothing for this alert{why}")

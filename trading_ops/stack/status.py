@@ -56,7 +56,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, token: str = "") -
         return None
 
 
-async def _alerts(session: aiohttp.ClientSession, alertmanagers: Sequence[str], prometheus: str | None) -> Snapshot:
+async def _alerts(session: aiohttp.ClientSession, alertmanagers: Sequence[str], prometheus: Sequence[str]) -> Snapshot:
     snap = Snapshot()
     # Alertmanager knows what reaches receivers: also the escalations the reconciler posts, minus silenced and
     # inhibited alerts. Of a clustered pair, every member that answers: one down changes nothing on the line, and one
@@ -73,11 +73,12 @@ async def _alerts(session: aiohttp.ClientSession, alertmanagers: Sequence[str], 
                     merged.setdefault(str(alert.get("fingerprint") or sorted(labels.items())), labels)
         _take(list(merged.values()), snap, ", ".join(url for url, _ in answered))
         return snap
-    if prometheus:
-        body = await _get_json(session, f"{prometheus}/api/v1/alerts")
+    for member in prometheus:  # the members of a Prometheus pair in turn: the first that answers
+        body = await _get_json(session, f"{member}/api/v1/alerts")
         if isinstance(body, dict):
             alerts = (body.get("data") or {}).get("alerts") or []
             _take([a.get("labels") or {} for a in alerts if a.get("state") == "firing"], snap, "prometheus")
+            break
     return snap
 
 
@@ -141,13 +142,15 @@ def last_action(episodes: list[dict[str, Any]]) -> str | None:
 async def fetch(
     session: aiohttp.ClientSession,
     alertmanagers: Sequence[str],
-    prometheus: str | None,
+    prometheus: str | Sequence[str] | None,
     reconciler: str | None,
     read_token: str = "",
 ) -> Snapshot:
     """What the status line shows: the alerts of every one of `alertmanagers` that answers, each alert once (none
-    answers: Prometheus's); the episodes are read with the reconciler's read token."""
-    alerts_task = asyncio.ensure_future(_alerts(session, alertmanagers, prometheus))
+    answers: those of the first member of `prometheus`, one URL or a pair's, that does); the episodes are read with
+    the reconciler's read token."""
+    members = [prometheus] if isinstance(prometheus, str) else list(prometheus or ())
+    alerts_task = asyncio.ensure_future(_alerts(session, alertmanagers, members))
     url = f"{reconciler}/api/v1/episodes?limit={EPISODES_LISTED}"
     body = await _get_json(session, url, read_token) if reconciler else None
     snap = await alerts_task

@@ -34,7 +34,17 @@ from trading_ops.reconciler.ledger.limits import (
 )
 from trading_ops.reconciler.ledger.pruning import PRUNED_TABLES, Pruning
 from trading_ops.reconciler.ledger.queries import NOTIFICATION_SEARCH_LIMIT, LedgerCounts, Queries, episode_json
-from trading_ops.reconciler.ledger.runs import OPERATOR_OUTCOMES, RETRYABLE_STATES, UNKNOWN, UNKNOWN_DETAIL, RunRecord
+from trading_ops.reconciler.ledger.runs import (
+    FENCED,
+    MISSING,
+    OPERATOR_OUTCOMES,
+    RETRYABLE_STATES,
+    UNKNOWN,
+    UNKNOWN_DETAIL,
+    WRITTEN,
+    Fenced,
+    RunRecord,
+)
 from trading_ops.reconciler.ledger.sessions import ConsoleSessions, StoredSession
 from trading_ops.reconciler.states import ACTIVE_STATES, CLAIMED_STATES, CLOSED_STATES, OPEN_STATES, RUNNABLE_STATES
 
@@ -59,10 +69,14 @@ __all__ = [
     "RETRYABLE_STATES",
     "RUNNABLE_STATES",
     "UNKNOWN",
+    "WRITTEN",
+    "FENCED",
+    "MISSING",
     "UNKNOWN_DETAIL",
     "AlertIn",
     "Claims",
     "ConsoleSessions",
+    "Fenced",
     "Intake",
     "Ledger",
     "LedgerCounts",

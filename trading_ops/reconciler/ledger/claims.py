@@ -137,6 +137,7 @@ class Claims:
         owner: str,
         live: Collection[int] = (),
         is_dead: Callable[[str | None], bool] = owner_is_dead,
+        lapsed_is_dead: bool = True,
     ) -> SweepResult:
         """Mark runs whose owner died interrupted: its lease expired, or its process is provably gone (our own
         previous life after a restart, say), and free the targets such owners held. A step of theirs still `running`
@@ -147,7 +148,11 @@ class Claims:
         had started a process group fence its target (see LEFTOVER_FENCE_SECONDS) in the same commit that frees it.
 
         What was read outside the transaction is only a candidate: each takeover re-checks, in its UPDATE, the
-        owner and lease it read, so a renewal landing in between keeps the run (no second, concurrent run)."""
+        owner and lease it read, so a renewal landing in between keeps the run (no second, concurrent run).
+
+        `lapsed_is_dead` False (the caller has not seen the database writable for a whole lease: it may have been
+        away for everyone, and a lease that lapsed then says nothing of its owner) takes over only runs and targets
+        whose owner is provably gone."""
         result = SweepResult()
         with self.db.engine.connect() as conn:  # read first: an idle sweep must not take the write lock
             rows = conn.execute(
@@ -158,12 +163,13 @@ class Claims:
         dead_runs = [
             r
             for r in rows
-            if r.id not in live and (_lapsed(r.lease_until, now) or (r.owner != owner and is_dead(r.owner)))
+            if r.id not in live
+            and ((lapsed_is_dead and _lapsed(r.lease_until, now)) or (r.owner != owner and is_dead(r.owner)))
         ]
         dead_targets = [
             t
             for t in holders
-            if (t.owner != owner and (_lapsed(t.lease_until, now) or is_dead(t.owner)))
+            if (t.owner != owner and ((lapsed_is_dead and _lapsed(t.lease_until, now)) or is_dead(t.owner)))
             # Ours, but no run of ours holds it any more (its release failed): stale once its lease lapsed.
             or (t.owner == owner and t.name not in live_targets and _lapsed(t.lease_until, now))
         ]

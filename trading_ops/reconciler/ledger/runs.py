@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, exists, func, insert, select, update
 
 from trading_ops.db.base import utcnow
-from trading_ops.reconciler.ledger.db import A, E, LedgerDB, S
+from trading_ops.reconciler.ledger.db import A, E, LedgerDB, S, T
 from trading_ops.reconciler.states import ACTIVE_STATES, CLOSED_STATES
 
 # A step found `running` by a sweep (its run died) or by its own run after a lost claim: it may have acted or not,
@@ -19,6 +19,15 @@ UNKNOWN_DETAIL = "a step was still running: its outcome is unknown"
 OPERATOR_OUTCOMES = ("acknowledged", "retry")
 # Closed episodes `reconciler retry` may run once more (an alert still firing after a run that gave up).
 RETRYABLE_STATES = ("escalated", "failed")
+
+
+# What finish_step found (see there).
+WRITTEN, FENCED, MISSING = "written", "fenced", "missing"
+
+
+class Fenced(Exception):
+    """A run's write refused: the episode is no longer its own (another replica took it over while it could not
+    reach the ledger). The run writes nothing more and acts on nothing."""
 
 
 def attempts_stopped(conn: Connection, which: Any, now: datetime, detail: str) -> None:
@@ -162,9 +171,32 @@ class RunRecord:
         budgeted: bool,
         outcome: str = "running",
         output: str = "",
+        owner: str | None = None,
+        lease: float | None = None,
     ) -> int:
+        """A step's row, written before it acts. With `owner` (a run about to act), the fence: in the same
+        transaction the run's claim on the episode and on its target is confirmed and its lease renewed for `lease`
+        seconds, and Fenced is raised when either is no longer `owner`'s: a run taken over while it could not reach
+        the ledger never acts again. A sweep taking the episode meanwhile waits for this transaction's row lock and
+        then finds the lease it read renewed."""
         now = utcnow()
         with self.db.tx() as conn:
+            if owner is not None:
+                until = now + timedelta(seconds=lease or 0.0)
+                episode_id = select(A.c.episode_id).where(A.c.id == attempt_id).scalar_subquery()
+                held = conn.execute(
+                    update(E)
+                    .where(E.c.id == episode_id, E.c.owner == owner, E.c.state.in_(ACTIVE_STATES))
+                    .values(lease_until=until)
+                ).rowcount
+                held = (
+                    held
+                    and conn.execute(
+                        update(T).where(T.c.name == target, T.c.owner == owner).values(lease_until=until)
+                    ).rowcount
+                )
+                if not held:
+                    raise Fenced(f"the episode of attempt {attempt_id} is no longer {owner}'s")
             return int(
                 conn.execute(
                     insert(S)
@@ -195,15 +227,24 @@ class RunRecord:
         with self.db.tx() as conn:
             conn.execute(update(S).where(S.c.id == step_id).values(output=S.c.output + "\n" + note))
 
-    def finish_step(self, step_id: int, outcome: str, output: str, finished_at: datetime | None = None) -> None:
-        """Record what a step did (written again as is when retried or replayed from the spool: idempotent). It
-        replaces an `unknown` a sweep wrote meanwhile: the outcome was seen, it is not unknown."""
+    def finish_step(self, step_id: int, outcome: str, output: str, finished_at: datetime | None = None) -> str:
+        """Record what a step did (written again as is when retried or replayed from the spool: idempotent): WRITTEN
+        when the step holds that outcome now. Only a step still `running` takes it: one a sweep found `unknown`
+        meanwhile belongs to a run taken over, whose taker decided on that `unknown` (run again or escalate), and a
+        late outcome of the run it took the episode from changes nothing of it (FENCED). MISSING: no such step (a
+        spool file older than retention, or a ledger that went back in time: a failover that lost commits)."""
         with self.db.tx() as conn:
-            conn.execute(
+            if conn.execute(
                 update(S)
-                .where(S.c.id == step_id)
+                .where(S.c.id == step_id, S.c.outcome == "running")
                 .values(outcome=outcome, output=output, finished_at=finished_at or utcnow())
-            )
+            ).rowcount:
+                return WRITTEN
+            found = conn.execute(select(S.c.outcome, S.c.output).where(S.c.id == step_id)).first()
+        if found is None:
+            return MISSING
+        # Written already (the first write's commit landed, its answer did not)?
+        return WRITTEN if (found.outcome, found.output) == (outcome, output) else FENCED
 
     def last_run(self, episode_id: int) -> dict[str, Any] | None:
         """The episode's last attempt that ran steps (not a gate's record, nor an acknowledgement), with its steps

@@ -1,0 +1,133 @@
+"""Fencing in the ledger: a lease that lapsed while the database was away is not taken for its owner's death, and a
+run taken over writes nothing and acts on nothing when it comes back (on SQLite and on the shared PostgreSQL); a
+ledger that went back in time (a step row gone) is escalated, never acted on blindly (needs a real Alertmanager)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alertmanager_server import Alertmanager
+from fake_bot import FakeBot, bot_targets
+from polling import until_async
+from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from sqlalchemy import text
+from webhook_payloads import alert, payload
+
+from trading_ops.db.base import make_engine, utcnow
+from trading_ops.reconciler.app import create_app
+from trading_ops.reconciler.ledger import FENCED, MISSING, UNKNOWN, WRITTEN, AlertIn, Fenced, Ledger, NotificationIn
+
+INSTANCE = "bot-1"
+LEASE = 30.0
+
+
+def alive(_owner: str | None) -> bool:
+    return False  # both replicas' processes run (on other hosts: nothing proves either gone)
+
+
+@pytest.fixture
+def ledger(migrated_db: str) -> Ledger:
+    return Ledger(make_engine(migrated_db))
+
+
+def running_step(ledger: Ledger, owner: str) -> tuple[int, int, int]:
+    """An episode `owner` claimed and whose first step is running: (episode, attempt, step)."""
+    labels = {"alertname": "TradingBotBrokerDisconnected", "instance": INSTANCE}
+    a = AlertIn("firing", "f1", utcnow(), labels["alertname"], labels, {}, "", "reconnect", INSTANCE)
+    ledger.store([NotificationIn("reconciler", "firing", "g", "{}", [a])])
+    (episode_id,) = [e["id"] for e in ledger.list_episodes()]
+    assert ledger.claim(episode_id, INSTANCE, owner, utcnow(), LEASE) is not None
+    attempt = ledger.start_attempt(episode_id, owner)
+    record = (attempt, 0, "bot", "bot command=reconnect", "safe", INSTANCE, True)
+    step = ledger.start_step(*record, owner=owner, lease=LEASE)
+    return int(episode_id), attempt, step
+
+
+def test_a_lease_lapsed_while_the_database_was_away_takes_nothing(ledger: Ledger) -> None:
+    episode_id, _attempt, step = running_step(ledger, "r2")
+    later = utcnow() + timedelta(seconds=3 * LEASE)  # r2's lease lapsed: the database was away for three leases
+    assert ledger.sweep(later, "r1", is_dead=alive, lapsed_is_dead=False).interrupted == []
+    # r2 still holds the run: its outcome lands, and it goes on.
+    assert ledger.finish_step(step, "success", "HTTP 200") == WRITTEN
+    assert ledger.renew(episode_id, INSTANCE, "r2", LEASE)
+    (episode,) = ledger.list_episodes()
+    assert (episode["state"], episode["owner"]) == ("running", "r2")
+
+
+def test_a_run_taken_over_writes_nothing_and_acts_on_nothing_when_it_comes_back(ledger: Ledger) -> None:
+    episode_id, attempt, step = running_step(ledger, "r2")
+    later = utcnow() + timedelta(seconds=3 * LEASE)
+    # r1 reached the database for a whole lease and r2 renewed nothing meanwhile: r2 is taken for gone.
+    assert ledger.sweep(later, "r1", is_dead=alive, lapsed_is_dead=True).interrupted == [episode_id]
+    (episode,) = ledger.list_episodes()
+    assert episode["attempt_list"][0]["steps"][0]["outcome"] == UNKNOWN
+    # r1 claims the episode again (its rule decides on the unknown step).
+    assert ledger.claim(episode_id, INSTANCE, "r1", later, LEASE) is not None
+    # r2 comes back with its outcome: not written (r1 decided on `unknown`) ...
+    assert ledger.finish_step(step, "success", "HTTP 200") == FENCED
+    # ... and its next step is refused before it acts, its renewal too.
+    with pytest.raises(Fenced):
+        ledger.start_step(attempt, 1, "bot", "bot command=resubscribe", "safe", INSTANCE, True, owner="r2", lease=LEASE)
+    assert not ledger.renew(episode_id, INSTANCE, "r2", LEASE)
+    (episode,) = ledger.list_episodes()
+    assert episode["owner"] == "r1"
+    assert [s["outcome"] for s in episode["attempt_list"][0]["steps"]] == [UNKNOWN]
+
+
+def test_an_outcome_written_twice_is_written_once(ledger: Ledger) -> None:
+    # The first write's commit landed and its answer was lost with the connection: the retry finds it there.
+    _episode_id, _attempt, step = running_step(ledger, "r2")
+    assert ledger.finish_step(step, "success", "HTTP 200") == WRITTEN
+    assert ledger.finish_step(step, "success", "HTTP 200") == WRITTEN
+
+
+def test_a_step_row_that_is_gone_is_told_apart(ledger: Ledger) -> None:
+    # A failover to a standby that had not received the last commits: the run's step row is not there.
+    assert ledger.finish_step(10_000, "success", "HTTP 200") == MISSING
+
+
+async def test_a_run_whose_step_row_went_back_in_time_escalates_instead_of_acting_again(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    """The database fails over to a standby that never got the step's row (asynchronous replication): the run's
+    outcome has nowhere to go. It is not written blindly, nor the step run again: the episode escalates."""
+    instance = f"bot-{uuid.uuid4().hex[:6]}"
+    eraser = Ledger(make_engine(migrated_sqlite))
+
+    def lost_commit(_command: str) -> None:
+        with eraser.engine.begin() as conn:
+            conn.execute(text("DELETE FROM reconciler_steps"))
+
+    fake_bot.on_call = lost_commit
+    rule = {
+        "name": "reconnect",
+        "match": ['alertname="TradingBotBrokerDisconnected"'],
+        "verify": False,
+        "cooldown": 0,
+        "on_unknown": "retry",
+        "steps": [{"action": "bot", "command": "reconnect"}],
+    }
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [rule])),
+        targets=bot_targets(fake_bot, tmp_path, instance),
+        alertmanager_url=alertmanager.url,
+    )
+    client = await aiohttp_client(create_app(config))
+    body = payload(alert("TradingBotBrokerDisconnected", instance=instance))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+
+    async def closed() -> dict[str, Any] | None:
+        (episode,) = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+        return episode if episode["closed_at"] else None
+
+    episode = await until_async("the episode closed", closed, 30)
+    assert episode["state"] == "escalated", episode
+    assert "gone from the ledger" in episode["detail"]
+    assert fake_bot.commands() == ["reconnect"]  # not sent again
+    eraser.engine.dispose()
