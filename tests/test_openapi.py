@@ -106,6 +106,26 @@ def test_the_bot_document_describes_every_route_and_each_command() -> None:
     valid_openapi_31(document)
 
 
+async def test_the_freqtrade_sidecar_serves_the_document_of_its_own_commands(aiohttp_client: Any) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
+
+    # A freqtrade that is not there: the document does not depend on it.
+    sidecar = FreqtradeSidecar(
+        name="ft", url="http://127.0.0.1:9", username="u", password="p", token="t", registry=CollectorRegistry()
+    )
+    client = await aiohttp_client(create_app(sidecar))
+    response = await client.get("/openapi.json")
+    assert response.status == 200 and response.content_type == "application/json"
+    document = await response.json()
+    offered = {path.removeprefix(CONTROL_PREFIX) for path in document["paths"] if path.startswith(CONTROL_PREFIX)}
+    assert offered == {*sidecar.control.commands, "{command}"} and "reload" in offered
+    assert document["paths"]["/control/reload"]["post"]["security"] == [{"operate": []}]
+    assert document == bot_document(sidecar.control)
+    valid_openapi_31(document)
+
+
 def test_openapi_command_prints_each_document_and_refuses_bad_usage_in_one_line(tmp_path: Path) -> None:
     reconciler = cli("openapi", "reconciler")
     assert reconciler.returncode == 0, reconciler.stderr
