@@ -40,6 +40,7 @@ def create_app(instrumentation: Any) -> web.Application:
     app.router.add_get("/healthz", healthz_handler)
     app.router.add_get("/readyz", readyz_handler)
     app.router.add_post("/control/{command}", control_handler)
+    app.router.add_get("/openapi.json", openapi_handler)
     return app
 
 
@@ -73,6 +74,13 @@ async def readyz_handler(request: web.Request) -> web.Response:
 
 def render_error(_request: web.Request, status: int, message: str) -> web.StreamResponse:
     return _error(status, message)
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 description of this bot's API (trading_ops.bot.api_spec): its own commands and their scopes."""
+    from trading_ops.bot.api_spec import document_bytes
+
+    return web.Response(body=document_bytes(request.app[INSTRUMENTATION].control), content_type="application/json")
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:

@@ -140,6 +140,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_get("/api/v1/approvals", list_approvals)
     app.router.add_get("/api/v1/approvals/{id}", get_approval)
     app.router.add_post("/api/v1/approvals/{id}", decide_approval)
+    app.router.add_get("/api/v1/openapi.json", openapi_document)
     # The operator console (/ui/): its own login (a session cookie), CSRF tokens and scope checks.
     setup_console(app)
     app.router.add_get("/metrics", metrics)
@@ -399,6 +400,13 @@ async def reset_circuit(request: web.Request) -> web.Response:
         return web.json_response({"error": f"no open circuit for {target!r}"}, status=404)
     log.warning("circuit of %s closed by %s (was open until %s)", target, who, until.isoformat())
     return web.json_response({"target": target, "was_open_until": until.isoformat()})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """The API's OpenAPI 3.1 description (trading_ops.reconciler.api_spec), made once per process."""
+    from trading_ops.reconciler.api_spec import document_bytes
+
+    return web.Response(body=document_bytes(), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:

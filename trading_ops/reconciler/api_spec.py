@@ -1,0 +1,448 @@
+"""The OpenAPI 3.1 description of the reconciler's API (GET /api/v1/openapi.json, `trading-ops openapi reconciler`)."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+
+from trading_ops.openapi import Builder, bearer_scheme, dumps, json_content, metrics_response, response
+from trading_ops.reconciler.app import DEFAULT_LIST, MAX_LIST, MAX_TARGET_CHARS
+from trading_ops.reconciler.approvals import DECISIONS, REASON_MAX
+from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
+from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
+from trading_ops.schema import one_of
+from trading_ops.scopes import APPROVE, OPERATE, READ
+
+# Where the reconciler serves this document (no token needed: it describes the API, it holds nothing of it).
+OPENAPI_PATH = "/api/v1/openapi.json"
+# The routes a test does not hold to the document: the operator console's HTML pages and forms.
+UNDESCRIBED_PREFIXES = ("/ui",)
+# The security schemes of the API's operations: one per scope (trading_ops.scopes), each a bearer token.
+SCOPE_WORDS = {
+    READ: " (read, operate, destructive; or read_token)",
+    OPERATE: " (operate, destructive)",
+    APPROVE: " (approve only: no other scope includes it)",
+}
+EPISODE_STATES = (*OPEN_STATES, *CLOSED_STATES)
+Timestamp = Annotated[str, msgspec.Meta(description="an ISO 8601 timestamp with its UTC offset")]
+if TYPE_CHECKING:
+    EpisodeState = str
+    ApprovalStatus = str
+    Decision = str
+    WebhookVersion = str
+else:  # each an enum in the document
+    EpisodeState, ApprovalStatus = one_of(EPISODE_STATES), one_of(APPROVAL_STATUSES)
+    Decision, WebhookVersion = one_of(DECISIONS), one_of([SUPPORTED_VERSION])
+DESCRIPTION = (
+    "The reconciler's HTTP API: the Alertmanager webhook (the webhook token, reconciler.token), the episode ledger "
+    "and approvals (a token of reconciler.api_tokens or read_token, by scope: read, operate, approve), metrics and "
+    "health. A missing or wrong token is answered 401; a token without the scope an operation needs, 403 naming it. "
+    "The operator console (/ui/) is HTML and not described here."
+)
+
+
+class Error(msgspec.Struct, kw_only=True):
+    """A refusal: one line saying what is wrong."""
+
+    error: str
+
+
+class WebhookStored(msgspec.Struct, kw_only=True):
+    """The notification is durably stored (Alertmanager may forget it); `invalid` lists the alerts refused on their
+    own (stored with the payload, never acted on)."""
+
+    status: Literal["stored"]
+    alerts: int
+    invalid: list[str] = []
+
+
+class WebhookRefused(msgspec.Struct, kw_only=True):
+    """The notification was refused (`rejected`: a 4xx, Alertmanager does not resend) or not stored (`error`: a 503,
+    Alertmanager resends)."""
+
+    status: Literal["rejected", "error"]
+    error: str
+
+
+class AlertmanagerWebhook(msgspec.Struct, kw_only=True):
+    """Alertmanager's webhook notification, version 4 (its keys the reconciler does not read are allowed)."""
+
+    version: WebhookVersion
+    status: Status
+    alerts: list[AlertPayload]
+    receiver: str = ""
+    groupKey: str = ""
+    truncatedAlerts: Annotated[int, msgspec.Meta(ge=0)] = 0
+    groupLabels: LabelMap | None = None
+    commonLabels: LabelMap | None = None
+    commonAnnotations: LabelMap | None = None
+    externalURL: str = ""
+
+
+class Step(msgspec.Struct, kw_only=True):
+    position: int
+    action: str
+    description: str
+    risk: str
+    outcome: str
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    duration_seconds: float | None
+    output: str
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    number: int
+    action: str
+    outcome: str
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    detail: str
+    owner: str
+    steps: list[Step]
+
+
+class EscalationPage(msgspec.Struct, kw_only=True):
+    """A page the episode owes (the escalation outbox) and how far it got."""
+
+    alertname: str
+    labels: dict[str, str]
+    starts_at: Timestamp | None
+    created_at: Timestamp | None
+    attempts: int
+    next_attempt_at: Timestamp | None
+    posted_at: Timestamp | None
+    notified_at: Timestamp | None
+    last_error: str
+
+
+class Episode(msgspec.Struct, kw_only=True):
+    """One alert's episode (fingerprint, startsAt) and every attempt at it; `escalations` in one episode's view."""
+
+    id: int
+    fingerprint: str
+    starts_at: Timestamp | None
+    alertname: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    target: str
+    rule: str | None
+    state: EpisodeState
+    detail: str
+    received_at: Timestamp | None
+    next_run_at: Timestamp | None
+    resolved_at: Timestamp | None
+    closed_at: Timestamp | None
+    attempts: list[Attempt]
+    escalations: list[EscalationPage] = []
+
+
+class Episodes(msgspec.Struct, kw_only=True):
+    episodes: list[Episode]
+
+
+class Approval(msgspec.Struct, kw_only=True):
+    """A step waiting for, or given, a person's decision, bound to the step and the playbook's version."""
+
+    id: int
+    episode_id: int
+    episode_state: EpisodeState | None
+    alertname: str | None
+    rule: str
+    target: str
+    step: int
+    action: str
+    step_name: str
+    arguments: str
+    playbook_version: str
+    status: ApprovalStatus
+    on_timeout: str
+    requested_by: str
+    requested_at: Timestamp | None
+    deadline: Timestamp | None
+    decided_by: str | None
+    decided_at: Timestamp | None
+    reason: str
+    executed_at: Timestamp | None
+
+
+class Approvals(msgspec.Struct, kw_only=True):
+    approvals: list[Approval]
+
+
+class DecisionRequest(msgspec.Struct, kw_only=True):
+    """A decision on an approval: who decided is the token's name, with `by` (the person) beside it."""
+
+    decision: Decision
+    reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX)] = ""
+    by: str = ""
+
+
+class RetryQueued(msgspec.Struct, kw_only=True):
+    episode: int
+    retry: str
+
+
+class CircuitReset(msgspec.Struct, kw_only=True):
+    target: str
+    was_open_until: Timestamp
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+
+
+def _token(scope: str, doc: Builder) -> dict[str, Any]:
+    """The 401 and 403 of an operation that needs a token of reconciler.api_tokens with `scope`."""
+    return {
+        "401": response(
+            "No token, or not one the reconciler knows.",
+            doc.ref(Error),
+            **{"WWW-Authenticate": "Bearer, the realm named"},
+        ),
+        "403": response(f"The token's scope does not include '{scope}'.", doc.ref(Error)),
+    }
+
+
+def _id_parameter(what: str) -> dict[str, Any]:
+    return {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": f"the {what}'s id (a positive integer)",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+
+
+def _limit_parameter() -> dict[str, Any]:
+    return {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": f"how many at most, newest first (default {DEFAULT_LIST})",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": DEFAULT_LIST},
+    }
+
+
+def reconciler_document() -> dict[str, Any]:
+    """The reconciler's OpenAPI 3.1 document."""
+    doc = Builder("trading-ops reconciler", DESCRIPTION)
+    webhook_security: list[dict[str, list[str]]] = [{"webhook": []}]
+    bad = response("The request is not what the operation takes (one line saying why).", doc.ref(Error))
+    doc.operation(
+        "post",
+        "/api/v1/alertmanager",
+        {
+            "operationId": "postAlertmanagerWebhook",
+            "summary": "Alertmanager's webhook: the notification is stored, then acted on",
+            "security": webhook_security,
+            "requestBody": {"required": True, "content": json_content(doc.ref(AlertmanagerWebhook))},
+            "responses": {
+                "200": response("Stored.", doc.ref(WebhookStored)),
+                "400": response("Not UTF-8 JSON.", doc.ref(WebhookRefused)),
+                "401": response("No token, or not the webhook token.", doc.ref(WebhookRefused)),
+                "413": response("Over reconciler.max_body_bytes.", doc.ref(WebhookRefused)),
+                "422": response("Not a version 4 notification (the first wrong key named).", doc.ref(WebhookRefused)),
+                "503": response(
+                    "Not stored (the ledger is unavailable): Alertmanager resends.", doc.ref(WebhookRefused)
+                ),
+            },
+        },
+    )
+    doc.operation(
+        "get",
+        "/api/v1/episodes",
+        {
+            "operationId": "listEpisodes",
+            "summary": "The newest episodes with their attempts (scope read)",
+            "security": [{"read": []}],
+            "parameters": [
+                _limit_parameter(),
+                {
+                    "name": "state",
+                    "in": "query",
+                    "required": False,
+                    "description": "only episodes in this state",
+                    "schema": {"type": "string", "enum": list(EPISODE_STATES)},
+                },
+            ],
+            "responses": {"200": response("The episodes.", doc.ref(Episodes)), "400": bad, **_token("read", doc)},
+        },
+    )
+    doc.operation(
+        "get",
+        "/api/v1/episodes/{id}",
+        {
+            "operationId": "getEpisode",
+            "summary": "One episode whole: attempts, steps, the pages it owes (scope read)",
+            "security": [{"read": []}],
+            "parameters": [_id_parameter("episode")],
+            "responses": {
+                "200": response("The episode.", doc.ref(Episode)),
+                "400": bad,
+                **_token("read", doc),
+                "404": response("No such episode.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "post",
+        "/api/v1/episodes/{id}/retry",
+        {
+            "operationId": "retryEpisode",
+            "summary": "One more run of an escalated or failed episode whose alert still fires (scope operate)",
+            "security": [{"operate": []}],
+            "parameters": [_id_parameter("episode")],
+            "responses": {
+                "200": response("Queued.", doc.ref(RetryQueued)),
+                "400": bad,
+                **_token("operate", doc),
+                "404": response("No such episode.", doc.ref(Error)),
+                "409": response("The episode cannot be retried (its state says why).", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "post",
+        "/api/v1/circuits/{target}/reset",
+        {
+            "operationId": "resetCircuit",
+            "summary": "Close a target's open circuit breaker (scope operate)",
+            "security": [{"operate": []}],
+            "parameters": [
+                {
+                    "name": "target",
+                    "in": "path",
+                    "required": True,
+                    "description": "the target (an alert's instance)",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TARGET_CHARS},
+                }
+            ],
+            "responses": {
+                "200": response("Closed.", doc.ref(CircuitReset)),
+                "400": bad,
+                **_token("operate", doc),
+                "404": response("No open circuit for the target.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "get",
+        "/api/v1/approvals",
+        {
+            "operationId": "listApprovals",
+            "summary": "The newest approvals (scope read)",
+            "security": [{"read": []}],
+            "parameters": [
+                _limit_parameter(),
+                {
+                    "name": "status",
+                    "in": "query",
+                    "required": False,
+                    "description": "only approvals with this status",
+                    "schema": {"type": "string", "enum": list(APPROVAL_STATUSES)},
+                },
+            ],
+            "responses": {"200": response("The approvals.", doc.ref(Approvals)), "400": bad, **_token("read", doc)},
+        },
+    )
+    doc.operation(
+        "get",
+        "/api/v1/approvals/{id}",
+        {
+            "operationId": "getApproval",
+            "summary": "One approval (scope read)",
+            "security": [{"read": []}],
+            "parameters": [_id_parameter("approval")],
+            "responses": {
+                "200": response("The approval.", doc.ref(Approval)),
+                "400": bad,
+                **_token("read", doc),
+                "404": response("No such approval.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "post",
+        "/api/v1/approvals/{id}",
+        {
+            "operationId": "decideApproval",
+            "summary": "Approve or reject a waiting step (scope approve; never the webhook token)",
+            "security": [{"approve": []}],
+            "parameters": [_id_parameter("approval")],
+            "requestBody": {"required": True, "content": json_content(doc.ref(DecisionRequest))},
+            "responses": {
+                "200": response("Decided: the approval as it is now.", doc.ref(Approval)),
+                "400": bad,
+                **_token("approve", doc),
+                "404": response("No such approval.", doc.ref(Error)),
+                "409": response("Already decided, expired or superseded (the error says which).", doc.ref(Error)),
+                "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "get",
+        OPENAPI_PATH,
+        {
+            "operationId": "getOpenAPI",
+            "summary": "This document",
+            "security": [],
+            "responses": {
+                "200": {"description": "The OpenAPI 3.1 document.", "content": json_content({"type": "object"})}
+            },
+        },
+    )
+    doc.operation(
+        "get",
+        "/metrics",
+        {
+            "operationId": "getMetrics",
+            "summary": "Prometheus metrics (tradingops_*)",
+            "security": [],
+            "responses": {"200": metrics_response()},
+        },
+    )
+    doc.operation(
+        "get",
+        "/healthz",
+        {
+            "operationId": "getHealth",
+            "summary": "Alive: the intake's writer and every worker run",
+            "security": [],
+            "responses": {
+                "200": response("Alive.", doc.ref(Health)),
+                "503": response("A worker stopped.", doc.ref(Health)),
+            },
+        },
+    )
+    doc.operation(
+        "get",
+        "/readyz",
+        {
+            "operationId": "getReady",
+            "summary": "Ready: the ledger's database answers",
+            "security": [],
+            "responses": {
+                "200": response("Ready.", doc.ref(Health)),
+                "503": response("The database does not answer.", doc.ref(Health)),
+            },
+        },
+    )
+    return doc.document(
+        {
+            "webhook": bearer_scheme("The webhook token (reconciler.token), as Alertmanager's http_config sends it."),
+            **{
+                scope: bearer_scheme(f"A token of reconciler.api_tokens whose scope includes '{scope}'{words}.")
+                for scope, words in SCOPE_WORDS.items()
+            },
+        }
+    )
+
+
+@functools.cache
+def document_bytes() -> bytes:
+    """The document as the reconciler serves it (made once per process)."""
+    return dumps(reconciler_document())
