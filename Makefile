@@ -92,8 +92,18 @@ var/secrets/reconciler-read-token:
 	@mkdir -p var/secrets && chmod 700 var/secrets
 	@$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@ && chmod 600 $@
 
-$(CONFIG):
-	cp trading-ops.example.yaml $(CONFIG)
+# Only the default configuration is created (from the example) when missing: a CONFIG= that names no file is a typo,
+# refused in one line (exit 2) before anything is written, never a copy of the example at the mistyped path.
+DEFAULT_CONFIG := trading-ops.yaml
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+ifneq ($(CONFIG),$(DEFAULT_CONFIG))
+ifeq ($(wildcard $(CONFIG)),)
+$(error make run: no configuration $(CONFIG): pass an existing file, or leave CONFIG out for $(DEFAULT_CONFIG) (created from trading-ops.example.yaml))
+endif
+endif
+endif
+$(DEFAULT_CONFIG):
+	cp trading-ops.example.yaml $(DEFAULT_CONFIG)
 
 # The local stack: paper bot (--chaos), reconciler, Prometheus and Alertmanager; Ctrl-C stops it.
 # `make run UP_ARGS="--profile standard --base-port 19100"` passes options to `trading-ops up`.

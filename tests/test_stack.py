@@ -51,7 +51,7 @@ from trading_ops.stack.profiles import FAST, STANDARD
 from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
-from trading_ops.stack.up import UpOptions, UsageProblem, children_path, in_force, prepare
+from trading_ops.stack.up import UpOptions, UsageProblem, children_path, in_force, lock_state_dir, prepare
 
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 ROUTING_CASES = yaml.safe_load((REPO_ROOT / "alertmanager" / "tests" / "routing-cases.yml").read_text())
@@ -940,6 +940,107 @@ def test_a_port_in_use_is_bad_usage(up_process: Callable[..., UpProcess]) -> Non
         "or --base-port"
     )
     assert not up.pids()
+
+
+def _files_of(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `directory` but the logs (which a running stack writes on): its mtime and content."""
+    return {
+        str(path.relative_to(directory)): (path.stat().st_mtime_ns, path.read_bytes())
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and "logs" not in path.relative_to(directory).parts and "data" not in path.parts
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.alertmanager
+def test_a_second_up_in_the_same_checkout_is_refused_before_it_writes_anything(
+    up_process: Callable[..., UpProcess],
+) -> None:
+    """A second `up` beside a running one, on other ports, with the same state directory: one line naming the stack
+    that runs (its pid and ports) and how to start another, exit 2, and not one of the running stack's files
+    rewritten (its Prometheus would otherwise scrape a bot that does not exist)."""
+    require_binary("prometheus")
+    first = up_process()
+    first.wait_up()
+    written = _files_of(first.state_dir)
+    assert "trading-ops.yaml" in written and "prometheus/targets/tradingbot.yml" in written
+    base = free_ports(9)
+    second = subprocess.run(
+        [
+            *[sys.executable, "-m", "trading_ops", "--config", str(first.config), "up"],
+            *["--state-dir", str(first.state_dir), "--base-port", str(base)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=first.root,
+        check=False,
+    )
+    assert second.returncode == 2, second.stderr
+    assert second.stdout == ""
+    assert second.stderr.splitlines() == [
+        f"trading-ops: up: a stack already runs with state directory {first.state_dir} (pid {first.proc.pid}, bot "
+        f"paper, ports bot {first.ports.bot}, reconciler {first.ports.reconciler}, prometheus "
+        f"{first.ports.prometheus}, alertmanager {first.ports.alertmanager}): one stack per checkout at a time; stop "
+        "it first (Ctrl-C, or kill -INT its pid), or start another from a directory of its own (another checkout) "
+        "with other ports (--base-port N)"
+    ]
+    assert _files_of(first.state_dir) == written
+    # The running stack is untouched: its children answer, and Ctrl-C still stops it cleanly.
+    for child in CHILDREN:
+        assert first.healthy(child), f"{child} is not healthy:\n{first.output}"
+    assert first.stop(signal.SIGINT) == 0, first.output
+
+
+def test_a_stack_that_stopped_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """The lock goes with its process (even a kill -9): the next `up` starts, no stale pid file stands in its way."""
+    state_dir = tmp_path / "stack"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, time; from trading_ops.stack.stack_lock import StackLock; "
+            f"StackLock(pathlib.Path({str(state_dir)!r})).acquire('bot paper'); print('held', flush=True); "
+            "time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        options = UpOptions(state_dir, None, PORTS, FAST, 60.0, None, None, None, None)
+        with pytest.raises(UsageProblem, match=rf"^a stack already runs with state directory .*\(pid {holder.pid},"):
+            lock_state_dir(options)
+        holder.kill()
+        holder.wait(30)
+        lock = lock_state_dir(options)  # taken: the killed holder's lock went with it
+        lock.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(30)
+        if holder.stdout:
+            holder.stdout.close()
+
+
+def test_make_run_with_a_mistyped_config_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    """`make run CONFIG=<a typo>`: one line, exit 2, and no copy of the example at the mistyped path (only the
+    default trading-ops.yaml is created from the example)."""
+    shutil.copy(REPO_ROOT / "Makefile", tmp_path / "Makefile")
+    result = subprocess.run(
+        ["make", "--no-print-directory", "run", "CONFIG=tradnig-ops.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert "no configuration tradnig-ops.yaml: pass an existing file, or leave CONFIG out" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile"]
 
 
 def test_a_repo_without_monitoring_configs_is_bad_usage(tmp_path: Path) -> None:

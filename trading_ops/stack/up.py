@@ -51,6 +51,7 @@ from trading_ops.stack.profiles import Profile
 from trading_ops.stack.prometheus_config import RenderedPrometheus, render_prometheus, write_prometheus
 from trading_ops.stack.repo import MonitoringConfigError, find_repo
 from trading_ops.stack.service import NotifySocket, Service, ServicePolicy
+from trading_ops.stack.stack_lock import StackLock, StackRunning
 from trading_ops.stack.stackctl_server import Server as StackctlServer
 from trading_ops.stack.status import StatusPrinter, fetch, render
 from trading_ops.stack.supervisor import Child, describe_exit
@@ -859,8 +860,31 @@ async def supervise(stack: Stack, options: UpOptions, printer: StatusPrinter) ->
     return code
 
 
+def lock_state_dir(options: UpOptions) -> StackLock:
+    """The state directory's lock, taken before anything is written (stack_lock.py); raises UsageProblem naming the
+    stack that runs there."""
+    lock = StackLock(options.state_dir)
+    roles = ["bot", "reconciler", "prometheus", "alertmanager"]
+    if options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):
+        roles.append("gateway")
+    try:
+        ports = ", ".join(f"{role} {getattr(options.ports, role)}" for role in roles)
+        lock.acquire(f"bot {options.bot_kind}, ports {ports}")
+    except StackRunning as exc:
+        raise UsageProblem(str(exc)) from None
+    return lock
+
+
 def run(options: UpOptions) -> int:
     """Prepare and run the stack until Ctrl-C/SIGTERM; raises UsageProblem for exit 2."""
+    lock = lock_state_dir(options)
+    try:
+        return _run_locked(options)
+    finally:
+        lock.release()
+
+
+def _run_locked(options: UpOptions) -> int:
     printer = StatusPrinter()
     stack = prepare(options)
     for binary in stack.missing:
