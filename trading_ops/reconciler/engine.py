@@ -30,6 +30,7 @@ from trading_ops.reconciler.gates import Gates
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxStore
+from trading_ops.reconciler.page_ends import PageEnds
 from trading_ops.reconciler.playbook import Playbook, Rule
 from trading_ops.reconciler.resume import Leftovers, Resume, Resumption
 from trading_ops.reconciler.runs import RunHolder, ledger_unreachable
@@ -84,6 +85,8 @@ class Engine:
         # Pages owed go to the escalation outbox (trading_ops.reconciler.outbox); this wakes its sender.
         self.outbox = OutboxStore(ledger)
         self.approvals = ApprovalStore(ledger)
+        # What the reconciler announced (an approval waiting, a bot paused), ended in Alertmanager when it ends.
+        self.page_ends = PageEnds(ledger, config, session, self.alertmanager, self.rc.poll_interval_seconds)
         self.escalations = asyncio.Event()
         self.spool = OutcomeSpool(Path(self.rc.spool_dir))
         self.escalation = Escalation(self.holder, self.rc, self.outbox, self.escalations)
@@ -200,6 +203,7 @@ class Engine:
             label_pattern=self.label_pattern,
             starts_at=episode["starts_at"],
             prometheus=self.prometheus,
+            announced_pause=self.page_ends.announced_pause,
         )
         # Resolved first: an alert that is over is never escalated, whatever happened to the run before.
         if episode["resolved_at"] is not None:

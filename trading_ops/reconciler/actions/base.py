@@ -57,6 +57,8 @@ class ActionContext:
     prometheus: PrometheusClient | None = None
     # Called with the pid of a process group a step starts (the engine records it in the step's row).
     process_started: Callable[[int], Awaitable[None]] | None = None
+    # Called with a pause page an `escalate` step posted (TradingOpsBotPaused): ended once the bot trades again.
+    announced_pause: Callable[[dict[str, Any]], None] | None = None
 
     def label(self, name: str) -> str:
         """A label value that passed the strict pattern, or Refused."""
