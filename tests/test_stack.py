@@ -426,6 +426,47 @@ def test_up_says_when_it_reuses_the_state_of_an_earlier_run_and_fresh_removes_it
     assert reused.startswith(f"reusing the earlier runs' state ({database}):"), reused
 
 
+def test_a_stack_of_another_bot_kind_drops_the_earlier_runs_series_before_prometheus_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ghosts: the earlier run's Prometheus data holds its bots' series, which the rules read for minutes after a start
+    (a sidecar's heartbeat gone stale, a phantom TradingBotDown). `up` of another bot kind (or on other ports)
+    removes that data before Prometheus starts and says so; the same bots keep it."""
+    monkeypatch.chdir(tmp_path)
+    options = UpOptions(
+        state_dir=tmp_path / "stack",
+        repo=str(REPO_ROOT),
+        ports=Ports.choose(free_ports(9)),
+        profile=FAST,
+        ready_timeout=60,
+        status_interval=None,
+        node_exporter="",
+        config_path=None,
+        log_level=None,
+        bot_kind="ccxt-gateway",
+    )
+    data = options.state_dir / "prometheus" / "data"
+
+    def start(**changed: Any) -> list[str]:
+        stack = prepare(UpOptions(**{**options.__dict__, **changed}))
+        assert stack.notify is not None
+        stack.notify.close()
+        data.mkdir(parents=True, exist_ok=True)  # what its Prometheus would write
+        return [note for note in stack.notes if "Prometheus data" in note]
+
+    assert start() == []
+    assert start() == [] and data.exists()  # the same bot: its series are its own, kept
+    (note,) = start(bot_kind="paper")
+    assert note == (
+        f"stale state from a run of ccxt-gateway (127.0.0.1:{options.ports.bot}): removed its Prometheus data "
+        f"({data}), so the series of bots this stack does not run fire no alert and the reconciler acts on none "
+        "(`up --fresh` removes all earlier state)"
+    )
+    moved = free_ports(9)
+    (note,) = start(bot_kind="paper", ports=Ports.choose(moved))  # the same kind on other ports: other instances
+    assert note.startswith(f"stale state from a run of paper (127.0.0.1:{options.ports.bot}): removed")
+
+
 @pytest.mark.parametrize("kind", ["ccxt-gateway", "freqtrade"])
 def test_fresh_empties_the_gateways_state_dir_and_leaves_it_for_the_gateway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str

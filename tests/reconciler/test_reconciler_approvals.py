@@ -328,6 +328,28 @@ async def test_the_pause_page_ends_when_the_bot_is_resumed(
     await page_ended(alertmanager, "TradingOpsBotPaused", instance=instance)
 
 
+async def test_a_bot_alert_of_an_instance_not_configured_is_recorded_and_never_acted_on_or_paged(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    """A ghost: a bot alert (service="tradingbot") whose instance is none of the configured bots (an earlier stack's
+    bot, since gone) is recorded as an episode skipped, and nothing is asked, done or paged for it."""
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, FLATTEN, bot_instance="bot-1")
+    client = await aiohttp_client(create_app(load_config(config)))
+    ghost = f"127.0.0.1:{free_port()}"
+    body = flatten_alert(alertmanager, instance=ghost, service="tradingbot")
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    done = await episode(client, "skipped")
+    assert done["detail"] == (
+        f"instance {ghost} is not a bot of this reconciler's configuration (bots:, reconciler.targets): recorded, "
+        "not acted on or escalated"
+    )
+    assert fake_bot.commands() == [] and await approvals(client) == []
+    held = await asyncio.to_thread(alertmanager.get, "alerts")
+    assert [a["labels"]["alertname"] for a in held if a["labels"].get("instance") == ghost] == [
+        "TradingBotFlattenRequested"  # the alert itself, as Prometheus fired it: no page of the reconciler's
+    ]
+
+
 @pytest.mark.parametrize(
     ("on_timeout", "final", "commands"), [("escalate", "escalated", []), ("skip", "recovered", [])]
 )

@@ -41,6 +41,8 @@ from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The `service` label of the alerts about a bot (prometheus/rules/tradingbot-*.yml): their `instance` is the bot's.
+BOT_SERVICE = "tradingbot"
 
 
 class Engine:
@@ -187,8 +189,10 @@ class Engine:
         labels: dict[str, str] = json.loads(episode["labels"])
         rule = next((r for r in self.playbook.rules if r.name == episode["rule"]), None) or self.playbook.match(labels)
         now = utcnow()
-        if rule is None:
-            await self.holder.close(episode, "skipped", "no playbook rule matches (the playbook changed)")
+        # No rule (the playbook changed), or a bot the configuration does not name: recorded, nothing done.
+        skipped = "no playbook rule matches (the playbook changed)" if rule is None else self.unconfigured_bot(labels)
+        if rule is None or skipped is not None:
+            await self.holder.close(episode, "skipped", skipped or "")
             return
         ctx = ActionContext(
             config=self.config,
@@ -225,6 +229,21 @@ class Engine:
         if await self.gates.held_back(episode, rule, ctx, now, interrupted):
             return
         await self.attempts.attempt(episode, rule, ctx, resume)
+
+    def unconfigured_bot(self, labels: dict[str, str]) -> str | None:
+        """Why an alert about a bot (service="tradingbot", with an instance) is not acted on: its instance is none of
+        the configured bots (`bots:`, `reconciler.targets`): the series of a bot no longer run (an earlier stack's,
+        ports since changed) or one this reconciler does not manage. It is recorded, never acted on or escalated:
+        Alertmanager routes the alert itself to whoever it concerns. None: a configured bot's, or no bot's."""
+        instance = labels.get("instance")
+        if labels.get("service") != BOT_SERVICE or not instance or not self.rc.targets:
+            return None
+        if instance in self.rc.targets:
+            return None
+        return (
+            f"instance {instance} is not a bot of this reconciler's configuration (bots:, reconciler.targets): "
+            "recorded, not acted on or escalated"
+        )
 
     async def _carry_on(
         self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, interrupted: bool

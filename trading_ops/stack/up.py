@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config
 from trading_ops.db import migrate
@@ -400,13 +401,15 @@ def prepare(options: UpOptions) -> Stack:
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
     source = options.config_path or (DEFAULT_CONFIG_PATH if Path(DEFAULT_CONFIG_PATH).exists() else None)
     peers = [options.ports.url(role) for role in members[1:]]
+    earlier_bots = bots_of_earlier_run(layout)  # before this run's configuration replaces the earlier one's
     app = build_app_config(
         Path(source) if source else None, layout, options.ports, options.bot_kind, options.profile, listen, peers
     )
     bot_command(options.bot_kind, app, options.log_level, repo)  # an unknown kind before anything is written
     rendered_am, rendered_prom = _render_monitoring(options, repo, layout, app, members)
     urls = app.database_urls or (app.config.database_url(),)
-    state_notes = [*app.notes, *_earlier_state(options, layout, app, urls)]
+    ghosts = [] if options.fresh else _drop_ghosts(layout, earlier_bots, app)
+    state_notes = [*app.notes, *ghosts, *_earlier_state(options, layout, app, urls)]
     write_alertmanager(rendered_am, layout, repo, options.profile)
     write_prometheus(rendered_prom, layout, repo, options.profile)
     if options.bot_kind == FREQTRADE_BOT_KIND:
@@ -508,6 +511,35 @@ def _earlier_state(options: UpOptions, layout: Layout, app: AppConfig, urls: Seq
     if options.fresh and any(not url.startswith(SQLITE_PREFIX) for url in urls):
         notes.append("--fresh leaves a PostgreSQL database as it is: give the stack a new one to start empty")
     return notes
+
+
+def bots_of_earlier_run(layout: Layout) -> set[tuple[str, str]]:
+    """The bots (kind, instance) the earlier run's generated configuration named: none when there is none to read."""
+    try:
+        data = yaml.safe_load(layout.app_config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return set()
+    bots = data.get("bots") if isinstance(data, dict) else None
+    if not isinstance(bots, list):
+        return set()
+    return {(str(b.get("kind", "")), str(b.get("instance", ""))) for b in bots if isinstance(b, dict)}
+
+
+def _drop_ghosts(layout: Layout, earlier: set[tuple[str, str]], app: AppConfig) -> list[str]:
+    """Ghosts of the last run: Prometheus's data of an earlier run that ran other bots (another kind, other ports)
+    holds their series, which the rules would read for minutes after the start (a heartbeat gone stale, a freqtrade
+    down) and the reconciler would act on. That data is removed before Prometheus starts; the note says so."""
+    now = {(b.kind, b.instance) for b in app.config.bots}
+    data = layout.data("prometheus")
+    if not earlier or earlier == now or not data.exists():
+        return []
+    shutil.rmtree(data)
+    kinds = ", ".join(sorted({kind for kind, _ in earlier}))
+    where = ", ".join(sorted({instance for _, instance in earlier}))
+    return [
+        f"stale state from a run of {kinds} ({where}): removed its Prometheus data ({data}), so the series of bots "
+        "this stack does not run fire no alert and the reconciler acts on none (`up --fresh` removes all earlier state)"
+    ]
 
 
 def state_of_earlier_runs(layout: Layout, database_urls: Sequence[str], config: Config) -> list[Path]:
