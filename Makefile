@@ -92,6 +92,11 @@ var/secrets/reconciler-read-token:
 	@mkdir -p var/secrets && chmod 700 var/secrets
 	@$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@ && chmod 600 $@
 
+# The operator console's login that may decide approvals (reconciler.api_tokens, scope approve; the banner names it).
+var/secrets/reconciler-approve-token:
+	@mkdir -p var/secrets && chmod 700 var/secrets
+	@$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@ && chmod 600 $@
+
 # Only the default configuration is created (from the example) when missing: a CONFIG= that names no file is a typo,
 # refused in one line (exit 2) before anything is written, never a copy of the example at the mistyped path.
 DEFAULT_CONFIG := trading-ops.yaml
@@ -110,7 +115,8 @@ $(DEFAULT_CONFIG):
 # `up` migrates the database itself. make passes no SIGINT on to a recipe (and a shell starts a background job with
 # SIGINT ignored): stop a `make run &` with `kill <make's pid>` (make passes SIGTERM on to `up`) or
 # `kill -INT <up's pid>` (its banner prints it).
-run: $(STAMP) bytecode var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token $(CONFIG)
+run: $(STAMP) bytecode var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token \
+	var/secrets/reconciler-approve-token $(CONFIG)
 	-@$(MAKE) --no-print-directory system-deps
 	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from make_run_checkout import make_checkout
 from ports import free_port, free_ports
 from system_binaries import REPO_ROOT, require_binary, run_binary
 from up_process import CHILDREN, STARTED_RE, STARTUP_SECONDS, STOP_SECONDS, UpProcess, alive
@@ -426,6 +427,48 @@ def test_up_says_when_it_reuses_the_state_of_an_earlier_run_and_fresh_removes_it
     assert reused.startswith(f"reusing the earlier runs' state ({database}):"), reused
 
 
+async def test_the_banner_names_the_console_and_the_token_that_approves_the_demos_loss_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any
+) -> None:
+    """A newcomer finds the console from the banner: its URL and the token file to log in with, an approve-scope token
+    `up` creates (as `make run` does) and the stack's reconciler accepts for deciding approvals; the demo's playbook
+    asks for approval on the loss limit, which the packaged one does not."""
+    from trading_ops.config import load_config as load
+    from trading_ops.reconciler.app import create_app
+    from trading_ops.reconciler.playbook import load_playbook
+    from trading_ops.stack.up import _banner
+
+    root = make_checkout(tmp_path)
+    (root / "var" / "secrets" / "reconciler-approve-token").unlink()  # created when missing, as the others
+    monkeypatch.chdir(root)
+    ports = Ports.choose(free_ports(9))
+    options = UpOptions(root / "var" / "stack", str(REPO_ROOT), ports, FAST, 60, None, "", "trading-ops.yaml", None)
+    stack = prepare(options)
+    assert stack.notify is not None
+    stack.notify.close()
+    token = root / "var" / "secrets" / "reconciler-approve-token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    banner = _banner(stack)
+    assert f"  console       {ports.url('reconciler')}/ui/  (log in with the token in " in "\n".join(banner)
+    (console,) = [line for line in banner if line.startswith("  console ")]
+    assert console.endswith(
+        "(log in with the token in var/secrets/reconciler-approve-token: it approves; "
+        "var/secrets/reconciler-read-token only looks)"
+    )
+    config = load(str(stack.app.path))
+    assert [(t.name, t.scope) for t in config.reconciler.api_tokens] == [("desk", "approve")]
+    # The stack's reconciler takes that token for deciding (a 404 for no such approval: past the scope check).
+    client = await aiohttp_client(create_app(config))
+    headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
+    answer = await client.post("/api/v1/approvals/999", json={"decision": "approve", "reason": "x"}, headers=headers)
+    assert answer.status == 404, await answer.text()
+    # The demo's loss-limit rule waits for that approval even on the shipped (critical, hard-limit) alert.
+    rule = next(r for r in load_playbook(config.reconciler.playbook).rules if r.name == "loss-limit-flatten")
+    critical = {"alertname": "TradingBotDailyLossBreached", "severity": "critical", "instance": ports.address("bot")}
+    assert [rule.needs_approval(step, critical) for step in rule.steps] == [True, True]
+    assert any("loss-limit-flatten asks for approval" in note for note in stack.notes)
+
+
 def test_a_stack_of_another_bot_kind_drops_the_earlier_runs_series_before_prometheus_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -562,8 +605,8 @@ def test_app_config_keeps_named_playbooks_and_resolves_playbook_files(
 
 def test_a_shortening_profile_shortens_the_playbooks_cooldowns_and_nothing_else(tmp_path: Path, layout: Layout) -> None:
     """The fast profile divides the cooldowns as it divides the alerts' `for:` (at most 1 min, never below 30 s), so
-    the README's tour runs twice in a row; every rule, step and verification is the packaged playbook's own, and the
-    standard profile leaves the playbook as it ships."""
+    the README's tour runs twice in a row; every rule, step and verification is the packaged playbook's own but the
+    demo's loss limit, which asks for approval; the standard profile leaves the playbook as it ships."""
     from trading_ops.reconciler.playbook import load_packaged_playbook, load_playbook
 
     source = tmp_path / "trading-ops.yaml"
@@ -575,7 +618,9 @@ def test_a_shortening_profile_shortens_the_playbooks_cooldowns_and_nothing_else(
     assert [r.name for r in fast.rules] == [r.name for r in shipped.rules]
     for ours, theirs in zip(fast.rules, shipped.rules, strict=True):
         assert ours.cooldown == min(theirs.cooldown, max(min(theirs.cooldown / 5, 60.0), 30.0)), ours.name
-        assert dataclasses.replace(ours, cooldown=theirs.cooldown) == theirs, ours.name
+        # The demo's one change beside the cooldowns: its loss limit asks for approval (no hard limit acts at once).
+        shipped_as = {"hard_limit": theirs.hard_limit} if ours.name == "loss-limit-flatten" else {}
+        assert dataclasses.replace(ours, cooldown=theirs.cooldown, **shipped_as) == theirs, ours.name
     assert {r.name: r.cooldown for r in fast.rules}["broker-reconnect"] == 60.0  # the shipped 5m
     assert any("cooldowns are shortened" in note for note in app.notes)
 
@@ -785,6 +830,7 @@ WRITTEN_BY_MAKE_RUN = (
     "var/secrets/control-token",
     "var/secrets/reconciler-token",
     "var/secrets/reconciler-read-token",
+    "var/secrets/reconciler-approve-token",
     "var/stack/trading-ops.yaml",
     "var/stack/prometheus/prometheus.yml",
     "var/stack/alertmanager/alertmanager.yml",

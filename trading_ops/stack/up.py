@@ -617,6 +617,7 @@ def _banner(stack: Stack) -> list[str]:
     rows = [
         bot_row,
         ("reconciler", "reconciler", f"{ports.url('reconciler')}/api/v1/episodes"),
+        ("console", "reconciler", f"{ports.url('reconciler')}/ui/  ({_console_login(stack.app)})"),
         ("prometheus", "prometheus", f"{ports.url('prometheus')}/alerts"),
         *_alertmanager_rows(stack),
     ]
@@ -656,6 +657,22 @@ def _banner(stack: Stack) -> list[str]:
     out.append(f"what it did:    {command} reconciler history")
     out.append(f"Ctrl-C stops everything (from another shell: kill -INT {os.getpid()}).")
     return out
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user's shell reaches it from where `up` runs: relative below the working directory."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def _console_login(app: AppConfig) -> str:
+    """How to log in to the operator console: the token file that approves, and the one that only looks."""
+    read = f"{shown_path(app.read_token_file)} only looks" if app.read_token_file else ""
+    if app.approve_token_file is None:
+        return f"log in with a token of reconciler.api_tokens{'; ' + read if read else ''}"
+    approve = f"log in with the token in {shown_path(app.approve_token_file)}: it approves"
+    return f"{approve}; {read}" if read else approve
 
 
 def _freqtrade_faults(stack: Stack, command: str) -> list[str]:
