@@ -309,7 +309,12 @@ async def test_the_pause_page_ends_when_the_bot_is_resumed(
         "verify": False,
         "steps": [
             {"action": "bot", "command": "pause"},
-            {"action": "escalate", "alertname": "TradingOpsBotPaused", "severity": "warning"},
+            {
+                "action": "escalate",
+                "alertname": "TradingOpsBotPaused",
+                "severity": "warning",
+                "description": "${instance} paused: resume it once the cause is fixed",
+            },
         ],
     }
     config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, rule, bot_instance=instance)
@@ -326,6 +331,12 @@ async def test_the_pause_page_ends_when_the_bot_is_resumed(
         ) as resp:
             assert resp.status == 200
     await page_ended(alertmanager, "TradingOpsBotPaused", instance=instance)
+    # The steps as the history and the console show them: the alert's labels filled in, as in the page itself.
+    (done,) = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+    shown = await (await client.get(f"/api/v1/episodes/{done['id']}", headers=READ_AUTH)).json()
+    names = [step["description"] for attempt in shown["attempts"] for step in attempt["steps"]]
+    assert f"description={instance} paused: resume it once the cause is fixed" in names[1], names
+    assert not any("${" in name for name in names), names
 
 
 async def test_a_bot_alert_of_an_instance_not_configured_is_recorded_and_never_acted_on_or_paged(
