@@ -92,15 +92,31 @@ var/secrets/reconciler-read-token:
 	@mkdir -p var/secrets && chmod 700 var/secrets
 	@$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@ && chmod 600 $@
 
-$(CONFIG):
-	cp trading-ops.example.yaml $(CONFIG)
+# The operator console's login that may decide approvals (reconciler.api_tokens, scope approve; the banner names it).
+var/secrets/reconciler-approve-token:
+	@mkdir -p var/secrets && chmod 700 var/secrets
+	@$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@ && chmod 600 $@
+
+# Only the default configuration is created (from the example) when missing: a CONFIG= that names no file is a typo,
+# refused in one line (exit 2) before anything is written, never a copy of the example at the mistyped path.
+DEFAULT_CONFIG := trading-ops.yaml
+ifneq ($(filter run,$(MAKECMDGOALS)),)
+ifneq ($(CONFIG),$(DEFAULT_CONFIG))
+ifeq ($(wildcard $(CONFIG)),)
+$(error make run: no configuration $(CONFIG): pass an existing file, or leave CONFIG out for $(DEFAULT_CONFIG) (created from trading-ops.example.yaml))
+endif
+endif
+endif
+$(DEFAULT_CONFIG):
+	cp trading-ops.example.yaml $(DEFAULT_CONFIG)
 
 # The local stack: paper bot (--chaos), reconciler, Prometheus and Alertmanager; Ctrl-C stops it.
 # `make run UP_ARGS="--profile standard --base-port 19100"` passes options to `trading-ops up`.
 # `up` migrates the database itself. make passes no SIGINT on to a recipe (and a shell starts a background job with
 # SIGINT ignored): stop a `make run &` with `kill <make's pid>` (make passes SIGTERM on to `up`) or
 # `kill -INT <up's pid>` (its banner prints it).
-run: $(STAMP) bytecode var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token $(CONFIG)
+run: $(STAMP) bytecode var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token \
+	var/secrets/reconciler-approve-token $(CONFIG)
 	-@$(MAKE) --no-print-directory system-deps
 	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)
 

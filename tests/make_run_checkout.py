@@ -8,7 +8,7 @@ from pathlib import Path
 
 from system_binaries import REPO_ROOT
 
-SECRETS_MAKE_RUN_WRITES = ("control-token", "reconciler-token", "reconciler-read-token")
+SECRETS_MAKE_RUN_WRITES = ("control-token", "reconciler-token", "reconciler-read-token", "reconciler-approve-token")
 
 
 def make_checkout(root: Path) -> Path:

@@ -46,8 +46,8 @@ PROMISES = {
     "crash": "`chaos crash` (the service manager restarts the bot; the reconciler has nothing to do)",
     "fill_disk": "`chaos fill_disk` (the playbook runs `trading-ops upkeep cleanup`)",
     "loss_spike": (
-        "`chaos loss_spike` (the bot halts itself, the reconciler cancels its orders and flattens it, and a human is "
-        "paged: nothing automatic lifts a breached loss limit)"
+        "`chaos loss_spike` (the bot halts itself, the reconciler asks for approval, then cancels its orders and "
+        "flattens it, and a human is paged: nothing automatic lifts a breached loss limit)"
     ),
 }
 # The README's figure for the drop ("about five seconds"), x 2.
@@ -188,6 +188,11 @@ def loss_spike(tour: Tour) -> None:
     spike = until("a book big enough to pass the daily loss limit in one gap", spike_taken, 90, interval=2)
     assert spike.returncode == 0, spike.stdout + spike.stderr
     until("halted by its risk limit", lambda: tour.control("status")["state"] == "halted", deadline=30)
+    # The demo's playbook asks before each protective step: the person approves, as the README says.
+    for step in (1, 2):
+        approval = until(f"step {step}'s approval", lambda s=step: pending_approval(tour, s), deadline=120)
+        approved = tour.cli("reconciler", "approve", str(approval), "--reason", "the tour's operator", "--as", "tour")
+        assert approved.returncode == 0, approved.stderr
     (episode,) = closed_episodes(tour, known, "TradingBotDailyLossBreached", 180)
     assert episode["state"] == "recovered" and episode["rule"] == "loss-limit-flatten", episode
     assert [d for d, _ in steps_of(episode)] == [
@@ -200,6 +205,14 @@ def loss_spike(tour: Tour) -> None:
     assert all(Decimal(q) == 0 for q in status["positions"].values()) and status["open_orders"] == 0, status
     (page,) = until("the page", lambda: pages(tour, "TradingOpsBotFlattened", "TradingBotDailyLossBreached"))
     assert page["labels"]["severity"] == "critical"
+
+
+def pending_approval(tour: Tour, step: int) -> int | None:
+    """The id of the pending approval of the loss limit's step `step`, as `reconciler approvals` lists it."""
+    listed = tour.cli("reconciler", "approvals", "--status", "pending", "--json")
+    assert listed.returncode == 0, listed.stderr
+    found = [a for a in json.loads(listed.stdout)["approvals"] if a["rule"] == "loss-limit-flatten"]
+    return next((int(a["id"]) for a in found if a["step"] == step), None)
 
 
 def loss_limit_still_holds(tour: Tour) -> None:

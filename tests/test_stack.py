@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from make_run_checkout import make_checkout
 from ports import free_port, free_ports
 from system_binaries import REPO_ROOT, require_binary, run_binary
 from up_process import CHILDREN, STARTED_RE, STARTUP_SECONDS, STOP_SECONDS, UpProcess, alive
@@ -51,7 +52,7 @@ from trading_ops.stack.profiles import FAST, STANDARD
 from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
-from trading_ops.stack.up import UpOptions, UsageProblem, children_path, in_force, prepare
+from trading_ops.stack.up import UpOptions, UsageProblem, children_path, in_force, lock_state_dir, prepare
 
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 ROUTING_CASES = yaml.safe_load((REPO_ROOT / "alertmanager" / "tests" / "routing-cases.yml").read_text())
@@ -426,6 +427,89 @@ def test_up_says_when_it_reuses_the_state_of_an_earlier_run_and_fresh_removes_it
     assert reused.startswith(f"reusing the earlier runs' state ({database}):"), reused
 
 
+async def test_the_banner_names_the_console_and_the_token_that_approves_the_demos_loss_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any
+) -> None:
+    """A newcomer finds the console from the banner: its URL and the token file to log in with, an approve-scope token
+    `up` creates (as `make run` does) and the stack's reconciler accepts for deciding approvals; the demo's playbook
+    asks for approval on the loss limit, which the packaged one does not."""
+    from trading_ops.config import load_config as load
+    from trading_ops.reconciler.app import create_app
+    from trading_ops.reconciler.playbook import load_playbook
+    from trading_ops.stack.up import _banner
+
+    root = make_checkout(tmp_path)
+    (root / "var" / "secrets" / "reconciler-approve-token").unlink()  # created when missing, as the others
+    monkeypatch.chdir(root)
+    ports = Ports.choose(free_ports(9))
+    options = UpOptions(root / "var" / "stack", str(REPO_ROOT), ports, FAST, 60, None, "", "trading-ops.yaml", None)
+    stack = prepare(options)
+    assert stack.notify is not None
+    stack.notify.close()
+    token = root / "var" / "secrets" / "reconciler-approve-token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    banner = _banner(stack)
+    assert f"  console       {ports.url('reconciler')}/ui/  (log in with the token in " in "\n".join(banner)
+    (console,) = [line for line in banner if line.startswith("  console ")]
+    assert console.endswith(
+        "(log in with the token in var/secrets/reconciler-approve-token: it approves; "
+        "var/secrets/reconciler-read-token only looks)"
+    )
+    config = load(str(stack.app.path))
+    assert [(t.name, t.scope) for t in config.reconciler.api_tokens] == [("desk", "approve")]
+    # The stack's reconciler takes that token for deciding (a 404 for no such approval: past the scope check).
+    client = await aiohttp_client(create_app(config))
+    headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
+    answer = await client.post("/api/v1/approvals/999", json={"decision": "approve", "reason": "x"}, headers=headers)
+    assert answer.status == 404, await answer.text()
+    # The demo's loss-limit rule waits for that approval even on the shipped (critical, hard-limit) alert.
+    rule = next(r for r in load_playbook(config.reconciler.playbook).rules if r.name == "loss-limit-flatten")
+    critical = {"alertname": "TradingBotDailyLossBreached", "severity": "critical", "instance": ports.address("bot")}
+    assert [rule.needs_approval(step, critical) for step in rule.steps] == [True, True]
+    assert any("loss-limit-flatten asks for approval" in note for note in stack.notes)
+
+
+def test_a_stack_of_another_bot_kind_drops_the_earlier_runs_series_before_prometheus_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ghosts: the earlier run's Prometheus data holds its bots' series, which the rules read for minutes after a start
+    (a sidecar's heartbeat gone stale, a phantom TradingBotDown). `up` of another bot kind (or on other ports)
+    removes that data before Prometheus starts and says so; the same bots keep it."""
+    monkeypatch.chdir(tmp_path)
+    options = UpOptions(
+        state_dir=tmp_path / "stack",
+        repo=str(REPO_ROOT),
+        ports=Ports.choose(free_ports(9)),
+        profile=FAST,
+        ready_timeout=60,
+        status_interval=None,
+        node_exporter="",
+        config_path=None,
+        log_level=None,
+        bot_kind="ccxt-gateway",
+    )
+    data = options.state_dir / "prometheus" / "data"
+
+    def start(**changed: Any) -> list[str]:
+        stack = prepare(UpOptions(**{**options.__dict__, **changed}))
+        assert stack.notify is not None
+        stack.notify.close()
+        data.mkdir(parents=True, exist_ok=True)  # what its Prometheus would write
+        return [note for note in stack.notes if "Prometheus data" in note]
+
+    assert start() == []
+    assert start() == [] and data.exists()  # the same bot: its series are its own, kept
+    (note,) = start(bot_kind="paper")
+    assert note == (
+        f"stale state from a run of ccxt-gateway (127.0.0.1:{options.ports.bot}): removed its Prometheus data "
+        f"({data}), so the series of bots this stack does not run fire no alert and the reconciler acts on none "
+        "(`up --fresh` removes all earlier state)"
+    )
+    moved = free_ports(9)
+    (note,) = start(bot_kind="paper", ports=Ports.choose(moved))  # the same kind on other ports: other instances
+    assert note.startswith(f"stale state from a run of paper (127.0.0.1:{options.ports.bot}): removed")
+
+
 @pytest.mark.parametrize("kind", ["ccxt-gateway", "freqtrade"])
 def test_fresh_empties_the_gateways_state_dir_and_leaves_it_for_the_gateway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
@@ -521,8 +605,8 @@ def test_app_config_keeps_named_playbooks_and_resolves_playbook_files(
 
 def test_a_shortening_profile_shortens_the_playbooks_cooldowns_and_nothing_else(tmp_path: Path, layout: Layout) -> None:
     """The fast profile divides the cooldowns as it divides the alerts' `for:` (at most 1 min, never below 30 s), so
-    the README's tour runs twice in a row; every rule, step and verification is the packaged playbook's own, and the
-    standard profile leaves the playbook as it ships."""
+    the README's tour runs twice in a row; every rule, step and verification is the packaged playbook's own but the
+    demo's loss limit, which asks for approval; the standard profile leaves the playbook as it ships."""
     from trading_ops.reconciler.playbook import load_packaged_playbook, load_playbook
 
     source = tmp_path / "trading-ops.yaml"
@@ -534,7 +618,9 @@ def test_a_shortening_profile_shortens_the_playbooks_cooldowns_and_nothing_else(
     assert [r.name for r in fast.rules] == [r.name for r in shipped.rules]
     for ours, theirs in zip(fast.rules, shipped.rules, strict=True):
         assert ours.cooldown == min(theirs.cooldown, max(min(theirs.cooldown / 5, 60.0), 30.0)), ours.name
-        assert dataclasses.replace(ours, cooldown=theirs.cooldown) == theirs, ours.name
+        # The demo's one change beside the cooldowns: its loss limit asks for approval (no hard limit acts at once).
+        shipped_as = {"hard_limit": theirs.hard_limit} if ours.name == "loss-limit-flatten" else {}
+        assert dataclasses.replace(ours, cooldown=theirs.cooldown, **shipped_as) == theirs, ours.name
     assert {r.name: r.cooldown for r in fast.rules}["broker-reconnect"] == 60.0  # the shipped 5m
     assert any("cooldowns are shortened" in note for note in app.notes)
 
@@ -744,6 +830,7 @@ WRITTEN_BY_MAKE_RUN = (
     "var/secrets/control-token",
     "var/secrets/reconciler-token",
     "var/secrets/reconciler-read-token",
+    "var/secrets/reconciler-approve-token",
     "var/stack/trading-ops.yaml",
     "var/stack/prometheus/prometheus.yml",
     "var/stack/alertmanager/alertmanager.yml",
@@ -940,6 +1027,107 @@ def test_a_port_in_use_is_bad_usage(up_process: Callable[..., UpProcess]) -> Non
         "or --base-port"
     )
     assert not up.pids()
+
+
+def _files_of(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `directory` but the logs (which a running stack writes on): its mtime and content."""
+    return {
+        str(path.relative_to(directory)): (path.stat().st_mtime_ns, path.read_bytes())
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and "logs" not in path.relative_to(directory).parts and "data" not in path.parts
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.alertmanager
+def test_a_second_up_in_the_same_checkout_is_refused_before_it_writes_anything(
+    up_process: Callable[..., UpProcess],
+) -> None:
+    """A second `up` beside a running one, on other ports, with the same state directory: one line naming the stack
+    that runs (its pid and ports) and how to start another, exit 2, and not one of the running stack's files
+    rewritten (its Prometheus would otherwise scrape a bot that does not exist)."""
+    require_binary("prometheus")
+    first = up_process()
+    first.wait_up()
+    written = _files_of(first.state_dir)
+    assert "trading-ops.yaml" in written and "prometheus/targets/tradingbot.yml" in written
+    base = free_ports(9)
+    second = subprocess.run(
+        [
+            *[sys.executable, "-m", "trading_ops", "--config", str(first.config), "up"],
+            *["--state-dir", str(first.state_dir), "--base-port", str(base)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=first.root,
+        check=False,
+    )
+    assert second.returncode == 2, second.stderr
+    assert second.stdout == ""
+    assert second.stderr.splitlines() == [
+        f"trading-ops: up: a stack already runs with state directory {first.state_dir} (pid {first.proc.pid}, bot "
+        f"paper, ports bot {first.ports.bot}, reconciler {first.ports.reconciler}, prometheus "
+        f"{first.ports.prometheus}, alertmanager {first.ports.alertmanager}): one stack per checkout at a time; stop "
+        "it first (Ctrl-C, or kill -INT its pid), or start another from a directory of its own (another checkout) "
+        "with other ports (--base-port N)"
+    ]
+    assert _files_of(first.state_dir) == written
+    # The running stack is untouched: its children answer, and Ctrl-C still stops it cleanly.
+    for child in CHILDREN:
+        assert first.healthy(child), f"{child} is not healthy:\n{first.output}"
+    assert first.stop(signal.SIGINT) == 0, first.output
+
+
+def test_a_stack_that_stopped_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """The lock goes with its process (even a kill -9): the next `up` starts, no stale pid file stands in its way."""
+    state_dir = tmp_path / "stack"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, time; from trading_ops.stack.stack_lock import StackLock; "
+            f"StackLock(pathlib.Path({str(state_dir)!r})).acquire('bot paper'); print('held', flush=True); "
+            "time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        options = UpOptions(state_dir, None, PORTS, FAST, 60.0, None, None, None, None)
+        with pytest.raises(UsageProblem, match=rf"^a stack already runs with state directory .*\(pid {holder.pid},"):
+            lock_state_dir(options)
+        holder.kill()
+        holder.wait(30)
+        lock = lock_state_dir(options)  # taken: the killed holder's lock went with it
+        lock.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(30)
+        if holder.stdout:
+            holder.stdout.close()
+
+
+def test_make_run_with_a_mistyped_config_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    """`make run CONFIG=<a typo>`: one line, exit 2, and no copy of the example at the mistyped path (only the
+    default trading-ops.yaml is created from the example)."""
+    shutil.copy(REPO_ROOT / "Makefile", tmp_path / "Makefile")
+    result = subprocess.run(
+        ["make", "--no-print-directory", "run", "CONFIG=tradnig-ops.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert "no configuration tradnig-ops.yaml: pass an existing file, or leave CONFIG out" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile"]
 
 
 def test_a_repo_without_monitoring_configs_is_bad_usage(tmp_path: Path) -> None:

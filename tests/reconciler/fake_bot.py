@@ -25,6 +25,9 @@ COMMANDS = {
     "halt",
 }
 
+# What a state command leaves the bot in.
+STATES = {"pause": "paused", "resume": "active", "halt": "halted", "reduce_only": "reduce_only"}
+
 
 @dataclass
 class FakeBot:
@@ -36,6 +39,8 @@ class FakeBot:
     status: dict[str, int] = field(default_factory=dict)
     delay: float = 0.0
     on_call: Callable[[str], None] | None = None
+    # The trading state its `status` answers with: what pause, resume, halt and reduce_only made it.
+    state: str = "active"
 
     def commands(self) -> list[str]:
         return [c for c, _ in self.calls]
@@ -56,7 +61,12 @@ class FakeBot:
             if self.delay:
                 await asyncio.sleep(self.delay)
             status = self.status.get(command, 200)
-            return web.json_response({"ok": status == 200, "command": command}, status=status)
+            if status == 200 and command in STATES:
+                self.state = STATES[command]
+            answer: dict[str, Any] = {"ok": status == 200, "command": command}
+            if command == "status":
+                answer["state"] = self.state
+            return web.json_response(answer, status=status)
 
         app = web.Application()
         app.router.add_post("/control/{command}", control)

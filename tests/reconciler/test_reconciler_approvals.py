@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -247,6 +248,117 @@ async def test_rejected_by_cli_nothing_runs_and_a_human_is_paged(
     assert err.startswith("trading-ops: reconciler approve: approval") and 'is rejected by "dana" (CLI)' in err
     # Nor may anyone decide under the requester's name.
     assert client.app[keys.METRICS].approval_decisions.labels("rejected")._value.get() == 1
+
+
+async def page_ended(am: Alertmanager, alertname: str, **labels: str) -> None:
+    """Until Alertmanager holds no firing alert of `alertname` with these labels (an ended one is not listed)."""
+
+    async def fetch() -> list[dict[str, Any]]:
+        return list(await asyncio.to_thread(am.get, "alerts"))
+
+    def gone(held: list[dict[str, Any]]) -> bool:
+        return not any(a["labels"]["alertname"] == alertname and labels.items() <= a["labels"].items() for a in held)
+
+    await poll(fetch, gone, f"the {alertname} page with {labels} ended")
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+async def test_the_approval_page_ends_with_the_decision(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    decision: str,
+) -> None:
+    """A decided approval's page stops firing at once (it kept firing for Alertmanager's resolve_timeout, 5 min,
+    after the decision); the page of the step asked next fires in its place, and ends with its own decision."""
+    instance = f"bot-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, FLATTEN, bot_instance=instance)
+    client = await aiohttp_client(create_app(load_config(config)))
+    await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance=instance), headers=AUTH)
+    pending = await one_pending(client)
+    await held_page(alertmanager, APPROVAL_REQUESTED, approval=str(pending["id"]), instance=instance)
+    ok = await decide(client, pending["id"], decision, APPROVE_AUTH, reason="looked at it", by="alice")
+    assert ok.status == 200, await ok.text()
+    await page_ended(alertmanager, APPROVAL_REQUESTED, approval=str(pending["id"]))
+    if decision == "reject":
+        await held_page(alertmanager, FAILED, instance=instance)  # the rejection's own page stays: it is news
+        return
+    second = await poll(
+        lambda: approvals(client, "pending"), lambda a: len(a) == 1 and a[0]["step"] == 2, "step 2's approval"
+    )
+    await held_page(alertmanager, APPROVAL_REQUESTED, approval=str(second[0]["id"]), instance=instance)
+    ok = await decide(client, second[0]["id"], "approve", APPROVE_AUTH, reason="flat it", by="bob")
+    assert ok.status == 200
+    await episode(client, "recovered")
+    await page_ended(alertmanager, APPROVAL_REQUESTED, instance=instance)
+
+
+async def test_the_pause_page_ends_when_the_bot_is_resumed(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    """TradingOpsBotPaused, which a protective pause posts, fires while the bot stays paused and ends once a person
+    resumes it (it stayed for Alertmanager's resolve_timeout, 5 min, after the resume)."""
+    instance = f"bot-{uuid.uuid4().hex[:8]}"
+    rule = {
+        "name": "pause-on-rejects",
+        "match": ['alertname="TradingBotFlattenRequested"'],
+        "max_attempts": 1,
+        "cooldown": 0,
+        "verify": False,
+        "steps": [
+            {"action": "bot", "command": "pause"},
+            {
+                "action": "escalate",
+                "alertname": "TradingOpsBotPaused",
+                "severity": "warning",
+                "description": "${instance} paused: resume it once the cause is fixed",
+            },
+        ],
+    }
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, rule, bot_instance=instance)
+    client = await aiohttp_client(create_app(load_config(config)))
+    await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance=instance), headers=AUTH)
+    await held_page(alertmanager, "TradingOpsBotPaused", instance=instance)
+    assert fake_bot.state == "paused"
+    # While the bot stays paused the page stands: the reconciler asked the bot twice, and it still fires.
+    await poll(lambda: asyncio.sleep(0, fake_bot.commands().count("status")), lambda n: n >= 2, "two looks at the bot")
+    await held_page(alertmanager, "TradingOpsBotPaused", instance=instance)
+    async with aiohttp.ClientSession() as session:  # a person resumes it, on the bot's own control API
+        async with session.post(
+            f"{fake_bot.url}/control/resume", json={}, headers={"Authorization": f"Bearer {BOT_TOKEN}"}
+        ) as resp:
+            assert resp.status == 200
+    await page_ended(alertmanager, "TradingOpsBotPaused", instance=instance)
+    # The steps as the history and the console show them: the alert's labels filled in, as in the page itself.
+    (done,) = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+    shown = await (await client.get(f"/api/v1/episodes/{done['id']}", headers=READ_AUTH)).json()
+    names = [step["description"] for attempt in shown["attempts"] for step in attempt["steps"]]
+    assert f"description={instance} paused: resume it once the cause is fixed" in names[1], names
+    assert not any("${" in name for name in names), names
+
+
+async def test_a_bot_alert_of_an_instance_not_configured_is_recorded_and_never_acted_on_or_paged(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    """A ghost: a bot alert (service="tradingbot") whose instance is none of the configured bots (an earlier stack's
+    bot, since gone) is recorded as an episode skipped, and nothing is asked, done or paged for it."""
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, FLATTEN, bot_instance="bot-1")
+    client = await aiohttp_client(create_app(load_config(config)))
+    ghost = f"127.0.0.1:{free_port()}"
+    body = flatten_alert(alertmanager, instance=ghost, service="tradingbot")
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    done = await episode(client, "skipped")
+    assert done["detail"] == (
+        f"instance {ghost} is not a bot of this reconciler's configuration (bots:, reconciler.targets): recorded, "
+        "not acted on or escalated"
+    )
+    assert fake_bot.commands() == [] and await approvals(client) == []
+    held = await asyncio.to_thread(alertmanager.get, "alerts")
+    assert [a["labels"]["alertname"] for a in held if a["labels"].get("instance") == ghost] == [
+        "TradingBotFlattenRequested"  # the alert itself, as Prometheus fired it: no page of the reconciler's
+    ]
 
 
 @pytest.mark.parametrize(

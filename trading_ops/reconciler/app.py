@@ -246,6 +246,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(engine.run_forever(), name="engine"),
         asyncio.create_task(outbox.run_forever(), name="outbox"),
+        asyncio.create_task(engine.page_ends.run_forever(), name="page-ends"),
         asyncio.create_task(deadman.run_forever(), name="deadman"),
         asyncio.create_task(pruner.run_forever(), name="retention"),
     ]
@@ -273,6 +274,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         await stop_tasks(tasks)
         await engine.stop()
         await outbox.stop()
+        await engine.page_ends.stop()
         await writer.stop()
         app[keys.REGISTRY].unregister(outbox_metrics)
         app[keys.REGISTRY].unregister(approval_metrics)

@@ -80,7 +80,7 @@ class ApprovalGate(RunPart):
         record = run.step_record(position, step)
         if row["status"] == APPROVED:
             run.note(
-                f"{step.name} approved by {attribution(row['decided_by'], row.get('decided_token'))} "
+                f"{run.step_name(step)} approved by {attribution(row['decided_by'], row.get('decided_token'))} "
                 f"(approval {approval_id}: "
                 f"{row['reason'] or 'no reason given'})"
             )
@@ -88,18 +88,18 @@ class ApprovalGate(RunPart):
         if row["status"] == EXPIRED and step.on_timeout == "skip":
             why = f"approval {approval_id} expired unanswered at {row['deadline'].isoformat()}: skipped (on_timeout)"
             await self.db(self.ledger.start_step, *record, outcome=SKIPPED, output=why)
-            run.note(f"{step.name}: {why}")
-            log.info("episode %s: step %s (%s): %s", episode["id"], position + 1, step.name, why)
+            run.note(f"{run.step_name(step)}: {why}")
+            log.info("episode %s: step %s (%s): %s", episode["id"], position + 1, run.step_name(step), why)
             return SKIPPED
         if row["status"] == REJECTED:
             self._count_decision(row)
             outcome = "refused"
             who = attribution(row["decided_by"], row.get("decided_token"))
-            why = f"{step.name} rejected by {who} (approval {approval_id}): {row['reason'] or '-'}"
+            why = f"{run.step_name(step)} rejected by {who} (approval {approval_id}): {row['reason'] or '-'}"
         else:
             outcome = EXPIRED
             why = (
-                f"{step.name}: approval {approval_id} expired unanswered at {row['deadline'].isoformat()} "
+                f"{run.step_name(step)}: approval {approval_id} expired unanswered at {row['deadline'].isoformat()} "
                 "(on_timeout: escalate)"
             )
         await self.db(self.ledger.start_step, *record, outcome=outcome, output=why)
@@ -150,7 +150,7 @@ class ApprovalGate(RunPart):
         values = {
             "position": position,
             "action": step.action,
-            "step_name": step.name,
+            "step_name": run.step_name(step),
             "arguments": step.arguments(),
             "playbook_version": self.playbook.version,
             "rule": run.rule.name,
@@ -162,7 +162,7 @@ class ApprovalGate(RunPart):
         page = functools.partial(self._page, run, position, step, deadline)
 
         def why(approval_id: int) -> str:
-            return f"{AWAITING} {approval_id} for {step.name} until {deadline.isoformat()}"
+            return f"{AWAITING} {approval_id} for {run.step_name(step)} until {deadline.isoformat()}"
 
         self.holder.end_claim(episode)
         asked = await self.db(self.approvals.request, episode["id"], self.owner, run.attempt_id, values, page, why, now)
@@ -180,7 +180,7 @@ class ApprovalGate(RunPart):
             episode["alertname"],
             episode["target"],
             position + 1,
-            step.name,
+            run.step_name(step),
             approval_id,
             deadline.isoformat(),
         )
@@ -188,7 +188,7 @@ class ApprovalGate(RunPart):
     async def _await_decision(self, run: AttemptRun, row: dict[str, Any], step: StepSpec) -> None:
         """Hand the attempt and the episode back (waiting) until the approval's deadline; a decision makes it due at
         once (ApprovalStore.decide), and the next run carries the attempt on from this step."""
-        why = f"{AWAITING} {row['id']} for {step.name} until {row['deadline'].isoformat()}"
+        why = f"{AWAITING} {row['id']} for {run.step_name(step)} until {row['deadline'].isoformat()}"
         self.holder.end_claim(run.episode)
         now = utcnow()
         written = await self.db(
@@ -208,7 +208,8 @@ class ApprovalGate(RunPart):
         url = f"http://{listen.host}:{listen.port}/api/v1/approvals/{approval_id}"
         then = "the episode is escalated" if step.on_timeout == "escalate" else "the step is skipped"
         description = (
-            f"Rule {run.rule.name} wants to run step {position + 1}, {step.name} [{step.risk}], on {episode['target']} "
+            f"Rule {run.rule.name} wants to run step {position + 1}, {run.step_name(step)} [{step.risk}], on "
+            f"{episode['target']} "
             f"for {episode['alertname']} (episode {episode['id']}). Approve: trading-ops reconciler approve "
             f"{approval_id} --reason '...'; reject: trading-ops reconciler reject {approval_id} --reason '...'; or "
             f'POST {url} {{"decision": "approve"|"reject", "reason": "..."}}. Unanswered by '

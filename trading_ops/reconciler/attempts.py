@@ -107,9 +107,8 @@ class Attempts(RunPart):
                 return reason, True
             if self.rc.dry_run:
                 after = " (after an approval)" if rule.needs_approval(step, ctx.labels) else ""
-                await self.db(
-                    self.ledger.start_step, *record, outcome="dry_run", output=f"would run: {step.name}{after}"
-                )
+                would = f"would run: {run.step_name(step)}{after}"
+                await self.db(self.ledger.start_step, *record, outcome="dry_run", output=would)
                 self.metrics.actions.labels(step.action, "dry_run").inc()
                 continue
             if rule.needs_approval(step, ctx.labels):
@@ -121,5 +120,5 @@ class Attempts(RunPart):
                 await self.approval_gate.spend(gate)
             result = await self.steps.run_step(run, record, step)
             if not result.ok:
-                return f"{step.name}: {result.outcome}: {result.output[:300]}", result.outcome == "refused"
+                return f"{run.step_name(step)}: {result.outcome}: {result.output[:300]}", result.outcome == "refused"
         return "", False

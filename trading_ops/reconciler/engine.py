@@ -30,6 +30,7 @@ from trading_ops.reconciler.gates import Gates
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxStore
+from trading_ops.reconciler.page_ends import PageEnds
 from trading_ops.reconciler.playbook import Playbook, Rule
 from trading_ops.reconciler.resume import Leftovers, Resume, Resumption
 from trading_ops.reconciler.runs import RunHolder, ledger_unreachable
@@ -40,6 +41,8 @@ from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The `service` label of the alerts about a bot (prometheus/rules/tradingbot-*.yml): their `instance` is the bot's.
+BOT_SERVICE = "tradingbot"
 
 
 class Engine:
@@ -84,6 +87,8 @@ class Engine:
         # Pages owed go to the escalation outbox (trading_ops.reconciler.outbox); this wakes its sender.
         self.outbox = OutboxStore(ledger)
         self.approvals = ApprovalStore(ledger)
+        # What the reconciler announced (an approval waiting, a bot paused), ended in Alertmanager when it ends.
+        self.page_ends = PageEnds(ledger, config, session, self.alertmanager, self.rc.poll_interval_seconds)
         self.escalations = asyncio.Event()
         self.spool = OutcomeSpool(Path(self.rc.spool_dir))
         self.escalation = Escalation(self.holder, self.rc, self.outbox, self.escalations)
@@ -186,8 +191,10 @@ class Engine:
         labels: dict[str, str] = json.loads(episode["labels"])
         rule = next((r for r in self.playbook.rules if r.name == episode["rule"]), None) or self.playbook.match(labels)
         now = utcnow()
-        if rule is None:
-            await self.holder.close(episode, "skipped", "no playbook rule matches (the playbook changed)")
+        # No rule (the playbook changed), or a bot the configuration does not name: recorded, nothing done.
+        skipped = "no playbook rule matches (the playbook changed)" if rule is None else self.unconfigured_bot(labels)
+        if rule is None or skipped is not None:
+            await self.holder.close(episode, "skipped", skipped or "")
             return
         ctx = ActionContext(
             config=self.config,
@@ -202,6 +209,7 @@ class Engine:
             label_pattern=self.label_pattern,
             starts_at=episode["starts_at"],
             prometheus=self.prometheus,
+            announced_pause=self.page_ends.announced_pause,
         )
         # Resolved first: an alert that is over is never escalated, whatever happened to the run before.
         if episode["resolved_at"] is not None:
@@ -223,6 +231,21 @@ class Engine:
         if await self.gates.held_back(episode, rule, ctx, now, interrupted):
             return
         await self.attempts.attempt(episode, rule, ctx, resume)
+
+    def unconfigured_bot(self, labels: dict[str, str]) -> str | None:
+        """Why an alert about a bot (service="tradingbot", with an instance) is not acted on: its instance is none of
+        the configured bots (`bots:`, `reconciler.targets`): the series of a bot no longer run (an earlier stack's,
+        ports since changed) or one this reconciler does not manage. It is recorded, never acted on or escalated:
+        Alertmanager routes the alert itself to whoever it concerns. None: a configured bot's, or no bot's."""
+        instance = labels.get("instance")
+        if labels.get("service") != BOT_SERVICE or not instance or not self.rc.targets:
+            return None
+        if instance in self.rc.targets:
+            return None
+        return (
+            f"instance {instance} is not a bot of this reconciler's configuration (bots:, reconciler.targets): "
+            "recorded, not acted on or escalated"
+        )
 
     async def _carry_on(
         self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, interrupted: bool

@@ -50,16 +50,23 @@ class AttemptRun:
         """A line of the attempt's history (the page's "Tried: ...")."""
         self.ctx.history.append(f"attempt {self.number}: {text}")
 
+    def step_name(self, step: StepSpec) -> str:
+        """The step's name as the ledger, the history, the console and the status line show it: its ${label}s filled
+        in from the alert where its action fills them in (not exec's literal argv)."""
+        return self.ctx.filled(step.name) if ACTIONS[step.action].templates else step.name
+
     def refusal(self, step: StepSpec) -> str | None:
         """Why the rule may not run `step` at all (destructive, and the rule does not allow_destructive), or None."""
         if step.risk == "destructive" and not self.rule.allow_destructive:
-            return f"refused: {step.name} is destructive and rule {self.rule.name} does not allow_destructive"
+            name, rule = self.step_name(step), self.rule.name
+            return f"refused: {name} is destructive and rule {rule} does not allow_destructive"
         return None
 
     def step_record(self, position: int, step: StepSpec) -> tuple[Any, ...]:
         """What the ledger records of a step when it starts (Ledger.start_step's arguments)."""
         action = ACTIONS[step.action]
-        return (self.attempt_id, position, step.action, step.name, step.risk, self.episode["target"], action.budgeted)
+        name = self.step_name(step)
+        return (self.attempt_id, position, step.action, name, step.risk, self.episode["target"], action.budgeted)
 
 
 class Steps(RunPart):
@@ -82,7 +89,7 @@ class Steps(RunPart):
         self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
         self.metrics.actions.labels(step.action, result.outcome).inc()
         await self._record_outcome(run.episode["id"], step_id, result)
-        run.note(f"{step.name} -> {result.outcome} ({result.output[:200]})")
+        run.note(f"{run.step_name(step)} -> {result.outcome} ({result.output[:200]})")
         return result
 
     async def on_recovery(self, run: AttemptRun, done: frozenset[int] = frozenset()) -> str:
@@ -102,9 +109,9 @@ class Steps(RunPart):
             result = await self._execute(run.ctx, step.action, step.params, step.timeout)
             self.metrics.actions.labels(step.action, result.outcome).inc()
             await self._record_outcome(run.episode["id"], step_id, result)
-            run.note(f"on recovery: {step.name} -> {result.outcome} ({result.output[:200]})")
+            run.note(f"on recovery: {run.step_name(step)} -> {result.outcome} ({result.output[:200]})")
             if not result.ok:
-                return f"{step.name}: {result.outcome}: {result.output[:300]}"
+                return f"{run.step_name(step)}: {result.outcome}: {result.output[:300]}"
         return ""
 
     async def _start(self, record: tuple[Any, ...]) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config
 from trading_ops.db import migrate
@@ -51,6 +52,7 @@ from trading_ops.stack.profiles import Profile
 from trading_ops.stack.prometheus_config import RenderedPrometheus, render_prometheus, write_prometheus
 from trading_ops.stack.repo import MonitoringConfigError, find_repo
 from trading_ops.stack.service import NotifySocket, Service, ServicePolicy
+from trading_ops.stack.stack_lock import StackLock, StackRunning
 from trading_ops.stack.stackctl_server import Server as StackctlServer
 from trading_ops.stack.status import StatusPrinter, fetch, render
 from trading_ops.stack.supervisor import Child, describe_exit
@@ -399,13 +401,15 @@ def prepare(options: UpOptions) -> Stack:
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
     source = options.config_path or (DEFAULT_CONFIG_PATH if Path(DEFAULT_CONFIG_PATH).exists() else None)
     peers = [options.ports.url(role) for role in members[1:]]
+    earlier_bots = bots_of_earlier_run(layout)  # before this run's configuration replaces the earlier one's
     app = build_app_config(
         Path(source) if source else None, layout, options.ports, options.bot_kind, options.profile, listen, peers
     )
     bot_command(options.bot_kind, app, options.log_level, repo)  # an unknown kind before anything is written
     rendered_am, rendered_prom = _render_monitoring(options, repo, layout, app, members)
     urls = app.database_urls or (app.config.database_url(),)
-    state_notes = [*app.notes, *_earlier_state(options, layout, app, urls)]
+    ghosts = [] if options.fresh else _drop_ghosts(layout, earlier_bots, app)
+    state_notes = [*app.notes, *ghosts, *_earlier_state(options, layout, app, urls)]
     write_alertmanager(rendered_am, layout, repo, options.profile)
     write_prometheus(rendered_prom, layout, repo, options.profile)
     if options.bot_kind == FREQTRADE_BOT_KIND:
@@ -509,6 +513,35 @@ def _earlier_state(options: UpOptions, layout: Layout, app: AppConfig, urls: Seq
     return notes
 
 
+def bots_of_earlier_run(layout: Layout) -> set[tuple[str, str]]:
+    """The bots (kind, instance) the earlier run's generated configuration named: none when there is none to read."""
+    try:
+        data = yaml.safe_load(layout.app_config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return set()
+    bots = data.get("bots") if isinstance(data, dict) else None
+    if not isinstance(bots, list):
+        return set()
+    return {(str(b.get("kind", "")), str(b.get("instance", ""))) for b in bots if isinstance(b, dict)}
+
+
+def _drop_ghosts(layout: Layout, earlier: set[tuple[str, str]], app: AppConfig) -> list[str]:
+    """Ghosts of the last run: Prometheus's data of an earlier run that ran other bots (another kind, other ports)
+    holds their series, which the rules would read for minutes after the start (a heartbeat gone stale, a freqtrade
+    down) and the reconciler would act on. That data is removed before Prometheus starts; the note says so."""
+    now = {(b.kind, b.instance) for b in app.config.bots}
+    data = layout.data("prometheus")
+    if not earlier or earlier == now or not data.exists():
+        return []
+    shutil.rmtree(data)
+    kinds = ", ".join(sorted({kind for kind, _ in earlier}))
+    where = ", ".join(sorted({instance for _, instance in earlier}))
+    return [
+        f"stale state from a run of {kinds} ({where}): removed its Prometheus data ({data}), so the series of bots "
+        "this stack does not run fire no alert and the reconciler acts on none (`up --fresh` removes all earlier state)"
+    ]
+
+
 def state_of_earlier_runs(layout: Layout, database_urls: Sequence[str], config: Config) -> list[Path]:
     """What earlier runs of the stack left that this one would carry on from: the SQLite databases (the reconciler's
     ledger, the bots' journals), Prometheus's and Alertmanager's data, the gateway's venue and the paper bot's venue
@@ -584,6 +617,7 @@ def _banner(stack: Stack) -> list[str]:
     rows = [
         bot_row,
         ("reconciler", "reconciler", f"{ports.url('reconciler')}/api/v1/episodes"),
+        ("console", "reconciler", f"{ports.url('reconciler')}/ui/  ({_console_login(stack.app)})"),
         ("prometheus", "prometheus", f"{ports.url('prometheus')}/alerts"),
         *_alertmanager_rows(stack),
     ]
@@ -623,6 +657,22 @@ def _banner(stack: Stack) -> list[str]:
     out.append(f"what it did:    {command} reconciler history")
     out.append(f"Ctrl-C stops everything (from another shell: kill -INT {os.getpid()}).")
     return out
+
+
+def shown_path(path: Path) -> str:
+    """A path as the user's shell reaches it from where `up` runs: relative below the working directory."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def _console_login(app: AppConfig) -> str:
+    """How to log in to the operator console: the token file that approves, and the one that only looks."""
+    read = f"{shown_path(app.read_token_file)} only looks" if app.read_token_file else ""
+    if app.approve_token_file is None:
+        return f"log in with a token of reconciler.api_tokens{'; ' + read if read else ''}"
+    approve = f"log in with the token in {shown_path(app.approve_token_file)}: it approves"
+    return f"{approve}; {read}" if read else approve
 
 
 def _freqtrade_faults(stack: Stack, command: str) -> list[str]:
@@ -859,8 +909,31 @@ async def supervise(stack: Stack, options: UpOptions, printer: StatusPrinter) ->
     return code
 
 
+def lock_state_dir(options: UpOptions) -> StackLock:
+    """The state directory's lock, taken before anything is written (stack_lock.py); raises UsageProblem naming the
+    stack that runs there."""
+    lock = StackLock(options.state_dir)
+    roles = ["bot", "reconciler", "prometheus", "alertmanager"]
+    if options.bot_kind in (GATEWAY_BOT_KIND, FREQTRADE_BOT_KIND):
+        roles.append("gateway")
+    try:
+        ports = ", ".join(f"{role} {getattr(options.ports, role)}" for role in roles)
+        lock.acquire(f"bot {options.bot_kind}, ports {ports}")
+    except StackRunning as exc:
+        raise UsageProblem(str(exc)) from None
+    return lock
+
+
 def run(options: UpOptions) -> int:
     """Prepare and run the stack until Ctrl-C/SIGTERM; raises UsageProblem for exit 2."""
+    lock = lock_state_dir(options)
+    try:
+        return _run_locked(options)
+    finally:
+        lock.release()
+
+
+def _run_locked(options: UpOptions) -> int:
     printer = StatusPrinter()
     stack = prepare(options)
     for binary in stack.missing:

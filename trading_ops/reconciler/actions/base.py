@@ -57,6 +57,8 @@ class ActionContext:
     prometheus: PrometheusClient | None = None
     # Called with the pid of a process group a step starts (the engine records it in the step's row).
     process_started: Callable[[int], Awaitable[None]] | None = None
+    # Called with a pause page an `escalate` step posted (TradingOpsBotPaused): ended once the bot trades again.
+    announced_pause: Callable[[dict[str, Any]], None] | None = None
 
     def label(self, name: str) -> str:
         """A label value that passed the strict pattern, or Refused."""
@@ -65,6 +67,18 @@ class ActionContext:
     def render(self, text: str) -> str:
         """Substitute ${label} references with validated label values."""
         return TEMPLATE_RE.sub(lambda m: self.label(m.group(1)), text)
+
+    def filled(self, text: str) -> str:
+        """`text` for people (a step's name): each ${label} filled in where the alert has it with a valid value, the
+        others left as written."""
+
+        def one(match: re.Match[str]) -> str:
+            try:
+                return self.label(match.group(1))
+            except Refused:
+                return match.group(0)
+
+        return TEMPLATE_RE.sub(one, text)
 
     def step_or_bot(self, params: dict[str, Any], name: str) -> str:
         """The step's `name` parameter rendered, or else what the configuration says of the alert's bot (its
@@ -106,6 +120,9 @@ class Action:
     kind = ""
     # Whether a step of this kind counts against the action budgets of its target.
     budgeted = True
+    # Whether its parameters' ${label}s are filled in from the alert (exec's argv is literal): its step's name shows
+    # them filled in too.
+    templates = True
     default_risk = "safe"
     # Parameters this kind accepts: name -> (type, required).
     params: dict[str, tuple[type | tuple[type, ...], bool]] = {}

@@ -150,16 +150,34 @@ async def _post(
     ctx: ActionContext, instance: str, command: str, body: dict[str, Any], timeout: float
 ) -> tuple[int, str]:
     """(HTTP status, body) of one control command; (0, why) when there was no answer."""
-    target = ctx.config.reconciler.targets[instance]
-    token = target_token(ctx.config, instance, command)
+    return await _request(ctx.config, ctx.session, instance, command, body, timeout)
+
+
+async def status_of(
+    config: Config, session: aiohttp.ClientSession, instance: str, timeout: float
+) -> dict[str, Any] | None:
+    """The configured bot `instance`'s status (its control API's `status`), or None when it did not answer one."""
+    status, text = await _request(config, session, instance, "status", {}, timeout)
+    if status != 200:
+        return None
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+async def _request(
+    config: Config, session: aiohttp.ClientSession, instance: str, command: str, body: dict[str, Any], timeout: float
+) -> tuple[int, str]:
+    target = config.reconciler.targets[instance]
+    token = target_token(config, instance, command)
     url = f"{target.url.rstrip('/')}/control/{command}"
     # A bot given named tokens counts the command under the token's name; with its single token, as the reconciler's
     # (tradingbot_control_commands_total{source}).
     headers = {"Authorization": f"Bearer {token}", SOURCE_HEADER: SOURCE_RECONCILER}
     try:
-        async with ctx.session.post(
-            url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as resp:
+        async with session.post(url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             return resp.status, await resp.text()
     except TimeoutError:
         return 0, f"POST {url}: no answer within {timeout:g}s"

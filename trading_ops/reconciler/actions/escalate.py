@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
+from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions.base import Action, ActionContext, Result, template_labels
 
 FAILED = "TradingOpsRemediationFailed"
@@ -39,10 +40,11 @@ class EscalateAction(Action):
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
         given = params.get("description")
         description = ctx.render(given) if given else "; ".join(ctx.history) or "escalated by the playbook"
+        alertname = params.get("alertname", FAILED)
         try:
-            await escalate(
+            alert = await escalate(
                 ctx.alertmanager,
-                params.get("alertname", FAILED),
+                alertname,
                 ctx.labels,
                 ctx.target,
                 description,
@@ -50,6 +52,8 @@ class EscalateAction(Action):
             )
         except AlertmanagerError as exc:
             return Result("failure", str(exc))
+        if alertname == BOT_PAUSED and ctx.announced_pause is not None:
+            ctx.announced_pause(alert)  # ended when the bot trades again (page_ends.py)
         return Result("success", "alert posted to Alertmanager")
 
 
@@ -60,8 +64,12 @@ async def escalate(
     target: str,
     description: str,
     severity: str = "critical",
-) -> None:
-    await client.post_alerts([escalation_alert(alertname, original, target, description, severity)])
+) -> dict[str, Any]:
+    """Post the escalation's alert (startsAt now); the alert as posted."""
+    alert = escalation_alert(alertname, original, target, description, severity)
+    alert["startsAt"] = utcnow().isoformat()
+    await client.post_alerts([alert])
+    return alert
 
 
 def escalation_alert(

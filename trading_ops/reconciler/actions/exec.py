@@ -42,6 +42,7 @@ PDEATHSIG_WRAPPER = (
 
 class ExecAction(Action):
     kind = "exec"
+    templates = False  # argv is literal: no template is filled in
     default_risk = "disruptive"
     params = {"argv": (list, True), "env": (dict, False), "cwd": (str, False)}
     schema = {
