@@ -546,6 +546,60 @@ def _check_container(value: str) -> str | None:
     return f"expected a container name such as trading-ops-paper-bot, got {_describe(value)}"
 
 
+def _check_optional_exchange(value: str) -> str | None:
+    return None if value == "" else _check_name(value)
+
+
+@dataclass
+class BotVenueConfig:
+    """The reconciler's own hands at a bot's account (a playbook's `venue` step), for when the bot is gone: the
+    exchange through ccxt, with an API key of the reconciler's own on that account (trade permission only, never
+    withdrawal), read from a file or a variable. Empty `exchange`: none configured, a venue step refuses."""
+
+    exchange: str = checked("", _check_optional_exchange)  # a ccxt exchange id, e.g. kraken
+    api_key: str = secret("", "the reconciler's own API key on the bot's account (trade permission only)")
+    api_secret: str = secret("", "the secret of that API key")
+    # Overrides of the exchange's API URLs by name (kraken: public, private), e.g. a paper gateway's address.
+    urls: dict[str, str] = field(default_factory=dict)
+    # The bot's symbols (BASE-QUOTE): what `positions` reports and `flatten` closes.
+    symbols: list[str] = field(default_factory=list)
+    # How the bot's orders are told from others' on the account: the client order ids the runtime gives them start
+    # with `<prefix>-`. Empty: the bot's name cut to 16 characters, as the runtime makes them.
+    order_id_prefix: str = checked("", lambda v: None if v == "" else _check_name(v))
+    # Base-asset balances that are not the bot's (its position is the balance less this), as ccxt.position_baseline.
+    position_baseline: dict[str, float] = field(default_factory=dict)
+    timeout_seconds: float = bounded(10.0, min=0.1)
+    # TLS to an https venue whose certificate is not in ccxt's CA bundle (a paper gateway with a web_config_file).
+    tls: TLSClientConfig = field(default_factory=TLSClientConfig)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if not self.exchange:
+            if given - {"exchange"}:
+                raise ConfigError(f"{prefix}.exchange", "missing: the ccxt exchange id of the bot's venue")
+            return
+        for name in ("api_key", "api_secret"):
+            if getattr(self, name) == "env:":
+                raise ConfigError(
+                    f"{prefix}.{name}_file",
+                    f"missing: the reconciler's key is read from {name}_file "
+                    f"(or {name}_env), never written in the file",
+                )
+        if not self.symbols:
+            raise ConfigError(f"{prefix}.symbols", "must list the bot's symbols (what positions and flatten cover)")
+        for i, symbol in enumerate(self.symbols):
+            if SYMBOL_PATTERN.match(symbol) is None:
+                got = _describe(symbol)
+                raise ConfigError(
+                    f"{prefix}.symbols[{i}]", f"expected BASE-QUOTE in capitals such as BTC-USD, got {got}"
+                )
+        for name, url in self.urls.items():
+            if problem := _check_http_url(url):
+                raise ConfigError(f"{prefix}.urls.{name}", problem)
+        for asset in self.position_baseline:
+            if problem := _check_asset(asset):
+                raise ConfigError(f"{prefix}.position_baseline.{asset}", problem)
+
+
 @dataclass
 class TargetConfig:
     # Base URL of the bot's HTTP server; the bot action posts to <url>/control/<command>.
@@ -558,6 +612,8 @@ class TargetConfig:
     unit: str = checked(PAPER_BOT_UNIT, _check_unit)
     # Its container (docker compose): what a `docker` step without `container:` restarts.
     container: str = checked(PAPER_BOT_CONTAINER, _check_container)
+    # The reconciler's own key on the bot's account at its venue: what a `venue` step uses (bots[].venue).
+    venue: BotVenueConfig = field(default_factory=BotVenueConfig)
 
 
 @dataclass
@@ -729,6 +785,9 @@ class BotEntryConfig:
     unit: str = checked("", _check_unit)
     # Its container under docker compose; default: trading-ops-paper-bot for the paper kind, else trading-ops-<name>.
     container: str = checked("", _check_container)
+    # The reconciler's own hands at this bot's account, for when the bot is gone (a playbook's `venue` step):
+    # docs/deployment.md, "A fleet on several hosts".
+    venue: BotVenueConfig = field(default_factory=BotVenueConfig)
 
     @property
     def systemd_unit(self) -> str:
@@ -1170,6 +1229,7 @@ class Config:
                     destructive_token=b.destructive_token,
                     unit=b.systemd_unit,
                     container=b.docker_container,
+                    venue=dataclasses.replace(b.venue, order_id_prefix=b.venue.order_id_prefix or b.name[:16]),
                 )
                 for b in self.bots
             }
