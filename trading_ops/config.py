@@ -600,6 +600,59 @@ class BotVenueConfig:
                 raise ConfigError(f"{prefix}.position_baseline.{asset}", problem)
 
 
+def _check_optional_host(value: str) -> str | None:
+    return None if value == "" else _check_host(value)
+
+
+def _check_remote_user(value: str) -> str | None:
+    if value == "" or re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", value):
+        return None
+    return f"expected a user name (lower case letters, digits, '_', '.' or '-'), got {_describe(value)}"
+
+
+def _check_docker_url(value: str) -> str | None:
+    if value == "":
+        return None
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme in ("tcp", "ssh") and rest and "/" not in rest.rstrip("/"):
+        return None
+    return f"expected tcp://HOST:2376 (TLS) or ssh://USER@HOST, got {_describe(value)}"
+
+
+@dataclass
+class BotHostConfig:
+    """The host a bot runs on when it is not the reconciler's own: systemd steps reach its service manager as
+    `systemctl --host` does (SSH to it, `systemd-stdio-bridge` there), docker steps its Docker engine over TLS
+    (`docker_url: tcp://host:2376`) or SSH (`ssh://user@host`). Known-hosts checking always: the host's key must be
+    in `known_hosts_file`. Empty `address`: the reconciler's own host (reconciler.systemctl, docker_socket)."""
+
+    address: str = checked("", _check_optional_host)  # the host's name or IP address
+    ssh_port: int = bounded(22, min=1, max=65535)
+    ssh_user: str = checked("", _check_remote_user)  # empty: the reconciler's user name
+    identity_file: str = path_field()  # the reconciler's private key for this host; empty: ssh's default keys
+    known_hosts_file: str = path_field()  # the host's key (StrictHostKeyChecking=yes); required with an address
+    connect_timeout_seconds: float = bounded(10.0, min=1)
+    # Its Docker engine: tcp://HOST:2376 with docker_tls (a client certificate), or ssh://USER@HOST[:PORT] (the
+    # ssh settings above, `docker system dial-stdio` there). Empty: docker steps use reconciler.docker_socket.
+    docker_url: str = checked("", _check_docker_url)
+    docker_tls: TLSClientConfig = field(default_factory=TLSClientConfig)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if given - {"address"} and not self.address and not self.docker_url.startswith("tcp://"):
+            raise ConfigError(f"{prefix}.address", "missing: the host's name or address")
+        if self.address and not self.known_hosts_file:
+            raise ConfigError(
+                f"{prefix}.known_hosts_file", "missing: the host's key is checked (StrictHostKeyChecking=yes)"
+            )
+        if self.docker_url.startswith("tcp://"):
+            tls = self.docker_tls
+            if not (tls.ca_file and tls.cert_file and tls.key_file):
+                raise ConfigError(
+                    f"{prefix}.docker_tls",
+                    "a tcp:// Docker engine is reached with TLS: give ca_file, cert_file and key_file",
+                )
+
+
 @dataclass
 class TargetConfig:
     # Base URL of the bot's HTTP server; the bot action posts to <url>/control/<command>.
@@ -614,6 +667,8 @@ class TargetConfig:
     container: str = checked(PAPER_BOT_CONTAINER, _check_container)
     # The reconciler's own key on the bot's account at its venue: what a `venue` step uses (bots[].venue).
     venue: BotVenueConfig = field(default_factory=BotVenueConfig)
+    # The host it runs on, when not the reconciler's own: where systemd and docker steps act (bots[].host).
+    host: BotHostConfig = field(default_factory=BotHostConfig)
 
 
 @dataclass
@@ -788,6 +843,9 @@ class BotEntryConfig:
     # The reconciler's own hands at this bot's account, for when the bot is gone (a playbook's `venue` step):
     # docs/deployment.md, "A fleet on several hosts".
     venue: BotVenueConfig = field(default_factory=BotVenueConfig)
+    # The host it runs on, when not the reconciler's: systemd steps reach it with `systemctl --host` over SSH, docker
+    # steps its Docker engine over TLS or SSH (docs/deployment.md, "A fleet on several hosts").
+    host: BotHostConfig = field(default_factory=BotHostConfig)
 
     @property
     def systemd_unit(self) -> str:
@@ -800,16 +858,6 @@ class BotEntryConfig:
         if self.container:
             return self.container
         return KIND_CONTAINERS.get(self.kind) or f"trading-ops-{self.name}"
-
-
-def _check_optional_host(value: str) -> str | None:
-    return None if value == "" else _check_host(value)
-
-
-def _check_remote_user(value: str) -> str | None:
-    if value == "" or re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", value):
-        return None
-    return f"expected a user name (lower case letters, digits, '_', '.' or '-'), got {_describe(value)}"
 
 
 def _check_remote_path(value: str) -> str | None:
@@ -1230,6 +1278,7 @@ class Config:
                     unit=b.systemd_unit,
                     container=b.docker_container,
                     venue=dataclasses.replace(b.venue, order_id_prefix=b.venue.order_id_prefix or b.name[:16]),
+                    host=b.host,
                 )
                 for b in self.bots
             }
