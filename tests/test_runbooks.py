@@ -26,6 +26,7 @@ RECONCILER_POSTED_ALERTS = (
     "TradingOpsBotPaused",
     "TradingOpsBotFlattened",
     "TradingOpsApprovalRequested",
+    "TradingOpsBotHostDown",
 )
 SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
 # Runbooks that are procedures, not an alert's (tests/test_disaster_recovery.py runs this one's commands).

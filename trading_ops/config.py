@@ -587,6 +587,113 @@ def _check_container(value: str) -> str | None:
     return f"expected a container name such as trading-ops-paper-bot, got {_describe(value)}"
 
 
+def _check_optional_exchange(value: str) -> str | None:
+    return None if value == "" else _check_name(value)
+
+
+@dataclass
+class BotVenueConfig:
+    """The reconciler's own hands at a bot's account (a playbook's `venue` step), for when the bot is gone: the
+    exchange through ccxt, with an API key of the reconciler's own on that account (trade permission only, never
+    withdrawal), read from a file or a variable. Empty `exchange`: none configured, a venue step refuses."""
+
+    exchange: str = checked("", _check_optional_exchange)  # a ccxt exchange id, e.g. kraken
+    api_key: str = secret("", "the reconciler's own API key on the bot's account (trade permission only)")
+    api_secret: str = secret("", "the secret of that API key")
+    # Overrides of the exchange's API URLs by name (kraken: public, private), e.g. a paper gateway's address.
+    urls: dict[str, str] = field(default_factory=dict)
+    # The bot's symbols (BASE-QUOTE): what `positions` reports and `flatten` closes.
+    symbols: list[str] = field(default_factory=list)
+    # How the bot's orders are told from others' on the account: the client order ids the runtime gives them start
+    # with `<prefix>-`. Empty: the bot's name cut to 16 characters, as the runtime makes them.
+    order_id_prefix: str = checked("", lambda v: None if v == "" else _check_name(v))
+    # Base-asset balances that are not the bot's (its position is the balance less this), as ccxt.position_baseline.
+    position_baseline: dict[str, float] = field(default_factory=dict)
+    timeout_seconds: float = bounded(10.0, min=0.1)
+    # TLS to an https venue whose certificate is not in ccxt's CA bundle (a paper gateway with a web_config_file).
+    tls: TLSClientConfig = field(default_factory=TLSClientConfig)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if not self.exchange:
+            if given - {"exchange"}:
+                raise ConfigError(f"{prefix}.exchange", "missing: the ccxt exchange id of the bot's venue")
+            return
+        for name in ("api_key", "api_secret"):
+            if getattr(self, name) == "env:":
+                raise ConfigError(
+                    f"{prefix}.{name}_file",
+                    f"missing: the reconciler's key is read from {name}_file "
+                    f"(or {name}_env), never written in the file",
+                )
+        if not self.symbols:
+            raise ConfigError(f"{prefix}.symbols", "must list the bot's symbols (what positions and flatten cover)")
+        for i, symbol in enumerate(self.symbols):
+            if SYMBOL_PATTERN.match(symbol) is None:
+                got = _describe(symbol)
+                raise ConfigError(
+                    f"{prefix}.symbols[{i}]", f"expected BASE-QUOTE in capitals such as BTC-USD, got {got}"
+                )
+        for name, url in self.urls.items():
+            if problem := _check_http_url(url):
+                raise ConfigError(f"{prefix}.urls.{name}", problem)
+        for asset in self.position_baseline:
+            if problem := _check_asset(asset):
+                raise ConfigError(f"{prefix}.position_baseline.{asset}", problem)
+
+
+def _check_optional_host(value: str) -> str | None:
+    return None if value == "" else _check_host(value)
+
+
+def _check_remote_user(value: str) -> str | None:
+    if value == "" or re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", value):
+        return None
+    return f"expected a user name (lower case letters, digits, '_', '.' or '-'), got {_describe(value)}"
+
+
+def _check_docker_url(value: str) -> str | None:
+    if value == "":
+        return None
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme in ("tcp", "ssh") and rest and "/" not in rest.rstrip("/"):
+        return None
+    return f"expected tcp://HOST:2376 (TLS) or ssh://USER@HOST, got {_describe(value)}"
+
+
+@dataclass
+class BotHostConfig:
+    """The host a bot runs on when it is not the reconciler's own: systemd steps reach its service manager as
+    `systemctl --host` does (SSH to it, `systemd-stdio-bridge` there), docker steps its Docker engine over TLS
+    (`docker_url: tcp://host:2376`) or SSH (`ssh://user@host`). Known-hosts checking always: the host's key must be
+    in `known_hosts_file`. Empty `address`: the reconciler's own host (reconciler.systemctl, docker_socket)."""
+
+    address: str = checked("", _check_optional_host)  # the host's name or IP address
+    ssh_port: int = bounded(22, min=1, max=65535)
+    ssh_user: str = checked("", _check_remote_user)  # empty: the reconciler's user name
+    identity_file: str = path_field()  # the reconciler's private key for this host; empty: ssh's default keys
+    known_hosts_file: str = path_field()  # the host's key (StrictHostKeyChecking=yes); required with an address
+    connect_timeout_seconds: float = bounded(10.0, min=1)
+    # Its Docker engine: tcp://HOST:2376 with docker_tls (a client certificate), or ssh://USER@HOST[:PORT] (the
+    # ssh settings above, `docker system dial-stdio` there). Empty: docker steps use reconciler.docker_socket.
+    docker_url: str = checked("", _check_docker_url)
+    docker_tls: TLSClientConfig = field(default_factory=TLSClientConfig)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if given - {"address"} and not self.address and not self.docker_url.startswith("tcp://"):
+            raise ConfigError(f"{prefix}.address", "missing: the host's name or address")
+        if self.address and not self.known_hosts_file:
+            raise ConfigError(
+                f"{prefix}.known_hosts_file", "missing: the host's key is checked (StrictHostKeyChecking=yes)"
+            )
+        if self.docker_url.startswith("tcp://"):
+            tls = self.docker_tls
+            if not (tls.ca_file and tls.cert_file and tls.key_file):
+                raise ConfigError(
+                    f"{prefix}.docker_tls",
+                    "a tcp:// Docker engine is reached with TLS: give ca_file, cert_file and key_file",
+                )
+
+
 @dataclass
 class TargetConfig:
     # Base URL of the bot's HTTP server; the bot action posts to <url>/control/<command>.
@@ -599,6 +706,10 @@ class TargetConfig:
     unit: str = checked(PAPER_BOT_UNIT, _check_unit)
     # Its container (docker compose): what a `docker` step without `container:` restarts.
     container: str = checked(PAPER_BOT_CONTAINER, _check_container)
+    # The reconciler's own key on the bot's account at its venue: what a `venue` step uses (bots[].venue).
+    venue: BotVenueConfig = field(default_factory=BotVenueConfig)
+    # The host it runs on, when not the reconciler's own: where systemd and docker steps act (bots[].host).
+    host: BotHostConfig = field(default_factory=BotHostConfig)
 
 
 @dataclass
@@ -776,6 +887,12 @@ class BotEntryConfig:
     unit: str = checked("", _check_unit)
     # Its container under docker compose; default: trading-ops-paper-bot for the paper kind, else trading-ops-<name>.
     container: str = checked("", _check_container)
+    # The reconciler's own hands at this bot's account, for when the bot is gone (a playbook's `venue` step):
+    # docs/deployment.md, "A fleet on several hosts".
+    venue: BotVenueConfig = field(default_factory=BotVenueConfig)
+    # The host it runs on, when not the reconciler's: systemd steps reach it with `systemctl --host` over SSH, docker
+    # steps its Docker engine over TLS or SSH (docs/deployment.md, "A fleet on several hosts").
+    host: BotHostConfig = field(default_factory=BotHostConfig)
 
     @property
     def systemd_unit(self) -> str:
@@ -788,16 +905,6 @@ class BotEntryConfig:
         if self.container:
             return self.container
         return KIND_CONTAINERS.get(self.kind) or f"trading-ops-{self.name}"
-
-
-def _check_optional_host(value: str) -> str | None:
-    return None if value == "" else _check_host(value)
-
-
-def _check_remote_user(value: str) -> str | None:
-    if value == "" or re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", value):
-        return None
-    return f"expected a user name (lower case letters, digits, '_', '.' or '-'), got {_describe(value)}"
 
 
 def _check_remote_path(value: str) -> str | None:
@@ -1217,6 +1324,8 @@ class Config:
                     destructive_token=b.destructive_token,
                     unit=b.systemd_unit,
                     container=b.docker_container,
+                    venue=dataclasses.replace(b.venue, order_id_prefix=b.venue.order_id_prefix or b.name[:16]),
+                    host=b.host,
                 )
                 for b in self.bots
             }

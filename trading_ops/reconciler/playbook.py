@@ -528,6 +528,8 @@ def _step(
     timeout = _duration(default_timeout if keys.timeout is None else keys.timeout, f"{where}.timeout")
     name = keys.name or action.describe(params)
     own, approval_timeout, on_timeout = _approval_settings(keys, where, (None, *rule_approval[1:]))
+    if own is None:
+        own = action.default_approval(params)  # e.g. a venue flatten, which waits for a person by default
     # The step's own `approval` decides; else the rule's `approval: required` covers its disruptive and destructive
     # steps.
     required = own == "required" if own is not None else rule_approval[0] == "required" and risk in RISKY

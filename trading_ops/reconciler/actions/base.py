@@ -150,6 +150,11 @@ class Action:
         """Whether the step only stops trading or reduces risk (budgets and open circuits never hold it back)."""
         return False
 
+    def default_approval(self, params: dict[str, Any]) -> str | None:
+        """Whether a step of this kind waits for a person when neither it nor its rule says (`required`), or None
+        (the rule decides). A step's own `approval: none` still exempts it."""
+        return None
+
     def describe(self, params: dict[str, Any]) -> str:
         args = " ".join(f"{k}={v}" for k, v in sorted(params.items()))
         return f"{self.kind} {args}".strip()

@@ -18,6 +18,9 @@ BOT_FLATTENED = "TradingOpsBotFlattened"
 # A step marked `approval: required` waits for a person (trading_ops.reconciler.approvals): the page says what and how
 # to answer.
 APPROVAL_REQUESTED = "TradingOpsApprovalRequested"
+# A bot's host is down and the playbook cancelled its orders at the venue (bot-host-down): the page says what the bot
+# still holds there, before a person decides about a flatten.
+BOT_HOST_DOWN = "TradingOpsBotHostDown"
 RUNBOOK_BASE = "https://github.com/trading-ops/trading-ops/blob/main/runbooks/"
 SUMMARIES = {
     FAILED: "Automatic remediation did not recover the alert.",
@@ -25,6 +28,7 @@ SUMMARIES = {
     BOT_PAUSED: "The reconciler paused a bot; a human decides when it trades again.",
     APPROVAL_REQUESTED: "The reconciler waits for a person to approve or reject a step.",
     BOT_FLATTENED: "A bot breached a loss limit and was flattened; a human decides when it trades again.",
+    BOT_HOST_DOWN: "A bot's host is down; the reconciler cancelled its orders at the venue and says what it holds.",
 }
 
 

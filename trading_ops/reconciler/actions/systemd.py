@@ -4,7 +4,11 @@ The unit is the step's `unit`, or else the unit configured for the alert's bot (
 it. Before a restart the step asks the service manager what the unit is doing (`systemctl show`): a unit that is
 already (re)starting, or whose main process started after the alert began, was restarted by the service manager on
 its own (Restart=on-failure, WatchdogSec); restarting it again would kill it in the middle of its startup
-reconciliation, so the step leaves it and the verification decides."""
+reconciliation, so the step leaves it and the verification decides.
+
+A bot configured on a host of its own (`bots[].host.address`) is acted on there, as `systemctl --host` does: over SSH
+with the host's key checked against `bots[].host.known_hosts_file` (trading_ops.reconciler.remote_host). A host that
+cannot be reached, or whose key changed, fails the step with one line."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any
 
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result
 from trading_ops.reconciler.actions.exec import minimal_env, run_argv
+from trading_ops.reconciler.remote_host import bot_host, failure_line, systemctl_over_ssh
 from trading_ops.schema import one_of
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.:\\-]{0,250}$")
@@ -49,21 +54,34 @@ class SystemdAction(Action):
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
         unit = self.unit(ctx, params)
         verb = params.get("verb", "restart")
-        systemctl = ctx.config.reconciler.systemctl
+        host = bot_host(ctx)
+        if host is None:
+            # The same minimal environment as exec: systemctl needs no secret of the reconciler's.
+            return await self._act(ctx, ctx.config.reconciler.systemctl, minimal_env(), unit, verb, timeout)
+        with systemctl_over_ssh(host) as (systemctl, env):
+            result = await self._act(ctx, systemctl, env, unit, verb, timeout)
+        if not result.ok and (line := failure_line(result.output, host)):
+            return Result("failure", line)
+        return result
+
+    async def _act(
+        self, ctx: ActionContext, systemctl: list[str], env: dict[str, str], unit: str, verb: str, timeout: float
+    ) -> Result:
         limit = ctx.config.reconciler.output_limit_bytes
         if verb in STARTING_VERBS:
-            busy = await self._already_restarted(ctx, unit, min(timeout, SHOW_TIMEOUT_SECONDS))
+            busy = await self._already_restarted(ctx, systemctl, env, unit, min(timeout, SHOW_TIMEOUT_SECONDS))
             if busy:
                 return Result("success", f"{unit} not restarted again: {busy}")
-        # The same minimal environment as exec: systemctl needs no secret of the reconciler's.
-        return await run_argv([*systemctl, verb, unit], minimal_env(), timeout, limit, on_start=ctx.process_started)
+        return await run_argv([*systemctl, verb, unit], env, timeout, limit, on_start=ctx.process_started)
 
-    async def _already_restarted(self, ctx: ActionContext, unit: str, timeout: float) -> str | None:
+    async def _already_restarted(
+        self, ctx: ActionContext, systemctl: list[str], env: dict[str, str], unit: str, timeout: float
+    ) -> str | None:
         """Why the service manager is already taking care of `unit`, or None (then restart it). Any trouble asking
         (an old systemctl, no permission) is None: the restart goes ahead as it always did."""
-        argv = [*ctx.config.reconciler.systemctl, "--timestamp=unix", f"--property={SHOW_PROPERTIES}", "show", unit]
+        argv = [*systemctl, "--timestamp=unix", f"--property={SHOW_PROPERTIES}", "show", unit]
         try:
-            shown = await run_argv(argv, minimal_env(), timeout, 4096)
+            shown = await run_argv(argv, env, timeout, 4096)
         except Refused:
             return None
         if not shown.ok:

@@ -1,0 +1,296 @@
+"""The `venue` step: the reconciler's own key on a bot's account, through ccxt's stock kraken client, against the
+Kraken-compatible gateway (its own process). cancel_all takes one bot's orders and leaves another bot's on the same
+account; flatten waits for a person, then closes the position; a step for a bot with no venue configured, or an
+alert naming a host that is no configured bot, is one line, escalated, and nothing is done twice. Needs the
+`prometheus-alertmanager` binary (the session's Alertmanager)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from alertmanager_server import Alertmanager
+from engine_runs import engine_settled
+from gateway_helpers import SIDECAR_KEY, SIDECAR_SECRET, Gateway, start_gateway
+from polling import until_async
+from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
+from webhook_payloads import alert, payload
+
+from trading_ops.cli import main
+from trading_ops.config import load_config
+from trading_ops.reconciler.actions.escalate import FAILED
+from trading_ops.reconciler.app import create_app
+
+pytestmark = [pytest.mark.alertmanager]
+
+APPROVE_TOKEN = "approve-token-of-the-desk-0123456789"
+APPROVE_AUTH = {"Authorization": f"Bearer {APPROVE_TOKEN}"}
+HOST_DOWN = "TradingBotHostDown"
+# A bot and a second bot on the same account whose name starts with the first's: the first's cancel_all must not
+# take the second's orders (its ids are `bot-a-2-<run>-<n>`, which start with `bot-a-`).
+BOT_A, BOT_B = "bot-a", "bot-a-2"
+RUN = "19ac0ffee01"  # the runtime's run part: the start time in milliseconds, in hex
+
+
+def rule(*steps: dict[str, Any], **settings: Any) -> dict[str, Any]:
+    return {
+        "name": "bot-host-down",
+        "match": [f'alertname="{HOST_DOWN}"'],
+        "allow_destructive": True,
+        "max_attempts": 1,
+        "cooldown": 0,
+        "verify": False,
+        "steps": list(steps),
+        **settings,
+    }
+
+
+CANCEL = {"action": "venue", "operation": "cancel_all"}
+FLATTEN = {"action": "venue", "operation": "flatten"}
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path / "gateway")
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def write_config(tmp_path: Path, gw: Gateway, db: str, am_url: str, playbook: dict[str, Any], venue: bool) -> Path:
+    """Two bots on the gateway's one account; the reconciler holds a key of its own on it for bot-a (`venue: true`)
+    and none for bot-a-2."""
+    for name, value in (
+        ("webhook-token", TOKEN),
+        ("read-token", READ_TOKEN),
+        ("bot-token", BOT_TOKEN),
+        ("approve-token", APPROVE_TOKEN),
+        ("venue-key", SIDECAR_KEY),
+        ("venue-secret", SIDECAR_SECRET),
+    ):
+        (tmp_path / name).write_text(value)
+    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [playbook]}))
+    bot_a: dict[str, Any] = {
+        "name": BOT_A,
+        "kind": "ccxt",
+        "instance": "10.0.0.11:9101",
+        "url": "http://10.0.0.11:9101",
+        "token_file": "bot-token",
+    }
+    if venue:
+        bot_a["venue"] = {
+            "exchange": "kraken",
+            "api_key_file": "venue-key",
+            "api_secret_file": "venue-secret",
+            "urls": {"public": gw.url, "private": gw.url},
+            "symbols": ["BTC-USD", "ETH-USD"],
+        }
+    bot_b = {
+        "name": BOT_B,
+        "kind": "ccxt",
+        "instance": "10.0.0.12:9101",
+        "url": "http://10.0.0.12:9101",
+        "token_file": "bot-token",
+    }
+    data = {
+        "database": {"url": db},
+        "reconciler": {
+            "token_file": "webhook-token",
+            "read_token_file": "read-token",
+            "api_tokens": [{"name": "desk", "scope": "approve", "token_file": "approve-token"}],
+            "playbook": "playbook.yml",
+            "poll_interval_seconds": 0.05,
+            "lease_seconds": 3,
+            "check_silences": False,
+            "prometheus_url": "http://127.0.0.1:9",
+            "alertmanager_url": am_url,
+            "watchdog": {"window_seconds": 0},
+        },
+        "bots": [bot_a, bot_b],
+    }
+    path = tmp_path / "trading-ops.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def rest_order(gw: Gateway, cid: str, side: str = "buy") -> dict[str, Any]:
+    """A limit order far from the market (it rests), placed with the client order id a bot's runtime gives it."""
+    client = gw.ccxt()
+    client.load_markets()
+    bid = client.fetch_ticker("BTC/USD")["bid"]
+    price = bid * (0.8 if side == "buy" else 1.25)
+    order: dict[str, Any] = gw.call(
+        "create_order",
+        "BTC/USD",
+        "limit",
+        side,
+        0.001,
+        float(client.price_to_precision("BTC/USD", price)),
+        {"clientOrderId": cid},
+    )
+    return order
+
+
+def open_ids(gw: Gateway) -> set[str]:
+    return {str(o.get("clientOrderId")) for o in gw.call("fetch_open_orders")}
+
+
+def btc(gw: Gateway) -> float:
+    return float(gw.call("fetch_balance")["total"].get("BTC") or 0)
+
+
+def host_down(am: Alertmanager, instance: str) -> dict[str, Any]:
+    """The webhook Alertmanager sends for a firing TradingBotHostDown it holds."""
+    labels = {"alertname": HOST_DOWN, "instance": instance, "run": uuid.uuid4().hex[:8]}
+    held = am.fire(labels)
+    return payload(alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **labels))
+
+
+async def episodes(client: Any) -> list[dict[str, Any]]:
+    resp = await client.get("/api/v1/episodes", headers=READ_AUTH)
+    return list((await resp.json())["episodes"])
+
+
+async def ended(client: Any, state: str) -> dict[str, Any]:
+    async def one() -> dict[str, Any] | None:
+        found = await episodes(client)
+        if len(found) == 1 and found[0]["state"] == state:
+            resp = await client.get(f"/api/v1/episodes/{found[0]['id']}", headers=READ_AUTH)
+            return dict(await resp.json())
+        return None
+
+    return await until_async(f"the episode {state}", one, deadline=30)
+
+
+async def pages(am: Alertmanager, instance: str) -> list[dict[str, Any]]:
+    held = list(am.get("alerts"))
+    return [a for a in held if a["labels"]["alertname"] == FAILED and a["labels"].get("instance") == instance]
+
+
+async def test_cancel_all_at_the_venue_takes_one_bots_orders_and_leaves_the_others(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, gateway: Gateway, alertmanager: Alertmanager
+) -> None:
+    for cid in (f"{BOT_A}-{RUN}-1", f"{BOT_A}-{RUN}-2", f"{BOT_B}-{RUN}-1"):
+        rest_order(gateway, cid)
+    assert open_ids(gateway) == {f"{BOT_A}-{RUN}-1", f"{BOT_A}-{RUN}-2", f"{BOT_B}-{RUN}-1"}
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, rule(CANCEL), venue=True)
+    client = await aiohttp_client(create_app(load_config(config)))
+    body = host_down(alertmanager, "10.0.0.11:9101")
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    done = await ended(client, "recovered")
+    (step,) = done["attempts"][0]["steps"]
+    assert step["outcome"] == "success"
+    assert "2 of its orders cancelled, none left open; 1 other orders on the account left alone" in step["output"]
+    # At the venue: bot-a has nothing open, bot-a-2 keeps its order.
+    assert open_ids(gateway) == {f"{BOT_B}-{RUN}-1"}
+    # A resend of the same notification starts nothing more.
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    await engine_settled(client.app)
+    assert len(await episodes(client)) == 1 and len(done["attempts"]) == 1
+
+
+async def test_flatten_at_the_venue_waits_for_approval_then_closes_the_position(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, gateway: Gateway, alertmanager: Alertmanager
+) -> None:
+    gateway.call("create_order", "BTC/USD", "market", "buy", 0.01, None, {"clientOrderId": f"{BOT_A}-{RUN}-1"})
+    rest_order(gateway, f"{BOT_A}-{RUN}-2")
+    held = btc(gateway)
+    assert held >= 0.01
+    playbook = rule(CANCEL, {"action": "venue", "operation": "positions"}, FLATTEN, approval_timeout="60s")
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, playbook, venue=True)
+    client = await aiohttp_client(create_app(load_config(config)))
+    instance = "10.0.0.11:9101"
+    body = host_down(alertmanager, instance)
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+
+    async def pending() -> list[dict[str, Any]] | None:
+        resp = await client.get("/api/v1/approvals?status=pending", headers=READ_AUTH)
+        found = list((await resp.json())["approvals"])
+        return found or None
+
+    (asked,) = await until_async("the flatten's approval asked", pending, deadline=30)
+    # cancel_all and positions ran without asking; the flatten waits, and nothing was sold.
+    assert json.loads(asked["arguments"]) == {"action": "venue", "params": {"operation": "flatten"}}
+    assert open_ids(gateway) == set()
+    assert btc(gateway) == held
+    episode = (await episodes(client))[0]
+    detail = await (await client.get(f"/api/v1/episodes/{episode['id']}", headers=READ_AUTH)).json()
+    outputs = [s["output"] for s in detail["attempts"][0]["steps"]]
+    assert f"exposure: BTC-USD {held:g}" in outputs[0] and outputs[1].endswith(f": BTC-USD {held:g}")
+    decided = await client.post(
+        f"/api/v1/approvals/{asked['id']}",
+        json={"decision": "approve", "reason": "host is gone", "by": "alice"},
+        headers=APPROVE_AUTH,
+    )
+    assert decided.status == 200, await decided.text()
+    done = await ended(client, "recovered")
+    flatten = done["attempts"][0]["steps"][-1]
+    assert flatten["outcome"] == "success" and "exposure now: flat" in flatten["output"]
+    assert btc(gateway) == 0
+    # Closed once: the sale is one trade of the reconciler's, whatever comes after.
+    sells = [t for t in gateway.call("fetch_my_trades", "BTC/USD") if t["side"] == "sell"]
+    assert len(sells) == 1
+
+
+async def test_bad_input_is_one_line_escalated_and_done_once(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    gateway: Gateway,
+    alertmanager: Alertmanager,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rest_order(gateway, f"{BOT_A}-{RUN}-1")
+    # No venue key configured for the bot: refused, escalated, its order untouched.
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, rule(CANCEL), venue=False)
+    client = await aiohttp_client(create_app(load_config(config)))
+    instance = "10.0.0.11:9101"
+    body = host_down(alertmanager, instance)
+    await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
+    done = await ended(client, "escalated")
+    (step,) = done["attempts"][0]["steps"]
+    assert step["outcome"] == "refused"
+    assert step["output"] == f"no venue account configured for bot instance '{instance}' (bots[].venue)"
+    page = await until_async("the page", lambda: pages(alertmanager, instance), deadline=30)
+    assert step["output"] in page[0]["annotations"]["description"]
+    await client.post("/api/v1/alertmanager", json=body, headers=AUTH)  # a resend
+    await engine_settled(client.app)
+    assert len(await episodes(client)) == 1 and len(await pages(alertmanager, instance)) == 1
+    assert open_ids(gateway) == {f"{BOT_A}-{RUN}-1"}
+
+
+async def test_a_label_never_names_the_host_or_the_account(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    gateway: Gateway,
+    alertmanager: Alertmanager,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rest_order(gateway, f"{BOT_A}-{RUN}-1")
+    # A step that would take its host from a label does not load: one line naming the key.
+    bad = rule({**CANCEL, "host": "${host}"})
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, bad, venue=True)
+    (tmp_path / "payload.json").write_text(json.dumps(payload(alert(alertname=HOST_DOWN, instance="10.0.0.11:9101"))))
+    assert main(["-c", str(config), "playbook", "explain", str(tmp_path / "payload.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "steps[0].host: a venue step never names its account or host" in err[0]
+    # An alert whose instance is a host of its own choosing, no configured bot: refused, escalated, nothing done.
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, rule(CANCEL), venue=True)
+    client = await aiohttp_client(create_app(load_config(config)))
+    body = host_down(alertmanager, "attacker.example:9101")
+    await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
+    done = await ended(client, "escalated")
+    (step,) = done["attempts"][0]["steps"]
+    assert step["outcome"] == "refused"
+    assert step["output"] == "no bot with instance 'attacker.example:9101' in bots: (a label never names an account)"
+    await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
+    await engine_settled(client.app)
+    assert len(await episodes(client)) == 1
+    assert open_ids(gateway) == {f"{BOT_A}-{RUN}-1"}

@@ -1,0 +1,217 @@
+"""`venue`: the reconciler's own hands at a bot's account, for when the bot is gone (its host died, its process hung).
+
+The step reaches the venue directly through ccxt with a key of the reconciler's own on the bot's account
+(`bots[].venue`: trade permission only, read from a file or a variable), chosen by the alert's instance: a label
+never names an account, a key or a host. Operations:
+
+- `cancel_all`: cancel the bot's open orders, and only the bot's: those whose client order id carries the prefix
+  the runtime gives every order of that bot (`<order_id_prefix>-<run>-<n>`); another bot's orders on the same
+  account stay. Then it asks the venue again: the step succeeds only when none of the bot's orders is left open.
+- `positions`: what the bot holds at the venue (its symbols' base balances less `position_baseline`).
+- `flatten`: cancel the bot's orders, close its positions with market orders, then check they are closed. It waits for a
+  person's approval unless the step says `approval: none` (or the rule's hard limit is breached).
+
+Every output names the exposure that remains, so the page the playbook sends after it carries it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from decimal import Decimal
+from typing import Any
+
+from trading_ops.config import BotVenueConfig, ConfigError, resolve_secret
+from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, truncate
+from trading_ops.schema import one_of
+
+OPERATION_RISK = {"positions": "safe", "cancel_all": "destructive", "flatten": "destructive"}
+# Parameters a step may not have: the account, the key and the host come from the configuration, keyed by the
+# alert's instance (a label templated into one would let whoever posts alerts pick an account).
+CONFIGURED_ONLY = ("instance", "account", "exchange", "host", "api_key", "api_secret", "urls", "symbols")
+# A bot's client order ids as the runtime makes them (trading_ops.bot.orders: `<name[:16]>-<ms hex>-<n>`).
+RUN_PART = r"-[0-9a-f]+-[0-9]+"
+
+
+def bot_order_pattern(prefix: str) -> re.Pattern[str]:
+    """The client order ids of the bot whose runtime prefix is `prefix`, and no other bot's (bot `a` is not bot
+    `a-1`: the run part after the prefix is exactly a hex number and a counter)."""
+    return re.compile(re.escape(prefix) + RUN_PART)
+
+
+class VenueAction(Action):
+    kind = "venue"
+    params = {"operation": (str, True)}
+    schema = {"operation": one_of(OPERATION_RISK)}
+
+    def validate(self, params: dict[str, Any]) -> None:
+        for name in params:
+            if name in CONFIGURED_ONLY:
+                raise ValueError(
+                    f"{name}: a venue step never names its account or host; they come from the configuration "
+                    "(bots[].venue), keyed by the alert's instance"
+                )
+        super().validate(params)
+        if params["operation"] not in OPERATION_RISK:
+            raise ValueError(f"operation: expected one of {', '.join(OPERATION_RISK)}")
+
+    def risk(self, params: dict[str, Any]) -> str:
+        return OPERATION_RISK[params["operation"]]
+
+    def protective(self, params: dict[str, Any]) -> bool:
+        return params["operation"] in ("cancel_all", "flatten")
+
+    def default_approval(self, params: dict[str, Any]) -> str | None:
+        """A flatten at the venue waits for a person unless the step says otherwise."""
+        return "required" if params["operation"] == "flatten" else None
+
+    def checked_labels(self, params: dict[str, Any]) -> list[str]:
+        return ["instance"]
+
+    async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
+        instance = ctx.label("instance")
+        target = ctx.config.reconciler.targets.get(instance)
+        if target is None:
+            raise Refused(f"no bot with instance {instance!r} in bots: (a label never names an account)")
+        venue = target.venue
+        if not venue.exchange:
+            raise Refused(f"no venue account configured for bot instance {instance!r} (bots[].venue)")
+        key = f"bots[{instance}].venue"
+        try:
+            api_key = resolve_secret(ctx.config, venue, "api_key", f"{key}.api_key")
+            api_secret = resolve_secret(ctx.config, venue, "api_secret", f"{key}.api_secret")
+        except ConfigError as exc:
+            raise Refused(str(exc)) from None
+        if not api_key or not api_secret:
+            raise Refused(f"no venue credentials for bot instance {instance!r} ({key}.api_key_file or _env is empty)")
+        limit = ctx.config.reconciler.output_limit_bytes
+        account = VenueAccount(venue, api_key, api_secret, f"episode{ctx.episode_id}")
+        try:
+            async with asyncio.timeout(timeout):
+                return await account.run(params["operation"], limit)
+        except TimeoutError:
+            return Result("timeout", f"venue {venue.exchange}: no result within {timeout:g}s")
+        except Exception as exc:  # ccxt's errors: one line naming the venue and what it said
+            return Result("failure", truncate(f"venue {venue.exchange}: {_one_line(exc)}", limit))
+        finally:
+            await account.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+class VenueAccount:
+    """One bot's account at its venue through ccxt's async client, for one step."""
+
+    def __init__(self, venue: BotVenueConfig, api_key: str, api_secret: str, tag: str) -> None:
+        import ccxt.async_support as ccxt_async  # the reconciler imports ccxt only for a venue step
+
+        from trading_ops.webconfig import client_ssl_context
+
+        if venue.exchange not in ccxt_async.exchanges:
+            raise Refused(f"ccxt has no exchange {venue.exchange!r} (bots[].venue.exchange)")
+        settings: dict[str, Any] = {
+            "apiKey": api_key,
+            "secret": api_secret,
+            "enableRateLimit": True,
+            "timeout": int(venue.timeout_seconds * 1000),
+        }
+        if venue.urls:
+            settings["urls"] = {"api": dict(venue.urls)}
+        self.exchange = getattr(ccxt_async, venue.exchange)(settings)
+        tls = client_ssl_context(venue.tls, "bots[].venue.tls")
+        if tls is not None:
+            self.exchange.ssl_context = tls
+        self.venue = venue
+        self.pattern = bot_order_pattern(venue.order_id_prefix)
+        self.tag = tag
+
+    async def close(self) -> None:
+        await self.exchange.close()
+
+    async def run(self, operation: str, limit: int) -> Result:
+        await self.exchange.load_markets()
+        if operation == "cancel_all":
+            return await self.cancel_all(limit)
+        if operation == "positions":
+            held = await self.positions()
+            return Result("success", f"{self._who()}: {_exposure(held)}")
+        return await self.flatten(limit)
+
+    def _who(self) -> str:
+        return f"{self.venue.order_id_prefix} at {self.venue.exchange}"
+
+    async def bot_orders(self) -> tuple[list[dict[str, Any]], int]:
+        """The bot's open orders, and how many open orders of others the account has."""
+        listed = await self.exchange.fetch_open_orders()
+        mine = [o for o in listed if self.pattern.fullmatch(str(o.get("clientOrderId") or ""))]
+        return mine, len(listed) - len(mine)
+
+    async def cancel_all(self, limit: int) -> Result:
+        mine, others = await self.bot_orders()
+        failed: list[str] = []
+        for order in mine:
+            try:
+                await self.exchange.cancel_order(order["id"], order.get("symbol"))
+            except Exception as exc:  # an order that closed meanwhile is found closed by the check below
+                failed.append(f"{order.get('clientOrderId')}: {_one_line(exc)[:120]}")
+        left, others = await self.bot_orders()
+        held = await self.positions()
+        head = f"{self._who()}: {len(mine) - len(left)} of its orders cancelled"
+        kept = f"{others} other orders on the account left alone"
+        if left:
+            ids = ", ".join(str(o.get("clientOrderId")) for o in left[:10])
+            text = f"{head}, {len(left)} still open ({ids}); {kept}; exposure: {_exposure(held)}"
+            if failed:
+                text += "; " + "; ".join(failed[:5])
+            return Result("failure", truncate(text, limit))
+        return Result("success", truncate(f"{head}, none left open; {kept}; exposure: {_exposure(held)}", limit))
+
+    async def positions(self) -> dict[str, Decimal]:
+        """What the bot holds per symbol: the base asset's balance less its baseline (spot, as CcxtBroker counts)."""
+        balances = await self.exchange.fetch_balance()
+        totals = balances.get("total") or {}
+        held: dict[str, Decimal] = {}
+        for symbol in self.venue.symbols:
+            base = symbol.split("-", 1)[0]
+            amount = Decimal(str(totals.get(base) or 0))
+            held[symbol] = amount - Decimal(str(self.venue.position_baseline.get(base, 0)))
+        return held
+
+    async def flatten(self, limit: int) -> Result:
+        """Close each position with a market order; a client order id per episode and symbol, so a venue that
+        refuses a duplicate id refuses a second flatten of the same episode (the check after it finds it flat)."""
+        cancelled = await self.cancel_all(limit)
+        held = await self.positions()
+        done: list[str] = []
+        for symbol, amount in held.items():
+            if not amount:
+                continue
+            unified = symbol.replace("-", "/")
+            if abs(amount) < self._minimum(symbol):
+                continue  # dust below the venue's minimum order: nothing that can be sold
+            side = "sell" if amount > 0 else "buy"
+            quantity = float(self.exchange.amount_to_precision(unified, float(abs(amount))))
+            cid = f"flatten-{self.tag}-{symbol}"
+            await self.exchange.create_order(unified, "market", side, quantity, None, {"clientOrderId": cid})
+            done.append(f"{side} {quantity:g} {symbol}")
+        after = await self.positions()
+        left = {s: a for s, a in after.items() if a and abs(a) >= self._minimum(s)}
+        head = f"{self._who()}: flatten {', '.join(done) or 'had nothing to close'}"
+        text = f"{head}; exposure now: {_exposure(after)}"
+        if not cancelled.ok:
+            return Result("failure", truncate(f"{text}; {cancelled.output}", limit))
+        return Result("failure" if left else "success", truncate(text, limit))
+
+    def _minimum(self, symbol: str) -> Decimal:
+        market = self.exchange.market(symbol.replace("-", "/"))
+        return Decimal(str((market.get("limits", {}).get("amount") or {}).get("min") or 0)) or Decimal("1e-12")
+
+
+def _exposure(held: dict[str, Decimal]) -> str:
+    parts = [f"{symbol} {amount.normalize():f}" for symbol, amount in held.items() if amount]
+    return ", ".join(parts) or "flat"
+
+
+ACTION = VenueAction()
