@@ -21,11 +21,26 @@ HELPER_MODULES = sorted(
 )
 pytest.register_assert_rewrite(*HELPER_MODULES)
 
-from shared_postgres import new_database  # noqa: E402 (a helper: registered above)
+import deployment_prebuild  # noqa: E402 (a helper: registered above)
+from shared_postgres import new_database  # noqa: E402
+
+# The background build of what the deployment tests need (tests/deployment_prebuild.py), in the run's main process.
+PREBUILD = pytest.StashKey[Any]()
 
 # A test module that starts something once for the module (a whole stack, a freqtrade): a fixture of module (or
 # package, class) scope defined in it.
 STARTS_ONCE_PER_MODULE = re.compile(r"@pytest\.fixture\([^)]*\bscope=[\"'](?:module|package|class)[\"']")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run that includes the deployment tests starts building their roots, wheelhouse and layer in the background
+    now (cached: nothing to do on a warm machine), so that a new machine's first run overlaps that work with other
+    tests."""
+    session.config.stash[PREBUILD] = deployment_prebuild.start(session.config)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    deployment_prebuild.stop(session.config.stash.get(PREBUILD, None))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:

@@ -33,6 +33,8 @@ VENV = "/opt/trading-ops/.venv"
 BOOT_TIMEOUT_SECONDS = 60.0
 POWEROFF_TIMEOUT_SECONDS = 20.0
 COMMAND_TIMEOUT_SECONDS = 120.0
+# How many of the console's last lines a failed boot quotes.
+LOG_TAIL_LINES = 8
 NSPAWN_NOISE = "Attempted to remove disk file system under"
 
 
@@ -160,6 +162,14 @@ class Machine:
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.pid = 0  # the machine's systemd, as the host sees it
 
+    def log_tail(self) -> str:
+        """The console's last lines (the machine's boot as systemd-nspawn showed it), and where the rest is."""
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            lines = []
+        return " | ".join([*lines, f"(all of it: {self.log})"])
+
     def boot(self) -> None:
         nspawn = require_binary("systemd-nspawn")
         argv = [nspawn, "-D", str(self.root), "--boot", "--register=no", "--keep-unit", "--console=pipe"]
@@ -169,12 +179,12 @@ class Machine:
         deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS
         while not self.pid:
             if self.nspawn.poll() is not None:
-                _fail(f"systemd-nspawn exited {self.nspawn.returncode} while booting: see {self.log}")
+                _fail(f"systemd-nspawn exited {self.nspawn.returncode} while booting: {self.log_tail()}")
             children = _run(["ps", "--ppid", str(self.nspawn.pid), "-o", "pid=,comm="], 10).stdout.split()
             if len(children) >= 2 and children[1] == "systemd":
                 self.pid = int(children[0])
             elif time.monotonic() > deadline:
-                _fail(f"no systemd started under systemd-nspawn within {BOOT_TIMEOUT_SECONDS:g}s: see {self.log}")
+                _fail(f"no systemd started under systemd-nspawn within {BOOT_TIMEOUT_SECONDS:g}s: {self.log_tail()}")
             else:
                 time.sleep(0.05)
         while True:
@@ -182,7 +192,7 @@ class Machine:
             if state.stdout.strip() in ("running", "degraded"):
                 return
             if time.monotonic() > deadline:
-                _fail(f"the machine did not finish booting ({state.stdout.strip()}): see {self.log}")
+                _fail(f"the machine did not finish booting ({state.stdout.strip()}): {self.log_tail()}")
             time.sleep(0.2)
 
     def run(

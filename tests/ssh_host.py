@@ -112,7 +112,8 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], log: Pa
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         time.sleep(0.05)
-    pytest.fail(f"sshd did not listen on {host}:{port} within {START_TIMEOUT_SECONDS:g}s", pytrace=False)
+    said = log.read_text(errors="replace").strip()[-300:] or "nothing in its log"
+    pytest.fail(f"sshd did not listen on {host}:{port} within {START_TIMEOUT_SECONDS:g}s: {said}", pytrace=False)
 
 
 @contextlib.contextmanager

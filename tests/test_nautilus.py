@@ -226,17 +226,20 @@ def test_the_heartbeat_follows_the_nodes_clock_and_stops_with_its_loop(node: Nod
     until(
         "the heartbeat ticks", lambda: (value(scrape(node), "tradingbot_loop_iterations_total") or 0) > iterations, 10
     )
-    assert urllib.request.urlopen(f"{node.url}/healthz", timeout=5).status == 200
+    until("/healthz passing", lambda: urllib.request.urlopen(f"{node.url}/healthz", timeout=5).status == 200, 30)
     with urllib.request.urlopen(f"{node.url}/readyz", timeout=5) as resp:
         ready = json.loads(resp.read())
     assert ready["ready"] and ready["checks"]["clients"]["connected"] == {"data:PAPER": True, "exec:PAPER": True}
 
     # The node's loop held up: the server (its own thread) still answers, and says the loop is stuck.
-    release = threading.Event()
-    blocked = threading.Thread(target=lambda: node.on_loop(lambda: release.wait(20), timeout=30), daemon=True)
+    release, holding = threading.Event(), threading.Event()
+    blocked = threading.Thread(
+        target=lambda: node.on_loop(lambda: holding.set() or release.wait(20), timeout=30), daemon=True
+    )
     blocked.start()
     try:
-        time.sleep(0.2)
+        # The loop runs the blocking call (a fixed wait was a guess that a busy machine could miss: a tick after it).
+        assert holding.wait(30), "the node's loop did not run the blocking call within 30s"
         before = value(scrape(node), "tradingbot_heartbeat_timestamp_seconds")
         time.sleep(1.5)
         assert value(scrape(node), "tradingbot_heartbeat_timestamp_seconds") == before

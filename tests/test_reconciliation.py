@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from paper_helpers import TOKEN, IdleStrategy, control, counter_total, fast_config, get, wait_for
+from paper_helpers import TOKEN, IdleStrategy, control, counter_total, fast_config, get, submit_fresh, wait_for
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -61,7 +61,7 @@ def kinds(summary: dict) -> list[tuple[str, str, str]]:
 async def resting_order(bot: PaperBot, symbol: str = "ETH-USD", side: Side = Side.BUY) -> str:
     mid = bot.broker.quote(symbol).mid
     price = (mid * Decimal("0.98") if side is Side.BUY else mid * Decimal("1.02")).quantize(Decimal("0.01"))
-    order = await bot.submit(symbol, side, OrderType.LIMIT, Decimal("0.1"), price)
+    order = await submit_fresh(bot, symbol, side, OrderType.LIMIT, Decimal("0.1"), price)
     assert order is not None and order.status.is_open
     return order.client_order_id
 

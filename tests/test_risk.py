@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
+from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, submit_fresh, wait_for
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.book import Book
@@ -87,7 +87,7 @@ async def test_max_order_notional_refuses_the_order_over_it(tmp_path: Path) -> N
     bot = await risk_bot(tmp_path, max_order_notional=500.0)
     try:
         assert value(bot, "tradingbot_risk_limit", limit="order_notional") == 500
-        placed = await bot.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 400), far_bid(bot))
+        placed = await submit_fresh(bot, SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 400), far_bid(bot))
         assert placed is not None
         before = len(await bot.broker.open_orders())
         assert await bot.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 2_000) * 2, far_bid(bot)) is None
@@ -166,7 +166,7 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
     try:
         assert await bot.submit(SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 2_000)) is not None
         await wait_for(lambda: bot.book.position(SYMBOL) > 0)
-        resting = await bot.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 100), far_bid(bot))
+        resting = await submit_fresh(bot, SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 100), far_bid(bot))
         assert resting is not None
         await bot.broker.gap_price(SYMBOL, -0.05)  # type: ignore[attr-defined]  # about 100 lost
         await wait_for(lambda: bot.inst.state.state.value == "halted")

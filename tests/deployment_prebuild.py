@@ -1,0 +1,104 @@
+"""What the deployment tests build on a new machine (the debootstrap roots, the wheelhouse, the systemd test's
+virtualenv layer: minutes), built in the background from the start of a test run that includes them, so that the work
+overlaps with other tests instead of waiting for the test that needs it: tests/conftest.py starts it (`start`) and
+stops it by its pid at the end of the run (`stop`). Each piece takes the file lock the test would take: a test that
+needs a piece still being built waits for that build, never makes it twice; a cached piece costs nothing. A piece
+that fails here is left to its test, which builds it again and fails with its own one line.
+
+Run as a script (what `start` does): `python tests/deployment_prebuild.py compose systemd`, at a lower priority
+(nice 10) than the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+# The test modules whose pieces this builds, by what they need.
+MODULES = {"compose": TESTS / "test_compose_real.py", "systemd": TESTS / "test_systemd_real.py"}
+STOP_SECONDS = 60.0
+NICENESS = 10
+
+
+def wanted(args: list[str], invocation_dir: Path) -> list[str]:
+    """Which deployment tests a run given `args` (pytest's file or directory arguments) includes."""
+    paths = [(invocation_dir / arg.split("::", 1)[0]).resolve() for arg in args if not arg.startswith("-")]
+    return [name for name, module in MODULES.items() if any(module == p or p in module.parents for p in paths)]
+
+
+def start(config: Any) -> subprocess.Popen[bytes] | None:
+    """The background build for the deployment tests this pytest run includes (as root, in the run's main process
+    only: not in an xdist worker, not for --collect-only), or None."""
+    if os.geteuid() != 0 or hasattr(config, "workerinput") or config.option.collectonly:
+        return None
+    names = wanted([str(a) for a in config.args], Path(config.invocation_params.dir))
+    if not names:
+        return None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        ["nice", "-n", str(NICENESS), sys.executable, str(Path(__file__)), *names],
+        cwd=TESTS.parent,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop the background build by its pid when it is still running (SIGTERM: it unmounts and removes what it was
+    building; SIGKILL after STOP_SECONDS)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+
+
+def pieces(names: list[str]) -> list[tuple[str, Callable[[], object]]]:
+    """What to build, in the order the tests come to need them: the systemd test starts at the run's start (it is
+    marked slow) and builds its own pieces if they are not there; the compose test comes later."""
+    from compose_images import BASE_PACKAGES, SERVICE_PACKAGES
+    from debian_root import debian_root, wheelhouse
+    from nspawn_machine import prepared_root
+
+    found: list[tuple[str, Callable[[], object]]] = []
+    if "compose" in names:
+        found += [
+            ("the compose base root", lambda: debian_root(BASE_PACKAGES)),
+            ("the compose services root", lambda: debian_root(SERVICE_PACKAGES)),
+        ]
+    found.append(("the wheelhouse", wheelhouse))
+    if "systemd" in names:
+        found.append(("the systemd root and its virtualenv layer", prepared_root))
+    return found
+
+
+def main(names: list[str]) -> int:
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(1)  # unwinds: a debootstrap's mounts and a half-made layer are cleaned up on the way
+
+    signal.signal(signal.SIGTERM, terminated)
+    sys.path[:0] = [str(TESTS)]
+    failed = 0
+    for what, build in pieces(names):
+        try:
+            build()
+        except (Exception, pytest.fail.Exception) as exc:  # the test that needs the piece will say it again
+            print(f"deployment prebuild: {what}: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
