@@ -92,7 +92,7 @@ def test_unreadable_secret_file_names_the_key(tmp_path, capsys) -> None:
     assert "bot.control_token_file: cannot read /nonexistent/token" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("env_value", ["from-env", None])
+@pytest.mark.parametrize("env_value", ["a-token-from-the-environment", None])
 def test_default_token_variable_applies_without_a_bot_section(tmp_path, capsys, monkeypatch, env_value) -> None:
     """`{}` (no bot: section) still reads TRADING_OPS_CONTROL_TOKEN: set, the check passes; unset, it fails."""
     if env_value is None:
@@ -108,7 +108,7 @@ def test_default_token_variable_applies_without_a_bot_section(tmp_path, capsys, 
     else:
         assert code == 0 and "configuration ok" in captured.out
         config = load_config(cfg_path)
-        assert resolve_secret(config, config.bot, "control_token", "bot.control_token") == "from-env"
+        assert resolve_secret(config, config.bot, "control_token", "bot.control_token") == env_value
 
 
 def test_default_token_variable_applies_without_any_config_file(tmp_path, capsys, monkeypatch) -> None:
@@ -116,7 +116,7 @@ def test_default_token_variable_applies_without_any_config_file(tmp_path, capsys
     monkeypatch.delenv("TRADING_OPS_CONTROL_TOKEN", raising=False)
     assert main(["config", "check"]) == 2
     assert "bot.control_token: no token" in capsys.readouterr().err
-    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "from-env")
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", CONTROL_TOKEN)
     assert main(["config", "check"]) == 0
     assert "configuration ok (defaults: no --config and no ./trading-ops.yaml)" in capsys.readouterr().out
 
@@ -257,7 +257,7 @@ def test_db_upgrade_command(tmp_path, capsys) -> None:
 def test_wrong_values_are_one_line_naming_the_key_exit_2(
     tmp_path, capsys, monkeypatch, yaml_text: str, message: str
 ) -> None:
-    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "x")  # only the value under test is wrong
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", CONTROL_TOKEN)  # only the value under test is wrong
     assert_one_line_naming_the_key(tmp_path, capsys, yaml_text, message)
 
 
@@ -279,7 +279,7 @@ def test_wrong_values_are_one_line_naming_the_key_exit_2(
     ],
 )
 def test_good_values_pass_config_check(tmp_path, monkeypatch, yaml_text: str) -> None:
-    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "x")
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", CONTROL_TOKEN)
     path = tmp_path / "good.yaml"
     path.write_text(yaml_text)
     assert main(["--config", str(path), "config", "check"]) == 0
@@ -313,7 +313,7 @@ def test_an_sqlite_url_is_read_without_sqlalchemy_as_sqlalchemy_reads_it(driver:
     ],
 )
 def test_database_url_from_the_environment_is_validated(tmp_path, capsys, monkeypatch, value, message) -> None:
-    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "x")
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", CONTROL_TOKEN)
     monkeypatch.setenv("DB_URL", value)
     path = tmp_path / "c.yaml"
     path.write_text("database:\n  url_env: DB_URL\n")
@@ -426,6 +426,10 @@ def test_config_targets_puts_freqtrade_sidecars_in_their_own_job(
 # -- named tokens with scopes ---------------------------------------------------------------------------------------
 
 
+# A token `config check` takes (16 characters at least: trading_ops.commands.config_cmd.MIN_TOKEN_CHARS).
+CONTROL_TOKEN = "control-token-of-the-config-tests"
+
+
 def write_tokens(tmp_path: Path, **tokens: str) -> None:
     for name, value in tokens.items():
         (tmp_path / name).write_text(value + "\n")
@@ -506,8 +510,8 @@ NAMED = "    - {name: oncall, scope: read, token_file: t-read}\n    - {name: rec
 def test_token_configuration_errors_are_one_line_exit_2(
     tmp_path, capsys, monkeypatch, yaml_text: str, message: str
 ) -> None:
-    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "x")
-    write_tokens(tmp_path, **{"t-read": "r", "t-op": "o", "t-de": "d"})
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", CONTROL_TOKEN)
+    write_tokens(tmp_path, **{"t-read": "r" * 16, "t-op": "o" * 16, "t-de": "d" * 16})
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text)
     assert main(["--config", str(path), "config", "check"]) == 2
@@ -519,7 +523,7 @@ def test_named_tokens_alone_pass_config_check_without_the_single_token(tmp_path,
     from trading_ops.bot.runtime import control_tokens
 
     monkeypatch.delenv("TRADING_OPS_CONTROL_TOKEN", raising=False)
-    write_tokens(tmp_path, **{"t-read": "r", "t-op": "o"})
+    write_tokens(tmp_path, **{"t-read": "r" * 16, "t-op": "o" * 16})
     path = tmp_path / "c.yaml"
     path.write_text("bot:\n  control_tokens:\n" + NAMED)
     assert main(["--config", str(path), "config", "check"]) == 0, capsys.readouterr().err

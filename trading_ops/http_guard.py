@@ -22,6 +22,8 @@ API_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+# A path is logged this long at most (an id of thousands of digits is one line of the log, not pages).
+MAX_LOGGED_PATH = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The headers of a request's response (they may depend on its path: the console's are stricter than the API's).
 HeadersOf = Callable[[web.Request], Mapping[str, str]]
@@ -46,14 +48,15 @@ def guard(app: web.Application, headers_of: HeadersOf | None = None, render: Ren
         try:
             return await handler(request)
         except InputError as exc:
-            log.warning("%s %s from %s refused (%d): %s", request.method, request.path, request.remote, exc.status, exc)
+            path = request.path[:MAX_LOGGED_PATH]
+            log.warning("%s %s from %s refused (%d): %s", request.method, path, request.remote, exc.status, exc)
             return render(request, exc.status, exc.message)
         except web.HTTPException as exc:
             if exc.status >= 500:
                 return render(request, exc.status, exc.reason)
             raise
         except Exception:
-            log.exception("%s %s from %s failed", request.method, request.path, request.remote)
+            log.exception("%s %s from %s failed", request.method, request.path[:MAX_LOGGED_PATH], request.remote)
             return render(request, 500, "internal error (logged)")
 
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -331,6 +331,11 @@ def test_config_check_refuses_a_short_console_token_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reconciler.api_tokens[0].token: 7 characters: a token has at least 16" in err[0], err
     assert "letmein" not in err[0]
+    # The bots' tokens as well (the control API's, here from its environment variable).
+    monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "hunter2")
+    assert main(["--config", str(path), "config", "check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bot.control_token: 7 characters" in err[0] and "hunter2" not in err[0], err
 
 
 # ---- 5. attribution -------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from trading_ops.scopes import READ
 
 # The database URL's own keys: `config show` replaces them with the URL in effect (password masked).
 DATABASE_URL_KEYS = ("url", "url_env", "url_file")
-# The reconciler's tokens (the webhook's, and the API's, which log in to the console) are at least this long: the
-# console's login throttle (trading_ops.reconciler.login_throttle) slows a guesser, a long token makes guessing futile.
+# Every configured token is at least this long (the API's log in to the reconciler's console): the console's login
+# throttle (trading_ops.reconciler.login_throttle) slows a guesser, a long token makes guessing futile.
 MIN_TOKEN_CHARS = 16
 TOKEN_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one"
 # user:password@ in any URL-valued setting (an Alertmanager or Prometheus URL with basic auth).
@@ -120,17 +120,24 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def check_token_lengths(config: Config) -> None:
-    """The reconciler's configured tokens, each at least MIN_TOKEN_CHARS long (ConfigError naming the first short
-    one, never its value)."""
-    rc = config.reconciler
-    found = [
-        ("reconciler.token", resolve_secret(config, rc, "token", "reconciler.token")),
-        ("reconciler.read_token", resolve_secret(config, rc, "read_token", "reconciler.read_token")),
-    ]
-    for i, named in enumerate(rc.api_tokens):
-        key = f"reconciler.api_tokens[{i}].token"
-        found.append((key, resolve_secret(config, named, "token", key)))
-    for key, value in found:
+    """Every configured bearer token (the bot's and the sidecar's control API, the reconciler's webhook and API, the
+    bots' tokens the reconciler sends) at least MIN_TOKEN_CHARS long: ConfigError naming the first short one, never
+    its value."""
+    found: list[tuple[str, Any, str]] = []
+    for key, section, single in (
+        ("bot", config.bot, "control_token"),
+        ("freqtrade", config.freqtrade, "control_token"),
+        ("reconciler", config.reconciler, "token"),
+        ("reconciler", config.reconciler, "read_token"),
+    ):
+        found.append((f"{key}.{single}", section, single))
+        named = "api_tokens" if key == "reconciler" else "control_tokens"
+        if single != "read_token":
+            found += [(f"{key}.{named}[{i}].token", t, "token") for i, t in enumerate(getattr(section, named))]
+    for instance, target in config.reconciler.targets.items():
+        found += [(f"reconciler.targets.{instance}.{name}", target, name) for name in ("token", "destructive_token")]
+    for key, section, name in found:
+        value = resolve_secret(config, section, name, key)
         if value and len(value) < MIN_TOKEN_CHARS:
             raise ConfigError(key, f"{len(value)} characters: a token has at least {MIN_TOKEN_CHARS} ({TOKEN_HINT})")
 
