@@ -44,6 +44,29 @@ CHECKS = (
 # Generated cases per operation and phase: about a minute for both servers on this 2-core machine.
 MAX_EXAMPLES = 25
 SEED = 20370
+# Values a person attacking the API would try, mixed into the strings and integers schemathesis generates (where they
+# fit an operation's schema; in its negative cases where they do not): numbers past every integer type and past
+# Python's 4,300-digit conversion limit, durations of hundreds of digits, non-finite numbers, NUL, a header
+# injection, path tricks, a right-to-left override, a line longer than the HTTP layer reads.
+HOSTILE_STRINGS = (
+    "9" * 5000,
+    "1" + "0" * 4400,
+    "1h" + "9" * 400,
+    "0" * 60 + "1",
+    "-1",
+    "1e309",
+    "NaN",
+    "Infinity",
+    "\u0000",
+    "a\r\nX-Injected: 1",
+    "%00",
+    "../..",
+    "2147483648",
+    "9223372036854775808",
+    "\u202e",
+    "a" * 9000,
+)
+HOSTILE_INTEGERS = (2**63 - 1, -(2**63), 2**31, 2**31 - 1, 0, -1)
 OPERATE_TOKEN = "operate-token-for-the-fuzzer"
 APPROVE_TOKEN = "approve-token-for-the-fuzzer"
 BOT_TOKENS = {"read": "bot-read-token-0001", "operate": "bot-operate-token-01", "destructive": "bot-destroy-token-01"}
@@ -150,11 +173,20 @@ def test_openapi_command_prints_each_document_and_refuses_bad_usage_in_one_line(
 
 
 def run_schemathesis(spec_url: str, tokens: dict[str, str], workdir: Path) -> tuple[int, str, int]:
-    """schemathesis's CLI against the document at `spec_url`, each security scheme given its token: its exit status,
+    """schemathesis's CLI against the document at `spec_url`, each security scheme given its token, the hostile values
+    mixed in: its exit status,
     its output and how many requests it sent (its HAR report's entries). Deterministic (a fixed seed, deterministic
     generation), one worker."""
     config = workdir / "schemathesis.toml"
-    config.write_text("".join(f'[auth.openapi.{scheme}]\nbearer = "{token}"\n\n' for scheme, token in tokens.items()))
+    auth = "".join(f'[auth.openapi.{scheme}]\nbearer = "{token}"\n\n' for scheme, token in tokens.items())
+    # JSON's strings and lists are TOML's too.
+    config.write_text(
+        f"{auth}[dictionaries.hostile]\nvalues = {json.dumps(HOSTILE_STRINGS)}\n\n"
+        f"[dictionaries.integers]\nvalues = {json.dumps(HOSTILE_INTEGERS)}\n\n"
+        "[generation.dictionaries]\n"
+        'string = { dictionary = "hostile", probability = 0.1 }\n'
+        'integer = { dictionary = "integers", probability = 0.1 }\n'
+    )
     har = workdir / "requests.har"
     result = subprocess.run(
         [
@@ -185,7 +217,7 @@ def run_schemathesis(spec_url: str, tokens: dict[str, str], workdir: Path) -> tu
         cwd=workdir,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=280,  # inside pytest-timeout's 300 s: a hung run fails with its own output
         check=False,
     )
     requests = len(json.loads(har.read_text())["log"]["entries"]) if har.exists() else 0
