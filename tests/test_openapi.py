@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,7 @@ CHECKS = (
     "response_schema_conformance",
 )
 # Generated cases per operation and phase: about a minute for both servers on this 2-core machine.
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 20
 SEED = 20370
 # Values a person attacking the API would try, mixed into the strings and integers schemathesis generates (where they
 # fit an operation's schema; in its negative cases where they do not): numbers past every integer type and past
@@ -67,6 +68,10 @@ HOSTILE_STRINGS = (
     "a" * 9000,
 )
 HOSTILE_INTEGERS = (2**63 - 1, -(2**63), 2**31, 2**31 - 1, 0, -1)
+# Parameters that get the hostile strings even where their schema says otherwise (an id is digits; as a negative case
+# schemathesis sends them anyway), in a fifth of the cases. Not yet `query.limit`: `?limit=` of 5,000 digits is
+# answered 500 until issue 37's bounded parsing lands (int() refuses past 4,300 digits), then it joins these.
+HOSTILE_PARAMETERS = ("path.id", "path.target", "path.command")
 OPERATE_TOKEN = "operate-token-for-the-fuzzer"
 APPROVE_TOKEN = "approve-token-for-the-fuzzer"
 BOT_TOKENS = {"read": "bot-read-token-0001", "operate": "bot-operate-token-01", "destructive": "bot-destroy-token-01"}
@@ -95,10 +100,10 @@ def valid_openapi_31(document: dict[str, Any]) -> None:
     """`document` is OpenAPI 3.1 by the specification's own schema, each schema in it is JSON Schema 2020-12, and
     schemathesis loads it."""
     jsonschema.Draft202012Validator(OPENAPI_31).validate(document)
-    for name, schema in document["components"]["schemas"].items():
-        jsonschema.Draft202012Validator.check_schema(schema), name
-    schema = schemathesis.openapi.from_dict(document)
-    assert len(list(schema.get_all_operations())) == sum(len(item) for item in document["paths"].values())
+    for schema in document["components"]["schemas"].values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    loaded = schemathesis.openapi.from_dict(document)
+    assert len(list(loaded.get_all_operations())) == sum(len(item) for item in document["paths"].values())
 
 
 def test_the_reconciler_document_describes_every_api_route_and_nothing_else(tmp_path: Path) -> None:
@@ -174,9 +179,8 @@ def test_openapi_command_prints_each_document_and_refuses_bad_usage_in_one_line(
 
 def run_schemathesis(spec_url: str, tokens: dict[str, str], workdir: Path) -> tuple[int, str, int]:
     """schemathesis's CLI against the document at `spec_url`, each security scheme given its token, the hostile values
-    mixed in: its exit status,
-    its output and how many requests it sent (its HAR report's entries). Deterministic (a fixed seed, deterministic
-    generation), one worker."""
+    mixed in: its exit status, its output and how many requests it sent (its HAR report's entries). Deterministic (a
+    fixed seed, deterministic generation), one worker."""
     config = workdir / "schemathesis.toml"
     auth = "".join(f'[auth.openapi.{scheme}]\nbearer = "{token}"\n\n' for scheme, token in tokens.items())
     # JSON's strings and lists are TOML's too.
@@ -185,7 +189,9 @@ def run_schemathesis(spec_url: str, tokens: dict[str, str], workdir: Path) -> tu
         f"[dictionaries.integers]\nvalues = {json.dumps(HOSTILE_INTEGERS)}\n\n"
         "[generation.dictionaries]\n"
         'string = { dictionary = "hostile", probability = 0.1 }\n'
-        'integer = { dictionary = "integers", probability = 0.1 }\n'
+        'integer = { dictionary = "integers", probability = 0.1 }\n\n'
+        "[parameters]\n"
+        + "".join(f'"{name}" = {{ dictionary = "hostile", probability = 0.2 }}\n' for name in HOSTILE_PARAMETERS)
     )
     har = workdir / "requests.har"
     result = subprocess.run(
@@ -221,6 +227,8 @@ def run_schemathesis(spec_url: str, tokens: dict[str, str], workdir: Path) -> tu
         check=False,
     )
     requests = len(json.loads(har.read_text())["log"]["entries"]) if har.exists() else 0
+    # Its summary (phases, cases generated) in the test's output.
+    print(result.stdout[result.stdout.find("Test Phases:") :])
     return result.returncode, result.stdout + result.stderr, requests
 
 
@@ -263,7 +271,7 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document_on_the_rec
     record_property("schemathesis_requests", requests)
     print(f"schemathesis sent {requests} requests to the reconciler")
     assert code == 0, output[-20000:]
-    assert requests > 500, output[-3000:]
+    assert requests > 400, output[-3000:]
     assert _fetch(f"{reconciler.url}/healthz") == (200, b'{"status": "ok"}')
 
 
@@ -317,5 +325,5 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document_on_a_paper
     record_property("schemathesis_requests", requests)
     print(f"schemathesis sent {requests} requests to the paper bot")
     assert code == 0, output[-20000:]
-    assert requests > 500, output[-3000:]
+    assert requests > 400, output[-3000:]
     assert _fetch(f"{url}/healthz")[0] == 200
