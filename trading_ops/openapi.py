@@ -13,9 +13,10 @@ from trading_ops import __version__
 OPENAPI_VERSION = "3.1.0"
 # The JSON Schema dialect of OpenAPI 3.1 (JSON Schema 2020-12 with OpenAPI's vocabulary), said once for every schema.
 DIALECT = "https://spec.openapis.org/oas/3.1/dialect/base"
+# aiohttp's limit on a request line and on a header line: past it, its parser answers 400 in plain text.
+HTTP_LINE_BYTES = 8190
+PLAIN_TEXT = "text/plain"
 REF_TEMPLATE = "#/components/schemas/{name}"
-# The Prometheus text exposition format a /metrics answers with (prometheus_client's CONTENT_TYPE_LATEST).
-METRICS_MEDIA_TYPE = "text/plain"
 
 
 class Builder:
@@ -84,10 +85,21 @@ def response(description: str, schema: dict[str, Any] | None = None, **headers: 
     return out
 
 
+def bad_request(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A 400: the handler's JSON, or the HTTP layer's plain text for a request it cannot parse (a request line or a
+    header over aiohttp's 8,190 bytes, a malformed request) before any handler sees it."""
+    out = response(
+        f"{description} In plain text: a request the HTTP layer cannot read (a line over {HTTP_LINE_BYTES:,} bytes).",
+        schema,
+    )
+    out["content"][PLAIN_TEXT] = {"schema": {"type": "string"}}
+    return out
+
+
 def metrics_response() -> dict[str, Any]:
     return {
         "description": "The Prometheus text exposition format (version 0.0.4).",
-        "content": {METRICS_MEDIA_TYPE: {"schema": {"type": "string"}}},
+        "content": {PLAIN_TEXT: {"schema": {"type": "string"}}},
     }
 
 

@@ -10,7 +10,7 @@ import msgspec
 
 from trading_ops.bot.control import COMMAND_SCOPES, REQUIRED_COMMANDS, STATE_COMMANDS
 from trading_ops.bot.state import TradingState
-from trading_ops.openapi import Builder, bearer_scheme, dumps, json_content, metrics_response, response
+from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, metrics_response, response
 from trading_ops.schema import one_of
 from trading_ops.scopes import DESTRUCTIVE, OPERATE, READ
 
@@ -148,7 +148,7 @@ def _command_responses(doc: Builder, scope: str, result: type[Done]) -> dict[str
     """What a command is answered with: its result, or why it was not carried out."""
     return {
         "200": response("Carried out.", doc.ref(result)),
-        "400": response("The body is not a JSON object of the command's arguments.", doc.ref(Refusal)),
+        "400": bad_request("The body is not a JSON object of the command's arguments.", doc.ref(Refusal)),
         "401": response("No token, or not one this bot knows.", doc.ref(Refusal), **{"WWW-Authenticate": "Bearer"}),
         "403": response(f"The token's scope does not include {scope} scope.", doc.ref(Refusal)),
         "409": response("Refused in the bot's state now (the error says why).", doc.ref(Refusal)),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from trading_ops.openapi import Builder, bearer_scheme, dumps, json_content, metrics_response, response
+from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, metrics_response, response
 from trading_ops.reconciler.app import DEFAULT_LIST, MAX_LIST, MAX_TARGET_CHARS
 from trading_ops.reconciler.approvals import DECISIONS, REASON_MAX
 from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
@@ -230,7 +230,7 @@ def reconciler_document() -> dict[str, Any]:
     """The reconciler's OpenAPI 3.1 document."""
     doc = Builder("trading-ops reconciler", DESCRIPTION)
     webhook_security: list[dict[str, list[str]]] = [{"webhook": []}]
-    bad = response("The request is not what the operation takes (one line saying why).", doc.ref(Error))
+    bad = bad_request("The request is not what the operation takes (one line saying why).", doc.ref(Error))
     doc.operation(
         "post",
         "/api/v1/alertmanager",
@@ -241,7 +241,7 @@ def reconciler_document() -> dict[str, Any]:
             "requestBody": {"required": True, "content": json_content(doc.ref(AlertmanagerWebhook))},
             "responses": {
                 "200": response("Stored.", doc.ref(WebhookStored)),
-                "400": response("Not UTF-8 JSON.", doc.ref(WebhookRefused)),
+                "400": bad_request("Not UTF-8 JSON.", doc.ref(WebhookRefused)),
                 "401": response("No token, or not the webhook token.", doc.ref(WebhookRefused)),
                 "413": response("Over reconciler.max_body_bytes.", doc.ref(WebhookRefused)),
                 "422": response("Not a version 4 notification (the first wrong key named).", doc.ref(WebhookRefused)),
