@@ -352,3 +352,55 @@ async def test_a_busy_reject_then_the_reconciliation_it_triggers_never_fail_for_
             assert not budget.reserved
         finally:
             await bot.stop()
+
+
+async def test_an_order_of_unknown_outcome_is_looked_up_not_canceled_again_and_again(tmp_path: Path) -> None:
+    """A submit refused `EService:Busy` whose own lookup found no room (here: none allowed) leaves an order of unknown
+    outcome, which a strategy then asks to cancel at every step. The bot looks it up by its client order id instead (2 s
+    apart, then longer), sends no cancel the venue would refuse, and the budget holds: Kraken's Starter counter,
+    enforced by the gateway, never refuses a call. An order whose answer was lost but which the venue placed is found
+    by the lookup and canceled by its venue id, once."""
+    config = fast_config(tmp_path, **QUIET_CLOCK)
+    config.bot.market_data_stale_seconds = 3600.0
+    async with running_gateway(partial_fill_probability=0.0) as (gateway, base):
+        gateway.call_counter = CounterLimiter("starter")
+        budget = CallBudget("starter")
+        broker = CcxtBroker(
+            kraken(base), SYMBOLS, poll_interval=1.0, quote_interval=1.0, call_budget=budget, lookup_attempts=0
+        )
+        bot = BotRuntime(config, broker, IdleStrategy(), symbols=SYMBOLS, token=TOKEN, registry=CollectorRegistry())
+        await bot.start("127.0.0.1", 0)
+        try:
+            await wait_for(lambda: bot.gate.trading_allowed, timeout=60)
+            await wait_for(lambda: budget.headroom() > 0.8, timeout=60)  # the start's spending decayed
+            async with bot.hold_trading():  # no reconciliation settles it meanwhile: the strategy's steps only
+                await chaos(base, "lost_reply", count=1)  # placed at the venue, its answer lost
+                lost = await bot.submit("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), Decimal("1001"))
+                assert lost is None
+                (placed,) = [o for o in await gateway.venue.open_orders() if o.price == Decimal("1001")]
+                assert not bot.orders[placed.client_order_id].venue_order_id
+                cancels = gateway.calls.get("CancelOrder", 0)
+                assert await bot.order_engine.cancel(placed.client_order_id) is True
+                assert gateway.calls.get("CancelOrder", 0) == cancels + 1
+                assert (await gateway.venue.order_status(placed.client_order_id)).status is OrderStatus.CANCELED
+                assert placed.client_order_id not in bot.orders
+            await wait_for(lambda: not bot.reconnect_reconciliation_pending, timeout=90)  # the orders channel is back
+            await wait_for(lambda: budget.headroom() > 0.8, timeout=60)
+
+            async with bot.hold_trading():
+                await gateway.venue.reject_orders("venue_busy", 30.0)
+                busy = await bot.submit("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), Decimal("1000"))
+                await gateway.venue.clear_faults()
+                assert busy is None
+                (key,) = [k for k, o in bot.orders.items() if not o.venue_order_id]
+                cancels, lookups = gateway.calls.get("CancelOrder", 0), gateway.calls.get("ClosedOrders", 0)
+                for _ in range(20):  # a strategy stepping every 50 ms for a second
+                    assert await bot.order_engine.cancel(key) is False
+                    await asyncio.sleep(0.05)
+                assert gateway.calls.get("CancelOrder", 0) == cancels  # nothing sent that the venue would refuse
+                assert gateway.calls.get("ClosedOrders", 0) - lookups == 1  # one lookup (open, then closed orders)
+                assert key in bot.orders  # still unknown: the reconciliation it asked for settles it
+            await wait_for(lambda: key not in bot.orders, timeout=90)  # settled by the reconciliation: never placed
+            assert gateway.call_counter.refused == 0
+        finally:
+            await bot.stop()

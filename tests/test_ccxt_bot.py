@@ -43,6 +43,7 @@ from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, make_sessionmaker
 from trading_ops.db.models.journal import Order
 from trading_ops.paper.venue import PaperVenue
+from trading_ops.venues.call_counter import CounterLimiter
 
 EXAMPLE = REPO_ROOT / "examples" / "ccxt_bot.py"
 LIBRARY_DOCS = REPO_ROOT / "docs" / "library.md"
@@ -381,6 +382,89 @@ async def test_a_bots_process_group_killed_with_orders_resting_the_venue_cancels
             assert await asyncio.wait_for(two.wait(), STOP_SECONDS) == 0
         # Its graceful shutdown canceled its orders, then disarmed its switch.
         assert not sub.book.open and sub.dead_man_switch_trigger() is None
+
+
+async def test_killed_then_started_again_on_the_starter_tier_it_waits_for_its_budget_deals_with_what_it_left_and_trades(
+    tmp_path: Path,
+) -> None:
+    """The documented configuration (docs/library.md: `kraken_tier: starter`, a poll a second), the gateway keeping
+    Kraken's Starter counter per key as Kraken does. The bot's process group is SIGKILLed with its bids resting and it
+    is started again at once: the venue's counter is still spent by the killed run, the new process's estimate is
+    empty, so its first calls are refused and its startup reconciliation finds no room. It waits for the decay (never
+    exiting for want of it), finds what became of the bids it left (canceled by the venue's dead man's switch when
+    the start took longer than its 60 s, else adopted and canceled by its strategy once old) and trades again;
+    SIGTERM, once its budget has room again, stops it cleanly, its cancels confirmed."""
+    async with running_gateway(**DRIFTING) as (gateway, base):
+        gateway.call_counter = CounterLimiter("starter")
+        port = free_port()
+        config = write_config(
+            tmp_path, base, port, kraken_tier="starter", poll_interval_seconds=1.0, quote_poll_interval_seconds=1.0
+        )
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            def resting() -> set[str]:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return {o.venue_order_id for o in gateway.venue.book.open.values() if o.order_type is OrderType.LIMIT}
+
+            await wait_for(lambda: len(resting()) == len(SYMBOLS), timeout=60)
+            left = resting()
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        placed_before = len(gateway.venue.orders())
+        async with example_bot(config, tmp_path / "restarted.log") as proc:
+            started = time.monotonic()
+
+            async def ready() -> bool:
+                assert proc.returncode is None, (tmp_path / "restarted.log").read_text()[-3000:]
+                return await _ready(port)
+
+            await wait_for(ready, timeout=120)
+            print(f"started again -> ready on the Starter tier: {time.monotonic() - started:.1f} s")
+            code, status = await control(port, "status")
+            assert code == 200 and status["reconciliation"]["trigger"] in ("startup", "scheduled", "reconnect"), status
+
+            def dealt_with() -> bool:
+                assert proc.returncode is None, (tmp_path / "restarted.log").read_text()[-3000:]
+                still = {o.venue_order_id for o in gateway.venue.book.open.values()} & left
+                return not still and len(gateway.venue.orders()) > placed_before  # what it left is gone; it trades
+
+            await wait_for(dealt_with, timeout=120)
+            by_id = {o.venue_order_id: o for o in gateway.venue.orders()}
+            assert all(by_id[v].status in (OrderStatus.CANCELED, OrderStatus.FILLED) for v in left)
+            # The restart spent the counter; a shutdown's cancels wait for room within its 10 s deadline.
+            await wait_for(lambda: _at_least(port, "tradingbot_rate_limit_headroom_ratio", 0.5), timeout=60)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0, (tmp_path / "restarted.log").read_text()[
+                -3000:
+            ]
+        assert "failed steps" not in (tmp_path / "restarted.log").read_text()
+
+
+async def test_a_shutdown_that_cannot_confirm_its_cancels_exits_1_and_says_so(tmp_path: Path) -> None:
+    """SIGTERM while the venue answers every call `EService:Unavailable`: the bot's cancel of its open orders
+    cannot be confirmed, so it exits 1 with one line saying so (and its dead man's switch stays armed: the venue
+    cancels them at the trigger), never 0."""
+    async with running_gateway(tick_interval=0.05, volatility=0.0, reject_probability=0.0) as (gateway, base):
+        port = free_port()
+        switch = {"timeout_seconds": 4, "refresh_interval_seconds": 1}
+        config = write_config(tmp_path, base, port, dead_man_switch=switch)
+        log = tmp_path / "bot.log"
+        async with example_bot(config, log) as proc:
+
+            def resting() -> bool:
+                assert proc.returncode is None, log.read_text()[-3000:]
+                return len(gateway.venue.book.open) == len(SYMBOLS)
+
+            await wait_for(resting, timeout=60)
+            await chaos(base, "unavailable", seconds=60)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 1
+        last = log.read_text().strip().splitlines()[-1]
+        assert last.startswith("ccxt_bot.py: shutdown could not confirm the cancel of its open orders"), last
+        assert "dead man's switch cancels them at" in last
+        # Left resting by the bot, they are canceled by the venue's switch, which nobody refreshes any more.
+        await wait_for(lambda: not gateway.venue.book.open, timeout=4 + 10)
+        assert gateway.venue.dead_man_switch_trigger() is None
 
 
 async def _equals(value: Any, expected: float, at_least: bool = False) -> bool:

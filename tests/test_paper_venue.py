@@ -890,3 +890,37 @@ async def test_failing_account_queries_leave_orders_and_fills_answering() -> Non
         await venue.fail_queries(["orders"], 60)
     await venue.clear_faults()
     assert venue.faults()["failing_queries"] == [] and "BTC-USD" in await venue.positions()
+
+
+async def test_the_dead_man_switch_cancels_every_open_order_at_its_trigger_and_then_stays_disarmed(
+    connected: tuple[PaperVenue, Recorder], clock: FakeClock
+) -> None:
+    """Kraken's CancelAllOrdersAfter on the paper venue: armed for 60 s, pushed back, then left to run out; at the
+    first tick past the trigger every open order is canceled (each told through on_order, closed at that time), and it
+    stays disarmed. 0 disarms; a timeout Kraken refuses raises, arming nothing."""
+    venue, recorder = connected
+    assert venue.has_dead_man_switch()
+    now, trigger = await venue.cancel_all_orders_after(60)
+    assert (now, trigger) == (START, START + timedelta(seconds=60))
+    assert (await venue.cancel_all_orders_after(0))[1] is None and venue.dead_man_switch_trigger() is None
+    for bad in (-1, 86_400, 1.5, True):
+        with pytest.raises(BrokerError):
+            await venue.cancel_all_orders_after(bad)  # type: ignore[arg-type]
+    assert venue.dead_man_switch_trigger() is None
+
+    await venue.submit(limit("bid-1", Side.BUY, "0.1", "1000"))
+    await venue.submit(limit("bid-2", Side.BUY, "0.1", "1001", symbol="ETH-USD"))
+    await venue.cancel_all_orders_after(60)
+    clock.advance(50)
+    await venue.cancel_all_orders_after(60)  # pushed back: now due at START + 110 s
+    clock.advance(50)
+    await venue.tick()
+    assert len(await venue.open_orders()) == 2
+    recorder.clear()
+    clock.advance(11)
+    await venue.tick()
+    assert await venue.open_orders() == []
+    told = {o.client_order_id: o for o in recorder.orders if o.status is OrderStatus.CANCELED}
+    assert set(told) == {"bid-1", "bid-2"}
+    assert all(o.closed_at == START + timedelta(seconds=111) for o in told.values())
+    assert venue.dead_man_switch_trigger() is None  # fired: disarmed until armed again

@@ -654,7 +654,8 @@ class BotRuntime:
         if not self.dead_man.active:
             return
         if when == "always" or (when == "after_cancel" and canceled):
-            await self.dead_man.disarm()
+            async with self.broker.patient():  # within the shutdown's deadline, as its cancels
+                await self.dead_man.disarm()
             return
         self.dead_man.stop()
         if self.dead_man.armed:

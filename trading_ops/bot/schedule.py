@@ -71,8 +71,11 @@ class ReconciliationSchedule:
     async def reconcile(self, trigger: Trigger) -> dict[str, Any]:
         """One reconciliation with trading held: no strategy step runs and venue events wait until it ends. On a
         venue whose rate limit the broker budgets, it first waits (trading not held) for the room its calls need
-        (Broker.reconciliation_room): it never fails for want of the bot's own budget."""
-        async with self.broker.reconciliation_room(), self.trade_lock.hold():
+        (Broker.reconciliation_room), and a call past that room waits for the decay too (Broker.patient: trading
+        held meanwhile; a run that needs more than the room it waited for, a day's trade history on Kraken's Starter
+        tier, finishes late rather than failing and spending its calls again): it never fails for want of the bot's
+        own budget."""
+        async with self.broker.reconciliation_room(), self.trade_lock.hold(), self.broker.patient():
             outages = self._outages
             journal_outages = self._journal_outages
             connected = self.broker.is_connected(Channel.ORDERS)

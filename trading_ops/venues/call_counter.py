@@ -22,7 +22,9 @@ How the budget is spent, as a REST-only Kraken bot must:
   it runs, and a loop held for seconds is a stalled bot (its watchdog restarts it); the caller tries again later, as
   it does after any rate-limit error. Except inside `patient()`: a bot's start (before its loop runs: its startup
   reconciliation, adopting what it left, arming the dead man's switch) and a shutdown's cancels wait for the decay,
-  since nothing else waits on them and failing them (the start exiting, orders left open) helps nobody.
+  since nothing else waits on them and failing them (the start exiting, orders left open) helps nobody; a call the
+  venue refuses there (a new process's empty estimate of a counter its killed predecessor spent) saturates the
+  estimate and is sent again once it has room.
 - Background polls (`background()` marks them) keep a reserve: a poll cycle begins only while the estimate is under
   `POLL_CEILING` of the maximum with room for its usual cost (the broker asks `affordable`), and its calls never wait
   (one past the hard ceiling raises Deferred: the cycle ends, holding nothing a reconciliation needs). A cycle once
@@ -201,10 +203,15 @@ class CallBudget:
         for an empty counter."""
         return self.counter.seconds_until(min(points, self.hard_ceiling), self.hard_ceiling)
 
+    @staticmethod
+    def patient_now() -> bool:
+        """Whether this task's private calls wait for room (inside `patient()`, not in a background poll)."""
+        return _PATIENT.get() and not _BACKGROUND.get()
+
     async def wait_for_room(self, method: str) -> None:
         """Inside `patient()` (and not in a background poll): return once the method's call fits under the hard
         ceiling, sleeping through the decay meanwhile. Elsewhere at once."""
-        if not _PATIENT.get() or _BACKGROUND.get():
+        if not self.patient_now():
             return
         points = call_cost(method)
         while points and (wait := self.seconds_until_room(points)) > 0:
@@ -252,19 +259,22 @@ def install(exchange: ccxt_async.Exchange, budget: CallBudget) -> None:
         path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None
     ) -> Any:
         private = api == "private" or (isinstance(api, list) and "private" in api)
-        if private:
-            await budget.wait_for_room(path)
-            budget.spend(path)
-        try:
-            return await send(path, api, method, {} if params is None else params, {} if config is None else config)
-        except ccxt_async.DDoSProtection as exc:  # RateLimitExceeded is one
-            if private and "EAPI:Rate limit exceeded" in str(exc) and not isinstance(exc, BudgetExhausted):
-                budget.saturate()
-            raise
-        except ccxt_async.ExchangeNotAvailable as exc:
-            if private and isinstance(exc.__cause__, aiohttp.ClientConnectionError):
-                budget.refund(path)  # no answer on that connection: the venue most likely never counted it
-            raise
+        while True:
+            if private:
+                await budget.wait_for_room(path)
+                budget.spend(path)
+            try:
+                return await send(path, api, method, {} if params is None else params, {} if config is None else config)
+            except ccxt_async.DDoSProtection as exc:  # RateLimitExceeded is one
+                if private and "EAPI:Rate limit exceeded" in str(exc) and not isinstance(exc, BudgetExhausted):
+                    budget.saturate()
+                    if budget.patient_now():
+                        continue  # refused, so nothing happened: sent again (a fresh nonce) once there is room
+                raise
+            except ccxt_async.ExchangeNotAvailable as exc:
+                if private and isinstance(exc.__cause__, aiohttp.ClientConnectionError):
+                    budget.refund(path)  # no answer on that connection: the venue most likely never counted it
+                raise
 
     exchange.fetch2 = fetch2
 
