@@ -2,9 +2,11 @@
 a booted systemd (systemd-nspawn) on a test host of its own (tests/netns_hosts.py), OpenSSH's sshd in it, the
 reconciler's user there allowed to manage units by the polkit rule docs/deployment.md gives. The bot's unit runs a
 process that never makes progress (a hung bot); the reconciler restarts it there, and the unit's new main process
-says so; with a host key that is not the machine's the same step is refused in one line. Heavy (boots a machine):
-run it alone. Needs root, `ip`, systemd-container, debootstrap (the root is cached), sshd, ssh and
-`prometheus-alertmanager`."""
+says so; with a host key that is not the machine's the same step is refused in one line. The same through a remote
+Docker engine: this run's own dockerd (tests/docker_engine.py) on a test host, `--tlsverify` on tcp://HOST:2376,
+its container restarted by the reconciler with a client certificate, and an engine whose certificate is not of the
+configured CA refused in one line. Heavy (boots a machine, starts dockerd): run it alone. Needs root, `ip`,
+systemd-container, debootstrap (the roots are cached), sshd, ssh, docker.io and `prometheus-alertmanager`."""
 
 from __future__ import annotations
 
@@ -19,13 +21,16 @@ from typing import Any
 import pytest
 import yaml
 from alertmanager_server import Alertmanager, start_alertmanager
+from compose_images import ensure_base_image
 from debian_root import debian_root
+from docker_engine import DockerEngine
 from netns_hosts import Host, host_network
 from nspawn_machine import ROOT_PACKAGES, Machine, Overlay
 from polling import until, until_async
 from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
 from server_process import stop
 from system_binaries import require_binary
+from web_pki import make_pki
 from webhook_payloads import alert, payload
 
 from trading_ops.config import load_config
@@ -33,6 +38,7 @@ from trading_ops.db import migrate
 from trading_ops.reconciler.app import create_app
 
 UNIT = "trading-ops-bot@remote-1.service"
+CONTAINER = "trading-ops-remote-1"
 INSTANCE = "remote-1.example:9101"
 HUNG = "TradingBotHeartbeatStale"
 USER = "trading-ops-remote"
@@ -144,7 +150,7 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteMachine]:
             stop(am.proc)
 
 
-def write_config(tmp_path: Path, remote: RemoteMachine, known_hosts: Path) -> Path:
+def write_config(tmp_path: Path, am: Alertmanager, host: dict[str, Any], step: str = "systemd") -> Path:
     for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
         (tmp_path / name).write_text(value)
     rule = {
@@ -153,7 +159,7 @@ def write_config(tmp_path: Path, remote: RemoteMachine, known_hosts: Path) -> Pa
         "max_attempts": 1,
         "cooldown": 0,
         "verify": False,
-        "steps": [{"action": "systemd", "timeout": "1m"}],
+        "steps": [{"action": step, "timeout": "1m"}],
     }
     (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [rule]}))
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -167,7 +173,7 @@ def write_config(tmp_path: Path, remote: RemoteMachine, known_hosts: Path) -> Pa
             "poll_interval_seconds": 0.05,
             "check_silences": False,
             "prometheus_url": "http://127.0.0.1:9",
-            "alertmanager_url": remote.alertmanager.url,
+            "alertmanager_url": am.url,
             "watchdog": {"window_seconds": 0},
         },
         "bots": [
@@ -177,18 +183,23 @@ def write_config(tmp_path: Path, remote: RemoteMachine, known_hosts: Path) -> Pa
                 "url": f"http://{INSTANCE}",
                 "token_file": "bot-token",
                 "unit": UNIT,
-                "host": {
-                    "address": remote.host.address,
-                    "ssh_user": USER,
-                    "identity_file": str(remote.identity_file),
-                    "known_hosts_file": str(known_hosts),
-                },
+                "container": CONTAINER,
+                "host": host,
             }
         ],
     }
     path = tmp_path / "trading-ops.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def ssh_settings(remote: RemoteMachine, known_hosts: Path) -> dict[str, Any]:
+    return {
+        "address": remote.host.address,
+        "ssh_user": USER,
+        "identity_file": str(remote.identity_file),
+        "known_hosts_file": str(known_hosts),
+    }
 
 
 async def run_episode(client: Any, am: Alertmanager, state: str) -> dict[str, Any]:
@@ -205,7 +216,7 @@ async def run_episode(client: Any, am: Alertmanager, state: str) -> dict[str, An
         return None
 
     episode = await until_async("the episode ended", ended, deadline=120)
-    assert episode["state"] == state, episode
+    assert episode["state"] == state, [s["output"] for a in episode["attempts"] for s in a["steps"]]
     return episode
 
 
@@ -214,7 +225,7 @@ async def test_a_hung_bot_on_another_host_is_restarted_there_with_systemctl_host
 ) -> None:
     before = remote.machine.show(UNIT, "MainPID", "ActiveState")
     assert before["ActiveState"] == "active"
-    config = write_config(tmp_path, remote, remote.known_hosts_file)
+    config = write_config(tmp_path, remote.alertmanager, ssh_settings(remote, remote.known_hosts_file))
     client = await aiohttp_client(create_app(load_config(config)))
     episode = await run_episode(client, remote.alertmanager, "recovered")
     (step,) = episode["attempts"][0]["steps"]
@@ -234,10 +245,97 @@ async def test_the_machine_with_another_host_key_is_refused(
     other = _keygen(tmp_path / "other_key")
     known = tmp_path / "known_hosts"
     known.write_text(f"{remote.host.address} {other}\n")
-    client = await aiohttp_client(create_app(load_config(write_config(tmp_path, remote, known))))
+    config = write_config(tmp_path, remote.alertmanager, ssh_settings(remote, known))
+    client = await aiohttp_client(create_app(load_config(config)))
     episode = await run_episode(client, remote.alertmanager, "escalated")
     (step,) = episode["attempts"][0]["steps"]
     assert step["outcome"] == "failure"
     assert step["output"].startswith(f"host {remote.host.address}: its SSH host key does not match {known}; refused")
     assert "\n" not in step["output"]
     assert remote.machine.show(UNIT, "MainPID") == before
+
+
+# ---- a remote Docker engine over TLS -----------------------------------------------------------------------------
+
+
+@dataclass
+class RemoteEngine:
+    engine: DockerEngine
+    host: Host
+    pki: Path
+    alertmanager: Alertmanager
+
+
+@pytest.fixture(scope="module")
+def remote_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteEngine]:
+    """This run's own dockerd on a test host: --tlsverify on tcp://ADDRESS:2376 with a test CA's server
+    certificate, client certificates of that CA only; a container standing for the bot."""
+    tmp = tmp_path_factory.mktemp("remote-engine")
+    am = start_alertmanager(tmp / "alertmanager")
+    engine: DockerEngine | None = None
+    try:
+        with host_network() as network:
+            host = network.add_host("engine")
+            pki = make_pki(tmp / "pki", host.address)
+            tls = [
+                "--tlsverify",
+                f"--tlscacert={pki.path('ca.crt')}",
+                f"--tlscert={pki.path('server.crt')}",
+                f"--tlskey={pki.path('server.key')}",
+                f"--host=tcp://{host.address}:2376",
+            ]
+            engine = DockerEngine.start(netns=host.name, options=tls)
+            image = ensure_base_image(engine)
+            engine.docker("run", "-d", "--name", CONTAINER, "--network", "none", image, "sleep", "infinity")
+            yield RemoteEngine(engine, host, pki.dir, am)
+    finally:
+        try:
+            if engine is not None:
+                engine.stop()
+        finally:
+            stop(am.proc)
+
+
+def started_at(remote: RemoteEngine) -> str:
+    return remote.engine.docker("inspect", "--format", "{{.State.StartedAt}}", CONTAINER).stdout.strip()
+
+
+def docker_settings(remote: RemoteEngine, ca: str) -> dict[str, Any]:
+    return {
+        "docker_url": f"tcp://{remote.host.address}:2376",
+        "docker_tls": {
+            "ca_file": ca,
+            "cert_file": str(remote.pki / "client.crt"),
+            "key_file": str(remote.pki / "client.key"),
+        },
+    }
+
+
+async def test_a_bot_container_on_another_host_is_restarted_through_its_engine_over_tls(
+    aiohttp_client: Any, tmp_path: Path, remote_engine: RemoteEngine
+) -> None:
+    before = started_at(remote_engine)
+    host = docker_settings(remote_engine, str(remote_engine.pki / "ca.crt"))
+    config = write_config(tmp_path, remote_engine.alertmanager, host, step="docker")
+    client = await aiohttp_client(create_app(load_config(config)))
+    episode = await run_episode(client, remote_engine.alertmanager, "recovered")
+    (step,) = episode["attempts"][0]["steps"]
+    assert step["outcome"] == "success" and step["output"].startswith("HTTP 204"), step
+    assert started_at(remote_engine) != before
+
+
+async def test_an_engine_whose_certificate_is_not_of_the_configured_ca_is_refused(
+    aiohttp_client: Any, tmp_path: Path, remote_engine: RemoteEngine
+) -> None:
+    before = started_at(remote_engine)
+    other = make_pki(tmp_path / "other-pki", remote_engine.host.address, ca_name="another CA")
+    host = docker_settings(remote_engine, other.path("ca.crt"))
+    config = write_config(tmp_path, remote_engine.alertmanager, host, step="docker")
+    client = await aiohttp_client(create_app(load_config(config)))
+    episode = await run_episode(client, remote_engine.alertmanager, "escalated")
+    (step,) = episode["attempts"][0]["steps"]
+    assert step["outcome"] == "failure"
+    where = f"{remote_engine.host.address}:2376"
+    assert step["output"].startswith(f"docker restart {CONTAINER}: the engine at {where}: TLS refused: ")
+    assert "\n" not in step["output"]
+    assert started_at(remote_engine) == before
