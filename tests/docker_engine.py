@@ -42,8 +42,14 @@ def cache_dir() -> Path:
 
 
 class DockerEngine:
-    def __init__(self, workdir: Path, data_root: Path, lock: IO[str] | None) -> None:
+    def __init__(
+        self, workdir: Path, data_root: Path, lock: IO[str] | None, netns: str = "", options: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
+        # A network namespace to run in (a test host's, tests/netns_hosts.py) instead of one of its own, and more
+        # dockerd options (e.g. --tlsverify and a tcp:// --host on that host's address).
+        self.netns = netns
+        self.options = list(options)
         self.data_root = data_root
         self.exec_root = workdir / "exec"
         self.socket = workdir / "docker.sock"
@@ -58,8 +64,9 @@ class DockerEngine:
         self.env.pop("DOCKER_CONTEXT", None)
 
     @classmethod
-    def start(cls) -> DockerEngine:
-        """dockerd in namespaces of its own, with the cached data root when no other run holds it."""
+    def start(cls, netns: str = "", options: Sequence[str] = ()) -> DockerEngine:
+        """dockerd in namespaces of its own (or in the network namespace `netns`, with more `options`), with the
+        cached data root when no other run holds it."""
         if os.geteuid() != 0:
             pytest.fail("the compose deployment test needs root (dockerd)", pytrace=False)
         for binary in ("dockerd", "containerd", "unshare", "ip"):
@@ -75,7 +82,7 @@ class DockerEngine:
             lock.close()  # type: ignore[union-attr]
             lock = None
             data_root = workdir / "data-root"
-        engine = cls(workdir, data_root, lock)
+        engine = cls(workdir, data_root, lock, netns, options)
         try:
             engine._run_dockerd()
         except BaseException:
@@ -102,11 +109,15 @@ class DockerEngine:
             "--log-level=warn",
             "--containerd-namespace=trading-ops-test",
             "--containerd-plugins-namespace=trading-ops-test-plugins",
+            *self.options,
         ]
         # unshare execs the shell, which execs dockerd: one process, this pid, in its own network and mount
         # namespaces (mounts are slaves of the host's: rslave bind mounts work, nothing propagates back).
         script = 'mount --make-rshared / && ip link set lo up && exec "$@"'
         argv = ["unshare", "--net", "--mount", "--propagation", "slave", "--", "sh", "-c", script, "dockerd", *dockerd]
+        if self.netns:  # the test host's network, not one of its own; nsenter execs (the same pid) and, unlike `ip
+            # netns exec`, mounts no /sys of its own over the cgroup hierarchies dockerd needs
+            argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv[:1], *argv[2:]]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60

@@ -155,9 +155,11 @@ def venv_layer(root: Path, wheels: Path, requirements: Sequence[str]) -> Path:
 class Machine:
     """A booted systemd (`boot()`); `run()` executes inside it; `poweroff()` stops it by its nspawn's pid."""
 
-    def __init__(self, root: Path, log: Path) -> None:
+    def __init__(self, root: Path, log: Path, options: Sequence[str] = ()) -> None:
         self.root = root
         self.log = log
+        # More systemd-nspawn options, e.g. --network-namespace-path= of a test host (tests/netns_hosts.py).
+        self.options = list(options)
         self.name = f"trading-ops-{uuid.uuid4().hex[:10]}"
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.pid = 0  # the machine's systemd, as the host sees it
@@ -173,7 +175,7 @@ class Machine:
     def boot(self) -> None:
         nspawn = require_binary("systemd-nspawn")
         argv = [nspawn, "-D", str(self.root), "--boot", "--register=no", "--keep-unit", "--console=pipe"]
-        argv += [f"--machine={self.name}"]
+        argv += [f"--machine={self.name}", *self.options]
         with open(self.log, "ab") as out:
             self.nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS

@@ -43,7 +43,7 @@ def bot_host(ctx: ActionContext) -> BotHostConfig | None:
         return None
     instance = checked_label(ctx.labels, "instance", ctx.label_pattern)
     target = ctx.config.reconciler.targets.get(instance)
-    if target is None or not target.host.address:
+    if target is None or not (target.host.address or target.host.docker_url):
         return None
     return target.host
 

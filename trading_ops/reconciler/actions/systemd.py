@@ -55,7 +55,7 @@ class SystemdAction(Action):
         unit = self.unit(ctx, params)
         verb = params.get("verb", "restart")
         host = bot_host(ctx)
-        if host is None:
+        if host is None or not host.address:  # the reconciler's own host
             # The same minimal environment as exec: systemctl needs no secret of the reconciler's.
             return await self._act(ctx, ctx.config.reconciler.systemctl, minimal_env(), unit, verb, timeout)
         with systemctl_over_ssh(host) as (systemctl, env):

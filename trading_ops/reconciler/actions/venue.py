@@ -76,6 +76,8 @@ class VenueAction(Action):
         if not venue.exchange:
             raise Refused(f"no venue account configured for bot instance {instance!r} (bots[].venue)")
         key = f"bots[{instance}].venue"
+        if not venue.order_id_prefix:  # reconciler.targets has no bot name to take it from
+            raise Refused(f"no order_id_prefix for bot instance {instance!r}: its orders cannot be told apart ({key})")
         try:
             api_key = resolve_secret(ctx.config, venue, "api_key", f"{key}.api_key")
             api_secret = resolve_secret(ctx.config, venue, "api_secret", f"{key}.api_secret")

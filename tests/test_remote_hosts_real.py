@@ -1,0 +1,341 @@
+"""A bot on another host, restarted by the reconciler as systemd reaches other hosts: `systemctl --host` over SSH into
+a booted systemd (systemd-nspawn) on a test host of its own (tests/netns_hosts.py), OpenSSH's sshd in it, the
+reconciler's user there allowed to manage units by the polkit rule docs/deployment.md gives. The bot's unit runs a
+process that never makes progress (a hung bot); the reconciler restarts it there, and the unit's new main process
+says so; with a host key that is not the machine's the same step is refused in one line. The same through a remote
+Docker engine: this run's own dockerd (tests/docker_engine.py) on a test host, `--tlsverify` on tcp://HOST:2376,
+its container restarted by the reconciler with a client certificate, and an engine whose certificate is not of the
+configured CA refused in one line. Heavy (boots a machine, starts dockerd): run it alone. Needs root, `ip`,
+systemd-container, debootstrap (the roots are cached), sshd, ssh, docker.io and `prometheus-alertmanager`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from alertmanager_server import Alertmanager, start_alertmanager
+from compose_images import ensure_base_image
+from debian_root import debian_root
+from docker_engine import DockerEngine
+from netns_hosts import Host, host_network
+from nspawn_machine import ROOT_PACKAGES, Machine, Overlay
+from polling import until, until_async
+from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
+from server_process import stop
+from system_binaries import require_binary
+from web_pki import make_pki
+from webhook_payloads import alert, payload
+
+from trading_ops.config import load_config
+from trading_ops.db import migrate
+from trading_ops.reconciler.app import create_app
+
+UNIT = "trading-ops-bot@remote-1.service"
+CONTAINER = "trading-ops-remote-1"
+INSTANCE = "remote-1.example:9101"
+HUNG = "TradingBotHeartbeatStale"
+USER = "trading-ops-remote"
+ENDED = ("recovered", "escalated", "failed", "resolved")
+# The polkit rule of docs/deployment.md ("A fleet on several hosts"): the reconciler's user on a bot host may start,
+# stop and restart the bots' units, nothing else.
+POLKIT_RULE = """polkit.addRule(function(action, subject) {
+    if (action.id == "org.freedesktop.systemd1.manage-units" && subject.user == "%s") {
+        var unit = action.lookup("unit"), verb = action.lookup("verb");
+        if (unit && unit.indexOf("trading-ops-bot@") == 0 && ["start", "stop", "restart"].indexOf(verb) >= 0) {
+            return polkit.Result.YES;
+        }
+    }
+});
+"""
+# The hung bot: a process whose loop never completes.
+BOT_UNIT = """[Unit]
+Description=a bot whose trading loop hangs
+[Service]
+ExecStart=/usr/bin/python3 -c "import time; time.sleep(10**9)"
+"""
+SSHD_CONFIG = """ListenAddress {address}
+Port 22
+HostKey /etc/ssh/trading_ops_host_key
+PidFile /run/sshd-trading-ops.pid
+AuthorizedKeysFile /etc/ssh/authorized_keys/%u
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+X11Forwarding no
+LogLevel ERROR
+"""
+SSHD_UNIT = """[Unit]
+Description=OpenSSH server of the test host
+[Service]
+ExecStartPre=/bin/mkdir -p /run/sshd
+ExecStart=/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config_trading_ops
+"""
+
+
+@dataclass
+class RemoteMachine:
+    machine: Machine
+    host: Host
+    identity_file: Path
+    known_hosts_file: Path
+    alertmanager: Alertmanager
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+def _install_sshd(root: Path, address: str, host_key: Path, client_public: str) -> None:
+    """This machine's OpenSSH server in the machine's root (both Debian bookworm: the same libraries, but for
+    libwrap, copied beside it), its host key, the reconciler's key authorized for USER, the polkit rule and units."""
+    sshd = Path(require_binary("sshd"))
+    shutil.copy2(sshd, root / "usr/sbin/sshd")
+    libwrap = Path("/lib/x86_64-linux-gnu/libwrap.so.0").resolve()
+    shutil.copy2(libwrap, root / "usr/lib/x86_64-linux-gnu/libwrap.so.0")
+    ssh_dir = root / "etc/ssh"
+    (ssh_dir / "authorized_keys").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(host_key, ssh_dir / "trading_ops_host_key")
+    (ssh_dir / "trading_ops_host_key").chmod(0o600)
+    (ssh_dir / "authorized_keys" / USER).write_text(client_public + "\n")
+    (ssh_dir / "sshd_config_trading_ops").write_text(SSHD_CONFIG.format(address=address))
+    rules = root / "etc/polkit-1/rules.d"
+    rules.mkdir(parents=True, exist_ok=True)
+    (rules / "50-trading-ops-remote.rules").write_text(POLKIT_RULE % USER)
+    units = root / "etc/systemd/system"
+    (units / "trading-ops-bot@.service").write_text(BOT_UNIT)
+    (units / "trading-ops-test-sshd.service").write_text(SSHD_UNIT)
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteMachine]:
+    for binary in ("systemd-nspawn", "nsenter", "sshd", "ssh", "ssh-keygen", "systemctl"):
+        require_binary(binary)
+    root = debian_root(ROOT_PACKAGES)
+    tmp = tmp_path_factory.mktemp("remote-host")
+    host_public = _keygen(tmp / "host_key")
+    client_public = _keygen(tmp / "client_key")
+    am = start_alertmanager(tmp / "alertmanager")
+    overlay = Overlay([root], tmp / "machine")
+    machine: Machine | None = None
+    try:
+        with host_network() as network:
+            host = network.add_host("bot")
+            merged = overlay.mount()
+            _install_sshd(merged, host.address, tmp / "host_key", client_public)
+            machine = Machine(merged, tmp / "console.log", options=[f"--network-namespace-path={host.path}"])
+            machine.boot()
+            machine.run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "sshd")
+            machine.run("useradd", "--create-home", "--shell", "/bin/sh", USER)
+            machine.run("usermod", "--password", "*", USER)  # no password, not a locked account (sshd without PAM)
+            machine.systemctl("start", "trading-ops-test-sshd.service", UNIT)
+            known = tmp / "known_hosts"
+            known.write_text(f"{host.address} {host_public}\n")
+            yield RemoteMachine(machine, host, tmp / "client_key", known, am)
+    finally:
+        try:
+            if machine is not None:
+                machine.poweroff()
+        finally:
+            overlay.unmount()
+            stop(am.proc)
+
+
+def write_config(tmp_path: Path, am: Alertmanager, host: dict[str, Any], step: str = "systemd") -> Path:
+    for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
+        (tmp_path / name).write_text(value)
+    rule = {
+        "name": "bot-loop-restart",
+        "match": [f'alertname="{HUNG}"'],
+        "max_attempts": 1,
+        "cooldown": 0,
+        "verify": False,
+        "steps": [{"action": step, "timeout": "1m"}],
+    }
+    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [rule]}))
+    database = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(database)
+    data = {
+        "database": {"url": database},
+        "reconciler": {
+            "token_file": "webhook-token",
+            "read_token_file": "read-token",
+            "playbook": "playbook.yml",
+            "poll_interval_seconds": 0.05,
+            "check_silences": False,
+            "prometheus_url": "http://127.0.0.1:9",
+            "alertmanager_url": am.url,
+            "watchdog": {"window_seconds": 0},
+        },
+        "bots": [
+            {
+                "name": "remote-1",
+                "instance": INSTANCE,
+                "url": f"http://{INSTANCE}",
+                "token_file": "bot-token",
+                "unit": UNIT,
+                "container": CONTAINER,
+                "host": host,
+            }
+        ],
+    }
+    path = tmp_path / "trading-ops.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def ssh_settings(remote: RemoteMachine, known_hosts: Path) -> dict[str, Any]:
+    return {
+        "address": remote.host.address,
+        "ssh_user": USER,
+        "identity_file": str(remote.identity_file),
+        "known_hosts_file": str(known_hosts),
+    }
+
+
+async def run_episode(client: Any, am: Alertmanager, state: str) -> dict[str, Any]:
+    labels = {"alertname": HUNG, "instance": INSTANCE, "run": uuid.uuid4().hex[:8]}
+    held = am.fire(labels)
+    body = payload(alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **labels))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+
+    async def ended() -> dict[str, Any] | None:
+        found = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+        done = [e for e in found if e["state"] in ENDED]  # one ledger per test: its one episode
+        if done:
+            return dict(await (await client.get(f"/api/v1/episodes/{done[0]['id']}", headers=READ_AUTH)).json())
+        return None
+
+    episode = await until_async("the episode ended", ended, deadline=120)
+    assert episode["state"] == state, [s["output"] for a in episode["attempts"] for s in a["steps"]]
+    return episode
+
+
+async def test_a_hung_bot_on_another_host_is_restarted_there_with_systemctl_host(
+    aiohttp_client: Any, tmp_path: Path, remote: RemoteMachine
+) -> None:
+    before = remote.machine.show(UNIT, "MainPID", "ActiveState")
+    assert before["ActiveState"] == "active"
+    config = write_config(tmp_path, remote.alertmanager, ssh_settings(remote, remote.known_hosts_file))
+    client = await aiohttp_client(create_app(load_config(config)))
+    episode = await run_episode(client, remote.alertmanager, "recovered")
+    (step,) = episode["attempts"][0]["steps"]
+    assert step["outcome"] == "success", step
+    # On the bot's host: the unit runs a new main process, started by the reconciler's user through polkit.
+    after = until(
+        "the unit running again",
+        lambda: (shown := remote.machine.show(UNIT, "MainPID", "ActiveState"))["ActiveState"] == "active" and shown,
+    )
+    assert after["MainPID"] != before["MainPID"]
+
+
+async def test_the_machine_with_another_host_key_is_refused(
+    aiohttp_client: Any, tmp_path: Path, remote: RemoteMachine
+) -> None:
+    before = remote.machine.show(UNIT, "MainPID")
+    other = _keygen(tmp_path / "other_key")
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{remote.host.address} {other}\n")
+    config = write_config(tmp_path, remote.alertmanager, ssh_settings(remote, known))
+    client = await aiohttp_client(create_app(load_config(config)))
+    episode = await run_episode(client, remote.alertmanager, "escalated")
+    (step,) = episode["attempts"][0]["steps"]
+    assert step["outcome"] == "failure"
+    assert step["output"].startswith(f"host {remote.host.address}: its SSH host key does not match {known}; refused")
+    assert "\n" not in step["output"]
+    assert remote.machine.show(UNIT, "MainPID") == before
+
+
+# ---- a remote Docker engine over TLS -----------------------------------------------------------------------------
+
+
+@dataclass
+class RemoteEngine:
+    engine: DockerEngine
+    host: Host
+    pki: Path
+    alertmanager: Alertmanager
+
+
+@pytest.fixture(scope="module")
+def remote_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteEngine]:
+    """This run's own dockerd on a test host: --tlsverify on tcp://ADDRESS:2376 with a test CA's server
+    certificate, client certificates of that CA only; a container standing for the bot."""
+    tmp = tmp_path_factory.mktemp("remote-engine")
+    am = start_alertmanager(tmp / "alertmanager")
+    engine: DockerEngine | None = None
+    try:
+        with host_network() as network:
+            host = network.add_host("engine")
+            pki = make_pki(tmp / "pki", host.address)
+            tls = [
+                "--tlsverify",
+                f"--tlscacert={pki.path('ca.crt')}",
+                f"--tlscert={pki.path('server.crt')}",
+                f"--tlskey={pki.path('server.key')}",
+                f"--host=tcp://{host.address}:2376",
+            ]
+            engine = DockerEngine.start(netns=host.name, options=tls)
+            image = ensure_base_image(engine)
+            engine.docker("run", "-d", "--name", CONTAINER, "--network", "none", image, "sleep", "infinity")
+            yield RemoteEngine(engine, host, pki.dir, am)
+    finally:
+        try:
+            if engine is not None:
+                engine.stop()
+        finally:
+            stop(am.proc)
+
+
+def started_at(remote: RemoteEngine) -> str:
+    return remote.engine.docker("inspect", "--format", "{{.State.StartedAt}}", CONTAINER).stdout.strip()
+
+
+def docker_settings(remote: RemoteEngine, ca: str) -> dict[str, Any]:
+    return {
+        "docker_url": f"tcp://{remote.host.address}:2376",
+        "docker_tls": {
+            "ca_file": ca,
+            "cert_file": str(remote.pki / "client.crt"),
+            "key_file": str(remote.pki / "client.key"),
+        },
+    }
+
+
+async def test_a_bot_container_on_another_host_is_restarted_through_its_engine_over_tls(
+    aiohttp_client: Any, tmp_path: Path, remote_engine: RemoteEngine
+) -> None:
+    before = started_at(remote_engine)
+    host = docker_settings(remote_engine, str(remote_engine.pki / "ca.crt"))
+    config = write_config(tmp_path, remote_engine.alertmanager, host, step="docker")
+    client = await aiohttp_client(create_app(load_config(config)))
+    episode = await run_episode(client, remote_engine.alertmanager, "recovered")
+    (step,) = episode["attempts"][0]["steps"]
+    assert step["outcome"] == "success" and step["output"].startswith("HTTP 204"), step
+    assert started_at(remote_engine) != before
+
+
+async def test_an_engine_whose_certificate_is_not_of_the_configured_ca_is_refused(
+    aiohttp_client: Any, tmp_path: Path, remote_engine: RemoteEngine
+) -> None:
+    before = started_at(remote_engine)
+    other = make_pki(tmp_path / "other-pki", remote_engine.host.address, ca_name="another CA")
+    host = docker_settings(remote_engine, other.path("ca.crt"))
+    config = write_config(tmp_path, remote_engine.alertmanager, host, step="docker")
+    client = await aiohttp_client(create_app(load_config(config)))
+    episode = await run_episode(client, remote_engine.alertmanager, "escalated")
+    (step,) = episode["attempts"][0]["steps"]
+    assert step["outcome"] == "failure"
+    where = f"{remote_engine.host.address}:2376"
+    assert step["output"].startswith(f"docker restart {CONTAINER}: the engine at {where}: TLS refused: ")
+    assert "\n" not in step["output"]
+    assert started_at(remote_engine) == before
