@@ -19,7 +19,17 @@ from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler.app import create_app
-from trading_ops.reconciler.ledger import FENCED, MISSING, UNKNOWN, WRITTEN, AlertIn, Fenced, Ledger, NotificationIn
+from trading_ops.reconciler.ledger import (
+    FENCED,
+    MISSING,
+    UNKNOWN,
+    WRITTEN,
+    AlertIn,
+    Fenced,
+    Gone,
+    Ledger,
+    NotificationIn,
+)
 
 INSTANCE = "bot-1"
 LEASE = 30.0
@@ -85,9 +95,12 @@ def test_an_outcome_written_twice_is_written_once(ledger: Ledger) -> None:
     assert ledger.finish_step(step, "success", "HTTP 200") == WRITTEN
 
 
-def test_a_step_row_that_is_gone_is_told_apart(ledger: Ledger) -> None:
-    # A failover to a standby that had not received the last commits: the run's step row is not there.
+def test_rows_that_are_gone_are_told_apart_from_a_takeover(ledger: Ledger) -> None:
+    # A failover to a standby that had not received the last commits: the run's step row, or its attempt, is not there.
     assert ledger.finish_step(10_000, "success", "HTTP 200") == MISSING
+    running_step(ledger, "r2")
+    with pytest.raises(Gone):
+        ledger.start_step(10_000, 1, "bot", "bot command=resubscribe", "safe", INSTANCE, True, owner="r2", lease=LEASE)
 
 
 async def test_a_run_whose_step_row_went_back_in_time_escalates_instead_of_acting_again(

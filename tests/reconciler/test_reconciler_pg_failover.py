@@ -234,3 +234,43 @@ async def test_the_primary_killed_and_the_standby_promoted_under_a_stream_of_ale
         for proc in procs:
             stop(proc)
         ledger.engine.dispose()
+
+
+async def test_a_standby_never_promoted_acknowledges_nothing_and_is_not_ready(
+    tmp_path: Path, pair: ReplicatedPair, fake_bot: FakeBot, pages: tuple[str, list[Any]]
+) -> None:
+    """The primary dies and nobody promotes the standby: every notification gets a 5xx (Alertmanager sends it again),
+    /readyz fails, and none of them is in the ledger (read from the standby, which has every commit). A replica
+    pointed at the standby alone (no target_session_attrs) is not ready either: it answers reads, takes no writes."""
+    await asyncio.to_thread(pair.primary.create_database, "stuck")
+    sink, posted = pages
+    procs: list[subprocess.Popen[bytes]] = []
+    standby_only = f"postgresql+psycopg://postgres@127.0.0.1:{pair.standby.port}/stuck"
+    ledger = Ledger(make_engine(standby_only))
+    try:
+        (port,) = [await asyncio.to_thread(replica, tmp_path, "r1", pair.url("stuck"), fake_bot, sink, procs)]
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            async with session.post(f"{base}/api/v1/alertmanager", json=body(0), headers=AUTH) as resp:
+                assert resp.status == 200
+            await asyncio.to_thread(pair.kill_primary)
+            for i in range(1, 6):
+                async with session.post(f"{base}/api/v1/alertmanager", json=body(i), headers=AUTH) as resp:
+                    assert resp.status == 503, await resp.text()
+            async with session.get(f"{base}/readyz") as resp:
+                assert resp.status == 503
+            (port_2,) = [await asyncio.to_thread(replica, tmp_path, "r2", standby_only, fake_bot, sink, procs)]
+            async with session.get(f"http://127.0.0.1:{port_2}/readyz") as resp:
+                assert resp.status == 503 and "read-only" in (await resp.json())["status"]
+            async with session.post(
+                f"http://127.0.0.1:{port_2}/api/v1/alertmanager", json=body(6), headers=AUTH
+            ) as resp:
+                assert resp.status == 503
+        keys = {json.loads(e["labels"])["key"] for e in ledger.list_episodes()}
+        assert keys == {"k0"}  # the acknowledged one, and nothing that was refused
+        assert all(p.poll() is None for p in procs)
+        assert posted == []
+    finally:
+        for proc in procs:
+            stop(proc)
+        ledger.engine.dispose()

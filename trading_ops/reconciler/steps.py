@@ -14,7 +14,7 @@ from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
-from trading_ops.reconciler.ledger import FENCED, MISSING, Fenced
+from trading_ops.reconciler.ledger import FENCED, MISSING, Fenced, Gone
 from trading_ops.reconciler.playbook import Rule, StepSpec
 from trading_ops.reconciler.processes import ProcessId
 from trading_ops.reconciler.runs import (
@@ -119,6 +119,8 @@ class Steps(RunPart):
         renewed in the same transaction); a run taken over meanwhile stops here, before it acts (LostClaim)."""
         try:
             return await self.db(self.ledger.start_step, *record, owner=self.owner, lease=self.rc.lease_seconds)
+        except Gone as exc:
+            raise LedgerWentBack(f"{exc}: the database lost commits it had acknowledged (a failover?)") from exc
         except Fenced as exc:
             log.warning("step %s of attempt %s not started: %s", record[1] + 1, record[0], exc)
             raise LostClaim from exc

@@ -43,6 +43,7 @@ from trading_ops.reconciler.ledger.runs import (
     UNKNOWN_DETAIL,
     WRITTEN,
     Fenced,
+    Gone,
     RunRecord,
 )
 from trading_ops.reconciler.ledger.sessions import ConsoleSessions, StoredSession
@@ -77,6 +78,7 @@ __all__ = [
     "Claims",
     "ConsoleSessions",
     "Fenced",
+    "Gone",
     "Intake",
     "Ledger",
     "LedgerCounts",

@@ -30,6 +30,11 @@ class Fenced(Exception):
     reach the ledger). The run writes nothing more and acts on nothing."""
 
 
+class Gone(Fenced):
+    """A row the run wrote is not in the ledger any more: the database went back in time (a failover to a standby
+    that had not received the last commits). Not a takeover: escalated, never acted on blindly."""
+
+
 def attempts_stopped(conn: Connection, which: Any, now: datetime, detail: str) -> None:
     """The `running` attempts `which` selects stopped: `unknown` when a step of theirs was still running (it may
     have acted), else `interrupted` (between steps: every outcome they saw is recorded)."""
@@ -196,6 +201,8 @@ class RunRecord:
                     ).rowcount
                 )
                 if not held:
+                    if conn.execute(select(A.c.id).where(A.c.id == attempt_id)).first() is None:
+                        raise Gone(f"attempt {attempt_id} is gone from the ledger while its run still held it")
                     raise Fenced(f"the episode of attempt {attempt_id} is no longer {owner}'s")
             return int(
                 conn.execute(
