@@ -35,7 +35,9 @@ from system_binaries import REPO_ROOT, require_binary
 from up_process import UpProcess, alive
 from up_stack import PaperStack, back_to_normal, bot_pid, fired, new_episodes, pages, settled
 
-pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
+# A round runs every fault of the tour and waits for each to heal, the loss limit for two approvals too: more than the
+# default 300 s of one test on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager, pytest.mark.timeout(900)]
 
 README = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split())  # its lines joined
 # What the README promises of each fault of its tour, quoted: the test fails when the README stops saying it (then
