@@ -270,6 +270,7 @@ async def test_the_approval_page_ends_with_the_decision(
     fake_bot: FakeBot,
     alertmanager: Alertmanager,
     decision: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A decided approval's page stops firing at once (it kept firing for Alertmanager's resolve_timeout, 5 min,
     after the decision); the page of the step asked next fires in its place, and ends with its own decision."""
@@ -293,6 +294,15 @@ async def test_the_approval_page_ends_with_the_decision(
     assert ok.status == 200
     await episode(client, "recovered")
     await page_ended(alertmanager, APPROVAL_REQUESTED, instance=instance)
+    # `reconciler history ID` shows the episode's approvals, as the console does: who decided each step, and why.
+    capsys.readouterr()
+    assert cli(config, "history", str(pending["episode_id"])) == 0
+    shown = capsys.readouterr().out.splitlines()
+    at = shown.index("  approvals:")
+    assert shown[at + 1].startswith(f"    {pending['id']}  executed   step 1: bot command=cancel_all  asked ")
+    assert shown[at + 1].endswith(": looked at it") and "; approved by alice (token desk) at " in shown[at + 1]
+    assert shown[at + 2].startswith(f"    {second[0]['id']}  executed   step 2: bot command=flatten  asked ")
+    assert "; approved by bob (token desk) at " in shown[at + 2] and shown[at + 2].endswith(": flat it")
 
 
 async def test_the_pause_page_ends_when_the_bot_is_resumed(
