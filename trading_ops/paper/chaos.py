@@ -131,6 +131,7 @@ class Chaos:
         data_dir: Path,
     ) -> None:
         self.venue = venue
+        self.state = control.state  # the trading state: a loss_spike on a bot that trades nothing says so
         self.symbols = list(symbols)
         self.journal = journal
         self.book = book
@@ -237,7 +238,7 @@ class Chaos:
             "symbol": symbol,
             "quantity": str(quantity),
             "trade_id": fill.trade_id,
-            "heal": "reconcile",
+            "heal": "the bot's own reconciliation",
         }
 
     async def _loss_spike(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +250,12 @@ class Chaos:
         book = self.book
         held = {s: book.notional(s) for s in self.symbols if book.notional(s)}
         if not held:
+            state = self.state.state
+            if not state.may_open_positions:  # halted, paused, flattening, reduce_only: it opens none to lose on
+                raise CommandError(
+                    f"the bot holds no position to lose on, and opens none while {state.value}: "
+                    "resume it (a halt: clear_halt, then resume) before a loss_spike"
+                )
             raise CommandError("the bot holds no position to lose on yet; try again in a few seconds")
         exposure = sum(abs(n) for n in held.values())
         if "amount" in args:
