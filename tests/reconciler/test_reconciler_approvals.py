@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from trading_ops.db.base import make_engine
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
+from trading_ops.reconciler.console import COOKIE
 from trading_ops.reconciler.ledger import Ledger
 
 pytestmark = [pytest.mark.alertmanager]
@@ -302,6 +304,47 @@ async def test_the_approval_page_ends_with_the_decision(
     )
     assert shown[at + 1].endswith(": looked at it") and "; approved by alice (token desk) at " in shown[at + 1]
     assert not shown[at + 2].startswith("    "), shown  # one decision for both steps
+
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+REFRESH = '<meta http-equiv="refresh"'
+
+
+async def console_page(client: Any, token: str, path: str) -> str:
+    """A console page as a person logged in with `token` sees it (a login of its own, its session cookie)."""
+    form = await client.get("/ui/login")
+    nonce = CSRF.search(await form.text())
+    assert nonce is not None
+    done = await client.post("/ui/login", data={"csrf": nonce.group(1), "token": token}, allow_redirects=False)
+    assert done.status == 303, await done.text()
+    sid = done.cookies[COOKIE].value
+    client.session.cookie_jar.clear()
+    page = await client.get(path, headers={"Cookie": f"{COOKIE}={sid}"})
+    assert page.status == 200
+    return str(await page.text())
+
+
+async def test_the_fleet_card_says_an_approval_waits_and_pages_reload_while_something_is_pending(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    """The Fleet card of a bot says an approval waits for it (linked to the Approvals page); while something is
+    pending, the console's pages reload themselves (a meta refresh, no JavaScript), except a page with a decision form
+    to fill in; once it is over, none does."""
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, FLATTEN, bot_instance="bot-1")
+    client = await aiohttp_client(create_app(load_config(config)))
+    await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance="bot-1"), headers=AUTH)
+    pending = await one_pending(client)
+    fleet = await console_page(client, APPROVE_TOKEN, "/ui/")
+    assert '<dt>Approvals</dt><dd><a href="/ui/approvals">1 waiting</a></dd>' in fleet and REFRESH in fleet
+    assert REFRESH not in await console_page(client, APPROVE_TOKEN, "/ui/approvals")  # the approver's form stays
+    assert REFRESH in await console_page(client, READ_TOKEN, "/ui/approvals")  # a reader watches it change
+    assert REFRESH in await console_page(client, READ_TOKEN, f"/ui/episodes/{pending['episode_id']}")
+    ok = await decide(client, pending["id"], "approve", APPROVE_AUTH, reason="go", by="alice")
+    assert ok.status == 200
+    await episode(client, "recovered")
+    fleet = await console_page(client, APPROVE_TOKEN, "/ui/")
+    assert "<dt>Approvals</dt><dd>none waiting</dd>" in fleet and REFRESH not in fleet
+    assert REFRESH not in await console_page(client, READ_TOKEN, f"/ui/episodes/{pending['episode_id']}")
 
 
 async def test_the_pause_page_ends_when_the_bot_is_resumed(

@@ -54,6 +54,9 @@ STATUS_TIMEOUT = aiohttp.ClientTimeout(total=3)
 HALT_TIMEOUT = aiohttp.ClientTimeout(total=10)
 MAX_FORM_BYTES = 16 * 1024
 LIST_LIMIT = 100
+# A page that shows something still going on (an open episode, an approval waiting) reloads itself this often
+# (<meta http-equiv=refresh>: no JavaScript); never one with a decision form to fill in (a reload would lose it).
+REFRESH_SECONDS = 5
 # No script, no frame, no foreign origin: the console's own stylesheet and forms posting to itself only.
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -184,7 +187,7 @@ NAV = (("fleet", "/", "Fleet"), ("episodes", "/episodes", "Episodes"), ("approva
        ("maintenance", "/maintenance", "Maintenance"))  # fmt: skip
 
 
-def layout(title: str, body: str, session: Session | None = None, current_nav: str = "") -> str:
+def layout(title: str, body: str, session: Session | None = None, current_nav: str = "", refresh: bool = False) -> str:
     nav = ""
     if session is not None:
         links = "".join(
@@ -199,7 +202,8 @@ def layout(title: str, body: str, session: Session | None = None, current_nav: s
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{h(title)} · trading-ops console</title>"
+        + (f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else "")
+        + f"<title>{h(title)} · trading-ops console</title>"
         f'<link rel="stylesheet" href="{PREFIX}/console.css"></head><body>'
         f'<header><a class="brand" href="{PREFIX}/">trading-ops</a>{nav}</header>'
         f"<main><h1>{h(title)}</h1>{body}</main></body></html>"
@@ -395,11 +399,15 @@ async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
     targets = sorted(app[keys.CONFIG].reconciler.targets)
     ledger = app[keys.LEDGER]
     now = utcnow()
-    statuses, open_by, circuits = await asyncio.gather(
+    statuses, open_by, circuits, waiting = await asyncio.gather(
         asyncio.gather(*(bot_status(app, b) for b in targets)),
         asyncio.to_thread(ledger.open_episodes_by_target),
         asyncio.to_thread(ledger.open_circuits, now),
+        asyncio.to_thread(app[keys.ENGINE].approvals.recent, "pending", LIST_LIMIT),
     )
+    waiting_by: dict[str, int] = {}
+    for row in waiting:
+        waiting_by[row["target"]] = waiting_by.get(row["target"], 0) + 1
     circuit = {c["target"]: c["open_until"] for c in circuits}
     cards = []
     for bot, status in zip(targets, statuses, strict=True):
@@ -424,15 +432,19 @@ async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
             if session.token.allows(DESTRUCTIVE)
             else ""
         )
+        asks = waiting_by.get(bot, 0)
+        approvals_link = f'<a href="{PREFIX}/approvals">{asks} waiting</a>' if asks else "none waiting"
         cards.append(
             f'<section class="card bot" id="bot-{h(bot)}"><h2>{h(bot)} {state}</h2><dl>{detail}'
-            f"<dt>Episodes</dt><dd>{episodes_link}</dd><dt>Circuit</dt><dd>{breaker}</dd></dl>{halt}</section>"
+            f"<dt>Episodes</dt><dd>{episodes_link}</dd><dt>Approvals</dt><dd>{approvals_link}</dd>"
+            f"<dt>Circuit</dt><dd>{breaker}</dd></dl>{halt}</section>"
         )
     if "__global__" in circuit or any(c["target"] not in targets for c in circuits):
         others = ", ".join(h(c["target"]) for c in circuits if c["target"] not in targets)
         cards.append(f'<p class="problem">Open circuits: {others}</p>')
     body = flash(session) + ("".join(cards) or "<p>No bots configured (reconciler.targets).</p>")
-    return html_response(layout("Fleet", f'<div class="grid">{body}</div>', session, "fleet"))
+    going_on = bool(waiting) or any(open_by.get(bot, 0) for bot in targets)
+    return html_response(layout("Fleet", f'<div class="grid">{body}</div>', session, "fleet", refresh=going_on))
 
 
 # ---- episodes -------------------------------------------------------------------------------------------------------
@@ -544,7 +556,9 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
         + (f'<h2>Pages</h2><ul class="list">{pages}</ul>' if pages else "")
     )
     title = f"Episode #{row['id']}: {row['alertname']}"
-    return html_response(layout(title, flash(session) + body, session, "episodes"))
+    waits = any(a["status"] == "pending" for a in asked)
+    going_on = row["closed_at"] is None and not (waits and session.token.allows(APPROVE))
+    return html_response(layout(title, flash(session) + body, session, "episodes", refresh=going_on))
 
 
 # ---- approvals ------------------------------------------------------------------------------------------------------
@@ -573,7 +587,8 @@ async def approvals(request: web.Request, session: Session) -> web.StreamRespons
         + "<h2>Recent decisions</h2>"
         + (f'<ul class="list">{"".join(decided_row(a) for a in decided)}</ul>' if decided else "<p>None yet.</p>")
     )
-    return html_response(layout("Approvals", body, session, "approvals"))
+    going_on = bool(pending) and not session.token.allows(APPROVE)  # an approver's forms are never reloaded away
+    return html_response(layout("Approvals", body, session, "approvals", refresh=going_on))
 
 
 async def decide(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:
