@@ -173,6 +173,15 @@ async def test_loss_spike_moves_pnl_past_the_limit_and_stops_new_risk(tmp_path) 
     bot.port = await bot.start("127.0.0.1", 0)
     try:
         await _loss_spike(bot)
+        # Flattened while halted: a second spike has nothing to lose on and the bot opens nothing while halted, so
+        # it says what would let it (it said "try again in a few seconds", which never succeeds).
+        assert (await control(bot.port, "flatten"))[0] == 200
+        await wait_for(lambda: all(bot.book.position(s) == 0 for s in bot.config.paper.symbols), timeout=20)
+        status, body = await control(bot.port, "loss_spike")
+        assert status == 400 and body["error"] == (
+            "the bot holds no position to lose on, and opens none while halted: resume it (a halt: clear_halt, then "
+            "resume) before a loss_spike"
+        ), body
     finally:
         await bot.stop()
 

@@ -94,6 +94,13 @@ def test_chaos_cli_sends_typed_arguments_and_reports_refusals_in_one_line(runnin
     assert line == "trading-ops: chaos: clear_halt: 'clear_halt' is not allowed while active (HTTP 409)"
     bad = cli("--config", str(config), "chaos", "hang_loop", "seconds")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+    # An argument the fault does not take is refused (it was ignored, the fault injected, exit 0): one line, exit 2.
+    line = one_line_error(cli("--config", str(config), "chaos", "drop_connection", "bogus=1"), 2)
+    assert line == (
+        "trading-ops: chaos: drop_connection: drop_connection does not take bogus (it takes no argument) (HTTP 400)"
+    )
+    line = one_line_error(cli("--config", str(config), "chaos", "hang_loop", "second=5"), 2)
+    assert line == "trading-ops: chaos: hang_loop: hang_loop does not take second (it takes seconds) (HTTP 400)"
 
 
 def test_chaos_status_into_a_pipe_whose_reader_went_away_ends_quietly(running_bot) -> None:

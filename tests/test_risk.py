@@ -180,6 +180,8 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
         assert status == 409 and body["state"] == "halted"
         status, body = await control(bot.port, "status")  # type: ignore[attr-defined]
         assert body["risk_limits"] == {"daily_loss": 40.0} and body["state_reason"].startswith("risk limit daily_loss")
+        # A halted bot does not say it may trade (it said trading_allowed: true, the safe-start gate's word).
+        assert body["trading_allowed"] is False and body["trading_blocked_by"][0] == "state halted", body
     finally:
         await bot.stop()
     # The halt never clears by itself: a restart comes back halted, for the same reason.
@@ -195,6 +197,13 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
         assert (await control(port, "clear_halt"))[0] == 200
         assert (await control(port, "resume"))[0] == 200
         await wait_for(lambda: again.trading_allowed and not again.market_data_stale(SYMBOL))
+        # Active again, and its status says it will not trade: the day's loss is still past the limit.
+        _, body = await control(port, "status")
+        assert body["state"] == "active" and body["trading_allowed"] is False, body
+        (blocked,) = [why for why in body["trading_blocked_by"] if why.startswith("risk limit")]
+        assert blocked.startswith("risk limit daily_loss: the day's loss ") and blocked.endswith(
+            "reached the daily loss limit 40 (an order that adds risk halts it again)"
+        ), blocked
         assert await again.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(again, 100), far_bid(again)) is None
         assert value(again, "tradingbot_orders_refused_total", symbol=SYMBOL, reason="risk_daily_loss") == 1
         assert again.inst.state.state.value == "halted"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from trading_ops.db.base import make_engine
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
+from trading_ops.reconciler.console import COOKIE
 from trading_ops.reconciler.ledger import Ledger
 
 pytestmark = [pytest.mark.alertmanager]
@@ -171,10 +173,17 @@ async def test_approved_by_api_the_step_runs_once_and_the_decision_is_recorded(
         await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance=instance), headers=AUTH)
     ).status == 200
     pending = await one_pending(client)
-    # Asked, not acted: cancel_all (the rule's approval covers every destructive step) waits, and the episode too.
+    # Asked, not acted: cancel_all and flatten (the rule's approval covers every destructive step) wait for one
+    # decision, its steps listed, and the episode too.
     assert fake_bot.commands() == []
     assert pending["step"] == 1 and pending["action"] == "bot" and pending["rule"] == "flatten-on-request"
-    assert json.loads(pending["arguments"]) == {"action": "bot", "params": {"command": "cancel_all"}}
+    assert pending["step_name"] == "bot command=cancel_all, then bot command=flatten"
+    assert json.loads(pending["arguments"]) == {
+        "steps": [
+            {"action": "bot", "params": {"command": "cancel_all"}},
+            {"action": "bot", "params": {"command": "flatten"}},
+        ]
+    }
     assert pending["playbook_version"] == client.app[keys.PLAYBOOK].version
     assert (await episode(client, "waiting"))["detail"].startswith(f"awaiting approval {pending['id']}")
     # The page says what and how to answer.
@@ -182,7 +191,10 @@ async def test_approved_by_api_the_step_runs_once_and_the_decision_is_recorded(
     description = page["annotations"]["description"]
     assert f"trading-ops reconciler approve {pending['id']}" in description
     assert f"/api/v1/approvals/{pending['id']}" in page["annotations"]["approval_url"]
-    assert "bot command=cancel_all [destructive]" in description
+    assert (
+        "steps 1 to 2 on one approval: bot command=cancel_all [destructive], then bot command=flatten [destructive]"
+        in description
+    )
     # The requester's own token never decides; a read token cannot (one line naming the scope); the desk's does.
     refused = await decide(client, pending["id"], "approve", AUTH, reason="me")
     assert refused.status == 403 and "requester" in (await refused.json())["error"]
@@ -198,26 +210,20 @@ async def test_approved_by_api_the_step_runs_once_and_the_decision_is_recorded(
     assert ok.status == 200, await ok.text()
     decided = await ok.json()
     assert decided["status"] == "approved" and (decided["decided_by"], decided["decided_token"]) == ("alice", "desk")
-    # Step 2 asks in turn: one approval per step, each bound to its own arguments.
-    second = await poll(
-        lambda: approvals(client, "pending"), lambda a: len(a) == 1 and a[0]["step"] == 2, "step 2's approval"
-    )
-    assert fake_bot.commands() == ["cancel_all"]
-    ok = await decide(client, second[0]["id"], "approve", APPROVE_AUTH, reason="flat it", by="bob")
-    assert ok.status == 200
+    # One decision: both steps run, and nothing more is asked.
     done = await episode(client, "recovered")
     assert fake_bot.commands() == ["cancel_all", "flatten"]
     assert [a["outcome"] for a in done["attempts"]] == ["success"]
     listed = {a["id"]: a for a in await approvals(client)}
+    assert list(listed) == [pending["id"]]
     assert listed[pending["id"]]["status"] == "executed" and listed[pending["id"]]["reason"] == "desk agrees"
-    assert (listed[second[0]["id"]]["decided_by"], listed[second[0]["id"]]["decided_token"]) == ("bob", "desk")
     again = await decide(client, pending["id"], "reject", APPROVE_AUTH, reason="too late", by="carol")
     assert again.status == 409 and "executed" in (await again.json())["error"]
     metrics = client.app[keys.METRICS]
-    assert metrics.approval_decisions.labels("approved")._value.get() == 2
+    assert metrics.approval_decisions.labels("approved")._value.get() == 1
     text = await (await client.get("/metrics")).text()
     assert "tradingops_approvals_pending 0.0" in text
-    assert "tradingops_approval_decision_seconds_count 2.0" in text
+    assert "tradingops_approval_decision_seconds_count 1.0" in text
 
 
 async def test_rejected_by_cli_nothing_runs_and_a_human_is_paged(
@@ -270,6 +276,7 @@ async def test_the_approval_page_ends_with_the_decision(
     fake_bot: FakeBot,
     alertmanager: Alertmanager,
     decision: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A decided approval's page stops firing at once (it kept firing for Alertmanager's resolve_timeout, 5 min,
     after the decision); the page of the step asked next fires in its place, and ends with its own decision."""
@@ -285,14 +292,59 @@ async def test_the_approval_page_ends_with_the_decision(
     if decision == "reject":
         await held_page(alertmanager, FAILED, instance=instance)  # the rejection's own page stays: it is news
         return
-    second = await poll(
-        lambda: approvals(client, "pending"), lambda a: len(a) == 1 and a[0]["step"] == 2, "step 2's approval"
+    await episode(client, "recovered")  # the one approval covered both steps: no other page was asked
+    await page_ended(alertmanager, APPROVAL_REQUESTED, instance=instance)
+    # `reconciler history ID` shows the episode's approvals, as the console does: who decided each step, and why.
+    capsys.readouterr()
+    assert cli(config, "history", str(pending["episode_id"])) == 0
+    shown = capsys.readouterr().out.splitlines()
+    at = shown.index("  approvals:")
+    assert shown[at + 1].startswith(
+        f"    {pending['id']}  executed   step 1: bot command=cancel_all, then bot command=flatten  asked "
     )
-    await held_page(alertmanager, APPROVAL_REQUESTED, approval=str(second[0]["id"]), instance=instance)
-    ok = await decide(client, second[0]["id"], "approve", APPROVE_AUTH, reason="flat it", by="bob")
+    assert shown[at + 1].endswith(": looked at it") and "; approved by alice (token desk) at " in shown[at + 1]
+    assert not shown[at + 2].startswith("    "), shown  # one decision for both steps
+
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+REFRESH = '<meta http-equiv="refresh"'
+
+
+async def console_page(client: Any, token: str, path: str) -> str:
+    """A console page as a person logged in with `token` sees it (a login of its own, its session cookie)."""
+    form = await client.get("/ui/login")
+    nonce = CSRF.search(await form.text())
+    assert nonce is not None
+    done = await client.post("/ui/login", data={"csrf": nonce.group(1), "token": token}, allow_redirects=False)
+    assert done.status == 303, await done.text()
+    sid = done.cookies[COOKIE].value
+    client.session.cookie_jar.clear()
+    page = await client.get(path, headers={"Cookie": f"{COOKIE}={sid}"})
+    assert page.status == 200
+    return str(await page.text())
+
+
+async def test_the_fleet_card_says_an_approval_waits_and_pages_reload_while_something_is_pending(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    """The Fleet card of a bot says an approval waits for it (linked to the Approvals page); while something is
+    pending, the console's pages reload themselves (a meta refresh, no JavaScript), except a page with a decision form
+    to fill in; once it is over, none does."""
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, FLATTEN, bot_instance="bot-1")
+    client = await aiohttp_client(create_app(load_config(config)))
+    await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance="bot-1"), headers=AUTH)
+    pending = await one_pending(client)
+    fleet = await console_page(client, APPROVE_TOKEN, "/ui/")
+    assert '<dt>Approvals</dt><dd><a href="/ui/approvals">1 waiting</a></dd>' in fleet and REFRESH in fleet
+    assert REFRESH not in await console_page(client, APPROVE_TOKEN, "/ui/approvals")  # the approver's form stays
+    assert REFRESH in await console_page(client, READ_TOKEN, "/ui/approvals")  # a reader watches it change
+    assert REFRESH in await console_page(client, READ_TOKEN, f"/ui/episodes/{pending['episode_id']}")
+    ok = await decide(client, pending["id"], "approve", APPROVE_AUTH, reason="go", by="alice")
     assert ok.status == 200
     await episode(client, "recovered")
-    await page_ended(alertmanager, APPROVAL_REQUESTED, instance=instance)
+    fleet = await console_page(client, APPROVE_TOKEN, "/ui/")
+    assert "<dt>Approvals</dt><dd>none waiting</dd>" in fleet and REFRESH not in fleet
+    assert REFRESH not in await console_page(client, READ_TOKEN, f"/ui/episodes/{pending['episode_id']}")
 
 
 async def test_the_pause_page_ends_when_the_bot_is_resumed(
@@ -382,8 +434,9 @@ async def test_an_approval_nobody_answers_does_what_the_rule_says(
     done = await episode(client, final)
     assert fake_bot.commands() == commands
     listed = await approvals(client)
-    # escalate: the first step's approval expired and the episode ended; skip: each step was asked, and skipped.
-    assert [a["status"] for a in listed] == ["expired"] * (1 if on_timeout == "escalate" else 2)
+    # escalate: the approval expired and the episode ended; skip: the one approval of both steps expired, and each
+    # step was skipped.
+    assert [a["status"] for a in listed] == ["expired"]
     assert client.app[keys.METRICS].approval_decisions.labels("expired")._value.get() == len(listed)
     steps = done["attempts"][-1]["steps"]
     if on_timeout == "escalate":
@@ -457,10 +510,6 @@ async def test_a_pending_approval_survives_a_restart(
     text_before = await (await second.get("/metrics")).text()
     assert "tradingops_approvals_pending 1.0" in text_before
     assert (await decide(second, pending["id"], "approve", APPROVE_AUTH, reason="go", by="hana")).status == 200
-    step2 = await poll(
-        lambda: approvals(second, "pending"), lambda a: len(a) == 1 and a[0]["step"] == 2, "step 2's approval"
-    )
-    assert (await decide(second, step2[0]["id"], "approve", APPROVE_AUTH, reason="go", by="hana")).status == 200
     await episode(second, "recovered")
     assert fake_bot.commands() == ["cancel_all", "flatten"]
 
@@ -542,12 +591,6 @@ async def test_through_real_alertmanager_the_page_reaches_a_receiver_and_the_cli
         approval_id = page["labels"]["approval"]
         assert fake_bot.commands() == []
         assert await asyncio.to_thread(cli, config, "approve", approval_id, "--reason", "ok", "--as", "kim") == 0
-
-        async def second() -> list[dict[str, Any]]:
-            return [a for a in pages if a["labels"].get("approval") not in (None, approval_id)]
-
-        more = await poll(second, bool, "step 2's page")
-        assert await asyncio.to_thread(cli, config, "approve", more[0]["labels"]["approval"], "--reason", "ok") == 0
 
         async def bot_calls() -> list[str]:
             return fake_bot.commands()

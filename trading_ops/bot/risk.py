@@ -208,6 +208,11 @@ class RiskEngine:
             or self._order_breach(symbol, request, book)
         )
 
+    def loss_breach(self) -> Breach | None:
+        """The loss limit (the day's loss, the drawdown) the bot is past now, or None: while it is, no order that can
+        add risk goes out, whatever the trading state says."""
+        return self._loss_breach()
+
     def _loss_breach(self) -> Breach | None:
         """The day's loss or the drawdown at its limit: no order that can add risk goes out."""
         loss = self.limits.daily_loss

@@ -865,6 +865,20 @@ class BotRuntime:
         return self.kill_switch.cancel_pending
 
     # -- status ---------------------------------------------------------------------------------------
+    def trading_blocked(self) -> list[str]:
+        """Why the bot would send no order that adds risk now (empty: it trades): its trading state, the safe-start
+        gate, a loss limit it is past (refused orders then halt it again)."""
+        blocked = []
+        state = self.inst.state.state
+        if not state.may_open_positions:
+            blocked.append(f"state {state.value}")
+        if not self.trading_allowed:
+            blocked.append("the safe-start gate: no clean reconciliation yet")
+        breach = self.risk.loss_breach()
+        if breach is not None:
+            blocked.append(f"risk limit {breach.limit}: {breach.message} (an order that adds risk halts it again)")
+        return blocked
+
     def status(self) -> dict[str, Any]:
         """What `status` answers beyond the trading state (the control plane adds that)."""
         oe = self.order_engine
@@ -882,7 +896,10 @@ class BotRuntime:
             "unrealized_pnl": str(self.book.unrealized_pnl().quantize(CENT)),
             "connected": {ch.value: self.broker.is_connected(ch) for ch in Channel},
             "risk_limits": {name: self.risk.limits.value(name) for name in LIMITS if self.risk.limits.value(name)},
-            "trading_allowed": self.trading_allowed,
+            # Whether it may send an order that adds risk now, and if not, every reason why (a halted bot, or one
+            # resumed with the day's loss still past its limit, reads false).
+            "trading_allowed": not self.trading_blocked(),
+            "trading_blocked_by": self.trading_blocked(),
             "reconnect_reconciliation_pending": self.reconnect_reconciliation_pending,
             "journal": {
                 "writable": not self.journal.health.failing,

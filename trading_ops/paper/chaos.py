@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -41,19 +41,21 @@ DEFAULT_LOSS_SPIKE_SHARE_OF_LIMIT = Decimal("1.2")
 MIN_LOSS_SPIKE_SHARE_OF_LIMIT = Decimal("1.05")
 # The largest gap of one price, as a share of it: a long position can lose at most this much of its notional at once.
 MAX_PRICE_GAP = Decimal("0.9")
-CHAOS_COMMANDS = (
-    "hang_loop",
-    "crash",
-    "drop_connection",
-    "stale_market_data",
-    "leak_memory",
-    "fill_disk",
-    "position_drift",
-    "loss_spike",
-    "reject_storm",
-    "stall_journal",
-    "clear_chaos",
-)
+# Each fault command and the arguments it takes: any other is refused (400, `chaos` exits 2), never ignored.
+CHAOS_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "hang_loop": ("seconds",),
+    "crash": ("delay",),
+    "drop_connection": (),
+    "stale_market_data": ("symbol",),
+    "leak_memory": ("mib_per_second", "max_mib"),
+    "fill_disk": ("mib_per_second", "max_mib"),
+    "position_drift": ("symbol", "quantity"),
+    "loss_spike": ("amount",),
+    "reject_storm": ("seconds", "reason"),
+    "stall_journal": ("seconds",),
+    "clear_chaos": (),
+}
+CHAOS_COMMANDS = tuple(CHAOS_ARGUMENTS)
 
 
 class VenueFaults(Protocol):
@@ -95,6 +97,22 @@ def _number(args: dict[str, Any], key: str, default: float, low: float, high: fl
     return float(value)
 
 
+def _checked(
+    name: str, handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """`handler` refusing an argument the fault `name` does not take (a typo would otherwise inject the default)."""
+    allowed = CHAOS_ARGUMENTS[name]
+
+    async def handle(args: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(str(key)[:40] for key in args if key not in allowed)
+        if unknown:
+            takes = ", ".join(allowed) if allowed else "no argument"
+            raise CommandError(f"{name} does not take {', '.join(unknown)} (it takes {takes})")
+        return await handler(args)
+
+    return handle
+
+
 class Chaos:
     """Registers the fault commands on a bot's control plane and keeps what they started. It needs only what it
     breaks, each through a small Protocol: the venue's faults, the journal's thread, the trading loop (`hang`), the
@@ -113,6 +131,7 @@ class Chaos:
         data_dir: Path,
     ) -> None:
         self.venue = venue
+        self.state = control.state  # the trading state: a loss_spike on a bot that trades nothing says so
         self.symbols = list(symbols)
         self.journal = journal
         self.book = book
@@ -124,7 +143,7 @@ class Chaos:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.active: dict[str, Any] = {}
         for name in CHAOS_COMMANDS:
-            control.register(name, getattr(self, f"_{name}"))
+            control.register(name, _checked(name, getattr(self, f"_{name}")))
         log.warning("chaos commands enabled: %s", ", ".join(CHAOS_COMMANDS))
 
     def status(self) -> dict[str, Any]:
@@ -219,7 +238,7 @@ class Chaos:
             "symbol": symbol,
             "quantity": str(quantity),
             "trade_id": fill.trade_id,
-            "heal": "reconcile",
+            "heal": "the bot's own reconciliation",
         }
 
     async def _loss_spike(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +250,12 @@ class Chaos:
         book = self.book
         held = {s: book.notional(s) for s in self.symbols if book.notional(s)}
         if not held:
+            state = self.state.state
+            if not state.may_open_positions:  # halted, paused, flattening, reduce_only: it opens none to lose on
+                raise CommandError(
+                    f"the bot holds no position to lose on, and opens none while {state.value}: "
+                    "resume it (a halt: clear_halt, then resume) before a loss_spike"
+                )
             raise CommandError("the bot holds no position to lose on yet; try again in a few seconds")
         exposure = sum(abs(n) for n in held.values())
         if "amount" in args:

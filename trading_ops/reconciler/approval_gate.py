@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED, 
 from trading_ops.reconciler.approvals import (
     APPROVED,
     AWAITING,
+    EXECUTED,
     EXPIRED,
     PENDING,
     REJECTED,
@@ -27,6 +29,11 @@ from trading_ops.reconciler.steps import AttemptRun
 log = logging.getLogger(ENGINE_LOGGER)
 # The outcome of a step an expired approval skipped (on_timeout: skip): done, as a success is.
 SKIPPED = "skipped"
+# What `gate` returns for a step an earlier step's approval covered (one decision for the steps in a row that each
+# need one, e.g. cancel_all then flatten): it runs without asking again; that approval was spent by the first step.
+COVERED = "covered"
+# How a step name of a covering approval joins the names of its steps.
+THEN = ", then "
 
 
 class ApprovalGate(RunPart):
@@ -61,6 +68,9 @@ class ApprovalGate(RunPart):
         step is asked for again."""
         episode, rule, ctx = run.episode, run.rule, run.ctx
         now = utcnow()
+        covered = await self._covered(run, position, step)
+        if covered is not None:
+            return covered
         row = await self._standing(run, position, step, now)
         if row is None or row["status"] not in (PENDING, APPROVED, REJECTED, EXPIRED):
             await self._ask(run, position, step, now)
@@ -119,6 +129,49 @@ class ApprovalGate(RunPart):
             raise LostClaim
         self._count_decision(approval)
 
+    def covers(self, run: AttemptRun, position: int) -> list[StepSpec]:
+        """The steps one approval asked at `position` covers: that step and every step right after it that needs an
+        approval too (the loss limit's cancel_all and flatten: one decision, its steps listed)."""
+        steps = run.rule.steps
+        covered = [steps[position]]
+        for later in steps[position + 1 :]:
+            if not run.rule.needs_approval(later, run.ctx.labels):
+                break
+            covered.append(later)
+        return covered
+
+    def _arguments(self, run: AttemptRun, position: int) -> str:
+        """The exact arguments an approval asked at `position` binds: its step's, or with more steps covered, each
+        one's in order."""
+        covered = self.covers(run, position)
+        if len(covered) == 1:
+            return covered[0].arguments()
+        return json.dumps({"steps": [json.loads(s.arguments()) for s in covered]}, sort_keys=True)
+
+    async def _covered(self, run: AttemptRun, position: int, step: StepSpec) -> str | None:
+        """COVERED when an approval of this attempt asked at an earlier step covers this one and was spent (approved:
+        the step runs), SKIPPED when it expired with on_timeout: skip (recorded skipped); None: this step asks."""
+        rows = await self.db(self.approvals.of_episode, run.episode["id"])
+        for row in rows:
+            if row["attempt_id"] != run.attempt_id or row["position"] >= position:
+                continue
+            try:
+                bound = json.loads(row["arguments"])
+            except ValueError:
+                continue
+            count = len(bound["steps"]) if isinstance(bound, dict) and isinstance(bound.get("steps"), list) else 1
+            if position >= row["position"] + count:
+                continue
+            if row["status"] == EXECUTED:
+                run.note(f"{run.step_name(step)} approved with step {row['position'] + 1} (approval {row['id']})")
+                return COVERED
+            if row["status"] == EXPIRED and step.on_timeout == "skip":
+                why = f"approval {row['id']} expired unanswered at {row['deadline'].isoformat()}: skipped (on_timeout)"
+                await self.db(self.ledger.start_step, *run.step_record(position, step), outcome=SKIPPED, output=why)
+                run.note(f"{run.step_name(step)}: {why}")
+                return SKIPPED
+        return None
+
     async def _standing(self, run: AttemptRun, position: int, step: StepSpec, now: datetime) -> dict[str, Any] | None:
         """The latest approval of the step that still stands for this attempt (None: none does, ask again): one asked
         for an earlier attempt, or under another playbook or other arguments while undecided or approved, is
@@ -128,7 +181,8 @@ class ApprovalGate(RunPart):
             if row["status"] in (PENDING, APPROVED):
                 await self.db(self.approvals.supersede, row["id"], now)
             return None  # asked for an earlier attempt: this one asks again (an approval runs its step once)
-        if row is not None and (row["playbook_version"], row["arguments"]) != (self.playbook.version, step.arguments()):
+        bound = self._arguments(run, position)
+        if row is not None and (row["playbook_version"], row["arguments"]) != (self.playbook.version, bound):
             if row["status"] in (PENDING, APPROVED):
                 await self.db(self.approvals.supersede, row["id"], now)
                 run.note(f"approval {row['id']} superseded (the playbook changed)")
@@ -150,8 +204,8 @@ class ApprovalGate(RunPart):
         values = {
             "position": position,
             "action": step.action,
-            "step_name": run.step_name(step),
-            "arguments": step.arguments(),
+            "step_name": THEN.join(run.step_name(s) for s in self.covers(run, position)),
+            "arguments": self._arguments(run, position),
             "playbook_version": self.playbook.version,
             "rule": run.rule.name,
             "target": episode["target"],
@@ -199,6 +253,14 @@ class ApprovalGate(RunPart):
         if written == "resolved":
             self.metrics.episodes_total.labels("resolved").inc()
 
+    def _what(self, run: AttemptRun, position: int) -> str:
+        """What an approval asked at `position` lets run, for the page: its step or steps, each with its risk."""
+        covered = self.covers(run, position)
+        listed = THEN.join(f"{run.step_name(s)} [{s.risk}]" for s in covered)
+        if len(covered) == 1:
+            return f"step {position + 1}, {listed}"
+        return f"steps {position + 1} to {position + len(covered)} on one approval: {listed}"
+
     def _page(
         self, run: AttemptRun, position: int, step: StepSpec, deadline: datetime, approval_id: int
     ) -> dict[str, Any]:
@@ -208,7 +270,7 @@ class ApprovalGate(RunPart):
         url = f"http://{listen.host}:{listen.port}/api/v1/approvals/{approval_id}"
         then = "the episode is escalated" if step.on_timeout == "escalate" else "the step is skipped"
         description = (
-            f"Rule {run.rule.name} wants to run step {position + 1}, {run.step_name(step)} [{step.risk}], on "
+            f"Rule {run.rule.name} wants to run {self._what(run, position)}, on "
             f"{episode['target']} "
             f"for {episode['alertname']} (episode {episode['id']}). Approve: trading-ops reconciler approve "
             f"{approval_id} --reason '...'; reject: trading-ops reconciler reject {approval_id} --reason '...'; or "

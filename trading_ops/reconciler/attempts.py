@@ -9,7 +9,7 @@ from typing import Any
 from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions.base import ActionContext
-from trading_ops.reconciler.approval_gate import SKIPPED, ApprovalGate
+from trading_ops.reconciler.approval_gate import COVERED, SKIPPED, ApprovalGate
 from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.playbook import Rule
 from trading_ops.reconciler.resume import Resume
@@ -117,7 +117,8 @@ class Attempts(RunPart):
                     return None  # waits for the decision (the episode parked), or ended (rejected, expired: escalated)
                 if gate == SKIPPED:
                     continue
-                await self.approval_gate.spend(gate)
+                if gate != COVERED:  # an earlier step's approval, spent then, covers this one
+                    await self.approval_gate.spend(gate)
             result = await self.steps.run_step(run, record, step)
             if not result.ok:
                 return f"{run.step_name(step)}: {result.outcome}: {result.output[:300]}", result.outcome == "refused"

@@ -218,12 +218,16 @@ def history(args: argparse.Namespace, config: Config) -> int:
             ledger.engine.dispose()
         print(history_json(episodes) if args.json else history_table(episodes, steps=not args.brief))
         return EXIT_OK
+    from trading_ops.reconciler.approvals import ApprovalStore
+
     ledger = _ledger(config)
     try:
         episode = ledger.get_episode_full(args.id)
         payload = None
         if episode is not None and args.payload:
             payload = ledger.notification_for(episode["fingerprint"], episode["starts_at"])
+        if episode is not None and not args.json:
+            episode["approval_list"] = ApprovalStore(ledger).of_episode(args.id)  # as the console's episode page
     finally:
         ledger.engine.dispose()
     if episode is None:

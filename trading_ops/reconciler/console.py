@@ -61,6 +61,9 @@ LIST_LIMIT = 100
 # A bot's status as the fleet shows it: positions listed at most, and a heartbeat age past any real one (a century).
 MAX_POSITIONS = 50
 MAX_HEARTBEAT_AGE = 100 * 365 * 86400.0
+# A page that shows something still going on (an open episode, an approval waiting) reloads itself this often
+# (<meta http-equiv=refresh>: no JavaScript); never one with a decision form to fill in (a reload would lose it).
+REFRESH_SECONDS = 5
 # No script, no frame, no foreign origin: the console's own stylesheet and forms posting to itself only.
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -202,7 +205,7 @@ NAV = (("fleet", "/", "Fleet"), ("episodes", "/episodes", "Episodes"), ("approva
        ("maintenance", "/maintenance", "Maintenance"))  # fmt: skip
 
 
-def layout(title: str, body: str, session: Session | None = None, current_nav: str = "") -> str:
+def layout(title: str, body: str, session: Session | None = None, current_nav: str = "", refresh: bool = False) -> str:
     nav = ""
     if session is not None:
         links = "".join(
@@ -217,7 +220,8 @@ def layout(title: str, body: str, session: Session | None = None, current_nav: s
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{h(title)} · trading-ops console</title>"
+        + (f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else "")
+        + f"<title>{h(title)} · trading-ops console</title>"
         f'<link rel="stylesheet" href="{PREFIX}/console.css"></head><body>'
         f'<header><a class="brand" href="{PREFIX}/">trading-ops</a>{nav}</header>'
         f"<main><h1>{h(title)}</h1>{body}</main></body></html>"
@@ -431,7 +435,7 @@ def status_detail(status: dict[str, Any]) -> tuple[str, str]:
     )
 
 
-def bot_card(bot: str, status: dict[str, Any], opened: int, until: Any, session: Session) -> str:
+def bot_card(bot: str, status: dict[str, Any], opened: int, asks: int, until: Any, session: Session) -> str:
     """One bot on the fleet page. Whatever its `status` answered, the card is drawn (the page holds every bot's
     emergency halt): an answer that cannot be read shows the bot as unknown, saying why."""
     try:
@@ -447,9 +451,11 @@ def bot_card(bot: str, status: dict[str, Any], opened: int, until: Any, session:
         if session.token.allows(DESTRUCTIVE)
         else ""
     )
+    approvals_link = f'<a href="{PREFIX}/approvals">{asks} waiting</a>' if asks else "none waiting"
     return (
         f'<section class="card bot" id="bot-{h(bot)}"><h2>{h(bot)} {state}</h2><dl>{detail}'
-        f"<dt>Episodes</dt><dd>{episodes_link}</dd><dt>Circuit</dt><dd>{breaker}</dd></dl>{halt}</section>"
+        f"<dt>Episodes</dt><dd>{episodes_link}</dd><dt>Approvals</dt><dd>{approvals_link}</dd>"
+        f"<dt>Circuit</dt><dd>{breaker}</dd></dl>{halt}</section>"
     )
 
 
@@ -458,21 +464,26 @@ async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
     targets = sorted(app[keys.CONFIG].reconciler.targets)
     ledger = app[keys.LEDGER]
     now = utcnow()
-    statuses, open_by, circuits = await asyncio.gather(
+    statuses, open_by, circuits, waiting = await asyncio.gather(
         asyncio.gather(*(bot_status(app, b) for b in targets)),
         asyncio.to_thread(ledger.open_episodes_by_target),
         asyncio.to_thread(ledger.open_circuits, now),
+        asyncio.to_thread(app[keys.ENGINE].approvals.recent, "pending", LIST_LIMIT),
     )
+    waiting_by: dict[str, int] = {}
+    for row in waiting:
+        waiting_by[row["target"]] = waiting_by.get(row["target"], 0) + 1
     circuit = {c["target"]: c["open_until"] for c in circuits}
     cards = [
-        bot_card(bot, status, open_by.get(bot, 0), circuit.get(bot), session)
+        bot_card(bot, status, open_by.get(bot, 0), waiting_by.get(bot, 0), circuit.get(bot), session)
         for bot, status in zip(targets, statuses, strict=True)
     ]
     if "__global__" in circuit or any(c["target"] not in targets for c in circuits):
         others = ", ".join(h(c["target"]) for c in circuits if c["target"] not in targets)
         cards.append(f'<p class="problem">Open circuits: {others}</p>')
     body = flash(session) + ("".join(cards) or "<p>No bots configured (reconciler.targets).</p>")
-    return html_response(layout("Fleet", f'<div class="grid">{body}</div>', session, "fleet"))
+    going_on = bool(waiting) or any(open_by.get(bot, 0) for bot in targets)
+    return html_response(layout("Fleet", f'<div class="grid">{body}</div>', session, "fleet", refresh=going_on))
 
 
 # ---- episodes -------------------------------------------------------------------------------------------------------
@@ -585,7 +596,9 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
         + (f'<h2>Pages</h2><ul class="list">{pages}</ul>' if pages else "")
     )
     title = f"Episode #{row['id']}: {row['alertname']}"
-    return html_response(layout(title, flash(session) + body, session, "episodes"))
+    waits = any(a["status"] == "pending" for a in asked)
+    going_on = row["closed_at"] is None and not (waits and session.token.allows(APPROVE))
+    return html_response(layout(title, flash(session) + body, session, "episodes", refresh=going_on))
 
 
 # ---- approvals ------------------------------------------------------------------------------------------------------
@@ -622,7 +635,8 @@ async def approvals(request: web.Request, session: Session) -> web.StreamRespons
         + "<h2>Recent decisions</h2>"
         + (f'<ul class="list">{"".join(decided_row(a) for a in decided)}</ul>' if decided else "<p>None yet.</p>")
     )
-    return html_response(layout("Approvals", body, session, "approvals"))
+    going_on = bool(pending) and not session.token.allows(APPROVE)  # an approver's forms are never reloaded away
+    return html_response(layout("Approvals", body, session, "approvals", refresh=going_on))
 
 
 async def decide(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:

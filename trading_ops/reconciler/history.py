@@ -133,6 +133,7 @@ def episode_view(e: dict[str, Any]) -> str:
     out.append(f"  attempts ({len(ran)}):" if ran else "  attempts: none (nothing was executed)")
     for a in ran:
         out.extend(_attempt_lines(a))
+    out.extend(_approval_lines(e.get("approval_list", [])))
     out.extend(_page_lines(e.get("escalation_list", [])))
     label = {
         "escalated": "why it escalated",
@@ -154,6 +155,23 @@ def _attempt_lines(a: dict[str, Any]) -> list[str]:
         took = _duration(st["started_at"], st["finished_at"])
         out.append(f"      {st['position'] + 1}. {st['description']}  [{st['risk']}]  {st['outcome']}  {took}")
         out.extend(f"         | {line}" for line in (st["output"] or "").splitlines() if line.strip())
+    return out
+
+
+def _approval_lines(approvals: list[dict[str, Any]]) -> list[str]:
+    """The episode's approvals, oldest first: the step each asked for, and who decided what, when and why."""
+    out = ["  approvals:"] if approvals else []
+    for a in sorted(approvals, key=lambda row: row["id"]):
+        asked = _when(a["requested_at"])
+        line = f"    {a['id']}  {a['status']:<10} step {a['position'] + 1}: {a['step_name']}  asked {asked}"
+        if a["decided_by"]:
+            decision = "rejected" if a["status"] == "rejected" else "approved"
+            line += f"; {decision} by {a['decided_by']} at {_when(a['decided_at'])}: {a['reason'] or '-'}"
+        elif a["status"] == "pending":
+            line += f"; waits until {_when(a['deadline'])}"
+        elif a["decided_at"]:
+            line += f"; {a['status']} at {_when(a['decided_at'])}"
+        out.append(line)
     return out
 
 
