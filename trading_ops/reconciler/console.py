@@ -6,11 +6,13 @@ halt per bot behind a confirmation page. HTML only, no JavaScript; one styleshee
 carries a strict Content-Security-Policy.
 
 Login: a token of reconciler.api_tokens (or read_token) posted once to /ui/login; the console keeps an opaque random
-session id in a cookie (HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS) and the session in the ledger's database
-(ConsoleSessions: only a hash of the id), so every replica knows it and a restart keeps it; a session of a token the
-configuration no longer has (removed, another value or scope) ends. Every POST carries the session's CSRF token in a
-hidden field, compared in constant time; the login form a pre-login one (its own cookie). What a page offers follows
-the token's scope (trading_ops.scopes), and every POST checks it again: a form not shown is also refused.
+session id in a cookie (HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS or behind an https external_url, with
+HSTS there) and the session in the ledger's database (ConsoleSessions: only a hash of the id), so every replica knows it
+and a restart keeps it; a session of a token the configuration no longer has (removed, another value or scope) ends. A
+token keeps MAX_SESSIONS_PER_TOKEN sessions (its own oldest go); logins are throttled (login_throttle). Every POST
+carries the session's CSRF token in a hidden field, compared in constant time; the login form a pre-login one (its own
+cookie). What a page offers follows the token's scope (trading_ops.scopes), and every POST checks it again: a form not
+shown is also refused.
 """
 
 from __future__ import annotations
