@@ -37,6 +37,9 @@ from trading_ops.config import load_config
 from trading_ops.db import migrate
 from trading_ops.reconciler.app import create_app
 
+# Boots a machine and starts a dockerd: out first in lanes, and given the time a first run needs to build the roots.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
 UNIT = "trading-ops-bot@remote-1.service"
 CONTAINER = "trading-ops-remote-1"
 INSTANCE = "remote-1.example:9101"
