@@ -38,7 +38,7 @@ from trading_ops.stack.profiles import FAST
 from trading_ops.stack.prometheus_config import adapt_rules
 from trading_ops.stack.repo import load_yaml
 
-pytestmark = [pytest.mark.alertmanager]
+pytestmark = [pytest.mark.alertmanager, pytest.mark.slow]
 
 BOT, OTHER = "kraken-1", "kraken-2"
 RUN = "19ac0ffee01"

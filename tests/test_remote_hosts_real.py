@@ -4,13 +4,17 @@ reconciler's user there allowed to manage units by the polkit rule docs/deployme
 process that never makes progress (a hung bot); the reconciler restarts it there, and the unit's new main process
 says so; with a host key that is not the machine's the same step is refused in one line. The same through a remote
 Docker engine: this run's own dockerd (tests/docker_engine.py) on a test host, `--tlsverify` on tcp://HOST:2376,
-its container restarted by the reconciler with a client certificate, and an engine whose certificate is not of the
-configured CA refused in one line. Heavy (boots a machine, starts dockerd): run it alone. Needs root, `ip`,
-systemd-container, debootstrap (the roots are cached), sshd, ssh, docker.io and `prometheus-alertmanager`."""
+its container restarted by the reconciler with a client certificate, then over ssh:// (sshd on that host, `docker
+system dial-stdio` there), and an engine whose certificate is not of the configured CA refused in one line. Heavy
+(boots a machine, starts dockerd): run it alone. Needs root, `ip`, systemd-container, debootstrap (the roots are
+cached), sshd, ssh, docker.io and `prometheus-alertmanager`."""
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -36,6 +40,9 @@ from webhook_payloads import alert, payload
 from trading_ops.config import load_config
 from trading_ops.db import migrate
 from trading_ops.reconciler.app import create_app
+
+# Boots a machine and starts a dockerd: out first in lanes, and given the time a first run needs to build the roots.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 UNIT = "trading-ops-bot@remote-1.service"
 CONTAINER = "trading-ops-remote-1"
@@ -263,6 +270,9 @@ class RemoteEngine:
     engine: DockerEngine
     host: Host
     pki: Path
+    # The same host's sshd, for docker_url ssh://: its sessions reach the engine (DOCKER_HOST set by sshd).
+    identity_file: Path
+    known_hosts_file: Path
     alertmanager: Alertmanager
 
 
@@ -287,13 +297,41 @@ def remote_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteEn
             engine = DockerEngine.start(netns=host.name, options=tls)
             image = ensure_base_image(engine)
             engine.docker("run", "-d", "--name", CONTAINER, "--network", "none", image, "sleep", "infinity")
-            yield RemoteEngine(engine, host, pki.dir, am)
+            known = _engine_host_sshd(tmp, host, engine)
+            yield RemoteEngine(engine, host, pki.dir, tmp / "client_key", known, am)
     finally:
         try:
             if engine is not None:
                 engine.stop()
         finally:
             stop(am.proc)
+
+
+def _engine_host_sshd(tmp: Path, host: Host, engine: DockerEngine) -> Path:
+    """OpenSSH's sshd on the engine's host for this user, the engine's socket as its sessions' DOCKER_HOST (the docker
+    CLI there runs `docker system dial-stdio` for an ssh:// client); the known_hosts file with its key."""
+    host_public = _keygen(tmp / "host_key")
+    (tmp / "authorized_keys").write_text(_keygen(tmp / "client_key") + "\n")
+    user = getpass.getuser()
+    config = tmp / "sshd_config"
+    config.write_text(
+        f"ListenAddress {host.address}\nPort 22\nHostKey {tmp / 'host_key'}\nPidFile {tmp / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nAllowUsers {user}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n"
+        f"SetEnv DOCKER_HOST=unix://{engine.socket}\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    host.popen([require_binary("sshd"), "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL)
+    known = tmp / "known_hosts"
+    known.write_text(f"{host.address} {host_public}\n")
+    until("the engine host's sshd listening", lambda: _listening(host.address, 22), deadline=30)
+    return known
+
+
+def _listening(address: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
+        return True
+    return False
 
 
 def started_at(remote: RemoteEngine) -> str:
@@ -316,6 +354,26 @@ async def test_a_bot_container_on_another_host_is_restarted_through_its_engine_o
 ) -> None:
     before = started_at(remote_engine)
     host = docker_settings(remote_engine, str(remote_engine.pki / "ca.crt"))
+    config = write_config(tmp_path, remote_engine.alertmanager, host, step="docker")
+    client = await aiohttp_client(create_app(load_config(config)))
+    episode = await run_episode(client, remote_engine.alertmanager, "recovered")
+    (step,) = episode["attempts"][0]["steps"]
+    assert step["outcome"] == "success" and step["output"].startswith("HTTP 204"), step
+    assert started_at(remote_engine) != before
+
+
+async def test_a_bot_container_on_another_host_is_restarted_through_its_engine_over_ssh(
+    aiohttp_client: Any, tmp_path: Path, remote_engine: RemoteEngine
+) -> None:
+    before = started_at(remote_engine)
+    user = getpass.getuser()
+    host = {
+        "address": remote_engine.host.address,
+        "ssh_user": user,
+        "identity_file": str(remote_engine.identity_file),
+        "known_hosts_file": str(remote_engine.known_hosts_file),
+        "docker_url": f"ssh://{user}@{remote_engine.host.address}",
+    }
     config = write_config(tmp_path, remote_engine.alertmanager, host, step="docker")
     client = await aiohttp_client(create_app(load_config(config)))
     episode = await run_episode(client, remote_engine.alertmanager, "recovered")
