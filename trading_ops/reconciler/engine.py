@@ -127,7 +127,11 @@ class Engine:
         lapsed_is_dead = self.holder.lapsed_is_dead()
         swept = await self.db(self.ledger.sweep, utcnow(), self.owner, set(self.runs), lapsed_is_dead=lapsed_is_dead)
         for episode_id in swept.interrupted:
-            log.warning("episode %s: the run was interrupted (its reconciler stopped); policy decides", episode_id)
+            log.warning(
+                "episode %s: the run was interrupted (its reconciler stopped: %s); policy decides",
+                episode_id,
+                swept.why.get(episode_id, "?"),
+            )
         # Before any retry: what a dead run started must not run beside it (one action at a time per target). Its
         # steps' process groups fence their targets until a reconciler on their host, this one or another replica
         # there, killed them; the sweep that found the run dead may have been another host's.

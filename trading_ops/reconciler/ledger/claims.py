@@ -31,6 +31,8 @@ class SweepResult:
 
     interrupted: list[int] = field(default_factory=list)
     fenced: int = 0
+    # Why each run was taken for dead (its owner, and whether its lease lapsed or its process is gone): for the log.
+    why: dict[int, str] = field(default_factory=dict)
 
 
 class Claims:
@@ -198,6 +200,12 @@ class Claims:
                 if not took:
                     continue
                 result.interrupted.append(row.id)
+                lapsed_for = (now - row.lease_until).total_seconds() if row.lease_until is not None else None
+                result.why[row.id] = (
+                    f"owner {row.owner}: "
+                    + ("its process is gone" if row.owner != owner and is_dead(row.owner) else "")
+                    + (f"; lease lapsed {lapsed_for:.1f}s ago" if lapsed_for is not None and lapsed_for > 0 else "")
+                ).replace(": ;", ":")
                 # A step still `running` may have acted or not: its outcome is unknown (never "interrupted", which
                 # would let a retry run it again as if it had not). An outcome its run saw was written before
                 # anything else (or spooled, and replayed before this sweep), so it is not among these.
