@@ -19,6 +19,7 @@ import pytest
 import schemathesis
 import yaml
 from paper_process import cli, wait_healthy
+from polling import until
 from ports import free_port
 from reconciler_server import READ_TOKEN, TOKEN, ThreadedServer, make_config, write_playbook
 from schemathesis.specs.openapi.definitions import OPENAPI_31
@@ -32,6 +33,7 @@ from trading_ops.db import migrate
 from trading_ops.openapi import described, routes
 from trading_ops.reconciler.api_spec import OPENAPI_PATH, UNDESCRIBED_PREFIXES, reconciler_document
 
+TEXT_REFUSED = "the name and the reason must be text without NUL or lone surrogates"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # What every response is held to: no 5xx, a status the operation documents, its content type, its headers and its
 # body's schema.
@@ -273,6 +275,35 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_document_on_the_rec
     assert code == 0, output[-20000:]
     assert requests > 400, output[-3000:]
     assert _fetch(f"{reconciler.url}/healthz") == (200, b'{"status": "ok"}')
+
+
+@pytest.mark.postgres
+def test_a_decision_whose_name_or_reason_no_database_stores_is_a_400_and_the_approval_still_waits(
+    reconciler: ThreadedServer,
+) -> None:
+    """Found by hand beside the fuzzing (one pending approval gives schemathesis one try): a NUL or a lone surrogate
+    in `by` or `reason` reached PostgreSQL's UPDATE and was answered 500."""
+    status, body = reconciler.post(json.dumps(payload(alert("TradingBotFlattenRequested", fingerprint="a2"))).encode())
+    assert status == 200, body
+
+    def call(path: str, token: str, body: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        request = urllib.request.Request(f"{reconciler.url}{path}", data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    pending = until("the approval asked", lambda: call("/api/v1/approvals?status=pending", READ_TOKEN)[1]["approvals"])
+    path = f"/api/v1/approvals/{pending[0]['id']}"
+    for body in ({"by": "desk\x00"}, {"reason": "no\x00"}, {"by": "\ud800"}, {"reason": "\udfff"}):
+        answer = call(path, APPROVE_TOKEN, {"decision": "reject", "reason": "r", **body})
+        assert answer == (400, {"error": f"approval {pending[0]['id']}: {TEXT_REFUSED}"}), body
+    assert call(path, READ_TOKEN)[1]["status"] == "pending"
+    decided = call(path, APPROVE_TOKEN, {"decision": "reject", "reason": "not now", "by": "desk"})
+    assert decided[0] == 200 and decided[1]["status"] == "rejected"
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from trading_ops.scopes import APPROVE, OPERATE, READ
 OPENAPI_PATH = "/api/v1/openapi.json"
 # The routes a test does not hold to the document: the operator console's HTML pages and forms.
 UNDESCRIBED_PREFIXES = ("/ui",)
+# Text a database stores: no NUL (nor a lone surrogate, which JSON Schema cannot say).
+NO_NUL = r"^[^\x00]*$"
 # The security schemes of the API's operations: one per scope (trading_ops.scopes), each a bearer token.
 SCOPE_WORDS = {
     READ: " (read, operate, destructive; or read_token)",
@@ -176,8 +178,8 @@ class DecisionRequest(msgspec.Struct, kw_only=True):
     """A decision on an approval: who decided is the token's name, with `by` (the person) beside it."""
 
     decision: Decision
-    reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX)] = ""
-    by: str = ""
+    reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX, pattern=NO_NUL)] = ""
+    by: Annotated[str, msgspec.Meta(pattern=NO_NUL)] = ""
 
 
 class RetryQueued(msgspec.Struct, kw_only=True):

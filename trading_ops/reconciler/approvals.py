@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Table, func, insert, select, update
 
 from trading_ops.db.base import utcnow
 from trading_ops.db.models.ledger import Approval, Attempt, Episode
+from trading_ops.reconciler.intake import BAD_TEXT_RE
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.metrics import APPROVAL_OUTCOMES, PREFIX
 from trading_ops.reconciler.outbox import OutboxStore
@@ -59,7 +60,7 @@ def attribution(name: str | None, token: str | None) -> str:
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a decision was not taken: the HTTP status that says so (404, 403, 409) and one line."""
+    """Why a decision was not taken: the HTTP status that says so (400, 404, 403, 409) and one line."""
 
     status: int
     message: str
@@ -234,10 +235,15 @@ class ApprovalStore:
         token: str | None = None,
     ) -> dict[str, Any] | Refusal:
         """Record `who`'s decision (approve or reject; `who` the name as given, `token` the name of the API token it
-        came with, stored apart) and wake the episode: the row as decided, or why not. Refused:
-        no such approval (404); the requester itself deciding (403); already decided, expired, superseded, its
-        episode closed, or the playbook changed since it was asked (version differs from `version`, the playbook
-        the decider's reconciler runs) (409)."""
+        came with, stored apart) and wake the episode: the row as decided, or why not. Refused: a name or reason no
+        database stores as text (400); no such approval (404); the requester itself deciding (403); already decided,
+        expired, superseded, its episode closed, or the playbook changed since it was asked (version differs from
+        `version`, the playbook the decider's reconciler runs) (409)."""
+        if BAD_TEXT_RE.search(who) or BAD_TEXT_RE.search(reason):
+            # PostgreSQL refuses a NUL in text and psycopg a lone surrogate: the UPDATE would fail (a 500).
+            return Refusal(
+                400, f"approval {approval_id}: the name and the reason must be text without NUL or lone surrogates"
+            )
         status = DECISIONS[decision]
         with self.ledger.tx() as conn:
             found = conn.execute(select(AP).where(AP.c.id == approval_id)).mappings().first()
