@@ -926,6 +926,7 @@ def lock_state_dir(options: UpOptions) -> StackLock:
 
 def run(options: UpOptions) -> int:
     """Prepare and run the stack until Ctrl-C/SIGTERM; raises UsageProblem for exit 2."""
+    _stack_roles(options, binaries.find("prometheus"), binaries.find("alertmanager"))  # bad usage: nothing written
     lock = lock_state_dir(options)
     try:
         return _run_locked(options)
