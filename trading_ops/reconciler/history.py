@@ -7,6 +7,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from trading_ops.reconciler.approvals import attribution
 from trading_ops.reconciler.ledger import OPERATOR_OUTCOMES, episode_json
 
 COLUMNS = ("ID", "STATE", "ALERT", "TARGET", "RULE", "STARTS AT", "ATTEMPTS", "DETAIL")
@@ -166,7 +167,8 @@ def _approval_lines(approvals: list[dict[str, Any]]) -> list[str]:
         line = f"    {a['id']}  {a['status']:<10} step {a['position'] + 1}: {a['step_name']}  asked {asked}"
         if a["decided_by"]:
             decision = "rejected" if a["status"] == "rejected" else "approved"
-            line += f"; {decision} by {a['decided_by']} at {_when(a['decided_at'])}: {a['reason'] or '-'}"
+            who = attribution(a["decided_by"], a.get("decided_token"))
+            line += f"; {decision} by {who} at {_when(a['decided_at'])}: {a['reason'] or '-'}"
         elif a["status"] == "pending":
             line += f"; waits until {_when(a['deadline'])}"
         elif a["decided_at"]:
