@@ -88,6 +88,16 @@ def test_a_run_taken_over_writes_nothing_and_acts_on_nothing_when_it_comes_back(
     assert [s["outcome"] for s in episode["attempt_list"][0]["steps"]] == [UNKNOWN]
 
 
+def test_a_claim_whose_answer_was_lost_is_freed_by_its_own_replica_at_once(ledger: Ledger) -> None:
+    # r1's claim committed as the primary died, its answer lost: r1 has no run for it. Nobody else may take it for
+    # a lease; r1 itself knows it holds no such run.
+    episode_id, _attempt, _step = running_step(ledger, "r1")
+    now = utcnow()
+    assert ledger.sweep(now, "r1", live={episode_id}, is_dead=alive, every_run_of_ours=True).interrupted == []
+    assert ledger.sweep(now, "r2", is_dead=alive, lapsed_is_dead=False).interrupted == []
+    assert ledger.sweep(now, "r1", is_dead=alive, every_run_of_ours=True).interrupted == [episode_id]
+
+
 def test_an_outcome_written_twice_is_written_once(ledger: Ledger) -> None:
     # The first write's commit landed and its answer was lost with the connection: the retry finds it there.
     _episode_id, _attempt, step = running_step(ledger, "r2")

@@ -125,7 +125,15 @@ class Engine:
         await self.db(self.spool.replay, self.ledger, ledger_unreachable)
         # A lapsed lease is taken for its owner's death only once we have reached the ledger for a whole lease.
         lapsed_is_dead = self.holder.lapsed_is_dead()
-        swept = await self.db(self.ledger.sweep, utcnow(), self.owner, set(self.runs), lapsed_is_dead=lapsed_is_dead)
+        # A claim of ours that no run holds (its commit landed, its answer was lost with the database) is freed at once.
+        swept = await self.db(
+            self.ledger.sweep,
+            utcnow(),
+            self.owner,
+            set(self.runs),
+            lapsed_is_dead=lapsed_is_dead,
+            every_run_of_ours=True,
+        )
         for episode_id in swept.interrupted:
             log.warning(
                 "episode %s: the run was interrupted (its reconciler stopped: %s); policy decides",

@@ -140,6 +140,7 @@ class Claims:
         live: Collection[int] = (),
         is_dead: Callable[[str | None], bool] = owner_is_dead,
         lapsed_is_dead: bool = True,
+        every_run_of_ours: bool = False,
     ) -> SweepResult:
         """Mark runs whose owner died interrupted: its lease expired, or its process is provably gone (our own
         previous life after a restart, say), and free the targets such owners held. A step of theirs still `running`
@@ -154,7 +155,8 @@ class Claims:
 
         `lapsed_is_dead` False (the caller has not seen the database writable for a whole lease: it may have been
         away for everyone, and a lease that lapsed then says nothing of its owner) takes over only runs and targets
-        whose owner is provably gone."""
+        whose owner is provably gone. `every_run_of_ours` (`live` is every run the caller has): a run of `owner`'s
+        not in `live` is over at once."""
         result = SweepResult()
         with self.db.engine.connect() as conn:  # read first: an idle sweep must not take the write lock
             rows = conn.execute(
@@ -162,11 +164,17 @@ class Claims:
             ).all()
             holders = conn.execute(select(T.c.name, T.c.owner, T.c.lease_until).where(T.c.owner.is_not(None))).all()
         live_targets = {r.target for r in rows if r.id in live}
+        # Ours but no run of ours holds it (when the caller knows every run it has): a claim whose commit landed while
+        # its answer was lost with the database (a failover), or a run whose last write failed. Over at once.
         dead_runs = [
             r
             for r in rows
             if r.id not in live
-            and ((lapsed_is_dead and _lapsed(r.lease_until, now)) or (r.owner != owner and is_dead(r.owner)))
+            and (
+                (lapsed_is_dead and _lapsed(r.lease_until, now))
+                or (r.owner == owner and every_run_of_ours)
+                or (r.owner != owner and is_dead(r.owner))
+            )
         ]
         dead_targets = [
             t
