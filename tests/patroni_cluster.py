@@ -34,9 +34,9 @@ from trading_ops.db import migrate
 LOG_TAIL_LINES = 15
 # Patroni's own timings (its dynamic configuration's defaults, as docs/deployment.md ships them): the leader key lives
 # `ttl` seconds unless renewed every `loop_wait`, so a killed leader is replaced about `ttl` seconds later, longer than
-# the reconciler's 30 s claim lease. Shorter ones on etcd3 cost a needless failover: the first lease a member takes is
-# granted before the dynamic configuration is read (Patroni's 30 s), and the leader key moved to the shorter lease is
-# dropped when the first one lapses.
+# the reconciler's 30 s claim lease. Shorter ones cost a needless failover here (Patroni 3.0.2 on etcd3, ttl 10): each
+# member's first etcd lease is granted with the 30 s default before the bootstrap's dynamic configuration applies, and
+# about 20 s after the bootstrap the standby took the leader key from a live leader.
 TTL_SECONDS = 30
 LOOP_WAIT_SECONDS = 10
 RETRY_TIMEOUT_SECONDS = 10
