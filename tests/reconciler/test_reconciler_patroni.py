@@ -35,7 +35,9 @@ from webhook_payloads import alert, payload
 from trading_ops.db.base import make_engine
 from trading_ops.reconciler.ledger import CLOSED_STATES, Ledger
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# The cluster's start (30 to 45 s here), an outage of up to Patroni's ttl and the alerts' stream: longer than the
+# default 300 s on a machine busy with other lanes.
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(600)]
 
 LEASE_SECONDS = 30.0  # the shipped lease
 INSTANCES = tuple(f"bot-{i}" for i in range(6))
