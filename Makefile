@@ -19,9 +19,10 @@ CONFIG ?= trading-ops.yaml
 # busier machine.
 TEST_LANES ?= 4
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
-	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync
+	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync patroni etcd
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
-	debootstrap systemd-container docker.io util-linux iproute2 chromium openssh-server openssh-client pgbackrest rsync
+	debootstrap systemd-container docker.io util-linux iproute2 chromium openssh-server openssh-client pgbackrest rsync \
+	patroni etcd-server
 BENCH_BINARIES := wrk
 BENCH_PACKAGES := wrk
 

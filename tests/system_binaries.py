@@ -37,6 +37,10 @@ DEBIAN_PACKAGES = {
     "pgbackrest": "pgbackrest",
     # Copies pgBackRest's repository to the off-host backup repository (over SSH).
     "rsync": "rsync",
+    # The reference high-availability deployment's test: PostgreSQL under Patroni (Debian's, on the system python3)
+    # with etcd as its consensus store (tests/patroni_cluster.py).
+    "patroni": "patroni",
+    "etcd": "etcd-server",
 }
 # The Alertmanager server under Debian's name or upstream's, and the Prometheus server (None when not installed).
 ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
