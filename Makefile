@@ -25,7 +25,7 @@ DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
 BENCH_BINARIES := wrk
 BENCH_PACKAGES := wrk
 
-.PHONY: setup system-deps bench-deps bytecode run test lint typecheck bench clean lock
+.PHONY: setup system-deps monitoring-lts bench-deps bytecode run test lint typecheck bench clean lock
 
 setup: $(STAMP)
 
@@ -75,6 +75,12 @@ bytecode: $(STAMP)
 system-deps:
 	$(call install-missing,$(SYSTEM_BINARIES),$(DEBIAN_PACKAGES))
 
+# The long-term-support Prometheus 3.5 (with promtool) and Alertmanager 0.33 from Debian's packages (sid), pinned by
+# version and sha256 in tests/monitoring_lts.py, unpacked into ~/.cache/trading-ops (never installed over the
+# system's): the tests run the rules, configurations and stacks on them beside the system's 2.x / 0.25. Fetched once.
+monitoring-lts:
+	@$(PYTHON) tests/monitoring_lts.py
+
 # wrk loads the webhook intake in bench_intake.py: a client in C, as Alertmanager's is in Go, leaves the CPUs to the
 # servers measured.
 bench-deps:
@@ -114,7 +120,7 @@ typecheck: $(STAMP)
 
 # The type checks run beside the tests (the lanes leave a core part idle while stacks wait on alert timers); their
 # output follows the tests', and either failing fails `make test`.
-test: $(STAMP) system-deps bytecode
+test: $(STAMP) system-deps monitoring-lts bytecode
 	$(VENV)/bin/ruff check trading_ops tests benchmarks examples
 	@types=$$(mktemp); \
 	{ $(MAKE) --no-print-directory typecheck > "$$types" 2>&1; echo $$? >> "$$types"; } & \
