@@ -12,6 +12,9 @@ CONSTRAINTS := constraints.txt
 # freqtrade accepts too: one environment holds both).
 EXTRAS := test,freqtrade,nautilus
 CONFIG ?= trading-ops.yaml
+# The Prometheus and Alertmanager `make run` starts: the system's (on PATH), or `make run MONITORING=lts` for the
+# long-term-support pair (Prometheus 3.5, Alertmanager 0.33) that `make monitoring-lts` unpacks, first on PATH.
+MONITORING ?= system
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
 # Four on the 2-core machine: a stack test mostly waits on alert timers (2,464 tests from a fresh clone: 11:23 to 12:01
 # of pytest in four, 16:35 on a machine busy with its own services; five were faster on that one, but under their load
@@ -108,6 +111,8 @@ $(CONFIG):
 # `kill -INT <up's pid>` (its banner prints it).
 run: $(STAMP) bytecode var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token $(CONFIG)
 	-@$(MAKE) --no-print-directory system-deps
+	@if [ "$(MONITORING)" = lts ]; then $(MAKE) --no-print-directory monitoring-lts; fi
+	if [ "$(MONITORING)" = lts ]; then PATH="$$($(PYTHON) tests/monitoring_lts.py --bin):$$PATH"; fi; \
 	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)
 
 lint: $(STAMP)
