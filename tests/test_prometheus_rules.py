@@ -7,6 +7,7 @@ monitoring-lts`); they run it themselves, on both generations (system_binaries.G
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -276,7 +277,10 @@ def probed_run(test_file: Path, tmp_path_factory: pytest.TempPathFactory, genera
     its lock."""
     shared = tmp_path_factory.getbasetemp().parent / f"promtool-probes-{generation.name}"
     shared.mkdir(exist_ok=True)
-    stored = shared / f"{test_file.name}.json"
+    # Keyed by the file's content too: a run without lanes shares pytest's folder with earlier runs, whose result of
+    # an older version of the file must not stand for this one.
+    digest = hashlib.sha256(test_file.read_bytes()).hexdigest()[:16]
+    stored = shared / f"{test_file.name}.{digest}.json"
     with open(shared / f"{test_file.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
