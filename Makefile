@@ -12,6 +12,9 @@ CONSTRAINTS := constraints.txt
 # freqtrade accepts too: one environment holds both).
 EXTRAS := test,freqtrade,nautilus
 CONFIG ?= trading-ops.yaml
+# The Prometheus and Alertmanager `make run` starts: the system's (on PATH), or `make run MONITORING=lts` for the
+# long-term-support pair (Prometheus 3.5, Alertmanager 0.33) that `make monitoring-lts` unpacks, first on PATH.
+MONITORING ?= system
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
 # Four on the 2-core machine: a stack test mostly waits on alert timers (2,464 tests from a fresh clone: 11:23 to 12:01
 # of pytest in four, 16:35 on a machine busy with its own services; five were faster on that one, but under their load
@@ -26,7 +29,7 @@ DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
 BENCH_BINARIES := wrk
 BENCH_PACKAGES := wrk
 
-.PHONY: setup system-deps bench-deps bytecode run test lint typecheck bench clean lock
+.PHONY: setup system-deps monitoring-lts bench-deps bytecode run test lint typecheck bench clean lock
 
 setup: $(STAMP)
 
@@ -76,6 +79,12 @@ bytecode: $(STAMP)
 system-deps:
 	$(call install-missing,$(SYSTEM_BINARIES),$(DEBIAN_PACKAGES))
 
+# The long-term-support Prometheus 3.5 (with promtool) and Alertmanager 0.33 from Debian's packages (sid), pinned by
+# version and sha256 in tests/monitoring_lts.py, unpacked into ~/.cache/trading-ops (never installed over the
+# system's): the tests run the rules, configurations and stacks on them beside the system's 2.x / 0.25. Fetched once.
+monitoring-lts:
+	@$(PYTHON) tests/monitoring_lts.py
+
 # wrk loads the webhook intake in bench_intake.py: a client in C, as Alertmanager's is in Go, leaves the CPUs to the
 # servers measured.
 bench-deps:
@@ -119,6 +128,8 @@ $(DEFAULT_CONFIG):
 run: $(STAMP) bytecode var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token \
 	var/secrets/reconciler-approve-token $(CONFIG)
 	-@$(MAKE) --no-print-directory system-deps
+	@if [ "$(MONITORING)" = lts ]; then $(MAKE) --no-print-directory monitoring-lts; fi
+	if [ "$(MONITORING)" = lts ]; then PATH="$$($(PYTHON) tests/monitoring_lts.py --bin):$$PATH"; fi; \
 	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)
 
 lint: $(STAMP)
@@ -131,7 +142,7 @@ typecheck: $(STAMP)
 
 # The type checks run beside the tests (the lanes leave a core part idle while stacks wait on alert timers); their
 # output follows the tests', and either failing fails `make test`.
-test: $(STAMP) system-deps bytecode
+test: $(STAMP) system-deps monitoring-lts bytecode
 	$(VENV)/bin/ruff check trading_ops tests benchmarks examples
 	@types=$$(mktemp); \
 	{ $(MAKE) --no-print-directory typecheck > "$$types" 2>&1; echo $$? >> "$$types"; } & \

@@ -17,7 +17,7 @@ import yaml
 from ports import free_port
 from reconciler_server import TOKEN, ThreadedServer
 from server_process import wait_http
-from system_binaries import REPO_ROOT, alertmanager_binary
+from system_binaries import REPO_ROOT, SYSTEM, Generation, alertmanager_binary
 
 from trading_ops.stack.alertmanager_config import render_alertmanager
 from trading_ops.stack.layout import Ports
@@ -27,10 +27,13 @@ from trading_ops.stack.profiles import FAST
 STANDALONE = ("--cluster.listen-address=",)
 
 
-def alertmanager_argv(config: Path, storage: Path, port: int, cluster: Sequence[str] = STANDALONE) -> list[str]:
-    """The command line of a real Alertmanager on 127.0.0.1:`port`, its log at warnings and errors."""
+def alertmanager_argv(
+    config: Path, storage: Path, port: int, cluster: Sequence[str] = STANDALONE, generation: Generation = SYSTEM
+) -> list[str]:
+    """The command line of a real Alertmanager (of `generation`) on 127.0.0.1:`port`, its log at warnings and
+    errors."""
     return [
-        alertmanager_binary(),
+        generation.binary("prometheus-alertmanager") if generation.bin_dir else alertmanager_binary(),
         f"--config.file={config}",
         f"--storage.path={storage}",
         f"--web.listen-address=127.0.0.1:{port}",
@@ -40,11 +43,16 @@ def alertmanager_argv(config: Path, storage: Path, port: int, cluster: Sequence[
 
 
 def run_alertmanager(
-    config: Path, storage: Path, port: int, log: Path, cluster: Sequence[str] = STANDALONE
+    config: Path,
+    storage: Path,
+    port: int,
+    log: Path,
+    cluster: Sequence[str] = STANDALONE,
+    generation: Generation = SYSTEM,
 ) -> Alertmanager:
     """Start one, its stderr in `log`, and wait until it is ready (it is killed when it is not)."""
     proc = subprocess.Popen(
-        alertmanager_argv(config, storage, port, cluster),
+        alertmanager_argv(config, storage, port, cluster, generation),
         stdout=subprocess.DEVNULL,
         stderr=open(log, "wb"),  # noqa: SIM115
     )
@@ -161,11 +169,12 @@ def start_alertmanager(
 
 
 def start_repo_alertmanager(
-    tmp: Path, port: int, reconciler: ThreadedServer, token_file: Path
+    tmp: Path, port: int, reconciler: ThreadedServer, token_file: Path, generation: Generation = SYSTEM
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    """The repository's alertmanager.yml as `trading-ops up --profile fast` writes it, on `port`."""
+    """The repository's alertmanager.yml as `trading-ops up --profile fast` writes it, on `port` (of
+    `generation`)."""
     tmp.mkdir(parents=True, exist_ok=True)
     rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=reconciler.port), FAST, token_file)
     (tmp / "alertmanager.yml").write_text(yaml.safe_dump(rendered.config))
-    am = run_alertmanager(tmp / "alertmanager.yml", tmp / "data", port, tmp / "alertmanager.log")
+    am = run_alertmanager(tmp / "alertmanager.yml", tmp / "data", port, tmp / "alertmanager.log", generation=generation)
     return am.url, am.proc

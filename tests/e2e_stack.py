@@ -1,5 +1,6 @@
-"""What watches and heals the bot of an end-to-end stack, in a temporary directory: real Prometheus with some of the
-repository's rule files at the fast profile's `for:`, scraping the bot; Alertmanager with the repository's
+"""What watches and heals the bot of an end-to-end stack, in a temporary directory: real Prometheus (the
+long-term-support pair, Prometheus 3.5 and Alertmanager 0.33: system_binaries.LTS) with some of the repository's rule
+files at the fast profile's `for:`, scraping the bot; Alertmanager with the repository's
 configuration as the fast profile adapts it; and the reconciler (a thread) running some of the packaged playbook's
 rules, timed for a test. Used by freqtrade_stack (a freqtrade and its sidecar) and test_nautilus_e2e (a
 NautilusTrader node)."""
@@ -22,7 +23,7 @@ from ports import free_port
 from prometheus_server import start_prometheus
 from reconciler_server import READ_AUTH, ThreadedServer, make_config
 from server_process import stop, wait_http
-from system_binaries import REPO_ROOT
+from system_binaries import LTS, REPO_ROOT
 
 from trading_ops.db import migrate
 from trading_ops.durations import format_duration
@@ -143,15 +144,20 @@ def monitoring(
             targets={target: {"url": url, "token_file": str(token_file)}},
         )
         reconciler = ThreadedServer(config)
+        # The long-term-support pair (Prometheus 3.5, Alertmanager 0.33): what people deploy today.
         am_url, am_proc = start_repo_alertmanager(
-            tmp / "alertmanager", alertmanager_port, reconciler, tmp / "webhook-token"
+            tmp / "alertmanager", alertmanager_port, reconciler, tmp / "webhook-token", generation=LTS
         )
         procs.append(am_proc)
         config_file = prometheus_config(tmp, rule_files, job, target, am_url)
         resend_delay = format_duration(FAST.alert_resend_delay or 60)
         procs.append(
             start_prometheus(
-                config_file, tmp / "prometheus-data", prometheus_port, f"--rules.alert.resend-delay={resend_delay}"
+                config_file,
+                tmp / "prometheus-data",
+                prometheus_port,
+                f"--rules.alert.resend-delay={resend_delay}",
+                generation=LTS,
             )
         )
         wait_http(f"{prometheus_url}/-/ready", proc=procs[-1], deadline=30)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from system_binaries import prometheus_binary
+from system_binaries import SYSTEM, Generation, prometheus_binary
 
 
-def start_prometheus(config: Path, data: Path, port: int, *flags: str) -> subprocess.Popen[bytes]:
-    """Prometheus on 127.0.0.1:`port` with `config` and `flags`, its TSDB in `data`, its warnings and errors in
-    prometheus.log beside `config`. The caller waits for its /-/ready (server_process.wait_http) and stops it."""
+def start_prometheus(
+    config: Path, data: Path, port: int, *flags: str, generation: Generation = SYSTEM
+) -> subprocess.Popen[bytes]:
+    """Prometheus (of `generation`) on 127.0.0.1:`port` with `config` and `flags`, its TSDB in `data`, its warnings
+    and errors in prometheus.log beside `config`. The caller waits for its /-/ready (server_process.wait_http) and
+    stops it."""
     return subprocess.Popen(
         [
-            prometheus_binary(),
+            generation.binary("prometheus") if generation.bin_dir else prometheus_binary(),
             f"--config.file={config}",
             f"--storage.tsdb.path={data}",
             f"--web.listen-address=127.0.0.1:{port}",

@@ -1,11 +1,15 @@
-"""The server binaries the monitoring tests run, and the Debian package that provides each of them."""
+"""The server binaries the monitoring tests run, and the Debian package that provides each of them; the two
+generations of Prometheus and Alertmanager the rule and configuration tests run on."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
+import monitoring_lts
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,8 +73,47 @@ def prometheus_binary() -> str:
     return PROMETHEUS_BIN or require_binary("prometheus")
 
 
-def run_binary(name: str, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a required binary and return its completed process (output captured as text)."""
+@dataclass(frozen=True)
+class Generation:
+    """Prometheus (with promtool) and Alertmanager (with amtool) of one generation: the system's, on PATH (Debian
+    bookworm's 2.42 / 0.25), or the long-term-support line (3.5 / 0.33 from Debian's packages, unpacked into a cache
+    by `make monitoring-lts`, never installed over the system's)."""
+
+    name: str
+    bin_dir: Path | None  # None: PATH
+
+    def binary(self, name: str) -> str:
+        """The path of `name` in this generation; a missing one fails the test (never skips it) saying how to get it."""
+        if self.bin_dir is None:
+            return require_binary(name)
+        path = self.bin_dir / name
+        if not os.access(path, os.X_OK):
+            pytest.fail(
+                f"{name} of Prometheus {monitoring_lts.PROMETHEUS_VERSION} / Alertmanager "
+                f"{monitoring_lts.ALERTMANAGER_VERSION} is not in {self.bin_dir}: run `{monitoring_lts.FILL}` "
+                "(it fetches Debian's packages once; `make test` does it)",
+                pytrace=False,
+            )
+        return str(path)
+
+    def path_env(self) -> dict[str, str]:
+        """The environment with this generation's binaries first on PATH (how `trading-ops up` picks them)."""
+        if self.bin_dir is None:
+            return dict(os.environ)
+        self.binary("prometheus")
+        return {**os.environ, "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+SYSTEM = Generation("system", None)
+LTS = Generation("lts", monitoring_lts.BIN_DIR)
+# Both, for tests parametrized over them (ids "system" and "lts").
+GENERATIONS = (SYSTEM, LTS)
+
+
+def run_binary(
+    name: str, *args: str | Path, cwd: Path | None = None, generation: Generation = SYSTEM
+) -> subprocess.CompletedProcess[str]:
+    """Run a required binary (of `generation`) and return its completed process (output captured as text)."""
     return subprocess.run(
-        [require_binary(name), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120, check=False
+        [generation.binary(name), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=280, check=False
     )

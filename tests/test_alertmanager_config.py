@@ -1,6 +1,7 @@
 """Alertmanager configuration: amtool accepts it, every alert reaches the right receivers, inhibition works.
 
-Integration tests need amtool and prometheus-alertmanager (Debian package `prometheus-alertmanager`); the
+Integration tests need amtool and prometheus-alertmanager (Debian package `prometheus-alertmanager`), and amtool of
+the long-term-support generation (`make monitoring-lts`): the configuration and routing checks run on both; the
 inhibition test starts a real Alertmanager on a free loopback port.
 """
 
@@ -18,7 +19,7 @@ import pytest
 import yaml
 from alertmanager_server import alertmanager_argv
 from ports import free_port
-from system_binaries import REPO_ROOT, run_binary
+from system_binaries import GENERATIONS, REPO_ROOT, SYSTEM, Generation, run_binary
 
 from trading_ops.reconciler.playbook import parse_matcher
 
@@ -56,9 +57,9 @@ def load_config() -> dict[str, Any]:
     return yaml.safe_load(CONFIG.read_text())
 
 
-def routed_receivers(labels: dict[str, str]) -> list[str]:
+def routed_receivers(labels: dict[str, str], generation: Generation = SYSTEM) -> list[str]:
     args = [f"{name}={value}" for name, value in labels.items()]
-    result = run_binary("amtool", "config", "routes", "test", f"--config.file={CONFIG}", *args)
+    result = run_binary("amtool", "config", "routes", "test", f"--config.file={CONFIG}", *args, generation=generation)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip().split(",")
 
@@ -75,15 +76,17 @@ def alert_tiers() -> list[tuple[str, str]]:
 
 
 @pytest.mark.alertmanager
-def test_amtool_check_config() -> None:
-    result = run_binary("amtool", "check-config", CONFIG)
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
+def test_amtool_check_config(generation: Generation) -> None:
+    result = run_binary("amtool", "check-config", CONFIG, generation=generation)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 templates" in result.stdout  # the notification template was found and parsed
 
 
 @pytest.mark.alertmanager
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
 @pytest.mark.parametrize("case", ROUTING_CASES, ids=lambda c: c["name"])
-def test_routing_case(case: dict[str, Any]) -> None:
+def test_routing_case(case: dict[str, Any], generation: Generation) -> None:
     args = [f"{name}={value}" for name, value in case["labels"].items()]
     result = run_binary(
         "amtool",
@@ -93,6 +96,7 @@ def test_routing_case(case: dict[str, Any]) -> None:
         f"--config.file={CONFIG}",
         f"--verify.receivers={','.join(case['receivers'])}",
         *args,
+        generation=generation,
     )
     assert result.returncode == 0, f"routed to {result.stdout.strip()}, expected {case['receivers']}"
 
@@ -115,9 +119,11 @@ def test_routing_cases_cover_every_route_and_severity() -> None:
 
 
 @pytest.mark.alertmanager
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
 @pytest.mark.parametrize(("alertname", "severity"), alert_tiers())
-def test_every_alert_reaches_a_person_by_severity(alertname: str, severity: str) -> None:
-    receivers = routed_receivers({"alertname": alertname, "severity": severity, "instance": "paper-bot:9101"})
+def test_every_alert_reaches_a_person_by_severity(alertname: str, severity: str, generation: Generation) -> None:
+    labels = {"alertname": alertname, "severity": severity, "instance": "paper-bot:9101"}
+    receivers = routed_receivers(labels, generation)
     assert RECEIVER_FOR_SEVERITY[severity] in receivers
     if severity in ("critical", "warning") and alertname not in RECONCILER_POSTED_ALERTS:
         # Everything actionable goes to the reconciler, except its own health (it cannot heal itself).

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import monitoring_lts
 import yaml
 from system_binaries import REPO_ROOT, run_binary
 
@@ -18,10 +19,11 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 # Long-running services must prove they are healthy; one-shot jobs only need to be retried.
 ONE_SHOT_SERVICES = {"db-migrate"}
 PINNED_IMAGES = {
-    "prometheus": "prom/prometheus:v2.53.",
-    "alertmanager": "prom/alertmanager:v0.27.",
-    "grafana": "grafana/grafana:11.",
-    "node-exporter": "prom/node-exporter:v1.8.",
+    # The long-term-support line the tests also run (tests/monitoring_lts.py: Debian's packages of the same versions).
+    "prometheus": "prom/prometheus:v3.5.",
+    "alertmanager": "prom/alertmanager:v0.33.",
+    "grafana": "grafana/grafana:12.",
+    "node-exporter": "prom/node-exporter:v1.11.",
     "postgres": "postgres:15.",
 }
 BUILT_SERVICES = {"paper-bot": "paper-bot", "reconciler": "reconciler"}
@@ -111,6 +113,14 @@ def test_every_image_is_pinned_to_a_tag() -> None:
         if "build" not in service:
             repository, _, tag = service["image"].rpartition(":")
             assert repository and tag and tag != "latest", f"{name}: {service['image']}"
+
+
+def test_the_pinned_prometheus_and_alertmanager_are_the_versions_the_tests_run() -> None:
+    # The rule, configuration and stack tests run Debian's packages of exactly these (make monitoring-lts).
+    services = compose()["services"]
+    assert services["prometheus"]["image"] == f"prom/prometheus:v{monitoring_lts.PROMETHEUS_VERSION}"
+    assert services["alertmanager"]["image"] == f"prom/alertmanager:v{monitoring_lts.ALERTMANAGER_VERSION}"
+    assert services["node-exporter"]["image"] == f"prom/node-exporter:v{monitoring_lts.NODE_EXPORTER_VERSION}"
 
 
 def test_bot_and_reconciler_are_built_from_the_repository_dockerfile() -> None:

@@ -1,11 +1,13 @@
 """Prometheus configuration and rules: promtool accepts them, and the alert catalogue keeps its conventions.
 
-Integration tests need promtool (Debian package `prometheus`); they run it themselves.
+Integration tests need promtool (Debian package `prometheus`) and the long-term-support promtool (`make
+monitoring-lts`); they run it themselves, on both generations (system_binaries.GENERATIONS).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from system_binaries import REPO_ROOT, run_binary
+from system_binaries import GENERATIONS, REPO_ROOT, SYSTEM, Generation, run_binary
 
 PROMETHEUS_DIR = REPO_ROOT / "prometheus"
 RULES_DIR = PROMETHEUS_DIR / "rules"
@@ -60,9 +62,10 @@ def test_there_are_rule_files_and_tests() -> None:
 
 
 @pytest.mark.prometheus
-def test_promtool_accepts_the_prometheus_config() -> None:
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
+def test_promtool_accepts_the_prometheus_config(generation: Generation) -> None:
     # promtool resolves rule_files relative to the config file, so this also checks every rule file.
-    result = run_binary("promtool", "check", "config", PROMETHEUS_DIR / "prometheus.yml")
+    result = run_binary("promtool", "check", "config", PROMETHEUS_DIR / "prometheus.yml", generation=generation)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
 
@@ -94,18 +97,23 @@ def test_prometheus_config_scrapes_every_job_every_5s() -> None:
 
 
 @pytest.mark.prometheus
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
 @pytest.mark.parametrize("rule_file", RULE_FILES, ids=lambda p: p.name)
-def test_promtool_check_rules(rule_file: Path) -> None:
-    result = run_binary("promtool", "check", "rules", rule_file)
+def test_promtool_check_rules(rule_file: Path, generation: Generation) -> None:
+    result = run_binary("promtool", "check", "rules", rule_file, generation=generation)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.prometheus
 @pytest.mark.slow  # a minute for the longest files: in lanes they go out first, side by side
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
 @pytest.mark.parametrize("test_file", RULE_TEST_FILES, ids=lambda p: p.name)
-def test_promtool_rule_unit_tests(test_file: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    # The file's own cases, run by promtool beside the quiet cases' probes (one run of each file serves both).
-    run = probed_run(test_file, tmp_path_factory)
+def test_promtool_rule_unit_tests(
+    test_file: Path, generation: Generation, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The file's own cases, run by promtool beside the quiet cases' probes (one run of each file serves both; the
+    # quiet cases are told apart on the system's generation).
+    run = probed_run(test_file, tmp_path_factory, generation)
     assert run.original_cases_pass(), run.output
 
 
@@ -224,7 +232,7 @@ class ProbedRun:
         ]
 
 
-def run_with_probes(test_file: Path, workdir: Path) -> ProbedRun:
+def run_with_probes(test_file: Path, workdir: Path, generation: Generation = SYSTEM) -> ProbedRun:
     document = load_yaml(test_file)
     document["rule_files"] = [str((test_file.parent / name).resolve()) for name in document["rule_files"]]
     tiers = alert_tiers()
@@ -255,7 +263,7 @@ def run_with_probes(test_file: Path, workdir: Path) -> ProbedRun:
                 )
     derived = workdir / test_file.name
     derived.write_text(yaml.safe_dump(document, sort_keys=False))
-    result = run_binary("promtool", "test", "rules", derived.name, cwd=workdir)
+    result = run_binary("promtool", "test", "rules", derived.name, cwd=workdir, generation=generation)
     return ProbedRun(cases, probes, result.returncode, result.stdout + result.stderr)
 
 
@@ -263,12 +271,16 @@ def classify_quiet_cases(test_file: Path, workdir: Path) -> list[QuietCase]:
     return run_with_probes(test_file, workdir).quiet_cases()
 
 
-def probed_run(test_file: Path, tmp_path_factory: pytest.TempPathFactory) -> ProbedRun:
-    """`run_with_probes` of a shipped test file, once per pytest run: its lanes (xdist's workers) share the result
-    through their common temporary folder, the first to ask runs promtool while the others wait on its lock."""
-    shared = tmp_path_factory.getbasetemp().parent / "promtool-probes"
+def probed_run(test_file: Path, tmp_path_factory: pytest.TempPathFactory, generation: Generation = SYSTEM) -> ProbedRun:
+    """`run_with_probes` of a shipped test file on `generation`, once per pytest run: its lanes (xdist's workers)
+    share the result through their common temporary folder, the first to ask runs promtool while the others wait on
+    its lock."""
+    shared = tmp_path_factory.getbasetemp().parent / f"promtool-probes-{generation.name}"
     shared.mkdir(exist_ok=True)
-    stored = shared / f"{test_file.name}.json"
+    # Keyed by the file's content too: a run without lanes shares pytest's folder with earlier runs, whose result of
+    # an older version of the file must not stand for this one.
+    digest = hashlib.sha256(test_file.read_bytes()).hexdigest()[:16]
+    stored = shared / f"{test_file.name}.{digest}.json"
     with open(shared / f"{test_file.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -282,7 +294,7 @@ def probed_run(test_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Pro
                 )
             workdir = shared / test_file.stem
             workdir.mkdir(exist_ok=True)
-            run = run_with_probes(test_file, workdir)
+            run = run_with_probes(test_file, workdir, generation)
             stored.write_text(json.dumps(run.__dict__), encoding="utf-8")
             return run
         finally:

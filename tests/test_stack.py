@@ -32,7 +32,7 @@ import pytest
 import yaml
 from make_run_checkout import make_checkout
 from ports import free_port, free_ports
-from system_binaries import REPO_ROOT, require_binary, run_binary
+from system_binaries import GENERATIONS, REPO_ROOT, Generation, require_binary, run_binary
 from up_process import CHILDREN, STARTED_RE, STARTUP_SECONDS, STOP_SECONDS, UpProcess, alive
 
 from trading_ops.config import load_config
@@ -125,10 +125,11 @@ def test_alert_descriptions_name_the_for_duration_the_alert_really_uses(layout: 
 
 
 @pytest.mark.prometheus
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
 @pytest.mark.parametrize("profile", [FAST, STANDARD], ids=lambda p: p.name)
-def test_rendered_prometheus_config_passes_promtool(layout: Layout, profile: Any) -> None:
+def test_rendered_prometheus_config_passes_promtool(layout: Layout, profile: Any, generation: Generation) -> None:
     write_prometheus(render_prometheus(REPO_ROOT, PORTS, profile, layout), layout, REPO_ROOT, profile)
-    result = run_binary("promtool", "check", "config", layout.prometheus_config)
+    result = run_binary("promtool", "check", "config", layout.prometheus_config, generation=generation)
     assert result.returncode == 0, result.stdout + result.stderr
     # promtool also loaded every rule file the config names.
     rule_files = len(list(RULES_DIR.glob("*.yml")))
@@ -234,10 +235,13 @@ def write_am(tmp_path: Path, profile: Any, token_file: Path) -> tuple[Path, dict
 
 
 @pytest.mark.alertmanager
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
 @pytest.mark.parametrize("profile", [FAST, STANDARD], ids=lambda p: p.name)
-def test_rendered_alertmanager_config_passes_amtool(tmp_path: Path, token_file: Path, profile: Any) -> None:
+def test_rendered_alertmanager_config_passes_amtool(
+    tmp_path: Path, token_file: Path, profile: Any, generation: Generation
+) -> None:
     path, _ = write_am(tmp_path, profile, token_file)
-    result = run_binary("amtool", "check-config", path)
+    result = run_binary("amtool", "check-config", path, generation=generation)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 templates" in result.stdout  # the repo's template, found through its absolute path
 
@@ -781,12 +785,17 @@ def up_process(tmp_path: Path) -> Iterator[Callable[..., UpProcess]]:
 @pytest.mark.slow
 @pytest.mark.prometheus
 @pytest.mark.alertmanager
-def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(up_process: Callable[..., UpProcess]) -> None:
-    require_binary("prometheus")
-    up = up_process()
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
+def test_up_starts_four_healthy_children_and_ctrl_c_stops_them_all(
+    up_process: Callable[..., UpProcess], generation: Generation
+) -> None:
+    # On the system's Prometheus 2 / Alertmanager 0.25 and on the LTS pair: `up` runs those first on PATH.
+    up = up_process(generation=generation)
     up.wait_up()
     pids = up.pids()
     assert set(pids) == set(CHILDREN)
+    for server, binary in (("prometheus", "prometheus"), ("alertmanager", "prometheus-alertmanager")):
+        assert os.readlink(f"/proc/{pids[server]}/exe") == os.path.realpath(generation.binary(binary)), server
     for child in CHILDREN:
         assert up.healthy(child), f"{child} is not healthy:\n{up.output}"
     for child in CHILDREN:

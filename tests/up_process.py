@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from ports import free_port
+from system_binaries import LTS, Generation
 
 from trading_ops.stack.layout import PORT_ORDER, Ports, port_option
 
@@ -53,12 +54,14 @@ class UpProcess:
         env: dict[str, str] | None = None,
         profile: str = "fast",
         checkout: bool = False,
+        generation: Generation = LTS,
         **config: Any,
     ) -> None:
         """`up` with a configuration of the test's (paths in `root`, `config`'s sections over them), or, with
         `checkout`, as `make run` runs it in a checkout: `root/trading-ops.yaml` and the tokens under `root/var/secrets`
         as they are (make_run_checkout's `make_checkout`), the default state directory `root/var/stack`; only the
-        ports are the test's."""
+        ports are the test's. `up` finds Prometheus and Alertmanager on PATH: `generation`'s come first on it (the
+        long-term-support pair unless a test says otherwise), unless `env` is given whole."""
         self.root = root
         self.ports = Ports(**{name: free_port() for name in PORT_ORDER})  # the pair's too: unused without it
         self.config = root / "trading-ops.yaml"
@@ -74,7 +77,12 @@ class UpProcess:
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=generation.path_env() if env is None else env,
+            cwd=root,
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
