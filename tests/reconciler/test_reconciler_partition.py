@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 import yaml
 from aiohttp import web
@@ -251,3 +252,91 @@ async def test_a_replica_cut_off_mid_step_is_taken_over_and_acts_on_nothing_when
 def pages(posted: list[dict[str, Any]]) -> set[tuple[str, str]]:
     """The pages posted, each once: Alertmanager holds one alert per labels and startsAt, however often posted."""
     return {(json.dumps(p["labels"], sort_keys=True), p.get("startsAt", "")) for p in posted}
+
+
+def r1_backends(conn: psycopg.Connection[Any], address: str, state: str) -> int:
+    """How many of the server's sessions from `address` are in `state` (pg_stat_activity)."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s AND state = %s"
+    row = conn.execute(query, (address, state)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_replica_cut_off_inside_a_ledger_transaction_holds_no_lock_past_its_lease(
+    tmp_path: Path, network: Network, cluster: Cluster, served: tuple[FakeBot, str, list[dict[str, Any]]]
+) -> None:
+    """The cut comes between a write of the owner's and its COMMIT (its lease renewal, held at the target's row by the
+    test's own lock until the link is down): on the server its session is left idle in a transaction, holding the
+    episode's row, and nothing on the server notices a client gone quiet for hours (tcp_keepalives_idle defaults to
+    the kernel's two). The other replica takes the run over all the same, once its lease lapsed."""
+    bot, sink, posted = served
+    await asyncio.to_thread(cluster.create_database, "partition")
+    ledger = Ledger(make_engine(cluster.url("partition")))
+    db_url = f"postgresql+psycopg://postgres@{network.gateway}:{cluster.port}/partition"
+    one, two = network.add_host("r1"), network.add_host("r2")
+    dsn = f"host=127.0.0.1 port={cluster.port} user=postgres dbname=partition"
+    lock = await psycopg.AsyncConnection.connect(dsn)
+    watch = psycopg.connect(dsn, autocommit=True)
+    try:
+        r1 = await asyncio.to_thread(start_replica, one, tmp_path, "r1", db_url, bot, sink)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            body = payload(alert("TradingBotBrokerDisconnected", fingerprint="fp0", instance=INSTANCES[0], key="k0"))
+            async with session.post(f"{r1}/api/v1/alertmanager", json=body, headers=AUTH) as resp:
+                assert resp.status == 200, await resp.text()
+            await until_async("r1's step in flight at the bot", lambda: len(bot.calls) == 1, 60)
+            r2 = await asyncio.to_thread(start_replica, two, tmp_path, "r2", db_url, bot, sink)
+            # The test holds the target's row: r1's next renewal updates the episode's row, then waits for it.
+            await lock.execute("SELECT 1 FROM reconciler_targets WHERE name = %s FOR UPDATE", (INSTANCES[0],))
+            await until_async(
+                "r1's renewal waiting for the target's row, the episode's row in hand",
+                lambda: (
+                    r1_backends(watch, one.address, "active") >= 1
+                    and watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone() != (0,)
+                ),
+                60,
+            )
+            one.link_down()
+            cut_at = time.monotonic()
+            await lock.commit()  # r1's UPDATE goes through on the server; its answer and COMMIT are lost in the cut
+            await until_async(
+                "r1's session idle in its transaction", lambda: r1_backends(watch, one.address, "idle in transaction")
+            )
+            assert bot.hold is not None
+            bot.hold.set()
+
+            def taken_over() -> bool:
+                (episode,) = ledger.list_episodes()
+                steps = [s for a in episode["attempt_list"] for s in a["steps"]]
+                return bool(steps) and steps[0]["outcome"] == UNKNOWN
+
+            await until_async("r2 took r1's run over", taken_over, 3 * LEASE_SECONDS, 0.05)
+            taken_after = time.monotonic() - cut_at
+            await until_async(
+                "the episode closed by r2", lambda: ledger.list_episodes()[0]["state"] in CLOSED_STATES, 60
+            )
+            await until_async("r2's page at the sink", lambda: len(pages(posted)) == 1, 60)
+            before = snapshot(ledger)
+            one.link_up()
+            log_1 = tmp_path / "r1" / "reconciler.log"
+            episode_id = before[0]["id"]
+            await until_async(
+                "r1 back, its run stopped as lost",
+                lambda: (
+                    f"episode {episode_id}: claim lost" in log_1.read_text(errors="replace")
+                    or f"episode {episode_id}: lease renewal found" in log_1.read_text(errors="replace")
+                ),
+                180,
+            )
+            after = snapshot(ledger)
+            async with session.get(f"{r2}/readyz") as resp:
+                assert resp.status == 200
+        print("PARTITION_IN_TRANSACTION " + json.dumps({"partition_to_takeover_seconds": round(taken_after, 2)}))
+        assert bot.commands() == ["reconnect"]
+        assert after == before and before[0]["state"] == "escalated"
+        assert len(pages(posted)) == 1
+    finally:
+        await lock.close()
+        watch.close()
+        for host in (one, two):
+            for proc in host.processes:
+                stop(proc)
+        ledger.engine.dispose()
