@@ -178,11 +178,11 @@ def ledger_connect_args(url: str, lease_seconds: float) -> dict[str, Any]:
     between a write and its COMMIT leaves its session idle in that transaction, holding the rows it wrote (a run's
     episode and target), and the server, whose TCP keepalives wait hours, would keep them from any sweep, so a
     replica taking a lapsed lease over waited for them instead of acting (test_reconciler_partition.py). Half a
-    lease frees them before the lease they would renew lapses. A URL's own `options` is left as it is."""
+    lease (a second at least) frees them before the lease they would renew lapses. A URL's own `options` is kept."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql" or "options" in parsed.query:
         return {}
-    return {"options": f"-c idle_in_transaction_session_timeout={max(100, int(lease_seconds * 500))}"}
+    return {"options": f"-c idle_in_transaction_session_timeout={max(1000, int(lease_seconds * 500))}"}
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
