@@ -38,6 +38,8 @@ class FakeBot:
     # command -> HTTP status to answer (default 200)
     status: dict[str, int] = field(default_factory=dict)
     delay: float = 0.0
+    # When set, every answer waits for this event first (a step held in flight until the test lets it go).
+    hold: asyncio.Event | None = None
     on_call: Callable[[str], None] | None = None
     # The trading state its `status` answers with: what pause, resume, halt and reduce_only made it.
     state: str = "active"
@@ -46,7 +48,7 @@ class FakeBot:
         return [c for c, _ in self.calls]
 
     def app(self) -> web.Application:
-        """The control API's app: records each command, then answers with `status` after `delay`."""
+        """The control API's app: records each command, then answers with `status` once `hold` is set, after `delay`."""
 
         async def control(request: web.Request) -> web.Response:
             if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
@@ -58,6 +60,8 @@ class FakeBot:
             self.calls.append((command, body))
             if self.on_call:
                 self.on_call(command)
+            if self.hold is not None:
+                await self.hold.wait()
             if self.delay:
                 await asyncio.sleep(self.delay)
             status = self.status.get(command, 200)

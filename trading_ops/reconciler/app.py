@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, make_url, text
 
 from trading_ops.bearer import bearer_matches
 from trading_ops.clients.alertmanager import AlertmanagerClient
@@ -173,9 +173,26 @@ def check_http_hosts(playbook: Playbook, allowed: list[str]) -> None:
                 )
 
 
+def ledger_connect_args(url: str, lease_seconds: float) -> dict[str, Any]:
+    """PostgreSQL ends a session of ours left in a transaction for half a lease: a replica cut off from the network
+    between a write and its COMMIT leaves its session idle in that transaction, holding the rows it wrote (a run's
+    episode and target), and the server, whose TCP keepalives wait hours, would keep them from any sweep, so a
+    replica taking a lapsed lease over waited for them instead of acting (test_reconciler_partition.py). Half a
+    lease (a second at least) frees them before the lease they would renew lapses. A URL's own `options` is kept."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or "options" in parsed.query:
+        return {}
+    return {"options": f"-c idle_in_transaction_session_timeout={max(1000, int(lease_seconds * 500))}"}
+
+
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    url = config.database_url()
+    engine = make_engine(
+        url,
+        sqlite_synchronous=config.database.sqlite_synchronous,
+        connect_args=ledger_connect_args(url, config.reconciler.lease_seconds),
+    )
     try:
         tables = await asyncio.to_thread(lambda: set(inspect(engine).get_table_names()))
         if "reconciler_episodes" not in tables:
