@@ -4,10 +4,11 @@ fake_bot, engine_runs): a module named `conftest` is a different one in each fol
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from alertmanager_server import Alertmanager, start_alertmanager
 from fake_bot import FakeBot
 from ports import free_port
@@ -35,6 +36,21 @@ async def fake_bot(aiohttp_server: Any) -> FakeBot:
     server = await aiohttp_server(bot.app())
     bot.url = str(server.make_url("")).rstrip("/")
     return bot
+
+
+@pytest.fixture
+async def pages(aiohttp_server: Any) -> AsyncIterator[tuple[str, list[Any]]]:
+    """Alertmanager's API as the reconciler's escalations reach it: (its URL, every page posted), counted."""
+    posted: list[Any] = []
+
+    async def alerts(request: web.Request) -> web.Response:
+        posted.extend(await request.json())
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/api/v2/alerts", alerts)
+    server = await aiohttp_server(app)
+    yield str(server.make_url("")).rstrip("/"), posted
 
 
 @pytest.fixture(scope="session")

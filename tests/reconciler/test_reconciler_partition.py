@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -24,15 +22,15 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-import yaml
+import replica_process
 from aiohttp import web
 from fake_bot import FakeBot
 from netns_hosts import Host, Network, host_network
 from pg_cluster import Cluster, own_cluster
 from polling import until_async
 from ports import free_port
-from reconciler_server import AUTH, BOT_TOKEN, TOKEN, write_playbook
-from server_process import stop, wait_http
+from reconciler_server import AUTH
+from server_process import stop
 from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine
@@ -108,37 +106,20 @@ async def served(network: Network) -> AsyncIterator[tuple[FakeBot, str, list[dic
 
 def start_replica(host: Host, tmp_path: Path, name: str, db_url: str, bot: FakeBot, sink: str) -> str:
     """A reconciler process named `name` on `host`, listening on the host's address; its base URL once healthy."""
-    folder = tmp_path / name
-    folder.mkdir()
-    port = free_port()
-    (folder / "webhook-token").write_text(TOKEN)
-    (folder / "bot-token").write_text(BOT_TOKEN)
-    data = {
-        "database": {"url": db_url},
-        "reconciler": {
-            "listen": {"host": host.address, "port": port},
-            "instance": name,
-            "token_file": str(folder / "webhook-token"),
-            "playbook": str(write_playbook(folder, [RULE])),
-            "spool_dir": str(folder / "spool"),
-            "poll_interval_seconds": 0.05,
-            "lease_seconds": LEASE_SECONDS,
-            "check_silences": False,
-            "alertmanager_url": sink,
-            "watchdog": {"window_seconds": 0},
-            "targets": {i: {"url": bot.url, "token_file": str(folder / "bot-token")} for i in INSTANCES},
-            "budgets": {"max_actions_per_target_per_hour": 1000, "max_actions_per_hour": 1000},
-        },
-    }
-    (folder / "reconciler.yaml").write_text(yaml.safe_dump(data))
-    proc = host.popen(
-        [sys.executable, "-m", "trading_ops", "-c", str(folder / "reconciler.yaml"), "reconciler"],
-        stdout=subprocess.DEVNULL,
-        stderr=open(folder / "reconciler.log", "ab"),  # noqa: SIM115
+    _, port = replica_process.start_replica(
+        tmp_path,
+        name,
+        db_url,
+        bot.url,
+        INSTANCES,
+        lease_seconds=LEASE_SECONDS,
+        alertmanager_url=sink,
+        rule=RULE,
+        listen_host=host.address,
+        popen=host.popen,
+        spool_dir=str(tmp_path / name / "spool"),
     )
-    base = f"http://{host.address}:{port}"
-    wait_http(f"{base}/healthz", deadline=90, proc=proc)
-    return base
+    return f"http://{host.address}:{port}"
 
 
 def snapshot(ledger: Ledger) -> list[dict[str, Any]]:

@@ -12,24 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
-from aiohttp import web
 from fake_bot import FakeBot
 from pg_cluster import ReplicatedPair, replicated_pair
 from polling import until_async
-from ports import free_port
-from reconciler_server import AUTH, BOT_TOKEN, TOKEN, write_playbook
-from server_process import stop, wait_http
-from webhook_payloads import alert, payload
+from reconciler_server import AUTH
+from replica_process import disconnected, start_replica
+from server_process import stop
 
 from trading_ops.db.base import make_engine
 from trading_ops.reconciler.ledger import CLOSED_STATES, Ledger
@@ -38,16 +34,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 LEASE_SECONDS = 30.0  # the shipped lease
 INSTANCES = tuple(f"bot-{i}" for i in range(6))
-RULE = {
-    "name": "reconnect",
-    "match": ['alertname="TradingBotBrokerDisconnected"'],
-    "verify": False,
-    "cooldown": 0,
-    "max_attempts": 3,
-    "on_unknown": "retry",  # the issue's case: a step whose outcome is unknown is sent again
-    "backoff": {"initial": "100ms"},
-    "steps": [{"action": "bot", "command": "reconnect", "body": {"key": "${key}"}}],
-}
 # Every episode closed within this long of the promotion (the issue's bound).
 CLOSED_AFTER_PROMOTION_SECONDS = 60.0
 
@@ -58,62 +44,25 @@ def pair() -> Iterator[ReplicatedPair]:
         yield pg
 
 
-@pytest.fixture
-async def pages(aiohttp_server: Any) -> AsyncIterator[tuple[str, list[Any]]]:
-    """Alertmanager's API as the reconciler's escalations reach it: every page posted, counted."""
-    posted: list[Any] = []
-
-    async def alerts(request: web.Request) -> web.Response:
-        posted.extend(await request.json())
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_post("/api/v2/alerts", alerts)
-    server = await aiohttp_server(app)
-    yield str(server.make_url("")).rstrip("/"), posted
-
-
 def replica(
     tmp_path: Path, name: str, db_url: str, bot: FakeBot, alertmanager: str, started: list[subprocess.Popen[bytes]]
 ) -> int:
-    """A reconciler process named `name` on `db_url`, acting on the fake bot for INSTANCES; its port. The process is
-    appended to `started` as soon as it runs."""
-    folder = tmp_path / name
-    folder.mkdir()
-    port = free_port()
-    (folder / "webhook-token").write_text(TOKEN)
-    (folder / "bot-token").write_text(BOT_TOKEN)
-    data = {
-        "database": {"url": db_url},
-        "reconciler": {
-            "listen": {"port": port},
-            "instance": name,
-            "token_file": str(folder / "webhook-token"),
-            "playbook": str(write_playbook(folder, [RULE])),
-            "poll_interval_seconds": 0.05,
-            "lease_seconds": LEASE_SECONDS,
-            "check_silences": False,
-            "alertmanager_url": alertmanager,
-            "watchdog": {"window_seconds": 0},
-            "targets": {i: {"url": bot.url, "token_file": str(folder / "bot-token")} for i in INSTANCES},
-            "budgets": {"max_actions_per_target_per_hour": 100_000, "max_actions_per_hour": 100_000},
-        },
-    }
-    (folder / "reconciler.yaml").write_text(yaml.safe_dump(data))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trading_ops", "-c", str(folder / "reconciler.yaml"), "reconciler"],
-        stdout=subprocess.DEVNULL,
-        stderr=open(folder / "reconciler.log", "ab"),  # noqa: SIM115
+    """A reconciler process named `name` on `db_url`, acting on the fake bot for INSTANCES; its port."""
+    _, port = start_replica(
+        tmp_path,
+        name,
+        db_url,
+        bot.url,
+        INSTANCES,
+        lease_seconds=LEASE_SECONDS,
+        alertmanager_url=alertmanager,
+        started=started,
     )
-    started.append(proc)
-    wait_http(f"http://127.0.0.1:{port}/healthz", deadline=90, proc=proc)
     return port
 
 
 def body(i: int) -> dict[str, Any]:
-    return payload(
-        alert("TradingBotBrokerDisconnected", fingerprint=f"fp{i}", instance=INSTANCES[i % len(INSTANCES)], key=f"k{i}")
-    )
+    return disconnected(i, INSTANCES)
 
 
 @pytest.mark.parametrize("promotion_seconds", [3.0, 35.0], ids=["promoted-within-the-lease", "promoted-after-it"])
