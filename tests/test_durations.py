@@ -51,7 +51,8 @@ def test_the_duration_pattern_of_json_schemas_is_what_parse_duration_reads(text:
     """`trading-ops playbook schema` says which strings are durations with DURATION_PATTERN: exactly these."""
     try:
         parse_duration(text)
-    except ValueError:
-        assert re.search(DURATION_PATTERN, text) is None, text
+    except ValueError as refused:
+        # The pattern is the shape of a duration; how long one may be (under 10,000 years) is not its to say.
+        assert "10,000 years" in str(refused) or re.search(DURATION_PATTERN, text) is None, text
     else:
         assert re.search(DURATION_PATTERN, text) is not None, text

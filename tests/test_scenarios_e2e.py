@@ -26,7 +26,7 @@ import pytest
 from polling import until
 from system_binaries import require_binary
 from up_process import UpProcess, alive
-from up_stack import PaperStack, back_to_normal, bot_pid, fired, get_json, new_episodes, pages, settled
+from up_stack import PaperStack, approve, back_to_normal, bot_pid, fired, get_json, new_episodes, pages, settled
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
@@ -281,6 +281,8 @@ def test_a_breached_loss_limit_halts_flattens_verifies_flat_and_pages_what_was_d
     spike = until("a loss spike the book can take", lambda: stack.try_control("loss_spike"), deadline=60)
     assert float(spike["expected_loss"]) >= 2500
     until("halted by its risk limit", lambda: stack.control("status")["state"] == "halted", deadline=30)
+    # The demo's playbook (the fast profile's) asks before the protective steps: one decision covers both.
+    approve(stack, "loss-limit-flatten", "scenarios")
     (episode,) = settled(stack, known, "TradingBotDailyLossBreached")
     assert episode["state"] == "recovered" and episode["rule"] == "loss-limit-flatten", episode
     steps = [(s["description"], s["outcome"]) for a in episode["attempts"] for s in a["steps"]]

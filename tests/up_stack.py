@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -132,6 +133,25 @@ def pages(stack: PaperStack, alertname: str, original: str) -> list[dict[str, An
         for a in stack.alertmanager_alerts(alertname)
         if a["labels"].get("original_alertname") == original and a["labels"].get("instance") == stack.instance
     ]
+
+
+def approve(stack: Stack, rule: str, who: str) -> int:
+    """A person approves the pending approval of `rule` (`reconciler approvals`, then `reconciler approve`, as the
+    demo's banner says): its id, once one waits and the decision is taken."""
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "trading_ops", "--config", str(stack.up.state_dir / "trading-ops.yaml"), *args]
+        return subprocess.run(argv, cwd=stack.up.root, capture_output=True, text=True, timeout=120, check=False)
+
+    def waiting() -> int | None:
+        listed = cli("reconciler", "approvals", "--status", "pending", "--json")
+        assert listed.returncode == 0, listed.stderr
+        return next((int(a["id"]) for a in json.loads(listed.stdout)["approvals"] if a["rule"] == rule), None)
+
+    approval = until(f"an approval of {rule} waiting", waiting, deadline=120)
+    approved = cli("reconciler", "approve", str(approval), "--reason", "the test's operator", "--as", who)
+    assert approved.returncode == 0, approved.stderr
+    return approval
 
 
 def settled(stack: PaperStack, known: set[int], alertname: str, deadline: float = 180) -> list[dict[str, Any]]:

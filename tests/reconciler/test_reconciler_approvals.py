@@ -302,7 +302,7 @@ async def test_the_approval_page_ends_with_the_decision(
     assert shown[at + 1].startswith(
         f"    {pending['id']}  executed   step 1: bot command=cancel_all, then bot command=flatten  asked "
     )
-    assert shown[at + 1].endswith(": looked at it") and "; approved by alice (token desk) at " in shown[at + 1]
+    assert shown[at + 1].endswith(": looked at it") and '; approved by "alice" with token desk at ' in shown[at + 1]
     assert not shown[at + 2].startswith("    "), shown  # one decision for both steps
 
 
