@@ -165,6 +165,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_webconfig.py
 	$(PY) benchmarks/bench_outbox.py
 	$(PY) benchmarks/bench_nautilus.py
+	$(PY) benchmarks/bench_dead_man_switch.py
 
 clean:
 	rm -rf $(VENV) var site .pytest_cache .ruff_cache .mypy_cache
