@@ -42,6 +42,51 @@ class Builder:
     def operation(self, method: str, path: str, operation: dict[str, Any]) -> None:
         self.paths.setdefault(path, {})[method] = operation
 
+    def probes(
+        self,
+        openapi_path: str,
+        metrics: str,
+        alive: tuple[str, str, Any],
+        ready: tuple[str, str, Any],
+    ) -> None:
+        """The operations every server of the project has, open to anyone: this document at `openapi_path`, /metrics
+        (`metrics` says which families), /healthz and /readyz, each of these two given as (what 200 means, what 503
+        means, the msgspec type of the body)."""
+        self.operation(
+            "get",
+            openapi_path,
+            {
+                "operationId": "getOpenAPI",
+                "summary": "This document",
+                "security": [],
+                "responses": {
+                    "200": {"description": "The OpenAPI 3.1 document.", "content": json_content({"type": "object"})}
+                },
+            },
+        )
+        self.operation(
+            "get",
+            "/metrics",
+            {"operationId": "getMetrics", "summary": metrics, "security": [], "responses": {"200": metrics_response()}},
+        )
+        for path, operation_id, (summary, failing, body) in (
+            ("/healthz", "getHealth", alive),
+            ("/readyz", "getReady", ready),
+        ):
+            self.operation(
+                "get",
+                path,
+                {
+                    "operationId": operation_id,
+                    "summary": summary,
+                    "security": [],
+                    "responses": {
+                        "200": response("Alive." if path == "/healthz" else "Ready.", self.ref(body)),
+                        "503": response(failing, self.ref(body)),
+                    },
+                },
+            )
+
     def document(self, security_schemes: Mapping[str, Any]) -> dict[str, Any]:
         keys = list(self._types)
         refs, components = msgspec.json.schema_components(

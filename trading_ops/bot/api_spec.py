@@ -10,7 +10,7 @@ import msgspec
 
 from trading_ops.bot.control import COMMAND_SCOPES, REQUIRED_COMMANDS, STATE_COMMANDS
 from trading_ops.bot.state import TradingState
-from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, metrics_response, response
+from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, response
 from trading_ops.schema import one_of
 from trading_ops.scopes import DESTRUCTIVE, OPERATE, READ
 
@@ -200,53 +200,15 @@ def bot_document(control: Commands, title: str = "trading-ops bot") -> dict[str,
             },
         },
     )
-    doc.operation(
-        "get",
+    doc.probes(
         OPENAPI_PATH,
-        {
-            "operationId": "getOpenAPI",
-            "summary": "This document",
-            "security": [],
-            "responses": {
-                "200": {"description": "The OpenAPI 3.1 document.", "content": json_content({"type": "object"})}
-            },
-        },
-    )
-    doc.operation(
-        "get",
-        "/metrics",
-        {
-            "operationId": "getMetrics",
-            "summary": "Prometheus metrics (tradingbot_*)",
-            "security": [],
-            "responses": {"200": metrics_response()},
-        },
-    )
-    doc.operation(
-        "get",
-        "/healthz",
-        {
-            "operationId": "getHealth",
-            "summary": "Alive: the trading loop makes progress",
-            "security": [],
-            "responses": {
-                "200": response("Alive.", doc.ref(Health)),
-                "503": response("The loop stopped making progress.", doc.ref(Health)),
-            },
-        },
-    )
-    doc.operation(
-        "get",
-        "/readyz",
-        {
-            "operationId": "getReady",
-            "summary": "Ready: broker connected, market data fresh, reconciliation passed, journal writable",
-            "security": [],
-            "responses": {
-                "200": response("Ready.", doc.ref(Readiness)),
-                "503": response("Not ready (the failing checks say why).", doc.ref(Readiness)),
-            },
-        },
+        "Prometheus metrics (tradingbot_*)",
+        alive=("Alive: the trading loop makes progress", "The loop stopped making progress.", Health),
+        ready=(
+            "Ready: broker connected, market data fresh, reconciliation passed, journal writable",
+            "Not ready (the failing checks say why).",
+            Readiness,
+        ),
     )
     return doc.document(
         {

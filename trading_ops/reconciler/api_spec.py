@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, metrics_response, response
+from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, response
 from trading_ops.reconciler.app import DEFAULT_LIST, MAX_LIST, MAX_TARGET_CHARS
 from trading_ops.reconciler.approvals import DECISIONS, REASON_MAX
 from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
@@ -385,53 +385,11 @@ def reconciler_document() -> dict[str, Any]:
             },
         },
     )
-    doc.operation(
-        "get",
+    doc.probes(
         OPENAPI_PATH,
-        {
-            "operationId": "getOpenAPI",
-            "summary": "This document",
-            "security": [],
-            "responses": {
-                "200": {"description": "The OpenAPI 3.1 document.", "content": json_content({"type": "object"})}
-            },
-        },
-    )
-    doc.operation(
-        "get",
-        "/metrics",
-        {
-            "operationId": "getMetrics",
-            "summary": "Prometheus metrics (tradingops_*)",
-            "security": [],
-            "responses": {"200": metrics_response()},
-        },
-    )
-    doc.operation(
-        "get",
-        "/healthz",
-        {
-            "operationId": "getHealth",
-            "summary": "Alive: the intake's writer and every worker run",
-            "security": [],
-            "responses": {
-                "200": response("Alive.", doc.ref(Health)),
-                "503": response("A worker stopped.", doc.ref(Health)),
-            },
-        },
-    )
-    doc.operation(
-        "get",
-        "/readyz",
-        {
-            "operationId": "getReady",
-            "summary": "Ready: the ledger's database answers",
-            "security": [],
-            "responses": {
-                "200": response("Ready.", doc.ref(Health)),
-                "503": response("The database does not answer.", doc.ref(Health)),
-            },
-        },
+        "Prometheus metrics (tradingops_*)",
+        alive=("Alive: the intake's writer and every worker run", "A worker stopped.", Health),
+        ready=("Ready: the ledger's database answers", "The database does not answer.", Health),
     )
     return doc.document(
         {
