@@ -627,18 +627,23 @@ class BotVenueConfig:
                 )
         if not self.symbols:
             raise ConfigError(f"{prefix}.symbols", "must list the bot's symbols (what positions and flatten cover)")
-        for i, symbol in enumerate(self.symbols):
-            if SYMBOL_PATTERN.match(symbol) is None:
-                got = _describe(symbol)
-                raise ConfigError(
-                    f"{prefix}.symbols[{i}]", f"expected BASE-QUOTE in capitals such as BTC-USD, got {got}"
-                )
-        for name, url in self.urls.items():
-            if problem := _check_http_url(url):
-                raise ConfigError(f"{prefix}.urls.{name}", problem)
-        for asset in self.position_baseline:
-            if problem := _check_asset(asset):
-                raise ConfigError(f"{prefix}.position_baseline.{asset}", problem)
+        _check_account(prefix, self.symbols, self.urls, self.position_baseline)
+
+
+def _check_account(prefix: str, symbols: list[str], urls: dict[str, str], position_baseline: dict[str, float]) -> None:
+    """What a ccxt account's settings share, the bot's broker's and the reconciler's venue step's: its symbols, the
+    URLs that replace ccxt's and the balances that are not the bot's."""
+    for i, symbol in enumerate(symbols):
+        if SYMBOL_PATTERN.match(symbol) is None:
+            raise ConfigError(
+                f"{prefix}.symbols[{i}]", f"expected BASE-QUOTE in capitals such as BTC-USD, got {_describe(symbol)}"
+            )
+    for name, url in urls.items():
+        if problem := _check_http_url(url):
+            raise ConfigError(f"{prefix}.urls.{name}", problem)
+    for asset in position_baseline:
+        if problem := _check_asset(asset):
+            raise ConfigError(f"{prefix}.position_baseline.{asset}", problem)
 
 
 def _check_optional_host(value: str) -> str | None:
@@ -1263,18 +1268,7 @@ class CcxtConfig:
     def validate(self, prefix: str, given: set[str]) -> None:
         if not self.symbols:
             raise ConfigError(f"{prefix}.symbols", "must list at least one symbol")
-        for i, symbol in enumerate(self.symbols):
-            if SYMBOL_PATTERN.match(symbol) is None:
-                got = _describe(symbol)
-                raise ConfigError(
-                    f"{prefix}.symbols[{i}]", f"expected BASE-QUOTE in capitals such as BTC-USD, got {got}"
-                )
-        for name, url in self.urls.items():
-            if problem := _check_http_url(url):
-                raise ConfigError(f"{prefix}.urls.{name}", problem)
-        for asset in self.position_baseline:
-            if problem := _check_asset(asset):
-                raise ConfigError(f"{prefix}.position_baseline.{asset}", problem)
+        _check_account(prefix, self.symbols, self.urls, self.position_baseline)
 
 
 @dataclass
