@@ -349,31 +349,24 @@ def docker_settings(remote: RemoteEngine, ca: str) -> dict[str, Any]:
     }
 
 
-async def test_a_bot_container_on_another_host_is_restarted_through_its_engine_over_tls(
-    aiohttp_client: Any, tmp_path: Path, remote_engine: RemoteEngine
+@pytest.mark.parametrize("transport", ["tls", "ssh"])
+async def test_a_bot_container_on_another_host_is_restarted_through_its_engine(
+    aiohttp_client: Any, tmp_path: Path, remote_engine: RemoteEngine, transport: str
 ) -> None:
+    """The two ways Docker itself reaches a remote engine: TCP with TLS client certificates, and SSH (the docker
+    CLI's `docker system dial-stdio` on the host, checked against known_hosts)."""
     before = started_at(remote_engine)
-    host = docker_settings(remote_engine, str(remote_engine.pki / "ca.crt"))
-    config = write_config(tmp_path, remote_engine.alertmanager, host, step="docker")
-    client = await aiohttp_client(create_app(load_config(config)))
-    episode = await run_episode(client, remote_engine.alertmanager, "recovered")
-    (step,) = episode["attempts"][0]["steps"]
-    assert step["outcome"] == "success" and step["output"].startswith("HTTP 204"), step
-    assert started_at(remote_engine) != before
-
-
-async def test_a_bot_container_on_another_host_is_restarted_through_its_engine_over_ssh(
-    aiohttp_client: Any, tmp_path: Path, remote_engine: RemoteEngine
-) -> None:
-    before = started_at(remote_engine)
-    user = getpass.getuser()
-    host = {
-        "address": remote_engine.host.address,
-        "ssh_user": user,
-        "identity_file": str(remote_engine.identity_file),
-        "known_hosts_file": str(remote_engine.known_hosts_file),
-        "docker_url": f"ssh://{user}@{remote_engine.host.address}",
-    }
+    if transport == "tls":
+        host = docker_settings(remote_engine, str(remote_engine.pki / "ca.crt"))
+    else:
+        user = getpass.getuser()
+        host = {
+            "address": remote_engine.host.address,
+            "ssh_user": user,
+            "identity_file": str(remote_engine.identity_file),
+            "known_hosts_file": str(remote_engine.known_hosts_file),
+            "docker_url": f"ssh://{user}@{remote_engine.host.address}",
+        }
     config = write_config(tmp_path, remote_engine.alertmanager, host, step="docker")
     client = await aiohttp_client(create_app(load_config(config)))
     episode = await run_episode(client, remote_engine.alertmanager, "recovered")
