@@ -52,6 +52,37 @@ def make_config(tmp_path: Path, db_url: str, notify_urls: list[str] | None = Non
     return parse_config(data, base_dir=tmp_path)
 
 
+def write_one_rule_config(
+    tmp_path: Path, db_url: str, alertname: str, step: dict[str, Any], bot: dict[str, Any], **reconciler: Any
+) -> Path:
+    """A configuration file for a reconciler with one bot (`bot`, its entry of `bots:`) and one rule: `alertname`
+    runs `step` once, unverified, no cooldown. Tokens in files beside it; `reconciler` adds or replaces settings."""
+    for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
+        (tmp_path / name).write_text(value)
+    rule = {
+        "name": "bot-loop-restart",
+        "match": [f'alertname="{alertname}"'],
+        "max_attempts": 1,
+        "cooldown": 0,
+        "verify": False,
+        "steps": [step],
+    }
+    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [rule]}))
+    rc: dict[str, Any] = {
+        "token_file": "webhook-token",
+        "read_token_file": "read-token",
+        "playbook": "playbook.yml",
+        "poll_interval_seconds": 0.05,
+        "check_silences": False,
+        "prometheus_url": "http://127.0.0.1:9",
+        "watchdog": {"window_seconds": 0},
+        **reconciler,
+    }
+    path = tmp_path / "trading-ops.yaml"
+    path.write_text(yaml.safe_dump({"database": {"url": db_url}, "reconciler": rc, "bots": [bot]}))
+    return path
+
+
 class ThreadedServer:
     """The reconciler app served on a real port from a thread with its own event loop (for sync clients)."""
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from alertmanager_server import Alertmanager, start_alertmanager
 from compose_images import ensure_base_image
 from debian_root import debian_root
@@ -31,7 +30,7 @@ from docker_engine import DockerEngine
 from netns_hosts import Host, host_network
 from nspawn_machine import ROOT_PACKAGES, Machine, Overlay
 from polling import until, until_async
-from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
+from reconciler_server import AUTH, READ_AUTH, write_one_rule_config
 from server_process import stop
 from system_binaries import require_binary
 from web_pki import make_pki
@@ -158,46 +157,20 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteMachine]:
 
 
 def write_config(tmp_path: Path, am: Alertmanager, host: dict[str, Any], step: str = "systemd") -> Path:
-    for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
-        (tmp_path / name).write_text(value)
-    rule = {
-        "name": "bot-loop-restart",
-        "match": [f'alertname="{HUNG}"'],
-        "max_attempts": 1,
-        "cooldown": 0,
-        "verify": False,
-        "steps": [{"action": step, "timeout": "1m"}],
-    }
-    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [rule]}))
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
     migrate.upgrade(database)
-    data = {
-        "database": {"url": database},
-        "reconciler": {
-            "token_file": "webhook-token",
-            "read_token_file": "read-token",
-            "playbook": "playbook.yml",
-            "poll_interval_seconds": 0.05,
-            "check_silences": False,
-            "prometheus_url": "http://127.0.0.1:9",
-            "alertmanager_url": am.url,
-            "watchdog": {"window_seconds": 0},
-        },
-        "bots": [
-            {
-                "name": "remote-1",
-                "instance": INSTANCE,
-                "url": f"http://{INSTANCE}",
-                "token_file": "bot-token",
-                "unit": UNIT,
-                "container": CONTAINER,
-                "host": host,
-            }
-        ],
+    bot = {
+        "name": "remote-1",
+        "instance": INSTANCE,
+        "url": f"http://{INSTANCE}",
+        "token_file": "bot-token",
+        "unit": UNIT,
+        "container": CONTAINER,
+        "host": host,
     }
-    path = tmp_path / "trading-ops.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_one_rule_config(
+        tmp_path, database, HUNG, {"action": step, "timeout": "1m"}, bot, alertmanager_url=am.url
+    )
 
 
 def ssh_settings(remote: RemoteMachine, known_hosts: Path) -> dict[str, Any]:

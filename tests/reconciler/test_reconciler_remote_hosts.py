@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from alertmanager_server import Alertmanager
 from engine_runs import engine_settled
 from netns_hosts import host_network
 from polling import until_async
-from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
+from reconciler_server import AUTH, READ_AUTH, write_one_rule_config
 from ssh_host import ssh_host
 from webhook_payloads import alert, payload
 
@@ -36,45 +35,16 @@ STEPS = {
 
 
 def write_config(tmp_path: Path, db: str, am_url: str, step: dict[str, Any], host: dict[str, Any]) -> Path:
-    for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
-        (tmp_path / name).write_text(value)
-    rule = {
-        "name": "bot-loop-restart",
-        "match": [f'alertname="{HUNG}"'],
-        "max_attempts": 1,
-        "cooldown": 0,
-        "verify": False,
-        "steps": [step],
+    bot = {
+        "name": "remote-1",
+        "instance": INSTANCE,
+        "url": f"http://{INSTANCE}",
+        "token_file": "bot-token",
+        "unit": "trading-ops-bot@remote-1.service",
+        "container": "trading-ops-remote-1",
+        "host": host,
     }
-    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [rule]}))
-    data = {
-        "database": {"url": db},
-        "reconciler": {
-            "token_file": "webhook-token",
-            "read_token_file": "read-token",
-            "playbook": "playbook.yml",
-            "poll_interval_seconds": 0.05,
-            "lease_seconds": 3,
-            "check_silences": False,
-            "prometheus_url": "http://127.0.0.1:9",
-            "alertmanager_url": am_url,
-            "watchdog": {"window_seconds": 0},
-        },
-        "bots": [
-            {
-                "name": "remote-1",
-                "instance": INSTANCE,
-                "url": f"http://{INSTANCE}",
-                "token_file": "bot-token",
-                "unit": "trading-ops-bot@remote-1.service",
-                "container": "trading-ops-remote-1",
-                "host": host,
-            }
-        ],
-    }
-    path = tmp_path / "trading-ops.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_one_rule_config(tmp_path, db, HUNG, step, bot, alertmanager_url=am_url, lease_seconds=3)
 
 
 async def escalated_once(client: Any, am: Alertmanager) -> dict[str, Any]:
