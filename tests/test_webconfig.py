@@ -728,7 +728,8 @@ def test_prometheus_scrapes_a_bot_on_another_host_over_mutual_tls(tmp_path: Path
 
 async def test_allowed_sans_headers_and_rate_limit_apply_to_every_route(tmp_path: Path, pki: Pki) -> None:
     """client_allowed_sans refuses a verified certificate without an allowed SAN (403), http_server_config.headers are
-    on every answer, and rate_limit answers 429 past its burst, bearer routes included (as in the exporter-toolkit)."""
+    on every answer, and rate_limit answers 429 past its burst, bearer routes included (as in the exporter-toolkit),
+    with Retry-After."""
     import aiohttp
     from aiohttp import web
 
@@ -747,7 +748,9 @@ async def test_allowed_sans_headers_and_rate_limit_apply_to_every_route(tmp_path
         secure_app(app, config, ("/control/",))
         return app, config.ssl_context
 
-    async def statuses(app: web.Application, context: Any, path: str, times: int) -> list[tuple[int, str]]:
+    async def statuses(
+        app: web.Application, context: Any, path: str, times: int, header: str = "X-Frame-Options"
+    ) -> list[tuple[int, str]]:
         runner = web.AppRunner(app)
         await runner.setup()
         port = free_port()
@@ -757,7 +760,7 @@ async def test_allowed_sans_headers_and_rate_limit_apply_to_every_route(tmp_path
             async with aiohttp.ClientSession() as session:
                 for _ in range(times):
                     async with session.get(f"https://127.0.0.1:{port}{path}", ssl=pki.client_context()) as response:
-                        out.append((response.status, response.headers.get("X-Frame-Options", "")))
+                        out.append((response.status, response.headers.get(header, "")))
         finally:
             await runner.cleanup()
         return out
@@ -769,7 +772,12 @@ async def test_allowed_sans_headers_and_rate_limit_apply_to_every_route(tmp_path
     assert await statuses(*serve(right_san), "/metrics", 1) == [(200, "deny")]
     limited = web_config(pki)
     limited["rate_limit"] = {"interval": "1h", "burst": 2}
-    assert [s for s, _ in await statuses(*serve(limited), "/control/status", 3)] == [200, 200, 429]
+    # The 429 says when a token is back (RFC 6585's Retry-After, whole seconds): an hour, less what has passed.
+    assert await statuses(*serve(limited), "/control/status", 3, header="Retry-After") == [
+        (200, ""),
+        (200, ""),
+        (429, "3600"),
+    ]
 
 
 async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path, pki: Pki) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import re
 import ssl
@@ -518,16 +519,17 @@ class _Guard:
         canonical = resource.canonical if resource is not None else ""
         return bool(canonical) and canonical.startswith(self.bearer_routes)
 
-    def _rate_limited(self) -> bool:
+    def _rate_limited(self) -> float:
+        """0 when the request may go (a token taken), else the seconds until the bucket holds a token again."""
         now = time.monotonic()
         self._tokens = min(
             float(self.config.rate_burst), self._tokens + (now - self._refilled) / self.config.rate_interval
         )
         self._refilled = now
         if self._tokens < 1:
-            return True
+            return (1 - self._tokens) * self.config.rate_interval
         self._tokens -= 1
-        return False
+        return 0.0
 
     async def _password_ok(self, header: str | None) -> bool:
         credentials = _basic_credentials(header)
@@ -558,8 +560,10 @@ class _Guard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.config.rate_interval > 0 and self._rate_limited():
-            return web.Response(status=429, text="Too Many Requests\n")
+        if self.config.rate_interval > 0 and (wait := self._rate_limited()):
+            # RFC 6585: a 429 may say when to come back; whole seconds (RFC 9110's delay-seconds), at least one.
+            retry = str(max(1, math.ceil(wait)))
+            return web.Response(status=429, text="Too Many Requests\n", headers={"Retry-After": retry})
         if self.config.allowed_sans is not None and not self._san_allowed(request):
             log.warning("refused %s from %s: no allowed SAN in its client certificate", request.path, request.remote)
             return web.Response(status=403, text="client certificate not allowed\n")
