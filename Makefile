@@ -151,7 +151,7 @@ test: $(STAMP) system-deps monitoring-lts bytecode
 	[ "$$tested" = 0 ] && [ "$$typed" = 0 ]
 
 # Every benchmark but the soak (`$(PY) benchmarks/bench_soak.py --minutes 60`: an hour at least, run it on its own).
-bench: $(STAMP) system-deps bench-deps
+bench: $(STAMP) system-deps bench-deps monitoring-lts
 	$(PY) benchmarks/bench_exporter.py
 	$(PY) benchmarks/bench_cli.py
 	$(PY) benchmarks/bench_intake.py
@@ -166,6 +166,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(PY) benchmarks/bench_outbox.py
 	$(PY) benchmarks/bench_nautilus.py
 	$(PY) benchmarks/bench_dead_man_switch.py
+	$(PY) benchmarks/bench_generations.py
 
 clean:
 	rm -rf $(VENV) var site .pytest_cache .ruff_cache .mypy_cache

@@ -7,27 +7,45 @@
 - Python packages: the wheelhouse of constraints.txt's pins for Debian's Python 3.11 (tests/debian_root.py's, which the
   systemd test's virtualenv is installed from too) given to the build with `--build-arg WHEELHOUSE=wheelhouse` (the
   Dockerfile's offline path).
-- PostgreSQL, Prometheus, Alertmanager and the node exporter: Debian's packages (postgresql-15, prometheus,
-  prometheus-alertmanager, prometheus-node-exporter) in one debootstrap root, and a small image per service from it
-  (its entrypoint and user); the compose override of the test names these images instead of the registry's.
-  The postgres image's entrypoint takes what docker-compose.yml gives the official one (POSTGRES_USER,
-  POSTGRES_DB, POSTGRES_PASSWORD_FILE, the data in /var/lib/postgresql/data, started as root and switching to the
-  postgres user). Grafana has no Debian package: the test does not run it.
+- PostgreSQL and the node exporter: Debian bookworm's packages (postgresql-15, prometheus-node-exporter) in one
+  debootstrap root, and a small image per service from it (its entrypoint and user); the compose override of the test
+  names these images instead of the registry's. The postgres image's entrypoint takes what docker-compose.yml gives the
+  official one (POSTGRES_USER, POSTGRES_DB, POSTGRES_PASSWORD_FILE, the data in /var/lib/postgresql/data, started as
+  root and switching to the postgres user).
+- Prometheus and Alertmanager: the versions docker-compose.yml pins (3.5.3, 0.33.1), Debian sid's packages that
+  tests/monitoring_lts.py pins by sha256 and unpacks (dpkg-deb -x) into its cache for the host's tests: each image
+  is the same root with its package's files from that cache copied over it, so the packages are fetched once per
+  machine and a change of the pins (a new cache) changes the build's input, and with it the image. Bookworm's 2.42 /
+  0.25 are not in the root: nothing of the older generation can answer in their place.
+- The node exporter: bookworm's 1.5.0, where the file pins 1.11.1 (the same major version; no package of 1.11 is
+  pinned here, tests/monitoring_lts.py has Prometheus's and Alertmanager's only). What the compose test asks of it, its
+  /metrics scraped and healthy, has not changed since 1.0; NODE_EXPORTER_RUNS is the version the test checks runs.
+- Grafana has no Debian package (nor any other source here without a registry): the test does not run it.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
+import monitoring_lts
 from debian_root import debian_root, root_key
 from docker_engine import DockerEngine
-from system_binaries import REPO_ROOT
+from system_binaries import LTS, REPO_ROOT
 
 # What the Dockerfile installs with apt (its PG_MAJOR: Debian bookworm's PostgreSQL; OpenSSH's client for the
 # off-host backup copy). test_the_base_image_holds_what_the_dockerfile_installs keeps the two lists one.
 BASE_PACKAGES = ("python3", "python3-venv", "postgresql-client-15", "openssh-client")
-SERVICE_PACKAGES = ("postgresql-15", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "wget")
+SERVICE_PACKAGES = ("postgresql-15", "prometheus-node-exporter", "wget")
+# The node exporter the image runs (bookworm's prometheus-node-exporter), which the compose test checks it is.
+NODE_EXPORTER_RUNS = "1.5.0"
+# The files each LTS image takes from the unpacked packages (tests/monitoring_lts.py's cache), by package: the
+# server, and what its package ships beside it that the server reads (the web UI's place, the notification templates).
+LTS_FILES = {
+    "prometheus": ("usr/bin/prometheus", "usr/share/prometheus/web"),
+    "alertmanager": ("usr/bin/prometheus-alertmanager", "usr/share/prometheus/alertmanager"),
+}
 FROM_LINE = re.compile(r"^FROM (\S+)$", re.MULTILINE)
 POSTGRES_ENTRYPOINT = r"""#!/bin/sh
 # What docker-compose.yml gives the official postgres image: POSTGRES_USER, POSTGRES_DB, POSTGRES_PASSWORD_FILE (read
@@ -69,8 +87,9 @@ SERVICE_IMAGES = {
         ],
     ),
     "prometheus": (
-        "trading-ops-test/prometheus:debian",
+        f"trading-ops-test/prometheus:{monitoring_lts.PROMETHEUS_VERSION}",
         [
+            "COPY lts/ /",
             "RUN install -d -o nobody -g nogroup /prometheus",
             "USER nobody",
             "WORKDIR /prometheus",
@@ -78,8 +97,9 @@ SERVICE_IMAGES = {
         ],
     ),
     "alertmanager": (
-        "trading-ops-test/alertmanager:debian",
+        f"trading-ops-test/alertmanager:{monitoring_lts.ALERTMANAGER_VERSION}",
         [
+            "COPY lts/ /",
             "RUN install -d -o nobody -g nogroup /alertmanager && install -d /etc/alertmanager/secrets",
             "USER nobody",
             "WORKDIR /alertmanager",
@@ -87,7 +107,7 @@ SERVICE_IMAGES = {
         ],
     ),
     "node-exporter": (
-        "trading-ops-test/node-exporter:debian",
+        f"trading-ops-test/node-exporter:{NODE_EXPORTER_RUNS}",
         ["USER nobody", 'ENTRYPOINT ["/usr/bin/prometheus-node-exporter"]'],
     ),
 }
@@ -113,9 +133,24 @@ def made_key(root: Path, packages: tuple[str, ...]) -> str:
     return f"{root_key(packages)}-{(root / '.complete').stat().st_mtime_ns}"
 
 
+def copy_lts_files(service: str, into: Path) -> None:
+    """The files of the service's LTS package, from the unpacked cache (`make monitoring-lts`; a missing one fails the
+    test in one line saying so), into `into` as they lie under the image's root."""
+    LTS.binary(Path(LTS_FILES[service][0]).name)
+    cache = monitoring_lts.CACHE
+    shutil.rmtree(into, ignore_errors=True)
+    for relative in LTS_FILES[service]:
+        source, target = cache / relative, into / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copy2(source, target)
+
+
 def ensure_service_images(engine: DockerEngine, workdir: Path) -> dict[str, str]:
     """service name -> image, built from the imported services root. Docker's build cache makes a rebuild with
-    unchanged inputs a no-op, and a changed one (a new root, a changed entrypoint) rebuilds."""
+    unchanged inputs a no-op, and a changed one (a new root, a changed entrypoint, other LTS packages) rebuilds."""
     root = debian_root(SERVICE_PACKAGES)
     root_image = f"trading-ops-test/debian-services:{root_key(SERVICE_PACKAGES).rsplit('-', 1)[1]}"
     engine.import_root(root, root_image, made_key(root, SERVICE_PACKAGES))
@@ -126,6 +161,8 @@ def ensure_service_images(engine: DockerEngine, workdir: Path) -> dict[str, str]
         (context / "Dockerfile").write_text("\n".join([f"FROM {root_image}", *lines]) + "\n")
         if service == "postgres":
             (context / "entrypoint.sh").write_text(POSTGRES_ENTRYPOINT)
+        if service in LTS_FILES:
+            copy_lts_files(service, context / "lts")
         engine.docker("build", "--network=none", "-q", "-t", image, str(context))
         images[service] = image
     return images

@@ -65,6 +65,19 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(30)
 
 
+def lts_packages() -> Path:
+    """tests/monitoring_lts.py's fill, its one-line refusal (a SystemExit with its message) made a failure of the piece;
+    the SystemExit of a SIGTERM (`terminated`, code 1) still ends the build."""
+    import monitoring_lts
+
+    try:
+        return monitoring_lts.fill()
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            raise RuntimeError(exc.code) from None
+        raise
+
+
 def pieces(names: list[str]) -> list[tuple[str, Callable[[], object]]]:
     """What to build, in the order the tests come to need them: the systemd test starts at the run's start (it is
     marked slow) and builds its own pieces if they are not there; the compose test comes later."""
@@ -77,6 +90,8 @@ def pieces(names: list[str]) -> list[tuple[str, Callable[[], object]]]:
         found += [
             ("the compose base root", lambda: debian_root(BASE_PACKAGES)),
             ("the compose services root", lambda: debian_root(SERVICE_PACKAGES)),
+            # Prometheus's and Alertmanager's images take their packages from it (`make test` fills it first).
+            ("the LTS packages", lts_packages),
         ]
     found.append(("the wheelhouse", wheelhouse))
     if "systemd" in names:

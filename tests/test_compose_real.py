@@ -3,15 +3,19 @@ file, every healthcheck healthy, Prometheus scraping the bot and the reconciler 
 hung bot container restarted by the reconciler's `docker` action (playbook docker.yml) and verified healthy again.
 
 The engine is this run's own dockerd in namespaces of its own (tests/docker_engine.py); no registry is reachable, so
-the images come from Debian roots (tests/compose_images.py). The override file of the test changes only what must
-differ here: the images of the registry's services, the Docker socket the reconciler mounts, the wheelhouse of the
-offline build, and the compose network made `internal`. Grafana has no Debian package and is not started.
+the images come from Debian roots (tests/compose_images.py): Prometheus and Alertmanager are the versions
+docker-compose.yml pins (Debian's packages of 3.5.3 and 0.33.1, as the host's tests run them), PostgreSQL and the node
+exporter bookworm's (15, and 1.5.0 where the file pins 1.11.1), and a test reads the versions from the running servers.
+The override file of the test changes only what must differ here: the images of the registry's services, the Docker
+socket the reconciler mounts, the wheelhouse of the offline build, and the compose network made `internal`. Grafana
+has no Debian package and is not started.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from compose_images import ensure_base_image, ensure_service_images
+from compose_images import NODE_EXPORTER_RUNS, ensure_base_image, ensure_service_images
 from debian_root import wheelhouse
 from docker_engine import DockerEngine
 from polling import until
@@ -99,6 +103,10 @@ class Stack:
         url = f"http://127.0.0.1:9090/api/v1/query?query={query}"
         out = self.engine.docker("exec", self.container("prometheus"), "wget", "-q", "-O", "-", url).stdout
         return list(json.loads(out)["data"]["result"])
+
+    def fetch(self, service: str, url: str) -> str:
+        """A URL of the service's own server, read inside its container (its port is the compose network's)."""
+        return self.engine.docker("exec", self.container(service), "wget", "-q", "-O", "-", url).stdout
 
     def episodes(self) -> list[dict[str, Any]]:
         script = (
@@ -207,6 +215,34 @@ def test_every_service_becomes_healthy(stack: Stack) -> None:
     assert version.split()[2].split(".")[0] == server.split()[2].split(".")[0] == "15", (version, server)
 
 
+def major_minor(version: str) -> str:
+    return ".".join(version.lstrip("v").split(".")[:2])
+
+
+def test_the_monitoring_servers_run_the_versions_docker_compose_yml_pins(stack: Stack) -> None:
+    """What answers is what the file pins, by major and minor version, read from the running servers: a new pin
+    without new packages in tests/monitoring_lts.py (or the reverse) fails here, not in a user's deployment."""
+    pinned = {
+        name: major_minor(service["image"].rpartition(":")[2])
+        for name, service in yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"].items()
+    }
+    prometheus = json.loads(stack.fetch("prometheus", "http://127.0.0.1:9090/api/v1/status/buildinfo"))
+    alertmanager = json.loads(stack.fetch("alertmanager", "http://127.0.0.1:9093/api/v2/status"))
+    running = {
+        "prometheus": major_minor(prometheus["data"]["version"]),
+        "alertmanager": major_minor(alertmanager["versionInfo"]["version"]),
+    }
+    assert running == {name: pinned[name] for name in running} == {"prometheus": "3.5", "alertmanager": "0.33"}
+    # The node exporter is bookworm's (compose_images: no newer package is pinned): the same major version, and
+    # exactly the one the docs name, so that a change of either is seen.
+    metrics = stack.fetch("node-exporter", "http://127.0.0.1:9100/metrics")
+    build = next(line for line in metrics.splitlines() if line.startswith("node_exporter_build_info{"))
+    found = re.search(r'[{,]version="([^"]+)"', build)  # not goversion="go1.19.8"
+    assert found, build
+    version = found.group(1)
+    assert version == NODE_EXPORTER_RUNS and version.split(".")[0] == pinned["node-exporter"].split(".")[0], build
+
+
 def test_prometheus_scrapes_the_bot_and_the_reconciler_over_the_compose_network(stack: Stack) -> None:
     def both_up() -> dict[str, float] | None:
         up = {r["metric"]["job"]: float(r["value"][1]) for r in stack.prometheus("up")}
@@ -233,6 +269,11 @@ def test_a_hung_bot_container_is_restarted_by_the_reconcilers_docker_action(stac
 
     try:
         wait_until("the bot's container restarted", restarted, 240, stack)
+    except AssertionError as exc:
+        # What the reconciler did: a restart before the hang (a bot slower to answer its first scrapes than the
+        # rule's `for:`) leaves this one to bot-restart's 10-minute cooldown.
+        ledger = [(e["alertname"], e["state"], e["received_at"]) for e in stack.episodes()]
+        raise AssertionError(f"{exc}\nthe reconciler's episodes: {ledger}") from None
     finally:
         # Not restarted (a failure): let it go on, so that compose down stops it.
         if stack.inspect(BOT_CONTAINER)["State"]["Pid"] == before["Pid"]:
