@@ -319,6 +319,7 @@ class BotRuntime:
         self._journal_probe: asyncio.Task[None] | None = None
         self._lock_check: asyncio.Task[None] | None = None
         self._lock_retry_at = 0.0  # while another instance holds the lock: when to ask for it again
+        self._lock_check_due = 0.0  # when the lock's session is next looked at, a reconnect or not
         self._on_stop: list[Callable[[], None]] = []
         self.inst.state.add_listener(self._journal_transition)
         register_commands(self.inst.control, self.broker, self)
@@ -824,16 +825,22 @@ class BotRuntime:
     def _confirm_instance_lock(self) -> None:
         """After the database reconnected (a new session: a restart, a failover to a promoted standby), the
         single-instance advisory lock is confirmed on the server the journal writes to, or taken again there; the
-        order gate lets nothing out until then (InstanceLock.problem). Another process holding it there halts this
-        one, which asks for it again every INSTANCE_LOCK_RETRY_SECONDS. In the background, one at a time, on the
-        journal's thread, and not while the journal cannot be written (its return is when to try)."""
+        order gate lets nothing out until then (InstanceLock.problem). Its session is also looked at every heartbeat
+        interval, a reconnect or not: a session ended on its own (pg_terminate_backend, a pooler, a timeout) takes
+        the lock with it and nothing else says so. Another process holding the lock halts this one, which asks for it
+        again every INSTANCE_LOCK_RETRY_SECONDS. In the background, one at a time, on the journal's thread, and not
+        while the journal cannot be written (its return is when to try)."""
         lock = self.instance_lock
-        if lock.confirmed or self._stopped or self.journal.health.failing:
+        now = time.monotonic()
+        if lock.engine is None or self._stopped or self.journal.health.failing:
+            return
+        if lock.confirmed and now < self._lock_check_due:
             return
         if self._lock_check is not None and not self._lock_check.done():
             return
-        if lock.holder and time.monotonic() < self._lock_retry_at:
+        if lock.holder and now < self._lock_retry_at:
             return
+        self._lock_check_due = now + self.config.recovery.heartbeat_interval_seconds
         self._lock_check = asyncio.create_task(self._keep_instance_lock(), name="instance-lock")
         self._journal_writes.add(self._lock_check)
         self._lock_check.add_done_callback(self._journal_writes.discard)
