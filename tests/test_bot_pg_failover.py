@@ -16,7 +16,7 @@ than the scheduler's lease. Each test then reads what one party did:
   server took writes; the slot that fell due during the outage runs once across the two replicas started then.
 
 Needs PostgreSQL's server binaries (/usr/lib/postgresql/*/bin). The measured times are printed (run with -s):
-kill -> the bot trading again, promotion -> the bot trading again."""
+kill -> the bot trading again, promotion -> the bot trading again, promotion -> the job due during the outage run."""
 
 from __future__ import annotations
 
@@ -98,10 +98,12 @@ class Job_:
 
     def __init__(self, hold: asyncio.Event | None = None) -> None:
         self.slots: list[datetime] = []
+        self.started: list[float] = []  # time.time() of each run
         self.hold = hold
 
     async def __call__(self, config: Config, registry: CollectorRegistry, slot: datetime) -> None:
         self.slots.append(slot)
+        self.started.append(time.time())
         if self.hold is not None:
             await self.hold.wait()
 
@@ -118,8 +120,9 @@ class Failover:
     journaled_before_kill: dict[str, datetime] = field(default_factory=dict)
     lock_holders: list[str] = field(default_factory=list)  # on the new primary once the trader trades again
     locked_out_state: str = ""
+    locked_out_halted_metric: float | None = None  # tradingbot_state{state="halted"}
     locked_out_readyz: tuple[int, dict[str, Any]] = (0, {})
-    locked_out_refused: float = 0.0  # orders its gate refused for the lock
+    locked_out_refusal: str | None = None  # why its gate refuses even a reduce-only order
     log: Records = field(default_factory=Records)
     held: Job_ = field(default_factory=Job_)  # the run in progress at the kill
     due: Job_ = field(default_factory=Job_)  # the slot due while no server took writes
@@ -253,12 +256,15 @@ async def run_failover(pair: ReplicatedPair, tmp: Path) -> Failover:
         status, body = await get(locked_out.port, "/readyz")  # type: ignore[attr-defined]
         record.locked_out_readyz = (status, json.loads(body))
         record.locked_out_state = locked_out.inst.state.state.value
+        record.locked_out_halted_metric = locked_out.inst.registry.get_sample_value(
+            "tradingbot_state", {"state": "halted"}
+        )
         # A few loop steps of the halted bot: its strategy runs no more, the gate refuses even a reduce-only order.
         steps = locked_out.inst.registry.get_sample_value("tradingbot_loop_iterations_total") or 0
         await wait_for(
             lambda: (locked_out.inst.registry.get_sample_value("tradingbot_loop_iterations_total") or 0) > steps + 10
         )
-        record.locked_out_refused = float(locked_out.order_refusal("BTC-USD", reduce_only=True) is not None)
+        record.locked_out_refusal = locked_out.order_refusal("BTC-USD", reduce_only=True)
 
         # The run in progress: the other replica has reached the database for a whole lease and looked again, and
         # left the run to its owner; then it is let go, and its owner's outcome lands.
@@ -276,6 +282,7 @@ async def run_failover(pair: ReplicatedPair, tmp: Path) -> Failover:
         finally:
             due_engine.dispose()
         record.due_slot = record.due.slots[0] if record.due.slots else None
+        measured("standby promoted -> the job due during the outage run", record.due.started[0] - record.promoted_at)
     finally:
         for task in tasks:
             task.cancel()
@@ -341,15 +348,15 @@ def test_a_bot_whose_lock_another_instance_holds_on_the_new_primary_halts_and_se
     failover: Failover,
 ) -> None:
     """The locked-out bot reconnected, could not take its lock on the new primary (the other instance holds it there):
-    it halted, /readyz says why naming the holder, one error line says so, its gate refuses even a reduce-only order,
-    and its venue received nothing after the promotion."""
-    assert failover.locked_out_state == "halted"
+    it halted (tradingbot_state), /readyz says why naming the holder, one error line says so, its gate refuses even a
+    reduce-only order for the lock, and its venue received nothing after the promotion."""
+    assert failover.locked_out_state == "halted" and failover.locked_out_halted_metric == 1
     status, body = failover.locked_out_readyz
     assert status == 503 and not body["checks"]["instance_lock"]["ok"], body
     assert OTHER_INSTANCE in body["checks"]["instance_lock"]["detail"]
     lines = [(level, m) for _, level, m in failover.log.matching(f"'{LOCKED_OUT}'", "halting")]
     assert len(lines) == 1 and lines[0][0] == logging.ERROR, lines
-    assert failover.locked_out_refused == 1.0
+    assert failover.locked_out_refusal is not None and "single-instance lock" in failover.locked_out_refusal
     sent = [
         o for o in failover.venue_orders[LOCKED_OUT] if o.created_at and o.created_at.timestamp() > failover.promoted_at
     ]
