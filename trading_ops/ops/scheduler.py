@@ -165,6 +165,7 @@ class Scheduler:
         # Since when (monotonic) every database call of this scheduler answered; None until one does and after one
         # failed for the database being away.
         self.reachable_since: float | None = None
+        self.answered_at: float | None = None  # when (monotonic) the database last answered a call of this scheduler
         # How a retry waits out its backoff (a test records the delays instead).
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -228,9 +229,8 @@ class Scheduler:
 
     def _take_over_expired(self, now: datetime, lapsed_is_dead: bool) -> list[tuple[int, str, datetime, int]]:
         """Runs of a dead replica (lease passed while running): taken over one by one, compare-and-set. Only with
-        `lapsed_is_dead` (see the class); never a run this replica holds itself."""
-        if not lapsed_is_dead:
-            return []
+        `lapsed_is_dead` (see the class); never a run this replica holds itself. The runs are read in any case: the
+        read is how each tick learns whether the database answers."""
         taken = []
         with self._writer.begin() as conn:
             rows = conn.execute(
@@ -238,6 +238,8 @@ class Scheduler:
                     JobRun.state == "running", JobRun.lease_until < now, JobRun.job.in_(list(self.jobs))
                 )
             ).all()
+            if not lapsed_is_dead:
+                return []
             for run_id, job, slot, attempts, old_owner in rows:
                 if int(run_id) in self.active:
                     continue  # ours and under way: its renewals were late, it is not dead
@@ -282,15 +284,27 @@ class Scheduler:
             if database_away(exc):
                 self.reachable_since = None
             raise
-        if self.reachable_since is None:
-            self.reachable_since = time.monotonic()
+        now = time.monotonic()
+        if self.reachable_since is None or self.answered_at is None or now - self.answered_at > self._sample_seconds:
+            self.reachable_since = now  # the first answer, or one after a gap nobody looked into: a window starts
+        self.answered_at = now
         return result
+
+    @property
+    def _sample_seconds(self) -> float:
+        """How often the database is asked (a tick, a renewal) at least: a longer gap between two answers may have
+        hidden an outage."""
+        return self.lease.total_seconds() / 3
 
     def lapsed_is_dead(self) -> bool:
         """Whether a lapsed lease says its owner is gone: only once this replica has reached the database for a whole
-        lease without a break (see the class)."""
-        since = self.reachable_since
-        return since is not None and time.monotonic() - since >= self.lease.total_seconds()
+        lease without a break, asking it at least every third of a lease (the owner's renewal interval), the last
+        time within that (see the class)."""
+        since, answered = self.reachable_since, self.answered_at
+        if since is None or answered is None:
+            return False
+        now = time.monotonic()
+        return now - answered <= self._sample_seconds and now - since >= self.lease.total_seconds()
 
     async def _write(self, run_id: int, **values: object) -> None:
         """Write a run's attempt or outcome, retried until it lands while the database is away; raises RunTakenOver
@@ -462,8 +476,10 @@ class Scheduler:
                         log.exception("scheduler tick failed; next one in %gs", retry)
                     await asyncio.sleep(retry + 0.01)
                     continue
-                # A few milliseconds late, so the slot is at or before the clock when the loop wakes.
-                await asyncio.sleep(self.next_wake(utcnow()) + 0.01)
+                # A few milliseconds late, so the slot is at or before the clock when the loop wakes; and at least every
+                # third of a lease, so a replica knows the database answered all along when a lapsed run is to be
+                # taken over (lapsed_is_dead).
+                await asyncio.sleep(min(self.next_wake(utcnow()), self._sample_seconds) + 0.01)
         finally:
             await stop_tasks(list(self.running))
 
