@@ -164,12 +164,12 @@ class InstanceLock:
         except AnotherInstanceRunning as exc:
             self.holder = str(exc).split(": ", 1)[-1]
             raise
-        self._confirmed, self.holder = opened, ""
         log.warning(
             "bot %s: the PostgreSQL advisory lock was lost with its session; taken again on %s",
             self.name,
             ":".join(map(str, journal_server)),
         )
+        self._confirmed, self.holder = opened, ""  # after the line: nothing is sent before it says so
         return True
 
     def _session_opened(self, _dbapi_connection: Any, _record: Any) -> None:

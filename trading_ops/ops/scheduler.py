@@ -131,9 +131,10 @@ class Scheduler:
     runs once. A claim whose commit landed while its answer was lost is found again as this replica's own, never
     started, and run. A run's writes (its attempt, its outcome) are retried until they land, and a run taken over
     meanwhile writes nothing more (its updates name their owner). A lease that lapsed proves its owner dead only to
-    a replica that has reached the database for a whole lease without a break: a live owner renews every third of
-    one whenever the database takes writes, so a lease that lapsed while the database was away for everyone says
-    nothing of its owner, and its run is not taken over and run a second time."""
+    a replica that has reached the database for a whole lease without a break (asking it at least every third of
+    one): a live owner renews every third of one whenever the database takes writes, so a lease that lapsed while
+    the database was away for everyone says nothing of its owner, and its run is not taken over and run a second
+    time."""
 
     def __init__(
         self,
