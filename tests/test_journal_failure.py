@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 import yaml
 from alertmanager_server import alertmanager_argv
 from full_disk import fill, small_filesystem
 from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
 from pg_cluster import Cluster, own_cluster
+from polling import until_async
 from ports import free_port
 from prometheus_client import CollectorRegistry
 from reconciler_server import READ_AUTH, ThreadedServer, make_config
@@ -339,6 +341,42 @@ async def test_a_stopped_postgresql_stops_orders_and_the_bot_reconnects_reconcil
     finally:
         if stopped:
             await asyncio.to_thread(cluster.start)
+        await bot.stop()
+        bot.engine.dispose()
+
+
+async def test_a_lock_session_ended_on_its_own_is_taken_again_within_a_heartbeat_interval(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """The single-instance lock's session alone is ended on the server (pg_terminate_backend: what an operator, a
+    pooler or a session timeout does), the journal's sessions untouched, so no journal call fails and nothing else
+    says so: within a heartbeat interval the bot finds its lock's session gone and takes the lock again."""
+    config = fast_config(tmp_path)
+    config.database.url = cluster.create_database("journal_lock_session")
+    bot = start_bot(config)
+    bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+    try:
+        await wait_for(lambda: ready(bot), timeout=30)
+        holder = "trading-ops paper-1 pid"
+
+        def end_the_lock_session() -> int:
+            query = (
+                "SELECT pg_terminate_backend(a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE %s"
+            )
+            with psycopg.connect(f"host=127.0.0.1 port={cluster.port} user=postgres dbname=postgres") as c:
+                return len(c.execute(query, (f"{holder}%",)).fetchall())
+
+        assert await asyncio.to_thread(end_the_lock_session) == 1
+        ended = time.monotonic()
+
+        def held_again() -> bool:
+            return any(h.startswith(holder) for h in cluster.advisory_lock_holders())
+
+        await until_async("the bot's advisory lock held again (pg_locks)", held_again, 30, in_thread=True)
+        measured("the lock's session ended -> the lock taken again", time.monotonic() - ended)
+        assert not bot.journal.health.failing
+    finally:
         await bot.stop()
         bot.engine.dispose()
 

@@ -226,12 +226,93 @@ async def test_a_dead_replicas_run_is_taken_over_when_its_lease_expires(tmp_path
     jobs = [Job("daily", CronSchedule.parse("0 0 * * *"), job)]
     with freeze_time(slot + timedelta(minutes=1), real_asyncio=True) as clock:
         scheduler = make_scheduler(config, jobs, "survivor")
-        await tick(scheduler)
-        assert job.calls == []  # its lease still runs: the other replica may be alive
+        # Ticks every 30 s, as the loop wakes at least every third of a lease: the database answered all along.
+        for seconds in range(60, 180, 30):
+            clock.move_to(slot + timedelta(seconds=seconds))
+            await tick(scheduler)
+            assert job.calls == []  # its lease still runs (or lapsed less than a lease after this one first looked)
         clock.move_to(slot + timedelta(minutes=3))
         await tick(scheduler)
     (row,) = runs(config)
     assert (row.owner, row.state, row.attempts, len(job.calls)) == ("survivor", "success", 2, 1)
+
+
+async def test_a_lease_that_lapsed_while_nobody_looked_is_not_taken_for_its_owners_death(
+    tmp_path: Path, migrated_sqlite: str
+) -> None:
+    """A replica that last reached the database more than a third of a lease ago cannot tell whether the database
+    was away meanwhile (the owner then could not renew): it takes no lapsed run over until it has watched the database
+    answer for a whole lease again."""
+    config = fast(tmp_path, migrated_sqlite)
+    job = Recorder()
+    slot = datetime(2026, 5, 1, 0, 0, tzinfo=UTC)
+    engine = make_engine(migrated_sqlite)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(JobRun).values(
+                job="daily",
+                scheduled_for=slot,
+                owner="quiet-replica",
+                state="running",
+                attempts=1,
+                started_at=slot,
+                lease_until=slot + timedelta(minutes=2),
+                error="",
+            )
+        )
+    engine.dispose()
+    jobs = [Job("daily", CronSchedule.parse("0 0 * * *"), job)]
+    with freeze_time(slot + timedelta(seconds=10), real_asyncio=True) as clock:
+        scheduler = make_scheduler(config, jobs, "survivor")
+        await tick(scheduler)
+        clock.move_to(slot + timedelta(minutes=3))  # lapsed a minute ago; nobody asked the database for 170 s
+        await tick(scheduler)
+        assert job.calls == []
+        for seconds in range(210, 300, 30):
+            clock.move_to(slot + timedelta(seconds=seconds))
+            await tick(scheduler)
+        assert job.calls == []  # 90 s of answers after the gap are not yet a whole lease
+        clock.move_to(slot + timedelta(seconds=300))
+        await tick(scheduler)
+    (row,) = runs(config)
+    assert (row.owner, row.state, len(job.calls)) == ("survivor", "success", 1)
+
+
+async def test_a_claim_whose_answer_was_lost_is_run_by_its_owner_once(tmp_path: Path, migrated_sqlite: str) -> None:
+    """The claim's INSERT committed as the database went away (a failover) and its answer never came back: the tick
+    failed and tries the slot again, finds the claim its own and never started, and runs it; another replica's tick
+    leaves it alone."""
+    config = fast(tmp_path, migrated_sqlite)
+    job = Recorder()
+    slot = datetime(2026, 5, 1, 0, 0, tzinfo=UTC)
+    engine = make_engine(migrated_sqlite)
+    with engine.begin() as conn:
+        for day, owner, state, attempts in ((slot - timedelta(days=1), "a", "success", 1), (slot, "a", "running", 0)):
+            conn.execute(
+                insert(JobRun).values(
+                    job="daily",
+                    scheduled_for=day,
+                    owner=owner,
+                    state=state,
+                    attempts=attempts,
+                    started_at=day,
+                    lease_until=day + timedelta(minutes=2),
+                    error="",
+                )
+            )
+    engine.dispose()
+    jobs = [Job("daily", CronSchedule.parse("0 0 * * *"), job)]
+    with freeze_time(slot + timedelta(seconds=5), real_asyncio=True):
+        other, owner = make_scheduler(config, jobs, "b"), make_scheduler(config, jobs, "a")
+        owner.done_through["daily"] = slot - timedelta(days=1)  # what its failed tick left: the slot not yet done
+        owner.loaded = other.loaded = True
+        await tick(other)
+        assert job.calls == []  # a's claim, not b's
+        await tick(owner)
+        await tick(owner, other)
+    rows = runs(config)
+    assert [(r.owner, r.state, r.attempts) for r in rows] == [("a", "success", 1), ("a", "success", 1)]
+    assert job.slots == [slot]
 
 
 async def test_the_reconciler_runs_the_scheduler(aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str) -> None:

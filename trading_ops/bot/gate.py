@@ -22,6 +22,7 @@ REFUSED_RECONNECT = "reconnect_reconciliation"
 REFUSED_STALE = "stale_market_data"
 REFUSED_JOURNAL = "journal"
 REFUSED_JOURNAL_RECONCILIATION = "journal_reconciliation"
+REFUSED_INSTANCE_LOCK = "instance_lock"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,10 @@ class OrderGate:
     freshness, then the risk limits.
 
     Every order is journaled before it leaves, so while the journal cannot be written (`journal_failing`) none may
-    go, reduce-only ones included (cancels are not orders: they still go). Once it can be written again, fills and
+    go, reduce-only ones included (cancels are not orders: they still go). Nor while the single-instance lock is not
+    known held on the database the journal writes to (`instance_lock()` says why: the database reconnected, after a
+    restart or a failover, and the lock was not confirmed there yet, or another instance holds it): two processes
+    must never trade one account, reducing included. Once it can be written again, fills and
     order events may have been missed meanwhile: as after a reconnect, no order that can add risk goes out until a
     reconciliation that started after it came back passes (`journal_reconcile_pending`).
 
@@ -56,11 +60,13 @@ class OrderGate:
         metrics: BotMetrics,
         risk: RiskEngine,
         market_data_stale: Callable[[str], bool],
+        instance_lock: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.state = state
         self.metrics = metrics
         self.risk = risk
         self.market_data_stale = market_data_stale
+        self.instance_lock = instance_lock
         self.accepting = True  # False once shutting down: no new orders
         self.trading_allowed = False  # the safe-start gate: opened by the first clean or resolved reconciliation
         # The orders channel dropped: fills may have been missed, so the book may be stale. No order that can add
@@ -85,11 +91,15 @@ class OrderGate:
         return None
 
     def _bot_refusal(self, reduce_only: bool) -> Refusal | None:
-        """Why the bot sends no order of this kind now (shutting down, journal, safe start, its trading state)."""
+        """Why the bot sends no order of this kind now (shutting down, journal, single-instance lock, safe start, its
+        trading state)."""
         if not self.accepting:
             return Refusal(REFUSED_SHUTTING_DOWN, "shutting down")
         if self.journal_failing is not None:
             return Refusal(REFUSED_JOURNAL, f"the journal cannot be written ({self.journal_failing})")
+        lock_problem = self.instance_lock()
+        if lock_problem is not None:
+            return Refusal(REFUSED_INSTANCE_LOCK, lock_problem)
         if not self.trading_allowed:
             return Refusal(REFUSED_STARTUP, "the startup reconciliation has not passed")
         state_refusal = self.state.order_refusal(reduce_only)

@@ -10,6 +10,12 @@ dies (a kill -9 included), so a crashed run never blocks its restart:
   process lifetime (processes on other hosts sharing the database); its holder is named by the connection's
   `application_name`.
 
+A session-level advisory lock lives as long as its session and on its server only: a PostgreSQL restart ends it, and
+a failover (a standby promoted, the multi-host URL's `target_session_attrs=read-write` finding it) leaves the journal
+writing to a server where nobody holds it. Every session the engine opens after the lock was taken is therefore a
+reason to doubt it (`confirmed` false) until `keep_database_lock` has seen the lock's session alive on the server the
+journal writes to, or taken the lock again there; the runtime's order gate lets nothing out meanwhile.
+
 Heartbeat-based crash detection stays what decides whether the previous run crashed (see heartbeat.py).
 """
 
@@ -66,10 +72,29 @@ class InstanceLock:
         self._fd: int | None = None
         self._close_fd: weakref.finalize[..., InstanceLock] | None = None  # an unreleased lock goes with its object
         self._connection: Connection | None = None
+        # Sessions the engine opened since the lock was taken, and how many of them the lock was last confirmed
+        # against: each may be on another server (a restart, a failover) where the lock is not held.
+        self._opened = 0
+        self._confirmed = 0
+        self._locking = False  # the lock's own session is being opened: not a reason to doubt it
+        self.holder = ""  # who holds the lock on the database instead of this process, while someone does
 
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether the advisory lock is known held on the server the journal writes to (always, without one)."""
+        return self.engine is None or (self._connection is not None and self._opened == self._confirmed)
+
+    def problem(self) -> str | None:
+        """Why this process may not trade as the bot's single instance now (None: it may)."""
+        if self.confirmed:
+            return None
+        if self.holder:
+            return f"another instance holds the single-instance lock: {self.holder}"
+        return "the single-instance lock is not confirmed on the database since it reconnected"
 
     def acquire(self) -> None:
         if self.held:
@@ -78,6 +103,9 @@ class InstanceLock:
         try:
             if self.engine is not None:
                 self._lock_database(self.engine)
+                from sqlalchemy import event
+
+                event.listen(self.engine, "connect", self._session_opened)
         except BaseException:
             self._unlock_file()
             raise
@@ -89,6 +117,11 @@ class InstanceLock:
         )
 
     def release(self) -> None:
+        if self.engine is not None:
+            from sqlalchemy import event
+
+            if event.contains(self.engine, "connect", self._session_opened):
+                event.remove(self.engine, "connect", self._session_opened)
         if self._connection is not None:
             from sqlalchemy import text
 
@@ -103,25 +136,49 @@ class InstanceLock:
         self._unlock_file()
 
     def keep_database_lock(self) -> bool:
-        """After the database was away (restarted, unreachable): the advisory lock lives as long as its session, so
-        take it again on a new session if that one is gone. True when it was taken again; raises
-        AnotherInstanceRunning when another process took it meanwhile, and the database's error when it cannot be
-        asked (the next return of the database tries again)."""
+        """Confirm the advisory lock on the server the engine's sessions reach now, or take it again there: after a
+        restart its session is gone, after a failover it is on a server the journal no longer writes to. True when
+        it was taken again; raises AnotherInstanceRunning when another process holds it there (`holder` names it;
+        the next call tries again), and the database's error when it cannot be asked. Called on the journal's
+        thread, where the sessions that made it doubtful were opened."""
         if self.engine is None or self._fd is None:
             return False
+        journal_server = self._server_of_a_session(self.engine)
+        opened = self._opened  # sessions opened after this point doubt the lock again
         if self._connection is not None:
             from sqlalchemy import text
 
             try:
                 self._connection.execute(text("SELECT 1"))
-                return False  # the session, and the lock with it, survived
+                same_server = _server(self._connection) == journal_server
             except Exception:
-                with contextlib.suppress(Exception):
-                    self._connection.close()
-                self._connection = None
-        self._lock_database(self.engine)
-        log.warning("bot %s: the PostgreSQL advisory lock was lost with its session; taken again", self.name)
+                same_server = False
+            if same_server:
+                self._confirmed, self.holder = opened, ""
+                return False  # the session, and the lock with it, survived where the journal writes
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+        try:
+            self._lock_database(self.engine)
+        except AnotherInstanceRunning as exc:
+            self.holder = str(exc).split(": ", 1)[-1]
+            raise
+        log.warning(
+            "bot %s: the PostgreSQL advisory lock was lost with its session; taken again on %s",
+            self.name,
+            ":".join(map(str, journal_server)),
+        )
+        self._confirmed, self.holder = opened, ""  # after the line: nothing is sent before it says so
         return True
+
+    def _session_opened(self, _dbapi_connection: Any, _record: Any) -> None:
+        if not self._locking:
+            self._opened += 1
+
+    def _server_of_a_session(self, engine: Engine) -> tuple[str, int]:
+        with engine.connect() as connection:
+            return _server(connection)
 
     # -- the lock file (this host) -------------------------------------------------------------------------------
     def _lock_file(self) -> None:
@@ -160,7 +217,11 @@ class InstanceLock:
     def _lock_database(self, engine: Engine) -> None:
         from sqlalchemy import text
 
-        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self._locking = True
+        try:
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        finally:
+            self._locking = False
         try:
             label = f"trading-ops {self.name} pid {os.getpid()}@{socket.gethostname()}"[:MAX_APPLICATION_NAME]
             connection.execute(text("SELECT set_config('application_name', :label, false)"), {"label": label})
@@ -188,6 +249,12 @@ class InstanceLock:
         backend, application, address = row
         where = f" from {address}" if address else ""
         return f"{application or 'a session'} (PostgreSQL backend {backend}{where})"
+
+
+def _server(connection: Connection) -> tuple[str, int]:
+    """The server a session is on, as libpq reached it (the host of a multi-host URL it settled on, and its port)."""
+    info = connection.connection.driver_connection.info  # type: ignore[union-attr]
+    return str(info.host), int(info.port)
 
 
 def _read(fd: int) -> str:

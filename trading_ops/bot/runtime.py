@@ -62,6 +62,9 @@ VENUE_TASK = "venue"
 CLOCK_SKEW_INTERVAL_SECONDS = 30.0
 # How often the trading loop journals a risen equity peak (and at shutdown): a crash loses at most this much of a rise.
 PEAK_SAVE_INTERVAL_SECONDS = 5.0
+# While another instance holds the single-instance lock, this one (halted) asks for it again this often: once that
+# instance is gone it holds the lock again, and an operator's resume lets it trade.
+INSTANCE_LOCK_RETRY_SECONDS = 5.0
 BrokerFactory = Callable[[], Broker]
 
 
@@ -240,7 +243,9 @@ class BotRuntime:
         if not limits.daily_loss:
             log.warning("bot %s trades without a daily loss limit: set bot.risk.daily_loss_limit", bot.name)
         self.risk = RiskEngine(limits, self.inst.state, self.metrics, on_halt=self._halted_by_risk)
-        self.gate = OrderGate(self.inst.state, self.metrics, self.risk, self.market_data_stale)
+        self.gate = OrderGate(
+            self.inst.state, self.metrics, self.risk, self.market_data_stale, self.instance_lock.problem
+        )
         self.peak_journal = PeakJournal(self.risk.peak, self.journal)
         self._peak_save_due = 0.0
         self.order_engine = OrderEngine(
@@ -300,7 +305,6 @@ class BotRuntime:
         )
         self.journal.health.add_listener(self.schedule.journal_changed)
         self.schedule.on_journal_settled = self.journal.health.settled
-        self.journal.health.add_listener(self._journal_changed)
         self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
         self._stop_reason = "stop"
         # Set by a shutdown whose cancel of the open orders could not be confirmed: what `run` raises (OrdersLeftOpen).
@@ -313,6 +317,9 @@ class BotRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._journal_writes: set[asyncio.Task[None]] = set()
         self._journal_probe: asyncio.Task[None] | None = None
+        self._lock_check: asyncio.Task[None] | None = None
+        self._lock_retry_at = 0.0  # while another instance holds the lock: when to ask for it again
+        self._lock_check_due = 0.0  # when the lock's session is next looked at, a reconnect or not
         self._on_stop: list[Callable[[], None]] = []
         self.inst.state.add_listener(self._journal_transition)
         register_commands(self.inst.control, self.broker, self)
@@ -413,10 +420,15 @@ class BotRuntime:
                 )
             return True, "writable" if not health.failing else f"failing for {health.failing_for():.1f} s"
 
+        def instance_lock() -> tuple[bool, str]:
+            problem = self.instance_lock.problem()
+            return problem is None, problem or "held"
+
         self.inst.add_readiness_check("broker", broker)
         self.inst.add_readiness_check("market_data", market_data)
         self.inst.add_readiness_check("reconciliation", reconciliation)
         self.inst.add_readiness_check("journal", journal)
+        self.inst.add_readiness_check("instance_lock", instance_lock)
         self.inst.add_health_check("journal", journal_alive)
 
     def _journal_transition(self, before: TradingState, after: TradingState, reason: str, by: str) -> None:
@@ -756,6 +768,7 @@ class BotRuntime:
 
     async def _after_step(self) -> None:
         self._probe_journal()
+        self._confirm_instance_lock()
         await self.dead_man.refresh()  # from the loop itself: a loop that stops stops refreshing it
         await self.kill_switch.after_step()
         headroom = self.broker.rate_limit_headroom()
@@ -809,23 +822,45 @@ class BotRuntime:
             self.metrics.control_command("halt", SOURCE_RISK)
         await self.kill_switch.halt(reason)
 
-    def _journal_changed(self, reason: str | None) -> None:
-        """The journal is writable again: a PostgreSQL that was away took the single-instance advisory lock with the
-        session that held it, so it is taken again (another process holding it by now halts this one)."""
-        if reason is not None or self.instance_lock.engine is None or self._stopped:
+    def _confirm_instance_lock(self) -> None:
+        """After the database reconnected (a new session: a restart, a failover to a promoted standby), the
+        single-instance advisory lock is confirmed on the server the journal writes to, or taken again there; the
+        order gate lets nothing out until then (InstanceLock.problem). Its session is also looked at every heartbeat
+        interval, a reconnect or not: a session ended on its own (pg_terminate_backend, a pooler, a timeout) takes
+        the lock with it and nothing else says so. Another process holding the lock halts this one, which asks for it
+        again every INSTANCE_LOCK_RETRY_SECONDS. In the background, one at a time, on the journal's thread, and not
+        while the journal cannot be written (its return is when to try)."""
+        lock = self.instance_lock
+        now = time.monotonic()
+        if lock.engine is None or self._stopped or self.journal.health.failing:
             return
-        task = asyncio.get_running_loop().create_task(self._keep_instance_lock(), name="instance-lock")
-        self._journal_writes.add(task)
-        task.add_done_callback(self._journal_writes.discard)
+        if lock.confirmed and now < self._lock_check_due:
+            return
+        if self._lock_check is not None and not self._lock_check.done():
+            return
+        if lock.holder and now < self._lock_retry_at:
+            return
+        self._lock_check_due = now + self.config.recovery.heartbeat_interval_seconds
+        self._lock_check = asyncio.create_task(self._keep_instance_lock(), name="instance-lock")
+        self._journal_writes.add(self._lock_check)
+        self._lock_check.add_done_callback(self._journal_writes.discard)
 
     async def _keep_instance_lock(self) -> None:
+        held_elsewhere = bool(self.instance_lock.holder)
         try:
             await self.journal.call(self.instance_lock.keep_database_lock)
         except AnotherInstanceRunning as exc:
-            log.error("%s: halting, two instances must not trade one account", exc)
-            await self.halt(f"single-instance lock lost: {exc}"[:200])
-        except Exception as exc:  # the database is away again: its next return tries again
-            log.warning("taking the advisory lock again failed: %s", exc)
+            self._lock_retry_at = time.monotonic() + INSTANCE_LOCK_RETRY_SECONDS
+            if not held_elsewhere:
+                log.error("%s: halting, two instances must not trade one account", exc)
+                await self.halt(f"single-instance lock lost: {exc}"[:200])
+        except Exception as exc:  # the database went away again: the next step tries again
+            log.warning("confirming the single-instance lock failed: %s", exc)
+        else:
+            if held_elsewhere:
+                log.warning(
+                    "bot %s holds its single-instance lock again (a halt stays until resumed)", self.config.bot.name
+                )
 
     def _lost_reply(self) -> None:
         self.schedule.lost_reply()
