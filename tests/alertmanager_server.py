@@ -127,8 +127,10 @@ def start_alertmanager(
     repeat_interval: str = "1h",
     max_alerts: int = 0,
     port: int | None = None,
+    inhibit_rules: list[dict[str, Any]] | None = None,
 ) -> Alertmanager:
-    """A real Alertmanager; `port` to start it again where a stopped one listened (its clients keep their URL)."""
+    """A real Alertmanager; `port` to start it again where a stopped one listened (its clients keep their URL);
+    `inhibit_rules` as in an alertmanager.yml (the repository's, say)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     receivers: list[dict[str, Any]] = [{"name": "null"}]
@@ -154,7 +156,8 @@ def start_alertmanager(
             }
         )
         route["receiver"] = "reconciler"
-    (tmp / "am.yml").write_text(yaml.safe_dump({"route": route, "receivers": receivers}))
+    config = {"route": route, "receivers": receivers, **({"inhibit_rules": inhibit_rules} if inhibit_rules else {})}
+    (tmp / "am.yml").write_text(yaml.safe_dump(config))
     cluster: list[str] = list(STANDALONE)
     if cluster_port is not None:
         cluster = [
