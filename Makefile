@@ -22,10 +22,11 @@ MONITORING ?= system
 # busier machine.
 TEST_LANES ?= 4
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
-	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync patroni etcd
+	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync patroni etcd \
+	prometheus-node-exporter
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
 	debootstrap systemd-container docker.io util-linux iproute2 chromium openssh-server openssh-client pgbackrest rsync \
-	patroni etcd-server
+	patroni etcd-server prometheus-node-exporter
 BENCH_BINARIES := wrk
 BENCH_PACKAGES := wrk
 

@@ -172,12 +172,22 @@ def start_alertmanager(
 
 
 def start_repo_alertmanager(
-    tmp: Path, port: int, reconciler: ThreadedServer, token_file: Path, generation: Generation = SYSTEM
+    tmp: Path,
+    port: int,
+    reconciler: ThreadedServer,
+    token_file: Path,
+    generation: Generation = SYSTEM,
+    pager_url: str | None = None,
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """The repository's alertmanager.yml as `trading-ops up --profile fast` writes it, on `port` (of
-    `generation`)."""
+    `generation`); with `pager_url`, its pager receiver (PagerDuty and e-mail, quiet in the local stack) posts its
+    pages to that webhook, so a test counts what would page a person."""
     tmp.mkdir(parents=True, exist_ok=True)
     rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=reconciler.port), FAST, token_file)
+    if pager_url is not None:
+        for receiver in rendered.config["receivers"]:
+            if receiver["name"] == "pager":
+                receiver["webhook_configs"] = [{"url": pager_url, "send_resolved": False}]
     (tmp / "alertmanager.yml").write_text(yaml.safe_dump(rendered.config))
     am = run_alertmanager(tmp / "alertmanager.yml", tmp / "data", port, tmp / "alertmanager.log", generation=generation)
     return am.url, am.proc
