@@ -328,8 +328,9 @@ def test_a_killed_bot_host_has_its_orders_cancelled_at_the_venue_one_page_and_an
             assert stack.paged("TradingOpsRemediationFailed") == []
             # The pager's group_wait (10 s) ran out for TradingBotDown no later than for its host's alert, which
             # fired after it (or with it): what the pager heard of the host, it has heard by now.
-            until("the host's pages", lambda: {"TradingBotHostDown", "TradingOpsApprovalRequested"} <= {*pager.pages})
-            assert sorted(pager.pages) == ["TradingBotHostDown", "TradingOpsApprovalRequested", "TradingOpsBotHostDown"]
+            expected = ["TradingBotHostDown", "TradingOpsApprovalRequested", "TradingOpsBotHostDown"]
+            until("the host's pages", lambda: set(expected) <= set(pager.pages))
+            assert sorted(pager.pages) == expected
 
             # The second bot on the account kept its orders (it cancels one itself only when it is old) and trades on.
             assert left and resting(OTHER)
