@@ -21,11 +21,14 @@ MONITORING ?= system
 # a real freqtrade's reload_config failed in two runs of four; docs/development.md). `make test TEST_LANES=3` on a
 # busier machine.
 TEST_LANES ?= 4
+# prometheus-node-exporter runs on the host-down test's test host; on a machine booted with systemd, Debian's package
+# also starts its own service on :9100 (`systemctl disable --now prometheus-node-exporter` if you do not want it).
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
-	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync patroni etcd
+	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync patroni etcd \
+	prometheus-node-exporter
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
 	debootstrap systemd-container docker.io util-linux iproute2 chromium openssh-server openssh-client pgbackrest rsync \
-	patroni etcd-server
+	patroni etcd-server prometheus-node-exporter
 BENCH_BINARIES := wrk
 BENCH_PACKAGES := wrk
 

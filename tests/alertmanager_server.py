@@ -127,8 +127,10 @@ def start_alertmanager(
     repeat_interval: str = "1h",
     max_alerts: int = 0,
     port: int | None = None,
+    inhibit_rules: list[dict[str, Any]] | None = None,
 ) -> Alertmanager:
-    """A real Alertmanager; `port` to start it again where a stopped one listened (its clients keep their URL)."""
+    """A real Alertmanager; `port` to start it again where a stopped one listened (its clients keep their URL);
+    `inhibit_rules` as in an alertmanager.yml (the repository's, say)."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     receivers: list[dict[str, Any]] = [{"name": "null"}]
@@ -154,7 +156,8 @@ def start_alertmanager(
             }
         )
         route["receiver"] = "reconciler"
-    (tmp / "am.yml").write_text(yaml.safe_dump({"route": route, "receivers": receivers}))
+    config = {"route": route, "receivers": receivers, **({"inhibit_rules": inhibit_rules} if inhibit_rules else {})}
+    (tmp / "am.yml").write_text(yaml.safe_dump(config))
     cluster: list[str] = list(STANDALONE)
     if cluster_port is not None:
         cluster = [
@@ -169,12 +172,22 @@ def start_alertmanager(
 
 
 def start_repo_alertmanager(
-    tmp: Path, port: int, reconciler: ThreadedServer, token_file: Path, generation: Generation = SYSTEM
+    tmp: Path,
+    port: int,
+    reconciler: ThreadedServer,
+    token_file: Path,
+    generation: Generation = SYSTEM,
+    pager_url: str | None = None,
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """The repository's alertmanager.yml as `trading-ops up --profile fast` writes it, on `port` (of
-    `generation`)."""
+    `generation`); with `pager_url`, its pager receiver (PagerDuty and e-mail, quiet in the local stack) posts its
+    pages to that webhook, so a test counts what would page a person."""
     tmp.mkdir(parents=True, exist_ok=True)
     rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=reconciler.port), FAST, token_file)
+    if pager_url is not None:
+        for receiver in rendered.config["receivers"]:
+            if receiver["name"] == "pager":
+                receiver["webhook_configs"] = [{"url": pager_url, "send_resolved": False}]
     (tmp / "alertmanager.yml").write_text(yaml.safe_dump(rendered.config))
     am = run_alertmanager(tmp / "alertmanager.yml", tmp / "data", port, tmp / "alertmanager.log", generation=generation)
     return am.url, am.proc

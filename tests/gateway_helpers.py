@@ -26,6 +26,9 @@ SIDECAR_KEY = "sidecar-test-key"
 SIDECAR_SECRET = base64.b64encode(b"the sidecar's key on the same account").decode()
 CHECK_KEY = "test-check-key"
 CHECK_SECRET = base64.b64encode(b"the key the test looks at the venue with").decode()
+# A second bot's key on the same account (tests/test_host_down_e2e.py: two bots of one account).
+SECOND_KEY = "second-bot-key"
+SECOND_SECRET = base64.b64encode(b"a second bot's key on the same account").decode()
 CHAOS_TOKEN = "gateway-chaos-token"
 
 
@@ -89,14 +92,20 @@ class Gateway:
                 self.proc.wait()
 
 
-def start_gateway(tmp: Path) -> Gateway:
+def start_gateway(tmp: Path, host: str = "127.0.0.1", **paper: Any) -> Gateway:
     """A paper venue trading BTC-USD and ETH-USD for USD, no random rejects or partial fills (the tests count trades),
-    behind Kraken's REST API."""
+    behind Kraken's REST API on `host` (a test network's address, for bots on its test hosts); `paper` overrides
+    settings of its paper: section (volatility=0: a market that stands still)."""
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "api-key").write_text(API_KEY)
     (tmp / "api-secret").write_text(API_SECRET)
     (tmp / "chaos-token").write_text(CHAOS_TOKEN)
-    for name, key, secret in (("sidecar", SIDECAR_KEY, SIDECAR_SECRET), ("check", CHECK_KEY, CHECK_SECRET)):
+    keys = (
+        ("sidecar", SIDECAR_KEY, SIDECAR_SECRET),
+        ("check", CHECK_KEY, CHECK_SECRET),
+        ("second", SECOND_KEY, SECOND_SECRET),
+    )
+    for name, key, secret in keys:
         (tmp / f"{name}-key").write_text(key)
         (tmp / f"{name}-secret").write_text(secret)
     port = free_port()
@@ -107,15 +116,16 @@ def start_gateway(tmp: Path) -> Gateway:
             "starting_balance": 100_000,
             "reject_probability": 0,
             "partial_fill_probability": 0,
+            **paper,
         },
         "gateway": {
-            "listen": {"host": "127.0.0.1", "port": port},
+            "listen": {"host": host, "port": port},
             "api_key_file": str(tmp / "api-key"),
             "api_secret_file": str(tmp / "api-secret"),
             "control_token_file": str(tmp / "chaos-token"),
             "extra_keys": [
                 {"api_key_file": str(tmp / f"{name}-key"), "api_secret_file": str(tmp / f"{name}-secret")}
-                for name in ("sidecar", "check")
+                for name, _, _ in keys
             ],
             "orders_per_second": 1000,
         },
@@ -129,7 +139,7 @@ def start_gateway(tmp: Path) -> Gateway:
         stdout=subprocess.DEVNULL,
         stderr=open(log, "wb"),  # noqa: SIM115
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
 
     def answers() -> bool:
         if proc.poll() is not None:

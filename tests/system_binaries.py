@@ -45,6 +45,8 @@ DEBIAN_PACKAGES = {
     # with etcd as its consensus store (tests/patroni_cluster.py).
     "patroni": "patroni",
     "etcd": "etcd-server",
+    # The node exporter on a bot's test host: its `up` tells a dead host from a dead bot (test_host_down_e2e.py).
+    "prometheus-node-exporter": "prometheus-node-exporter",
 }
 # The Alertmanager server under Debian's name or upstream's, and the Prometheus server (None when not installed).
 ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")

@@ -18,15 +18,17 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from alertmanager_server import Alertmanager
+from alertmanager_server import Alertmanager, start_alertmanager
 from engine_runs import dead_owner, engine_settled
 from fake_bot import FakeBot, bot_targets
 from polling import until_async
 from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from server_process import stop
+from system_binaries import REPO_ROOT
 from webhook_payloads import alert, payload, starts
 
 from trading_ops.db.base import make_engine, utcnow
-from trading_ops.reconciler import keys
+from trading_ops.reconciler import gates, keys
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.ledger import AlertIn, Ledger, NotificationIn
 from trading_ops.reconciler.processes import ProcessId, make_owner
@@ -371,6 +373,49 @@ async def test_an_alert_outlasting_its_maintenance_silence_is_fixed_once_after_i
     assert [a["outcome"] for a in episode["attempts"]] == ["skipped", "success"]
     await engine_settled(client.app)
     assert fake_bot.commands() == ["reconnect"]
+
+
+async def test_a_waiting_run_stays_parked_while_alertmanager_inhibits_its_alert_and_acts_once_that_ends(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bot's TradingBotDown, then its host's TradingBotHostDown, in a real Alertmanager with the repository's
+    inhibit rules: when the bot-restart rule's wait ends, the alert is inhibited (its cause has its own alert and
+    rule), so nothing is run and nobody is paged for it; the run stays parked. The host comes back without the bot:
+    the inhibition ends while the alert still fires, and the run acts on it."""
+    monkeypatch.setattr(gates, "INHIBITED_RECHECK_SECONDS", 0.3)
+    repo = yaml.safe_load((REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    am = await asyncio.to_thread(start_alertmanager, tmp_path / "am", inhibit_rules=repo["inhibit_rules"])
+    try:
+        instance = f"10.0.1.{uuid.uuid4().int % 200 + 2}:9101"
+        labels = {"instance": instance, "job": "tradingbot", "service": "tradingbot", "severity": "critical"}
+        held = await asyncio.to_thread(am.fire, {"alertname": "TradingBotDown", **labels})
+        host = await asyncio.to_thread(am.fire, {"alertname": "TradingBotHostDown", "host": "10.0.1.2", **labels})
+        rule = {**RECONNECT, "match": ['alertname="TradingBotDown"'], "verify": False, "wait_for": "300ms"}
+        client = await start(
+            aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], instances=(instance,), alertmanager_url=am.url
+        )
+        await client.post("/api/v1/alertmanager", json=webhook(held), headers=AUTH)
+
+        async def parked() -> dict[str, Any] | None:
+            episodes = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+            return next((e for e in episodes if e["state"] == "waiting" and e["detail"].startswith("inhibited")), None)
+
+        episode = await until_async("the run parked", parked, 20, 0.05, tolerate=())
+        assert episode["detail"].startswith("inhibited in Alertmanager by TradingBotHostDown"), episode
+        assert [a["outcome"] for a in episode["attempts"]] == ["skipped"] and fake_bot.calls == []
+
+        await asyncio.to_thread(am.resolve, host)
+        episode = await wait_state(client, {"recovered", "resolved", "failed", "escalated"})
+        assert episode["state"] == "recovered", episode
+        assert [a["outcome"] for a in episode["attempts"]] == ["skipped", "success"]
+        await engine_settled(client.app)
+        assert fake_bot.commands() == ["reconnect"]
+    finally:
+        stop(am.proc)
 
 
 async def start_waiting(

@@ -448,7 +448,7 @@ def _rule_plan(rule: Rule, labels: dict[str, str], pattern: Pattern, verify: str
     """What a rule does for an alert with these labels, as `playbook explain` and `playbook route` print it."""
     out = [f"    rule {rule.name} on target {rule.target(labels)} (one run per episode)"]
     if rule.wait_for:
-        out.append(f"    wait {rule.wait_for:g}s, act only if Alertmanager still has it firing")
+        out.append(f"    wait {rule.wait_for:g}s, act only if Alertmanager still has it firing, not inhibited")
     for j, step in enumerate(plan(rule, labels, pattern), 1):
         spec = rule.steps[j - 1]
         out.append(

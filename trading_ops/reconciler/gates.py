@@ -27,6 +27,9 @@ PAUSE_RECHECK_SECONDS = 60.0
 MAINTENANCE_RECHECK_SECONDS = 60.0
 # ... but never sooner than this (Alertmanager's clock and ours may differ a little at the end).
 MIN_RECHECK_SECONDS = 1.0
+# An alert another alert inhibits (its cause: TradingBotHostDown mutes the bot's TradingBotDown) is looked at again
+# this often: once the cause resolves and the alert still fires, the run acts on it.
+INHIBITED_RECHECK_SECONDS = 30.0
 # Alertmanager's API gives startsAt in milliseconds, webhooks in nanoseconds.
 STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
 
@@ -108,7 +111,13 @@ class Gates(RunPart):
             return None
 
     async def still_firing(self, episode: dict[str, Any], ctx: ActionContext) -> bool:
-        """Ask Alertmanager whether the episode's alert is still active; close the episode resolved when not.
+        """Ask Alertmanager whether the episode's alert still fires and is not inhibited: close the episode resolved
+        when it is gone; park it while another alert inhibits it (False both times).
+
+        An inhibited alert is a consequence whose cause has an alert and a rule of its own: the bot's TradingBotDown
+        on a host that is down (TradingBotHostDown), where a restart can only fail and page a second time. Alertmanager
+        sends no notification of it to anyone, and a deferred run (wait_for) does not act on it either; it acts once
+        the inhibition ends while the alert still fires (the host came back, the bot did not).
 
         Alertmanager unreachable: act anyway (and say so). The alert fired long enough for its rule's `for:`, and
         remediation must keep working when the alerting pipeline is degraded, which is when it is needed most;
@@ -129,8 +138,15 @@ class Gates(RunPart):
                 return True
             # A later startsAt is the alert firing again after it resolved: a new episode, not this one. (A difference,
             # not a sum: no startsAt, however absurd, overflows it.)
-            if started - episode["starts_at"] <= STARTS_AT_TOLERANCE:
+            if started - episode["starts_at"] > STARTS_AT_TOLERANCE:
+                continue
+            inhibitors = (alert.get("status") or {}).get("inhibitedBy") or []
+            if not inhibitors:
                 return True
+            causes = await self._alertnames(inhibitors, labels)
+            why = f"inhibited in Alertmanager by {causes}: its rule acts on the cause; re-checked while it lasts"
+            await self._park(episode, why, utcnow() + _seconds(INHIBITED_RECHECK_SECONDS))
+            return False
         await self.holder.close(
             episode,
             "resolved",
@@ -138,6 +154,18 @@ class Gates(RunPart):
             resolved_at=utcnow(),
         )
         return False
+
+    async def _alertnames(self, fingerprints: list[str], labels: dict[str, str]) -> str:
+        """The names of the alerts with these fingerprints, looked for among the alerts of the same instance (an
+        inhibit rule's `equal` labels; fingerprints alone where there is no instance or the lookup fails)."""
+        names: dict[str, str] = {}
+        if "instance" in labels:
+            try:
+                for alert in await self.alertmanager.alerts_matching({"instance": labels["instance"]}):
+                    names[str(alert.get("fingerprint"))] = str((alert.get("labels") or {}).get("alertname", ""))
+            except AlertmanagerError as exc:
+                log.warning("cannot name the alerts that inhibit one: %s", exc)
+        return ", ".join(sorted({names.get(fp) or str(fp) for fp in fingerprints}))
 
     async def _park(self, episode: dict[str, Any], why: str, until: datetime) -> None:
         """Hold the episode (state waiting) until `until`; record once per reason that nothing was executed."""
