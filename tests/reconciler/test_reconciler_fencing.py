@@ -18,6 +18,7 @@ from sqlalchemy import text
 from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine, utcnow
+from trading_ops.reconciler.actions.escalate import FAILED
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.ledger import (
     FENCED,
@@ -29,7 +30,10 @@ from trading_ops.reconciler.ledger import (
     Gone,
     Ledger,
     NotificationIn,
+    Written,
 )
+from trading_ops.reconciler.ledger.rollback import ATTEMPT, CLAIM, OUTCOME, PAGE, STEP
+from trading_ops.reconciler.outbox import OutboxStore
 
 INSTANCE = "bot-1"
 LEASE = 30.0
@@ -154,3 +158,43 @@ async def test_a_run_whose_step_row_went_back_in_time_escalates_instead_of_actin
     assert "gone from the ledger" in episode["detail"]
     assert fake_bot.commands() == ["reconnect"]  # not sent again
     eraser.engine.dispose()
+
+
+def test_writes_gone_from_the_ledger_are_told_from_writes_there_and_from_a_takeover(ledger: Ledger) -> None:
+    """What a replica remembers having written, checked against the ledger (Rollbacks.missing): a row that is gone, or
+    whose id another row took since (a promoted standby hands a sequence's lost ids out again), is reported; a row
+    that is there, a finished outcome, an episode another replica took over, and a run handed back, are not."""
+    episode_id, attempt, step = running_step(ledger, "r2")
+    assert ledger.finish_step(step, "success", "HTTP 200") == WRITTEN
+    page_id = OutboxStore(ledger).enqueue(
+        episode_id, "r2", {"labels": {"alertname": FAILED}, "annotations": {}}, "x", utcnow()
+    )
+    assert page_id is not None
+    there = [
+        Written(ATTEMPT, episode_id, attempt, "attempt 1"),
+        Written(STEP, episode_id, step, "bot command=reconnect", parent=attempt),
+        Written(OUTCOME, episode_id, step, "success", parent=attempt),
+        Written(PAGE, episode_id, page_id, FAILED),
+    ]
+    # The run handed the episode back (escalating, no owner): its claim is not gone, though no run holds it.
+    assert ledger.rollbacks.missing([*there, Written(CLAIM, episode_id, episode_id, INSTANCE)], set()) == []
+    gone = [
+        Written(ATTEMPT, episode_id, attempt + 1000, "attempt 2"),
+        Written(STEP, episode_id, step, "bot command=reconnect", parent=attempt + 1),  # its id taken by another row
+        Written(OUTCOME, episode_id, step, "failure", parent=attempt),  # another outcome than the ledger's
+        Written(PAGE, episode_id + 1, page_id, FAILED),
+        Written(CLAIM, episode_id + 1000, episode_id + 1000, INSTANCE),
+    ]
+    assert ledger.rollbacks.missing(there + gone, {episode_id + 1000}) == gone
+    # A live run's episode back to runnable with nobody holding it: the claim is gone; held by another: a takeover.
+    with ledger.tx() as conn:
+        conn.execute(
+            text("UPDATE reconciler_episodes SET state = 'pending', owner = NULL WHERE id = :id"), {"id": episode_id}
+        )
+    claim = Written(CLAIM, episode_id, episode_id, INSTANCE)
+    assert ledger.rollbacks.missing([claim], {episode_id}) == [claim]
+    with ledger.tx() as conn:
+        conn.execute(
+            text("UPDATE reconciler_episodes SET state = 'running', owner = 'r1' WHERE id = :id"), {"id": episode_id}
+        )
+    assert ledger.rollbacks.missing([claim], {episode_id}) == []
