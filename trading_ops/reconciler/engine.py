@@ -28,7 +28,7 @@ from trading_ops.reconciler.attempts import Attempts
 from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.gates import Gates
 from trading_ops.reconciler.ledger import Ledger, Written
-from trading_ops.reconciler.ledger.rollback import CLAIM
+from trading_ops.reconciler.ledger.rollback import CLAIM, OUTCOME
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxStore
 from trading_ops.reconciler.page_ends import PageEnds
@@ -137,6 +137,13 @@ class Engine:
         # Outcomes seen but not yet in the ledger (a previous life of ours stopped while the database was away)
         # first: the sweep must not call unknown what a run saw.
         await self.db(self.spool.replay, self.ledger, ledger_unreachable)
+        if self.spool.missing:
+            # Outcomes a previous life of ours saw, of steps the ledger no longer has (it died with a primary whose
+            # standby lacked them): paged like any write of ours a failover lost, before a sweep re-runs the episode.
+            spooled, self.spool.missing = self.spool.missing, []
+            lost = [Written(OUTCOME, s.episode_id, s.step_id, s.outcome) for s in spooled if s.episode_id]
+            if lost:
+                await self.rollback.report(lost)
         # A lapsed lease is taken for its owner's death only once we have reached the ledger for a whole lease.
         lapsed_is_dead = self.holder.lapsed_is_dead()
         # A claim of ours that no run holds (its commit landed, its answer was lost with the database) is freed at once.

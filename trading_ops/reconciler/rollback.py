@@ -47,7 +47,7 @@ class Rollback(RunPart):
             # A run that handed its episode back while the check read (its claim no longer active) lost nothing.
             gone = [w for w in gone if w.kind != CLAIM or w.episode_id in self.live_now()]
             if gone:
-                await self._report(gone)
+                await self.report(gone)
             elif writes:
                 log.info(
                     "the ledger is back: the %d write(s) of ours of the last %gs are all there",
@@ -62,7 +62,8 @@ class Rollback(RunPart):
     def live_now(self) -> set[int]:
         return {episode_id for episode_id, claim in self.holder.claims.items() if claim.active and not claim.lost}
 
-    async def _report(self, gone: list[Written]) -> None:
+    async def report(self, gone: list[Written]) -> None:
+        """Say what is gone (one line, the counters), and page once about each episode it touched."""
         self.metrics.ledger_rollbacks.inc()
         for w in gone:
             self.metrics.ledger_lost_writes.labels(w.kind).inc()

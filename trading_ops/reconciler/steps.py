@@ -132,7 +132,7 @@ class Steps(RunPart):
         holds its claim (the lease renewer keeps renewing it meanwhile). A claim lost meanwhile does not stop the
         write (the outcome is a fact, whoever runs the episode next), only the run after it. Should the process stop
         first, the spool is replayed at its next start, before any sweep."""
-        spooled = SpooledOutcome(step_id, result.outcome, result.output, utcnow())
+        spooled = SpooledOutcome(step_id, result.outcome, result.output, utcnow(), episode_id)
         self.spool.hold(step_id)  # before it is spooled: a replay between the two would write it beside us
         claim = self.holder.claims.get(episode_id)
         if claim is not None:

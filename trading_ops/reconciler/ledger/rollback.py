@@ -13,6 +13,7 @@ from sqlalchemy import Connection, and_, select, update
 
 from trading_ops.reconciler.ledger.db import ESC, A, E, LedgerDB, S
 from trading_ops.reconciler.ledger.runs import UNKNOWN
+from trading_ops.reconciler.processes import owner_is_dead
 from trading_ops.reconciler.states import RUNNABLE_STATES
 
 # What a replica remembers having written (Written.kind): a claim on an episode, an attempt, a step's row (written
@@ -128,13 +129,18 @@ class Rollbacks:
     def hold_back(conn: Connection, episode_id: int, owner: str, detail: str, now: datetime) -> bool | None:
         """In the caller's transaction (which owes the page): the episode is `escalating`, claimed by nobody and due
         never, its steps still `running` are `unknown` (they may have acted) and so are their attempts, so that no run
-        acts on it again until a person has looked. An episode another replica holds now (it claimed the episode as
-        the ledger showed it after the rollback) is left to that run, whose writes it may not lose: False. None: the
-        episode itself is gone."""
+        acts on it again until a person has looked. An episode another live replica holds now (it claimed the episode
+        as the ledger showed it after the rollback) is left to that run, whose writes it may not lose: False (a
+        previous life of this replica, provably dead, holds nothing). None: the episode itself is gone."""
         row = conn.execute(select(E.c.owner, E.c.lease_until).where(E.c.id == episode_id)).first()
         if row is None:
             return None
-        if row.owner not in (None, owner) and row.lease_until is not None and row.lease_until >= now:
+        if (
+            row.owner not in (None, owner)
+            and row.lease_until is not None
+            and row.lease_until >= now
+            and not owner_is_dead(row.owner)
+        ):
             return False
         attempt_ids = select(A.c.id).where(A.c.episode_id == episode_id).scalar_subquery()
         conn.execute(
