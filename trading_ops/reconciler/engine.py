@@ -133,7 +133,7 @@ class Engine:
         # Back after the ledger was away (or a run found a row of its own gone): is everything we wrote still there?
         # Before the spool's replay, which would find a lost step's row missing and drop its outcome.
         if self.holder.recheck:
-            await self.rollback.check(self.live_runs())
+            await self.rollback.check()
         # Outcomes seen but not yet in the ledger (a previous life of ours stopped while the database was away)
         # first: the sweep must not call unknown what a run saw.
         await self.db(self.spool.replay, self.ledger, ledger_unreachable)
@@ -189,10 +189,6 @@ class Engine:
                 self.run_targets[episode_id] = target
                 task.add_done_callback(functools.partial(self._finished, episode_id))
         await self._refresh_snapshot(utcnow())
-
-    def live_runs(self) -> set[int]:
-        """The episodes whose runs here still hold their claim (not handing the episode back yet)."""
-        return {episode_id for episode_id, claim in self.claims.items() if claim.active and not claim.lost}
 
     def _finished(self, episode_id: int, _task: asyncio.Task[None] | None = None) -> None:
         self.runs.pop(episode_id, None)

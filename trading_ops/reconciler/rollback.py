@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Collection
 from datetime import datetime
 
 from trading_ops.config import ReconcilerConfig
@@ -36,14 +35,16 @@ class Rollback(RunPart):
         self.escalations = escalations
         # Episodes paged about already: once each, whatever later checks find.
         self.paged: set[int] = set()
+        # Writes said gone already (logged and counted).
+        self.said: set[Written] = set()
 
-    async def check(self, live: Collection[int]) -> list[Written]:
-        """Check every remembered write (`live`: the episodes whose runs here still hold their claim); what was gone.
-        Cleared only once done: a check the ledger's absence interrupts is made again on the next poll."""
+    async def check(self) -> list[Written]:
+        """Check every remembered write; what was gone. Done once the check answered: one the ledger's absence
+        interrupts is made again on the next poll."""
         self.holder.recheck = False
         try:
             writes = self.holder.recent.recent()
-            gone = await self.db(self.ledger.rollbacks.missing, writes, live) if writes else []
+            gone = await self.db(self.ledger.rollbacks.missing, writes, self.live_now()) if writes else []
             # A run that handed its episode back while the check read (its claim no longer active) lost nothing.
             gone = [w for w in gone if w.kind != CLAIM or w.episode_id in self.live_now()]
             if gone:
@@ -60,18 +61,23 @@ class Rollback(RunPart):
         return gone
 
     def live_now(self) -> set[int]:
+        """The episodes whose runs here still hold their claim (not handing the episode back yet)."""
         return {episode_id for episode_id, claim in self.holder.claims.items() if claim.active and not claim.lost}
 
     async def report(self, gone: list[Written]) -> None:
-        """Say what is gone (one line, the counters), and page once about each episode it touched."""
-        self.metrics.ledger_rollbacks.inc()
-        for w in gone:
-            self.metrics.ledger_lost_writes.labels(w.kind).inc()
-        log.error(
-            "the ledger went back in time (a failover to a standby without the last commits?): %s: %s",
-            GONE,
-            "; ".join(str(w) for w in gone),
-        )
+        """Say what is gone (one line, the counters: once for each write, though a report the ledger's absence
+        interrupted is made again), and page once about each episode it touched."""
+        new = [w for w in gone if w not in self.said]
+        if new:
+            self.said.update(new)
+            self.metrics.ledger_rollbacks.inc()
+            for w in new:
+                self.metrics.ledger_lost_writes.labels(w.kind).inc()
+            log.error(
+                "the ledger went back in time (a failover to a standby without the last commits?): %s: %s",
+                GONE,
+                "; ".join(str(w) for w in new),
+            )
         by_episode: dict[int, list[Written]] = {}
         for w in gone:
             by_episode.setdefault(w.episode_id, []).append(w)
