@@ -4,6 +4,7 @@ ledger that went back in time (a step row gone) is escalated, never acted on bli
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy import text
 from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine, utcnow
+from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import FAILED
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.ledger import (
@@ -198,3 +200,64 @@ def test_writes_gone_from_the_ledger_are_told_from_writes_there_and_from_a_takeo
             text("UPDATE reconciler_episodes SET state = 'running', owner = 'r1' WHERE id = :id"), {"id": episode_id}
         )
     assert ledger.rollbacks.missing([claim], {episode_id}) == []
+
+
+async def test_a_page_the_ledger_lost_is_owed_again_in_the_page_about_the_loss(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    """The run gave up and owed its page; then the database went back to before that write (the outbox row gone, the
+    episode running under the run again). Once the ledger is back the replica finds its page gone: the episode is held
+    back and paged about once, that page saying the earlier one was lost, and the step is not run again."""
+    instance = f"bot-{uuid.uuid4().hex[:6]}"
+    fake_bot.status["reconnect"] = 500
+    rule = {
+        "name": "reconnect",
+        "match": ['alertname="TradingBotBrokerDisconnected"'],
+        "verify": False,
+        "cooldown": 0,
+        "max_attempts": 1,
+        "steps": [{"action": "bot", "command": "reconnect"}],
+    }
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [rule])),
+        targets=bot_targets(fake_bot, tmp_path, instance),
+        alertmanager_url=alertmanager.url,
+    )
+    client = await aiohttp_client(create_app(config))
+    engine = client.app[keys.ENGINE]
+    eraser = Ledger(make_engine(migrated_sqlite))
+    body = payload(alert("TradingBotBrokerDisconnected", instance=instance))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+
+    async def episode(state: str) -> dict[str, Any] | None:
+        (found,) = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+        return found if found["state"] == state else None
+
+    first = await until_async("the first page delivered", lambda: episode("escalated"), 30)
+    # The failover, without yielding to the reconciler's loop: the page's write is gone, the claim is as it was.
+    with eraser.engine.begin() as conn:
+        conn.execute(text("DELETE FROM reconciler_escalations"))
+        conn.execute(
+            text("UPDATE reconciler_episodes SET state = 'running', owner = :owner, closed_at = NULL WHERE id = :id"),
+            {"owner": engine.owner, "id": first["id"]},
+        )
+    engine.holder.recheck = True  # as after the ledger was away
+    engine.holder.settle_until = time.monotonic() + 60  # and no claim meanwhile, as after it
+    engine.wake.set()
+    again = await until_async("the page about the loss delivered", lambda: episode("escalated"), 30)
+    assert (
+        "gone from the ledger" in again["detail"] and f"page 1 ({FAILED}) of episode {first['id']}" in again["detail"]
+    )
+
+    def paged() -> list[dict[str, Any]]:
+        return [a for a in alertmanager.get("alerts") if a["labels"].get("episode") == str(first["id"])]
+
+    (page,) = await until_async("Alertmanager holds the page", paged, 10, in_thread=True)
+    assert "was lost with them" in page["annotations"]["description"]
+    assert len(engine.escalation.outbox.of_episode(first["id"])) == 1  # owed once
+    assert fake_bot.commands() == ["reconnect"]  # not run again
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tradingops_ledger_lost_writes_total{kind="page"} 1.0' in metrics
+    eraser.engine.dispose()
