@@ -165,42 +165,47 @@ async def test_a_run_whose_step_row_went_back_in_time_escalates_instead_of_actin
 
 def test_writes_gone_from_the_ledger_are_told_from_writes_there_and_from_a_takeover(ledger: Ledger) -> None:
     """What a replica remembers having written, checked against the ledger (Rollbacks.missing): a row that is gone, or
-    whose id another row took since (a promoted standby hands a sequence's lost ids out again), is reported; a row
-    that is there, a finished outcome, an episode another replica took over, and a run handed back, are not."""
+    whose id another row took since (a promoted standby hands a sequence's lost ids out again), or an episode's row
+    older than the claim (as it was before it), is reported; rows that are there, a finished outcome, and an episode
+    another replica took over since, are not."""
     episode_id, attempt, step = running_step(ledger, "r2")
+    claimed_at = ledger.episode(episode_id)["updated_at"]  # type: ignore[index]
     assert ledger.finish_step(step, "success", "HTTP 200") == WRITTEN
-    page_id = OutboxStore(ledger).enqueue(
-        episode_id, "r2", {"labels": {"alertname": FAILED}, "annotations": {}}, "x", utcnow()
-    )
-    assert page_id is not None
     there = [
+        Written(CLAIM, episode_id, episode_id, INSTANCE, at=claimed_at),
         Written(ATTEMPT, episode_id, attempt, "attempt 1"),
         Written(STEP, episode_id, step, "bot command=reconnect", parent=attempt),
         Written(OUTCOME, episode_id, step, "success", parent=attempt),
-        Written(PAGE, episode_id, page_id, FAILED),
     ]
-    # The run handed the episode back (escalating, no owner): its claim is not gone, though no run holds it.
-    assert ledger.rollbacks.missing([*there, Written(CLAIM, episode_id, episode_id, INSTANCE)], set()) == []
     gone = [
+        Written(CLAIM, episode_id + 1000, episode_id + 1000, INSTANCE, at=claimed_at),
         Written(ATTEMPT, episode_id, attempt + 1000, "attempt 2"),
         Written(STEP, episode_id, step, "bot command=reconnect", parent=attempt + 1),  # its id taken by another row
         Written(OUTCOME, episode_id, step, "failure", parent=attempt),  # another outcome than the ledger's
-        Written(PAGE, episode_id + 1, page_id, FAILED),
-        Written(CLAIM, episode_id + 1000, episode_id + 1000, INSTANCE),
+        Written(PAGE, episode_id, 1000, FAILED),
     ]
-    assert ledger.rollbacks.missing(there + gone, {episode_id + 1000}) == gone
-    # A live run's episode back to runnable with nobody holding it: the claim is gone; held by another: a takeover.
+    assert ledger.rollbacks.missing(there + gone) == gone
+    # r1 takes the run over (r2's lease lapsed): the episode is runnable and nobody's, but newer than r2's claim.
+    later = utcnow() + timedelta(seconds=3 * LEASE)
+    assert ledger.sweep(later, "r1", is_dead=alive, lapsed_is_dead=True).interrupted == [episode_id]
+    assert ledger.rollbacks.missing(there) == []
+    # The episode's row as it was before the claim (a failover that lost the claim's commit): the claim is gone.
     with ledger.tx() as conn:
         conn.execute(
-            text("UPDATE reconciler_episodes SET state = 'pending', owner = NULL WHERE id = :id"), {"id": episode_id}
+            text("UPDATE reconciler_episodes SET state = 'pending', updated_at = :at WHERE id = :id"),
+            {"at": claimed_at - timedelta(seconds=1), "id": episode_id},
         )
-    claim = Written(CLAIM, episode_id, episode_id, INSTANCE)
-    assert ledger.rollbacks.missing([claim], {episode_id}) == [claim]
+    assert ledger.rollbacks.missing(there) == there[:1]
+    # A page owed: there, then gone with its row.
+    page = {"labels": {"alertname": FAILED}, "annotations": {}}
+    assert ledger.claim(episode_id, INSTANCE, "r1", later, LEASE) is not None
+    page_id = OutboxStore(ledger).enqueue(episode_id, "r1", page, "gave up", utcnow())
+    assert page_id is not None
+    owed = Written(PAGE, episode_id, page_id, FAILED)
+    assert ledger.rollbacks.missing([owed]) == []
     with ledger.tx() as conn:
-        conn.execute(
-            text("UPDATE reconciler_episodes SET state = 'running', owner = 'r1' WHERE id = :id"), {"id": episode_id}
-        )
-    assert ledger.rollbacks.missing([claim], {episode_id}) == []
+        conn.execute(text("DELETE FROM reconciler_escalations"))
+    assert ledger.rollbacks.missing([owed]) == [owed]
 
 
 async def test_a_page_the_ledger_lost_is_owed_again_in_the_page_about_the_loss(

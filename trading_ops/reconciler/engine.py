@@ -183,7 +183,7 @@ class Engine:
                 )
                 if episode is None:
                     continue
-                self.holder.wrote(Written(CLAIM, episode_id, episode_id, target))
+                self.holder.wrote(Written(CLAIM, episode_id, episode_id, target, at=episode["updated_at"]))
                 task = asyncio.create_task(self._guarded(episode), name=f"episode-{episode_id}")
                 self.runs[episode_id] = task
                 self.run_targets[episode_id] = target

@@ -12,7 +12,7 @@ from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions.escalate import FAILED, escalation_alert
 from trading_ops.reconciler.ledger import Written
-from trading_ops.reconciler.ledger.rollback import CLAIM, PAGE
+from trading_ops.reconciler.ledger.rollback import PAGE
 from trading_ops.reconciler.outbox import OutboxStore
 from trading_ops.reconciler.runs import ENGINE_LOGGER, RunHolder, RunPart
 
@@ -44,9 +44,7 @@ class Rollback(RunPart):
         self.holder.recheck = False
         try:
             writes = self.holder.recent.recent()
-            gone = await self.db(self.ledger.rollbacks.missing, writes, self.live_now()) if writes else []
-            # A run that handed its episode back while the check read (its claim no longer active) lost nothing.
-            gone = [w for w in gone if w.kind != CLAIM or w.episode_id in self.live_now()]
+            gone = await self.db(self.ledger.rollbacks.missing, writes) if writes else []
             if gone:
                 await self.report(gone)
             elif writes:
@@ -59,10 +57,6 @@ class Rollback(RunPart):
             self.holder.recheck = True
             raise
         return gone
-
-    def live_now(self) -> set[int]:
-        """The episodes whose runs here still hold their claim (not handing the episode back yet)."""
-        return {episode_id for episode_id, claim in self.holder.claims.items() if claim.active and not claim.lost}
 
     async def report(self, gone: list[Written]) -> None:
         """Say what is gone (one line, the counters: once for each write, though a report the ledger's absence

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,7 +14,6 @@ from sqlalchemy import Connection, and_, select, update
 from trading_ops.reconciler.ledger.db import ESC, A, E, LedgerDB, S
 from trading_ops.reconciler.ledger.runs import UNKNOWN
 from trading_ops.reconciler.processes import owner_is_dead
-from trading_ops.reconciler.states import RUNNABLE_STATES
 
 # What a replica remembers having written (Written.kind): a claim on an episode, an attempt, a step's row (written
 # before it acts), a step's outcome, a page owed (an outbox row).
@@ -40,6 +39,8 @@ class Written:
     row_id: int
     what: str
     parent: int = 0
+    # A claim's time as the episode's row says it (updated_at): a row as it was before the claim is older.
+    at: datetime | None = None
 
     def __str__(self) -> str:
         if self.kind == CLAIM:
@@ -86,18 +87,16 @@ class Rollbacks:
     def __init__(self, db: LedgerDB) -> None:
         self.db = db
 
-    def missing(self, writes: Sequence[Written], live: Collection[int]) -> list[Written]:
-        """The writes that are not in the ledger (as written) any more. A claim counts only for the runs still in
-        progress (`live`) that have not handed their episode back: it is gone when the episode is, or when it is back
-        to runnable with no owner (as before the claim); an episode another replica holds was taken over (fenced),
-        not lost. Everything else is immutable once written: an attempt, a step's row and a finished outcome."""
+    def missing(self, writes: Sequence[Written]) -> list[Written]:
+        """The writes that are not in the ledger (as written) any more. A claim is gone when its episode is, or when
+        the episode's row is older than the claim (the row as it was before it); every write since, the run's own
+        hand-back or another replica's takeover, is newer. The rest is immutable once written: an attempt, a step's
+        row and a finished outcome, a page."""
         ids: dict[str, set[int]] = {kind: set() for kind in KINDS}
         for w in writes:
             ids[w.kind].add(w.row_id)
         with self.db.engine.connect() as conn:
-            episodes = {
-                r.id: r for r in conn.execute(select(E.c.id, E.c.owner, E.c.state).where(E.c.id.in_(ids[CLAIM])))
-            }
+            episodes = {r.id: r for r in conn.execute(select(E.c.id, E.c.updated_at).where(E.c.id.in_(ids[CLAIM])))}
             attempts = {
                 r.id: r.episode_id for r in conn.execute(select(A.c.id, A.c.episode_id).where(A.c.id.in_(ids[ATTEMPT])))
             }
@@ -113,7 +112,7 @@ class Rollbacks:
         for w in writes:
             if w.kind == CLAIM:
                 row = episodes.get(w.row_id)
-                lost = w.episode_id in live and (row is None or (row.owner is None and row.state in RUNNABLE_STATES))
+                lost = row is None or (w.at is not None and row.updated_at < w.at)
             elif w.kind == ATTEMPT:
                 lost = attempts.get(w.row_id) != w.episode_id
             elif w.kind == PAGE:
