@@ -17,6 +17,7 @@ from alertmanager_server import Alertmanager
 from engine_runs import dead_owner
 from fake_bot import FakeBot, bot_targets
 from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from sqlalchemy import text
 from webhook_payloads import alert, payload
 
 from trading_ops.db.base import make_engine, utcnow
@@ -188,6 +189,42 @@ async def test_a_spooled_outcome_is_written_before_the_sweep_so_it_is_never_unkn
         ((step,),) = [a["steps"] for a in episode["attempts"]]
         assert (step["outcome"], step["output"]) == ("success", "reconnected")
         assert spool.pending() == [] and list((tmp_path / "spool").iterdir()) == []
+    finally:
+        ledger.engine.dispose()
+
+
+async def test_a_spooled_outcome_whose_step_the_ledger_lost_is_paged_and_never_run_again(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    # The reconciler died with the primary while it wrote a step's outcome (spooled), and the standby promoted in its
+    # place never got the step's row: the ledger shows the episode claimed by the dead process, with no step. At the
+    # next start the replay finds no step for the outcome: the episode is paged about and held back, not run again.
+    instance = f"bot-{uuid.uuid4().hex[:6]}"
+    ledger = Ledger(make_engine(migrated_sqlite))
+    try:
+        eid = died_mid_run(ledger, instance, ["running"])
+        (step_id,) = [s["id"] for a in ledger.get_episode_full(eid)["attempt_list"] for s in a["steps"]]  # type: ignore[index]
+        with ledger.tx() as conn:
+            conn.execute(text("DELETE FROM reconciler_steps"))
+        spool = OutcomeSpool(tmp_path / "spool")
+        spool.put(SpooledOutcome(step_id, "success", "reconnected", utcnow(), eid))
+        client = await start(
+            aiohttp_client,
+            tmp_path,
+            migrated_sqlite,
+            fake_bot,
+            [rule("reconnect", on_unknown="retry")],  # the sweep's `unknown` would run it again
+            instance,
+            spool_dir=str(tmp_path / "spool"),
+            alertmanager_url=alertmanager.url,
+        )
+        episode = await closed(client, eid)
+        assert episode["state"] == "escalated", episode
+        assert f"the outcome success of step {step_id} of episode {eid}" in episode["detail"], episode
+        assert fake_bot.calls == []
+        metrics = await (await client.get("/metrics")).text()
+        assert 'tradingops_ledger_lost_writes_total{kind="outcome"} 1.0' in metrics
+        assert spool.pending() == []
     finally:
         ledger.engine.dispose()
 

@@ -11,6 +11,8 @@ from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions.base import ActionContext
 from trading_ops.reconciler.approval_gate import COVERED, SKIPPED, ApprovalGate
 from trading_ops.reconciler.escalation import Escalation
+from trading_ops.reconciler.ledger import Written
+from trading_ops.reconciler.ledger.rollback import ATTEMPT
 from trading_ops.reconciler.playbook import Rule
 from trading_ops.reconciler.resume import Resume
 from trading_ops.reconciler.runs import RunHolder, RunPart
@@ -82,6 +84,7 @@ class Attempts(RunPart):
         else:
             number = episode["attempts"] + 1
             attempt_id = await self.db(self.ledger.start_attempt, episode["id"], self.owner)
+            self.holder.wrote(Written(ATTEMPT, episode["id"], attempt_id, f"attempt {number}"))
         if number == 1 and not episode["first_action_at"]:
             self.metrics.time_to_first_action.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
         return number, attempt_id

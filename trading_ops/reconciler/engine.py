@@ -27,12 +27,14 @@ from trading_ops.reconciler.approvals import ApprovalStore
 from trading_ops.reconciler.attempts import Attempts
 from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.gates import Gates
-from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.ledger import Ledger, Written
+from trading_ops.reconciler.ledger.rollback import CLAIM, OUTCOME
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxStore
 from trading_ops.reconciler.page_ends import PageEnds
 from trading_ops.reconciler.playbook import Playbook, Rule
 from trading_ops.reconciler.resume import Leftovers, Resume, Resumption
+from trading_ops.reconciler.rollback import Rollback
 from trading_ops.reconciler.runs import RunHolder, ledger_unreachable
 from trading_ops.reconciler.spool import OutcomeSpool
 from trading_ops.reconciler.steps import Steps
@@ -41,6 +43,11 @@ from trading_ops.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# After the ledger came back from being away, a replica claims nothing for this many of its polls, and this long at
+# least: the replicas poll at the same interval, so each has noticed the ledger back, and checked what it wrote is still
+# there, before another claims an episode whose record a failover lost.
+SETTLE_POLLS = 3
+SETTLE_MIN_SECONDS = 1.0
 # The `service` label of the alerts about a bot (prometheus/rules/tradingbot-*.yml): their `instance` is the bot's.
 BOT_SERVICE = "tradingbot"
 
@@ -92,6 +99,9 @@ class Engine:
         self.escalations = asyncio.Event()
         self.spool = OutcomeSpool(Path(self.rc.spool_dir))
         self.escalation = Escalation(self.holder, self.rc, self.outbox, self.escalations)
+        # Claims wait this long after the ledger came back: the other replicas' polls, to check their own writes.
+        self.holder.settle_seconds = max(SETTLE_MIN_SECONDS, SETTLE_POLLS * self.rc.poll_interval_seconds)
+        self.rollback = Rollback(self.holder, self.rc, self.escalations)
         self.leftovers = Leftovers(self.holder)
         self.foreign_fences = self.leftovers.foreign_fences
         self.resumption = Resumption(self.holder, self.rc, self.escalation)
@@ -120,9 +130,20 @@ class Engine:
             self.wake.clear()
 
     async def dispatch_once(self) -> None:
+        # Back after the ledger was away (or a run found a row of its own gone): is everything we wrote still there?
+        # Before the spool's replay, which would find a lost step's row missing and drop its outcome.
+        if self.holder.recheck:
+            await self.rollback.check()
         # Outcomes seen but not yet in the ledger (a previous life of ours stopped while the database was away)
         # first: the sweep must not call unknown what a run saw.
         await self.db(self.spool.replay, self.ledger, ledger_unreachable)
+        if self.spool.missing:
+            # Outcomes a previous life of ours saw, of steps the ledger no longer has (it died with a primary whose
+            # standby lacked them): paged like any write of ours a failover lost, before a sweep re-runs the episode.
+            spooled, self.spool.missing = self.spool.missing, []
+            lost = [Written(OUTCOME, s.episode_id, s.step_id, s.outcome) for s in spooled if s.episode_id]
+            if lost:
+                await self.rollback.report(lost)
         # A lapsed lease is taken for its owner's death only once we have reached the ledger for a whole lease.
         lapsed_is_dead = self.holder.lapsed_is_dead()
         # A claim of ours that no run holds (its commit landed, its answer was lost with the database) is freed at once.
@@ -144,7 +165,9 @@ class Engine:
         # steps' process groups fence their targets until a reconciler on their host, this one or another replica
         # there, killed them; the sweep that found the run dead may have been another host's.
         await self.leftovers.reap(utcnow())
-        free = self.rc.max_concurrent_runs - len(self.runs)
+        # Just back after the ledger was away: no claim until every replica had a poll to check its writes (a claim
+        # now could run again what a failover made the ledger forget; RunHolder.settling).
+        free = 0 if self.holder.settling() else self.rc.max_concurrent_runs - len(self.runs)
         if free > 0:
             # A target of a run in progress here is busy, even when that run's lease lapsed (late renewals).
             busy_targets = set(self.run_targets.values())
@@ -160,6 +183,7 @@ class Engine:
                 )
                 if episode is None:
                     continue
+                self.holder.wrote(Written(CLAIM, episode_id, episode_id, target, at=episode["updated_at"]))
                 task = asyncio.create_task(self._guarded(episode), name=f"episode-{episode_id}")
                 self.runs[episode_id] = task
                 self.run_targets[episode_id] = target

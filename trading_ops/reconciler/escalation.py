@@ -11,6 +11,8 @@ from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions.base import ActionContext, Refused, truncate
 from trading_ops.reconciler.actions.escalate import FAILED, escalation_alert
+from trading_ops.reconciler.ledger import Written
+from trading_ops.reconciler.ledger.rollback import PAGE
 from trading_ops.reconciler.outbox import OutboxStore
 from trading_ops.reconciler.playbook import Rule
 from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
@@ -88,8 +90,10 @@ class Escalation(RunPart):
         if self.rc.external_url:
             alert["annotations"]["console_url"] = f"{self.rc.external_url.rstrip('/')}/ui/episodes/{episode['id']}"
         self.holder.end_claim(episode)
-        if not await self.db(self.outbox.enqueue, episode["id"], self.owner, alert, detail, utcnow()):
+        page_id = await self.db(self.outbox.enqueue, episode["id"], self.owner, alert, detail, utcnow())
+        if page_id is None:
             raise LostClaim
+        self.holder.wrote(Written(PAGE, episode["id"], page_id, alertname))
         self.escalations.set()
         log.info(
             "episode %s (%s on %s): escalating (%s): %s",

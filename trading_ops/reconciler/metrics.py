@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from trading_ops import __version__
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED
 from trading_ops.reconciler.ledger import PRUNED_TABLES
+from trading_ops.reconciler.ledger.rollback import KINDS as LOST_KINDS
 from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
 
 PREFIX = "tradingops"
@@ -149,6 +150,19 @@ class ReconcilerMetrics:
             "Processes of a step still running after the reconciler restarted, killed before the retry.",
             registry=registry,
         )
+        self.ledger_rollbacks = Counter(
+            f"{PREFIX}_ledger_rollbacks",
+            "Times this replica found writes of its own gone from the ledger (a failover that lost commits).",
+            registry=registry,
+        )
+        self.ledger_lost_writes = Counter(
+            f"{PREFIX}_ledger_lost_writes",
+            "Writes of this replica found gone from the ledger, by kind (claim, attempt, step, outcome, page).",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in LOST_KINDS:
+            self.ledger_lost_writes.labels(kind)
         self.maintenance_active = Gauge(
             f"{PREFIX}_maintenance_active",
             "1 while an active Alertmanager silence (not the reconciler's own) targets trading-bot alerts.",

@@ -90,9 +90,9 @@ class OutboxStore:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
-    def enqueue(self, episode_id: int, holder: str, alert: dict[str, Any], detail: str, now: datetime) -> bool:
+    def enqueue(self, episode_id: int, holder: str, alert: dict[str, Any], detail: str, now: datetime) -> int | None:
         """Owe a page: the episode (still held by `holder`) becomes `escalating` and its page an outbox row, in one
-        transaction. False when `holder` no longer held the episode (nothing is written)."""
+        transaction; the row's id. None when `holder` no longer held the episode (nothing is written)."""
         with self.ledger.tx() as conn:
             took = conn.execute(
                 update(E)
@@ -100,16 +100,16 @@ class OutboxStore:
                 .values(state=ESCALATING, owner=None, lease_until=None, next_run_at=None, detail=detail, updated_at=now)
             ).rowcount
             if not took:
-                return False
-            self.owe(conn, episode_id, alert, now)
-        return True
+                return None
+            return self.owe(conn, episode_id, alert, now)
 
     @staticmethod
-    def owe(conn: Connection, episode_id: int, alert: dict[str, Any], now: datetime) -> None:
+    def owe(conn: Connection, episode_id: int, alert: dict[str, Any], now: datetime) -> int:
         """A page as an outbox row, in the caller's transaction (the episode's state is the caller's business: an
-        approval's page leaves it waiting)."""
-        conn.execute(
-            insert(ESC).values(
+        approval's page leaves it waiting); its id."""
+        return conn.execute(
+            insert(ESC)
+            .values(
                 episode_id=episode_id,
                 alertname=alert["labels"]["alertname"],
                 labels=json.dumps(alert["labels"], sort_keys=True),
@@ -120,7 +120,8 @@ class OutboxStore:
                 next_attempt_at=now,
                 last_error="",
             )
-        )
+            .returning(ESC.c.id)
+        ).scalar_one()
 
     def claim_due(
         self,

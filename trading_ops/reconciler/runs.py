@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.ledger import Ledger, RecentWrites, Written
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 
 # Every module of the engine logs under the engine's one name, as it always did: each line says `logger`, and operators
@@ -44,6 +44,11 @@ def ledger_unreachable(exc: BaseException) -> bool:
 
 class LostClaim(Exception):
     """Another replica took the episode over (our lease lapsed): stop without writing more."""
+
+
+class LedgerWentBack(Exception):
+    """A row this run wrote is gone from the ledger: the database went back in time (a failover that lost commits).
+    The run stops and the ledger's check of this replica's writes (trading_ops.reconciler.rollback) escalates."""
 
 
 @dataclass
@@ -82,6 +87,15 @@ class RunHolder:
         # Since when (monotonic) every ledger call of ours answered; None until one does, and after one failed for
         # the database being away (`lapsed_is_dead`).
         self.reachable_since: float | None = None
+        # What this replica wrote lately, and whether to check it is all still there: set when the ledger answers
+        # again after being away (a failover, a restart: either may have lost the last commits), or when a run found
+        # a row of its own gone; cleared by the check (trading_ops.reconciler.rollback).
+        self.recent = RecentWrites()
+        self.recheck = False
+        self.away = False
+        # Until when (monotonic) this replica claims nothing new after the ledger came back (see `settling`).
+        self.settle_until = 0.0
+        self.settle_seconds = 0.0
         self.lease_executor = ThreadPoolExecutor(max_runs, thread_name_prefix="reconciler-lease")
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -100,8 +114,23 @@ class RunHolder:
         if exc is not None:
             if ledger_unreachable(exc):
                 self.reachable_since = None
+                self.away = True
         elif self.reachable_since is None:
             self.reachable_since = time.monotonic()
+            if self.away:  # back (not the first answer since the start: nothing was written before it)
+                self.away = False
+                self.recheck = True
+                self.settle_until = self.reachable_since + self.settle_seconds
+
+    def wrote(self, written: Written) -> None:
+        """A write of ours the ledger acknowledged: remembered, to be found again after a failover."""
+        self.recent.remember(written)
+
+    def settling(self) -> bool:
+        """Whether the ledger came back too recently for this replica to claim anything: every replica that wrote
+        in the moment before a failover first checks its writes are there (one poll), and holds back what lost them;
+        until then a claim could run again what the ledger forgot was run."""
+        return time.monotonic() < self.settle_until
 
     def lapsed_is_dead(self) -> bool:
         """Whether a lease that lapsed says its owner is gone: only once this replica has reached the ledger for a
@@ -132,6 +161,10 @@ class RunHolder:
         except LostClaim:
             claim.lost = True
             log.warning("episode %s: claim lost to another replica; stopped", episode_id)
+        except LedgerWentBack as exc:
+            # Not this run's to page: the check of every recent write of ours pages once, for all it finds gone.
+            self.recheck = True
+            log.warning("episode %s: the run stopped: %s", episode_id, exc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             # Shutting down: leave the run to the sweep after restart (marked interrupted there) ...

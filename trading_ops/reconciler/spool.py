@@ -29,6 +29,8 @@ class SpooledOutcome:
     outcome: str
     output: str
     finished_at: datetime
+    # The step's episode, to page about when the ledger lost the step (0: a file written before it was kept).
+    episode_id: int = 0
 
 
 class OutcomeSpool:
@@ -41,6 +43,8 @@ class OutcomeSpool:
         # Steps whose outcome a run of this process is writing itself: a replay leaves them to it (written twice, the
         # second write would race the run's own, and a failure of either would be the other's to explain).
         self.held: set[int] = set()
+        # Outcomes a replay found no step for (`missing`), for the engine to report: the ledger went back in time.
+        self.missing: list[SpooledOutcome] = []
 
     def hold(self, step_id: int) -> None:
         """The run writing this step's outcome is alive here: replays skip it until `release`."""
@@ -59,6 +63,7 @@ class OutcomeSpool:
             "outcome": item.outcome,
             "output": item.output,
             "finished_at": item.finished_at.isoformat(),
+            "episode_id": item.episode_id,
         }
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)
@@ -85,6 +90,7 @@ class OutcomeSpool:
                         str(data["outcome"]),
                         str(data["output"]),
                         datetime.fromisoformat(data["finished_at"]),
+                        int(data.get("episode_id", 0)),
                     )
                 )
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -113,6 +119,8 @@ class OutcomeSpool:
                 continue
             self.remove(item.step_id)
             # Another replica took the run over and found the step unknown; or the step is gone.
+            if taken == "missing":
+                self.missing.append(item)
             if taken in ("fenced", "missing"):
                 log.warning(
                     "step %s: spooled outcome %s not written: %s",

@@ -14,7 +14,8 @@ from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext, Refused, Result, truncate
-from trading_ops.reconciler.ledger import FENCED, MISSING, Fenced, Gone
+from trading_ops.reconciler.ledger import FENCED, MISSING, Fenced, Gone, Written
+from trading_ops.reconciler.ledger.rollback import OUTCOME, STEP
 from trading_ops.reconciler.playbook import Rule, StepSpec
 from trading_ops.reconciler.processes import ProcessId
 from trading_ops.reconciler.runs import (
@@ -22,6 +23,7 @@ from trading_ops.reconciler.runs import (
     OUTCOME_RETRY_INITIAL_SECONDS,
     OUTCOME_RETRY_MAX_SECONDS,
     Claim,
+    LedgerWentBack,
     LostClaim,
     RunHolder,
     RunPart,
@@ -30,10 +32,6 @@ from trading_ops.reconciler.runs import (
 from trading_ops.reconciler.spool import OutcomeSpool, SpooledOutcome
 
 log = logging.getLogger(ENGINE_LOGGER)
-
-
-class LedgerWentBack(Exception):
-    """A row this run wrote is gone from the ledger: the database went back in time."""
 
 
 @dataclass(frozen=True)
@@ -82,13 +80,13 @@ class Steps(RunPart):
 
     async def run_step(self, run: AttemptRun, record: tuple[Any, ...], step: StepSpec) -> Result:
         """Execute one step, recorded in the ledger (its process too, for a reconciler that restarts) and counted."""
-        step_id = await self._start(record)
+        step_id = await self._start(record, run.episode["id"])
         run.ctx.process_started = functools.partial(self._record_process, step_id)
         started = time.monotonic()
         result = await self._execute(run.ctx, step.action, step.params, step.timeout)
         self.metrics.action_duration.labels(step.action).observe(time.monotonic() - started)
         self.metrics.actions.labels(step.action, result.outcome).inc()
-        await self._record_outcome(run.episode["id"], step_id, result)
+        await self._record_outcome(run.episode["id"], step_id, result, run.attempt_id)
         run.note(f"{run.step_name(step)} -> {result.outcome} ({result.output[:200]})")
         return result
 
@@ -104,34 +102,37 @@ class Steps(RunPart):
             if reason is not None:
                 await self.db(self.ledger.start_step, *record, outcome="refused", output=reason)
                 return reason
-            step_id = await self._start(record)
+            step_id = await self._start(record, run.episode["id"])
             run.ctx.process_started = functools.partial(self._record_process, step_id)
             result = await self._execute(run.ctx, step.action, step.params, step.timeout)
             self.metrics.actions.labels(step.action, result.outcome).inc()
-            await self._record_outcome(run.episode["id"], step_id, result)
+            await self._record_outcome(run.episode["id"], step_id, result, run.attempt_id)
             run.note(f"on recovery: {run.step_name(step)} -> {result.outcome} ({result.output[:200]})")
             if not result.ok:
                 return f"{run.step_name(step)}: {result.outcome}: {result.output[:300]}"
         return ""
 
-    async def _start(self, record: tuple[Any, ...]) -> int:
+    async def _start(self, record: tuple[Any, ...], episode_id: int) -> int:
         """The step's row, written only while the run still holds its episode and target (the fence: its lease is
-        renewed in the same transaction); a run taken over meanwhile stops here, before it acts (LostClaim)."""
+        renewed in the same transaction); a run taken over meanwhile stops here, before it acts (LostClaim). The row
+        is remembered (`RunHolder.wrote`): a failover that loses it is noticed, and the step is not run again."""
         try:
-            return await self.db(self.ledger.start_step, *record, owner=self.owner, lease=self.rc.lease_seconds)
+            step_id = await self.db(self.ledger.start_step, *record, owner=self.owner, lease=self.rc.lease_seconds)
+            self.holder.wrote(Written(STEP, episode_id, step_id, record[3], parent=record[0]))
+            return step_id
         except Gone as exc:
             raise LedgerWentBack(f"{exc}: the database lost commits it had acknowledged (a failover?)") from exc
         except Fenced as exc:
             log.warning("step %s of attempt %s not started: %s", record[1] + 1, record[0], exc)
             raise LostClaim from exc
 
-    async def _record_outcome(self, episode_id: int, step_id: int, result: Result) -> None:
+    async def _record_outcome(self, episode_id: int, step_id: int, result: Result, attempt_id: int) -> None:
         """What a step did, written before anything else, and never given up on: first to the local spool (it
         survives the process), then to the ledger, tried again with backoff while the database is away and the run
         holds its claim (the lease renewer keeps renewing it meanwhile). A claim lost meanwhile does not stop the
         write (the outcome is a fact, whoever runs the episode next), only the run after it. Should the process stop
         first, the spool is replayed at its next start, before any sweep."""
-        spooled = SpooledOutcome(step_id, result.outcome, result.output, utcnow())
+        spooled = SpooledOutcome(step_id, result.outcome, result.output, utcnow(), episode_id)
         self.spool.hold(step_id)  # before it is spooled: a replay between the two would write it beside us
         claim = self.holder.claims.get(episode_id)
         if claim is not None:
@@ -142,6 +143,8 @@ class Steps(RunPart):
             except OSError as exc:  # the ledger is the record; the spool only outlives the process when it is away
                 log.error("step %s: its outcome could not be spooled (%s): %s", step_id, self.spool.directory, exc)
             written = await self._write_outcome(step_id, result, spooled, claim)
+            if written:
+                self.holder.wrote(Written(OUTCOME, episode_id, step_id, result.outcome, parent=attempt_id))
             await self.db(self.spool.remove, step_id)
         finally:
             if claim is not None:
@@ -162,7 +165,8 @@ class Steps(RunPart):
     async def _write_outcome(self, step_id: int, result: Result, spooled: SpooledOutcome, claim: Claim | None) -> bool:
         """Whether the outcome is the step's in the ledger (False: fenced, the run was taken over). A step row that is
         gone while its run still holds it means the ledger went back in time (a failover to a standby that had not
-        received the last commits): LedgerWentBack, escalated as an internal error, never acted on blindly."""
+        received the last commits): LedgerWentBack; the run stops, and the check of this replica's recent writes
+        escalates the episode (trading_ops.reconciler.rollback), never acted on blindly."""
         delay = OUTCOME_RETRY_INITIAL_SECONDS
         while True:
             try:

@@ -34,6 +34,7 @@ from trading_ops.reconciler.ledger.limits import (
 )
 from trading_ops.reconciler.ledger.pruning import PRUNED_TABLES, Pruning
 from trading_ops.reconciler.ledger.queries import NOTIFICATION_SEARCH_LIMIT, LedgerCounts, Queries, episode_json
+from trading_ops.reconciler.ledger.rollback import RecentWrites, Rollbacks, Written
 from trading_ops.reconciler.ledger.runs import (
     FENCED,
     MISSING,
@@ -87,8 +88,11 @@ __all__ = [
     "NotificationIn",
     "Pruning",
     "Queries",
+    "RecentWrites",
+    "Rollbacks",
     "RunRecord",
     "StoreResult",
+    "Written",
     "StoredSession",
     "SweepResult",
     "episode_json",
@@ -107,7 +111,8 @@ class Ledger:
     - `limits` (Limits): cooldowns, budgets, circuits and their audit, settings, the pause;
     - `queries` (Queries): reads for the engine's metrics, the API, the console and the CLI;
     - `sessions` (ConsoleSessions): the operator console's logins (every replica's, kept over a restart);
-    - `pruning` (Pruning): retention's deletes.
+    - `pruning` (Pruning): retention's deletes;
+    - `rollbacks` (Rollbacks): a replica's recent writes checked again, for a ledger that went back in time.
 
     A method is an attribute of the instance, so a test may replace one (monkeypatch) for every caller; `tx`, the
     write transaction, is the parts' own: replacing it replaces it for all of them."""
@@ -127,6 +132,7 @@ class Ledger:
         self.queries = self._offer_queries(Queries(self.db))
         self.sessions = self._offer_sessions(ConsoleSessions(self.db))
         self.pruning = self._offer_pruning(Pruning(self.db))
+        self.rollbacks = Rollbacks(self.db)
 
     def _offer_intake(self, intake: Intake) -> Intake:
         self.store = intake.store
