@@ -45,6 +45,8 @@ pytestmark = [pytest.mark.slow]
 TOKEN = "sidecar-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 POLL_SECONDS = 0.2
+# How long the sidecar's scheduled poll waits for each of freqtrade's answers.
+REQUEST_TIMEOUT_SECONDS = 3.0
 STRATEGY = "TradingOpsQuick"
 PAIRS = ("BTC/USD", "ETH/USD")
 
@@ -95,7 +97,7 @@ def sidecar_of(
         token=token,
         registry=registry or CollectorRegistry(),
         poll_interval=POLL_SECONDS,
-        request_timeout=3.0,
+        request_timeout=REQUEST_TIMEOUT_SECONDS,
         broker=broker,
         reconcile_interval=0,
         # freqtrade iterates every second here (process_throttle_secs 1).
@@ -442,7 +444,7 @@ async def test_a_halted_freqtrade_still_cancels_and_flattens_and_stays_halted(
     stops it again."""
     until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
     status, body = await sidecar.control("halt")
-    assert status == 200 and body["state"] == "halted"
+    assert status == 200 and body["state"] == "halted", body
     # freqtrade's own answer, which the sidecar works around.
     with pytest.raises(urllib.error.HTTPError):
         freqtrade.api("POST", "/forceexit", {"tradeid": "all"})
@@ -567,8 +569,17 @@ async def test_status_and_the_commands_freqtrade_cannot_do(sidecar: Client, freq
     status, body = await sidecar.control("reduce_only")
     assert status == 409 and "no reduce-only mode" in body["error"]
 
-    status, body = await sidecar.control("halt")
-    assert status == 200 and body["state"] == "halted"
+    # The halt, while freqtrade answers nothing for longer than a scheduled poll waits for it (as a busy machine may
+    # keep it): the command waits as a command may, and halts it. Frozen past two request timeouts: the command's
+    # own poll starts once the scheduled one in flight gave up, and must outlast one too.
+    freqtrade.signal(signal.SIGSTOP)
+    thaw = asyncio.get_running_loop().call_later(2 * REQUEST_TIMEOUT_SECONDS + 1, freqtrade.signal, signal.SIGCONT)
+    try:
+        status, body = await sidecar.control("halt")
+    finally:
+        thaw.cancel()
+        freqtrade.signal(signal.SIGCONT)
+    assert status == 200 and body["state"] == "halted", body
     assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
     names = await sidecar.names()
     # A stopped freqtrade runs no loop on purpose: no heartbeat to go stale; the kill switch says why.

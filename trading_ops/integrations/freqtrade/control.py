@@ -22,7 +22,9 @@ from trading_ops.scopes import DESTRUCTIVE
 log = logging.getLogger(__name__)
 
 # A command may wait for freqtrade to place orders on the exchange (forceexit, cancel) behind its own trading loop's
-# lock: longer than a poll may take.
+# lock: longer than a poll may take. A command's own polls (the state before and after it) wait as long: a busy
+# freqtrade that answers in 4 s must not fail an operator's halt, where the scheduled poll's short request timeout only
+# reports freqtrade slow (down) until the next poll.
 COMMAND_TIMEOUT_SECONDS = 30.0
 # reload_config rebuilds freqtrade in place (its API server too: it does not answer for a second or two, then its loop
 # starts again); the command waits this long for it to answer with a new start time.
@@ -163,8 +165,8 @@ class FreqtradeControl:
         return TradingState(state) if state is not None else None
 
     async def _current(self) -> TradingState:
-        """freqtrade's state now (a fresh poll), as the library's."""
-        snap = await self.poller.poll()
+        """freqtrade's state now (a fresh poll, as patient as the command), as the library's."""
+        snap = await self.poller.poll(COMMAND_TIMEOUT_SECONDS)
         if not snap.up:
             raise FreqtradeUnavailable(snap.error)
         return TradingState(snap.state or "paused")
@@ -242,7 +244,7 @@ class FreqtradeControl:
         restarted = snap.freqtrade_state != "running"
         if restarted:  # its initial_state is not running: back to what it was
             await self.client.post("/start", timeout=COMMAND_TIMEOUT_SECONDS)
-            snap = await self.poller.poll()
+            snap = await self.poller.poll(COMMAND_TIMEOUT_SECONDS)
         return {
             "state": snap.state,
             "previous_state": before.value,
