@@ -145,9 +145,18 @@ async def sidecar(freqtrade: Freqtrade, gateway: Gateway, aiohttp_client: Any) -
     # Each test starts from a trading freqtrade on a venue without faults: one that failed before its own resume,
     # unlock or clear, or lost freqtrade itself, does not fail the next.
     gateway.chaos("clear")
-    if (code := freqtrade.start_again_if_gone()) is not None:
-        logging.getLogger(__name__).warning("freqtrade had exited with %s: started again", code)
-    if freqtrade.api("GET", "/show_config")["state"] != "running":
+
+    def answering() -> str | None:
+        """freqtrade's state once it answers in one of them: a reload_config of the test before (reconnect) may be
+        under way still, its API down or answering "reload_config" meanwhile (longer on a busy machine), or have made
+        it exit."""
+        if (code := freqtrade.start_again_if_gone()) is not None:
+            logging.getLogger(__name__).warning("freqtrade had exited with %s: started again", code)
+        now = freqtrade.api("GET", "/show_config")["state"]
+        return now if now in ("running", "paused", "stopped") else None
+
+    state = until("freqtrade answering in one of its states (running, paused, stopped)", answering, deadline=180)
+    if state != "running":
         freqtrade.api("POST", "/start")
     unlock_pairs(freqtrade)
     sc = sidecar_of(freqtrade, broker=broker_of(gateway))

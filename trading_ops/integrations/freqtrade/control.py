@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 # reports freqtrade slow (down) until the next poll.
 COMMAND_TIMEOUT_SECONDS = 30.0
 # reload_config rebuilds freqtrade in place (its API server too: it does not answer for a second or two, then its loop
-# starts again); the command waits this long for it to answer with a new start time.
-RELOAD_SECONDS = 30.0
+# starts again); the command waits this long for it to answer with a new start time. The rebuild is a start of its bot
+# (the exchange's markets loaded from the venue again, the strategy, the database): on a busy host it was still loading
+# its markets 32 s after the reload (the sidecar's reconnect then failed, freqtrade came back only afterwards), and a
+# whole freqtrade start took 55 s there; an operator's reconnect waits as long as a start may take.
+RELOAD_SECONDS = 120.0
 RELOAD_POLL_SECONDS = 0.25
 # flatten sends a trade's exit again, this long after a failed one, as many times in all as FLATTEN_ATTEMPTS.
 FLATTEN_ATTEMPTS = 3
