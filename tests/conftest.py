@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from prometheus_client import CollectorRegistry
 
 # The helper modules' asserts say what they compared, as a test module's do: pytest rewrites a module's asserts only
@@ -23,6 +24,13 @@ pytest.register_assert_rewrite(*HELPER_MODULES)
 
 import deployment_prebuild  # noqa: E402 (a helper: registered above)
 from shared_postgres import new_database  # noqa: E402
+
+# Hypothesis's tests prove properties of what the code returns, never how fast: its default 200 ms deadline per example
+# (and the too_slow health check on generating them) fail a correct test on a machine busy with something else, as a
+# first `make test` beside other work did (an example that took 468 ms once, 26 ms when replayed). One profile, for
+# every test of the suite (a test's own @settings adds to it), loaded before any test module is imported.
+settings.register_profile("trading-ops", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("trading-ops")
 
 # The background build of what the deployment tests need (tests/deployment_prebuild.py), in the run's main process.
 PREBUILD = pytest.StashKey[Any]()

@@ -112,3 +112,28 @@ async def submit_fresh(bot: Any, *args: Any, timeout: float = 20.0, **kwargs: An
         return None if order is None and refused_stale(bot) > stale else [order]
 
     return (await until_async("an order the gate did not refuse for stale market data", answered, timeout))[0]
+
+
+NOT_PLACED = ("tradingbot_orders_refused", "tradingbot_orders_rejected", "tradingbot_orders_outcome_unknown")
+
+
+def not_placed(bot: Any) -> str:
+    """Why the bot's orders did not go out, as its counters say: each refusal by the bot's gate (by symbol and
+    reason), rejection by the venue and submission without an answer, and the bot's trading state."""
+    counts = [
+        f"{f.name}{{{', '.join(f'{k}={v}' for k, v in s.labels.items() if k in ('symbol', 'reason'))}}} {s.value:g}"
+        for f in bot.inst.registry.collect()
+        if f.name in NOT_PLACED
+        for s in f.samples
+        if s.name == f"{f.name}_total" and s.value
+    ]
+    state = bot.inst.state
+    return f"{'; '.join(counts) or 'no refusal, rejection or unknown outcome counted'} (state {state.state.value})"
+
+
+async def placed(bot: Any, *args: Any, **kwargs: Any) -> Any:
+    """The order `bot.submit(*args, **kwargs)` placed (after any refusal for market data gone stale meanwhile, see
+    submit_fresh); a test that needs it placed fails saying why it was not."""
+    order = await submit_fresh(bot, *args, **kwargs)
+    assert order is not None, f"the order {args} was not placed: {not_placed(bot)}"
+    return order

@@ -24,6 +24,8 @@ from trading_ops.db import migrate
 
 # How many of the server log's last lines a failure's message quotes.
 LOG_TAIL_LINES = 12
+# How archiver_report begins: a failure carries one report, the first (read while the archiver was as the test left it).
+ARCHIVER_REPORT = "the archiver (archive_command as the postgres user): "
 
 
 def server_binary(name: str) -> str:
@@ -90,7 +92,7 @@ class Cluster:
             last = failures[-1]
             since = failures[-2] + 2 if len(failures) > 1 else 0
             said = "\n  " + "\n  ".join(log[max(since, last - LOG_TAIL_LINES) : last + 2])
-        return f"the archiver (archive_command as the postgres user): {counts}{said or '; no failure in server.log'}"
+        return f"{ARCHIVER_REPORT}{counts}{said or '; no failure in server.log'}"
 
     def wait_promoted(self, timeout: float = 90.0) -> None:
         """Wait until the server is out of recovery (a restored cluster replays WAL through its restore_command, run
@@ -202,7 +204,8 @@ def pgbackrest_archiving(pg: Cluster) -> Iterator[Path]:
     try:
         yield conf
     except Exception as exc:  # whatever failed while the cluster archived (pgBackRest's own wait for WAL included)
-        exc.add_note(pg.archiver_report())
+        if not any(note.startswith(ARCHIVER_REPORT) for note in getattr(exc, "__notes__", ())):  # one read earlier
+            exc.add_note(pg.archiver_report())
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -45,6 +45,8 @@ pytestmark = [pytest.mark.slow]
 TOKEN = "sidecar-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 POLL_SECONDS = 0.2
+# How long the sidecar's scheduled poll waits for each of freqtrade's answers.
+REQUEST_TIMEOUT_SECONDS = 3.0
 STRATEGY = "TradingOpsQuick"
 PAIRS = ("BTC/USD", "ETH/USD")
 
@@ -95,7 +97,7 @@ def sidecar_of(
         token=token,
         registry=registry or CollectorRegistry(),
         poll_interval=POLL_SECONDS,
-        request_timeout=3.0,
+        request_timeout=REQUEST_TIMEOUT_SECONDS,
         broker=broker,
         reconcile_interval=0,
         # freqtrade iterates every second here (process_throttle_secs 1).
@@ -143,9 +145,18 @@ async def sidecar(freqtrade: Freqtrade, gateway: Gateway, aiohttp_client: Any) -
     # Each test starts from a trading freqtrade on a venue without faults: one that failed before its own resume,
     # unlock or clear, or lost freqtrade itself, does not fail the next.
     gateway.chaos("clear")
-    if (code := freqtrade.start_again_if_gone()) is not None:
-        logging.getLogger(__name__).warning("freqtrade had exited with %s: started again", code)
-    if freqtrade.api("GET", "/show_config")["state"] != "running":
+
+    def answering() -> str | None:
+        """freqtrade's state once it answers in one of them: a reload_config of the test before (reconnect) may be
+        under way still, its API down or answering "reload_config" meanwhile (longer on a busy machine), or have made
+        it exit."""
+        if (code := freqtrade.start_again_if_gone()) is not None:
+            logging.getLogger(__name__).warning("freqtrade had exited with %s: started again", code)
+        now = freqtrade.api("GET", "/show_config")["state"]
+        return now if now in ("running", "paused", "stopped") else None
+
+    state = until("freqtrade answering in one of its states (running, paused, stopped)", answering, deadline=180)
+    if state != "running":
         freqtrade.api("POST", "/start")
     unlock_pairs(freqtrade)
     sc = sidecar_of(freqtrade, broker=broker_of(gateway))
@@ -442,7 +453,7 @@ async def test_a_halted_freqtrade_still_cancels_and_flattens_and_stays_halted(
     stops it again."""
     until("freqtrade holds two trades", lambda: two_open_trades(freqtrade))
     status, body = await sidecar.control("halt")
-    assert status == 200 and body["state"] == "halted"
+    assert status == 200 and body["state"] == "halted", body
     # freqtrade's own answer, which the sidecar works around.
     with pytest.raises(urllib.error.HTTPError):
         freqtrade.api("POST", "/forceexit", {"tradeid": "all"})
@@ -567,8 +578,17 @@ async def test_status_and_the_commands_freqtrade_cannot_do(sidecar: Client, freq
     status, body = await sidecar.control("reduce_only")
     assert status == 409 and "no reduce-only mode" in body["error"]
 
-    status, body = await sidecar.control("halt")
-    assert status == 200 and body["state"] == "halted"
+    # The halt, while freqtrade answers nothing for longer than a scheduled poll waits for it (as a busy machine may
+    # keep it): the command waits as a command may, and halts it. Frozen past two request timeouts: the command's
+    # own poll starts once the scheduled one in flight gave up, and must outlast one too.
+    freqtrade.signal(signal.SIGSTOP)
+    thaw = asyncio.get_running_loop().call_later(2 * REQUEST_TIMEOUT_SECONDS + 1, freqtrade.signal, signal.SIGCONT)
+    try:
+        status, body = await sidecar.control("halt")
+    finally:
+        thaw.cancel()
+        freqtrade.signal(signal.SIGCONT)
+    assert status == 200 and body["state"] == "halted", body
     assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
     names = await sidecar.names()
     # A stopped freqtrade runs no loop on purpose: no heartbeat to go stale; the kill switch says why.

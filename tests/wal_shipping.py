@@ -192,4 +192,10 @@ def wal_shipping(pg: Cluster, pgbackrest_conf: Path, host: SshHost, archive_time
         sql(pg.port, f"ALTER SYSTEM SET archive_command = '{archive_command} backup archive-wal %p'")
         sql(pg.port, f"ALTER SYSTEM SET archive_timeout = '{archive_timeout}s'")
         sql(pg.port, "SELECT pg_reload_conf()")
-        yield shipping
+        try:
+            yield shipping
+        except Exception as exc:
+            # What the archiver did, read while its copy of trading-ops is still there: pgbackrest_archiving's own
+            # report comes after this one removed it, when the server's next try fails only for want of the module.
+            exc.add_note(pg.archiver_report())
+            raise

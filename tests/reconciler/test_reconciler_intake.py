@@ -292,7 +292,7 @@ def threaded(tmp_path: Path, migrated_sqlite: str) -> Any:
     server.stop()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=mutated_payloads())
 def test_fuzzed_payloads_never_crash_and_never_reach_the_ledger(threaded: ThreadedServer, body: bytes) -> None:
     before = counts(threaded.config.database_url())[0]

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from schema_helpers import first_error_at, printed_validator, schema_errors
 
@@ -296,7 +296,7 @@ def places(data: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
         yield from places(value, (*path, key))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150)
 @given(data=st.data())
 def test_a_changed_playbook_the_schema_accepts_the_loader_loads(data: st.DataObject) -> None:
     """Each packaged playbook with one value replaced, one key removed or one key added: whatever the schema accepts,
@@ -325,7 +325,7 @@ def test_a_changed_playbook_the_schema_accepts_the_loader_loads(data: st.DataObj
         assert loads(changed) is not None, schema_errors(validator, changed)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(
     name=st.sampled_from(["alertname", "job", "_x", "1x", ""]),
     space=st.sampled_from(["", " "]),

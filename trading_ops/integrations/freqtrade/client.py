@@ -92,8 +92,8 @@ class FreqtradeClient:
             await self._session.close()
             self._session = None
 
-    async def get(self, path: str, endpoint: str | None = None, **params: Any) -> Any:
-        return await self.call("GET", path, endpoint=endpoint, params=params or None)
+    async def get(self, path: str, endpoint: str | None = None, timeout: float | None = None, **params: Any) -> Any:
+        return await self.call("GET", path, endpoint=endpoint, params=params or None, timeout=timeout)
 
     async def post(self, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         return await self.call("POST", path, json=body if body is not None else {}, timeout=timeout)

@@ -22,11 +22,16 @@ from trading_ops.scopes import DESTRUCTIVE
 log = logging.getLogger(__name__)
 
 # A command may wait for freqtrade to place orders on the exchange (forceexit, cancel) behind its own trading loop's
-# lock: longer than a poll may take.
+# lock: longer than a poll may take. A command's own polls (the state before and after it) wait as long: a busy
+# freqtrade that answers in 4 s must not fail an operator's halt, where the scheduled poll's short request timeout only
+# reports freqtrade slow (down) until the next poll.
 COMMAND_TIMEOUT_SECONDS = 30.0
 # reload_config rebuilds freqtrade in place (its API server too: it does not answer for a second or two, then its loop
-# starts again); the command waits this long for it to answer with a new start time.
-RELOAD_SECONDS = 30.0
+# starts again); the command waits this long for it to answer with a new start time. The rebuild is a start of its bot
+# (the exchange's markets loaded from the venue again, the strategy, the database): on a busy host it was still loading
+# its markets 32 s after the reload (the sidecar's reconnect then failed, freqtrade came back only afterwards), and a
+# whole freqtrade start took 55 s there; an operator's reconnect waits as long as a start may take.
+RELOAD_SECONDS = 120.0
 RELOAD_POLL_SECONDS = 0.25
 # flatten sends a trade's exit again, this long after a failed one, as many times in all as FLATTEN_ATTEMPTS.
 FLATTEN_ATTEMPTS = 3
@@ -163,8 +168,8 @@ class FreqtradeControl:
         return TradingState(state) if state is not None else None
 
     async def _current(self) -> TradingState:
-        """freqtrade's state now (a fresh poll), as the library's."""
-        snap = await self.poller.poll()
+        """freqtrade's state now (a fresh poll, as patient as the command), as the library's."""
+        snap = await self.poller.poll(COMMAND_TIMEOUT_SECONDS)
         if not snap.up:
             raise FreqtradeUnavailable(snap.error)
         return TradingState(snap.state or "paused")
@@ -242,7 +247,7 @@ class FreqtradeControl:
         restarted = snap.freqtrade_state != "running"
         if restarted:  # its initial_state is not running: back to what it was
             await self.client.post("/start", timeout=COMMAND_TIMEOUT_SECONDS)
-            snap = await self.poller.poll()
+            snap = await self.poller.poll(COMMAND_TIMEOUT_SECONDS)
         return {
             "state": snap.state,
             "previous_state": before.value,

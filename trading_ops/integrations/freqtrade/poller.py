@@ -154,15 +154,16 @@ class FreqtradePoller:
             await asyncio.wait_for(self._polled.wait(), timeout)
         return self.snapshot
 
-    async def poll(self) -> Snapshot:
-        """Ask freqtrade everything once; a failure of any part reports it down (never half a picture)."""
+    async def poll(self, timeout: float | None = None) -> Snapshot:
+        """Ask freqtrade everything once, each request within `timeout` seconds (default: the client's); a failure of
+        any part reports it down (never half a picture)."""
         async with self._polling:
-            return await self._poll()
+            return await self._poll(timeout)
 
-    async def _poll(self) -> Snapshot:
+    async def _poll(self, timeout: float | None) -> Snapshot:
         previous = self.snapshot
         try:
-            snapshot, news = await self._fetch(previous)
+            snapshot, news = await self._fetch(previous, timeout)
         except (FreqtradeUnavailable, FreqtradeRefused) as exc:
             if previous.up or not previous.error:
                 log.warning("freqtrade at %s is down: %s", self.client.base, exc)
@@ -189,17 +190,17 @@ class FreqtradePoller:
         self._polled.set()
         return snapshot
 
-    async def _fetch(self, previous: Snapshot) -> tuple[Snapshot, News]:
+    async def _fetch(self, previous: Snapshot, timeout: float | None) -> tuple[Snapshot, News]:
         c = self.client
         health, config, trades, profit, balance, locks, daily, logs = await asyncio.gather(
-            c.get("/health"),
-            c.get("/show_config"),
-            c.get("/status"),
-            c.get("/profit"),
-            c.get("/balance"),
-            c.get("/locks"),
-            c.get("/daily", timescale=1),
-            c.get("/logs", limit=LOG_LIMIT),
+            c.get("/health", timeout=timeout),
+            c.get("/show_config", timeout=timeout),
+            c.get("/status", timeout=timeout),
+            c.get("/profit", timeout=timeout),
+            c.get("/balance", timeout=timeout),
+            c.get("/locks", timeout=timeout),
+            c.get("/daily", timeout=timeout, timescale=1),
+            c.get("/logs", timeout=timeout, limit=LOG_LIMIT),
         )
         profit = profit if isinstance(profit, dict) else {}
         closed_count = profit.get("closed_trade_count")
@@ -213,14 +214,14 @@ class FreqtradePoller:
         if limit and closed_count:
             # Newest closed first: by default freqtrade sorts /trades by id, oldest first, and a limit would then
             # answer the same oldest trades forever, never the one that just closed.
-            answer = await c.get("/trades", limit=limit, order_by_id="false")
+            answer = await c.get("/trades", timeout=timeout, limit=limit, order_by_id="false")
             rows = answer.get("trades") if isinstance(answer, dict) else None
             closed = [t for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
         # The version is asked once per freqtrade process (a restart may bring another one).
         version = previous.version
         bot_start = _instant(health, "bot_startup")
         if version is None or not previous.up or bot_start != previous.bot_start:
-            answer = await c.get("/version")
+            answer = await c.get("/version", timeout=timeout)
             version = str(answer.get("version")) if isinstance(answer, dict) else None
         days = daily.get("data") if isinstance(daily, dict) else None
         snapshot = Snapshot(
