@@ -32,6 +32,8 @@ ANNOTATIONS = {"summary", "description", "runbook_url"}
 DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 # How promtool reports a failed probe (see classify_quiet_cases): the expression, quoted, then `got: nil`.
+# The second test file of a rule file, for its cases that reach hours: <rule file>-long_test.yml.
+LONG_SUFFIX = "-long"
 PROBE_REPORT = re.compile(r'expr: ".*?promtool_probe!=\\"([\w-]+)\\"[^\n]*\n\s+exp: [^\n]*\n\s+got: nil')
 
 
@@ -122,6 +124,21 @@ def test_every_rule_file_has_its_test_file(rule_file: Path) -> None:
     test_file = RULE_TESTS_DIR / f"{rule_file.stem}_test.yml"
     assert test_file.exists(), f"{rule_file.name} has no promtool test file {test_file.name}"
     assert f"../rules/{rule_file.name}" in load_yaml(test_file)["rule_files"]
+
+
+@pytest.mark.parametrize("test_file", RULE_TEST_FILES, ids=lambda p: p.name)
+def test_every_test_file_tests_its_rule_file(test_file: Path) -> None:
+    # Beside <rule file>_test.yml, the cases of a rule file that reach hours may have a file of their own,
+    # <rule file>-long_test.yml, with a coarser evaluation_interval: promtool evaluates every rule at every step from
+    # 0 to a test's last eval_time, so hours at 5 s were most of the cost of the rule tests.
+    stem = test_file.name.removesuffix("_test.yml")
+    rule_file = stem.removesuffix(LONG_SUFFIX)
+    assert (RULES_DIR / f"{rule_file}.yml").exists(), f"{test_file.name} names no rule file"
+    document = load_yaml(test_file)
+    assert f"../rules/{rule_file}.yml" in document["rule_files"]
+    if stem.endswith(LONG_SUFFIX):
+        sibling = load_yaml(RULE_TESTS_DIR / f"{rule_file}_test.yml")
+        assert duration_seconds(document["evaluation_interval"]) > duration_seconds(sibling["evaluation_interval"])
 
 
 def test_every_test_group_is_named() -> None:
