@@ -2,8 +2,10 @@
 receiving WAL (its walreceiver stopped) while two replicas run steps, the primary is SIGKILLed and the standby
 promoted without the last commits. Each replica checks its recent writes once the ledger is back: it names exactly
 what the failover lost (a step's outcome, a claim, an attempt, a step's row), pages once per episode, holds those
-episodes back and sends no command twice. The control: the same with synchronous replication, where the check finds
-every write there and nobody is paged.
+episodes back and sends no command twice. The steps whose rows were lost end after that, at the bot's answer: their
+outcomes, which the ledger never had, add nothing to what is counted lost (each lost write once, and only what was
+written). The control: the same with synchronous replication, where the check finds every write there and nobody is
+paged.
 
 Needs PostgreSQL's server binaries (/usr/lib/postgresql/*/bin: initdb, pg_basebackup, pg_ctl): a primary and a standby
 of the test's own on free ports (never the shared server on 5432), stopped by their pids whatever happens."""
