@@ -160,6 +160,10 @@ async def test_a_run_whose_step_row_went_back_in_time_escalates_instead_of_actin
     assert episode["state"] == "escalated", episode
     assert "gone from the ledger" in episode["detail"]
     assert fake_bot.commands() == ["reconnect"]  # not sent again
+    # One write was lost, the step's row; its outcome never reached the ledger and is no second lost write.
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tradingops_ledger_lost_writes_total{kind="step"} 1.0' in metrics, metrics
+    assert 'tradingops_ledger_lost_writes_total{kind="outcome"} 0.0' in metrics, metrics
     eraser.engine.dispose()
 
 

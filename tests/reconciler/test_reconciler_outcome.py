@@ -298,6 +298,24 @@ def test_a_replay_leaves_an_outcome_a_live_run_is_writing_to_that_run(tmp_path: 
     assert written == [2, 1] and spool.pending() == []
 
 
+def test_a_replay_counts_as_lost_only_an_outcome_an_earlier_life_spooled(tmp_path: Path) -> None:
+    # Two outcomes whose steps the ledger no longer has (a failover lost their rows). One an earlier life of the
+    # process spooled: it may have died after the ledger took the outcome, so the outcome is a write the failover lost.
+    # The other this life spooled and never saw taken (its run stopped first): the ledger never had it, the step's row
+    # is what was lost, and this life's check of its writes reports that row; reported here too, it counted twice.
+    OutcomeSpool(tmp_path / "spool").put(SpooledOutcome(1, "success", "an earlier life's", utcnow(), 7))
+    spool = OutcomeSpool(tmp_path / "spool")
+    spool.put(SpooledOutcome(2, "success", "this life's", utcnow(), 8))
+
+    class Ledger:
+        def finish_step(self, step_id: int, outcome: str, output: str, finished_at: Any = None) -> str:
+            return "missing"
+
+    assert spool.replay(Ledger(), lambda exc: False) == 0
+    assert [(item.step_id, item.episode_id) for item in spool.missing] == [(1, 7)]
+    assert spool.pending() == [] and spool.ours == set()
+
+
 async def test_a_sweep_during_a_step_s_outcome_write_never_writes_it_beside_the_run(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -45,6 +45,11 @@ class OutcomeSpool:
         self.held: set[int] = set()
         # Outcomes a replay found no step for (`missing`), for the engine to report: the ledger went back in time.
         self.missing: list[SpooledOutcome] = []
+        # Steps whose outcome this process spooled and has not removed: none of them was acknowledged by the ledger
+        # (a run removes its file once the ledger took the outcome), so a replay that finds such a step gone has found
+        # a lost step row, which this process remembers and its check reports, not a lost outcome. Only a file an
+        # earlier life left may hold an outcome the ledger took and then lost (that life died before removing it).
+        self.ours: set[int] = set()
 
     def hold(self, step_id: int) -> None:
         """The run writing this step's outcome is alive here: replays skip it until `release`."""
@@ -55,6 +60,7 @@ class OutcomeSpool:
         self.held.discard(step_id)
 
     def put(self, item: SpooledOutcome) -> None:
+        self.ours.add(item.step_id)
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(item.step_id)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -75,6 +81,7 @@ class OutcomeSpool:
     def remove(self, step_id: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(step_id).unlink()
+        self.ours.discard(step_id)
 
     def pending(self) -> list[SpooledOutcome]:
         """The spooled outcomes, oldest step first (a file that cannot be read is logged and left for a human)."""
@@ -116,18 +123,22 @@ class OutcomeSpool:
                 path = self._path(item.step_id)
                 with contextlib.suppress(FileNotFoundError):
                     path.rename(path.with_name(path.name + REJECTED))
+                self.ours.discard(item.step_id)
                 continue
+            # An outcome this process spooled was never in the ledger: its step's row is the write that was lost.
+            earlier_life = item.step_id not in self.ours
             self.remove(item.step_id)
             # Another replica took the run over and found the step unknown; or the step is gone.
-            if taken == "missing":
+            if taken == "missing" and earlier_life:
                 self.missing.append(item)
             if taken in ("fenced", "missing"):
-                log.warning(
-                    "step %s: spooled outcome %s not written: %s",
-                    item.step_id,
-                    item.outcome,
-                    "its run was taken over meanwhile (the step is unknown)" if taken == "fenced" else "no such step",
-                )
+                if taken == "fenced":
+                    why = "its run was taken over meanwhile (the step is unknown)"
+                elif earlier_life:
+                    why = "no such step"
+                else:
+                    why = "no such step (its row is gone: the check of this replica's writes reports it)"
+                log.warning("step %s: spooled outcome %s not written: %s", item.step_id, item.outcome, why)
                 continue
             written += 1
             log.warning("step %s: outcome %s written from the spool into the ledger", item.step_id, item.outcome)

@@ -142,7 +142,14 @@ class Steps(RunPart):
                 await self.db(self.spool.put, spooled)  # the ledger's threads: asyncio's default pool may be stuck
             except OSError as exc:  # the ledger is the record; the spool only outlives the process when it is away
                 log.error("step %s: its outcome could not be spooled (%s): %s", step_id, self.spool.directory, exc)
-            written = await self._write_outcome(step_id, result, spooled, claim)
+            try:
+                written = await self._write_outcome(step_id, result, spooled, claim)
+            except LedgerWentBack:
+                # The step's row is gone: its outcome has no row to go to, now or at any replay, and the ledger never
+                # took it, so it is no write the failover lost (the row is, and the check reports it). Its file goes
+                # now (the run's log line names the outcome): left, a next life would count it as a lost outcome.
+                await self.db(self.spool.remove, step_id)
+                raise
             if written:
                 self.holder.wrote(Written(OUTCOME, episode_id, step_id, result.outcome, parent=attempt_id))
             await self.db(self.spool.remove, step_id)
