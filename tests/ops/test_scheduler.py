@@ -204,17 +204,15 @@ async def test_a_failing_task_is_retried_with_backoff_and_counted(tmp_path: Path
     assert sorted(waits) == [0.01, 0.01, 0.02, 0.02, 0.04]
 
 
-async def test_a_dead_replicas_run_is_taken_over_when_its_lease_expires(tmp_path: Path, migrated_sqlite: str) -> None:
-    config = fast(tmp_path, migrated_sqlite)
-    job = Recorder()
-    slot = datetime(2026, 5, 1, 0, 0, tzinfo=UTC)
-    engine = make_engine(migrated_sqlite)
+def running_elsewhere(url: str, owner: str, slot: datetime) -> None:
+    """The daily job's run of `slot`, started at the slot by `owner`, its lease two minutes long."""
+    engine = make_engine(url)
     with engine.begin() as conn:
         conn.execute(
             insert(JobRun).values(
                 job="daily",
                 scheduled_for=slot,
-                owner="dead-replica",
+                owner=owner,
                 state="running",
                 attempts=1,
                 started_at=slot,
@@ -223,6 +221,13 @@ async def test_a_dead_replicas_run_is_taken_over_when_its_lease_expires(tmp_path
             )
         )
     engine.dispose()
+
+
+async def test_a_dead_replicas_run_is_taken_over_when_its_lease_expires(tmp_path: Path, migrated_sqlite: str) -> None:
+    config = fast(tmp_path, migrated_sqlite)
+    job = Recorder()
+    slot = datetime(2026, 5, 1, 0, 0, tzinfo=UTC)
+    running_elsewhere(migrated_sqlite, "dead-replica", slot)
     jobs = [Job("daily", CronSchedule.parse("0 0 * * *"), job)]
     with freeze_time(slot + timedelta(minutes=1), real_asyncio=True) as clock:
         scheduler = make_scheduler(config, jobs, "survivor")
@@ -246,21 +251,7 @@ async def test_a_lease_that_lapsed_while_nobody_looked_is_not_taken_for_its_owne
     config = fast(tmp_path, migrated_sqlite)
     job = Recorder()
     slot = datetime(2026, 5, 1, 0, 0, tzinfo=UTC)
-    engine = make_engine(migrated_sqlite)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(JobRun).values(
-                job="daily",
-                scheduled_for=slot,
-                owner="quiet-replica",
-                state="running",
-                attempts=1,
-                started_at=slot,
-                lease_until=slot + timedelta(minutes=2),
-                error="",
-            )
-        )
-    engine.dispose()
+    running_elsewhere(migrated_sqlite, "quiet-replica", slot)
     jobs = [Job("daily", CronSchedule.parse("0 0 * * *"), job)]
     with freeze_time(slot + timedelta(seconds=10), real_asyncio=True) as clock:
         scheduler = make_scheduler(config, jobs, "survivor")
