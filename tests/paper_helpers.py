@@ -137,3 +137,14 @@ async def placed(bot: Any, *args: Any, **kwargs: Any) -> Any:
     order = await submit_fresh(bot, *args, **kwargs)
     assert order is not None, f"the order {args} was not placed: {not_placed(bot)}"
     return order
+
+
+def submitted(bot: Any) -> float:
+    """Every order a bot (a BotRuntime) sent to its venue: tradingbot_orders_submitted_total over all its labels."""
+    return sum(
+        s.value
+        for f in bot.inst.registry.collect()
+        if f.name == "tradingbot_orders_submitted"
+        for s in f.samples
+        if s.name.endswith("_total")
+    )

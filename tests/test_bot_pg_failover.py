@@ -33,14 +33,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from paper_helpers import TOKEN, fast_config, get, wait_for
+from paper_helpers import TOKEN, fast_config, get, submitted, wait_for
 from pg_cluster import ReplicatedPair, replicated_pair
 from prometheus_client import CollectorRegistry
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from trading_ops.bot.instance_lock import advisory_key
-from trading_ops.bot.runtime import BotRuntime
 from trading_ops.bot.state import TradingState
 from trading_ops.config import Config, parse_config
 from trading_ops.cron import CronSchedule
@@ -67,16 +66,6 @@ AFTER_PROMOTION_SECONDS = 60.0
 
 def measured(what: str, seconds: float) -> None:
     print(f"\nMEASURED {what}: {seconds:.2f} s")
-
-
-def submitted(bot: BotRuntime) -> float:
-    return sum(
-        s.value
-        for f in bot.inst.registry.collect()
-        if f.name == "tradingbot_orders_submitted"
-        for s in f.samples
-        if s.name.endswith("_total")
-    )
 
 
 class Records(logging.Handler):

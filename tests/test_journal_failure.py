@@ -32,7 +32,7 @@ import pytest
 import yaml
 from alertmanager_server import alertmanager_argv
 from full_disk import fill, small_filesystem
-from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
+from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, submitted, wait_for
 from pg_cluster import Cluster, own_cluster
 from polling import until_async
 from ports import free_port
@@ -69,16 +69,6 @@ def measured(what: str, seconds: float) -> None:
 
 def sample(bot: BotRuntime, name: str, **labels: str) -> float:
     return bot.inst.registry.get_sample_value(name, labels) or 0.0
-
-
-def submitted(bot: BotRuntime) -> float:
-    return sum(
-        s.value
-        for f in bot.inst.registry.collect()
-        if f.name == "tradingbot_orders_submitted"
-        for s in f.samples
-        if s.name.endswith("_total")
-    )
 
 
 async def readiness(bot: BotRuntime) -> tuple[int, dict[str, Any]]:
