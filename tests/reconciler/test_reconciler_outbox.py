@@ -6,8 +6,8 @@ routes every alert to a webhook here that counts the notifications (the pages) i
 
 The outage lasts OUTAGE_SECONDS (TRADING_OPS_TEST_AM_OUTAGE_SECONDS, 3 s by default: the outbox's backoff is capped at
 a second in these tests, so a short outage proves what a long one does), and REALISTIC_OUTAGE_SECONDS in the one
-test of a realistic outage (TRADING_OPS_TEST_AM_REALISTIC_OUTAGE_SECONDS, 60 s). Each test prints the outbox's drain
-time after Alertmanager's return as a JSON line (`pytest -s`)."""
+test of a realistic outage (TRADING_OPS_TEST_AM_REALISTIC_OUTAGE_SECONDS, 30 s by default: three of the posts' 10 s
+timeouts). Each test prints the outbox's drain time after Alertmanager's return as a JSON line (`pytest -s`)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from server_process import stop, wait_http
 from smtp_sink import SMTPServer, serve_smtp
 from webhook_payloads import alert, payload
 
+from trading_ops.clients.alertmanager import TIMEOUT as AM_CLIENT_TIMEOUT
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import FAILED, escalation_alert
@@ -46,7 +47,11 @@ from trading_ops.reconciler.outbox import VIA_APPRISE, OutboxStore
 pytestmark = [pytest.mark.alertmanager]
 
 OUTAGE_SECONDS = float(os.environ.get("TRADING_OPS_TEST_AM_OUTAGE_SECONDS", "3"))
-REALISTIC_OUTAGE_SECONDS = float(os.environ.get("TRADING_OPS_TEST_AM_REALISTIC_OUTAGE_SECONDS", "60"))
+# Three times the Alertmanager client's timeout: the fallback pages (after 5 s and a timed-out post) and more posts
+# time out, and queue unanswered on the frozen Alertmanager, before it thaws.
+REALISTIC_OUTAGE_SECONDS = float(
+    os.environ.get("TRADING_OPS_TEST_AM_REALISTIC_OUTAGE_SECONDS", str(3 * (AM_CLIENT_TIMEOUT.total or 0)))
+)
 PAGES = 6
 # Fast enough for a test: the backoff doubles from 0.2 s to 1 s.
 ESCALATION = {"retry_initial_seconds": 0.2, "retry_max_seconds": 1.0}
@@ -211,9 +216,9 @@ async def _pending_is(registry: Any, value: float) -> bool:
 async def test_a_realistic_outage_alertmanager_frozen_by_sigstop(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, pages: Pages, mail: SMTPServer
 ) -> None:
-    """Alertmanager stopped with SIGSTOP for a minute: connections are accepted and never answered (the posts time
-    out, and those it read before it froze are processed when it thaws); the apprise fallback pages meanwhile, and
-    Alertmanager still holds one alert, and sends one page, per episode afterwards."""
+    """Alertmanager stopped with SIGSTOP for REALISTIC_OUTAGE_SECONDS: connections are accepted and never answered
+    (the posts time out, and those it read before it froze are processed when it thaws); the apprise fallback pages
+    meanwhile, and Alertmanager still holds one alert, and sends one page, per episode afterwards."""
     am = await asyncio.to_thread(start_am, tmp_path / "am", pages)
     os.kill(am.proc.pid, signal.SIGSTOP)
     down = time.monotonic()
