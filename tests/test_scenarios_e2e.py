@@ -32,6 +32,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager
 
 # The critical resource alerts wait `for: 5m` (1 minute in the fast profile) after the fault crosses the budget.
 RESOURCE_DEADLINE_SECONDS = 180.0
+# leak_memory and fill_disk at this rate instead of their defaults (10 and 20 MiB/s): the budget is crossed within
+# seconds, and the alert's `for:` is what the test waits for, not the fault's growth. Each test still asserts that the
+# default size crosses the budget.
+FAST_MIB_PER_SECOND = 100
 MIB = 1024 * 1024
 
 
@@ -193,13 +197,14 @@ def test_a_journal_stall_is_restarted_and_verified(stack: PaperStack) -> None:
 
 
 def test_fill_disk_past_the_data_dir_budget_is_healed_by_a_verified_cleanup(stack: PaperStack) -> None:
-    """fill_disk with its defaults takes the data directory past the budget `up` gives it (the filesystem has room to
-    spare); TradingBotDiskAlmostFull pages, the playbook's disk-cleanup rule runs `trading-ops upkeep cleanup`, which
-    empties the scratch directory, and the episode ends `recovered`, verified by the alert's own expression."""
+    """fill_disk with its default size, written faster than its default rate (FAST_MIB_PER_SECOND), takes the data
+    directory past the budget `up` gives it (the filesystem has room to spare); TradingBotDiskAlmostFull pages, the
+    playbook's disk-cleanup rule runs `trading-ops upkeep cleanup`, which empties the scratch directory, and the
+    episode ends `recovered`, verified by the alert's own expression."""
     known = {e["id"] for e in stack.episodes()}
     (budget,) = stack.metric("tradingbot_data_dir_budget_bytes").values()
     freed_before = stack.metric("tradingops_cleanup_deleted_bytes_total", "reconciler").get('{directory="scratch"}', 0)
-    answer = stack.control("fill_disk")  # the defaults
+    answer = stack.control("fill_disk", {"mib_per_second": FAST_MIB_PER_SECOND})  # the default size
     scratch = Path(answer["path"])
     assert answer["max_mib"] * MIB > budget
     recovered = until(
@@ -223,14 +228,14 @@ def test_fill_disk_past_the_data_dir_budget_is_healed_by_a_verified_cleanup(stac
 
 
 def test_a_memory_leak_past_the_budget_is_restarted_and_verified(stack: PaperStack) -> None:
-    """leak_memory with its defaults takes the bot past 80 % of the memory budget `up` gives it, far below the
-    machine's memory: TradingBotMemoryFillingUp fires at its critical tier, the playbook's memory-leak-restart rule
-    sets the bot reduce_only and restarts its unit (through stackctl, as through systemctl in production), and the
-    restarted bot's memory is back: verified, recovered."""
+    """leak_memory with its default size, leaked faster than its default rate (FAST_MIB_PER_SECOND), takes the bot
+    past 80 % of the memory budget `up` gives it, far below the machine's memory: TradingBotMemoryFillingUp fires at
+    its critical tier, the playbook's memory-leak-restart rule sets the bot reduce_only and restarts its unit (through
+    stackctl, as through systemctl in production), and the restarted bot's memory is back: verified, recovered."""
     known = {e["id"] for e in stack.episodes()}
     (budget,) = stack.metric("tradingbot_memory_budget_bytes").values()
     before = bot_pid(stack)
-    answer = stack.control("leak_memory")  # the defaults
+    answer = stack.control("leak_memory", {"mib_per_second": FAST_MIB_PER_SECOND})  # the default size
     assert answer["max_mib"] * MIB > budget
     (episode,) = settled(stack, known, "TradingBotMemoryFillingUp", RESOURCE_DEADLINE_SECONDS + 120)
     assert episode["state"] == "recovered" and episode["rule"] == "memory-leak-restart", episode
