@@ -362,6 +362,10 @@ async def test_an_order_of_unknown_outcome_is_looked_up_not_canceled_again_and_a
     by the lookup and canceled by its venue id, once."""
     config = fast_config(tmp_path, **QUIET_CLOCK)
     config.bot.market_data_stale_seconds = 3600.0
+    # The dead man's switch is armed at the start and disarmed at the stop, but not refreshed in between: a refresh
+    # every 20 s (3 of the Starter tier's 20 points a minute) would only lengthen each wait for the counter's decay.
+    config.bot.dead_man_switch.timeout_seconds = 3600
+    config.bot.dead_man_switch.refresh_interval_seconds = 600.0
     async with running_gateway(partial_fill_probability=0.0) as (gateway, base):
         gateway.call_counter = CounterLimiter("starter")
         budget = CallBudget("starter")
