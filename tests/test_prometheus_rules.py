@@ -141,6 +141,22 @@ def test_every_test_file_tests_its_rule_file(test_file: Path) -> None:
         assert duration_seconds(document["evaluation_interval"]) > duration_seconds(sibling["evaluation_interval"])
 
 
+@pytest.mark.parametrize("test_file", RULE_TEST_FILES, ids=lambda p: p.name)
+def test_every_eval_time_is_a_step_of_its_file(test_file: Path) -> None:
+    # promtool checks a case against the last evaluation at or before its eval_time: between two steps of a coarse
+    # `evaluation_interval` (a -long file's minute), "not firing 5 s before the onset" would be checked a minute early
+    # and pass while testing less.
+    document = load_yaml(test_file)
+    step = duration_seconds(document.get("evaluation_interval", "1m"))  # promtool's default
+    off_grid = [
+        f"{test['name']} @ {case['eval_time']}"
+        for test in document["tests"]
+        for case in test.get("alert_rule_test", []) + test.get("promql_expr_test", [])
+        if duration_seconds(case["eval_time"]) % step
+    ]
+    assert off_grid == [], f"eval_times between two steps of {document.get('evaluation_interval', '1m')}"
+
+
 def test_every_test_group_is_named() -> None:
     unnamed = [
         f"{path.name} test #{index + 1}"
