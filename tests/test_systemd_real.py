@@ -696,12 +696,25 @@ def closed_episode(deployment: Deployment, alertname: str, after: int) -> dict[s
     return None
 
 
-def last_episode_id(deployment: Deployment) -> int:
-    status, answer = http(
-        f"http://127.0.0.1:{deployment.ports.reconciler}/api/v1/episodes", token=deployment.read_token
-    )
-    assert status == 200, answer
-    return max((int(e["id"]) for e in answer["episodes"]), default=0)
+def settled_episode_id(deployment: Deployment) -> int:
+    """The id of the last episode once what the bot's restart itself set off is over, so that the next fault opens a
+    later episode: a start slower than TradingBotDown's `for:` (a loaded machine) fires it, and that episode would
+    take the fault's alert as its own. Over: Prometheus scrapes the bot up, has no TradingBotDown pending or firing,
+    Alertmanager holds none, and every episode is closed."""
+    url = f"http://127.0.0.1:{deployment.ports.reconciler}/api/v1/episodes"
+
+    def last_if_quiet() -> int | None:
+        if not deployment.monitoring.query('up{job="tradingbot"} == 1 unless on () ALERTS{alertname="TradingBotDown"}'):
+            return None
+        if deployment.monitoring.firing("TradingBotDown"):
+            return None
+        status, answer = http(url, token=deployment.read_token)
+        assert status == 200, answer
+        if any(e["state"] not in CLOSED_STATES for e in answer["episodes"]):
+            return None
+        return max((int(e["id"]) for e in answer["episodes"]), default=0) + 1  # + 1: 0 is an answer too
+
+    return until("the restart's own TradingBotDown over and every episode closed", last_if_quiet, 120) - 1
 
 
 def expire_silences(monitoring: Monitoring) -> None:
@@ -736,7 +749,7 @@ def test_a_crashed_bot_is_restarted_by_systemd_and_the_reconciler_verifies_it(re
     deployment.configure(crash_timeout=SLOW_CRASH_RECOVERY)
     try:
         first = deployment.fresh_start()
-        restarts, after = deployment.restarts(BOT), last_episode_id(deployment)
+        restarts, after = deployment.restarts(BOT), settled_episode_id(deployment)
         deployment.chaos("crash")
         episode = until("the episode closed", lambda: closed_episode(deployment, "TradingBotDown", after), 150)
     finally:
@@ -758,7 +771,7 @@ def test_the_reconciler_restarts_a_hung_bot_through_polkit_and_verifies_it(recon
     deployment.drop_in(BOT, "no-watchdog", "[Service]\nWatchdogSec=0\n")
     try:
         first = deployment.fresh_start()
-        restarts, after = deployment.restarts(BOT), last_episode_id(deployment)
+        restarts, after = deployment.restarts(BOT), settled_episode_id(deployment)
         cursor = deployment.cursor()
         deployment.chaos("hang_loop", seconds=600)
         episode = until(
