@@ -16,11 +16,11 @@ CONFIG ?= trading-ops.yaml
 # long-term-support pair (Prometheus 3.5, Alertmanager 0.33) that `make monitoring-lts` unpacks, first on PATH.
 MONITORING ?= system
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a module that starts a stack once on one of them).
-# Four on the 2-core machine: a stack test mostly waits on alert timers (2,464 tests from a fresh clone: 11:23 to 12:01
-# of pytest in four, 16:35 on a machine busy with its own services; five were faster on that one, but under their load
-# a real freqtrade's reload_config failed in two runs of four; docs/development.md). `make test TEST_LANES=3` on a
-# busier machine.
-TEST_LANES ?= 4
+# Five on the 2-core machine: a stack test mostly waits on alert timers, and the lanes end within a minute of each
+# other (2,775 tests from a fresh clone with the caches removed: 16:50 of pytest in five, the tests' own time 4,746 s;
+# docs/development.md). Earlier runs in five lost a real freqtrade to its reload_config under the start's load: its
+# sidecar waits 120 s for it since. `make test TEST_LANES=3` on a busier machine.
+TEST_LANES ?= 5
 # prometheus-node-exporter runs on the host-down test's test host; on a machine booted with systemd, Debian's package
 # also starts its own service on :9100 (`systemctl disable --now prometheus-node-exporter` if you do not want it).
 SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
