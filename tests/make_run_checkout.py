@@ -11,11 +11,18 @@ from system_binaries import REPO_ROOT
 SECRETS_MAKE_RUN_WRITES = ("control-token", "reconciler-token", "reconciler-read-token", "reconciler-approve-token")
 
 
+# What a documented command writes into (`trading-ops rules render` writes prometheus/rules/): copied, so that it
+# writes into the test's checkout, never into the repository other tests read meanwhile.
+WRITTEN = {"prometheus"}
+
+
 def make_checkout(root: Path) -> Path:
     """A checkout as `make run` leaves it in `root`: the repository's files, trading-ops.yaml (the example, copied)
     and the tokens it writes."""
     for entry in REPO_ROOT.iterdir():
-        if entry.name not in {"var", "trading-ops.yaml", ".git", ".venv", "site"}:
+        if entry.name in WRITTEN:
+            shutil.copytree(entry, root / entry.name)
+        elif entry.name not in {"var", "trading-ops.yaml", ".git", ".venv", "site"}:
             (root / entry.name).symlink_to(entry)
     shutil.copy(REPO_ROOT / "trading-ops.example.yaml", root / "trading-ops.yaml")
     (root / "var" / "secrets").mkdir(parents=True, mode=0o700)

@@ -5,6 +5,8 @@ The promtool test of a changed value needs promtool of both generations (system_
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from system_binaries import GENERATIONS, REPO_ROOT, Generation, run_binary
 from trading_ops.rulepack.render import DERIVED, PLACEHOLDER, defaults, templates
 
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
+NOGROUP = 65534  # a group the test (root) gives a file, as an operator gives one to Prometheus's group
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -41,6 +44,27 @@ def test_the_defaults_render_exactly_the_committed_rule_files(tmp_path: Path) ->
 def test_every_placeholder_is_a_value_and_every_value_is_used() -> None:
     used = {match for text in templates().values() for match in PLACEHOLDER.findall(text)}
     assert used == set(defaults()) | set(DERIVED)
+
+
+def test_rule_files_are_readable_by_prometheus_and_one_replaced_keeps_its_mode_owner_and_group(
+    tmp_path: Path,
+) -> None:
+    """Prometheus reads its rules as a user of its own (`prometheus` on Debian, `nobody` in the compose image): a new
+    rule file is 0644 as a checkout's are, never a temporary file's 0600; a file replaced keeps its mode, owner and
+    group (an operator's root:nogroup 0640 here), and no temporary file is left behind."""
+    output = tmp_path / "rules"
+    assert cli("rules", "render", "--output", str(output)).returncode == 0
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in output.iterdir()}
+    assert len(modes) == 8 and set(modes.values()) == {0o644}, modes
+    kept = output / "tradingbot-availability.yml"
+    os.chown(kept, -1, NOGROUP)
+    kept.chmod(0o640)
+    result = cli("rules", "render", "--values", str(changed_values(tmp_path)), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "tradingbot_heartbeat_timestamp_seconds > 30\n" in kept.read_text()  # replaced
+    after = kept.stat()
+    assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == (0o640, os.geteuid(), NOGROUP)
+    assert sorted(path.name for path in output.iterdir()) == sorted(modes)
 
 
 def changed_values(tmp_path: Path) -> Path:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from trading_ops.cli import UsageError
+from trading_ops import logsetup
+from trading_ops.cli import EXIT_FAILURE, UsageError
 from trading_ops.config import Config
 
 DEFAULT_OUTPUT = Path("prometheus") / "rules"
@@ -47,6 +48,13 @@ def render_rules(args: argparse.Namespace, config: Config) -> int:
         rendered = render(load_values(args.values))
     except RulePackError as exc:
         raise UsageError(f"rules render: {exc}") from exc
-    written = write(rendered, args.output)
+    try:
+        written = write(rendered, args.output)
+    except RulePackError as exc:
+        logsetup.report(f"trading-ops: rules render: {exc}")
+        return EXIT_FAILURE
+    except OSError as exc:
+        logsetup.report(f"trading-ops: rules render: cannot write {args.output}: {exc.strerror or exc}")
+        return EXIT_FAILURE
     print(f"wrote {len(written)} rule files to {args.output}")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 import yaml
 
 PACKAGE = "trading_ops.rulepack"
+# A rule file that did not exist: readable by Prometheus's user, as a checkout's files are.
+NEW_FILE_MODE = 0o644
 # A placeholder in a template: `[[ section.key ]]` (PromQL and Go templates use neither `[[` nor `]]`).
 PLACEHOLDER = re.compile(r"\[\[\s*([a-z_]+(?:\.[a-z_]+)?)\s*\]\]")
 DURATION = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w|y))+$")
@@ -162,13 +165,42 @@ def render(values: dict[str, Any]) -> dict[str, str]:
 
 
 def write(rendered: dict[str, str], output: Path) -> list[Path]:
-    """Write every rule file into `output` (each replaced whole: a reader never sees half a file)."""
+    """Write every rule file into `output`, each replaced whole (a reader never sees half a file) and only once all
+    of them are ready: a file that cannot keep its owner leaves every file as it was."""
     output.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in rendered.items():
-        target = output / name
-        with tempfile.NamedTemporaryFile("w", dir=output, prefix=f".{name}.", delete=False, encoding="utf-8") as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, target)
-        written.append(target)
-    return written
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, text in rendered.items():
+            with tempfile.NamedTemporaryFile(
+                "w", dir=output, prefix=f".{name}.", delete=False, encoding="utf-8"
+            ) as tmp:
+                staged.append((Path(tmp.name), output / name))
+                tmp.write(text)
+            _keep_permissions(*staged[-1])
+        for path, target in staged:
+            os.replace(path, target)
+    except BaseException:
+        for path, _ in staged:
+            path.unlink(missing_ok=True)
+        raise
+    return [target for _, target in staged]
+
+
+def _keep_permissions(staged: Path, target: Path) -> None:
+    """Prometheus reads the rule files as its own user: a file replaced keeps the mode, owner and group of the one
+    before it (an operator's root:prometheus 0640 stays so), and a new one is NEW_FILE_MODE, as a checkout's files
+    are (a temporary file's own 0600 would lock Prometheus out of its rules)."""
+    try:
+        before = target.stat()
+    except FileNotFoundError:
+        staged.chmod(NEW_FILE_MODE)
+        return
+    if (before.st_uid, before.st_gid) != (os.geteuid(), os.getegid()):
+        try:
+            os.chown(staged, before.st_uid, before.st_gid)
+        except PermissionError as exc:
+            raise RulePackError(
+                f"{target} belongs to uid {before.st_uid} gid {before.st_gid}, which this user cannot give the new "
+                "file: run as that user or root (nothing written)"
+            ) from exc
+    staged.chmod(stat.S_IMODE(before.st_mode))
