@@ -6,6 +6,7 @@ Needs the PostgreSQL server on 127.0.0.1:5432 and its client programs (pg_dump, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from paper_helpers import TOKEN, counter_total, wait_for
 from ports import free_port
 from prometheus_client import CollectorRegistry
 from shared_postgres import POSTGRES_ADMIN_URL
-from sqlalchemy import MetaData, create_engine, insert, select, text
+from sqlalchemy import MetaData, create_engine, insert, make_url, select, text
 from ssh_host import SshHost, ssh_host
 
 from trading_ops.bot.broker import Side
@@ -32,6 +33,7 @@ from trading_ops.config import Config, parse_config
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models import BotRun, Fill, Position
+from trading_ops.ops import backup_postgres
 from trading_ops.ops.backup import (
     BackupError,
     Catalog,
@@ -642,7 +644,19 @@ def test_the_drill_brings_an_older_schema_to_head_and_records_it(sqlite_url: str
     assert [m.id for m in Catalog(tmp_path / "backups").manifests()] == [manifest.id]
 
 
-def test_a_drill_of_an_inconsistent_journal_fails(database_url: str, tmp_path: Path, capsys: Any) -> None:
+def test_a_drill_of_an_inconsistent_journal_fails(
+    database_url: str, tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch: list[str] = []  # the scratch databases this test's commands made (the real ones, named as they are made)
+    made = backup_postgres.scratch_database
+
+    @contextlib.contextmanager
+    def named(url: str) -> Iterator[str]:
+        with made(url) as scratch_url:
+            scratch.append(str(make_url(scratch_url).database))
+            yield scratch_url
+
+    monkeypatch.setattr(backup_postgres, "scratch_database", named)
     migrate.upgrade(database_url)
     engine = make_engine(database_url)
     with engine.begin() as conn:  # a position no fill explains, and a fill of an order that was never journaled
@@ -670,12 +684,13 @@ def test_a_drill_of_an_inconsistent_journal_fails(database_url: str, tmp_path: P
     assert registry.get_sample_value("tradingops_restore_drill_failures_total") == 1
     assert registry.get_sample_value("tradingops_restore_drill_last_success_timestamp_seconds") is None
     assert registry.get_sample_value("tradingops_restore_drill_last_failure_timestamp_seconds") is not None
-    if database_url.startswith("postgresql"):  # the scratch database is gone again
+    if database_url.startswith("postgresql"):  # the drill's scratch database is gone again (other tests' drills on
+        # the shared server may have one of their own meanwhile)
         admin = create_engine(POSTGRES_ADMIN_URL)
         with admin.connect() as conn:
             names = conn.execute(text("SELECT datname FROM pg_database")).scalars().all()
         admin.dispose()
-        assert not [n for n in names if n.startswith("trading_ops_verify_")]
+        assert scratch and not set(scratch) & set(names), (scratch, names)
 
 
 def test_retention_keeps_the_newest_backup_of_each_schema_revision(sqlite_url: str, tmp_path: Path) -> None:
