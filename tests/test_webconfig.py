@@ -112,8 +112,12 @@ class Stack:
         return data["data"]["result"]  # type: ignore[no-any-return]
 
     def target(self, job: str) -> dict[str, Any] | None:
+        """The job's target once a scrape of it reached the bot: one made before the bot listened (connection
+        refused, a loaded machine's slow start) says nothing of how the bot answers."""
         for target in get_json(f"{self.prometheus}/api/v1/targets")["data"]["activeTargets"]:
             if target["labels"]["job"] == job and target["health"] != "unknown":
+                if "connection refused" in target["lastError"]:
+                    return None
                 return target  # type: ignore[no-any-return]
         return None
 
