@@ -32,6 +32,8 @@ RULE_FILES = ("freqtrade.yml", "tradingbot-availability.yml")
 # The packaged rules a freqtrade's faults go to, and the unit their systemd steps restart.
 FREQTRADE_RULES = ("broker-reconnect", "freqtrade-restart", "freqtrade-loop-restart")
 FREQTRADE_UNIT = "freqtrade.service"
+# The alerts of the faults heal() injects: each starts a restart or a reconnect of its own.
+FAULT_ALERTS = ("TradingBotBrokerDisconnected", "TradingBotFreqtradeDown", "TradingBotHeartbeatStale")
 CLOSED = (*ENDED, "dry_run")
 
 
@@ -177,20 +179,36 @@ class Healed:
     episode: dict[str, Any]  # the one that recovered
     seconds: float  # from the fault to the end of every episode it caused
     injected_at: float  # Unix time of the fault
+    pid: int  # freqtrade's when the fault was injected
+
+
+def settle(stack: Stack) -> None:
+    """Wait for a quiet stack: what an earlier fault set going (a restart, its verification) has ended, no alert of a
+    freqtrade fault is pending or firing (one would start a restart of its own), freqtrade holds its trades. What a test
+    reads of the freqtrade it faults (its pid, its start) is read after this, not before: a restart still running
+    would replace that process."""
+    until("no episode is still open", lambda: all(e["state"] in CLOSED for e in stack.all_episodes()), DEADLINE_SECONDS)
+    faults = "|".join(FAULT_ALERTS)
+    until(
+        f"no {faults} alert pending or firing",
+        lambda: not stack.query(f'ALERTS{{instance="{stack.instance}", alertname=~"{faults}"}}'),
+        DEADLINE_SECONDS,
+    )
+    until("freqtrade holds its trades", lambda: two_filled_trades(stack), DEADLINE_SECONDS)
 
 
 def heal(stack: Stack, alertname: str, fault: Callable[[], None]) -> Healed:
-    """Inject `fault`; wait until every new episode of `alertname` has ended; return the one that recovered (its last
-    attempt a success) and the seconds from the fault to the end."""
-    # From a quiet stack: what an earlier fault set going (a restart, its verification) has ended.
-    until("no episode is still open", lambda: all(e["state"] in CLOSED for e in stack.all_episodes()), DEADLINE_SECONDS)
-    until("freqtrade holds its trades", lambda: two_filled_trades(stack), DEADLINE_SECONDS)
+    """From a quiet stack (`settle`), inject `fault`; wait until every new episode of `alertname` has ended; return the
+    one that recovered (its last attempt a success), the seconds from the fault to the end, and the pid freqtrade had
+    when the fault was injected (a fault that needs it reads `stack.pid()` itself, as late)."""
+    settle(stack)
     known = {e["id"] for e in stack.episodes(alertname)}
+    pid = stack.pid()
     injected_at, started = time.time(), time.monotonic()
     fault()
     episodes = until(f"the {alertname} episodes end", lambda: ended_after(stack, alertname, known), DEADLINE_SECONDS)
     elapsed = time.monotonic() - started
-    return Healed(recovered(episodes), elapsed, injected_at)
+    return Healed(recovered(episodes), elapsed, injected_at, pid)
 
 
 def drop_connection(stack: Stack) -> Callable[[], None]:

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 from freqtrade_helpers import until
-from freqtrade_stack import DEADLINE_SECONDS, Stack, drop_connection, freqtrade_stack, heal
+from freqtrade_stack import DEADLINE_SECONDS, Stack, drop_connection, freqtrade_stack, heal, settle
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
@@ -51,16 +50,17 @@ def connected(stack: Stack, by: str = "") -> set[str]:
 
 
 def test_a_freqtrade_that_lost_its_venue_is_reconnected_and_verified(stack: Stack) -> None:
+    settle(stack)
     started = stack.freqtrade.api("GET", "/health")["bot_startup_ts"]
-    pid = stack.pid()
     try:
-        episode = heal(stack, "TradingBotBrokerDisconnected", drop_connection(stack)).episode
+        healed = heal(stack, "TradingBotBrokerDisconnected", drop_connection(stack))
     finally:
         stack.gateway.chaos("clear")  # the faults after this one start from a venue that answers
+    episode = healed.episode
     assert episode["labels"]["instance"] == stack.instance and episode["labels"]["channel"] == "market_data"
     # The reconnect rebuilt freqtrade's exchange connection (reload_config: a new start of the same process) and it
     # trades on with its trades, connected on every channel as Prometheus sees it.
-    assert stack.freqtrade.api("GET", "/health")["bot_startup_ts"] != started and stack.pid() == pid
+    assert stack.freqtrade.api("GET", "/health")["bot_startup_ts"] != started and stack.pid() == healed.pid
     assert len(stack.freqtrade.open_trades()) == 2
     until("Prometheus sees every channel connected", lambda: connected(stack) == {"1"}, DEADLINE_SECONDS)
     assert len(connected(stack, "channel")) == 3
@@ -68,9 +68,8 @@ def test_a_freqtrade_that_lost_its_venue_is_reconnected_and_verified(stack: Stac
 
 
 def test_a_stalled_trading_loop_with_its_api_alive_is_restarted_and_verified(stack: Stack) -> None:
-    old = stack.pid()
-    stalled = time.time()
-    episode = heal(stack, "TradingBotHeartbeatStale", lambda: stack.freqtrade.stall(old)).episode
+    healed = heal(stack, "TradingBotHeartbeatStale", lambda: stack.freqtrade.stall(stack.pid()))
+    episode, old, stalled = healed.episode, healed.pid, healed.injected_at
     # freqtrade-loop-restart (not the paper bot's bot-restart) ran; freqtrade had answered all along until that
     # restart (TradingBotFreqtradeDown, if it fired at all, fired for the seconds the new process took to start).
     assert episode["labels"]["job"] == "freqtrade"
@@ -93,19 +92,18 @@ def _time(value: str) -> float:
 
 
 def test_a_hung_freqtrade_is_restarted_and_verified(stack: Stack) -> None:
-    old = stack.pid()
-    episode = heal(stack, "TradingBotFreqtradeDown", lambda: os.kill(old, signal.SIGSTOP)).episode
+    healed = heal(stack, "TradingBotFreqtradeDown", lambda: os.kill(stack.pid(), signal.SIGSTOP))
+    episode = healed.episode
     # Verified means Prometheus saw it answer again; it trades on with its trades from its database.
-    assert stack.pid() != old
+    assert stack.pid() != healed.pid
     assert stack.scalar(f'tradingbot_freqtrade_up{{instance="{stack.instance}"}}') == 1
     assert len(stack.freqtrade.open_trades()) == 2
     assert episode["labels"]["instance"] == stack.instance
 
 
 def test_a_killed_freqtrade_is_restarted_and_reconciled_with_the_gateway(stack: Stack) -> None:
-    old = stack.pid()
-    heal(stack, "TradingBotFreqtradeDown", lambda: os.kill(old, signal.SIGKILL))
-    assert stack.pid() != old
+    healed = heal(stack, "TradingBotFreqtradeDown", lambda: os.kill(stack.pid(), signal.SIGKILL))
+    assert stack.pid() != healed.pid
     # The sidecar reconciles on its own when freqtrade is back, and finds what the gateway holds.
     until(
         "a clean reconciliation after the restart",

@@ -132,11 +132,11 @@ def test_every_panel_of_the_bot_boards_shows_data_on_a_healthy_stack(stack: Stac
 
 def test_rate_limit_headroom_at_rest_is_well_clear_of_the_alert_and_nothing_is_refused(stack: Stack) -> None:
     """The headroom panel's value is the venue limit's: the paper venue's order bucket, or (ccxt bot) its estimate of
-    Kraken's call counter, which the gateway enforces (Pro tier in the stack). Over two minutes of trading (its
-    reconciliations included) it stays above 0.5 most of the time, the
+    Kraken's call counter, which the gateway enforces (Pro tier in the stack). Over a minute of trading (four of its
+    reconciliations included: the fast profile reconciles every 15 s) it stays above 0.5 most of the time, the
     TradingBotRateLimitHeadroomLow alert never fires, and the venue refuses none of the bot's calls."""
-    until("two minutes of headroom", lambda: stack.query("tradingbot_rate_limit_headroom_ratio offset 2m"), 200)
-    (median,) = stack.query("quantile_over_time(0.5, tradingbot_rate_limit_headroom_ratio[2m])")
+    until("a minute of headroom", lambda: stack.query("tradingbot_rate_limit_headroom_ratio offset 1m"), 200)
+    (median,) = stack.query("quantile_over_time(0.5, tradingbot_rate_limit_headroom_ratio[1m])")
     assert float(median["value"][1]) > 0.5
     assert not fired(stack, "TradingBotRateLimitHeadroomLow")
     refused = stack.bot_metric("tradingbot_venue_errors_total")
