@@ -747,11 +747,17 @@ async def test_public_trades_and_spread_in_krakens_format() -> None:
             assert len(await main.fetch_trades("BTC/USD", None, 1)) == 1
             assert taken["id"]
 
-            spread = (await main.public_get_spread({"pair": "XXBTZUSD"}))["result"]
+            # The last row is the quote of the moment the venue answered: read it across a request that no tick
+            # overtook (the market ticks every 20 ms; on a busy machine a request may take longer).
+            for _ in range(100):
+                before = gateway.venue.quote("BTC-USD")
+                spread = (await main.public_get_spread({"pair": "XXBTZUSD"}))["result"]
+                quote = gateway.venue.quote("BTC-USD")
+                if (before.bid, before.ask) == (quote.bid, quote.ask):
+                    break
             rows = spread["XXBTZUSD"]
             assert rows and all(Decimal(b) < Decimal(a) for _, b, a in rows)
             assert all(rows[i][0] <= rows[i + 1][0] for i in range(len(rows) - 1))
-            quote = gateway.venue.quote("BTC-USD")
             assert (Decimal(rows[-1][1]), Decimal(rows[-1][2])) == (quote.bid, quote.ask)
             assert spread["last"] == rows[-1][0]
             newer = (await main.public_get_spread({"pair": "XBTUSD", "since": spread["last"]}))["result"]
