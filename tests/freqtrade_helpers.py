@@ -178,8 +178,27 @@ class Freqtrade:
         return "\n".join(text.splitlines()[-lines:])
 
     def diagnostics(self) -> str:
-        """What a failed test's report shows of this freqtrade (tests/conftest.py)."""
-        return self.tail(60)
+        """What a failed test's report shows of this freqtrade (tests/conftest.py): whether its process still runs (and
+        what each of its threads waits on) or how it exited, then its log's last lines."""
+        return f"{self.process_state()}\n{self.tail(60)}"
+
+    def process_state(self) -> str:
+        """`exited with N`, or `pid P running` with each thread's name, state and kernel wait channel (a thread
+        blocked in a lock shows futex_wait_queue; one waiting on a socket, a poll or read)."""
+        if self.proc is None:
+            return "freqtrade: never started"
+        if self.proc.poll() is not None:
+            return f"freqtrade: exited with {self.proc.returncode}"
+        threads = []
+        for task in sorted(Path(f"/proc/{self.proc.pid}/task").glob("*")):
+            try:
+                name = (task / "comm").read_text().strip()
+                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = (task / "wchan").read_text().strip() or "-"
+            except OSError:
+                continue
+            threads.append(f"{task.name} {name} {state} {wchan}")
+        return f"freqtrade: pid {self.proc.pid} running; threads (tid name state wchan): " + "; ".join(threads)
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5) -> Any:
         """freqtrade's REST API with basic auth (as a person with curl would), independent of the sidecar."""
