@@ -142,7 +142,8 @@ class Freqtrade:
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "freqtrade.stderr", "ab"),  # noqa: SIM115
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # PYTHONFAULTHANDLER: SIGABRT makes it print every thread's Python stack to its stderr (diagnostics).
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"},
         )
         self.wait_running()
 
@@ -179,8 +180,18 @@ class Freqtrade:
 
     def diagnostics(self) -> str:
         """What a failed test's report shows of this freqtrade (tests/conftest.py): whether its process still runs (and
-        what each of its threads waits on) or how it exited, then its log's last lines."""
-        return f"{self.process_state()}\n{self.tail(60)}"
+        what each of its threads waits on) or how it exited, then its log's last lines. A freqtrade still running is
+        aborted (SIGABRT) first, so that its stderr ends with every thread's Python stack (faulthandler): where a hung
+        freqtrade hangs. The module's next test starts it again (`start_again_if_gone`)."""
+        state = self.process_state()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen process cannot handle SIGABRT
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                state += " (did not end on SIGABRT within 10 s)"
+        return f"{state}\n{self.tail(120)}"
 
     def process_state(self) -> str:
         """`exited with N`, or `pid P running` with each thread's name, state and kernel wait channel (a thread
