@@ -8,6 +8,7 @@ and OpenSSH."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -51,6 +52,23 @@ def files_under(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def backups_and_their_wal(repo: Path) -> dict[str, bytes]:
+    """The files of pgBackRest's repository `repo` but the WAL archived after the stop segment of its latest backup:
+    the server goes on archiving (archive_timeout), and a later segment may be between its push into the repository
+    here and its shipment off host."""
+    stops = re.findall(
+        r'"backup-archive-stop":"([0-9A-F]{24})"', (repo / "backup" / PGBACKREST_STANZA / "backup.info").read_text()
+    )
+    assert stops, f"no backup in {repo}"
+    last = max(stops)
+
+    def wanted(name: str) -> bool:
+        segment = Path(name).name[:24]
+        return not name.startswith("archive/") or not re.fullmatch("[0-9A-F]{24}", segment) or segment <= last
+
+    return {name: data for name, data in files_under(repo).items() if wanted(name)}
+
+
 def sql(port: int, database: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname={database}", autocommit=True) as c:
         cur = c.execute(query, params)  # type: ignore[arg-type]
@@ -90,8 +108,9 @@ def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
     assert main(["--config", str(config_path), "backup", "run"]) == 0
     assert "pgBackRest full backup " in capsys.readouterr().out
     # pgBackRest's repository (the full backup and the WAL archived so far) went off host with the pg_dump backup.
-    copied = files_under(shipping.remote_repo / "pgbackrest")
-    assert copied == files_under(repo) and any(name.endswith("backup.manifest") for name in copied)
+    copied = backups_and_their_wal(shipping.remote_repo / "pgbackrest")
+    assert copied == backups_and_their_wal(repo) and any(name.endswith("backup.manifest") for name in copied)
+    assert any(re.search(r"/[0-9A-F]{24}-[0-9a-f]{40}", name) for name in copied)  # and the WAL the backup needs
     time.sleep(1.1)  # pgBackRest keeps a backup's stop time in whole seconds: the moment is after it
     write(url, "before", 20)
     time.sleep(0.2)
