@@ -43,7 +43,7 @@ from trading_ops.bot.strategy import Context, Strategy, StrategyWithStart
 from trading_ops.bot.trade_lock import TradeLock
 from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.base import make_engine
-from trading_ops.db.migrate import schema_problem
+from trading_ops.db.revisions import schema_problem
 from trading_ops.durations import parse_duration
 from trading_ops.scopes import TokenSet
 from trading_ops.tasks import stop_tasks

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -17,10 +16,6 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
 from trading_ops.db.base import make_engine
-from trading_ops.db.errors import NOT_MIGRATED
-
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 MIGRATION_LOGGER = "alembic.runtime.migration"
@@ -96,30 +91,3 @@ def resolve(revision: str) -> str | None:
 def older_revisions(revision: str) -> list[str]:
     """`revision` and every revision before it, newest first."""
     return [r.revision for r in script_directory().iterate_revisions(revision, "base")]
-
-
-def schema_problem(engine: Engine) -> str | None:
-    """Why the database of `engine` cannot hold this version's tables (never migrated, or behind the Alembic head:
-    run `trading-ops db upgrade`; ahead of it: a newer trading-ops migrated it), as one line, or None."""
-    heads, known = _revisions()
-    alembic_log = logging.getLogger("alembic")
-    level = alembic_log.level
-    alembic_log.setLevel(logging.WARNING)  # its INFO lines about the dialect are noise here
-    try:
-        with engine.connect() as connection:
-            current = set(MigrationContext.configure(connection).get_current_heads())
-    finally:
-        alembic_log.setLevel(level)
-    if current == heads:
-        return None
-    if current - known:
-        newer = ", ".join(sorted(current - known))
-        return f"database is at revision {newer}, which this version of trading-ops does not know: upgrade trading-ops"
-    return NOT_MIGRATED
-
-
-@functools.cache
-def _revisions() -> tuple[frozenset[str], frozenset[str]]:
-    """The head revisions and every known one (read once: the migrations of a process never change)."""
-    script = script_directory()
-    return frozenset(script.get_heads()), frozenset(rev.revision for rev in script.walk_revisions())

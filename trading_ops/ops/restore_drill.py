@@ -23,7 +23,6 @@ from sqlalchemy.orm import aliased
 
 from trading_ops.bot.broker import Side
 from trading_ops.config import BackupConfig, Config
-from trading_ops.db import migrate
 from trading_ops.db.base import utcnow
 from trading_ops.db.models import Fill, Order, Position
 from trading_ops.ops import backup_postgres, backup_sqlite
@@ -141,6 +140,8 @@ def run_drill(config: Config, backup_id: str = "latest", schema: str | None = No
         else:
             manifest = catalog.get(backup_id, schema)
         data = check_file(catalog, manifest)
+        from trading_ops.db import migrate  # Alembic: only a drill needs it, not every process that imports the jobs
+
         with _scratch(config, manifest, data) as url:
             migrate.upgrade(url)  # what `db upgrade` does after a restore of an older schema
             migrate.check(url)  # the schema is the models' (alembic check)

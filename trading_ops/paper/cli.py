@@ -78,12 +78,12 @@ def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
 
 def schema_problem(config: Config) -> str | None:
     """Why the database cannot hold this version's journal (not migrated to the Alembic head), or None."""
-    from trading_ops.db import migrate
     from trading_ops.db.base import make_engine
+    from trading_ops.db.revisions import schema_problem as problem_of
 
     engine = make_engine(config.database_url())
     try:
-        return migrate.schema_problem(engine)
+        return problem_of(engine)
     finally:
         engine.dispose()
 
