@@ -102,6 +102,9 @@ class Failover:
     """What the module's failover left: times (time.time()), what the bots and schedulers did, what they said."""
 
     killed_at: float = 0.0
+    # pg_ctl promote asked for the promotion, and returned once it saw it done: the standby may take writes (and the
+    # bot its lock there) a poll of pg_ctl's before promoted_at.
+    promote_asked_at: float = 0.0
     promoted_at: float = 0.0
     trading_again_at: float = 0.0
     venue_orders: dict[str, list[Any]] = field(default_factory=dict)  # bot -> every order its venue received
@@ -229,6 +232,7 @@ async def run_failover(pair: ReplicatedPair, tmp: Path) -> Failover:
         tasks += [asyncio.create_task(s.run_forever()) for s in late]
         await wait_for(lambda: all(b.journal.health.failing for b in bots.values()), timeout=30)
         await asyncio.sleep(max(0.0, record.killed_at + PROMOTION_SECONDS - time.time()))  # the outage's length
+        record.promote_asked_at = time.time()
         await asyncio.to_thread(pair.promote)
         record.promoted_at = time.time()
         waiting = submitted(trader)
@@ -313,7 +317,7 @@ def test_the_bot_takes_its_lock_on_the_new_primary_before_it_trades_and_loses_no
     left: nothing acknowledged by the old primary was lost with synchronous replication."""
     assert failover.trading_again_at > failover.promoted_at
     (taken,) = [t for t, _, m in failover.log.matching(f"bot {TRADER}:", "taken again on")]
-    assert failover.promoted_at <= taken < failover.trading_again_at
+    assert failover.promote_asked_at <= taken < failover.trading_again_at
     rows = journaled_orders(new_primary(pair), TRADER)
     before = failover.journaled_before_kill
     assert before and all(rows.get(key) == at for key, at in before.items()), "rows journaled before the kill changed"
@@ -326,7 +330,7 @@ def test_the_bot_takes_its_lock_on_the_new_primary_before_it_trades_and_loses_no
     assert not late, f"orders whose journal row was written after the venue had them: {late[:5]}"
     # Its first order at the venue after the promotion came after the lock was taken on the new primary.
     after = [
-        o.created_at.timestamp() for o in venue if o.created_at and o.created_at.timestamp() > failover.promoted_at
+        o.created_at.timestamp() for o in venue if o.created_at and o.created_at.timestamp() > failover.promote_asked_at
     ]
     assert after and min(after) > taken, "an order reached the venue before the lock was taken on the new primary"
     assert OTHER_INSTANCE in failover.lock_holders
@@ -347,7 +351,9 @@ def test_a_bot_whose_lock_another_instance_holds_on_the_new_primary_halts_and_se
     assert len(lines) == 1 and lines[0][0] == logging.ERROR, lines
     assert failover.locked_out_refusal is not None and "single-instance lock" in failover.locked_out_refusal
     sent = [
-        o for o in failover.venue_orders[LOCKED_OUT] if o.created_at and o.created_at.timestamp() > failover.promoted_at
+        o
+        for o in failover.venue_orders[LOCKED_OUT]
+        if o.created_at and o.created_at.timestamp() > failover.promote_asked_at
     ]
     assert not sent, f"the locked-out bot sent orders after the promotion: {[o.client_order_id for o in sent]}"
 
