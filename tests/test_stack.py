@@ -870,11 +870,15 @@ def fresh_clone(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.prometheus
 @pytest.mark.alertmanager
-@pytest.mark.parametrize("how", ["SIGTERM to make", "SIGINT to up's pid from its banner"])
+@pytest.mark.parametrize(
+    "how", ["SIGTERM to make", "SIGTERM to make's process group", "SIGINT to up's pid from its banner"]
+)
 def test_make_run_in_the_background_stops_cleanly(tmp_path: Path, how: str) -> None:
     """`make run &` in a fresh clone, as a new user runs it (the default configuration, database and state directory;
     only the ports are free ones): make passes no SIGINT on to its recipe and starts with SIGINT ignored, as a shell's
-    background job does; it passes SIGTERM on, and `up` takes SIGINT although it inherited it ignored. It migrates
+    background job does; it passes SIGTERM on, and `up` takes SIGINT although it inherited it ignored. SIGTERM to the
+    process group (`timeout make run`, systemd stopping a unit) reaches `up` twice, directly and through make: still
+    one graceful stop (not a second Ctrl-C's SIGKILL for all). It migrates
     the new database once (each Alembic "Running upgrade" line once), and leaves `git status` as it found it."""
     require_binary("prometheus")
     ports = Ports(bot=free_port(), reconciler=free_port(), prometheus=free_port(), alertmanager=free_port())
@@ -896,6 +900,7 @@ def test_make_run_in_the_background_stops_cleanly(tmp_path: Path, how: str) -> N
         # The code under test is this checkout's; the clone gives the files a user has (prometheus/, the Makefile).
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 - as `&` does
+        start_new_session=how.endswith("process group"),  # a group of make's own, as `timeout` makes one
     )
     lines: list[str] = []
     try:
@@ -912,6 +917,8 @@ def test_make_run_in_the_background_stops_cleanly(tmp_path: Path, how: str) -> N
         assert set(children) == set(CHILDREN), banner
         if how == "SIGTERM to make":
             proc.send_signal(signal.SIGTERM)
+        elif how.endswith("process group"):
+            os.killpg(proc.pid, signal.SIGTERM)
         else:
             proc.send_signal(signal.SIGINT)  # ignored, as for a background job: nothing happens ...
             os.kill(up_pid, signal.SIGINT)  # ... but up's own pid takes it
@@ -925,6 +932,7 @@ def test_make_run_in_the_background_stops_cleanly(tmp_path: Path, how: str) -> N
     for child, pid in children.items():
         assert not alive(pid), f"{child} survived"
         assert re.search(rf"^  {child} \(pid {pid}\) exited with status 0$", rest, re.MULTILINE), rest
+    assert "killing every child now" not in rest, rest
     # SIGINT to up: make exits with up's status; SIGTERM to make: make dies of it once up has stopped.
     assert proc.returncode == (0 if how.startswith("SIGINT") else -signal.SIGTERM), rest
 

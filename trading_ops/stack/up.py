@@ -758,7 +758,13 @@ async def _stop_all(
             child = service.child
             if child.proc is None:
                 continue
-            how = describe_exit(code) + (" after SIGKILL (did not stop on SIGTERM)" if child.killed else "")
+            how = describe_exit(code)
+            if child.killed:
+                how = (
+                    f"{how} (SIGKILL: it did not stop on SIGTERM)"
+                    if code != -signal.SIGKILL
+                    else f"{how} (it did not stop on SIGTERM)"
+                )
             printer.message(f"  {child.name} (pid {child.pid}) {how}")
             clean = clean and not child.killed
     return clean
@@ -853,9 +859,12 @@ async def supervise(stack: Stack, options: UpOptions, printer: StatusPrinter) ->
     signals: list[int] = []
 
     def on_signal(sig: int) -> None:
+        # Ctrl-C after a first stop signal: no more waiting. A SIGTERM (or SIGHUP) again is the same request once more:
+        # `timeout make run`, or a kill of make's process group, reaches `up` both directly and through make, which
+        # passes SIGTERM on to its recipe; a process manager that will not wait sends SIGKILL, not a second SIGTERM.
         signals.append(sig)
-        if len(signals) > 1:  # a second Ctrl-C: no more waiting
-            printer.message("second signal: killing every child now")
+        if sig == signal.SIGINT and len(signals) > 1:
+            printer.message("Ctrl-C again: killing every child now")
             for child in stack.children:
                 child.kill_now()
         stop.set()
