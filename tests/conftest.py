@@ -23,6 +23,7 @@ HELPER_MODULES = sorted(
 pytest.register_assert_rewrite(*HELPER_MODULES)
 
 import deployment_prebuild  # noqa: E402 (a helper: registered above)
+from rewrite_ahead import rewrite_ahead  # noqa: E402
 from shared_postgres import new_database  # noqa: E402
 
 # Hypothesis's tests prove properties of what the code returns, never how fast: its default 200 ms deadline per example
@@ -38,6 +39,13 @@ PREBUILD = pytest.StashKey[Any]()
 # A test module that starts something once for the module (a whole stack, a freqtrade): a fixture of module (or
 # package, class) scope defined in it.
 STARTS_ONCE_PER_MODULE = re.compile(r"@pytest\.fixture\([^)]*\bscope=[\"'](?:module|package|class)[\"']")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In lanes, the main process rewrites the tests' asserts once, before the workers start (tests/rewrite_ahead.py):
+    each worker then reads them instead of rewriting all of them itself."""
+    if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
+        rewrite_ahead(config)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
