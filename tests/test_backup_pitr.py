@@ -29,6 +29,8 @@ from trading_ops.db.base import utcnow
 from trading_ops.db.models import Episode, Order
 
 ARCHIVE_TIMEOUT_SECONDS = 30
+# A WAL segment in pgBackRest's archive: its name, its checksum, maybe a compression suffix.
+SEGMENT = r"[0-9A-F]{24}-[0-9a-f]{40}(\.[a-z0-9]+)?"
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +55,10 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 
 def backups_and_their_wal(repo: Path) -> dict[str, bytes]:
-    """The files of pgBackRest's repository `repo` but the WAL archived after the stop segment of its latest backup:
-    the server goes on archiving (archive_timeout), and a later segment may be between its push into the repository
-    here and its shipment off host."""
+    """The files of pgBackRest's repository `repo` that a restore of its latest backup needs: the backups, and the
+    archive's info and WAL segments up to the backup's stop segment. Not what the server archived after the backup
+    (archive_timeout), nor the backup's history file (`<segment>.<offset>.backup`, archived once the backup has
+    stopped): either may be between its push into the repository here and its shipment off host."""
     stops = re.findall(
         r'"backup-archive-stop":"([0-9A-F]{24})"', (repo / "backup" / PGBACKREST_STANZA / "backup.info").read_text()
     )
@@ -63,8 +66,10 @@ def backups_and_their_wal(repo: Path) -> dict[str, bytes]:
     last = max(stops)
 
     def wanted(name: str) -> bool:
-        segment = Path(name).name[:24]
-        return not name.startswith("archive/") or not re.fullmatch("[0-9A-F]{24}", segment) or segment <= last
+        if not name.startswith("archive/"):
+            return True
+        base = Path(name).name
+        return base.startswith("archive.info") or bool(re.fullmatch(SEGMENT, base) and base[:24] <= last)
 
     return {name: data for name, data in files_under(repo).items() if wanted(name)}
 
@@ -110,7 +115,7 @@ def test_restore_to_a_moment_brings_back_exactly_what_was_committed_before_it(
     # pgBackRest's repository (the full backup and the WAL archived so far) went off host with the pg_dump backup.
     copied = backups_and_their_wal(shipping.remote_repo / "pgbackrest")
     assert copied == backups_and_their_wal(repo) and any(name.endswith("backup.manifest") for name in copied)
-    assert any(re.search(r"/[0-9A-F]{24}-[0-9a-f]{40}", name) for name in copied)  # and the WAL the backup needs
+    assert any(re.fullmatch(SEGMENT, Path(name).name) for name in copied)  # and the WAL the backup needs
     time.sleep(1.1)  # pgBackRest keeps a backup's stop time in whole seconds: the moment is after it
     write(url, "before", 20)
     time.sleep(0.2)

@@ -682,7 +682,9 @@ async def test_a_reconciler_restarted_with_a_changed_playbook_asks_again_under_i
     alertmanager: Alertmanager,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rule = {**FLATTEN, "approval_timeout": "2s", "steps": [{"action": "bot", "command": "flatten"}]}
+    # The first approval outlives the restart, even on a busy machine (2 s did not beside stress-ng: it expired first),
+    # and its deadline comes within poll()'s 20 s.
+    rule = {**FLATTEN, "approval_timeout": "8s", "steps": [{"action": "bot", "command": "flatten"}]}
     config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, rule)
     first = await aiohttp_client(create_app(load_config(config)))
     await first.post("/api/v1/alertmanager", json=flatten_alert(alertmanager), headers=AUTH)
