@@ -565,6 +565,17 @@ def _check_http_urls(values: list[str]) -> str | None:
     return next((problem for v in values if (problem := _check_http_url(v))), None)
 
 
+def _check_networks(values: list[str]) -> str | None:
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_network(str(value).strip(), strict=False)
+        except ValueError:
+            return f"expected an address or a network (10.0.0.0/8, fd00::/8), got {_describe(value)}"
+    return None
+
+
 def _check_prometheus_urls(value: str | list[str]) -> str | None:
     if isinstance(value, str):
         return _check_http_url(value)
@@ -762,6 +773,10 @@ class ReconcilerConfig:
     # then carry a `console_url` annotation, a link into the operator console (/ui/) at their episode or approval.
     # Empty = no link.
     external_url: str = checked("", _check_optional_http_url)
+    # Load balancers and proxies in front of the console (addresses or networks): a login through one of them counts
+    # against the address it appended to X-Forwarded-For (read from the right, past every trusted hop), not against
+    # the proxy's. Empty = the connection's address, X-Forwarded-For never believed.
+    trusted_proxies: list[str] = checked([], _check_networks)
     # Name of this replica in claims and logs (empty = the host name). Replicas may share it: a claim is taken
     # over only when its lease expired or its process is provably gone.
     instance: str = ""

@@ -43,7 +43,7 @@ from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.bot import target_token
 from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal, attribution
 from trading_ops.reconciler.ledger import StoredSession
-from trading_ops.reconciler.login_throttle import LoginThrottle
+from trading_ops.reconciler.login_throttle import LoginThrottle, LoginThrottleCollector
 from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE, READ, Token, TokenSet, refusal
 from trading_ops.webconfig import app_ssl_context
 
@@ -117,7 +117,8 @@ def h(value: Any) -> str:
 
 
 def setup_console(app: web.Application) -> None:
-    app[keys.LOGIN_THROTTLE] = LoginThrottle()
+    app[keys.LOGIN_THROTTLE] = LoginThrottle(trusted_proxies=app[keys.CONFIG].reconciler.trusted_proxies)
+    app[keys.REGISTRY].register(LoginThrottleCollector(app[keys.LOGIN_THROTTLE]))
     r = app.router
     r.add_get(f"{PREFIX}", to_fleet)
     r.add_get(f"{PREFIX}/", page(fleet))
@@ -295,21 +296,30 @@ async def read_form(request: web.Request) -> dict[str, str]:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    wait = request.app[keys.LOGIN_THROTTLE].admit(request.remote or "-")
-    if wait:
-        log.warning("console login from %s refused: too many attempts (retry in %d s)", request.remote, wait)
-        response = one_line(429, f"refused: too many login attempts; try again in {wait} s")
+    throttle = request.app[keys.LOGIN_THROTTLE]
+    client = throttle.client(request.remote, request.headers.getall("X-Forwarded-For", []))
+    wait = throttle.locked(client)
+    if wait:  # refused unread and unlogged: login_throttle logs a lockout, and a flood, once
+        response = one_line(429, f"refused: too many failed login attempts; try again in {wait} s")
         response.headers["Retry-After"] = str(wait)
         return response
-    form = await read_form(request)
+    try:
+        form = await read_form(request)
+    except (http_input.InputError, web.HTTPException):  # a body no login form sends is a failed attempt too
+        throttle.failed(client)
+        raise
     expected = request.cookies.get(LOGIN_COOKIE, "")
+    problem, refused = "", None
     if not expected or not hmac.compare_digest(form.get("csrf", "").encode(), expected.encode()):
-        log.warning("console login from %s refused: missing or wrong CSRF token", request.remote)
-        return one_line(403, CSRF_REFUSED)
+        problem, refused = "missing or wrong CSRF token", one_line(403, CSRF_REFUSED)
     token = request.app[keys.API_TOKENS].match(f"Bearer {form.get('token', '').strip()}")
-    if token is None:
-        log.warning("console login from %s refused: unknown token", request.remote)
-        return await login_form(request, "Unknown token.", 401)
+    if refused is None and token is None:
+        problem, refused = "unknown token", await login_form(request, "Unknown token.", 401)
+    if refused is not None or token is None:
+        if not throttle.flooding:  # during a flood its one line says it all
+            log.warning("console login from %s refused: %s", client, problem)
+        throttle.failed(client)
+        return refused or one_line(401, "refused: unknown token")
     sid, _session = await asyncio.to_thread(
         request.app[keys.LEDGER].create_console_session,
         token.name,
@@ -319,7 +329,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         SESSION_SECONDS,
         MAX_SESSIONS_PER_TOKEN,
     )
-    log.info("console login: token %r from %s", token.name, request.remote)
+    log.info("console login: token %r from %s", token.name, client)
     response = redirect(f"{PREFIX}/")
     response.set_cookie(
         COOKIE, sid, path=PREFIX, httponly=True, samesite="Strict", secure=secure(request), max_age=int(SESSION_SECONDS)
