@@ -27,14 +27,8 @@ CREATED_BY = "trading-ops maintenance"
 DEFAULT_MATCHERS = {"service": "tradingbot"}
 # The labels a bot's own alerts carry, which decide whether a window's matchers select that bot.
 BOT_SERVICE = "tradingbot"
-# The alerting pipeline's own alerts, which a window silences only with the destructive scope (the console): the
-# reconciler's pages (escalations and the TradingOps* rules: service=trading-ops, and these labels of any value) and
-# the Watchdog (its labels in prometheus/rules/alerting-pipeline.yml).
-OWN_SERVICE = "trading-ops"
-OWN_ALERT_PREFIX = "TradingOps"
-OWN_PAGE_LABELS = ("severity", "target", "instance", "original_alertname", "episode")
-WATCHDOG = "Watchdog"
-WATCHDOG_LABELS = {"severity": "none", "service": "alerting"}
+# Which of the pipeline's own alerts a window silences is decided against their label sets (AlertShape), read from the
+# shipped rule files and the reconciler's escalations by trading_ops.reconciler.own_pages: never a list of names here.
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_DURATION_SECONDS = 7 * 86400.0
 CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -77,21 +71,42 @@ def matched_bots(config: Config, matchers: dict[str, str]) -> list[str]:
     ]
 
 
-def silences_own_pages(matchers: dict[str, str]) -> str | None:
-    """What of the alerting pipeline's own a window of these (equality) matchers would silence: the reconciler's
-    pages (its escalations and the TradingOps* alerts, service=trading-ops) or the Watchdog; None when nothing. A
-    matcher on a label those alerts carry with any value (instance, severity, ...) does not narrow them away."""
-    alertname = matchers.get("alertname")
-    if alertname == WATCHDOG and all(n in ("alertname", *WATCHDOG_LABELS) for n in matchers):
-        if all(matchers[n] == v for n, v in WATCHDOG_LABELS.items() if n in matchers):
-            return "the Watchdog"
-    if alertname is not None and not alertname.startswith(OWN_ALERT_PREFIX):
+@dataclass(frozen=True)
+class AlertShape:
+    """An alert the alerting pipeline can raise, as far as a silence's equality matchers can tell: labels of a known
+    value, labels it carries with any value, values a label never has, and whether it may carry labels beyond those (a
+    rule's alert does: its series' target labels and Prometheus's external labels; an alert the reconciler posts
+    carries exactly its own)."""
+
+    alertname: str
+    origin: str
+    known: dict[str, str]
+    any_value: frozenset[str] = frozenset()
+    never: dict[str, frozenset[str]] = field(default_factory=dict)
+    open: bool = True
+
+    def may_match(self, matchers: dict[str, str]) -> bool:
+        """Whether a silence of these equality matchers (non-empty values) could match some alert of this shape."""
+        for name, value in matchers.items():
+            if name in self.known:
+                if self.known[name] != value:
+                    return False
+            elif value in self.never.get(name, frozenset()):
+                return False
+            elif name not in self.any_value and not self.open:
+                return False  # a label the alert never carries: only an empty value would match it
+        return True
+
+
+def silences_own_pages(matchers: dict[str, str], own: list[AlertShape]) -> str | None:
+    """What of the alerting pipeline's own alerts (`own`: the shipped rules' and the reconciler's pages) a window of
+    these matchers would silence, in a few words; None when none of them."""
+    hit = [shape for shape in own if shape.may_match(matchers)]
+    if not hit:
         return None
-    if matchers.get("service", OWN_SERVICE) != OWN_SERVICE:
-        return None
-    if any(n not in ("alertname", "service", *OWN_PAGE_LABELS) for n in matchers):
-        return None
-    return f"the reconciler's own pages ({alertname or f'{OWN_ALERT_PREFIX}* alerts'}, service={OWN_SERVICE})"
+    names = list(dict.fromkeys(shape.alertname for shape in hit))
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"the alerting pipeline's own pages ({shown})"
 
 
 @dataclass

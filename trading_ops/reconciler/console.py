@@ -44,6 +44,7 @@ from trading_ops.reconciler.actions.bot import target_token
 from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal, attribution
 from trading_ops.reconciler.ledger import StoredSession
 from trading_ops.reconciler.login_throttle import LoginThrottle, LoginThrottleCollector
+from trading_ops.reconciler.own_pages import own_alerts
 from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE, READ, Token, TokenSet, refusal
 from trading_ops.webconfig import app_ssl_context
 
@@ -729,7 +730,7 @@ async def start_window(request: web.Request, session: Session, form: dict[str, s
         reason = " ".join(form.get("reason", "").split())
         if not reason:
             raise MaintenanceError("a reason is required")
-        own = silences_own_pages(matchers)
+        own = silences_own_pages(matchers, own_alerts(request.app.get(keys.PLAYBOOK)))
         if own is not None and not session.token.allows(DESTRUCTIVE):
             log.warning("console maintenance window by %s refused: it would silence %s", decider(session, form), own)
             raise MaintenanceError(f"this window would silence {own}: {refusal('that', DESTRUCTIVE, session.token)}")
