@@ -23,7 +23,7 @@ from webhook_payloads import alert, payload
 
 from trading_ops.cli import main
 from trading_ops.config import load_config
-from trading_ops.reconciler.actions.escalate import FAILED
+from trading_ops.reconciler.actions.escalate import BOT_HOST_DOWN, FAILED
 from trading_ops.reconciler.app import create_app
 
 pytestmark = [pytest.mark.alertmanager]
@@ -294,3 +294,57 @@ async def test_a_label_never_names_the_host_or_the_account(
     await engine_settled(client.app)
     assert len(await episodes(client)) == 1
     assert open_ids(gateway) == {f"{BOT_A}-{RUN}-1"}
+
+
+async def test_a_host_down_again_within_the_cooldown_still_cancels_and_pages(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, gateway: Gateway, alertmanager: Alertmanager
+) -> None:
+    """The packaged bot-host-down's 10-minute cooldown: the same host dies, comes back and dies again (the same alert,
+    a new startsAt) inside it. The second episode cancels the bot's new orders and posts the exposure page again."""
+    page = {"action": "escalate", "alertname": BOT_HOST_DOWN}
+    config = write_config(
+        tmp_path, gateway, migrated_sqlite, alertmanager.url, rule(CANCEL, page, cooldown="10m"), venue=True
+    )
+    client = await aiohttp_client(create_app(load_config(config)))
+    labels = {"alertname": HOST_DOWN, "instance": "10.0.0.11:9101"}
+    runs = []
+    for death in (1, 2):
+        rest_order(gateway, f"{BOT_A}-{RUN}-{death}")
+        held = alertmanager.fire(labels)
+        runs.append(held)
+        body = payload(alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **labels))
+        assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+
+        async def done(n: int = death) -> dict[str, Any] | None:
+            found = [e for e in await episodes(client) if e["state"] in ("recovered", "escalated", "failed")]
+            if len(found) < n:
+                return None
+            newest = max(found, key=lambda e: e["id"])
+            return dict(await (await client.get(f"/api/v1/episodes/{newest['id']}", headers=READ_AUTH)).json())
+
+        episode = await until_async(f"death {death}'s episode ended", done, deadline=30)
+        assert episode["state"] == "recovered", episode
+        cancel, paged = episode["attempts"][0]["steps"]
+        assert cancel["outcome"] == "success" and "1 of its orders cancelled, none left open" in cancel["output"]
+        assert paged["outcome"] == "success"
+        assert open_ids(gateway) == set()
+        exposure = [a for a in alertmanager.get("alerts") if a["labels"]["alertname"] == BOT_HOST_DOWN]
+        assert len(exposure) == 1
+        if death == 2:
+            # The page says the cooldown did not hold the cancel back.
+            assert "cooldown of rule bot-host-down until" in exposure[0]["annotations"]["description"]
+            assert "acted anyway (protective)" in exposure[0]["annotations"]["description"]
+        alertmanager.resolve(held)
+        # The host is back: Alertmanager holds the death as resolved before the next one fires.
+        await until_async(
+            "the death resolved in Alertmanager",
+            lambda: _resolved(alertmanager, labels),
+            deadline=30,
+        )
+    assert runs[0]["fingerprint"] == runs[1]["fingerprint"] and runs[0]["startsAt"] != runs[1]["startsAt"]
+    assert len(await episodes(client)) == 2
+
+
+async def _resolved(am: Alertmanager, labels: dict[str, str]) -> bool | None:
+    active = [a for a in am.get("alerts?active=true") if a["labels"] == labels]
+    return True if not active else None

@@ -37,7 +37,7 @@ STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
 class Gates(RunPart):
     """Owns the checks between a claimed episode and its first step: the reconciler's pause and an active
     maintenance silence park the episode (recorded: nothing executed), the rule's cooldown defers it, an open circuit
-    or a spent action budget closes it escalated (a protective rule acts anyway), and a deferred run first asks
+    or a spent action budget closes it escalated (a protective rule acts anyway, cooldown included), and a deferred run first asks
     Alertmanager whether its alert still fires. A step's own approval is not here (`ApprovalGate`)."""
 
     def __init__(
@@ -71,7 +71,11 @@ class Gates(RunPart):
         cooldown = await self.db(
             self.ledger.cooldown_until, rule.name, episode["target"], episode["id"], rule.cooldown, now
         )
-        if cooldown is not None and not interrupted and episode["attempts"] == 0:
+        if cooldown is not None and not interrupted and episode["attempts"] == 0 and rule.protective:
+            # A new episode of a protective rule (a host dead again, its orders resting): the cooldown damps restarts
+            # that flap, never a cancel or the exposure page that follows it.
+            ctx.history.append(f"cooldown of rule {rule.name} until {cooldown.isoformat()}: acted anyway (protective)")
+        elif cooldown is not None and not interrupted and episode["attempts"] == 0:
             await self.holder.defer(
                 episode, "waiting", cooldown, f"cooldown of rule {rule.name} on {episode['target']} until {cooldown}"
             )
