@@ -10,18 +10,25 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from alertmanager_server import alertmanager_argv
 from ports import free_port
+from server_process import wait_http
 from system_binaries import GENERATIONS, REPO_ROOT, SYSTEM, Generation, run_binary
 
-from trading_ops.reconciler.playbook import parse_matcher
+from trading_ops.reconciler.actions.escalate import BOT_HOST_DOWN, ESCALATIONS
+from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
+from trading_ops.reconciler.playbook import load_packaged_playbook, parse_matcher
 
 ALERTMANAGER_DIR = REPO_ROOT / "alertmanager"
 CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
@@ -29,14 +36,8 @@ ROUTING_CASES = yaml.safe_load((ALERTMANAGER_DIR / "tests" / "routing-cases.yml"
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
 SECRETS_DIR = "/etc/alertmanager/secrets/"
 RECONCILER_URL = "http://reconciler:9102/api/v1/alertmanager"
-# Alerts the reconciler posts to Alertmanager itself (they are in no rule file).
-RECONCILER_POSTED_ALERTS = {
-    "TradingOpsRemediationFailed": "critical",
-    "TradingOpsRemediationCircuitOpen": "critical",
-    "TradingOpsBotPaused": "warning",
-    "TradingOpsBotFlattened": "critical",
-    "TradingOpsApprovalRequested": "critical",
-}
+# Alerts the reconciler posts to Alertmanager itself (they are in no rule file): its escalation list.
+RECONCILER_POSTED_ALERTS = ESCALATIONS
 # Alerts about the reconciler itself: it cannot heal itself, so its webhook does not get them (people do).
 RECONCILER_OWN_HEALTH = {
     "TradingOpsReconcilerDown",
@@ -131,6 +132,45 @@ def test_every_alert_reaches_a_person_by_severity(alertname: str, severity: str,
     if alertname in RECONCILER_POSTED_ALERTS:
         person = RECEIVER_FOR_SEVERITY[RECONCILER_POSTED_ALERTS[alertname]]
         assert receivers == [person], "the reconciler's escalations reach people, never loop back to it"
+
+
+def escalation_routes() -> list[dict[str, Any]]:
+    """The top-level routes that name escalation alerts (the reconciler's escalation list)."""
+    return [
+        r
+        for r in load_config()["route"]["routes"]
+        if "TradingOps" in str(r["matchers"]) and any(name in str(r["matchers"]) for name in ESCALATIONS)
+    ]
+
+
+def test_every_escalation_the_reconciler_can_post_has_a_route_to_people_only() -> None:
+    # The escalation list and the routes are held together: a new escalation alert without its route (it would fall
+    # through to the severity routes, and come back to the reconciler) fails here, and so does a route naming an
+    # escalation that no longer exists.
+    routed: set[str] = set()
+    for route in escalation_routes():
+        assert route["receiver"] in ("pager", "chat"), route
+        assert not route.get("continue"), f"an escalation route must end the walk (no continue): {route}"
+        assert not route.get("routes"), route
+        for matcher in route["matchers"]:
+            parsed = parse_matcher(matcher)
+            if parsed.name == "alertname":
+                routed |= set(parsed.value.split("|"))
+    assert routed == set(ESCALATIONS)
+    # Every escalate step of the packaged playbooks names one of the list (the loader refuses any other).
+    for name in PACKAGED_PLAYBOOKS:
+        for rule in load_packaged_playbook(name).rules:
+            for step in (*rule.steps, *rule.on_recovery):
+                if step.action == "escalate":
+                    assert step.params.get("alertname", "TradingOpsRemediationFailed") in ESCALATIONS, rule.name
+
+
+def test_the_exposure_page_has_its_own_prompt_route() -> None:
+    (route,) = [r for r in load_config()["route"]["routes"] if r["matchers"] == [f'alertname="{BOT_HOST_DOWN}"']]
+    assert route["receiver"] == "pager"
+    assert route["group_wait"] == "0s"  # not the pager's 10 s
+    assert route["group_by"] == ["alertname", "instance"]
+    assert route["group_interval"] == "5s"  # a death soon after a return is not held for a 1-minute slot
 
 
 def test_the_reconciler_health_route_names_real_alerts() -> None:
@@ -383,3 +423,134 @@ def test_a_venue_down_mutes_the_connectivity_alerts_of_its_bots_only(alertmanage
     # Another venue's disconnect, and a loss limit on this venue, are news of their own.
     assert_states(alertmanager_url, "bot-v2:9101", {"TradingBotBrokerDisconnected/critical": "active"})
     assert_states(alertmanager_url, "bot-v3:9101", {"TradingBotDailyLossBreached/critical": "active"})
+
+
+# -- what reaches the receivers, against a real Alertmanager -------------------------------------------------
+
+
+class Receivers:
+    """One webhook server standing in for every receiver of the committed configuration: what each one was sent
+    (receiver, alertname, status), in the order it arrived."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+        receivers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with receivers.lock:
+                    receivers.sent.extend(
+                        (body["receiver"], a["labels"]["alertname"], a["status"]) for a in body["alerts"]
+                    )
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, alertname: str) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(receiver, status) for receiver, name, status in self.sent if name == alertname]
+
+
+@pytest.fixture
+def routed(tmp_path: Path) -> Iterator[tuple[str, Receivers]]:
+    """A real Alertmanager on the committed routing tree, each receiver a webhook to a server of the test's own."""
+    sink = Receivers()
+    config = load_config()
+    config.pop("global")
+    config.pop("templates")
+    config["receivers"] = [
+        {"name": r["name"], "webhook_configs": [{"url": sink.url, "send_resolved": True}]} for r in config["receivers"]
+    ]
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = subprocess.Popen(
+        alertmanager_argv(path, tmp_path / "data", port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready", proc=process)
+        yield f"http://127.0.0.1:{port}", sink
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        sink.server.shutdown()
+        sink.server.server_close()
+
+
+def exposure_page(starts_at: datetime, ends_at: datetime | None = None) -> dict[str, Any]:
+    labels = {
+        "alertname": BOT_HOST_DOWN,
+        "severity": "critical",
+        "service": "trading-ops",
+        "target": "10.0.1.21:9101",
+        "instance": "10.0.1.21:9101",
+        "original_alertname": "TradingBotHostDown",
+    }
+    alert: dict[str, Any] = {"labels": labels, "annotations": {"summary": "test."}, "startsAt": starts_at.isoformat()}
+    if ends_at is not None:
+        alert["endsAt"] = ends_at.isoformat()
+    return alert
+
+
+def post_raw(url: str, alerts: list[dict[str, Any]]) -> None:
+    request = urllib.request.Request(
+        f"{url}/api/v2/alerts", data=json.dumps(alerts).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def wait_for(what: str, check: Callable[[], bool], deadline: float) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        assert time.monotonic() < end, f"{what}: not within {deadline:g} s"
+        time.sleep(0.1)
+
+
+@pytest.mark.alertmanager
+def test_an_exposure_page_reaches_the_pager_only_again_for_a_host_that_dies_soon_after_it_came_back(
+    routed: tuple[str, Receivers],
+) -> None:
+    url, sink = routed
+    first = datetime.now(UTC)
+    post_raw(url, [exposure_page(first)])
+    wait_for("the first death's page at the pager", lambda: ("pager", "firing") in sink.of(BOT_HOST_DOWN), 30)
+    # The host comes back: the reconciler ends the page (page_ends.py); the pager is told it resolved.
+    post_raw(url, [exposure_page(first, datetime.now(UTC))])
+    wait_for("the page resolved at the pager", lambda: ("pager", "resolved") in sink.of(BOT_HOST_DOWN), 30)
+    # It dies again soon after: a new page, not held for the pager group's 1-minute group_interval (5 s on this
+    # route). The deadline is a test's patience, well inside that minute, not a measurement.
+    post_raw(url, [exposure_page(datetime.now(UTC))])
+    wait_for("the second death's page at the pager", lambda: sink.of(BOT_HOST_DOWN).count(("pager", "firing")) == 2, 40)
+    # Never back to the reconciler, nor to anyone else.
+    assert {receiver for receiver, _ in sink.of(BOT_HOST_DOWN)} == {"pager"}
+
+
+@pytest.mark.alertmanager
+def test_every_escalation_reaches_people_and_never_the_reconciler(routed: tuple[str, Receivers]) -> None:
+    url, sink = routed
+    now = datetime.now(UTC).isoformat()
+    post_raw(
+        url,
+        [
+            {
+                "labels": {"alertname": name, "severity": severity, "service": "trading-ops", "instance": "b:9101"},
+                "annotations": {"summary": "test."},
+                "startsAt": now,
+            }
+            for name, severity in ESCALATIONS.items()
+        ],
+    )
+    for name, severity in ESCALATIONS.items():
+        person = RECEIVER_FOR_SEVERITY[severity]
+        wait_for(f"{name} at {person}", lambda name=name, person=person: (person, "firing") in sink.of(name), 40)
+    # Everything owed has arrived; the reconciler was sent none of it.
+    assert not [entry for entry in sink.sent if entry[0] == "reconciler"], sink.sent

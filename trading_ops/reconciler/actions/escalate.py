@@ -30,6 +30,18 @@ SUMMARIES = {
     BOT_FLATTENED: "A bot breached a loss limit and was flattened; a human decides when it trades again.",
     BOT_HOST_DOWN: "A bot's host is down; the reconciler cancelled its orders at the venue and says what it holds.",
 }
+# Every alert the reconciler posts (the escalation list), with the severity it is posted at. Alertmanager routes each
+# to people only, never back to the reconciler (alertmanager.yml; tests/test_alertmanager_config.py holds the two
+# together, so a new escalation alert without its route fails there). A playbook's `escalate` step may name only
+# these (trading_ops.reconciler.playbook checks it at load).
+ESCALATIONS = {
+    FAILED: "critical",
+    CIRCUIT_OPEN: "critical",
+    BOT_PAUSED: "warning",
+    APPROVAL_REQUESTED: "critical",
+    BOT_FLATTENED: "critical",
+    BOT_HOST_DOWN: "critical",
+}
 
 
 class EscalateAction(Action):
@@ -40,6 +52,16 @@ class EscalateAction(Action):
     def checked_labels(self, params: dict[str, Any]) -> list[str]:
         # The description is text for people, posted as JSON; its ${label}s are filled in with validated values.
         return template_labels(params.get("description", ""))
+
+    def validate(self, params: dict[str, Any]) -> None:
+        super().validate(params)
+        name = params.get("alertname", FAILED)
+        if name not in ESCALATIONS:
+            known = ", ".join(sorted(ESCALATIONS))
+            raise ValueError(
+                f"alertname: {name} is not an escalation alert (one of {known}); Alertmanager routes only those to "
+                "people alone, any other would come back to the reconciler"
+            )
 
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
         given = params.get("description")
