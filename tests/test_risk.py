@@ -14,7 +14,7 @@ from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, not_pl
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.book import Book
-from trading_ops.bot.broker import OrderType, Side
+from trading_ops.bot.broker import OrderRequest, OrderType, Side, VenueOrder
 from trading_ops.bot.drawdown import BUCKETS, EquityPeak, PeakJournal
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.metrics import BotMetrics
@@ -25,6 +25,7 @@ from trading_ops.config import ConfigError, parse_config
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
 from trading_ops.paper.bot import PaperBot, make_venue
+from trading_ops.paper.venue import PaperVenue
 
 SYMBOL = "BTC-USD"
 # An order a test means to place goes through `placed`, one it means a risk limit to refuse through submit_fresh: the
@@ -501,3 +502,81 @@ async def test_the_journal_keeps_the_buckets_of_the_window_and_deletes_older_one
         assert restored.take_dirty() == {}  # loaded, not risen: nothing to write back
     finally:
         journal.close()
+
+
+class RecordingVenue(PaperVenue):
+    """The paper venue, keeping every order request that reached it: it outlives the bot's restarts, as a real venue
+    does, and the test counts the requests that could add risk (every one not reduce-only)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests: list[OrderRequest] = []
+
+    async def submit(self, request: OrderRequest) -> VenueOrder:
+        self.requests.append(request)
+        return await super().submit(request)
+
+    def adding_risk(self, since: int) -> list[OrderRequest]:
+        return [r for r in self.requests[since:] if not r.reduce_only]
+
+
+async def test_a_breached_loss_limit_holds_across_every_restart(tmp_path: Path) -> None:
+    """The demo strategy trades (it sends an order nearly every step) until a loss spike passes the day's loss limit.
+    The bot is then restarted at every moment of the operator's sequence: after the spike (halted, holding), after
+    the flatten, after clear_halt, after resume, and once more. After each start it runs 25 trading steps; the venue
+    counts the orders that could add risk since the spike: none, whatever the journal last said of the state."""
+    config = fast_config(tmp_path, partial_fill_probability=0.0)
+    config.bot.risk.daily_loss_limit = 40.0
+    venue = RecordingVenue.from_config(config.paper, list(config.paper.symbols), seed=7, venue="paper")
+    assert isinstance(venue, RecordingVenue)
+
+    async def start() -> PaperBot:
+        bot = PaperBot(config, token=TOKEN, venue=venue, registry=CollectorRegistry(), chaos=True)
+        bot.port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+        return bot
+
+    def steps(bot: PaperBot) -> float:
+        return bot.inst.registry.get_sample_value("tradingbot_loop_iterations_total") or 0.0
+
+    async def restarted(bot: PaperBot, moment: str) -> PaperBot:
+        await bot.stop()
+        bot = await start()
+        # Halted before its first step: the loss is known from the journal whatever the last state was.
+        assert bot.inst.state.state.value == "halted", moment
+        assert bot.inst.state.reason.startswith("risk limit daily_loss"), (moment, bot.inst.state.reason)
+        begun = steps(bot)
+        await wait_for(lambda: steps(bot) >= begun + 25, timeout=30)
+        counts[moment] = len(venue.adding_risk(spiked))
+        return bot
+
+    counts: dict[str, int] = {}
+    bot = await start()
+    try:
+        await wait_for(lambda: sum(abs(bot.book.notional(s)) for s in config.paper.symbols) > 500, timeout=30)
+        assert venue.adding_risk(0), "the demo strategy sent no order: nothing here would be tested"
+        status, body = await control(bot.port, "loss_spike")  # type: ignore[attr-defined]
+        assert status == 200, body
+        await wait_for(lambda: bot.inst.state.state.value == "halted", timeout=10)
+        spiked = len(venue.requests)
+        bot = await restarted(bot, "after the loss spike")
+        assert any(bot.book.position(s) for s in config.paper.symbols)  # it still holds what it lost on
+        assert (await control(bot.port, "flatten"))[0] == 200  # type: ignore[attr-defined]
+        await wait_for(lambda: not any(bot.book.position(s) for s in config.paper.symbols), timeout=20)
+        bot = await restarted(bot, "after the flatten")
+        assert (await control(bot.port, "clear_halt"))[0] == 200  # type: ignore[attr-defined]
+        bot = await restarted(bot, "after clear_halt")
+        for command in ("clear_halt", "resume"):  # the restart halted it again: the operator lifts it again
+            assert (await control(bot.port, command))[0] == 200  # type: ignore[attr-defined]
+        bot = await restarted(bot, "after resume")
+        bot = await restarted(bot, "after a second restart")
+    finally:
+        await bot.stop()
+    print({"orders_adding_risk_per_restart_point": counts})
+    assert list(counts) == [
+        "after the loss spike",
+        "after the flatten",
+        "after clear_halt",
+        "after resume",
+        "after a second restart",
+    ]
+    assert counts == dict.fromkeys(counts, 0), counts

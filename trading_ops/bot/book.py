@@ -63,7 +63,7 @@ class Book:
         self, symbol: str, signed_quantity: Decimal, price: Decimal, fee: Decimal, when: datetime
     ) -> Decimal:
         """Apply one fill; returns the realized P&L it produced (net of its fee)."""
-        self._roll_day(when)
+        self.roll_day(when)
         realized = self.holding(symbol).apply(signed_quantity, price, fee)
         self.realized_today += realized
         return realized
@@ -88,7 +88,8 @@ class Book:
         self._day = day
         self.realized_today = realized_today
 
-    def _roll_day(self, when: datetime) -> None:
+    def roll_day(self, when: datetime) -> None:
+        """The day's realized P&L starts at 0 on a new day (a fill rolls it; a start rolls it to today)."""
         day = when.date()
         if self._day != day:
             self._day = day

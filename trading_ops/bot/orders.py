@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from trading_ops.bot.book import Book
@@ -509,6 +510,7 @@ class OrderEngine:
             log.warning("realized P&L of the journaled fills computed from their history (%s)", ", ".join(symbols))
             state = await self.journal.call(self.journal.book_state)
         self.book.restore(state.holdings, state.day, state.realized_on_day or Decimal(0))
+        self.book.roll_day(datetime.now(UTC))  # the last fills were yesterday's: today's loss starts at 0
         for symbol in self.symbols:
             self.metrics.position(symbol, float(self.book.position(symbol)), float(self.book.notional(symbol)))
 

@@ -483,8 +483,9 @@ class BotRuntime:
             raise OrdersLeftOpen(self.orders_left_open)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Detect a crash, restore the book and a standing loss-limit halt, reconcile (the safe-start gate), then
-        trade. Returns the bound port of the HTTP server."""
+        """Detect a crash, restore the book and a standing loss-limit halt, know the day's loss and the drawdown
+        (past a loss limit: halted), reconcile (the safe-start gate), then trade. Returns the bound port of the HTTP
+        server."""
         self.crash = await self.heartbeat.begin()
         crash_orders: list[dict[str, str]] = []
         crash_positions: dict[str, str] = {}
@@ -495,6 +496,9 @@ class BotRuntime:
         await self.order_engine.restore_book()
         await self.peak_journal.load(self.risk.wall())
         await self._restore_loss_halt()
+        # The day's loss and the drawdown as the journal knows them, before anything may trade: past a loss limit the
+        # bot halts here (whatever was saved, cleared or resumed before the restart) and the gate refuses new risk.
+        self.order_engine.export_pnl()
         bound = await self.inst.start(host, port, self.web_config)
         oe = self.order_engine
         events = BrokerEvents(
@@ -530,6 +534,7 @@ class BotRuntime:
         if isinstance(self.strategy, StrategyWithStart):
             await self.strategy.on_start(self.context)
         self.inst.loop_starting()
+        self.order_engine.export_pnl()  # again with the marks the venue gave since: unrealized P&L, the drawdown
         self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
         self._tasks.append(asyncio.create_task(self.schedule.run(), name="reconciliation"))
         self.heartbeat.start()
