@@ -278,9 +278,9 @@ def when(value: datetime | str | None, now: datetime | None = None) -> str:
     return f'<time datetime="{h(at.isoformat())}">{h(absolute(at))}</time> <span class="rel">({h(rel)})</span>'
 
 
-def said(detail: str | None) -> str:
+def said(detail: str | None, now: datetime | None = None) -> str:
     """An outcome's detail in words; the PromQL behind it (if any) in a <details>."""
-    told = outcome(detail)
+    told = outcome(detail, now)
     if not told.query:
         return h(told.words)
     source = f" (the expression from {h(told.source)})" if told.source else ""
@@ -491,7 +491,7 @@ def loss_today(status: dict[str, Any]) -> str:
     loss = -(realized + unrealized)
     text = amount(loss) if loss > 0 else f"none (up {amount(-loss)})"
     if limit:
-        text += f" of the {amount(limit)} daily limit"
+        text += f" (limit {amount(limit)})"
         if loss >= limit:
             text += ' <strong class="breach">breached</strong>'
     return text
@@ -675,7 +675,7 @@ async def episodes(request: web.Request, session: Session) -> web.StreamResponse
         f'<li class="row"><a href="{PREFIX}/episodes/{e["id"]}"><span class="id">#{e["id"]}</span> '
         f"<strong>{h(e['alertname'])}</strong></a> on {bot_name(names, e['target'])} {badge(e['state'])}"
         f'<div class="meta">{when(e["received_at"], now)} · {h(e["rule"] or "no rule")}</div>'
-        + (f'<div class="outcome">{said(e["detail"])}</div>' if e["detail"] else "")
+        + (f'<div class="outcome">{said(e["detail"], now)}</div>' if e["detail"] else "")
         + "</li>"
         for e in rows
     )
@@ -768,7 +768,7 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
     names = bot_names(app)
     now = utcnow()
     facts = (
-        f"<dl><dt>State</dt><dd>{badge(row['state'])} {said(row['detail'])}</dd>"
+        f"<dl><dt>State</dt><dd>{badge(row['state'])} {said(row['detail'], now)}</dd>"
         f"<dt>Bot</dt><dd>{bot_name(names, row['target'])}</dd><dt>Rule</dt><dd>{h(row['rule'] or '-')}</dd>"
         f"<dt>Alert started</dt><dd>{when(row['starts_at'], now)}</dd>"
         f"<dt>Received</dt><dd>{when(row['received_at'], now)}</dd>"
@@ -791,7 +791,7 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
         timeline.append(
             f'<li class="attempt"><h3>Attempt {a["number"]} {badge(a["outcome"] or "running")}</h3>'
             f'<div class="meta">{when(a["started_at"], now)} → {when(a["finished_at"], now)}</div>'
-            + (f'<div class="outcome">{said(a["detail"])}</div>' if a["detail"] else "")
+            + (f'<div class="outcome">{said(a["detail"], now)}</div>' if a["detail"] else "")
             + f'<ol class="steps">{steps}</ol></li>'
         )
     pages = "".join(

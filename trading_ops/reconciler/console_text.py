@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from trading_ops.reconciler.verify import UNVERIFIED
+
 # Every time the console shows, in one format (the ledger's times are UTC; so is Alertmanager's `startsAt`).
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 # Below this many seconds either way, a time is "now".
@@ -22,6 +24,8 @@ CLEAR_RE = re.compile(
     r"^(?P<query>.+?) returned nothing for this alert(?P<resolved>; the alert resolved too)?(?:; (?P<rest>.*))?$", re.S
 )
 RESOLVED_RE = re.compile(r"^alert resolved during verification \((?P<last>[^)]*)\)$", re.S)
+# A time the reconciler wrote into a detail (ISO 8601): said in the console's format.
+ISO_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z)")
 DEADLINE_RE = re.compile(r"not clear after (?P<seconds>[0-9.]+)s \((?P<last>[^)]*)\): (?P<query>.+)$", re.S)
 
 
@@ -59,10 +63,10 @@ def span(seconds: float) -> str:
 
 
 def relative(value: datetime, now: datetime) -> str:
-    """`in 12 min`, `3 min ago`, or `now`."""
+    """`in 12 min`, `3 min ago`, or `just now`."""
     seconds = (value - now).total_seconds()
     if abs(seconds) < NOW_SECONDS:
-        return "now"
+        return "just now"
     return f"in {span(seconds)}" if seconds > 0 else f"{span(seconds)} ago"
 
 
@@ -75,9 +79,22 @@ class Outcome:
     source: str = ""
 
 
-def outcome(detail: str | None) -> Outcome:
-    """What a verification's detail says, in words (a detail that is not one is shown as it is)."""
-    text = (detail or "").strip()
+def times_said(text: str, now: datetime | None) -> str:
+    """Every ISO 8601 time in `text` in the console's format, with how far from `now` (when given)."""
+
+    def say(found: re.Match[str]) -> str:
+        at = as_utc(found[0])
+        if at is None:
+            return found[0]
+        return f"{absolute(at)} ({relative(at, now)})" if now is not None else absolute(at)
+
+    return ISO_RE.sub(say, text)
+
+
+def outcome(detail: str | None, now: datetime | None = None) -> Outcome:
+    """What a verification's detail says, in words (a detail that is not one is shown as it is, its times in the
+    console's format)."""
+    text = times_said((detail or "").strip(), now)
     found = SOURCE_RE.search(text)
     source = found["source"] if found else ""
     core = (text[: found.start()] + text[found.end() :]).strip() if found else text
@@ -101,6 +118,8 @@ def outcome(detail: str | None) -> Outcome:
             m["query"].strip(),
             source,
         )
+    if core == UNVERIFIED:
+        return Outcome("Done: every step succeeded (this rule does not check the result in Prometheus).")
     return Outcome(core, "", source)
 
 

@@ -23,6 +23,9 @@ class Verdict:
 
 
 # What a verdict's detail says, in these words (the operator console reads them back: console_text.outcome).
+UNVERIFIED = "steps succeeded (verification disabled by the rule)"
+
+
 def clear_detail(expr: str, resolved: bool) -> str:
     return f"{expr} returned nothing for this alert{'; the alert resolved too' if resolved else ''}"
 
