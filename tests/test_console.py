@@ -3,8 +3,12 @@ downloaded): login, the fleet, an episode opened by a real alert, approving a fl
 one until the page is in Alertmanager, what a `read` token may not do, CSRF, maintenance windows, the emergency halt
 and the phone-width layout. One reconciler, one Alertmanager, one bot and one browser for the module.
 
-Screenshots of each main view go to the test's tmp dir; with UPDATE_SCREENSHOTS=1 they are also copied to
-docs/img/console-*.png (the documentation's)."""
+What is at stake on the pages is checked on what they render: the bot by its name, the firing alerts, the count of
+approvals waiting, the loss and the positions with their value on an approval, the deadline as "in 10 min", outcomes in
+words with their PromQL behind a <details>, one time format. The layout at a desktop's (1440 px) and a phone's (390 px)
+width is measured in the page (element boxes): the navigation on one line apart from who is logged in, no title broken
+inside a word, no sideways scroll. Screenshots of each main view at both widths go to the test's tmp dir; with
+UPDATE_SCREENSHOTS=1 they are also copied to docs/img/console-*.png (the documentation's)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -39,11 +44,12 @@ from webhook_payloads import alert, payload
 from trading_ops.config import load_config
 from trading_ops.db import migrate
 from trading_ops.db.base import utcnow
-from trading_ops.db.models import ConsoleSession
+from trading_ops.db.models import ConsoleSession, Episode
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.console import CSRF_REFUSED
+from trading_ops.reconciler.verify import deadline_detail, with_source
 from trading_ops.webconfig import app_ssl_context
 
 pytestmark = [pytest.mark.alertmanager]
@@ -63,7 +69,42 @@ DESK_TOKEN = "console-desk-approve-token-0123456789"
 ONCALL_TOKEN = "console-oncall-destructive-token-0123456789"
 BOT_OPERATE = "bot-operate-token"
 BOT_DESTRUCTIVE = "bot-destructive-token"
-BOT = "bot-1"
+# The bot as configuration `bots[]` names it; the console shows this name, never its instance (host:port) alone.
+BOT_NAME = "paper-1"
+# The console's one time format, and the relative time beside it.
+TIME_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
+RELATIVE_RE = re.compile(r"^\((in \d.*|\d.* ago|just now)\)$")
+WIDTHS = {"desktop": {"width": 1440, "height": 900}, "phone": {"width": 390, "height": 844}}
+# The header's and the title's boxes, measured in the page: the navigation links' tops and bottoms (one line: every
+# link's box overlaps every other's vertically), whether
+# the navigation is scrolled (every link in view or not), whether who is logged in overlaps it, the page's own
+# width, and each word of a title (h1, h2) whose text is drawn on more than one line (broken inside the word).
+LAYOUT_JS = """() => {
+  const box = (e) => e.getBoundingClientRect();
+  const nav = document.querySelector("header nav");
+  const account = box(document.querySelector("header .account"));
+  const n = box(nav);
+  const broken = [];
+  for (const title of document.querySelectorAll("main h1, main h2")) {
+    const walker = document.createTreeWalker(title, NodeFilter.SHOW_TEXT);
+    for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+      for (const m of t.data.matchAll(/\\S+/g)) {
+        const r = document.createRange();
+        r.setStart(t, m.index);
+        r.setEnd(t, m.index + m[0].length);
+        if (new Set([...r.getClientRects()].map((x) => Math.round(x.top))).size > 1) broken.push(m[0]);
+      }
+    }
+  }
+  return {
+    links: [...nav.querySelectorAll("a")].map((a) => [box(a).top, box(a).bottom]),
+    navScroll: [nav.scrollWidth, nav.clientWidth],
+    overlap: !(account.right <= n.left || account.left >= n.right ||
+               account.bottom <= n.top || account.top >= n.bottom),
+    page: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
+    broken: broken,
+  };
+}"""
 FLATTEN = {
     "name": "flatten-on-request",
     "match": ['alertname="TradingBotFlattenRequested"'],
@@ -103,11 +144,17 @@ class Bot:
             if command != "status":
                 self.calls.append((command, scope))
             if command == "status":
+                flat = float(self.position) == 0
                 return 200, {
                     "state": self.state,
                     "state_reason": "",
                     "heartbeat_age_seconds": 0.4,
-                    "positions": {"BTC/USD": self.position},
+                    "positions": {"BTC/USD": self.position, "ETH/USD": "0"},
+                    "position_values": {"BTC/USD": "0.00" if flat else "21000.00", "ETH/USD": "0.00"},
+                    "realized_pnl_today": "-1800.50",
+                    "unrealized_pnl": "0.00" if flat else "-450.25",
+                    "risk_limits": {"daily_loss": 2500.0},
+                    "open_orders": 0 if flat else 3,
                 }
             if command == "flatten":
                 self.position = "0"
@@ -196,6 +243,16 @@ class Stack:
     bot: Bot
     shots: Path
 
+    @property
+    def instance(self) -> str:
+        """The bot's instance (host:port of its scrape target): its alerts' `instance` label and the console's key."""
+        return self.bot.url.removeprefix("http://")
+
+
+def card(page: Any, stack: Stack) -> Any:
+    """The bot's card on the fleet page."""
+    return page.locator(f"[id='bot-{stack.instance}']")
+
 
 def poll(fetch: Callable[[], Any], check: Callable[[Any], bool], what: str, deadline: float = 20.0) -> Any:
     end = time.monotonic() + deadline
@@ -208,7 +265,8 @@ def poll(fetch: Callable[[], Any], check: Callable[[Any], bool], what: str, dead
 
 
 def write_config(tmp: Path, port: int, am_url: str, bot_url: str, **listen: str) -> None:
-    """The reconciler's configuration (and its files) in `tmp`: tokens of each scope, the bot as its one target."""
+    """The reconciler's configuration (and its files) in `tmp`: tokens of each scope, the bot as its one entry of
+    `bots` (named BOT_NAME)."""
     for name, value in (
         ("webhook-token", TOKEN),
         ("read-token", READ_TOKEN),
@@ -239,14 +297,16 @@ def write_config(tmp: Path, port: int, am_url: str, bot_url: str, **listen: str)
             "prometheus_url": "http://127.0.0.1:9",
             "alertmanager_url": am_url,
             "watchdog": {"window_seconds": 0},
-            "targets": {
-                BOT: {
-                    "url": bot_url,
-                    "token_file": str(tmp / "bot-operate"),
-                    "destructive_token_file": str(tmp / "bot-destructive"),
-                }
-            },
         },
+        "bots": [
+            {
+                "name": BOT_NAME,
+                "instance": bot_url.removeprefix("http://"),
+                "url": bot_url,
+                "token_file": str(tmp / "bot-operate"),
+                "destructive_token_file": str(tmp / "bot-destructive"),
+            }
+        ],
     }
     (tmp / "trading-ops.yaml").write_text(yaml.safe_dump(data))
 
@@ -306,7 +366,12 @@ def screenshot(page: Any, stack: Stack, name: str) -> None:
 
 def fire(stack: Stack, **annotations: str) -> dict[str, Any]:
     """A firing TradingBotFlattenRequested held by Alertmanager, sent to the webhook as Alertmanager would."""
-    labels = {"alertname": "TradingBotFlattenRequested", "instance": BOT, "run": uuid.uuid4().hex[:8]}
+    labels = {
+        "alertname": "TradingBotFlattenRequested",
+        "instance": stack.instance,
+        "severity": "critical",
+        "run": uuid.uuid4().hex[:8],
+    }
     held = stack.am.fire(labels)
     fired = alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **labels)
     fired["annotations"].update(annotations)
@@ -361,16 +426,15 @@ def test_login_shows_the_fleet_with_strict_headers(browser: Any, stack: Stack) -
     assert "Unknown token." in page.locator(".problem").inner_text()
     page.context.close()
     page = login(browser, stack, ONCALL_TOKEN)
-    card = page.locator(f"#bot-{BOT}")
-    assert "running" in card.locator(".badge").inner_text()
-    assert "0.4 s ago" in card.inner_text() and "BTC/USD 0.5" in card.inner_text()
-    assert "Circuit" in card.inner_text() and "closed" in card.inner_text()
+    bot = card(page, stack)
+    assert "running" in bot.locator(".badge").inner_text()
+    assert "0.4 s ago" in bot.inner_text() and "BTC/USD 0.5" in bot.inner_text()
+    assert "Circuit" in bot.inner_text() and "closed" in bot.inner_text()
     cookie = next(c for c in page.context.cookies() if c["name"] == "tradingops_console")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
     response = page.request.get(f"{stack.reconciler.url}/ui/")
     csp = response.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src" not in csp and "frame-ancestors 'none'" in csp
-    screenshot(page, stack, "fleet")
     page.context.close()
 
 
@@ -378,8 +442,8 @@ def test_an_alert_opens_an_episode_and_approving_it_flattens_the_bot(browser: An
     fire(stack)
     first = pending(stack)[0]
     page = login(browser, stack, DESK_TOKEN)
-    page.click(f"#bot-{BOT} >> text=1 open")  # the fleet counts the bot's open episode, and lists it
-    assert page.locator("h1").inner_text() == f"Episodes of {BOT}"
+    card(page, stack).locator("text=1 open").click()  # the fleet counts the bot's open episode, and lists it
+    assert page.locator("h1").inner_text() == f"Episodes of {BOT_NAME}"
     assert page.locator(".list li").count() == 1
     page.click("nav >> text=Episodes")
     page.click(f"a[href='/ui/episodes/{first['episode_id']}']")
@@ -390,10 +454,10 @@ def test_an_alert_opens_an_episode_and_approving_it_flattens_the_bot(browser: An
     asked = held_page(stack, APPROVAL_REQUESTED, approval=str(first["id"]))
     assert asked["annotations"]["console_url"] == f"{stack.reconciler.url}/ui/approvals#approval-{first['id']}"
     page.goto(f"{stack.reconciler.url}/ui/approvals")
-    screenshot(page, stack, "approvals")
     assert stack.bot.commands() == []
     decide_in_page(page, first["id"], "approve", "desk agrees", "alice")
     assert f'approval {first["id"]} approved by "alice" with token desk' in page.locator(".done").inner_text()
+    assert page.locator("nav .count").count() == 0  # nothing waits any more: the navigation counts none
     # One decision covers both steps (cancel_all, then flatten): nothing more is asked.
     poll(lambda: stack.reconciler.api(f"/api/v1/episodes/{first['episode_id']}")["state"], "recovered".__eq__, "done")
     assert stack.bot.commands() == ["cancel_all", "flatten"]
@@ -405,9 +469,8 @@ def test_an_alert_opens_an_episode_and_approving_it_flattens_the_bot(browser: An
         "1. bot command=cancel_all",
         "2. bot command=flatten",
     ]
-    screenshot(page, stack, "episode")
     page.goto(f"{stack.reconciler.url}/ui/")
-    assert "flat" in page.locator(f"#bot-{BOT} .positions").inner_text()
+    assert "flat" in card(page, stack).locator(".positions").inner_text()
     decided = stack.reconciler.api(f"/api/v1/approvals/{first['id']}")
     assert (decided["decided_by"], decided["decided_token"], decided["reason"]) == ("alice", "desk", "desk agrees")
     page.context.close()
@@ -433,11 +496,12 @@ def test_a_read_token_sees_but_cannot_decide_nor_halt(browser: Any, stack: Stack
     fire(stack)
     asked = pending(stack)[0]
     page = login(browser, stack, READ_TOKEN)
-    assert page.locator("a.button.danger").count() == 0  # no emergency halt
+    assert page.locator("a.button.danger").count() == 0  # no emergency halt, and the card says why
+    assert "Emergency halt: needs the destructive scope (yours: read)" in card(page, stack).inner_text()
     page.goto(f"{stack.reconciler.url}/ui/approvals")
-    card = page.locator(f"#approval-{asked['id']}")
-    assert card.count() == 1 and card.locator("form").count() == 0
-    assert "needs a token with the approve scope" in card.inner_text()
+    approval = page.locator(f"#approval-{asked['id']}")
+    assert approval.count() == 1 and approval.locator("form").count() == 0
+    assert "needs a token with the approve scope" in approval.inner_text()
     page.goto(f"{stack.reconciler.url}/ui/maintenance")
     assert page.locator("form[action='/ui/maintenance']").count() == 0
     # Forged POSTs with the read session and its own CSRF token (the logout form's): refused server-side.
@@ -450,7 +514,9 @@ def test_a_read_token_sees_but_cannot_decide_nor_halt(browser: Any, stack: Stack
     assert refused.text().strip() == (
         "refused: deciding an approval needs the 'approve' scope; token 'read_token' has 'read'"
     )
-    halt = page.request.post(f"{stack.reconciler.url}/ui/bots/{BOT}/halt", form={"csrf": csrf, "reason": "x"})
+    halt = page.request.post(
+        f"{stack.reconciler.url}/ui/bots/{stack.instance}/halt", form={"csrf": csrf, "reason": "x"}
+    )
     assert halt.status == 403 and "needs the 'destructive' scope" in halt.text()
     assert stack.reconciler.api(f"/api/v1/approvals/{asked['id']}")["status"] == "pending"
     assert "halt" not in stack.bot.commands()
@@ -480,49 +546,40 @@ def test_maintenance_windows_start_and_end(browser: Any, stack: Stack) -> None:
     page.click("nav >> text=Maintenance")
     page.fill("input[name=duration]", "20m")
     page.fill("input[name=reason]", "venue upgrade")
-    page.fill("textarea[name=matchers]", f"instance={BOT}")
+    page.fill("textarea[name=matchers]", f"instance={stack.instance}")
     page.fill("input[name=by]", "erin")
     page.click("button:has-text('Start window')")
-    assert f"paused {BOT}" in page.locator(".done").inner_text()
+    assert f"paused {stack.instance}" in page.locator(".done").inner_text()
     assert stack.bot.state == "paused"
     item = page.locator(".list li").first
     assert "active" in item.inner_text() and "venue upgrade" in item.inner_text()
     assert 'console: "erin" with token oncall' in item.inner_text()
     silences = [s for s in stack.am.get("silences") if s["status"]["state"] == "active"]
-    assert any({"name": "instance", "value": BOT}.items() <= m.items() for s in silences for m in s["matchers"])
+    assert any(
+        {"name": "instance", "value": stack.instance}.items() <= m.items() for s in silences for m in s["matchers"]
+    )
     screenshot(page, stack, "maintenance")
     item.locator("button:has-text('End now')").click()
     page.wait_for_load_state()
-    assert f"resumed {BOT}" in page.locator(".done").inner_text()
+    assert f"resumed {stack.instance}" in page.locator(".done").inner_text()
     assert stack.bot.state == "running" and "ended" in page.locator(".list li").first.inner_text()
     page.context.close()
 
 
 def test_the_emergency_halt_asks_for_confirmation_first(browser: Any, stack: Stack) -> None:
     page = login(browser, stack, ONCALL_TOKEN)
-    page.click(f"#bot-{BOT} a.button.danger")
-    assert page.url.endswith(f"/ui/bots/{BOT}/halt") and "Halt" in page.locator("h1").inner_text()
+    card(page, stack).locator("a.button.danger").click()
+    assert page.url.endswith(f"/ui/bots/{stack.instance}/halt")
+    assert page.locator("h1").inner_text() == f"Halt {BOT_NAME}?"
     assert "halt" not in stack.bot.commands()  # asked, not done
     page.click("a.button:has-text('Cancel')")
     assert "halt" not in stack.bot.commands()
-    page.click(f"#bot-{BOT} a.button.danger")
+    card(page, stack).locator("a.button.danger").click()
     page.fill("input[name=reason]", "runaway orders")
-    page.click(f"button:has-text('Yes, halt {BOT}')")
-    assert f'{BOT} halted by "console" with token oncall' in page.locator(".done").inner_text()
+    page.click(f"button:has-text('Yes, halt {BOT_NAME}')")
+    assert f'{BOT_NAME} halted by "console" with token oncall' in page.locator(".done").inner_text()
     assert stack.bot.state == "halted" and stack.bot.calls[-1] == ("halt", "destructive")
-    assert "halted" in page.locator(f"#bot-{BOT} .badge").inner_text()
-    page.context.close()
-
-
-def test_the_phone_width_layout_has_no_horizontal_scroll(browser: Any, stack: Stack) -> None:
-    page = login(browser, stack, DESK_TOKEN, viewport={"width": 375, "height": 740}, is_mobile=True)
-    episode = stack.reconciler.api("/api/v1/episodes")["episodes"][-1]["id"]
-    for path in ("/ui/", "/ui/episodes", f"/ui/episodes/{episode}", "/ui/approvals", "/ui/maintenance"):
-        page.goto(f"{stack.reconciler.url}{path}")
-        width = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-        assert width[0] <= width[1], f"{path}: {width[0]} px wide in a {width[1]} px viewport"
-    page.goto(f"{stack.reconciler.url}/ui/approvals")
-    screenshot(page, stack, "phone")
+    assert "halted" in card(page, stack).locator("h2 .badge").inner_text()
     page.context.close()
 
 
@@ -636,3 +693,120 @@ def test_log_out_ends_the_session_and_sessions_expire(browser: Any, stack: Stack
     page.goto(f"{stack.reconciler.url}/ui/approvals")
     assert page.url.endswith("/ui/login")
     page.context.close()
+
+
+# ---- what is at stake, and the layout at a desktop's and a phone's width ---------------------------------------------
+
+
+def test_the_fleet_names_the_bot_lists_the_firing_alerts_and_counts_the_approvals_waiting(
+    browser: Any, stack: Stack
+) -> None:
+    before = len(stack.reconciler.api("/api/v1/approvals?status=pending")["approvals"])
+    fire(stack)
+    waiting = pending(stack, before + 1)
+    held_page(stack, APPROVAL_REQUESTED, approval=str(waiting[0]["id"]))
+    page = login(browser, stack, ONCALL_TOKEN)
+    bot = card(page, stack)
+    # By its name (configuration bots[]), its instance beside it.
+    assert bot.locator("h2").inner_text().startswith(f"{BOT_NAME} {stack.instance}")
+    assert bot.locator("h2 .instance").inner_text() == stack.instance
+    # The alerts Alertmanager holds, each with its severity, its bot by name and since when.
+    rows = page.locator("#alerts li")
+    flatten = rows.filter(has_text="TradingBotFlattenRequested").first
+    assert flatten.locator(".sev").inner_text() == "critical"
+    assert f"on {BOT_NAME} {stack.instance}" in flatten.inner_text() and "test alert." in flatten.inner_text()
+    assert TIME_RE.match(flatten.locator("time").inner_text())
+    assert rows.filter(has_text=APPROVAL_REQUESTED).count() >= 1  # the reconciler's own page, asking for a person
+    assert "Watchdog" not in page.locator("#alerts").inner_text()
+    assert re.fullmatch(r"Firing alerts \(\d+\)", page.locator("#alerts h2").inner_text())
+    assert re.fullmatch(r"\d+ firing", bot.locator("a[href='#alerts']").inner_text())
+    # The navigation counts what waits for a decision, on every page.
+    for path in ("/ui/", "/ui/episodes", "/ui/maintenance"):
+        page.goto(f"{stack.reconciler.url}{path}")
+        count = len(stack.reconciler.api("/api/v1/approvals?status=pending")["approvals"])
+        assert page.locator("nav a[href='/ui/approvals'] .count").inner_text() == str(count)
+    page.context.close()
+
+
+def test_an_approval_says_what_is_at_stake_and_when_it_runs_out(browser: Any, stack: Stack) -> None:
+    stack.bot.position = "0.5"  # the bot holds a position again: what a flatten would close
+    asked = stack.reconciler.api("/api/v1/approvals?status=pending")["approvals"][0]
+    page = login(browser, stack, DESK_TOKEN)
+    page.goto(f"{stack.reconciler.url}/ui/approvals")
+    facts = page.locator(f"#approval-{asked['id']} dl")
+    said = dict(zip(facts.locator("dt").all_inner_texts(), facts.locator("dd").all_inner_texts(), strict=True))
+    assert said["Bot"] == f"{BOT_NAME} {stack.instance}"
+    assert said["Asks for"] == "step 1: bot command=cancel_all, then bot command=flatten"
+    # The day's loss (realized and unrealized) against the limit, and the position with its value at the mark.
+    assert said["Loss today"] == "2,250.75 (limit 2,500.00)"
+    assert said["Positions"] == "BTC/USD 0.5 (worth 21,000.00 USD)"
+    assert said["Open orders"] == "3"
+    # The deadline (the rule's approval_timeout, 10 min) as an absolute time and "in N min" beside it.
+    deadline = re.fullmatch(r"(.+ UTC) \(in (\d+) min\), then escalate", said["Deadline"])
+    assert deadline is not None, said["Deadline"]
+    assert TIME_RE.match(deadline[1]) and int(deadline[2]) in (9, 10)
+    page.context.close()
+
+
+def test_outcomes_are_said_in_words_with_the_promql_behind_a_details(browser: Any, stack: Stack) -> None:
+    """A verification's detail, as the reconciler writes it (verify's own formatters), on an ended episode."""
+    query = f'tradingbot_flatten_requested{{instance="{stack.instance}"}} == 1'
+    detail = with_source(deadline_detail(60, "1 series of this alert still match", query), "prometheus_rules")
+    episodes = stack.reconciler.api("/api/v1/episodes")["episodes"]
+    episode_id = next(e["id"] for e in episodes if e["state"] == "escalated")  # the rejected one
+    with stack.reconciler.app[keys.LEDGER].db.tx() as conn:
+        conn.execute(update(Episode).where(Episode.id == episode_id).values(detail=detail))
+    page = login(browser, stack, READ_TOKEN)
+    for path in ("/ui/episodes", f"/ui/episodes/{episode_id}"):
+        page.goto(f"{stack.reconciler.url}{path}")
+        where = page.locator(f"li:has(a[href='/ui/episodes/{episode_id}'])") if path.endswith("episodes") else page
+        words = where.locator(".outcome, dd").filter(has_text="Not recovered").first
+        assert "Not recovered: the alert's condition still held 1 min after the action" in words.inner_text()
+        query_shown = where.locator("details.query pre").first
+        assert not query_shown.is_visible()  # the PromQL is behind the details, not in the words
+        where.locator("details.query summary").first.click()
+        assert query_shown.is_visible() and query_shown.inner_text() == query
+    page.context.close()
+
+
+def test_one_time_format_on_every_page(browser: Any, stack: Stack) -> None:
+    page = login(browser, stack, ONCALL_TOKEN)
+    episode_id = stack.reconciler.api("/api/v1/episodes")["episodes"][0]["id"]  # the newest: still waiting
+    for path in ("/ui/", "/ui/episodes", f"/ui/episodes/{episode_id}", "/ui/approvals", "/ui/maintenance"):
+        page.goto(f"{stack.reconciler.url}{path}")
+        times = page.locator("main time")
+        assert times.count() > 0, path
+        for i in range(times.count()):
+            assert TIME_RE.match(times.nth(i).inner_text()), (path, times.nth(i).inner_text())
+            assert RELATIVE_RE.match(times.nth(i).locator("xpath=following-sibling::span[1]").inner_text()), path
+        text = page.locator("main").inner_text()
+        assert not re.search(r"\d\dT\d\d:\d\d|\d\d:\d\d:\d\d(\.\d+)?Z|\+00:00", text), (path, text)
+    page.context.close()
+
+
+TOKENS = (ONCALL_TOKEN, DESK_TOKEN)
+
+
+@pytest.mark.parametrize("width", ["desktop", "phone"])
+def test_the_layout_at_a_desktop_and_a_phone_width(browser: Any, stack: Stack, width: str) -> None:
+    """Measured in Chromium: the navigation is one line, every link in view, apart from who is logged in and Log out;
+    no title breaks inside a word; nothing scrolls sideways. The screenshots the documentation shows."""
+    # The on-call engineer (destructive: the emergency halt) and the desk (approve: the decision forms).
+    oncall, desk = (login(browser, stack, t, viewport=WIDTHS[width], is_mobile=width == "phone") for t in TOKENS)
+    episodes = stack.reconciler.api("/api/v1/episodes")["episodes"]
+    recovered = next(e["id"] for e in episodes if e["state"] == "recovered")
+    shots = {"fleet": "/ui/", "approvals": "/ui/approvals", "episode": f"/ui/episodes/{recovered}"}
+    for name, path in {**shots, "episodes": "/ui/episodes", "maintenance": "/ui/maintenance"}.items():
+        page = desk if name == "approvals" else oncall
+        page.goto(f"{stack.reconciler.url}{path}")
+        box = page.evaluate(LAYOUT_JS)
+        tops, bottoms = zip(*box["links"], strict=True)
+        assert max(tops) < min(bottoms), f"{path}: the navigation wraps onto several lines ({box['links']})"
+        assert box["navScroll"][0] <= box["navScroll"][1], f"{path}: links out of view {box['navScroll']}"
+        assert not box["overlap"], f"{path}: who is logged in overlaps the navigation"
+        assert box["page"][0] <= box["page"][1], f"{path}: {box['page'][0]} px wide in a {box['page'][1]} px viewport"
+        assert box["broken"] == [], f"{path}: a title broken inside a word: {box['broken']}"
+        if name in shots:
+            screenshot(page, stack, name if width == "desktop" else f"{name}-phone")
+    oncall.context.close()
+    desk.context.close()

@@ -438,6 +438,7 @@ async def test_the_banner_names_the_console_and_the_token_that_approves_the_demo
     `up` creates (as `make run` does) and the stack's reconciler accepts for deciding approvals; the demo's playbook
     asks for approval on the loss limit, which the packaged one does not."""
     from trading_ops.config import load_config as load
+    from trading_ops.reconciler import keys
     from trading_ops.reconciler.app import create_app
     from trading_ops.reconciler.playbook import load_playbook
     from trading_ops.stack.up import _banner
@@ -453,16 +454,29 @@ async def test_the_banner_names_the_console_and_the_token_that_approves_the_demo
     token = root / "var" / "secrets" / "reconciler-approve-token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     banner = _banner(stack)
-    assert f"  console       {ports.url('reconciler')}/ui/  (log in with the token in " in "\n".join(banner)
-    (console,) = [line for line in banner if line.startswith("  console ")]
-    assert console.endswith(
-        "(log in with the token in var/secrets/reconciler-approve-token: it approves; "
-        "var/secrets/reconciler-read-token only looks)"
-    )
+    at = next(i for i, line in enumerate(banner) if line.startswith("  console "))
+    assert banner[at : at + 5] == [
+        f"  console       {ports.url('reconciler')}/ui/  (log in with the token in one of these files)",
+        "                var/secrets/reconciler-approve-token: it approves",
+        "                var/secrets/reconciler-operate-token: opens maintenance windows",
+        "                var/secrets/reconciler-destructive-token: also halts a bot (Emergency halt)",
+        "                var/secrets/reconciler-read-token: only looks",
+    ]
     config = load(str(stack.app.path))
-    assert [(t.name, t.scope) for t in config.reconciler.api_tokens] == [("desk", "approve")]
+    assert [(t.name, t.scope) for t in config.reconciler.api_tokens] == [
+        ("desk", "approve"),
+        ("operator", "operate"),
+        ("oncall", "destructive"),
+    ]
+    # Each file the banner names is that scope's token of the stack's reconciler (created when missing, mode 600).
+    app = create_app(config)
+    for scope in ("operate", "destructive"):
+        written = root / "var" / "secrets" / f"reconciler-{scope}-token"
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600
+        matched = app[keys.API_TOKENS].match(f"Bearer {written.read_text().strip()}")
+        assert matched is not None and matched.scope == scope
     # The stack's reconciler takes that token for deciding (a 404 for no such approval: past the scope check).
-    client = await aiohttp_client(create_app(config))
+    client = await aiohttp_client(app)
     headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
     answer = await client.post("/api/v1/approvals/999", json={"decision": "approve", "reason": "x"}, headers=headers)
     assert answer.status == 404, await answer.text()
@@ -840,6 +854,8 @@ WRITTEN_BY_MAKE_RUN = (
     "var/secrets/reconciler-token",
     "var/secrets/reconciler-read-token",
     "var/secrets/reconciler-approve-token",
+    "var/secrets/reconciler-operate-token",
+    "var/secrets/reconciler-destructive-token",
     "var/stack/trading-ops.yaml",
     "var/stack/prometheus/prometheus.yml",
     "var/stack/alertmanager/alertmanager.yml",

@@ -927,6 +927,8 @@ class BotRuntime:
             "venue": self.config.bot.venue,
             "pid": os.getpid(),
             "positions": {s: str(self.book.position(s)) for s in self.symbols},
+            # Each position valued at its mark, in the quote asset (what the operator console shows at stake).
+            "position_values": {s: str(self.book.notional(s).quantize(CENT)) for s in self.symbols},
             "open_orders": len(self.orders),
             "orders_outcome_unknown": sum(not o.venue_order_id for o in self.orders.values()),
             "adopted_orders": len(oe.external_orders),

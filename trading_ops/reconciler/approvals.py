@@ -152,6 +152,11 @@ class ApprovalStore:
         """Newest first; with their episode's alert name and state."""
         return self._select(AP.c.status == status if status else None, limit=limit)
 
+    def pending_count(self) -> int:
+        """How many wait for a decision (the operator console's navigation shows it)."""
+        with self.ledger.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(AP).where(AP.c.status == PENDING)).scalar_one())
+
     def of_episode(self, episode_id: int, limit: int = 100) -> list[dict[str, Any]]:
         """An episode's approvals, newest first (the operator console's episode page)."""
         return self._select(AP.c.episode_id == episode_id, limit=limit)

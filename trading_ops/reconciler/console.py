@@ -35,6 +35,7 @@ from aiohttp import web
 
 from trading_ops import http_input
 from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR
+from trading_ops.clients.alertmanager import AlertmanagerError
 from trading_ops.db.base import utcnow
 from trading_ops.durations import parse_duration
 from trading_ops.http_guard import API_HEADERS
@@ -42,6 +43,7 @@ from trading_ops.ops.maintenance import ACTIVE, Maintenance, MaintenanceError, p
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.bot import target_token
 from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal, attribution
+from trading_ops.reconciler.console_text import absolute, amount, as_utc, number, outcome, quantity, quote_of, relative
 from trading_ops.reconciler.ledger import StoredSession
 from trading_ops.reconciler.login_throttle import LoginThrottle, LoginThrottleCollector
 from trading_ops.reconciler.own_pages import own_alerts
@@ -57,9 +59,12 @@ LOGIN_COOKIE = "tradingops_console_login"
 # oldest go: logins with one token never end another token's sessions).
 SESSION_SECONDS = 12 * 3600.0
 MAX_SESSIONS_PER_TOKEN = 10
-STATUS_TIMEOUT = aiohttp.ClientTimeout(total=3)
+STATUS_SECONDS = 3.0
+STATUS_TIMEOUT = aiohttp.ClientTimeout(total=STATUS_SECONDS)
 HALT_TIMEOUT = aiohttp.ClientTimeout(total=10)
 MAX_FORM_BYTES = 16 * 1024
+# Alert severities the fleet page colours (others are shown plain).
+SEVERITIES = ("critical", "warning", "info")
 LIST_LIMIT = 100
 # A bot's status as the fleet shows it: positions listed at most, and a heartbeat age past any real one (a century).
 MAX_POSITIONS = 50
@@ -96,6 +101,8 @@ class Session:
     flash: list[tuple[str, str]] = field(default_factory=list)
     shown: int = 0
     added: list[tuple[str, str]] = field(default_factory=list)
+    # Approvals waiting for a decision (the navigation's count).
+    pending: int = 0
 
 
 def token_hash(token: Token) -> str:
@@ -209,17 +216,29 @@ NAV = (("fleet", "/", "Fleet"), ("episodes", "/episodes", "Episodes"), ("approva
        ("maintenance", "/maintenance", "Maintenance"))  # fmt: skip
 
 
+def nav_label(key: str, label: str, session: Session) -> str:
+    """A link's text; Approvals with the count of those waiting for a decision."""
+    if key != "approvals" or not session.pending:
+        return label
+    waiting = f"{session.pending} waiting for a decision"
+    return f'{label} <span class="count" title="{waiting}" aria-label="{waiting}">{session.pending}</span>'
+
+
 def layout(title: str, body: str, session: Session | None = None, current_nav: str = "", refresh: bool = False) -> str:
+    """The page: a header with the navigation (one line, also on a phone) and, apart from it, who is logged in."""
     nav = ""
     if session is not None:
         links = "".join(
-            f'<a href="{PREFIX}{path}"{" aria-current=page" if key == current_nav else ""}>{label}</a>'
+            f'<a href="{PREFIX}{path}"{" aria-current=page" if key == current_nav else ""}>'
+            f"{nav_label(key, label, session)}</a>"
             for key, path, label in NAV
         )
         nav = (
-            f'<nav>{links}<span class="who">{h(session.token.name)} <small>({h(session.token.scope)})</small></span>'
+            f"<nav>{links}</nav>"
+            f'<div class="account"><span class="who">{h(session.token.name)} '
+            f"<small>({h(session.token.scope)})</small></span>"
             f'<form method="post" action="{PREFIX}/logout" class="inline">{csrf_field(session)}'
-            '<button type="submit" class="link">Log out</button></form></nav>'
+            '<button type="submit" class="link">Log out</button></form></div>'
         )
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -251,12 +270,27 @@ def flash(session: Session) -> str:
     return shown
 
 
-def when(value: datetime | str | None) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, str):
-        return h(value)
-    return f'<time datetime="{h(value.isoformat())}">{h(value.strftime("%Y-%m-%d %H:%M:%S"))}Z</time>'
+def when(value: datetime | str | None, now: datetime | None = None) -> str:
+    """A time in the console's one format: `2026-11-26 20:58:30 UTC`, and beside it how far from now
+    (`in 12 min`, `3 min ago`)."""
+    at = as_utc(value)
+    if at is None:
+        return "-" if value is None or value == "" else h(value)
+    rel = relative(at, now or utcnow())
+    return f'<time datetime="{h(at.isoformat())}">{h(absolute(at))}</time> <span class="rel">({h(rel)})</span>'
+
+
+def said(detail: str | None, now: datetime | None = None) -> str:
+    """An outcome's detail in words; the PromQL behind it (if any) in a <details>."""
+    told = outcome(detail, now)
+    if not told.query:
+        return h(told.words)
+    source = f" (the expression from {h(told.source)})" if told.source else ""
+    return (
+        f'{h(told.words)} <details class="query"><summary>Query</summary><pre>{h(told.query)}</pre>'
+        f'<p class="hint">Asked of Prometheus after the action{source}: no result means the condition is gone.</p>'
+        "</details>"
+    )
 
 
 def badge(text: str) -> str:
@@ -359,6 +393,7 @@ def page(view: View) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         session = await current(request)
         if session is None:
             return redirect(f"{PREFIX}/login")
+        session.pending = await asyncio.to_thread(request.app[keys.ENGINE].approvals.pending_count)
         response = await view(request, session)
         await keep_flash(request, session)
         return response
@@ -418,17 +453,77 @@ async def bot_status(app: web.Application, bot: str) -> dict[str, Any]:
         return {"error": f"no answer ({type(exc).__name__})"}
 
 
+def bot_names(app: web.Application) -> dict[str, str]:
+    """Each target's name (configuration `bots[]`: instance -> name); a target of reconciler.targets is its own name."""
+    return {b.instance: b.name for b in app[keys.CONFIG].bots}
+
+
+def bot_name(names: dict[str, str], target: str) -> str:
+    """A bot as the console names it: its name, its instance beside it (small) when that differs."""
+    name = names.get(target, target)
+    return h(name) if name == target else f'{h(name)} <small class="instance">{h(target)}</small>'
+
+
+def held(status: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The positions a bot's status lists that are not flat: (symbol, size, value in the quote asset or None)."""
+    listed = status.get("positions")
+    values = status.get("position_values")
+    values = values if isinstance(values, dict) else {}
+    if not isinstance(listed, dict):
+        return []
+    out = []
+    for symbol, size in list(listed.items())[:MAX_POSITIONS]:
+        q = number(size)
+        if q is None:
+            raise ValueError(f"position {str(symbol)[:40]} is {str(size)[:40]}")
+        if q:
+            out.append((str(symbol), q, number(values.get(symbol))))
+    return out
+
+
 def positions(status: dict[str, Any]) -> str:
-    held = status.get("positions")
-    if not isinstance(held, dict):
+    """A bot's open positions and what each is worth at the mark: `ETH-USD -0.4065 (worth -1,234.56 USD)`."""
+    if not isinstance(status.get("positions"), dict):
         return "-"
-    open_ = {k: v for k, v in list(held.items())[:MAX_POSITIONS] if str(v) not in ("0", "0.0", "")}
-    return ", ".join(f"{h(k)} {h(v)}" for k, v in open_.items()) or "flat"
+    shown = []
+    for symbol, size, value in held(status):
+        worth = "" if value is None else f' <span class="worth">(worth {amount(value)} {h(quote_of(symbol))})</span>'
+        shown.append(f"{h(symbol)} {h(quantity(size))}{worth}")
+    return ", ".join(shown) or "flat"
+
+
+def loss_today(status: dict[str, Any]) -> str:
+    """The day's loss (realized and unrealized) beside the bot's daily loss limit; "" when the status does not say."""
+    realized, unrealized = number(status.get("realized_pnl_today")), number(status.get("unrealized_pnl"))
+    if realized is None or unrealized is None:
+        return ""
+    limits = status.get("risk_limits")
+    limit = number(limits.get("daily_loss")) if isinstance(limits, dict) else None
+    loss = -(realized + unrealized)
+    text = amount(loss) if loss > 0 else f"none (up {amount(-loss)})"
+    if limit:
+        text += f" (limit {amount(limit)})"
+        if loss >= limit:
+            text += ' <strong class="breach">breached</strong>'
+    return text
+
+
+def stakes(status: dict[str, Any]) -> str:
+    """What a bot has at stake, as <dt>/<dd> rows: the day's loss against its limit, the positions and their value,
+    open orders. ValueError, TypeError or OverflowError for a status that is not one."""
+    rows = []
+    if loss := loss_today(status):
+        rows.append(f"<dt>Loss today</dt><dd class=loss>{loss}</dd>")
+    rows.append(f"<dt>Positions</dt><dd class=positions>{positions(status)}</dd>")
+    orders = status.get("open_orders")
+    if isinstance(orders, int) and not isinstance(orders, bool):
+        rows.append(f"<dt>Open orders</dt><dd>{orders}</dd>")
+    return "".join(rows)
 
 
 def status_detail(status: dict[str, Any]) -> tuple[str, str]:
     """The state badge and the facts of a bot's `status` answer; ValueError, TypeError or OverflowError for an
-    answer that is not one (fleet_card then shows the bot as unknown)."""
+    answer that is not one (bot_card then shows the bot as unknown)."""
     if "error" in status:
         return badge("unknown"), f'<dt>Status</dt><dd class="problem">{h(status["error"])}</dd>'
     state = status.get("state", "?")
@@ -443,12 +538,31 @@ def status_detail(status: dict[str, Any]) -> tuple[str, str]:
         beat = f"{seconds:.1f} s ago"
     return badge(state[:40]), (
         f"<dt>Reason</dt><dd>{h(str(status.get('state_reason') or '-')[:500])}</dd>"
-        f"<dt>Last heartbeat</dt><dd>{h(beat)}</dd>"
-        f"<dt>Positions</dt><dd class=positions>{positions(status)}</dd>"
+        f"<dt>Last heartbeat</dt><dd>{h(beat)}</dd>{stakes(status)}"
     )
 
 
-def bot_card(bot: str, status: dict[str, Any], opened: int, asks: int, until: Any, session: Session) -> str:
+@dataclass
+class BotView:
+    """What the fleet page knows of one bot besides its status: open episodes, approvals waiting, firing alerts, and
+    until when its circuit is open."""
+
+    opened: int = 0
+    asks: int = 0
+    alerts: int = 0
+    until: Any = None
+
+
+def unhandled(status: dict[str, Any], view: BotView) -> bool:
+    """Halted (or kept from trading) with a position, and no open episode or approval about it: a person must act."""
+    try:
+        blocked = status.get("state") == "halted" or status.get("trading_allowed") is False
+        return blocked and bool(held(status)) and not view.opened and not view.asks
+    except (ValueError, TypeError, OverflowError):
+        return False
+
+
+def bot_card(bot: str, name: str, status: dict[str, Any], view: BotView, session: Session) -> str:
     """One bot on the fleet page. Whatever its `status` answered, the card is drawn (the page holds every bot's
     emergency halt): an answer that cannot be read shows the bot as unknown, saying why."""
     try:
@@ -457,46 +571,106 @@ def bot_card(bot: str, status: dict[str, Any], opened: int, asks: int, until: An
         log.warning("console: status of %s not shown: %s", bot, exc)
         state = badge("unknown")
         detail = f'<dt>Status</dt><dd class="problem">{h(f"status answered what is not a status ({exc})")}</dd>'
-    episodes_link = f'<a href="{PREFIX}/episodes?target={h(bot)}">{opened} open</a>'
-    breaker = f"open until {when(until)}" if until else "closed"
-    halt = (
-        f'<a class="button danger" href="{PREFIX}/bots/{h(bot)}/halt">Emergency halt</a>'
-        if session.token.allows(DESTRUCTIVE)
+    episodes_link = f'<a href="{PREFIX}/episodes?target={h(bot)}">{view.opened} open</a>'
+    breaker = f"open until {when(view.until)}" if view.until else "closed"
+    if session.token.allows(DESTRUCTIVE):
+        halt = f'<a class="button danger" href="{PREFIX}/bots/{h(bot)}/halt">Emergency halt</a>'
+    else:
+        halt = f'<p class="hint">Emergency halt: needs the destructive scope (yours: {h(session.token.scope)}).</p>'
+    approvals_link = f'<a href="{PREFIX}/approvals">{view.asks} waiting</a>' if view.asks else "none waiting"
+    alerts = f'<a href="#alerts">{view.alerts} firing</a>' if view.alerts else "none firing"
+    warning = (
+        '<p class="problem" role="alert">Kept from trading with a position open, and no episode or approval is '
+        "handling it: decide whether to flatten it (docs/reconciler.md, Approvals) or clear the halt.</p>"
+        if unhandled(status, view)
         else ""
     )
-    approvals_link = f'<a href="{PREFIX}/approvals">{asks} waiting</a>' if asks else "none waiting"
     return (
-        f'<section class="card bot" id="bot-{h(bot)}"><h2>{h(bot)} {state}</h2><dl>{detail}'
+        f'<section class="card bot" id="bot-{h(bot)}"><h2>{bot_name({bot: name}, bot)} {state}</h2>{warning}'
+        f"<dl>{detail}<dt>Alerts</dt><dd>{alerts}</dd>"
         f"<dt>Episodes</dt><dd>{episodes_link}</dd><dt>Approvals</dt><dd>{approvals_link}</dd>"
         f"<dt>Circuit</dt><dd>{breaker}</dd></dl>{halt}</section>"
     )
 
 
+async def firing_alerts(app: web.Application) -> list[dict[str, Any]] | str:
+    """The alerts Alertmanager holds (API v2: firing, silenced or inhibited; never the Watchdog, which always fires),
+    most severe and oldest first; or why it did not say."""
+    try:
+        async with asyncio.timeout(STATUS_SECONDS):
+            answer = await app[keys.ENGINE].alertmanager.alerts(active=True)
+    except (AlertmanagerError, TimeoutError) as exc:
+        return f"Alertmanager did not answer: {str(exc) or type(exc).__name__}"[:500]
+    alerts = [
+        a
+        for a in answer
+        if isinstance(a, dict) and isinstance(a.get("labels"), dict) and a["labels"].get("alertname") != "Watchdog"
+    ]
+    rank = {"critical": 0, "warning": 1}
+    return sorted(alerts, key=lambda a: (rank.get(str(a["labels"].get("severity")), 2), str(a.get("startsAt", ""))))
+
+
+def alert_row(alert: dict[str, Any], names: dict[str, str], now: datetime) -> str:
+    labels, annotations = alert["labels"], alert.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
+    severity = str(labels.get("severity") or "none")
+    instance = labels.get("instance")
+    on = f" on {bot_name(names, str(instance))}" if instance else ""
+    state = alert.get("status", {}).get("state") if isinstance(alert.get("status"), dict) else None
+    quiet = ' <span class="badge s-silenced">silenced</span>' if state == "suppressed" else ""
+    summary = annotations.get("summary") or annotations.get("description") or ""
+    return (
+        f'<li class="row alert"><span class="badge sev sev-{h(severity if severity in SEVERITIES else "other")}">'
+        f"{h(severity[:20])}</span> <strong>{h(labels.get('alertname'))}</strong>{on}{quiet}"
+        f'<div class="meta">{h(str(summary)[:300])} · firing since {when(alert.get("startsAt"), now)}</div></li>'
+    )
+
+
+def alerts_section(alerts: list[dict[str, Any]] | str, names: dict[str, str], now: datetime) -> str:
+    if isinstance(alerts, str):
+        listed = f'<p class="problem">{h(alerts)}</p>'
+    elif alerts:
+        listed = f'<ul class="list">{"".join(alert_row(a, names, now) for a in alerts[:LIST_LIMIT])}</ul>'
+    else:
+        listed = "<p>None (the Watchdog aside, which always fires).</p>"
+    count = f" ({len(alerts)})" if isinstance(alerts, list) and alerts else ""
+    return f'<section class="alerts" id="alerts"><h2>Firing alerts{count}</h2>{listed}</section>'
+
+
 async def fleet(request: web.Request, session: Session) -> web.StreamResponse:
     app = request.app
     targets = sorted(app[keys.CONFIG].reconciler.targets)
+    names = bot_names(app)
     ledger = app[keys.LEDGER]
     now = utcnow()
-    statuses, open_by, circuits, waiting = await asyncio.gather(
+    statuses, open_by, circuits, waiting, alerts = await asyncio.gather(
         asyncio.gather(*(bot_status(app, b) for b in targets)),
         asyncio.to_thread(ledger.open_episodes_by_target),
         asyncio.to_thread(ledger.open_circuits, now),
         asyncio.to_thread(app[keys.ENGINE].approvals.recent, "pending", LIST_LIMIT),
+        firing_alerts(app),
     )
-    waiting_by: dict[str, int] = {}
+    views = {bot: BotView(opened=open_by.get(bot, 0), until=None) for bot in targets}
     for row in waiting:
-        waiting_by[row["target"]] = waiting_by.get(row["target"], 0) + 1
+        if row["target"] in views:
+            views[row["target"]].asks += 1
+    for alert in alerts if isinstance(alerts, list) else []:
+        if (instance := alert["labels"].get("instance")) in views:
+            views[instance].alerts += 1
     circuit = {c["target"]: c["open_until"] for c in circuits}
+    for bot, view in views.items():
+        view.until = circuit.get(bot)
     cards = [
-        bot_card(bot, status, open_by.get(bot, 0), waiting_by.get(bot, 0), circuit.get(bot), session)
+        bot_card(bot, names.get(bot, bot), status, views[bot], session)
         for bot, status in zip(targets, statuses, strict=True)
     ]
     if "__global__" in circuit or any(c["target"] not in targets for c in circuits):
         others = ", ".join(h(c["target"]) for c in circuits if c["target"] not in targets)
         cards.append(f'<p class="problem">Open circuits: {others}</p>')
-    body = flash(session) + ("".join(cards) or "<p>No bots configured (reconciler.targets).</p>")
-    going_on = bool(waiting) or any(open_by.get(bot, 0) for bot in targets)
-    return html_response(layout("Fleet", f'<div class="grid">{body}</div>', session, "fleet", refresh=going_on))
+    grid = "".join(cards) or "<p>No bots configured (bots, or reconciler.targets).</p>"
+    body = flash(session) + alerts_section(alerts, names, now) + f'<h2>Bots</h2><div class="grid">{grid}</div>'
+    going_on = bool(waiting) or any(v.opened for v in views.values())
+    return html_response(layout("Fleet", body, session, "fleet", refresh=going_on))
 
 
 # ---- episodes -------------------------------------------------------------------------------------------------------
@@ -506,25 +680,59 @@ async def episodes(request: web.Request, session: Session) -> web.StreamResponse
     ledger = request.app[keys.LEDGER]
     target = request.query.get("target", "")[:255]
     rows = await asyncio.to_thread(ledger.list_episodes, LIST_LIMIT, None, target or None)
+    names = bot_names(request.app)
+    now = utcnow()
     items = "".join(
         f'<li class="row"><a href="{PREFIX}/episodes/{e["id"]}"><span class="id">#{e["id"]}</span> '
-        f"<strong>{h(e['alertname'])}</strong> on {h(e['target'])}</a> {badge(e['state'])}"
-        f'<div class="meta">{when(e["received_at"])} · {h(e["rule"] or "no rule")} · {h(e["detail"] or "")}</div></li>'
+        f"<strong>{h(e['alertname'])}</strong></a> on {bot_name(names, e['target'])} {badge(e['state'])}"
+        f'<div class="meta">{when(e["received_at"], now)} · {h(e["rule"] or "no rule")}</div>'
+        + (f'<div class="outcome">{said(e["detail"], now)}</div>' if e["detail"] else "")
+        + "</li>"
         for e in rows
     )
-    title = f"Episodes of {target}" if target else "Episodes"
+    title = f"Episodes of {names.get(target, target)}" if target else "Episodes"
     body = f'<ul class="list">{items}</ul>' if items else "<p>No episodes.</p>"
     return html_response(layout(title, body, session, "episodes"))
 
 
-def approval_card(row: dict[str, Any], session: Session) -> str:
-    """One approval: what it asks, its state, and (pending, for an `approve` token) the decision forms."""
+def at_stake(status: dict[str, Any] | None) -> str:
+    """The <dt>/<dd> rows of what a pending approval's bot has at stake now (its own status), or why they are not
+    known."""
+    if status is None:
+        return ""
+    if "error" in status:
+        return f'<dt>At stake</dt><dd class="problem">unknown: the bot\'s {h(status["error"])}</dd>'
+    try:
+        state = status.get("state")
+        return (f"<dt>Bot state</dt><dd>{badge(str(state)[:40])}</dd>" if isinstance(state, str) else "") + stakes(
+            status
+        )
+    except (ValueError, TypeError, OverflowError) as exc:
+        return f'<dt>At stake</dt><dd class="problem">unknown: status answered what is not a status ({h(exc)})</dd>'
+
+
+async def statuses_of(app: web.Application, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The status of each bot a pending approval is about (what is at stake), asked at once."""
+    targets = sorted({r["target"] for r in rows if r["status"] == "pending"} & set(app[keys.CONFIG].reconciler.targets))
+    answers = await asyncio.gather(*(bot_status(app, t) for t in targets))
+    return dict(zip(targets, answers, strict=True))
+
+
+def approval_card(
+    row: dict[str, Any],
+    session: Session,
+    names: dict[str, str] | None = None,
+    status: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> str:
+    """One approval: what it asks, what is at stake (the bot's loss, positions and their value), its deadline, its
+    state, and (pending, for an `approve` token) the decision forms."""
     try:
         arguments = json.dumps(json.loads(row["arguments"]), indent=1)
     except ValueError:
         arguments = row["arguments"]
     decided = (
-        f"<dt>Decided</dt><dd>{deciders(row)} at {when(row['decided_at'])}: {h(row['reason'])}</dd>"
+        f"<dt>Decided</dt><dd>{deciders(row)} at {when(row['decided_at'], now)}: {h(row['reason'])}</dd>"
         if row["decided_by"]
         else ""
     )
@@ -545,11 +753,13 @@ def approval_card(row: dict[str, Any], session: Session) -> str:
     return (
         f'<section class="card approval" id="approval-{row["id"]}">'
         f"<h2>Approval #{row['id']} {badge(row['status'])}</h2><dl>"
+        f"<dt>Bot</dt><dd>{bot_name(names or {}, row['target'])}</dd>"
+        f"<dt>Asks for</dt><dd>step {row['position'] + 1}: {h(row['step_name'])}</dd>"
+        + (at_stake(status) if row["status"] == "pending" else "")
+        + f'<dt>Deadline</dt><dd class="deadline">{when(row["deadline"], now)}, then {h(row["on_timeout"])}</dd>'
         f'<dt>Episode</dt><dd><a href="{PREFIX}/episodes/{row["episode_id"]}">#{row["episode_id"]}</a> '
-        f"{h(row.get('alertname') or '')} on {h(row['target'])}</dd>"
-        f"<dt>Step</dt><dd>{row['position'] + 1}: {h(row['step_name'])}</dd>"
-        f"<dt>Rule</dt><dd>{h(row['rule'])}</dd>"
-        f"<dt>Deadline</dt><dd>{when(row['deadline'])} (then {h(row['on_timeout'])})</dd>{decided}</dl>"
+        f"{h(row.get('alertname') or '')}</dd>"
+        f"<dt>Rule</dt><dd>{h(row['rule'])}</dd>{decided}</dl>"
         f"<details><summary>Arguments</summary><pre>{h(arguments)}</pre></details>{forms}</section>"
     )
 
@@ -566,11 +776,15 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
     asked = await asyncio.to_thread(app[keys.ENGINE].approvals.of_episode, row["id"])
     labels = json.loads(row["labels"])
     annotations = json.loads(row["annotations"])
+    names = bot_names(app)
+    now = utcnow()
     facts = (
-        f"<dl><dt>State</dt><dd>{badge(row['state'])} {h(row['detail'] or '')}</dd>"
-        f"<dt>Target</dt><dd>{h(row['target'])}</dd><dt>Rule</dt><dd>{h(row['rule'] or '-')}</dd>"
-        f"<dt>Alert started</dt><dd>{when(row['starts_at'])}</dd><dt>Received</dt><dd>{when(row['received_at'])}</dd>"
-        f"<dt>Resolved</dt><dd>{when(row['resolved_at'])}</dd><dt>Closed</dt><dd>{when(row['closed_at'])}</dd></dl>"
+        f"<dl><dt>State</dt><dd>{badge(row['state'])} {said(row['detail'], now)}</dd>"
+        f"<dt>Bot</dt><dd>{bot_name(names, row['target'])}</dd><dt>Rule</dt><dd>{h(row['rule'] or '-')}</dd>"
+        f"<dt>Alert started</dt><dd>{when(row['starts_at'], now)}</dd>"
+        f"<dt>Received</dt><dd>{when(row['received_at'], now)}</dd>"
+        f"<dt>Resolved</dt><dd>{when(row['resolved_at'], now)}</dd>"
+        f"<dt>Closed</dt><dd>{when(row['closed_at'], now)}</dd></dl>"
         "<details><summary>Labels and annotations</summary><dl>"
         + "".join(f"<dt>{h(k)}</dt><dd>{h(v)}</dd>" for k, v in {**labels, **annotations}.items())
         + "</dl></details>"
@@ -580,25 +794,28 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
         steps = "".join(
             f'<li class="step"><div>{badge(s["outcome"] or "running")} <strong>{s["position"] + 1}. '
             f"{h(s['description'])}</strong> <small>[{h(s['risk'])}]</small></div>"
-            f'<div class="meta">{when(s["started_at"])} → {when(s["finished_at"])}</div>'
+            f'<div class="meta">{when(s["started_at"], now)} → {when(s["finished_at"], now)}</div>'
             + (f"<pre>{h(s['output'])}</pre>" if s["output"] else "")
             + "</li>"
             for s in a["steps"]
         )
         timeline.append(
             f'<li class="attempt"><h3>Attempt {a["number"]} {badge(a["outcome"] or "running")}</h3>'
-            f'<div class="meta">{when(a["started_at"])} → {when(a["finished_at"])} · {h(a["detail"] or "")}</div>'
-            f'<ol class="steps">{steps}</ol></li>'
+            f'<div class="meta">{when(a["started_at"], now)} → {when(a["finished_at"], now)}</div>'
+            + (f'<div class="outcome">{said(a["detail"], now)}</div>' if a["detail"] else "")
+            + f'<ol class="steps">{steps}</ol></li>'
         )
     pages = "".join(
-        f"<li class=row><strong>{h(p['alertname'])}</strong> · {when(p['created_at'])} · "
-        + (f"posted {when(p['posted_at'])}" if p["posted_at"] else f"not posted yet ({h(p['last_error'] or '')})")
+        f"<li class=row><strong>{h(p['alertname'])}</strong> · {when(p['created_at'], now)} · "
+        + (f"posted {when(p['posted_at'], now)}" if p["posted_at"] else f"not posted yet ({h(p['last_error'] or '')})")
         + "</li>"
         for p in row["escalation_list"]
     )
+    waiting = [a for a in asked if a["status"] == "pending"]
+    statuses = await statuses_of(app, waiting)
     body = (
         f'<section class="card">{facts}</section>'
-        + "".join(approval_card(a, session) for a in asked if a["status"] == "pending")
+        + "".join(approval_card(a, session, names, statuses.get(a["target"]), now) for a in waiting)
         + "<h2>Timeline</h2>"
         + (f'<ol class="timeline">{"".join(timeline)}</ol>' if timeline else "<p>No attempt yet.</p>")
         + (
@@ -609,8 +826,7 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
         + (f'<h2>Pages</h2><ul class="list">{pages}</ul>' if pages else "")
     )
     title = f"Episode #{row['id']}: {row['alertname']}"
-    waits = any(a["status"] == "pending" for a in asked)
-    going_on = row["closed_at"] is None and not (waits and session.token.allows(APPROVE))
+    going_on = row["closed_at"] is None and not (waiting and session.token.allows(APPROVE))
     return html_response(layout(title, flash(session) + body, session, "episodes", refresh=going_on))
 
 
@@ -625,13 +841,13 @@ def deciders(row: dict[str, Any]) -> str:
     return f'<q class="decider">{h(row["decided_by"])}</q> {via}'
 
 
-def decided_row(row: dict[str, Any]) -> str:
+def decided_row(row: dict[str, Any], now: datetime | None = None) -> str:
     who = f" by {deciders(row)}: {h(row['reason'])}" if row["decided_by"] else ""
     return (
         f'<li class="row" id="approval-{row["id"]}"><strong>#{row["id"]}</strong> {badge(row["status"])} '
         f'<a href="{PREFIX}/episodes/{row["episode_id"]}">episode #{row["episode_id"]}</a> · step '
         f"{row['position'] + 1}: {h(row['step_name'])}"
-        f'<div class="meta">{when(row["decided_at"] or row["requested_at"])}{who}</div></li>'
+        f'<div class="meta">{when(row["decided_at"] or row["requested_at"], now)}{who}</div></li>'
     )
 
 
@@ -641,12 +857,15 @@ async def approvals(request: web.Request, session: Session) -> web.StreamRespons
         asyncio.to_thread(store.recent, "pending", LIST_LIMIT), asyncio.to_thread(store.recent, None, 20)
     )
     decided = [a for a in recent if a["status"] != "pending"]
+    statuses = await statuses_of(request.app, pending)
+    names, now = bot_names(request.app), utcnow()
+    cards = "".join(approval_card(a, session, names, statuses.get(a["target"]), now) for a in pending)
     body = (
         flash(session)
         + "<h2>Pending</h2>"
-        + ("".join(approval_card(a, session) for a in pending) or "<p>Nothing waits for a decision.</p>")
+        + (cards or "<p>Nothing waits for a decision.</p>")
         + "<h2>Recent decisions</h2>"
-        + (f'<ul class="list">{"".join(decided_row(a) for a in decided)}</ul>' if decided else "<p>None yet.</p>")
+        + (f'<ul class="list">{"".join(decided_row(a, now) for a in decided)}</ul>' if decided else "<p>None yet.</p>")
     )
     going_on = bool(pending) and not session.token.allows(APPROVE)  # an approver's forms are never reloaded away
     return html_response(layout("Approvals", body, session, "approvals", refresh=going_on))
@@ -768,17 +987,19 @@ async def halt_confirm(request: web.Request, session: Session) -> web.StreamResp
     if not session.token.allows(DESTRUCTIVE):
         body = f'<p class="problem">{h(refusal("halting a bot", DESTRUCTIVE, session.token))}</p>'
         return html_response(layout(f"Halt {bot}", body, session), 403)
+    name = bot_names(request.app).get(bot, bot)
     body = flash(session) + (
-        f'<section class="card warn"><p>Halting <strong>{h(bot)}</strong> stops its trading at once: it sends no new '
+        f'<section class="card warn"><p>Halting <strong>{bot_name({bot: name}, bot)}</strong> stops its trading at '
+        "once: it sends no new "
         "orders until someone clears the halt (<code>clear_halt</code>). Open orders and positions stay as they "
         "are.</p>"
         f'<form method="post" action="{PREFIX}/bots/{h(bot)}/halt">{csrf_field(session)}'
         '<label>Reason<input name="reason" required maxlength="500"></label>'
         '<label>Your name <small>(optional)</small><input name="by" maxlength="80"></label>'
-        f'<button type="submit" class="danger">Yes, halt {h(bot)}</button> '
+        f'<button type="submit" class="danger">Yes, halt {h(name)}</button> '
         f'<a class="button" href="{PREFIX}/">Cancel</a></form></section>'
     )
-    return html_response(layout(f"Halt {bot}?", body, session, "fleet"))
+    return html_response(layout(f"Halt {name}?", body, session, "fleet"))
 
 
 async def halt(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:
@@ -791,6 +1012,7 @@ async def halt(request: web.Request, session: Session, form: dict[str, str]) -> 
     if not reason:
         return with_flash(session, f"{PREFIX}/bots/{bot}/halt", "problem", "a reason is required")
     who = decider(session, form)
+    name = bot_names(app).get(bot, bot)
     target = config.reconciler.targets[bot]
     url = f"{target.url.rstrip('/')}/control/halt"
     # The target's destructive token when it has one (target_token): halt is a destructive command.
@@ -804,9 +1026,9 @@ async def halt(request: web.Request, session: Session, form: dict[str, str]) -> 
         status, text = 0, f"no answer ({type(exc).__name__})"
     if status != 200:
         log.error("console: halt of %s by %s failed: HTTP %s %s", bot, who, status, text[:200])
-        return with_flash(session, f"{PREFIX}/", "problem", f"halt of {bot} failed: HTTP {status} {text[:200]}")
+        return with_flash(session, f"{PREFIX}/", "problem", f"halt of {name} failed: HTTP {status} {text[:200]}")
     log.warning("console: %s halted by %s: %s", bot, who, reason)
-    return with_flash(session, f"{PREFIX}/", "done", f"{bot} halted by {who}")
+    return with_flash(session, f"{PREFIX}/", "done", f"{name} halted by {who}")
 
 
 # ---- the stylesheet -------------------------------------------------------------------------------------------------

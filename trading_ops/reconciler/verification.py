@@ -13,7 +13,7 @@ from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.playbook import Rule
 from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
 from trading_ops.reconciler.steps import AttemptRun, Steps
-from trading_ops.reconciler.verify import verify
+from trading_ops.reconciler.verify import UNVERIFIED, verify, with_source
 
 log = logging.getLogger(ENGINE_LOGGER)
 
@@ -57,7 +57,7 @@ class Verification(RunPart):
 
     async def _verify(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str]:
         if not rule.verify.enabled:
-            return "clear", "steps succeeded (verification disabled by the rule)"
+            return "clear", UNVERIFIED
         found = await self._expression(episode, rule, ctx)
         if isinstance(found, str):
             return "failure", found  # fails safe: no expression, no "recovered"
@@ -85,7 +85,7 @@ class Verification(RunPart):
             scrapes=scrapes,
         )
         outcome = verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure"
-        return outcome, f"{verdict.detail} [expression from {source}]"
+        return outcome, with_source(verdict.detail, source)
 
     async def _expression(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str] | str:
         """The verification query and where it came from (playbook or prometheus_rules), or why there is none.

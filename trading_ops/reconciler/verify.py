@@ -22,6 +22,27 @@ class Verdict:
     detail: str
 
 
+# What a verdict's detail says, in these words (the operator console reads them back: console_text.outcome).
+UNVERIFIED = "steps succeeded (verification disabled by the rule)"
+
+
+def clear_detail(expr: str, resolved: bool) -> str:
+    return f"{expr} returned nothing for this alert{'; the alert resolved too' if resolved else ''}"
+
+
+def resolved_detail(last: str) -> str:
+    return f"alert resolved during verification ({last})"
+
+
+def deadline_detail(deadline: float, last: str, expr: str) -> str:
+    return f"not clear after {deadline:g}s ({last}): {expr}"
+
+
+def with_source(detail: str, source: str) -> str:
+    """A verdict's detail with where its expression came from (the playbook, or Prometheus's rules)."""
+    return f"{detail} [expression from {source}]"
+
+
 def belongs_to(series: Mapping[str, Any], alert_labels: Mapping[str, str]) -> bool:
     """Whether a result series is the alert's own: none of its labels contradicts the alert's.
 
@@ -72,14 +93,13 @@ async def verify(
                 fresh_at = max(fresh_at, scrapes.any_first_done(began))
                 scrapes = None
             if not result:
-                why = "; the alert resolved too" if was_resolved else ""
-                return Verdict("clear", f"{expr} returned nothing for this alert{why}")
+                return Verdict("clear", clear_detail(expr, was_resolved))
             last = f"{len(result)} series of this alert still match"
         remaining = end - time.monotonic()
         if was_resolved and (time.time() >= fresh_at or remaining <= 0):
-            return Verdict("resolved", f"alert resolved during verification ({last})")
+            return Verdict("resolved", resolved_detail(last))
         if remaining <= 0:
-            return Verdict("deadline", f"not clear after {deadline:g}s ({last}): {expr}")
+            return Verdict("deadline", deadline_detail(deadline, last, expr))
         polls += 1
         if was_resolved:  # resolved before the action's effect could be scraped: query once that scrape is in
             await asyncio.sleep(min(remaining, max(0.0, fresh_at - time.time())))

@@ -33,6 +33,18 @@ DEFAULT_READ_TOKEN = "var/secrets/reconciler-read-token"
 # with it. Added when the configuration has no approve token; `make run` creates it too.
 DEFAULT_APPROVE_TOKEN = "var/secrets/reconciler-approve-token"
 APPROVER = "desk"
+# Tokens of the `operate` scope (the console's maintenance windows) and of the `destructive` one (also its emergency
+# halt), named OPERATOR and ONCALL, added the same way: so every part of the console can be tried on the demo.
+DEFAULT_OPERATE_TOKEN = "var/secrets/reconciler-operate-token"
+OPERATOR = "operator"
+DEFAULT_DESTRUCTIVE_TOKEN = "var/secrets/reconciler-destructive-token"
+ONCALL = "oncall"
+# scope -> (the token's name, its file) of the console's logins `up` adds when the configuration has none of the scope.
+CONSOLE_TOKENS = {
+    "approve": (APPROVER, DEFAULT_APPROVE_TOKEN),
+    "operate": (OPERATOR, DEFAULT_OPERATE_TOKEN),
+    "destructive": (ONCALL, DEFAULT_DESTRUCTIVE_TOKEN),
+}
 # The packaged rule whose approval the demo shows (`chaos loss_spike`): the stack's playbook (fast and floor profiles)
 # lets it ask even on the shipped alert, a breached hard limit on which production's playbook acts at once.
 DEMO_APPROVAL_RULE = "loss-limit-flatten"
@@ -143,6 +155,9 @@ class AppConfig:
     freqtrade_secrets: tuple[tuple[str, Path], ...] = ()
     # The reconciler's approve-scope token (the console's login that may decide approvals); None: given by env only.
     approve_token_file: Path | None = None
+    # Its operate-scope token (maintenance windows) and destructive-scope one (also the emergency halt), the same way.
+    operate_token_file: Path | None = None
+    destructive_token_file: Path | None = None
 
     def freqtrade_secrets_file(self, variable: str) -> Path | None:
         return dict(self.freqtrade_secrets).get(variable)
@@ -409,7 +424,7 @@ def build_app_config(
     if isinstance(budgets, dict):  # else parse_config names the problem
         budgets.setdefault("max_actions_per_target_per_hour", STACK_ACTIONS_PER_TARGET_PER_HOUR)
     tokens = _wire_tokens(bot, rc, base, bot_ports[0], ports)
-    approver = _wire_approver(rc, base)
+    logins = {scope: _wire_console_token(rc, base, scope) for scope in CONSOLE_TOKENS}
     _wire_reconciler(rc, layout, ports, profile, alertmanager_peers, notes)
     gateway_token = _wire_gateway(data, base, layout, ports, notes) if bot_kind == GATEWAY_BOT_KIND else None
     freqtrade_secrets: tuple[tuple[str, Path], ...] = ()
@@ -443,7 +458,9 @@ def build_app_config(
         databases,
         tuple(notes),
         freqtrade_secrets,
-        approver,
+        logins["approve"],
+        logins["operate"],
+        logins["destructive"],
     )
 
 
@@ -542,19 +559,23 @@ def _wire_tokens(bot: dict[str, Any], rc: dict[str, Any], base: Path, bot_port: 
     return tokens
 
 
-def _wire_approver(rc: dict[str, Any], base: Path) -> Path | None:
-    """The reconciler's approve-scope token file: the configuration's (none when it gives one by environment only), or
-    DEFAULT_APPROVE_TOKEN (created when missing) added to reconciler.api_tokens as APPROVER, so the console can decide
-    the approvals the demo asks for."""
+def _wire_console_token(rc: dict[str, Any], base: Path, scope: str) -> Path | None:
+    """The reconciler's token file of `scope` (approve, operate, destructive): the configuration's (none when it gives
+    one by environment only), or CONSOLE_TOKENS' file (created when missing) added to reconciler.api_tokens under its
+    name, so the console can decide the approvals the demo asks for, open maintenance windows and halt a bot."""
     tokens = rc.setdefault("api_tokens", [])
     if not isinstance(tokens, list):
         return None  # parse_config names the problem
     for token in tokens:
-        if isinstance(token, dict) and token.get("scope") == "approve":
+        if isinstance(token, dict) and token.get("scope") == scope:
             given = token.get("token_file")
             return (base / str(given)).resolve() if given else None
-    path = ensure_token((base / DEFAULT_APPROVE_TOKEN).resolve())
-    tokens.append({"name": APPROVER, "scope": "approve", "token_file": str(path)})
+    name, default = CONSOLE_TOKENS[scope]
+    taken = {t.get("name") for t in tokens if isinstance(t, dict)}
+    if name in taken:
+        return None  # a token of another scope has the name: the user's configuration, left as it is
+    path = ensure_token((base / default).resolve())
+    tokens.append({"name": name, "scope": scope, "token_file": str(path)})
     return path
 
 

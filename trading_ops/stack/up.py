@@ -617,7 +617,7 @@ def _banner(stack: Stack) -> list[str]:
     rows = [
         bot_row,
         ("reconciler", "reconciler", f"{ports.url('reconciler')}/api/v1/episodes"),
-        ("console", "reconciler", f"{ports.url('reconciler')}/ui/  ({_console_login(stack.app)})"),
+        ("console", "reconciler", f"{ports.url('reconciler')}/ui/  {_console_login(stack.app)}"),
         ("prometheus", "prometheus", f"{ports.url('prometheus')}/alerts"),
         *_alertmanager_rows(stack),
     ]
@@ -642,7 +642,9 @@ def _banner(stack: Stack) -> list[str]:
     out = [f"trading-ops local stack is up (profile {stack.profile.name}):"]
     width = max(BANNER_LABEL_WIDTH, *(len(label) + 1 for label, _, _ in rows))
     for label, name, url in rows:
-        out.append(f"  {label:<{width}} {url if name in running else 'not running (binary missing)'}")
+        first, *more = url.split("\n") if name in running else ["not running (binary missing)"]
+        out.append(f"  {label:<{width}} {first}")
+        out.extend(f"  {'':<{width}} {line}" for line in more)  # a row's further lines (the console's logins)
     out.append(f"  {'logs':<{width}} {layout.logs_dir}/")
     out.append(f"  {'config':<{width}} {stack.app.path}")
     command = f"{self_command()} --config {shlex.quote(str(stack.app.path))}"
@@ -667,12 +669,18 @@ def shown_path(path: Path) -> str:
 
 
 def _console_login(app: AppConfig) -> str:
-    """How to log in to the operator console: the token file that approves, and the one that only looks."""
-    read = f"{shown_path(app.read_token_file)} only looks" if app.read_token_file else ""
-    if app.approve_token_file is None:
-        return f"log in with a token of reconciler.api_tokens{'; ' + read if read else ''}"
-    approve = f"log in with the token in {shown_path(app.approve_token_file)}: it approves"
-    return f"{approve}; {read}" if read else approve
+    """How to log in to the operator console: the token files, one a line, each with what it lets a person do there
+    (the one that approves, opens maintenance windows, also halts a bot, only looks)."""
+    files = [
+        (app.approve_token_file, "it approves"),
+        (app.operate_token_file, "opens maintenance windows"),
+        (app.destructive_token_file, "also halts a bot (Emergency halt)"),
+        (app.read_token_file, "only looks"),
+    ]
+    listed = [f"{shown_path(path)}: {what}" for path, what in files if path is not None]
+    if app.approve_token_file is None and app.operate_token_file is None and app.destructive_token_file is None:
+        return "(log in with a token of reconciler.api_tokens)" + "".join(f"\n{line}" for line in listed)
+    return "(log in with the token in one of these files)" + "".join(f"\n{line}" for line in listed)
 
 
 def _freqtrade_faults(stack: Stack, command: str) -> list[str]:
