@@ -139,7 +139,11 @@ class PublicChannels:
             if quote is not None:
                 conn.send({"channel": "ticker", "type": "snapshot", "data": [self._ticker(pair, quote)]})
         elif sub.channel == "trade":
-            conn.send({"channel": "trade", "type": "snapshot", "data": self._recent_trades(pair)})
+            # Kraken's pairs always have trades to show; a pair with none sends no snapshot (an empty one crashes
+            # ccxt.pro's handler, which reads the symbol from the first trade).
+            trades = self._recent_trades(pair)
+            if trades:
+                conn.send({"channel": "trade", "type": "snapshot", "data": trades})
 
     # -- publishing -------------------------------------------------------------------------------------------
     def _subscribers(self, channel: str, symbol: str) -> list[tuple[Connection, Subscription]]:
