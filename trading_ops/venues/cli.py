@@ -18,7 +18,9 @@ def register(sub: Any) -> None:
     gateway = sub.add_parser(
         "paper-gateway",
         help="serve the paper venue through Kraken's REST API, for any ccxt client",
-        description="Point ccxt's kraken client at it: urls={'api': {'public': URL, 'private': URL}}.",
+        description="Point ccxt's kraken client at it: urls={'api': {'public': URL, 'private': URL}}; ccxt.pro's at "
+        "its WebSocket v2 too: urls['api']['ws'] = {'publicV2': ws://HOST:PORT/ws/v2, 'privateV2': "
+        "ws://HOST:PORT/ws-auth/v2}.",
     )
     gateway.add_argument("--host", default=None, help="override gateway.listen.host")
     gateway.add_argument("--port", type=int, default=None, help="override gateway.listen.port")
@@ -49,6 +51,7 @@ def run_gateway(args: argparse.Namespace, config: Config) -> int:
     from aiohttp import web
 
     from trading_ops.venues.kraken_gateway import BEARER_ROUTES, create_app, gateway_from_config
+    from trading_ops.venues.kraken_ws.server import PRIVATE_PATH, PUBLIC_PATH
     from trading_ops.webconfig import describe, secure_app, server_web_config
 
     gateway = gateway_from_config(config)  # configuration problems first
@@ -57,7 +60,22 @@ def run_gateway(args: argparse.Namespace, config: Config) -> int:
     host = args.host or listen.host
     port = listen.port if args.port is None else args.port
     scheme = web_config.scheme if web_config is not None else "http"
-    log.info("paper gateway (Kraken REST) on %s://%s:%d (%s)", scheme, host, port, describe(web_config))
+    ws = "wss" if scheme == "https" else "ws"
+    log.info(
+        "paper gateway (Kraken REST) on %s://%s:%d (%s); WebSocket v2 public %s://%s:%d%s, private %s://%s:%d%s",
+        scheme,
+        host,
+        port,
+        describe(web_config),
+        ws,
+        host,
+        port,
+        PUBLIC_PATH,
+        ws,
+        host,
+        port,
+        PRIVATE_PATH,
+    )
     app = create_app(gateway)
     secure_app(app, web_config, BEARER_ROUTES)
     ssl_context = web_config.ssl_context if web_config is not None else None

@@ -75,7 +75,7 @@ from typing import Any
 
 from aiohttp import web
 
-from trading_ops.bot.broker import BrokerEvents
+from trading_ops.bot.broker import BrokerEvents, Quote
 from trading_ops.config import GATEWAY_MAIN_ACCOUNT, Config, ConfigError, resolve_secret
 from trading_ops.http_guard import guard
 from trading_ops.http_input import InputError, read_body, read_json_object
@@ -95,6 +95,8 @@ from trading_ops.venues.kraken_api import (
 from trading_ops.venues.kraken_auth import KrakenAuth
 from trading_ops.venues.kraken_faults import FAULTS, FaultError, GatewayFaults
 from trading_ops.venues.kraken_market import MarketData
+from trading_ops.venues.kraken_ws.faults import WS_FAULTS, StreamFaultError
+from trading_ops.venues.kraken_ws.server import PRIVATE_PATH, PUBLIC_PATH, KrakenWebSocket
 
 LOG = logging.getLogger(__name__)
 
@@ -159,6 +161,10 @@ class KrakenGateway:
         self.account = AccountEndpoints(self.pairs, self.faults)
         self.call_counter = call_counter  # Kraken's REST call counter per key (trading_ops.venues.call_counter)
         self.calls: dict[str, int] = {}  # answered calls per method (what a test counts)
+        # Kraken's Spot WebSocket v2 on the same market and accounts (trading_ops.venues.kraken_ws).
+        self.websocket = KrakenWebSocket(
+            venue, self.accounts, self.pairs, self.account, self.fault_model, self.faults.check_service, call_counter
+        )
         self._task: asyncio.Task[None] | None = None
         self._public: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {
             "Time": self.market.time,
@@ -199,10 +205,14 @@ class KrakenGateway:
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.venue.connect(BrokerEvents(on_quote=self.market.on_quote))
-        for sub in self._subaccounts:
-            await sub.connect(BrokerEvents())  # nobody listens: its clients poll
+        for name, account in self.accounts.items():
+            # Each account's orders and fills go to its private WebSocket subscribers; the main venue's quotes are
+            # the market (REST's and the public WebSocket's).
+            on_order, on_fill = self.websocket.account_events(name, account)
+            on_quote = self._on_quote if account is self.venue else None
+            await account.connect(BrokerEvents(on_quote=on_quote, on_order=on_order, on_fill=on_fill))
         await self._follow()
+        await self.websocket.start()
         self._task = asyncio.create_task(self._run_market(), name="paper-gateway-market")
 
     async def _run_market(self) -> None:
@@ -217,6 +227,15 @@ class KrakenGateway:
             except Exception:
                 LOG.exception("the market's tick failed")
 
+    async def _on_quote(self, quote: Quote) -> None:
+        await self.market.on_quote(quote)
+        await self.websocket.on_quote(quote)
+
+    def _websockets_token(self, api_key: str, venue: PaperVenue) -> dict[str, Any]:
+        """GetWebSocketsToken: a token for the private WebSocket, bound to the key that asked (and its account)."""
+        account = next(name for name, v in self.accounts.items() if v is venue)
+        return self.websocket.tokens.issue(api_key, account)
+
     async def _follow(self) -> None:
         if self._subaccounts:
             prices = self.venue.prices()
@@ -229,6 +248,7 @@ class KrakenGateway:
 
     async def stop(self) -> None:
         self.release_held()
+        await self.websocket.stop()
         await stop_tasks([self._task])
         for venue in self.accounts.values():
             await venue.close()
@@ -264,14 +284,26 @@ class KrakenGateway:
             if self.call_counter is not None and not self.call_counter.admit(request.headers["API-Key"], method):
                 raise KrakenError(E_RATE_LIMIT)
             handler = self._private.get(method)
-            if handler is None:
+            if method == WEBSOCKETS_TOKEN:
+                result = self._websockets_token(request.headers["API-Key"], account)
+            elif handler is None:
                 raise KrakenError(E_UNKNOWN_METHOD)
-            result = await handler(account, params)
+            else:
+                result = await handler(account, params)
         except KrakenError as exc:
             return self._error(method, exc)
         if method == "AddOrder" and await self.faults.lose_reply(request, result):
             return web.Response()  # the order is placed; its answer never arrives
         return self._answer(method, result)
+
+    async def handle_websocket(self, request: web.Request) -> web.StreamResponse:
+        """Kraken's Spot WebSocket v2, public (PUBLIC_PATH) or private (PRIVATE_PATH); refused like every request
+        while the venue is out or dropping its connections."""
+        if self.faults.dropping(request):
+            return web.Response()
+        if request.path == PRIVATE_PATH:
+            return await self.websocket.handle_private(request)
+        return await self.websocket.handle_public(request)
 
     def _answer(self, method: str, result: Any) -> web.Response:
         self.calls[method] = self.calls.get(method, 0) + 1
@@ -298,18 +330,26 @@ class KrakenGateway:
         fault = request.match_info["fault"]
         if fault == "clear_chaos":
             fault = "clear"
-        if fault not in FAULTS:
-            return web.json_response({"error": f"unknown fault; one of {', '.join(FAULTS)}"}, status=404)
+        if fault not in FAULTS and fault not in WS_FAULTS:
+            known = ", ".join((*FAULTS, *WS_FAULTS))
+            return web.json_response({"error": f"unknown fault; one of {known}"}, status=404)
         try:
             args = await read_json_object(request, MAX_BODY_BYTES)
         except InputError as exc:
             LOG.warning("fault %s refused: %s", fault, exc)
             return web.json_response({"error": exc.message}, status=exc.status)
         try:
-            answer = await self.faults.inject(fault, args)
-        except FaultError as exc:
+            if fault in WS_FAULTS:
+                answer = await self.websocket.faults.inject(fault, args)
+            else:
+                if fault == "clear":
+                    self.websocket.faults.clear()
+                answer = await self.faults.inject(fault, args)
+        except (FaultError, StreamFaultError) as exc:
             LOG.warning("fault %s refused: %s", fault, exc)
             return web.json_response({"error": str(exc)}, status=400)
+        if fault in ("outage", "drop_connection"):  # the venue's sockets drop with its REST connections
+            await self.websocket.faults.inject("ws_close", {"code": 1006})
         LOG.warning("fault injected: %s %s", fault, answer)
         return web.json_response(answer)
 
@@ -319,6 +359,7 @@ class KrakenGateway:
         return web.json_response(
             {
                 "faults": self.faults.describe(),
+                "websocket": self.websocket.faults.describe(),
                 "venue": self.venue.faults(),
                 "accounts": list(self.accounts),
             }
@@ -333,6 +374,8 @@ class KrakenGateway:
 
 
 GATEWAY = web.AppKey("gateway", KrakenGateway)
+# The private call that issues a token for the private WebSocket (Kraken's GetWebSocketsToken).
+WEBSOCKETS_TOKEN = "GetWebSocketsToken"
 # A private call's form or a fault command's arguments: far more than either takes.
 MAX_BODY_BYTES = 64 * 1024
 # Routes that check a bearer token themselves (the fault commands): a web configuration's basic auth covers the
@@ -349,6 +392,8 @@ def create_app(gateway: KrakenGateway) -> web.Application:
     app.router.add_get("/0/public/{method}", gateway.handle_public)
     app.router.add_post("/0/public/{method}", gateway.handle_public)
     app.router.add_post("/0/private/{method}", gateway.handle_private)
+    app.router.add_get(PUBLIC_PATH, gateway.handle_websocket)
+    app.router.add_get(PRIVATE_PATH, gateway.handle_websocket)
     app.router.add_get("/chaos", gateway.handle_chaos_status)
     app.router.add_post("/chaos/{fault}", gateway.handle_chaos)
     app.cleanup_ctx.append(_run_venue)
