@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from trading_ops import logsetup
 
 FIELDS = {"ts", "level", "logger", "msg"}
 
@@ -91,3 +98,107 @@ def test_json_log_turns_warnings_and_thread_crashes_into_records(tmp_path: Path)
     assert records[1]["msg"] == "uncaught exception in thread worker"
     assert "RuntimeError: thread broke" in records[1]["exc_info"]
     assert records[2]["msg"] == 'multi\nline "quoted" arg' and records[2]["symbol"] == "BTC-USDT"
+
+
+# ---- the journal's stream: "<N>" priorities per line, journald's timestamp only -----------------------------------
+
+
+# What a service logs: an INFO line, a warning, an exception with its traceback (ERROR), as a command's code does.
+LOGGING_SCRIPT = (
+    "import logging, sys\n"
+    "from trading_ops import logsetup\n"
+    "logsetup.setup('INFO', sys.argv[1])\n"
+    "log = logging.getLogger('trading_ops.bot')\n"
+    "log.info('trading BTC/USD')\n"
+    "log.warning('stream silent for %d s', 12)\n"
+    "try:\n"
+    "    raise OSError('venue unreachable')\n"
+    "except OSError:\n"
+    "    log.exception('reconciliation failed')\n"
+    "logsetup.report('trading-ops: config: bot.listen.port: not a port')\n"
+)
+
+
+def run_on_stream(tmp_path: Path, log_format: str, journal_stream: str | None) -> str:
+    """LOGGING_SCRIPT's stderr, written to a file; JOURNAL_STREAM set to `journal_stream`, where "file" stands for
+    that file's own device:inode (what systemd sets when stderr is its stream connection to journald)."""
+    err = tmp_path / "stderr"
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    with open(err, "w") as out:
+        if journal_stream is not None:
+            stat = os.fstat(out.fileno())
+            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}" if journal_stream == "file" else journal_stream
+        result = subprocess.run(
+            [sys.executable, "-c", LOGGING_SCRIPT, log_format],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, err.read_text()
+    return err.read_text()
+
+
+def test_on_the_journals_stream_every_line_carries_its_priority_and_no_timestamp(tmp_path: Path) -> None:
+    lines = run_on_stream(tmp_path, "text", "file").splitlines()
+    assert lines[:3] == [
+        "<6>INFO trading_ops.bot: trading BTC/USD",
+        "<4>WARNING trading_ops.bot: stream silent for 12 s",
+        "<3>ERROR trading_ops.bot: reconciliation failed",
+    ], lines
+    # Each line of the traceback at "err" too: journald takes every line as an entry of its own.
+    assert lines[3] == "<3>Traceback (most recent call last):", lines
+    assert lines[-2] == "<3>OSError: venue unreachable", lines
+    assert all(line.startswith("<3>") for line in lines[3:]), lines
+    assert lines[-1] == "<3>trading-ops: config: bot.listen.port: not a port"  # the CLI's one-line error
+
+
+def test_the_json_log_on_the_journals_stream_is_one_prefixed_object_per_line(tmp_path: Path) -> None:
+    records = []
+    for line in run_on_stream(tmp_path, "json", "file").splitlines():
+        found = re.match(r"<([0-7])>(\{.*\})$", line)
+        assert found, line
+        record = json.loads(found.group(2))
+        assert int(found.group(1)) == {"ERROR": 3, "WARNING": 4, "INFO": 6}[record["level"]], line
+        records.append(record)
+    assert [r["msg"] for r in records][1:] == [
+        "stream silent for 12 s",
+        "reconciliation failed",
+        "trading-ops: config: bot.listen.port: not a port",
+    ]
+    assert "OSError: venue unreachable" in records[2]["exc_info"]
+
+
+@pytest.mark.parametrize("value", [None, "1:2", "not-a-stream"], ids=["unset", "another-stream", "garbage"])
+def test_a_redirected_stderr_keeps_the_plain_lines(tmp_path: Path, value: str | None) -> None:
+    """JOURNAL_STREAM inherited by a command whose stderr goes elsewhere (`2>file` in a unit's ExecStart, a pipe):
+    the lines stay as a terminal shows them, time first."""
+    lines = run_on_stream(tmp_path, "text", value).splitlines()
+    assert not any(re.match(r"<\d>", line) for line in lines), lines
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO trading_ops.bot: trading BTC/USD$", lines[0]), lines
+    assert lines[-1] == "trading-ops: config: bot.listen.port: not a port"
+
+
+@pytest.mark.parametrize(
+    ("level", "priority"),
+    [
+        (logging.CRITICAL, 2),
+        (logging.ERROR, 3),
+        (logging.WARNING, 4),
+        (logging.INFO, 6),
+        (logging.DEBUG, 7),
+        (logging.INFO + 5, 6),  # a custom level between two: the lower one's
+        (logging.NOTSET, 7),
+    ],
+)
+def test_syslog_priority_of_each_level(level: int, priority: int) -> None:
+    assert logsetup.syslog_priority(level) == priority
+
+
+def test_the_journal_formatter_prefixes_each_line_of_a_record() -> None:
+    formatter = logsetup.formatter("text", journal=True)
+    record = logging.LogRecord("trading_ops.bot", logging.WARNING, __file__, 1, "first\nsecond %s", ("arg",), None)
+    assert formatter.format(record) == "<4>WARNING trading_ops.bot: first\n<4>second arg"
+    plain = logsetup.formatter("text", journal=False).format(record)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ WARNING trading_ops.bot: first\nsecond arg$", plain)

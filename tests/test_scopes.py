@@ -5,6 +5,7 @@ request in constant time, and the bot's control API (the library's server) answe
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -237,6 +238,30 @@ async def test_every_command_is_logged_with_the_tokens_name_and_the_peer(
         ("rec-operate", "127.0.0.1", "pause"),
         ("oncall-read", "127.0.0.1", "flatten"),
     ]
+
+
+async def test_a_commands_log_line_has_its_short_fields_never_the_whole_answer(
+    client: Any, inst: Instrumentation, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state command's line says the new state; `status` (which verification polls) has its state, not the whole
+    status; lists are their lengths, long values cut."""
+    caplog.set_level(logging.INFO, logger="trading_ops.bot.server")
+
+    async def big(_args: dict[str, Any]) -> dict[str, Any]:
+        return {"orders": [{"id": str(i)} for i in range(50)], "note": "x" * 500, "cancelled": 50}
+
+    inst.control.register("cancel_all", big)
+    assert (await post(client, "status", "oncall-read"))[0] == 200
+    assert (await post(client, "pause", "rec-operate"))[0] == 200
+    assert (await post(client, "cancel_all", "rec-destructive"))[0] == 200
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "trading_ops.bot.server"]
+    assert [level for level, _ in lines] == [logging.INFO] * 3, lines
+    status, pause, cancel = (message for _, message in lines)
+    assert status.startswith("control status by token 'oncall-read' from 127.0.0.1 ok in "), status
+    assert "{" not in status and "state=active " in status and len(status) < 320, status
+    assert re.search(r"ok in [\d.]+ ms: .*state=paused", pause), pause
+    assert "{" not in pause
+    assert cancel.endswith(f" ms: orders=[50] note={'x' * 60}… cancelled=50"), cancel
 
 
 async def test_the_single_token_keeps_every_right_and_its_callers_header(aiohttp_client: Any, tmp_path: Any) -> None:

@@ -507,6 +507,77 @@ def test_a_crash_loop_hits_the_start_limit_and_nothing_restarts_it_until_reset(d
     assert machine.show(BOT, "ActiveState")["ActiveState"] == "active"
 
 
+# ---- what the units tell systemd and journald -----------------------------------------------------------------------
+
+
+def test_journalctl_p_err_finds_the_errors_the_bot_logged_and_only_those(deployment: Deployment) -> None:
+    """The bot's lines reach journald with their priority ("<N>" per line: SyslogLevelPrefix=) and without a second
+    timestamp: a hang of its loop past heartbeat_timeout_seconds logs an ERROR, which `journalctl -p err` finds."""
+    machine = deployment.machine
+    deployment.fresh_start()
+    cursor = deployment.cursor()
+    deployment.chaos("hang_loop", seconds=HEARTBEAT_TIMEOUT * 3)  # over before the watchdog's 30 s
+
+    def errors() -> str:
+        argv = ["journalctl", "--no-pager", "-o", "cat", "-p", "err", "-u", BOT, f"--after-cursor={cursor}"]
+        return machine.run(*argv, check=False).stdout
+
+    until("an error in `journalctl -p err`", lambda: "makes no progress" in errors(), deadline=60)
+    until("the loop progressing again", lambda: "progressing again" in deployment.journal_since(cursor, BOT), 60)
+    shown = errors()
+    assert "ERROR trading_ops.bot.sdnotify: trading loop makes no progress" in shown, shown
+    assert "progressing again" not in shown  # a WARNING: not in -p err
+    argv = [
+        "journalctl",
+        "--no-pager",
+        "-o",
+        "json",
+        "-u",
+        BOT,
+        f"--after-cursor={cursor}",
+        "_PID=" + str(deployment.main_pid(BOT)),
+    ]
+    entries = [json.loads(line) for line in machine.run(*argv, check=False).stdout.splitlines() if line.strip()]
+    priorities = {e["MESSAGE"].split(" ", 1)[0]: e["PRIORITY"] for e in entries if isinstance(e.get("MESSAGE"), str)}
+    assert priorities.get("ERROR") == "3" and priorities.get("WARNING") == "4", priorities
+    for entry in entries:
+        message = entry.get("MESSAGE")
+        assert isinstance(message, str) and not re.match(r"<\d>|\d{4}-\d\d-\d\d ", message), entry
+
+
+def test_the_reconciler_unit_is_never_active_while_its_database_does_not_answer(deployment: Deployment) -> None:
+    """Type=notify: READY=1 only once the ledger answered. Drop-in: a configuration whose database cannot be opened
+    (a file in /etc/trading-ops, read-only under ProtectSystem=strict: the issue's example configuration) and a
+    RestartSec long enough to look at the failed start."""
+    machine = deployment.machine
+    machine.systemctl("stop", RECONCILER)
+    broken = deployment.root / "etc/trading-ops/broken-db.yaml"
+    data = yaml.safe_load((deployment.root / CONFIG.lstrip("/")).read_text())
+    data["database"]["url"] = "sqlite:////etc/trading-ops/ledger.db"
+    broken.write_text(yaml.safe_dump(data))
+    command = f"{VENV}/bin/trading-ops --config /etc/trading-ops/broken-db.yaml reconciler"
+    deployment.drop_in(RECONCILER, "broken-db", f"[Service]\nRestartSec=1h\nExecStart=\nExecStart={command}\n")
+    try:
+        machine.systemctl("reset-failed", RECONCILER, check=False)
+        cursor = deployment.cursor()
+        started = machine.systemctl("start", RECONCILER, check=False)
+        assert started.returncode != 0, started.stdout  # the start job failed: the process exited before READY=1
+        shown = machine.show(RECONCILER, "ActiveState", "SubState", "Type")
+        assert shown["Type"] == "notify" and shown["ActiveState"] != "active", shown
+        journal = deployment.journal_since(cursor, RECONCILER)
+        assert "database unreachable" in journal, journal
+        assert "reconciler listening" not in journal and f"Started {RECONCILER}" not in journal, journal
+    finally:
+        deployment.drop_in(RECONCILER, "broken-db", None)
+        broken.unlink()
+    # Its database back: active once ready, and ready means it answers at once.
+    machine.systemctl("reset-failed", RECONCILER, check=False)
+    machine.systemctl("start", RECONCILER)
+    assert machine.show(RECONCILER, "ActiveState")["ActiveState"] == "active"
+    assert answers(f"http://127.0.0.1:{deployment.ports.reconciler}/readyz")
+    assert "reconciler listening" in deployment.journal_since(cursor, RECONCILER)
+
+
 # ---- resources and the sandbox -----------------------------------------------------------------------------------
 
 

@@ -28,6 +28,9 @@ INSTALL_BIN = "/opt/trading-ops/.venv/bin/"
 # `systemd-analyze security` exposure, 0-100 (the command prints it /10): 1.3 is what the units rate today;
 # above 2.0 ("OK" ends at 4.9) something was dropped.
 MAX_EXPOSURE = 20
+# The units that run a bot on the runtime (its watchdog pings while the trading loop makes progress).
+BOT_UNITS = ("trading-ops-paper-bot", "trading-ops-bot@")
+TEMPLATE = REPO_ROOT / "trading_ops/bot/systemd/trading-ops-bot@.service"
 HARDENING = {
     "NoNewPrivileges": "true",
     "ProtectSystem": "strict",
@@ -80,7 +83,35 @@ def verify_problems(unit: Path) -> str:
 
 def test_the_repository_ships_units() -> None:
     names = {u.name for u in UNITS}
-    assert {"trading-ops-paper-bot.service", "trading-ops-reconciler.service"} <= names
+    assert {"trading-ops-paper-bot.service", "trading-ops-reconciler.service", TEMPLATE.name} <= names
+
+
+def test_any_bot_but_the_shipped_kinds_runs_in_an_instance_of_the_template() -> None:
+    """What the reconciler restarts for a ccxt bot (its derived `unit`) is an instance of the shipped template, the
+    polkit rule allows it, and the template keeps each instance's files apart (its name in every path)."""
+    bots = [{"name": "eth-mm", "kind": "ccxt", "instance": "10.0.1.21:9101", "url": "http://10.0.1.21:9101"}]
+    (target,) = parse_config({"bots": bots}).reconciler.targets.values()
+    assert target.unit == "trading-ops-bot@eth-mm.service"
+    rule = (REPO_ROOT / "trading_ops/reconciler/systemd/50-trading-ops-reconciler.rules").read_text()
+    assert "bot@" in rule
+    service = parse_unit(TEMPLATE.read_text())["Service"]
+    assert service["Type"] == ["notify"] and service["WatchdogSec"]
+    for key in ("WorkingDirectory", "ExecStart", "ExecStartPre", "ReadWritePaths"):
+        assert all("%i" in value for value in service[key]), key
+    assert service["ExecStart"] == [
+        "/opt/trading-ops/.venv/bin/python /opt/trading-ops/bots/%i.py /etc/trading-ops/bots/%i.yaml"
+    ]
+    assert service["StateDirectory"][-1].split()[-1] == "trading-ops/bots/%i"
+
+
+def test_the_template_rates_ok_as_an_instance_too(tmp_path: Path) -> None:
+    """`systemd-analyze security` of an instance (what runs), not only of the template file."""
+    copy = installed_copy(TEMPLATE, tmp_path)
+    instance = copy.rename(tmp_path / "trading-ops-bot@eth-mm.service")
+    assert verify_problems(instance) == ""
+    result = run_binary("systemd-analyze", "security", "--offline=true", f"--threshold={MAX_EXPOSURE}", instance)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert re.search(r"trading-ops-bot@eth-mm\.service: \d+\.\d OK", result.stdout), result.stdout[-300:]
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=unit_id)
@@ -125,7 +156,7 @@ def test_service_stops_a_crash_loop_and_bounds_its_resources(unit: Path) -> None
     assert int(unit_section["StartLimitBurst"][-1]) >= 1
     if service.get("Type", ["simple"])[-1] != "oneshot":
         assert service.get("Restart") == ["on-failure"]
-    if service.get("Type", ["simple"])[-1] == "notify" and unit.name.startswith("trading-ops-paper-bot"):
+    if service.get("Type", ["simple"])[-1] == "notify" and unit.name.startswith(BOT_UNITS):
         assert "WatchdogSec" in service  # the bot pings only while its trading loop makes progress
     assert "MemoryMax" in service and "LimitNOFILE" in service
     for key, value in HARDENING.items():

@@ -119,7 +119,7 @@ def _run(argv: Sequence[str] | None) -> int:
             else load_config(args.config, must_exist=args.config is not None)
         )
     except ConfigError as exc:
-        print(f"trading-ops: config: {exc}", file=sys.stderr)
+        logsetup.report(f"trading-ops: config: {exc}")
         return EXIT_USAGE
     setup_logging(config, args.log_level)
     try:

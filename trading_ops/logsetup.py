@@ -1,12 +1,24 @@
-"""Logging of every command on stderr: text lines, or one JSON object per line with exceptions inside it."""
+"""Logging of every command on stderr: text lines, or one JSON object per line with exceptions inside it; under
+systemd each line with its syslog priority for the journal."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+from collections.abc import Mapping
+from typing import IO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# On the journal's stream (a service's stderr under systemd) journald stamps each line itself: no second time.
+JOURNAL_TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# journald reads a leading "<N>" on a line as its syslog priority (sd-daemon(3); SyslogLevelPrefix= is on by
+# default) and stores the line without it, so `journalctl -p err` finds the errors. Python's levels to syslog's:
+# CRITICAL crit, ERROR err, WARNING warning, INFO info, DEBUG debug (a custom level takes the next one down).
+SYSLOG_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+SYSLOG_DEBUG = 7
+SYSLOG_ERR = 3
 # The fields of a JSON line, from the LogRecord attributes they are renamed from; `extra=` keys follow them, the
 # traceback of a logged exception is `exc_info` (a string), the time `ts` (ISO 8601, UTC).
 JSON_FORMAT = "{levelname}{name}{message}"
@@ -16,6 +28,45 @@ JSON_TIMESTAMP_FIELD = "ts"
 QUIET_LOGGERS = ("alembic.runtime.plugins",)
 
 log = logging.getLogger("trading_ops")
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a Python log level (journald's PRIORITY=)."""
+    return next((priority for level, priority in SYSLOG_PRIORITIES if levelno >= level), SYSLOG_DEBUG)
+
+
+def journal_stream(stream: IO[str] | None = None, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `stream` (stderr) is connected to the journal: systemd sets $JOURNAL_STREAM to that connection's
+    "device:inode" (systemd.exec(5)), which a redirection (`2>file`, a pipe) no longer matches."""
+    env = os.environ if environ is None else environ
+    device, sep, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    if not (sep and device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        stat = os.fstat((sys.stderr if stream is None else stream).fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a StringIO, a closed stream)
+        return False
+    return stat.st_dev == int(device) and stat.st_ino == int(inode)
+
+
+class JournalFormatter(logging.Formatter):
+    """`inner`'s text with the record's "<N>" priority before every line of it (a traceback's lines too: journald
+    takes each line as an entry of its own)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
+def formatter(fmt: str, journal: bool) -> logging.Formatter:
+    """The formatter of `fmt` (text or json), for the journal's stream when `journal`."""
+    if fmt == "json":
+        return JournalFormatter(json_formatter()) if journal else json_formatter()
+    return JournalFormatter(logging.Formatter(JOURNAL_TEXT_FORMAT)) if journal else logging.Formatter(TEXT_FORMAT)
 
 
 def json_formatter() -> logging.Formatter:
@@ -28,7 +79,7 @@ def setup(level: str, fmt: str) -> None:
     """Configure the root logger on stderr; in JSON, warnings and threads' uncaught exceptions become records too,
     so that every line on stderr is one JSON object."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(formatter(fmt, journal_stream()))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
@@ -49,12 +100,14 @@ def json_enabled() -> bool:
         return False
     from pythonjsonlogger.json import JsonFormatter
 
-    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+    formatters = (getattr(h.formatter, "inner", h.formatter) for h in logging.getLogger().handlers)
+    return any(isinstance(f, JsonFormatter) for f in formatters)
 
 
 def report(line: str) -> None:
-    """The CLI's one-line error: as it is on a terminal, or as one JSON record when the log is JSON."""
+    """The CLI's one-line error: as it is on a terminal (with the priority "err" on the journal's stream), or as
+    one JSON record when the log is JSON."""
     if json_enabled():
         log.error(line)
     else:
-        print(line, file=sys.stderr)
+        print(f"<{SYSLOG_ERR}>{line}" if journal_stream() else line, file=sys.stderr)

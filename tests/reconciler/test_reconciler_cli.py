@@ -6,9 +6,11 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ import pytest
 import yaml
 from alertmanager_server import Alertmanager
 from fake_bot import FakeBot, bot_targets
+from ports import free_port
 from reconciler_server import AUTH, READ_AUTH, READ_TOKEN, TOKEN, make_config, write_playbook
 from webhook_payloads import alert, payload, starts
 
@@ -540,3 +543,86 @@ def test_playbook_route_prints_the_rule_and_steps_for_an_alert_name() -> None:
     assert unknown.returncode == 0 and "no rule matches: recorded as skipped" in unknown.stdout
     bad = run_cli("playbook", "route", "--alertname", "X", "--label", "novalue")
     assert bad.returncode == 2 and bad.stderr.strip() == "trading-ops: --label 'novalue' is not KEY=VALUE"
+
+
+# ---- Type=notify: READY=1 once the ledger answers and the socket listens, never before --------------------------
+
+
+def serve_under_notify(tmp_path: Path, db_url: str, port: int) -> tuple[subprocess.Popen[str], socket.socket]:
+    """`trading-ops reconciler` as its systemd unit runs it: NOTIFY_SOCKET names a datagram socket of the test's."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(0.1)
+    config = config_file(tmp_path, db_url, listen={"host": "127.0.0.1", "port": port}, check_silences=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    proc = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "--config", config, "reconciler"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    return proc, sock
+
+
+def notifications(sock: socket.socket) -> list[str]:
+    received = []
+    while True:
+        try:
+            received.append(sock.recv(4096).decode())
+        except (TimeoutError, BlockingIOError):
+            return received
+
+
+def test_the_reconciler_tells_systemd_it_is_ready_only_once_its_ledger_answers(
+    tmp_path: Path, migrated_sqlite: str
+) -> None:
+    port = free_port()
+    proc, sock = serve_under_notify(tmp_path, migrated_sqlite, port)
+    try:
+        received: list[str] = []
+        end = time.monotonic() + 60
+        while not any(m.startswith("READY=1") for m in received):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < end, "no READY=1 within 60 s"
+            received += notifications(sock)
+        # Ready means serving: the port answers at once, and the ledger too.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            assert response.status == 200
+        ready = next(m for m in received if m.startswith("READY=1")).splitlines()
+        assert f"STATUS=listening on 127.0.0.1:{port}" in ready and f"MAINPID={proc.pid}" in ready
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stderr
+        assert any(m.startswith("STOPPING=1") for m in notifications(sock))
+        assert f"reconciler listening on http://127.0.0.1:{port}" in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "not-migrated"])
+def test_a_reconciler_whose_database_does_not_answer_never_says_ready(
+    tmp_path: Path, sqlite_url: str, problem: str
+) -> None:
+    """What left the unit `active` (Type=exec) for a second before it failed: no READY=1, no "listening" line, the
+    one-line error, exit 1 (2 for missing tables: a step of the install is missing)."""
+    # A PostgreSQL that is not there (nothing listens on port 1): refused at once.
+    url = "postgresql+psycopg://trading@127.0.0.1:1/trading" if problem == "unreachable" else sqlite_url
+    proc, sock = serve_under_notify(tmp_path, url, free_port())
+    try:
+        _, stderr = proc.communicate(timeout=60)
+        assert notifications(sock) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+    assert "reconciler listening" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    if problem == "unreachable":
+        assert proc.returncode == 1 and "database unreachable" in last, stderr
+    else:
+        assert proc.returncode == 2 and "the ledger tables are missing" in last, stderr

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from trading_ops import logsetup
 from trading_ops.bot.broker import Broker, BrokerError
 from trading_ops.bot.instance_lock import AnotherInstanceRunning
 from trading_ops.bot.risk import RiskLimits
@@ -75,9 +76,9 @@ def run(
         )
         asyncio.run(bot.run(force_exit=True))
     except ConfigError as exc:
-        print(f"{prog}: config: {exc}", file=sys.stderr)
+        logsetup.report(f"{prog}: config: {exc}")
         return EXIT_CONFIG
     except (AnotherInstanceRunning, BrokerError, OSError, OrdersLeftOpen) as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        logsetup.report(f"{prog}: {exc}")
         return EXIT_FAILURE
     return EXIT_OK

@@ -85,6 +85,10 @@ class SystemdNotifier:
         if self._task is not None:
             await stop_tasks([self._task])
             self._task = None
+        self.close_socket()
+
+    def close_socket(self) -> None:
+        """Close the socket (a process without a watchdog task: no loop needed)."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 MAX_CONTROL_BODY_BYTES = 64 * 1024
 # Commands are counted by name only when known, so a caller cannot grow the label set.
 UNKNOWN_COMMAND_LABEL = "unknown"
+# A command's answer in its log line: scalar fields only, each value and the whole cut to these lengths.
+SUMMARY_VALUE_CHARS = 60
+SUMMARY_MAX_CHARS = 200
 # Routes that check a bearer token themselves: a web configuration's basic auth covers every other route.
 BEARER_ROUTES = ("/control/",)
 
@@ -141,12 +144,14 @@ async def control_handler(request: web.Request) -> web.Response:
     result = await _run(call, args, caller)
     if isinstance(result, web.Response):
         return result
+    # Every call is logged (who did what), but the answer is the client's, not the log's: a line has its short fields
+    # only (the new state, counts), never the whole JSON (`status`, which verification polls, is most of the lines).
     log.info(
-        "control %s by %s ok in %.1f ms: %s",
+        "control %s by %s ok in %.1f ms%s",
         command,
         call.peer,
         (time.monotonic() - started) * 1000,
-        json.dumps(result, default=str)[:300],
+        result_summary(result),
         extra=fields,
     )
     return web.json_response({"ok": True, "command": command, **result}, dumps=_dumps)
@@ -208,6 +213,22 @@ async def _run(call: _Call, args: dict[str, Any], caller: Caller) -> dict[str, A
         why = "control %s by %s raised"
         return call.fail(500, "error", f"{command} failed: {exc}", why, command, peer, level=logging.ERROR)
     return result
+
+
+def result_summary(result: dict[str, Any]) -> str:
+    """A command's answer in a log line: its scalar fields as `key=value`, a list or mapping as its length, at most
+    SUMMARY_MAX_CHARS (": state=paused cancelled=3")."""
+    parts = []
+    for key, value in result.items():
+        if isinstance(value, list | tuple | dict):
+            parts.append(f"{key}=[{len(value)}]")
+        elif value is None or isinstance(value, str | int | float | bool):
+            shown = str(value)
+            parts.append(f"{key}={shown if len(shown) <= SUMMARY_VALUE_CHARS else shown[:SUMMARY_VALUE_CHARS] + '…'}")
+    text = " ".join(parts)
+    if len(text) > SUMMARY_MAX_CHARS:
+        text = text[: SUMMARY_MAX_CHARS - 1] + "…"
+    return f": {text}" if text else ""
 
 
 def _dumps(obj: Any) -> str:

@@ -168,6 +168,7 @@ def serve(args: argparse.Namespace, config: Config) -> int:
 
     from aiohttp import web
 
+    from trading_ops.bot.sdnotify import SystemdNotifier
     from trading_ops.reconciler.app import create_app, freeze_startup_heap
     from trading_ops.webconfig import WEB_CONFIG_KEY, app_ssl_context, describe
 
@@ -176,14 +177,29 @@ def serve(args: argparse.Namespace, config: Config) -> int:
     environment_for_steps(args.config)
     listen = config.reconciler.listen
     tls = app_ssl_context(app)
-    logging.getLogger(__name__).info(
-        "reconciler listening on %s://%s:%d (%s)",
-        "https" if tls is not None else "http",
-        listen.host,
-        listen.port,
-        describe(app.get(WEB_CONFIG_KEY)),
-    )
-    web.run_app(app, host=listen.host, port=listen.port, ssl_context=tls, print=None, access_log=None)
+    systemd = SystemdNotifier()
+
+    def listening(*_banner: object) -> None:
+        """run_app calls this once every startup hook ran (the ledger answered: database_ctx) and the socket listens:
+        only then is the reconciler ready, to the log and to systemd (Type=notify: a database that does not answer
+        leaves the unit activating, then failed, never active)."""
+        logging.getLogger(__name__).info(
+            "reconciler listening on %s://%s:%d (%s)",
+            "https" if tls is not None else "http",
+            listen.host,
+            listen.port,
+            describe(app.get(WEB_CONFIG_KEY)),
+        )
+        systemd.ready(f"listening on {listen.host}:{listen.port}")
+
+    async def stopping(_app: web.Application) -> None:
+        systemd.stopping("shutting down")
+
+    app.on_shutdown.append(stopping)
+    try:
+        web.run_app(app, host=listen.host, port=listen.port, ssl_context=tls, print=listening, access_log=None)
+    finally:
+        systemd.close_socket()
     return EXIT_OK
 
 
