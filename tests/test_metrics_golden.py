@@ -157,6 +157,9 @@ def drive(bot: PaperBot, clock: FakeMonotonic) -> None:
     m.pnl(-13.13, 2.5)
     m.daily_loss_limit(5_000.0)
     m.venue_error("rate_limit")
+    m.venue_request("orders", 0.012)
+    m.venue_request("market_data", 0.0042)
+    m.crashes(1)
     m.venue_error("exploded")  # not a known class: recorded as "other", the fold counted
     for duration in (0.0021, 0.0042, 0.0008):
         m.loop_iteration(duration)

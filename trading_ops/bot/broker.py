@@ -164,7 +164,8 @@ class BrokerEvents:
     `on_venue_error(error_class)` is told of every venue error the broker handles itself and never raises to a
     caller: a nonce refusal it retried, a submit whose lost answer it resolved, a background poll that failed, a
     stream that dropped. An error raised to the caller is the caller's to count, so each error is counted once
-    (the runtime wires it to `tradingbot_venue_errors_total`).
+    (the runtime wires it to `tradingbot_venue_errors_total`). `on_venue_request(channel, seconds)` is told of every
+    request the broker makes, each attempt of a retried one included.
     """
 
     on_order: Callable[[VenueOrder], Awaitable[None]] | None = None
@@ -172,6 +173,9 @@ class BrokerEvents:
     on_quote: Callable[[Quote], Awaitable[None]] | None = None
     on_connection: Callable[[Channel, bool], Awaitable[None]] | None = None
     on_venue_error: Callable[[str], None] | None = None
+    # Every request the broker makes to the venue's API (channel, seconds it took), answered or failed: the
+    # denominator of the API error ratio and its latency (the runtime wires it to tradingbot_venue_requests_total).
+    on_venue_request: Callable[[str, float], None] | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 

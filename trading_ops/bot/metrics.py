@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trading_ops import __version__
@@ -50,6 +50,9 @@ ACK_LATENCY_BUCKETS = (
     2.5,
     5.0,
 )
+# One request to the venue's API (REST or a stream's request): the seeds' checklist wants responses under 100 ms;
+# a venue that takes seconds is in trouble. The acknowledgement buckets, which cover both.
+REQUEST_DURATION_BUCKETS = ACK_LATENCY_BUCKETS
 # Submit to (first or last) fill: a taker fills with the ack, a resting limit order can take minutes.
 FILL_LATENCY_BUCKETS = (
     0.001,
@@ -115,6 +118,9 @@ class BotMetrics:
         "_command_failures",
         "_commands",
         "_connected",
+        "_connected_seconds",
+        "_connected_since",
+        "_crashes",
         "_connection_state",
         "_disconnects",
         "_dropped",
@@ -142,6 +148,8 @@ class BotMetrics:
         "_reconnects",
         "_refused",
         "_rejected",
+        "_request_duration",
+        "_requests",
         "_skew",
         "_submitted",
         "_unknown_outcome",
@@ -332,6 +340,28 @@ class BotMetrics:
         self._venue_errors = self._counter(
             "venue_errors", "Errors returned by the venue, by class.", ("error_class",), ("venue",)
         )
+        # Every request to the venue's API, answered or not: the denominator of the API error ratio
+        # (tradingbot_venue_errors_total over this), and each one's duration.
+        self._requests = self._counter(
+            "venue_requests",
+            "Requests made to the venue's API (REST calls, a stream's requests), answered or failed, per channel.",
+            ("channel",),
+            ("venue",),
+        )
+        duration = Histogram(
+            f"{PREFIX}_venue_request_duration_seconds",
+            "Time the venue took to answer a request (or to fail it), per channel.",
+            ["venue", "channel"],
+            buckets=REQUEST_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._request_duration = ChildCache(duration, ("channel",), (self.venue,), self.guard, "observe")
+        # Seconds connected per channel: accumulated on each change of state, the open stretch added at each
+        # scrape (a gauge sampled per scrape misses a drop between two scrapes).
+        self._connected_seconds: dict[str, float] = {}
+        self._connected_since: dict[str, float] = {}
+        # Crashes of this bot over its life, as the journal counts them (None until the bot has read it).
+        self._crashes: int | None = None
         # Counters of labels known up front start at 0 (an increase over a window that begins with the series is
         # lost to rate(), and a board's panel would read "no data" instead of "none"): every error class here, a
         # channel's reconnects and disconnects with its first state, each symbol's with known_symbols().
@@ -528,10 +558,20 @@ class BotMetrics:
         """Record the connection state of a channel; a down-to-up change counts as a reconnect."""
         previous = self._connection_state.get(channel)
         self._connection_state[channel] = connected
+        now = self._monotonic()
+        since = self._connected_since.pop(channel, None)
+        if since is not None:
+            self._connected_seconds[channel] = self._connected_seconds.get(channel, 0.0) + (now - since)
+        else:
+            self._connected_seconds.setdefault(channel, 0.0)
+        if connected:
+            self._connected_since[channel] = now
         self._connected[(channel,)](1 if connected else 0)
-        if previous is None:  # a channel this bot has: its reconnects and disconnects are exported from 0
+        if previous is None:  # a channel this bot has: its reconnects, disconnects and requests are exported from 0
             self._reconnects[(channel,)]
             self._disconnects[(channel,)]
+            self._requests[(channel,)]
+            self._request_duration[(channel,)]
         if previous is True and not connected:
             self._disconnects[(channel,)]()
         elif previous is False and connected:
@@ -550,6 +590,24 @@ class BotMetrics:
 
     def venue_error(self, error_class: ErrorClass | str) -> None:
         self._venue_errors[(error_class,)]()
+
+    def venue_request(self, channel: str, duration_seconds: float) -> None:
+        """One request to the venue's API, answered or failed, and how long it took."""
+        self._requests[(channel,)]()
+        self._request_duration[(channel,)](duration_seconds)
+
+    def connected_seconds(self) -> dict[str, float]:
+        """Seconds each channel has been connected since the bot started (the open stretch included)."""
+        now = self._monotonic()
+        totals = dict(self._connected_seconds)
+        for channel, since in list(self._connected_since.items()):
+            totals[channel] = totals.get(channel, 0.0) + (now - since)
+        return totals
+
+    def crashes(self, count: int) -> None:
+        """How many times this bot crashed over its life (runs that ended without the clean-shutdown marker), as its
+        journal counts them: set once at start, before the first scrape that should show it."""
+        self._crashes = int(count)
 
     # -- trading loop -------------------------------------------------------------------------------------
     def loop_iteration(self, duration_seconds: float) -> None:
@@ -593,12 +651,13 @@ class BotMetrics:
 
 
 class _OrderFlowCollector(Collector):
-    """Orders in flight and open per symbol, and the submission time of the oldest unacknowledged one."""
+    """Orders in flight and open per symbol, the submission time of the oldest unacknowledged one, the seconds each
+    channel has been connected and the crashes the journal counts."""
 
     def __init__(self, metrics: BotMetrics) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         m = self._metrics
         in_flight = GaugeMetricFamily(
             f"{PREFIX}_orders_in_flight",
@@ -643,3 +702,23 @@ class _OrderFlowCollector(Collector):
             # Submission times are monotonic (immune to clock steps); convert once, at scrape time.
             oldest_family.add_metric([m.venue], m._clock() - (now - oldest))
         yield oldest_family
+        connected = CounterMetricFamily(
+            f"{PREFIX}_broker_connected_seconds",
+            "Seconds the connection to the venue has been up since the bot started, per channel: the stream uptime "
+            "over a window is its increase over the window's length.",
+            labels=["venue", "channel"],
+        )
+        for channel, seconds in sorted(m.connected_seconds().items()):
+            connected.add_metric([m.venue, m.guard.peek("channel", channel)], seconds)
+        yield connected
+        # Carried over restarts (the journal's count), so its increase over a window is the crashes in it; absent
+        # until the bot has read it, so that a start never shows a jump from 0.
+        crashes = CounterMetricFamily(
+            f"{PREFIX}_crashes",
+            "Runs of this bot that ended without a clean shutdown (a crash, a kill -9, a host that died), over the "
+            "bot's life as its journal counts them; a deliberate restart is not one.",
+            labels=["venue"],
+        )
+        if m._crashes is not None:
+            crashes.add_metric([m.venue], m._crashes)
+        yield crashes

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from trading_ops.db.base import make_sessionmaker, utcnow
 from trading_ops.db.models import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
@@ -79,6 +79,14 @@ class RecoveryStore:
         with self._sessions() as session:
             row = session.get(BotRun, run_id)
             return None if row is None else _record(row)
+
+    def crashed_runs(self, current_run: int | None) -> int:
+        """How many runs of this bot before `current_run` ended without the clean-shutdown marker: its crashes."""
+        with self._sessions() as session:
+            query = select(func.count(BotRun.id)).where(
+                BotRun.bot == self.bot, BotRun.id != (current_run or 0), BotRun.clean_shutdown.is_(False)
+            )
+            return int(session.scalar(query) or 0)
 
     def begin_run(self, pid: int, hostname: str) -> int:
         with self._sessions.begin() as session:

@@ -487,6 +487,8 @@ class BotRuntime:
         (past a loss limit: halted), reconcile (the safe-start gate), then trade. Returns the bound port of the HTTP
         server."""
         self.crash = await self.heartbeat.begin()
+        # Before the server's first scrape: the crash count is carried over restarts, never seen jumping from 0.
+        self.metrics.crashes(await self.journal.call(self.recovery_store.crashed_runs, self.heartbeat.run_id))
         crash_orders: list[dict[str, str]] = []
         crash_positions: dict[str, str] = {}
         if self.crash is not None:  # what the journal held at the crash, before reconciliation changes it
@@ -507,6 +509,7 @@ class BotRuntime:
             on_quote=oe.on_quote,
             on_connection=self.schedule.on_connection,
             on_venue_error=self.metrics.venue_error,  # what the broker handled itself (retried, resolved, polled)
+            on_venue_request=self.metrics.venue_request,
         )
         await self.broker.connect(events)
         # Before the venue ticks on and before the loop may trade: the journal must agree with the venue.

@@ -113,6 +113,15 @@ class AlertmanagerClient:
                 return silence
         return None
 
+    async def config_text(self) -> str:
+        """GET /api/v2/status: the configuration the member runs, as its YAML text."""
+        status = await self._request("GET", "status") or {}
+        config = status.get("config") if isinstance(status, dict) else None
+        text = config.get("original") if isinstance(config, dict) else None
+        if not isinstance(text, str):
+            raise AlertmanagerError("GET status: no configuration in the answer")
+        return text
+
     async def alerts(self, active: bool = True) -> list[dict[str, Any]]:
         return list(await self._request("GET", f"alerts?active={'true' if active else 'false'}") or [])
 

@@ -84,6 +84,17 @@ class PrometheusClient:
             return [{"value": result}]
         return list(result or [])
 
+    async def retention_seconds(self) -> float | None:
+        """GET /api/v1/status/runtimeinfo: how long the member keeps samples (its time retention), or None when it
+        keeps them by size only."""
+        info = await self._get("/api/v1/status/runtimeinfo", {}, "runtime information")
+        for part in str(info.get("storageRetention") or "").split(" or "):
+            try:
+                return parse_duration(part.strip())
+            except ValueError:
+                continue
+        return None
+
     async def rules(self) -> list[dict[str, Any]]:
         """GET /api/v1/rules: every alerting and recording rule of every group, as Prometheus loaded them."""
         groups = (await self._get("/api/v1/rules", {}, "rules")).get("groups") or []

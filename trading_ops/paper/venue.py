@@ -46,13 +46,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from trading_ops.bot.broker import (
     Broker,
@@ -94,6 +96,29 @@ FAILING_QUERY = "fail_query"
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _request(channel: Channel) -> Callable[[Method], Method]:
+    """A Broker method that is one request to the venue: told to BrokerEvents.on_venue_request with how long it
+    took, answered or failed (the API error ratio's denominator, as a real venue's REST call is)."""
+
+    def wrap(method: Method) -> Method:
+        @functools.wraps(method)
+        async def timed(self: PaperVenue, *args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return await method(self, *args, **kwargs)
+            finally:
+                report = self._events.on_venue_request
+                if report is not None:
+                    report(channel.value, time.monotonic() - started)
+
+        return cast(Method, timed)
+
+    return wrap
 
 
 class PaperVenue(Broker):
@@ -397,6 +422,7 @@ class PaperVenue(Broker):
                 if channel is Channel.MARKET_DATA:
                     await self._send_snapshots(self.symbols)
 
+    @_request(Channel.MARKET_DATA)
     async def resubscribe(self, symbols: list[str] | None = None) -> None:
         self._require(Channel.MARKET_DATA)
         targets = self.symbols if symbols is None else symbols
@@ -424,6 +450,7 @@ class PaperVenue(Broker):
         self.book.check_new_id(request.client_order_id)
         return quantity, price
 
+    @_request(Channel.ORDERS)
     async def submit(self, request: OrderRequest) -> VenueOrder:
         self._require(Channel.ORDERS)
         self._spend_token()
@@ -447,6 +474,7 @@ class PaperVenue(Broker):
             )
         return dataclasses.replace(order)
 
+    @_request(Channel.ORDERS)
     async def cancel(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
         self._require(Channel.ORDERS)
         self._spend_token()
@@ -464,6 +492,7 @@ class PaperVenue(Broker):
     def has_dead_man_switch(self) -> bool:
         return True
 
+    @_request(Channel.ORDERS)
     async def cancel_all_orders_after(self, timeout: int) -> tuple[datetime, datetime | None]:
         """Kraken's dead man's switch: every open order of the account is canceled `timeout` seconds from now unless
         a later call pushes the time back; 0 disarms it. Returns the venue's time and the trigger time (None:
@@ -501,6 +530,7 @@ class PaperVenue(Broker):
         LOG.warning("%s: the dead man's switch triggered: %d open orders canceled", self.venue, len(canceled))
         return canceled
 
+    @_request(Channel.ORDERS)
     async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
         """Any order the venue still remembers (every open one, the last MAX_RETAINED_CLOSED_ORDERS closed)."""
         self._require(Channel.ORDERS)
@@ -516,20 +546,24 @@ class PaperVenue(Broker):
             LOG.warning("%s: events still being delivered after %g s", self.venue, DRAIN_TIMEOUT_SECONDS)
 
     # -- Broker: account --------------------------------------------------------------------------------------
+    @_request(Channel.ORDERS)
     async def positions(self) -> dict[str, Decimal]:
         self._require(Channel.ORDERS)
         self._check_query("positions")
         return dict(self.book.positions)
 
+    @_request(Channel.ORDERS)
     async def balances(self) -> dict[str, Decimal]:
         self._require(Channel.ORDERS)
         self._check_query("balances")
         return dict(self.book.balances)
 
+    @_request(Channel.ORDERS)
     async def open_orders(self) -> list[VenueOrder]:
         self._require(Channel.ORDERS)
         return [dataclasses.replace(o) for o in self.book.open.values()]
 
+    @_request(Channel.ORDERS)
     async def recent_fills(self, since: datetime | None = None) -> list[VenueFill]:
         self._require(Channel.ORDERS)
         fills = sorted(self.book.fills, key=lambda f: (f.executed_at, int(f.trade_id[1:])))
@@ -537,6 +571,7 @@ class PaperVenue(Broker):
             return fills
         return [f for f in fills if f.executed_at >= since]
 
+    @_request(Channel.ORDERS)
     async def server_time(self) -> datetime:
         self._require(Channel.ORDERS)
         return self._venue_now()

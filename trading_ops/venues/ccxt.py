@@ -384,9 +384,11 @@ class CcxtBroker(Broker):
         """One ccxt call, its exception mapped (ERROR_CLASSES); a refused nonce is retried with a fresh one."""
         session = self._session
         for attempt in range(self.nonce_retries + 1):
+            started = time.monotonic()
             try:
                 result = await method(*args)
             except ccxt_async.BaseError as exc:
+                self._requested(channel, started)
                 error = broker_error(exc, what)
                 if error.error_class == "nonce" and attempt < self.nonce_retries:
                     self._handled("nonce")  # refused, so nothing happened: safe to send again, fresh nonce
@@ -394,9 +396,14 @@ class CcxtBroker(Broker):
                 if error.error_class in ("network", "unavailable") and session == self._session:
                     await self._set_connected(channel, False)
                 raise error from exc
+            self._requested(channel, started)
             await self._set_connected(channel, True)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _requested(self, channel: Channel, started: float) -> None:
+        if self._events.on_venue_request is not None:
+            self._events.on_venue_request(channel.value, time.monotonic() - started)
 
     def _handled(self, error_class: str) -> None:
         self.handled_errors[error_class] += 1

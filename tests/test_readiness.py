@@ -1,0 +1,263 @@
+"""`trading-ops readiness`: the verdict of bots whose days of history were backfilled into a real Prometheus
+(`promtool tsdb create-blocks-from openmetrics`), with a real Alertmanager whose routing is judged. One history passes,
+one per failing criterion fails naming exactly that criterion; missing data is `unknown`, never `ready`; bad input is
+one line and exit 2. Needs Debian's `prometheus` (prometheus, promtool) and `prometheus-alertmanager`."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from alertmanager_server import run_alertmanager
+from ports import free_port
+from readiness_history import DAY, History, backfill, openmetrics, started_prometheus
+from system_binaries import REPO_ROOT
+
+from trading_ops.cli import main
+from trading_ops.ops.backup import STATE_FILE
+from trading_ops.ops.restore_drill import DRILL_STATE_FILE
+from trading_ops.ops.state import OpsState
+from trading_ops.readiness import routing
+from trading_ops.readiness.criteria import CRITERIA, RULE_WINDOW
+
+pytestmark = [pytest.mark.prometheus]
+
+STEP = 300  # one sample every 5 minutes: days of history stay small
+RULES = REPO_ROOT / "prometheus" / "rules"
+READINESS_RULES = RULES / "tradingbot-readiness.yml"
+BOT_JOBS = 'job=~"tradingbot|freqtrade"'
+# One history per criterion the bot's own series decide, named after it; each fails that criterion alone (a crash is
+# also a restart).
+FAILING: dict[str, tuple[dict[str, Any], set[str]]] = {
+    "uptime": ({"down": ((2 * DAY, 2 * DAY - 2 * 3600),)}, {"uptime"}),
+    "restarts": ({"restarts_at": (2 * DAY,)}, {"restarts"}),
+    "crashes": ({"crashes_at": (2 * DAY,)}, {"restarts", "crashes"}),
+    "memory-peak": ({"memory_spike_mb": 450}, {"memory_peak"}),
+    "memory-growth": ({"memory_growth_mb_per_day": 20}, {"memory_growth"}),
+    "order-success": ({"acks_per_min": 9}, {"order_success"}),
+    "order-rejection": ({"rejects_per_min": 1}, {"order_rejection"}),
+    "api-errors": ({"errors_per_min": 1}, {"api_error_ratio"}),
+    "api-latency": ({"request_seconds": "0.25"}, {"api_latency_p99"}),
+    "stream-uptime": ({"connected_share": 0.95}, {"stream_uptime"}),
+    "daily-loss": ({"daily_loss_breach_at": DAY}, {"daily_loss_breaches"}),
+    "drawdown": ({"drawdown_breach_at": DAY}, {"drawdown_breaches"}),
+    "critical-alert": ({"critical_alert": (2 * DAY, 2 * DAY - 600)}, {"critical_alerts"}),
+    "switch-disarmed": ({"switch_armed": False}, {"dead_man_switch"}),
+    "no-emergency-stop": ({"emergency_stop_at": None}, {"emergency_stop"}),
+}
+WINDOW_CRITERIA = {c.name for c in CRITERIA if c.window is None}
+# Missing data: a bot two days old asked about five, a bot that exports no order series.
+MISSING: dict[str, tuple[dict[str, Any], set[str]]] = {
+    "young": ({"days": 2}, WINDOW_CRITERIA),
+    "no-orders": ({"orders": False}, {"order_success", "order_rejection"}),
+}
+ALERTMANAGER = {
+    "route": {"receiver": "team", "routes": [{"matchers": ['severity="info"'], "receiver": "null"}]},
+    "receivers": [{"name": "team", "webhook_configs": [{"url": "http://127.0.0.1:9/"}]}, {"name": "null"}],
+}
+
+
+def instance(name: str) -> str:
+    return f"{name}:9101"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A Prometheus holding 5.2 days of every history (the repository's rules loaded, evaluated hourly so that none
+    fires during the test) and an Alertmanager routing every alert but `info` to a webhook."""
+    tmp = tmp_path_factory.mktemp("readiness")
+    histories = [History(instance("ready"))]
+    histories += [History(instance(name), **knobs) for name, (knobs, _) in {**FAILING, **MISSING}.items()]
+    backfill(openmetrics(histories, time.time(), STEP), tmp / "data", tmp)
+    (tmp / "am").mkdir()
+    (tmp / "am" / "am.yml").write_text(yaml.safe_dump(ALERTMANAGER))
+    am = run_alertmanager(tmp / "am" / "am.yml", tmp / "am" / "data", free_port(), tmp / "am" / "am.log")
+    try:
+        with started_prometheus(tmp, tmp / "data", free_port(), "30d", tuple(sorted(RULES.glob("*.yml")))) as url:
+            yield {"prometheus": url, "alertmanager": am.url}
+    finally:
+        am.proc.terminate()
+        am.proc.wait(timeout=30)
+
+
+def write_config(tmp: Path, stack: dict[str, str], *, backup_age: float | None = DAY, **readiness: Any) -> Path:
+    backups = tmp / "backups"
+    if backup_age is not None:
+        stamp = time.time() - backup_age
+        OpsState(backups / STATE_FILE).update(lambda d: d.update(last_verify_success_timestamp_seconds=stamp))
+        OpsState(backups / DRILL_STATE_FILE).update(lambda d: d.update(last_success_timestamp_seconds=stamp))
+    names = ["ready", *FAILING, *MISSING]
+    config = {
+        "bots": [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names],
+        "reconciler": {"prometheus_url": stack["prometheus"], "alertmanager_url": stack["alertmanager"]},
+        "backup": {"directory": str(backups)},
+        "readiness": readiness,
+    }
+    path = tmp / "trading-ops.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def verdicts(config: Path, capsys: pytest.CaptureFixture[str], *bots: str, window: str = "5d") -> tuple[int, Any]:
+    status = main(["--config", str(config), "readiness", *bots, "--window", window, "--json"])
+    return status, {v["bot"]: v for v in json.loads(capsys.readouterr().out)}
+
+
+def test_a_healthy_history_is_ready_with_every_criterion_measured(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack), capsys, "ready")
+    verdict = found["ready"]
+    assert (status, verdict["verdict"], verdict["failing"], verdict["missing"]) == (0, "ready", [], [])
+    results = {r["name"]: r for r in verdict["results"]}
+    assert set(results) == {c.name for c in CRITERIA} | {
+        "backup_verified",
+        "restore_drill",
+        "alerts_routed",
+        "runbooks",
+    }
+    assert results["uptime"]["value"] == 1.0 and results["uptime"]["window"] == "5d"
+    assert results["order_success"]["value"] == pytest.approx(1.0)
+    assert results["api_latency_p99"]["value"] <= 0.01
+    assert results["stream_uptime"]["value"] == pytest.approx(1.0, abs=0.005)
+    assert results["memory_peak"]["value"] == pytest.approx(120e6)
+    assert results["backup_verified"]["value"] == pytest.approx(1.0, abs=0.01)
+    assert results["emergency_stop"]["window"] == "7d"
+    assert "avg_over_time(up{" in results["uptime"]["source"]
+    assert verdict["queries"] == len(CRITERIA) + 4  # history, rules, Alertmanager's status, retention
+
+
+@pytest.mark.parametrize("name", sorted(FAILING))
+def test_each_failing_history_names_exactly_its_criteria(
+    name: str, stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack), capsys, name)
+    verdict = found[name]
+    assert status == 1 and verdict["verdict"] == "not ready"
+    assert set(verdict["failing"]) == FAILING[name][1] and verdict["missing"] == []
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+def test_missing_data_is_unknown_naming_it_never_ready(
+    name: str, stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack), capsys, name)
+    verdict = found[name]
+    assert (status, verdict["verdict"], verdict["failing"]) == (1, "unknown", [])
+    assert set(verdict["missing"]) == MISSING[name][1]
+
+
+def test_every_bot_in_one_run_costs_one_query_per_criterion(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = ["ready", *FAILING, *MISSING]
+    status, found = verdicts(write_config(tmp_path, stack), capsys, *names)
+    assert status == 1 and set(found) == set(names)
+    assert {n: set(v["failing"]) for n, v in found.items() if n in FAILING} == {n: f for n, (_, f) in FAILING.items()}
+    assert found["ready"]["verdict"] == "ready"
+    assert found["ready"]["queries"] == len(CRITERIA) + 4
+
+
+def test_stale_operations_and_tighter_thresholds_fail_the_ready_bot(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, stack, backup_age=8 * DAY, max_memory_peak_bytes=100_000_000)
+    status, found = verdicts(config, capsys, "ready")
+    assert status == 1 and set(found["ready"]["failing"]) == {"backup_verified", "restore_drill", "memory_peak"}
+
+
+def test_no_backup_ever_verified_fails_rather_than_passes(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack, backup_age=None), capsys, "ready")
+    assert set(found["ready"]["failing"]) == {"backup_verified", "restore_drill"}
+    assert {r["detail"] for r in found["ready"]["results"] if r["name"] == "backup_verified"} == {"never"}
+
+
+def test_a_text_verdict_names_the_failing_criteria_with_value_and_threshold(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(write_config(tmp_path, stack)), "readiness", "order-success"]) == 1
+    out = capsys.readouterr().out
+    assert "order-success (order-success:9101): NOT READY over 5d" in out
+    assert "failing: order_success" in out
+    assert re.search(r"FAIL\s+order_success\s+90%\s+>= 95%", out), out
+
+
+def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dead = {"prometheus": f"http://127.0.0.1:{free_port()}", "alertmanager": f"http://127.0.0.1:{free_port()}"}
+    status, found = verdicts(write_config(tmp_path, dead), capsys, "ready")
+    assert (status, found["ready"]["verdict"]) == (1, "unknown")
+    assert set(found["ready"]["missing"]) >= WINDOW_CRITERIA | {"alerts_routed", "runbooks"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nobody"], "readiness: unknown bot 'nobody' (known: "),
+        (["ready", "--window", "5 days"], "readiness: --window: "),
+        (["ready", "--window", "30m"], "readiness: --window: must be longer than 1h"),
+        (["ready", "--window", "45d"], "readiness: --window 45d is longer than Prometheus's retention (30d)"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    argv: list[str], message: str, stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(write_config(tmp_path, stack)), "readiness", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and captured.out == "", lines
+
+
+# -- the routing tree, as Alertmanager walks it -----------------------------------------------------------------
+
+
+def shipped_alerts() -> list[dict[str, Any]]:
+    """The repository's alerting rules as Prometheus's rules API lists them."""
+    return [
+        {"type": "alerting", "name": r["alert"], "labels": r.get("labels", {}), "annotations": r["annotations"]}
+        for path in sorted(RULES.glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for r in group["rules"]
+        if "alert" in r
+    ]
+
+
+def test_the_shipped_alertmanager_routes_every_shipped_alert_and_each_has_its_runbook() -> None:
+    config = routing.load((REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    alerts = shipped_alerts()
+    assert routing.unrouted_alerts(config, alerts, {"instance": "paper-bot:9101"}) == []
+    assert routing.alerts_without_runbook(alerts) == []
+    # The walk itself: a critical bot alert pages and reaches the reconciler (continue), Watchdog the dead man.
+    critical = {"alertname": "TradingBotDown", "severity": "critical", "service": "tradingbot"}
+    assert routing.receivers_of(config, critical) == ["pager", "reconciler"]
+    assert routing.receivers_of(config, {"alertname": "Watchdog", "severity": "none"}) == ["deadman", "reconciler"]
+
+
+def test_an_alert_routed_to_a_receiver_that_notifies_nobody_fails() -> None:
+    config = routing.load(yaml.safe_dump(ALERTMANAGER | {"route": {"receiver": "null"}}))
+    alerts = [
+        {"type": "alerting", "name": "TradingBotDown", "labels": {"severity": "critical"}, "annotations": {}},
+        {"type": "alerting", "name": "TradingBotChatty", "labels": {"severity": "info"}, "annotations": {}},
+    ]
+    assert routing.unrouted_alerts(config, alerts, {}) == ["TradingBotDown"]
+    assert routing.alerts_without_runbook(alerts) == ["TradingBotChatty", "TradingBotDown"]
+
+
+# -- the recording rules are the verdict's expressions over a day ------------------------------------------------
+
+
+def test_the_recording_rules_are_the_criteria_over_one_day() -> None:
+    rules = {
+        r["record"]: r["expr"].strip()
+        for group in yaml.safe_load(READINESS_RULES.read_text())["groups"]
+        for r in group["rules"]
+    }
+    expected = {c.record: c.expr(BOT_JOBS, RULE_WINDOW) for c in CRITERIA if c.record}
+    assert rules == expected

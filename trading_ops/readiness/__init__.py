@@ -1,0 +1,1 @@
+"""The readiness verdict: may a paper bot go live, criterion by criterion (docs/readiness.md)."""

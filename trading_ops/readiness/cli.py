@@ -1,0 +1,103 @@
+"""`trading-ops readiness BOT... [--window 5d] [--json]`: may these paper bots go live? Exit 0 ready, 1 not."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from trading_ops.cli import UsageError
+from trading_ops.config import BotEntryConfig, Config
+
+if TYPE_CHECKING:
+    from trading_ops.readiness.verdict import Verdict
+
+EXIT_READY, EXIT_NOT_READY = 0, 1
+
+
+def register(sub: Any) -> None:
+    rd = sub.add_parser(
+        "readiness",
+        help="the readiness verdict of paper bots: every criterion of the checklist with its value and threshold",
+        description="Evaluate the checklist of docs/readiness.md for each BOT (a name of the bots: list): exit 0 when "
+        "every one is ready, 1 when one is not ready or its data is missing (unknown), 2 on bad usage.",
+    )
+    rd.add_argument("bots", nargs="+", metavar="BOT", help="a bot's name (bots[].name)")
+    rd.add_argument("--window", default=None, help="the Prometheus criteria's window (default: readiness.window)")
+    rd.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    rd.set_defaults(handler=readiness)
+
+
+def resolve_bots(config: Config, names: list[str]) -> list[BotEntryConfig]:
+    """The bots named, in order; UsageError naming an unknown one."""
+    known = {b.name: b for b in config.bots}
+    chosen = []
+    for name in names:
+        if name not in known:
+            listed = ", ".join(sorted(known)) or "none: the configuration has no bots: list"
+            raise UsageError(f"readiness: unknown bot {name[:64]!r} (known: {listed})")
+        if known[name] not in chosen:
+            chosen.append(known[name])
+    return chosen
+
+
+def resolve_window(text: str) -> float:
+    """The window in seconds; UsageError for a bad duration or one too short to judge."""
+    from trading_ops.durations import parse_duration
+    from trading_ops.readiness.criteria import HISTORY_START_SLACK
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"readiness: --window: {exc}") from None
+    if seconds <= parse_duration(HISTORY_START_SLACK):
+        raise UsageError(f"readiness: --window: must be longer than {HISTORY_START_SLACK}, got {text[:40]!r}")
+    return seconds
+
+
+def check_retention(window_seconds: float, window_text: str, retention: float | None) -> None:
+    """UsageError when Prometheus keeps less history than the window asks for."""
+    if retention is not None and window_seconds > retention:
+        raise UsageError(
+            f"readiness: --window {window_text[:40]} is longer than Prometheus's retention "
+            f"({retention / 86400:g}d): it cannot hold that much history"
+        )
+
+
+def readiness(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+
+    bots = resolve_bots(config, args.bots)
+    window_text = args.window or config.readiness.window
+    seconds = resolve_window(window_text)
+    verdicts = asyncio.run(run(config, bots, seconds, window_text))
+    if args.json:
+        json.dump([v.to_dict() for v in verdicts], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print("\n\n".join(v.text() for v in verdicts))
+    return EXIT_READY if all(v.verdict == "ready" for v in verdicts) else EXIT_NOT_READY
+
+
+async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window_text: str) -> list[Verdict]:
+    """The verdicts, the window first checked against Prometheus's retention (when Prometheus answers)."""
+    import aiohttp
+
+    from trading_ops.clients.alertmanager import AlertmanagerClient
+    from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
+    from trading_ops.durations import format_duration
+    from trading_ops.readiness.verdict import evaluate
+
+    async with aiohttp.ClientSession() as session:
+        prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
+        try:
+            retention = await prometheus.retention_seconds()
+        except PrometheusError:
+            retention = None  # every Prometheus criterion says so: the verdict is unknown
+        check_retention(seconds, window_text, retention)
+        alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
+        verdicts = await evaluate(config, bots, format_duration(seconds), prometheus, alertmanager)
+    for verdict in verdicts:
+        verdict.queries += 1  # the retention
+    return verdicts
