@@ -814,3 +814,24 @@ def test_the_layout_at_a_desktop_and_a_phone_width(browser: Any, stack: Stack, w
             screenshot(page, stack, name if width == "desktop" else f"{name}-phone")
     oncall.context.close()
     desk.context.close()
+
+
+def test_a_halted_bot_holding_a_position_nothing_handles_asks_for_a_person(browser: Any, stack: Stack) -> None:
+    stack.bot.state, stack.bot.position = "halted", "0.5"
+    page = login(browser, stack, ONCALL_TOKEN)
+    assert "1 waiting" in card(page, stack).inner_text()
+    assert card(page, stack).locator(".problem").count() == 0  # an approval about it waits: it is being handled
+    for asked in stack.reconciler.api("/api/v1/approvals?status=pending")["approvals"]:
+        decision = {"decision": "reject", "reason": "not this way", "by": "dana"}
+        stack.reconciler.api(f"/api/v1/approvals/{asked['id']}", decision, token=DESK_TOKEN)
+
+    def looked() -> str:
+        page.reload()
+        return str(card(page, stack).inner_text())
+
+    seen = poll(looked, lambda text: "0 open" in text and "none waiting" in text, "nothing handling the bot")
+    assert "Kept from trading with a position open, and no episode or approval is handling it" in seen
+    stack.bot.position = "0"  # flat: nothing at stake, nothing to ask
+    page.reload()
+    assert card(page, stack).locator(".problem").count() == 0
+    page.context.close()
