@@ -149,8 +149,12 @@ class Bot:
                     "state": self.state,
                     "state_reason": "",
                     "heartbeat_age_seconds": 0.4,
-                    "positions": {"BTC/USD": self.position, "ETH/USD": "0"},
-                    "position_values": {"BTC/USD": "0.00" if flat else "21000.00", "ETH/USD": "0.00"},
+                    "positions": {"BTC/USD": self.position, "ETH/USD": "0" if flat else "-0.4065", "SOL/USD": "0"},
+                    "position_values": {
+                        "BTC/USD": "0.00" if flat else "21000.00",
+                        "ETH/USD": "0.00" if flat else "-1234.56",
+                        "SOL/USD": "0.00",
+                    },
                     "realized_pnl_today": "-1800.50",
                     "unrealized_pnl": "0.00" if flat else "-450.25",
                     "risk_limits": {"daily_loss": 2500.0},
@@ -739,7 +743,7 @@ def test_an_approval_says_what_is_at_stake_and_when_it_runs_out(browser: Any, st
     assert said["Asks for"] == "step 1: bot command=cancel_all, then bot command=flatten"
     # The day's loss (realized and unrealized) against the limit, and the position with its value at the mark.
     assert said["Loss today"] == "2,250.75 (limit 2,500.00)"
-    assert said["Positions"] == "BTC/USD 0.5 (worth 21,000.00 USD)"
+    assert said["Positions"] == "BTC/USD 0.5 (worth 21,000.00 USD)\nETH/USD -0.4065 (worth -1,234.56 USD)"
     assert said["Open orders"] == "3"
     # The deadline (the rule's approval_timeout, 10 min) as an absolute time and "in N min" beside it.
     deadline = re.fullmatch(r"(.+ UTC) \(in (\d+) min\), then escalate", said["Deadline"])

@@ -471,14 +471,14 @@ def held(status: dict[str, Any]) -> list[tuple[str, Any, Any]]:
 
 
 def positions(status: dict[str, Any]) -> str:
-    """A bot's open positions and what each is worth at the mark: `ETH-USD -0.4065 (worth -1,234.56 USD)`."""
+    """A bot's open positions, one a line, each with its value at the mark: `ETH-USD -0.4065 (worth -40.65 USD)`."""
     if not isinstance(status.get("positions"), dict):
         return "-"
     shown = []
     for symbol, size, value in held(status):
         worth = "" if value is None else f' <span class="worth">(worth {amount(value)} {h(quote_of(symbol))})</span>'
         shown.append(f"{h(symbol)} {h(quantity(size))}{worth}")
-    return ", ".join(shown) or "flat"
+    return "<br>".join(shown) or "flat"  # one position a line
 
 
 def loss_today(status: dict[str, Any]) -> str:
