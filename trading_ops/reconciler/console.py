@@ -46,7 +46,17 @@ from trading_ops.ops.maintenance import ACTIVE, Maintenance, MaintenanceError, p
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.bot import target_token
 from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal, attribution
-from trading_ops.reconciler.console_text import absolute, amount, as_utc, number, outcome, quantity, quote_of, relative
+from trading_ops.reconciler.console_text import (
+    absolute,
+    amount,
+    as_utc,
+    number,
+    outcome,
+    quantity,
+    quote_of,
+    relative,
+    times_said,
+)
 from trading_ops.reconciler.ledger import StoredSession
 from trading_ops.reconciler.login_throttle import LoginThrottle
 from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE, READ, Token, TokenSet, refusal
@@ -262,8 +272,9 @@ def csrf_field(session: Session) -> str:
 
 def flash(session: Session) -> str:
     """The outcome of the session's last POST (kept server-side, shown once), escaped."""
+    now = utcnow()
     shown = "".join(
-        f'<p class="{kind}" role="{"status" if kind == "done" else "alert"}">{h(message)}</p>'
+        f'<p class="{kind}" role="{"status" if kind == "done" else "alert"}">{h(times_said(message, now))}</p>'
         for kind, message in session.flash
     )
     session.shown += len(session.flash)
