@@ -149,8 +149,12 @@ class Bot:
                     "state": self.state,
                     "state_reason": "",
                     "heartbeat_age_seconds": 0.4,
-                    "positions": {"BTC/USD": self.position, "ETH/USD": "0"},
-                    "position_values": {"BTC/USD": "0.00" if flat else "21000.00", "ETH/USD": "0.00"},
+                    "positions": {"BTC/USD": self.position, "ETH/USD": "0" if flat else "-0.4065", "SOL/USD": "0"},
+                    "position_values": {
+                        "BTC/USD": "0.00" if flat else "21000.00",
+                        "ETH/USD": "0.00" if flat else "-1234.56",
+                        "SOL/USD": "0.00",
+                    },
                     "realized_pnl_today": "-1800.50",
                     "unrealized_pnl": "0.00" if flat else "-450.25",
                     "risk_limits": {"daily_loss": 2500.0},
@@ -739,7 +743,7 @@ def test_an_approval_says_what_is_at_stake_and_when_it_runs_out(browser: Any, st
     assert said["Asks for"] == "step 1: bot command=cancel_all, then bot command=flatten"
     # The day's loss (realized and unrealized) against the limit, and the position with its value at the mark.
     assert said["Loss today"] == "2,250.75 (limit 2,500.00)"
-    assert said["Positions"] == "BTC/USD 0.5 (worth 21,000.00 USD)"
+    assert said["Positions"] == "BTC/USD 0.5 (worth 21,000.00 USD)\nETH/USD -0.4065 (worth -1,234.56 USD)"
     assert said["Open orders"] == "3"
     # The deadline (the rule's approval_timeout, 10 min) as an absolute time and "in N min" beside it.
     deadline = re.fullmatch(r"(.+ UTC) \(in (\d+) min\), then escalate", said["Deadline"])
@@ -791,6 +795,10 @@ TOKENS = (ONCALL_TOKEN, DESK_TOKEN)
 def test_the_layout_at_a_desktop_and_a_phone_width(browser: Any, stack: Stack, width: str) -> None:
     """Measured in Chromium: the navigation is one line, every link in view, apart from who is logged in and Log out;
     no title breaks inside a word; nothing scrolls sideways. The screenshots the documentation shows."""
+    # The desk answers the older requests (the same flatten, asked again): the newest one waits, as on a real night.
+    for older in stack.reconciler.api("/api/v1/approvals?status=pending")["approvals"][1:]:
+        decision = {"decision": "reject", "reason": "asked again since: deciding the newest", "by": "dana"}
+        stack.reconciler.api(f"/api/v1/approvals/{older['id']}", decision, token=DESK_TOKEN)
     # The on-call engineer (destructive: the emergency halt) and the desk (approve: the decision forms).
     oncall, desk = (login(browser, stack, t, viewport=WIDTHS[width], is_mobile=width == "phone") for t in TOKENS)
     episodes = stack.reconciler.api("/api/v1/episodes")["episodes"]
@@ -810,3 +818,24 @@ def test_the_layout_at_a_desktop_and_a_phone_width(browser: Any, stack: Stack, w
             screenshot(page, stack, name if width == "desktop" else f"{name}-phone")
     oncall.context.close()
     desk.context.close()
+
+
+def test_a_halted_bot_holding_a_position_nothing_handles_asks_for_a_person(browser: Any, stack: Stack) -> None:
+    stack.bot.state, stack.bot.position = "halted", "0.5"
+    page = login(browser, stack, ONCALL_TOKEN)
+    assert "1 waiting" in card(page, stack).inner_text()
+    assert card(page, stack).locator(".problem").count() == 0  # an approval about it waits: it is being handled
+    for asked in stack.reconciler.api("/api/v1/approvals?status=pending")["approvals"]:
+        decision = {"decision": "reject", "reason": "not this way", "by": "dana"}
+        stack.reconciler.api(f"/api/v1/approvals/{asked['id']}", decision, token=DESK_TOKEN)
+
+    def looked() -> str:
+        page.reload()
+        return str(card(page, stack).inner_text())
+
+    seen = poll(looked, lambda text: "0 open" in text and "none waiting" in text, "nothing handling the bot")
+    assert "Kept from trading with a position open, and no episode or approval is handling it" in seen
+    stack.bot.position = "0"  # flat: nothing at stake, nothing to ask
+    page.reload()
+    assert card(page, stack).locator(".problem").count() == 0
+    page.context.close()

@@ -434,9 +434,10 @@ def test_up_says_when_it_reuses_the_state_of_an_earlier_run_and_fresh_removes_it
 async def test_the_banner_names_the_console_and_the_token_that_approves_the_demos_loss_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aiohttp_client: Any
 ) -> None:
-    """A newcomer finds the console from the banner: its URL and the token file to log in with, an approve-scope token
-    `up` creates (as `make run` does) and the stack's reconciler accepts for deciding approvals; the demo's playbook
-    asks for approval on the loss limit, which the packaged one does not."""
+    """A newcomer finds the console from the banner: its URL and the token files to log in with, each with what it may
+    do: an approve-scope token `up` creates (as `make run` does) and the stack's reconciler accepts for deciding
+    approvals, an operate one that opens maintenance windows and a destructive one that halts a bot there; the demo's
+    playbook asks for approval on the loss limit, which the packaged one does not."""
     from trading_ops.config import load_config as load
     from trading_ops.reconciler import keys
     from trading_ops.reconciler.app import create_app
@@ -480,6 +481,20 @@ async def test_the_banner_names_the_console_and_the_token_that_approves_the_demo
     headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
     answer = await client.post("/api/v1/approvals/999", json={"decision": "approve", "reason": "x"}, headers=headers)
     assert answer.status == 404, await answer.text()
+    # The README's "opens maintenance windows and halts a bot" can be tried: the console, logged in with the operate
+    # token, offers the maintenance form; with the destructive one, the fleet's Emergency halt.
+    for scope, path, offered in (
+        ("operate", "/ui/maintenance", '<form method="post" action="/ui/maintenance" class="card">'),
+        ("destructive", "/ui/", f'href="/ui/bots/{ports.address("bot")}/halt">Emergency halt</a>'),
+    ):
+        login_form = await client.get("/ui/login")
+        nonce = re.search(r'name="csrf" value="([^"]+)"', await login_form.text())
+        assert nonce is not None
+        secret = (root / "var" / "secrets" / f"reconciler-{scope}-token").read_text().strip()
+        await client.post("/ui/login", data={"csrf": nonce.group(1), "token": secret})
+        shown = await (await client.get(path)).text()
+        assert offered in shown, (scope, shown)
+        client.session.cookie_jar.clear()
     # The demo's loss-limit rule waits for that approval even on the shipped (critical, hard-limit) alert.
     rule = next(r for r in load_playbook(config.reconciler.playbook).rules if r.name == "loss-limit-flatten")
     critical = {"alertname": "TradingBotDailyLossBreached", "severity": "critical", "instance": ports.address("bot")}

@@ -436,6 +436,16 @@ async def test_the_fleet_draws_every_bot_and_marks_one_answering_nonsense_unknow
         "ancient": {"state": "running", "heartbeat_age_seconds": 10**400},
         "garbage": {"state": ["halted"], "heartbeat_age_seconds": "soon", "positions": [1, 2]},
         "negative": {"state": "running", "heartbeat_age_seconds": -1e308},
+        # Sizes, values and P&L that are not numbers: shown as the bot gave them (escaped), or left out.
+        "wordy": {
+            "state": "halted",
+            "positions": {"BTC/USD": "<b>a lot</b>", "ETH/USD": 1e400},
+            "position_values": {"BTC/USD": "NaN"},
+            "realized_pnl_today": "Infinity",
+            "unrealized_pnl": [],
+            "risk_limits": "none",
+            "open_orders": True,
+        },
     }
 
     async def status(request: web.Request) -> web.Response:
@@ -453,6 +463,8 @@ async def test_the_fleet_draws_every_bot_and_marks_one_answering_nonsense_unknow
     cards = dict(re.findall(r'<section class="card bot" id="bot-([^"]+)">(.*?)</section>', text))
     assert set(cards) == set(answers)
     assert "s-running" in cards["sane"] and "0.5 s ago" in cards["sane"]
+    assert "s-halted" in cards["wordy"] and "BTC/USD &lt;b&gt;a lot&lt;/b&gt;<br>ETH/USD inf" in cards["wordy"]
+    assert "worth" not in cards["wordy"] and "Loss today" not in cards["wordy"] and "Open orders" not in cards["wordy"]
     for bot in ("ancient", "garbage", "negative"):
         assert "s-unknown" in cards[bot] and "not a status" in cards[bot], bot
     assert all("Emergency halt" in card for card in cards.values())

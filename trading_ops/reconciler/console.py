@@ -1,9 +1,11 @@
 """The operator console: a small server-rendered web UI under /ui/ (docs/reconciler.md, "The operator console").
 
-Pages: the fleet (each configured bot's state from its `status`, last heartbeat, open episodes, circuit), episodes and
-an episode's timeline, approvals (approve / reject with a reason), maintenance windows (start / end) and an emergency
-halt per bot behind a confirmation page. HTML only, no JavaScript; one stylesheet served from here; every response
-carries a strict Content-Security-Policy.
+Pages: the fleet (the alerts Alertmanager holds; each configured bot by its name, its state from its `status`, last
+heartbeat, the day's loss, positions and their value, open episodes, circuit), episodes and an episode's timeline
+(outcomes in words, the PromQL behind a <details>), approvals (what is at stake, the deadline; approve / reject with a
+reason; their count in the navigation), maintenance windows (start / end) and an emergency halt per bot behind a
+confirmation page. Times in one format (console_text). HTML only, no JavaScript; one stylesheet served from here;
+every response carries a strict Content-Security-Policy.
 
 Login: a token of reconciler.api_tokens (or read_token) posted once to /ui/login; the console keeps an opaque random
 session id in a cookie (HttpOnly, SameSite=Strict, Path=/ui, Secure over TLS or behind an https external_url, with
@@ -27,6 +29,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,17 @@ from trading_ops.ops.maintenance import ACTIVE, Maintenance, MaintenanceError, p
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.bot import target_token
 from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal, attribution
-from trading_ops.reconciler.console_text import absolute, amount, as_utc, number, outcome, quantity, quote_of, relative
+from trading_ops.reconciler.console_text import (
+    absolute,
+    amount,
+    as_utc,
+    number,
+    outcome,
+    quantity,
+    quote_of,
+    relative,
+    times_said,
+)
 from trading_ops.reconciler.ledger import StoredSession
 from trading_ops.reconciler.login_throttle import LoginThrottle, LoginThrottleCollector
 from trading_ops.reconciler.own_pages import own_alerts
@@ -261,8 +274,9 @@ def csrf_field(session: Session) -> str:
 
 def flash(session: Session) -> str:
     """The outcome of the session's last POST (kept server-side, shown once), escaped."""
+    now = utcnow()
     shown = "".join(
-        f'<p class="{kind}" role="{"status" if kind == "done" else "alert"}">{h(message)}</p>'
+        f'<p class="{kind}" role="{"status" if kind == "done" else "alert"}">{h(times_said(message, now))}</p>'
         for kind, message in session.flash
     )
     session.shown += len(session.flash)
@@ -464,32 +478,33 @@ def bot_name(names: dict[str, str], target: str) -> str:
     return h(name) if name == target else f'{h(name)} <small class="instance">{h(target)}</small>'
 
 
-def held(status: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """The positions a bot's status lists that are not flat: (symbol, size, value in the quote asset or None)."""
+def held(status: dict[str, Any]) -> list[tuple[str, str, Decimal | None]]:
+    """The positions a bot's status lists that are not flat: (symbol, size as shown, value in the quote asset or
+    None). A size that is not a number is shown as the bot gave it (and counts as held)."""
     listed = status.get("positions")
     values = status.get("position_values")
     values = values if isinstance(values, dict) else {}
     if not isinstance(listed, dict):
         return []
-    out = []
+    out: list[tuple[str, str, Decimal | None]] = []
     for symbol, size in list(listed.items())[:MAX_POSITIONS]:
         q = number(size)
         if q is None:
-            raise ValueError(f"position {str(symbol)[:40]} is {str(size)[:40]}")
-        if q:
-            out.append((str(symbol), q, number(values.get(symbol))))
+            out.append((str(symbol)[:40], str(size)[:40], None))
+        elif q:
+            out.append((str(symbol)[:40], quantity(q), number(values.get(symbol))))
     return out
 
 
 def positions(status: dict[str, Any]) -> str:
-    """A bot's open positions and what each is worth at the mark: `ETH-USD -0.4065 (worth -1,234.56 USD)`."""
+    """A bot's open positions, one a line, each with its value at the mark: `ETH-USD -0.4065 (worth -40.65 USD)`."""
     if not isinstance(status.get("positions"), dict):
         return "-"
     shown = []
     for symbol, size, value in held(status):
         worth = "" if value is None else f' <span class="worth">(worth {amount(value)} {h(quote_of(symbol))})</span>'
-        shown.append(f"{h(symbol)} {h(quantity(size))}{worth}")
-    return ", ".join(shown) or "flat"
+        shown.append(f"{h(symbol)} {h(size)}{worth}")
+    return "<br>".join(shown) or "flat"  # one position a line
 
 
 def loss_today(status: dict[str, Any]) -> str:
@@ -555,11 +570,8 @@ class BotView:
 
 def unhandled(status: dict[str, Any], view: BotView) -> bool:
     """Halted (or kept from trading) with a position, and no open episode or approval about it: a person must act."""
-    try:
-        blocked = status.get("state") == "halted" or status.get("trading_allowed") is False
-        return blocked and bool(held(status)) and not view.opened and not view.asks
-    except (ValueError, TypeError, OverflowError):
-        return False
+    blocked = status.get("state") == "halted" or status.get("trading_allowed") is False
+    return blocked and bool(held(status)) and not view.opened and not view.asks
 
 
 def bot_card(bot: str, name: str, status: dict[str, Any], view: BotView, session: Session) -> str:

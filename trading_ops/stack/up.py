@@ -642,8 +642,8 @@ def _banner(stack: Stack) -> list[str]:
     out = [f"trading-ops local stack is up (profile {stack.profile.name}):"]
     width = max(BANNER_LABEL_WIDTH, *(len(label) + 1 for label, _, _ in rows))
     for label, name, url in rows:
-        first, *more = url.split("\n") if name in running else ["not running (binary missing)"]
-        out.append(f"  {label:<{width}} {first}")
+        shown, *more = url.split("\n") if name in running else ["not running (binary missing)"]
+        out.append(f"  {label:<{width}} {shown}")
         out.extend(f"  {'':<{width}} {line}" for line in more)  # a row's further lines (the console's logins)
     out.append(f"  {'logs':<{width}} {layout.logs_dir}/")
     out.append(f"  {'config':<{width}} {stack.app.path}")
