@@ -4,10 +4,12 @@ one-line 4xx it is, and an unexpected exception logged and answered as a 500 in 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from trading_ops.http_input import InputError
 
@@ -22,6 +24,8 @@ API_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+# Retry-After of a 429 that did not say (a throttle says its own wait), in whole seconds.
+DEFAULT_RETRY_AFTER = "1"
 # A path is logged this long at most (an id of thousands of digits is one line of the log, not pages).
 MAX_LOGGED_PATH = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,6 +66,30 @@ def guard(app: web.Application, headers_of: HeadersOf | None = None, render: Ren
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
         for name, value in headers(request).items():
             response.headers.setdefault(name, value)
+        if response.status == 429:  # every 429 says when to come back (RFC 6585): its own wait, else one second
+            response.headers.setdefault("Retry-After", DEFAULT_RETRY_AFTER)
 
     app.middlewares.insert(0, middleware)
     app.on_response_prepare.append(add_headers)
+    guard_early_answers()
+
+
+def guard_early_answers() -> None:
+    """Give aiohttp's own answers the API's security headers: the 400 its HTTP parser writes for a request it cannot
+    read (a malformed request line, a header line past its limit, broken chunk framing) never reaches an application,
+    its middlewares or its on_response_prepare, so those headers are added where aiohttp builds that answer
+    (RequestHandler.handle_error). Plain text from the HTTP layer: the API's headers are the strictest any server
+    needs. Once per process, whatever the number of servers."""
+    original = web_protocol.RequestHandler.handle_error
+    if getattr(original, "guarded", False):
+        return
+
+    @functools.wraps(original)
+    def handle_error(self: web_protocol.RequestHandler, *args: Any, **kwargs: Any) -> web.StreamResponse:
+        response = original(self, *args, **kwargs)
+        for name, value in API_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    handle_error.guarded = True  # type: ignore[attr-defined]
+    web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]

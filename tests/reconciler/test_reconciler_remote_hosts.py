@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,26 @@ async def test_a_host_that_cannot_be_reached_fails_in_one_line(
     # ssh's own words: the address answers no ARP (no route), or nothing answers in time.
     head = f"host {gone.address} unreachable: ssh: connect to host {gone.address} port 22: "
     assert step["output"] in (head + "No route to host", head + "Connection timed out")
+
+
+async def test_a_step_keeps_its_timeout_end_to_end_and_says_the_host_is_unreachable(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager
+) -> None:
+    """A 3 s step at the host's default connect timeout (10 s), the host silent (its link up, every packet to port 22
+    dropped: nothing says "no route"): the `show` before the restart and the restart share the step's one deadline,
+    ssh gives up connecting within it, and the step says the host is unreachable (issue 47: each got the whole
+    timeout, ssh was killed before it could say why, and the step ended in "killed after 3s" after 6 s)."""
+    (tmp_path / "known_hosts").write_text("")
+    with host_network() as network:
+        gone = network.add_host("bot")
+        gone.run("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP", check=True)
+        host = {"address": gone.address, "known_hosts_file": "known_hosts"}
+        step = {"action": "systemd", "timeout": "3s"}
+        config = write_config(tmp_path, migrated_sqlite, alertmanager.url, step, host)
+        client = await aiohttp_client(create_app(load_config(config)))
+        ran = await escalated_once(client, alertmanager)
+    head = f"host {gone.address} unreachable: ssh: connect to host {gone.address} port 22: "
+    assert ran["outcome"] == "failure", ran
+    assert ran["output"] == head + "Connection timed out", ran["output"]
+    took = datetime.fromisoformat(ran["finished_at"]) - datetime.fromisoformat(ran["started_at"])
+    print({"step_timeout_seconds": 3, "step_seconds": round(took.total_seconds(), 2)})

@@ -48,8 +48,16 @@ def bot_host(ctx: ActionContext) -> BotHostConfig | None:
     return target.host
 
 
-def ssh_options(host: BotHostConfig) -> list[str]:
-    """ssh's options for `host`: never a prompt, the host's key checked against its known_hosts_file alone."""
+def connect_timeout(host: BotHostConfig, within: float | None = None) -> int:
+    """ssh's ConnectTimeout for `host` (whole seconds): the host's, and for a step of `within` seconds a second less
+    than that at most, so that ssh says "connect to host ... timed out" before the step's time is up."""
+    seconds = host.connect_timeout_seconds if within is None else min(host.connect_timeout_seconds, within - 1)
+    return max(1, int(seconds))
+
+
+def ssh_options(host: BotHostConfig, within: float | None = None) -> list[str]:
+    """ssh's options for `host`: never a prompt, the host's key checked against its known_hosts_file alone; a
+    connection given up in time for a step of `within` seconds."""
     options = [
         "-o",
         "BatchMode=yes",
@@ -62,7 +70,7 @@ def ssh_options(host: BotHostConfig) -> list[str]:
         "-o",
         "UpdateHostKeys=no",
         "-o",
-        f"ConnectTimeout={max(1, int(host.connect_timeout_seconds))}",
+        f"ConnectTimeout={connect_timeout(host, within)}",
         "-o",
         "ServerAliveInterval=5",
         "-o",
@@ -85,13 +93,14 @@ def ssh_binary() -> str:
 
 
 @contextlib.contextmanager
-def systemctl_over_ssh(host: BotHostConfig) -> Iterator[tuple[list[str], dict[str, str]]]:
-    """(systemctl's argv up to its verb, its environment) to act on `host`'s service manager."""
+def systemctl_over_ssh(host: BotHostConfig, within: float | None = None) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """(systemctl's argv up to its verb, its environment) to act on `host`'s service manager, within a step of
+    `within` seconds."""
     ssh = ssh_binary()
     with tempfile.TemporaryDirectory(prefix="trading-ops-ssh-") as directory:
         wrapper = os.path.join(directory, "ssh")
         with open(wrapper, "w", encoding="utf-8") as out:
-            out.write(WRAPPER.format(python=sys.executable, ssh=ssh, options=ssh_options(host)))
+            out.write(WRAPPER.format(python=sys.executable, ssh=ssh, options=ssh_options(host, within)))
         os.chmod(wrapper, 0o700)
         env = minimal_env()
         env["PATH"] = os.pathsep.join([directory, env.get("PATH", os.defpath)])

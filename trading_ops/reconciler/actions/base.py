@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,22 @@ TEMPLATE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 class Refused(Exception):
     """The step must not run (a label value failed validation, a destructive step not allowed, ...)."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """One step's time, end to end: whatever the step does inside (a `show` before a restart, a status before each
+    command), each part gets what is left of the step's timeout, never the whole timeout again."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def left(self) -> float:
+        """Seconds left (0 once past)."""
+        return max(0.0, self.at - time.monotonic())
 
 
 @dataclass

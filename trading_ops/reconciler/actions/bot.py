@@ -17,7 +17,15 @@ import aiohttp
 from trading_ops.bot.control import COMMAND_SCOPES, SOURCE_HEADER, SOURCE_RECONCILER
 from trading_ops.clients.prometheus import PrometheusError
 from trading_ops.config import Config, resolve_secret
-from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, template_labels, truncate
+from trading_ops.reconciler.actions.base import (
+    Action,
+    ActionContext,
+    Deadline,
+    Refused,
+    Result,
+    template_labels,
+    truncate,
+)
 from trading_ops.schema import one_of
 from trading_ops.scopes import DESTRUCTIVE
 
@@ -108,11 +116,14 @@ class BotAction(Action):
         only_state = params.get("only_state")
         only_reason = ctx.render(params["only_reason"]) if "only_reason" in params else None
         gate = asyncio.Semaphore(FAN_OUT_CONCURRENCY)
+        deadline = Deadline.after(timeout)  # one for the whole step: every bot's status and command within it
 
         async def one(instance: str) -> tuple[str, str]:
             async with gate:
+                if deadline.left() <= 0:
+                    return instance, f"failure: not reached within the step's {timeout:g}s"
                 if only_state or only_reason:
-                    status, text = await _post(ctx, instance, "status", {}, timeout)
+                    status, text = await _post(ctx, instance, "status", {}, deadline.left())
                     if status != 200:
                         return instance, f"failure: status HTTP {status} {text[:120]}"
                     state = json.loads(text)
@@ -120,7 +131,9 @@ class BotAction(Action):
                         return instance, f"skipped: {state.get('state')}"
                     if only_reason and state.get("state_reason") != only_reason:
                         return instance, f"skipped: {state.get('state')} for another reason"
-                status, text = await _post(ctx, instance, params["command"], body, timeout)
+                if deadline.left() <= 0:
+                    return instance, f"failure: no time left for {params['command']} within the step's {timeout:g}s"
+                status, text = await _post(ctx, instance, params["command"], body, deadline.left())
                 return instance, "success" if status == 200 else f"failure: HTTP {status} {text[:120]}"
 
         results = await asyncio.gather(*(one(i) for i in targets))

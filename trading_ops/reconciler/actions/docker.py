@@ -79,7 +79,7 @@ async def _over_ssh(host: BotHostConfig, path: str, name: str, timeout: float, l
     remote = urlsplit(host.docker_url)
     port = remote.port or host.ssh_port
     target = f"{remote.username}@{remote.hostname}" if remote.username else destination(host)
-    argv = [ssh_binary(), *ssh_options(host), "-p", str(port), "--", target, "docker", "system", "dial-stdio"]
+    argv = [ssh_binary(), *ssh_options(host, timeout), "-p", str(port), "--", target, "docker", "system", "dial-stdio"]
     request = f"POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     proc = await asyncio.create_subprocess_exec(
         *argv,
