@@ -34,12 +34,14 @@ from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.call_counter import (
     RECONCILIATION_POINTS,
     TIERS,
+    BudgetExhausted,
     CallBudget,
     CallCounter,
     CounterLimiter,
     Deferred,
     background,
     call_cost,
+    protective,
 )
 from trading_ops.venues.ccxt import FILL_OVERLAP_SECONDS, CcxtBroker, broker_from_config
 
@@ -80,15 +82,15 @@ def test_costs_are_krakens_and_the_counter_decays_at_the_tiers_rate() -> None:
 
 
 def test_a_reconciliation_waits_for_its_room_and_the_polls_leave_the_counter_to_it_meanwhile() -> None:
-    """Pro: hard ceiling 18; a reconciliation's RECONCILIATION_POINTS (12) fit once the estimate is down to 6, and
-    on Starter (ceiling 13) it waits for an empty counter at most; while one holds a reservation, no poll cycle is
-    affordable however empty the counter."""
+    """Pro: hard ceiling 18, less the protective reserve (3) 15 for a reconciliation; its RECONCILIATION_POINTS (12)
+    fit once the estimate is down to 3, and on Starter (ceiling 10 for it) it waits for an empty counter at most; while
+    one holds a reservation, no poll cycle is affordable however empty the counter."""
     clock = Clock()
     budget = CallBudget("pro", clock=clock)
     assert RECONCILIATION_POINTS == 12 and budget.seconds_until_room(RECONCILIATION_POINTS) == 0
     budget.counter.add(13)
-    assert budget.seconds_until_room(RECONCILIATION_POINTS) == pytest.approx(7)
-    clock.now += 7
+    assert budget.seconds_until_room(RECONCILIATION_POINTS) == pytest.approx(10)
+    clock.now += 10
     assert budget.seconds_until_room(RECONCILIATION_POINTS) == 0
     starter = CallBudget("starter", clock=clock)
     starter.counter.add(3.3)
@@ -99,6 +101,29 @@ def test_a_reconciliation_waits_for_its_room_and_the_polls_leave_the_counter_to_
     assert not budget.affordable(1)
     budget.reserved -= 1
     assert budget.affordable(1)
+
+
+def test_ordinary_calls_leave_the_protective_reserve_to_the_switch_and_the_cancels() -> None:
+    """Starter: ordinary calls (a reconciliation's, a poll's) stop 3 points under the hard ceiling (13); the switch's
+    refresh (CancelAllOrdersAfter, wherever it is sent) and a cancel's lookups (inside `protective()`) take those 3."""
+    clock = Clock()
+    budget = CallBudget("starter", clock=clock)
+    assert (budget.hard_ceiling, budget.ceiling) == (13, 10)
+    for _ in range(10):
+        budget.spend("OpenOrders")
+    with pytest.raises(BudgetExhausted):
+        budget.spend("OpenOrders")  # an ordinary call: no room left for it
+    with background(), pytest.raises(Deferred):
+        budget.spend("OpenOrders")
+    budget.spend("CancelAllOrdersAfter")  # the switch's refresh: the reserve
+    with protective():
+        budget.spend("OpenOrders")  # a cancel's lookups: the reserve
+        budget.spend("ClosedOrders")
+        with pytest.raises(BudgetExhausted):
+            budget.spend("OpenOrders")  # the reserve spent too: the hard ceiling holds for everyone
+    assert budget.protective_spent == 3 and budget.protective_exhausted == 1
+    clock.now += 3 / TIERS["starter"].decay  # back under the ordinary ceiling by the decay alone
+    assert budget.counter.level() == pytest.approx(10)
 
 
 async def test_the_gateway_refuses_past_the_tiers_maximum_with_krakens_error() -> None:

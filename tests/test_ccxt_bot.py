@@ -608,3 +608,90 @@ def test_the_library_docs_show_the_example_as_it_is_and_a_configuration_on_the_g
     # The bot signs with the key the gateway accepts (both read from the same files).
     assert (settings.ccxt.api_key, settings.ccxt.api_secret) == (settings.gateway.api_key, settings.gateway.api_secret)
     assert settings.ccxt.api_key.startswith("file:")
+
+
+async def test_a_sigterm_one_second_after_start_on_the_starter_tier_runs_every_local_step_and_is_no_crash(
+    tmp_path: Path,
+) -> None:
+    """The documented configuration (`kraken_tier: starter`, a poll a second), the gateway keeping Kraken's Starter
+    counter: SIGTERM one second after the start, while the start's own calls (its reconciliation, arming the switch)
+    have spent the counter. The shutdown's venue steps get their share of the 10 s deadline (the cancel and the
+    disarm spend the call budget's protective reserve) and every local step runs: the journal flushed, the final
+    heartbeat with the clean-shutdown marker, the journal closed. It exits 0, or 1 naming only what the venue did not
+    confirm; the next start is not a crash."""
+    async with running_gateway(**DRIFTING) as (gateway, base):
+        gateway.call_counter = CounterLimiter("starter")
+        port = free_port()
+        config = write_config(
+            tmp_path, base, port, kraken_tier="starter", poll_interval_seconds=1.0, quote_poll_interval_seconds=1.0
+        )
+        log = tmp_path / "bot.log"
+        async with example_bot(config, log) as proc:
+            await asyncio.sleep(1.0)  # the scenario: a stop asked for one second into the start
+            assert proc.returncode is None, log.read_text()[-3000:]
+            proc.send_signal(signal.SIGTERM)
+            asked = time.monotonic()
+            code = await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+            took = time.monotonic() - asked
+        text = log.read_text()
+        print(f"SIGTERM 1 s after start, Starter tier: exit {code} after {took:.1f} s")
+        for step in ("flush the journal", "final heartbeat with the clean-shutdown marker", "close the journal"):
+            assert f"shutdown: {step} done" in text, text[-3000:]
+        assert "shutdown deadline of" not in text and "no clean-shutdown marker" not in text, text[-3000:]
+        last = text.strip().splitlines()[-1]
+        assert code == 0 or last.startswith("ccxt_bot.py: shutdown could not confirm the cancel"), last
+        url = parse_config(yaml.safe_load(config.read_text())).database_url()
+        engine = make_engine(url)
+        try:
+            run = RecoveryStore(engine, BOT, VENUE).last_run()
+            assert run is not None and run.clean_shutdown, run
+        finally:
+            engine.dispose()
+        # Started again: not a crash.
+        again = tmp_path / "again.log"
+        async with example_bot(config, again) as proc:
+
+            async def ready() -> bool:
+                assert proc.returncode is None, again.read_text()[-3000:]
+                return await _ready(port)
+
+            await wait_for(ready, timeout=120)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+        assert "crash" not in again.read_text().split("shutdown requested", 1)[0], again.read_text()[-3000:]
+
+
+async def test_a_bot_sharing_its_account_or_its_prefix_with_another_refuses_to_start(tmp_path: Path) -> None:
+    """The bot's configuration lists the fleet (`bots:`), where it and another bot share one account at the venue, or
+    one order-id prefix: the example bot does not start, exit 2 and one line naming the key; nothing reaches the
+    venue."""
+    async with running_gateway(**MOVING) as (gateway, base):
+        port = free_port()
+        config = write_config(tmp_path, base, port)
+        venue = {
+            "exchange": "kraken",
+            "api_key_file": str(tmp_path / "api-key"),
+            "api_secret_file": str(tmp_path / "api-secret"),
+            "urls": {"public": base, "private": base},
+            "symbols": SYMBOLS,
+        }
+        for other, problem in (
+            ({}, "bots[1].venue: the kraken account of bots[0] (ccxt-1): one account per bot"),
+            (
+                {"order_id_prefix": BOT, "api_key_file": str(tmp_path / "other-key")},
+                "bots[1].venue.order_id_prefix: ccxt-1 is the order-id prefix of bots[0] (ccxt-1) on kraken too",
+            ),
+        ):
+            settings = yaml.safe_load(config.read_text())
+            settings["bots"] = [
+                {"name": BOT, "kind": "ccxt", "instance": f"127.0.0.1:{port}", "venue": venue},
+                {"name": "ccxt-2", "kind": "ccxt", "instance": "127.0.0.1:9", "venue": {**venue, **other}},
+            ]
+            config.write_text(yaml.safe_dump(settings))
+            log = tmp_path / "refused.log"
+            log.unlink(missing_ok=True)
+            async with example_bot(config, log) as proc:
+                assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 2
+            lines = log.read_text().strip().splitlines()
+            assert len(lines) == 1 and problem in lines[0], lines
+        assert gateway.calls.get("OpenOrders", 0) == 0 and not gateway.venue.orders()

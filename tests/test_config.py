@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
 from trading_ops.cli import main
-from trading_ops.config import SQLITE_FILE_URL, ConfigError, load_config, parse_config, resolve_secret, sqlite_file
+from trading_ops.config import (
+    SQLITE_FILE_URL,
+    ConfigError,
+    bot_order_id_prefix,
+    load_config,
+    order_id_prefix,
+    parse_config,
+    resolve_secret,
+    sqlite_file,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -536,3 +545,78 @@ def test_named_tokens_alone_pass_config_check_without_the_single_token(tmp_path,
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "old")
     tokens = control_tokens(load_config(path))
     assert [(t.name, t.scope, t.legacy) for t in tokens.tokens][0] == ("control_token", "destructive", True)
+
+
+def _fleet(*bots: dict[str, object]) -> str:
+    """A `bots:` list of ccxt bots, each with a venue account (the reconciler's key on it) unless it gives its own."""
+    entries = []
+    for i, extra in enumerate(bots):
+        venue = {
+            "exchange": "kraken",
+            "api_key_file": f"key-{i}",
+            "api_secret_file": f"secret-{i}",
+            "symbols": ["BTC-USD"],
+        }
+        venue.update(extra.pop("venue", {}))  # type: ignore[arg-type]
+        entries.append({"kind": "ccxt", "instance": f"10.0.0.{i + 1}:9101", "venue": venue, **extra})
+    return yaml.safe_dump({"bots": entries})
+
+
+def test_distinct_bot_names_never_share_an_order_id_prefix(tmp_path: Path) -> None:
+    """The default prefix: the name itself up to 16 characters, a longer one its start and a hash of the whole, so
+    `kraken-production-1` and `kraken-production-2` (once both `kraken-productio`) are told apart; the reconciler's
+    venue step and the bot's runtime derive the same one."""
+    one, two = order_id_prefix("kraken-production-1"), order_id_prefix("kraken-production-2")
+    assert one != two and len(one) == len(two) == 16 and one.startswith("kraken-")
+    assert order_id_prefix("kraken-1") == "kraken-1"
+    path = tmp_path / "fleet.yaml"
+    path.write_text(_fleet({"name": "kraken-production-1"}, {"name": "kraken-production-2"}))
+    config = load_config(path)
+    prefixes = [t.venue.order_id_prefix for t in config.reconciler.targets.values()]
+    assert prefixes == [one, two]
+    config.bot.name = "kraken-production-2"  # the bot this file would run: the prefix its runtime gives its orders
+    assert bot_order_id_prefix(config) == two
+
+
+@pytest.mark.parametrize(
+    ("bots", "message"),
+    [
+        (
+            [
+                {"name": "bot-a", "venue": {"order_id_prefix": "shared"}},
+                {"name": "bot-b", "venue": {"order_id_prefix": "shared"}},
+            ],
+            "bots[1].venue.order_id_prefix: shared is the order-id prefix of bots[0] (bot-a) on kraken too: a venue "
+            "step would take both bots' orders (give each bot a prefix of its own)",
+        ),
+        (
+            [{"name": "bot-a"}, {"name": "bot-b", "venue": {"api_key_file": "key-0", "api_secret_file": "secret-0"}}],
+            "bots[1].venue: the kraken account of bots[0] (bot-a): one account per bot (a Kraken subaccount each), "
+            "the reconciler holding a key of its own on it",
+        ),
+        (
+            [{"name": "bot-a", "venue": {"account": "main"}}, {"name": "bot-b", "venue": {"account": "main"}}],
+            "bots[1].venue: the kraken account of bots[0] (bot-a): one account per bot",
+        ),
+    ],
+    ids=["one prefix on a venue", "one reconciler key", "one named account"],
+)
+def test_two_bots_on_one_account_or_with_one_prefix_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bots: list[dict[str, object]], message: str
+) -> None:
+    assert_one_line_naming_the_key(tmp_path, capsys, _fleet(*bots), message)
+
+
+def test_accounts_of_their_own_and_prefixes_of_their_own_are_accepted(tmp_path: Path) -> None:
+    """Two bots whose names share their first 16 characters, each on an account of its own (named, or reached by a
+    key of its own), load; so do two bots with one prefix on different venues (a gateway and the real one)."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        _fleet(
+            {"name": "kraken-production-1", "venue": {"account": "sub-1"}},
+            {"name": "kraken-production-2", "venue": {"account": "sub-2"}},
+            {"name": "paper-a", "venue": {"order_id_prefix": "x", "urls": {"private": "http://10.0.0.9:9110"}}},
+            {"name": "paper-b", "venue": {"order_id_prefix": "x"}},
+        )
+    )
+    assert len(load_config(path).reconciler.targets) == 4

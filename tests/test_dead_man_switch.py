@@ -7,6 +7,7 @@ tests/test_ccxt_bot.py."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,14 +16,20 @@ from ccxt_helpers import kraken, running_gateway
 from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, wait_for
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.broker import OrderType, Side
+from trading_ops.bot.broker import BrokerError, OrderStatus, OrderType, Side
 from trading_ops.bot.dead_man_switch import REASON
 from trading_ops.bot.runtime import BotRuntime
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.paper.bot import make_venue
+from trading_ops.tasks import stop_tasks
+from trading_ops.venues.call_counter import CallBudget, CounterLimiter
 from trading_ops.venues.ccxt import CcxtBroker
 
 KRAKEN = {"venue": "kraken"}
+# Scheduled reconciliations the Starter-tier run waits for (each one fills the counter to what it may take).
+RECONCILIATIONS = 2
+# ... and the switch refreshes it counts at least.
+REFRESHES = 10
 
 
 def sample(registry: CollectorRegistry, name: str, venue: str = "kraken") -> float | None:
@@ -167,3 +174,81 @@ def test_the_refresh_must_come_well_within_the_timeout() -> None:
         parse_config({"bot": {"dead_man_switch": {"timeout_seconds": 86_400}}})
     defaults = parse_config({}).bot.dead_man_switch
     assert (defaults.enabled, defaults.timeout_seconds, defaults.refresh_interval_seconds) == (True, 60, 20.0)
+
+
+async def test_on_the_starter_tier_reconciliations_and_polls_never_take_the_switchs_refresh(tmp_path: Path) -> None:
+    """Kraken's Starter counter kept by the gateway per key, the bot budgeting against it (`kraken_tier: starter`),
+    polls a second as documented, a scheduled reconciliation every 10 s and the switch refreshed every 5 s (a 15 s
+    timeout). Beside them a storm of ordinary private calls (what a reconciliation and the polls spend, the test's own
+    through the broker) takes all the counter they may whenever no reconciliation holds it: the switch's refreshes
+    and a cancel's lookups find the protective reserve. Counted over the run: every refresh attempted succeeded, every
+    protective call was sent, the venue never fired the switch nor refused a call, and the reconciliations ran."""
+    async with running_gateway(tick_interval=0.05) as (gateway, base):
+        gateway.call_counter = CounterLimiter("starter")
+        config = fast_config(tmp_path)
+        config.bot.venue = "kraken"
+        config.bot.market_data_stale_seconds = 3600.0
+        config.bot.heartbeat_timeout_seconds = 30.0
+        config.recovery.reconcile_interval_seconds = 10.0
+        switch = config.bot.dead_man_switch
+        switch.timeout_seconds, switch.refresh_interval_seconds = 15, 5
+        registry = CollectorRegistry()
+        budget = CallBudget("starter")
+        broker = CcxtBroker(kraken(base), ["BTC-USD"], poll_interval=1.0, quote_interval=1.0, call_budget=budget)
+        bot = BotRuntime(config, broker, IdleStrategy(), symbols=["BTC-USD"], token=TOKEN, registry=registry)
+        await bot.start("127.0.0.1", 0)
+        storm_refused = 0
+
+        async def storm() -> None:
+            nonlocal storm_refused
+            while True:
+                if not budget.reserved:  # a reconciliation holds the counter: the storm, like the polls, waits
+                    try:
+                        await broker.open_orders()
+                        continue
+                    except BrokerError:  # unsent: no room for an ordinary call
+                        storm_refused += 1
+                await asyncio.sleep(0.2)
+
+        storming = asyncio.create_task(storm())
+        try:
+            order = await bot.submit("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), Decimal("1000"))
+            assert order is not None
+            runs = "tradingbot_reconciliation_runs_total"
+            scheduled = {"venue": "kraken", "trigger": "schedule"}
+
+            def reconciliations() -> float:
+                return sum(
+                    registry.get_sample_value(runs, {**scheduled, "result": r}) or 0.0
+                    for r in ("clean", "resolved", "failed", "halted", "unknown")
+                )
+
+            def attempted() -> float:
+                refreshes = sample(registry, "tradingbot_dead_man_switch_refreshes_total") or 0
+                return refreshes + (sample(registry, "tradingbot_dead_man_switch_refresh_failures_total") or 0)
+
+            await wait_for(
+                lambda: reconciliations() >= RECONCILIATIONS and attempted() >= REFRESHES,
+                timeout=RECONCILIATIONS * 90,
+                interval=0.5,
+            )
+            # A cancel now, the counter as full as ordinary calls may make it: its lookups spend the reserve.
+            await wait_for(lambda: budget.counter.level() > budget.ceiling - 1, timeout=30)
+            assert (await broker.cancel(order.client_order_id)).status is OrderStatus.CANCELED
+            refreshes = sample(registry, "tradingbot_dead_man_switch_refreshes_total") or 0
+            failures = sample(registry, "tradingbot_dead_man_switch_refresh_failures_total") or 0
+            print(
+                f"starter tier, {reconciliations():g} scheduled reconciliations and {storm_refused} ordinary calls "
+                f"refused for want of room: switch refreshes attempted {refreshes + failures:g}, succeeded "
+                f"{refreshes:g}; protective calls sent {budget.protective_spent}, refused "
+                f"{budget.protective_exhausted}; calls refused by the venue {gateway.call_counter.refused}"
+            )
+            assert storm_refused > 0  # the storm did reach the ceiling of ordinary calls
+            assert refreshes >= REFRESHES and failures == 0
+            assert budget.protective_spent >= refreshes and budget.protective_exhausted == 0
+            assert gateway.call_counter.refused == 0
+            assert gateway.venue.dead_man_switch_trigger() is not None  # armed all along: it never fired
+            assert order.client_order_id not in {o.client_order_id for o in await gateway.venue.open_orders()}
+        finally:
+            await stop_tasks([storming])
+            await bot.stop()

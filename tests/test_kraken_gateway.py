@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -436,6 +437,38 @@ async def test_more_keys_of_the_main_account_from_the_configuration_each_with_it
     sub = {"name": "x", "api_key_file": "other-key", "api_secret_file": "other"}
     with pytest.raises(ConfigError, match="API key of sub-account x is another"):
         gateway_from_config(parse_config({"gateway": {**section, "accounts": [sub]}}, base_dir=tmp_path))
+
+
+async def test_a_sub_account_holds_several_keys_the_bots_and_the_reconcilers(tmp_path: Path, monkeypatch) -> None:
+    """gateway.accounts[].extra_keys: a sub-account reached with a second key of its own (the reconciler's, for its
+    venue steps, beside the bot's): both keys see the same orders and balances, each with its own nonce; the main
+    account's key sees none of them; a key given twice to one account is one line naming it."""
+    sub = {
+        "name": "bot-2",
+        "api_key_file": "sub-key",
+        "api_secret_file": "sub-secret",
+        "extra_keys": [{"api_key_file": "other-key", "api_secret_file": "other"}],
+    }
+    section = {**gateway_section(tmp_path, monkeypatch), "accounts": [sub]}
+    config = parse_config({"paper": {"reject_probability": 0}, "gateway": section}, base_dir=tmp_path)
+    gateway = gateway_from_config(config)
+    assert list(gateway.accounts) == ["main", "bot-2"]
+    async with serving(gateway) as base:
+        bot, reconciler, main = kraken(base, SUB_KEY, SUB_SECRET), kraken(base, OTHER_KEY, OTHER_SECRET), kraken(base)
+        reconciler.nonce = itertools.count(10**18).__next__  # far ahead of anything the bot's key will send
+        try:
+            placed = await bot.create_order("BTC/USD", "limit", "buy", 0.01, 1000)
+            assert [o["id"] for o in await reconciler.fetch_open_orders()] == [placed["id"]]  # one account
+            assert (await bot.fetch_balance())["total"] == (await reconciler.fetch_balance())["total"]
+            assert await main.fetch_open_orders() == []  # another account's
+            await reconciler.cancel_order(placed["id"])  # the reconciler's key acts on the bot's account
+            assert await bot.fetch_open_orders() == []
+        finally:
+            for ex in (bot, reconciler, main):
+                await ex.close()
+    twice = {**sub, "extra_keys": [{"api_key_file": "sub-key", "api_secret_file": "sub-secret"}]}
+    with pytest.raises(ConfigError, match=r"^gateway.accounts\[0\].extra_keys\[0\].api_key: is another key of sub-ac"):
+        gateway_from_config(parse_config({"gateway": {**section, "accounts": [twice]}}, base_dir=tmp_path))
 
 
 async def test_an_outage_drops_every_client_whatever_they_do_until_it_ends_by_itself() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import ipaddress
 import os
@@ -30,6 +31,10 @@ POSTGRESQL_DRIVER_MISSING = "PostgreSQL needs the psycopg driver: pip install 't
 SQLITE_FILE_URL = re.compile(r"(sqlite(?:\+pysqlite)?):///([^?%]*)")
 # Names that end up in label values, file names and the journal: a word of letters, digits, `_`, `.`, `-`.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A bot's client order ids are `<prefix>-<run>-<n>`: the prefix is its name up to this many characters (a longer name:
+# its start and a hash of the whole, `order_id_prefix`), so that the ids stay short enough for venues that cap them.
+ORDER_ID_PREFIX_CHARS = 16
+ORDER_ID_HASH_CHARS = 8
 # A systemd unit name (unit@instance.service and the like); the polkit rule decides which ones may be restarted.
 UNIT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.:-]{0,250}$")
 # The paper bot's unit (trading_ops/paper/systemd/): a bot target's unit unless configured otherwise.
@@ -116,6 +121,30 @@ def _check_name(value: str) -> str | None:
     if NAME_PATTERN.match(value):
         return None
     return f"expected a name of letters, digits, '_', '.' or '-' (at most 64), got {_describe(value)}"
+
+
+def order_id_prefix(name: str) -> str:
+    """The order-id prefix of the bot named `name` when none is configured: the name itself up to
+    ORDER_ID_PREFIX_CHARS characters, else its start, '-' and a hash of the whole name, so that distinct names never
+    share one (`kraken-production-1` and `kraken-production-2` once both became `kraken-productio`)."""
+    if len(name) <= ORDER_ID_PREFIX_CHARS:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:ORDER_ID_HASH_CHARS]
+    return f"{name[: ORDER_ID_PREFIX_CHARS - ORDER_ID_HASH_CHARS - 1]}-{digest}"
+
+
+def bot_prefix(entry: BotEntryConfig) -> str:
+    """The order-id prefix of a bot under `bots:`: its venue's `order_id_prefix`, else derived from its name."""
+    return entry.venue.order_id_prefix or order_id_prefix(entry.name)
+
+
+def bot_order_id_prefix(config: Config) -> str:
+    """The order-id prefix of the bot this configuration runs (`bot:`): bot.order_id_prefix, else its entry's under
+    `bots:`, else derived from its name, as the reconciler's `venue` step derives it."""
+    if config.bot.order_id_prefix:
+        return config.bot.order_id_prefix
+    entry = next((b for b in config.bots if b.name == config.bot.name), None)
+    return bot_prefix(entry) if entry is not None else order_id_prefix(config.bot.name)
 
 
 def _check_nonempty(value: Any) -> str | None:
@@ -410,6 +439,9 @@ class BotConfig:
     name: str = checked("paper-1", _check_name)
     venue: str = checked("paper", _check_name)
     strategy: str = checked("demo", _check_name)
+    # What the client ids of this bot's orders start with (`<prefix>-<run>-<n>`): how its orders are told from other
+    # bots' on an account. Empty: derived from the name (`order_id_prefix`: distinct names never share one).
+    order_id_prefix: str = checked("", lambda v: None if v == "" else _check_name(v))
     listen: ListenConfig = field(default_factory=ListenConfig)
     # The single token of the control API: every right (destructive), its callers name themselves in the
     # X-Trading-Ops-Source header. Unset (no file, no variable) when control_tokens are given instead.
@@ -616,8 +648,11 @@ class BotVenueConfig:
     # The bot's symbols (BASE-QUOTE): what `positions` reports and `flatten` closes.
     symbols: list[str] = field(default_factory=list)
     # How the bot's orders are told from others' on the account: the client order ids the runtime gives them start
-    # with `<prefix>-`. Empty: the bot's name cut to 16 characters, as the runtime makes them.
+    # with `<prefix>-`. Empty: derived from the bot's name as the runtime derives it (`order_id_prefix`).
     order_id_prefix: str = checked("", lambda v: None if v == "" else _check_name(v))
+    # Which account at the venue this is, in a name of yours (a Kraken subaccount's name, say): one account per bot,
+    # so two bots may not name the same one. Empty: the account the reconciler's key (its file or variable) reaches.
+    account: str = checked("", lambda v: None if v == "" else _check_name(v))
     # Base-asset balances that are not the bot's (its position is the balance less this), as ccxt.position_baseline.
     position_baseline: dict[str, float] = field(default_factory=dict)
     timeout_seconds: float = bounded(10.0, min=0.1)
@@ -1257,6 +1292,9 @@ class GatewayAccountConfig:
     name: str = checked("", _check_name)
     api_key: str = secret("", "API key of this sub-account")
     api_secret: str = secret("", "base64 API secret of that key")
+    # More keys of this sub-account, as Kraken lets every account have several: one per client of it (the bot's own,
+    # the reconciler's for its venue steps), each with its own nonce.
+    extra_keys: list[GatewayKeyConfig] = field(default_factory=list)
     # Its state between restarts; empty: beside gateway.state_file as <stem>.<name><suffix> (none without it).
     state_file: str = path_field()
 
@@ -1363,6 +1401,7 @@ class Config:
         for kind, command in self.bot_kinds.items():
             if _check_name(kind) or (problem := _check_command(command)):
                 raise ConfigError(f"bot_kinds.{kind}", _check_name(kind) or problem or "")
+        self._check_accounts()
         if self.bots:
             if self.reconciler.targets:
                 raise ConfigError("reconciler.targets", "give the bots once, under bots: (targets are derived)")
@@ -1373,11 +1412,48 @@ class Config:
                     destructive_token=b.destructive_token,
                     unit=b.systemd_unit,
                     container=b.docker_container,
-                    venue=dataclasses.replace(b.venue, order_id_prefix=b.venue.order_id_prefix or b.name[:16]),
+                    venue=dataclasses.replace(b.venue, order_id_prefix=bot_prefix(b)),
                     host=b.host,
                 )
                 for b in self.bots
             }
+
+    def _check_accounts(self) -> None:
+        """A bot touches only its own orders: one account per bot (the venue's dead man's switch and its balances are
+        the account's, so two bots on one would cancel and reconcile each other), and no two bots on a venue with one
+        order-id prefix (a `venue` step tells a bot's orders by it; two bots given keys of their own on one account
+        are not seen sharing it, their prefixes are). The bot this file runs (`bot:`) takes the prefix its entry
+        under `bots:` gives."""
+        prefixes: dict[tuple[str, str], int] = {}
+        accounts: dict[tuple[str, str], int] = {}
+        for i, entry in enumerate(self.bots):
+            venue = entry.venue
+            if entry.name == self.bot.name and venue.order_id_prefix and self.bot.order_id_prefix:
+                if venue.order_id_prefix != self.bot.order_id_prefix:
+                    raise ConfigError(
+                        f"bots[{i}].venue.order_id_prefix",
+                        f"{venue.order_id_prefix} is not bot.order_id_prefix ({self.bot.order_id_prefix}), the "
+                        f"prefix bot {entry.name} gives its orders",
+                    )
+            if not venue.exchange:
+                continue
+            place = " ".join([venue.exchange, *(f"{k}={v}" for k, v in sorted(venue.urls.items()))])
+            prefix = bot_prefix(entry)
+            first = prefixes.setdefault((place, prefix), i)
+            if first != i:
+                raise ConfigError(
+                    f"bots[{i}].venue.order_id_prefix",
+                    f"{prefix} is the order-id prefix of bots[{first}] ({self.bots[first].name}) on {venue.exchange} "
+                    "too: a venue step would take both bots' orders (give each bot a prefix of its own)",
+                )
+            account = venue.account or venue.api_key
+            first = accounts.setdefault((place, account), i)
+            if first != i:
+                raise ConfigError(
+                    f"bots[{i}].venue",
+                    f"the {venue.exchange} account of bots[{first}] ({self.bots[first].name}): one account per bot "
+                    "(a Kraken subaccount each), the reconciler holding a key of its own on it",
+                )
 
     def path(self, value: str) -> Path:
         """Resolve a path rendered at run time (a step's pidfile template) against the configuration file's

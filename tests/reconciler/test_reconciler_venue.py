@@ -22,7 +22,7 @@ from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
 from webhook_payloads import alert, payload
 
 from trading_ops.cli import main
-from trading_ops.config import load_config
+from trading_ops.config import load_config, order_id_prefix
 from trading_ops.reconciler.actions.escalate import BOT_HOST_DOWN, FAILED
 from trading_ops.reconciler.app import create_app
 
@@ -63,9 +63,17 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
         gw.stop()
 
 
-def write_config(tmp_path: Path, gw: Gateway, db: str, am_url: str, playbook: dict[str, Any], venue: bool) -> Path:
-    """Two bots on the gateway's one account; the reconciler holds a key of its own on it for bot-a (`venue: true`)
-    and none for bot-a-2."""
+def write_config(
+    tmp_path: Path,
+    gw: Gateway,
+    db: str,
+    am_url: str,
+    playbook: dict[str, Any],
+    venue: bool,
+    names: tuple[str, str] = (BOT_A, BOT_B),
+) -> Path:
+    """Two bots on the gateway's one account (`names`, default bot-a and bot-a-2); the reconciler holds a key of its
+    own on it for the first (`venue: true`) and none for the second."""
     for name, value in (
         ("webhook-token", TOKEN),
         ("read-token", READ_TOKEN),
@@ -77,7 +85,7 @@ def write_config(tmp_path: Path, gw: Gateway, db: str, am_url: str, playbook: di
         (tmp_path / name).write_text(value)
     (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [playbook]}))
     bot_a: dict[str, Any] = {
-        "name": BOT_A,
+        "name": names[0],
         "kind": "ccxt",
         "instance": "10.0.0.11:9101",
         "url": "http://10.0.0.11:9101",
@@ -92,7 +100,7 @@ def write_config(tmp_path: Path, gw: Gateway, db: str, am_url: str, playbook: di
             "symbols": ["BTC-USD", "ETH-USD"],
         }
     bot_b = {
-        "name": BOT_B,
+        "name": names[1],
         "kind": "ccxt",
         "instance": "10.0.0.12:9101",
         "url": "http://10.0.0.12:9101",
@@ -193,6 +201,27 @@ async def test_cancel_all_at_the_venue_takes_one_bots_orders_and_leaves_the_othe
     assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
     await engine_settled(client.app)
     assert len(await episodes(client)) == 1 and len(done["attempts"]) == 1
+
+
+async def test_bots_whose_names_share_16_characters_each_keep_their_orders(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, gateway: Gateway, alertmanager: Alertmanager
+) -> None:
+    """kraken-production-1 and kraken-production-2 once shared the prefix kraken-productio, and the first's host-down
+    cancel_all took the second's order. Their runtimes' prefixes (config.order_id_prefix) now differ: the cancel takes
+    the first bot's orders only."""
+    names = ("kraken-production-1", "kraken-production-2")
+    one, two = (order_id_prefix(n) for n in names)
+    for cid in (f"{one}-{RUN}-1", f"{one}-{RUN}-2", f"{two}-{RUN}-1"):
+        rest_order(gateway, cid)
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, rule(CANCEL), venue=True, names=names)
+    client = await aiohttp_client(create_app(load_config(config)))
+    body = host_down(alertmanager, "10.0.0.11:9101")
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    done = await ended(client, "recovered")
+    (step,) = done["attempts"][0]["steps"]
+    assert step["outcome"] == "success"
+    assert "2 of its orders cancelled, none left open; 1 other orders on the account left alone" in step["output"]
+    assert open_ids(gateway) == {f"{two}-{RUN}-1"}
 
 
 async def test_flatten_at_the_venue_waits_for_approval_then_closes_the_position(

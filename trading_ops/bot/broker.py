@@ -283,6 +283,13 @@ class Broker(abc.ABC):
         yield
 
     @contextlib.asynccontextmanager
+    async def protective(self) -> AsyncIterator[None]:
+        """Entered around calls that protect money (a shutdown's cancels, disarming the dead man's switch): a broker
+        that budgets the venue's rate limit lets the calls inside (in this task) spend the room it keeps for them,
+        which no reconciliation or poll may take. The default: nothing changes."""
+        yield
+
+    @contextlib.asynccontextmanager
     async def reconciliation_room(self) -> AsyncIterator[None]:
         """Entered before a reconciliation takes the trade lock, held until it ends: a broker that budgets the
         venue's rate limit returns once a reconciliation's calls fit (waiting for the limit's decay, the trading

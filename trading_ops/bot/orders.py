@@ -64,7 +64,7 @@ class OrderEngine:
         metrics: BotMetrics,
         gate: OrderGate,
         *,
-        bot: str,
+        order_id_prefix: str,
         strategy: str,
         symbols: Sequence[str],
         quote_asset: str,
@@ -91,7 +91,7 @@ class OrderEngine:
         self._lookups: dict[str, tuple[float, float]] = {}  # unknown outcome: key -> (next lookup, wait after it)
         self._fill_lock = asyncio.Lock()  # one fill at a time between the book and its journal write
         self._ids = itertools.count(1)
-        self.id_prefix = f"{bot[:16]}-{int(time.time() * 1000):x}"
+        self.id_prefix = f"{order_id_prefix}-{int(time.time() * 1000):x}"
 
     # -- what the risk engine reads (risk.Exposure) ---------------------------------------------------
     def position(self, symbol: str) -> Decimal:

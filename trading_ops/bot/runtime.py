@@ -41,7 +41,7 @@ from trading_ops.bot.shutdown import OrdersLeftOpen, ShutdownDeadlineExceeded, S
 from trading_ops.bot.state import TradingState
 from trading_ops.bot.strategy import Context, Strategy, StrategyWithStart
 from trading_ops.bot.trade_lock import TradeLock
-from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
+from trading_ops.config import Config, ConfigError, bot_order_id_prefix, resolve_secret, resolve_tokens
 from trading_ops.db.base import make_engine
 from trading_ops.db.revisions import schema_problem
 from trading_ops.durations import parse_duration
@@ -57,6 +57,9 @@ CENT = Decimal("0.01")
 FORCED_EXIT_GRACE_SECONDS = 2.0
 # After a missed shutdown deadline (in-process, no forced exit): how long releasing what can be released may take.
 ABANDON_SECONDS = 1.0
+# A shutdown waits this part of its deadline for the trading step in progress (a reconciliation that waits on the
+# venue's rate limit holds the trade lock), then cancels it.
+STOP_TRADING_SHARE = 0.2
 VENUE_TASK = "venue"
 # How often the loop reads the venue's clock for tradingbot_clock_skew_seconds (TradingBotClockSkew waits 2 m).
 CLOCK_SKEW_INTERVAL_SECONDS = 30.0
@@ -253,7 +256,7 @@ class BotRuntime:
             self.journal,
             self.metrics,
             self.gate,
-            bot=bot.name,
+            order_id_prefix=bot_order_id_prefix(config),
             strategy=bot.strategy,
             symbols=self.symbols,
             quote_asset=self.quote_asset,
@@ -573,10 +576,14 @@ class BotRuntime:
         """Stop new orders, cancel or keep open orders by policy, disconnect, flush the journal, write the final
         heartbeat, then release everything: all of it within `recovery.shutdown_deadline_seconds`.
 
-        The final heartbeat carries the clean-shutdown marker only when stopping the orders, the open-orders policy
-        and the flush succeeded; otherwise it records which failed, and the next start treats the run as a crash.
-        Raises ShutdownDeadlineExceeded (after releasing what can be released quickly) when the deadline passes;
-        with `force_exit`, a thread also ends the process shortly after the deadline whatever the loop is doing.
+        The venue steps (the cancel of the open orders, disarming the dead man's switch) share a bounded part of the
+        deadline (shutdown.VENUE_SHARE); one the venue keeps waiting is cut off there, unconfirmed, and the local steps
+        still run. The final heartbeat carries the clean-shutdown marker when stopping the orders and the flush
+        succeeded (the process stopped in order; a venue step it could not confirm is named in its reason, and the
+        process exits 1 saying which); otherwise it records which failed, and the next start treats the run as a
+        crash. Raises ShutdownDeadlineExceeded (after releasing what can be released quickly) when the deadline
+        passes; with `force_exit`, a thread also ends the process shortly after the deadline whatever the loop is
+        doing.
         """
         if self._stopped:
             return
@@ -587,17 +594,22 @@ class BotRuntime:
         rec = self.config.recovery
         policy = rec.open_orders_on_shutdown
         orders_step = f"open orders: {policy}"
-        needed_for_clean = ("stop new orders", orders_step, "flush the journal")
-        sequence = ShutdownSequence([], rec.shutdown_deadline_seconds)
+        switch_step = "the dead man's switch"
+        needed_for_clean = ("stop new orders", "flush the journal")
+        venue_steps = frozenset({orders_step, switch_step} if policy == "cancel" else {switch_step})
+        sequence = ShutdownSequence([], rec.shutdown_deadline_seconds, venue_steps)
 
         async def final_heartbeat() -> None:
             failed = [name for name in needed_for_clean if name in sequence.failed]
+            unconfirmed = [name for name in venue_steps if name in sequence.failed]
             if failed:
                 log.error(
                     "shutdown: no clean-shutdown marker, %s failed: the next start treats this run as a crash",
                     ", ".join(failed),
                 )
             why = f"{reason}; failed: {', '.join(failed)}" if failed else reason
+            if unconfirmed:
+                why += f"; unconfirmed at the venue: {', '.join(sorted(unconfirmed))}"
             await self.heartbeat.stop(clean=not failed, reason=why)
 
         async def flush() -> None:
@@ -609,7 +621,7 @@ class BotRuntime:
         sequence.steps = [
             ("stop new orders", self._stop_trading),
             (orders_step, self._cancel_open_orders if policy == "cancel" else self._keep_open_orders),
-            ("the dead man's switch", lambda: self._end_dead_man(orders_step, sequence.failed)),
+            (switch_step, lambda: self._end_dead_man(orders_step, sequence.failed)),
             ("disconnect from the venue", self._disconnect),
             ("flush the journal", flush),
             ("final heartbeat with the clean-shutdown marker", final_heartbeat),
@@ -626,6 +638,17 @@ class BotRuntime:
             if not force_exit:
                 await self._abandon()
             raise
+        if policy == "cancel" and orders_step in sequence.cut_off:
+            share = rec.shutdown_deadline_seconds * sequence.venue_share
+            self._cancel_error = (
+                f"cut off after the venue steps' {share:g} s of the {rec.shutdown_deadline_seconds:g} s deadline"
+            )
+        if switch_step in failed and self.dead_man.armed:
+            log.warning(
+                "shutdown: the dead man's switch could not be disarmed: the venue cancels every open order of the "
+                "account at %s (the next start arms it again)",
+                self.dead_man.trigger.isoformat() if self.dead_man.trigger else "its trigger",
+            )
         if policy == "cancel" and orders_step in failed:
             self.orders_left_open = (
                 f"shutdown could not confirm the cancel of its open orders ({self._cancel_error}); they may rest at "
@@ -639,11 +662,23 @@ class BotRuntime:
         )
 
     async def _stop_trading(self) -> None:
+        """No new order from here on: the step in progress finishes (bounded: a reconciliation waiting on the venue's
+        rate limit holds the trade lock) and none starts after it."""
         self.gate.accepting = False
-        async with self.trade_lock.hold():  # the step in progress finishes; none starts after it
-            for task in self._tasks:
-                if task.get_name() in ("trading-loop", "reconciliation"):
-                    task.cancel()
+        bound = asyncio.timeout(self.config.recovery.shutdown_deadline_seconds * STOP_TRADING_SHARE)
+        try:
+            async with bound, self.trade_lock.hold():
+                self._cancel_trading()
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            log.warning("shutdown: the step in progress did not end in time (it waits on the venue): cancelled")
+        self._cancel_trading()
+
+    def _cancel_trading(self) -> None:
+        for task in self._tasks:
+            if task.get_name() in ("trading-loop", "reconciliation"):
+                task.cancel()
 
     async def _cancel_open_orders(self) -> None:
         """Every working order of the bot, adopted ones included, confirmed by a look at the venue (its calls wait
@@ -651,7 +686,7 @@ class BotRuntime:
         venue could not confirm it."""
         budget = self.config.recovery.shutdown_deadline_seconds / 2
         try:
-            async with self.broker.patient():
+            async with self.broker.patient(), self.broker.protective():
                 canceled, left = await self.order_engine.cancel_everything(budget)
         except Exception as exc:
             self._cancel_error = f"{type(exc).__name__}: {exc}"[:300]
@@ -674,7 +709,7 @@ class BotRuntime:
         if not self.dead_man.active:
             return
         if when == "always" or (when == "after_cancel" and canceled):
-            async with self.broker.patient():  # within the shutdown's deadline, as its cancels
+            async with self.broker.patient(), self.broker.protective():  # within the venue steps' share
                 await self.dead_man.disarm()
             return
         self.dead_man.stop()

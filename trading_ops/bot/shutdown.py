@@ -1,4 +1,9 @@
-"""A graceful shutdown: named steps run in order within one deadline; what the deadline cut off is logged."""
+"""A graceful shutdown: named steps run in order within one deadline; what the deadline cut off is logged.
+
+The steps that wait on the venue (a cancel of the open orders, disarming its dead man's switch) share a bounded part of
+the deadline, `VENUE_SHARE`: a venue that makes them wait (its rate limit spent, an outage) cuts them off there,
+unconfirmed, and the local steps after them (flushing the journal, the final heartbeat with the clean-shutdown
+marker, closing the journal, releasing the lock) still run in the rest."""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Step = tuple[str, Callable[[], Awaitable[Any]]]
+# The part of the deadline the venue steps may take together (from the sequence's start): the rest is the local
+# steps', which take milliseconds when the journal works.
+VENUE_SHARE = 0.6
 
 
 class ShutdownDeadlineExceeded(Exception):
@@ -29,6 +37,10 @@ class OrdersLeftOpen(Exception):
     exits non-zero saying so (the orders may still rest at the venue)."""
 
 
+class _CutOff(Exception):
+    """A venue step that its share of the deadline cut off (already logged)."""
+
+
 class ShutdownSequence:
     """Steps run in order within `deadline` seconds; a failing step is logged and the next one runs.
 
@@ -36,10 +48,21 @@ class ShutdownSequence:
     only when the steps before it succeeded). `unfinished()` names the step running and those after it.
     """
 
-    def __init__(self, steps: list[Step], deadline: float) -> None:
+    def __init__(
+        self,
+        steps: list[Step],
+        deadline: float,
+        venue_steps: frozenset[str] = frozenset(),
+        venue_share: float = VENUE_SHARE,
+    ) -> None:
         self.steps = steps
         self.deadline = deadline
         self.failed: list[str] = []
+        # Steps that wait on the venue: together they may take `venue_share` of the deadline; one cut off there is
+        # failed (unconfirmed) and the next step runs.
+        self.venue_steps = venue_steps
+        self.venue_share = venue_share
+        self.cut_off: list[str] = []
         self._current = 0
         self._exit_timer: threading.Timer | None = None
 
@@ -55,8 +78,14 @@ class ShutdownSequence:
                 for index, (name, step) in enumerate(self.steps):
                     self._current = index
                     try:
-                        await step()
+                        if name in self.venue_steps:
+                            await self._venue_step(name, step, started + self.deadline * self.venue_share)
+                        else:
+                            await step()
                         log.info("shutdown: %s done (%.0f ms)", name, (time.monotonic() - started) * 1000)
+                    except _CutOff:
+                        self.failed.append(name)
+                        self.cut_off.append(name)
                     except Exception:
                         log.exception("shutdown: %s failed", name)
                         self.failed.append(name)
@@ -66,6 +95,29 @@ class ShutdownSequence:
             log.error("shutdown deadline of %g s passed; unfinished: %s", self.deadline, ", ".join(unfinished))
             raise ShutdownDeadlineExceeded(self.deadline, unfinished) from None
         return list(self.failed)
+
+    async def _venue_step(self, name: str, step: Callable[[], Awaitable[Any]], until: float) -> None:
+        """Run a venue step until `until` (monotonic) at the latest; raise _CutOff (logged) when it is cut off there."""
+        share = self.deadline * self.venue_share
+        left = until - time.monotonic()
+        if left <= 0:
+            log.error(
+                "shutdown: %s not attempted: the venue steps' %g s of the deadline are spent (unconfirmed)", name, share
+            )
+            raise _CutOff
+        timeout = asyncio.timeout(left)
+        try:
+            async with timeout:
+                await step()
+        except TimeoutError:
+            if not timeout.expired():
+                raise  # the whole deadline's, not this step's
+            log.error(
+                "shutdown: %s cut off after the venue steps' %g s of the deadline (unconfirmed); the local steps run",
+                name,
+                share,
+            )
+            raise _CutOff from None
 
     def arm_forced_exit(self, grace: float, status: int) -> None:
         """Backstop for an event loop that cannot even notice its deadline (a step blocking it): `grace` seconds

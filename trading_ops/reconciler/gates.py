@@ -37,8 +37,8 @@ STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
 class Gates(RunPart):
     """Owns the checks between a claimed episode and its first step: the reconciler's pause and an active
     maintenance silence park the episode (recorded: nothing executed), the rule's cooldown defers it, an open circuit
-    or a spent action budget closes it escalated (a protective rule acts anyway, cooldown included), and a deferred run first asks
-    Alertmanager whether its alert still fires. A step's own approval is not here (`ApprovalGate`)."""
+    or a spent action budget closes it escalated (a protective rule acts anyway, cooldown included), and a deferred
+    run first asks Alertmanager whether its alert still fires. A step's own approval is not here (`ApprovalGate`)."""
 
     def __init__(
         self, holder: RunHolder, rc: ReconcilerConfig, alertmanager: AlertmanagerClient, escalation: Escalation

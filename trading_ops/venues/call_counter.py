@@ -15,6 +15,12 @@ no answer because its connection was refused or closed (an outage) is counted ba
 `EAPI:Rate limit exceeded` sets the estimate to the maximum (the venue knows better).
 
 How the budget is spent, as a REST-only Kraken bot must:
+- Protective calls have room of their own: the dead man's switch's refresh (CancelAllOrdersAfter, whoever sends it)
+  and what a cancel asks after it (inside `protective()`: the cancel's lookups of the order's state) may take the
+  estimate up to the hard ceiling; every other call, a reconciliation's and a poll's included, stops
+  `PROTECTIVE_RESERVE_POINTS` under it. So a reconciliation that spent all it may still leaves the next refresh and
+  a cancel's lookup their points: a refresh lost to the budget lets the venue cancel a live bot's orders at its
+  trigger, and one lost for longer leaves them unguarded.
 - Nothing is ever sent that would take the estimate past `maximum - MARGIN_POINTS` (the margin covers the venue's
   coarser decay steps and the request's travel time): such a call is refused at once with BudgetExhausted (ccxt's
   RateLimitExceeded, so the broker raises it as a `rate_limit` BrokerError), never sent, so a bot whose estimate is
@@ -32,8 +38,9 @@ How the budget is spent, as a REST-only Kraken bot must:
   lookups and reconciliations (about 12 points) find 70 % of the counter free.
 - A reconciliation is not refused for want of room by the bot's own budget: before it takes the trade lock it
   reserves the counter (`reserved`: the polls skip their cycles from then on) and, while the estimate leaves less
-  than RECONCILIATION_POINTS under the hard ceiling, waits for the decay (`seconds_until_room`) with nothing held:
-  the trading loop and the heartbeat run meanwhile (CcxtBroker.reconciliation_room).
+  than RECONCILIATION_POINTS under the ordinary ceiling (the protective reserve kept), waits for the decay
+  (`seconds_until_room`) with nothing held: the trading loop and the heartbeat run meanwhile
+  (CcxtBroker.reconciliation_room).
 - The cadence of the polls is planned from the tier's decay (`poll_interval`): open orders each cycle at most
   `POLL_SHARE` of the decay, trade history only when something changed or every `trades_interval` (the broker says
   when), so that at rest the counter stays near empty.
@@ -79,6 +86,13 @@ FREE_METHODS = frozenset(
 # Ledger and trade-history calls: 2 points.
 DOUBLE_METHODS = frozenset({"TradesHistory", "QueryTrades", "Ledgers", "QueryLedgers"})
 MARGIN_POINTS = 2.0  # never spent by the bot: the venue's decay comes in steps, and requests take time to arrive
+# Under the hard ceiling, kept for protective calls: a switch refresh (1) and a cancel's lookups of its order (the open
+# orders, then the closed ones: 2). The refresh comes every 20 s at the defaults, in which the Starter tier decays 6.6
+# points: the reserve is back by then.
+PROTECTIVE_RESERVE_POINTS = 3.0
+# Private methods that are protective whoever sends them: the dead man's switch (its refresh keeps a live bot's orders
+# from being cancelled by the venue; its arming guards them when the bot dies).
+PROTECTIVE_METHODS = frozenset({"CancelAllOrdersAfter"})
 POLL_CEILING = 0.3  # polls begin a cycle only under this share of the maximum: a reconciliation (~12) fits on top
 POLL_SHARE = 0.5  # the open-orders poll's planned share of the decay
 TRADES_SHARE = 0.2  # the trade-history poll's planned share of the decay (when nothing asked for it sooner)
@@ -89,6 +103,8 @@ TRADES_INTERVAL_SECONDS = 10.0  # ... and never more often than this when nothin
 RECONCILIATION_POINTS = 12.0
 # Set in a task that polls in the background: its private calls keep the reserve.
 _BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("kraken_background_call", default=False)
+# Set around a cancel's calls (the lookups of the state it left): they may spend the protective reserve.
+_PROTECTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("kraken_protective_call", default=False)
 # Set around work that nothing else waits on and that must not fail for want of room (a start, a shutdown's cancels):
 # its private calls wait for the counter's decay instead of raising BudgetExhausted.
 _PATIENT: contextvars.ContextVar[bool] = contextvars.ContextVar("kraken_patient_call", default=False)
@@ -152,6 +168,22 @@ def patient() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def protective() -> Iterator[None]:
+    """Marks the private calls made inside (in this task) as protective: a cancel's lookups, which may spend the
+    reserve no reconciliation or poll can take (CancelAllOrdersAfter is protective wherever it is sent)."""
+    token = _PROTECTIVE.set(True)
+    try:
+        yield
+    finally:
+        _PROTECTIVE.reset(token)
+
+
+def is_protective(method: str) -> bool:
+    """Whether a call of `method` made now may spend the protective reserve."""
+    return method in PROTECTIVE_METHODS or _PROTECTIVE.get()
+
+
+@contextlib.contextmanager
 def background() -> Iterator[None]:
     """Marks the private calls made inside (in this task) as a background poll's: they keep the reserve."""
     token = _BACKGROUND.set(True)
@@ -171,17 +203,22 @@ class CallBudget:
         clock: Callable[[], float] = time.monotonic,
         margin: float = MARGIN_POINTS,
         poll_ceiling: float = POLL_CEILING,
+        reserve: float = PROTECTIVE_RESERVE_POINTS,
     ) -> None:
         self.tier_name = tier_name
         self.tier = tier(tier_name)
         self.counter = CallCounter(self.tier, clock)
         self.hard_ceiling = self.tier.maximum - margin
+        # Where every call but a protective one stops: the reserve between it and the hard ceiling is theirs.
+        self.ceiling = self.hard_ceiling - reserve
         self.poll_ceiling = self.tier.maximum * poll_ceiling
         self.spent = 0.0  # points, since the start
         self.exhausted = 0  # calls refused for want of room (never sent)
         self.deferred = 0  # background calls not sent for want of room
         self.reserved = 0  # reconciliations waiting for their room or running: the polls leave the counter to them
         self.waits = 0  # patient calls that waited for room (never refused)
+        self.protective_spent = 0  # protective calls sent (a switch refresh, a cancel's lookups)
+        self.protective_exhausted = 0  # protective calls refused for want of room: none while the estimate is right
 
     def headroom(self) -> float:
         """Fraction (0-1) of the counter still free, by the estimate."""
@@ -199,9 +236,14 @@ class CallBudget:
         return not self.reserved and self.counter.level() + points <= self.poll_ceiling
 
     def seconds_until_room(self, points: float) -> float:
-        """Seconds of decay until `points` fit under the hard ceiling (0: now); `points` past the whole room wait
-        for an empty counter."""
-        return self.counter.seconds_until(min(points, self.hard_ceiling), self.hard_ceiling)
+        """Seconds of decay until `points` fit under the ceiling of ordinary calls (0: now), the protective reserve
+        left above it; `points` past the whole room wait for an empty counter."""
+        return self.counter.seconds_until(min(points, self.ceiling), self.ceiling)
+
+    def ceiling_for(self, method: str) -> float:
+        """How far a call of `method` made now may take the estimate: the hard ceiling for a protective call, the
+        ordinary ceiling (the reserve kept) for every other."""
+        return self.hard_ceiling if is_protective(method) else self.ceiling
 
     @staticmethod
     def patient_now() -> bool:
@@ -214,7 +256,8 @@ class CallBudget:
         if not self.patient_now():
             return
         points = call_cost(method)
-        while points and (wait := self.seconds_until_room(points)) > 0:
+        ceiling = self.ceiling_for(method)
+        while points and (wait := self.counter.seconds_until(min(points, ceiling), ceiling)) > 0:
             self.waits += 1
             await asyncio.sleep(wait + 0.01)
 
@@ -224,18 +267,21 @@ class CallBudget:
         points = call_cost(method)
         if points == 0:
             return
-        wait = self.counter.seconds_until(points, self.hard_ceiling)
+        protected = is_protective(method) and not _BACKGROUND.get()
+        wait = self.counter.seconds_until(points, self.hard_ceiling if protected else self.ceiling)
         if wait > 0:
             if _BACKGROUND.get():
                 self.deferred += 1
                 raise Deferred(method)
             self.exhausted += 1
+            self.protective_exhausted += protected
             raise BudgetExhausted(
                 f"{method}: the call budget of Kraken's {self.tier_name} tier has no room "
                 f"(headroom {self.headroom():.2f}; {wait:.1f} s to decay)"
             )
         self.counter.add(points)
         self.spent += points
+        self.protective_spent += protected
 
     def refund(self, method: str) -> None:
         """A call the venue never answered (its connection refused or closed): counted back out. Were the venue to

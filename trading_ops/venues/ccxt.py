@@ -79,6 +79,7 @@ from trading_ops.venues.call_counter import (
     background,
     install,
     patient,
+    protective,
 )
 from trading_ops.webconfig import client_ssl_context
 
@@ -294,11 +295,17 @@ class CcxtBroker(Broker):
             yield
 
     @contextlib.asynccontextmanager
+    async def protective(self) -> AsyncIterator[None]:
+        """With a call budget: the private calls inside may spend its protective reserve (call_counter.protective)."""
+        with protective():
+            yield
+
+    @contextlib.asynccontextmanager
     async def reconciliation_room(self) -> AsyncIterator[None]:
         """With a call budget: reserve it (the order poll skips its cycles until the reconciliation ends) and wait,
-        holding nothing, until RECONCILIATION_POINTS fit under its hard ceiling. The wait is bounded by the time the
-        whole counter takes to decay; what other callers spend meanwhile is theirs (the reconciliation then starts
-        with what room there is)."""
+        holding nothing, until RECONCILIATION_POINTS fit under its ordinary ceiling (the protective reserve kept above
+        it). The wait is bounded by the time the whole counter takes to decay; what other callers spend meanwhile is
+        theirs (the reconciliation then starts with what room there is)."""
         budget = self.call_budget
         if budget is None:
             yield
@@ -492,6 +499,10 @@ class CcxtBroker(Broker):
     async def cancel(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
         if not client_order_id and not venue_order_id:
             raise BrokerError("other", "cancel needs a client or a venue order id")
+        with protective():  # the cancel's lookups may spend the call budget's protective reserve
+            return await self._cancel(client_order_id, venue_order_id)
+
+    async def _cancel(self, client_order_id: str, venue_order_id: str) -> VenueOrder:
         known = self._known(client_order_id, venue_order_id)
         symbol = self._unified.get(known.symbol) if known is not None else None
         params = {} if venue_order_id else {"clientOrderId": client_order_id}
@@ -556,7 +567,11 @@ class CcxtBroker(Broker):
 
     async def cancel_all(self) -> list[VenueOrder]:
         """Cancel every open order in one request where the exchange has one (else one by one); returns the
-        orders' final states."""
+        orders' final states. Protective: its calls may spend the call budget's reserve."""
+        with protective():
+            return await self._cancel_all()
+
+    async def _cancel_all(self) -> list[VenueOrder]:
         listed = await self.open_orders()
         if self.exchange.has.get("cancelAllOrders"):
             await self._call(Channel.ORDERS, "cancel all", self.exchange.cancel_all_orders)

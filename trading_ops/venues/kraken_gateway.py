@@ -76,7 +76,7 @@ from typing import Any
 from aiohttp import web
 
 from trading_ops.bot.broker import BrokerEvents, Quote
-from trading_ops.config import GATEWAY_MAIN_ACCOUNT, Config, ConfigError, resolve_secret
+from trading_ops.config import GATEWAY_MAIN_ACCOUNT, Config, ConfigError, GatewayKeyConfig, resolve_secret
 from trading_ops.http_guard import guard
 from trading_ops.http_input import InputError, read_body, read_json_object
 from trading_ops.paper.faults import FaultModel
@@ -422,12 +422,7 @@ def gateway_from_config(config: Config) -> KrakenGateway:
     for name in ("api_key", "api_secret", "control_token"):
         values[name] = _secret(config, g, name, f"gateway.{name}")
     keys = {values["api_key"]: values["api_secret"]}
-    for i, extra in enumerate(g.extra_keys):
-        key = f"gateway.extra_keys[{i}]"
-        api_key = _secret(config, extra, "api_key", f"{key}.api_key")
-        if api_key in keys:
-            raise ConfigError(f"{key}.api_key", "is another key of the main account too")
-        keys[api_key] = _secret(config, extra, "api_secret", f"{key}.api_secret")
+    _extra_keys(config, g.extra_keys, "gateway", keys, "the main account")
     state = Path(g.state_file) if g.state_file else None
     seed = config.paper.seed or secrets.randbits(32)
     venue = _paper_venue(config, list(config.paper.symbols), seed, "kraken-gateway", state, "gateway.state_file")
@@ -443,12 +438,24 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         # The main venue's symbols (its state file may have added some): every account trades the whole market.
         name = f"kraken-gateway/{account.name}"
         sub = _paper_venue(config, list(venue.symbols), seed + i + 1, name, account_state, f"{key}.state_file", i + 1)
-        subaccounts.append(SubAccount(account.name, sub, {api_key: api_secret}))
+        account_keys = {api_key: api_secret}
+        _extra_keys(config, account.extra_keys, key, account_keys, f"sub-account {account.name}")
+        subaccounts.append(SubAccount(account.name, sub, account_keys))
     try:
         counter = None if g.call_counter == "off" else CounterLimiter(g.call_counter)
         return KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts, call_counter=counter)
     except ValueError as exc:
         raise ConfigError("gateway.accounts", str(exc)) from None
+
+
+def _extra_keys(config: Config, extra: list[GatewayKeyConfig], where: str, keys: dict[str, str], whose: str) -> None:
+    """Add an account's `extra_keys` to its `keys` (key -> secret); ConfigError for a key it already has."""
+    for i, more in enumerate(extra):
+        key = f"{where}.extra_keys[{i}]"
+        api_key = _secret(config, more, "api_key", f"{key}.api_key")
+        if api_key in keys:
+            raise ConfigError(f"{key}.api_key", f"is another key of {whose} too")
+        keys[api_key] = _secret(config, more, "api_secret", f"{key}.api_secret")
 
 
 def _secret(config: Config, section: Any, name: str, key: str) -> str:
