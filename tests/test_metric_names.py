@@ -33,6 +33,7 @@ from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.approvals import ApprovalCollector, ApprovalStore
 from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.ledger_reading import BackgroundReading
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxCollector, OutboxStore
 
@@ -164,9 +165,13 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     migrate.upgrade(f"sqlite:///{ops_db}")
     register_maintenance_metrics(reconciler_registry, make_engine(f"sqlite:///{ops_db}")).read()
     # The escalation outbox's gauges, read from the ledger on each scrape.
-    reconciler_registry.register(OutboxCollector(OutboxStore(Ledger(make_engine(f"sqlite:///{ops_db}")))))
+    outbox = BackgroundReading("outbox", OutboxStore(Ledger(make_engine(f"sqlite:///{ops_db}"))).stats)
+    outbox.read()
+    reconciler_registry.register(OutboxCollector(outbox))
     # The approvals' gauges too.
-    reconciler_registry.register(ApprovalCollector(ApprovalStore(Ledger(make_engine(f"sqlite:///{ops_db}")))))
+    approvals = BackgroundReading("approvals", ApprovalStore(Ledger(make_engine(f"sqlite:///{ops_db}"))).stats)
+    approvals.read()
+    reconciler_registry.register(ApprovalCollector(approvals))
     sidecar_registry = CollectorRegistry()
     sidecar = FreqtradeSidecar(
         name="ft", url="http://127.0.0.1:9", username="u", password="p", token=TOKEN, registry=sidecar_registry

@@ -80,7 +80,7 @@ def test_a_changed_value_reaches_every_rule_that_uses_it_and_nothing_else(tmp_pa
     assert result.returncode == 0, result.stderr
     assert f"wrote {len(templates())} rule files" in result.stdout
     availability = (tmp_path / "rules" / "tradingbot-availability.yml").read_text()
-    assert "expr: time() - tradingbot_heartbeat_timestamp_seconds > 30\n" in availability
+    assert "time() - tradingbot_heartbeat_timestamp_seconds > 30\n" in availability
     slo = (tmp_path / "rules" / "tradingbot-slo.yml").read_text()
     assert "time() - tradingbot_heartbeat_timestamp_seconds > bool 30\n" in slo
     assert slo.count("iteration for 30 s)") == 2  # the SLO alerts' descriptions say what counts as hung
@@ -134,8 +134,9 @@ def test_promtool_holds_the_changed_threshold(tmp_path: Path, generation: Genera
                         "input_series": [
                             {"series": 'up{job="tradingbot", instance="a:9101"}', "values": "1x20"},
                             {
+                                # The last iteration at 1 s (a heartbeat of 0 is "no iteration yet").
                                 "series": 'tradingbot_heartbeat_timestamp_seconds{job="tradingbot", instance="a:9101"}',
-                                "values": "0x20",
+                                "values": "1x20",
                             },
                         ],
                         "alert_rule_test": [
@@ -154,7 +155,7 @@ def test_promtool_holds_the_changed_threshold(tmp_path: Path, generation: Genera
                                         "exp_annotations": {
                                             "summary": "A trading bot's loop stopped making progress.",
                                             "description": "The trading loop of a:9101 last completed an iteration "
-                                            "40s ago: the process answers scrapes but the loop is hung or blocked.",
+                                            "39s ago: the process answers scrapes but the loop is hung or blocked.",
                                             "runbook_url": "https://wiki.example.com/runbooks/TradingBotHeartbeatStale.md",
                                         },
                                     }

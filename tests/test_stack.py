@@ -159,7 +159,10 @@ def test_prometheus_scrapes_and_alerts_locally(layout: Layout) -> None:
         "prometheus": ["127.0.0.1:19090"],
     }
     assert any("'node' left out" in note for note in rendered.notes)
-    assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["127.0.0.1:19093"]}]}]
+    # The shipped bound on a dead Alertmanager's wait is kept.
+    assert config["alerting"]["alertmanagers"] == [
+        {"timeout": "2s", "static_configs": [{"targets": ["127.0.0.1:19093"]}]}
+    ]
     assert config["global"]["scrape_interval"] == "1s" and config["global"]["evaluation_interval"] == "1s"
     assert parse_duration(config["global"]["scrape_timeout"]) < 1
 
@@ -1510,7 +1513,7 @@ def test_prometheus_sends_every_alert_to_both_members_and_scrapes_both(layout: L
     rendered = render_prometheus(REPO_ROOT, PAIR, FAST, layout, alertmanagers=MEMBERS)
     write_prometheus(rendered, layout, REPO_ROOT, FAST)
     config = rendered.config
-    assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": MEMBERS}]}]
+    assert config["alerting"]["alertmanagers"] == [{"timeout": "2s", "static_configs": [{"targets": MEMBERS}]}]
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "alertmanager"]
     assert job_targets(job) == MEMBERS
     result = run_binary("promtool", "check", "config", layout.prometheus_config)

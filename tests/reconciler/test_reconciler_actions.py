@@ -375,6 +375,36 @@ async def test_systemd_leaves_a_unit_the_service_manager_already_restarted(
         assert "not restarted again" in result.output
 
 
+async def test_a_restart_leaves_a_bot_that_is_starting_alone(tmp_path: Path, aiohttp_server: Any) -> None:
+    # A real bot control API (the library's server) whose runtime is mid-startup (its startup reconciliation, on a
+    # host that just came back): bot-loop-restart's systemd step does not restart it; once it trades, it does.
+    (tmp_path / "bot").mkdir()
+    bot = Instrumentation(
+        venue="paper", token=BOT_TOKEN, registry=CollectorRegistry(), data_dir=tmp_path / "bot", heartbeat_timeout=5
+    )
+    bot.metrics.phase("starting")
+    server = await aiohttp_server(bot.create_app())
+    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    targets = {
+        "bot-1": {
+            "url": str(server.make_url("")).rstrip("/"),
+            "token_file": str(tmp_path / "bot-token"),
+            "unit": "trading-ops-bot@a.service",
+        }
+    }
+    fake, record = fake_systemctl(tmp_path, "ActiveState=active\nSubState=running\nExecMainStartTimestamp=@1")
+    async with aiohttp.ClientSession() as s:
+        c = ctx(tmp_path, s, systemctl=[str(fake)], targets=targets)
+        c.starts_at = datetime.now(UTC)
+        result = await run(c, "systemd", {})
+        assert result.ok and "the bot is starting" in result.output, result.output
+        assert not record.exists()  # systemctl was not even asked
+        bot.metrics.phase("trading")
+        result = await run(c, "systemd", {})
+    assert result.ok, result.output
+    assert record.read_text().splitlines()[-1] == "restart trading-ops-bot@a.service"
+
+
 async def test_systemd_gets_the_minimal_environment_not_the_reconcilers_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -639,13 +669,17 @@ async def test_escalate_posts_the_alert_to_alertmanager(tmp_path: Path, alertman
     async with aiohttp.ClientSession() as s:
         c = ctx(tmp_path, s, {"instance": instance}, am_url=alertmanager.url)
         c.history.append("attempt 1: bot command=reconnect -> failure")
-        params = {"alertname": "TradingOpsPlaybookEscalation", "severity": "warning"}
+        params = {"alertname": "TradingOpsBotPaused", "severity": "warning"}
+        # Only an alert of the escalation list: Alertmanager routes those to people alone; any other name would
+        # follow the severity routes back to the reconciler.
+        with pytest.raises(ValueError, match="not an escalation alert"):
+            await run(c, "escalate", {"alertname": "TradingOpsPlaybookEscalation"})
         result = await run(c, "escalate", params)
         assert result.ok and result.output == "alert posted to Alertmanager"
         held = [a for a in alertmanager.get("alerts") if a["labels"].get("instance") == instance]
         assert len(held) == 1
         labels, annotations = held[0]["labels"], held[0]["annotations"]
-        assert labels["alertname"] == "TradingOpsPlaybookEscalation" and labels["severity"] == "warning"
+        assert labels["alertname"] == "TradingOpsBotPaused" and labels["severity"] == "warning"
         assert labels["original_alertname"] == "TradingBotBrokerDisconnected" and labels["target"] == "bot-1"
         assert annotations["description"] == "attempt 1: bot command=reconnect -> failure"
         # Alertmanager away: the step fails (the run's own escalation then takes the apprise path).

@@ -23,7 +23,7 @@ from webhook_payloads import alert, payload
 
 from trading_ops.cli import main
 from trading_ops.config import load_config, order_id_prefix
-from trading_ops.reconciler.actions.escalate import BOT_HOST_DOWN, FAILED
+from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, BOT_HOST_DOWN, FAILED
 from trading_ops.reconciler.app import create_app
 
 pytestmark = [pytest.mark.alertmanager]
@@ -377,3 +377,93 @@ async def test_a_host_down_again_within_the_cooldown_still_cancels_and_pages(
 async def _resolved(am: Alertmanager, labels: dict[str, str]) -> bool | None:
     active = [a for a in am.get("alerts?active=true") if a["labels"] == labels]
     return True if not active else None
+
+
+EXPOSURE = {"action": "escalate", "alertname": BOT_HOST_DOWN}
+
+
+def active(am: Alertmanager, alertname: str, instance: str) -> list[dict[str, Any]]:
+    """The alerts named `alertname` for `instance` that Alertmanager still holds active (what still pages)."""
+    held = list(am.get("alerts"))
+    return [a for a in held if a["labels"]["alertname"] == alertname and a["labels"].get("instance") == instance]
+
+
+async def test_a_flat_account_is_never_asked_to_flatten_and_its_exposure_page_ends(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, gateway: Gateway, alertmanager: Alertmanager
+) -> None:
+    # A dead host whose bot held orders but no position: cancel_all leaves the account flat. The flatten that would
+    # wait for a person is skipped (nobody is asked, nor paged), and the exposure page ends at once.
+    rest_order(gateway, f"{BOT_A}-{RUN}-1")
+    assert btc(gateway) == 0
+    playbook = rule(CANCEL, EXPOSURE, FLATTEN, approval_timeout="60s")
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, playbook, venue=True)
+    client = await aiohttp_client(create_app(load_config(config)))
+    instance = "10.0.0.11:9101"
+    assert (
+        await client.post("/api/v1/alertmanager", json=host_down(alertmanager, instance), headers=AUTH)
+    ).status == 200
+    done = await ended(client, "recovered")
+    steps = done["attempts"][0]["steps"]
+    assert [s["outcome"] for s in steps] == ["success", "success", "skipped"], steps
+    assert steps[2]["output"].startswith("nothing to flatten: ") and steps[2]["output"].endswith(": flat")
+    resp = await client.get("/api/v1/approvals", headers=READ_AUTH)
+    assert (await resp.json())["approvals"] == []
+    assert active(alertmanager, APPROVAL_REQUESTED, instance) == []
+    await until_async(
+        "the exposure page ended",
+        lambda: not active(alertmanager, BOT_HOST_DOWN, instance) or None,
+        deadline=30,
+        in_thread=True,
+    )
+
+
+@pytest.mark.parametrize("end", ["flat", "host back"])
+async def test_the_exposure_page_ends_when_the_account_is_flat_or_the_host_is_back(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    gateway: Gateway,
+    alertmanager: Alertmanager,
+    end: str,
+) -> None:
+    gateway.call("create_order", "BTC/USD", "market", "buy", 0.01, None, {"clientOrderId": f"{BOT_A}-{RUN}-1"})
+    held = btc(gateway)
+    playbook = rule(CANCEL, EXPOSURE, FLATTEN, approval_timeout="60s")
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, playbook, venue=True)
+    client = await aiohttp_client(create_app(load_config(config)))
+    instance = "10.0.0.11:9101"
+    labels = {"alertname": HOST_DOWN, "instance": instance, "run": uuid.uuid4().hex[:8]}
+    fired = alertmanager.fire(labels)
+    body = payload(alert(fingerprint=fired["fingerprint"], starts_at=fired["startsAt"], **labels))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+
+    async def asked() -> list[dict[str, Any]] | None:
+        resp = await client.get("/api/v1/approvals?status=pending", headers=READ_AUTH)
+        return list((await resp.json())["approvals"]) or None
+
+    (approval,) = await until_async("the flatten's approval asked", asked, deadline=30)
+    # The exposure page pages (Alertmanager holds it active) and says what the account holds.
+    (page,) = active(alertmanager, BOT_HOST_DOWN, instance)
+    assert f"BTC-USD {held:g}" in page["annotations"]["description"]
+    if end == "flat":
+        decided = await client.post(
+            f"/api/v1/approvals/{approval['id']}",
+            json={"decision": "approve", "reason": "host is gone", "by": "alice"},
+            headers=APPROVE_AUTH,
+        )
+        assert decided.status == 200, await decided.text()
+        await ended(client, "recovered")
+        assert btc(gateway) == 0
+    else:  # the host comes back: its alert resolves, the episode closes
+        alertmanager.resolve(fired)
+        resolved = payload(
+            alert(status="resolved", fingerprint=fired["fingerprint"], starts_at=fired["startsAt"], **labels)
+        )
+        assert (await client.post("/api/v1/alertmanager", json=resolved, headers=AUTH)).status == 200
+        await ended(client, "resolved")
+    await until_async(
+        "the exposure page ended",
+        lambda: not active(alertmanager, BOT_HOST_DOWN, instance) or None,
+        deadline=30,
+        in_thread=True,
+    )

@@ -78,6 +78,7 @@ class Status(Done, kw_only=True):
     state_by: str = ""
     flatten_while_halted: bool = False
     heartbeat_age_seconds: float | None = None
+    phase: str | None = None
     commands: list[str] = []
     allowed_transitions: list[str] = []
 

@@ -166,6 +166,9 @@ class ControlPlane:
             # Halted, closing its positions on a flatten given while halted (the halt stays once they are closed).
             "flatten_while_halted": self.state.flatten_while_halted,
             "heartbeat_age_seconds": self.metrics.heartbeat_age(),
+            # The runtime's lifecycle phase (starting, trading, stopping; None for a bot without the runtime): the
+            # reconciler leaves a bot that is starting alone (trading_ops.reconciler.actions.systemd).
+            "phase": self.metrics.current_phase,
             "commands": self.commands,
             "allowed_transitions": [c for c in STATE_COMMANDS if c in TRANSITIONS and self.state.can(c)],
         }

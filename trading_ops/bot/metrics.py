@@ -83,6 +83,8 @@ MAX_TRACKED_ORDERS = 100_000
 # (never on a scrape): between two sweeps the cap can be passed by what a bot submits in this time.
 TRACKING_SWEEP_INTERVAL_SECONDS = 1.0
 DROP_REASONS = ("expired", "overflow")
+# The runtime's lifecycle phases (tradingbot_phase): safe start, the trading loop running, the shutdown.
+PHASES = ("starting", "trading", "stopping")
 
 ErrorClass = Literal[
     "rate_limit", "auth", "nonce", "timestamp", "network", "unavailable", "insufficient_funds", "invalid_order", "other"
@@ -141,6 +143,7 @@ class BotMetrics:
         "_monotonic",
         "_next_sweep",
         "_orders",
+        "_phase",
         "_position",
         "_position_notional",
         "_realized",
@@ -156,6 +159,7 @@ class BotMetrics:
         "_unrealized",
         "_venue_errors",
         "collector_errors",
+        "current_phase",
         "guard",
         "last_heartbeat_monotonic",
         "last_market_data_monotonic",
@@ -378,6 +382,16 @@ class BotMetrics:
         self._iterations = Counter(
             f"{PREFIX}_loop_iterations", "Trading-loop iterations completed.", registry=self.registry
         ).inc
+        # The runtime's lifecycle (one-hot; no sample until a runtime sets one, so a bot built on the library alone
+        # exports none): a bot `starting` (safe start: crash check, startup reconciliation; its loop not yet running)
+        # is not down nor hung, and no alert pages nor playbook acts on it for that (prometheus/rules).
+        self._phase = Gauge(
+            f"{PREFIX}_phase",
+            "Lifecycle phase of the bot runtime, one-hot: starting, trading or stopping.",
+            ["phase"],
+            registry=self.registry,
+        )
+        self.current_phase: str | None = None
         self._loop_duration = Histogram(
             f"{PREFIX}_loop_duration_seconds",
             "Duration of one trading-loop iteration.",
@@ -616,6 +630,14 @@ class BotMetrics:
         self._loop_duration(duration_seconds)
         self._heartbeat(self._clock())
         self.last_heartbeat_monotonic = self._monotonic()
+
+    def phase(self, phase: str) -> None:
+        """The runtime entered `phase` (one of PHASES)."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r} (one of {', '.join(PHASES)})")
+        for each in PHASES:
+            self._phase.labels(each).set(1 if each == phase else 0)
+        self.current_phase = phase
 
     def loop_started(self) -> None:
         """The trading loop starts: until its first iteration completes, the heartbeat reads the loop's start. The

@@ -237,6 +237,7 @@ class BotRuntime:
             disable_created_series=own_process,
         )
         self.metrics = self.inst.metrics
+        self.metrics.phase("starting")  # until the trading loop runs (start)
         self.broker: Broker = broker if isinstance(broker, Broker) or not callable(broker) else broker()
         self.journal = Journal(
             self.engine, bot.name, bot.venue, JournalHealth(venue=bot.venue, registry=self.inst.registry, settle=True)
@@ -541,6 +542,7 @@ class BotRuntime:
             await self.strategy.on_start(self.context)
         self.inst.loop_starting()
         self.order_engine.export_pnl()  # again with the marks the venue gave since: unrealized P&L, the drawdown
+        self.metrics.phase("trading")
         self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
         self._tasks.append(asyncio.create_task(self.schedule.run(), name="reconciliation"))
         self.heartbeat.start()
@@ -589,6 +591,7 @@ class BotRuntime:
             return
         self._stopped = True
         self.gate.stopping = True
+        self.metrics.phase("stopping")
         self._stop.set()
         self.systemd.stopping(f"shutting down ({reason})")
         rec = self.config.recovery

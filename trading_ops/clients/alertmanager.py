@@ -1,7 +1,10 @@
 """A small client of Alertmanager's API v2: post and look up alerts, create, list and expire silences.
 
 Given the members of a clustered Alertmanager, it posts alerts to every member (as Prometheus does: each one pages
-through its own routing, and the cluster deduplicates) and reads from the first member that answers."""
+through its own routing, and the cluster deduplicates) and reads from the member that answered last, then the others.
+A dead member costs the survivors little: a member that does not accept the connection within CONNECT_TIMEOUT_SECONDS
+is passed over, reads stay with the member that answered, and a post returns once one member took it (the others'
+posts go on in the background)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,10 @@ from trading_ops.matchers import RegexError, regex_matches
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = aiohttp.ClientTimeout(total=10)
+# A member that does not accept the connection this quickly (dead host, blackholed address) is passed over; one that
+# accepted has the whole TIMEOUT to answer.
+CONNECT_TIMEOUT_SECONDS = 1.0
+TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=CONNECT_TIMEOUT_SECONDS)
 # Label names Alertmanager's matcher syntax accepts in a filter (Prometheus label names).
 FILTER_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -39,19 +45,34 @@ class AlertmanagerClient:
         if not urls:
             raise ValueError("an Alertmanager URL is needed")
         self.base_urls = [u.rstrip("/") for u in urls]
-        self.base_url = self.base_urls[0]
+        # The member that answered last: asked first next time (a dead first member is not waited for again).
+        self.member = self.base_urls[0]
+        # Posts to the other members still under way after one member took the alerts (kept referenced until done).
+        self._posting: set[asyncio.Task[Any]] = set()
+
+    @property
+    def base_url(self) -> str:
+        """The member that answered last (the first member before any did)."""
+        return self.member
+
+    def _order(self) -> list[str]:
+        start = self.base_urls.index(self.member)
+        return self.base_urls[start:] + self.base_urls[:start]
 
     async def _request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
-        """The answer of the first member that gives one (a member that does not answer, or answers 5xx, is
-        skipped); AlertmanagerError naming every member's problem when none does."""
+        """The answer of the member that answered last, else of the next that gives one (a member that does not
+        answer, or answers 5xx, is skipped); AlertmanagerError naming every member's problem when none does."""
         problems: list[AlertmanagerError] = []
-        for base in self.base_urls:
+        for base in self._order():
             try:
-                return await self._request_one(base, method, path, json, params)
+                answer = await self._request_one(base, method, path, json, params)
             except AlertmanagerError as exc:
                 problems.append(exc)
                 if exc.status is not None and exc.status < 500:
                     raise  # a refusal (a bad silence, an unknown id) is the same on every member
+                continue
+            self.member = base
+            return answer
         raise AlertmanagerError("; ".join(str(p) for p in problems))
 
     async def _request_one(self, base: str, method: str, path: str, json: Any, params: Any) -> Any:
@@ -67,16 +88,32 @@ class AlertmanagerClient:
 
     async def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
         """POST /api/v2/alerts to every member (each alert has labels, annotations and optional startsAt, endsAt,
-        generatorURL); AlertmanagerError only when no member took them."""
-        results = await asyncio.gather(
-            *(self._request_one(base, "POST", "alerts", alerts, None) for base in self.base_urls),
-            return_exceptions=True,
-        )
-        problems = [r for r in results if isinstance(r, BaseException)]
-        if len(problems) == len(results):
-            raise AlertmanagerError("; ".join(str(p) for p in problems))
-        for problem in problems:
-            log.warning("an Alertmanager member did not take the alerts (the others did): %s", problem)
+        generatorURL); AlertmanagerError only when no member took them. Returns once one member took them: the posts
+        to the others go on in the background (a dead member's failure is logged), so a dead member delays no page."""
+        tasks = {
+            asyncio.create_task(self._request_one(base, "POST", "alerts", alerts, None), name=f"post alerts to {base}")
+            for base in self._order()
+        }
+        problems: list[BaseException] = []
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            failed = [t.exception() for t in done if t.exception() is not None]
+            problems.extend(e for e in failed if e is not None)
+            if len(failed) < len(done):  # one member took them
+                for problem in problems:
+                    log.warning("an Alertmanager member did not take the alerts (the others did): %s", problem)
+                for task in pending:
+                    self._posting.add(task)
+                    task.add_done_callback(self._posted)
+                return
+        raise AlertmanagerError("; ".join(str(p) for p in problems))
+
+    def _posted(self, task: asyncio.Task[Any]) -> None:
+        """A post to another member, finished after a first member had taken the alerts."""
+        self._posting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("an Alertmanager member did not take the alerts (the others did): %s", task.exception())
 
     async def create_silence(
         self, matchers: dict[str, str], starts_at: datetime, ends_at: datetime, created_by: str, comment: str

@@ -18,7 +18,7 @@ from trading_ops.durations import parse_duration
 # the client stops waiting a little later, whatever the server does.
 QUERY_TIMEOUT_SECONDS = 10.0
 # A member that does not even accept the connection this quickly is passed over for the next one.
-CONNECT_TIMEOUT_SECONDS = 3.0
+CONNECT_TIMEOUT_SECONDS = 1.0
 TIMEOUT = aiohttp.ClientTimeout(total=QUERY_TIMEOUT_SECONDS + 2.0, sock_connect=CONNECT_TIMEOUT_SECONDS)
 
 

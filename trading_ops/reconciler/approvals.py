@@ -17,6 +17,7 @@ from trading_ops.db.base import utcnow
 from trading_ops.db.models.ledger import Approval, Attempt, Episode
 from trading_ops.reconciler.intake import BAD_TEXT_RE
 from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.ledger_reading import BackgroundReading
 from trading_ops.reconciler.metrics import APPROVAL_OUTCOMES, PREFIX
 from trading_ops.reconciler.outbox import OutboxStore
 from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
@@ -369,11 +370,14 @@ class ApprovalStore:
 
 
 class ApprovalCollector(Collector):
-    """tradingops_approvals_pending and tradingops_approval_oldest_pending_seconds, read from the ledger on each
-    scrape (every replica exports the same shared approvals)."""
+    """tradingops_approvals_pending and tradingops_approval_oldest_pending_seconds, read from the ledger in the
+    background (trading_ops.reconciler.ledger_reading: a scrape never waits on the database; every replica exports
+    the same shared approvals)."""
 
-    def __init__(self, store: ApprovalStore, now: Callable[[], datetime] = utcnow) -> None:
-        self.store = store
+    def __init__(
+        self, stats: BackgroundReading[tuple[int, datetime | None]], now: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.stats = stats
         self.now = now
 
     def describe(self) -> Iterator[Metric]:
@@ -381,11 +385,10 @@ class ApprovalCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_approval_oldest_pending_seconds", OLDEST_HELP)
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            count, oldest = self.store.stats()
-        except Exception as exc:
-            log.warning("approvals not readable for /metrics: %s", exc)
-            return
+        stats = self.stats.latest()
+        if stats is None:
+            return  # not read yet, or the database has not answered for a while
+        count, oldest = stats
         yield GaugeMetricFamily(f"{PREFIX}_approvals_pending", PENDING_HELP, value=count)
         age = 0.0 if oldest is None else max(0.0, (self.now() - oldest).total_seconds())
         yield GaugeMetricFamily(f"{PREFIX}_approval_oldest_pending_seconds", OLDEST_HELP, value=age)

@@ -8,6 +8,7 @@ from typing import Any
 
 from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
+from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext
 from trading_ops.reconciler.approval_gate import COVERED, SKIPPED, ApprovalGate
 from trading_ops.reconciler.escalation import Escalation
@@ -115,6 +116,12 @@ class Attempts(RunPart):
                 self.metrics.actions.labels(step.action, "dry_run").inc()
                 continue
             if rule.needs_approval(step, ctx.labels):
+                needless = await ACTIONS[step.action].needless(ctx, step.params)
+                if needless is not None:  # nobody is asked (nor paged) to approve what has nothing to do
+                    await self.db(self.ledger.start_step, *record, outcome=SKIPPED, output=needless)
+                    self.metrics.actions.labels(step.action, SKIPPED).inc()
+                    run.note(f"{run.step_name(step)}: skipped: {needless}")
+                    continue
                 gate = await self.approval_gate.gate(run, position, step)
                 if gate is None:
                     return None  # waits for the decision (the episode parked), or ended (rejected, expired: escalated)

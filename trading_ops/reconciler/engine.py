@@ -246,6 +246,7 @@ class Engine:
             starts_at=episode["starts_at"],
             prometheus=self.prometheus,
             announced_pause=self.page_ends.announced_pause,
+            announced_exposure=self.page_ends.announced_exposure,
         )
         # Resolved first: an alert that is over is never escalated, whatever happened to the run before.
         if episode["resolved_at"] is not None:

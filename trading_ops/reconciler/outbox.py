@@ -25,6 +25,7 @@ from trading_ops.config import EscalationConfig
 from trading_ops.db.base import utcnow
 from trading_ops.db.models.ledger import Episode, Escalation
 from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.ledger_reading import BackgroundReading
 from trading_ops.reconciler.metrics import PREFIX, ReconcilerMetrics
 from trading_ops.reconciler.processes import owner_is_dead
 
@@ -389,11 +390,12 @@ class Outbox:
 
 
 class OutboxCollector(Collector):
-    """tradingops_escalations_pending and _oldest_pending_seconds, read from the ledger on each scrape (every
-    replica exports the same shared outbox)."""
+    """tradingops_escalations_pending and _oldest_pending_seconds, read from the ledger in the background
+    (trading_ops.reconciler.ledger_reading: a scrape never waits on the database; every replica exports the same shared
+    outbox)."""
 
-    def __init__(self, store: OutboxStore, now: Callable[[], datetime] = utcnow) -> None:
-        self.store = store
+    def __init__(self, stats: BackgroundReading[OutboxStats], now: Callable[[], datetime] = utcnow) -> None:
+        self.stats = stats
         self.now = now
 
     def describe(self) -> Iterator[Metric]:
@@ -401,11 +403,9 @@ class OutboxCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_escalation_oldest_pending_seconds", OLDEST_HELP)
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            stats = self.store.stats()
-        except Exception as exc:
-            log.warning("escalation outbox not readable for /metrics: %s", exc)
-            return
+        stats = self.stats.latest()
+        if stats is None:
+            return  # not read yet, or the database has not answered for a while
         yield GaugeMetricFamily(f"{PREFIX}_escalations_pending", PENDING_HELP, value=stats.pending)
         age = 0.0 if stats.oldest is None else max(0.0, (self.now() - stats.oldest).total_seconds())
         yield GaugeMetricFamily(f"{PREFIX}_escalation_oldest_pending_seconds", OLDEST_HELP, value=age)

@@ -1,5 +1,6 @@
-"""The end of what the reconciler announced: a page that says an approval waits, or that a bot was paused, is ended in
-Alertmanager (posted again with endsAt now) once the approval is decided or the pause lifted, not 5 minutes later.
+"""The end of what the reconciler announced: a page that says an approval waits, that a bot was paused, or what a dead
+host's bot still holds at the venue (the exposure page), is ended in Alertmanager (posted again with endsAt now) once
+the approval is decided, the pause lifted, or the account flat or the host back, not 5 minutes later.
 
 Alertmanager ends an alert posted without endsAt after its resolve_timeout (5m): until then the approval page kept
 firing after the decision, and the pause page after the bot's resume. Ending is a courtesy on top of that timeout: a
@@ -26,9 +27,10 @@ from sqlalchemy import Table, select
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
 from trading_ops.config import Config
 from trading_ops.db.base import utcnow
-from trading_ops.db.models.ledger import Approval, Episode, Escalation
+from trading_ops.db.models.ledger import Approval, Attempt, Episode, Escalation, Step
 from trading_ops.reconciler.actions.bot import status_of
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED
+from trading_ops.reconciler.actions.venue import FLAT
 from trading_ops.reconciler.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,16 @@ T = TypeVar("T")
 AP = cast(Table, Approval.__table__)
 E = cast(Table, Episode.__table__)
 ESC = cast(Table, Escalation.__table__)
+AT = cast(Table, Attempt.__table__)
+ST = cast(Table, Step.__table__)
 # Approval pages asked for this long ago at most are looked at (an older one ended in Alertmanager long since).
 APPROVAL_PAGES_WINDOW = timedelta(hours=2)
 # A paused bot's page is watched this long at most (Alertmanager ended it by its resolve_timeout long before).
 PAUSE_WATCH_SECONDS = 3600.0
+# A venue step (cancel_all, flatten, positions) done (or a flatten skipped as needless) whose output ends with the
+# exposure "flat": the account holds nothing of the bot's symbols any more.
+FLAT_OUTCOMES = ("success", "skipped")
+FLAT_OUTPUT = f": {FLAT}"
 STATUS_TIMEOUT_SECONDS = 5.0
 # The bot states in which a pause is lifted (a halt or a flatten after the pause still keeps it from trading: the page
 # stands).
@@ -62,8 +70,9 @@ class Announced:
 
 class PageEnds:
     """Ends the approval pages whose approval stopped waiting (decided, expired, superseded, or its episode closed),
-    read from the ledger, and the pause pages this reconciler posted once their bot trades again (its control API's
-    status), polled every `poll_interval` seconds."""
+    read from the ledger, the pause pages this reconciler posted once their bot trades again (its control API's
+    status), and the exposure pages once their episode's flatten found the account flat or the episode closed (the
+    host back), polled every `poll_interval` seconds."""
 
     def __init__(
         self,
@@ -79,12 +88,21 @@ class PageEnds:
         self.alertmanager = alertmanager
         self.poll_interval = poll_interval
         self.pauses: dict[tuple[tuple[str, str], ...], Announced] = {}
+        self.exposures: dict[tuple[tuple[str, str], ...], tuple[int, Announced]] = {}
         self.ended_pages: set[int] = set()
         self.wake = asyncio.Event()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="reconciler-page-ends")
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+
+    def announced_exposure(self, alert: dict[str, Any], episode_id: int) -> None:
+        """An exposure page (a dead host's bot, what it holds at the venue) was posted for episode `episode_id`: ended
+        once that episode's venue steps leave the account flat (or find it flat), or the episode closes (the host is
+        back: its alert resolved)."""
+        key = tuple(sorted(alert["labels"].items()))
+        self.exposures[key] = (episode_id, Announced(alert, alert["labels"].get("instance", ""), time.monotonic()))
+        self.wake.set()
 
     def announced_pause(self, alert: dict[str, Any]) -> None:
         """A pause page was posted: ended once its bot (the alert's instance) trades again."""
@@ -114,8 +132,9 @@ class PageEnds:
         now = utcnow()
         pages = await self.db(self.approval_pages_to_end, now - APPROVAL_PAGES_WINDOW)
         lifted = await self._lifted_pauses()
+        over = await self._exposures_over()
         todo = [(page_id, alert) for page_id, alert in pages if page_id not in self.ended_pages]
-        alerts = [ended(alert, now) for _, alert in todo] + [ended(a.alert, now) for _, a in lifted]
+        alerts = [ended(alert, now) for _, alert in todo] + [ended(a.alert, now) for _, a in [*lifted, *over]]
         if not alerts:
             return 0
         try:
@@ -128,9 +147,44 @@ class PageEnds:
             self.pauses.pop(key, None)
             name = announced.alert["labels"]["alertname"]
             log.info("bot %s trades again: its page %s ended", announced.instance, name)
+        for key, announced in over:
+            self.exposures.pop(key, None)
+            log.info("bot %s: flat at the venue, or its host back: its exposure page ended", announced.instance)
         for page_id, alert in todo:
             log.info("approval %s no longer waits: its page (%s) ended", alert["labels"].get("approval"), page_id)
         return len(alerts)
+
+    async def _exposures_over(self) -> list[tuple[tuple[tuple[str, str], ...], Announced]]:
+        """The exposure pages whose episode closed or whose flatten found the account flat (those watched too long
+        are dropped: Alertmanager ended them)."""
+        for key, (_, announced) in list(self.exposures.items()):
+            if time.monotonic() - announced.since > PAUSE_WATCH_SECONDS:
+                self.exposures.pop(key, None)
+        if not self.exposures:
+            return []
+        done = await self.db(self.episodes_over, {episode for episode, _ in self.exposures.values()})
+        return [(key, announced) for key, (episode, announced) in self.exposures.items() if episode in done]
+
+    def episodes_over(self, episodes: set[int]) -> set[int]:
+        """Of `episodes`, those closed, or whose venue steps left (or found) the account flat."""
+        with self.ledger.engine.connect() as conn:
+            closed = {
+                row.id for row in conn.execute(select(E.c.id).where(E.c.id.in_(episodes), E.c.closed_at.is_not(None)))
+            }
+            flat = {
+                row.episode_id
+                for row in conn.execute(
+                    select(AT.c.episode_id)
+                    .join(ST, ST.c.attempt_id == AT.c.id)
+                    .where(
+                        AT.c.episode_id.in_(episodes),
+                        ST.c.action == "venue",
+                        ST.c.outcome.in_(FLAT_OUTCOMES),
+                        ST.c.output.endswith(FLAT_OUTPUT),
+                    )
+                )
+            }
+        return closed | flat
 
     def approval_pages_to_end(self, since: datetime) -> list[tuple[int, dict[str, Any]]]:
         """(page id, alert as posted) of the approval pages Alertmanager took since `since` whose approval no longer

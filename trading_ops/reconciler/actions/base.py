@@ -76,6 +76,9 @@ class ActionContext:
     process_started: Callable[[int], Awaitable[None]] | None = None
     # Called with a pause page an `escalate` step posted (TradingOpsBotPaused): ended once the bot trades again.
     announced_pause: Callable[[dict[str, Any]], None] | None = None
+    # Called with an exposure page an `escalate` step posted (TradingOpsBotHostDown) and its episode: ended once the
+    # account is flat or the host is back.
+    announced_exposure: Callable[[dict[str, Any], int], None] | None = None
 
     def label(self, name: str) -> str:
         """A label value that passed the strict pattern, or Refused."""
@@ -170,6 +173,11 @@ class Action:
     def default_approval(self, params: dict[str, Any]) -> str | None:
         """Whether a step of this kind waits for a person when neither it nor its rule says (`required`), or None
         (the rule decides). A step's own `approval: none` still exempts it."""
+        return None
+
+    async def needless(self, ctx: ActionContext, params: dict[str, Any]) -> str | None:
+        """Why a step of this kind that waits for a person has nothing to do now (then it is skipped, and nobody is
+        asked nor paged for it), or None. Asked only before an approval; any doubt is None."""
         return None
 
     def describe(self, params: dict[str, Any]) -> str:

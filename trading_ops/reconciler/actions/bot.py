@@ -31,6 +31,8 @@ from trading_ops.scopes import DESTRUCTIVE
 
 # The bot a step commands: the alert's own instance unless the step names one.
 DEFAULT_INSTANCE = "${instance}"
+# How long a restart step waits for the bot's answer to "are you starting?" (a bot that does not answer is restarted).
+STARTING_TIMEOUT_SECONDS = 2.0
 
 COMMAND_RISK = {
     "status": "safe",
@@ -178,6 +180,16 @@ async def status_of(
     except ValueError:
         return None
     return answer if isinstance(answer, dict) else None
+
+
+async def starting(ctx: ActionContext, timeout: float = STARTING_TIMEOUT_SECONDS) -> bool:
+    """Whether the alert's bot (a configured target) says it is starting (its runtime's phase: the safe start, the
+    startup reconciliation): restarting it then would only kill it mid-start. A bot that does not answer, or has no
+    phase (no runtime, an older bot), is not starting."""
+    if ctx.target not in ctx.config.reconciler.targets:
+        return False
+    status = await status_of(ctx.config, ctx.session, ctx.target, timeout)
+    return status is not None and status.get("phase") == "starting"
 
 
 async def _request(

@@ -18,6 +18,7 @@ import aiohttp
 
 from trading_ops.config import BotHostConfig
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, truncate
+from trading_ops.reconciler.actions.bot import starting
 from trading_ops.reconciler.actions.exec import minimal_env
 from trading_ops.reconciler.remote_host import bot_host, destination, failure_line, ssh_binary, ssh_options
 
@@ -36,6 +37,8 @@ class DockerAction(Action):
         name = ctx.step_or_bot(params, "container")
         if not CONTAINER_RE.match(name):
             raise Refused(f"container {name[:60]!r} is not a valid container name")
+        if await starting(ctx):  # restarting it would only kill it mid-start (as the systemd step leaves it)
+            return Result("success", f"container {name} not restarted: the bot is starting (phase starting)")
         path = f"/containers/{name}/restart?t={int(params.get('stop_timeout', 10))}"
         limit = ctx.config.reconciler.output_limit_bytes
         host = bot_host(ctx)

@@ -80,6 +80,8 @@ class EscalateAction(Action):
             return Result("failure", str(exc))
         if alertname == BOT_PAUSED and ctx.announced_pause is not None:
             ctx.announced_pause(alert)  # ended when the bot trades again (page_ends.py)
+        if alertname == BOT_HOST_DOWN and ctx.announced_exposure is not None:
+            ctx.announced_exposure(alert, ctx.episode_id)  # ended when the account is flat or the host is back
         return Result("success", "alert posted to Alertmanager")
 
 

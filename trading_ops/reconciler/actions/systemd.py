@@ -4,7 +4,8 @@ The unit is the step's `unit`, or else the unit configured for the alert's bot (
 it. Before a restart the step asks the service manager what the unit is doing (`systemctl show`): a unit that is
 already (re)starting, or whose main process started after the alert began, was restarted by the service manager on
 its own (Restart=on-failure, WatchdogSec); restarting it again would kill it in the middle of its startup
-reconciliation, so the step leaves it and the verification decides.
+reconciliation, so the step leaves it and the verification decides. So does a bot that says it is starting (its
+control API's `status`: phase starting, e.g. on a host that just came back and was not started by systemd's restart).
 
 A bot configured on a host of its own (`bots[].host.address`) is acted on there, as `systemctl --host` does: over SSH
 with the host's key checked against `bots[].host.known_hosts_file` (trading_ops.reconciler.remote_host). A host that
@@ -22,6 +23,7 @@ from typing import Any
 
 from trading_ops.config import BotHostConfig
 from trading_ops.reconciler.actions.base import Action, ActionContext, Deadline, Refused, Result
+from trading_ops.reconciler.actions.bot import starting
 from trading_ops.reconciler.actions.exec import minimal_env, run_argv
 from trading_ops.reconciler.remote_host import bot_host, connect_timeout, failure_line, systemctl_over_ssh
 from trading_ops.schema import one_of
@@ -82,6 +84,8 @@ class SystemdAction(Action):
     ) -> Result:
         limit = ctx.config.reconciler.output_limit_bytes
         if verb in STARTING_VERBS:
+            if await starting(ctx):
+                return Result("success", f"{unit} not restarted: the bot is starting (phase starting)")
             # Long enough for ssh to say it could not connect (its ConnectTimeout, a second under the step's).
             show_for = (
                 max(SHOW_TIMEOUT_SECONDS, connect_timeout(host) + 2) if host is not None else SHOW_TIMEOUT_SECONDS

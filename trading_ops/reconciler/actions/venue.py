@@ -24,6 +24,10 @@ from trading_ops.config import BotVenueConfig, ConfigError, resolve_secret
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, truncate
 from trading_ops.schema import one_of
 
+# What an output says of an account that holds nothing of the bot's symbols.
+FLAT = "flat"
+# How long a flatten waiting for its approval asks the venue whether there is anything to close.
+NEEDLESS_TIMEOUT_SECONDS = 30.0
 OPERATION_RISK = {"positions": "safe", "cancel_all": "destructive", "flatten": "destructive"}
 # Parameters a step may not have: the account, the key and the host come from the configuration, keyed by the
 # alert's instance (a label templated into one would let whoever posts alerts pick an account).
@@ -66,6 +70,20 @@ class VenueAction(Action):
 
     def checked_labels(self, params: dict[str, Any]) -> list[str]:
         return ["instance"]
+
+    async def needless(self, ctx: ActionContext, params: dict[str, Any]) -> str | None:
+        """A flatten of an account that holds nothing of the bot's symbols asks nobody: its approval (and page) would
+        ask a person to close a position that is not there. The venue is asked; any doubt (no answer, an error) asks
+        the person as usual."""
+        if params["operation"] != "flatten":
+            return None
+        try:
+            result = await self.run(ctx, {"operation": "positions"}, NEEDLESS_TIMEOUT_SECONDS)
+        except Refused:
+            return None
+        if result.ok and result.output.endswith(f": {FLAT}"):
+            return f"nothing to flatten: {result.output}"
+        return None
 
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
         instance = ctx.label("instance")
@@ -213,7 +231,7 @@ class VenueAccount:
 
 def _exposure(held: dict[str, Decimal]) -> str:
     parts = [f"{symbol} {amount.normalize():f}" for symbol, amount in held.items() if amount]
-    return ", ".join(parts) or "flat"
+    return ", ".join(parts) or FLAT
 
 
 ACTION = VenueAction()
