@@ -1,10 +1,11 @@
-"""At 3 a.m., end to end through the local stack: a loss spike halts the bot, a person approves the flatten, then
-clears the halt and resumes it (what docs/reconciler.md says a person does), and the bot is restarted. The restarted
-bot adds no risk: it starts halted, since the day's loss is still past its limit, and sends no order. Then a position
-comes back while it is halted (a fill at the venue nobody asked for, which the bot's reconciliation adopts), while
-TradingBotDailyLossBreached still fires and Alertmanager, having notified it once, stays quiet until its
-repeat_interval: TradingBotUnhandledExposure fires anew and the reconciler asks a person to approve a flatten. Once
-that is done, a second restart adds no risk either.
+"""At 3 a.m., end to end through the local stack: a loss spike halts the bot, a person approves the flatten (the
+episode ends "recovered"), then clears the halt and resumes the bot (what docs/reconciler.md says a person does). The
+day's loss is still past the limit: TradingBotDailyLossBreached keeps firing, and Alertmanager, having notified it
+once, stays quiet until its repeat_interval. A position then comes back (a fill at the venue nobody asked for, which
+the bot's reconciliation adopts): no episode handles it, so TradingBotUnhandledExposure fires anew and the reconciler
+asks a person to approve a flatten. Then the bot is restarted, twice: each time it starts halted by the day's loss and
+sends no order; a position that appears after the first restart is asked about too. Prints the orders the restarted
+bot sent and how long each question took.
 
 Needs the real servers prometheus and prometheus-alertmanager (Debian packages `prometheus`,
 `prometheus-alertmanager`); `trading-ops up` starts them with the paper bot and the reconciler, on free loopback ports,
