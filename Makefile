@@ -23,16 +23,19 @@ MONITORING ?= system
 TEST_LANES ?= 5
 # prometheus-node-exporter runs on the host-down test's test host; on a machine booted with systemd, Debian's package
 # also starts its own service on :9100 (`systemctl disable --now prometheus-node-exporter` if you do not want it).
-SYSTEM_BINARIES := prometheus promtool prometheus-alertmanager amtool docker-compose systemd-analyze \
-	debootstrap systemd-nspawn nsenter dockerd unshare ip chromium sshd ssh pgbackrest rsync patroni etcd \
-	prometheus-node-exporter
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose systemd \
-	debootstrap systemd-container docker.io util-linux iproute2 chromium openssh-server openssh-client pgbackrest rsync \
-	patroni etcd-server prometheus-node-exporter
-BENCH_BINARIES := wrk
-BENCH_PACKAGES := wrk
+# binary:package, one pair each (tests/system_binaries.py keeps the same map): only the packages of the binaries that
+# are missing are installed, never the whole list for one missing binary.
+SYSTEM_DEPS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+	amtool:prometheus-alertmanager docker-compose:docker-compose systemd-analyze:systemd debootstrap:debootstrap \
+	systemd-nspawn:systemd-container nsenter:util-linux dockerd:docker.io unshare:util-linux ip:iproute2 \
+	chromium:chromium sshd:openssh-server ssh:openssh-client pgbackrest:pgbackrest rsync:rsync patroni:patroni \
+	etcd:etcd-server prometheus-node-exporter:prometheus-node-exporter
+# What `make run` needs of them: the monitoring pair (the rest is for the tests).
+RUN_DEPS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+	amtool:prometheus-alertmanager
+BENCH_DEPS := wrk:wrk
 
-.PHONY: setup system-deps monitoring-lts bench-deps bytecode run test lint typecheck bench clean lock
+.PHONY: setup system-deps run-deps monitoring-lts bench-deps bytecode run test lint typecheck bench clean lock
 
 setup: $(STAMP)
 
@@ -62,15 +65,17 @@ lock:
 	mv "$$tmp/constraints.txt" $(CONSTRAINTS); \
 	echo "$(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pinned packages"
 
-# $(call install-missing,BINARIES,PACKAGES): installs the Debian packages when one of the binaries is missing.
+# $(call install-missing,BINARY:PACKAGE ...): installs the Debian packages of the binaries that are missing (each once).
 define install-missing
-	@missing=""; for b in $(1); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	@missing=""; packages=""; for pair in $(1); do b=$${pair%%:*}; p=$${pair#*:}; \
+		command -v $$b >/dev/null 2>&1 && continue; missing="$$missing $$b"; \
+		case " $$packages " in *" $$p "*) ;; *) packages="$$packages $$p";; esac; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	echo "missing binaries:$$missing"; \
 	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2); \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$packages; \
 	else \
-		echo "install them with: sudo apt-get install $(2)"; \
+		echo "install them with: sudo apt-get install$$packages"; \
 		exit 1; \
 	fi
 endef
@@ -83,7 +88,11 @@ bytecode: $(STAMP)
 
 # The Debian packages that provide the real Prometheus and Alertmanager (and what the other tests run).
 system-deps:
-	$(call install-missing,$(SYSTEM_BINARIES),$(DEBIAN_PACKAGES))
+	$(call install-missing,$(SYSTEM_DEPS))
+
+# What `make run` installs when missing: Prometheus and Alertmanager only, never the tests' list.
+run-deps:
+	$(call install-missing,$(RUN_DEPS))
 
 # The long-term-support Prometheus 3.5 (with promtool) and Alertmanager 0.33 from Debian's packages (sid), pinned by
 # version and sha256 in tests/monitoring_lts.py, unpacked into ~/.cache/trading-ops (never installed over the
@@ -94,7 +103,7 @@ monitoring-lts:
 # wrk loads the webhook intake in bench_intake.py: a client in C, as Alertmanager's is in Go, leaves the CPUs to the
 # servers measured.
 bench-deps:
-	$(call install-missing,$(BENCH_BINARIES),$(BENCH_PACKAGES))
+	$(call install-missing,$(BENCH_DEPS))
 
 var/secrets/control-token:
 	@mkdir -p var/secrets && chmod 700 var/secrets
@@ -123,8 +132,12 @@ $(error make run: no configuration $(CONFIG): pass an existing file, or leave CO
 endif
 endif
 endif
+# The example, but for its backups: a demo on one machine has no other host, so they stay here (`backup run` says so on
+# every run) rather than fail for want of backup.remote.host, as a deployment's must.
 $(DEFAULT_CONFIG):
-	cp trading-ops.example.yaml $(DEFAULT_CONFIG)
+	sed 's/^    required: true   .*$$/    required: false            # make run: no other host; a deployment sets host and true/' \
+		trading-ops.example.yaml > $(DEFAULT_CONFIG).tmp
+	grep -q '^    required: false ' $(DEFAULT_CONFIG).tmp && mv $(DEFAULT_CONFIG).tmp $(DEFAULT_CONFIG)
 
 # The local stack: paper bot (--chaos), reconciler, Prometheus and Alertmanager; Ctrl-C stops it.
 # `make run UP_ARGS="--profile standard --base-port 19100"` passes options to `trading-ops up`.
@@ -133,7 +146,7 @@ $(DEFAULT_CONFIG):
 # `kill -INT <up's pid>` (its banner prints it).
 run: $(STAMP) bytecode var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token \
 	var/secrets/reconciler-approve-token $(CONFIG)
-	-@$(MAKE) --no-print-directory system-deps
+	-@$(MAKE) --no-print-directory run-deps
 	@if [ "$(MONITORING)" = lts ]; then $(MAKE) --no-print-directory monitoring-lts; fi
 	if [ "$(MONITORING)" = lts ]; then PATH="$$($(PYTHON) tests/monitoring_lts.py --bin):$$PATH"; fi; \
 	exec $(VENV)/bin/trading-ops --config $(CONFIG) up $(UP_ARGS)

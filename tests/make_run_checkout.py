@@ -4,6 +4,7 @@ the README's tour)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 from system_binaries import REPO_ROOT
@@ -17,14 +18,15 @@ WRITTEN = {"prometheus"}
 
 
 def make_checkout(root: Path) -> Path:
-    """A checkout as `make run` leaves it in `root`: the repository's files, trading-ops.yaml (the example, copied)
-    and the tokens it writes."""
+    """A checkout as `make run` leaves it in `root`: the repository's files, trading-ops.yaml (the Makefile's copy of
+    the example) and the tokens it writes."""
     for entry in REPO_ROOT.iterdir():
         if entry.name in WRITTEN:
             shutil.copytree(entry, root / entry.name)
         elif entry.name not in {"var", "trading-ops.yaml", ".git", ".venv", "site"}:
             (root / entry.name).symlink_to(entry)
-    shutil.copy(REPO_ROOT / "trading-ops.example.yaml", root / "trading-ops.yaml")
+    # Written by the Makefile's own rule, as `make run` writes it (the example, its backups kept on this host).
+    subprocess.run(["make", "--no-print-directory", "-s", "-C", str(root), "trading-ops.yaml"], check=True, timeout=60)
     (root / "var" / "secrets").mkdir(parents=True, mode=0o700)
     for index, name in enumerate(SECRETS_MAKE_RUN_WRITES):
         secret = root / "var" / "secrets" / name

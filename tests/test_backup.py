@@ -257,7 +257,7 @@ def write_yaml(tmp_path: Path, url: str, extra: str = "") -> Path:
 
 def test_retention_keeps_the_newest_per_hour_day_and_week(sqlite_url: str, tmp_path: Path) -> None:
     migrate.upgrade(sqlite_url)
-    config = make_config(tmp_path, sqlite_url, keep_hourly=3, keep_daily=3, keep_weekly=2)
+    config = make_config(tmp_path, sqlite_url, keep_hourly=3, keep_daily=3, keep_weekly=2, keep_last=1)
     start = datetime(2026, 11, 2, 0, 10, tzinfo=UTC)  # a Monday
     # Every 6 hours for 17 days, plus a second backup in the last hour.
     times = [start + timedelta(hours=6 * i) for i in range(17 * 4)]
@@ -428,7 +428,7 @@ async def test_the_scheduled_job_records_its_run(sqlite_url: str, tmp_path: Path
 
 def test_a_tampered_manifest_is_ignored_not_followed(sqlite_url: str, tmp_path: Path) -> None:
     migrate.upgrade(sqlite_url)
-    config = make_config(tmp_path, sqlite_url, keep_hourly=0, keep_daily=0, keep_weekly=0)
+    config = make_config(tmp_path, sqlite_url, keep_hourly=0, keep_daily=0, keep_weekly=0, keep_last=1)
     manifest = run_backup(config).manifest
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -538,7 +538,7 @@ def test_every_backup_goes_off_host_and_is_verified_there(
 
 def test_retention_applies_to_both_copies(sqlite_url: str, tmp_path: Path, backup_host: SshHost) -> None:
     migrate.upgrade(sqlite_url)
-    config = remote_config(tmp_path, sqlite_url, backup_host, keep_hourly=1, keep_daily=0, keep_weekly=0)
+    config = remote_config(tmp_path, sqlite_url, backup_host, keep_hourly=1, keep_daily=0, keep_weekly=0, keep_last=1)
     start = datetime(2026, 11, 2, 0, 10, tzinfo=UTC)
     for hours in range(3):
         with freeze_time(start + timedelta(hours=hours)):
@@ -693,11 +693,27 @@ def test_a_drill_of_an_inconsistent_journal_fails(
         assert scratch and not set(scratch) & set(names), (scratch, names)
 
 
+def test_retention_never_deletes_the_newest_backups(sqlite_url: str, tmp_path: Path) -> None:
+    """Backups taken seconds apart (by hand, then the schedule's) fall in one hour, whose newest alone the hourly
+    buckets keep: the `keep_last` newest stay whatever their hours; older ones of that hour go."""
+    migrate.upgrade(sqlite_url)
+    config = make_config(tmp_path, sqlite_url)  # the defaults: keep_last 3
+    assert config.backup.keep_last == 3
+    start = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    made = []
+    for seconds in (0, 6, 12, 18):
+        with freeze_time(start + timedelta(seconds=seconds)):
+            made.append(run_backup(config).manifest.id)
+    kept = [m.id for m in Catalog(config.path(config.backup.directory)).manifests()]
+    assert kept == made[:0:-1]  # the three newest; the oldest of the hour went
+    assert kept_backups([], 1, 1, 1, last=3) == set()
+
+
 def test_retention_keeps_the_newest_backup_of_each_schema_revision(sqlite_url: str, tmp_path: Path) -> None:
     """The backup taken before an upgrade is what a bad migration goes back to: the hour's later backups (at the new
     revision) do not push it out."""
     migrate.upgrade(sqlite_url, "0006")
-    config = make_config(tmp_path, sqlite_url, keep_hourly=1, keep_daily=0, keep_weekly=0)
+    config = make_config(tmp_path, sqlite_url, keep_hourly=1, keep_daily=0, keep_weekly=0, keep_last=1)
     start = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
     with freeze_time(start):
         before_upgrade = run_backup(config).manifest

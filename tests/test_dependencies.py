@@ -162,3 +162,48 @@ def test_make_lock_writes_exact_pins_of_a_fresh_install(tmp_path: Path) -> None:
     assert {canonicalize_name(r.name) for r in requirements("test")} <= fresh
     # The committed file names the same packages (versions may have moved on since it was written).
     assert fresh == set(pins()), f"constraints.txt is stale: run `make lock` ({sorted(fresh ^ set(pins()))})"
+
+
+def makefile_pairs(name: str) -> dict[str, str]:
+    """The Makefile's `NAME := binary:package ...` as binary -> package."""
+    text = (REPO_ROOT / "Makefile").read_text().replace("\\\n", " ")
+    (line,) = re.findall(rf"^{name} := (.*)$", text, re.MULTILINE)
+    return dict(pair.split(":", 1) for pair in line.split())
+
+
+def test_system_deps_map_each_binary_to_the_package_the_tests_name() -> None:
+    from system_binaries import DEBIAN_PACKAGES
+
+    pairs = makefile_pairs("SYSTEM_DEPS")
+    assert {b: p for b, p in DEBIAN_PACKAGES.items() if b in pairs} == pairs
+    assert makefile_pairs("RUN_DEPS").items() <= pairs.items()
+    assert set(makefile_pairs("RUN_DEPS").values()) == {"prometheus", "prometheus-alertmanager"}
+
+
+@pytest.mark.parametrize(
+    ("present", "asked"),
+    [
+        (("prometheus", "promtool", "prometheus-alertmanager"), "prometheus-alertmanager"),  # amtool's
+        (("prometheus-alertmanager", "amtool"), "prometheus"),  # prometheus's and promtool's, once
+    ],
+)
+def test_run_deps_installs_only_the_packages_of_the_missing_binaries(
+    tmp_path: Path, present: tuple[str, ...], asked: str
+) -> None:
+    """`make run` installs what is missing for it, not the tests' whole list: here without apt-get on PATH, where it
+    names the packages to install, one line each time."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for binary in present:
+        (bin_dir / binary).symlink_to("/bin/true")
+    done = subprocess.run(
+        ["/usr/bin/make", "-s", "--no-print-directory", "-f", str(REPO_ROOT / "Makefile"), "run-deps"],
+        cwd=tmp_path,
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert done.stdout.splitlines()[-1] == f"install them with: sudo apt-get install {asked}", done.stdout

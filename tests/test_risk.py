@@ -459,8 +459,22 @@ async def test_the_drawdown_peak_and_its_halt_survive_restarts(tmp_path: Path) -
         assert await third.submit(SYMBOL, Side.BUY, OrderType.LIMIT, size_for(third, 100), far_bid(third)) is None
         assert value(third, "tradingbot_orders_refused_total", symbol=SYMBOL, reason="risk_drawdown") == 1
         assert third.inst.state.state.value == "halted"
+        # Cleared and resumed once more: the last journaled state is active, the drawdown still past the limit.
+        assert (await control(port, "clear_halt"))[0] == 200
+        assert (await control(port, "resume"))[0] == 200
     finally:
         await third.stop()
+    # A restart then knows the drawdown from the journal (the peak) and the venue's marks before its first step: it
+    # starts halted, whatever was cleared or resumed.
+    fourth = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    fourth.strategy = IdleStrategy()  # type: ignore[assignment]
+    await fourth.start("127.0.0.1", 0)
+    try:
+        assert fourth.inst.state.state.value == "halted"
+        assert fourth.inst.state.reason.startswith("risk limit drawdown"), fourth.inst.state.reason
+        assert commanded(fourth, "halt", "risk") == 1
+    finally:
+        await fourth.stop()
 
 
 def test_drawdown_and_open_positions_are_configured_under_bot_risk(tmp_path: Path) -> None:

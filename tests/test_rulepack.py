@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,19 @@ def test_a_values_file_that_is_missing_or_not_yaml_is_one_line(tmp_path: Path) -
         cli("rules", "render", "--values", str(tmp_path / "bad.yml"), "-o", str(tmp_path / "r"))
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_render_beside_a_local_stack_says_to_restart_it(tmp_path: Path) -> None:
+    """`make run`'s Prometheus reads its own copies of the rules (var/stack/prometheus/rules/, written at its start
+    with the profile's `for:`): a render in that checkout says the stack must be restarted to take them."""
+    stack_rules = tmp_path / "var" / "stack" / "prometheus" / "rules"
+    stack_rules.mkdir(parents=True)
+    argv = [sys.executable, "-m", "trading_ops", "rules", "render", "--output", "rules"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "reads its own copies in var/stack/prometheus/rules/" in done.stdout, done.stdout
+    assert "restart it (Ctrl-C, then make run)" in done.stdout
+    assert not list(stack_rules.iterdir())  # not written behind the stack's back
+    (tmp_path / "var" / "stack").rename(tmp_path / "var" / "elsewhere")  # no local stack here
+    again = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0 and "local stack" not in again.stdout, again.stdout

@@ -51,7 +51,7 @@ from trading_ops.stack.layout import Layout, Ports
 from trading_ops.stack.profiles import FAST, STANDARD
 from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
 from trading_ops.stack.repo import dump_yaml
-from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, render
+from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, loss_limit_note, render
 from trading_ops.stack.up import UpOptions, UsageProblem, children_path, in_force, lock_state_dir, prepare
 
 RULES_DIR = REPO_ROOT / "prometheus" / "rules"
@@ -1181,6 +1181,28 @@ def test_make_run_with_a_mistyped_config_is_one_line_and_creates_nothing(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile"]
 
 
+def test_the_config_make_run_writes_lets_backup_run_work(tmp_path: Path) -> None:
+    """`make run` writes trading-ops.yaml from the example; `trading-ops backup run` with that file (the database the
+    stack uses) succeeds and says the backup stays on this host, where the example's off-host requirement made it
+    fail ("no off-host repository is configured")."""
+    for name in ("Makefile", "trading-ops.example.yaml"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    made = subprocess.run(
+        ["make", "-s", "trading-ops.yaml"], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert made.returncode == 0, made.stderr
+    config = load_config(tmp_path / "trading-ops.yaml")
+    assert config.backup.remote.required is False and not config.backup.remote.host
+    trading_ops = [sys.executable, "-m", "trading_ops", "--config", "trading-ops.yaml"]
+    for command in (["db", "upgrade"], ["backup", "run"]):
+        done = subprocess.run(
+            [*trading_ops, *command], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=120
+        )
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+    assert "off host: none (backup.remote.required is false)" in done.stdout
+    assert list((tmp_path / "var" / "backups").iterdir())
+
+
 def test_a_repo_without_monitoring_configs_is_bad_usage(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trading_ops", "up", "--repo", str(tmp_path), "--state-dir", str(tmp_path / "s")],
@@ -1584,3 +1606,33 @@ def test_two_members_on_one_gossip_port_are_bad_usage(tmp_path: Path) -> None:
         f"trading-ops: up: two parts of the stack would share port {base + 5}: alertmanager gossip and alertmanager-2 "
         "gossip"
     ]
+
+
+async def test_up_says_when_a_bot_starts_halted_by_a_loss_limit_breached_today(tmp_path: Path) -> None:
+    """After a loss spike, every start that day comes back halted (the journal keeps the day's loss): `up` reads the
+    bot's /metrics and says so, with what to do (--fresh). An active bot, or one halted by a person within its limits,
+    gets no such line."""
+    from paper_helpers import TOKEN, control, fast_config, wait_for
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from trading_ops.paper.bot import PaperBot
+
+    bot = PaperBot(fast_config(tmp_path, daily_loss_limit=40), token=TOKEN, registry=CollectorRegistry(), chaos=True)
+    port = await bot.start("127.0.0.1", 0)
+    try:
+        await wait_for(lambda: sum(abs(bot.book.notional(s)) for s in bot.config.paper.symbols) > 500, timeout=20)
+        assert loss_limit_note("paper-1", generate_latest(bot.inst.registry).decode()) is None  # trading
+        assert (await control(port, "halt", {"reason": "a person"}))[0] == 200
+        assert loss_limit_note("paper-1", generate_latest(bot.inst.registry).decode()) is None  # within its limit
+        assert (await control(port, "clear_halt"))[0] == 200
+        assert (await control(port, "resume"))[0] == 200
+        status, body = await control(port, "loss_spike")
+        assert status == 200, body
+        await wait_for(lambda: bot.inst.state.state.value == "halted", timeout=10)
+        note = loss_limit_note("paper-1", generate_latest(bot.inst.registry).decode())
+    finally:
+        await bot.stop()
+    assert note is not None, "no note for a bot halted past its loss limit"
+    assert note.startswith("!!! paper-1 started halted: loss limit breached today (the day's loss "), note
+    assert "past the daily loss limit 40)" in note and "use --fresh (make run UP_ARGS=--fresh)" in note, note
+    assert loss_limit_note("paper-1", "not an exposition {") is None

@@ -1030,6 +1030,9 @@ class BackupConfig:
     keep_hourly: int = bounded(24, min=0)
     keep_daily: int = bounded(7, min=0)
     keep_weekly: int = bounded(4, min=0)
+    # And always the N newest backups, whatever their hours: a backup taken by hand just before the scheduled one (or
+    # twice in a minute) is never deleted by the next run's retention.
+    keep_last: int = bounded(3, min=1)
     # Also copy each backup and its manifest to this directory (another disk, a mounted remote); empty = no copy.
     copy_to: str = path_field()
     # The second copy of every backup, on another host (see BackupRemoteConfig).

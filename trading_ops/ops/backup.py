@@ -437,12 +437,15 @@ class Dated(Protocol):
     def created_at(self) -> datetime: ...
 
 
-def kept_backups(manifests: Sequence[Dated], hourly: int, daily: int, weekly: int, time_zone: str = "UTC") -> set[str]:
+def kept_backups(
+    manifests: Sequence[Dated], hourly: int, daily: int, weekly: int, time_zone: str = "UTC", last: int = 1
+) -> set[str]:
     """Grandfather-father-son: the newest backup of each of the `hourly` newest hours that have one, of the `daily`
-    newest days and of the `weekly` newest ISO weeks (in `time_zone`), and always the newest of all."""
+    newest days and of the `weekly` newest ISO weeks (in `time_zone`), and always the `last` newest of all (at least
+    the newest)."""
     ordered = sorted(manifests, key=lambda m: m.created_at, reverse=True)
     zone = zoneinfo.ZoneInfo(time_zone)
-    keep = {ordered[0].id} if ordered else set()
+    keep = {m.id for m in ordered[: max(last, 1)]}
     buckets: tuple[tuple[Callable[[datetime], Any], int], ...] = (
         (lambda t: (t.date(), t.hour), hourly),
         (lambda t: t.date(), daily),
@@ -465,7 +468,14 @@ def apply_retention(settings: BackupConfig) -> list[str]:
     """Delete the backups retention does not keep (kept_backups, and the newest at each schema revision); their ids."""
     catalog = Catalog(settings.directory)
     manifests = catalog.manifests()
-    keep = kept_backups(manifests, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
+    keep = kept_backups(
+        manifests,
+        settings.keep_hourly,
+        settings.keep_daily,
+        settings.keep_weekly,
+        settings.time_zone,
+        settings.keep_last,
+    )
     # And the newest backup at each schema revision: what a bad migration goes back to (the backup taken before an
     # upgrade stays, whatever the hour's scheduled backups after it).
     keep |= {next(m.id for m in manifests if m.schema_revision == r) for r in {m.schema_revision for m in manifests}}
@@ -539,7 +549,9 @@ def apply_remote_retention(settings: BackupConfig, remote: Remote) -> list[str]:
     interrupted copies go too."""
     names = remote.names()
     entries = remote_backups(remote)
-    keep = kept_backups(entries, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone)
+    keep = kept_backups(
+        entries, settings.keep_hourly, settings.keep_daily, settings.keep_weekly, settings.time_zone, settings.keep_last
+    )
     keep |= {m.id for m in Catalog(settings.directory).manifests()}  # what this host keeps
     pruned = [e.id for e in entries if e.id not in keep]
     doomed = [n for n in names if n.startswith(f".{FILE_PREFIX}") and n.endswith(".partial")]

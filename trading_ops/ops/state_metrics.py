@@ -20,6 +20,11 @@ from trading_ops.ops.upkeep import state_path
 PREFIX = "tradingops"
 BACKUP_GAUGES = (
     ("backup_last_success_timestamp_seconds", "last_success_timestamp_seconds", "When the last backup was taken."),
+    (
+        "backup_last_failure_timestamp_seconds",
+        "last_failure_timestamp_seconds",
+        "When a backup run last failed (TradingOpsBackupFailed fires while it is newer than the last backup).",
+    ),
     ("backup_last_size_bytes", "last_size_bytes", "Size of the last successful backup."),
     ("backup_last_duration_seconds", "last_duration_seconds", "How long the last successful backup took."),
     (
@@ -70,6 +75,11 @@ WAL_GAUGES = (
         "backup_pitr_wal_off_host_last_duration_seconds",
         "last_duration_seconds",
         "How long the last WAL segment took to be archived and copied off host.",
+    ),
+    (
+        "backup_pitr_wal_last_failure_timestamp_seconds",
+        "last_failure_timestamp_seconds",
+        "When `backup archive-wal` last failed to archive a WAL segment or copy it off host.",
     ),
 )
 WAL_COUNTERS = (

@@ -201,6 +201,8 @@ class Engine:
         snap = self.metrics.snapshot
         snap.states, snap.queue_depth, snap.open_circuits = counts.states, counts.queue_depth, counts.open_circuits
         snap.known_targets.update(snap.open_circuits)
+        snap.open_by_target = counts.open_by_target
+        snap.known_open.update(counts.open_by_target)
         self.metrics.actions_in_flight.set(len(self.runs))
         self.metrics.paused.set(1 if counts.paused else 0)
 

@@ -35,6 +35,10 @@ class LedgerSnapshot:
         self.queue_depth = 0
         self.open_circuits: list[str] = []
         self.known_targets: set[str] = set()
+        self.open_by_target: dict[tuple[str, str], int] = {}
+        # Every (target, alertname) ever open since the start: exported at 0 once closed, so that a query sees the
+        # episode end rather than a series vanishing.
+        self.known_open: set[tuple[str, str]] = set()
 
 
 class SnapshotCollector(Collector):
@@ -57,6 +61,15 @@ class SnapshotCollector(Collector):
         for target in sorted(self.snapshot.known_targets | set(self.snapshot.open_circuits)):
             circuit.add_metric([target], 1 if target in self.snapshot.open_circuits else 0)
         yield circuit
+        # Per target and alert: what TradingBotUnhandledExposure reads as "an episode is handling this bot".
+        by_target = GaugeMetricFamily(
+            f"{PREFIX}_target_open_episodes",
+            "Open episodes by target and alert name (0 once they closed).",
+            labels=["target", "alertname"],
+        )
+        for target, alertname in sorted(self.snapshot.known_open):
+            by_target.add_metric([target, alertname], self.snapshot.open_by_target.get((target, alertname), 0))
+        yield by_target
 
 
 class ReconcilerMetrics:

@@ -11,6 +11,9 @@ from trading_ops.cli import EXIT_FAILURE, UsageError
 from trading_ops.config import Config
 
 DEFAULT_OUTPUT = Path("prometheus") / "rules"
+# Where the local stack (`trading-ops up`, its default state directory var/stack) keeps the rule copies its Prometheus
+# reads.
+LOCAL_STACK_RULES = Path("var") / "stack" / "prometheus" / "rules"
 
 
 def register(sub: Any) -> None:
@@ -57,4 +60,11 @@ def render_rules(args: argparse.Namespace, config: Config) -> int:
         logsetup.report(f"trading-ops: rules render: cannot write {args.output}: {exc.strerror or exc}")
         return EXIT_FAILURE
     print(f"wrote {len(written)} rule files to {args.output}")
+    stack_rules = LOCAL_STACK_RULES
+    if stack_rules.is_dir() and stack_rules.resolve() != Path(args.output).resolve():
+        # `up` copies the rules at its start (its profile shortens their `for:`): a reload alone keeps the old copies.
+        print(
+            f"the local stack (`make run`, `trading-ops up`) reads its own copies in {stack_rules}/, written when it "
+            "starts: restart it (Ctrl-C, then make run) for these rules to reach its Prometheus"
+        )
     return 0

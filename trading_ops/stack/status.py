@@ -233,3 +233,49 @@ class StatusPrinter:
             self._write("\n")
             self.open_line = False
         self._write(text + "\n")
+
+
+def loss_limit_note(bot: str, exposition: str) -> str | None:
+    """What `up` says of a bot that starts halted by a loss limit breached today (its journal keeps the day's loss
+    and the equity peak: every start that day halts it again), read from the bot's /metrics; None for any other bot."""
+    values: dict[tuple[str, str], float] = {}
+    try:
+        for family in text_string_to_metric_families(exposition):
+            for sample in family.samples:
+                key = (sample.name, sample.labels.get("state") or sample.labels.get("limit") or "")
+                values[key] = values.get(key, 0.0) + sample.value
+    except ValueError:
+        return None
+    if values.get(("tradingbot_state", "halted")) != 1:
+        return None
+    loss = -(values.get(("tradingbot_realized_pnl", ""), 0.0) + values.get(("tradingbot_unrealized_pnl", ""), 0.0))
+    limit = values.get(("tradingbot_daily_loss_limit", ""), 0.0)
+    drawdown = values.get(("tradingbot_drawdown", ""), 0.0)
+    drawdown_limit = values.get(("tradingbot_risk_limit", "drawdown"), 0.0)
+    if limit > 0 and loss >= limit:
+        why = f"the day's loss {loss:.2f} is past the daily loss limit {limit:g}"
+    elif drawdown_limit > 0 and drawdown >= drawdown_limit:
+        why = f"the drawdown {drawdown:.2f} is past its limit {drawdown_limit:g}"
+    else:
+        return None
+    return (
+        f"!!! {bot} started halted: loss limit breached today ({why}); it halts again at every start until the day "
+        "ends: use --fresh (make run UP_ARGS=--fresh) to start the demo over, or clear_halt once the loss is understood"
+    )
+
+
+async def loss_limit_notes(session: aiohttp.ClientSession, bots: Sequence[tuple[str, str]]) -> list[str]:
+    """loss_limit_note of each (name, url) bot that answers its /metrics."""
+    notes = []
+    for name, url in bots:
+        try:
+            async with session.get(f"{url}/metrics", timeout=REQUEST_TIMEOUT) as resp:
+                if resp.status != 200:
+                    continue
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError):
+            continue
+        note = loss_limit_note(name, text)
+        if note is not None:
+            notes.append(note)
+    return notes

@@ -54,7 +54,7 @@ from trading_ops.stack.repo import MonitoringConfigError, find_repo
 from trading_ops.stack.service import NotifySocket, Service, ServicePolicy
 from trading_ops.stack.stack_lock import StackLock, StackRunning
 from trading_ops.stack.stackctl_server import Server as StackctlServer
-from trading_ops.stack.status import StatusPrinter, fetch, render
+from trading_ops.stack.status import StatusPrinter, fetch, loss_limit_notes, render
 from trading_ops.stack.supervisor import Child, describe_exit
 from trading_ops.stack.units import (
     FREQTRADE_SIDECAR_UNIT,
@@ -661,6 +661,11 @@ def _banner(stack: Stack) -> list[str]:
     return out
 
 
+async def _loss_limit_notes(stack: Stack, session: aiohttp.ClientSession) -> list[str]:
+    """After the banner: each bot that started halted by a loss limit breached today, and what to do about it."""
+    return await loss_limit_notes(session, [(bot.name, bot.url) for bot in stack.app.config.bots])
+
+
 def shown_path(path: Path) -> str:
     """A path as the user's shell reaches it from where `up` runs: relative below the working directory."""
     with contextlib.suppress(ValueError):
@@ -903,7 +908,7 @@ async def supervise(stack: Stack, options: UpOptions, printer: StatusPrinter) ->
                 ready, code = False, EXIT_FAILURE
             if ready:
                 watchers = [asyncio.create_task(s.run(), name=f"service-{s.unit}") for s in stack.services]
-                for line in _banner(stack):
+                for line in [*_banner(stack), *await _loss_limit_notes(stack, session)]:
                     printer.message(line)
                 interval = options.status_interval or (TTY_STATUS_SECONDS if printer.tty else PIPE_STATUS_SECONDS)
                 code = await _watch(stack, session, stop, printer, interval)

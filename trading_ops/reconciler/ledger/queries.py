@@ -25,6 +25,8 @@ class LedgerCounts:
     queue_depth: int
     open_circuits: list[str]
     paused: bool
+    # Open episodes per (target, alertname): what TradingBotUnhandledExposure reads as "someone is on it".
+    open_by_target: dict[tuple[str, str], int]
 
 
 class Queries:
@@ -35,7 +37,7 @@ class Queries:
         self.db = db
 
     def snapshot(self, now: datetime) -> LedgerCounts:
-        """What the engine exports after each poll, read in one connection (one thread hop, not four)."""
+        """What the engine exports after each poll, read in one connection (one thread hop, not five)."""
         with self.db.engine.connect() as conn:
             states = conn.execute(
                 select(E.c.state, func.count()).where(E.c.state.in_(OPEN_STATES)).group_by(E.c.state)
@@ -45,7 +47,18 @@ class Queries:
             ).scalar_one()
             circuits = conn.execute(select(T.c.name).where(T.c.circuit_open_until > now)).scalars().all()
             paused = conn.execute(select(SET.c.value).where(SET.c.key == PAUSE_KEY)).scalar()
-        return LedgerCounts({r[0]: int(r[1]) for r in states}, int(due), list(circuits), paused == "1")
+            by_target = conn.execute(
+                select(E.c.target, E.c.alertname, func.count())
+                .where(E.c.state.in_(OPEN_STATES))
+                .group_by(E.c.target, E.c.alertname)
+            ).all()
+        return LedgerCounts(
+            {r[0]: int(r[1]) for r in states},
+            int(due),
+            list(circuits),
+            paused == "1",
+            {(str(r[0]), str(r[1])): int(r[2]) for r in by_target},
+        )
 
     def list_episodes(
         self, limit: int = 50, state: str | None = None, target: str | None = None
