@@ -35,6 +35,11 @@ def register(sub: Any) -> None:
         "lost_reply [count=N mode=close|timeout delay=S], insufficient_funds [count=N], invalid_order [count=N], "
         "stale_market_data [symbol=S seconds=N] (until the client resubscribes), "
         "position_drift [symbol=S quantity=Q account=NAME], price_gap [symbol=S change=R], clear. "
+        "WebSocket faults: ws_silent_channel [channel=book|trade|ticker|instrument|executions|balances symbol=S] "
+        "(acked, then silent while heartbeats flow, until subscribed again), ws_silent_socket [seconds=N "
+        "endpoint=public|private|all] (0: until the client reconnects), ws_close [code=1006|1001 endpoint=...], "
+        "ws_book_checksum [mode=once|persistent], ws_sequence_gap [count=N], ws_repeat_fills [count=N], "
+        "ws_invalid_session [count=N], ws_msg_rate [count=N], ws_maintenance [seconds=N]. "
         "`status` lists what is in force. Prints the gateway's answer as `key: value` lines (--json: the JSON it "
         "sent); a refusal is one line on stderr, exit 2 for a bad fault, argument or token, 1 otherwise.",
     )

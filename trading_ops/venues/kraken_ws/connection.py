@@ -21,9 +21,10 @@ HEARTBEAT_SECONDS = 1.0  # a subscribed connection idle this long gets a heartbe
 MAX_QUEUED = 10_000  # messages waiting for a slow reader; past it the connection is closed (1008)
 MESSAGES_PER_SECOND = 50.0  # requests a connection may send per second on average (Kraken publishes no number)
 MESSAGE_BURST = 100.0
-# A connection refused this many requests in a row for its rate is closed (1008): a storm never ties the server up.
-MAX_REFUSED_IN_A_ROW = 500
+# A connection refused this many requests for its rate is closed (1008): a storm never ties the server up.
+MAX_REFUSED = 500
 HEARTBEAT_TEXT = dumps(HEARTBEAT)
+CLOSE_FLUSH_SECONDS = 5.0  # how long a closing connection's queued messages may take to go out
 
 
 @dataclass
@@ -54,7 +55,8 @@ class Connection:
         self.subs: dict[tuple[str, str], Subscription] = {}
         self.silent_until: float | None = None  # a whole-socket silence: nothing is sent until then (inf: never)
         self.account = ""  # the account of the token its private requests carry
-        self._queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUED)
+        self._queue: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue(MAX_QUEUED)
+        self.closing = False  # a close is on its way: nothing more is read
         self._tokens = MESSAGE_BURST
         self._refilled = time.monotonic()
         self._refused = 0
@@ -67,7 +69,7 @@ class Connection:
 
     def send(self, message: Any) -> None:
         """Queue one message; a reader too slow to keep up is disconnected rather than held in memory."""
-        if self.ws.closed:
+        if self.ws.closed or self.closing:
             return
         if self._held is not None and "channel" in message:
             self._held.append(message)
@@ -103,25 +105,43 @@ class Connection:
                     if not self.subs:
                         continue
                     text = HEARTBEAT_TEXT
+                if isinstance(text, tuple):  # a close, after everything queued before it
+                    await self.ws.close(code=text[0], message=text[1].encode())
+                    return
                 if self.silent():
                     continue
                 await self.ws.send_str(text)
 
     async def stop(self) -> None:
+        """Stop writing; a close on its way is sent first (what was queued before it included), for a while."""
         if self._writer is not None:
+            if self.closing and not self.ws.closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._writer), CLOSE_FLUSH_SECONDS)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
 
     # -- closing ----------------------------------------------------------------------------------------------
     def close_soon(self, code: int, reason: str) -> None:
-        """Close with `code`: 1006 is no close frame at all (the connection just drops), any other a close frame."""
+        """Close with `code`: 1006 is no close frame at all (the connection just drops), any other a close frame
+        sent after what is already queued."""
         if code == 1006:
             if self.request.transport is not None:
                 self.request.transport.abort()
             return
-        task = asyncio.create_task(self.ws.close(code=code, message=reason.encode()), name=f"kraken-ws-close-{self.id}")
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self._queue.put_nowait((code, reason))
+        except asyncio.QueueFull:
+            task = asyncio.create_task(self.ws.close(code=code, message=reason.encode()), name=f"ws-close-{self.id}")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def storming(self) -> bool:
+        """Refused MAX_REFUSED requests for its rate: a storm, to be closed."""
+        return self._refused >= MAX_REFUSED
 
     # -- rate -------------------------------------------------------------------------------------------------
     def admit(self) -> bool:
@@ -131,10 +151,6 @@ class Connection:
         self._refilled = now
         if self._tokens < 1:
             self._refused += 1
-            if self._refused >= MAX_REFUSED_IN_A_ROW:
-                LOG.warning("websocket %d (%s): message storm, closing", self.id, self.address)
-                self.close_soon(1008, "Exceeded msg rate")
             return False
         self._tokens -= 1
-        self._refused = 0
         return True

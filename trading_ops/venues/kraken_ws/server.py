@@ -147,6 +147,8 @@ class KrakenWebSocket:
             conn.start()
             conn.send(status(self.system, conn.id))
             async for msg in ws:
+                if conn.closing:
+                    break
                 if msg.type is WSMsgType.TEXT:
                     await self._on_text(conn, msg.data)
                 elif msg.type is WSMsgType.BINARY:
@@ -175,6 +177,9 @@ class KrakenWebSocket:
         time_in = now_text()
         if not conn.admit():
             conn.send(answer(None, None, time_in, error=E_MSG_RATE))
+            if conn.storming():
+                LOG.warning("websocket %d (%s): a message storm, closing it", conn.id, conn.address)
+                conn.close_soon(1008, E_MSG_RATE)
             return
         try:
             request = json.loads(text, parse_float=Decimal)

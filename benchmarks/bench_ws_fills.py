@@ -1,0 +1,206 @@
+"""A fill at the venue, seen by a client streaming it against one polling for it, in the same run; prints JSON.
+
+The gateway (`KrakenGateway`, its own process: its work is not on the clients' event loop) fills a market order
+placed over REST by one key every 0.2-0.6 s (jittered, so a fill lands anywhere in a poll's cycle). Two more keys of
+the same account watch for the fills:
+- streamed: ccxt.pro's stock kraken client, `watch_my_trades` on the gateway's private WebSocket v2;
+- polled: ccxt's REST client calling `fetch_my_trades` every `--poll-interval` seconds (CcxtBroker's default poll).
+Each fill's latency is the time a watcher first saw its trade id minus the venue's execution time (one machine, one
+clock). Goal (DESIGN): streamed p50 <= 100 ms and >= 5x better than polled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import ccxt.async_support as ccxt
+import ccxt.pro as ccxtpro
+
+from trading_ops.venues.ccxt import POLL_INTERVAL_SECONDS
+from trading_ops.venues.kraken_ws.server import PRIVATE_PATH, PUBLIC_PATH
+
+NEVER = 3600.0
+STARTUP_SECONDS = 60.0
+GOAL_P50_MS = 100.0
+GOAL_RATIO = 5.0
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("bench-placer", "bench-stream", "bench-poll")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(latencies: list[float]) -> dict[str, Any]:
+    ms = [x * 1000 for x in latencies]
+    return {
+        "fills": len(ms),
+        "p50_ms": round(percentile(ms, 0.5), 1),
+        "p99_ms": round(percentile(ms, 0.99), 1),
+        "max_ms": round(max(ms), 1),
+    }
+
+
+def urls(base: str) -> dict[str, Any]:
+    ws = base.replace("http://", "ws://", 1)
+    public, private = ws + PUBLIC_PATH, ws + PRIVATE_PATH
+    return {
+        "public": base,
+        "private": base,
+        "ws": {"publicV2": public, "privateV2": private, "public": public, "private": private},
+    }
+
+
+def executed(info_time: Any) -> float:
+    """A trade's execution time: v2's RFC 3339 string, or REST's Unix seconds."""
+    if isinstance(info_time, str):
+        return datetime.fromisoformat(info_time.replace("Z", "+00:00")).timestamp()
+    return float(info_time)
+
+
+async def stream(ex: ccxtpro.kraken, seen: dict[str, float], execs: dict[str, float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        for trade in await ex.watch_my_trades():
+            now = time.time()
+            if trade["id"] not in seen:
+                seen[trade["id"]] = now
+                execs[trade["id"]] = executed(trade["info"]["timestamp"])
+
+
+async def poll(ex: ccxt.kraken, interval: float, seen: dict[str, float], stop: asyncio.Event) -> int:
+    calls = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        trades = await ex.fetch_my_trades(None, int((time.time() - 30) * 1000))
+        calls += 1
+        now = time.time()
+        for trade in trades:
+            seen.setdefault(trade["id"], now)
+        await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+    return calls
+
+
+async def run(base: str, keys: dict[str, str], fills: int, interval: float) -> dict[str, Any]:
+    def client(cls: Any, key: str) -> Any:
+        return cls({"apiKey": key, "secret": keys[key], "enableRateLimit": False, "urls": {"api": urls(base)}})
+
+    placer, poller = client(ccxt.kraken, KEYS[0]), client(ccxt.kraken, KEYS[2])
+    streamer = client(ccxtpro.kraken, KEYS[1])
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        try:
+            await placer.load_markets()
+            break
+        except ccxt.NetworkError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    streamed: dict[str, float] = {}
+    polled: dict[str, float] = {}
+    execs: dict[str, float] = {}
+    stop = asyncio.Event()
+    try:
+        watching = asyncio.create_task(stream(streamer, streamed, execs, stop))
+        await asyncio.sleep(1.0)  # subscribed before the first fill
+        polling = asyncio.create_task(poll(poller, interval, polled, stop))
+        rng = secrets.SystemRandom()
+        placed = []
+        for i in range(fills):
+            order = await placer.create_order("ETH/USD", "market", "buy" if i % 2 == 0 else "sell", 0.01)
+            placed.append(order["id"])
+            await asyncio.sleep(rng.uniform(0.2, 0.6))
+        end = time.monotonic() + 30
+        while time.monotonic() < end and (len(streamed) < fills or len(polled) < fills):
+            await asyncio.sleep(0.1)
+        stop.set()
+        calls = await polling
+        watching.cancel()
+    finally:
+        await placer.close()
+        await poller.close()
+        await streamer.close()
+    common = [t for t in execs if t in polled]
+    stream_lat = [streamed[t] - execs[t] for t in common]
+    poll_lat = [polled[t] - execs[t] for t in common]
+    s, p = summary(stream_lat), summary(poll_lat)
+    return {
+        "orders": len(placed),
+        "fills_streamed": len(streamed),
+        "fills_polled": len(polled),
+        "streamed": s,
+        "polled": {**p, "interval_seconds": interval, "rest_calls": calls},
+        "polled_over_streamed_p50": round(p["p50_ms"] / s["p50_ms"], 1) if s["p50_ms"] else None,
+        "goal": f"streamed p50 <= {GOAL_P50_MS:g} ms and >= {GOAL_RATIO:g}x better than polled",
+        "goal_met": s["p50_ms"] <= GOAL_P50_MS and p["p50_ms"] >= GOAL_RATIO * s["p50_ms"],
+    }
+
+
+def serve(port: int) -> int:
+    """The gateway process: a still paper venue (no ticks, no latency, no rejects), the three benchmark keys."""
+    from aiohttp import web
+
+    from trading_ops.paper.venue import PaperVenue
+    from trading_ops.venues.kraken_gateway import KrakenGateway, create_app
+
+    venue = PaperVenue(
+        starting_balance=Decimal("100000000"),
+        volatility=0.0,
+        tick_interval=NEVER,
+        rate_limit_per_second=1e9,
+        rate_limit_burst=1e9,
+        partial_fill_probability=0.0,
+    )
+    asyncio.run(venue.transfer("ETH", Decimal(1000)))  # the sells' ETH (a spot account sells what it holds)
+    keys = json.loads(os.environ["BENCH_GATEWAY_KEYS"])
+    web.run_app(
+        create_app(KrakenGateway(venue, keys, "bench")), host="127.0.0.1", port=port, print=None, access_log=None
+    )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fills", type=int, default=100)
+    parser.add_argument("--poll-interval", type=float, default=POLL_INTERVAL_SECONDS)
+    parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        return serve(args.serve)
+    port = free_port()
+    keys = {name: base64.b64encode(secrets.token_bytes(32)).decode() for name in KEYS}
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port)],
+        env={**os.environ, "BENCH_GATEWAY_KEYS": json.dumps(keys), "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    try:
+        result = asyncio.run(run(f"http://127.0.0.1:{port}", keys, args.fills, args.poll_interval))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
