@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,7 +121,7 @@ def test_default_token_variable_applies_without_any_config_file(tmp_path, capsys
     assert "bot.control_token: no token" in capsys.readouterr().err
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", CONTROL_TOKEN)
     assert main(["config", "check"]) == 0
-    assert "configuration ok (defaults: no --config and no ./trading-ops.yaml)" in capsys.readouterr().out
+    assert "configuration ok for bot (defaults: no --config and no ./trading-ops.yaml)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -280,6 +283,7 @@ def test_wrong_values_are_one_line_naming_the_key_exit_2(
 )
 def test_good_values_pass_config_check(tmp_path, monkeypatch, yaml_text: str) -> None:
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", CONTROL_TOKEN)
+    monkeypatch.setenv("TRADING_OPS_RECONCILER_TOKEN", "reconciler-token-of-the-config-tests")
     path = tmp_path / "good.yaml"
     path.write_text(yaml_text)
     assert main(["--config", str(path), "config", "check"]) == 0
@@ -536,3 +540,104 @@ def test_named_tokens_alone_pass_config_check_without_the_single_token(tmp_path,
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "old")
     tokens = control_tokens(load_config(path))
     assert [(t.name, t.scope, t.legacy) for t in tokens.tokens][0] == ("control_token", "destructive", True)
+
+
+# -- `config check` agrees with each service --------------------------------------------------------------------------
+
+
+GATEWAY_ONLY = "gateway:\n  api_key_file: k\n  api_secret_file: s\n  control_token_file: c\n"
+RECONCILER_ONLY = "reconciler:\n  token_file: w\n  read_token_file: r\nbots:\n  - {name: b1, token_file: c}\n"
+
+
+def check_file(tmp_path: Path, text: str, *options: str) -> tuple[int, str, str]:
+    """`config check` of a file holding `text`, its secret files beside it, no token in the environment."""
+    write_tokens(tmp_path, k="gateway-api-key-0001", s="c2VjcmV0LW9mLXRoZS1nYXRld2F5", c=CONTROL_TOKEN)
+    write_tokens(tmp_path, w="webhook-token-of-the-tests", r="read-token-of-the-tests-01")
+    path = tmp_path / "service.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "trading_ops", "--config", str(path), "config", "check", *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRADING_OPS_")},
+    )
+    return result.returncode, result.stdout.strip(), result.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "services"),
+    [
+        (GATEWAY_ONLY, "gateway"),
+        (RECONCILER_ONLY, "reconciler"),
+        (GATEWAY_ONLY + RECONCILER_ONLY, "reconciler, gateway"),
+    ],
+    ids=["gateway", "reconciler", "both"],
+)
+def test_a_file_for_one_service_passes_without_the_others_secrets(tmp_path: Path, text: str, services: str) -> None:
+    """A gateway's or a reconciler's own file (no bot token: it runs no bot) passes, as the service runs it."""
+    status, out, err = check_file(tmp_path, text)
+    assert (status, err) == (0, ""), err
+    assert out.startswith(f"configuration ok for {services} (")
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "message"),
+    [
+        (GATEWAY_ONLY, ("--service", "bot"), "bot.control_token: no token"),  # the reverse: not a bot's file
+        (RECONCILER_ONLY.replace("  token_file: w\n", ""), (), "reconciler.token: no webhook token"),
+        (GATEWAY_ONLY.replace("  control_token_file: c\n", ""), (), "gateway.control_token"),
+        ("reconciler:\n  token_file: w\n  playbook: /nonexistent/playbook.yml\n", (), "reconciler.playbook: "),
+        ("bot:\n  name: b1\n", (), "bot.control_token: no token"),
+        ("database:\n  url: sqlite:////tmp/x.db\n", (), "bot.control_token: no token"),  # no service: a bot's
+    ],
+    ids=["asked-for-the-bot", "no-webhook-token", "no-gateway-token", "no-playbook", "bot", "no-service-section"],
+)
+def test_what_a_service_refuses_the_check_refuses(
+    tmp_path: Path, text: str, options: tuple[str, ...], message: str
+) -> None:
+    status, out, err = check_file(tmp_path, text, *options)
+    assert status == 2 and out == "", out
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_each_service_refuses_at_start_what_the_check_refuses(tmp_path: Path) -> None:
+    """The reverse, run: the paper gateway and the reconciler started on the files the check refused exit 2 with the
+    same line."""
+    for text, command in (
+        (GATEWAY_ONLY.replace("  control_token_file: c\n", ""), "paper-gateway"),
+        (RECONCILER_ONLY.replace("  token_file: w\n", ""), "reconciler"),
+    ):
+        _, _, refused = check_file(tmp_path, text)
+        path = tmp_path / "service.yaml"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRADING_OPS_")}
+        argv = [sys.executable, "-m", "trading_ops", "--config", str(path), command]
+        ran = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert ran.returncode == 2 and ran.stderr.strip().splitlines()[-1] == refused, (command, ran.stderr)
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "warned"),
+    [
+        ("http://10.0.1.21:9101", "", True),
+        ("http://bot-host-2.internal:9101", "", True),
+        ("http://10.0.1.21:9101", "host: {address: 10.0.1.21, known_hosts_file: c}", False),
+        ("http://127.0.0.1:9101", "", False),
+        ("http://localhost:9101", "", False),
+        ("http://[::1]:9101", "", False),
+    ],
+)
+def test_a_remote_bot_without_a_host_is_warned_about(tmp_path: Path, url: str, host: str, warned: bool) -> None:
+    entry = f"  - name: eth-mm\n    kind: ccxt\n    instance: '{url.split('//')[1]}'\n    url: '{url}'\n"
+    entry += "    token_file: c\n" + (f"    {host}\n" if host else "")
+    status, out, err = check_file(tmp_path, "reconciler:\n  token_file: w\nbots:\n" + entry)
+    assert status == 0, err
+    if warned:
+        assert err == (
+            f"trading-ops: config: warning: bots[0] (eth-mm): its url is on {url.split('//')[1].rsplit(':', 1)[0]}, "
+            "but no host: is given: systemd and docker steps would restart trading-ops-bot@eth-mm.service on the "
+            "reconciler's own host. Give host.address (docs/deploy-fleet.md)"
+        )
+    else:
+        assert err == ""

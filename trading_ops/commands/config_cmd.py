@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from trading_ops import logsetup
 from trading_ops.cli import add_schema_command, print_json_schema, write_output
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.errors import shown_url
@@ -35,13 +38,38 @@ TARGETS_HEADER = (
 # target (its control API is the sidecar's), scraped in the freqtrade job; every other kind is a bot on the runtime.
 FREQTRADE_KIND = "freqtrade"
 JOBS = {"tradingbot": "the trading bots", "freqtrade": "the freqtrade sidecars, one per watched freqtrade"}
+# The services a file can be for (`config check --service`), each with the top-level sections that configure it: a
+# file is checked for the services whose sections it gives (a gateway's file needs no bot token), for the bot's when
+# it gives none of them (the default configuration is a paper bot's).
+SERVICES = {
+    "bot": ("bot", "paper", "ccxt"),  # paper-bot, or a bot script on the runtime (examples/ccxt_bot.py)
+    "reconciler": ("reconciler", "bots"),
+    "gateway": ("gateway",),  # paper-gateway
+    "freqtrade": ("freqtrade",),  # the freqtrade sidecar
+}
+DEFAULT_SERVICE = "bot"
+SERVICES_SHOWN = "; ".join(f"{name}: {' '.join(sections)}" for name, sections in SERVICES.items())
+# Hosts that are this host: a bot at any other address runs elsewhere.
+LOCAL_HOSTS = ("localhost", "localhost.localdomain")
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("config", help="configuration tools")
     inner = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    check = inner.add_parser("check", help="validate the configuration file and exit (0 ok, 2 invalid)")
+    check = inner.add_parser(
+        "check",
+        help="validate the configuration file and exit (0 ok, 2 invalid)",
+        description="Validate the file as the services that read it do at start: by default those whose sections it "
+        f"gives ({SERVICES_SHOWN}), the bot's when it gives none.",
+    )
     check.add_argument("--no-secrets", action="store_true", help="do not check that secrets can be read")
+    check.add_argument(
+        "--service",
+        action="append",
+        choices=sorted(SERVICES),
+        default=None,
+        help="check the file for this service (repeatable) instead of the ones its sections configure",
+    )
     check.set_defaults(handler=check_config)
     targets = inner.add_parser(
         "targets",
@@ -89,9 +117,18 @@ def config_source(args: argparse.Namespace) -> str:
     return f"defaults: no --config and no ./{DEFAULT_CONFIG_PATH}"
 
 
+def checked_services(args: argparse.Namespace, config: Config) -> list[str]:
+    """The services `config check` checks the file for: --service, else those whose sections the file gives."""
+    if args.service:
+        return sorted(set(args.service))
+    given = [name for name, sections in SERVICES.items() if config.sections & set(sections)]
+    return given or [DEFAULT_SERVICE]
+
+
 def check_config(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.webconfig import client_ssl_context, server_web_config
 
+    services = checked_services(args, config)
     config.database_url()
     # Every server's web_config_file and the clients' TLS (reconciler, ccxt), as they are loaded at start
     # (certificates and keys are read unless --no-secrets).
@@ -100,23 +137,87 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
         server_web_config(listen, key, load_files=load)
     client_ssl_context(config.reconciler.tls, "reconciler.tls", load_files=load)
     client_ssl_context(config.ccxt.tls, "ccxt.tls", load_files=load)
+    if "reconciler" in services:
+        check_playbook(config)
     if not args.no_secrets:
         # Every token file read and told apart, as each server does at start (one value per token, names once).
-        tokens = resolve_tokens(config, config.bot, "control_token", "control_tokens", "bot")
-        if not tokens:
-            raise ConfigError(
-                "bot.control_token",
-                "no token: give control_tokens, or set control_token_file or the environment "
-                "variable named by control_token_env (default TRADING_OPS_CONTROL_TOKEN)",
-            )
+        bot_tokens = resolve_tokens(config, config.bot, "control_token", "control_tokens", "bot")
         resolve_tokens(config, config.freqtrade, "control_token", "control_tokens", "freqtrade")
         resolve_tokens(config, config.reconciler, "read_token", "api_tokens", "reconciler", legacy_scope=READ)
         check_token_lengths(config)
         for instance, target in config.reconciler.targets.items():
             key = f"reconciler.targets.{instance}.destructive_token"
             resolve_secret(config, target, "destructive_token", key)
-    print(f"configuration ok ({config_source(args)})")
+        # What each service refuses to start without.
+        if "bot" in services and not bot_tokens:
+            raise ConfigError(
+                "bot.control_token",
+                "no token: give control_tokens, or set control_token_file or the environment "
+                "variable named by control_token_env (default TRADING_OPS_CONTROL_TOKEN)",
+            )
+        if "reconciler" in services and not resolve_secret(config, config.reconciler, "token", "reconciler.token"):
+            raise ConfigError(
+                "reconciler.token",
+                "no webhook token: set token_file or token_env (default variable TRADING_OPS_RECONCILER_TOKEN)",
+            )
+        if "gateway" in services:
+            from trading_ops.venues.kraken_gateway import gateway_from_config
+
+            gateway_from_config(config)
+    for warning in remote_bot_warnings(config):
+        warn(warning)
+    print(f"configuration ok for {', '.join(services)} ({config_source(args)})")
     return 0
+
+
+def check_playbook(config: Config) -> None:
+    """The reconciler's playbook loads, and its `http` steps go only where the configuration allows (at start)."""
+    from trading_ops.reconciler.app import check_http_hosts
+    from trading_ops.reconciler.playbook import PlaybookError, load_configured_playbook
+
+    try:
+        playbook = load_configured_playbook(config.reconciler.playbook, config.path)
+    except PlaybookError as exc:
+        raise ConfigError("reconciler.playbook", str(exc)) from exc
+    check_http_hosts(playbook, config.reconciler.http_allowed_hosts)
+
+
+def is_local(host: str) -> bool:
+    """Whether `host` (a URL's) is this host: loopback, or its own name."""
+    import socket
+
+    if host.lower() in LOCAL_HOSTS or host.lower() == socket.gethostname().lower():
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_bot_warnings(config: Config) -> list[str]:
+    """A bot whose control API is on another host but whose `host:` is not given: its systemd and docker steps would
+    act on the reconciler's own host (the unit or container of that name there, if any), not on the bot's."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for i, bot in enumerate(config.bots):
+        host = urlsplit(bot.url).hostname or ""
+        if bot.host.address or bot.host.docker_url or is_local(host):
+            continue
+        out.append(
+            f"bots[{i}] ({bot.name}): its url is on {host}, but no host: is given: systemd and docker steps would "
+            f"restart {bot.systemd_unit} on the reconciler's own host. Give host.address (docs/deploy-fleet.md)"
+        )
+    return out
+
+
+def warn(line: str) -> None:
+    """A warning of `config check`: one line on stderr (with its priority on the journal's stream)."""
+    text = f"trading-ops: config: warning: {line}"
+    if logsetup.json_enabled():
+        logsetup.log.warning(text)
+    else:
+        print(f"<4>{text}" if logsetup.journal_stream() else text, file=sys.stderr)
 
 
 def check_token_lengths(config: Config) -> None:
