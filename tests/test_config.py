@@ -12,6 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
+from system_binaries import run_binary
 
 from trading_ops.cli import main
 from trading_ops.config import SQLITE_FILE_URL, ConfigError, load_config, parse_config, resolve_secret, sqlite_file
@@ -641,3 +642,76 @@ def test_a_remote_bot_without_a_host_is_warned_about(tmp_path: Path, url: str, h
         )
     else:
         assert err == ""
+
+
+# -- Prometheus rendered for the deployment: node exporter targets of the bots' hosts ---------------------------------
+
+FLEET = """
+reconciler:
+  listen: {host: 0.0.0.0, port: 9102}
+  alertmanager_url: http://10.0.0.2:9093
+  alertmanager_peers: [http://10.0.0.3:9093]
+  prometheus_url: http://10.0.0.2:9090
+bots:
+  - {name: paper-1, kind: paper, instance: '10.0.1.21:9101', url: 'http://10.0.1.21:9101'}
+  - {name: eth-mm, kind: ccxt, instance: '10.0.1.21:9111', url: 'http://10.0.1.21:9111'}
+  - {name: btc-mm, kind: ccxt, instance: '10.0.1.22:9101', url: 'http://10.0.1.22:9101'}
+  - {name: ft-1, kind: freqtrade, instance: '10.0.1.23:9103', url: 'http://10.0.1.23:9103'}
+"""
+
+
+def test_node_targets_are_one_exporter_per_bot_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The host part of each bot's instance, port 9100: what TradingBotHostDown joins a bot and its host on."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET)
+    assert main(["--config", str(path), "config", "targets", "--job", "node"]) == 0
+    groups = yaml.safe_load(capsys.readouterr().out)
+    assert groups == [{"targets": [f"10.0.1.{n}:9100"]} for n in (21, 22, 23)]
+
+
+def test_render_writes_a_prometheus_config_promtool_accepts_with_this_deployments_addresses(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET)
+    out = tmp_path / "prometheus"
+    assert main(["--config", str(path), "config", "render", "-o", str(out)]) == 0
+    assert main(["rules", "render", "-o", str(out / "rules")]) == 0
+    checked = run_binary("promtool", "check", "config", out / "prometheus.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    data = yaml.safe_load((out / "prometheus.yml").read_text())
+    static = {j["job_name"]: j["static_configs"][0]["targets"] for j in data["scrape_configs"] if "static_configs" in j}
+    assert static == {
+        "trading-ops-reconciler": ["127.0.0.1:9102"],  # listening on every address: this host's loopback
+        "alertmanager": ["10.0.0.2:9093", "10.0.0.3:9093"],
+        "prometheus": ["10.0.0.2:9090"],
+    }
+    assert data["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["10.0.0.2:9093", "10.0.0.3:9093"]
+    assert data["global"]["scrape_interval"] == "5s"
+    # No docker compose name anywhere: every address is the configuration's.
+    assert not any(
+        name in (out / "prometheus.yml").read_text() for name in ("paper-bot:", "reconciler:9102", "node-exporter")
+    )
+    targets = {f.stem: yaml.safe_load(f.read_text()) for f in (out / "targets").glob("*.yml")}
+    assert targets["tradingbot"] == [{"targets": [t]} for t in ("10.0.1.21:9101", "10.0.1.21:9111", "10.0.1.22:9101")]
+    assert targets["freqtrade"] == [{"targets": ["10.0.1.23:9103"]}]
+    assert targets["node"] == [{"targets": [f"10.0.1.{n}:9100"]} for n in (21, 22, 23)]
+
+
+def test_the_systemd_example_fits_the_units_sandbox() -> None:
+    """trading-ops.systemd.yaml in /etc/trading-ops: what it writes is under /var/lib/trading-ops (the units'
+    StateDirectory=, the one writable place under ProtectSystem=strict), what it reads under /etc/trading-ops."""
+    repo = Path(__file__).resolve().parent.parent
+    config = load_config(repo / "trading-ops.systemd.yaml")
+    assert config.database.url.startswith("postgresql+psycopg://") and "host=/run/postgresql" in config.database.url
+    written = [config.bot.data_dir, config.reconciler.spool_dir, config.backup.directory]
+    assert all(p.startswith("/var/lib/trading-ops") for p in written), written
+    secrets = [
+        config.bot.control_token,
+        config.reconciler.token,
+        config.reconciler.read_token,
+        *(b.token for b in config.bots),
+    ]
+    assert all(s.startswith("file:/etc/trading-ops/") for s in secrets), secrets
+    for unit in ("paper/systemd/trading-ops-paper-bot.service", "reconciler/systemd/trading-ops-reconciler.service"):
+        text = (repo / "trading_ops" / unit).read_text()
+        assert "ReadWritePaths=/var/lib/trading-ops\n" in text and "StateDirectory=trading-ops\n" in text
+        assert "--config /etc/trading-ops/trading-ops.yaml" in text

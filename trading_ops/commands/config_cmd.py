@@ -37,7 +37,20 @@ TARGETS_HEADER = (
 # The scrape jobs whose targets come from `bots:`: a bot of kind freqtrade is a `trading-ops freqtrade` sidecar's
 # target (its control API is the sidecar's), scraped in the freqtrade job; every other kind is a bot on the runtime.
 FREQTRADE_KIND = "freqtrade"
-JOBS = {"tradingbot": "the trading bots", "freqtrade": "the freqtrade sidecars, one per watched freqtrade"}
+JOBS = {
+    "tradingbot": "the trading bots",
+    "freqtrade": "the freqtrade sidecars, one per watched freqtrade",
+    "node": "the node exporters of the bots' hosts, by which TradingBotHostDown tells a dead host from a dead bot",
+}
+# A bot host's node exporter: the host part of the bot's instance (TradingBotHostDown joins the two on it) and this
+# port (Debian's prometheus-node-exporter).
+NODE_EXPORTER_PORT = 9100
+# `config render prometheus`: the shipped prometheus/prometheus.yml's timing (a 5 s scrape and evaluation for the
+# connectivity alerts; the node job as often as the bots, so TradingBotHostDown mutes TradingBotDown in time).
+SCRAPE_INTERVAL = "5s"
+SCRAPE_TIMEOUT = "4s"
+# Where Debian's prometheus reads its configuration (`config render` writes the targets beside it).
+PROMETHEUS_DIR = "/etc/prometheus"
 # The services a file can be for (`config check --service`), each with the top-level sections that configure it: a
 # file is checked for the services whose sections it gives (a gateway's file needs no bot token), for the bot's when
 # it gives none of them (the default configuration is a paper bot's).
@@ -80,9 +93,22 @@ def register(sub: Any) -> None:
         "--job",
         choices=sorted(JOBS),
         default="tradingbot",
-        help="the scrape job: tradingbot (bots on the runtime, the default) or freqtrade (bots of kind freqtrade)",
+        help="the scrape job: tradingbot (bots on the runtime, the default), freqtrade (bots of kind freqtrade) or "
+        "node (a node exporter on port 9100 of each bot's host)",
     )
     targets.set_defaults(handler=print_targets)
+    render = inner.add_parser(
+        "render",
+        help="write prometheus.yml for this deployment (its bots, reconciler and Alertmanagers) and its targets",
+        description="Write DIR/prometheus.yml and the file_sd targets it reads (DIR/targets/tradingbot.yml, "
+        "freqtrade.yml, node.yml) from this configuration: the addresses are the configuration's (reconciler.listen, "
+        "reconciler.alertmanager_url, reconciler.prometheus_url, bots:), never docker compose's names. The rule "
+        "files are `trading-ops rules render -o DIR/rules`'s.",
+    )
+    render.add_argument(
+        "--output-dir", "-o", default=PROMETHEUS_DIR, metavar="DIR", help=f"where to write (default: {PROMETHEUS_DIR})"
+    )
+    render.set_defaults(handler=render_prometheus)
     show = inner.add_parser(
         "show",
         help="print the configuration in effect (defaults filled in), secrets masked",
@@ -299,7 +325,15 @@ def show_config(args: argparse.Namespace, config: Config) -> int:
 
 def bot_instances(config: Config, job: str = "tradingbot") -> list[str]:
     """The scrape targets of the configured bots of `job`: from `bots:`; without it, the one bot of `bot.listen`
-    (tradingbot) or the listen addresses of `freqtrade.targets` (freqtrade)."""
+    (tradingbot) or the listen addresses of `freqtrade.targets` (freqtrade); for `node`, the node exporter of each
+    bot's host (the host part of its instance), once per host."""
+    if job == "node":
+        hosts = [
+            instance.rpartition(":")[0]
+            for name in ("tradingbot", FREQTRADE_KIND)
+            for instance in bot_instances(config, name)
+        ]
+        return [f"{host}:{NODE_EXPORTER_PORT}" for host in dict.fromkeys(hosts)]
     freqtrade = job == FREQTRADE_KIND
     if config.bots:
         return [b.instance for b in config.bots if (b.kind == FREQTRADE_KIND) is freqtrade]
@@ -315,6 +349,70 @@ def file_sd(instances: list[str], source: str, job: str = "tradingbot") -> str:
     option = "" if job == "tradingbot" else f" --job {job}"
     header = TARGETS_HEADER.format(what=JOBS[job], job=job, source=source, option=option)
     return header + (yaml.safe_dump(groups, sort_keys=False) if groups else "[]\n")
+
+
+def address(url: str) -> str:
+    """host:port of an http(s) URL (the scheme's port when it has none)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def prometheus_config(config: Config, directory: Path) -> dict[str, Any]:
+    """prometheus.yml for this configuration's deployment, reading its rules and targets under `directory`."""
+    listen = config.reconciler.listen
+    reconciler_host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+    reconciler = address(f"http://{reconciler_host}:{listen.port}")
+    alertmanagers = [address(url) for url in config.reconciler.alertmanager_urls]
+    prometheus = [address(url) for url in config.reconciler.prometheus_urls]
+
+    def file_sd(job: str) -> dict[str, Any]:
+        return {"job_name": job, "file_sd_configs": [{"files": [str(directory / "targets" / f"{job}.yml")]}]}
+
+    return {
+        "global": {
+            "scrape_interval": SCRAPE_INTERVAL,
+            "evaluation_interval": SCRAPE_INTERVAL,
+            "scrape_timeout": SCRAPE_TIMEOUT,
+        },
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]},
+        "rule_files": [str(directory / "rules" / "*.yml")],
+        "scrape_configs": [
+            file_sd("tradingbot"),
+            file_sd("freqtrade"),
+            {"job_name": "trading-ops-reconciler", "static_configs": [{"targets": [reconciler]}]},
+            {"job_name": "alertmanager", "static_configs": [{"targets": list(alertmanagers)}]},
+            {"job_name": "prometheus", "static_configs": [{"targets": prometheus}]},
+            file_sd("node"),
+        ],
+    }
+
+
+def render_prometheus(args: argparse.Namespace, config: Config) -> int:
+    directory = Path(args.output_dir).absolute()
+    source = args.config or "trading-ops.yaml"
+    header = (
+        f"# Prometheus for trading-ops, rendered by `trading-ops --config {source} config render -o {directory}` from\n"
+        "# that configuration: render again after changing it (Prometheus re-reads the targets by itself, this file\n"
+        f"# at `systemctl reload prometheus`). The rules: `trading-ops rules render -o {directory / 'rules'}`.\n"
+    )
+    files = {
+        directory / "prometheus.yml": header + yaml.safe_dump(prometheus_config(config, directory), sort_keys=False)
+    }
+    for job in JOBS:
+        files[directory / "targets" / f"{job}.yml"] = file_sd(bot_instances(config, job), source, job)
+    try:
+        (directory / "targets").mkdir(parents=True, exist_ok=True)
+        for path, text in files.items():
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--output-dir", f"cannot write {exc.filename or directory}: {exc.strerror}") from exc
+    for path in files:
+        print(f"wrote {path}")
+    return 0
 
 
 def print_targets(args: argparse.Namespace, config: Config) -> int:
