@@ -715,3 +715,53 @@ def test_the_systemd_example_fits_the_units_sandbox() -> None:
         text = (repo / "trading_ops" / unit).read_text()
         assert "ReadWritePaths=/var/lib/trading-ops\n" in text and "StateDirectory=trading-ops\n" in text
         assert "--config /etc/trading-ops/trading-ops.yaml" in text
+
+
+def test_render_writes_the_shipped_alertmanager_routes_with_this_deployments_reconciler(tmp_path: Path) -> None:
+    """amtool accepts the rendered file, every routing case of the shipped one routes alike, the reconciler's webhook
+    is this configuration's, and with --local-receivers people are mailed on this host, with no outside account."""
+    repo = Path(__file__).resolve().parent.parent
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET)
+    out = tmp_path / "prometheus"
+    shipped = repo / "alertmanager" / "alertmanager.yml"
+    argv = ["--config", str(path), "config", "render", "-o", str(out), "--alertmanager", str(shipped)]
+    assert main([*argv, "--local-receivers"]) == 0
+    rendered = out / "alertmanager.yml"
+    checked = run_binary("amtool", "check-config", rendered)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    data = yaml.safe_load(rendered.read_text())
+    receivers = {r["name"]: r for r in data["receivers"]}
+    (hook,) = receivers["reconciler"]["webhook_configs"]
+    assert hook["url"] == "http://127.0.0.1:9102/api/v1/alertmanager"
+    assert hook["http_config"]["authorization"]["credentials_file"] == str(out / "secrets" / "reconciler-token")
+    assert hook["max_alerts"] == 1000  # the rest of the shipped receiver kept
+    for name in ("pager", "chat", "deadman"):
+        assert [c["to"] for c in receivers[name]["email_configs"]] == ["root@localhost"], receivers[name]
+        assert set(receivers[name]) == {"name", "email_configs"}  # no PagerDuty, Slack or dead-man service
+    assert data["global"]["smtp_smarthost"] == "localhost:25" and "smtp_auth_password_file" not in data["global"]
+    assert (out / "templates" / "trading-ops.tmpl").read_text() == (
+        repo / "alertmanager/templates/trading-ops.tmpl"
+    ).read_text()
+    cases = yaml.safe_load((repo / "alertmanager" / "tests" / "routing-cases.yml").read_text())
+    for case in cases:
+        labels = [f"{k}={v}" for k, v in case["labels"].items()]
+        verify = f"--verify.receivers={','.join(case['receivers'])}"
+        routed = run_binary("amtool", "config", "routes", "test", f"--config.file={rendered}", verify, *labels)
+        assert routed.returncode == 0, (case["name"], routed.stdout + routed.stderr)
+    # Without --local-receivers the people's receivers are the shipped ones.
+    assert main(argv) == 0
+    receivers = {r["name"]: r for r in yaml.safe_load(rendered.read_text())["receivers"]}
+    assert "pagerduty_configs" in receivers["pager"] and "slack_configs" in receivers["chat"]
+
+
+def test_local_receivers_need_the_alertmanager_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET)
+    assert main(["--config", str(path), "config", "render", "-o", str(tmp_path), "--local-receivers"]) == 2
+    assert "--local-receivers needs --alertmanager FILE" in capsys.readouterr().err
+    missing = ["--config", str(path), "config", "render", "-o", str(tmp_path), "--alertmanager", "/nonexistent.yml"]
+    assert main(missing) == 2
+    assert capsys.readouterr().err.strip() == (
+        "trading-ops: --alertmanager /nonexistent.yml: cannot read it: No such file or directory"
+    )

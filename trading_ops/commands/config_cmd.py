@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from trading_ops import logsetup
-from trading_ops.cli import add_schema_command, print_json_schema, write_output
+from trading_ops.cli import UsageError, add_schema_command, print_json_schema, write_output
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.errors import shown_url
 from trading_ops.scopes import READ
@@ -49,8 +49,17 @@ NODE_EXPORTER_PORT = 9100
 # connectivity alerts; the node job as often as the bots, so TradingBotHostDown mutes TradingBotDown in time).
 SCRAPE_INTERVAL = "5s"
 SCRAPE_TIMEOUT = "4s"
-# Where Debian's prometheus reads its configuration (`config render` writes the targets beside it).
+# Where Debian's prometheus reads its configuration (`config render` writes the targets beside it), and Debian's
+# prometheus-alertmanager its own (alertmanager.yml in the same directory).
 PROMETHEUS_DIR = "/etc/prometheus"
+# `config render --alertmanager`: the shipped file's receivers that reach people (PagerDuty, Slack, e-mail, a dead-man
+# service), and the reconciler's, by name.
+PEOPLE_RECEIVERS = ("pager", "chat", "deadman")
+RECONCILER_RECEIVER = "reconciler"
+# `--local-receivers`: those people's receivers as e-mail to this host's mail system (any MTA on port 25: Debian's
+# exim4 delivers to /var/mail/root), so that a route can be tried without any account outside.
+LOCAL_SMTP = {"smtp_smarthost": "localhost:25", "smtp_from": "alertmanager@localhost", "smtp_require_tls": False}
+LOCAL_MAILBOX = "root@localhost"
 # The services a file can be for (`config check --service`), each with the top-level sections that configure it: a
 # file is checked for the services whose sections it gives (a gateway's file needs no bot token), for the bot's when
 # it gives none of them (the default configuration is a paper bot's).
@@ -107,6 +116,20 @@ def register(sub: Any) -> None:
     )
     render.add_argument(
         "--output-dir", "-o", default=PROMETHEUS_DIR, metavar="DIR", help=f"where to write (default: {PROMETHEUS_DIR})"
+    )
+    render.add_argument(
+        "--alertmanager",
+        default=None,
+        metavar="FILE",
+        help="also write DIR/alertmanager.yml from FILE (the repository's alertmanager/alertmanager.yml): its routes "
+        "and inhibitions as they are, the reconciler's webhook at this configuration's reconciler.listen with its "
+        "token read from DIR/secrets/reconciler-token, the templates copied to DIR/templates",
+    )
+    render.add_argument(
+        "--local-receivers",
+        action="store_true",
+        help=f"with --alertmanager: the receivers of people ({', '.join(PEOPLE_RECEIVERS)}) as e-mail to "
+        f"{LOCAL_MAILBOX} through this host's mail system (port 25), to try the routes without any outside account",
     )
     render.set_defaults(handler=render_prometheus)
     show = inner.add_parser(
@@ -391,8 +414,83 @@ def prometheus_config(config: Config, directory: Path) -> dict[str, Any]:
     }
 
 
+def reconciler_address(config: Config) -> str:
+    """host:port where Prometheus and Alertmanager on the reconciler's host reach it (its own loopback when it
+    listens on every address)."""
+    listen = config.reconciler.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+    return address(f"http://{host}:{listen.port}")
+
+
+def alertmanager_config(
+    source: dict[str, Any], config: Config, directory: Path, local_receivers: bool
+) -> dict[str, Any]:
+    """The shipped alertmanager.yml for this deployment: routes, inhibitions and templates as they are; the reconciler's
+    webhook at this configuration's address, its token a file under `directory`; with `local_receivers` the people's
+    receivers as e-mail to this host's mail system."""
+    data = dict(source)
+    scheme = "https" if config.reconciler.listen.web_config_file else "http"
+    receivers = []
+    for receiver in data.get("receivers") or []:
+        name = receiver.get("name")
+        if name == RECONCILER_RECEIVER:
+            hooks = []
+            for hook in receiver.get("webhook_configs") or []:
+                http = dict(hook.get("http_config") or {})
+                http["authorization"] = {
+                    "type": "Bearer",
+                    "credentials_file": str(directory / "secrets" / "reconciler-token"),
+                }
+                url = f"{scheme}://{reconciler_address(config)}/api/v1/alertmanager"
+                hooks.append({**hook, "url": url, "http_config": http})
+            receivers.append({**receiver, "webhook_configs": hooks})
+        elif local_receivers and name in PEOPLE_RECEIVERS:
+            subject = f'[{name}] {{{{ template "trading_ops.title" . }}}}'
+            mail = {"to": LOCAL_MAILBOX, "send_resolved": name != "deadman", "headers": {"Subject": subject}}
+            receivers.append({"name": name, "email_configs": [mail]})
+        else:
+            receivers.append(receiver)
+    data["receivers"] = receivers
+    if local_receivers:
+        data["global"] = {
+            **{k: v for k, v in (data.get("global") or {}).items() if not k.startswith("smtp_")},
+            **LOCAL_SMTP,
+        }
+    data["templates"] = [str(directory / "templates" / "*.tmpl")]
+    return data
+
+
+def rendered_alertmanager(
+    shipped: Path, config: Config, directory: Path, local_receivers: bool, source: str
+) -> dict[Path, str]:
+    """DIR/alertmanager.yml from the shipped file `shipped`, and its templates copied beside it."""
+    try:
+        loaded = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+        templates = {
+            p.name: p.read_text(encoding="utf-8") for p in sorted((shipped.parent / "templates").glob("*.tmpl"))
+        }
+    except OSError as exc:
+        raise UsageError(f"--alertmanager {shipped}: cannot read it: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--alertmanager {shipped}: not YAML") from exc
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("receivers"), list):
+        raise UsageError(f"--alertmanager {shipped}: not an Alertmanager configuration (no receivers)")
+    local = " --local-receivers" if local_receivers else ""
+    header = (
+        f"# Alertmanager for trading-ops, rendered by `trading-ops --config {source} config render -o {directory} "
+        f"--alertmanager {shipped}{local}`:\n# that file's routes and inhibitions, this configuration's addresses. "
+        "Render again rather than edit.\n"
+    )
+    rendered = alertmanager_config(loaded, config, directory, local_receivers)
+    files = {directory / "alertmanager.yml": header + yaml.safe_dump(rendered, sort_keys=False, width=1000)}
+    files.update({directory / "templates" / name: text for name, text in templates.items()})
+    return files
+
+
 def render_prometheus(args: argparse.Namespace, config: Config) -> int:
     directory = Path(args.output_dir).absolute()
+    if args.local_receivers and not args.alertmanager:
+        raise UsageError("--local-receivers needs --alertmanager FILE (the repository's alertmanager/alertmanager.yml)")
     source = args.config or "trading-ops.yaml"
     header = (
         f"# Prometheus for trading-ops, rendered by `trading-ops --config {source} config render -o {directory}` from\n"
@@ -404,9 +502,11 @@ def render_prometheus(args: argparse.Namespace, config: Config) -> int:
     }
     for job in JOBS:
         files[directory / "targets" / f"{job}.yml"] = file_sd(bot_instances(config, job), source, job)
+    if args.alertmanager:
+        files.update(rendered_alertmanager(Path(args.alertmanager), config, directory, args.local_receivers, source))
     try:
-        (directory / "targets").mkdir(parents=True, exist_ok=True)
         for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise ConfigError("--output-dir", f"cannot write {exc.filename or directory}: {exc.strerror}") from exc
