@@ -273,14 +273,14 @@ def test_playbook_test_of_a_cases_file_with_a_yaml_syntax_error_is_one_line(tmp_
 def test_config_check_says_which_file_it_read(tmp_path: Path) -> None:
     none = cli("config", "check", "--no-secrets", cwd=tmp_path)
     assert none.returncode == 0
-    assert none.stdout.strip() == "configuration ok (defaults: no --config and no ./trading-ops.yaml)"
+    assert none.stdout.strip() == "configuration ok for bot (defaults: no --config and no ./trading-ops.yaml)"
     (tmp_path / "trading-ops.yaml").write_text("bot:\n  name: from-the-file\n")
     found = cli("config", "check", "--no-secrets", cwd=tmp_path)
-    assert found.returncode == 0 and found.stdout.strip() == "configuration ok (./trading-ops.yaml)"
+    assert found.returncode == 0 and found.stdout.strip() == "configuration ok for bot (./trading-ops.yaml)"
     shown = cli("config", "show", cwd=tmp_path)
     assert shown.returncode == 0 and "name: from-the-file" in shown.stdout
     given = cli("-c", str(tmp_path / "trading-ops.yaml"), "config", "check", "--no-secrets")
-    assert given.stdout.strip() == f"configuration ok ({tmp_path / 'trading-ops.yaml'})"
+    assert given.stdout.strip() == f"configuration ok for bot ({tmp_path / 'trading-ops.yaml'})"
 
 
 def test_config_show_masks_every_secret(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
+from system_binaries import run_binary
 
 from trading_ops.cli import main
 from trading_ops.config import (
@@ -127,7 +131,7 @@ def test_default_token_variable_applies_without_any_config_file(tmp_path, capsys
     assert "bot.control_token: no token" in capsys.readouterr().err
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", CONTROL_TOKEN)
     assert main(["config", "check"]) == 0
-    assert "configuration ok (defaults: no --config and no ./trading-ops.yaml)" in capsys.readouterr().out
+    assert "configuration ok for bot (defaults: no --config and no ./trading-ops.yaml)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -289,6 +293,7 @@ def test_wrong_values_are_one_line_naming_the_key_exit_2(
 )
 def test_good_values_pass_config_check(tmp_path, monkeypatch, yaml_text: str) -> None:
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", CONTROL_TOKEN)
+    monkeypatch.setenv("TRADING_OPS_RECONCILER_TOKEN", "reconciler-token-of-the-config-tests")
     path = tmp_path / "good.yaml"
     path.write_text(yaml_text)
     assert main(["--config", str(path), "config", "check"]) == 0
@@ -620,3 +625,227 @@ def test_accounts_of_their_own_and_prefixes_of_their_own_are_accepted(tmp_path: 
         )
     )
     assert len(load_config(path).reconciler.targets) == 4
+
+
+# -- `config check` agrees with each service --------------------------------------------------------------------------
+
+
+GATEWAY_ONLY = "gateway:\n  api_key_file: k\n  api_secret_file: s\n  control_token_file: c\n"
+RECONCILER_ONLY = "reconciler:\n  token_file: w\n  read_token_file: r\nbots:\n  - {name: b1, token_file: c}\n"
+
+
+def check_file(tmp_path: Path, text: str, *options: str) -> tuple[int, str, str]:
+    """`config check` of a file holding `text`, its secret files beside it, no token in the environment."""
+    write_tokens(tmp_path, k="gateway-api-key-0001", s="c2VjcmV0LW9mLXRoZS1nYXRld2F5", c=CONTROL_TOKEN)
+    write_tokens(tmp_path, w="webhook-token-of-the-tests", r="read-token-of-the-tests-01")
+    path = tmp_path / "service.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "trading_ops", "--config", str(path), "config", "check", *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRADING_OPS_")},
+    )
+    return result.returncode, result.stdout.strip(), result.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "services"),
+    [
+        (GATEWAY_ONLY, "gateway"),
+        (RECONCILER_ONLY, "reconciler"),
+        (GATEWAY_ONLY + RECONCILER_ONLY, "reconciler, gateway"),
+    ],
+    ids=["gateway", "reconciler", "both"],
+)
+def test_a_file_for_one_service_passes_without_the_others_secrets(tmp_path: Path, text: str, services: str) -> None:
+    """A gateway's or a reconciler's own file (no bot token: it runs no bot) passes, as the service runs it."""
+    status, out, err = check_file(tmp_path, text)
+    assert (status, err) == (0, ""), err
+    assert out.startswith(f"configuration ok for {services} (")
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "message"),
+    [
+        (GATEWAY_ONLY, ("--service", "bot"), "bot.control_token: no token"),  # the reverse: not a bot's file
+        (RECONCILER_ONLY.replace("  token_file: w\n", ""), (), "reconciler.token: no webhook token"),
+        (GATEWAY_ONLY.replace("  control_token_file: c\n", ""), (), "gateway.control_token"),
+        ("reconciler:\n  token_file: w\n  playbook: /nonexistent/playbook.yml\n", (), "reconciler.playbook: "),
+        ("bot:\n  name: b1\n", (), "bot.control_token: no token"),
+        ("database:\n  url: sqlite:////tmp/x.db\n", (), "bot.control_token: no token"),  # no service: a bot's
+    ],
+    ids=["asked-for-the-bot", "no-webhook-token", "no-gateway-token", "no-playbook", "bot", "no-service-section"],
+)
+def test_what_a_service_refuses_the_check_refuses(
+    tmp_path: Path, text: str, options: tuple[str, ...], message: str
+) -> None:
+    status, out, err = check_file(tmp_path, text, *options)
+    assert status == 2 and out == "", out
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_each_service_refuses_at_start_what_the_check_refuses(tmp_path: Path) -> None:
+    """The reverse, run: the paper gateway and the reconciler started on the files the check refused exit 2 with the
+    same line."""
+    for text, command in (
+        (GATEWAY_ONLY.replace("  control_token_file: c\n", ""), "paper-gateway"),
+        (RECONCILER_ONLY.replace("  token_file: w\n", ""), "reconciler"),
+    ):
+        _, _, refused = check_file(tmp_path, text)
+        path = tmp_path / "service.yaml"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRADING_OPS_")}
+        argv = [sys.executable, "-m", "trading_ops", "--config", str(path), command]
+        ran = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert ran.returncode == 2 and ran.stderr.strip().splitlines()[-1] == refused, (command, ran.stderr)
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "warned"),
+    [
+        ("http://10.0.1.21:9101", "", True),
+        ("http://bot-host-2.internal:9101", "", True),
+        ("http://10.0.1.21:9101", "host: {address: 10.0.1.21, known_hosts_file: c}", False),
+        ("http://127.0.0.1:9101", "", False),
+        ("http://localhost:9101", "", False),
+        ("http://[::1]:9101", "", False),
+    ],
+)
+def test_a_remote_bot_without_a_host_is_warned_about(tmp_path: Path, url: str, host: str, warned: bool) -> None:
+    entry = f"  - name: eth-mm\n    kind: ccxt\n    instance: '{url.split('//')[1]}'\n    url: '{url}'\n"
+    entry += "    token_file: c\n" + (f"    {host}\n" if host else "")
+    status, out, err = check_file(tmp_path, "reconciler:\n  token_file: w\nbots:\n" + entry)
+    assert status == 0, err
+    if warned:
+        assert err == (
+            f"trading-ops: config: warning: bots[0] (eth-mm): its url is on {url.split('//')[1].rsplit(':', 1)[0]}, "
+            "but no host: is given: systemd and docker steps would restart trading-ops-bot@eth-mm.service on the "
+            "reconciler's own host. Give host.address (docs/deploy-fleet.md)"
+        )
+    else:
+        assert err == ""
+
+
+# -- Prometheus rendered for the deployment: node exporter targets of the bots' hosts ---------------------------------
+
+FLEET = """
+reconciler:
+  listen: {host: 0.0.0.0, port: 9102}
+  alertmanager_url: http://10.0.0.2:9093
+  alertmanager_peers: [http://10.0.0.3:9093]
+  prometheus_url: http://10.0.0.2:9090
+bots:
+  - {name: paper-1, kind: paper, instance: '10.0.1.21:9101', url: 'http://10.0.1.21:9101'}
+  - {name: eth-mm, kind: ccxt, instance: '10.0.1.21:9111', url: 'http://10.0.1.21:9111'}
+  - {name: btc-mm, kind: ccxt, instance: '10.0.1.22:9101', url: 'http://10.0.1.22:9101'}
+  - {name: ft-1, kind: freqtrade, instance: '10.0.1.23:9103', url: 'http://10.0.1.23:9103'}
+"""
+
+
+def test_node_targets_are_one_exporter_per_bot_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The host part of each bot's instance, port 9100: what TradingBotHostDown joins a bot and its host on."""
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET)
+    assert main(["--config", str(path), "config", "targets", "--job", "node"]) == 0
+    groups = yaml.safe_load(capsys.readouterr().out)
+    assert groups == [{"targets": [f"10.0.1.{n}:9100"]} for n in (21, 22, 23)]
+
+
+def test_render_writes_a_prometheus_config_promtool_accepts_with_this_deployments_addresses(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET)
+    out = tmp_path / "prometheus"
+    assert main(["--config", str(path), "config", "render", "-o", str(out)]) == 0
+    assert main(["rules", "render", "-o", str(out / "rules")]) == 0
+    checked = run_binary("promtool", "check", "config", out / "prometheus.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    data = yaml.safe_load((out / "prometheus.yml").read_text())
+    static = {j["job_name"]: j["static_configs"][0]["targets"] for j in data["scrape_configs"] if "static_configs" in j}
+    assert static == {
+        "trading-ops-reconciler": ["127.0.0.1:9102"],  # listening on every address: this host's loopback
+        "alertmanager": ["10.0.0.2:9093", "10.0.0.3:9093"],
+        "prometheus": ["10.0.0.2:9090"],
+    }
+    assert data["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["10.0.0.2:9093", "10.0.0.3:9093"]
+    assert data["global"]["scrape_interval"] == "5s"
+    # No docker compose name anywhere: every address is the configuration's.
+    assert not any(
+        name in (out / "prometheus.yml").read_text() for name in ("paper-bot:", "reconciler:9102", "node-exporter")
+    )
+    targets = {f.stem: yaml.safe_load(f.read_text()) for f in (out / "targets").glob("*.yml")}
+    assert targets["tradingbot"] == [{"targets": [t]} for t in ("10.0.1.21:9101", "10.0.1.21:9111", "10.0.1.22:9101")]
+    assert targets["freqtrade"] == [{"targets": ["10.0.1.23:9103"]}]
+    assert targets["node"] == [{"targets": [f"10.0.1.{n}:9100"]} for n in (21, 22, 23)]
+
+
+def test_the_systemd_example_fits_the_units_sandbox() -> None:
+    """trading-ops.systemd.yaml in /etc/trading-ops: what it writes is under /var/lib/trading-ops (the units'
+    StateDirectory=, the one writable place under ProtectSystem=strict), what it reads under /etc/trading-ops."""
+    repo = Path(__file__).resolve().parent.parent
+    config = load_config(repo / "trading-ops.systemd.yaml")
+    assert config.database.url.startswith("postgresql+psycopg://") and "host=/run/postgresql" in config.database.url
+    written = [config.bot.data_dir, config.reconciler.spool_dir, config.backup.directory]
+    assert all(p.startswith("/var/lib/trading-ops") for p in written), written
+    secrets = [
+        config.bot.control_token,
+        config.reconciler.token,
+        config.reconciler.read_token,
+        *(b.token for b in config.bots),
+    ]
+    assert all(s.startswith("file:/etc/trading-ops/") for s in secrets), secrets
+    for unit in ("paper/systemd/trading-ops-paper-bot.service", "reconciler/systemd/trading-ops-reconciler.service"):
+        text = (repo / "trading_ops" / unit).read_text()
+        assert "ReadWritePaths=/var/lib/trading-ops\n" in text and "StateDirectory=trading-ops\n" in text
+        assert "--config /etc/trading-ops/trading-ops.yaml" in text
+
+
+def test_render_writes_the_shipped_alertmanager_routes_with_this_deployments_reconciler(tmp_path: Path) -> None:
+    """amtool accepts the rendered file, every routing case of the shipped one routes alike, the reconciler's webhook
+    is this configuration's, and with --local-receivers people are mailed on this host, with no outside account."""
+    repo = Path(__file__).resolve().parent.parent
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET)
+    out = tmp_path / "prometheus"
+    shipped = repo / "alertmanager" / "alertmanager.yml"
+    argv = ["--config", str(path), "config", "render", "-o", str(out), "--alertmanager", str(shipped)]
+    assert main([*argv, "--local-receivers"]) == 0
+    rendered = out / "alertmanager.yml"
+    checked = run_binary("amtool", "check-config", rendered)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    data = yaml.safe_load(rendered.read_text())
+    receivers = {r["name"]: r for r in data["receivers"]}
+    (hook,) = receivers["reconciler"]["webhook_configs"]
+    assert hook["url"] == "http://127.0.0.1:9102/api/v1/alertmanager"
+    assert hook["http_config"]["authorization"]["credentials_file"] == str(out / "secrets" / "reconciler-token")
+    assert hook["max_alerts"] == 1000  # the rest of the shipped receiver kept
+    for name in ("pager", "chat", "deadman"):
+        assert [c["to"] for c in receivers[name]["email_configs"]] == ["root@localhost"], receivers[name]
+        assert set(receivers[name]) == {"name", "email_configs"}  # no PagerDuty, Slack or dead-man service
+    assert data["global"]["smtp_smarthost"] == "localhost:25" and "smtp_auth_password_file" not in data["global"]
+    assert (out / "templates" / "trading-ops.tmpl").read_text() == (
+        repo / "alertmanager/templates/trading-ops.tmpl"
+    ).read_text()
+    cases = yaml.safe_load((repo / "alertmanager" / "tests" / "routing-cases.yml").read_text())
+    for case in cases:
+        labels = [f"{k}={v}" for k, v in case["labels"].items()]
+        verify = f"--verify.receivers={','.join(case['receivers'])}"
+        routed = run_binary("amtool", "config", "routes", "test", f"--config.file={rendered}", verify, *labels)
+        assert routed.returncode == 0, (case["name"], routed.stdout + routed.stderr)
+    # Without --local-receivers the people's receivers are the shipped ones.
+    assert main(argv) == 0
+    receivers = {r["name"]: r for r in yaml.safe_load(rendered.read_text())["receivers"]}
+    assert "pagerduty_configs" in receivers["pager"] and "slack_configs" in receivers["chat"]
+
+
+def test_local_receivers_need_the_alertmanager_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET)
+    assert main(["--config", str(path), "config", "render", "-o", str(tmp_path), "--local-receivers"]) == 2
+    assert "--local-receivers needs --alertmanager FILE" in capsys.readouterr().err
+    missing = ["--config", str(path), "config", "render", "-o", str(tmp_path), "--alertmanager", "/nonexistent.yml"]
+    assert main(missing) == 2
+    assert capsys.readouterr().err.strip() == (
+        "trading-ops: --alertmanager /nonexistent.yml: cannot read it: No such file or directory"
+    )

@@ -1392,6 +1392,8 @@ class Config:
     readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
     # Directory that relative paths in this file are resolved against (the file's own directory).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
+    # The top-level sections the file gives (`config check` checks the services they configure).
+    sections: frozenset[str] = field(default=frozenset(), metadata={"internal": True})
 
     def validate(self, prefix: str, given: set[str]) -> None:
         for key, attr in (("name", "name"), ("instance", "instance")):
@@ -1546,6 +1548,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
     except SchemaError as exc:
         raise ConfigError(exc.key or "(top level)", exc.problem) from None
     config.base_dir = base_dir or Path.cwd()
+    config.sections = frozenset(str(k) for k in data) if isinstance(data, dict) else frozenset()
     resolve_paths(config, config.base_dir)
     return config
 

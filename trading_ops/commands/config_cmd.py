@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from trading_ops.cli import add_schema_command, print_json_schema, write_output
+from trading_ops import logsetup
+from trading_ops.cli import UsageError, add_schema_command, print_json_schema, write_output
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.errors import shown_url
 from trading_ops.scopes import READ
@@ -34,14 +37,61 @@ TARGETS_HEADER = (
 # The scrape jobs whose targets come from `bots:`: a bot of kind freqtrade is a `trading-ops freqtrade` sidecar's
 # target (its control API is the sidecar's), scraped in the freqtrade job; every other kind is a bot on the runtime.
 FREQTRADE_KIND = "freqtrade"
-JOBS = {"tradingbot": "the trading bots", "freqtrade": "the freqtrade sidecars, one per watched freqtrade"}
+JOBS = {
+    "tradingbot": "the trading bots",
+    "freqtrade": "the freqtrade sidecars, one per watched freqtrade",
+    "node": "the node exporters of the bots' hosts, by which TradingBotHostDown tells a dead host from a dead bot",
+}
+# A bot host's node exporter: the host part of the bot's instance (TradingBotHostDown joins the two on it) and this
+# port (Debian's prometheus-node-exporter).
+NODE_EXPORTER_PORT = 9100
+# `config render prometheus`: the shipped prometheus/prometheus.yml's timing (a 5 s scrape and evaluation for the
+# connectivity alerts; the node job as often as the bots, so TradingBotHostDown mutes TradingBotDown in time).
+SCRAPE_INTERVAL = "5s"
+SCRAPE_TIMEOUT = "4s"
+# Where Debian's prometheus reads its configuration (`config render` writes the targets beside it), and Debian's
+# prometheus-alertmanager its own (alertmanager.yml in the same directory).
+PROMETHEUS_DIR = "/etc/prometheus"
+# `config render --alertmanager`: the shipped file's receivers that reach people (PagerDuty, Slack, e-mail, a dead-man
+# service), and the reconciler's, by name.
+PEOPLE_RECEIVERS = ("pager", "chat", "deadman")
+RECONCILER_RECEIVER = "reconciler"
+# `--local-receivers`: those people's receivers as e-mail to this host's mail system (any MTA on port 25: Debian's
+# exim4 delivers to /var/mail/root), so that a route can be tried without any account outside.
+LOCAL_SMTP = {"smtp_smarthost": "localhost:25", "smtp_from": "alertmanager@localhost", "smtp_require_tls": False}
+LOCAL_MAILBOX = "root@localhost"
+# The services a file can be for (`config check --service`), each with the top-level sections that configure it: a
+# file is checked for the services whose sections it gives (a gateway's file needs no bot token), for the bot's when
+# it gives none of them (the default configuration is a paper bot's).
+SERVICES = {
+    "bot": ("bot", "paper", "ccxt"),  # paper-bot, or a bot script on the runtime (examples/ccxt_bot.py)
+    "reconciler": ("reconciler", "bots"),
+    "gateway": ("gateway",),  # paper-gateway
+    "freqtrade": ("freqtrade",),  # the freqtrade sidecar
+}
+DEFAULT_SERVICE = "bot"
+SERVICES_SHOWN = "; ".join(f"{name}: {' '.join(sections)}" for name, sections in SERVICES.items())
+# Hosts that are this host: a bot at any other address runs elsewhere.
+LOCAL_HOSTS = ("localhost", "localhost.localdomain")
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("config", help="configuration tools")
     inner = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    check = inner.add_parser("check", help="validate the configuration file and exit (0 ok, 2 invalid)")
+    check = inner.add_parser(
+        "check",
+        help="validate the configuration file and exit (0 ok, 2 invalid)",
+        description="Validate the file as the services that read it do at start: by default those whose sections it "
+        f"gives ({SERVICES_SHOWN}), the bot's when it gives none.",
+    )
     check.add_argument("--no-secrets", action="store_true", help="do not check that secrets can be read")
+    check.add_argument(
+        "--service",
+        action="append",
+        choices=sorted(SERVICES),
+        default=None,
+        help="check the file for this service (repeatable) instead of the ones its sections configure",
+    )
     check.set_defaults(handler=check_config)
     targets = inner.add_parser(
         "targets",
@@ -52,9 +102,36 @@ def register(sub: Any) -> None:
         "--job",
         choices=sorted(JOBS),
         default="tradingbot",
-        help="the scrape job: tradingbot (bots on the runtime, the default) or freqtrade (bots of kind freqtrade)",
+        help="the scrape job: tradingbot (bots on the runtime, the default), freqtrade (bots of kind freqtrade) or "
+        "node (a node exporter on port 9100 of each bot's host)",
     )
     targets.set_defaults(handler=print_targets)
+    render = inner.add_parser(
+        "render",
+        help="write prometheus.yml for this deployment (its bots, reconciler and Alertmanagers) and its targets",
+        description="Write DIR/prometheus.yml and the file_sd targets it reads (DIR/targets/tradingbot.yml, "
+        "freqtrade.yml, node.yml) from this configuration: the addresses are the configuration's (reconciler.listen, "
+        "reconciler.alertmanager_url, reconciler.prometheus_url, bots:), never docker compose's names. The rule "
+        "files are `trading-ops rules render -o DIR/rules`'s.",
+    )
+    render.add_argument(
+        "--output-dir", "-o", default=PROMETHEUS_DIR, metavar="DIR", help=f"where to write (default: {PROMETHEUS_DIR})"
+    )
+    render.add_argument(
+        "--alertmanager",
+        default=None,
+        metavar="FILE",
+        help="also write DIR/alertmanager.yml from FILE (the repository's alertmanager/alertmanager.yml): its routes "
+        "and inhibitions as they are, the reconciler's webhook at this configuration's reconciler.listen with its "
+        "token read from DIR/secrets/reconciler-token, the templates copied to DIR/templates",
+    )
+    render.add_argument(
+        "--local-receivers",
+        action="store_true",
+        help=f"with --alertmanager: the receivers of people ({', '.join(PEOPLE_RECEIVERS)}) as e-mail to "
+        f"{LOCAL_MAILBOX} through this host's mail system (port 25), to try the routes without any outside account",
+    )
+    render.set_defaults(handler=render_prometheus)
     show = inner.add_parser(
         "show",
         help="print the configuration in effect (defaults filled in), secrets masked",
@@ -89,9 +166,18 @@ def config_source(args: argparse.Namespace) -> str:
     return f"defaults: no --config and no ./{DEFAULT_CONFIG_PATH}"
 
 
+def checked_services(args: argparse.Namespace, config: Config) -> list[str]:
+    """The services `config check` checks the file for: --service, else those whose sections the file gives."""
+    if args.service:
+        return sorted(set(args.service))
+    given = [name for name, sections in SERVICES.items() if config.sections & set(sections)]
+    return given or [DEFAULT_SERVICE]
+
+
 def check_config(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.webconfig import client_ssl_context, server_web_config
 
+    services = checked_services(args, config)
     config.database_url()
     # Every server's web_config_file and the clients' TLS (reconciler, ccxt), as they are loaded at start
     # (certificates and keys are read unless --no-secrets).
@@ -100,23 +186,87 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
         server_web_config(listen, key, load_files=load)
     client_ssl_context(config.reconciler.tls, "reconciler.tls", load_files=load)
     client_ssl_context(config.ccxt.tls, "ccxt.tls", load_files=load)
+    if "reconciler" in services:
+        check_playbook(config)
     if not args.no_secrets:
         # Every token file read and told apart, as each server does at start (one value per token, names once).
-        tokens = resolve_tokens(config, config.bot, "control_token", "control_tokens", "bot")
-        if not tokens:
-            raise ConfigError(
-                "bot.control_token",
-                "no token: give control_tokens, or set control_token_file or the environment "
-                "variable named by control_token_env (default TRADING_OPS_CONTROL_TOKEN)",
-            )
+        bot_tokens = resolve_tokens(config, config.bot, "control_token", "control_tokens", "bot")
         resolve_tokens(config, config.freqtrade, "control_token", "control_tokens", "freqtrade")
         resolve_tokens(config, config.reconciler, "read_token", "api_tokens", "reconciler", legacy_scope=READ)
         check_token_lengths(config)
         for instance, target in config.reconciler.targets.items():
             key = f"reconciler.targets.{instance}.destructive_token"
             resolve_secret(config, target, "destructive_token", key)
-    print(f"configuration ok ({config_source(args)})")
+        # What each service refuses to start without.
+        if "bot" in services and not bot_tokens:
+            raise ConfigError(
+                "bot.control_token",
+                "no token: give control_tokens, or set control_token_file or the environment "
+                "variable named by control_token_env (default TRADING_OPS_CONTROL_TOKEN)",
+            )
+        if "reconciler" in services and not resolve_secret(config, config.reconciler, "token", "reconciler.token"):
+            raise ConfigError(
+                "reconciler.token",
+                "no webhook token: set token_file or token_env (default variable TRADING_OPS_RECONCILER_TOKEN)",
+            )
+        if "gateway" in services:
+            from trading_ops.venues.kraken_gateway import gateway_from_config
+
+            gateway_from_config(config)
+    for warning in remote_bot_warnings(config):
+        warn(warning)
+    print(f"configuration ok for {', '.join(services)} ({config_source(args)})")
     return 0
+
+
+def check_playbook(config: Config) -> None:
+    """The reconciler's playbook loads, and its `http` steps go only where the configuration allows (at start)."""
+    from trading_ops.reconciler.app import check_http_hosts
+    from trading_ops.reconciler.playbook import PlaybookError, load_configured_playbook
+
+    try:
+        playbook = load_configured_playbook(config.reconciler.playbook, config.path)
+    except PlaybookError as exc:
+        raise ConfigError("reconciler.playbook", str(exc)) from exc
+    check_http_hosts(playbook, config.reconciler.http_allowed_hosts)
+
+
+def is_local(host: str) -> bool:
+    """Whether `host` (a URL's) is this host: loopback, or its own name."""
+    import socket
+
+    if host.lower() in LOCAL_HOSTS or host.lower() == socket.gethostname().lower():
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_bot_warnings(config: Config) -> list[str]:
+    """A bot whose control API is on another host but whose `host:` is not given: its systemd and docker steps would
+    act on the reconciler's own host (the unit or container of that name there, if any), not on the bot's."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for i, bot in enumerate(config.bots):
+        host = urlsplit(bot.url).hostname or ""
+        if bot.host.address or bot.host.docker_url or is_local(host):
+            continue
+        out.append(
+            f"bots[{i}] ({bot.name}): its url is on {host}, but no host: is given: systemd and docker steps would "
+            f"restart {bot.systemd_unit} on the reconciler's own host. Give host.address (docs/deploy-fleet.md)"
+        )
+    return out
+
+
+def warn(line: str) -> None:
+    """A warning of `config check`: one line on stderr (with its priority on the journal's stream)."""
+    text = f"trading-ops: config: warning: {line}"
+    if logsetup.json_enabled():
+        logsetup.log.warning(text)
+    else:
+        print(f"<4>{text}" if logsetup.journal_stream() else text, file=sys.stderr)
 
 
 def check_token_lengths(config: Config) -> None:
@@ -198,7 +348,15 @@ def show_config(args: argparse.Namespace, config: Config) -> int:
 
 def bot_instances(config: Config, job: str = "tradingbot") -> list[str]:
     """The scrape targets of the configured bots of `job`: from `bots:`; without it, the one bot of `bot.listen`
-    (tradingbot) or the listen addresses of `freqtrade.targets` (freqtrade)."""
+    (tradingbot) or the listen addresses of `freqtrade.targets` (freqtrade); for `node`, the node exporter of each
+    bot's host (the host part of its instance), once per host."""
+    if job == "node":
+        hosts = [
+            instance.rpartition(":")[0]
+            for name in ("tradingbot", FREQTRADE_KIND)
+            for instance in bot_instances(config, name)
+        ]
+        return [f"{host}:{NODE_EXPORTER_PORT}" for host in dict.fromkeys(hosts)]
     freqtrade = job == FREQTRADE_KIND
     if config.bots:
         return [b.instance for b in config.bots if (b.kind == FREQTRADE_KIND) is freqtrade]
@@ -214,6 +372,147 @@ def file_sd(instances: list[str], source: str, job: str = "tradingbot") -> str:
     option = "" if job == "tradingbot" else f" --job {job}"
     header = TARGETS_HEADER.format(what=JOBS[job], job=job, source=source, option=option)
     return header + (yaml.safe_dump(groups, sort_keys=False) if groups else "[]\n")
+
+
+def address(url: str) -> str:
+    """host:port of an http(s) URL (the scheme's port when it has none)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def prometheus_config(config: Config, directory: Path) -> dict[str, Any]:
+    """prometheus.yml for this configuration's deployment, reading its rules and targets under `directory`."""
+    listen = config.reconciler.listen
+    reconciler_host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+    reconciler = address(f"http://{reconciler_host}:{listen.port}")
+    alertmanagers = [address(url) for url in config.reconciler.alertmanager_urls]
+    prometheus = [address(url) for url in config.reconciler.prometheus_urls]
+
+    def file_sd(job: str) -> dict[str, Any]:
+        return {"job_name": job, "file_sd_configs": [{"files": [str(directory / "targets" / f"{job}.yml")]}]}
+
+    return {
+        "global": {
+            "scrape_interval": SCRAPE_INTERVAL,
+            "evaluation_interval": SCRAPE_INTERVAL,
+            "scrape_timeout": SCRAPE_TIMEOUT,
+        },
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]},
+        "rule_files": [str(directory / "rules" / "*.yml")],
+        "scrape_configs": [
+            file_sd("tradingbot"),
+            file_sd("freqtrade"),
+            {"job_name": "trading-ops-reconciler", "static_configs": [{"targets": [reconciler]}]},
+            {"job_name": "alertmanager", "static_configs": [{"targets": list(alertmanagers)}]},
+            {"job_name": "prometheus", "static_configs": [{"targets": prometheus}]},
+            file_sd("node"),
+        ],
+    }
+
+
+def reconciler_address(config: Config) -> str:
+    """host:port where Prometheus and Alertmanager on the reconciler's host reach it (its own loopback when it
+    listens on every address)."""
+    listen = config.reconciler.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+    return address(f"http://{host}:{listen.port}")
+
+
+def alertmanager_config(
+    source: dict[str, Any], config: Config, directory: Path, local_receivers: bool
+) -> dict[str, Any]:
+    """The shipped alertmanager.yml for this deployment: routes, inhibitions and templates as they are; the reconciler's
+    webhook at this configuration's address, its token a file under `directory`; with `local_receivers` the people's
+    receivers as e-mail to this host's mail system."""
+    data = dict(source)
+    scheme = "https" if config.reconciler.listen.web_config_file else "http"
+    receivers = []
+    for receiver in data.get("receivers") or []:
+        name = receiver.get("name")
+        if name == RECONCILER_RECEIVER:
+            hooks = []
+            for hook in receiver.get("webhook_configs") or []:
+                http = dict(hook.get("http_config") or {})
+                http["authorization"] = {
+                    "type": "Bearer",
+                    "credentials_file": str(directory / "secrets" / "reconciler-token"),
+                }
+                url = f"{scheme}://{reconciler_address(config)}/api/v1/alertmanager"
+                hooks.append({**hook, "url": url, "http_config": http})
+            receivers.append({**receiver, "webhook_configs": hooks})
+        elif local_receivers and name in PEOPLE_RECEIVERS:
+            subject = f'[{name}] {{{{ template "trading_ops.title" . }}}}'
+            mail = {"to": LOCAL_MAILBOX, "send_resolved": name != "deadman", "headers": {"Subject": subject}}
+            receivers.append({"name": name, "email_configs": [mail]})
+        else:
+            receivers.append(receiver)
+    data["receivers"] = receivers
+    if local_receivers:
+        data["global"] = {
+            **{k: v for k, v in (data.get("global") or {}).items() if not k.startswith("smtp_")},
+            **LOCAL_SMTP,
+        }
+    data["templates"] = [str(directory / "templates" / "*.tmpl")]
+    return data
+
+
+def rendered_alertmanager(
+    shipped: Path, config: Config, directory: Path, local_receivers: bool, source: str
+) -> dict[Path, str]:
+    """DIR/alertmanager.yml from the shipped file `shipped`, and its templates copied beside it."""
+    try:
+        loaded = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+        templates = {
+            p.name: p.read_text(encoding="utf-8") for p in sorted((shipped.parent / "templates").glob("*.tmpl"))
+        }
+    except OSError as exc:
+        raise UsageError(f"--alertmanager {shipped}: cannot read it: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--alertmanager {shipped}: not YAML") from exc
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("receivers"), list):
+        raise UsageError(f"--alertmanager {shipped}: not an Alertmanager configuration (no receivers)")
+    local = " --local-receivers" if local_receivers else ""
+    header = (
+        f"# Alertmanager for trading-ops, rendered by `trading-ops --config {source} config render -o {directory} "
+        f"--alertmanager {shipped}{local}`:\n# that file's routes and inhibitions, this configuration's addresses. "
+        "Render again rather than edit.\n"
+    )
+    rendered = alertmanager_config(loaded, config, directory, local_receivers)
+    files = {directory / "alertmanager.yml": header + yaml.safe_dump(rendered, sort_keys=False, width=1000)}
+    files.update({directory / "templates" / name: text for name, text in templates.items()})
+    return files
+
+
+def render_prometheus(args: argparse.Namespace, config: Config) -> int:
+    directory = Path(args.output_dir).absolute()
+    if args.local_receivers and not args.alertmanager:
+        raise UsageError("--local-receivers needs --alertmanager FILE (the repository's alertmanager/alertmanager.yml)")
+    source = args.config or "trading-ops.yaml"
+    header = (
+        f"# Prometheus for trading-ops, rendered by `trading-ops --config {source} config render -o {directory}` from\n"
+        "# that configuration: render again after changing it (Prometheus re-reads the targets by itself, this file\n"
+        f"# at `systemctl reload prometheus`). The rules: `trading-ops rules render -o {directory / 'rules'}`.\n"
+    )
+    files = {
+        directory / "prometheus.yml": header + yaml.safe_dump(prometheus_config(config, directory), sort_keys=False)
+    }
+    for job in JOBS:
+        files[directory / "targets" / f"{job}.yml"] = file_sd(bot_instances(config, job), source, job)
+    if args.alertmanager:
+        files.update(rendered_alertmanager(Path(args.alertmanager), config, directory, args.local_receivers, source))
+    try:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--output-dir", f"cannot write {exc.filename or directory}: {exc.strerror}") from exc
+    for path in files:
+        print(f"wrote {path}")
+    return 0
 
 
 def print_targets(args: argparse.Namespace, config: Config) -> int:
