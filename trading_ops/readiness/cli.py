@@ -7,6 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from trading_ops import logsetup
 from trading_ops.cli import UsageError
 from trading_ops.config import BotEntryConfig, Config
 
@@ -26,6 +27,12 @@ def register(sub: Any) -> None:
     rd.add_argument("bots", nargs="+", metavar="BOT", help="a bot's name (bots[].name)")
     rd.add_argument("--window", default=None, help="the Prometheus criteria's window (default: readiness.window)")
     rd.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    rd.add_argument(
+        "--stop-drill",
+        action="store_true",
+        help="instead, exercise the emergency stop on one paper bot: halt, flatten, wait until flat, clear the halt, "
+        "resume (what the emergency_stop criterion counts)",
+    )
     rd.set_defaults(handler=readiness)
 
 
@@ -69,6 +76,8 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
     bots = resolve_bots(config, args.bots)
+    if args.stop_drill:
+        return stop_drill(config, bots)
     window_text = args.window or config.readiness.window
     seconds = resolve_window(window_text)
     verdicts = asyncio.run(run(config, bots, seconds, window_text))
@@ -78,6 +87,28 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
     else:
         print("\n\n".join(v.text() for v in verdicts))
     return EXIT_READY if all(v.verdict == "ready" for v in verdicts) else EXIT_NOT_READY
+
+
+def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
+    """`--stop-drill`: the emergency stop on one paper bot, each step printed; exit 1 when a step failed."""
+    import asyncio
+
+    from trading_ops.readiness.stop_drill import DrillFailed, run_drill
+
+    if len(bots) != 1:
+        raise UsageError("readiness: --stop-drill: name one bot")
+    bot = bots[0]
+    if bot.kind != "paper":
+        raise UsageError(f"readiness: --stop-drill: runs on a paper bot only; {bot.name} is of kind {bot.kind}")
+    try:
+        steps = asyncio.run(run_drill(config, bot))
+    except DrillFailed as exc:
+        logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} failed at {exc}")
+        return EXIT_NOT_READY
+    for step in steps:
+        print(f"{bot.name}: {step}")
+    print(f"{bot.name}: emergency stop exercised")
+    return EXIT_READY
 
 
 async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window_text: str) -> list[Verdict]:
