@@ -51,25 +51,12 @@ def resolve_bots(config: Config, names: list[str]) -> list[BotEntryConfig]:
 
 def resolve_window(text: str) -> float:
     """The window in seconds; UsageError for a bad duration or one too short to judge."""
-    from trading_ops.durations import parse_duration
-    from trading_ops.readiness.criteria import HISTORY_START_SLACK
+    from trading_ops.readiness.criteria import parse_window
 
     try:
-        seconds = parse_duration(text)
+        return parse_window(text)
     except ValueError as exc:
         raise UsageError(f"readiness: --window: {exc}") from None
-    if seconds <= parse_duration(HISTORY_START_SLACK):
-        raise UsageError(f"readiness: --window: must be longer than {HISTORY_START_SLACK}, got {text[:40]!r}")
-    return seconds
-
-
-def check_retention(window_seconds: float, window_text: str, retention: float | None) -> None:
-    """UsageError when Prometheus keeps less history than the window asks for."""
-    if retention is not None and window_seconds > retention:
-        raise UsageError(
-            f"readiness: --window {window_text[:40]} is longer than Prometheus's retention "
-            f"({retention / 86400:g}d): it cannot hold that much history"
-        )
 
 
 def readiness(args: argparse.Namespace, config: Config) -> int:
@@ -118,6 +105,7 @@ async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window
     from trading_ops.clients.alertmanager import AlertmanagerClient
     from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
     from trading_ops.durations import format_duration
+    from trading_ops.readiness.criteria import retention_problem
     from trading_ops.readiness.verdict import evaluate
 
     async with aiohttp.ClientSession() as session:
@@ -126,7 +114,9 @@ async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window
             retention = await prometheus.retention_seconds()
         except PrometheusError:
             retention = None  # every Prometheus criterion says so: the verdict is unknown
-        check_retention(seconds, window_text, retention)
+        problem = retention_problem(seconds, window_text, retention)
+        if problem is not None:
+            raise UsageError(f"readiness: --window {problem}")
         alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
         verdicts = await evaluate(config, bots, format_duration(seconds), prometheus, alertmanager)
     for verdict in verdicts:
