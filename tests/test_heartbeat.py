@@ -53,6 +53,11 @@ async def test_clean_stop_then_crash_then_detection(journal: Journal) -> None:
     crash = await third.begin()  # waits until the dead run's heartbeat is crash_timeout old
     assert crash is not None and crash.previous.id == second.run_id and crash.heartbeat_age_seconds >= 0.3
     assert not crash.previous.clean_shutdown
+    # What tradingbot_crashes_total says from this start on: the bot's runs before it that ended without the marker
+    # (the clean stop of the first is no crash).
+    store = RecoveryStore(journal.engine, "bot-1", "paper")
+    assert await journal.call(store.crashed_runs, third.run_id) == 1
+    assert await journal.call(RecoveryStore(journal.engine, "bot-2", "paper").crashed_runs, None) == 0
 
 
 async def test_a_heartbeat_that_keeps_moving_is_another_instance(journal: Journal) -> None:

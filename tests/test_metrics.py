@@ -6,7 +6,9 @@ import prometheus_client.metrics
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from trading_ops.bot.broker import BrokerError, BrokerEvents
 from trading_ops.bot.metrics import TRACKING_SWEEP_INTERVAL_SECONDS, BotMetrics
+from trading_ops.paper.venue import PaperVenue
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -77,6 +79,49 @@ def test_broker_connection_counts_disconnects_and_reconnects(registry: Collector
     assert value(registry, "tradingbot_broker_connected", venue="paper", channel="orders") == 1
     assert value(registry, "tradingbot_broker_disconnects_total", venue="paper", channel="orders") == 1
     assert value(registry, "tradingbot_broker_reconnects_total", venue="paper", channel="orders") == 1
+
+
+def test_seconds_connected_count_every_stretch_up_even_one_no_scrape_saw(registry: CollectorRegistry) -> None:
+    clock = [100.0]
+    m = BotMetrics(venue="paper", registry=registry, monotonic=lambda: clock[0])
+    m.broker_connection("orders", True)
+    clock[0] += 10
+    m.broker_connection("orders", False)  # down for 5 s between two scrapes: the gauge never showed it
+    clock[0] += 5
+    m.broker_connection("orders", True)
+    clock[0] += 3
+    assert value(registry, "tradingbot_broker_connected_seconds_total", venue="paper", channel="orders") == 13
+    assert value(registry, "tradingbot_broker_connected", venue="paper", channel="orders") == 1
+
+
+def test_every_venue_request_is_counted_with_its_duration(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    m.broker_connection("orders", True)  # a channel's requests are exported from 0
+    assert value(registry, "tradingbot_venue_requests_total", venue="paper", channel="orders") == 0
+    m.venue_request("orders", 0.004)
+    m.venue_request("orders", 0.3)
+    assert value(registry, "tradingbot_venue_requests_total", venue="paper", channel="orders") == 2
+    bucket = "tradingbot_venue_request_duration_seconds_bucket"
+    assert value(registry, bucket, venue="paper", channel="orders", le="0.005") == 1
+    assert value(registry, bucket, venue="paper", channel="orders", le="0.5") == 2
+
+
+def test_crashes_are_absent_until_the_journal_counted_them(registry: CollectorRegistry) -> None:
+    m = make(registry)
+    assert value(registry, "tradingbot_crashes_total", venue="paper") is None  # never a jump from 0 at a start
+    m.crashes(3)
+    assert value(registry, "tradingbot_crashes_total", venue="paper") == 3
+
+
+async def test_the_paper_venue_reports_each_request_answered_or_failed() -> None:
+    venue = PaperVenue(seed=1)
+    seen: list[tuple[str, float]] = []
+    await venue.connect(BrokerEvents(on_venue_request=lambda channel, seconds: seen.append((channel, seconds))))
+    await venue.positions()
+    await venue.close()
+    with pytest.raises(BrokerError):
+        await venue.balances()  # the channel is closed: failed, and still a request
+    assert [channel for channel, _ in seen] == ["orders", "orders"] and all(s >= 0 for _, s in seen)
 
 
 def test_the_heartbeat_reads_the_loops_start_until_its_first_iteration(registry: CollectorRegistry) -> None:

@@ -17,14 +17,18 @@ import yaml
 from alertmanager_server import run_alertmanager
 from ports import free_port
 from readiness_history import DAY, History, backfill, openmetrics, started_prometheus
+from reconciler_server import READ_AUTH, make_config
 from system_binaries import REPO_ROOT
 
 from trading_ops.cli import main
+from trading_ops.config import parse_config
+from trading_ops.db import migrate
 from trading_ops.ops.backup import STATE_FILE
 from trading_ops.ops.restore_drill import DRILL_STATE_FILE
 from trading_ops.ops.state import OpsState
 from trading_ops.readiness import routing
 from trading_ops.readiness.criteria import CRITERIA, RULE_WINDOW
+from trading_ops.reconciler.app import create_app
 
 pytestmark = [pytest.mark.prometheus]
 
@@ -213,6 +217,41 @@ def test_bad_input_is_one_line_exit_2(
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and captured.out == "", lines
+
+
+# -- the reconciler's API: GET /api/v1/readiness/{bot} (scope read) ------------------------------------------------
+
+
+async def test_the_reconciler_serves_the_verdict_to_a_read_token(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
+) -> None:
+    migrate.upgrade(sqlite_url)
+    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    make_config(tmp_path, sqlite_url)  # writes the webhook and read tokens beside the configuration
+    config = parse_config(
+        {**data, "database": {"url": sqlite_url}, "reconciler": {**data["reconciler"], **reconciler_keys(tmp_path)}},
+        base_dir=tmp_path,
+    )
+    client = await aiohttp_client(create_app(config))
+    answer = await client.get("/api/v1/readiness/order-success", headers=READ_AUTH)
+    assert answer.status == 200
+    verdict = await answer.json()
+    assert (verdict["verdict"], verdict["failing"], verdict["window"]) == ("not ready", ["order_success"], "5d")
+    ready = await (await client.get("/api/v1/readiness/ready?window=4d", headers=READ_AUTH)).json()
+    assert (ready["verdict"], ready["window"]) == ("ready", "4d")
+    assert (await client.get("/api/v1/readiness/ready")).status == 401
+    for path, status, error in (
+        ("/api/v1/readiness/nobody", 404, "no bot 'nobody'"),
+        ("/api/v1/readiness/ready?window=soon", 400, "window: "),
+        ("/api/v1/readiness/ready?window=45d", 400, "longer than Prometheus's retention (30d)"),
+    ):
+        refused = await client.get(path, headers=READ_AUTH)
+        assert refused.status == status and error in (await refused.json())["error"], path
+
+
+def reconciler_keys(tmp_path: Path) -> dict[str, Any]:
+    """The webhook and read tokens of make_config, in files beside the configuration."""
+    return {"token_file": str(tmp_path / "webhook-token"), "read_token_file": str(tmp_path / "read-token")}
 
 
 # -- the routing tree, as Alertmanager walks it -----------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from trading_ops import logsetup
 from trading_ops.cli import UsageError
 from trading_ops.config import BotEntryConfig, Config
 
@@ -26,6 +27,12 @@ def register(sub: Any) -> None:
     rd.add_argument("bots", nargs="+", metavar="BOT", help="a bot's name (bots[].name)")
     rd.add_argument("--window", default=None, help="the Prometheus criteria's window (default: readiness.window)")
     rd.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    rd.add_argument(
+        "--stop-drill",
+        action="store_true",
+        help="instead, exercise the emergency stop on one paper bot: halt, flatten, wait until flat, clear the halt, "
+        "resume (what the emergency_stop criterion counts)",
+    )
     rd.set_defaults(handler=readiness)
 
 
@@ -44,31 +51,20 @@ def resolve_bots(config: Config, names: list[str]) -> list[BotEntryConfig]:
 
 def resolve_window(text: str) -> float:
     """The window in seconds; UsageError for a bad duration or one too short to judge."""
-    from trading_ops.durations import parse_duration
-    from trading_ops.readiness.criteria import HISTORY_START_SLACK
+    from trading_ops.readiness.criteria import parse_window
 
     try:
-        seconds = parse_duration(text)
+        return parse_window(text)
     except ValueError as exc:
         raise UsageError(f"readiness: --window: {exc}") from None
-    if seconds <= parse_duration(HISTORY_START_SLACK):
-        raise UsageError(f"readiness: --window: must be longer than {HISTORY_START_SLACK}, got {text[:40]!r}")
-    return seconds
-
-
-def check_retention(window_seconds: float, window_text: str, retention: float | None) -> None:
-    """UsageError when Prometheus keeps less history than the window asks for."""
-    if retention is not None and window_seconds > retention:
-        raise UsageError(
-            f"readiness: --window {window_text[:40]} is longer than Prometheus's retention "
-            f"({retention / 86400:g}d): it cannot hold that much history"
-        )
 
 
 def readiness(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
     bots = resolve_bots(config, args.bots)
+    if args.stop_drill:
+        return stop_drill(config, bots)
     window_text = args.window or config.readiness.window
     seconds = resolve_window(window_text)
     verdicts = asyncio.run(run(config, bots, seconds, window_text))
@@ -80,6 +76,28 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
     return EXIT_READY if all(v.verdict == "ready" for v in verdicts) else EXIT_NOT_READY
 
 
+def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
+    """`--stop-drill`: the emergency stop on one paper bot, each step printed; exit 1 when a step failed."""
+    import asyncio
+
+    from trading_ops.readiness.stop_drill import DrillFailed, run_drill
+
+    if len(bots) != 1:
+        raise UsageError("readiness: --stop-drill: name one bot")
+    bot = bots[0]
+    if bot.kind != "paper":
+        raise UsageError(f"readiness: --stop-drill: runs on a paper bot only; {bot.name} is of kind {bot.kind}")
+    try:
+        steps = asyncio.run(run_drill(config, bot))
+    except DrillFailed as exc:
+        logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} failed at {exc}")
+        return EXIT_NOT_READY
+    for step in steps:
+        print(f"{bot.name}: {step}")
+    print(f"{bot.name}: emergency stop exercised")
+    return EXIT_READY
+
+
 async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window_text: str) -> list[Verdict]:
     """The verdicts, the window first checked against Prometheus's retention (when Prometheus answers)."""
     import aiohttp
@@ -87,6 +105,7 @@ async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window
     from trading_ops.clients.alertmanager import AlertmanagerClient
     from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
     from trading_ops.durations import format_duration
+    from trading_ops.readiness.criteria import retention_problem
     from trading_ops.readiness.verdict import evaluate
 
     async with aiohttp.ClientSession() as session:
@@ -95,7 +114,9 @@ async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window
             retention = await prometheus.retention_seconds()
         except PrometheusError:
             retention = None  # every Prometheus criterion says so: the verdict is unknown
-        check_retention(seconds, window_text, retention)
+        problem = retention_problem(seconds, window_text, retention)
+        if problem is not None:
+            raise UsageError(f"readiness: --window {problem}")
         alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
         verdicts = await evaluate(config, bots, format_duration(seconds), prometheus, alertmanager)
     for verdict in verdicts:

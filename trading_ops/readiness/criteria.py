@@ -240,3 +240,21 @@ def compare(op: Op, value: float, threshold: float) -> bool:
 
 def whole(value: float) -> float:
     return _count(value)
+
+
+def parse_window(text: str) -> float:
+    """A verdict's window in seconds; ValueError saying why for a bad duration or one too short to judge."""
+    seconds = parse_duration(text)
+    if seconds <= parse_duration(HISTORY_START_SLACK):
+        raise ValueError(f"must be longer than {HISTORY_START_SLACK}, got {text[:40]!r}")
+    return seconds
+
+
+def retention_problem(seconds: float, text: str, retention: float | None) -> str | None:
+    """Why Prometheus cannot answer for a window this long (it keeps less history), or None."""
+    if retention is not None and seconds > retention:
+        return (
+            f"{text[:40]} is longer than Prometheus's retention ({retention / 86400:g}d): it cannot hold that much "
+            "history"
+        )
+    return None

@@ -11,6 +11,8 @@ from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json
 from trading_ops.reconciler.app import DEFAULT_LIST, MAX_LIST, MAX_TARGET_CHARS
 from trading_ops.reconciler.approvals import DECISIONS, REASON_MAX
 from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
+from trading_ops.reconciler.readiness_api import MAX_WINDOW_CHARS
+from trading_ops.reconciler.readiness_api import PATH as READINESS_PATH
 from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 from trading_ops.schema import one_of
 from trading_ops.scopes import APPROVE, OPERATE, READ
@@ -190,6 +192,36 @@ class RetryQueued(msgspec.Struct, kw_only=True):
 class CircuitReset(msgspec.Struct, kw_only=True):
     target: str
     was_open_until: Timestamp
+
+
+class ReadinessResult(msgspec.Struct, kw_only=True):
+    """One criterion of the checklist: its status, value (null when unknown), how it compares with its threshold,
+    over which window, and where the number comes from (the PromQL query, or the record read)."""
+
+    name: str
+    what: str
+    status: Literal["pass", "fail", "unknown"]
+    value: float | None
+    op: Literal[">=", "<="]
+    threshold: float
+    unit: str
+    window: str
+    source: str
+    detail: str
+
+
+class Readiness(msgspec.Struct, kw_only=True):
+    """A bot's readiness verdict (docs/readiness.md): `ready` only when every criterion passed on real data."""
+
+    bot: str
+    instance: str
+    window: str
+    verdict: Literal["ready", "not ready", "unknown"]
+    failing: list[str]
+    missing: list[str]
+    results: list[ReadinessResult]
+    evaluated_at: float
+    queries: int
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -382,6 +414,41 @@ def reconciler_document() -> dict[str, Any]:
                 "404": response("No such approval.", doc.ref(Error)),
                 "409": response("Already decided, expired or superseded (the error says which).", doc.ref(Error)),
                 "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "get",
+        READINESS_PATH,
+        {
+            "operationId": "getReadiness",
+            "summary": "A bot's readiness verdict, every criterion with its value, threshold and window (scope read)",
+            "security": [{"read": []}],
+            "parameters": [
+                {
+                    "name": "bot",
+                    "in": "path",
+                    "required": True,
+                    "description": "the bot's name (bots[].name)",
+                    "schema": {"type": "string", "minLength": 1},
+                },
+                {
+                    "name": "window",
+                    "in": "query",
+                    "required": False,
+                    "description": "the Prometheus criteria's window, a duration longer than 1h (default: "
+                    "readiness.window)",
+                    "schema": {"type": "string", "maxLength": MAX_WINDOW_CHARS},
+                },
+            ],
+            "responses": {
+                "200": response("The verdict.", doc.ref(Readiness)),
+                "400": response(
+                    "The window is not a duration, is 1h or shorter, or is longer than Prometheus keeps.",
+                    doc.ref(Error),
+                ),
+                **_token("read", doc),
+                "404": response("No such bot in the configuration's bots: list.", doc.ref(Error)),
             },
         },
     )
