@@ -614,11 +614,11 @@ async def test_a_sigterm_one_second_after_start_on_the_starter_tier_runs_every_l
     tmp_path: Path,
 ) -> None:
     """The documented configuration (`kraken_tier: starter`, a poll a second), the gateway keeping Kraken's Starter
-    counter: SIGTERM one second after the start, while the start's own calls (its reconciliation, arming the switch)
-    have spent the counter. The shutdown's venue steps get their share of the 10 s deadline (the cancel and the
-    disarm spend the call budget's protective reserve) and every local step runs: the journal flushed, the final
-    heartbeat with the clean-shutdown marker, the journal closed. It exits 0, or 1 naming only what the venue did not
-    confirm; the next start is not a crash."""
+    counter: SIGTERM one second after the start (its startup reconciliation done, the switch armed, its first bids
+    placed), while the start's own calls have spent the counter. The shutdown's venue steps get their share of the
+    10 s deadline (the cancel and the disarm spend the call budget's protective reserve, then wait for its decay) and
+    every local step runs: the journal flushed, the final heartbeat with the clean-shutdown marker, the journal
+    closed. It exits 0, or 1 naming only the cancel the venue did not confirm; the next start is not a crash."""
     async with running_gateway(**DRIFTING) as (gateway, base):
         gateway.call_counter = CounterLimiter("starter")
         port = free_port()
@@ -627,7 +627,13 @@ async def test_a_sigterm_one_second_after_start_on_the_starter_tier_runs_every_l
         )
         log = tmp_path / "bot.log"
         async with example_bot(config, log) as proc:
-            await asyncio.sleep(1.0)  # the scenario: a stop asked for one second into the start
+
+            def started() -> bool:
+                assert proc.returncode is None, log.read_text()[-3000:]
+                return f"bot {BOT} trading" in log.read_text()
+
+            await wait_for(started, timeout=120)
+            await asyncio.sleep(1.0)  # the scenario: a stop asked for one second after the start
             assert proc.returncode is None, log.read_text()[-3000:]
             proc.send_signal(signal.SIGTERM)
             asked = time.monotonic()

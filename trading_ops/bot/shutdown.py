@@ -19,9 +19,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Step = tuple[str, Callable[[], Awaitable[Any]]]
-# The part of the deadline the venue steps may take together (from the sequence's start): the rest is the local
-# steps', which take milliseconds when the journal works.
-VENUE_SHARE = 0.6
+# The part of the deadline the venue steps may take together (counted from the sequence's start, so a wait for the
+# trading step in progress counts too): the rest is the local steps', which take milliseconds when the journal works.
+VENUE_SHARE = 0.8
 
 
 class ShutdownDeadlineExceeded(Exception):

@@ -168,6 +168,17 @@ def patient() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def impatient() -> Iterator[None]:
+    """Inside `patient()`, marks calls that are worth making only if there is room now (a cancel's lookup of the
+    state it left, which the caller's own look at the venue settles anyway): they raise BudgetExhausted at once."""
+    token = _PATIENT.set(False)
+    try:
+        yield
+    finally:
+        _PATIENT.reset(token)
+
+
+@contextlib.contextmanager
 def protective() -> Iterator[None]:
     """Marks the private calls made inside (in this task) as protective: a cancel's lookups, which may spend the
     reserve no reconciliation or poll can take (CancelAllOrdersAfter is protective wherever it is sent)."""

@@ -77,6 +77,7 @@ from trading_ops.venues.call_counter import (
     CallBudget,
     Deferred,
     background,
+    impatient,
     install,
     patient,
     protective,
@@ -520,7 +521,11 @@ class CcxtBroker(Broker):
             self._handled(exc.error_class)
         else:
             try:
-                state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
+                # Only if there is room now, even in a shutdown that waits for it: whoever cancels looks at the venue
+                # again anyway (a shutdown's confirming look), and on Kraken's Starter tier each point waited for is
+                # 3 s of the shutdown's deadline.
+                with impatient():
+                    state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
             except BrokerError as exc:
                 # The venue took the cancel (it costs nothing on Kraken's counter); only the lookup after it found no
                 # room in the call budget: the order is canceled as last seen, its fills come with the next poll.
