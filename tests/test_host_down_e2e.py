@@ -10,7 +10,8 @@ exposure that remains (at the pager, a receiver of the test's own), flattens the
 the exposure page once the account is flat. The bot's own TradingBotDown does not fire for a bot whose host is down:
 the pager hears of the dead host once, and the bot-restart rule runs nothing. Then the host comes back, its node
 exporter before its bot: the bot starts, and nothing pages (neither TradingBotDown nor TradingBotHeartbeatStale).
-Prints what each stage took.
+And it dies again: both pages reach the pager again, and the account being flat, no flatten is asked. Prints what each
+stage took.
 Needs root, `ip`, prometheus, prometheus-alertmanager and prometheus-node-exporter."""
 
 from __future__ import annotations
@@ -361,6 +362,34 @@ def test_a_killed_bot_host_has_its_orders_cancelled_at_the_venue_one_page_and_an
             assert stack.paged("TradingOpsRemediationFailed") == []
             assert all(not a["steps"] for e in stack.episodes("TradingBotDown") for a in e["attempts"])
             assert sorted(pager.pages) == expected  # nothing more reached the pager
+
+            # It dies again soon after it came back: both pages reach the pager again, each at once (their routes
+            # flush a group's new alert at once, not at the pager's next 1-minute slot). The account is flat now: the
+            # exposure page says so and ends, and no flatten is asked (nor paged).
+            until("the returned bot's bid resting", lambda: resting(BOT), deadline=60)
+            killed_again = time.monotonic()
+            del running[BOT]
+            for proc in host.processes:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+            host.link_down()
+            until("the bot's orders cancelled again", lambda: not resting(BOT), deadline=SWITCH["timeout_seconds"] + 10)
+            until(
+                "the second death's pages",
+                lambda: (
+                    pager.pages.count("TradingOpsBotHostDown") == 2 and pager.pages.count("TradingBotHostDown") == 2
+                ),
+                deadline=90,
+            )
+            paged_again = time.monotonic() - killed_again
+
+            def both_ended() -> bool:
+                episodes = stack.episodes("TradingBotHostDown")
+                return len(episodes) == 2 and all(e["state"] == "recovered" for e in episodes)
+
+            until("the second death's episode ended", both_ended)
+            assert pending(reconciler) == [] and pager.pages.count("TradingOpsApprovalRequested") == 1
+            until("the second exposure page ended", lambda: stack.paged("TradingOpsBotHostDown") == [], deadline=60)
             print(
                 json.dumps(
                     {
@@ -368,6 +397,7 @@ def test_a_killed_bot_host_has_its_orders_cancelled_at_the_venue_one_page_and_an
                         "host_killed_to_page_seconds": round(paged, 1),
                         "approved_to_flat_seconds": round(flattened, 1),
                         "host_back_to_trading_seconds": round(back, 1),
+                        "killed_again_to_pages_seconds": round(paged_again, 1),
                         "switch_timeout_seconds": SWITCH["timeout_seconds"],
                         "profile": "fast",
                     }
