@@ -163,7 +163,14 @@ class KrakenGateway:
         self.calls: dict[str, int] = {}  # answered calls per method (what a test counts)
         # Kraken's Spot WebSocket v2 on the same market and accounts (trading_ops.venues.kraken_ws).
         self.websocket = KrakenWebSocket(
-            venue, self.accounts, self.pairs, self.account, self.fault_model, self.faults.check_service, call_counter
+            venue,
+            self.accounts,
+            self.pairs,
+            self.account,
+            self.fault_model,
+            self.faults.check_service,
+            call_counter,
+            on_subscribe=self.faults.end_stale,  # a new subscription to a pair ends its stale_market_data
         )
         self._task: asyncio.Task[None] | None = None
         self._public: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {
