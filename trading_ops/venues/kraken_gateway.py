@@ -59,6 +59,11 @@ Orders the paper venue rejects never existed for Kraken: AddOrder answers the er
 
 With `gateway.call_counter` set to a tier, private calls count on Kraken's REST call counter of their key
 (trading_ops.venues.call_counter.CounterLimiter), and a call past its maximum answers `EAPI:Rate limit exceeded`.
+
+The same market and accounts stream over Kraken's Spot WebSocket v2 on the same port (trading_ops.venues.kraken_ws):
+public at `/ws/v2`, private at `/ws-auth/v2` with a token from the private call GetWebSocketsToken (bound to the key
+that asked, and so to its account). Its stream faults (`ws_*`) are fault commands like the others; drop_connection
+and outage drop every socket too.
 """
 
 from __future__ import annotations
