@@ -54,6 +54,7 @@ class KrakenStream:
         token: Callable[[], Awaitable[str]] | None = None,
         on_message: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         on_gap: Callable[[str, int], Awaitable[None]] | None = None,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
         heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.url = url
@@ -68,6 +69,9 @@ class KrakenStream:
         self._token = ""
         self.on_message = on_message
         self.on_gap = on_gap
+        self.on_reconnect = on_reconnect  # after every reconnect (the caller's REST reconciliation)
+        self.sessions = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.backoff = Backoff()
         self._book_backoff: dict[str, Backoff] = {}
         self._resubscribed: dict[tuple[str, str], float] = {}  # a silent channel resubscribed at (monotonic)
@@ -94,6 +98,8 @@ class KrakenStream:
 
     async def close(self) -> None:
         self._closed.set()
+        for task in list(self._tasks):
+            task.cancel()
         if self._ws is not None:
             await self._ws.close()
 
@@ -108,6 +114,11 @@ class KrakenStream:
                 self.silence.heard(now)
                 for sub in self.subscriptions:
                     await self._subscribe(sub)
+                self.sessions += 1
+                if self.sessions > 1 and self.on_reconnect is not None:
+                    task: asyncio.Task[None] = asyncio.ensure_future(self.on_reconnect())
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
                 watchdog = asyncio.create_task(self._watch(ws), name=f"stream-watch-{self.endpoint}")
                 try:
                     async for msg in ws:

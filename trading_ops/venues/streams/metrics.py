@@ -54,6 +54,12 @@ class StreamMetrics:
             ["symbol"],
             registry=registry,
         )
+        self.fills_first_seen = Counter(
+            "tradingbot_stream_fills_first_seen_total",
+            "Fills delivered, by the source that saw each first (stream or poll).",
+            ["source"],
+            registry=registry,
+        )
         for endpoint in ("public", "private"):
             for reason in RECONNECT_REASONS:
                 self.reconnects.labels(endpoint, reason)
