@@ -8,9 +8,26 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from ccxt_helpers import OTHER_KEY, OTHER_SECRET, SUB_KEY, SUB_SECRET, limit, market, running_gateway
+from ccxt_helpers import (
+    API_KEY,
+    API_SECRET,
+    CONTROL_TOKEN,
+    OTHER_KEY,
+    OTHER_SECRET,
+    QUIET_VENUE,
+    SUB_KEY,
+    SUB_SECRET,
+    chaos,
+    limit,
+    market,
+    running_gateway,
+    serving,
+)
 from ws_helpers import socket, ws_token, ws_urls
 
+from trading_ops.paper.venue import PaperVenue
+from trading_ops.venues.call_counter import CounterLimiter
+from trading_ops.venues.kraken_gateway import KrakenGateway
 from trading_ops.venues.kraken_ws.checksum import Book
 
 MOVING = {"tick_interval": 0.02, "volatility": 0.001}
@@ -222,3 +239,37 @@ async def test_a_token_reaches_only_its_own_accounts_events() -> None:
             assert (await ws.until(acked("subscribe", 3)))["error"] == "Channel not found"
             await ws.send({"method": "add_order", "params": {}, "req_id": 4})
             assert (await ws.until(acked("add_order", 4)))["error"] == "Method not found"
+
+
+async def test_trading_calls_count_on_the_keys_rest_counter() -> None:
+    """With the Starter tier's counter: the dead man's switch over the socket spends the key's REST points (the
+    token's key), and a counter spent by REST refuses it with REST's string."""
+    frozen = [0.0]
+    counter = CounterLimiter("starter", clock=lambda: frozen[0])  # no decay: what is spent stays spent
+    gateway = KrakenGateway(
+        PaperVenue(**QUIET_VENUE, seed=7), {API_KEY: API_SECRET}, CONTROL_TOKEN, call_counter=counter
+    )
+    async with serving(gateway) as base, socket(ws_urls(base)[1]) as ws:
+        token = await ws_token(base)  # GetWebSocketsToken: 1 point
+        assert counter.level(API_KEY) == 1
+        for req_id in range(1, 15):
+            await ws.send(
+                {"method": "cancel_all_orders_after", "params": {"timeout": 60, "token": token}, "req_id": req_id}
+            )
+            assert (await ws.until(acked("cancel_all_orders_after", req_id)))["success"] is True
+        assert counter.level(API_KEY) == 15  # the tier's maximum
+        await ws.send({"method": "cancel_all_orders_after", "params": {"timeout": 60, "token": token}, "req_id": 99})
+        assert (await ws.until(acked("cancel_all_orders_after", 99)))["error"] == "EAPI:Rate limit exceeded"
+
+
+async def test_a_subscription_ends_a_stale_feed_as_reloading_the_markets_does() -> None:
+    async with running_gateway(**MOVING) as (_gateway, base), socket(ws_urls(base)[0]) as ws:
+        await ws.send({"method": "subscribe", "params": {"channel": "book", "symbol": ["ETH/USD"]}, "req_id": 1})
+        await ws.until(of("book", "update"))
+        await chaos(base, "stale_market_data", symbol="ETH-USD")
+        await ws.until(of("heartbeat"))  # the pair's feed stopped: nothing but heartbeats
+        start = len(ws.received)
+        await ws.until(of("heartbeat"))
+        assert not [m for m in ws.received[start:] if of("book")(m)]
+        await ws.send({"method": "subscribe", "params": {"channel": "book", "symbol": ["ETH/USD"]}, "req_id": 2})
+        await ws.until(of("book", "update"))

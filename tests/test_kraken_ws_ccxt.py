@@ -5,11 +5,17 @@ cancel_order_ws and cancel_all_orders_ws. Needs nothing but the gateway, started
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import ccxt.pro as ccxtpro
 import pytest
 from ccxt_helpers import market, running_gateway, wait_for
-from ws_helpers import pro_kraken
+from gateway_helpers import API_KEY as GATEWAY_KEY
+from gateway_helpers import API_SECRET as GATEWAY_SECRET
+from gateway_helpers import start_gateway
+from ws_helpers import pro_kraken, ws_urls
+
+from trading_ops.cli import main
 
 MOVING = {"tick_interval": 0.02, "volatility": 0.001}
 DEADLINE = 20.0
@@ -78,3 +84,30 @@ async def test_ccxt_pro_trades_over_the_socket_and_watches_its_orders_and_fills(
         finally:
             await ex.close()
             await watcher.close()
+
+
+async def test_the_gateway_process_names_its_websocket_urls_and_its_faults_reach_ccxt_pro(tmp_path: Path) -> None:
+    """`trading-ops paper-gateway` (its own process): the start-up line names both WebSocket URLs; ccxt.pro pointed
+    at them streams the book; `trading-ops gateway-chaos ws_close code=1001` closes its socket, and its next
+    watch_order_book opens a new one."""
+    gateway = start_gateway(tmp_path / "gw")
+    try:
+        line = next(x for x in gateway.log.read_text().splitlines() if "WebSocket v2" in x)
+        public, private = ws_urls(gateway.url)
+        assert f"public {public}" in line and f"private {private}" in line and gateway.url in line
+        ex = pro_kraken(gateway.url, GATEWAY_KEY, GATEWAY_SECRET)
+        try:
+            async with asyncio.timeout(DEADLINE):
+                book = await ex.watch_order_book("BTC/USD")
+                assert book["bids"][0][0] < book["asks"][0][0]
+                config = tmp_path / "gw" / "gateway.yaml"
+                argv = ["--config", str(config), "gateway-chaos", "ws_close", "code=1001", "--json"]
+                socket = ex.clients[public]
+                assert await asyncio.to_thread(main, argv) == 0
+                await wait_for(socket.closed)  # ccxt.pro saw the close
+                book = await ex.watch_order_book("BTC/USD")  # a new socket, subscribed again
+                assert ex.clients[public] is not socket and book["bids"][0][0] < book["asks"][0][0]
+        finally:
+            await ex.close()
+    finally:
+        gateway.stop()

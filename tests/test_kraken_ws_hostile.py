@@ -82,7 +82,7 @@ async def test_a_subscribe_storm_is_refused_for_its_rate_then_closed() -> None:
         await still_serving(url)
 
 
-async def test_hundreds_of_connections_from_one_client_are_capped_not_served_to_death() -> None:
+async def test_a_thousand_connections_from_one_client_are_capped_not_served_to_death() -> None:
     async with running_gateway() as (gateway, base):
         url = ws_urls(base)[0]
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -98,8 +98,8 @@ async def test_hundreds_of_connections_from_one_client_are_capped_not_served_to_
                     refused += 1
 
             try:
-                await asyncio.gather(*(connect() for _ in range(MAX_CONNECTIONS_PER_ADDRESS + 150)))
-                assert (len(opened), refused) == (MAX_CONNECTIONS_PER_ADDRESS, 150)
+                await asyncio.gather(*(connect() for _ in range(MAX_CONNECTIONS_PER_ADDRESS + 750)))
+                assert (len(opened), refused) == (MAX_CONNECTIONS_PER_ADDRESS, 750)
                 assert len(gateway.websocket.connections) == MAX_CONNECTIONS_PER_ADDRESS
                 with pytest.raises(aiohttp.WSServerHandshakeError):
                     await still_serving(url)

@@ -59,6 +59,11 @@ Orders the paper venue rejects never existed for Kraken: AddOrder answers the er
 
 With `gateway.call_counter` set to a tier, private calls count on Kraken's REST call counter of their key
 (trading_ops.venues.call_counter.CounterLimiter), and a call past its maximum answers `EAPI:Rate limit exceeded`.
+
+The same market and accounts stream over Kraken's Spot WebSocket v2 on the same port (trading_ops.venues.kraken_ws):
+public at `/ws/v2`, private at `/ws-auth/v2` with a token from the private call GetWebSocketsToken (bound to the key
+that asked, and so to its account). Its stream faults (`ws_*`) are fault commands like the others; drop_connection
+and outage drop every socket too.
 """
 
 from __future__ import annotations
@@ -163,7 +168,14 @@ class KrakenGateway:
         self.calls: dict[str, int] = {}  # answered calls per method (what a test counts)
         # Kraken's Spot WebSocket v2 on the same market and accounts (trading_ops.venues.kraken_ws).
         self.websocket = KrakenWebSocket(
-            venue, self.accounts, self.pairs, self.account, self.fault_model, self.faults.check_service, call_counter
+            venue,
+            self.accounts,
+            self.pairs,
+            self.account,
+            self.fault_model,
+            self.faults.check_service,
+            call_counter,
+            on_subscribe=self.faults.end_stale,  # a new subscription to a pair ends its stale_market_data
         )
         self._task: asyncio.Task[None] | None = None
         self._public: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {

@@ -80,7 +80,8 @@ class PublicChannels:
                 found.append(pair)
         return found
 
-    def subscribe(self, conn: Connection, params: Mapping[str, Any], req_id: Any, time_in: str) -> None:
+    def subscribe(self, conn: Connection, params: Mapping[str, Any], req_id: Any, time_in: str) -> list[str]:
+        """Subscribe `conn`; the venue's symbols it subscribed to."""
         channel = params.get("channel")
         snapshot = params.get("snapshot", True) is not False
         if channel == "instrument":
@@ -88,7 +89,7 @@ class PublicChannels:
             conn.send(answer("subscribe", req_id, time_in, {"channel": "instrument", "snapshot": snapshot}))
             if snapshot:
                 conn.send({"channel": "instrument", "type": "snapshot", "data": self.instrument()})
-            return
+            return []
         if channel not in PUBLIC_CHANNELS:
             raise RequestError(E_CHANNEL)
         depth = 0
@@ -101,7 +102,8 @@ class PublicChannels:
             trigger = params.get("event_trigger", "trades")
             if trigger not in EVENT_TRIGGERS:
                 raise RequestError(E_CHANNEL)
-        for pair in self.symbols(params, "subscribe", req_id, time_in, conn):
+        pairs = self.symbols(params, "subscribe", req_id, time_in, conn)
+        for pair in pairs:
             symbol = ws_symbol(pair)
             sub = Subscription(channel, symbol, depth, {"event_trigger": trigger} if trigger else {})
             conn.subs[(channel, symbol)] = sub  # subscribing again replaces it: a fresh snapshot, silence ended
@@ -114,6 +116,7 @@ class PublicChannels:
             conn.send(answer("subscribe", req_id, time_in, result))
             if snapshot:
                 self._snapshot(conn, sub, pair)
+        return [pair.symbol for pair in pairs]
 
     def unsubscribe(self, conn: Connection, params: Mapping[str, Any], req_id: Any, time_in: str) -> None:
         channel = params.get("channel")

@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -68,7 +68,9 @@ class KrakenWebSocket:
         fault_model: FaultModel,
         check_service: Callable[[str], None],
         call_counter: CounterLimiter | None = None,
+        on_subscribe: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
+        self.on_subscribe = on_subscribe  # a public subscription's symbols (it ends their stale_market_data)
         self.connections: set[Connection] = set()
         self._per_address: Counter[str] = Counter()
         self._ids = itertools.count(secrets.randbelow(2**40) * 1000)
@@ -222,7 +224,9 @@ class KrakenWebSocket:
                     self.private.unsubscribe(conn, params, req_id, time_in)
             elif not conn.private:
                 if method == "subscribe":
-                    self.public.subscribe(conn, params, req_id, time_in)
+                    symbols = self.public.subscribe(conn, params, req_id, time_in)
+                    if symbols and self.on_subscribe is not None:
+                        await self.on_subscribe(symbols)
                 else:
                     self.public.unsubscribe(conn, params, req_id, time_in)
             else:

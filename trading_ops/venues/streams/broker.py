@@ -1,0 +1,70 @@
+"""A ccxt broker whose fills stream: CcxtBroker for every call and its polls (REST stays the fallback and the
+reconciliation), with Kraken v2's private `executions` channel delivering fills as they happen; each fill reaches
+the bot once, whichever of the stream and the poll saw it first (FillFeed), and every reconnect or sequence gap of
+the stream runs a poll at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from trading_ops.bot.broker import BrokerEvents, VenueFill
+from trading_ops.tasks import stop_tasks
+from trading_ops.venues.ccxt import CcxtBroker, to_ccxt_symbol
+from trading_ops.venues.streams.client import KrakenStream, Subscription
+from trading_ops.venues.streams.fills import FillFeed
+from trading_ops.venues.streams.metrics import StreamMetrics
+
+
+class StreamingCcxtBroker(CcxtBroker):
+    """CcxtBroker plus the private stream at `private_url` (a token from the exchange's GetWebSocketsToken). Only
+    connect and close differ: the bot's on_fill is fed by both sources through one FillFeed."""
+
+    def __init__(self, exchange: Any, symbols: list[str], *, private_url: str, registry: CollectorRegistry, **kw: Any):
+        super().__init__(exchange, symbols, **kw)
+        self.private_url = private_url
+        self.stream_metrics = StreamMetrics(registry)
+        self._bot_on_fill: Any = None
+        self.fills = FillFeed(
+            self._to_bot, self.drain_events, self.stream_metrics, {to_ccxt_symbol(s): s for s in self.symbols}
+        )
+        self.stream: KrakenStream | None = None
+        self._stream_task: asyncio.Task[None] | None = None
+
+    async def _to_bot(self, fill: VenueFill) -> None:
+        if self._bot_on_fill is not None:
+            await self._bot_on_fill(fill)
+
+    async def _from_poll(self, fill: VenueFill) -> None:
+        await self.fills.offer(fill, "poll")
+
+    async def _token(self) -> str:
+        answer = await self.exchange.privatePostGetWebSocketsToken()
+        return str(answer["result"]["token"])
+
+    async def connect(self, events: BrokerEvents) -> None:
+        self._bot_on_fill = events.on_fill
+        await super().connect(dataclasses.replace(events, on_fill=self._from_poll))
+        if self._stream_task is None:
+            self.stream = KrakenStream(
+                self.private_url,
+                [Subscription("executions", params={"snap_trades": True})],
+                self.stream_metrics,
+                endpoint="private",
+                token=self._token,
+                on_message=self.fills.on_message,
+                on_gap=self.fills.on_gap,
+                on_reconnect=self.fills.on_reconnect,
+            )
+            self._stream_task = asyncio.create_task(self.stream.run(), name=f"{self.venue}-executions")
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
+        await stop_tasks([self._stream_task])
+        self._stream_task = None
+        self.stream = None
+        await super().close()
