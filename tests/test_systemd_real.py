@@ -12,11 +12,13 @@ speed is a drop-in beside the shipped unit (named in each test), never the unit.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -45,7 +47,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 BOT = "trading-ops-paper-bot.service"
 RECONCILER = "trading-ops-reconciler.service"
 SIDECAR = "trading-ops-freqtrade.service"
+TEMPLATE = "trading-ops-bot@.service"
 UNIT_FILES = {
+    TEMPLATE: REPO_ROOT / "trading_ops/bot/systemd" / TEMPLATE,
     BOT: REPO_ROOT / "trading_ops/paper/systemd" / BOT,
     RECONCILER: REPO_ROOT / "trading_ops/reconciler/systemd" / RECONCILER,
     SIDECAR: REPO_ROOT / "trading_ops/integrations/freqtrade/systemd" / SIDECAR,
@@ -570,6 +574,99 @@ def test_the_reconciler_unit_is_never_active_while_its_database_does_not_answer(
     assert machine.show(RECONCILER, "ActiveState")["ActiveState"] == "active"
     assert answers(f"http://127.0.0.1:{deployment.ports.reconciler}/readyz")
     assert "reconciler listening" in deployment.journal_since(cursor, RECONCILER)
+
+
+# ---- the template unit: any bot script on the runtime -------------------------------------------------------------
+
+CCXT_BOT = "ccxt-1"
+GATEWAY_KEY = "systemd-test-key"
+GATEWAY_SECRET = base64.b64encode(b"the systemd test's gateway secret").decode()
+
+
+@pytest.fixture
+def paper_gateway(tmp_path: Path) -> Iterator[str]:
+    """`trading-ops paper-gateway` on this host (the machine shares its network): the venue of the example bot."""
+    port = free_port()
+    for name, value in (("key", GATEWAY_KEY), ("secret", GATEWAY_SECRET), ("token", secrets.token_urlsafe(24))):
+        (tmp_path / f"gateway-{name}").write_text(value)
+    config = tmp_path / "gateway.yaml"
+    gateway = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        **{f"{k}_file": str(tmp_path / f"gateway-{v}") for k, v in (("api_key", "key"), ("api_secret", "secret"))},
+        "control_token_file": str(tmp_path / "gateway-token"),
+    }
+    config.write_text(yaml.safe_dump({"gateway": gateway, "paper": {"seed": 11, "symbols": ["BTC-USD"]}}))
+    argv = [sys.executable, "-m", "trading_ops", "--config", str(config), "paper-gateway"]
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(argv, tmp_path / "gateway.log", f"{base}/0/public/Time")
+    try:
+        yield base
+    finally:
+        stop_server(proc)
+
+
+def test_the_template_unit_runs_the_example_ccxt_bot_sandboxed_and_ready(
+    deployment: Deployment, paper_gateway: str
+) -> None:
+    """trading-ops-bot@ccxt-1.service as its comments install it: the script in /opt/trading-ops/bots, its
+    configuration in /etc/trading-ops/bots, its state in the instance's own StateDirectory; active only once the
+    runtime sent READY=1, its own files only, and a clean stop."""
+    machine, root = deployment.machine, deployment.root
+    port = free_port()
+    bots, state = root / "etc/trading-ops/bots", f"{STATE}/bots/{CCXT_BOT}"
+    bots.mkdir(exist_ok=True)
+    (root / "opt/trading-ops/bots").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "examples" / "ccxt_bot.py", root / "opt/trading-ops/bots" / f"{CCXT_BOT}.py")
+    (bots / f"{CCXT_BOT}-api-key").write_text(GATEWAY_KEY)
+    (bots / f"{CCXT_BOT}-api-secret").write_text(GATEWAY_SECRET)
+    settings = {
+        "database": {"url": f"sqlite:///{state}/trading-ops.db"},
+        "bot": {
+            "name": CCXT_BOT,
+            "venue": "kraken",
+            "strategy": "mean-reverter",
+            "listen": {"host": "127.0.0.1", "port": port},
+            "control_token_file": "/etc/trading-ops/control-token",
+            "data_dir": state,
+        },
+        "ccxt": {
+            "exchange": "kraken",
+            "api_key_file": f"/etc/trading-ops/bots/{CCXT_BOT}-api-key",
+            "api_secret_file": f"/etc/trading-ops/bots/{CCXT_BOT}-api-secret",
+            "urls": {"public": paper_gateway, "private": paper_gateway},
+            "symbols": ["BTC-USD"],
+            "kraken_tier": "off",
+        },
+    }
+    (bots / f"{CCXT_BOT}.yaml").write_text(yaml.safe_dump(settings))
+    machine.run(
+        "sh",
+        "-c",
+        f"chown -R root:{USER} /etc/trading-ops/bots && chmod 0750 /etc/trading-ops/bots && "
+        "chmod 0640 /etc/trading-ops/bots/*",
+    )
+    unit = f"trading-ops-bot@{CCXT_BOT}.service"
+    machine.systemctl("daemon-reload")
+    machine.systemctl("start", unit)  # Type=notify: returns once the runtime sent READY=1
+    try:
+        shown = machine.show(unit, "ActiveState", "Type", "StatusText", "MainPID")
+        assert shown["ActiveState"] == "active" and shown["Type"] == "notify", shown
+        assert shown["StatusText"].startswith("trading BTC-USD"), shown
+        assert answers(f"http://127.0.0.1:{port}/readyz")
+        owned = machine.run("stat", "-c", "%a %U", state).stdout.strip()
+        assert owned == f"750 {USER}", owned
+        assert machine.run("test", "-e", f"{state}/trading-ops.db", check=False).returncode == 0
+        # Its sandbox: the state directories of other bots and the paper bot's files are not its to write.
+        pid = shown["MainPID"]
+        uid = machine.run("id", "-u", USER).stdout.strip()
+        probe = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('x')"
+        inside = ["nsenter", "-t", pid, "-m", "-S", uid, "-G", uid, "--", f"{VENV}/bin/python", "-c", probe]
+        denied = machine.run(*inside, f"{STATE}/not-mine", check=False)
+        assert denied.returncode != 0 and "Read-only file system" in denied.stderr, denied.stderr
+    finally:
+        machine.systemctl("stop", unit)
+    shown = machine.show(unit, "ActiveState", "Result")
+    assert shown == {"ActiveState": "inactive", "Result": "success"}, shown
 
 
 # ---- resources and the sandbox -----------------------------------------------------------------------------------

@@ -61,8 +61,10 @@ RECONCILER_RECEIVER = "reconciler"
 LOCAL_SMTP = {"smtp_smarthost": "localhost:25", "smtp_from": "alertmanager@localhost", "smtp_require_tls": False}
 LOCAL_MAILBOX = "root@localhost"
 # The services a file can be for (`config check --service`), each with the top-level sections that configure it: a
-# file is checked for the services whose sections it gives (a gateway's file needs no bot token), for the bot's when
-# it gives none of them (the default configuration is a paper bot's).
+# file is checked for the bot and the reconciler where it gives their sections, else for the services whose sections
+# it gives (a gateway's or the sidecar's own file: no bot token needed), else for the bot (the default configuration
+# is a paper bot's). A file for everything (trading-ops.example.yaml, `make run`'s) configures the gateway and the
+# sidecar too, whose keys `up` provides when it starts them: `--service gateway` checks them.
 SERVICES = {
     "bot": ("bot", "paper", "ccxt"),  # paper-bot, or a bot script on the runtime (examples/ccxt_bot.py)
     "reconciler": ("reconciler", "bots"),
@@ -70,6 +72,7 @@ SERVICES = {
     "freqtrade": ("freqtrade",),  # the freqtrade sidecar
 }
 DEFAULT_SERVICE = "bot"
+MAIN_SERVICES = ("bot", "reconciler")
 SERVICES_SHOWN = "; ".join(f"{name}: {' '.join(sections)}" for name, sections in SERVICES.items())
 # Hosts that are this host: a bot at any other address runs elsewhere.
 LOCAL_HOSTS = ("localhost", "localhost.localdomain")
@@ -81,8 +84,9 @@ def register(sub: Any) -> None:
     check = inner.add_parser(
         "check",
         help="validate the configuration file and exit (0 ok, 2 invalid)",
-        description="Validate the file as the services that read it do at start: by default those whose sections it "
-        f"gives ({SERVICES_SHOWN}), the bot's when it gives none.",
+        description="Validate the file as the services that read it do at start: by default the bot and the "
+        "reconciler where it gives their sections, else the services whose sections it gives "
+        f"({SERVICES_SHOWN}), else the bot.",
     )
     check.add_argument("--no-secrets", action="store_true", help="do not check that secrets can be read")
     check.add_argument(
@@ -171,7 +175,7 @@ def checked_services(args: argparse.Namespace, config: Config) -> list[str]:
     if args.service:
         return sorted(set(args.service))
     given = [name for name, sections in SERVICES.items() if config.sections & set(sections)]
-    return given or [DEFAULT_SERVICE]
+    return [name for name in given if name in MAIN_SERVICES] or given or [DEFAULT_SERVICE]
 
 
 def check_config(args: argparse.Namespace, config: Config) -> int:

@@ -1,0 +1,188 @@
+"""docs/deploy-systemd.md run as written: its blocks of commands, in order, in a Debian bookworm root booted under
+real systemd (systemd-nspawn, tests/nspawn_machine.py) with a network of its own (loopback only: the page's fixed
+ports are the machine's, never this host's), then the health the page promises checked from inside.
+
+What the machine provides instead of the network, and only that: the root is built (once, cached) with the packages
+the page's `apt-get install` names, so its apt lines are not run; the repository the page clones is this checkout,
+copied to /opt/trading-ops/src; pip installs from the cached wheelhouse (PIP_NO_INDEX, PIP_FIND_LINKS), the page's
+pip command as it is. Everything else (the user, the modes, PostgreSQL, `config check`, `db upgrade`, `config render`,
+the units, `systemctl enable --now`, the health checks) runs as the page has it: a doc change that breaks a step
+fails here. Needs root, debootstrap and systemd-nspawn (systemd-container)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from debian_root import SYSTEMD_PACKAGES, debian_root, wheelhouse
+from nspawn_machine import Machine, Overlay
+from polling import until
+from system_binaries import REPO_ROOT, require_binary
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+PAGE = REPO_ROOT / "docs" / "deploy-systemd.md"
+MARKER = "<!-- example: installs -->"
+# The page's blocks run here end at this section (a bot of your own needs an exchange account).
+LAST_SECTION = "## A bot of your own"
+# Lines the machine provides for instead (see the module's docstring); each must be on the page.
+PROVIDED = (
+    "apt-get update",
+    "apt-get install ",
+    "git clone https://github.com/trading-ops/trading-ops /opt/trading-ops/src",
+)
+# polkitd answers for systemd with logind (libpam-systemd), as in tests/nspawn_machine.py's root.
+EXTRA_PACKAGES = ("libpam-systemd",)
+SCRIPT_TIMEOUT_SECONDS = 900.0
+UNITS = ("trading-ops-paper-bot", "trading-ops-reconciler", "prometheus", "prometheus-alertmanager")
+
+
+def page_blocks(text: str) -> list[list[str]]:
+    """The command blocks marked `installs` before LAST_SECTION, each as its lines."""
+    text = text.split(LAST_SECTION, 1)[0]
+    blocks = []
+    for found in re.finditer(re.escape(MARKER) + r"\n```sh\n(.*?)\n```", text, re.S):
+        blocks.append(found.group(1).splitlines())
+    return blocks
+
+
+def logical_lines(lines: list[str]) -> list[str]:
+    """Lines with their backslash continuations joined."""
+    out: list[str] = []
+    pending = ""
+    for line in lines:
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        out.append(pending + line)
+        pending = ""
+    return out
+
+
+def apt_packages(blocks: list[list[str]]) -> list[str]:
+    """What the page's `apt-get install` lines install."""
+    packages: list[str] = []
+    for line in logical_lines([line for block in blocks for line in block]):
+        if line.startswith("apt-get install "):
+            packages += [word for word in line.split()[2:] if not word.startswith("-")]
+    return packages
+
+
+def script(blocks: list[list[str]]) -> str:
+    """The page's commands as one shell script (stopping at the first failure, each command echoed), without the
+    lines the machine provides for."""
+    kept = []
+    provided = set()
+    for line in logical_lines([line for block in blocks for line in block]):
+        matched = next((p for p in PROVIDED if line.startswith(p)), None)
+        if matched is not None:
+            provided.add(matched)
+            continue
+        kept.append(line)
+    assert provided == set(PROVIDED), f"the page no longer has {set(PROVIDED) - provided}: update this test"
+    return "set -eux\n" + "\n".join(kept) + "\n"
+
+
+def test_the_page_has_the_steps_the_issue_asks_for() -> None:
+    """Without booting anything: the install, the user and its modes, PostgreSQL, the check, db upgrade before the
+    units start, the monitoring rendered for this host, enable, health; and no sudo (Debian hosts have none)."""
+    text = PAGE.read_text()
+    commands = script(page_blocks(text))
+    order = [
+        "python3 -m venv /opt/trading-ops/.venv",
+        "useradd --system",
+        "install -d -o trading-ops -g trading-ops -m 0750 /var/lib/trading-ops",
+        "createdb --owner trading-ops trading-ops",
+        "config check",
+        "db upgrade",
+        "config render -o /etc/prometheus",
+        "systemctl enable --now trading-ops-paper-bot.service trading-ops-reconciler.service",
+        "curl -fsS http://127.0.0.1:9101/readyz",
+    ]
+    positions = [commands.find(step) for step in order]
+    assert -1 not in positions, [step for step, at in zip(order, positions, strict=True) if at < 0]
+    assert positions == sorted(positions), order
+    assert "sudo" not in commands
+    assert {"postgresql", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter"} <= set(
+        apt_packages(page_blocks(text))
+    )
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    """A booted machine of the page's packages with this checkout at /opt/trading-ops/src and the wheelhouse at
+    /wheels, on a network of its own."""
+    require_binary("systemd-nspawn")
+    require_binary("nsenter")
+    packages = sorted({*SYSTEMD_PACKAGES, *EXTRA_PACKAGES, *apt_packages(page_blocks(PAGE.read_text()))})
+    root = debian_root(tuple(packages))
+    wheels = wheelhouse()
+    tmp = tmp_path_factory.mktemp("deploy-docs")
+    overlay = Overlay([root], tmp / "machine")
+    booted: Machine | None = None
+    try:
+        merged = overlay.mount()
+        source = merged / "opt" / "trading-ops" / "src"
+        shutil.copytree(
+            REPO_ROOT,
+            source,
+            ignore=shutil.ignore_patterns(".git", ".venv", "var", "build", "dist", "site", "*.egg-info", "__pycache__"),
+        )
+        booted = Machine(merged, tmp / "console.log", ["--private-network", f"--bind-ro={wheels}:/wheels"])
+        booted.boot()
+        yield booted
+    finally:
+        try:
+            if booted is not None:
+                booted.poweroff()
+        finally:
+            overlay.unmount()
+
+
+def test_the_systemd_page_deploys_a_healthy_host_as_written(machine: Machine) -> None:
+    commands = script(page_blocks(PAGE.read_text()))
+    env = ["env", "PIP_NO_INDEX=1", "PIP_FIND_LINKS=/wheels", "PIP_DISABLE_PIP_VERSION_CHECK=1"]
+    ran = machine.run(*env, "bash", "-c", commands, check=False, timeout=SCRIPT_TIMEOUT_SECONDS)
+    assert ran.returncode == 0, f"the page's commands failed: {ran.stderr[-3000:]}"
+    for unit in UNITS:
+        assert machine.run("systemctl", "is-active", unit, check=False).stdout.strip() == "active", unit
+    # The modes the page sets: secrets readable by the units' group only, state the units' user's.
+    modes = machine.run(
+        "stat",
+        "-c",
+        "%n %a %U %G",
+        "/etc/trading-ops",
+        "/etc/trading-ops/control-token",
+        "/etc/trading-ops/trading-ops.yaml",
+        "/var/lib/trading-ops",
+    ).stdout.splitlines()
+    assert modes == [
+        "/etc/trading-ops 750 root trading-ops",
+        "/etc/trading-ops/control-token 640 root trading-ops",
+        "/etc/trading-ops/trading-ops.yaml 640 root trading-ops",
+        "/var/lib/trading-ops 750 trading-ops trading-ops",
+    ], modes
+
+    def scraped() -> bool:
+        query = "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D%22tradingbot%22%7D%3D%3D1"
+        answer = machine.run("curl", "-fsS", query, check=False).stdout
+        return '"instance":"127.0.0.1:9101"' in answer
+
+    until("Prometheus scraping the bot the page deployed", scraped, deadline=120)
+    # The reconciler reads its ledger in PostgreSQL, peer-authenticated as its user.
+    history = machine.run(
+        "runuser",
+        "-u",
+        "trading-ops",
+        "--",
+        "/opt/trading-ops/.venv/bin/trading-ops",
+        "--config",
+        "/etc/trading-ops/trading-ops.yaml",
+        "reconciler",
+        "history",
+        "--brief",
+        check=False,
+    )
+    assert history.returncode == 0, history.stderr
