@@ -17,7 +17,7 @@ import yaml
 from alertmanager_server import run_alertmanager
 from ports import free_port
 from readiness_history import DAY, History, backfill, openmetrics, started_prometheus
-from reconciler_server import READ_AUTH, make_config
+from reconciler_server import READ_AUTH, READ_TOKEN, make_config
 from system_binaries import REPO_ROOT
 
 from trading_ops.cli import main
@@ -247,6 +247,35 @@ async def test_the_reconciler_serves_the_verdict_to_a_read_token(
     ):
         refused = await client.get(path, headers=READ_AUTH)
         assert refused.status == status and error in (await refused.json())["error"], path
+
+
+async def test_the_console_shows_the_verdict_criterion_by_criterion(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
+) -> None:
+    migrate.upgrade(sqlite_url)
+    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    make_config(tmp_path, sqlite_url)  # writes the webhook and read tokens beside the configuration
+    config = parse_config(
+        {**data, "database": {"url": sqlite_url}, "reconciler": {**data["reconciler"], **reconciler_keys(tmp_path)}},
+        base_dir=tmp_path,
+    )
+    client = await aiohttp_client(create_app(config))
+    assert (await client.get("/ui/readiness/ready", allow_redirects=False)).headers["Location"] == "/ui/login"
+    form = await (await client.get("/ui/login")).text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert csrf is not None
+    login = await client.post("/ui/login", data={"csrf": csrf.group(1), "token": READ_TOKEN}, allow_redirects=False)
+    assert login.status == 303
+    index = await (await client.get("/ui/readiness")).text()
+    assert 'href="/ui/readiness/order-success"' in index and "aria-current=page>Readiness<" in index
+    page = await client.get("/ui/readiness/order-success")
+    html = await page.text()
+    assert page.status == 200 and '<span class="badge s-failure">not ready</span> over 5d' in html
+    assert "Failing: order_success" in html
+    row = re.search(r"<tr><td>(<span[^>]+>\w+</span>)</td><td><strong>order_success</strong>.*?</tr>", html, re.DOTALL)
+    assert row is not None and "fail</span>" in row.group(1) and "<td>0.9</td><td>&gt;= 0.95 ratio</td>" in row.group(0)
+    missing = await client.get("/ui/readiness/nobody")
+    assert missing.status == 404 and "no bot &#x27;nobody&#x27;" in await missing.text()
 
 
 def reconciler_keys(tmp_path: Path) -> dict[str, Any]:

@@ -204,7 +204,7 @@ def one_line(status: int, message: str) -> web.Response:
 # ---- layout ---------------------------------------------------------------------------------------------------------
 
 NAV = (("fleet", "/", "Fleet"), ("episodes", "/episodes", "Episodes"), ("approvals", "/approvals", "Approvals"),
-       ("maintenance", "/maintenance", "Maintenance"))  # fmt: skip
+       ("maintenance", "/maintenance", "Maintenance"), ("readiness", "/readiness", "Readiness"))  # fmt: skip
 
 
 def layout(title: str, body: str, session: Session | None = None, current_nav: str = "", refresh: bool = False) -> str:
