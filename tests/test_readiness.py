@@ -67,8 +67,13 @@ ALERTMANAGER = {
 }
 
 
+# A healthy bot at an address with dots: in the selector of several bots (`instance=~"..."`) each is escaped twice,
+# for the regular expression and for PromQL's string (a wrong escape is a query Prometheus refuses: `unknown`).
+ADDRESSES = {"dotted": "10.0.0.7:9101"}
+
+
 def instance(name: str) -> str:
-    return f"{name}:9101"
+    return ADDRESSES.get(name, f"{name}:9101")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A Prometheus holding 5.2 days of every history (the repository's rules loaded, evaluated hourly so that none
     fires during the test) and an Alertmanager routing every alert but `info` to a webhook."""
     tmp = tmp_path_factory.mktemp("readiness")
-    histories = [History(instance("ready"))]
+    histories = [History(instance("ready")), History(instance("dotted"))]
     histories += [History(instance(name), **knobs) for name, (knobs, _) in {**FAILING, **MISSING}.items()]
     backfill(openmetrics(histories, time.time(), STEP), tmp / "data", tmp)
     (tmp / "am").mkdir()
@@ -96,7 +101,7 @@ def write_config(tmp: Path, stack: dict[str, str], *, backup_age: float | None =
         stamp = time.time() - backup_age
         OpsState(backups / STATE_FILE).update(lambda d: d.update(last_verify_success_timestamp_seconds=stamp))
         OpsState(backups / DRILL_STATE_FILE).update(lambda d: d.update(last_success_timestamp_seconds=stamp))
-    names = ["ready", *FAILING, *MISSING]
+    names = ["ready", "dotted", *FAILING, *MISSING]
     config = {
         "bots": [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names],
         "reconciler": {"prometheus_url": stack["prometheus"], "alertmanager_url": stack["alertmanager"]},
@@ -160,11 +165,11 @@ def test_missing_data_is_unknown_naming_it_never_ready(
 def test_every_bot_in_one_run_costs_one_query_per_criterion(
     stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    names = ["ready", *FAILING, *MISSING]
+    names = ["ready", "dotted", *FAILING, *MISSING]
     status, found = verdicts(write_config(tmp_path, stack), capsys, *names)
     assert status == 1 and set(found) == set(names)
     assert {n: set(v["failing"]) for n, v in found.items() if n in FAILING} == {n: f for n, (_, f) in FAILING.items()}
-    assert found["ready"]["verdict"] == "ready"
+    assert found["ready"]["verdict"] == found["dotted"]["verdict"] == "ready"
     assert found["ready"]["queries"] == len(CRITERIA) + 4
 
 
