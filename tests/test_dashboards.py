@@ -48,7 +48,7 @@ SHARED_TAG = "trading-ops"
 PANEL_TYPES = {"timeseries", "stat", "state-timeline", "table", "text", "bargauge", "gauge"}
 # A row groups the panels below it (the current schema's way, not the old `rows` list): no query of its own.
 ROW = "row"
-EXPECTED_DASHBOARDS = {"Trading overview", "Bot health", "Self-healing", "Alerting pipeline", "SLOs"}
+EXPECTED_DASHBOARDS = {"Trading overview", "Bot health", "Self-healing", "Alerting pipeline", "SLOs", "Readiness"}
 LABEL_VALUES = re.compile(r"^label_values\((?:(.+),\s*)?(\w+)\)$")
 # The test Prometheus scrapes and evaluates every second, so a few seconds hold enough samples for rate().
 SCRAPE_INTERVAL_SECONDS = 1

@@ -17,7 +17,7 @@ import yaml
 from alertmanager_server import run_alertmanager
 from ports import free_port
 from readiness_history import DAY, History, backfill, openmetrics, started_prometheus
-from reconciler_server import READ_AUTH, make_config
+from reconciler_server import READ_AUTH, READ_TOKEN, make_config
 from system_binaries import REPO_ROOT
 
 from trading_ops.cli import main
@@ -67,8 +67,13 @@ ALERTMANAGER = {
 }
 
 
+# A healthy bot at an address with dots: in the selector of several bots (`instance=~"..."`) each is escaped twice,
+# for the regular expression and for PromQL's string (a wrong escape is a query Prometheus refuses: `unknown`).
+ADDRESSES = {"dotted": "10.0.0.7:9101"}
+
+
 def instance(name: str) -> str:
-    return f"{name}:9101"
+    return ADDRESSES.get(name, f"{name}:9101")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A Prometheus holding 5.2 days of every history (the repository's rules loaded, evaluated hourly so that none
     fires during the test) and an Alertmanager routing every alert but `info` to a webhook."""
     tmp = tmp_path_factory.mktemp("readiness")
-    histories = [History(instance("ready"))]
+    histories = [History(instance("ready")), History(instance("dotted"))]
     histories += [History(instance(name), **knobs) for name, (knobs, _) in {**FAILING, **MISSING}.items()]
     backfill(openmetrics(histories, time.time(), STEP), tmp / "data", tmp)
     (tmp / "am").mkdir()
@@ -96,7 +101,7 @@ def write_config(tmp: Path, stack: dict[str, str], *, backup_age: float | None =
         stamp = time.time() - backup_age
         OpsState(backups / STATE_FILE).update(lambda d: d.update(last_verify_success_timestamp_seconds=stamp))
         OpsState(backups / DRILL_STATE_FILE).update(lambda d: d.update(last_success_timestamp_seconds=stamp))
-    names = ["ready", *FAILING, *MISSING]
+    names = ["ready", "dotted", *FAILING, *MISSING]
     config = {
         "bots": [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names],
         "reconciler": {"prometheus_url": stack["prometheus"], "alertmanager_url": stack["alertmanager"]},
@@ -160,11 +165,11 @@ def test_missing_data_is_unknown_naming_it_never_ready(
 def test_every_bot_in_one_run_costs_one_query_per_criterion(
     stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    names = ["ready", *FAILING, *MISSING]
+    names = ["ready", "dotted", *FAILING, *MISSING]
     status, found = verdicts(write_config(tmp_path, stack), capsys, *names)
     assert status == 1 and set(found) == set(names)
     assert {n: set(v["failing"]) for n, v in found.items() if n in FAILING} == {n: f for n, (_, f) in FAILING.items()}
-    assert found["ready"]["verdict"] == "ready"
+    assert found["ready"]["verdict"] == found["dotted"]["verdict"] == "ready"
     assert found["ready"]["queries"] == len(CRITERIA) + 4
 
 
@@ -247,6 +252,35 @@ async def test_the_reconciler_serves_the_verdict_to_a_read_token(
     ):
         refused = await client.get(path, headers=READ_AUTH)
         assert refused.status == status and error in (await refused.json())["error"], path
+
+
+async def test_the_console_shows_the_verdict_criterion_by_criterion(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
+) -> None:
+    migrate.upgrade(sqlite_url)
+    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    make_config(tmp_path, sqlite_url)  # writes the webhook and read tokens beside the configuration
+    config = parse_config(
+        {**data, "database": {"url": sqlite_url}, "reconciler": {**data["reconciler"], **reconciler_keys(tmp_path)}},
+        base_dir=tmp_path,
+    )
+    client = await aiohttp_client(create_app(config))
+    assert (await client.get("/ui/readiness/ready", allow_redirects=False)).headers["Location"] == "/ui/login"
+    form = await (await client.get("/ui/login")).text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert csrf is not None
+    login = await client.post("/ui/login", data={"csrf": csrf.group(1), "token": READ_TOKEN}, allow_redirects=False)
+    assert login.status == 303
+    index = await (await client.get("/ui/readiness")).text()
+    assert 'href="/ui/readiness/order-success"' in index and "aria-current=page>Readiness<" in index
+    page = await client.get("/ui/readiness/order-success")
+    html = await page.text()
+    assert page.status == 200 and '<span class="badge s-failure">not ready</span> over 5d' in html
+    assert "Failing: order_success" in html
+    row = re.search(r"<tr><td>(<span[^>]+>\w+</span>)</td><td><strong>order_success</strong>.*?</tr>", html, re.DOTALL)
+    assert row is not None and "fail</span>" in row.group(1) and "<td>0.9</td><td>&gt;= 0.95 ratio</td>" in row.group(0)
+    missing = await client.get("/ui/readiness/nobody")
+    assert missing.status == 404 and "no bot &#x27;nobody&#x27;" in await missing.text()
 
 
 def reconciler_keys(tmp_path: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ routing), each with its value, threshold, window and source; `ready` only when e
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -119,7 +120,7 @@ async def evaluate(
     *,
     now: float | None = None,
 ) -> list[Verdict]:
-    """The verdict of each bot over `window`: one query per criterion for all of them."""
+    """The verdict of each bot over `window`: one query per criterion for all of them, asked at once."""
     ctx = _Context(config, window, time.time() if now is None else now, prometheus, alertmanager)
     instances = [b.instance for b in bots]
     sel = instances_selector(instances)
@@ -131,8 +132,10 @@ async def evaluate(
         history = {_instance(s) for s in await ctx.query(history_query(sel, window))}
     except PrometheusError as exc:
         history, history_problem = None, f"Prometheus: {exc}"
-    for criterion in CRITERIA:
-        for instance, result in (await _prometheus_criterion(ctx, criterion, sel, instances, history)).items():
+    # The criteria's queries at once: Prometheus evaluates them side by side.
+    answers = await asyncio.gather(*(_prometheus_criterion(ctx, c, sel, instances, history) for c in CRITERIA))
+    for answer in answers:
+        for instance, result in answer.items():
             if history is None and result.status != "unknown":
                 result.status, result.value = "unknown", None
             if history is None:

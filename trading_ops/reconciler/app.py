@@ -42,6 +42,7 @@ from trading_ops.reconciler.approvals import (
 )
 from trading_ops.reconciler.auth import authorized
 from trading_ops.reconciler.console import render_error, response_headers, setup_console
+from trading_ops.reconciler.console_readiness import setup_readiness
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import (
@@ -65,8 +66,6 @@ from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import Outbox, OutboxCollector
 from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
-from trading_ops.reconciler.readiness_api import PATH as READINESS_PATH
-from trading_ops.reconciler.readiness_api import get_readiness
 from trading_ops.reconciler.retention import Pruner, ledger_retention
 from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.scopes import APPROVE, OPERATE, READ
@@ -143,10 +142,10 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_get("/api/v1/approvals", list_approvals)
     app.router.add_get("/api/v1/approvals/{id}", get_approval)
     app.router.add_post("/api/v1/approvals/{id}", decide_approval)
-    app.router.add_get(READINESS_PATH, get_readiness)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     # The operator console (/ui/): its own login (a session cookie), CSRF tokens and scope checks.
     setup_console(app)
+    setup_readiness(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -226,7 +226,7 @@ def one_line(status: int, message: str) -> web.Response:
 # ---- layout ---------------------------------------------------------------------------------------------------------
 
 NAV = (("fleet", "/", "Fleet"), ("episodes", "/episodes", "Episodes"), ("approvals", "/approvals", "Approvals"),
-       ("maintenance", "/maintenance", "Maintenance"))  # fmt: skip
+       ("maintenance", "/maintenance", "Maintenance"), ("readiness", "/readiness", "Readiness"))  # fmt: skip
 
 
 def nav_label(key: str, label: str, session: Session) -> str:

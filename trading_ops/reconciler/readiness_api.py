@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from trading_ops.clients.alertmanager import AlertmanagerClient
@@ -17,22 +19,20 @@ PATH = "/api/v1/readiness/{bot}"
 MAX_WINDOW_CHARS = 64
 
 
-async def get_readiness(request: web.Request) -> web.Response:
-    """The verdict of the bot named (bots[].name) over `window` (readiness.window when not given); a 404 for a bot
-    the configuration does not list, a 400 for a bad window or one longer than Prometheus keeps."""
-    if isinstance(caller := authorized(request, READ, "reading a readiness verdict"), web.Response):
-        return caller
-    config = request.app[keys.CONFIG]
-    name = request.match_info["bot"]
+async def bot_verdict(app: web.Application, name: str, window: str | None) -> tuple[int, dict[str, Any]]:
+    """The verdict of the bot named (bots[].name) over `window` (readiness.window when None or empty), as an HTTP
+    status and its JSON: 200 and the verdict; 404 for a bot the configuration does not list; 400 for a bad window or
+    one longer than Prometheus keeps."""
+    config = app[keys.CONFIG]
     bot = next((b for b in config.bots if b.name == name), None)
     if bot is None:
-        return web.json_response({"error": f"no bot {name[:64]!r} in the configuration's bots: list"}, status=404)
-    text = request.query.get("window") or config.readiness.window
+        return 404, {"error": f"no bot {name[:64]!r} in the configuration's bots: list"}
+    text = (window or config.readiness.window)[:MAX_WINDOW_CHARS]
     try:
-        seconds = parse_window(text[:MAX_WINDOW_CHARS])
+        seconds = parse_window(text)
     except ValueError as exc:
-        return web.json_response({"error": f"window: {exc}"}, status=400)
-    session = request.app[keys.SESSION]
+        return 400, {"error": f"window: {exc}"}
+    session = app[keys.SESSION]
     prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
     try:
         retention = await prometheus.retention_seconds()
@@ -40,8 +40,15 @@ async def get_readiness(request: web.Request) -> web.Response:
         retention = None  # its criteria say so: the verdict is unknown
     problem = retention_problem(seconds, text, retention)
     if problem is not None:
-        return web.json_response({"error": f"window: {problem}"}, status=400)
+        return 400, {"error": f"window: {problem}"}
     alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
     (verdict,) = await evaluate(config, [bot], format_duration(seconds), prometheus, alertmanager)
     verdict.queries += 1  # the retention
-    return web.json_response(verdict.to_dict())
+    return 200, verdict.to_dict()
+
+
+async def get_readiness(request: web.Request) -> web.Response:
+    if isinstance(caller := authorized(request, READ, "reading a readiness verdict"), web.Response):
+        return caller
+    status, answer = await bot_verdict(request.app, request.match_info["bot"], request.query.get("window"))
+    return web.json_response(answer, status=status)
