@@ -90,6 +90,7 @@ def config_source(args: argparse.Namespace) -> str:
 
 
 def check_config(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.secret_files import refuse_loose_secrets
     from trading_ops.webconfig import client_ssl_context, server_web_config
 
     config.database_url()
@@ -101,6 +102,8 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
     client_ssl_context(config.reconciler.tls, "reconciler.tls", load_files=load)
     client_ssl_context(config.ccxt.tls, "ccxt.tls", load_files=load)
     if not args.no_secrets:
+        # Every secret and private-key file its owner's alone (trading_ops.secret_files), as each service checks.
+        refuse_loose_secrets(config)
         # Every token file read and told apart, as each server does at start (one value per token, names once).
         tokens = resolve_tokens(config, config.bot, "control_token", "control_tokens", "bot")
         if not tokens:
