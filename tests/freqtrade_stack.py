@@ -103,10 +103,10 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
         start_detached(ft, pidfile)
         # The sidecar, a real `trading-ops freqtrade` process, reconciling through the gateway.
         sidecar_port = free_port()
-        write_secret((tmp / "token"), TOKEN)
-        write_secret((tmp / "ft-password"), PASSWORD)
-        write_secret((tmp / "gw-key"), gateway.sidecar_key)
-        write_secret((tmp / "gw-secret"), gateway.sidecar_secret)
+        write_secret(tmp / "token", TOKEN)
+        write_secret(tmp / "ft-password", PASSWORD)
+        write_secret(tmp / "gw-key", gateway.sidecar_key)
+        write_secret(tmp / "gw-secret", gateway.sidecar_secret)
         sidecar_config = {
             "freqtrade": {
                 "control_token_file": str(tmp / "token"),

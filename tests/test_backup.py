@@ -449,7 +449,7 @@ async def test_restore_refuses_while_the_reconciler_serves(sqlite_url: str, tmp_
     from trading_ops.reconciler.app import create_app
 
     migrate.upgrade(sqlite_url)
-    write_secret((tmp_path / "webhook-token"), "t" * 32)
+    write_secret(tmp_path / "webhook-token", "t" * 32)
     port = free_port()
     config = parse_config(
         {

@@ -132,9 +132,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_binary = require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("dashboard-stack")
     bot_port, reconciler_port, prometheus_port, nothing_port, sidecar_port = (free_port() for _ in range(5))
-    write_secret((tmp / "control-token"), f"{CONTROL_TOKEN}\n")
-    write_secret((tmp / "reconciler-token"), "dashboard-test-reconciler-token\n")
-    write_secret((tmp / "freqtrade-password"), PASSWORD)
+    write_secret(tmp / "control-token", f"{CONTROL_TOKEN}\n")
+    write_secret(tmp / "reconciler-token", "dashboard-test-reconciler-token\n")
+    write_secret(tmp / "freqtrade-password", PASSWORD)
     bot_instance = f"127.0.0.1:{bot_port}"
     sidecar_instance = f"127.0.0.1:{sidecar_port}"
     # A freqtrade trading on the paper gateway (its trades held open), watched by the sidecar: the freqtrade panels.

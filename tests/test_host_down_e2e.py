@@ -191,9 +191,9 @@ def test_a_killed_bot_host_has_its_orders_cancelled_at_the_venue_one_page_and_an
     tmp_path: Path, pager: PagerSink
 ) -> None:
     node_exporter = require_binary("prometheus-node-exporter")
-    write_secret((tmp_path / "venue-key"), SIDECAR_KEY)
-    write_secret((tmp_path / "venue-secret"), SIDECAR_SECRET)
-    write_secret((tmp_path / "approve-token"), APPROVE_TOKEN)
+    write_secret(tmp_path / "venue-key", SIDECAR_KEY)
+    write_secret(tmp_path / "venue-secret", SIDECAR_SECRET)
+    write_secret(tmp_path / "approve-token", APPROVE_TOKEN)
     procs: list[subprocess.Popen[bytes]] = []
     reconciler: ThreadedServer | None = None
     with host_network() as network:

@@ -577,7 +577,7 @@ async def test_the_packaged_playbook_answers_a_full_disk_with_reduce_only_the_cl
         bot = start_bot(config)
         bot.port = port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
         instance = f"127.0.0.1:{port}"
-        write_secret((tmp_path / "paper-bot-token"), TOKEN)
+        write_secret(tmp_path / "paper-bot-token", TOKEN)
         procs: list[subprocess.Popen[bytes]] = []
         reconciler: ThreadedServer | None = None
         try:

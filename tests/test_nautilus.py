@@ -44,7 +44,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 @pytest.fixture(scope="module")
 def node(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("nautilus-node")
-    write_secret((tmp / "token"), TOKEN)
+    write_secret(tmp / "token", TOKEN)
     started = start_node(gateway.url, tmp / "token", port=free_port())
     try:
         # The strategy's two orders are placed (a market buy that fills, a limit buy that rests) and the controller
@@ -402,7 +402,7 @@ def _coid(value: str) -> Any:
 def test_the_token_comes_from_a_file_or_the_environment_never_the_config(tmp_path: Path) -> None:
     from trading_ops.integrations.nautilus.controller import TradingOpsControllerConfig, read_token
 
-    write_secret((tmp_path / "token"), "from-a-file\n")
+    write_secret(tmp_path / "token", "from-a-file\n")
     assert read_token(TradingOpsControllerConfig(token_file=str(tmp_path / "token"))) == "from-a-file"
     with pytest.raises(ValueError, match="TRADING_OPS_TEST_UNSET is empty or unset"):
         read_token(TradingOpsControllerConfig(token_env="TRADING_OPS_TEST_UNSET"))

@@ -59,7 +59,7 @@ def nautilus_stack(tmp: Path) -> Iterator[Stack]:
     gateway = start_gateway(tmp / "gateway")
     node: Node | None = None
     try:
-        write_secret((tmp / "token"), TOKEN)
+        write_secret(tmp / "token", TOKEN)
         node = start_node(gateway.url, tmp / "token", port=free_port(), daily_loss_limit=DAILY_LOSS_LIMIT)
         running = node
         until(

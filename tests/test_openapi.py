@@ -238,9 +238,9 @@ def run_schemathesis(spec_url: str, tokens: dict[str, str], workdir: Path) -> tu
 @pytest.fixture
 def reconciler(tmp_path: Path) -> Iterator[ThreadedServer]:
     """A reconciler on a new PostgreSQL database, tokens of each scope, an episode waiting for approval."""
-    write_secret((tmp_path / "operate-token"), OPERATE_TOKEN)
-    write_secret((tmp_path / "approve-token"), APPROVE_TOKEN)
-    write_secret((tmp_path / "bot-token"), "bot-token")
+    write_secret(tmp_path / "operate-token", OPERATE_TOKEN)
+    write_secret(tmp_path / "approve-token", APPROVE_TOKEN)
+    write_secret(tmp_path / "bot-token", "bot-token")
     with new_database() as url:
         migrate.upgrade(url)
         config = make_config(
@@ -312,7 +312,7 @@ def paper_bot(tmp_path: Path) -> Iterator[int]:
     """`trading-ops paper-bot` as a user runs it, with a control token of each scope."""
     port = free_port()
     for scope, token in BOT_TOKENS.items():
-        write_secret((tmp_path / f"{scope}-token"), token)
+        write_secret(tmp_path / f"{scope}-token", token)
     config = tmp_path / "trading-ops.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -27,7 +27,7 @@ TOKEN = "cli-test-token"
 
 
 def write_config(tmp_path: Path, port: int) -> Path:
-    write_secret((tmp_path / "token"), TOKEN + "\n")
+    write_secret(tmp_path / "token", TOKEN + "\n")
     config = tmp_path / "trading-ops.yaml"
     config.write_text(
         "database:\n  url: sqlite:///var/journal.db\n"

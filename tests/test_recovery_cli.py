@@ -35,7 +35,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def write_config(tmp_path: Path, port: int, shutdown_deadline: float = 10) -> Path:
-    write_secret((tmp_path / "token"), TOKEN + "\n")
+    write_secret(tmp_path / "token", TOKEN + "\n")
     config = tmp_path / "trading-ops.yaml"
     config.write_text(
         "database:\n  url: sqlite:///var/journal.db\n  sqlite_synchronous: NORMAL\n"

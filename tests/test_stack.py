@@ -736,7 +736,7 @@ async def test_status_line_shows_the_reconcilers_pause_and_open_circuits(tmp_pat
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     migrate.upgrade(url)
-    write_secret((tmp_path / "token"), "t")
+    write_secret(tmp_path / "token", "t")
     reconciler = {"token_file": str(tmp_path / "token"), "poll_interval_seconds": 0.05, "check_silences": False}
     config = parse_config({"database": {"url": url}, "reconciler": reconciler}, base_dir=tmp_path)
     server = await aiohttp_server(create_app(config))

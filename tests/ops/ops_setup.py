@@ -33,7 +33,7 @@ def ops_config(
     notify_urls: list[str] | None = None,
     **sections: Any,
 ) -> Config:
-    write_secret((tmp_path / "bot-token"), BOT_TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     targets = {name: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for name, b in (bots or {}).items()}
     data: dict[str, Any] = {
         "database": {"url": db_url},
@@ -41,6 +41,6 @@ def ops_config(
         **sections,
     }
     if notify_urls:
-        write_secret((tmp_path / "apprise-urls"), "\n".join(notify_urls))
+        write_secret(tmp_path / "apprise-urls", "\n".join(notify_urls))
         data["notifications"] = {"urls_file": str(tmp_path / "apprise-urls")}
     return parse_config(data, base_dir=tmp_path)

@@ -86,7 +86,7 @@ def shipped_email_only(tmp: Path, smtp: SMTPServer) -> Path:
     secrets.mkdir()
     # Without a trailing newline: Alertmanager 0.25 sends the file's bytes as they are (a newline would be part of
     # the password; secrets/README.md says so).
-    write_secret((secrets / "smtp-password"), SMTP_PASSWORD)
+    write_secret(secrets / "smtp-password", SMTP_PASSWORD)
     assert config["global"]["smtp_auth_password_file"] == f"{SECRETS_DIR}smtp-password"
     config["global"].update(
         smtp_smarthost=f"{smtp.host}:{smtp.port}",

@@ -40,7 +40,7 @@ def write_config(tmp_path: Path, config_data: dict[str, Any]) -> str:
 
 
 def cli_config(tmp_path: Path, db_url: str, am_url: str, bots: dict[str, Bot]) -> str:
-    write_secret((tmp_path / "bot-token"), "bot-token")
+    write_secret(tmp_path / "bot-token", "bot-token")
     targets = {n: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for n, b in bots.items()}
     return write_config(
         tmp_path, {"database": {"url": db_url}, "reconciler": {"alertmanager_url": am_url, "targets": targets}}
@@ -379,7 +379,7 @@ async def test_the_reconciler_acts_on_nothing_a_window_matches(
         "cooldown": 0,
         "steps": [{"action": "bot", "command": "status"}],
     }
-    write_secret((tmp_path / "bot-token"), "bot-token")
+    write_secret(tmp_path / "bot-token", "bot-token")
     targets = {n: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for n, b in bots.items()}
     config = make_config(
         tmp_path,

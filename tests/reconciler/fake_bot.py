@@ -80,5 +80,5 @@ class FakeBot:
 
 def bot_targets(bot: FakeBot, tmp_path: Path, *instances: str) -> dict[str, Any]:
     """reconciler.targets mapping these bot instances (default: bot-1) to the fake bot."""
-    write_secret((tmp_path / "bot-token"), BOT_TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     return {i: {"url": bot.url, "token_file": str(tmp_path / "bot-token")} for i in instances or ("bot-1",)}

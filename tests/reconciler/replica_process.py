@@ -54,8 +54,8 @@ def start_replica(
     folder = tmp_path / name
     folder.mkdir()
     port = free_port()
-    write_secret((folder / "webhook-token"), TOKEN)
-    write_secret((folder / "bot-token"), BOT_TOKEN)
+    write_secret(folder / "webhook-token", TOKEN)
+    write_secret(folder / "bot-token", BOT_TOKEN)
     section: dict[str, Any] = {
         "listen": {"host": listen_host, "port": port},
         "instance": name,

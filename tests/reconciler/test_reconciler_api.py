@@ -101,7 +101,7 @@ API_TOKENS = {"oncall-read": "read", "ops-operate": "operate", "ops-destructive"
 def api_token_config(tmp_path: Path, db: str) -> Any:
     tokens = []
     for name, scope in API_TOKENS.items():
-        write_secret((tmp_path / f"{name}-token"), f"secret-of-{name}\n")
+        write_secret(tmp_path / f"{name}-token", f"secret-of-{name}\n")
         tokens.append({"name": name, "scope": scope, "token_file": str(tmp_path / f"{name}-token")})
     return make_config(tmp_path, db, playbook=str(write_playbook(tmp_path, IDLE_RULES)), api_tokens=tokens)
 

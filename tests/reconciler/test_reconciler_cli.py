@@ -49,8 +49,8 @@ def restore_logging() -> Iterator[None]:
 
 def config_file(tmp_path: Path, db_url: str, token: bool = True, **reconciler: Any) -> str:
     path = tmp_path / "c.yaml"
-    write_secret((tmp_path / "token"), TOKEN)
-    write_secret((tmp_path / "read-token"), READ_TOKEN)
+    write_secret(tmp_path / "token", TOKEN)
+    write_secret(tmp_path / "read-token", READ_TOKEN)
     files = {"token_file": str(tmp_path / "token"), "read_token_file": str(tmp_path / "read-token")}
     rc = {**files, **reconciler} if token else reconciler
     path.write_text(yaml.safe_dump({"database": {"url": db_url}, "reconciler": rc}))

@@ -32,7 +32,7 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 def config_of(tmp_path: Path, db_url: str, oncall: str = ONCALL_TOKEN) -> Config:
-    write_secret((tmp_path / "oncall-token"), oncall)
+    write_secret(tmp_path / "oncall-token", oncall)
     return make_config(
         tmp_path,
         db_url,

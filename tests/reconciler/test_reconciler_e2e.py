@@ -123,8 +123,8 @@ def write_config(
     tmp_path: Path, name: str, db_url: str, rules: list[dict[str, Any]], file: str = "", **rc: Any
 ) -> tuple[Path, int]:
     port = free_port()
-    write_secret((tmp_path / "webhook-token"), TOKEN)
-    write_secret((tmp_path / "bot-token"), BOT_TOKEN)
+    write_secret(tmp_path / "webhook-token", TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     data = {
         "database": {"url": db_url},
         "reconciler": {

@@ -205,8 +205,8 @@ async def test_each_step_goes_with_the_least_scope_and_the_bot_sees_which_token(
     from trading_ops.scopes import DESTRUCTIVE, OPERATE, TokenSet
 
     tokens = TokenSet([("rec-operate", OPERATE, "op-secret"), ("rec-destructive", DESTRUCTIVE, "de-secret")])
-    write_secret((tmp_path / "operate-token"), "op-secret\n")
-    write_secret((tmp_path / "destructive-token"), "de-secret\n")
+    write_secret(tmp_path / "operate-token", "op-secret\n")
+    write_secret(tmp_path / "destructive-token", "de-secret\n")
     bots, targets = {}, {}
     for instance, both in (("bot-1", True), ("bot-2", False)):
         (tmp_path / instance).mkdir()

@@ -45,7 +45,7 @@ FLOOD_ATTEMPTS = 3000
 
 
 def config_of(tmp_path: Path, db_url: str, **reconciler: Any) -> Config:
-    write_secret((tmp_path / "desk-token"), DESK_TOKEN)
+    write_secret(tmp_path / "desk-token", DESK_TOKEN)
     tokens = [{"name": "desk", "scope": "approve", "token_file": str(tmp_path / "desk-token")}]
     return make_config(tmp_path, db_url, api_tokens=tokens, **reconciler)
 

@@ -270,7 +270,7 @@ def with_cont(proc: subprocess.Popen[bytes]) -> None:
 
 def write_config(tmp_path: Path, name: str, db_url: str, am_url: str) -> tuple[Path, int]:
     port = free_port()
-    write_secret((tmp_path / "webhook-token"), TOKEN)
+    write_secret(tmp_path / "webhook-token", TOKEN)
     data = {
         "database": {"url": db_url},
         "reconciler": {

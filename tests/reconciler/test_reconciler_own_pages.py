@@ -55,7 +55,7 @@ BOTS = [
 def config_of(tmp_path: Path, db_url: str) -> Config:
     tokens = []
     for name, scope, value in (("operator", "operate", OPERATE_TOKEN), ("oncall", "destructive", ONCALL_TOKEN)):
-        write_secret((tmp_path / f"{name}-token"), value)
+        write_secret(tmp_path / f"{name}-token", value)
         tokens.append({"name": name, "scope": scope, "token_file": str(tmp_path / f"{name}-token")})
     playbook = write_playbook(tmp_path, [ESCALATING])
     return make_config(tmp_path, db_url, api_tokens=tokens, playbook=str(playbook))

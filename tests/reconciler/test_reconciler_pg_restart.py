@@ -63,9 +63,9 @@ def reconciler(
     """A reconciler process on `db_url`, acting on the fake bot for INSTANCES (RULE, with `playbook_rule`'s keys);
     (process, port, log)."""
     port = free_port()
-    write_secret((tmp_path / "webhook-token"), TOKEN)
-    write_secret((tmp_path / "read-token"), "read-token")
-    write_secret((tmp_path / "bot-token"), BOT_TOKEN)
+    write_secret(tmp_path / "webhook-token", TOKEN)
+    write_secret(tmp_path / "read-token", "read-token")
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     targets = {i: {"url": bot.url, "token_file": str(tmp_path / "bot-token")} for i in INSTANCES}
     data = {
         "database": {"url": db_url},
