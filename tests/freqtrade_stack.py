@@ -23,6 +23,7 @@ from e2e_stack import DEADLINE_SECONDS, ENDED, Monitoring, ended_after, monitori
 from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, until
 from gateway_helpers import Gateway, start_gateway
 from ports import free_port
+from secret_file import write_secret
 from server_process import stop, wait_http
 from system_binaries import REPO_ROOT
 
@@ -102,10 +103,10 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
         start_detached(ft, pidfile)
         # The sidecar, a real `trading-ops freqtrade` process, reconciling through the gateway.
         sidecar_port = free_port()
-        (tmp / "token").write_text(TOKEN)
-        (tmp / "ft-password").write_text(PASSWORD)
-        (tmp / "gw-key").write_text(gateway.sidecar_key)
-        (tmp / "gw-secret").write_text(gateway.sidecar_secret)
+        write_secret(tmp / "token", TOKEN)
+        write_secret(tmp / "ft-password", PASSWORD)
+        write_secret(tmp / "gw-key", gateway.sidecar_key)
+        write_secret(tmp / "gw-secret", gateway.sidecar_secret)
         sidecar_config = {
             "freqtrade": {
                 "control_token_file": str(tmp / "token"),

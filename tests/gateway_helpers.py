@@ -15,6 +15,7 @@ from typing import Any
 import ccxt
 from freqtrade_helpers import until
 from ports import free_port
+from secret_file import write_secret
 from system_binaries import REPO_ROOT
 
 # Three keys of the venue's one account, one per client, as on Kraken (its nonce must increase per key, and
@@ -97,17 +98,17 @@ def start_gateway(tmp: Path, host: str = "127.0.0.1", **paper: Any) -> Gateway:
     behind Kraken's REST API on `host` (a test network's address, for bots on its test hosts); `paper` overrides
     settings of its paper: section (volatility=0: a market that stands still)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "api-key").write_text(API_KEY)
-    (tmp / "api-secret").write_text(API_SECRET)
-    (tmp / "chaos-token").write_text(CHAOS_TOKEN)
+    write_secret(tmp / "api-key", API_KEY)
+    write_secret(tmp / "api-secret", API_SECRET)
+    write_secret(tmp / "chaos-token", CHAOS_TOKEN)
     keys = (
         ("sidecar", SIDECAR_KEY, SIDECAR_SECRET),
         ("check", CHECK_KEY, CHECK_SECRET),
         ("second", SECOND_KEY, SECOND_SECRET),
     )
     for name, key, secret in keys:
-        (tmp / f"{name}-key").write_text(key)
-        (tmp / f"{name}-secret").write_text(secret)
+        write_secret(tmp / f"{name}-key", key)
+        write_secret(tmp / f"{name}-secret", secret)
     port = free_port()
     config = {
         "paper": {

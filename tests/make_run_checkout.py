@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from secret_file import write_secret
 from system_binaries import REPO_ROOT
 
 SECRETS_MAKE_RUN_WRITES = ("control-token", "reconciler-token", "reconciler-read-token", "reconciler-approve-token")
@@ -30,6 +31,6 @@ def make_checkout(root: Path) -> Path:
     (root / "var" / "secrets").mkdir(parents=True, mode=0o700)
     for index, name in enumerate(SECRETS_MAKE_RUN_WRITES):
         secret = root / "var" / "secrets" / name
-        secret.write_text(f"docs-example-token-{index}-{'x' * 24}\n")
+        write_secret(secret, f"docs-example-token-{index}-{'x' * 24}\n")
         secret.chmod(0o600)
     return root

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 from ports import free_port
+from secret_file import write_secret
 
 from trading_ops.config import Config, parse_config
 
@@ -32,9 +33,9 @@ def write_playbook(tmp_path: Path, rules: list[dict[str, Any]], defaults: dict[s
 
 def make_config(tmp_path: Path, db_url: str, notify_urls: list[str] | None = None, **reconciler: Any) -> Config:
     """A configuration for tests: fast polling, silences not checked, tokens (and apprise URLs) in files."""
-    (tmp_path / "webhook-token").write_text(TOKEN)
-    (tmp_path / "read-token").write_text(READ_TOKEN)
-    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    write_secret(tmp_path / "webhook-token", TOKEN)
+    write_secret(tmp_path / "read-token", READ_TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     rc: dict[str, Any] = {
         "token_file": str(tmp_path / "webhook-token"),
         "read_token_file": str(tmp_path / "read-token"),
@@ -47,7 +48,7 @@ def make_config(tmp_path: Path, db_url: str, notify_urls: list[str] | None = Non
     rc.update(reconciler)
     data: dict[str, Any] = {"database": {"url": db_url}, "reconciler": rc}
     if notify_urls:
-        (tmp_path / "apprise-urls").write_text("\n".join(notify_urls))
+        write_secret(tmp_path / "apprise-urls", "\n".join(notify_urls))
         data["notifications"] = {"urls_file": str(tmp_path / "apprise-urls")}
     return parse_config(data, base_dir=tmp_path)
 

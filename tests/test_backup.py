@@ -23,6 +23,7 @@ from freezegun import freeze_time
 from paper_helpers import TOKEN, counter_total, wait_for
 from ports import free_port
 from prometheus_client import CollectorRegistry
+from secret_file import write_secret
 from shared_postgres import POSTGRES_ADMIN_URL
 from sqlalchemy import MetaData, create_engine, insert, make_url, select, text
 from ssh_host import SshHost, ssh_host
@@ -448,7 +449,7 @@ async def test_restore_refuses_while_the_reconciler_serves(sqlite_url: str, tmp_
     from trading_ops.reconciler.app import create_app
 
     migrate.upgrade(sqlite_url)
-    (tmp_path / "webhook-token").write_text("t" * 32)
+    write_secret(tmp_path / "webhook-token", "t" * 32)
     port = free_port()
     config = parse_config(
         {

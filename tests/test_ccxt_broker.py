@@ -30,6 +30,7 @@ from ccxt_helpers import (
     wait_for,
 )
 from prometheus_client import CollectorRegistry
+from secret_file import write_secret
 
 from trading_ops.bot.broker import (
     BrokerError,
@@ -475,7 +476,7 @@ def test_the_ccxt_error_table_maps_each_class_once() -> None:
 
 def test_factory_from_config_overrides_urls_and_reads_secrets(tmp_path, monkeypatch) -> None:
     key_file = tmp_path / "key"
-    key_file.write_text("k1\n")
+    write_secret(key_file, "k1\n")
     monkeypatch.setenv("MY_SECRET", API_SECRET)
     config = parse_config(
         {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from ports import free_port
+from secret_file import write_secret
 
 from trading_ops.cli import build_parser
 from trading_ops.db import migrate
@@ -147,7 +148,7 @@ def test_an_unmigrated_database_says_run_db_upgrade_and_exit_2(sqlite_config: st
 
 
 def test_chaos_against_a_bot_that_is_not_running_names_the_url(tmp_path: Path) -> None:
-    (tmp_path / "token").write_text("t\n")
+    write_secret(tmp_path / "token", "t\n")
     port = free_port()
     config = config_with(tmp_path, f"bot:\n  control_token_file: token\n  listen:\n    port: {port}\n")
     line = one_line_error(cli("-c", config, "chaos", "drop_connection"), 1)
@@ -165,7 +166,7 @@ def test_chaos_with_a_url_that_is_no_http_url_is_a_usage_error(url: str) -> None
 
 def test_chaos_against_a_host_that_does_not_resolve_says_so(tmp_path: Path) -> None:
     # .invalid never resolves (RFC 6761): getaddrinfo's error, not "Unknown error -2".
-    (tmp_path / "token").write_text("t\n")
+    write_secret(tmp_path / "token", "t\n")
     config = config_with(tmp_path, "bot:\n  control_token_file: token\n")
     line = one_line_error(cli("-c", config, "chaos", "status", "--url", "http://nosuchhost.invalid:9101"), 1)
     assert line.startswith(
@@ -284,7 +285,7 @@ def test_config_check_says_which_file_it_read(tmp_path: Path) -> None:
 
 
 def test_config_show_masks_every_secret(tmp_path: Path) -> None:
-    (tmp_path / "token").write_text("file-secret-value\n")
+    write_secret(tmp_path / "token", "file-secret-value\n")
     config = config_with(
         tmp_path,
         "database:\n  url_env: TEST_DB_URL\nbot:\n  control_token_file: token\n"

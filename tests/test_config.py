@@ -11,6 +11,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from secret_file import write_secret
 from sqlalchemy.engine import make_url
 from system_binaries import run_binary
 
@@ -83,7 +84,7 @@ def test_missing_named_file_is_exit_2(tmp_path, capsys) -> None:
 
 def test_secret_from_file_relative_to_the_config(tmp_path) -> None:
     (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets" / "token").write_text("s3cret\n")
+    write_secret(tmp_path / "secrets" / "token", "s3cret\n")
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text("bot:\n  control_token_file: secrets/token\n")
     config = load_config(cfg_path)
@@ -446,7 +447,7 @@ CONTROL_TOKEN = "control-token-of-the-config-tests"
 
 def write_tokens(tmp_path: Path, **tokens: str) -> None:
     for name, value in tokens.items():
-        (tmp_path / name).write_text(value + "\n")
+        write_secret(tmp_path / name, value + "\n")
 
 
 NAMED = "    - {name: oncall, scope: read, token_file: t-read}\n    - {name: rec, scope: operate, token_file: t-op}\n"

@@ -632,6 +632,7 @@ def self_signed(tmp: Path) -> None:
     (tmp / "server.key").write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
+    (tmp / "server.key").chmod(0o600)  # a private key its owner's alone, or the server refuses it
 
 
 def test_over_tls_the_session_cookie_is_secure(stack: Stack, tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ from dashboard_queries import (
 from freqtrade_helpers import PASSWORD, USERNAME, make_freqtrade
 from gateway_helpers import start_gateway
 from ports import free_port
+from secret_file import write_secret
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.bot.control import SOURCE_HEADER
@@ -131,9 +132,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_binary = require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("dashboard-stack")
     bot_port, reconciler_port, prometheus_port, nothing_port, sidecar_port = (free_port() for _ in range(5))
-    (tmp / "control-token").write_text(f"{CONTROL_TOKEN}\n")
-    (tmp / "reconciler-token").write_text("dashboard-test-reconciler-token\n")
-    (tmp / "freqtrade-password").write_text(PASSWORD)
+    write_secret(tmp / "control-token", f"{CONTROL_TOKEN}\n")
+    write_secret(tmp / "reconciler-token", "dashboard-test-reconciler-token\n")
+    write_secret(tmp / "freqtrade-password", PASSWORD)
     bot_instance = f"127.0.0.1:{bot_port}"
     sidecar_instance = f"127.0.0.1:{sidecar_port}"
     # A freqtrade trading on the paper gateway (its trades held open), watched by the sidecar: the freqtrade panels.

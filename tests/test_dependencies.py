@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from secret_file import write_secret
 from system_binaries import REPO_ROOT
 
 from trading_ops.config import POSTGRESQL_DRIVER_MISSING
@@ -108,7 +109,7 @@ def test_psycopg_is_the_postgres_extra_not_a_core_dependency() -> None:
 
 def run_without_psycopg(tmp_path: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "trading-ops.yaml"
-    (tmp_path / "token").write_text("a-token-long-enough-for-config-check")
+    write_secret(tmp_path / "token", "a-token-long-enough-for-config-check")
     config.write_text(
         f"database:\n  url: {database_url}\nbot:\n  control_token_file: token\nreconciler:\n  token_file: token\n"
     )

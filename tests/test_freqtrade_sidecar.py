@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from raw_http import NON_ASCII_AUTH, raw_request
 from runtime_families import runtime_limit_shapes, shapes
+from secret_file import write_secret
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
@@ -930,8 +931,8 @@ async def test_reconcile_without_a_venue_is_409(freqtrade: Freqtrade, aiohttp_cl
 
 
 def write_config(tmp_path: Path, freqtrade: Freqtrade, port: int, **extra: Any) -> Path:
-    (tmp_path / "ft-password").write_text(PASSWORD + "\n")
-    (tmp_path / "token").write_text(TOKEN + "\n")
+    write_secret(tmp_path / "ft-password", PASSWORD + "\n")
+    write_secret(tmp_path / "token", TOKEN + "\n")
     section: dict[str, Any] = {
         "control_token_file": str(tmp_path / "token"),
         "poll_interval_seconds": POLL_SECONDS,
@@ -977,7 +978,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, section: dict[str, Any], problem: str) -> None:
-    (tmp_path / "token").write_text(TOKEN)
+    write_secret(tmp_path / "token", TOKEN)
     section = {"control_token_file": str(tmp_path / "token"), **section}
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps({"freqtrade": section}))

@@ -38,6 +38,7 @@ from polling import until
 from ports import free_port
 from prometheus_server import start_prometheus
 from reconciler_server import READ_AUTH, ThreadedServer, make_config
+from secret_file import write_secret
 from server_process import stop, wait_http
 from system_binaries import REPO_ROOT, require_binary
 
@@ -194,9 +195,9 @@ def test_a_killed_bot_host_has_its_orders_cancelled_at_the_venue_one_page_and_an
     tmp_path: Path, pager: PagerSink
 ) -> None:
     node_exporter = require_binary("prometheus-node-exporter")
-    (tmp_path / "venue-key").write_text(SIDECAR_KEY)
-    (tmp_path / "venue-secret").write_text(SIDECAR_SECRET)
-    (tmp_path / "approve-token").write_text(APPROVE_TOKEN)
+    write_secret(tmp_path / "venue-key", SIDECAR_KEY)
+    write_secret(tmp_path / "venue-secret", SIDECAR_SECRET)
+    write_secret(tmp_path / "approve-token", APPROVE_TOKEN)
     procs: list[subprocess.Popen[bytes]] = []
     reconciler: ThreadedServer | None = None
     with host_network() as network:

@@ -38,6 +38,7 @@ from polling import until_async
 from ports import free_port
 from prometheus_client import CollectorRegistry
 from reconciler_server import READ_AUTH, ThreadedServer, make_config
+from secret_file import write_secret
 from server_process import stop
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -576,7 +577,7 @@ async def test_the_packaged_playbook_answers_a_full_disk_with_reduce_only_the_cl
         bot = start_bot(config)
         bot.port = port = await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
         instance = f"127.0.0.1:{port}"
-        (tmp_path / "paper-bot-token").write_text(TOKEN)
+        write_secret(tmp_path / "paper-bot-token", TOKEN)
         procs: list[subprocess.Popen[bytes]] = []
         reconciler: ThreadedServer | None = None
         try:

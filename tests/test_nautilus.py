@@ -25,6 +25,7 @@ from polling import until
 from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_families import runtime_limit_shapes, shapes
+from secret_file import write_secret
 
 TOKEN = "nautilus-control-token"
 # The `strategy` label of the node's families: its trader id (the controller's default).
@@ -43,7 +44,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 @pytest.fixture(scope="module")
 def node(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("nautilus-node")
-    (tmp / "token").write_text(TOKEN)
+    write_secret(tmp / "token", TOKEN)
     started = start_node(gateway.url, tmp / "token", port=free_port())
     try:
         # The strategy's two orders are placed (a market buy that fills, a limit buy that rests) and the controller
@@ -401,7 +402,7 @@ def _coid(value: str) -> Any:
 def test_the_token_comes_from_a_file_or_the_environment_never_the_config(tmp_path: Path) -> None:
     from trading_ops.integrations.nautilus.controller import TradingOpsControllerConfig, read_token
 
-    (tmp_path / "token").write_text("from-a-file\n")
+    write_secret(tmp_path / "token", "from-a-file\n")
     assert read_token(TradingOpsControllerConfig(token_file=str(tmp_path / "token"))) == "from-a-file"
     with pytest.raises(ValueError, match="TRADING_OPS_TEST_UNSET is empty or unset"):
         read_token(TradingOpsControllerConfig(token_env="TRADING_OPS_TEST_UNSET"))

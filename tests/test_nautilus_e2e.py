@@ -36,6 +36,7 @@ from nautilus_trader.model.enums import TradingState
 from nautilus_trader.model.identifiers import InstrumentId
 from polling import until
 from ports import free_port
+from secret_file import write_secret
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
@@ -58,7 +59,7 @@ def nautilus_stack(tmp: Path) -> Iterator[Stack]:
     gateway = start_gateway(tmp / "gateway")
     node: Node | None = None
     try:
-        (tmp / "token").write_text(TOKEN)
+        write_secret(tmp / "token", TOKEN)
         node = start_node(gateway.url, tmp / "token", port=free_port(), daily_loss_limit=DAILY_LOSS_LIMIT)
         running = node
         until(

@@ -23,6 +23,7 @@ from polling import until
 from ports import free_port
 from reconciler_server import READ_TOKEN, TOKEN, ThreadedServer, make_config, write_playbook
 from schemathesis.specs.openapi.definitions import OPENAPI_31
+from secret_file import write_secret
 from shared_postgres import new_database
 from webhook_payloads import alert, payload
 
@@ -237,9 +238,9 @@ def run_schemathesis(spec_url: str, tokens: dict[str, str], workdir: Path) -> tu
 @pytest.fixture
 def reconciler(tmp_path: Path) -> Iterator[ThreadedServer]:
     """A reconciler on a new PostgreSQL database, tokens of each scope, an episode waiting for approval."""
-    (tmp_path / "operate-token").write_text(OPERATE_TOKEN)
-    (tmp_path / "approve-token").write_text(APPROVE_TOKEN)
-    (tmp_path / "bot-token").write_text("bot-token")
+    write_secret(tmp_path / "operate-token", OPERATE_TOKEN)
+    write_secret(tmp_path / "approve-token", APPROVE_TOKEN)
+    write_secret(tmp_path / "bot-token", "bot-token")
     with new_database() as url:
         migrate.upgrade(url)
         config = make_config(
@@ -311,7 +312,7 @@ def paper_bot(tmp_path: Path) -> Iterator[int]:
     """`trading-ops paper-bot` as a user runs it, with a control token of each scope."""
     port = free_port()
     for scope, token in BOT_TOKENS.items():
-        (tmp_path / f"{scope}-token").write_text(token)
+        write_secret(tmp_path / f"{scope}-token", token)
     config = tmp_path / "trading-ops.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -15,6 +15,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from paper_process import CONSOLE_SCRIPT, cli, wait_healthy
 from ports import free_port
+from secret_file import write_secret
 from system_binaries import REPO_ROOT
 
 from trading_ops.config import load_config
@@ -26,7 +27,7 @@ TOKEN = "cli-test-token"
 
 
 def write_config(tmp_path: Path, port: int) -> Path:
-    (tmp_path / "token").write_text(TOKEN + "\n")
+    write_secret(tmp_path / "token", TOKEN + "\n")
     config = tmp_path / "trading-ops.yaml"
     config.write_text(
         "database:\n  url: sqlite:///var/journal.db\n"

@@ -21,6 +21,7 @@ from paper_helpers import counter_total, wait_for
 from paper_process import cli, wait_healthy
 from ports import free_port
 from prometheus_client import CollectorRegistry
+from secret_file import write_secret
 
 from trading_ops.bot.broker import OrderStatus, Side
 from trading_ops.bot.reconciliation import Trigger
@@ -34,7 +35,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def write_config(tmp_path: Path, port: int, shutdown_deadline: float = 10) -> Path:
-    (tmp_path / "token").write_text(TOKEN + "\n")
+    write_secret(tmp_path / "token", TOKEN + "\n")
     config = tmp_path / "trading-ops.yaml"
     config.write_text(
         "database:\n  url: sqlite:///var/journal.db\n  sqlite_synchronous: NORMAL\n"

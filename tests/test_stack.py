@@ -32,6 +32,7 @@ import pytest
 import yaml
 from make_run_checkout import make_checkout
 from ports import free_port, free_ports
+from secret_file import write_secret
 from system_binaries import GENERATIONS, REPO_ROOT, Generation, require_binary, run_binary
 from up_process import CHILDREN, STARTED_RE, STARTUP_SECONDS, STOP_SECONDS, UpProcess, alive
 
@@ -767,7 +768,7 @@ async def test_status_line_shows_the_reconcilers_pause_and_open_circuits(tmp_pat
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     migrate.upgrade(url)
-    (tmp_path / "token").write_text("t")
+    write_secret(tmp_path / "token", "t")
     reconciler = {"token_file": str(tmp_path / "token"), "poll_interval_seconds": 0.05, "check_silences": False}
     config = parse_config({"database": {"url": url}, "reconciler": reconciler}, base_dir=tmp_path)
     server = await aiohttp_server(create_app(config))

@@ -34,6 +34,7 @@ from alertmanager_server import alertmanager_argv
 from nspawn_machine import VENV, Machine, Overlay, build_project_wheel, nspawn_pipe, prepared_root
 from polling import until
 from ports import free_port
+from secret_file import write_secret
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.config import parse_config
@@ -384,7 +385,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     }
     tokens["freqtrade-password"] = secrets.token_urlsafe(12)
     webhook_token = tmp / "webhook-token"
-    webhook_token.write_text(tokens["reconciler-token"])
+    write_secret(webhook_token, tokens["reconciler-token"])
     monitoring = start_monitoring(tmp, ports.bot, ports.reconciler, webhook_token)
     overlay = Overlay([venv, root], tmp / "machine")
     machine: Machine | None = None

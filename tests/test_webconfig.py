@@ -30,6 +30,7 @@ from alertmanager_server import alertmanager_argv
 from cryptography import x509
 from polling import until
 from ports import free_port
+from secret_file import write_secret
 from system_binaries import require_binary
 from web_pki import Pki, make_pki, web_config
 
@@ -136,8 +137,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ("webhook-token", WEBHOOK_TOKEN),
         ("read-token", READ_TOKEN),
     ):
-        (tmp / name).write_text(secret + "\n")
-    (tmp / "scrape-password").write_text(SCRAPE_PASSWORD)
+        write_secret(tmp / name, secret + "\n")
+    write_secret(tmp / "scrape-password", SCRAPE_PASSWORD)
     (tmp / "bot-web.yml").write_text(yaml.safe_dump(web_config(pki, users={SCRAPE_USER: SCRAPE_PASSWORD})))
     (tmp / "reconciler-web.yml").write_text(yaml.safe_dump(web_config(pki)))
     playbook = {
@@ -472,8 +473,8 @@ def _config_with(tmp_path: Path, pki: Pki, web: Any, server: str) -> Path:
     else:
         web_file.write_text(web if isinstance(web, str) else yaml.safe_dump(web))
     token = str(tmp_path / "token")
-    (tmp_path / "token").write_text(f"{CONTROL_TOKEN}\n")
-    (tmp_path / "gateway-secret").write_text(b64encode(b"gateway-test-secret").decode())
+    write_secret(tmp_path / "token", f"{CONTROL_TOKEN}\n")
+    write_secret(tmp_path / "gateway-secret", b64encode(b"gateway-test-secret").decode())
     listen = {"host": "127.0.0.1", "port": free_port(), "web_config_file": str(web_file)}
     data: dict[str, Any] = {
         "database": {"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
@@ -619,7 +620,7 @@ def test_prometheus_scrapes_a_bot_on_another_host_over_mutual_tls(tmp_path: Path
     ns_bot, ns_prometheus = f"tlsbot{tag}", f"tlsprom{tag}"
     pki = make_pki(tmp_path / "pki", bot_host)
     bot_port, prometheus_port = free_port(), free_port()
-    (tmp_path / "token").write_text(CONTROL_TOKEN)
+    write_secret(tmp_path / "token", CONTROL_TOKEN)
     (tmp_path / "web.yml").write_text(yaml.safe_dump(web_config(pki)))
     config = {
         "database": {"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
@@ -829,6 +830,7 @@ async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path,
 
     def replace(path: Path, content: bytes) -> None:
         (path.parent / f".{path.name}.new").write_bytes(content)
+        (path.parent / f".{path.name}.new").chmod(0o600)
         (path.parent / f".{path.name}.new").replace(path)
 
     try:

@@ -30,6 +30,7 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey | None, cert: x509.Certif
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
         )
+        path.with_suffix(".key").chmod(0o600)  # a private key its owner's alone, or servers refuse it
 
 
 def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:

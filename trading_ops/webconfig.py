@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from trading_ops import secret_files
 from trading_ops.config import ConfigError, TLSClientConfig
 from trading_ops.durations import parse_duration
 
@@ -340,6 +341,11 @@ def _load_server_files(context: ssl.SSLContext, sources: _TLSSources, base: Path
     for name, value in files.items():
         if value and not os.access(_path(value, base), os.R_OK):
             raise WebConfigError(f"{SERVER_TLS}.{name}", f"cannot read {_path(value, base)}")
+    if files["key_file"]:
+        try:  # the server's private key its owner's alone, as PostgreSQL checks its ssl_key_file
+            secret_files.check(key_file, f"{SERVER_TLS}.key_file")
+        except secret_files.LooseSecretFile as exc:
+            raise WebConfigError(exc.key, str(exc)) from None
     try:
         if pem["cert"] or pem["key"]:
             _load_inline_chain(context, pem["cert"], cert_file, pem["key"], key_file)

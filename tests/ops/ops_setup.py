@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler_server import BOT_TOKEN
+from secret_file import write_secret
 
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.config import Config, parse_config
@@ -32,7 +33,7 @@ def ops_config(
     notify_urls: list[str] | None = None,
     **sections: Any,
 ) -> Config:
-    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     targets = {name: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for name, b in (bots or {}).items()}
     data: dict[str, Any] = {
         "database": {"url": db_url},
@@ -40,6 +41,6 @@ def ops_config(
         **sections,
     }
     if notify_urls:
-        (tmp_path / "apprise-urls").write_text("\n".join(notify_urls))
+        write_secret(tmp_path / "apprise-urls", "\n".join(notify_urls))
         data["notifications"] = {"urls_file": str(tmp_path / "apprise-urls")}
     return parse_config(data, base_dir=tmp_path)

@@ -18,6 +18,7 @@ from alertmanager_server import run_alertmanager
 from ops_setup import ops_config
 from ports import free_port
 from prometheus_client import CollectorRegistry
+from secret_file import write_secret
 from server_process import stop
 from smtp_sink import Mailbox, SMTPServer
 from system_binaries import ALERTMANAGER_BIN
@@ -85,7 +86,7 @@ def shipped_email_only(tmp: Path, smtp: SMTPServer) -> Path:
     secrets.mkdir()
     # Without a trailing newline: Alertmanager 0.25 sends the file's bytes as they are (a newline would be part of
     # the password; secrets/README.md says so).
-    (secrets / "smtp-password").write_text(SMTP_PASSWORD)
+    write_secret(secrets / "smtp-password", SMTP_PASSWORD)
     assert config["global"]["smtp_auth_password_file"] == f"{SECRETS_DIR}smtp-password"
     config["global"].update(
         smtp_smarthost=f"{smtp.host}:{smtp.port}",

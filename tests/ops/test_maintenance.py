@@ -17,6 +17,7 @@ from alertmanager_server import Alertmanager
 from ops_setup import Bot, ops_config
 from ports import free_port
 from prometheus_client import CollectorRegistry
+from secret_file import write_secret
 
 from trading_ops.cli import main
 from trading_ops.clients.alertmanager import AlertmanagerClient
@@ -39,7 +40,7 @@ def write_config(tmp_path: Path, config_data: dict[str, Any]) -> str:
 
 
 def cli_config(tmp_path: Path, db_url: str, am_url: str, bots: dict[str, Bot]) -> str:
-    (tmp_path / "bot-token").write_text("bot-token")
+    write_secret(tmp_path / "bot-token", "bot-token")
     targets = {n: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for n, b in bots.items()}
     return write_config(
         tmp_path, {"database": {"url": db_url}, "reconciler": {"alertmanager_url": am_url, "targets": targets}}
@@ -378,7 +379,7 @@ async def test_the_reconciler_acts_on_nothing_a_window_matches(
         "cooldown": 0,
         "steps": [{"action": "bot", "command": "status"}],
     }
-    (tmp_path / "bot-token").write_text("bot-token")
+    write_secret(tmp_path / "bot-token", "bot-token")
     targets = {n: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for n, b in bots.items()}
     config = make_config(
         tmp_path,

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 from reconciler_server import BOT_TOKEN
+from secret_file import write_secret
 
 COMMANDS = {
     "pause",
@@ -79,5 +80,5 @@ class FakeBot:
 
 def bot_targets(bot: FakeBot, tmp_path: Path, *instances: str) -> dict[str, Any]:
     """reconciler.targets mapping these bot instances (default: bot-1) to the fake bot."""
-    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     return {i: {"url": bot.url, "token_file": str(tmp_path / "bot-token")} for i in instances or ("bot-1",)}

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from ports import free_port
 from reconciler_server import BOT_TOKEN, TOKEN, write_playbook
+from secret_file import write_secret
 from server_process import wait_http
 from webhook_payloads import alert, payload
 
@@ -53,8 +54,8 @@ def start_replica(
     folder = tmp_path / name
     folder.mkdir()
     port = free_port()
-    (folder / "webhook-token").write_text(TOKEN)
-    (folder / "bot-token").write_text(BOT_TOKEN)
+    write_secret(folder / "webhook-token", TOKEN)
+    write_secret(folder / "bot-token", BOT_TOKEN)
     section: dict[str, Any] = {
         "listen": {"host": listen_host, "port": port},
         "instance": name,

@@ -21,6 +21,7 @@ from alertmanager_server import Alertmanager
 from fake_bot import FakeBot, bot_targets
 from prometheus_client import CollectorRegistry
 from reconciler_server import BOT_TOKEN, make_config
+from secret_file import write_secret
 
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.clients.alertmanager import AlertmanagerClient
@@ -96,7 +97,7 @@ async def test_the_bot_counts_a_bot_step_as_the_reconcilers(tmp_path: Path, aioh
         venue="paper", token=BOT_TOKEN, registry=CollectorRegistry(), data_dir=tmp_path / "bot", heartbeat_timeout=5
     )
     server = await aiohttp_server(bot.create_app())
-    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     targets = {"bot-1": {"url": str(server.make_url("")).rstrip("/"), "token_file": str(tmp_path / "bot-token")}}
     async with aiohttp.ClientSession() as s:
         result = await run(ctx(tmp_path, s, targets=targets), "bot", {"command": "pause"})
@@ -118,7 +119,7 @@ async def test_a_bot_step_with_instances_acts_on_every_configured_bot_the_query_
     skipping those not in `only_state`; the undoing step resumes only what it changed (`only_reason`)."""
     bots: dict[str, Instrumentation] = {}
     targets: dict[str, Any] = {}
-    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     for name in ("bot-a", "bot-b", "bot-c", "bot-d"):
         (tmp_path / name).mkdir()
         bot = Instrumentation(

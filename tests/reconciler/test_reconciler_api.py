@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from raw_http import NON_ASCII_AUTH, raw_request
 from reconciler_server import AUTH, READ_AUTH, READ_TOKEN, TOKEN, make_config, write_playbook
+from secret_file import write_secret
 from webhook_payloads import alert, payload
 
 from trading_ops.config import ConfigError
@@ -100,7 +101,7 @@ API_TOKENS = {"oncall-read": "read", "ops-operate": "operate", "ops-destructive"
 def api_token_config(tmp_path: Path, db: str) -> Any:
     tokens = []
     for name, scope in API_TOKENS.items():
-        (tmp_path / f"{name}-token").write_text(f"secret-of-{name}\n")
+        write_secret(tmp_path / f"{name}-token", f"secret-of-{name}\n")
         tokens.append({"name": name, "scope": scope, "token_file": str(tmp_path / f"{name}-token")})
     return make_config(tmp_path, db, playbook=str(write_playbook(tmp_path, IDLE_RULES)), api_tokens=tokens)
 

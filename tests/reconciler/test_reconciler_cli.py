@@ -24,6 +24,7 @@ from alertmanager_server import Alertmanager
 from fake_bot import FakeBot, bot_targets
 from ports import free_port
 from reconciler_server import AUTH, READ_AUTH, READ_TOKEN, TOKEN, make_config, write_playbook
+from secret_file import write_secret
 from webhook_payloads import alert, payload, starts
 
 from trading_ops.cli import main
@@ -51,8 +52,8 @@ def restore_logging() -> Iterator[None]:
 
 def config_file(tmp_path: Path, db_url: str, token: bool = True, **reconciler: Any) -> str:
     path = tmp_path / "c.yaml"
-    (tmp_path / "token").write_text(TOKEN)
-    (tmp_path / "read-token").write_text(READ_TOKEN)
+    write_secret(tmp_path / "token", TOKEN)
+    write_secret(tmp_path / "read-token", READ_TOKEN)
     files = {"token_file": str(tmp_path / "token"), "read_token_file": str(tmp_path / "read-token")}
     rc = {**files, **reconciler} if token else reconciler
     path.write_text(yaml.safe_dump({"database": {"url": db_url}, "reconciler": rc}))

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 from reconciler_server import READ_TOKEN, make_config
+from secret_file import write_secret
 from sqlalchemy import func, select, update
 
 from trading_ops.config import Config
@@ -31,7 +32,7 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 def config_of(tmp_path: Path, db_url: str, oncall: str = ONCALL_TOKEN) -> Config:
-    (tmp_path / "oncall-token").write_text(oncall)
+    write_secret(tmp_path / "oncall-token", oncall)
     return make_config(
         tmp_path,
         db_url,

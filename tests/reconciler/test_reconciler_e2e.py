@@ -25,6 +25,7 @@ from fake_bot import FakeBot, bot_targets
 from polling import until_async
 from ports import free_port
 from reconciler_server import AUTH, BOT_TOKEN, TOKEN, make_config, write_playbook
+from secret_file import write_secret
 from server_process import stop, wait_http
 from webhook_payloads import alert, payload
 
@@ -122,8 +123,8 @@ def write_config(
     tmp_path: Path, name: str, db_url: str, rules: list[dict[str, Any]], file: str = "", **rc: Any
 ) -> tuple[Path, int]:
     port = free_port()
-    (tmp_path / "webhook-token").write_text(TOKEN)
-    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    write_secret(tmp_path / "webhook-token", TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     data = {
         "database": {"url": db_url},
         "reconciler": {

@@ -23,6 +23,7 @@ from engine_runs import dead_owner, engine_settled
 from fake_bot import FakeBot, bot_targets
 from polling import until_async
 from reconciler_server import AUTH, READ_AUTH, make_config, write_playbook
+from secret_file import write_secret
 from server_process import stop
 from system_binaries import REPO_ROOT
 from webhook_payloads import alert, payload, starts
@@ -204,8 +205,8 @@ async def test_each_step_goes_with_the_least_scope_and_the_bot_sees_which_token(
     from trading_ops.scopes import DESTRUCTIVE, OPERATE, TokenSet
 
     tokens = TokenSet([("rec-operate", OPERATE, "op-secret"), ("rec-destructive", DESTRUCTIVE, "de-secret")])
-    (tmp_path / "operate-token").write_text("op-secret\n")
-    (tmp_path / "destructive-token").write_text("de-secret\n")
+    write_secret(tmp_path / "operate-token", "op-secret\n")
+    write_secret(tmp_path / "destructive-token", "de-secret\n")
     bots, targets = {}, {}
     for instance, both in (("bot-1", True), ("bot-2", False)):
         (tmp_path / instance).mkdir()

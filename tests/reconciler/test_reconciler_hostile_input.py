@@ -24,6 +24,7 @@ from fake_bot import FakeBot
 from polling import until_async
 from raw_http import chunked_request
 from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, make_config
+from secret_file import write_secret
 from sqlalchemy import func, select
 from webhook_payloads import alert, payload
 
@@ -73,7 +74,7 @@ def config_of(tmp_path: Path, db_url: str, **reconciler: Any) -> Config:
         ("desk", "approve", DESK_TOKEN),
         ("oncall", "destructive", ONCALL_TOKEN),
     ):
-        (tmp_path / f"{name}-token").write_text(value)
+        write_secret(tmp_path / f"{name}-token", value)
         tokens.append({"name": name, "scope": scope, "token_file": str(tmp_path / f"{name}-token")})
     return make_config(tmp_path, db_url, api_tokens=tokens, **reconciler)
 
@@ -324,8 +325,8 @@ def test_config_check_refuses_a_short_console_token_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "a-control-token-long-enough")
-    (tmp_path / "short").write_text("letmein")
-    (tmp_path / "long").write_text(DESK_TOKEN)
+    write_secret(tmp_path / "short", "letmein")
+    write_secret(tmp_path / "long", DESK_TOKEN)
     path = tmp_path / "c.yaml"
     for token_file, expected in (("short", 2), ("long", 0)):
         tokens = [{"name": "desk", "scope": "approve", "token_file": str(tmp_path / token_file)}]
@@ -351,7 +352,7 @@ async def test_a_typed_name_cannot_read_like_another_tokens_attribution(
     fake_bot: FakeBot,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [FLATTEN]}))
     config = config_of(
         tmp_path,
@@ -454,7 +455,7 @@ async def test_the_fleet_draws_every_bot_and_marks_one_answering_nonsense_unknow
     bots = web.Application()
     bots.router.add_post("/{bot}/control/status", status)
     server = await aiohttp_server(bots)
-    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     targets = {b: {"url": str(server.make_url(f"/{b}")), "token_file": str(tmp_path / "bot-token")} for b in answers}
     client = await started(aiohttp_client, config_of(tmp_path, migrated_sqlite, targets=targets))
     sid = await log_in(client, ONCALL_TOKEN)

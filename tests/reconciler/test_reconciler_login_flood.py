@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from polling import until_async
 from reconciler_server import make_config
+from secret_file import write_secret
 
 from trading_ops.config import Config
 from trading_ops.reconciler import keys
@@ -44,7 +45,7 @@ FLOOD_ATTEMPTS = 3000
 
 
 def config_of(tmp_path: Path, db_url: str, **reconciler: Any) -> Config:
-    (tmp_path / "desk-token").write_text(DESK_TOKEN)
+    write_secret(tmp_path / "desk-token", DESK_TOKEN)
     tokens = [{"name": "desk", "scope": "approve", "token_file": str(tmp_path / "desk-token")}]
     return make_config(tmp_path, db_url, api_tokens=tokens, **reconciler)
 

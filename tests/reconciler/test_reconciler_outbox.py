@@ -32,6 +32,7 @@ from alertmanager_server import Alertmanager, start_alertmanager
 from polling import until_async
 from ports import free_port
 from reconciler_server import AUTH, READ_AUTH, TOKEN, make_config, write_playbook
+from secret_file import write_secret
 from server_process import stop, wait_http
 from smtp_sink import SMTPServer, serve_smtp
 from webhook_payloads import alert, payload
@@ -269,7 +270,7 @@ def with_cont(proc: subprocess.Popen[bytes]) -> None:
 
 def write_config(tmp_path: Path, name: str, db_url: str, am_url: str) -> tuple[Path, int]:
     port = free_port()
-    (tmp_path / "webhook-token").write_text(TOKEN)
+    write_secret(tmp_path / "webhook-token", TOKEN)
     data = {
         "database": {"url": db_url},
         "reconciler": {

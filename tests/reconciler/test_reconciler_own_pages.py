@@ -13,6 +13,7 @@ import yaml
 from aiohttp.test_utils import TestClient
 from console_client import count, log_in, page, post_form
 from reconciler_server import make_config, write_playbook
+from secret_file import write_secret
 from system_binaries import REPO_ROOT
 
 from trading_ops.config import Config
@@ -54,7 +55,7 @@ BOTS = [
 def config_of(tmp_path: Path, db_url: str) -> Config:
     tokens = []
     for name, scope, value in (("operator", "operate", OPERATE_TOKEN), ("oncall", "destructive", ONCALL_TOKEN)):
-        (tmp_path / f"{name}-token").write_text(value)
+        write_secret(tmp_path / f"{name}-token", value)
         tokens.append({"name": name, "scope": scope, "token_file": str(tmp_path / f"{name}-token")})
     playbook = write_playbook(tmp_path, [ESCALATING])
     return make_config(tmp_path, db_url, api_tokens=tokens, playbook=str(playbook))

@@ -27,6 +27,7 @@ from pg_cluster import Cluster, alive, own_cluster
 from polling import until_async
 from ports import free_port
 from reconciler_server import AUTH, BOT_TOKEN, TOKEN, write_playbook
+from secret_file import write_secret
 from server_process import stop, wait_http
 from sqlalchemy import func, select
 from webhook_payloads import alert, payload
@@ -62,9 +63,9 @@ def reconciler(
     """A reconciler process on `db_url`, acting on the fake bot for INSTANCES (RULE, with `playbook_rule`'s keys);
     (process, port, log)."""
     port = free_port()
-    (tmp_path / "webhook-token").write_text(TOKEN)
-    (tmp_path / "read-token").write_text("read-token")
-    (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    write_secret(tmp_path / "webhook-token", TOKEN)
+    write_secret(tmp_path / "read-token", "read-token")
+    write_secret(tmp_path / "bot-token", BOT_TOKEN)
     targets = {i: {"url": bot.url, "token_file": str(tmp_path / "bot-token")} for i in INSTANCES}
     data = {
         "database": {"url": db_url},

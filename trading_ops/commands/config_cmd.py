@@ -179,6 +179,7 @@ def checked_services(args: argparse.Namespace, config: Config) -> list[str]:
 
 
 def check_config(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.secret_files import refuse_loose_secrets
     from trading_ops.webconfig import client_ssl_context, server_web_config
 
     services = checked_services(args, config)
@@ -193,6 +194,8 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
     if "reconciler" in services:
         check_playbook(config)
     if not args.no_secrets:
+        # Every secret and private-key file its owner's alone (trading_ops.secret_files), as each service checks.
+        refuse_loose_secrets(config)
         # Every token file read and told apart, as each server does at start (one value per token, names once).
         bot_tokens = resolve_tokens(config, config.bot, "control_token", "control_tokens", "bot")
         resolve_tokens(config, config.freqtrade, "control_token", "control_tokens", "freqtrade")

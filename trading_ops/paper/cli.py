@@ -51,6 +51,9 @@ def register(sub: Any) -> None:
 
 
 def run_paper_bot(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.secret_files import refuse_loose_secrets
+
+    refuse_loose_secrets(config)  # as ssh and PostgreSQL refuse a key others can read: at start, not mid-incident
     import asyncio
 
     from trading_ops.bot.instance_lock import AnotherInstanceRunning

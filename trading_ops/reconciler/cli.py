@@ -164,6 +164,9 @@ def print_playbook_schema(args: argparse.Namespace, config: Config) -> int:
 
 
 def serve(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.secret_files import refuse_loose_secrets
+
+    refuse_loose_secrets(config)  # as ssh and PostgreSQL refuse a key others can read: at start, not mid-incident
     import logging
 
     from aiohttp import web

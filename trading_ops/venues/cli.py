@@ -53,6 +53,9 @@ def register(sub: Any) -> None:
 
 
 def run_gateway(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.secret_files import refuse_loose_secrets
+
+    refuse_loose_secrets(config)  # as ssh and PostgreSQL refuse a key others can read: at start, not mid-incident
     from aiohttp import web
 
     from trading_ops.venues.kraken_gateway import BEARER_ROUTES, create_app, gateway_from_config

@@ -81,6 +81,9 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.secret_files import refuse_loose_secrets
+
+    refuse_loose_secrets(config)  # as ssh and PostgreSQL refuse a key others can read: at start, not mid-incident
     import asyncio
 
     sidecars = build_sidecars(config, args.target)
