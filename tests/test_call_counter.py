@@ -7,6 +7,7 @@ refusal when the estimate was wrong."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -156,8 +157,9 @@ async def test_the_gateway_refuses_past_the_tiers_maximum_with_krakens_error() -
 
 async def test_the_brokers_headroom_moves_with_spending_and_the_venue_never_refuses_it() -> None:
     """The bot's estimate against the gateway's counter, both Kraken's Pro tier: at rest the polls leave most of the
-    counter free; a burst of private calls (a reconciliation storm) takes the headroom under the alert's threshold but
-    never past the maximum (the calls past it are refused by the bot itself, unsent); the venue refuses nothing."""
+    counter free; a burst of private calls (a reconciliation storm) takes the headroom down to the ceiling of ordinary
+    calls and no further (the calls past it are refused by the bot itself, unsent), protective calls take it under the
+    alert's threshold but never past the maximum; the venue refuses nothing."""
     async with running_gateway(partial_fill_probability=0.0) as (gateway, base):
         gateway.call_counter = CounterLimiter("pro")
         budget = CallBudget("pro")
@@ -189,8 +191,16 @@ async def test_the_brokers_headroom_moves_with_spending_and_the_venue_never_refu
                     assert exc.error_class == "rate_limit" and "call budget" in str(exc), exc
                     refused += 1
                 lowest = min(lowest, broker.rate_limit_headroom() or 0.0)
-            assert lowest < HEADROOM_ALERT
+            # Ordinary calls stop at their ceiling, the protective reserve (3 points) left above it ...
+            assert lowest == pytest.approx(1 - budget.ceiling / TIERS["pro"].maximum, abs=0.05)
             assert refused >= 1 and budget.exhausted == refused
+            # ... which protective calls spend: then the headroom is under the alert's threshold.
+            async with broker.protective():
+                for _ in range(3):
+                    with contextlib.suppress(BrokerError):  # the decay meanwhile may leave one more to refuse
+                        await broker.open_orders()
+                    lowest = min(lowest, broker.rate_limit_headroom() or 0.0)
+            assert lowest < HEADROOM_ALERT
             assert gateway.call_counter.refused == 0
             assert gateway.call_counter.level(broker.exchange.apiKey) <= TIERS["pro"].maximum
             await wait_for(lambda: (broker.rate_limit_headroom() or 0) > 0.5, timeout=30)
@@ -206,9 +216,9 @@ async def test_a_wrong_estimate_is_refused_by_the_venue_and_then_believed() -> N
     clock = Clock()
     async with running_gateway() as (gateway, base):
         gateway.call_counter = CounterLimiter("starter", clock)
-        broker = CcxtBroker(
-            kraken(base), SYMBOLS, poll_interval=3600, quote_interval=3600, call_budget=CallBudget("pro")
-        )
+        # Without the protective reserve, ordinary calls go up to Pro's hard ceiling (18), past Starter's maximum (15).
+        budget = CallBudget("pro", reserve=0.0)
+        broker = CcxtBroker(kraken(base), SYMBOLS, poll_interval=3600, quote_interval=3600, call_budget=budget)
         try:
             await broker.connect(Recorder().events())
             with pytest.raises(BrokerError) as info:

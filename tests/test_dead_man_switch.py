@@ -232,9 +232,6 @@ async def test_on_the_starter_tier_reconciliations_and_polls_never_take_the_swit
                 timeout=RECONCILIATIONS * 90,
                 interval=0.5,
             )
-            # A cancel now, the counter as full as ordinary calls may make it: its lookups spend the reserve.
-            await wait_for(lambda: budget.counter.level() > budget.ceiling - 1, timeout=30)
-            assert (await broker.cancel(order.client_order_id)).status is OrderStatus.CANCELED
             refreshes = sample(registry, "tradingbot_dead_man_switch_refreshes_total") or 0
             failures = sample(registry, "tradingbot_dead_man_switch_refresh_failures_total") or 0
             print(
@@ -245,9 +242,14 @@ async def test_on_the_starter_tier_reconciliations_and_polls_never_take_the_swit
             )
             assert storm_refused > 0  # the storm did reach the ceiling of ordinary calls
             assert refreshes >= REFRESHES and failures == 0
+            # The order still rests: the venue's switch never fired on a live bot.
+            assert [o.client_order_id for o in await gateway.venue.open_orders()] == [order.client_order_id]
+            # A cancel now, the counter as full as ordinary calls may make it: its lookups spend the reserve.
+            await wait_for(lambda: budget.counter.level() > budget.ceiling - 1, timeout=30)
+            assert (await broker.cancel(order.client_order_id)).status is OrderStatus.CANCELED
             assert budget.protective_spent >= refreshes and budget.protective_exhausted == 0
             assert gateway.call_counter.refused == 0
-            assert gateway.venue.dead_man_switch_trigger() is not None  # armed all along: it never fired
+            assert gateway.venue.dead_man_switch_trigger() is not None  # armed all along
             assert order.client_order_id not in {o.client_order_id for o in await gateway.venue.open_orders()}
         finally:
             await stop_tasks([storming])
