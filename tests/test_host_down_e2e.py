@@ -117,12 +117,16 @@ class PagerSink:
 
     def __init__(self) -> None:
         self.pages: list[str] = []
+        # When each page (by alert name) last reached the pager (time.monotonic()).
+        self.arrived: dict[str, float] = {}
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                sink.pages.extend(str(a["labels"]["alertname"]) for a in body["alerts"] if a["status"] == "firing")
+                firing = [str(a["labels"]["alertname"]) for a in body["alerts"] if a["status"] == "firing"]
+                sink.pages.extend(firing)
+                sink.arrived.update((name, time.monotonic()) for name in firing)
                 self.send_response(200)
                 self.end_headers()
 
@@ -300,8 +304,10 @@ def test_a_killed_bot_host_has_its_orders_cancelled_at_the_venue_one_page_and_an
             )
             orders_gone = time.monotonic() - killed
             # Measured at the pager (a receiver of the test's own), not at what Alertmanager holds.
+            until("the host-down page at the pager", lambda: "TradingBotHostDown" in pager.pages, deadline=60)
+            host_paged = pager.arrived["TradingBotHostDown"] - killed
             until("the exposure page at the pager", lambda: "TradingOpsBotHostDown" in pager.pages, deadline=60)
-            paged = time.monotonic() - killed
+            paged = pager.arrived["TradingOpsBotHostDown"] - killed
             page = stack.paged("TradingOpsBotHostDown")
             assert f"exposure: BTC-USD {HELD_BTC:g}" in page[0]["annotations"]["description"], page
             (episode,) = stack.episodes("TradingBotHostDown")
@@ -382,7 +388,8 @@ def test_a_killed_bot_host_has_its_orders_cancelled_at_the_venue_one_page_and_an
                 ),
                 deadline=90,
             )
-            paged_again = time.monotonic() - killed_again
+            host_paged_again = pager.arrived["TradingBotHostDown"] - killed_again
+            paged_again = pager.arrived["TradingOpsBotHostDown"] - killed_again
 
             def both_ended() -> bool:
                 episodes = stack.episodes("TradingBotHostDown")
@@ -395,10 +402,12 @@ def test_a_killed_bot_host_has_its_orders_cancelled_at_the_venue_one_page_and_an
                 json.dumps(
                     {
                         "host_killed_to_orders_cancelled_seconds": round(orders_gone, 1),
+                        "host_killed_to_host_down_page_seconds": round(host_paged, 1),
                         "host_killed_to_page_seconds": round(paged, 1),
                         "approved_to_flat_seconds": round(flattened, 1),
                         "host_back_to_trading_seconds": round(back, 1),
-                        "killed_again_to_pages_seconds": round(paged_again, 1),
+                        "killed_again_to_host_down_page_seconds": round(host_paged_again, 1),
+                        "killed_again_to_exposure_page_seconds": round(paged_again, 1),
                         "switch_timeout_seconds": SWITCH["timeout_seconds"],
                         "profile": "fast",
                     }
