@@ -568,7 +568,9 @@ async def test_a_breached_loss_limit_holds_across_every_restart(tmp_path: Path) 
     try:
         await wait_for(lambda: sum(abs(bot.book.notional(s)) for s in config.paper.symbols) > 500, timeout=30)
         assert venue.adding_risk(0), "the demo strategy sent no order: nothing here would be tested"
-        status, body = await control(bot.port, "loss_spike")  # type: ignore[attr-defined]
+        # Four times the limit: the prices walk on after the gap, and the day's loss must stay past the limit once
+        # the flatten has realized it (a loss back under the limit may trade again, rightly).
+        status, body = await control(bot.port, "loss_spike", {"amount": 160})  # type: ignore[attr-defined]
         assert status == 200, body
         await wait_for(lambda: bot.inst.state.state.value == "halted", timeout=10)
         spiked = len(venue.requests)
@@ -576,6 +578,7 @@ async def test_a_breached_loss_limit_holds_across_every_restart(tmp_path: Path) 
         assert any(bot.book.position(s) for s in config.paper.symbols)  # it still holds what it lost on
         assert (await control(bot.port, "flatten"))[0] == 200  # type: ignore[attr-defined]
         await wait_for(lambda: not any(bot.book.position(s) for s in config.paper.symbols), timeout=20)
+        assert -bot.book.realized_today >= 40, bot.book.realized_today  # realized, and still past the limit
         bot = await restarted(bot, "after the flatten")
         assert (await control(bot.port, "clear_halt"))[0] == 200  # type: ignore[attr-defined]
         bot = await restarted(bot, "after clear_halt")

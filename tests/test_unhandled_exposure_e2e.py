@@ -126,10 +126,18 @@ def test_a_breached_loss_limit_holds_across_restarts_and_an_unhandled_position_i
         assert stack.alertmanager_alerts("TradingBotDailyLossBreached")
         asked, unhandled_seconds = asked_and_approved(stack, ("unhandled-exposure-flatten",), held)
         (episode,) = settled(stack, known, "TradingBotUnhandledExposure")
-        assert episode["state"] == "recovered" and episode["rule"] == "unhandled-exposure-flatten", episode
+        # Its steps ran; the flatten cures the alert's own condition, so the alert may resolve (closing the episode
+        # "resolved") before the verification says "recovered": either way the position is gone.
+        steps = [(s["description"], s["outcome"]) for a in episode["attempts"] for s in a["steps"]]
+        assert episode["rule"] == "unhandled-exposure-flatten" and episode["state"] in ("recovered", "resolved"), (
+            episode["state"],
+            episode.get("detail"),
+            steps,
+        )
+        assert steps[:2] == [("bot command=cancel_all", "success"), ("bot command=flatten", "success")], steps
         assert episode["labels"]["instance"] == stack.instance
         assert not new_episodes(stack, known, "TradingBotDailyLossBreached")  # not the loss alert's resend
-        assert flat(stack)
+        until("flat", lambda: flat(stack), deadline=60)
 
         # A restart: the bot comes back halted and sends nothing; a position that appears then is asked about too
         # (by whichever alert fires first for it: the loss alert fires anew after the bot's restart).
