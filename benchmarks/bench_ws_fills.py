@@ -4,7 +4,9 @@ The gateway (`KrakenGateway`, its own process: its work is not on the clients' e
 placed over REST by one key every 0.2-0.6 s (jittered, so a fill lands anywhere in a poll's cycle). Two more keys of
 the same account watch for the fills:
 - streamed: ccxt.pro's stock kraken client, `watch_my_trades` on the gateway's private WebSocket v2;
-- polled: ccxt's REST client calling `fetch_my_trades` every `--poll-interval` seconds (CcxtBroker's default poll).
+- polled: ccxt's REST client calling `fetch_my_trades` every `--poll-interval` seconds (CcxtBroker's default poll);
+- and as a bot sees them (its broker's on_fill): StreamingCcxtBroker (fills streamed, polls at the same interval)
+  against CcxtBroker (polls only).
 Each fill's latency is the time a watcher first saw its trade id minus the venue's execution time (one machine, one
 clock). Goal (DESIGN): streamed p50 <= 100 ms and >= 5x better than polled.
 """
@@ -28,16 +30,19 @@ from typing import Any
 
 import ccxt.async_support as ccxt
 import ccxt.pro as ccxtpro
+from prometheus_client import CollectorRegistry
 
-from trading_ops.venues.ccxt import POLL_INTERVAL_SECONDS
+from trading_ops.bot.broker import BrokerEvents, VenueFill
+from trading_ops.venues.ccxt import POLL_INTERVAL_SECONDS, CcxtBroker
 from trading_ops.venues.kraken_ws.server import PRIVATE_PATH, PUBLIC_PATH
+from trading_ops.venues.streams.broker import StreamingCcxtBroker
 
 NEVER = 3600.0
 STARTUP_SECONDS = 60.0
 GOAL_P50_MS = 100.0
 GOAL_RATIO = 5.0
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ("bench-placer", "bench-stream", "bench-poll")
+KEYS = ("bench-placer", "bench-stream", "bench-poll", "bench-broker-stream", "bench-broker-poll")
 
 
 def free_port() -> int:
@@ -100,6 +105,33 @@ async def poll(ex: ccxt.kraken, interval: float, seen: dict[str, float], stop: a
     return calls
 
 
+async def connected_bots(
+    base: str, keys: dict[str, str], interval: float, by_bot: dict[str, dict[str, float]]
+) -> list[CcxtBroker]:
+    """The two bots' brokers, connected: each records when its on_fill first told it of a trade."""
+
+    def recorder(seen: dict[str, float]) -> BrokerEvents:
+        async def on_fill(fill: VenueFill) -> None:
+            seen.setdefault(fill.trade_id, time.time())
+
+        return BrokerEvents(on_fill=on_fill)
+
+    def exchange(key: str) -> ccxt.kraken:
+        return ccxt.kraken({"apiKey": key, "secret": keys[key], "enableRateLimit": False, "urls": {"api": urls(base)}})
+
+    streaming = StreamingCcxtBroker(
+        exchange(KEYS[3]),
+        ["ETH-USD"],
+        private_url=urls(base)["ws"]["privateV2"],
+        registry=CollectorRegistry(),
+        poll_interval=interval,
+    )
+    polling = CcxtBroker(exchange(KEYS[4]), ["ETH-USD"], poll_interval=interval)
+    await streaming.connect(recorder(by_bot["streaming_broker"]))
+    await polling.connect(recorder(by_bot["polling_broker"]))
+    return [streaming, polling]
+
+
 async def run(base: str, keys: dict[str, str], fills: int, interval: float) -> dict[str, Any]:
     def client(cls: Any, key: str) -> Any:
         return cls({"apiKey": key, "secret": keys[key], "enableRateLimit": False, "urls": {"api": urls(base)}})
@@ -118,6 +150,8 @@ async def run(base: str, keys: dict[str, str], fills: int, interval: float) -> d
     streamed: dict[str, float] = {}
     polled: dict[str, float] = {}
     execs: dict[str, float] = {}
+    by_bot: dict[str, dict[str, float]] = {"streaming_broker": {}, "polling_broker": {}}
+    brokers = await connected_bots(base, keys, interval, by_bot)
     stop = asyncio.Event()
     try:
         watching = asyncio.create_task(stream(streamer, streamed, execs, stop))
@@ -130,12 +164,15 @@ async def run(base: str, keys: dict[str, str], fills: int, interval: float) -> d
             placed.append(order["id"])
             await asyncio.sleep(rng.uniform(0.2, 0.6))
         end = time.monotonic() + 30
-        while time.monotonic() < end and (len(streamed) < fills or len(polled) < fills):
+        while time.monotonic() < end and min(map(len, (streamed, polled, *by_bot.values()))) < fills:
             await asyncio.sleep(0.1)
         stop.set()
         calls = await polling
         watching.cancel()
     finally:
+        for broker in brokers:
+            await broker.close()
+            await broker.exchange.close()
         await placer.close()
         await poller.close()
         await streamer.close()
@@ -143,6 +180,8 @@ async def run(base: str, keys: dict[str, str], fills: int, interval: float) -> d
     stream_lat = [streamed[t] - execs[t] for t in common]
     poll_lat = [polled[t] - execs[t] for t in common]
     s, p = summary(stream_lat), summary(poll_lat)
+    bots = {name: summary([seen[t] - execs[t] for t in execs if t in seen]) for name, seen in by_bot.items()}
+    bs, bp = bots["streaming_broker"], bots["polling_broker"]
     return {
         "orders": len(placed),
         "fills_streamed": len(streamed),
@@ -150,8 +189,12 @@ async def run(base: str, keys: dict[str, str], fills: int, interval: float) -> d
         "streamed": s,
         "polled": {**p, "interval_seconds": interval, "rest_calls": calls},
         "polled_over_streamed_p50": round(p["p50_ms"] / s["p50_ms"], 1) if s["p50_ms"] else None,
+        "bot_streaming_broker": bs,
+        "bot_polling_broker": bp,
+        "bot_polled_over_streamed_p50": round(bp["p50_ms"] / bs["p50_ms"], 1) if bs["p50_ms"] else None,
         "goal": f"streamed p50 <= {GOAL_P50_MS:g} ms and >= {GOAL_RATIO:g}x better than polled",
         "goal_met": s["p50_ms"] <= GOAL_P50_MS and p["p50_ms"] >= GOAL_RATIO * s["p50_ms"],
+        "goal_met_by_the_bot": bs["p50_ms"] <= GOAL_P50_MS and bp["p50_ms"] >= GOAL_RATIO * bs["p50_ms"],
     }
 
 

@@ -410,7 +410,13 @@ def create_app(gateway: KrakenGateway) -> web.Application:
     app.router.add_post("/chaos/{fault}", gateway.handle_chaos)
     app.cleanup_ctx.append(_run_venue)
     app.on_shutdown.append(_release_held_answers)
+    app.on_shutdown.append(_close_websockets)
     return app
+
+
+async def _close_websockets(app: web.Application) -> None:
+    """A shutdown closes every WebSocket (1001, going away) rather than waiting for its clients to leave."""
+    await app[GATEWAY].websocket.stop()
 
 
 async def _release_held_answers(app: web.Application) -> None:
