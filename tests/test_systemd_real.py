@@ -628,7 +628,10 @@ def test_the_template_unit_runs_the_example_ccxt_bot_sandboxed_and_ready(
             "listen": {"host": "127.0.0.1", "port": port},
             "control_token_file": "/etc/trading-ops/control-token",
             "data_dir": state,
+            # A busy machine (the gateway a process beside it): quotes and a stop given time; none of it is tested.
+            "market_data_stale_seconds": 30,
         },
+        "recovery": {"shutdown_deadline_seconds": 20},
         "ccxt": {
             "exchange": "kraken",
             "api_key_file": f"/etc/trading-ops/bots/{CCXT_BOT}-api-key",
@@ -652,7 +655,7 @@ def test_the_template_unit_runs_the_example_ccxt_bot_sandboxed_and_ready(
         shown = machine.show(unit, "ActiveState", "Type", "StatusText", "MainPID")
         assert shown["ActiveState"] == "active" and shown["Type"] == "notify", shown
         assert shown["StatusText"].startswith("trading BTC-USD"), shown
-        assert answers(f"http://127.0.0.1:{port}/readyz")
+        until("the bot ready", lambda: answers(f"http://127.0.0.1:{port}/readyz"), 60)
         owned = machine.run("stat", "-c", "%a %U", state).stdout.strip()
         assert owned == f"750 {USER}", owned
         assert machine.run("test", "-e", f"{state}/trading-ops.db", check=False).returncode == 0
