@@ -574,6 +574,9 @@ def test_the_reconciler_unit_is_never_active_while_its_database_does_not_answer(
     assert machine.show(RECONCILER, "ActiveState")["ActiveState"] == "active"
     assert answers(f"http://127.0.0.1:{deployment.ports.reconciler}/readyz")
     assert "reconciler listening" in deployment.journal_since(cursor, RECONCILER)
+    # Stopped again: a reconciler left running would act on the faults of the tests after this one (and its
+    # cooldowns would hold back the episodes of the end-to-end tests, which start it themselves).
+    machine.systemctl("stop", RECONCILER)
 
 
 # ---- the template unit: any bot script on the runtime -------------------------------------------------------------
@@ -638,6 +641,9 @@ def test_the_template_unit_runs_the_example_ccxt_bot_sandboxed_and_ready(
             "api_secret_file": f"/etc/trading-ops/bots/{CCXT_BOT}-api-secret",
             "urls": {"public": paper_gateway, "private": paper_gateway},
             "symbols": ["BTC-USD"],
+            # ccxt's own throttle spaces Kraken calls seconds apart (the real venue's pace): a start and a stop here
+            # would take minutes. The gateway keeps no call counter either (tests/test_ccxt_bot.py does the same).
+            "enable_rate_limit": False,
             "kraken_tier": "off",
         },
     }
