@@ -45,7 +45,7 @@ def documented_configs() -> list[tuple[str, dict[str, Any]]]:
     """The committed configuration files, the YAML blocks of the docs, and the YAML strings of the tests that the
     loader accepts: every configuration a reader or a test uses."""
     found: list[tuple[str, dict[str, Any]]] = []
-    for name in ("trading-ops.example.yaml", "trading-ops.docker.yaml"):
+    for name in ("trading-ops.example.yaml", "trading-ops.docker.yaml", "trading-ops.systemd.yaml"):
         data = yaml.safe_load((ROOT / name).read_text(encoding="utf-8"))
         found.append((name, data))
     for page in sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")]):

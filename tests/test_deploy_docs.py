@@ -5,9 +5,12 @@ ports are the machine's, never this host's), then the health the page promises c
 What the machine provides instead of the network, and only that: the root is built (once, cached) with the packages
 the page's `apt-get install` names, so its apt lines are not run; the repository the page clones is this checkout,
 copied to /opt/trading-ops/src; pip installs from the cached wheelhouse (PIP_NO_INDEX, PIP_FIND_LINKS), the page's
-pip command as it is. Everything else (the user, the modes, PostgreSQL, `config check`, `db upgrade`, `config render`,
-the units, `systemctl enable --now`, the health checks) runs as the page has it: a doc change that breaks a step
-fails here. Needs root, debootstrap and systemd-nspawn (systemd-container)."""
+pip command as it is. Two traces of the machine's making are undone: the root's PostgreSQL cluster was created
+beside this host's server and took port 5433 (a fresh host's is 5432), and Alertmanager's gossip needs a private
+address, which a machine with loopback only lacks (`--cluster.listen-address=` turns it off). Everything else (the
+user, the modes, PostgreSQL, `config check`, `db upgrade`, `config render`, the units, `systemctl enable --now`, the
+health checks) runs as the page has it: a doc change that breaks a step fails here. Needs root, debootstrap and
+systemd-nspawn (systemd-container)."""
 
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ PROVIDED = (
 # polkitd answers for systemd with logind (libpam-systemd), as in tests/nspawn_machine.py's root.
 EXTRA_PACKAGES = ("libpam-systemd",)
 SCRIPT_TIMEOUT_SECONDS = 900.0
+# Alertmanager without its gossip (see the module's docstring).
+ALERTMANAGER_ARGS = 'ARGS="--cluster.listen-address="\n'
 UNITS = ("trading-ops-paper-bot", "trading-ops-reconciler", "prometheus", "prometheus-alertmanager")
 
 
@@ -130,6 +135,9 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
             source,
             ignore=shutil.ignore_patterns(".git", ".venv", "var", "build", "dist", "site", "*.egg-info", "__pycache__"),
         )
+        for conf in (merged / "etc" / "postgresql").glob("*/main/postgresql.conf"):
+            conf.write_text(re.sub(r"(?m)^port = \d+", "port = 5432", conf.read_text()))
+        (merged / "etc" / "default" / "prometheus-alertmanager").write_text(ALERTMANAGER_ARGS)
         booted = Machine(merged, tmp / "console.log", ["--private-network", f"--bind-ro={wheels}:/wheels"])
         booted.boot()
         yield booted
@@ -145,7 +153,9 @@ def test_the_systemd_page_deploys_a_healthy_host_as_written(machine: Machine) ->
     commands = script(page_blocks(PAGE.read_text()))
     env = ["env", "PIP_NO_INDEX=1", "PIP_FIND_LINKS=/wheels", "PIP_DISABLE_PIP_VERSION_CHECK=1"]
     ran = machine.run(*env, "bash", "-c", commands, check=False, timeout=SCRIPT_TIMEOUT_SECONDS)
-    assert ran.returncode == 0, f"the page's commands failed: {ran.stderr[-3000:]}"
+    if ran.returncode != 0:
+        journal = machine.run("journalctl", "--no-pager", "-p", "warning", "-n", "40", check=False).stdout
+        pytest.fail(f"the page's commands failed: {ran.stderr[-2500:]}\n--- the journal's warnings ---\n{journal}")
     for unit in UNITS:
         assert machine.run("systemctl", "is-active", unit, check=False).stdout.strip() == "active", unit
     # The modes the page sets: secrets readable by the units' group only, state the units' user's.

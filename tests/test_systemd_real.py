@@ -575,6 +575,9 @@ def test_the_reconciler_unit_is_never_active_while_its_database_does_not_answer(
     assert machine.show(RECONCILER, "ActiveState")["ActiveState"] == "active"
     assert answers(f"http://127.0.0.1:{deployment.ports.reconciler}/readyz")
     assert "reconciler listening" in deployment.journal_since(cursor, RECONCILER)
+    # Stopped again: a reconciler left running would act on the faults of the tests after this one (and its
+    # cooldowns would hold back the episodes of the end-to-end tests, which start it themselves).
+    machine.systemctl("stop", RECONCILER)
 
 
 # ---- the template unit: any bot script on the runtime -------------------------------------------------------------
@@ -629,13 +632,19 @@ def test_the_template_unit_runs_the_example_ccxt_bot_sandboxed_and_ready(
             "listen": {"host": "127.0.0.1", "port": port},
             "control_token_file": "/etc/trading-ops/control-token",
             "data_dir": state,
+            # A busy machine (the gateway a process beside it): quotes and a stop given time; none of it is tested.
+            "market_data_stale_seconds": 30,
         },
+        "recovery": {"shutdown_deadline_seconds": 20},
         "ccxt": {
             "exchange": "kraken",
             "api_key_file": f"/etc/trading-ops/bots/{CCXT_BOT}-api-key",
             "api_secret_file": f"/etc/trading-ops/bots/{CCXT_BOT}-api-secret",
             "urls": {"public": paper_gateway, "private": paper_gateway},
             "symbols": ["BTC-USD"],
+            # ccxt's own throttle spaces Kraken calls seconds apart (the real venue's pace): a start and a stop here
+            # would take minutes. The gateway keeps no call counter either (tests/test_ccxt_bot.py does the same).
+            "enable_rate_limit": False,
             "kraken_tier": "off",
         },
     }
@@ -653,7 +662,7 @@ def test_the_template_unit_runs_the_example_ccxt_bot_sandboxed_and_ready(
         shown = machine.show(unit, "ActiveState", "Type", "StatusText", "MainPID")
         assert shown["ActiveState"] == "active" and shown["Type"] == "notify", shown
         assert shown["StatusText"].startswith("trading BTC-USD"), shown
-        assert answers(f"http://127.0.0.1:{port}/readyz")
+        until("the bot ready", lambda: answers(f"http://127.0.0.1:{port}/readyz"), 60)
         owned = machine.run("stat", "-c", "%a %U", state).stdout.strip()
         assert owned == f"750 {USER}", owned
         assert machine.run("test", "-e", f"{state}/trading-ops.db", check=False).returncode == 0

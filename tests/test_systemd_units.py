@@ -101,7 +101,8 @@ def test_any_bot_but_the_shipped_kinds_runs_in_an_instance_of_the_template() -> 
     assert service["ExecStart"] == [
         "/opt/trading-ops/.venv/bin/python /opt/trading-ops/bots/%i.py /etc/trading-ops/bots/%i.yaml"
     ]
-    assert service["StateDirectory"][-1].split()[-1] == "trading-ops/bots/%i"
+    # Its own state directory only (each StateDirectory= is writable: not the paper bot's, not the other bots').
+    assert service["StateDirectory"] == ["trading-ops/bots/%i"]
 
 
 def test_the_template_rates_ok_as_an_instance_too(tmp_path: Path) -> None:
