@@ -72,8 +72,10 @@ class Fleet:
         secrets.mkdir(mode=0o700)
         self.token = os.urandom(TOKEN_BYTES).hex()
         (secrets / "control-token").write_text(self.token)
+        (secrets / "control-token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
         for name in ("reconciler-token", "reconciler-read-token"):
             (secrets / name).write_text(os.urandom(TOKEN_BYTES).hex())
+            (secrets / name).chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
         config = {
             "database": {"url": f"sqlite:///{root / 'trading-ops.db'}"},
             "bot": {"data_dir": str(root / "bots"), "control_token_file": str(secrets / "control-token")},

@@ -215,6 +215,7 @@ def start_reconciler(tmp: Path, db_url: str, synchronous: str = "FULL") -> tuple
     migrate.upgrade(db_url)
     port = free_port()
     (tmp / "token").write_text(TOKEN)
+    (tmp / "token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
     playbook = tmp / "playbook.yml"
     # Intake only: the rule waits, so no step competes with the writer during the measurement.
     playbook.write_text(

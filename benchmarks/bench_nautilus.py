@@ -175,6 +175,7 @@ def main() -> None:
         node = None
         try:
             (Path(tmp) / "token").write_text("bench")
+            (Path(tmp) / "token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
             # Nautilus logs to stdout: only its errors, so the JSON stays readable.
             node = start_node(gateway.url, Path(tmp) / "token", port=free_port(), log_level="ERROR")
             deadline = time.monotonic() + 30

@@ -177,6 +177,7 @@ def write_config(tmp: Path, db: str, port: int, am_port: int, args: argparse.Nam
     """The reconciler's token, its playbook (one rule whose only step fails, so every alert owes a page) and its
     configuration in `tmp`; returns the configuration's path."""
     (tmp / "token").write_text(TOKEN)
+    (tmp / "token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
     playbook = {
         "version": 1,
         "rules": [

@@ -103,9 +103,12 @@ class Stack:
         secrets.mkdir(mode=0o700)
         self.token = os.urandom(TOKEN_BYTES).hex()
         (secrets / "control-token").write_text(self.token)
+        (secrets / "control-token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
         (secrets / "reconciler-token").write_text(os.urandom(TOKEN_BYTES).hex())
+        (secrets / "reconciler-token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
         self.read_token = os.urandom(TOKEN_BYTES).hex()
         (secrets / "reconciler-read-token").write_text(self.read_token)
+        (secrets / "reconciler-read-token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
         playbook_source = importlib.resources.files("trading_ops.reconciler") / "playbooks" / "default.yml"
         playbook = yaml.safe_load(playbook_source.read_text(encoding="utf-8"))
         for rule in [playbook.setdefault("defaults", {}), *playbook.get("rules", [])]:

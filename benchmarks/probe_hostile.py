@@ -807,6 +807,7 @@ async def start_stack(root: Path, database_url: str, procs: dict[str, subprocess
     tokens = {name: uuid.uuid4().hex for name in ("control", "webhook", "read")}
     for name, value in tokens.items():
         (root / f"{name}-token").write_text(value)
+        (root / f"{name}-token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
     bot_port, reconciler_port, prometheus_port, alertmanager_port = (free_port() for _ in range(4))
     prometheus_url, alertmanager_url = f"http://127.0.0.1:{prometheus_port}", f"http://127.0.0.1:{alertmanager_port}"
     (root / "playbook.yml").write_text(yaml.safe_dump(probe_playbook(allowed.hostport)))

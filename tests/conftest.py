@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,11 @@ pytest.register_assert_rewrite(*HELPER_MODULES)
 import deployment_prebuild  # noqa: E402 (a helper: registered above)
 from rewrite_ahead import rewrite_ahead  # noqa: E402
 from shared_postgres import new_database  # noqa: E402
+
+# The secret files' mode check (trading_ops/secret_files.py) has tests of its own (tests/test_secret_files.py, which
+# clears this), and the deployments under real systemd meet it for real (a unit does not inherit this environment).
+# Everywhere else the suite writes its secrets as its fixtures please: the servers it starts take them as mounted.
+os.environ.setdefault("TRADING_OPS_SECRETS_MOUNTED", "1")
 
 # Hypothesis's tests prove properties of what the code returns, never how fast: its default 200 ms deadline per example
 # (and the too_slow health check on generating them) fail a correct test on a machine busy with something else, as a

@@ -28,6 +28,7 @@ def commands_counted(bot: PaperBot, command: str) -> float:
 
 def drill_config(tmp_path: Path, port: int, token: str = TOKEN, kind: str = "paper") -> Path:
     (tmp_path / "bot-token").write_text(token)
+    (tmp_path / "bot-token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
     bot = {
         "name": "paper-1",
         "kind": kind,

@@ -622,7 +622,9 @@ def test_the_template_unit_runs_the_example_ccxt_bot_sandboxed_and_ready(
     (root / "opt/trading-ops/bots").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO_ROOT / "examples" / "ccxt_bot.py", root / "opt/trading-ops/bots" / f"{CCXT_BOT}.py")
     (bots / f"{CCXT_BOT}-api-key").write_text(GATEWAY_KEY)
+    (bots / f"{CCXT_BOT}-api-key").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
     (bots / f"{CCXT_BOT}-api-secret").write_text(GATEWAY_SECRET)
+    (bots / f"{CCXT_BOT}-api-secret").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
     settings = {
         "database": {"url": f"sqlite:///{state}/trading-ops.db"},
         "bot": {

@@ -386,6 +386,7 @@ async def test_a_restart_leaves_a_bot_that_is_starting_alone(tmp_path: Path, aio
     bot.metrics.phase("starting")
     server = await aiohttp_server(bot.create_app())
     (tmp_path / "bot-token").write_text(BOT_TOKEN)
+    (tmp_path / "bot-token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
     targets = {
         "bot-1": {
             "url": str(server.make_url("")).rstrip("/"),
