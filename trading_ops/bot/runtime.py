@@ -31,6 +31,7 @@ from trading_ops.bot.journal import Journal
 from trading_ops.bot.journal_health import JournalHealth
 from trading_ops.bot.kill_switch import KillSwitch
 from trading_ops.bot.orders import OrderEngine
+from trading_ops.bot.ramp import Ramp
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
@@ -242,7 +243,17 @@ class BotRuntime:
         limits = risk_limits(config) if limits is None else limits
         if not limits.daily_loss:
             log.warning("bot %s trades without a daily loss limit: set bot.risk.daily_loss_limit", bot.name)
-        self.risk = RiskEngine(limits, self.inst.state, self.metrics, on_halt=self._halted_by_risk)
+        # The ramp's current stage narrows bot.risk; a loss-limit breach falls back a stage, at once.
+        self.ramp = Ramp(bot.ramp.stages, self.data_dir, self.metrics)
+        self.base_limits = limits
+        self.risk = RiskEngine(
+            self.ramp.limits(limits),
+            self.inst.state,
+            self.metrics,
+            on_halt=self._halted_by_risk,
+            on_loss_limit=self.ramp.demote,
+        )
+        self.ramp.on_change = lambda: self.risk.set_limits(self.ramp.limits(self.base_limits))
         self.gate = OrderGate(
             self.inst.state, self.metrics, self.risk, self.market_data_stale, self.instance_lock.problem
         )
