@@ -121,6 +121,9 @@ async def test_a_loss_limit_breach_demotes_a_stage_at_once_and_the_stage_survive
         last = bot.ramp.history[-1]
         assert (last["from"], last["to"], last["by"]) == ("bigger", "small", "risk")
         assert last["why"].startswith("risk limit daily_loss")
+        _, body = await control(bot.port, "status")  # type: ignore[attr-defined]
+        assert body["ramp"]["name"] == "small" and body["ramp"]["history"][-1]["by"] == "risk", body["ramp"]
+        assert body["risk_limits"]["position_notional"] == 1000 and body["risk_limits"]["symbols"] == 1
         # The price comes back; once an operator clears the halt, adding to the 2000 position is refused by stage 1's
         # position limit (stage 2 allowed it).
         await bot.broker.gap_price(SYMBOL, 0.0526)  # type: ignore[attr-defined]

@@ -945,6 +945,8 @@ class BotRuntime:
             "unrealized_pnl": str(self.book.unrealized_pnl().quantize(CENT)),
             "connected": {ch.value: self.broker.is_connected(ch) for ch in Channel},
             "risk_limits": {name: self.risk.limits.value(name) for name in LIMITS if self.risk.limits.value(name)},
+            # The ramp's current stage and its latest changes (with why and by whom); null without stages.
+            "ramp": self.ramp.status() if self.ramp.stages else None,
             # Whether it may send an order that adds risk now, and if not, every reason why (a halted bot, or one
             # resumed with the day's loss still past its limit, reads false).
             "trading_allowed": not self.trading_blocked(),
