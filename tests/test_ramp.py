@@ -14,9 +14,11 @@ from paper_helpers import TOKEN, IdleStrategy, control, fast_config, placed, sub
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import OrderType, Side
+from trading_ops.bot.live_gate import live_start_problem, write_record
+from trading_ops.bot.main import run
 from trading_ops.bot.ramp import STATE_FILE, PromotionRefused
 from trading_ops.config import READINESS_CRITERIA, ConfigError, parse_config
-from trading_ops.paper.bot import PaperBot
+from trading_ops.paper.bot import PaperBot, make_venue
 from trading_ops.readiness.criteria import CRITERIA
 
 SYMBOL, OTHER = "BTC-USD", "ETH-USD"
@@ -212,3 +214,47 @@ def test_a_window_longer_than_the_retention_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"bot.ramp.stages\[0\].window: 5d is longer than Prometheus's retention"):
         parse_config({"bot": {"ramp": {"stages": stages}}, "readiness": {"prometheus_retention": "2d"}})
     parse_config({"bot": {"ramp": {"stages": stages}}, "readiness": {"prometheus_retention": "15d"}})
+
+
+def live_config(tmp_path: Path) -> Any:
+    """The paper bot's configuration with the venue switched: a live venue, the same ramp."""
+    config = fast_config(tmp_path)
+    config.bot.ramp = parse_config({"bot": {"ramp": {"stages": STAGES}}}).bot.ramp
+    config.bot.venue = "kraken"
+    config.bot.control_token = TOKEN
+    return config
+
+
+def test_a_live_start_without_a_passing_paper_verdict_refuses_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = live_config(tmp_path)
+    assert run(IdleStrategy(), make_venue, config) == 2  # type: ignore[arg-type]
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "config: bot.venue: paper-1 would trade live on kraken with no paper readiness verdict recorded" in err
+    # Nothing started: no journal database, no ramp state.
+    assert not (Path(config.bot.data_dir) / STATE_FILE).exists()
+    # A recorded verdict that is not `ready` refuses too, naming it; `ready`, or a person's approval, lets it start.
+    write_record(config.bot.data_dir, "paper-1", {"verdict": "unknown"})
+    with pytest.raises(ConfigError, match="its recorded verdict is unknown"):
+        PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    write_record(config.bot.data_dir, "paper-1", {"verdict": "unknown", "approved_by": "carol", "reason": "ok"})
+    assert live_start_problem(config) is None
+    write_record(config.bot.data_dir, "paper-1", {"verdict": "ready"})
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    bot.instance_lock.release()
+    bot.engine.dispose()
+
+
+def test_a_paper_start_or_a_bot_without_a_ramp_needs_no_verdict(tmp_path: Path) -> None:
+    config = live_config(tmp_path)
+    config.bot.venue = "paper"
+    assert live_start_problem(config) is None
+    config.bot.venue = "kraken"
+    config.bot.ramp.stages = []
+    assert live_start_problem(config) is None
+    config.bot.ramp = parse_config(
+        {"bot": {"ramp": {"stages": STAGES, "require_readiness_to_go_live": False}}}
+    ).bot.ramp
+    assert live_start_problem(config) is None

@@ -199,6 +199,41 @@ def test_a_text_verdict_names_the_failing_criteria_with_value_and_threshold(
     assert re.search(r"FAIL\s+order_success\s+90%\s+>= 95%", out), out
 
 
+def live(config_path: Path, bot: str) -> Any:
+    """The configuration of `config_path` as the live bot `bot` reads it: the venue switched, a ramp configured."""
+    data = yaml.safe_load(config_path.read_text())
+    stages = [{"name": "small", "max_position_notional": 5, "daily_loss_limit": 2}]
+    data["bot"] = {
+        "name": bot,
+        "venue": "kraken",
+        "data_dir": str(config_path.parent / "var"),
+        "ramp": {"stages": stages},
+    }
+    return parse_config(data)
+
+
+def test_a_live_start_needs_a_recorded_ready_verdict_or_a_persons_approval(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trading_ops.bot.live_gate import live_start_problem
+
+    config = write_config(tmp_path, stack)
+    assert "with no paper readiness verdict recorded" in (live_start_problem(live(config, "ready")) or "")
+    assert main(["--config", str(config), "readiness", "ready", "order-success", "--record"]) == 1
+    assert "ready: recorded ready in " in capsys.readouterr().err
+    assert live_start_problem(live(config, "ready")) is None
+    problem = live_start_problem(live(config, "order-success")) or ""
+    assert "order-success would trade live on kraken with its recorded verdict is not ready" in problem, problem
+    # A person approves the failing bot's live start: attributed, with a reason, recorded beside the verdict.
+    argv = ["--config", str(config), "readiness", "order-success", "--record", "--approved-by", "carol"]
+    assert main(argv) == 2  # no reason
+    assert capsys.readouterr().err.strip() == "trading-ops: readiness: --approved-by needs a person's name and --reason"
+    assert main([*argv, "--reason", "90 % acks is the venue's throttling"]) == 1
+    assert live_start_problem(live(config, "order-success")) is None
+    record = json.loads((tmp_path / "var" / "readiness-order-success.json").read_text())
+    assert (record["verdict"], record["approved_by"], record["failing"]) == ("not ready", "carol", ["order_success"])
+
+
 def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dead = {"prometheus": f"http://127.0.0.1:{free_port()}", "alertmanager": f"http://127.0.0.1:{free_port()}"}
     status, found = verdicts(write_config(tmp_path, dead), capsys, "ready")

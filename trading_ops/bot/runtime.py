@@ -30,6 +30,7 @@ from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.journal_health import JournalHealth
 from trading_ops.bot.kill_switch import KillSwitch
+from trading_ops.bot.live_gate import check_live_start
 from trading_ops.bot.orders import OrderEngine
 from trading_ops.bot.ramp import Ramp
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
@@ -161,6 +162,8 @@ class BotRuntime:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
         # TLS and basic auth of the bot's server: a bad web_config_file is a configuration error before anything runs.
         self.web_config = server_web_config(bot.listen, "bot.listen")
+        # Paper to live: a live venue with a ramp needs a passing paper verdict, or a person's approval, recorded.
+        check_live_start(config)
         self.symbols = list(symbols)
         self.quote_asset = quote_asset
         self.loop_interval = bot.loop_interval_seconds if loop_interval is None else loop_interval
