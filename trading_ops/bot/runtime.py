@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from trading_ops import logsetup
 from trading_ops.bot.broker import Broker, BrokerEvents, Channel
 from trading_ops.bot.commands import register_commands
-from trading_ops.bot.control import SOURCE_RISK
+from trading_ops.bot.control import SOURCE_RISK, CommandError
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.dead_man_switch import DeadMansSwitch
 from trading_ops.bot.drawdown import PeakJournal
@@ -32,7 +32,7 @@ from trading_ops.bot.journal_health import JournalHealth
 from trading_ops.bot.kill_switch import KillSwitch
 from trading_ops.bot.live_gate import check_live_start
 from trading_ops.bot.orders import OrderEngine
-from trading_ops.bot.ramp import Ramp
+from trading_ops.bot.ramp import PromotionRefused, Ramp
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
@@ -47,7 +47,7 @@ from trading_ops.config import Config, ConfigError, resolve_secret, resolve_toke
 from trading_ops.db.base import make_engine
 from trading_ops.db.revisions import schema_problem
 from trading_ops.durations import parse_duration
-from trading_ops.scopes import TokenSet
+from trading_ops.scopes import DESTRUCTIVE, TokenSet
 from trading_ops.tasks import stop_tasks
 from trading_ops.webconfig import server_web_config
 
@@ -246,17 +246,7 @@ class BotRuntime:
         limits = risk_limits(config) if limits is None else limits
         if not limits.daily_loss:
             log.warning("bot %s trades without a daily loss limit: set bot.risk.daily_loss_limit", bot.name)
-        # The ramp's current stage narrows bot.risk; a loss-limit breach falls back a stage, at once.
-        self.ramp = Ramp(bot.ramp.stages, self.data_dir, self.metrics)
-        self.base_limits = limits
-        self.risk = RiskEngine(
-            self.ramp.limits(limits),
-            self.inst.state,
-            self.metrics,
-            on_halt=self._halted_by_risk,
-            on_loss_limit=self.ramp.demote,
-        )
-        self.ramp.on_change = lambda: self.risk.set_limits(self.ramp.limits(self.base_limits))
+        self.risk = self._ramped_risk(bot.ramp.stages, limits)
         self.gate = OrderGate(
             self.inst.state, self.metrics, self.risk, self.market_data_stale, self.instance_lock.problem
         )
@@ -337,7 +327,38 @@ class BotRuntime:
         self._on_stop: list[Callable[[], None]] = []
         self.inst.state.add_listener(self._journal_transition)
         register_commands(self.inst.control, self.broker, self)
+        if self.ramp.stages:
+            # Wider limits: the destructive scope, as the reconciler's `ramp-promote` rule sends it.
+            self.inst.control.register("ramp_promote", self._ramp_promote, scope=DESTRUCTIVE)
         self._register_readiness()
+
+    def _ramped_risk(self, stages: list[Any], limits: RiskLimits) -> RiskEngine:
+        """The RiskEngine under the ramp (self.ramp): the current stage narrows bot.risk; a loss-limit breach falls
+        back a stage, at once."""
+        self.ramp = Ramp(stages, self.data_dir, self.metrics)
+        self.base_limits = limits
+        risk = RiskEngine(
+            self.ramp.limits(limits),
+            self.inst.state,
+            self.metrics,
+            on_halt=self._halted_by_risk,
+            on_loss_limit=self.ramp.demote,
+        )
+        self.ramp.on_change = lambda: risk.set_limits(self.ramp.limits(self.base_limits))
+        return risk
+
+    async def _ramp_promote(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`ramp_promote` {"stage": NAME, "approval": WHO}: take the next stage of the ramp, which a person approved
+        (the reconciler's `ramp-promote` rule, after an approval); refused (400) when it is not the next stage or the
+        current one's minimum time has not passed."""
+        stage, approval = args.get("stage"), args.get("approval", "")
+        if not isinstance(stage, str) or not stage or not isinstance(approval, str):
+            raise CommandError('ramp_promote takes {"stage": the next stage\'s name, "approval": who approved}')
+        try:
+            self.ramp.promote(stage, by=approval[:255] or "control API", why=f"promoted to {stage[:64]}")
+        except PromotionRefused as exc:
+            raise CommandError(f"ramp_promote: {exc}") from None
+        return {"ramp": self.ramp.status()}
 
     # -- what the parts share -------------------------------------------------------------------------
     @property
