@@ -387,7 +387,8 @@ class RampStageConfig:
 
     def widened(self, before: RampStageConfig) -> tuple[list[str], list[str]]:
         """The limits this stage widens over `before`, and those it narrows (0 and an empty list: no limit)."""
-        wider, narrower = [], []
+        wider: list[str] = []
+        narrower: list[str] = []
         for key in ("max_position_notional", "daily_loss_limit"):
             mine, theirs = getattr(self, key), getattr(before, key)
             if mine == theirs:

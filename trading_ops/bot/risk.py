@@ -144,7 +144,7 @@ class RiskEngine:
         metrics: BotMetrics,
         *,
         on_halt: Callable[[str], None] | None = None,
-        on_loss_limit: Callable[[str], None] | None = None,
+        on_loss_limit: Callable[[str], object] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
