@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,83 @@ def test_a_text_verdict_names_the_failing_criteria_with_value_and_threshold(
     assert "order-success (order-success:9101): NOT READY over 5d" in out
     assert "failing: order_success" in out
     assert re.search(r"FAIL\s+order_success\s+90%\s+>= 95%", out), out
+
+
+def live(config_path: Path, bot: str) -> Any:
+    """The configuration of `config_path` as the live bot `bot` reads it: the venue switched, a ramp configured."""
+    data = yaml.safe_load(config_path.read_text())
+    stages = [{"name": "small", "max_position_notional": 5, "daily_loss_limit": 2}]
+    data["bot"] = {
+        "name": bot,
+        "venue": "kraken",
+        "data_dir": str(config_path.parent / "var"),
+        "ramp": {"stages": stages},
+    }
+    return parse_config(data)
+
+
+def test_a_live_start_needs_a_recorded_ready_verdict_or_a_persons_approval(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trading_ops.bot.live_gate import live_start_problem
+
+    config = write_config(tmp_path, stack)
+    assert "with no paper readiness verdict recorded" in (live_start_problem(live(config, "ready")) or "")
+    assert main(["--config", str(config), "readiness", "ready", "order-success", "--record"]) == 1
+    assert "ready: recorded ready in " in capsys.readouterr().err
+    assert live_start_problem(live(config, "ready")) is None
+    problem = live_start_problem(live(config, "order-success")) or ""
+    assert "order-success would trade live on kraken with its recorded verdict is not ready" in problem, problem
+    # A person approves the failing bot's live start: attributed, with a reason, recorded beside the verdict.
+    argv = ["--config", str(config), "readiness", "order-success", "--record", "--approved-by", "carol"]
+    assert main(argv) == 2  # no reason
+    assert capsys.readouterr().err.strip() == "trading-ops: readiness: --approved-by needs a person's name and --reason"
+    assert main([*argv, "--reason", "90 % acks is the venue's throttling"]) == 1
+    assert live_start_problem(live(config, "order-success")) is None
+    record = json.loads((tmp_path / "var" / "readiness-order-success.json").read_text())
+    assert (record["verdict"], record["approved_by"], record["failing"]) == ("not ready", "carol", ["order_success"])
+
+
+def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    first = {"name": "small", "max_position_notional": 5, "criteria": ["uptime", "order_success"], "window": "3d"}
+    data["bot"] = {"ramp": {"stages": [first, {"name": "bigger", "max_position_notional": 7}]}}
+    config = tmp_path / "ramp.yaml"
+    config.write_text(yaml.safe_dump(data))
+
+    def promote(bot: str, *more: str) -> int:
+        return main(["--config", str(config), "ramp", "promote", bot, "--by", "alice", *more])
+
+    assert promote("order-success", "--to", "bigger") == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "trading-ops: ramp: order-success stays at small: over 3d, order_success fail", err
+    assert promote("young", "--to", "bigger") == 1  # 2 days of history: not enough to judge 3 days
+    assert "young stays at small: over 3d, uptime unknown, order_success unknown" in capsys.readouterr().err
+    assert promote("ready", "--to", "bigger") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "bot": "ready",
+        "stage": "bigger",
+        "requested_by": "alice",
+        "criteria": ["uptime", "order_success"],
+    }
+    with urllib.request.urlopen(
+        f"{stack['alertmanager']}/api/v2/alerts?filter=alertname%3D%22TradingBotRampPromotionRequested%22"
+    ) as resp:
+        (held,) = json.load(resp)
+    assert {k: held["labels"][k] for k in ("instance", "stage", "stage_number", "requested_by")} == {
+        "instance": instance("ready"),
+        "stage": "bigger",
+        "stage_number": "2",
+        "requested_by": "alice",
+    }
+    for argv, message in (
+        (["--to", "huge"], "trading-ops: ramp: unknown stage 'huge' (stages: small, bigger)"),
+        (["--to", "small"], "trading-ops: ramp: 'small' is the first stage: a bot starts there, nothing to promote to"),
+    ):
+        assert promote("ready", *argv) == 2
+        assert capsys.readouterr().err.strip() == message
 
 
 def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -351,6 +351,125 @@ class RiskConfig:
     drawdown_window: str = checked("24h", _check_positive_duration)
 
 
+# The readiness verdict's criteria by name (trading_ops.readiness; tests/test_ramp.py holds the two lists equal): what a
+# ramp stage may name in its `criteria`.
+READINESS_CRITERIA = (
+    "uptime",
+    "restarts",
+    "crashes",
+    "memory_peak",
+    "memory_growth",
+    "order_success",
+    "order_rejection",
+    "api_error_ratio",
+    "api_latency_p99",
+    "stream_uptime",
+    "daily_loss_breaches",
+    "drawdown_breaches",
+    "critical_alerts",
+    "dead_man_switch",
+    "emergency_stop",
+    "backup_verified",
+    "restore_drill",
+    "alerts_routed",
+    "runbooks",
+)
+# The limits a ramp stage sets, as its `widens` names them.
+RAMP_LIMITS = ("max_position_notional", "symbols", "daily_loss_limit")
+
+
+@dataclass
+class RampStageConfig:
+    """One stage of a bot's ramp (docs/readiness.md, "Go live in stages"): its risk limits, how long it lasts at least
+    and which readiness criteria must hold over which window before the next stage may be approved."""
+
+    name: str = checked("", _check_name)
+    # Per symbol, as bot.risk.max_position_notional (0: no limit of the stage's own).
+    max_position_notional: float = bounded(0.0, min=0)
+    # The symbols the bot may open positions in (empty: every symbol); reducing is always allowed.
+    symbols: list[str] = field(default_factory=list)
+    # As bot.risk.daily_loss_limit (0: no limit of the stage's own).
+    daily_loss_limit: float = bounded(0.0, min=0)
+    # The least time the bot spends in this stage before the next may be approved.
+    min_time: str = checked("1d", _check_positive_duration)
+    # Readiness criteria (names of `trading-ops readiness`) that must pass over `window` for the next stage.
+    criteria: list[str] = field(default_factory=list)
+    window: str = checked("1d", _check_positive_duration)
+    # The limits this stage widens over the one before, when more than one: a stage widens one limit at a time
+    # unless it says so.
+    widens: list[str] = field(default_factory=list)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if "name" not in given:
+            raise ConfigError(f"{prefix}.name", "missing (each stage has a name)")
+        for i, name in enumerate(self.criteria):
+            if name not in READINESS_CRITERIA:
+                raise ConfigError(
+                    f"{prefix}.criteria[{i}]",
+                    f"unknown criterion {name[:64]!r} (known: {', '.join(READINESS_CRITERIA)})",
+                )
+        for i, name in enumerate(self.widens):
+            if name not in RAMP_LIMITS:
+                raise ConfigError(
+                    f"{prefix}.widens[{i}]", f"unknown limit {name[:64]!r} (known: {', '.join(RAMP_LIMITS)})"
+                )
+
+    def widened(self, before: RampStageConfig) -> tuple[list[str], list[str]]:
+        """The limits this stage widens over `before`, and those it narrows (0 and an empty list: no limit)."""
+        wider: list[str] = []
+        narrower: list[str] = []
+        for key in ("max_position_notional", "daily_loss_limit"):
+            mine, theirs = getattr(self, key), getattr(before, key)
+            if mine == theirs:
+                continue
+            (wider if (not mine or (theirs and mine > theirs)) else narrower).append(key)
+        mine_s, theirs_s = set(self.symbols), set(before.symbols)
+        if mine_s != theirs_s:
+            if not theirs_s or (mine_s and not theirs_s <= mine_s):
+                narrower.append("symbols")
+            else:
+                wider.append("symbols")
+        return wider, narrower
+
+
+@dataclass
+class RampConfig:
+    """A bot's risk limits as stages, the narrowest first: the runtime enforces the current stage's limits on top of
+    bot.risk, falls back a stage by itself on a loss-limit breach, and takes the next only with a person's approval.
+    No stages (the default): no ramp."""
+
+    stages: list[RampStageConfig] = field(default_factory=list)
+    # A bot of a venue other than `paper` refuses to start without a passing readiness verdict recorded for it
+    # (`trading-ops readiness BOT --record`) or a person's approval recorded there; only with stages.
+    require_readiness_to_go_live: bool = True
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        seen: set[str] = set()
+        for i, stage in enumerate(self.stages):
+            key = f"{prefix}.stages[{i}]"
+            if stage.name in seen:
+                raise ConfigError(f"{key}.name", f"{stage.name!r} is given twice")
+            seen.add(stage.name)
+            if i == 0:
+                continue
+            before = self.stages[i - 1]
+            wider, narrower = stage.widened(before)
+            if narrower:
+                raise ConfigError(
+                    key,
+                    f"narrows {', '.join(narrower)} of stage {before.name!r}: stages go from the narrowest to the "
+                    "widest (out of order)",
+                )
+            if not wider:
+                raise ConfigError(key, f"widens nothing over stage {before.name!r}: it overlaps it")
+            if len(wider) > 1 and set(stage.widens) != set(wider):
+                raise ConfigError(
+                    f"{key}.widens",
+                    f"the stage widens {', '.join(wider)} at once: list them in widens to say so "
+                    f"(given: {', '.join(stage.widens) or 'none'})",
+                )
+
+
 @dataclass
 class ResourcesConfig:
     """Budgets the bot's memory and disk alerts judge against (prometheus/rules/tradingbot-resources.yml): what
@@ -466,6 +585,8 @@ class BotConfig:
     risk: RiskConfig = field(default_factory=RiskConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     dead_man_switch: DeadMansSwitchConfig = field(default_factory=DeadMansSwitchConfig)
+    # Risk limits in stages, from paper to live (docs/readiness.md); none: no ramp.
+    ramp: RampConfig = field(default_factory=RampConfig)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         check_token_names(self.control_tokens, f"{prefix}.control_tokens", "control_token")
@@ -1207,6 +1328,9 @@ class ReadinessConfig:
     backup_verified_within: str = checked("7d", _check_positive_duration)
     restore_drill_within: str = checked("7d", _check_positive_duration)
     emergency_stop_within: str = checked("7d", _check_positive_duration)
+    # Prometheus's retention (its --storage.tsdb.retention.time), when known: a ramp stage's window longer than it is
+    # refused at load (Prometheus cannot hold that much history). Empty: asked of Prometheus when the verdict runs.
+    prometheus_retention: str = checked("", _check_optional_duration)
 
 
 @dataclass
@@ -1396,6 +1520,17 @@ class Config:
     sections: frozenset[str] = field(default=frozenset(), metadata={"internal": True})
 
     def validate(self, prefix: str, given: set[str]) -> None:
+        if self.readiness.prometheus_retention:
+            from trading_ops.durations import parse_duration
+
+            retention = parse_duration(self.readiness.prometheus_retention)
+            for i, stage in enumerate(self.bot.ramp.stages):
+                if parse_duration(stage.window) > retention:
+                    raise ConfigError(
+                        f"bot.ramp.stages[{i}].window",
+                        f"{stage.window} is longer than Prometheus's retention ({self.readiness.prometheus_retention}, "
+                        "readiness.prometheus_retention): it cannot hold that much history",
+                    )
         for key, attr in (("name", "name"), ("instance", "instance")):
             seen: set[str] = set()
             for i, entry in enumerate(self.bots):

@@ -22,14 +22,19 @@ import yaml
 from aiohttp import web
 from alertmanager_server import Alertmanager, run_alertmanager
 from fake_bot import FakeBot
+from paper_helpers import IdleStrategy, fast_config
 from ports import free_port
+from prometheus_client import CollectorRegistry
+from prometheus_server import start_prometheus
 from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
-from server_process import stop
+from server_process import stop, wait_http
+from system_binaries import REPO_ROOT
 from webhook_payloads import alert, payload
 
 from trading_ops.cli import main
 from trading_ops.config import load_config
 from trading_ops.db.base import make_engine
+from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
@@ -710,3 +715,128 @@ async def test_a_reconciler_restarted_with_a_changed_playbook_asks_again_under_i
     assert cli(config, "approvals", "--status", "executed") == 0
     listed = capsys.readouterr().out
     assert f"{new[0]['id']}  executed" in listed and 'by "lena" (CLI): ok' in listed
+
+
+# The shipped rule that takes a bot to its next ramp stage once a person approved it (trading-ops ramp promote).
+RAMP_RULE = next(
+    rule
+    for rule in yaml.safe_load((REPO_ROOT / "trading_ops" / "reconciler" / "playbooks" / "default.yml").read_text())[
+        "rules"
+    ]
+    if rule["name"] == "ramp-promote"
+)
+RAMP_STAGES = [
+    {"name": "small", "max_position_notional": 1000, "symbols": ["BTC-USD"], "daily_loss_limit": 40, "min_time": "2d"},
+    {"name": "bigger", "max_position_notional": 2500, "symbols": ["BTC-USD"], "daily_loss_limit": 40, "min_time": "2d"},
+    {"name": "two-pairs", "max_position_notional": 2500, "symbols": ["BTC-USD", "ETH-USD"], "daily_loss_limit": 40},
+]
+
+
+@pytest.fixture
+def scraping(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """(the bot's port, a real Prometheus scraping it every 200 ms): what the rule's verification asks."""
+    port, prom_port = free_port(), free_port()
+    (tmp_path / "prom").mkdir()
+    scrape = {"job_name": "tradingbot", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+    (tmp_path / "prom" / "prometheus.yml").write_text(
+        yaml.safe_dump({"global": {"scrape_interval": "200ms", "scrape_timeout": "150ms"}, "scrape_configs": [scrape]})
+    )
+    proc = start_prometheus(tmp_path / "prom" / "prometheus.yml", tmp_path / "prom" / "data", prom_port)
+    try:
+        wait_http(f"http://127.0.0.1:{prom_port}/-/ready", proc=proc, deadline=30)
+        yield port, f"http://127.0.0.1:{prom_port}"
+    finally:
+        stop(proc)
+
+
+async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_bound_to_the_stage(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_db: str,
+    alertmanager: Alertmanager,
+    scraping: tuple[int, str],
+    capsys: Any,
+) -> None:
+    port, prometheus = scraping
+    instance = f"127.0.0.1:{port}"
+    for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
+        (tmp_path / name).write_text(value)
+    (tmp_path / "approve-token").write_text(APPROVE_TOKEN)
+    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RAMP_RULE]}))
+    data = {
+        "database": {"url": migrated_db},
+        "bot": {"data_dir": str(tmp_path / "bot"), "ramp": {"stages": RAMP_STAGES}},
+        "bots": [
+            {
+                "name": "paper-1",
+                "instance": instance,
+                "url": f"http://{instance}",
+                "token_file": str(tmp_path / "bot-token"),
+            }
+        ],
+        "reconciler": {
+            "token_file": str(tmp_path / "webhook-token"),
+            "read_token_file": str(tmp_path / "read-token"),
+            "api_tokens": [{"name": "desk", "scope": "approve", "token_file": str(tmp_path / "approve-token")}],
+            "playbook": str(tmp_path / "playbook.yml"),
+            "poll_interval_seconds": 0.05,
+            "lease_seconds": 3,
+            "check_silences": False,
+            "prometheus_url": prometheus,
+            "alertmanager_url": alertmanager.url,
+            "watchdog": {"window_seconds": 0},
+        },
+    }
+    config = tmp_path / "trading-ops.yaml"
+    config.write_text(yaml.safe_dump(data))
+    bot_config = fast_config(tmp_path / "paper", partial_fill_probability=0.0)
+    bot_config.bot.ramp = load_config(config).bot.ramp
+    bot = PaperBot(bot_config, token=BOT_TOKEN, registry=CollectorRegistry())
+    bot.strategy = IdleStrategy()  # type: ignore[assignment]
+    clock = [time.time()]
+    bot.ramp.wall = lambda: clock[0]
+    bot.ramp.since = clock[0]
+    await bot.start("127.0.0.1", port)
+    client = await aiohttp_client(create_app(load_config(config)))
+    try:
+        for number, (stage, asker, approver) in enumerate(
+            (("bigger", "alice", "bob"), ("two-pairs", "bob", "carol")), 2
+        ):
+            clock[0] += 2 * 86400 + 1  # the stage's minimum time has passed
+            # A person asks: the request reaches Alertmanager, which hands it to the reconciler.
+            ask = ["-c", str(config), "ramp", "promote", "paper-1", "--to", stage, "--by", asker]
+            assert await asyncio.to_thread(main, ask) == 0
+            assert json.loads(capsys.readouterr().out.splitlines()[-1])["stage"] == stage
+            held = await held_page(alertmanager, "TradingBotRampPromotionRequested", instance=instance, stage=stage)
+            fired = alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **held["labels"])
+            assert (await client.post("/api/v1/alertmanager", json=payload(fired), headers=AUTH)).status == 200
+            # Asked, not applied: the approval binds the step (its exact body) of this episode, whose alert names the
+            # stage.
+            pending = await one_pending(client)
+            assert pending["rule"] == "ramp-promote" and bot.ramp.number == number - 1
+            bound = json.loads(pending["arguments"])
+            assert (bound["params"]["command"], bound["params"]["body"]["stage"]) == ("ramp_promote", "${stage}")
+            got = await client.get(f"/api/v1/episodes/{pending['episode_id']}", headers=READ_AUTH)
+            assert (await got.json())["labels"]["stage"] == stage  # the episode's stage: what the step is sent
+            # A person decides (the CLI); the bot takes the stage, and Prometheus verifies it.
+            assert cli(config, "approve", str(pending["id"]), "--reason", "criteria pass", "--as", approver) == 0
+            await poll(lambda: asyncio.sleep(0, bot.ramp.number), lambda n: n == number, f"stage {number}")
+            found = await poll(
+                lambda: approvals(client),
+                lambda a: a[0]["status"] == "executed",
+                "the approval executed",
+            )
+            assert found[0]["decided_by"] == approver
+            assert value_of(bot, "tradingbot_ramp_stage") == number
+        assert [(h["to"], h["by"].split(",")[0]) for h in bot.ramp.history] == [
+            ("bigger", "requested by alice"),
+            ("two-pairs", "requested by bob"),
+        ]
+        # The last stage has no next: asking is refused with one line, exit 2.
+        assert main(["-c", str(config), "ramp", "promote", "paper-1", "--to", "small", "--by", "alice"]) == 2
+    finally:
+        await bot.stop()
+
+
+def value_of(bot: Any, name: str) -> float:
+    return bot.inst.registry.get_sample_value(name, {"venue": "paper", "strategy": "demo"}) or 0.0

@@ -31,6 +31,7 @@ OPEN_ORDERS = "open_orders"
 ORDER_NOTIONAL = "order_notional"
 POSITION_NOTIONAL = "position_notional"
 OPEN_POSITIONS = "open_positions"
+SYMBOLS = "symbols"  # a ramp stage's symbols allowed (trading_ops.bot.ramp): its value is how many
 LIMITS = (
     DAILY_LOSS,
     DRAWDOWN,
@@ -40,6 +41,7 @@ LIMITS = (
     OPEN_POSITIONS,
     ORDER_NOTIONAL,
     POSITION_NOTIONAL,
+    SYMBOLS,
 )
 REFUSED_PREFIX = "risk_"
 # What a breach does: a loss limit (the day's loss, the drawdown from the equity peak) halts (the kill switch: only an
@@ -55,7 +57,8 @@ HALT_REASON_PREFIXES = tuple(f"risk limit {limit}" for limit in LOSS_LIMITS)
 # The help of the families a bot without this engine (the freqtrade sidecar) exports too, where it has the notion.
 RISK_LIMIT_HELP = (
     "The bot's in-process risk limits (0: no limit): daily loss, drawdown and notional values in the quote asset, "
-    "open orders and open positions as counts, order rates per second or minute."
+    "open orders and open positions as counts, order rates per second or minute, symbols allowed (a ramp stage's) "
+    "as how many."
 )
 OPEN_POSITIONS_HELP = "Symbols with a non-zero position (what the open_positions risk limit counts)."
 # Without bot.risk.drawdown_window: the peak of the last day.
@@ -76,6 +79,7 @@ class RiskLimits:
     max_open_positions: int = 0
     max_drawdown: float = 0.0
     drawdown_window: float = DRAWDOWN_WINDOW_SECONDS  # seconds
+    symbols: frozenset[str] | None = None  # the symbols the bot may add risk in (a ramp stage's); None: every one
 
     def value(self, limit: str) -> float:
         return float(
@@ -88,6 +92,7 @@ class RiskLimits:
                 ORDER_NOTIONAL: self.max_order_notional,
                 POSITION_NOTIONAL: self.max_position_notional,
                 OPEN_POSITIONS: self.max_open_positions,
+                SYMBOLS: len(self.symbols or ()),
             }[limit]
         )
 
@@ -139,6 +144,7 @@ class RiskEngine:
         metrics: BotMetrics,
         *,
         on_halt: Callable[[str], None] | None = None,
+        on_loss_limit: Callable[[str], object] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -146,6 +152,9 @@ class RiskEngine:
         self.state = state
         self.metrics = metrics
         self.on_halt = on_halt
+        # A loss limit breached (its reason): the ramp falls back a stage (before the halt, so the narrower limits
+        # hold from the order that crossed it on).
+        self.on_loss_limit = on_loss_limit
         self.clock = monotonic  # replaceable: a test drives the order-rate windows
         self.wall = wall  # replaceable: a test drives the drawdown window (journaled: wall clock)
         self._sent: dict[str, deque[float]] = {name: deque() for name in RATE_WINDOWS}
@@ -169,10 +178,11 @@ class RiskEngine:
             registry=registry,
         )
         self._breaches = {}
+        self._limit_gauges = {}
         for limit in LIMITS:
-            gauge.labels(metrics.venue, metrics.strategy, limit).set(limits.value(limit))
+            self._limit_gauges[limit] = gauge.labels(metrics.venue, metrics.strategy, limit).set
             self._breaches[limit] = breaches.labels(metrics.venue, metrics.strategy, limit).inc
-        metrics.daily_loss_limit(limits.daily_loss)
+        self.set_limits(limits)
         vs = ["venue", "strategy"]
 
         def measured(name: str, doc: str) -> Callable[[float], None]:
@@ -190,6 +200,13 @@ class RiskEngine:
             "the drawdown risk limit halts the bot at its value.",
         )
 
+    def set_limits(self, limits: RiskLimits) -> None:
+        """Enforce `limits` from the next order on (a ramp's stage changed), and export them."""
+        self.limits = limits
+        for limit, set_value in self._limit_gauges.items():
+            set_value(limits.value(limit))
+        self.metrics.daily_loss_limit(limits.daily_loss)
+
     # -- checks ---------------------------------------------------------------------------------------
     def check(self, symbol: str, reduce_only: bool, request: OrderRequest | None, book: Exposure) -> Breach | None:
         """The limit this order would cross, or None. Without `request` (a strategy asking whether it may send
@@ -203,7 +220,8 @@ class RiskEngine:
         if breach is not None or reduce_only:
             return breach
         return (
-            self._open_orders_breach(book)
+            self._symbols_breach(symbol)
+            or self._open_orders_breach(book)
             or self._open_positions_breach(symbol, book)
             or self._order_breach(symbol, request, book)
         )
@@ -234,6 +252,12 @@ class RiskEngine:
                     sent.popleft()
                 if len(sent) + 1 > allowed:
                     return Breach(limit, f"{len(sent)} orders in the last {window:g} s; the limit is {allowed:g}")
+        return None
+
+    def _symbols_breach(self, symbol: str) -> Breach | None:
+        allowed = self.limits.symbols
+        if allowed and symbol not in allowed:
+            return Breach(SYMBOLS, f"{symbol} is not among the symbols allowed ({', '.join(sorted(allowed))})")
         return None
 
     def _open_orders_breach(self, book: Exposure) -> Breach | None:
@@ -331,6 +355,8 @@ class RiskEngine:
         action = ACTION[breach.limit]
         state = self.state.state
         reason = f"risk limit {breach.limit}: {breach.message}"[:200]
+        if breach.limit in LOSS_LIMITS and state is not TradingState.HALTED and self.on_loss_limit is not None:
+            self.on_loss_limit(reason)
         if action == HALT:
             if state is not TradingState.HALTED:
                 self.state.apply("halt", reason=reason)

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from trading_ops import logsetup
 from trading_ops.bot.broker import Broker, BrokerEvents, Channel
 from trading_ops.bot.commands import register_commands
-from trading_ops.bot.control import SOURCE_RISK
+from trading_ops.bot.control import SOURCE_RISK, CommandError
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.dead_man_switch import DeadMansSwitch
 from trading_ops.bot.drawdown import PeakJournal
@@ -30,7 +30,9 @@ from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.journal_health import JournalHealth
 from trading_ops.bot.kill_switch import KillSwitch
+from trading_ops.bot.live_gate import check_live_start
 from trading_ops.bot.orders import OrderEngine
+from trading_ops.bot.ramp import PromotionRefused, Ramp
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
@@ -45,7 +47,7 @@ from trading_ops.config import Config, ConfigError, bot_order_id_prefix, resolve
 from trading_ops.db.base import make_engine
 from trading_ops.db.revisions import schema_problem
 from trading_ops.durations import parse_duration
-from trading_ops.scopes import TokenSet
+from trading_ops.scopes import DESTRUCTIVE, TokenSet
 from trading_ops.tasks import stop_tasks
 from trading_ops.webconfig import server_web_config
 
@@ -163,6 +165,8 @@ class BotRuntime:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
         # TLS and basic auth of the bot's server: a bad web_config_file is a configuration error before anything runs.
         self.web_config = server_web_config(bot.listen, "bot.listen")
+        # Paper to live: a live venue with a ramp needs a passing paper verdict, or a person's approval, recorded.
+        check_live_start(config)
         self.symbols = list(symbols)
         self.quote_asset = quote_asset
         self.loop_interval = bot.loop_interval_seconds if loop_interval is None else loop_interval
@@ -246,7 +250,7 @@ class BotRuntime:
         limits = risk_limits(config) if limits is None else limits
         if not limits.daily_loss:
             log.warning("bot %s trades without a daily loss limit: set bot.risk.daily_loss_limit", bot.name)
-        self.risk = RiskEngine(limits, self.inst.state, self.metrics, on_halt=self._halted_by_risk)
+        self.risk = self._ramped_risk(bot.ramp.stages, limits)
         self.gate = OrderGate(
             self.inst.state, self.metrics, self.risk, self.market_data_stale, self.instance_lock.problem
         )
@@ -327,7 +331,38 @@ class BotRuntime:
         self._on_stop: list[Callable[[], None]] = []
         self.inst.state.add_listener(self._journal_transition)
         register_commands(self.inst.control, self.broker, self)
+        if self.ramp.stages:
+            # Wider limits: the destructive scope, as the reconciler's `ramp-promote` rule sends it.
+            self.inst.control.register("ramp_promote", self._ramp_promote, scope=DESTRUCTIVE)
         self._register_readiness()
+
+    def _ramped_risk(self, stages: list[Any], limits: RiskLimits) -> RiskEngine:
+        """The RiskEngine under the ramp (self.ramp): the current stage narrows bot.risk; a loss-limit breach falls
+        back a stage, at once."""
+        self.ramp = Ramp(stages, self.data_dir, self.metrics)
+        self.base_limits = limits
+        risk = RiskEngine(
+            self.ramp.limits(limits),
+            self.inst.state,
+            self.metrics,
+            on_halt=self._halted_by_risk,
+            on_loss_limit=self.ramp.demote,
+        )
+        self.ramp.on_change = lambda: risk.set_limits(self.ramp.limits(self.base_limits))
+        return risk
+
+    async def _ramp_promote(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`ramp_promote` {"stage": NAME, "approval": WHO}: take the next stage of the ramp, which a person approved
+        (the reconciler's `ramp-promote` rule, after an approval); refused (400) when it is not the next stage or the
+        current one's minimum time has not passed."""
+        stage, approval = args.get("stage"), args.get("approval", "")
+        if not isinstance(stage, str) or not stage or not isinstance(approval, str):
+            raise CommandError('ramp_promote takes {"stage": the next stage\'s name, "approval": who approved}')
+        try:
+            self.ramp.promote(stage, by=approval[:255] or "control API", why=f"promoted to {stage[:64]}")
+        except PromotionRefused as exc:
+            raise CommandError(f"ramp_promote: {exc}") from None
+        return {"ramp": self.ramp.status()}
 
     # -- what the parts share -------------------------------------------------------------------------
     @property
@@ -979,6 +1014,8 @@ class BotRuntime:
             "unrealized_pnl": str(self.book.unrealized_pnl().quantize(CENT)),
             "connected": {ch.value: self.broker.is_connected(ch) for ch in Channel},
             "risk_limits": {name: self.risk.limits.value(name) for name in LIMITS if self.risk.limits.value(name)},
+            # The ramp's current stage and its latest changes (with why and by whom); null without stages.
+            "ramp": self.ramp.status() if self.ramp.stages else None,
             # Whether it may send an order that adds risk now, and if not, every reason why (a halted bot, or one
             # resumed with the day's loss still past its limit, reads false).
             "trading_allowed": not self.trading_blocked(),

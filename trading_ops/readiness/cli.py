@@ -33,6 +33,19 @@ def register(sub: Any) -> None:
         help="instead, exercise the emergency stop on one paper bot: halt, flatten, wait until flat, clear the halt, "
         "resume (what the emergency_stop criterion counts)",
     )
+    rd.add_argument(
+        "--record",
+        action="store_true",
+        help="also record each verdict in bot.data_dir (readiness-BOT.json): what a live start of the bot requires "
+        "to be ready (docs/readiness.md, paper to live)",
+    )
+    rd.add_argument(
+        "--approved-by",
+        metavar="NAME",
+        default=None,
+        help="with --record: a person approves the live start whatever the verdict (attributed, with --reason)",
+    )
+    rd.add_argument("--reason", default="", help="with --approved-by: why")
     rd.set_defaults(handler=readiness)
 
 
@@ -63,6 +76,11 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
     bots = resolve_bots(config, args.bots)
+    if args.approved_by is not None:
+        if not args.record:
+            raise UsageError("readiness: --approved-by goes with --record")
+        if not args.approved_by.strip() or not args.reason.strip():
+            raise UsageError("readiness: --approved-by needs a person's name and --reason")
     if args.stop_drill:
         return stop_drill(config, bots)
     window_text = args.window or config.readiness.window
@@ -73,7 +91,22 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.write("\n")
     else:
         print("\n\n".join(v.text() for v in verdicts))
+    if args.record:
+        record(config, verdicts, args.approved_by, args.reason)
     return EXIT_READY if all(v.verdict == "ready" for v in verdicts) else EXIT_NOT_READY
+
+
+def record(config: Config, verdicts: list[Verdict], approved_by: str | None, reason: str) -> None:
+    """Write each verdict where a live start of the bot reads it (trading_ops.bot.live_gate)."""
+    from trading_ops.bot.live_gate import write_record
+
+    for v in verdicts:
+        entry: dict[str, Any] = {"verdict": v.verdict, "window": v.window, "failing": v.failing, "missing": v.missing}
+        if approved_by is not None:
+            entry.update(approved_by=approved_by.strip()[:255], reason=reason.strip()[:2000])
+        path = write_record(config.bot.data_dir, v.bot, entry)
+        by = f", approved by {json.dumps(approved_by.strip())}" if approved_by is not None else ""
+        print(f"{v.bot}: recorded {v.verdict}{by} in {path}", file=sys.stderr)
 
 
 def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:

@@ -45,6 +45,8 @@ COMMAND_RISK = {
     "halt": "disruptive",
     "cancel_all": "destructive",
     "flatten": "destructive",
+    # Wider risk limits (the next stage of a bot's ramp): never without a person's approval (the ramp-promote rule).
+    "ramp_promote": "destructive",
 }
 
 # Commands that only stop trading or shrink the book: a rule made of these acts even with its target's budget
