@@ -55,7 +55,7 @@ def test_rule_files_are_readable_by_prometheus_and_one_replaced_keeps_its_mode_o
     output = tmp_path / "rules"
     assert cli("rules", "render", "--output", str(output)).returncode == 0
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in output.iterdir()}
-    assert len(modes) == 8 and set(modes.values()) == {0o644}, modes
+    assert len(modes) == 9 and set(modes.values()) == {0o644}, modes
     kept = output / "tradingbot-availability.yml"
     os.chown(kept, -1, NOGROUP)
     kept.chmod(0o640)
@@ -76,7 +76,7 @@ def changed_values(tmp_path: Path) -> Path:
 def test_a_changed_value_reaches_every_rule_that_uses_it_and_nothing_else(tmp_path: Path) -> None:
     result = cli("rules", "render", "--values", str(changed_values(tmp_path)), "--output", str(tmp_path / "rules"))
     assert result.returncode == 0, result.stderr
-    assert "wrote 8 rule files" in result.stdout
+    assert "wrote 9 rule files" in result.stdout
     availability = (tmp_path / "rules" / "tradingbot-availability.yml").read_text()
     assert "expr: time() - tradingbot_heartbeat_timestamp_seconds > 30\n" in availability
     slo = (tmp_path / "rules" / "tradingbot-slo.yml").read_text()
