@@ -211,7 +211,12 @@ class KrakenStream:
         if channel in ("book", "trade", "ticker", "executions", "balances", "instrument"):
             await self._on_channel(str(channel), message, now)
         if self.on_message is not None:
-            await self.on_message(message)
+            try:
+                await self.on_message(message)
+            except (
+                Exception
+            ):  # the consumer's failure (a REST call of the bot's during a reconnect) is not the stream's
+                LOG.exception("stream %s: the consumer of a %s message failed", self.endpoint, channel)
 
     async def _on_channel(self, channel: str, message: dict[str, Any], now: float) -> None:
         data = message.get("data")
