@@ -220,16 +220,15 @@ async def test_the_example_bot_trades_on_the_gateway_and_stops_cleanly(tmp_path:
         assert last is not None and last.clean_shutdown and last.stop_reason == "SIGTERM"
 
 
-async def test_with_ccxt_stream_on_its_fills_arrive_by_stream_and_resubscribe_acts_on_it(
+async def test_with_ccxt_stream_on_its_fills_arrive_by_stream_and_resubscribe_and_reconnect_act_on_it(
     tmp_path: Path,
 ) -> None:
-    """`ccxt.stream: true`, the one line: fills are seen first on the private WebSocket (order polls are off, so a
-    poll could only find them at a reconciliation), the stream's health is on /metrics, and the control command
-    `resubscribe` subscribes again, the fills still streaming after it (`reconnect` on the stream:
-    tests/test_stream_broker.py)."""
+    """`ccxt.stream: true`, the one line: fills are seen first on the private WebSocket (the order polls, once a
+    second, stay as the fallback and find them already delivered), the stream's health is on /metrics, and the
+    control commands `resubscribe` and `reconnect` subscribe again and open a new socket, fills streaming after."""
     async with running_gateway(**MOVING) as (_gateway, base):
         port = free_port()
-        config = write_config(tmp_path, base, port, stream=True, poll_interval_seconds=NEVER)
+        config = write_config(tmp_path, base, port, stream=True, poll_interval_seconds=1.0)
         async with example_bot(config, tmp_path / "bot.log") as proc:
 
             async def streamed() -> bool:
@@ -245,6 +244,10 @@ async def test_with_ccxt_stream_on_its_fills_arrive_by_stream_and_resubscribe_ac
             assert code == 200, answer
             assert await metric(port, "tradingbot_stream_resyncs_total", channel="executions", reason="requested") == 1
 
+            # A new socket: the fills the bot was taking while its REST session was renewed still reach it.
+            code, answer = await control(port, "reconnect")
+            assert code == 200, answer
+            await wait_for(lambda: _at_least(port, "tradingbot_stream_reconnects_total", 1, reason="requested"))
             before = await metric(port, "tradingbot_stream_fills_first_seen_total", source="stream")
             await wait_for(
                 lambda: _at_least(port, "tradingbot_stream_fills_first_seen_total", before + 1, source="stream")

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.broker import BrokerEvents, VenueFill
+from trading_ops.bot.broker import BrokerEvents, Channel, VenueFill
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.ccxt import CcxtBroker, to_ccxt_symbol
 from trading_ops.venues.streams.client import KrakenStream, Subscription
@@ -60,7 +60,8 @@ class StreamingCcxtBroker(CcxtBroker):
         await self.fills.offer(fill, "poll")
 
     async def _token(self) -> str:
-        answer = await self.exchange.privatePostGetWebSocketsToken()
+        # Through CcxtBroker's call: its errors mapped, a nonce refused (a private call of the bot's beside it) retried.
+        answer = await self._call(Channel.ORDERS, "websocket token", self.exchange.privatePostGetWebSocketsToken)
         return str(answer["result"]["token"])
 
     async def connect(self, events: BrokerEvents) -> None:

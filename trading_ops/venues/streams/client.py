@@ -157,6 +157,10 @@ class KrakenStream:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             LOG.warning("stream %s: %s", self.endpoint, exc)
             return "error"
+        except Exception as exc:  # the token's REST call (the caller's errors): a retry with backoff, never the end
+            LOG.warning("stream %s: %s: %s", self.endpoint, type(exc).__name__, exc)
+            self._token = ""
+            return "error"
         finally:
             self._ws = None
         return self._reason or "closed"
