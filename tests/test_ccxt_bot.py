@@ -220,6 +220,60 @@ async def test_the_example_bot_trades_on_the_gateway_and_stops_cleanly(tmp_path:
         assert last is not None and last.clean_shutdown and last.stop_reason == "SIGTERM"
 
 
+async def test_with_ccxt_stream_on_its_fills_arrive_by_stream_and_resubscribe_and_reconnect_act_on_it(
+    tmp_path: Path,
+) -> None:
+    """`ccxt.stream: true`, the one line: fills are seen first on the private WebSocket (the order polls, once a
+    second, stay as the fallback and find them already delivered), the stream's health is on /metrics, and the
+    control commands `resubscribe` and `reconnect` subscribe again and open a new socket, fills streaming after."""
+    async with running_gateway(**MOVING) as (_gateway, base):
+        port = free_port()
+        config = write_config(tmp_path, base, port, stream=True, poll_interval_seconds=1.0)
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def streamed() -> bool:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_stream_fills_first_seen_total", source="stream") >= 3
+
+            await wait_for(streamed, timeout=60)
+            assert await metric(port, "tradingbot_stream_connected", endpoint="private") == 1
+            assert await metric(port, "tradingbot_stream_rest_fallback", endpoint="private") == 0
+            assert await metric(port, "tradingbot_fills_total") >= 3
+
+            code, answer = await control(port, "resubscribe")
+            assert code == 200, answer
+            assert await metric(port, "tradingbot_stream_resyncs_total", channel="executions", reason="requested") == 1
+
+            # A new socket: the fills the bot was taking while its REST session was renewed still reach it.
+            code, answer = await control(port, "reconnect")
+            assert code == 200, answer
+            await wait_for(lambda: _at_least(port, "tradingbot_stream_reconnects_total", 1, reason="requested"))
+            before = await metric(port, "tradingbot_stream_fills_first_seen_total", source="stream")
+            await wait_for(
+                lambda: _at_least(port, "tradingbot_stream_fills_first_seen_total", before + 1, source="stream")
+            )
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+
+
+async def test_with_ccxt_stream_off_the_bot_polls_only(tmp_path: Path) -> None:
+    """`ccxt.stream: false`: the same bot trades over REST alone; no stream, and no stream metrics."""
+    async with running_gateway(**MOVING) as (_gateway, base):
+        port = free_port()
+        config = write_config(tmp_path, base, port, stream=False)
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def traded() -> bool:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_fills_total") >= 3
+
+            await wait_for(traded, timeout=60)
+            _, text = await get(port, "/metrics")
+            assert "tradingbot_stream_" not in text
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+
+
 async def test_after_a_venue_outage_the_bot_reconciles_before_it_adds_risk_again(tmp_path: Path) -> None:
     """The whole venue down (no reconnect can end it): the example bot's channels both go down and its gate holds
     back every order that adds risk. When the venue is back, its polls find it by themselves (nobody sends

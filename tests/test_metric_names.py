@@ -36,6 +36,7 @@ from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.ledger_reading import BackgroundReading
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxCollector, OutboxStore
+from trading_ops.venues.streams.metrics import StreamMetrics
 
 RULE_FILES = sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml"))
 DASHBOARD_FILES = sorted((REPO_ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -190,7 +191,19 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
         locks={"locks": []},
         today={"abs_profit": 0.0, "rel_profit": 0.0},
     )
-    return bot_registry, reconciler_registry, sidecar_registry
+    # A streaming ccxt bot's stream (StreamingCcxtBroker registers it on the bot's registry): one sample of each.
+    stream_registry = CollectorRegistry()
+    stream = StreamMetrics(stream_registry)
+    stream.connected.labels("private").set(1)
+    stream.rest_fallback.labels("private").set(0)
+    stream.last_message.labels("book", "BTC/USD").set(1.0)
+    stream.silence_timeout.labels("book", "BTC/USD").set(3.0)
+    stream.book_in_sync.labels("BTC/USD").set(1)
+    stream.checksum_failures.labels("BTC/USD")
+    stream.resyncs.labels("book", "checksum")
+    stream.sequence_gaps.labels("executions")
+    stream.fills_first_seen.labels("stream")
+    return bot_registry, reconciler_registry, sidecar_registry, stream_registry
 
 
 @pytest.fixture(scope="module")

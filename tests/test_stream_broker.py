@@ -44,3 +44,31 @@ async def test_fills_stream_to_the_bot_once_and_a_gap_is_filled_by_a_poll() -> N
         finally:
             await broker.close()
             await broker.exchange.close()
+
+
+async def test_reconnect_and_resubscribe_act_on_the_stream_and_fills_keep_streaming() -> None:
+    """The bot's `reconnect` and `resubscribe` reach the stream: a new socket (counted `requested`, its subscription
+    replayed) and a fresh subscription; the next fill still arrives by stream."""
+    registry = CollectorRegistry()
+    recorder = Recorder()
+    async with running_gateway() as (gateway, base):
+        broker = StreamingCcxtBroker(
+            kraken(base), SYMBOLS, private_url=ws_urls(base)[1], registry=registry, poll_interval=HOUR
+        )
+        value = registry.get_sample_value
+        try:
+            await broker.connect(recorder.events())
+            await wait_for(lambda: broker.stream is not None and broker.stream.sequences.last.get("executions") == 2)
+            await broker.resubscribe()
+            assert value("tradingbot_stream_resyncs_total", {"channel": "executions", "reason": "requested"}) == 1
+            await broker.reconnect()
+            await wait_for(
+                lambda: value("tradingbot_stream_reconnects_total", {"endpoint": "private", "reason": "requested"})
+            )
+            await wait_for(lambda: value("tradingbot_stream_connected", {"endpoint": "private"}) == 1)
+            await gateway.venue.submit(market("s-1", "ETH-USD"))
+            await wait_for(lambda: len(recorder.fills) == 1)
+            assert value("tradingbot_stream_fills_first_seen_total", {"source": "stream"}) == 1
+        finally:
+            await broker.close()
+            await broker.exchange.close()

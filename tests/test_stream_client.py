@@ -128,3 +128,24 @@ async def test_an_executions_gap_is_counted_and_told_and_an_invalid_session_gets
             await gateway.venue.submit(limit("gap-2"))
             await wait_for(lambda: gaps == [("executions", 1)])
             assert sample(registry, "tradingbot_stream_sequence_gaps_total", channel="executions") == 1
+
+
+async def test_asked_to_it_resubscribes_every_channel_and_reconnects() -> None:
+    """What the bot's control commands `resubscribe` and `reconnect` do to its stream: a fresh subscription (a
+    snapshot, counted as a `requested` resync) and a new socket (a `requested` reconnect) with its subscriptions."""
+    registry = CollectorRegistry()
+    messages: list[dict] = []
+    async with running_gateway(**MOVING) as (_gateway, base), streaming(book_stream(base, registry, messages)) as s:
+        await wait_for(lambda: sample(registry, "tradingbot_stream_book_in_sync", symbol="BTC/USD") == 1)
+        await s.resubscribe()
+        assert sample(registry, "tradingbot_stream_resyncs_total", channel="book", reason="requested") == 1
+        await s.reconnect()
+        await wait_for(
+            lambda: sample(registry, "tradingbot_stream_reconnects_total", endpoint="public", reason="requested")
+        )
+        await wait_for(
+            lambda: s.sessions == 2 and sample(registry, "tradingbot_stream_connected", endpoint="public") == 1
+        )
+        start = len(messages)
+        await wait_for(lambda: books_after(messages, start) >= 5)
+        assert sample(registry, "tradingbot_stream_book_in_sync", symbol="BTC/USD") == 1

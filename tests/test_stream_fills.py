@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import pytest
 from ccxt_helpers import chaos, kraken, market, running_gateway, wait_for
 from prometheus_client import CollectorRegistry
 from ws_helpers import ws_token, ws_urls
@@ -124,3 +125,42 @@ async def test_each_fill_once_across_repeats_reconnects_and_gaps() -> None:
             await stream.close()
             await asyncio.wait_for(task, DEADLINE)
             await rest.close()
+
+
+async def test_a_fill_the_bot_failed_to_take_is_delivered_by_the_next_source_once() -> None:
+    """A bot's on_fill that raises (a REST call of its own cut by a reconnect) has not taken the fill: it is not
+    counted, and the REST poll that offers it next delivers it, once."""
+    registry = CollectorRegistry()
+    taken: list[VenueFill] = []
+    failing = [True]
+
+    async def on_fill(fill: VenueFill) -> None:
+        if failing[0]:
+            raise ConnectionError("the bot's REST session was closed")
+        taken.append(fill)
+
+    async def reconcile() -> None:
+        return None
+
+    feed = FillFeed(on_fill, reconcile, StreamMetrics(registry), SYMBOLS)
+    fill = VenueFill(
+        "T9",
+        "c-9",
+        "O9",
+        "BTC-USD",
+        Side.BUY,
+        Decimal("1"),
+        Decimal("100"),
+        Decimal("0"),
+        "USD",
+        "taker",
+        ws_time("2026-11-26T22:27:42.907767Z"),
+    )
+    with pytest.raises(ConnectionError):  # the bot's failure reaches the stream, which logs it
+        await feed.offer(fill, "stream")
+    assert registry.get_sample_value("tradingbot_stream_fills_first_seen_total", {"source": "stream"}) == 0
+    failing[0] = False
+    assert await feed.offer(fill, "poll") is True
+    assert await feed.offer(fill, "stream") is False
+    assert taken == [fill]
+    assert registry.get_sample_value("tradingbot_stream_fills_first_seen_total", {"source": "poll"}) == 1

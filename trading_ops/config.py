@@ -1480,6 +1480,12 @@ class CcxtConfig:
     kraken_tier: Literal["off", "starter", "intermediate", "pro"] = "starter"
     # Base-asset balances that are not the bot's (spot positions are the balance less this).
     position_baseline: dict[str, float] = field(default_factory=dict)
+    # Kraken only: stream the account's fills over Kraken's private WebSocket v2 (StreamingCcxtBroker: REST stays for
+    # every call, the reconciliation and the fallback); false: REST polls only. Other exchanges poll whatever this says.
+    stream: bool = False
+    # The private WebSocket URL; empty: the `private` REST URL's host at /ws-auth/v2 when `urls` names one (a paper
+    # gateway), else Kraken's wss://ws-auth.kraken.com/v2.
+    stream_url: str = ""
     # TLS to an https venue whose certificate is not in ccxt's CA bundle (certifi), e.g. a paper gateway with a
     # web_config_file: the CA to verify it with, and a client certificate if it asks for one (mutual TLS).
     tls: TLSClientConfig = field(default_factory=TLSClientConfig)

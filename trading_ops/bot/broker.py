@@ -9,7 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 # The key of an order placed without a client order id (by hand on the venue's website): its venue order id.
 VENUE_ID_PREFIX = "venue:"
@@ -269,6 +272,10 @@ class Broker(abc.ABC):
         seconds from now unless called again before; 0 disarms it. Returns the venue's time and the trigger time
         (None: disarmed). Raises BrokerError; NotImplementedError where `has_dead_man_switch()` is false."""
         raise NotImplementedError(f"{type(self).__name__} has no dead man's switch")
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Register the broker's own metrics (a stream's health) on the bot's registry; called once, before
+        `connect`. The default has none."""
 
     def rate_limit_headroom(self) -> float | None:
         """Fraction (0-1) of the venue's request rate limit still available, or None when the broker cannot tell

@@ -243,6 +243,7 @@ class BotRuntime:
         self.metrics = self.inst.metrics
         self.metrics.phase("starting")  # until the trading loop runs (start)
         self.broker: Broker = broker if isinstance(broker, Broker) or not callable(broker) else broker()
+        self.broker.register_metrics(self.inst.registry)
         self.journal = Journal(
             self.engine, bot.name, bot.venue, JournalHealth(venue=bot.venue, registry=self.inst.registry, settle=True)
         )

@@ -47,6 +47,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import urllib.parse
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -121,6 +122,7 @@ LOOKUP_ATTEMPTS = 4  # lookups of an order whose submit answer was lost
 LOOKUP_BACKOFF_SECONDS = 0.2  # times the attempt number
 NOT_FOUND_CONFIRMATIONS = 2  # "no such order" answers before a lost submit counts as never placed
 POLL_INTERVAL_SECONDS = 1.0
+KRAKEN_PRIVATE_WS_URL = "wss://ws-auth.kraken.com/v2"  # Kraken's private WebSocket v2
 # Exchanges whose trade history comes in pages of a fixed size, and the parameter that pages on.
 TRADE_PAGES = {"kraken": ("ofs", 50)}
 MAX_PAGES = 1000
@@ -964,13 +966,37 @@ def make_exchange(config: Config) -> ccxt_async.Exchange:
     return exchange
 
 
+def stream_url(config: Config) -> str:
+    """The private WebSocket v2 URL of `config.ccxt`: `stream_url`, else the `private` REST URL's host at
+    /ws-auth/v2 (a paper gateway serves both), else Kraken's."""
+    c = config.ccxt
+    if c.stream_url:
+        return c.stream_url
+    rest = c.urls.get("private")
+    if not rest:
+        return KRAKEN_PRIVATE_WS_URL
+    parts = urllib.parse.urlsplit(rest)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urllib.parse.urlunsplit((scheme, parts.netloc, "/ws-auth/v2", "", ""))
+
+
 def broker_from_config(config: Config) -> CcxtBroker:
     """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`; on Kraken, with a call budget of the
-    account's tier (`ccxt.kraken_tier`)."""
+    account's tier (`ccxt.kraken_tier`), and its fills streamed (StreamingCcxtBroker) when `ccxt.stream` is on."""
     c = config.ccxt
-    return CcxtBroker(
+    kw: dict[str, Any] = {}
+    cls: type[CcxtBroker] = CcxtBroker
+    if c.stream and c.exchange == "kraken":
+        from trading_ops.venues.streams.broker import StreamingCcxtBroker  # it builds on this module
+
+        cls = StreamingCcxtBroker
+        kw["private_url"] = stream_url(config)
+    elif c.stream:
+        log.warning("ccxt.stream: %s has no Kraken v2 stream here; polling over REST only", c.exchange)
+    return cls(
         make_exchange(config),
         list(c.symbols),
+        **kw,
         poll_interval=c.poll_interval_seconds,
         quote_interval=c.quote_poll_interval_seconds,
         position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},

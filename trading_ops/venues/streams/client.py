@@ -83,10 +83,12 @@ class KrakenStream:
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def run(self) -> None:
+        self.metrics.rest_fallback.labels(self.endpoint).set(1)  # until the socket is up, REST polls stand in
         async with aiohttp.ClientSession() as session:
             while not self._closed.is_set():
                 reason = await self._session(session)
                 self.metrics.connected.labels(self.endpoint).set(0)
+                self.metrics.rest_fallback.labels(self.endpoint).set(1)
                 self.connected.clear()
                 if self._closed.is_set():
                     return
@@ -103,12 +105,35 @@ class KrakenStream:
         if self._ws is not None:
             await self._ws.close()
 
+    async def resubscribe(self, symbols: list[str] | None = None) -> None:
+        """Subscribe again to every channel (of `symbols` only, for public channels, when given): a fresh snapshot;
+        counted as a resync with reason `requested`."""
+        for sub in self.subscriptions:
+            wanted = [s for s in sub.symbols if symbols is None or s in symbols] if sub.symbols else None
+            if sub.symbols and not wanted:
+                continue
+            self.metrics.resyncs.labels(sub.channel, "requested").inc()
+            await self._subscribe(sub, wanted)
+
+    async def reconnect(self) -> None:
+        """Close the socket: `run` opens a new one at once, replays the subscriptions and tells `on_reconnect`.
+        Returns without waiting for the close: the caller may hold what this connection's messages are waiting for
+        (the bot's trade lock while its control command runs)."""
+        LOG.info("stream %s: reconnecting, as asked", self.endpoint)
+        self._reason = "requested"
+        self.backoff.reset()
+        if self._ws is not None:
+            task: asyncio.Task[Any] = asyncio.ensure_future(self._ws.close())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _session(self, session: aiohttp.ClientSession) -> str:
         self._reason = ""
         try:
             async with session.ws_connect(self.url, autoping=True, max_msg_size=0) as ws:
                 self._ws = ws
                 self.metrics.connected.labels(self.endpoint).set(1)
+                self.metrics.rest_fallback.labels(self.endpoint).set(0)
                 self.connected.set()
                 now = time.monotonic()
                 self.silence.heard(now)
@@ -132,6 +157,10 @@ class KrakenStream:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             LOG.warning("stream %s: %s", self.endpoint, exc)
             return "error"
+        except Exception as exc:  # the token's REST call (the caller's errors): a retry with backoff, never the end
+            LOG.warning("stream %s: %s: %s", self.endpoint, type(exc).__name__, exc)
+            self._token = ""
+            return "error"
         finally:
             self._ws = None
         return self._reason or "closed"
@@ -153,6 +182,9 @@ class KrakenStream:
         now = time.monotonic()
         for symbol in (symbols or sub.symbols) or [""]:
             self.silence.watch(sub.channel, symbol, sub.cadence, now)
+            timeout = self.silence.clocks[(sub.channel, symbol)].timeout
+            if timeout is not None:
+                self.metrics.silence_timeout.labels(sub.channel, symbol).set(timeout)
         if sub.channel in ("executions", "balances"):
             self.sequences.reset(sub.channel)
         await self._send({"method": "subscribe", "params": params})
@@ -183,7 +215,12 @@ class KrakenStream:
         if channel in ("book", "trade", "ticker", "executions", "balances", "instrument"):
             await self._on_channel(str(channel), message, now)
         if self.on_message is not None:
-            await self.on_message(message)
+            try:
+                await self.on_message(message)
+            except (
+                Exception
+            ):  # the consumer's failure (a REST call of the bot's during a reconnect) is not the stream's
+                LOG.exception("stream %s: the consumer of a %s message failed", self.endpoint, channel)
 
     async def _on_channel(self, channel: str, message: dict[str, Any], now: float) -> None:
         data = message.get("data")

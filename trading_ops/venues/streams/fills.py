@@ -43,8 +43,12 @@ class FillFeed:
         self._seen[fill.trade_id] = source
         if len(self._seen) > REMEMBERED:
             self._seen.popitem(last=False)
+        try:
+            await self.on_fill(fill)
+        except BaseException:
+            self._seen.pop(fill.trade_id, None)  # not delivered: the next source to offer it (a REST poll) delivers it
+            raise
         self.metrics.fills_first_seen.labels(source).inc()
-        await self.on_fill(fill)
         return True
 
     async def offer_all(self, fills: Iterable[VenueFill], source: str) -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-RECONNECT_REASONS = ("closed", "silent", "error")
+RECONNECT_REASONS = ("closed", "silent", "error", "requested")
 
 
 class StreamMetrics:
-    """Connected per endpoint, the last message per channel and symbol, reconnects by reason, checksum failures and
-    resyncs per symbol, sequence gaps per channel; bounded labels only."""
+    """Connected per endpoint, the last message per channel and symbol (and its silence timeout), reconnects by
+    reason, checksum failures and resyncs per symbol, sequence gaps per channel, REST fallback per endpoint; bounded
+    labels only."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.connected = Gauge(
@@ -52,6 +53,18 @@ class StreamMetrics:
             "tradingbot_stream_book_in_sync",
             "1 while the book agrees with its checksum.",
             ["symbol"],
+            registry=registry,
+        )
+        self.silence_timeout = Gauge(
+            "tradingbot_stream_silence_timeout_seconds",
+            "How long the channel may stay quiet for the symbol before it is silent (only channels with a cadence).",
+            ["channel", "symbol"],
+            registry=registry,
+        )
+        self.rest_fallback = Gauge(
+            "tradingbot_stream_rest_fallback",
+            "1 while the endpoint's stream is down and REST polls stand in for it.",
+            ["endpoint"],
             registry=registry,
         )
         self.fills_first_seen = Counter(
