@@ -315,6 +315,16 @@ class BotRuntime:
         self.journal.health.add_listener(self.schedule.journal_changed)
         self.schedule.on_journal_settled = self.journal.health.settled
         self._trade_lock = self.trade_lock.lock  # held by a strategy step, a reconciliation, a restricting command
+        self._init_run_state()
+        self.inst.state.add_listener(self._journal_transition)
+        register_commands(self.inst.control, self.broker, self)
+        if self.ramp.stages:
+            # Wider limits: the destructive scope, as the reconciler's `ramp-promote` rule sends it.
+            self.inst.control.register("ramp_promote", self._ramp_promote, scope=DESTRUCTIVE)
+        self._register_readiness()
+
+    def _init_run_state(self) -> None:
+        """What a run keeps of itself: its stop, its tasks, the lock's timers."""
         self._stop_reason = "stop"
         # Set by a shutdown whose cancel of the open orders could not be confirmed: what `run` raises (OrdersLeftOpen).
         self.orders_left_open = ""
@@ -330,12 +340,6 @@ class BotRuntime:
         self._lock_retry_at = 0.0  # while another instance holds the lock: when to ask for it again
         self._lock_check_due = 0.0  # when the lock's session is next looked at, a reconnect or not
         self._on_stop: list[Callable[[], None]] = []
-        self.inst.state.add_listener(self._journal_transition)
-        register_commands(self.inst.control, self.broker, self)
-        if self.ramp.stages:
-            # Wider limits: the destructive scope, as the reconciler's `ramp-promote` rule sends it.
-            self.inst.control.register("ramp_promote", self._ramp_promote, scope=DESTRUCTIVE)
-        self._register_readiness()
 
     def _ramped_risk(self, stages: list[Any], limits: RiskLimits) -> RiskEngine:
         """The RiskEngine under the ramp (self.ramp): the current stage narrows bot.risk; a loss-limit breach falls
