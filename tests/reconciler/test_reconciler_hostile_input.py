@@ -325,6 +325,7 @@ def test_config_check_refuses_a_short_console_token_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "a-control-token-long-enough")
+    monkeypatch.setenv("TRADING_OPS_RECONCILER_TOKEN", "a-webhook-token-long-enough")
     write_secret(tmp_path / "short", "letmein")
     write_secret(tmp_path / "long", DESK_TOKEN)
     path = tmp_path / "c.yaml"
@@ -337,7 +338,7 @@ def test_config_check_refuses_a_short_console_token_in_one_line(
     assert "letmein" not in err[0]
     # The bots' tokens as well (the control API's, here from its environment variable).
     monkeypatch.setenv("TRADING_OPS_CONTROL_TOKEN", "hunter2")
-    assert main(["--config", str(path), "config", "check"]) == 2
+    assert main(["--config", str(path), "config", "check", "--service", "bot"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bot.control_token: 7 characters" in err[0] and "hunter2" not in err[0], err
 

@@ -56,7 +56,8 @@ class AlertmanagerClient:
         return self.member
 
     def _order(self) -> list[str]:
-        start = self.base_urls.index(self.member)
+        # The members in order from the one that answered last (from the first when the list changed since).
+        start = self.base_urls.index(self.member) if self.member in self.base_urls else 0
         return self.base_urls[start:] + self.base_urls[:start]
 
     async def _request(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
