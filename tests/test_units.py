@@ -34,8 +34,9 @@ def test_the_fast_profile_shortens_the_timings_as_it_shortens_for() -> None:
     bot = read_policy(PAPER_BOT_UNIT_FILE, "trading-ops-paper-bot.service", FAST)
     assert (bot.restart_seconds, bot.watchdog_seconds, bot.start_limit_interval) == (1.0, 10.0, 120.0)
     assert bot.start_limit_burst == 5  # a crash loop still stops after the same number of starts
+    # Type=notify: the reconciler is ready once its ledger answered and its port listens.
     reconciler = read_policy(RECONCILER_UNIT_FILE, "trading-ops-reconciler.service", FAST)
-    assert (reconciler.notify, reconciler.restart_seconds, reconciler.start_limit_interval) == (False, 1.0, 60.0)
+    assert (reconciler.notify, reconciler.restart_seconds, reconciler.start_limit_interval) == (True, 1.0, 60.0)
 
 
 def test_a_unit_that_does_not_restart_on_failure_is_refused(tmp_path: Path) -> None:
