@@ -20,6 +20,7 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from console_client import CSRF, log_in, page
 from fake_bot import FakeBot
 from polling import until_async
 from raw_http import chunked_request
@@ -39,7 +40,6 @@ from trading_ops.reconciler.login_throttle import ALL_BURST, CLIENT_BURST, FLOOD
 OPERATE_TOKEN = "console-operate-token-0123456789"
 DESK_TOKEN = "console-desk-approve-token-0123456789"
 ONCALL_TOKEN = "console-oncall-destructive-token-0123456789"
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 # What every answer of the console carries (trading_ops.reconciler.console.SECURITY_HEADERS), and every API answer.
 CONSOLE_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy")
 API_HEADERS = ("X-Content-Type-Options", "X-Frame-Options", "Content-Security-Policy")
@@ -82,23 +82,6 @@ def config_of(tmp_path: Path, db_url: str, **reconciler: Any) -> Config:
 async def started(aiohttp_client: Any, config: Config, app: web.Application | None = None) -> TestClient[Any, Any]:
     client: TestClient[Any, Any] = await aiohttp_client(app or create_app(config))
     return client
-
-
-async def log_in(client: TestClient[Any, Any], token: str) -> str:
-    """A login through the console's form: the session id its cookie carries."""
-    form = await client.get("/ui/login")
-    nonce = CSRF.search(await form.text())
-    assert nonce is not None
-    done = await client.post("/ui/login", data={"csrf": nonce.group(1), "token": token}, allow_redirects=False)
-    assert done.status == 303, await done.text()
-    sid = done.cookies[COOKIE].value
-    client.session.cookie_jar.clear()
-    return sid
-
-
-async def page(client: TestClient[Any, Any], path: str, sid: str) -> tuple[int, str]:
-    resp = await client.get(path, headers={"Cookie": f"{COOKIE}={sid}"}, allow_redirects=False)
-    return resp.status, resp.headers.get("Location") or await resp.text()
 
 
 async def post(client: TestClient[Any, Any], path: str, sid: str, **form: str) -> aiohttp.ClientResponse:
