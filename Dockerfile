@@ -31,9 +31,9 @@ ARG WHEELHOUSE=
 COPY pyproject.toml README.md constraints.txt ./
 COPY trading_ops ./trading_ops
 # The versions the tests passed with (constraints.txt, written by `make lock`), and the PostgreSQL driver: the
-# compose stack keeps its journal and ledger in PostgreSQL.
+# compose stack keeps its journal and ledger in PostgreSQL; aiosmtpd for `trading-ops mailbox` (the local receiver).
 RUN python3 -m venv /opt/trading-ops \
-    && pip install ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} -c constraints.txt '.[postgres]' \
+    && pip install ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} -c constraints.txt '.[postgres,mailbox]' \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/trading-ops trading \
     && rm -rf /src
 

@@ -16,13 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import os
-import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import ccxt.async_support as ccxt
+from gateway_bench import NEVER, gateway_process, kraken, new_keys, percentile, serve, wait_up
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.book import Book
@@ -46,32 +41,7 @@ from trading_ops.db.base import make_engine
 from trading_ops.venues.ccxt import CcxtBroker
 
 GOAL_RATIO = 1.1
-NEVER = 3600.0
 BTC_DEPOSIT = 1000  # on the gateway's account, for the round trips' resting sells
-STARTUP_SECONDS = 60.0
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def kraken(base: str, key: str, secret: str) -> ccxt.kraken:
-    return ccxt.kraken(
-        {
-            "apiKey": key,
-            "secret": secret,
-            "enableRateLimit": False,
-            "urls": {"api": {"public": base, "private": base}},
-        }
-    )
 
 
 class Hooks:
@@ -104,22 +74,6 @@ class Hooks:
 
     async def halt(self, reason: str) -> None:
         raise AssertionError(f"unexpected halt: {reason}")
-
-
-async def wait_up(base: str, key: str, secret: str) -> None:
-    ex = kraken(base, key, secret)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    try:
-        while True:
-            try:
-                await ex.fetch_time()
-                return
-            except ccxt.NetworkError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-    finally:
-        await ex.close()
 
 
 async def round_trips(base: str, keys: dict[str, str], orders: int, warmup: int) -> dict[str, Any]:
@@ -221,29 +175,6 @@ async def run(args: argparse.Namespace, base: str, keys: dict[str, str], workdir
     return {"round_trip": trips, "reconciliation": recon}
 
 
-def serve(port: int) -> int:
-    """The gateway process: the paper venue, still (no ticks, no latency, no rejects), both benchmark keys."""
-    from aiohttp import web
-
-    from trading_ops.paper.venue import PaperVenue
-    from trading_ops.venues.kraken_gateway import KrakenGateway, create_app
-
-    venue = PaperVenue(
-        starting_balance=Decimal("100000000"),
-        volatility=0.0,
-        tick_interval=NEVER,
-        rate_limit_per_second=1e9,
-        rate_limit_burst=1e9,
-    )
-    # A spot account sells only what it holds, as on Kraken: the round trips' resting sells need the BTC.
-    asyncio.run(venue.transfer("BTC", Decimal(BTC_DEPOSIT)))
-    keys = json.loads(os.environ["BENCH_GATEWAY_KEYS"])
-    web.run_app(
-        create_app(KrakenGateway(venue, keys, "bench")), host="127.0.0.1", port=port, print=None, access_log=None
-    )
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=400, help="measured submits per client")
@@ -252,20 +183,11 @@ def main() -> int:
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        return serve(args.serve)
-    port = free_port()
-    keys = {name: base64.b64encode(secrets.token_bytes(32)).decode() for name in ("bench-bare", "bench-broker")}
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(port)],
-            env={**os.environ, "BENCH_GATEWAY_KEYS": json.dumps(keys), "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
-        )
-        try:
-            result = asyncio.run(run(args, f"http://127.0.0.1:{port}", keys, Path(tmp)))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        # A still venue; the round trips' resting sells' BTC on the account (a spot account sells what it holds).
+        return serve(args.serve, {"BTC": Decimal(BTC_DEPOSIT)})
+    keys = new_keys(("bench-bare", "bench-broker"))
+    with tempfile.TemporaryDirectory() as tmp, gateway_process(__file__, keys) as base:
+        result = asyncio.run(run(args, base, keys, Path(tmp)))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -104,6 +104,9 @@ class Scenario:
     # Seconds the next round waits after this one's end, besides settling: a window of the alert's that still holds
     # this fault once the alert resolved.
     window_after: float = 0.0
+    # Control commands sent once the reconciler's run has begun (its first step seen): a fault that lasts until the
+    # reconciler acts, so that its action meets the venue speaking again (silent_stream's, see SCENARIOS).
+    clear_when_acting: tuple[str, ...] = ()
 
     def matches(self, alertname: str, labels: dict[str, str]) -> bool:
         """One of its alerts (`alert` may name several, `|` between them), with its labels."""
@@ -113,7 +116,23 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("drop_connection", "TradingBotBrokerDisconnected", "recovered"),
-    Scenario("stale_market_data", "TradingBotMarketDataStale", "recovered", {"symbol": "ETH-USD"}),
+    # The paper bot streams its tickers (paper.stream, the default): a ticker gone silent (stale_market_data) is
+    # subscribed again by the bot itself at its silence timeout (3 s), before any alert, so the resubscribe the
+    # reconciler performs is measured on the fault the bot cannot heal: the ticker silent across the bot's own
+    # resubscribes and reconnects (`persistent`). TradingBotStreamChannelStale fires, the reconciler's
+    # stream-resubscribe begins its run, the venue then speaks again (`clear_chaos`, as in tests/test_stream_e2e.py)
+    # and the verification sees the channel's age back under its timeout. An episode may also end resolved:
+    # Alertmanager's resolved notice, from the same expression, beat the verification's next poll.
+    Scenario(
+        "silent_stream",
+        "TradingBotStreamChannelStale",
+        "recovered",
+        {"channel": "ticker", "symbol": "ETH-USD", "persistent": True},
+        cleanup=("clear_chaos",),
+        labels={"channel": "ticker", "symbol": "ETH-USD"},
+        also_ends=("resolved",),
+        clear_when_acting=("clear_chaos",),
+    ),
     Scenario("crash", "TradingBotDown", "healed"),
     Scenario("hang_loop", "TradingBotHeartbeatStale", "healed", {"seconds": 600}),
     Scenario("stall_journal", "TradingBotHeartbeatStale", "healed", {"seconds": 600}),
@@ -371,6 +390,8 @@ class Watch:
         steps = steps_of(mine)
         if steps and "first_action" not in self.seen:
             self.seen["first_action"] = min(ts(s["started_at"]) or now for s in steps)
+            for command in self.scenario.clear_when_acting:
+                self.probe.bot(command)
         ended = {"recovered": self.recovered, "healed": self.healed, "adopted": self.adopted, "paged": self.paged}
         return ended[self.scenario.ends](mine, now)
 

@@ -5,6 +5,9 @@ Each round injects a fault through the bot's control API and measures, on this m
 reconciler's episode timestamps: fault -> alert pending and firing in Prometheus (the baseline: the floor set by
 scraping, evaluation and `for:`, which no reconciler can beat) -> in Alertmanager -> episode received -> first action
 -> episode `recovered` (verified in Prometheus). The difference is what the alert pipeline and the reconciler add.
+silent_stream (see FAULTS) lasts until the reconciler's first step is in the episode, then the round clears it
+(`fault_cleared`), so that the reconciler's action meets the venue speaking again; its episode may also close
+`resolved` (Alertmanager's resolved notice first), which `ended_as` reports and `recovered` then times.
 
 The stack runs the packaged default playbook with one change: no rule's cooldown is longer than --gap, the pause
 between rounds (the default playbook's 5 minutes would hold every round after the first); the budgets are raised for
@@ -49,8 +52,21 @@ DEFAULT_GAP_SECONDS = 35.0
 FAULTS = {
     # fault command -> (alert it raises, its body, the bot command that heals it)
     "drop_connection": ("TradingBotBrokerDisconnected", {}, "reconnect"),
-    "stale_market_data": ("TradingBotMarketDataStale", {"symbol": "ETH-USD"}, "resubscribe"),
+    # Not stale_market_data: the paper bot streams its tickers (paper.stream, the default) and subscribes a silent one
+    # again itself at its silence timeout (3 s), before any alert. What the reconciler heals is a ticker silent across
+    # the bot's own resubscribes and reconnects (`persistent`): TradingBotStreamChannelStale, stream-resubscribe.
+    "silent_stream": (
+        "TradingBotStreamChannelStale",
+        {"channel": "ticker", "symbol": "ETH-USD", "persistent": True},
+        "resubscribe",
+    ),
 }
+# A fault that lasts until the reconciler's run begins (its first step seen in the episode), then ends with this
+# control command, so that the reconciler's action meets the venue speaking again (as in tests/test_stream_e2e.py).
+CLEAR_WHEN_ACTING = {"silent_stream": "clear_chaos"}
+# States besides `recovered` that end a round as designed: silent_stream's episode may close resolved when
+# Alertmanager's resolved notice (from the expression the verification polls) beats the verification's next poll.
+ALSO_ENDS = {"silent_stream": ("resolved",)}
 TOKEN_BYTES = 24
 STARTED_RE = re.compile(r"^started (?P<name>[\w-]+): pid (?P<pid>\d+)")
 
@@ -210,38 +226,61 @@ def quiet(stack: Stack, alertname: str, deadline: float) -> None:
     raise RuntimeError(f"{alertname} did not settle within {deadline:g}s")
 
 
+def watch_round(
+    stack: Stack,
+    alertname: str,
+    known: set[Any],
+    ends: tuple[str, ...],
+    clear: str | None,
+    end: float,
+    seen: dict[str, float],
+    result: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Poll until an episode of the round ends in one of `ends` (returned), all closed otherwise or `end` (monotonic)
+    passes (`result["failure"]`). Stamps `seen`; sends `clear` once the reconciler's first step is in the episode."""
+    while time.monotonic() < end:
+        # Each source is stamped when its answer arrives (polls are ~POLL_SECONDS apart).
+        for alert in stack.prom_alerts():
+            if alert["labels"].get("alertname") == alertname:
+                if "pending" not in seen and (active := ts(alert.get("activeAt"))) is not None:
+                    seen["pending"] = active
+                if alert["state"] == "firing":
+                    seen.setdefault("firing", time.time())
+        if any(a["labels"].get("alertname") == alertname for a in stack.am_alerts()):
+            seen.setdefault("alertmanager", time.time())
+        mine = [e for e in stack.episodes() if e["id"] not in known and e["alertname"] == alertname]
+        if clear is not None and "cleared" not in seen and any(a["steps"] for e in mine for a in e["attempts"]):
+            post_json(f"{stack.urls['bot']}/control/{clear}", stack.token, {})
+            seen["cleared"] = time.time()
+        ended = next((e for e in mine if e["state"] in ends), None)
+        if ended is not None:
+            seen.setdefault("recovered_observed", time.time())
+            return ended
+        if mine and all(e["closed_at"] for e in mine) and seen.get("firing"):
+            result["failure"] = "episodes closed without a verified recovery: " + ", ".join(
+                f"#{e['id']} {e['state']} ({e['detail'][:120]})" for e in mine
+            )
+            return None
+        time.sleep(POLL_SECONDS)
+    result["failure"] = f"no {' or '.join(ends)} episode in time"
+    return None
+
+
 def run_round(stack: Stack, number: int, fault: str, timeout: float) -> dict[str, Any]:
     alertname, body, heal = FAULTS[fault]
     known = {e["id"] for e in stack.episodes()}
     fault_at = time.time()
     post_json(f"{stack.urls['bot']}/control/{fault}", stack.token, body)
     seen: dict[str, float] = {}
-    pending_at: float | None = None
     result: dict[str, Any] = {"round": number, "fault": fault, "alert": alertname}
-    end = time.monotonic() + timeout
-    recovered: dict[str, Any] | None = None
-    while time.monotonic() < end:
-        # Each source is stamped when its answer arrives (polls are ~POLL_SECONDS apart).
-        for alert in stack.prom_alerts():
-            if alert["labels"].get("alertname") == alertname:
-                pending_at = pending_at or ts(alert.get("activeAt"))
-                if alert["state"] == "firing":
-                    seen.setdefault("firing", time.time())
-        if any(a["labels"].get("alertname") == alertname for a in stack.am_alerts()):
-            seen.setdefault("alertmanager", time.time())
-        mine = [e for e in stack.episodes() if e["id"] not in known and e["alertname"] == alertname]
-        recovered = next((e for e in mine if e["state"] == "recovered"), None)
-        if recovered is not None:
-            seen.setdefault("recovered_observed", time.time())
-            break
-        if mine and all(e["closed_at"] for e in mine) and seen.get("firing"):
-            result["failure"] = "episodes closed without a verified recovery: " + ", ".join(
-                f"#{e['id']} {e['state']} ({e['detail'][:120]})" for e in mine
-            )
-            break
-        time.sleep(POLL_SECONDS)
-    else:
-        result["failure"] = f"no recovered episode within {timeout:g}s"
+    clear = CLEAR_WHEN_ACTING.get(fault)
+    ends = ("recovered", *ALSO_ENDS.get(fault, ()))
+    try:
+        recovered = watch_round(stack, alertname, known, ends, clear, time.monotonic() + timeout, seen, result)
+    finally:
+        if clear is not None:  # whatever happened, the venue speaks again before the next round
+            post_json(f"{stack.urls['bot']}/control/{clear}", stack.token, {})
+    pending_at = seen.pop("pending", None)
     mine = [e for e in stack.episodes() if e["id"] not in known and e["alertname"] == alertname]
     steps = [s for e in mine for a in e["attempts"] for s in a["steps"]]
     result["actions"] = [s["description"] for s in steps]
@@ -266,6 +305,9 @@ def run_round(stack: Stack, number: int, fault: str, timeout: float) -> dict[str
             }
         )
         result["heal_actions"] = sum(1 for s in steps if heal in s["description"])
+        result["ended_as"] = recovered["state"]
+    if "cleared" in seen:
+        result["seconds"]["fault_cleared"] = since(seen["cleared"])
     return result
 
 

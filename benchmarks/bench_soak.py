@@ -2,12 +2,16 @@
 
 Every --every seconds one fault from a fixed cycle is injected into the paper bot (faults the reconciler heals
 without restarting the bot, so each process lives the whole soak and its growth is its own): drop_connection,
-stale_market_data, position_drift, reject_storm (the playbook pauses the bot; the soak, as a human would, clears the
-fault and resumes it), a reject storm once in eight faults so that each storm's 5-minute window clears before the
-next. Every --sample seconds the resident memory and open file descriptors of the bot, the reconciler, Prometheus
-and Alertmanager are sampled. The report gives, per process, the first and last values and the growth per hour
-(least-squares slope over the second half of the soak, after the caches have warmed), and the episodes by alert and
-outcome. The bot runs without a daily loss limit (the demo's fees would halt it within hours).
+silent_stream (the ETH-USD ticker silent across the bot's own resubscribes and reconnects, `persistent`, until the
+reconciler's stream-resubscribe begins its run on TradingBotStreamChannelStale: then the soak clears it, so that the
+reconciler's action meets the venue speaking again, as in tests/test_stream_e2e.py; a plain stale_market_data the
+streaming paper bot heals itself within 3 s, before any alert), position_drift, reject_storm (the playbook pauses
+the bot; the soak, as a human would, clears the fault and resumes it), a reject storm once in eight faults so that
+each storm's 5-minute window clears before the next. Every --sample seconds the resident memory and open file
+descriptors of the bot, the reconciler, Prometheus and Alertmanager are sampled. The report gives, per process, the
+first and last values and the growth per hour (least-squares slope over the second half of the soak, after the caches
+have warmed), and the episodes by alert and outcome. The bot runs without a daily loss limit (the demo's fees would
+halt it within hours).
 
 Beside it (unless --no-freqtrade) runs the stack of tests/test_freqtrade_e2e.py, tests/freqtrade_stack.py: a real
 freqtrade trading on the paper gateway behind the `trading-ops freqtrade` sidecar, its own Prometheus, Alertmanager
@@ -42,19 +46,20 @@ from freqtrade_stack import freqtrade_stack  # noqa: E402
 
 Fault = tuple[str, dict[str, Any]]
 DROP: Fault = ("drop_connection", {})
-STALE: Fault = ("stale_market_data", {"symbol": "ETH-USD"})
+SILENT: Fault = ("silent_stream", {"channel": "ticker", "symbol": "ETH-USD", "persistent": True})
+SILENT_ALERT = "TradingBotStreamChannelStale"
 DRIFT: Fault = ("position_drift", {"symbol": "SOL-USD", "quantity": 0.05})
 # One reject storm in eight faults: TradingBotOrderRejectRatioHigh judges rejects over 5 minutes, so storms closer
 # than the storm plus that window would keep one alert firing across them (one episode for several storms).
 FAULTS: list[Fault] = [
     DROP,
-    STALE,
+    SILENT,
     DRIFT,
     ("reject_storm", {"seconds": 120}),
     DROP,
-    STALE,
+    SILENT,
     DRIFT,
-    STALE,
+    SILENT,
 ]
 # After a reject storm the playbook pauses the bot; this long later the soak clears the fault and resumes it.
 RESUME_AFTER_SECONDS = 90.0
@@ -123,6 +128,10 @@ class Soak:
     refused: Counter[str] = field(default_factory=Counter)
     cycle: int = 0
     resume_at: float | None = None
+    # A silent_stream waiting for the reconciler's run: the episodes known when it was injected.
+    silent_known: set[Any] | None = None
+    # How each silent_stream ended at the venue: cleared once the reconciler acted, or at the next fault without it.
+    silences_cleared: Counter[str] = field(default_factory=Counter)
     next_sample: float = field(init=False)
     next_fault: float = field(init=False)
     next_ft_fault: float = field(init=False)
@@ -141,6 +150,8 @@ class Soak:
                 self.take_sample(now)
             if self.resume_at is not None and now >= self.resume_at:
                 self.resume()
+            if self.silent_known is not None:
+                self.clear_silence_once_acted_on()
             if now >= self.next_fault:
                 self.inject(now)
             if self.ft is not None and now >= self.next_ft_fault:
@@ -168,13 +179,41 @@ class Soak:
             self.control(command, {})
         self.resume_at = None
 
+    def clear_silence_once_acted_on(self) -> None:
+        """The venue speaks again once the reconciler's run on the silent ticker has begun (its first step)."""
+        try:
+            episodes = self.stack.episodes()
+        except OSError:
+            return
+        if any(
+            a["steps"]
+            for e in episodes
+            if e["alertname"] == SILENT_ALERT and e["id"] not in (self.silent_known or ())
+            for a in e["attempts"]
+        ):
+            self.control("clear_chaos", {})
+            self.silent_known = None
+            self.silences_cleared["once_the_reconciler_acted"] += 1
+
     def inject(self, now: float) -> None:
+        if self.silent_known is not None:  # never acted on within a fault interval: cleared, and counted
+            self.control("clear_chaos", {})
+            self.silent_known = None
+            self.silences_cleared["at_the_next_fault_never_acted_on"] += 1
         fault, body = FAULTS[self.cycle % len(FAULTS)]
         self.cycle += 1
+        try:  # the episodes a silent_stream's own are told apart from
+            known = {e["id"] for e in self.stack.episodes()} if fault == SILENT[0] else set()
+        except OSError:
+            self.refused["episodes (before silent_stream)"] += 1
+            self.next_fault = now + self.every
+            return
         if self.control(fault, body):
             self.injected[fault] += 1
             if fault == "reject_storm":
                 self.resume_at = now + RESUME_AFTER_SECONDS
+            if fault == SILENT[0]:
+                self.silent_known = known
         self.next_fault = now + self.every
 
     def drop_freqtrade_gateway(self, ft: FreqtradeStack, now: float) -> None:
@@ -251,6 +290,7 @@ def main() -> int:
         "fault_every_seconds": args.every,
         "faults_injected": dict(soak.injected),
         "commands_refused": dict(soak.refused),
+        "silent_streams_cleared": dict(soak.silences_cleared),
         "processes": {name: process_report(points) for name, points in soak.series.items()},
         "processes_restarted": at_end.restarted,
         "episodes": len(at_end.episodes),

@@ -30,10 +30,10 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from trading_ops.bot.streams.health import silence_timeout
+from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.venues.kraken_ws.server import PUBLIC_PATH
 from trading_ops.venues.streams.client import KrakenStream, Subscription
-from trading_ops.venues.streams.health import silence_timeout
-from trading_ops.venues.streams.metrics import StreamMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench"

@@ -15,65 +15,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import os
 import secrets
-import socket
-import subprocess
 import sys
 import time
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt
 import ccxt.pro as ccxtpro
+from gateway_bench import gateway_process, kraken, new_keys, serve, summary, urls
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import BrokerEvents, VenueFill
 from trading_ops.venues.ccxt import POLL_INTERVAL_SECONDS, CcxtBroker
-from trading_ops.venues.kraken_ws.server import PRIVATE_PATH, PUBLIC_PATH
 from trading_ops.venues.streams.broker import StreamingCcxtBroker
 
-NEVER = 3600.0
 STARTUP_SECONDS = 60.0
 GOAL_P50_MS = 100.0
 GOAL_RATIO = 5.0
-ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("bench-placer", "bench-stream", "bench-poll", "bench-broker-stream", "bench-broker-poll")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summary(latencies: list[float]) -> dict[str, Any]:
-    ms = [x * 1000 for x in latencies]
-    return {
-        "fills": len(ms),
-        "p50_ms": round(percentile(ms, 0.5), 1),
-        "p99_ms": round(percentile(ms, 0.99), 1),
-        "max_ms": round(max(ms), 1),
-    }
-
-
-def urls(base: str) -> dict[str, Any]:
-    ws = base.replace("http://", "ws://", 1)
-    public, private = ws + PUBLIC_PATH, ws + PRIVATE_PATH
-    return {
-        "public": base,
-        "private": base,
-        "ws": {"publicV2": public, "privateV2": private, "public": public, "private": private},
-    }
 
 
 def executed(info_time: Any) -> float:
@@ -117,7 +79,7 @@ async def connected_bots(
         return BrokerEvents(on_fill=on_fill)
 
     def exchange(key: str) -> ccxt.kraken:
-        return ccxt.kraken({"apiKey": key, "secret": keys[key], "enableRateLimit": False, "urls": {"api": urls(base)}})
+        return kraken(base, key, keys[key])
 
     streaming = StreamingCcxtBroker(
         exchange(KEYS[3]),
@@ -133,11 +95,8 @@ async def connected_bots(
 
 
 async def run(base: str, keys: dict[str, str], fills: int, interval: float) -> dict[str, Any]:
-    def client(cls: Any, key: str) -> Any:
-        return cls({"apiKey": key, "secret": keys[key], "enableRateLimit": False, "urls": {"api": urls(base)}})
-
-    placer, poller = client(ccxt.kraken, KEYS[0]), client(ccxt.kraken, KEYS[2])
-    streamer = client(ccxtpro.kraken, KEYS[1])
+    placer, poller = kraken(base, KEYS[0], keys[KEYS[0]]), kraken(base, KEYS[2], keys[KEYS[2]])
+    streamer = kraken(base, KEYS[1], keys[KEYS[1]], pro=True)
     deadline = time.monotonic() + STARTUP_SECONDS
     while True:
         try:
@@ -198,29 +157,6 @@ async def run(base: str, keys: dict[str, str], fills: int, interval: float) -> d
     }
 
 
-def serve(port: int) -> int:
-    """The gateway process: a still paper venue (no ticks, no latency, no rejects), the three benchmark keys."""
-    from aiohttp import web
-
-    from trading_ops.paper.venue import PaperVenue
-    from trading_ops.venues.kraken_gateway import KrakenGateway, create_app
-
-    venue = PaperVenue(
-        starting_balance=Decimal("100000000"),
-        volatility=0.0,
-        tick_interval=NEVER,
-        rate_limit_per_second=1e9,
-        rate_limit_burst=1e9,
-        partial_fill_probability=0.0,
-    )
-    asyncio.run(venue.transfer("ETH", Decimal(1000)))  # the sells' ETH (a spot account sells what it holds)
-    keys = json.loads(os.environ["BENCH_GATEWAY_KEYS"])
-    web.run_app(
-        create_app(KrakenGateway(venue, keys, "bench")), host="127.0.0.1", port=port, print=None, access_log=None
-    )
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fills", type=int, default=100)
@@ -228,19 +164,11 @@ def main() -> int:
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        return serve(args.serve)
-    port = free_port()
-    keys = {name: base64.b64encode(secrets.token_bytes(32)).decode() for name in KEYS}
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port)],
-        env={**os.environ, "BENCH_GATEWAY_KEYS": json.dumps(keys), "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-    )
-    try:
-        result = asyncio.run(run(f"http://127.0.0.1:{port}", keys, args.fills, args.poll_interval))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        # A still venue; the sells' ETH on the account (a spot account sells what it holds).
+        return serve(args.serve, {"ETH": Decimal(1000)})
+    keys = new_keys(KEYS)
+    with gateway_process(__file__, keys) as base:
+        result = asyncio.run(run(base, keys, args.fills, args.poll_interval))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -21,7 +21,7 @@ from system_binaries import REPO_ROOT, SYSTEM, Generation, alertmanager_binary
 
 from trading_ops.stack.alertmanager_config import render_alertmanager
 from trading_ops.stack.layout import Ports
-from trading_ops.stack.profiles import FAST
+from trading_ops.stack.profiles import FAST, Profile
 
 # Alone: no gossip listener (another test's Alertmanager on this machine would join it).
 STANDALONE = ("--cluster.listen-address=",)
@@ -178,16 +178,19 @@ def start_repo_alertmanager(
     token_file: Path,
     generation: Generation = SYSTEM,
     pager_url: str | None = None,
+    send_resolved: bool = False,
+    profile: Profile = FAST,
 ) -> tuple[str, subprocess.Popen[bytes]]:
-    """The repository's alertmanager.yml as `trading-ops up --profile fast` writes it, on `port` (of
+    """The repository's alertmanager.yml as `trading-ops up --profile fast` (or `profile`) writes it, on `port` (of
     `generation`); with `pager_url`, its pager receiver (PagerDuty and e-mail, quiet in the local stack) posts its
-    pages to that webhook, so a test counts what would page a person."""
+    pages to that webhook, so a test counts what would page a person (with `send_resolved`, its resolved notices
+    too, as the shipped pager sends them)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=reconciler.port), FAST, token_file)
+    rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=reconciler.port), profile, token_file)
     if pager_url is not None:
         for receiver in rendered.config["receivers"]:
             if receiver["name"] == "pager":
-                receiver["webhook_configs"] = [{"url": pager_url, "send_resolved": False}]
+                receiver["webhook_configs"] = [{"url": pager_url, "send_resolved": send_resolved}]
     (tmp / "alertmanager.yml").write_text(yaml.safe_dump(rendered.config))
     am = run_alertmanager(tmp / "alertmanager.yml", tmp / "data", port, tmp / "alertmanager.log", generation=generation)
     return am.url, am.proc

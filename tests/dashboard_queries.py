@@ -31,20 +31,23 @@ BUILTIN_VALUES = {
 # 30 days, recorded once a minute from what history there is.
 DATA_DASHBOARDS = ("trading-overview", "bot-health", "slo")
 FREQTRADE_ONLY = "freqtrade's own numbers, from its sidecar: a bot on the runtime (paper, ccxt) has no freqtrade"
-# The venue stream's row: only a ccxt bot with `ccxt.stream: true` exports tradingbot_stream_* (the stack's bots poll);
+# The venue stream's row: only a streaming ccxt bot (the default on Kraken) exports tradingbot_stream_* (the stack's
+# paper bots do not);
 # tests/test_ccxt_bot.py scrapes them from a streaming bot.
-STREAM_ONLY = "a venue stream's health: only a ccxt bot with ccxt.stream: true has one"
+STREAM_ONLY = "a venue stream's health: only a streaming ccxt bot has one"
 STREAM_PANELS = dict.fromkeys(
     [
         "bot-health/Stream connected and on REST fallback/A",
         "bot-health/Stream connected and on REST fallback/B",
+        "bot-health/Stream connected and on REST fallback/C",
         "bot-health/Channel age against its silence timeout/A",
         "bot-health/Channel age against its silence timeout/B",
         "bot-health/Book in sync with its checksum/A",
         "bot-health/Stream reconnects per 5 minutes/A",
-        "bot-health/Checksum failures, resyncs and sequence gaps per 5 minutes/A",
-        "bot-health/Checksum failures, resyncs and sequence gaps per 5 minutes/B",
-        "bot-health/Checksum failures, resyncs and sequence gaps per 5 minutes/C",
+        "bot-health/Checksum failures, resyncs, sequence gaps and failed subscriptions per 5 minutes/A",
+        "bot-health/Checksum failures, resyncs, sequence gaps and failed subscriptions per 5 minutes/B",
+        "bot-health/Checksum failures, resyncs, sequence gaps and failed subscriptions per 5 minutes/C",
+        "bot-health/Checksum failures, resyncs, sequence gaps and failed subscriptions per 5 minutes/D",
         "bot-health/Fills first seen, by source, per 5 minutes/A",
     ],
     STREAM_ONLY,

@@ -27,19 +27,28 @@ from system_binaries import REPO_ROOT, require_binary
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# A root takes a minute or two on a quiet machine; 12:48 (trixie) and over 15 minutes (bookworm with openssh-server)
+# were seen on the 2-core machine at a load of 40-60, eight engineers' tests beside it.
+DEBOOTSTRAP_SECONDS = 1800
 # A root that boots under systemd-nspawn and runs the project with Debian's own Python.
 SYSTEMD_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "ca-certificates")
-# Debian bookworm's interpreter, for which the wheelhouse is downloaded.
-WHEEL_TARGET = [
-    "--only-binary=:all:",
-    "--python-version=3.11",
-    "--implementation=cp",
-    "--abi=cp311",
-    "--platform=manylinux_2_28_x86_64",
-    "--platform=manylinux_2_17_x86_64",
-    "--platform=manylinux2014_x86_64",
-    "--platform=linux_x86_64",
-]
+# Debian's Python per release: the wheelhouse is downloaded for the root's interpreter.
+PYTHONS = {"bookworm": "3.11", "trixie": "3.13"}
+
+
+def wheel_target(python: str = PYTHONS[SUITE]) -> list[str]:
+    """pip download's options for CPython `python` (3.11: Debian bookworm's, 3.13: trixie's) on x86_64 Linux."""
+    abi = "cp" + python.replace(".", "")
+    return [
+        "--only-binary=:all:",
+        f"--python-version={python}",
+        "--implementation=cp",
+        f"--abi={abi}",
+        "--platform=manylinux_2_28_x86_64",
+        "--platform=manylinux_2_17_x86_64",
+        "--platform=manylinux2014_x86_64",
+        "--platform=linux_x86_64",
+    ]
 
 
 def cache_dir() -> Path:
@@ -84,13 +93,13 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def debian_root(packages: Sequence[str] = SYSTEMD_PACKAGES, *, variant: str = "minbase") -> Path:
-    """The cached root holding `packages` (made now if this machine has none yet). Fails the test, never skips it,
-    with one line when debootstrap or root is missing or the mirror cannot be reached."""
+def debian_root(packages: Sequence[str] = SYSTEMD_PACKAGES, *, variant: str = "minbase", suite: str = SUITE) -> Path:
+    """The cached root of Debian `suite` holding `packages` (made now if this machine has none yet). Fails the test,
+    never skips it, with one line when debootstrap or root is missing or the mirror cannot be reached."""
     if os.geteuid() != 0:
         pytest.fail("the deployment tests need root (debootstrap, systemd-nspawn, dockerd)", pytrace=False)
     debootstrap = require_binary("debootstrap")
-    target = cache_dir() / root_key(packages, variant=variant)
+    target = cache_dir() / root_key(packages, variant=variant, suite=suite)
     with _locked(target.with_suffix(".lock")):
         if (target / ".complete").exists():
             return target
@@ -101,19 +110,19 @@ def debian_root(packages: Sequence[str] = SYSTEMD_PACKAGES, *, variant: str = "m
             debootstrap,
             f"--variant={variant}",
             f"--include={','.join(sorted(set(packages)))}",
-            SUITE,
+            suite,
             str(building),
             apt_mirror(),
         ]
         try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=DEBOOTSTRAP_SECONDS, check=False)
         finally:
             # A debootstrap killed half-way (a timeout, an interrupted test) leaves the root's /proc and /sys mounted.
             _unmount_under(building)
         if result.returncode != 0:
             shutil.rmtree(building, ignore_errors=True)
             last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            pytest.fail(f"debootstrap of a {SUITE} root failed (exit {result.returncode}): {last[0]}", pytrace=False)
+            pytest.fail(f"debootstrap of a {suite} root failed (exit {result.returncode}): {last[0]}", pytrace=False)
         # apt's downloaded .debs are not part of the root.
         shutil.rmtree(building / "var/cache/apt/archives", ignore_errors=True)
         (building / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
@@ -149,17 +158,20 @@ def project_requirements() -> list[str]:
     return [
         *project["project"]["dependencies"],
         *project["project"]["optional-dependencies"]["postgres"],
+        *project["project"]["optional-dependencies"]["mailbox"],
         *project["build-system"]["requires"],
     ]
 
 
-def wheelhouse() -> Path:
-    """constraints.txt's wheels for Debian bookworm's Python (with the build backend), downloaded once per machine and
-    cached under ~/.cache/trading-ops/wheelhouse, keyed by constraints.txt and the project's requirements: one set for
-    the deployment tests, the compose test's image build and the systemd test's virtualenv."""
+def wheelhouse(python: str = PYTHONS[SUITE]) -> Path:
+    """constraints.txt's wheels for Debian's Python `python` (bookworm's by default; with the build backend),
+    downloaded once per machine and cached under ~/.cache/trading-ops/wheelhouse, keyed by constraints.txt, the
+    project's requirements and the interpreter: one set for the deployment tests, the compose test's image build and
+    the systemd test's virtualenv, another for the systemd page's run on Debian 13."""
     requirements = project_requirements()
     constraints = REPO_ROOT / "constraints.txt"
-    spec = constraints.read_bytes() + "\n".join([*requirements, *WHEEL_TARGET]).encode()
+    target_options = wheel_target(python)
+    spec = constraints.read_bytes() + "\n".join([*requirements, *target_options]).encode()
     target = cache_dir().parent / "wheelhouse" / hashlib.sha256(spec).hexdigest()[:16]
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_suffix(".lock"), "a") as lock:
@@ -176,7 +188,7 @@ def wheelhouse() -> Path:
             "-q",
             "--dest",
             str(building),
-            *WHEEL_TARGET,
+            *target_options,
             "-c",
             str(constraints),
         ]

@@ -22,7 +22,14 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 # The test modules whose pieces this builds, by what they need.
-MODULES = {"compose": TESTS / "test_compose_real.py", "systemd": TESTS / "test_systemd_real.py"}
+MODULES = {
+    "compose": TESTS / "test_compose_real.py",
+    "systemd": TESTS / "test_systemd_real.py",
+    "debian13": TESTS / "test_debian13_real.py",
+    "remote": TESTS / "test_remote_hosts_real.py",
+}
+# The pieces only tests marked `hosts` (`make test-hosts`) need.
+HOSTS_ONLY = {"debian13"}
 STOP_SECONDS = 60.0
 NICENESS = 10
 
@@ -39,6 +46,8 @@ def start(config: Any) -> subprocess.Popen[bytes] | None:
     if os.geteuid() != 0 or hasattr(config, "workerinput") or config.option.collectonly:
         return None
     names = wanted([str(a) for a in config.args], Path(config.invocation_params.dir))
+    if "not hosts" in (config.option.markexpr or ""):
+        names = [name for name in names if name not in HOSTS_ONLY]  # `make test` leaves the `hosts` tests out
     if not names:
         return None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
@@ -93,9 +102,18 @@ def pieces(names: list[str]) -> list[tuple[str, Callable[[], object]]]:
             # Prometheus's and Alertmanager's images take their packages from it (`make test` fills it first).
             ("the LTS packages", lts_packages),
         ]
-    found.append(("the wheelhouse", wheelhouse))
+    if "compose" in names or "systemd" in names:
+        found.append(("the wheelhouse", wheelhouse))
     if "systemd" in names:
         found.append(("the systemd root and its virtualenv layer", prepared_root))
+    if "remote" in names:
+        from nspawn_machine import SSH_ROOT_PACKAGES
+
+        found.append(("the remote host's root with its sshd", lambda: debian_root(SSH_ROOT_PACKAGES)))
+    if "debian13" in names:
+        from debian13_root import prepared_root as debian13_root
+
+        found.append(("the Debian 13 root and its run-deps layer", debian13_root))
     return found
 
 

@@ -117,10 +117,11 @@ def monitoring(
     target: str,
     url: str,
     token_file: Path,
+    pager_url: str | None = None,
 ) -> Iterator[Monitoring]:
     """In `tmp`, the reconciler running `playbook` on the bot `target` (its control API at `url`, its token in
-    `token_file`), Alertmanager sending it the alerts, and Prometheus scraping `target` as `job` with `rule_files`;
-    stopped on exit."""
+    `token_file`), Alertmanager sending it the alerts (and its pager receiver's pages to `pager_url`, when given),
+    and Prometheus scraping `target` as `job` with `rule_files`; stopped on exit."""
     procs: list[subprocess.Popen[bytes]] = []
     reconciler: ThreadedServer | None = None
     try:
@@ -146,7 +147,12 @@ def monitoring(
         reconciler = ThreadedServer(config)
         # The long-term-support pair (Prometheus 3.5, Alertmanager 0.33): what people deploy today.
         am_url, am_proc = start_repo_alertmanager(
-            tmp / "alertmanager", alertmanager_port, reconciler, tmp / "webhook-token", generation=LTS
+            tmp / "alertmanager",
+            alertmanager_port,
+            reconciler,
+            tmp / "webhook-token",
+            generation=LTS,
+            pager_url=pager_url,
         )
         procs.append(am_proc)
         config_file = prometheus_config(tmp, rule_files, job, target, am_url)

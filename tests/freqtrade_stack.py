@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e_stack import DEADLINE_SECONDS, ENDED, Monitoring, ended_after, monitoring, packaged_playbook, recovered
-from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, until
+from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, diagnose, make_freqtrade, until
 from gateway_helpers import Gateway, start_gateway
 from ports import free_port
 from secret_file import write_secret
@@ -29,12 +29,17 @@ from system_binaries import REPO_ROOT
 
 TOKEN = "e2e-control-token"
 RESTART_SCRIPT = REPO_ROOT / "tests" / "freqtrade" / "restart_freqtrade.py"
-RULE_FILES = ("freqtrade.yml", "tradingbot-availability.yml")
+RULE_FILES = ("freqtrade.yml", "tradingbot-availability.yml", "tradingbot-streams.yml")
 # The packaged rules a freqtrade's faults go to, and the unit their systemd steps restart.
-FREQTRADE_RULES = ("broker-reconnect", "freqtrade-restart", "freqtrade-loop-restart")
+FREQTRADE_RULES = ("broker-reconnect", "freqtrade-stream-reconnect", "freqtrade-restart", "freqtrade-loop-restart")
 FREQTRADE_UNIT = "freqtrade.service"
 # The alerts of the faults heal() injects: each starts a restart or a reconnect of its own.
-FAULT_ALERTS = ("TradingBotBrokerDisconnected", "TradingBotFreqtradeDown", "TradingBotHeartbeatStale")
+FAULT_ALERTS = (
+    "TradingBotBrokerDisconnected",
+    "TradingBotFreqtradeDown",
+    "TradingBotHeartbeatStale",
+    "TradingBotStreamChannelStale",
+)
 CLOSED = (*ENDED, "dry_run")
 
 
@@ -52,6 +57,31 @@ class Stack(Monitoring):
 
     def pid(self) -> int:
         return int(self.pidfile.read_text().strip())
+
+    def diagnostics(self) -> str:
+        """What a failed test's report shows of the stack (tests/conftest.py), shortest first (a CI report keeps a
+        section's first lines): the reconciler's recent episodes (alert, state, each attempt's outcome), then freqtrade
+        (`diagnose`: its threads' Python stacks when it still runs, then its log; it is started again afterwards), then
+        the sidecar's log's last lines."""
+        try:
+            episodes = "\n".join(
+                f"episode {e['id']} {e['alertname']} ({e['rule']}) {e['state']} since {e['starts_at']}: "
+                + "; ".join(f"{a['action']} {a['outcome']} {a['detail'][:100]}" for a in e["attempts"])
+                for e in self.all_episodes(20)
+            )
+        except OSError as exc:
+            episodes = f"episodes: unreadable: {exc}"
+        try:
+            pid = self.pid()
+        except (OSError, ValueError):
+            freqtrade = "freqtrade: no pid file"
+        else:
+            freqtrade = diagnose(pid, self.freqtrade.log, self.freqtrade.workdir / "freqtrade.stderr")
+            # Started again (not waited for), as the playbook would: the module's next test finds a freqtrade.
+            subprocess.run(restart_argv(self.freqtrade, self.pidfile), capture_output=True, timeout=30, check=False)
+        sidecar_log = self.pidfile.parent / "sidecar.log"
+        sidecar = sidecar_log.read_text(errors="replace").splitlines()[-30:] if sidecar_log.exists() else []
+        return "\n".join([episodes, freqtrade, "--- the sidecar's log's last lines ---", *sidecar])
 
     def sidecar_value(self, name: str, **labels: str) -> float | None:
         from prometheus_client.parser import text_string_to_metric_families
@@ -93,10 +123,13 @@ def playbook(argv: list[str]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
-    """The whole stack in `tmp`, stopped on exit."""
+def freqtrade_stack(tmp: Path, *, stream: bool = False, pager_url: str | None = None) -> Iterator[Stack]:
+    """The whole stack in `tmp`, stopped on exit; `stream`: freqtrade streams its candles from the gateway's
+    WebSocket (and the sidecar exports its stream state); `pager_url`: where Alertmanager's pager receiver posts."""
     gateway = start_gateway(tmp / "gateway")
-    ft = make_freqtrade(tmp / "freqtrade", gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600)
+    ft = make_freqtrade(
+        tmp / "freqtrade", gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600, stream=stream
+    )
     pidfile = tmp / "freqtrade.pid"
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -118,6 +151,7 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
                         "url": ft.url,
                         "username": USERNAME,
                         "password_file": str(tmp / "ft-password"),
+                        "stream": stream,
                         "listen": {"host": "127.0.0.1", "port": sidecar_port},
                         "ccxt": {
                             "exchange": "kraken",
@@ -150,6 +184,7 @@ def freqtrade_stack(tmp: Path) -> Iterator[Stack]:
             f"127.0.0.1:{sidecar_port}",
             f"http://127.0.0.1:{sidecar_port}",
             tmp / "token",
+            pager_url=pager_url,
         ) as watching:
             stack = Stack(
                 **vars(watching),
@@ -198,16 +233,17 @@ def settle(stack: Stack) -> None:
     until("freqtrade holds its trades", lambda: two_filled_trades(stack), DEADLINE_SECONDS)
 
 
-def heal(stack: Stack, alertname: str, fault: Callable[[], None]) -> Healed:
-    """From a quiet stack (`settle`), inject `fault`; wait until every new episode of `alertname` has ended; return the
-    one that recovered (its last attempt a success), the seconds from the fault to the end, and the pid freqtrade had
-    when the fault was injected (a fault that needs it reads `stack.pid()` itself, as late)."""
+def heal(stack: Stack, alertname: str, fault: Callable[[], None], deadline: float = DEADLINE_SECONDS) -> Healed:
+    """From a quiet stack (`settle`), inject `fault`; wait (`deadline` seconds at most) until every new episode of
+    `alertname` has ended; return the one that recovered (its last attempt a success), the seconds from the fault to
+    the end, and the pid freqtrade had when the fault was injected (a fault that needs it reads `stack.pid()` itself,
+    as late)."""
     settle(stack)
     known = {e["id"] for e in stack.episodes(alertname)}
     pid = stack.pid()
     injected_at, started = time.time(), time.monotonic()
     fault()
-    episodes = until(f"the {alertname} episodes end", lambda: ended_after(stack, alertname, known), DEADLINE_SECONDS)
+    episodes = until(f"the {alertname} episodes end", lambda: ended_after(stack, alertname, known), deadline)
     elapsed = time.monotonic() - started
     return Healed(recovered(episodes), elapsed, injected_at, pid)
 

@@ -27,9 +27,13 @@ SIDECAR_KEY = "sidecar-test-key"
 SIDECAR_SECRET = base64.b64encode(b"the sidecar's key on the same account").decode()
 CHECK_KEY = "test-check-key"
 CHECK_SECRET = base64.b64encode(b"the key the test looks at the venue with").decode()
-# A second bot's key on the same account (tests/test_host_down_e2e.py: two bots of one account).
+# A second bot's key, of an account of its own (the gateway's sub-account SECOND_ACCOUNT: one account per bot), and
+# the test's own key on that account (tests/test_host_down_e2e.py: two bots on one venue).
+SECOND_ACCOUNT = "second"
 SECOND_KEY = "second-bot-key"
-SECOND_SECRET = base64.b64encode(b"a second bot's key on the same account").decode()
+SECOND_SECRET = base64.b64encode(b"a second bot's key on an account of its own").decode()
+SECOND_CHECK_KEY = "second-check-key"
+SECOND_CHECK_SECRET = base64.b64encode(b"the key the test looks at the second account with").decode()
 CHAOS_TOKEN = "gateway-chaos-token"
 
 
@@ -43,25 +47,25 @@ class Gateway:
     sidecar_key: str = SIDECAR_KEY
     sidecar_secret: str = SIDECAR_SECRET
 
-    def ccxt(self) -> Any:
+    def ccxt(self, key: tuple[str, str] = (CHECK_KEY, CHECK_SECRET)) -> Any:
         """ccxt's real (sync) kraken client on the gateway, as a person checking the venue would use (a key of their
-        own on the account)."""
+        own on the account; `key` another account's)."""
         return ccxt.kraken(
             {
-                "apiKey": CHECK_KEY,
-                "secret": CHECK_SECRET,
+                "apiKey": key[0],
+                "secret": key[1],
                 "enableRateLimit": False,
                 "timeout": 5000,
                 "urls": {"api": {"public": self.url, "private": self.url}},
             }
         )
 
-    def call(self, method: str, *args: Any) -> Any:
-        """A ccxt call on the gateway with the test's key, sent again when its nonce is refused (calls of the test's
-        threads on that one key may arrive out of order)."""
+    def call(self, method: str, *args: Any, key: tuple[str, str] = (CHECK_KEY, CHECK_SECRET)) -> Any:
+        """A ccxt call on the gateway with the test's key (of the main account; `key` another), sent again when its
+        nonce is refused (calls of the test's threads on that one key may arrive out of order)."""
         for attempt in range(10):
             try:
-                return getattr(self.ccxt(), method)(*args)
+                return getattr(self.ccxt(key), method)(*args)
             except ccxt.InvalidNonce:
                 if attempt == 9:
                     raise
@@ -104,9 +108,9 @@ def start_gateway(tmp: Path, host: str = "127.0.0.1", **paper: Any) -> Gateway:
     keys = (
         ("sidecar", SIDECAR_KEY, SIDECAR_SECRET),
         ("check", CHECK_KEY, CHECK_SECRET),
-        ("second", SECOND_KEY, SECOND_SECRET),
     )
-    for name, key, secret in keys:
+    second = (("second", SECOND_KEY, SECOND_SECRET), ("second-check", SECOND_CHECK_KEY, SECOND_CHECK_SECRET))
+    for name, key, secret in (*keys, *second):
         write_secret(tmp / f"{name}-key", key)
         write_secret(tmp / f"{name}-secret", secret)
     port = free_port()
@@ -127,6 +131,19 @@ def start_gateway(tmp: Path, host: str = "127.0.0.1", **paper: Any) -> Gateway:
             "extra_keys": [
                 {"api_key_file": str(tmp / f"{name}-key"), "api_secret_file": str(tmp / f"{name}-secret")}
                 for name, _, _ in keys
+            ],
+            "accounts": [
+                {
+                    "name": SECOND_ACCOUNT,
+                    "api_key_file": str(tmp / "second-key"),
+                    "api_secret_file": str(tmp / "second-secret"),
+                    "extra_keys": [
+                        {
+                            "api_key_file": str(tmp / "second-check-key"),
+                            "api_secret_file": str(tmp / "second-check-secret"),
+                        }
+                    ],
+                }
             ],
             "orders_per_second": 1000,
         },
@@ -149,7 +166,7 @@ def start_gateway(tmp: Path, host: str = "127.0.0.1", **paper: Any) -> Gateway:
             return resp.status == 200
 
     try:
-        until("the paper gateway answers", answers, deadline=30)
+        until("the paper gateway answers", answers, deadline=60)
     except Exception:
         proc.kill()
         raise

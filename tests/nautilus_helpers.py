@@ -31,7 +31,7 @@ from nautilus_trader.live.node import TradingNode
 from nautilus_trader.model.currencies import Currency
 from nautilus_trader.model.data import QuoteTick
 from nautilus_trader.model.enums import OrderSide, TimeInForce
-from nautilus_trader.model.identifiers import ClientId, InstrumentId, Symbol, TraderId, Venue
+from nautilus_trader.model.identifiers import ClientId, ClientOrderId, InstrumentId, Symbol, TraderId, Venue
 from nautilus_trader.model.instruments import CurrencyPair
 from nautilus_trader.model.objects import Price, Quantity
 from nautilus_trader.trading.strategy import Strategy
@@ -223,12 +223,13 @@ class Hold(Strategy):
             self.order_factory.limit(self.instrument_id, OrderSide.BUY, quantity, rest, time_in_force=TimeInForce.GTC)
         )
 
-    def buy(self, quantity: str) -> None:
-        """A market buy of `quantity`, as the strategy would send one (the RiskEngine decides)."""
+    def buy(self, quantity: str) -> ClientOrderId:
+        """A market buy of `quantity`, as the strategy would send one (the RiskEngine decides); its client order id,
+        for a test to wait on the order itself."""
         instrument = self.cache.instrument(self.instrument_id)
-        self.submit_order(
-            self.order_factory.market(self.instrument_id, OrderSide.BUY, instrument.make_qty(Decimal(quantity)))
-        )
+        order = self.order_factory.market(self.instrument_id, OrderSide.BUY, instrument.make_qty(Decimal(quantity)))
+        self.submit_order(order)
+        return order.client_order_id
 
 
 # -- the node ------------------------------------------------------------------------------------------------------
@@ -260,6 +261,42 @@ class Node:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout)
+
+    def describe(self) -> str:
+        """What a failed wait on the node's trading should say, read on its loop in one go: the strategy, the net
+        position, the venue's balances, every order (its status and fill), the last quote, the RiskEngine's state."""
+
+        def read() -> dict[str, Any]:
+            kernel = self.node.kernel
+            cache, iid = kernel.cache, self.strategy.instrument_id
+            quote = cache.quote_tick(iid)
+            return {
+                "strategy": f"{self.strategy.id.value} {self.strategy.state.name} (quotes seen {self.strategy.quotes})",
+                "trading_state": kernel.risk_engine.trading_state.name,
+                "net_position": str(kernel.portfolio.net_position(iid)),
+                "balances": {
+                    c.code: f"total {b.total} locked {b.locked}"
+                    for a in cache.accounts()
+                    for c, b in a.balances().items()
+                },
+                "orders": [
+                    f"{o.client_order_id.value} {o.side_string()} {o.quantity} {o.type_string()} {o.status_string()} "
+                    f"filled {o.filled_qty}" + (" reduce-only" if o.is_reduce_only else "")
+                    for o in cache.orders()
+                ],
+                "open_orders": [o.client_order_id.value for o in cache.orders_open()],
+                "last_quote": None if quote is None else f"{quote.bid_price}/{quote.ask_price} at {quote.ts_init}",
+                "quotes_published": self.data_client.quotes_published,
+            }
+
+        try:
+            return json.dumps(self.on_loop(read), indent=1)
+        except Exception as exc:  # the loop stuck or gone: that is the answer
+            return f"the node's state unreadable: {type(exc).__name__}: {exc}"
+
+    def diagnostics(self) -> str:
+        """What a failed test's report carries of the node (tests/conftest.py reads it from each fixture value)."""
+        return self.describe()
 
     @property
     def data_client(self) -> PaperQuotesClient:

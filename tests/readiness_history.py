@@ -50,6 +50,11 @@ class History:
     switch_armed: bool = True
     emergency_stop_at: float | None = 1.5 * DAY  # halt then flatten
     orders: bool = True  # False: the bot exports no order series at all
+    log_mb_per_day: float = 1.0  # written to stderr (the journal)
+    log_file_mb: float | None = None  # a file log: its size all along (instead of stderr)
+    log_rotating: bool = True
+    ramp: tuple[tuple[float, int], ...] = ()  # (from, stage): the ramp's stage from then on; the first is the start's
+    demotions: tuple[tuple[float, str], ...] = ()  # (at, cause): a fall back of the ramp by itself
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -127,10 +132,36 @@ def _series(h: History, now: float, step: int) -> Iterator[tuple[str, str, list[
         'venue="paper"',
         [(t, 1.0 if h.switch_armed or t < end - 3600 else 0.0) for t in scraped],
     )
+    if h.log_file_mb is not None:
+        yield "tradingbot_log_file_bytes", "", [(t, h.log_file_mb * MB) for t in scraped]
+    yield "tradingbot_log_written_bytes_total", "", per_process(h.log_mb_per_day * MB / 1440)
+    yield "tradingbot_log_rotating", "", [(t, 1.0 if h.log_rotating else 0.0) for t in scraped]
+    yield from _ramp_series(h, vs, scraped, ago)
     for command in ("halt", "flatten"):
         at = h.emergency_stop_at
         points = [(t, 1.0 if at is not None and t >= ago(at) else 0.0) for t in scraped]
         yield "tradingbot_control_commands_total", f'command="{command}",source="operator"', points
+
+
+def _ramp_series(
+    h: History, vs: str, scraped: list[int], ago: Callable[[float], float]
+) -> Iterator[tuple[str, str, list[tuple[int, float]]]]:
+    """The ramp's stage and its falls back by cause, for a history with a ramp."""
+    if not h.ramp:
+        return
+    changes = sorted((ago(at), stage) for at, stage in h.ramp)
+
+    def stage(t: int) -> float:
+        return float(next((s for at, s in reversed(changes) if at <= t), changes[0][1]))
+
+    yield "tradingbot_ramp_stage", vs, [(t, stage(t)) for t in scraped]
+    for cause in ("loss_limit", "crash_loop", "stream_down"):
+        falls = [ago(at) for at, c in h.demotions if c == cause]
+        yield (
+            "tradingbot_ramp_demotions_total",
+            f'{vs},cause="{cause}"',
+            [(t, float(sum(1 for at in falls if at <= t))) for t in scraped],
+        )
 
 
 def _venue_series(

@@ -26,9 +26,11 @@ from ports import free_port
 from server_process import wait_http
 from system_binaries import GENERATIONS, REPO_ROOT, SYSTEM, Generation, run_binary
 
+from trading_ops.durations import parse_duration
 from trading_ops.reconciler.actions.escalate import BOT_HOST_DOWN, ESCALATIONS
 from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
 from trading_ops.reconciler.playbook import load_packaged_playbook, parse_matcher
+from trading_ops.stack.profiles import FOR_FLOOR_SECONDS
 
 ALERTMANAGER_DIR = REPO_ROOT / "alertmanager"
 CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
@@ -169,8 +171,20 @@ def test_the_exposure_page_has_its_own_prompt_route() -> None:
     (route,) = [r for r in load_config()["route"]["routes"] if r["matchers"] == [f'alertname="{BOT_HOST_DOWN}"']]
     assert route["receiver"] == "pager"
     assert route["group_wait"] == "0s"  # not the pager's 10 s
-    assert route["group_by"] == ["alertname", "instance"]
-    assert route["group_interval"] == "5s"  # a death soon after a return is not held for a 1-minute slot
+    # One group per death (the escalate step gives the exposure page its episode): a death soon after a return is a
+    # new group, paged at once, never held for the last death's group interval nor taken for its page.
+    assert route["group_by"] == ["alertname", "instance", "episode"]
+    # Its end (the account flat, the host back) reaches the pager within a second: before the host can die again.
+    assert parse_duration(route["group_interval"]) <= 1
+
+
+def test_the_host_down_page_flushes_a_deaths_end_before_the_next_death_can_fire() -> None:
+    # The same labels at every death: the previous death's end must reach Alertmanager's notification log before the
+    # next death fires (its `for:`, 2 s at the fast profile), or the new death is taken for the page already sent.
+    host_down = ['alertname="TradingBotHostDown"', 'severity="critical"']
+    (route,) = [r for r in load_config()["route"]["routes"] if r["matchers"] == host_down]
+    assert route["receiver"] == "pager" and route["group_wait"] == "0s"
+    assert parse_duration(route["group_interval"]) < FOR_FLOOR_SECONDS
 
 
 def test_the_reconciler_health_route_names_real_alerts() -> None:
@@ -485,7 +499,7 @@ def routed(tmp_path: Path) -> Iterator[tuple[str, Receivers]]:
         sink.server.server_close()
 
 
-def exposure_page(starts_at: datetime, ends_at: datetime | None = None) -> dict[str, Any]:
+def exposure_page(starts_at: datetime, ends_at: datetime | None = None, episode: int = 1) -> dict[str, Any]:
     labels = {
         "alertname": BOT_HOST_DOWN,
         "severity": "critical",
@@ -493,6 +507,7 @@ def exposure_page(starts_at: datetime, ends_at: datetime | None = None) -> dict[
         "target": "10.0.1.21:9101",
         "instance": "10.0.1.21:9101",
         "original_alertname": "TradingBotHostDown",
+        "episode": str(episode),  # one per death (the escalate step's)
     }
     alert: dict[str, Any] = {"labels": labels, "annotations": {"summary": "test."}, "startsAt": starts_at.isoformat()}
     if ends_at is not None:
@@ -526,9 +541,9 @@ def test_an_exposure_page_reaches_the_pager_only_again_for_a_host_that_dies_soon
     # The host comes back: the reconciler ends the page (page_ends.py); the pager is told it resolved.
     post_raw(url, [exposure_page(first, datetime.now(UTC))])
     wait_for("the page resolved at the pager", lambda: ("pager", "resolved") in sink.of(BOT_HOST_DOWN), 30)
-    # It dies again soon after: a new page, not held for the pager group's 1-minute group_interval (5 s on this
-    # route). The deadline is a test's patience, well inside that minute, not a measurement.
-    post_raw(url, [exposure_page(datetime.now(UTC))])
+    # It dies again soon after: a new page (a new episode, a group of its own), not held for the pager group's
+    # 1-minute group_interval. The deadline is a test's patience, well inside that minute, not a measurement.
+    post_raw(url, [exposure_page(datetime.now(UTC), episode=2)])
     wait_for("the second death's page at the pager", lambda: sink.of(BOT_HOST_DOWN).count(("pager", "firing")) == 2, 40)
     # Never back to the reconciler, nor to anyone else.
     assert {receiver for receiver, _ in sink.of(BOT_HOST_DOWN)} == {"pager"}

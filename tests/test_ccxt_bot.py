@@ -2,7 +2,9 @@
 Kraken-compatible gateway (served by this process on a free loopback port; it outlives the bot): it trades, its fills
 reach the journal and its metrics, it is ready, answers its control API and stops cleanly on SIGTERM. Killed with
 SIGKILL while an order's answer is on its way, then restarted, its startup reconciliation finds exactly what happened
-at the venue that the journal missed, and a second run finds nothing. Needs nothing but the package and ccxt."""
+at the venue that the journal missed, and a second run finds nothing. Streaming, a private executions channel acked
+and then silent is found by the order poll (fills the stream never sent) and healed by the bot's own resubscribe and
+reconnect, no fill missed or counted twice. Needs nothing but the package and ccxt."""
 
 from __future__ import annotations
 
@@ -223,8 +225,8 @@ async def test_the_example_bot_trades_on_the_gateway_and_stops_cleanly(tmp_path:
 async def test_with_ccxt_stream_on_its_fills_arrive_by_stream_and_resubscribe_and_reconnect_act_on_it(
     tmp_path: Path,
 ) -> None:
-    """`ccxt.stream: true`, the one line: fills are seen first on the private WebSocket (the order polls, once a
-    second, stay as the fallback and find them already delivered), the stream's health is on /metrics, and the
+    """Streaming (`ccxt.stream: true`, the default on Kraken): fills are seen first on the private WebSocket (the order
+    polls stay as the fallback and find them already delivered), the stream's health is on /metrics, and the
     control commands `resubscribe` and `reconnect` subscribe again and open a new socket, fills streaming after."""
     async with running_gateway(**MOVING) as (_gateway, base):
         port = free_port()
@@ -252,6 +254,67 @@ async def test_with_ccxt_stream_on_its_fills_arrive_by_stream_and_resubscribe_an
             await wait_for(
                 lambda: _at_least(port, "tradingbot_stream_fills_first_seen_total", before + 1, source="stream")
             )
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+
+
+async def test_with_ccxt_stream_a_silent_executions_channel_is_found_by_the_poll_and_healed_losing_nothing(
+    tmp_path: Path,
+) -> None:
+    """The gateway's `ws_silent_channel channel=executions persistent=true`: the private socket stays up, heartbeats
+    flowing, and the channel (which has no cadence to time its silence by: a quiet account is legitimate) sends
+    nothing more, on a resubscribe or a new socket either. The bot's REST poll finds fills of its own orders that the
+    stream never sent (first seen by poll); from that the bot subscribes the channel again, then, still losing,
+    replaces the socket (its own heals, as the streaming paper bot's). Once the venue speaks again the fills stream
+    again, and every fill the venue made is journaled and counted once."""
+    async with running_gateway(**MOVING) as (gateway, base):
+        port = free_port()
+        config = write_config(tmp_path, base, port, stream=True, poll_interval_seconds=1.0)
+        url = yaml.safe_load(config.read_text())["database"]["url"]
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def streamed(at_least: float) -> bool:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_stream_fills_first_seen_total", source="stream") >= at_least
+
+            await wait_for(lambda: streamed(3), timeout=60)
+            assert await metric(port, "tradingbot_stream_resyncs_total", channel="executions", reason="silent") == 0
+            polled = await metric(port, "tradingbot_stream_fills_first_seen_total", source="poll")
+            answer = await chaos(base, "ws_silent_channel", channel="executions", persistent=True)
+            assert answer["subscriptions"] == 1, answer
+            silenced = time.monotonic()
+
+            await wait_for(
+                lambda: _at_least(port, "tradingbot_stream_resyncs_total", 1, channel="executions", reason="silent"),
+                timeout=60,
+            )
+            resubscribed = time.monotonic()
+            assert await metric(port, "tradingbot_stream_fills_first_seen_total", source="poll") > polled
+            await wait_for(
+                lambda: _at_least(port, "tradingbot_stream_reconnects_total", 1, endpoint="private", reason="silent"),
+                timeout=60,
+            )
+            reconnected = time.monotonic()
+            print(  # noqa: T201 - measured, never asserted on (the order poll runs every 15 s while fills stream)
+                f"silent executions: found and subscribed again {resubscribed - silenced:.1f} s after the fault, "
+                f"the socket replaced {reconnected - resubscribed:.1f} s after that"
+            )
+
+            await chaos(base, "clear")
+            before = await metric(port, "tradingbot_stream_fills_first_seen_total", source="stream")
+            await wait_for(lambda: streamed(before + 1), timeout=60)
+
+            code, halted = await control(port, "halt")
+            assert code == 200 and halted["state"] == "halted"
+
+            async def agreed() -> bool:
+                venue = {f.trade_id for f in await gateway.venue.recent_fills()}
+                _, journal = await asyncio.to_thread(journaled, url)
+                return journal == venue and await metric(port, "tradingbot_fills_total") == len(venue)
+
+            await wait_for(agreed)
+            first_seen = await metric(port, "tradingbot_stream_fills_first_seen_total")
+            assert first_seen == await metric(port, "tradingbot_fills_total")  # each fill delivered once
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
 
@@ -551,15 +614,15 @@ def expected_damage(orders: dict[str, Order], trade_ids: set[str], venue: PaperV
 
 
 async def test_kill_9_mid_order_then_the_restarted_bots_reconciliation_finds_exactly_the_damage(tmp_path: Path) -> None:
-    """The example bot, its order polls off (it learns of fills only from its reconciliations, every second), is
+    """The example bot, REST only and its order polls off (it learns of fills only from its reconciliations), is
     killed while the answer to an order that reached the venue is held back: its strategy step waits for it, holding
     trading (a reconciliation too), so from then on it learns nothing. Meanwhile a resting order of it fills and the
     account moves without anyone telling it. Restarted (polls on), its startup reconciliation finds exactly that,
     adopts it, and a second run is clean."""
     async with running_gateway(**DRIFTING) as (gateway, base):
         port = free_port()
-        config = write_config(
-            tmp_path, base, port, recovery={"reconcile_interval_seconds": 1}, poll_interval_seconds=NEVER
+        config = write_config(  # REST only (no stream tells it of fills either)
+            tmp_path, base, port, recovery={"reconcile_interval_seconds": 1}, poll_interval_seconds=NEVER, stream=False
         )
         url = yaml.safe_load(config.read_text())["database"]["url"]
         async with example_bot(config, tmp_path / "bot.log") as proc:
@@ -600,7 +663,8 @@ async def test_kill_9_mid_order_then_the_restarted_bots_reconciliation_finds_exa
         assert {("missing_fill", drift["trade_id"]), ("order_state_mismatch", resting_bid.client_order_id)} <= damage
         assert ("order_state_mismatch", held.client_order_id) in damage
 
-        restarted = write_config(tmp_path, base, port, name="restarted.yaml")  # its order polls on again
+        # Its order polls on again, REST only still: what it missed is the startup reconciliation's to find.
+        restarted = write_config(tmp_path, base, port, name="restarted.yaml", stream=False)
         async with example_bot(restarted, tmp_path / "bot.log") as proc:
             engine = make_engine(url)
             store = RecoveryStore(engine, BOT, VENUE)
@@ -707,7 +771,10 @@ async def test_a_sigterm_one_second_after_start_on_the_starter_tier_runs_every_l
             assert run is not None and run.clean_shutdown, run
         finally:
             engine.dispose()
-        # Started again: not a crash.
+        # Started again: not a crash. The key's counter as it is once the stop's calls decayed (the start on a spent
+        # counter is test_killed_then_started_again_on_the_starter_tier_...'s; waiting out the decay here, about 40 s,
+        # would prove nothing about the clean-shutdown marker).
+        gateway.call_counter = CounterLimiter("starter")
         again = tmp_path / "again.log"
         async with example_bot(config, again) as proc:
 
@@ -716,6 +783,72 @@ async def test_a_sigterm_one_second_after_start_on_the_starter_tier_runs_every_l
                 return await _ready(port)
 
             await wait_for(ready, timeout=120)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+        assert "crash" not in again.read_text().split("shutdown requested", 1)[0], again.read_text()[-3000:]
+
+
+async def test_a_sigterm_while_the_start_waits_for_the_starter_tiers_budget_interrupts_it_and_shuts_down_clean(
+    tmp_path: Path,
+) -> None:
+    """The Starter tier, its counter for the bot's key spent before the bot starts (another client of the key, the
+    bot's own last run): the startup reconciliation waits for room. SIGTERM one second after the start began (its HTTP
+    server answers, phase starting): the start's waits are interrupted and the shutdown runs at once, every local
+    step included (the journal flushed, the final heartbeat with the clean-shutdown marker, the journal closed),
+    without waiting for the start to finish; the next start is not a crash."""
+    async with running_gateway(**DRIFTING) as (gateway, base):
+        gateway.call_counter = CounterLimiter("starter")
+        while gateway.call_counter.admit(API_KEY, "TradesHistory"):
+            pass  # the counter at its maximum: every private call of the start waits for the decay
+        port = free_port()
+        config = write_config(
+            tmp_path, base, port, kraken_tier="starter", poll_interval_seconds=1.0, quote_poll_interval_seconds=1.0
+        )
+        log = tmp_path / "bot.log"
+        async with example_bot(config, log) as proc:
+
+            async def starting() -> bool:
+                assert proc.returncode is None, log.read_text()[-3000:]
+                try:
+                    _, text = await get(port, "/metrics")
+                except aiohttp.ClientError:
+                    return False
+                return 'tradingbot_phase{phase="starting"} 1.0' in text
+
+            await wait_for(starting, timeout=120)
+            await asyncio.sleep(1.0)  # the scenario: a stop asked for one second after the start began
+            assert proc.returncode is None, log.read_text()[-3000:]
+            assert f"bot {BOT} trading" not in log.read_text()  # still starting: waiting for the venue's budget
+            proc.send_signal(signal.SIGTERM)
+            asked = time.monotonic()
+            code = await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+            took = time.monotonic() - asked
+        text = log.read_text()
+        print(f"SIGTERM during the start's budget wait, Starter tier: exit {code} after {took:.1f} s")
+        assert "start interrupted (SIGTERM): shutting down" in text, text[-3000:]
+        assert f"bot {BOT} trading" not in text, text[-3000:]  # the start did not finish first
+        for step in ("flush the journal", "final heartbeat with the clean-shutdown marker", "close the journal"):
+            assert f"shutdown: {step} done" in text, text[-3000:]
+        assert "shutdown deadline of" not in text and "no clean-shutdown marker" not in text, text[-3000:]
+        url = parse_config(yaml.safe_load(config.read_text())).database_url()
+        engine = make_engine(url)
+        try:
+            run = RecoveryStore(engine, BOT, VENUE).last_run()
+            assert run is not None and run.clean_shutdown, run
+        finally:
+            engine.dispose()
+        # Started again, the counter decayed: not a crash. The key's counter as it is once decayed (the start on a
+        # spent counter is test_killed_then_started_again_on_the_starter_tier_...'s; waiting out the decay here, up to
+        # 45 s, would prove nothing about the clean-shutdown marker).
+        gateway.call_counter = CounterLimiter("starter")
+        again = tmp_path / "again.log"
+        async with example_bot(config, again) as proc:
+
+            async def ready() -> bool:
+                assert proc.returncode is None, again.read_text()[-3000:]
+                return await _ready(port)
+
+            await wait_for(ready, timeout=180)
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), STOP_SECONDS)
         assert "crash" not in again.read_text().split("shutdown requested", 1)[0], again.read_text()[-3000:]

@@ -1,6 +1,8 @@
 """docker-compose.yml on a real Docker engine: the image built from the Dockerfile, `docker-compose up` of the shipped
 file, every healthcheck healthy, Prometheus scraping the bot and the reconciler over the compose network, and a
-hung bot container restarted by the reconciler's `docker` action (playbook docker.yml) and verified healthy again.
+hung bot container restarted by the reconciler's `docker` action (playbook docker.yml) and verified healthy again,
+and a critical alert's page arriving at the `mailbox` profile's local mail receiver (Alertmanager reading
+alertmanager/alertmanager-local.yml, as docs/deploy-compose.md has a user try the routes).
 
 The engine is this run's own dockerd in namespaces of its own (tests/docker_engine.py); no registry is reachable, so
 the images come from Debian roots (tests/compose_images.py): Prometheus and Alertmanager are the versions
@@ -38,8 +40,19 @@ pytestmark = pytest.mark.timeout(1200)
 
 PROJECT = "tradingops"
 BOT_CONTAINER = "trading-ops-paper-bot"
-# Every service of docker-compose.yml but Grafana (no Debian package, no registry) and the freqtrade profile's.
-SERVICES = ["postgres", "db-migrate", "paper-bot", "reconciler", "prometheus", "alertmanager", "node-exporter"]
+# Every service of docker-compose.yml but Grafana (no Debian package, no registry) and the freqtrade profile's; the
+# mailbox profile's local mail receiver with Alertmanager's file for it (docs/deploy-compose.md, "the mailbox").
+SERVICES = [
+    "postgres",
+    "db-migrate",
+    "paper-bot",
+    "reconciler",
+    "prometheus",
+    "alertmanager",
+    "node-exporter",
+    "mailbox",
+]
+ALERTMANAGER_FILE = "alertmanager-local.yml"
 LONG_RUNNING = [s for s in SERVICES if s != "db-migrate"]
 # The build context and the configuration folders compose mounts: what a user's checkout holds.
 COPIED = [
@@ -148,6 +161,7 @@ def stack(docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory)
     require_binary("docker-compose")
     project_dir = tmp_path_factory.mktemp("compose")
     env = {**docker_engine.env, "DOCKER_GID": str(docker_engine.socket.stat().st_gid)}
+    env["ALERTMANAGER_FILE"] = ALERTMANAGER_FILE  # as .env sets it to try the routes on one host
     # docker-compose builds through the engine's API (the classic builder), not through a `docker buildx` plugin.
     env |= {"COMPOSE_DOCKER_CLI_BUILD": "0", "DOCKER_BUILDKIT": "0"}
     stack = Stack(docker_engine, project_dir, env, {}, time.monotonic())
@@ -272,7 +286,10 @@ def test_a_hung_bot_container_is_restarted_by_the_reconcilers_docker_action(stac
     except AssertionError as exc:
         # What the reconciler did: a restart before the hang (a bot slower to answer its first scrapes than the
         # rule's `for:`) leaves this one to bot-restart's 10-minute cooldown.
-        ledger = [(e["alertname"], e["state"], e["received_at"]) for e in stack.episodes()]
+        ledger = [
+            (e["alertname"], e["state"], e["received_at"], e.get("detail"), [a.get("outcome") for a in e["attempts"]])
+            for e in stack.episodes()
+        ]
         raise AssertionError(f"{exc}\nthe reconciler's episodes: {ledger}") from None
     finally:
         # Not restarted (a failure): let it go on, so that compose down stops it.
@@ -292,3 +309,29 @@ def test_a_hung_bot_container_is_restarted_by_the_reconcilers_docker_action(stac
     assert "HTTP 204" in steps[0]["output"], steps
     assert episode["rule"] == "bot-restart" and episode["labels"]["instance"] == "paper-bot:9101"
     wait_until("the bot healthy again", lambda: stack.health()["paper-bot"] == "healthy", 180, stack)
+
+
+def test_a_page_arrives_at_the_local_mailbox(stack: Stack) -> None:
+    """A critical alert posted to Alertmanager (as docs/deploy-compose.md's route test does) is mailed by the pager
+    receiver of alertmanager-local.yml to the mailbox service, which logs it and keeps it in its Maildir."""
+    alert = json.dumps([{"labels": {"alertname": "TradingOpsRouteTest", "severity": "critical", "instance": "rt"}}])
+    script = (
+        "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request("
+        "'http://alertmanager:9093/api/v2/alerts', data=sys.argv[1].encode(), "
+        "headers={'Content-Type': 'application/json'}), timeout=5)"
+    )
+    posted = time.monotonic()
+    stack.engine.docker("exec", stack.container("reconciler"), "python", "-c", script, alert)
+    mailbox = stack.container("mailbox")
+
+    def paged() -> str | None:
+        read = stack.engine.docker("logs", mailbox)
+        logs = read.stdout + read.stderr
+        found = [line for line in logs.splitlines() if "[pager] [FIRING:1] TradingOpsRouteTest on rt" in line]
+        return found[0] if found else None
+
+    line = wait_until("the page in the mailbox", paged, 120, stack)
+    stack.timings["alert_to_mailbox"] = round(time.monotonic() - posted, 1)
+    assert "for oncall@localhost" in line, line
+    kept = stack.engine.docker("exec", mailbox, "ls", "/var/lib/trading-ops/mailbox/new").stdout.split()
+    assert kept, "the Maildir holds no message"

@@ -704,30 +704,55 @@ def test_each_service_refuses_at_start_what_the_check_refuses(tmp_path: Path) ->
         assert ran.returncode == 2 and ran.stderr.strip().splitlines()[-1] == refused, (command, ran.stderr)
 
 
+SSH_ENGINE_HOST = "host: {address: 10.0.1.21, docker_url: 'ssh://ops@10.0.1.21', known_hosts_file: c}"
+SYSTEMD_WARNING = (
+    "trading-ops: config: warning: bots[0] (eth-mm): its url is on {host}, but no host.address is given: systemd "
+    "steps would restart trading-ops-bot@eth-mm.service on the reconciler's own host. Give host.address "
+    "(docs/deploy-fleet.md)"
+)
+DOCKER_WARNING = (
+    "trading-ops: config: warning: bots[0] (eth-mm): its url is on {host}, but no host.docker_url is given: docker "
+    "steps would restart the container trading-ops-eth-mm on the reconciler's own host. Give host.docker_url "
+    "(docs/deploy-fleet.md)"
+)
+
+
 @pytest.mark.parametrize(
-    ("url", "host", "warned"),
+    ("playbook", "url", "host", "warning"),
     [
-        ("http://10.0.1.21:9101", "", True),
-        ("http://bot-host-2.internal:9101", "", True),
-        ("http://10.0.1.21:9101", "host: {address: 10.0.1.21, known_hosts_file: c}", False),
-        ("http://127.0.0.1:9101", "", False),
-        ("http://localhost:9101", "", False),
-        ("http://[::1]:9101", "", False),
+        ("", "http://10.0.1.21:9101", "", SYSTEMD_WARNING),
+        ("", "http://bot-host-2.internal:9101", "", SYSTEMD_WARNING),
+        ("", "http://10.0.1.21:9101", "host: {address: 10.0.1.21, known_hosts_file: c}", ""),
+        ("", "http://127.0.0.1:9101", "", ""),
+        ("", "http://localhost:9101", "", ""),
+        ("", "http://[::1]:9101", "", ""),
+        # A compose service name is no other host for docker steps: the reconciler's engine runs that container.
+        ("docker", "http://paper-bot:9101", "", ""),
+        ("docker", "http://10.0.1.21:9101", "", DOCKER_WARNING),
+        ("docker", "http://bot-host-2.internal:9101", "", DOCKER_WARNING),
+        ("docker", "http://10.0.1.21:9101", SSH_ENGINE_HOST, ""),
+        # Systemd steps would still restart a unit of the reconciler's own host for a compose name.
+        ("", "http://paper-bot:9101", "", SYSTEMD_WARNING),
     ],
 )
-def test_a_remote_bot_without_a_host_is_warned_about(tmp_path: Path, url: str, host: str, warned: bool) -> None:
+def test_a_remote_bot_without_a_host_is_warned_about(
+    tmp_path: Path, playbook: str, url: str, host: str, warning: str
+) -> None:
     entry = f"  - name: eth-mm\n    kind: ccxt\n    instance: '{url.split('//')[1]}'\n    url: '{url}'\n"
     entry += "    token_file: c\n" + (f"    {host}\n" if host else "")
-    status, out, err = check_file(tmp_path, "reconciler:\n  token_file: w\nbots:\n" + entry)
+    reconciler = "reconciler:\n  token_file: w\n" + (f"  playbook: {playbook}\n" if playbook else "")
+    status, out, err = check_file(tmp_path, reconciler + "bots:\n" + entry)
     assert status == 0, err
-    if warned:
-        assert err == (
-            f"trading-ops: config: warning: bots[0] (eth-mm): its url is on {url.split('//')[1].rsplit(':', 1)[0]}, "
-            "but no host: is given: systemd and docker steps would restart trading-ops-bot@eth-mm.service on the "
-            "reconciler's own host. Give host.address (docs/deploy-fleet.md)"
-        )
-    else:
-        assert err == ""
+    assert err == warning.format(host=url.split("//")[1].rsplit(":", 1)[0].strip("[]"))
+
+
+def test_the_compose_configuration_gets_no_host_warning() -> None:
+    """trading-ops.docker.yaml: its bots are compose services, restarted by docker steps on the reconciler's engine."""
+    from trading_ops.commands.config_cmd import remote_bot_warnings
+
+    config = load_config(ROOT / "trading-ops.docker.yaml")
+    assert config.bots and config.reconciler.playbook == "docker"
+    assert remote_bot_warnings(config) == []
 
 
 # -- Prometheus rendered for the deployment: node exporter targets of the bots' hosts ---------------------------------

@@ -118,6 +118,31 @@ FLATTEN = {
 }
 
 
+# The ramp of the configuration (bot.ramp.stages) and the bot's own account of it (its status's `ramp`): back at the
+# first stage after a channel stayed down.
+RAMP_STAGES = [
+    {"name": "small", "max_position_notional": 5, "symbols": ["BTC/USD"], "daily_loss_limit": 2},
+    {"name": "bigger", "max_position_notional": 7, "symbols": ["BTC/USD"], "daily_loss_limit": 2},
+]
+RAMP_STATUS = {
+    "stage": 1,
+    "name": "small",
+    "stages": ["small", "bigger"],
+    "since": time.time() - 3600,
+    "history": [
+        {"at": time.time() - 86400, "from": "small", "to": "bigger", "by": "bob", "cause": "promotion", "why": "ok"},
+        {
+            "at": time.time() - 3600,
+            "from": "bigger",
+            "to": "small",
+            "by": "risk",
+            "cause": "stream_down",
+            "why": "stream down: the orders channel to the venue has been down 601 s",
+        },
+    ],
+}
+
+
 # ---- a bot: its control API as the contract says, with a position to close -------------------------------------------
 
 
@@ -159,6 +184,7 @@ class Bot:
                     "unrealized_pnl": "0.00" if flat else "-450.25",
                     "risk_limits": {"daily_loss": 2500.0},
                     "open_orders": 0 if flat else 3,
+                    "ramp": RAMP_STATUS,
                 }
             if command == "flatten":
                 self.position = "0"
@@ -302,6 +328,7 @@ def write_config(tmp: Path, port: int, am_url: str, bot_url: str, **listen: str)
             "alertmanager_url": am_url,
             "watchdog": {"window_seconds": 0},
         },
+        "bot": {"ramp": {"stages": RAMP_STAGES}},
         "bots": [
             {
                 "name": BOT_NAME,
@@ -361,9 +388,13 @@ def login(browser: Any, stack: Stack, token: str, **context: Any) -> Any:
     return page
 
 
-def screenshot(page: Any, stack: Stack, name: str) -> None:
+def screenshot(page: Any, stack: Stack, name: str, section: str | None = None) -> None:
+    """The whole page, or only its element `section` (a CSS selector)."""
     path = stack.shots / f"console-{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    if section is None:
+        page.screenshot(path=str(path), full_page=True)
+    else:
+        page.locator(section).screenshot(path=str(path))
     if os.environ.get("UPDATE_SCREENSHOTS"):
         shutil.copy(path, REPO / "docs" / "img" / path.name)
 
@@ -840,3 +871,55 @@ def test_a_halted_bot_holding_a_position_nothing_handles_asks_for_a_person(brows
     page.reload()
     assert card(page, stack).locator(".problem").count() == 0
     page.context.close()
+
+
+def test_a_bots_ramp_its_history_and_a_request_for_the_next_stage(browser: Any, stack: Stack) -> None:
+    """The bot's page under Readiness: its stage and history as the bot tells them, its verdicts recorded in the
+    ledger, and the form that asks for the next stage, which Alertmanager then holds for another person's approval."""
+    from trading_ops.db import readiness_records as records
+
+    engine = stack.reconciler.app[keys.LEDGER].engine
+    records.write(
+        engine,
+        bot=BOT_NAME,
+        instance=stack.instance,
+        verdict="not ready",
+        window="5d",
+        failing=["api_error_ratio"],
+        missing=[],
+        recorded_by="alice",
+        approved_by="carol",
+        reason="the venue's outage",
+    )
+    page = login(browser, stack, ONCALL_TOKEN, viewport=WIDTHS["desktop"])
+    page.goto(f"{stack.reconciler.url}/ui/readiness/{BOT_NAME}")
+    assert page.locator("#ramp .stage").inner_text().startswith("Stage 1 of 2: small since 20")
+    rows = page.locator("#ramp table.ramp-history tbody tr")
+    assert rows.count() == 2
+    newest = rows.nth(0).inner_text()
+    assert "bigger → small" in newest and "stream_down" in newest and "down 601 s" in newest, newest
+    assert "small → bigger" in rows.nth(1).inner_text() and "bob" in rows.nth(1).inner_text()
+    recorded = page.locator("#records").inner_text()
+    assert "not ready over 5d, recorded by alice; live start approved by carol: the venue's outage" in recorded
+    # The ramp's section: the criteria above it (a PromQL source each) make the whole page several screens long.
+    screenshot(page, stack, "readiness-ramp", "#ramp")
+    # On a phone too: the ramp's table and the form fit, the documentation's other screenshot.
+    phone = login(browser, stack, ONCALL_TOKEN, viewport=WIDTHS["phone"], is_mobile=True)
+    phone.goto(f"{stack.reconciler.url}/ui/readiness/{BOT_NAME}")
+    box = phone.evaluate(LAYOUT_JS)
+    assert box["page"][0] <= box["page"][1], f"{box['page'][0]} px wide in a {box['page'][1]} px viewport"
+    assert box["broken"] == [], f"a title broken inside a word: {box['broken']}"
+    screenshot(phone, stack, "readiness-ramp-phone", "#ramp")
+    phone.context.close()
+    page.locator("form.promote input[name=by]").fill("dave")
+    page.locator("form.promote button[type=submit]").click()
+    page.wait_for_load_state()
+    done = page.locator("p.done").inner_text()
+    assert done.startswith(f"stage bigger of {BOT_NAME} asked by") and "dave" in done, done
+    held = held_page(stack, "TradingBotRampPromotionRequested", bot=BOT_NAME, stage="bigger")
+    assert held["labels"]["stage_number"] == "2" and "dave" in held["labels"]["requested_by"], held["labels"]
+    # A read token sees the ramp, and no form to ask with.
+    reader = login(browser, stack, READ_TOKEN)
+    reader.goto(f"{stack.reconciler.url}/ui/readiness/{BOT_NAME}")
+    assert reader.locator("form.promote").count() == 0
+    assert "needs a token of the operate scope" in reader.locator("#ramp").inner_text()

@@ -1,16 +1,18 @@
-"""docs/deploy-systemd.md run as written: its blocks of commands, in order, in a Debian bookworm root booted under
-real systemd (systemd-nspawn, tests/nspawn_machine.py) with a network of its own (loopback only: the page's fixed
-ports are the machine's, never this host's), then the health the page promises checked from inside.
+"""docs/deploy-systemd.md run as written: its blocks of commands, in order, in a Debian root booted under real systemd
+(systemd-nspawn, tests/nspawn_machine.py) with a network of its own (loopback only: the page's fixed ports are the
+machine's, never this host's), then the health the page promises checked from inside. The page is for Debian 12 or 13:
+it runs on a bookworm root (`make test`) and on a trixie root (Debian 13's systemd, Python 3.13, PostgreSQL 17,
+Prometheus 2.53, Alertmanager 0.28; marked `hosts`, `make test-hosts`: its root is another debootstrap of minutes).
 
 What the machine provides instead of the network, and only that: the root is built (once, cached) with the packages
 the page's `apt-get install` names, so its apt lines are not run; the repository the page clones is this checkout,
-copied to /opt/trading-ops/src; pip installs from the cached wheelhouse (PIP_NO_INDEX, PIP_FIND_LINKS), the page's
-pip command as it is. Two traces of the machine's making are undone: the root's PostgreSQL cluster was created
-beside this host's server and took port 5433 (a fresh host's is 5432), and Alertmanager's gossip needs a private
-address, which a machine with loopback only lacks (`--cluster.listen-address=` turns it off). Everything else (the
-user, the modes, PostgreSQL, `config check`, `db upgrade`, `config render`, the units, `systemctl enable --now`, the
-health checks) runs as the page has it: a doc change that breaks a step fails here. Needs root, debootstrap and
-systemd-nspawn (systemd-container)."""
+copied to /opt/trading-ops/src; pip installs from the cached wheelhouse of the root's Python (PIP_NO_INDEX,
+PIP_FIND_LINKS), the page's pip command as it is. Two traces of the machine's making are undone: the root's PostgreSQL
+cluster was created beside this host's server and took port 5433 (a fresh host's is 5432), and Alertmanager's gossip
+needs a private address, which a machine with loopback only lacks (`--cluster.listen-address=` turns it off).
+Everything else (the user, the modes, PostgreSQL, `config check`, `db upgrade`, `config render`, the units, `systemctl
+enable --now`, the health checks) runs as the page has it: a doc change that breaks a step fails here. Needs root,
+debootstrap and systemd-nspawn (systemd-container)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from debian_root import SYSTEMD_PACKAGES, debian_root, wheelhouse
+from debian_root import PYTHONS, SYSTEMD_PACKAGES, debian_root, wheelhouse
+from doc_commands import apt_packages, page_blocks, script, section
 from nspawn_machine import Machine, Overlay
 from polling import until
 from system_binaries import REPO_ROOT, require_binary
@@ -27,7 +30,6 @@ from system_binaries import REPO_ROOT, require_binary
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 PAGE = REPO_ROOT / "docs" / "deploy-systemd.md"
-MARKER = "<!-- example: installs -->"
 # The page's blocks run here end at this section (a bot of your own needs an exchange account).
 LAST_SECTION = "## A bot of your own"
 # Lines the machine provides for instead (see the module's docstring); each must be on the page.
@@ -42,59 +44,20 @@ SCRIPT_TIMEOUT_SECONDS = 900.0
 # Alertmanager without its gossip (see the module's docstring).
 ALERTMANAGER_ARGS = 'ARGS="--cluster.listen-address="\n'
 UNITS = ("trading-ops-paper-bot", "trading-ops-reconciler", "prometheus", "prometheus-alertmanager")
+# The releases the page is written for: Debian 12 in `make test`, Debian 13 among the tests of whole machines.
+SUITES = ("bookworm", pytest.param("trixie", marks=pytest.mark.hosts))
 
 
-def page_blocks(text: str) -> list[list[str]]:
+def systemd_blocks(text: str) -> list[list[str]]:
     """The command blocks marked `installs` before LAST_SECTION, each as its lines."""
-    text = text.split(LAST_SECTION, 1)[0]
-    blocks = []
-    for found in re.finditer(re.escape(MARKER) + r"\n```sh\n(.*?)\n```", text, re.S):
-        blocks.append(found.group(1).splitlines())
-    return blocks
-
-
-def logical_lines(lines: list[str]) -> list[str]:
-    """Lines with their backslash continuations joined."""
-    out: list[str] = []
-    pending = ""
-    for line in lines:
-        if line.endswith("\\"):
-            pending += line[:-1]
-            continue
-        out.append(pending + line)
-        pending = ""
-    return out
-
-
-def apt_packages(blocks: list[list[str]]) -> list[str]:
-    """What the page's `apt-get install` lines install."""
-    packages: list[str] = []
-    for line in logical_lines([line for block in blocks for line in block]):
-        if line.startswith("apt-get install "):
-            packages += [word for word in line.split()[2:] if not word.startswith("-")]
-    return packages
-
-
-def script(blocks: list[list[str]]) -> str:
-    """The page's commands as one shell script (stopping at the first failure, each command echoed), without the
-    lines the machine provides for."""
-    kept = []
-    provided = set()
-    for line in logical_lines([line for block in blocks for line in block]):
-        matched = next((p for p in PROVIDED if line.startswith(p)), None)
-        if matched is not None:
-            provided.add(matched)
-            continue
-        kept.append(line)
-    assert provided == set(PROVIDED), f"the page no longer has {set(PROVIDED) - provided}: update this test"
-    return "set -eux\n" + "\n".join(kept) + "\n"
+    return page_blocks(section(text, end=LAST_SECTION))
 
 
 def test_the_page_has_the_steps_the_issue_asks_for() -> None:
     """Without booting anything: the install, the user and its modes, PostgreSQL, the check, db upgrade before the
     units start, the monitoring rendered for this host, enable, health; and no sudo (Debian hosts have none)."""
     text = PAGE.read_text()
-    commands = script(page_blocks(text))
+    commands = script(systemd_blocks(text), PROVIDED)
     order = [
         "python3 -m venv /opt/trading-ops/.venv",
         "useradd --system",
@@ -111,20 +74,21 @@ def test_the_page_has_the_steps_the_issue_asks_for() -> None:
     assert positions == sorted(positions), order
     assert "sudo" not in commands
     assert {"postgresql", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter"} <= set(
-        apt_packages(page_blocks(text))
+        apt_packages(systemd_blocks(text))
     )
 
 
-@pytest.fixture(scope="module")
-def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
-    """A booted machine of the page's packages with this checkout at /opt/trading-ops/src and the wheelhouse at
-    /wheels, on a network of its own."""
+@pytest.fixture(scope="module", params=SUITES)
+def machine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    """A booted machine of Debian `request.param` with the page's packages, this checkout at /opt/trading-ops/src and
+    the wheelhouse of its Python at /wheels, on a network of its own."""
     require_binary("systemd-nspawn")
     require_binary("nsenter")
-    packages = sorted({*SYSTEMD_PACKAGES, *EXTRA_PACKAGES, *apt_packages(page_blocks(PAGE.read_text()))})
-    root = debian_root(tuple(packages))
-    wheels = wheelhouse()
-    tmp = tmp_path_factory.mktemp("deploy-docs")
+    suite = str(request.param)
+    packages = sorted({*SYSTEMD_PACKAGES, *EXTRA_PACKAGES, *apt_packages(systemd_blocks(PAGE.read_text()))})
+    root = debian_root(tuple(packages), suite=suite)
+    wheels = wheelhouse(PYTHONS[suite])
+    tmp = tmp_path_factory.mktemp(f"deploy-docs-{suite}")
     overlay = Overlay([root], tmp / "machine")
     booted: Machine | None = None
     try:
@@ -150,7 +114,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
 
 
 def test_the_systemd_page_deploys_a_healthy_host_as_written(machine: Machine) -> None:
-    commands = script(page_blocks(PAGE.read_text()))
+    commands = script(systemd_blocks(PAGE.read_text()), PROVIDED)
     env = ["env", "PIP_NO_INDEX=1", "PIP_FIND_LINKS=/wheels", "PIP_DISABLE_PIP_VERSION_CHECK=1"]
     ran = machine.run(*env, "bash", "-c", commands, check=False, timeout=SCRIPT_TIMEOUT_SECONDS)
     if ran.returncode != 0:

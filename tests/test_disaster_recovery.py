@@ -4,9 +4,10 @@ written by the real paper bot; the off-host backup repository on a second host: 
 namespace, tests/ssh_host.py). Each scenario's disaster is made first (the host's files wiped, the database file
 damaged, a bad migration), then the runbook's commands bring the system back, and the test checks it is back.
 
-`trading-ops` runs through this checkout's module; `sudo` runs its command; `systemctl` is the one command that has
-no real counterpart on a scratch deployment (no systemd runs the test): it records its arguments, and the test checks
-that services are stopped before a restore and started after it."""
+`trading-ops` runs through this checkout's module; `runuser -u trading-ops --` runs its command (as the test's user:
+the scratch deployment's files are the test's); `systemctl` is the one command that has no real counterpart on a
+scratch deployment (no systemd runs the test): it records its arguments, and the test checks that services are
+stopped before a restore and started after it."""
 
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def deployment(tmp_path: Path, backup_host: SshHost) -> Deployment:
         folder.mkdir()
     systemctl_log = tmp_path / "systemctl.log"
     _script(bin_dir / "trading-ops", f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m trading_ops "$@"\n')
-    _script(bin_dir / "sudo", '#!/bin/sh\nexec "$@"\n')
+    _script(bin_dir / "runuser", '#!/bin/sh\n[ "$1 $2 $3" = "-u trading-ops --" ] || exit 2\nshift 3\nexec "$@"\n')
     _script(bin_dir / "systemctl", f'#!/bin/sh\necho "$@" >> {shlex.quote(str(systemctl_log))}\n')
     remote = backup_host.remote(path=str(backup_host.repository / tmp_path.name))
     remote_yaml = "".join(f"    {key}: {value}\n" for key, value in remote.items())
@@ -197,8 +198,11 @@ def test_the_runbook_has_every_scenario_and_only_real_commands() -> None:
     assert tuple(blocks) == SCENARIOS
     for name, lines in blocks.items():
         for line in lines:
-            word = shlex.split(line, comments=True)[0]
-            assert word in {"trading-ops", "sudo", "mkdir", "mv"}, f"{name}: {line}"
+            words = shlex.split(line, comments=True)
+            if words[0] == "runuser":  # the units' user runs trading-ops (a Debian host has no sudo)
+                assert words[1:4] == ["-u", "trading-ops", "--"], f"{name}: {line}"
+                words = words[4:]
+            assert words[0] in {"trading-ops", "systemctl", "mkdir", "mv"}, f"{name}: {line}"
 
 
 async def test_the_disaster_recovery_runbook_brings_the_system_back(deployment: Deployment) -> None:

@@ -52,6 +52,7 @@ HEALTH_ENDPOINTS = {
     "grafana": "http://127.0.0.1:3000/api/health",
     "node-exporter": "http://127.0.0.1:9100/metrics",
     "postgres": "pg_isready",
+    "mailbox": "smtplib.SMTP('127.0.0.1', 2525",
 }
 # Where each service writes (every root filesystem is read-only): each must be a named volume or a tmpfs.
 WRITABLE_PATHS = {
@@ -66,6 +67,8 @@ WRITABLE_PATHS = {
     "freqtrade": ["/tmp"],
     "freqtrade-sidecar": ["/tmp"],
     "postgres": ["/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"],
+    # Profile mailbox: its Maildir.
+    "mailbox": ["/var/lib/trading-ops"],
 }
 # The postgres image's entrypoint switches to its user (setuid calls, chown): it keeps the default capabilities.
 KEEPS_CAPABILITIES = {"postgres"}
@@ -84,9 +87,13 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     for secret in compose()["secrets"].values():
         (tmp_path / secret["file"]).write_text("not-a-real-secret\n")
-    result = run_binary("docker-compose", "-f", "docker-compose.yml", "config", "-q", cwd=tmp_path)
+    # Every profile the file names: docker-compose v2 (Debian 13's) renders only the services of the active profiles,
+    # v1 (Debian 12's 1.29) every service; with all of them given, both render every service.
+    named = sorted({name for service in compose()["services"].values() for name in service.get("profiles", [])})
+    profiles = [arg for name in named for arg in ("--profile", name)]
+    result = run_binary("docker-compose", "-f", "docker-compose.yml", *profiles, "config", "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    rendered = run_binary("docker-compose", "-f", "docker-compose.yml", "config", cwd=tmp_path)
+    rendered = run_binary("docker-compose", "-f", "docker-compose.yml", *profiles, "config", cwd=tmp_path)
     services = yaml.safe_load(rendered.stdout)["services"]
     assert set(services) == set(compose()["services"])
     # docker-compose 1.29 keeps what the deployment relies on (an older one would reject or drop it).
@@ -150,12 +157,17 @@ def test_services_have_healthchecks_restart_policies_and_named_volumes() -> None
 def test_configs_and_secrets_are_mounted_where_the_configs_expect_them() -> None:
     services = compose()["services"]
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
-    assert (
-        "./alertmanager/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in services["alertmanager"]["volumes"]
-    )
+    # alertmanager.yml, or the file ALERTMANAGER_FILE names (.env): alertmanager-local.yml, the mailbox's.
+    mounted = "./alertmanager/${ALERTMANAGER_FILE:-alertmanager.yml}:/etc/alertmanager/alertmanager.yml:ro"
+    assert mounted in services["alertmanager"]["volumes"]
     alertmanager_config = (REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text()
     for secret in services["alertmanager"]["secrets"]:
         assert secret["target"] in alertmanager_config
+    # The local file keeps the reconciler's webhook and token, and mails the people's receivers to the mailbox.
+    local = yaml.safe_load((REPO_ROOT / "alertmanager" / "alertmanager-local.yml").read_text())
+    assert local["global"]["smtp_smarthost"] == "mailbox:2525"
+    assert "mailbox" in services and "2525" in services["mailbox"]["command"]
+    assert "/etc/alertmanager/secrets/reconciler-token" in yaml.safe_dump(local)
     grafana = services["grafana"]
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == "/var/lib/grafana/dashboards/trading-overview.json"

@@ -23,10 +23,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import ccxt.async_support as ccxt_async
+import psutil
 import pytest
 from freqtrade_client import FtRestClient
-from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, make_freqtrade, until
+from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, broker_of, make_freqtrade, until
 from gateway_helpers import Gateway, start_gateway
 from polling import until_async
 from ports import free_port
@@ -38,6 +38,7 @@ from secret_file import write_secret
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
+from trading_ops.integrations.freqtrade.poller import Snapshot
 from trading_ops.scopes import DESTRUCTIVE, OPERATE, READ, TokenSet
 from trading_ops.venues.ccxt import CcxtBroker
 
@@ -68,20 +69,6 @@ def freqtrade(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ft.start()
     yield ft
     ft.stop()
-
-
-def broker_of(gateway: Gateway) -> CcxtBroker:
-    """The ccxt broker the sidecar reconciles through: ccxt's real async kraken client on the gateway."""
-    exchange = ccxt_async.kraken(
-        {
-            "apiKey": gateway.sidecar_key,
-            "secret": gateway.sidecar_secret,
-            "enableRateLimit": False,
-            "timeout": 5000,
-            "urls": {"api": {"public": gateway.url, "private": gateway.url}},
-        }
-    )
-    return CcxtBroker(exchange, ["BTC-USD", "ETH-USD"])
 
 
 def sidecar_of(
@@ -207,6 +194,8 @@ async def test_a_trading_freqtrade_exports_the_library_families(
         return samples.get((name, tuple(sorted(labels.items()))))
 
     assert value("tradingbot_freqtrade_up") == 1
+    # Its loop has run since it started: trading, as the runtime's phase says it (the rules treat both alike).
+    assert value("tradingbot_phase", phase="trading") == 1 and value("tradingbot_phase", phase="starting") == 0
     assert value("tradingbot_state", state="active") == 1 and value("tradingbot_state", state="paused") == 0
     assert value("tradingbot_kill_switch_engaged") == 0
     # The heartbeat is freqtrade's own last completed iteration (never the sidecar's clock), and it moves.
@@ -737,6 +726,31 @@ def unlock_pairs(freqtrade: Freqtrade) -> None:
         freqtrade.api("DELETE", f"/locks/{lock['id']}")
 
 
+def _held_connections(port: int) -> set[int]:
+    """The local ports of this process's established connections to freqtrade's API (the sidecar runs in it)."""
+    return {
+        c.laddr.port
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    }
+
+
+async def test_the_sidecar_holds_no_connection_to_freqtrade_from_one_request_to_the_next(
+    sidecar: Client, freqtrade: Freqtrade
+) -> None:
+    """Each of the sidecar's requests to freqtrade has a connection of its own, closed with the answer: freqtrade's
+    reload_config waits without a limit until every connection to its API server has closed, and one the sidecar kept
+    alive, polling on it, could hold the reload for good (docs/freqtrade.md). A connection seen twice, longer apart than
+    any request may take (REQUEST_TIMEOUT_SECONDS), was kept; the sidecar polls every POLL_SECONDS meanwhile."""
+    seen = set()
+    for _ in range(3):
+        now = _held_connections(freqtrade.api_port)
+        assert not now & seen, f"connections kept from one poll to the next: {sorted(now & seen)}"
+        seen |= now
+        await asyncio.sleep(REQUEST_TIMEOUT_SECONDS + 1)
+    assert await sidecar.value("tradingbot_freqtrade_up") == 1
+
+
 async def test_the_venue_lost_and_back_reconnect_waits_for_it_and_reload_keeps_freqtrade_running(
     sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
 ) -> None:
@@ -1075,6 +1089,7 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
     assert reconciler is not None
     await sidecar.until("the startup reconciliation", lambda: _ran(reconciler, "startup"))
     last_heartbeat = await sidecar.value("tradingbot_heartbeat_timestamp_seconds")
+    assert await sidecar.value("tradingbot_phase", phase="trading") == 1
     info = _info_labels(await sidecar.samples())
     assert info["bot_name"] == "trading-ops-test" and info["stake_currency"] == "USD", info
     freqtrade.kill()
@@ -1088,6 +1103,7 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
         "tradingbot_state",
         "tradingbot_open_orders",
         "tradingbot_freqtrade_open_trades",
+        "tradingbot_phase",  # a freqtrade that does not answer may be dead: not "starting" (TradingBotFreqtradeDown)
     ):
         assert family not in names, family
     # The heartbeat stays at freqtrade's last iteration: it goes stale, it is not reset.
@@ -1100,10 +1116,22 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
     status, body = await sidecar.control("pause")
     assert status == 503 and "freqtrade does not answer" in body["error"]
     status, body = await sidecar.control("status")
-    assert status == 200 and body["freqtrade_up"] is False and body["state"] is None
+    assert status == 200 and body["freqtrade_up"] is False and body["state"] is None and body["phase"] is None
 
     freqtrade.start()
+    phases: list[str] = []
+
+    async def answering() -> float | None:
+        # What the sidecar says of freqtrade while it comes back: starting until its loop has run since its start.
+        status, body = await sidecar.control("status")
+        if status == 200 and body.get("phase") and body["phase"] not in phases[-1:]:
+            phases.append(body["phase"])
+        return await sidecar.value("tradingbot_phase", phase="trading")
+
     await sidecar.until("freqtrade is back up", lambda: sidecar.value("tradingbot_freqtrade_up"))
+    await sidecar.until("freqtrade trading again", answering)
+    assert phases[-1] == "trading" and set(phases) <= {"starting", "trading"}, phases
+    print(f"phases the sidecar said while freqtrade came back: {phases}")
     await sidecar.until(
         "its trades are back (freqtrade keeps them in its database)",
         lambda: sidecar.value("tradingbot_position_quantity", venue="kraken", symbol="BTC-USD"),
@@ -1144,3 +1172,18 @@ def test_a_freqtrade_that_exited_is_started_again_for_the_next_test(freqtrade: F
     assert freqtrade.start_again_if_gone() == -signal.SIGKILL
     assert freqtrade.proc.pid != before and freqtrade.proc.poll() is None
     assert freqtrade.api("GET", "/health")["last_process_ts"]
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "phase"),
+    [
+        (Snapshot(), None),  # never answered, or does not answer now: maybe dead, not "starting"
+        (Snapshot(up=True, config={"state": "running"}, bot_start=100.0), "starting"),  # no iteration yet
+        (Snapshot(up=True, config={"state": "running"}, bot_start=100.0, heartbeat=99.0), "starting"),  # a run before
+        (Snapshot(up=True, config={"state": "reload_config"}, bot_start=100.0, heartbeat=150.0), "starting"),
+        (Snapshot(up=True, config={"state": "running"}, bot_start=100.0, heartbeat=101.0), "trading"),
+        (Snapshot(up=True, config={"state": "stopped"}, bot_start=100.0, heartbeat=101.0), "trading"),  # halted
+    ],
+)
+def test_the_phase_the_sidecar_exports_for_freqtrade(snapshot: Snapshot, phase: str | None) -> None:
+    assert snapshot.phase == phase

@@ -133,6 +133,30 @@ async def test_an_executions_sequence_gap_and_a_trade_snapshot_repeating_fills()
         assert [t["exec_id"] for t in trades] == [fill.trade_id, fill.trade_id]
 
 
+async def test_executions_persistently_silent_across_a_resubscribe_until_cleared() -> None:
+    """`ws_silent_channel channel=executions persistent=true`: the subscription, and a new one, acked and then silent
+    (no snapshot, no update) while the socket answers pings; after `clear` a new subscription is served again."""
+    async with running_gateway() as (gateway, base), socket(ws_urls(base)[1]) as ws:
+        token = await ws_token(base)
+        subscribe = {"method": "subscribe", "params": {"channel": "executions", "token": token}}
+        await ws.send({**subscribe, "req_id": 1})
+        await ws.until(of("executions", "snapshot"))
+        answer = await chaos(base, "ws_silent_channel", channel="executions", persistent=True)
+        assert answer["subscriptions"] == 1 and answer["heal"] == "clear"
+        await ws.send({**subscribe, "req_id": 2})
+        await ws.until(acked("subscribe", 2))
+        start = len(ws.received)
+        await gateway.venue.submit(limit("silent-1"))
+        await ws.send({"method": "ping", "req_id": 3})
+        await ws.until(acked("pong", 3))
+        await ws.until(of("heartbeat"))
+        assert not [m for m in ws.received[start:] if of("executions")(m)]
+        await chaos(base, "clear")
+        await ws.send({**subscribe, "req_id": 4})
+        snapshot = await ws.until(of("executions", "snapshot"))
+        assert "silent-1" in [o["cl_ord_id"] for o in snapshot["data"]]
+
+
 async def test_invalid_session_exceeded_msg_rate_and_maintenance() -> None:
     async with running_gateway(**MOVING) as (_gateway, base), socket(ws_urls(base)[1]) as ws:
         token = await ws_token(base)

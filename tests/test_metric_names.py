@@ -19,8 +19,13 @@ import pytest
 import yaml
 from paper_helpers import TOKEN, fast_config
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 from system_binaries import REPO_ROOT
 
+from trading_ops import logsetup
+from trading_ops.bot.log_metrics import LogCollector
+from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.config import parse_config
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
@@ -36,7 +41,6 @@ from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.ledger_reading import BackgroundReading
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxCollector, OutboxStore
-from trading_ops.venues.streams.metrics import StreamMetrics
 
 RULE_FILES = sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml"))
 DASHBOARD_FILES = sorted((REPO_ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -203,7 +207,30 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     stream.resyncs.labels("book", "checksum")
     stream.sequence_gaps.labels("executions")
     stream.fills_first_seen.labels("stream")
-    return bot_registry, reconciler_registry, sidecar_registry, stream_registry
+    stream.subscribe_failures.labels("ticker", "refused")
+    # The bot's log families exist only with the log `logsetup.setup` made (the CLI's, or bot.log_file): as a bot
+    # logging to its own rotated file exports them, read once with that log in place.
+    log_path = tmp_path_factory.mktemp("log") / "bot.log"
+    log_path.write_text("a line\n")
+    saved = dict(vars(logsetup.OUTPUT))
+    vars(logsetup.OUTPUT).update(active=True, file=log_path, file_max_bytes=10_000_000, written_bytes=7)
+    try:
+        log_families = list(LogCollector(None).collect())
+    finally:
+        vars(logsetup.OUTPUT).update(saved)
+    log_registry = CollectorRegistry()
+    log_registry.register(Fixed(log_families))
+    return bot_registry, reconciler_registry, sidecar_registry, stream_registry, log_registry
+
+
+class Fixed(Collector):
+    """Families read once, served as they were."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
 
 
 @pytest.fixture(scope="module")

@@ -35,10 +35,12 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from trading_ops import logsetup
 from trading_ops.bot.gate import Refusal
 from trading_ops.bot.risk import ORDER_NOTIONAL, Breach
 from trading_ops.config import Config
 from trading_ops.paper.bot import PaperBot
+from trading_ops.paper.streaming import StreamingPaperBroker
 
 GOLDEN = Path(__file__).parent / "golden" / "paper_bot_metrics.txt"
 # 2026-01-01T00:00:00Z: the Unix time every timestamp of the golden is taken at.
@@ -59,6 +61,7 @@ HOST_VALUES = {
     "tradingbot_process_open_fds": 24,
     "tradingbot_process_max_fds": 1024,
     "tradingbot_process_threads": 4,
+    "tradingbot_log_written_bytes": 2048,  # whatever the process logged before (logsetup.OUTPUT is process-wide)
     "tradingbot_memory_limit_bytes": 8e9,
     "tradingbot_data_dir_bytes": 1.5e6,
     "tradingbot_event_loop_lag_seconds": 0.0005,
@@ -92,6 +95,13 @@ def no_created_series(monkeypatch: pytest.MonkeyPatch) -> None:
     """The paper bot turns prometheus_client's `_created` samples off (`disable_created_series`); that switch is
     process-wide, so it is pinned here for the test and restored after it, whatever other tests did."""
     monkeypatch.setattr(prometheus_client.metrics, "_use_created", False)
+
+
+@pytest.fixture(autouse=True)
+def journald_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bot's log as `logsetup.setup` makes it under systemd (to the journal, which rotates it), so that the log's
+    families are in the golden whatever other tests in this process did to logging (OUTPUT is process-wide)."""
+    monkeypatch.setattr(logsetup, "OUTPUT", logsetup.LogOutput(journal=True, active=True))
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +183,23 @@ def drive(bot: PaperBot, clock: FakeMonotonic) -> None:
     # An order the gate kept back for a risk limit: counted as a breach, and the bot moved to reduce-only.
     breach = Breach(ORDER_NOTIONAL, "golden")
     bot.gate.refuse("BTC-USD", Refusal(breach.reason, breach.message, breach))
+    # Its venue's stream (paper.stream, the default): both endpoints up, a ticker and the executions channel heard, a
+    # silent ticker subscribed again, a dropped private endpoint reconnected, a sequence gap; the book families (a
+    # streaming ccxt bot's) at their first values.
+    assert isinstance(bot.broker, StreamingPaperBroker) and bot.broker.metrics is not None
+    stream = bot.broker.metrics
+    for endpoint in ("public", "private"):
+        stream.connected.labels(endpoint).set(1)
+        stream.set_rest_fallback(endpoint, False)
+    stream.last_message.labels("ticker", "BTC-USD").set(FIXED_NOW)
+    stream.last_message.labels("executions", "").set(FIXED_NOW)
+    stream.silence_timeout.labels("ticker", "BTC-USD").set(3.0)
+    stream.resyncs.labels("ticker", "silent").inc()
+    stream.reconnects.labels("private", "closed").inc()
+    stream.sequence_gaps.labels("executions").inc(2)
+    stream.subscribe_failures.labels("ohlc", "refused").inc()
+    stream.checksum_failures.labels("BTC/USD")
+    stream.book_in_sync.labels("BTC/USD").set(1)
     rec = bot.reconciler.metrics
     rec.run("startup", "clean", FIXED_NOW)
     rec.discrepancy("missing_fill")

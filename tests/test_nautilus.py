@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from nautilus_trader.model.enums import OrderStatus, TradingState
 from nautilus_trader.model.identifiers import InstrumentId, Venue
 from polling import until
 from ports import free_port
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_families import runtime_limit_shapes, shapes
 from secret_file import write_secret
@@ -336,9 +338,28 @@ def test_halt_then_cancel_all_and_flatten_while_halted(node: Node) -> None:
 
 
 def test_flatten_while_trading_stops_the_strategies_and_closes_every_position(node: Node) -> None:
+    """The buy adds to whatever the node held, and the flatten closes it all. What it held depends on the tests before
+    it on its node: `-n 2` without `--dist loadgroup` (xdist's `load`) spreads the module over both workers, each with
+    a node of its own, and one whose halt test ran on the other still holds the first buy's 0.5 (0.7 after this buy,
+    never the 0.2 once waited for)."""
     iid = InstrumentId.from_str(INSTRUMENT_ID)
-    node.on_loop(lambda: node.strategy.buy("0.2"))
-    until("the strategy holds 0.2", lambda: node.on_loop(lambda: float(node.node.portfolio.net_position(iid))) == 0.2)
+
+    def net() -> Decimal:
+        return Decimal(node.on_loop(lambda: node.node.portfolio.net_position(iid)))
+
+    held = net()
+    buy = node.on_loop(lambda: node.strategy.buy("0.2"))
+    # The buy itself is waited on (the sandbox fills a market order against the last quote as it is sent), then the
+    # position it adds to: a wait on "holds 0.2" took the module's earlier tests for granted.
+    try:
+        until(
+            "the strategy's buy of 0.2 filled", lambda: node.on_loop(lambda: node.node.cache.order(buy).is_closed), 30
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the node: {node.describe()}") from None
+    status = node.on_loop(lambda: node.node.cache.order(buy).status)
+    assert status == OrderStatus.FILLED, f"the buy {buy} is {status.name}; the node: {node.describe()}"
+    assert net() == held + Decimal("0.2"), f"held {held} before the buy; the node: {node.describe()}"
     until(
         "the position counted",
         lambda: value(scrape(node), "tradingbot_open_positions", venue=VENUE, strategy=STRATEGY_LABEL) == 1,
@@ -455,3 +476,34 @@ def test_a_web_config_file_guards_metrics_with_basic_auth_and_control_keeps_its_
             assert json.loads(resp.read())["nautilus_trading_state"] == "ACTIVE"
     finally:
         server.stop()
+
+
+def test_the_node_exports_its_phase_starting_then_trading_then_stopping(gateway: Gateway, tmp_path: Path) -> None:
+    """A node of its own from its start: tradingbot_phase as the runtime exports it, so the rules and playbooks that
+    leave a starting bot alone treat a Nautilus node alike. Starting until the node's strategies run, trading after,
+    stopping once the node stops (its server gone then: read from the controller's registry)."""
+    write_secret(tmp_path / "token", TOKEN)
+    started = start_node(gateway.url, tmp_path / "token", port=free_port(), trader_id="NAUTILUS-PHASE")
+    seen: list[str] = []
+    try:
+
+        def trading() -> bool:
+            controller = started.node.kernel._controller
+            if controller is None or controller.port is None:
+                return False
+            samples = scrape(started)
+            phase = [dict(ls)["phase"] for (n, ls), v in samples.items() if n == "tradingbot_phase" and v == 1]
+            if phase and phase[0] not in seen[-1:]:
+                seen.append(phase[0])
+            return phase == ["trading"]
+
+        until("the node trading", trading, 60, interval=0.05)
+        assert set(seen) <= {"starting", "trading"} and seen[-1] == "trading", seen
+        status, body = control(started, "status")
+        assert status == 200 and body["phase"] == "trading", body
+        controller = started.controller
+    finally:
+        started.stop()
+    text = generate_latest(controller.registry).decode()
+    assert 'tradingbot_phase{phase="stopping"} 1.0' in text and 'tradingbot_phase{phase="trading"} 0.0' in text
+    print(f"phases seen over HTTP from the node's start: {seen}")

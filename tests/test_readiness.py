@@ -28,7 +28,7 @@ from trading_ops.ops.backup import STATE_FILE
 from trading_ops.ops.restore_drill import DRILL_STATE_FILE
 from trading_ops.ops.state import OpsState
 from trading_ops.readiness import routing
-from trading_ops.readiness.criteria import CRITERIA, RULE_WINDOW
+from trading_ops.readiness_criteria import CRITERIA, RULE_WINDOW
 from trading_ops.reconciler.app import create_app
 
 pytestmark = [pytest.mark.prometheus]
@@ -55,6 +55,9 @@ FAILING: dict[str, tuple[dict[str, Any], set[str]]] = {
     "critical-alert": ({"critical_alert": (2 * DAY, 2 * DAY - 600)}, {"critical_alerts"}),
     "switch-disarmed": ({"switch_armed": False}, {"dead_man_switch"}),
     "no-emergency-stop": ({"emergency_stop_at": None}, {"emergency_stop"}),
+    "log-volume": ({"log_mb_per_day": 15}, {"log_size"}),
+    "log-file": ({"log_file_mb": 12, "log_mb_per_day": 0.5}, {"log_size"}),
+    "log-unrotated": ({"log_rotating": False}, {"log_rotation"}),
 }
 WINDOW_CRITERIA = {c.name for c in CRITERIA if c.window is None}
 # Missing data: a bot two days old asked about five, a bot that exports no order series.
@@ -214,25 +217,49 @@ def live(config_path: Path, bot: str) -> Any:
 
 
 def test_a_live_start_needs_a_recorded_ready_verdict_or_a_persons_approval(
-    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The verdicts are recorded in the ledger (SQLite here; the bot reads it from the database it shares with the
+    reconciler), attributed and timestamped."""
     from trading_ops.bot.live_gate import live_start_problem
+    from trading_ops.db import readiness_records as records
+    from trading_ops.db.base import make_engine
 
+    migrate.upgrade(sqlite_url)
     config = write_config(tmp_path, stack)
-    assert "with no paper readiness verdict recorded" in (live_start_problem(live(config, "ready")) or "")
-    assert main(["--config", str(config), "readiness", "ready", "order-success", "--record"]) == 1
-    assert "ready: recorded ready in " in capsys.readouterr().err
-    assert live_start_problem(live(config, "ready")) is None
-    problem = live_start_problem(live(config, "order-success")) or ""
-    assert "order-success would trade live on kraken with its recorded verdict is not ready" in problem, problem
-    # A person approves the failing bot's live start: attributed, with a reason, recorded beside the verdict.
-    argv = ["--config", str(config), "readiness", "order-success", "--record", "--approved-by", "carol"]
-    assert main(argv) == 2  # no reason
-    assert capsys.readouterr().err.strip() == "trading-ops: readiness: --approved-by needs a person's name and --reason"
-    assert main([*argv, "--reason", "90 % acks is the venue's throttling"]) == 1
-    assert live_start_problem(live(config, "order-success")) is None
-    record = json.loads((tmp_path / "var" / "readiness-order-success.json").read_text())
-    assert (record["verdict"], record["approved_by"], record["failing"]) == ("not ready", "carol", ["order_success"])
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "database": {"url": sqlite_url}}))
+    engine = make_engine(sqlite_url)
+    try:
+        assert "with no paper readiness verdict recorded" in (live_start_problem(live(config, "ready"), engine) or "")
+        argv = ["--config", str(config), "readiness", "ready", "order-success", "--record", "--by", "alice"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert re.search(r"^ready: recorded ready in the ledger \(record \d+, by alice, 20\d\d-", err, re.M), err
+        assert live_start_problem(live(config, "ready"), engine) is None
+        problem = live_start_problem(live(config, "order-success"), engine) or ""
+        assert "order-success would trade live on kraken with its recorded verdict is not ready (" in problem, problem
+        # A person approves the failing bot's live start: attributed, with a reason, recorded beside the verdict.
+        argv = ["--config", str(config), "readiness", "order-success", "--record", "--approved-by", "carol"]
+        assert main(argv) == 2  # no reason
+        assert capsys.readouterr().err.strip() == (
+            "trading-ops: readiness: --approved-by needs a person's name and --reason"
+        )
+        assert main([*argv, "--reason", "90 % acks is the venue's throttling"]) == 1
+        assert 'order-success: recorded not ready, approved by "carol" in the ledger' in capsys.readouterr().err
+        assert live_start_problem(live(config, "order-success"), engine) is None
+        record = records.latest(engine, "order-success")
+        assert record is not None
+        assert (record.verdict, record.approved_by, record.failing) == ("not ready", "carol", ["order_success"])
+        assert record.reason == "90 % acks is the venue's throttling" and record.recorded_by
+    finally:
+        engine.dispose()
+    # The ledger unreachable: one line, exit 1, after the verdict was printed.
+    down = {**yaml.safe_load(config.read_text()), "database": {"url": "postgresql+psycopg://x@127.0.0.1:1/ledger"}}
+    config.write_text(yaml.safe_dump(down))
+    assert main(["--config", str(config), "readiness", "ready", "--record"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("trading-ops: readiness: --record: the ledger's database is unreachable ("), lines
 
 
 def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
@@ -305,9 +332,8 @@ def test_bad_input_is_one_line_exit_2(
 # -- the reconciler's API: GET /api/v1/readiness/{bot} (scope read) ------------------------------------------------
 
 
-async def test_the_reconciler_serves_the_verdict_to_a_read_token(
-    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
-) -> None:
+async def reconciler_client(stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any) -> Any:
+    """A reconciler on a migrated SQLite ledger, configured with the readiness stack's bots and Prometheus."""
     migrate.upgrade(sqlite_url)
     data = yaml.safe_load(write_config(tmp_path, stack).read_text())
     make_config(tmp_path, sqlite_url)  # writes the webhook and read tokens beside the configuration
@@ -315,7 +341,13 @@ async def test_the_reconciler_serves_the_verdict_to_a_read_token(
         {**data, "database": {"url": sqlite_url}, "reconciler": {**data["reconciler"], **reconciler_keys(tmp_path)}},
         base_dir=tmp_path,
     )
-    client = await aiohttp_client(create_app(config))
+    return await aiohttp_client(create_app(config))
+
+
+async def test_the_reconciler_serves_the_verdict_to_a_read_token(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
+) -> None:
+    client = await reconciler_client(stack, tmp_path, sqlite_url, aiohttp_client)
     answer = await client.get("/api/v1/readiness/order-success", headers=READ_AUTH)
     assert answer.status == 200
     verdict = await answer.json()
@@ -335,14 +367,7 @@ async def test_the_reconciler_serves_the_verdict_to_a_read_token(
 async def test_the_console_shows_the_verdict_criterion_by_criterion(
     stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
 ) -> None:
-    migrate.upgrade(sqlite_url)
-    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
-    make_config(tmp_path, sqlite_url)  # writes the webhook and read tokens beside the configuration
-    config = parse_config(
-        {**data, "database": {"url": sqlite_url}, "reconciler": {**data["reconciler"], **reconciler_keys(tmp_path)}},
-        base_dir=tmp_path,
-    )
-    client = await aiohttp_client(create_app(config))
+    client = await reconciler_client(stack, tmp_path, sqlite_url, aiohttp_client)
     assert (await client.get("/ui/readiness/ready", allow_redirects=False)).headers["Location"] == "/ui/login"
     form = await (await client.get("/ui/login")).text()
     csrf = re.search(r'name="csrf" value="([^"]+)"', form)

@@ -35,8 +35,9 @@ def quiet_config(tmp_path):
     return config
 
 
-async def quiet_bot(tmp_path, policies: dict[str, str] | None = None) -> PaperBot:
+async def quiet_bot(tmp_path, policies: dict[str, str] | None = None, *, stream: bool = True) -> PaperBot:
     config = quiet_config(tmp_path)
+    config.paper.stream = stream
     if policies:
         config.recovery.policies.update(policies)
     bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry(), chaos=True)
@@ -48,6 +49,18 @@ async def quiet_bot(tmp_path, policies: dict[str, str] | None = None) -> PaperBo
 @pytest.fixture
 async def bot(tmp_path):
     paper_bot = await quiet_bot(tmp_path)
+    try:
+        yield paper_bot
+    finally:
+        await paper_bot.stop()
+
+
+@pytest.fixture
+async def rest_bot(tmp_path):
+    """A REST-only paper bot (paper.stream: false): the venue's events reach it as direct calls, so an event the
+    venue withholds (fill_without_notifying, inject_hidden_fill, a reply lost) is found by the bot's own
+    reconciliation alone. A streaming bot's REST poll finds it first (tests/test_paper_streaming.py)."""
+    paper_bot = await quiet_bot(tmp_path, stream=False)
     try:
         yield paper_bot
     finally:
@@ -81,7 +94,7 @@ async def test_startup_run_is_clean_and_opens_the_gate(bot: PaperBot) -> None:
 
 async def test_crash_between_fill_and_journal_write_is_adopted(bot: PaperBot) -> None:
     coid = await resting_order(bot)
-    fill = await bot.broker.fill_without_notifying(coid)
+    fill = await bot.paper_venue.fill_without_notifying(coid)
     status, result = await control(bot.port, "reconcile")
     assert status == 200 and result["result"] == "resolved" and result["trigger"] == "command"
     assert kinds(result) == [
@@ -113,8 +126,8 @@ async def test_crash_between_fill_and_journal_write_is_adopted(bot: PaperBot) ->
 async def test_partial_fill_unseen_and_a_vanished_order(bot: PaperBot) -> None:
     partial = await resting_order(bot, "BTC-USD")
     gone = await resting_order(bot, "SOL-USD", Side.SELL)
-    fill = await bot.broker.fill_without_notifying(partial, Decimal("0.04"))
-    await bot.broker.cancel_without_notifying(gone)  # the venue cancels it and the event is lost
+    fill = await bot.paper_venue.fill_without_notifying(partial, Decimal("0.04"))
+    await bot.paper_venue.cancel_without_notifying(gone)  # the venue cancels it and the event is lost
     result = await bot.reconcile(Trigger.COMMAND)
     assert kinds(result) == [
         ("missing_fill", fill.trade_id, "adopted"),
@@ -128,7 +141,7 @@ async def test_partial_fill_unseen_and_a_vanished_order(bot: PaperBot) -> None:
 
 async def test_fill_delivered_twice_counts_once(bot: PaperBot) -> None:
     coid = await resting_order(bot)
-    fill = await bot.broker.fill_without_notifying(coid)
+    fill = await bot.paper_venue.fill_without_notifying(coid)
     assert await bot.order_engine.apply_fill(fill) is True
     assert await bot.order_engine.apply_fill(fill) is False  # the same trade id again: journaled once, booked once
     assert bot.book.position("ETH-USD") == Decimal("0.1")
@@ -139,7 +152,7 @@ async def test_fill_delivered_twice_counts_once(bot: PaperBot) -> None:
 
 
 async def test_venue_listing_a_trade_twice_is_a_duplicate_adopted_once(bot: PaperBot) -> None:
-    hidden = await bot.broker.inject_hidden_fill("SOL-USD", Decimal("2"))
+    hidden = await bot.paper_venue.inject_hidden_fill("SOL-USD", Decimal("2"))
     original = bot.broker.recent_fills
 
     async def twice(since: datetime | None = None) -> list[VenueFill]:
@@ -158,7 +171,7 @@ async def test_venue_listing_a_trade_twice_is_a_duplicate_adopted_once(bot: Pape
 
 async def test_order_placed_by_hand_is_canceled_by_policy(bot: PaperBot) -> None:
     mid = bot.broker.quote("BTC-USD").mid
-    external = await bot.broker.place_external_order("BTC-USD", Side.BUY, Decimal("0.01"), mid * Decimal("0.9"))
+    external = await bot.paper_venue.place_external_order("BTC-USD", Side.BUY, Decimal("0.01"), mid * Decimal("0.9"))
     result = await bot.reconcile(Trigger.COMMAND)
     assert kinds(result) == [("unknown_order", external.venue_order_id, "canceled")]
     assert result["discrepancies"][0]["detail"] == {"client_order_id": external.client_order_id}
@@ -170,8 +183,9 @@ async def test_halt_and_alert_policies(tmp_path) -> None:
     bot = await quiet_bot(tmp_path, {"missing_fill": "halt", "unknown_order": "alert"})
     try:
         mid = bot.broker.quote("BTC-USD").mid
-        external = await bot.broker.place_external_order("BTC-USD", Side.BUY, Decimal("0.01"), mid * Decimal("0.9"))
-        hidden = await bot.broker.inject_hidden_fill("SOL-USD", Decimal("-1"))
+        far = mid * Decimal("0.9")
+        external = await bot.paper_venue.place_external_order("BTC-USD", Side.BUY, Decimal("0.01"), far)
+        hidden = await bot.paper_venue.inject_hidden_fill("SOL-USD", Decimal("-1"))
         result = await bot.reconcile(Trigger.COMMAND)
         assert result["result"] == "halted"
         assert kinds(result) == [
@@ -190,12 +204,12 @@ async def test_halt_and_alert_policies(tmp_path) -> None:
 async def test_position_mismatch_no_fill_explains_is_adopted_as_an_adjustment(tmp_path) -> None:
     bot = await quiet_bot(tmp_path, {"position_mismatch": "adopt", "balance_mismatch": "alert"})
     try:
-        bot.broker.book.positions["ETH-USD"] += Decimal("0.5")  # the venue's books moved with no fill behind it
+        bot.paper_venue.book.positions["ETH-USD"] += Decimal("0.5")  # the venue's books moved with no fill behind it
         result = await bot.reconcile(Trigger.COMMAND)
         assert kinds(result) == [("position_mismatch", "ETH-USD", "adopted")]
         assert bot.book.position("ETH-USD") == Decimal("0.5")
         assert (await bot.reconcile(Trigger.COMMAND))["result"] == "clean"
-        bot.broker.book.balances["USD"] += Decimal("100")  # a deposit
+        bot.paper_venue.book.balances["USD"] += Decimal("100")  # a deposit
         assert kinds(await bot.reconcile(Trigger.COMMAND)) == [("balance_mismatch", "USD", "alerted")]
     finally:
         await bot.stop()
@@ -295,10 +309,10 @@ async def test_scheduled_runs_under_live_trading_come_back_clean(tmp_path) -> No
 
 
 async def test_adopting_balances_twice_changes_nothing_when_the_venue_omits_a_zero_balance(bot: PaperBot) -> None:
-    await bot.broker.transfer("DOGE", Decimal("5"))  # an airdrop
+    await bot.paper_venue.transfer("DOGE", Decimal("5"))  # an airdrop
     assert kinds(await bot.reconcile(Trigger.COMMAND)) == [("balance_mismatch", "DOGE", "adopted")]
     assert (await bot.journal.call(bot.journal.balances))["DOGE"] == Decimal("5")
-    await bot.broker.transfer("DOGE", Decimal("-5"))  # withdrawn: the venue no longer lists DOGE at all
+    await bot.paper_venue.transfer("DOGE", Decimal("-5"))  # withdrawn: the venue no longer lists DOGE at all
     assert "DOGE" not in await bot.broker.balances()
     assert kinds(await bot.reconcile(Trigger.COMMAND)) == [("balance_mismatch", "DOGE", "adopted")]
     assert (await bot.journal.call(bot.journal.balances))["DOGE"] == 0
@@ -312,7 +326,7 @@ async def test_duplicate_fill_row_is_removed_with_its_balance_changes(bot: Paper
     mismatch); a second run is clean."""
     await bot.journal.call(drop_fill_uniqueness, bot.engine)
     coid = await resting_order(bot)
-    fill = await bot.broker.fill_without_notifying(coid)
+    fill = await bot.paper_venue.fill_without_notifying(coid)
     assert await bot.order_engine.apply_fill(fill) is True
     assert await bot.order_engine.apply_fill(fill) is True  # journaled twice: nothing stops it any more
     rows = [f for f in await bot.journal.call(bot.journal.fills) if f.trade_id == fill.trade_id]
@@ -333,13 +347,16 @@ async def test_duplicate_fill_row_is_removed_with_its_balance_changes(bot: Paper
     assert again["result"] == "clean", again["discrepancies"]
 
 
-async def test_order_updates_never_move_an_order_back(bot: PaperBot) -> None:
+async def test_order_updates_never_move_an_order_back(
+    rest_bot: PaperBot,
+) -> None:
+    bot = rest_bot  # the bot's own reconciliation, which nothing pre-empts (rest_bot)
     coid = await resting_order(bot)
     acknowledged = dataclasses.replace(bot.orders[coid])
-    await bot.broker.fill_without_notifying(coid, Decimal("0.04"))
-    partial = dataclasses.replace(bot.broker.book.orders[acknowledged.venue_order_id])
-    await bot.broker.fill_without_notifying(coid)
-    filled = dataclasses.replace(bot.broker.book.orders[acknowledged.venue_order_id])
+    await bot.paper_venue.fill_without_notifying(coid, Decimal("0.04"))
+    partial = dataclasses.replace(bot.paper_venue.book.orders[acknowledged.venue_order_id])
+    await bot.paper_venue.fill_without_notifying(coid)
+    filled = dataclasses.replace(bot.paper_venue.book.orders[acknowledged.venue_order_id])
     await bot.order_engine.on_order(filled)
     # Events arriving late and out of order: neither reopens the order, in the journal or in the bot.
     await bot.order_engine.on_order(partial)
@@ -356,9 +373,9 @@ async def test_vanished_order_takes_the_final_state_the_venue_reports(tmp_path) 
     try:
         bot.reconciler.fills_lookback = 60
         coid = await resting_order(bot)
-        await bot.broker.set_clock_skew(-3600)  # the fill happens an hour ago by the venue's clock
-        await bot.broker.fill_without_notifying(coid)
-        await bot.broker.set_clock_skew(0)
+        await bot.paper_venue.set_clock_skew(-3600)  # the fill happens an hour ago by the venue's clock
+        await bot.paper_venue.fill_without_notifying(coid)
+        await bot.paper_venue.set_clock_skew(0)
         result = await bot.reconcile(Trigger.COMMAND)
         [order] = [d for d in result["discrepancies"] if d["key"] == coid]
         assert (order["kind"], order["outcome"]) == ("order_state_mismatch", "adopted")
@@ -393,10 +410,10 @@ async def test_orders_placed_by_hand_without_a_client_id_stay_distinct(tmp_path)
         bot = await quiet_bot(tmp_path / policy, {"unknown_order": policy})
         try:
             mid = bot.broker.quote("BTC-USD").mid
-            first = await bot.broker.place_external_order(
+            first = await bot.paper_venue.place_external_order(
                 "BTC-USD", Side.BUY, Decimal("0.01"), mid / 2, client_order_id=""
             )
-            second = await bot.broker.place_external_order(
+            second = await bot.paper_venue.place_external_order(
                 "BTC-USD", Side.BUY, Decimal("0.02"), mid / 2, client_order_id=""
             )
             result = await bot.reconcile(Trigger.COMMAND)
@@ -514,9 +531,12 @@ async def test_last_success_timestamp_is_exported_from_the_start(tmp_path) -> No
         await bot.stop()
 
 
-async def test_reconnect_triggers_a_reconciliation(bot: PaperBot) -> None:
-    await bot.broker.drop_connection()
-    hidden = await bot.broker.inject_hidden_fill("ETH-USD", Decimal("1"))  # while the bot could not hear it
+async def test_reconnect_triggers_a_reconciliation(
+    rest_bot: PaperBot,
+) -> None:
+    bot = rest_bot  # the bot's own reconciliation, which nothing pre-empts (rest_bot)
+    await bot.paper_venue.drop_connection()
+    hidden = await bot.paper_venue.inject_hidden_fill("ETH-USD", Decimal("1"))  # while the bot could not hear it
     assert (await control(bot.port, "reconnect"))[0] == 200
     await wait_for(lambda: bot.reconciler.last and bot.reconciler.last["trigger"] == "reconnect")
     assert bot.reconciler.last is not None
@@ -537,7 +557,7 @@ async def test_scheduled_runs_wait_while_the_orders_channel_is_down_and_the_reco
                 bot, "tradingbot_reconciliation_runs_total", venue="paper", trigger="schedule", result="clean"
             )
         )
-        await bot.broker.drop_connection()
+        await bot.paper_venue.drop_connection()
         dropped = datetime.now(UTC)  # a run already under way may fail: it began before
         await asyncio.sleep(1.0)  # twenty intervals with the channel down
         back = datetime.now(UTC)
@@ -551,11 +571,12 @@ async def test_scheduled_runs_wait_while_the_orders_channel_is_down_and_the_reco
 
 
 async def test_a_failed_fill_write_leaves_the_book_as_the_journal_and_reconciliation_counts_it_once(
-    bot: PaperBot,
+    rest_bot: PaperBot,
 ) -> None:
     """The journal write of a fill fails (the database was locked for a moment): the fill is in neither the book
     nor the journal, the order's outcome is unknown, and reconciliation adopts the fill once. Book, journal and
     venue then agree, and a second run finds nothing."""
+    bot = rest_bot  # the bot's own reconciliation, which nothing pre-empts (rest_bot)
     journal_fill = bot.journal.fill
     failures = []
 
@@ -590,11 +611,14 @@ async def journal_position(bot: PaperBot, symbol: str) -> Decimal:
     return positions[symbol].quantity if symbol in positions else Decimal(0)
 
 
-async def test_a_submit_whose_answer_was_lost_stays_open_until_reconciliation_settles_it(bot: PaperBot) -> None:
+async def test_a_submit_whose_answer_was_lost_stays_open_until_reconciliation_settles_it(
+    rest_bot: PaperBot,
+) -> None:
     """The connection drops while the venue takes the order (200 ms): the venue has it, the bot got no answer. It is
     not journaled as rejected: it stays open (new) and tracked, its symbol counts as working, and the
     reconciliation after the reconnect adopts what the venue did with it."""
-    venue = bot.broker
+    bot = rest_bot  # the bot's own reconciliation, which nothing pre-empts (rest_bot)
+    venue = bot.paper_venue
     venue.order_latency = 0.2
     venue_submit = venue.submit
     in_flight = asyncio.Event()
@@ -650,7 +674,7 @@ async def test_an_order_update_before_its_fill_does_not_count_the_fill_twice(bot
     after two partial fills the order is still working with what the venue says is filled, tracked, and the
     kill switch's cancel finds it."""
     coid = await resting_order(bot, "BTC-USD")  # 0.1
-    venue = bot.broker
+    venue = bot.paper_venue
     vid = venue.book.by_client[coid]
     events: list[VenueOrder | VenueFill] = []
     for part in ("0.04", "0.04"):

@@ -102,10 +102,10 @@ async def notification_server() -> tuple[web.AppRunner, int, list[dict]]:
 def expected_discrepancies(bot: PaperBot) -> set[tuple[str, str]]:
     """What reconciliation must find, from the venue's own records (not the engine's logic)."""
     journal_trades = {f.trade_id for f in bot.journal.fills()}
-    venue_orders = {o.key: o for o in bot.broker.book.orders.values()}
+    venue_orders = {o.key: o for o in bot.paper_venue.book.orders.values()}
     journal_orders = {o.client_order_id: o for o in bot.journal.orders_by_client_id(list(venue_orders))}
     journal_open = {o.client_order_id: o for o in bot.journal.open_orders()}
-    found = {("missing_fill", f.trade_id) for f in bot.broker.book.fills if f.trade_id not in journal_trades}
+    found = {("missing_fill", f.trade_id) for f in bot.paper_venue.book.fills if f.trade_id not in journal_trades}
     for key, order in venue_orders.items():
         mine = journal_orders.get(key)
         if order.status.is_open and mine is None:
@@ -158,7 +158,7 @@ async def test_kill_9_while_orders_work_then_restart_reconciles_exactly_the_dama
     try:
         expected = await bot.journal.call(expected_discrepancies, bot)
         at_crash = {s: str(p.quantity) for s, p in sorted((await bot.journal.call(bot.journal.positions)).items())}
-        assert at_crash.get("SOL-USD") != str(bot.broker.book.positions["SOL-USD"])  # the drift is unknown to it
+        assert at_crash.get("SOL-USD") != str(bot.paper_venue.book.positions["SOL-USD"])  # the drift is unknown to it
         assert ("missing_fill", drift["trade_id"]) in expected
         assert ("missing_fill", filled_meanwhile.trade_id) in expected
         assert ("unknown_order", external.venue_order_id) in expected

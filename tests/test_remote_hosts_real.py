@@ -28,7 +28,7 @@ from compose_images import ensure_base_image
 from debian_root import debian_root
 from docker_engine import DockerEngine
 from netns_hosts import Host, host_network
-from nspawn_machine import ROOT_PACKAGES, Machine, Overlay
+from nspawn_machine import SSH_ROOT_PACKAGES, Machine, Overlay
 from polling import until, until_async
 from reconciler_server import AUTH, READ_AUTH, write_one_rule_config
 from server_process import stop
@@ -85,6 +85,24 @@ Description=OpenSSH server of the test host
 ExecStartPre=/bin/mkdir -p /run/sshd
 ExecStart=/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config_trading_ops
 """
+# The same host's second sshd, on SLOW_PORT with PAM: a host slow to open the session after the key is accepted, as
+# Debian 13's pam_systemd is on a loaded machine (logind starting the user's manager, 10 s and more). sshd opens it
+# in its privileged process before it serves the connection: nothing answers the client meanwhile, keepalives
+# included. Its stack (PAM service sshd, which only this sshd reads): no password, every account, a session that
+# takes SESSION_SECONDS to open.
+SLOW_PORT = 2222
+SESSION_SECONDS = 20
+SLOW_SSHD_CONFIG = (
+    SSHD_CONFIG.replace("Port 22\n", f"Port {SLOW_PORT}\n")
+    .replace("UsePAM no", "UsePAM yes")
+    .replace("/run/sshd-trading-ops.pid", "/run/sshd-trading-ops-slow.pid")
+)
+SLOW_PAM = f"""auth required pam_deny.so
+account required pam_permit.so
+session required pam_permit.so
+session required pam_exec.so quiet /usr/bin/sleep {SESSION_SECONDS}
+"""
+SLOW_SSHD_UNIT = SSHD_UNIT.replace("sshd_config_trading_ops", "sshd_config_trading_ops_slow")
 
 
 @dataclass
@@ -102,31 +120,34 @@ def _keygen(path: Path) -> str:
 
 
 def _install_sshd(root: Path, address: str, host_key: Path, client_public: str) -> None:
-    """This machine's OpenSSH server in the machine's root (both Debian bookworm: the same libraries, but for
-    libwrap, copied beside it), its host key, the reconciler's key authorized for USER, the polkit rule and units."""
-    sshd = Path(require_binary("sshd"))
-    shutil.copy2(sshd, root / "usr/sbin/sshd")
-    libwrap = Path("/lib/x86_64-linux-gnu/libwrap.so.0").resolve()
-    shutil.copy2(libwrap, root / "usr/lib/x86_64-linux-gnu/libwrap.so.0")
+    """The root's own OpenSSH server (Debian's package, installed in the root: a copy of this machine's would not run
+    on another Debian release's libraries) on a configuration of the test's, the package's ssh.service and ssh.socket
+    masked; its host key, the reconciler's key authorized for USER, the polkit rule and units."""
+    units = root / "etc/systemd/system"
+    for unit in ("ssh.service", "ssh.socket"):
+        (units / unit).unlink(missing_ok=True)
+        (units / unit).symlink_to("/dev/null")
     ssh_dir = root / "etc/ssh"
     (ssh_dir / "authorized_keys").mkdir(parents=True, exist_ok=True)
     shutil.copy2(host_key, ssh_dir / "trading_ops_host_key")
     (ssh_dir / "trading_ops_host_key").chmod(0o600)
     (ssh_dir / "authorized_keys" / USER).write_text(client_public + "\n")
     (ssh_dir / "sshd_config_trading_ops").write_text(SSHD_CONFIG.format(address=address))
+    (ssh_dir / "sshd_config_trading_ops_slow").write_text(SLOW_SSHD_CONFIG.format(address=address))
+    (root / "etc/pam.d/sshd").write_text(SLOW_PAM)
     rules = root / "etc/polkit-1/rules.d"
     rules.mkdir(parents=True, exist_ok=True)
     (rules / "50-trading-ops-remote.rules").write_text(POLKIT_RULE % USER)
-    units = root / "etc/systemd/system"
     (units / "trading-ops-bot@.service").write_text(BOT_UNIT)
     (units / "trading-ops-test-sshd.service").write_text(SSHD_UNIT)
+    (units / "trading-ops-test-sshd-slow.service").write_text(SLOW_SSHD_UNIT)
 
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteMachine]:
-    for binary in ("systemd-nspawn", "nsenter", "sshd", "ssh", "ssh-keygen", "systemctl"):
+    for binary in ("systemd-nspawn", "nsenter", "ssh", "ssh-keygen", "systemctl"):
         require_binary(binary)
-    root = debian_root(ROOT_PACKAGES)
+    root = debian_root(SSH_ROOT_PACKAGES)
     tmp = tmp_path_factory.mktemp("remote-host")
     host_public = _keygen(tmp / "host_key")
     client_public = _keygen(tmp / "client_key")
@@ -140,10 +161,9 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteMachine]:
             _install_sshd(merged, host.address, tmp / "host_key", client_public)
             machine = Machine(merged, tmp / "console.log", options=[f"--network-namespace-path={host.path}"])
             machine.boot()
-            machine.run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "sshd")
             machine.run("useradd", "--create-home", "--shell", "/bin/sh", USER)
             machine.run("usermod", "--password", "*", USER)  # no password, not a locked account (sshd without PAM)
-            machine.systemctl("start", "trading-ops-test-sshd.service", UNIT)
+            machine.systemctl("start", "trading-ops-test-sshd.service", "trading-ops-test-sshd-slow.service", UNIT)
             known = tmp / "known_hosts"
             known.write_text(f"{host.address} {host_public}\n")
             yield RemoteMachine(machine, host, tmp / "client_key", known, am)
@@ -211,6 +231,28 @@ async def test_a_hung_bot_on_another_host_is_restarted_there_with_systemctl_host
     (step,) = episode["attempts"][0]["steps"]
     assert step["outcome"] == "success", step
     # On the bot's host: the unit runs a new main process, started by the reconciler's user through polkit.
+    after = until(
+        "the unit running again",
+        lambda: (shown := remote.machine.show(UNIT, "MainPID", "ActiveState"))["ActiveState"] == "active" and shown,
+    )
+    assert after["MainPID"] != before["MainPID"]
+
+
+async def test_a_host_slow_to_open_the_session_is_waited_for_not_given_up(
+    aiohttp_client: Any, tmp_path: Path, remote: RemoteMachine
+) -> None:
+    """sshd says nothing for SESSION_SECONDS after the key is accepted (its PAM session opening): the step waits
+    within its own timeout, as for a unit slow to start. (ssh's keepalive, ServerAliveInterval=5 with
+    ServerAliveCountMax=2, gave up after 10 to 15 s: "Timeout, server ... not responding", the unit not restarted.)"""
+    before = remote.machine.show(UNIT, "MainPID", "ActiveState")
+    assert before["ActiveState"] == "active"
+    config = write_config(
+        tmp_path, remote.alertmanager, {**ssh_settings(remote, remote.known_hosts_file), "ssh_port": SLOW_PORT}
+    )
+    client = await aiohttp_client(create_app(load_config(config)))
+    episode = await run_episode(client, remote.alertmanager, "recovered")
+    (step,) = episode["attempts"][0]["steps"]
+    assert step["outcome"] == "success", step
     after = until(
         "the unit running again",
         lambda: (shown := remote.machine.show(UNIT, "MainPID", "ActiveState"))["ActiveState"] == "active" and shown,

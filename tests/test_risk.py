@@ -173,7 +173,7 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
         await placed(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 2_000))
         await wait_for(lambda: bot.book.position(SYMBOL) > 0)
         await placed(bot, SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 100), far_bid(bot))
-        await bot.broker.gap_price(SYMBOL, -0.05)  # type: ignore[attr-defined]  # about 100 lost
+        await bot.paper_venue.gap_price(SYMBOL, -0.05)  # type: ignore[attr-defined]  # about 100 lost
         await wait_for(lambda: bot.inst.state.state.value == "halted")
         assert bot.inst.state.reason.startswith("risk limit daily_loss")
         assert value(bot, "tradingbot_risk_limit_breaches_total", limit="daily_loss") == 1
@@ -280,6 +280,7 @@ async def test_max_open_positions_refuses_the_order_that_would_open_one_more_and
         await wait_for(lambda: bot.book.position(SYMBOL) > 0)
         # Adding to the position held opens none.
         await placed(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 500))
+        await bot.broker.drain_events()  # its fill, streamed after the submit, is in the book
         await wait_for(lambda: value(bot, "tradingbot_open_positions") == 1)
         held = bot.book.position(SYMBOL)
         assert await submit_fresh(bot, OTHER, Side.BUY, OrderType.MARKET, size_for(bot, 500, OTHER)) is None
@@ -413,10 +414,10 @@ async def test_the_drawdown_peak_and_its_halt_survive_restarts(tmp_path: Path) -
     try:
         await placed(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 2_000))
         await wait_for(lambda: bot.book.position(SYMBOL) > 0)
-        await bot.broker.gap_price(SYMBOL, 0.05)  # type: ignore[attr-defined]  # about 100 gained: the peak
+        await bot.paper_venue.gap_price(SYMBOL, 0.05)  # type: ignore[attr-defined]  # about 100 gained: the peak
         await wait_for(lambda: value(bot, "tradingbot_equity_peak") > 90)
         peak = value(bot, "tradingbot_equity_peak")
-        await bot.broker.gap_price(SYMBOL, -0.03)  # type: ignore[attr-defined]  # about 63 of it lost again
+        await bot.paper_venue.gap_price(SYMBOL, -0.03)  # type: ignore[attr-defined]  # about 63 of it lost again
         await wait_for(lambda: 55 < value(bot, "tradingbot_drawdown") < 80)
         assert bot.inst.state.state.value == "active"
     finally:
@@ -427,7 +428,7 @@ async def test_the_drawdown_peak_and_its_halt_survive_restarts(tmp_path: Path) -
         await wait_for(lambda: value(again, "tradingbot_drawdown") > 55)
         assert value(again, "tradingbot_equity_peak") == peak
         at_start = equity(again)
-        await again.broker.gap_price(SYMBOL, -0.015)  # type: ignore[attr-defined]
+        await again.paper_venue.gap_price(SYMBOL, -0.015)  # type: ignore[attr-defined]
         await wait_for(lambda: again.inst.state.state.value == "halted")
         assert at_start - equity(again) < 80  # measured from this run's start, no halt
         assert again.inst.state.reason.startswith("risk limit drawdown")

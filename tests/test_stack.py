@@ -50,7 +50,13 @@ from trading_ops.stack.app_config import (
 )
 from trading_ops.stack.layout import Layout, Ports
 from trading_ops.stack.profiles import FAST, STANDARD
-from trading_ops.stack.prometheus_config import render_prometheus, spoken_duration, write_prometheus
+from trading_ops.stack.prometheus_config import (
+    adapt_rules,
+    reads_up,
+    render_prometheus,
+    spoken_duration,
+    write_prometheus,
+)
 from trading_ops.stack.repo import dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, loss_limit_note, render
 from trading_ops.stack.up import UpOptions, UsageProblem, children_path, in_force, lock_state_dir, prepare
@@ -77,6 +83,73 @@ def test_fast_profile_divides_for_by_five_with_a_two_second_floor(repo_for: floa
     assert STANDARD.alert_for(repo_for) == repo_for
 
 
+@pytest.mark.parametrize(("repo_for", "fast_for"), [(10, 5), (5, 5), (3, 3), (30, 6), (120, 24), (0, 0)])
+def test_fast_profile_keeps_an_alert_on_failed_scrapes_at_five_seconds_at_least(
+    repo_for: float, fast_for: float
+) -> None:
+    assert FAST.alert_for(repo_for, scrape_failure=True) == fast_for
+    assert STANDARD.alert_for(repo_for, scrape_failure=True) == repo_for
+
+
+# The availability rules' host at the fast profile: bot and node exporter joined on the address.
+LATE_HOST = "10.0.1.21"
+
+
+def test_at_the_fast_profile_late_scrapes_are_no_dead_host_and_a_dead_host_pages(tmp_path: Path) -> None:
+    """Under load (averages of 30 to 60) a live host's bot and node exporter both answered past the fast profile's
+    0.8 s scrape timeout for 2 to 3 s, and TradingBotHostDown (then `for: 2s`) fired for it. promtool on the rules
+    as the fast profile renders them (1 s scrapes and evaluations): 3 s of failed scrapes of both fire nothing, pending
+    or firing; a host that stays dead fires 5 s after its first failed scrape."""
+    source = REPO_ROOT / "prometheus" / "rules" / "tradingbot-availability.yml"
+    rules = adapt_rules(yaml.safe_load(source.read_text()), FAST, str(source))
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "TradingBotHostDown"]
+    assert rule["for"] == "5s"
+    bot, node = f"{LATE_HOST}:9101", f"{LATE_HOST}:9100"
+    description = " ".join(rule["annotations"]["description"].split())
+    description = description.replace("{{ $labels.instance }}", bot).replace("{{ $labels.host }}", LATE_HOST)
+    quiet = [{"eval_time": f"{t}s", "alertname": "TradingBotHostDown", "exp_alerts": []} for t in range(60, 80)]
+    late = {
+        "interval": "1s",
+        "name": "late scrapes",
+        "input_series": [
+            # A minute up, then 3 s of scrapes past their timeout (both the bot's and the node exporter's), then up.
+            {"series": f'up{{job="tradingbot", instance="{bot}"}}', "values": "1x59 0x2 1x30"},
+            {"series": f'up{{job="node", instance="{node}"}}', "values": "1x59 0x2 1x30"},
+        ],
+        "alert_rule_test": quiet,
+    }
+    labels = {
+        "alertname": "TradingBotHostDown",
+        "instance": bot,
+        "job": "tradingbot",
+        "host": LATE_HOST,
+        "severity": "critical",
+        "service": "tradingbot",
+    }
+    annotations = {k: v for k, v in rule["annotations"].items() if k != "description"} | {"description": description}
+    dead = {
+        "interval": "1s",
+        "name": "a dead host",
+        "input_series": [
+            {"series": f'up{{job="tradingbot", instance="{bot}"}}', "values": "1x59 0x30"},
+            {"series": f'up{{job="node", instance="{node}"}}', "values": "1x59 0x30"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "64s", "alertname": "TradingBotHostDown", "exp_alerts": []},
+            {
+                "eval_time": "65s",
+                "alertname": "TradingBotHostDown",
+                "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations}],
+            },
+        ],
+    }
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1s", "tests": [late, dead]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(tests))
+    result = run_binary("promtool", "test", "rules", tmp_path / "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # ---- Prometheus ---------------------------------------------------------------------------------------------
 
 
@@ -100,7 +173,8 @@ def test_fast_rules_are_every_repo_rule_file_with_exactly_the_for_changed(layout
             skip = ("for", "annotations")
             assert {k: v for k, v in copy.items() if k not in skip} == {k: v for k, v in rule.items() if k not in skip}
             if "for" in rule:
-                expected = min(parse_duration(rule["for"]), max(parse_duration(rule["for"]) / 5, 2))
+                floor = 5 if reads_up(rule["expr"]) else 2  # an alert on failed scrapes: 5 s at least
+                expected = min(parse_duration(rule["for"]), max(parse_duration(rule["for"]) / 5, floor))
                 assert parse_duration(copy["for"]) == expected, alert
                 changed += copy["for"] != rule["for"]
             else:

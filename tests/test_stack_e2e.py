@@ -25,7 +25,7 @@ from dashboard_queries import BUILTIN_VALUES, DATA_DASHBOARDS, NOT_THIS_KIND, pa
 from polling import until
 from system_binaries import require_binary
 from up_process import UpProcess, alive
-from up_stack import Stack, fired, get_json, new_episodes
+from up_stack import Stack, fired, get_json, heal_by_the_bots_own_stream, new_episodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
 
@@ -189,25 +189,12 @@ def test_drop_connection_is_healed_by_one_verified_reconnect(stack: Stack) -> No
     assert {k: v - reconnects_before.get(k, 0.0) for k, v in reconnects.items()} == dict.fromkeys(reconnects, 1.0)
 
 
-def test_stale_market_data_for_one_symbol_is_healed_by_a_verified_resubscribe(stack: Stack) -> None:
+def test_stale_market_data_for_one_symbol_is_healed_by_the_bots_own_stream(stack: Stack) -> None:
+    """Both bots stream their market data by default (the paper bot its tickers, the ccxt bot its books): the bot's
+    own resubscribe heals a silent pair before any alert. (The reconciler's market-data-resubscribe is for a bot
+    that does not heal itself: tests/test_nautilus_e2e.py runs it on a real stack.)"""
     known = {e["id"] for e in stack.episodes()}
-    assert stack.inject("stale_market_data", symbol="ETH-USD")["symbol"] == "ETH-USD"
-
-    recovered = until(
-        "an episode of TradingBotMarketDataStale recovered",
-        lambda: [e for e in new_episodes(stack, known, "TradingBotMarketDataStale") if e["state"] == "recovered"],
-    )[0]
-    assert fired(stack, "TradingBotMarketDataStale", symbol="ETH-USD")
-    assert recovered["labels"]["symbol"] == "ETH-USD" and recovered["rule"] == "market-data-resubscribe"
-    (step,) = heal_steps([recovered], "resubscribe")
-    assert step["outcome"] == "success"
-    assert_resolved(stack, "TradingBotMarketDataStale")
-    ages = stack.query(
-        f'instance_venue_symbol:tradingbot_market_data_last_update:age_seconds{{instance="{stack.instance}"}}'
-    )
-    assert {a["metric"]["symbol"] for a in ages} == {"BTC-USD", "ETH-USD", "SOL-USD"}
-    assert all(float(a["value"][1]) < 10 for a in ages)  # every symbol's quotes are fresh again
-    assert len(heal_steps(new_episodes(stack, known, "TradingBotMarketDataStale"), "resubscribe")) == 1
+    heal_by_the_bots_own_stream(stack, known, ("book", "ticker") if stack.kind == "ccxt-gateway" else ("ticker",))
 
 
 def test_the_state_dir_holds_what_up_generated(stack: Stack) -> None:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 
+import pytest
 from ccxt_helpers import chaos, limit, running_gateway, wait_for
 from prometheus_client import CollectorRegistry
 from ws_helpers import ws_token, ws_urls
 
+from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.venues.streams.client import KrakenStream, Subscription
-from trading_ops.venues.streams.metrics import StreamMetrics
 
 MOVING = {"tick_interval": 0.02, "volatility": 0.001}
 PRECISION = {"BTC/USD": (2, 4), "ETH/USD": (2, 4)}
@@ -149,3 +152,80 @@ async def test_asked_to_it_resubscribes_every_channel_and_reconnects() -> None:
         start = len(messages)
         await wait_for(lambda: books_after(messages, start) >= 5)
         assert sample(registry, "tradingbot_stream_book_in_sync", symbol="BTC/USD") == 1
+
+
+async def test_a_refused_subscription_is_a_fault_counted_and_logged_once_never_a_hang_or_a_reconnect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The gateway refuses an `ohlc` interval Kraken does not have and a pair it does not list: each failed channel
+    is counted (`refused`), logged once however often its retries are refused, REST stands in for it (the endpoint's
+    fallback gauge, `streaming` False), and the socket's other channels flow on without a reconnect."""
+    registry = CollectorRegistry()
+    messages: list[dict] = []
+    subs = [
+        Subscription("book", ["BTC/USD", "DOGE/USD"], cadence=0.02, params={"depth": 10}),
+        Subscription("ohlc", ["BTC/USD"], params={"interval": 2}),
+    ]
+
+    async def keep(message: dict) -> None:
+        messages.append(message)
+
+    async with running_gateway(**MOVING) as (_gateway, base):
+        stream = KrakenStream(ws_urls(base)[0], subs, StreamMetrics(registry), precision=PRECISION, on_message=keep)
+        with caplog.at_level(logging.WARNING, logger="trading_ops.venues.streams.client"):
+            async with streaming(stream):
+                refused = lambda: sample(  # noqa: E731
+                    registry, "tradingbot_stream_subscribe_failures_total", channel="ohlc", reason="refused"
+                )
+                await wait_for(lambda: refused() >= 3)  # retried with backoff, refused each time
+                assert sample(registry, "tradingbot_stream_subscribe_failures_total", channel="book", reason="refused")
+                assert not stream.streaming("ohlc", "BTC/USD") and not stream.streaming("book", "DOGE/USD")
+                assert stream.streaming("book", "BTC/USD")
+                assert sample(registry, "tradingbot_stream_rest_fallback", endpoint="public") == 1
+                assert sample(registry, "tradingbot_stream_book_in_sync", symbol="BTC/USD") == 1
+                start = len(messages)
+                await wait_for(lambda: books_after(messages, start) >= 5)
+        failures = [r.getMessage() for r in caplog.records if "subscription to" in r.getMessage()]
+        assert len([f for f in failures if "ohlc" in f]) == 1 and len([f for f in failures if "DOGE" in f]) == 1
+        assert "Subscription ohlc interval not supported" in failures[0] + failures[-1]
+        for reason in ("silent", "closed", "error"):
+            assert sample(registry, "tradingbot_stream_reconnects_total", endpoint="public", reason=reason) == 0
+
+
+async def test_an_unanswered_subscription_is_a_fault_within_its_bound_and_heals_when_answered() -> None:
+    """A socket silent for 2 s (the gateway's `ws_silent_socket`; the client's heartbeat long enough that it does not
+    reconnect for it): a subscription sent meanwhile is unanswered within its 0.5 s bound, a fault counted as such;
+    its retry after the silence is acked and the channel streams again."""
+    registry = CollectorRegistry()
+    messages: list[dict] = []
+
+    async def keep(message: dict) -> None:
+        messages.append(message)
+
+    subs = [Subscription("book", ["BTC/USD"], params={"depth": 10})]
+    async with running_gateway(**MOVING) as (_gateway, base):
+        stream = KrakenStream(
+            ws_urls(base)[0],
+            subs,
+            StreamMetrics(registry),
+            precision=PRECISION,
+            on_message=keep,
+            heartbeat=5.0,
+            subscribe_answer=0.5,
+        )
+        async with streaming(stream):
+            await wait_for(lambda: sample(registry, "tradingbot_stream_book_in_sync", symbol="BTC/USD") == 1)
+            unanswered = lambda: sample(  # noqa: E731
+                registry, "tradingbot_stream_subscribe_failures_total", channel="book", reason="unanswered"
+            )
+            before = unanswered()  # a start on a loaded machine may already have missed the 0.5 s bound
+            await chaos(base, "ws_silent_socket", seconds=2)
+            sent = time.monotonic()
+            await stream.resubscribe()
+            await wait_for(lambda: unanswered() > before)
+            print(f"unanswered subscription failed after {time.monotonic() - sent:.2f} s (bound 0.5 s)")
+            assert not stream.streaming("book", "BTC/USD")
+            await wait_for(lambda: stream.streaming("book", "BTC/USD"))
+            start = len(messages)
+            await wait_for(lambda: books_after(messages, start) >= 5)
+            assert sample(registry, "tradingbot_stream_rest_fallback", endpoint="public") == 0

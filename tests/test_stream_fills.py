@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 from ws_helpers import ws_token, ws_urls
 
 from trading_ops.bot.broker import Side, VenueFill
+from trading_ops.bot.streams.fills import FillFeed
+from trading_ops.bot.streams.metrics import StreamMetrics
+from trading_ops.bot.streams.parse import execution_fill, ws_time
 from trading_ops.venues.streams.client import KrakenStream, Subscription
-from trading_ops.venues.streams.fills import FillFeed
-from trading_ops.venues.streams.metrics import StreamMetrics
-from trading_ops.venues.streams.parse import execution_fill, ws_time
 
 SYMBOLS = {"BTC/USD": "BTC-USD", "ETH/USD": "ETH-USD", "SOL/USD": "SOL-USD"}
 DEADLINE = 30.0

@@ -1,15 +1,21 @@
-"""The stream checks as pure state: silence timeouts from a channel's cadence and the heartbeat, a private
-channel's sequence gaps, each book against its checksum (a book out of sync stays so until a snapshot), and the
-resync backoff."""
+"""The stream checks as pure state: silence timeouts from a channel's cadence and the heartbeat, a channel with no
+cadence found silent by what REST found first (subscribed again, then the connection replaced), a private channel's
+sequence gaps, each book against its checksum (a book out of sync stays so until a snapshot), and the resync
+backoff."""
 
 from __future__ import annotations
 
 import random
+import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from trading_ops.bot.broker import Side, VenueFill
+from trading_ops.bot.streams.fills import LOST_AFTER, owed_by
+from trading_ops.bot.streams.health import Sequences, Silence, silence_timeout
+from trading_ops.bot.streams.resync import Backoff, SilentChannels
 from trading_ops.venues.kraken_ws.checksum import Book
-from trading_ops.venues.streams.health import Books, Sequences, Silence, silence_timeout
-from trading_ops.venues.streams.resync import Backoff
+from trading_ops.venues.streams.health import Books
 
 
 def test_a_channel_is_silent_after_three_of_its_cadences_never_under_three_heartbeats() -> None:
@@ -24,6 +30,53 @@ def test_a_channel_is_silent_after_three_of_its_cadences_never_under_three_heart
     assert [c.channel for c in silence.silent_channels(105.1)] == ["book"]
     silence.heard(105.0)  # a heartbeat: the socket lives while the book is silent
     assert not silence.socket_silent(107.0) and silence.socket_silent(108.1)
+
+
+def fill(client_order_id: str | None, executed_at: datetime) -> VenueFill:
+    return VenueFill(
+        trade_id="T1",
+        client_order_id=client_order_id,
+        venue_order_id="O1",
+        symbol="BTC-USD",
+        side=Side.BUY,
+        quantity=Decimal("0.1"),
+        price=Decimal(100),
+        fee=Decimal(0),
+        fee_asset="USD",
+        liquidity="taker",
+        executed_at=executed_at,
+    )
+
+
+def test_executions_owe_what_rest_found_first_and_silent_past_it_are_resubscribed_then_reconnected() -> None:
+    now = datetime.now(UTC)
+    silence = Silence()
+    silence.watch("executions", "", None, now=0.0)  # subscribed long ago (monotonic 0)
+    assert owed_by(fill("c-1", now - timedelta(seconds=1)), now, silence) == LOST_AFTER - 1
+    assert owed_by(fill("c-1", now - timedelta(seconds=10)), now, silence) == 0.0  # late already
+    assert owed_by(fill(None, now), now, silence) is None  # a fill of no order: reconciliation's
+    assert owed_by(fill("c-1", now), now, None) is None  # the socket down: nothing to owe
+    heard = Silence()
+    heard.watch("executions", "", None, now=0.0)
+    heard.seen("executions", "", time.monotonic())  # it spoke after the fill: a lost message is a gap, not silence
+    assert owed_by(fill("c-1", now - timedelta(seconds=1)), now, heard) is None
+    fresh = Silence()
+    fresh.watch("executions", "", None, now=time.monotonic())  # just subscribed: what executed before is the snapshot's
+    assert owed_by(fill("c-1", now - timedelta(seconds=1)), now, fresh) is None
+
+    policy = SilentChannels(silence)
+    silence.owe("executions", by=10.0)
+    silence.seen("executions", "", 9.0)  # a message in time: it pays the debt
+    assert policy.due(11.0) == ([], None)
+    silence.owe("executions", by=20.0)
+    again, stuck = policy.due(20.5)
+    assert [c.key for c in again] == [("executions", "")] and stuck is None and again[0].lost
+    silence.watch("executions", "", None, now=20.5)  # subscribed again: a fresh clock, nothing owed
+    policy.resubscribed(again[0], 20.6)
+    assert policy.due(30.0) == ([], None)  # quiet is no silence without a debt
+    silence.owe("executions", by=31.0)
+    again, stuck = policy.due(31.5)  # owed again after the resubscribe: the connection goes
+    assert again == [] and stuck is not None and stuck.key == ("executions", "") and policy.pending == {}
 
 
 def test_sequence_gaps_count_the_messages_lost() -> None:

@@ -2,9 +2,10 @@
 episode ends "recovered"), then clears the halt and resumes the bot (what docs/reconciler.md says a person does). The
 day's loss is still past the limit: TradingBotDailyLossBreached keeps firing, and Alertmanager, having notified it
 once, stays quiet until its repeat_interval. A position then comes back (a fill at the venue nobody asked for, which
-the bot's reconciliation adopts): no episode handles it, so TradingBotUnhandledExposure fires anew and the reconciler
-asks a person to approve a flatten. Then the bot is restarted, twice: each time it starts halted by the day's loss and
-sends no order; a position that appears after the first restart is asked about too. Prints the orders the restarted
+the bot's reconciliation adopts): no episode handles it, so the reconciler reopens the loss alert's recovered episode
+(its rule's reopen_when), or TradingBotUnhandledExposure fires anew, and a person is asked to approve a flatten.
+Then the bot is restarted, twice: each time it starts halted by the day's loss and sends no order; a position that
+appears after the first restart is asked about too. Prints the orders the restarted
 bot sent and how long each question took.
 
 Needs the real servers prometheus and prometheus-alertmanager (Debian packages `prometheus`,
@@ -31,6 +32,8 @@ from up_stack import PaperStack, approve, bot_pid, new_episodes, settled
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager, pytest.mark.timeout(900)]
 
+# The rules whose approval flattens a position nobody handles: the exposure alert's, or the loss alert's reopened.
+FLATTENS = ("unhandled-exposure-flatten", "loss-limit-flatten")
 # Trading steps a restarted bot runs before the test counts its orders (paper.loop_interval_seconds: 0.5 in the stack).
 STEPS = 20
 
@@ -78,6 +81,12 @@ def asked_and_approved(stack: PaperStack, rules: tuple[str, ...], since: float) 
     return asked, seconds
 
 
+def closed(stack: PaperStack, episode_id: int) -> dict[str, Any] | None:
+    """The episode once it is closed again (with its attempts), else None."""
+    found = next((e for e in stack.episodes() if e["id"] == episode_id), None)
+    return found if found is not None and found["closed_at"] and found["attempts"][-1]["steps"] else None
+
+
 def flat(stack: PaperStack) -> bool:
     return all(Decimal(q) == 0 for q in stack.control("status")["positions"].values())
 
@@ -109,34 +118,43 @@ def test_a_breached_loss_limit_holds_across_restarts_and_an_unhandled_position_i
         until("a loss spike the book can take", lambda: stack.try_control("loss_spike"), deadline=90)
         until("halted by its risk limit", lambda: stack.control("status")["state"] == "halted", deadline=30)
         approve(stack, "loss-limit-flatten", "night")
-        (episode,) = settled(stack, known, "TradingBotDailyLossBreached")
-        assert episode["state"] == "recovered" and episode["rule"] == "loss-limit-flatten", episode
+        (loss_episode,) = settled(stack, known, "TradingBotDailyLossBreached")
+        assert loss_episode["state"] == "recovered" and loss_episode["rule"] == "loss-limit-flatten", loss_episode
         # What a person does next (docs/reconciler.md): clear the halt, resume. The day's loss is still past the
         # limit: the loss alert keeps firing, and Alertmanager, having notified it, says nothing more of it.
         stack.control("clear_halt")
         stack.control("resume")
 
         # A position comes back (a fill at the venue nobody asked for, which the bot's reconciliation adopts): the
-        # loss alert's episode ended "recovered", so nobody handles it. TradingBotUnhandledExposure asks.
+        # loss alert's episode ended "recovered", so nobody handles it until someone asks (below).
         known = {e["id"] for e in stack.episodes()}
         drift = stack.control("position_drift", {"symbol": "ETH-USD", "quantity": 0.4065})
         adopted = stack.control("reconcile")
         assert any(d["key"] == drift["trade_id"] for d in adopted["discrepancies"]), adopted
         held = time.monotonic()
         assert stack.alertmanager_alerts("TradingBotDailyLossBreached")
-        asked, unhandled_seconds = asked_and_approved(stack, ("unhandled-exposure-flatten",), held)
-        (episode,) = settled(stack, known, "TradingBotUnhandledExposure")
+        # Asked by whichever comes first: the loss alert's recovered episode reopened (its reopen_when: a position
+        # while the alert keeps firing, looked at every few seconds), or TradingBotUnhandledExposure (`for:` 24 s).
+        asked, unhandled_seconds = asked_and_approved(stack, FLATTENS, held)
+        if asked["rule"] == "loss-limit-flatten":
+            assert asked["episode_id"] == loss_episode["id"], asked  # the same episode, reopened
+            episode = until("the reopened episode closed", lambda: closed(stack, loss_episode["id"]), deadline=180)
+            assert [a["outcome"] for a in episode["attempts"]][:2] == ["success", "reopened"], episode["attempts"]
+        else:
+            (episode,) = settled(stack, known, "TradingBotUnhandledExposure")
         # Its steps ran; the flatten cures the alert's own condition, so the alert may resolve (closing the episode
         # "resolved") before the verification says "recovered": either way the position is gone.
         steps = [(s["description"], s["outcome"]) for a in episode["attempts"] for s in a["steps"]]
-        assert episode["rule"] == "unhandled-exposure-flatten" and episode["state"] in ("recovered", "resolved"), (
+        assert episode["rule"] == asked["rule"] and episode["state"] in ("recovered", "resolved"), (
             episode["state"],
             episode.get("detail"),
             steps,
         )
-        assert steps[:2] == [("bot command=cancel_all", "success"), ("bot command=flatten", "success")], steps
+        ran = [a for a in episode["attempts"] if a["steps"]][-1]  # the run this approval let go
+        last = [(s["description"], s["outcome"]) for s in ran["steps"]]
+        assert last[:2] == [("bot command=cancel_all", "success"), ("bot command=flatten", "success")], steps
         assert episode["labels"]["instance"] == stack.instance
-        assert not new_episodes(stack, known, "TradingBotDailyLossBreached")  # not the loss alert's resend
+        assert not new_episodes(stack, known, "TradingBotDailyLossBreached")  # not a second episode of the loss alert
         until("flat", lambda: flat(stack), deadline=60)
 
         # A restart: the bot comes back halted and sends nothing; a position that appears then is asked about too
@@ -145,9 +163,7 @@ def test_a_breached_loss_limit_holds_across_restarts_and_an_unhandled_position_i
         restarted = time.monotonic()
         stack.control("position_drift", {"symbol": "ETH-USD", "quantity": 0.4065})
         stack.control("reconcile")
-        again, restart_seconds = asked_and_approved(
-            stack, ("unhandled-exposure-flatten", "loss-limit-flatten"), restarted
-        )
+        again, restart_seconds = asked_and_approved(stack, FLATTENS, restarted)
         until("flat again", lambda: flat(stack), deadline=120)
         orders["second restart"] = restart_adds_no_risk(stack)
         print(
@@ -156,6 +172,7 @@ def test_a_breached_loss_limit_holds_across_restarts_and_an_unhandled_position_i
                     "orders_sent_by_the_restarted_bot": orders,
                     "position_to_unhandled_exposure_approval_seconds": round(unhandled_seconds, 1),
                     "restart_to_approval_seconds": round(restart_seconds, 1),
+                    "approval_rule": asked["rule"],
                     "approval_after_restart_rule": again["rule"],
                 }
             )

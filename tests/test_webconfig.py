@@ -8,6 +8,7 @@ module generates (the `cryptography` package), never committed.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import ssl
@@ -851,7 +852,8 @@ async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path,
 
 async def test_a_ccxt_bot_trades_with_a_gateway_over_mutual_tls(tmp_path: Path, pki: Pki) -> None:
     """The paper gateway behind mutual TLS: a ccxt exchange built from the configuration with ccxt.tls (the CA, the
-    bot's client certificate) signs and sends a private call (balances); without ccxt.tls, certifi's bundle does not
+    bot's client certificate) signs and sends a private call (balances), and its broker's streams connect over wss://
+    with the same context; without ccxt.tls, certifi's bundle does not
     know the gateway's CA and the call fails on the certificate."""
     import ccxt.async_support as ccxt_async
 
@@ -888,6 +890,19 @@ async def test_a_ccxt_bot_trades_with_a_gateway_over_mutual_tls(tmp_path: Path, 
         finally:
             await exchange.close()
         assert balance["total"], balance
+        # The broker it builds streams over wss:// with the same context: both sockets up, the book in sync.
+        from trading_ops.bot.broker import BrokerEvents
+        from trading_ops.venues.ccxt import broker_from_config
+        from trading_ops.venues.streams.broker import StreamingCcxtBroker
+
+        broker = broker_from_config(load_config(path))
+        assert isinstance(broker, StreamingCcxtBroker) and broker.private_url.startswith("wss://")
+        try:
+            await broker.connect(BrokerEvents())
+            assert broker.stream is not None and broker.public is not None
+            await asyncio.wait_for(asyncio.gather(broker.stream.connected.wait(), broker.public.connected.wait()), 60)
+        finally:
+            await broker.close()
         del data["ccxt"]["tls"]
         path.write_text(yaml.safe_dump(data))
         exchange = make_exchange(load_config(path))

@@ -55,15 +55,18 @@ class UpProcess:
         profile: str = "fast",
         checkout: bool = False,
         generation: Generation = LTS,
+        ports: Ports | None = None,
         **config: Any,
     ) -> None:
         """`up` with a configuration of the test's (paths in `root`, `config`'s sections over them), or, with
         `checkout`, as `make run` runs it in a checkout: `root/trading-ops.yaml` and the tokens under `root/var/secrets`
         as they are (make_run_checkout's `make_checkout`), the default state directory `root/var/stack`; only the
         ports are the test's. `up` finds Prometheus and Alertmanager on PATH: `generation`'s come first on it (the
-        long-term-support pair unless a test says otherwise), unless `env` is given whole."""
+        long-term-support pair unless a test says otherwise), unless `env` is given whole. `ports`: an earlier `up`'s
+        (a stack started again as `make run` starts it, on the same ports), else free ones."""
         self.root = root
-        self.ports = Ports(**{name: free_port() for name in PORT_ORDER})  # the pair's too: unused without it
+        # The pair's too: unused without it.
+        self.ports = ports or Ports(**{name: free_port() for name in PORT_ORDER})
         self.config = root / "trading-ops.yaml"
         self.secrets = root / "var" / "secrets" if checkout else root / "secrets"
         self.state_dir = root / "var" / "stack" if checkout else root / "stack"

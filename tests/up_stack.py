@@ -84,6 +84,55 @@ def fired(stack: Stack, alertname: str, **labels: str) -> bool:
     return bool(stack.query(f"max_over_time(ALERTS{{{matchers}}}[2m])"))
 
 
+def heal_by_the_bots_own_stream(stack: Stack, known: set[int], channels: tuple[str, ...]) -> None:
+    """A bot that streams its market data (the paper bot its tickers, `paper.stream`; the ccxt bot its books,
+    `ccxt.stream`; both on by default): `stale_market_data` silences the pair's `channel` at the venue, the bot's
+    stream client finds it past its silence timeout (3 s) and subscribes again, which ends the fault at the venue,
+    well before TradingBotMarketDataStale's `for:`: the reconciler has nothing to do. The fault silences every public
+    channel of the pair and any of them subscribed again ends it: with several (the ccxt bot's `ticker` and `book`),
+    whichever's timeout comes first is the one found silent."""
+    silent = [f'{{channel="{channel}",reason="silent"}}' for channel in channels]
+
+    def resyncs() -> float:
+        found = stack.bot_metric("tradingbot_stream_resyncs_total")
+        return sum(found.get(labels, 0.0) for labels in silent)
+
+    def quiet() -> bool:
+        # A market data alert of an earlier fault (a dropped connection's) may still bring a resubscribe of every
+        # symbol from the reconciler, which would end this fault before the bot notices it: wait until none is left.
+        ended = ("recovered", "escalated", "failed", "resolved", "skipped")
+        return not stack.prometheus_alerts("TradingBotMarketDataStale") and all(
+            e["state"] in ended for e in stack.episodes() if e["alertname"] == "TradingBotMarketDataStale"
+        )
+
+    until("no market data alert or episode left from before", quiet)
+    known |= {e["id"] for e in stack.episodes()}
+    before = resyncs()
+    what = f"the bot's {' or '.join(channels)} stream found the pair silent and subscribed again"
+    # A resubscribe that an earlier fault's episode sent as it ended lands its new subscriptions a moment later, and a
+    # new subscription to the pair ends the fault at the venue before the bot can find the pair silent (seen: the
+    # fault injected 0.6 s after the reconciler's resubscribe, ended 34 ms later by its subscriptions). So the fault
+    # is injected again while no silent resync has come within a few silence timeouts of it: the bot's finding it is
+    # what is tested, not which subscription came first.
+    for attempt in range(1, 4):
+        assert stack.inject("stale_market_data", symbol="ETH-USD")["symbol"] == "ETH-USD"
+        try:
+            until(f"{what} (injection {attempt})", lambda: resyncs() > before, deadline=30)
+            break
+        except AssertionError:
+            if attempt == 3:
+                raise
+    query = f'instance_venue_symbol:tradingbot_market_data_last_update:age_seconds{{instance="{stack.instance}"}}'
+    until(
+        "every symbol's quotes fresh again",
+        lambda: (
+            {a["metric"]["symbol"] for a in stack.query(query) if float(a["value"][1]) < 10}
+            == {"BTC-USD", "ETH-USD", "SOL-USD"}
+        ),
+    )
+    assert new_episodes(stack, known, "TradingBotMarketDataStale") == []
+
+
 class PaperStack(Stack):
     """The paper bot's stack, with its control API at hand."""
 

@@ -31,6 +31,7 @@ CONFIG_ENV = "TRADING_OPS_CONFIG"
 COMMAND_MODULES = (
     "trading_ops.commands.config_cmd",
     "trading_ops.commands.db_cmd",
+    "trading_ops.commands.mailbox_cmd",
     "trading_ops.commands.openapi_cmd",
     "trading_ops.commands.upkeep_cmd",
     "trading_ops.integrations.freqtrade.cli",

@@ -369,6 +369,8 @@ READINESS_CRITERIA = (
     "critical_alerts",
     "dead_man_switch",
     "emergency_stop",
+    "log_size",
+    "log_rotation",
     "backup_verified",
     "restore_drill",
     "alerts_routed",
@@ -442,6 +444,13 @@ class RampConfig:
     # A bot of a venue other than `paper` refuses to start without a passing readiness verdict recorded for it
     # (`trading-ops readiness BOT --record`) or a person's approval recorded there; only with stages.
     require_readiness_to_go_live: bool = True
+    # A crash loop falls back a stage by itself: this many crashes (runs ended without a clean shutdown) within
+    # crash_loop_window, counted since the stage was taken (0: never on crashes).
+    crash_loop_crashes: int = bounded(3, min=0)
+    crash_loop_window: str = checked("1h", _check_positive_duration)
+    # A channel to the venue (orders, market data) down this long without a break falls back a stage by itself,
+    # once per outage.
+    stream_down_for: str = checked("10m", _check_positive_duration)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         seen: set[str] = set()
@@ -587,6 +596,13 @@ class BotConfig:
     dead_man_switch: DeadMansSwitchConfig = field(default_factory=DeadMansSwitchConfig)
     # Risk limits in stages, from paper to live (docs/readiness.md); none: no ramp.
     ramp: RampConfig = field(default_factory=RampConfig)
+    # A file the bot logs to instead of stderr, rotated at log_file_max_bytes (0: never) keeping log_file_backups.
+    log_file: str = path_field("")
+    log_file_max_bytes: int = bounded(10_000_000, min=0)
+    log_file_backups: int = bounded(5, min=0)
+    # Who rotates the log on stderr when it is not the journal (which the bot finds by itself): `docker`, a logging
+    # driver with max-size as docker-compose.yml sets. Empty: nobody the bot knows of (log_rotation fails).
+    log_rotated_by: Literal["", "docker"] = ""
 
     def validate(self, prefix: str, given: set[str]) -> None:
         check_token_names(self.control_tokens, f"{prefix}.control_tokens", "control_token")
@@ -618,6 +634,10 @@ class PaperConfig:
     max_position_notional: float = bounded(10_000.0, min=0)
     order_max_age_seconds: float = bounded(5.0, min=0.01)
     daily_loss_limit: float = bounded(5_000.0, min=0)
+    # The bot's broker: true (the default) streams the venue's order updates, fills and quotes over its push channel
+    # (REST polls kept as the fallback and the reconciliation); false: REST only, the venue's events as direct calls.
+    stream: bool = True
+    stream_poll_seconds: float = bounded(5.0, min=0.1)  # the REST poll while streaming (1 s while a stream is down)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         if not self.symbols:
@@ -1289,6 +1309,10 @@ class ReportConfig:
     enabled: bool = True
     daily_at: str = checked("00:00", _check_time_of_day)
     time_zone: str = checked("UTC", _check_schedule_time_zone)
+    # The weekly review (docs/readiness.md), sent beside the daily summary at daily_at on weekly_on: the seven days
+    # before, each bot against the readiness criteria day by day, its ramp's stages, the alerts and recoveries.
+    weekly: bool = True
+    weekly_on: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = "monday"
 
 
 @dataclass
@@ -1323,6 +1347,10 @@ class ReadinessConfig:
     max_loss_limit_breaches: int = bounded(0, min=0)
     # Critical alerts of this bot that fired in the window: at most this many (the seeds' "no critical warnings").
     max_critical_alerts: int = bounded(0, min=0)
+    # The bot's log: its file at its largest (bot.log_file), or what it wrote per day to stderr (the journal or Docker
+    # keeps it): at most this (the seeds' "logs under 10 MB"). And it must rotate (bot.log_file_max_bytes, the journal,
+    # or bot.log_rotated_by).
+    max_log_bytes: int = bounded(10_000_000, min=1)
     # The last verified backup, the last passed restore drill and the last emergency stop (halt, then flatten) of the
     # bot: each at most this long ago.
     backup_verified_within: str = checked("7d", _check_positive_duration)
@@ -1355,6 +1383,9 @@ class FreqtradeTargetConfig:
     # errors are read from it on every poll, so one freqtrade logged just before it exited is seen (its /logs, read
     # otherwise, dies with it). Empty: /logs only.
     log_file: str = ""
+    # freqtrade streams its candles (its exchange.enable_ws on a venue it streams from): the sidecar exports its stream
+    # state (tradingbot_stream_*) from the start, not only once freqtrade's log first shows its WebSocket.
+    stream: bool = False
 
 
 @dataclass
@@ -1480,12 +1511,23 @@ class CcxtConfig:
     kraken_tier: Literal["off", "starter", "intermediate", "pro"] = "starter"
     # Base-asset balances that are not the bot's (spot positions are the balance less this).
     position_baseline: dict[str, float] = field(default_factory=dict)
-    # Kraken only: stream the account's fills over Kraken's private WebSocket v2 (StreamingCcxtBroker: REST stays for
-    # every call, the reconciliation and the fallback); false: REST polls only. Other exchanges poll whatever this says.
-    stream: bool = False
+    # Stream where the exchange streams (ccxt.pro's `has` says so; here Kraken's WebSocket v2): the account's fills
+    # over the private socket, each symbol's book over the public one (StreamingCcxtBroker: REST stays for every
+    # call, the reconciliation and the fallback). `stream: false` is REST polls only. Other exchanges poll.
+    stream: bool = True
+    # Which client streams the account's fills: auto (the default) our own Kraken v2 client where the venue speaks it
+    # (Kraken: it sees sequence gaps and snapshot repeats ccxt.pro hides), else ccxt.pro's watch_my_trades where its
+    # `has` says watchMyTrades, else none (REST polls); kraken-v2 or ccxt.pro: that one only (docs/streams.md).
+    stream_executions: Literal["auto", "kraken-v2", "ccxt.pro"] = "auto"
     # The private WebSocket URL; empty: the `private` REST URL's host at /ws-auth/v2 when `urls` names one (a paper
     # gateway), else Kraken's wss://ws-auth.kraken.com/v2.
     stream_url: str = ""
+    # The public WebSocket URL (the books); empty: the `public` REST URL's host at /ws/v2 when `urls` names one, else
+    # Kraken's wss://ws.kraken.com/v2.
+    stream_public_url: str = ""
+    # How often a traded pair's book changes at least (seconds): its silence timeout is three of these (never under
+    # three heartbeats); 0: the book may be quiet for any time (no silence timeout).
+    stream_book_cadence_seconds: float = bounded(1.0, min=0)
     # TLS to an https venue whose certificate is not in ccxt's CA bundle (certifi), e.g. a paper gateway with a
     # web_config_file: the CA to verify it with, and a client certificate if it asks for one (mutual TLS).
     tls: TLSClientConfig = field(default_factory=TLSClientConfig)

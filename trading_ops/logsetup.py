@@ -4,10 +4,13 @@ systemd each line with its syslog priority for the journal."""
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -75,11 +78,54 @@ def json_formatter() -> logging.Formatter:
     return JsonFormatter(JSON_FORMAT, style="{", rename_fields=JSON_FIELDS, timestamp=JSON_TIMESTAMP_FIELD)
 
 
-def setup(level: str, fmt: str) -> None:
-    """Configure the root logger on stderr; in JSON, warnings and threads' uncaught exceptions become records too,
-    so that every line on stderr is one JSON object."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(fmt, journal_stream()))
+@dataclass
+class LogOutput:
+    """Where the log set up by `setup` goes, and how much it wrote: what a bot exports of its log (its size and whether
+    it rotates, a readiness criterion)."""
+
+    written_bytes: int = 0
+    file: Path | None = None
+    file_max_bytes: int = 0
+    journal: bool = False
+    active: bool = False
+
+
+# The log of this process, as `setup` made it (one per process: the root logger's).
+OUTPUT = LogOutput()
+
+
+class _Counting:
+    """Counts the characters of every line a handler formats (ASCII in practice: bytes) into OUTPUT."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)  # type: ignore[misc]
+        OUTPUT.written_bytes += len(text) + 1
+        return text  # type: ignore[no-any-return]
+
+
+class CountingStreamHandler(_Counting, logging.StreamHandler):  # type: ignore[type-arg]
+    pass
+
+
+class CountingFileHandler(_Counting, logging.handlers.RotatingFileHandler):
+    pass
+
+
+def setup(level: str, fmt: str, file: str = "", file_max_bytes: int = 0, file_backups: int = 0) -> None:
+    """Configure the root logger on stderr (or in `file`, rotated at `file_max_bytes` keeping `file_backups`); in JSON,
+    warnings and threads' uncaught exceptions become records too, so that every line is one JSON object."""
+    handler: logging.Handler
+    if file:
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        handler = CountingFileHandler(file, maxBytes=file_max_bytes, backupCount=file_backups, encoding="utf-8")
+        handler.setFormatter(formatter(fmt, False))
+        OUTPUT.file, OUTPUT.file_max_bytes, OUTPUT.journal = Path(file), file_max_bytes, False
+    else:
+        journal = journal_stream()
+        handler = CountingStreamHandler(sys.stderr)
+        handler.setFormatter(formatter(fmt, journal))
+        OUTPUT.file, OUTPUT.file_max_bytes, OUTPUT.journal = None, 0, journal
+    OUTPUT.active = True
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))

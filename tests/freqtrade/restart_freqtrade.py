@@ -37,7 +37,10 @@ def main(argv: list[str]) -> int:
                 break
             time.sleep(0.05)
     with open(logfile, "ab") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        # PYTHONFAULTHANDLER: SIGABRT makes it print every thread's Python stack to its stderr, as the tests' own
+        # freqtrade does (freqtrade_helpers.diagnose: where a hung one hangs).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, env=env)
     pidfile.write_text(str(proc.pid))
     print(f"restarted freqtrade: pid {pid} -> {proc.pid}")
     return 0

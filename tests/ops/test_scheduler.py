@@ -318,6 +318,7 @@ async def test_the_reconciler_runs_the_scheduler(aiohttp_client: Any, tmp_path: 
     scheduler = client.app[keys.SCHEDULER]
     assert set(scheduler.jobs) == {
         "daily_summary",
+        "weekly_review",
         "maintenance_housekeeping",
         "backup",
         "restore_drill",

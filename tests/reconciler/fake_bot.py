@@ -44,6 +44,10 @@ class FakeBot:
     on_call: Callable[[str], None] | None = None
     # The trading state its `status` answers with: what pause, resume, halt and reduce_only made it.
     state: str = "active"
+    # The runtime's phase its `status` answers with (starting: mid-startup, which no rule but a protective one acts on).
+    phase: str = "trading"
+    # The `status` reads the reconciler made (kept apart from `calls`, the commands that act).
+    reads: list[dict[str, Any]] = field(default_factory=list)
 
     def commands(self) -> list[str]:
         return [c for c, _ in self.calls]
@@ -58,6 +62,9 @@ class FakeBot:
             if command not in COMMANDS:
                 return web.json_response({"error": "unknown command"}, status=404)
             body = await request.json() if request.can_read_body else {}
+            if command == "status":  # a read: answered at once, whatever holds the commands that act
+                self.reads.append(body)
+                return web.json_response({"ok": True, "command": command, "state": self.state, "phase": self.phase})
             self.calls.append((command, body))
             if self.on_call:
                 self.on_call(command)
@@ -69,8 +76,6 @@ class FakeBot:
             if status == 200 and command in STATES:
                 self.state = STATES[command]
             answer: dict[str, Any] = {"ok": status == 200, "command": command}
-            if command == "status":
-                answer["state"] = self.state
             return web.json_response(answer, status=status)
 
         app = web.Application()

@@ -875,3 +875,122 @@ async def test_runs_and_lease_renewals_never_wait_behind_the_default_thread_pool
     finally:
         release.set()
         await asyncio.gather(*stuck)
+
+
+async def test_no_step_runs_on_a_bot_mid_startup_not_even_the_silence_before_its_restart(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bot-loop-restart's shape (a silence of the restart's own TradingBotDown, then the restart) on a bot that says it
+    is starting (a host that came back, its startup reconciliation): the phase is asked before any step, so no
+    silence is created and nothing is sent; the run stays parked. Once the bot trades, the rule runs as written."""
+    monkeypatch.setattr(gates, "STARTING_RECHECK_SECONDS", 0.3)
+    fake_bot.phase = "starting"
+    instance = f"bot-starting-{uuid.uuid4().hex[:6]}"
+    held = await asyncio.to_thread(alertmanager.fire, {"alertname": "TradingBotHeartbeatStale", "instance": instance})
+    rule = {
+        **RECONNECT,
+        "name": "loop-restart",
+        "match": ['alertname="TradingBotHeartbeatStale"'],
+        "verify": False,
+        "steps": [
+            {"action": "silence", "alertname": "TradingBotDown", "duration": "3m", "comment": "restarted (test)"},
+            {"action": "bot", "command": "reconnect"},
+        ],
+    }
+    client = await start(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [rule],
+        instances=(instance,),
+        alertmanager_url=alertmanager.url,
+    )
+    await client.post("/api/v1/alertmanager", json=webhook(held), headers=AUTH)
+
+    async def parked() -> dict[str, Any] | None:
+        episodes = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+        return next((e for e in episodes if e["state"] == "waiting" and "is starting" in e["detail"]), None)
+
+    episode = await until_async("the run parked while the bot starts", parked, 20, 0.05, tolerate=())
+    assert episode["detail"].startswith(f"bot {instance} is starting (phase starting)"), episode
+    # Looked at again while it starts (its phase read each time), and nothing done meanwhile.
+    await until_async("the bot looked at again", lambda: asyncio.sleep(0, len(fake_bot.reads) >= 3), 20, 0.05)
+    assert fake_bot.calls == []
+    ours = [s for s in await asyncio.to_thread(alertmanager.get, "silences") if "restarted (test)" in s["comment"]]
+    assert ours == []
+    one = await (await client.get(f"/api/v1/episodes/{episode['id']}", headers=READ_AUTH)).json()
+    assert [a["outcome"] for a in one["attempts"]] == ["skipped"]  # recorded once, however often it looked
+
+    fake_bot.phase = "trading"
+    episode = await wait_state(client, {"recovered", "resolved", "failed", "escalated"})
+    assert episode["state"] == "recovered", episode
+    assert fake_bot.commands() == ["reconnect"]
+    ours = [s for s in await asyncio.to_thread(alertmanager.get, "silences") if "restarted (test)" in s["comment"]]
+    assert len(ours) == 1
+
+
+async def test_a_cooldown_holds_only_the_steps_that_are_not_protective(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, alertmanager: Alertmanager
+) -> None:
+    """A rule that reduces risk, pages, then reconnects (memory-leak-restart's shape), with a cooldown: the alert ends
+    and fires again inside it. The second episode's reduce_only and its page run at once (the page says so), its
+    reconnect waits for the cooldown and then runs in the same attempt; nothing runs twice."""
+    instance = f"bot-mixed-{uuid.uuid4().hex[:6]}"
+    labels = {"alertname": "TradingBotMemoryFillingUp", "instance": instance}
+    rule = {
+        **RECONNECT,
+        "name": "reduce-then-reconnect",
+        "match": ['alertname="TradingBotMemoryFillingUp"'],
+        "cooldown": "15s",
+        "verify": False,
+        "steps": [
+            {"action": "bot", "command": "reduce_only"},
+            {"action": "escalate", "alertname": "TradingOpsBotFlattened"},
+            {"action": "bot", "command": "reconnect"},
+        ],
+    }
+    am = alertmanager.url
+    client = await start(
+        aiohttp_client, tmp_path, migrated_sqlite, fake_bot, [rule], instances=(instance,), alertmanager_url=am
+    )
+    first = await asyncio.to_thread(alertmanager.fire, labels)
+    await client.post("/api/v1/alertmanager", json=webhook(first), headers=AUTH)
+    assert (await wait_state(client, {"recovered", "failed", "escalated"}))["state"] == "recovered"
+    assert fake_bot.commands() == ["reduce_only", "reconnect"]
+    await asyncio.to_thread(alertmanager.resolve, first)
+    await until_async("the first one resolved", lambda: _not_firing(alertmanager, labels), deadline=30)
+
+    second = await asyncio.to_thread(alertmanager.fire, labels)
+    assert second["startsAt"] != first["startsAt"]
+    await client.post("/api/v1/alertmanager", json=webhook(second), headers=AUTH)
+    # Within the cooldown: the protective step and the page ran, the reconnect waits.
+    waiting = await wait_state(client, {"waiting"}, index=1)
+    assert waiting["detail"].startswith("cooldown of rule reduce-then-reconnect"), waiting
+    assert fake_bot.commands() == ["reduce_only", "reconnect", "reduce_only"]
+    pages = [
+        a
+        for a in await asyncio.to_thread(alertmanager.get, "alerts")
+        if a["labels"]["alertname"] == "TradingOpsBotFlattened"
+    ]
+    newest = max(pages, key=lambda a: a["startsAt"])["annotations"]["description"]
+    assert "its protective steps run now (bot command=reduce_only" in newest, newest
+    assert "the others wait for the cooldown (bot command=reconnect)" in newest, newest
+    # The cooldown over: the rest of the same attempt, nothing run twice.
+    done = await wait_state(client, {"recovered", "failed", "escalated"}, index=1)
+    assert done["state"] == "recovered", done
+    assert fake_bot.commands() == ["reduce_only", "reconnect", "reduce_only", "reconnect"]
+    one = await (await client.get(f"/api/v1/episodes/{done['id']}", headers=READ_AUTH)).json()
+    (attempt,) = one["attempts"]
+    assert [s["action"] for s in attempt["steps"]] == ["bot", "escalate", "bot"]
+    assert all(s["outcome"] == "success" for s in attempt["steps"]), attempt
+
+
+async def _not_firing(alertmanager: Alertmanager, labels: dict[str, str]) -> bool:
+    alerts = await asyncio.to_thread(alertmanager.get, "alerts")
+    return not any(all(a["labels"].get(k) == v for k, v in labels.items()) for a in alerts)

@@ -124,6 +124,8 @@ def test_first_matching_rule_wins() -> None:
         ({"match": {"alertname": True}}, "rules[0].match.alertname: expected a string or a number, got True"),
         ({"hard_limit": {"severity": None}}, "rules[0].hard_limit.severity: expected a string or a number, got None"),
         ({"hard_limit": {"two\nlines": "x"}}, "rules[0].hard_limit: 'two\\nlines' is not a label name"),
+        ({"reopen_when": "  "}, "rules[0].reopen_when: expected a PromQL expression"),
+        ({"reopen_when": ["up"]}, "rules[0].reopen_when: expected a PromQL expression"),
     ],
 )
 def test_validation_names_the_key_in_one_line(change: dict, message: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,18 @@ import yaml
 from alertmanager_server import Alertmanager
 from engine_runs import engine_settled
 from gateway_helpers import SIDECAR_KEY, SIDECAR_SECRET, Gateway, start_gateway
-from polling import until_async
+from polling import until, until_async
 from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
 from webhook_payloads import alert, payload
 
 from trading_ops.cli import main
-from trading_ops.config import load_config, order_id_prefix
-from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, BOT_HOST_DOWN, FAILED
+from trading_ops.config import BotVenueConfig, load_config, order_id_prefix
+from trading_ops.db.base import utcnow
+from trading_ops.reconciler import page_ends
+from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, BOT_HOST_DOWN, FAILED, escalation_alert
+from trading_ops.reconciler.actions.venue import VenueAccount
 from trading_ops.reconciler.app import create_app
+from trading_ops.reconciler.page_ends import ended as end_of
 
 pytestmark = [pytest.mark.alertmanager]
 
@@ -71,6 +76,7 @@ def write_config(
     playbook: dict[str, Any],
     venue: bool,
     names: tuple[str, str] = (BOT_A, BOT_B),
+    instance: str = "10.0.0.11:9101",
 ) -> Path:
     """Two bots on the gateway's one account (`names`, default bot-a and bot-a-2); the reconciler holds a key of its
     own on it for the first (`venue: true`) and none for the second."""
@@ -87,8 +93,8 @@ def write_config(
     bot_a: dict[str, Any] = {
         "name": names[0],
         "kind": "ccxt",
-        "instance": "10.0.0.11:9101",
-        "url": "http://10.0.0.11:9101",
+        "instance": instance,
+        "url": f"http://{instance}",
         "token_file": "bot-token",
     }
     if venue:
@@ -201,6 +207,44 @@ async def test_cancel_all_at_the_venue_takes_one_bots_orders_and_leaves_the_othe
     assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
     await engine_settled(client.app)
     assert len(await episodes(client)) == 1 and len(done["attempts"]) == 1
+
+
+@pytest.mark.parametrize("resting", [0, 2])
+async def test_a_host_down_cancel_all_makes_few_calls_and_never_waits_on_ccxts_throttler(
+    gateway: Gateway, resting: int
+) -> None:
+    """A host-down cancel_all of a bot with no orders took 8-9 s: ccxt's throttler (kraken: 1 s a call, 3 for
+    OpenOrders and Balance) spaced the step's five calls, 7 s of waiting, and the open orders were listed twice though
+    nothing was cancelled. The step's calls (what reaches the venue) are counted, and none consults the throttler."""
+    for n in range(resting):
+        rest_order(gateway, f"{BOT_A}-{RUN}-{n}")
+    venue = BotVenueConfig(exchange="kraken", urls={"public": gateway.url, "private": gateway.url}, symbols=["BTC-USD"])
+    venue.order_id_prefix = BOT_A
+    account = VenueAccount(venue, SIDECAR_KEY, SIDECAR_SECRET, "episode1")
+    calls: list[str] = []
+    throttled: list[Any] = []
+    fetch2, throttle = account.exchange.fetch2, account.exchange.throttle
+
+    async def counted(path: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(path)
+        return await fetch2(path, *args, **kwargs)
+
+    async def watched(cost: Any = None) -> None:
+        throttled.append(cost)
+        await throttle(cost)
+
+    account.exchange.fetch2, account.exchange.throttle = counted, watched
+    try:
+        result = await account.run("cancel_all", 4000)
+    finally:
+        await account.close()
+    assert result.ok and f"{resting} of its orders cancelled, none left open" in result.output, result
+    assert result.output.endswith("exposure: flat")
+    # Markets once, the open orders (again only after a cancel), one balance; a cancel per order.
+    listed = ["OpenOrders", *["CancelOrder"] * resting, *["OpenOrders"] * (resting > 0)]
+    assert calls == ["Assets", "AssetPairs", *listed, "BalanceEx"], calls
+    assert throttled == []
+    assert open_ids(gateway) == set()
 
 
 async def test_bots_whose_names_share_16_characters_each_keep_their_orders(
@@ -331,11 +375,18 @@ async def test_a_host_down_again_within_the_cooldown_still_cancels_and_pages(
     """The packaged bot-host-down's 10-minute cooldown: the same host dies, comes back and dies again (the same alert,
     a new startsAt) inside it. The second episode cancels the bot's new orders and posts the exposure page again."""
     page = {"action": "escalate", "alertname": BOT_HOST_DOWN}
+    instance = unique_instance()
     config = write_config(
-        tmp_path, gateway, migrated_sqlite, alertmanager.url, rule(CANCEL, page, cooldown="10m"), venue=True
+        tmp_path,
+        gateway,
+        migrated_sqlite,
+        alertmanager.url,
+        rule(CANCEL, page, cooldown="10m"),
+        venue=True,
+        instance=instance,
     )
     client = await aiohttp_client(create_app(load_config(config)))
-    labels = {"alertname": HOST_DOWN, "instance": "10.0.0.11:9101"}
+    labels = {"alertname": HOST_DOWN, "instance": instance}
     runs = []
     for death in (1, 2):
         rest_order(gateway, f"{BOT_A}-{RUN}-{death}")
@@ -359,10 +410,15 @@ async def test_a_host_down_again_within_the_cooldown_still_cancels_and_pages(
         assert cancel["outcome"] == "success" and "1 of its orders cancelled, none left open" in cancel["output"]
         assert paged["outcome"] == "success"
         assert open_ids(gateway) == set()
-        # The account still holds the bought BTC: the exposure page stays (it ends once the account is flat).
-        exposure = [a for a in alertmanager.get("alerts") if a["labels"]["alertname"] == BOT_HOST_DOWN]
-        assert len(exposure) == 1
-        if death == 2:
+        # Its own page (one per death: the episode's label). The reconciler ends it once the episode closed (the host
+        # back: page_ends.py), which its next round may already have done: the text is read while it stands.
+        exposure = [
+            a
+            for a in alertmanager.get("alerts")
+            if a["labels"]["alertname"] == BOT_HOST_DOWN and a["labels"].get("episode") == str(episode["id"])
+        ]
+        assert len(exposure) <= 1, exposure
+        if death == 2 and exposure:
             # The page says the cooldown did not hold the cancel back.
             assert "cooldown of rule bot-host-down until" in exposure[0]["annotations"]["description"]
             assert "acted anyway (protective)" in exposure[0]["annotations"]["description"]
@@ -391,27 +447,96 @@ def active(am: Alertmanager, alertname: str, instance: str) -> list[dict[str, An
     return [a for a in held if a["labels"]["alertname"] == alertname and a["labels"].get("instance") == instance]
 
 
-async def test_a_flat_account_is_never_asked_to_flatten_and_its_exposure_page_ends(
+def unique_instance() -> str:
+    """A bot instance of the test's own: the session's Alertmanager holds other tests' pages, an exposure page among
+    them standing (its host never came back), and a page of the same labels would be taken for it."""
+    return f"10.1.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}:9101"
+
+
+async def test_a_flat_account_is_neither_paged_nor_asked_to_flatten(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, gateway: Gateway, alertmanager: Alertmanager
 ) -> None:
-    # A dead host whose bot held orders but no position: cancel_all leaves the account flat. The flatten that would
-    # wait for a person is skipped (nobody is asked, nor paged), and the exposure page ends at once.
+    # A dead host whose bot held orders but no position: cancel_all leaves the account flat. The exposure page, which
+    # would page a person about nothing, is skipped, and so is the flatten that would wait for a person (nobody is
+    # asked, nor paged). It was posted, and ended a round later, before.
     rest_order(gateway, f"{BOT_A}-{RUN}-1")
     assert btc(gateway) == 0
     playbook = rule(CANCEL, EXPOSURE, FLATTEN, approval_timeout="60s")
-    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, playbook, venue=True)
+    instance = unique_instance()
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, playbook, venue=True, instance=instance)
     client = await aiohttp_client(create_app(load_config(config)))
-    instance = "10.0.0.11:9101"
     assert (
         await client.post("/api/v1/alertmanager", json=host_down(alertmanager, instance), headers=AUTH)
     ).status == 200
     done = await ended(client, "recovered")
     steps = done["attempts"][0]["steps"]
-    assert [s["outcome"] for s in steps] == ["success", "success", "skipped"], steps
+    assert [s["outcome"] for s in steps] == ["success", "skipped", "skipped"], steps
+    assert steps[0]["output"].endswith("exposure: flat")
+    assert steps[1]["output"].startswith("nothing to page: the account is flat (")
     assert steps[2]["output"].startswith("nothing to flatten: ") and steps[2]["output"].endswith(": flat")
     resp = await client.get("/api/v1/approvals", headers=READ_AUTH)
     assert (await resp.json())["approvals"] == []
     assert active(alertmanager, APPROVAL_REQUESTED, instance) == []
+    assert active(alertmanager, BOT_HOST_DOWN, instance) == []
+
+
+async def test_the_exposure_page_stands_after_its_episode_closed_until_the_host_is_back(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    gateway: Gateway,
+    alertmanager: Alertmanager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A person rejects the flatten: the episode closes, the account still holds the position and the host is still
+    down. The exposure page stands (it was ended with the episode before), posted again so that Alertmanager's
+    resolve_timeout does not end it, and ends once the host is back."""
+    monkeypatch.setattr(page_ends, "EXPOSURE_REPOST_SECONDS", 0.2)
+    gateway.call("create_order", "BTC/USD", "market", "buy", 0.01, None, {"clientOrderId": f"{BOT_A}-{RUN}-1"})
+    held = btc(gateway)
+    playbook = rule(CANCEL, EXPOSURE, FLATTEN, approval_timeout="60s")
+    instance = unique_instance()
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, playbook, venue=True, instance=instance)
+    client = await aiohttp_client(create_app(load_config(config)))
+    labels = {"alertname": HOST_DOWN, "instance": instance, "run": uuid.uuid4().hex[:8]}
+    fired = alertmanager.fire(labels)
+    body = payload(alert(fingerprint=fired["fingerprint"], starts_at=fired["startsAt"], **labels))
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+
+    async def asked() -> list[dict[str, Any]] | None:
+        resp = await client.get("/api/v1/approvals?status=pending", headers=READ_AUTH)
+        return list((await resp.json())["approvals"]) or None
+
+    (approval,) = await until_async("the flatten's approval asked", asked, deadline=30)
+    decided = await client.post(
+        f"/api/v1/approvals/{approval['id']}",
+        json={"decision": "reject", "reason": "we keep it", "by": "alice"},
+        headers=APPROVE_AUTH,
+    )
+    assert decided.status == 200, await decided.text()
+
+    async def closed() -> dict[str, Any] | None:
+        (episode,) = await episodes(client)
+        return episode if episode["state"] not in ("pending", "waiting", "running", "verifying") else None
+
+    await until_async("the episode closed", closed, deadline=30)
+    assert btc(gateway) == held
+    (page,) = active(alertmanager, BOT_HOST_DOWN, instance)
+
+    def posted_again() -> bool | None:
+        now = active(alertmanager, BOT_HOST_DOWN, instance)
+        return True if len(now) == 1 and now[0]["updatedAt"] != page["updatedAt"] else None
+
+    # Several rounds of page_ends after the episode closed: the page stands, posted again (the same alert).
+    await until_async("the exposure page posted again", posted_again, deadline=30, in_thread=True)
+    (standing,) = active(alertmanager, BOT_HOST_DOWN, instance)
+    assert standing["startsAt"] == page["startsAt"] and f"BTC-USD {held:g}" in standing["annotations"]["description"]
+    # The host comes back: its alert resolves, and the page ends.
+    alertmanager.resolve(fired)
+    resolved = payload(
+        alert(status="resolved", fingerprint=fired["fingerprint"], starts_at=fired["startsAt"], **labels)
+    )
+    assert (await client.post("/api/v1/alertmanager", json=resolved, headers=AUTH)).status == 200
     await until_async(
         "the exposure page ended",
         lambda: not active(alertmanager, BOT_HOST_DOWN, instance) or None,
@@ -432,9 +557,9 @@ async def test_the_exposure_page_ends_when_the_account_is_flat_or_the_host_is_ba
     gateway.call("create_order", "BTC/USD", "market", "buy", 0.01, None, {"clientOrderId": f"{BOT_A}-{RUN}-1"})
     held = btc(gateway)
     playbook = rule(CANCEL, EXPOSURE, FLATTEN, approval_timeout="60s")
-    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, playbook, venue=True)
+    instance = unique_instance()
+    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, playbook, venue=True, instance=instance)
     client = await aiohttp_client(create_app(load_config(config)))
-    instance = "10.0.0.11:9101"
     labels = {"alertname": HOST_DOWN, "instance": instance, "run": uuid.uuid4().hex[:8]}
     fired = alertmanager.fire(labels)
     body = payload(alert(fingerprint=fired["fingerprint"], starts_at=fired["startsAt"], **labels))
@@ -470,3 +595,17 @@ async def test_the_exposure_page_ends_when_the_account_is_flat_or_the_host_is_ba
         deadline=30,
         in_thread=True,
     )
+
+
+def test_a_page_posted_while_a_round_of_page_ends_ran_is_ended_not_refused(alertmanager: Alertmanager) -> None:
+    # page_ends reads `now` at the start of its round; an exposure page posted meanwhile starts after it. Alertmanager
+    # refuses an end before the start ("start time must be before end time"), which left the page firing a round
+    # longer: the end is never before the start, and Alertmanager takes it.
+    instance = f"10.0.0.{uuid.uuid4().int % 200 + 20}:9101"
+    round_began = utcnow()
+    page = escalation_alert(BOT_HOST_DOWN, {"alertname": HOST_DOWN, "instance": instance}, instance, "held", episode=7)
+    page["startsAt"] = (round_began + timedelta(seconds=0.5)).isoformat()
+    alertmanager.post_alerts([page])
+    assert len(active(alertmanager, BOT_HOST_DOWN, instance)) == 1
+    alertmanager.post_alerts([end_of(page, round_began)])  # refused with HTTP 400 before
+    until("the page ended", lambda: active(alertmanager, BOT_HOST_DOWN, instance) == [], deadline=10)

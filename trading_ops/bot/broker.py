@@ -273,6 +273,11 @@ class Broker(abc.ABC):
         (None: disarmed). Raises BrokerError; NotImplementedError where `has_dead_man_switch()` is false."""
         raise NotImplementedError(f"{type(self).__name__} has no dead man's switch")
 
+    def market_data_in_sync(self, symbol: str) -> bool:
+        """False while the broker knows its market data of `symbol` is wrong (a streamed book that disagrees with the
+        venue's checksum): the order gate then treats it as stale. The default: True."""
+        return True
+
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Register the broker's own metrics (a stream's health) on the bot's registry; called once, before
         `connect`. The default has none."""

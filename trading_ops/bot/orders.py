@@ -70,6 +70,7 @@ class OrderEngine:
         quote_asset: str,
         on_outcome_unknown: Callable[[], None],
         on_halt: Callable[[str], Awaitable[None]],
+        on_applied: Callable[[], None] | None = None,
     ) -> None:
         self.broker = broker
         self.journal = journal
@@ -80,6 +81,9 @@ class OrderEngine:
         self.quote_asset = quote_asset
         self._on_outcome_unknown = on_outcome_unknown
         self._on_halt = on_halt
+        # Called after venue events (and a reconciliation's adoptions) changed the book or the orders: the runtime
+        # ends a flatten there, not a step later.
+        self._on_applied = on_applied or (lambda: None)
         self.book = Book()
         self.orders: dict[str, VenueOrder] = {}  # working orders by key (the client order id, if they have one)
         self.order_sent_at: dict[str, float] = {}  # sent and not known closed: in flight until acknowledged
@@ -317,6 +321,7 @@ class OrderEngine:
             self._deferred.append(order)
             return
         await self.apply_order(order)
+        self._on_applied()
 
     async def apply_order(self, order: VenueOrder) -> None:
         key = order.key
@@ -358,6 +363,7 @@ class OrderEngine:
             self._deferred.append(fill)
             return
         await self.apply_fill(fill)
+        self._on_applied()
 
     async def apply_fill(self, fill: VenueFill, adjustment: bool = False) -> bool:
         """Book and journal a fill (with its position, balance changes and realized P&L, in one transaction) and
@@ -453,9 +459,12 @@ class OrderEngine:
                 await self.apply_fill(event)
             else:
                 await self.apply_order(event)
+        self._on_applied()
 
     async def adopt_fill(self, fill: VenueFill) -> bool:
-        return await self.apply_fill(fill)
+        adopted = await self.apply_fill(fill)
+        self._on_applied()
+        return adopted
 
     async def adopt_order(self, order: VenueOrder) -> None:
         """An order the bot did not place (or whose state it missed) takes the venue's state. One adopted from the
@@ -471,6 +480,7 @@ class OrderEngine:
         else:
             self._forget(key)
             self.metrics.order_closed(key)
+        self._on_applied()
 
     async def adjust_position(self, symbol: str, quantity: Decimal, reference: str) -> None:
         holding = self.book.holding(symbol)

@@ -25,7 +25,12 @@ STATE_FILE = "ramp-state.json"
 # Changes kept in the state file (the newest).
 HISTORY_MAX = 200
 STAGE_HELP = "The bot's current stage of its ramp (bot.ramp.stages), 1 the first (the narrowest); 0: no ramp."
-DEMOTIONS_HELP = "Times the bot fell back a stage of its ramp by itself (a loss-limit breach)."
+DEMOTIONS_HELP = (
+    "Times the bot fell back a stage of its ramp by itself, by cause (a loss-limit breach, a crash loop, a channel to "
+    "the venue down too long)."
+)
+# Why a ramp falls back by itself: the `cause` label of tradingbot_ramp_demotions_total.
+CAUSES = ("loss_limit", "crash_loop", "stream_down")
 
 
 class PromotionRefused(Exception):
@@ -69,11 +74,8 @@ class Ramp:
             .labels(metrics.venue, metrics.strategy)
             .set
         )
-        self._demotions = (
-            Counter(f"{PREFIX}_ramp_demotions", DEMOTIONS_HELP, labels, registry=registry)
-            .labels(metrics.venue, metrics.strategy)
-            .inc
-        )
+        demotions = Counter(f"{PREFIX}_ramp_demotions", DEMOTIONS_HELP, [*labels, "cause"], registry=registry)
+        self._demotions = {c: demotions.labels(metrics.venue, metrics.strategy, c).inc for c in CAUSES}
         self._stage_gauge(self.number)
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -114,14 +116,16 @@ class Ramp:
         }
 
     # -- changes ----------------------------------------------------------------------------------------
-    def demote(self, why: str) -> bool:
-        """Fall back one stage by itself (a loss-limit breach): recorded with `why`, counted, applied at once. False
-        at the first stage (nothing to fall back to) or without a ramp."""
-        if self.index == 0:
+    def demote(self, why: str, cause: str = "loss_limit") -> bool:
+        """Fall back one stage by itself (`cause`, one of CAUSES): recorded with `why` and its cause, counted by
+        cause, applied at once. False at the first stage (nothing to fall back to) or without a ramp."""
+        if cause not in CAUSES:
+            raise ValueError(f"unknown demotion cause {cause!r}")
+        if self.index == 0 or not self.stages:
             return False
-        self._move(self.index - 1, why=why, by="risk")
-        self._demotions()
-        log.error("ramp: fell back to stage %d (%s): %s", self.number, self.stages[self.index].name, why)
+        self._move(self.index - 1, why=why, by="risk", cause=cause)
+        self._demotions[cause]()
+        log.error("ramp: fell back to stage %d (%s) on %s: %s", self.number, self.stages[self.index].name, cause, why)
         return True
 
     def promotion_problem(self, to: str) -> str | None:
@@ -151,10 +155,17 @@ class Ramp:
         self._move(self.index + 1, why=why, by=by)
         log.warning("ramp: promoted to stage %d (%s), approved by %s", self.number, to, by)
 
-    def _move(self, index: int, *, why: str, by: str) -> None:
+    def _move(self, index: int, *, why: str, by: str, cause: str = "promotion") -> None:
         before = self.stages[self.index].name
         now = self.wall()
-        entry = {"at": now, "from": before, "to": self.stages[index].name, "by": by, "why": why[:500]}
+        entry = {
+            "at": now,
+            "from": before,
+            "to": self.stages[index].name,
+            "by": by,
+            "cause": cause,
+            "why": why[:500],
+        }
         self._save(index, now, [*self.history, entry][-HISTORY_MAX:])  # durable first
         self.index, self.since, self.history = index, now, [*self.history, entry][-HISTORY_MAX:]
         self._stage_gauge(self.number)

@@ -88,6 +88,17 @@ class RecoveryStore:
             )
             return int(session.scalar(query) or 0)
 
+    def crashed_runs_since(self, current_run: int | None, since: datetime) -> int:
+        """How many runs of this bot started at or after `since`, before `current_run`, crashed (a crash loop)."""
+        with self._sessions() as session:
+            query = select(func.count(BotRun.id)).where(
+                BotRun.bot == self.bot,
+                BotRun.id != (current_run or 0),
+                BotRun.clean_shutdown.is_(False),
+                BotRun.started_at >= since,
+            )
+            return int(session.scalar(query) or 0)
+
     def begin_run(self, pid: int, hostname: str) -> int:
         with self._sessions.begin() as session:
             now = utcnow()

@@ -31,8 +31,10 @@ from trading_ops.bot.journal import Journal
 from trading_ops.bot.journal_health import JournalHealth
 from trading_ops.bot.kill_switch import KillSwitch
 from trading_ops.bot.live_gate import check_live_start
+from trading_ops.bot.log_metrics import LogCollector
 from trading_ops.bot.orders import OrderEngine
 from trading_ops.bot.ramp import PromotionRefused, Ramp
+from trading_ops.bot.ramp_watch import RampWatch
 from trading_ops.bot.reconciliation import CONFIRM_DELAY_SECONDS, Reconciler, Result, Trigger
 from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
@@ -43,7 +45,14 @@ from trading_ops.bot.shutdown import OrdersLeftOpen, ShutdownDeadlineExceeded, S
 from trading_ops.bot.state import TradingState
 from trading_ops.bot.strategy import Context, Strategy, StrategyWithStart
 from trading_ops.bot.trade_lock import TradeLock
-from trading_ops.config import Config, ConfigError, bot_order_id_prefix, resolve_secret, resolve_tokens
+from trading_ops.config import (
+    Config,
+    ConfigError,
+    RampConfig,
+    bot_order_id_prefix,
+    resolve_secret,
+    resolve_tokens,
+)
 from trading_ops.db.base import make_engine
 from trading_ops.db.revisions import schema_problem
 from trading_ops.durations import parse_duration
@@ -158,15 +167,22 @@ class BotRuntime:
         `loop_interval`: the strategy's period, by default `bot.loop_interval_seconds`."""
         self.config = config
         bot = config.bot
-        if not logging.getLogger().handlers:  # the author set up no logging: lines with their time and level
+        if bot.log_file:  # the bot's own log file, rotated (the log_rotation criterion)
+            logging_level = logging.getLevelName(logging.getLogger().level) if logging.getLogger().handlers else ""
+            logsetup.setup(
+                logging_level or config.logging.level,
+                config.logging.format,
+                bot.log_file,
+                bot.log_file_max_bytes,
+                bot.log_file_backups,
+            )
+        elif not logging.getLogger().handlers:  # the author set up no logging: lines with their time and level
             logsetup.setup(config.logging.level, config.logging.format)
         token = token if token is not None else control_tokens(config)
         if not token:
             raise ConfigError("bot.control_token", "the control API needs a non-empty token")
         # TLS and basic auth of the bot's server: a bad web_config_file is a configuration error before anything runs.
         self.web_config = server_web_config(bot.listen, "bot.listen")
-        # Paper to live: a live venue with a ramp needs a passing paper verdict, or a person's approval, recorded.
-        check_live_start(config)
         self.symbols = list(symbols)
         self.quote_asset = quote_asset
         self.loop_interval = bot.loop_interval_seconds if loop_interval is None else loop_interval
@@ -194,6 +210,14 @@ class BotRuntime:
             if engine is None:
                 self.engine.dispose()
             raise ConfigError("database.url", problem)
+        # Paper to live: a live venue with a ramp needs a passing paper verdict, or a person's approval, recorded in
+        # the ledger (this database, shared with the reconciler); an unreachable ledger refuses too, in one line.
+        try:
+            check_live_start(config, self.engine)
+        except BaseException:
+            if engine is None:
+                self.engine.dispose()
+            raise
         # One process per bot, before anything reads or writes its state (the venue file, the journal): raises
         # AnotherInstanceRunning naming the holder. Held until the shutdown's last step (or the process's end).
         self.instance_lock = InstanceLock(self.data_dir, bot.name, self.engine)
@@ -244,6 +268,7 @@ class BotRuntime:
         self.metrics.phase("starting")  # until the trading loop runs (start)
         self.broker: Broker = broker if isinstance(broker, Broker) or not callable(broker) else broker()
         self.broker.register_metrics(self.inst.registry)
+        LogCollector(self.inst.registry, config.bot.log_rotated_by)  # the log_size and log_rotation criteria
         self.journal = Journal(
             self.engine, bot.name, bot.venue, JournalHealth(venue=bot.venue, registry=self.inst.registry, settle=True)
         )
@@ -251,7 +276,7 @@ class BotRuntime:
         limits = risk_limits(config) if limits is None else limits
         if not limits.daily_loss:
             log.warning("bot %s trades without a daily loss limit: set bot.risk.daily_loss_limit", bot.name)
-        self.risk = self._ramped_risk(bot.ramp.stages, limits)
+        self.risk = self._ramped_risk(bot.ramp, limits)
         self.gate = OrderGate(
             self.inst.state, self.metrics, self.risk, self.market_data_stale, self.instance_lock.problem
         )
@@ -268,6 +293,7 @@ class BotRuntime:
             quote_asset=self.quote_asset,
             on_outcome_unknown=self._lost_reply,
             on_halt=self.halt,
+            on_applied=self._end_flatten_when_flat,
         )
         self.context = Context(self.order_engine, self.inst.state, self.symbols, bot.market_data_stale_seconds)
         self.metrics.known_symbols(self.symbols)
@@ -341,10 +367,11 @@ class BotRuntime:
         self._lock_check_due = 0.0  # when the lock's session is next looked at, a reconnect or not
         self._on_stop: list[Callable[[], None]] = []
 
-    def _ramped_risk(self, stages: list[Any], limits: RiskLimits) -> RiskEngine:
+    def _ramped_risk(self, ramp: RampConfig, limits: RiskLimits) -> RiskEngine:
         """The RiskEngine under the ramp (self.ramp): the current stage narrows bot.risk; a loss-limit breach falls
-        back a stage, at once."""
-        self.ramp = Ramp(stages, self.data_dir, self.metrics)
+        back a stage, at once, and so do a crash loop and a channel down too long (self.ramp_watch)."""
+        self.ramp = Ramp(ramp.stages, self.data_dir, self.metrics)
+        self.ramp_watch = RampWatch(self.ramp, ramp)
         self.base_limits = limits
         risk = RiskEngine(
             self.ramp.limits(limits),
@@ -405,7 +432,9 @@ class BotRuntime:
 
     def market_data_stale(self, symbol: str) -> bool:
         age = self.metrics.market_data_age(symbol)
-        return age is None or age > self.config.bot.market_data_stale_seconds
+        if age is None or age > self.config.bot.market_data_stale_seconds:
+            return True
+        return not self.broker.market_data_in_sync(symbol)  # a book out of sync is never traded on
 
     def loop_progressing(self) -> bool:
         """What /healthz checks first (and the heartbeat and systemd's watchdog only): the trading loop completed an
@@ -514,7 +543,7 @@ class BotRuntime:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
         try:
-            await self.start(host or listen.host, listen.port if port is None else port)
+            await self._start_unless_stopped(host or listen.host, listen.port if port is None else port)
             await self._stop.wait()
         finally:
             try:
@@ -526,6 +555,27 @@ class BotRuntime:
         if self.orders_left_open:
             raise OrdersLeftOpen(self.orders_left_open)
 
+    async def _start_unless_stopped(self, host: str, port: int) -> None:
+        """`start`, unless a stop is asked first: a SIGTERM while the bot starts (its startup reconciliation waiting
+        for room in the venue's rate limit, a venue that does not answer) interrupts the start's waits, and the
+        shutdown runs at once, every local step included, rather than after the start."""
+        start = asyncio.create_task(self.start(host, port), name="start")
+        asked = asyncio.create_task(self._stop.wait(), name="stop-asked")
+        try:
+            await asyncio.wait({start, asked}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            start.cancel()
+            raise
+        finally:
+            asked.cancel()
+        if start.done():
+            start.result()  # what the start raised, raised here
+            return
+        log.warning("start interrupted (%s): shutting down", self._stop_reason)
+        start.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await start
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Detect a crash, restore the book and a standing loss-limit halt, know the day's loss and the drawdown
         (past a loss limit: halted), reconcile (the safe-start gate), then trade. Returns the bound port of the HTTP
@@ -533,6 +583,10 @@ class BotRuntime:
         self.crash = await self.heartbeat.begin()
         # Before the server's first scrape: the crash count is carried over restarts, never seen jumping from 0.
         self.metrics.crashes(await self.journal.call(self.recovery_store.crashed_runs, self.heartbeat.run_id))
+        if self.crash is not None and self.ramp.stages:  # a crash loop falls back a stage before anything trades
+            since = datetime.fromtimestamp(self.ramp_watch.crash_loop_since(self.ramp.wall()), UTC)
+            recent = await self.journal.call(self.recovery_store.crashed_runs_since, self.heartbeat.run_id, since)
+            self.ramp_watch.after_start(recent)
         crash_orders: list[dict[str, str]] = []
         crash_positions: dict[str, str] = {}
         if self.crash is not None:  # what the journal held at the crash, before reconciliation changes it
@@ -551,7 +605,7 @@ class BotRuntime:
             on_order=oe.on_order,
             on_fill=oe.on_fill,
             on_quote=oe.on_quote,
-            on_connection=self.schedule.on_connection,
+            on_connection=self._on_connection,
             on_venue_error=self.metrics.venue_error,  # what the broker handled itself (retried, resolved, polled)
             on_venue_request=self.metrics.venue_request,
         )
@@ -852,8 +906,13 @@ class BotRuntime:
             self.metrics.loop_iteration(time.monotonic() - started)
             await asyncio.sleep(self.loop_interval)
 
+    async def _on_connection(self, channel: Channel, connected: bool) -> None:
+        self.ramp_watch.connection(channel.value, connected)
+        await self.schedule.on_connection(channel, connected)
+
     async def _after_step(self) -> None:
         self._probe_journal()
+        self.ramp_watch.check()  # a channel down too long falls back a stage
         self._confirm_instance_lock()
         await self.dead_man.refresh()  # from the loop itself: a loop that stops stops refreshing it
         await self.kill_switch.after_step()
@@ -874,6 +933,14 @@ class BotRuntime:
                 await self.peak_journal.save(self.risk.wall())
             except Exception:  # kept dirty: saved at the next attempt
                 log.exception("journaling the equity peak failed")
+        self._end_flatten_when_flat()
+
+    def _end_flatten_when_flat(self) -> None:
+        """A flatten under way ends once every position is closed and no order works: after each step, and at once
+        when a venue event (or a reconciliation's adoption) closed the last one. A broker whose events arrive after
+        the submit's answer (a stream, a poll) delivers the last fill after the step that sent its order; waiting for
+        the next step left the flatten armed, and a position that came in meanwhile (a fill of no order, adopted by a
+        reconciliation) was closed by the flatten given for the one before it, nobody asked."""
         if self._flattening and not any(self.book.position(s) for s in self.symbols) and not self.orders:
             if self.inst.state.state is TradingState.FLATTENING:
                 self.inst.state.apply("flatten_done", reason="all positions closed")

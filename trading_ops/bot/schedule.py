@@ -170,6 +170,19 @@ class ReconciliationSchedule:
             return None
         return startup_retry_delay(self.startup_failures, rec.reconcile_retry_seconds)
 
+    def _own_trigger(self) -> Trigger:
+        """What a run the task starts on its own timing is: a startup retry until the safe-start gate opens; while
+        the reconciliation after a reconnect has not passed (the channel up), that reconciliation again (its retry:
+        the run that clears `gate.reconnect_pending` is the reconnect's, in tradingbot_reconciliation_runs_total too,
+        and TradingBotReconciliationFailing's minute is for that retry; as `schedule`, a reconnect whose first run
+        failed never showed a passed reconnect reconciliation, although new risk was allowed again); else a scheduled
+        run."""
+        if not self.gate.trading_allowed:
+            return Trigger.STARTUP
+        if self.gate.reconnect_pending and self.broker.is_connected(Channel.ORDERS):
+            return Trigger.RECONNECT
+        return Trigger.SCHEDULE
+
     async def run(self) -> None:
         """The background task."""
         while True:
@@ -188,7 +201,7 @@ class ReconciliationSchedule:
                 self.startup_failures = 0  # asked for: the back-off starts over
                 trigger = requested
             else:
-                trigger = Trigger.SCHEDULE if self.gate.trading_allowed else Trigger.STARTUP
+                trigger = self._own_trigger()
             if trigger is Trigger.SCHEDULE and not self.broker.is_connected(Channel.ORDERS):
                 # It could only fail (TradingBotReconciliationFailing for its 15 minutes after a 3-second drop), and
                 # the reconnect asks for a run of its own: what happened while the channel was down is read then.

@@ -84,6 +84,19 @@ class PrometheusClient:
             return [{"value": result}]
         return list(result or [])
 
+    async def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        """GET /api/v1/query_range: the matrix for `expr` from `start` to `end` (Unix seconds) every `step` seconds:
+        each series with its `values` ([time, "value"] pairs)."""
+        params = {
+            "query": expr,
+            "start": f"{start:.3f}",
+            "end": f"{end:.3f}",
+            "step": f"{step:g}",
+            "timeout": f"{QUERY_TIMEOUT_SECONDS:g}s",
+        }
+        data = await self._get("/api/v1/query_range", params, f"query_range {expr!r}")
+        return list(data.get("result") or [])
+
     async def retention_seconds(self) -> float | None:
         """GET /api/v1/status/runtimeinfo: how long the member keeps samples (its time retention), or None when it
         keeps them by size only."""

@@ -60,6 +60,14 @@ RECONCILER_RECEIVER = "reconciler"
 # exim4 delivers to /var/mail/root), so that a route can be tried without any account outside.
 LOCAL_SMTP = {"smtp_smarthost": "localhost:25", "smtp_from": "alertmanager@localhost", "smtp_require_tls": False}
 LOCAL_MAILBOX = "root@localhost"
+# `config local-alertmanager`: the same for docker-compose.yml's stack, to its `mailbox` service (trading-ops mailbox).
+COMPOSE_MAILBOX_SMTP = {
+    "smtp_smarthost": "mailbox:2525",
+    "smtp_from": "alertmanager@localhost",
+    "smtp_require_tls": False,
+}
+COMPOSE_MAILBOX = "oncall@localhost"
+LOCAL_ALERTMANAGER = "alertmanager/alertmanager-local.yml"
 # The services a file can be for (`config check --service`), each with the top-level sections that configure it: a
 # file is checked for the bot and the reconciler where it gives their sections, else for the services whose sections
 # it gives (a gateway's or the sidecar's own file: no bot token needed), else for the bot (the default configuration
@@ -136,6 +144,20 @@ def register(sub: Any) -> None:
         f"{LOCAL_MAILBOX} through this host's mail system (port 25), to try the routes without any outside account",
     )
     render.set_defaults(handler=render_prometheus)
+    local = inner.add_parser(
+        "local-alertmanager",
+        help=f"write {LOCAL_ALERTMANAGER} (the compose stack's people's receivers as mail to its `mailbox`)",
+        description="Print (or write) the Alertmanager configuration FILE (the repository's "
+        f"alertmanager/alertmanager.yml) with the receivers of people ({', '.join(PEOPLE_RECEIVERS)}) as e-mail to "
+        f"{COMPOSE_MAILBOX} through the "
+        f"docker compose stack's `mailbox` service ({COMPOSE_MAILBOX_SMTP['smtp_smarthost']}, no TLS): "
+        f"{LOCAL_ALERTMANAGER}, which the stack's Alertmanager reads with ALERTMANAGER_FILE=alertmanager-local.yml "
+        "(docs/deploy-compose.md). Routes, inhibitions and the reconciler's webhook stay as they are. It reads no "
+        "configuration file.",
+    )
+    local.add_argument("alertmanager", metavar="FILE", help="the shipped Alertmanager configuration")
+    local.add_argument("--output", "-o", default=None, metavar="FILE", help="write to FILE instead of stdout")
+    local.set_defaults(handler=render_local_alertmanager, without_config=True)
     show = inner.add_parser(
         "show",
         help="print the configuration in effect (defaults filled in), secrets masked",
@@ -250,20 +272,53 @@ def is_local(host: str) -> bool:
         return False
 
 
+def restart_step_kinds(config: Config) -> set[str]:
+    """Which of the host-bound step kinds (`systemd`, `docker`) the configured playbook's rules use; a playbook that
+    does not load counts as the default's (systemd): the reconciler's own check says what is wrong with it."""
+    from trading_ops.reconciler.playbook import PlaybookError, load_configured_playbook
+
+    try:
+        playbook = load_configured_playbook(config.reconciler.playbook, config.path)
+    except PlaybookError:
+        return {"systemd"}
+    used = {step.action for rule in playbook.rules for step in (*rule.steps, *rule.on_recovery)}
+    return used & {"systemd", "docker"}
+
+
+def is_container_name(host: str) -> bool:
+    """Whether a URL's host is a name without a dot (a docker compose service or a container on the engine's own
+    network, as `paper-bot`), not an address or a host's full name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return bool(host) and "." not in host
+    return False
+
+
 def remote_bot_warnings(config: Config) -> list[str]:
-    """A bot whose control API is on another host but whose `host:` is not given: its systemd and docker steps would
-    act on the reconciler's own host (the unit or container of that name there, if any), not on the bot's."""
+    """A bot whose control API is on another host but whose `host:` is not given: the playbook's systemd steps would
+    act on the reconciler's own host (the unit of that name there, if any), not on the bot's; so would its docker
+    steps, unless the url names a container (docker compose: the reconciler's Docker engine is the bot's)."""
     from urllib.parse import urlsplit
 
+    kinds = restart_step_kinds(config) if config.bots else set()
     out = []
     for i, bot in enumerate(config.bots):
         host = urlsplit(bot.url).hostname or ""
-        if bot.host.address or bot.host.docker_url or is_local(host):
+        if is_local(host):
             continue
-        out.append(
-            f"bots[{i}] ({bot.name}): its url is on {host}, but no host: is given: systemd and docker steps would "
-            f"restart {bot.systemd_unit} on the reconciler's own host. Give host.address (docs/deploy-fleet.md)"
-        )
+        wrong, keys = [], []
+        if "systemd" in kinds and not bot.host.address:
+            wrong.append(f"systemd steps would restart {bot.systemd_unit}")
+            keys.append("host.address")
+        if "docker" in kinds and not bot.host.docker_url and not is_container_name(host):
+            wrong.append(f"docker steps would restart the container {bot.docker_container}")
+            keys.append("host.docker_url")
+        if wrong:
+            out.append(
+                f"bots[{i}] ({bot.name}): its url is on {host}, but no {' or '.join(keys)} is given: "
+                f"{' and '.join(wrong)} on the reconciler's own host. Give {' and '.join(keys)} (docs/deploy-fleet.md)"
+            )
     return out
 
 
@@ -451,20 +506,60 @@ def alertmanager_config(
                 url = f"{scheme}://{reconciler_address(config)}/api/v1/alertmanager"
                 hooks.append({**hook, "url": url, "http_config": http})
             receivers.append({**receiver, "webhook_configs": hooks})
-        elif local_receivers and name in PEOPLE_RECEIVERS:
+        else:
+            receivers.append(receiver)
+    data["receivers"] = receivers
+    data["templates"] = [str(directory / "templates" / "*.tmpl")]
+    return with_local_receivers(data, LOCAL_SMTP, LOCAL_MAILBOX) if local_receivers else data
+
+
+def with_local_receivers(source: dict[str, Any], smtp: dict[str, Any], to: str) -> dict[str, Any]:
+    """An Alertmanager configuration whose people's receivers (PEOPLE_RECEIVERS) are e-mail to `to` through the
+    global SMTP settings `smtp` instead; every other receiver, route and inhibition as it is."""
+    data = dict(source)
+    receivers = []
+    for receiver in data.get("receivers") or []:
+        name = receiver.get("name")
+        if name in PEOPLE_RECEIVERS:
             subject = f'[{name}] {{{{ template "trading_ops.title" . }}}}'
-            mail = {"to": LOCAL_MAILBOX, "send_resolved": name != "deadman", "headers": {"Subject": subject}}
+            mail = {"to": to, "send_resolved": name != "deadman", "headers": {"Subject": subject}}
             receivers.append({"name": name, "email_configs": [mail]})
         else:
             receivers.append(receiver)
     data["receivers"] = receivers
-    if local_receivers:
-        data["global"] = {
-            **{k: v for k, v in (data.get("global") or {}).items() if not k.startswith("smtp_")},
-            **LOCAL_SMTP,
-        }
-    data["templates"] = [str(directory / "templates" / "*.tmpl")]
+    data["global"] = {**{k: v for k, v in (data.get("global") or {}).items() if not k.startswith("smtp_")}, **smtp}
     return data
+
+
+def compose_local_alertmanager(shipped: Path) -> str:
+    """alertmanager/alertmanager-local.yml: the shipped file (`shipped`) with the people's receivers as e-mail to the
+    compose stack's `mailbox` service, for trying the routes locally (docs/deploy-compose.md)."""
+    try:
+        loaded = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{shipped}: cannot read it: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{shipped}: not YAML") from exc
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("receivers"), list):
+        raise UsageError(f"{shipped}: not an Alertmanager configuration (no receivers)")
+    header = (
+        "# Alertmanager for trying docker-compose.yml's stack locally, rendered by `trading-ops config "
+        f"local-alertmanager {shipped}`:\n# that file's routes, inhibitions and reconciler, the people's receivers "
+        f"({', '.join(PEOPLE_RECEIVERS)}) as e-mail to the\n# `mailbox` service (docs/deploy-compose.md). Render again "
+        "rather than edit.\n"
+    )
+    data = with_local_receivers(loaded, COMPOSE_MAILBOX_SMTP, COMPOSE_MAILBOX)
+    return header + yaml.safe_dump(data, sort_keys=False, width=1000)
+
+
+def render_local_alertmanager(args: argparse.Namespace, config: Config) -> int:
+    text = compose_local_alertmanager(Path(args.alertmanager))
+    try:
+        if write_output(text, args.output):
+            print(f"wrote {args.output}")
+    except ConfigError as exc:  # an option of this command, not the configuration
+        raise UsageError(str(exc)) from None
+    return 0
 
 
 def rendered_alertmanager(

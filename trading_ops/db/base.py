@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -79,14 +80,76 @@ IMMEDIATE_OPTION = "trading_ops_sqlite_immediate"
 
 
 # libpq settings a URL may override. connect_timeout is per host: a multi-host URL's next host is tried after it;
-# keepalives find a vanished peer in about 10 + 3 x 3 s.
+# keepalives find a vanished peer of an idle connection in about 10 + 3 x 3 s. A connection with data sent and not
+# yet acknowledged is never probed by keepalives: the kernel retransmits for about 15 minutes (tcp_retries2), and a
+# replica whose ledger connections were writing when the primary's host died whole waited that long, storing no
+# webhook (tests/test_ha_topology_e2e.py); tcp_user_timeout gives such a connection up as soon as keepalives would.
 PSYCOPG_CONNECT_DEFAULTS = {
     "connect_timeout": 5,
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 3,
     "keepalives_count": 3,
+    "tcp_user_timeout": 19_000,  # milliseconds
 }
+
+
+class AnsweringHostFirst:
+    """A multi-host PostgreSQL URL's hosts tried from the one that last gave a session (psycopg's `connection.info`):
+    libpq tries them in the URL's order, so with its first host dead (a whole ops host gone, its link cut) every new
+    connection of the pool waited that host's `connect_timeout` before reaching the live one, and a replica's webhook
+    intake, which opens one when the pool is busy, answered Alertmanager too late (tests/test_ha_topology_e2e.py).
+    The host that answered stays first until it stops answering (or, with target_session_attrs=read-write, stops
+    taking writes: libpq then moves on, and the next one's session is remembered)."""
+
+    def __init__(self) -> None:
+        self.last: tuple[str, str] | None = None
+
+    def order(self, cparams: dict[str, Any]) -> None:
+        hosts, ports = str(cparams.get("host") or "").split(","), str(cparams.get("port") or "").split(",")
+        if len(ports) == 1:
+            ports = ports * len(hosts)
+        if self.last is None or len(hosts) < 2 or len(ports) != len(hosts):
+            return
+        pairs = list(zip(hosts, ports, strict=True))
+        if self.last in pairs:
+            pairs.remove(self.last)
+            pairs.insert(0, self.last)
+            cparams["host"] = ",".join(host for host, _ in pairs)
+            cparams["port"] = ",".join(port for _, port in pairs)
+
+    def remember(self, dbapi_connection: Any) -> None:
+        info = getattr(dbapi_connection, "info", None)
+        if info is not None and getattr(info, "host", None):
+            self.last = (str(info.host), str(info.port))
+
+
+# What make_engine opened each psycopg engine's connections with (its connect_args, the multi-host order), for a
+# connection opened beside the engine's pool: psycopg_connect_params.
+_OPENED: weakref.WeakKeyDictionary[Engine, tuple[dict[str, Any], AnsweringHostFirst | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def psycopg_connect_params(engine: Engine) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments `engine`'s own pool opens a psycopg connection with: the URL's, make_engine's connect_args (the
+    libpq defaults above: connect_timeout, keepalives, tcp_user_timeout) and, for a multi-host URL, the host that last
+    answered first. For a connection opened beside the pool (the reconciler's intake on the event loop): opened from
+    the URL alone, it had none of them, and a replica's idle one to a primary whose host died whole hung its next
+    append past the intake's 10 s bound and psycopg's cancellation (20 s: tests/test_ha_topology_e2e.py)."""
+    args, params = engine.dialect.create_connect_args(engine.url)
+    connect_args, answering = _OPENED.get(engine, ({}, None))
+    params = {**params, **connect_args}
+    if answering is not None:
+        answering.order(params)
+    return list(args), params
+
+
+def psycopg_answered(engine: Engine, connection: Any) -> None:
+    """A connection opened with psycopg_connect_params gave a session: its host is asked first from now on."""
+    answering = _OPENED.get(engine, ({}, None))[1]
+    if answering is not None:
+        answering.remember(connection)
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:
@@ -101,7 +164,22 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) ->
             given = {**parsed.query, **kwargs.get("connect_args", {})}
             defaults = {k: v for k, v in PSYCOPG_CONNECT_DEFAULTS.items() if k not in given}
             kwargs["connect_args"] = {**defaults, **kwargs.get("connect_args", {})}
-        return create_engine(url, **kwargs)
+        engine = create_engine(url, **kwargs)
+        answering = None
+        if parsed.get_driver_name() == "psycopg" and isinstance(parsed.query.get("host"), tuple):
+            answering = AnsweringHostFirst()
+
+            @event.listens_for(engine, "do_connect")
+            def _answering_first(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+                answering.order(cparams)
+
+            @event.listens_for(engine, "connect")
+            def _remember(dbapi_connection: Any, _record: Any) -> None:
+                answering.remember(dbapi_connection)
+
+        if parsed.get_driver_name() == "psycopg":
+            _OPENED[engine] = (dict(kwargs.get("connect_args", {})), answering)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, **kwargs)

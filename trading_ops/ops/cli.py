@@ -1,4 +1,4 @@
-"""`trading-ops maintenance start|end|status|list` and `trading-ops report daily [--date D] [--send]`."""
+"""`trading-ops maintenance start|end|status|list` and `trading-ops report daily|weekly [--date D] [--send]`."""
 
 from __future__ import annotations
 
@@ -42,13 +42,22 @@ def register(sub: Any) -> None:
     lst.add_argument("--limit", type=int, default=20, help="show at most this many windows (default 20)")
     lst.set_defaults(handler=maintenance_list)
 
-    rp = sub.add_parser("report", help="reports: the daily summary")
+    rp = sub.add_parser("report", help="reports: the daily summary, the weekly review")
     rinner = rp.add_subparsers(dest="report_command", metavar="REPORT", required=True)
     daily = rinner.add_parser("daily", help="print (or send) the daily summary")
     daily.add_argument("--date", default=None, help="the day, YYYY-MM-DD (default: the last day that ended)")
     daily.add_argument("--send", action="store_true", help="send it through notifications.urls instead of printing")
     daily.add_argument("--html", action="store_true", help="print the HTML version")
     daily.set_defaults(handler=report_daily)
+    weekly = rinner.add_parser(
+        "weekly", help="print (or send) the weekly review: each bot's week against the readiness criteria"
+    )
+    weekly.add_argument(
+        "--date", default=None, help="the week's last day, YYYY-MM-DD (default: the last day that ended)"
+    )
+    weekly.add_argument("--send", action="store_true", help="send it through notifications.urls instead of printing")
+    weekly.add_argument("--html", action="store_true", help="print the HTML version")
+    weekly.set_defaults(handler=report_weekly)
 
 
 # ---- maintenance ---------------------------------------------------------------------------------------------
@@ -178,23 +187,31 @@ def maintenance_list(args: argparse.Namespace, config: Config) -> int:
 # ---- report --------------------------------------------------------------------------------------------------
 
 
+def report_day(config: Config, text: str | None, command: str) -> date:
+    """The day of --date, or the last report day that ended; UsageError naming `command` for a bad date."""
+    from trading_ops.cron import CronSchedule
+    from trading_ops.db.base import utcnow
+    from trading_ops.ops import report
+
+    if text:
+        try:
+            day = date.fromisoformat(text)
+        except ValueError as exc:
+            raise UsageError(f"report {command}: --date: expected YYYY-MM-DD, got {text[:40]!r}") from exc
+        if not 1970 <= day.year <= 9000:
+            raise UsageError(f"report {command}: --date: {text} is out of range")
+        return day
+    slot = CronSchedule.parse(report.cron_of(config.report), config.report.time_zone).latest_at_or_before(utcnow())
+    return report.day_of_slot(config.report, slot)
+
+
 def report_daily(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
-    from trading_ops.cron import CronSchedule
-    from trading_ops.db.base import make_engine, utcnow
+    from trading_ops.db.base import make_engine
     from trading_ops.ops import report
 
-    if args.date:
-        try:
-            day = date.fromisoformat(args.date)
-        except ValueError as exc:
-            raise UsageError(f"report daily: --date: expected YYYY-MM-DD, got {args.date[:40]!r}") from exc
-        if not 1970 <= day.year <= 9000:
-            raise UsageError(f"report daily: --date: {args.date} is out of range")
-    else:
-        slot = CronSchedule.parse(report.cron_of(config.report), config.report.time_zone).latest_at_or_before(utcnow())
-        day = report.day_of_slot(config.report, slot)
+    day = report_day(config, args.date, "daily")
     engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
     try:
         summary = report.build(config, engine, day)
@@ -212,4 +229,35 @@ def report_daily(args: argparse.Namespace, config: Config) -> int:
         print(f"trading-ops: report: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"daily summary for {day.isoformat()} sent")
+    return EXIT_OK
+
+
+def report_weekly(args: argparse.Namespace, config: Config) -> int:
+    import asyncio
+    import time
+
+    from trading_ops.db.base import make_engine
+    from trading_ops.ops import weekly
+    from trading_ops.ops.report import ReportError
+
+    last_day = report_day(config, args.date, "weekly")
+    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    started = time.perf_counter()
+    try:
+        review = asyncio.run(weekly.build(config, engine, last_day))
+    finally:
+        engine.dispose()
+    took = time.perf_counter() - started
+    if not args.send:
+        print(weekly.render_html(review) if args.html else weekly.render_text(review), end="")
+        return EXIT_OK
+    try:
+        asyncio.run(weekly.send(config, review))
+    except ReportError as exc:
+        print(f"trading-ops: report: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"weekly review {review.days[0].isoformat()} to {last_day.isoformat()} sent "
+        f"({len(review.bots)} bots, {review.queries} queries, built in {took:.2f} s)"
+    )
     return EXIT_OK

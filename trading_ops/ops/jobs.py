@@ -11,7 +11,7 @@ from typing import Any
 from trading_ops.config import Config
 from trading_ops.cron import CronSchedule
 from trading_ops.durations import parse_duration
-from trading_ops.ops import backup, maintenance, report, restore_drill, upkeep
+from trading_ops.ops import backup, maintenance, report, restore_drill, upkeep, weekly
 from trading_ops.ops.scheduler import Job, JobFunc
 
 UPKEEP = "upkeep"
@@ -42,6 +42,11 @@ JOBS: tuple[JobSpec, ...] = (
         report.run_daily_summary,
         last_success_metric=DAILY_SUMMARY_METRIC,
         catch_up_slots=report.CATCH_UP_DAYS,
+    ),
+    JobSpec(
+        "weekly_review",
+        lambda c: (weekly.cron_of(c), c.report.time_zone) if c.report.enabled and c.report.weekly else None,
+        weekly.run_weekly_review,
     ),
     JobSpec("maintenance_housekeeping", lambda c: (HOUSEKEEPING_CRON, "UTC"), maintenance.housekeeping),
     # Backups and upkeep export their own metrics from their records on disk (trading_ops.ops.state_metrics).

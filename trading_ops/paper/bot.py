@@ -15,6 +15,7 @@ from trading_ops.bot.schedule import startup_retry_delay
 from trading_ops.config import Config
 from trading_ops.paper.chaos import Chaos
 from trading_ops.paper.strategy import DemoStrategy
+from trading_ops.paper.streaming import StreamingPaperBroker
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.scopes import TokenSet
 
@@ -62,9 +63,12 @@ class PaperBot(BotRuntime):
         paper = config.paper
         self.venue_state_path = Path(config.bot.data_dir) / f"{config.bot.name}-{VENUE_STATE_FILE}"
 
-        def open_venue() -> PaperVenue:
+        def open_venue() -> PaperVenue | StreamingPaperBroker:
             # Called once the single-instance lock is held: only then may the venue file be read.
-            return venue if venue is not None else load_or_make_venue(config, self.venue_state_path)
+            paper_venue = venue if venue is not None else load_or_make_venue(config, self.venue_state_path)
+            if paper.stream:  # its events over the venue's push channel, REST polls beside them
+                return StreamingPaperBroker(paper_venue, poll_seconds=paper.stream_poll_seconds)
+            return paper_venue
 
         super().__init__(
             config,
@@ -94,13 +98,19 @@ class PaperBot(BotRuntime):
                 hang=self.hang,
                 daily_loss_limit=self.risk.limits.daily_loss,
                 data_dir=self.data_dir,
+                stream=self.broker.push if isinstance(self.broker, StreamingPaperBroker) else None,
             )
             self.on_stop(self.chaos.clear)
         self.inst.control.add_status(lambda: {"chaos": self.chaos.status() if self.chaos is not None else None})
+        if isinstance(self.broker, StreamingPaperBroker):
+            streaming = self.broker
+            self.inst.control.add_status(lambda: {"stream": streaming.status()})
 
     @property
     def paper_venue(self) -> PaperVenue:
-        """The broker, as the simulated venue it is (what fault injection drives)."""
+        """The simulated venue (what fault injection drives): the broker itself, or the one it streams from."""
+        if isinstance(self.broker, StreamingPaperBroker):
+            return self.broker.paper
         assert isinstance(self.broker, PaperVenue)
         return self.broker
 

@@ -56,6 +56,15 @@ CHAOS_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "clear_chaos": (),
 }
 CHAOS_COMMANDS = tuple(CHAOS_ARGUMENTS)
+# The stream's faults, on a paper bot that streams (paper.stream): its push channel dropped (new connections refused
+# for `seconds`), a channel acked and then silent (`persistent`: until clear_chaos), executions messages lost (a
+# sequence gap).
+STREAM_CHAOS_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "drop_stream": ("endpoint", "seconds"),
+    "silent_stream": ("channel", "symbol", "persistent"),
+    "stream_gap": ("count",),
+}
+MAX_STREAM_DROP_SECONDS = 3600
 
 
 class VenueFaults(Protocol):
@@ -74,6 +83,20 @@ class VenueFaults(Protocol):
     async def gap_price(self, symbol: str, relative_change: float) -> Quote: ...
 
     async def reject_orders(self, reason: str, seconds: float) -> None: ...
+
+
+class StreamFaults(Protocol):
+    """What Chaos breaks on a streaming venue's push channel (PushChannel offers it)."""
+
+    def drop(self, endpoint: str = "all", seconds: float = 0.0) -> int: ...
+
+    def silence(self, channel: str, symbol: str = "*", *, persistent: bool = False) -> None: ...
+
+    def lose(self, count: int) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def faults(self) -> dict[str, Any]: ...
 
 
 class JournalThread(Protocol):
@@ -101,7 +124,7 @@ def _checked(
     name: str, handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 ) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
     """`handler` refusing an argument the fault `name` does not take (a typo would otherwise inject the default)."""
-    allowed = CHAOS_ARGUMENTS[name]
+    allowed = CHAOS_ARGUMENTS[name] if name in CHAOS_ARGUMENTS else STREAM_CHAOS_ARGUMENTS[name]
 
     async def handle(args: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(str(key)[:40] for key in args if key not in allowed)
@@ -129,8 +152,10 @@ class Chaos:
         hang: Callable[[float], None],
         daily_loss_limit: float,
         data_dir: Path,
+        stream: StreamFaults | None = None,
     ) -> None:
         self.venue = venue
+        self.stream = stream
         self.state = control.state  # the trading state: a loss_spike on a bot that trades nothing says so
         self.symbols = list(symbols)
         self.journal = journal
@@ -144,10 +169,16 @@ class Chaos:
         self.active: dict[str, Any] = {}
         for name in CHAOS_COMMANDS:
             control.register(name, _checked(name, getattr(self, f"_{name}")))
-        log.warning("chaos commands enabled: %s", ", ".join(CHAOS_COMMANDS))
+        names = list(CHAOS_COMMANDS)
+        if stream is not None:
+            for name in STREAM_CHAOS_ARGUMENTS:
+                control.register(name, _checked(name, getattr(self, f"_{name}")))
+            names += STREAM_CHAOS_ARGUMENTS
+        log.warning("chaos commands enabled: %s", ", ".join(names))
 
     def status(self) -> dict[str, Any]:
-        return {**self.active, "venue": self.venue.faults(), "leaked_mib": len(self._leak)}
+        stream = {"stream": self.stream.faults()} if self.stream is not None else {}
+        return {**self.active, "venue": self.venue.faults(), **stream, "leaked_mib": len(self._leak)}
 
     def clear(self) -> None:
         for release in self._journal_stalls:
@@ -314,7 +345,39 @@ class Chaos:
     async def _clear_chaos(self, _args: dict[str, Any]) -> dict[str, Any]:
         self.clear()
         await self.venue.clear_faults()
+        if self.stream is not None:
+            self.stream.clear()
         return {"cleared": True}
+
+    # -- the stream's faults (a streaming paper bot) ------------------------------------------------------------
+    def _stream(self) -> StreamFaults:
+        assert self.stream is not None  # registered only with one
+        return self.stream
+
+    async def _drop_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        endpoint = args.get("endpoint", "all")
+        if endpoint not in ("public", "private", "all"):
+            raise CommandError("endpoint must be public, private or all")
+        seconds = _number(args, "seconds", 0, 0, MAX_STREAM_DROP_SECONDS)
+        closed = self._stream().drop(str(endpoint), seconds)
+        return {"fault": "drop_stream", "endpoint": endpoint, "seconds": seconds, "closed": closed, "heal": "reconnect"}
+
+    async def _silent_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel", "ticker")
+        if channel not in ("ticker", "executions"):
+            raise CommandError("channel must be ticker or executions")
+        symbol = self._symbol(args) if "symbol" in args else "*"
+        persistent = args.get("persistent", False)
+        if not isinstance(persistent, bool):
+            raise CommandError("persistent must be true or false")
+        self._stream().silence(str(channel), symbol, persistent=persistent)
+        heal = "clear_chaos" if persistent else "resubscribe"
+        return {"fault": "silent_stream", "channel": channel, "symbol": symbol, "persistent": persistent, "heal": heal}
+
+    async def _stream_gap(self, args: dict[str, Any]) -> dict[str, Any]:
+        count = int(_number(args, "count", 1, 1, 1000))
+        self._stream().lose(count)
+        return {"fault": "stream_gap", "count": count, "heal": "reconcile"}
 
     def _start(self, name: str, coro: Any) -> None:
         previous = self._tasks.pop(name, None)

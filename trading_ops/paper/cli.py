@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
         "leak_memory [mib_per_second=N max_mib=N], fill_disk [mib_per_second=N max_mib=N], "
         "position_drift [symbol=S quantity=Q], loss_spike [amount=A], "
         "reject_storm [seconds=N reason=insufficient_funds|venue_busy|price_out_of_band], stall_journal [seconds=N], "
-        "clear_chaos. Heal with reconnect, resubscribe, reconcile, or any other control command. Prints the bot's "
+        "clear_chaos; on a bot with paper.stream: drop_stream [endpoint=public|private|all seconds=N], "
+        "silent_stream [channel=ticker|executions symbol=S], stream_gap [count=N]. Heal with reconnect, resubscribe, "
+        "reconcile, or any other control command. Prints the bot's "
         "answer as `key: value` lines (--json: the JSON it sent); a refusal is one line on stderr, exit 2 for a bad "
         "command, argument or token, 1 for one the bot could not carry out.",
     )

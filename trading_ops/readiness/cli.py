@@ -36,9 +36,10 @@ def register(sub: Any) -> None:
     rd.add_argument(
         "--record",
         action="store_true",
-        help="also record each verdict in bot.data_dir (readiness-BOT.json): what a live start of the bot requires "
-        "to be ready (docs/readiness.md, paper to live)",
+        help="also record each verdict in the ledger (the reconciler's database), attributed and timestamped: what a "
+        "live start of the bot requires to be ready (docs/readiness.md, paper to live)",
     )
+    rd.add_argument("--by", metavar="NAME", default=None, help="with --record: who records (default: your login name)")
     rd.add_argument(
         "--approved-by",
         metavar="NAME",
@@ -47,6 +48,16 @@ def register(sub: Any) -> None:
     )
     rd.add_argument("--reason", default="", help="with --approved-by: why")
     rd.set_defaults(handler=readiness)
+
+
+def default_by() -> str:
+    """The login name of who runs the command, what a record is attributed to without --by."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def resolve_bots(config: Config, names: list[str]) -> list[BotEntryConfig]:
@@ -64,7 +75,7 @@ def resolve_bots(config: Config, names: list[str]) -> list[BotEntryConfig]:
 
 def resolve_window(text: str) -> float:
     """The window in seconds; UsageError for a bad duration or one too short to judge."""
-    from trading_ops.readiness.criteria import parse_window
+    from trading_ops.readiness_criteria import parse_window
 
     try:
         return parse_window(text)
@@ -81,6 +92,8 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
             raise UsageError("readiness: --approved-by goes with --record")
         if not args.approved_by.strip() or not args.reason.strip():
             raise UsageError("readiness: --approved-by needs a person's name and --reason")
+    if args.by is not None and (not args.record or not args.by.strip()):
+        raise UsageError("readiness: --by NAME goes with --record")
     if args.stop_drill:
         return stop_drill(config, bots)
     window_text = args.window or config.readiness.window
@@ -91,22 +104,44 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.write("\n")
     else:
         print("\n\n".join(v.text() for v in verdicts))
-    if args.record:
-        record(config, verdicts, args.approved_by, args.reason)
+    if args.record and record(config, verdicts, args.approved_by, args.reason, args.by or default_by()) != EXIT_READY:
+        return EXIT_NOT_READY
     return EXIT_READY if all(v.verdict == "ready" for v in verdicts) else EXIT_NOT_READY
 
 
-def record(config: Config, verdicts: list[Verdict], approved_by: str | None, reason: str) -> None:
-    """Write each verdict where a live start of the bot reads it (trading_ops.bot.live_gate)."""
-    from trading_ops.bot.live_gate import write_record
+def record(config: Config, verdicts: list[Verdict], approved_by: str | None, reason: str, by: str) -> int:
+    """Write each verdict to the ledger, where a live start of the bot reads it (trading_ops.bot.live_gate): attributed
+    to `by`, timestamped. Exit 1 (one line) when the ledger cannot take them."""
+    from trading_ops.db import readiness_records as records
+    from trading_ops.db.base import make_engine
 
-    for v in verdicts:
-        entry: dict[str, Any] = {"verdict": v.verdict, "window": v.window, "failing": v.failing, "missing": v.missing}
-        if approved_by is not None:
-            entry.update(approved_by=approved_by.strip()[:255], reason=reason.strip()[:2000])
-        path = write_record(config.bot.data_dir, v.bot, entry)
-        by = f", approved by {json.dumps(approved_by.strip())}" if approved_by is not None else ""
-        print(f"{v.bot}: recorded {v.verdict}{by} in {path}", file=sys.stderr)
+    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    try:
+        for v in verdicts:
+            row = records.write(
+                engine,
+                bot=v.bot,
+                instance=v.instance,
+                verdict=v.verdict,
+                window=v.window,
+                failing=v.failing,
+                missing=v.missing,
+                recorded_by=by,
+                approved_by=approved_by,
+                reason=reason if approved_by is not None else "",
+            )
+            approved = f", approved by {json.dumps(row.approved_by)}" if row.approved_by else ""
+            print(
+                f"{v.bot}: recorded {v.verdict}{approved} in the ledger (record {row.id}, by {row.recorded_by}, "
+                f"{row.recorded_at:%Y-%m-%d %H:%M:%S} UTC)",
+                file=sys.stderr,
+            )
+    except records.LedgerUnreachable as exc:
+        logsetup.report(f"trading-ops: readiness: --record: {exc}")
+        return EXIT_NOT_READY
+    finally:
+        engine.dispose()
+    return EXIT_READY
 
 
 def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
@@ -138,8 +173,8 @@ async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window
     from trading_ops.clients.alertmanager import AlertmanagerClient
     from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
     from trading_ops.durations import format_duration
-    from trading_ops.readiness.criteria import retention_problem
     from trading_ops.readiness.verdict import evaluate
+    from trading_ops.readiness_criteria import retention_problem
 
     async with aiohttp.ClientSession() as session:
         prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trading_ops import logsetup
 from trading_ops.cli import EXIT_FAILURE, EXIT_OK, UsageError
 from trading_ops.config import BotEntryConfig, Config, RampStageConfig
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # The alert that carries the request to the reconciler's `ramp-promote` rule (its approval binds the stage).
 ALERTNAME = "TradingBotRampPromotionRequested"
@@ -68,50 +71,63 @@ async def promote(
 ) -> int:
     import aiohttp
 
+    async with aiohttp.ClientSession() as session:
+        problem = await ask(config, session, bot, stage, number, before, by)
+    if problem is not None:
+        logsetup.report(f"trading-ops: ramp: {problem}")
+        return EXIT_FAILURE
+    print(json.dumps({"bot": bot.name, "stage": stage, "requested_by": by, "criteria": before.criteria}))
+    return EXIT_OK
+
+
+async def ask(
+    config: Config,
+    session: aiohttp.ClientSession,
+    bot: BotEntryConfig,
+    stage: str,
+    number: int,
+    before: RampStageConfig,
+    by: str,
+) -> str | None:
+    """Judge `before`'s criteria over its window, then post the request to Alertmanager: None when asked, else why not
+    (one line). The CLI's `ramp promote` and the console's promotion form."""
     from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
     from trading_ops.clients.prometheus import PrometheusClient
     from trading_ops.readiness.verdict import evaluate
 
-    async with aiohttp.ClientSession() as session:
-        if before.criteria:
-            prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
-            alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
-            (verdict,) = await evaluate(config, [bot], before.window, prometheus, alertmanager)
-            results = {r.name: r for r in verdict.results}
-            not_passing = [f"{n} {results[n].status}" for n in before.criteria if results[n].status != "pass"]
-            if not_passing:
-                logsetup.report(
-                    f"trading-ops: ramp: {bot.name} stays at {before.name}: over {before.window}, "
-                    f"{', '.join(not_passing)}"
-                )
-                return EXIT_FAILURE
-        now = datetime.now(UTC)
-        labels = {
-            "alertname": ALERTNAME,
-            "instance": bot.instance,
-            "bot": bot.name,
-            "stage": stage,
-            "stage_number": str(number),
-            "requested_by": by[:128],
-            "severity": "warning",
-            "service": "tradingbot",
-        }
-        criteria = ", ".join(before.criteria) or "none configured"
-        alert = {
-            "labels": labels,
-            "annotations": {
-                "summary": "A person asks to take a trading bot to the next stage of its ramp.",
-                "description": f"{by} asks to take {bot.name} ({bot.instance}) from stage {before.name} to {stage}; "
-                f"readiness over {before.window}: {criteria} pass. A person approves it with trading-ops reconciler "
-                "approve.",
-            },
-            "startsAt": now.isoformat(),
-            "endsAt": (now + timedelta(hours=REQUEST_HOURS)).isoformat(),
-        }
-        try:
-            await AlertmanagerClient(session, config.reconciler.alertmanager_urls).post_alerts([alert])
-        except AlertmanagerError as exc:
-            logsetup.report(f"trading-ops: ramp: Alertmanager took no request: {exc}")
-            return EXIT_FAILURE
-    print(json.dumps({"bot": bot.name, "stage": stage, "requested_by": by, "criteria": before.criteria}))
-    return EXIT_OK
+    if before.criteria:
+        prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
+        alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
+        (verdict,) = await evaluate(config, [bot], before.window, prometheus, alertmanager)
+        results = {r.name: r for r in verdict.results}
+        not_passing = [f"{n} {results[n].status}" for n in before.criteria if results[n].status != "pass"]
+        if not_passing:
+            return f"{bot.name} stays at {before.name}: over {before.window}, {', '.join(not_passing)}"
+    now = datetime.now(UTC)
+    labels = {
+        "alertname": ALERTNAME,
+        "instance": bot.instance,
+        "bot": bot.name,
+        "stage": stage,
+        "stage_number": str(number),
+        "requested_by": by[:128],
+        "severity": "warning",
+        "service": "tradingbot",
+    }
+    criteria = ", ".join(before.criteria) or "none configured"
+    alert = {
+        "labels": labels,
+        "annotations": {
+            "summary": "A person asks to take a trading bot to the next stage of its ramp.",
+            "description": f"{by} asks to take {bot.name} ({bot.instance}) from stage {before.name} to {stage}; "
+            f"readiness over {before.window}: {criteria} pass. A person approves it with trading-ops reconciler "
+            "approve.",
+        },
+        "startsAt": now.isoformat(),
+        "endsAt": (now + timedelta(hours=REQUEST_HOURS)).isoformat(),
+    }
+    try:
+        await AlertmanagerClient(session, config.reconciler.alertmanager_urls).post_alerts([alert])
+    except AlertmanagerError as exc:
+        return f"Alertmanager took no request: {exc}"
+    return None

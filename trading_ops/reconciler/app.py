@@ -235,6 +235,8 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
             for alert in item.alerts:
                 metrics.alerts_received.labels(alert.status).inc()
         metrics.alerts_deduplicated.inc(result.deduplicated)
+        if result.deduplicated:
+            engine.reopener.poke()  # a resend: its episode, if it recovered, is looked at the next dispatch
         for outcome, count in result.closed.items():
             metrics.episodes_total.labels(outcome).inc(count)
         if result.resolved_ids:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from trading_ops.config import ReconcilerConfig
@@ -15,7 +15,7 @@ from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.ledger import Written
 from trading_ops.reconciler.ledger.rollback import ATTEMPT
 from trading_ops.reconciler.playbook import Rule
-from trading_ops.reconciler.resume import Resume
+from trading_ops.reconciler.resume import AWAITING_COOLDOWN, Resume
 from trading_ops.reconciler.runs import RunHolder, RunPart
 from trading_ops.reconciler.steps import AttemptRun, Steps
 from trading_ops.reconciler.verification import Verification
@@ -51,7 +51,7 @@ class Attempts(RunPart):
         start, done = (resume.start, resume.done) if resume is not None else (0, frozenset[int]())
         number, attempt_id = await self._open(episode, resume, start)
         run = AttemptRun(episode, rule, ctx, attempt_id, number)
-        ran = await self._run_steps(run, start)
+        ran = await self._run_steps(run, start, done)
         if ran is None:
             return
         failure, refused = ran
@@ -90,14 +90,43 @@ class Attempts(RunPart):
             self.metrics.time_to_first_action.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
         return number, attempt_id
 
-    async def _run_steps(self, run: AttemptRun, start: int) -> tuple[str, bool] | None:
-        """Run the rule's steps from `start`, in order, until one fails: returns the failure ("" when none did) and
-        whether the step was refused (it would be again: no retry). None when the run ended on the way (the alert
-        resolved between steps; a step waits for an approval, or its approval was rejected or expired)."""
+    async def protective_first(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, until: datetime) -> None:
+        """The rule's cooldown holds it until `until`, but some of its steps are protective: those (and its pages) run
+        now, in order, in an attempt of their own; the others wait for the cooldown, when the same attempt carries on
+        with them (`Resumption`: the steps that succeeded are not run again). The history, which the pages quote, says
+        which ran and which wait."""
+        now_positions = rule.protective_positions
+        ran = [s.name for p, s in enumerate(rule.steps) if p in now_positions]
+        wait = [s.name for p, s in enumerate(rule.steps) if p not in now_positions]
+        ctx.history.append(
+            f"cooldown of rule {rule.name} until {until.isoformat()}: its protective steps run now ({', '.join(ran)}); "
+            f"the others wait for the cooldown ({', '.join(wait)})"
+        )
+        number, attempt_id = await self._open(episode, None, 0)
+        run = AttemptRun(episode, rule, ctx, attempt_id, number)
+        skip = frozenset(p for p in range(len(rule.steps)) if p not in now_positions)
+        result = await self._run_steps(run, 0, skip)
+        if result is None:
+            return
+        failure, _refused = result
+        detail = (
+            f"cooldown of rule {rule.name} on {episode['target']} until {until}: protective steps run "
+            f"({failure[:200] if failure else 'done'}); {', '.join(wait)} wait"
+        )
+        await self.db(self.ledger.finish_attempt, attempt_id, AWAITING_COOLDOWN, detail)
+        await self.holder.defer(episode, "waiting", until, detail)
+
+    async def _run_steps(
+        self, run: AttemptRun, start: int, done: frozenset[int] = frozenset()
+    ) -> tuple[str, bool] | None:
+        """Run the rule's steps from `start` but those in `done`, in order, until one fails: returns the failure (""
+        when none did) and whether the step was refused (it would be again: no retry). None when the run ended on the
+        way (the alert resolved between steps; a step waits for an approval, or its approval was rejected or
+        expired)."""
         episode, rule, ctx = run.episode, run.rule, run.ctx
         for position, step in enumerate(rule.steps):
-            if position < start:
-                continue  # succeeded in the run that stopped: never run twice
+            if position < start or position in done:
+                continue  # succeeded in the run that stopped (or, protective, before the cooldown): never run twice
             if await self.holder.is_resolved(episode["id"]):
                 await self.db(self.ledger.finish_attempt, run.attempt_id, "resolved", "resolved between steps")
                 await self.holder.close(episode, "resolved", "resolved during the run; remaining steps cancelled")
@@ -115,13 +144,13 @@ class Attempts(RunPart):
                 await self.db(self.ledger.start_step, *record, outcome="dry_run", output=would)
                 self.metrics.actions.labels(step.action, "dry_run").inc()
                 continue
+            needless = await ACTIONS[step.action].needless(ctx, step.params)
+            if needless is not None:  # nobody is asked (nor paged) for what has nothing to do
+                await self.db(self.ledger.start_step, *record, outcome=SKIPPED, output=needless)
+                self.metrics.actions.labels(step.action, SKIPPED).inc()
+                run.note(f"{run.step_name(step)}: skipped: {needless}")
+                continue
             if rule.needs_approval(step, ctx.labels):
-                needless = await ACTIONS[step.action].needless(ctx, step.params)
-                if needless is not None:  # nobody is asked (nor paged) to approve what has nothing to do
-                    await self.db(self.ledger.start_step, *record, outcome=SKIPPED, output=needless)
-                    self.metrics.actions.labels(step.action, SKIPPED).inc()
-                    run.note(f"{run.step_name(step)}: skipped: {needless}")
-                    continue
                 gate = await self.approval_gate.gate(run, position, step)
                 if gate is None:
                     return None  # waits for the decision (the episode parked), or ended (rejected, expired: escalated)
@@ -130,6 +159,7 @@ class Attempts(RunPart):
                 if gate != COVERED:  # an earlier step's approval, spent then, covers this one
                     await self.approval_gate.spend(gate)
             result = await self.steps.run_step(run, record, step)
+            ctx.results.append((step.action, result))
             if not result.ok:
                 return f"{run.step_name(step)}: {result.outcome}: {result.output[:300]}", result.outcome == "refused"
         return "", False

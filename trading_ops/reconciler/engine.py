@@ -26,13 +26,14 @@ from trading_ops.reconciler.approval_gate import ApprovalGate
 from trading_ops.reconciler.approvals import ApprovalStore
 from trading_ops.reconciler.attempts import Attempts
 from trading_ops.reconciler.escalation import Escalation
-from trading_ops.reconciler.gates import Gates
+from trading_ops.reconciler.gates import CooledDown, Gates
 from trading_ops.reconciler.ledger import Ledger, Written
 from trading_ops.reconciler.ledger.rollback import CLAIM, OUTCOME
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxStore
 from trading_ops.reconciler.page_ends import PageEnds
 from trading_ops.reconciler.playbook import Playbook, Rule
+from trading_ops.reconciler.reopen import Reopener
 from trading_ops.reconciler.resume import Leftovers, Resume, Resumption
 from trading_ops.reconciler.rollback import Rollback
 from trading_ops.reconciler.runs import RunHolder, ledger_unreachable
@@ -112,6 +113,7 @@ class Engine:
         self.attempts = Attempts(
             self.holder, self.rc, self.rng, self.steps, approval_gate, verification, self.escalation
         )
+        self.reopener = Reopener(self.holder, playbook, self.alertmanager, self.prometheus, self.label_pattern)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self.holder.db(fn, *args, **kwargs)
@@ -169,6 +171,8 @@ class Engine:
         # now could run again what a failover made the ledger forget; RunHolder.settling).
         free = 0 if self.holder.settling() else self.rc.max_concurrent_runs - len(self.runs)
         if free > 0:
+            await self._reopen()
+        if free > 0:
             # A target of a run in progress here is busy, even when that run's lease lapsed (late renewals).
             busy_targets = set(self.run_targets.values())
             for episode_id, target in await self.db(self.ledger.due, utcnow(), free * 2):
@@ -189,6 +193,14 @@ class Engine:
                 self.run_targets[episode_id] = target
                 task.add_done_callback(functools.partial(self._finished, episode_id))
         await self._refresh_snapshot(utcnow())
+
+    async def _reopen(self) -> None:
+        """Recovered episodes whose alert keeps firing, reopened when their condition returned (`Reopener`): due now,
+        claimed below like any other. Never in the way of the claims: a failure is logged and looked at next time."""
+        try:
+            await self.reopener.check()
+        except Exception:
+            log.exception("looking for recovered episodes to reopen failed; looked at again at the next check")
 
     def _finished(self, episode_id: int, _task: asyncio.Task[None] | None = None) -> None:
         self.runs.pop(episode_id, None)
@@ -267,9 +279,22 @@ class Engine:
         # resolved notification may still be on its way (group_interval), or never come (silenced meanwhile).
         if episode["state"] == "waiting" and not await self.gates.still_firing(episode, ctx):
             return
-        if await self.gates.held_back(episode, rule, ctx, now, interrupted):
-            return
-        await self.attempts.attempt(episode, rule, ctx, resume)
+        if not await self._gated(episode, rule, ctx, now, interrupted, resume is None):
+            await self.attempts.attempt(episode, rule, ctx, resume)
+
+    async def _gated(
+        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime, interrupted: bool, fresh: bool
+    ) -> bool:
+        """Whether the gates took the run (True: parked, deferred, closed, or only its protective steps run while the
+        cooldown holds the rest). A bot mid-startup is acted on by no rule but a protective one: asked first, before
+        any gate or step, of a run that carries nothing on (`fresh`)."""
+        if fresh and await self.gates.bot_starting(episode, rule, ctx):
+            return True
+        held = await self.gates.held_back(episode, rule, ctx, now, interrupted)
+        if isinstance(held, CooledDown):
+            await self.attempts.protective_first(episode, rule, ctx, held.until)
+            return True
+        return held
 
     def unconfigured_bot(self, labels: dict[str, str]) -> str | None:
         """Why an alert about a bot (service="tradingbot", with an instance) is not acted on: its instance is none of

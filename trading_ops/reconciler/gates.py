@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions import ACTIONS
 from trading_ops.reconciler.actions.base import ActionContext
+from trading_ops.reconciler.actions.bot import starting
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN
 from trading_ops.reconciler.actions.silence import CREATED_BY
 from trading_ops.reconciler.escalation import Escalation
@@ -30,8 +32,24 @@ MIN_RECHECK_SECONDS = 1.0
 # An alert another alert inhibits (its cause: TradingBotHostDown mutes the bot's TradingBotDown) is looked at again
 # this often: once the cause resolves and the alert still fires, the run acts on it.
 INHIBITED_RECHECK_SECONDS = 30.0
+# A bot that says it is starting (its safe start, its startup reconciliation) is looked at again this often: a rule
+# that is not protective acts once it trades (or closes resolved when its alert ended meanwhile).
+STARTING_RECHECK_SECONDS = 10.0
 # Alertmanager's API gives startsAt in milliseconds, webhooks in nanoseconds.
 STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True)
+class CooledDown:
+    """The rule's cooldown holds its steps that are not protective until `until`; its protective steps (and its
+    pages) run now."""
+
+    until: datetime
+
+
+def _has_protective(rule: Rule) -> bool:
+    """Whether the rule has a step that stops trading or shrinks risk (its pages alone do not count)."""
+    return any(ACTIONS[rule.steps[p].action].budgeted for p in rule.protective_positions)
 
 
 class Gates(RunPart):
@@ -53,10 +71,10 @@ class Gates(RunPart):
 
     async def held_back(
         self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime, interrupted: bool
-    ) -> bool:
+    ) -> bool | CooledDown:
         """The gates: nothing is executed while they hold. The episode is parked (recorded) and looked at again, or
         deferred past the rule's cooldown, or closed escalated (an open circuit, a spent budget). True when one
-        held."""
+        held; `CooledDown` when the cooldown holds only the rule's steps that are not protective."""
         if await self.is_paused():
             await self._park(episode, f"{PAUSED_DETAIL}: re-checked on resume", now + _seconds(PAUSE_RECHECK_SECONDS))
             return True
@@ -75,6 +93,10 @@ class Gates(RunPart):
             # A new episode of a protective rule (a host dead again, its orders resting): the cooldown damps restarts
             # that flap, never a cancel or the exposure page that follows it.
             ctx.history.append(f"cooldown of rule {rule.name} until {cooldown.isoformat()}: acted anyway (protective)")
+        elif cooldown is not None and not interrupted and episode["attempts"] == 0 and _has_protective(rule):
+            # Protective steps and other steps in one rule: the protective ones (and its pages) run now, the others
+            # wait for the cooldown (Attempts.protective_first).
+            return CooledDown(cooldown)
         elif cooldown is not None and not interrupted and episode["attempts"] == 0:
             await self.holder.defer(
                 episode, "waiting", cooldown, f"cooldown of rule {rule.name} on {episode['target']} until {cooldown}"
@@ -83,6 +105,17 @@ class Gates(RunPart):
         if await self._circuit_open(episode, rule, ctx, now):
             return True
         return not self.rc.dry_run and not rule.protective and not await self._within_budget(episode, rule, ctx, now)
+
+    async def bot_starting(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> bool:
+        """Whether the rule waits because its bot is mid-startup (its runtime's phase `starting`): asked before any
+        step, so no playbook acts on a bot that is starting (a restart would kill its startup reconciliation, a
+        silence or a command would be for nothing). The episode is parked and looked at again; a protective rule acts
+        anyway (a cancel or a halt is never held back). True when it waits."""
+        if rule.protective or not await starting(ctx):
+            return False
+        why = f"bot {ctx.target} is starting (phase starting): nothing is done to a bot mid-startup; re-checked"
+        await self._park(episode, why, utcnow() + _seconds(STARTING_RECHECK_SECONDS))
+        return True
 
     async def _circuit_open(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
         """Whether the target's or the global circuit is open and holds the rule back (the episode then closed

@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from trading_ops.bearer import bearer_matches
-from trading_ops.db.base import utcnow
+from trading_ops.db.base import psycopg_answered, psycopg_connect_params, utcnow
 from trading_ops.http_input import InputError, parse_json
 from trading_ops.reconciler.ledger import (
     NOTIFICATION_INSERT,
@@ -379,9 +379,11 @@ class GroupCommitWriter:
     async def _connect_fast(self) -> psycopg.AsyncConnection[Any]:
         import psycopg  # the postgres extra, as the engine's own driver
 
-        engine = self.ledger.engine
-        args, kwargs = engine.dialect.create_connect_args(engine.url)
-        return await psycopg.AsyncConnection.connect(*args, **kwargs)
+        # As the engine's pool opens its own: keepalives, tcp_user_timeout, connect_timeout, the answering host first.
+        args, kwargs = psycopg_connect_params(self.ledger.engine)
+        conn = await psycopg.AsyncConnection.connect(*args, **kwargs)
+        psycopg_answered(self.ledger.engine, conn)
+        return conn
 
     async def _close_fast(self) -> None:
         conn, self._aconn = self._aconn, None

@@ -2,6 +2,11 @@
 host's bot still holds at the venue (the exposure page), is ended in Alertmanager (posted again with endsAt now) once
 the approval is decided, the pause lifted, or the account flat or the host back, not 5 minutes later.
 
+An exposure page stands until then, however long: its episode may close (the flatten rejected, or its approval
+expired) with the account still holding what the page says, the host still down. Alertmanager would end a page posted
+once after its resolve_timeout, so the reconciler posts it again (the same alert: nobody is paged again) every
+EXPOSURE_REPOST_SECONDS while it stands. A reconciler that stops stops that too: its page ends by the timeout.
+
 Alertmanager ends an alert posted without endsAt after its resolve_timeout (5m): until then the approval page kept
 firing after the decision, and the pause page after the bot's resume. Ending is a courtesy on top of that timeout: a
 post that fails is tried at the next round, and what a stopped reconciler announced still ends by the timeout.
@@ -18,7 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import aiohttp
@@ -49,30 +54,41 @@ PAUSE_WATCH_SECONDS = 3600.0
 FLAT_OUTCOMES = ("success", "skipped")
 FLAT_OUTPUT = f": {FLAT}"
 STATUS_TIMEOUT_SECONDS = 5.0
+# How often a standing exposure page is posted again: well inside Alertmanager's resolve_timeout (5m shipped), with
+# room for a round or two that cannot reach it.
+EXPOSURE_REPOST_SECONDS = 60.0
 # The bot states in which a pause is lifted (a halt or a flatten after the pause still keeps it from trading: the page
 # stands).
 TRADING = ("active", "reduce_only")
 
 
 def ended(alert: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """`alert` (its labels identify it in Alertmanager) with endsAt now: Alertmanager resolves it at once."""
-    return {**alert, "endsAt": now.isoformat()}
+    """`alert` (its labels identify it in Alertmanager) with endsAt now: Alertmanager resolves it at once. Never
+    before its startsAt: a page posted while the round ran (after its `now`) would be refused ("start time must be
+    before end time") and stay firing until the next round."""
+    ends = now
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        starts = datetime.fromisoformat(alert["startsAt"])
+        starts = starts if starts.tzinfo is not None else starts.replace(tzinfo=UTC)
+        ends = max(ends, starts)
+    return {**alert, "endsAt": ends.isoformat()}
 
 
 @dataclass
 class Announced:
-    """A pause page as posted, and the bot whose resume ends it."""
+    """A page as posted (a pause page, an exposure page), the bot it is about, and when it was announced."""
 
     alert: dict[str, Any]
     instance: str
     since: float
+    posted: float = 0.0  # time.monotonic() when it was last posted (an exposure page's, posted again while it stands)
 
 
 class PageEnds:
     """Ends the approval pages whose approval stopped waiting (decided, expired, superseded, or its episode closed),
     read from the ledger, the pause pages this reconciler posted once their bot trades again (its control API's
-    status), and the exposure pages once their episode's flatten found the account flat or the episode closed (the
-    host back), polled every `poll_interval` seconds."""
+    status), and the exposure pages once their episode's venue steps found the account flat or its alert resolved (the
+    host back), posting those that stand again meanwhile; polled every `poll_interval` seconds."""
 
     def __init__(
         self,
@@ -98,10 +114,11 @@ class PageEnds:
 
     def announced_exposure(self, alert: dict[str, Any], episode_id: int) -> None:
         """An exposure page (a dead host's bot, what it holds at the venue) was posted for episode `episode_id`: ended
-        once that episode's venue steps leave the account flat (or find it flat), or the episode closes (the host is
-        back: its alert resolved)."""
+        once that episode's venue steps leave the account flat (or find it flat), or its alert resolves (the host is
+        back), not when the episode merely closes; posted again while it stands."""
         key = tuple(sorted(alert["labels"].items()))
-        self.exposures[key] = (episode_id, Announced(alert, alert["labels"].get("instance", ""), time.monotonic()))
+        now = time.monotonic()
+        self.exposures[key] = (episode_id, Announced(alert, alert["labels"].get("instance", ""), now, now))
         self.wake.set()
 
     def announced_pause(self, alert: dict[str, Any]) -> None:
@@ -133,6 +150,7 @@ class PageEnds:
         pages = await self.db(self.approval_pages_to_end, now - APPROVAL_PAGES_WINDOW)
         lifted = await self._lifted_pauses()
         over = await self._exposures_over()
+        await self._repost_exposures({key for key, _ in over})
         todo = [(page_id, alert) for page_id, alert in pages if page_id not in self.ended_pages]
         alerts = [ended(alert, now) for _, alert in todo] + [ended(a.alert, now) for _, a in [*lifted, *over]]
         if not alerts:
@@ -154,22 +172,39 @@ class PageEnds:
             log.info("approval %s no longer waits: its page (%s) ended", alert["labels"].get("approval"), page_id)
         return len(alerts)
 
+    async def _repost_exposures(self, over: set[tuple[tuple[str, str], ...]]) -> None:
+        """Post again each exposure page that stands (not `over`) and was last posted EXPOSURE_REPOST_SECONDS ago,
+        so that Alertmanager's resolve_timeout does not end it; one that fails is tried at the next round."""
+        due = [
+            a
+            for key, (_, a) in self.exposures.items()
+            if key not in over and time.monotonic() - a.posted >= EXPOSURE_REPOST_SECONDS
+        ]
+        if not due:
+            return
+        try:
+            await self.alertmanager.post_alerts([a.alert for a in due])
+        except AlertmanagerError as exc:
+            log.warning("could not post %d standing exposure page(s) again (next round): %s", len(due), exc)
+            return
+        for announced in due:
+            announced.posted = time.monotonic()
+
     async def _exposures_over(self) -> list[tuple[tuple[tuple[str, str], ...], Announced]]:
-        """The exposure pages whose episode closed or whose flatten found the account flat (those watched too long
-        are dropped: Alertmanager ended them)."""
-        for key, (_, announced) in list(self.exposures.items()):
-            if time.monotonic() - announced.since > PAUSE_WATCH_SECONDS:
-                self.exposures.pop(key, None)
+        """The exposure pages whose host is back (the episode's alert resolved) or whose venue steps found the
+        account flat. Not those whose episode merely closed: a rejected or expired flatten leaves the exposure the
+        page tells of."""
         if not self.exposures:
             return []
         done = await self.db(self.episodes_over, {episode for episode, _ in self.exposures.values()})
         return [(key, announced) for key, (episode, announced) in self.exposures.items() if episode in done]
 
     def episodes_over(self, episodes: set[int]) -> set[int]:
-        """Of `episodes`, those closed, or whose venue steps left (or found) the account flat."""
+        """Of `episodes`, those whose alert resolved (the host is back), or whose venue steps left (or found) the
+        account flat."""
         with self.ledger.engine.connect() as conn:
-            closed = {
-                row.id for row in conn.execute(select(E.c.id).where(E.c.id.in_(episodes), E.c.closed_at.is_not(None)))
+            back = {
+                row.id for row in conn.execute(select(E.c.id).where(E.c.id.in_(episodes), E.c.resolved_at.is_not(None)))
             }
             flat = {
                 row.episode_id
@@ -184,7 +219,7 @@ class PageEnds:
                     )
                 )
             }
-        return closed | flat
+        return back | flat
 
     def approval_pages_to_end(self, since: datetime) -> list[tuple[int, dict[str, Any]]]:
         """(page id, alert as posted) of the approval pages Alertmanager took since `since` whose approval no longer

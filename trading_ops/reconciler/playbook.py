@@ -28,6 +28,8 @@ ON_FAILURE = ("escalate", "none")
 # human and do nothing more. Unset: escalate for a disruptive or destructive step, retry for a safe one.
 ON_UNKNOWN = ("retry", "escalate")
 RISKY = ("disruptive", "destructive")
+# The steps that page (say what was done): a cooldown never holds them back in a rule it partly holds.
+PAGE_ACTIONS = ("escalate", "notify")
 # `approval: required` on a step: it waits for a person's decision (trading_ops.reconciler.approvals). On a rule: each
 # of its disruptive and destructive steps does (a step's own `approval: none` exempts it).
 APPROVAL = ("required", "none")
@@ -174,6 +176,10 @@ class Rule:
     # for an approval. Protective actions on a breached hard limit (flattening a bot its runtime halted for its
     # loss limit) never wait for a person; the same steps for a softer alert do.
     hard_limit: tuple[Matcher, ...] = ()
+    # The condition that returned (PromQL, ${label}s filled in; any sample: it holds), for an episode that ended
+    # recovered while its alert keeps firing: the episode is reopened and its steps run once more (the loss limit's
+    # flatten when a position comes back while the day's loss is still past the limit). None: never reopened.
+    reopen_when: str | None = None
 
     def needs_approval(self, step: StepSpec, labels: dict[str, str]) -> bool:
         """Whether `step` waits for a person's decision for an alert with these labels."""
@@ -196,6 +202,18 @@ class Rule:
         flatten): such a rule is never refused because other alerts spent the budget or opened a circuit."""
         budgeted = [s for s in self.steps if ACTIONS[s.action].budgeted]
         return bool(budgeted) and all(ACTIONS[s.action].protective(s.params) for s in budgeted)
+
+    @property
+    def protective_positions(self) -> frozenset[int]:
+        """The positions of the steps a cooldown never holds back: those that stop trading or shrink risk, and the
+        pages (escalate, notify) that say what was done. In a rule that also has other steps, these run at once
+        while the cooldown holds the rest (Gates.held_back)."""
+        return frozenset(
+            position
+            for position, step in enumerate(self.steps)
+            if step.action in PAGE_ACTIONS
+            or (ACTIONS[step.action].budgeted and ACTIONS[step.action].protective(step.params))
+        )
 
     def target(self, labels: dict[str, str]) -> str:
         return labels.get(self.target_label) or labels.get("alertname", "unknown")
@@ -355,6 +373,7 @@ class RuleSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     approval_timeout: Duration | None = None
     on_timeout: OnTimeout | None = None
     hard_limit: Matchers = []
+    reopen_when: Annotated[str, Expected(description="a PromQL expression")] | None = None
 
 
 class StepKeys(msgspec.Struct):
@@ -455,7 +474,14 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
         summary=spec.summary.strip(),
         on_unknown=spec.on_unknown,
         hard_limit=_matchers(spec.hard_limit, f"{where}.hard_limit", allow_empty=True),
+        reopen_when=_reopen_when(spec.reopen_when, f"{where}.reopen_when"),
     )
+
+
+def _reopen_when(expr: str | None, where: str) -> str | None:
+    if expr is not None and not expr.strip():
+        raise PlaybookError(f"{where}: expected a PromQL expression")
+    return expr
 
 
 ApprovalSettings = tuple[str | None, float, str]

@@ -134,6 +134,7 @@ def document_type() -> type[msgspec.Struct]:
         "approval_timeout": PositiveDuration | None,
         "backoff": backoff | None,
         "verify": bool | verify,
+        "reopen_when": Expression | None,
     }
     rule = _struct("Rule", RuleSpec.__doc__, _fields(RuleSpec, settings, OWN_KEYS, shown=False))
     defaults_fields = [f for f in _fields(RuleSpec, settings, OWN_KEYS, shown=True) if f[0] not in OWN_KEYS]

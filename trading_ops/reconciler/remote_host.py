@@ -57,7 +57,15 @@ def connect_timeout(host: BotHostConfig, within: float | None = None) -> int:
 
 def ssh_options(host: BotHostConfig, within: float | None = None) -> list[str]:
     """ssh's options for `host`: never a prompt, the host's key checked against its known_hosts_file alone; a
-    connection given up in time for a step of `within` seconds."""
+    connection given up in time for a step of `within` seconds.
+
+    No keepalive (ServerAliveInterval=0, whatever an ssh_config says): a session that is merely slow is no dead one,
+    and the step's own timeout (run_argv's) is what bounds it. sshd opens the PAM session (pam_systemd: logind, which
+    may start or wait for the user's manager user@UID.service) in its privileged process after the key is accepted
+    and before it serves the connection: nothing answers a keepalive meanwhile. On Debian 13 test hosts that took up
+    to 85 s (a user manager stopping after the last logout, tests/test_deploy_fleet.py), and ServerAliveInterval=5
+    with ServerAliveCountMax=2 cut it ("Timeout, server ... not responding", systemctl: "Transport endpoint is not
+    connected") in 2 of 3 runs; tests/test_remote_hosts_real.py has a host whose session takes 20 s to open."""
     options = [
         "-o",
         "BatchMode=yes",
@@ -72,9 +80,7 @@ def ssh_options(host: BotHostConfig, within: float | None = None) -> list[str]:
         "-o",
         f"ConnectTimeout={connect_timeout(host, within)}",
         "-o",
-        "ServerAliveInterval=5",
-        "-o",
-        "ServerAliveCountMax=2",
+        "ServerAliveInterval=0",
     ]
     if host.identity_file:
         options += ["-o", "IdentitiesOnly=yes", "-i", host.identity_file]

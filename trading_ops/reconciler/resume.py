@@ -28,6 +28,9 @@ UNSEEN_OUTCOMES = (UNKNOWN, "interrupted")
 AWAITING_APPROVAL = AWAITING_OUTCOME
 # A step's outcomes that count as done: never run again.
 DONE_OUTCOMES = ("success", SKIPPED)
+# An attempt that ran a rule's protective steps while its cooldown held the others (Attempts.protective_first): carried
+# on once the cooldown ends.
+AWAITING_COOLDOWN = "cooldown"
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class Resumption(RunPart):
         if not episode["attempts"] or self.rc.dry_run:
             return False, None
         last = await self.db(self.ledger.last_run, episode["id"])
-        carried = (*UNSEEN_OUTCOMES, AWAITING_APPROVAL)
+        carried = (*UNSEEN_OUTCOMES, AWAITING_APPROVAL, AWAITING_COOLDOWN)
         if last is None or not (interrupted or last["outcome"] in carried):
             return False, None
         found = await self._resumption(episode, rule, ctx, last)
@@ -83,7 +86,7 @@ class Resumption(RunPart):
         the next. Returns that plan; None when it decided alone (the episode is closed); False when the usual retry
         policy applies (a step failed, or nothing ran)."""
         steps = {s["position"]: s for s in last["steps"]}
-        if last["outcome"] not in (*UNSEEN_OUTCOMES, "success", "resolved", AWAITING_APPROVAL):
+        if last["outcome"] not in (*UNSEEN_OUTCOMES, "success", "resolved", AWAITING_APPROVAL, AWAITING_COOLDOWN):
             return False
         if not steps:
             # Nothing ran. A run that handed itself back for the database, or to wait for an approval of its first

@@ -14,6 +14,16 @@ from trading_ops.durations import format_duration
 # alert) and never longer than the original. 10s -> 2s, 30s -> 6s, 2m -> 24s, 1h -> 12m; `for: 1s` stays 1s.
 FOR_DIVISOR = 5
 FOR_FLOOR_SECONDS = 2.0
+# The fast profile's floor for an alert on failed scrapes (its expression reads `up`: TradingBotDown,
+# TradingBotHostDown, the ops stack's *Down): a late scrape must not read as a dead process or host. A machine's stall
+# does not shrink with the profile: at its 1 s scrapes with a 0.8 s timeout (Prometheus allows no timeout longer than
+# the interval), `for: 2s` fired TradingBotHostDown for a live host whose bot and node exporter both answered late
+# for 2 to 3 s under load averages of 30 to 60 (docs/deployment.md), while the standard profile's `for: 10s` over
+# 5 s scrapes with a 4 s timeout needs 14 s of unanswered scrapes. The node exporter's scrape took up to 0.84 s at
+# load averages up to 31 (2026-11-27, docs/local-stack.md): past the timeout. With 5 s, six evaluations in a row
+# must find every scrape of both failed, each past its 0.8 s: about 6 s of stall, twice what was seen; a dead host
+# pages 3 s later than with 2 s, still a third of the standard profile's time.
+SCRAPE_FAILURE_FOR_FLOOR_SECONDS = 5.0
 # The floor profile's `for:`: one 1 s evaluation (an alert fires on the second evaluation that finds it true).
 FOR_MINIMUM_SECONDS = 1.0
 # The timings of a clustered Alertmanager pair (`up --alertmanagers 2`) that the fast profile divides by FOR_DIVISOR
@@ -58,13 +68,16 @@ class Profile:
         """The Alertmanager flags of this profile's cluster timings (`--cluster.peer-timeout=3s`, ...)."""
         return [f"--cluster.{flag}={format_duration(value)}" for flag, value in self.alertmanager_cluster]
 
-    def alert_for(self, seconds: float) -> float:
-        """The `for:` duration this profile gives an alert whose repo rule says `seconds`."""
+    def alert_for(self, seconds: float, scrape_failure: bool = False) -> float:
+        """The `for:` duration this profile gives an alert whose repo rule says `seconds`; `scrape_failure`: the
+        alert is on failed scrapes (its expression reads `up`), never shortened below
+        SCRAPE_FAILURE_FOR_FLOOR_SECONDS (the floor profile's one evaluation aside: it measures detection's least)."""
         if not self.shorten_for or seconds <= 0:
             return seconds
         if self.minimal_for:
             return min(seconds, FOR_MINIMUM_SECONDS)
-        return min(seconds, max(seconds / FOR_DIVISOR, FOR_FLOOR_SECONDS))
+        floor = max(FOR_FLOOR_SECONDS, SCRAPE_FAILURE_FOR_FLOOR_SECONDS if scrape_failure else 0.0)
+        return min(seconds, max(seconds / FOR_DIVISOR, floor))
 
     def shortened(self, seconds: float, floor: float) -> float:
         """A service timing of the units (RestartSec, WatchdogSec, StartLimitIntervalSec) in this profile: divided as
@@ -111,8 +124,9 @@ class Profile:
         elif self.shorten_for:
             parts.append(
                 f"alert `for:` durations are divided by {FOR_DIVISOR}, at least {fmt(FOR_FLOOR_SECONDS)} "
-                "and never longer than the repo's (10s -> 2s, 2m -> 24s), and so are the systemd units' "
-                "RestartSec, WatchdogSec and StartLimitIntervalSec the stack runs its children with"
+                f"({fmt(SCRAPE_FAILURE_FOR_FLOOR_SECONDS)} for an alert on failed scrapes, so a late scrape never "
+                "reads as a dead bot or host) and never longer than the repo's (10s -> 2s, 2m -> 24s), and so are "
+                "the systemd units' RestartSec, WatchdogSec and StartLimitIntervalSec the stack runs its children with"
             )
         return "; ".join(parts) + ". Everything else as in the repo."
 
@@ -136,7 +150,8 @@ class Profile:
             "alert_for": (
                 f"{format_duration(FOR_MINIMUM_SECONDS)}, never longer than the repo's"
                 if self.minimal_for
-                else f"for / {FOR_DIVISOR}, at least {format_duration(FOR_FLOOR_SECONDS)}, never longer than the repo's"
+                else f"for / {FOR_DIVISOR}, at least {format_duration(FOR_FLOOR_SECONDS)} "
+                f"({format_duration(SCRAPE_FAILURE_FOR_FLOOR_SECONDS)} on failed scrapes), never longer than the repo's"
                 if self.shorten_for
                 else "as in the repo"
             ),

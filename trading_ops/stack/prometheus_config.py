@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import glob
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ DROPPED_TARGET_KEYS = ("scheme", "tls_config", "path_prefix", "proxy_url")
 SD_SUFFIX = "_sd_configs"
 # How a rule's description names its `for:` ("... for more than 10 seconds"); rewritten with the profile's duration.
 FOR_PHRASE = "for more than {}"
+# `up` as a series of its own in PromQL (not `tradingbot_up`, nor a label value): followed by a selector, a range, a
+# comparison or the end of an argument.
+UP_SERIES = re.compile(r"(?<![\w:\"])up\s*(?=[{\[=!<>)]|$| (?:==|!=|<|>|unless|and|or)\b)", re.MULTILINE)
 # Prometheus's default scrape timeout, which a job inherits when neither it nor `global` sets one.
 DEFAULT_SCRAPE_TIMEOUT = 10.0
 DEFAULT_SCRAPE_INTERVAL = 60.0
@@ -83,6 +87,11 @@ def spoken_duration(seconds: float) -> str:
     return f"{seconds:g} second{'s' if seconds != 1 else ''}"
 
 
+def reads_up(expr: str) -> bool:
+    """Whether an alert's expression reads `up` (the scrape's own success): an alert on failed scrapes."""
+    return UP_SERIES.search(expr) is not None
+
+
 def adapt_rules(groups: dict[str, Any], profile: Profile, source: str) -> dict[str, Any]:
     """A rule file with every alert's `for:` as the profile says (see profiles.FOR_DIVISOR), and its annotations'
     "for more than <the repo's for:>" saying the duration the alert really uses."""
@@ -91,7 +100,7 @@ def adapt_rules(groups: dict[str, Any], profile: Profile, source: str) -> dict[s
         for rule in group.get("rules") or []:
             if "alert" in rule and "for" in rule:
                 seconds = _seconds(rule["for"], f"{source}: alert {rule['alert']}: for")
-                shortened = profile.alert_for(seconds)
+                shortened = profile.alert_for(seconds, scrape_failure=reads_up(str(rule.get("expr", ""))))
                 if shortened != seconds:
                     rule["for"] = format_duration(shortened)
                     said = FOR_PHRASE.format(spoken_duration(seconds))

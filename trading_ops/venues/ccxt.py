@@ -123,6 +123,8 @@ LOOKUP_BACKOFF_SECONDS = 0.2  # times the attempt number
 NOT_FOUND_CONFIRMATIONS = 2  # "no such order" answers before a lost submit counts as never placed
 POLL_INTERVAL_SECONDS = 1.0
 KRAKEN_PRIVATE_WS_URL = "wss://ws-auth.kraken.com/v2"  # Kraken's private WebSocket v2
+KRAKEN_PUBLIC_WS_URL = "wss://ws.kraken.com/v2"  # and its public one
+STREAMED = ("kraken",)  # exchanges whose stream (Kraken's WebSocket v2) StreamingCcxtBroker speaks
 # Exchanges whose trade history comes in pages of a fixed size, and the parameter that pages on.
 TRADE_PAGES = {"kraken": ("ofs", 50)}
 MAX_PAGES = 1000
@@ -275,7 +277,9 @@ class CcxtBroker(Broker):
         if self._tasks:
             return
         self._tasks = [
-            asyncio.create_task(self._every(self.orders_interval, self._background_poll), name=f"{self.venue}-orders"),
+            asyncio.create_task(
+                self._every(lambda: self.orders_interval, self._background_poll), name=f"{self.venue}-orders"
+            ),
             asyncio.create_task(
                 self._every(self.quote_interval, lambda: self._poll_quotes(self.symbols)), name=f"{self.venue}-quotes"
             ),
@@ -748,9 +752,19 @@ class CcxtBroker(Broker):
         return self._time_resolution
 
     # -- polling ----------------------------------------------------------------------------------------------
-    async def _every(self, interval: float, poll: Callable[[], Any]) -> None:
+    async def _every(self, interval: float | Callable[[], float], poll: Callable[[], Any]) -> None:
+        """Run `poll` every `interval` seconds; an interval that may change (a callable) is looked at every
+        `poll_interval` at least, so a shorter one takes effect within that."""
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            if callable(interval):
+                wanted = interval()
+                await asyncio.sleep(max(0.0, min(self.poll_interval, last + wanted - time.monotonic())))
+                if time.monotonic() - last < interval():
+                    continue
+                last = time.monotonic()
+            else:
+                await asyncio.sleep(interval)
             try:
                 await poll()
             except BrokerError as exc:
@@ -966,35 +980,106 @@ def make_exchange(config: Config) -> ccxt_async.Exchange:
     return exchange
 
 
-def stream_url(config: Config) -> str:
-    """The private WebSocket v2 URL of `config.ccxt`: `stream_url`, else the `private` REST URL's host at
-    /ws-auth/v2 (a paper gateway serves both), else Kraken's."""
+def stream_url(config: Config, endpoint: str = "private") -> str:
+    """The WebSocket v2 URL of `config.ccxt` for `endpoint` (private: the account's executions; public: the books):
+    `stream_url` / `stream_public_url`, else the same REST URL's host at /ws-auth/v2 or /ws/v2 (a paper gateway
+    serves both), else Kraken's."""
     c = config.ccxt
-    if c.stream_url:
-        return c.stream_url
-    rest = c.urls.get("private")
+    given = c.stream_url if endpoint == "private" else c.stream_public_url
+    if given:
+        return given
+    path = "/ws-auth/v2" if endpoint == "private" else "/ws/v2"
+    rest = c.urls.get(endpoint) or c.urls.get("private")
     if not rest:
-        return KRAKEN_PRIVATE_WS_URL
+        return KRAKEN_PRIVATE_WS_URL if endpoint == "private" else KRAKEN_PUBLIC_WS_URL
     parts = urllib.parse.urlsplit(rest)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    return urllib.parse.urlunsplit((scheme, parts.netloc, "/ws-auth/v2", "", ""))
+    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def pro_has(exchange: str) -> dict[str, Any]:
+    """What ccxt.pro's client of `exchange` says it can watch (its `has`; empty when ccxt.pro has no such client)."""
+    import ccxt.pro as ccxt_pro
+
+    cls = getattr(ccxt_pro, exchange, None)
+    if cls is None:
+        return {}
+    return dict(cls.describe(cls.__new__(cls)).get("has", {}))  # the class's description, no client built
+
+
+def streams(exchange: str) -> bool:
+    """Whether ccxt.pro's client of `exchange` streams the book and the account's fills (its `has`), and this
+    package speaks that stream (Kraken's WebSocket v2)."""
+    has = pro_has(exchange)
+    return exchange in STREAMED and bool(has.get("watchOrderBook")) and bool(has.get("watchMyTrades"))
+
+
+def executions_client(exchange: str, choice: str = "auto") -> str | None:
+    """Which client streams the account's fills (`ccxt.stream_executions`): `kraken-v2`, our own Kraken v2 client
+    (it sees the sequence gaps and snapshot repeats ccxt.pro hides: trading_ops.venues.streams.pro_fills), where this
+    package speaks the venue's stream; `ccxt.pro`, ccxt.pro's own `watch_my_trades`, where its `has` says
+    watchMyTrades; `auto` the first of the two that serves; None: none serves, REST polls only."""
+    ours = streams(exchange)
+    pro = bool(pro_has(exchange).get("watchMyTrades"))
+    if choice == "kraken-v2":
+        return "kraken-v2" if ours else None
+    if choice == "ccxt.pro":
+        return "ccxt.pro" if pro else None
+    return "kraken-v2" if ours else ("ccxt.pro" if pro else None)
+
+
+def make_pro_exchange(config: Config, rest: ccxt_async.Exchange) -> Any:
+    """ccxt.pro's client of `config.ccxt`'s exchange with the keys, timeout, REST URLs and TLS of `rest`
+    (make_exchange's), for its own watch_my_trades; on Kraken its WebSocket v2 URLs from `stream_url` (stream_url())."""
+    import ccxt.pro as ccxt_pro
+
+    c = config.ccxt
+    settings: dict[str, Any] = {
+        "apiKey": rest.apiKey,
+        "secret": rest.secret,
+        "enableRateLimit": c.enable_rate_limit,
+        "timeout": int(c.timeout_seconds * 1000),
+    }
+    api: dict[str, Any] = dict(c.urls)
+    if c.exchange == "kraken":
+        private = stream_url(config, "private")
+        api["ws"] = {"privateV2": private, "private": private}
+    if api:
+        settings["urls"] = {"api": api}
+    pro = getattr(ccxt_pro, c.exchange)(settings)
+    if getattr(rest, "ssl_context", None) is not None:
+        pro.ssl_context = rest.ssl_context
+    return pro
 
 
 def broker_from_config(config: Config) -> CcxtBroker:
     """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`; on Kraken, with a call budget of the
-    account's tier (`ccxt.kraken_tier`), and its fills streamed (StreamingCcxtBroker) when `ccxt.stream` is on."""
+    account's tier (`ccxt.kraken_tier`). Streaming unless `ccxt.stream: false`, its fills by the client
+    `executions_client` picks (`ccxt.stream_executions`): StreamingCcxtBroker on Kraken's WebSocket v2 (fills and
+    books, our own clients), ProStreamingCcxtBroker (fills through ccxt.pro's watch_my_trades, the rest REST) on a
+    venue whose ccxt.pro client watches the account's trades."""
     c = config.ccxt
+    exchange = make_exchange(config)
     kw: dict[str, Any] = {}
     cls: type[CcxtBroker] = CcxtBroker
-    if c.stream and c.exchange == "kraken":
+    client = executions_client(c.exchange, c.stream_executions) if c.stream else None
+    if client == "ccxt.pro":
+        from trading_ops.venues.streams.pro_broker import ProStreamingCcxtBroker  # it builds on this module
+
+        cls = ProStreamingCcxtBroker
+        kw["pro"] = make_pro_exchange(config, exchange)
+    elif client == "kraken-v2":
         from trading_ops.venues.streams.broker import StreamingCcxtBroker  # it builds on this module
 
         cls = StreamingCcxtBroker
-        kw["private_url"] = stream_url(config)
+        kw["private_url"] = stream_url(config, "private")
+        kw["public_url"] = stream_url(config, "public")
+        kw["book_cadence"] = c.stream_book_cadence_seconds or None
+        kw["ssl"] = client_ssl_context(c.tls, "ccxt.tls")
     elif c.stream:
-        log.warning("ccxt.stream: %s has no Kraken v2 stream here; polling over REST only", c.exchange)
+        log.info("ccxt.stream: %s does not stream here; polling over REST only", c.exchange)
     return cls(
-        make_exchange(config),
+        exchange,
         list(c.symbols),
         **kw,
         poll_interval=c.poll_interval_seconds,

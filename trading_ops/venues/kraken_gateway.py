@@ -176,6 +176,7 @@ class KrakenGateway:
             self.faults.check_service,
             call_counter,
             on_subscribe=self.faults.end_stale,  # a new subscription to a pair ends its stale_market_data
+            candles=self.market.candles,  # the ohlc channel streams the candles REST OHLC serves
         )
         self._task: asyncio.Task[None] | None = None
         self._public: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {

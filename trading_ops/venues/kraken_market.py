@@ -170,22 +170,28 @@ class MarketData:
         interval = count_param(params, "interval", 1, max(OHLC_INTERVALS))
         if interval not in OHLC_INTERVALS:
             raise KrakenError(f"{E_INVALID_ARGUMENTS}:interval")
-        width = interval * CANDLE_SECONDS
         since = seconds_param(params, "since")
-        merged: list[list[Decimal]] = []
-        for t, o, h, low, c, n in self._candles[pair.symbol]:
-            start = t - t % width
-            if merged and merged[-1][0] == start:
-                m = merged[-1]
-                m[2], m[3], m[4], m[5] = max(m[2], h), min(m[3], low), c, m[5] + n
-            else:
-                merged.append([start, o, h, low, c, n])
+        merged = self.candles(pair.symbol, interval)
         rows = [
             [int(t), num(o), num(h), num(low), num(c), num(c), "0.00000000", int(n)]
             for t, o, h, low, c, n in merged
             if since is None or t > Decimal(str(since))
         ]
         return {pair.pair_id: rows, "last": int(merged[-1][0]) if merged else 0}
+
+    def candles(self, symbol: str, interval: int) -> list[list[Decimal]]:
+        """The pair's candles of `interval` minutes, [start seconds, open, high, low, close, count], oldest first:
+        what REST OHLC and the WebSocket's ohlc channel serve."""
+        width = interval * CANDLE_SECONDS
+        merged: list[list[Decimal]] = []
+        for t, o, h, low, c, n in self._candles.get(symbol, []):
+            start = t - t % width
+            if merged and merged[-1][0] == start:
+                m = merged[-1]
+                m[2], m[3], m[4], m[5] = max(m[2], h), min(m[3], low), c, m[5] + n
+            else:
+                merged.append([start, o, h, low, c, n])
+        return merged
 
     async def depth(self, params: Mapping[str, str]) -> dict[str, Any]:
         pair = self.pairs.one(params)

@@ -15,6 +15,7 @@ from trading_ops.db.models.ledger import (
     Target,
 )
 from trading_ops.db.models.ops import JobRun, MaintenanceWindow
+from trading_ops.db.models.readiness import ReadinessRecord
 from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Notification",
     "Order",
     "Position",
+    "ReadinessRecord",
     "ReconciliationDiscrepancy",
     "ReconciliationRun",
     "RecoveryEvent",

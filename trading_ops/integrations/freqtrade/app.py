@@ -28,6 +28,7 @@ from trading_ops.integrations.freqtrade.logs import (
 )
 from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, News, Snapshot
+from trading_ops.integrations.freqtrade.stream_state import StreamState
 from trading_ops.integrations.freqtrade.venue_link import VenueLink
 from trading_ops.scopes import TokenSet
 
@@ -81,6 +82,7 @@ class FreqtradeSidecar:
         reconcile_interval: float = 60.0,
         reconcile_confirm: float | None = None,
         log_file: str | None = None,
+        stream: bool = False,
     ) -> None:
         if not token:
             raise ValueError("the control API needs a bearer token")
@@ -106,6 +108,8 @@ class FreqtradeSidecar:
         self.link = VenueLink()
         self.flow = OrderFlow()
         self.journal = FreqtradeJournal()
+        # freqtrade's own candle stream (exchange.enable_ws), from its log: `stream` says it streams before it says so.
+        self.stream = StreamState(stream)
         # freqtrade's log file, when the sidecar can read it: the database errors come from it (read on every poll,
         # answered or not), else from /logs (lost when freqtrade exits before a poll reads them).
         self.log_file = LogFile(log_file) if log_file else None
@@ -114,7 +118,9 @@ class FreqtradeSidecar:
         self._last_state: str | None = None
         self.poller.listeners.append(self._observe)
         self.poller.down_listeners.append(self._observe_down)
-        registry.register(FreqtradeCollector(self.poller, self.link, self.flow, self.transitions, self.journal))
+        registry.register(
+            FreqtradeCollector(self.poller, self.link, self.flow, self.transitions, self.journal, self.stream)
+        )
         ProcessCollector(registry=registry)
         Gauge(
             f"{PREFIX}_build_info",
@@ -160,6 +166,7 @@ class FreqtradeSidecar:
         self.link.observe(
             [e for e in map(exchange_error, news.records) if e is not None], snap.heartbeat, count, snap.bot_start
         )
+        self.stream.observe(news.records, count)
         self.flow.observe(
             snap.venue,
             snap.strategy,

@@ -75,6 +75,7 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
                 broker=broker,
                 reconcile_interval=section.reconcile_interval_seconds,
                 log_file=target.log_file or None,
+                stream=target.stream,
             )
         )
     return sidecars

@@ -85,7 +85,14 @@ class FreqtradeClient:
 
     async def open(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # One connection per request, closed once answered (no keep-alive): freqtrade's reload_config stops its API
+            # server (uvicorn) and waits, without a limit, until every connection has closed; a connection accepted
+            # just before the server stopped listening is not among those it asks to close, and one the sidecar kept
+            # alive with its poll would then hold the reload forever (freqtrade's API gone, its process up). A
+            # connection that ends with its one answer cannot: the reload goes on. One more TCP handshake per request,
+            # to a freqtrade that is usually on the same host, is what it costs.
+            connector = aiohttp.TCPConnector(force_close=True)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
 
     async def close(self) -> None:
         if self._session is not None:

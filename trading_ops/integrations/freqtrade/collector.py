@@ -8,12 +8,13 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from trading_ops.bot.metrics import PREFIX
+from trading_ops.bot.metrics import PHASES, PREFIX
 from trading_ops.bot.state import TradingState
 from trading_ops.integrations.freqtrade.journal import FreqtradeJournal
 from trading_ops.integrations.freqtrade.limits import limit_families
 from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, Snapshot, symbol_of
+from trading_ops.integrations.freqtrade.stream_state import StreamState
 from trading_ops.integrations.freqtrade.venue_link import CHANNELS, VenueLink
 
 # The library's order-flow counters (trading_ops.bot.metrics): name, help, labels after venue and strategy.
@@ -59,8 +60,10 @@ class FreqtradeCollector(Collector):
         flow: OrderFlow | None = None,
         transitions: dict[str, float] | None = None,
         journal: FreqtradeJournal | None = None,
+        stream: StreamState | None = None,
     ) -> None:
         self._poller = poller
+        self._stream = stream or StreamState()
         self._link = link or VenueLink()
         self._flow = flow or OrderFlow()
         self._transitions = transitions if transitions is not None else {}
@@ -71,6 +74,9 @@ class FreqtradeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._poller.snapshot
+        timeframe_ms = snap.config.get("timeframe_ms")
+        timeframe = timeframe_ms / 1000 if isinstance(timeframe_ms, int | float) and timeframe_ms > 0 else None
+        yield from self._stream.families(timeframe, snap.up)
         yield GaugeMetricFamily(
             f"{PREFIX}_freqtrade_up",
             "1 when freqtrade's REST API answered the sidecar's last poll, 0 when it did not.",
@@ -116,6 +122,9 @@ class FreqtradeCollector(Collector):
             failing.add_metric([snap.venue, reason], value)
         yield failing
         yield from self._history(snap)
+        phase = "stopping" if self._poller.stopping else snap.phase
+        if phase is not None:
+            yield _phase_family(phase)
         if snap.up:
             yield from _data_families(snap)
             connected = GaugeMetricFamily(
@@ -175,6 +184,15 @@ def _info(snap: Snapshot) -> dict[str, str]:
         "trading_mode": str(c.get("trading_mode") or ""),
         "stake_currency": str(c.get("stake_currency") or ""),
     }
+
+
+def _phase_family(current: str) -> GaugeMetricFamily:
+    """The lifecycle phase, one-hot, as the runtime exports it (rules tell a bot starting from one hung or down)."""
+    doc = "Lifecycle phase of the bot runtime, one-hot: starting, trading or stopping."
+    phase = GaugeMetricFamily(f"{PREFIX}_phase", doc, labels=["phase"])
+    for each in PHASES:
+        phase.add_metric([each], 1 if each == current else 0)
+    return phase
 
 
 def _state_families(current: str | None) -> Iterator[Metric]:

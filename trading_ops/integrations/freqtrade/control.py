@@ -49,8 +49,9 @@ VenueProbe = Callable[[], Awaitable[None]]
 UNSUPPORTED = {
     "reduce_only": "freqtrade has no reduce-only mode: use pause (no new entries, open trades are still managed) "
     "or flatten",
-    "resubscribe": "freqtrade fetches its candles afresh on every iteration: there is no subscription to renew; "
-    "use reconnect (reload_config) to rebuild its exchange connection",
+    "resubscribe": "freqtrade cannot renew one subscription (polling, it fetches its candles on every iteration; "
+    "streaming, its watch waits on a silent channel for good): use reconnect (reload_config), which rebuilds its "
+    "exchange connection and its stream",
 }
 NO_VENUE = "no venue is configured for this freqtrade (freqtrade.targets.<name>.ccxt)"
 
@@ -421,6 +422,7 @@ class FreqtradeControl:
         heartbeat_age = None if snap.heartbeat is None else max(0.0, time.time() - snap.heartbeat)
         return {
             "state": snap.state,
+            "phase": "stopping" if self.poller.stopping else snap.phase,
             "freqtrade_up": snap.up,
             "freqtrade_state": snap.freqtrade_state if snap.up else None,
             "freqtrade_version": snap.version,

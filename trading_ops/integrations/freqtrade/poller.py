@@ -85,6 +85,19 @@ class Snapshot:
         return str(state) if state is not None else None
 
     @property
+    def phase(self) -> str | None:
+        """freqtrade's lifecycle phase as the runtime exports it (tradingbot_phase): `starting` until its loop has
+        completed an iteration since its start (or while it reloads its configuration: it builds its exchange and
+        strategy again), `trading` after; None while it does not answer (it may be dead: TradingBotFreqtradeDown)."""
+        if not self.up:
+            return None
+        if self.freqtrade_state == "reload_config":
+            return "starting"
+        if self.heartbeat is None or (self.bot_start is not None and self.heartbeat < self.bot_start):
+            return "starting"
+        return "trading"
+
+    @property
     def state(self) -> str | None:
         """The library's trading state, or None while down; while freqtrade reloads, the one before."""
         if not self.up:
@@ -119,6 +132,8 @@ class FreqtradePoller:
         self.interval = interval
         self.snapshot = Snapshot()
         self.polls = 0
+        # The sidecar is shutting down (its phase `stopping` from then on).
+        self.stopping = False
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._polled = asyncio.Event()
@@ -137,6 +152,7 @@ class FreqtradePoller:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="freqtrade-poller")
 
     async def stop(self) -> None:
+        self.stopping = True
         await stop_tasks([self._task])
         self._task = None
         await self.client.close()

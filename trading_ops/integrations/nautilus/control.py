@@ -318,6 +318,7 @@ class NautilusControl:
         cache = self._trader._cache
         return {
             "state": self.state().value,
+            "phase": self._exporter.metrics.current_phase,
             "nautilus_trading_state": self.risk_engine.trading_state.name,
             "strategies": {s.id.value: s.state.name for s in self.strategies()},
             "heartbeat_age_seconds": self._heartbeat_age(),

@@ -183,6 +183,9 @@ class TradingOpsController(Controller):
             daily_loss_limit=config.daily_loss_limit,
         )
         self.exporter.info(trader.trader_id.value, nautilus_trader.__version__)
+        # Starting until a tick finds the node's strategies running (the trader starts them after its actors), as the
+        # runtime's phase says it: rules and playbooks leave a bot that starts alone.
+        self.exporter.metrics.phase("starting")
         if trader._exec_engine.reconciliation:
             # A live node starts its trader (and so this controller) only once its execution reconciliation passed.
             self.exporter.reconciliation.run("startup", "clean", time.time())
@@ -210,6 +213,8 @@ class TradingOpsController(Controller):
         self.server.start()
 
     def on_stop(self) -> None:
+        if self.exporter is not None:
+            self.exporter.metrics.phase("stopping")
         if TIMER_NAME in self.clock.timer_names:
             self.clock.cancel_timer(TIMER_NAME)
         for topic, handler in (
@@ -262,6 +267,8 @@ class TradingOpsController(Controller):
         exporter.connections(all(data.values()) if data else None, all(orders.values()) if orders else None)
         self._loss_limit(control)
         exporter.state.set(control.state())
+        if exporter.metrics.current_phase == "starting" and control.running():
+            exporter.metrics.phase("trading")
 
     def _loss_limit(self, control: NautilusControl) -> None:
         """The day's loss at the limit halts the node (again if someone clears the halt while it is still reached; a

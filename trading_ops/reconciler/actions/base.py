@@ -68,6 +68,9 @@ class ActionContext:
     notifier: Notifier
     label_pattern: Pattern
     history: list[str] = field(default_factory=list)
+    # The results of this run's steps so far, (action kind, result) in order (a step skipped, or run in an earlier
+    # life of the run, is not here): what a later step's `needless` may read.
+    results: list[tuple[str, Result]] = field(default_factory=list)
     # When the alert began (the episode's startsAt): what happened to the target since then is the fault's doing.
     starts_at: datetime | None = None
     # Prometheus, for steps that ask it which bots to act on (a `bot` step's `instances`).
@@ -176,8 +179,8 @@ class Action:
         return None
 
     async def needless(self, ctx: ActionContext, params: dict[str, Any]) -> str | None:
-        """Why a step of this kind that waits for a person has nothing to do now (then it is skipped, and nobody is
-        asked nor paged for it), or None. Asked only before an approval; any doubt is None."""
+        """Why a step of this kind has nothing to do now (then it is skipped, and nobody is asked nor paged for it), or
+        None. Asked before every step, its approval included; any doubt is None."""
         return None
 
     def describe(self, params: dict[str, Any]) -> str:

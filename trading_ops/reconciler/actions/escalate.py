@@ -7,6 +7,7 @@ from typing import Any
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions.base import Action, ActionContext, Result, template_labels
+from trading_ops.reconciler.actions.venue import FLAT
 
 FAILED = "TradingOpsRemediationFailed"
 CIRCUIT_OPEN = "TradingOpsRemediationCircuitOpen"
@@ -63,10 +64,24 @@ class EscalateAction(Action):
                 "people alone, any other would come back to the reconciler"
             )
 
+    async def needless(self, ctx: ActionContext, params: dict[str, Any]) -> str | None:
+        """The exposure page of a dead host's bot whose account is flat pages nobody: this run's last venue step left
+        (or found) none of its orders open and nothing held (a failed cancel stops the run before this step and pages
+        as a failure). A run without such a step (a venue step of an earlier life of the run) pages as usual."""
+        if params.get("alertname") != BOT_HOST_DOWN:
+            return None
+        venue = [result for kind, result in ctx.results if kind == "venue"]
+        if venue and venue[-1].ok and venue[-1].output.endswith(f": {FLAT}"):
+            return f"nothing to page: the account is flat ({venue[-1].output})"
+        return None
+
     async def run(self, ctx: ActionContext, params: dict[str, Any], timeout: float) -> Result:
         given = params.get("description")
         description = ctx.render(given) if given else "; ".join(ctx.history) or "escalated by the playbook"
         alertname = params.get("alertname", FAILED)
+        # The exposure page is one per death of the host (its episode): a new death's page is a new alert, never
+        # taken by Alertmanager for the previous death's (alertmanager.yml groups it by episode).
+        episode = ctx.episode_id if alertname == BOT_HOST_DOWN else None
         try:
             alert = await escalate(
                 ctx.alertmanager,
@@ -75,6 +90,7 @@ class EscalateAction(Action):
                 ctx.target,
                 description,
                 severity=params.get("severity", "critical"),
+                episode=episode,
             )
         except AlertmanagerError as exc:
             return Result("failure", str(exc))
@@ -92,9 +108,10 @@ async def escalate(
     target: str,
     description: str,
     severity: str = "critical",
+    episode: int | None = None,
 ) -> dict[str, Any]:
-    """Post the escalation's alert (startsAt now); the alert as posted."""
-    alert = escalation_alert(alertname, original, target, description, severity)
+    """Post the escalation's alert (startsAt now; with `episode`, its episode label); the alert as posted."""
+    alert = escalation_alert(alertname, original, target, description, severity, episode)
     alert["startsAt"] = utcnow().isoformat()
     await client.post_alerts([alert])
     return alert

@@ -34,6 +34,7 @@ from trading_ops.reconciler.ledger.limits import (
 )
 from trading_ops.reconciler.ledger.pruning import PRUNED_TABLES, Pruning
 from trading_ops.reconciler.ledger.queries import NOTIFICATION_SEARCH_LIMIT, LedgerCounts, Queries, episode_json
+from trading_ops.reconciler.ledger.reopening import LinkedAlert, Reopening
 from trading_ops.reconciler.ledger.rollback import RecentWrites, Rollbacks, Written
 from trading_ops.reconciler.ledger.runs import (
     FENCED,
@@ -89,6 +90,8 @@ __all__ = [
     "Pruning",
     "Queries",
     "RecentWrites",
+    "Reopening",
+    "LinkedAlert",
     "Rollbacks",
     "RunRecord",
     "StoreResult",
@@ -112,7 +115,8 @@ class Ledger:
     - `queries` (Queries): reads for the engine's metrics, the API, the console and the CLI;
     - `sessions` (ConsoleSessions): the operator console's logins (every replica's, kept over a restart);
     - `pruning` (Pruning): retention's deletes;
-    - `rollbacks` (Rollbacks): a replica's recent writes checked again, for a ledger that went back in time.
+    - `rollbacks` (Rollbacks): a replica's recent writes checked again, for a ledger that went back in time;
+    - `reopening` (Reopening): recovered episodes whose alert keeps firing, reopened when their condition returns.
 
     A method is an attribute of the instance, so a test may replace one (monkeypatch) for every caller; `tx`, the
     write transaction, is the parts' own: replacing it replaces it for all of them."""
@@ -133,6 +137,10 @@ class Ledger:
         self.sessions = self._offer_sessions(ConsoleSessions(self.db))
         self.pruning = self._offer_pruning(Pruning(self.db))
         self.rollbacks = Rollbacks(self.db)
+        self.reopening = Reopening(self.db)
+        self.recovered_unresolved = self.reopening.recovered_unresolved
+        self.reopen = self.reopening.reopen
+        self.open_linked = self.reopening.open_linked
 
     def _offer_intake(self, intake: Intake) -> Intake:
         self.store = intake.store

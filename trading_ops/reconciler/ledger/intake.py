@@ -90,6 +90,9 @@ class Intake:
         self._flag_resolved = update(E).where(
             E.c.id == bindparam("key_id"), E.c.state.in_(CLAIMED_STATES), E.c.resolved_at.is_(None)
         )
+        self._mark_resolved = update(E).where(
+            E.c.id == bindparam("key_id"), E.c.state.in_(CLOSED_STATES), E.c.resolved_at.is_(None)
+        )
         self._known: OrderedDict[tuple[str, datetime], None] = OrderedDict()
 
     def store(self, batch: list[NotificationIn], conn: Connection | None = None) -> StoreResult:
@@ -163,6 +166,10 @@ class Intake:
                 result.deduplicated += 1
                 return
         if row.resolved_at is not None or row.state in CLOSED_STATES:
+            if row.resolved_at is None:
+                # Closed before its alert resolved (recovered while it kept firing, say): now it is over, and a
+                # recovered episode is never reopened (ledger.reopening) for an alert that no longer fires.
+                conn.execute(self._mark_resolved, {"key_id": row.id, "resolved_at": now})
             result.deduplicated += 1
             return
         flag = {"key_id": row.id, "resolved_at": now, "updated_at": now}

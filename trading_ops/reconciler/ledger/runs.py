@@ -15,14 +15,35 @@ from trading_ops.reconciler.states import ACTIVE_STATES, CLOSED_STATES
 # and nobody saw its result. Its attempt says so too. The rule's on_unknown decides what comes next.
 UNKNOWN = "unknown"
 UNKNOWN_DETAIL = "a step was still running: its outcome is unknown"
-# Attempt rows an operator's command records (`reconciler ack`, `reconciler retry`): nothing was executed.
-OPERATOR_OUTCOMES = ("acknowledged", "retry")
+# Attempt rows an operator's command records (`reconciler ack`, `reconciler retry`), and a recovered episode reopened
+# (its condition returned while its alert kept firing: ledger.reopening): nothing was executed.
+# A reopening's row executed nothing either: no budget spent, no attempt max_attempts counts, no cooldown started.
+REOPENED = "reopened"
+OPERATOR_OUTCOMES = ("acknowledged", "retry", REOPENED)
 # Closed episodes `reconciler retry` may run once more (an alert still firing after a run that gave up).
 RETRYABLE_STATES = ("escalated", "failed")
 
 
 # What finish_step found (see there).
 WRITTEN, FENCED, MISSING = "written", "fenced", "missing"
+
+
+def record_history(conn: Connection, episode_id: int, who: str, outcome: str, detail: str) -> None:
+    """An attempt row that executed nothing (an operator's acknowledgement or retry, a reopening): who did what to the
+    episode, in its history, numbered after its last attempt."""
+    now = utcnow()
+    last = conn.execute(select(func.coalesce(func.max(A.c.number), 0)).where(A.c.episode_id == episode_id)).scalar_one()
+    conn.execute(
+        insert(A).values(
+            episode_id=episode_id,
+            number=int(last) + 1,
+            owner=who,
+            started_at=now,
+            finished_at=now,
+            outcome=outcome,
+            detail=detail,
+        )
+    )
 
 
 class Fenced(Exception):
@@ -284,31 +305,13 @@ class RunRecord:
                 .values(outcome="running", owner=owner, finished_at=None, detail=detail)
             )
 
-    def _record_operator(self, conn: Connection, episode_id: int, who: str, outcome: str, detail: str) -> None:
-        """An attempt row that executed nothing: who did what to the episode, in its history."""
-        now = utcnow()
-        last = conn.execute(
-            select(func.coalesce(func.max(A.c.number), 0)).where(A.c.episode_id == episode_id)
-        ).scalar_one()
-        conn.execute(
-            insert(A).values(
-                episode_id=episode_id,
-                number=int(last) + 1,
-                owner=who,
-                started_at=now,
-                finished_at=now,
-                outcome=outcome,
-                detail=detail,
-            )
-        )
-
     def acknowledge(self, episode_id: int, who: str, note: str) -> bool:
         """Record that `who` has taken the episode (any state); it changes nothing the engine does. False: no such
         episode."""
         with self.db.tx() as conn:
             if conn.execute(select(E.c.id).where(E.c.id == episode_id)).first() is None:
                 return False
-            self._record_operator(conn, episode_id, who, "acknowledged", note or "acknowledged")
+            record_history(conn, episode_id, who, "acknowledged", note or "acknowledged")
         return True
 
     def retry(self, episode_id: int, who: str) -> str | None:
@@ -341,5 +344,5 @@ class RunRecord:
             ).rowcount
             if not changed:
                 return f"episode {episode_id} changed meanwhile; look again"
-            self._record_operator(conn, episode_id, who, "retry", detail)
+            record_history(conn, episode_id, who, "retry", detail)
         return None

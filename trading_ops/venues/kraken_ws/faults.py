@@ -21,7 +21,7 @@ CHECKSUM = "ws_book_checksum"
 CHECKSUM_MODES = ("once", "persistent")
 CLOSE_CODES = (1006, 1001)
 ENDPOINTS = ("public", "private", "all")
-CHANNELS = ("book", "trade", "ticker", "instrument", "executions", "balances")
+CHANNELS = ("book", "trade", "ticker", "instrument", "ohlc", "executions", "balances")
 WS_FAULTS = (
     "ws_silent_channel",
     "ws_silent_socket",
@@ -70,6 +70,13 @@ class StreamFaults:
         self.connections = connections
         self.symbols = list(symbols)
         self.set_system = set_system
+        # `ws_silent_channel persistent=true`: (channel, v2 symbol or "" for all) whose new subscriptions are silenced
+        # too (acked, then nothing), until `clear`: a venue that a resubscribe or a new socket does not heal.
+        self.persistent_silence: set[tuple[str, str]] = set()
+
+    def silenced(self, channel: str, symbol: str) -> bool:
+        """Whether a new subscription to `channel` of `symbol` starts silenced (a persistent silent channel)."""
+        return (channel, "") in self.persistent_silence or (channel, symbol) in self.persistent_silence
 
     def _endpoint(self, args: Mapping[str, Any]) -> list[Connection]:
         endpoint = _choice(args, "endpoint", ENDPOINTS, "all")
@@ -102,19 +109,27 @@ class StreamFaults:
 
     def _silent_channel(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """The channel's subscriptions (of `symbol`, or all) get nothing more, heartbeats still flowing, until the
-        client subscribes again."""
+        client subscribes again (`persistent`: its new subscriptions too, on any socket, until `clear`)."""
         channel = _choice(args, "channel", CHANNELS, "book")
         symbol = args.get("symbol", "")
         if symbol and (not isinstance(symbol, str) or symbol.replace("/", "-") not in self.symbols):
             raise StreamFaultError(f"unknown symbol; known: {', '.join(self.symbols)}")
         wanted = symbol.replace("-", "/") if symbol else ""
+        persistent = args.get("persistent", False)
+        if not isinstance(persistent, bool):
+            raise StreamFaultError("persistent must be true or false")
+        if persistent and symbol and channel in ("executions", "balances"):
+            raise StreamFaultError(f"{channel} has no symbol: a persistent silence is of the whole channel")
+        if persistent:
+            self.persistent_silence.add((channel, wanted))
         silenced = 0
         for conn in self.connections():
             for (name, sym), sub in conn.subs.items():
                 if name == channel and (not wanted or sym == wanted):
                     sub.silenced = True
                     silenced += 1
-        return {"channel": channel, "symbol": wanted or "all", "subscriptions": silenced, "heal": "subscribe again"}
+        heal = "clear" if persistent else "subscribe again"
+        return {"channel": channel, "symbol": wanted or "all", "subscriptions": silenced, "heal": heal}
 
     def _silent_socket(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Every open socket (of `endpoint`) sends nothing, not even heartbeats or pongs, for `seconds` (0: until the
@@ -150,6 +165,7 @@ class StreamFaults:
         return checksum
 
     def clear(self) -> None:
+        self.persistent_silence.clear()
         for conn in self.connections():
             conn.silent_until = None
             for sub in conn.subs.values():
@@ -166,6 +182,7 @@ class StreamFaults:
             "connections": len(conns),
             "silent_sockets": sum(1 for c in conns if c.silent()),
             "silent_subscriptions": sum(1 for c in conns for s in c.subs.values() if s.silenced),
+            "silent_channels": sorted(f"{c}:{s or 'all'}" for c, s in self.persistent_silence),
             "book_checksum": "persistent" if self.model.active(CHECKSUM) else self.model.count(CHECKSUM),
             "maintenance": maintenance if maintenance is None or math.isfinite(maintenance) else "until cleared",
             **{name: self.model.count(name) for name in COUNTED},

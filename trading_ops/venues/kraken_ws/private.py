@@ -156,8 +156,10 @@ class PrivateChannels:
         check_service: Callable[[str], None],
         connections: Callable[[], Iterable[Connection]],
         call_counter: CounterLimiter | None = None,
+        silenced: Callable[[str, str], bool] = lambda _channel, _symbol: False,
     ) -> None:
         self.tokens = tokens
+        self.silenced = silenced  # whether a new subscription starts silenced (a persistent silent-channel fault)
         self.pairs = pairs
         self.accounts = accounts
         self.endpoints = endpoints
@@ -183,7 +185,11 @@ class PrivateChannels:
         venue = self.accounts[token.account]
         snapshot = params.get("snapshot", True) is not False
         sub = Subscription(str(channel))
+        sub.silenced = self.silenced(sub.channel, "")
         conn.subs[(sub.channel, "")] = sub  # subscribing again replaces it: a fresh snapshot, sequence from 1
+        if sub.silenced:  # acked, then nothing: no snapshot, no update, until the fault is cleared
+            conn.send(answer("subscribe", req_id, time_in, {"channel": sub.channel, "snapshot": True}))
+            return
         if channel == "balances":
             conn.send(answer("subscribe", req_id, time_in, {"channel": "balances", "snapshot": snapshot}))
             if snapshot:

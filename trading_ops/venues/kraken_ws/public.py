@@ -13,8 +13,9 @@ from trading_ops.venues.kraken_api import Pair, Pairs
 from trading_ops.venues.kraken_ws.book_feed import DEFAULT_DEPTH, DEPTHS, BookFeed, decimals
 from trading_ops.venues.kraken_ws.connection import Connection, Subscription
 from trading_ops.venues.kraken_ws.messages import E_CHANNEL, E_DEPTH, E_PAIR, RequestError, answer, now_text
+from trading_ops.venues.kraken_ws.ohlc import Candles, OhlcChannel
 
-PUBLIC_CHANNELS = ("book", "trade", "ticker", "instrument")
+PUBLIC_CHANNELS = ("book", "trade", "ticker", "instrument", "ohlc")
 TRADE_SNAPSHOT = 50  # trades a trade subscription's snapshot carries
 ASSET_PRECISION = 10
 EVENT_TRIGGERS = ("trades", "bbo")
@@ -52,8 +53,12 @@ class PublicChannels:
         pairs: Pairs,
         connections: Callable[[], Iterable[Connection]],
         corrupt: Callable[[int, bool], int],
+        silenced: Callable[[str, str], bool] = lambda _channel, _symbol: False,
+        candles: Candles | None = None,
     ) -> None:
         self.venue = venue
+        self.silenced = silenced  # whether a new subscription starts silenced (a persistent silent-channel fault)
+        self.ohlc = OhlcChannel(candles or (lambda _symbol, _interval: []), connections)
         self.accounts = accounts
         self.pairs = pairs
         self.connections = connections
@@ -92,6 +97,8 @@ class PublicChannels:
             return []
         if channel not in PUBLIC_CHANNELS:
             raise RequestError(E_CHANNEL)
+        if channel == "ohlc":
+            return self._subscribe_ohlc(conn, params, snapshot, req_id, time_in)
         depth = 0
         trigger = ""
         if channel == "book":
@@ -106,7 +113,9 @@ class PublicChannels:
         for pair in pairs:
             symbol = ws_symbol(pair)
             sub = Subscription(channel, symbol, depth, {"event_trigger": trigger} if trigger else {})
-            conn.subs[(channel, symbol)] = sub  # subscribing again replaces it: a fresh snapshot, silence ended
+            # Subscribing again replaces it: a fresh snapshot, silence ended (unless a persistent fault says not).
+            sub.silenced = self.silenced(channel, symbol)
+            conn.subs[(channel, symbol)] = sub
             result: dict[str, Any] = {"channel": channel}
             if channel == "book":
                 result["depth"] = depth
@@ -114,8 +123,17 @@ class PublicChannels:
                 result["event_trigger"] = trigger
             result |= {"snapshot": snapshot, "symbol": symbol}
             conn.send(answer("subscribe", req_id, time_in, result))
-            if snapshot:
+            if snapshot and not sub.silenced:
                 self._snapshot(conn, sub, pair)
+        return [pair.symbol for pair in pairs]
+
+    def _subscribe_ohlc(
+        self, conn: Connection, params: Mapping[str, Any], snapshot: bool, req_id: Any, time_in: str
+    ) -> list[str]:
+        interval = OhlcChannel.interval(params)
+        pairs = self.symbols(params, "subscribe", req_id, time_in, conn)
+        for pair in pairs:
+            self.ohlc.subscribe(conn, ws_symbol(pair), pair.symbol, interval, snapshot, req_id, time_in)
         return [pair.symbol for pair in pairs]
 
     def unsubscribe(self, conn: Connection, params: Mapping[str, Any], req_id: Any, time_in: str) -> None:
@@ -167,6 +185,7 @@ class PublicChannels:
         if self.paused:
             return
         symbol = ws_symbol(pair)
+        self.ohlc.on_quote(quote.symbol, symbol)
         books = self._subscribers("book", symbol)
         for depth in {sub.depth for _, sub in books}:
             feed = self._feed(quote.symbol, depth, advance=False)

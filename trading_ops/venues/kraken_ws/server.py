@@ -43,6 +43,7 @@ from trading_ops.venues.kraken_ws.messages import (
     now_text,
     status,
 )
+from trading_ops.venues.kraken_ws.ohlc import Candles
 from trading_ops.venues.kraken_ws.private import MAINTENANCE, TRADING_METHODS, PrivateChannels, Tokens
 from trading_ops.venues.kraken_ws.public import PUBLIC_CHANNELS, PublicChannels
 
@@ -69,6 +70,7 @@ class KrakenWebSocket:
         check_service: Callable[[str], None],
         call_counter: CounterLimiter | None = None,
         on_subscribe: Callable[[list[str]], Awaitable[None]] | None = None,
+        candles: Candles | None = None,
     ) -> None:
         self.on_subscribe = on_subscribe  # a public subscription's symbols (it ends their stale_market_data)
         self.connections: set[Connection] = set()
@@ -78,9 +80,19 @@ class KrakenWebSocket:
         self.model = fault_model
         self.tokens = Tokens(fault_model.now)
         self.faults = StreamFaults(fault_model, self._all, venue.symbols, self.set_system)
-        self.public = PublicChannels(venue, accounts, pairs, self._all, self.faults.corrupt)
+        self.public = PublicChannels(
+            venue, accounts, pairs, self._all, self.faults.corrupt, self.faults.silenced, candles
+        )
         self.private = PrivateChannels(
-            self.tokens, pairs, accounts, endpoints, fault_model, check_service, self._all, call_counter
+            self.tokens,
+            pairs,
+            accounts,
+            endpoints,
+            fault_model,
+            check_service,
+            self._all,
+            call_counter,
+            silenced=self.faults.silenced,
         )
         self._task: asyncio.Task[None] | None = None
 

@@ -2,15 +2,54 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 RECONNECT_REASONS = ("closed", "silent", "error", "requested")
+SUBSCRIBE_FAULTS = ("refused", "unanswered")  # a subscription the venue answered with an error, or not in time
+ENDPOINTS = ("public", "private")
+
+
+class FallbackClock(Collector):
+    """`tradingbot_stream_rest_fallback_seconds_total`: seconds each endpoint has spent on REST fallback, counted up
+    to the scrape (a fallback still under way included), fresh at every scrape."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._spent: dict[str, float] = dict.fromkeys(ENDPOINTS, 0.0)
+        self._since: dict[str, float] = {}
+
+    def set(self, endpoint: str, on: bool) -> None:
+        now = self._clock()
+        since = self._since.pop(endpoint, None)
+        if since is not None:
+            self._spent[endpoint] = self._spent.get(endpoint, 0.0) + now - since
+        if on:
+            self._since[endpoint] = now
+
+    def seconds(self, endpoint: str) -> float:
+        since = self._since.get(endpoint)
+        return self._spent.get(endpoint, 0.0) + (self._clock() - since if since is not None else 0.0)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "tradingbot_stream_rest_fallback_seconds",
+            "Seconds the endpoint's stream was down while REST polls stood in for it.",
+            labels=["endpoint"],
+        )
+        for endpoint in sorted(set(self._spent) | set(self._since)):
+            family.add_metric([endpoint], self.seconds(endpoint))
+        yield family
 
 
 class StreamMetrics:
     """Connected per endpoint, the last message per channel and symbol (and its silence timeout), reconnects by
-    reason, checksum failures and resyncs per symbol, sequence gaps per channel, REST fallback per endpoint; bounded
-    labels only."""
+    reason, checksum failures and resyncs per symbol, sequence gaps per channel, REST fallback per endpoint (and the
+    seconds spent on it), fills by the source that saw them first; bounded labels only."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.connected = Gauge(
@@ -73,6 +112,19 @@ class StreamMetrics:
             ["source"],
             registry=registry,
         )
-        for endpoint in ("public", "private"):
+        self.subscribe_failures = Counter(
+            "tradingbot_stream_subscribe_failures_total",
+            "Subscriptions that failed: refused by the venue (its error) or unanswered within the bound.",
+            ["channel", "reason"],
+            registry=registry,
+        )
+        self.fallback_clock = FallbackClock()
+        registry.register(self.fallback_clock)
+        for endpoint in ENDPOINTS:
             for reason in RECONNECT_REASONS:
                 self.reconnects.labels(endpoint, reason)
+
+    def set_rest_fallback(self, endpoint: str, on: bool) -> None:
+        """The endpoint's stream is down (REST polls stand in) or up again: the gauge and the seconds counted."""
+        self.rest_fallback.labels(endpoint).set(1 if on else 0)
+        self.fallback_clock.set(endpoint, on)

@@ -201,6 +201,26 @@ CRITERIA: tuple[PromCriterion, ...] = (
         window=lambda c: ARMED_LOOKBACK,
     ),
     PromCriterion(
+        "log_size",
+        "the bot's log: its file at its largest, or what it wrote per day to stderr",
+        "max_over_time(tradingbot_log_file_bytes{{{sel}}}[{w}])\n"
+        "or increase(tradingbot_log_written_bytes_total{{{sel}}}[{w}]) * 86400 / {w_seconds}",
+        "<=",
+        lambda c: c.max_log_bytes,
+        "bytes",
+        record="instance:tradingbot_log_bytes:max1d",
+    ),
+    PromCriterion(
+        "log_rotation",
+        "the bot's log rotates (its file's size limit, the journal, or a Docker logging driver) all along",
+        "min_over_time(tradingbot_log_rotating{{{sel}}}[{w}])",
+        ">=",
+        lambda c: 1,
+        "rotating",
+        reduce="min",
+        record="instance:tradingbot_log_rotating:min1d",
+    ),
+    PromCriterion(
         "emergency_stop",
         "halt and flatten received by the bot (the fewer of the two)",
         "sum without (source) (increase(tradingbot_control_commands_total"

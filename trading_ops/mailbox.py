@@ -1,0 +1,66 @@
+"""A local mail receiver to try Alertmanager's routes without any outside account: a real SMTP server (aiosmtpd), no
+TLS, no authentication, that keeps each message in a Maildir and logs one line per message (who it is to, its
+subject). `trading-ops mailbox` runs it; docker-compose.yml's `mailbox` service is the compose stack's."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import logging
+import mailbox
+import signal
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("trading_ops.mailbox")
+
+# The largest message kept (Alertmanager's are a few kB); a larger one is refused with SMTP's 552.
+MAX_MESSAGE_BYTES = 1_000_000
+HOSTNAME = "mailbox"
+
+
+class MaildirHandler:
+    """aiosmtpd's DATA handler: each message into the Maildir, then one log line."""
+
+    def __init__(self, maildir: Path) -> None:
+        self.maildir = mailbox.Maildir(maildir, create=True)
+        self.received = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        raw = envelope.original_content or envelope.content
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        key = self.maildir.add(raw)
+        self.received += 1
+        log.info(
+            "mailbox: received %s for %s: %s",
+            key,
+            ", ".join(envelope.rcpt_tos),
+            str(message.get("Subject", "(no subject)")),
+        )
+        return "250 Message accepted for delivery"
+
+
+async def serve(host: str, port: int, maildir: Path, started: asyncio.Event | None = None) -> None:
+    """Serve SMTP on host:port until cancelled or SIGTERM/SIGINT."""
+    from aiosmtpd.smtp import SMTP
+
+    handler = MaildirHandler(maildir)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(handler, hostname=HOSTNAME, data_size_limit=MAX_MESSAGE_BYTES), host=host, port=port
+    )
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("mailbox: listening on %s:%d, keeping mail in %s", host, port, maildir)
+    if started is not None:
+        started.set()
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        server.close()
+        await server.wait_closed()
+        log.info("mailbox: stopped after %d message(s)", handler.received)
