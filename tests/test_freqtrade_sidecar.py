@@ -9,6 +9,7 @@ freqtrade starts once for this module (a few seconds); the last test kills it an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -38,6 +39,7 @@ from secret_file import write_secret
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
+from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient, FreqtradeNotListening
 from trading_ops.integrations.freqtrade.poller import Snapshot
 from trading_ops.scopes import DESTRUCTIVE, OPERATE, READ, TokenSet
 from trading_ops.venues.ccxt import CcxtBroker
@@ -749,6 +751,66 @@ async def test_the_sidecar_holds_no_connection_to_freqtrade_from_one_request_to_
         seen |= now
         await asyncio.sleep(REQUEST_TIMEOUT_SECONDS + 1)
     assert await sidecar.value("tradingbot_freqtrade_up") == 1
+
+
+async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, accepted: list[int]) -> None:
+    """One connection passed through to 127.0.0.1:`port` as it is, both ways, until either side closes."""
+    accepted.append(1)
+    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_a_command_waits_for_an_api_that_refuses_connections_and_a_poll_does_not(freqtrade: Freqtrade) -> None:
+    """freqtrade's reload_config stops its API server and starts a new one: for seconds nothing listens. A command's
+    requests (`connect_for`) try a refused connection again until it is accepted, and each request reaches freqtrade
+    once (a refused connection sent nothing); a poll's report freqtrade down at once. Here the API listens on a port of
+    its own only 1.5 s after the requests began: a relay to the real freqtrade's, started late."""
+    port = free_port()
+    registry = CollectorRegistry()
+    client = FreqtradeClient(f"http://127.0.0.1:{port}", USERNAME, PASSWORD, timeout=10.0, metrics=ApiMetrics(registry))
+    accepted: list[int] = []
+    try:
+        started = time.monotonic()
+        with pytest.raises(FreqtradeNotListening):
+            await client.get("/show_config")
+        assert time.monotonic() - started < 1.0
+
+        async def listen_late() -> asyncio.Server:
+            await asyncio.sleep(1.5)
+            return await asyncio.start_server(
+                lambda r, w: _relay(r, w, freqtrade.api_port, accepted), "127.0.0.1", port
+            )
+
+        late = asyncio.create_task(listen_late())
+        started = time.monotonic()
+        config = await client.get("/show_config", connect_for=30.0)
+        waited = time.monotonic() - started
+        server = await late
+        assert config["state"] in ("running", "paused", "stopped")
+        assert waited >= 1.5
+        # The login and the request, each sent once: a connection that was refused carried nothing.
+        assert len(accepted) == 2
+        # Two calls, the first failed: the retries within the second are one request.
+        show = {"endpoint": "/show_config"}
+        assert registry.get_sample_value("tradingbot_freqtrade_api_requests_total", show) == 2
+        assert registry.get_sample_value("tradingbot_freqtrade_api_request_failures_total", show) == 1
+        server.close()
+        await server.wait_closed()
+        # Nothing listens again: a command gives up once its `connect_for` is spent, with the reason.
+        started = time.monotonic()
+        with pytest.raises(FreqtradeNotListening, match="GET /show_config"):
+            await client.get("/show_config", connect_for=1.0)
+        assert time.monotonic() - started >= 1.0
+    finally:
+        await client.close()
 
 
 async def test_the_venue_lost_and_back_reconnect_waits_for_it_and_reload_keeps_freqtrade_running(

@@ -16,9 +16,11 @@ import json
 import shlex
 import signal
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +70,27 @@ def reconciliation_runs(instances: list[str], query: Callable[[str], list[dict[s
     return runs
 
 
+def transitions(prometheus: str, since: float) -> list[str]:
+    """Every change of each bot's tradingbot_broker_connected since `since`, as Prometheus scraped it (UTC time,
+    instance, channel, value): what a failure's report needs to tell which channel went down first and when."""
+    now = time.time()
+    query = urllib.parse.urlencode({"query": "tradingbot_broker_connected", "start": since, "end": now, "step": 1})
+    changes = []
+    for series in get_json(f"{prometheus}/api/v1/query_range?{query}")["data"]["result"]:
+        labels, last = series["metric"], None
+        for at, value in series["values"]:
+            if value != last:
+                stamp = datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S")
+                changes.append(f"{stamp} {labels['instance']} {labels['channel']}={value}")
+                last = value
+    return sorted(changes)
+
+
 def test_three_bots_on_one_gateway_are_scraped_targeted_and_come_back_from_a_venue_outage(tmp_path: Path) -> None:
     require_binary("prometheus")
     base = free_ports(BOTS)
     up = UpProcess(tmp_path, "--bot", "ccxt-gateway", "--bots", str(BOTS), "--bots-base-port", str(base))
+    began = time.time()
     try:
         up.wait_up()
         instances = [f"127.0.0.1:{base + i}" for i in range(BOTS)]
@@ -132,6 +151,7 @@ def test_three_bots_on_one_gateway_are_scraped_targeted_and_come_back_from_a_ven
         outage = up.wait_line(lambda line: line.startswith("venue outage:"))
         command = shlex.split(outage.removeprefix("venue outage:").split("  (")[0])
         assert command[-2:] == ["outage", "seconds=60"]
+        outage_at = datetime.now(UTC).isoformat()
         subprocess.run([*command[:-1], "seconds=600"], cwd=tmp_path, capture_output=True, timeout=60, check=True)
         down = until("every channel of every bot down", lambda: (c := connected()) and set(c.values()) == {0.0} and c)
         assert {instance for instance, _ in down} == set(instances)
@@ -166,7 +186,12 @@ def test_three_bots_on_one_gateway_are_scraped_targeted_and_come_back_from_a_ven
         assert f"reduce_only on {BOTS} of {BOTS} bots" in steps[0]["output"]
         assert f"resume on {BOTS} of {BOTS} bots" in steps[1]["output"]
         until("every bot active again", lambda: bot_states() == {"active"})
-        assert not [e for e in episodes("TradingBotBrokerDisconnected") if e["attempts"]]
+        acted = [
+            (e["labels"], e["starts_at"], e["state"], [s["action"] for a in e["attempts"] for s in a["steps"]])
+            for e in episodes("TradingBotBrokerDisconnected")
+            if e["attempts"]
+        ]
+        assert not acted, (f"outage from {outage_at}", venue_down["starts_at"], acted, transitions(prometheus, began))
         failed = get_json(
             f"{up.url('alertmanager')}/api/v2/alerts?filter=alertname%3D%22TradingOpsRemediationFailed%22"
         )

@@ -22,8 +22,16 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 TRADE_ENDPOINT = "/trades/{id}/open-order"
 
 
+# A call with `connect_for` tries a refused connection again this often.
+CONNECT_RETRY_SECONDS = 0.25
+
+
 class FreqtradeUnavailable(Exception):
     """freqtrade did not answer (connection refused, timeout) or answered with a server error."""
+
+
+class FreqtradeNotListening(FreqtradeUnavailable):
+    """freqtrade's API did not accept the connection: the request never reached it (safe to send again)."""
 
 
 class FreqtradeRefused(Exception):
@@ -99,14 +107,29 @@ class FreqtradeClient:
             await self._session.close()
             self._session = None
 
-    async def get(self, path: str, endpoint: str | None = None, timeout: float | None = None, **params: Any) -> Any:
-        return await self.call("GET", path, endpoint=endpoint, params=params or None, timeout=timeout)
+    async def get(
+        self,
+        path: str,
+        endpoint: str | None = None,
+        timeout: float | None = None,
+        connect_for: float = 0.0,
+        **params: Any,
+    ) -> Any:
+        return await self.call(
+            "GET", path, endpoint=endpoint, params=params or None, timeout=timeout, connect_for=connect_for
+        )
 
-    async def post(self, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
-        return await self.call("POST", path, json=body if body is not None else {}, timeout=timeout)
+    async def post(
+        self, path: str, body: dict[str, Any] | None = None, timeout: float | None = None, connect_for: float = 0.0
+    ) -> Any:
+        return await self.call(
+            "POST", path, json=body if body is not None else {}, timeout=timeout, connect_for=connect_for
+        )
 
-    async def delete(self, path: str, endpoint: str | None = None, timeout: float | None = None) -> Any:
-        return await self.call("DELETE", path, endpoint=endpoint, timeout=timeout)
+    async def delete(
+        self, path: str, endpoint: str | None = None, timeout: float | None = None, connect_for: float = 0.0
+    ) -> Any:
+        return await self.call("DELETE", path, endpoint=endpoint, timeout=timeout, connect_for=connect_for)
 
     async def call(
         self,
@@ -117,14 +140,27 @@ class FreqtradeClient:
         params: dict[str, Any] | None = None,
         json: Any = None,
         timeout: float | None = None,
+        connect_for: float = 0.0,
     ) -> Any:
         """The decoded JSON answer of `method path` within `timeout` seconds (default: the client's).
-        Raises FreqtradeUnavailable or FreqtradeRefused."""
+        Raises FreqtradeUnavailable or FreqtradeRefused.
+
+        `connect_for`: for this many seconds a connection freqtrade's API does not accept is tried again (every
+        CONNECT_RETRY_SECONDS) before the call fails. freqtrade's reload_config stops its API server and starts a new
+        one (a few seconds, longer on a busy host); an operator's halt sent meanwhile waits for it instead of failing.
+        Safe for any method: a request whose connection was never accepted never reached freqtrade."""
         label = endpoint or path
         self._metrics.requests.labels(label).inc()
         started = time.monotonic()
         try:
-            status, body = await self._authorized(method, path, params, json, timeout)
+            while True:
+                try:
+                    status, body = await self._authorized(method, path, params, json, timeout)
+                    break
+                except FreqtradeNotListening:
+                    if time.monotonic() - started >= connect_for:
+                        raise
+                    await asyncio.sleep(CONNECT_RETRY_SECONDS)
         except FreqtradeUnavailable:
             self._metrics.failures.labels(label).inc()
             raise
@@ -202,6 +238,8 @@ class FreqtradeClient:
                 except ValueError:
                     body = None
                 return resp.status, body
+        except aiohttp.ClientConnectorError as exc:
+            raise FreqtradeNotListening(f"{method} {path}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise FreqtradeUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
 

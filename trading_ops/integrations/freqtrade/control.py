@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 # A command may wait for freqtrade to place orders on the exchange (forceexit, cancel) behind its own trading loop's
 # lock: longer than a poll may take. A command's own polls (the state before and after it) wait as long: a busy
 # freqtrade that answers in 4 s must not fail an operator's halt, where the scheduled poll's short request timeout only
-# reports freqtrade slow (down) until the next poll.
+# reports freqtrade slow (down) until the next poll. A command's request whose connection freqtrade's API refuses is
+# tried again as long (`connect_for`): its API server is down for seconds during a reload_config, and a halt sent
+# meanwhile waits for it rather than failing.
 COMMAND_TIMEOUT_SECONDS = 30.0
 # reload_config rebuilds freqtrade in place (its API server too: it does not answer for a second or two, then its loop
 # starts again); the command waits this long for it to answer with a new start time. The rebuild is a start of its bot
@@ -170,14 +172,14 @@ class FreqtradeControl:
 
     async def _current(self) -> TradingState:
         """freqtrade's state now (a fresh poll, as patient as the command), as the library's."""
-        snap = await self.poller.poll(COMMAND_TIMEOUT_SECONDS)
+        snap = await self.poller.poll(COMMAND_TIMEOUT_SECONDS, connect_for=COMMAND_TIMEOUT_SECONDS)
         if not snap.up:
             raise FreqtradeUnavailable(snap.error)
         return TradingState(snap.state or "paused")
 
     async def _transition(self, command: str, endpoint: str) -> dict[str, Any]:
         before = await self._current()
-        answer = await self.client.post(endpoint, timeout=COMMAND_TIMEOUT_SECONDS)
+        answer = await self.client.post(endpoint, timeout=COMMAND_TIMEOUT_SECONDS, connect_for=COMMAND_TIMEOUT_SECONDS)
         after = await self._current()
         return {
             "state": after.value,
@@ -243,12 +245,14 @@ class FreqtradeControl:
                     outcome_unknown=False,
                 ) from exc
         started = self.poller.snapshot.bot_start
-        answer = await self.client.post("/reload_config", timeout=COMMAND_TIMEOUT_SECONDS)
+        answer = await self.client.post(
+            "/reload_config", timeout=COMMAND_TIMEOUT_SECONDS, connect_for=COMMAND_TIMEOUT_SECONDS
+        )
         snap = await self._back_from_reload(started)
         restarted = snap.freqtrade_state != "running"
         if restarted:  # its initial_state is not running: back to what it was
-            await self.client.post("/start", timeout=COMMAND_TIMEOUT_SECONDS)
-            snap = await self.poller.poll(COMMAND_TIMEOUT_SECONDS)
+            await self.client.post("/start", timeout=COMMAND_TIMEOUT_SECONDS, connect_for=COMMAND_TIMEOUT_SECONDS)
+            snap = await self.poller.poll(COMMAND_TIMEOUT_SECONDS, connect_for=COMMAND_TIMEOUT_SECONDS)
         return {
             "state": snap.state,
             "previous_state": before.value,
@@ -304,12 +308,12 @@ class FreqtradeControl:
         if state is not TradingState.HALTED:
             yield
             return
-        await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS)
+        await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS, connect_for=COMMAND_TIMEOUT_SECONDS)
         try:
             yield
             await self._settled()
         finally:
-            await self.client.post("/stop", timeout=COMMAND_TIMEOUT_SECONDS)
+            await self.client.post("/stop", timeout=COMMAND_TIMEOUT_SECONDS, connect_for=COMMAND_TIMEOUT_SECONDS)
 
     async def _settled(self) -> None:
         """Until no order of freqtrade's trades is open (an exit that filled closed its trade), or SETTLE_SECONDS."""
@@ -330,7 +334,7 @@ class FreqtradeControl:
     async def _exit_all(self, state: TradingState) -> tuple[list[Any], Any]:
         """flatten's exits (see _flatten): the trades exited and freqtrade's last answer. Raises BrokerError."""
         if state is TradingState.ACTIVE:
-            await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS)
+            await self.client.post("/pause", timeout=COMMAND_TIMEOUT_SECONDS, connect_for=COMMAND_TIMEOUT_SECONDS)
         trades = [t.get("trade_id") for t in self.poller.snapshot.trades]
         failed: dict[str, str] = {}
         answer: Any = None
@@ -341,7 +345,10 @@ class FreqtradeControl:
             for trade_id in pending:
                 try:
                     answer = await self.client.post(
-                        "/forceexit", {"tradeid": str(trade_id)}, timeout=COMMAND_TIMEOUT_SECONDS
+                        "/forceexit",
+                        {"tradeid": str(trade_id)},
+                        timeout=COMMAND_TIMEOUT_SECONDS,
+                        connect_for=COMMAND_TIMEOUT_SECONDS,
                     )
                 except (FreqtradeUnavailable, FreqtradeRefused) as exc:
                     failed[str(trade_id)] = str(exc)
@@ -384,6 +391,7 @@ class FreqtradeControl:
                     f"/trades/{trade_id}/open-order",
                     endpoint="/trades/{id}/open-order",
                     timeout=COMMAND_TIMEOUT_SECONDS,
+                    connect_for=COMMAND_TIMEOUT_SECONDS,
                 )
             except FreqtradeRefused as exc:
                 failed[str(trade_id)] = exc.reason

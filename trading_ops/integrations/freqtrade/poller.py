@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -170,16 +170,17 @@ class FreqtradePoller:
             await asyncio.wait_for(self._polled.wait(), timeout)
         return self.snapshot
 
-    async def poll(self, timeout: float | None = None) -> Snapshot:
-        """Ask freqtrade everything once, each request within `timeout` seconds (default: the client's); a failure of
-        any part reports it down (never half a picture)."""
+    async def poll(self, timeout: float | None = None, connect_for: float = 0.0) -> Snapshot:
+        """Ask freqtrade everything once, each request within `timeout` seconds (default: the client's) and a refused
+        connection tried again for `connect_for` (FreqtradeClient.call); a failure of any part reports it down (never
+        half a picture)."""
         async with self._polling:
-            return await self._poll(timeout)
+            return await self._poll(timeout, connect_for)
 
-    async def _poll(self, timeout: float | None) -> Snapshot:
+    async def _poll(self, timeout: float | None, connect_for: float = 0.0) -> Snapshot:
         previous = self.snapshot
         try:
-            snapshot, news = await self._fetch(previous, timeout)
+            snapshot, news = await self._fetch(previous, timeout, connect_for)
         except (FreqtradeUnavailable, FreqtradeRefused) as exc:
             if previous.up or not previous.error:
                 log.warning("freqtrade at %s is down: %s", self.client.base, exc)
@@ -206,17 +207,21 @@ class FreqtradePoller:
         self._polled.set()
         return snapshot
 
-    async def _fetch(self, previous: Snapshot, timeout: float | None) -> tuple[Snapshot, News]:
+    async def _fetch(self, previous: Snapshot, timeout: float | None, connect_for: float) -> tuple[Snapshot, News]:
         c = self.client
+
+        def get(path: str, **params: Any) -> Awaitable[Any]:
+            return c.get(path, timeout=timeout, connect_for=connect_for, **params)
+
         health, config, trades, profit, balance, locks, daily, logs = await asyncio.gather(
-            c.get("/health", timeout=timeout),
-            c.get("/show_config", timeout=timeout),
-            c.get("/status", timeout=timeout),
-            c.get("/profit", timeout=timeout),
-            c.get("/balance", timeout=timeout),
-            c.get("/locks", timeout=timeout),
-            c.get("/daily", timeout=timeout, timescale=1),
-            c.get("/logs", timeout=timeout, limit=LOG_LIMIT),
+            get("/health"),
+            get("/show_config"),
+            get("/status"),
+            get("/profit"),
+            get("/balance"),
+            get("/locks"),
+            get("/daily", timescale=1),
+            get("/logs", limit=LOG_LIMIT),
         )
         profit = profit if isinstance(profit, dict) else {}
         closed_count = profit.get("closed_trade_count")
@@ -230,14 +235,14 @@ class FreqtradePoller:
         if limit and closed_count:
             # Newest closed first: by default freqtrade sorts /trades by id, oldest first, and a limit would then
             # answer the same oldest trades forever, never the one that just closed.
-            answer = await c.get("/trades", timeout=timeout, limit=limit, order_by_id="false")
+            answer = await get("/trades", limit=limit, order_by_id="false")
             rows = answer.get("trades") if isinstance(answer, dict) else None
             closed = [t for t in rows if isinstance(t, dict)] if isinstance(rows, list) else []
         # The version is asked once per freqtrade process (a restart may bring another one).
         version = previous.version
         bot_start = _instant(health, "bot_startup")
         if version is None or not previous.up or bot_start != previous.bot_start:
-            answer = await c.get("/version", timeout=timeout)
+            answer = await get("/version")
             version = str(answer.get("version")) if isinstance(answer, dict) else None
         days = daily.get("data") if isinstance(daily, dict) else None
         snapshot = Snapshot(
