@@ -3,9 +3,15 @@ broker (the paper venue, CcxtBroker), recording every order, fill, quote and con
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from trading_ops.bot.broker import BrokerEvents, Channel, Quote, VenueFill, VenueOrder
+from trading_ops.venues.ccxt import CcxtBroker
+
+B = TypeVar("B", bound=CcxtBroker)
 
 
 @dataclass
@@ -42,3 +48,15 @@ class Recorder:
         self.fills.clear()
         self.quotes.clear()
         self.connections.clear()
+
+
+@contextlib.asynccontextmanager
+async def connected(broker: B, recorder: Recorder) -> AsyncIterator[B]:
+    """`broker` connected, `recorder` taking its events; closed at the end, its ccxt client too (what a bot's stop
+    does), whatever the test did."""
+    try:
+        await broker.connect(recorder.events())
+        yield broker
+    finally:
+        await broker.close()
+        await broker.exchange.close()

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
-from broker_recorder import Recorder
+from broker_recorder import Recorder, connected
 from ccxt_helpers import SYMBOLS, chaos, kraken, market, running_gateway, wait_for
 from prometheus_client import CollectorRegistry
 from ws_helpers import ws_urls
@@ -46,12 +46,8 @@ async def book_broker(
         quote_interval=HOUR,
         **kw,
     )
-    try:
-        await broker.connect(recorder.events())
+    async with connected(broker, recorder):
         yield broker
-    finally:
-        await broker.close()
-        await broker.exchange.close()
 
 
 async def test_fills_stream_to_the_bot_once_and_a_gap_is_filled_by_a_poll() -> None:
@@ -62,8 +58,7 @@ async def test_fills_stream_to_the_bot_once_and_a_gap_is_filled_by_a_poll() -> N
             kraken(base), SYMBOLS, private_url=ws_urls(base)[1], registry=registry, poll_interval=HOUR
         )
         value = registry.get_sample_value
-        try:
-            await broker.connect(recorder.events())
+        async with connected(broker, recorder):
             assert broker.stream is not None
             await wait_for(lambda: broker.stream is not None and broker.stream.sequences.last.get("executions") == 2)
             await broker.submit(market("s-1", "ETH-USD"))
@@ -83,9 +78,6 @@ async def test_fills_stream_to_the_bot_once_and_a_gap_is_filled_by_a_poll() -> N
             # not silent. Past the time a silent channel owes its fill by, it was not subscribed again for silence.
             await asyncio.sleep(LOST_AFTER + 1)
             assert not value("tradingbot_stream_resyncs_total", {"channel": "executions", "reason": "silent"})
-        finally:
-            await broker.close()
-            await broker.exchange.close()
 
 
 async def test_reconnect_and_resubscribe_act_on_the_stream_and_fills_keep_streaming() -> None:
@@ -98,8 +90,7 @@ async def test_reconnect_and_resubscribe_act_on_the_stream_and_fills_keep_stream
             kraken(base), SYMBOLS, private_url=ws_urls(base)[1], registry=registry, poll_interval=HOUR
         )
         value = registry.get_sample_value
-        try:
-            await broker.connect(recorder.events())
+        async with connected(broker, recorder):
             await wait_for(lambda: broker.stream is not None and broker.stream.sequences.last.get("executions") == 2)
             await broker.resubscribe()
             assert value("tradingbot_stream_resyncs_total", {"channel": "executions", "reason": "requested"}) == 1
@@ -111,9 +102,6 @@ async def test_reconnect_and_resubscribe_act_on_the_stream_and_fills_keep_stream
             await gateway.venue.submit(market("s-1", "ETH-USD"))
             await wait_for(lambda: len(recorder.fills) == 1)
             assert value("tradingbot_stream_fills_first_seen_total", {"source": "stream"}) == 1
-        finally:
-            await broker.close()
-            await broker.exchange.close()
 
 
 async def test_the_ticker_streams_quotes_and_a_book_out_of_sync_is_resynced_and_never_traded_on() -> None:

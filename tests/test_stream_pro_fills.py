@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from broker_recorder import Recorder
+from broker_recorder import Recorder, connected
 from ccxt_helpers import SYMBOLS, chaos, kraken, market, running_gateway, wait_for
 from prometheus_client import CollectorRegistry
 from ws_helpers import pro_kraken
@@ -34,12 +34,8 @@ async def pro_broker(
     broker = ProStreamingCcxtBroker(
         kraken(base), SYMBOLS, pro=pro_kraken(base), registry=registry, poll_interval=poll_interval, quote_interval=HOUR
     )
-    try:
-        await broker.connect(recorder.events())
+    async with connected(broker, recorder):
         yield broker
-    finally:
-        await broker.close()
-        await broker.exchange.close()
 
 
 async def test_fills_stream_through_ccxt_pro_once_and_a_new_socket_is_reconciled() -> None:
