@@ -217,6 +217,32 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
         await again.stop()
 
 
+async def test_an_order_the_venue_acknowledged_is_working_before_its_stream_event_and_the_halt_sweeps_it(
+    tmp_path: Path,
+) -> None:
+    """The venue's answer to a submit is its word on the order: a limit order it acknowledged is among the bot's
+    working orders (and in its status) as the submit returns, not once the private stream's event for it arrives.
+    The executions channel is silent here (an event a busy machine delivers late is the same moment stretched): a
+    bot halted by its daily loss limit never lists no working order while one still rests on the venue."""
+    bot = await risk_bot(tmp_path, daily_loss_limit=40.0)
+    try:
+        await placed(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 2_000))
+        await wait_for(lambda: bot.book.position(SYMBOL) > 0)
+        status, _ = await control(bot.port, "silent_stream", {"channel": "executions"})  # type: ignore[attr-defined]
+        assert status == 200
+        order = await placed(bot, SYMBOL, Side.BUY, OrderType.LIMIT, size_for(bot, 100), far_bid(bot))
+        assert list(bot.orders) == [order.client_order_id], "the venue's acknowledgement was not taken in"
+        assert bot.orders[order.client_order_id].venue_order_id == order.venue_order_id
+        _, body = await control(bot.port, "status")  # type: ignore[attr-defined]
+        assert body["open_orders"] == 1, body
+        await bot.paper_venue.gap_price(SYMBOL, -0.05)  # type: ignore[attr-defined]  # about 100 lost
+        await wait_for(lambda: bot.inst.state.state.value == "halted")
+        await wait_for(lambda: not bot.orders)  # the kill switch's cancel, confirmed by the venue's answer
+        assert await bot.broker.open_orders() == []
+    finally:
+        await bot.stop()
+
+
 async def test_risk_limits_are_configured_under_bot_risk_and_only_the_paper_bot_reads_the_old_key(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -45,6 +45,8 @@ SETTLE_ROUNDS = 5
 # of an order never placed is refused every time).
 UNKNOWN_LOOKUP_SECONDS = 2.0
 UNKNOWN_LOOKUP_MAX_SECONDS = 60.0
+# The statuses that say the venue took an order (tradingbot_orders_acknowledged_total).
+ACCEPTED = (OrderStatus.ACKNOWLEDGED, OrderStatus.PARTIALLY_FILLED)
 
 
 class OrderEngine:
@@ -155,7 +157,29 @@ class OrderEngine:
         self.order_sent_at[request.client_order_id] = time.monotonic()
         self.gate.risk.sent()
         self.metrics.order_submitted(symbol, side.value, order_type.value, request.client_order_id)
-        return await self._send(request)
+        answer = await self._send(request)
+        if answer is not None:
+            await self._take_answer(answer)
+        return answer
+
+    async def _take_answer(self, answer: VenueOrder) -> None:
+        """The venue's answer to a submit is its word on the order: one it took and left open is working from now
+        on, whether or not its event came first. A broker whose events arrive after the answer (a stream, a poll)
+        left it in flight only until then: not in `orders` (nor the status's open orders) while resting on the
+        venue, and a halt in that moment showed a bot with no working order and one left on the venue. Any other
+        answer (filled at once, rejected; new, not yet taken) is left to the events, which bring its fills with it."""
+        if answer.status not in ACCEPTED:
+            return
+        known = self.orders.get(answer.key)
+        if known is not None and (known.status, known.filled_quantity) == (answer.status, answer.filled_quantity):
+            return  # its event came first (a venue that delivers them with the answer): nothing new
+        try:
+            await self.apply_order(answer)
+        except Exception as exc:  # placed all the same: it stays in flight until its event or a reconciliation
+            if not is_journal_failure(exc):
+                log.exception("order %s placed; taking in the venue's answer failed", answer.key)
+            else:
+                log.warning("order %s placed; the venue's answer not journaled (%s)", answer.key, exc)
 
     async def _send(self, request: OrderRequest) -> VenueOrder | None:
         """Send a journaled order to the venue; None when the venue did not take it or its answer was lost."""
@@ -339,9 +363,9 @@ class OrderEngine:
             m.order_rejected(order.symbol, order.reject_reason or "unknown", key)
         elif order.status is OrderStatus.CANCELED:
             m.order_canceled(order.symbol, key)
-        elif order.status is OrderStatus.ACKNOWLEDGED and (
-            key not in self.orders or not self.orders[key].venue_order_id
-        ):
+        elif order.status in ACCEPTED and (key not in self.orders or not self.orders[key].venue_order_id):
+            # The first word that the venue took it: its acknowledgement, or a submit's answer (or a poll) that
+            # found it partly filled already (the acknowledgement's event, coming after, is then stale).
             m.order_acknowledged(order.symbol, order.side.value, order.order_type.value, key)
         if order.status.is_open:
             # The venue's view, with the largest filled quantity known (a fill may have been seen before it).
