@@ -915,6 +915,9 @@ class BotRuntime:
         self.ramp_watch.check()  # a channel down too long falls back a stage
         self._confirm_instance_lock()
         await self.dead_man.refresh()  # from the loop itself: a loop that stops stops refreshing it
+        # P&L first: a loss limit the step breached halts here, and the sweep that halt owes runs at once below,
+        # not a loop interval later.
+        self.order_engine.export_pnl()
         await self.kill_switch.after_step()
         headroom = self.broker.rate_limit_headroom()
         if headroom is not None:
@@ -926,7 +929,6 @@ class BotRuntime:
             server = await self.broker.server_time()
             received = datetime.now(UTC)
             self.metrics.clock_skew(clock_offset(sent, received, server, self.broker.server_time_resolution()))
-        self.order_engine.export_pnl()
         if time.monotonic() >= self._peak_save_due:
             self._peak_save_due = time.monotonic() + PEAK_SAVE_INTERVAL_SECONDS
             try:
