@@ -26,7 +26,9 @@ from freqtrade_helpers import until
 from freqtrade_stack import Stack, freqtrade_stack, heal
 from host_deaths import Pager
 
-pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager]
+# Each test waits on candles (a minute each) and on freqtrade's restarts; its own deadlines below bound it, not the
+# suite's 300 s default.
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager, pytest.mark.timeout(900)]
 
 # From the fault to the end of its episodes: the candles' silence timeout (a candle and 20 s: 80 s) from their last
 # message, the alert's `for:`, the rule's reconnect (a reload_config: up to a start's time on a busy machine) and its

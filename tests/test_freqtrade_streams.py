@@ -26,7 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
 
-pytestmark = [pytest.mark.slow]
+# The stream test waits through candle boundaries (a minute each: about four minutes when nothing is slow); its own
+# deadlines bound it, not the suite's 300 s default.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 TOKEN = "sidecar-token"
 POLL_SECONDS = 0.2
