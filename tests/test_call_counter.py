@@ -389,6 +389,8 @@ async def test_a_busy_reject_then_the_reconciliation_it_triggers_never_fail_for_
             await bot.stop()
 
 
+# Real-rate lookups of an order of unknown outcome (about 100 s unloaded): its own waits bound it.
+@pytest.mark.timeout(600)
 async def test_an_order_of_unknown_outcome_is_looked_up_not_canceled_again_and_again(tmp_path: Path) -> None:
     """A submit refused `EService:Busy` whose own lookup found no room (here: none allowed) leaves an order of unknown
     outcome, which a strategy then asks to cancel at every step. The bot looks it up by its client order id instead (2 s

@@ -176,6 +176,8 @@ def test_the_refresh_must_come_well_within_the_timeout() -> None:
     assert (defaults.enabled, defaults.timeout_seconds, defaults.refresh_interval_seconds) == (True, 60, 20.0)
 
 
+# Two minutes of the Starter tier's call budget decaying at its real rate (~125 s unloaded): its own waits bound it.
+@pytest.mark.timeout(600)
 async def test_on_the_starter_tier_reconciliations_and_polls_never_take_the_switchs_refresh(tmp_path: Path) -> None:
     """Kraken's Starter counter kept by the gateway per key, the bot budgeting against it (`kraken_tier: starter`),
     polls a second as documented, a scheduled reconciliation every 10 s and the switch refreshed every 5 s (a 15 s
