@@ -52,6 +52,7 @@ from trading_ops.stack.layout import Layout, Ports
 from trading_ops.stack.profiles import FAST, STANDARD
 from trading_ops.stack.prometheus_config import (
     adapt_rules,
+    races_disconnect,
     reads_up,
     render_prometheus,
     spoken_duration,
@@ -89,6 +90,17 @@ def test_fast_profile_keeps_an_alert_on_failed_scrapes_at_five_seconds_at_least(
 ) -> None:
     assert FAST.alert_for(repo_for, scrape_failure=True) == fast_for
     assert STANDARD.alert_for(repo_for, scrape_failure=True) == repo_for
+
+
+@pytest.mark.parametrize(("repo_for", "fast_for"), [(10, 6), (5, 5), (60, 12), (0, 0)])
+def test_fast_profile_keeps_an_alert_that_races_a_disconnection_at_six_seconds_at_least(
+    repo_for: float, fast_for: float
+) -> None:
+    """Each bot notices a venue outage at its own next call: an alert its expression mutes while the venue is cut off
+    must wait for the second bot to notice, or the first bot's fires alone
+    (profiles.DISCONNECT_RACE_FOR_FLOOR_SECONDS)."""
+    assert FAST.alert_for(repo_for, races_disconnect=True) == fast_for
+    assert STANDARD.alert_for(repo_for, races_disconnect=True) == repo_for
 
 
 # The availability rules' host at the fast profile: bot and node exporter joined on the address.
@@ -173,7 +185,8 @@ def test_fast_rules_are_every_repo_rule_file_with_exactly_the_for_changed(layout
             skip = ("for", "annotations")
             assert {k: v for k, v in copy.items() if k not in skip} == {k: v for k, v in rule.items() if k not in skip}
             if "for" in rule:
-                floor = 5 if reads_up(rule["expr"]) else 2  # an alert on failed scrapes: 5 s at least
+                # An alert on failed scrapes: 5 s at least; one its expression mutes while the bot is cut off: 6 s.
+                floor = 5 if reads_up(rule["expr"]) else 6 if races_disconnect(rule["expr"]) else 2
                 expected = min(parse_duration(rule["for"]), max(parse_duration(rule["for"]) / 5, floor))
                 assert parse_duration(copy["for"]) == expected, alert
                 changed += copy["for"] != rule["for"]
@@ -181,8 +194,18 @@ def test_fast_rules_are_every_repo_rule_file_with_exactly_the_for_changed(layout
                 assert "for" not in copy
     assert changed > 10  # the catalogue has plenty of alerts with a for: to shorten
     broker = alerts_of(layout.rules_dir / "tradingbot-availability.yml")["TradingBotBrokerDisconnected"]
-    assert broker["for"] == "2s"
-    assert "for more than 2 seconds." in broker["annotations"]["description"]
+    assert broker["for"] == "6s"
+    assert "for more than 6 seconds." in broker["annotations"]["description"]
+    # Only the alerts muted by a disconnection they race keep the 6 s floor; the venue's own is shortened.
+    raced = {
+        alert
+        for name in repo_files
+        for alert, rule in alerts_of(RULES_DIR / name).items()
+        if races_disconnect(str(rule.get("expr", "")))
+    }
+    assert raced == {"TradingBotBrokerDisconnected", "TradingBotStreamChannelStale"}
+    venue = alerts_of(layout.rules_dir / "tradingbot-availability.yml")["TradingBotVenueDown"]
+    assert venue["for"] == "2s"
 
 
 @pytest.mark.parametrize("profile", [FAST, STANDARD], ids=lambda p: p.name)

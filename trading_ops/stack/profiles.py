@@ -24,6 +24,13 @@ FOR_FLOOR_SECONDS = 2.0
 # must find every scrape of both failed, each past its 0.8 s: about 6 s of stall, twice what was seen; a dead host
 # pages 3 s later than with 2 s, still a third of the standard profile's time.
 SCRAPE_FAILURE_FOR_FLOOR_SECONDS = 5.0
+# The fast profile's floor for an alert its own expression mutes while the bot, or its venue, is cut off
+# (`unless` over tradingbot_broker_connected or venue:tradingbot_bots_disconnected:ratio: TradingBotBrokerDisconnected,
+# TradingBotStreamChannelStale). Each bot notices a venue outage at its own next call to the venue, so the venue-wide
+# view forms only once the second bot has noticed: the first bot alone fired its per-bot alert at `for: 2s` (a
+# fresh clone's CI, 2026-11-27: the first bot cut off 1.3 s after the outage, the second about 3 s after it; the
+# reconciler then reconnected one bot on a dead venue). Twice that spread; the standard profile's 10 s is more.
+DISCONNECT_RACE_FOR_FLOOR_SECONDS = 6.0
 # The floor profile's `for:`: one 1 s evaluation (an alert fires on the second evaluation that finds it true).
 FOR_MINIMUM_SECONDS = 1.0
 # The timings of a clustered Alertmanager pair (`up --alertmanagers 2`) that the fast profile divides by FOR_DIVISOR
@@ -68,15 +75,21 @@ class Profile:
         """The Alertmanager flags of this profile's cluster timings (`--cluster.peer-timeout=3s`, ...)."""
         return [f"--cluster.{flag}={format_duration(value)}" for flag, value in self.alertmanager_cluster]
 
-    def alert_for(self, seconds: float, scrape_failure: bool = False) -> float:
+    def alert_for(self, seconds: float, scrape_failure: bool = False, races_disconnect: bool = False) -> float:
         """The `for:` duration this profile gives an alert whose repo rule says `seconds`; `scrape_failure`: the
         alert is on failed scrapes (its expression reads `up`), never shortened below
-        SCRAPE_FAILURE_FOR_FLOOR_SECONDS (the floor profile's one evaluation aside: it measures detection's least)."""
+        SCRAPE_FAILURE_FOR_FLOOR_SECONDS; `races_disconnect`: its expression mutes it while the bot or its venue is
+        cut off, never below DISCONNECT_RACE_FOR_FLOOR_SECONDS (the floor profile's one evaluation aside: it
+        measures detection's least)."""
         if not self.shorten_for or seconds <= 0:
             return seconds
         if self.minimal_for:
             return min(seconds, FOR_MINIMUM_SECONDS)
-        floor = max(FOR_FLOOR_SECONDS, SCRAPE_FAILURE_FOR_FLOOR_SECONDS if scrape_failure else 0.0)
+        floor = max(
+            FOR_FLOOR_SECONDS,
+            SCRAPE_FAILURE_FOR_FLOOR_SECONDS if scrape_failure else 0.0,
+            DISCONNECT_RACE_FOR_FLOOR_SECONDS if races_disconnect else 0.0,
+        )
         return min(seconds, max(seconds / FOR_DIVISOR, floor))
 
     def shortened(self, seconds: float, floor: float) -> float:
@@ -125,7 +138,9 @@ class Profile:
             parts.append(
                 f"alert `for:` durations are divided by {FOR_DIVISOR}, at least {fmt(FOR_FLOOR_SECONDS)} "
                 f"({fmt(SCRAPE_FAILURE_FOR_FLOOR_SECONDS)} for an alert on failed scrapes, so a late scrape never "
-                "reads as a dead bot or host) and never longer than the repo's (10s -> 2s, 2m -> 24s), and so are "
+                f"reads as a dead bot or host; {fmt(DISCONNECT_RACE_FOR_FLOOR_SECONDS)} for one its expression mutes "
+                "while the venue is cut off, so a venue outage is never one bot's) and never longer than the repo's "
+                "(10s -> 2s, 2m -> 24s), and so are "
                 "the systemd units' RestartSec, WatchdogSec and StartLimitIntervalSec the stack runs its children with"
             )
         return "; ".join(parts) + ". Everything else as in the repo."
@@ -151,7 +166,9 @@ class Profile:
                 f"{format_duration(FOR_MINIMUM_SECONDS)}, never longer than the repo's"
                 if self.minimal_for
                 else f"for / {FOR_DIVISOR}, at least {format_duration(FOR_FLOOR_SECONDS)} "
-                f"({format_duration(SCRAPE_FAILURE_FOR_FLOOR_SECONDS)} on failed scrapes), never longer than the repo's"
+                f"({format_duration(SCRAPE_FAILURE_FOR_FLOOR_SECONDS)} on failed scrapes, "
+                f"{format_duration(DISCONNECT_RACE_FOR_FLOOR_SECONDS)} muted by a disconnection), "
+                "never longer than the repo's"
                 if self.shorten_for
                 else "as in the repo"
             ),

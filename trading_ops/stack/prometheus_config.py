@@ -40,6 +40,10 @@ FOR_PHRASE = "for more than {}"
 # `up` as a series of its own in PromQL (not `tradingbot_up`, nor a label value): followed by a selector, a range, a
 # comparison or the end of an argument.
 UP_SERIES = re.compile(r"(?<![\w:\"])up\s*(?=[{\[=!<>)]|$| (?:==|!=|<|>|unless|and|or)\b)", re.MULTILINE)
+# An `unless` over a bot's connection to its venue, or its venue's share of bots cut off.
+DISCONNECT_MUTE = re.compile(
+    r"\bunless\b[\s\S]*(?:venue:tradingbot_bots_disconnected:ratio|tradingbot_broker_connected)"
+)
 # Prometheus's default scrape timeout, which a job inherits when neither it nor `global` sets one.
 DEFAULT_SCRAPE_TIMEOUT = 10.0
 DEFAULT_SCRAPE_INTERVAL = 60.0
@@ -92,6 +96,12 @@ def reads_up(expr: str) -> bool:
     return UP_SERIES.search(expr) is not None
 
 
+def races_disconnect(expr: str) -> bool:
+    """Whether an alert's expression mutes it while the bot or its venue is cut off (an `unless` over either): an
+    alert that must not fire before the disconnection is seen (profiles.DISCONNECT_RACE_FOR_FLOOR_SECONDS)."""
+    return DISCONNECT_MUTE.search(expr) is not None
+
+
 def adapt_rules(groups: dict[str, Any], profile: Profile, source: str) -> dict[str, Any]:
     """A rule file with every alert's `for:` as the profile says (see profiles.FOR_DIVISOR), and its annotations'
     "for more than <the repo's for:>" saying the duration the alert really uses."""
@@ -100,7 +110,10 @@ def adapt_rules(groups: dict[str, Any], profile: Profile, source: str) -> dict[s
         for rule in group.get("rules") or []:
             if "alert" in rule and "for" in rule:
                 seconds = _seconds(rule["for"], f"{source}: alert {rule['alert']}: for")
-                shortened = profile.alert_for(seconds, scrape_failure=reads_up(str(rule.get("expr", ""))))
+                expr = str(rule.get("expr", ""))
+                shortened = profile.alert_for(
+                    seconds, scrape_failure=reads_up(expr), races_disconnect=races_disconnect(expr)
+                )
                 if shortened != seconds:
                     rule["for"] = format_duration(shortened)
                     said = FOR_PHRASE.format(spoken_duration(seconds))
