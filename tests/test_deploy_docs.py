@@ -67,7 +67,7 @@ def test_the_page_has_the_steps_the_issue_asks_for() -> None:
         "db upgrade",
         "config render -o /etc/prometheus",
         "systemctl enable --now trading-ops-paper-bot.service trading-ops-reconciler.service",
-        "curl -fsS http://127.0.0.1:9101/readyz",
+        "curl -fsS --retry 120 --retry-delay 1 --retry-connrefused http://127.0.0.1:9101/readyz",
     ]
     positions = [commands.find(step) for step in order]
     assert -1 not in positions, [step for step, at in zip(order, positions, strict=True) if at < 0]
