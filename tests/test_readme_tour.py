@@ -52,7 +52,7 @@ README = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split())
 # What the README promises of each fault of its tour, quoted: the test fails when the README stops saying it (then
 # this test and the README are brought back in line), so the two cannot drift apart.
 PROMISES = {
-    "drop_connection": "About five seconds later the status line shows the alert and the reconciler's verified action",
+    "drop_connection": "About ten seconds later the status line shows the alert and the reconciler's verified action",
     "stale_market_data": (
         "`chaos stale_market_data symbol=ETH-USD` (the bot's stream finds the pair's ticker silent and subscribes "
         "again by itself within seconds, before any alert)"
@@ -64,8 +64,8 @@ PROMISES = {
         "flattens it, and a human is paged: nothing automatic lifts a breached loss limit)"
     ),
 }
-# The README's figure for the drop ("about five seconds"), x 2.
-DROP_SECONDS = 2 * 5.0
+# The README's figure for the drop ("about ten seconds": the fast profile's 6 s `for:` on a disconnect), x 2.
+DROP_SECONDS = 2 * 10.0
 # The critical resource alerts wait `for: 1m` in the fast profile after the fault crosses the budget.
 DISK_DEADLINE_SECONDS = 180.0
 
@@ -141,7 +141,7 @@ def drop_connection(tour: Tour, halted: bool) -> None:
     assert all(e["rule"] == "broker-reconnect" for e in recovered), episodes
     assert [steps_of(e) for e in recovered][0] == [("bot command=reconnect", "success")], episodes
     took = max(seconds_to_close(e, injected) for e in recovered)
-    assert took <= DROP_SECONDS, f"the drop took {took:.1f} s to a verified reconnect (README: about 5 s)"
+    assert took <= DROP_SECONDS, f"the drop took {took:.1f} s to a verified reconnect (README: about 10 s)"
     # The status line shows the verified action, as the README's step 4 shows it.
     tour.up.wait_line(lambda line: "last action: bot command=reconnect -> success" in line, timeout=30)
     history = tour.cli("reconciler", "history")
