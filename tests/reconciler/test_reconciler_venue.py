@@ -480,18 +480,12 @@ async def test_a_flat_account_is_neither_paged_nor_asked_to_flatten(
     assert active(alertmanager, BOT_HOST_DOWN, instance) == []
 
 
-async def test_the_exposure_page_stands_after_its_episode_closed_until_the_host_is_back(
-    aiohttp_client: Any,
-    tmp_path: Path,
-    migrated_sqlite: str,
-    gateway: Gateway,
-    alertmanager: Alertmanager,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A person rejects the flatten: the episode closes, the account still holds the position and the host is still
-    down. The exposure page stands (it was ended with the episode before), posted again so that Alertmanager's
-    resolve_timeout does not end it, and ends once the host is back."""
-    monkeypatch.setattr(page_ends, "EXPOSURE_REPOST_SECONDS", 0.2)
+async def a_down_host_holding_btc(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, gateway: Gateway, alertmanager: Alertmanager
+) -> tuple[Any, str, dict[str, str], dict[str, Any], float, dict[str, Any]]:
+    """The account holds BTC, its bot's host is down (TradingBotHostDown fired in Alertmanager and sent to a reconciler
+    whose playbook cancels, pages the exposure and flattens on approval), and the flatten's approval is asked: the
+    client, the instance, the alert's labels, Alertmanager's alert, what is held and the approval."""
     gateway.call("create_order", "BTC/USD", "market", "buy", 0.01, None, {"clientOrderId": f"{BOT_A}-{RUN}-1"})
     held = btc(gateway)
     playbook = rule(CANCEL, EXPOSURE, FLATTEN, approval_timeout="60s")
@@ -508,6 +502,24 @@ async def test_the_exposure_page_stands_after_its_episode_closed_until_the_host_
         return list((await resp.json())["approvals"]) or None
 
     (approval,) = await until_async("the flatten's approval asked", asked, deadline=30)
+    return client, instance, labels, fired, held, approval
+
+
+async def test_the_exposure_page_stands_after_its_episode_closed_until_the_host_is_back(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    gateway: Gateway,
+    alertmanager: Alertmanager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A person rejects the flatten: the episode closes, the account still holds the position and the host is still
+    down. The exposure page stands (it was ended with the episode before), posted again so that Alertmanager's
+    resolve_timeout does not end it, and ends once the host is back."""
+    monkeypatch.setattr(page_ends, "EXPOSURE_REPOST_SECONDS", 0.2)
+    client, instance, labels, fired, held, approval = await a_down_host_holding_btc(
+        aiohttp_client, tmp_path, migrated_sqlite, gateway, alertmanager
+    )
     decided = await client.post(
         f"/api/v1/approvals/{approval['id']}",
         json={"decision": "reject", "reason": "we keep it", "by": "alice"},
@@ -554,22 +566,9 @@ async def test_the_exposure_page_ends_when_the_account_is_flat_or_the_host_is_ba
     alertmanager: Alertmanager,
     end: str,
 ) -> None:
-    gateway.call("create_order", "BTC/USD", "market", "buy", 0.01, None, {"clientOrderId": f"{BOT_A}-{RUN}-1"})
-    held = btc(gateway)
-    playbook = rule(CANCEL, EXPOSURE, FLATTEN, approval_timeout="60s")
-    instance = unique_instance()
-    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, playbook, venue=True, instance=instance)
-    client = await aiohttp_client(create_app(load_config(config)))
-    labels = {"alertname": HOST_DOWN, "instance": instance, "run": uuid.uuid4().hex[:8]}
-    fired = alertmanager.fire(labels)
-    body = payload(alert(fingerprint=fired["fingerprint"], starts_at=fired["startsAt"], **labels))
-    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
-
-    async def asked() -> list[dict[str, Any]] | None:
-        resp = await client.get("/api/v1/approvals?status=pending", headers=READ_AUTH)
-        return list((await resp.json())["approvals"]) or None
-
-    (approval,) = await until_async("the flatten's approval asked", asked, deadline=30)
+    client, instance, labels, fired, held, approval = await a_down_host_holding_btc(
+        aiohttp_client, tmp_path, migrated_sqlite, gateway, alertmanager
+    )
     # The exposure page pages (Alertmanager holds it active) and says what the account holds.
     (page,) = active(alertmanager, BOT_HOST_DOWN, instance)
     assert f"BTC-USD {held:g}" in page["annotations"]["description"]
