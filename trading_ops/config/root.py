@@ -1,0 +1,161 @@
+"""The whole configuration file: one section per service, and the checks that span sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trading_ops.config.bot import BotConfig, RecoveryConfig, order_id_prefix
+from trading_ops.config.common import DatabaseConfig, LoggingConfig, NotificationsConfig
+from trading_ops.config.fields import (
+    POSTGRESQL_DRIVER,
+    POSTGRESQL_DRIVER_MISSING,
+    ConfigError,
+    check_command,
+    check_name,
+)
+from trading_ops.config.freqtrade import FreqtradeConfig
+from trading_ops.config.ops import BackupConfig, MaintenanceConfig, ReportConfig, SchedulerConfig, UpkeepConfig
+from trading_ops.config.paper import CcxtConfig, GatewayConfig, PaperConfig
+from trading_ops.config.readiness import ReadinessConfig
+from trading_ops.config.reconciler import BotEntryConfig, ReconcilerConfig, TargetConfig
+
+
+def bot_prefix(entry: BotEntryConfig) -> str:
+    """The order-id prefix of a bot under `bots:`: its venue's `order_id_prefix`, else derived from its name."""
+    return entry.venue.order_id_prefix or order_id_prefix(entry.name)
+
+
+def bot_order_id_prefix(config: Config) -> str:
+    """The order-id prefix of the bot this configuration runs (`bot:`): bot.order_id_prefix, else its entry's under
+    `bots:`, else derived from its name, as the reconciler's `venue` step derives it."""
+    if config.bot.order_id_prefix:
+        return config.bot.order_id_prefix
+    entry = next((b for b in config.bots if b.name == config.bot.name), None)
+    return bot_prefix(entry) if entry is not None else order_id_prefix(config.bot.name)
+
+
+@dataclass
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    bot: BotConfig = field(default_factory=BotConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
+    freqtrade: FreqtradeConfig = field(default_factory=FreqtradeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # The bots, declared once: the reconciler's targets and Prometheus's file_sd targets
+    # (`trading-ops config targets`) are derived from this list.
+    bots: list[BotEntryConfig] = field(default_factory=list)
+    # Bot kinds `trading-ops up --bot KIND` can run besides the built-in `paper`: KIND -> the bot's command line;
+    # {python} is this Python, {config} the stack's generated configuration file.
+    bot_kinds: dict[str, list[str]] = field(default_factory=dict)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+    upkeep: UpkeepConfig = field(default_factory=UpkeepConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    ccxt: CcxtConfig = field(default_factory=CcxtConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
+    # Directory that relative paths in this file are resolved against (the file's own directory).
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+    # The top-level sections the file gives (`config check` checks the services they configure).
+    sections: frozenset[str] = field(default=frozenset(), metadata={"internal": True})
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if self.readiness.prometheus_retention:
+            from trading_ops.durations import parse_duration
+
+            retention = parse_duration(self.readiness.prometheus_retention)
+            for i, stage in enumerate(self.bot.ramp.stages):
+                if parse_duration(stage.window) > retention:
+                    raise ConfigError(
+                        f"bot.ramp.stages[{i}].window",
+                        f"{stage.window} is longer than Prometheus's retention ({self.readiness.prometheus_retention}, "
+                        "readiness.prometheus_retention): it cannot hold that much history",
+                    )
+        for key, attr in (("name", "name"), ("instance", "instance")):
+            seen: set[str] = set()
+            for i, entry in enumerate(self.bots):
+                value = getattr(entry, attr)
+                if value in seen:
+                    raise ConfigError(f"bots[{i}].{key}", f"{value} is listed twice")
+                seen.add(value)
+        for kind, command in self.bot_kinds.items():
+            if check_name(kind) or (problem := check_command(command)):
+                raise ConfigError(f"bot_kinds.{kind}", check_name(kind) or problem or "")
+        self.check_accounts()
+        if self.bots:
+            if self.reconciler.targets:
+                raise ConfigError("reconciler.targets", "give the bots once, under bots: (targets are derived)")
+            self.reconciler.targets = {
+                b.instance: TargetConfig(
+                    url=b.url,
+                    token=b.token,
+                    destructive_token=b.destructive_token,
+                    unit=b.systemd_unit,
+                    container=b.docker_container,
+                    venue=dataclasses.replace(b.venue, order_id_prefix=bot_prefix(b)),
+                    host=b.host,
+                )
+                for b in self.bots
+            }
+
+    def check_accounts(self) -> None:
+        """A bot touches only its own orders: one account per bot (the venue's dead man's switch and its balances are
+        the account's, so two bots on one would cancel and reconcile each other), and no two bots on a venue with one
+        order-id prefix (a `venue` step tells a bot's orders by it; two bots given keys of their own on one account
+        are not seen sharing it, their prefixes are). The bot this file runs (`bot:`) takes the prefix its entry
+        under `bots:` gives."""
+        prefixes: dict[tuple[str, str], int] = {}
+        accounts: dict[tuple[str, str], int] = {}
+        for i, entry in enumerate(self.bots):
+            venue = entry.venue
+            if entry.name == self.bot.name and venue.order_id_prefix and self.bot.order_id_prefix:
+                if venue.order_id_prefix != self.bot.order_id_prefix:
+                    raise ConfigError(
+                        f"bots[{i}].venue.order_id_prefix",
+                        f"{venue.order_id_prefix} is not bot.order_id_prefix ({self.bot.order_id_prefix}), the "
+                        f"prefix bot {entry.name} gives its orders",
+                    )
+            if not venue.exchange:
+                continue
+            place = " ".join([venue.exchange, *(f"{k}={v}" for k, v in sorted(venue.urls.items()))])
+            prefix = bot_prefix(entry)
+            first = prefixes.setdefault((place, prefix), i)
+            if first != i:
+                raise ConfigError(
+                    f"bots[{i}].venue.order_id_prefix",
+                    f"{prefix} is the order-id prefix of bots[{first}] ({self.bots[first].name}) on {venue.exchange} "
+                    "too: a venue step would take both bots' orders (give each bot a prefix of its own)",
+                )
+            account = venue.account or venue.api_key
+            first = accounts.setdefault((place, account), i)
+            if first != i:
+                raise ConfigError(
+                    f"bots[{i}].venue",
+                    f"the {venue.exchange} account of bots[{first}] ({self.bots[first].name}): one account per bot "
+                    "(a Kraken subaccount each), the reconciler holding a key of its own on it",
+                )
+
+    def path(self, value: str) -> Path:
+        """Resolve a path rendered at run time (a step's pidfile template) against the configuration file's
+        directory; the configured path keys are resolved at load (`path_field`)."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def database_url(self) -> str:
+        """The validated SQLAlchemy URL: a relative SQLite path resolved, bare `postgresql://` on psycopg 3."""
+        url = self.database.resolved_url(self.base_dir)
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:" and not url.startswith("sqlite:////"):
+            url = prefix + str(self.path(url[len(prefix) :]))
+        if url.startswith("postgresql://"):
+            url = POSTGRESQL_DRIVER + url[len("postgresql") :]
+        if url.startswith(POSTGRESQL_DRIVER) and importlib.util.find_spec("psycopg") is None:
+            raise ConfigError("database.url", POSTGRESQL_DRIVER_MISSING)
+        return url
