@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.streams.health import silence_timeout
 from trading_ops.bot.streams.metrics import StreamMetrics
-from trading_ops.venues.kraken_ws.server import PUBLIC_PATH
+from trading_ops.paper.gateway.kraken.ws.server import PUBLIC_PATH
 from trading_ops.venues.streams.client import KrakenStream, Subscription
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,8 +141,8 @@ async def run(base: str, rounds: int, tick: float) -> dict[str, Any]:
 def serve(port: int, tick: float) -> int:
     from aiohttp import web
 
+    from trading_ops.paper.gateway.kraken.gateway import KrakenGateway, create_app
     from trading_ops.paper.venue import PaperVenue
-    from trading_ops.venues.kraken_gateway import KrakenGateway, create_app
 
     venue = PaperVenue(volatility=0.001, tick_interval=tick, starting_balance=Decimal(100000))
     keys = {"bench-key": "YmVuY2g="}

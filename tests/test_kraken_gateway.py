@@ -34,8 +34,8 @@ from ports import free_port
 
 from trading_ops.cli import main
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.venues.kraken_api import sign
-from trading_ops.venues.kraken_gateway import gateway_from_config
+from trading_ops.paper.gateway.kraken.api import sign
+from trading_ops.paper.gateway.kraken.gateway import gateway_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,10 @@ from urllib.parse import urlencode
 import aiohttp
 from ccxt_helpers import API_KEY, API_SECRET, running_gateway
 
-from trading_ops.venues import kraken_account, kraken_api, kraken_market
-from trading_ops.venues.kraken_api import sign
+from trading_ops.paper.gateway.kraken import account as kraken_account
+from trading_ops.paper.gateway.kraken import api as kraken_api
+from trading_ops.paper.gateway.kraken import market as kraken_market
+from trading_ops.paper.gateway.kraken.api import sign
 
 HUGE = "9" * 5000
 # Public methods read the query string, which aiohttp takes up to 8190 bytes a line (a longer one: its own 400).

@@ -25,10 +25,10 @@ from ccxt_helpers import (
 )
 from ws_helpers import socket, ws_token, ws_urls
 
+from trading_ops.bot.streams.checksum import Book
+from trading_ops.paper.gateway.kraken.gateway import KrakenGateway
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.venues.call_counter import CounterLimiter
-from trading_ops.venues.kraken_gateway import KrakenGateway
-from trading_ops.venues.kraken_ws.checksum import Book
 
 MOVING = {"tick_interval": 0.02, "volatility": 0.001}
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from trading_ops.bot.broker import Quote
-from trading_ops.venues.kraken_ws.book_feed import BookFeed
-from trading_ops.venues.kraken_ws.checksum import Book, apply_levels, book_checksum, diff_levels, level_text
-from trading_ops.venues.kraken_ws.messages import dumps
+from trading_ops.bot.streams.checksum import Book, apply_levels, book_checksum, diff_levels, level_text
+from trading_ops.paper.gateway.kraken.ws.book_feed import BookFeed
+from trading_ops.paper.gateway.kraken.ws.messages import dumps
 
 # Kraken's worked example, as its guide gives the snapshot (JSON numbers at the pair's precision).
 GUIDE_SNAPSHOT = """{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD",

@@ -14,7 +14,7 @@ import pytest
 from ccxt_helpers import chaos, limit, market, running_gateway
 from ws_helpers import socket, ws_token, ws_urls
 
-from trading_ops.venues.kraken_ws.checksum import Book
+from trading_ops.bot.streams.checksum import Book
 
 MOVING = {"tick_interval": 0.02, "volatility": 0.001}
 

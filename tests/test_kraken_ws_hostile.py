@@ -12,8 +12,8 @@ import pytest
 from ccxt_helpers import running_gateway
 from ws_helpers import socket, ws_urls
 
-from trading_ops.venues.kraken_ws.connection import MAX_REFUSED
-from trading_ops.venues.kraken_ws.server import MAX_CONNECTIONS_PER_ADDRESS, MAX_FRAME_BYTES
+from trading_ops.paper.gateway.kraken.ws.connection import MAX_REFUSED
+from trading_ops.paper.gateway.kraken.ws.server import MAX_CONNECTIONS_PER_ADDRESS, MAX_FRAME_BYTES
 
 
 async def still_serving(url: str) -> None:

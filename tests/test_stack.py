@@ -1351,8 +1351,8 @@ def test_the_ccxt_gateway_stack_gets_a_gateway_with_generated_credentials_and_a_
 ) -> None:
     """`up --bot ccxt-gateway`: the gateway's key, secret and fault token are generated into files (mode 600) and
     only their paths are in the YAML; the bot's ccxt section signs with that key at the gateway's port."""
+    from trading_ops.paper.gateway.kraken.gateway import gateway_from_config
     from trading_ops.venues.ccxt import make_exchange
-    from trading_ops.venues.kraken_gateway import gateway_from_config
 
     source = tmp_path / "trading-ops.yaml"
     source.write_text(yaml.safe_dump({"paper": {"symbols": ["BTC-USD", "ETH-USD"]}, "bot": {"data_dir": "var/bot"}}))
@@ -1397,8 +1397,8 @@ def test_the_freqtrade_stack_wires_freqtrade_its_sidecar_and_a_key_of_the_sideca
     gateway and holds no secret (they reach freqtrade as FREQTRADE__* variables from files); Prometheus scrapes the
     sidecar in the freqtrade job and the tradingbot job has no target."""
     from trading_ops.config import resolve_secret
+    from trading_ops.paper.gateway.kraken.gateway import gateway_from_config
     from trading_ops.stack import freqtrade_bot
-    from trading_ops.venues.kraken_gateway import gateway_from_config
 
     source = tmp_path / "trading-ops.yaml"
     shutil.copy(REPO_ROOT / "trading-ops.example.yaml", source)
@@ -1489,8 +1489,8 @@ def test_a_fleet_gets_a_configuration_an_account_a_port_and_a_data_dir_per_bot(t
     """Three example bots on one gateway: each its own name, port, data dir, journal (SQLite), configuration file and
     gateway account with its own key; all three in the bots: list, so in the reconciler's targets (with their units)
     and in Prometheus's file_sd targets."""
+    from trading_ops.paper.gateway.kraken.gateway import gateway_from_config
     from trading_ops.venues.ccxt import make_exchange
-    from trading_ops.venues.kraken_gateway import gateway_from_config
 
     source = tmp_path / "trading-ops.yaml"
     source.write_text(yaml.safe_dump({"bot": {"data_dir": "var/bot"}}))

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from trading_ops.bot.broker import Side, VenueFill
+from trading_ops.bot.streams.checksum import Book
 from trading_ops.bot.streams.fills import LOST_AFTER, owed_by
 from trading_ops.bot.streams.health import Sequences, Silence, silence_timeout
 from trading_ops.bot.streams.resync import Backoff, SilentChannels
-from trading_ops.venues.kraken_ws.checksum import Book
 from trading_ops.venues.streams.health import Books
 
 

@@ -43,7 +43,7 @@ COMMAND_MODULES = (
     "trading_ops.reconciler.cli",
     "trading_ops.rulepack.cli",
     "trading_ops.stack.cli",
-    "trading_ops.venues.cli",
+    "trading_ops.paper.gateway.cli",
 )
 
 log = logging.getLogger("trading_ops")

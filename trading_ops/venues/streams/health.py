@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from trading_ops.venues.kraken_ws.checksum import Book
+from trading_ops.bot.streams.checksum import Book
 
 
 def _levels(side: Iterable[Mapping[str, Any]]) -> list[tuple[Decimal, Decimal]]:

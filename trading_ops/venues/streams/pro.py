@@ -25,11 +25,11 @@ from typing import Any
 import ccxt.pro as ccxt_pro
 from ccxt.base.errors import ExchangeError, NetworkError
 
+from trading_ops.bot.streams.checksum import book_checksum
 from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, silence_timeout
 from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.resync import Backoff
 from trading_ops.tasks import stop_tasks
-from trading_ops.venues.kraken_ws.checksum import book_checksum
 from trading_ops.venues.streams.client import SUBSCRIBE_ANSWER_SECONDS, WATCH_SECONDS
 
 LOG = logging.getLogger(__name__)

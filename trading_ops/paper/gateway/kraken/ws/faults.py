@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from trading_ops.paper.faults import FaultModel
-from trading_ops.venues.kraken_ws.connection import Connection
-from trading_ops.venues.kraken_ws.private import INVALID_SESSION, MAINTENANCE, REPEAT_FILLS, SEQUENCE_GAP
+from trading_ops.paper.gateway.kraken.ws.connection import Connection
+from trading_ops.paper.gateway.kraken.ws.private import INVALID_SESSION, MAINTENANCE, REPEAT_FILLS, SEQUENCE_GAP
 
 MAX_SECONDS = 3600.0
 MAX_COUNT = 10_000

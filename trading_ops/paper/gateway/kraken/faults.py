@@ -14,8 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from trading_ops.paper.faults import FaultModel
-from trading_ops.paper.venue import PaperVenue
-from trading_ops.venues.kraken_api import (
+from trading_ops.paper.gateway.kraken.api import (
     E_INSUFFICIENT_FUNDS,
     E_INVALID_NONCE,
     E_INVALID_ORDER,
@@ -25,6 +24,7 @@ from trading_ops.venues.kraken_api import (
     KrakenError,
     Pairs,
 )
+from trading_ops.paper.venue import PaperVenue
 
 LOG = logging.getLogger(__name__)
 

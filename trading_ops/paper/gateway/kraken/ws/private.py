@@ -14,12 +14,10 @@ from typing import Any
 
 from trading_ops.bot.broker import OrderStatus, OrderType, VenueFill, VenueOrder
 from trading_ops.paper.faults import FaultModel
-from trading_ops.paper.venue import PaperVenue
-from trading_ops.venues.call_counter import CounterLimiter
-from trading_ops.venues.kraken_account import ANONYMOUS_PREFIX, AccountEndpoints
-from trading_ops.venues.kraken_api import E_RATE_LIMIT, KrakenError, Pairs
-from trading_ops.venues.kraken_ws.connection import Connection, Subscription
-from trading_ops.venues.kraken_ws.messages import (
+from trading_ops.paper.gateway.kraken.account import ANONYMOUS_PREFIX, AccountEndpoints
+from trading_ops.paper.gateway.kraken.api import E_RATE_LIMIT, KrakenError, Pairs
+from trading_ops.paper.gateway.kraken.ws.connection import Connection, Subscription
+from trading_ops.paper.gateway.kraken.ws.messages import (
     E_ARGUMENTS,
     E_CHANNEL,
     E_PAIR,
@@ -29,7 +27,9 @@ from trading_ops.venues.kraken_ws.messages import (
     answer,
     now_text,
 )
-from trading_ops.venues.kraken_ws.public import ws_symbol
+from trading_ops.paper.gateway.kraken.ws.public import ws_symbol
+from trading_ops.paper.venue import PaperVenue
+from trading_ops.venues.call_counter import CounterLimiter
 
 TOKEN_SECONDS = 900  # a token not used within this long is refused (one used by a subscription stays valid)
 MAX_TOKENS = 10_000  # tokens kept; the oldest are forgotten first

@@ -60,7 +60,7 @@ Orders the paper venue rejects never existed for Kraken: AddOrder answers the er
 With `gateway.call_counter` set to a tier, private calls count on Kraken's REST call counter of their key
 (trading_ops.venues.call_counter.CounterLimiter), and a call past its maximum answers `EAPI:Rate limit exceeded`.
 
-The same market and accounts stream over Kraken's Spot WebSocket v2 on the same port (trading_ops.venues.kraken_ws):
+The same market and accounts stream over Kraken's Spot WebSocket v2 on the same port (its ws/ package):
 public at `/ws/v2`, private at `/ws-auth/v2` with a token from the private call GetWebSocketsToken (bound to the key
 that asked, and so to its account). Its stream faults (`ws_*`) are fault commands like the others; drop_connection
 and outage drop every socket too.
@@ -85,11 +85,8 @@ from trading_ops.config import GATEWAY_MAIN_ACCOUNT, Config, ConfigError, Gatewa
 from trading_ops.http_guard import guard
 from trading_ops.http_input import InputError, read_body, read_json_object
 from trading_ops.paper.faults import FaultModel
-from trading_ops.paper.venue import PaperVenue
-from trading_ops.tasks import stop_tasks
-from trading_ops.venues.call_counter import CounterLimiter
-from trading_ops.venues.kraken_account import AccountEndpoints
-from trading_ops.venues.kraken_api import (
+from trading_ops.paper.gateway.kraken.account import AccountEndpoints
+from trading_ops.paper.gateway.kraken.api import (
     E_INVALID_ARGUMENTS,
     E_RATE_LIMIT,
     E_UNKNOWN_METHOD,
@@ -97,11 +94,14 @@ from trading_ops.venues.kraken_api import (
     Pairs,
     decode_secret,
 )
-from trading_ops.venues.kraken_auth import KrakenAuth
-from trading_ops.venues.kraken_faults import FAULTS, FaultError, GatewayFaults
-from trading_ops.venues.kraken_market import MarketData
-from trading_ops.venues.kraken_ws.faults import WS_FAULTS, StreamFaultError
-from trading_ops.venues.kraken_ws.server import PRIVATE_PATH, PUBLIC_PATH, KrakenWebSocket
+from trading_ops.paper.gateway.kraken.auth import KrakenAuth
+from trading_ops.paper.gateway.kraken.faults import FAULTS, FaultError, GatewayFaults
+from trading_ops.paper.gateway.kraken.market import MarketData
+from trading_ops.paper.gateway.kraken.ws.faults import WS_FAULTS, StreamFaultError
+from trading_ops.paper.gateway.kraken.ws.server import PRIVATE_PATH, PUBLIC_PATH, KrakenWebSocket
+from trading_ops.paper.venue import PaperVenue
+from trading_ops.tasks import stop_tasks
+from trading_ops.venues.call_counter import CounterLimiter
 
 LOG = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class KrakenGateway:
         self.account = AccountEndpoints(self.pairs, self.faults)
         self.call_counter = call_counter  # Kraken's REST call counter per key (trading_ops.venues.call_counter)
         self.calls: dict[str, int] = {}  # answered calls per method (what a test counts)
-        # Kraken's Spot WebSocket v2 on the same market and accounts (trading_ops.venues.kraken_ws).
+        # Kraken's Spot WebSocket v2 on the same market and accounts (trading_ops.paper.gateway.kraken.ws).
         self.websocket = KrakenWebSocket(
             venue,
             self.accounts,

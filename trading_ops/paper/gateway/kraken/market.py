@@ -10,8 +10,7 @@ from email.utils import format_datetime
 from typing import Any
 
 from trading_ops.bot.broker import OrderType, Quote, Side
-from trading_ops.paper.venue import PaperVenue
-from trading_ops.venues.kraken_api import (
+from trading_ops.paper.gateway.kraken.api import (
     E_INVALID_ARGUMENTS,
     E_UNAVAILABLE,
     KRAKEN_ASSETS,
@@ -23,7 +22,8 @@ from trading_ops.venues.kraken_api import (
     num,
     seconds_param,
 )
-from trading_ops.venues.kraken_faults import GatewayFaults
+from trading_ops.paper.gateway.kraken.faults import GatewayFaults
+from trading_ops.paper.venue import PaperVenue
 
 DEPTH_LEVELS = 10  # book levels per side Depth answers at most
 CANDLE_SECONDS = 60

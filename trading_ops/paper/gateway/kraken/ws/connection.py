@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from trading_ops.venues.kraken_ws.messages import HEARTBEAT, dumps
+from trading_ops.paper.gateway.kraken.ws.messages import HEARTBEAT, dumps
 
 LOG = logging.getLogger(__name__)
 

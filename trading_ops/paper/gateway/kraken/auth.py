@@ -8,8 +8,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from trading_ops.paper.venue import PaperVenue
-from trading_ops.venues.kraken_api import (
+from trading_ops.paper.gateway.kraken.api import (
     E_INVALID_ARGUMENTS,
     E_INVALID_KEY,
     E_INVALID_NONCE,
@@ -17,7 +16,8 @@ from trading_ops.venues.kraken_api import (
     decode_secret,
     sign,
 )
-from trading_ops.venues.kraken_faults import GatewayFaults
+from trading_ops.paper.gateway.kraken.faults import GatewayFaults
+from trading_ops.paper.venue import PaperVenue
 
 # A nonce is a counter (ccxt sends milliseconds or microseconds): 30 digits is far past any, and int() stays cheap.
 MAX_NONCE_DIGITS = 30

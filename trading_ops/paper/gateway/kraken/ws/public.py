@@ -8,12 +8,12 @@ from decimal import Decimal
 from typing import Any
 
 from trading_ops.bot.broker import OrderType, Quote, Side, VenueFill
+from trading_ops.paper.gateway.kraken.api import Pair, Pairs
+from trading_ops.paper.gateway.kraken.ws.book_feed import DEFAULT_DEPTH, DEPTHS, BookFeed, decimals
+from trading_ops.paper.gateway.kraken.ws.connection import Connection, Subscription
+from trading_ops.paper.gateway.kraken.ws.messages import E_CHANNEL, E_DEPTH, E_PAIR, RequestError, answer, now_text
+from trading_ops.paper.gateway.kraken.ws.ohlc import Candles, OhlcChannel
 from trading_ops.paper.venue import PaperVenue
-from trading_ops.venues.kraken_api import Pair, Pairs
-from trading_ops.venues.kraken_ws.book_feed import DEFAULT_DEPTH, DEPTHS, BookFeed, decimals
-from trading_ops.venues.kraken_ws.connection import Connection, Subscription
-from trading_ops.venues.kraken_ws.messages import E_CHANNEL, E_DEPTH, E_PAIR, RequestError, answer, now_text
-from trading_ops.venues.kraken_ws.ohlc import Candles, OhlcChannel
 
 PUBLIC_CHANNELS = ("book", "trade", "ticker", "instrument", "ohlc")
 TRADE_SNAPSHOT = 50  # trades a trade subscription's snapshot carries

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from trading_ops.venues.kraken_ws.connection import Connection, Subscription
-from trading_ops.venues.kraken_ws.messages import RequestError, answer, now_text
+from trading_ops.paper.gateway.kraken.ws.connection import Connection, Subscription
+from trading_ops.paper.gateway.kraken.ws.messages import RequestError, answer, now_text
 
 OHLC_INTERVALS = (1, 5, 15, 30, 60, 240, 1440, 10080, 21600)  # minutes, as Kraken's
 SNAPSHOT_CANDLES = 100  # candles a subscription's snapshot carries at most

@@ -26,14 +26,11 @@ from aiohttp import WSMsgType, web
 
 from trading_ops.bot.broker import Quote, VenueFill, VenueOrder
 from trading_ops.paper.faults import FaultModel
-from trading_ops.paper.venue import PaperVenue
-from trading_ops.tasks import stop_tasks
-from trading_ops.venues.call_counter import CounterLimiter
-from trading_ops.venues.kraken_account import AccountEndpoints
-from trading_ops.venues.kraken_api import Pairs
-from trading_ops.venues.kraken_ws.connection import Connection
-from trading_ops.venues.kraken_ws.faults import MSG_RATE, StreamFaults
-from trading_ops.venues.kraken_ws.messages import (
+from trading_ops.paper.gateway.kraken.account import AccountEndpoints
+from trading_ops.paper.gateway.kraken.api import Pairs
+from trading_ops.paper.gateway.kraken.ws.connection import Connection
+from trading_ops.paper.gateway.kraken.ws.faults import MSG_RATE, StreamFaults
+from trading_ops.paper.gateway.kraken.ws.messages import (
     E_CHANNEL,
     E_MALFORMED,
     E_METHOD,
@@ -43,9 +40,12 @@ from trading_ops.venues.kraken_ws.messages import (
     now_text,
     status,
 )
-from trading_ops.venues.kraken_ws.ohlc import Candles
-from trading_ops.venues.kraken_ws.private import MAINTENANCE, TRADING_METHODS, PrivateChannels, Tokens
-from trading_ops.venues.kraken_ws.public import PUBLIC_CHANNELS, PublicChannels
+from trading_ops.paper.gateway.kraken.ws.ohlc import Candles
+from trading_ops.paper.gateway.kraken.ws.private import MAINTENANCE, TRADING_METHODS, PrivateChannels, Tokens
+from trading_ops.paper.gateway.kraken.ws.public import PUBLIC_CHANNELS, PublicChannels
+from trading_ops.paper.venue import PaperVenue
+from trading_ops.tasks import stop_tasks
+from trading_ops.venues.call_counter import CounterLimiter
 
 LOG = logging.getLogger(__name__)
 

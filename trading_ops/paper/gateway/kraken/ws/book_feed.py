@@ -7,7 +7,7 @@ import zlib
 from decimal import Decimal
 
 from trading_ops.bot.broker import Quote
-from trading_ops.venues.kraken_ws.checksum import book_checksum, diff_levels
+from trading_ops.bot.streams.checksum import book_checksum, diff_levels
 
 # The levels' quantities change every this many quotes (a book whose sizes move, not only its prices).
 QUOTES_PER_GENERATION = 3
