@@ -9,6 +9,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 CHECKSUM_LEVELS = 10  # the checksum covers the top 10 levels of each side, whatever the depth
+DEFAULT_DEPTH = 10  # a book subscription's depth when it names none (Kraken v2's default)
+
+
+def decimals(step: Decimal) -> int:
+    """The places of a tick or lot size (0.01 -> 2)."""
+    return max(0, -int(step.as_tuple().exponent))
 
 
 def level_text(price: Decimal, qty: Decimal, price_decimals: int, qty_decimals: int) -> str:

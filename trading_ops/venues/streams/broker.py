@@ -34,11 +34,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import BrokerEvents, Channel, Quote, VenueFill
+from trading_ops.bot.streams.checksum import DEFAULT_DEPTH, decimals
 from trading_ops.bot.streams.fills import FillFeed
 from trading_ops.bot.streams.health import Silence
 from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.parse import ws_time
-from trading_ops.paper.gateway.kraken.ws.book_feed import DEFAULT_DEPTH, decimals
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.ccxt import CcxtBroker, from_ccxt_symbol, to_ccxt_symbol
 from trading_ops.venues.streams.client import KrakenStream, StreamRequestError, Subscription

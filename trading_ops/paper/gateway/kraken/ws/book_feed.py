@@ -7,21 +7,15 @@ import zlib
 from decimal import Decimal
 
 from trading_ops.bot.broker import Quote
-from trading_ops.bot.streams.checksum import book_checksum, diff_levels
+from trading_ops.bot.streams.checksum import book_checksum, decimals, diff_levels
 
 # The levels' quantities change every this many quotes (a book whose sizes move, not only its prices).
 QUOTES_PER_GENERATION = 3
 # A level holds 1 to this many lots of the pair's step.
 MAX_LOTS = 20_000
 DEPTHS = (10, 25, 100, 500, 1000)
-DEFAULT_DEPTH = 10
 
 Levels = dict[Decimal, Decimal]
-
-
-def decimals(step: Decimal) -> int:
-    """The places of a tick or lot size (0.01 -> 2)."""
-    return max(0, -int(step.as_tuple().exponent))
 
 
 def level_qty(symbol: str, price: Decimal, generation: int, step: Decimal) -> Decimal:

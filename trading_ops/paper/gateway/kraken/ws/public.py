@@ -8,8 +8,9 @@ from decimal import Decimal
 from typing import Any
 
 from trading_ops.bot.broker import OrderType, Quote, Side, VenueFill
+from trading_ops.bot.streams.checksum import DEFAULT_DEPTH, decimals
 from trading_ops.paper.gateway.kraken.api import Pair, Pairs
-from trading_ops.paper.gateway.kraken.ws.book_feed import DEFAULT_DEPTH, DEPTHS, BookFeed, decimals
+from trading_ops.paper.gateway.kraken.ws.book_feed import DEPTHS, BookFeed
 from trading_ops.paper.gateway.kraken.ws.connection import Connection, Subscription
 from trading_ops.paper.gateway.kraken.ws.messages import E_CHANNEL, E_DEPTH, E_PAIR, RequestError, answer, now_text
 from trading_ops.paper.gateway.kraken.ws.ohlc import Candles, OhlcChannel
