@@ -44,7 +44,7 @@ from trading_ops.venues.call_counter import (
     call_cost,
     protective,
 )
-from trading_ops.venues.ccxt import FILL_OVERLAP_SECONDS, CcxtBroker, broker_from_config
+from trading_ops.venues.ccxt.rest import FILL_OVERLAP_SECONDS, CcxtBroker, broker_from_config
 
 HEADROOM_ALERT = 0.2  # TradingBotRateLimitHeadroomLow
 RUNS = "tradingbot_reconciliation_runs_total"

@@ -43,7 +43,7 @@ from trading_ops.bot.broker import (
 from trading_ops.bot.metrics import BotMetrics
 from trading_ops.bot.runtime import clock_offset
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.venues.ccxt import CcxtBroker, broker_from_config, error_class, make_exchange
+from trading_ops.venues.ccxt.rest import CcxtBroker, broker_from_config, error_class, make_exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 

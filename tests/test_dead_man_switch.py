@@ -23,7 +23,7 @@ from trading_ops.config import ConfigError, parse_config
 from trading_ops.paper.bot import make_venue
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.call_counter import CallBudget, CounterLimiter
-from trading_ops.venues.ccxt import CcxtBroker
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 KRAKEN = {"venue": "kraken"}
 # Scheduled reconciliations the Starter-tier run waits for (each one fills the counter to what it may take).

@@ -42,7 +42,7 @@ from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient, FreqtradeNotListening
 from trading_ops.integrations.freqtrade.poller import Snapshot
 from trading_ops.scopes import DESTRUCTIVE, OPERATE, READ, TokenSet
-from trading_ops.venues.ccxt import CcxtBroker
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 pytestmark = [pytest.mark.slow]
 

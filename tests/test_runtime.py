@@ -20,7 +20,7 @@ from trading_ops.bot.broker import OrderType, Side
 from trading_ops.bot.runtime import BotRuntime
 from trading_ops.bot.strategy import StrategyContext
 from trading_ops.paper.bot import make_venue
-from trading_ops.venues.ccxt import CcxtBroker
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 README = REPO_ROOT / "README.md"
 

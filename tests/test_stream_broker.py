@@ -23,7 +23,7 @@ from ws_helpers import ws_urls
 from trading_ops.bot.broker import Side
 from trading_ops.bot.streams.fills import LOST_AFTER
 from trading_ops.bot.streams.metrics import FallbackClock
-from trading_ops.venues.streams.broker import StreamingCcxtBroker
+from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
 
 HOUR = 3600.0
 MOVING = {"tick_interval": 0.02, "volatility": 0.001}

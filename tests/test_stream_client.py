@@ -1,4 +1,4 @@
-"""The streaming client (trading_ops.venues.streams.client) on the gateway's WebSocket v2, each stream fault
+"""The streaming client (trading_ops.venues.ccxt.kraken_stream) on the gateway's WebSocket v2, each stream fault
 injected and healed by the client alone, seen in its `tradingbot_stream_…` metrics: a channel acked then silent
 (resubscribed), a whole socket silent and a dropped socket (reconnected, subscriptions replayed), a corrupted book
 checksum (counted, resynced, in sync again), a gap in executions' sequence (counted, the caller told), an invalid
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from ws_helpers import ws_token, ws_urls
 
 from trading_ops.bot.streams.metrics import StreamMetrics
-from trading_ops.venues.streams.client import KrakenStream, Subscription
+from trading_ops.venues.ccxt.kraken_stream import KrakenStream, Subscription
 
 MOVING = {"tick_interval": 0.02, "volatility": 0.001}
 PRECISION = {"BTC/USD": (2, 4), "ETH/USD": (2, 4)}
@@ -172,7 +172,7 @@ async def test_a_refused_subscription_is_a_fault_counted_and_logged_once_never_a
 
     async with running_gateway(**MOVING) as (_gateway, base):
         stream = KrakenStream(ws_urls(base)[0], subs, StreamMetrics(registry), precision=PRECISION, on_message=keep)
-        with caplog.at_level(logging.WARNING, logger="trading_ops.venues.streams.client"):
+        with caplog.at_level(logging.WARNING, logger="trading_ops.venues.ccxt.kraken_stream"):
             async with streaming(stream):
                 refused = lambda: sample(  # noqa: E731
                     registry, "tradingbot_stream_subscribe_failures_total", channel="ohlc", reason="refused"

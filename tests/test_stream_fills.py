@@ -17,7 +17,7 @@ from trading_ops.bot.broker import Side, VenueFill
 from trading_ops.bot.streams.fills import FillFeed
 from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.parse import execution_fill, ws_time
-from trading_ops.venues.streams.client import KrakenStream, Subscription
+from trading_ops.venues.ccxt.kraken_stream import KrakenStream, Subscription
 
 SYMBOLS = {"BTC/USD": "BTC-USD", "ETH/USD": "ETH-USD", "SOL/USD": "SOL-USD"}
 DEADLINE = 30.0

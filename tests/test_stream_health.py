@@ -15,7 +15,7 @@ from trading_ops.bot.streams.checksum import Book
 from trading_ops.bot.streams.fills import LOST_AFTER, owed_by
 from trading_ops.bot.streams.health import Sequences, Silence, silence_timeout
 from trading_ops.bot.streams.resync import Backoff, SilentChannels
-from trading_ops.venues.streams.health import Books
+from trading_ops.venues.ccxt.books import Books
 
 
 def test_a_channel_is_silent_after_three_of_its_cadences_never_under_three_heartbeats() -> None:

@@ -1,4 +1,4 @@
-"""The public stream through ccxt.pro's stock kraken client (trading_ops.venues.streams.pro) on the gateway's
+"""The public stream through ccxt.pro's stock kraken client (trading_ops.venues.ccxt.pro) on the gateway's
 WebSocket v2: every watch bounded. A subscription the gateway refuses (an `ohlc` interval Kraken does not have, a
 ticker trigger it does not know) ends ccxt.pro's wait with the venue's error instead of leaving it waiting forever; in
 the stream it is a fault counted and logged once, REST standing in, and the other channels flow on; a subscription
@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from ws_helpers import ws_urls
 
 from trading_ops.bot.streams.metrics import StreamMetrics
-from trading_ops.venues.streams.pro import BoundedKraken, PublicStream
+from trading_ops.venues.ccxt.pro import BoundedKraken, PublicStream
 
 MOVING = {"tick_interval": 0.02, "volatility": 0.001}
 PRECISION = {"BTC/USD": (2, 4), "ETH/USD": (2, 4)}
@@ -77,7 +77,7 @@ async def test_a_refused_ticker_is_a_fault_logged_once_while_the_book_flows_in_s
     registry = CollectorRegistry()
     async with running_gateway(**MOVING) as (_gateway, base):
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="trading_ops.venues.streams.pro"):
+        with caplog.at_level(logging.WARNING, logger="trading_ops.venues.ccxt.pro"):
             async with public_stream(base, registry, book_depth=10, ticker_params={"event_trigger": "nope"}) as (
                 stream,
                 quotes,

@@ -1,5 +1,5 @@
 """What a stream's messages are checked against, as pure state: each channel's silence against its cadence and a
-private channel's sequence (each book against Kraken's checksum: trading_ops.venues.streams.health)."""
+private channel's sequence (each book against Kraken's checksum: trading_ops.venues.ccxt.books)."""
 
 from __future__ import annotations
 

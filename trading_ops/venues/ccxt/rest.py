@@ -1016,7 +1016,7 @@ def streams(exchange: str) -> bool:
 
 def executions_client(exchange: str, choice: str = "auto") -> str | None:
     """Which client streams the account's fills (`ccxt.stream_executions`): `kraken-v2`, our own Kraken v2 client
-    (it sees the sequence gaps and snapshot repeats ccxt.pro hides: trading_ops.venues.streams.pro_fills), where this
+    (it sees the sequence gaps and snapshot repeats ccxt.pro hides: trading_ops.venues.ccxt.pro_fills), where this
     package speaks the venue's stream; `ccxt.pro`, ccxt.pro's own `watch_my_trades`, where its `has` says
     watchMyTrades; `auto` the first of the two that serves; None: none serves, REST polls only."""
     ours = streams(exchange)
@@ -1064,12 +1064,12 @@ def broker_from_config(config: Config) -> CcxtBroker:
     cls: type[CcxtBroker] = CcxtBroker
     client = executions_client(c.exchange, c.stream_executions) if c.stream else None
     if client == "ccxt.pro":
-        from trading_ops.venues.streams.pro_broker import ProStreamingCcxtBroker  # it builds on this module
+        from trading_ops.venues.ccxt.pro_broker import ProStreamingCcxtBroker  # it builds on this module
 
         cls = ProStreamingCcxtBroker
         kw["pro"] = make_pro_exchange(config, exchange)
     elif client == "kraken-v2":
-        from trading_ops.venues.streams.broker import StreamingCcxtBroker  # it builds on this module
+        from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker  # it builds on this module
 
         cls = StreamingCcxtBroker
         kw["private_url"] = stream_url(config, "private")

@@ -30,8 +30,8 @@ from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, Silence
 from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.resync import Backoff, SilentChannels
 from trading_ops.tasks import stop_tasks
-from trading_ops.venues.streams.client import WATCH_SECONDS
-from trading_ops.venues.streams.pro import watch_or_kick
+from trading_ops.venues.ccxt.kraken_stream import WATCH_SECONDS
+from trading_ops.venues.ccxt.pro import watch_or_kick
 
 LOG = logging.getLogger(__name__)
 ENDPOINT = "private"

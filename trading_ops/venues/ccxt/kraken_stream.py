@@ -26,7 +26,7 @@ from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, Sequences, Silence
 from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.resync import Backoff, SilentChannels
 from trading_ops.bot.streams.subscription import Subscription
-from trading_ops.venues.streams.health import Books
+from trading_ops.venues.ccxt.books import Books
 
 LOG = logging.getLogger(__name__)
 

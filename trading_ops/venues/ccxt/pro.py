@@ -30,7 +30,7 @@ from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, silence_timeout
 from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.resync import Backoff
 from trading_ops.tasks import stop_tasks
-from trading_ops.venues.streams.client import SUBSCRIBE_ANSWER_SECONDS, WATCH_SECONDS
+from trading_ops.venues.ccxt.kraken_stream import SUBSCRIBE_ANSWER_SECONDS, WATCH_SECONDS
 
 LOG = logging.getLogger(__name__)
 ENDPOINT = "public"

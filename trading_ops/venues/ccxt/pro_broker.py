@@ -1,6 +1,6 @@
 """A ccxt broker whose fills stream through ccxt.pro's own `watch_my_trades` (ProFills), for a venue whose ccxt.pro
 client has it and whose stream this package does not speak itself (`ccxt.stream_executions: ccxt.pro`; why Kraken
-keeps our own v2 client by default: trading_ops.venues.streams.pro_fills). Everything else is StreamingCcxtBroker's
+keeps our own v2 client by default: trading_ops.venues.ccxt.pro_fills). Everything else is StreamingCcxtBroker's
 without its Kraken v2 sockets: CcxtBroker's calls and polls (quotes, balances and the dead man's switch over REST),
 each fill delivered once through the same FillFeed, a REST reconciliation after every new socket, the order poll
 every 15 s at most while fills stream, and a silent channel found by that poll."""
@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from trading_ops.bot.broker import BrokerEvents
 from trading_ops.bot.streams.health import Silence
 from trading_ops.tasks import stop_tasks
-from trading_ops.venues.streams.broker import STREAMED_POLL_SECONDS, StreamingCcxtBroker
-from trading_ops.venues.streams.pro_fills import ProFills
+from trading_ops.venues.ccxt.pro_fills import ProFills
+from trading_ops.venues.ccxt.streaming import STREAMED_POLL_SECONDS, StreamingCcxtBroker
 
 
 class ProStreamingCcxtBroker(StreamingCcxtBroker):
