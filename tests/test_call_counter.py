@@ -44,7 +44,8 @@ from trading_ops.venues.call_counter import (
     call_cost,
     protective,
 )
-from trading_ops.venues.ccxt.rest import FILL_OVERLAP_SECONDS, CcxtBroker, broker_from_config
+from trading_ops.venues.ccxt.factory import broker_from_config
+from trading_ops.venues.ccxt.rest import FILL_OVERLAP_SECONDS, CcxtBroker
 
 HEADROOM_ALERT = 0.2  # TradingBotRateLimitHeadroomLow
 RUNS = "tradingbot_reconciliation_runs_total"

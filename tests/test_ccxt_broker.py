@@ -43,7 +43,9 @@ from trading_ops.bot.broker import (
 from trading_ops.bot.metrics import BotMetrics
 from trading_ops.bot.runtime import clock_offset
 from trading_ops.config import ConfigError, parse_config
-from trading_ops.venues.ccxt.rest import CcxtBroker, broker_from_config, error_class, make_exchange
+from trading_ops.venues.ccxt.errors import error_class
+from trading_ops.venues.ccxt.factory import broker_from_config, make_exchange
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1352,7 +1352,7 @@ def test_the_ccxt_gateway_stack_gets_a_gateway_with_generated_credentials_and_a_
     """`up --bot ccxt-gateway`: the gateway's key, secret and fault token are generated into files (mode 600) and
     only their paths are in the YAML; the bot's ccxt section signs with that key at the gateway's port."""
     from trading_ops.paper.gateway.kraken.gateway import gateway_from_config
-    from trading_ops.venues.ccxt.rest import make_exchange
+    from trading_ops.venues.ccxt.factory import make_exchange
 
     source = tmp_path / "trading-ops.yaml"
     source.write_text(yaml.safe_dump({"paper": {"symbols": ["BTC-USD", "ETH-USD"]}, "bot": {"data_dir": "var/bot"}}))
@@ -1490,7 +1490,7 @@ def test_a_fleet_gets_a_configuration_an_account_a_port_and_a_data_dir_per_bot(t
     gateway account with its own key; all three in the bots: list, so in the reconciler's targets (with their units)
     and in Prometheus's file_sd targets."""
     from trading_ops.paper.gateway.kraken.gateway import gateway_from_config
-    from trading_ops.venues.ccxt.rest import make_exchange
+    from trading_ops.venues.ccxt.factory import make_exchange
 
     source = tmp_path / "trading-ops.yaml"
     source.write_text(yaml.safe_dump({"bot": {"data_dir": "var/bot"}}))

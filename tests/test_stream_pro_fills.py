@@ -20,8 +20,9 @@ from ws_helpers import pro_kraken
 
 from trading_ops.bot.broker import Side
 from trading_ops.config import parse_config
+from trading_ops.venues.ccxt.factory import broker_from_config, executions_client
 from trading_ops.venues.ccxt.pro_broker import ProStreamingCcxtBroker
-from trading_ops.venues.ccxt.rest import CcxtBroker, broker_from_config, executions_client
+from trading_ops.venues.ccxt.rest import CcxtBroker
 from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
 
 HOUR = 3600.0

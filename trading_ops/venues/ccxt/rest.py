@@ -2,9 +2,9 @@
 
 What it does that a bare ccxt call does not:
 
-- Errors: ccxt's exception classes map once, in ERROR_CLASSES, to the library's venue error classes. A network
-  failure or an unavailable venue after a request went out leaves its outcome unknown; a connection that could
-  not even be opened sent nothing (`outcome_unknown` false).
+- Errors: ccxt's exception classes map once, in ERROR_CLASSES (trading_ops.venues.ccxt.errors), to the library's
+  venue error classes. A network failure or an unavailable venue after a request went out leaves its outcome
+  unknown; a connection that could not even be opened sent nothing (`outcome_unknown` false).
 - A submit whose answer was lost is resolved by asking the venue for the order by its client order id, never by
   sending it again: found, the order is returned as if the answer had come; confirmed absent (twice), the submit
   fails for certain; the venue unreachable, BrokerError with `outcome_unknown` for the bot's reconciliation.
@@ -47,14 +47,12 @@ import contextlib
 import dataclasses
 import logging
 import time
-import urllib.parse
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import aiohttp
 import ccxt.async_support as ccxt_async
 
 from trading_ops.bot.broker import (
@@ -70,7 +68,6 @@ from trading_ops.bot.broker import (
     VenueFill,
     VenueOrder,
 )
-from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.call_counter import (
     RECONCILIATION_POINTS,
@@ -83,48 +80,16 @@ from trading_ops.venues.call_counter import (
     patient,
     protective,
 )
-from trading_ops.webconfig import client_ssl_context
+from trading_ops.venues.ccxt.errors import EXTRA_ERRORS, broker_error
+from trading_ops.venues.ccxt.symbols import STATUSES, from_ccxt_symbol, to_ccxt_symbol
 
 log = logging.getLogger(__name__)
 
-# ccxt exception class (and, where it decides, the aiohttp cause) -> our venue error class. First match wins, so
-# subclasses come before their parents (ccxt/base/errors.py: NetworkError > DDoSProtection > RateLimitExceeded,
-# ExchangeNotAvailable, InvalidNonce, RequestTimeout; ExchangeError > AuthenticationError, InsufficientFunds,
-# InvalidOrder > OrderNotFound).
-ERROR_CLASSES: tuple[tuple[type[Exception], type[BaseException] | None, str], ...] = (
-    (ccxt_async.InvalidNonce, None, "nonce"),
-    (ccxt_async.RateLimitExceeded, None, "rate_limit"),
-    (ccxt_async.DDoSProtection, None, "rate_limit"),
-    (ccxt_async.RequestTimeout, None, "network"),
-    (ccxt_async.ExchangeNotAvailable, aiohttp.ClientConnectionError, "network"),  # connection refused or dropped
-    (ccxt_async.ExchangeNotAvailable, None, "unavailable"),  # the venue said so (maintenance, busy)
-    (ccxt_async.NetworkError, None, "network"),
-    (ccxt_async.AuthenticationError, None, "auth"),
-    (ccxt_async.InsufficientFunds, None, "insufficient_funds"),
-    (ccxt_async.InvalidOrder, None, "invalid_order"),
-    (ccxt_async.BaseError, None, "other"),
-)
-# A connection that could not be opened carried no request: such a failure is a definite one.
-UNSENT_CAUSES: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
-# Venue errors the installed ccxt leaves as a bare ExchangeError; taught to it (ccxt's own `exact` and `broad` tables)
-# so it raises the class they are. Kraken documents `EAPI:Invalid signature` for a wrong secret (today it answers
-# `EAPI:Invalid key`, which ccxt knows, and so does the paper gateway), and words a refused price
-# `EOrder:Invalid price:<why>`, of which ccxt knows only `...:Invalid price argument`
-# (`...:XXBTZUSD price can only be specified up to 1 decimals.` is another).
-EXTRA_ERRORS: dict[str, dict[str, dict[str, type[Exception]]]] = {
-    "kraken": {
-        "exact": {"EAPI:Invalid signature": ccxt_async.AuthenticationError},
-        "broad": {"EOrder:Invalid price": ccxt_async.InvalidOrder},
-    },
-}
 NONCE_RETRIES = 3
 LOOKUP_ATTEMPTS = 4  # lookups of an order whose submit answer was lost
 LOOKUP_BACKOFF_SECONDS = 0.2  # times the attempt number
 NOT_FOUND_CONFIRMATIONS = 2  # "no such order" answers before a lost submit counts as never placed
 POLL_INTERVAL_SECONDS = 1.0
-KRAKEN_PRIVATE_WS_URL = "wss://ws-auth.kraken.com/v2"  # Kraken's private WebSocket v2
-KRAKEN_PUBLIC_WS_URL = "wss://ws.kraken.com/v2"  # and its public one
-STREAMED = ("kraken",)  # exchanges whose stream (Kraken's WebSocket v2) StreamingCcxtBroker speaks
 # Exchanges whose trade history comes in pages of a fixed size, and the parameter that pages on.
 TRADE_PAGES = {"kraken": ("ofs", 50)}
 MAX_PAGES = 1000
@@ -134,46 +99,9 @@ ORDER_LOOKUP_BATCH = 50
 ORDER_LOOKUP_BATCHES = {"kraken": 20}
 FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
 MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
-MESSAGE_LIMIT = 300
 # With a call budget, a balance answer this young is reused when nothing changed since (no submit, cancel or fill):
 # a reconciliation's snapshot asks positions() then balances(), the same call.
 BALANCE_REUSE_SECONDS = 1.0
-STATUSES = {
-    "closed": OrderStatus.FILLED,
-    "canceled": OrderStatus.CANCELED,
-    "cancelled": OrderStatus.CANCELED,
-    "expired": OrderStatus.CANCELED,
-    "rejected": OrderStatus.REJECTED,
-}
-
-
-def error_class(exc: BaseException) -> str:
-    """Our venue error class of a ccxt exception (ERROR_CLASSES)."""
-    for cls, cause, name in ERROR_CLASSES:
-        if isinstance(exc, cls) and (cause is None or isinstance(exc.__cause__, cause)):
-            return name
-    return "other"
-
-
-def broker_error(exc: BaseException, what: str) -> BrokerError:
-    unsent = isinstance(exc.__cause__, UNSENT_CAUSES)
-    text = f"{what}: {type(exc).__name__}: {exc}"
-    if len(text) > MESSAGE_LIMIT:
-        text = text[: MESSAGE_LIMIT - 3] + "..."
-    return BrokerError(error_class(exc), text, outcome_unknown=False if unsent else None)
-
-
-def to_ccxt_symbol(symbol: str) -> str:
-    """BTC-USD -> BTC/USD (ccxt's unified spot symbol)."""
-    base, sep, quote = symbol.partition("-")
-    if not sep or not base or not quote:
-        raise ValueError(f"expected a BASE-QUOTE symbol such as BTC-USD, got {symbol!r}")
-    return f"{base}/{quote}"
-
-
-def from_ccxt_symbol(symbol: str) -> str:
-    """BTC/USD (or BTC/USD:USD) -> BTC-USD."""
-    return symbol.split(":", 1)[0].replace("/", "-")
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -954,136 +882,3 @@ class CcxtBroker(Broker):
             liquidity=str(raw.get("takerOrMaker") or "taker"),
             executed_at=_time(raw.get("timestamp")) or datetime.now(UTC),
         )
-
-
-def make_exchange(config: Config) -> ccxt_async.Exchange:
-    """A `ccxt.async_support` exchange from `config.ccxt`: its keys from the secret files or variables, its API URLs
-    overridden by `urls`. Nothing is fetched until the broker connects. ConfigError for what is missing or unknown."""
-    c = config.ccxt
-    if c.exchange not in ccxt_async.exchanges:
-        raise ConfigError("ccxt.exchange", f"ccxt has no exchange {c.exchange!r}")
-    settings: dict[str, Any] = {
-        "enableRateLimit": c.enable_rate_limit,
-        "timeout": int(c.timeout_seconds * 1000),
-    }
-    for name, ccxt_name in (("api_key", "apiKey"), ("api_secret", "secret")):
-        value = resolve_secret(config, c, name, f"ccxt.{name}")
-        if not value:
-            raise ConfigError(f"ccxt.{name}", f"not set: give {name}_file or {name}_env")
-        settings[ccxt_name] = value
-    if c.urls:
-        settings["urls"] = {"api": dict(c.urls)}
-    exchange: ccxt_async.Exchange = getattr(ccxt_async, c.exchange)(settings)
-    tls = client_ssl_context(c.tls, "ccxt.tls")
-    if tls is not None:
-        exchange.ssl_context = tls  # ccxt's session takes it instead of certifi's bundle
-    return exchange
-
-
-def stream_url(config: Config, endpoint: str = "private") -> str:
-    """The WebSocket v2 URL of `config.ccxt` for `endpoint` (private: the account's executions; public: the books):
-    `stream_url` / `stream_public_url`, else the same REST URL's host at /ws-auth/v2 or /ws/v2 (a paper gateway
-    serves both), else Kraken's."""
-    c = config.ccxt
-    given = c.stream_url if endpoint == "private" else c.stream_public_url
-    if given:
-        return given
-    path = "/ws-auth/v2" if endpoint == "private" else "/ws/v2"
-    rest = c.urls.get(endpoint) or c.urls.get("private")
-    if not rest:
-        return KRAKEN_PRIVATE_WS_URL if endpoint == "private" else KRAKEN_PUBLIC_WS_URL
-    parts = urllib.parse.urlsplit(rest)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    return urllib.parse.urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def pro_has(exchange: str) -> dict[str, Any]:
-    """What ccxt.pro's client of `exchange` says it can watch (its `has`; empty when ccxt.pro has no such client)."""
-    import ccxt.pro as ccxt_pro
-
-    cls = getattr(ccxt_pro, exchange, None)
-    if cls is None:
-        return {}
-    return dict(cls.describe(cls.__new__(cls)).get("has", {}))  # the class's description, no client built
-
-
-def streams(exchange: str) -> bool:
-    """Whether ccxt.pro's client of `exchange` streams the book and the account's fills (its `has`), and this
-    package speaks that stream (Kraken's WebSocket v2)."""
-    has = pro_has(exchange)
-    return exchange in STREAMED and bool(has.get("watchOrderBook")) and bool(has.get("watchMyTrades"))
-
-
-def executions_client(exchange: str, choice: str = "auto") -> str | None:
-    """Which client streams the account's fills (`ccxt.stream_executions`): `kraken-v2`, our own Kraken v2 client
-    (it sees the sequence gaps and snapshot repeats ccxt.pro hides: trading_ops.venues.ccxt.pro_fills), where this
-    package speaks the venue's stream; `ccxt.pro`, ccxt.pro's own `watch_my_trades`, where its `has` says
-    watchMyTrades; `auto` the first of the two that serves; None: none serves, REST polls only."""
-    ours = streams(exchange)
-    pro = bool(pro_has(exchange).get("watchMyTrades"))
-    if choice == "kraken-v2":
-        return "kraken-v2" if ours else None
-    if choice == "ccxt.pro":
-        return "ccxt.pro" if pro else None
-    return "kraken-v2" if ours else ("ccxt.pro" if pro else None)
-
-
-def make_pro_exchange(config: Config, rest: ccxt_async.Exchange) -> Any:
-    """ccxt.pro's client of `config.ccxt`'s exchange with the keys, timeout, REST URLs and TLS of `rest`
-    (make_exchange's), for its own watch_my_trades; on Kraken its WebSocket v2 URLs from `stream_url` (stream_url())."""
-    import ccxt.pro as ccxt_pro
-
-    c = config.ccxt
-    settings: dict[str, Any] = {
-        "apiKey": rest.apiKey,
-        "secret": rest.secret,
-        "enableRateLimit": c.enable_rate_limit,
-        "timeout": int(c.timeout_seconds * 1000),
-    }
-    api: dict[str, Any] = dict(c.urls)
-    if c.exchange == "kraken":
-        private = stream_url(config, "private")
-        api["ws"] = {"privateV2": private, "private": private}
-    if api:
-        settings["urls"] = {"api": api}
-    pro = getattr(ccxt_pro, c.exchange)(settings)
-    if getattr(rest, "ssl_context", None) is not None:
-        pro.ssl_context = rest.ssl_context
-    return pro
-
-
-def broker_from_config(config: Config) -> CcxtBroker:
-    """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`; on Kraken, with a call budget of the
-    account's tier (`ccxt.kraken_tier`). Streaming unless `ccxt.stream: false`, its fills by the client
-    `executions_client` picks (`ccxt.stream_executions`): StreamingCcxtBroker on Kraken's WebSocket v2 (fills and
-    books, our own clients), ProStreamingCcxtBroker (fills through ccxt.pro's watch_my_trades, the rest REST) on a
-    venue whose ccxt.pro client watches the account's trades."""
-    c = config.ccxt
-    exchange = make_exchange(config)
-    kw: dict[str, Any] = {}
-    cls: type[CcxtBroker] = CcxtBroker
-    client = executions_client(c.exchange, c.stream_executions) if c.stream else None
-    if client == "ccxt.pro":
-        from trading_ops.venues.ccxt.pro_broker import ProStreamingCcxtBroker  # it builds on this module
-
-        cls = ProStreamingCcxtBroker
-        kw["pro"] = make_pro_exchange(config, exchange)
-    elif client == "kraken-v2":
-        from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker  # it builds on this module
-
-        cls = StreamingCcxtBroker
-        kw["private_url"] = stream_url(config, "private")
-        kw["public_url"] = stream_url(config, "public")
-        kw["book_cadence"] = c.stream_book_cadence_seconds or None
-        kw["ssl"] = client_ssl_context(c.tls, "ccxt.tls")
-    elif c.stream:
-        log.info("ccxt.stream: %s does not stream here; polling over REST only", c.exchange)
-    return cls(
-        exchange,
-        list(c.symbols),
-        **kw,
-        poll_interval=c.poll_interval_seconds,
-        quote_interval=c.quote_poll_interval_seconds,
-        position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},
-        call_budget=CallBudget(c.kraken_tier) if c.exchange == "kraken" and c.kraken_tier != "off" else None,
-    )

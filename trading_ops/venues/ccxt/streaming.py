@@ -17,7 +17,7 @@ The fills come over our own v2 client rather than ccxt.pro's `watch_my_trades`/`
 `exec_type` (a trade behind an order event never reaches watch_my_trades), reads the client order id from
 `order_userref` and passes a repeated trade snapshot on as new trades. A venue whose ccxt.pro client watches the
 account's trades and whose stream we do not speak takes ccxt.pro's (ProStreamingCcxtBroker; `ccxt.stream_executions`
-picks, trading_ops.venues.ccxt.rest.executions_client)."""
+picks, trading_ops.venues.ccxt.factory.executions_client)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ from trading_ops.bot.streams.parse import ws_time
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.ccxt.kraken_stream import KrakenStream, StreamRequestError, Subscription
 from trading_ops.venues.ccxt.pro import PublicStream
-from trading_ops.venues.ccxt.rest import CcxtBroker, from_ccxt_symbol, to_ccxt_symbol
+from trading_ops.venues.ccxt.rest import CcxtBroker
+from trading_ops.venues.ccxt.symbols import from_ccxt_symbol, to_ccxt_symbol
 
 LOG = logging.getLogger(__name__)
 
