@@ -13,9 +13,8 @@ from decimal import Decimal
 from trading_ops.bot.broker import Side, VenueFill
 from trading_ops.bot.streams.checksum import Book
 from trading_ops.bot.streams.fills import LOST_AFTER, owed_by
-from trading_ops.bot.streams.health import Sequences, Silence, silence_timeout
+from trading_ops.bot.streams.health import Books, Sequences, Silence, silence_timeout
 from trading_ops.bot.streams.resync import Backoff, SilentChannels
-from trading_ops.venues.ccxt.books import Books
 
 
 def test_a_channel_is_silent_after_three_of_its_cadences_never_under_three_heartbeats() -> None:

@@ -22,11 +22,10 @@ from typing import Any
 
 import aiohttp
 
-from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, Sequences, Silence
+from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, Books, Sequences, Silence
 from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.resync import Backoff, SilentChannels
 from trading_ops.bot.streams.subscription import Subscription
-from trading_ops.venues.ccxt.books import Books
 
 LOG = logging.getLogger(__name__)
 
