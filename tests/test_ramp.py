@@ -22,7 +22,7 @@ from trading_ops.config import READINESS_CRITERIA, ConfigError, parse_config
 from trading_ops.db import readiness_records as records
 from trading_ops.db.base import make_engine
 from trading_ops.paper.bot import PaperBot, make_venue
-from trading_ops.readiness_criteria import CRITERIA
+from trading_ops.readiness.criteria import CRITERIA
 
 SYMBOL, OTHER = "BTC-USD", "ETH-USD"
 # The seeds' ramp, scaled to the paper venue's prices: a small position on one pair, a bigger one after a while, a

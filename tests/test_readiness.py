@@ -28,7 +28,7 @@ from trading_ops.ops.backup import STATE_FILE
 from trading_ops.ops.restore_drill import DRILL_STATE_FILE
 from trading_ops.ops.state import OpsState
 from trading_ops.readiness import routing
-from trading_ops.readiness_criteria import CRITERIA, RULE_WINDOW
+from trading_ops.readiness.criteria import CRITERIA, RULE_WINDOW
 from trading_ops.reconciler.app import create_app
 
 pytestmark = [pytest.mark.prometheus]

@@ -26,7 +26,7 @@ from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
 from trading_ops.db.models import Episode, ReadinessRecord
 from trading_ops.ops import weekly
-from trading_ops.readiness_criteria import CRITERIA
+from trading_ops.readiness.criteria import CRITERIA
 
 STEP = 300
 TODAY = datetime.now(UTC).date()

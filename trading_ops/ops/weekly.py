@@ -24,7 +24,7 @@ from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models.ledger import Episode
 from trading_ops.db.models.readiness import ReadinessRecord
 from trading_ops.ops.report import ReportError, day_of_slot, period
-from trading_ops.readiness_criteria import CRITERIA, Op, PromCriterion, compare, instances_selector, whole
+from trading_ops.readiness.criteria import CRITERIA, Op, PromCriterion, compare, instances_selector, whole
 
 log = logging.getLogger(__name__)
 
