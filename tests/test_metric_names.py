@@ -31,12 +31,12 @@ from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
 from trading_ops.integrations.freqtrade.poller import Snapshot
-from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import SchedulerMetrics
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.approvals import ApprovalCollector, ApprovalStore
+from trading_ops.reconciler.jobs import configured_jobs
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.ledger_reading import BackgroundReading
 from trading_ops.reconciler.metrics import ReconcilerMetrics

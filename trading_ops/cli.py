@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "trading_ops.paper.cli",
     "trading_ops.readiness.cli",
     "trading_ops.readiness.ramp_cli",
+    "trading_ops.readiness.weekly_cli",
     "trading_ops.reconciler.cli",
     "trading_ops.rulepack.cli",
     "trading_ops.stack.cli",

@@ -25,7 +25,7 @@ from trading_ops.cli import main
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
 from trading_ops.db.models import Episode, ReadinessRecord
-from trading_ops.ops import weekly
+from trading_ops.readiness import weekly
 from trading_ops.readiness.criteria import CRITERIA
 
 STEP = 300
@@ -208,7 +208,7 @@ def test_a_prometheus_that_does_not_answer_is_said_never_read_as_a_good_week(
 
 def test_the_review_is_scheduled_beside_the_daily_summary(tmp_path: Path, migrated_sqlite: str) -> None:
     from trading_ops.config import load_config
-    from trading_ops.ops.jobs import configured_jobs
+    from trading_ops.reconciler.jobs import configured_jobs
 
     config = load_config(write_config(tmp_path, migrated_sqlite, "http://127.0.0.1:9"))
     jobs = {j.name: j for j in configured_jobs(config)}

@@ -22,7 +22,6 @@ from trading_ops.config import Config, ConfigError, resolve_secret, resolve_toke
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.http_guard import guard
 from trading_ops.http_input import InputError, parse_id, parse_limit, read_body, read_json_object
-from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import Scheduler
 from trading_ops.ops.state_metrics import register_ops_metrics
@@ -55,6 +54,7 @@ from trading_ops.reconciler.intake import (
     plan_notification,
     validate,
 )
+from trading_ops.reconciler.jobs import configured_jobs
 from trading_ops.reconciler.ledger import (
     Ledger,
     NotificationIn,
@@ -305,7 +305,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Scheduled operations (trading_ops.ops.jobs.JOBS) run in this process, beside the engine: each slot by
+    """Scheduled operations (trading_ops.reconciler.jobs.JOBS) run in this process, beside the engine: each slot by
     exactly one replica. Its task joins the workers /healthz watches."""
     config = app[keys.CONFIG]
     if not config.scheduler.enabled:

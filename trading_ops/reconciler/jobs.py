@@ -11,8 +11,9 @@ from typing import Any
 from trading_ops.config import Config
 from trading_ops.cron import CronSchedule
 from trading_ops.durations import parse_duration
-from trading_ops.ops import backup, maintenance, report, restore_drill, upkeep, weekly
+from trading_ops.ops import backup, maintenance, report, restore_drill, upkeep
 from trading_ops.ops.scheduler import Job, JobFunc
+from trading_ops.readiness import weekly
 
 UPKEEP = "upkeep"
 # How often finished maintenance windows are closed (bots resumed) and a missing silence is retried.
