@@ -23,10 +23,10 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 # The test modules whose pieces this builds, by what they need.
 MODULES = {
-    "compose": TESTS / "test_compose_real.py",
-    "systemd": TESTS / "test_systemd_real.py",
-    "debian13": TESTS / "test_debian13_real.py",
-    "remote": TESTS / "test_remote_hosts_real.py",
+    "compose": TESTS / "deploy" / "test_compose_real.py",
+    "systemd": TESTS / "deploy" / "test_systemd_real.py",
+    "debian13": TESTS / "deploy" / "test_debian13_real.py",
+    "remote": TESTS / "deploy" / "test_remote_hosts_real.py",
 }
 # The pieces only tests marked `hosts` (`make test-hosts`) need.
 HOSTS_ONLY = {"debian13"}

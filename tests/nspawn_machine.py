@@ -29,8 +29,8 @@ from system_binaries import REPO_ROOT, require_binary
 # polkitd answers systemd's "may this user restart that unit" (the reconciler's polkit rule; it needs logind,
 # libpam-systemd); part of the root so that no test installs it.
 ROOT_PACKAGES = (*SYSTEMD_PACKAGES, "libpam-systemd", "polkitd")
-# A bot host reached over SSH (tests/test_remote_hosts_real.py): the root's own OpenSSH server, Debian's package (its
-# privilege separation user included), never a copy of the host's binary, which may be another release's.
+# A bot host reached over SSH (tests/deploy/test_remote_hosts_real.py): the root's own OpenSSH server, Debian's package
+# (its privilege separation user included), never a copy of the host's binary, which may be another release's.
 SSH_ROOT_PACKAGES = (*ROOT_PACKAGES, "openssh-server")
 VENV = "/opt/trading-ops/.venv"
 BOOT_TIMEOUT_SECONDS = 60.0

@@ -351,8 +351,8 @@ class RiskConfig:
     drawdown_window: str = checked("24h", _check_positive_duration)
 
 
-# The readiness verdict's criteria by name (trading_ops.readiness; tests/test_ramp.py holds the two lists equal): what a
-# ramp stage may name in its `criteria`.
+# The readiness verdict's criteria by name (trading_ops.readiness; tests/bot/test_ramp.py holds the two lists equal):
+# what a ramp stage may name in its `criteria`.
 READINESS_CRITERIA = (
     "uptime",
     "restarts",

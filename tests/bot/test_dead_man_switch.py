@@ -3,7 +3,7 @@ real kraken client against the Kraken-compatible gateway (served by this process
 startup reconciliation and refreshed from the trading loop, so a hung loop lets the venue cancel the bot's orders
 within the timeout; a graceful shutdown that canceled its orders disarms it. On the paper venue, a switch the venue
 refuses makes the bot reduce-only until it is armed. The example bot SIGKILLed with orders resting is in
-tests/test_ccxt_bot.py."""
+tests/venues/test_ccxt_bot.py."""
 
 from __future__ import annotations
 

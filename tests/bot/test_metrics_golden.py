@@ -13,7 +13,7 @@ tests check that
 
 After an intended change to the metrics, regenerate the file with one command and review its diff:
 
-    UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_metrics_golden.py
+    UPDATE_GOLDEN=1 .venv/bin/pytest tests/bot/test_metrics_golden.py
 
 A new labelled family shows up in the golden without samples until `drive()` below records into it; the test
 says so. Needs the promtool binary (Debian's `prometheus` package).
@@ -42,7 +42,7 @@ from trading_ops.config import Config
 from trading_ops.paper.bot import PaperBot
 from trading_ops.paper.streaming import StreamingPaperBroker
 
-GOLDEN = Path(__file__).parent / "golden" / "paper_bot_metrics.txt"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "paper_bot_metrics.txt"
 # 2026-01-01T00:00:00Z: the Unix time every timestamp of the golden is taken at.
 FIXED_NOW = 1_767_225_600.0
 # Values of the host, not of the bot's behaviour, by family name: every sample of the family gets this value.
@@ -257,9 +257,10 @@ def test_golden_file_is_the_deterministic_exposition(tmp_path: Path) -> None:
     assert not empty, f"families without a sample in the golden: record into them in drive(): {empty}"
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(current)
-    assert GOLDEN.exists(), "no golden file yet: run UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_metrics_golden.py"
+    assert GOLDEN.exists(), "no golden file yet: run UPDATE_GOLDEN=1 .venv/bin/pytest tests/bot/test_metrics_golden.py"
     assert current == GOLDEN.read_text(), (
-        "the /metrics exposition changed: review, then UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_metrics_golden.py"
+        "the /metrics exposition changed: review, then UPDATE_GOLDEN=1 .venv/bin/pytest "
+        "tests/bot/test_metrics_golden.py"
     )
 
 

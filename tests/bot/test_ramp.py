@@ -260,7 +260,7 @@ def test_a_state_file_naming_a_stage_no_longer_configured_starts_at_the_first(tm
 def test_the_criteria_a_stage_may_name_are_the_verdicts() -> None:
     named = {c.name for c in CRITERIA}
     assert named <= set(READINESS_CRITERIA)
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "readiness.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "readiness.md").read_text()
     for name in READINESS_CRITERIA:
         assert f"`{name}`" in docs, name
 

@@ -59,7 +59,7 @@ async def bot(tmp_path):
 async def rest_bot(tmp_path):
     """A REST-only paper bot (paper.stream: false): the venue's events reach it as direct calls, so an event the
     venue withholds (fill_without_notifying, inject_hidden_fill, a reply lost) is found by the bot's own
-    reconciliation alone. A streaming bot's REST poll finds it first (tests/test_paper_streaming.py)."""
+    reconciliation alone. A streaming bot's REST poll finds it first (tests/paper/test_paper_streaming.py)."""
     paper_bot = await quiet_bot(tmp_path, stream=False)
     try:
         yield paper_bot

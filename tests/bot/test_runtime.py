@@ -1,6 +1,6 @@
 """BotRuntime for a bot we did not write: a custom strategy on the paper venue gets the journal, the control API, the
 gate and a clean shutdown from the runtime alone; on CcxtBroker, the errors its broker handled are counted and a quiet
-market stays fresh. The example bot as a process of its own is in tests/test_ccxt_bot.py."""
+market stays fresh. The example bot as a process of its own is in tests/venues/test_ccxt_bot.py."""
 
 from __future__ import annotations
 

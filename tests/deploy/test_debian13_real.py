@@ -66,7 +66,7 @@ MAKE_RUN_UNIT = "trading-ops-make-run.service"
 SMOKE_TESTS = (
     "tests/test_dependencies.py::test_this_environment_was_installed_with_the_constraints",
     "tests/test_dependencies.py::test_constraints_pin_every_dependency_of_the_test_environment_within_its_bounds",
-    "tests/test_docker_compose.py",
+    "tests/deploy/test_docker_compose.py",
 )
 SETUP_SECONDS = 1800.0
 HEALTHY_SECONDS = 180.0

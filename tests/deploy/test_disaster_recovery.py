@@ -33,7 +33,7 @@ from trading_ops.db import migrate
 from trading_ops.ops.backup import Catalog
 from trading_ops.paper.bot import VENUE_STATE_FILE, PaperBot
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = REPO_ROOT / "runbooks" / "disaster-recovery.md"
 MARKER = re.compile(r"^<!-- dr: ([\w-]+) -->$")
 EXIT_COMMENT = re.compile(r"#.*\bexits (\d)\b")

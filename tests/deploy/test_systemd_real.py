@@ -645,7 +645,8 @@ def test_the_template_unit_runs_the_example_ccxt_bot_sandboxed_and_ready(
             "urls": {"public": paper_gateway, "private": paper_gateway},
             "symbols": ["BTC-USD"],
             # ccxt's own throttle spaces Kraken calls seconds apart (the real venue's pace): a start and a stop here
-            # would take minutes. The gateway keeps no call counter either (tests/test_ccxt_bot.py does the same).
+            # would take minutes. The gateway keeps no call counter either (tests/venues/test_ccxt_bot.py does the
+            # same).
             "enable_rate_limit": False,
             "kraken_tier": "off",
         },

@@ -1,5 +1,5 @@
 """The shipped systemd units, read without running them (`systemd-analyze verify` and `security`). Under real systemd,
-with the polkit rule under polkitd: tests/test_systemd_real.py."""
+with the polkit rule under polkitd: tests/deploy/test_systemd_real.py."""
 
 from __future__ import annotations
 

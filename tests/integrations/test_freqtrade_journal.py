@@ -1,11 +1,11 @@
 """The freqtrade sidecar's view of freqtrade's database: `tradingbot_journal_failing{venue,reason}`,
 `tradingbot_journal_write_failures_total` and the `journal` check of its /readyz, from what freqtrade logs.
 
-The first test drives the sidecar with the records a poll hands it (freqtrade's own words, tests/test_freqtrade_logs.py)
-and reads its HTTP API. The second runs a REAL freqtrade (the `freqtrade` extra) trading on the Kraken-compatible paper
-gateway, its SQLite database on a small tmpfs this test mounts (and unmounts whatever happens: needs root), filled to
-the last byte: the sidecar polling it and reading its log file must report the journal failing, and keep saying so
-after freqtrade exits on it.
+The first test drives the sidecar with the records a poll hands it (freqtrade's own words,
+tests/integrations/test_freqtrade_logs.py) and reads its HTTP API. The second runs a REAL freqtrade (the `freqtrade`
+extra) trading on the Kraken-compatible paper gateway, its SQLite database on a small tmpfs this test mounts (and
+unmounts whatever happens: needs root), filled to the last byte: the sidecar polling it and reading its log file must
+report the journal failing, and keep saying so after freqtrade exits on it.
 """
 
 from __future__ import annotations

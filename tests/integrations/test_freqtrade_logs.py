@@ -1,7 +1,7 @@
 """freqtrade's log records as the sidecar reads them (trading_ops.integrations.freqtrade.logs) and the venue connection
 it derives from them (venue_link). The messages are freqtrade 2026.9's own, as it logged them on the paper gateway
-(tests/test_freqtrade_sidecar.py and test_freqtrade_e2e.py watch the same with a real freqtrade); these cases pin the
-exact wording the sidecar depends on, so a freqtrade upgrade that changes it fails here, by name."""
+(tests/integrations/test_freqtrade_sidecar.py and test_freqtrade_e2e.py watch the same with a real freqtrade); these
+cases pin the exact wording the sidecar depends on, so a freqtrade upgrade that changes it fails here, by name."""
 
 from __future__ import annotations
 

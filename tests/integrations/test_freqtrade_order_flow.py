@@ -1,8 +1,8 @@
 """The library's order-flow counters from freqtrade's trades (trading_ops.integrations.freqtrade.order_flow), poll by
-poll, with trades shaped as freqtrade 2026.9's /status and /trades list them. tests/test_freqtrade_sidecar.py checks
-the same counters against a real freqtrade on the gateway; these cases pin what a poll that sees a change half done
-(a trade closed between two of its requests, an answer listed again) must not do: count twice, or count a fill as a
-cancel."""
+poll, with trades shaped as freqtrade 2026.9's /status and /trades list them.
+tests/integrations/test_freqtrade_sidecar.py checks the same counters against a real freqtrade on the gateway; these
+cases pin what a poll that sees a change half done (a trade closed between two of its requests, an answer listed again)
+must not do: count twice, or count a fill as a cancel."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """End to end for a streaming freqtrade's silent candles: a real freqtrade streaming its candles from the gateway's
-WebSocket v2 (tests/test_freqtrade_streams.py), the `trading-ops freqtrade` sidecar process exporting its stream state,
-real Prometheus with the repository's stream rules, Alertmanager with a pager receiver of the test's own, and the
-reconciler running the packaged playbook's freqtrade-stream-reconnect rule as it is (tests/freqtrade_stack.py).
+WebSocket v2 (tests/integrations/test_freqtrade_streams.py), the `trading-ops freqtrade` sidecar process exporting its
+stream state, real Prometheus with the repository's stream rules, Alertmanager with a pager receiver of the test's own,
+and the reconciler running the packaged playbook's freqtrade-stream-reconnect rule as it is (tests/freqtrade_stack.py).
 
 Every candle subscription goes silent (the gateway acks them and sends nothing more, heartbeats flowing): freqtrade's
 watch waits on it for good, its stream state stale past its timeout: TradingBotStreamChannelStale (job freqtrade)

@@ -177,7 +177,7 @@ def test_every_family_is_one_the_runtime_exports_with_its_labels(node: Node) -> 
     """The controller's families are the library's (tests/golden/paper_bot_metrics.txt, a paper bot's whole /metrics):
     same names, same label names, so every rule, board and playbook reads a node as it reads a runtime bot. Its own
     are the node's info and its process's."""
-    golden = (Path(__file__).resolve().parent / "golden" / "paper_bot_metrics.txt").read_text()
+    golden = (Path(__file__).resolve().parents[1] / "golden" / "paper_bot_metrics.txt").read_text()
 
     def labels(text: str) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
@@ -431,7 +431,7 @@ def test_the_token_comes_from_a_file_or_the_environment_never_the_config(tmp_pat
 
 def test_the_docs_snippet_builds_a_node_config_with_the_controller(tmp_path: Path) -> None:
     """docs/nautilus.md's configuration block, run as written: a TradingNodeConfig whose controller is ours."""
-    page = (Path(__file__).resolve().parent.parent / "docs" / "nautilus.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "nautilus.md").read_text()
     block = page.split("```python\n", 1)[1].split("```", 1)[0]
     scope: dict[str, Any] = {}
     exec(compile(block, "docs/nautilus.md", "exec"), scope)

@@ -539,7 +539,8 @@ def test_the_linter_has_every_rule_of_dashboard_linter() -> None:
 
 def test_the_parser_reads_every_shipped_expression() -> None:
     """What the target rules walk: every panel target and annotation of every board, and every rule's expression,
-    parses into a tree with selectors (a rule file's are promtool-checked in tests/test_prometheus_rules.py)."""
+    parses into a tree with selectors (a rule file's are promtool-checked in
+    tests/monitoring/test_prometheus_rules.py)."""
     exprs = []
     for path in DASHBOARD_FILES:
         board = load(path)

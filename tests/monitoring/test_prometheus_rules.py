@@ -416,7 +416,7 @@ def test_bot_alerts_keep_instance_and_job_when_they_fire() -> None:
 
 @pytest.mark.parametrize("rule", all_alert_rules(), ids=lambda r: f"{r['alert']}-{r['labels']['severity']}")
 def test_alert_conventions(rule: dict[str, Any]) -> None:
-    """What the project adds to mixtool's rules (tests/test_rule_lint.py: CamelCase, severity, summary,
+    """What the project adds to mixtool's rules (tests/monitoring/test_rule_lint.py: CamelCase, severity, summary,
     description, runbook_url): the shared prefix, the service label, a `for:`, the runbook URL from the name."""
     name = rule["alert"]
     assert ALERT_NAME.match(name), name

@@ -4,7 +4,7 @@ guidelines for alert names, labels and annotations.
 Each rule keeps mixtool's name and test; `alert-runbook-url-rule` is the guideline's runbook_url, which mixtool does
 not check. Where a rule does not fit an alert, EXCEPTIONS says so with its reason, as the `.lint` file mixtool reads
 would. What the project adds on top (the TradingBot/TradingOps prefix, the `service` label, the runbook URL derived
-from the name) stays in tests/test_prometheus_rules.py.
+from the name) stays in tests/monitoring/test_prometheus_rules.py.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ RECONCILER_POSTED_ALERTS = (
     "TradingOpsBotHostDown",
 )
 SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
-# Runbooks that are procedures, not an alert's (tests/test_disaster_recovery.py runs this one's commands).
+# Runbooks that are procedures, not an alert's (tests/deploy/test_disaster_recovery.py runs this one's commands).
 PROCEDURES = {"disaster-recovery"}
 PROMQL_HINT = re.compile(r"`[^`]*\b(tradingbot_|tradingops_|up\{|ALERTS|prometheus_|alertmanager_|process_|instance)")
 # Inline code spans; with the lines of fenced blocks, that is where runbooks put the commands to run.

@@ -461,7 +461,7 @@ async def test_the_disk_rule_heals_a_paper_bot_filled_by_chaos(tmp_path: Path) -
 def test_the_committed_example_documents_the_defaults() -> None:
     from trading_ops.config import load_config
 
-    example = load_config(Path(__file__).resolve().parent.parent / "trading-ops.example.yaml")
+    example = load_config(Path(__file__).resolve().parents[2] / "trading-ops.example.yaml")
     defaults = parse_config({})
     assert example.backup == defaults.backup
     assert example.upkeep == defaults.upkeep

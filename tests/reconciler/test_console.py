@@ -54,7 +54,7 @@ from trading_ops.webconfig import app_ssl_context
 
 pytestmark = [pytest.mark.alertmanager]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

@@ -143,7 +143,7 @@ async def test_a_crash_is_restarted_after_restart_sec_and_a_clean_exit_is_not(ha
     await until_async("waiting RestartSec", lambda: service.state == "auto-restart", DEADLINE)
     assert service.describe()["SubState"] == "auto-restart" and service.result == "signal"
     await until_async("restarted", lambda: service.state == "active" and service.child.pid != first, DEADLINE)
-    # A start resets the result, as systemd's does (tests/test_systemd_real.py saw it there).
+    # A start resets the result, as systemd's does (tests/deploy/test_systemd_real.py saw it there).
     assert service.restarts == 1 and service.result == "success"
     assert any("killed by SIGKILL" in e for e in harness.events)
     (harness.dir / "exit").write_text("0")

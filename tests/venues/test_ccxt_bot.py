@@ -104,7 +104,7 @@ def write_config(
             "quote_poll_interval_seconds": 0.1,
             "enable_rate_limit": False,
             # No call budget: the gateway here keeps no call counter, and these bots step every 50 ms
-            # (tests/test_call_counter.py is about the counter).
+            # (tests/venues/test_call_counter.py is about the counter).
             "kraken_tier": "off",
             **ccxt,
         },

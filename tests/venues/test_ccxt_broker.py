@@ -1,7 +1,7 @@
 """CcxtBroker on ccxt's real `kraken` client against the Kraken-compatible gateway (started per test on a free
 loopback port): orders, fills, cancels, balances, events, every venue fault as its error class and metric, lost
 replies resolved without a second order, the gateway's faults healed by the broker's own reconnect and resubscribe.
-A bot on the runtime killed mid-order, then reconciled, is in tests/test_ccxt_bot.py."""
+A bot on the runtime killed mid-order, then reconciled, is in tests/venues/test_ccxt_bot.py."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ from trading_ops.venues.ccxt.errors import error_class
 from trading_ops.venues.ccxt.factory import broker_from_config, make_exchange
 from trading_ops.venues.ccxt.rest import CcxtBroker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def connected_broker(base: str, **kwargs) -> CcxtBroker:  # type: ignore[no-untyped-def]

@@ -55,8 +55,8 @@ async def public_stream(base: str, registry: CollectorRegistry, **kw: Any) -> As
 
 
 async def test_ccxt_pro_s_wait_on_a_refused_subscription_ends_with_the_venue_s_error() -> None:
-    """Stock ccxt.pro waits forever on a refused `ohlc` subscription (tests/test_kraken_ws_ohlc.py); BoundedKraken
-    (ccxt.pro's kraken, its behaviour untouched) ends that wait with Kraken's words, at once."""
+    """Stock ccxt.pro waits forever on a refused `ohlc` subscription (tests/paper/gateway/test_kraken_ws_ohlc.py);
+    BoundedKraken (ccxt.pro's kraken, its behaviour untouched) ends that wait with Kraken's words, at once."""
     async with running_gateway() as (_gateway, base):
         public = ws_urls(base)[0]
         ex = BoundedKraken({"urls": {"api": {"public": base, "ws": {"publicV2": public, "public": public}}}})

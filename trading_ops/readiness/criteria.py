@@ -2,7 +2,7 @@
 
 One query per criterion serves every bot asked about (a selector of all their instances); the answer is split by
 `instance`. The same expressions, over one day and every bot, are the recording rules of
-prometheus/rules/tradingbot-readiness.yml (tests/test_readiness.py holds them equal), for boards and alerts.
+prometheus/rules/tradingbot-readiness.yml (tests/readiness/test_readiness.py holds them equal), for boards and alerts.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from trading_ops.config import ConfigError, parse_config
 from trading_ops.paper.gateway.kraken.api import sign
 from trading_ops.paper.gateway.kraken.gateway import gateway_from_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def chaos(base: str, fault: str, token: str = CONTROL_TOKEN, **args: object) -> tuple[int, dict]:
