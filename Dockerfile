@@ -1,8 +1,8 @@
 # The trading-ops image: the paper bot, the reconciler and every other `trading-ops` subcommand.
 #   docker build -t trading-ops .   then   docker run --rm trading-ops --help
 # Debian bookworm with Debian's own Python 3.11 and PostgreSQL client: pinned to a Debian point release so a rebuild
-# gets the same libraries (tests/test_docker_compose.py requires the pin); bump it on purpose. The compose test
-# (tests/test_compose_real.py) builds this file on a real Docker engine from a debootstrap root of the same release.
+# gets the same libraries (tests/deploy/test_docker_compose.py requires the pin); bump it on purpose. The compose test
+# (tests/deploy/test_compose_real.py) builds this file on a real Docker engine from a debootstrap root of the same release.
 FROM debian:12.15-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Python (a virtual environment: Debian's interpreter refuses pip installs into its own site-packages), OpenSSH's
 # client for the off-host copy of every backup (backup.remote), and PostgreSQL's client programs for `trading-ops backup` of the compose stack's database (pg_dump -Fc, pg_restore).
 # pg_dump must be at least the server's major version: Debian bookworm ships PostgreSQL 15, the postgres image of
-# docker-compose.yml. Keep PG_MAJOR that image's major version (tests/test_docker_compose.py checks it); the build
+# docker-compose.yml. Keep PG_MAJOR that image's major version (tests/deploy/test_docker_compose.py checks it); the build
 # fails unless pg_dump and pg_restore of that version are on PATH.
 ARG PG_MAJOR=15
 RUN apt-get update \

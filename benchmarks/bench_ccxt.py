@@ -38,7 +38,7 @@ from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
-from trading_ops.venues.ccxt import CcxtBroker
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 GOAL_RATIO = 1.1
 BTC_DEPOSIT = 1000  # on the gateway's account, for the round trips' resting sells

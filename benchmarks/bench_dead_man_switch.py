@@ -27,10 +27,10 @@ from benchmarks.bench_ports import free_port
 from trading_ops.bot.runtime import BotRuntime
 from trading_ops.config import parse_config
 from trading_ops.db import migrate
+from trading_ops.paper.gateway.kraken.gateway import KrakenGateway, create_app
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.venues.call_counter import CallBudget, CounterLimiter
-from trading_ops.venues.ccxt import CcxtBroker
-from trading_ops.venues.kraken_gateway import KrakenGateway, create_app
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 KEY, SECRET = "bench-key", base64.b64encode(b"the benchmark's gateway secret").decode()
 TOKEN = "bench-control-token"

@@ -3,9 +3,9 @@ Patroni), on docs/deployment.md's highly available topology built on test hosts 
 ops-b with a Prometheus, an Alertmanager, a reconciler replica and PostgreSQL under Patroni each, ops-c's etcd vote, a
 bot host with Debian's node exporter and the example ccxt bot on the Kraken-compatible gateway); prints JSON.
 
-The sequence of tests/test_ha_topology_e2e.py: the bot's session with the venue dropped (broker-reconnect heals it and
-Prometheus verifies it) with the topology whole (the baseline of the same run), with ops-b killed whole and with ops-a
-killed whole (its PostgreSQL the primary: Patroni promotes ops-b's once the leader key expires); then, ops-a still
+The sequence of tests/deploy/test_ha_topology_e2e.py: the bot's session with the venue dropped (broker-reconnect heals
+it and Prometheus verifies it) with the topology whole (the baseline of the same run), with ops-b killed whole and with
+ops-a killed whole (its PostgreSQL the primary: Patroni promotes ops-b's once the leader key expires); then, ops-a still
 dead, the bot's host killed whole with its bid resting. Fault -> verified is from the fault to the ledger's verified
 end; the host's figures are from the kill to its order cancelled at the venue and to each page's arrival at the pager
 (a receiver of the benchmark's own). The playbook's cooldowns are 0 (the same bot's faults follow each other);

@@ -8,7 +8,7 @@ previous death's alert was over (inside the pager group's interval); after the l
 
 Per death: seconds from the kill to the bot's orders gone from the venue and to the host-down page at the pager, and
 how often it came. The bot holds no position (its bids rest, nothing fills), so no exposure page is owed: one would be
-a false page (tests/test_host_down_e2e.py's first test measures the exposure page of a position held).
+a false page (tests/deploy/test_host_down_e2e.py's first test measures the exposure page of a position held).
 Then the DESIGN goal's counts over the run (goal 0 each): false pages (anything else paged, or a death's page twice:
 a returning host's TradingBotDown, TradingBotHeartbeatStale, TradingOpsRemediationFailed, ...), late pages (a death's
 page later than the same run's first death's by more than LATE_MARGIN_SECONDS: the baseline is the first death), and

@@ -39,8 +39,8 @@ from trading_ops.config import parse_config  # noqa: E402
 from trading_ops.ops.backup import STATE_FILE  # noqa: E402
 from trading_ops.ops.restore_drill import DRILL_STATE_FILE  # noqa: E402
 from trading_ops.ops.state import OpsState  # noqa: E402
+from trading_ops.readiness.criteria import CRITERIA, instances_selector  # noqa: E402
 from trading_ops.readiness.verdict import evaluate  # noqa: E402
-from trading_ops.readiness_criteria import CRITERIA, instances_selector  # noqa: E402
 
 RULES = Path(__file__).resolve().parent.parent / "prometheus" / "rules"
 # A few bots fail a criterion each, so the verdicts are not all alike.

@@ -33,8 +33,8 @@ from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import BrokerError, BrokerEvents, Quote, VenueFill
 from trading_ops.venues.call_counter import BudgetExhausted, CallBudget, Deferred
-from trading_ops.venues.ccxt import CcxtBroker
-from trading_ops.venues.streams.broker import StreamingCcxtBroker
+from trading_ops.venues.ccxt.rest import CcxtBroker
+from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
 
 KEYS = ("bench-placer", "bench-streamed", "bench-polled")
 SYMBOLS = ["BTC-USD", "ETH-USD"]

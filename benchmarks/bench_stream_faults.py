@@ -1,6 +1,6 @@
 """Stream faults at the gateway, detected and healed by the streaming client alone; prints JSON.
 
-The gateway (its own process) ticks its market every `--tick` seconds; trading_ops.venues.streams.client keeps a
+The gateway (its own process) ticks its market every `--tick` seconds; trading_ops.venues.ccxt.kraken_stream keeps a
 book subscription (BTC/USD, depth 10, its cadence the tick) on its public WebSocket v2. Each round injects, in turn:
 - ws_silent_channel (the book acked then silent, heartbeats flowing): fault -> detected (the client resubscribes)
   -> healed (book messages again, the book in sync). Goal (DESIGN): detected <= the channel's silence timeout + 1 s,
@@ -32,8 +32,8 @@ from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.streams.health import silence_timeout
 from trading_ops.bot.streams.metrics import StreamMetrics
-from trading_ops.venues.kraken_ws.server import PUBLIC_PATH
-from trading_ops.venues.streams.client import KrakenStream, Subscription
+from trading_ops.paper.gateway.kraken.ws.server import PUBLIC_PATH
+from trading_ops.venues.ccxt.kraken_stream import KrakenStream, Subscription
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench"
@@ -141,8 +141,8 @@ async def run(base: str, rounds: int, tick: float) -> dict[str, Any]:
 def serve(port: int, tick: float) -> int:
     from aiohttp import web
 
+    from trading_ops.paper.gateway.kraken.gateway import KrakenGateway, create_app
     from trading_ops.paper.venue import PaperVenue
-    from trading_ops.venues.kraken_gateway import KrakenGateway, create_app
 
     venue = PaperVenue(volatility=0.001, tick_interval=tick, starting_balance=Decimal(100000))
     keys = {"bench-key": "YmVuY2g="}

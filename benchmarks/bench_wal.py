@@ -5,7 +5,7 @@ alone; and one shipment's seconds against the number of segments already in the 
 copies of one segment make up the difference), as archive-wal makes it (what the archive gained) and as it made it
 before (rsync of the whole archive directory), with the files rsync compared. Baselines in the same run: the
 interpreter's start for `trading-ops --help` as the archiver's user, and one bare `ssh host true`. Needs what
-tests/test_backup_wal.py needs (PostgreSQL server programs, pgbackrest, rsync, sshd, root for the network
+tests/ops/test_backup_wal.py needs (PostgreSQL server programs, pgbackrest, rsync, sshd, root for the network
 namespace). Prints JSON."""
 
 from __future__ import annotations

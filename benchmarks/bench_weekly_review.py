@@ -38,7 +38,7 @@ from trading_ops.config import parse_config  # noqa: E402
 from trading_ops.db import migrate  # noqa: E402
 from trading_ops.db.base import make_engine  # noqa: E402
 from trading_ops.db.models import Episode  # noqa: E402
-from trading_ops.ops import weekly  # noqa: E402
+from trading_ops.readiness import weekly  # noqa: E402
 
 FAULTS: list[dict[str, Any]] = [
     {"restarts_at": (2 * DAY,)},

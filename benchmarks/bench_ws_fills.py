@@ -29,8 +29,8 @@ from gateway_bench import gateway_process, kraken, new_keys, serve, summary, url
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import BrokerEvents, VenueFill
-from trading_ops.venues.ccxt import POLL_INTERVAL_SECONDS, CcxtBroker
-from trading_ops.venues.streams.broker import StreamingCcxtBroker
+from trading_ops.venues.ccxt.rest import POLL_INTERVAL_SECONDS, CcxtBroker
+from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
 
 STARTUP_SECONDS = 60.0
 GOAL_P50_MS = 100.0

@@ -22,7 +22,7 @@ from typing import Any
 import ccxt.async_support as ccxt
 import ccxt.pro as ccxtpro
 
-from trading_ops.venues.kraken_ws.server import PRIVATE_PATH, PUBLIC_PATH
+from trading_ops.paper.gateway.kraken.ws.server import PRIVATE_PATH, PUBLIC_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 NEVER = 3600.0
@@ -106,9 +106,9 @@ def serve(
     keys from the environment; Kraken's REST call counter of the tier `call_counter` per key."""
     from aiohttp import web
 
+    from trading_ops.paper.gateway.kraken.gateway import KrakenGateway, create_app
     from trading_ops.paper.venue import PaperVenue
     from trading_ops.venues.call_counter import CounterLimiter
-    from trading_ops.venues.kraken_gateway import KrakenGateway, create_app
 
     venue = PaperVenue(
         starting_balance=Decimal("100000000"),

@@ -14,7 +14,7 @@ from collections import deque
 from decimal import Decimal
 
 from trading_ops.bot import OrderType, Side, StrategyContext, run
-from trading_ops.venues.ccxt import broker_from_config
+from trading_ops.venues.ccxt.factory import broker_from_config
 
 ORDER_NOTIONAL = Decimal("100")  # in the quote asset, per order
 MAX_POSITION_NOTIONAL = Decimal("300")  # per symbol (bot.risk enforces the hard limits)

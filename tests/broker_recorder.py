@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from trading_ops.bot.broker import BrokerEvents, Channel, Quote, VenueFill, VenueOrder
-from trading_ops.venues.ccxt import CcxtBroker
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 B = TypeVar("B", bound=CcxtBroker)
 

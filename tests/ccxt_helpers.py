@@ -17,8 +17,8 @@ from polling import until_async
 from ports import free_port
 
 from trading_ops.bot.broker import OrderRequest, OrderType, Side
+from trading_ops.paper.gateway.kraken.gateway import KrakenGateway, SubAccount, create_app
 from trading_ops.paper.venue import PaperVenue
-from trading_ops.venues.kraken_gateway import KrakenGateway, SubAccount, create_app
 
 API_KEY = "test-key"
 API_SECRET = base64.b64encode(b"a gateway secret of some length").decode()

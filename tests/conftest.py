@@ -27,10 +27,12 @@ import deployment_prebuild  # noqa: E402 (a helper: registered above)
 from rewrite_ahead import rewrite_ahead  # noqa: E402
 from shared_postgres import new_database  # noqa: E402
 
-# The secret files' mode check (trading_ops/secret_files.py) has tests of its own (tests/test_secret_files.py, which
-# clears this), and the deployments under real systemd meet it for real (a unit does not inherit this environment).
-# Everywhere else the suite writes its secrets as its fixtures please: the servers it starts take them as mounted.
-os.environ.setdefault("TRADING_OPS_SECRETS_MOUNTED", "1")
+# The suite meets the secret files' mode check (trading_ops/secret_files.py) as a deployment does: its fixtures write
+# each secret its owner's alone (tests/secret_file.py: a 0600 file in a 0700 folder), and the servers it starts check
+# them. Only a test marked `secrets_mounted` runs as under an orchestrator that mounts them with modes of its own
+# (TRADING_OPS_SECRETS_MOUNTED=1, for it and what it starts); a run started with the variable set keeps it throughout.
+SECRETS_MOUNTED = "TRADING_OPS_SECRETS_MOUNTED"
+MOUNTED_BY_CALLER = os.environ.get(SECRETS_MOUNTED)
 
 # Hypothesis's tests prove properties of what the code returns, never how fast: its default 200 ms deadline per example
 # (and the too_slow health check on generating them) fail a correct test on a machine busy with something else, as a
@@ -52,6 +54,18 @@ def pytest_configure(config: pytest.Config) -> None:
     each worker then reads them instead of rewriting all of them itself."""
     if not hasattr(config, "workerinput") and config.getoption("numprocesses", None):
         rewrite_ahead(config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """TRADING_OPS_SECRETS_MOUNTED=1 for a test marked `secrets_mounted` (set before its fixtures start anything),
+    unset for every other one."""
+    if MOUNTED_BY_CALLER is not None:
+        return
+    if item.get_closest_marker("secrets_mounted") is not None:
+        os.environ[SECRETS_MOUNTED] = "1"
+    else:
+        os.environ.pop(SECRETS_MOUNTED, None)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

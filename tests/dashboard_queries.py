@@ -33,7 +33,7 @@ DATA_DASHBOARDS = ("trading-overview", "bot-health", "slo")
 FREQTRADE_ONLY = "freqtrade's own numbers, from its sidecar: a bot on the runtime (paper, ccxt) has no freqtrade"
 # The venue stream's row: only a streaming ccxt bot (the default on Kraken) exports tradingbot_stream_* (the stack's
 # paper bots do not);
-# tests/test_ccxt_bot.py scrapes them from a streaming bot.
+# tests/venues/test_ccxt_bot.py scrapes them from a streaming bot.
 STREAM_ONLY = "a venue stream's health: only a streaming ccxt bot has one"
 STREAM_PANELS = dict.fromkeys(
     [

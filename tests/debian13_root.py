@@ -1,7 +1,7 @@
-"""The Debian 13 (trixie) root of tests/test_debian13_real.py, the layer over it with what the Makefile's run-deps
-installs there, and the layer with the checkout's virtualenv as `make setup` installed it there: made once per machine
-(the virtualenv once per lock), cached under ~/.cache/trading-ops (tests/deployment_prebuild.py builds the first two
-ahead of the test; the test itself saves the third from its first `make setup`)."""
+"""The Debian 13 (trixie) root of tests/deploy/test_debian13_real.py, the layer over it with what the Makefile's
+run-deps installs there, and the layer with the checkout's virtualenv as `make setup` installed it there: made once
+per machine (the virtualenv once per lock), cached under ~/.cache/trading-ops (tests/deployment_prebuild.py builds the
+first two ahead of the test; the test itself saves the third from its first `make setup`)."""
 
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 # The test modules whose pieces this builds, by what they need.
 MODULES = {
-    "compose": TESTS / "test_compose_real.py",
-    "systemd": TESTS / "test_systemd_real.py",
-    "debian13": TESTS / "test_debian13_real.py",
-    "remote": TESTS / "test_remote_hosts_real.py",
+    "compose": TESTS / "deploy" / "test_compose_real.py",
+    "systemd": TESTS / "deploy" / "test_systemd_real.py",
+    "debian13": TESTS / "deploy" / "test_debian13_real.py",
+    "remote": TESTS / "deploy" / "test_remote_hosts_real.py",
 }
 # The pieces only tests marked `hosts` (`make test-hosts`) need.
 HOSTS_ONLY = {"debian13"}
@@ -50,6 +50,7 @@ def start(config: Any) -> subprocess.Popen[bytes] | None:
         names = [name for name in names if name not in HOSTS_ONLY]  # `make test` leaves the `hosts` tests out
     if not names:
         return None
+    reap_killed_runs(config)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
         ["nice", "-n", str(NICENESS), sys.executable, str(Path(__file__)), *names],
@@ -59,6 +60,21 @@ def start(config: Any) -> subprocess.Popen[bytes] | None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def reap_killed_runs(config: Any) -> list[str]:
+    """What a killed earlier run left that would fail this run's deployment tests, stopped before they start (a dockerd
+    holding the cached data root, a booted nspawn machine, its overlay still mounted over the cached roots): only what
+    no live run owns (tests/docker_engine.py, tests/nspawn_machine.py). Each thing reaped is reported in one line."""
+    from docker_engine import reap_killed_runs as reap_engines
+    from nspawn_machine import reap_killed_runs as reap_machines
+
+    reaped = [f"dockerd {pid} on the cached data root" for pid in reap_engines()] + reap_machines()
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for line in reaped:
+        if reporter is not None:
+            reporter.write_line(f"reaped what a killed run left: {line}")
+    return reaped
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:

@@ -78,6 +78,7 @@ class DockerEngine:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
             data_root = cached
+            reap_engines_of(cached)  # the lock was free: a dockerd still on the data root is a killed run's
         except BlockingIOError:
             lock.close()  # type: ignore[union-attr]
             lock = None
@@ -244,6 +245,78 @@ class DockerEngine:
                     for child in sorted(directory.glob("**/"), key=lambda p: len(p.parts), reverse=True):
                         with contextlib.suppress(OSError):
                             child.rmdir()
+
+
+def reap_killed_runs() -> list[int]:
+    """At a run's start: a dockerd a killed run left on the cached data root, stopped (reap_engines_of) when no live
+    run holds the data root's lock; the pids stopped."""
+    lock_path = cache_dir() / "data-root.lock"
+    if not lock_path.exists():
+        return []
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []  # a live run's engine
+        try:
+            return reap_engines_of(cache_dir() / "data-root")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def engines_of(data_root: Path) -> list[int]:
+    """The pids of the dockerd processes serving `data_root` (by their command line's --data-root)."""
+    wanted = f"--data-root={data_root}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if wanted in argv and any(arg.endswith(b"dockerd") for arg in argv):
+                    found.append(int(entry.name))
+    return found
+
+
+def reap_engines_of(data_root: Path, wait: float = 30.0) -> list[int]:
+    """Stop what a run killed before its cleanup left on `data_root` (whose lock this run now holds): each dockerd
+    still serving it (SIGTERM, SIGKILL after `wait` seconds), then every process left in its mount namespace
+    (containerd, shims, containers), all by pid; the pids of the engines stopped. Another dockerd on the same data root
+    would fail on its lock, and the next run with it."""
+    stopped = []
+    for pid in engines_of(data_root):
+        try:
+            mount_ns = os.readlink(f"/proc/{pid}/ns/mnt")
+        except OSError:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and not _zombie(pid):
+            time.sleep(0.2)
+        # The engine's own namespace (unshare --mount) holds only what it ran; never this run's own.
+        others = _in_mount_namespace(mount_ns) if mount_ns != os.readlink("/proc/self/ns/mnt") else []
+        for other in [pid, *others]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(other, signal.SIGKILL)
+        stopped.append(pid)
+    return stopped
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _in_mount_namespace(mount_ns: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "ns" / "mnt") == mount_ns:
+                    found.append(int(entry.name))
+    return found
 
 
 def _group_exists(name: str) -> bool:

@@ -29,7 +29,7 @@ from system_binaries import REPO_ROOT
 
 from trading_ops.stack.freqtrade_bot import FreqtradeMissing, trading_settings
 from trading_ops.stack.freqtrade_bot import freqtrade_binary as stack_freqtrade_binary
-from trading_ops.venues.ccxt import CcxtBroker
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 STRATEGY_DIR = REPO_ROOT / "tests" / "freqtrade" / "strategies"
 STRATEGY = "TradingOpsQuick"

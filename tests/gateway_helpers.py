@@ -28,7 +28,7 @@ SIDECAR_SECRET = base64.b64encode(b"the sidecar's key on the same account").deco
 CHECK_KEY = "test-check-key"
 CHECK_SECRET = base64.b64encode(b"the key the test looks at the venue with").decode()
 # A second bot's key, of an account of its own (the gateway's sub-account SECOND_ACCOUNT: one account per bot), and
-# the test's own key on that account (tests/test_host_down_e2e.py: two bots on one venue).
+# the test's own key on that account (tests/deploy/test_host_down_e2e.py: two bots on one venue).
 SECOND_ACCOUNT = "second"
 SECOND_KEY = "second-bot-key"
 SECOND_SECRET = base64.b64encode(b"a second bot's key on an account of its own").decode()

@@ -12,7 +12,7 @@ exporter and then its bot back.
 when its orders were gone from the venue and when each page it owes arrived (the host-down page: the bot holds no
 position, so no exposure page is owed), and counts false pages (anything else paged, or a page twice), late pages (a
 death's page later than the first death's by more than LATE_MARGIN_SECONDS) and resolved notices of an earlier outage
-that arrived after the next death. tests/test_host_down_e2e.py and benchmarks/bench_host_deaths.py run it."""
+that arrived after the next death. tests/deploy/test_host_down_e2e.py and benchmarks/bench_host_deaths.py run it."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ BOT_TOKEN = "control-token-of-the-bots-0123456789"
 SWITCH = {"timeout_seconds": 15, "refresh_interval_seconds": 5}
 # The pages a host's death owes: the host-down page (Prometheus's). The bot holds no position here (a market that stands
 # still: its bids rest, nothing fills), so the exposure page (the reconciler's) is owed to nobody: its orders cancelled,
-# the account is flat, and a page about nothing is skipped (tests/test_host_down_e2e.py's first test pages one for a
-# position held). An exposure page here is a false page.
+# the account is flat, and a page about nothing is skipped (tests/deploy/test_host_down_e2e.py's first test pages one
+# for a position held). An exposure page here is a false page.
 HOST_DOWN, EXPOSURE = "TradingBotHostDown", "TradingOpsBotHostDown"
 DEATH_PAGES = (HOST_DOWN,)
 # A death's page later than the same run's first death's by more than this is late (the pager's 1-minute slot, or a
@@ -107,7 +107,7 @@ def bot_config(
             "poll_interval_seconds": 0.5,
             "quote_poll_interval_seconds": 0.5,
             "enable_rate_limit": False,
-            "kraken_tier": "off",  # the gateway here keeps no call counter (tests/test_call_counter.py does)
+            "kraken_tier": "off",  # the gateway here keeps no call counter (tests/venues/test_call_counter.py does)
         },
         "recovery": {"reconcile_interval_seconds": 0, "policies": policies},
     }

@@ -10,7 +10,9 @@ machine is stopped by the pid of its systemd-nspawn (SIGTERM: a clean poweroff; 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shlex
 import shutil
 import signal
@@ -29,8 +31,8 @@ from system_binaries import REPO_ROOT, require_binary
 # polkitd answers systemd's "may this user restart that unit" (the reconciler's polkit rule; it needs logind,
 # libpam-systemd); part of the root so that no test installs it.
 ROOT_PACKAGES = (*SYSTEMD_PACKAGES, "libpam-systemd", "polkitd")
-# A bot host reached over SSH (tests/test_remote_hosts_real.py): the root's own OpenSSH server, Debian's package (its
-# privilege separation user included), never a copy of the host's binary, which may be another release's.
+# A bot host reached over SSH (tests/deploy/test_remote_hosts_real.py): the root's own OpenSSH server, Debian's package
+# (its privilege separation user included), never a copy of the host's binary, which may be another release's.
 SSH_ROOT_PACKAGES = (*ROOT_PACKAGES, "openssh-server")
 VENV = "/opt/trading-ops/.venv"
 BOOT_TIMEOUT_SECONDS = 60.0
@@ -39,6 +41,9 @@ COMMAND_TIMEOUT_SECONDS = 120.0
 # How many of the console's last lines a failed boot quotes.
 LOG_TAIL_LINES = 8
 NSPAWN_NOISE = "Attempted to remove disk file system under"
+# Beside an overlay's upper layer: the pid of the test process that mounted it (a killed run's mounts are reaped).
+OWNER_FILE = "owner.pid"
+MACHINE_PREFIX = "--machine=trading-ops-"
 
 
 def _fail(message: str) -> None:
@@ -95,6 +100,7 @@ class Overlay:
             path.mkdir(parents=True, exist_ok=True)
         lower = ":".join(str(p) for p in self.lowers)
         options = f"lowerdir={lower},upperdir={self.upper},workdir={self.work}"
+        (self.upper.parent / OWNER_FILE).write_text(str(os.getpid()))
         _must(_run(["mount", "-t", "overlay", "overlay", "-o", options, self.merged], 60), "mounting the overlay")
         self.mounted = True
         return self.merged
@@ -254,3 +260,83 @@ def prepared_root() -> tuple[Path, Path]:
     root = debian_root(ROOT_PACKAGES)
     dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
     return root, venv_layer(root, wheelhouse(), dependencies)
+
+
+def reap_killed_runs(cache: Path | None = None) -> list[str]:
+    """At a run's start: what a killed run left of its machines, stopped and unmounted by pid and path, never a live
+    run's (reap_machines, then reap_overlays). Left mounted, the next run's root or layer build over the same cache
+    failed. What was reaped, one line each."""
+    return reap_machines() + reap_overlays(cache or cache_dir())
+
+
+def reap_machines() -> list[str]:
+    """Each systemd-nspawn of ours (--machine=trading-ops-...) whose test process is gone (its parent no longer a
+    Python process: it was handed to init), stopped (SIGTERM: a clean poweroff; SIGKILL after the deadline)."""
+    reaped = []
+    for pid, argv in _processes():
+        if argv[0].endswith("systemd-nspawn") and any(a.startswith(MACHINE_PREFIX) for a in argv):
+            if not _parent_is_python(pid):
+                _stop(pid)
+                reaped.append(f"systemd-nspawn {pid} ({' '.join(argv[-3:])})")
+    return reaped
+
+
+def reap_overlays(cache: Path) -> list[str]:
+    """Each overlay over the cached layers under `cache` whose owner (OWNER_FILE) is dead and that no systemd-nspawn
+    runs on, unmounted."""
+    reaped = []
+    running_on = {arg for _, argv in _processes() if argv[0].endswith("systemd-nspawn") for arg in argv}
+    for mountpoint, options in _overlays():
+        if str(cache) not in options or mountpoint in running_on:
+            continue
+        try:
+            pid = int((Path(mountpoint).parent / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if pid and Path(f"/proc/{pid}").exists():
+            continue  # a live run's, between its mount and its machine's start
+        if _run(["umount", mountpoint], 60).returncode != 0:
+            _run(["umount", "-l", mountpoint], 60)
+        reaped.append(f"overlay {mountpoint}")
+    return reaped
+
+
+def _processes() -> list[tuple[int, list[str]]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                if argv and argv[0]:
+                    found.append((int(entry.name), argv))
+    return found
+
+
+def _parent_is_python(pid: int) -> bool:
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        parent = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")[0]
+    except (OSError, IndexError, ValueError):
+        return False
+    return ppid != 1 and b"python" in Path(parent.decode(errors="replace")).name.encode()
+
+
+def _stop(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + POWEROFF_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _overlays() -> list[tuple[str, str]]:
+    """(mount point, super options) of every overlay mount of this mount namespace."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, rest = line.partition(" - ")
+        parts = rest.split()
+        if len(parts) >= 3 and parts[0] == "overlay":
+            found.append((fields.split()[4].replace("\\040", " "), parts[2]))
+    return found

@@ -23,7 +23,7 @@ from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.bot.server import MAX_CONTROL_BODY_BYTES
 from trading_ops.http_guard import API_HEADERS
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
-from trading_ops.venues.kraken_api import sign
+from trading_ops.paper.gateway.kraken.api import sign
 
 TOKEN = "control-token-of-the-hostile-input-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -858,7 +858,7 @@ async def test_a_ccxt_bot_trades_with_a_gateway_over_mutual_tls(tmp_path: Path, 
     import ccxt.async_support as ccxt_async
 
     from trading_ops.config import load_config
-    from trading_ops.venues.ccxt import make_exchange
+    from trading_ops.venues.ccxt.factory import make_exchange
 
     path = _config_with(tmp_path, pki, web_config(pki), "paper-gateway")
     data = yaml.safe_load(path.read_text())
@@ -892,8 +892,8 @@ async def test_a_ccxt_bot_trades_with_a_gateway_over_mutual_tls(tmp_path: Path, 
         assert balance["total"], balance
         # The broker it builds streams over wss:// with the same context: both sockets up, the book in sync.
         from trading_ops.bot.broker import BrokerEvents
-        from trading_ops.venues.ccxt import broker_from_config
-        from trading_ops.venues.streams.broker import StreamingCcxtBroker
+        from trading_ops.venues.ccxt.factory import broker_from_config
+        from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
 
         broker = broker_from_config(load_config(path))
         assert isinstance(broker, StreamingCcxtBroker) and broker.private_url.startswith("wss://")

@@ -15,8 +15,8 @@ import aiohttp
 import ccxt.pro as ccxtpro
 from ccxt_helpers import API_KEY, API_SECRET, kraken
 
-from trading_ops.venues.kraken_ws.messages import dumps
-from trading_ops.venues.kraken_ws.server import PRIVATE_PATH, PUBLIC_PATH
+from trading_ops.paper.gateway.kraken.ws.messages import dumps
+from trading_ops.paper.gateway.kraken.ws.server import PRIVATE_PATH, PUBLIC_PATH
 
 # Longest a test waits for one message (a deadline, not a measurement).
 MESSAGE_DEADLINE = 20.0

@@ -40,10 +40,11 @@ COMMAND_MODULES = (
     "trading_ops.paper.cli",
     "trading_ops.readiness.cli",
     "trading_ops.readiness.ramp_cli",
+    "trading_ops.readiness.weekly_cli",
     "trading_ops.reconciler.cli",
     "trading_ops.rulepack.cli",
     "trading_ops.stack.cli",
-    "trading_ops.venues.cli",
+    "trading_ops.paper.gateway.cli",
 )
 
 log = logging.getLogger("trading_ops")

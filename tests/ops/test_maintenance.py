@@ -332,8 +332,8 @@ async def test_a_scheduled_window_opens_on_its_slot_and_closes_by_itself(
 ) -> None:
     """maintenance.windows through the scheduler: the slot (this minute, UTC) opens the window for what is left of
     its duration, once across two replicas; at its end housekeeping resumes the bot (on SQLite and PostgreSQL)."""
-    from trading_ops.ops.jobs import configured_jobs
     from trading_ops.ops.scheduler import Scheduler
+    from trading_ops.reconciler.jobs import configured_jobs
 
     slot = utcnow().replace(second=0, microsecond=0)
     reason = f"scheduled {tmp_path.name}"

@@ -26,8 +26,8 @@ from trading_ops.db.base import make_engine
 from trading_ops.db.models import BotRun, Episode, Fill, Position
 from trading_ops.db.models.ops import JobRun
 from trading_ops.ops import report
-from trading_ops.ops.jobs import DAILY_SUMMARY_METRIC, configured_jobs
 from trading_ops.ops.scheduler import Scheduler
+from trading_ops.reconciler.jobs import DAILY_SUMMARY_METRIC, configured_jobs
 
 NY_1630 = {"daily_at": "16:30", "time_zone": "America/New_York"}
 DAY = date(2026, 6, 10)

@@ -12,7 +12,8 @@ from secret_file import write_secret
 from webhook_payloads import alert, payload
 
 from trading_ops.config import ConfigError
-from trading_ops.reconciler.app import MAX_LIST, create_app
+from trading_ops.reconciler.api_spec import MAX_LIST
+from trading_ops.reconciler.app import create_app
 
 # Rules that wait ten years: the episodes stay `waiting`, nothing runs.
 IDLE_RULES = [

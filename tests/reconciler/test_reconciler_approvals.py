@@ -27,6 +27,7 @@ from ports import free_port
 from prometheus_client import CollectorRegistry
 from prometheus_server import start_prometheus
 from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
+from secret_file import write_secret
 from server_process import stop, wait_http
 from system_binaries import REPO_ROOT
 from webhook_payloads import alert, payload
@@ -760,8 +761,8 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
     port, prometheus = scraping
     instance = f"127.0.0.1:{port}"
     for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
-        (tmp_path / name).write_text(value)
-    (tmp_path / "approve-token").write_text(APPROVE_TOKEN)
+        write_secret(tmp_path / name, value)
+    write_secret(tmp_path / "approve-token", APPROVE_TOKEN)
     (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RAMP_RULE]}))
     data = {
         "database": {"url": migrated_db},

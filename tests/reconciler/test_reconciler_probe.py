@@ -1,4 +1,4 @@
-"""benchmarks/probe_hostile.py as it is run: its own live stack (paper bot, reconciler, a real Prometheus and
+"""tests/reconciler/hostile_probe.py as it is run: its own live stack (paper bot, reconciler, a real Prometheus and
 Alertmanager: the `prometheus` and `prometheus-alertmanager` binaries) on SQLite and on PostgreSQL; every hostile
 input gets its 4xx (never a 5xx), every trust probe leaves the ledger right, every refusal is counted by reason."""
 
@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hostile_probe import shipped_max_alerts
 from system_binaries import alertmanager_binary, prometheus_binary
 
-from benchmarks.probe_hostile import shipped_max_alerts
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROBE = REPO_ROOT / "benchmarks" / "probe_hostile.py"
+PROBE = REPO_ROOT / "tests" / "reconciler" / "hostile_probe.py"
 # What the issue asked the probe to cover beyond the input bullets (each is a probe of its own).
 TRUST_PROBES = (
     "alertmanager_silence_with_a_backtracking_regex",

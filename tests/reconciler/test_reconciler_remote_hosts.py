@@ -2,7 +2,7 @@
 key is not the known one (OpenSSH's real sshd on a host of its own, tests/ssh_host.py), a host that cannot be reached
 (a test host whose link is down, tests/netns_hosts.py). Each is one line, escalated through a real Alertmanager, and a
 resent notification does nothing twice. Real systemctl (`--host`) and ssh. Needs root, `ip`, sshd and
-`prometheus-alertmanager`. The restart that works, into a booted machine, is tests/test_remote_hosts_real.py."""
+`prometheus-alertmanager`. The restart that works, into a booted machine, is tests/deploy/test_remote_hosts_real.py."""
 
 from __future__ import annotations
 

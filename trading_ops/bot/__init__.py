@@ -1,9 +1,10 @@
 """The library a trading bot runs in-process: what a bot author needs, by name (`from trading_ops.bot import ...`).
 
 A bot is a strategy (any object with `async def step(self, ctx: StrategyContext)`, see Strategy) and a Broker (the
-venue: `trading_ops.venues.ccxt.broker_from_config` for any ccxt exchange, `trading_ops.paper.venue.PaperVenue` for
-the simulated one), handed to `run` (a whole program) or to `BotRuntime` (to embed in a program of your own). Every
-name of __all__ lives in the module _EXPORTS says; docs/library.md ("Writing a bot") explains each.
+venue: `trading_ops.venues.ccxt.factory.broker_from_config` for any ccxt exchange,
+`trading_ops.paper.venue.PaperVenue` for the simulated one), handed to `run` (a whole program) or to `BotRuntime` (to
+embed in a program of your own). Every name of __all__ lives in the module _EXPORTS says; docs/library.md ("Writing a
+bot") explains each.
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ IMMEDIATE_OPTION = "trading_ops_sqlite_immediate"
 # keepalives find a vanished peer of an idle connection in about 10 + 3 x 3 s. A connection with data sent and not
 # yet acknowledged is never probed by keepalives: the kernel retransmits for about 15 minutes (tcp_retries2), and a
 # replica whose ledger connections were writing when the primary's host died whole waited that long, storing no
-# webhook (tests/test_ha_topology_e2e.py); tcp_user_timeout gives such a connection up as soon as keepalives would.
+# webhook (tests/deploy/test_ha_topology_e2e.py); tcp_user_timeout gives such a connection up as soon as keepalives
+# would.
 PSYCOPG_CONNECT_DEFAULTS = {
     "connect_timeout": 5,
     "keepalives": 1,
@@ -98,9 +99,10 @@ class AnsweringHostFirst:
     """A multi-host PostgreSQL URL's hosts tried from the one that last gave a session (psycopg's `connection.info`):
     libpq tries them in the URL's order, so with its first host dead (a whole ops host gone, its link cut) every new
     connection of the pool waited that host's `connect_timeout` before reaching the live one, and a replica's webhook
-    intake, which opens one when the pool is busy, answered Alertmanager too late (tests/test_ha_topology_e2e.py).
-    The host that answered stays first until it stops answering (or, with target_session_attrs=read-write, stops
-    taking writes: libpq then moves on, and the next one's session is remembered)."""
+    intake, which opens one when the pool is busy, answered Alertmanager too late
+    (tests/deploy/test_ha_topology_e2e.py). The host that answered stays first until it stops answering (or, with
+    target_session_attrs=read-write, stops taking writes: libpq then moves on, and the next one's session is
+    remembered)."""
 
     def __init__(self) -> None:
         self.last: tuple[str, str] | None = None
@@ -136,7 +138,7 @@ def psycopg_connect_params(engine: Engine) -> tuple[list[Any], dict[str, Any]]:
     libpq defaults above: connect_timeout, keepalives, tcp_user_timeout) and, for a multi-host URL, the host that last
     answered first. For a connection opened beside the pool (the reconciler's intake on the event loop): opened from
     the URL alone, it had none of them, and a replica's idle one to a primary whose host died whole hung its next
-    append past the intake's 10 s bound and psycopg's cancellation (20 s: tests/test_ha_topology_e2e.py)."""
+    append past the intake's 10 s bound and psycopg's cancellation (20 s: tests/deploy/test_ha_topology_e2e.py)."""
     args, params = engine.dialect.create_connect_args(engine.url)
     connect_args, answering = _OPENED.get(engine, ({}, None))
     params = {**params, **connect_args}

@@ -1,7 +1,7 @@
 """The Alembic revisions this version of trading-ops knows, written out: what a bot, the paper venue and the
 reconciler compare a database's `alembic_version` with at every start (schema_problem, below), without importing
 Alembic and loading the migration scripts (a fifth of a CPU-second per process, more than the rest of the check).
-tests/test_db_revisions.py keeps both equal to what Alembic reads from trading_ops/db/migrations: a new migration
+tests/db/test_db_revisions.py keeps both equal to what Alembic reads from trading_ops/db/migrations: a new migration
 fails that test until its id is added here."""
 
 from __future__ import annotations

@@ -30,9 +30,10 @@ from sqlalchemy.engine import make_url
 
 from trading_ops.config import BackupConfig, Config
 from trading_ops.db.base import make_engine, utcnow
-from trading_ops.ops import backup_pitr, backup_postgres, backup_sqlite
+from trading_ops.ops import backup_pitr, backup_postgres, backup_sqlite, backup_wal
+from trading_ops.ops.backup_errors import BackupError
 from trading_ops.ops.backup_live import live_users
-from trading_ops.ops.backup_remote import Remote
+from trading_ops.ops.backup_remote import PITR_REMOTE_DIRECTORY, Remote, remote_of
 from trading_ops.ops.state import OpsState, add_count, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,11 @@ HASH_CHUNK = 1 << 20
 # A terminal progress line is rewritten at most this often.
 PROGRESS_INTERVAL_SECONDS = 0.2
 TRIGGERS = ("manual", "scheduled", "safety")
-# Where the copy of pgBackRest's repository goes in the off-host repository (backup.pitr.repo_path).
-PITR_REMOTE_DIRECTORY = "pgbackrest"
 # A file of pgBackRest's WAL archive as the off-host listing names it: nothing else is ever deleted there (no `..`,
 # and not rsync's temporary `.name.XXXXXX` of a copy in progress).
 SAFE_PATH = re.compile(r"\w[\w.-]*(/\w[\w.-]*)*")
 
 Progress = Callable[[int, int], None]
-
-
-class BackupError(Exception):
-    """A backup, verification or restore that cannot be done; the message is one line naming the problem."""
 
 
 class LiveDatabase(BackupError):
@@ -502,11 +497,6 @@ def copy_off_machine(settings: BackupConfig, manifest: Manifest) -> Path:
     return target
 
 
-def remote_of(settings: BackupConfig) -> Remote | None:
-    """The configured off-host repository (None without a host)."""
-    return Remote(settings.remote, settings.timeout_seconds) if settings.remote.host else None
-
-
 def copy_off_host(settings: BackupConfig, manifest: Manifest) -> Manifest:
     """Copy a backup and then its manifest to the off-host repository; the data's checksum is computed there and must
     be the manifest's. Returns the manifest with `off_host` set (also written to the local catalog)."""
@@ -683,8 +673,6 @@ def run_backup(config: Config, trigger: str = "manual", progress: Progress | Non
             stage = "pitr"
             pitr = backup_pitr.take(settings.pitr, url)
             if remote is not None and settings.pitr.repo_path:
-                from trading_ops.ops import backup_wal  # it builds on this module
-
                 stage = "off_host"
                 backup_wal.check_shipping(settings, url)  # the WAL goes off host as it is archived, not only now
                 repo = Path(settings.pitr.repo_path)

@@ -13,9 +13,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from trading_ops.config import BackupRemoteConfig
+from trading_ops.config import BackupConfig, BackupRemoteConfig
 
 PARTIAL_SUFFIX = ".partial"
+# Where the copy of pgBackRest's repository goes in the off-host repository (backup.pitr.repo_path).
+PITR_REMOTE_DIRECTORY = "pgbackrest"
 # ssh's exit status when the connection (not the remote command) failed.
 SSH_CONNECTION_FAILED = 255
 STDERR_LIMIT = 500
@@ -184,3 +186,8 @@ class Remote:
             lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
             detail = lines[0].strip() if lines else f"exit status {proc.returncode}"
             raise RemoteError(f"off-host repository {self.location}: rsync of {local} failed: {detail[:STDERR_LIMIT]}")
+
+
+def remote_of(settings: BackupConfig) -> Remote | None:
+    """The configured off-host repository (None without a host)."""
+    return Remote(settings.remote, settings.timeout_seconds) if settings.remote.host else None

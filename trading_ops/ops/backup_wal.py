@@ -32,8 +32,8 @@ from pathlib import Path
 from trading_ops.config import BackupConfig
 from trading_ops.db.base import utcnow
 from trading_ops.ops import backup_pitr
-from trading_ops.ops.backup import PITR_REMOTE_DIRECTORY, BackupError, remote_of
-from trading_ops.ops.backup_remote import Remote
+from trading_ops.ops.backup_errors import BackupError
+from trading_ops.ops.backup_remote import PITR_REMOTE_DIRECTORY, Remote, remote_of
 from trading_ops.ops.state import OpsState, add_count
 
 log = logging.getLogger(__name__)

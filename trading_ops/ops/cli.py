@@ -1,4 +1,5 @@
-"""`trading-ops maintenance start|end|status|list` and `trading-ops report daily|weekly [--date D] [--send]`."""
+"""`trading-ops maintenance start|end|status|list` and `trading-ops report daily [--date D] [--send]` (`report weekly`:
+trading_ops.readiness.weekly_cli)."""
 
 from __future__ import annotations
 
@@ -49,15 +50,7 @@ def register(sub: Any) -> None:
     daily.add_argument("--send", action="store_true", help="send it through notifications.urls instead of printing")
     daily.add_argument("--html", action="store_true", help="print the HTML version")
     daily.set_defaults(handler=report_daily)
-    weekly = rinner.add_parser(
-        "weekly", help="print (or send) the weekly review: each bot's week against the readiness criteria"
-    )
-    weekly.add_argument(
-        "--date", default=None, help="the week's last day, YYYY-MM-DD (default: the last day that ended)"
-    )
-    weekly.add_argument("--send", action="store_true", help="send it through notifications.urls instead of printing")
-    weekly.add_argument("--html", action="store_true", help="print the HTML version")
-    weekly.set_defaults(handler=report_weekly)
+    # `report weekly`: trading_ops.readiness.weekly_cli (the weekly review builds on the readiness criteria).
 
 
 # ---- maintenance ---------------------------------------------------------------------------------------------
@@ -229,35 +222,4 @@ def report_daily(args: argparse.Namespace, config: Config) -> int:
         print(f"trading-ops: report: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"daily summary for {day.isoformat()} sent")
-    return EXIT_OK
-
-
-def report_weekly(args: argparse.Namespace, config: Config) -> int:
-    import asyncio
-    import time
-
-    from trading_ops.db.base import make_engine
-    from trading_ops.ops import weekly
-    from trading_ops.ops.report import ReportError
-
-    last_day = report_day(config, args.date, "weekly")
-    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
-    started = time.perf_counter()
-    try:
-        review = asyncio.run(weekly.build(config, engine, last_day))
-    finally:
-        engine.dispose()
-    took = time.perf_counter() - started
-    if not args.send:
-        print(weekly.render_html(review) if args.html else weekly.render_text(review), end="")
-        return EXIT_OK
-    try:
-        asyncio.run(weekly.send(config, review))
-    except ReportError as exc:
-        print(f"trading-ops: report: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(
-        f"weekly review {review.days[0].isoformat()} to {last_day.isoformat()} sent "
-        f"({len(review.bots)} bots, {review.queries} queries, built in {took:.2f} s)"
-    )
     return EXIT_OK

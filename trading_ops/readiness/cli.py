@@ -75,7 +75,7 @@ def resolve_bots(config: Config, names: list[str]) -> list[BotEntryConfig]:
 
 def resolve_window(text: str) -> float:
     """The window in seconds; UsageError for a bad duration or one too short to judge."""
-    from trading_ops.readiness_criteria import parse_window
+    from trading_ops.readiness.criteria import parse_window
 
     try:
         return parse_window(text)
@@ -173,8 +173,8 @@ async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window
     from trading_ops.clients.alertmanager import AlertmanagerClient
     from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
     from trading_ops.durations import format_duration
+    from trading_ops.readiness.criteria import retention_problem
     from trading_ops.readiness.verdict import evaluate
-    from trading_ops.readiness_criteria import retention_problem
 
     async with aiohttp.ClientSession() as session:
         prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)

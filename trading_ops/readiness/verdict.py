@@ -18,7 +18,7 @@ from trading_ops.ops.backup import STATE_FILE as BACKUP_STATE_FILE
 from trading_ops.ops.restore_drill import DRILL_STATE_FILE
 from trading_ops.ops.state import OpsState
 from trading_ops.readiness import routing
-from trading_ops.readiness_criteria import (
+from trading_ops.readiness.criteria import (
     CRITERIA,
     PromCriterion,
     compare,

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, response
-from trading_ops.reconciler.app import DEFAULT_LIST, MAX_LIST, MAX_TARGET_CHARS
 from trading_ops.reconciler.approvals import DECISIONS, REASON_MAX
 from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
 from trading_ops.reconciler.readiness_api import MAX_WINDOW_CHARS
@@ -17,6 +16,12 @@ from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN
 from trading_ops.schema import one_of
 from trading_ops.scopes import APPROVE, OPERATE, READ
 
+# The limits of the API's requests, which the server (trading_ops.reconciler.app) holds them to:
+# GET /api/v1/episodes: `limit` between 1 and MAX_LIST (50 when not given).
+MAX_LIST = 500
+DEFAULT_LIST = 50
+# A circuit's target is an alert's `instance` (label values are at most 128 characters; the CLI takes up to 255).
+MAX_TARGET_CHARS = 255
 # Where the reconciler serves this document (no token needed: it describes the API, it holds nothing of it).
 OPENAPI_PATH = "/api/v1/openapi.json"
 # The routes a test does not hold to the document: the operator console's HTML pages and forms.

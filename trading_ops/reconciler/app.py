@@ -22,7 +22,6 @@ from trading_ops.config import Config, ConfigError, resolve_secret, resolve_toke
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.http_guard import guard
 from trading_ops.http_input import InputError, parse_id, parse_limit, read_body, read_json_object
-from trading_ops.ops.jobs import configured_jobs
 from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import Scheduler
 from trading_ops.ops.state_metrics import register_ops_metrics
@@ -30,6 +29,7 @@ from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.http import ACTION as HTTP_ACTION
 from trading_ops.reconciler.actions.http import host_allowed
 from trading_ops.reconciler.actions.silence import CREATED_BY
+from trading_ops.reconciler.api_spec import DEFAULT_LIST, MAX_LIST, MAX_TARGET_CHARS, document_bytes
 from trading_ops.reconciler.approvals import (
     DECIDER_MAX,
     DECISIONS,
@@ -54,6 +54,7 @@ from trading_ops.reconciler.intake import (
     plan_notification,
     validate,
 )
+from trading_ops.reconciler.jobs import configured_jobs
 from trading_ops.reconciler.ledger import (
     Ledger,
     NotificationIn,
@@ -73,15 +74,11 @@ from trading_ops.tasks import stop_tasks
 from trading_ops.webconfig import client_ssl_context, secure_app, server_web_config
 
 log = logging.getLogger(__name__)
-# GET /api/v1/episodes: `limit` between 1 and MAX_LIST (50 when not given), `state` one of the ledger's states.
-MAX_LIST = 500
-DEFAULT_LIST = 50
+# GET /api/v1/episodes: `state` one of the ledger's states (its `limit`: api_spec's MAX_LIST and DEFAULT_LIST).
 KNOWN_STATES = (*OPEN_STATES, *CLOSED_STATES)
 # Routes that check a bearer token themselves (the webhook, the episode API): a web configuration's basic auth covers
 # every other route (/metrics, /healthz, /readyz).
 BEARER_ROUTES = ("/api/",)
-# A circuit's target is an alert's `instance` (label values are at most 128 characters; the CLI takes up to 255).
-MAX_TARGET_CHARS = 255
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -308,7 +305,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Scheduled operations (trading_ops.ops.jobs.JOBS) run in this process, beside the engine: each slot by
+    """Scheduled operations (trading_ops.reconciler.jobs.JOBS) run in this process, beside the engine: each slot by
     exactly one replica. Its task joins the workers /healthz watches."""
     config = app[keys.CONFIG]
     if not config.scheduler.enabled:
@@ -433,8 +430,6 @@ async def reset_circuit(request: web.Request) -> web.Response:
 
 async def openapi_document(request: web.Request) -> web.Response:
     """The API's OpenAPI 3.1 description (trading_ops.reconciler.api_spec), made once per process."""
-    from trading_ops.reconciler.api_spec import document_bytes
-
     return web.Response(body=document_bytes(), content_type="application/json")
 
 

@@ -9,8 +9,8 @@ from aiohttp import web
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
 from trading_ops.durations import format_duration
+from trading_ops.readiness.criteria import parse_window, retention_problem
 from trading_ops.readiness.verdict import evaluate
-from trading_ops.readiness_criteria import parse_window, retention_problem
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.auth import authorized
 from trading_ops.scopes import READ

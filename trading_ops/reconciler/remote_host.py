@@ -63,9 +63,10 @@ def ssh_options(host: BotHostConfig, within: float | None = None) -> list[str]:
     and the step's own timeout (run_argv's) is what bounds it. sshd opens the PAM session (pam_systemd: logind, which
     may start or wait for the user's manager user@UID.service) in its privileged process after the key is accepted
     and before it serves the connection: nothing answers a keepalive meanwhile. On Debian 13 test hosts that took up
-    to 85 s (a user manager stopping after the last logout, tests/test_deploy_fleet.py), and ServerAliveInterval=5
-    with ServerAliveCountMax=2 cut it ("Timeout, server ... not responding", systemctl: "Transport endpoint is not
-    connected") in 2 of 3 runs; tests/test_remote_hosts_real.py has a host whose session takes 20 s to open."""
+    to 85 s (a user manager stopping after the last logout, tests/deploy/test_deploy_fleet.py), and
+    ServerAliveInterval=5 with ServerAliveCountMax=2 cut it ("Timeout, server ... not responding", systemctl:
+    "Transport endpoint is not connected") in 2 of 3 runs; tests/deploy/test_remote_hosts_real.py has a host whose
+    session takes 20 s to open."""
     options = [
         "-o",
         "BatchMode=yes",

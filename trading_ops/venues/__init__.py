@@ -1,1 +1,1 @@
-"""Broker implementations for real venues (ccxt) and the Kraken-compatible gateway that serves the paper venue."""
+"""What a bot uses to reach a real venue: the ccxt brokers (ccxt/) and the venue's call budget (call_counter)."""

@@ -45,7 +45,7 @@ How the budget is spent, as a REST-only Kraken bot must:
   `POLL_SHARE` of the decay, trade history only when something changed or every `trades_interval` (the broker says
   when), so that at rest the counter stays near empty.
 
-The gateway (trading_ops.venues.kraken_gateway, `gateway.call_counter`) keeps the same counter per key with
+The gateway (trading_ops.paper.gateway.kraken.gateway, `gateway.call_counter`) keeps the same counter per key with
 `CounterLimiter` and refuses with Kraken's string, so the bot's estimate is checked against the venue: a refusal on a
 healthy stack means the estimate is wrong. A refused call adds nothing to the gateway's counter (Kraken says calls made
 while limited may prolong the limit, without a number; the lightest reading is modelled).

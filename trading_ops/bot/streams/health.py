@@ -1,9 +1,15 @@
-"""What a stream's messages are checked against, as pure state: each channel's silence against its cadence and a
-private channel's sequence (each book against Kraken's checksum: trading_ops.venues.streams.health)."""
+"""The bot's view of its streams' health, as pure state: what each message is checked against (each channel's silence
+against its cadence, a private channel's sequence, each book against its checksum at the pair's precision). The one
+home of stream health: every streaming client (trading_ops.venues.ccxt, trading_ops.paper) checks with these."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from trading_ops.bot.streams.checksum import Book
 
 HEARTBEAT_SECONDS = 1.0  # Kraken's heartbeat on an idle subscribed socket
 # A channel (or socket) is silent after this many of its cadences (or heartbeats) without a message.
@@ -110,3 +116,31 @@ class Sequences:
 
     def reset(self, channel: str) -> None:
         self.last.pop(channel, None)
+
+
+def _levels(side: Iterable[Mapping[str, Any]]) -> list[tuple[Decimal, Decimal]]:
+    return [(Decimal(str(level["price"])), Decimal(str(level["qty"]))) for level in side]
+
+
+class Books:
+    """Each pair's book kept from its snapshot and updates; `apply` says whether the checksum agrees."""
+
+    def __init__(self, precision: Mapping[str, tuple[int, int]]) -> None:
+        self.precision = dict(precision)  # symbol (BTC/USD) -> (price decimals, qty decimals)
+        self.books: dict[str, Book] = {}
+        self.in_sync: dict[str, bool] = {}
+
+    def apply(self, data: Mapping[str, Any], depth: int, *, snapshot: bool) -> bool:
+        """Apply one book message's data; True when the book's checksum is the message's (a book out of sync stays
+        out of sync, whatever its updates say, until a snapshot)."""
+        symbol = str(data["symbol"])
+        book = self.books.get(symbol)
+        if snapshot or book is None:
+            prices, qtys = self.precision[symbol]
+            book = self.books[symbol] = Book(depth, prices, qtys)
+            snapshot = True
+        elif not self.in_sync.get(symbol, False):
+            return False
+        ok = book.apply(_levels(data.get("asks", [])), _levels(data.get("bids", [])), snapshot=snapshot)
+        self.in_sync[symbol] = ok == int(data["checksum"])
+        return self.in_sync[symbol]

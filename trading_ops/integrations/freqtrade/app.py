@@ -34,7 +34,7 @@ from trading_ops.scopes import TokenSet
 
 if TYPE_CHECKING:  # ccxt is imported only by a sidecar that reconciles
     from trading_ops.integrations.freqtrade.reconcile import FreqtradeReconciler
-    from trading_ops.venues.ccxt import CcxtBroker
+    from trading_ops.venues.ccxt.rest import CcxtBroker
 
 
 @dataclass

@@ -57,7 +57,7 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
             )
         broker = None
         if target.ccxt is not None:
-            from trading_ops.venues.ccxt import broker_from_config
+            from trading_ops.venues.ccxt.factory import broker_from_config
 
             # The broker reads the `ccxt` section: this target's, with its secrets resolved against this config.
             broker = broker_from_config(dataclasses.replace(config, ccxt=target.ccxt))

@@ -21,9 +21,9 @@ from trading_ops.bot.journal_health import DATABASE_UNAVAILABLE, DISK_FULL, DISK
 LOG_LIMIT = 200
 # freqtrade names the ccxt error class in every exchange error: "Could not load ticker due to NetworkError. ...".
 DUE_TO = re.compile(r"\bdue to ([A-Z][A-Za-z]+)\b")
-# ccxt's class names -> the library's `error_class` (the same table as trading_ops.venues.ccxt.ERROR_CLASSES, by name:
-# the sidecar never imports ccxt for this). ExchangeNotAvailable is a dropped connection (network) when ccxt's message
-# is only the request line, else the venue saying so (unavailable).
+# ccxt's class names -> the library's `error_class` (the same table as trading_ops.venues.ccxt.errors.ERROR_CLASSES, by
+# name: the sidecar never imports ccxt for this). ExchangeNotAvailable is a dropped connection (network) when ccxt's
+# message is only the request line, else the venue saying so (unavailable).
 ERROR_CLASSES = {
     "InvalidNonce": "nonce",
     "RateLimitExceeded": "rate_limit",

@@ -19,7 +19,7 @@ from trading_ops.bot.reconciliation_metrics import ReconciliationMetrics
 from trading_ops.integrations.freqtrade.client import FreqtradeUnavailable
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, symbol_of
 from trading_ops.tasks import stop_tasks
-from trading_ops.venues.ccxt import CcxtBroker
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ SUMMARIES = {
     BOT_HOST_DOWN: "A bot's host is down; the reconciler cancelled its orders at the venue and says what it holds.",
 }
 # Every alert the reconciler posts (the escalation list), with the severity it is posted at. Alertmanager routes each
-# to people only, never back to the reconciler (alertmanager.yml; tests/test_alertmanager_config.py holds the two
-# together, so a new escalation alert without its route fails there). A playbook's `escalate` step may name only
+# to people only, never back to the reconciler (alertmanager.yml; tests/monitoring/test_alertmanager_config.py holds
+# the two together, so a new escalation alert without its route fails there). A playbook's `escalate` step may name only
 # these (trading_ops.reconciler.playbook checks it at load).
 ESCALATIONS = {
     FAILED: "critical",

@@ -1,0 +1,439 @@
+"""`trading-ops readiness`: the verdict of bots whose days of history were backfilled into a real Prometheus
+(`promtool tsdb create-blocks-from openmetrics`), with a real Alertmanager whose routing is judged. One history passes,
+one per failing criterion fails naming exactly that criterion; missing data is `unknown`, never `ready`; bad input is
+one line and exit 2. Needs Debian's `prometheus` (prometheus, promtool) and `prometheus-alertmanager`."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from alertmanager_server import run_alertmanager
+from ports import free_port
+from readiness_history import DAY, History, backfill, openmetrics, started_prometheus
+from reconciler_server import READ_AUTH, READ_TOKEN, make_config
+from system_binaries import REPO_ROOT
+
+from trading_ops.cli import main
+from trading_ops.config import parse_config
+from trading_ops.db import migrate
+from trading_ops.ops.backup import STATE_FILE
+from trading_ops.ops.restore_drill import DRILL_STATE_FILE
+from trading_ops.ops.state import OpsState
+from trading_ops.readiness import routing
+from trading_ops.readiness.criteria import CRITERIA, RULE_WINDOW
+from trading_ops.reconciler.app import create_app
+
+pytestmark = [pytest.mark.prometheus]
+
+STEP = 300  # one sample every 5 minutes: days of history stay small
+RULES = REPO_ROOT / "prometheus" / "rules"
+READINESS_RULES = RULES / "tradingbot-readiness.yml"
+BOT_JOBS = 'job=~"tradingbot|freqtrade"'
+# One history per criterion the bot's own series decide, named after it; each fails that criterion alone (a crash is
+# also a restart).
+FAILING: dict[str, tuple[dict[str, Any], set[str]]] = {
+    "uptime": ({"down": ((2 * DAY, 2 * DAY - 2 * 3600),)}, {"uptime"}),
+    "restarts": ({"restarts_at": (2 * DAY,)}, {"restarts"}),
+    "crashes": ({"crashes_at": (2 * DAY,)}, {"restarts", "crashes"}),
+    "memory-peak": ({"memory_spike_mb": 450}, {"memory_peak"}),
+    "memory-growth": ({"memory_growth_mb_per_day": 20}, {"memory_growth"}),
+    "order-success": ({"acks_per_min": 9}, {"order_success"}),
+    "order-rejection": ({"rejects_per_min": 1}, {"order_rejection"}),
+    "api-errors": ({"errors_per_min": 1}, {"api_error_ratio"}),
+    "api-latency": ({"request_seconds": "0.25"}, {"api_latency_p99"}),
+    "stream-uptime": ({"connected_share": 0.95}, {"stream_uptime"}),
+    "daily-loss": ({"daily_loss_breach_at": DAY}, {"daily_loss_breaches"}),
+    "drawdown": ({"drawdown_breach_at": DAY}, {"drawdown_breaches"}),
+    "critical-alert": ({"critical_alert": (2 * DAY, 2 * DAY - 600)}, {"critical_alerts"}),
+    "switch-disarmed": ({"switch_armed": False}, {"dead_man_switch"}),
+    "no-emergency-stop": ({"emergency_stop_at": None}, {"emergency_stop"}),
+    "log-volume": ({"log_mb_per_day": 15}, {"log_size"}),
+    "log-file": ({"log_file_mb": 12, "log_mb_per_day": 0.5}, {"log_size"}),
+    "log-unrotated": ({"log_rotating": False}, {"log_rotation"}),
+}
+WINDOW_CRITERIA = {c.name for c in CRITERIA if c.window is None}
+# Missing data: a bot two days old asked about five, a bot that exports no order series.
+MISSING: dict[str, tuple[dict[str, Any], set[str]]] = {
+    "young": ({"days": 2}, WINDOW_CRITERIA),
+    "no-orders": ({"orders": False}, {"order_success", "order_rejection"}),
+}
+ALERTMANAGER = {
+    "route": {"receiver": "team", "routes": [{"matchers": ['severity="info"'], "receiver": "null"}]},
+    "receivers": [{"name": "team", "webhook_configs": [{"url": "http://127.0.0.1:9/"}]}, {"name": "null"}],
+}
+
+
+# A healthy bot at an address with dots: in the selector of several bots (`instance=~"..."`) each is escaped twice,
+# for the regular expression and for PromQL's string (a wrong escape is a query Prometheus refuses: `unknown`).
+ADDRESSES = {"dotted": "10.0.0.7:9101"}
+
+
+def instance(name: str) -> str:
+    return ADDRESSES.get(name, f"{name}:9101")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A Prometheus holding 5.2 days of every history (the repository's rules loaded, evaluated hourly so that none
+    fires during the test) and an Alertmanager routing every alert but `info` to a webhook."""
+    tmp = tmp_path_factory.mktemp("readiness")
+    histories = [History(instance("ready")), History(instance("dotted"))]
+    histories += [History(instance(name), **knobs) for name, (knobs, _) in {**FAILING, **MISSING}.items()]
+    backfill(openmetrics(histories, time.time(), STEP), tmp / "data", tmp)
+    (tmp / "am").mkdir()
+    (tmp / "am" / "am.yml").write_text(yaml.safe_dump(ALERTMANAGER))
+    am = run_alertmanager(tmp / "am" / "am.yml", tmp / "am" / "data", free_port(), tmp / "am" / "am.log")
+    try:
+        with started_prometheus(tmp, tmp / "data", free_port(), "30d", tuple(sorted(RULES.glob("*.yml")))) as url:
+            yield {"prometheus": url, "alertmanager": am.url}
+    finally:
+        am.proc.terminate()
+        am.proc.wait(timeout=30)
+
+
+def write_config(tmp: Path, stack: dict[str, str], *, backup_age: float | None = DAY, **readiness: Any) -> Path:
+    backups = tmp / "backups"
+    if backup_age is not None:
+        stamp = time.time() - backup_age
+        OpsState(backups / STATE_FILE).update(lambda d: d.update(last_verify_success_timestamp_seconds=stamp))
+        OpsState(backups / DRILL_STATE_FILE).update(lambda d: d.update(last_success_timestamp_seconds=stamp))
+    names = ["ready", "dotted", *FAILING, *MISSING]
+    config = {
+        "bots": [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names],
+        "reconciler": {"prometheus_url": stack["prometheus"], "alertmanager_url": stack["alertmanager"]},
+        "backup": {"directory": str(backups)},
+        "readiness": readiness,
+    }
+    path = tmp / "trading-ops.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def verdicts(config: Path, capsys: pytest.CaptureFixture[str], *bots: str, window: str = "5d") -> tuple[int, Any]:
+    status = main(["--config", str(config), "readiness", *bots, "--window", window, "--json"])
+    return status, {v["bot"]: v for v in json.loads(capsys.readouterr().out)}
+
+
+def test_a_healthy_history_is_ready_with_every_criterion_measured(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack), capsys, "ready")
+    verdict = found["ready"]
+    assert (status, verdict["verdict"], verdict["failing"], verdict["missing"]) == (0, "ready", [], [])
+    results = {r["name"]: r for r in verdict["results"]}
+    assert set(results) == {c.name for c in CRITERIA} | {
+        "backup_verified",
+        "restore_drill",
+        "alerts_routed",
+        "runbooks",
+    }
+    assert results["uptime"]["value"] == 1.0 and results["uptime"]["window"] == "5d"
+    assert results["order_success"]["value"] == pytest.approx(1.0)
+    assert results["api_latency_p99"]["value"] <= 0.01
+    assert results["stream_uptime"]["value"] == pytest.approx(1.0, abs=0.005)
+    assert results["memory_peak"]["value"] == pytest.approx(120e6)
+    assert results["backup_verified"]["value"] == pytest.approx(1.0, abs=0.01)
+    assert results["emergency_stop"]["window"] == "7d"
+    assert "avg_over_time(up{" in results["uptime"]["source"]
+    assert verdict["queries"] == len(CRITERIA) + 4  # history, rules, Alertmanager's status, retention
+
+
+@pytest.mark.parametrize("name", sorted(FAILING))
+def test_each_failing_history_names_exactly_its_criteria(
+    name: str, stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack), capsys, name)
+    verdict = found[name]
+    assert status == 1 and verdict["verdict"] == "not ready"
+    assert set(verdict["failing"]) == FAILING[name][1] and verdict["missing"] == []
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+def test_missing_data_is_unknown_naming_it_never_ready(
+    name: str, stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack), capsys, name)
+    verdict = found[name]
+    assert (status, verdict["verdict"], verdict["failing"]) == (1, "unknown", [])
+    assert set(verdict["missing"]) == MISSING[name][1]
+
+
+def test_every_bot_in_one_run_costs_one_query_per_criterion(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = ["ready", "dotted", *FAILING, *MISSING]
+    status, found = verdicts(write_config(tmp_path, stack), capsys, *names)
+    assert status == 1 and set(found) == set(names)
+    assert {n: set(v["failing"]) for n, v in found.items() if n in FAILING} == {n: f for n, (_, f) in FAILING.items()}
+    assert found["ready"]["verdict"] == found["dotted"]["verdict"] == "ready"
+    assert found["ready"]["queries"] == len(CRITERIA) + 4
+
+
+def test_stale_operations_and_tighter_thresholds_fail_the_ready_bot(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, stack, backup_age=8 * DAY, max_memory_peak_bytes=100_000_000)
+    status, found = verdicts(config, capsys, "ready")
+    assert status == 1 and set(found["ready"]["failing"]) == {"backup_verified", "restore_drill", "memory_peak"}
+
+
+def test_no_backup_ever_verified_fails_rather_than_passes(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack, backup_age=None), capsys, "ready")
+    assert set(found["ready"]["failing"]) == {"backup_verified", "restore_drill"}
+    assert {r["detail"] for r in found["ready"]["results"] if r["name"] == "backup_verified"} == {"never"}
+
+
+def test_a_text_verdict_names_the_failing_criteria_with_value_and_threshold(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(write_config(tmp_path, stack)), "readiness", "order-success"]) == 1
+    out = capsys.readouterr().out
+    assert "order-success (order-success:9101): NOT READY over 5d" in out
+    assert "failing: order_success" in out
+    assert re.search(r"FAIL\s+order_success\s+90%\s+>= 95%", out), out
+
+
+def live(config_path: Path, bot: str) -> Any:
+    """The configuration of `config_path` as the live bot `bot` reads it: the venue switched, a ramp configured."""
+    data = yaml.safe_load(config_path.read_text())
+    stages = [{"name": "small", "max_position_notional": 5, "daily_loss_limit": 2}]
+    data["bot"] = {
+        "name": bot,
+        "venue": "kraken",
+        "data_dir": str(config_path.parent / "var"),
+        "ramp": {"stages": stages},
+    }
+    return parse_config(data)
+
+
+def test_a_live_start_needs_a_recorded_ready_verdict_or_a_persons_approval(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The verdicts are recorded in the ledger (SQLite here; the bot reads it from the database it shares with the
+    reconciler), attributed and timestamped."""
+    from trading_ops.bot.live_gate import live_start_problem
+    from trading_ops.db import readiness_records as records
+    from trading_ops.db.base import make_engine
+
+    migrate.upgrade(sqlite_url)
+    config = write_config(tmp_path, stack)
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "database": {"url": sqlite_url}}))
+    engine = make_engine(sqlite_url)
+    try:
+        assert "with no paper readiness verdict recorded" in (live_start_problem(live(config, "ready"), engine) or "")
+        argv = ["--config", str(config), "readiness", "ready", "order-success", "--record", "--by", "alice"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert re.search(r"^ready: recorded ready in the ledger \(record \d+, by alice, 20\d\d-", err, re.M), err
+        assert live_start_problem(live(config, "ready"), engine) is None
+        problem = live_start_problem(live(config, "order-success"), engine) or ""
+        assert "order-success would trade live on kraken with its recorded verdict is not ready (" in problem, problem
+        # A person approves the failing bot's live start: attributed, with a reason, recorded beside the verdict.
+        argv = ["--config", str(config), "readiness", "order-success", "--record", "--approved-by", "carol"]
+        assert main(argv) == 2  # no reason
+        assert capsys.readouterr().err.strip() == (
+            "trading-ops: readiness: --approved-by needs a person's name and --reason"
+        )
+        assert main([*argv, "--reason", "90 % acks is the venue's throttling"]) == 1
+        assert 'order-success: recorded not ready, approved by "carol" in the ledger' in capsys.readouterr().err
+        assert live_start_problem(live(config, "order-success"), engine) is None
+        record = records.latest(engine, "order-success")
+        assert record is not None
+        assert (record.verdict, record.approved_by, record.failing) == ("not ready", "carol", ["order_success"])
+        assert record.reason == "90 % acks is the venue's throttling" and record.recorded_by
+    finally:
+        engine.dispose()
+    # The ledger unreachable: one line, exit 1, after the verdict was printed.
+    down = {**yaml.safe_load(config.read_text()), "database": {"url": "postgresql+psycopg://x@127.0.0.1:1/ledger"}}
+    config.write_text(yaml.safe_dump(down))
+    assert main(["--config", str(config), "readiness", "ready", "--record"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("trading-ops: readiness: --record: the ledger's database is unreachable ("), lines
+
+
+def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    first = {"name": "small", "max_position_notional": 5, "criteria": ["uptime", "order_success"], "window": "3d"}
+    data["bot"] = {"ramp": {"stages": [first, {"name": "bigger", "max_position_notional": 7}]}}
+    config = tmp_path / "ramp.yaml"
+    config.write_text(yaml.safe_dump(data))
+
+    def promote(bot: str, *more: str) -> int:
+        return main(["--config", str(config), "ramp", "promote", bot, "--by", "alice", *more])
+
+    assert promote("order-success", "--to", "bigger") == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "trading-ops: ramp: order-success stays at small: over 3d, order_success fail", err
+    assert promote("young", "--to", "bigger") == 1  # 2 days of history: not enough to judge 3 days
+    assert "young stays at small: over 3d, uptime unknown, order_success unknown" in capsys.readouterr().err
+    assert promote("ready", "--to", "bigger") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "bot": "ready",
+        "stage": "bigger",
+        "requested_by": "alice",
+        "criteria": ["uptime", "order_success"],
+    }
+    with urllib.request.urlopen(
+        f"{stack['alertmanager']}/api/v2/alerts?filter=alertname%3D%22TradingBotRampPromotionRequested%22"
+    ) as resp:
+        (held,) = json.load(resp)
+    assert {k: held["labels"][k] for k in ("instance", "stage", "stage_number", "requested_by")} == {
+        "instance": instance("ready"),
+        "stage": "bigger",
+        "stage_number": "2",
+        "requested_by": "alice",
+    }
+    for argv, message in (
+        (["--to", "huge"], "trading-ops: ramp: unknown stage 'huge' (stages: small, bigger)"),
+        (["--to", "small"], "trading-ops: ramp: 'small' is the first stage: a bot starts there, nothing to promote to"),
+    ):
+        assert promote("ready", *argv) == 2
+        assert capsys.readouterr().err.strip() == message
+
+
+def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dead = {"prometheus": f"http://127.0.0.1:{free_port()}", "alertmanager": f"http://127.0.0.1:{free_port()}"}
+    status, found = verdicts(write_config(tmp_path, dead), capsys, "ready")
+    assert (status, found["ready"]["verdict"]) == (1, "unknown")
+    assert set(found["ready"]["missing"]) >= WINDOW_CRITERIA | {"alerts_routed", "runbooks"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nobody"], "readiness: unknown bot 'nobody' (known: "),
+        (["ready", "--window", "5 days"], "readiness: --window: "),
+        (["ready", "--window", "30m"], "readiness: --window: must be longer than 1h"),
+        (["ready", "--window", "45d"], "readiness: --window 45d is longer than Prometheus's retention (30d)"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    argv: list[str], message: str, stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(write_config(tmp_path, stack)), "readiness", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and captured.out == "", lines
+
+
+# -- the reconciler's API: GET /api/v1/readiness/{bot} (scope read) ------------------------------------------------
+
+
+async def reconciler_client(stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any) -> Any:
+    """A reconciler on a migrated SQLite ledger, configured with the readiness stack's bots and Prometheus."""
+    migrate.upgrade(sqlite_url)
+    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    make_config(tmp_path, sqlite_url)  # writes the webhook and read tokens beside the configuration
+    config = parse_config(
+        {**data, "database": {"url": sqlite_url}, "reconciler": {**data["reconciler"], **reconciler_keys(tmp_path)}},
+        base_dir=tmp_path,
+    )
+    return await aiohttp_client(create_app(config))
+
+
+async def test_the_reconciler_serves_the_verdict_to_a_read_token(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
+) -> None:
+    client = await reconciler_client(stack, tmp_path, sqlite_url, aiohttp_client)
+    answer = await client.get("/api/v1/readiness/order-success", headers=READ_AUTH)
+    assert answer.status == 200
+    verdict = await answer.json()
+    assert (verdict["verdict"], verdict["failing"], verdict["window"]) == ("not ready", ["order_success"], "5d")
+    ready = await (await client.get("/api/v1/readiness/ready?window=4d", headers=READ_AUTH)).json()
+    assert (ready["verdict"], ready["window"]) == ("ready", "4d")
+    assert (await client.get("/api/v1/readiness/ready")).status == 401
+    for path, status, error in (
+        ("/api/v1/readiness/nobody", 404, "no bot 'nobody'"),
+        ("/api/v1/readiness/ready?window=soon", 400, "window: "),
+        ("/api/v1/readiness/ready?window=45d", 400, "longer than Prometheus's retention (30d)"),
+    ):
+        refused = await client.get(path, headers=READ_AUTH)
+        assert refused.status == status and error in (await refused.json())["error"], path
+
+
+async def test_the_console_shows_the_verdict_criterion_by_criterion(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
+) -> None:
+    client = await reconciler_client(stack, tmp_path, sqlite_url, aiohttp_client)
+    assert (await client.get("/ui/readiness/ready", allow_redirects=False)).headers["Location"] == "/ui/login"
+    form = await (await client.get("/ui/login")).text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert csrf is not None
+    login = await client.post("/ui/login", data={"csrf": csrf.group(1), "token": READ_TOKEN}, allow_redirects=False)
+    assert login.status == 303
+    index = await (await client.get("/ui/readiness")).text()
+    assert 'href="/ui/readiness/order-success"' in index and "aria-current=page>Readiness<" in index
+    page = await client.get("/ui/readiness/order-success")
+    html = await page.text()
+    assert page.status == 200 and '<span class="badge s-failure">not ready</span> over 5d' in html
+    assert "Failing: order_success" in html
+    row = re.search(r"<tr><td>(<span[^>]+>\w+</span>)</td><td><strong>order_success</strong>.*?</tr>", html, re.DOTALL)
+    assert row is not None and "fail</span>" in row.group(1) and "<td>0.9</td><td>&gt;= 0.95 ratio</td>" in row.group(0)
+    missing = await client.get("/ui/readiness/nobody")
+    assert missing.status == 404 and "no bot &#x27;nobody&#x27;" in await missing.text()
+
+
+def reconciler_keys(tmp_path: Path) -> dict[str, Any]:
+    """The webhook and read tokens of make_config, in files beside the configuration."""
+    return {"token_file": str(tmp_path / "webhook-token"), "read_token_file": str(tmp_path / "read-token")}
+
+
+# -- the routing tree, as Alertmanager walks it -----------------------------------------------------------------
+
+
+def shipped_alerts() -> list[dict[str, Any]]:
+    """The repository's alerting rules as Prometheus's rules API lists them."""
+    return [
+        {"type": "alerting", "name": r["alert"], "labels": r.get("labels", {}), "annotations": r["annotations"]}
+        for path in sorted(RULES.glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for r in group["rules"]
+        if "alert" in r
+    ]
+
+
+def test_the_shipped_alertmanager_routes_every_shipped_alert_and_each_has_its_runbook() -> None:
+    config = routing.load((REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    alerts = shipped_alerts()
+    assert routing.unrouted_alerts(config, alerts, {"instance": "paper-bot:9101"}) == []
+    assert routing.alerts_without_runbook(alerts) == []
+    # The walk itself: a critical bot alert pages and reaches the reconciler (continue), Watchdog the dead man.
+    critical = {"alertname": "TradingBotDown", "severity": "critical", "service": "tradingbot"}
+    assert routing.receivers_of(config, critical) == ["pager", "reconciler"]
+    assert routing.receivers_of(config, {"alertname": "Watchdog", "severity": "none"}) == ["deadman", "reconciler"]
+
+
+def test_an_alert_routed_to_a_receiver_that_notifies_nobody_fails() -> None:
+    config = routing.load(yaml.safe_dump(ALERTMANAGER | {"route": {"receiver": "null"}}))
+    alerts = [
+        {"type": "alerting", "name": "TradingBotDown", "labels": {"severity": "critical"}, "annotations": {}},
+        {"type": "alerting", "name": "TradingBotChatty", "labels": {"severity": "info"}, "annotations": {}},
+    ]
+    assert routing.unrouted_alerts(config, alerts, {}) == ["TradingBotDown"]
+    assert routing.alerts_without_runbook(alerts) == ["TradingBotChatty", "TradingBotDown"]
+
+
+# -- the recording rules are the verdict's expressions over a day ------------------------------------------------
+
+
+def test_the_recording_rules_are_the_criteria_over_one_day() -> None:
+    rules = {
+        r["record"]: r["expr"].strip()
+        for group in yaml.safe_load(READINESS_RULES.read_text())["groups"]
+        for r in group["rules"]
+    }
+    expected = {c.record: c.expr(BOT_JOBS, RULE_WINDOW) for c in CRITERIA if c.record}
+    assert rules == expected

@@ -1,0 +1,83 @@
+"""A ccxt broker whose fills stream through ccxt.pro's own `watch_my_trades` (ProFills), for a venue whose ccxt.pro
+client has it and whose stream this package does not speak itself (`ccxt.stream_executions: ccxt.pro`; why Kraken
+keeps our own v2 client by default: trading_ops.venues.ccxt.pro_fills). Everything else is StreamingCcxtBroker's
+without its Kraken v2 sockets: CcxtBroker's calls and polls (quotes, balances and the dead man's switch over REST),
+each fill delivered once through the same FillFeed, a REST reconciliation after every new socket, the order poll
+every 15 s at most while fills stream, and a silent channel found by that poll."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from trading_ops.bot.broker import BrokerEvents
+from trading_ops.bot.streams.health import Silence
+from trading_ops.tasks import stop_tasks
+from trading_ops.venues.ccxt.pro_fills import ProFills
+from trading_ops.venues.ccxt.streaming import STREAMED_POLL_SECONDS, StreamingCcxtBroker
+
+
+class ProStreamingCcxtBroker(StreamingCcxtBroker):
+    """StreamingCcxtBroker with `pro` (a ccxt.pro client of the same exchange and keys) for the fills, and no Kraken
+    v2 socket: `stream` and `public` stay None."""
+
+    def __init__(self, exchange: Any, symbols: list[str], *, pro: Any, **kw: Any) -> None:
+        super().__init__(exchange, symbols, private_url="", **kw)
+        self.pro = pro
+        pro.number = str  # amounts as the venue wrote them, as on the REST client
+        self.pro_fills: ProFills | None = None
+
+    def _private_silence(self) -> Silence | None:
+        fills = self.pro_fills
+        return fills.silence if fills is not None and fills.connected.is_set() else None
+
+    async def _on_trade(self, raw: dict[str, Any]) -> None:
+        """A trade ccxt.pro parsed (ccxt's unified trade, as REST's): its order's client id learned as the poll
+        learns it, then offered to the FillFeed as the stream's."""
+        assert self.fills is not None
+        vid = str(raw.get("order") or "")
+        if vid:
+            await self._learn_client_ids({vid})
+        await self.fills.offer(self._fill(raw), "stream")
+
+    async def connect(self, events: BrokerEvents) -> None:
+        self._bot_on_fill = events.on_fill
+        self._bot_on_quote = events.on_quote
+        if self.stream_metrics is None:  # a broker used without a bot runtime
+            self.register_metrics(CollectorRegistry())
+        assert self.stream_metrics is not None
+        await super(StreamingCcxtBroker, self).connect(dataclasses.replace(events, on_fill=self._from_poll))
+        if self._stream_tasks:
+            return
+        if self.exchange.markets:
+            self.pro.set_markets(self.exchange.markets, self.exchange.currencies)
+        self.pro_fills = ProFills(self.pro, self.stream_metrics, self._on_trade, self._reconcile_fills)
+        self._stream_tasks.append(asyncio.create_task(self.pro_fills.run(), name=f"{self.venue}-pro-fills"))
+
+    @property
+    def orders_interval(self) -> float:
+        polled = super(StreamingCcxtBroker, self).orders_interval
+        if self.pro_fills is not None and self.pro_fills.streaming():
+            return max(polled, STREAMED_POLL_SECONDS)
+        return polled
+
+    async def reconnect(self) -> None:
+        await super().reconnect()
+        if self.pro_fills is not None:
+            await self.pro_fills.reconnect()
+
+    async def resubscribe(self, symbols: list[str] | None = None) -> None:
+        await super().resubscribe(symbols)
+        if self.pro_fills is not None:
+            await self.pro_fills.resubscribe()
+
+    async def close(self) -> None:
+        await stop_tasks(self._stream_tasks)
+        self._stream_tasks = []
+        if self.pro_fills is not None:
+            await self.pro_fills.close()
+            self.pro_fills = None
+        await super().close()

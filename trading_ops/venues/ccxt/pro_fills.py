@@ -1,0 +1,210 @@
+"""The account's fills through ccxt.pro's own `watch_my_trades`, for a venue whose ccxt.pro client says so
+(`has['watchMyTrades']`) and whose stream this package does not speak itself (`ccxt.stream_executions: ccxt.pro`).
+
+Why not on Kraken by default: ccxt.pro 4.5.90's kraken watches `executions` on WebSocket v2 (its `privateV2` URL, a
+token from GetWebSocketsToken), which the gateway serves, but it hides what our own v2 client (KrakenStream) acts on:
+it ignores each message's `sequence` (a gap goes unseen until the next poll), hands a message to its trades or its
+orders by the first item's `exec_type` (a trade behind an order event in one message never reaches watch_my_trades),
+reads an order's client id from `order_userref` rather than `cl_ord_id`, and passes a resubscribe's repeated trade
+snapshot on as new trades. So Kraken keeps KrakenStream; this path is for the venues ccxt.pro streams and we do not.
+
+What it keeps of the streaming broker: each fill delivered once, whichever of the stream and the REST poll saw it
+first (FillFeed, by execution id), a REST reconciliation after every new socket, and the stream's health on the same
+families (`tradingbot_stream_*`, endpoint `private`, channel `executions`). ccxt.pro has no channel clock and no
+sequence to check, so a silent channel is found as the paper bot finds it: a fill the poll delivers first that the
+stream does not follow with any fill within three heartbeats (FillFeed.offer_polled), then the subscription dropped
+and made again, then the socket replaced (SilentChannels)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ccxt.base.errors import ExchangeError, NetworkError
+
+from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, Silence
+from trading_ops.bot.streams.metrics import StreamMetrics
+from trading_ops.bot.streams.resync import Backoff, SilentChannels
+from trading_ops.tasks import stop_tasks
+from trading_ops.venues.ccxt.kraken_stream import WATCH_SECONDS
+from trading_ops.venues.ccxt.pro import watch_or_kick
+
+LOG = logging.getLogger(__name__)
+ENDPOINT = "private"
+CHANNEL = "executions"
+
+
+class ProFills:
+    """`pro` (a ccxt.pro client with the account's keys) watched for the account's trades; each goes to
+    `on_trade(raw)` (ccxt's unified trade); `on_reconnect()` after every new socket. Run it as a task (`run`), stop it
+    with `close`."""
+
+    def __init__(
+        self,
+        pro: Any,
+        metrics: StreamMetrics,
+        on_trade: Callable[[dict[str, Any]], Awaitable[None]],
+        on_reconnect: Callable[[], Awaitable[None]],
+        *,
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
+        self.pro = pro
+        self.metrics = metrics
+        self.on_trade = on_trade
+        self.on_reconnect = on_reconnect
+        self.silence = Silence(heartbeat)
+        self.silent = SilentChannels(self.silence)
+        self.connected = asyncio.Event()
+        self.sessions = 0
+        self._kick = asyncio.Event()  # the subscription to be made again (a heal, a control command)
+        self._reason = ""  # why the next new socket replaces the last one
+        self._tasks: list[asyncio.Task[None]] = []
+        self._current: Any = None  # ccxt.pro's client of the current socket
+
+    def streaming(self) -> bool:
+        """Whether fills flow (False: the REST poll stands in at its own interval)."""
+        return self.connected.is_set() and (CHANNEL, "") not in self.silent.pending
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.metrics.set_rest_fallback(ENDPOINT, True)  # until the socket is up, REST polls stand in
+        self.metrics.connected.labels(ENDPOINT).set(0)
+        self._tasks = [asyncio.create_task(self._health(), name="pro-fills-health")]
+        backoff = Backoff()
+        try:
+            while True:
+                try:
+                    trades = await self._next()
+                except (NetworkError, ExchangeError) as exc:  # the socket or the subscription: a new one, backoff
+                    LOG.warning("stream %s: %s: %s", ENDPOINT, type(exc).__name__, exc)
+                    self._reason = self._reason or ("closed" if "closed" in str(exc).lower() else "error")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._kick.wait(), backoff.next())
+                    continue
+                if trades is None:
+                    continue
+                backoff.reset()
+                if trades:
+                    self.silence.seen(CHANNEL, "", time.monotonic())
+                    self.metrics.last_message.labels(CHANNEL, "").set(time.time())
+                for raw in trades:
+                    try:
+                        await self.on_trade(raw)
+                    except Exception:  # the consumer's failure is not the stream's: the REST poll brings it
+                        LOG.exception("stream %s: the consumer of a trade failed", ENDPOINT)
+        finally:
+            await stop_tasks(self._tasks)
+
+    async def _next(self) -> list[dict[str, Any]] | None:
+        """The trades of the next message (None when the subscription is to be made again meanwhile)."""
+        if self._kick.is_set():
+            self._kick.clear()
+            self._forget()
+        watch = await watch_or_kick(self.pro.watch_my_trades(), self._kick, None)
+        if watch is None or watch.cancelled():
+            return None
+        exc = watch.exception()
+        if exc is not None:
+            raise exc
+        return list(watch.result() or [])
+
+    def _client(self) -> Any:
+        """ccxt.pro's client of the socket the trades come on (the one connected), if any."""
+        for client in list(self.pro.clients.values()):
+            if client.connected.done() and not client.connected.cancelled() and client.connected.exception() is None:
+                if not client.closed():
+                    return client
+        return None
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        """Run the caller's REST reconciliation beside the watch, kept (to be stopped by `close`) until it ends."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            LOG.warning("stream %s: the reconciliation after a new socket failed: %s", ENDPOINT, task.exception())
+
+    def _session(self) -> None:
+        """The connection's gauges from ccxt.pro's client; a new socket after the first counted (by why the last one
+        went) and reconciled over REST, its subscription's clock started."""
+        client = self._client()
+        if client is not None and client is not self._current:
+            self._current = client
+            self.sessions += 1
+            self.silence.watch(CHANNEL, "", None, time.monotonic())
+            self.silent.pending.clear()
+            if self.sessions > 1:
+                self.metrics.reconnects.labels(ENDPOINT, self._reason or "closed").inc()
+                self._spawn(self.on_reconnect())
+            self._reason = ""
+        if client is not None and not self.connected.is_set():
+            self.connected.set()
+            self.metrics.connected.labels(ENDPOINT).set(1)
+            self.metrics.set_rest_fallback(ENDPOINT, False)
+        elif client is None and self.connected.is_set():
+            LOG.warning("stream %s: down, REST stands in", ENDPOINT)
+            self.connected.clear()
+            self.metrics.connected.labels(ENDPOINT).set(0)
+            self.metrics.set_rest_fallback(ENDPOINT, True)
+
+    def _forget(self) -> None:
+        """Drop the subscriptions ccxt.pro keeps: the next watch subscribes again on the same socket."""
+        for client in list(self.pro.clients.values()):
+            for key in [k for k in client.subscriptions if k != "authenticated"]:
+                client.subscriptions.pop(key, None)
+
+    async def _health(self) -> None:
+        """Every WATCH_SECONDS: the connection's state; a channel that owes what REST found subscribed again, then
+        its socket replaced."""
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            self._session()
+            if not self.connected.is_set():
+                continue
+            again, stuck = self.silent.due(time.monotonic())
+            if stuck is not None:
+                LOG.warning("stream %s: %s still silent, reconnecting", ENDPOINT, CHANNEL)
+                await self.reconnect("silent")
+                continue
+            for clock in again:
+                LOG.warning("stream %s: %s silent, subscribing again", ENDPOINT, CHANNEL)
+                self.metrics.resyncs.labels(CHANNEL, "silent").inc()
+                self.silence.watch(CHANNEL, "", None, time.monotonic())  # the new subscription's clock
+                self.silent.resubscribed(clock, time.monotonic())
+                self._kick.set()
+                self._spawn(self.on_reconnect())  # what it lost before and while it came back: over REST
+
+    async def resubscribe(self) -> None:
+        """The subscription made again (`resyncs_total{reason="requested"}`)."""
+        self.metrics.resyncs.labels(CHANNEL, "requested").inc()
+        self.silence.watch(CHANNEL, "", None, time.monotonic())
+        self._kick.set()
+
+    async def reconnect(self, reason: str = "requested") -> None:
+        """A new socket: ccxt.pro's clients closed and forgotten; the watch opens a new one and subscribes again."""
+        LOG.info("stream %s: reconnecting (%s)", ENDPOINT, reason)
+        self._reason = reason
+        clients = list(self.pro.clients.items())
+        self.pro.clients.clear()
+        for _url, client in clients:
+            client.error = NetworkError(f"reconnecting ({reason})")  # ccxt.pro: a closed client is no clean end
+        self._kick.set()
+        for _url, client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def close(self) -> None:
+        await stop_tasks(self._tasks)
+        self.connected.clear()
+        self.metrics.connected.labels(ENDPOINT).set(0)
+        self.metrics.set_rest_fallback(ENDPOINT, False)  # stopped, not standing in for anything
+        with contextlib.suppress(Exception):
+            await self.pro.close()

@@ -1,0 +1,884 @@
+"""A Broker for any ccxt exchange: orders, fills, balances and market data through ccxt's asyncio API.
+
+What it does that a bare ccxt call does not:
+
+- Errors: ccxt's exception classes map once, in ERROR_CLASSES (trading_ops.venues.ccxt.errors), to the library's
+  venue error classes. A network failure or an unavailable venue after a request went out leaves its outcome
+  unknown; a connection that could not even be opened sent nothing (`outcome_unknown` false).
+- A submit whose answer was lost is resolved by asking the venue for the order by its client order id, never by
+  sending it again: found, the order is returned as if the answer had come; confirmed absent (twice), the submit
+  fails for certain; the venue unreachable, BrokerError with `outcome_unknown` for the bot's reconciliation.
+- A nonce error means the venue refused the request, so it is retried at once with a fresh nonce (NONCE_RETRIES).
+  Errors the broker handles itself (retried nonces, resolved lost replies, failed lookups, failed polls) are
+  counted in `handled_errors` and passed to BrokerEvents.on_venue_error (the runtime counts them in
+  tradingbot_venue_errors_total); an error raised to the caller is the caller's to count.
+- Events: `submit` calls `on_order` with the venue's answer (the acknowledgement a stream would send); a
+  background task polls open orders and the account's trades (`poll_interval`) and calls `on_fill`
+  for each new trade, then `on_order` for each order whose state changed (one that left the open list is looked
+  up for its final state); another polls tickers (`quote_interval`) and calls `on_quote` for every symbol the
+  answer quotes: a successful poll is fresh data, even on a quiet market whose bid and ask did not move (Kraken's
+  ticker has no timestamp to tell otherwise); a symbol the venue stops quoting goes stale. A channel goes down
+  when a call on it fails for a network reason and up again at its next success (`on_connection` each time).
+- A session (connect, reconnect) starts as a careful client's does: the venue's status (`fetch_status`: one in
+  maintenance is "unavailable"), then its markets, loaded again. `resubscribe` is what subscribing means to a
+  polling client: the markets loaded again (the venue's current listing of the pairs), then a fresh ticker.
+- Amounts are exact: the broker sets the exchange's `number` to `str` (ccxt's own switch) and reads decimals.
+- Positions (spot): the venue's balance of each symbol's base asset less `position_baseline[base]` (what the
+  account held that is not the bot's; zero by default, as on the paper venue).
+- Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages. Other exchanges return
+  what one `fetch_my_trades(since)` returns.
+- Kraken's call counter (trading_ops.venues.call_counter): with a `call_budget`, every private request spends from
+  it, the order poll runs no oftener than the tier's decay allows (CallBudget.poll_interval), skips a cycle the
+  budget cannot afford (asking the venue's clock instead, which is free, so an outage is still noticed), and asks
+  for the trade history only when something may have filled (an open order's filled quantity moved, an order left
+  the open list, the broker submitted or canceled one, a session began) or every `trades_interval`;
+  reconciliation's `drain_events` always asks, and the snapshot's first `recent_fills` right after it reuses that
+  answer (its second asks again). `rate_limit_headroom` is the budget's headroom; `reconciliation_room` reserves
+  the budget for a reconciliation (the order poll skips its cycles) and waits, trading not held, until its calls
+  fit.
+  Without a budget (an exchange other than Kraken) the polls ask for everything each cycle and the headroom is
+  unknown (None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import ccxt.async_support as ccxt_async
+
+from trading_ops.bot.broker import (
+    Broker,
+    BrokerError,
+    BrokerEvents,
+    Channel,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+    VenueFill,
+    VenueOrder,
+)
+from trading_ops.tasks import stop_tasks
+from trading_ops.venues.call_counter import (
+    RECONCILIATION_POINTS,
+    BudgetExhausted,
+    CallBudget,
+    Deferred,
+    background,
+    impatient,
+    install,
+    patient,
+    protective,
+)
+from trading_ops.venues.ccxt.errors import EXTRA_ERRORS, broker_error
+from trading_ops.venues.ccxt.symbols import STATUSES, from_ccxt_symbol, to_ccxt_symbol
+
+log = logging.getLogger(__name__)
+
+NONCE_RETRIES = 3
+LOOKUP_ATTEMPTS = 4  # lookups of an order whose submit answer was lost
+LOOKUP_BACKOFF_SECONDS = 0.2  # times the attempt number
+NOT_FOUND_CONFIRMATIONS = 2  # "no such order" answers before a lost submit counts as never placed
+POLL_INTERVAL_SECONDS = 1.0
+# Exchanges whose trade history comes in pages of a fixed size, and the parameter that pages on.
+TRADE_PAGES = {"kraken": ("ofs", 50)}
+MAX_PAGES = 1000
+ORDER_LOOKUP_BATCH = 50
+# Exchanges whose client looks orders up by a list of ids in one request though ccxt's `has` does not say so (ccxt's
+# kraken: QueryOrders with up to 20 txids, one call on the call counter), and how many ids a request takes.
+ORDER_LOOKUP_BATCHES = {"kraken": 20}
+FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
+MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
+# With a call budget, a balance answer this young is reused when nothing changed since (no submit, cancel or fill):
+# a reconciliation's snapshot asks positions() then balances(), the same call.
+BALANCE_REUSE_SECONDS = 1.0
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    return Decimal(value if isinstance(value, str) else repr(value))
+
+
+def _time(ms: Any) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
+
+
+class CcxtBroker(Broker):
+    """The Broker interface over one `ccxt.async_support` exchange instance (the caller builds it with its keys and
+    urls; `close()` closes it).
+
+    Bigger than most classes here because it is three things a websocket venue gives for free and ccxt's REST API
+    does not: the Broker calls, the polls that stand in for the event streams, and the translation of ccxt's
+    orders and trades into ours; they share the state of what was seen (open orders, trade ids, client ids).
+    """
+
+    def __init__(
+        self,
+        exchange: ccxt_async.Exchange,
+        symbols: list[str],
+        *,
+        poll_interval: float = POLL_INTERVAL_SECONDS,
+        quote_interval: float | None = None,
+        position_baseline: Mapping[str, Decimal] | None = None,
+        nonce_retries: int = NONCE_RETRIES,
+        lookup_attempts: int = LOOKUP_ATTEMPTS,
+        lookup_backoff: float = LOOKUP_BACKOFF_SECONDS,
+        call_budget: CallBudget | None = None,
+    ) -> None:
+        if not symbols:
+            raise ValueError("a ccxt broker needs at least one symbol")
+        if poll_interval <= 0 or (quote_interval is not None and quote_interval <= 0):
+            raise ValueError("poll intervals must be > 0")
+        self.exchange = exchange
+        self.venue = str(exchange.id)
+        self.symbols = list(dict.fromkeys(symbols))
+        self._unified = {s: to_ccxt_symbol(s) for s in self.symbols}
+        self.poll_interval = poll_interval
+        self.quote_interval = poll_interval if quote_interval is None else quote_interval
+        self.position_baseline = {k: Decimal(v) for k, v in (position_baseline or {}).items()}
+        self.nonce_retries = nonce_retries
+        self.lookup_attempts = lookup_attempts
+        self.lookup_backoff = lookup_backoff
+        self.handled_errors: Counter[str] = Counter()
+        self.call_budget = call_budget
+        if call_budget is not None:
+            install(exchange, call_budget)
+        exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
+        extra = EXTRA_ERRORS.get(self.venue)
+        if extra:
+            exceptions = dict(exchange.exceptions or {})
+            for kind, table in extra.items():
+                exceptions[kind] = {**exceptions.get(kind, {}), **table}
+            exchange.exceptions = exceptions
+        self._events = BrokerEvents()
+        self._connected = dict.fromkeys(Channel, False)
+        self._started = False
+        self._tasks: list[asyncio.Task[None]] = []
+        # Counts the sessions begun: a call of an earlier one, failing because reconnect() closed its connections,
+        # says nothing of the venue (it would mark a channel down the new session has just found up).
+        self._session = 0
+        self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
+        self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
+        self._seen_trades: OrderedDict[str, None] = OrderedDict()
+        self._fills_since: datetime | None = None
+        self._time_resolution = 0.0
+        self._poll_lock = asyncio.Lock()
+        self._trades_due = True  # something may have filled since the trade history was last asked for
+        self._trades_asked = 0.0  # monotonic time of that
+        self._poll_cycle = 0  # order polls begun
+        self._balances: dict[str, Decimal] | None = None  # the last answer, and the poll cycle it came in
+        self._balances_cycle = -1
+        self._balances_at = 0.0
+        self._balances_seen = -1
+        self._changes = 0  # submits, cancels and fills delivered: a balance answer older than the last is stale
+        self._delivering = False  # a poll is handing its events to the callbacks
+        self._history: dict[str, dict[str, Any]] = {}  # the venue's trades by id (call budget only: recent_fills)
+        self._history_from: int | None = None  # every trade from this time (ms) on is in _history
+        # Set by drain_events when its poll fetched the trade history (the `_changes` of then): the next
+        # recent_fills, a reconciliation snapshot's first, reuses that answer once if nothing changed since.
+        self._history_fresh: int | None = None
+
+    # -- connection -------------------------------------------------------------------------------------------
+    async def connect(self, events: BrokerEvents) -> None:
+        await stop_tasks(self._tasks)  # a second connect() replaces the first one's polls
+        self._tasks = []
+        self._events = events
+        self._started = True
+        await self._open_session()
+        self._fills_since = await self.server_time()
+        self._open = {o.venue_order_id: o for o in await self.open_orders()}
+        await self._poll_quotes(self.symbols)
+        self._start_polls()
+
+    def _start_polls(self) -> None:
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(
+                self._every(lambda: self.orders_interval, self._background_poll), name=f"{self.venue}-orders"
+            ),
+            asyncio.create_task(
+                self._every(self.quote_interval, lambda: self._poll_quotes(self.symbols)), name=f"{self.venue}-quotes"
+            ),
+        ]
+
+    @property
+    def orders_interval(self) -> float:
+        """How often the order poll runs: `poll_interval`, or less often when the call budget's tier needs it."""
+        if self.call_budget is None:
+            return self.poll_interval
+        return max(self.poll_interval, self.call_budget.poll_interval(1.0))
+
+    def rate_limit_headroom(self) -> float | None:
+        return None if self.call_budget is None else self.call_budget.headroom()
+
+    @contextlib.asynccontextmanager
+    async def patient(self) -> AsyncIterator[None]:
+        """With a call budget: the private calls inside wait for its decay instead of failing (call_counter.patient)."""
+        with patient():
+            yield
+
+    @contextlib.asynccontextmanager
+    async def protective(self) -> AsyncIterator[None]:
+        """With a call budget: the private calls inside may spend its protective reserve (call_counter.protective)."""
+        with protective():
+            yield
+
+    @contextlib.asynccontextmanager
+    async def reconciliation_room(self) -> AsyncIterator[None]:
+        """With a call budget: reserve it (the order poll skips its cycles until the reconciliation ends) and wait,
+        holding nothing, until RECONCILIATION_POINTS fit under its ordinary ceiling (the protective reserve kept above
+        it). The wait is bounded by the time the whole counter takes to decay; what other callers spend meanwhile is
+        theirs (the reconciliation then starts with what room there is)."""
+        budget = self.call_budget
+        if budget is None:
+            yield
+            return
+        budget.reserved += 1
+        try:
+            deadline = time.monotonic() + budget.tier.maximum / budget.tier.decay
+            while (wait := budget.seconds_until_room(RECONCILIATION_POINTS)) > 0 and time.monotonic() < deadline:
+                log.info("%s: reconciliation waits %.1f s for room in the call budget", self.venue, wait)
+                await asyncio.sleep(min(wait, max(0.0, deadline - time.monotonic())) + 0.01)
+            yield
+        finally:
+            budget.reserved -= 1
+
+    async def close(self) -> None:
+        self._started = False
+        await stop_tasks(self._tasks)
+        self._tasks = []
+        for channel in Channel:
+            self._connected[channel] = False
+        await self.exchange.close()
+
+    def is_connected(self, channel: Channel) -> bool:
+        return self._connected[channel]
+
+    async def _open_session(self) -> None:
+        """Open ccxt's session (again after a close(): ccxt refuses to reopen lazily what its user closed), ask the
+        venue whether it is up, then load its markets again and check it lists every symbol."""
+        self.exchange.open()
+        if self.exchange.has.get("fetchStatus"):
+            status = await self._call(Channel.ORDERS, "status", self.exchange.fetch_status)
+            if status.get("status") not in ("ok", None):
+                raise BrokerError("unavailable", f"{self.venue} status: {str(status.get('status'))[:32]}")
+        await self._call(Channel.ORDERS, "load markets", self.exchange.load_markets, True)
+        unknown = [s for s, u in self._unified.items() if u not in (self.exchange.markets or {})]
+        if unknown:
+            raise BrokerError("other", f"{self.venue} does not list {', '.join(unknown)}")
+
+    async def reconnect(self) -> None:
+        """A new session (ccxt's connections closed and opened again, the venue's status and markets asked), then
+        one call on each channel."""
+        self._session += 1
+        self._trades_due = True
+        await self.exchange.close()
+        self._started = True
+        await self._open_session()
+        await self.open_orders()
+        await self._poll_quotes(self.symbols)
+        if self._fills_since is None:  # connect() never got this far
+            self._fills_since = await self.server_time()
+        self._start_polls()
+
+    async def check_session(self) -> None:
+        """What a client that rebuilds its connection needs of the venue, without starting this broker's polls: a
+        session begun as connect's is (the venue's status, its markets loaded again, every symbol listed), then one
+        private call (the account's balances). Raises BrokerError naming what the venue did not answer."""
+        await self._open_session()
+        await self.balances()
+
+    async def resubscribe(self, symbols: list[str] | None = None) -> None:
+        targets = self.symbols if symbols is None else symbols
+        unknown = [s for s in targets if s not in self._unified]
+        if unknown:
+            raise BrokerError("other", f"unknown symbol {', '.join(unknown)[:64]}")
+        await self._call(Channel.MARKET_DATA, "load markets", self.exchange.load_markets, True)
+        await self._poll_quotes(targets)
+
+    async def _set_connected(self, channel: Channel, up: bool) -> None:
+        if not self._started or self._connected[channel] is up:
+            return
+        self._connected[channel] = up
+        log.log(
+            logging.INFO if up else logging.WARNING,
+            "%s: %s channel %s",
+            self.venue,
+            channel.value,
+            "up" if up else "down",
+        )
+        if self._events.on_connection is not None:
+            await self._events.on_connection(channel, up)
+
+    async def _call(self, channel: Channel, what: str, method: Callable[..., Any], *args: Any) -> Any:
+        """One ccxt call, its exception mapped (ERROR_CLASSES); a refused nonce is retried with a fresh one."""
+        session = self._session
+        for attempt in range(self.nonce_retries + 1):
+            started = time.monotonic()
+            try:
+                result = await method(*args)
+            except ccxt_async.BaseError as exc:
+                self._requested(channel, started)
+                error = broker_error(exc, what)
+                if error.error_class == "nonce" and attempt < self.nonce_retries:
+                    self._handled("nonce")  # refused, so nothing happened: safe to send again, fresh nonce
+                    continue
+                if error.error_class in ("network", "unavailable") and session == self._session:
+                    await self._set_connected(channel, False)
+                raise error from exc
+            self._requested(channel, started)
+            await self._set_connected(channel, True)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _requested(self, channel: Channel, started: float) -> None:
+        if self._events.on_venue_request is not None:
+            self._events.on_venue_request(channel.value, time.monotonic() - started)
+
+    def _handled(self, error_class: str) -> None:
+        self.handled_errors[error_class] += 1
+        if self._events.on_venue_error is not None:
+            self._events.on_venue_error(error_class)
+
+    # -- orders -----------------------------------------------------------------------------------------------
+    async def submit(self, request: OrderRequest) -> VenueOrder:
+        symbol = self._unified.get(request.symbol)
+        if symbol is None:
+            raise BrokerError("other", f"unknown symbol {request.symbol[:32]}")
+        if not request.client_order_id:
+            raise BrokerError("other", "client_order_id must not be empty")
+        params: dict[str, Any] = {"clientOrderId": request.client_order_id}
+        if request.reduce_only:
+            params["reduceOnly"] = True
+        price = None
+        if request.order_type is OrderType.LIMIT:
+            if request.price is None:
+                raise BrokerError("other", "a limit order needs a price")
+            price = str(request.price)
+        what = f"submit {request.client_order_id}"
+        try:
+            raw = await self._call(
+                Channel.ORDERS,
+                what,
+                self.exchange.create_order,
+                symbol,
+                request.order_type.value,
+                request.side.value,
+                str(request.quantity),
+                price,
+                params,
+            )
+        except BrokerError as exc:
+            if not exc.outcome_unknown:
+                raise
+            return await self._resolve_lost_submit(request, exc)
+        self._trades_due = True  # it may have filled at once (a market order never shows as open)
+        self._changes += 1
+        order = self._order(raw, request)
+        self._track(order)
+        await self._acknowledged(order)
+        return order
+
+    async def _acknowledged(self, order: VenueOrder) -> None:
+        """The venue took the order: `on_order` with its answer, as a user-data stream sends the acknowledgement (a
+        bot's order engine learns of it there). The polls report only what changes after it."""
+        if self._events.on_order is not None:
+            await self._events.on_order(order)
+
+    async def _resolve_lost_submit(self, request: OrderRequest, lost: BrokerError) -> VenueOrder:
+        """Ask the venue whether an order whose answer was lost exists; never send it again."""
+        cid = request.client_order_id
+        log.warning("%s: the answer to %s was lost (%s); asking the venue for it", self.venue, cid, lost)
+        misses = 0
+        for attempt in range(self.lookup_attempts):
+            if attempt:
+                await asyncio.sleep(self.lookup_backoff * attempt)
+            try:
+                found = await self.order_status(cid)
+            except BrokerError as exc:
+                self._handled(exc.error_class)
+                continue
+            if found is not None:
+                self._handled(lost.error_class)  # resolved: the caller never sees this error
+                log.info("%s: %s was placed (%s %s)", self.venue, cid, found.venue_order_id, found.status.value)
+                self._track(found)
+                await self._acknowledged(found)
+                return found
+            misses += 1
+            if misses >= NOT_FOUND_CONFIRMATIONS:
+                raise BrokerError(
+                    lost.error_class,
+                    f"{lost} (the venue has no order {cid}: it was not placed)",
+                    detail={"resolved": "not_placed"},
+                    outcome_unknown=False,
+                )
+        raise BrokerError(
+            lost.error_class,
+            f"{lost} (the venue could not be asked whether {cid} was placed)",
+            detail={"resolved": "unknown"},
+            outcome_unknown=True,
+        )
+
+    async def cancel(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
+        if not client_order_id and not venue_order_id:
+            raise BrokerError("other", "cancel needs a client or a venue order id")
+        with protective():  # the cancel's lookups may spend the call budget's protective reserve
+            return await self._cancel(client_order_id, venue_order_id)
+
+    async def _cancel(self, client_order_id: str, venue_order_id: str) -> VenueOrder:
+        known = self._known(client_order_id, venue_order_id)
+        symbol = self._unified.get(known.symbol) if known is not None else None
+        params = {} if venue_order_id else {"clientOrderId": client_order_id}
+        what = f"cancel {venue_order_id or client_order_id}"
+        self._trades_due = True  # what filled before the cancel is told by the trade history
+        self._changes += 1
+        try:
+            await self._call(Channel.ORDERS, what, self.exchange.cancel_order, venue_order_id, symbol, params)
+        except BrokerError as exc:
+            if not exc.outcome_unknown:
+                raise
+            state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
+            if state is None or state.status.is_open:
+                raise
+            self._handled(exc.error_class)
+        else:
+            try:
+                # Only if there is room now, even in a shutdown that waits for it: whoever cancels looks at the venue
+                # again anyway (a shutdown's confirming look), and on Kraken's Starter tier each point waited for is
+                # 3 s of the shutdown's deadline.
+                with impatient():
+                    state = await self.order_status(client_order_id, venue_order_id=venue_order_id)
+            except BrokerError as exc:
+                # The venue took the cancel (it costs nothing on Kraken's counter); only the lookup after it found no
+                # room in the call budget: the order is canceled as last seen, its fills come with the next poll.
+                if not isinstance(exc.__cause__, BudgetExhausted) or known is None:
+                    raise
+                state = dataclasses.replace(known, status=OrderStatus.CANCELED)
+        if state is None:
+            raise BrokerError("invalid_order", f"{what}: the venue no longer knows the order")
+        if not state.status.is_open:
+            self._open.pop(state.venue_order_id, None)
+        if self._events.on_order is not None:
+            await self._events.on_order(state)
+        return state
+
+    async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
+        """By venue order id: fetch_order. By client order id: the open orders, then the closed ones, asked for that
+        client order id (exchanges that ignore the filter are searched through what they return)."""
+        if venue_order_id:
+            try:
+                raw = await self._call(
+                    Channel.ORDERS, f"order {venue_order_id}", self.exchange.fetch_order, venue_order_id
+                )
+            except BrokerError as exc:
+                if isinstance(exc.__cause__, ccxt_async.OrderNotFound):
+                    return None
+                raise
+            return self._order(raw)
+        if not client_order_id:
+            return None
+        for fetch in (self.exchange.fetch_open_orders, self.exchange.fetch_closed_orders):
+            raws = await self._call(
+                Channel.ORDERS,
+                f"order {client_order_id}",
+                fetch,
+                None,
+                None,
+                None,
+                {"clientOrderId": client_order_id},
+            )
+            for raw in raws:
+                if raw.get("clientOrderId") == client_order_id:
+                    return self._order(raw)
+        return None
+
+    async def cancel_all(self) -> list[VenueOrder]:
+        """Cancel every open order in one request where the exchange has one (else one by one); returns the
+        orders' final states. Protective: its calls may spend the call budget's reserve."""
+        with protective():
+            return await self._cancel_all()
+
+    async def _cancel_all(self) -> list[VenueOrder]:
+        listed = await self.open_orders()
+        if self.exchange.has.get("cancelAllOrders"):
+            await self._call(Channel.ORDERS, "cancel all", self.exchange.cancel_all_orders)
+            return await self._final_states([o.venue_order_id for o in listed])
+        return [await self.cancel(o.client_order_id, venue_order_id=o.venue_order_id) for o in listed]
+
+    def has_dead_man_switch(self) -> bool:
+        return bool(self.exchange.has.get("cancelAllOrdersAfter"))
+
+    async def cancel_all_orders_after(self, timeout: int) -> tuple[datetime, datetime | None]:
+        """ccxt's `cancelAllOrdersAfter` (milliseconds; kraken sends whole seconds, 0 disarms). The times are the
+        venue's where it says them (kraken's `result.currentTime` / `triggerTime`, "0" when disarmed), else ours."""
+        if not self.has_dead_man_switch():
+            raise NotImplementedError(f"{self.venue} has no cancelAllOrdersAfter in ccxt")
+        sent = datetime.now(UTC)
+        raw = await self._call(
+            Channel.ORDERS, "dead man's switch", self.exchange.cancel_all_orders_after, int(timeout) * 1000
+        )
+        result = raw.get("result") if isinstance(raw, dict) else None
+        if isinstance(result, dict) and "triggerTime" in result:
+            now = _time(self.exchange.parse8601(result.get("currentTime"))) or sent
+            if str(result["triggerTime"]) == "0":
+                return now, None
+            trigger = _time(self.exchange.parse8601(result["triggerTime"]))
+            if trigger is not None:
+                return now, trigger
+        return sent, (sent + timedelta(seconds=timeout) if timeout else None)
+
+    async def open_orders(self) -> list[VenueOrder]:
+        raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
+        return [self._order(raw) for raw in raws]
+
+    async def drain_events(self) -> None:
+        """One poll now: every fill and order change the venue already made is handed to the callbacks. With a call
+        budget, the trade history is asked for only when an order of the poll's changed, the broker placed or
+        canceled one, or it is older than one poll interval: a fill of the bot's own order always shows so; one of an
+        order placed by hand since the last look is left to the snapshot that follows (a reconciliation's settling
+        drains more than once, and each trade history costs 2 points)."""
+        if not self._started:
+            return
+        every_trade = self.call_budget is None or time.monotonic() - self._trades_asked >= self.orders_interval
+        asked = self._trades_asked
+        self._history_fresh = None
+        try:
+            await self._poll_orders(every_trade=every_trade)
+        except BrokerError as exc:
+            self._handled(exc.error_class)
+            log.warning("%s: could not poll before a snapshot: %s", self.venue, exc)
+            return
+        if self._trades_asked != asked:  # it asked for the trade history: the snapshot that follows may reuse it
+            self._history_fresh = self._changes
+
+    # -- account ----------------------------------------------------------------------------------------------
+    async def balances(self) -> dict[str, Decimal]:
+        """The venue's balances. Asked from a poll's event callbacks (a fill's), the answer of this poll cycle is
+        reused, and the last answer stands in when the call budget has no room: a callback that raised would leave
+        the poll's other events undelivered."""
+        if self._delivering and self._balances_cycle == self._poll_cycle and self._balances is not None:
+            return dict(self._balances)
+        if (
+            self.call_budget is not None
+            and self._balances is not None
+            and self._balances_seen == self._changes
+            and time.monotonic() - self._balances_at < BALANCE_REUSE_SECONDS
+        ):
+            return dict(self._balances)  # positions() then balances(), as a snapshot asks: one call
+        try:
+            raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
+        except Deferred:
+            return dict(self._balances or {})
+        except BrokerError as exc:
+            if self._delivering and isinstance(exc.__cause__, BudgetExhausted):
+                return dict(self._balances or {})
+            raise
+        totals = raw.get("total") or {}
+        found = {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
+        self._balances, self._balances_cycle = found, self._poll_cycle
+        self._balances_at, self._balances_seen = time.monotonic(), self._changes
+        return dict(found)
+
+    async def positions(self) -> dict[str, Decimal]:
+        balances = await self.balances()
+        positions = {}
+        for symbol, unified in self._unified.items():
+            base = unified.split("/", 1)[0]
+            positions[symbol] = balances.get(base, Decimal(0)) - self.position_baseline.get(base, Decimal(0))
+        return positions
+
+    async def recent_fills(self, since: datetime | None = None) -> list[VenueFill]:
+        """Fills since `since`, oldest first. With a call budget, the venue's trades (which never change) are kept:
+        once every trade since T is known, a later ask from T on fetches only what is newer than the newest known
+        (less FILL_OVERLAP_SECONDS), instead of paging through the whole window again at 2 points a page."""
+        since_ms = None if since is None else int(since.timestamp() * 1000)
+        known_from = self._history_from
+        fresh, self._history_fresh = self._history_fresh == self._changes, None
+        if self.call_budget is None or since_ms is None:
+            raws = await self._fetch_trades(since)
+        elif known_from is not None and since_ms >= known_from and fresh:
+            raws = self._history  # what drain_events just fetched: the snapshot's first look at the fills
+        elif known_from is not None and since_ms >= known_from:
+            newest = max((int(r["timestamp"]) for r in self._history.values()), default=known_from)
+            self._keep(await self._fetch_trades(_time(newest - int(FILL_OVERLAP_SECONDS * 1000))), known_from)
+            raws = self._history
+        else:
+            self._keep(await self._fetch_trades(since), since_ms)
+            raws = self._history
+        trades = [raw for raw in raws.values() if since_ms is None or int(raw["timestamp"]) >= since_ms]
+        await self._learn_client_ids({str(raw["order"]) for raw in trades if raw.get("order")})
+        fills = [self._fill(raw) for raw in trades]
+        # Oldest first; the venue's order among trades of one millisecond (newest first) reversed.
+        fills.reverse()
+        fills.sort(key=lambda f: f.executed_at)
+        return fills
+
+    async def _fetch_trades(self, since: datetime | None) -> dict[str, dict[str, Any]]:
+        """The account's trades since `since` as the venue lists them (all its pages), by trade id."""
+        raws: dict[str, dict[str, Any]] = {}
+        since_ms = None if since is None else int(since.timestamp() * 1000)
+        paging = TRADE_PAGES.get(self.venue)
+        if paging is None:
+            for raw in await self._call(Channel.ORDERS, "my trades", self.exchange.fetch_my_trades, None, since_ms):
+                raws.setdefault(str(raw["id"]), raw)
+            return raws
+        offset_param, page_size = paging
+        params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
+        offset = 0
+        for _ in range(MAX_PAGES):
+            page = await self._call(
+                Channel.ORDERS,
+                "my trades",
+                self.exchange.fetch_my_trades,
+                None,
+                None,
+                None,
+                {**params, offset_param: offset},
+            )
+            for raw in page:
+                raws.setdefault(str(raw["id"]), raw)
+            if len(page) < page_size:
+                break
+            offset += len(page)
+        return raws
+
+    def _keep(self, raws: dict[str, dict[str, Any]], complete_from: int) -> None:
+        """Add fetched trades to those kept; every trade from `complete_from` (ms) on is known now. At most
+        MAX_REMEMBERED are kept: the oldest go, and what is known complete starts after them."""
+        for trade_id, raw in raws.items():
+            self._history.setdefault(trade_id, raw)
+        start = complete_from if self._history_from is None else min(self._history_from, complete_from)
+        if len(self._history) > MAX_REMEMBERED:
+            ordered = sorted(self._history.items(), key=lambda item: int(item[1]["timestamp"]))
+            dropped = ordered[: len(ordered) - MAX_REMEMBERED]
+            self._history = dict(ordered[len(dropped) :])
+            start = max(start, int(dropped[-1][1]["timestamp"]) + 1)
+        self._history_from = start
+
+    async def server_time(self) -> datetime:
+        ms = await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
+        at = _time(ms)
+        if at is None:
+            raise BrokerError("other", f"{self.venue} did not say its time")
+        # ccxt gives milliseconds; some venues (Kraken's `unixtime`) only whole seconds, which read as a round number.
+        self._time_resolution = 1.0 if int(ms) % 1000 == 0 else 0.001
+        return at
+
+    def server_time_resolution(self) -> float:
+        return self._time_resolution
+
+    # -- polling ----------------------------------------------------------------------------------------------
+    async def _every(self, interval: float | Callable[[], float], poll: Callable[[], Any]) -> None:
+        """Run `poll` every `interval` seconds; an interval that may change (a callable) is looked at every
+        `poll_interval` at least, so a shorter one takes effect within that."""
+        last = time.monotonic()
+        while True:
+            if callable(interval):
+                wanted = interval()
+                await asyncio.sleep(max(0.0, min(self.poll_interval, last + wanted - time.monotonic())))
+                if time.monotonic() - last < interval():
+                    continue
+                last = time.monotonic()
+            else:
+                await asyncio.sleep(interval)
+            try:
+                await poll()
+            except BrokerError as exc:
+                self._handled(exc.error_class)
+                log.debug("%s: poll failed: %s", self.venue, exc)
+            except Exception:
+                log.exception("%s: an event callback failed during a poll", self.venue)
+
+    async def _poll_quotes(self, symbols: list[str]) -> None:
+        unified = [self._unified[s] for s in symbols]
+        if self.exchange.has.get("fetchTickers"):
+            tickers = await self._call(Channel.MARKET_DATA, "tickers", self.exchange.fetch_tickers, unified)
+        else:
+            tickers = {}
+            for u in unified:
+                tickers[u] = await self._call(Channel.MARKET_DATA, f"ticker {u}", self.exchange.fetch_ticker, u)
+        for symbol, u in zip(symbols, unified, strict=True):
+            ticker = tickers.get(u) or {}
+            bid, ask = _decimal(ticker.get("bid")), _decimal(ticker.get("ask"))
+            if bid is None or ask is None:
+                continue  # not quoted: no news is stale news
+            at = _time(ticker.get("timestamp")) or datetime.now(UTC)
+            if self._events.on_quote is not None:
+                await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
+
+    async def _background_poll(self) -> None:
+        """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
+        afford is skipped."""
+        if self.call_budget is not None:
+            # Its usual cost: open orders, a lookup of those that left, the trade history when it is due.
+            usual = 1.0 + (1.0 if self._open else 0.0) + (2.0 if self._trades_due or self._trades_stale() else 0.0)
+            if not self.call_budget.affordable(usual):
+                # Still ask the venue something free on the call counter (its clock, a public call on the same
+                # connections), so that a venue gone quiet is noticed at the poll's cadence all the same.
+                await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
+                return
+        with background():
+            try:
+                await self._poll_orders(every_trade=self.call_budget is None)
+            except Deferred:
+                log.debug("%s: order poll deferred: the call budget has no room", self.venue)
+
+    async def _poll_orders(self, *, every_trade: bool = True) -> None:
+        """New trades (on_fill), then orders whose state changed (on_order), oldest first. The trade history is asked
+        for always with `every_trade`, else only when something may have filled (or it is `trades_interval` old)."""
+        async with self._poll_lock:
+            self._poll_cycle += 1
+            before = dict(self._open)
+            since = self._fills_since
+            due, self._trades_due = self._trades_due, False
+            try:
+                # Orders first, trades second: an order seen closed has every one of its fills in the trades that
+                # follow, so no order update tells of a fill not yet delivered.
+                listed = {o.venue_order_id: o for o in await self.open_orders()}
+                updates = [
+                    o
+                    for vid, o in listed.items()
+                    if (prev := before.get(vid)) is None
+                    or (prev.status, prev.filled_quantity) != (o.status, o.filled_quantity)
+                ]
+                gone = [vid for vid in before if vid not in listed]
+                updates.extend(await self._final_states(gone))
+                moved = any(o.venue_order_id in before for o in updates)  # filled some more, or closed
+                fills: list[VenueFill] = []
+                if every_trade or due or gone or moved or self._trades_stale():
+                    self._trades_asked = time.monotonic()
+                    fills = await self.recent_fills(since)
+            except BaseException:
+                self._trades_due = self._trades_due or due
+                raise
+            fresh = [f for f in fills if f.trade_id not in self._seen_trades]
+            # Orders a submit added while this poll was out are looked at by the next one.
+            added = {vid: o for vid, o in self._open.items() if vid not in before and vid not in listed}
+            self._open = {**listed, **added}
+            for fill in fresh:
+                self._remember(self._seen_trades, fill.trade_id, None)
+            self._changes += len(fresh)
+            if fills:
+                newest = max(f.executed_at for f in fills).timestamp() - FILL_OVERLAP_SECONDS
+                if since is None or newest > since.timestamp():
+                    self._fills_since = datetime.fromtimestamp(newest, UTC)
+            self._delivering = True
+            try:
+                for fill in fresh:
+                    if self._events.on_fill is not None:
+                        await self._events.on_fill(fill)
+                for order in updates:
+                    if self._events.on_order is not None:
+                        await self._events.on_order(order)
+            finally:
+                self._delivering = False
+
+    def _trades_stale(self) -> bool:
+        if self.call_budget is None:
+            return True
+        return time.monotonic() - self._trades_asked >= self.call_budget.trades_interval()
+
+    async def _final_states(self, venue_order_ids: list[str]) -> list[VenueOrder]:
+        found: list[VenueOrder] = []
+        if not venue_order_ids:
+            return found
+        batch_size = ORDER_LOOKUP_BATCHES.get(self.venue)
+        if batch_size is None and self.exchange.has.get("fetchOrdersByIds"):
+            batch_size = ORDER_LOOKUP_BATCH
+        if batch_size is not None:
+            for start in range(0, len(venue_order_ids), batch_size):
+                batch = venue_order_ids[start : start + batch_size]
+                raws = await self._call(Channel.ORDERS, "orders", self.exchange.fetch_orders_by_ids, batch)
+                found.extend(self._order(raw) for raw in raws)
+        else:
+            for vid in venue_order_ids:
+                order = await self.order_status(venue_order_id=vid)
+                if order is not None:
+                    found.append(order)
+        return found
+
+    async def _learn_client_ids(self, venue_order_ids: set[str]) -> None:
+        """Trades do not carry the client order id: learn it from the orders not seen yet."""
+        missing = sorted(v for v in venue_order_ids if v not in self._client_ids)
+        if missing:
+            await self._final_states(missing)
+            for vid in missing:  # the venue does not know them as orders (a fill with no order behind it)
+                if vid not in self._client_ids:
+                    self._remember(self._client_ids, vid, "")
+
+    # -- translation ------------------------------------------------------------------------------------------
+    def _known(self, client_order_id: str, venue_order_id: str) -> VenueOrder | None:
+        if venue_order_id:
+            return self._open.get(venue_order_id)
+        return next((o for o in self._open.values() if o.client_order_id == client_order_id), None)
+
+    def _track(self, order: VenueOrder) -> None:
+        if order.status.is_open:
+            self._open[order.venue_order_id] = order
+
+    @staticmethod
+    def _remember(store: OrderedDict[str, Any], key: str, value: Any) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > MAX_REMEMBERED:
+            store.popitem(last=False)
+
+    def _order(self, raw: Mapping[str, Any], request: OrderRequest | None = None) -> VenueOrder:
+        vid = str(raw.get("id") or "")
+        cid = raw.get("clientOrderId") or (request.client_order_id if request else "") or self._client_ids.get(vid, "")
+        if vid:
+            self._remember(self._client_ids, vid, cid)
+        quantity = _decimal(raw.get("amount"))
+        filled = _decimal(raw.get("filled")) or Decimal(0)
+        status = STATUSES.get(raw.get("status") or "")
+        if status is None:
+            status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.ACKNOWLEDGED
+        kind = raw.get("type")
+        order_type = OrderType(kind) if kind in ("market", "limit") else (request.order_type if request else None)
+        price = _decimal(raw.get("price"))
+        if order_type is None:
+            order_type = OrderType.LIMIT if price else OrderType.MARKET
+        symbol = raw.get("symbol")
+        side = raw.get("side")
+        return VenueOrder(
+            client_order_id=cid,
+            venue_order_id=vid,
+            symbol=from_ccxt_symbol(symbol) if symbol else (request.symbol if request else ""),
+            side=Side(side) if side in ("buy", "sell") else (request.side if request else Side.BUY),
+            order_type=order_type,
+            quantity=quantity if quantity is not None else (request.quantity if request else Decimal(0)),
+            price=(price if price else (request.price if request else None)) if order_type is OrderType.LIMIT else None,
+            filled_quantity=filled,
+            status=status,
+            created_at=_time(raw.get("timestamp")) or (datetime.now(UTC) if request else None),
+        )
+
+    def _fill(self, raw: Mapping[str, Any]) -> VenueFill:
+        symbol = from_ccxt_symbol(str(raw.get("symbol") or ""))
+        fee = raw.get("fee") or {}
+        vid = str(raw.get("order") or "")
+        return VenueFill(
+            trade_id=str(raw["id"]),
+            client_order_id=self._client_ids.get(vid) or None,
+            venue_order_id=vid,
+            symbol=symbol,
+            side=Side(raw["side"]),
+            quantity=_decimal(raw.get("amount")) or Decimal(0),
+            price=_decimal(raw.get("price")) or Decimal(0),
+            fee=_decimal(fee.get("cost")) or Decimal(0),
+            fee_asset=str(fee.get("currency") or symbol.partition("-")[2]),
+            liquidity=str(raw.get("takerOrMaker") or "taker"),
+            executed_at=_time(raw.get("timestamp")) or datetime.now(UTC),
+        )
