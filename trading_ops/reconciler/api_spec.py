@@ -10,6 +10,11 @@ import msgspec
 from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, response
 from trading_ops.reconciler.app import DEFAULT_LIST, MAX_LIST, MAX_TARGET_CHARS
 from trading_ops.reconciler.approvals import DECISIONS, REASON_MAX
+from trading_ops.reconciler.audit_api import DEFAULT_LIMIT as AUDIT_DEFAULT
+from trading_ops.reconciler.audit_api import FILTER_MAX as AUDIT_FILTER_MAX
+from trading_ops.reconciler.audit_api import FILTERS as AUDIT_FILTERS
+from trading_ops.reconciler.audit_api import MAX_LIMIT as AUDIT_MAX
+from trading_ops.reconciler.audit_api import PATH as AUDIT_PATH
 from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
 from trading_ops.reconciler.readiness_api import MAX_WINDOW_CHARS
 from trading_ops.reconciler.readiness_api import PATH as READINESS_PATH
@@ -222,6 +227,34 @@ class Readiness(msgspec.Struct, kw_only=True):
     results: list[ReadinessResult]
     evaluated_at: float
     queries: int
+
+
+class AuditEntry(msgspec.Struct, kw_only=True):
+    """One entry of the audit chain (docs/audit.md): who decided (the authenticated principal), from where, when,
+    what changed, the decision it answered; `hash` is sha256 over `prev_hash` and the entry's canonical JSON."""
+
+    seq: int
+    at: Timestamp
+    principal: str
+    source: str
+    action: str
+    target: str
+    before: Any
+    after: Any
+    decision: str | None
+    comment: str
+    prev_hash: str
+    hash: str
+
+
+class AuditHead(msgspec.Struct, kw_only=True):
+    seq: int
+    hash: str
+
+
+class AuditEntries(msgspec.Struct, kw_only=True):
+    entries: list[AuditEntry]
+    head: AuditHead
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -449,6 +482,46 @@ def reconciler_document() -> dict[str, Any]:
                 ),
                 **_token("read", doc),
                 "404": response("No such bot in the configuration's bots: list.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "get",
+        AUDIT_PATH,
+        {
+            "operationId": "listAudit",
+            "summary": "The audit chain's newest entries: every decision, its principal and what changed (scope read)",
+            "security": [{"read": []}],
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "description": f"how many at most, newest first (default {AUDIT_DEFAULT})",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": AUDIT_MAX, "default": AUDIT_DEFAULT},
+                },
+                {
+                    "name": "before",
+                    "in": "query",
+                    "required": False,
+                    "description": "only entries older than this seq (the next page)",
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+                *(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": False,
+                        "description": f"only entries with this {name}",
+                        "schema": {"type": "string", "maxLength": AUDIT_FILTER_MAX},
+                    }
+                    for name in AUDIT_FILTERS
+                ),
+            ],
+            "responses": {
+                "200": response("The entries, newest first, and the chain's head.", doc.ref(AuditEntries)),
+                "400": bad,
+                **_token("read", doc),
             },
         },
     )

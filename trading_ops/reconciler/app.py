@@ -40,6 +40,7 @@ from trading_ops.reconciler.approvals import (
     approval_json,
     attribution,
 )
+from trading_ops.reconciler.audit_api import setup_audit
 from trading_ops.reconciler.auth import authorized
 from trading_ops.reconciler.console import render_error, response_headers, setup_console
 from trading_ops.reconciler.console_readiness import setup_readiness
@@ -134,6 +135,13 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.cleanup_ctx.append(clients_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(scheduler_ctx)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    """The API's routes, the operator console's (/ui/: its own login, a session cookie, CSRF tokens and scope checks),
+    the readiness and audit pages, metrics and the probes."""
     app.router.add_post("/api/v1/alertmanager", webhook)
     app.router.add_get("/api/v1/episodes", list_episodes)
     app.router.add_get("/api/v1/episodes/{id}", get_episode)
@@ -143,13 +151,12 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_get("/api/v1/approvals/{id}", get_approval)
     app.router.add_post("/api/v1/approvals/{id}", decide_approval)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
-    # The operator console (/ui/): its own login (a session cookie), CSRF tokens and scope checks.
     setup_console(app)
     setup_readiness(app)
+    setup_audit(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    return app
 
 
 async def freeze_startup_heap(_app: web.Application) -> None:

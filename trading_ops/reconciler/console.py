@@ -878,6 +878,7 @@ async def approvals(request: web.Request, session: Session) -> web.StreamRespons
         + (cards or "<p>Nothing waits for a decision.</p>")
         + "<h2>Recent decisions</h2>"
         + (f'<ul class="list">{"".join(decided_row(a, now) for a in decided)}</ul>' if decided else "<p>None yet.</p>")
+        + f'<p><a href="{PREFIX}/audit">Audit: every decision, who made it, what changed</a></p>'
     )
     going_on = bool(pending) and not session.token.allows(APPROVE)  # an approver's forms are never reloaded away
     return html_response(layout("Approvals", body, session, "approvals", refresh=going_on))

@@ -1,6 +1,7 @@
 """Every table of trading-ops; importing this module registers them all on `Base.metadata`."""
 
 from trading_ops.db.base import Base
+from trading_ops.db.models.audit import Audit, AuditHead
 from trading_ops.db.models.journal import Balance, EquityPeak, Fill, Order, Position
 from trading_ops.db.models.ledger import (
     Approval,
@@ -21,7 +22,9 @@ from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, Re
 __all__ = [
     "Approval",
     "Attempt",
+    "Audit",
     "AuditEntry",
+    "AuditHead",
     "Balance",
     "Base",
     "BotRun",
