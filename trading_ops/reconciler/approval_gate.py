@@ -20,9 +20,12 @@ from trading_ops.reconciler.approvals import (
     REJECTED,
     ApprovalStore,
     attribution,
+    kind_of,
+    required_for,
 )
 from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.playbook import Playbook, StepSpec
+from trading_ops.reconciler.requests import REQUEST_LABEL, RequestStore
 from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
 from trading_ops.reconciler.steps import AttemptRun
 
@@ -212,6 +215,7 @@ class ApprovalGate(RunPart):
             "on_timeout": step.on_timeout,
             "requested_by": self.instance,
             "deadline": deadline,
+            **await self._requester(run, step),
         }
         page = functools.partial(self._page, run, position, step, deadline)
 
@@ -238,6 +242,26 @@ class ApprovalGate(RunPart):
             approval_id,
             deadline.isoformat(),
         )
+
+    async def _requester(self, run: AttemptRun, step: StepSpec) -> dict[str, Any]:
+        """The approval's kind, how many others approve it, and its requester: the principal of the authenticated
+        request the alert names (its `request` label: a row the reconciler recorded, for this bot and stage, still
+        standing), else none (the reconciler asked: any person but the reconciler decides; a ramp promotion without
+        one is refused to every approver)."""
+        kind = kind_of(step.action, step.params)
+        found: dict[str, Any] = {"kind": kind, "required": required_for(self.rc.approvals, kind)}
+        raw = run.ctx.labels.get(REQUEST_LABEL, "")
+        if raw.isascii() and raw.isdigit() and len(raw) < 12:
+            request = await self.db(RequestStore(self.approvals.ledger).get, int(raw))
+            labels = run.ctx.labels
+            if (
+                request is not None
+                and request["instance"] == labels.get("instance")
+                and request["stage"] == labels.get("stage", request["stage"])
+                and request["expires_at"] > utcnow()
+            ):
+                found.update(requester=request["principal"], request_id=request["id"])
+        return found
 
     async def _await_decision(self, run: AttemptRun, row: dict[str, Any], step: StepSpec) -> None:
         """Hand the attempt and the episode back (waiting) until the approval's deadline; a decision makes it due at

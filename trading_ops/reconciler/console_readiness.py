@@ -10,10 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from trading_ops.cli import UsageError
 from trading_ops.config import BotEntryConfig
 from trading_ops.db import readiness_records as records
-from trading_ops.readiness.ramp_cli import ask, stage_before
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.console import (
     PREFIX,
@@ -30,6 +28,7 @@ from trading_ops.reconciler.console import (
     when,
     with_flash,
 )
+from trading_ops.reconciler.ramp_api import ask_promotion
 from trading_ops.reconciler.readiness_api import PATH, bot_verdict, get_readiness
 from trading_ops.scopes import OPERATE
 
@@ -174,23 +173,22 @@ async def records_section(app: web.Application, bot: BotEntryConfig) -> str:
 
 
 async def promote_request(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:
-    """Ask for the bot's next stage as `trading-ops ramp promote` does: its criteria, then a request to Alertmanager
-    that the reconciler's `ramp-promote` rule holds for another person's approval."""
-    app = request.app
-    config = app[keys.CONFIG]
+    """Ask for the bot's next stage as `trading-ops ramp promote` does (POST /api/v1/ramp/{bot}/promote): the session's
+    token is the requester; the name typed is a comment beside it."""
     name = request.match_info["bot"]
-    bot = next((b for b in config.bots if b.name == name), None)
-    if bot is None:
+    if not any(b.name == name for b in request.app[keys.CONFIG].bots):
         return web.Response(status=404, text="refused: no such bot\n")
     here = f"{PREFIX}/readiness/{name}"
-    try:
-        number, before = stage_before(config, form.get("stage", "")[:64])
-    except UsageError as exc:
-        return with_flash(session, here, "problem", str(exc))
-    who = decider(session, form)
-    problem = await ask(config, app[keys.SESSION], bot, form["stage"], number, before, who)
-    if problem is not None:
-        return with_flash(session, here, "problem", f"not asked: {problem}")
+    comment = " ".join(form.get("by", "").split())[:80]
+    asked = await ask_promotion(
+        request.app, name, form.get("stage", "")[:64], session.token.name, f"console {request.remote or '-'}", comment
+    )
+    if asked.status != 200:
+        return with_flash(session, here, "problem", str(asked.answer["error"]))
     return with_flash(
-        session, here, "done", f"stage {form['stage']} of {name} asked by {who}: waiting for another person's approval"
+        session,
+        here,
+        "done",
+        f"stage {asked.answer['stage']} of {name} asked by {decider(session, form)} (request "
+        f"{asked.answer['request']}): waiting for another person's approval",
     )

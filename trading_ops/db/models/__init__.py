@@ -5,12 +5,14 @@ from trading_ops.db.models.audit import Audit, AuditHead
 from trading_ops.db.models.journal import Balance, EquityPeak, Fill, Order, Position
 from trading_ops.db.models.ledger import (
     Approval,
+    ApprovalDecision,
     Attempt,
     AuditEntry,
     ConsoleSession,
     Episode,
     Escalation,
     Notification,
+    Request,
     Setting,
     Step,
     Target,
@@ -21,6 +23,7 @@ from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, Re
 
 __all__ = [
     "Approval",
+    "ApprovalDecision",
     "Attempt",
     "Audit",
     "AuditEntry",
@@ -42,6 +45,7 @@ __all__ = [
     "ReconciliationDiscrepancy",
     "ReconciliationRun",
     "RecoveryEvent",
+    "Request",
     "Setting",
     "Step",
     "Target",
