@@ -264,7 +264,7 @@ async def test_rejected_by_cli_nothing_runs_and_a_human_is_paged(
     # Decided once: a second answer is one line, exit 1.
     assert await cli_decide(config, client, "approve", str(pending["id"]), "--reason", "oops", "--as", "erin") == 1
     # (The app's own log lines share this stderr since main() set up logging: the CLI's is the last.)
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops: ")][-1]
     assert (
         err.startswith("trading-ops: reconciler approve: approval") and 'is rejected by "dana" with token desk' in err
     )

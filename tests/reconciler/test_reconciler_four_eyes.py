@@ -64,7 +64,14 @@ def write_config(tmp_path: Path, db: str, bot: FakeBot, am_url: str, approvals: 
     data = {
         "database": {"url": db},
         "bot": {"ramp": {"stages": STAGES}},
-        "bots": [{"name": "paper-1", "instance": bot.url.removeprefix("http://"), "url": bot.url, "token_file": str(tmp_path / "bot-token")}],
+        "bots": [
+            {
+                "name": "paper-1",
+                "instance": bot.url.removeprefix("http://"),
+                "url": bot.url,
+                "token_file": str(tmp_path / "bot-token"),
+            }
+        ],
         "reconciler": {
             "token_file": str(tmp_path / "webhook-token"),
             "read_token_file": str(tmp_path / "read-token"),
