@@ -47,9 +47,13 @@ APPEND_TRIES = 5
 VERIFY_BATCH = 5000
 
 
+# One encoder for every entry (json.dumps with options builds one per call: a tenth of verify's time).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def canonical(value: Any) -> str:
     """JSON with sorted keys and no spaces (one text for one value, whichever process writes it)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(value)
 
 
 def _at(value: datetime) -> str:
@@ -315,7 +319,7 @@ def verify(engine: Engine) -> Verdict:
     entry's hash, each hash the one its fields give, and the head naming the last entry. The first entry that fails
     is named: edited (its fields no longer give its hash, or its hash is not what the next entry followed) or
     deleted (a number missing, or entries missing after the last one the head counts)."""
-    sha256 = hashlib.sha256
+    sha256, encode = hashlib.sha256, _CANONICAL.encode
     expected_prev, expected_seq, checked = GENESIS, 1, 0
     with engine.connect() as conn, conn.begin():
         head_row = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == HEAD_ID)).first()
@@ -329,7 +333,7 @@ def verify(engine: Engine) -> Verdict:
             if seq != expected_seq:
                 missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq} to {seq - 1}"
                 return found(f"entry {missing} deleted: entry {seq} follows entry {expected_seq - 1}", expected_seq)
-            body = canonical(
+            body = encode(
                 {
                     "seq": seq,
                     "at": _at(row.at),
