@@ -279,3 +279,34 @@ async def test_a_one_person_team_configured_with_zero_approves_its_own_request_a
         return bot.commands()
 
     await poll(commands, lambda c: c == ["ramp_promote"], "the promotion sent to the bot")
+
+
+def test_the_cli_with_no_reconciler_answering_is_one_line_exit_1(tmp_path: Path, capsys: Any) -> None:
+    from ports import free_port
+
+    (tmp_path / "bob-token").write_text(secret("bob"))
+    config = tmp_path / "trading-ops.yaml"
+    config.write_text(yaml.safe_dump({"database": {"url": f"sqlite:///{tmp_path / 'ledger.db'}"}}))
+    argv = [
+        "-c",
+        str(config),
+        "reconciler",
+        "approve",
+        "7",
+        "--reason",
+        "ok",
+        "--token-file",
+        str(tmp_path / "bob-token"),
+    ]
+    assert main([*argv, "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("trading-ops: reconciler approve: the reconciler at http://127.0.0.1:")
+    assert "did not answer" in err[0]
+    # An empty token file: exit 2, one line.
+    (tmp_path / "empty-token").write_text("\n")
+    argv[-1] = str(tmp_path / "empty-token")
+    assert main(argv) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"trading-ops: reconciler approve: the token file {tmp_path / 'empty-token'} is empty"
+    )

@@ -633,7 +633,7 @@ def _register_approvals(inner: Any) -> None:
 
 
 def approvals_list(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops.reconciler.approvals import ApprovalStore, approval_json, attribution
+    from trading_ops.reconciler.approvals import ApprovalStore, approval_json, approvers_of, attribution, requester_of
 
     ledger = _ledger(config)
     try:
@@ -648,7 +648,9 @@ def approvals_list(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
     for r in rows:
         who = attribution(r["decided_by"], r.get("decided_token"))
-        decided = f" by {who}: {r['reason']}" if r["decided_by"] else ""
+        decided = f" by {who}: {r['reason']}" if r.get("decided_token") or r["decided_by"] else ""
+        approvers = ", ".join(approvers_of(r)) or "none yet"
+        decided += f"  asked by {requester_of(r)}, approvers {approvers} (of {r.get('required', 1)} other)"
         print(
             f"{r['id']}  {r['status']:<10} episode {r['episode_id']} ({r['alertname']}, {r['episode_state']})  "
             f"rule {r['rule']} step {r['position'] + 1}: {r['step_name']}  on {r['target']}  "
