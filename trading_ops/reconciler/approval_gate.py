@@ -18,10 +18,14 @@ from trading_ops.reconciler.approvals import (
     EXPIRED,
     PENDING,
     REJECTED,
+    SELF_APPROVED,
     ApprovalStore,
+    approvers_of,
     attribution,
     kind_of,
+    requester_of,
     required_for,
+    self_approved,
 )
 from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.playbook import Playbook, StepSpec
@@ -37,6 +41,17 @@ SKIPPED = "skipped"
 COVERED = "covered"
 # How a step name of a covering approval joins the names of its steps.
 THEN = ", then "
+
+
+def approved_by(row: dict[str, Any]) -> str:
+    """Who approved, as the episode's history says it: the deciding principal (its comment beside it), every approver
+    when several were needed, and "approved by its requester (allowed by configuration)" when that is what it was."""
+    who = attribution(row["decided_by"], row.get("decided_token"))
+    if self_approved(row):
+        return f"{who} ({SELF_APPROVED})"
+    if len(approvers_of(row)) > 1:
+        return f"{', '.join(approvers_of(row))} (last: {who})"
+    return who
 
 
 class ApprovalGate(RunPart):
@@ -93,9 +108,8 @@ class ApprovalGate(RunPart):
         record = run.step_record(position, step)
         if row["status"] == APPROVED:
             run.note(
-                f"{run.step_name(step)} approved by {attribution(row['decided_by'], row.get('decided_token'))} "
-                f"(approval {approval_id}: "
-                f"{row['reason'] or 'no reason given'})"
+                f"{run.step_name(step)} approved by {approved_by(row)}, asked by {requester_of(row)} (approval "
+                f"{approval_id}: {row['reason'] or 'no reason given'})"
             )
             return int(approval_id)
         if row["status"] == EXPIRED and step.on_timeout == "skip":

@@ -224,7 +224,10 @@ class ApprovalStore:
                 .mappings()
                 .first()
             )
-        return dict(row) if row else None
+            found = dict(row) if row else None
+            if found is not None:
+                self._attach_decisions(conn, [found])
+        return found
 
     def get(self, approval_id: int) -> dict[str, Any] | None:
         rows = self._select(AP.c.id == approval_id, limit=1)
