@@ -924,4 +924,4 @@ def test_a_bots_ramp_its_history_and_a_request_for_the_next_stage(browser: Any, 
     reader = login(browser, stack, READ_TOKEN)
     reader.goto(f"{stack.reconciler.url}/ui/readiness/{BOT_NAME}")
     assert reader.locator("form.promote").count() == 0
-    assert "needs a token of the operate scope" in reader.locator("#ramp").inner_text()
+    assert "needs a token of the operate or approve scope" in reader.locator("#ramp").inner_text()

@@ -310,3 +310,41 @@ def test_the_cli_with_no_reconciler_answering_is_one_line_exit_1(tmp_path: Path,
         capsys.readouterr().err.strip()
         == f"trading-ops: reconciler approve: the token file {tmp_path / 'empty-token'} is empty"
     )
+
+
+async def test_two_approvers_at_once_are_both_counted_and_no_request_field_lowers_the_count(
+    setup: tuple[Any, Path, FakeBot], alertmanager: Alertmanager
+) -> None:
+    client, _config, bot = setup
+    pending = await ask_and_deliver(client, alertmanager, "carol", "s2")
+    path = f"/api/v1/approvals/{pending['id']}"
+    # Fields a request may carry that would lower the count or change the decider: ignored, the count stands.
+    forged = {
+        "decision": "approve",
+        "reason": "x",
+        "by": "alice",
+        "required": 0,
+        "principal": "alice",
+        "approvers": ["a"],
+    }
+    resp = await client.post(path, json=forged, headers=bearer("carol"))
+    assert resp.status == 403 and "four eyes: carol asked for it" in (await resp.json())["error"]
+    now = (await approvals(client))[0]
+    assert (now["status"], now["approvers"], now["required"]) == ("pending", [], 2)
+    # Two other people at once (one with the forged fields, which change nothing): the decisions are taken one after
+    # the other, both counted; approved once, and the step runs once.
+    answers = await asyncio.gather(
+        client.post(path, json={"decision": "approve", "reason": "ok"}, headers=bearer("bob")),
+        client.post(path, json=forged, headers=bearer("alice")),
+    )
+    assert [a.status for a in answers] == [200, 200]
+    assert sorted([(await a.json())["status"] for a in answers]) == ["approved", "pending"]
+
+    async def commands() -> list[str]:
+        return bot.commands()
+
+    await poll(commands, lambda c: c == ["ramp_promote"], "the promotion sent to the bot")
+    final = (await approvals(client))[0]
+    assert sorted(final["approvers"]) == ["alice", "bob"] and final["status"] in ("approved", "executed")
+    assert final["requested_by"] == "carol" and final["decided_by"] in ("alice", None)
+    assert bot.commands() == ["ramp_promote"]

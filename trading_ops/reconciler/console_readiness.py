@@ -24,13 +24,14 @@ from trading_ops.reconciler.console import (
     h,
     html_response,
     layout,
+    one_line,
     page,
     when,
     with_flash,
 )
 from trading_ops.reconciler.ramp_api import ask_promotion
 from trading_ops.reconciler.readiness_api import PATH, bot_verdict, get_readiness
-from trading_ops.scopes import OPERATE
+from trading_ops.scopes import APPROVE, OPERATE, READ
 
 # The recorded verdicts shown on a bot's page (the newest).
 RECORDS_SHOWN = 5
@@ -44,7 +45,7 @@ def setup_readiness(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/readiness", page(readiness_index))
     app.router.add_get(f"{PREFIX}/readiness/{{bot}}", page(readiness_page))
     app.router.add_post(
-        f"{PREFIX}/readiness/{{bot}}/promote", action(OPERATE, "asking for a bot's next ramp stage", promote_request)
+        f"{PREFIX}/readiness/{{bot}}/promote", action(READ, "asking for a bot's next ramp stage", promote_request)
     )
 
 
@@ -137,7 +138,7 @@ async def ramp_section(app: web.Application, bot: BotEntryConfig, session: Sessi
     ask_form = ""
     if number < len(names) and names[number] in stages:
         nxt = names[number]
-        if session.token.allows(OPERATE):
+        if may_ask(session):
             ask_form = (
                 f'<form method="post" action="{PREFIX}/readiness/{h(bot.name)}/promote" class="promote">'
                 f'{csrf_field(session)}<input type="hidden" name="stage" value="{h(nxt)}">'
@@ -147,7 +148,7 @@ async def ramp_section(app: web.Application, bot: BotEntryConfig, session: Sessi
                 "person approves the request under Approvals.</p></form>"
             )
         else:
-            ask_form = f'<p class="hint">Asking for stage {h(nxt)} needs a token of the operate scope.</p>'
+            ask_form = f'<p class="hint">Asking for stage {h(nxt)} needs a token of the operate or approve scope.</p>'
     return (
         f'<section class="card ramp" id="ramp"><h2>Ramp</h2><p class="stage">{current}</p>{history}{ask_form}</section>'
     )
@@ -172,9 +173,21 @@ async def records_section(app: web.Application, bot: BotEntryConfig) -> str:
     return f'<section class="card" id="records"><h2>Recorded verdicts</h2>{listed}</section>'
 
 
+def may_ask(session: Session) -> bool:
+    """Asking for a ramp promotion takes a token of the operate or the approve scope (a person asks with the one token
+    they also approve others' requests with: the same principal, which never approves its own request)."""
+    return session.token.allows(OPERATE) or session.token.allows(APPROVE)
+
+
 async def promote_request(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:
     """Ask for the bot's next stage as `trading-ops ramp promote` does (POST /api/v1/ramp/{bot}/promote): the session's
     token is the requester; the name typed is a comment beside it."""
+    if not may_ask(session):
+        message = (
+            "asking for a bot's next ramp stage needs the 'operate' or 'approve' scope; "
+            f"token {session.token.name!r} has {session.token.scope!r}"
+        )
+        return one_line(403, f"refused: {message}")
     name = request.match_info["bot"]
     if not any(b.name == name for b in request.app[keys.CONFIG].bots):
         return web.Response(status=404, text="refused: no such bot\n")
