@@ -310,7 +310,8 @@ class ApprovalGate(RunPart):
         description = (
             f"Rule {run.rule.name} wants to run {self._what(run, position)}, on "
             f"{episode['target']} "
-            f"for {episode['alertname']} (episode {episode['id']}). Approve: trading-ops reconciler approve "
+            f"for {episode['alertname']} (episode {episode['id']}). Decided with your own token (--token-file or "
+            "$TRADING_OPS_TOKEN_FILE; never the requester's). Approve: trading-ops reconciler approve "
             f"{approval_id} --reason '...'; reject: trading-ops reconciler reject {approval_id} --reason '...'; or "
             f'POST {url} {{"decision": "approve"|"reject", "reason": "..."}}. Unanswered by '
             f"{deadline.isoformat()}: {then}."
