@@ -30,8 +30,9 @@ def register(sub: Any) -> None:
     rd.add_argument(
         "--stop-drill",
         action="store_true",
-        help="instead, exercise the emergency stop on one paper bot: halt, flatten, wait until flat, clear the halt, "
-        "resume (what the emergency_stop criterion counts)",
+        help="instead, exercise the emergency stop on one active paper bot: halt, flatten, wait until flat, clear the "
+        "halt, resume (what the emergency_stop criterion counts); refused on a bot halted, paused or reduce-only, or "
+        "with an approval pending",
     )
     rd.add_argument(
         "--record",
@@ -148,7 +149,7 @@ def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
     """`--stop-drill`: the emergency stop on one paper bot, each step printed; exit 1 when a step failed."""
     import asyncio
 
-    from trading_ops.readiness.stop_drill import DrillFailed, run_drill
+    from trading_ops.readiness.stop_drill import DrillFailed, DrillRefused, run_drill
 
     if len(bots) != 1:
         raise UsageError("readiness: --stop-drill: name one bot")
@@ -159,6 +160,9 @@ def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
         steps = asyncio.run(run_drill(config, bot))
     except DrillFailed as exc:
         logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} failed at {exc}")
+        return EXIT_NOT_READY
+    except DrillRefused as exc:
+        logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} refused, nothing changed: {exc}")
         return EXIT_NOT_READY
     for step in steps:
         print(f"{bot.name}: {step}")
