@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -58,6 +60,8 @@ FAILING: dict[str, tuple[dict[str, Any], set[str]]] = {
     "log-volume": ({"log_mb_per_day": 15}, {"log_size"}),
     "log-file": ({"log_file_mb": 12, "log_mb_per_day": 0.5}, {"log_size"}),
     "log-unrotated": ({"log_rotating": False}, {"log_rotation"}),
+    # Not scraped at all for a day in the middle of the window: the gap counts as down, never as time up.
+    "unscraped-day": ({"unscraped": ((3 * DAY, 2 * DAY),)}, {"uptime"}),
 }
 WINDOW_CRITERIA = {c.name for c in CRITERIA if c.window is None}
 # Missing data: a bot two days old asked about five, a bot that exports no order series.
@@ -65,6 +69,16 @@ MISSING: dict[str, tuple[dict[str, Any], set[str]]] = {
     "young": ({"days": 2}, WINDOW_CRITERIA),
     "no-orders": ({"orders": False}, {"order_success", "order_rejection"}),
 }
+# Less history than the window asked about (`--window 61m`, a stage's window of 61m): about a quarter of an hour of a
+# bot. The one-hour allowance there was (HISTORY_START_SLACK) passed such a bot: `PASS uptime 100% >= 99% over 1h1m`.
+# Beside it, a bot with two hours of the same history: judged over 61 minutes. Both scraped every 15 s (a window of an
+# hour counts a scrape for 36 s), backfilled apart from the 5-minute histories.
+FINE_STEP = 15
+# Each exercised its emergency stop 5 minutes ago (that criterion has its own window).
+THIN = {"thin": {"days": 15 / 1440, "emergency_stop_at": 300}, "two-hours": {"days": 2 / 24, "emergency_stop_at": 300}}
+# No sample at all (`up` neither) for the last day of the window: scraped 4 of its 5 days. The share of the samples
+# that exist said 100 %.
+SILENT = {"silent-last-day": {"unscraped": ((DAY, 0),)}}
 ALERTMANAGER = {
     "route": {"receiver": "team", "routes": [{"matchers": ['severity="info"'], "receiver": "null"}]},
     "receivers": [{"name": "team", "webhook_configs": [{"url": "http://127.0.0.1:9/"}]}, {"name": "null"}],
@@ -87,7 +101,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     tmp = tmp_path_factory.mktemp("readiness")
     histories = [History(instance("ready")), History(instance("dotted"))]
     histories += [History(instance(name), **knobs) for name, (knobs, _) in {**FAILING, **MISSING}.items()]
-    backfill(openmetrics(histories, time.time(), STEP), tmp / "data", tmp)
+    histories += [History(instance(name), **knobs) for name, knobs in SILENT.items()]
+    now = time.time()
+    backfill(openmetrics(histories, now, STEP), tmp / "data", tmp)
+    fine = [History(instance(name), **knobs) for name, knobs in THIN.items()]
+    backfill(openmetrics(fine, now, FINE_STEP), tmp / "data", tmp)
     (tmp / "am").mkdir()
     (tmp / "am" / "am.yml").write_text(yaml.safe_dump(ALERTMANAGER))
     am = run_alertmanager(tmp / "am" / "am.yml", tmp / "am" / "data", free_port(), tmp / "am" / "am.log")
@@ -105,7 +123,7 @@ def write_config(tmp: Path, stack: dict[str, str], *, backup_age: float | None =
         stamp = time.time() - backup_age
         OpsState(backups / STATE_FILE).update(lambda d: d.update(last_verify_success_timestamp_seconds=stamp))
         OpsState(backups / DRILL_STATE_FILE).update(lambda d: d.update(last_success_timestamp_seconds=stamp))
-    names = ["ready", "dotted", *FAILING, *MISSING]
+    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *SILENT]
     config = {
         "bots": [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names],
         "reconciler": {"prometheus_url": stack["prometheus"], "alertmanager_url": stack["alertmanager"]},
@@ -135,14 +153,17 @@ def test_a_healthy_history_is_ready_with_every_criterion_measured(
         "alerts_routed",
         "runbooks",
     }
-    assert results["uptime"]["value"] == 1.0 and results["uptime"]["window"] == "5d"
+    # Up all along but for the minutes since the history's last sample (a few before the module began): down, not left
+    # out, though far under the 1 % the threshold allows.
+    assert 0.995 <= results["uptime"]["value"] <= 1.0 and results["uptime"]["window"] == "5d"
+    assert results["uptime"]["status"] == "pass"
     assert results["order_success"]["value"] == pytest.approx(1.0)
     assert results["api_latency_p99"]["value"] <= 0.01
     assert results["stream_uptime"]["value"] == pytest.approx(1.0, abs=0.005)
     assert results["memory_peak"]["value"] == pytest.approx(120e6)
     assert results["backup_verified"]["value"] == pytest.approx(1.0, abs=0.01)
     assert results["emergency_stop"]["window"] == "7d"
-    assert "avg_over_time(up{" in results["uptime"]["source"]
+    assert "sum_over_time(last_over_time(up{" in results["uptime"]["source"]
     assert verdict["queries"] == len(CRITERIA) + 4  # history, rules, Alertmanager's status, retention
 
 
@@ -166,10 +187,53 @@ def test_missing_data_is_unknown_naming_it_never_ready(
     assert set(verdict["missing"]) == MISSING[name][1]
 
 
+def test_less_history_than_the_window_is_unknown_with_no_hidden_allowance(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A quarter of an hour of a bot, asked about 61 minutes (the CLI, as a user runs it): every criterion over the
+    window is unknown, none passes; the same bot over 5 days too. A bot with two hours of the same history is judged
+    over the 61 minutes."""
+    config = write_config(tmp_path, stack)
+    status, found = verdicts(config, capsys, "two-hours", window="61m")
+    judged = {r["name"]: r for r in found["two-hours"]["results"]}
+    # Judged (its history ends when the module began: the minutes since count as down, so it may pass or fail).
+    assert judged["uptime"]["status"] != "unknown" and judged["uptime"]["value"] >= 0.9, judged["uptime"]
+    assert judged["order_success"]["status"] == "pass", judged["order_success"]
+    for window in ("61m", "5d"):
+        status, found = verdicts(config, capsys, "thin", window=window)
+        verdict = found["thin"]
+        assert (status, verdict["verdict"], verdict["failing"]) == (1, "unknown", []), verdict
+        assert set(verdict["missing"]) == WINDOW_CRITERIA, verdict["missing"]
+        uptime = next(r for r in verdict["results"] if r["name"] == "uptime")
+        assert uptime["value"] is None and uptime["detail"].startswith("no history at the start of the"), uptime
+    done = subprocess.run(
+        [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "thin", "--window", "61m"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done
+    assert done.stdout.startswith("thin (thin:9101): UNKNOWN over 1h1m"), done.stdout
+    assert "PASS    uptime" not in done.stdout and "UNKNOWN uptime" in done.stdout, done.stdout
+
+
+def test_a_day_without_samples_counts_against_uptime(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No sample at all on the last day of the window: up for 4 of its 5 days (and the 5 minutes a last scrape counts
+    for), never 100 %."""
+    status, found = verdicts(write_config(tmp_path, stack), capsys, "silent-last-day")
+    verdict = found["silent-last-day"]
+    uptime = next(r for r in verdict["results"] if r["name"] == "uptime")
+    assert status == 1 and "uptime" in verdict["failing"], verdict
+    assert uptime["status"] == "fail" and 0.79 <= uptime["value"] <= 0.805, uptime
+
+
 def test_every_bot_in_one_run_costs_one_query_per_criterion(
     stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    names = ["ready", "dotted", *FAILING, *MISSING]
+    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *SILENT]
     status, found = verdicts(write_config(tmp_path, stack), capsys, *names)
     assert status == 1 and set(found) == set(names)
     assert {n: set(v["failing"]) for n, v in found.items() if n in FAILING} == {n: f for n, (_, f) in FAILING.items()}
@@ -279,6 +343,19 @@ def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
     assert err == "trading-ops: ramp: order-success stays at small: over 3d, order_success fail", err
     assert promote("young", "--to", "bigger") == 1  # 2 days of history: not enough to judge 3 days
     assert "young stays at small: over 3d, uptime unknown, order_success unknown" in capsys.readouterr().err
+    # A stage's window of 61 minutes on a quarter of an hour of history: unknown, no hidden allowance; on two hours,
+    # the criteria are judged.
+    short = yaml.safe_load(config.read_text())
+    short["bot"]["ramp"]["stages"][0]["window"] = "61m"
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(short))
+    argv = ["--config", str(tmp_path / "short.yaml"), "ramp", "promote", "thin", "--by", "alice", "--to", "bigger"]
+    assert main(argv) == 1
+    assert "thin stays at small: over 61m, uptime unknown, order_success unknown" in capsys.readouterr().err
+    argv[argv.index("thin")] = "two-hours"
+    status = main(argv)
+    err = capsys.readouterr().err
+    # Judged, never unknown: the request is posted, or uptime fails on the minutes since its history ended.
+    assert "unknown" not in err and (status == 0 or "two-hours stays at small: over 61m, uptime fail" in err), err
     assert promote("ready", "--to", "bigger") == 0
     assert json.loads(capsys.readouterr().out) == {
         "bot": "ready",
@@ -289,7 +366,7 @@ def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
     with urllib.request.urlopen(
         f"{stack['alertmanager']}/api/v2/alerts?filter=alertname%3D%22TradingBotRampPromotionRequested%22"
     ) as resp:
-        (held,) = json.load(resp)
+        (held,) = [a for a in json.load(resp) if a["labels"]["bot"] == "ready"]
     assert {k: held["labels"][k] for k in ("instance", "stage", "stage_number", "requested_by")} == {
         "instance": instance("ready"),
         "stage": "bigger",
