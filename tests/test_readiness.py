@@ -343,19 +343,6 @@ def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
     assert err == "trading-ops: ramp: order-success stays at small: over 3d, order_success fail", err
     assert promote("young", "--to", "bigger") == 1  # 2 days of history: not enough to judge 3 days
     assert "young stays at small: over 3d, uptime unknown, order_success unknown" in capsys.readouterr().err
-    # A stage's window of 61 minutes on a quarter of an hour of history: unknown, no hidden allowance; on two hours,
-    # the criteria are judged.
-    short = yaml.safe_load(config.read_text())
-    short["bot"]["ramp"]["stages"][0]["window"] = "61m"
-    (tmp_path / "short.yaml").write_text(yaml.safe_dump(short))
-    argv = ["--config", str(tmp_path / "short.yaml"), "ramp", "promote", "thin", "--by", "alice", "--to", "bigger"]
-    assert main(argv) == 1
-    assert "thin stays at small: over 61m, uptime unknown, order_success unknown" in capsys.readouterr().err
-    argv[argv.index("thin")] = "two-hours"
-    status = main(argv)
-    err = capsys.readouterr().err
-    # Judged, never unknown: the request is posted, or uptime fails on the minutes since its history ended.
-    assert "unknown" not in err and (status == 0 or "two-hours stays at small: over 61m, uptime fail" in err), err
     assert promote("ready", "--to", "bigger") == 0
     assert json.loads(capsys.readouterr().out) == {
         "bot": "ready",
@@ -366,7 +353,7 @@ def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
     with urllib.request.urlopen(
         f"{stack['alertmanager']}/api/v2/alerts?filter=alertname%3D%22TradingBotRampPromotionRequested%22"
     ) as resp:
-        (held,) = [a for a in json.load(resp) if a["labels"]["bot"] == "ready"]
+        (held,) = json.load(resp)
     assert {k: held["labels"][k] for k in ("instance", "stage", "stage_number", "requested_by")} == {
         "instance": instance("ready"),
         "stage": "bigger",
@@ -379,6 +366,32 @@ def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
     ):
         assert promote("ready", *argv) == 2
         assert capsys.readouterr().err.strip() == message
+
+
+async def test_a_stage_s_window_on_less_history_is_unknown(stack: dict[str, str], tmp_path: Path) -> None:
+    """What `ramp promote` judges before it asks: the stage's criteria over the stage's window (61 minutes here). A
+    quarter of an hour of history leaves them unknown (the one-hour allowance passed them on 5 minutes); two hours are
+    judged."""
+    import aiohttp
+
+    from trading_ops.clients.alertmanager import AlertmanagerClient
+    from trading_ops.clients.prometheus import PrometheusClient
+    from trading_ops.readiness.verdict import evaluate
+
+    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    first = {"name": "small", "max_position_notional": 5, "criteria": ["uptime", "order_success"], "window": "61m"}
+    data["bot"] = {"ramp": {"stages": [first, {"name": "bigger", "max_position_notional": 7}]}}
+    config = parse_config(data, base_dir=tmp_path)
+    stage = config.bot.ramp.stages[0]
+    bots = [b for b in config.bots if b.name in ("thin", "two-hours")]
+    async with aiohttp.ClientSession() as session:
+        prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
+        alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
+        thin, judged = await evaluate(config, bots, stage.window, prometheus, alertmanager)
+    results = {r.name: r for r in thin.results}
+    assert [results[n].status for n in stage.criteria] == ["unknown", "unknown"], results
+    results = {r.name: r for r in judged.results}
+    assert results["order_success"].status == "pass" and results["uptime"].status != "unknown", results
 
 
 def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -406,13 +419,50 @@ def test_bad_input_is_one_line_exit_2(
     assert len(lines) == 1 and message in lines[0] and captured.out == "", lines
 
 
+def test_a_refusal_names_the_window_the_user_gave(stack: dict[str, str], tmp_path: Path) -> None:
+    """Without --window the window is the configuration's (readiness.window): the refusal names that key, never a
+    `--window` nobody typed (the CLI as a subprocess, one line, exit 2)."""
+    config = write_config(tmp_path, stack, window="45d")
+    cli = [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "ready"]
+    for argv, message in (
+        ([], "trading-ops: readiness: readiness.window 45d is longer than Prometheus's retention (30d)"),
+        (["--window", "40d"], "trading-ops: readiness: --window 40d is longer than Prometheus's retention (30d)"),
+    ):
+        done = subprocess.run([*cli, *argv], capture_output=True, text=True, timeout=120, check=False)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), (argv, done)
+        assert done.stdout == ""
+
+
+def test_a_configuration_without_bots_says_where_the_local_stack_s_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bare `readiness paper-1` beside `make run` reads trading-ops.yaml, which lists no bots: the refusal says which
+    configuration the stack runs on (`up` writes var/stack/trading-ops.yaml)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "trading-ops.yaml").write_text("logging:\n  level: INFO\n")
+    assert main(["readiness", "paper-1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "trading-ops: readiness: unknown bot 'paper-1' (known: none: the configuration has no bots: list)"
+    )
+    (tmp_path / "var" / "stack").mkdir(parents=True)
+    (tmp_path / "var" / "stack" / "trading-ops.yaml").write_text("bots: []\n")
+    assert main(["readiness", "paper-1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "trading-ops: readiness: unknown bot 'paper-1' (known: none: the configuration has no bots: list); the local "
+        "stack's configuration, with its bots, is var/stack/trading-ops.yaml: pass --config var/stack/trading-ops.yaml"
+    )
+
+
 # -- the reconciler's API: GET /api/v1/readiness/{bot} (scope read) ------------------------------------------------
 
 
-async def reconciler_client(stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any) -> Any:
+async def reconciler_client(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any, **readiness: Any
+) -> Any:
     """A reconciler on a migrated SQLite ledger, configured with the readiness stack's bots and Prometheus."""
     migrate.upgrade(sqlite_url)
-    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    data = yaml.safe_load(write_config(tmp_path, stack, **readiness).read_text())
     make_config(tmp_path, sqlite_url)  # writes the webhook and read tokens beside the configuration
     config = parse_config(
         {**data, "database": {"url": sqlite_url}, "reconciler": {**data["reconciler"], **reconciler_keys(tmp_path)}},
@@ -461,6 +511,35 @@ async def test_the_console_shows_the_verdict_criterion_by_criterion(
     assert row is not None and "fail</span>" in row.group(1) and "<td>0.9</td><td>&gt;= 0.95 ratio</td>" in row.group(0)
     missing = await client.get("/ui/readiness/nobody")
     assert missing.status == 404 and "no bot &#x27;nobody&#x27;" in await missing.text()
+    # The window field: a click judges again over the window typed (a GET), the configuration's when empty.
+    assert '<input name="window" value="" placeholder="5d"' in html
+    again = await client.get("/ui/readiness/order-success", params={"window": "4d"})
+    html = await again.text()
+    assert again.status == 200 and '<span class="badge s-failure">not ready</span> over 4d' in html
+    assert '<input name="window" value="4d"' in html
+
+
+async def test_a_default_window_prometheus_cannot_hold_is_explained_with_the_window_field(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
+) -> None:
+    """readiness.window longer than Prometheus keeps: the API and the console name that key (no window was given),
+    and the console's page keeps its window field, so one more click gives the verdict."""
+    client = await reconciler_client(stack, tmp_path, sqlite_url, aiohttp_client, window="45d")
+    refused = await client.get("/api/v1/readiness/ready", headers=READ_AUTH)
+    error = (await refused.json())["error"]
+    assert refused.status == 400 and error.startswith("readiness.window 45d is longer than Prometheus's retention")
+    given = await client.get("/api/v1/readiness/ready?window=40d", headers=READ_AUTH)
+    assert (await given.json())["error"].startswith("window 40d is longer than Prometheus's retention")
+    form = await (await client.get("/ui/login")).text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert csrf is not None
+    await client.post("/ui/login", data={"csrf": csrf.group(1), "token": READ_TOKEN}, allow_redirects=False)
+    page = await client.get("/ui/readiness/ready")
+    html = await page.text()
+    assert page.status == 400 and "readiness.window 45d is longer than Prometheus&#x27;s retention" in html
+    assert '<input name="window" value="" placeholder="45d"' in html
+    judged = await client.get("/ui/readiness/ready", params={"window": "4d"})
+    assert judged.status == 200 and '<span class="badge s-success">ready</span> over 4d' in await judged.text()
 
 
 def reconciler_keys(tmp_path: Path) -> dict[str, Any]:
