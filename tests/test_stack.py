@@ -569,9 +569,23 @@ async def test_the_banner_names_the_console_and_the_token_that_approves_the_demo
         ("desk", "approve"),
         ("operator", "operate"),
         ("oncall", "destructive"),
+        ("alice", "approve"),
+        ("bob", "approve"),
+    ]
+    # Two people's own approve tokens (`make run` writes them): one asks for a promotion, the other approves it.
+    assert banner[at + 5 : at + 7] == [
+        "                var/secrets/alice-token: alice's own (approve; alice and bob: one asks "
+        "for a promotion, the other approves it)",
+        "                var/secrets/bob-token: bob's own (approve; alice and bob: one asks for a "
+        "promotion, the other approves it)",
     ]
     # Each file the banner names is that scope's token of the stack's reconciler (created when missing, mode 600).
     app = create_app(config)
+    for person in ("alice", "bob"):
+        written = root / "var" / "secrets" / f"{person}-token"
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600
+        matched = app[keys.API_TOKENS].match(f"Bearer {written.read_text().strip()}")
+        assert matched is not None and (matched.name, matched.scope) == (person, "approve")
     for scope in ("operate", "destructive"):
         written = root / "var" / "secrets" / f"reconciler-{scope}-token"
         assert stat.S_IMODE(written.stat().st_mode) == 0o600
@@ -970,6 +984,8 @@ WRITTEN_BY_MAKE_RUN = (
     "var/secrets/reconciler-token",
     "var/secrets/reconciler-read-token",
     "var/secrets/reconciler-approve-token",
+    "var/secrets/alice-token",
+    "var/secrets/bob-token",
     "var/secrets/reconciler-operate-token",
     "var/secrets/reconciler-destructive-token",
     "var/stack/trading-ops.yaml",

@@ -705,6 +705,11 @@ def _console_login(app: AppConfig) -> str:
         (app.read_token_file, "only looks"),
     ]
     listed = [f"{shown_path(path)}: {what}" for path, what in files if path is not None]
+    people = " and ".join(name for name, _ in app.approvers)
+    listed += [
+        f"{shown_path(path)}: {name}'s own (approve; {people}: one asks for a promotion, the other approves it)"
+        for name, path in app.approvers
+    ]
     if app.approve_token_file is None and app.operate_token_file is None and app.destructive_token_file is None:
         return "(log in with a token of reconciler.api_tokens)" + "".join(f"\n{line}" for line in listed)
     return "(log in with the token in one of these files)" + "".join(f"\n{line}" for line in listed)
