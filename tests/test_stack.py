@@ -866,6 +866,25 @@ def test_status_line_lists_critical_alerts_first() -> None:
     assert line.split(" | ")[0].endswith(", +1 more)")
 
 
+def test_status_line_never_hides_a_critical_alert_behind_more() -> None:
+    """Five critical alerts and two warnings (the issue's "+4 more" hid critical ones): every critical alert is named,
+    only warnings are counted in "+N more" (docs/local-stack.md)."""
+    critical = [f"TradingBotCritical{i}" for i in range(5)]
+    warnings = ["TradingBotMarketDataStale", "TradingBotBrokerDisconnected"]
+    snap = Snapshot(
+        alerts=[*warnings, *critical],
+        severities={**dict.fromkeys(warnings, "warning"), **dict.fromkeys(critical, "critical")},
+    )
+    shown = render(snap).split(" | ")[0]
+    assert all(f"{name} [critical]" in shown for name in critical), shown
+    assert shown.endswith(", +2 more)") and not any(w in shown for w in warnings), shown
+    # Under NAMES_SHOWN critical ones: as before, the others fill up to three names.
+    snap.alerts = [*warnings, critical[0]]
+    assert render(snap).startswith(
+        "alerts firing: 3 (TradingBotCritical0 [critical], TradingBotMarketDataStale, TradingBotBrokerDisconnected)"
+    )
+
+
 async def test_status_line_shows_the_reconcilers_pause_and_open_circuits(tmp_path: Path, aiohttp_server) -> None:
     """A real reconciler app (SQLite ledger) answers the status line's requests."""
     import aiohttp
