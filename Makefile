@@ -130,6 +130,12 @@ var/secrets/reconciler-approve-token:
 	@mkdir -p var/secrets && chmod 700 var/secrets
 	@$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@ && chmod 600 $@
 
+# Two people's own approve tokens (reconciler.api_tokens alice and bob, scope approve; `up` adds them): the promotion
+# of docs/readiness.md is asked by one and approved by the other, each with their own token.
+var/secrets/alice-token var/secrets/bob-token:
+	@mkdir -p var/secrets && chmod 700 var/secrets
+	@$(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))" > $@ && chmod 600 $@
+
 # Only the default configuration is created (from the example) when missing: a CONFIG= that names no file is a typo,
 # refused in one line (exit 2) before anything is written, never a copy of the example at the mistyped path.
 DEFAULT_CONFIG := trading-ops.yaml
@@ -153,7 +159,8 @@ $(DEFAULT_CONFIG):
 # SIGINT ignored): stop a `make run &` with `kill <make's pid>` (make passes SIGTERM on to `up`) or
 # `kill -INT <up's pid>` (its banner prints it).
 run: $(STAMP) bytecode var/secrets/control-token var/secrets/reconciler-token var/secrets/reconciler-read-token \
-	var/secrets/reconciler-approve-token $(CONFIG)
+	var/secrets/reconciler-approve-token var/secrets/alice-token \
+	var/secrets/bob-token $(CONFIG)
 	-@$(MAKE) --no-print-directory run-deps
 	@if [ "$(MONITORING)" = lts ]; then $(MAKE) --no-print-directory monitoring-lts; fi
 	if [ "$(MONITORING)" = lts ]; then PATH="$$($(PYTHON) tests/monitoring_lts.py --bin):$$PATH"; fi; \

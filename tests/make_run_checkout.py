@@ -10,7 +10,14 @@ from pathlib import Path
 from secret_file import write_secret
 from system_binaries import REPO_ROOT
 
-SECRETS_MAKE_RUN_WRITES = ("control-token", "reconciler-token", "reconciler-read-token", "reconciler-approve-token")
+SECRETS_MAKE_RUN_WRITES = (
+    "control-token",
+    "reconciler-token",
+    "reconciler-read-token",
+    "reconciler-approve-token",
+    "alice-token",
+    "bob-token",
+)
 
 
 # What a documented command writes into (`trading-ops rules render` writes prometheus/rules/): copied, so that it

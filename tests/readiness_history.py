@@ -34,6 +34,7 @@ class History:
     restarts_at: tuple[float, ...] = ()  # deliberate restarts (a clean shutdown, then a start)
     crashes_at: tuple[float, ...] = ()  # crashes (the next start counts one more in tradingbot_crashes_total)
     down: tuple[tuple[float, float], ...] = ()  # (from, to): not scraped (`up` 0, no other sample)
+    unscraped: tuple[tuple[float, float], ...] = ()  # (from, to): no sample at all, `up` neither (Prometheus was down)
     memory_mb: float = 120.0
     memory_growth_mb_per_day: float = 0.0
     memory_spike_mb: float = 0.0  # one sample this much higher, a day ago
@@ -77,7 +78,8 @@ def openmetrics(histories: list[History], now: float, step: int) -> str:
 def _series(h: History, now: float, step: int) -> Iterator[tuple[str, str, list[tuple[int, float]]]]:
     end = int(now) - step
     start = end - int(h.days * DAY)
-    times = list(range(start - start % step, end, step))
+    gaps = [(now - a, now - b) for a, b in h.unscraped]
+    times = [t for t in range(start - start % step, end, step) if not any(a <= t < b for a, b in gaps)]
 
     def ago(seconds: float) -> float:
         return now - seconds

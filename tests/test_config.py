@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -876,3 +878,26 @@ def test_local_receivers_need_the_alertmanager_file(tmp_path: Path, capsys: pyte
     assert capsys.readouterr().err.strip() == (
         "trading-ops: --alertmanager /nonexistent.yml: cannot read it: No such file or directory"
     )
+
+
+def test_the_example_s_commands_are_the_real_cli_s_forms() -> None:
+    """Every `trading-ops ...` the example's comments name parses with the real CLI's parser (its `a|b` alternatives
+    each, `[...]` left out, placeholders filled in), and a readiness form takes BOT where the CLI does: the example said
+    `readiness stop-drill BOT`, which the CLI read as two bots named `stop-drill` and BOT."""
+    from trading_ops.cli import build_parser
+
+    placeholders = {"BOT": "paper-1", "KIND": "paper", '"..."': "why"}
+    # Named as commands to look up, not as complete invocations (their arguments are on their own pages).
+    references = {("gateway-chaos",)}
+    forms = sorted(set(re.findall(r"`trading-ops ([^`]*)`", (ROOT / "trading-ops.example.yaml").read_text())))
+    readiness = 0
+    for form in forms:
+        words = re.sub(r"\[[^\]]*\]", "", form).split()
+        for argv in itertools.product(*(w.split("|") for w in words)):
+            if argv in references:
+                continue
+            args = build_parser().parse_args([placeholders.get(w, w) for w in argv])
+            if argv[0] == "readiness":
+                readiness += 1
+                assert args.bots == ["paper-1"], form
+    assert readiness >= 2

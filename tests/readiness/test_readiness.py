@@ -10,6 +10,8 @@ import contextlib
 import json
 import re
 import threading
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -63,6 +65,8 @@ FAILING: dict[str, tuple[dict[str, Any], set[str]]] = {
     "log-volume": ({"log_mb_per_day": 15}, {"log_size"}),
     "log-file": ({"log_file_mb": 12, "log_mb_per_day": 0.5}, {"log_size"}),
     "log-unrotated": ({"log_rotating": False}, {"log_rotation"}),
+    # Not scraped at all for a day in the middle of the window: the gap counts as down, never as time up.
+    "unscraped-day": ({"unscraped": ((3 * DAY, 2 * DAY),)}, {"uptime"}),
 }
 WINDOW_CRITERIA = {c.name for c in CRITERIA if c.window is None}
 # Missing data: a bot two days old asked about five, a bot that exports no order series.
@@ -70,6 +74,16 @@ MISSING: dict[str, tuple[dict[str, Any], set[str]]] = {
     "young": ({"days": 2}, WINDOW_CRITERIA),
     "no-orders": ({"orders": False}, {"order_success", "order_rejection"}),
 }
+# Less history than the window asked about (`--window 61m`, a stage's window of 61m): about a quarter of an hour of a
+# bot. The one-hour allowance there was (HISTORY_START_SLACK) passed such a bot: `PASS uptime 100% >= 99% over 1h1m`.
+# Beside it, a bot with two hours of the same history: judged over 61 minutes. Both scraped every 15 s (a window of an
+# hour counts a scrape for 36 s), backfilled apart from the 5-minute histories.
+FINE_STEP = 15
+# Each exercised its emergency stop 5 minutes ago (that criterion has its own window).
+THIN = {"thin": {"days": 15 / 1440, "emergency_stop_at": 300}, "two-hours": {"days": 2 / 24, "emergency_stop_at": 300}}
+# No sample at all (`up` neither) for the last day of the window: scraped 4 of its 5 days. The share of the samples
+# that exist said 100 %.
+SILENT = {"silent-last-day": {"unscraped": ((DAY, 0),)}}
 ALERTMANAGER = {
     "route": {"receiver": "team", "routes": [{"matchers": ['severity="info"'], "receiver": "null"}]},
     "receivers": [{"name": "team", "webhook_configs": [{"url": "http://127.0.0.1:9/"}]}, {"name": "null"}],
@@ -92,7 +106,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     tmp = tmp_path_factory.mktemp("readiness")
     histories = [History(instance("ready")), History(instance("dotted"))]
     histories += [History(instance(name), **knobs) for name, (knobs, _) in {**FAILING, **MISSING}.items()]
-    backfill(openmetrics(histories, time.time(), STEP), tmp / "data", tmp)
+    histories += [History(instance(name), **knobs) for name, knobs in SILENT.items()]
+    now = time.time()
+    backfill(openmetrics(histories, now, STEP), tmp / "data", tmp)
+    fine = [History(instance(name), **knobs) for name, knobs in THIN.items()]
+    backfill(openmetrics(fine, now, FINE_STEP), tmp / "data", tmp)
     (tmp / "am").mkdir()
     (tmp / "am" / "am.yml").write_text(yaml.safe_dump(ALERTMANAGER))
     am = run_alertmanager(tmp / "am" / "am.yml", tmp / "am" / "data", free_port(), tmp / "am" / "am.log")
@@ -110,7 +128,7 @@ def write_config(tmp: Path, stack: dict[str, str], *, backup_age: float | None =
         stamp = time.time() - backup_age
         OpsState(backups / STATE_FILE).update(lambda d: d.update(last_verify_success_timestamp_seconds=stamp))
         OpsState(backups / DRILL_STATE_FILE).update(lambda d: d.update(last_success_timestamp_seconds=stamp))
-    names = ["ready", "dotted", *FAILING, *MISSING]
+    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *SILENT]
     config = {
         "bots": [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names],
         "reconciler": {"prometheus_url": stack["prometheus"], "alertmanager_url": stack["alertmanager"]},
@@ -140,14 +158,17 @@ def test_a_healthy_history_is_ready_with_every_criterion_measured(
         "alerts_routed",
         "runbooks",
     }
-    assert results["uptime"]["value"] == 1.0 and results["uptime"]["window"] == "5d"
+    # Up all along but for the minutes since the history's last sample (a few before the module began): down, not left
+    # out, though far under the 1 % the threshold allows.
+    assert 0.995 <= results["uptime"]["value"] <= 1.0 and results["uptime"]["window"] == "5d"
+    assert results["uptime"]["status"] == "pass"
     assert results["order_success"]["value"] == pytest.approx(1.0)
     assert results["api_latency_p99"]["value"] <= 0.01
     assert results["stream_uptime"]["value"] == pytest.approx(1.0, abs=0.005)
     assert results["memory_peak"]["value"] == pytest.approx(120e6)
     assert results["backup_verified"]["value"] == pytest.approx(1.0, abs=0.01)
     assert results["emergency_stop"]["window"] == "7d"
-    assert "avg_over_time(up{" in results["uptime"]["source"]
+    assert "sum_over_time(last_over_time(up{" in results["uptime"]["source"]
     assert verdict["queries"] == len(CRITERIA) + 4  # history, rules, Alertmanager's status, retention
 
 
@@ -171,10 +192,53 @@ def test_missing_data_is_unknown_naming_it_never_ready(
     assert set(verdict["missing"]) == MISSING[name][1]
 
 
+def test_less_history_than_the_window_is_unknown_with_no_hidden_allowance(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A quarter of an hour of a bot, asked about 61 minutes (the CLI, as a user runs it): every criterion over the
+    window is unknown, none passes; the same bot over 5 days too. A bot with two hours of the same history is judged
+    over the 61 minutes."""
+    config = write_config(tmp_path, stack)
+    status, found = verdicts(config, capsys, "two-hours", window="61m")
+    judged = {r["name"]: r for r in found["two-hours"]["results"]}
+    # Judged (its history ends when the module began: the minutes since count as down, so it may pass or fail).
+    assert judged["uptime"]["status"] != "unknown" and judged["uptime"]["value"] >= 0.9, judged["uptime"]
+    assert judged["order_success"]["status"] == "pass", judged["order_success"]
+    for window in ("61m", "5d"):
+        status, found = verdicts(config, capsys, "thin", window=window)
+        verdict = found["thin"]
+        assert (status, verdict["verdict"], verdict["failing"]) == (1, "unknown", []), verdict
+        assert set(verdict["missing"]) == WINDOW_CRITERIA, verdict["missing"]
+        uptime = next(r for r in verdict["results"] if r["name"] == "uptime")
+        assert uptime["value"] is None and uptime["detail"].startswith("no history at the start of the"), uptime
+    done = subprocess.run(
+        [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "thin", "--window", "61m"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done
+    assert done.stdout.startswith("thin (thin:9101): UNKNOWN over 1h1m"), done.stdout
+    assert "PASS    uptime" not in done.stdout and "UNKNOWN uptime" in done.stdout, done.stdout
+
+
+def test_a_day_without_samples_counts_against_uptime(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No sample at all on the last day of the window: up for 4 of its 5 days (and the 5 minutes a last scrape counts
+    for), never 100 %."""
+    status, found = verdicts(write_config(tmp_path, stack), capsys, "silent-last-day")
+    verdict = found["silent-last-day"]
+    uptime = next(r for r in verdict["results"] if r["name"] == "uptime")
+    assert status == 1 and "uptime" in verdict["failing"], verdict
+    assert uptime["status"] == "fail" and 0.79 <= uptime["value"] <= 0.805, uptime
+
+
 def test_every_bot_in_one_run_costs_one_query_per_criterion(
     stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    names = ["ready", "dotted", *FAILING, *MISSING]
+    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *SILENT]
     status, found = verdicts(write_config(tmp_path, stack), capsys, *names)
     assert status == 1 and set(found) == set(names)
     assert {n: set(v["failing"]) for n, v in found.items() if n in FAILING} == {n: f for n, (_, f) in FAILING.items()}
@@ -392,6 +456,32 @@ def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
     assert "needs your own token of reconciler.api_tokens" in capsys.readouterr().err
 
 
+async def test_a_stage_s_window_on_less_history_is_unknown(stack: dict[str, str], tmp_path: Path) -> None:
+    """What `ramp promote` judges before it asks: the stage's criteria over the stage's window (61 minutes here). A
+    quarter of an hour of history leaves them unknown (the one-hour allowance passed them on 5 minutes); two hours are
+    judged."""
+    import aiohttp
+
+    from trading_ops.clients.alertmanager import AlertmanagerClient
+    from trading_ops.clients.prometheus import PrometheusClient
+    from trading_ops.readiness.verdict import evaluate
+
+    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    first = {"name": "small", "max_position_notional": 5, "criteria": ["uptime", "order_success"], "window": "61m"}
+    data["bot"] = {"ramp": {"stages": [first, {"name": "bigger", "max_position_notional": 7}]}}
+    config = parse_config(data, base_dir=tmp_path)
+    stage = config.bot.ramp.stages[0]
+    bots = [b for b in config.bots if b.name in ("thin", "two-hours")]
+    async with aiohttp.ClientSession() as session:
+        prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
+        alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
+        thin, judged = await evaluate(config, bots, stage.window, prometheus, alertmanager)
+    results = {r.name: r for r in thin.results}
+    assert [results[n].status for n in stage.criteria] == ["unknown", "unknown"], results
+    results = {r.name: r for r in judged.results}
+    assert results["order_success"].status == "pass" and results["uptime"].status != "unknown", results
+
+
 def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dead = {"prometheus": f"http://127.0.0.1:{free_port()}", "alertmanager": f"http://127.0.0.1:{free_port()}"}
     status, found = verdicts(write_config(tmp_path, dead), capsys, "ready")
@@ -417,13 +507,50 @@ def test_bad_input_is_one_line_exit_2(
     assert len(lines) == 1 and message in lines[0] and captured.out == "", lines
 
 
+def test_a_refusal_names_the_window_the_user_gave(stack: dict[str, str], tmp_path: Path) -> None:
+    """Without --window the window is the configuration's (readiness.window): the refusal names that key, never a
+    `--window` nobody typed (the CLI as a subprocess, one line, exit 2)."""
+    config = write_config(tmp_path, stack, window="45d")
+    cli = [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "ready"]
+    for argv, message in (
+        ([], "trading-ops: readiness: readiness.window 45d is longer than Prometheus's retention (30d)"),
+        (["--window", "40d"], "trading-ops: readiness: --window 40d is longer than Prometheus's retention (30d)"),
+    ):
+        done = subprocess.run([*cli, *argv], capture_output=True, text=True, timeout=120, check=False)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), (argv, done)
+        assert done.stdout == ""
+
+
+def test_a_configuration_without_bots_says_where_the_local_stack_s_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bare `readiness paper-1` beside `make run` reads trading-ops.yaml, which lists no bots: the refusal says which
+    configuration the stack runs on (`up` writes var/stack/trading-ops.yaml)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "trading-ops.yaml").write_text("logging:\n  level: INFO\n")
+    assert main(["readiness", "paper-1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "trading-ops: readiness: unknown bot 'paper-1' (known: none: the configuration has no bots: list)"
+    )
+    (tmp_path / "var" / "stack").mkdir(parents=True)
+    (tmp_path / "var" / "stack" / "trading-ops.yaml").write_text("bots: []\n")
+    assert main(["readiness", "paper-1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "trading-ops: readiness: unknown bot 'paper-1' (known: none: the configuration has no bots: list); the local "
+        "stack's configuration, with its bots, is var/stack/trading-ops.yaml: pass --config var/stack/trading-ops.yaml"
+    )
+
+
 # -- the reconciler's API: GET /api/v1/readiness/{bot} (scope read) ------------------------------------------------
 
 
-async def reconciler_client(stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any) -> Any:
+async def reconciler_client(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any, **readiness: Any
+) -> Any:
     """A reconciler on a migrated SQLite ledger, configured with the readiness stack's bots and Prometheus."""
     migrate.upgrade(sqlite_url)
-    data = yaml.safe_load(write_config(tmp_path, stack).read_text())
+    data = yaml.safe_load(write_config(tmp_path, stack, **readiness).read_text())
     make_config(tmp_path, sqlite_url)  # writes the webhook and read tokens beside the configuration
     config = parse_config(
         {**data, "database": {"url": sqlite_url}, "reconciler": {**data["reconciler"], **reconciler_keys(tmp_path)}},
@@ -472,6 +599,35 @@ async def test_the_console_shows_the_verdict_criterion_by_criterion(
     assert row is not None and "fail</span>" in row.group(1) and "<td>0.9</td><td>&gt;= 0.95 ratio</td>" in row.group(0)
     missing = await client.get("/ui/readiness/nobody")
     assert missing.status == 404 and "no bot &#x27;nobody&#x27;" in await missing.text()
+    # The window field: a click judges again over the window typed (a GET), the configuration's when empty.
+    assert '<input name="window" value="" placeholder="5d"' in html
+    again = await client.get("/ui/readiness/order-success", params={"window": "4d"})
+    html = await again.text()
+    assert again.status == 200 and '<span class="badge s-failure">not ready</span> over 4d' in html
+    assert '<input name="window" value="4d"' in html
+
+
+async def test_a_default_window_prometheus_cannot_hold_is_explained_with_the_window_field(
+    stack: dict[str, str], tmp_path: Path, sqlite_url: str, aiohttp_client: Any
+) -> None:
+    """readiness.window longer than Prometheus keeps: the API and the console name that key (no window was given),
+    and the console's page keeps its window field, so one more click gives the verdict."""
+    client = await reconciler_client(stack, tmp_path, sqlite_url, aiohttp_client, window="45d")
+    refused = await client.get("/api/v1/readiness/ready", headers=READ_AUTH)
+    error = (await refused.json())["error"]
+    assert refused.status == 400 and error.startswith("readiness.window 45d is longer than Prometheus's retention")
+    given = await client.get("/api/v1/readiness/ready?window=40d", headers=READ_AUTH)
+    assert (await given.json())["error"].startswith("window 40d is longer than Prometheus's retention")
+    form = await (await client.get("/ui/login")).text()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert csrf is not None
+    await client.post("/ui/login", data={"csrf": csrf.group(1), "token": READ_TOKEN}, allow_redirects=False)
+    page = await client.get("/ui/readiness/ready")
+    html = await page.text()
+    assert page.status == 400 and "readiness.window 45d is longer than Prometheus&#x27;s retention" in html
+    assert '<input name="window" value="" placeholder="45d"' in html
+    judged = await client.get("/ui/readiness/ready", params={"window": "4d"})
+    assert judged.status == 200 and '<span class="badge s-success">ready</span> over 4d' in await judged.text()
 
 
 def reconciler_keys(tmp_path: Path) -> dict[str, Any]:

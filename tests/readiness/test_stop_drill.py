@@ -1,11 +1,18 @@
 """`trading-ops readiness BOT --stop-drill` on a real paper bot (in-process, on a loopback port): halted, flattened,
 seen flat, then trading again, each step counted where the readiness criterion reads it; refused on a bot that is
-not paper, and one line when the bot refuses a step."""
+not paper, and one line when the bot refuses a step. It never lifts a halt it did not set: a bot halted by its loss
+limit, paused by someone, or with an approval pending in the ledger (real SQLite, migrated) refuses the drill in one
+line (the CLI run as a subprocess), with nothing changed."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,6 +20,9 @@ from paper_helpers import TOKEN, control, fast_config, wait_for
 from prometheus_client import CollectorRegistry
 
 from trading_ops.cli import main
+from trading_ops.db import migrate
+from trading_ops.db.base import make_engine, utcnow
+from trading_ops.db.models.ledger import Approval, Attempt, Episode
 from trading_ops.paper.bot import PaperBot
 
 
@@ -26,7 +36,9 @@ def commands_counted(bot: PaperBot, command: str) -> float:
     )
 
 
-def drill_config(tmp_path: Path, port: int, token: str = TOKEN, kind: str = "paper") -> Path:
+def drill_config(
+    tmp_path: Path, port: int, token: str = TOKEN, kind: str = "paper", database: str | None = None
+) -> Path:
     (tmp_path / "bot-token").write_text(token)
     (tmp_path / "bot-token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
     bot = {
@@ -36,9 +48,81 @@ def drill_config(tmp_path: Path, port: int, token: str = TOKEN, kind: str = "pap
         "url": f"http://127.0.0.1:{port}",
         "token_file": str(tmp_path / "bot-token"),
     }
+    data: dict[str, Any] = {"bots": [bot]}
+    if database is not None:
+        data["database"] = {"url": database}
     path = tmp_path / "drill.yaml"
-    path.write_text(yaml.safe_dump({"bots": [bot]}))
+    path.write_text(yaml.safe_dump(data))
     return path
+
+
+async def drill_cli(config: Path) -> subprocess.CompletedProcess[str]:
+    """`trading-ops --config CONFIG readiness paper-1 --stop-drill`, as a user runs it (a process of its own)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "paper-1", "--stop-drill"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def ask_approval(url: str, instance: str, state: str = "waiting") -> int:
+    """What the reconciler writes when a step waits for a person (an exposure page's venue-direct flatten): an episode
+    of the bot's alert and its pending approval, in the ledger's real tables."""
+    engine = make_engine(url)
+    now = utcnow()
+    labels = {"alertname": "TradingBotUnhandledExposure", "instance": instance, "severity": "critical"}
+    try:
+        with engine.begin() as conn:
+            episode = conn.execute(
+                Episode.__table__.insert()
+                .values(
+                    fingerprint="f" * 16,
+                    starts_at=now,
+                    alertname=labels["alertname"],
+                    target=instance,
+                    rule="flatten-at-the-venue",
+                    labels=json.dumps(labels),
+                    annotations="{}",
+                    state=state,
+                    detail="awaiting approval",
+                    attempts=1,
+                    received_at=now,
+                    updated_at=now,
+                )
+                .returning(Episode.__table__.c.id)
+            ).scalar_one()
+            attempt = conn.execute(
+                Attempt.__table__.insert()
+                .values(episode_id=episode, number=1, owner="reconciler-1", outcome="approval", started_at=now)
+                .returning(Attempt.__table__.c.id)
+            ).scalar_one()
+            return int(
+                conn.execute(
+                    Approval.__table__.insert()
+                    .values(
+                        episode_id=episode,
+                        attempt_id=attempt,
+                        position=0,
+                        action="venue",
+                        step_name="flatten",
+                        arguments="{}",
+                        playbook_version="v1",
+                        rule="flatten-at-the-venue",
+                        target=instance,
+                        status="pending",
+                        on_timeout="escalate",
+                        requested_by="reconciler",
+                        requested_at=now,
+                        deadline=now + timedelta(minutes=30),
+                    )
+                    .returning(Approval.__table__.c.id)
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
 
 
 async def test_the_drill_halts_flattens_and_resumes_a_paper_bot(
@@ -69,7 +153,8 @@ async def test_a_step_the_bot_refuses_fails_in_one_line(tmp_path: Path, capsys: 
         status = await asyncio.to_thread(main, ["--config", str(config), "readiness", "paper-1", "--stop-drill"])
         # The bot runs in this process: its own log lines (the refusal it logged) are on stderr too.
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops:")]
-        assert status == 1 and len(err) == 1 and "stop drill of paper-1 failed at halt: HTTP 401" in err[0], err
+        # The drill reads the bot's state first (what it may lift): the wrong token fails there.
+        assert status == 1 and len(err) == 1 and "stop drill of paper-1 failed at status: HTTP 401" in err[0], err
         assert commands_counted(bot, "flatten") == 0
     finally:
         await bot.stop()
@@ -80,3 +165,90 @@ def test_the_drill_runs_on_paper_bots_only(tmp_path: Path, capsys: pytest.Captur
     assert main(["--config", str(config), "readiness", "paper-1", "--stop-drill"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["trading-ops: readiness: --stop-drill: runs on a paper bot only; paper-1 is of kind freqtrade"]
+
+
+async def test_a_bot_halted_by_its_loss_limit_refuses_the_drill_and_stays_halted(tmp_path: Path) -> None:
+    """The issue's case: a loss-limit halt is a person's to clear (four eyes), never the drill's: refused in one line,
+    no flatten, no clear_halt, no resume; the bot stays halted with the limit's reason and its positions."""
+    bot = PaperBot(fast_config(tmp_path, daily_loss_limit=40), token=TOKEN, registry=CollectorRegistry(), chaos=True)
+    port = await bot.start("127.0.0.1", 0)
+    try:
+        await wait_for(lambda: sum(abs(bot.book.notional(s)) for s in bot.symbols) > 500, 20)
+        status, body = await control(port, "loss_spike")
+        assert status == 200, body
+        await wait_for(lambda: bot.inst.state.state.value == "halted", 10)
+        reason = bot.inst.state.reason
+        assert reason.startswith("risk limit daily_loss"), reason
+        positions = {s: bot.book.position(s) for s in bot.symbols}
+        assert any(positions.values())
+        done = await drill_cli(drill_config(tmp_path, port))
+        assert done.returncode == 1, done
+        assert done.stdout == ""
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        refused = "trading-ops: readiness: stop drill of paper-1 refused, nothing changed: "
+        assert lines[0].startswith(refused + "it is halted (risk limit daily_loss"), lines
+        assert "runs on an active bot only" in lines[0]
+        _, answer = await control(port, "status")
+        assert answer["state"] == "halted" and answer["state_reason"] == reason
+        assert answer["flatten_while_halted"] is False
+        assert {s: bot.book.position(s) for s in bot.symbols} == positions
+        assert commands_counted(bot, "flatten") == 0 and commands_counted(bot, "clear_halt") == 0
+        assert commands_counted(bot, "resume") == 0
+    finally:
+        await bot.stop()
+
+
+async def test_a_paused_bot_refuses_the_drill_and_stays_paused(tmp_path: Path) -> None:
+    """The drill ends by resuming: on a bot someone paused it would lift their pause."""
+    bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry())
+    port = await bot.start("127.0.0.1", 0)
+    try:
+        assert (await control(port, "pause", {"reason": "desk review"}))[0] == 200
+        done = await drill_cli(drill_config(tmp_path, port))
+        assert done.returncode == 1, done
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "refused, nothing changed: it is paused (desk review)" in lines[0], lines
+        _, answer = await control(port, "status")
+        assert answer["state"] == "paused" and answer["state_reason"] == "desk review"
+        assert commands_counted(bot, "halt") == 0 and commands_counted(bot, "flatten") == 0
+    finally:
+        await bot.stop()
+
+
+async def test_an_approval_pending_for_the_bot_refuses_the_drill(tmp_path: Path) -> None:
+    """A flatten waiting for a person's approval in the ledger is theirs to decide: the drill does not flatten in its
+    place. Once the episode is closed (nothing waits), the drill runs."""
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(ledger)
+    bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry())
+    port = await bot.start("127.0.0.1", 0)
+    try:
+        approval = ask_approval(ledger, f"127.0.0.1:{port}")
+        ask_approval(ledger, "127.0.0.1:1")  # another bot's: not this one's business
+        config = drill_config(tmp_path, port, database=ledger)
+        done = await drill_cli(config)
+        assert done.returncode == 1, done
+        lines = done.stderr.strip().splitlines()
+        assert lines == [
+            "trading-ops: readiness: stop drill of paper-1 refused, nothing changed: "
+            f"approval {approval} (venue flatten for TradingBotUnhandledExposure) waits for a person's decision: "
+            "decide it first (`trading-ops reconciler approvals`)"
+        ], lines
+        _, answer = await control(port, "status")
+        assert answer["state"] == "active"
+        assert commands_counted(bot, "halt") == 0 and commands_counted(bot, "flatten") == 0
+
+        engine = make_engine(ledger)
+        try:
+            with engine.begin() as conn:
+                conn.execute(Episode.__table__.update().values(state="resolved", closed_at=utcnow()))
+        finally:
+            engine.dispose()
+        await wait_for(lambda: any(bot.book.position(s) != 0 for s in bot.symbols), 20)
+        done = await drill_cli(config)
+        assert done.returncode == 0, done
+        assert done.stdout.endswith("paper-1: emergency stop exercised\n")
+        assert commands_counted(bot, "halt") == 1 and commands_counted(bot, "clear_halt") == 1
+    finally:
+        await bot.stop()

@@ -206,6 +206,21 @@ def test_a_prometheus_that_does_not_answer_is_said_never_read_as_a_good_week(
     assert "every criterion held" not in out and "Bot steady (steady:9101)" in out
 
 
+def test_a_week_without_the_bot_s_data_never_headlines_that_every_criterion_held(
+    tmp_path: Path, migrated_sqlite: str, prometheus: str, capsys: Any
+) -> None:
+    """A bot Prometheus answers nothing about (never scraped): its critical alerts count 0 (none found), which is no
+    data about it. Its headline says so, never "every criterion held" (the CLI, as a user runs it)."""
+    config = write_config(tmp_path, migrated_sqlite, prometheus)
+    data = yaml.safe_load(config.read_text())
+    data["bots"].append({"name": "ghost", "instance": "ghost:9101", "url": "http://ghost:9101"})
+    config.write_text(yaml.safe_dump(data))
+    assert main(["-c", str(config), "report", "weekly", "--date", LAST_DAY.isoformat()]) == 0
+    out = capsys.readouterr().out
+    assert "Bot ghost (ghost:9101): not measured: no data\n" in out, out
+    assert "Bot steady (steady:9101): every criterion held on every day measured\n" in out, out
+
+
 def test_the_review_is_scheduled_beside_the_daily_summary(tmp_path: Path, migrated_sqlite: str) -> None:
     from trading_ops.config import load_config
     from trading_ops.reconciler.jobs import configured_jobs

@@ -569,9 +569,23 @@ async def test_the_banner_names_the_console_and_the_token_that_approves_the_demo
         ("desk", "approve"),
         ("operator", "operate"),
         ("oncall", "destructive"),
+        ("alice", "approve"),
+        ("bob", "approve"),
+    ]
+    # Two people's own approve tokens (`make run` writes them): one asks for a promotion, the other approves it.
+    assert banner[at + 5 : at + 7] == [
+        "                var/secrets/alice-token: alice's own (approve; alice and bob: one asks "
+        "for a promotion, the other approves it)",
+        "                var/secrets/bob-token: bob's own (approve; alice and bob: one asks for a "
+        "promotion, the other approves it)",
     ]
     # Each file the banner names is that scope's token of the stack's reconciler (created when missing, mode 600).
     app = create_app(config)
+    for person in ("alice", "bob"):
+        written = root / "var" / "secrets" / f"{person}-token"
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600
+        matched = app[keys.API_TOKENS].match(f"Bearer {written.read_text().strip()}")
+        assert matched is not None and (matched.name, matched.scope) == (person, "approve")
     for scope in ("operate", "destructive"):
         written = root / "var" / "secrets" / f"reconciler-{scope}-token"
         assert stat.S_IMODE(written.stat().st_mode) == 0o600
@@ -852,6 +866,25 @@ def test_status_line_lists_critical_alerts_first() -> None:
     assert line.split(" | ")[0].endswith(", +1 more)")
 
 
+def test_status_line_never_hides_a_critical_alert_behind_more() -> None:
+    """Five critical alerts and two warnings (the issue's "+4 more" hid critical ones): every critical alert is named,
+    only warnings are counted in "+N more" (docs/local-stack.md)."""
+    critical = [f"TradingBotCritical{i}" for i in range(5)]
+    warnings = ["TradingBotMarketDataStale", "TradingBotBrokerDisconnected"]
+    snap = Snapshot(
+        alerts=[*warnings, *critical],
+        severities={**dict.fromkeys(warnings, "warning"), **dict.fromkeys(critical, "critical")},
+    )
+    shown = render(snap).split(" | ")[0]
+    assert all(f"{name} [critical]" in shown for name in critical), shown
+    assert shown.endswith(", +2 more)") and not any(w in shown for w in warnings), shown
+    # Under NAMES_SHOWN critical ones: as before, the others fill up to three names.
+    snap.alerts = [*warnings, critical[0]]
+    assert render(snap).startswith(
+        "alerts firing: 3 (TradingBotCritical0 [critical], TradingBotMarketDataStale, TradingBotBrokerDisconnected)"
+    )
+
+
 async def test_status_line_shows_the_reconcilers_pause_and_open_circuits(tmp_path: Path, aiohttp_server) -> None:
     """A real reconciler app (SQLite ledger) answers the status line's requests."""
     import aiohttp
@@ -970,6 +1003,8 @@ WRITTEN_BY_MAKE_RUN = (
     "var/secrets/reconciler-token",
     "var/secrets/reconciler-read-token",
     "var/secrets/reconciler-approve-token",
+    "var/secrets/alice-token",
+    "var/secrets/bob-token",
     "var/secrets/reconciler-operate-token",
     "var/secrets/reconciler-destructive-token",
     "var/stack/trading-ops.yaml",

@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 class RampWatch:
     """Falls the ramp back a stage on a crash loop (judged at start, from the journal's runs) and on a channel to the
-    venue down `stream_down_for` without a break (judged every loop step, from the broker's connection events): once
-    per crash loop (the crashes are counted since the stage was taken, which a demotion resets) and once per outage
-    (from a first channel down until every channel is back)."""
+        venue down `stream_down_for` without a break (judged every loop step, from the broker's connection events): once
+        per crash loop (every crash since the stage was taken counts, the run live at that moment included; a demotion
+    resets it) and once per outage
+        (from a first channel down until every channel is back)."""
 
     def __init__(self, ramp: Ramp, config: RampConfig, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.ramp = ramp
@@ -32,13 +33,21 @@ class RampWatch:
         """From when crashes count towards a crash loop (wall clock): the window, not before the current stage."""
         return max(wall_now - self.crash_loop_window, self.ramp.since)
 
+    def crash_loop_live_at(self, wall_now: float) -> float | None:
+        """When the current stage was taken, if within the window: the run live at that moment counts too (it crashed
+        after the promotion, though it started before); None when the window starts later."""
+        return self.ramp.since if self.ramp.since >= wall_now - self.crash_loop_window else None
+
     def after_start(self, crashes: int) -> bool:
-        """`crashes`: runs that crashed since crash_loop_since(), the one just found included. True if it demoted."""
+        """`crashes`: runs that crashed since crash_loop_since(), the one just found and the one live when the stage was
+        taken included. True if it demoted."""
         if not self.crash_loop_crashes or crashes < self.crash_loop_crashes:
             return False
         window = f"{self.crash_loop_window / 60:g} min"
+        stage = self.ramp.stage.name if self.ramp.stage is not None else ""
         return self.ramp.demote(
-            f"crash loop: {crashes} crashes within {window} (bot.ramp.crash_loop_crashes: {self.crash_loop_crashes})",
+            f"crash loop: {crashes} crashes within {window} at stage {stage}, the run live when it was taken included "
+            f"(bot.ramp.crash_loop_crashes: {self.crash_loop_crashes})",
             cause="crash_loop",
         )
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 
 from trading_ops.db.base import make_sessionmaker, utcnow
 from trading_ops.db.models import BotRun, ReconciliationDiscrepancy, ReconciliationRun, RecoveryEvent
@@ -88,14 +88,26 @@ class RecoveryStore:
             )
             return int(session.scalar(query) or 0)
 
-    def crashed_runs_since(self, current_run: int | None, since: datetime) -> int:
-        """How many runs of this bot started at or after `since`, before `current_run`, crashed (a crash loop)."""
+    def crashed_runs_since(self, current_run: int | None, since: datetime, live_at: datetime | None = None) -> int:
+        """How many runs of this bot before `current_run` crashed at or after `since` (a crash loop): a run that
+        started then or later, one still alive then (its last heartbeat at or after it), and with `live_at` (a moment
+        the bot was known to run: its promotion) the run that was live at that moment, which started before it."""
         with self._sessions() as session:
+            after = or_(BotRun.started_at >= since, BotRun.last_heartbeat_at >= since)
+            if live_at is not None:
+                live = (
+                    select(BotRun.id)
+                    .where(BotRun.bot == self.bot, BotRun.started_at <= live_at)
+                    .order_by(BotRun.started_at.desc(), BotRun.id.desc())
+                    .limit(1)
+                    .scalar_subquery()
+                )
+                after = or_(after, BotRun.id == live)
             query = select(func.count(BotRun.id)).where(
                 BotRun.bot == self.bot,
                 BotRun.id != (current_run or 0),
                 BotRun.clean_shutdown.is_(False),
-                BotRun.started_at >= since,
+                after,
             )
             return int(session.scalar(query) or 0)
 

@@ -584,8 +584,13 @@ class BotRuntime:
         # Before the server's first scrape: the crash count is carried over restarts, never seen jumping from 0.
         self.metrics.crashes(await self.journal.call(self.recovery_store.crashed_runs, self.heartbeat.run_id))
         if self.crash is not None and self.ramp.stages:  # a crash loop falls back a stage before anything trades
-            since = datetime.fromtimestamp(self.ramp_watch.crash_loop_since(self.ramp.wall()), UTC)
-            recent = await self.journal.call(self.recovery_store.crashed_runs_since, self.heartbeat.run_id, since)
+            wall_now = self.ramp.wall()
+            since = datetime.fromtimestamp(self.ramp_watch.crash_loop_since(wall_now), UTC)
+            taken = self.ramp_watch.crash_loop_live_at(wall_now)
+            live_at = None if taken is None else datetime.fromtimestamp(taken, UTC)
+            recent = await self.journal.call(
+                self.recovery_store.crashed_runs_since, self.heartbeat.run_id, since, live_at
+            )
             self.ramp_watch.after_start(recent)
         crash_orders: list[dict[str, str]] = []
         crash_positions: dict[str, str] = {}

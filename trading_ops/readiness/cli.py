@@ -30,8 +30,9 @@ def register(sub: Any) -> None:
     rd.add_argument(
         "--stop-drill",
         action="store_true",
-        help="instead, exercise the emergency stop on one paper bot: halt, flatten, wait until flat, clear the halt, "
-        "resume (what the emergency_stop criterion counts)",
+        help="instead, exercise the emergency stop on one active paper bot: halt, flatten, wait until flat, clear the "
+        "halt, resume (what the emergency_stop criterion counts); refused on a bot halted, paused or reduce-only, or "
+        "with an approval pending",
     )
     rd.add_argument(
         "--record",
@@ -67,20 +68,38 @@ def resolve_bots(config: Config, names: list[str]) -> list[BotEntryConfig]:
     for name in names:
         if name not in known:
             listed = ", ".join(sorted(known)) or "none: the configuration has no bots: list"
-            raise UsageError(f"readiness: unknown bot {name[:64]!r} (known: {listed})")
+            raise UsageError(f"readiness: unknown bot {name[:64]!r} (known: {listed}){stack_hint(config)}")
         if known[name] not in chosen:
             chosen.append(known[name])
     return chosen
 
 
-def resolve_window(text: str) -> float:
-    """The window in seconds; UsageError for a bad duration or one too short to judge."""
+def stack_hint(config: Config) -> str:
+    """For a configuration without bots, where the local stack's is (what `trading-ops up` writes, with its bots and
+    its Prometheus): `up` runs on `trading-ops.yaml`, the commands of docs/readiness.md on the stack's copy."""
+    from pathlib import Path
+
+    from trading_ops.stack.layout import DEFAULT_STATE_DIR
+
+    if config.bots:
+        return ""
+    for base in (Path.cwd(), config.base_dir):
+        stack = base / DEFAULT_STATE_DIR / "trading-ops.yaml"
+        if stack.is_file():
+            shown = stack if base != Path.cwd() else Path(DEFAULT_STATE_DIR) / "trading-ops.yaml"
+            return f"; the local stack's configuration, with its bots, is {shown}: pass --config {shown}"
+    return ""
+
+
+def resolve_window(text: str, given: str = "--window") -> float:
+    """The window in seconds; UsageError for a bad duration or one too short to judge, naming where it came from
+    (`given`: the option, or the configuration's key)."""
     from trading_ops.readiness.criteria import parse_window
 
     try:
         return parse_window(text)
     except ValueError as exc:
-        raise UsageError(f"readiness: --window: {exc}") from None
+        raise UsageError(f"readiness: {given}: {exc}") from None
 
 
 def readiness(args: argparse.Namespace, config: Config) -> int:
@@ -97,8 +116,10 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
     if args.stop_drill:
         return stop_drill(config, bots)
     window_text = args.window or config.readiness.window
-    seconds = resolve_window(window_text)
-    verdicts = asyncio.run(run(config, bots, seconds, window_text))
+    # What a refusal names: what the user gave, the option or (without it) the configuration's default.
+    given = "--window" if args.window else "readiness.window"
+    seconds = resolve_window(window_text, given)
+    verdicts = asyncio.run(run(config, bots, seconds, window_text, given))
     if args.json:
         json.dump([v.to_dict() for v in verdicts], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -148,7 +169,7 @@ def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
     """`--stop-drill`: the emergency stop on one paper bot, each step printed; exit 1 when a step failed."""
     import asyncio
 
-    from trading_ops.readiness.stop_drill import DrillFailed, run_drill
+    from trading_ops.readiness.stop_drill import DrillFailed, DrillRefused, run_drill
 
     if len(bots) != 1:
         raise UsageError("readiness: --stop-drill: name one bot")
@@ -160,14 +181,20 @@ def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
     except DrillFailed as exc:
         logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} failed at {exc}")
         return EXIT_NOT_READY
+    except DrillRefused as exc:
+        logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} refused, nothing changed: {exc}")
+        return EXIT_NOT_READY
     for step in steps:
         print(f"{bot.name}: {step}")
     print(f"{bot.name}: emergency stop exercised")
     return EXIT_READY
 
 
-async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window_text: str) -> list[Verdict]:
-    """The verdicts, the window first checked against Prometheus's retention (when Prometheus answers)."""
+async def run(
+    config: Config, bots: list[BotEntryConfig], seconds: float, window_text: str, given: str = "--window"
+) -> list[Verdict]:
+    """The verdicts, the window first checked against Prometheus's retention (when Prometheus answers); a refusal
+    names the window as `given` (the option, or the configuration's key)."""
     import aiohttp
 
     from trading_ops.clients.alertmanager import AlertmanagerClient
@@ -184,7 +211,7 @@ async def run(config: Config, bots: list[BotEntryConfig], seconds: float, window
             retention = None  # every Prometheus criterion says so: the verdict is unknown
         problem = retention_problem(seconds, window_text, retention)
         if problem is not None:
-            raise UsageError(f"readiness: --window {problem}")
+            raise UsageError(f"readiness: {given} {problem}")
         alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
         verdicts = await evaluate(config, bots, format_duration(seconds), prometheus, alertmanager)
     for verdict in verdicts:

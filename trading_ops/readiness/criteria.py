@@ -7,6 +7,7 @@ prometheus/rules/tradingbot-readiness.yml (tests/readiness/test_readiness.py hol
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +16,18 @@ from typing import Literal
 from trading_ops.config import ReadinessConfig
 from trading_ops.durations import format_duration, parse_duration
 
-# Where a bot counts as present at the window's start: it was scraped (`up`, 0 or 1) within this long after it.
-HISTORY_START_SLACK = "1h"
+# The shortest window a verdict judges (a day's checklist is judged over days; an hour is the least that means much).
+MIN_WINDOW = "1h"
+# How recent a scrape must be to count, at the window's start and at each point of it: Prometheus's own lookback (a
+# series without a sample for 5 minutes is stale), at most 1 % of the window (36 s of a 1 h window, 5 min of a day).
+# The bot is present at the window's start when it was scraped (`up`, 0 or 1) within this long after it; uptime counts
+# a moment of the window as up when the bot's last scrape within this long before it succeeded. Both assume a scrape
+# interval shorter than it (the shipped profiles scrape every 1 s or 5 s).
+SCRAPE_TOLERANCE_SECONDS = 300.0
+SCRAPE_TOLERANCE_SHARE = 0.01
+# Uptime looks at the window on a grid: one point a minute, never more than this many points (a week: one every 2 min).
+UPTIME_STEP_SECONDS = 60.0
+UPTIME_MAX_POINTS = 5040
 # The dead man's switch is judged now, on its last reading within this long.
 ARMED_LOOKBACK = "15m"
 # The bot jobs of the recording rules: the rule pack's selectors.bot_jobs.
@@ -51,7 +62,26 @@ class PromCriterion:
 
     def expr(self, sel: str, window: str) -> str:
         seconds = parse_duration(window)
-        return self.query.format(sel=sel, w=format_duration(seconds), w_seconds=f"{seconds:g}")
+        step = uptime_step(seconds)
+        return self.query.format(
+            sel=sel,
+            w=format_duration(seconds),
+            w_seconds=f"{seconds:g}",
+            tolerance=format_duration(scrape_tolerance(seconds)),
+            step=format_duration(step),
+            points=f"{seconds / step:g}",
+        )
+
+
+def scrape_tolerance(window_seconds: float) -> float:
+    """How recent a scrape must be to count over a window this long (see SCRAPE_TOLERANCE_SECONDS), whole seconds."""
+    return float(max(1, int(min(SCRAPE_TOLERANCE_SECONDS, window_seconds * SCRAPE_TOLERANCE_SHARE))))
+
+
+def uptime_step(window_seconds: float) -> float:
+    """The uptime grid's step over a window this long: a minute, or whole minutes keeping UPTIME_MAX_POINTS at most."""
+    minutes = max(1, math.ceil(window_seconds / UPTIME_MAX_POINTS / UPTIME_STEP_SECONDS))
+    return minutes * UPTIME_STEP_SECONDS
 
 
 def _count(value: float) -> float:
@@ -61,8 +91,11 @@ def _count(value: float) -> float:
 CRITERIA: tuple[PromCriterion, ...] = (
     PromCriterion(
         "uptime",
-        "share of the window the bot was up (scraped)",
-        "avg_over_time(up{{{sel}}}[{w}])",
+        "share of the window the bot was up (scraped): a gap without samples counts as down",
+        # The window's points (one a minute) at which the bot's last scrape, within the tolerance before it, succeeded,
+        # of every point of the window: a gap in the history is time down, never left out (avg_over_time(up) was the
+        # share of the samples that exist). At most 1 over the point Prometheus 2 counts at both ends.
+        "clamp_max(sum_over_time(last_over_time(up{{{sel}}}[{tolerance}])[{w}:{step}]) / {points}, 1)",
         ">=",
         lambda c: c.min_uptime_ratio,
         "ratio",
@@ -237,9 +270,11 @@ CRITERIA: tuple[PromCriterion, ...] = (
 
 
 def history_query(sel: str, window: str) -> str:
-    """Per instance, whether it was scraped at the window's start: the series exist only for those."""
-    offset = parse_duration(window) - parse_duration(HISTORY_START_SLACK)
-    return f"count_over_time(up{{{sel}}}[{HISTORY_START_SLACK}] offset {format_duration(offset)})"
+    """Per instance, whether it was scraped at the window's start (within the scrape tolerance after it): the series
+    exist only for those. Without it every criterion over the window is unknown: less history than the window."""
+    seconds = parse_duration(window)
+    tolerance = scrape_tolerance(seconds)
+    return f"count_over_time(up{{{sel}}}[{format_duration(tolerance)}] offset {format_duration(seconds - tolerance)})"
 
 
 def instances_selector(instances: list[str]) -> str:
@@ -265,8 +300,8 @@ def whole(value: float) -> float:
 def parse_window(text: str) -> float:
     """A verdict's window in seconds; ValueError saying why for a bad duration or one too short to judge."""
     seconds = parse_duration(text)
-    if seconds <= parse_duration(HISTORY_START_SLACK):
-        raise ValueError(f"must be longer than {HISTORY_START_SLACK}, got {text[:40]!r}")
+    if seconds <= parse_duration(MIN_WINDOW):
+        raise ValueError(f"must be longer than {MIN_WINDOW}, got {text[:40]!r}")
     return seconds
 
 

@@ -33,6 +33,9 @@ WEEK_DAYS = 7
 DAY_SECONDS = 86400.0
 # The criteria a day is judged by: those over the verdict's window (the others have windows of their own).
 DAILY_CRITERIA: tuple[PromCriterion, ...] = tuple(c for c in CRITERIA if c.window is None)
+# The criteria whose absence reads as a value (no critical alert fired: 0): they say nothing of whether the bot was
+# there to measure.
+COUNTED_WHEN_ABSENT = frozenset(c.name for c in DAILY_CRITERIA if c.when_absent is not None)
 STAGE_QUERY = "last_over_time(tradingbot_ramp_stage{{{sel}}}[1d])"
 DEMOTIONS_QUERY = "sum by (instance, cause) (increase(tradingbot_ramp_demotions_total{{{sel}}}[{w}]))"
 # ISO weekday numbers of report.weekly_on.
@@ -257,10 +260,16 @@ def _stages(stages: list[float | None]) -> str:
 
 
 def _verdict(b: BotWeek) -> str:
+    """The bot's headline: never "held" on a week without its data. A count that reads 0 when nothing is found (its
+    critical alerts) is no data about the bot: a bot Prometheus never scraped has none of its own."""
     if b.failing:
         return f"failing: {', '.join(b.failing)}"
-    if all(t.status == "unknown" for t in b.trends):
+    measured = [t for t in b.trends if t.status != "unknown" and t.name not in COUNTED_WHEN_ABSENT]
+    if not measured:
         return "not measured: no data"
+    missing = [t.name for t in b.trends if t.status == "unknown"]
+    if missing:
+        return f"every criterion measured held; no data: {', '.join(missing)}"
     return "every criterion held on every day measured"
 
 

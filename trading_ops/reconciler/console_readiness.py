@@ -74,11 +74,26 @@ async def readiness_index(request: web.Request, session: Session) -> web.StreamR
     return html_response(layout("Readiness", body, session, "readiness"))
 
 
+def window_form(bot: str, window: str, default: str) -> str:
+    """The verdict's window, asked again on a click (a GET: nothing changes): empty for the configuration's default."""
+    return (
+        f'<form method="get" action="{PREFIX}/readiness/{h(bot)}" class="window">'
+        f'<label>Window <input name="window" value="{h(window)}" placeholder="{h(default)}" maxlength="64" '
+        f'size="8"></label> <button type="submit">Judge over this window</button> '
+        f'<span class="hint">empty: readiness.window ({h(default)}); longer than 1h, at most what Prometheus keeps'
+        "</span></form>"
+    )
+
+
 async def readiness_page(request: web.Request, session: Session) -> web.StreamResponse:
     name = request.match_info["bot"]
-    status, answer = await bot_verdict(request.app, name, request.query.get("window"))
+    asked = request.query.get("window", "")[:64]
+    status, answer = await bot_verdict(request.app, name, asked or None)
+    default = request.app[keys.CONFIG].readiness.window
     if status != 200:
-        body = f'<p class="problem" role="alert">{h(answer["error"])}</p>'
+        # The problem and the window field to judge again (a window Prometheus holds), never a bare refusal.
+        form = window_form(name[:64], asked, default) if status == 400 else ""
+        body = f'<p class="problem" role="alert">{h(answer["error"])}</p>{form}'
         return html_response(layout(f"Readiness of {name[:64]}", body, session, "readiness"), status)
     entry = next(b for b in request.app[keys.CONFIG].bots if b.name == answer["bot"])
     ramp, recorded = await asyncio.gather(
@@ -93,6 +108,7 @@ async def readiness_page(request: web.Request, session: Session) -> web.StreamRe
     body = flash(session) + (
         f"<p>{_badge(answer['verdict'])} over {h(answer['window'])} "
         f"({h(answer['instance'])}, {answer['queries']} queries)</p>{named}"
+        f"{window_form(answer['bot'], asked, default)}"
         '<table class="readiness"><thead><tr><th>Status</th><th>Criterion</th><th>Value</th><th>Threshold</th>'
         f"<th>Window</th><th>Source</th></tr></thead><tbody>{rows}</tbody></table>"
         f"{ramp}{recorded}"

@@ -28,10 +28,12 @@ async def bot_verdict(app: web.Application, name: str, window: str | None) -> tu
     if bot is None:
         return 404, {"error": f"no bot {name[:64]!r} in the configuration's bots: list"}
     text = (window or config.readiness.window)[:MAX_WINDOW_CHARS]
+    # What a refusal names: the window asked for, or (without one) the configuration's default.
+    given = "window" if window else "readiness.window"
     try:
         seconds = parse_window(text)
     except ValueError as exc:
-        return 400, {"error": f"window: {exc}"}
+        return 400, {"error": f"{given}: {exc}"}
     session = app[keys.SESSION]
     prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
     try:
@@ -40,7 +42,7 @@ async def bot_verdict(app: web.Application, name: str, window: str | None) -> tu
         retention = None  # its criteria say so: the verdict is unknown
     problem = retention_problem(seconds, text, retention)
     if problem is not None:
-        return 400, {"error": f"window: {problem}"}
+        return 400, {"error": f"{given} {problem}"}
     alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
     (verdict,) = await evaluate(config, [bot], format_duration(seconds), prometheus, alertmanager)
     verdict.queries += 1  # the retention

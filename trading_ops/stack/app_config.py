@@ -45,6 +45,14 @@ CONSOLE_TOKENS = {
     "operate": (OPERATOR, DEFAULT_OPERATE_TOKEN),
     "destructive": (ONCALL, DEFAULT_DESTRUCTIVE_TOKEN),
 }
+# Two people's own tokens of the `approve` scope (reconciler.api_tokens, named after them), so that docs/readiness.md's
+# promotion can be run as written by two people on the stack: one asks for the next stage with hers, the other approves
+# with his (four eyes: the requester's token never decides its own request). Added beside the console's APPROVER when
+# the configuration has no approve token of its own; `make run` creates the files too.
+APPROVERS = (
+    ("alice", "var/secrets/alice-token"),
+    ("bob", "var/secrets/bob-token"),
+)
 # The packaged rule whose approval the demo shows (`chaos loss_spike`): the stack's playbook (fast and floor profiles)
 # lets it ask even on the shipped alert, a breached hard limit on which production's playbook acts at once.
 DEMO_APPROVAL_RULE = "loss-limit-flatten"
@@ -158,6 +166,8 @@ class AppConfig:
     # Its operate-scope token (maintenance windows) and destructive-scope one (also the emergency halt), the same way.
     operate_token_file: Path | None = None
     destructive_token_file: Path | None = None
+    # The two people's approve tokens the stack added (APPROVERS: name, file); none when the configuration has its own.
+    approvers: tuple[tuple[str, Path], ...] = ()
 
     def freqtrade_secrets_file(self, variable: str) -> Path | None:
         return dict(self.freqtrade_secrets).get(variable)
@@ -426,6 +436,7 @@ def build_app_config(
         budgets.setdefault("max_actions_per_target_per_hour", STACK_ACTIONS_PER_TARGET_PER_HOUR)
     tokens = _wire_tokens(bot, rc, base, bot_ports[0], ports)
     logins = {scope: _wire_console_token(rc, base, scope) for scope in CONSOLE_TOKENS}
+    approvers = _wire_approvers(rc, base, logins["approve"])
     _wire_reconciler(rc, layout, ports, profile, alertmanager_peers, notes)
     gateway_token = _wire_gateway(data, base, layout, ports, notes) if bot_kind == GATEWAY_BOT_KIND else None
     freqtrade_secrets: tuple[tuple[str, Path], ...] = ()
@@ -462,6 +473,7 @@ def build_app_config(
         logins["approve"],
         logins["operate"],
         logins["destructive"],
+        approvers,
     )
 
 
@@ -578,6 +590,23 @@ def _wire_console_token(rc: dict[str, Any], base: Path, scope: str) -> Path | No
     path = ensure_token((base / default).resolve())
     tokens.append({"name": name, "scope": scope, "token_file": str(path)})
     return path
+
+
+def _wire_approvers(rc: dict[str, Any], base: Path, approve: Path | None) -> tuple[tuple[str, Path], ...]:
+    """APPROVERS' tokens (files created when missing) added to reconciler.api_tokens, scope approve, when the approve
+    token in force is the stack's own (`approve`: its file): a configuration with approvers of its own keeps them."""
+    tokens = rc.get("api_tokens")
+    if approve is None or approve != (base / DEFAULT_APPROVE_TOKEN).resolve() or not isinstance(tokens, list):
+        return ()
+    taken = {t.get("name") for t in tokens if isinstance(t, dict)}
+    added = []
+    for name, default in APPROVERS:
+        if name in taken:
+            continue
+        path = ensure_token((base / default).resolve())
+        tokens.append({"name": name, "scope": "approve", "token_file": str(path)})
+        added.append((name, path))
+    return tuple(added)
 
 
 def _wire_reconciler(

@@ -168,8 +168,11 @@ def render(snap: Snapshot) -> str:
         alerts = "alerts: unknown (no Alertmanager or Prometheus answers)"
     elif snap.alerts:
         counts = sorted(Counter(snap.alerts).items(), key=lambda nc: (_rank(snap.severities.get(nc[0], "")), -nc[1]))
-        names = ", ".join(_named(n, c, snap.severities.get(n, "")) for n, c in counts[:NAMES_SHOWN])
-        more = f", +{len(counts) - NAMES_SHOWN} more" if len(counts) > NAMES_SHOWN else ""
+        # Every critical alert is named, however many; the others fill up to NAMES_SHOWN, the rest counted.
+        critical = sum(1 for n, _ in counts if snap.severities.get(n) == "critical")
+        shown = max(NAMES_SHOWN, critical)
+        names = ", ".join(_named(n, c, snap.severities.get(n, "")) for n, c in counts[:shown])
+        more = f", +{len(counts) - shown} more" if len(counts) > shown else ""
         alerts = f"alerts firing: {len(snap.alerts)} ({names}{more})"
     else:
         alerts = "alerts firing: 0"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import math
 import os
 import shlex
 import shutil
@@ -22,7 +23,7 @@ import yaml
 
 from trading_ops.config import DEFAULT_CONFIG_PATH, Config
 from trading_ops.db import migrate
-from trading_ops.durations import format_duration
+from trading_ops.durations import format_duration, parse_duration
 from trading_ops.paper.bot import VENUE_STATE_FILE
 from trading_ops.stack import binaries, freqtrade_bot
 from trading_ops.stack.alertmanager_config import RenderedAlertmanager, render_alertmanager, write_alertmanager
@@ -82,7 +83,12 @@ STOPPING_NAMES_SHOWN = 5  # "stopping ccxt-1, ccxt-2, ccxt-3, ccxt-4, ccxt-5, ..
 # Status refresh: every second on a terminal; every 2 s otherwise (a line is printed only when it changes).
 TTY_STATUS_SECONDS = 1.0
 PIPE_STATUS_SECONDS = 2.0
-PROMETHEUS_RETENTION = "2d"  # a development stack: keep the state dir small
+# Prometheus keeps what docs/readiness.md's commands judge on the stack: the verdict's window (readiness.window, 5d),
+# the emergency stop's (7d), every ramp stage's, and the page's own `--window 7d`, with a day to spare; never less
+# than 2 days (a development stack: the state dir stays small, about 100 MB a week for the paper bot).
+PROMETHEUS_MIN_RETENTION_DAYS = 2
+DAY_SECONDS = 86400
+READINESS_PAGE_WINDOW = "7d"
 # The bot is the workload the stack watches. Every child runs as its production systemd unit would (stack/service.py):
 # restarted on failure, the bot watched by its watchdog. When the bot gives up (its start limit hit) the rest keeps
 # running, so TradingBotDown, the reconciler's refused restart and its escalation can be watched; when any other
@@ -336,7 +342,7 @@ def _children(
             prom.path,
             f"--config.file={layout.prometheus_config}",
             f"--storage.tsdb.path={layout.data('prometheus')}",
-            f"--storage.tsdb.retention.time={PROMETHEUS_RETENTION}",
+            f"--storage.tsdb.retention.time={prometheus_retention(app.config)}",
             f"--web.listen-address={ports.address('prometheus')}",
             # generatorURLs (the links in Alertmanager's UI and in pages) point here. The reconciler never reads them:
             # it takes an alert's expression from this Prometheus's rules API.
@@ -604,6 +610,18 @@ def in_force(config: Config) -> str:
     )
 
 
+def prometheus_retention(config: Config) -> str:
+    """The stack's Prometheus retention, in whole days: the longest window the readiness page judges, and a day more."""
+    windows = [
+        config.readiness.window,
+        config.readiness.emergency_stop_within,
+        READINESS_PAGE_WINDOW,
+        *(stage.window for stage in config.bot.ramp.stages if stage.window),
+    ]
+    longest = max(parse_duration(w) for w in windows)
+    return f"{max(PROMETHEUS_MIN_RETENTION_DAYS, math.ceil(longest / DAY_SECONDS) + 1)}d"
+
+
 def _banner(stack: Stack) -> list[str]:
     ports, layout = stack.ports, stack.layout
     running = {c.name for c in stack.children}
@@ -657,6 +675,10 @@ def _banner(stack: Stack) -> list[str]:
     elif stack.venue:
         out.append(f"venue outage:   {command} gateway-chaos outage seconds=60  (every bot's connection, 60 s)")
     out.append(f"what it did:    {command} reconciler history")
+    out.append(
+        f"readiness:      {command} readiness {bots[0].name}  (docs/readiness.md; Prometheus keeps "
+        f"{prometheus_retention(stack.app.config)})"
+    )
     out.append(f"Ctrl-C stops everything (from another shell: kill -INT {os.getpid()}).")
     return out
 
@@ -683,6 +705,11 @@ def _console_login(app: AppConfig) -> str:
         (app.read_token_file, "only looks"),
     ]
     listed = [f"{shown_path(path)}: {what}" for path, what in files if path is not None]
+    people = " and ".join(name for name, _ in app.approvers)
+    listed += [
+        f"{shown_path(path)}: {name}'s own (approve; {people}: one asks for a promotion, the other approves it)"
+        for name, path in app.approvers
+    ]
     if app.approve_token_file is None and app.operate_token_file is None and app.destructive_token_file is None:
         return "(log in with a token of reconciler.api_tokens)" + "".join(f"\n{line}" for line in listed)
     return "(log in with the token in one of these files)" + "".join(f"\n{line}" for line in listed)
