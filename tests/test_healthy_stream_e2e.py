@@ -45,6 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         up.close()
 
 
+@pytest.mark.timeout(window_seconds() + 400)  # the window, and the stack's start and stop
 def test_a_healthy_streaming_bot_raises_nothing_at_the_standard_profile(stack: Stack) -> None:
     selector = f'{{instance="{stack.instance}"}}'
     # The bot's ticker channels scraped, each with its silence timeout: what the stream alert reads.
