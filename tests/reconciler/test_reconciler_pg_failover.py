@@ -248,3 +248,51 @@ async def test_a_standby_never_promoted_acknowledges_nothing_and_is_not_ready(
         for proc in procs:
             stop(proc)
         ledger.engine.dispose()
+
+
+async def test_a_lost_synchronous_standby_is_said_by_readyz_and_a_metric(
+    tmp_path: Path, pair: ReplicatedPair, fake_bot: FakeBot, pages: tuple[str, list[Any]]
+) -> None:
+    """The primary's synchronous standby stops: every commit waits for it while reads answer. /readyz says so (503,
+    commits held) and tradingops_ledger_commit_wait_seconds grows, what TradingOpsLedgerCommitsHeld reads; the standby
+    back, the held commits land and the reconciler is ready again."""
+    await asyncio.to_thread(pair.primary.create_database, "held")
+    sink, _posted = pages
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        (port,) = [await asyncio.to_thread(replica, tmp_path, "r1", pair.url("held"), fake_bot, sink, procs)]
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+            async def ready() -> tuple[int, str]:
+                async with session.get(f"{base}/readyz") as resp:
+                    return resp.status, str((await resp.json())["status"])
+
+            async def waited() -> float:
+                async with session.get(f"{base}/metrics") as resp:
+                    text = await resp.text()
+                (line,) = [x for x in text.splitlines() if x.startswith("tradingops_ledger_commit_wait_seconds ")]
+                return float(line.split()[1])
+
+            assert await ready() == (200, "ready")
+            assert await waited() < 2
+            await asyncio.to_thread(pair.standby.stop)
+            status, said = await until_async("/readyz saying commits are held", lambda: _held(ready), deadline=60)
+            assert status == 503 and "holds commits" in said, said
+            assert await waited() > 2
+            await asyncio.to_thread(pair.standby.start)
+            await until_async("ready again once the standby is back", lambda: _is_ready(ready), deadline=90)
+            assert await waited() < 2
+        assert all(p.poll() is None for p in procs)
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+async def _held(ready: Any) -> tuple[int, str] | None:
+    status, said = await ready()
+    return (status, said) if "holds commits" in said else None
+
+
+async def _is_ready(ready: Any) -> bool:
+    return bool(await ready() == (200, "ready"))
