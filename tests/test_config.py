@@ -868,6 +868,67 @@ def test_render_writes_the_shipped_alertmanager_routes_with_this_deployments_rec
     assert "pagerduty_configs" in receivers["pager"] and "slack_configs" in receivers["chat"]
 
 
+def test_render_builds_the_documented_ha_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/deployment.md's HA files from `config render`: a Prometheus of the pair (its replica label, dropped from
+    its alerts; both Alertmanagers with the shipped `timeout`), and an Alertmanager with one receiver per reconciler
+    replica, every route to the reconciler once per replica (the copies but the last continuing). promtool and amtool
+    accept them, and every shipped routing case routes alike, the reconciler's cases to both replicas."""
+    repo = Path(__file__).resolve().parent.parent
+    path = tmp_path / "pair.yaml"
+    path.write_text(
+        FLEET.replace(
+            "prometheus_url: http://10.0.0.2:9090", "prometheus_url: [http://10.0.0.2:9090, http://10.0.0.3:9090]"
+        )
+    )
+    out = tmp_path / "etc"
+    shipped = repo / "alertmanager" / "alertmanager.yml"
+    argv = ["--config", str(path), "config", "render", "-o", str(out), "--replica", "a", "--alertmanager", str(shipped)]
+    replicas = ["--reconciler-replica", "r1=http://10.0.0.2:9102", "--reconciler-replica", "r2=http://10.0.0.3:9102"]
+    assert main([*argv, *replicas]) == 0
+    assert main(["rules", "render", "-o", str(out / "rules")]) == 0
+    checked = run_binary("promtool", "check", "config", out / "prometheus.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    prometheus = yaml.safe_load((out / "prometheus.yml").read_text())
+    shipped_timeout = yaml.safe_load((repo / "prometheus" / "prometheus.yml").read_text())["alerting"]["alertmanagers"]
+    assert prometheus["global"]["external_labels"] == {"replica": "a"}
+    assert prometheus["alerting"]["alert_relabel_configs"] == [{"action": "labeldrop", "regex": "replica"}]
+    (managers,) = prometheus["alerting"]["alertmanagers"]
+    assert managers["timeout"] == shipped_timeout[0]["timeout"] == "2s"
+    assert managers["static_configs"][0]["targets"] == ["10.0.0.2:9093", "10.0.0.3:9093"]
+    rendered = out / "alertmanager.yml"
+    checked = run_binary("amtool", "check-config", rendered)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    data = yaml.safe_load(rendered.read_text())
+    receivers = {r["name"]: r for r in data["receivers"]}
+    assert "reconciler" not in receivers
+    for name, host in (("reconciler-r1", "10.0.0.2"), ("reconciler-r2", "10.0.0.3")):
+        (hook,) = receivers[name]["webhook_configs"]
+        assert hook["url"] == f"http://{host}:9102/api/v1/alertmanager"
+        assert hook["http_config"]["authorization"]["credentials_file"] == str(out / "secrets" / "reconciler-token")
+    cases = yaml.safe_load((repo / "alertmanager" / "tests" / "routing-cases.yml").read_text())
+    for case in cases:
+        expected = [
+            name
+            for receiver in case["receivers"]
+            for name in (("reconciler-r1", "reconciler-r2") if receiver == "reconciler" else (receiver,))
+        ]
+        labels = [f"{k}={v}" for k, v in case["labels"].items()]
+        verify = f"--verify.receivers={','.join(expected)}"
+        routed = run_binary("amtool", "config", "routes", "test", f"--config.file={rendered}", verify, *labels)
+        assert routed.returncode == 0, (case["name"], routed.stdout + routed.stderr)
+    # Each mistake is one line, exit 2.
+    for bad, said in (
+        (["--reconciler-replica", "r1"], "--reconciler-replica r1: expected NAME=URL"),
+        (["--reconciler-replica", "r1=ftp://x"], "is not an http(s) URL"),
+        (["--reconciler-replica", "r1=http://a:1", "--reconciler-replica", "r1=http://b:1"], "given twice"),
+    ):
+        assert main([*argv, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert said in err and "\n" not in err, err
+    assert main(["--config", str(path), "config", "render", "-o", str(out), *replicas[:2]]) == 2
+    assert "--reconciler-replica needs --alertmanager FILE" in capsys.readouterr().err
+
+
 def test_local_receivers_need_the_alertmanager_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "fleet.yaml"
     path.write_text(FLEET)

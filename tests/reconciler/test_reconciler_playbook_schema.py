@@ -41,6 +41,7 @@ LOADER_ONLY = {
     "a duration of more than 100 years written as text": r"is longer than the 100 years a playbook duration may be$",
     "instance with instances, only_state without instances": r"\.instance: give either|only with instances$",
     "an http step's URL": r"\.url: ",
+    "a defers_to naming no other rule": r"\.defers_to\.rules: .* is not another rule of this playbook$",
     # JSON Schema counts 3.0 as an integer; msgspec and an action's `int` parameters do not.
     "a float of integral value where an integer goes": r"expected an integer, got -?\d+\.0$",
 }

@@ -49,6 +49,14 @@ NODE_EXPORTER_PORT = 9100
 # connectivity alerts; the node job as often as the bots, so TradingBotHostDown mutes TradingBotDown in time).
 SCRAPE_INTERVAL = "5s"
 SCRAPE_TIMEOUT = "4s"
+# The shipped prometheus/prometheus.yml's wait for each Alertmanager of the list: Prometheus sends a batch to every one
+# and waits for all before the next, so a dead member of a pair would hold every batch for the default 10 s.
+ALERTMANAGER_TIMEOUT = "2s"
+# `config render --replica`: the label that tells the two Prometheus of a pair apart (external_labels), dropped from the
+# alerts they send so that both send the same alerts (docs/deployment.md).
+REPLICA_LABEL = "replica"
+# `config render --reconciler-replica NAME=URL`: the webhook path of a replica, and the name of its receiver.
+WEBHOOK_PATH = "/api/v1/alertmanager"
 # Where Debian's prometheus reads its configuration (`config render` writes the targets beside it), and Debian's
 # prometheus-alertmanager its own (alertmanager.yml in the same directory).
 PROMETHEUS_DIR = "/etc/prometheus"
@@ -142,6 +150,22 @@ def register(sub: Any) -> None:
         action="store_true",
         help=f"with --alertmanager: the receivers of people ({', '.join(PEOPLE_RECEIVERS)}) as e-mail to "
         f"{LOCAL_MAILBOX} through this host's mail system (port 25), to try the routes without any outside account",
+    )
+    render.add_argument(
+        "--replica",
+        default=None,
+        metavar="NAME",
+        help="this Prometheus is member NAME of a pair (docs/deployment.md): external_labels replica=NAME, dropped "
+        "from the alerts it sends, so both members send the same alerts",
+    )
+    render.add_argument(
+        "--reconciler-replica",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="with --alertmanager, repeatable: one receiver per reconciler replica (reconciler-NAME, its webhook at "
+        "URL) and every route to the reconciler once per replica, the copies but the last continuing; without it, "
+        "one receiver at this configuration's reconciler.listen",
     )
     render.set_defaults(handler=render_prometheus)
     local = inner.add_parser(
@@ -446,8 +470,9 @@ def address(url: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def prometheus_config(config: Config, directory: Path) -> dict[str, Any]:
-    """prometheus.yml for this configuration's deployment, reading its rules and targets under `directory`."""
+def prometheus_config(config: Config, directory: Path, replica: str | None = None) -> dict[str, Any]:
+    """prometheus.yml for this configuration's deployment, reading its rules and targets under `directory`; with
+    `replica`, member `replica` of a pair (its external label, dropped from the alerts it sends)."""
     listen = config.reconciler.listen
     reconciler_host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
     reconciler = address(f"http://{reconciler_host}:{listen.port}")
@@ -457,13 +482,20 @@ def prometheus_config(config: Config, directory: Path) -> dict[str, Any]:
     def file_sd(job: str) -> dict[str, Any]:
         return {"job_name": job, "file_sd_configs": [{"files": [str(directory / "targets" / f"{job}.yml")]}]}
 
+    settings: dict[str, Any] = {
+        "scrape_interval": SCRAPE_INTERVAL,
+        "evaluation_interval": SCRAPE_INTERVAL,
+        "scrape_timeout": SCRAPE_TIMEOUT,
+    }
+    alerting: dict[str, Any] = {
+        "alertmanagers": [{"timeout": ALERTMANAGER_TIMEOUT, "static_configs": [{"targets": alertmanagers}]}]
+    }
+    if replica:
+        settings["external_labels"] = {REPLICA_LABEL: replica}
+        alerting = {"alert_relabel_configs": [{"action": "labeldrop", "regex": REPLICA_LABEL}], **alerting}
     return {
-        "global": {
-            "scrape_interval": SCRAPE_INTERVAL,
-            "evaluation_interval": SCRAPE_INTERVAL,
-            "scrape_timeout": SCRAPE_TIMEOUT,
-        },
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]},
+        "global": settings,
+        "alerting": alerting,
         "rule_files": [str(directory / "rules" / "*.yml")],
         "scrape_configs": [
             file_sd("tradingbot"),
@@ -484,31 +516,80 @@ def reconciler_address(config: Config) -> str:
     return address(f"http://{host}:{listen.port}")
 
 
+def reconciler_replicas(given: list[str]) -> dict[str, str]:
+    """`--reconciler-replica NAME=URL`s as {NAME: URL}; a UsageError names the first that is not one."""
+    from urllib.parse import urlsplit
+
+    replicas: dict[str, str] = {}
+    for text in given:
+        name, sep, url = text.partition("=")
+        parts = urlsplit(url.strip())
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name.strip()):
+            raise UsageError(f"--reconciler-replica {text}: expected NAME=URL (a name of letters, digits, _ . -)")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--reconciler-replica {text}: {url!r} is not an http(s) URL")
+        if name.strip() in replicas:
+            raise UsageError(f"--reconciler-replica {text}: replica {name.strip()} given twice")
+        replicas[name.strip()] = f"{parts.scheme}://{address(url.strip())}{WEBHOOK_PATH}"
+    return replicas
+
+
+def per_replica(route: dict[str, Any], replicas: dict[str, list[str]]) -> dict[str, Any]:
+    """`route` with each child route to a receiver of `replicas` once per replica's receiver, the copies but the last
+    continuing (so every replica gets what the one receiver got, and what followed it still follows)."""
+    children = []
+    for original in route.get("routes", []):
+        child = per_replica(original, replicas)
+        names = replicas.get(child.get("receiver", ""))
+        if not names:
+            children.append(child)
+            continue
+        last = child.get("continue", False)
+        children.extend(
+            {**child, "receiver": name, "continue": last if i == len(names) - 1 else True}
+            for i, name in enumerate(names)
+        )
+    return {**route, "routes": children} if "routes" in route else route
+
+
 def alertmanager_config(
-    source: dict[str, Any], config: Config, directory: Path, local_receivers: bool
+    source: dict[str, Any],
+    config: Config,
+    directory: Path,
+    local_receivers: bool,
+    replicas: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The shipped alertmanager.yml for this deployment: routes, inhibitions and templates as they are; the reconciler's
-    webhook at this configuration's address, its token a file under `directory`; with `local_receivers` the people's
-    receivers as e-mail to this host's mail system."""
+    webhook at this configuration's address, its token a file under `directory`; with `replicas` ({name: webhook
+    URL}), one receiver per reconciler replica and every route to the reconciler once per replica (docs/deployment.md:
+    one receiver with a webhook per replica would hold each flush of its groups for a dead replica's retries); with
+    `local_receivers` the people's receivers as e-mail to this host's mail system."""
     data = dict(source)
     scheme = "https" if config.reconciler.listen.web_config_file else "http"
+    own = f"{scheme}://{reconciler_address(config)}{WEBHOOK_PATH}"
+    urls = replicas or {"": own}
     receivers = []
+    names: list[str] = []
     for receiver in data.get("receivers") or []:
         name = receiver.get("name")
-        if name == RECONCILER_RECEIVER:
+        if name != RECONCILER_RECEIVER:
+            receivers.append(receiver)
+            continue
+        for replica, url in urls.items():
             hooks = []
-            for hook in receiver.get("webhook_configs") or []:
+            for hook in (receiver.get("webhook_configs") or [])[:1]:
                 http = dict(hook.get("http_config") or {})
                 http["authorization"] = {
                     "type": "Bearer",
                     "credentials_file": str(directory / "secrets" / "reconciler-token"),
                 }
-                url = f"{scheme}://{reconciler_address(config)}/api/v1/alertmanager"
                 hooks.append({**hook, "url": url, "http_config": http})
-            receivers.append({**receiver, "webhook_configs": hooks})
-        else:
-            receivers.append(receiver)
+            named = f"{RECONCILER_RECEIVER}-{replica}" if replica else RECONCILER_RECEIVER
+            names.append(named)
+            receivers.append({**receiver, "name": named, "webhook_configs": hooks})
     data["receivers"] = receivers
+    if replicas and isinstance(data.get("route"), dict):
+        data["route"] = per_replica(data["route"], {RECONCILER_RECEIVER: names})
     data["templates"] = [str(directory / "templates" / "*.tmpl")]
     return with_local_receivers(data, LOCAL_SMTP, LOCAL_MAILBOX) if local_receivers else data
 
@@ -563,7 +644,12 @@ def render_local_alertmanager(args: argparse.Namespace, config: Config) -> int:
 
 
 def rendered_alertmanager(
-    shipped: Path, config: Config, directory: Path, local_receivers: bool, source: str
+    shipped: Path,
+    config: Config,
+    directory: Path,
+    local_receivers: bool,
+    source: str,
+    replicas: dict[str, str] | None = None,
 ) -> dict[Path, str]:
     """DIR/alertmanager.yml from the shipped file `shipped`, and its templates copied beside it."""
     try:
@@ -578,12 +664,15 @@ def rendered_alertmanager(
     if not isinstance(loaded, dict) or not isinstance(loaded.get("receivers"), list):
         raise UsageError(f"--alertmanager {shipped}: not an Alertmanager configuration (no receivers)")
     local = " --local-receivers" if local_receivers else ""
+    local += "".join(
+        f" --reconciler-replica {name}={url.removesuffix(WEBHOOK_PATH)}" for name, url in (replicas or {}).items()
+    )
     header = (
         f"# Alertmanager for trading-ops, rendered by `trading-ops --config {source} config render -o {directory} "
         f"--alertmanager {shipped}{local}`:\n# that file's routes and inhibitions, this configuration's addresses. "
         "Render again rather than edit.\n"
     )
-    rendered = alertmanager_config(loaded, config, directory, local_receivers)
+    rendered = alertmanager_config(loaded, config, directory, local_receivers, replicas)
     files = {directory / "alertmanager.yml": header + yaml.safe_dump(rendered, sort_keys=False, width=1000)}
     files.update({directory / "templates" / name: text for name, text in templates.items()})
     return files
@@ -593,19 +682,30 @@ def render_prometheus(args: argparse.Namespace, config: Config) -> int:
     directory = Path(args.output_dir).absolute()
     if args.local_receivers and not args.alertmanager:
         raise UsageError("--local-receivers needs --alertmanager FILE (the repository's alertmanager/alertmanager.yml)")
+    if args.reconciler_replica and not args.alertmanager:
+        raise UsageError(
+            "--reconciler-replica needs --alertmanager FILE (the repository's alertmanager/alertmanager.yml)"
+        )
+    replicas = reconciler_replicas(args.reconciler_replica)
+    if args.replica is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.replica):
+        raise UsageError(f"--replica {args.replica}: expected a name of letters, digits, _ . -")
     source = args.config or "trading-ops.yaml"
     header = (
-        f"# Prometheus for trading-ops, rendered by `trading-ops --config {source} config render -o {directory}` from\n"
+        f"# Prometheus for trading-ops, rendered by `trading-ops --config {source} config render -o {directory}"
+        f"{f' --replica {args.replica}' if args.replica else ''}` from\n"
         "# that configuration: render again after changing it (Prometheus re-reads the targets by itself, this file\n"
         f"# at `systemctl reload prometheus`). The rules: `trading-ops rules render -o {directory / 'rules'}`.\n"
     )
     files = {
-        directory / "prometheus.yml": header + yaml.safe_dump(prometheus_config(config, directory), sort_keys=False)
+        directory / "prometheus.yml": header
+        + yaml.safe_dump(prometheus_config(config, directory, args.replica), sort_keys=False)
     }
     for job in JOBS:
         files[directory / "targets" / f"{job}.yml"] = file_sd(bot_instances(config, job), source, job)
     if args.alertmanager:
-        files.update(rendered_alertmanager(Path(args.alertmanager), config, directory, args.local_receivers, source))
+        files.update(
+            rendered_alertmanager(Path(args.alertmanager), config, directory, args.local_receivers, source, replicas)
+        )
     try:
         for path, text in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ from trading_ops.reconciler.approvals import (
 )
 from trading_ops.reconciler.audit_api import setup_audit
 from trading_ops.reconciler.auth import authorized
+from trading_ops.reconciler.commit_probe import CommitProbe
 from trading_ops.reconciler.console import render_error, response_headers, setup_console
 from trading_ops.reconciler.console_readiness import setup_readiness
 from trading_ops.reconciler.deadman import DeadMansSwitch
@@ -278,7 +279,10 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     approval_metrics = ApprovalCollector(approval_stats)
     app[keys.REGISTRY].register(approval_metrics)
     app[keys.OUTBOX] = outbox
+    probe = CommitProbe(app[keys.LEDGER], app[keys.OWNER], app[keys.REGISTRY])
+    app[keys.COMMIT_PROBE] = probe
     tasks = [
+        asyncio.create_task(probe.run_forever(), name="commit-probe"),
         asyncio.create_task(engine.run_forever(), name="engine"),
         asyncio.create_task(outbox.run_forever(), name="outbox"),
         asyncio.create_task(engine.page_ends.run_forever(), name="page-ends"),
@@ -475,6 +479,17 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": f"database unavailable: {type(exc).__name__}"}, status=503)
     if not writable:
         return web.json_response({"status": "database read-only (a standby): nothing can be stored"}, status=503)
+    probe = request.app.get(keys.COMMIT_PROBE)
+    held = probe.held() if probe is not None else None
+    if held is not None:
+        # A read answers, a commit does not land: PostgreSQL waits for a synchronous standby that is gone.
+        return web.json_response(
+            {
+                "status": f"database holds commits: the probe commit has waited {held:.0f} s (a synchronous standby "
+                "lost?): nothing can be stored"
+            },
+            status=503,
+        )
     return web.json_response({"status": "ready"})
 
 

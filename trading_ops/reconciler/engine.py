@@ -287,8 +287,13 @@ class Engine:
     ) -> bool:
         """Whether the gates took the run (True: parked, deferred, closed, or only its protective steps run while the
         cooldown holds the rest). A bot mid-startup is acted on by no rule but a protective one: asked first, before
-        any gate or step, of a run that carries nothing on (`fresh`)."""
+        any gate or step, of a run that carries nothing on (`fresh`). Then a rule whose alert is the aftermath of a
+        recovery under way or just verified on the same target (`Rule.defers_to`) waits for it, before its first
+        attempt."""
         if fresh and await self.gates.bot_starting(episode, rule, ctx):
+            return True
+        first = fresh and not interrupted and episode["attempts"] == 0
+        if first and await self.gates.deferred(episode, rule, ctx, now):
             return True
         held = await self.gates.held_back(episode, rule, ctx, now, interrupted)
         if isinstance(held, CooledDown):

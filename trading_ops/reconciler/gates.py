@@ -35,6 +35,8 @@ INHIBITED_RECHECK_SECONDS = 30.0
 # A bot that says it is starting (its safe start, its startup reconciliation) is looked at again this often: a rule
 # that is not protective acts once it trades (or closes resolved when its alert ended meanwhile).
 STARTING_RECHECK_SECONDS = 10.0
+# A rule that defers to a recovery under way (Rule.defers_to) looks again this often while that episode is open.
+DEFER_RECHECK_SECONDS = 2.0
 # Alertmanager's API gives startsAt in milliseconds, webhooks in nanoseconds.
 STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
 
@@ -115,6 +117,34 @@ class Gates(RunPart):
             return False
         why = f"bot {ctx.target} is starting (phase starting): nothing is done to a bot mid-startup; re-checked"
         await self._park(episode, why, utcnow() + _seconds(STARTING_RECHECK_SECONDS))
+        return True
+
+    async def deferred(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:
+        """One fault, one remedy: whether the rule's alert is taken for the aftermath of a recovery under way, or just
+        verified, on the same target (an episode of a rule it `defers_to`, open or recovered within `defer_within`):
+        the episode is parked, the ledger saying which episode it defers to, and looked at again while that lasts
+        (its alert resolved meanwhile: closed resolved, nothing executed). A protective rule never defers. True when
+        it waits."""
+        if not rule.defers_to or rule.protective:
+            return False
+        since = now - _seconds(rule.defer_within)
+        other = await self.db(self.ledger.deferred_to, rule.defers_to, episode["target"], episode["id"], since)
+        if other is None:
+            return False
+        what = f"episode {other['id']} ({other['rule']}, {other['alertname']} on {episode['target']})"
+        if other["state"] == "recovered":
+            until = other["closed_at"] + _seconds(rule.defer_within)
+            why = (
+                f"the aftermath of {what}, recovered at {other['closed_at'].isoformat()}: rule {rule.name} defers to "
+                f"it (defers_to) and acts only if its alert still fires at {until.isoformat()}"
+            )
+        else:
+            until = now + _seconds(DEFER_RECHECK_SECONDS)
+            why = (
+                f"a recovery under way: {what} is {other['state']}; rule {rule.name} defers to it (defers_to) until "
+                f"it ends and {rule.defer_within:g} s after a verified recovery"
+            )
+        await self._park(episode, why, max(until, now + _seconds(MIN_RECHECK_SECONDS)))
         return True
 
     async def _circuit_open(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime) -> bool:

@@ -45,6 +45,8 @@ LABEL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 IDENTIFIER_RE = re.compile(LABEL_NAME_PATTERN)
 # A rule's own keys: each rule gives them, `defaults` never (it would hand one name, match or steps to every rule).
 OWN_KEYS = ("name", "match", "steps")
+# How long after a recovery it defers to was verified a rule still takes its alert for that recovery's aftermath.
+DEFAULT_DEFER_WITHIN_SECONDS = 30.0
 # Longest duration a playbook may give (waits, cooldowns, backoffs): added to times, a longer one would overflow the
 # calendar; a century is past any real wait.
 MAX_DURATION_SECONDS = 100 * 365 * 86400.0
@@ -180,6 +182,12 @@ class Rule:
     # recovered while its alert keeps firing: the episode is reopened and its steps run once more (the loss limit's
     # flatten when a position comes back while the day's loss is still past the limit). None: never reopened.
     reopen_when: str | None = None
+    # One fault, one remedy: the rules whose recovery this rule's alert may be the aftermath of (a stream channel
+    # silent only because the venue link was down: broker-reconnect). While an episode of one of them on the same
+    # target is open, or for `defer_within` seconds after one was verified recovered, this rule does not act on a new
+    # episode: it is parked (the ledger says which episode it defers to) and acts only if its alert outlives that.
+    defers_to: tuple[str, ...] = ()
+    defer_within: float = DEFAULT_DEFER_WITHIN_SECONDS
 
     def needs_approval(self, step: StepSpec, labels: dict[str, str]) -> bool:
         """Whether `step` waits for a person's decision for an alert with these labels."""
@@ -347,6 +355,13 @@ Matchers = (
 Steps = Annotated[list[Any], Expected(description="a list of steps")]
 
 
+class DefersToSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """The rules whose recovery a rule's alert may be the aftermath of, and how long after it is verified."""
+
+    rules: Annotated[list[str], Expected(description="a list of rule names")]
+    within: Duration = DEFAULT_DEFER_WITHIN_SECONDS
+
+
 class RuleSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A rule: the alerts it handles (match) and what it does about them (steps)."""
 
@@ -374,6 +389,9 @@ class RuleSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     on_timeout: OnTimeout | None = None
     hard_limit: Matchers = []
     reopen_when: Annotated[str, Expected(description="a PromQL expression")] | None = None
+    defers_to: (
+        Annotated[DefersToSpec, Expected(description="a mapping of rules (a list of rule names) and within")] | None
+    ) = None
 
 
 class StepKeys(msgspec.Struct):
@@ -423,6 +441,12 @@ def parse_playbook(data: Any, source: str = "<memory>") -> Playbook:
             raise PlaybookError(f"{source}: rules[{i}].name: duplicate rule name {rule.name!r}")
         names.add(rule.name)
         rules.append(rule)
+    for i, rule in enumerate(rules):
+        unknown = [name for name in rule.defers_to if name not in names or name == rule.name]
+        if unknown:
+            raise PlaybookError(
+                f"{source}: rules[{i}].defers_to.rules: {unknown[0]!r} is not another rule of this playbook"
+            )
     canonical = json.dumps(data, sort_keys=True, default=str).encode()
     return Playbook(rules, source, version=hashlib.sha256(canonical).hexdigest()[:16])
 
@@ -475,6 +499,12 @@ def _rule(raw: Any, where: str, defaults: dict[str, Any], allow_empty: bool = Fa
         on_unknown=spec.on_unknown,
         hard_limit=_matchers(spec.hard_limit, f"{where}.hard_limit", allow_empty=True),
         reopen_when=_reopen_when(spec.reopen_when, f"{where}.reopen_when"),
+        defers_to=tuple(spec.defers_to.rules) if spec.defers_to else (),
+        defer_within=(
+            _duration(spec.defers_to.within, f"{where}.defers_to.within")
+            if spec.defers_to
+            else DEFAULT_DEFER_WITHIN_SECONDS
+        ),
     )
 
 

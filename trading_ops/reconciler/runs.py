@@ -27,7 +27,8 @@ T = TypeVar("T")
 EXTRA_LEDGER_THREADS = 2
 CLAIM_LOST = "claim lost"
 # A step's outcome the ledger did not take (the database unreachable) is written again after these delays, doubling
-# up to the last, for as long as the run holds its claim (the spool keeps it meanwhile, and past the process's end).
+# up to the last, for as long as the run holds its claim (the spool keeps it meanwhile, and past the process's end);
+# and at once when any ledger call of this replica answers again (`RunHolder.ledger_back`): a promotion costs no wait.
 OUTCOME_RETRY_INITIAL_SECONDS = 0.2
 OUTCOME_RETRY_MAX_SECONDS = 1.0
 # How a run the database left mid-way hands itself back (its attempt's and the episode's detail).
@@ -96,6 +97,9 @@ class RunHolder:
         # Until when (monotonic) this replica claims nothing new after the ledger came back (see `settling`).
         self.settle_until = 0.0
         self.settle_seconds = 0.0
+        # Set (and replaced) when a ledger call answers after calls failed for the database being away: wakes every
+        # write waiting to be tried again (`ledger_back`).
+        self.back = asyncio.Event()
         self.lease_executor = ThreadPoolExecutor(max_runs, thread_name_prefix="reconciler-lease")
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -117,10 +121,20 @@ class RunHolder:
                 self.away = True
         elif self.reachable_since is None:
             self.reachable_since = time.monotonic()
+            self.back.set()
+            self.back = asyncio.Event()
             if self.away:  # back (not the first answer since the start: nothing was written before it)
                 self.away = False
                 self.recheck = True
                 self.settle_until = self.reachable_since + self.settle_seconds
+
+    async def ledger_back(self, delay: float) -> None:
+        """Wait `delay` before a ledger write is tried again, or less: until a ledger call of this replica (the
+        dispatch loop's poll, a lease renewal, another run's retry) answers again. A write the database refused
+        while it was away lands as soon as it takes writes, not after a backoff that grew during the outage."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.back.wait()
 
     def wrote(self, written: Written) -> None:
         """A write of ours the ledger acknowledged: remembered, to be found again after a failover."""
@@ -210,7 +224,7 @@ class RunHolder:
                 if not ledger_unreachable(again):
                     log.exception("episode %s: handing the run back failed", episode["id"])
                     return
-            await asyncio.sleep(delay)
+            await self.ledger_back(delay)
             delay = min(delay * 2, OUTCOME_RETRY_MAX_SECONDS)
 
     async def _renew(self, episode_id: int, target: str, run: asyncio.Task[Any] | None, claim: Claim) -> None:

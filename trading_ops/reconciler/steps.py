@@ -129,9 +129,10 @@ class Steps(RunPart):
     async def _record_outcome(self, episode_id: int, step_id: int, result: Result, attempt_id: int) -> None:
         """What a step did, written before anything else, and never given up on: first to the local spool (it
         survives the process), then to the ledger, tried again with backoff while the database is away and the run
-        holds its claim (the lease renewer keeps renewing it meanwhile). A claim lost meanwhile does not stop the
-        write (the outcome is a fact, whoever runs the episode next), only the run after it. Should the process stop
-        first, the spool is replayed at its next start, before any sweep."""
+        holds its claim (the lease renewer keeps renewing it meanwhile), and at once when any ledger call answers
+        again. A claim lost meanwhile does not stop the write (the outcome is a fact, whoever runs the episode next),
+        only the run after it. Should the process stop first, the spool is replayed at its next start, before any
+        sweep."""
         spooled = SpooledOutcome(step_id, result.outcome, result.output, utcnow(), episode_id)
         self.spool.hold(step_id)  # before it is spooled: a replay between the two would write it beside us
         claim = self.holder.claims.get(episode_id)
@@ -196,7 +197,7 @@ class Steps(RunPart):
                     delay,
                     exc,
                 )
-            await asyncio.sleep(delay)
+            await self.holder.ledger_back(delay)
             delay = min(delay * 2, OUTCOME_RETRY_MAX_SECONDS)
 
     async def _execute(self, ctx: ActionContext, kind: str, params: dict[str, Any], timeout: float) -> Result:

@@ -11,6 +11,7 @@ from trading_ops import audit
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.ledger.db import AUDIT, SET, A, E, LedgerDB, S, T, later
 from trading_ops.reconciler.ledger.runs import OPERATOR_OUTCOMES
+from trading_ops.reconciler.states import OPEN_STATES
 
 # The target whose budget and circuit cover every target (reconciler-wide).
 GLOBAL_TARGET = "*"
@@ -49,6 +50,29 @@ class Limits:
             return None
         until = later(last, cooldown)
         return until if until > now else None
+
+    def deferred_to(
+        self, rules: tuple[str, ...], target: str, episode_id: int, recovered_since: datetime
+    ) -> dict[str, Any] | None:
+        """The episode of one of `rules` on `target` (not `episode_id`) that a new episode's rule defers to: one open
+        (its recovery under way; the earliest), else the last one recovered at or after `recovered_since`. None when
+        there is none."""
+        if not rules:
+            return None
+        columns = (E.c.id, E.c.rule, E.c.alertname, E.c.state, E.c.closed_at)
+        mine = (E.c.rule.in_(rules), E.c.target == target, E.c.id != episode_id)
+        with self.db.engine.connect() as conn:
+            row = conn.execute(
+                select(*columns).where(*mine, E.c.state.in_(OPEN_STATES)).order_by(E.c.id).limit(1)
+            ).first()
+            if row is None:
+                row = conn.execute(
+                    select(*columns)
+                    .where(*mine, E.c.state == "recovered", E.c.closed_at >= recovered_since)
+                    .order_by(E.c.closed_at.desc())
+                    .limit(1)
+                ).first()
+        return None if row is None else dict(row._mapping)
 
     def actions_last_hour(self, now: datetime, target: str | None = None) -> int:
         """Budgeted actions on `target` (every target when None) in the last hour, or since its circuit was reset."""
