@@ -8,7 +8,7 @@ import importlib.util
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,10 +87,23 @@ def checked(default: Any, check: Callable[[Any], str | None]) -> Any:
     return field(default=default, metadata={"check": check})
 
 
-def path_field(default: str = "", check: Callable[[Any], str | None] | None = None) -> Any:
+# systemd sets this for a unit with StateDirectory= (systemd.exec(5)): its state directories, colon-separated.
+STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
+
+
+def state_base(base_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """Where relative paths of what a service writes (its database, data and spool directories) resolve: the unit's
+    state directory under systemd (`$STATE_DIRECTORY`, its first), never the configuration's directory, which is
+    read-only there (/etc under ProtectSystem=strict); elsewhere the configuration's directory."""
+    value = (os.environ if environ is None else environ).get(STATE_DIRECTORY_ENV, "").split(":", 1)[0]
+    return Path(value) if value and Path(value).is_absolute() else base_dir
+
+
+def path_field(default: str = "", check: Callable[[Any], str | None] | None = None, *, state: bool = False) -> Any:
     """A path: a relative value is resolved against the configuration file's directory when the file is loaded
-    (`resolve_paths`), so the code that uses it takes it as it is. Empty stays empty (not configured)."""
-    metadata: dict[str, Any] = {"path": True}
+    (`resolve_paths`), so the code that uses it takes it as it is. Empty stays empty (not configured). `state`: what
+    the service writes, resolved against `state_base` (the unit's state directory under systemd)."""
+    metadata: dict[str, Any] = {"path": True, "state": state}
     if check is not None:
         metadata["check"] = check
     return field(default=default, metadata=metadata)
@@ -105,16 +118,18 @@ def resolve_path(value: str, base_dir: Path) -> str:
     return str(p if p.is_absolute() else base_dir / p)
 
 
-def resolve_paths(section: Any, base_dir: Path) -> None:
-    """Rewrite the path fields (`path_field`) of `section` and of the sections it holds to absolute paths."""
+def resolve_paths(section: Any, base_dir: Path, state_dir: Path | None = None) -> None:
+    """Rewrite the path fields (`path_field`) of `section` and of the sections it holds to absolute paths: what is
+    written (`state`) against `state_dir` (default `base_dir`), the rest against `base_dir`."""
+    state_dir = state_dir or base_dir
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         if f.metadata.get("path"):
-            setattr(section, f.name, resolve_path(value, base_dir))
+            setattr(section, f.name, resolve_path(value, state_dir if f.metadata.get("state") else base_dir))
             continue
         for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]:
             if dataclasses.is_dataclass(item) and not isinstance(item, type):
-                resolve_paths(item, base_dir)
+                resolve_paths(item, base_dir, state_dir)
 
 
 def _check_name(value: str) -> str | None:
@@ -576,7 +591,7 @@ class BotConfig:
     control_token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of the bot's control API")
     # Named tokens, each with a scope (read, operate, destructive): docs/configuration.md, "Tokens and scopes".
     control_tokens: list[NamedTokenConfig] = field(default_factory=list)
-    data_dir: str = path_field("./var", _check_nonempty)
+    data_dir: str = path_field("./var", _check_nonempty, state=True)
     # How often a bot on the runtime runs its strategy's step (the paper bot: paper.loop_interval_seconds).
     loop_interval_seconds: float = bounded(0.5, min=0.001)
     # A trading loop that has not completed an iteration for this long is hung (/healthz fails).
@@ -990,7 +1005,7 @@ class ReconcilerConfig:
     # Outcomes of steps the ledger has not taken yet (the database unreachable when a step finished, and the
     # reconciler stopping before it came back): one file each, written to the ledger at the next start before
     # anything else. Relative to this file's folder.
-    spool_dir: str = path_field("./var/reconciler-spool", _check_nonempty)
+    spool_dir: str = path_field("./var/reconciler-spool", _check_nonempty, state=True)
     max_concurrent_runs: int = bounded(4, min=1)
     # Intake group commit: notifications stored per transaction at most.
     batch_max: int = bounded(256, min=1)
@@ -1163,7 +1178,7 @@ class BackupPitrConfig:
 @dataclass
 class BackupConfig:
     # Where backups and their manifests are kept (relative to this file's directory).
-    directory: str = path_field("var/backups", _check_nonempty)
+    directory: str = path_field("var/backups", _check_nonempty, state=True)
     # When the scheduled backup runs (cron, in time_zone).
     schedule: str = checked("0 * * * *", _check_cron)
     time_zone: str = checked("UTC", _check_time_zone)
@@ -1650,11 +1665,13 @@ class Config:
         return p if p.is_absolute() else (self.base_dir / p)
 
     def database_url(self) -> str:
-        """The validated SQLAlchemy URL: a relative SQLite path resolved, bare `postgresql://` on psycopg 3."""
+        """The validated SQLAlchemy URL: a relative SQLite path resolved (under systemd against the unit's state
+        directory: `state_base`), bare `postgresql://` on psycopg 3."""
         url = self.database.resolved_url(self.base_dir)
         prefix = "sqlite:///"
         if url.startswith(prefix) and url != "sqlite:///:memory:" and not url.startswith("sqlite:////"):
-            url = prefix + str(self.path(url[len(prefix) :]))
+            relative = Path(url[len(prefix) :]).expanduser()
+            url = prefix + str(relative if relative.is_absolute() else state_base(self.base_dir) / relative)
         if url.startswith("postgresql://"):
             url = POSTGRESQL_DRIVER + url[len("postgresql") :]
         if url.startswith(POSTGRESQL_DRIVER) and importlib.util.find_spec("psycopg") is None:
@@ -1732,7 +1749,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
         raise ConfigError(exc.key or "(top level)", exc.problem) from None
     config.base_dir = base_dir or Path.cwd()
     config.sections = frozenset(str(k) for k in data) if isinstance(data, dict) else frozenset()
-    resolve_paths(config, config.base_dir)
+    resolve_paths(config, config.base_dir, state_base(config.base_dir))
     return config
 
 
