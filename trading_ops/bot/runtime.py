@@ -356,6 +356,7 @@ class BotRuntime:
         self.orders_left_open = ""
         self._cancel_error = ""
         self._stopped = False
+        self._trading_began = False  # the start finished: the loop may have sent orders
         self._stop = asyncio.Event()
         self._hang_until = 0.0
         self._hanging = False  # the loop is inside an injected hang (the iteration it was in has finished)
@@ -642,6 +643,7 @@ class BotRuntime:
         self.inst.loop_starting()
         self.order_engine.export_pnl()  # again with the marks the venue gave since: unrealized P&L, the drawdown
         self.metrics.phase("trading")
+        self._trading_began = True
         self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
         self._tasks.append(asyncio.create_task(self.schedule.run(), name="reconciliation"))
         self.heartbeat.start()
@@ -786,6 +788,9 @@ class BotRuntime:
         """Every working order of the bot, adopted ones included, confirmed by a look at the venue (its calls wait
         for room in the venue's rate limit, within the shutdown's deadline); raises when some are left working or the
         venue could not confirm it."""
+        if await self._nothing_to_cancel():
+            log.info("shutdown: no open order to cancel (the start was interrupted before any; the journal holds none)")
+            return
         budget = self.config.recovery.shutdown_deadline_seconds / 2
         try:
             async with self.broker.patient(), self.broker.protective():
@@ -797,6 +802,19 @@ class BotRuntime:
             self._cancel_error = f"{len(left)} still open: {', '.join(left[:5])}"
             raise RuntimeError(f"{len(left)} open orders could not be canceled: {', '.join(left[:5])}")
         log.info("shutdown: %d open orders canceled", canceled)
+
+    async def _nothing_to_cancel(self) -> bool:
+        """A start interrupted before trading (a SIGTERM while it waits for the venue's call budget) that sent no order,
+        adopted none, and whose journal holds none open has nothing at the venue to cancel: every order the bot ever
+        sent is journaled before it leaves. The venue is not asked then; its spent budget would only hold the stop
+        back until the venue steps' share of the deadline, and the exit would say an unconfirmed cancel."""
+        if self._trading_began or self.order_engine.open_order_count():
+            return False
+        try:
+            return not await self.journal.call(self.journal.open_orders)
+        except Exception as exc:  # the journal cannot say: ask the venue as usual
+            log.warning("shutdown: the journal's open orders could not be read (%s): asking the venue", exc)
+            return False
 
     def _left_to_the_switch(self) -> str:
         if self.dead_man.armed and self.dead_man.trigger is not None:
@@ -947,12 +965,18 @@ class BotRuntime:
         when a venue event (or a reconciliation's adoption) closed the last one. A broker whose events arrive after
         the submit's answer (a stream, a poll) delivers the last fill after the step that sent its order; waiting for
         the next step left the flatten armed, and a position that came in meanwhile (a fill of no order, adopted by a
-        reconciliation) was closed by the flatten given for the one before it, nobody asked."""
-        if self._flattening and not any(self.book.position(s) for s in self.symbols) and not self.orders:
+        reconciliation) was closed by the flatten given for the one before it, nobody asked. An order sent and not
+        yet answered is working: its fill may be booked (a poll of the trades) before its answer comes, and a flatten
+        that ended there would let the next order go out beside it."""
+        if self._flattening and not any(self.book.position(s) for s in self.symbols) and not self._working():
             if self.inst.state.state is TradingState.FLATTENING:
                 self.inst.state.apply("flatten_done", reason="all positions closed")
             else:
                 self.inst.state.flatten_done_while_halted()
+
+    def _working(self) -> int:
+        """The orders working: acknowledged, of unknown outcome, or sent and not yet answered (in flight)."""
+        return self.order_engine.open_order_count()
 
     @property
     def _flattening(self) -> bool:
@@ -1084,7 +1108,10 @@ class BotRuntime:
             "positions": {s: str(self.book.position(s)) for s in self.symbols},
             # Each position valued at its mark, in the quote asset (what the operator console shows at stake).
             "position_values": {s: str(self.book.notional(s).quantize(CENT)) for s in self.symbols},
-            "open_orders": len(self.orders),
+            # Every order working, those sent and not yet answered included: the venue may hold an order whose
+            # answer has not come, so a bot with one in flight is never reported flat or idle.
+            "open_orders": self._working(),
+            "orders_in_flight": len(oe.in_flight()),
             "orders_outcome_unknown": sum(not o.venue_order_id for o in self.orders.values()),
             "adopted_orders": len(oe.external_orders),
             "cancel_pending": self.cancel_pending,
