@@ -3,6 +3,7 @@ for each fill (with the order's state after it), CANCELED; each with Binance's o
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +13,7 @@ from trading_ops.paper.gateway.binance.symbols import Symbols, fmt
 from trading_ops.paper.gateway.binance.trading import STATUS, ms, order_number
 
 ZERO = Decimal(0)
+MAX_ANNOUNCED = 100_000  # orders remembered as announced (a venue keeps at most 1000 closed ones per account)
 
 
 class ExecutionReports:
@@ -19,21 +21,21 @@ class ExecutionReports:
 
     def __init__(self, symbols: Symbols) -> None:
         self.symbols = symbols
-        self._announced: set[str] = set()  # venue order ids (unique across accounts)
+        self._announced: OrderedDict[str, None] = OrderedDict()  # venue order ids (unique across accounts)
         self._quote_filled: dict[str, Decimal] = {}  # venue order id -> cumulative quote quantity
 
     def on_order(self, order: VenueOrder, now: int) -> list[dict[str, Any]]:
         """The reports an order update makes: NEW the first time, CANCELED when canceled; fills report themselves."""
         if order.status is OrderStatus.REJECTED or order.symbol not in self.symbols.by_symbol:
             return []
+        if order.status is OrderStatus.FILLED:
+            return []  # its fill reports it (with a NEW first if it was never announced)
         reports = []
-        if order.venue_order_id not in self._announced:
-            self._announced.add(order.venue_order_id)
+        if self._announce(order.venue_order_id):
             new = self._report(order, "NEW", "NEW", now, ZERO)
             new["z"] = fmt(ZERO)
             reports.append(new)
         if order.status is OrderStatus.CANCELED:
-            self._announced.discard(order.venue_order_id)
             reports.append(self._report(order, "CANCELED", "CANCELED", now, ZERO))
             reports[-1]["C"] = order.client_order_id
             self._quote_filled.pop(order.venue_order_id, None)
@@ -44,8 +46,7 @@ class ExecutionReports:
         if order is None or order.symbol not in self.symbols.by_symbol:
             return []
         reports = []
-        if order.venue_order_id not in self._announced:
-            self._announced.add(order.venue_order_id)
+        if self._announce(order.venue_order_id):
             new = self._report(order, "NEW", "NEW", now, ZERO)
             new["z"], new["Z"] = fmt(ZERO), fmt(ZERO)
             reports.append(new)
@@ -66,9 +67,17 @@ class ExecutionReports:
         )
         reports.append(trade)
         if not order.status.is_open:
-            self._announced.discard(order.venue_order_id)
             self._quote_filled.pop(order.venue_order_id, None)
         return reports
+
+    def _announce(self, venue_order_id: str) -> bool:
+        """True the first time an order is seen (its NEW is owed); the oldest are forgotten past MAX_ANNOUNCED."""
+        if venue_order_id in self._announced:
+            return False
+        self._announced[venue_order_id] = None
+        if len(self._announced) > MAX_ANNOUNCED:
+            self._announced.popitem(last=False)
+        return True
 
     def _report(
         self, order: VenueOrder, execution: str, status: str, now: int, quote_filled: Decimal

@@ -70,7 +70,10 @@ class Market:
         if (depth := book.flush(now)) is not None:
             events.append((f"{sym.id.lower()}@depth", depth))
         ticker = self.ticker_24hr(sym)
-        events.append((f"{sym.id.lower()}@ticker", self._ticker_event(sym, ticker, now)))
+        full = self._ticker_event(sym, ticker, now)
+        events.append((f"{sym.id.lower()}@ticker", full))
+        mini = {k: full[k] for k in ("E", "s", "c", "o", "h", "l", "v", "q")}
+        events.append((f"{sym.id.lower()}@miniTicker", {"e": "24hrMiniTicker", **mini}))
         bt = {
             "u": book.update_id,
             "s": sym.id,

@@ -19,8 +19,8 @@ from trading_ops.paper.gateway.binance.sockets import MAX_MESSAGE_BYTES, Socket
 LOG = logging.getLogger(__name__)
 
 # <symbol>@depth (1000 ms) and @depth@100ms carry the same diffs here (sent at each change of the book); trade,
-# ticker, bookTicker.
-STREAM_NAME = re.compile(r"^([a-z0-9]{2,20})@(depth(?:@100ms|@1000ms)?|trade|ticker|bookTicker)$")
+# ticker, miniTicker (what ccxt.pro's watch_ticker subscribes), bookTicker.
+STREAM_NAME = re.compile(r"^([a-z0-9]{2,20})@(depth(?:@100ms|@1000ms)?|trade|ticker|miniTicker|bookTicker)$")
 MAX_STREAMS = 1024  # per connection, as Binance allows
 INVALID_REQUEST = 2  # Binance's error code for a request it cannot read
 
