@@ -9,17 +9,33 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import ccxt as ccxt_sync
 import ccxt.async_support as ccxt
 import pytest
-from binance_helpers import BINANCE_KEY, BINANCE_SECRET, BINANCE_SUB_KEY, BINANCE_SUB_SECRET, binance, binance_gateway
-from ccxt_helpers import API_KEY, API_SECRET, chaos, kraken
+from binance_helpers import (
+    BINANCE_KEY,
+    BINANCE_SECRET,
+    BINANCE_SUB_KEY,
+    BINANCE_SUB_SECRET,
+    binance,
+    binance_gateway,
+    binance_urls,
+)
+from ccxt_helpers import API_KEY, API_SECRET, CONTROL_TOKEN, chaos, kraken
+from polling import until
+from ports import free_port
+from secret_file import write_secret
+from system_binaries import REPO_ROOT
 
 from trading_ops.paper.gateway.binance.weights import WeightLimiter
 
@@ -306,3 +322,73 @@ async def test_one_account_seen_the_same_through_kraken_and_binance() -> None:
         finally:
             await kr.close()
             await bn.close()
+
+
+def test_paper_gateway_command_serves_binance_keys_from_its_configuration(tmp_path: Path) -> None:
+    """`trading-ops paper-gateway` with gateway.binance.keys (a real process), and a Binance fault sent with
+    `trading-ops gateway-chaos`."""
+    for name, text in (
+        ("key", API_KEY),
+        ("secret", API_SECRET),
+        ("token", CONTROL_TOKEN),
+        ("bkey", BINANCE_KEY),
+        ("bsecret", BINANCE_SECRET),
+    ):
+        write_secret(tmp_path / name, text)
+    port = free_port()
+    config = {
+        "paper": {"symbols": ["BTC-USD", "ETH-USD"], "quote_asset": "USD", "reject_probability": 0},
+        "gateway": {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "api_key_file": str(tmp_path / "key"),
+            "api_secret_file": str(tmp_path / "secret"),
+            "control_token_file": str(tmp_path / "token"),
+            "binance": {
+                "keys": [
+                    {
+                        "account": "main",
+                        "api_key_file": str(tmp_path / "bkey"),
+                        "api_secret_file": str(tmp_path / "bsecret"),
+                    }
+                ]
+            },
+        },
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "trading_ops", "--config", str(path)]
+    with open(tmp_path / "gateway.log", "wb") as log:
+        proc = subprocess.Popen([*command, "paper-gateway"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        sync = ccxt_sync.binance({"apiKey": BINANCE_KEY, "secret": BINANCE_SECRET, "urls": {"api": binance_urls(base)}})
+        until(
+            "the gateway answers on Binance's API",
+            lambda: sync.fetch_time() > 0,
+            deadline=60,
+            tolerate=(ccxt.NetworkError,),
+        )
+        assert sync.fetch_balance()["USD"]["free"] > 0
+        done = subprocess.run(
+            [*command, "gateway-chaos", "binance_filter_refusal", "count=1", "filter=NOTIONAL"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        with pytest.raises(ccxt.BadRequest, match="Filter failure: NOTIONAL"):
+            sync.create_order("ETH/USD", "market", "buy", 0.5)
+        bad = subprocess.run(
+            [*command, "gateway-chaos", "binance_filter_refusal", "filter=MAX_POSITION"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert bad.returncode == 2 and "filter must be one of" in bad.stderr
+    finally:
+        proc.terminate()
+        proc.wait(15)

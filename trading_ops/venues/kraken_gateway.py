@@ -497,9 +497,14 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         subaccounts.append(SubAccount(account.name, sub, account_keys))
     try:
         counter = None if g.call_counter == "off" else CounterLimiter(g.call_counter)
-        return KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts, call_counter=counter)
+        gateway = KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts, call_counter=counter)
     except ValueError as exc:
         raise ConfigError("gateway.accounts", str(exc)) from None
+    if g.binance.keys:  # the same accounts in Binance spot's dialect too
+        from trading_ops.paper.gateway.binance.dialect import dialect_from_config
+
+        gateway.dialects.append(dialect_from_config(config, gateway))
+    return gateway
 
 
 def _extra_keys(config: Config, extra: list[GatewayKeyConfig], where: str, keys: dict[str, str], whose: str) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from trading_ops.bot.broker import Quote, VenueFill, VenueOrder
+from trading_ops.config import Config, ConfigError, resolve_secret
 from trading_ops.paper.gateway.binance.auth import BinanceAuth
 from trading_ops.paper.gateway.binance.execution import ExecutionReports
 from trading_ops.paper.gateway.binance.faults import FAULT_NAMES, DialectFaults, flag, whole
@@ -45,8 +46,8 @@ class BinanceDialect:
     """Binance spot over `gateway`'s accounts; `keys` maps each Binance API key to (its secret, its account's name).
     Add it to `gateway.dialects` before the gateway's app is made."""
 
-    name = "binance"
-    fault_names = FAULT_NAMES
+    name: str = "binance"
+    fault_names: tuple[str, ...] = FAULT_NAMES
 
     def __init__(
         self,
@@ -193,3 +194,28 @@ class BinanceDialect:
             "silent_user_streams": sum(1 for s in self.users.subscribers if s.silenced),
             "market_stream_connections": self.streams.connections(),
         }
+
+
+def dialect_from_config(config: Config, gateway: KrakenGateway) -> BinanceDialect:
+    """The dialect `config.gateway.binance` sets up over `gateway`'s accounts; ConfigError for a missing secret or a
+    key naming no account."""
+    section = config.gateway.binance
+    keys: dict[str, tuple[str, str]] = {}
+    for i, entry in enumerate(section.keys):
+        where = f"gateway.binance.keys[{i}]"
+        values = []
+        for name in ("api_key", "api_secret"):
+            value = resolve_secret(config, entry, name, f"{where}.{name}")
+            if not value:
+                raise ConfigError(f"{where}.{name}", f"not set: give {name}_file or {name}_env")
+            values.append(value)
+        if values[0] in keys:
+            raise ConfigError(f"{where}.api_key", "is listed twice")
+        if entry.account not in gateway.accounts:
+            raise ConfigError(
+                f"{where}.account", f"{entry.account} is no account of the gateway (main or gateway.accounts)"
+            )
+        keys[values[0]] = (values[1], entry.account)
+    return BinanceDialect(
+        gateway, keys, weight_limit=section.weight_limit, min_notional=Decimal(str(section.min_notional))
+    )
