@@ -13,6 +13,7 @@ from trading_ops.bot.broker import Quote, Side, VenueFill
 from trading_ops.paper.gateway.binance.depth import DepthBook
 from trading_ops.paper.gateway.binance.errors import DISCONNECTED, DISCONNECTED_MSG, BinanceError, invalid
 from trading_ops.paper.gateway.binance.symbols import Symbol, Symbols, fmt
+from trading_ops.paper.gateway.binance.symbols import digits as digits_ok
 from trading_ops.paper.gateway.binance.weights import WeightLimiter
 
 DEFAULT_DEPTH = 100
@@ -27,14 +28,14 @@ Event = tuple[str, dict[str, Any]]  # a stream's name and its event
 def trade_number(trade_id: str) -> int:
     """The venue's trade id T123 as Binance's number 123."""
     digits = trade_id.lstrip("TP")
-    return int(digits) if digits.isdigit() else 0
+    return int(digits) if digits_ok(digits) else 0
 
 
 def _limit(params: Mapping[str, str], default: int, high: int) -> int:
     raw = params.get("limit", "")
     if raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 6 or not 1 <= int(raw) <= high:
+    if not digits_ok(raw, 6) or not 1 <= int(raw) <= high:
         raise invalid("limit")
     return int(raw)
 
@@ -158,11 +159,14 @@ class Market:
         limit = _limit(params, DEFAULT_TRADES, MAX_TRADES)
         start, end = params.get("startTime", ""), params.get("endTime", "")
         from_id = params.get("fromId", "")
+        for name, raw in (("startTime", start), ("endTime", end), ("fromId", from_id)):
+            if raw and not digits_ok(raw):
+                raise invalid(name)
         rows = []
         for t in self.trades[sym.id]:
-            if (start.isdigit() and t["time"] < int(start)) or (end.isdigit() and t["time"] > int(end)):
+            if (digits_ok(start) and t["time"] < int(start)) or (digits_ok(end) and t["time"] > int(end)):
                 continue
-            if from_id.isdigit() and t["id"] < int(from_id):
+            if digits_ok(from_id) and t["id"] < int(from_id):
                 continue
             rows.append(
                 {

@@ -34,6 +34,11 @@ def fmt(value: Decimal, places: int = 8) -> str:
     return f"{value:.{places}f}"
 
 
+def digits(raw: str, most: int = 19) -> bool:
+    """`raw` is a whole number of at most `most` ASCII digits (an int64 has 19; `²` is a digit to str.isdigit)."""
+    return 0 < len(raw) <= most and raw.isascii() and raw.isdigit()
+
+
 def decimal_param(params: Mapping[str, str], name: str, *, required: bool = True) -> Decimal | None:
     """A decimal parameter: -1102 when required and missing, -1100 when not a plain decimal."""
     raw = params.get(name, "")

@@ -39,7 +39,7 @@ from trading_ops.paper.gateway.binance.errors import (
     mandatory,
 )
 from trading_ops.paper.gateway.binance.market import Market, trade_number
-from trading_ops.paper.gateway.binance.symbols import Symbol, Symbols, decimal_param, fmt
+from trading_ops.paper.gateway.binance.symbols import Symbol, Symbols, decimal_param, digits, fmt
 from trading_ops.paper.venue import PaperVenue
 
 _CLIENT_ORDER_ID = re.compile(CLIENT_ORDER_ID_PATTERN)
@@ -295,7 +295,7 @@ class Trading:
         cid = client_order_id(params, cid_name)
         if not raw and not cid:
             raise BinanceError(-1102, f"Param '{id_name}' or '{cid_name}' must be sent, but both were empty/null!")
-        if raw and (not raw.isdigit() or len(raw) > 19):
+        if raw and not digits(raw):
             raise invalid(id_name)
         for order in self._listed(venue):
             if order.symbol != sym.symbol:
@@ -408,7 +408,7 @@ class Trading:
             raw = params.get(name, "")
             if raw == "":
                 return None
-            if not raw.isdigit() or len(raw) > 19:
+            if not digits(raw):
                 raise invalid(name)
             return int(raw)
 
@@ -421,7 +421,7 @@ class Trading:
         sym = self.symbols.one(params)
         start, end, limit = self._window(params)
         from_id = params.get("orderId", "")
-        if from_id and not from_id.isdigit():
+        if from_id and not digits(from_id):
             raise invalid("orderId")
         fills = await self._fills_by_order(venue)
         rows = []
@@ -440,7 +440,7 @@ class Trading:
         start, end, limit = self._window(params)
         order_id, from_id = params.get("orderId", ""), params.get("fromId", "")
         for name, raw in (("orderId", order_id), ("fromId", from_id)):
-            if raw and not raw.isdigit():
+            if raw and not digits(raw):
                 raise invalid(name)
         rows: list[dict[str, Any]] = []
         for fill in await venue.recent_fills():

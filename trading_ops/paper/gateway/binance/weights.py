@@ -18,6 +18,7 @@ from trading_ops.paper.gateway.binance.errors import (
     WEIGHT_MSG,
     BinanceError,
 )
+from trading_ops.paper.gateway.binance.symbols import digits
 
 WEIGHT_LIMIT_PER_MINUTE = 6000
 ORDERS_PER_10_SECONDS = 100
@@ -58,7 +59,7 @@ def weight(method: str, path: str, params: Mapping[str, str]) -> int:
     """The weight of a request to `path` (under /api/v3) with `params`."""
     if path == "depth":
         raw = params.get("limit", "100")
-        limit = int(raw) if raw.isdigit() and len(raw) < 6 else 100
+        limit = int(raw) if digits(raw, 5) else 100
         return next((w for top, w in DEPTH_WEIGHTS if limit <= top), DEPTH_WEIGHTS[-1][1])
     if path in TICKER_WEIGHTS and method in ("GET", "HEAD"):
         one, every = TICKER_WEIGHTS[path]
