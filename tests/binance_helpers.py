@@ -4,16 +4,15 @@ and ccxt.pro) with every URL pointed at it: the same account reached with a Krak
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import ccxt.async_support as ccxt_async
 import ccxt.pro as ccxtpro
 from ccxt_helpers import API_KEY, API_SECRET, CONTROL_TOKEN, QUIET_VENUE, SUB_ACCOUNT, SUB_KEY, SUB_SECRET, serving
 
-from trading_ops.paper.gateway.binance.dialect import STREAM_PATH, WS_API_PATH, BinanceDialect
+from trading_ops.paper.gateway.binance.client_urls import ccxt_urls
+from trading_ops.paper.gateway.binance.dialect import BinanceDialect
 from trading_ops.paper.venue import PaperVenue
 from trading_ops.venues.kraken_gateway import MAIN_ACCOUNT, KrakenGateway, SubAccount
 
@@ -41,16 +40,9 @@ async def binance_gateway(**venue_args: Any) -> AsyncIterator[tuple[KrakenGatewa
 
 
 def binance_urls(base: str) -> dict[str, Any]:
-    """ccxt binance's `urls.api` with every REST URL on `base` (its path kept: /api/v3, /sapi/v1, ...) and the spot
-    streams on the gateway's sockets: what "pointed at the gateway" means, nothing else changed."""
-    api = copy.deepcopy(ccxtpro.binance().urls["api"])
-    for name, url in list(api.items()):
-        if isinstance(url, str):
-            api[name] = base + urlsplit(url).path
-    ws_base = "ws" + base.removeprefix("http")
-    api["ws"] = {**api["ws"], "spot": ws_base + STREAM_PATH, "margin": ws_base + STREAM_PATH}
-    api["ws"]["ws-api"] = {**api["ws"]["ws-api"], "spot": ws_base + WS_API_PATH}
-    return api
+    """ccxt binance's `urls.api` on the gateway (trading_ops.paper.gateway.binance.client_urls): what "pointed at the
+    gateway" means, nothing else changed."""
+    return ccxt_urls(base, ccxtpro.binance().urls["api"])
 
 
 def binance(base: str, key: str = BINANCE_KEY, secret: str = BINANCE_SECRET, **options: Any) -> ccxt_async.binance:
