@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 import urllib.parse
 from collections import Counter, OrderedDict
@@ -116,7 +117,21 @@ EXTRA_ERRORS: dict[str, dict[str, dict[str, type[Exception]]]] = {
         "exact": {"EAPI:Invalid signature": ccxt_async.AuthenticationError},
         "broad": {"EOrder:Invalid price": ccxt_async.InvalidOrder},
     },
+    # Binance: every filter failure (-1013) is an invalid order (ccxt names LOT_SIZE and PRICE_FILTER only, NOTIONAL
+    # is a BadRequest), as is a client order id Binance refuses (-1100 on newClientOrderId); -1001 (503, "Internal
+    # error; unable to process your request") is the venue unavailable, not an unknown failure. ccxt matches these
+    # common messages before any code, whatever the URL's host (its spot table is chosen by api.binance.com's).
+    "binance": {
+        "exact": {"-1001": ccxt_async.ExchangeNotAvailable},
+        "broad": {
+            "Filter failure:": ccxt_async.InvalidOrder,
+            "Illegal characters found in parameter 'newClientOrderId'": ccxt_async.InvalidOrder,
+        },
+    },
 }
+# The client order ids each venue takes (Binance: at most 36 of `[.A-Z:/a-z0-9_-]`): a longer or other id is refused
+# before it is sent, a definite invalid_order, rather than by the venue.
+CLIENT_ORDER_IDS = {"binance": re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")}
 NONCE_RETRIES = 3
 LOOKUP_ATTEMPTS = 4  # lookups of an order whose submit answer was lost
 LOOKUP_BACKOFF_SECONDS = 0.2  # times the attempt number
@@ -426,6 +441,11 @@ class CcxtBroker(Broker):
 
     # -- orders -----------------------------------------------------------------------------------------------
     async def submit(self, request: OrderRequest) -> VenueOrder:
+        pattern = CLIENT_ORDER_IDS.get(self.venue)
+        if pattern is not None and not pattern.match(request.client_order_id):
+            raise BrokerError(
+                "invalid_order", f"{self.venue} takes client order ids of {pattern.pattern}", outcome_unknown=False
+            )
         symbol = self._unified.get(request.symbol)
         if symbol is None:
             raise BrokerError("other", f"unknown symbol {request.symbol[:32]}")

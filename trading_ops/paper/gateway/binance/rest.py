@@ -113,6 +113,9 @@ class RestApi:
         async def no_pairs(_c: Call) -> Any:
             return []
 
+        async def system_status(_c: Call) -> Any:
+            return {"status": 0, "msg": "normal"}  # ccxt's fetch_status (a session's first call)
+
         async def coins(c: Call) -> Any:
             rows = await t.balances(c.account_venue)
             return [
@@ -171,6 +174,7 @@ class RestApi:
             # What ccxt's stock load_markets asks besides exchangeInfo: no futures, no margin, the account's coins.
             ("GET", "fapi/exchangeInfo"): Route(n, no_markets, weighed=False),
             ("GET", "dapi/exchangeInfo"): Route(n, no_markets, weighed=False),
+            ("GET", "sapi/system/status"): Route(n, system_status, weighed=False),
             ("GET", "sapi/margin/allPairs"): Route(s, no_pairs, weighed=False),
             ("GET", "sapi/margin/isolated/allPairs"): Route(s, no_pairs, weighed=False),
             ("GET", "sapi/capital/config/getall"): Route(s, coins, weighed=False),
