@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
         "endpoint=public|private|all] (0: until the client reconnects), ws_close [code=1006|1001 endpoint=...], "
         "ws_book_checksum [mode=once|persistent], ws_sequence_gap [count=N], ws_repeat_fills [count=N], "
         "ws_invalid_session [count=N], ws_msg_rate [count=N], ws_maintenance [seconds=N]. "
+        "Binance dialect faults: binance_weight_exhausted (429, then a 418 ban for a client that keeps sending), "
+        "binance_listen_key_expired, binance_depth_gap [symbol=S count=N], binance_user_stream_silent "
+        "[persistent=true], binance_clock_drift [ms=N], binance_filter_refusal [count=N filter=LOT_SIZE|...]. "
         "`status` lists what is in force. Prints the gateway's answer as `key: value` lines (--json: the JSON it "
         "sent); a refusal is one line on stderr, exit 2 for a bad fault, argument or token, 1 otherwise.",
     )
@@ -85,6 +88,8 @@ def run_gateway(args: argparse.Namespace, config: Config) -> int:
         port,
         PRIVATE_PATH,
     )
+    for dialect in gateway.dialects:
+        log.info("paper gateway also speaks %s on %s://%s:%d (docs/gateway.md)", dialect.name, scheme, host, port)
     app = create_app(gateway)
     secure_app(app, web_config, BEARER_ROUTES)
     ssl_context = web_config.ssl_context if web_config is not None else None

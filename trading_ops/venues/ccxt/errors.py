@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 import ccxt.async_support as ccxt_async
 
@@ -38,7 +40,21 @@ EXTRA_ERRORS: dict[str, dict[str, dict[str, type[Exception]]]] = {
         "exact": {"EAPI:Invalid signature": ccxt_async.AuthenticationError},
         "broad": {"EOrder:Invalid price": ccxt_async.InvalidOrder},
     },
+    # Binance: every filter failure (-1013) is an invalid order (ccxt names LOT_SIZE and PRICE_FILTER only, NOTIONAL
+    # is a BadRequest), as is a client order id Binance refuses (-1100 on newClientOrderId); -1001 (503, "Internal
+    # error; unable to process your request") is the venue unavailable, not an unknown failure. ccxt matches these
+    # common messages before any code, whatever the URL's host (its spot table is chosen by api.binance.com's).
+    "binance": {
+        "exact": {"-1001": ccxt_async.ExchangeNotAvailable},
+        "broad": {
+            "Filter failure:": ccxt_async.InvalidOrder,
+            "Illegal characters found in parameter 'newClientOrderId'": ccxt_async.InvalidOrder,
+        },
+    },
 }
+# The client order ids each venue takes (Binance: at most 36 of `[.A-Z:/a-z0-9_-]`): a longer or other id is refused
+# before it is sent, a definite invalid_order, rather than by the venue.
+CLIENT_ORDER_IDS = {"binance": re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")}
 
 
 def error_class(exc: BaseException) -> str:

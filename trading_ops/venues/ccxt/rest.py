@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -80,7 +81,7 @@ from trading_ops.venues.call_counter import (
     patient,
     protective,
 )
-from trading_ops.venues.ccxt.errors import EXTRA_ERRORS, broker_error
+from trading_ops.venues.ccxt.errors import CLIENT_ORDER_IDS, EXTRA_ERRORS, broker_error
 from trading_ops.venues.ccxt.symbols import STATUSES, from_ccxt_symbol, to_ccxt_symbol
 
 log = logging.getLogger(__name__)
@@ -354,6 +355,11 @@ class CcxtBroker(Broker):
 
     # -- orders -----------------------------------------------------------------------------------------------
     async def submit(self, request: OrderRequest) -> VenueOrder:
+        pattern = CLIENT_ORDER_IDS.get(self.venue)
+        if pattern is not None and not pattern.match(request.client_order_id):
+            raise BrokerError(
+                "invalid_order", f"{self.venue} takes client order ids of {pattern.pattern}", outcome_unknown=False
+            )
         symbol = self._unified.get(request.symbol)
         if symbol is None:
             raise BrokerError("other", f"unknown symbol {request.symbol[:32]}")

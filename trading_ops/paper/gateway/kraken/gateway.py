@@ -85,6 +85,7 @@ from trading_ops.config import GATEWAY_MAIN_ACCOUNT, Config, ConfigError, Gatewa
 from trading_ops.http_guard import guard
 from trading_ops.http_input import InputError, read_body, read_json_object
 from trading_ops.paper.faults import FaultModel
+from trading_ops.paper.gateway.dialect import Dialect
 from trading_ops.paper.gateway.kraken.account import AccountEndpoints
 from trading_ops.paper.gateway.kraken.api import (
     E_INVALID_ARGUMENTS,
@@ -94,6 +95,9 @@ from trading_ops.paper.gateway.kraken.api import (
     Pairs,
     decode_secret,
 )
+from trading_ops.paper.venue import PaperVenue
+from trading_ops.tasks import stop_tasks
+from trading_ops.venues.call_counter import CounterLimiter
 from trading_ops.paper.gateway.kraken.auth import KrakenAuth
 from trading_ops.paper.gateway.kraken.faults import FAULTS, FaultError, GatewayFaults
 from trading_ops.paper.gateway.kraken.market import MarketData
@@ -178,6 +182,8 @@ class KrakenGateway:
             on_subscribe=self.faults.end_stale,  # a new subscription to a pair ends its stale_market_data
             candles=self.market.candles,  # the ohlc channel streams the candles REST OHLC serves
         )
+        # More dialects on the same market and accounts (trading_ops.paper.gateway.binance), added before start().
+        self.dialects: list[Dialect] = []
         self._task: asyncio.Task[None] | None = None
         self._public: dict[str, Callable[[Mapping[str, str]], Awaitable[Any]]] = {
             "Time": self.market.time,
@@ -221,12 +227,30 @@ class KrakenGateway:
         for name, account in self.accounts.items():
             # Each account's orders and fills go to its private WebSocket subscribers; the main venue's quotes are
             # the market (REST's and the public WebSocket's).
-            on_order, on_fill = self.websocket.account_events(name, account)
+            on_order, on_fill = self._account_events(name, account)
             on_quote = self._on_quote if account is self.venue else None
             await account.connect(BrokerEvents(on_quote=on_quote, on_order=on_order, on_fill=on_fill))
         await self._follow()
         await self.websocket.start()
+        for dialect in self.dialects:
+            await dialect.start()
         self._task = asyncio.create_task(self._run_market(), name="paper-gateway-market")
+
+    def _account_events(self, name: str, account: PaperVenue) -> tuple[Any, Any]:
+        """on_order and on_fill of `account`: its private WebSocket subscribers', then every dialect's."""
+        ws_order, ws_fill = self.websocket.account_events(name, account)
+
+        async def on_order(order: Any) -> None:
+            await ws_order(order)
+            for dialect in self.dialects:
+                await dialect.on_order(name, order)
+
+        async def on_fill(fill: Any) -> None:
+            await ws_fill(fill)
+            for dialect in self.dialects:
+                await dialect.on_fill(name, fill)
+
+        return on_order, on_fill
 
     async def _run_market(self) -> None:
         """The market ticks on the main venue; every sub-account follows its prices (its resting orders fill)."""
@@ -243,6 +267,8 @@ class KrakenGateway:
     async def _on_quote(self, quote: Quote) -> None:
         await self.market.on_quote(quote)
         await self.websocket.on_quote(quote)
+        for dialect in self.dialects:
+            await dialect.on_quote(quote)
 
     def _websockets_token(self, api_key: str, venue: PaperVenue) -> dict[str, Any]:
         """GetWebSocketsToken: a token for the private WebSocket, bound to the key that asked (and its account)."""
@@ -262,6 +288,8 @@ class KrakenGateway:
     async def stop(self) -> None:
         self.release_held()
         await self.websocket.stop()
+        for dialect in self.dialects:
+            await dialect.stop()
         await stop_tasks([self._task])
         for venue in self.accounts.values():
             await venue.close()
@@ -343,8 +371,9 @@ class KrakenGateway:
         fault = request.match_info["fault"]
         if fault == "clear_chaos":
             fault = "clear"
-        if fault not in FAULTS and fault not in WS_FAULTS:
-            known = ", ".join((*FAULTS, *WS_FAULTS))
+        dialect = next((d for d in self.dialects if fault in d.fault_names), None)
+        if fault not in FAULTS and fault not in WS_FAULTS and dialect is None:
+            known = ", ".join((*FAULTS, *WS_FAULTS, *(f for d in self.dialects for f in d.fault_names)))
             return web.json_response({"error": f"unknown fault; one of {known}"}, status=404)
         try:
             args = await read_json_object(request, MAX_BODY_BYTES)
@@ -352,17 +381,23 @@ class KrakenGateway:
             LOG.warning("fault %s refused: %s", fault, exc)
             return web.json_response({"error": exc.message}, status=exc.status)
         try:
-            if fault in WS_FAULTS:
+            if dialect is not None:
+                answer = await dialect.inject(fault, args)
+            elif fault in WS_FAULTS:
                 answer = await self.websocket.faults.inject(fault, args)
             else:
                 if fault == "clear":
                     self.websocket.faults.clear()
+                    for d in self.dialects:
+                        d.clear()
                 answer = await self.faults.inject(fault, args)
-        except (FaultError, StreamFaultError) as exc:
+        except (FaultError, StreamFaultError, ValueError) as exc:
             LOG.warning("fault %s refused: %s", fault, exc)
             return web.json_response({"error": str(exc)}, status=400)
         if fault in ("outage", "drop_connection"):  # the venue's sockets drop with its REST connections
             await self.websocket.faults.inject("ws_close", {"code": 1006})
+            for d in self.dialects:
+                await d.drop_sockets()
         LOG.warning("fault injected: %s %s", fault, answer)
         return web.json_response(answer)
 
@@ -375,6 +410,7 @@ class KrakenGateway:
                 "websocket": self.websocket.faults.describe(),
                 "venue": self.venue.faults(),
                 "accounts": list(self.accounts),
+                **{d.name: d.describe() for d in self.dialects},
             }
         )
 
@@ -409,6 +445,8 @@ def create_app(gateway: KrakenGateway) -> web.Application:
     app.router.add_get(PRIVATE_PATH, gateway.handle_websocket)
     app.router.add_get("/chaos", gateway.handle_chaos_status)
     app.router.add_post("/chaos/{fault}", gateway.handle_chaos)
+    for dialect in gateway.dialects:
+        dialect.mount(app)
     app.cleanup_ctx.append(_run_venue)
     app.on_shutdown.append(_release_held_answers)
     app.on_shutdown.append(_close_websockets)
@@ -462,9 +500,14 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         subaccounts.append(SubAccount(account.name, sub, account_keys))
     try:
         counter = None if g.call_counter == "off" else CounterLimiter(g.call_counter)
-        return KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts, call_counter=counter)
+        gateway = KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts, call_counter=counter)
     except ValueError as exc:
         raise ConfigError("gateway.accounts", str(exc)) from None
+    if g.binance.keys:  # the same accounts in Binance spot's dialect too
+        from trading_ops.paper.gateway.binance.dialect import dialect_from_config
+
+        gateway.dialects.append(dialect_from_config(config, gateway))
+    return gateway
 
 
 def _extra_keys(config: Config, extra: list[GatewayKeyConfig], where: str, keys: dict[str, str], whose: str) -> None:

@@ -1,0 +1,74 @@
+"""The paper gateway with its Binance spot dialect on a free loopback port, and ccxt's stock binance clients (REST
+and ccxt.pro) with every URL pointed at it: the same account reached with a Kraken key and a Binance key."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ccxt.async_support as ccxt_async
+import ccxt.pro as ccxtpro
+from ccxt_helpers import API_KEY, API_SECRET, CONTROL_TOKEN, QUIET_VENUE, SUB_ACCOUNT, SUB_KEY, SUB_SECRET, serving
+
+from trading_ops.paper.gateway.binance.client_urls import ccxt_urls
+from trading_ops.paper.gateway.binance.dialect import BinanceDialect
+from trading_ops.paper.venue import PaperVenue
+from trading_ops.venues.kraken_gateway import MAIN_ACCOUNT, KrakenGateway, SubAccount
+
+# Binance keys: the main account's (the account API_KEY reaches on the Kraken API) and a sub-account's.
+BINANCE_KEY = "binanceMainAccountKey0123456789"
+BINANCE_SECRET = "the binance secret of the main account"
+BINANCE_SUB_KEY = "binanceSubAccountKey0123456789"
+BINANCE_SUB_SECRET = "the binance secret of the sub-account"
+KEYS = {BINANCE_KEY: (BINANCE_SECRET, MAIN_ACCOUNT), BINANCE_SUB_KEY: (BINANCE_SUB_SECRET, SUB_ACCOUNT)}
+__all__ = ["API_KEY", "API_SECRET", "CONTROL_TOKEN"]
+
+
+@contextlib.asynccontextmanager
+async def binance_gateway(**venue_args: Any) -> AsyncIterator[tuple[KrakenGateway, BinanceDialect, str]]:
+    """A gateway over a fresh paper venue (quiet unless told otherwise; BTC-USD, ETH-USD, SOL-USD in USD) with its
+    sub-account, serving Kraken's API and Binance's on 127.0.0.1; yields it, its Binance dialect and its URL."""
+    args = {**QUIET_VENUE, "seed": 7, **venue_args}
+    venue = PaperVenue(**args)
+    sub = SubAccount(SUB_ACCOUNT, PaperVenue(**{**args, "seed": 8, "id_base": 10**12}), {SUB_KEY: SUB_SECRET})
+    gateway = KrakenGateway(venue, {API_KEY: API_SECRET}, CONTROL_TOKEN, subaccounts=[sub])
+    dialect = BinanceDialect(gateway, KEYS)
+    gateway.dialects.append(dialect)
+    async with serving(gateway) as base:
+        yield gateway, dialect, base
+
+
+def binance_urls(base: str) -> dict[str, Any]:
+    """ccxt binance's `urls.api` on the gateway (trading_ops.paper.gateway.binance.client_urls): what "pointed at the
+    gateway" means, nothing else changed."""
+    return ccxt_urls(base, ccxtpro.binance().urls["api"])
+
+
+def binance(base: str, key: str = BINANCE_KEY, secret: str = BINANCE_SECRET, **options: Any) -> ccxt_async.binance:
+    """ccxt's stock (async) binance client on the gateway: its URLs changed, nothing else (no rate limiter: the
+    tests pace themselves)."""
+    return ccxt_async.binance(
+        {
+            "apiKey": key,
+            "secret": secret,
+            "enableRateLimit": False,
+            "timeout": 5000,
+            "urls": {"api": binance_urls(base)},
+            **options,
+        }
+    )
+
+
+def binance_pro(base: str, key: str = BINANCE_KEY, secret: str = BINANCE_SECRET, **options: Any) -> ccxtpro.binance:
+    """ccxt.pro's stock binance client on the gateway (REST and streams), its URLs changed and nothing else."""
+    return ccxtpro.binance(
+        {
+            "apiKey": key,
+            "secret": secret,
+            "enableRateLimit": False,
+            "timeout": 5000,
+            "urls": {"api": binance_urls(base)},
+            **options,
+        }
+    )

@@ -1,0 +1,194 @@
+"""The Binance dialect's faults through the gateway's fault commands (`POST /chaos/{fault}`, what `trading-ops
+gateway-chaos` sends), each as ccxt's and ccxt.pro's stock binance clients observe it, and how each heals: request
+weight exhausted (429, then a 418 IP ban), a user data stream ended from the server's side (a listen key's lapse), a
+depth diff that skips update ids, a user stream acked then silent, the clock past recvWindow, a filter refusal. Real
+parts: the gateway's aiohttp app on a free loopback port, ccxt's real clients."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import ccxt
+import pytest
+from binance_helpers import binance, binance_gateway, binance_pro
+from ccxt_helpers import CONTROL_TOKEN, chaos, wait_for
+
+from trading_ops.paper.gateway.binance.dialect import WS_API_PATH
+
+MOVING = {"volatility": 0.001}
+
+
+class ManualClock:
+    """The weight limiter's clock, moved by the test (a minute never rolls over mid-test)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def started(coro: Any) -> asyncio.Task[Any]:
+    task = asyncio.ensure_future(coro)
+    await asyncio.sleep(0.3)
+    return task
+
+
+async def test_weight_exhausted_answers_429_then_bans_the_ip_with_418_until_retry_after() -> None:
+    clock = ManualClock()
+    async with binance_gateway() as (_gw, dialect, base):
+        dialect.weights.clock = clock
+        ex = binance(base)
+        try:
+            await ex.load_markets()
+            answer = await chaos(base, "binance_weight_exhausted")
+            assert answer["weight_exhausted_for_seconds"] > 0
+            for _ in range(dialect.weights.refusals_before_ban):
+                with pytest.raises(ccxt.DDoSProtection, match="429"):
+                    await ex.fetch_ticker("BTC/USD")
+            assert ex.last_response_headers["Retry-After"] == "60"
+            with pytest.raises(ccxt.DDoSProtection, match="418"):  # it kept sending: banned
+                await ex.fetch_ticker("BTC/USD")
+            assert ex.last_response_headers["Retry-After"] == "120"
+            status = await _status(base)
+            assert list(status["binance"]["banned_ips"]) == ["127.0.0.1"]
+            clock.now += 60  # a new minute: still banned
+            with pytest.raises(ccxt.DDoSProtection, match="418"):
+                await ex.fetch_ticker("BTC/USD")
+            clock.now += 61  # the ban's Retry-After has passed
+            assert (await ex.fetch_ticker("BTC/USD"))["bid"] > 0
+        finally:
+            await ex.close()
+
+
+async def _status(base: str) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base}/chaos", headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as r,
+    ):
+        return await r.json()
+
+
+async def test_a_user_stream_ended_by_the_server_is_subscribed_again_by_the_next_watch() -> None:
+    async with binance_gateway() as (_gw, dialect, base):
+        ex = binance_pro(base)
+        try:
+            await ex.load_markets()
+            first = await started(ex.watch_orders())
+            assert len(dialect.users.subscribers) == 1
+            ended = await chaos(base, "binance_listen_key_expired")
+            assert ended["subscriptions_terminated"] == 1
+            client = ex.clients["ws" + base.removeprefix("http") + WS_API_PATH]
+            await wait_for(lambda: "spot" not in client.subscriptions)  # the client forgot its subscription
+            assert dialect.users.subscribers == []
+            again = await started(ex.watch_orders())  # ccxt.pro subscribes again
+            assert len(dialect.users.subscribers) == 1
+            order = await ex.create_order("ETH/USD", "market", "buy", 0.5)
+            seen = await asyncio.wait_for(again, 10)
+            assert seen[-1]["id"] == order["id"]
+            assert first.done()  # the watch pending across the end saw the order too (one message hash)
+        finally:
+            await ex.close()
+
+
+async def test_a_depth_diff_that_skips_update_ids_fails_the_book_and_a_new_watch_resyncs() -> None:
+    async with binance_gateway(**MOVING) as (gw, dialect, base):
+        ex = binance_pro(base)
+        try:
+            first = await started(ex.watch_order_book("BTC/USD"))
+            await gw.venue.tick()
+            await asyncio.wait_for(first, 10)
+            answer = await chaos(base, "binance_depth_gap", symbol="BTC-USD", count=3)
+            assert answer == {"depth_gap": 3, "symbols": ["BTC-USD"]}
+            broken = await started(ex.watch_order_book("BTC/USD"))
+            await gw.venue.tick()
+            with pytest.raises(ccxt.ChecksumError):  # ccxt.pro's word for a diff whose U is not the last u + 1
+                await asyncio.wait_for(broken, 10)
+            await asyncio.wait_for(ex.watch_order_book("BTC/USD"), 10)  # a new snapshot, synced by update ids
+            moved = await started(ex.watch_order_book("BTC/USD"))
+            await gw.venue.tick()
+            book = await asyncio.wait_for(moved, 10)  # the next diff applies on it
+            assert book["nonce"] == dialect.market.books["BTCUSD"].update_id
+            snapshot = dialect.market.books["BTCUSD"].snapshot(5)
+            assert [[float(p), float(q)] for p, q in snapshot["bids"]] == [list(b[:2]) for b in book["bids"][:5]]
+        finally:
+            await ex.close()
+
+
+async def test_a_user_stream_acked_then_silent_until_a_new_subscription() -> None:
+    async with binance_gateway() as (_gw, _dialect, base):
+        silent, fresh = binance_pro(base), binance_pro(base)
+        try:
+            await silent.load_markets()
+            waiting = await started(silent.watch_orders())
+            answer = await chaos(base, "binance_user_stream_silent")
+            assert answer == {"user_streams_silenced": 1}
+            status = await _status(base)
+            assert status["binance"]["silent_user_streams"] == 1
+            await silent.create_order("ETH/USD", "market", "buy", 0.5)
+            await asyncio.wait([waiting], timeout=1.0)
+            assert not waiting.done()  # subscribed, and nothing comes
+            await fresh.load_markets()
+            heard = await started(fresh.watch_orders())  # a new subscription is heard
+            order = await fresh.create_order("ETH/USD", "market", "buy", 0.5)
+            assert (await asyncio.wait_for(heard, 10))[-1]["id"] == order["id"]
+            assert not waiting.done()
+        finally:
+            await silent.close()
+            await fresh.close()
+
+
+@pytest.mark.parametrize(
+    ("drift_ms", "message"), [(-20_000, "ahead of the server"), (20_000, "outside of the recvWindow")]
+)
+async def test_clock_drift_past_recv_window_is_1021_until_the_client_syncs_its_clock(
+    drift_ms: int, message: str
+) -> None:
+    async with binance_gateway() as (_gw, _dialect, base):
+        ex = binance(base)
+        try:
+            await ex.load_markets()
+            await chaos(base, "binance_clock_drift", ms=drift_ms)
+            with pytest.raises(ccxt.InvalidNonce, match=message):
+                await ex.fetch_balance()
+            ex.options["adjustForTimeDifference"] = True
+            await ex.load_time_difference()  # ccxt's own remedy: the offset to /api/v3/time
+            assert abs(ex.options["timeDifference"] + drift_ms) < 5000
+            assert (await ex.fetch_balance())["USD"]["free"] == 100000
+        finally:
+            await ex.close()
+
+
+async def test_a_filter_refusal_is_1013_for_the_next_orders_only() -> None:
+    async with binance_gateway() as (_gw, _dialect, base):
+        ex = binance(base)
+        try:
+            await ex.load_markets()
+            assert await chaos(base, "binance_filter_refusal", count=1, filter="LOT_SIZE") == {
+                "filter_refusals": 1,
+                "filter": "LOT_SIZE",
+            }
+            with pytest.raises(ccxt.InvalidOrder, match="Filter failure: LOT_SIZE"):
+                await ex.create_order("ETH/USD", "market", "buy", 0.5)
+            assert (await ex.create_order("ETH/USD", "market", "buy", 0.5))["status"] == "closed"
+        finally:
+            await ex.close()
+
+
+async def test_binance_fault_arguments_are_checked_and_clear_ends_them() -> None:
+    async with binance_gateway() as (_gw, dialect, base):
+        headers = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
+        async with aiohttp.ClientSession() as session:
+            for fault, args in (
+                ("binance_filter_refusal", {"filter": "MAX_POSITION"}),
+                ("binance_clock_drift", {"ms": "soon"}),
+                ("binance_depth_gap", {"symbol": "DOGE-USD"}),
+            ):
+                async with session.post(f"{base}/chaos/{fault}", json=args, headers=headers) as r:
+                    assert r.status == 400, fault
+            await chaos(base, "binance_clock_drift", ms=5000)
+            await chaos(base, "binance_filter_refusal", count=2)
+            await chaos(base, "clear")
+            assert dialect.faults.describe() == {"clock_drift_ms": 0, "filter_refusals": 0}

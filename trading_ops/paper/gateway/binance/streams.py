@@ -1,0 +1,115 @@
+"""The Binance dialect's market streams (`/stream/ws/<stream>`, as wss://stream.binance.com:9443/ws): a client
+subscribes with `{"method": "SUBSCRIBE", "params": ["btcusd@depth@100ms"], "id": 1}` (answered `{"result": null,
+"id": 1}`) and gets each stream's events raw: `depthUpdate` diffs with update ids, `trade`, `24hrTicker`, and the
+`bookTicker` (which carries no event type)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+
+from trading_ops.paper.gateway.binance.market import Event
+from trading_ops.paper.gateway.binance.sockets import MAX_MESSAGE_BYTES, Socket
+
+LOG = logging.getLogger(__name__)
+
+# <symbol>@depth (1000 ms) and @depth@100ms carry the same diffs here (sent at each change of the book); trade,
+# ticker, miniTicker (what ccxt.pro's watch_ticker subscribes), bookTicker.
+STREAM_NAME = re.compile(r"^([a-z0-9]{2,20})@(depth(?:@100ms|@1000ms)?|trade|ticker|miniTicker|bookTicker)$")
+MAX_STREAMS = 1024  # per connection, as Binance allows
+INVALID_REQUEST = 2  # Binance's error code for a request it cannot read
+
+
+def canonical(stream: str) -> str | None:
+    """The event stream a subscription name receives (`btcusd@depth@100ms` -> `btcusd@depth`); None if unknown."""
+    match = STREAM_NAME.match(stream)
+    if match is None:
+        return None
+    kind = match.group(2)
+    return f"{match.group(1)}@{'depth' if kind.startswith('depth') else kind}"
+
+
+class MarketStreams:
+    """Every market-stream socket and the streams each subscribed to."""
+
+    def __init__(self, known_ids: Iterable[str]) -> None:
+        self.known = {i.lower() for i in known_ids}
+        self._subs: dict[Socket, set[str]] = {}
+        self._numbers = itertools.count(1)
+        self.sent = 0  # events sent (what a test counts)
+
+    async def handle(self, request: web.Request, first: str) -> web.StreamResponse:
+        ws = web.WebSocketResponse(autoping=True, heartbeat=None, max_msg_size=MAX_MESSAGE_BYTES)
+        await ws.prepare(request)
+        sock = Socket(ws, request, next(self._numbers))
+        subs: set[str] = set()
+        if (name := canonical(first)) is not None:  # /ws/<stream>: subscribed from the start
+            subs.add(name)
+        self._subs[sock] = subs
+        sock.start()
+        try:
+            async for message in sock.messages():
+                self._answer(sock, subs, message)
+        finally:
+            self._subs.pop(sock, None)
+            await sock.finish()
+        return ws
+
+    def _answer(self, sock: Socket, subs: set[str], message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+            sock.send(
+                {"error": {"code": INVALID_REQUEST, "msg": "Invalid request: request ID must be an unsigned integer"}}
+            )
+            return
+        request_id = message.get("id")
+        method, params = message["method"], message.get("params", [])
+        if method == "LIST_SUBSCRIPTIONS":
+            sock.send({"result": sorted(subs), "id": request_id})
+            return
+        if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
+            sock.send(
+                {"error": {"code": INVALID_REQUEST, "msg": "Invalid request: unknown variable"}, "id": request_id}
+            )
+            return
+        names = []
+        for stream in params:
+            name = canonical(stream) if isinstance(stream, str) else None
+            if name is None or name.split("@")[0] not in self.known:
+                sock.send(
+                    {
+                        "error": {"code": INVALID_REQUEST, "msg": f"Invalid request: invalid stream {stream!r}"},
+                        "id": request_id,
+                    }
+                )
+                return
+            names.append(name)
+        if method == "SUBSCRIBE":
+            if len(subs | set(names)) > MAX_STREAMS:
+                sock.send(
+                    {"error": {"code": INVALID_REQUEST, "msg": "Invalid request: too many streams"}, "id": request_id}
+                )
+                return
+            subs.update(names)
+        else:
+            subs.difference_update(names)
+        sock.send({"result": None, "id": request_id})
+
+    def publish(self, events: Iterable[Event]) -> None:
+        for stream, event in events:
+            for sock, subs in self._subs.items():
+                if stream in subs:
+                    sock.send(event)
+                    self.sent += 1
+
+    def drop(self, code: int = 1006) -> None:
+        """Every socket dropped (the venue's outage or dropped connections)."""
+        for sock in list(self._subs):
+            sock.close(code)
+
+    def connections(self) -> int:
+        return len(self._subs)
