@@ -29,7 +29,7 @@ import ccxt.pro as ccxtpro
 from gateway_bench import KEYS_ENV, NEVER, gateway_process, summary
 
 from trading_ops.paper.gateway.binance.client_urls import ccxt_urls
-from trading_ops.venues.ccxt import POLL_INTERVAL_SECONDS
+from trading_ops.venues.ccxt.rest import POLL_INTERVAL_SECONDS
 
 STARTUP_SECONDS = 60.0
 GOAL_P50_MS = 100.0
@@ -139,8 +139,8 @@ def serve(port: int) -> int:
     from aiohttp import web
 
     from trading_ops.paper.gateway.binance.dialect import BinanceDialect
+    from trading_ops.paper.gateway.kraken.gateway import MAIN_ACCOUNT, KrakenGateway, create_app
     from trading_ops.paper.venue import PaperVenue
-    from trading_ops.venues.kraken_gateway import MAIN_ACCOUNT, KrakenGateway, create_app
 
     venue = PaperVenue(
         starting_balance=Decimal("100000000"),

@@ -13,8 +13,8 @@ from ccxt_helpers import API_KEY, API_SECRET, CONTROL_TOKEN, QUIET_VENUE, SUB_AC
 
 from trading_ops.paper.gateway.binance.client_urls import ccxt_urls
 from trading_ops.paper.gateway.binance.dialect import BinanceDialect
+from trading_ops.paper.gateway.kraken.gateway import MAIN_ACCOUNT, KrakenGateway, SubAccount
 from trading_ops.paper.venue import PaperVenue
-from trading_ops.venues.kraken_gateway import MAIN_ACCOUNT, KrakenGateway, SubAccount
 
 # Binance keys: the main account's (the account API_KEY reaches on the Kraken API) and a sub-account's.
 BINANCE_KEY = "binanceMainAccountKey0123456789"

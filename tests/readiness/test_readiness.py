@@ -9,9 +9,9 @@ import asyncio
 import contextlib
 import json
 import re
-import threading
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator

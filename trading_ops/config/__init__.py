@@ -44,6 +44,7 @@ from trading_ops.config.fields import (
     POSTGRESQL_DRIVER,
     POSTGRESQL_DRIVER_MISSING,
     SQLITE_FILE_URL,
+    STATE_DIRECTORY_ENV,
     SYMBOL_PATTERN,
     UNIT_PATTERN,
     ConfigError,
@@ -54,6 +55,7 @@ from trading_ops.config.fields import (
     resolve_path,
     resolve_paths,
     secret,
+    state_base,
 )
 from trading_ops.config.freqtrade import FreqtradeConfig, FreqtradeListenConfig, FreqtradeTargetConfig
 from trading_ops.config.loader import config_schema, load_config, parse_config, resolve_secret, resolve_tokens
@@ -71,6 +73,8 @@ from trading_ops.config.ops import (
 from trading_ops.config.paper import (
     CcxtConfig,
     GatewayAccountConfig,
+    GatewayBinanceConfig,
+    GatewayBinanceKeyConfig,
     GatewayConfig,
     GatewayKeyConfig,
     GatewayListenConfig,
@@ -83,6 +87,7 @@ from trading_ops.config.reconciler import (
     BotVenueConfig,
     BudgetConfig,
     EscalationConfig,
+    FourEyesConfig,
     ReconcilerConfig,
     ReconcilerListenConfig,
     TargetConfig,
@@ -111,11 +116,14 @@ __all__ = [
     "DatabaseConfig",
     "DeadMansSwitchConfig",
     "EscalationConfig",
+    "FourEyesConfig",
     "FreqtradeConfig",
     "FreqtradeListenConfig",
     "FreqtradeTargetConfig",
     "GATEWAY_MAIN_ACCOUNT",
     "GatewayAccountConfig",
+    "GatewayBinanceConfig",
+    "GatewayBinanceKeyConfig",
     "GatewayConfig",
     "GatewayKeyConfig",
     "GatewayListenConfig",
@@ -150,6 +158,7 @@ __all__ = [
     "ResourcesConfig",
     "RiskConfig",
     "SQLITE_FILE_URL",
+    "STATE_DIRECTORY_ENV",
     "SYMBOL_PATTERN",
     "SchedulerConfig",
     "TLSClientConfig",
@@ -174,4 +183,5 @@ __all__ = [
     "resolve_tokens",
     "secret",
     "sqlite_file",
+    "state_base",
 ]

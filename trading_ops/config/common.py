@@ -1,4 +1,4 @@
-"""Sections several services share: listen addresses, TLS clients, the database, named tokens, logging and
+"""Sections several services share: listen addresses, TLS clients, the database, named tokens, logging,
 notifications."""
 
 from __future__ import annotations

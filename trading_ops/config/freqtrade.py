@@ -5,15 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from trading_ops.config.common import ListenConfig, NamedTokenConfig, check_token_names
-from trading_ops.config.fields import (
-    ConfigError,
-    bounded,
-    check_http_url,
-    check_name,
-    check_nonempty,
-    checked,
-    secret,
-)
+from trading_ops.config.fields import ConfigError, bounded, check_http_url, check_name, check_nonempty, checked, secret
 from trading_ops.config.paper import CcxtConfig
 
 

@@ -100,6 +100,28 @@ class GatewayAccountConfig:
 
 
 @dataclass
+class GatewayBinanceKeyConfig:
+    """A Binance API key of the gateway's Binance spot dialect and the account it reaches (`main`, or a sub-account's
+    name): one account may be traded through the Kraken API and the Binance API alike."""
+
+    account: str = GATEWAY_MAIN_ACCOUNT
+    api_key: str = secret("", "Binance API key of the gateway's Binance dialect")
+    api_secret: str = secret("", "its secret (the HMAC-SHA256 key, any string)")
+
+
+@dataclass
+class GatewayBinanceConfig:
+    """The paper venue also in Binance spot's dialect, on the gateway's port (trading_ops.paper.gateway.binance):
+    REST under /api/v3, market streams under /stream/ws, the WebSocket API at /ws-api/v3. Off without keys."""
+
+    keys: list[GatewayBinanceKeyConfig] = field(default_factory=list)
+    # The request weight per minute per IP (Binance's REQUEST_WEIGHT); past it 429, then a 418 ban.
+    weight_limit: int = bounded(6000, min=1)
+    # NOTIONAL's minimum order value in the quote asset.
+    min_notional: float = bounded(5.0, min=0)
+
+
+@dataclass
 class GatewayConfig:
     """`trading-ops paper-gateway`: the paper venue (set up by the `paper` section) behind Kraken's REST API."""
 
@@ -120,6 +142,8 @@ class GatewayConfig:
     extra_keys: list[GatewayKeyConfig] = field(default_factory=list)
     # Sub-accounts on the same market, each with its own key (one per bot sharing the venue).
     accounts: list[GatewayAccountConfig] = field(default_factory=list)
+    # The same market and accounts in Binance spot's dialect too.
+    binance: GatewayBinanceConfig = field(default_factory=GatewayBinanceConfig)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         seen = {GATEWAY_MAIN_ACCOUNT}

@@ -13,8 +13,10 @@ from trading_ops.config.fields import (
     POSTGRESQL_DRIVER,
     POSTGRESQL_DRIVER_MISSING,
     ConfigError,
+    check_client_id_prefix,
     check_command,
     check_name,
+    state_base,
 )
 from trading_ops.config.freqtrade import FreqtradeConfig
 from trading_ops.config.ops import BackupConfig, MaintenanceConfig, ReportConfig, SchedulerConfig, UpkeepConfig
@@ -110,7 +112,9 @@ class Config:
         the account's, so two bots on one would cancel and reconcile each other), and no two bots on a venue with one
         order-id prefix (a `venue` step tells a bot's orders by it; two bots given keys of their own on one account
         are not seen sharing it, their prefixes are). The bot this file runs (`bot:`) takes the prefix its entry
-        under `bots:` gives."""
+        under `bots:` gives. A prefix leaves room for the rest of a client order id where the venue caps it."""
+        if self.bot.order_id_prefix:
+            check_client_id_prefix(self.ccxt.exchange, self.bot.order_id_prefix, "bot.order_id_prefix")
         prefixes: dict[tuple[str, str], int] = {}
         accounts: dict[tuple[str, str], int] = {}
         for i, entry in enumerate(self.bots):
@@ -126,6 +130,7 @@ class Config:
                 continue
             place = " ".join([venue.exchange, *(f"{k}={v}" for k, v in sorted(venue.urls.items()))])
             prefix = bot_prefix(entry)
+            check_client_id_prefix(venue.exchange, prefix, f"bots[{i}].venue.order_id_prefix")
             first = prefixes.setdefault((place, prefix), i)
             if first != i:
                 raise ConfigError(
@@ -149,11 +154,13 @@ class Config:
         return p if p.is_absolute() else (self.base_dir / p)
 
     def database_url(self) -> str:
-        """The validated SQLAlchemy URL: a relative SQLite path resolved, bare `postgresql://` on psycopg 3."""
+        """The validated SQLAlchemy URL: a relative SQLite path resolved (under systemd against the unit's state
+        directory: `state_base`), bare `postgresql://` on psycopg 3."""
         url = self.database.resolved_url(self.base_dir)
         prefix = "sqlite:///"
         if url.startswith(prefix) and url != "sqlite:///:memory:" and not url.startswith("sqlite:////"):
-            url = prefix + str(self.path(url[len(prefix) :]))
+            relative = Path(url[len(prefix) :]).expanduser()
+            url = prefix + str(relative if relative.is_absolute() else state_base(self.base_dir) / relative)
         if url.startswith("postgresql://"):
             url = POSTGRESQL_DRIVER + url[len("postgresql") :]
         if url.startswith(POSTGRESQL_DRIVER) and importlib.util.find_spec("psycopg") is None:

@@ -46,7 +46,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping

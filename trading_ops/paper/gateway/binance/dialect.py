@@ -30,7 +30,7 @@ from trading_ops.paper.gateway.binance.weights import WEIGHT_LIMIT_PER_MINUTE, W
 from trading_ops.tasks import stop_tasks
 
 if TYPE_CHECKING:
-    from trading_ops.venues.kraken_gateway import KrakenGateway
+    from trading_ops.paper.gateway.kraken.gateway import KrakenGateway
 
 LOG = logging.getLogger(__name__)
 

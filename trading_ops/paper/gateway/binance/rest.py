@@ -31,9 +31,9 @@ from trading_ops.paper.gateway.binance.market import Market
 from trading_ops.paper.gateway.binance.trading import Trading
 from trading_ops.paper.gateway.binance.user_stream import UserStreams
 from trading_ops.paper.gateway.binance.weights import WeightLimiter, weight
+from trading_ops.paper.gateway.kraken.api import E_INSUFFICIENT_FUNDS, E_INVALID_ORDER, E_UNAVAILABLE, KrakenError
+from trading_ops.paper.gateway.kraken.faults import GatewayFaults
 from trading_ops.paper.venue import PaperVenue
-from trading_ops.venues.kraken_api import E_INSUFFICIENT_FUNDS, E_INVALID_ORDER, E_UNAVAILABLE, KrakenError
-from trading_ops.venues.kraken_faults import GatewayFaults
 
 LOG = logging.getLogger(__name__)
 

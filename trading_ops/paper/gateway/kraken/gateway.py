@@ -95,9 +95,6 @@ from trading_ops.paper.gateway.kraken.api import (
     Pairs,
     decode_secret,
 )
-from trading_ops.paper.venue import PaperVenue
-from trading_ops.tasks import stop_tasks
-from trading_ops.venues.call_counter import CounterLimiter
 from trading_ops.paper.gateway.kraken.auth import KrakenAuth
 from trading_ops.paper.gateway.kraken.faults import FAULTS, FaultError, GatewayFaults
 from trading_ops.paper.gateway.kraken.market import MarketData

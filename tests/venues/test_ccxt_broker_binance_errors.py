@@ -14,7 +14,8 @@ from binance_helpers import binance, binance_gateway
 from ccxt_helpers import chaos
 
 from trading_ops.bot.broker import BrokerError, OrderRequest, OrderType, Side
-from trading_ops.venues.ccxt import CcxtBroker, error_class
+from trading_ops.venues.ccxt.errors import error_class
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 LIMIT = {"side": "BUY", "type": "LIMIT", "timeInForce": "GTC"}
 CASES: dict[str, tuple[str, Callable[[Any], Awaitable[Any]]]] = {
