@@ -26,6 +26,7 @@ pytest.register_assert_rewrite(*HELPER_MODULES)
 import deployment_prebuild  # noqa: E402 (a helper: registered above)
 from rewrite_ahead import rewrite_ahead  # noqa: E402
 from shared_postgres import new_database  # noqa: E402
+from smtp_sink import SMTPServer, serve_smtp  # noqa: E402
 
 # The suite meets the secret files' mode check (trading_ops/secret_files.py) as a deployment does: its fixtures write
 # each secret its owner's alone (tests/secret_file.py: a 0600 file in a 0700 folder), and the servers it starts check
@@ -166,6 +167,23 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'trading-ops.db'}"
+
+
+@pytest.fixture
+def migrated_sqlite(sqlite_url: str) -> str:
+    """sqlite_url with every migration applied (for the reconciler's, the operations' and the readiness tests)."""
+    from trading_ops.db import migrate
+
+    migrate.upgrade(sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPServer]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 and a free port, keeping what it receives (the operations' reports
+    and the readiness review send through it)."""
+    with serve_smtp() as server:
+        yield server
 
 
 @pytest.fixture

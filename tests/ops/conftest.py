@@ -1,4 +1,5 @@
-"""Fixtures of the scheduled-operations tests: a real Alertmanager, real bot control APIs, a real SMTP server.
+"""Fixtures of the scheduled-operations tests: a real Alertmanager, real bot control APIs (the SMTP server and the
+migrated SQLite database: tests/conftest.py, shared with the readiness and reconciler tests).
 What the tests import lives in modules of their own (ops_setup, smtp_sink, alertmanager_server): a module named
 `conftest` is a different one in each folder."""
 
@@ -14,7 +15,6 @@ from ops_setup import Bot
 from prometheus_client import CollectorRegistry
 from reconciler_server import BOT_TOKEN
 from server_process import stop
-from smtp_sink import SMTPServer, serve_smtp
 
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.db import migrate
@@ -26,13 +26,6 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmana
     am = start_alertmanager(tmp_path_factory.mktemp("ops-alertmanager"))
     yield am
     stop(am.proc)
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SMTPServer]:
-    """A real SMTP server (aiosmtpd) on 127.0.0.1 and a free port, keeping what it receives."""
-    with serve_smtp() as server:
-        yield server
 
 
 @pytest.fixture
@@ -52,9 +45,3 @@ async def bots(aiohttp_server: Any, tmp_path: Path) -> dict[str, Bot]:
 def migrated(database_url: str) -> str:
     migrate.upgrade(database_url)
     return database_url
-
-
-@pytest.fixture
-def migrated_sqlite(sqlite_url: str) -> str:
-    migrate.upgrade(sqlite_url)
-    return sqlite_url

@@ -19,12 +19,6 @@ from trading_ops.db import migrate
 
 
 @pytest.fixture
-def migrated_sqlite(sqlite_url: str) -> str:
-    migrate.upgrade(sqlite_url)
-    return sqlite_url
-
-
-@pytest.fixture
 def migrated_db(database_url: str) -> str:
     migrate.upgrade(database_url)
     return database_url

@@ -43,7 +43,7 @@ from trading_ops.db.models import Episode
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN
 from trading_ops.reconciler.ledger import Ledger
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The reconciler's own defaults (reconciler.max_body_bytes) and the bot's control API limit.
 MAX_BODY_BYTES = ReconcilerConfig().max_body_bytes
 BOT_MAX_BODY_BYTES = 64 * 1024
