@@ -348,3 +348,29 @@ async def test_two_approvers_at_once_are_both_counted_and_no_request_field_lower
     assert sorted(final["approvers"]) == ["alice", "bob"] and final["status"] in ("approved", "executed")
     assert final["requested_by"] == "carol" and final["decided_by"] in ("alice", None)
     assert bot.commands() == ["ramp_promote"]
+
+
+async def test_a_request_alertmanager_does_not_take_is_withdrawn_and_may_be_asked_again(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot
+) -> None:
+    from ports import free_port
+
+    fake_bot.ramp = {"stage": 1, "name": "s1"}
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, f"http://127.0.0.1:{free_port()}", {})
+    client = await aiohttp_client(create_app(load_config(config)))
+    for _ in range(2):  # the first was withdrawn: the second is no duplicate
+        resp = await client.post("/api/v1/ramp/paper-1/promote", json={"stage": "s2"}, headers=bearer("alice"))
+        error = (await resp.json())["error"]
+        assert resp.status == 503 and error.startswith("not asked: Alertmanager took no request"), error
+    engine = client.app[keys.LEDGER].engine
+    actions = [(e.principal, e.action) for e in reversed(audit.entries(engine))]
+    assert (
+        actions
+        == [
+            ("alice", "ramp_promotion_request"),
+            ("reconciler", "ramp_promotion_request_withdrawn"),
+        ]
+        * 2
+    )
+    assert audit.verify(engine).whole
+    assert await approvals(client) == []

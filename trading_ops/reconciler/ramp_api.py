@@ -107,7 +107,7 @@ async def ask_promotion(
         return _refused(409, f"not asked: {made.message}")
     problem = await post_request(config, session, bot, stage, number, before, principal, made["id"])
     if problem is not None:
-        await asyncio.to_thread(store.withdraw, made["id"], utcnow())
+        await asyncio.to_thread(store.withdraw, made["id"], utcnow(), problem)
         return _refused(503, f"not asked: {problem}")
     log.warning("ramp promotion of %s to %s asked by %s from %s (request %s)", bot.name, stage, principal, source,
                 made["id"])  # fmt: skip
