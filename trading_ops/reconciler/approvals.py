@@ -527,7 +527,11 @@ class ApprovalStore:
             if not took:
                 return None
             row = conn.execute(select(AP).where(AP.c.id == approval_id)).mappings().one()
-        return {**dict(row), "status": APPROVED}
+            used: dict[str, Any] = {**dict(row), "status": APPROVED}
+            self._attach_decisions(conn, [used])
+        # Who decided, as a signed decision names it: the approvers' principals and the requester's.
+        used.update(approvers=approvers_of(used), requester_principal=requester_of(used))
+        return used
 
     def supersede(self, approval_id: int, now: datetime) -> None:
         """The playbook changed since the approval was asked: it no longer stands (a new one is asked)."""
