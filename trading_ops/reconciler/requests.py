@@ -90,12 +90,28 @@ class RequestStore:
             )
         return {"id": request_id, **values}
 
-    def withdraw(self, request_id: int, now: datetime) -> None:
-        """The request's alert could not be posted: it no longer stands (asking again is not a duplicate)."""
+    def withdraw(self, request_id: int, now: datetime, why: str) -> None:
+        """The request's alert could not be posted: it no longer stands (asking again is not a duplicate), and the
+        audit chain says so."""
         from sqlalchemy import update
 
         with self.ledger.tx() as conn:
+            row = conn.execute(select(RQ).where(RQ.c.id == request_id)).mappings().first()
+            if row is None:
+                return
             conn.execute(update(RQ).where(RQ.c.id == request_id).values(expires_at=now))
+            audit.append(
+                conn,
+                principal="reconciler",
+                source="reconciler",
+                action=f"{row['kind']}_request_withdrawn",
+                target=row["bot"],
+                before={"requested": row["stage"], "by": row["principal"]},
+                after={"requested": None},
+                decision=f"request:{request_id}",
+                comment=why,
+                at=now,
+            )
 
     def get(self, request_id: int) -> dict[str, Any] | None:
         with self.ledger.engine.connect() as conn:
