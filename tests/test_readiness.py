@@ -454,6 +454,27 @@ def test_a_configuration_without_bots_says_where_the_local_stack_s_is(
     )
 
 
+def test_record_on_an_unmigrated_ledger_says_to_run_db_upgrade(
+    database_url: str, stack: dict[str, str], tmp_path: Path
+) -> None:
+    """`--record` on a database never migrated (a new SQLite file; an empty PostgreSQL database): one line naming the
+    fix, exit 2, before any verdict is printed; never `no such table`."""
+    url = database_url
+    config = write_config(tmp_path, stack)
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "database": {"url": url}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "ready", "--record"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert done.stderr.strip().splitlines() == [
+        "trading-ops: readiness: --record: database is not migrated: run `trading-ops db upgrade`"
+    ]
+
+
 # -- the reconciler's API: GET /api/v1/readiness/{bot} (scope read) ------------------------------------------------
 
 
