@@ -62,6 +62,14 @@ def attribution(name: str | None, token: str | None) -> str:
     return f"{quoted} with token {token}" if token else f"{quoted} (CLI)"
 
 
+def shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as listings show them: an approval still `pending` whose episode closed is CLOSED_UNDECIDED."""
+    for row in rows:
+        if row["status"] == PENDING and row["episode_state"] not in OPEN_STATES:
+            row["status"] = CLOSED_UNDECIDED
+    return rows
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why a decision was not taken: the HTTP status that says so (400, 404, 403, 409) and one line."""
@@ -149,15 +157,15 @@ class ApprovalStore:
         return dict(row) if row else None
 
     def get(self, approval_id: int) -> dict[str, Any] | None:
-        rows = self._select(AP.c.id == approval_id, limit=1)
+        rows = shown(self._select(AP.c.id == approval_id, limit=1))
         return rows[0] if rows else None
 
     def recent(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first; with their episode's alert name and state. `pending`: those of open episodes only (see
         CLOSED_UNDECIDED)."""
         if status == PENDING:
-            return self._select((AP.c.status == PENDING) & E.c.state.in_(OPEN_STATES), limit=limit)
-        return self._select(AP.c.status == status if status else None, limit=limit)
+            return shown(self._select((AP.c.status == PENDING) & E.c.state.in_(OPEN_STATES), limit=limit))
+        return shown(self._select(AP.c.status == status if status else None, limit=limit))
 
     def pending_count(self) -> int:
         """How many wait for a decision, of open episodes (the operator console's navigation shows it)."""
@@ -172,7 +180,7 @@ class ApprovalStore:
 
     def of_episode(self, episode_id: int, limit: int = 100) -> list[dict[str, Any]]:
         """An episode's approvals, newest first (the operator console's episode page)."""
-        return self._select(AP.c.episode_id == episode_id, limit=limit)
+        return shown(self._select(AP.c.episode_id == episode_id, limit=limit))
 
     def _select(self, where: Any, limit: int) -> list[dict[str, Any]]:
         stmt = (
@@ -184,11 +192,7 @@ class ApprovalStore:
         if where is not None:
             stmt = stmt.where(where)
         with self.ledger.engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(stmt).mappings()]
-        for row in rows:
-            if row["status"] == PENDING and row["episode_state"] not in OPEN_STATES:
-                row["status"] = CLOSED_UNDECIDED
-        return rows
+            return [dict(r) for r in conn.execute(stmt).mappings()]
 
     def request(
         self,
