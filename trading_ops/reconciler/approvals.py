@@ -62,14 +62,6 @@ def attribution(name: str | None, token: str | None) -> str:
     return f"{quoted} with token {token}" if token else f"{quoted} (CLI)"
 
 
-def shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows as listings show them: an approval still `pending` whose episode closed is CLOSED_UNDECIDED."""
-    for row in rows:
-        if row["status"] == PENDING and row["episode_state"] not in OPEN_STATES:
-            row["status"] = CLOSED_UNDECIDED
-    return rows
-
-
 @dataclass(frozen=True)
 class Refusal:
     """Why a decision was not taken: the HTTP status that says so (400, 404, 403, 409) and one line."""
@@ -412,3 +404,11 @@ class ApprovalCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_approvals_pending", PENDING_HELP, value=count)
         age = 0.0 if oldest is None else max(0.0, (self.now() - oldest).total_seconds())
         yield GaugeMetricFamily(f"{PREFIX}_approval_oldest_pending_seconds", OLDEST_HELP, value=age)
+
+
+def shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as listings show them: an approval still `pending` whose episode closed is CLOSED_UNDECIDED."""
+    for row in rows:
+        if row["status"] == PENDING and row["episode_state"] not in OPEN_STATES:
+            row["status"] = CLOSED_UNDECIDED
+    return rows
