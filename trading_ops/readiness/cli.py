@@ -134,24 +134,6 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
     return EXIT_READY if all(v.verdict == "ready" for v in verdicts) else EXIT_NOT_READY
 
 
-def ledger_schema_problem(config: Config) -> str | None:
-    """Before anything is judged: why the ledger cannot hold a record (never migrated, or behind this version: run
-    `trading-ops db upgrade`), as one line; None when it can, or when the database does not answer (`record` says so
-    after the verdict)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from trading_ops.db.base import make_engine
-    from trading_ops.db.revisions import schema_problem
-
-    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
-    try:
-        return schema_problem(engine)
-    except SQLAlchemyError:
-        return None
-    finally:
-        engine.dispose()
-
-
 def record(config: Config, verdicts: list[Verdict], approved_by: str | None, reason: str, by: str) -> int:
     """Write each verdict to the ledger, where a live start of the bot reads it (trading_ops.bot.live_gate): attributed
     to `by`, timestamped. Exit 1 (one line) when the ledger cannot take them."""
@@ -239,3 +221,21 @@ async def run(
     for verdict in verdicts:
         verdict.queries += 1  # the retention
     return verdicts
+
+
+def ledger_schema_problem(config: Config) -> str | None:
+    """Before anything is judged: why the ledger cannot hold a record (never migrated, or behind this version: run
+    `trading-ops db upgrade`), as one line; None when it can, or when the database does not answer (`record` says so
+    after the verdict)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from trading_ops.db.base import make_engine
+    from trading_ops.db.revisions import schema_problem
+
+    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    try:
+        return schema_problem(engine)
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
