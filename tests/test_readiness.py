@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -193,6 +191,9 @@ def test_less_history_than_the_window_is_unknown_with_no_hidden_allowance(
     """A quarter of an hour of a bot, asked about 61 minutes (the CLI, as a user runs it): every criterion over the
     window is unknown, none passes; the same bot over 5 days too. A bot with two hours of the same history is judged
     over the 61 minutes."""
+    import subprocess
+    import sys
+
     config = write_config(tmp_path, stack)
     status, found = verdicts(config, capsys, "two-hours", window="61m")
     judged = {r["name"]: r for r in found["two-hours"]["results"]}
@@ -422,6 +423,9 @@ def test_bad_input_is_one_line_exit_2(
 def test_a_refusal_names_the_window_the_user_gave(stack: dict[str, str], tmp_path: Path) -> None:
     """Without --window the window is the configuration's (readiness.window): the refusal names that key, never a
     `--window` nobody typed (the CLI as a subprocess, one line, exit 2)."""
+    import subprocess
+    import sys
+
     config = write_config(tmp_path, stack, window="45d")
     cli = [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "ready"]
     for argv, message in (
@@ -459,6 +463,9 @@ def test_record_on_an_unmigrated_ledger_says_to_run_db_upgrade(
 ) -> None:
     """`--record` on a database never migrated (a new SQLite file; an empty PostgreSQL database): one line naming the
     fix, exit 2, before any verdict is printed; never `no such table`."""
+    import subprocess
+    import sys
+
     url = database_url
     config = write_config(tmp_path, stack)
     config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "database": {"url": url}}))
