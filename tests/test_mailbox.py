@@ -66,6 +66,61 @@ def test_the_mailbox_keeps_each_message_and_logs_it_in_one_line(tmp_path: Path) 
     assert "stopped after 2 message(s)" in lines[-1], out
 
 
+@pytest.mark.parametrize("existing", ["empty", "a Maildir"])
+def test_an_existing_maildir_keeps_every_message(tmp_path: Path, existing: str) -> None:
+    """`--maildir` naming a directory that exists: empty (made by hand, a volume mounted empty: every message failed,
+    as Python's Maildir makes its folders only for a directory it creates), or a Maildir with a message already."""
+    maildir = tmp_path / "mail"
+    maildir.mkdir()
+    if existing == "a Maildir":
+        for folder in ("tmp", "new", "cur"):
+            (maildir / folder).mkdir()
+        earlier = EmailMessage()
+        earlier["Subject"] = "earlier"
+        mailbox.Maildir(maildir, create=False).add(earlier)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADING_OPS_")}
+    argv = [sys.executable, "-m", "trading_ops", "mailbox", "--port", str(port), "--maildir", str(maildir)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+
+        def sent() -> bool:
+            try:
+                send(port, "[pager] TradingBotDown paper-bot:9101")
+            except OSError:
+                return False
+            return True
+
+        until("the mailbox accepting mail", sent, deadline=30)
+        send(port, "[chat] TradingBotHeartbeatStale paper-bot:9101")
+        subjects = sorted(str(m["Subject"]) for m in mailbox.Maildir(maildir, create=False))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    kept = ["[chat] TradingBotHeartbeatStale paper-bot:9101", "[pager] TradingBotDown paper-bot:9101"]
+    assert subjects == sorted([*kept, *(["earlier"] if existing == "a Maildir" else [])]), out
+    assert proc.returncode == 0 and "Traceback" not in out and "stopped after 2 message(s)" in out, out
+
+
+def test_a_maildir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "mail").write_text("not a directory")
+    argv = [
+        sys.executable,
+        "-m",
+        "trading_ops",
+        "mailbox",
+        "--port",
+        str(free_port()),
+        "--maildir",
+        str(tmp_path / "mail"),
+    ]
+    ran = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert (
+        ran.returncode == 2
+        and ran.stderr.strip() == f"trading-ops: mailbox: --maildir: {tmp_path / 'mail'} is not a directory"
+    )
+
+
 def test_a_port_out_of_range_is_one_line(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "trading_ops", "mailbox", "--port", "70000", "--maildir", str(tmp_path)]
     ran = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)

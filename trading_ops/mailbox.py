@@ -9,6 +9,7 @@ import email
 import email.policy
 import logging
 import mailbox
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,47 @@ MAX_MESSAGE_BYTES = 1_000_000
 HOSTNAME = "mailbox"
 
 
+# A Maildir's own folders: a directory that exists without them (made by hand, a volume mounted empty) gets them.
+MAILDIR_FOLDERS = ("tmp", "new", "cur")
+# What a message that could not be kept is answered (SMTP's "local error in processing": the sender retries).
+NOT_KEPT = "451 Requested action aborted: the mailbox could not keep it"
+
+
+class MaildirProblem(Exception):
+    """The Maildir cannot be used (not a directory, not writable); one line: why."""
+
+
+def open_maildir(path: Path) -> mailbox.Maildir:
+    """The Maildir at `path`, its folders made where missing (Python's Maildir makes them only for a directory it
+    creates: an existing empty one failed every message). MaildirProblem when it cannot be."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in MAILDIR_FOLDERS:
+            (path / folder).mkdir(mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise MaildirProblem(f"{path} is not a directory") from None
+    except OSError as exc:
+        raise MaildirProblem(f"{path}: {exc.strerror or exc}") from None
+    if not os.access(path / "tmp", os.W_OK | os.X_OK):
+        raise MaildirProblem(f"{path}: not writable")
+    return mailbox.Maildir(path, create=False)
+
+
 class MaildirHandler:
     """aiosmtpd's DATA handler: each message into the Maildir, then one log line."""
 
     def __init__(self, maildir: Path) -> None:
-        self.maildir = mailbox.Maildir(maildir, create=True)
+        self.maildir = open_maildir(maildir)
         self.received = 0
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw = envelope.original_content or envelope.content
         message = email.message_from_bytes(raw, policy=email.policy.default)
-        key = self.maildir.add(raw)
+        try:
+            key = self.maildir.add(raw)
+        except OSError as exc:  # the disk full, the folder removed meanwhile: one line, the sender retries
+            log.error("mailbox: could not keep a message for %s: %s", ", ".join(envelope.rcpt_tos), exc)
+            return NOT_KEPT
         self.received += 1
         log.info(
             "mailbox: received %s for %s: %s",

@@ -190,6 +190,47 @@ async def test_a_crash_loop_falls_back_a_stage_once_before_the_bot_trades(tmp_pa
     assert last["why"].startswith("crash loop: 2 crashes within 60 min"), last
 
 
+async def test_three_crashes_after_a_promotion_demote_counting_the_run_live_at_the_promotion(tmp_path: Path) -> None:
+    """The issue's case: a bot promoted while it runs, then three crashes (the run live at the promotion, and the two
+    after it) with bot.ramp.crash_loop_crashes 3. The start after the third crash falls back a stage before it
+    trades, and says 3 crashes (it used to miss the run live at the promotion, demote at the fourth and say 3)."""
+    config = fast_config(tmp_path, partial_fill_probability=0.0)
+    config.recovery.crash_timeout_seconds = 0.1
+    config.bot.ramp = parse_config(
+        {"bot": {"ramp": {"stages": STAGES, "crash_loop_crashes": 3, "crash_loop_window": "1h"}}}
+    ).bot.ramp
+    data_dir = Path(config.bot.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state = data_dir / STATE_FILE
+    state.write_text(json.dumps({"stage": "small", "since": time.time() - 3 * 86400, "history": []}))
+    seen = []
+    history: list[dict[str, Any]] = []
+    for run_number in range(4):
+        bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+        bot.strategy = IdleStrategy()  # type: ignore[assignment]
+        await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
+        if run_number == 0:
+            # Promoted while this run is live (what a person's approved promotion writes), after it started.
+            await wait_for(lambda: bot.heartbeat.run_id is not None, 10)
+            bot.ramp.promote("bigger", by="alice", why="approval 1")
+            assert json.loads(state.read_text())["stage"] == "bigger"
+        seen.append((bot.crash is not None, bot.ramp.number, demotions(bot, "crash_loop")))
+        if run_number < 3:
+            await bot._abandon()  # no clean-shutdown marker: the next start finds a crash
+        else:
+            history = bot.ramp.history
+            await bot.stop()
+    assert seen == [
+        (False, 2, 0),  # stage 2 once promoted (the number read after the promotion)
+        (True, 2, 0),  # the run live at the promotion crashed: 1
+        (True, 2, 0),  # 2
+        (True, 1, 1),  # 3: stage 1 before anything traded
+    ], seen
+    last = history[-1]
+    assert (last["from"], last["to"], last["by"], last["cause"]) == ("bigger", "small", "risk", "crash_loop")
+    assert last["why"].startswith("crash loop: 3 crashes within 60 min at stage bigger"), last
+
+
 async def test_a_channel_down_too_long_falls_back_a_stage_once_per_outage(tmp_path: Path) -> None:
     clock = Clock()
     config_ramp = parse_config({"bot": {"ramp": {"stages": STAGES, "stream_down_for": "1s"}}}).bot.ramp
@@ -389,44 +430,3 @@ def test_a_paper_start_or_a_bot_without_a_ramp_needs_no_verdict(tmp_path: Path) 
     ).bot.ramp
     assert live_start_problem(config, engine) is None
     engine.dispose()
-
-
-async def test_three_crashes_after_a_promotion_demote_counting_the_run_live_at_the_promotion(tmp_path: Path) -> None:
-    """The issue's case: a bot promoted while it runs, then three crashes (the run live at the promotion, and the two
-    after it) with bot.ramp.crash_loop_crashes 3. The start after the third crash falls back a stage before it
-    trades, and says 3 crashes (it used to miss the run live at the promotion, demote at the fourth and say 3)."""
-    config = fast_config(tmp_path, partial_fill_probability=0.0)
-    config.recovery.crash_timeout_seconds = 0.1
-    config.bot.ramp = parse_config(
-        {"bot": {"ramp": {"stages": STAGES, "crash_loop_crashes": 3, "crash_loop_window": "1h"}}}
-    ).bot.ramp
-    data_dir = Path(config.bot.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    state = data_dir / STATE_FILE
-    state.write_text(json.dumps({"stage": "small", "since": time.time() - 3 * 86400, "history": []}))
-    seen = []
-    history: list[dict[str, Any]] = []
-    for run_number in range(4):
-        bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
-        bot.strategy = IdleStrategy()  # type: ignore[assignment]
-        await bot.start("127.0.0.1", 0)  # type: ignore[attr-defined]
-        if run_number == 0:
-            # Promoted while this run is live (what a person's approved promotion writes), after it started.
-            await wait_for(lambda: bot.heartbeat.run_id is not None, 10)
-            bot.ramp.promote("bigger", by="alice", why="approval 1")
-            assert json.loads(state.read_text())["stage"] == "bigger"
-        seen.append((bot.crash is not None, bot.ramp.number, demotions(bot, "crash_loop")))
-        if run_number < 3:
-            await bot._abandon()  # no clean-shutdown marker: the next start finds a crash
-        else:
-            history = bot.ramp.history
-            await bot.stop()
-    assert seen == [
-        (False, 2, 0),  # stage 2 once promoted (the number read after the promotion)
-        (True, 2, 0),  # the run live at the promotion crashed: 1
-        (True, 2, 0),  # 2
-        (True, 1, 1),  # 3: stage 1 before anything traded
-    ], seen
-    last = history[-1]
-    assert (last["from"], last["to"], last["by"], last["cause"]) == ("bigger", "small", "risk", "crash_loop")
-    assert last["why"].startswith("crash loop: 3 crashes within 60 min at stage bigger"), last

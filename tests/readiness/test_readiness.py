@@ -198,6 +198,7 @@ def test_less_history_than_the_window_is_unknown_with_no_hidden_allowance(
     """A quarter of an hour of a bot, asked about 61 minutes (the CLI, as a user runs it): every criterion over the
     window is unknown, none passes; the same bot over 5 days too. A bot with two hours of the same history is judged
     over the 61 minutes."""
+
     config = write_config(tmp_path, stack)
     status, found = verdicts(config, capsys, "two-hours", window="61m")
     judged = {r["name"]: r for r in found["two-hours"]["results"]}
@@ -510,6 +511,7 @@ def test_bad_input_is_one_line_exit_2(
 def test_a_refusal_names_the_window_the_user_gave(stack: dict[str, str], tmp_path: Path) -> None:
     """Without --window the window is the configuration's (readiness.window): the refusal names that key, never a
     `--window` nobody typed (the CLI as a subprocess, one line, exit 2)."""
+
     config = write_config(tmp_path, stack, window="45d")
     cli = [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "ready"]
     for argv, message in (
@@ -540,6 +542,28 @@ def test_a_configuration_without_bots_says_where_the_local_stack_s_is(
         "trading-ops: readiness: unknown bot 'paper-1' (known: none: the configuration has no bots: list); the local "
         "stack's configuration, with its bots, is var/stack/trading-ops.yaml: pass --config var/stack/trading-ops.yaml"
     )
+
+
+def test_record_on_an_unmigrated_ledger_says_to_run_db_upgrade(
+    database_url: str, stack: dict[str, str], tmp_path: Path
+) -> None:
+    """`--record` on a database never migrated (a new SQLite file; an empty PostgreSQL database): one line naming the
+    fix, exit 2, before any verdict is printed; never `no such table`."""
+
+    url = database_url
+    config = write_config(tmp_path, stack)
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "database": {"url": url}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "ready", "--record"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert done.stderr.strip().splitlines() == [
+        "trading-ops: readiness: --record: database is not migrated: run `trading-ops db upgrade`"
+    ]
 
 
 # -- the reconciler's API: GET /api/v1/readiness/{bot} (scope read) ------------------------------------------------

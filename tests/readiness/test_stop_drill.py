@@ -7,22 +7,21 @@ line (the CLI run as a subprocess), with nothing changed."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from ledger_rows import ask_approval
 from paper_helpers import TOKEN, control, fast_config, wait_for
 from prometheus_client import CollectorRegistry
 
 from trading_ops.cli import main
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
-from trading_ops.db.models.ledger import Approval, Attempt, Episode
+from trading_ops.db.models.ledger import Episode
 from trading_ops.paper.bot import PaperBot
 
 
@@ -66,63 +65,6 @@ async def drill_cli(config: Path) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-def ask_approval(url: str, instance: str, state: str = "waiting") -> int:
-    """What the reconciler writes when a step waits for a person (an exposure page's venue-direct flatten): an episode
-    of the bot's alert and its pending approval, in the ledger's real tables."""
-    engine = make_engine(url)
-    now = utcnow()
-    labels = {"alertname": "TradingBotUnhandledExposure", "instance": instance, "severity": "critical"}
-    try:
-        with engine.begin() as conn:
-            episode = conn.execute(
-                Episode.__table__.insert()
-                .values(
-                    fingerprint="f" * 16,
-                    starts_at=now,
-                    alertname=labels["alertname"],
-                    target=instance,
-                    rule="flatten-at-the-venue",
-                    labels=json.dumps(labels),
-                    annotations="{}",
-                    state=state,
-                    detail="awaiting approval",
-                    attempts=1,
-                    received_at=now,
-                    updated_at=now,
-                )
-                .returning(Episode.__table__.c.id)
-            ).scalar_one()
-            attempt = conn.execute(
-                Attempt.__table__.insert()
-                .values(episode_id=episode, number=1, owner="reconciler-1", outcome="approval", started_at=now)
-                .returning(Attempt.__table__.c.id)
-            ).scalar_one()
-            return int(
-                conn.execute(
-                    Approval.__table__.insert()
-                    .values(
-                        episode_id=episode,
-                        attempt_id=attempt,
-                        position=0,
-                        action="venue",
-                        step_name="flatten",
-                        arguments="{}",
-                        playbook_version="v1",
-                        rule="flatten-at-the-venue",
-                        target=instance,
-                        status="pending",
-                        on_timeout="escalate",
-                        requested_by="reconciler",
-                        requested_at=now,
-                        deadline=now + timedelta(minutes=30),
-                    )
-                    .returning(Approval.__table__.c.id)
-                ).scalar_one()
-            )
-    finally:
-        engine.dispose()
 
 
 async def test_the_drill_halts_flattens_and_resumes_a_paper_bot(
@@ -179,6 +121,11 @@ async def test_a_bot_halted_by_its_loss_limit_refuses_the_drill_and_stays_halted
         await wait_for(lambda: bot.inst.state.state.value == "halted", 10)
         reason = bot.inst.state.reason
         assert reason.startswith("risk limit daily_loss"), reason
+
+        async def nothing_working() -> bool:  # the halt cancels what works; what was on its way fills first
+            return not (await control(port, "status"))[1].get("open_orders")
+
+        await wait_for(nothing_working, 20)
         positions = {s: bot.book.position(s) for s in bot.symbols}
         assert any(positions.values())
         done = await drill_cli(drill_config(tmp_path, port))

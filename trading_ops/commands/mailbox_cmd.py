@@ -35,10 +35,14 @@ def register(sub: Any) -> None:
 
 def run_mailbox(args: argparse.Namespace, config: Config) -> int:
     try:
-        from trading_ops.mailbox import serve
+        from trading_ops.mailbox import MaildirProblem, open_maildir, serve
     except ModuleNotFoundError as exc:
         raise UsageError(f"mailbox: needs aiosmtpd ({exc.name}): install trading-ops[mailbox]") from None
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: expected 1-65535, got {args.port}")
+    try:
+        open_maildir(Path(args.maildir))  # before listening: a Maildir that cannot be used is one line, exit 2
+    except MaildirProblem as exc:
+        raise UsageError(f"mailbox: --maildir: {exc}") from None
     asyncio.run(serve(args.host, args.port, Path(args.maildir)))
     return 0

@@ -115,6 +115,10 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("readiness: --by NAME goes with --record")
     if args.stop_drill:
         return stop_drill(config, bots)
+    if args.record:
+        unmigrated = ledger_schema_problem(config)
+        if unmigrated is not None:
+            raise UsageError(f"readiness: --record: {unmigrated}")
     window_text = args.window or config.readiness.window
     # What a refusal names: what the user gave, the option or (without it) the configuration's default.
     given = "--window" if args.window else "readiness.window"
@@ -217,3 +221,21 @@ async def run(
     for verdict in verdicts:
         verdict.queries += 1  # the retention
     return verdicts
+
+
+def ledger_schema_problem(config: Config) -> str | None:
+    """Before anything is judged: why the ledger cannot hold a record (never migrated, or behind this version: run
+    `trading-ops db upgrade`), as one line; None when it can, or when the database does not answer (`record` says so
+    after the verdict)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from trading_ops.db.base import make_engine
+    from trading_ops.db.revisions import schema_problem
+
+    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    try:
+        return schema_problem(engine)
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()

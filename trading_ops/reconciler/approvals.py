@@ -65,6 +65,9 @@ AWAITING = "awaiting approval"
 # The outcome of an attempt handed back while one of its steps waits for a decision (carried on from that step).
 AWAITING_OUTCOME = "approval"
 PENDING_HELP = "Approvals waiting for a person's decision (open episodes only)."
+# How a listing shows an approval still `pending` in its row whose episode closed (resolved, say) before anyone
+# decided: nothing waits for it any more (deciding it is refused), so it is never listed as pending.
+CLOSED_UNDECIDED = "closed"
 OLDEST_HELP = "How long the oldest approval still waiting for a decision has waited (0 when none)."
 
 
@@ -236,21 +239,30 @@ class ApprovalStore:
         return found
 
     def get(self, approval_id: int) -> dict[str, Any] | None:
-        rows = self._select(AP.c.id == approval_id, limit=1)
+        rows = shown(self._select(AP.c.id == approval_id, limit=1))
         return rows[0] if rows else None
 
     def recent(self, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest first; with their episode's alert name and state."""
-        return self._select(AP.c.status == status if status else None, limit=limit)
+        """Newest first; with their episode's alert name and state. `pending`: those of open episodes only (see
+        CLOSED_UNDECIDED)."""
+        if status == PENDING:
+            return shown(self._select((AP.c.status == PENDING) & E.c.state.in_(OPEN_STATES), limit=limit))
+        return shown(self._select(AP.c.status == status if status else None, limit=limit))
 
     def pending_count(self) -> int:
-        """How many wait for a decision (the operator console's navigation shows it)."""
+        """How many wait for a decision, of open episodes (the operator console's navigation shows it)."""
         with self.ledger.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(AP).where(AP.c.status == PENDING)).scalar_one())
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(AP.join(E, E.c.id == AP.c.episode_id))
+                    .where(AP.c.status == PENDING, E.c.state.in_(OPEN_STATES))
+                ).scalar_one()
+            )
 
     def of_episode(self, episode_id: int, limit: int = 100) -> list[dict[str, Any]]:
         """An episode's approvals, newest first (the operator console's episode page)."""
-        return self._select(AP.c.episode_id == episode_id, limit=limit)
+        return shown(self._select(AP.c.episode_id == episode_id, limit=limit))
 
     def _select(self, where: Any, limit: int) -> list[dict[str, Any]]:
         stmt = (
@@ -576,3 +588,11 @@ class ApprovalCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_approvals_pending", PENDING_HELP, value=count)
         age = 0.0 if oldest is None else max(0.0, (self.now() - oldest).total_seconds())
         yield GaugeMetricFamily(f"{PREFIX}_approval_oldest_pending_seconds", OLDEST_HELP, value=age)
+
+
+def shown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as listings show them: an approval still `pending` whose episode closed is CLOSED_UNDECIDED."""
+    for row in rows:
+        if row["status"] == PENDING and row["episode_state"] not in OPEN_STATES:
+            row["status"] = CLOSED_UNDECIDED
+    return rows

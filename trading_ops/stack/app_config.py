@@ -45,6 +45,10 @@ CONSOLE_TOKENS = {
     "operate": (OPERATOR, DEFAULT_OPERATE_TOKEN),
     "destructive": (ONCALL, DEFAULT_DESTRUCTIVE_TOKEN),
 }
+# The packaged rule whose approval the demo shows (`chaos loss_spike`): the stack's playbook (fast and floor profiles)
+# lets it ask even on the shipped alert, a breached hard limit on which production's playbook acts at once.
+DEMO_APPROVAL_RULE = "loss-limit-flatten"
+TOKEN_BYTES = 32
 # Two people's own tokens of the `approve` scope (reconciler.api_tokens, named after them), so that docs/readiness.md's
 # promotion can be run as written by two people on the stack: one asks for the next stage with hers, the other approves
 # with his (four eyes: the requester's token never decides its own request). Added beside the console's APPROVER when
@@ -53,10 +57,6 @@ APPROVERS = (
     ("alice", "var/secrets/alice-token"),
     ("bob", "var/secrets/bob-token"),
 )
-# The packaged rule whose approval the demo shows (`chaos loss_spike`): the stack's playbook (fast and floor profiles)
-# lets it ask even on the shipped alert, a breached hard limit on which production's playbook acts at once.
-DEMO_APPROVAL_RULE = "loss-limit-flatten"
-TOKEN_BYTES = 32
 # `up --bot ccxt-gateway`: the example bot (examples/ccxt_bot.py) trades through ccxt on the paper gateway, whose
 # API key, secret (base64, as Kraken issues them) and fault-command token are generated into these files.
 GATEWAY_BOT_KIND = "ccxt-gateway"
