@@ -133,6 +133,17 @@ def order_id_prefix(name: str) -> str:
     return f"{name[: ORDER_ID_PREFIX_CHARS - ORDER_ID_HASH_CHARS - 1]}-{digest}"
 
 
+def _check_client_id_prefix(exchange: str, prefix: str, key: str) -> None:
+    """Binance caps a client order id at 36 characters: `<prefix>-<run, 11 hex digits>-<n>` fits with a prefix of at
+    most ORDER_ID_PREFIX_CHARS (n up to seven digits); ConfigError for a longer one on Binance."""
+    if exchange == "binance" and len(prefix) > ORDER_ID_PREFIX_CHARS:
+        raise ConfigError(
+            key,
+            f"{prefix} is {len(prefix)} characters: Binance's client order ids are at most 36, so a bot's prefix there "
+            f"is at most {ORDER_ID_PREFIX_CHARS}",
+        )
+
+
 def bot_prefix(entry: BotEntryConfig) -> str:
     """The order-id prefix of a bot under `bots:`: its venue's `order_id_prefix`, else derived from its name."""
     return entry.venue.order_id_prefix or order_id_prefix(entry.name)
@@ -1635,7 +1646,9 @@ class Config:
         the account's, so two bots on one would cancel and reconcile each other), and no two bots on a venue with one
         order-id prefix (a `venue` step tells a bot's orders by it; two bots given keys of their own on one account
         are not seen sharing it, their prefixes are). The bot this file runs (`bot:`) takes the prefix its entry
-        under `bots:` gives."""
+        under `bots:` gives. A prefix leaves room for the rest of a client order id where the venue caps it."""
+        if self.bot.order_id_prefix:
+            _check_client_id_prefix(self.ccxt.exchange, self.bot.order_id_prefix, "bot.order_id_prefix")
         prefixes: dict[tuple[str, str], int] = {}
         accounts: dict[tuple[str, str], int] = {}
         for i, entry in enumerate(self.bots):
@@ -1651,6 +1664,7 @@ class Config:
                 continue
             place = " ".join([venue.exchange, *(f"{k}={v}" for k, v in sorted(venue.urls.items()))])
             prefix = bot_prefix(entry)
+            _check_client_id_prefix(venue.exchange, prefix, f"bots[{i}].venue.order_id_prefix")
             first = prefixes.setdefault((place, prefix), i)
             if first != i:
                 raise ConfigError(
