@@ -263,7 +263,7 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
                 "no webhook token: set token_file or token_env (default variable TRADING_OPS_RECONCILER_TOKEN)",
             )
         if "gateway" in services:
-            from trading_ops.paper.gateway.kraken.gateway import gateway_from_config
+            from trading_ops.paper.gateway.build import gateway_from_config
 
             gateway_from_config(config)
     for warning in remote_bot_warnings(config):

@@ -62,7 +62,8 @@ def run_gateway(args: argparse.Namespace, config: Config) -> int:
     refuse_loose_secrets(config)  # as ssh and PostgreSQL refuse a key others can read: at start, not mid-incident
     from aiohttp import web
 
-    from trading_ops.paper.gateway.kraken.gateway import BEARER_ROUTES, create_app, gateway_from_config
+    from trading_ops.paper.gateway.build import gateway_from_config
+    from trading_ops.paper.gateway.kraken.gateway import BEARER_ROUTES, create_app
     from trading_ops.paper.gateway.kraken.ws.server import PRIVATE_PATH, PUBLIC_PATH
     from trading_ops.webconfig import describe, secure_app, server_web_config
 

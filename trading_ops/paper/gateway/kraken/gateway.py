@@ -500,10 +500,6 @@ def gateway_from_config(config: Config) -> KrakenGateway:
         gateway = KrakenGateway(venue, keys, values["control_token"], subaccounts=subaccounts, call_counter=counter)
     except ValueError as exc:
         raise ConfigError("gateway.accounts", str(exc)) from None
-    if g.binance.keys:  # the same accounts in Binance spot's dialect too
-        from trading_ops.paper.gateway.binance.dialect import dialect_from_config
-
-        gateway.dialects.append(dialect_from_config(config, gateway))
     return gateway
 
 
