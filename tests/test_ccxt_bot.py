@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -611,6 +612,82 @@ def expected_damage(orders: dict[str, Order], trade_ids: set[str], venue: PaperV
         kind = "vanished_order" if order.status is OrderStatus.CANCELED else "order_state_mismatch"
         damage.add((kind, order.client_order_id))
     return damage
+
+
+# How long the gateway holds back the answer to the flatten's market order: under the client's 10 s timeout (the
+# answer comes, late), long enough for a trade poll to book the order's fill meanwhile and for a halt to wait out its
+# step (2 s) and answer while the order is still in flight.
+HOLD_SECONDS = 6.0
+
+
+async def test_an_order_whose_answer_the_venue_holds_is_working_through_a_flatten_and_a_halt(tmp_path: Path) -> None:
+    """The example bot, REST only, one symbol: it holds a position, is paused, and `flatten` sends a market order
+    whose answer the gateway holds back HOLD_SECONDS (lost_reply, mode timeout). The order fills at once and the trade
+    poll books the fill (the position reads 0) long before the answer comes. Polled all the while, the bot is never
+    reported flat or idle while the gateway holds the answer: the flatten stays under way, `open_orders` counts the
+    order and `orders_in_flight` says it is in flight; a `halt` given during the hold (the second round) answers, and
+    its status says the same (the halt ends the flatten; the order stays in flight). Once the answer comes, the bot is
+    paused (or halted) with nothing working and nothing left at the venue."""
+    async with running_gateway(**DRIFTING) as (gateway, base):
+        port = free_port()
+        config = write_config(tmp_path, base, port, stream=False, symbols=["BTC-USD"])
+        log = tmp_path / "bot.log"
+        async with example_bot(config, log) as proc:
+
+            async def holding_a_position() -> bool:
+                assert proc.returncode is None, log.read_text()[-3000:]
+                try:
+                    code, state = await control(port, "status")
+                except aiohttp.ClientError:
+                    return False  # not listening yet
+                if code != 200 or state["state"] != "active" or Decimal(state["positions"]["BTC-USD"]) <= 0:
+                    return False
+                await control(port, "pause")  # answers after the step in progress: nothing new goes out
+                code, state = await control(port, "status")
+                if Decimal(state["positions"]["BTC-USD"]) > 0 and not state["orders_in_flight"]:
+                    return True
+                await control(port, "resume")  # sold meanwhile: trade on until it holds again
+                return False
+
+            for halt in (False, True):
+                await wait_for(holding_a_position, timeout=120)
+                await chaos(base, "lost_reply", count=1, mode="timeout", delay=HOLD_SECONDS)
+                code, answer = await control(port, "flatten")
+                assert code == 200 and answer["state"] == "flattening", answer
+                await wait_for(lambda: gateway.faults.held == 1, timeout=30)
+                halted: dict[str, Any] | None = None
+                seen: list[dict[str, Any]] = []  # the status while the gateway held the answer
+                while True:
+                    if halt and halted is None and len(seen) >= 3:
+                        code, halted = await control(port, "halt")
+                        assert code == 200 and halted["state"] == "halted", halted
+                    code, state = await control(port, "status")
+                    if not gateway.faults.held:  # answered meanwhile: this status may be the answer's
+                        break
+                    assert code == 200, state
+                    seen.append(state)
+                    assert state["open_orders"] >= 1 and state["orders_in_flight"] == 1, state
+                    if halted is None:
+                        assert state["state"] == "flattening", state
+                    else:
+                        assert state["state"] == "halted", state  # the halt ends the flatten, not the order
+                    await asyncio.sleep(0.05)
+                # The fill was booked while the answer was held: the position read 0 with the order still in flight.
+                assert any(Decimal(s["positions"]["BTC-USD"]) == 0 for s in seen), seen[-1]
+                assert not halt or halted is not None and any(s["state"] == "halted" for s in seen), seen[-1]
+
+                async def flat() -> bool:
+                    _, state = await control(port, "status")
+                    done = state["state"] == ("halted" if halt else "paused") and not state["flatten_while_halted"]
+                    return done and state["open_orders"] == 0 and state["orders_in_flight"] == 0
+
+                await wait_for(flat, timeout=30)
+                assert not gateway.venue.book.open, gateway.venue.book.open
+                if halt:
+                    break
+                assert (await control(port, "resume"))[0] == 200
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0, log.read_text()[-3000:]
 
 
 async def test_kill_9_mid_order_then_the_restarted_bots_reconciliation_finds_exactly_the_damage(tmp_path: Path) -> None:

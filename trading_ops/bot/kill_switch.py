@@ -50,11 +50,11 @@ class KillSwitch:
             log.error(
                 "kill switch engaged but %d open orders could not be canceled (%s): they are canceled after the "
                 "next reconnect",
-                len(self.orders.orders),
+                self.orders.open_order_count(),
                 exc,
             )
             if raise_unreachable:
-                detail = {"cancel_pending": True, "open_orders": len(self.orders.orders)}
+                detail = {"cancel_pending": True, "open_orders": self.orders.open_order_count()}
                 raise BrokerError(exc.error_class, str(exc), detail=detail) from exc
             return 0
         if left:

@@ -89,6 +89,7 @@ class OrderEngine:
         self.book = Book()
         self.orders: dict[str, VenueOrder] = {}  # working orders by key (the client order id, if they have one)
         self.order_sent_at: dict[str, float] = {}  # sent and not known closed: in flight until acknowledged
+        self._sent: dict[str, OrderRequest] = {}  # what was sent, while its answer has not come (see in_flight)
         self.external_orders: set[str] = set()  # keys of working orders adopted from the venue (placed by hand)
         self._filled_seen: dict[str, Decimal] = {}  # quantity of the fills seen per working order (see apply_fill)
         self.quotes: dict[str, Quote] = {}
@@ -107,11 +108,19 @@ class OrderEngine:
         return self.book.marks.get(symbol)
 
     def open_order_count(self) -> int:
+        """The orders working: acknowledged ones and those sent whose answer has not come (in flight)."""
         return len(self.orders.keys() | self.order_sent_at.keys())
+
+    def in_flight(self) -> dict[str, OrderRequest]:
+        """The orders sent whose answer has not come yet, by client order id: they count as working wherever "no
+        working order" or "flat" decides anything (a flatten's end, a halt's status, the stop drill), until the
+        venue's answer, an event or a lookup by client order id (outcome unknown) settles them."""
+        return {key: request for key, request in self._sent.items() if key not in self.orders}
 
     def exposed_symbols(self) -> set[str]:
         held = {symbol for symbol, holding in self.book.holdings.items() if holding.quantity}
-        return held | {order.symbol for order in self.orders.values()}
+        working = {order.symbol for order in self.orders.values()}
+        return held | working | {request.symbol for request in self.in_flight().values()}
 
     # -- orders ---------------------------------------------------------------------------------------
     def next_client_order_id(self) -> str:
@@ -155,11 +164,17 @@ class OrderEngine:
             self.gate.refuse(symbol, refusal)
             return None
         self.order_sent_at[request.client_order_id] = time.monotonic()
+        self._sent[request.client_order_id] = request
         self.gate.risk.sent()
         self.metrics.order_submitted(symbol, side.value, order_type.value, request.client_order_id)
-        answer = await self._send(request)
-        if answer is not None:
-            await self._take_answer(answer)
+        try:
+            answer = await self._send(request)
+            if answer is not None:
+                await self._take_answer(answer)
+        finally:
+            # Answered (or its outcome unknown: then tracked in `orders` until a lookup or a reconciliation settles
+            # it; or closed already by its events): no longer in flight.
+            self._sent.pop(request.client_order_id, None)
         return answer
 
     async def _take_answer(self, answer: VenueOrder) -> None:
@@ -379,6 +394,7 @@ class OrderEngine:
         self._lookups.pop(key, None)
         self.orders.pop(key, None)
         self.order_sent_at.pop(key, None)
+        self._sent.pop(key, None)
         self.external_orders.discard(key)
         self._filled_seen.pop(key, None)
 

@@ -942,12 +942,18 @@ class BotRuntime:
         when a venue event (or a reconciliation's adoption) closed the last one. A broker whose events arrive after
         the submit's answer (a stream, a poll) delivers the last fill after the step that sent its order; waiting for
         the next step left the flatten armed, and a position that came in meanwhile (a fill of no order, adopted by a
-        reconciliation) was closed by the flatten given for the one before it, nobody asked."""
-        if self._flattening and not any(self.book.position(s) for s in self.symbols) and not self.orders:
+        reconciliation) was closed by the flatten given for the one before it, nobody asked. An order sent and not
+        yet answered is working: its fill may be booked (a poll of the trades) before its answer comes, and a flatten
+        that ended there would let the next order go out beside it."""
+        if self._flattening and not any(self.book.position(s) for s in self.symbols) and not self._working():
             if self.inst.state.state is TradingState.FLATTENING:
                 self.inst.state.apply("flatten_done", reason="all positions closed")
             else:
                 self.inst.state.flatten_done_while_halted()
+
+    def _working(self) -> int:
+        """The orders working: acknowledged, of unknown outcome, or sent and not yet answered (in flight)."""
+        return self.order_engine.open_order_count()
 
     @property
     def _flattening(self) -> bool:
@@ -1079,7 +1085,10 @@ class BotRuntime:
             "positions": {s: str(self.book.position(s)) for s in self.symbols},
             # Each position valued at its mark, in the quote asset (what the operator console shows at stake).
             "position_values": {s: str(self.book.notional(s).quantize(CENT)) for s in self.symbols},
-            "open_orders": len(self.orders),
+            # Every order working, those sent and not yet answered included: the venue may hold an order whose
+            # answer has not come, so a bot with one in flight is never reported flat or idle.
+            "open_orders": self._working(),
+            "orders_in_flight": len(oe.in_flight()),
             "orders_outcome_unknown": sum(not o.venue_order_id for o in self.orders.values()),
             "adopted_orders": len(oe.external_orders),
             "cancel_pending": self.cancel_pending,

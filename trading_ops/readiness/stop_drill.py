@@ -27,11 +27,14 @@ class DrillFailed(Exception):
 
 
 def _flat(status: dict[str, Any]) -> bool:
+    """Every position closed, no order working and none in flight (sent, its answer not come: the venue may hold
+    it)."""
     try:
         positions = [Decimal(str(v)) for v in (status.get("positions") or {}).values()]
     except InvalidOperation:
         return False
-    return all(p == 0 for p in positions) and not status.get("open_orders")
+    working = status.get("open_orders") or status.get("orders_in_flight")
+    return all(p == 0 for p in positions) and not working
 
 
 async def run_drill(config: Config, bot: BotEntryConfig, deadline: float = FLAT_DEADLINE_SECONDS) -> list[str]:

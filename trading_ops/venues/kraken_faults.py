@@ -98,6 +98,7 @@ class GatewayFaults:
         self.pairs = pairs
         self._follow = follow
         self._release = asyncio.Event()  # ends the wait of answers held back (lost_reply timeout) at clear or stop
+        self.held = 0  # answers to AddOrder held back right now (lost_reply timeout): orders in flight at the client
         self._commands: dict[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
             "lost_reply": self._lost_reply,
             "stale_market_data": self._stale_market_data,
@@ -187,6 +188,7 @@ class GatewayFaults:
             "nonce": model.count("nonce"),
             "lost_reply": model.count(LOST_REPLY),
             "lost_reply_mode": mode,
+            "lost_reply_held": self.held,
             "insufficient_funds": model.count("insufficient_funds"),
             "invalid_order": model.count("invalid_order"),
             "stale_market_data": {s: left(STALE, s, "the client resubscribes") for s in model.subjects(STALE)},
@@ -237,8 +239,12 @@ class GatewayFaults:
         if mode == "close":
             close_unanswered(request)
             return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._release.wait(), delay)
+        self.held += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), delay)
+        finally:
+            self.held -= 1
         return False
 
     def release_held(self) -> None:
