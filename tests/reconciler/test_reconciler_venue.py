@@ -247,6 +247,32 @@ async def test_a_host_down_cancel_all_makes_few_calls_and_never_waits_on_ccxts_t
     assert open_ids(gateway) == set()
 
 
+async def test_positions_at_the_venue_is_flat_only_with_no_order_of_the_bot_open(gateway: Gateway) -> None:
+    """`positions` of an account that holds none of the bot's assets but has an order of the bot resting (one it sent
+    just before its host died, whose answer the venue held): not "flat" (which would end the exposure page and skip
+    the flatten's question), the order named; once it is cancelled, flat."""
+    cid = f"{BOT_A}-{RUN}-7"
+    placed = rest_order(gateway, cid)
+    rest_order(gateway, f"{BOT_B}-{RUN}-1")  # another bot's on the account: not this bot's exposure
+    assert btc(gateway) == 0
+    venue = BotVenueConfig(exchange="kraken", urls={"public": gateway.url, "private": gateway.url}, symbols=["BTC-USD"])
+    venue.order_id_prefix = BOT_A
+
+    async def positions() -> str:
+        account = VenueAccount(venue, SIDECAR_KEY, SIDECAR_SECRET, "episode1")
+        try:
+            result = await account.run("positions", 4000)
+        finally:
+            await account.close()
+        assert result.ok, result
+        return result.output
+
+    working = await positions()
+    assert working == f"{BOT_A} at kraken: 1 of its orders open ({cid})", working
+    gateway.call("cancel_order", placed["id"], "BTC/USD")
+    assert await positions() == f"{BOT_A} at kraken: flat"
+
+
 async def test_bots_whose_names_share_16_characters_each_keep_their_orders(
     aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, gateway: Gateway, alertmanager: Alertmanager
 ) -> None:

@@ -7,7 +7,8 @@ never names an account, a key or a host. Operations:
 - `cancel_all`: cancel the bot's open orders, and only the bot's: those whose client order id carries the prefix
   the runtime gives every order of that bot (`<order_id_prefix>-<run>-<n>`); another bot's orders on the same
   account stay. Then it asks the venue again: the step succeeds only when none of the bot's orders is left open.
-- `positions`: what the bot holds at the venue (its symbols' base balances less `position_baseline`).
+- `positions`: what the bot holds at the venue (its symbols' base balances less `position_baseline`) and its orders
+  still open there; "flat" only with neither.
 - `flatten`: cancel the bot's orders, close its positions with market orders, then check they are closed. It waits for a
   person's approval unless the step says `approval: none` (or the rule's hard limit is breached).
 
@@ -165,7 +166,10 @@ class VenueAccount:
             return await self.cancel_all(limit)
         if operation == "positions":
             held = await self.positions()
-            return Result("success", f"{self._who()}: {_exposure(held)}")
+            # Its orders open at the venue are exposure too (one the bot sent just before its host died, whose answer
+            # the venue held, among them): the account is flat only with none of them and nothing held.
+            working, _ = await self.bot_orders()
+            return Result("success", truncate(f"{self._who()}: {_exposure(held, working)}", limit))
         return await self.flatten(limit)
 
     def _who(self) -> str:
@@ -244,8 +248,12 @@ class VenueAccount:
         return Decimal(str((market.get("limits", {}).get("amount") or {}).get("min") or 0)) or Decimal("1e-12")
 
 
-def _exposure(held: dict[str, Decimal]) -> str:
+def _exposure(held: dict[str, Decimal], working: list[dict[str, Any]] | None = None) -> str:
+    """What the bot holds, and its orders open (when listed): FLAT only when there is neither."""
     parts = [f"{symbol} {amount.normalize():f}" for symbol, amount in held.items() if amount]
+    if working:
+        ids = ", ".join(str(o.get("clientOrderId")) for o in working[:10])
+        parts.append(f"{len(working)} of its orders open ({ids})")
     return ", ".join(parts) or FLAT
 
 
