@@ -40,7 +40,7 @@ from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient, FreqtradeNotListening
-from trading_ops.integrations.freqtrade.poller import Snapshot
+from trading_ops.integrations.freqtrade.poller import STARTING_SECONDS, FreqtradePoller, Snapshot
 from trading_ops.scopes import DESTRUCTIVE, OPERATE, READ, TokenSet
 from trading_ops.venues.ccxt import CcxtBroker
 
@@ -813,6 +813,43 @@ async def test_a_command_waits_for_an_api_that_refuses_connections_and_a_poll_do
         await client.close()
 
 
+async def test_a_sidecar_started_before_its_freqtrade_answers_says_starting_for_a_bounded_time(
+    freqtrade: Freqtrade,
+) -> None:
+    """A host back from the dead starts the sidecar and freqtrade together; freqtrade's API answers only once its
+    exchange and strategy are built. Until its first answer the sidecar's phase is `starting` (as a runtime bot's during
+    its safe start: the reconciler's restart leaves it alone, the rules do not take it for trading), for at most
+    STARTING_SECONDS after the sidecar's start: past that, a freqtrade that never answered is no longer starting. Once
+    it answered, a freqtrade that stops answering is not `starting` again (it may be dead)."""
+    port = free_port()
+    client = FreqtradeClient(
+        f"http://127.0.0.1:{port}", USERNAME, PASSWORD, timeout=2.0, metrics=ApiMetrics(CollectorRegistry())
+    )
+    poller = FreqtradePoller(client, 0.2)
+    await poller.start()
+    server: asyncio.Server | None = None
+    try:
+        await until_async("a poll that freqtrade did not answer", lambda: poller.polls >= 1, deadline=30)
+        assert not poller.snapshot.up and poller.phase == "starting"
+        poller._started -= STARTING_SECONDS  # the sidecar started longer ago than a start may take
+        assert poller.phase is None
+        poller._started += STARTING_SECONDS
+        # freqtrade's API answers (a relay to the real one, listening late): its own phase from then on.
+        server = await asyncio.start_server(lambda r, w: _relay(r, w, freqtrade.api_port, []), "127.0.0.1", port)
+        await until_async("freqtrade answers", lambda: poller.snapshot.up, deadline=30)
+        assert poller.phase == poller.snapshot.phase and poller.phase in ("starting", "trading")
+        server.close()
+        await server.wait_closed()
+        server = None
+        await until_async("freqtrade answers no more", lambda: not poller.snapshot.up, deadline=30)
+        assert poller.phase is None
+    finally:
+        if server is not None:
+            server.close()
+        await poller.stop()
+    assert poller.phase == "stopping"
+
+
 async def test_the_venue_lost_and_back_reconnect_waits_for_it_and_reload_keeps_freqtrade_running(
     sidecar: Client, freqtrade: Freqtrade, gateway: Gateway
 ) -> None:
@@ -1107,12 +1144,17 @@ def test_one_sidecar_process_serves_two_targets_one_up_one_dead(tmp_path: Path, 
         dead = until("the dead target reports its freqtrade down", lambda: failures(dead_port))
         dead_text = scrape(dead_port)
         assert "tradingbot_freqtrade_up 0.0" in dead_text and "tradingbot_state{" not in dead_text
+        # Never answered since the sidecar started (a host just back, freqtrade still building its exchange): starting,
+        # as a runtime bot during its safe start, not judged as trading nor as down by the phase.
+        assert 'tradingbot_phase{phase="starting"} 1.0' in dead_text, dead_text
+        assert 'tradingbot_phase{phase="trading"} 1.0' in scrape(port)
         # Down is counted, poll after poll: the failures keep rising (TradingBotFreqtradeDown's evidence).
         until("the failures keep rising", lambda: failures(dead_port) > dead)
         for at, up in ((port, True), (dead_port, False)):
             req = urllib.request.Request(f"http://127.0.0.1:{at}/control/status", method="POST", headers=AUTH)
             with urllib.request.urlopen(req, timeout=5) as resp:
-                assert json.loads(resp.read())["freqtrade_up"] is up
+                status = json.loads(resp.read())
+            assert status["freqtrade_up"] is up and status["phase"] == ("trading" if up else "starting"), status
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
@@ -1244,7 +1286,9 @@ def test_a_freqtrade_that_exited_is_started_again_for_the_next_test(freqtrade: F
 @pytest.mark.parametrize(
     ("snapshot", "phase"),
     [
-        (Snapshot(), None),  # never answered, or does not answer now: maybe dead, not "starting"
+        # Does not answer: maybe dead, not "starting" (before its first answer to the sidecar, FreqtradePoller.phase
+        # says starting: test_a_sidecar_started_before_its_freqtrade_answers_says_starting_for_a_bounded_time).
+        (Snapshot(), None),
         (Snapshot(up=True, config={"state": "running"}, bot_start=100.0), "starting"),  # no iteration yet
         (Snapshot(up=True, config={"state": "running"}, bot_start=100.0, heartbeat=99.0), "starting"),  # a run before
         (Snapshot(up=True, config={"state": "reload_config"}, bot_start=100.0, heartbeat=150.0), "starting"),

@@ -356,6 +356,7 @@ class BotRuntime:
         self.orders_left_open = ""
         self._cancel_error = ""
         self._stopped = False
+        self._trading_began = False  # the start finished: the loop may have sent orders
         self._stop = asyncio.Event()
         self._hang_until = 0.0
         self._hanging = False  # the loop is inside an injected hang (the iteration it was in has finished)
@@ -637,6 +638,7 @@ class BotRuntime:
         self.inst.loop_starting()
         self.order_engine.export_pnl()  # again with the marks the venue gave since: unrealized P&L, the drawdown
         self.metrics.phase("trading")
+        self._trading_began = True
         self._tasks.append(asyncio.create_task(self._trading_loop(), name="trading-loop"))
         self._tasks.append(asyncio.create_task(self.schedule.run(), name="reconciliation"))
         self.heartbeat.start()
@@ -781,6 +783,9 @@ class BotRuntime:
         """Every working order of the bot, adopted ones included, confirmed by a look at the venue (its calls wait
         for room in the venue's rate limit, within the shutdown's deadline); raises when some are left working or the
         venue could not confirm it."""
+        if await self._nothing_to_cancel():
+            log.info("shutdown: no open order to cancel (the start was interrupted before any; the journal holds none)")
+            return
         budget = self.config.recovery.shutdown_deadline_seconds / 2
         try:
             async with self.broker.patient(), self.broker.protective():
@@ -792,6 +797,19 @@ class BotRuntime:
             self._cancel_error = f"{len(left)} still open: {', '.join(left[:5])}"
             raise RuntimeError(f"{len(left)} open orders could not be canceled: {', '.join(left[:5])}")
         log.info("shutdown: %d open orders canceled", canceled)
+
+    async def _nothing_to_cancel(self) -> bool:
+        """A start interrupted before trading (a SIGTERM while it waits for the venue's call budget) that sent no order,
+        adopted none, and whose journal holds none open has nothing at the venue to cancel: every order the bot ever
+        sent is journaled before it leaves. The venue is not asked then; its spent budget would only hold the stop
+        back until the venue steps' share of the deadline, and the exit would say an unconfirmed cancel."""
+        if self._trading_began or self.order_engine.open_order_count():
+            return False
+        try:
+            return not await self.journal.call(self.journal.open_orders)
+        except Exception as exc:  # the journal cannot say: ask the venue as usual
+            log.warning("shutdown: the journal's open orders could not be read (%s): asking the venue", exc)
+            return False
 
     def _left_to_the_switch(self) -> str:
         if self.dead_man.armed and self.dead_man.trigger is not None:

@@ -122,7 +122,7 @@ class FreqtradeCollector(Collector):
             failing.add_metric([snap.venue, reason], value)
         yield failing
         yield from self._history(snap)
-        phase = "stopping" if self._poller.stopping else snap.phase
+        phase = self._poller.phase
         if phase is not None:
             yield _phase_family(phase)
         if snap.up:

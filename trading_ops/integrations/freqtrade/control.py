@@ -430,7 +430,7 @@ class FreqtradeControl:
         heartbeat_age = None if snap.heartbeat is None else max(0.0, time.time() - snap.heartbeat)
         return {
             "state": snap.state,
-            "phase": "stopping" if self.poller.stopping else snap.phase,
+            "phase": self.poller.phase,
             "freqtrade_up": snap.up,
             "freqtrade_state": snap.freqtrade_state if snap.up else None,
             "freqtrade_version": snap.version,

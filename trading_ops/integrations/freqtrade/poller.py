@@ -36,6 +36,12 @@ INFO_KEYS = ("exchange", "strategy", "bot_name", "dry_run", "trading_mode", "sta
 # closed: a baseline), so every answer overlaps trades already known. /trades answers at most 500 at a time.
 CLOSED_MARGIN = 5
 CLOSED_MAX = 500
+# A sidecar that started with its host (a host back from the dead, a reboot) waits for freqtrade's API, which comes up
+# after its exchange and strategy are built (10-30 s): until freqtrade first answers it, for at most this long after
+# the sidecar's own start, the bot is `starting`, as a runtime bot is during its safe start. The rules' own bound on a
+# start (tradingbot-availability.yml: 300 s after process_start_time_seconds) is the same; past it, a freqtrade that
+# never answered is down.
+STARTING_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,7 @@ class FreqtradePoller:
         # The sidecar is shutting down (its phase `stopping` from then on).
         self.stopping = False
         self._clock = clock
+        self._started = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._polled = asyncio.Event()
         self.listeners: list[Listener] = []
@@ -146,6 +153,19 @@ class FreqtradePoller:
         # the snapshot of the one before (two at once would both start from the same one, and the slower, older
         # answer would come last: counters would see fees fall and rise again, trades close twice).
         self._polling = asyncio.Lock()
+
+    @property
+    def phase(self) -> str | None:
+        """The lifecycle phase the sidecar exports for its freqtrade (tradingbot_phase, `status`): `stopping` once the
+        sidecar shuts down; `starting` before freqtrade has ever answered this sidecar (for STARTING_SECONDS after its
+        start: a returning host's freqtrade is starting, not down); else what the last answer says (Snapshot.phase:
+        None while freqtrade does not answer after it did, as it may be dead)."""
+        if self.stopping:
+            return "stopping"
+        snap = self.snapshot
+        if not snap.up and snap.polled_at is None and time.monotonic() - self._started < STARTING_SECONDS:
+            return "starting"
+        return snap.phase
 
     async def start(self) -> None:
         await self.client.open()
