@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -100,13 +103,15 @@ def test_json_log_turns_warnings_and_thread_crashes_into_records(tmp_path: Path)
     assert records[2]["msg"] == 'multi\nline "quoted" arg' and records[2]["symbol"] == "BTC-USDT"
 
 
-# ---- the journal's stream: "<N>" priorities per line, journald's timestamp only -----------------------------------
+# ---- the journal: one entry per record (a traceback included), its priority, journald's timestamp only -----------
 
 
 # What a service logs: an INFO line, a warning, an exception with its traceback (ERROR), as a command's code does.
+# argv: the log format, the journal's socket (logsetup.JOURNAL_SOCKET: one of the test's own, or none there).
 LOGGING_SCRIPT = (
     "import logging, sys\n"
     "from trading_ops import logsetup\n"
+    "logsetup.JOURNAL_SOCKET = sys.argv[2]\n"
     "logsetup.setup('INFO', sys.argv[1])\n"
     "log = logging.getLogger('trading_ops.bot')\n"
     "log.info('trading BTC/USD')\n"
@@ -119,9 +124,10 @@ LOGGING_SCRIPT = (
 )
 
 
-def run_on_stream(tmp_path: Path, log_format: str, journal_stream: str | None) -> str:
+def run_on_stream(tmp_path: Path, log_format: str, journal_stream: str | None, socket_path: str = "") -> str:
     """LOGGING_SCRIPT's stderr, written to a file; JOURNAL_STREAM set to `journal_stream`, where "file" stands for
-    that file's own device:inode (what systemd sets when stderr is its stream connection to journald)."""
+    that file's own device:inode (what systemd sets when stderr is its stream connection to journald); the journal's
+    socket `socket_path` (default: a path where none listens)."""
     err = tmp_path / "stderr"
     env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
     with open(err, "w") as out:
@@ -129,7 +135,7 @@ def run_on_stream(tmp_path: Path, log_format: str, journal_stream: str | None) -
             stat = os.fstat(out.fileno())
             env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}" if journal_stream == "file" else journal_stream
         result = subprocess.run(
-            [sys.executable, "-c", LOGGING_SCRIPT, log_format],
+            [sys.executable, "-c", LOGGING_SCRIPT, log_format, socket_path or str(tmp_path / "no-journal")],
             stdout=subprocess.DEVNULL,
             stderr=out,
             env=env,
@@ -140,40 +146,90 @@ def run_on_stream(tmp_path: Path, log_format: str, journal_stream: str | None) -
     return err.read_text()
 
 
-def test_on_the_journals_stream_every_line_carries_its_priority_and_no_timestamp(tmp_path: Path) -> None:
-    lines = run_on_stream(tmp_path, "text", "file").splitlines()
-    assert lines[:3] == [
-        "<6>INFO trading_ops.bot: trading BTC/USD",
-        "<4>WARNING trading_ops.bot: stream silent for 12 s",
-        "<3>ERROR trading_ops.bot: reconciliation failed",
-    ], lines
-    # Each line of the traceback at "err" too: journald takes every line as an entry of its own.
-    assert lines[3] == "<3>Traceback (most recent call last):", lines
-    assert lines[-2] == "<3>OSError: venue unreachable", lines
-    assert all(line.startswith("<3>") for line in lines[3:]), lines
-    assert lines[-1] == "<3>trading-ops: config: bot.listen.port: not a port"  # the CLI's one-line error
+def journal_entry(datagram: bytes) -> dict[str, str]:
+    """One datagram of journald's native protocol as its fields (KEY=value lines; a binary-safe value as KEY, a
+    newline, its 64-bit little-endian length, its bytes and a newline)."""
+    fields: dict[str, str] = {}
+    rest = datagram
+    while rest:
+        line, _, after = rest.partition(b"\n")
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            fields[key.decode()] = value.decode()
+            rest = after
+            continue
+        (size,) = struct.unpack("<Q", after[:8])
+        fields[line.decode()] = after[8 : 8 + size].decode()
+        assert after[8 + size : 9 + size] == b"\n", datagram
+        rest = after[9 + size :]
+    return fields
 
 
-def test_the_json_log_on_the_journals_stream_is_one_prefixed_object_per_line(tmp_path: Path) -> None:
-    records = []
-    for line in run_on_stream(tmp_path, "json", "file").splitlines():
-        found = re.match(r"<([0-7])>(\{.*\})$", line)
-        assert found, line
-        record = json.loads(found.group(2))
-        assert int(found.group(1)) == {"ERROR": 3, "WARNING": 4, "INFO": 6}[record["level"]], line
-        records.append(record)
+def run_on_journal(tmp_path: Path, log_format: str) -> tuple[list[dict[str, str]], str]:
+    """LOGGING_SCRIPT under systemd: stderr the journal's stream, and a journal socket of the test's own. The entries
+    it received, and what reached stderr."""
+    path = tmp_path / "journal.socket"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    receiver.setblocking(False)
+    try:
+        stderr = run_on_stream(tmp_path, log_format, "file", str(path))
+        entries = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                entries.append(journal_entry(receiver.recv(1 << 20)))
+    finally:
+        receiver.close()
+    return entries, stderr
+
+
+def test_under_systemd_each_record_is_one_journal_entry_a_traceback_included(tmp_path: Path) -> None:
+    """journald splits its stream at every newline: a traceback written there became one entry per line (98 ERROR
+    messages, 8,919 entries at priority err). Each record goes to the journal's socket instead, one entry: MESSAGE
+    the record's text (no time of its own: journald stamps it) with its traceback's lines, its PRIORITY, the logger."""
+    entries, stderr = run_on_journal(tmp_path, "text")
+    assert [(e["PRIORITY"], e["MESSAGE"].split("\n")[0]) for e in entries] == [
+        ("6", "INFO trading_ops.bot: trading BTC/USD"),
+        ("4", "WARNING trading_ops.bot: stream silent for 12 s"),
+        ("3", "ERROR trading_ops.bot: reconciliation failed"),
+    ], entries
+    failure = entries[2]["MESSAGE"].splitlines()
+    assert failure[1] == "Traceback (most recent call last):" and failure[-1] == "OSError: venue unreachable", failure
+    assert {e["LOGGER"] for e in entries} == {"trading_ops.bot"} and all(e["SYSLOG_IDENTIFIER"] for e in entries)
+    # The CLI's one-line error stays on the stream, with its priority.
+    assert stderr.splitlines() == ["<3>trading-ops: config: bot.listen.port: not a port"], stderr
+
+
+def test_the_json_log_under_systemd_is_one_entry_per_record(tmp_path: Path) -> None:
+    entries, stderr = run_on_journal(tmp_path, "json")
+    records = [json.loads(e["MESSAGE"]) for e in entries]
+    assert [int(e["PRIORITY"]) for e in entries] == [{"ERROR": 3, "WARNING": 4, "INFO": 6}[r["level"]] for r in records]
     assert [r["msg"] for r in records][1:] == [
         "stream silent for 12 s",
         "reconciliation failed",
         "trading-ops: config: bot.listen.port: not a port",
     ]
     assert "OSError: venue unreachable" in records[2]["exc_info"]
+    assert stderr == ""
+
+
+def test_without_the_journals_socket_a_record_is_still_one_line_of_the_stream(tmp_path: Path) -> None:
+    """No socket to take it (none there, a record past a datagram's size): the record goes to the journal's stream as
+    one line, its priority first and its newlines written as `\\n`, so a traceback is still one entry."""
+    lines = run_on_stream(tmp_path, "text", "file").splitlines()
+    assert lines[:2] == [
+        "<6>INFO trading_ops.bot: trading BTC/USD",
+        "<4>WARNING trading_ops.bot: stream silent for 12 s",
+    ], lines
+    assert lines[2].startswith("<3>ERROR trading_ops.bot: reconciliation failed\\nTraceback (most recent call last):")
+    assert lines[2].endswith("\\nOSError: venue unreachable"), lines
+    assert lines[3:] == ["<3>trading-ops: config: bot.listen.port: not a port"], lines  # the CLI's one-line error
 
 
 @pytest.mark.parametrize("value", [None, "1:2", "not-a-stream"], ids=["unset", "another-stream", "garbage"])
 def test_a_redirected_stderr_keeps_the_plain_lines(tmp_path: Path, value: str | None) -> None:
     """JOURNAL_STREAM inherited by a command whose stderr goes elsewhere (`2>file` in a unit's ExecStart, a pipe):
-    the lines stay as a terminal shows them, time first."""
+    the lines stay as a terminal shows them, time first, and nothing goes to the journal's socket."""
     lines = run_on_stream(tmp_path, "text", value).splitlines()
     assert not any(re.match(r"<\d>", line) for line in lines), lines
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO trading_ops.bot: trading BTC/USD$", lines[0]), lines
@@ -196,9 +252,9 @@ def test_syslog_priority_of_each_level(level: int, priority: int) -> None:
     assert logsetup.syslog_priority(level) == priority
 
 
-def test_the_journal_formatter_prefixes_each_line_of_a_record() -> None:
+def test_the_journal_formatter_has_no_time_of_its_own() -> None:
     formatter = logsetup.formatter("text", journal=True)
     record = logging.LogRecord("trading_ops.bot", logging.WARNING, __file__, 1, "first\nsecond %s", ("arg",), None)
-    assert formatter.format(record) == "<4>WARNING trading_ops.bot: first\n<4>second arg"
+    assert formatter.format(record) == "WARNING trading_ops.bot: first\nsecond arg"  # journald stamps the time
     plain = logsetup.formatter("text", journal=False).format(record)
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ WARNING trading_ops.bot: first\nsecond arg$", plain)

@@ -1,11 +1,13 @@
 """Logging of every command on stderr: text lines, or one JSON object per line with exceptions inside it; under
-systemd each line with its syslog priority for the journal."""
+systemd each record straight to the journal, one entry with its syslog priority (a traceback included)."""
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
 import os
+import socket
+import struct
 import sys
 import threading
 from collections.abc import Mapping
@@ -27,6 +29,9 @@ SYSLOG_ERR = 3
 JSON_FORMAT = "{levelname}{name}{message}"
 JSON_FIELDS = {"levelname": "level", "name": "logger", "message": "msg"}
 JSON_TIMESTAMP_FIELD = "ts"
+# journald's native protocol (systemd.journal-fields(7), sd_journal_sendv): one datagram per record, so a traceback is
+# one entry, not one per line as on the stream, where journald splits at every newline.
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # Alembic announces each of its plugins at INFO while it is imported: noise in every command's log.
 QUIET_LOGGERS = ("alembic.runtime.plugins",)
 
@@ -52,24 +57,64 @@ def journal_stream(stream: IO[str] | None = None, environ: Mapping[str, str] | N
     return stat.st_dev == int(device) and stat.st_ino == int(inode)
 
 
-class JournalFormatter(logging.Formatter):
-    """`inner`'s text with the record's "<N>" priority before every line of it (a traceback's lines too: journald
-    takes each line as an entry of its own)."""
+def journal_fields(fields: Mapping[str, str]) -> bytes:
+    """`fields` in journald's native datagram format: KEY=value lines, a value with a newline as the key, a newline,
+    its length (64-bit little-endian) and its bytes."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
 
-    def __init__(self, inner: logging.Formatter) -> None:
+
+class JournalHandler(logging.Handler):
+    """Each record as one journal entry through journald's socket (`JOURNAL_SOCKET`): MESSAGE the formatted text, a
+    traceback's lines included, with PRIORITY and the logger's name. A record the socket does not take (none there, a
+    message past the datagram's size) goes to `fallback` (stderr, the journal's stream) as one line, its newlines
+    written as the two characters `\\n`, with its "<N>" priority: still one entry."""
+
+    def __init__(self, fallback: IO[str], path: str | None = None, identifier: str | None = None) -> None:
         super().__init__()
-        self.inner = inner
+        self.fallback = fallback
+        self.path = path or JOURNAL_SOCKET
+        self.identifier = identifier or os.path.basename(sys.argv[0] or "") or "python"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{syslog_priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            priority = syslog_priority(record.levelno)
+            fields = {
+                "MESSAGE": text,
+                "PRIORITY": str(priority),
+                "SYSLOG_IDENTIFIER": self.identifier,
+                "LOGGER": record.name,
+                "CODE_FILE": record.pathname,
+                "CODE_LINE": str(record.lineno),
+                "CODE_FUNC": record.funcName,
+            }
+            try:
+                self.sock.sendto(journal_fields(fields), self.path)
+            except OSError:
+                self.fallback.write(f"<{priority}>" + text.replace("\n", "\\n") + "\n")
+                self.fallback.flush()
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
 
 
 def formatter(fmt: str, journal: bool) -> logging.Formatter:
-    """The formatter of `fmt` (text or json), for the journal's stream when `journal`."""
+    """The formatter of `fmt` (text or json); for the journal (`journal`) without a time of its own: journald stamps
+    each entry itself."""
     if fmt == "json":
-        return JournalFormatter(json_formatter()) if journal else json_formatter()
-    return JournalFormatter(logging.Formatter(JOURNAL_TEXT_FORMAT)) if journal else logging.Formatter(TEXT_FORMAT)
+        return json_formatter()
+    return logging.Formatter(JOURNAL_TEXT_FORMAT if journal else TEXT_FORMAT)
 
 
 def json_formatter() -> logging.Formatter:
@@ -111,6 +156,10 @@ class CountingFileHandler(_Counting, logging.handlers.RotatingFileHandler):
     pass
 
 
+class CountingJournalHandler(_Counting, JournalHandler):
+    pass
+
+
 def setup(level: str, fmt: str, file: str = "", file_max_bytes: int = 0, file_backups: int = 0) -> None:
     """Configure the root logger on stderr (or in `file`, rotated at `file_max_bytes` keeping `file_backups`); in JSON,
     warnings and threads' uncaught exceptions become records too, so that every line is one JSON object."""
@@ -122,7 +171,10 @@ def setup(level: str, fmt: str, file: str = "", file_max_bytes: int = 0, file_ba
         OUTPUT.file, OUTPUT.file_max_bytes, OUTPUT.journal = Path(file), file_max_bytes, False
     else:
         journal = journal_stream()
-        handler = CountingStreamHandler(sys.stderr)
+        if journal:  # stderr is the journal's stream: each record an entry of its own, a traceback included
+            handler = CountingJournalHandler(sys.stderr)
+        else:
+            handler = CountingStreamHandler(sys.stderr)
         handler.setFormatter(formatter(fmt, journal))
         OUTPUT.file, OUTPUT.file_max_bytes, OUTPUT.journal = None, 0, journal
     OUTPUT.active = True
