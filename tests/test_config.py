@@ -194,6 +194,29 @@ def test_relative_paths_are_resolved_against_the_config_file_when_it_loads(tmp_p
     assert config.upkeep.cleanup["other"].path == str(tmp_path / "scratch")
 
 
+def test_under_systemd_what_is_written_resolves_in_the_units_state_directory(tmp_path, monkeypatch) -> None:
+    """A unit with StateDirectory= (systemd sets $STATE_DIRECTORY) reads its configuration from read-only /etc: the
+    default SQLite database, bot.data_dir, the reconciler's spool and the backups resolve in the state directory (a
+    default database beside /etc/trading-ops/bots/eth-mm.yaml was `Read-only file system: '/etc/trading-ops/bots/
+    var'`); what is read (a web configuration, a secret file) still resolves beside the configuration."""
+    etc, state = tmp_path / "etc", tmp_path / "var-lib-trading-ops-bots-eth-mm"
+    etc.mkdir()
+    cfg_path = etc / "eth-mm.yaml"
+    cfg_path.write_text(yaml.safe_dump({"bot": {"listen": {"web_config_file": "web.yml"}}}))
+    monkeypatch.setenv("STATE_DIRECTORY", f"{state}:{tmp_path / 'another'}")
+    config = load_config(cfg_path)
+    assert config.database_url() == f"sqlite:///{state}/var/trading-ops.db"
+    assert config.bot.data_dir == str(state / "var")
+    assert config.reconciler.spool_dir == str(state / "var" / "reconciler-spool")
+    assert config.backup.directory == str(state / "var" / "backups")
+    assert config.bot.listen.web_config_file == str(etc / "web.yml")
+    cfg_path.write_text("database:\n  url: sqlite:////srv/journal.db\n")
+    assert load_config(cfg_path).database_url() == "sqlite:////srv/journal.db"  # an absolute path as it is
+    monkeypatch.delenv("STATE_DIRECTORY")
+    cfg_path.write_text("{}\n")
+    assert load_config(cfg_path).database_url() == f"sqlite:///{etc}/var/trading-ops.db"  # outside systemd: as before
+
+
 def test_db_upgrade_command(tmp_path, capsys) -> None:
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text("database:\n  url: sqlite:///var/x.db\n")

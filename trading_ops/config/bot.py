@@ -248,7 +248,7 @@ class BotConfig:
     control_token: str = secret("TRADING_OPS_CONTROL_TOKEN", "bearer token of the bot's control API")
     # Named tokens, each with a scope (read, operate, destructive): docs/configuration.md, "Tokens and scopes".
     control_tokens: list[NamedTokenConfig] = field(default_factory=list)
-    data_dir: str = path_field("./var", check_nonempty)
+    data_dir: str = path_field("./var", check_nonempty, state=True)
     # How often a bot on the runtime runs its strategy's step (the paper bot: paper.loop_interval_seconds).
     loop_interval_seconds: float = bounded(0.5, min=0.001)
     # A trading loop that has not completed an iteration for this long is hung (/healthz fails).

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -115,10 +116,23 @@ def checked(default: Any, check: Callable[[Any], str | None]) -> Any:
     return field(default=default, metadata={"check": check})
 
 
-def path_field(default: str = "", check: Callable[[Any], str | None] | None = None) -> Any:
+# systemd sets this for a unit with StateDirectory= (systemd.exec(5)): its state directories, colon-separated.
+STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
+
+
+def state_base(base_dir: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """Where relative paths of what a service writes (its database, data and spool directories) resolve: the unit's
+    state directory under systemd (`$STATE_DIRECTORY`, its first), never the configuration's directory, which is
+    read-only there (/etc under ProtectSystem=strict); elsewhere the configuration's directory."""
+    value = (os.environ if environ is None else environ).get(STATE_DIRECTORY_ENV, "").split(":", 1)[0]
+    return Path(value) if value and Path(value).is_absolute() else base_dir
+
+
+def path_field(default: str = "", check: Callable[[Any], str | None] | None = None, *, state: bool = False) -> Any:
     """A path: a relative value is resolved against the configuration file's directory when the file is loaded
-    (`resolve_paths`), so the code that uses it takes it as it is. Empty stays empty (not configured)."""
-    metadata: dict[str, Any] = {"path": True}
+    (`resolve_paths`), so the code that uses it takes it as it is. Empty stays empty (not configured). `state`: what
+    the service writes, resolved against `state_base` (the unit's state directory under systemd)."""
+    metadata: dict[str, Any] = {"path": True, "state": state}
     if check is not None:
         metadata["check"] = check
     return field(default=default, metadata=metadata)
@@ -133,16 +147,18 @@ def resolve_path(value: str, base_dir: Path) -> str:
     return str(p if p.is_absolute() else base_dir / p)
 
 
-def resolve_paths(section: Any, base_dir: Path) -> None:
-    """Rewrite the path fields (`path_field`) of `section` and of the sections it holds to absolute paths."""
+def resolve_paths(section: Any, base_dir: Path, state_dir: Path | None = None) -> None:
+    """Rewrite the path fields (`path_field`) of `section` and of the sections it holds to absolute paths: what is
+    written (`state`) against `state_dir` (default `base_dir`), the rest against `base_dir`."""
+    state_dir = state_dir or base_dir
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         if f.metadata.get("path"):
-            setattr(section, f.name, resolve_path(value, base_dir))
+            setattr(section, f.name, resolve_path(value, state_dir if f.metadata.get("state") else base_dir))
             continue
         for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]:
             if dataclasses.is_dataclass(item) and not isinstance(item, type):
-                resolve_paths(item, base_dir)
+                resolve_paths(item, base_dir, state_dir)
 
 
 def check_name(value: str) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from trading_ops.config.common import NamedTokenConfig
-from trading_ops.config.fields import DEFAULT_CONFIG_PATH, ConfigError, read_secret_file, resolve_paths
+from trading_ops.config.fields import DEFAULT_CONFIG_PATH, ConfigError, read_secret_file, resolve_paths, state_base
 from trading_ops.config.root import Config
 from trading_ops.scopes import DESTRUCTIVE, TokenSet
 
@@ -85,7 +85,7 @@ def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
         raise ConfigError(exc.key or "(top level)", exc.problem) from None
     config.base_dir = base_dir or Path.cwd()
     config.sections = frozenset(str(k) for k in data) if isinstance(data, dict) else frozenset()
-    resolve_paths(config, config.base_dir)
+    resolve_paths(config, config.base_dir, state_base(config.base_dir))
     return config
 
 

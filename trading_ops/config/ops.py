@@ -82,7 +82,7 @@ class BackupPitrConfig:
 @dataclass
 class BackupConfig:
     # Where backups and their manifests are kept (relative to this file's directory).
-    directory: str = path_field("var/backups", check_nonempty)
+    directory: str = path_field("var/backups", check_nonempty, state=True)
     # When the scheduled backup runs (cron, in time_zone).
     schedule: str = checked("0 * * * *", check_cron)
     time_zone: str = checked("UTC", check_time_zone)

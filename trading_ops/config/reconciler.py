@@ -222,7 +222,7 @@ class ReconcilerConfig:
     # Outcomes of steps the ledger has not taken yet (the database unreachable when a step finished, and the
     # reconciler stopping before it came back): one file each, written to the ledger at the next start before
     # anything else. Relative to this file's folder.
-    spool_dir: str = path_field("./var/reconciler-spool", check_nonempty)
+    spool_dir: str = path_field("./var/reconciler-spool", check_nonempty, state=True)
     max_concurrent_runs: int = bounded(4, min=1)
     # Intake group commit: notifications stored per transaction at most.
     batch_max: int = bounded(256, min=1)

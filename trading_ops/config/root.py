@@ -15,6 +15,7 @@ from trading_ops.config.fields import (
     ConfigError,
     check_command,
     check_name,
+    state_base,
 )
 from trading_ops.config.freqtrade import FreqtradeConfig
 from trading_ops.config.ops import BackupConfig, MaintenanceConfig, ReportConfig, SchedulerConfig, UpkeepConfig
@@ -149,11 +150,13 @@ class Config:
         return p if p.is_absolute() else (self.base_dir / p)
 
     def database_url(self) -> str:
-        """The validated SQLAlchemy URL: a relative SQLite path resolved, bare `postgresql://` on psycopg 3."""
+        """The validated SQLAlchemy URL: a relative SQLite path resolved (under systemd against the unit's state
+        directory: `state_base`), bare `postgresql://` on psycopg 3."""
         url = self.database.resolved_url(self.base_dir)
         prefix = "sqlite:///"
         if url.startswith(prefix) and url != "sqlite:///:memory:" and not url.startswith("sqlite:////"):
-            url = prefix + str(self.path(url[len(prefix) :]))
+            relative = Path(url[len(prefix) :]).expanduser()
+            url = prefix + str(relative if relative.is_absolute() else state_base(self.base_dir) / relative)
         if url.startswith("postgresql://"):
             url = POSTGRESQL_DRIVER + url[len("postgresql") :]
         if url.startswith(POSTGRESQL_DRIVER) and importlib.util.find_spec("psycopg") is None:
