@@ -544,6 +544,49 @@ def test_journalctl_p_err_finds_the_errors_the_bot_logged_and_only_those(deploym
     assert not [m for _, m in messages if re.match(r"<\d>|\d{4}-\d\d-\d\d[ T]\d\d:", m)], messages
 
 
+# A service's logged exception: its traceback has a dozen lines (frames of a call chain).
+TRACEBACK_SCRIPT = (
+    "import logging\n"
+    "from trading_ops import logsetup\n"
+    "logsetup.setup('INFO', 'text')\n"
+    "def deeper(n):\n"
+    "    if n == 0:\n"
+    "        raise OSError('venue unreachable')\n"
+    "    deeper(n - 1)\n"
+    "try:\n"
+    "    deeper(5)\n"
+    "except OSError:\n"
+    "    logging.getLogger('trading_ops.bot').exception('reconciliation failed')\n"
+    "logging.getLogger('trading_ops.bot').info('after it')\n"
+)
+
+
+def test_a_traceback_is_one_journal_entry(deployment: Deployment) -> None:
+    """A logged exception under systemd (stderr the journal's stream) is one journal entry at priority err, its
+    traceback inside it: on the stream, journald made an entry of every line (98 ERROR messages became 8,919
+    priority-3 entries). The service here is a transient unit running the package's logging as a unit's would."""
+    machine = deployment.machine
+    unit = f"traceback-probe-{secrets.token_hex(4)}"
+    machine.run("systemd-run", "--wait", "--quiet", f"--unit={unit}", f"{VENV}/bin/python", "-c", TRACEBACK_SCRIPT)
+
+    def entries() -> list[dict[str, Any]] | None:
+        shown = machine.run("journalctl", "--no-pager", "-o", "json", "-u", unit, check=False).stdout
+        found = [json.loads(line) for line in shown.splitlines() if line.strip()]
+        ours = [e for e in found if e.get("LOGGER") == "trading_ops.bot" or "trading_ops.bot" in str(e.get("MESSAGE"))]
+        return ours if len(ours) >= 2 else None
+
+    logged = until("the probe's entries in the journal", entries, deadline=30)
+    errors = [e for e in logged if e.get("PRIORITY") == "3"]
+    assert len(errors) == 1, [e.get("MESSAGE") for e in logged]
+    message = errors[0]["MESSAGE"]
+    assert isinstance(message, str), message  # journalctl shows a message that is valid text as a string
+    lines = message.splitlines()
+    assert lines[0] == "ERROR trading_ops.bot: reconciliation failed", lines
+    assert lines[1] == "Traceback (most recent call last):" and lines[-1] == "OSError: venue unreachable", lines
+    assert len(lines) > 10, lines
+    assert [e["MESSAGE"] for e in logged if e.get("PRIORITY") == "6"] == ["INFO trading_ops.bot: after it"]
+
+
 def test_the_reconciler_unit_is_never_active_while_its_database_does_not_answer(deployment: Deployment) -> None:
     """Type=notify: READY=1 only once the ledger answered. Drop-in: a configuration whose database cannot be opened
     (a file in /etc/trading-ops, read-only under ProtectSystem=strict: the issue's example configuration) and a
