@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pg_cluster import own_cluster
 from ports import free_port
 from secret_file import write_secret
 
@@ -109,6 +110,20 @@ def test_db_upgrade_logs_each_migration_once_and_db_check_prints_one_line(sqlite
     # Not Alembic's "No new upgrade operations detected." besides our own line.
     assert check.returncode == 0 and check.stdout == "models and migrations agree\n", check.stdout
     assert check.stderr == ""
+
+
+def test_a_role_refused_by_peer_authentication_says_as_whom_to_run(tmp_path: Path) -> None:
+    """Debian's PostgreSQL authenticates local connections by peer: the services' role is their operating-system user,
+    so `reconciler history` run as root failed with "Peer authentication failed" alone. The line says to run it as
+    that user. A PostgreSQL cluster of the test's own, its local connections by peer (pg_hba.conf), as Debian's."""
+    with own_cluster() as pg:
+        (pg.data / "pg_hba.conf").write_text("local all all peer\nhost all all 127.0.0.1/32 trust\n")
+        pg.ctl("reload")
+        url = f"postgresql+psycopg://trading-ops@/trading-ops?host={pg.data}&port={pg.port}"
+        config = config_with(tmp_path, f"database:\n  url: {url}\n")
+        line = one_line_error(cli("-c", config, "reconciler", "history"), 1)
+    assert 'Peer authentication failed for user "trading-ops"' in line, line
+    assert "run the command as the operating-system user trading-ops" in line and "runuser -u trading-ops" in line
 
 
 @pytest.mark.parametrize(

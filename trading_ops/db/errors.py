@@ -14,6 +14,9 @@ SQLITE_MISSING_SCHEMA = ("no such table", "no such column")
 POSTGRES_MISSING_SCHEMA = ("42P01", "42703")
 # What Alembic says when asked to compare the models with a database that is not at the head revision.
 ALEMBIC_BEHIND = "Target database is not up to date"
+# PostgreSQL refusing a local connection whose operating-system user is not the role (Debian's `peer` in pg_hba.conf):
+# the command was run as another user than the services' (root, typically).
+PEER_REFUSED = "Peer authentication failed for user "
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,22 @@ def database_problem(exc: BaseException, url: str | None) -> DatabaseProblem | N
     if sqlstate in POSTGRES_MISSING_SCHEMA or any(m in text for m in SQLITE_MISSING_SCHEMA):
         return DatabaseProblem(NOT_MIGRATED, EXIT_USAGE)
     where = f" ({shown_url(url)})" if url else ""
-    if isinstance(exc, OperationalError) and (sqlstate is None or sqlstate.startswith("08")):
-        return DatabaseProblem(f"database unreachable{where}: {_first_line(text)}", EXIT_FAILURE)
-    return DatabaseProblem(f"database error{where}: {_first_line(text)}", EXIT_FAILURE)
+    if PEER_REFUSED in text:
+        message = f"database refused{where}: {_peer_refused(text)}"
+    elif isinstance(exc, OperationalError) and (sqlstate is None or sqlstate.startswith("08")):
+        message = f"database unreachable{where}: {_first_line(text)}"
+    else:
+        message = f"database error{where}: {_first_line(text)}"
+    return DatabaseProblem(message, EXIT_FAILURE)
+
+
+def _peer_refused(text: str) -> str:
+    """PostgreSQL's peer refusal, and as whom to run the command instead."""
+    role = text.split(PEER_REFUSED, 1)[1].split(maxsplit=1)[0].strip('"')
+    return (
+        f'{PEER_REFUSED}"{role}" (peer authentication: run the command as the operating-system user {role}, e.g. '
+        f"`runuser -u {role} -- trading-ops ...`)"
+    )
 
 
 def _migration_problem(exc: BaseException) -> DatabaseProblem | None:

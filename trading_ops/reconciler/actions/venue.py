@@ -20,7 +20,8 @@ stream under a venue's limits, but a step is a fresh client of a handful of call
 `cancel_all` of a bot with no orders took 8 s, 7 of them waiting on the throttler before its second to fifth call.
 The calls are few and bounded instead: markets (two public calls, once per step), the open orders (listed again only
 when something was cancelled), one balance; at most 3 points of Kraken's private call counter for a `cancel_all`
-(cancels count nothing there) and 4 for a `flatten`, on the reconciler's own key, far under the smallest tier's 15.
+(cancels count nothing there), 2 for `positions` (the balance and the open orders) and 4 for a `flatten` (6 with the
+`positions` look that may skip it), on the reconciler's own key, far under the smallest tier's 15.
 A refusal by the venue fails the step like any other error, and the rule escalates."""
 
 from __future__ import annotations
