@@ -50,6 +50,7 @@ RECONCILER_OWN_HEALTH = {
     "TradingOpsEscalationFailing",
     "TradingOpsEscalationsStuck",
     "TradingOpsLedgerPruneFailing",
+    "TradingOpsLedgerCommitsHeld",
     "TradingOpsApprovalUnanswered",
 }
 # What a person must see for each severity, whatever else receives the alert.

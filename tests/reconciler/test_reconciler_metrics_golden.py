@@ -23,7 +23,7 @@ from trading_ops.reconciler.app import create_app
 GOLDEN = Path(__file__).parent / "golden" / "reconciler_metrics.txt"
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})? (?P<value>\S+)$")
 # Values that depend on the clock or on how fast this machine is: kept as a placeholder, their series checked.
-TIMED = re.compile(r"(_timestamp_seconds|_seconds_bucket|_seconds_sum|_oldest_pending_seconds)$")
+TIMED = re.compile(r"(_timestamp_seconds|_seconds_bucket|_seconds_sum|_oldest_pending_seconds|_commit_wait_seconds)$")
 VERSION = re.compile(r'version="[^"]*"')
 
 RULES = [
