@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from decision_helpers import clear_halt, forged, signed, signed_as_is
 from paper_helpers import TOKEN, IdleStrategy, control, fast_config, placed, submit_fresh, wait_for
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import Channel, OrderType, Side
-from trading_ops.bot.live_gate import live_start_problem
+from trading_ops.bot.decision_gate import trusted_keys
+from trading_ops.bot.live_gate import live_start_decision, live_start_problem
 from trading_ops.bot.main import run
 from trading_ops.bot.ramp import STATE_FILE, PromotionRefused
 from trading_ops.config import READINESS_CRITERIA, ConfigError, parse_config
 from trading_ops.db import readiness_records as records
 from trading_ops.db.base import make_engine
+from trading_ops.decisions import LIVE_START, RAMP_PROMOTE, DecisionSigner
 from trading_ops.paper.bot import PaperBot, make_venue
 from trading_ops.readiness_criteria import CRITERIA
 
@@ -133,7 +139,7 @@ async def test_a_loss_limit_breach_demotes_a_stage_at_once_and_the_stage_survive
         # position limit (stage 2 allowed it).
         await bot.paper_venue.gap_price(SYMBOL, 0.0526)  # type: ignore[attr-defined]
         await wait_for(lambda: bot.risk.loss_breach() is None)
-        assert (await control(bot.port, "clear_halt"))[0] == 200  # type: ignore[attr-defined]
+        assert (await control(bot.port, "clear_halt", clear_halt()))[0] == 200  # type: ignore[attr-defined]
         assert (await control(bot.port, "resume"))[0] == 200  # type: ignore[attr-defined]
         assert await submit_fresh(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 100)) is None
         assert refused(bot, "risk_position_notional") == 1
@@ -324,7 +330,7 @@ def record(engine: Any, verdict: str, *, approved_by: str | None = None) -> reco
 
 
 def test_a_live_start_without_a_passing_paper_verdict_refuses_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     config = live_config(tmp_path)
     assert run(IdleStrategy(), make_venue, config) == 2  # type: ignore[arg-type]
@@ -352,13 +358,56 @@ def test_a_live_start_without_a_passing_paper_verdict_refuses_with_one_line(
         assert live_start_problem(config, engine) is None
         record(engine, "not ready")  # a newer verdict replaces the approval
         assert "its recorded verdict is not ready" in (live_start_problem(config, engine) or "")
-        record(engine, "ready")
+        ready = record(engine, "ready", approved_by="carol")
         assert [r.verdict for r in records.history(engine, "paper-1")] == ["ready", "not ready", "unknown", "unknown"]
     finally:
         engine.dispose()
-    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    # A record that allows it is not enough: the bot goes live only on a live_start decision the reconciler signed
+    # for that record, which it verifies (signature, kind, bot, record, expiry).
+    with pytest.raises(
+        ConfigError,
+        match=r"^bot.live_start_decision_file: paper-1 would trade live on kraken without a "
+        r"signed live_start decision: have the reconciler sign one for readiness record \d+",
+    ):
+        PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    decision_file = tmp_path / "live-start.decision"
+    config.bot.live_start_decision_file = str(decision_file)
+    refusals = {
+        "signature does not verify": forged(signed(LIVE_START, record=ready.id), approvers=["bob"]),
+        "not one this bot trusts": signed(
+            LIVE_START, record=ready.id, signer=DecisionSigner(Ed25519PrivateKey.generate())
+        ),
+        "expired": signed(LIVE_START, record=ready.id, now=time.time() - 600),
+        "is for bot 'paper-2'": signed(LIVE_START, "paper-2", record=ready.id),
+        "allows ramp_promote": signed(RAMP_PROMOTE, record=ready.id, stage="bigger"),
+        f"answers readiness record {ready.id - 1}": signed(LIVE_START, record=ready.id - 1),
+        "its requester (carol) approved it": signed_as_is(
+            signed(LIVE_START, record=ready.id), requested_by="carol", approvers=["carol"]
+        ),
+    }
+    for why, token in refusals.items():
+        decision_file.write_text(token)
+        with pytest.raises(ConfigError, match=r"^bot.live_start_decision_file: .*" + re.escape(why)):
+            PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    token = signed(LIVE_START, record=ready.id, requested_by="alice", approvers=("carol",), ttl=60)
+    decision_file.write_text(token)
+    with caplog.at_level(logging.WARNING, logger="trading_ops.bot.live_gate"):
+        bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "trading_ops.bot.live_gate"]
+    assert line.startswith(f"going live on kraken: readiness record {ready.id} (ready, recorded by alice at ") and (
+        "live_start paper-1 (readiness record" in line and "requested by alice, approved by carol" in line
+    ), line
+    labels = {"venue": "kraken", "strategy": "demo", "kind": "live_start"}
+    assert bot.inst.registry.get_sample_value("tradingbot_decisions_total", labels) == 1
     bot.instance_lock.release()
     bot.engine.dispose()
+    # A restart on the decision it went live on holds after the decision's expiry: the go-live was decided once.
+    later = time.time() + 3600
+    again = live_start_decision(config, ready, trusted_keys(config), Path(config.bot.data_dir), wall=lambda: later)
+    assert again.approvers == ("carol",)
+    # Another bot's data dir never went live on it: there, the expired decision is refused.
+    with pytest.raises(ConfigError, match="expired"):
+        live_start_decision(config, ready, trusted_keys(config), tmp_path / "elsewhere", wall=lambda: later)
 
 
 def test_a_live_start_whose_ledger_is_unreachable_refuses_with_one_line(tmp_path: Path) -> None:

@@ -596,6 +596,13 @@ class BotConfig:
     dead_man_switch: DeadMansSwitchConfig = field(default_factory=DeadMansSwitchConfig)
     # Risk limits in stages, from paper to live (docs/readiness.md); none: no ramp.
     ramp: RampConfig = field(default_factory=RampConfig)
+    # The reconciler's public keys this bot trusts for signed decisions (docs/readiness.md, "Signed decisions"): each
+    # a PEM file (relative to this file) or `ed25519:<base64 of the 32 raw bytes>`. A ramp promotion, a live start and
+    # clearing a loss-limit halt need a decision signed by one of them; none: the bot widens nothing.
+    decision_keys: list[str] = field(default_factory=list)
+    # A signed live_start decision handed to the bot at start (written by `trading-ops readiness BOT --record
+    # --decision-out FILE`): a live venue with a ramp starts only with one that verifies.
+    live_start_decision_file: str = path_field()
     # A file the bot logs to instead of stderr, rotated at log_file_max_bytes (0: never) keeping log_file_backups.
     log_file: str = path_field("")
     log_file_max_bytes: int = bounded(10_000_000, min=0)
@@ -1019,6 +1026,13 @@ class ReconcilerConfig:
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
     # Bot instance (the `instance` label of its alerts) -> its control API.
     targets: dict[str, TargetConfig] = field(default_factory=dict)
+    # The Ed25519 private key (PEM) the reconciler signs decisions with once people approved them (a ramp promotion,
+    # clearing a loss-limit halt, a live start): read from decision_key_file (owner-only) or decision_key_env; the
+    # bots trust its public key (bot.decision_keys). `trading-ops up` generates one for the local stack.
+    decision_key: str = secret("", "Ed25519 private key (PEM) the reconciler signs decisions with")
+    # How long a decision sent with a control command holds (it is sent at once), and one written for a live start.
+    decision_ttl: str = checked("5m", _check_positive_duration)
+    live_start_decision_ttl: str = checked("7d", _check_positive_duration)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         check_token_names(self.api_tokens, f"{prefix}.api_tokens", "read_token")

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Gauge
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.risk import RiskLimits
 from trading_ops.config import RampStageConfig
+from trading_ops.decisions import Decision
 from trading_ops.durations import parse_duration
 
 log = logging.getLogger(__name__)
@@ -147,18 +148,22 @@ class Ramp:
             )
         return None
 
-    def promote(self, to: str, by: str, why: str) -> None:
-        """Take stage `to` (the next) on a person's approval `by`; PromotionRefused with the reason otherwise."""
+    def promote(self, to: str, by: str, why: str, decision: Decision | None = None) -> None:
+        """Take stage `to` (the next) on people's approval `by` (the runtime's control API: the approvers of the signed
+        `decision`, kept in the history with its requester, rule and id); PromotionRefused with the reason otherwise."""
         problem = self.promotion_problem(to)
         if problem is not None:
             raise PromotionRefused(problem)
-        self._move(self.index + 1, why=why, by=by)
-        log.warning("ramp: promoted to stage %d (%s), approved by %s", self.number, to, by)
+        self._move(self.index + 1, why=why, by=by, decision=decision)
+        rule = f" ({decision.rule}, decision {decision.id})" if decision is not None else ""
+        log.warning("ramp: promoted to stage %d (%s), approved by %s%s", self.number, to, by, rule)
 
-    def _move(self, index: int, *, why: str, by: str, cause: str = "promotion") -> None:
+    def _move(
+        self, index: int, *, why: str, by: str, cause: str = "promotion", decision: Decision | None = None
+    ) -> None:
         before = self.stages[self.index].name
         now = self.wall()
-        entry = {
+        entry: dict[str, Any] = {
             "at": now,
             "from": before,
             "to": self.stages[index].name,
@@ -166,6 +171,13 @@ class Ramp:
             "cause": cause,
             "why": why[:500],
         }
+        if decision is not None:
+            entry.update(
+                requested_by=decision.requested_by,
+                approvers=list(decision.approvers),
+                rule=decision.rule,
+                decision=decision.id,
+            )
         self._save(index, now, [*self.history, entry][-HISTORY_MAX:])  # durable first
         self.index, self.since, self.history = index, now, [*self.history, entry][-HISTORY_MAX:]
         self._stage_gauge(self.number)
