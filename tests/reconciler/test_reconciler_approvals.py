@@ -34,6 +34,7 @@ from webhook_payloads import alert, payload
 from trading_ops.cli import main
 from trading_ops.config import load_config
 from trading_ops.db.base import make_engine
+from trading_ops.decisions import ensure_key_files
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
@@ -763,6 +764,8 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
         (tmp_path / name).write_text(value)
     (tmp_path / "approve-token").write_text(APPROVE_TOKEN)
     (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RAMP_RULE]}))
+    # The reconciler signs with its key; the bot trusts its public key only (not the tests' usual one).
+    ensure_key_files(tmp_path / "secrets" / "decision-key", tmp_path / "decision-key.pub")
     data = {
         "database": {"url": migrated_db},
         "bot": {"data_dir": str(tmp_path / "bot"), "ramp": {"stages": RAMP_STAGES}},
@@ -785,12 +788,14 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
             "prometheus_url": prometheus,
             "alertmanager_url": alertmanager.url,
             "watchdog": {"window_seconds": 0},
+            "decision_key_file": str(tmp_path / "secrets" / "decision-key"),
         },
     }
     config = tmp_path / "trading-ops.yaml"
     config.write_text(yaml.safe_dump(data))
     bot_config = fast_config(tmp_path / "paper", partial_fill_probability=0.0)
     bot_config.bot.ramp = load_config(config).bot.ramp
+    bot_config.bot.decision_keys = [str(tmp_path / "decision-key.pub")]
     bot = PaperBot(bot_config, token=BOT_TOKEN, registry=CollectorRegistry())
     bot.strategy = IdleStrategy()  # type: ignore[assignment]
     clock = [time.time()]
@@ -828,14 +833,37 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
             )
             assert found[0]["decided_by"] == approver
             assert value_of(bot, "tradingbot_ramp_stage") == number
-        assert [(h["to"], h["by"].split(",")[0]) for h in bot.ramp.history] == [
-            ("bigger", "requested by alice"),
-            ("two-pairs", "requested by bob"),
+        # Each stage on a decision the reconciler signed and the bot verified: its history names who asked and who
+        # approved, and the decision; its status and metrics say the last one it acted on.
+        assert [(h["to"], h["by"], h["requested_by"], h["approvers"]) for h in bot.ramp.history] == [
+            ("bigger", "bob", "alice", ["bob"]),
+            ("two-pairs", "carol", "bob", ["carol"]),
         ]
+        status = (await bot_status(port))["decisions"]["ramp_promote"]
+        assert (status["id"], status["stage"], status["approvers"]) == (
+            bot.ramp.history[-1]["decision"],
+            "two-pairs",
+            ["carol"],
+        )
+        assert (
+            bot.inst.registry.get_sample_value(
+                "tradingbot_decisions_total", {"venue": "paper", "strategy": "demo", "kind": "ramp_promote"}
+            )
+            == 2
+        )
         # The last stage has no next: asking is refused with one line, exit 2.
         assert main(["-c", str(config), "ramp", "promote", "paper-1", "--to", "small", "--by", "alice"]) == 2
     finally:
         await bot.stop()
+
+
+async def bot_status(port: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {BOT_TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/control/status", json={}, headers=headers) as response:
+            assert response.status == 200
+            answer: dict[str, Any] = await response.json()
+            return answer
 
 
 def value_of(bot: Any, name: str) -> float:
