@@ -90,25 +90,32 @@ async def test_a_paper_bot_ramps_through_two_stages_each_enforced_in_the_order_g
         assert await submit_fresh(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 1500)) is None
         assert refused(bot, "risk_position_notional") == 1
         assert (await control(bot.port, "resume"))[0] == 200  # type: ignore[attr-defined]
-        # Not before the stage's minimum time; not to a stage other than the next.
-        with pytest.raises(PromotionRefused, match="lasts at least 2d"):
-            bot.ramp.promote("bigger", by="alice", why="approval 1")
+        # Over the control API, on a decision the reconciler signed: not before the stage's minimum time; not to a
+        # stage other than the next (400, the decision unspent).
+        bigger = {"stage": "bigger", "decision": signed(RAMP_PROMOTE, stage="bigger", approvers=("bob",))}
+        status, body = await control(bot.port, "ramp_promote", bigger)  # type: ignore[attr-defined]
+        assert (status, body["error"]) == (400, "ramp_promote: stage 'small' lasts at least 2d; 0.0 h spent"), body
         clock.now += 2 * 86400
-        with pytest.raises(PromotionRefused, match="the next stage is 'bigger'"):
-            bot.ramp.promote("two-pairs", by="alice", why="approval 1")
-        bot.ramp.promote("bigger", by="alice", why="approval 1")
+        two_pairs = {"stage": "two-pairs", "decision": signed(RAMP_PROMOTE, stage="two-pairs")}
+        status, body = await control(bot.port, "ramp_promote", two_pairs)  # type: ignore[attr-defined]
+        assert (status, body["error"]) == (400, "ramp_promote: the next stage is 'bigger', not 'two-pairs'"), body
+        assert (await control(bot.port, "ramp_promote", bigger))[0] == 200  # type: ignore[attr-defined]
         assert value(bot, "tradingbot_ramp_stage") == 2
         await placed(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 1500))
-        # Stage 3 after two more days: the second pair.
+        # Stage 3 after two more days: the second pair (bob asked, carol approved).
         clock.now += 2 * 86400
-        bot.ramp.promote("two-pairs", by="bob", why="approval 2")
+        two_pairs["decision"] = signed(RAMP_PROMOTE, stage="two-pairs", requested_by="bob", approvers=("carol",))
+        assert (await control(bot.port, "ramp_promote", two_pairs))[0] == 200  # type: ignore[attr-defined]
         await placed(bot, OTHER, Side.BUY, OrderType.MARKET, size_for(bot, 100, OTHER))
         assert value(bot, "tradingbot_ramp_stage") == 3
         with pytest.raises(PromotionRefused, match="last stage"):
             bot.ramp.promote("two-pairs", by="bob", why="again")
         state = json.loads((Path(bot.config.bot.data_dir) / STATE_FILE).read_text())
         assert state["stage"] == "two-pairs"
-        assert [(h["to"], h["by"]) for h in state["history"]] == [("bigger", "alice"), ("two-pairs", "bob")]
+        assert [(h["to"], h["requested_by"], h["approvers"]) for h in state["history"]] == [
+            ("bigger", "alice", ["bob"]),
+            ("two-pairs", "bob", ["carol"]),
+        ]
     finally:
         await bot.stop()
 
