@@ -18,11 +18,14 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+if TYPE_CHECKING:
+    from trading_ops.config import Config
 
 # What a decision may allow: a ramp's next stage, a live start, and clearing a loss-limit halt.
 RAMP_PROMOTE, LIVE_START, CLEAR_HALT = "ramp_promote", "live_start", "clear_halt"
@@ -246,6 +249,20 @@ def approval_problem(requester: str, approvers: tuple[str, ...], required: int) 
     elif required > 0 and len(approvers) < required:
         problem = f"{len(approvers)} approver(s), {required} other than the requester required"
     return problem
+
+
+def config_signer(config: Config) -> DecisionSigner | None:
+    """The signer of reconciler.decision_key (decision_key_file or _env), or None when none is configured;
+    ConfigError when it cannot be read or is no Ed25519 private key."""
+    from trading_ops.config import ConfigError, resolve_secret
+
+    pem = resolve_secret(config, config.reconciler, "decision_key", "reconciler.decision_key")
+    if not pem:
+        return None
+    try:
+        return DecisionSigner(load_private_key(pem, "reconciler.decision_key"))
+    except DecisionKeyError as exc:
+        raise ConfigError("reconciler.decision_key_file", str(exc)) from None
 
 
 # -- verifying (the bot) --------------------------------------------------------------------------------------------

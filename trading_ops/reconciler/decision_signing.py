@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from trading_ops.config import Config, ConfigError, resolve_secret
-from trading_ops.decisions import CLEAR_HALT, RAMP_PROMOTE, DecisionKeyError, DecisionSigner, load_private_key
+from trading_ops.config import Config
+from trading_ops.decisions import CLEAR_HALT, RAMP_PROMOTE, config_signer
 from trading_ops.durations import parse_duration
 from trading_ops.reconciler.actions.base import Refused
 
@@ -20,18 +20,6 @@ COMMAND_KINDS = {"ramp_promote": RAMP_PROMOTE, "clear_halt": CLEAR_HALT}
 # How many principals other than the requester approve, unless the approval row says (its `required`).
 REQUIRED_DEFAULT = 1
 KEY = "reconciler.decision_key"
-
-
-def signer(config: Config) -> DecisionSigner | None:
-    """The signer of reconciler.decision_key, or None when none is configured; ConfigError when it cannot be read or
-    is no Ed25519 private key."""
-    pem = resolve_secret(config, config.reconciler, "decision_key", KEY)
-    if not pem:
-        return None
-    try:
-        return DecisionSigner(load_private_key(pem, KEY))
-    except DecisionKeyError as exc:
-        raise ConfigError(f"{KEY}_file", str(exc)) from None
 
 
 def approvers_of(row: dict[str, Any]) -> list[str]:
@@ -76,7 +64,7 @@ def sign_for(ctx: ActionContext, command: str, instance: str, body: dict[str, An
     row = ctx.approval
     if row is None:
         raise Refused(f"{command} widens the bot's risk: its rule must ask a person's approval (approval: required)")
-    key = signer(ctx.config)
+    key = config_signer(ctx.config)
     if key is None:
         raise Refused(f"{command}: no key to sign the decision with ({KEY}_file)")
     stage = str(body.get("stage", "")) if kind == RAMP_PROMOTE else ""
