@@ -288,6 +288,10 @@ class UsedDecisions:
     def seen(self, decision_id: str) -> bool:
         return decision_id in self.used
 
+    def remember(self, decision_id: str, expires_at: float) -> None:
+        """An id another durable record keeps (the ramp's state file): known here, not written here."""
+        self.used[decision_id] = expires_at
+
     def spend(self, decision: Decision) -> None:
         """Remember `decision` (durable before this returns); old ids are forgotten a day past their expiry."""
         now = self.wall()

@@ -89,9 +89,19 @@ class DecisionGate:
         return self.verifier.verify(token, kind, self.bot, check_time=False)
 
     def spend(self, decision: Decision) -> None:
-        """Acted on: remembered (durable) first, then logged, counted and shown in status."""
+        """Acted on: remembered (durable, in the data dir's USED_FILE) first, then logged, counted and shown."""
         self.verifier.spend(decision)
         self.record(decision)
+
+    def kept_elsewhere(self, decision: Decision) -> None:
+        """Acted on, its id kept durable by the change it allowed (the ramp's state file): logged, counted, shown."""
+        self.remember(decision.id, decision.expires_at)
+        self.record(decision)
+
+    def remember(self, decision_id: str, expires_at: float) -> None:
+        """An id spent in an earlier run, kept by another record (the ramp's state file)."""
+        if self.verifier.used is not None:
+            self.verifier.used.remember(decision_id, expires_at)
 
     def record(self, decision: Decision) -> None:
         now = self.wall()

@@ -16,7 +16,7 @@ from prometheus_client import Counter, Gauge
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.risk import RiskLimits
 from trading_ops.config import RampStageConfig
-from trading_ops.decisions import Decision
+from trading_ops.decisions import USED_KEEP_SECONDS, Decision
 from trading_ops.durations import parse_duration
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ class Ramp:
         self.index = 0
         self.since = wall()
         self.history: list[dict[str, Any]] = []
+        # The ids of the decisions the ramp was promoted on (id -> its expiry), kept in the state file with the stage
+        # they allowed: one durable write for both, so a decision widens the limits once (the runtime's DecisionGate
+        # refuses an id found here).
+        self.decisions: dict[str, float] = {}
         if stages:
             self._load()
         registry = metrics.registry
@@ -171,6 +175,7 @@ class Ramp:
             "cause": cause,
             "why": why[:500],
         }
+        decisions = {k: v for k, v in self.decisions.items() if v + USED_KEEP_SECONDS > now}
         if decision is not None:
             entry.update(
                 requested_by=decision.requested_by,
@@ -178,8 +183,10 @@ class Ramp:
                 rule=decision.rule,
                 decision=decision.id,
             )
-        self._save(index, now, [*self.history, entry][-HISTORY_MAX:])  # durable first
+            decisions[decision.id] = decision.expires_at
+        self._save(index, now, [*self.history, entry][-HISTORY_MAX:], decisions)  # durable first
         self.index, self.since, self.history = index, now, [*self.history, entry][-HISTORY_MAX:]
+        self.decisions = decisions
         self._stage_gauge(self.number)
         if self.on_change is not None:
             self.on_change()
@@ -202,10 +209,14 @@ class Ramp:
         self.since = float(data.get("since", self.since))
         history = data.get("history")
         self.history = history if isinstance(history, list) else []
+        decisions = data.get("decisions")
+        if isinstance(decisions, dict):
+            self.decisions = {str(k): float(v) for k, v in decisions.items() if isinstance(v, int | float)}
 
-    def _save(self, index: int, since: float, history: list[dict[str, Any]]) -> None:
+    def _save(self, index: int, since: float, history: list[dict[str, Any]], decisions: dict[str, float]) -> None:
         tmp = self.path.with_suffix(".tmp")
-        body = json.dumps({"stage": self.stages[index].name, "since": since, "history": history})
+        state = {"stage": self.stages[index].name, "since": since, "history": history, "decisions": decisions}
+        body = json.dumps(state)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(body)
             f.flush()

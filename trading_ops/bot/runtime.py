@@ -351,6 +351,8 @@ class BotRuntime:
         self.decisions = DecisionGate(self.decision_keys, self.data_dir, self.metrics, bot.name)
         if self.live_decision is not None:
             self.decisions.record(self.live_decision)
+        for decision_id, expires_at in self.ramp.decisions.items():  # promoted on: spent
+            self.decisions.remember(decision_id, expires_at)
         self.inst.control.guard("clear_halt", self._clear_halt_guard)
         self.inst.control.add_status(lambda: {"decisions": self.decisions.status()})
         if self.ramp.stages:
@@ -406,13 +408,15 @@ class BotRuntime:
         problem = self.ramp.promotion_problem(stage)
         if problem is not None:
             raise CommandError(f"ramp_promote: {problem}")
-        self.decisions.spend(decision)  # durable before the limits widen: a decision widens them once
         try:
+            # The decision's id is written with the stage it allows, in one durable write before the limits widen:
+            # a decision widens them once.
             self.ramp.promote(
                 stage, by=", ".join(decision.approvers), why=f"promoted to {stage[:64]}", decision=decision
             )
         except PromotionRefused as exc:
             raise CommandError(f"ramp_promote: {exc}") from None
+        self.decisions.kept_elsewhere(decision)
         return {"ramp": self.ramp.status(), "decision": decision.id}
 
     async def _clear_halt_guard(self, args: dict[str, Any]) -> None:
