@@ -46,8 +46,10 @@ COMMAND_RISK = {
     "halt": "disruptive",
     "cancel_all": "destructive",
     "flatten": "destructive",
-    # Wider risk limits (the next stage of a bot's ramp): never without a person's approval (the ramp-promote rule).
+    # Wider risk limits (the next stage of a bot's ramp), and a bot halted by a loss limit trading again: never without
+    # a person's approval (the ramp-promote and clear-halt rules), sent with a decision signed from it.
     "ramp_promote": "destructive",
+    "clear_halt": "destructive",
 }
 
 # Commands that only stop trading or shrink the book: a rule made of these acts even with its target's budget
