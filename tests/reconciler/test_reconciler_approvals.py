@@ -41,6 +41,7 @@ from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.console import COOKIE
 from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.states import CLOSED_STATES
 
 pytestmark = [pytest.mark.alertmanager]
 
@@ -750,20 +751,17 @@ def scraping(tmp_path: Path) -> Iterator[tuple[int, str]]:
         stop(proc)
 
 
-async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_bound_to_the_stage(
-    aiohttp_client: Any,
-    tmp_path: Path,
-    migrated_db: str,
-    alertmanager: Alertmanager,
-    scraping: tuple[int, str],
-    capsys: Any,
-) -> None:
+async def signed_decisions_setup(
+    tmp_path: Path, migrated_db: str, alertmanager: Alertmanager, scraping: tuple[int, str], rules: list[Any]
+) -> tuple[Path, PaperBot, list[float]]:
+    """The reconciler's configuration (`rules` its playbook, its signing key) and a paper bot with RAMP_STAGES that
+    trusts the reconciler's public key only, on the scraped port; the bot's ramp clock (the test moves it)."""
     port, prometheus = scraping
     instance = f"127.0.0.1:{port}"
     for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
         (tmp_path / name).write_text(value)
     (tmp_path / "approve-token").write_text(APPROVE_TOKEN)
-    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RAMP_RULE]}))
+    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": rules}))
     # The reconciler signs with its key; the bot trusts its public key only (not the tests' usual one).
     ensure_key_files(tmp_path / "secrets" / "decision-key", tmp_path / "decision-key.pub")
     data = {
@@ -802,6 +800,20 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
     bot.ramp.wall = lambda: clock[0]
     bot.ramp.since = clock[0]
     await bot.start("127.0.0.1", port)
+    return config, bot, clock
+
+
+async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_bound_to_the_stage(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_db: str,
+    alertmanager: Alertmanager,
+    scraping: tuple[int, str],
+    capsys: Any,
+) -> None:
+    port, _ = scraping
+    instance = f"127.0.0.1:{port}"
+    config, bot, clock = await signed_decisions_setup(tmp_path, migrated_db, alertmanager, scraping, [RAMP_RULE])
     client = await aiohttp_client(create_app(load_config(config)))
     try:
         for number, (stage, asker, approver) in enumerate(
@@ -855,6 +867,75 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
         assert main(["-c", str(config), "ramp", "promote", "paper-1", "--to", "small", "--by", "alice"]) == 2
     finally:
         await bot.stop()
+
+
+# The shipped rule that clears a loss-limit halt once another person approved (trading-ops clear-halt).
+CLEAR_HALT_RULE = next(
+    rule
+    for rule in yaml.safe_load((REPO_ROOT / "trading_ops" / "reconciler" / "playbooks" / "default.yml").read_text())[
+        "rules"
+    ]
+    if rule["name"] == "clear-halt"
+)
+
+
+async def test_a_loss_limit_halt_clears_on_a_persons_approval_with_a_signed_decision(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_db: str,
+    alertmanager: Alertmanager,
+    scraping: tuple[int, str],
+    capsys: Any,
+) -> None:
+    """A person asks (`trading-ops clear-halt`), the request's page reaches the reconciler, another person approves:
+    the reconciler sends the bot clear_halt with a decision it signed, the bot verifies it and lands paused; Prometheus
+    verifies. The requester approving their own request gets nothing from the bot (it refuses the decision)."""
+    port, _ = scraping
+    instance = f"127.0.0.1:{port}"
+    config, bot, _ = await signed_decisions_setup(tmp_path, migrated_db, alertmanager, scraping, [CLEAR_HALT_RULE])
+    bot.inst.state.apply("halt", reason="risk limit daily_loss: the day's loss 41 reached the daily loss limit 40")
+    client = await aiohttp_client(create_app(load_config(config)))
+    try:
+        for requester, approver in (("alice", "alice"), ("alice", "bob")):
+            ask = ["-c", str(config), "clear-halt", "paper-1", "--by", requester, "--reason", "the gap is understood"]
+            assert await asyncio.to_thread(main, ask) == 0
+            assert json.loads(capsys.readouterr().out.splitlines()[-1])["requested_by"] == requester
+            held = await held_page(alertmanager, "TradingBotClearHaltRequested", instance=instance)
+            fired = alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **held["labels"])
+            if approver == "bob":  # a new request: a new episode
+                fired["startsAt"] = datetime.now(UTC).isoformat()
+            assert (await client.post("/api/v1/alertmanager", json=payload(fired), headers=AUTH)).status == 200
+            pending = await one_pending(client)
+            assert pending["rule"] == "clear-halt" and bot.inst.state.state.value == "halted"
+            assert cli(config, "approve", str(pending["id"]), "--reason", "ok", "--as", approver) == 0
+            found = await poll(
+                lambda: approvals(client),
+                lambda a: a[0]["status"] == "executed",
+                "the approval executed",
+            )
+            assert found[0]["decided_by"] == approver
+            episode = await poll(
+                lambda: episode_of(client, pending["episode_id"]),
+                lambda e: e["state"] in CLOSED_STATES,
+                "the episode ended",
+            )
+            if approver == requester:
+                # The bot refused the decision (its requester approved it): still halted, the step failed naming it.
+                assert bot.inst.state.state.value == "halted"
+                assert "its requester (alice) approved it" in json.dumps(episode), episode
+            else:
+                assert bot.inst.state.state.value == "paused"
+                seen = (await bot_status(port))["decisions"]["clear_halt"]
+                assert (seen["requested_by"], seen["approvers"]) == ("alice", ["bob"])
+    finally:
+        await bot.stop()
+
+
+async def episode_of(client: Any, episode_id: int) -> dict[str, Any]:
+    resp = await client.get(f"/api/v1/episodes/{episode_id}", headers=READ_AUTH)
+    assert resp.status == 200
+    answer: dict[str, Any] = await resp.json()
+    return answer
 
 
 async def bot_status(port: int) -> dict[str, Any]:
