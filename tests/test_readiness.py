@@ -5,16 +5,21 @@ one line and exit 2. Needs Debian's `prometheus` (prometheus, promtool) and `pro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 from alertmanager_server import run_alertmanager
 from ports import free_port
 from readiness_history import DAY, History, backfill, openmetrics, started_prometheus
@@ -22,7 +27,7 @@ from reconciler_server import READ_AUTH, READ_TOKEN, make_config
 from system_binaries import REPO_ROOT
 
 from trading_ops.cli import main
-from trading_ops.config import parse_config
+from trading_ops.config import load_config, parse_config
 from trading_ops.db import migrate
 from trading_ops.ops.backup import STATE_FILE
 from trading_ops.ops.restore_drill import DRILL_STATE_FILE
@@ -262,46 +267,129 @@ def test_a_live_start_needs_a_recorded_ready_verdict_or_a_persons_approval(
     assert lines[0].startswith("trading-ops: readiness: --record: the ledger's database is unreachable ("), lines
 
 
+class StageAnswering:
+    """The bots' control APIs as far as a ramp request reads them: `status` answers the first stage."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps({"ok": True, "state": "active", "ramp": {"stage": 1, "name": "small"}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def reconciler_serving(config: Path) -> Iterator[str]:
+    """The real reconciler app of `config`, served on its own event loop in a thread (the CLI under test calls it
+    synchronously); its URL."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(create_app(load_config(config)))
+    port = free_port()
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=60)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
+
+
 def test_ramp_promote_asks_only_when_the_stages_criteria_pass_over_its_window(
     stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """`ramp promote` asks through the reconciler with the person's own token: the criteria of the stage before are
+    judged there, and the request posted to Alertmanager names the token's principal."""
     data = yaml.safe_load(write_config(tmp_path, stack).read_text())
     first = {"name": "small", "max_position_notional": 5, "criteria": ["uptime", "order_success"], "window": "3d"}
     data["bot"] = {"ramp": {"stages": [first, {"name": "bigger", "max_position_notional": 7}]}}
+    bots = StageAnswering()
+    for token, value in (("webhook", "webhook-token-of-the-test"), ("alice", "alice-token-of-the-test")):
+        (tmp_path / f"{token}-token").write_text(value)
+        (tmp_path / f"{token}-token").chmod(0o600)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(url)
+    for bot in data["bots"]:
+        bot["url"] = bots.url
+    data["database"] = {"url": url}
+    data["reconciler"].update(
+        token_file=str(tmp_path / "webhook-token"),
+        api_tokens=[{"name": "alice", "scope": "approve", "token_file": str(tmp_path / "alice-token")}],
+        check_silences=False,
+        listen={"port": free_port()},
+        spool_dir=str(tmp_path / "spool"),
+    )
     config = tmp_path / "ramp.yaml"
     config.write_text(yaml.safe_dump(data))
+    with reconciler_serving(config) as reconciler:
 
-    def promote(bot: str, *more: str) -> int:
-        return main(["--config", str(config), "ramp", "promote", bot, "--by", "alice", *more])
+        def promote(bot: str, *more: str) -> int:
+            argv = ["--config", str(config), "ramp", "promote", bot, "--by", "at the desk", *more]
+            return main([*argv, "--token-file", str(tmp_path / "alice-token"), "--url", reconciler])
 
-    assert promote("order-success", "--to", "bigger") == 1
-    err = capsys.readouterr().err.strip()
-    assert err == "trading-ops: ramp: order-success stays at small: over 3d, order_success fail", err
-    assert promote("young", "--to", "bigger") == 1  # 2 days of history: not enough to judge 3 days
-    assert "young stays at small: over 3d, uptime unknown, order_success unknown" in capsys.readouterr().err
-    assert promote("ready", "--to", "bigger") == 0
-    assert json.loads(capsys.readouterr().out) == {
-        "bot": "ready",
-        "stage": "bigger",
-        "requested_by": "alice",
-        "criteria": ["uptime", "order_success"],
-    }
+        def err() -> str:
+            return [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops: ")][-1]
+
+        try:
+            assert promote("order-success", "--to", "bigger") == 1
+            assert err() == "trading-ops: ramp: not asked: order-success stays at small: over 3d, order_success fail"
+            assert promote("young", "--to", "bigger") == 1  # 2 days of history: not enough to judge 3 days
+            assert "young stays at small: over 3d, uptime unknown, order_success unknown" in err()
+            assert promote("ready", "--to", "bigger") == 0
+            answer = json.loads(capsys.readouterr().out)
+            assert {k: answer[k] for k in ("bot", "stage", "requested_by", "comment", "criteria")} == {
+                "bot": "ready",
+                "stage": "bigger",
+                "requested_by": "alice",
+                "comment": "at the desk",
+                "criteria": ["uptime", "order_success"],
+            }
+            assert promote("ready", "--to", "bigger") == 1  # asked already: nothing more
+            assert f"not asked: request {answer['request']} for ready to bigger by alice stands until" in err()
+        finally:
+            bots.close()
     with urllib.request.urlopen(
         f"{stack['alertmanager']}/api/v2/alerts?filter=alertname%3D%22TradingBotRampPromotionRequested%22"
     ) as resp:
         (held,) = json.load(resp)
-    assert {k: held["labels"][k] for k in ("instance", "stage", "stage_number", "requested_by")} == {
+    assert {k: held["labels"][k] for k in ("instance", "stage", "stage_number", "requested_by", "request")} == {
         "instance": instance("ready"),
         "stage": "bigger",
         "stage_number": "2",
         "requested_by": "alice",
+        "request": str(answer["request"]),
     }
     for argv, message in (
         (["--to", "huge"], "trading-ops: ramp: unknown stage 'huge' (stages: small, bigger)"),
         (["--to", "small"], "trading-ops: ramp: 'small' is the first stage: a bot starts there, nothing to promote to"),
     ):
-        assert promote("ready", *argv) == 2
+        assert main(["--config", str(config), "ramp", "promote", "ready", *argv]) == 2
         assert capsys.readouterr().err.strip() == message
+    # Without a token of one's own: exit 2, one line, nothing asked.
+    assert main(["--config", str(config), "ramp", "promote", "ready", "--to", "bigger"]) == 2
+    assert "needs your own token of reconciler.api_tokens" in capsys.readouterr().err
 
 
 def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -35,6 +35,7 @@ from system_binaries import REPO_ROOT, require_binary
 from up_process import UpProcess, alive
 from up_stack import (
     PaperStack,
+    approve_token_file,
     back_to_normal,
     bot_pid,
     fired,
@@ -198,7 +199,9 @@ def loss_spike(tour: Tour) -> None:
     until("halted by its risk limit", lambda: tour.control("status")["state"] == "halted", deadline=30)
     # The demo's playbook asks before the protective steps, one decision for both: the person approves it.
     approval = until("the loss limit's approval", lambda: pending_approval(tour, 1), deadline=120)
-    approved = tour.cli("reconciler", "approve", str(approval), "--reason", "the tour's operator", "--as", "tour")
+    token = approve_token_file(tour.up.root / "var/stack/trading-ops.yaml")
+    decision = ("--reason", "the tour's operator", "--as", "tour", "--token-file", token)
+    approved = tour.cli("reconciler", "approve", str(approval), *decision)
     assert approved.returncode == 0, approved.stderr
     (episode,) = closed_episodes(tour, known, "TradingBotDailyLossBreached", 180)
     assert episode["state"] == "recovered" and episode["rule"] == "loss-limit-flatten", episode

@@ -28,7 +28,7 @@ import pytest
 from polling import until
 from system_binaries import require_binary
 from up_process import UpProcess, alive
-from up_stack import PaperStack, approve, bot_pid, new_episodes, settled
+from up_stack import PaperStack, approve, approve_token_file, bot_pid, new_episodes, settled
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager, pytest.mark.timeout(900)]
 
@@ -76,7 +76,9 @@ def asked_and_approved(stack: PaperStack, rules: tuple[str, ...], since: float) 
     except AssertionError as exc:
         raise AssertionError(f"{exc}; {diagnosis(stack)}") from None
     seconds = time.monotonic() - since
-    approved = cli(stack, "reconciler", "approve", str(asked["id"]), "--reason", "the test's operator", "--as", "night")
+    token = approve_token_file(stack.up.state_dir / "trading-ops.yaml")
+    decision = ("--reason", "the test's operator", "--as", "night", "--token-file", token)
+    approved = cli(stack, "reconciler", "approve", str(asked["id"]), *decision)
     assert approved.returncode == 0, approved.stderr
     return asked, seconds
 

@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from polling import until
@@ -184,6 +185,16 @@ def pages(stack: PaperStack, alertname: str, original: str) -> list[dict[str, An
     ]
 
 
+def approve_token_file(config: Path) -> str:
+    """The person's own token a stack's `reconciler approve` decides with: the generated configuration's token of
+    the approve scope (reconciler.api_tokens; `make run` writes it)."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    tokens = data["reconciler"]["api_tokens"]
+    return str(next(t["token_file"] for t in tokens if t.get("scope") == "approve"))
+
+
 def approve(stack: Stack, rule: str, who: str) -> int:
     """A person approves the pending approval of `rule` (`reconciler approvals`, then `reconciler approve`, as the
     demo's banner says): its id, once one waits and the decision is taken."""
@@ -198,7 +209,10 @@ def approve(stack: Stack, rule: str, who: str) -> int:
         return next((int(a["id"]) for a in json.loads(listed.stdout)["approvals"] if a["rule"] == rule), None)
 
     approval = until(f"an approval of {rule} waiting", waiting, deadline=120)
-    approved = cli("reconciler", "approve", str(approval), "--reason", "the test's operator", "--as", who)
+    token = approve_token_file(stack.up.state_dir / "trading-ops.yaml")
+    approved = cli(
+        "reconciler", "approve", str(approval), "--reason", "the test's operator", "--as", who, "--token-file", token
+    )
     assert approved.returncode == 0, approved.stderr
     return approval
 

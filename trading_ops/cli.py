@@ -29,6 +29,7 @@ CONFIG_ENV = "TRADING_OPS_CONFIG"
 # the standard library, this module, trading_ops.config, constants), and each handler imports what its command uses:
 # aiohttp, SQLAlchemy, the models, the ledger, the bot runtime (tests/test_cli.py holds that line).
 COMMAND_MODULES = (
+    "trading_ops.commands.audit_cmd",
     "trading_ops.commands.clear_halt_cmd",
     "trading_ops.commands.config_cmd",
     "trading_ops.commands.db_cmd",

@@ -922,6 +922,21 @@ class BudgetConfig:
 
 
 @dataclass
+class FourEyesConfig:
+    """How many people other than the requester must approve each kind of decision that widens risk (four eyes,
+    docs/reconciler.md#approvals). 0 is for a one-person team only, set explicitly: the requester's own approval then
+    counts, and every such decision says "approved by its requester (allowed by configuration)". A step the
+    reconciler asks a person to approve (a venue-direct flatten) always needs one person, never the reconciler."""
+
+    # A ramp promotion (`trading-ops ramp promote`): the bot's limits widen.
+    ramp_promotion: int = bounded(1, min=0, max=5)
+    # A live start (paper to live).
+    live_start: int = bounded(1, min=0, max=5)
+    # Clearing a loss-limit halt: the bot may trade again.
+    clear_halt: int = bounded(1, min=0, max=5)
+
+
+@dataclass
 class WatchdogConfig:
     # The always-firing alert that proves the alerting pipeline works end to end.
     alertname: str = checked("Watchdog", _check_nonempty)
@@ -1020,6 +1035,8 @@ class ReconcilerConfig:
     # hourly; open episodes are never pruned). A firing alert that started longer ago is not acted on.
     retention_days: int = bounded(30, min=1, max=36500)
     budgets: BudgetConfig = field(default_factory=BudgetConfig)
+    # Four eyes: how many people other than the requester approve each kind of widening decision.
+    approvals: FourEyesConfig = field(default_factory=FourEyesConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # TLS of every request the reconciler sends to an https URL: bots' control APIs, Prometheus, Alertmanager.
     tls: TLSClientConfig = field(default_factory=TLSClientConfig)

@@ -24,6 +24,7 @@ COMMANDS = {
     "reconcile",
     "status",
     "halt",
+    "ramp_promote",
 }
 
 # What a state command leaves the bot in.
@@ -48,6 +49,8 @@ class FakeBot:
     phase: str = "trading"
     # The `status` reads the reconciler made (kept apart from `calls`, the commands that act).
     reads: list[dict[str, Any]] = field(default_factory=list)
+    # The ramp its `status` reports ({"stage": 1, "name": "s1", ...}), when the test gives one.
+    ramp: dict[str, Any] | None = None
 
     def commands(self) -> list[str]:
         return [c for c, _ in self.calls]
@@ -64,7 +67,8 @@ class FakeBot:
             body = await request.json() if request.can_read_body else {}
             if command == "status":  # a read: answered at once, whatever holds the commands that act
                 self.reads.append(body)
-                return web.json_response({"ok": True, "command": command, "state": self.state, "phase": self.phase})
+                answer_status = {"ok": True, "command": command, "state": self.state, "phase": self.phase}
+                return web.json_response({**answer_status, **({"ramp": self.ramp} if self.ramp else {})})
             self.calls.append((command, body))
             if self.on_call:
                 self.on_call(command)

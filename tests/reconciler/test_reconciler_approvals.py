@@ -157,6 +157,14 @@ def cli(config: Path, *args: str) -> int:
     return main(["-c", str(config), "reconciler", *args])
 
 
+async def cli_decide(config: Path, client: Any, *args: str, token_file: str = "approve-token") -> int:
+    """`reconciler approve|reject ...` as a person runs it: with their own token, through the reconciler's API (in a
+    thread: the test's server answers on this event loop)."""
+    url = str(client.make_url("")).rstrip("/")
+    argv = [*args, "--token-file", str(config.parent / token_file), "--url", url]
+    return await asyncio.to_thread(cli, config, *argv)
+
+
 def flatten_alert(am: Alertmanager, **labels: str) -> dict[str, Any]:
     """The webhook Alertmanager sends for a firing TradingBotFlattenRequested it holds (an episode that waited asks
     Alertmanager whether its alert still fires before it acts)."""
@@ -210,8 +218,6 @@ async def test_approved_by_api_the_step_runs_once_and_the_decision_is_recorded(
     assert (await refused.json())[
         "error"
     ] == "deciding an approval needs the 'approve' scope; token 'read_token' has 'read'"
-    refused = await decide(client, pending["id"], "approve", APPROVE_AUTH, reason="x", by="reconciler")
-    assert refused.status == 403
     assert (await decide(client, pending["id"], "maybe", APPROVE_AUTH)).status == 400
     ok = await decide(client, pending["id"], "approve", APPROVE_AUTH, reason="desk agrees", by="alice")
     assert ok.status == 200, await ok.text()
@@ -246,19 +252,24 @@ async def test_rejected_by_cli_nothing_runs_and_a_human_is_paged(
     client = await aiohttp_client(create_app(load_config(config)))
     await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance=instance), headers=AUTH)
     pending = await one_pending(client)
-    assert cli(config, "reject", str(pending["id"]), "--reason", "position is hedged", "--as", "dana") == 0
-    assert f'approval {pending["id"]} rejected by "dana" (CLI)' in capsys.readouterr().out
+    assert (
+        await cli_decide(config, client, "reject", str(pending["id"]), "--reason", "position is hedged", "--as", "dana")
+        == 0
+    )
+    assert f"approval {pending['id']} rejected by desk (approvers: -)" in capsys.readouterr().out
     done = await episode(client, "escalated")
     assert fake_bot.commands() == []
-    assert 'rejected by "dana" (CLI)' in done["detail"]
+    assert 'rejected by "dana" with token desk' in done["detail"]
     page = await held_page(alertmanager, FAILED, instance=instance)
-    assert 'rejected by "dana" (CLI)' in page["annotations"]["description"]
+    assert 'rejected by "dana" with token desk' in page["annotations"]["description"]
     assert "position is hedged" in page["annotations"]["description"]
     # Decided once: a second answer is one line, exit 1.
-    assert cli(config, "approve", str(pending["id"]), "--reason", "oops", "--as", "erin") == 1
+    assert await cli_decide(config, client, "approve", str(pending["id"]), "--reason", "oops", "--as", "erin") == 1
     # (The app's own log lines share this stderr since main() set up logging: the CLI's is the last.)
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("trading-ops: reconciler approve: approval") and 'is rejected by "dana" (CLI)' in err
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops: ")][-1]
+    assert (
+        err.startswith("trading-ops: reconciler approve: approval") and 'is rejected by "dana" with token desk' in err
+    )
     # Nor may anyone decide under the requester's name.
     assert client.app[keys.METRICS].approval_decisions.labels("rejected")._value.get() == 1
 
@@ -467,7 +478,7 @@ async def test_a_hard_limit_breach_runs_its_protective_steps_without_approval(
     assert await approvals(client) == []
 
 
-async def test_a_changed_playbook_or_a_closed_episode_is_refused(
+async def test_a_closed_episode_is_refused(
     aiohttp_client: Any,
     tmp_path: Path,
     migrated_sqlite: str,
@@ -480,20 +491,18 @@ async def test_a_changed_playbook_or_a_closed_episode_is_refused(
     body = flatten_alert(alertmanager)
     await client.post("/api/v1/alertmanager", json=body, headers=AUTH)
     pending = await one_pending(client)
-    # The playbook file changed (the CLI reads the configured one): the step may differ, so no decision binds it.
-    (tmp_path / "playbook.yml").write_text(
-        yaml.safe_dump({"version": 1, "rules": [{**FLATTEN, "approval_timeout": "45s"}]})
-    )
-    assert cli(config, "approve", str(pending["id"]), "--reason", "ok", "--as", "gina") == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("trading-ops: reconciler approve:") and "was asked under playbook version" in err
-    assert fake_bot.commands() == []
     # The alert resolves: the episode closes, and its approval can no longer be decided.
     resolved = {**body["alerts"][0], "status": "resolved"}
     await client.post("/api/v1/alertmanager", json=payload(resolved), headers=AUTH)
     await episode(client, "resolved")
     refused = await decide(client, pending["id"], "approve", APPROVE_AUTH, reason="ok", by="gina")
     assert refused.status == 409 and "is resolved" in (await refused.json())["error"]
+    assert await cli_decide(config, client, "approve", str(pending["id"]), "--reason", "ok", "--as", "gina") == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops: ")]
+    assert (
+        err[-1]
+        == f"trading-ops: reconciler approve: approval {pending['id']}: episode {pending['episode_id']} is resolved"
+    )
     text = await (await client.get("/metrics")).text()
     assert "tradingops_approvals_pending 0.0" in text
     assert fake_bot.commands() == []
@@ -539,10 +548,8 @@ async def test_two_replicas_one_decision_one_execution(
     for client in clients:
         assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
     pending = await one_pending(clients[0])
-    assert pending["requested_by"] in ("replica-a", "replica-b")
-    # The requester's name cannot decide; two people answering at once through both replicas: one decision.
-    own = await decide(clients[1], pending["id"], "approve", APPROVE_AUTH, reason="x", by=pending["requested_by"])
-    assert own.status == 403
+    assert pending["requested_by_instance"] in ("replica-a", "replica-b") and pending["requested_by"] == "reconciler"
+    # Two people answering at once through both replicas: one decision.
     answers = await asyncio.gather(
         decide(clients[0], pending["id"], "approve", APPROVE_AUTH, reason="one", by="ines"),
         decide(clients[1], pending["id"], "reject", APPROVE_AUTH, reason="two", by="jon"),
@@ -597,7 +604,7 @@ async def test_through_real_alertmanager_the_page_reaches_a_receiver_and_the_cli
         page = next(a for a in seen if a["labels"]["alertname"] == APPROVAL_REQUESTED)
         approval_id = page["labels"]["approval"]
         assert fake_bot.commands() == []
-        assert await asyncio.to_thread(cli, config, "approve", approval_id, "--reason", "ok", "--as", "kim") == 0
+        assert await cli_decide(config, server, "approve", approval_id, "--reason", "ok", "--as", "kim") == 0
 
         async def bot_calls() -> list[str]:
             return fake_bot.commands()
@@ -711,12 +718,12 @@ async def test_a_reconciler_restarted_with_a_changed_playbook_asks_again_under_i
     assert new[0]["playbook_version"] == second.app[keys.PLAYBOOK].version != old["playbook_version"]
     assert {a["id"]: a["status"] for a in await approvals(second)}[old["id"]] == "superseded"
     assert fake_bot.commands() == []
-    assert cli(config, "approve", str(new[0]["id"]), "--reason", "ok", "--as", "lena") == 0
+    assert await cli_decide(config, second, "approve", str(new[0]["id"]), "--reason", "ok", "--as", "lena") == 0
     await episode(second, "recovered")
     assert fake_bot.commands() == ["flatten"]
     assert cli(config, "approvals", "--status", "executed") == 0
     listed = capsys.readouterr().out
-    assert f"{new[0]['id']}  executed" in listed and 'by "lena" (CLI): ok' in listed
+    assert f"{new[0]['id']}  executed" in listed and 'by "lena" with token desk: ok' in listed
 
 
 # The shipped rule that takes a bot to its next ramp stage once a person approved it (trading-ops ramp promote).
@@ -760,7 +767,9 @@ async def signed_decisions_setup(
     instance = f"127.0.0.1:{port}"
     for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
         (tmp_path / name).write_text(value)
-    (tmp_path / "approve-token").write_text(APPROVE_TOKEN)
+    people = ("alice", "bob", "carol")
+    for person in people:
+        (tmp_path / f"{person}-token").write_text(f"approve-token-of-{person}-0123456789")
     (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": rules}))
     # The reconciler signs with its key; the bot trusts its public key only (not the tests' usual one).
     ensure_key_files(tmp_path / "secrets" / "decision-key", tmp_path / "decision-key.pub")
@@ -778,7 +787,7 @@ async def signed_decisions_setup(
         "reconciler": {
             "token_file": str(tmp_path / "webhook-token"),
             "read_token_file": str(tmp_path / "read-token"),
-            "api_tokens": [{"name": "desk", "scope": "approve", "token_file": str(tmp_path / "approve-token")}],
+            "api_tokens": [{"name": p, "scope": "approve", "token_file": str(tmp_path / f"{p}-token")} for p in people],
             "playbook": str(tmp_path / "playbook.yml"),
             "poll_interval_seconds": 0.05,
             "lease_seconds": 3,
@@ -811,39 +820,75 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
     scraping: tuple[int, str],
     capsys: Any,
 ) -> None:
+    """Two people, each with their own token: one asks (through the reconciler, which records the request under
+    the token's name), the other approves; the requester's own approval, a stage that is not the next and a repeated
+    request are refused at once with one line; the audit chain shows both principals of each promotion. Each stage
+    is taken on a decision the reconciler signs from the approval, which the bot verifies."""
     port, _ = scraping
     instance = f"127.0.0.1:{port}"
     config, bot, clock = await signed_decisions_setup(tmp_path, migrated_db, alertmanager, scraping, [RAMP_RULE])
     client = await aiohttp_client(create_app(load_config(config)))
+    url = str(client.make_url("")).rstrip("/")
+
+    def ramp(person: str, stage: str) -> int:
+        argv = ["-c", str(config), "ramp", "promote", "paper-1", "--to", stage, "--by", f"{person} at the desk"]
+        return main([*argv, "--token-file", str(tmp_path / f"{person}-token"), "--url", url])
+
+    def last_err() -> str:
+        """The command's one line (the apps' own log lines share this stderr)."""
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops: ")][-1]
+
     try:
+        # Two stages ahead: refused at once, nothing asked.
+        assert await asyncio.to_thread(ramp, "alice", "two-pairs") == 1
+        assert last_err() == (
+            "trading-ops: ramp: not asked: paper-1 is at stage small: its next stage is bigger, not two-pairs"
+        )
         for number, (stage, asker, approver) in enumerate(
             (("bigger", "alice", "bob"), ("two-pairs", "bob", "carol")), 2
         ):
             clock[0] += 2 * 86400 + 1  # the stage's minimum time has passed
-            # A person asks: the request reaches Alertmanager, which hands it to the reconciler.
-            ask = ["-c", str(config), "ramp", "promote", "paper-1", "--to", stage, "--by", asker]
-            assert await asyncio.to_thread(main, ask) == 0
-            assert json.loads(capsys.readouterr().out.splitlines()[-1])["stage"] == stage
+            # A person asks with their own token: the reconciler records it and posts the request to Alertmanager.
+            assert await asyncio.to_thread(ramp, asker, stage) == 0
+            asked = json.loads(capsys.readouterr().out.splitlines()[-1])
+            assert (asked["stage"], asked["requested_by"]) == (stage, asker)
+            # Asked again: refused, nothing more created.
+            assert await asyncio.to_thread(ramp, asker, stage) == 1
+            assert f"not asked: request {asked['request']} for paper-1 to {stage} by {asker} stands" in last_err()
             held = await held_page(alertmanager, "TradingBotRampPromotionRequested", instance=instance, stage=stage)
+            assert (held["labels"]["requested_by"], held["labels"]["request"]) == (asker, str(asked["request"]))
             fired = alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **held["labels"])
             assert (await client.post("/api/v1/alertmanager", json=payload(fired), headers=AUTH)).status == 200
-            # Asked, not applied: the approval binds the step (its exact body) of this episode, whose alert names the
-            # stage.
+            # Asked, not applied: the approval binds the step (its exact body) and knows its requester.
             pending = await one_pending(client)
             assert pending["rule"] == "ramp-promote" and bot.ramp.number == number - 1
+            assert (pending["kind"], pending["required"], pending["requested_by"]) == ("ramp_promotion", 1, asker)
             bound = json.loads(pending["arguments"])
             assert (bound["params"]["command"], bound["params"]["body"]["stage"]) == ("ramp_promote", "${stage}")
             got = await client.get(f"/api/v1/episodes/{pending['episode_id']}", headers=READ_AUTH)
             assert (await got.json())["labels"]["stage"] == stage  # the episode's stage: what the step is sent
-            # A person decides (the CLI); the bot takes the stage, and Prometheus verifies it.
-            assert cli(config, "approve", str(pending["id"]), "--reason", "criteria pass", "--as", approver) == 0
+            # The requester's own token never approves it, whatever name is typed beside it.
+            own = ("approve", str(pending["id"]), "--reason", "mine", "--as", approver)
+            assert await cli_decide(config, client, *own, token_file=f"{asker}-token") == 1
+            assert last_err() == (
+                f"trading-ops: reconciler approve: approval {pending['id']}: four eyes: {asker} asked for it and "
+                "never decides its own request (ramp_promotion needs 1 other person)"
+            )
+            assert (await approvals(client, "pending"))[0]["approvers"] == []
+            # Another person decides with theirs; the bot takes the stage, and Prometheus verifies it.
+            decided = ("approve", str(pending["id"]), "--reason", "criteria pass")
+            assert await cli_decide(config, client, *decided, token_file=f"{approver}-token") == 0
             await poll(lambda: asyncio.sleep(0, bot.ramp.number), lambda n: n == number, f"stage {number}")
             found = await poll(
                 lambda: approvals(client),
                 lambda a: a[0]["status"] == "executed",
                 "the approval executed",
             )
-            assert found[0]["decided_by"] == approver
+            assert (found[0]["decided_token"], found[0]["approvers"], found[0]["requested_by"]) == (
+                approver,
+                [approver],
+                asker,
+            )
             assert value_of(bot, "tradingbot_ramp_stage") == number
         # Each stage on a decision the reconciler signed and the bot verified: its history names who asked and who
         # approved, and the decision; its status and metrics say the last one it acted on.
@@ -863,6 +908,18 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
             )
             == 2
         )
+        # The audit chain: each request and each approval under its principal, and whole.
+        resp = await client.get("/api/v1/audit", headers=READ_AUTH)
+        entries = [(e["principal"], e["action"]) for e in reversed((await resp.json())["entries"])]
+        assert entries == [
+            ("alice", "ramp_promotion_request"),
+            ("bob", "approve"),
+            ("bob", "ramp_promotion_request"),
+            ("carol", "approve"),
+        ], entries
+        from trading_ops import audit
+
+        assert audit.verify(client.app[keys.LEDGER].engine).whole
         # The last stage has no next: asking is refused with one line, exit 2.
         assert main(["-c", str(config), "ramp", "promote", "paper-1", "--to", "small", "--by", "alice"]) == 2
     finally:
@@ -907,20 +964,22 @@ async def test_a_loss_limit_halt_clears_on_a_persons_approval_with_a_signed_deci
             assert (await client.post("/api/v1/alertmanager", json=payload(fired), headers=AUTH)).status == 200
             pending = await one_pending(client)
             assert pending["rule"] == "clear-halt" and bot.inst.state.state.value == "halted"
-            assert cli(config, "approve", str(pending["id"]), "--reason", "ok", "--as", approver) == 0
+            decided = ("approve", str(pending["id"]), "--reason", "ok")
+            assert await cli_decide(config, client, *decided, token_file=f"{approver}-token") == 0
             found = await poll(
                 lambda: approvals(client),
                 lambda a: a[0]["status"] == "executed",
                 "the approval executed",
             )
-            assert found[0]["decided_by"] == approver
+            assert found[0]["approvers"] == [approver]
             episode = await poll(
                 lambda: episode_of(client, pending["episode_id"]),
                 lambda e: e["state"] in CLOSED_STATES,
                 "the episode ended",
             )
             if approver == requester:
-                # The bot refused the decision (its requester approved it): still halted, the step failed naming it.
+                # No decision for the requester's own approval (the reconciler signs none, the bot would refuse
+                # one): still halted, the step refused naming why.
                 assert bot.inst.state.state.value == "halted"
                 assert "its requester (alice) approved it" in json.dumps(episode), episode
             else:

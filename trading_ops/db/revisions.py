@@ -16,9 +16,12 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 # Every revision of trading_ops/db/migrations/versions, oldest first.
-KNOWN = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0012", "0013", "0014", "0015", "0016", "0017")
+KNOWN = (
+    "0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008",
+    "0012", "0013", "0014", "0015", "0016", "0017", "0018", "0019",
+)  # fmt: skip
 # The revisions a database of this version's schema is at (one: the migrations are a line).
-HEADS = frozenset({"0017"})
+HEADS = frozenset({"0019"})
 # The table Alembic records a database's revisions in (its default; env.py keeps it).
 VERSION_TABLE = "alembic_version"
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from trading_ops import logsetup
 from trading_ops.cli import EXIT_FAILURE, EXIT_OK, UsageError
 from trading_ops.config import BotEntryConfig, Config, RampStageConfig
+from trading_ops.reconciler.api_client import add_token_options
 
 if TYPE_CHECKING:
     import aiohttp
@@ -30,13 +31,19 @@ def register(sub: Any) -> None:
     promote = inner.add_parser(
         "promote",
         help="ask for the bot's next stage: its readiness criteria are judged first, then a person approves",
-        description="Judge the readiness criteria of the stage before STAGE over that stage's window; when every one "
-        "passes, ask the reconciler (through Alertmanager) for a person's approval of STAGE: exit 0 asked, 1 a "
-        "criterion does not pass (or Alertmanager took nothing), 2 bad usage.",
+        description="Ask the reconciler, with your own token (--token-file, $TRADING_OPS_TOKEN_FILE or "
+        "$TRADING_OPS_TOKEN), for the bot's next stage: it checks that STAGE is the bot's next, that no identical "
+        "request stands, and the readiness criteria of the stage before STAGE over that stage's window; then it "
+        "records the request under your token's name (the audit chain) and asks another person's approval: exit 0 "
+        "asked, 1 refused (not the next stage, asked already, a criterion does not pass, Alertmanager took nothing), "
+        "2 bad usage.",
     )
     promote.add_argument("bot", metavar="BOT", help="a bot's name (bots[].name)")
     promote.add_argument("--to", required=True, metavar="STAGE", help="the stage asked for (the bot's next)")
-    promote.add_argument("--by", required=True, metavar="NAME", help="who asks (a person other than the approver)")
+    promote.add_argument(
+        "--by", default=None, metavar="COMMENT", help="a comment beside your token's name (the token asks, not this)"
+    )
+    add_token_options(promote)
     promote.set_defaults(handler=ramp)
 
 
@@ -55,32 +62,48 @@ def stage_before(config: Config, name: str) -> tuple[int, RampStageConfig]:
 
 
 def ramp(args: argparse.Namespace, config: Config) -> int:
-    import asyncio
-
+    """Ask through the reconciler's API (POST /api/v1/ramp/{bot}/promote) with the person's own token: the request
+    is recorded under that token's name, and the approval then knows its requester."""
     from trading_ops.readiness.cli import resolve_bots
+    from trading_ops.reconciler.api_client import Unreachable, call, person_token, reconciler_url
 
     (bot,) = resolve_bots(config, [args.bot])
-    number, before = stage_before(config, args.to)
-    if not args.by.strip():
-        raise UsageError("ramp: --by needs a name")
-    return asyncio.run(promote(config, bot, args.to, number, before, args.by.strip()))
-
-
-async def promote(
-    config: Config, bot: BotEntryConfig, stage: str, number: int, before: RampStageConfig, by: str
-) -> int:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        problem = await ask(config, session, bot, stage, number, before, by)
-    if problem is not None:
-        logsetup.report(f"trading-ops: ramp: {problem}")
+    stage_before(config, args.to)
+    token = person_token(args, "ramp")
+    body = {"stage": args.to, "comment": " ".join(str(args.by or "").split())}
+    try:
+        status, answer = call("POST", f"{reconciler_url(config, args.url)}/api/v1/ramp/{bot.name}/promote", token, body)
+    except Unreachable as exc:
+        logsetup.report(f"trading-ops: ramp: {exc}")
         return EXIT_FAILURE
-    print(json.dumps({"bot": bot.name, "stage": stage, "requested_by": by, "criteria": before.criteria}))
+    if status != 200:
+        logsetup.report(f"trading-ops: ramp: {answer.get('error') or f'HTTP {status}'}")
+        return EXIT_FAILURE
+    print(json.dumps(answer))
     return EXIT_OK
 
 
-async def ask(
+async def criteria_problem(
+    config: Config, session: aiohttp.ClientSession, bot: BotEntryConfig, before: RampStageConfig
+) -> str | None:
+    """Why `before`'s criteria do not all pass over its window (one line), or None when they do."""
+    from trading_ops.clients.alertmanager import AlertmanagerClient
+    from trading_ops.clients.prometheus import PrometheusClient
+    from trading_ops.readiness.verdict import evaluate
+
+    if not before.criteria:
+        return None
+    prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
+    alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
+    (verdict,) = await evaluate(config, [bot], before.window, prometheus, alertmanager)
+    results = {r.name: r for r in verdict.results}
+    not_passing = [f"{n} {results[n].status}" for n in before.criteria if results[n].status != "pass"]
+    if not_passing:
+        return f"{bot.name} stays at {before.name}: over {before.window}, {', '.join(not_passing)}"
+    return None
+
+
+async def post_request(
     config: Config,
     session: aiohttp.ClientSession,
     bot: BotEntryConfig,
@@ -88,21 +111,12 @@ async def ask(
     number: int,
     before: RampStageConfig,
     by: str,
+    request_id: int | None = None,
 ) -> str | None:
-    """Judge `before`'s criteria over its window, then post the request to Alertmanager: None when asked, else why not
-    (one line). The CLI's `ramp promote` and the console's promotion form."""
+    """Post the request to Alertmanager (its `request` label names the reconciler's record of it, whose principal the
+    approval takes as its requester): None when taken, else why not (one line)."""
     from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
-    from trading_ops.clients.prometheus import PrometheusClient
-    from trading_ops.readiness.verdict import evaluate
 
-    if before.criteria:
-        prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
-        alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
-        (verdict,) = await evaluate(config, [bot], before.window, prometheus, alertmanager)
-        results = {r.name: r for r in verdict.results}
-        not_passing = [f"{n} {results[n].status}" for n in before.criteria if results[n].status != "pass"]
-        if not_passing:
-            return f"{bot.name} stays at {before.name}: over {before.window}, {', '.join(not_passing)}"
     now = datetime.now(UTC)
     labels = {
         "alertname": ALERTNAME,
@@ -114,14 +128,16 @@ async def ask(
         "severity": "warning",
         "service": "tradingbot",
     }
+    if request_id is not None:
+        labels["request"] = str(request_id)
     criteria = ", ".join(before.criteria) or "none configured"
     alert = {
         "labels": labels,
         "annotations": {
             "summary": "A person asks to take a trading bot to the next stage of its ramp.",
             "description": f"{by} asks to take {bot.name} ({bot.instance}) from stage {before.name} to {stage}; "
-            f"readiness over {before.window}: {criteria} pass. A person approves it with trading-ops reconciler "
-            "approve.",
+            f"readiness over {before.window}: {criteria} pass. Another person approves it with trading-ops "
+            "reconciler approve and their own token.",
         },
         "startsAt": now.isoformat(),
         "endsAt": (now + timedelta(hours=REQUEST_HOURS)).isoformat(),

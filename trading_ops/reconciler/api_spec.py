@@ -10,7 +10,14 @@ import msgspec
 from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, response
 from trading_ops.reconciler.app import DEFAULT_LIST, MAX_LIST, MAX_TARGET_CHARS
 from trading_ops.reconciler.approvals import DECISIONS, REASON_MAX
+from trading_ops.reconciler.audit_api import DEFAULT_LIMIT as AUDIT_DEFAULT
+from trading_ops.reconciler.audit_api import FILTER_MAX as AUDIT_FILTER_MAX
+from trading_ops.reconciler.audit_api import FILTERS as AUDIT_FILTERS
+from trading_ops.reconciler.audit_api import MAX_LIMIT as AUDIT_MAX
+from trading_ops.reconciler.audit_api import PATH as AUDIT_PATH
 from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
+from trading_ops.reconciler.ramp_api import COMMENT_MAX as RAMP_COMMENT_MAX
+from trading_ops.reconciler.ramp_api import PATH as RAMP_PATH
 from trading_ops.reconciler.readiness_api import MAX_WINDOW_CHARS
 from trading_ops.reconciler.readiness_api import PATH as READINESS_PATH
 from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
@@ -147,6 +154,34 @@ class Episodes(msgspec.Struct, kw_only=True):
     episodes: list[Episode]
 
 
+class ApproverDecision(msgspec.Struct, kw_only=True):
+    """One approver's decision: the authenticated principal, when, from where, its comment and reason."""
+
+    principal: str
+    decision: Decision
+    decided_at: Timestamp | None
+    source: str
+    comment: str
+    reason: str
+
+
+class RampRequest(msgspec.Struct, kw_only=True):
+    """A ramp promotion asked for: the stage (the bot's next) and a comment beside the token's name."""
+
+    stage: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    comment: Annotated[str, msgspec.Meta(max_length=RAMP_COMMENT_MAX)] = ""
+
+
+class RampRequested(msgspec.Struct, kw_only=True):
+    bot: str
+    stage: str
+    requested_by: str
+    request: int
+    comment: str
+    criteria: list[str]
+    expires_at: Timestamp
+
+
 class Approval(msgspec.Struct, kw_only=True):
     """A step waiting for, or given, a person's decision, bound to the step and the playbook's version."""
 
@@ -163,10 +198,22 @@ class Approval(msgspec.Struct, kw_only=True):
     playbook_version: str
     status: ApprovalStatus
     on_timeout: str
+    # Four eyes: the kind of decision, how many people other than the requester approve it (0: a one-person team's
+    # configuration, the requester's own approval counts), the requester's principal (`reconciler` when it asked
+    # itself), the principals that approved so far, and each approver's decision.
+    kind: str
+    required: int
     requested_by: str
+    requested_by_instance: str
+    request_id: int | None
+    approvers: list[str]
+    decisions: list[ApproverDecision]
+    self_approved: bool
     requested_at: Timestamp | None
     deadline: Timestamp | None
+    # The typed comment of the deciding decision, and the principal (token) that decided it.
     decided_by: str | None
+    decided_token: str | None
     decided_at: Timestamp | None
     reason: str
     executed_at: Timestamp | None
@@ -177,7 +224,7 @@ class Approvals(msgspec.Struct, kw_only=True):
 
 
 class DecisionRequest(msgspec.Struct, kw_only=True):
-    """A decision on an approval: who decided is the token's name, with `by` (the person) beside it."""
+    """A decision on an approval: who decided is the token's name (the principal); `by` is only a comment beside it."""
 
     decision: Decision
     reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX, pattern=NO_NUL)] = ""
@@ -222,6 +269,34 @@ class Readiness(msgspec.Struct, kw_only=True):
     results: list[ReadinessResult]
     evaluated_at: float
     queries: int
+
+
+class AuditEntry(msgspec.Struct, kw_only=True):
+    """One entry of the audit chain (docs/audit.md): who decided (the authenticated principal), from where, when,
+    what changed, the decision it answered; `hash` is sha256 over `prev_hash` and the entry's canonical JSON."""
+
+    seq: int
+    at: Timestamp
+    principal: str
+    source: str
+    action: str
+    target: str
+    before: Any
+    after: Any
+    decision: str | None
+    comment: str
+    prev_hash: str
+    hash: str
+
+
+class AuditHead(msgspec.Struct, kw_only=True):
+    seq: int
+    hash: str
+
+
+class AuditEntries(msgspec.Struct, kw_only=True):
+    entries: list[AuditEntry]
+    head: AuditHead
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -403,7 +478,8 @@ def reconciler_document() -> dict[str, Any]:
         "/api/v1/approvals/{id}",
         {
             "operationId": "decideApproval",
-            "summary": "Approve or reject a waiting step (scope approve; never the webhook token)",
+            "summary": "Approve or reject a waiting step as the token's principal (scope approve; never the webhook "
+            "token; never the requester's own token: four eyes)",
             "security": [{"approve": []}],
             "parameters": [_id_parameter("approval")],
             "requestBody": {"required": True, "content": json_content(doc.ref(DecisionRequest))},
@@ -411,9 +487,47 @@ def reconciler_document() -> dict[str, Any]:
                 "200": response("Decided: the approval as it is now.", doc.ref(Approval)),
                 "400": bad,
                 **_token("approve", doc),
+                "403": response(
+                    "The token's scope does not include 'approve', it is the webhook token, or four eyes refuse it "
+                    "(the requester's own token, a principal deciding twice; one line naming the rule).",
+                    doc.ref(Error),
+                ),
                 "404": response("No such approval.", doc.ref(Error)),
                 "409": response("Already decided, expired or superseded (the error says which).", doc.ref(Error)),
                 "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "post",
+        RAMP_PATH,
+        {
+            "operationId": "requestRampPromotion",
+            "summary": "Ask for a bot's next ramp stage as the token's principal (scope operate or approve)",
+            "description": "Refused at once when the stage is not the bot's next, when the same request stands, or "
+            "when a readiness criterion of the stage before it does not pass. The request is recorded under the "
+            "token's name (an audit entry) and posted to Alertmanager; its approval then needs other people.",
+            "security": [{"operate": []}, {"approve": []}],
+            "parameters": [
+                {
+                    "name": "bot",
+                    "in": "path",
+                    "required": True,
+                    "description": "the bot's name (bots[].name)",
+                    "schema": {"type": "string", "minLength": 1},
+                }
+            ],
+            "requestBody": {"required": True, "content": json_content(doc.ref(RampRequest))},
+            "responses": {
+                "200": response("Asked: the request.", doc.ref(RampRequested)),
+                "400": bad,
+                **_token("operate", doc),
+                "404": response("No such bot.", doc.ref(Error)),
+                "409": response(
+                    "Not the next stage, the same request stands, or a criterion does not pass.", doc.ref(Error)
+                ),
+                "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
+                "503": response("The bot's stage could not be read, or Alertmanager took nothing.", doc.ref(Error)),
             },
         },
     )
@@ -449,6 +563,46 @@ def reconciler_document() -> dict[str, Any]:
                 ),
                 **_token("read", doc),
                 "404": response("No such bot in the configuration's bots: list.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "get",
+        AUDIT_PATH,
+        {
+            "operationId": "listAudit",
+            "summary": "The audit chain's newest entries: every decision, its principal and what changed (scope read)",
+            "security": [{"read": []}],
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "description": f"how many at most, newest first (default {AUDIT_DEFAULT})",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": AUDIT_MAX, "default": AUDIT_DEFAULT},
+                },
+                {
+                    "name": "before",
+                    "in": "query",
+                    "required": False,
+                    "description": "only entries older than this seq (the next page)",
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+                *(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": False,
+                        "description": f"only entries with this {name}",
+                        "schema": {"type": "string", "maxLength": AUDIT_FILTER_MAX},
+                    }
+                    for name in AUDIT_FILTERS
+                ),
+            ],
+            "responses": {
+                "200": response("The entries, newest first, and the chain's head.", doc.ref(AuditEntries)),
+                "400": bad,
+                **_token("read", doc),
             },
         },
     )

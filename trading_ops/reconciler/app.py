@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import socket
@@ -40,6 +41,7 @@ from trading_ops.reconciler.approvals import (
     approval_json,
     attribution,
 )
+from trading_ops.reconciler.audit_api import setup_audit
 from trading_ops.reconciler.auth import authorized
 from trading_ops.reconciler.console import render_error, response_headers, setup_console
 from trading_ops.reconciler.console_readiness import setup_readiness
@@ -66,6 +68,8 @@ from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import Outbox, OutboxCollector
 from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
+from trading_ops.reconciler.ramp_api import PATH as RAMP_PATH
+from trading_ops.reconciler.ramp_api import promote as ramp_promote
 from trading_ops.reconciler.retention import Pruner, ledger_retention
 from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.scopes import APPROVE, OPERATE, READ
@@ -134,6 +138,13 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.cleanup_ctx.append(clients_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(scheduler_ctx)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    """The API's routes, the operator console's (/ui/: its own login, a session cookie, CSRF tokens and scope checks),
+    the readiness and audit pages, metrics and the probes."""
     app.router.add_post("/api/v1/alertmanager", webhook)
     app.router.add_get("/api/v1/episodes", list_episodes)
     app.router.add_get("/api/v1/episodes/{id}", get_episode)
@@ -142,14 +153,14 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.router.add_get("/api/v1/approvals", list_approvals)
     app.router.add_get("/api/v1/approvals/{id}", get_approval)
     app.router.add_post("/api/v1/approvals/{id}", decide_approval)
+    app.router.add_post(RAMP_PATH, ramp_promote)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
-    # The operator console (/ui/): its own login (a session cookie), CSRF tokens and scope checks.
     setup_console(app)
     setup_readiness(app)
+    setup_audit(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    return app
 
 
 async def freeze_startup_heap(_app: web.Application) -> None:
@@ -531,7 +542,8 @@ async def _decision_body(request: web.Request) -> tuple[str, str, str] | web.Res
 
 
 async def decide_approval(request: web.Request) -> web.Response:
-    """POST /api/v1/approvals/{id} {"decision": "approve"|"reject", "reason": "...", "by": "name"}."""
+    """POST /api/v1/approvals/{id} {"decision": "approve"|"reject", "reason": "...", "by": "comment"}: decided by the
+    token's principal (its name); `by` is only a comment beside it. Four eyes: ApprovalStore.decide."""
     credential = authorize_decision(request)
     if isinstance(credential, web.Response):
         return credential
@@ -540,23 +552,29 @@ async def decide_approval(request: web.Request) -> web.Response:
     if isinstance(body, web.Response):
         return body
     decision, reason, by = body
-    name = " ".join(by.split())[:DECIDER_MAX] or "api"
-    who = attribution(name, credential)
+    comment = " ".join(by.split())[: DECIDER_MAX - 80]
     app = request.app
     engine = app[keys.ENGINE]
     result = await asyncio.to_thread(
-        engine.approvals.decide,
-        approval_id,
-        decision,
-        name,
-        " ".join(reason.split()),
-        app[keys.PLAYBOOK].version,
-        utcnow(),
-        credential,
+        functools.partial(
+            engine.approvals.decide,
+            approval_id,
+            decision,
+            credential,
+            " ".join(reason.split()),
+            app[keys.PLAYBOOK].version,
+            utcnow(),
+            source=request.remote or "-",
+            comment=comment,
+        )
     )
     if isinstance(result, Refusal):
-        log.warning("approval %s: %s refused (%s): %s", approval_id, decision, request.remote, result.message)
+        log.warning(
+            "approval %s: %s by %s refused (%s): %s", approval_id, decision, credential, request.remote, result.message
+        )
         return web.json_response({"error": result.message}, status=result.status)
     engine.wake.set()
-    log.info("approval %s %s by %s: %s", approval_id, result["status"], who, result["reason"])
+    log.info(
+        "approval %s %s by %s: %s", approval_id, result["status"], attribution(comment, credential), result["reason"]
+    )
     return web.json_response(approval_json(result))

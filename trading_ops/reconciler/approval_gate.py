@@ -18,11 +18,18 @@ from trading_ops.reconciler.approvals import (
     EXPIRED,
     PENDING,
     REJECTED,
+    SELF_APPROVED,
     ApprovalStore,
+    approvers_of,
     attribution,
+    kind_of,
+    requester_of,
+    required_for,
+    self_approved,
 )
 from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.playbook import Playbook, StepSpec
+from trading_ops.reconciler.requests import REQUEST_LABEL, RequestStore
 from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
 from trading_ops.reconciler.steps import AttemptRun
 
@@ -34,6 +41,17 @@ SKIPPED = "skipped"
 COVERED = "covered"
 # How a step name of a covering approval joins the names of its steps.
 THEN = ", then "
+
+
+def approved_by(row: dict[str, Any]) -> str:
+    """Who approved, as the episode's history says it: the deciding principal (its comment beside it), every approver
+    when several were needed, and "approved by its requester (allowed by configuration)" when that is what it was."""
+    who = attribution(row["decided_by"], row.get("decided_token"))
+    if self_approved(row):
+        return f"{who} ({SELF_APPROVED})"
+    if len(approvers_of(row)) > 1:
+        return f"{', '.join(approvers_of(row))} (last: {who})"
+    return who
 
 
 class ApprovalGate(RunPart):
@@ -90,9 +108,8 @@ class ApprovalGate(RunPart):
         record = run.step_record(position, step)
         if row["status"] == APPROVED:
             run.note(
-                f"{run.step_name(step)} approved by {attribution(row['decided_by'], row.get('decided_token'))} "
-                f"(approval {approval_id}: "
-                f"{row['reason'] or 'no reason given'})"
+                f"{run.step_name(step)} approved by {approved_by(row)}, asked by {requester_of(row)} (approval "
+                f"{approval_id}: {row['reason'] or 'no reason given'})"
             )
             return int(approval_id)
         if row["status"] == EXPIRED and step.on_timeout == "skip":
@@ -129,7 +146,8 @@ class ApprovalGate(RunPart):
         if approval is None:
             raise LostClaim
         self._count_decision(approval)
-        return approval
+        full = await self.db(self.approvals.get, approval_id)  # with every approver's decision
+        return {**approval, "decision_list": (full or {}).get("decision_list", [])}
 
     def covers(self, run: AttemptRun, position: int) -> list[StepSpec]:
         """The steps one approval asked at `position` covers: that step and every step right after it that needs an
@@ -214,6 +232,7 @@ class ApprovalGate(RunPart):
             "on_timeout": step.on_timeout,
             "requested_by": self.instance,
             "deadline": deadline,
+            **await self._requester(run, step),
         }
         page = functools.partial(self._page, run, position, step, deadline)
 
@@ -240,6 +259,26 @@ class ApprovalGate(RunPart):
             approval_id,
             deadline.isoformat(),
         )
+
+    async def _requester(self, run: AttemptRun, step: StepSpec) -> dict[str, Any]:
+        """The approval's kind, how many others approve it, and its requester: the principal of the authenticated
+        request the alert names (its `request` label: a row the reconciler recorded, for this bot and stage, still
+        standing), else none (the reconciler asked: any person but the reconciler decides; a ramp promotion without
+        one is refused to every approver)."""
+        kind = kind_of(step.action, step.params)
+        found: dict[str, Any] = {"kind": kind, "required": required_for(self.rc.approvals, kind)}
+        raw = run.ctx.labels.get(REQUEST_LABEL, "")
+        if raw.isascii() and raw.isdigit() and len(raw) < 12:
+            request = await self.db(RequestStore(self.approvals.ledger).get, int(raw))
+            labels = run.ctx.labels
+            if (
+                request is not None
+                and request["instance"] == labels.get("instance")
+                and request["stage"] == labels.get("stage", request["stage"])
+                and request["expires_at"] > utcnow()
+            ):
+                found.update(requester=request["principal"], request_id=request["id"])
+        return found
 
     async def _await_decision(self, run: AttemptRun, row: dict[str, Any], step: StepSpec) -> None:
         """Hand the attempt and the episode back (waiting) until the approval's deadline; a decision makes it due at
@@ -274,7 +313,8 @@ class ApprovalGate(RunPart):
         description = (
             f"Rule {run.rule.name} wants to run {self._what(run, position)}, on "
             f"{episode['target']} "
-            f"for {episode['alertname']} (episode {episode['id']}). Approve: trading-ops reconciler approve "
+            f"for {episode['alertname']} (episode {episode['id']}). Decided with your own token (--token-file or "
+            "$TRADING_OPS_TOKEN_FILE; never the requester's). Approve: trading-ops reconciler approve "
             f"{approval_id} --reason '...'; reject: trading-ops reconciler reject {approval_id} --reason '...'; or "
             f'POST {url} {{"decision": "approve"|"reject", "reason": "..."}}. Unanswered by '
             f"{deadline.isoformat()}: {then}."

@@ -13,8 +13,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, Table, func, insert, select, update
 
+from trading_ops import audit
 from trading_ops.db.base import utcnow
-from trading_ops.db.models.ledger import Approval, Attempt, Episode
+from trading_ops.db.models.ledger import Approval, ApprovalDecision, Attempt, Episode
 from trading_ops.reconciler.intake import BAD_TEXT_RE
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.ledger_reading import BackgroundReading
@@ -24,6 +25,7 @@ from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN
 
 log = logging.getLogger(__name__)
 AP = cast(Table, Approval.__table__)
+AD = cast(Table, ApprovalDecision.__table__)
 E = cast(Table, Episode.__table__)
 A = cast(Table, Attempt.__table__)
 PENDING, APPROVED, REJECTED, EXPIRED, EXECUTED, SUPERSEDED = (
@@ -40,7 +42,16 @@ DECISIONS = {"approve": APPROVED, "reject": REJECTED}
 # tradingops_approval_decisions_total{outcome}: every way an approval stops waiting.
 OUTCOMES = APPROVAL_OUTCOMES
 # Names no person may decide under: the reconciler is the requester, and never approves its own request.
-RESERVED_DECIDERS = ("reconciler", "trading-ops", "trading-ops-reconciler")
+RESERVED_DECIDERS = ("reconciler", "trading-ops", "trading-ops-reconciler", "risk", "unauthenticated")
+# The principal of an approval the reconciler asked itself (a playbook step: a venue-direct flatten).
+RECONCILER = "reconciler"
+# The kinds of decision that widen risk (four eyes: reconciler.approvals says how many others approve each), and
+# `step`: any other step a rule asks a person to approve (a venue-direct flatten: one person, never the reconciler).
+KINDS = ("ramp_promotion", "live_start", "clear_halt")
+STEP = "step"
+# The bot commands whose step is a decision of a kind (the rest are `step`).
+COMMAND_KINDS = {"ramp_promote": "ramp_promotion", "clear_halt": "clear_halt", "live_start": "live_start"}
+SELF_APPROVED = "approved by its requester (allowed by configuration)"
 DECIDER_MAX = 255
 REASON_MAX = 2000
 # The ledger's episode detail of an episode that waits for a decision (see ApprovalGate.gate).
@@ -59,6 +70,10 @@ def attribution(name: str | None, token: str | None) -> str:
     return f"{quoted} with token {token}" if token else f"{quoted} (CLI)"
 
 
+class _DecidedMeanwhile(Exception):
+    """Another decision took the approval between the read and the update (the transaction is rolled back)."""
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why a decision was not taken: the HTTP status that says so (400, 404, 403, 409) and one line."""
@@ -67,8 +82,36 @@ class Refusal:
     message: str
 
 
+def kind_of(action: str, params: dict[str, Any]) -> str:
+    """The kind of decision a step is (ramp_promotion, live_start, clear_halt), or `step`."""
+    if action == "bot":
+        return COMMAND_KINDS.get(str(params.get("command", "")), STEP)
+    return STEP
+
+
+def required_for(approvals: Any, kind: str) -> int:
+    """How many people other than the requester approve `kind` (reconciler.approvals); 1 for any other step."""
+    return int(getattr(approvals, kind)) if kind in KINDS else 1
+
+
+def requester_of(row: dict[str, Any]) -> str:
+    """The principal that asked for the approval: an authenticated person's request, else the reconciler."""
+    return str(row.get("requester") or RECONCILER)
+
+
+def approvers_of(row: dict[str, Any]) -> list[str]:
+    """The principals that approved it, in the order they did."""
+    return [d["principal"] for d in row.get("decision_list") or [] if d["decision"] == "approve"]
+
+
+def self_approved(row: dict[str, Any]) -> bool:
+    """Approved by its requester alone (a kind configured with 0 other approvers: a one-person team)."""
+    return row["status"] in (APPROVED, EXECUTED) and approvers_of(row) == [requester_of(row)]
+
+
 def approval_json(row: dict[str, Any]) -> dict[str, Any]:
-    """An approval as the API and `reconciler approvals --json` show it."""
+    """An approval as the API and `reconciler approvals --json` show it: `requested_by` the requester's principal,
+    `approvers` the principals that approved it (what the bot's signed decision names), each decision in `decisions`."""
 
     def ts(v: datetime | None) -> str | None:
         return v.isoformat() if v is not None else None
@@ -87,7 +130,14 @@ def approval_json(row: dict[str, Any]) -> dict[str, Any]:
         "playbook_version": row["playbook_version"],
         "status": row["status"],
         "on_timeout": row["on_timeout"],
-        "requested_by": row["requested_by"],
+        "kind": row.get("kind") or STEP,
+        "required": row.get("required", 1),
+        "requested_by": requester_of(row),
+        "requested_by_instance": row["requested_by"],
+        "request_id": row.get("request_id"),
+        "approvers": approvers_of(row),
+        "decisions": [{**d, "decided_at": ts(d["decided_at"])} for d in row.get("decision_list") or []],
+        "self_approved": self_approved(row),
         "requested_at": ts(row["requested_at"]),
         "deadline": ts(row["deadline"]),
         "decided_by": row["decided_by"],
@@ -98,13 +148,44 @@ def approval_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _others(n: int) -> str:
+    return f"{n} other {'person' if n == 1 else 'people'}"
+
+
+def four_eyes_refusal(row: dict[str, Any], principal: str, decision: str) -> Refusal | None:
+    """Why `principal` may not take `decision` on `row` (its decision_list loaded) under four eyes; None when it may.
+    The requester never decides its own request (unless its kind is configured with 0 others: then its own approval
+    counts); the reconciler and the names of no person never decide; nobody decides twice."""
+    approval_id, kind, required = row["id"], row.get("kind") or STEP, int(row.get("required", 1))
+    requester = requester_of(row)
+    if principal.strip().lower() in RESERVED_DECIDERS:
+        return Refusal(403, f"approval {approval_id}: {principal} is not a person: only a person's token decides")
+    if kind == "ramp_promotion" and row.get("requester") is None:
+        return Refusal(
+            403,
+            f"approval {approval_id}: the ramp promotion has no authenticated requester (asked by an alert, not "
+            "through the reconciler): ask again with `trading-ops ramp promote` and your own token",
+        )
+    if principal == requester and not (decision == "approve" and required == 0 and kind in KINDS):
+        return Refusal(
+            403,
+            f"approval {approval_id}: four eyes: {principal} asked for it and never decides its own request "
+            f"({kind} needs {_others(max(required, 1))})",
+        )
+    earlier = next((d for d in row.get("decision_list") or [] if d["principal"] == principal), None)
+    if earlier is not None:
+        return Refusal(
+            403,
+            f"approval {approval_id}: four eyes: {principal} decided it already ({earlier['decision']}); "
+            f"it needs {_others(required)} apart from the requester",
+        )
+    return None
+
+
 def _refusal(row: dict[str, Any], who: str, version: str, now: datetime) -> Refusal | None:
     """Why `who` may not decide the approval `row` (with its episode's state) now, under playbook `version`; None
     when they may."""
     approval_id = row["id"]
-    name = who.strip()
-    if name.lower() in RESERVED_DECIDERS or name == row["requested_by"]:
-        return Refusal(403, f"approval {approval_id}: the requester ({who}) cannot decide its own request")
     if row["status"] != PENDING:
         by = f" by {attribution(row['decided_by'], row.get('decided_token'))}" if row["decided_by"] else ""
         at = f" at {row['decided_at'].isoformat()}" if row["decided_at"] else ""
@@ -143,7 +224,10 @@ class ApprovalStore:
                 .mappings()
                 .first()
             )
-        return dict(row) if row else None
+            found = dict(row) if row else None
+            if found is not None:
+                self._attach_decisions(conn, [found])
+        return found
 
     def get(self, approval_id: int) -> dict[str, Any] | None:
         rows = self._select(AP.c.id == approval_id, limit=1)
@@ -172,7 +256,22 @@ class ApprovalStore:
         if where is not None:
             stmt = stmt.where(where)
         with self.ledger.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(stmt).mappings()]
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+            self._attach_decisions(conn, rows)
+        return rows
+
+    @staticmethod
+    def _attach_decisions(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Each row's approvers' decisions (decision_list), in the order they were taken."""
+        ids = [r["id"] for r in rows]
+        found: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+        if ids:
+            columns = (AD.c.approval_id, AD.c.principal, AD.c.decision, AD.c.decided_at, AD.c.source, AD.c.comment,
+                       AD.c.reason)  # fmt: skip
+            for d in conn.execute(select(*columns).where(AD.c.approval_id.in_(ids)).order_by(AD.c.id)).mappings():
+                found[d["approval_id"]].append({k: v for k, v in d.items() if k != "approval_id"})
+        for r in rows:
+            r["decision_list"] = found[r["id"]]
 
     def request(
         self,
@@ -234,58 +333,133 @@ class ApprovalStore:
         self,
         approval_id: int,
         decision: str,
-        who: str,
+        principal: str,
         reason: str,
         version: str,
         now: datetime,
-        token: str | None = None,
+        *,
+        source: str = "",
+        comment: str = "",
     ) -> dict[str, Any] | Refusal:
-        """Record `who`'s decision (approve or reject; `who` the name as given, `token` the name of the API token it
-        came with, stored apart) and wake the episode: the row as decided, or why not. Refused: a name or reason no
-        database stores as text (400); no such approval (404); the requester itself deciding (403); already decided,
-        expired, superseded, its episode closed, or the playbook changed since it was asked (version differs from
-        `version`, the playbook the decider's reconciler runs) (409)."""
-        if BAD_TEXT_RE.search(who) or BAD_TEXT_RE.search(reason):
+        """Record the decision (approve or reject) of `principal` (the authenticated token's name, or the console
+        session's: never a typed name, which goes in `comment`), from `source` (its address), with an audit entry in
+        the same transaction; wake the episode once it is decided: the row as it is now, or why not.
+
+        Four eyes: the approval is approved once `required` principals other than its requester approved it (the
+        requester's own approval counts only for a kind configured with 0: SELF_APPROVED); one rejection by anyone
+        but the requester rejects it. Refused: text no database stores (400); no such approval (404); the requester
+        deciding its own request, a principal deciding twice, the reconciler (403); already decided, expired,
+        superseded, its episode closed, or the playbook changed since it was asked (409)."""
+        if BAD_TEXT_RE.search(principal) or BAD_TEXT_RE.search(reason) or BAD_TEXT_RE.search(comment):
             # PostgreSQL refuses a NUL in text and psycopg a lone surrogate: the UPDATE would fail (a 500).
             return Refusal(
                 400, f"approval {approval_id}: the name and the reason must be text without NUL or lone surrogates"
             )
-        status = DECISIONS[decision]
-        with self.ledger.tx() as conn:
-            found = conn.execute(select(AP).where(AP.c.id == approval_id)).mappings().first()
-            if found is None:
-                return Refusal(404, f"no approval {approval_id}")
-            # The episode's row locked first (PostgreSQL): a run parking it (ApprovalStore.park) either finishes
-            # before this reads its state, or waits for this decision and then sees it. No wake-up is lost between.
-            state = conn.execute(select(E.c.state).where(E.c.id == found["episode_id"]).with_for_update()).scalar()
-            row: dict[str, Any] = {**dict(found), "episode_state": state}
-            refusal = _refusal(row, who, version, now)
-            if refusal is not None:
-                return refusal
+        comment = " ".join(comment.split())[:DECIDER_MAX]
+        try:
+            with self.ledger.tx() as conn:
+                return self._decide_on(conn, approval_id, decision, principal, reason, version, now, source, comment)
+        except _DecidedMeanwhile:
+            return Refusal(409, f"approval {approval_id} was decided meanwhile; look again")
+
+    def _decide_on(
+        self,
+        conn: Connection,
+        approval_id: int,
+        decision: str,
+        principal: str,
+        reason: str,
+        version: str,
+        now: datetime,
+        source: str,
+        comment: str,
+    ) -> dict[str, Any] | Refusal:
+        """decide's transaction (see decide)."""
+        found = conn.execute(select(AP).where(AP.c.id == approval_id)).mappings().first()
+        if found is None:
+            return Refusal(404, f"no approval {approval_id}")
+        # The episode's row locked first (PostgreSQL): a run parking it (ApprovalStore.park) either finishes
+        # before this reads its state, or waits for this decision and then sees it. No wake-up is lost between.
+        state = conn.execute(select(E.c.state).where(E.c.id == found["episode_id"]).with_for_update()).scalar()
+        # Read again under the lock: a decision taken meanwhile (another replica, another person) is seen whole.
+        found = conn.execute(select(AP).where(AP.c.id == approval_id)).mappings().one()
+        row: dict[str, Any] = {**dict(found), "episode_state": state}
+        self._attach_decisions(conn, [row])
+        refusal = _refusal(row, principal, version, now) or four_eyes_refusal(row, principal, decision)
+        if refusal is not None:
+            return refusal
+        before = {"status": row["status"], "approvers": approvers_of(row)}
+        conn.execute(
+            insert(AD).values(
+                approval_id=approval_id,
+                principal=principal[:DECIDER_MAX],
+                decision=decision,
+                decided_at=now,
+                source=source[:DECIDER_MAX],
+                comment=comment,
+                reason=reason[:REASON_MAX],
+            )
+        )
+        row["decision_list"].append(
+            {
+                "principal": principal,
+                "decision": decision,
+                "decided_at": now,
+                "source": source,
+                "comment": comment,
+                "reason": reason[:REASON_MAX],
+            }  # fmt: skip
+        )
+        approvers = approvers_of(row)
+        others = [p for p in approvers if p != requester_of(row)]
+        required = int(row.get("required", 1))
+        status = PENDING
+        if decision == "reject":
+            status = REJECTED
+        elif len(others) >= required and approvers:
+            status = APPROVED
+        if status != PENDING:
             took = conn.execute(
                 update(AP)
                 .where(AP.c.id == approval_id, AP.c.status == PENDING)
                 .values(
                     status=status,
-                    decided_by=who[:DECIDER_MAX],
-                    decided_token=token,
+                    decided_by=comment or None,
+                    decided_token=principal[:DECIDER_MAX],
                     decided_at=now,
                     reason=reason[:REASON_MAX],
                 )
             ).rowcount
             if not took:
-                return Refusal(409, f"approval {approval_id} was decided meanwhile; look again")
+                raise _DecidedMeanwhile
+            row.update(
+                status=status, decided_by=comment or None, decided_token=principal, decided_at=now,
+                reason=reason[:REASON_MAX],
+            )  # fmt: skip
+        self_ok = status == APPROVED and self_approved(row)
+        note = [SELF_APPROVED] if self_ok else []
+        if status == PENDING:
+            note.append(f"{len(others)} of {required} other approvers")
+        audit.append(
+            conn,
+            principal=principal,
+            source=source or "-",
+            action=decision,
+            target=row["target"],
+            before=before,
+            after={"status": status, "approvers": approvers, "required": required, "kind": row.get("kind")},
+            decision=f"approval:{approval_id}",
+            comment="; ".join([*note, *([f"as {json.dumps(comment)}"] if comment else []), reason]),
+            at=now,
+        )
+        if status != PENDING:
             # Due now: whichever replica polls first carries the episode on (its claim makes it one run).
             conn.execute(
                 update(E)
                 .where(E.c.id == row["episode_id"], E.c.state == "waiting", E.c.owner.is_(None))
                 .values(next_run_at=now, updated_at=now)
             )
-        decided = row
-        decided.update(
-            status=status, decided_by=who[:DECIDER_MAX], decided_token=token, decided_at=now, reason=reason[:REASON_MAX]
-        )
-        return decided
+        return row
 
     def park(
         self, episode_id: int, holder: str, attempt_id: int, approval_id: int, until: datetime, why: str, now: datetime

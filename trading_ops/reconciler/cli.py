@@ -15,6 +15,7 @@ import yaml
 
 from trading_ops.cli import CONFIG_ENV, UsageError, add_schema_command, print_json_schema
 from trading_ops.config import Config, ConfigError
+from trading_ops.reconciler.api_client import add_token_options
 from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
 from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 
@@ -618,16 +619,21 @@ def _register_approvals(inner: Any) -> None:
             help=f"{verb} a step that waits for a person (recorded: who, when, why)",
             description=f"{verb.capitalize()} a pending approval (see `reconciler approvals`). Refused when it is "
             "no longer pending (decided, expired), its episode is closed, or the configured playbook changed since "
-            "it was asked. The reconciler never decides its own requests.",
+            "it was asked. Decided through the reconciler's API with your own token (--token-file, "
+            "$TRADING_OPS_TOKEN_FILE or $TRADING_OPS_TOKEN): the decision is recorded under that token's name; "
+            "the requester never decides its own request; a kind needing more people waits for them (four eyes).",
         )
         cmd.add_argument("id", type=positive_int, metavar="ID", help="the approval (its ID column)")
         cmd.add_argument("--reason", required=True, help="why (recorded with the decision)")
-        cmd.add_argument("--as", dest="by", default=None, help="who decides (default: the login name)")
+        cmd.add_argument(
+            "--as", dest="by", default=None, help="a comment beside your token's name (the token decides, not this)"
+        )
+        add_token_options(cmd)
         cmd.set_defaults(handler=decide_approval, decision=decision)
 
 
 def approvals_list(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops.reconciler.approvals import ApprovalStore, approval_json, attribution
+    from trading_ops.reconciler.approvals import ApprovalStore, approval_json, approvers_of, attribution, requester_of
 
     ledger = _ledger(config)
     try:
@@ -642,7 +648,9 @@ def approvals_list(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
     for r in rows:
         who = attribution(r["decided_by"], r.get("decided_token"))
-        decided = f" by {who}: {r['reason']}" if r["decided_by"] else ""
+        decided = f" by {who}: {r['reason']}" if r.get("decided_token") or r["decided_by"] else ""
+        approvers = ", ".join(approvers_of(r)) or "none yet"
+        decided += f"  asked by {requester_of(r)}, approvers {approvers} (of {r.get('required', 1)} other)"
         print(
             f"{r['id']}  {r['status']:<10} episode {r['episode_id']} ({r['alertname']}, {r['episode_state']})  "
             f"rule {r['rule']} step {r['position'] + 1}: {r['step_name']}  on {r['target']}  "
@@ -652,25 +660,35 @@ def approvals_list(args: argparse.Namespace, config: Config) -> int:
 
 
 def decide_approval(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops.db.base import utcnow
-    from trading_ops.reconciler.approvals import ApprovalStore, Refusal, attribution
+    """Approve or reject through the reconciler's API (POST /api/v1/approvals/{id}) with the person's own token:
+    the principal is that token's name; --as is a comment beside it."""
+    from trading_ops.reconciler.api_client import Unreachable, call, person_token, reconciler_url
 
+    what = f"reconciler {args.decision}"
     reason = " ".join(str(args.reason).split())
     if not reason:
-        raise UsageError(f"reconciler {args.decision}: --reason must say why")
-    who = _operator(args)
-    version = _playbook(argparse.Namespace(playbook=None), config).version
-    ledger = _ledger(config)
+        raise UsageError(f"{what}: --reason must say why")
+    token = person_token(args, what)
+    body = {"decision": args.decision, "reason": reason, "by": " ".join(str(args.by or "").split())}
     try:
-        result = ApprovalStore(ledger).decide(args.id, args.decision, who, reason, version, utcnow())
-    finally:
-        ledger.engine.dispose()
-    if isinstance(result, Refusal):
-        print(f"trading-ops: reconciler {args.decision}: {result.message}", file=sys.stderr)
+        status, answer = call("POST", f"{reconciler_url(config, args.url)}/api/v1/approvals/{args.id}", token, body)
+    except Unreachable as exc:
+        print(f"trading-ops: {what}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    if status != 200:
+        print(f"trading-ops: {what}: {answer.get('error') or f'HTTP {status}'}", file=sys.stderr)
+        return EXIT_FAILURE
+    approvers = ", ".join(answer.get("approvers") or []) or "-"
+    if answer["status"] == "pending":
+        print(
+            f"approval {args.id}: your approval is recorded (approvers so far: {approvers}); it needs "
+            f"{answer['required']} other than its requester {answer['requested_by']}, and waits for more"
+        )
+        return EXIT_OK
+    self_note = " (approved by its requester, allowed by configuration)" if answer.get("self_approved") else ""
     print(
-        f"approval {args.id} {result['status']} by {attribution(who, None)}: episode {result['episode_id']} carries "
-        "on at once "
-        f"(rule {result['rule']}, step {result['position'] + 1}: {result['step_name']})"
+        f"approval {args.id} {answer['status']} by {answer['decided_token']}{self_note} (approvers: {approvers}): "
+        f"episode {answer['episode_id']} carries on at once (rule {answer['rule']}, step {answer['step']}: "
+        f"{answer['step_name']})"
     )
     return EXIT_OK

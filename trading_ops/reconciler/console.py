@@ -20,6 +20,7 @@ shown is also refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import html
@@ -45,7 +46,15 @@ from trading_ops.http_guard import API_HEADERS
 from trading_ops.ops.maintenance import ACTIVE, Maintenance, MaintenanceError, parse_matchers, silences_own_pages
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.bot import target_token
-from trading_ops.reconciler.approvals import DECIDER_MAX, DECISIONS, REASON_MAX, Refusal, attribution
+from trading_ops.reconciler.approvals import (
+    DECIDER_MAX,
+    DECISIONS,
+    REASON_MAX,
+    Refusal,
+    approvers_of,
+    attribution,
+    requester_of,
+)
 from trading_ops.reconciler.console_text import (
     absolute,
     amount,
@@ -754,7 +763,8 @@ def approval_card(
             forms = (
                 f'<form method="post" action="{PREFIX}/approvals/{row["id"]}" class="decide">{csrf_field(session)}'
                 f'<label>Reason <small>(required)</small><input name="reason" required maxlength="{REASON_MAX}">'
-                '</label><label>Your name <small>(optional)</small><input name="by" maxlength="80"></label>'
+                f"</label><label>Comment <small>(optional; you decide as {h(session.token.name)})</small>"
+                '<input name="by" maxlength="80"></label>'
                 '<button type="submit" name="decision" value="approve" class="good">Approve</button>'
                 '<button type="submit" name="decision" value="reject" class="danger">Reject</button></form>'
             )
@@ -771,8 +781,21 @@ def approval_card(
         + f'<dt>Deadline</dt><dd class="deadline">{when(row["deadline"], now)}, then {h(row["on_timeout"])}</dd>'
         f'<dt>Episode</dt><dd><a href="{PREFIX}/episodes/{row["episode_id"]}">#{row["episode_id"]}</a> '
         f"{h(row.get('alertname') or '')}</dd>"
-        f"<dt>Rule</dt><dd>{h(row['rule'])}</dd>{decided}</dl>"
+        f"<dt>Rule</dt><dd>{h(row['rule'])}</dd>{four_eyes(row)}{decided}</dl>"
         f"<details><summary>Arguments</summary><pre>{h(arguments)}</pre></details>{forms}</section>"
+    )
+
+
+def four_eyes(row: dict[str, Any]) -> str:
+    """Who asked (the requester's principal) and who approved so far, against how many other people it needs."""
+    approvers = approvers_of(row)
+    listed = ", ".join(h(p) for p in approvers) or "nobody yet"
+    required = int(row.get("required", 1))
+    needs = "its requester's own approval (allowed by configuration)" if required == 0 else f"{required} other"
+    return (
+        f'<dt>Requested by</dt><dd class="requester">{h(requester_of(row))}</dd>'
+        f'<dt>Approvers</dt><dd class="approvers">{listed} <small>(needs {needs}; '
+        f"{h(row.get('kind') or 'step')})</small></dd>"
     )
 
 
@@ -878,6 +901,7 @@ async def approvals(request: web.Request, session: Session) -> web.StreamRespons
         + (cards or "<p>Nothing waits for a decision.</p>")
         + "<h2>Recent decisions</h2>"
         + (f'<ul class="list">{"".join(decided_row(a, now) for a in decided)}</ul>' if decided else "<p>None yet.</p>")
+        + f'<p><a href="{PREFIX}/audit">Audit: every decision, who made it, what changed</a></p>'
     )
     going_on = bool(pending) and not session.token.allows(APPROVE)  # an approver's forms are never reloaded away
     return html_response(layout("Approvals", body, session, "approvals", refresh=going_on))
@@ -894,20 +918,31 @@ async def decide(request: web.Request, session: Session, form: dict[str, str]) -
     engine = app[keys.ENGINE]
     who = decider(session, form)
     result = await asyncio.to_thread(
-        engine.approvals.decide,
-        int(raw),
-        decision,
-        typed_name(form),
-        reason[:REASON_MAX],
-        app[keys.PLAYBOOK].version,
-        utcnow(),
-        session.token.name,
+        functools.partial(
+            engine.approvals.decide,
+            int(raw),
+            decision,
+            session.token.name,
+            reason[:REASON_MAX],
+            app[keys.PLAYBOOK].version,
+            utcnow(),
+            source=f"console {request.remote or '-'}",
+            comment=" ".join(form.get("by", "").split())[: DECIDER_MAX - 80],
+        )
     )
     if isinstance(result, Refusal):
         log.warning("console: approval %s %s by %s refused: %s", raw, decision, who, result.message)
         return with_flash(session, f"{PREFIX}/approvals", "problem", result.message)
     engine.wake.set()
     log.info("approval %s %s by %s (console): %s", raw, result["status"], who, reason)
+    if result["status"] == "pending":
+        got = len([p for p in approvers_of(result) if p != requester_of(result)])
+        return with_flash(
+            session,
+            f"{PREFIX}/approvals",
+            "done",
+            f"approval {raw} approved by {who}: {got} of {result['required']} other approvers, it waits for more",
+        )
     return with_flash(session, f"{PREFIX}/approvals", "done", f"approval {raw} {result['status']} by {who}")
 
 

@@ -10,10 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from trading_ops.cli import UsageError
 from trading_ops.config import BotEntryConfig
 from trading_ops.db import readiness_records as records
-from trading_ops.readiness.ramp_cli import ask, stage_before
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.console import (
     PREFIX,
@@ -26,12 +24,14 @@ from trading_ops.reconciler.console import (
     h,
     html_response,
     layout,
+    one_line,
     page,
     when,
     with_flash,
 )
+from trading_ops.reconciler.ramp_api import ask_promotion
 from trading_ops.reconciler.readiness_api import PATH, bot_verdict, get_readiness
-from trading_ops.scopes import OPERATE
+from trading_ops.scopes import APPROVE, OPERATE, READ
 
 # The recorded verdicts shown on a bot's page (the newest).
 RECORDS_SHOWN = 5
@@ -45,7 +45,7 @@ def setup_readiness(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/readiness", page(readiness_index))
     app.router.add_get(f"{PREFIX}/readiness/{{bot}}", page(readiness_page))
     app.router.add_post(
-        f"{PREFIX}/readiness/{{bot}}/promote", action(OPERATE, "asking for a bot's next ramp stage", promote_request)
+        f"{PREFIX}/readiness/{{bot}}/promote", action(READ, "asking for a bot's next ramp stage", promote_request)
     )
 
 
@@ -138,7 +138,7 @@ async def ramp_section(app: web.Application, bot: BotEntryConfig, session: Sessi
     ask_form = ""
     if number < len(names) and names[number] in stages:
         nxt = names[number]
-        if session.token.allows(OPERATE):
+        if may_ask(session):
             ask_form = (
                 f'<form method="post" action="{PREFIX}/readiness/{h(bot.name)}/promote" class="promote">'
                 f'{csrf_field(session)}<input type="hidden" name="stage" value="{h(nxt)}">'
@@ -148,7 +148,7 @@ async def ramp_section(app: web.Application, bot: BotEntryConfig, session: Sessi
                 "person approves the request under Approvals.</p></form>"
             )
         else:
-            ask_form = f'<p class="hint">Asking for stage {h(nxt)} needs a token of the operate scope.</p>'
+            ask_form = f'<p class="hint">Asking for stage {h(nxt)} needs a token of the operate or approve scope.</p>'
     return (
         f'<section class="card ramp" id="ramp"><h2>Ramp</h2><p class="stage">{current}</p>{history}{ask_form}</section>'
     )
@@ -173,24 +173,35 @@ async def records_section(app: web.Application, bot: BotEntryConfig) -> str:
     return f'<section class="card" id="records"><h2>Recorded verdicts</h2>{listed}</section>'
 
 
+def may_ask(session: Session) -> bool:
+    """Asking for a ramp promotion takes a token of the operate or the approve scope (a person asks with the one token
+    they also approve others' requests with: the same principal, which never approves its own request)."""
+    return session.token.allows(OPERATE) or session.token.allows(APPROVE)
+
+
 async def promote_request(request: web.Request, session: Session, form: dict[str, str]) -> web.StreamResponse:
-    """Ask for the bot's next stage as `trading-ops ramp promote` does: its criteria, then a request to Alertmanager
-    that the reconciler's `ramp-promote` rule holds for another person's approval."""
-    app = request.app
-    config = app[keys.CONFIG]
+    """Ask for the bot's next stage as `trading-ops ramp promote` does (POST /api/v1/ramp/{bot}/promote): the session's
+    token is the requester; the name typed is a comment beside it."""
+    if not may_ask(session):
+        message = (
+            "asking for a bot's next ramp stage needs the 'operate' or 'approve' scope; "
+            f"token {session.token.name!r} has {session.token.scope!r}"
+        )
+        return one_line(403, f"refused: {message}")
     name = request.match_info["bot"]
-    bot = next((b for b in config.bots if b.name == name), None)
-    if bot is None:
+    if not any(b.name == name for b in request.app[keys.CONFIG].bots):
         return web.Response(status=404, text="refused: no such bot\n")
     here = f"{PREFIX}/readiness/{name}"
-    try:
-        number, before = stage_before(config, form.get("stage", "")[:64])
-    except UsageError as exc:
-        return with_flash(session, here, "problem", str(exc))
-    who = decider(session, form)
-    problem = await ask(config, app[keys.SESSION], bot, form["stage"], number, before, who)
-    if problem is not None:
-        return with_flash(session, here, "problem", f"not asked: {problem}")
+    comment = " ".join(form.get("by", "").split())[:80]
+    asked = await ask_promotion(
+        request.app, name, form.get("stage", "")[:64], session.token.name, f"console {request.remote or '-'}", comment
+    )
+    if asked.status != 200:
+        return with_flash(session, here, "problem", str(asked.answer["error"]))
     return with_flash(
-        session, here, "done", f"stage {form['stage']} of {name} asked by {who}: waiting for another person's approval"
+        session,
+        here,
+        "done",
+        f"stage {asked.answer['stage']} of {name} asked by {decider(session, form)} (request "
+        f"{asked.answer['request']}): waiting for another person's approval",
     )

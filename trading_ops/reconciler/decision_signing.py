@@ -23,7 +23,11 @@ KEY = "reconciler.decision_key"
 
 
 def approvers_of(row: dict[str, Any]) -> list[str]:
-    """Who approved: the approval's principals (`approvers`, a list or its JSON), else the one who decided it."""
+    """Who approved: the principals of the approval's decisions (`decision_list`), else its `approvers`, else the
+    principal (or, before principals, the name) that decided it."""
+    decisions = row.get("decision_list")
+    if isinstance(decisions, list) and decisions:
+        return [str(d["principal"]) for d in decisions if d.get("decision") == "approve" and d.get("principal")]
     value = row.get("approvers")
     if isinstance(value, str):
         try:
@@ -32,14 +36,15 @@ def approvers_of(row: dict[str, Any]) -> list[str]:
             value = [value]
     if isinstance(value, list) and value:
         return [str(v) for v in value if v]
-    decided = row.get("decided_by")
+    decided = row.get("decided_token") or row.get("decided_by")
     return [str(decided)] if decided else []
 
 
 def requester_of(row: dict[str, Any], labels: dict[str, str]) -> str:
-    """Who asked: the request's own requester (a ramp request's `requested_by` label, the person who ran `ramp
-    promote`) where the reconciler itself asked for the approval, else the approval's requester."""
-    return labels.get("requested_by") or str(row.get("requested_by") or "")
+    """Who asked: the approval's recorded requester (a person's request through the reconciler), else the request's
+    own requester (the `requested_by` label of a request posted to Alertmanager: `clear-halt`), else the approval's
+    asker (the reconciler)."""
+    return str(row.get("requester") or labels.get("requested_by") or row.get("requested_by") or "")
 
 
 def required_of(row: dict[str, Any]) -> int:

@@ -274,7 +274,8 @@ def _profile_playbook(rc: dict[str, Any], layout: Layout, profile: Profile, note
     if asks:
         notes.append(
             f"the demo's {DEMO_APPROVAL_RULE} asks for approval before it cancels and flattens (approve in the "
-            "console, or `reconciler approve ID`); the packaged playbook acts at once on a breached hard limit"
+            "console, or `reconciler approve ID --token-file var/secrets/reconciler-approve-token`); the packaged "
+            "playbook acts at once on a breached hard limit"
         )
 
 

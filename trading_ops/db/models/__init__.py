@@ -1,15 +1,18 @@
 """Every table of trading-ops; importing this module registers them all on `Base.metadata`."""
 
 from trading_ops.db.base import Base
+from trading_ops.db.models.audit import Audit, AuditHead
 from trading_ops.db.models.journal import Balance, EquityPeak, Fill, Order, Position
 from trading_ops.db.models.ledger import (
     Approval,
+    ApprovalDecision,
     Attempt,
     AuditEntry,
     ConsoleSession,
     Episode,
     Escalation,
     Notification,
+    Request,
     Setting,
     Step,
     Target,
@@ -20,8 +23,11 @@ from trading_ops.db.models.recovery import BotRun, ReconciliationDiscrepancy, Re
 
 __all__ = [
     "Approval",
+    "ApprovalDecision",
     "Attempt",
+    "Audit",
     "AuditEntry",
+    "AuditHead",
     "Balance",
     "Base",
     "BotRun",
@@ -39,6 +45,7 @@ __all__ = [
     "ReconciliationDiscrepancy",
     "ReconciliationRun",
     "RecoveryEvent",
+    "Request",
     "Setting",
     "Step",
     "Target",

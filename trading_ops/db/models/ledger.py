@@ -208,6 +208,52 @@ class Approval(Base):
     decided_at: Mapped[datetime | None] = mapped_column()
     reason: Mapped[str] = mapped_column(Text, default="")
     executed_at: Mapped[datetime | None] = mapped_column()
+    # Four eyes: what kind of decision it is (ramp_promotion, live_start, clear_halt; step: any other step, a
+    # venue-direct flatten), the principal that asked (an authenticated person's request, or the reconciler: NULL),
+    # and how many people other than it must approve (0 only when the configuration says so for a one-person team).
+    kind: Mapped[str] = mapped_column(String(32), default="step", server_default="step")
+    required: Mapped[int] = mapped_column(default=1, server_default="1")
+    requester: Mapped[str | None] = mapped_column(String(255))
+    # The authenticated request it answers (reconciler_requests.id), when a person asked through the reconciler.
+    request_id: Mapped[int | None] = mapped_column()
+
+
+class ApprovalDecision(Base):
+    """One approver's decision on an approval (four eyes: several may be needed): who (the authenticated principal),
+    when, from where, what they typed beside it (comment) and why. One per principal and approval."""
+
+    __tablename__ = "reconciler_approval_decisions"
+    __table_args__ = (UniqueConstraint("approval_id", "principal"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    approval_id: Mapped[int] = mapped_column(ForeignKey("reconciler_approvals.id", ondelete="CASCADE"))
+    principal: Mapped[str] = mapped_column(String(255))
+    # approve or reject
+    decision: Mapped[str] = mapped_column(String(16))
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(255), default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Request(Base):
+    """A person's authenticated request for a decision that widens risk (a ramp promotion): who asked (the principal
+    of the token or console session), from where, and until when it stands. The approval it leads to knows its
+    requester from here, never from a label typed into an alert."""
+
+    __tablename__ = "reconciler_requests"
+    __table_args__ = (Index("ix_reconciler_requests_bot_stage", "bot", "stage"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    bot: Mapped[str] = mapped_column(String(128))
+    instance: Mapped[str] = mapped_column(String(255))
+    stage: Mapped[str] = mapped_column(String(64))
+    principal: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(255))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 class ConsoleSession(Base):

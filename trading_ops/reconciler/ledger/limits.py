@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from sqlalchemy import func, insert, or_, select, update
 
+from trading_ops import audit
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.ledger.db import AUDIT, SET, A, E, LedgerDB, S, T, later
 from trading_ops.reconciler.ledger.runs import OPERATOR_OUTCOMES
@@ -114,6 +115,17 @@ class Limits:
                     actor=actor,
                     detail=f"circuit was open until {until.isoformat()}; action budget restarted",
                 )
+            )
+            audit.append(
+                conn,
+                # The API's "token 'NAME' from ADDRESS"; the CLI's user@host (the database's own access).
+                principal=actor.split("'")[1] if actor.startswith("token '") and actor.count("'") >= 2 else actor,
+                source=actor.rpartition(" from ")[2] if " from " in actor else "cli",
+                action=CIRCUIT_RESET,
+                target=target,
+                before={"circuit_open_until": until.isoformat()},
+                after={"circuit_open_until": None, "budget_reset_at": now.isoformat()},
+                at=now,
             )
         return cast(datetime, until)
 

@@ -1,0 +1,153 @@
+"""POST /api/v1/ramp/{bot}/promote: a person asks for a bot's next ramp stage with their own token (scope operate or
+approve). The reconciler checks that the stage is the bot's next (the bot's own status says its stage), that no
+identical request stands, and the readiness criteria of the stage before it; then records the request under the
+token's name (reconciler_requests, and an audit entry) and posts the alert the `ramp-promote` rule answers: its
+approval takes its requester from that record, so the requester never approves its own promotion. `trading-ops ramp
+promote` and the console's promotion form ask through here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from trading_ops.cli import UsageError
+from trading_ops.config import BotEntryConfig
+from trading_ops.db.base import utcnow
+from trading_ops.http_input import read_json_object
+from trading_ops.readiness.ramp_cli import REQUEST_HOURS, criteria_problem, post_request, stage_before
+from trading_ops.reconciler import keys
+from trading_ops.reconciler.auth import UNAUTHORIZED
+from trading_ops.reconciler.requests import RAMP_PROMOTION, Duplicate, RequestStore
+from trading_ops.scopes import APPROVE, OPERATE
+
+log = logging.getLogger(__name__)
+PATH = "/api/v1/ramp/{bot}/promote"
+COMMENT_MAX = 200
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a request ended in: its HTTP status and JSON answer (an error's one line under `error`)."""
+
+    status: int
+    answer: dict[str, Any]
+
+
+def _refused(status: int, message: str) -> Asked:
+    return Asked(status, {"error": message})
+
+
+async def current_stage(app: web.Application, bot: BotEntryConfig) -> tuple[int, str] | str:
+    """The bot's stage as it says itself (number, name), or why it cannot be read (one line)."""
+    from trading_ops.reconciler.console import bot_status
+
+    if bot.instance not in app[keys.CONFIG].reconciler.targets:
+        return f"{bot.name} is not a target of the reconciler (reconciler.targets): its stage cannot be read"
+    status = await bot_status(app, bot.instance)
+    ramp = status.get("ramp") if isinstance(status.get("ramp"), dict) else None
+    if ramp is None or not ramp.get("stage"):
+        return f"{bot.name}'s stage cannot be read: {status.get('error') or 'the bot reports no ramp'}"
+    return int(ramp["stage"]), str(ramp.get("name") or "")
+
+
+async def _checked(app: web.Application, bot_name: str, stage: str) -> Asked | tuple[Any, ...]:
+    """(the bot, the stage's number, the stage before it, the bot's stage now) when the stage may be asked for;
+    else the refusal."""
+    config = app[keys.CONFIG]
+    bot = next((b for b in config.bots if b.name == bot_name), None)
+    if bot is None:
+        return _refused(404, f"no bot {bot_name[:64]!r} in the configuration's bots: list")
+    try:
+        number, before = stage_before(config, stage[:64])
+    except UsageError as exc:
+        return _refused(400, str(exc).removeprefix("ramp: "))
+    now_at = await current_stage(app, bot)
+    if isinstance(now_at, str):
+        return _refused(503, f"not asked: {now_at}")
+    at_number, at_name = now_at
+    if number != at_number + 1:
+        names = [s.name for s in config.bot.ramp.stages]
+        then = f"its next stage is {names[at_number]}" if at_number < len(names) else "it is at the last stage"
+        return _refused(409, f"not asked: {bot.name} is at stage {at_name or at_number}: {then}, not {stage}")
+    problem = await criteria_problem(config, app[keys.SESSION], bot, before)
+    if problem is not None:
+        return _refused(409, f"not asked: {problem}")
+    return bot, number, before, now_at
+
+
+async def ask_promotion(
+    app: web.Application, bot_name: str, stage: str, principal: str, source: str, comment: str
+) -> Asked:
+    """The whole request (see the module): 200 and the request; 404 no such bot; 400 no such stage; 409 not the next
+    stage, an identical request standing, or a criterion not passing; 503 the bot's stage or Alertmanager unknown."""
+    checked = await _checked(app, bot_name, stage)
+    if isinstance(checked, Asked):
+        return checked
+    bot, number, before, (at_number, at_name) = checked
+    config, session = app[keys.CONFIG], app[keys.SESSION]
+    store = RequestStore(app[keys.LEDGER])
+    made = await asyncio.to_thread(
+        store.create,
+        kind=RAMP_PROMOTION,
+        bot=bot.name,
+        instance=bot.instance,
+        stage=stage,
+        principal=principal,
+        source=source,
+        comment=comment,
+        now=utcnow(),
+        hours=REQUEST_HOURS,
+        before={"stage": at_name, "stage_number": at_number},
+    )
+    if isinstance(made, Duplicate):
+        return _refused(409, f"not asked: {made.message}")
+    problem = await post_request(config, session, bot, stage, number, before, principal, made["id"])
+    if problem is not None:
+        await asyncio.to_thread(store.withdraw, made["id"], utcnow(), problem)
+        return _refused(503, f"not asked: {problem}")
+    log.warning("ramp promotion of %s to %s asked by %s from %s (request %s)", bot.name, stage, principal, source,
+                made["id"])  # fmt: skip
+    return Asked(
+        200,
+        {
+            "bot": bot.name,
+            "stage": stage,
+            "requested_by": principal,
+            "request": made["id"],
+            "comment": comment,
+            "criteria": before.criteria,
+            "expires_at": made["expires_at"].isoformat(),
+        },
+    )
+
+
+async def promote(request: web.Request) -> web.Response:
+    token = request.app[keys.API_TOKENS].match(request.headers.get("Authorization"))
+    if token is None:
+        return web.json_response(
+            {"error": UNAUTHORIZED}, status=401, headers={"WWW-Authenticate": 'Bearer realm="trading-ops reconciler"'}
+        )
+    if not (token.allows(OPERATE) or token.allows(APPROVE)):
+        message = (
+            f"asking for a ramp promotion needs the 'operate' or 'approve' scope; token {token.name!r} has "
+            f"{token.scope!r}"
+        )
+        return web.json_response({"error": message}, status=403)
+    body = await read_json_object(request, request.app[keys.CONFIG].reconciler.max_body_bytes)
+    stage, comment = body.get("stage"), body.get("comment", "")
+    if not isinstance(stage, str) or not stage or not isinstance(comment, str) or len(comment) > COMMENT_MAX:
+        return web.json_response(
+            {"error": f"stage: expected a stage's name; comment: text of {COMMENT_MAX} characters at most"}, status=400
+        )
+    if not stage.isprintable() or not comment.isprintable():
+        return web.json_response({"error": "stage and comment: printable text only"}, status=400)
+    asked = await ask_promotion(
+        request.app, request.match_info["bot"], stage, token.name, request.remote or "-", " ".join(comment.split())
+    )
+    if asked.status != 200:
+        log.warning("ramp promotion by %s from %s refused: %s", token.name, request.remote, asked.answer["error"])
+    return web.json_response(asked.answer, status=asked.status)
