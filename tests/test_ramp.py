@@ -480,6 +480,12 @@ def test_record_with_decision_out_signs_the_live_start_a_live_bot_then_verifies(
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
     ops["reconciler"]["decision_key_file"] = str(tmp_path / "secrets" / "decision-key")  # type: ignore[index]
+    # Two others configured for a live start: one --approved-by does not make it.
+    ops["reconciler"]["approvals"] = {"live_start": 2}  # type: ignore[index]
+    ops_file.write_text(json.dumps(ops))
+    assert main([*base, "--approved-by", "carol", "--reason", "r", "--decision-out", str(out)]) == 2
+    assert "a live start needs 2 approvers other than its requester" in capsys.readouterr().err
+    del ops["reconciler"]["approvals"]  # type: ignore[attr-defined]
     ops_file.write_text(json.dumps(ops))
     argv = [*base, "--approved-by", "carol", "--reason", "the venue's outage", "--decision-out", str(out)]
     assert main(argv) == 1  # not ready: Prometheus is down; recorded and approved all the same

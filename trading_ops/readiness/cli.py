@@ -131,7 +131,13 @@ def live_start_signer(config: Config, args: argparse.Namespace, bots: list[BotEn
     if not args.record or len(bots) != 1:
         raise UsageError("readiness: --decision-out FILE goes with --record and one bot")
     recorder = (args.by or default_by()).strip()
-    if args.approved_by is None or args.approved_by.strip() == recorder:
+    required = config.reconciler.approvals.live_start
+    if required > 1:
+        raise UsageError(
+            f"readiness: --decision-out: a live start needs {required} approvers other than its requester "
+            "(reconciler.approvals.live_start); --record takes one"
+        )
+    if required == 1 and (args.approved_by is None or args.approved_by.strip() == recorder):
         raise UsageError(
             "readiness: --decision-out: a live start is approved by a person other than who records it "
             f"(--approved-by NAME, not {recorder})"
@@ -151,8 +157,8 @@ def write_live_start_decision(config: Config, row: Any, path: str) -> None:
         "live_start",
         row.bot,
         requested_by=row.recorded_by,
-        approvers=[row.approved_by],
-        required=1,
+        approvers=[row.approved_by or row.recorded_by],
+        required=config.reconciler.approvals.live_start,
         ttl_seconds=parse_duration(config.reconciler.live_start_decision_ttl),
         record=row.id,
     )
