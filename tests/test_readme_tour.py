@@ -229,8 +229,8 @@ def pending_approval(tour: Tour, step: int) -> int | None:
 def loss_limit_still_holds(tour: Tour) -> None:
     """The second round, the same day: the operators lift the halt (`clear_halt` on a signed decision, `resume`), and
     the bot, whose day's loss is still past the limit, adds no risk: for 20 loop iterations it sends no order (or,
-    trying one, is refused and halts again), and its book stays flat. `chaos loss_spike` has nothing to lose on (one line, exit 2:
-    the bot refused it)."""
+    trying one, is refused and halts again), and its book stays flat. `chaos loss_spike` has nothing to lose on (one
+    line, exit 2: the bot refused it)."""
     submitted = sum(tour.bot_metric("tradingbot_orders_submitted_total").values())
     # A loss limit's halt clears only on a decision the reconciler signed (another person approved): the control token
     # alone is refused; the decision signed with the stack's key (var/secrets, as `make run` leaves it) clears it.
