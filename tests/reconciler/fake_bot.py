@@ -25,6 +25,7 @@ COMMANDS = {
     "status",
     "halt",
     "ramp_promote",
+    "clear_halt",
 }
 
 # What a state command leaves the bot in.

@@ -944,48 +944,41 @@ async def test_a_loss_limit_halt_clears_on_a_persons_approval_with_a_signed_deci
     scraping: tuple[int, str],
     capsys: Any,
 ) -> None:
-    """A person asks (`trading-ops clear-halt`), the request's page reaches the reconciler, another person approves:
-    the reconciler sends the bot clear_halt with a decision it signed, the bot verifies it and lands paused; Prometheus
-    verifies. The requester approving their own request gets nothing from the bot (it refuses the decision)."""
+    """A person asks with their own token (`trading-ops clear-halt`), the request's page reaches the reconciler, the
+    requester's own approval is refused, another person approves: the reconciler sends the bot clear_halt with a
+    decision it signed, the bot verifies it and lands paused; Prometheus verifies."""
     port, _ = scraping
     instance = f"127.0.0.1:{port}"
     config, bot, _ = await signed_decisions_setup(tmp_path, migrated_db, alertmanager, scraping, [CLEAR_HALT_RULE])
     bot.inst.state.apply("halt", reason="risk limit daily_loss: the day's loss 41 reached the daily loss limit 40")
     client = await aiohttp_client(create_app(load_config(config)))
+    url = str(client.make_url("")).rstrip("/")
     try:
-        for requester, approver in (("alice", "alice"), ("alice", "bob")):
-            ask = ["-c", str(config), "clear-halt", "paper-1", "--by", requester, "--reason", "the gap is understood"]
-            assert await asyncio.to_thread(main, ask) == 0
-            assert json.loads(capsys.readouterr().out.splitlines()[-1])["requested_by"] == requester
-            held = await held_page(alertmanager, "TradingBotClearHaltRequested", instance=instance)
-            fired = alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **held["labels"])
-            if approver == "bob":  # a new request: a new episode
-                fired["startsAt"] = datetime.now(UTC).isoformat()
-            assert (await client.post("/api/v1/alertmanager", json=payload(fired), headers=AUTH)).status == 200
-            pending = await one_pending(client)
-            assert pending["rule"] == "clear-halt" and bot.inst.state.state.value == "halted"
-            decided = ("approve", str(pending["id"]), "--reason", "ok")
-            assert await cli_decide(config, client, *decided, token_file=f"{approver}-token") == 0
-            found = await poll(
-                lambda: approvals(client),
-                lambda a: a[0]["status"] == "executed",
-                "the approval executed",
-            )
-            assert found[0]["approvers"] == [approver]
-            episode = await poll(
-                lambda: episode_of(client, pending["episode_id"]),
-                lambda e: e["state"] in CLOSED_STATES,
-                "the episode ended",
-            )
-            if approver == requester:
-                # No decision for the requester's own approval (the reconciler signs none, the bot would refuse
-                # one): still halted, the step refused naming why.
-                assert bot.inst.state.state.value == "halted"
-                assert "its requester (alice) approved it" in json.dumps(episode), episode
-            else:
-                assert bot.inst.state.state.value == "paused"
-                seen = (await bot_status(port))["decisions"]["clear_halt"]
-                assert (seen["requested_by"], seen["approvers"]) == ("alice", ["bob"])
+        ask = ["-c", str(config), "clear-halt", "paper-1", "--reason", "the gap is understood"]
+        ask += ["--token-file", str(tmp_path / "alice-token"), "--url", url]
+        assert await asyncio.to_thread(main, ask) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])["requested_by"] == "alice"
+        held = await held_page(alertmanager, "TradingBotClearHaltRequested", instance=instance)
+        fired = alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **held["labels"])
+        assert (await client.post("/api/v1/alertmanager", json=payload(fired), headers=AUTH)).status == 200
+        pending = await one_pending(client)
+        assert pending["rule"] == "clear-halt" and bot.inst.state.state.value == "halted"
+        decided = ("approve", str(pending["id"]), "--reason", "ok")
+        # The requester's own token decides nothing; the bot stays halted.
+        assert await cli_decide(config, client, *decided, token_file="alice-token") == 1
+        assert bot.inst.state.state.value == "halted"
+        assert await cli_decide(config, client, *decided, token_file="bob-token") == 0
+        found = await poll(lambda: approvals(client), lambda a: a[0]["status"] == "executed", "the approval executed")
+        assert (found[0]["requested_by"], found[0]["approvers"]) == ("alice", ["bob"])
+        await poll(lambda: asyncio.sleep(0, bot.inst.state.state.value), lambda v: v == "paused", "paused")
+        seen = (await bot_status(port))["decisions"]["clear_halt"]
+        assert (seen["requested_by"], seen["approvers"]) == ("alice", ["bob"])
+        episode = await poll(
+            lambda: episode_of(client, pending["episode_id"]),
+            lambda e: e["state"] in CLOSED_STATES,
+            "the episode ended",
+        )
+        assert episode["state"] == "recovered", episode
     finally:
         await bot.stop()
 

@@ -55,13 +55,21 @@ def bearer(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret(name)}"}
 
 
+CLEAR_RULE = {
+    **RULE,
+    "name": "clear-halt",
+    "match": ['alertname="TradingBotClearHaltRequested"'],
+    "steps": [{"action": "bot", "command": "clear_halt", "body": {"reason": "approved"}}],
+}
+
+
 def write_config(tmp_path: Path, db: str, bot: FakeBot, am_url: str, approvals: dict[str, int]) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
         (tmp_path / name).write_text(value)
     for person in PEOPLE:
         (tmp_path / f"{person}-token").write_text(secret(person))
-    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RULE]}))
+    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RULE, CLEAR_RULE]}))
     # The reconciler signs the promotion's decision with its key (what a real bot verifies; the fake bot takes it).
     ensure_key_files(tmp_path / "secrets" / "decision-key", tmp_path / "decision-key.pub")
     data = {
@@ -378,3 +386,68 @@ async def test_a_request_alertmanager_does_not_take_is_withdrawn_and_may_be_aske
     )
     assert audit.verify(engine).whole
     assert await approvals(client) == []
+
+
+async def test_a_loss_limit_halt_is_cleared_on_another_persons_approval_of_an_authenticated_request(
+    setup: tuple[Any, Path, FakeBot], alertmanager: Alertmanager
+) -> None:
+    client, _config, bot = setup
+    path = "/api/v1/requests/clear_halt/paper-1"
+    resp = await client.post(path, json={"reason": "the loss is understood"}, headers=bearer("alice"))
+    assert resp.status == 409 and "paper-1 is not halted" in (await resp.json())["error"]
+    bot.state = "halted"
+    resp = await client.post(path, json={"reason": "the loss is understood"}, headers=bearer("alice"))
+    asked = await resp.json()
+    assert resp.status == 200 and asked["requested_by"] == "alice", asked
+    resp = await client.post(path, json={"reason": "again"}, headers=bearer("alice"))
+    assert resp.status == 409 and "stands until" in (await resp.json())["error"]
+    instance = client.app[keys.CONFIG].bots[0].instance
+
+    async def held() -> list[dict[str, Any]]:
+        return list(await asyncio.to_thread(alertmanager.get, "alerts"))
+
+    wanted = {"alertname": "TradingBotClearHaltRequested", "instance": instance, "request": str(asked["request"])}
+    found = await poll(held, lambda a: any(wanted.items() <= x["labels"].items() for x in a), "the request")
+    request_alert = next(x for x in found if wanted.items() <= x["labels"].items())
+    fired = alert(
+        fingerprint=request_alert["fingerprint"], starts_at=request_alert["startsAt"], **request_alert["labels"]
+    )
+    assert (await client.post("/api/v1/alertmanager", json=payload(fired), headers=AUTH)).status == 200
+    pending = (await poll(lambda: approvals(client), lambda a: a and a[0]["status"] == "pending", "the approval"))[0]
+    assert (pending["kind"], pending["required"], pending["requested_by"]) == ("clear_halt", 1, "alice")
+    decide = f"/api/v1/approvals/{pending['id']}"
+    resp = await client.post(decide, json={"decision": "approve", "reason": "mine"}, headers=bearer("alice"))
+    assert resp.status == 403 and "four eyes: alice asked for it" in (await resp.json())["error"]
+    assert bot.commands() == []
+    resp = await client.post(decide, json={"decision": "approve", "reason": "ok"}, headers=bearer("bob"))
+    assert resp.status == 200 and (await resp.json())["status"] == "approved"
+
+    async def commands() -> list[str]:
+        return bot.commands()
+
+    await poll(commands, lambda c: c == ["clear_halt"], "clear_halt sent to the bot")
+
+
+async def test_a_widening_request_an_alert_names_by_hand_is_refused_to_every_approver(
+    setup: tuple[Any, Path, FakeBot],
+) -> None:
+    """A TradingBotClearHaltRequested posted by hand, its requester a typed name (no record of the reconciler's):
+    nobody may approve it, the typed name's owner least of all."""
+    client, _config, bot = setup
+    instance = client.app[keys.CONFIG].bots[0].instance
+    labels = {
+        "alertname": "TradingBotClearHaltRequested",
+        "instance": instance,
+        "bot": "paper-1",
+        "requested_by": "eve",
+    }
+    fired = alert(fingerprint=uuid.uuid4().hex[:16], **labels)
+    assert (await client.post("/api/v1/alertmanager", json=payload(fired), headers=AUTH)).status == 200
+    pending = (await poll(lambda: approvals(client), lambda a: a and a[0]["status"] == "pending", "the approval"))[0]
+    assert (pending["kind"], pending["requested_by"]) == ("clear_halt", "reconciler")
+    for person in ("alice", "bob"):
+        resp = await client.post(
+            f"/api/v1/approvals/{pending['id']}", json={"decision": "approve", "reason": "x"}, headers=bearer(person)
+        )
+        assert resp.status == 403 and "has no authenticated requester" in (await resp.json())["error"]
+    assert bot.commands() == [] and (await approvals(client))[0]["approvers"] == []

@@ -16,8 +16,10 @@ from trading_ops.reconciler.audit_api import FILTERS as AUDIT_FILTERS
 from trading_ops.reconciler.audit_api import MAX_LIMIT as AUDIT_MAX
 from trading_ops.reconciler.audit_api import PATH as AUDIT_PATH
 from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
+from trading_ops.reconciler.ramp_api import CLEAR_HALT_PATH
 from trading_ops.reconciler.ramp_api import COMMENT_MAX as RAMP_COMMENT_MAX
 from trading_ops.reconciler.ramp_api import PATH as RAMP_PATH
+from trading_ops.reconciler.ramp_api import REASON_MAX as CLEAR_HALT_REASON_MAX
 from trading_ops.reconciler.readiness_api import MAX_WINDOW_CHARS
 from trading_ops.reconciler.readiness_api import PATH as READINESS_PATH
 from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
@@ -179,6 +181,20 @@ class RampRequested(msgspec.Struct, kw_only=True):
     request: int
     comment: str
     criteria: list[str]
+    expires_at: Timestamp
+
+
+class ClearHaltRequest(msgspec.Struct, kw_only=True):
+    """Why the loss is understood and the bot may trade again."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=CLEAR_HALT_REASON_MAX)]
+
+
+class ClearHaltRequested(msgspec.Struct, kw_only=True):
+    bot: str
+    requested_by: str
+    request: int
+    reason: str
     expires_at: Timestamp
 
 
@@ -528,6 +544,38 @@ def reconciler_document() -> dict[str, Any]:
                 ),
                 "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
                 "503": response("The bot's stage could not be read, or Alertmanager took nothing.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "post",
+        CLEAR_HALT_PATH,
+        {
+            "operationId": "requestClearHalt",
+            "summary": "Ask that a bot halted by a loss limit trade again, as the token's principal (scope operate or "
+            "approve)",
+            "description": "Refused when the bot is not halted or the same request stands. The request is recorded "
+            "under the token's name (an audit entry) and posted to Alertmanager (TradingBotClearHaltRequested); its "
+            "approval then needs reconciler.approvals.clear_halt other people.",
+            "security": [{"operate": []}, {"approve": []}],
+            "parameters": [
+                {
+                    "name": "bot",
+                    "in": "path",
+                    "required": True,
+                    "description": "the bot's name (bots[].name)",
+                    "schema": {"type": "string", "minLength": 1},
+                }
+            ],
+            "requestBody": {"required": True, "content": json_content(doc.ref(ClearHaltRequest))},
+            "responses": {
+                "200": response("Asked: the request.", doc.ref(ClearHaltRequested)),
+                "400": bad,
+                **_token("operate", doc),
+                "404": response("No such bot.", doc.ref(Error)),
+                "409": response("The bot is not halted, or the same request stands.", doc.ref(Error)),
+                "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
+                "503": response("The bot's state could not be read, or Alertmanager took nothing.", doc.ref(Error)),
             },
         },
     )

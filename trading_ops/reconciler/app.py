@@ -68,7 +68,9 @@ from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import Outbox, OutboxCollector
 from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
+from trading_ops.reconciler.ramp_api import CLEAR_HALT_PATH
 from trading_ops.reconciler.ramp_api import PATH as RAMP_PATH
+from trading_ops.reconciler.ramp_api import clear_halt as clear_halt_request
 from trading_ops.reconciler.ramp_api import promote as ramp_promote
 from trading_ops.reconciler.retention import Pruner, ledger_retention
 from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
@@ -154,6 +156,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/approvals/{id}", get_approval)
     app.router.add_post("/api/v1/approvals/{id}", decide_approval)
     app.router.add_post(RAMP_PATH, ramp_promote)
+    app.router.add_post(CLEAR_HALT_PATH, clear_halt_request)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     setup_console(app)
     setup_readiness(app)

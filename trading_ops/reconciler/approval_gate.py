@@ -273,6 +273,7 @@ class ApprovalGate(RunPart):
             labels = run.ctx.labels
             if (
                 request is not None
+                and request["kind"] == kind
                 and request["instance"] == labels.get("instance")
                 and request["stage"] == labels.get("stage", request["stage"])
                 and request["expires_at"] > utcnow()

@@ -52,6 +52,12 @@ STEP = "step"
 # The bot commands whose step is a decision of a kind (the rest are `step`).
 COMMAND_KINDS = {"ramp_promote": "ramp_promotion", "clear_halt": "clear_halt", "live_start": "live_start"}
 SELF_APPROVED = "approved by its requester (allowed by configuration)"
+# The kinds asked only through the reconciler with a person's token (its record names the requester): an approval
+# of one whose alert names no such record (posted to Alertmanager by hand, a name typed) is refused to every approver.
+AUTHENTICATED_REQUESTS = {
+    "ramp_promotion": "`trading-ops ramp promote` (POST /api/v1/ramp/{bot}/promote)",
+    "clear_halt": "POST /api/v1/requests/clear_halt/{bot}",
+}
 DECIDER_MAX = 255
 REASON_MAX = 2000
 # The ledger's episode detail of an episode that waits for a decision (see ApprovalGate.gate).
@@ -160,11 +166,11 @@ def four_eyes_refusal(row: dict[str, Any], principal: str, decision: str) -> Ref
     requester = requester_of(row)
     if principal.strip().lower() in RESERVED_DECIDERS:
         return Refusal(403, f"approval {approval_id}: {principal} is not a person: only a person's token decides")
-    if kind == "ramp_promotion" and row.get("requester") is None:
+    if kind in AUTHENTICATED_REQUESTS and row.get("requester") is None:
         return Refusal(
             403,
-            f"approval {approval_id}: the ramp promotion has no authenticated requester (asked by an alert, not "
-            "through the reconciler): ask again with `trading-ops ramp promote` and your own token",
+            f"approval {approval_id}: the {kind} has no authenticated requester (asked by an alert, not through the "
+            f"reconciler): ask again with {AUTHENTICATED_REQUESTS[kind]} and your own token",
         )
     if principal == requester and not (decision == "approve" and required == 0 and kind in KINDS):
         return Refusal(

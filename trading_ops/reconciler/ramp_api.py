@@ -26,7 +26,11 @@ from trading_ops.scopes import APPROVE, OPERATE
 
 log = logging.getLogger(__name__)
 PATH = "/api/v1/ramp/{bot}/promote"
+CLEAR_HALT_PATH = "/api/v1/requests/clear_halt/{bot}"
 COMMENT_MAX = 200
+REASON_MAX = 500
+# The alert that carries a clear_halt request to the reconciler's `clear-halt` rule (as `trading-ops clear-halt`).
+CLEAR_HALT_ALERT = "TradingBotClearHaltRequested"
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,102 @@ async def ask_promotion(
             "expires_at": made["expires_at"].isoformat(),
         },
     )
+
+
+def _asker(request: web.Request, what: str) -> Any:
+    """The token that asks (scope operate or approve: one token per person), or the 401/403 to send."""
+    token = request.app[keys.API_TOKENS].match(request.headers.get("Authorization"))
+    if token is None:
+        return web.json_response(
+            {"error": UNAUTHORIZED}, status=401, headers={"WWW-Authenticate": 'Bearer realm="trading-ops reconciler"'}
+        )
+    if not (token.allows(OPERATE) or token.allows(APPROVE)):
+        message = f"{what} needs the 'operate' or 'approve' scope; token {token.name!r} has {token.scope!r}"
+        return web.json_response({"error": message}, status=403)
+    return token
+
+
+async def ask_clear_halt(app: web.Application, bot_name: str, principal: str, source: str, reason: str) -> Asked:
+    """A request that a bot halted by a loss limit trade again, recorded under `principal` (an audit entry) and posted
+    as TradingBotClearHaltRequested with its `request` label: the clear-halt rule's approval takes its requester from
+    the record. 404 no such bot; 409 the bot is not halted, or the same request stands; 503 its state or
+    Alertmanager unknown."""
+    from datetime import timedelta
+
+    from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
+    from trading_ops.reconciler.console import bot_status
+
+    config = app[keys.CONFIG]
+    bot = next((b for b in config.bots if b.name == bot_name), None)
+    if bot is None:
+        return _refused(404, f"no bot {bot_name[:64]!r} in the configuration's bots: list")
+    if bot.instance not in config.reconciler.targets:
+        return _refused(503, f"not asked: {bot.name} is not a target of the reconciler (reconciler.targets)")
+    status = await bot_status(app, bot.instance)
+    if status.get("state") != "halted":
+        why = status.get("error") or f"its state is {status.get('state')!r}"
+        return _refused(409 if "state" in status else 503, f"not asked: {bot.name} is not halted ({why})")
+    store = RequestStore(app[keys.LEDGER])
+    now = utcnow()
+    made = await asyncio.to_thread(
+        store.create,
+        kind="clear_halt",
+        bot=bot.name,
+        instance=bot.instance,
+        stage="",
+        principal=principal,
+        source=source,
+        comment=reason,
+        now=now,
+        hours=REQUEST_HOURS,
+        before={"state": "halted", "state_reason": status.get("state_reason")},
+    )
+    if isinstance(made, Duplicate):
+        return _refused(409, f"not asked: {made.message}")
+    alert = {
+        "labels": {
+            "alertname": CLEAR_HALT_ALERT,
+            "instance": bot.instance,
+            "bot": bot.name,
+            "requested_by": principal[:128],
+            "request": str(made["id"]),
+            "severity": "warning",
+            "service": "tradingbot",
+        },
+        "annotations": {
+            "summary": "A person asks that a trading bot halted by a loss limit trade again.",
+            "description": f"{principal} asks to clear the loss-limit halt of {bot.name} ({bot.instance}): {reason}. "
+            f"A person other than {principal} approves it with trading-ops reconciler approve and their own token.",
+        },
+        "startsAt": now.isoformat(),
+        "endsAt": (now + timedelta(hours=REQUEST_HOURS)).isoformat(),
+    }
+    try:
+        await AlertmanagerClient(app[keys.SESSION], config.reconciler.alertmanager_urls).post_alerts([alert])
+    except AlertmanagerError as exc:
+        await asyncio.to_thread(store.withdraw, made["id"], utcnow(), f"Alertmanager took no request: {exc}")
+        return _refused(503, f"not asked: Alertmanager took no request: {exc}")
+    log.warning("clear_halt of %s asked by %s from %s (request %s)", bot.name, principal, source, made["id"])
+    return Asked(200, {"bot": bot.name, "requested_by": principal, "request": made["id"], "reason": reason,
+                       "expires_at": made["expires_at"].isoformat()})  # fmt: skip
+
+
+async def clear_halt(request: web.Request) -> web.Response:
+    """POST /api/v1/requests/clear_halt/{bot} {"reason": "..."}: see ask_clear_halt."""
+    token = _asker(request, "asking that a halted bot trade again")
+    if isinstance(token, web.Response):
+        return token
+    body = await read_json_object(request, request.app[keys.CONFIG].reconciler.max_body_bytes)
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_MAX or not reason.isprintable():
+        return web.json_response({"error": f"reason: expected printable text of {REASON_MAX} characters at most"},
+                                 status=400)  # fmt: skip
+    asked = await ask_clear_halt(
+        request.app, request.match_info["bot"], token.name, request.remote or "-", " ".join(reason.split())
+    )
+    if asked.status != 200:
+        log.warning("clear_halt by %s from %s refused: %s", token.name, request.remote, asked.answer["error"])
+    return web.json_response(asked.answer, status=asked.status)
 
 
 async def promote(request: web.Request) -> web.Response:
