@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from decision_helpers import TRUSTED
 from polling import until_async
 
 from trading_ops.bot.gate import REFUSED_STALE
@@ -48,6 +49,7 @@ def fast_config(tmp_path: Path, **paper: Any) -> Config:
                 "heartbeat_timeout_seconds": 0.5,
                 "market_data_stale_seconds": 0.3,
                 "event_loop_lag_interval_seconds": 0.05,
+                "decision_keys": [TRUSTED],
             },
             "paper": settings,
         },

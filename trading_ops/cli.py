@@ -30,6 +30,7 @@ CONFIG_ENV = "TRADING_OPS_CONFIG"
 # aiohttp, SQLAlchemy, the models, the ledger, the bot runtime (tests/test_cli.py holds that line).
 COMMAND_MODULES = (
     "trading_ops.commands.audit_cmd",
+    "trading_ops.commands.clear_halt_cmd",
     "trading_ops.commands.config_cmd",
     "trading_ops.commands.db_cmd",
     "trading_ops.commands.mailbox_cmd",

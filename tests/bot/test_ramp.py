@@ -6,21 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from decision_helpers import clear_halt, forged, signed, signed_as_is
 from paper_helpers import TOKEN, IdleStrategy, control, fast_config, placed, submit_fresh, wait_for
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import Channel, OrderType, Side
-from trading_ops.bot.live_gate import live_start_problem
+from trading_ops.bot.decision_gate import trusted_keys
+from trading_ops.bot.live_gate import live_start_decision, live_start_problem
 from trading_ops.bot.main import run
 from trading_ops.bot.ramp import STATE_FILE, PromotionRefused
+from trading_ops.cli import main
 from trading_ops.config import READINESS_CRITERIA, ConfigError, parse_config
 from trading_ops.db import readiness_records as records
 from trading_ops.db.base import make_engine
+from trading_ops.decisions import LIVE_START, RAMP_PROMOTE, DecisionSigner, ensure_key_files
 from trading_ops.paper.bot import PaperBot, make_venue
 from trading_ops.readiness.criteria import CRITERIA
 
@@ -84,25 +91,32 @@ async def test_a_paper_bot_ramps_through_two_stages_each_enforced_in_the_order_g
         assert await submit_fresh(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 1500)) is None
         assert refused(bot, "risk_position_notional") == 1
         assert (await control(bot.port, "resume"))[0] == 200  # type: ignore[attr-defined]
-        # Not before the stage's minimum time; not to a stage other than the next.
-        with pytest.raises(PromotionRefused, match="lasts at least 2d"):
-            bot.ramp.promote("bigger", by="alice", why="approval 1")
+        # Over the control API, on a decision the reconciler signed: not before the stage's minimum time; not to a
+        # stage other than the next (400, the decision unspent).
+        bigger = {"stage": "bigger", "decision": signed(RAMP_PROMOTE, stage="bigger", approvers=("bob",))}
+        status, body = await control(bot.port, "ramp_promote", bigger)  # type: ignore[attr-defined]
+        assert (status, body["error"]) == (400, "ramp_promote: stage 'small' lasts at least 2d; 0.0 h spent"), body
         clock.now += 2 * 86400
-        with pytest.raises(PromotionRefused, match="the next stage is 'bigger'"):
-            bot.ramp.promote("two-pairs", by="alice", why="approval 1")
-        bot.ramp.promote("bigger", by="alice", why="approval 1")
+        two_pairs = {"stage": "two-pairs", "decision": signed(RAMP_PROMOTE, stage="two-pairs")}
+        status, body = await control(bot.port, "ramp_promote", two_pairs)  # type: ignore[attr-defined]
+        assert (status, body["error"]) == (400, "ramp_promote: the next stage is 'bigger', not 'two-pairs'"), body
+        assert (await control(bot.port, "ramp_promote", bigger))[0] == 200  # type: ignore[attr-defined]
         assert value(bot, "tradingbot_ramp_stage") == 2
         await placed(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 1500))
-        # Stage 3 after two more days: the second pair.
+        # Stage 3 after two more days: the second pair (bob asked, carol approved).
         clock.now += 2 * 86400
-        bot.ramp.promote("two-pairs", by="bob", why="approval 2")
+        two_pairs["decision"] = signed(RAMP_PROMOTE, stage="two-pairs", requested_by="bob", approvers=("carol",))
+        assert (await control(bot.port, "ramp_promote", two_pairs))[0] == 200  # type: ignore[attr-defined]
         await placed(bot, OTHER, Side.BUY, OrderType.MARKET, size_for(bot, 100, OTHER))
         assert value(bot, "tradingbot_ramp_stage") == 3
         with pytest.raises(PromotionRefused, match="last stage"):
             bot.ramp.promote("two-pairs", by="bob", why="again")
         state = json.loads((Path(bot.config.bot.data_dir) / STATE_FILE).read_text())
         assert state["stage"] == "two-pairs"
-        assert [(h["to"], h["by"]) for h in state["history"]] == [("bigger", "alice"), ("two-pairs", "bob")]
+        assert [(h["to"], h["requested_by"], h["approvers"]) for h in state["history"]] == [
+            ("bigger", "alice", ["bob"]),
+            ("two-pairs", "bob", ["carol"]),
+        ]
     finally:
         await bot.stop()
 
@@ -133,7 +147,7 @@ async def test_a_loss_limit_breach_demotes_a_stage_at_once_and_the_stage_survive
         # position limit (stage 2 allowed it).
         await bot.paper_venue.gap_price(SYMBOL, 0.0526)  # type: ignore[attr-defined]
         await wait_for(lambda: bot.risk.loss_breach() is None)
-        assert (await control(bot.port, "clear_halt"))[0] == 200  # type: ignore[attr-defined]
+        assert (await control(bot.port, "clear_halt", clear_halt()))[0] == 200  # type: ignore[attr-defined]
         assert (await control(bot.port, "resume"))[0] == 200  # type: ignore[attr-defined]
         assert await submit_fresh(bot, SYMBOL, Side.BUY, OrderType.MARKET, size_for(bot, 100)) is None
         assert refused(bot, "risk_position_notional") == 1
@@ -365,7 +379,7 @@ def record(engine: Any, verdict: str, *, approved_by: str | None = None) -> reco
 
 
 def test_a_live_start_without_a_passing_paper_verdict_refuses_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     config = live_config(tmp_path)
     assert run(IdleStrategy(), make_venue, config) == 2  # type: ignore[arg-type]
@@ -393,13 +407,56 @@ def test_a_live_start_without_a_passing_paper_verdict_refuses_with_one_line(
         assert live_start_problem(config, engine) is None
         record(engine, "not ready")  # a newer verdict replaces the approval
         assert "its recorded verdict is not ready" in (live_start_problem(config, engine) or "")
-        record(engine, "ready")
+        ready = record(engine, "ready", approved_by="carol")
         assert [r.verdict for r in records.history(engine, "paper-1")] == ["ready", "not ready", "unknown", "unknown"]
     finally:
         engine.dispose()
-    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    # A record that allows it is not enough: the bot goes live only on a live_start decision the reconciler signed
+    # for that record, which it verifies (signature, kind, bot, record, expiry).
+    with pytest.raises(
+        ConfigError,
+        match=r"^bot.live_start_decision_file: paper-1 would trade live on kraken without a "
+        r"signed live_start decision: have the reconciler sign one for readiness record \d+",
+    ):
+        PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    decision_file = tmp_path / "live-start.decision"
+    config.bot.live_start_decision_file = str(decision_file)
+    refusals = {
+        "signature does not verify": forged(signed(LIVE_START, record=ready.id), approvers=["bob"]),
+        "not one this bot trusts": signed(
+            LIVE_START, record=ready.id, signer=DecisionSigner(Ed25519PrivateKey.generate())
+        ),
+        "expired": signed(LIVE_START, record=ready.id, now=time.time() - 600),
+        "is for bot 'paper-2'": signed(LIVE_START, "paper-2", record=ready.id),
+        "allows ramp_promote": signed(RAMP_PROMOTE, record=ready.id, stage="bigger"),
+        f"answers readiness record {ready.id - 1}": signed(LIVE_START, record=ready.id - 1),
+        "its requester (carol) approved it": signed_as_is(
+            signed(LIVE_START, record=ready.id), requested_by="carol", approvers=["carol"]
+        ),
+    }
+    for why, token in refusals.items():
+        decision_file.write_text(token)
+        with pytest.raises(ConfigError, match=r"^bot.live_start_decision_file: .*" + re.escape(why)):
+            PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    token = signed(LIVE_START, record=ready.id, requested_by="alice", approvers=("carol",), ttl=60)
+    decision_file.write_text(token)
+    with caplog.at_level(logging.WARNING, logger="trading_ops.bot.live_gate"):
+        bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "trading_ops.bot.live_gate"]
+    assert line.startswith(f"going live on kraken: readiness record {ready.id} (ready, recorded by alice at ") and (
+        "live_start paper-1 (readiness record" in line and "requested by alice, approved by carol" in line
+    ), line
+    labels = {"venue": "kraken", "strategy": "demo", "kind": "live_start"}
+    assert bot.inst.registry.get_sample_value("tradingbot_decisions_total", labels) == 1
     bot.instance_lock.release()
     bot.engine.dispose()
+    # A restart on the decision it went live on holds after the decision's expiry: the go-live was decided once.
+    later = time.time() + 3600
+    again = live_start_decision(config, ready, trusted_keys(config), Path(config.bot.data_dir), wall=lambda: later)
+    assert again.approvers == ("carol",)
+    # Another bot's data dir never went live on it: there, the expired decision is refused.
+    with pytest.raises(ConfigError, match="expired"):
+        live_start_decision(config, ready, trusted_keys(config), tmp_path / "elsewhere", wall=lambda: later)
 
 
 def test_a_live_start_whose_ledger_is_unreachable_refuses_with_one_line(tmp_path: Path) -> None:
@@ -430,3 +487,59 @@ def test_a_paper_start_or_a_bot_without_a_ramp_needs_no_verdict(tmp_path: Path) 
     ).bot.ramp
     assert live_start_problem(config, engine) is None
     engine.dispose()
+
+
+def test_record_with_decision_out_signs_the_live_start_a_live_bot_then_verifies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`readiness BOT --record --approved-by NAME --decision-out FILE` on the reconciler's configuration (its key):
+    the record in the ledger and the live_start decision signed for it; the live bot that trusts the reconciler's
+    public key and names FILE starts. Prometheus is down here: the verdict is `unknown`, a person approves anyway."""
+    from ports import free_port
+
+    config = live_config(tmp_path)
+    ensure_key_files(tmp_path / "secrets" / "decision-key", tmp_path / "decision-key.pub")
+    ops = {
+        "database": {"url": config.database_url()},
+        "bots": [{"name": "paper-1", "instance": "127.0.0.1:9101", "url": "http://127.0.0.1:9101"}],
+        "reconciler": {
+            "prometheus_url": f"http://127.0.0.1:{free_port()}",
+            "alertmanager_url": f"http://127.0.0.1:{free_port()}",
+        },
+    }
+    ops_file = tmp_path / "ops.yaml"
+    ops_file.write_text(json.dumps(ops))
+    out = tmp_path / "live-start.decision"
+    base = ["--config", str(ops_file), "readiness", "paper-1", "--record", "--by", "alice"]
+    # Refused in one line, exit 2, before anything is judged or recorded: no key, no other person's approval.
+    for argv, message in (
+        ([*base, "--decision-out", str(out)], "a live start is approved by a person other than who records it"),
+        ([*base, "--approved-by", "alice", "--reason", "r", "--decision-out", str(out)], "(--approved-by NAME, not"),
+        ([*base, "--approved-by", "carol", "--reason", "r", "--decision-out", str(out)], "no key to sign with"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    ops["reconciler"]["decision_key_file"] = str(tmp_path / "secrets" / "decision-key")  # type: ignore[index]
+    # Two others configured for a live start: one --approved-by does not make it.
+    ops["reconciler"]["approvals"] = {"live_start": 2}  # type: ignore[index]
+    ops_file.write_text(json.dumps(ops))
+    assert main([*base, "--approved-by", "carol", "--reason", "r", "--decision-out", str(out)]) == 2
+    assert "a live start needs 2 approvers other than its requester" in capsys.readouterr().err
+    del ops["reconciler"]["approvals"]  # type: ignore[attr-defined]
+    ops_file.write_text(json.dumps(ops))
+    argv = [*base, "--approved-by", "carol", "--reason", "the venue's outage", "--decision-out", str(out)]
+    assert main(argv) == 1  # not ready: Prometheus is down; recorded and approved all the same
+    err = capsys.readouterr().err
+    assert 'paper-1: recorded not ready, approved by "carol"' in err, err
+    assert "live_start paper-1 (readiness record 1), requested by alice, approved by carol" in err, err
+    assert re.search(rf"until 20\d\d-\d\d-\d\d \d\d:\d\d UTC, written to {re.escape(str(out))}$", err.strip()), err
+    config.bot.live_start_decision_file = str(out)
+    config.bot.decision_keys = [str(tmp_path / "decision-key.pub")]
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    try:
+        assert bot.live_decision is not None
+        assert (bot.live_decision.requested_by, bot.live_decision.approvers) == ("alice", ("carol",))
+    finally:
+        bot.instance_lock.release()
+        bot.engine.dispose()

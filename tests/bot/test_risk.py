@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from decision_helpers import clear_halt
 from paper_helpers import TOKEN, IdleStrategy, control, fast_config, get, not_placed, placed, submit_fresh, wait_for
 from prometheus_client import CollectorRegistry
 
@@ -199,7 +200,7 @@ async def test_daily_loss_limit_halts_at_once_and_survives_a_restart(tmp_path: P
         assert commanded(again, "halt", "risk") == 1  # halted again at the start: by the risk limit, not a person
         # An operator clears it; an order that could add risk is still refused while the loss is past the limit,
         # and it halts the bot again.
-        assert (await control(port, "clear_halt"))[0] == 200
+        assert (await control(port, "clear_halt", clear_halt()))[0] == 200
         assert (await control(port, "resume"))[0] == 200
         await wait_for(lambda: again.trading_allowed and not again.market_data_stale(SYMBOL))
         # Active again, and its status says it will not trade: the day's loss is still past the limit.
@@ -479,7 +480,7 @@ async def test_the_drawdown_peak_and_its_halt_survive_restarts(tmp_path: Path) -
     try:
         assert third.inst.state.state.value == "halted"
         assert third.inst.state.reason.startswith("risk limit drawdown")
-        assert (await control(port, "clear_halt"))[0] == 200
+        assert (await control(port, "clear_halt", clear_halt()))[0] == 200
         assert (await control(port, "resume"))[0] == 200
         await wait_for(lambda: third.trading_allowed and not third.market_data_stale(SYMBOL))
         await wait_for(lambda: value(third, "tradingbot_drawdown") >= 80)
@@ -487,7 +488,7 @@ async def test_the_drawdown_peak_and_its_halt_survive_restarts(tmp_path: Path) -
         assert value(third, "tradingbot_orders_refused_total", symbol=SYMBOL, reason="risk_drawdown") == 1
         assert third.inst.state.state.value == "halted"
         # Cleared and resumed once more: the last journaled state is active, the drawdown still past the limit.
-        assert (await control(port, "clear_halt"))[0] == 200
+        assert (await control(port, "clear_halt", clear_halt()))[0] == 200
         assert (await control(port, "resume"))[0] == 200
     finally:
         await third.stop()
@@ -607,10 +608,11 @@ async def test_a_breached_loss_limit_holds_across_every_restart(tmp_path: Path) 
         await wait_for(lambda: not any(bot.book.position(s) for s in config.paper.symbols), timeout=20)
         assert -bot.book.realized_today >= 40, bot.book.realized_today  # realized, and still past the limit
         bot = await restarted(bot, "after the flatten")
-        assert (await control(bot.port, "clear_halt"))[0] == 200  # type: ignore[attr-defined]
+        assert (await control(bot.port, "clear_halt", clear_halt()))[0] == 200  # type: ignore[attr-defined]
         bot = await restarted(bot, "after clear_halt")
         for command in ("clear_halt", "resume"):  # the restart halted it again: the operator lifts it again
-            assert (await control(bot.port, command))[0] == 200  # type: ignore[attr-defined]
+            body = clear_halt() if command == "clear_halt" else None
+            assert (await control(bot.port, command, body))[0] == 200  # type: ignore[attr-defined]
         bot = await restarted(bot, "after resume")
         bot = await restarted(bot, "after a second restart")
     finally:

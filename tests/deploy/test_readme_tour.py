@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from decision_helpers import clear_halt, signer_of
 from make_run_checkout import make_checkout
 from polling import until
 from system_binaries import REPO_ROOT, require_binary
@@ -226,12 +227,16 @@ def pending_approval(tour: Tour, step: int) -> int | None:
 
 
 def loss_limit_still_holds(tour: Tour) -> None:
-    """The second round, the same day: the operator lifts the halt (`clear_halt`, `resume`), and the bot, whose
-    day's loss is still past the limit, adds no risk: for 20 loop iterations it sends no order (or, trying one, is
-    refused and halts again), and its book stays flat. `chaos loss_spike` has nothing to lose on (one line, exit 2:
-    the bot refused it)."""
+    """The second round, the same day: the operators lift the halt (`clear_halt` on a signed decision, `resume`), and
+    the bot, whose day's loss is still past the limit, adds no risk: for 20 loop iterations it sends no order (or,
+    trying one, is refused and halts again), and its book stays flat. `chaos loss_spike` has nothing to lose on (one
+    line, exit 2: the bot refused it)."""
     submitted = sum(tour.bot_metric("tradingbot_orders_submitted_total").values())
-    tour.control("clear_halt")
+    # A loss limit's halt clears only on a decision the reconciler signed (another person approved): the control token
+    # alone is refused; the decision signed with the stack's key (var/secrets, as `make run` leaves it) clears it.
+    assert tour.try_control("clear_halt") is None
+    key = signer_of(tour.up.root / "var" / "secrets" / "reconciler-decision-key")
+    tour.control("clear_halt", clear_halt("paper-1", signer=key))
     tour.control("resume")
     time.sleep(20 * 0.5)  # 20 iterations of the demo strategy's loop (paper.loop_interval_seconds: 0.5)
     status = tour.control("status")

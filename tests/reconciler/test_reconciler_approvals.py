@@ -35,12 +35,14 @@ from webhook_payloads import alert, payload
 from trading_ops.cli import main
 from trading_ops.config import load_config
 from trading_ops.db.base import make_engine
+from trading_ops.decisions import ensure_key_files
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.console import COOKIE
 from trading_ops.reconciler.ledger import Ledger
+from trading_ops.reconciler.states import CLOSED_STATES
 
 pytestmark = [pytest.mark.alertmanager]
 
@@ -757,17 +759,11 @@ def scraping(tmp_path: Path) -> Iterator[tuple[int, str]]:
         stop(proc)
 
 
-async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_bound_to_the_stage(
-    aiohttp_client: Any,
-    tmp_path: Path,
-    migrated_db: str,
-    alertmanager: Alertmanager,
-    scraping: tuple[int, str],
-    capsys: Any,
-) -> None:
-    """Two people, each with their own token: one asks (through the reconciler, which records the request under
-    the token's name), the other approves; the requester's own approval, a stage that is not the next and a repeated
-    request are refused at once with one line; the audit chain shows both principals of each promotion."""
+async def signed_decisions_setup(
+    tmp_path: Path, migrated_db: str, alertmanager: Alertmanager, scraping: tuple[int, str], rules: list[Any]
+) -> tuple[Path, PaperBot, list[float]]:
+    """The reconciler's configuration (`rules` its playbook, its signing key) and a paper bot with RAMP_STAGES that
+    trusts the reconciler's public key only, on the scraped port; the bot's ramp clock (the test moves it)."""
     port, prometheus = scraping
     instance = f"127.0.0.1:{port}"
     for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
@@ -775,7 +771,9 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
     people = ("alice", "bob", "carol")
     for person in people:
         write_secret(tmp_path / f"{person}-token", f"approve-token-of-{person}-0123456789")
-    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RAMP_RULE]}))
+    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": rules}))
+    # The reconciler signs with its key; the bot trusts its public key only (not the tests' usual one).
+    ensure_key_files(tmp_path / "secrets" / "decision-key", tmp_path / "decision-key.pub")
     data = {
         "database": {"url": migrated_db},
         "bot": {"data_dir": str(tmp_path / "bot"), "ramp": {"stages": RAMP_STAGES}},
@@ -798,18 +796,38 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
             "prometheus_url": prometheus,
             "alertmanager_url": alertmanager.url,
             "watchdog": {"window_seconds": 0},
+            "decision_key_file": str(tmp_path / "secrets" / "decision-key"),
         },
     }
     config = tmp_path / "trading-ops.yaml"
     config.write_text(yaml.safe_dump(data))
     bot_config = fast_config(tmp_path / "paper", partial_fill_probability=0.0)
     bot_config.bot.ramp = load_config(config).bot.ramp
+    bot_config.bot.decision_keys = [str(tmp_path / "decision-key.pub")]
     bot = PaperBot(bot_config, token=BOT_TOKEN, registry=CollectorRegistry())
     bot.strategy = IdleStrategy()  # type: ignore[assignment]
     clock = [time.time()]
     bot.ramp.wall = lambda: clock[0]
     bot.ramp.since = clock[0]
     await bot.start("127.0.0.1", port)
+    return config, bot, clock
+
+
+async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_bound_to_the_stage(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_db: str,
+    alertmanager: Alertmanager,
+    scraping: tuple[int, str],
+    capsys: Any,
+) -> None:
+    """Two people, each with their own token: one asks (through the reconciler, which records the request under
+    the token's name), the other approves; the requester's own approval, a stage that is not the next and a repeated
+    request are refused at once with one line; the audit chain shows both principals of each promotion. Each stage
+    is taken on a decision the reconciler signs from the approval, which the bot verifies."""
+    port, _ = scraping
+    instance = f"127.0.0.1:{port}"
+    config, bot, clock = await signed_decisions_setup(tmp_path, migrated_db, alertmanager, scraping, [RAMP_RULE])
     client = await aiohttp_client(create_app(load_config(config)))
     url = str(client.make_url("")).rstrip("/")
 
@@ -873,10 +891,24 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
                 asker,
             )
             assert value_of(bot, "tradingbot_ramp_stage") == number
-        assert [(h["to"], h["by"].split(",")[0]) for h in bot.ramp.history] == [
-            ("bigger", "requested by alice"),
-            ("two-pairs", "requested by bob"),
+        # Each stage on a decision the reconciler signed and the bot verified: its history names who asked and who
+        # approved, and the decision; its status and metrics say the last one it acted on.
+        assert [(h["to"], h["by"], h["requested_by"], h["approvers"]) for h in bot.ramp.history] == [
+            ("bigger", "bob", "alice", ["bob"]),
+            ("two-pairs", "carol", "bob", ["carol"]),
         ]
+        status = (await bot_status(port))["decisions"]["ramp_promote"]
+        assert (status["id"], status["stage"], status["approvers"]) == (
+            bot.ramp.history[-1]["decision"],
+            "two-pairs",
+            ["carol"],
+        )
+        assert (
+            bot.inst.registry.get_sample_value(
+                "tradingbot_decisions_total", {"venue": "paper", "strategy": "demo", "kind": "ramp_promote"}
+            )
+            == 2
+        )
         # The audit chain: each request and each approval under its principal, and whole.
         resp = await client.get("/api/v1/audit", headers=READ_AUTH)
         entries = [(e["principal"], e["action"]) for e in reversed((await resp.json())["entries"])]
@@ -893,6 +925,79 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
         assert main(["-c", str(config), "ramp", "promote", "paper-1", "--to", "small", "--by", "alice"]) == 2
     finally:
         await bot.stop()
+
+
+# The shipped rule that clears a loss-limit halt once another person approved (trading-ops clear-halt).
+CLEAR_HALT_RULE = next(
+    rule
+    for rule in yaml.safe_load((REPO_ROOT / "trading_ops" / "reconciler" / "playbooks" / "default.yml").read_text())[
+        "rules"
+    ]
+    if rule["name"] == "clear-halt"
+)
+
+
+async def test_a_loss_limit_halt_clears_on_a_persons_approval_with_a_signed_decision(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_db: str,
+    alertmanager: Alertmanager,
+    scraping: tuple[int, str],
+    capsys: Any,
+) -> None:
+    """A person asks with their own token (`trading-ops clear-halt`), the request's page reaches the reconciler, the
+    requester's own approval is refused, another person approves: the reconciler sends the bot clear_halt with a
+    decision it signed, the bot verifies it and lands paused; Prometheus verifies."""
+    port, _ = scraping
+    instance = f"127.0.0.1:{port}"
+    config, bot, _ = await signed_decisions_setup(tmp_path, migrated_db, alertmanager, scraping, [CLEAR_HALT_RULE])
+    bot.inst.state.apply("halt", reason="risk limit daily_loss: the day's loss 41 reached the daily loss limit 40")
+    client = await aiohttp_client(create_app(load_config(config)))
+    url = str(client.make_url("")).rstrip("/")
+    try:
+        ask = ["-c", str(config), "clear-halt", "paper-1", "--reason", "the gap is understood"]
+        ask += ["--token-file", str(tmp_path / "alice-token"), "--url", url]
+        assert await asyncio.to_thread(main, ask) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])["requested_by"] == "alice"
+        held = await held_page(alertmanager, "TradingBotClearHaltRequested", instance=instance)
+        fired = alert(fingerprint=held["fingerprint"], starts_at=held["startsAt"], **held["labels"])
+        assert (await client.post("/api/v1/alertmanager", json=payload(fired), headers=AUTH)).status == 200
+        pending = await one_pending(client)
+        assert pending["rule"] == "clear-halt" and bot.inst.state.state.value == "halted"
+        decided = ("approve", str(pending["id"]), "--reason", "ok")
+        # The requester's own token decides nothing; the bot stays halted.
+        assert await cli_decide(config, client, *decided, token_file="alice-token") == 1
+        assert bot.inst.state.state.value == "halted"
+        assert await cli_decide(config, client, *decided, token_file="bob-token") == 0
+        found = await poll(lambda: approvals(client), lambda a: a[0]["status"] == "executed", "the approval executed")
+        assert (found[0]["requested_by"], found[0]["approvers"]) == ("alice", ["bob"])
+        await poll(lambda: asyncio.sleep(0, bot.inst.state.state.value), lambda v: v == "paused", "paused")
+        seen = (await bot_status(port))["decisions"]["clear_halt"]
+        assert (seen["requested_by"], seen["approvers"]) == ("alice", ["bob"])
+        episode = await poll(
+            lambda: episode_of(client, pending["episode_id"]),
+            lambda e: e["state"] in CLOSED_STATES,
+            "the episode ended",
+        )
+        assert episode["state"] == "recovered", episode
+    finally:
+        await bot.stop()
+
+
+async def episode_of(client: Any, episode_id: int) -> dict[str, Any]:
+    resp = await client.get(f"/api/v1/episodes/{episode_id}", headers=READ_AUTH)
+    assert resp.status == 200
+    answer: dict[str, Any] = await resp.json()
+    return answer
+
+
+async def bot_status(port: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {BOT_TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/control/status", json={}, headers=headers) as response:
+            assert response.status == 200
+            answer: dict[str, Any] = await response.json()
+            return answer
 
 
 def value_of(bot: Any, name: str) -> float:

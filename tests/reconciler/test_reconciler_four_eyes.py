@@ -24,6 +24,7 @@ from webhook_payloads import alert, payload
 from trading_ops import audit
 from trading_ops.cli import main
 from trading_ops.config import load_config
+from trading_ops.decisions import ensure_key_files
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.console import COOKIE
@@ -69,6 +70,8 @@ def write_config(tmp_path: Path, db: str, bot: FakeBot, am_url: str, approvals: 
     for person in PEOPLE:
         (tmp_path / f"{person}-token").write_text(secret(person))
     (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RULE, CLEAR_RULE]}))
+    # The reconciler signs the promotion's decision with its key (what a real bot verifies; the fake bot takes it).
+    ensure_key_files(tmp_path / "secrets" / "decision-key", tmp_path / "decision-key.pub")
     data = {
         "database": {"url": db},
         "bot": {"ramp": {"stages": STAGES}},
@@ -94,6 +97,7 @@ def write_config(tmp_path: Path, db: str, bot: FakeBot, am_url: str, approvals: 
             "alertmanager_url": am_url,
             "watchdog": {"window_seconds": 0},
             "approvals": approvals,
+            "decision_key_file": str(tmp_path / "secrets" / "decision-key"),
         },
     }
     path = tmp_path / "trading-ops.yaml"

@@ -422,9 +422,15 @@ def test_app_config_wires_the_bot_and_reconciler_together(tmp_path: Path, layout
     assert config.reconciler.targets["127.0.0.1:19101"].token == f"file:{app.control_token_file}"
     # One list of bots: the stack's bot, which the reconciler's targets and Prometheus's file_sd both come from.
     assert [(b.name, b.kind, b.instance) for b in config.bots] == [("paper-1", "paper", "127.0.0.1:19101")]
-    # A second start keeps the tokens (Alertmanager and the bot read the same files).
+    # The reconciler's signing key, owner-only, generated beside the tokens; the bot trusts its public key, so the
+    # demo's ramp promotes only on a decision the reconciler signed.
+    key = tmp_path / "var" / "secrets" / "reconciler-decision-key"
+    assert config.reconciler.decision_key == f"file:{key}" and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert config.bot.decision_keys == [f"{key}.pub"]
+    signing = key.read_bytes()
+    # A second start keeps the tokens and the key (Alertmanager, the bot and the reconciler read the same files).
     build_app_config(source, layout, PORTS)
-    assert app.control_token_file.read_text() == control
+    assert app.control_token_file.read_text() == control and key.read_bytes() == signing
 
 
 def test_the_committed_example_config_runs_in_the_stack(tmp_path: Path, layout: Layout) -> None:

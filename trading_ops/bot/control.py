@@ -86,6 +86,19 @@ class Caller:
 class CommandError(Exception):
     """A command that cannot be carried out as asked (bad arguments, nothing to do); the API answers 400."""
 
+    status = 400
+
+
+class CommandForbidden(CommandError):
+    """A command its caller may not give as asked (a widening of risk without a decision the bot verifies): 403."""
+
+    status = 403
+
+
+# A check a state command passes before it applies (the runtime's: clearing a loss-limit halt needs a signed
+# decision): it raises CommandError to refuse, or returns what to call once the command applied (None: nothing).
+CommandGuard = Callable[[dict[str, Any]], Awaitable[Callable[[], None] | None]]
+
 
 class ControlPlane:
     """Maps command names to handlers. State commands are built in; a bot adds the rest with `register`."""
@@ -102,6 +115,7 @@ class ControlPlane:
             self._handlers[command] = self._state_handler(command)
         self._status_extras: list[Callable[[], dict[str, Any]]] = []
         self._handlers["status"] = self._status
+        self._guards: dict[str, CommandGuard] = {}
 
     @property
     def commands(self) -> list[str]:
@@ -125,6 +139,12 @@ class ControlPlane:
 
     def unregister(self, name: str) -> None:
         self._handlers.pop(name, None)
+
+    def guard(self, command: str, check: CommandGuard) -> None:
+        """Run `check` before state command `command` applies (one per command)."""
+        if command not in STATE_COMMANDS:
+            raise ValueError(f"{command!r} is not a state command")
+        self._guards[command] = check
 
     def on_transition(self, callback: Callable[[str, TradingState, TradingState], Awaitable[None]]) -> None:
         """Call `callback(command, before, after)` after each accepted state command (e.g. cancel on halt)."""
@@ -152,7 +172,11 @@ class ControlPlane:
 
     async def _apply_state(self, command: str, args: dict[str, Any], caller: Caller | None) -> dict[str, Any]:
         reason = str(args.get("reason", "")) or f"control:{command}"
+        check = self._guards.get(command)
+        applied = await check(args) if check is not None else None
         before, after = self.state.apply(command, reason=reason, by=str(caller) if caller else "")
+        if applied is not None:
+            applied()
         for callback in self._on_transition:
             await callback(command, before, after)
         return {"state": after.value, "previous_state": before.value, "changed": before is not after}

@@ -16,6 +16,7 @@ from prometheus_client import Counter, Gauge
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.bot.risk import RiskLimits
 from trading_ops.config import RampStageConfig
+from trading_ops.decisions import USED_KEEP_SECONDS, Decision
 from trading_ops.durations import parse_duration
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ class Ramp:
         self.index = 0
         self.since = wall()
         self.history: list[dict[str, Any]] = []
+        # The ids of the decisions the ramp was promoted on (id -> its expiry), kept in the state file with the stage
+        # they allowed: one durable write for both, so a decision widens the limits once (the runtime's DecisionGate
+        # refuses an id found here).
+        self.decisions: dict[str, float] = {}
         if stages:
             self._load()
         registry = metrics.registry
@@ -147,18 +152,22 @@ class Ramp:
             )
         return None
 
-    def promote(self, to: str, by: str, why: str) -> None:
-        """Take stage `to` (the next) on a person's approval `by`; PromotionRefused with the reason otherwise."""
+    def promote(self, to: str, by: str, why: str, decision: Decision | None = None) -> None:
+        """Take stage `to` (the next) on people's approval `by` (the runtime's control API: the approvers of the signed
+        `decision`, kept in the history with its requester, rule and id); PromotionRefused with the reason otherwise."""
         problem = self.promotion_problem(to)
         if problem is not None:
             raise PromotionRefused(problem)
-        self._move(self.index + 1, why=why, by=by)
-        log.warning("ramp: promoted to stage %d (%s), approved by %s", self.number, to, by)
+        self._move(self.index + 1, why=why, by=by, decision=decision)
+        rule = f" ({decision.rule}, decision {decision.id})" if decision is not None else ""
+        log.warning("ramp: promoted to stage %d (%s), approved by %s%s", self.number, to, by, rule)
 
-    def _move(self, index: int, *, why: str, by: str, cause: str = "promotion") -> None:
+    def _move(
+        self, index: int, *, why: str, by: str, cause: str = "promotion", decision: Decision | None = None
+    ) -> None:
         before = self.stages[self.index].name
         now = self.wall()
-        entry = {
+        entry: dict[str, Any] = {
             "at": now,
             "from": before,
             "to": self.stages[index].name,
@@ -166,8 +175,18 @@ class Ramp:
             "cause": cause,
             "why": why[:500],
         }
-        self._save(index, now, [*self.history, entry][-HISTORY_MAX:])  # durable first
+        decisions = {k: v for k, v in self.decisions.items() if v + USED_KEEP_SECONDS > now}
+        if decision is not None:
+            entry.update(
+                requested_by=decision.requested_by,
+                approvers=list(decision.approvers),
+                rule=decision.rule,
+                decision=decision.id,
+            )
+            decisions[decision.id] = decision.expires_at
+        self._save(index, now, [*self.history, entry][-HISTORY_MAX:], decisions)  # durable first
         self.index, self.since, self.history = index, now, [*self.history, entry][-HISTORY_MAX:]
+        self.decisions = decisions
         self._stage_gauge(self.number)
         if self.on_change is not None:
             self.on_change()
@@ -190,10 +209,14 @@ class Ramp:
         self.since = float(data.get("since", self.since))
         history = data.get("history")
         self.history = history if isinstance(history, list) else []
+        decisions = data.get("decisions")
+        if isinstance(decisions, dict):
+            self.decisions = {str(k): float(v) for k, v in decisions.items() if isinstance(v, int | float)}
 
-    def _save(self, index: int, since: float, history: list[dict[str, Any]]) -> None:
+    def _save(self, index: int, since: float, history: list[dict[str, Any]], decisions: dict[str, float]) -> None:
         tmp = self.path.with_suffix(".tmp")
-        body = json.dumps({"stage": self.stages[index].name, "since": since, "history": history})
+        state = {"stage": self.stages[index].name, "since": since, "history": history, "decisions": decisions}
+        body = json.dumps(state)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(body)
             f.flush()

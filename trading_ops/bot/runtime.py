@@ -22,6 +22,7 @@ from trading_ops.bot.commands import register_commands
 from trading_ops.bot.control import SOURCE_RISK, CommandError
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.dead_man_switch import DeadMansSwitch
+from trading_ops.bot.decision_gate import DecisionGate, trusted_keys
 from trading_ops.bot.drawdown import PeakJournal
 from trading_ops.bot.gate import OrderGate
 from trading_ops.bot.heartbeat import CrashFound, Heartbeat
@@ -55,6 +56,7 @@ from trading_ops.config import (
 )
 from trading_ops.db.base import make_engine
 from trading_ops.db.revisions import schema_problem
+from trading_ops.decisions import CLEAR_HALT, RAMP_PROMOTE, Decision
 from trading_ops.durations import parse_duration
 from trading_ops.scopes import DESTRUCTIVE, TokenSet
 from trading_ops.tasks import stop_tasks
@@ -213,7 +215,8 @@ class BotRuntime:
         # Paper to live: a live venue with a ramp needs a passing paper verdict, or a person's approval, recorded in
         # the ledger (this database, shared with the reconciler); an unreachable ledger refuses too, in one line.
         try:
-            check_live_start(config, self.engine)
+            self.decision_keys = trusted_keys(config)
+            self.live_decision = check_live_start(config, self.engine, self.decision_keys, self.data_dir)
         except BaseException:
             if engine is None:
                 self.engine.dispose()
@@ -344,8 +347,16 @@ class BotRuntime:
         self._init_run_state()
         self.inst.state.add_listener(self._journal_transition)
         register_commands(self.inst.control, self.broker, self)
+        # What widens risk needs a decision the reconciler signed (docs/readiness.md, "Signed decisions").
+        self.decisions = DecisionGate(self.decision_keys, self.data_dir, self.metrics, bot.name)
+        if self.live_decision is not None:
+            self.decisions.record(self.live_decision)
+        for decision_id, expires_at in self.ramp.decisions.items():  # promoted on: spent
+            self.decisions.remember(decision_id, expires_at)
+        self.inst.control.guard("clear_halt", self._clear_halt_guard)
+        self.inst.control.add_status(lambda: {"decisions": self.decisions.status()})
         if self.ramp.stages:
-            # Wider limits: the destructive scope, as the reconciler's `ramp-promote` rule sends it.
+            # Wider limits: the destructive scope, as the reconciler's `ramp-promote` rule sends it, and a decision.
             self.inst.control.register("ramp_promote", self._ramp_promote, scope=DESTRUCTIVE)
         self._register_readiness()
 
@@ -385,17 +396,39 @@ class BotRuntime:
         return risk
 
     async def _ramp_promote(self, args: dict[str, Any]) -> dict[str, Any]:
-        """`ramp_promote` {"stage": NAME, "approval": WHO}: take the next stage of the ramp, which a person approved
-        (the reconciler's `ramp-promote` rule, after an approval); refused (400) when it is not the next stage or the
-        current one's minimum time has not passed."""
-        stage, approval = args.get("stage"), args.get("approval", "")
-        if not isinstance(stage, str) or not stage or not isinstance(approval, str):
-            raise CommandError('ramp_promote takes {"stage": the next stage\'s name, "approval": who approved}')
+        """`ramp_promote` {"stage": NAME, "decision": SIGNED}: take the next stage of the ramp on a decision the
+        reconciler signed once people approved it (its `ramp-promote` rule): refused (403) without one that verifies
+        for this bot and this stage, now, unspent; refused (400) when it is not the next stage or the current one's
+        minimum time has not passed. An `approval` field is a comment; the decision's approvers are who decided."""
+        stage = args.get("stage")
+        if not isinstance(stage, str) or not stage:
+            raise CommandError(
+                'ramp_promote takes {"stage": the next stage\'s name, "decision": a decision the reconciler signed}'
+            )
+        decision = self.decisions.check(args.get("decision"), RAMP_PROMOTE, stage)
+        problem = self.ramp.promotion_problem(stage)
+        if problem is not None:
+            raise CommandError(f"ramp_promote: {problem}")
         try:
-            self.ramp.promote(stage, by=approval[:255] or "control API", why=f"promoted to {stage[:64]}")
+            # The decision's id is written with the stage it allows, in one durable write before the limits widen:
+            # a decision widens them once.
+            self.ramp.promote(
+                stage, by=", ".join(decision.approvers), why=f"promoted to {stage[:64]}", decision=decision
+            )
         except PromotionRefused as exc:
             raise CommandError(f"ramp_promote: {exc}") from None
-        return {"ramp": self.ramp.status()}
+        self.decisions.kept_elsewhere(decision)
+        return {"ramp": self.ramp.status(), "decision": decision.id}
+
+    async def _clear_halt_guard(self, args: dict[str, Any]) -> None:
+        """A halt a loss limit set (the day's loss, the drawdown) is cleared only on a signed clear_halt decision
+        ({"decision": SIGNED}: people approved the bot trading again); any other halt clears in one step."""
+        state = self.inst.state
+        if state.state is not TradingState.HALTED or not state.reason.startswith(HALT_REASON_PREFIXES):
+            return None
+        decision: Decision = self.decisions.check(args.get("decision"), CLEAR_HALT)
+        self.decisions.spend(decision)
+        return None
 
     # -- what the parts share -------------------------------------------------------------------------
     @property

@@ -195,7 +195,8 @@ async def _run(call: _Call, args: dict[str, Any], caller: Caller) -> dict[str, A
         why = "control %s by %s refused: %s"
         return call.fail(409, "refused", str(exc), why, command, peer, exc, body={"state": exc.state.value})
     except CommandError as exc:
-        return call.fail(400, "bad_request", str(exc), "control %s by %s failed: %s", command, peer, exc)
+        reason = "forbidden" if exc.status == 403 else "bad_request"
+        return call.fail(exc.status, reason, str(exc), "control %s by %s failed: %s", command, peer, exc)
     except BrokerError as exc:
         # The command needs the venue and the venue cannot be reached: retry after `reconnect`. What the command
         # did before it needed the venue stands; the error's detail says what (a halt stays halted).

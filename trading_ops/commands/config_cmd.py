@@ -266,7 +266,9 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
             from trading_ops.paper.gateway.build import gateway_from_config
 
             gateway_from_config(config)
-    for warning in remote_bot_warnings(config):
+        # The signed decisions' keys (docs/readiness.md, "Signed decisions"): each read and an Ed25519 key.
+        check_decision_keys(config, services)
+    for warning in remote_bot_warnings(config) + decision_key_warnings(config, services):
         warn(warning)
     print(f"configuration ok for {', '.join(services)} ({config_source(args)})")
     return 0
@@ -317,6 +319,31 @@ def is_container_name(host: str) -> bool:
     except ValueError:
         return bool(host) and "." not in host
     return False
+
+
+def check_decision_keys(config: Config, services: list[str]) -> None:
+    """The reconciler's signing key and the bot's trusted keys read as their services read them at start:
+    ConfigError (one line, naming the key) for one that cannot be read or is not an Ed25519 key."""
+    from trading_ops.decisions import config_signer
+
+    if "reconciler" in services:
+        config_signer(config)
+    if "bot" in services:
+        from trading_ops.bot.decision_gate import trusted_keys
+
+        trusted_keys(config)
+
+
+def decision_key_warnings(config: Config, services: list[str]) -> list[str]:
+    """What will be refused for want of a key: a bot with a ramp that trusts none refuses every promotion (and a
+    live start). (A reconciler without its key refuses the steps that need one, naming the key, when they run.)"""
+    warnings = []
+    if "bot" in services and config.bot.ramp.stages and not config.bot.decision_keys:
+        warnings.append(
+            "bot.decision_keys: none: the bot has a ramp and trusts no decision key, so it refuses every promotion "
+            "(and a live start); give the reconciler's public key"
+        )
+    return warnings
 
 
 def remote_bot_warnings(config: Config) -> list[str]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trading_ops import logsetup
@@ -48,6 +51,14 @@ def register(sub: Any) -> None:
         help="with --record: a person approves the live start whatever the verdict (attributed, with --reason)",
     )
     rd.add_argument("--reason", default="", help="with --approved-by: why")
+    rd.add_argument(
+        "--decision-out",
+        metavar="FILE",
+        default=None,
+        help="with --record and one bot: also write the live_start decision the reconciler's key "
+        "(reconciler.decision_key_file) signs for the record to FILE, what the bot's bot.live_start_decision_file "
+        "names: a live start needs it (docs/readiness.md, paper to live)",
+    )
     rd.set_defaults(handler=readiness)
 
 
@@ -113,6 +124,8 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
             raise UsageError("readiness: --approved-by needs a person's name and --reason")
     if args.by is not None and (not args.record or not args.by.strip()):
         raise UsageError("readiness: --by NAME goes with --record")
+    if args.decision_out is not None:
+        live_start_signer(config, args, bots)
     if args.stop_drill:
         return stop_drill(config, bots)
     if args.record:
@@ -129,14 +142,70 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.write("\n")
     else:
         print("\n\n".join(v.text() for v in verdicts))
-    if args.record and record(config, verdicts, args.approved_by, args.reason, args.by or default_by()) != EXIT_READY:
+    by = args.by or default_by()
+    if args.record and record(config, verdicts, args.approved_by, args.reason, by, args.decision_out) != EXIT_READY:
         return EXIT_NOT_READY
     return EXIT_READY if all(v.verdict == "ready" for v in verdicts) else EXIT_NOT_READY
 
 
-def record(config: Config, verdicts: list[Verdict], approved_by: str | None, reason: str, by: str) -> int:
+def live_start_signer(config: Config, args: argparse.Namespace, bots: list[BotEntryConfig]) -> None:
+    """UsageError (one line) when `--decision-out` cannot be honoured: not with --record and one bot, no person's
+    approval other than the recorder, or no signing key in this configuration."""
+    from trading_ops.decisions import config_signer
+
+    if not args.record or len(bots) != 1:
+        raise UsageError("readiness: --decision-out FILE goes with --record and one bot")
+    recorder = (args.by or default_by()).strip()
+    required = config.reconciler.approvals.live_start
+    if required > 1:
+        raise UsageError(
+            f"readiness: --decision-out: a live start needs {required} approvers other than its requester "
+            "(reconciler.approvals.live_start); --record takes one"
+        )
+    if required == 1 and (args.approved_by is None or args.approved_by.strip() == recorder):
+        raise UsageError(
+            "readiness: --decision-out: a live start is approved by a person other than who records it "
+            f"(--approved-by NAME, not {recorder})"
+        )
+    if config_signer(config) is None:
+        raise UsageError("readiness: --decision-out: no key to sign with (reconciler.decision_key_file)")
+
+
+def write_live_start_decision(config: Config, row: Any, path: str) -> None:
+    """Sign the live_start decision of record `row` (its recorder asked, its approver approved) into `path`."""
+    from trading_ops.decisions import config_signer
+    from trading_ops.durations import parse_duration
+
+    key = config_signer(config)
+    assert key is not None  # live_start_signer checked
+    decision, token = key.issue(
+        "live_start",
+        row.bot,
+        requested_by=row.recorded_by,
+        approvers=[row.approved_by or row.recorded_by],
+        required=config.reconciler.approvals.live_start,
+        ttl_seconds=parse_duration(config.reconciler.live_start_decision_ttl),
+        record=row.id,
+    )
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(token + "\n", encoding="utf-8")
+    os.replace(tmp, target)
+    until = datetime.fromtimestamp(decision.expires_at, UTC)
+    print(f"{row.bot}: {decision.summary()}, until {until:%Y-%m-%d %H:%M} UTC, written to {target}", file=sys.stderr)
+
+
+def record(
+    config: Config,
+    verdicts: list[Verdict],
+    approved_by: str | None,
+    reason: str,
+    by: str,
+    decision_out: str | None = None,
+) -> int:
     """Write each verdict to the ledger, where a live start of the bot reads it (trading_ops.bot.live_gate): attributed
-    to `by`, timestamped. Exit 1 (one line) when the ledger cannot take them."""
+    to `by`, timestamped; with `decision_out`, the live_start decision signed for the record there. Exit 1 (one line)
+    when the ledger cannot take them or the file cannot be written."""
     from trading_ops.db import readiness_records as records
     from trading_ops.db.base import make_engine
 
@@ -161,8 +230,13 @@ def record(config: Config, verdicts: list[Verdict], approved_by: str | None, rea
                 f"{row.recorded_at:%Y-%m-%d %H:%M:%S} UTC)",
                 file=sys.stderr,
             )
+            if decision_out is not None:
+                write_live_start_decision(config, row, decision_out)
     except records.LedgerUnreachable as exc:
         logsetup.report(f"trading-ops: readiness: --record: {exc}")
+        return EXIT_NOT_READY
+    except OSError as exc:
+        logsetup.report(f"trading-ops: readiness: --decision-out: cannot write {decision_out}: {exc.strerror}")
         return EXIT_NOT_READY
     finally:
         engine.dispose()

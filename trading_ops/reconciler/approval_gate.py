@@ -139,12 +139,15 @@ class ApprovalGate(RunPart):
         await self.escalation.close_escalated(episode, FAILED, ctx, description, why)
         return None
 
-    async def spend(self, approval_id: int | str) -> None:
-        """Spent before the step starts: an approval runs its step once, whatever happens next."""
+    async def spend(self, approval_id: int | str) -> dict[str, Any]:
+        """Spent before the step starts: an approval runs its step once, whatever happens next. Returns its row (who
+        decided: what a step that needs a signed decision signs)."""
         approval = await self.db(self.approvals.use, approval_id, utcnow())
         if approval is None:
             raise LostClaim
         self._count_decision(approval)
+        full = await self.db(self.approvals.get, approval_id)  # with every approver's decision
+        return {**approval, "decision_list": (full or {}).get("decision_list", [])}
 
     def covers(self, run: AttemptRun, position: int) -> list[StepSpec]:
         """The steps one approval asked at `position` covers: that step and every step right after it that needs an

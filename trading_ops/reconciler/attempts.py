@@ -157,7 +157,7 @@ class Attempts(RunPart):
                 if gate == SKIPPED:
                     continue
                 if gate != COVERED:  # an earlier step's approval, spent then, covers this one
-                    await self.approval_gate.spend(gate)
+                    ctx.approval = await self.approval_gate.spend(gate)
             result = await self.steps.run_step(run, record, step)
             ctx.results.append((step.action, result))
             if not result.ok:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from trading_ops.config import Config, ConfigError, DatabaseConfig, PaperConfig, parse_config
+from trading_ops.decisions import DecisionKeyError, ensure_key_files
 from trading_ops.durations import format_duration, parse_duration
 from trading_ops.paper.bot import VENUE_STATE_FILE
 from trading_ops.reconciler.packaged_playbooks import DEFAULT_PLAYBOOK, PACKAGED_PLAYBOOKS
@@ -45,6 +46,9 @@ CONSOLE_TOKENS = {
     "operate": (OPERATOR, DEFAULT_OPERATE_TOKEN),
     "destructive": (ONCALL, DEFAULT_DESTRUCTIVE_TOKEN),
 }
+# The reconciler's key that signs decisions (reconciler.decision_key_file), generated when the configuration names none;
+# its public key beside it (<file>.pub), which the stack's bots trust (bot.decision_keys) unless they name their own.
+DEFAULT_DECISION_KEY = "var/secrets/reconciler-decision-key"
 # The packaged rule whose approval the demo shows (`chaos loss_spike`): the stack's playbook (fast and floor profiles)
 # lets it ask even on the shipped alert, a breached hard limit on which production's playbook acts at once.
 DEMO_APPROVAL_RULE = "loss-limit-flatten"
@@ -435,6 +439,7 @@ def build_app_config(
     if isinstance(budgets, dict):  # else parse_config names the problem
         budgets.setdefault("max_actions_per_target_per_hour", STACK_ACTIONS_PER_TARGET_PER_HOUR)
     tokens = _wire_tokens(bot, rc, base, bot_ports[0], ports)
+    _wire_decision_key(bot, rc, base)
     logins = {scope: _wire_console_token(rc, base, scope) for scope in CONSOLE_TOKENS}
     approvers = _wire_approvers(rc, base, logins["approve"])
     _wire_reconciler(rc, layout, ports, profile, alertmanager_peers, notes)
@@ -570,6 +575,25 @@ def _wire_tokens(bot: dict[str, Any], rc: dict[str, Any], base: Path, bot_port: 
     rc["read_token_file"] = str(tokens.read)
     rc["listen"] = {"host": HOST, "port": ports.reconciler}
     return tokens
+
+
+def _wire_decision_key(bot: dict[str, Any], rc: dict[str, Any], base: Path) -> None:
+    """The reconciler's signing key from its file (DEFAULT_DECISION_KEY, generated owner-only when missing) and the
+    bot trusting its public key, so that the demo's ramp promotes on a signed decision as production's does. A key
+    given by environment (decision_key_env) is the user's: left as it is, the bot's keys too."""
+    if rc.get("decision_key_env"):
+        return
+    private = _token_path(rc, "decision_key", base, DEFAULT_DECISION_KEY)
+    public = private.with_name(private.name + ".pub")
+    try:
+        ensure_key_files(private, public)
+    except DecisionKeyError as exc:
+        raise ConfigError("reconciler.decision_key_file", str(exc)) from None
+    except OSError as exc:
+        raise ConfigError("reconciler.decision_key_file", f"cannot write {private}: {exc.strerror}") from None
+    rc["decision_key_file"] = str(private)
+    if not bot.get("decision_keys"):
+        bot["decision_keys"] = [str(public)]
 
 
 def _wire_console_token(rc: dict[str, Any], base: Path, scope: str) -> Path | None:

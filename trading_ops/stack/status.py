@@ -263,7 +263,8 @@ def loss_limit_note(bot: str, exposition: str) -> str | None:
         return None
     return (
         f"!!! {bot} started halted: loss limit breached today ({why}); it halts again at every start until the day "
-        "ends: use --fresh (make run UP_ARGS=--fresh) to start the demo over, or clear_halt once the loss is understood"
+        "ends: use --fresh (make run UP_ARGS=--fresh) to start the demo over, or `trading-ops clear-halt` (another "
+        "person approves) once the loss is understood"
     )
 
 

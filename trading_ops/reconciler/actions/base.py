@@ -82,6 +82,9 @@ class ActionContext:
     # Called with an exposure page an `escalate` step posted (TradingOpsBotHostDown) and its episode: ended once the
     # account is flat or the host is back.
     announced_exposure: Callable[[dict[str, Any], int], None] | None = None
+    # The approval this run spent for its steps (its row: who asked, who decided), once a step needed one: what a
+    # step that widens a bot's risk signs into the decision it sends (trading_ops.reconciler.decision_signing).
+    approval: dict[str, Any] | None = None
 
     def label(self, name: str) -> str:
         """A label value that passed the strict pattern, or Refused."""

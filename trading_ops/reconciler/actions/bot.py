@@ -26,6 +26,7 @@ from trading_ops.reconciler.actions.base import (
     template_labels,
     truncate,
 )
+from trading_ops.reconciler.decision_signing import COMMAND_KINDS, sign_for
 from trading_ops.schema import one_of
 from trading_ops.scopes import DESTRUCTIVE
 
@@ -54,6 +55,8 @@ COMMAND_RISK = {
 # Commands that only stop trading or shrink the book: a rule made of these acts even with its target's budget
 # spent or its circuit open (a loss limit must be enforced whatever other alerts did before).
 PROTECTIVE_COMMANDS = frozenset({"pause", "reduce_only", "halt", "cancel_all", "flatten"})
+# Commands a bot carries out only on a signed decision, signed per bot (never a fan-out step's).
+SIGNED_COMMANDS = frozenset(COMMAND_KINDS)
 # A fan-out step talks to this many bots at once.
 FAN_OUT_CONCURRENCY = 16
 
@@ -78,6 +81,8 @@ class BotAction(Action):
             raise ValueError("instance: give either instance (one bot) or instances (a query), not both")
         if ("only_state" in params or "only_reason" in params) and "instances" not in params:
             raise ValueError("only_state, only_reason: only with instances")
+        if params["command"] in SIGNED_COMMANDS and "instances" in params:
+            raise ValueError(f"instances: {params['command']} widens one bot's risk on a decision signed for it")
 
     def risk(self, params: dict[str, Any]) -> str:
         return COMMAND_RISK[params["command"]]
@@ -102,6 +107,9 @@ class BotAction(Action):
         instance = ctx.render(params.get("instance", DEFAULT_INSTANCE))
         if instance not in ctx.config.reconciler.targets:
             raise Refused(f"no reconciler.targets entry for bot instance {instance!r}")
+        if params["command"] in SIGNED_COMMANDS:
+            # Wider risk: the bot acts only on a decision it verifies, signed here from the approval the run spent.
+            body["decision"] = sign_for(ctx, params["command"], instance, body)
         status, text = await _post(ctx, instance, params["command"], body, timeout)
         outcome = "success" if status == 200 else ("timeout" if status == 0 and "no answer" in text else "failure")
         prefix = f"HTTP {status} " if status else ""
