@@ -27,6 +27,7 @@ from trading_ops.config.fields import (
     check_optional_exchange,
     check_optional_host,
     check_optional_http_url,
+    check_positive_duration,
     check_prometheus_urls,
     check_regex,
     check_remote_user,
@@ -268,6 +269,13 @@ class ReconcilerConfig:
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
     # Bot instance (the `instance` label of its alerts) -> its control API.
     targets: dict[str, TargetConfig] = field(default_factory=dict)
+    # The Ed25519 private key (PEM) the reconciler signs decisions with once people approved them (a ramp promotion,
+    # clearing a loss-limit halt, a live start): read from decision_key_file (owner-only) or decision_key_env; the
+    # bots trust its public key (bot.decision_keys). `trading-ops up` generates one for the local stack.
+    decision_key: str = secret("", "Ed25519 private key (PEM) the reconciler signs decisions with")
+    # How long a decision sent with a control command holds (it is sent at once), and one written for a live start.
+    decision_ttl: str = checked("5m", check_positive_duration)
+    live_start_decision_ttl: str = checked("7d", check_positive_duration)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         check_token_names(self.api_tokens, f"{prefix}.api_tokens", "read_token")
