@@ -47,8 +47,8 @@ from secret_file import write_secret
 from system_binaries import REPO_ROOT, alertmanager_binary, prometheus_binary, require_binary
 
 from trading_ops.db import migrate
+from trading_ops.db.states import CLOSED_STATES
 from trading_ops.durations import format_duration
-from trading_ops.reconciler.states import CLOSED_STATES
 from trading_ops.stack.alertmanager_config import render_alertmanager
 from trading_ops.stack.layout import Ports
 from trading_ops.stack.profiles import Profile

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models.ledger import Approval, Attempt, Episode
-from trading_ops.reconciler.states import OPEN_STATES
+from trading_ops.db.states import OPEN_STATES
 
 
 def ask_approval(url: str, instance: str, state: str = "waiting", fingerprint: str = "f" * 16) -> int:

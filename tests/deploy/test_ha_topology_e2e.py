@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from ha_topology import RECONCILER_PORT, Topology, run_sequence, topology, wall
 
-from trading_ops.reconciler.states import CLOSED_STATES
+from trading_ops.db.states import CLOSED_STATES
 from trading_ops.stack.profiles import FAST
 
 # Patroni alone takes its `ttl` (30 s) to promote, and a busy 2-core machine starts the topology slowly.

@@ -38,8 +38,8 @@ from secret_file import write_secret
 from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.config import parse_config
+from trading_ops.db.states import CLOSED_STATES
 from trading_ops.reconciler.actions.systemd import VERBS
-from trading_ops.reconciler.states import CLOSED_STATES
 
 # The first test also waits for the module's fixture, which on a machine without the cache builds the root with
 # debootstrap and the dependencies' virtualenv (minutes): beyond pytest's default 300 s.

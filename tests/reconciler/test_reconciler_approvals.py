@@ -35,6 +35,7 @@ from webhook_payloads import alert, payload
 from trading_ops.cli import main
 from trading_ops.config import load_config
 from trading_ops.db.base import make_engine
+from trading_ops.db.states import CLOSED_STATES
 from trading_ops.decisions import ensure_key_files
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler import keys
@@ -42,7 +43,6 @@ from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, FAILED
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.console import COOKIE
 from trading_ops.reconciler.ledger import Ledger
-from trading_ops.reconciler.states import CLOSED_STATES
 
 pytestmark = [pytest.mark.alertmanager]
 

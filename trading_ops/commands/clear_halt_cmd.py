@@ -10,8 +10,8 @@ from typing import Any
 
 from trading_ops import logsetup
 from trading_ops.cli import EXIT_FAILURE, EXIT_OK, UsageError
+from trading_ops.clients.reconciler import add_token_options
 from trading_ops.config import Config
-from trading_ops.reconciler.api_client import add_token_options
 
 REASON_MAX = 500
 
@@ -33,8 +33,8 @@ def register(sub: Any) -> None:
 
 
 def clear_halt(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops.clients.reconciler import Unreachable, call, person_token, reconciler_url
     from trading_ops.readiness.cli import resolve_bots
-    from trading_ops.reconciler.api_client import Unreachable, call, person_token, reconciler_url
 
     (bot,) = resolve_bots(config, [args.bot])
     reason = " ".join(args.reason.split())

@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_CONFIG_PATH = "trading-ops.yaml"
+# Where `trading-ops up` (the local stack) writes its configurations, data and logs, relative to where it runs.
+STACK_STATE_DIR = "var/stack"
 
 
 # SQLAlchemy drivers the project supports; bare `postgresql` means psycopg 3 (psycopg2 is not a dependency).

@@ -90,7 +90,7 @@ def stack_hint(config: Config) -> str:
     its Prometheus): `up` runs on `trading-ops.yaml`, the commands of docs/readiness.md on the stack's copy."""
     from pathlib import Path
 
-    from trading_ops.stack.layout import DEFAULT_STATE_DIR
+    from trading_ops.config import STACK_STATE_DIR as DEFAULT_STATE_DIR
 
     if config.bots:
         return ""

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from trading_ops import logsetup
 from trading_ops.cli import EXIT_FAILURE, EXIT_OK, UsageError
+from trading_ops.clients.reconciler import add_token_options
 from trading_ops.config import BotEntryConfig, Config, RampStageConfig
-from trading_ops.reconciler.api_client import add_token_options
 
 if TYPE_CHECKING:
     import aiohttp
@@ -64,8 +64,8 @@ def stage_before(config: Config, name: str) -> tuple[int, RampStageConfig]:
 def ramp(args: argparse.Namespace, config: Config) -> int:
     """Ask through the reconciler's API (POST /api/v1/ramp/{bot}/promote) with the person's own token: the request
     is recorded under that token's name, and the approval then knows its requester."""
+    from trading_ops.clients.reconciler import Unreachable, call, person_token, reconciler_url
     from trading_ops.readiness.cli import resolve_bots
-    from trading_ops.reconciler.api_client import Unreachable, call, person_token, reconciler_url
 
     (bot,) = resolve_bots(config, [args.bot])
     stage_before(config, args.to)

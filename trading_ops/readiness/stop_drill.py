@@ -54,7 +54,7 @@ def pending_approvals(config: Config, bot: BotEntryConfig) -> list[str]:
 
     from trading_ops.db.base import make_engine
     from trading_ops.db.models.ledger import Approval, Episode
-    from trading_ops.reconciler.states import OPEN_STATES
+    from trading_ops.db.states import OPEN_STATES
 
     url = config.database_url()
     parsed = make_url(url)

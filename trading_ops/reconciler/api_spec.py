@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from trading_ops.db.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, response
 from trading_ops.reconciler.approvals import DECISIONS, REASON_MAX
 from trading_ops.reconciler.audit_api import DEFAULT_LIMIT as AUDIT_DEFAULT
@@ -21,7 +22,6 @@ from trading_ops.reconciler.ramp_api import PATH as RAMP_PATH
 from trading_ops.reconciler.ramp_api import REASON_MAX as CLEAR_HALT_REASON_MAX
 from trading_ops.reconciler.readiness_api import MAX_WINDOW_CHARS
 from trading_ops.reconciler.readiness_api import PATH as READINESS_PATH
-from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 from trading_ops.schema import one_of
 from trading_ops.scopes import APPROVE, OPERATE, READ
 

@@ -21,6 +21,7 @@ from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.base import make_engine, utcnow
+from trading_ops.db.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.http_guard import guard
 from trading_ops.http_input import InputError, parse_id, parse_limit, read_body, read_json_object
 from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
@@ -75,7 +76,6 @@ from trading_ops.reconciler.ramp_api import PATH as RAMP_PATH
 from trading_ops.reconciler.ramp_api import clear_halt as clear_halt_request
 from trading_ops.reconciler.ramp_api import promote as ramp_promote
 from trading_ops.reconciler.retention import Pruner, ledger_retention
-from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.scopes import APPROVE, OPERATE, READ
 from trading_ops.tasks import stop_tasks
 from trading_ops.webconfig import client_ssl_context, secure_app, server_web_config

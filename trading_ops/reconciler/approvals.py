@@ -16,12 +16,12 @@ from sqlalchemy import Connection, Table, func, insert, select, update
 from trading_ops import audit
 from trading_ops.db.base import utcnow
 from trading_ops.db.models.ledger import Approval, ApprovalDecision, Attempt, Episode
+from trading_ops.db.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 from trading_ops.reconciler.intake import BAD_TEXT_RE
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.ledger_reading import BackgroundReading
 from trading_ops.reconciler.metrics import APPROVAL_OUTCOMES, PREFIX
 from trading_ops.reconciler.outbox import OutboxStore
-from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 
 log = logging.getLogger(__name__)
 AP = cast(Table, Approval.__table__)

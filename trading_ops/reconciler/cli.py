@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from trading_ops.cli import CONFIG_ENV, UsageError, add_schema_command, print_json_schema
+from trading_ops.clients.reconciler import add_token_options
 from trading_ops.config import Config, ConfigError
-from trading_ops.reconciler.api_client import add_token_options
+from trading_ops.db.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
-from trading_ops.reconciler.states import APPROVAL_STATUSES, CLOSED_STATES, OPEN_STATES
 
 if TYPE_CHECKING:
     from trading_ops.matchers import Pattern
@@ -662,7 +662,7 @@ def approvals_list(args: argparse.Namespace, config: Config) -> int:
 def decide_approval(args: argparse.Namespace, config: Config) -> int:
     """Approve or reject through the reconciler's API (POST /api/v1/approvals/{id}) with the person's own token:
     the principal is that token's name; --as is a comment beside it."""
-    from trading_ops.reconciler.api_client import Unreachable, call, person_token, reconciler_url
+    from trading_ops.clients.reconciler import Unreachable, call, person_token, reconciler_url
 
     what = f"reconciler {args.decision}"
     reason = " ".join(str(args.reason).split())

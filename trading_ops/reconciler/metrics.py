@@ -9,10 +9,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from trading_ops import __version__
+from trading_ops.db.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.reconciler.actions.escalate import CIRCUIT_OPEN, FAILED
 from trading_ops.reconciler.ledger import PRUNED_TABLES
 from trading_ops.reconciler.ledger.rollback import KINDS as LOST_KINDS
-from trading_ops.reconciler.states import CLOSED_STATES, OPEN_STATES
 
 PREFIX = "tradingops"
 ESCALATION_ALERTS = (FAILED, CIRCUIT_OPEN)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from trading_ops.config import STACK_STATE_DIR
+
 HOST = "127.0.0.1"
-DEFAULT_STATE_DIR = "var/stack"
+DEFAULT_STATE_DIR = STACK_STATE_DIR
 # Default ports (the catalogue's): with --base-port N they become N, N+1, N+2, ... in this order. The gateway (the
 # paper venue behind Kraken's API) runs only with `--bot ccxt-gateway`.
 DEFAULT_PORTS = {"bot": 9101, "reconciler": 9102, "prometheus": 9090, "alertmanager": 9093, "gateway": 9110}

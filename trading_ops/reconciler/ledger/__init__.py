@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy import Connection, Engine
 
+from trading_ops.db.states import ACTIVE_STATES, CLAIMED_STATES, CLOSED_STATES, OPEN_STATES, RUNNABLE_STATES
 from trading_ops.reconciler.ledger.claims import LEFTOVER_FENCE_SECONDS, Claims, SweepResult
 from trading_ops.reconciler.ledger.db import END_OF_TIME, LedgerDB, later
 from trading_ops.reconciler.ledger.intake import (
@@ -49,7 +50,6 @@ from trading_ops.reconciler.ledger.runs import (
     RunRecord,
 )
 from trading_ops.reconciler.ledger.sessions import ConsoleSessions, StoredSession
-from trading_ops.reconciler.states import ACTIVE_STATES, CLAIMED_STATES, CLOSED_STATES, OPEN_STATES, RUNNABLE_STATES
 
 __all__ = [
     "ACTIVE_STATES",

@@ -11,10 +11,10 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 
 from trading_ops.db.base import utcnow
+from trading_ops.db.states import ACTIVE_STATES, RUNNABLE_STATES
 from trading_ops.reconciler.ledger.db import A, E, LedgerDB, S, T
 from trading_ops.reconciler.ledger.runs import UNKNOWN, attempts_stopped
 from trading_ops.reconciler.processes import owner_is_dead
-from trading_ops.reconciler.states import ACTIVE_STATES, RUNNABLE_STATES
 
 # A run died while its step's process group may still run: no run of that target starts anywhere until a
 # reconciler on the process's host (same boot and pid namespace, processes.host_token) has killed what is left of

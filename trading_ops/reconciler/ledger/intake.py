@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from trading_ops.db.base import utcnow
+from trading_ops.db.states import CLAIMED_STATES, CLOSED_STATES, RUNNABLE_STATES
 from trading_ops.reconciler.ledger.db import E, LedgerDB, N, later
-from trading_ops.reconciler.states import CLAIMED_STATES, CLOSED_STATES, RUNNABLE_STATES
 
 # Episode keys the intake knows are stored: a resend of one (most of what Alertmanager sends) is a duplicate
 # without asking the database. Episodes are only ever added, so a key once stored stays true; bounded, LRU.

@@ -9,9 +9,9 @@ from sqlalchemy import func, insert, or_, select, update
 
 from trading_ops import audit
 from trading_ops.db.base import utcnow
+from trading_ops.db.states import OPEN_STATES
 from trading_ops.reconciler.ledger.db import AUDIT, SET, A, E, LedgerDB, S, T, later
 from trading_ops.reconciler.ledger.runs import OPERATOR_OUTCOMES
-from trading_ops.reconciler.states import OPEN_STATES
 
 # The target whose budget and circuit cover every target (reconciler-wide).
 GLOBAL_TARGET = "*"

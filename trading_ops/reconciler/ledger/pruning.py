@@ -7,8 +7,8 @@ from datetime import datetime
 
 from sqlalchemy import delete, select
 
+from trading_ops.db.states import CLOSED_STATES
 from trading_ops.reconciler.ledger.db import APPROVALS, CONSOLE_SESSIONS, ESC, A, E, LedgerDB, N, S
-from trading_ops.reconciler.states import CLOSED_STATES
 
 # What retention deletes, by table (tradingops_ledger_pruned_rows_total{table}).
 PRUNED_TABLES = ("notifications", "episodes", "attempts", "steps", "console_sessions")

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from trading_ops.db.states import OPEN_STATES, RUNNABLE_STATES
 from trading_ops.reconciler.ledger.db import ESC, SET, A, E, LedgerDB, N, S, T
 from trading_ops.reconciler.ledger.limits import PAUSE_KEY
-from trading_ops.reconciler.states import OPEN_STATES, RUNNABLE_STATES
 
 # Notifications searched for the one that carried an episode's alert (`reconciler history ID --payload`).
 NOTIFICATION_SEARCH_LIMIT = 200

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import Connection, and_, exists, func, insert, select, update
 
 from trading_ops.db.base import utcnow
+from trading_ops.db.states import ACTIVE_STATES, CLOSED_STATES
 from trading_ops.reconciler.ledger.db import A, E, LedgerDB, S, T
-from trading_ops.reconciler.states import ACTIVE_STATES, CLOSED_STATES
 
 # A step found `running` by a sweep (its run died) or by its own run after a lost claim: it may have acted or not,
 # and nobody saw its result. Its attempt says so too. The rule's on_unknown decides what comes next.
