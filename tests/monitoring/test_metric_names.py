@@ -36,6 +36,7 @@ from trading_ops.ops.scheduler import SchedulerMetrics
 from trading_ops.ops.state_metrics import register_ops_metrics
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.approvals import ApprovalCollector, ApprovalStore
+from trading_ops.reconciler.commit_probe import CommitProbe
 from trading_ops.reconciler.jobs import configured_jobs
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.ledger_reading import BackgroundReading
@@ -177,6 +178,8 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     approvals = BackgroundReading("approvals", ApprovalStore(Ledger(make_engine(f"sqlite:///{ops_db}"))).stats)
     approvals.read()
     reconciler_registry.register(ApprovalCollector(approvals))
+    # The ledger's commit probe (what /readyz and TradingOpsLedgerCommitsHeld read).
+    CommitProbe(Ledger(make_engine(f"sqlite:///{ops_db}")), "metric-names", reconciler_registry)
     sidecar_registry = CollectorRegistry()
     sidecar = FreqtradeSidecar(
         name="ft", url="http://127.0.0.1:9", username="u", password="p", token=TOKEN, registry=sidecar_registry
