@@ -122,10 +122,15 @@ async def test_a_bot_halted_by_its_loss_limit_refuses_the_drill_and_stays_halted
         reason = bot.inst.state.reason
         assert reason.startswith("risk limit daily_loss"), reason
 
-        async def nothing_working() -> bool:  # the halt cancels what works; what was on its way fills first
-            return not (await control(port, "status"))[1].get("open_orders")
+        async def nothing_working() -> bool:
+            """The halt cancels what works; what was on its way (a partly filled order's rest) fills first: settled
+            once no order works and the positions held still over half a second of the bot's fast loop."""
+            before = {s: bot.book.position(s) for s in bot.symbols}
+            await asyncio.sleep(0.5)
+            working = (await control(port, "status"))[1].get("open_orders")
+            return not working and {s: bot.book.position(s) for s in bot.symbols} == before
 
-        await wait_for(nothing_working, 20)
+        await wait_for(nothing_working, 30)
         positions = {s: bot.book.position(s) for s in bot.symbols}
         assert any(positions.values())
         done = await drill_cli(drill_config(tmp_path, port))
