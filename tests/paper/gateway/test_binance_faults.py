@@ -192,3 +192,24 @@ async def test_binance_fault_arguments_are_checked_and_clear_ends_them() -> None
             await chaos(base, "binance_filter_refusal", count=2)
             await chaos(base, "clear")
             assert dialect.faults.describe() == {"clock_drift_ms": 0, "filter_refusals": 0}
+
+
+async def test_the_gateways_outage_drops_the_binance_dialect_too_until_it_ends() -> None:
+    async with binance_gateway(**MOVING) as (gw, dialect, base):
+        ex = binance_pro(base)
+        try:
+            first = await started(ex.watch_order_book("BTC/USD"))
+            await gw.venue.tick()
+            await asyncio.wait_for(first, 10)
+            assert dialect.streams.connections() == 1
+            await chaos(base, "outage", seconds=0)  # until cleared
+            await wait_for(lambda: dialect.streams.connections() == 0)  # its socket dropped
+            with pytest.raises(ccxt.NetworkError):  # its requests closed unanswered
+                await ex.fetch_ticker("BTC/USD")
+            await chaos(base, "clear")
+            assert (await ex.fetch_ticker("BTC/USD"))["bid"] > 0
+            again = await started(ex.watch_order_book("BTC/USD"))
+            await gw.venue.tick()
+            assert (await asyncio.wait_for(again, 10))["nonce"] > 0
+        finally:
+            await ex.close()

@@ -392,3 +392,41 @@ def test_paper_gateway_command_serves_binance_keys_from_its_configuration(tmp_pa
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+async def test_cancel_replace_reports_each_half_and_fails_as_binance_does() -> None:
+    async with binance_gateway() as (_gw, _dialect, base), aiohttp.ClientSession() as session:
+        new = {"symbol": "BTCUSD", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.01"}
+        status, _, placed = await signed(session, base, "POST", "order", price="60000", **new)
+        assert status == 200
+        args = {**new, "price": "61000", "cancelReplaceMode": "STOP_ON_FAILURE"}
+        status, _, both = await signed(
+            session, base, "POST", "order/cancelReplace", cancelOrderId=placed["orderId"], **args
+        )
+        assert status == 200 and (both["cancelResult"], both["newOrderResult"]) == ("SUCCESS", "SUCCESS")
+        assert both["cancelResponse"]["status"] == "CANCELED" and both["newOrderResponse"]["price"] == "61000.00000000"
+        status, _, failed = await signed(
+            session, base, "POST", "order/cancelReplace", cancelOrderId=placed["orderId"], **args
+        )
+        assert status == 400 and failed["code"] == -2022 and failed["msg"] == "Order cancel-replace failed."
+        assert failed["data"]["cancelResponse"] == {"code": -2011, "msg": "Unknown order sent."}
+        assert failed["data"]["newOrderResult"] == "NOT_ATTEMPTED"
+        args["cancelReplaceMode"] = "ALLOW_FAILURE"
+        status, _, half = await signed(
+            session, base, "POST", "order/cancelReplace", cancelOrderId=placed["orderId"], **args
+        )
+        assert status == 400 and half["code"] == -2021 and half["data"]["newOrderResult"] == "SUCCESS"
+
+
+async def test_past_the_orders_per_10_seconds_an_order_answers_1015() -> None:
+    clock = ManualClock()
+    async with binance_gateway() as (_gw, dialect, base), aiohttp.ClientSession() as session:
+        dialect.weights = WeightLimiter(orders_10s=2, clock=clock)
+        dialect.rest.weights = dialect.weights
+        market = {"symbol": "ETHUSD", "side": "BUY", "type": "MARKET", "quantity": "0.01"}
+        answers = [await signed(session, base, "POST", "order", **market) for _ in range(3)]
+        assert [a[0] for a in answers] == [200, 200, 429]
+        assert answers[2][2] == {"code": -1015, "msg": "Too many new orders; current limit is 2 orders per 10 SECOND."}
+        assert answers[1][1]["X-MBX-ORDER-COUNT-10S"] == "2"
+        clock.now += 10
+        assert (await signed(session, base, "POST", "order", **market))[0] == 200

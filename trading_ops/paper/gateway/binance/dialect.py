@@ -94,6 +94,12 @@ class BinanceDialect:
         self.rest.mount(app)
         app.router.add_get(STREAM_PATH + "/{name}", self.handle_stream)
         app.router.add_get(WS_API_PATH, self.handle_ws_api)
+        app.on_shutdown.append(self._going_away)
+
+    async def _going_away(self, _app: web.Application) -> None:
+        """A shutdown closes every socket (1001) rather than waiting for its clients to leave."""
+        self.streams.drop(1001)
+        self.users.drop(1001)
 
     async def start(self) -> None:
         for quote in [self.gateway.venue.quote(s) for s in self.gateway.venue.symbols]:

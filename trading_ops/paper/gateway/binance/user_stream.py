@@ -80,6 +80,7 @@ class UserStreams:
         self.clock = clock
         self.listen_keys: dict[str, ListenKey] = {}
         self.subscribers: list[Subscriber] = []
+        self.sockets: set[Socket] = set()  # every open socket, subscribed or not (an outage drops them all)
         self._numbers = itertools.count(1)
         self._subscription_ids = itertools.count(0)
         self.silence_new = False  # the silent fault with `persistent`: new subscriptions are silent too
@@ -140,6 +141,7 @@ class UserStreams:
             sock.close(1000)
             await sock.finish()
             return ws
+        self.sockets.add(sock)
         sub = Subscriber(sock, lk.account, listen_key=key, silenced=self.silence_new)
         lk.subscribers.append(sub)
         self.subscribers.append(sub)
@@ -148,6 +150,7 @@ class UserStreams:
                 pass
         finally:
             self._forget(sock)
+            self.sockets.discard(sock)
             await sock.finish()
         return ws
 
@@ -157,11 +160,13 @@ class UserStreams:
         await ws.prepare(request)
         sock = Socket(ws, request, next(self._numbers))
         sock.start()
+        self.sockets.add(sock)
         try:
             async for message in sock.messages():
                 sock.send(self._ws_api_answer(sock, message))
         finally:
             self._forget(sock)
+            self.sockets.discard(sock)
             await sock.finish()
         return ws
 
@@ -260,8 +265,8 @@ class UserStreams:
             sub.silenced = False
 
     def drop(self, code: int = 1006) -> None:
-        for sub in list(self.subscribers):
-            sub.sock.close(code)
+        for sock in list(self.sockets):
+            sock.close(code)
 
 
 def account_position(balances: list[dict[str, str]], now: int) -> dict[str, Any]:
