@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -38,12 +39,30 @@ def make_exchange(config: Config) -> ccxt_async.Exchange:
             raise ConfigError(f"ccxt.{name}", f"not set: give {name}_file or {name}_env")
         settings[ccxt_name] = value
     if c.urls:
-        settings["urls"] = {"api": dict(c.urls)}
+        settings["urls"] = {"api": rest_urls(c.exchange, c.urls)}
     exchange: ccxt_async.Exchange = getattr(ccxt_async, c.exchange)(settings)
     tls = client_ssl_context(c.tls, "ccxt.tls")
     if tls is not None:
         exchange.ssl_context = tls  # ccxt's session takes it instead of certifi's bundle
     return exchange
+
+
+def rest_urls(exchange: str, urls: Mapping[str, str]) -> dict[str, Any]:
+    """ccxt's `urls.api` from `ccxt.urls`. On Binance, whose client reaches a dozen REST URLs (/api/v3, /sapi/v1,
+    /fapi/v1, ...: its load_markets asks several), each one `urls` does not name keeps its path on the host of
+    `urls.private` (else `urls.public`): a gateway or proxy is named once. Elsewhere `urls` as given."""
+    given = dict(urls)
+    host = given.get("private") or given.get("public")
+    if exchange != "binance" or not host:
+        return given
+    parts = urllib.parse.urlsplit(host)
+    api: dict[str, Any] = {}
+    cls = ccxt_async.binance
+    for name, url in cls.describe(cls.__new__(cls))["urls"]["api"].items():  # the class's URLs, no client built
+        if isinstance(url, str):
+            path = urllib.parse.urlsplit(url).path
+            api[name] = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return {**api, **given}
 
 
 def stream_url(config: Config, endpoint: str = "private") -> str:

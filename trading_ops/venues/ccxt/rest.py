@@ -27,6 +27,11 @@ What it does that a bare ccxt call does not:
   account held that is not the bot's; zero by default, as on the paper venue).
 - Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages. Other exchanges return
   what one `fetch_my_trades(since)` returns.
+- Exchanges whose client needs a symbol for the account's calls (PER_SYMBOL: Binance) are asked per symbol of the
+  broker: its open orders (Binance weighs one symbol's at 6, the account's at 80, and ccxt refuses the latter unless
+  told), its trades, an order looked up or canceled (by the symbol last seen for its id, else each symbol in turn
+  until one knows it: an unknown order answers OrderNotFound) and cancel-all (only the symbols with open orders).
+  Orders of other symbols on the account are not this broker's to see.
 - Kraken's call counter (trading_ops.venues.call_counter): with a `call_budget`, every private request spends from
   it, the order poll runs no oftener than the tier's decay allows (CallBudget.poll_interval), skips a cycle the
   budget cannot afford (asking the venue's clock instead, which is free, so an outage is still noticed), and asks
@@ -97,6 +102,9 @@ ORDER_LOOKUP_BATCH = 50
 # Exchanges whose client looks orders up by a list of ids in one request though ccxt's `has` does not say so (ccxt's
 # kraken: QueryOrders with up to 20 txids, one call on the call counter), and how many ids a request takes.
 ORDER_LOOKUP_BATCHES = {"kraken": 20}
+# Exchanges whose ccxt client takes no "all symbols" for the account's trades, order lookups and cancels (binance:
+# ArgumentsRequired, and its account-wide open orders weigh 80 against 6 a symbol): asked per symbol.
+PER_SYMBOL = frozenset({"binance"})
 FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
 MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
 # With a call budget, a balance answer this young is reused when nothing changed since (no submit, cancel or fill):
@@ -170,6 +178,8 @@ class CcxtBroker(Broker):
         self._session = 0
         self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
         self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
+        self._symbols: OrderedDict[str, str] = OrderedDict()  # venue order id -> its ccxt symbol (PER_SYMBOL)
+        self._per_symbol = self.venue in PER_SYMBOL
         self._seen_trades: OrderedDict[str, None] = OrderedDict()
         self._fills_since: datetime | None = None
         self._time_resolution = 0.0
@@ -450,7 +460,12 @@ class CcxtBroker(Broker):
         self._trades_due = True  # what filled before the cancel is told by the trade history
         self._changes += 1
         try:
-            await self._call(Channel.ORDERS, what, self.exchange.cancel_order, venue_order_id, symbol, params)
+            if self._per_symbol:
+                await self._each_symbol(
+                    self._symbol_of(venue_order_id, symbol), what, self.exchange.cancel_order, venue_order_id, params
+                )
+            else:
+                await self._call(Channel.ORDERS, what, self.exchange.cancel_order, venue_order_id, symbol, params)
         except BrokerError as exc:
             if not exc.outcome_unknown:
                 raise
@@ -482,6 +497,8 @@ class CcxtBroker(Broker):
     async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
         """By venue order id: fetch_order. By client order id: the open orders, then the closed ones, asked for that
         client order id (exchanges that ignore the filter are searched through what they return)."""
+        if self._per_symbol and (venue_order_id or client_order_id):
+            return await self._order_on_its_symbol(client_order_id, venue_order_id)
         if venue_order_id:
             try:
                 raw = await self._call(
@@ -509,6 +526,23 @@ class CcxtBroker(Broker):
                     return self._order(raw)
         return None
 
+    async def _order_on_its_symbol(self, client_order_id: str, venue_order_id: str) -> VenueOrder | None:
+        """order_status on a PER_SYMBOL venue: fetch_order by either id on the order's symbol (or each in turn)."""
+        params = {} if venue_order_id else {"clientOrderId": client_order_id}
+        try:
+            raw = await self._each_symbol(
+                self._symbol_of(venue_order_id),
+                f"order {venue_order_id or client_order_id}",
+                self.exchange.fetch_order,
+                venue_order_id,
+                params,
+            )
+        except BrokerError as exc:
+            if isinstance(exc.__cause__, ccxt_async.OrderNotFound):
+                return None
+            raise
+        return self._order(raw)
+
     async def cancel_all(self) -> list[VenueOrder]:
         """Cancel every open order in one request where the exchange has one (else one by one); returns the
         orders' final states. Protective: its calls may spend the call budget's reserve."""
@@ -517,6 +551,14 @@ class CcxtBroker(Broker):
 
     async def _cancel_all(self) -> list[VenueOrder]:
         listed = await self.open_orders()
+        if self._per_symbol:
+            for unified in dict.fromkeys(self._unified[o.symbol] for o in listed if o.symbol in self._unified):
+                try:
+                    await self._call(Channel.ORDERS, f"cancel all {unified}", self.exchange.cancel_all_orders, unified)
+                except BrokerError as exc:
+                    if not isinstance(exc.__cause__, ccxt_async.OrderNotFound):  # none left there: -2011
+                        raise
+            return await self._final_states([o.venue_order_id for o in listed])
         if self.exchange.has.get("cancelAllOrders"):
             await self._call(Channel.ORDERS, "cancel all", self.exchange.cancel_all_orders)
             return await self._final_states([o.venue_order_id for o in listed])
@@ -545,8 +587,32 @@ class CcxtBroker(Broker):
         return sent, (sent + timedelta(seconds=timeout) if timeout else None)
 
     async def open_orders(self) -> list[VenueOrder]:
-        raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
+        if self._per_symbol:
+            raws = []
+            for unified in self._unified.values():
+                raws.extend(
+                    await self._call(Channel.ORDERS, f"open orders {unified}", self.exchange.fetch_open_orders, unified)
+                )
+        else:
+            raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
         return [self._order(raw) for raw in raws]
+
+    def _symbol_of(self, venue_order_id: str, known: str | None = None) -> str | None:
+        """The ccxt symbol an order was last seen on (`known` when given), else None."""
+        return known or (self._symbols.get(venue_order_id) if venue_order_id else None)
+
+    async def _each_symbol(self, first: str | None, what: str, method: Callable[..., Any], *args: Any) -> Any:
+        """`method(args[0], symbol, *args[1:])` on `first`, else on each of the broker's symbols in turn until one
+        does not answer OrderNotFound (PER_SYMBOL venues); the last OrderNotFound when none knows the order."""
+        symbols = [first] if first else list(self._unified.values())
+        head, rest = args[0], args[1:]
+        for i, symbol in enumerate(symbols):
+            try:
+                return await self._call(Channel.ORDERS, f"{what} {symbol}", method, head, symbol, *rest)
+            except BrokerError as exc:
+                if i == len(symbols) - 1 or not isinstance(exc.__cause__, ccxt_async.OrderNotFound):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def drain_events(self) -> None:
         """One poll now: every fill and order change the venue already made is handed to the callbacks. With a call
@@ -636,8 +702,10 @@ class CcxtBroker(Broker):
         since_ms = None if since is None else int(since.timestamp() * 1000)
         paging = TRADE_PAGES.get(self.venue)
         if paging is None:
-            for raw in await self._call(Channel.ORDERS, "my trades", self.exchange.fetch_my_trades, None, since_ms):
-                raws.setdefault(str(raw["id"]), raw)
+            for unified in self._unified.values() if self._per_symbol else [None]:
+                what = f"my trades {unified}" if unified else "my trades"
+                for raw in await self._call(Channel.ORDERS, what, self.exchange.fetch_my_trades, unified, since_ms):
+                    raws.setdefault(str(raw["id"]), raw)
             return raws
         offset_param, page_size = paging
         params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
@@ -845,6 +913,8 @@ class CcxtBroker(Broker):
         cid = raw.get("clientOrderId") or (request.client_order_id if request else "") or self._client_ids.get(vid, "")
         if vid:
             self._remember(self._client_ids, vid, cid)
+            if raw.get("symbol"):
+                self._remember(self._symbols, vid, str(raw["symbol"]))
         quantity = _decimal(raw.get("amount"))
         filled = _decimal(raw.get("filled")) or Decimal(0)
         status = STATUSES.get(raw.get("status") or "")

@@ -1,0 +1,143 @@
+"""examples/ccxt_bot.py with `ccxt.exchange: binance`, as a process of its own with ccxt's stock binance client, on
+the gateway's Binance spot dialect (served by this process on a free loopback port): polling over REST only, it
+trades, its fills reach the journal and its metrics, it reconciles (journal, metrics and venue agree on every fill),
+halts with nothing resting and stops cleanly on SIGTERM. The calls stock ccxt binance refuses without a symbol (open
+orders, trades, order lookups, cancels) go per symbol, and the weight the bot used per minute is on the gateway's
+headers (`X-MBX-USED-WEIGHT-1M`), measured here against the limit."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from binance_helpers import BINANCE_KEY, BINANCE_SECRET, binance_gateway
+from ccxt_helpers import wait_for
+from paper_helpers import control, get
+from ports import free_port
+from test_ccxt_bot import MOVING, STOP_SECONDS, example_bot, metric, write_config
+
+from trading_ops.bot.broker import OrderType
+from trading_ops.bot.journal import Journal
+from trading_ops.config import bot_order_id_prefix, load_config
+from trading_ops.db.base import make_engine, make_sessionmaker
+from trading_ops.db.models.journal import Order
+from trading_ops.paper.gateway.binance.dialect import BinanceDialect
+
+BOT, VENUE = "ccxt-1", "binance"
+LOOPBACK = "127.0.0.1"
+MEASURE_SECONDS = 10.0  # the weight rate is measured over at least this long
+
+
+def journaled(url: str) -> tuple[dict[str, Order], set[str]]:
+    """The journal as the bot left it: its orders by client order id, and its fills' trade ids on Binance."""
+    engine = make_engine(url)
+    try:
+        journal = Journal(engine, BOT, VENUE)
+        with make_sessionmaker(engine)() as session:
+            orders = {o.client_order_id: o for o in session.query(Order).filter(Order.bot == BOT)}
+        trade_ids = {f.trade_id for f in journal.fills()}
+        journal.close()
+    finally:
+        engine.dispose()
+    return orders, trade_ids
+
+
+def binance_config(tmp: Path, base: str, port: int, **ccxt: Any) -> Path:
+    """The example bot's configuration (test_ccxt_bot.write_config) on the gateway's Binance dialect: the venue
+    `binance`, its REST URLs named once by the gateway's /api/v3 (every other keeps its path on that host), the
+    Binance key of the gateway's main account, REST polls only unless told."""
+    settings: dict[str, Any] = {
+        "exchange": "binance",
+        "urls": {"public": f"{base}/api/v3", "private": f"{base}/api/v3"},
+        "stream": False,
+        # Binance counts weight per minute (6000 here): a poll each second asks each symbol's open orders (6) and
+        # trades (20), the tickers (2 a symbol) each second too.
+        "poll_interval_seconds": 1.0,
+        "quote_poll_interval_seconds": 1.0,
+        **ccxt,
+    }
+    path = write_config(tmp, base, port, key=(BINANCE_KEY, BINANCE_SECRET), **settings)
+    doc = yaml.safe_load(path.read_text())
+    doc["bot"]["venue"] = VENUE
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class WeightMeter:
+    """The weight the gateway charged 127.0.0.1 (the bot alone calls it), sampled across its minute windows: the
+    rate per minute over the time sampled."""
+
+    def __init__(self, dialect: BinanceDialect) -> None:
+        self.weights = dialect.rest.weights
+        self.spent = 0
+        self._last = self.weights.used(LOOPBACK)
+        self.started = time.monotonic()
+
+    def sample(self) -> None:
+        used = self.weights.used(LOOPBACK)
+        self.spent += used - self._last if used >= self._last else used  # a new minute starts from 0
+        self._last = used
+
+    def per_minute(self) -> float:
+        return self.spent * 60 / max(1e-9, time.monotonic() - self.started)
+
+
+async def test_the_example_bot_polling_on_binance_trades_reconciles_and_stops_cleanly(tmp_path: Path) -> None:
+    async with binance_gateway(**MOVING) as (gateway, dialect, base):
+        port = free_port()
+        config = binance_config(tmp_path, base, port)
+        url = yaml.safe_load(config.read_text())["database"]["url"]
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def traded() -> bool:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_fills_total") >= 3
+
+            meter = WeightMeter(dialect)
+
+            async def traded_and_measured() -> bool:
+                meter.sample()
+                return await traded() and time.monotonic() - meter.started >= MEASURE_SECONDS
+
+            await wait_for(traded_and_measured, timeout=90)
+            rate = meter.per_minute()
+            print(f"weight used per minute polling 2 symbols each second: {rate:.0f} of {dialect.rest.weights.limit}")
+            assert 0 < rate < dialect.rest.weights.limit and dialect.rest.weights.refusals == 0
+            status, body = await get(port, "/readyz")
+            assert status == 200, body
+            code, state = await control(port, "status")
+            assert code == 200 and (state["bot"], state["venue"], state["trading_allowed"]) == (BOT, VENUE, True)
+            assert state["connected"] == {"orders": True, "market_data": True}
+
+            # Its orders carry its prefix in Binance's client order id field, within Binance's 36 characters.
+            prefix = bot_order_id_prefix(load_config(config))
+            orders, _ = await asyncio.to_thread(journaled, url)
+            assert orders and all(cid.startswith(prefix + "-") and len(cid) <= 36 for cid in orders)
+            # It sees its own orders on every symbol: one bid resting per symbol, never a second beside it.
+            resting = [o.symbol for o in await gateway.venue.open_orders() if o.order_type is OrderType.LIMIT]
+            assert sorted(resting) == sorted(set(resting))
+            # It asked per symbol (stock ccxt binance takes no account-wide trades or lookups, and weighs the
+            # account's open orders at 80): never an openOrders without a symbol.
+            assert dialect.rest.calls.get("api/myTrades", 0) > 0
+            assert dialect.rest.calls.get("api/openOrders", 0) > 0
+
+            # Halted (a cancel-all per symbol), nothing rests; the journal, the metrics and the venue agree.
+            code, halted = await control(port, "halt")
+            assert code == 200 and halted["state"] == "halted"
+            assert await gateway.venue.open_orders() == []
+
+            async def agreed() -> bool:
+                # The paper venue's trade T42 is Binance's trade id 42.
+                venue = {f.trade_id.removeprefix("T") for f in await gateway.venue.recent_fills()}
+                _, journal = await asyncio.to_thread(journaled, url)
+                return journal == venue and await metric(port, "tradingbot_fills_total") == len(venue)
+
+            await wait_for(agreed)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+        log = (tmp_path / "bot.log").read_text()
+        assert "Traceback" not in log and "ArgumentsRequired" not in log, log[-3000:]
