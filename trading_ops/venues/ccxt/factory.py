@@ -12,7 +12,7 @@ from typing import Any
 import ccxt.async_support as ccxt_async
 
 from trading_ops.config import Config, ConfigError, resolve_secret
-from trading_ops.venues.call_counter import CallBudget
+from trading_ops.venues.call_counter import CallBudget, WeightBudget
 from trading_ops.venues.ccxt.rest import CcxtBroker
 from trading_ops.webconfig import client_ssl_context
 
@@ -171,4 +171,5 @@ def broker_from_config(config: Config) -> CcxtBroker:
         quote_interval=c.quote_poll_interval_seconds,
         position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},
         call_budget=CallBudget(c.kraken_tier) if c.exchange == "kraken" and c.kraken_tier != "off" else None,
+        weight_budget=WeightBudget() if c.exchange == "binance" else None,
     )

@@ -59,6 +59,7 @@ from decimal import Decimal
 from typing import Any
 
 import ccxt.async_support as ccxt_async
+from prometheus_client import CollectorRegistry, Gauge
 
 from trading_ops.bot.broker import (
     Broker,
@@ -79,9 +80,11 @@ from trading_ops.venues.call_counter import (
     BudgetExhausted,
     CallBudget,
     Deferred,
+    WeightBudget,
     background,
     impatient,
     install,
+    install_weights,
     patient,
     protective,
 )
@@ -143,6 +146,7 @@ class CcxtBroker(Broker):
         lookup_attempts: int = LOOKUP_ATTEMPTS,
         lookup_backoff: float = LOOKUP_BACKOFF_SECONDS,
         call_budget: CallBudget | None = None,
+        weight_budget: WeightBudget | None = None,
     ) -> None:
         if not symbols:
             raise ValueError("a ccxt broker needs at least one symbol")
@@ -160,8 +164,8 @@ class CcxtBroker(Broker):
         self.lookup_backoff = lookup_backoff
         self.handled_errors: Counter[str] = Counter()
         self.call_budget = call_budget
-        if call_budget is not None:
-            install(exchange, call_budget)
+        self.weight_budget = weight_budget
+        self._install_budgets()
         exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
         extra = EXTRA_ERRORS.get(self.venue)
         if extra:
@@ -169,6 +173,7 @@ class CcxtBroker(Broker):
             for kind, table in extra.items():
                 exceptions[kind] = {**exceptions.get(kind, {}), **table}
             exchange.exceptions = exceptions
+        self._weight_metrics = False
         self._events = BrokerEvents()
         self._connected = dict.fromkeys(Channel, False)
         self._started = False
@@ -198,6 +203,13 @@ class CcxtBroker(Broker):
         # Set by drain_events when its poll fetched the trade history (the `_changes` of then): the next
         # recent_fills, a reconciliation snapshot's first, reuses that answer once if nothing changed since.
         self._history_fresh: int | None = None
+
+    def _install_budgets(self) -> None:
+        """Kraken's call counter and Binance's weights, each on the exchange's requests where given."""
+        if self.call_budget is not None:
+            install(self.exchange, self.call_budget)
+        if self.weight_budget is not None:
+            install_weights(self.exchange, self.weight_budget)
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
@@ -231,7 +243,31 @@ class CcxtBroker(Broker):
         return max(self.poll_interval, self.call_budget.poll_interval(1.0))
 
     def rate_limit_headroom(self) -> float | None:
+        if self.weight_budget is not None:
+            return self.weight_budget.headroom()
         return None if self.call_budget is None else self.call_budget.headroom()
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """With a weight budget (Binance): the seconds left of an IP ban (418) and the 429s and 418s answered."""
+        budget = self.weight_budget
+        if budget is None or self._weight_metrics:
+            return
+        self._weight_metrics = True
+        Gauge(
+            "tradingbot_venue_ban_seconds",
+            "Seconds left of the venue's ban of the bot's IP (Binance's 418, until its Retry-After; 0: not banned). "
+            "No call is sent meanwhile.",
+            ["venue"],
+            registry=registry,
+        ).labels(self.venue).set_function(budget.ban_seconds)
+        refusals = Gauge(
+            "tradingbot_venue_rate_limit_refusals",
+            "The venue's rate-limit answers since the start, by status (429: past the limit, 418: banned).",
+            ["venue", "status"],
+            registry=registry,
+        )
+        refusals.labels(self.venue, "429").set_function(lambda: budget.refusals)
+        refusals.labels(self.venue, "418").set_function(lambda: budget.bans)
 
     @contextlib.asynccontextmanager
     async def patient(self) -> AsyncIterator[None]:
@@ -794,6 +830,8 @@ class CcxtBroker(Broker):
     async def _background_poll(self) -> None:
         """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
         afford is skipped."""
+        if self.weight_budget is not None and self.weight_budget.stop_seconds() > 0:
+            return  # Binance said 429 or 418: nothing is sent until its Retry-After (WeightBudget)
         if self.call_budget is not None:
             # Its usual cost: open orders, a lookup of those that left, the trade history when it is due.
             usual = 1.0 + (1.0 if self._open else 0.0) + (2.0 if self._trades_due or self._trades_stale() else 0.0)
