@@ -1,9 +1,10 @@
 """examples/ccxt_bot.py with `ccxt.exchange: binance`, as a process of its own with ccxt's stock binance client, on
-the gateway's Binance spot dialect (served by this process on a free loopback port): polling over REST only, it
+the gateway's Binance spot dialect (served by this process on a free loopback port). Polling over REST only, it
 trades, its fills reach the journal and its metrics, it reconciles (journal, metrics and venue agree on every fill),
 halts with nothing resting and stops cleanly on SIGTERM. The calls stock ccxt binance refuses without a symbol (open
 orders, trades, order lookups, cancels) go per symbol, and the weight the bot used per minute is on the gateway's
-headers (`X-MBX-USED-WEIGHT-1M`), measured here against the limit."""
+headers (`X-MBX-USED-WEIGHT-1M`), measured here against the limit. Streaming, its fills come over ccxt.pro's user
+data stream first, and again after a reconnect."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from binance_helpers import BINANCE_KEY, BINANCE_SECRET, binance_gateway
 from ccxt_helpers import wait_for
 from paper_helpers import control, get
 from ports import free_port
-from test_ccxt_bot import MOVING, STOP_SECONDS, example_bot, metric, write_config
+from test_ccxt_bot import MOVING, STOP_SECONDS, _at_least, example_bot, metric, write_config
 
 from trading_ops.bot.broker import OrderType
 from trading_ops.bot.journal import Journal
@@ -152,3 +153,41 @@ async def test_the_example_bot_polling_on_binance_trades_reconciles_and_stops_cl
             assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
         log = (tmp_path / "bot.log").read_text()
         assert "Traceback" not in log and "ArgumentsRequired" not in log, log[-3000:]
+
+
+async def test_the_example_bot_streaming_on_binance_sees_its_fills_on_the_user_stream(tmp_path: Path) -> None:
+    """`ccxt.stream: true` (the default) on Binance: ccxt.pro's stock binance client (its WebSocket API's user data
+    stream, URLs derived from the gateway's host) delivers the fills first, the REST poll still the fallback, and the
+    journal, the metrics and the venue agree."""
+    async with binance_gateway(**MOVING) as (gateway, _dialect, base):
+        port = free_port()
+        config = binance_config(tmp_path, base, port, stream=True)
+        url = yaml.safe_load(config.read_text())["database"]["url"]
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def streamed() -> bool:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_stream_fills_first_seen_total", source="stream") >= 3
+
+            await wait_for(streamed, timeout=90)
+            assert await metric(port, "tradingbot_stream_connected", endpoint="private") == 1
+            # A new socket (a new user-stream subscription, a REST reconciliation after it): fills stream again.
+            code, answer = await control(port, "reconnect")
+            assert code == 200, answer
+            await wait_for(lambda: _at_least(port, "tradingbot_stream_reconnects_total", 1, reason="requested"))
+            before = await metric(port, "tradingbot_stream_fills_first_seen_total", source="stream")
+            await wait_for(
+                lambda: _at_least(port, "tradingbot_stream_fills_first_seen_total", before + 1, source="stream"),
+                timeout=60,
+            )
+            code, halted = await control(port, "halt")
+            assert code == 200 and halted["state"] == "halted"
+
+            async def agreed() -> bool:
+                venue = {f.trade_id.removeprefix("T") for f in await gateway.venue.recent_fills()}
+                _, journal = await asyncio.to_thread(journaled, url)
+                return journal == venue and await metric(port, "tradingbot_fills_total") == len(venue)
+
+            await wait_for(agreed)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0

@@ -65,6 +65,23 @@ def rest_urls(exchange: str, urls: Mapping[str, str]) -> dict[str, Any]:
     return {**api, **given}
 
 
+def binance_ws_urls(cls: Any, config: Config) -> dict[str, Any]:
+    """ccxt.pro binance's `urls.api.ws` with its spot URLs moved: the user data stream (the WebSocket API) to
+    `ccxt.stream_url`, the market streams to `ccxt.stream_public_url`, each else at the host of `urls.private` (or
+    `public`) under the paths a paper gateway serves them (/ws-api/v3, /stream/ws: docs/gateway-binance.md)."""
+    c = config.ccxt
+    ws = dict(cls.describe(cls.__new__(cls))["urls"]["api"]["ws"])  # the class's URLs, no client built
+    host = c.urls.get("private") or c.urls.get("public") or ""
+    parts = urllib.parse.urlsplit(host)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    base = urllib.parse.urlunsplit((scheme, parts.netloc, "", "", ""))
+    private = c.stream_url or f"{base}/ws-api/v3"
+    public = c.stream_public_url or f"{base}/stream/ws"
+    ws.update({"spot": public, "margin": public})
+    ws["ws-api"] = {**ws.get("ws-api", {}), "spot": private}
+    return ws
+
+
 def stream_url(config: Config, endpoint: str = "private") -> str:
     """The WebSocket v2 URL of `config.ccxt` for `endpoint` (private: the account's executions; public: the books):
     `stream_url` / `stream_public_url`, else the same REST URL's host at /ws-auth/v2 or /ws/v2 (a paper gateway
@@ -125,7 +142,9 @@ def make_pro_exchange(config: Config, rest: ccxt_async.Exchange) -> Any:
         "enableRateLimit": c.enable_rate_limit,
         "timeout": int(c.timeout_seconds * 1000),
     }
-    api: dict[str, Any] = dict(c.urls)
+    api: dict[str, Any] = rest_urls(c.exchange, c.urls)
+    if c.exchange == "binance" and (c.urls or c.stream_url or c.stream_public_url):
+        api["ws"] = binance_ws_urls(getattr(ccxt_pro, "binance"), config)
     if c.exchange == "kraken":
         private = stream_url(config, "private")
         api["ws"] = {"privateV2": private, "private": private}
