@@ -159,7 +159,7 @@ async def test_the_example_bot_streaming_on_binance_sees_its_fills_on_the_user_s
     """`ccxt.stream: true` (the default) on Binance: ccxt.pro's stock binance client (its WebSocket API's user data
     stream, URLs derived from the gateway's host) delivers the fills first, the REST poll still the fallback, and the
     journal, the metrics and the venue agree."""
-    async with binance_gateway(**MOVING) as (gateway, _dialect, base):
+    async with binance_gateway(**MOVING) as (gateway, dialect, base):
         port = free_port()
         config = binance_config(tmp_path, base, port, stream=True)
         url = yaml.safe_load(config.read_text())["database"]["url"]
@@ -171,6 +171,17 @@ async def test_the_example_bot_streaming_on_binance_sees_its_fills_on_the_user_s
 
             await wait_for(streamed, timeout=90)
             assert await metric(port, "tradingbot_stream_connected", endpoint="private") == 1
+            meter, calls = WeightMeter(dialect), dict(dialect.rest.calls)
+
+            async def measured() -> bool:
+                meter.sample()
+                return time.monotonic() - meter.started >= MEASURE_SECONDS
+
+            await wait_for(measured, timeout=MEASURE_SECONDS + 30)
+            rate, minutes = meter.per_minute(), (time.monotonic() - meter.started) / 60
+            per_route = {k: round((v - calls.get(k, 0)) / minutes) for k, v in dialect.rest.calls.items()}
+            print(f"streaming 2 symbols: {rate:.0f} weight a minute of 6000; REST calls a minute {per_route}")
+            assert 0 < rate < dialect.rest.weights.limit and dialect.rest.weights.refusals == 0
             # A new socket (a new user-stream subscription, a REST reconciliation after it): fills stream again.
             code, answer = await control(port, "reconnect")
             assert code == 200, answer
