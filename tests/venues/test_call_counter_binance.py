@@ -15,11 +15,12 @@ import ccxt.async_support as ccxt_async
 import pytest
 from binance_helpers import binance, binance_gateway
 from ccxt_helpers import chaos
+from polling import until_async
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import BrokerError, BrokerEvents, OrderRequest, OrderType, Side
 from trading_ops.paper.gateway.binance.dialect import BinanceDialect
-from trading_ops.venues.call_counter import WeightBudget
+from trading_ops.venues.call_counter import WEIGHT_POLL_FLOOR, WeightBudget
 from trading_ops.venues.ccxt.rest import CcxtBroker
 
 LOOPBACK = "127.0.0.1"
@@ -118,3 +119,36 @@ async def test_a_418_ban_stops_every_call_until_its_retry_after_and_is_exported(
     assert budget.ban_seconds() == 0
     assert registry.get_sample_value("tradingbot_venue_ban_seconds", {"venue": "binance"}) == 0
     assert await broker.open_orders() == []
+
+
+async def test_the_polls_keep_a_share_of_the_weight_for_cancels_and_submits() -> None:
+    """A bot polling far faster than its weight allows (every 20 ms, a budget of 400 a minute): its polls stop once
+    less than WEIGHT_POLL_FLOOR of the room is left, the venue never answers 429, and an order still goes out and is
+    canceled with the room kept."""
+    budget = WeightBudget(weight_limit=400)
+    async with binance_gateway() as (gateway, dialect, base):
+        broker = CcxtBroker(binance(base), ["BTC-USD", "ETH-USD"], poll_interval=0.02, weight_budget=budget)
+        try:
+            await broker.connect(BrokerEvents())
+
+            async def skipping() -> bool:
+                return budget.polls_skipped >= 20
+
+            await until_async("the polls skip their cycles", skipping, deadline=30)
+            used = dialect.rest.weights.used(LOOPBACK)
+            assert used <= 400 * (1 - WEIGHT_POLL_FLOOR) + 2 * 80  # at most a cycle past the floor (a new minute: less)
+            price = (gateway.venue.quote("BTC-USD").bid * Decimal("0.9")).quantize(Decimal("0.01"))
+            order = OrderRequest(
+                client_order_id="wb-kept",
+                symbol="BTC-USD",
+                side=Side.BUY,
+                order_type=OrderType.LIMIT,
+                quantity=Decimal("0.01"),
+                price=price,
+            )
+            placed = await broker.submit(order)
+            canceled = await broker.cancel("wb-kept", venue_order_id=placed.venue_order_id)
+            assert canceled.status.value == "canceled"
+            assert dialect.rest.weights.refusals == 0 and budget.refusals == 0
+        finally:
+            await broker.close()

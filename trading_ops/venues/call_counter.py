@@ -369,6 +369,9 @@ BINANCE_WEIGHT_PER_MINUTE = 6000  # REQUEST_WEIGHT, per IP (exchangeInfo's rateL
 BINANCE_ORDERS_PER_10S = 100  # ORDERS, per account
 BINANCE_ORDERS_PER_DAY = 200_000
 WEIGHT_HEADER = "x-mbx-used-weight-1m"
+# Background polls (orders, quotes) skip their cycle once less than this share of the weight or order counts is left:
+# the rest of the minute is kept for cancels, submits and a reconciliation, never spent on looking.
+WEIGHT_POLL_FLOOR = 0.3
 ORDER_COUNT_HEADERS = {"x-mbx-order-count-10s": 10.0, "x-mbx-order-count-1d": 86_400.0}
 
 
@@ -405,6 +408,7 @@ class WeightBudget:
         self.refusals = 0  # 429s answered
         self.bans = 0  # 418s answered
         self.held = 0  # calls not sent while stopped
+        self.polls_skipped = 0  # background poll cycles skipped for want of room
 
     def observe(self, headers: Mapping[str, Any] | None) -> None:
         """Read the weight and order counts an answer reports."""
@@ -431,6 +435,13 @@ class WeightBudget:
 
     def stop_seconds(self) -> float:
         return max(0.0, self.stopped_until - self._clock())
+
+    def polls_allowed(self) -> bool:
+        """Whether a background poll may begin a cycle: no stop in force and WEIGHT_POLL_FLOOR of the room left."""
+        if self.headroom() >= WEIGHT_POLL_FLOOR:
+            return True
+        self.polls_skipped += 1
+        return False
 
     def ban_seconds(self) -> float:
         """Seconds left of a 418's ban (0: none)."""

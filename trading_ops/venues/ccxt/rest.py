@@ -231,7 +231,7 @@ class CcxtBroker(Broker):
                 self._every(lambda: self.orders_interval, self._background_poll), name=f"{self.venue}-orders"
             ),
             asyncio.create_task(
-                self._every(self.quote_interval, lambda: self._poll_quotes(self.symbols)), name=f"{self.venue}-quotes"
+                self._every(self.quote_interval, self._background_quotes), name=f"{self.venue}-quotes"
             ),
         ]
 
@@ -827,11 +827,17 @@ class CcxtBroker(Broker):
             if self._events.on_quote is not None:
                 await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
 
+    async def _background_quotes(self) -> None:
+        """The quote poll of the polling task; with a weight budget (Binance), skipped when it has too little room."""
+        if self.weight_budget is not None and not self.weight_budget.polls_allowed():
+            return
+        await self._poll_quotes(self.symbols)
+
     async def _background_poll(self) -> None:
         """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
         afford is skipped."""
-        if self.weight_budget is not None and self.weight_budget.stop_seconds() > 0:
-            return  # Binance said 429 or 418: nothing is sent until its Retry-After (WeightBudget)
+        if self.weight_budget is not None and not self.weight_budget.polls_allowed():
+            return  # stopped by a 429 or 418, or under the weight kept for cancels and submits (WeightBudget)
         if self.call_budget is not None:
             # Its usual cost: open orders, a lookup of those that left, the trade history when it is due.
             usual = 1.0 + (1.0 if self._open else 0.0) + (2.0 if self._trades_due or self._trades_stale() else 0.0)
