@@ -25,6 +25,9 @@ API_KEY = "freqtrade-test-key"
 API_SECRET = base64.b64encode(b"the freqtrade tests' gateway secret").decode()
 SIDECAR_KEY = "sidecar-test-key"
 SIDECAR_SECRET = base64.b64encode(b"the sidecar's key on the same account").decode()
+# A Binance key of the main account (the gateway's Binance dialect): the reconciler's own there, in the venue tests.
+BINANCE_VENUE_KEY = "binanceReconcilerKey0123456789"
+BINANCE_VENUE_SECRET = "the reconciler's binance secret"
 CHECK_KEY = "test-check-key"
 CHECK_SECRET = base64.b64encode(b"the key the test looks at the venue with").decode()
 # A second bot's key, of an account of its own (the gateway's sub-account SECOND_ACCOUNT: one account per bot), and
@@ -110,7 +113,7 @@ def start_gateway(tmp: Path, host: str = "127.0.0.1", **paper: Any) -> Gateway:
         ("check", CHECK_KEY, CHECK_SECRET),
     )
     second = (("second", SECOND_KEY, SECOND_SECRET), ("second-check", SECOND_CHECK_KEY, SECOND_CHECK_SECRET))
-    for name, key, secret in (*keys, *second):
+    for name, key, secret in (*keys, *second, ("binance", BINANCE_VENUE_KEY, BINANCE_VENUE_SECRET)):
         write_secret(tmp / f"{name}-key", key)
         write_secret(tmp / f"{name}-secret", secret)
     port = free_port()
@@ -146,6 +149,16 @@ def start_gateway(tmp: Path, host: str = "127.0.0.1", **paper: Any) -> Gateway:
                 }
             ],
             "orders_per_second": 1000,
+            # The same market and accounts in Binance spot's dialect, the main account reached with a Binance key.
+            "binance": {
+                "keys": [
+                    {
+                        "account": "main",
+                        "api_key_file": str(tmp / "binance-key"),
+                        "api_secret_file": str(tmp / "binance-secret"),
+                    }
+                ]
+            },
         },
     }
     path = tmp / "gateway.yaml"

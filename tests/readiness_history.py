@@ -48,7 +48,7 @@ class History:
     daily_loss_breach_at: float | None = None
     drawdown_breach_at: float | None = None
     critical_alert: tuple[float, float] | None = None  # (from, to) it fired
-    switch_armed: bool = True
+    switch_armed: bool | None = True  # None: no switch series at all (a bot on a venue without one: Binance)
     emergency_stop_at: float | None = 1.5 * DAY  # halt then flatten
     orders: bool = True  # False: the bot exports no order series at all
     log_mb_per_day: float = 1.0  # written to stderr (the journal)
@@ -129,11 +129,12 @@ def _series(h: History, now: float, step: int) -> Iterator[tuple[str, str, list[
         a, b = ago(h.critical_alert[0]), ago(h.critical_alert[1])
         labels = 'alertname="TradingBotDown",alertstate="firing",severity="critical",service="tradingbot"'
         yield "ALERTS", labels, [(t, 1.0) for t in times if a <= t < b]
-    yield (
-        "tradingbot_dead_man_switch_armed",
-        'venue="paper"',
-        [(t, 1.0 if h.switch_armed or t < end - 3600 else 0.0) for t in scraped],
-    )
+    if h.switch_armed is not None:
+        yield (
+            "tradingbot_dead_man_switch_armed",
+            'venue="paper"',
+            [(t, 1.0 if h.switch_armed or t < end - 3600 else 0.0) for t in scraped],
+        )
     if h.log_file_mb is not None:
         yield "tradingbot_log_file_bytes", "", [(t, h.log_file_mb * MB) for t in scraped]
     yield "tradingbot_log_written_bytes_total", "", per_process(h.log_mb_per_day * MB / 1440)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import ccxt.async_support as ccxt_async
 import pytest
 import yaml
 from paper_helpers import TOKEN, fast_config
@@ -42,6 +43,8 @@ from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.ledger_reading import BackgroundReading
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import OutboxCollector, OutboxStore
+from trading_ops.venues.call_counter import WeightBudget
+from trading_ops.venues.ccxt.rest import CcxtBroker
 
 RULE_FILES = sorted((REPO_ROOT / "prometheus" / "rules").glob("*.yml"))
 DASHBOARD_FILES = sorted((REPO_ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -211,6 +214,9 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     stream.sequence_gaps.labels("executions")
     stream.fills_first_seen.labels("stream")
     stream.subscribe_failures.labels("ticker", "refused")
+    # A ccxt bot on Binance: its weight budget's families (CcxtBroker.register_metrics), on the same registry.
+    binance_broker = CcxtBroker(ccxt_async.binance({}), ["BTC-USD"], weight_budget=WeightBudget())
+    binance_broker.register_metrics(stream_registry)
     # The bot's log families exist only with the log `logsetup.setup` made (the CLI's, or bot.log_file): as a bot
     # logging to its own rotated file exports them, read once with that log in place.
     log_path = tmp_path_factory.mktemp("log") / "bot.log"

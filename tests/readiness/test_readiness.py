@@ -90,6 +90,11 @@ ALERTMANAGER = {
 }
 
 
+# Bots on Binance (`bots[].venue.exchange: binance`), which has no dead man's switch for spot orders: one exporting no
+# switch series (as the runtime does there), one a disarmed switch's: `dead_man_switch` is n/a for both, never pass.
+BINANCE = {"binance-no-switch": {"switch_armed": None}, "binance-disarmed": {"switch_armed": False}}
+
+
 # A healthy bot at an address with dots: in the selector of several bots (`instance=~"..."`) each is escaped twice,
 # for the regular expression and for PromQL's string (a wrong escape is a query Prometheus refuses: `unknown`).
 ADDRESSES = {"dotted": "10.0.0.7:9101"}
@@ -106,7 +111,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     tmp = tmp_path_factory.mktemp("readiness")
     histories = [History(instance("ready")), History(instance("dotted"))]
     histories += [History(instance(name), **knobs) for name, (knobs, _) in {**FAILING, **MISSING}.items()]
-    histories += [History(instance(name), **knobs) for name, knobs in SILENT.items()]
+    histories += [History(instance(name), **knobs) for name, knobs in {**SILENT, **BINANCE}.items()]
     now = time.time()
     backfill(openmetrics(histories, now, STEP), tmp / "data", tmp)
     fine = [History(instance(name), **knobs) for name, knobs in THIN.items()]
@@ -128,9 +133,18 @@ def write_config(tmp: Path, stack: dict[str, str], *, backup_age: float | None =
         stamp = time.time() - backup_age
         OpsState(backups / STATE_FILE).update(lambda d: d.update(last_verify_success_timestamp_seconds=stamp))
         OpsState(backups / DRILL_STATE_FILE).update(lambda d: d.update(last_success_timestamp_seconds=stamp))
-    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *SILENT]
+    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *SILENT, *BINANCE]
+    bots: list[dict[str, Any]] = [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names]
+    for bot in bots:
+        if bot["name"] in BINANCE:  # each on an account of its own: a key of its own
+            bot["venue"] = {
+                "exchange": "binance",
+                "api_key_file": str(tmp / f"{bot['name']}-key"),
+                "api_secret_file": str(tmp / f"{bot['name']}-secret"),
+                "symbols": ["BTC-USD"],
+            }
     config = {
-        "bots": [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names],
+        "bots": bots,
         "reconciler": {"prometheus_url": stack["prometheus"], "alertmanager_url": stack["alertmanager"]},
         "backup": {"directory": str(backups)},
         "readiness": readiness,
@@ -190,6 +204,20 @@ def test_missing_data_is_unknown_naming_it_never_ready(
     verdict = found[name]
     assert (status, verdict["verdict"], verdict["failing"]) == (1, "unknown", [])
     assert set(verdict["missing"]) == MISSING[name][1]
+
+
+@pytest.mark.parametrize("name", sorted(BINANCE))
+def test_on_binance_the_dead_man_switch_is_not_applicable_never_pass(
+    name: str, stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack), capsys, name)
+    verdict = found[name]
+    assert (status, verdict["verdict"], verdict["failing"], verdict["missing"]) == (0, "ready", [], [])
+    switch = next(r for r in verdict["results"] if r["name"] == "dead_man_switch")
+    assert (switch["status"], switch["value"]) == ("n/a", None)
+    assert switch["detail"].startswith("not applicable on this venue") and "venue step" in switch["detail"]
+    assert main(["--config", str(write_config(tmp_path, stack)), "readiness", name, "--window", "5d"]) == 0
+    assert re.search(r"N/A\s+dead_man_switch .*not applicable on this venue", capsys.readouterr().out)
 
 
 def test_less_history_than_the_window_is_unknown_with_no_hidden_allowance(

@@ -17,7 +17,14 @@ import pytest
 import yaml
 from alertmanager_server import Alertmanager
 from engine_runs import engine_settled
-from gateway_helpers import SIDECAR_KEY, SIDECAR_SECRET, Gateway, start_gateway
+from gateway_helpers import (
+    BINANCE_VENUE_KEY,
+    BINANCE_VENUE_SECRET,
+    SIDECAR_KEY,
+    SIDECAR_SECRET,
+    Gateway,
+    start_gateway,
+)
 from polling import until, until_async
 from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
 from webhook_payloads import alert, payload
@@ -77,16 +84,18 @@ def write_config(
     venue: bool,
     names: tuple[str, str] = (BOT_A, BOT_B),
     instance: str = "10.0.0.11:9101",
+    exchange: str = "kraken",
 ) -> Path:
     """Two bots on the gateway's one account (`names`, default bot-a and bot-a-2); the reconciler holds a key of its
-    own on it for the first (`venue: true`) and none for the second."""
+    own on it for the first (`venue: true`) and none for the second, on `exchange`: kraken (the gateway's Kraken API)
+    or binance (its Binance dialect, the same account; REST URLs named once by /api/v3)."""
     for name, value in (
         ("webhook-token", TOKEN),
         ("read-token", READ_TOKEN),
         ("bot-token", BOT_TOKEN),
         ("approve-token", APPROVE_TOKEN),
-        ("venue-key", SIDECAR_KEY),
-        ("venue-secret", SIDECAR_SECRET),
+        ("venue-key", SIDECAR_KEY if exchange == "kraken" else BINANCE_VENUE_KEY),
+        ("venue-secret", SIDECAR_SECRET if exchange == "kraken" else BINANCE_VENUE_SECRET),
     ):
         (tmp_path / name).write_text(value)
     (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [playbook]}))
@@ -98,11 +107,12 @@ def write_config(
         "token_file": "bot-token",
     }
     if venue:
+        rest = gw.url if exchange == "kraken" else f"{gw.url}/api/v3"
         bot_a["venue"] = {
-            "exchange": "kraken",
+            "exchange": exchange,
             "api_key_file": "venue-key",
             "api_secret_file": "venue-secret",
-            "urls": {"public": gw.url, "private": gw.url},
+            "urls": {"public": rest, "private": rest},
             "symbols": ["BTC-USD", "ETH-USD"],
         }
     bot_b = {
@@ -187,20 +197,31 @@ async def pages(am: Alertmanager, instance: str) -> list[dict[str, Any]]:
     return [a for a in held if a["labels"]["alertname"] == FAILED and a["labels"].get("instance") == instance]
 
 
+@pytest.mark.parametrize("exchange", ["kraken", "binance"])
 async def test_cancel_all_at_the_venue_takes_one_bots_orders_and_leaves_the_others(
-    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, gateway: Gateway, alertmanager: Alertmanager
+    exchange: str,
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    gateway: Gateway,
+    alertmanager: Alertmanager,
 ) -> None:
+    """The same on Kraken (where the bot's dead man's switch would also cancel them) and on Binance (no switch for spot
+    orders: this step is what cancels a dead bot's orders)."""
     for cid in (f"{BOT_A}-{RUN}-1", f"{BOT_A}-{RUN}-2", f"{BOT_B}-{RUN}-1"):
         rest_order(gateway, cid)
     assert open_ids(gateway) == {f"{BOT_A}-{RUN}-1", f"{BOT_A}-{RUN}-2", f"{BOT_B}-{RUN}-1"}
-    config = write_config(tmp_path, gateway, migrated_sqlite, alertmanager.url, rule(CANCEL), venue=True)
+    config = write_config(
+        tmp_path, gateway, migrated_sqlite, alertmanager.url, rule(CANCEL), venue=True, exchange=exchange
+    )
     client = await aiohttp_client(create_app(load_config(config)))
     body = host_down(alertmanager, "10.0.0.11:9101")
     assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
     done = await ended(client, "recovered")
     (step,) = done["attempts"][0]["steps"]
-    assert step["outcome"] == "success"
-    assert "2 of its orders cancelled, none left open; 1 other orders on the account left alone" in step["output"]
+    assert step["outcome"] == "success", step["output"]
+    assert f"{BOT_A} at {exchange}: 2 of its orders cancelled, none left open" in step["output"]
+    assert "1 other orders on the account left alone" in step["output"]
     # At the venue: bot-a has nothing open, bot-a-2 keeps its order.
     assert open_ids(gateway) == {f"{BOT_B}-{RUN}-1"}
     # A resend of the same notification starts nothing more.
@@ -247,7 +268,10 @@ async def test_a_host_down_cancel_all_makes_few_calls_and_never_waits_on_ccxts_t
     assert open_ids(gateway) == set()
 
 
-async def test_positions_at_the_venue_is_flat_only_with_no_order_of_the_bot_open(gateway: Gateway) -> None:
+@pytest.mark.parametrize("exchange", ["kraken", "binance"])
+async def test_positions_at_the_venue_is_flat_only_with_no_order_of_the_bot_open(
+    exchange: str, gateway: Gateway
+) -> None:
     """`positions` of an account that holds none of the bot's assets but has an order of the bot resting (one it sent
     just before its host died, whose answer the venue held): not "flat" (which would end the exposure page and skip
     the flatten's question), the order named; once it is cancelled, flat."""
@@ -255,11 +279,13 @@ async def test_positions_at_the_venue_is_flat_only_with_no_order_of_the_bot_open
     placed = rest_order(gateway, cid)
     rest_order(gateway, f"{BOT_B}-{RUN}-1")  # another bot's on the account: not this bot's exposure
     assert btc(gateway) == 0
-    venue = BotVenueConfig(exchange="kraken", urls={"public": gateway.url, "private": gateway.url}, symbols=["BTC-USD"])
+    rest = gateway.url if exchange == "kraken" else f"{gateway.url}/api/v3"
+    venue = BotVenueConfig(exchange=exchange, urls={"public": rest, "private": rest}, symbols=["BTC-USD"])
     venue.order_id_prefix = BOT_A
+    key = (SIDECAR_KEY, SIDECAR_SECRET) if exchange == "kraken" else (BINANCE_VENUE_KEY, BINANCE_VENUE_SECRET)
 
     async def positions() -> str:
-        account = VenueAccount(venue, SIDECAR_KEY, SIDECAR_SECRET, "episode1")
+        account = VenueAccount(venue, *key, "episode1")
         try:
             result = await account.run("positions", 4000)
         finally:
@@ -268,9 +294,9 @@ async def test_positions_at_the_venue_is_flat_only_with_no_order_of_the_bot_open
         return result.output
 
     working = await positions()
-    assert working == f"{BOT_A} at kraken: 1 of its orders open ({cid})", working
+    assert working == f"{BOT_A} at {exchange}: 1 of its orders open ({cid})", working
     gateway.call("cancel_order", placed["id"], "BTC/USD")
-    assert await positions() == f"{BOT_A} at kraken: flat"
+    assert await positions() == f"{BOT_A} at {exchange}: flat"
 
 
 async def test_bots_whose_names_share_16_characters_each_keep_their_orders(

@@ -11,6 +11,12 @@ The switch is the account's on Kraken: two bots sharing an account (several keys
 so it triggers only when neither refreshes it, and then cancels both bots' orders. Bots that must not protect or
 cancel each other trade on accounts of their own (Kraken's subaccounts).
 
+A venue with none (Binance spot: its countdown cancel is for futures; ccxt's binance has no `cancelAllOrdersAfter`)
+is never sent a call: the switch is inactive, its `status` says `not applicable on this venue`, no metric is exported
+and the readiness criterion `dead_man_switch` reads the same (trading_ops.readiness.criteria). What stands in for it
+there is the reconciler's `venue` step (trading_ops.reconciler.actions.venue): on a host-down alert it cancels the
+bot's orders with the reconciler's own key (docs/deployment.md, "On Binance: no dead man's switch").
+
 Metrics (only where the venue has a switch and the configuration enables it): tradingbot_dead_man_switch_armed (1
 while the last trigger time the venue confirmed lies ahead, read at scrape time, so a hung loop shows as 0 once the
 timeout ran out), tradingbot_dead_man_switch_trigger_timestamp_seconds (the venue's trigger time, 0 when disarmed),
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # The reason of the reduce_only state the switch puts the bot in when it cannot be armed; the switch lifts only that.
 REASON = "dead man's switch not armed"
+# What `status` says of the switch on a venue that has none.
+NOT_APPLICABLE = "not applicable on this venue: the reconciler's venue step cancels a dead bot's orders"
 # After a failed call, the next attempt comes this much later (the loop steps faster; a venue in trouble is not
 # asked twice a second).
 RETRY_SECONDS = 2.0
@@ -57,7 +65,8 @@ class DeadMansSwitch:
         self.broker = broker
         self.state = state
         self.config = config
-        self.active = config.enabled and broker.has_dead_man_switch()
+        self.applicable = broker.has_dead_man_switch()
+        self.active = config.enabled and self.applicable
         self._clock = clock
         self._wall = wall
         self._due = 0.0  # clock() of the next refresh
@@ -67,8 +76,12 @@ class DeadMansSwitch:
         self.failures = 0
         self.last_error = ""
         if not self.active:
-            if config.enabled:
-                log.info("%s has no dead man's switch: its orders rest until canceled", venue)
+            if config.enabled and not self.applicable:
+                log.info(
+                    "%s has no dead man's switch (not applicable on this venue): its orders rest until canceled; "
+                    "the reconciler's venue step cancels them if this host dies",
+                    venue,
+                )
             return
         armed = Gauge(
             f"{PREFIX}_dead_man_switch_armed",
@@ -140,6 +153,8 @@ class DeadMansSwitch:
         """What the `status` command shows of it."""
         return {
             "active": self.active,
+            "applicable": self.applicable,
+            **({} if self.applicable else {"note": NOT_APPLICABLE}),
             "armed": self.armed,
             "trigger_time": None if self.trigger is None else self.trigger.isoformat(),
             "timeout_seconds": self.config.timeout_seconds,

@@ -30,6 +30,23 @@ UPTIME_STEP_SECONDS = 60.0
 UPTIME_MAX_POINTS = 5040
 # The dead man's switch is judged now, on its last reading within this long.
 ARMED_LOOKBACK = "15m"
+# Venues with no dead man's switch for spot orders (Binance: its countdown cancel is for futures): there the criterion
+# `dead_man_switch` reads NOT_APPLICABLE, never pass; what stands in for it is the reconciler's `venue` step, which
+# cancels a dead bot's orders with the reconciler's own key (docs/deployment.md, "On Binance: no dead man's switch").
+NO_DEAD_MAN_SWITCH = frozenset({"binance"})
+NOT_APPLICABLE = "not applicable on this venue"
+
+
+def not_applicable(criterion: str, exchange: str) -> str:
+    """Why `criterion` does not apply to a bot on `exchange` (its `bots[].venue.exchange`), or "" when it does."""
+    if criterion == "dead_man_switch" and exchange in NO_DEAD_MAN_SWITCH:
+        return (
+            f"{NOT_APPLICABLE}: {exchange} spot has no dead man's switch; the reconciler's venue step cancels a dead "
+            "bot's orders"
+        )
+    return ""
+
+
 # The bot jobs of the recording rules: the rule pack's selectors.bot_jobs.
 RULE_WINDOW = "1d"
 

@@ -97,7 +97,7 @@ async def criteria_problem(
     alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
     (verdict,) = await evaluate(config, [bot], before.window, prometheus, alertmanager)
     results = {r.name: r for r in verdict.results}
-    not_passing = [f"{n} {results[n].status}" for n in before.criteria if results[n].status != "pass"]
+    not_passing = [f"{n} {results[n].status}" for n in before.criteria if results[n].status not in ("pass", "n/a")]
     if not_passing:
         return f"{bot.name} stays at {before.name}: over {before.window}, {', '.join(not_passing)}"
     return None

@@ -24,10 +24,12 @@ from trading_ops.readiness.criteria import (
     compare,
     history_query,
     instances_selector,
+    not_applicable,
     whole,
 )
 
-Status = Literal["pass", "fail", "unknown"]
+# n/a: the criterion does not apply to the bot's venue (criteria.not_applicable): neither failing nor missing.
+Status = Literal["pass", "fail", "unknown", "n/a"]
 READY, NOT_READY, UNKNOWN = "ready", "not ready", "unknown"
 DAY = 86400.0
 
@@ -141,6 +143,11 @@ async def evaluate(
             if history is None:
                 result.detail = history_problem
             results[instance].append(result)
+    for bot in bots:
+        for result in results[bot.instance]:
+            reason = not_applicable(result.name, bot.venue.exchange)
+            if reason:
+                result.status, result.value, result.detail = "n/a", None, reason
     for result in _operations(ctx):
         for instance in instances:
             results[instance].append(result)

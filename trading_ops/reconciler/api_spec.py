@@ -268,7 +268,7 @@ class ReadinessResult(msgspec.Struct, kw_only=True):
 
     name: str
     what: str
-    status: Literal["pass", "fail", "unknown"]
+    status: Literal["pass", "fail", "unknown", "n/a"]
     value: float | None
     op: Literal[">=", "<="]
     threshold: float

@@ -37,7 +37,14 @@ from trading_ops.scopes import APPROVE, OPERATE, READ
 RECORDS_SHOWN = 5
 
 # The console's badge colours (console.css) of each status and verdict.
-COLOURS = {"pass": "success", "fail": "failure", "unknown": "pending", "ready": "success", "not ready": "failure"}
+COLOURS = {
+    "pass": "success",
+    "fail": "failure",
+    "unknown": "pending",
+    "n/a": "pending",
+    "ready": "success",
+    "not ready": "failure",
+}
 
 
 def setup_readiness(app: web.Application) -> None:

@@ -57,7 +57,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -362,3 +362,133 @@ class CounterLimiter:
     def level(self, key: str) -> float:
         counter = self._counters.get(key)
         return 0.0 if counter is None else counter.level()
+
+
+# -- Binance: request weight per minute per IP, orders per 10 s and per day per account -----------------------------
+BINANCE_WEIGHT_PER_MINUTE = 6000  # REQUEST_WEIGHT, per IP (exchangeInfo's rateLimits)
+BINANCE_ORDERS_PER_10S = 100  # ORDERS, per account
+BINANCE_ORDERS_PER_DAY = 200_000
+WEIGHT_HEADER = "x-mbx-used-weight-1m"
+# Background polls (orders, quotes) skip their cycle once less than this share of the weight or order counts is left:
+# the rest of the minute is kept for cancels, submits and a reconciliation, never spent on looking.
+WEIGHT_POLL_FLOOR = 0.3
+ORDER_COUNT_HEADERS = {"x-mbx-order-count-10s": 10.0, "x-mbx-order-count-1d": 86_400.0}
+
+
+class WeightBudget:
+    """Binance's limits as its answers report them (docs/gateway-binance.md, "Weights and bans"): every answer carries
+    the weight the IP used this minute (`X-MBX-USED-WEIGHT-1M`), an order's the account's order counts
+    (`X-MBX-ORDER-COUNT-10S`, `-1D`); the budget keeps the last of each with the window it was read in (a reading from
+    an earlier window counts as 0: Binance's windows are whole minutes, whole 10 s, days). `headroom` is the least room
+    of the three. A 429 (weight or orders past the limit) or a 418 (the IP banned) stops every call, public and
+    private, until its `Retry-After`: calls meanwhile are refused at once with BudgetExhausted (a `rate_limit` error),
+    never sent, since Binance bans an IP that keeps calling after its 429s and lengthens the ban of one that calls while
+    banned. `ban_seconds` is what is left of a 418's ban (the bot exports it: it pages)."""
+
+    def __init__(
+        self,
+        weight_limit: int = BINANCE_WEIGHT_PER_MINUTE,
+        orders_10s: int = BINANCE_ORDERS_PER_10S,
+        orders_day: int = BINANCE_ORDERS_PER_DAY,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.limits = {
+            WEIGHT_HEADER: weight_limit,
+            "x-mbx-order-count-10s": orders_10s,
+            "x-mbx-order-count-1d": orders_day,
+        }
+        self.windows = {WEIGHT_HEADER: 60.0, **ORDER_COUNT_HEADERS}
+        self._clock = clock
+        self._wall = wall
+        self._readings: dict[str, tuple[int, float]] = {}  # header -> (value, the window's start, wall time)
+        self.stopped_until = 0.0  # clock() until which no call is sent (a 429's or a 418's Retry-After)
+        self.banned_until = 0.0  # clock() until which the IP is banned (a 418's)
+        self.refusals = 0  # 429s answered
+        self.bans = 0  # 418s answered
+        self.held = 0  # calls not sent while stopped
+        self.polls_skipped = 0  # background poll cycles skipped for want of room
+
+    def observe(self, headers: Mapping[str, Any] | None) -> None:
+        """Read the weight and order counts an answer reports."""
+        if not headers:
+            return
+        lower = {str(k).lower(): v for k, v in headers.items()}
+        now = self._wall()
+        for name, window in self.windows.items():
+            value = lower.get(name)
+            if value is not None and str(value).isdigit():
+                self._readings[name] = (int(value), now - now % window)
+
+    def used(self, name: str = WEIGHT_HEADER) -> int:
+        """The last reading of `name` if it is of the current window, else 0."""
+        value, start = self._readings.get(name, (0, 0.0))
+        now = self._wall()
+        return value if start == now - now % self.windows[name] else 0
+
+    def headroom(self) -> float:
+        """The least fraction (0-1) left of the weight and the order counts; 0 while calls are stopped."""
+        if self.stop_seconds() > 0:
+            return 0.0
+        return max(0.0, min(1.0 - self.used(name) / limit for name, limit in self.limits.items()))
+
+    def stop_seconds(self) -> float:
+        return max(0.0, self.stopped_until - self._clock())
+
+    def polls_allowed(self) -> bool:
+        """Whether a background poll may begin a cycle: no stop in force and WEIGHT_POLL_FLOOR of the room left."""
+        if self.headroom() >= WEIGHT_POLL_FLOOR:
+            return True
+        self.polls_skipped += 1
+        return False
+
+    def ban_seconds(self) -> float:
+        """Seconds left of a 418's ban (0: none)."""
+        return max(0.0, self.banned_until - self._clock())
+
+    def check(self, path: str) -> None:
+        """Raise BudgetExhausted, sending nothing, while calls are stopped."""
+        wait = self.stop_seconds()
+        if wait > 0:
+            self.held += 1
+            banned = "the IP is banned (418)" if self.ban_seconds() > 0 else "past the limit (429)"
+            raise BudgetExhausted(f"{path}: Binance {banned}: no call for {wait:.0f} s more")
+
+    def refused(self, status: int, headers: Mapping[str, Any] | None) -> None:
+        """A 429 or 418: stop every call until its Retry-After (at least a second)."""
+        lower = {str(k).lower(): v for k, v in (headers or {}).items()}
+        raw = str(lower.get("retry-after", "1"))
+        seconds = float(raw) if raw.replace(".", "", 1).isdigit() else 1.0
+        until = self._clock() + max(1.0, seconds)
+        self.stopped_until = max(self.stopped_until, until)
+        if status == 418:
+            self.bans += 1
+            self.banned_until = max(self.banned_until, until)
+        else:
+            self.refusals += 1
+        self.observe(headers)
+
+
+def install_weights(exchange: ccxt_async.Exchange, budget: WeightBudget) -> None:
+    """Every request of `exchange` (a ccxt binance client), public or private (Binance weighs per IP), goes through
+    `budget`: refused unsent while a 429's or 418's Retry-After runs, its answer's weight and order counts read."""
+    send = exchange.fetch2
+
+    async def fetch2(
+        path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None
+    ) -> Any:
+        while (wait := budget.stop_seconds()) > 0 and CallBudget.patient_now():
+            await asyncio.sleep(wait + 0.01)  # a start or a shutdown waits out the Retry-After
+        budget.check(path)
+        try:
+            result = await send(path, api, method, {} if params is None else params, {} if config is None else config)
+        except ccxt_async.DDoSProtection as exc:
+            if not isinstance(exc, BudgetExhausted):
+                headers = getattr(exchange, "last_response_headers", None)
+                budget.refused(418 if "banned" in str(exc) else 429, headers)
+            raise
+        budget.observe(getattr(exchange, "last_response_headers", None))
+        return result
+
+    exchange.fetch2 = fetch2

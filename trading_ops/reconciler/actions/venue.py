@@ -22,7 +22,9 @@ The calls are few and bounded instead: markets (two public calls, once per step)
 when something was cancelled), one balance; at most 3 points of Kraken's private call counter for a `cancel_all`
 (cancels count nothing there), 2 for `positions` (the balance and the open orders) and 4 for a `flatten` (6 with the
 `positions` look that may skip it), on the reconciler's own key, far under the smallest tier's 15.
-A refusal by the venue fails the step like any other error, and the rule escalates."""
+On Binance (no dead man's switch for spot orders: this step is what cancels a dead bot's orders) the account's open
+orders are asked for in one call across symbols (weight 80), a `cancel_all` weighs about 200 of the IP's 6,000 a
+minute. A refusal by the venue fails the step like any other error, and the rule escalates."""
 
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ from trading_ops.config import BotVenueConfig, ConfigError, resolve_secret
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, truncate
 from trading_ops.schema import one_of
 
+# Exchanges whose ccxt client refuses the account's open orders without a symbol unless told (binance).
+ACCOUNT_WIDE_OPEN_ORDERS_WARNED = frozenset({"binance"})
 # What an output says of an account that holds nothing of the bot's symbols.
 FLAT = "flat"
 # How long a flatten waiting for its approval asks the venue whether there is anything to close.
@@ -138,6 +142,7 @@ class VenueAccount:
     def __init__(self, venue: BotVenueConfig, api_key: str, api_secret: str, tag: str) -> None:
         import ccxt.async_support as ccxt_async  # the reconciler imports ccxt only for a venue step
 
+        from trading_ops.venues.ccxt.factory import rest_urls
         from trading_ops.webconfig import client_ssl_context
 
         if venue.exchange not in ccxt_async.exchanges:
@@ -149,7 +154,11 @@ class VenueAccount:
             "timeout": int(venue.timeout_seconds * 1000),
         }
         if venue.urls:
-            settings["urls"] = {"api": dict(venue.urls)}
+            settings["urls"] = {"api": rest_urls(venue.exchange, venue.urls)}
+        if venue.exchange in ACCOUNT_WIDE_OPEN_ORDERS_WARNED:
+            # The account's open orders in one call, every symbol (Binance: weight 80, once per look; ccxt refuses it
+            # unless told): the bot's orders on a symbol it was never configured for are found and cancelled too.
+            settings["options"] = {"warnOnFetchOpenOrdersWithoutSymbol": False}
         self.exchange = getattr(ccxt_async, venue.exchange)(settings)
         tls = client_ssl_context(venue.tls, "bots[].venue.tls")
         if tls is not None:

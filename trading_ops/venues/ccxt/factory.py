@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 import ccxt.async_support as ccxt_async
 
 from trading_ops.config import Config, ConfigError, resolve_secret
-from trading_ops.venues.call_counter import CallBudget
+from trading_ops.venues.call_counter import CallBudget, WeightBudget
 from trading_ops.venues.ccxt.rest import CcxtBroker
 from trading_ops.webconfig import client_ssl_context
 
@@ -38,12 +39,47 @@ def make_exchange(config: Config) -> ccxt_async.Exchange:
             raise ConfigError(f"ccxt.{name}", f"not set: give {name}_file or {name}_env")
         settings[ccxt_name] = value
     if c.urls:
-        settings["urls"] = {"api": dict(c.urls)}
+        settings["urls"] = {"api": rest_urls(c.exchange, c.urls)}
     exchange: ccxt_async.Exchange = getattr(ccxt_async, c.exchange)(settings)
     tls = client_ssl_context(c.tls, "ccxt.tls")
     if tls is not None:
         exchange.ssl_context = tls  # ccxt's session takes it instead of certifi's bundle
     return exchange
+
+
+def rest_urls(exchange: str, urls: Mapping[str, str]) -> dict[str, Any]:
+    """ccxt's `urls.api` from `ccxt.urls`. On Binance, whose client reaches a dozen REST URLs (/api/v3, /sapi/v1,
+    /fapi/v1, ...: its load_markets asks several), each one `urls` does not name keeps its path on the host of
+    `urls.private` (else `urls.public`): a gateway or proxy is named once. Elsewhere `urls` as given."""
+    given = dict(urls)
+    host = given.get("private") or given.get("public")
+    if exchange != "binance" or not host:
+        return given
+    parts = urllib.parse.urlsplit(host)
+    api: dict[str, Any] = {}
+    cls = ccxt_async.binance
+    for name, url in cls.describe(cls.__new__(cls))["urls"]["api"].items():  # the class's URLs, no client built
+        if isinstance(url, str):
+            path = urllib.parse.urlsplit(url).path
+            api[name] = urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return {**api, **given}
+
+
+def binance_ws_urls(cls: Any, config: Config) -> dict[str, Any]:
+    """ccxt.pro binance's `urls.api.ws` with its spot URLs moved: the user data stream (the WebSocket API) to
+    `ccxt.stream_url`, the market streams to `ccxt.stream_public_url`, each else at the host of `urls.private` (or
+    `public`) under the paths a paper gateway serves them (/ws-api/v3, /stream/ws: docs/gateway-binance.md)."""
+    c = config.ccxt
+    ws = dict(cls.describe(cls.__new__(cls))["urls"]["api"]["ws"])  # the class's URLs, no client built
+    host = c.urls.get("private") or c.urls.get("public") or ""
+    parts = urllib.parse.urlsplit(host)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    base = urllib.parse.urlunsplit((scheme, parts.netloc, "", "", ""))
+    private = c.stream_url or f"{base}/ws-api/v3"
+    public = c.stream_public_url or f"{base}/stream/ws"
+    ws.update({"spot": public, "margin": public})
+    ws["ws-api"] = {**ws.get("ws-api", {}), "spot": private}
+    return ws
 
 
 def stream_url(config: Config, endpoint: str = "private") -> str:
@@ -106,7 +142,9 @@ def make_pro_exchange(config: Config, rest: ccxt_async.Exchange) -> Any:
         "enableRateLimit": c.enable_rate_limit,
         "timeout": int(c.timeout_seconds * 1000),
     }
-    api: dict[str, Any] = dict(c.urls)
+    api: dict[str, Any] = rest_urls(c.exchange, c.urls)
+    if c.exchange == "binance" and (c.urls or c.stream_url or c.stream_public_url):
+        api["ws"] = binance_ws_urls(getattr(ccxt_pro, "binance"), config)
     if c.exchange == "kraken":
         private = stream_url(config, "private")
         api["ws"] = {"privateV2": private, "private": private}
@@ -152,4 +190,5 @@ def broker_from_config(config: Config) -> CcxtBroker:
         quote_interval=c.quote_poll_interval_seconds,
         position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},
         call_budget=CallBudget(c.kraken_tier) if c.exchange == "kraken" and c.kraken_tier != "off" else None,
+        weight_budget=WeightBudget() if c.exchange == "binance" else None,
     )

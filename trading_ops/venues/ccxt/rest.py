@@ -27,6 +27,11 @@ What it does that a bare ccxt call does not:
   account held that is not the bot's; zero by default, as on the paper venue).
 - Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages. Other exchanges return
   what one `fetch_my_trades(since)` returns.
+- Exchanges whose client needs a symbol for the account's calls (PER_SYMBOL: Binance) are asked per symbol of the
+  broker: its open orders (Binance weighs one symbol's at 6, the account's at 80, and ccxt refuses the latter unless
+  told), its trades, an order looked up or canceled (by the symbol last seen for its id, else each symbol in turn
+  until one knows it: an unknown order answers OrderNotFound) and cancel-all (only the symbols with open orders).
+  Orders of other symbols on the account are not this broker's to see.
 - Kraken's call counter (trading_ops.venues.call_counter): with a `call_budget`, every private request spends from
   it, the order poll runs no oftener than the tier's decay allows (CallBudget.poll_interval), skips a cycle the
   budget cannot afford (asking the venue's clock instead, which is free, so an outage is still noticed), and asks
@@ -54,6 +59,7 @@ from decimal import Decimal
 from typing import Any
 
 import ccxt.async_support as ccxt_async
+from prometheus_client import CollectorRegistry, Gauge
 
 from trading_ops.bot.broker import (
     Broker,
@@ -74,9 +80,11 @@ from trading_ops.venues.call_counter import (
     BudgetExhausted,
     CallBudget,
     Deferred,
+    WeightBudget,
     background,
     impatient,
     install,
+    install_weights,
     patient,
     protective,
 )
@@ -97,6 +105,9 @@ ORDER_LOOKUP_BATCH = 50
 # Exchanges whose client looks orders up by a list of ids in one request though ccxt's `has` does not say so (ccxt's
 # kraken: QueryOrders with up to 20 txids, one call on the call counter), and how many ids a request takes.
 ORDER_LOOKUP_BATCHES = {"kraken": 20}
+# Exchanges whose ccxt client takes no "all symbols" for the account's trades, order lookups and cancels (binance:
+# ArgumentsRequired, and its account-wide open orders weigh 80 against 6 a symbol): asked per symbol.
+PER_SYMBOL = frozenset({"binance"})
 FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
 MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
 # With a call budget, a balance answer this young is reused when nothing changed since (no submit, cancel or fill):
@@ -135,6 +146,7 @@ class CcxtBroker(Broker):
         lookup_attempts: int = LOOKUP_ATTEMPTS,
         lookup_backoff: float = LOOKUP_BACKOFF_SECONDS,
         call_budget: CallBudget | None = None,
+        weight_budget: WeightBudget | None = None,
     ) -> None:
         if not symbols:
             raise ValueError("a ccxt broker needs at least one symbol")
@@ -152,8 +164,8 @@ class CcxtBroker(Broker):
         self.lookup_backoff = lookup_backoff
         self.handled_errors: Counter[str] = Counter()
         self.call_budget = call_budget
-        if call_budget is not None:
-            install(exchange, call_budget)
+        self.weight_budget = weight_budget
+        self._install_budgets()
         exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
         extra = EXTRA_ERRORS.get(self.venue)
         if extra:
@@ -161,6 +173,7 @@ class CcxtBroker(Broker):
             for kind, table in extra.items():
                 exceptions[kind] = {**exceptions.get(kind, {}), **table}
             exchange.exceptions = exceptions
+        self._weight_metrics = False
         self._events = BrokerEvents()
         self._connected = dict.fromkeys(Channel, False)
         self._started = False
@@ -170,6 +183,8 @@ class CcxtBroker(Broker):
         self._session = 0
         self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
         self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
+        self._symbols: OrderedDict[str, str] = OrderedDict()  # venue order id -> its ccxt symbol (PER_SYMBOL)
+        self._per_symbol = self.venue in PER_SYMBOL
         self._seen_trades: OrderedDict[str, None] = OrderedDict()
         self._fills_since: datetime | None = None
         self._time_resolution = 0.0
@@ -188,6 +203,13 @@ class CcxtBroker(Broker):
         # Set by drain_events when its poll fetched the trade history (the `_changes` of then): the next
         # recent_fills, a reconciliation snapshot's first, reuses that answer once if nothing changed since.
         self._history_fresh: int | None = None
+
+    def _install_budgets(self) -> None:
+        """Kraken's call counter and Binance's weights, each on the exchange's requests where given."""
+        if self.call_budget is not None:
+            install(self.exchange, self.call_budget)
+        if self.weight_budget is not None:
+            install_weights(self.exchange, self.weight_budget)
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
@@ -209,7 +231,7 @@ class CcxtBroker(Broker):
                 self._every(lambda: self.orders_interval, self._background_poll), name=f"{self.venue}-orders"
             ),
             asyncio.create_task(
-                self._every(self.quote_interval, lambda: self._poll_quotes(self.symbols)), name=f"{self.venue}-quotes"
+                self._every(self.quote_interval, self._background_quotes), name=f"{self.venue}-quotes"
             ),
         ]
 
@@ -221,7 +243,31 @@ class CcxtBroker(Broker):
         return max(self.poll_interval, self.call_budget.poll_interval(1.0))
 
     def rate_limit_headroom(self) -> float | None:
+        if self.weight_budget is not None:
+            return self.weight_budget.headroom()
         return None if self.call_budget is None else self.call_budget.headroom()
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """With a weight budget (Binance): the seconds left of an IP ban (418) and the 429s and 418s answered."""
+        budget = self.weight_budget
+        if budget is None or self._weight_metrics:
+            return
+        self._weight_metrics = True
+        Gauge(
+            "tradingbot_venue_ban_seconds",
+            "Seconds left of the venue's ban of the bot's IP (Binance's 418, until its Retry-After; 0: not banned). "
+            "No call is sent meanwhile.",
+            ["venue"],
+            registry=registry,
+        ).labels(self.venue).set_function(budget.ban_seconds)
+        refusals = Gauge(
+            "tradingbot_venue_rate_limit_refusals",
+            "The venue's rate-limit answers since the start, by status (429: past the limit, 418: banned).",
+            ["venue", "status"],
+            registry=registry,
+        )
+        refusals.labels(self.venue, "429").set_function(lambda: budget.refusals)
+        refusals.labels(self.venue, "418").set_function(lambda: budget.bans)
 
     @contextlib.asynccontextmanager
     async def patient(self) -> AsyncIterator[None]:
@@ -450,7 +496,12 @@ class CcxtBroker(Broker):
         self._trades_due = True  # what filled before the cancel is told by the trade history
         self._changes += 1
         try:
-            await self._call(Channel.ORDERS, what, self.exchange.cancel_order, venue_order_id, symbol, params)
+            if self._per_symbol:
+                await self._each_symbol(
+                    self._symbol_of(venue_order_id, symbol), what, self.exchange.cancel_order, venue_order_id, params
+                )
+            else:
+                await self._call(Channel.ORDERS, what, self.exchange.cancel_order, venue_order_id, symbol, params)
         except BrokerError as exc:
             if not exc.outcome_unknown:
                 raise
@@ -482,6 +533,8 @@ class CcxtBroker(Broker):
     async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
         """By venue order id: fetch_order. By client order id: the open orders, then the closed ones, asked for that
         client order id (exchanges that ignore the filter are searched through what they return)."""
+        if self._per_symbol and (venue_order_id or client_order_id):
+            return await self._order_on_its_symbol(client_order_id, venue_order_id)
         if venue_order_id:
             try:
                 raw = await self._call(
@@ -509,6 +562,23 @@ class CcxtBroker(Broker):
                     return self._order(raw)
         return None
 
+    async def _order_on_its_symbol(self, client_order_id: str, venue_order_id: str) -> VenueOrder | None:
+        """order_status on a PER_SYMBOL venue: fetch_order by either id on the order's symbol (or each in turn)."""
+        params = {} if venue_order_id else {"clientOrderId": client_order_id}
+        try:
+            raw = await self._each_symbol(
+                self._symbol_of(venue_order_id),
+                f"order {venue_order_id or client_order_id}",
+                self.exchange.fetch_order,
+                venue_order_id,
+                params,
+            )
+        except BrokerError as exc:
+            if isinstance(exc.__cause__, ccxt_async.OrderNotFound):
+                return None
+            raise
+        return self._order(raw)
+
     async def cancel_all(self) -> list[VenueOrder]:
         """Cancel every open order in one request where the exchange has one (else one by one); returns the
         orders' final states. Protective: its calls may spend the call budget's reserve."""
@@ -517,6 +587,14 @@ class CcxtBroker(Broker):
 
     async def _cancel_all(self) -> list[VenueOrder]:
         listed = await self.open_orders()
+        if self._per_symbol:
+            for unified in dict.fromkeys(self._unified[o.symbol] for o in listed if o.symbol in self._unified):
+                try:
+                    await self._call(Channel.ORDERS, f"cancel all {unified}", self.exchange.cancel_all_orders, unified)
+                except BrokerError as exc:
+                    if not isinstance(exc.__cause__, ccxt_async.OrderNotFound):  # none left there: -2011
+                        raise
+            return await self._final_states([o.venue_order_id for o in listed])
         if self.exchange.has.get("cancelAllOrders"):
             await self._call(Channel.ORDERS, "cancel all", self.exchange.cancel_all_orders)
             return await self._final_states([o.venue_order_id for o in listed])
@@ -545,8 +623,32 @@ class CcxtBroker(Broker):
         return sent, (sent + timedelta(seconds=timeout) if timeout else None)
 
     async def open_orders(self) -> list[VenueOrder]:
-        raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
+        if self._per_symbol:
+            raws = []
+            for unified in self._unified.values():
+                raws.extend(
+                    await self._call(Channel.ORDERS, f"open orders {unified}", self.exchange.fetch_open_orders, unified)
+                )
+        else:
+            raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
         return [self._order(raw) for raw in raws]
+
+    def _symbol_of(self, venue_order_id: str, known: str | None = None) -> str | None:
+        """The ccxt symbol an order was last seen on (`known` when given), else None."""
+        return known or (self._symbols.get(venue_order_id) if venue_order_id else None)
+
+    async def _each_symbol(self, first: str | None, what: str, method: Callable[..., Any], *args: Any) -> Any:
+        """`method(args[0], symbol, *args[1:])` on `first`, else on each of the broker's symbols in turn until one
+        does not answer OrderNotFound (PER_SYMBOL venues); the last OrderNotFound when none knows the order."""
+        symbols = [first] if first else list(self._unified.values())
+        head, rest = args[0], args[1:]
+        for i, symbol in enumerate(symbols):
+            try:
+                return await self._call(Channel.ORDERS, f"{what} {symbol}", method, head, symbol, *rest)
+            except BrokerError as exc:
+                if i == len(symbols) - 1 or not isinstance(exc.__cause__, ccxt_async.OrderNotFound):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def drain_events(self) -> None:
         """One poll now: every fill and order change the venue already made is handed to the callbacks. With a call
@@ -636,8 +738,10 @@ class CcxtBroker(Broker):
         since_ms = None if since is None else int(since.timestamp() * 1000)
         paging = TRADE_PAGES.get(self.venue)
         if paging is None:
-            for raw in await self._call(Channel.ORDERS, "my trades", self.exchange.fetch_my_trades, None, since_ms):
-                raws.setdefault(str(raw["id"]), raw)
+            for unified in self._unified.values() if self._per_symbol else [None]:
+                what = f"my trades {unified}" if unified else "my trades"
+                for raw in await self._call(Channel.ORDERS, what, self.exchange.fetch_my_trades, unified, since_ms):
+                    raws.setdefault(str(raw["id"]), raw)
             return raws
         offset_param, page_size = paging
         params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
@@ -723,9 +827,17 @@ class CcxtBroker(Broker):
             if self._events.on_quote is not None:
                 await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
 
+    async def _background_quotes(self) -> None:
+        """The quote poll of the polling task; with a weight budget (Binance), skipped when it has too little room."""
+        if self.weight_budget is not None and not self.weight_budget.polls_allowed():
+            return
+        await self._poll_quotes(self.symbols)
+
     async def _background_poll(self) -> None:
         """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
         afford is skipped."""
+        if self.weight_budget is not None and not self.weight_budget.polls_allowed():
+            return  # stopped by a 429 or 418, or under the weight kept for cancels and submits (WeightBudget)
         if self.call_budget is not None:
             # Its usual cost: open orders, a lookup of those that left, the trade history when it is due.
             usual = 1.0 + (1.0 if self._open else 0.0) + (2.0 if self._trades_due or self._trades_stale() else 0.0)
@@ -845,6 +957,8 @@ class CcxtBroker(Broker):
         cid = raw.get("clientOrderId") or (request.client_order_id if request else "") or self._client_ids.get(vid, "")
         if vid:
             self._remember(self._client_ids, vid, cid)
+            if raw.get("symbol"):
+                self._remember(self._symbols, vid, str(raw["symbol"]))
         quantity = _decimal(raw.get("amount"))
         filled = _decimal(raw.get("filled")) or Decimal(0)
         status = STATUSES.get(raw.get("status") or "")

@@ -120,6 +120,7 @@ class StreamingCcxtBroker(CcxtBroker):
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """The stream's metrics on the bot's registry (a registry of its own when the bot gave none by `connect`)."""
+        super().register_metrics(registry)
         if self.stream_metrics is not None:
             return
         self.stream_metrics = StreamMetrics(registry)

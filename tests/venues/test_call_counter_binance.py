@@ -1,0 +1,154 @@
+"""Binance's limits in the ccxt broker (trading_ops.venues.call_counter.WeightBudget): the weight and order counts
+are read from the gateway's `X-MBX-USED-WEIGHT-1M` / `X-MBX-ORDER-COUNT-*` headers and are the bot's rate-limit
+headroom; past the weight limit (the gateway's `binance_weight_exhausted`: 429, then 418 for a client that keeps
+calling) every call stops until the answer's Retry-After, so the bot itself never earns the ban; a ban another
+client of the IP earned (418) stops every call too and is exported (`tradingbot_venue_ban_seconds`, which pages).
+Real parts: the gateway's Binance dialect on a free loopback port, ccxt's stock binance client. The budget's clock is
+the test's, so no test waits out a Retry-After."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import ccxt.async_support as ccxt_async
+import pytest
+from binance_helpers import binance, binance_gateway
+from ccxt_helpers import chaos
+from polling import until_async
+from prometheus_client import CollectorRegistry
+
+from trading_ops.bot.broker import BrokerError, BrokerEvents, OrderRequest, OrderType, Side
+from trading_ops.paper.gateway.binance.dialect import BinanceDialect
+from trading_ops.venues.call_counter import WEIGHT_POLL_FLOOR, WeightBudget
+from trading_ops.venues.ccxt.rest import CcxtBroker
+
+LOOPBACK = "127.0.0.1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[tuple[BinanceDialect, str, CcxtBroker, WeightBudget, Clock]]:
+    clock = Clock()
+    budget = WeightBudget(clock=clock)
+    async with binance_gateway() as (_gateway, dialect, base):
+        broker = CcxtBroker(binance(base), ["BTC-USD", "ETH-USD"], weight_budget=budget)
+        try:
+            await broker.connect(BrokerEvents())
+            yield dialect, base, broker, budget, clock
+        finally:
+            await broker.close()
+
+
+async def test_the_headers_weight_and_order_counts_are_the_bots_headroom(
+    setup: tuple[BinanceDialect, str, CcxtBroker, WeightBudget, Clock],
+) -> None:
+    dialect, _base, broker, budget, _clock = setup
+    await broker.balances()
+    used = dialect.rest.weights.used(LOOPBACK)
+    assert used > 20 and budget.used() == used  # the connect's calls and the account's 20
+    order = OrderRequest(
+        client_order_id="wb-1", symbol="BTC-USD", side=Side.BUY, order_type=OrderType.MARKET, quantity=Decimal("0.01")
+    )
+    await broker.submit(order)
+    assert budget.used("x-mbx-order-count-10s") == 1 and budget.used("x-mbx-order-count-1d") == 1
+    headroom = broker.rate_limit_headroom()
+    assert headroom is not None
+    assert headroom == pytest.approx(min(1 - budget.used() / 6000, 1 - 1 / 100))
+
+
+async def test_a_429_stops_every_call_until_its_retry_after_so_the_bot_never_earns_the_ban(
+    setup: tuple[BinanceDialect, str, CcxtBroker, WeightBudget, Clock],
+) -> None:
+    dialect, base, broker, budget, clock = setup
+    await chaos(base, "binance_weight_exhausted")
+    with pytest.raises(BrokerError) as first:
+        await broker.balances()
+    assert first.value.error_class == "rate_limit" and budget.refusals == 1
+    stop = budget.stop_seconds()
+    assert 0 < stop <= 60 and broker.rate_limit_headroom() == 0.0
+    for _ in range(dialect.rest.weights.refusals_before_ban + 5):  # what would earn a 418 were they sent
+        with pytest.raises(BrokerError, match="past the limit") as held:
+            await broker.server_time()
+        assert held.value.error_class == "rate_limit"
+    assert dialect.rest.weights.refusals == 1 and dialect.rest.weights.bans == 0  # none of them sent
+    assert budget.held == dialect.rest.weights.refusals_before_ban + 5 and budget.ban_seconds() == 0
+    await chaos(base, "clear")
+    clock.now += stop  # the Retry-After passed
+    assert (await broker.balances()) and budget.stop_seconds() == 0
+
+
+async def test_a_418_ban_stops_every_call_until_its_retry_after_and_is_exported(
+    setup: tuple[BinanceDialect, str, CcxtBroker, WeightBudget, Clock],
+) -> None:
+    dialect, base, broker, budget, clock = setup
+    registry = CollectorRegistry()
+    broker.register_metrics(registry)
+    assert registry.get_sample_value("tradingbot_venue_ban_seconds", {"venue": "binance"}) == 0
+    # Another client on the bot's IP keeps calling after its 429s: the IP is banned.
+    await chaos(base, "binance_weight_exhausted")
+    other = binance(base)
+    try:
+        for _ in range(dialect.rest.weights.refusals_before_ban + 1):
+            with pytest.raises(ccxt_async.DDoSProtection):
+                await other.fetch_time()
+    finally:
+        await other.close()
+    assert dialect.rest.weights.bans == 1
+    with pytest.raises(BrokerError) as banned:
+        await broker.open_orders()
+    assert banned.value.error_class == "rate_limit" and budget.bans == 1
+    ban = budget.ban_seconds()
+    assert 60 < ban <= 120
+    assert registry.get_sample_value("tradingbot_venue_ban_seconds", {"venue": "binance"}) == ban
+    assert registry.get_sample_value("tradingbot_venue_rate_limit_refusals", {"venue": "binance", "status": "418"}) == 1
+    sent = dialect.rest.calls.copy()
+    with pytest.raises(BrokerError, match="banned"):
+        await broker.balances()
+    await broker._background_poll()  # the order poll sends nothing either
+    assert dialect.rest.calls == sent
+    await chaos(base, "clear")
+    clock.now += ban
+    assert budget.ban_seconds() == 0
+    assert registry.get_sample_value("tradingbot_venue_ban_seconds", {"venue": "binance"}) == 0
+    assert await broker.open_orders() == []
+
+
+async def test_the_polls_keep_a_share_of_the_weight_for_cancels_and_submits() -> None:
+    """A bot polling far faster than its weight allows (every 20 ms, a budget of 400 a minute): its polls stop once
+    less than WEIGHT_POLL_FLOOR of the room is left, the venue never answers 429, and an order still goes out and is
+    canceled with the room kept."""
+    budget = WeightBudget(weight_limit=400)
+    async with binance_gateway() as (gateway, dialect, base):
+        broker = CcxtBroker(binance(base), ["BTC-USD", "ETH-USD"], poll_interval=0.02, weight_budget=budget)
+        try:
+            await broker.connect(BrokerEvents())
+
+            async def skipping() -> bool:
+                return budget.polls_skipped >= 20
+
+            await until_async("the polls skip their cycles", skipping, deadline=30)
+            used = dialect.rest.weights.used(LOOPBACK)
+            assert used <= 400 * (1 - WEIGHT_POLL_FLOOR) + 2 * 80  # at most a cycle past the floor (a new minute: less)
+            price = (gateway.venue.quote("BTC-USD").bid * Decimal("0.9")).quantize(Decimal("0.01"))
+            order = OrderRequest(
+                client_order_id="wb-kept",
+                symbol="BTC-USD",
+                side=Side.BUY,
+                order_type=OrderType.LIMIT,
+                quantity=Decimal("0.01"),
+                price=price,
+            )
+            placed = await broker.submit(order)
+            canceled = await broker.cancel("wb-kept", venue_order_id=placed.venue_order_id)
+            assert canceled.status.value == "canceled"
+            assert dialect.rest.weights.refusals == 0 and budget.refusals == 0
+        finally:
+            await broker.close()

@@ -1,0 +1,204 @@
+"""examples/ccxt_bot.py with `ccxt.exchange: binance`, as a process of its own with ccxt's stock binance client, on
+the gateway's Binance spot dialect (served by this process on a free loopback port). Polling over REST only, it
+trades, its fills reach the journal and its metrics, it reconciles (journal, metrics and venue agree on every fill),
+halts with nothing resting and stops cleanly on SIGTERM. The calls stock ccxt binance refuses without a symbol (open
+orders, trades, order lookups, cancels) go per symbol, and the weight the bot used per minute is on the gateway's
+headers (`X-MBX-USED-WEIGHT-1M`), measured here against the limit. Streaming, its fills come over ccxt.pro's user
+data stream first, and again after a reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from binance_helpers import BINANCE_KEY, BINANCE_SECRET, binance_gateway
+from ccxt_helpers import wait_for
+from paper_helpers import control, get
+from ports import free_port
+from test_ccxt_bot import MOVING, STOP_SECONDS, _at_least, example_bot, metric, write_config
+
+from trading_ops.bot.broker import OrderType
+from trading_ops.bot.journal import Journal
+from trading_ops.config import bot_order_id_prefix, load_config
+from trading_ops.db.base import make_engine, make_sessionmaker
+from trading_ops.db.models.journal import Order
+from trading_ops.paper.gateway.binance.dialect import BinanceDialect
+
+BOT, VENUE = "ccxt-1", "binance"
+LOOPBACK = "127.0.0.1"
+MEASURE_SECONDS = 20.0  # the weight rate is measured over at least this long, once the bot traded (steady state)
+POLL_SECONDS = 2.0
+
+
+def journaled(url: str) -> tuple[dict[str, Order], set[str]]:
+    """The journal as the bot left it: its orders by client order id, and its fills' trade ids on Binance."""
+    engine = make_engine(url)
+    try:
+        journal = Journal(engine, BOT, VENUE)
+        with make_sessionmaker(engine)() as session:
+            orders = {o.client_order_id: o for o in session.query(Order).filter(Order.bot == BOT)}
+        trade_ids = {f.trade_id for f in journal.fills()}
+        journal.close()
+    finally:
+        engine.dispose()
+    return orders, trade_ids
+
+
+def binance_config(tmp: Path, base: str, port: int, **ccxt: Any) -> Path:
+    """The example bot's configuration (test_ccxt_bot.write_config) on the gateway's Binance dialect: the venue
+    `binance`, its REST URLs named once by the gateway's /api/v3 (every other keeps its path on that host), the
+    Binance key of the gateway's main account, REST polls only unless told."""
+    settings: dict[str, Any] = {
+        "exchange": "binance",
+        "urls": {"public": f"{base}/api/v3", "private": f"{base}/api/v3"},
+        "stream": False,
+        # Binance counts weight per minute (6000 here): each order poll asks each symbol's open orders (6) and trades
+        # (20), each quote poll the tickers (the gateway weighs ticker/24hr with `symbols` at 80): every 2 s, about
+        # 4,000 a minute for two symbols; every second would pass the limit (measured: docs/library.md).
+        "poll_interval_seconds": POLL_SECONDS,
+        "quote_poll_interval_seconds": POLL_SECONDS,
+        **ccxt,
+    }
+    path = write_config(tmp, base, port, key=(BINANCE_KEY, BINANCE_SECRET), **settings)
+    doc = yaml.safe_load(path.read_text())
+    doc["bot"]["venue"] = VENUE
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class WeightMeter:
+    """The weight the gateway charged 127.0.0.1 (the bot alone calls it), sampled across its minute windows: the
+    rate per minute over the time sampled."""
+
+    def __init__(self, dialect: BinanceDialect) -> None:
+        self.weights = dialect.rest.weights
+        self.spent = 0
+        self._last = self.weights.used(LOOPBACK)
+        self.started = time.monotonic()
+
+    def sample(self) -> None:
+        used = self.weights.used(LOOPBACK)
+        self.spent += used - self._last if used >= self._last else used  # a new minute starts from 0
+        self._last = used
+
+    def per_minute(self) -> float:
+        return self.spent * 60 / max(1e-9, time.monotonic() - self.started)
+
+
+async def test_the_example_bot_polling_on_binance_trades_reconciles_and_stops_cleanly(tmp_path: Path) -> None:
+    async with binance_gateway(**MOVING) as (gateway, dialect, base):
+        port = free_port()
+        config = binance_config(tmp_path, base, port)
+        url = yaml.safe_load(config.read_text())["database"]["url"]
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def traded() -> bool:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_fills_total") >= 3
+
+            await wait_for(traded, timeout=90)
+            meter, calls = WeightMeter(dialect), dict(dialect.rest.calls)
+
+            async def measured() -> bool:
+                meter.sample()
+                return time.monotonic() - meter.started >= MEASURE_SECONDS
+
+            await wait_for(measured, timeout=MEASURE_SECONDS + 30)
+            rate, minutes = meter.per_minute(), (time.monotonic() - meter.started) / 60
+            per_route = {k: round((v - calls.get(k, 0)) / minutes) for k, v in dialect.rest.calls.items()}
+            said = f"polling 2 symbols every {POLL_SECONDS:g} s: {rate:.0f} weight a minute of 6000"
+            print(f"{said}; calls a minute {per_route}")
+            assert 0 < rate < dialect.rest.weights.limit and dialect.rest.weights.refusals == 0
+            status, body = await get(port, "/readyz")
+            assert status == 200, body
+            code, state = await control(port, "status")
+            assert code == 200 and (state["bot"], state["venue"], state["trading_allowed"]) == (BOT, VENUE, True)
+            assert state["connected"] == {"orders": True, "market_data": True}
+            # No dead man's switch on Binance spot: none armed, none exported, and its status says so.
+            switch = state["dead_man_switch"]
+            assert (switch["active"], switch["applicable"]) == (False, False)
+            assert switch["note"].startswith("not applicable on this venue")
+            _, text = await get(port, "/metrics")
+            assert "tradingbot_dead_man_switch_" not in text
+
+            # Its orders carry its prefix in Binance's client order id field, within Binance's 36 characters.
+            prefix = bot_order_id_prefix(load_config(config))
+            orders, _ = await asyncio.to_thread(journaled, url)
+            assert orders and all(cid.startswith(prefix + "-") and len(cid) <= 36 for cid in orders)
+            # It sees its own orders on every symbol: one bid resting per symbol, never a second beside it.
+            resting = [o.symbol for o in await gateway.venue.open_orders() if o.order_type is OrderType.LIMIT]
+            assert sorted(resting) == sorted(set(resting))
+            # It asked per symbol (stock ccxt binance takes no account-wide trades or lookups, and weighs the
+            # account's open orders at 80): never an openOrders without a symbol.
+            assert dialect.rest.calls.get("api/myTrades", 0) > 0
+            assert dialect.rest.calls.get("api/openOrders", 0) > 0
+
+            # Halted (a cancel-all per symbol), nothing rests; the journal, the metrics and the venue agree.
+            code, halted = await control(port, "halt")
+            assert code == 200 and halted["state"] == "halted"
+            assert await gateway.venue.open_orders() == []
+
+            async def agreed() -> bool:
+                # The paper venue's trade T42 is Binance's trade id 42.
+                venue = {f.trade_id.removeprefix("T") for f in await gateway.venue.recent_fills()}
+                _, journal = await asyncio.to_thread(journaled, url)
+                return journal == venue and await metric(port, "tradingbot_fills_total") == len(venue)
+
+            await wait_for(agreed)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+        log = (tmp_path / "bot.log").read_text()
+        assert "Traceback" not in log and "ArgumentsRequired" not in log, log[-3000:]
+
+
+async def test_the_example_bot_streaming_on_binance_sees_its_fills_on_the_user_stream(tmp_path: Path) -> None:
+    """`ccxt.stream: true` (the default) on Binance: ccxt.pro's stock binance client (its WebSocket API's user data
+    stream, URLs derived from the gateway's host) delivers the fills first, the REST poll still the fallback, and the
+    journal, the metrics and the venue agree."""
+    async with binance_gateway(**MOVING) as (gateway, dialect, base):
+        port = free_port()
+        config = binance_config(tmp_path, base, port, stream=True)
+        url = yaml.safe_load(config.read_text())["database"]["url"]
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def streamed() -> bool:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                return await metric(port, "tradingbot_stream_fills_first_seen_total", source="stream") >= 3
+
+            await wait_for(streamed, timeout=90)
+            assert await metric(port, "tradingbot_stream_connected", endpoint="private") == 1
+            meter, calls = WeightMeter(dialect), dict(dialect.rest.calls)
+
+            async def measured() -> bool:
+                meter.sample()
+                return time.monotonic() - meter.started >= MEASURE_SECONDS
+
+            await wait_for(measured, timeout=MEASURE_SECONDS + 30)
+            rate, minutes = meter.per_minute(), (time.monotonic() - meter.started) / 60
+            per_route = {k: round((v - calls.get(k, 0)) / minutes) for k, v in dialect.rest.calls.items()}
+            print(f"streaming 2 symbols: {rate:.0f} weight a minute of 6000; REST calls a minute {per_route}")
+            assert 0 < rate < dialect.rest.weights.limit and dialect.rest.weights.refusals == 0
+            # A new socket (a new user-stream subscription, a REST reconciliation after it): fills stream again.
+            code, answer = await control(port, "reconnect")
+            assert code == 200, answer
+            await wait_for(lambda: _at_least(port, "tradingbot_stream_reconnects_total", 1, reason="requested"))
+            before = await metric(port, "tradingbot_stream_fills_first_seen_total", source="stream")
+            await wait_for(
+                lambda: _at_least(port, "tradingbot_stream_fills_first_seen_total", before + 1, source="stream"),
+                timeout=60,
+            )
+            code, halted = await control(port, "halt")
+            assert code == 200 and halted["state"] == "halted"
+
+            async def agreed() -> bool:
+                venue = {f.trade_id.removeprefix("T") for f in await gateway.venue.recent_fills()}
+                _, journal = await asyncio.to_thread(journaled, url)
+                return journal == venue and await metric(port, "tradingbot_fills_total") == len(venue)
+
+            await wait_for(agreed)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
