@@ -230,9 +230,7 @@ class CcxtBroker(Broker):
             asyncio.create_task(
                 self._every(lambda: self.orders_interval, self._background_poll), name=f"{self.venue}-orders"
             ),
-            asyncio.create_task(
-                self._every(self.quote_interval, self._background_quotes), name=f"{self.venue}-quotes"
-            ),
+            asyncio.create_task(self._every(self.quote_interval, self._background_quotes), name=f"{self.venue}-quotes"),
         ]
 
     @property
