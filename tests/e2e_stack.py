@@ -85,6 +85,14 @@ def packaged_playbook(
         if rule["name"] in names
     ]
     assert [r["name"] for r in rules] == list(names), "the packaged playbook's rules changed"
+    for rule in rules:  # a rule's `defers_to` may name only rules of this playbook: those left out are dropped
+        deferred = rule.get("defers_to")
+        if deferred is not None:
+            kept = [name for name in deferred["rules"] if name in names]
+            if kept:
+                rule["defers_to"] = {**deferred, "rules": kept}
+            else:
+                del rule["defers_to"]
     defaults = {**packaged["defaults"], "backoff": {"initial": "1s", "max": "5s", "multiplier": 2, "jitter": 0.2}}
     return {"version": 1, "defaults": defaults, "rules": rules}
 

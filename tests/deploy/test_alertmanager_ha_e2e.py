@@ -28,6 +28,7 @@ from alertmanager_server import Alertmanager, start_alertmanager
 from polling import until
 from ports import free_port
 from reconciler_server import READ_TOKEN, TOKEN
+from secret_file import write_secret
 from server_process import stop, wait_http
 from system_binaries import REPO_ROOT, require_binary
 
@@ -98,7 +99,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         db = f"sqlite:///{tmp / 'trading-ops.db'}"
         migrate.upgrade(db)
         for name, value in (("control", CONTROL_TOKEN), ("webhook", TOKEN), ("read", READ_TOKEN)):
-            (tmp / name).write_text(value)
+            write_secret(tmp / name, value)
         instance = f"127.0.0.1:{bot_port}"
         config = {
             "database": {"url": db},

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from decision_helpers import clear_halt, signer_of
 from make_run_checkout import make_checkout
 from polling import until
 from system_binaries import require_binary
@@ -232,7 +233,11 @@ def test_a_breached_loss_limit_holds_across_stack_restarts_and_the_position_is_a
     (episode,) = settled(night, known, "TradingBotDailyLossBreached")
     assert episode["id"] == asked["episode_id"]
     assert episode["state"] == "recovered", episode
-    night.control("clear_halt")
+    # A loss limit's halt clears on a decision the stack's reconciler key signed (another person approved).
+    night.control(
+        "clear_halt",
+        clear_halt("paper-1", signer=signer_of(night.up.root / "var" / "secrets" / "reconciler-decision-key")),
+    )
     night.control("resume")
     db_path = journal(checkout)
 

@@ -637,7 +637,7 @@ def paper_gateway(tmp_path: Path) -> Iterator[str]:
     """`trading-ops paper-gateway` on this host (the machine shares its network): the venue of the example bot."""
     port = free_port()
     for name, value in (("key", GATEWAY_KEY), ("secret", GATEWAY_SECRET), ("token", secrets.token_urlsafe(24))):
-        (tmp_path / f"gateway-{name}").write_text(value)
+        write_secret(tmp_path / f"gateway-{name}", value)
     config = tmp_path / "gateway.yaml"
     gateway = {
         "listen": {"host": "127.0.0.1", "port": port},

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from decision_helpers import clear_halt, signer_of
 from polling import until
 from system_binaries import require_binary
 from up_process import UpProcess, alive
@@ -124,7 +125,11 @@ def test_a_breached_loss_limit_holds_across_restarts_and_an_unhandled_position_i
         assert loss_episode["state"] == "recovered" and loss_episode["rule"] == "loss-limit-flatten", loss_episode
         # What a person does next (docs/reconciler.md): clear the halt, resume. The day's loss is still past the
         # limit: the loss alert keeps firing, and Alertmanager, having notified it, says nothing more of it.
-        stack.control("clear_halt")
+        # The halt clears on a decision the stack's reconciler key signed (another person approved).
+        stack.control(
+            "clear_halt",
+            clear_halt("paper-1", signer=signer_of(up.root / "var" / "secrets" / "reconciler-decision-key")),
+        )
         stack.control("resume")
 
         # A position comes back (a fill at the venue nobody asked for, which the bot's reconciliation adopts): the
