@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 from binance_helpers import BINANCE_KEY, BINANCE_SECRET, binance_gateway
+from ccxt_example_bot import MOVING, STOP_SECONDS, _at_least, example_bot, metric, write_config
 from ccxt_helpers import wait_for
 from paper_helpers import control, get
 from ports import free_port
-from test_ccxt_bot import MOVING, STOP_SECONDS, _at_least, example_bot, metric, write_config
 
 from trading_ops.bot.broker import OrderType
 from trading_ops.bot.journal import Journal
