@@ -324,6 +324,16 @@ class Health(msgspec.Struct, kw_only=True):
     status: str
 
 
+# The `{bot}` of a path that names one of the reconciler's bots.
+BOT_PATH_PARAMETER: dict[str, Any] = {
+    "name": "bot",
+    "in": "path",
+    "required": True,
+    "description": "the bot's name (bots[].name)",
+    "schema": {"type": "string", "minLength": 1},
+}
+
+
 def _token(scope: str, doc: Builder) -> dict[str, Any]:
     """The 401 and 403 of an operation that needs a token of reconciler.api_tokens with `scope`."""
     return {
@@ -529,15 +539,7 @@ def reconciler_document() -> dict[str, Any]:
             "when a readiness criterion of the stage before it does not pass. The request is recorded under the "
             "token's name (an audit entry) and posted to Alertmanager; its approval then needs other people.",
             "security": [{"operate": []}, {"approve": []}],
-            "parameters": [
-                {
-                    "name": "bot",
-                    "in": "path",
-                    "required": True,
-                    "description": "the bot's name (bots[].name)",
-                    "schema": {"type": "string", "minLength": 1},
-                }
-            ],
+            "parameters": [BOT_PATH_PARAMETER],
             "requestBody": {"required": True, "content": json_content(doc.ref(RampRequest))},
             "responses": {
                 "200": response("Asked: the request.", doc.ref(RampRequested)),
@@ -563,15 +565,7 @@ def reconciler_document() -> dict[str, Any]:
             "under the token's name (an audit entry) and posted to Alertmanager (TradingBotClearHaltRequested); its "
             "approval then needs reconciler.approvals.clear_halt other people.",
             "security": [{"operate": []}, {"approve": []}],
-            "parameters": [
-                {
-                    "name": "bot",
-                    "in": "path",
-                    "required": True,
-                    "description": "the bot's name (bots[].name)",
-                    "schema": {"type": "string", "minLength": 1},
-                }
-            ],
+            "parameters": [BOT_PATH_PARAMETER],
             "requestBody": {"required": True, "content": json_content(doc.ref(ClearHaltRequest))},
             "responses": {
                 "200": response("Asked: the request.", doc.ref(ClearHaltRequested)),
@@ -592,13 +586,7 @@ def reconciler_document() -> dict[str, Any]:
             "summary": "A bot's readiness verdict, every criterion with its value, threshold and window (scope read)",
             "security": [{"read": []}],
             "parameters": [
-                {
-                    "name": "bot",
-                    "in": "path",
-                    "required": True,
-                    "description": "the bot's name (bots[].name)",
-                    "schema": {"type": "string", "minLength": 1},
-                },
+                BOT_PATH_PARAMETER,
                 {
                     "name": "window",
                     "in": "query",
