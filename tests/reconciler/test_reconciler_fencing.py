@@ -35,6 +35,7 @@ from trading_ops.reconciler.ledger import (
     NotificationIn,
     Written,
 )
+from trading_ops.reconciler.ledger.claims import OWN_CLAIM_FREED
 from trading_ops.reconciler.ledger.rollback import ATTEMPT, CLAIM, OUTCOME, PAGE, STEP
 from trading_ops.reconciler.outbox import OutboxStore
 
@@ -102,7 +103,10 @@ def test_a_claim_whose_answer_was_lost_is_freed_by_its_own_replica_at_once(ledge
     now = utcnow()
     assert ledger.sweep(now, "r1", live={episode_id}, is_dead=alive, every_run_of_ours=True).interrupted == []
     assert ledger.sweep(now, "r2", is_dead=alive, lapsed_is_dead=False).interrupted == []
-    assert ledger.sweep(now, "r1", is_dead=alive, every_run_of_ours=True).interrupted == [episode_id]
+    freed = ledger.sweep(now, "r1", is_dead=alive, every_run_of_ours=True)
+    assert freed.interrupted == [episode_id]
+    # Its log line says whose claim it was: not a takeover from a live replica.
+    assert freed.why[episode_id] == f"owner r1 (this replica): {OWN_CLAIM_FREED}"
 
 
 def test_an_outcome_written_twice_is_written_once(ledger: Ledger) -> None:

@@ -23,6 +23,8 @@ from trading_ops.reconciler.processes import owner_is_dead
 # restart script still running is worse than acting late, and the dead host's reconciler usually returns long
 # before (systemd restarts it in seconds); a host that died altogether took its processes with it.
 LEFTOVER_FENCE_SECONDS = 600.0
+# Why a sweep freed a claim of its own caller's that no run of the caller holds: not a takeover from a live owner.
+OWN_CLAIM_FREED = "no run of ours holds it (a claim whose answer was lost with the database, or a run whose last write failed)"
 
 
 @dataclass
@@ -209,11 +211,15 @@ class Claims:
                     continue
                 result.interrupted.append(row.id)
                 lapsed_for = (now - row.lease_until).total_seconds() if row.lease_until is not None else None
-                result.why[row.id] = (
-                    f"owner {row.owner}: "
-                    + ("its process is gone" if row.owner != owner and is_dead(row.owner) else "")
-                    + (f"; lease lapsed {lapsed_for:.1f}s ago" if lapsed_for is not None and lapsed_for > 0 else "")
-                ).replace(": ;", ":")
+                if row.owner == owner and every_run_of_ours:
+                    # Not a takeover: our own claim, that no run of ours holds (see dead_runs above).
+                    result.why[row.id] = f"owner {owner} (this replica): {OWN_CLAIM_FREED}"
+                else:
+                    result.why[row.id] = (
+                        f"owner {row.owner}: "
+                        + ("its process is gone" if row.owner != owner and is_dead(row.owner) else "")
+                        + (f"; lease lapsed {lapsed_for:.1f}s ago" if lapsed_for is not None and lapsed_for > 0 else "")
+                    ).replace(": ;", ":")
                 # A step still `running` may have acted or not: its outcome is unknown (never "interrupted", which
                 # would let a retry run it again as if it had not). An outcome its run saw was written before
                 # anything else (or spooled, and replayed before this sweep), so it is not among these.
