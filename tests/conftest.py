@@ -8,6 +8,8 @@ import functools
 import logging
 import os
 import re
+import resource
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 except OSError as exc:
                     report.sections.append((f"{name}: its log", f"unreadable: {exc}"))
     return report
+
+
+# `TRADING_OPS_TEST_CPU=FILE make test`: each test's wall time and the CPU seconds its worker and the processes it
+# waited for spent (set-up, call and teardown), a line per test appended to FILE. In lanes on 2 cores the run is bound
+# by CPU, not by the wall times `--durations` lists: this says where the CPU goes.
+TEST_CPU = os.environ.get("TRADING_OPS_TEST_CPU")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    if not TEST_CPU:
+        return (yield)
+    wall = time.monotonic()
+    mine, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        return (yield)
+    finally:
+        after, after_children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (mine.ru_utime + mine.ru_stime)
+        cpu_children = (after_children.ru_utime + after_children.ru_stime) - (children.ru_utime + children.ru_stime)
+        with open(TEST_CPU, "a", encoding="utf-8") as out:
+            out.write(f"{time.monotonic() - wall:.2f} {cpu:.2f} {cpu_children:.2f} {item.nodeid}\n")
 
 
 @pytest.fixture(autouse=True)
