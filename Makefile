@@ -192,24 +192,25 @@ test: $(STAMP) system-deps monitoring-lts bytecode
 test-hosts: $(STAMP) system-deps monitoring-lts bytecode
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup -m hosts
 
-# Every benchmark but the soak (`$(PY) benchmarks/bench_soak.py --minutes 60`: an hour at least, run it on its own).
+# Every benchmark but the soak (`$(PY) benchmarks/stack/bench_soak.py --minutes 60`: an hour at least, run it on its
+# own).
 bench: $(STAMP) system-deps bench-deps monitoring-lts
-	$(PY) benchmarks/bench_exporter.py
+	$(PY) benchmarks/bot/bench_exporter.py
 	$(PY) benchmarks/bench_cli.py
-	$(PY) benchmarks/bench_intake.py
-	$(PY) benchmarks/bench_recovery.py
-	$(PY) benchmarks/bench_backup.py
-	$(PY) benchmarks/bench_wal.py
-	$(PY) benchmarks/bench_ccxt.py
-	$(PY) benchmarks/bench_freqtrade.py
-	$(PY) benchmarks/bench_freqtrade_reload.py --runs 20 --no-poll --clients 16 --close
-	$(PY) benchmarks/bench_fleet.py
-	$(PY) benchmarks/bench_mttr.py
+	$(PY) benchmarks/reconciler/bench_intake.py
+	$(PY) benchmarks/stack/bench_recovery.py
+	$(PY) benchmarks/ops/bench_backup.py
+	$(PY) benchmarks/ops/bench_wal.py
+	$(PY) benchmarks/venues/bench_ccxt.py
+	$(PY) benchmarks/integrations/bench_freqtrade.py
+	$(PY) benchmarks/integrations/bench_freqtrade_reload.py --runs 20 --no-poll --clients 16 --close
+	$(PY) benchmarks/stack/bench_fleet.py
+	$(PY) benchmarks/stack/bench_mttr.py
 	$(PY) benchmarks/bench_webconfig.py
-	$(PY) benchmarks/bench_outbox.py
-	$(PY) benchmarks/bench_nautilus.py
-	$(PY) benchmarks/bench_dead_man_switch.py
-	$(PY) benchmarks/bench_generations.py
+	$(PY) benchmarks/reconciler/bench_outbox.py
+	$(PY) benchmarks/integrations/bench_nautilus.py
+	$(PY) benchmarks/bot/bench_dead_man_switch.py
+	$(PY) benchmarks/monitoring/bench_generations.py
 
 clean:
 	rm -rf $(VENV) var site .pytest_cache .ruff_cache .mypy_cache

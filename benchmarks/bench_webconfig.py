@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from web_pki import make_pki, web_config  # noqa: E402
 
-from benchmarks.bench_ports import free_port  # noqa: E402
+from benchmarks._shared.loopback_ports import free_port  # noqa: E402
 from trading_ops.webconfig import load_web_config, secure_app  # noqa: E402
 
 BODY = b"# a metrics page\n" + b'tradingbot_example_series{symbol="BTC-USD",side="buy"} 1.0\n' * 1800

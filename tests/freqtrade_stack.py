@@ -2,7 +2,8 @@
 (started detached, as the playbook's exec step restarts it), the `trading-ops freqtrade` sidecar process, and what
 e2e_stack runs to watch and heal it (Prometheus with the repository's freqtrade and availability rules, Alertmanager,
 and the reconciler running the packaged playbook's freqtrade rules); and a fault healed on it, timed from the fault to
-the end of its episodes. Used by test_freqtrade_e2e and by benchmarks/bench_freqtrade.py and bench_soak.py."""
+the end of its episodes. Used by test_freqtrade_e2e and by benchmarks/integrations/bench_freqtrade.py and
+benchmarks/stack/bench_soak.py."""
 
 from __future__ import annotations
 

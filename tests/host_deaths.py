@@ -12,7 +12,8 @@ exporter and then its bot back.
 when its orders were gone from the venue and when each page it owes arrived (the host-down page: the bot holds no
 position, so no exposure page is owed), and counts false pages (anything else paged, or a page twice), late pages (a
 death's page later than the first death's by more than LATE_MARGIN_SECONDS) and resolved notices of an earlier outage
-that arrived after the next death. tests/deploy/test_host_down_e2e.py and benchmarks/bench_host_deaths.py run it."""
+that arrived after the next death. tests/deploy/test_host_down_e2e.py and benchmarks/deploy/bench_host_deaths.py run
+it."""
 
 from __future__ import annotations
 

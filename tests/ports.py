@@ -1,9 +1,9 @@
-"""Free loopback ports for the servers a test starts: benchmarks/bench_ports.py's, one implementation for both
-(below the ephemeral range, never twice in a run, each xdist worker in a slice of its own)."""
+"""Free loopback ports for the servers a test starts: benchmarks/_shared/loopback_ports.py's, one implementation for
+both (below the ephemeral range, never twice in a run, each xdist worker in a slice of its own)."""
 
 from __future__ import annotations
 
-from benchmarks.bench_ports import free_port, free_range
+from benchmarks._shared.loopback_ports import free_port, free_range
 
 __all__ = ["free_port", "free_ports"]
 

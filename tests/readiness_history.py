@@ -3,7 +3,7 @@
 `History` describes one bot's run (how long, what went wrong and when); `openmetrics` writes the series of many bots
 as OpenMetrics text; `backfill` turns it into TSDB blocks with `promtool tsdb create-blocks-from openmetrics`;
 `started_prometheus` starts a real Prometheus on those blocks with enough retention. Used by
-tests/readiness/test_readiness.py and benchmarks/bench_readiness.py.
+tests/readiness/test_readiness.py and benchmarks/readiness/bench_readiness.py.
 """
 
 from __future__ import annotations

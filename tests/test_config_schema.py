@@ -52,7 +52,7 @@ def documented_configs() -> list[tuple[str, dict[str, Any]]]:
         for i, block in enumerate(YAML_BLOCK.findall(page.read_text(encoding="utf-8"))):
             if (data := as_config(block)) is not None:
                 found.append((f"{page.name}#{i}", data))
-    for module in sorted([*ROOT.glob("tests/**/*.py"), *ROOT.glob("benchmarks/*.py")]):
+    for module in sorted([*ROOT.glob("tests/**/*.py"), *ROOT.glob("benchmarks/**/*.py")]):
         for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value:
                 if (data := as_config(node.value)) is not None:

@@ -89,7 +89,7 @@ def importers_of_test_modules() -> list[str]:
     tests = names_of_test_modules()
     return [
         f"{path.relative_to(TESTS.parent)}:{line}: imports {name}"
-        for path in [*python_files(), *sorted(BENCHMARKS.glob("*.py"))]
+        for path in [*python_files(), *sorted(BENCHMARKS.rglob("*.py"))]
         for line, name in imports_of_test_modules(path.read_text(encoding="utf-8"), tests)
     ]
 
@@ -135,6 +135,46 @@ def test_helper_modules_are_imported_by_their_basename_only() -> None:
 def test_no_test_module_or_benchmark_imports_a_test_module() -> None:
     found = importers_of_test_modules()
     assert not found, "test modules imported; move what they share into a helper module:\n" + "\n".join(found)
+
+
+def benchmark_import_problems(source: str, stems: set[str], root: Path) -> list[tuple[int, str]]:
+    """Imports in a benchmark of a module under benchmarks/ by its basename (found only when it is in the benchmark's
+    own folder: run as a script, a benchmark has that folder on the path, not its neighbours'), or by a dotted
+    `benchmarks.` name that names no file."""
+    found = []
+    for line, name in imported_modules(source):
+        if name.split(".")[0] in stems:
+            found.append((line, f"{name}: import it as benchmarks.<folder>.{name}"))
+        elif name.split(".")[0] == "benchmarks":
+            path = root.joinpath(*name.split("."))
+            if not (path.with_suffix(".py").is_file() or path.is_dir()):
+                found.append((line, f"{name}: no such module"))
+    return found
+
+
+def test_benchmarks_mirror_the_tests_folders_and_import_each_other_by_dotted_name() -> None:
+    """A benchmark sits where the tests of what it measures are (benchmarks/venues/ as tests/venues/; those of the
+    package's top-level modules in benchmarks/ itself), what several share in benchmarks/_shared/."""
+    folders = sorted({p.parent.relative_to(BENCHMARKS) for p in BENCHMARKS.rglob("*.py")} - {Path(".")})
+    assert Path("venues") in folders and Path("_shared") in folders, folders
+    strays = [str(f) for f in folders if f != Path("_shared") and not (TESTS / f).is_dir()]
+    assert not strays, f"folders under benchmarks/ that tests/ has not: {strays}"
+    benchmarks = sorted(BENCHMARKS.rglob("bench_*.py"))
+    assert not [p for p in benchmarks if p.parent.name == "_shared"], "a benchmark in benchmarks/_shared/"
+    duplicated = duplicate_basenames(benchmarks)
+    assert not duplicated, f"two benchmarks of one basename: {duplicated}"
+    stems = {p.stem for p in BENCHMARKS.rglob("*.py")}
+    found = [
+        f"{path.relative_to(TESTS.parent)}:{line}: {problem}"
+        for path in sorted(BENCHMARKS.rglob("*.py"))
+        for line, problem in benchmark_import_problems(path.read_text(encoding="utf-8"), stems, TESTS.parent)
+    ]
+    assert not found, "\n".join(found)
+    sample = "from bench_recovery import Stack\nfrom benchmarks._shared import loopback_ports\nimport benchmarks.no\n"
+    assert benchmark_import_problems(sample, stems, TESTS.parent) == [
+        (1, "bench_recovery: import it as benchmarks.<folder>.bench_recovery"),
+        (3, "benchmarks.no: no such module"),
+    ]
 
 
 def test_the_checks_find_each_way_of_importing_a_conftest_or_a_second_copy() -> None:

@@ -1,7 +1,7 @@
 """A cluster of a test's own (tests/pg_cluster.py, archiving into pgBackRest) switched to `archive_command = trading-ops
 backup archive-wal %p` with its off-host repository on sshd in a network namespace (tests/ssh_host.py): the files
 the archiver (the postgres user) reads, the trading-ops configuration, and where its WAL shows up off host. Used by
-tests/ops/test_backup_wal.py and benchmarks/bench_wal.py."""
+tests/ops/test_backup_wal.py and benchmarks/ops/bench_wal.py."""
 
 from __future__ import annotations
 

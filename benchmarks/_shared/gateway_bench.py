@@ -24,7 +24,7 @@ import ccxt.pro as ccxtpro
 
 from trading_ops.paper.gateway.kraken.ws.server import PRIVATE_PATH, PUBLIC_PATH
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NEVER = 3600.0
 STARTUP_SECONDS = 60.0
 KEYS_ENV = "BENCH_GATEWAY_KEYS"

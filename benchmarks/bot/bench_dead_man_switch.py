@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +24,18 @@ import ccxt.async_support as ccxt
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from benchmarks.bench_ports import free_port
-from trading_ops.bot.runtime import BotRuntime
-from trading_ops.config import parse_config
-from trading_ops.db import migrate
-from trading_ops.paper.gateway.kraken.gateway import KrakenGateway, create_app
-from trading_ops.paper.venue import PaperVenue
-from trading_ops.venues.call_counter import CallBudget, CounterLimiter
-from trading_ops.venues.ccxt.rest import CcxtBroker
+# Run as a script, a benchmark has its own folder on the path: the repository's root too, for benchmarks.*.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._shared.loopback_ports import free_port  # noqa: E402
+from trading_ops.bot.runtime import BotRuntime  # noqa: E402
+from trading_ops.config import parse_config  # noqa: E402
+from trading_ops.db import migrate  # noqa: E402
+from trading_ops.paper.gateway.kraken.gateway import KrakenGateway, create_app  # noqa: E402
+from trading_ops.paper.venue import PaperVenue  # noqa: E402
+from trading_ops.venues.call_counter import CallBudget, CounterLimiter  # noqa: E402
+from trading_ops.venues.ccxt.rest import CcxtBroker  # noqa: E402
 
 KEY, SECRET = "bench-key", base64.b64encode(b"the benchmark's gateway secret").decode()
 TOKEN = "bench-control-token"

@@ -14,7 +14,7 @@ Between calls the bot is demoted in-process (not timed). The decisions are signe
 reconciler's cost, not the bot's). Also measured in-process: the verification alone (verify + spend), and verify
 alone. Prints JSON: p50 and p99 of each, and the ratios verified/baseline (goal: <= 2x).
 
-Usage: python benchmarks/bench_decisions.py [--calls 400]
+Usage: python benchmarks/bot/bench_decisions.py [--calls 400]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 

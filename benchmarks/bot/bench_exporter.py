@@ -15,7 +15,7 @@
 The bot is configured as the paper bot is: `tune_switch_interval` and `disable_created_series` on. The lag is
 also measured with Python's default GIL switch interval, to show what the opt-in buys.
 
-Usage: python benchmarks/bench_exporter.py [--quick]
+Usage: python benchmarks/bot/bench_exporter.py [--quick]
 """
 
 from __future__ import annotations

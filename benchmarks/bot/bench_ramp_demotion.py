@@ -15,7 +15,7 @@ Measured from the breach: when the bot's order gate holds the first stage's limi
 RiskEngine), and when Prometheus has TradingBotRampDemoted pending, then firing (its `for:` is 1m). Alertmanager's
 group_wait (10 s for a page) comes on top. Prints JSON.
 
-Usage: python benchmarks/bench_ramp_demotion.py [--rounds 1] [--cause loss_limit|stream_down|crash_loop]
+Usage: python benchmarks/bot/bench_ramp_demotion.py [--rounds 1] [--cause loss_limit|stream_down|crash_loop]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -44,7 +44,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from prometheus_server import start_prometheus  # noqa: E402
 from server_process import stop, wait_http  # noqa: E402
 
-from benchmarks.bench_ports import free_port  # noqa: E402
+from benchmarks._shared.loopback_ports import free_port  # noqa: E402
 from trading_ops.bot.broker import OrderType, Side  # noqa: E402
 from trading_ops.config import parse_config  # noqa: E402
 from trading_ops.paper.bot import PaperBot  # noqa: E402

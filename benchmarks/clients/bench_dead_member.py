@@ -3,7 +3,7 @@ survivors: the reconciler's reads and escalations through its Alertmanager clien
 live member with the shipped `alertmanagers` `timeout` against Prometheus's default (10 s). Real Prometheus and
 Alertmanager; prints JSON.
 
-    .venv/bin/python benchmarks/bench_dead_member.py [--seconds 90] [--slot 3]
+    .venv/bin/python benchmarks/clients/bench_dead_member.py [--seconds 90] [--slot 3]
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from typing import Any
 import aiohttp
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from alertmanager_server import start_alertmanager  # noqa: E402
 from blackhole import Blackhole  # noqa: E402
 from prometheus_server import start_prometheus  # noqa: E402
 from server_process import stop, wait_http  # noqa: E402
 
-from benchmarks.bench_ports import free_port  # noqa: E402
+from benchmarks._shared.loopback_ports import free_port  # noqa: E402
 from trading_ops.clients.alertmanager import AlertmanagerClient  # noqa: E402
 from trading_ops.reconciler.actions.escalate import FAILED, escalate  # noqa: E402
 

@@ -11,7 +11,7 @@ end; the host's figures are from the kill to its order cancelled at the venue an
 (a receiver of the benchmark's own). The playbook's cooldowns are 0 (the same bot's faults follow each other);
 everything else as shipped. Needs root, as the test does.
 
-    timeout 1200 .venv/bin/python benchmarks/bench_ha_topology.py [--profile standard]
+    timeout 1200 .venv/bin/python benchmarks/deploy/bench_ha_topology.py [--profile standard]
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from ha_topology import run_sequence, topology  # noqa: E402
 

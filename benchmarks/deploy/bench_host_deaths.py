@@ -15,7 +15,7 @@ page later than the same run's first death's by more than LATE_MARGIN_SECONDS: t
 resolved notices of an earlier death that reached the pager after a later kill.
 
 Needs root, `ip`, prometheus, prometheus-alertmanager and prometheus-node-exporter. Minutes: run it in the background
-with a timeout, e.g. `timeout 40m .venv/bin/python benchmarks/bench_host_deaths.py --profile fast`.
+with a timeout, e.g. `timeout 40m .venv/bin/python benchmarks/deploy/bench_host_deaths.py --profile fast`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
 from host_deaths import LATE_MARGIN_SECONDS, Pager, host_deaths, judge, plan, play  # noqa: E402

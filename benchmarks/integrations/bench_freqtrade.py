@@ -21,7 +21,7 @@ Then the sidecar: one GET /metrics (p50, p99 over `--scrapes`) beside the same n
 (prometheus_client's own cost, the baseline), the mean time freqtrade's API took per endpoint the sidecar polls, and
 the sidecar process's RSS.
 
-Usage: python benchmarks/bench_freqtrade.py [--runs 3] [--scrapes 300] [--faults gateway_drop,hung_sigstop]
+Usage: python benchmarks/integrations/bench_freqtrade.py [--runs 3] [--scrapes 300] [--faults gateway_drop,hung_sigstop]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any
 
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
 from freqtrade_stack import Stack, drop_connection, freqtrade_stack, heal  # noqa: E402

@@ -17,7 +17,8 @@ Measured (docs/freqtrade.md): `--no-poll --clients 16` hung the 2nd reload in on
 `--no-poll --clients 16 --close` came back 60 times of 60. `--sidecar --outage 3 --load 1`: the 58th hung with the
 sidecar on kept-alive connections, 100 of 100 came back with its connection per request.
 
-Usage: python benchmarks/bench_freqtrade_reload.py [--runs 50] [--deadline 60] [--clients 16 [--close]] [--sidecar]
+Usage: python benchmarks/integrations/bench_freqtrade_reload.py [--runs 50] [--deadline 60] [--clients 16 [--close]]
+    [--sidecar]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
 from freqtrade_helpers import PASSWORD, USERNAME, make_freqtrade  # noqa: E402

@@ -12,7 +12,7 @@ gateway, the small strategy) with the controller, measured in the same run again
 3. One order event through the exporter (an OrderFilled: fills, quantity, notional, fee, latency) against the raw
    prometheus_client child operations it amounts to (four counter increments), best of a few runs each, interleaved.
 
-Usage: python benchmarks/bench_nautilus.py [--quick]
+Usage: python benchmarks/integrations/bench_nautilus.py [--quick]
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
 from gateway_helpers import start_gateway  # noqa: E402
 from nautilus_helpers import Node, start_node  # noqa: E402
 from prometheus_client import CollectorRegistry, Counter  # noqa: E402
 
-from benchmarks.bench_ports import free_port  # noqa: E402
+from benchmarks._shared.loopback_ports import free_port  # noqa: E402
 from trading_ops.integrations.nautilus.exporter import NautilusExporter  # noqa: E402
 
 LAG_GOAL_SECONDS = 0.002

@@ -12,7 +12,7 @@ the long-term-support pair docker-compose.yml pins (Prometheus 3.5.3 / Alertmana
   rounds are --gap apart at least (the playbook's cooldowns are capped at it, and Alertmanager drops the previous
   round's group). The servers each stack runs are read from their build information, not assumed from PATH.
 
-    python benchmarks/bench_generations.py [--rounds 5] [--skip-rules] [--skip-stack]
+    python benchmarks/monitoring/bench_generations.py [--rounds 5] [--skip-rules] [--skip-stack]
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO_ROOT / "tests")]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
 import monitoring_lts  # noqa: E402
-from bench_mttr import BY_FAULT, UNREACHABLE_LOSS_LIMIT, Probe, run_round, settle  # noqa: E402
-from bench_recovery import Stack, get_json, summary  # noqa: E402
+
+from benchmarks.stack.bench_mttr import BY_FAULT, UNREACHABLE_LOSS_LIMIT, Probe, run_round, settle  # noqa: E402
+from benchmarks.stack.bench_recovery import Stack, get_json, summary  # noqa: E402
 
 RULE_TESTS = sorted((REPO_ROOT / "prometheus" / "tests").glob("*_test.yml"))
 SCENARIO = BY_FAULT["drop_connection"]

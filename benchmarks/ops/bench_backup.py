@@ -115,7 +115,7 @@ def fill_journal(url: str, fills: int) -> None:
 
 
 # The test helpers that start sshd in a network namespace and PostgreSQL clusters (they import their siblings).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "tests"), str(Path(__file__).resolve().parents[2])]
 
 
 def config_for(url: str, directory: Path, remote: dict[str, Any] | None = None, **backup: Any) -> Config:

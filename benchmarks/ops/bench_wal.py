@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 # The test helpers that start sshd in a network namespace and PostgreSQL clusters (they import their siblings).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "tests"), str(Path(__file__).resolve().parents[2])]
 
 from trading_ops.cli import main as cli  # noqa: E402
 from trading_ops.db.base import utcnow  # noqa: E402

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
 from paper_helpers import TOKEN, fast_config  # noqa: E402

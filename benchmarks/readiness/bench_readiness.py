@@ -7,7 +7,7 @@ verdict of all N bots in one command (one query per criterion for all of them), 
 commands), the queries each takes, and as the baseline one instant query of `up` over the window. Times are the
 median of --rounds, in seconds; the backfill's own cost is reported too.
 
-Usage: python benchmarks/bench_readiness.py [--bots 20] [--days 7] [--step 300] [--rounds 5]
+Usage: python benchmarks/readiness/bench_readiness.py [--bots 20] [--days 7] [--step 300] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import Any
 import aiohttp
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from alertmanager_server import run_alertmanager  # noqa: E402
 from readiness_history import DAY, History, backfill, openmetrics, started_prometheus  # noqa: E402
 
-from benchmarks.bench_ports import free_port  # noqa: E402
+from benchmarks._shared.loopback_ports import free_port  # noqa: E402
 from trading_ops.clients.alertmanager import AlertmanagerClient  # noqa: E402
 from trading_ops.clients.prometheus import PrometheusClient  # noqa: E402
 from trading_ops.config import parse_config  # noqa: E402
@@ -42,7 +42,7 @@ from trading_ops.ops.state import OpsState  # noqa: E402
 from trading_ops.readiness.criteria import CRITERIA, instances_selector  # noqa: E402
 from trading_ops.readiness.verdict import evaluate  # noqa: E402
 
-RULES = Path(__file__).resolve().parent.parent / "prometheus" / "rules"
+RULES = Path(__file__).resolve().parents[2] / "prometheus" / "rules"
 # A few bots fail a criterion each, so the verdicts are not all alike.
 FAULTS: list[dict[str, Any]] = [
     {"restarts_at": (2 * DAY,)},

@@ -6,7 +6,7 @@ with a week of episodes. Measured in the same run: the review's build for all N 
 for all of them, daily steps, and the ledger), its HTML rendering, and as the baseline one instant query of `up` over a
 day. Times are the median of --rounds, in seconds.
 
-Usage: python benchmarks/bench_weekly_review.py [--bots 20] [--step 300] [--rounds 5]
+Usage: python benchmarks/readiness/bench_weekly_review.py [--bots 20] [--step 300] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from readiness_history import DAY, History, backfill, openmetrics, started_prometheus  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from benchmarks.bench_ports import free_port  # noqa: E402
+from benchmarks._shared.loopback_ports import free_port  # noqa: E402
 from trading_ops.clients.prometheus import PrometheusClient  # noqa: E402
 from trading_ops.config import parse_config  # noqa: E402
 from trading_ops.db import migrate  # noqa: E402

@@ -3,13 +3,13 @@ handler measured in the same run, and the reconciler's idle RSS and CPU; then ro
 then two sharing the database (the connections spread over both, as a clustered Alertmanager pair's notifications
 are). Prints JSON.
 
-The load comes from wrk (Debian's `wrk`, `make bench-deps`) running benchmarks/wrk_webhook.lua: a client in C costs
-the two shared CPUs a few microseconds a request, as Alertmanager's (Go) does, where a Python client cost more than
-the servers it measured and capped the baseline. Every figure says what the servers, PostgreSQL and wrk used of the
-CPUs, and whether every acknowledged notification is in the database. The machine's speed swings 2x from minute to
-minute: the replica comparison is made `--rounds` times, one then two, and judged on the medians.
+The load comes from wrk (Debian's `wrk`, `make bench-deps`) running benchmarks/reconciler/wrk_webhook.lua: a client
+in C costs the two shared CPUs a few microseconds a request, as Alertmanager's (Go) does, where a Python client cost
+more than the servers it measured and capped the baseline. Every figure says what the servers, PostgreSQL and wrk
+used of the CPUs, and whether every acknowledged notification is in the database. The machine's speed swings 2x from
+minute to minute: the replica comparison is made `--rounds` times, one then two, and judged on the medians.
 
-Usage: python benchmarks/bench_intake.py [--rounds 3] [--no-postgres | --postgres-only]
+Usage: python benchmarks/reconciler/bench_intake.py [--rounds 3] [--no-postgres | --postgres-only]
 """
 
 from __future__ import annotations

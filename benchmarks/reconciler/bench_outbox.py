@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_ports import free_port
 
 from trading_ops.config import EscalationConfig
 from trading_ops.db import migrate
@@ -31,6 +30,12 @@ from trading_ops.db.base import make_engine
 from trading_ops.reconciler.ledger import Ledger
 from trading_ops.reconciler.outbox import OutboxStore
 from trading_ops.stack.binaries import find as find_binary
+
+# Run as a script, a benchmark has its own folder on the path: the repository's root too, for benchmarks.*.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._shared.loopback_ports import free_port  # noqa: E402
 
 TOKEN = "bench-outbox-token"
 POLL_SECONDS = 0.05

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEST = "tests/reconciler/test_reconciler_patroni.py"
 MARK = "PATRONI FAILOVER "
 # A run's start of the cluster, the outage (up to Patroni's ttl) and the stream take 1 to 3 minutes here.

@@ -1,6 +1,7 @@
--- The load of benchmarks/bench_intake.py, for wrk (Debian's `wrk`): POSTs Alertmanager webhook payloads, the lines of
--- the file $BODIES in turn, with the bearer token $TOKEN, and prints one JSON line of what it measured. A client in C
--- costs the shared CPUs a few microseconds a request, as Alertmanager (Go) does, so the servers get the machine.
+-- The load of benchmarks/reconciler/bench_intake.py, for wrk (Debian's `wrk`): POSTs Alertmanager webhook payloads,
+-- the lines of the file $BODIES in turn, with the bearer token $TOKEN, and prints one JSON line of what it measured. A
+-- client in C costs the shared CPUs a few microseconds a request, as Alertmanager (Go) does, so the servers get the
+-- machine.
 
 local prepared = {}
 local turn = 0

@@ -40,7 +40,12 @@ from typing import Any
 
 import psutil
 import yaml
-from bench_ports import free_port, free_range
+
+# Run as a script, a benchmark has its own folder on the path: the repository's root too, for benchmarks.*.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._shared.loopback_ports import free_port, free_range  # noqa: E402
 
 POLL_SECONDS = 0.2
 TOKEN_BYTES = 24

@@ -60,9 +60,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_recovery import POLL_SECONDS, Stack, get_json, post_json, summary, ts
-
 from trading_ops.stack.profiles import PROFILES
+
+# Run as a script, a benchmark has its own folder on the path: the repository's root too, for benchmarks.*.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.stack.bench_recovery import POLL_SECONDS, Stack, get_json, post_json, summary, ts  # noqa: E402
 
 # DESIGN goal for what the pipeline adds on top of Prometheus's own detection, for the scenarios the reconciler heals.
 GOAL_ADDED_P50_SECONDS = 0.7

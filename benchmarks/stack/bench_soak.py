@@ -19,7 +19,7 @@ Alertmanager and reconciler (a thread of this process, so not sampled). Every fo
 bot's faults, its gateway drops every connection (the sidecar's reconnect, which the playbook asks for, ends the drop);
 freqtrade, the sidecar and the gateway are sampled with the rest, and the freqtrade reconciler's episodes are reported
 apart.
-Run it for an hour at least (not in CI): `python benchmarks/bench_soak.py --minutes 60`.
+Run it for an hour at least (not in CI): `python benchmarks/stack/bench_soak.py --minutes 60`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_recovery import Stack, post_json
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
 
 from freqtrade_stack import Stack as FreqtradeStack  # noqa: E402
 from freqtrade_stack import freqtrade_stack  # noqa: E402
+
+from benchmarks.stack.bench_recovery import Stack, post_json  # noqa: E402
 
 Fault = tuple[str, dict[str, Any]]
 DROP: Fault = ("drop_connection", {})

@@ -22,14 +22,20 @@ import secrets
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt
 import ccxt.pro as ccxtpro
-from gateway_bench import KEYS_ENV, NEVER, gateway_process, summary
 
 from trading_ops.paper.gateway.binance.client_urls import ccxt_urls
 from trading_ops.venues.ccxt.rest import POLL_INTERVAL_SECONDS
+
+# Run as a script, a benchmark has its own folder on the path: the repository's root too, for benchmarks.*.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._shared.gateway_bench import KEYS_ENV, NEVER, gateway_process, summary  # noqa: E402
 
 STARTUP_SECONDS = 60.0
 GOAL_P50_MS = 100.0

@@ -25,7 +25,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from gateway_bench import NEVER, gateway_process, kraken, new_keys, percentile, serve, wait_up
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.book import Book
@@ -39,6 +38,12 @@ from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
 from trading_ops.venues.ccxt.rest import CcxtBroker
+
+# Run as a script, a benchmark has its own folder on the path: the repository's root too, for benchmarks.*.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._shared.gateway_bench import NEVER, gateway_process, kraken, new_keys, percentile, serve, wait_up  # noqa: E402
 
 GOAL_RATIO = 1.1
 BTC_DEPOSIT = 1000  # on the gateway's account, for the round trips' resting sells

@@ -25,16 +25,22 @@ import sys
 import time
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psutil
-from gateway_bench import gateway_process, kraken, new_keys, serve, summary, urls, wait_up
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import BrokerError, BrokerEvents, Quote, VenueFill
 from trading_ops.venues.call_counter import BudgetExhausted, CallBudget, Deferred
 from trading_ops.venues.ccxt.rest import CcxtBroker
 from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
+
+# Run as a script, a benchmark has its own folder on the path: the repository's root too, for benchmarks.*.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._shared.gateway_bench import gateway_process, kraken, new_keys, serve, summary, urls, wait_up  # noqa: E402
 
 KEYS = ("bench-placer", "bench-streamed", "bench-polled")
 SYMBOLS = ["BTC-USD", "ETH-USD"]

@@ -35,7 +35,7 @@ from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.paper.gateway.kraken.ws.server import PUBLIC_PATH
 from trading_ops.venues.ccxt.kraken_stream import KrakenStream, Subscription
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "bench"
 POLL_SECONDS = 0.005
 DEADLINE_SECONDS = 60.0

@@ -21,16 +21,22 @@ import sys
 import time
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt
 import ccxt.pro as ccxtpro
-from gateway_bench import gateway_process, kraken, new_keys, serve, summary, urls
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import BrokerEvents, VenueFill
 from trading_ops.venues.ccxt.rest import POLL_INTERVAL_SECONDS, CcxtBroker
 from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
+
+# Run as a script, a benchmark has its own folder on the path: the repository's root too, for benchmarks.*.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._shared.gateway_bench import gateway_process, kraken, new_keys, serve, summary, urls  # noqa: E402
 
 STARTUP_SECONDS = 60.0
 GOAL_P50_MS = 100.0

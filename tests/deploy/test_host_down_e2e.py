@@ -354,7 +354,7 @@ def test_a_host_that_dies_returns_and_dies_again_pages_each_death_once_on_time_a
     position: its orders cancelled, the account is flat), and nothing for a return (no TradingBotDown,
     TradingBotHeartbeatStale, TradingOpsRemediationFailed or TradingOpsRemediationCircuitOpen; nothing else at all);
     no resolved notice of an earlier death after a later kill. Prints each death's page times;
-    benchmarks/bench_host_deaths.py runs ten."""
+    benchmarks/deploy/bench_host_deaths.py runs ten."""
     pager = Pager()
     try:
         with host_deaths(tmp_path, pager) as run:
