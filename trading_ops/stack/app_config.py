@@ -97,7 +97,7 @@ FLEET_DATABASE = "trading-ops.db"  # with SQLite, each bot's journal is in its d
 # Unless the configuration sets them: how often each bot of a fleet polls the venue (orders and trades; quotes) and
 # runs its strategy (each step also asks the venue's time). Half as often as one bot does: twenty bots at one bot's
 # defaults took a whole core of the 2-core development machine at rest (3.4 % each, the gateway 15 %), at these 0.8
-# of one (2.6 % each, the gateway 12 %; benchmarks/bench_fleet.py). An outage is still noticed, and its end found,
+# of one (2.6 % each, the gateway 12 %; benchmarks/stack/bench_fleet.py). An outage is still noticed, and its end found,
 # within 2 s, and market data stays fresh (stale after bot.market_data_stale_seconds, 10 s).
 FLEET_DEFAULTS: dict[str, dict[str, float]] = {
     "ccxt": {"poll_interval_seconds": 2.0, "quote_poll_interval_seconds": 2.0},
