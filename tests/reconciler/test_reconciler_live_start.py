@@ -293,3 +293,8 @@ async def test_one_other_person_by_default_and_the_requester_never_counts(
     answer = await (await poll(fetched, lambda r: r.status == 200, "the signed decision")).json()
     assert (answer["record"]["recorded_by"], answer["record"]["approved_by"]) == ("bob", "carol")
     assert fake_bot.commands() == []  # a live start sends nothing to a bot: the live bot verifies it at start
+    # Answered, the request no longer stands: the next live start may be asked at once (it waits again).
+    resp = await client.post(PATH, json={"reason": "a new paper run"}, headers=bearer("bob"))
+    assert resp.status == 200, await resp.text()
+    resp = await client.get(PATH, headers=bearer("bob"))
+    assert resp.status == 409 and "waits for its approval" in (await resp.json())["error"]

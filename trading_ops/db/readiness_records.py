@@ -120,7 +120,7 @@ def write_decided(
     """Append the record of an approved live start request inside the caller's write transaction (with its audit
     entry, say), and the decision `decision_for` signs for the record's id beside it."""
     rr = cast(Table, ReadinessRecord.__table__)
-    values = {
+    values: dict[str, Any] = {
         "bot": bot[:128],
         "instance": instance[:255],
         "verdict": str(verdict.get("verdict") or "unknown")[:16],

@@ -8,13 +8,16 @@ import asyncio
 import json
 from typing import Any
 
+from sqlalchemy import update
+
 from trading_ops import audit
 from trading_ops.db import readiness_records as records
+from trading_ops.db.base import utcnow
 from trading_ops.decisions import LIVE_START, config_signer
 from trading_ops.durations import parse_duration
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result
 from trading_ops.reconciler.decision_signing import KEY, approvers_of, required_of
-from trading_ops.reconciler.requests import RequestStore
+from trading_ops.reconciler.requests import RQ, RequestStore
 
 ASK = "POST /api/v1/requests/live_start/{bot} (`trading-ops readiness BOT --record`)"
 
@@ -88,6 +91,8 @@ class LiveStartAction(Action):
                     decision_for=sign,
                 )
                 decision = signed["decision"]
+                # Answered: the request no longer stands (the bot's next live start may be asked at once).
+                conn.execute(update(RQ).where(RQ.c.id == request_id).values(expires_at=utcnow()))
                 audit.append(
                     conn,
                     principal="reconciler",
