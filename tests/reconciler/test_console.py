@@ -598,6 +598,12 @@ def test_maintenance_windows_start_and_end(browser: Any, stack: Stack) -> None:
     page.wait_for_load_state()
     assert f"resumed {stack.instance}" in page.locator(".done").inner_text()
     assert stack.bot.state == "running" and "ended" in page.locator(".list li").first.inner_text()
+    # Both decisions are audit entries under the session's token (the typed name is no principal), the chain whole.
+    entries = stack.reconciler.api("/api/v1/audit")["entries"]
+    started, ended = (next(e for e in entries if e["action"] == a) for a in ("maintenance_start", "maintenance_end"))
+    assert (started["principal"], ended["principal"]) == ("oncall", "oncall")
+    assert started["source"].startswith("console ") and started["after"]["matchers"] == {"instance": stack.instance}
+    assert (ended["before"]["state"], ended["after"]["state"]) == ("active", "ended")
     page.context.close()
 
 
@@ -615,6 +621,9 @@ def test_the_emergency_halt_asks_for_confirmation_first(browser: Any, stack: Sta
     assert f'{BOT_NAME} halted by "console" with token oncall' in page.locator(".done").inner_text()
     assert stack.bot.state == "halted" and stack.bot.calls[-1] == ("halt", "destructive")
     assert "halted" in card(page, stack).locator("h2 .badge").inner_text()
+    (entry,) = [e for e in stack.reconciler.api("/api/v1/audit")["entries"] if e["action"] == "halt"]
+    assert (entry["principal"], entry["target"], entry["after"]) == ("oncall", stack.instance, {"state": "halted"})
+    assert entry["comment"] == "emergency halt: runaway orders"
     page.context.close()
 
 

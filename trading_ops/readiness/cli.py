@@ -211,6 +211,8 @@ def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
         steps = asyncio.run(run_drill(config, bot))
     except DrillFailed as exc:
         logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} failed at {exc}")
+        if exc.changed:
+            audit_drill(config, bot, {"failed": str(exc)[:500]})
         return EXIT_NOT_READY
     except DrillRefused as exc:
         logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} refused, nothing changed: {exc}")
@@ -218,7 +220,39 @@ def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
     for step in steps:
         print(f"{bot.name}: {step}")
     print(f"{bot.name}: emergency stop exercised")
-    return EXIT_READY
+    return EXIT_READY if audit_drill(config, bot, {"state": "active", "steps": steps}) else EXIT_NOT_READY
+
+
+def audit_drill(config: Config, bot: BotEntryConfig, after: dict[str, Any]) -> bool:
+    """The drill's audit entry in the ledger (who ran it: the operating system's user at its host, the command's
+    database access); False, with one line, when the ledger did not take it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from trading_ops import audit
+    from trading_ops.db.base import make_engine
+
+    principal, source = audit.cli_principal()
+    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    try:
+        audit.append(
+            engine,
+            principal=principal,
+            source=source,
+            action="stop_drill",
+            target=bot.name,
+            before={"state": "active"},
+            after=after,
+            comment="halt, flatten, clear the drill's halt, resume",
+        )
+    except SQLAlchemyError as exc:
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        logsetup.report(
+            f"trading-ops: readiness: stop drill of {bot.name}: its audit entry was not written: {first[:200]}"
+        )
+        return False
+    finally:
+        engine.dispose()
+    return True
 
 
 async def run(
