@@ -899,6 +899,7 @@ def test_a_bots_ramp_its_history_and_a_request_for_the_next_stage(browser: Any, 
         recorded_by="alice",
         approved_by="carol",
         reason="the venue's outage",
+        request_id=7,
     )
     page = login(browser, stack, ONCALL_TOKEN, viewport=WIDTHS["desktop"])
     page.goto(f"{stack.reconciler.url}/ui/readiness/{BOT_NAME}")
@@ -909,7 +910,7 @@ def test_a_bots_ramp_its_history_and_a_request_for_the_next_stage(browser: Any, 
     assert "bigger → small" in newest and "stream_down" in newest and "down 601 s" in newest, newest
     assert "small → bigger" in rows.nth(1).inner_text() and "bob" in rows.nth(1).inner_text()
     recorded = page.locator("#records").inner_text()
-    assert "not ready over 5d, recorded by alice; live start approved by carol: the venue's outage" in recorded
+    assert "not ready over 5d, live start asked by alice; approved by carol: the venue's outage" in recorded
     # The ramp's section: the criteria above it (a PromQL source each) make the whole page several screens long.
     screenshot(page, stack, "readiness-ramp", "#ramp")
     # On a phone too: the ramp's table and the form fit, the documentation's other screenshot.
