@@ -23,11 +23,10 @@ from trading_ops.bot.decision_gate import trusted_keys
 from trading_ops.bot.live_gate import live_start_decision, live_start_problem
 from trading_ops.bot.main import run
 from trading_ops.bot.ramp import STATE_FILE, PromotionRefused
-from trading_ops.cli import main
 from trading_ops.config import READINESS_CRITERIA, ConfigError, parse_config
 from trading_ops.db import readiness_records as records
 from trading_ops.db.base import make_engine
-from trading_ops.decisions import LIVE_START, RAMP_PROMOTE, DecisionSigner, ensure_key_files
+from trading_ops.decisions import LIVE_START, RAMP_PROMOTE, DecisionSigner
 from trading_ops.paper.bot import PaperBot, make_venue
 from trading_ops.readiness.criteria import CRITERIA
 
@@ -416,7 +415,7 @@ def test_a_live_start_without_a_passing_paper_verdict_refuses_with_one_line(
     with pytest.raises(
         ConfigError,
         match=r"^bot.live_start_decision_file: paper-1 would trade live on kraken without a "
-        r"signed live_start decision: have the reconciler sign one for readiness record \d+",
+        r"signed live_start decision: fetch the one the reconciler signed for readiness record \d+",
     ):
         PaperBot(config, token=TOKEN, registry=CollectorRegistry())
     decision_file = tmp_path / "live-start.decision"
@@ -487,59 +486,3 @@ def test_a_paper_start_or_a_bot_without_a_ramp_needs_no_verdict(tmp_path: Path) 
     ).bot.ramp
     assert live_start_problem(config, engine) is None
     engine.dispose()
-
-
-def test_record_with_decision_out_signs_the_live_start_a_live_bot_then_verifies(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`readiness BOT --record --approved-by NAME --decision-out FILE` on the reconciler's configuration (its key):
-    the record in the ledger and the live_start decision signed for it; the live bot that trusts the reconciler's
-    public key and names FILE starts. Prometheus is down here: the verdict is `unknown`, a person approves anyway."""
-    from ports import free_port
-
-    config = live_config(tmp_path)
-    ensure_key_files(tmp_path / "secrets" / "decision-key", tmp_path / "decision-key.pub")
-    ops = {
-        "database": {"url": config.database_url()},
-        "bots": [{"name": "paper-1", "instance": "127.0.0.1:9101", "url": "http://127.0.0.1:9101"}],
-        "reconciler": {
-            "prometheus_url": f"http://127.0.0.1:{free_port()}",
-            "alertmanager_url": f"http://127.0.0.1:{free_port()}",
-        },
-    }
-    ops_file = tmp_path / "ops.yaml"
-    ops_file.write_text(json.dumps(ops))
-    out = tmp_path / "live-start.decision"
-    base = ["--config", str(ops_file), "readiness", "paper-1", "--record", "--by", "alice"]
-    # Refused in one line, exit 2, before anything is judged or recorded: no key, no other person's approval.
-    for argv, message in (
-        ([*base, "--decision-out", str(out)], "a live start is approved by a person other than who records it"),
-        ([*base, "--approved-by", "alice", "--reason", "r", "--decision-out", str(out)], "(--approved-by NAME, not"),
-        ([*base, "--approved-by", "carol", "--reason", "r", "--decision-out", str(out)], "no key to sign with"),
-    ):
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and message in err, err
-    ops["reconciler"]["decision_key_file"] = str(tmp_path / "secrets" / "decision-key")  # type: ignore[index]
-    # Two others configured for a live start: one --approved-by does not make it.
-    ops["reconciler"]["approvals"] = {"live_start": 2}  # type: ignore[index]
-    ops_file.write_text(json.dumps(ops))
-    assert main([*base, "--approved-by", "carol", "--reason", "r", "--decision-out", str(out)]) == 2
-    assert "a live start needs 2 approvers other than its requester" in capsys.readouterr().err
-    del ops["reconciler"]["approvals"]  # type: ignore[attr-defined]
-    ops_file.write_text(json.dumps(ops))
-    argv = [*base, "--approved-by", "carol", "--reason", "the venue's outage", "--decision-out", str(out)]
-    assert main(argv) == 1  # not ready: Prometheus is down; recorded and approved all the same
-    err = capsys.readouterr().err
-    assert 'paper-1: recorded not ready, approved by "carol"' in err, err
-    assert "live_start paper-1 (readiness record 1), requested by alice, approved by carol" in err, err
-    assert re.search(rf"until 20\d\d-\d\d-\d\d \d\d:\d\d UTC, written to {re.escape(str(out))}$", err.strip()), err
-    config.bot.live_start_decision_file = str(out)
-    config.bot.decision_keys = [str(tmp_path / "decision-key.pub")]
-    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
-    try:
-        assert bot.live_decision is not None
-        assert (bot.live_decision.requested_by, bot.live_decision.approvers) == ("alice", ("carol",))
-    finally:
-        bot.instance_lock.release()
-        bot.engine.dispose()

@@ -19,6 +19,7 @@ from ports import free_port
 from prometheus_client import CollectorRegistry
 from secret_file import write_secret
 
+from trading_ops import audit
 from trading_ops.cli import main
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.config import Config
@@ -122,6 +123,15 @@ async def test_start_silences_pauses_the_matched_bot_and_end_undoes_it(
     assert code == 0 and "window 1 [ended]" in out and "paused none" in out
     code, out, _ = await cli(capsys, "-c", path, "maintenance", "status")
     assert (code, out) == (0, "no open maintenance window\n")
+    # Both are audit entries under who ran the command (its user at its host: the command's database access).
+    engine = make_engine(migrated_sqlite)
+    try:
+        entries = [(e.principal, e.source, e.action, e.decision) for e in reversed(audit.entries(engine))]
+        who = audit.cli_principal()
+        assert entries == [(*who, "maintenance_start", "maintenance:1"), (*who, "maintenance_end", "maintenance:1")]
+        assert audit.verify(engine).whole
+    finally:
+        engine.dispose()
 
 
 async def test_an_overlapping_window_for_the_same_matchers_is_refused(

@@ -314,50 +314,37 @@ def live(config_path: Path, bot: str) -> Any:
     return parse_config(data)
 
 
-def test_a_live_start_needs_a_recorded_ready_verdict_or_a_persons_approval(
-    stack: dict[str, str], tmp_path: Path, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+def test_record_asks_the_reconciler_with_a_persons_own_token_and_says_so_in_one_line(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The verdicts are recorded in the ledger (SQLite here; the bot reads it from the database it shares with the
-    reconciler), attributed and timestamped."""
-    from trading_ops.bot.live_gate import live_start_problem
-    from trading_ops.db import readiness_records as records
-    from trading_ops.db.base import make_engine
+    """`--record` asks the reconciler for a live start (tests/reconciler/test_reconciler_live_start.py runs it through);
+    what it refuses before asking, and a reconciler that does not answer, are one line each."""
+    from ports import free_port
+    from secret_file import write_secret
 
-    migrate.upgrade(sqlite_url)
+    monkeypatch.delenv("TRADING_OPS_TOKEN_FILE", raising=False)
+    monkeypatch.delenv("TRADING_OPS_TOKEN", raising=False)
     config = write_config(tmp_path, stack)
-    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "database": {"url": sqlite_url}}))
-    engine = make_engine(sqlite_url)
-    try:
-        assert "with no paper readiness verdict recorded" in (live_start_problem(live(config, "ready"), engine) or "")
-        argv = ["--config", str(config), "readiness", "ready", "order-success", "--record", "--by", "alice"]
-        assert main(argv) == 1
-        err = capsys.readouterr().err
-        assert re.search(r"^ready: recorded ready in the ledger \(record \d+, by alice, 20\d\d-", err, re.M), err
-        assert live_start_problem(live(config, "ready"), engine) is None
-        problem = live_start_problem(live(config, "order-success"), engine) or ""
-        assert "order-success would trade live on kraken with its recorded verdict is not ready (" in problem, problem
-        # A person approves the failing bot's live start: attributed, with a reason, recorded beside the verdict.
-        argv = ["--config", str(config), "readiness", "order-success", "--record", "--approved-by", "carol"]
-        assert main(argv) == 2  # no reason
-        assert capsys.readouterr().err.strip() == (
-            "trading-ops: readiness: --approved-by needs a person's name and --reason"
-        )
-        assert main([*argv, "--reason", "90 % acks is the venue's throttling"]) == 1
-        assert 'order-success: recorded not ready, approved by "carol" in the ledger' in capsys.readouterr().err
-        assert live_start_problem(live(config, "order-success"), engine) is None
-        record = records.latest(engine, "order-success")
-        assert record is not None
-        assert (record.verdict, record.approved_by, record.failing) == ("not ready", "carol", ["order_success"])
-        assert record.reason == "90 % acks is the venue's throttling" and record.recorded_by
-    finally:
-        engine.dispose()
-    # The ledger unreachable: one line, exit 1, after the verdict was printed.
-    down = {**yaml.safe_load(config.read_text()), "database": {"url": "postgresql+psycopg://x@127.0.0.1:1/ledger"}}
-    config.write_text(yaml.safe_dump(down))
-    assert main(["--config", str(config), "readiness", "ready", "--record"]) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("trading-ops: readiness: --record: the ledger's database is unreachable ("), lines
+    base = ["--config", str(config), "readiness", "order-success"]
+    refusals = {
+        ("--record",): "readiness: --record needs --reason, a text of 500 characters at most",
+        ("--record", "--reason", "ok"): "readiness: needs your own token of reconciler.api_tokens (--token-file FILE, "
+        "$TRADING_OPS_TOKEN_FILE or $TRADING_OPS_TOKEN): the decision is recorded under that token's name",
+        ("--reason", "ok"): "readiness: --reason goes with --record",
+        ("--record", "--reason", "ok", "--decision-out", "f"): "readiness: --record asks for a live start, "
+        "--decision-out fetches its decision: one at a time",
+        ("ready", "--decision-out", "f"): "readiness: --decision-out FILE goes with one bot",
+    }
+    for args, message in refusals.items():
+        assert main([*base, *args]) == 2, args
+        assert capsys.readouterr().err.strip() == f"trading-ops: {message}"
+    token = write_secret(tmp_path / "secrets" / "alice-token", "token-of-alice-0123456789abcdef")
+    url = f"http://127.0.0.1:{free_port()}"
+    for args in (("--record", "--reason", "ok"), ("--decision-out", str(tmp_path / "live.decision"))):
+        assert main([*base, *args, "--token-file", str(token), "--url", url]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"trading-ops: readiness: {args[0]}: the reconciler at "), lines
+    assert not (tmp_path / "live.decision").exists()
 
 
 class StageAnswering:
@@ -572,28 +559,6 @@ def test_a_configuration_without_bots_says_where_the_local_stack_s_is(
         "trading-ops: readiness: unknown bot 'paper-1' (known: none: the configuration has no bots: list); the local "
         "stack's configuration, with its bots, is var/stack/trading-ops.yaml: pass --config var/stack/trading-ops.yaml"
     )
-
-
-def test_record_on_an_unmigrated_ledger_says_to_run_db_upgrade(
-    database_url: str, stack: dict[str, str], tmp_path: Path
-) -> None:
-    """`--record` on a database never migrated (a new SQLite file; an empty PostgreSQL database): one line naming the
-    fix, exit 2, before any verdict is printed; never `no such table`."""
-
-    url = database_url
-    config = write_config(tmp_path, stack)
-    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "database": {"url": url}}))
-    done = subprocess.run(
-        [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "ready", "--record"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert (done.returncode, done.stdout) == (2, ""), done
-    assert done.stderr.strip().splitlines() == [
-        "trading-ops: readiness: --record: database is not migrated: run `trading-ops db upgrade`"
-    ]
 
 
 # -- the reconciler's API: GET /api/v1/readiness/{bot} (scope read) ------------------------------------------------

@@ -18,6 +18,7 @@ from ledger_rows import ask_approval
 from paper_helpers import TOKEN, control, fast_config, wait_for
 from prometheus_client import CollectorRegistry
 
+from trading_ops import audit
 from trading_ops.cli import main
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
@@ -68,21 +69,29 @@ async def drill_cli(config: Path) -> subprocess.CompletedProcess[str]:
 
 
 async def test_the_drill_halts_flattens_and_resumes_a_paper_bot(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, migrated_sqlite: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry())
     port = await bot.start("127.0.0.1", 0)
     try:
         await wait_for(lambda: any(bot.book.position(s) != 0 for s in bot.symbols), 20)
-        status = await asyncio.to_thread(
-            main, ["--config", str(drill_config(tmp_path, port)), "readiness", "paper-1", "--stop-drill"]
-        )
+        config = drill_config(tmp_path, port, database=migrated_sqlite)
+        status = await asyncio.to_thread(main, ["--config", str(config), "readiness", "paper-1", "--stop-drill"])
         out = capsys.readouterr().out
         assert status == 0, out
         assert "paper-1: flat with no order working" in out and out.endswith("paper-1: emergency stop exercised\n")
         assert commands_counted(bot, "halt") == 1 and commands_counted(bot, "flatten") == 1
         _, answer = await control(port, "status")
         assert answer["state"] == "active"
+        # The drill is an audit entry under who ran it (the command's user at its host: its database access).
+        engine = make_engine(migrated_sqlite)
+        try:
+            (entry,) = audit.entries(engine, action="stop_drill")
+            assert (entry.principal, entry.source, entry.target) == (*audit.cli_principal(), "paper-1")
+            assert entry.after["steps"][-1] == "halt cleared and trading resumed"
+            assert audit.verify(engine).whole
+        finally:
+            engine.dispose()
     finally:
         await bot.stop()
 

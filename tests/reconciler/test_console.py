@@ -598,6 +598,12 @@ def test_maintenance_windows_start_and_end(browser: Any, stack: Stack) -> None:
     page.wait_for_load_state()
     assert f"resumed {stack.instance}" in page.locator(".done").inner_text()
     assert stack.bot.state == "running" and "ended" in page.locator(".list li").first.inner_text()
+    # Both decisions are audit entries under the session's token (the typed name is no principal), the chain whole.
+    entries = stack.reconciler.api("/api/v1/audit")["entries"]
+    started, ended = (next(e for e in entries if e["action"] == a) for a in ("maintenance_start", "maintenance_end"))
+    assert (started["principal"], ended["principal"]) == ("oncall", "oncall")
+    assert started["source"].startswith("console ") and started["after"]["matchers"] == {"instance": stack.instance}
+    assert (ended["before"]["state"], ended["after"]["state"]) == ("active", "ended")
     page.context.close()
 
 
@@ -615,6 +621,9 @@ def test_the_emergency_halt_asks_for_confirmation_first(browser: Any, stack: Sta
     assert f'{BOT_NAME} halted by "console" with token oncall' in page.locator(".done").inner_text()
     assert stack.bot.state == "halted" and stack.bot.calls[-1] == ("halt", "destructive")
     assert "halted" in card(page, stack).locator("h2 .badge").inner_text()
+    (entry,) = [e for e in stack.reconciler.api("/api/v1/audit")["entries"] if e["action"] == "halt"]
+    assert (entry["principal"], entry["target"], entry["after"]) == ("oncall", stack.instance, {"state": "halted"})
+    assert entry["comment"] == "emergency halt: runaway orders"
     page.context.close()
 
 
@@ -890,6 +899,7 @@ def test_a_bots_ramp_its_history_and_a_request_for_the_next_stage(browser: Any, 
         recorded_by="alice",
         approved_by="carol",
         reason="the venue's outage",
+        request_id=7,
     )
     page = login(browser, stack, ONCALL_TOKEN, viewport=WIDTHS["desktop"])
     page.goto(f"{stack.reconciler.url}/ui/readiness/{BOT_NAME}")
@@ -900,7 +910,7 @@ def test_a_bots_ramp_its_history_and_a_request_for_the_next_stage(browser: Any, 
     assert "bigger → small" in newest and "stream_down" in newest and "down 601 s" in newest, newest
     assert "small → bigger" in rows.nth(1).inner_text() and "bob" in rows.nth(1).inner_text()
     recorded = page.locator("#records").inner_text()
-    assert "not ready over 5d, recorded by alice; live start approved by carol: the venue's outage" in recorded
+    assert "not ready over 5d, live start asked by alice; approved by carol: the venue's outage" in recorded
     # The ramp's section: the criteria above it (a PromQL source each) make the whole page several screens long.
     screenshot(page, stack, "readiness-ramp", "#ramp")
     # On a phone too: the ramp's table and the form fit, the documentation's other screenshot.

@@ -27,6 +27,7 @@ from reconciler_server import AUTH, READ_AUTH, READ_TOKEN, TOKEN, make_config, w
 from secret_file import write_secret
 from webhook_payloads import alert, payload, starts
 
+from trading_ops import audit
 from trading_ops.cli import main
 from trading_ops.config import parse_config
 from trading_ops.db.base import make_engine
@@ -161,6 +162,13 @@ def test_pause_and_resume_switch_every_replica_and_resume_wakes_parked_episodes(
     assert ledger.get_setting(PAUSE_KEY) == "0"
     assert "1 parked episode(s) looked at again now" in capsys.readouterr().out
     assert [i for i, _ in ledger.due(datetime.now(UTC), 10)] == [episode["id"]]
+    # Each switch is an audit entry under who ran the command (its user at its host), before and after.
+    entries = [(e.principal, e.action, e.before, e.after) for e in reversed(audit.entries(ledger.engine))]
+    who = audit.cli_principal()[0]
+    assert entries == [
+        (who, "reconciler_pause", {"paused": False}, {"paused": True}),
+        (who, "reconciler_resume", {"paused": True}, {"paused": False, "episodes_woken": 1}),
+    ]
 
 
 def test_playbook_test_passes_and_fails_like_amtool(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -47,6 +47,28 @@ class StateArgs(msgspec.Struct, kw_only=True):
     reason: Annotated[str, msgspec.Meta(description="why, as status and the journal show it")] = ""
 
 
+# What a command that widens risk carries: the reconciler's signed decision (docs/readiness.md, signed decisions).
+DECISION_DESCRIPTION = (
+    "the decision the reconciler signed once people other than the requester approved (<payload>.<signature>, "
+    "base64url): the bot verifies its signature under bot.decision_keys, its kind, this bot's name, the stage, its "
+    "expiry and that it was not acted on before; 403 in one line naming the check otherwise, with nothing changed"
+)
+
+
+class ClearHaltArgs(StateArgs, kw_only=True):
+    """clear_halt's arguments: a halt a loss limit set clears only with a signed `clear_halt` decision; any other halt
+    clears in one step without one."""
+
+    decision: Annotated[str, msgspec.Meta(description=DECISION_DESCRIPTION + " (a loss-limit halt only)")] = ""
+
+
+class RampPromoteArgs(msgspec.Struct, kw_only=True):
+    """ramp_promote's arguments: the next stage, and the signed `ramp_promote` decision for it (required)."""
+
+    stage: Annotated[str, msgspec.Meta(description="the bot's next stage (bot.ramp.stages[].name)")]
+    decision: Annotated[str, msgspec.Meta(description=DECISION_DESCRIPTION)]
+
+
 class ResubscribeArgs(msgspec.Struct, kw_only=True):
     symbol: Annotated[str, msgspec.Meta(description="one of the bot's symbols (default: all of them)")] = ""
 
@@ -114,6 +136,8 @@ class Readiness(msgspec.Struct, kw_only=True):
 # A command's arguments and answer, by name; a command not here (a bot's own, chaos faults) takes any JSON object.
 ARGUMENTS: dict[str, Any] = {
     **dict.fromkeys(STATE_COMMANDS, StateArgs),
+    "clear_halt": ClearHaltArgs,
+    "ramp_promote": RampPromoteArgs,
     "resubscribe": ResubscribeArgs,
     "reconcile": NoArgs,
 }

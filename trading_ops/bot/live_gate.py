@@ -1,6 +1,7 @@
-"""Paper to live: a bot of a live venue starts only with a readiness record in the ledger that allows it (a passing
-paper verdict, or a person's approval: `trading-ops readiness BOT --record`) and a live_start decision the reconciler
-signed for that record (bot.live_start_decision_file), which the bot verifies."""
+"""Paper to live: a bot of a live venue starts only with a readiness record in the ledger that allows it (the reconciler
+writes one once other people approved a person's live start request: `trading-ops readiness BOT --record`) and the
+live_start decision the reconciler signed for that record (bot.live_start_decision_file, fetched with
+`trading-ops readiness BOT --decision-out FILE`), which the bot verifies."""
 
 from __future__ import annotations
 
@@ -49,9 +50,8 @@ def live_start_problem(config: Config, engine: Engine) -> str | None:
         f"({record.recorded_at:%Y-%m-%d %H:%M} UTC by {record.recorded_by})"
     )
     return (
-        f"{bot.name} would trade live on {bot.venue} with {what}: run it on paper until "
-        f"`trading-ops readiness {bot.name} --record` passes, or have a person approve "
-        f"(`--record --approved-by NAME --reason TEXT`)"
+        f"{bot.name} would trade live on {bot.venue} with {what}: ask for its live start with your own token "
+        f"(`trading-ops readiness {bot.name} --record --reason TEXT`) and have other people approve it"
     )
 
 
@@ -88,8 +88,8 @@ def live_start_decision(
     unless the bot went live on it before (LIVE_FILE). ConfigError naming what is missing otherwise."""
     bot = config.bot
     how = (
-        f"have the reconciler sign one for readiness record {record.id} "
-        f"(`trading-ops readiness {bot.name} --record ... --decision-out FILE`) and name FILE in {DECISION_KEY}"
+        f"fetch the one the reconciler signed for readiness record {record.id} "
+        f"(`trading-ops readiness {bot.name} --decision-out FILE`) and name FILE in {DECISION_KEY}"
     )
     path = bot.live_start_decision_file
     if not path:

@@ -272,8 +272,9 @@ class BotConfig:
     # a PEM file (relative to this file) or `ed25519:<base64 of the 32 raw bytes>`. A ramp promotion, a live start and
     # clearing a loss-limit halt need a decision signed by one of them; none: the bot widens nothing.
     decision_keys: list[str] = field(default_factory=list)
-    # A signed live_start decision handed to the bot at start (written by `trading-ops readiness BOT --record
-    # --decision-out FILE`): a live venue with a ramp starts only with one that verifies.
+    # A signed live_start decision handed to the bot at start (fetched from the reconciler once others approved the
+    # live start: `trading-ops readiness BOT --decision-out FILE`): a live venue with a ramp starts only with one that
+    # verifies.
     live_start_decision_file: str = path_field()
     # A file the bot logs to instead of stderr, rotated at log_file_max_bytes (0: never) keeping log_file_backups.
     log_file: str = path_field("")

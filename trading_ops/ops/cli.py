@@ -93,6 +93,7 @@ def _describe(w: MaintenanceWindow) -> str:
 
 
 def maintenance_start(args: argparse.Namespace, config: Config) -> int:
+    from trading_ops import audit
     from trading_ops.ops.maintenance import MaintenanceError, parse_matchers
 
     try:
@@ -101,7 +102,7 @@ def maintenance_start(args: argparse.Namespace, config: Config) -> int:
     except (ValueError, MaintenanceError) as exc:
         raise UsageError(f"maintenance start: {exc}") from exc
     try:
-        outcome = _run(config, lambda m: m.start(matchers, seconds, args.reason))
+        outcome = _run(config, lambda m: m.start(matchers, seconds, args.reason, who=audit.cli_principal()))
     except MaintenanceError as exc:
         return _fail(str(exc))
     w = outcome.window
@@ -118,6 +119,7 @@ def maintenance_start(args: argparse.Namespace, config: Config) -> int:
 def maintenance_end(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
+    from trading_ops import audit
     from trading_ops.ops.maintenance import ACTIVE, MaintenanceError
 
     async def work(m: Any) -> Any:
@@ -130,7 +132,7 @@ def maintenance_end(args: argparse.Namespace, config: Config) -> int:
                     "no open maintenance window" if not open_windows else f"several windows are open ({ids}): give --id"
                 )
             window_id = open_windows[0].id
-        return await m.end(window_id)
+        return await m.end(window_id, who=audit.cli_principal())
 
     try:
         outcome = _run(config, work)

@@ -14,6 +14,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
+from trading_ops import audit
 from trading_ops.bot.control import SOURCE_HEADER, SOURCE_MAINTENANCE
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError, silence_matches
 from trading_ops.config import Config, resolve_secret
@@ -130,7 +131,16 @@ class Maintenance:
 
     # ---- database ------------------------------------------------------------------------------------
 
-    def _insert(self, matchers: dict[str, str], reason: str, created_by: str, start: datetime, end: datetime) -> int:
+    def _insert(
+        self,
+        matchers: dict[str, str],
+        reason: str,
+        created_by: str,
+        start: datetime,
+        end: datetime,
+        who: tuple[str, str] | None = None,
+    ) -> int:
+        """The window's row, and its audit entry under `who` (principal, source) in the same transaction."""
         key = canonical(matchers)
         with self.sessions.begin() as db:
             db.connection(execution_options={"isolation_level": "SERIALIZABLE"} if self._pg else {})
@@ -152,6 +162,19 @@ class Maintenance:
             )
             db.add(row)
             db.flush()
+            principal, source = who or (created_by, "scheduler")
+            audit.append(
+                db.connection(),
+                principal=principal,
+                source=source,
+                action="maintenance_start",
+                target=key,
+                before=None,
+                after={"window": row.id, "matchers": matchers, "starts_at": start, "ends_at": end},
+                decision=f"maintenance:{row.id}",
+                comment=reason,
+                at=utcnow(),
+            )
             return int(row.id)
 
     @property
@@ -170,10 +193,31 @@ class Maintenance:
                 query = query.where((MaintenanceWindow.state == ACTIVE) | (MaintenanceWindow.paused_bots != "[]"))
             return list(db.scalars(query))
 
-    def _save(self, window_id: int, problems: list[str], **values: Any) -> MaintenanceWindow:
+    def _save(
+        self, window_id: int, problems: list[str], who: tuple[str, str] | None = None, **values: Any
+    ) -> MaintenanceWindow:
+        """Update the window; with `who` (principal, source), a person ended it: its audit entry in the same
+        transaction."""
         with self.sessions.begin() as db:
             row = db.get(MaintenanceWindow, window_id)
             assert row is not None
+            if who is not None:
+                audit.append(
+                    db.connection(),
+                    principal=who[0],
+                    source=who[1],
+                    action="maintenance_end",
+                    target=row.matchers,
+                    before={"window": row.id, "state": row.state, "ends_at": row.ends_at},
+                    after={
+                        "window": row.id,
+                        "state": values.get("state", row.state),
+                        "ended_at": values.get("ended_at"),
+                    },
+                    decision=f"maintenance:{row.id}",
+                    comment=row.reason,
+                    at=utcnow(),
+                )
             for key, value in values.items():
                 setattr(row, key, value)
             if problems:
@@ -227,16 +271,18 @@ class Maintenance:
         created_by: str = CREATED_BY,
         now: datetime | None = None,
         until: datetime | None = None,
+        who: tuple[str, str] | None = None,
     ) -> Outcome:
         """Record the window (refused when one for the same matchers overlaps it), silence, pause the bots. It ends
-        `duration_seconds` from now, or at `until` when given (a scheduled window: its slot plus its duration)."""
+        `duration_seconds` from now, or at `until` when given (a scheduled window: its slot plus its duration). Its
+        audit entry names `who` (the principal that decided it and its source; a scheduled window's: its schedule)."""
         if not 0 < duration_seconds <= MAX_DURATION_SECONDS:
             raise MaintenanceError(f"duration must be more than 0s and at most {MAX_DURATION_SECONDS / 86400:g}d")
         if not reason.strip():
             raise MaintenanceError("--reason must not be empty")
         start = now or utcnow()
         end = until or start + timedelta(seconds=duration_seconds)
-        window_id = await asyncio.to_thread(self._insert, matchers, reason, created_by, start, end)
+        window_id = await asyncio.to_thread(self._insert, matchers, reason, created_by, start, end, who)
         problems, done = [], []
         silence_id = None
         try:
@@ -267,8 +313,11 @@ class Maintenance:
         )
         return Outcome(row, problems, done)
 
-    async def end(self, window_id: int, now: datetime | None = None, *, state: str = ENDED) -> Outcome:
-        """End a window now (`state` expired: it ended by itself): expire its silence, resume what it paused."""
+    async def end(
+        self, window_id: int, now: datetime | None = None, *, state: str = ENDED, who: tuple[str, str] | None = None
+    ) -> Outcome:
+        """End a window now (`state` expired: it ended by itself): expire its silence, resume what it paused. A person
+        ending an open window (`who`: principal, source) is an audit entry."""
         window = await asyncio.to_thread(self.get, window_id)
         if window is None:
             raise MaintenanceError(f"no maintenance window {window_id}")
@@ -287,7 +336,8 @@ class Maintenance:
         if resumed:
             done.append("resumed " + ", ".join(resumed))
         values["paused_bots"] = json.dumps(left)
-        row = await asyncio.to_thread(self._save, window_id, problems, **values)
+        decided = who if who is not None and window.state == ACTIVE and state == ENDED else None
+        row = await asyncio.to_thread(self._save, window_id, problems, decided, **values)
         return Outcome(row, problems, done)
 
     async def housekeeping(self, now: datetime | None = None) -> list[Outcome]:

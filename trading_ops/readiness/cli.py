@@ -6,18 +6,20 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trading_ops import logsetup
 from trading_ops.cli import UsageError
+from trading_ops.clients.reconciler import add_token_options
 from trading_ops.config import BotEntryConfig, Config
 
 if TYPE_CHECKING:
     from trading_ops.readiness.verdict import Verdict
 
 EXIT_READY, EXIT_NOT_READY = 0, 1
+# Longest reason of a live start request (what the reconciler takes).
+REASON_MAX = 500
 
 
 def register(sub: Any) -> None:
@@ -40,36 +42,22 @@ def register(sub: Any) -> None:
     rd.add_argument(
         "--record",
         action="store_true",
-        help="also record each verdict in the ledger (the reconciler's database), attributed and timestamped: what a "
-        "live start of the bot requires to be ready (docs/readiness.md, paper to live)",
+        help="instead, ask the reconciler with your own token that each BOT go live (POST "
+        "/api/v1/requests/live_start/BOT, with --reason): it records the request under your token's name with the "
+        "bot's verdict; once reconciler.approvals.live_start other people approved it (trading-ops reconciler "
+        "approve), it records the readiness record with those principals and signs the live_start decision for it",
     )
-    rd.add_argument("--by", metavar="NAME", default=None, help="with --record: who records (default: your login name)")
-    rd.add_argument(
-        "--approved-by",
-        metavar="NAME",
-        default=None,
-        help="with --record: a person approves the live start whatever the verdict (attributed, with --reason)",
-    )
-    rd.add_argument("--reason", default="", help="with --approved-by: why")
+    rd.add_argument("--reason", default="", help="with --record: why the bot may go live (what approvers read)")
     rd.add_argument(
         "--decision-out",
         metavar="FILE",
         default=None,
-        help="with --record and one bot: also write the live_start decision the reconciler's key "
-        "(reconciler.decision_key_file) signs for the record to FILE, what the bot's bot.live_start_decision_file "
-        "names: a live start needs it (docs/readiness.md, paper to live)",
+        help="instead, fetch with your own token the live_start decision the reconciler signed for one BOT's approved "
+        "request (GET /api/v1/requests/live_start/BOT) and write it to FILE, what the live bot's "
+        "bot.live_start_decision_file names (docs/readiness.md, paper to live)",
     )
+    add_token_options(rd)
     rd.set_defaults(handler=readiness)
-
-
-def default_by() -> str:
-    """The login name of who runs the command, what a record is attributed to without --by."""
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def resolve_bots(config: Config, names: list[str]) -> list[BotEntryConfig]:
@@ -117,21 +105,18 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
     bots = resolve_bots(config, args.bots)
-    if args.approved_by is not None:
-        if not args.record:
-            raise UsageError("readiness: --approved-by goes with --record")
-        if not args.approved_by.strip() or not args.reason.strip():
-            raise UsageError("readiness: --approved-by needs a person's name and --reason")
-    if args.by is not None and (not args.record or not args.by.strip()):
-        raise UsageError("readiness: --by NAME goes with --record")
-    if args.decision_out is not None:
-        live_start_signer(config, args, bots)
+    if args.record and args.decision_out is not None:
+        raise UsageError(
+            "readiness: --record asks for a live start, --decision-out fetches its decision: one at a time"
+        )
+    if args.reason and not args.record:
+        raise UsageError("readiness: --reason goes with --record")
     if args.stop_drill:
         return stop_drill(config, bots)
     if args.record:
-        unmigrated = ledger_schema_problem(config)
-        if unmigrated is not None:
-            raise UsageError(f"readiness: --record: {unmigrated}")
+        return ask_live_start(config, args, bots)
+    if args.decision_out is not None:
+        return fetch_live_start_decision(config, args, bots)
     window_text = args.window or config.readiness.window
     # What a refusal names: what the user gave, the option or (without it) the configuration's default.
     given = "--window" if args.window else "readiness.window"
@@ -142,104 +127,72 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
         sys.stdout.write("\n")
     else:
         print("\n\n".join(v.text() for v in verdicts))
-    by = args.by or default_by()
-    if args.record and record(config, verdicts, args.approved_by, args.reason, by, args.decision_out) != EXIT_READY:
-        return EXIT_NOT_READY
     return EXIT_READY if all(v.verdict == "ready" for v in verdicts) else EXIT_NOT_READY
 
 
-def live_start_signer(config: Config, args: argparse.Namespace, bots: list[BotEntryConfig]) -> None:
-    """UsageError (one line) when `--decision-out` cannot be honoured: not with --record and one bot, no person's
-    approval other than the recorder, or no signing key in this configuration."""
-    from trading_ops.decisions import config_signer
+def ask_live_start(config: Config, args: argparse.Namespace, bots: list[BotEntryConfig]) -> int:
+    """`--record`: ask the reconciler that each bot go live, with the person's own token; exit 0 when every request
+    was taken (each printed as JSON), 1 when one was refused or no reconciler answered (one line each)."""
+    from trading_ops.clients.reconciler import Unreachable, call, person_token, reconciler_url
 
-    if not args.record or len(bots) != 1:
-        raise UsageError("readiness: --decision-out FILE goes with --record and one bot")
-    recorder = (args.by or default_by()).strip()
-    required = config.reconciler.approvals.live_start
-    if required > 1:
-        raise UsageError(
-            f"readiness: --decision-out: a live start needs {required} approvers other than its requester "
-            "(reconciler.approvals.live_start); --record takes one"
+    reason = " ".join(args.reason.split())
+    if not reason or len(reason) > REASON_MAX:
+        raise UsageError(f"readiness: --record needs --reason, a text of {REASON_MAX} characters at most")
+    token = person_token(args, "readiness")
+    base = reconciler_url(config, args.url)
+    code = EXIT_READY
+    for bot in bots:
+        body = {"reason": reason, **({"window": args.window} if args.window else {})}
+        try:
+            status, answer = call("POST", f"{base}/api/v1/requests/live_start/{bot.name}", token, body)
+        except Unreachable as exc:
+            logsetup.report(f"trading-ops: readiness: --record: {exc}")
+            return EXIT_NOT_READY
+        if status != 200:
+            logsetup.report(f"trading-ops: readiness: --record: {answer.get('error') or f'HTTP {status}'}")
+            code = EXIT_NOT_READY
+            continue
+        print(json.dumps(answer))
+        print(
+            f"{bot.name}: live start asked by {answer.get('requested_by')} (request {answer.get('request')}, verdict "
+            f"{answer.get('verdict')}): {answer.get('required')} other person(s) approve it with trading-ops "
+            "reconciler approve and their own token; then fetch its decision with --decision-out FILE",
+            file=sys.stderr,
         )
-    if required == 1 and (args.approved_by is None or args.approved_by.strip() == recorder):
-        raise UsageError(
-            "readiness: --decision-out: a live start is approved by a person other than who records it "
-            f"(--approved-by NAME, not {recorder})"
-        )
-    if config_signer(config) is None:
-        raise UsageError("readiness: --decision-out: no key to sign with (reconciler.decision_key_file)")
+    return code
 
 
-def write_live_start_decision(config: Config, row: Any, path: str) -> None:
-    """Sign the live_start decision of record `row` (its recorder asked, its approver approved) into `path`."""
-    from trading_ops.decisions import config_signer
-    from trading_ops.durations import parse_duration
+def fetch_live_start_decision(config: Config, args: argparse.Namespace, bots: list[BotEntryConfig]) -> int:
+    """`--decision-out FILE`: the live_start decision signed for the bot's approved request, written to FILE; exit 1
+    (one line) when there is none yet or the file cannot be written."""
+    from trading_ops.clients.reconciler import Unreachable, call, person_token, reconciler_url
 
-    key = config_signer(config)
-    assert key is not None  # live_start_signer checked
-    decision, token = key.issue(
-        "live_start",
-        row.bot,
-        requested_by=row.recorded_by,
-        approvers=[row.approved_by or row.recorded_by],
-        required=config.reconciler.approvals.live_start,
-        ttl_seconds=parse_duration(config.reconciler.live_start_decision_ttl),
-        record=row.id,
-    )
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(token + "\n", encoding="utf-8")
-    os.replace(tmp, target)
-    until = datetime.fromtimestamp(decision.expires_at, UTC)
-    print(f"{row.bot}: {decision.summary()}, until {until:%Y-%m-%d %H:%M} UTC, written to {target}", file=sys.stderr)
-
-
-def record(
-    config: Config,
-    verdicts: list[Verdict],
-    approved_by: str | None,
-    reason: str,
-    by: str,
-    decision_out: str | None = None,
-) -> int:
-    """Write each verdict to the ledger, where a live start of the bot reads it (trading_ops.bot.live_gate): attributed
-    to `by`, timestamped; with `decision_out`, the live_start decision signed for the record there. Exit 1 (one line)
-    when the ledger cannot take them or the file cannot be written."""
-    from trading_ops.db import readiness_records as records
-    from trading_ops.db.base import make_engine
-
-    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    if len(bots) != 1:
+        raise UsageError("readiness: --decision-out FILE goes with one bot")
+    (bot,) = bots
+    token = person_token(args, "readiness")
     try:
-        for v in verdicts:
-            row = records.write(
-                engine,
-                bot=v.bot,
-                instance=v.instance,
-                verdict=v.verdict,
-                window=v.window,
-                failing=v.failing,
-                missing=v.missing,
-                recorded_by=by,
-                approved_by=approved_by,
-                reason=reason if approved_by is not None else "",
-            )
-            approved = f", approved by {json.dumps(row.approved_by)}" if row.approved_by else ""
-            print(
-                f"{v.bot}: recorded {v.verdict}{approved} in the ledger (record {row.id}, by {row.recorded_by}, "
-                f"{row.recorded_at:%Y-%m-%d %H:%M:%S} UTC)",
-                file=sys.stderr,
-            )
-            if decision_out is not None:
-                write_live_start_decision(config, row, decision_out)
-    except records.LedgerUnreachable as exc:
-        logsetup.report(f"trading-ops: readiness: --record: {exc}")
+        status, answer = call("GET", f"{reconciler_url(config, args.url)}/api/v1/requests/live_start/{bot.name}", token)
+    except Unreachable as exc:
+        logsetup.report(f"trading-ops: readiness: --decision-out: {exc}")
         return EXIT_NOT_READY
+    if status != 200 or not isinstance(answer.get("decision"), str):
+        logsetup.report(f"trading-ops: readiness: --decision-out: {answer.get('error') or f'HTTP {status}'}")
+        return EXIT_NOT_READY
+    target = Path(args.decision_out)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_text(answer["decision"] + "\n", encoding="utf-8")
+        os.replace(tmp, target)
     except OSError as exc:
-        logsetup.report(f"trading-ops: readiness: --decision-out: cannot write {decision_out}: {exc.strerror}")
+        logsetup.report(f"trading-ops: readiness: --decision-out: cannot write {target}: {exc.strerror}")
         return EXIT_NOT_READY
-    finally:
-        engine.dispose()
+    record = answer.get("record") or {}
+    print(
+        f"{bot.name}: the live_start decision for readiness record {record.get('id')} ({record.get('verdict')}, asked "
+        f"by {record.get('recorded_by')}, approved by {record.get('approved_by')}) written to {target}",
+        file=sys.stderr,
+    )
     return EXIT_READY
 
 
@@ -258,6 +211,8 @@ def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
         steps = asyncio.run(run_drill(config, bot))
     except DrillFailed as exc:
         logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} failed at {exc}")
+        if exc.changed:
+            audit_drill(config, bot, {"failed": str(exc)[:500]})
         return EXIT_NOT_READY
     except DrillRefused as exc:
         logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} refused, nothing changed: {exc}")
@@ -265,7 +220,39 @@ def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
     for step in steps:
         print(f"{bot.name}: {step}")
     print(f"{bot.name}: emergency stop exercised")
-    return EXIT_READY
+    return EXIT_READY if audit_drill(config, bot, {"state": "active", "steps": steps}) else EXIT_NOT_READY
+
+
+def audit_drill(config: Config, bot: BotEntryConfig, after: dict[str, Any]) -> bool:
+    """The drill's audit entry in the ledger (who ran it: the operating system's user at its host, the command's
+    database access); False, with one line, when the ledger did not take it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from trading_ops import audit
+    from trading_ops.db.base import make_engine
+
+    principal, source = audit.cli_principal()
+    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
+    try:
+        audit.append(
+            engine,
+            principal=principal,
+            source=source,
+            action="stop_drill",
+            target=bot.name,
+            before={"state": "active"},
+            after=after,
+            comment="halt, flatten, clear the drill's halt, resume",
+        )
+    except SQLAlchemyError as exc:
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        logsetup.report(
+            f"trading-ops: readiness: stop drill of {bot.name}: its audit entry was not written: {first[:200]}"
+        )
+        return False
+    finally:
+        engine.dispose()
+    return True
 
 
 async def run(
@@ -295,21 +282,3 @@ async def run(
     for verdict in verdicts:
         verdict.queries += 1  # the retention
     return verdicts
-
-
-def ledger_schema_problem(config: Config) -> str | None:
-    """Before anything is judged: why the ledger cannot hold a record (never migrated, or behind this version: run
-    `trading-ops db upgrade`), as one line; None when it can, or when the database does not answer (`record` says so
-    after the verdict)."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from trading_ops.db.base import make_engine
-    from trading_ops.db.revisions import schema_problem
-
-    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
-    try:
-        return schema_problem(engine)
-    except SQLAlchemyError:
-        return None
-    finally:
-        engine.dispose()

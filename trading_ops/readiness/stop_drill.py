@@ -35,7 +35,10 @@ NAMED_APPROVALS = 3
 
 
 class DrillFailed(Exception):
-    """The bot did not do what the emergency stop asks; the message says which step."""
+    """The bot did not do what the emergency stop asks; the message says which step. `changed`: it failed after the
+    drill's halt was sent (the bot's state may have changed: the audit records it)."""
+
+    changed = False
 
 
 class DrillRefused(Exception):
@@ -142,29 +145,38 @@ async def run_drill(config: Config, bot: BotEntryConfig, deadline: float = FLAT_
                 f"{', '.join(waiting[:NAMED_APPROVALS])}{more} waits for a person's decision: decide it first "
                 "(`trading-ops reconciler approvals`)"
             )
-        began = time.monotonic()
-        halted = await command("halt", {"reason": DRILL_REASON})
-        if not halted.get("changed", True):
-            # Halted by something else between the status and the halt (a loss limit): that halt is not the drill's.
-            raise DrillFailed("halt: the bot was halted meanwhile by something else; the drill stops, the halt stays")
-        steps.append("halt: no new risk")
-        await command("flatten")
-        steps.append("flatten: every position closed at the market")
-        while True:
-            status = await command("status")
-            if _flat(status):
-                break
-            if time.monotonic() - began > deadline:
-                raise DrillFailed(f"not flat {deadline:g} s after flatten: {status.get('positions')}")
-            await asyncio.sleep(POLL_SECONDS)
-        steps.append(f"flat with no order working after {time.monotonic() - began:.1f} s")
-        if status.get("state") != "halted" or status.get("state_reason") != DRILL_REASON:
-            # Another halt (a limit's, a person's) replaced the drill's while it flattened: it stays.
-            raise DrillFailed(
-                f"clear_halt: the bot is {status.get('state')} ({str(status.get('state_reason'))[:200]}), not the "
-                "drill's halt; it stays as it is"
-            )
-        await command("clear_halt")
-        await command("resume")
-        steps.append("halt cleared and trading resumed")
+        try:
+            return await _exercise(command, steps, deadline)
+        except DrillFailed as exc:
+            exc.changed = True
+            raise
+
+
+async def _exercise(command: Any, steps: list[str], deadline: float) -> list[str]:
+    """Halt, flatten, wait until flat, clear the drill's halt, resume (the bot was active with nothing pending)."""
+    began = time.monotonic()
+    halted = await command("halt", {"reason": DRILL_REASON})
+    if not halted.get("changed", True):
+        # Halted by something else between the status and the halt (a loss limit): that halt is not the drill's.
+        raise DrillFailed("halt: the bot was halted meanwhile by something else; the drill stops, the halt stays")
+    steps.append("halt: no new risk")
+    await command("flatten")
+    steps.append("flatten: every position closed at the market")
+    while True:
+        status = await command("status")
+        if _flat(status):
+            break
+        if time.monotonic() - began > deadline:
+            raise DrillFailed(f"not flat {deadline:g} s after flatten: {status.get('positions')}")
+        await asyncio.sleep(POLL_SECONDS)
+    steps.append(f"flat with no order working after {time.monotonic() - began:.1f} s")
+    if status.get("state") != "halted" or status.get("state_reason") != DRILL_REASON:
+        # Another halt (a limit's, a person's) replaced the drill's while it flattened: it stays.
+        raise DrillFailed(
+            f"clear_halt: the bot is {status.get('state')} ({str(status.get('state_reason'))[:200]}), not the "
+            "drill's halt; it stays as it is"
+        )
+    await command("clear_halt")
+    await command("resume")
+    steps.append("halt cleared and trading resumed")
     return steps

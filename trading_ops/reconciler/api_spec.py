@@ -16,6 +16,7 @@ from trading_ops.reconciler.audit_api import FILTERS as AUDIT_FILTERS
 from trading_ops.reconciler.audit_api import MAX_LIMIT as AUDIT_MAX
 from trading_ops.reconciler.audit_api import PATH as AUDIT_PATH
 from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
+from trading_ops.reconciler.live_start_api import PATH as LIVE_START_PATH
 from trading_ops.reconciler.ramp_api import CLEAR_HALT_PATH
 from trading_ops.reconciler.ramp_api import COMMENT_MAX as RAMP_COMMENT_MAX
 from trading_ops.reconciler.ramp_api import PATH as RAMP_PATH
@@ -201,6 +202,57 @@ class ClearHaltRequested(msgspec.Struct, kw_only=True):
     request: int
     reason: str
     expires_at: Timestamp
+
+
+class LiveStartRequest(msgspec.Struct, kw_only=True):
+    """Why the bot may go live (what the approvers read), and the readiness verdict's window (default:
+    readiness.window)."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=CLEAR_HALT_REASON_MAX)]
+    window: Annotated[str, msgspec.Meta(max_length=MAX_WINDOW_CHARS)] | None = None
+
+
+class LiveStartRequested(msgspec.Struct, kw_only=True):
+    """The request, with the readiness verdict it was asked on (what the readiness record will say), and how many
+    people other than the requester approve it (reconciler.approvals.live_start)."""
+
+    bot: str
+    requested_by: str
+    request: int
+    reason: str
+    required: int
+    verdict: Literal["ready", "not ready", "unknown"]
+    window: str
+    failing: list[str]
+    missing: list[str]
+    expires_at: Timestamp
+
+
+class ReadinessRecordOut(msgspec.Struct, kw_only=True):
+    """A readiness record the reconciler wrote for an approved live start request: the verdict it was asked on, the
+    requester (`recorded_by`) and the approvers' principals (`approved_by`, comma-separated)."""
+
+    id: int
+    bot: str
+    instance: str
+    verdict: str
+    window: str
+    failing: list[str]
+    missing: list[str]
+    recorded_by: str
+    recorded_at: Timestamp
+    approved_by: str | None
+    reason: str
+    request_id: int | None
+
+
+class LiveStartDecided(msgspec.Struct, kw_only=True):
+    """The bot's newest readiness record and the live_start decision signed for it (what bot.live_start_decision_file
+    holds)."""
+
+    bot: str
+    record: ReadinessRecordOut
+    decision: str
 
 
 class Approval(msgspec.Struct, kw_only=True):
@@ -575,6 +627,49 @@ def reconciler_document() -> dict[str, Any]:
                 "409": response("The bot is not halted, or the same request stands.", doc.ref(Error)),
                 "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
                 "503": response("The bot's state could not be read, or Alertmanager took nothing.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "post",
+        LIVE_START_PATH,
+        {
+            "operationId": "requestLiveStart",
+            "summary": "Ask that a bot go live, as the token's principal (scope operate or approve)",
+            "description": "The reconciler judges the bot's readiness (the verdict is kept with the request), records "
+            "the request under the token's name (an audit entry) and posts it to Alertmanager "
+            "(TradingBotLiveStartRequested); its approval needs reconciler.approvals.live_start people other than the "
+            "requester. Once approved, the reconciler writes the readiness record with those principals and signs "
+            "the live_start decision for it (GET on this path).",
+            "security": [{"operate": []}, {"approve": []}],
+            "parameters": [BOT_PATH_PARAMETER],
+            "requestBody": {"required": True, "content": json_content(doc.ref(LiveStartRequest))},
+            "responses": {
+                "200": response("Asked: the request.", doc.ref(LiveStartRequested)),
+                "400": bad,
+                **_token("operate", doc),
+                "404": response("No such bot.", doc.ref(Error)),
+                "409": response("The same request stands.", doc.ref(Error)),
+                "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
+                "503": response("Alertmanager took nothing.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "get",
+        LIVE_START_PATH,
+        {
+            "operationId": "getLiveStartDecision",
+            "summary": "The live_start decision the reconciler signed for the bot's newest approved request (scope "
+            "operate or approve)",
+            "security": [{"operate": []}, {"approve": []}],
+            "parameters": [BOT_PATH_PARAMETER],
+            "responses": {
+                "200": response("The readiness record and its signed decision.", doc.ref(LiveStartDecided)),
+                "400": bad,
+                **_token("operate", doc),
+                "404": response("No such bot, or no live start decided.", doc.ref(Error)),
+                "409": response("The newest request waits for its approval.", doc.ref(Error)),
             },
         },
     )

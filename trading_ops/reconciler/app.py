@@ -66,6 +66,8 @@ from trading_ops.reconciler.ledger import (
     episode_json,
 )
 from trading_ops.reconciler.ledger_reading import BackgroundReading
+from trading_ops.reconciler.live_start_api import PATH as LIVE_START_PATH
+from trading_ops.reconciler.live_start_api import get_live_start, request_live_start
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
 from trading_ops.reconciler.outbox import Outbox, OutboxCollector
@@ -155,6 +157,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/approvals/{id}", decide_approval)
     app.router.add_post(RAMP_PATH, ramp_promote)
     app.router.add_post(CLEAR_HALT_PATH, clear_halt_request)
+    app.router.add_post(LIVE_START_PATH, request_live_start)
+    app.router.add_get(LIVE_START_PATH, get_live_start)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     setup_console(app)
     setup_readiness(app)

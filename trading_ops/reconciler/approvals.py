@@ -57,6 +57,7 @@ SELF_APPROVED = "approved by its requester (allowed by configuration)"
 AUTHENTICATED_REQUESTS = {
     "ramp_promotion": "`trading-ops ramp promote` (POST /api/v1/ramp/{bot}/promote)",
     "clear_halt": "POST /api/v1/requests/clear_halt/{bot}",
+    "live_start": "`trading-ops readiness BOT --record` (POST /api/v1/requests/live_start/{bot})",
 }
 DECIDER_MAX = 255
 REASON_MAX = 2000
@@ -95,7 +96,7 @@ def kind_of(action: str, params: dict[str, Any]) -> str:
     """The kind of decision a step is (ramp_promotion, live_start, clear_halt), or `step`."""
     if action == "bot":
         return COMMAND_KINDS.get(str(params.get("command", "")), STEP)
-    return STEP
+    return "live_start" if action == "live_start" else STEP
 
 
 def required_for(approvals: Any, kind: str) -> int:

@@ -316,7 +316,9 @@ def ack_episode(args: argparse.Namespace, config: Config) -> int:
 def _set_pause(config: Config, paused: bool) -> int:
     ledger = _ledger(config)
     try:
-        return ledger.set_paused(paused)
+        from trading_ops import audit
+
+        return ledger.set_paused(paused, audit.cli_principal())
     finally:
         ledger.engine.dispose()
 

@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from trading_ops import http_input
+from trading_ops import audit, http_input
 from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR
 from trading_ops.clients.alertmanager import AlertmanagerError
 from trading_ops.db.base import utcnow
@@ -449,6 +449,11 @@ def action(scope: str, what: str, act: Act) -> Callable[[web.Request], Awaitable
 def typed_name(form: dict[str, str]) -> str:
     """The optional name a person gave (`by`), as free text."""
     return " ".join(form.get("by", "").split())[: DECIDER_MAX - 80] or "console"
+
+
+def console_principal(request: web.Request, session: Session) -> tuple[str, str]:
+    """Who decides through the console, as an audit entry names it: the session's token, and where from."""
+    return session.token.name, f"console {request.remote or '-'}"
 
 
 def decider(session: Session, form: dict[str, str]) -> str:
@@ -1001,7 +1006,7 @@ async def start_window(request: web.Request, session: Session, form: dict[str, s
             log.warning("console maintenance window by %s refused: it would silence %s", decider(session, form), own)
             raise MaintenanceError(f"this window would silence {own}: {refusal('that', DESTRUCTIVE, session.token)}")
         outcome = await maintenance_of(request.app).start(
-            matchers, seconds, reason, f"console: {decider(session, form)}"
+            matchers, seconds, reason, f"console: {decider(session, form)}", who=console_principal(request, session)
         )
     except (ValueError, MaintenanceError) as exc:
         return with_flash(session, back, "problem", str(exc))
@@ -1016,7 +1021,7 @@ async def end_window(request: web.Request, session: Session, form: dict[str, str
     back = f"{PREFIX}/maintenance"
     raw = str(http_input.parse_id(request.match_info["id"], "window"))
     try:
-        outcome = await maintenance_of(request.app).end(int(raw))
+        outcome = await maintenance_of(request.app).end(int(raw), who=console_principal(request, session))
     except MaintenanceError as exc:
         return with_flash(session, back, "problem", str(exc))
     log.warning("maintenance window %s ended from the console by %s", raw, decider(session, form))
@@ -1075,6 +1080,23 @@ async def halt(request: web.Request, session: Session, form: dict[str, str]) -> 
         log.error("console: halt of %s by %s failed: HTTP %s %s", bot, who, status, text[:200])
         return with_flash(session, f"{PREFIX}/", "problem", f"halt of {name} failed: HTTP {status} {text[:200]}")
     log.warning("console: %s halted by %s: %s", bot, who, reason)
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = {}
+    answer = answer if isinstance(answer, dict) else {}
+    principal, source = console_principal(request, session)
+    await asyncio.to_thread(
+        audit.append,
+        app[keys.LEDGER].engine,
+        principal=principal,
+        source=source,
+        action="halt",
+        target=bot,
+        before={"state": answer.get("previous_state")},
+        after={"state": answer.get("state", "halted")},
+        comment=f"emergency halt: {reason}"[:500],
+    )
     return with_flash(session, f"{PREFIX}/", "done", f"{name} halted by {who}")
 
 

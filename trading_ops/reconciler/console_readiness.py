@@ -184,11 +184,16 @@ async def records_section(app: web.Application, bot: BotEntryConfig) -> str:
     except records.LedgerUnreachable as exc:
         return f'<section class="card" id="records"><h2>Recorded verdicts</h2><p>{h(str(exc))}</p></section>'
     if not rows:
-        listed = f"<p>None yet: <code>trading-ops readiness {h(bot.name)} --record</code> keeps one.</p>"
+        listed = (
+            f"<p>None yet: a live start asked with <code>trading-ops readiness {h(bot.name)} --record --reason "
+            "TEXT</code> and approved by others keeps one.</p>"
+        )
     else:
         items = "".join(
-            f"<li>{when(r.recorded_at)} {_badge(r.verdict)} over {h(r.window)}, recorded by {h(r.recorded_by)}"
-            + (f"; live start approved by {h(r.approved_by)}: {h(r.reason)}" if r.approved_by else "")
+            f"<li>{when(r.recorded_at)} {_badge(r.verdict)} over {h(r.window)}, "
+            + (f"live start asked by {h(r.recorded_by)}" if r.request_id else f"recorded by {h(r.recorded_by)}")
+            + (f"; approved by {h(r.approved_by)}: {h(r.reason)}" if r.approved_by else "")
+            + (" (decision signed)" if r.decision else "")
             + "</li>"
             for r in rows
         )

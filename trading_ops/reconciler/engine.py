@@ -261,6 +261,7 @@ class Engine:
             prometheus=self.prometheus,
             announced_pause=self.page_ends.announced_pause,
             announced_exposure=self.page_ends.announced_exposure,
+            ledger=self.ledger,
         )
         # Resolved first: an alert that is over is never escalated, whatever happened to the run before.
         if episode["resolved_at"] is not None:

@@ -107,7 +107,7 @@ def _step_struct(action: Action, recovery: bool) -> type[msgspec.Struct]:
         else:
             tp = PARAM_TYPES[python_type]
         fields.append((name, tp) if required else (name, *_given(tp)))
-    name = f"{action.kind.capitalize()}{'RecoveryStep' if recovery else 'Step'}"
+    name = f"{action.kind.title().replace('_', '')}{'RecoveryStep' if recovery else 'Step'}"
     doc = f"A step of kind {action.kind}: its own keys and the {action.kind} action's parameters."
     return _struct(name, doc, fields, tag_field="action", tag=action.kind)
 

@@ -41,7 +41,7 @@ class Asked:
     answer: dict[str, Any]
 
 
-def _refused(status: int, message: str) -> Asked:
+def refused(status: int, message: str) -> Asked:
     return Asked(status, {"error": message})
 
 
@@ -64,22 +64,22 @@ async def _checked(app: web.Application, bot_name: str, stage: str) -> Asked | t
     config = app[keys.CONFIG]
     bot = next((b for b in config.bots if b.name == bot_name), None)
     if bot is None:
-        return _refused(404, f"no bot {bot_name[:64]!r} in the configuration's bots: list")
+        return refused(404, f"no bot {bot_name[:64]!r} in the configuration's bots: list")
     try:
         number, before = stage_before(config, stage[:64])
     except UsageError as exc:
-        return _refused(400, str(exc).removeprefix("ramp: "))
+        return refused(400, str(exc).removeprefix("ramp: "))
     now_at = await current_stage(app, bot)
     if isinstance(now_at, str):
-        return _refused(503, f"not asked: {now_at}")
+        return refused(503, f"not asked: {now_at}")
     at_number, at_name = now_at
     if number != at_number + 1:
         names = [s.name for s in config.bot.ramp.stages]
         then = f"its next stage is {names[at_number]}" if at_number < len(names) else "it is at the last stage"
-        return _refused(409, f"not asked: {bot.name} is at stage {at_name or at_number}: {then}, not {stage}")
+        return refused(409, f"not asked: {bot.name} is at stage {at_name or at_number}: {then}, not {stage}")
     problem = await criteria_problem(config, app[keys.SESSION], bot, before)
     if problem is not None:
-        return _refused(409, f"not asked: {problem}")
+        return refused(409, f"not asked: {problem}")
     return bot, number, before, now_at
 
 
@@ -108,11 +108,11 @@ async def ask_promotion(
         before={"stage": at_name, "stage_number": at_number},
     )
     if isinstance(made, Duplicate):
-        return _refused(409, f"not asked: {made.message}")
+        return refused(409, f"not asked: {made.message}")
     problem = await post_request(config, session, bot, stage, number, before, principal, made["id"])
     if problem is not None:
         await asyncio.to_thread(store.withdraw, made["id"], utcnow(), problem)
-        return _refused(503, f"not asked: {problem}")
+        return refused(503, f"not asked: {problem}")
     log.warning("ramp promotion of %s to %s asked by %s from %s (request %s)", bot.name, stage, principal, source,
                 made["id"])  # fmt: skip
     return Asked(
@@ -129,7 +129,7 @@ async def ask_promotion(
     )
 
 
-def _asker(request: web.Request, what: str) -> Any:
+def asker(request: web.Request, what: str) -> Any:
     """The token that asks (scope operate or approve: one token per person), or the 401/403 to send."""
     token = request.app[keys.API_TOKENS].match(request.headers.get("Authorization"))
     if token is None:
@@ -155,13 +155,13 @@ async def ask_clear_halt(app: web.Application, bot_name: str, principal: str, so
     config = app[keys.CONFIG]
     bot = next((b for b in config.bots if b.name == bot_name), None)
     if bot is None:
-        return _refused(404, f"no bot {bot_name[:64]!r} in the configuration's bots: list")
+        return refused(404, f"no bot {bot_name[:64]!r} in the configuration's bots: list")
     if bot.instance not in config.reconciler.targets:
-        return _refused(503, f"not asked: {bot.name} is not a target of the reconciler (reconciler.targets)")
+        return refused(503, f"not asked: {bot.name} is not a target of the reconciler (reconciler.targets)")
     status = await bot_status(app, bot.instance)
     if status.get("state") != "halted":
         why = status.get("error") or f"its state is {status.get('state')!r}"
-        return _refused(409 if "state" in status else 503, f"not asked: {bot.name} is not halted ({why})")
+        return refused(409 if "state" in status else 503, f"not asked: {bot.name} is not halted ({why})")
     store = RequestStore(app[keys.LEDGER])
     now = utcnow()
     made = await asyncio.to_thread(
@@ -178,7 +178,7 @@ async def ask_clear_halt(app: web.Application, bot_name: str, principal: str, so
         before={"state": "halted", "state_reason": status.get("state_reason")},
     )
     if isinstance(made, Duplicate):
-        return _refused(409, f"not asked: {made.message}")
+        return refused(409, f"not asked: {made.message}")
     alert = {
         "labels": {
             "alertname": CLEAR_HALT_ALERT,
@@ -201,7 +201,7 @@ async def ask_clear_halt(app: web.Application, bot_name: str, principal: str, so
         await AlertmanagerClient(app[keys.SESSION], config.reconciler.alertmanager_urls).post_alerts([alert])
     except AlertmanagerError as exc:
         await asyncio.to_thread(store.withdraw, made["id"], utcnow(), f"Alertmanager took no request: {exc}")
-        return _refused(503, f"not asked: Alertmanager took no request: {exc}")
+        return refused(503, f"not asked: Alertmanager took no request: {exc}")
     log.warning("clear_halt of %s asked by %s from %s (request %s)", bot.name, principal, source, made["id"])
     return Asked(200, {"bot": bot.name, "requested_by": principal, "request": made["id"], "reason": reason,
                        "expires_at": made["expires_at"].isoformat()})  # fmt: skip
@@ -209,7 +209,7 @@ async def ask_clear_halt(app: web.Application, bot_name: str, principal: str, so
 
 async def clear_halt(request: web.Request) -> web.Response:
     """POST /api/v1/requests/clear_halt/{bot} {"reason": "..."}: see ask_clear_halt."""
-    token = _asker(request, "asking that a halted bot trade again")
+    token = asker(request, "asking that a halted bot trade again")
     if isinstance(token, web.Response):
         return token
     body = await read_json_object(request, request.app[keys.CONFIG].reconciler.max_body_bytes)

@@ -1,10 +1,12 @@
-"""Authenticated requests for a decision that widens risk (a ramp promotion): recorded by the reconciler with the
+"""Authenticated requests for a decision that widens risk (a ramp promotion, a live start, clearing a loss-limit
+halt): recorded by the reconciler with the
 principal that asked (its token, or its console session's), before the alert that carries the request is posted.
 The approval the request leads to takes its requester from here (the alert's `request` label names the row), never
 from a name typed into the alert."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -45,6 +47,7 @@ class RequestStore:
         now: datetime,
         hours: float,
         before: dict[str, Any],
+        detail: dict[str, Any] | None = None,
     ) -> dict[str, Any] | Duplicate:
         """A new request (with its audit entry, in one transaction), or Duplicate when the same kind, bot and stage
         was asked and still stands (not expired)."""
@@ -61,8 +64,8 @@ class RequestStore:
             )
             if standing is not None:
                 return Duplicate(
-                    f"request {standing['id']} for {bot} to {stage} by {standing['principal']} stands until "
-                    f"{standing['expires_at'].isoformat()}: nothing asked again"
+                    f"request {standing['id']} for {bot}{f' to {stage}' if stage else ''} by {standing['principal']} "
+                    f"stands until {standing['expires_at'].isoformat()}: nothing asked again"
                 )
             values = {
                 "kind": kind,
@@ -74,6 +77,7 @@ class RequestStore:
                 "comment": comment[:2000],
                 "requested_at": now,
                 "expires_at": now + timedelta(hours=hours),
+                "detail": json.dumps(detail or {}, sort_keys=True),
             }
             request_id = int(conn.execute(insert(RQ).values(**values).returning(RQ.c.id)).scalar_one())
             audit.append(
@@ -112,6 +116,16 @@ class RequestStore:
                 comment=why,
                 at=now,
             )
+
+    def newest(self, kind: str, bot: str) -> dict[str, Any] | None:
+        """The bot's newest request of `kind`, or None."""
+        with self.ledger.engine.connect() as conn:
+            row = (
+                conn.execute(select(RQ).where(RQ.c.kind == kind, RQ.c.bot == bot).order_by(RQ.c.id.desc()).limit(1))
+                .mappings()
+                .first()
+            )
+        return dict(row) if row is not None else None
 
     def get(self, request_id: int) -> dict[str, Any] | None:
         with self.ledger.engine.connect() as conn:

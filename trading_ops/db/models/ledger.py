@@ -237,7 +237,8 @@ class ApprovalDecision(Base):
 
 
 class Request(Base):
-    """A person's authenticated request for a decision that widens risk (a ramp promotion): who asked (the principal
+    """A person's authenticated request for a decision that widens risk (a ramp promotion, a live start, clearing a
+    loss-limit halt): who asked (the principal
     of the token or console session), from where, and until when it stands. The approval it leads to knows its
     requester from here, never from a label typed into an alert."""
 
@@ -254,6 +255,9 @@ class Request(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     requested_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+    # What the request was asked on, as JSON (a live start: the bot's readiness verdict then, which the record that
+    # answers it keeps).
+    detail: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
 
 
 class ConsoleSession(Base):

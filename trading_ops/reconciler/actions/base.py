@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from trading_ops.clients.notify import Notifier
     from trading_ops.clients.prometheus import PrometheusClient
     from trading_ops.config import Config
+    from trading_ops.reconciler.ledger import Ledger
 
 RISKS = ("safe", "disruptive", "destructive")
 TEMPLATE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -85,6 +86,8 @@ class ActionContext:
     # The approval this run spent for its steps (its row: who asked, who decided), once a step needed one: what a
     # step that widens a bot's risk signs into the decision it sends (trading_ops.reconciler.decision_signing).
     approval: dict[str, Any] | None = None
+    # The ledger, for a step that records in it (a live start's readiness record and decision).
+    ledger: Ledger | None = None
 
     def label(self, name: str) -> str:
         """A label value that passed the strict pattern, or Refused."""

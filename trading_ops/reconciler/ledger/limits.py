@@ -171,19 +171,33 @@ class Limits:
             stmt = self.db.insert(SET).values(key=key, value=value, updated_at=now)
             conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value, "updated_at": now}))
 
-    def set_paused(self, paused: bool) -> int:
-        """Switch the pause of every replica; resuming makes the episodes it parked due at once (their number)."""
+    def set_paused(self, paused: bool, who: tuple[str, str] | None = None) -> int:
+        """Switch the pause of every replica; resuming makes the episodes it parked due at once (their number). With
+        `who` (principal, source: the person that decided it), an audit entry in the same transaction."""
         now = utcnow()
         value = "1" if paused else "0"
         with self.db.tx() as conn:
+            was = conn.execute(select(SET.c.value).where(SET.c.key == PAUSE_KEY)).scalar()
             stmt = self.db.insert(SET).values(key=PAUSE_KEY, value=value, updated_at=now)
             conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value, "updated_at": now}))
-            if paused:
-                return 0
-            return int(
-                conn.execute(
-                    update(E)
-                    .where(E.c.state == "waiting", E.c.detail.startswith(PAUSED_DETAIL, autoescape=True))
-                    .values(next_run_at=now, updated_at=now)
-                ).rowcount
-            )
+            woken = 0
+            if not paused:
+                woken = int(
+                    conn.execute(
+                        update(E)
+                        .where(E.c.state == "waiting", E.c.detail.startswith(PAUSED_DETAIL, autoescape=True))
+                        .values(next_run_at=now, updated_at=now)
+                    ).rowcount
+                )
+            if who is not None:
+                audit.append(
+                    conn,
+                    principal=who[0],
+                    source=who[1],
+                    action="reconciler_pause" if paused else "reconciler_resume",
+                    target="reconciler",
+                    before={"paused": was == "1"},
+                    after={"paused": paused, **({} if paused else {"episodes_woken": woken})},
+                    at=now,
+                )
+            return woken
