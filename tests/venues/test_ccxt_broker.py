@@ -40,8 +40,8 @@ from trading_ops.bot.broker import (
     OrderType,
     Side,
 )
+from trading_ops.bot.loop import clock_offset
 from trading_ops.bot.metrics import BotMetrics
-from trading_ops.bot.runtime import clock_offset
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.ccxt.errors import error_class
 from trading_ops.venues.ccxt.factory import broker_from_config, make_exchange
