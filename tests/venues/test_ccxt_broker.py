@@ -40,8 +40,8 @@ from trading_ops.bot.broker import (
     OrderType,
     Side,
 )
+from trading_ops.bot.loop import clock_offset
 from trading_ops.bot.metrics import BotMetrics
-from trading_ops.bot.runtime import clock_offset
 from trading_ops.config import ConfigError, parse_config
 from trading_ops.venues.ccxt.errors import error_class
 from trading_ops.venues.ccxt.factory import broker_from_config, make_exchange
@@ -436,18 +436,6 @@ async def test_a_whole_second_venue_clock_is_not_skew_and_a_real_offset_still_sh
             assert -4.0 < offset <= -2.0
         finally:
             await broker.close()
-
-
-def test_clock_offset_is_the_bound_nearest_zero_of_what_one_reading_allows() -> None:
-    sent = datetime(2026, 1, 1, 0, 0, 10, 200000, tzinfo=UTC)
-    received = datetime(2026, 1, 1, 0, 0, 10, 900000, tzinfo=UTC)  # a 0.7 s round trip
-    exact = datetime(2026, 1, 1, 0, 0, 10, 500000, tzinfo=UTC)
-    assert clock_offset(sent, received, exact) == 0.0  # the venue read its clock within the round trip
-    assert clock_offset(sent, received, datetime(2026, 1, 1, 0, 0, 8, tzinfo=UTC)) == pytest.approx(2.2)
-    assert clock_offset(sent, received, datetime(2026, 1, 1, 0, 0, 13, tzinfo=UTC)) == pytest.approx(-2.1)
-    # Whole seconds: an answer of 10 s may mean 10.999 s.
-    assert clock_offset(sent, received, datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC), 1.0) == 0.0
-    assert clock_offset(sent, received, datetime(2026, 1, 1, 0, 0, 8, tzinfo=UTC), 1.0) == pytest.approx(1.2)
 
 
 def test_the_ccxt_error_table_maps_each_class_once() -> None:

@@ -149,6 +149,30 @@ class DeadMansSwitch:
         """No more refreshes (a shutdown that leaves it armed): the venue fires at the trigger."""
         self._stopped = True
 
+    async def end(self, canceled: bool) -> None:
+        """The shutdown's step: disarm it as `bot.dead_man_switch.disarm_on_shutdown` says, `after_cancel` only when
+        this shutdown `canceled` the open orders (else the venue cancels what is left at the trigger); otherwise stop
+        refreshing it and say when the venue fires. Raises what the venue answered."""
+        if not self.active:
+            return
+        when = self.config.disarm_on_shutdown
+        if when == "always" or (when == "after_cancel" and canceled):
+            async with self.broker.patient(), self.broker.protective():  # within the venue steps' share
+                await self.disarm()
+            return
+        self.stop()
+        if self.armed:
+            log.warning(
+                "shutdown: the dead man's switch stays armed: the venue cancels every open order of the account at %s",
+                self.trigger.isoformat() if self.trigger else "its trigger",
+            )
+
+    def left_to_it(self) -> str:
+        """What an exit that left orders open says of the switch: when the venue cancels them (empty: not armed)."""
+        if self.armed and self.trigger is not None:
+            return f"; the venue's dead man's switch cancels them at {self.trigger.isoformat()}"
+        return ""
+
     def status(self) -> dict[str, object]:
         """What the `status` command shows of it."""
         return {

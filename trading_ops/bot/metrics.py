@@ -108,6 +108,13 @@ class BotMetrics:
     That switch is process-wide (every registry of the process), so the library never flips it on its
     own; a bot that owns its process may opt in (the paper bot does). `clock` (Unix time) and `monotonic`
     are injectable for tests.
+
+    Over 400 lines and 20 public methods because it is the hot path: one record method per event a bot reports
+    (orders, fills, positions, the venue, the loop, control commands), each resolving its child from the slots of this
+    one object. Split into objects per concern, every record call would pay an attribute hop more against the goal of
+    ≤ 1.5× the raw prometheus_client child operation (benchmarks/bench_exporter.py). What is not on the hot path lives
+    beside it already: the collectors (collectors.py), the reconciliation's families (reconciliation_metrics.py),
+    the cardinality guard (cardinality.py) and the log families (log_metrics.py).
     """
 
     # Slots: attribute loads on the hot path stay the fast, specialized kind however many metrics there are.

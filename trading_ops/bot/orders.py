@@ -56,7 +56,10 @@ class OrderEngine:
     order. It is also the reconciliation's hooks (settle, adopt_*, adjust_position, fills_changed, halt).
 
     Over 400 lines because submit, cancel and the two event streams must share one view of every order (working,
-    in flight, adopted, filled so far); splitting them would put that view in two places.
+    in flight, adopted, filled so far); splitting them would put that view in two places. Its 29 public methods are
+    the three interfaces to that one view: the strategy's (submit, cancel, order_refusal, ...), the venue's events
+    (on_order, on_fill, on_quote and their apply_*), and the reconciliation's hooks (settle, adopt_*, adjust_position,
+    fills_changed, halt), with the runtime's start (restore_book, adopt_open_orders) and stop (cancel_everything).
     """
 
     def __init__(

@@ -10,7 +10,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.runtime import CENT, BotRuntime, control_tokens, risk_limits
+from trading_ops.bot.control_commands import CENT
+from trading_ops.bot.runtime import BotRuntime, control_tokens, risk_limits
 from trading_ops.bot.schedule import startup_retry_delay
 from trading_ops.config import Config
 from trading_ops.paper.chaos import Chaos

@@ -132,6 +132,9 @@ class CcxtBroker(Broker):
     Bigger than most classes here because it is three things a websocket venue gives for free and ccxt's REST API
     does not: the Broker calls, the polls that stand in for the event streams, and the translation of ccxt's
     orders and trades into ours; they share the state of what was seen (open orders, trade ids, client ids).
+    Its public methods are the Broker interface (trading_ops.bot.broker) and nothing else, bar `orders_interval`
+    and `check_session`, which its streaming subclasses override; the symbol and error tables, the call budget and
+    the streams already live in modules of their own (symbols.py, errors.py, venues/call_counter.py, streaming.py).
     """
 
     def __init__(
