@@ -453,6 +453,9 @@ async def test_the_database_heartbeat_stops_while_the_loop_hangs(tmp_path) -> No
 async def test_keep_policy_leaves_working_orders_on_the_venue_and_the_next_start_takes_them_back(tmp_path) -> None:
     config = fast_config(tmp_path, order_max_age_seconds=60)
     config.recovery.open_orders_on_shutdown = "keep"
+    # What `keep` keeps is the bot's: no dead man's switch to cancel it at the venue between the two starts (on a busy
+    # machine the second start came after the switch's timeout, and the venue had cancelled the kept orders).
+    config.bot.dead_man_switch.enabled = False
     bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
     await bot.start("127.0.0.1", 0)
     await wait_for(lambda: counter_total(bot, "tradingbot_fills") > 0, timeout=20)
