@@ -426,9 +426,13 @@ class BotRuntime:
             risk=self.risk,
             heartbeat=self.heartbeat,
             dead_man=self.dead_man,
-            stop_server=self.inst.stop,
+            stop_server=self._stop_server,
             instance_lock=self.instance_lock,
         )
+
+    async def _stop_server(self) -> None:
+        """The HTTP server's stop as `self.inst` has it when the shutdown comes (not as it was when wired)."""
+        await self.inst.stop()
 
     # -- running --------------------------------------------------------------------------------------
     async def run(
