@@ -290,9 +290,11 @@ def ha_pair(
     profile: Profile,
     members: tuple[tuple[str, Generation], ...] = MEMBERS,
     alertmanager: Generation = SYSTEM,
+    stagger: float = 0.0,
 ) -> Iterator[Pair]:
     """The pair, the cluster (of `alertmanager`'s generation) and the host, up and watching; everything stopped at
-    the end."""
+    the end. `stagger`: seconds between the two Alertmanagers' starts (their housekeeping, which drops an alert group
+    once empty every 30 s, then runs at other moments: one member may still hold a group the other dropped)."""
     procs: list[subprocess.Popen[bytes]] = []
     pager = Pager()
     bot = MetricsServer(free_port(), "tradingbot_up_for_the_test 1\n")
@@ -304,6 +306,8 @@ def ha_pair(
         gossip = [free_port() for _ in members]
         managers = [f"http://127.0.0.1:{p}" for p in web]
         for i, (name, _) in enumerate(members):
+            if i:
+                time.sleep(stagger)
             config = alertmanager_file(tmp, name, profile, pager)
             peers = [f"--cluster.peer=127.0.0.1:{p}" for j, p in enumerate(gossip) if j != i]
             argv = [

@@ -72,7 +72,7 @@ def _receivers(
     return out, reconciler, quiet, notes
 
 
-def _tune_routes(route: dict[str, Any], reconciler: set[str], profile: Profile, inherited: str | None = None) -> None:
+def tune_routes(route: dict[str, Any], reconciler: set[str], profile: Profile, inherited: str | None = None) -> None:
     """Apply the profile's group_wait/group_interval to every route whose (inherited) receiver is the reconciler, and
     its people's group_interval (Profile.people_group_interval) to every other route that sets one."""
     receiver = route.get("receiver", inherited)
@@ -85,7 +85,7 @@ def _tune_routes(route: dict[str, Any], reconciler: set[str], profile: Profile, 
         seconds = parse_duration(str(route["group_interval"]))
         route["group_interval"] = format_duration(profile.people_group_interval(seconds))
     for child in route.get("routes") or []:
-        _tune_routes(child, reconciler, profile, receiver)
+        tune_routes(child, reconciler, profile, receiver)
 
 
 def adapt_alertmanager(
@@ -104,7 +104,7 @@ def adapt_alertmanager(
     out["receivers"] = receivers
     if "route" not in out:
         raise MonitoringConfigError(f"{am_dir / ALERTMANAGER_CONFIG.name}: no route")
-    _tune_routes(out["route"], set(reconciler), profile)
+    tune_routes(out["route"], set(reconciler), profile)
     return RenderedAlertmanager(out, reconciler, quiet, notes)
 
 
