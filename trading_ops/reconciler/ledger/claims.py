@@ -24,7 +24,9 @@ from trading_ops.reconciler.processes import owner_is_dead
 # before (systemd restarts it in seconds); a host that died altogether took its processes with it.
 LEFTOVER_FENCE_SECONDS = 600.0
 # Why a sweep freed a claim of its own caller's that no run of the caller holds: not a takeover from a live owner.
-OWN_CLAIM_FREED = "no run of ours holds it (a claim whose answer was lost with the database, or a run whose last write failed)"
+OWN_CLAIM_FREED = (
+    "no run of ours holds it (a claim whose answer was lost with the database, or a run whose last write failed)"
+)
 
 
 @dataclass
