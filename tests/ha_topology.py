@@ -1,8 +1,10 @@
 """docs/deployment.md's highly available topology on test hosts (network namespaces, tests/netns_hosts.py), every part
-real: ops-a and ops-b each run a Prometheus of the pair (the shipped rules at a profile, `external_labels` told apart
-and dropped from alerts, both Alertmanagers with the shipped `alertmanagers` timeout), an Alertmanager of the pair
-(clustered; the repository's routing with a reconciler receiver per replica, each route to it once per replica,
-its pager receiver a receiver of the test's own), a reconciler replica (both Prometheus and both Alertmanagers
+real: ops-a and ops-b each run a Prometheus of the pair (the shipped rules at a profile; its `external_labels` and
+`alerting` section as `trading-ops config render --replica` writes them: told apart, the label dropped from alerts,
+both Alertmanagers with the shipped timeout), an Alertmanager of the pair (clustered; its file as `config render
+--alertmanager ... --reconciler-replica ra=URL --reconciler-replica rb=URL` writes it, a receiver per replica, each
+route to the reconciler once per replica, at the profile's timings; its pager receiver a receiver of the test's
+own), a reconciler replica (both Prometheus and both Alertmanagers
 named, the ledger's multi-host URL) and PostgreSQL under Patroni (`synchronous_mode: true`), each beside an etcd
 member; ops-c runs the third etcd member (the vote). A bot host runs Debian's prometheus-node-exporter and the
 example ccxt bot on the Kraken-compatible gateway (the one simulated thing), which listens in this namespace, as does
@@ -46,11 +48,13 @@ from reconciler_server import BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
 from secret_file import write_secret
 from system_binaries import REPO_ROOT, alertmanager_binary, prometheus_binary, require_binary
 
+from trading_ops.commands.config_cmd import prometheus_config as render_prometheus
+from trading_ops.commands.config_cmd import reconciler_replicas, rendered_alertmanager
+from trading_ops.config.loader import parse_config
 from trading_ops.db import migrate
 from trading_ops.db.states import CLOSED_STATES
 from trading_ops.durations import format_duration
-from trading_ops.stack.alertmanager_config import render_alertmanager
-from trading_ops.stack.layout import Ports
+from trading_ops.stack.alertmanager_config import KEPT_GLOBAL, tune_routes
 from trading_ops.stack.profiles import Profile
 from trading_ops.stack.prometheus_config import adapt_rules
 from trading_ops.stack.repo import load_yaml
@@ -332,32 +336,34 @@ class Topology:
         )
 
     def alertmanager_config(self, ops: OpsHost) -> Path:
+        """docs/deployment.md's Alertmanager of `ops` as `trading-ops config render --alertmanager ...
+        --reconciler-replica ra=URL --reconciler-replica rb=URL` writes it (a receiver per replica, each route to the
+        reconciler once per replica, the first copies continuing; its templates and token beside it), at the
+        profile's timings (those of `trading-ops up`); its pager posting to the test's pager, the other people's
+        receivers quiet. One receiver with a webhook per replica would share its alert groups: every flush of a group
+        waits for each webhook, and a dead replica's retries hold it for Alertmanager's 10 s notify timeout, so the
+        live replica got a recurring fault's alert up to 10 s late (9.8 s measured)."""
         folder = ops.folder / "alertmanager"
         folder.mkdir(exist_ok=True)
-        write_secret(folder / "webhook-token", TOKEN)
-        rendered = render_alertmanager(REPO_ROOT, Ports(), self.profile, folder / "webhook-token")
-        # docs/deployment.md: a receiver per replica, each route to the reconciler once per replica (the first ones
-        # continuing). One receiver with a webhook per replica would share its alert groups: every flush of a group
-        # waits for each webhook, and a dead replica's retries hold it for Alertmanager's 10 s notify timeout, so
-        # the live replica got a recurring fault's alert up to 10 s late (9.8 s measured).
-        replicas: dict[str, list[str]] = {}
-        receivers = []
-        for receiver in rendered.config["receivers"]:
-            if receiver["name"] in rendered.reconciler_receivers:
-                (hook,) = receiver["webhook_configs"][:1]
-                names = replicas[receiver["name"]] = [f"{receiver['name']}-r{o.name}" for o in self.ops.values()]
-                receivers.extend(
-                    {**receiver, "name": name, "webhook_configs": [{**hook, "url": f"{o.url(RECONCILER_PORT)}{HOOK}"}]}
-                    for name, o in zip(names, self.ops.values(), strict=True)
-                )
-                continue
-            if receiver["name"] == "pager":
-                receiver["webhook_configs"] = [{"url": self.pager.url, "send_resolved": False}]
-            receivers.append(receiver)
-        rendered.config["receivers"] = receivers
-        rendered.config["route"] = per_replica(rendered.config["route"], replicas)
+        write_secret(folder / "secrets" / "reconciler-token", TOKEN)
+        config = parse_config({"reconciler": {"listen": {"host": ops.address, "port": RECONCILER_PORT}}})
+        given = [f"r{o.name}={o.url(RECONCILER_PORT)}" for o in self.ops.values()]
+        shipped = REPO_ROOT / "alertmanager" / "alertmanager.yml"
+        files = rendered_alertmanager(shipped, config, folder, False, "ha-topology", reconciler_replicas(given))
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        rendered = yaml.safe_load((folder / "alertmanager.yml").read_text())
+        rendered["global"] = {k: v for k, v in rendered.get("global", {}).items() if k in KEPT_GLOBAL}
+        replicas = {r["name"] for r in rendered["receivers"] if r["name"].startswith("reconciler-")}
+        pager = {"name": "pager", "webhook_configs": [{"url": self.pager.url, "send_resolved": False}]}
+        rendered["receivers"] = [
+            r if r["name"] in replicas else pager if r["name"] == "pager" else {"name": r["name"]}
+            for r in rendered["receivers"]
+        ]
+        tune_routes(rendered["route"], replicas, self.profile)
         path = folder / "alertmanager.yml"
-        path.write_text(yaml.safe_dump(rendered.config))
+        path.write_text(yaml.safe_dump(rendered))
         return path
 
     def start_alertmanager(self, ops: OpsHost) -> None:
@@ -394,7 +400,6 @@ class Topology:
         ):
             if value is not None:
                 glob[key] = format_duration(value)
-        (manager,) = shipped["alerting"]["alertmanagers"]  # its timeout as shipped
         targets = {
             "tradingbot": [self.bot_target],
             "node": [self.node_target],
@@ -402,18 +407,16 @@ class Topology:
             "alertmanager": [f"{o.address}:{ALERTMANAGER_PORT}" for o in self.ops.values()],
             "prometheus": [f"{o.address}:{PROMETHEUS_PORT}" for o in self.ops.values()],
         }
+        # The external label and `alerting` section as `trading-ops config render --replica NAME` writes them: told
+        # apart by `replica`, dropped from the alerts; both Alertmanagers with the shipped timeout.
+        first, *peers = (o.url(ALERTMANAGER_PORT) for o in self.ops.values())
+        rendered = render_prometheus(
+            parse_config({"reconciler": {"alertmanager_url": first, "alertmanager_peers": peers}}), folder, ops.name
+        )
         config = {
-            "global": {**glob, "external_labels": {"replica": ops.name}},
+            "global": {**glob, "external_labels": rendered["global"]["external_labels"]},
             "rule_files": [str(folder / "rules" / "*.yml")],
-            "alerting": {
-                "alert_relabel_configs": [{"action": "labeldrop", "regex": "replica"}],
-                "alertmanagers": [
-                    {
-                        **{k: v for k, v in manager.items() if k != "static_configs"},
-                        "static_configs": [{"targets": targets["alertmanager"]}],
-                    }
-                ],
-            },
+            "alerting": rendered["alerting"],
             "scrape_configs": [
                 {"job_name": job, "static_configs": [{"targets": hosts}]} for job, hosts in targets.items()
             ],
@@ -691,24 +694,6 @@ def topology(tmp: Path, profile: Profile) -> Iterator[Topology]:
                         with contextlib.suppress(ProcessLookupError, ValueError):
                             os.kill(int(pid), signal.SIGKILL)
             gateway.stop()
-
-
-def per_replica(route: dict[str, Any], replicas: dict[str, list[str]]) -> dict[str, Any]:
-    """`route` with each child route to a reconciler receiver in `replicas` once per replica's receiver, the copies
-    but the last continuing (so every replica gets what the one receiver got, and what followed it still follows)."""
-    children = []
-    for original in route.get("routes", []):
-        child = per_replica(original, replicas)
-        names = replicas.get(child.get("receiver", ""))
-        if not names:
-            children.append(child)
-            continue
-        last = child.get("continue", False)
-        children.extend(
-            {**child, "receiver": name, "continue": last if i == len(names) - 1 else True}
-            for i, name in enumerate(names)
-        )
-    return {**route, "routes": children} if "routes" in route else route
 
 
 # --- the sequence --------------------------------------------------------------------------------------------------

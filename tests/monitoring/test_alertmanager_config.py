@@ -30,7 +30,7 @@ from trading_ops.durations import parse_duration
 from trading_ops.reconciler.actions.escalate import BOT_HOST_DOWN, ESCALATIONS
 from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
 from trading_ops.reconciler.playbook import load_packaged_playbook, parse_matcher
-from trading_ops.stack.profiles import FOR_FLOOR_SECONDS
+from trading_ops.stack.profiles import ALERTMANAGER_CLUSTER_DEFAULTS, FAST, SCRAPE_FAILURE_FOR_FLOOR_SECONDS
 
 ALERTMANAGER_DIR = REPO_ROOT / "alertmanager"
 CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
@@ -175,17 +175,38 @@ def test_the_exposure_page_has_its_own_prompt_route() -> None:
     # One group per death (the escalate step gives the exposure page its episode): a death soon after a return is a
     # new group, paged at once, never held for the last death's group interval nor taken for its page.
     assert route["group_by"] == ["alertname", "instance", "episode"]
-    # Its end (the account flat, the host back) reaches the pager within a second: before the host can die again.
-    assert parse_duration(route["group_interval"]) <= 1
+    # Longer than the cluster's peer timeout (Alertmanager's 15 s as shipped): a shorter one let the second member send
+    # the page again after the first had sent its end (tests/monitoring/test_ha_pair_returns.py).
+    assert parse_duration(route["group_interval"]) > ALERTMANAGER_CLUSTER_DEFAULTS["peer-timeout"]
 
 
-def test_the_host_down_page_flushes_a_deaths_end_before_the_next_death_can_fire() -> None:
-    # The same labels at every death: the previous death's end must reach Alertmanager's notification log before the
-    # next death fires (its `for:`, 2 s at the fast profile), or the new death is taken for the page already sent.
+def test_the_host_down_page_waits_out_the_clusters_peer_timeout_and_at_the_fast_profile_the_alerts_for() -> None:
+    # The same labels at every death. Its group interval is longer than the cluster's peer timeout (the second member
+    # checks a view of the group that old against the notification log: shorter, it paged a returned host again), and
+    # at the fast profile, whose `for:` is short, under TradingBotHostDown's `for:` there, so a death's end reaches the
+    # notification log before the host's next death can fire (else it is taken for the page already sent).
     host_down = ['alertname="TradingBotHostDown"', 'severity="critical"']
     (route,) = [r for r in load_config()["route"]["routes"] if r["matchers"] == host_down]
     assert route["receiver"] == "pager" and route["group_wait"] == "0s"
-    assert parse_duration(route["group_interval"]) < FOR_FLOOR_SECONDS
+    shipped = parse_duration(route["group_interval"])
+    assert shipped > ALERTMANAGER_CLUSTER_DEFAULTS["peer-timeout"]
+    fast = FAST.people_group_interval(shipped)
+    assert dict(FAST.alertmanager_cluster)["peer-timeout"] < fast < SCRAPE_FAILURE_FOR_FLOOR_SECONDS
+
+
+def test_every_route_to_the_pager_waits_out_the_clusters_peer_timeout() -> None:
+    # Any route of the pager with a group interval under the peer timeout pages an ended alert again from the cluster's
+    # second member; the fast profile divides them, never below its own peer timeout.
+    def pager_routes(route: dict[str, Any], inherited: str) -> list[dict[str, Any]]:
+        receiver = route.get("receiver", inherited)
+        own = [route] if receiver == "pager" else []
+        return own + [r for child in route.get("routes", []) for r in pager_routes(child, receiver)]
+
+    root = load_config()["route"]
+    for route in pager_routes(root, root["receiver"]):
+        shipped = parse_duration(route.get("group_interval", root["group_interval"]))
+        assert shipped > ALERTMANAGER_CLUSTER_DEFAULTS["peer-timeout"], route
+        assert FAST.people_group_interval(shipped) > dict(FAST.alertmanager_cluster)["peer-timeout"], route
 
 
 def test_the_reconciler_health_route_names_real_alerts() -> None:

@@ -38,7 +38,7 @@ from up_process import CHILDREN, STARTED_RE, STARTUP_SECONDS, STOP_SECONDS, UpPr
 
 from trading_ops.config import load_config
 from trading_ops.db import migrate
-from trading_ops.durations import parse_duration
+from trading_ops.durations import format_duration, parse_duration
 from trading_ops.paper import chaos
 from trading_ops.stack.alertmanager_config import render_alertmanager
 from trading_ops.stack.app_config import (
@@ -361,7 +361,7 @@ def test_reconciler_webhook_is_local_with_a_credentials_file(tmp_path: Path, tok
     assert set(config["global"]) <= {"resolve_timeout"}
 
 
-def test_fast_profile_tunes_only_the_routes_to_the_reconciler(tmp_path: Path, token_file: Path) -> None:
+def test_fast_profile_tunes_reconciler_routes_and_divides_peoples_intervals(tmp_path: Path, token_file: Path) -> None:
     repo = yaml.safe_load((REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text())
     _, fast = write_am(tmp_path, FAST, token_file)
     _, standard = write_am(tmp_path, STANDARD, token_file)
@@ -373,6 +373,9 @@ def test_fast_profile_tunes_only_the_routes_to_the_reconciler(tmp_path: Path, to
         receiver = before.get("receiver", inherited)
         own = {k: v for k, v in before.items() if k != "routes"}
         expected = {**own, "group_wait": "0s", "group_interval": "1s"} if receiver == "reconciler" else own
+        if receiver != "reconciler" and "group_interval" in own:  # people's: divided, over the peer timeout
+            shipped = parse_duration(own["group_interval"])
+            expected = {**own, "group_interval": format_duration(FAST.people_group_interval(shipped))}
         assert {k: v for k, v in after.items() if k != "routes"} == expected
         if receiver == "reconciler":
             tuned.append(after)

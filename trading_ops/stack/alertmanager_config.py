@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from trading_ops.durations import format_duration
+from trading_ops.durations import format_duration, parse_duration
 from trading_ops.stack.layout import Layout, Ports
 from trading_ops.stack.profiles import Profile
 from trading_ops.stack.repo import ALERTMANAGER_CONFIG, MonitoringConfigError, dump_yaml, load_yaml
@@ -72,16 +72,20 @@ def _receivers(
     return out, reconciler, quiet, notes
 
 
-def _tune_routes(route: dict[str, Any], reconciler: set[str], profile: Profile, inherited: str | None = None) -> None:
-    """Apply the profile's group_wait/group_interval to every route whose (inherited) receiver is the reconciler."""
+def tune_routes(route: dict[str, Any], reconciler: set[str], profile: Profile, inherited: str | None = None) -> None:
+    """Apply the profile's group_wait/group_interval to every route whose (inherited) receiver is the reconciler, and
+    its people's group_interval (Profile.people_group_interval) to every other route that sets one."""
     receiver = route.get("receiver", inherited)
     if receiver in reconciler:
         if profile.reconciler_group_wait is not None:
             route["group_wait"] = format_duration(profile.reconciler_group_wait)
         if profile.reconciler_group_interval is not None:
             route["group_interval"] = format_duration(profile.reconciler_group_interval)
+    elif "group_interval" in route:
+        seconds = parse_duration(str(route["group_interval"]))
+        route["group_interval"] = format_duration(profile.people_group_interval(seconds))
     for child in route.get("routes") or []:
-        _tune_routes(child, reconciler, profile, receiver)
+        tune_routes(child, reconciler, profile, receiver)
 
 
 def adapt_alertmanager(
@@ -100,7 +104,7 @@ def adapt_alertmanager(
     out["receivers"] = receivers
     if "route" not in out:
         raise MonitoringConfigError(f"{am_dir / ALERTMANAGER_CONFIG.name}: no route")
-    _tune_routes(out["route"], set(reconciler), profile)
+    tune_routes(out["route"], set(reconciler), profile)
     return RenderedAlertmanager(out, reconciler, quiet, notes)
 
 

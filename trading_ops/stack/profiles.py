@@ -48,6 +48,13 @@ ALERTMANAGER_CLUSTER_DEFAULTS = {
 }
 
 
+# A route to people keeps its group_interval longer than the cluster's peer timeout by at least this (the fast profile
+# divides the shipped one): the second member of a cluster takes its view of a group, waits the peer timeout, then
+# checks the notification log, so a group interval under that wait let a view taken before an alert's end be checked
+# after the first member had sent the end, and the second member paged the ended alert again (docs/deployment.md).
+PEOPLE_GROUP_INTERVAL_MARGIN_SECONDS = 1.0
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -74,6 +81,16 @@ class Profile:
     def cluster_flags(self) -> list[str]:
         """The Alertmanager flags of this profile's cluster timings (`--cluster.peer-timeout=3s`, ...)."""
         return [f"--cluster.{flag}={format_duration(value)}" for flag, value in self.alertmanager_cluster]
+
+    def people_group_interval(self, seconds: float) -> float:
+        """The group_interval this profile gives a route to people whose repo route says `seconds`: divided as `for:`
+        is when the profile shortens the cluster's timings, never below its peer timeout plus
+        PEOPLE_GROUP_INTERVAL_MARGIN_SECONDS and never longer than the repo's."""
+        cluster = dict(self.alertmanager_cluster)
+        if not self.shorten_for or "peer-timeout" not in cluster or seconds <= 0:
+            return seconds
+        floor = cluster["peer-timeout"] + PEOPLE_GROUP_INTERVAL_MARGIN_SECONDS
+        return min(seconds, max(seconds / FOR_DIVISOR, floor))
 
     def alert_for(self, seconds: float, scrape_failure: bool = False, races_disconnect: bool = False) -> float:
         """The `for:` duration this profile gives an alert whose repo rule says `seconds`; `scrape_failure`: the
@@ -123,6 +140,11 @@ class Profile:
                 "with --alertmanagers 2, the pair's "
                 + ", ".join(f"--cluster.{flag} {fmt(value)}" for flag, value in self.alertmanager_cluster)
             )
+            if self.shorten_for:
+                parts.append(
+                    f"the routes to people divide their own group_interval by {FOR_DIVISOR}, never below the peer "
+                    f"timeout plus {fmt(PEOPLE_GROUP_INTERVAL_MARGIN_SECONDS)} (20s -> 4s)"
+                )
         if self.recovery:
             parts.append(
                 "the bot's "
