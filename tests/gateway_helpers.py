@@ -28,6 +28,13 @@ SIDECAR_SECRET = base64.b64encode(b"the sidecar's key on the same account").deco
 # A Binance key of the main account (the gateway's Binance dialect): the reconciler's own there, in the venue tests.
 BINANCE_VENUE_KEY = "binanceReconcilerKey0123456789"
 BINANCE_VENUE_SECRET = "the reconciler's binance secret"
+# A bot's Binance key on the main account, and a second bot's on the sub-account SECOND_ACCOUNT (an account of its
+# own): tests/deploy/test_host_down_e2e.py on Binance. Binance signs with a timestamp, not a nonce: any key could be
+# shared by clients, but each client has its own here as on Kraken.
+BINANCE_BOT_KEY = "binanceBotKey0123456789"
+BINANCE_BOT_SECRET = "the first bot's binance secret"
+BINANCE_SECOND_KEY = "binanceSecondBotKey0123456789"
+BINANCE_SECOND_SECRET = "the second bot's binance secret, on an account of its own"
 CHECK_KEY = "test-check-key"
 CHECK_SECRET = base64.b64encode(b"the key the test looks at the venue with").decode()
 # A second bot's key, of an account of its own (the gateway's sub-account SECOND_ACCOUNT: one account per bot), and
@@ -113,7 +120,12 @@ def start_gateway(tmp: Path, host: str = "127.0.0.1", **paper: Any) -> Gateway:
         ("check", CHECK_KEY, CHECK_SECRET),
     )
     second = (("second", SECOND_KEY, SECOND_SECRET), ("second-check", SECOND_CHECK_KEY, SECOND_CHECK_SECRET))
-    for name, key, secret in (*keys, *second, ("binance", BINANCE_VENUE_KEY, BINANCE_VENUE_SECRET)):
+    binance = (
+        ("main", "binance", BINANCE_VENUE_KEY, BINANCE_VENUE_SECRET),
+        ("main", "binance-bot", BINANCE_BOT_KEY, BINANCE_BOT_SECRET),
+        (SECOND_ACCOUNT, "binance-second", BINANCE_SECOND_KEY, BINANCE_SECOND_SECRET),
+    )
+    for name, key, secret in (*keys, *second, *((n, k, sec) for _, n, k, sec in binance)):
         write_secret(tmp / f"{name}-key", key)
         write_secret(tmp / f"{name}-secret", secret)
     port = free_port()
@@ -149,14 +161,15 @@ def start_gateway(tmp: Path, host: str = "127.0.0.1", **paper: Any) -> Gateway:
                 }
             ],
             "orders_per_second": 1000,
-            # The same market and accounts in Binance spot's dialect, the main account reached with a Binance key.
+            # The same market and accounts in Binance spot's dialect, each reached with Binance keys of its own.
             "binance": {
                 "keys": [
                     {
-                        "account": "main",
-                        "api_key_file": str(tmp / "binance-key"),
-                        "api_secret_file": str(tmp / "binance-secret"),
+                        "account": account,
+                        "api_key_file": str(tmp / f"{name}-key"),
+                        "api_secret_file": str(tmp / f"{name}-secret"),
                     }
+                    for account, name, _, _ in binance
                 ]
             },
         },

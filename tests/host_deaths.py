@@ -59,6 +59,9 @@ BOT_TOKEN = "control-token-of-the-bots-0123456789"
 # The dead man's switch as a user configures it, shortened for the test (Kraken recommends 60 s, refreshed every
 # 15-30 s).
 SWITCH = {"timeout_seconds": 15, "refresh_interval_seconds": 5}
+# A Binance bot's REST polls (its fills and book stream; the polls are the fallback): every second one symbol's open
+# orders (weight 6) and trades (20), about 1,600 of the IP's 6,000 weight a minute.
+BINANCE_POLL_SECONDS = 1.0
 # The pages a host's death owes: the host-down page (Prometheus's). The bot holds no position here (a market that stands
 # still: its bids rest, nothing fills), so the exposure page (the reconciler's) is owed to nobody: its orders cancelled,
 # the account is flat, and a page about nothing is skipped (tests/deploy/test_host_down_e2e.py's first test pages one
@@ -76,16 +79,26 @@ RULES = ("bot-host-down", "bot-restart", "bot-loop-restart")
 
 
 def bot_config(
-    tmp: Path, name: str, symbol: str, listen: str, port: int, key: tuple[str, str], venue: str, **policies: str
+    tmp: Path,
+    name: str,
+    symbol: str,
+    listen: str,
+    port: int,
+    key: tuple[str, str],
+    venue: str,
+    exchange: str = "kraken",
+    **policies: str,
 ) -> Path:
     """examples/ccxt_bot.py's configuration for a bot of its own account: `symbol` only, the gateway at `venue` with
-    the API `key`, the switch as SWITCH says; `policies` its recovery policies."""
+    the API `key`, streaming; on `exchange` kraken (the gateway's Kraken API, the switch as SWITCH says) or binance
+    (its Binance spot dialect: no switch to arm, polls paced to Binance's weights as BINANCE_POLL_SECONDS says);
+    `policies` its recovery policies."""
     tmp.mkdir(parents=True, exist_ok=True)
     for file, value in (("api-key", key[0]), ("api-secret", key[1]), ("token", BOT_TOKEN)):
         write_secret(tmp / file, value)
     url = f"sqlite:///{tmp / 'journal.db'}"
     migrate.upgrade(url)
-    settings = {
+    settings: dict[str, Any] = {
         "database": {"url": url},
         "bot": {
             "name": name,
@@ -112,6 +125,17 @@ def bot_config(
         },
         "recovery": {"reconcile_interval_seconds": 0, "policies": policies},
     }
+    if exchange == "binance":
+        settings["bot"]["venue"] = "binance"
+        del settings["bot"]["dead_man_switch"]  # Binance spot has none: the reconciler's venue step stands in for it
+        rest = f"{venue}/api/v3"  # every other REST URL of ccxt's binance keeps its path on this host
+        settings["ccxt"].update(
+            exchange="binance",
+            urls={"public": rest, "private": rest},
+            poll_interval_seconds=BINANCE_POLL_SECONDS,
+            quote_poll_interval_seconds=BINANCE_POLL_SECONDS,
+        )
+        del settings["ccxt"]["kraken_tier"]
     path = tmp / "bot.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path

@@ -50,3 +50,50 @@ def test_a_configured_prefix_too_long_for_binance_is_refused_in_one_line(
     config = load_config(path)
     config.bot.name = "bot-a"
     assert bot_order_id_prefix(config) == "bin-bot-a"
+
+
+def two_bots(first: dict[str, str], second: dict[str, str]) -> str:
+    """Two Binance bots, `binance-1` and `binance-2` (prefixes of their own, 16 characters each: client order ids of
+    36), whose venues add `first` and `second` (the reconciler's key files, an `account`)."""
+    bots = []
+    for i, extra in enumerate((first, second), 1):
+        venue = {"exchange": "binance", "symbols": ["BTC-USD"], "order_id_prefix": f"binance-bot-{i}-ab", **extra}
+        bots.append({"kind": "ccxt", "name": f"binance-{i}", "instance": f"10.0.0.{i}:9101", "venue": venue})
+    return yaml.safe_dump({"bots": bots})
+
+
+KEY = {"api_key_file": "key", "api_secret_file": "secret"}
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (KEY, KEY),
+        ({**KEY, "account": "main"}, {"api_key_file": "key-2", "api_secret_file": "secret-2", "account": "main"}),
+    ],
+    ids=["one reconciler key", "one named account"],
+)
+def test_two_bots_on_one_binance_account_are_refused_even_with_prefixes_of_their_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], first: dict[str, str], second: dict[str, str]
+) -> None:
+    """Binance has no dead man's switch for two bots to share, but its account's balances and order list are the
+    account's: one account per bot on Binance too. Prefixes of their own (their client order ids of 36 characters,
+    Binance's most) do not make two bots on one account acceptable: `config check` refuses in one line, exit 2,
+    naming what to give each bot (a Binance sub-account, not Kraken's)."""
+    longest = f"binance-bot-1-ab-{LONGEST_RUN}-{LONGEST_COUNT}"
+    assert len(longest) == 36 and BINANCE_CLIENT_ID.match(longest)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(two_bots(first, second))
+    message = (
+        "bots[1].venue: the binance account of bots[0] (binance-1): one account per bot (a Binance sub-account "
+        "each), the reconciler holding a key of its own on it"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
+    assert main(["--config", str(path), "config", "check"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"trading-ops: config: {message}"
+    # Each on an account of its own (a sub-account, the reconciler's key on each): accepted.
+    path.write_text(two_bots({**KEY, "account": "sub-1"}, {**KEY, "account": "sub-2"}))
+    prefixes = [t.venue.order_id_prefix for t in load_config(path).reconciler.targets.values()]
+    assert prefixes == ["binance-bot-1-ab", "binance-bot-2-ab"]

@@ -208,3 +208,36 @@ async def test_the_example_bot_streaming_on_binance_sees_its_fills_on_the_user_s
             await wait_for(agreed)
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+
+
+async def test_a_binance_bot_sharing_its_account_with_another_refuses_to_start(tmp_path: Path) -> None:
+    """Two bots on one Binance account, each with an order-id prefix of its own: the product's answer is one account
+    per bot on Binance as on Kraken (their balances and order lists are the account's; docs/configuration.md). The
+    example bot's configuration lists the fleet (`bots:`), where it and `ccxt-2` share the reconciler's key on one
+    account: it does not start, exit 2 and one line naming the key and a Binance sub-account each; nothing reaches the
+    venue."""
+    async with binance_gateway(**MOVING) as (gateway, dialect, base):
+        port = free_port()
+        config = binance_config(tmp_path, base, port)
+        venue = {
+            "exchange": VENUE,
+            "api_key_file": str(tmp_path / "api-key"),
+            "api_secret_file": str(tmp_path / "api-secret"),
+            "urls": {"public": f"{base}/api/v3", "private": f"{base}/api/v3"},
+            "symbols": ["BTC-USD"],
+        }
+        settings = yaml.safe_load(config.read_text())
+        settings["bots"] = [
+            {"name": BOT, "kind": "ccxt", "instance": f"127.0.0.1:{port}", "venue": venue},
+            {"name": "ccxt-2", "kind": "ccxt", "instance": "127.0.0.1:9", "venue": {**venue, "symbols": ["ETH-USD"]}},
+        ]
+        config.write_text(yaml.safe_dump(settings))
+        log = tmp_path / "refused.log"
+        async with example_bot(config, log) as proc:
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 2
+        (line,) = log.read_text().strip().splitlines()
+        assert (
+            "bots[1].venue: the binance account of bots[0] (ccxt-1): one account per bot (a Binance sub-account each)"
+            in line
+        ), line
+        assert dict(dialect.rest.calls) == {} and await gateway.venue.open_orders() == []

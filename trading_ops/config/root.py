@@ -24,6 +24,10 @@ from trading_ops.config.paper import CcxtConfig, GatewayConfig, PaperConfig
 from trading_ops.config.readiness import ReadinessConfig
 from trading_ops.config.reconciler import BotEntryConfig, ReconcilerConfig, TargetConfig
 
+# How a venue gives each bot an account of its own (`check_accounts`' refusal names it): Kraken's subaccounts, Binance's
+# sub-accounts (each with API keys of its own); elsewhere, what the venue calls them.
+ACCOUNT_OF_ITS_OWN = {"kraken": "a Kraken subaccount each", "binance": "a Binance sub-account each"}
+
 
 def bot_prefix(entry: BotEntryConfig) -> str:
     """The order-id prefix of a bot under `bots:`: its venue's `order_id_prefix`, else derived from its name."""
@@ -144,7 +148,8 @@ class Config:
                 raise ConfigError(
                     f"bots[{i}].venue",
                     f"the {venue.exchange} account of bots[{first}] ({self.bots[first].name}): one account per bot "
-                    "(a Kraken subaccount each), the reconciler holding a key of its own on it",
+                    f"({ACCOUNT_OF_ITS_OWN.get(venue.exchange, 'a sub-account each')}), the reconciler holding a key "
+                    "of its own on it",
                 )
 
     def path(self, value: str) -> Path:
