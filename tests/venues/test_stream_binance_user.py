@@ -84,6 +84,33 @@ async def test_a_user_stream_the_venue_ends_is_subscribed_again_at_once_and_reco
         assert value("tradingbot_stream_channel_silent", executions) == 0
 
 
+async def test_a_user_stream_whose_renewal_is_refused_stays_unsubscribed_and_renews_once_allowed() -> None:
+    registry = CollectorRegistry()
+    recorder = Recorder()
+    value = registry.get_sample_value
+    executions = {"channel": "executions"}
+    async with binance_gateway() as (gateway, dialect, base), binance_broker(base, registry, recorder) as broker:
+        await wait_for(lambda: value("tradingbot_stream_subscribed", executions) == 1)
+        await chaos(base, "binance_user_stream_refused")
+        await chaos(base, "binance_listen_key_expired")
+        await wait_for(lambda: value("tradingbot_stream_subscription_ends_total", executions) == 1)
+        await gateway.venue.submit(market("r-1"))  # filled while the venue refuses the user stream
+        assert value("tradingbot_stream_subscribed", executions) == 0  # what TradingBotStreamUnsubscribed reads
+        assert value("tradingbot_stream_connected", {"endpoint": "private"}) == 1  # its socket is up
+        assert dialect.users.subscribers == []
+
+        await chaos(base, "clear")
+        # The bot's own next attempt (its backoff, at most 5 s) subscribes on the same socket, then reconciles.
+        await wait_for(
+            lambda: value("tradingbot_stream_subscribed", executions) == 1 and len(dialect.users.subscribers) == 1
+        )
+        await wait_for(lambda: len(recorder.fills) == 1)  # the fill made while refused: the reconciliation's
+        await broker.submit(market("r-2", side=Side.SELL, quantity="0.1"))
+        await wait_for(lambda: (value("tradingbot_stream_fills_first_seen_total", {"source": "stream"}) or 0) >= 1)
+        venue_fills = await gateway.venue.recent_fills()
+        assert sorted(f.trade_id for f in recorder.fills) == sorted(f.trade_id.removeprefix("T") for f in venue_fills)
+
+
 async def test_a_silent_user_stream_is_found_at_the_next_order_healed_and_loses_no_fill() -> None:
     registry = CollectorRegistry()
     recorder = Recorder()

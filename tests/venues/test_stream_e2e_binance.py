@@ -5,7 +5,9 @@ the packaged stream-resubscribe rule (tests/e2e_stack.py): its user stream acked
 resubscribes and reconnects (`binance_user_stream_silent persistent=true`) fires TradingBotStreamUserStreamSilent,
 the reconciler resubscribes (then reconnects), the venue speaks again once its run has begun, the verification sees
 the channel heard again, and every fill the venue made is in the bot's journal once (the REST reconciliations after
-each new subscription found what the silent stream never carried).
+each new subscription found what the silent stream never carried); its user stream ended by the venue (a listen key
+lapsed) and its renewal refused (`binance_user_stream_refused`) fires TradingBotStreamUnsubscribed, healed the same
+way once the venue allows it again.
 
 Needs prometheus and prometheus-alertmanager (system_binaries.LTS)."""
 
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,27 +163,21 @@ def stack(tmp_path: Path) -> Iterator[tuple[Gateway, int, str, Path, Monitoring]
         gateway.stop()
 
 
-def test_a_silent_binance_user_stream_fires_is_resubscribed_verified_and_loses_no_fill(
-    stack: tuple[Gateway, int, str, Path, Monitoring],
-) -> None:
-    gateway, port, journal, log, watching = stack
-    instance = f"127.0.0.1:{port}"
-    known = {e["id"] for e in watching.episodes(ALERT)}
-    started = time.monotonic()
-    gateway.chaos("binance_user_stream_silent", persistent=True)
-    until("the bot finds its user stream silent", lambda: bot_metric(port, "tradingbot_stream_channel_silent") == 1, 60)
-    detected = time.monotonic()
-    firing = f'ALERTS{{alertname="{ALERT}",alertstate="firing",instance="{instance}"}}'
-    until(f"{ALERT} fires", lambda: bool(watching.query(firing)), DEADLINE_SECONDS)
+def heal(watching: Monitoring, instance: str, alert: str, fault: Callable[[], Any], clear: Callable[[], Any]) -> float:
+    """Inject `fault`; once `alert` fires and the reconciler's run has begun, `clear` it (the venue speaks again);
+    every new episode ends, one healed by the rule's resubscribe, none escalated. Seconds from firing to its end."""
+    known = {e["id"] for e in watching.episodes(alert)}
+    fault()
+    firing = f'ALERTS{{alertname="{alert}",alertstate="firing",instance="{instance}"}}'
+    until(f"{alert} fires", lambda: bool(watching.query(firing)), DEADLINE_SECONDS)
     fired = time.monotonic()
 
     def acting() -> bool:
-        return any(e["attempts"] for e in watching.episodes(ALERT) if e["id"] not in known)
+        return any(e["attempts"] for e in watching.episodes(alert) if e["id"] not in known)
 
-    until(f"the reconciler acts on {ALERT}", acting, DEADLINE_SECONDS)
-    gateway.chaos("clear")  # the venue speaks again once the reconciler's run has begun
-    episodes = until(f"the {ALERT} episodes end", lambda: ended_after(watching, ALERT, known), DEADLINE_SECONDS)
-    ended = time.monotonic()
+    until(f"the reconciler acts on {alert}", acting, DEADLINE_SECONDS)
+    clear()
+    episodes = until(f"the {alert} episodes end", lambda: ended_after(watching, alert, known), DEADLINE_SECONDS)
     assert not [e for e in episodes if e["state"] in ("escalated", "failed")], json.dumps(episodes)
     healed = [
         e
@@ -194,16 +190,11 @@ def test_a_silent_binance_user_stream_fires_is_resubscribed_verified_and_loses_n
         )
     ]
     assert healed and healed[0]["labels"]["instance"] == instance, json.dumps(episodes)
-    # The bot tried first, on its own: subscribed again at the first miss (in vain while the venue was silent).
-    assert bot_metric(port, "tradingbot_stream_resyncs_total", channel="executions", reason="silent") >= 1
-    assert bot_metric(port, "tradingbot_stream_channel_silent") == 0
-    print(  # noqa: T201 - measured, never asserted on
-        f"{ALERT}: fault -> bot detects {detected - started:.1f} s, -> firing {fired - started:.1f} s, "
-        f"firing -> episode ended {ended - fired:.1f} s; the bot's own reconnects for silence: "
-        f"{bot_metric(port, 'tradingbot_stream_reconnects_total', endpoint='private', reason='silent'):g}"
-    )
+    return time.monotonic() - fired
 
-    # Halted (nothing more fills): every fill the venue made is in the journal, once.
+
+def no_fill_lost(gateway: Gateway, port: int, journal: str, log: Path) -> None:
+    """Halted (nothing more fills): every fill the venue made is in the journal and counted, once."""
     token = (log.parent / "bot" / "token").read_text()
     assert control(port, "halt", token)["state"] == "halted"
     until(
@@ -212,3 +203,47 @@ def test_a_silent_binance_user_stream_fires_is_resubscribed_verified_and_loses_n
         60,
     )
     assert bot_metric(port, "tradingbot_fills_total") == len(venue_trade_ids(gateway))
+
+
+def test_a_silent_binance_user_stream_fires_is_resubscribed_verified_and_loses_no_fill(
+    stack: tuple[Gateway, int, str, Path, Monitoring],
+) -> None:
+    gateway, port, journal, log, watching = stack
+    started = time.monotonic()
+    detected: list[float] = []
+
+    def silent() -> None:
+        gateway.chaos("binance_user_stream_silent", persistent=True)
+        until("the bot finds its stream silent", lambda: bot_metric(port, "tradingbot_stream_channel_silent") == 1, 60)
+        detected.append(time.monotonic() - started)
+
+    took = heal(watching, f"127.0.0.1:{port}", ALERT, silent, lambda: gateway.chaos("clear"))
+    # The bot tried first, on its own: subscribed again at the first miss (in vain while the venue was silent).
+    assert bot_metric(port, "tradingbot_stream_resyncs_total", channel="executions", reason="silent") >= 1
+    assert bot_metric(port, "tradingbot_stream_channel_silent") == 0
+    print(  # noqa: T201 - measured, never asserted on
+        f"{ALERT}: fault -> bot detects {detected[0]:.1f} s, firing -> episode ended {took:.1f} s; the bot's own "
+        f"reconnects for silence: "
+        f"{bot_metric(port, 'tradingbot_stream_reconnects_total', endpoint='private', reason='silent'):g}"
+    )
+    no_fill_lost(gateway, port, journal, log)
+
+
+def test_a_lapsed_user_stream_whose_renewal_is_refused_fires_is_resubscribed_and_verified(
+    stack: tuple[Gateway, int, str, Path, Monitoring],
+) -> None:
+    """The venue ends the user stream (its listen key lapsed) and refuses to renew it (-2015) while the socket stays
+    up: TradingBotStreamUnsubscribed fires; once the reconciler's run has begun the venue allows it again, the
+    subscription is made, the verification sees it held, and nothing filled meanwhile is lost."""
+    gateway, port, journal, log, watching = stack
+    alert = "TradingBotStreamUnsubscribed"
+
+    def lapsed() -> None:
+        gateway.chaos("binance_user_stream_refused")
+        gateway.chaos("binance_listen_key_expired")
+
+    took = heal(watching, f"127.0.0.1:{port}", alert, lapsed, lambda: gateway.chaos("clear"))
+    assert bot_metric(port, "tradingbot_stream_subscription_ends_total", channel="executions") >= 1
+    until("the user stream is held again", lambda: bot_metric(port, "tradingbot_stream_subscribed") == 1, 30)
+    print(f"{alert}: firing -> episode ended {took:.1f} s")  # noqa: T201 - measured, never asserted on
+    no_fill_lost(gateway, port, journal, log)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ccxt.pro as ccxt_pro
+from ccxt.base.errors import BaseError, ExchangeError
 
 # Events of the account's user data stream (each one is the stream speaking; executionReport follows every order the
 # venue takes, cancels or fills, outboundAccountPosition every change of its balances).
@@ -50,6 +51,22 @@ class UserStreamBinance(ccxt_pro.binance):  # type: ignore[misc]
         super().handle_message(client, message)
         if kind in USER_EVENTS and self.on_user_event is not None:
             self.on_user_event()
+
+    async def ensure_user_data_stream_ws_subscribe_signature(self, marketType: str = "spot") -> Any:  # noqa: N803
+        """Stock, but a subscription the venue refuses ends as the venue's error, and the next one can be made: stock
+        4.5.90 forgets a refused subscription twice, the second a KeyError that skips rejecting its pending
+        `authenticate:signature:<type>` future, on which every later subscription of that socket would wait for
+        good."""
+        try:
+            return await super().ensure_user_data_stream_ws_subscribe_signature(marketType)
+        except KeyError as exc:
+            cause = exc.__context__  # the venue's refusal, which stock's clean-up then hid
+            error = cause if isinstance(cause, BaseError) else ExchangeError(f"{self.id} user stream refused")
+            client = self.clients.get(self.safe_string(self.urls["api"]["ws"]["ws-api"], marketType))
+            if client is not None:
+                client.subscriptions.pop(marketType, None)
+                client.reject(error, "authenticate:signature:" + marketType)
+            raise error from exc
 
     def handle_user_data_stream_subscribe(self, client: Any, message: Any) -> None:
         super().handle_user_data_stream_subscribe(client, message)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ccxt.base.errors import ExchangeError, NetworkError
+from ccxt.base.errors import NetworkError
 
 from trading_ops.bot.streams.fills import LOST_AFTER
 from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, Silence
@@ -99,7 +99,9 @@ class ProFills:
             while True:
                 try:
                     trades = await self._next()
-                except (NetworkError, ExchangeError) as exc:  # the socket or the subscription: a new one, backoff
+                # the socket or the subscription: a new one, backoff. Any error: stock ccxt.pro 4.5.90's binance ends a
+                # watch whose subscription the venue refused with a KeyError of its own clean-up, not the venue's error.
+                except Exception as exc:
                     LOG.warning("stream %s: %s: %s", ENDPOINT, type(exc).__name__, exc)
                     self._reason = self._reason or ("closed" if "closed" in str(exc).lower() else "error")
                     with contextlib.suppress(TimeoutError):
