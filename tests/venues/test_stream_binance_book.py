@@ -86,11 +86,12 @@ async def test_books_sync_by_update_ids_and_a_gap_is_counted_and_resynced() -> N
             assert value("tradingbot_stream_book_gaps_total", {"symbol": "ETH/USD"}) == 0  # the other book untouched
             print(f"depth gap: detected {detected * 1000:.0f} ms after the fault, resynced {resynced * 1000:.0f} ms")
 
-            # The resynced book is the venue's, level for level, at the same update id.
+            # The resynced book is the venue's, level for level, at the same update id: each diff it applies, compared
+            # at once with the venue's book (which moves on between diffs) until one finds the venue not yet moved on.
             async def agrees() -> bool:
-                book = broker.book_pro.orderbooks.get("BTC/USD")
+                book = await asyncio.wait_for(broker.book_pro.watch_order_book("BTC/USD", 100), 5)
                 venue = dialect.market.books["BTCUSD"]
-                if book is None or book["nonce"] != venue.update_id:
+                if book["nonce"] != venue.update_id:
                     return False
                 snapshot = venue.snapshot(5)
                 return [[float(p), float(q)] for p, q in snapshot["bids"]] == [list(b[:2]) for b in book["bids"][:5]]
