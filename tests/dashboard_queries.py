@@ -32,22 +32,26 @@ BUILTIN_VALUES = {
 DATA_DASHBOARDS = ("trading-overview", "bot-health", "slo")
 FREQTRADE_ONLY = "freqtrade's own numbers, from its sidecar: a bot on the runtime (paper, ccxt) has no freqtrade"
 # The venue stream's row: only a streaming ccxt bot (the default on Kraken) exports tradingbot_stream_* (the stack's
-# paper bots do not);
+# paper bots do not; the user stream's subscription and silence, and the book gaps, only one on Binance);
 # tests/venues/test_ccxt_bot.py scrapes them from a streaming bot.
 STREAM_ONLY = "a venue stream's health: only a streaming ccxt bot has one"
 STREAM_PANELS = dict.fromkeys(
     [
-        "bot-health/Stream connected and on REST fallback/A",
-        "bot-health/Stream connected and on REST fallback/B",
-        "bot-health/Stream connected and on REST fallback/C",
+        "bot-health/Stream connected, subscribed, silent and on REST fallback/A",
+        "bot-health/Stream connected, subscribed, silent and on REST fallback/B",
+        "bot-health/Stream connected, subscribed, silent and on REST fallback/C",
+        "bot-health/Stream connected, subscribed, silent and on REST fallback/D",
+        "bot-health/Stream connected, subscribed, silent and on REST fallback/E",
         "bot-health/Channel age against its silence timeout/A",
         "bot-health/Channel age against its silence timeout/B",
         "bot-health/Book in sync with its checksum/A",
         "bot-health/Stream reconnects per 5 minutes/A",
-        "bot-health/Checksum failures, resyncs, sequence gaps and failed subscriptions per 5 minutes/A",
-        "bot-health/Checksum failures, resyncs, sequence gaps and failed subscriptions per 5 minutes/B",
-        "bot-health/Checksum failures, resyncs, sequence gaps and failed subscriptions per 5 minutes/C",
-        "bot-health/Checksum failures, resyncs, sequence gaps and failed subscriptions per 5 minutes/D",
+        "bot-health/Book checksums and gaps, resyncs, sequence gaps, failed and ended subscriptions per 5 minutes/A",
+        "bot-health/Book checksums and gaps, resyncs, sequence gaps, failed and ended subscriptions per 5 minutes/B",
+        "bot-health/Book checksums and gaps, resyncs, sequence gaps, failed and ended subscriptions per 5 minutes/C",
+        "bot-health/Book checksums and gaps, resyncs, sequence gaps, failed and ended subscriptions per 5 minutes/D",
+        "bot-health/Book checksums and gaps, resyncs, sequence gaps, failed and ended subscriptions per 5 minutes/E",
+        "bot-health/Book checksums and gaps, resyncs, sequence gaps, failed and ended subscriptions per 5 minutes/F",
         "bot-health/Fills first seen, by source, per 5 minutes/A",
     ],
     STREAM_ONLY,

@@ -200,6 +200,11 @@ def drive(bot: PaperBot, clock: FakeMonotonic) -> None:
     stream.subscribe_failures.labels("ohlc", "refused").inc()
     stream.checksum_failures.labels("BTC/USD")
     stream.book_in_sync.labels("BTC/USD").set(1)
+    # A Binance bot's (ProFills' user-stream hooks, BinanceBooks): at their first values.
+    stream.book_gaps.labels("BTC/USD")
+    stream.subscribed.labels("executions").set(1)
+    stream.subscription_ends.labels("executions")
+    stream.channel_silent.labels("executions").set(0)
     rec = bot.reconciler.metrics
     rec.run("startup", "clean", FIXED_NOW)
     rec.discrepancy("missing_fill")

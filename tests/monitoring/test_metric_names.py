@@ -214,6 +214,10 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> tuple[CollectorRegis
     stream.sequence_gaps.labels("executions")
     stream.fills_first_seen.labels("stream")
     stream.subscribe_failures.labels("ticker", "refused")
+    stream.subscribed.labels("executions").set(1)  # Binance's user data stream (ProFills on a hooked client)
+    stream.subscription_ends.labels("executions")
+    stream.channel_silent.labels("executions").set(0)
+    stream.book_gaps.labels("BTC/USD")  # Binance's books, synced by update ids (BinanceBooks)
     # A ccxt bot on Binance: its weight budget's families (CcxtBroker.register_metrics), on the same registry.
     binance_broker = CcxtBroker(ccxt_async.binance({}), ["BTC-USD"], weight_budget=WeightBudget())
     binance_broker.register_metrics(stream_registry)

@@ -140,6 +140,35 @@ async def test_a_user_stream_acked_then_silent_until_a_new_subscription() -> Non
             await fresh.close()
 
 
+async def test_a_user_stream_refused_cannot_be_renewed_after_it_ends_until_clear() -> None:
+    async with binance_gateway() as (_gw, dialect, base):
+        ex = binance_pro(base)
+        try:
+            await ex.load_markets()
+            await started(ex.watch_orders())
+            assert await chaos(base, "binance_user_stream_refused") == {"user_streams_refused": True}
+            assert len(dialect.users.subscribers) == 1  # the subscription held stays
+            await chaos(base, "binance_listen_key_expired")
+            # -2015: renewing it is refused. Stock ccxt.pro 4.5.90 then fails its own clean-up (it forgets the refused
+            # subscription twice): the watch ends with a KeyError, not the venue's error (ProFills takes either).
+            with pytest.raises((ccxt.AuthenticationError, KeyError)):
+                await asyncio.wait_for(ex.watch_orders(), 10)
+            with pytest.raises(ccxt.AuthenticationError):  # a listen key too
+                await ex.public_post_userdatastream()
+            assert dialect.users.subscribers == [] and (await _status(base))["binance"]["user_streams_refused"]
+            await chaos(base, "clear")
+            fresh = binance_pro(base)  # (the stock client's own socket waits on its failed subscription for good)
+            try:
+                await fresh.load_markets()
+                again = await started(fresh.watch_orders())
+                assert len(dialect.users.subscribers) == 1
+                again.cancel()
+            finally:
+                await fresh.close()
+        finally:
+            await ex.close()
+
+
 @pytest.mark.parametrize(
     ("drift_ms", "message"), [(-20_000, "ahead of the server"), (20_000, "outside of the recvWindow")]
 )

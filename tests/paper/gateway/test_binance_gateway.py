@@ -251,16 +251,21 @@ async def test_weights_are_counted_per_endpoint_and_orders_per_account() -> None
                 "depth?symbol=BTCUSD",
                 "depth?symbol=BTCUSD&limit=1000",
                 "ticker/24hr",
+                "ticker/24hr?symbol=BTCUSD",
+                'ticker/24hr?symbols=["BTCUSD","ETHUSD"]',
+                'ticker/price?symbols=["BTCUSD","ETHUSD"]',
             ):
                 async with session.get(f"{base}/api/v3/{path}") as r:
                     assert r.status == 200
                     used.append(int(r.headers["X-MBX-USED-WEIGHT-1M"]))
-            assert used == [1, 21, 26, 76, 156]  # 1, 20, 5, 50, 80 (every symbol's 24hr ticker)
+            # 1, 20, 5, 50; 80 for every symbol's 24hr ticker, 2 for one, 2 for up to 20 named (Binance's table);
+            # 4 for the price tickers of `symbols`, as for all of them
+            assert used == [1, 21, 26, 76, 156, 158, 160, 164]
             args = {"symbol": "BTCUSD", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.01"}
             status, headers, _ = await signed(session, base, "POST", "order", price="60000", **args)
             assert status == 200
             assert headers["X-MBX-ORDER-COUNT-10S"] == "1" and headers["X-MBX-ORDER-COUNT-1D"] == "1"
-            assert headers["X-MBX-USED-WEIGHT-1M"] == "157"
+            assert headers["X-MBX-USED-WEIGHT-1M"] == "165"
             status, headers, _ = await signed(session, base, "POST", "order", BINANCE_SUB_KEY, price="60000", **args)
             assert headers["X-MBX-ORDER-COUNT-10S"] == "1"  # another account's count
             clock.now += 60  # a new minute

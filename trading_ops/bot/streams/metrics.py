@@ -49,7 +49,8 @@ class FallbackClock(Collector):
 class StreamMetrics:
     """Connected per endpoint, the last message per channel and symbol (and its silence timeout), reconnects by
     reason, checksum failures and resyncs per symbol, sequence gaps per channel, REST fallback per endpoint (and the
-    seconds spent on it), fills by the source that saw them first; bounded labels only."""
+    seconds spent on it), fills by the source that saw them first, a subscription the venue holds or ended, a channel
+    without a cadence found silent; bounded labels only."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.connected = Gauge(
@@ -90,7 +91,7 @@ class StreamMetrics:
         )
         self.book_in_sync = Gauge(
             "tradingbot_stream_book_in_sync",
-            "1 while the book agrees with its checksum.",
+            "1 while the book agrees with its checksum (on Binance: while its update ids follow on from its snapshot).",
             ["symbol"],
             registry=registry,
         )
@@ -116,6 +117,32 @@ class StreamMetrics:
             "tradingbot_stream_subscribe_failures_total",
             "Subscriptions that failed: refused by the venue (its error) or unanswered within the bound.",
             ["channel", "reason"],
+            registry=registry,
+        )
+        self.book_gaps = Counter(
+            "tradingbot_stream_book_gaps_total",
+            "Diff-depth events whose first update id skipped past the book's last (Binance's U past u + 1): the "
+            "book was rebuilt from a new snapshot.",
+            ["symbol"],
+            registry=registry,
+        )
+        self.subscribed = Gauge(
+            "tradingbot_stream_subscribed",
+            "1 while the venue holds the channel's subscription (acked, not ended): Binance's user data stream.",
+            ["channel"],
+            registry=registry,
+        )
+        self.subscription_ends = Counter(
+            "tradingbot_stream_subscription_ends_total",
+            "Subscriptions the venue ended (Binance's eventStreamTerminated, an expired listen key): subscribed again.",
+            ["channel"],
+            registry=registry,
+        )
+        self.channel_silent = Gauge(
+            "tradingbot_stream_channel_silent",
+            "1 while a channel without a cadence is silent: it owed what REST found or an order the venue took, and "
+            "nothing of it was heard since (nor a new subscription owing nothing).",
+            ["channel"],
             registry=registry,
         )
         self.fallback_clock = FallbackClock()

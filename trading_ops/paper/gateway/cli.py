@@ -43,7 +43,8 @@ def register(sub: Any) -> None:
         "ws_invalid_session [count=N], ws_msg_rate [count=N], ws_maintenance [seconds=N]. "
         "Binance dialect faults: binance_weight_exhausted (429, then a 418 ban for a client that keeps sending), "
         "binance_listen_key_expired, binance_depth_gap [symbol=S count=N], binance_user_stream_silent "
-        "[persistent=true], binance_clock_drift [ms=N], binance_filter_refusal [count=N filter=LOT_SIZE|...]. "
+        "[persistent=true], binance_user_stream_refused, binance_clock_drift [ms=N], "
+        "binance_filter_refusal [count=N filter=LOT_SIZE|...]. "
         "`status` lists what is in force. Prints the gateway's answer as `key: value` lines (--json: the JSON it "
         "sent); a refusal is one line on stderr, exit 2 for a bad fault, argument or token, 1 otherwise.",
     )

@@ -150,7 +150,12 @@ def make_pro_exchange(config: Config, rest: ccxt_async.Exchange) -> Any:
         api["ws"] = {"privateV2": private, "private": private}
     if api:
         settings["urls"] = {"api": api}
-    pro = getattr(ccxt_pro, c.exchange)(settings)
+    cls = getattr(ccxt_pro, c.exchange)
+    if c.exchange == "binance":  # its user data stream's events and ends told (ProFills' clock and resubscribe)
+        from trading_ops.venues.ccxt.binance_pro import UserStreamBinance
+
+        cls = UserStreamBinance
+    pro = cls(settings)
     if getattr(rest, "ssl_context", None) is not None:
         pro.ssl_context = rest.ssl_context
     return pro
@@ -160,8 +165,9 @@ def broker_from_config(config: Config) -> CcxtBroker:
     """A CcxtBroker on `make_exchange(config)` for `config.ccxt.symbols`; on Kraken, with a call budget of the
     account's tier (`ccxt.kraken_tier`). Streaming unless `ccxt.stream: false`, its fills by the client
     `executions_client` picks (`ccxt.stream_executions`): StreamingCcxtBroker on Kraken's WebSocket v2 (fills and
-    books, our own clients), ProStreamingCcxtBroker (fills through ccxt.pro's watch_my_trades, the rest REST) on a
-    venue whose ccxt.pro client watches the account's trades."""
+    books, our own clients), ProStreamingCcxtBroker (fills through ccxt.pro's watch_my_trades, the rest REST; on Binance
+    the books too, from the diff-depth stream synced by update ids) on a venue whose ccxt.pro client watches the
+    account's trades."""
     c = config.ccxt
     exchange = make_exchange(config)
     kw: dict[str, Any] = {}
@@ -172,6 +178,8 @@ def broker_from_config(config: Config) -> CcxtBroker:
 
         cls = ProStreamingCcxtBroker
         kw["pro"] = make_pro_exchange(config, exchange)
+        if c.exchange == "binance":  # each book from the diff-depth stream, synced by update ids (binance_book)
+            kw["book_pro"] = make_pro_exchange(config, exchange)
     elif client == "kraken-v2":
         from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker  # ccxt.pro loads only where it serves
 

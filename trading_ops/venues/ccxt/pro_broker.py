@@ -9,26 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.broker import BrokerEvents
+from trading_ops.bot.broker import BrokerEvents, OrderRequest, VenueOrder
 from trading_ops.bot.streams.health import Silence
 from trading_ops.tasks import stop_tasks
+from trading_ops.venues.ccxt.binance_book import BinanceBooks
 from trading_ops.venues.ccxt.pro_fills import ProFills
 from trading_ops.venues.ccxt.streaming import STREAMED_POLL_SECONDS, StreamingCcxtBroker
+from trading_ops.venues.ccxt.symbols import to_ccxt_symbol
 
 
 class ProStreamingCcxtBroker(StreamingCcxtBroker):
     """StreamingCcxtBroker with `pro` (a ccxt.pro client of the same exchange and keys) for the fills, and no Kraken
     v2 socket: `stream` and `public` stay None."""
 
-    def __init__(self, exchange: Any, symbols: list[str], *, pro: Any, **kw: Any) -> None:
+    def __init__(self, exchange: Any, symbols: list[str], *, pro: Any, book_pro: Any = None, **kw: Any) -> None:
         super().__init__(exchange, symbols, private_url="", **kw)
         self.pro = pro
         pro.number = str  # amounts as the venue wrote them, as on the REST client
         self.pro_fills: ProFills | None = None
+        # Binance: each symbol's book from the diff-depth stream, synced by update ids (a client of its own: its
+        # sockets are the public stream's, apart from the user stream's)
+        self.book_pro = book_pro
+        self.books: BinanceBooks | None = None
 
     def _private_silence(self) -> Silence | None:
         fills = self.pro_fills
@@ -43,6 +50,21 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
             await self._learn_client_ids({vid})
         await self.fills.offer(self._fill(raw), "stream")
 
+    async def submit(self, request: OrderRequest) -> VenueOrder:
+        """CcxtBroker's submit; the order the venue took is a message the user stream owes (ProFills.expect)."""
+        since = time.monotonic()
+        order = await super().submit(request)
+        if self.pro_fills is not None:
+            self.pro_fills.expect(since)
+        return order
+
+    async def cancel(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
+        since = time.monotonic()
+        order = await super().cancel(client_order_id, venue_order_id=venue_order_id)
+        if self.pro_fills is not None:
+            self.pro_fills.expect(since)
+        return order
+
     async def connect(self, events: BrokerEvents) -> None:
         self._bot_on_fill = events.on_fill
         self._bot_on_quote = events.on_quote
@@ -56,6 +78,21 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
             self.pro.set_markets(self.exchange.markets, self.exchange.currencies)
         self.pro_fills = ProFills(self.pro, self.stream_metrics, self._on_trade, self._reconcile_fills)
         self._stream_tasks.append(asyncio.create_task(self.pro_fills.run(), name=f"{self.venue}-pro-fills"))
+        if self.book_pro is not None:
+            if self.exchange.markets:
+                self.book_pro.set_markets(self.exchange.markets, self.exchange.currencies)
+            self.books = BinanceBooks(
+                self.book_pro, list(self._ws_symbols.values()), self.stream_metrics, self._on_ticker
+            )
+            self._stream_tasks.append(asyncio.create_task(self.books.run(), name=f"{self.venue}-books"))
+
+    def market_data_in_sync(self, symbol: str) -> bool:
+        """False while the symbol's streamed book is out of sync (a gap in its update ids, until a new snapshot
+        syncs): the gate refuses new risk on it. A book not streamed, or its socket down, leaves REST quotes to tell."""
+        ws = self._ws_symbols.get(symbol, "")
+        if self.books is None or not self.books.streaming(ws):
+            return True
+        return self.books.book_in_sync(ws)
 
     @property
     def orders_interval(self) -> float:
@@ -68,11 +105,15 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
         await super().reconnect()
         if self.pro_fills is not None:
             await self.pro_fills.reconnect()
+        if self.books is not None:
+            await self.books.reconnect()
 
     async def resubscribe(self, symbols: list[str] | None = None) -> None:
         await super().resubscribe(symbols)
         if self.pro_fills is not None:
             await self.pro_fills.resubscribe()
+        if self.books is not None:
+            await self.books.resubscribe([to_ccxt_symbol(s) for s in symbols] if symbols is not None else None)
 
     async def close(self) -> None:
         await stop_tasks(self._stream_tasks)
@@ -80,4 +121,7 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
         if self.pro_fills is not None:
             await self.pro_fills.close()
             self.pro_fills = None
+        if self.books is not None:
+            await self.books.close()
+            self.books = None
         await super().close()

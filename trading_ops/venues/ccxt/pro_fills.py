@@ -13,7 +13,16 @@ first (FillFeed, by execution id), a REST reconciliation after every new socket,
 families (`tradingbot_stream_*`, endpoint `private`, channel `executions`). ccxt.pro has no channel clock and no
 sequence to check, so a silent channel is found as the paper bot finds it: a fill the poll delivers first that the
 stream does not follow with any fill within three heartbeats (FillFeed.offer_polled), then the subscription dropped
-and made again, then the socket replaced (SilentChannels)."""
+and made again, then the socket replaced (SilentChannels).
+
+On Binance (a client with user-stream hooks: trading_ops.venues.ccxt.binance_pro) the stream says more, and so does
+this: every account event is the channel speaking (its clock), each order the venue took or cancelled over REST is an
+executionReport the channel owes within LOST_AFTER (a silent user stream is found at the next order, not only at the
+next fill), and a subscription the venue ends (its listen key lapsed: `eventStreamTerminated`) is counted
+(`tradingbot_stream_subscription_ends_total`), subscribed again at once and reconciled over REST.
+`tradingbot_stream_subscribed` says whether the venue holds the subscription, `tradingbot_stream_channel_silent`
+whether the channel is silent and not yet heard again (TradingBotStreamUserStreamSilent,
+TradingBotStreamUnsubscribed)."""
 
 from __future__ import annotations
 
@@ -24,8 +33,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ccxt.base.errors import ExchangeError, NetworkError
+from ccxt.base.errors import NetworkError
 
+from trading_ops.bot.streams.fills import LOST_AFTER
 from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, Silence
 from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.resync import Backoff, SilentChannels
@@ -64,6 +74,13 @@ class ProFills:
         self._reason = ""  # why the next new socket replaces the last one
         self._tasks: list[asyncio.Task[None]] = []
         self._current: Any = None  # ccxt.pro's client of the current socket
+        self.silent_since: float | None = None  # found silent at (monotonic), until heard again
+        self._lapsed = False  # subscribing again (ended by the venue, silent, asked): reconcile once it is held
+        # a client that tells of every account event and of its subscription's end (binance_pro.UserStreamBinance)
+        self.hooked = hasattr(pro, "on_user_event") and hasattr(pro, "on_subscription")
+        if self.hooked:
+            pro.on_user_event = self._heard
+            pro.on_subscription = self._subscription
 
     def streaming(self) -> bool:
         """Whether fills flow (False: the REST poll stands in at its own interval)."""
@@ -73,13 +90,18 @@ class ProFills:
     async def run(self) -> None:
         self.metrics.set_rest_fallback(ENDPOINT, True)  # until the socket is up, REST polls stand in
         self.metrics.connected.labels(ENDPOINT).set(0)
+        if self.hooked:
+            self.metrics.subscribed.labels(CHANNEL).set(0)
+            self.metrics.channel_silent.labels(CHANNEL).set(0)
         self._tasks = [asyncio.create_task(self._health(), name="pro-fills-health")]
         backoff = Backoff()
         try:
             while True:
                 try:
                     trades = await self._next()
-                except (NetworkError, ExchangeError) as exc:  # the socket or the subscription: a new one, backoff
+                # the socket or the subscription: a new one, backoff. Any error: stock ccxt.pro 4.5.90's binance ends a
+                # watch whose subscription the venue refused with a KeyError of its own clean-up, not the venue's error.
+                except Exception as exc:
                     LOG.warning("stream %s: %s: %s", ENDPOINT, type(exc).__name__, exc)
                     self._reason = self._reason or ("closed" if "closed" in str(exc).lower() else "error")
                     with contextlib.suppress(TimeoutError):
@@ -89,8 +111,7 @@ class ProFills:
                     continue
                 backoff.reset()
                 if trades:
-                    self.silence.seen(CHANNEL, "", time.monotonic())
-                    self.metrics.last_message.labels(CHANNEL, "").set(time.time())
+                    self._heard()
                 for raw in trades:
                     try:
                         await self.on_trade(raw)
@@ -111,6 +132,65 @@ class ProFills:
         if exc is not None:
             raise exc
         return list(watch.result() or [])
+
+    def _heard(self) -> None:
+        """The channel spoke (a trade, or any account event of a hooked client): its clock, and its silence over."""
+        self.silence.seen(CHANNEL, "", time.monotonic())
+        self.metrics.last_message.labels(CHANNEL, "").set(time.time())
+        if self.silent_since is not None:
+            LOG.info("stream %s: %s heard again", ENDPOINT, CHANNEL)
+            self.silent_since = None
+            self.metrics.channel_silent.labels(CHANNEL).set(0)
+
+    def _subscription(self, held: bool) -> None:
+        """The venue acked the user stream's subscription (held) or ended it: then counted and subscribed again at
+        once. Once a new subscription is acked (after an end, a silence or a resubscribe), what the stream missed
+        meanwhile is reconciled over REST: what came after the ack comes on the stream, what came before it (ccxt.pro
+        hands a watch only what arrives while it waits) only by REST."""
+        self.metrics.subscribed.labels(CHANNEL).set(1 if held else 0)
+        if held:
+            self._session()  # the socket it is held on is up: its clock runs from now, not from the next tick
+            if self._lapsed:
+                self._lapsed = False
+                self._spawn(self.on_reconnect())
+            return
+        LOG.warning("stream %s: the venue ended the %s subscription, subscribing again", ENDPOINT, CHANNEL)
+        self.metrics.subscription_ends.labels(CHANNEL).inc()
+        self._lapsed = True
+        self._kick.set()
+
+    def _reconcile_when_held(self) -> None:
+        """A REST reconciliation once the new subscription is acked (a hooked client tells: _subscription), else now."""
+        if self.hooked:
+            self._lapsed = True
+        else:
+            self._spawn(self.on_reconnect())
+
+    def expect(self, since: float) -> None:
+        """The venue took or cancelled an order over REST (asked at `since`, monotonic): on a hooked client its
+        executionReport is owed within LOST_AFTER unless the channel spoke since it was asked."""
+        if not self.hooked or not self.connected.is_set():
+            return
+        clock = self.silence.clocks.get((CHANNEL, ""))
+        if clock is None or clock.last >= since:
+            return
+        self.silence.owe(CHANNEL, time.monotonic() + LOST_AFTER)
+
+    def _judge(self, now: float, found: bool) -> None:
+        """`tradingbot_stream_channel_silent`: set when the channel is found silent; over when it is heard, or when a
+        subscription made since owes nothing for LOST_AFTER (a quiet account is legitimate)."""
+        clock = self.silence.clocks.get((CHANNEL, ""))
+        if found and self.silent_since is None:
+            self.silent_since = now
+        elif (
+            self.silent_since is not None
+            and clock is not None
+            and clock.since > self.silent_since
+            and not clock.lost
+            and now - clock.since > LOST_AFTER
+        ):
+            self.silent_since = None
+        self.metrics.channel_silent.labels(CHANNEL).set(0 if self.silent_since is None else 1)
 
     def _client(self) -> Any:
         """ccxt.pro's client of the socket the trades come on (the one connected), if any."""
@@ -152,6 +232,8 @@ class ProFills:
         elif client is None and self.connected.is_set():
             LOG.warning("stream %s: down, REST stands in", ENDPOINT)
             self.connected.clear()
+            if self.hooked:
+                self.metrics.subscribed.labels(CHANNEL).set(0)
             self.metrics.connected.labels(ENDPOINT).set(0)
             self.metrics.set_rest_fallback(ENDPOINT, True)
 
@@ -170,6 +252,8 @@ class ProFills:
             if not self.connected.is_set():
                 continue
             again, stuck = self.silent.due(time.monotonic())
+            if self.hooked:
+                self._judge(time.monotonic(), bool(again) or stuck is not None)
             if stuck is not None:
                 LOG.warning("stream %s: %s still silent, reconnecting", ENDPOINT, CHANNEL)
                 await self.reconnect("silent")
@@ -180,13 +264,15 @@ class ProFills:
                 self.silence.watch(CHANNEL, "", None, time.monotonic())  # the new subscription's clock
                 self.silent.resubscribed(clock, time.monotonic())
                 self._kick.set()
-                self._spawn(self.on_reconnect())  # what it lost before and while it came back: over REST
+                self._reconcile_when_held()  # what it lost before and while it came back: over REST
 
     async def resubscribe(self) -> None:
         """The subscription made again (`resyncs_total{reason="requested"}`)."""
         self.metrics.resyncs.labels(CHANNEL, "requested").inc()
         self.silence.watch(CHANNEL, "", None, time.monotonic())
         self._kick.set()
+        if self.hooked:
+            self._lapsed = True  # reconciled once held again (_subscription)
 
     async def reconnect(self, reason: str = "requested") -> None:
         """A new socket: ccxt.pro's clients closed and forgotten; the watch opens a new one and subscribes again."""
@@ -206,5 +292,8 @@ class ProFills:
         self.connected.clear()
         self.metrics.connected.labels(ENDPOINT).set(0)
         self.metrics.set_rest_fallback(ENDPOINT, False)  # stopped, not standing in for anything
+        if self.hooked:
+            self.metrics.subscribed.labels(CHANNEL).set(0)
+            self.metrics.channel_silent.labels(CHANNEL).set(0)
         with contextlib.suppress(Exception):
             await self.pro.close()

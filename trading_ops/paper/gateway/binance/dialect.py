@@ -176,6 +176,9 @@ class BinanceDialect:
             return {"depth_gap": count, "symbols": [b.symbol.symbol for b in books]}
         if fault == "binance_user_stream_silent":
             return {"user_streams_silenced": self.users.silence(flag(args, "persistent"))}
+        if fault == "binance_user_stream_refused":
+            self.users.refuse_new = True
+            return {"user_streams_refused": True}
         if fault == "binance_clock_drift":
             return self.faults.set_drift(args)
         if fault == "binance_filter_refusal":
@@ -198,6 +201,7 @@ class BinanceDialect:
             "banned_ips": {ip: round(left, 1) for ip, left in self.weights.banned().items()},
             "user_streams": len(self.users.subscribers),
             "silent_user_streams": sum(1 for s in self.users.subscribers if s.silenced),
+            "user_streams_refused": self.users.refuse_new,
             "market_stream_connections": self.streams.connections(),
         }
 

@@ -7,6 +7,9 @@
 - binance_depth_gap [symbol=BTC-USD count=N]: the next depth diff skips N update ids: a client must take a new snapshot;
 - binance_user_stream_silent [persistent=true]: every user stream stays subscribed and says nothing; a new
   subscription heals it (persistent: new ones are silent too, until clear);
+- binance_user_stream_refused: every new user stream subscription (and listen key) is refused with -2015, as for a key
+  that lost its permission, until clear (with binance_listen_key_expired: a user stream that lapsed and cannot be
+  renewed);
 - binance_clock_drift [ms=N]: the server's clock moves N ms (default 10000; 0 ends it), so signed requests stamped by
   the client's clock fall outside recvWindow (-1021) until the client syncs to `/api/v3/time`;
 - binance_filter_refusal [count=N filter=PRICE_FILTER|LOT_SIZE|NOTIONAL]: the next N orders answer -1013.
@@ -25,6 +28,7 @@ FAULT_NAMES = (
     "binance_listen_key_expired",
     "binance_depth_gap",
     "binance_user_stream_silent",
+    "binance_user_stream_refused",
     "binance_clock_drift",
     "binance_filter_refusal",
 )

@@ -29,6 +29,8 @@ from trading_ops.paper.gateway.binance.errors import (
     INVALID_LISTEN_KEY_MSG,
     INVALID_SIGNATURE,
     INVALID_SIGNATURE_MSG,
+    REJECTED_MBX_KEY,
+    REJECTED_MBX_KEY_MSG,
     BinanceError,
     mandatory,
 )
@@ -84,11 +86,14 @@ class UserStreams:
         self._numbers = itertools.count(1)
         self._subscription_ids = itertools.count(0)
         self.silence_new = False  # the silent fault with `persistent`: new subscriptions are silent too
+        self.refuse_new = False  # the refused fault: new subscriptions and listen keys answer -2015
         self.sent = 0
 
     # -- listen keys (REST) -----------------------------------------------------------------------------------
     def create_listen_key(self, api_key: str, account: str) -> dict[str, str]:
         """POST userDataStream: the account's live key (renewed), or a new one."""
+        if self.refuse_new:
+            raise BinanceError(REJECTED_MBX_KEY, REJECTED_MBX_KEY_MSG)
         for lk in self.listen_keys.values():
             if lk.api_key == api_key and lk.expires > self.clock():
                 lk.expires = self.clock() + LISTEN_KEY_SECONDS
@@ -221,6 +226,8 @@ class UserStreams:
         if sign(self.auth.secret_of(api_key), payload) != signature.lower():
             raise BinanceError(INVALID_SIGNATURE, INVALID_SIGNATURE_MSG)
         self.auth.check_time(params)
+        if self.refuse_new:
+            raise BinanceError(REJECTED_MBX_KEY, REJECTED_MBX_KEY_MSG)
         number = next(self._subscription_ids)
         self.subscribers.append(Subscriber(sock, account, subscription_id=number, silenced=self.silence_new))
         return number
@@ -261,6 +268,7 @@ class UserStreams:
 
     def clear(self) -> None:
         self.silence_new = False
+        self.refuse_new = False
         for sub in self.subscribers:
             sub.silenced = False
 

@@ -50,6 +50,9 @@ WEIGHTS: dict[tuple[str, str], int] = {
 DEPTH_WEIGHTS = ((100, 5), (500, 25), (1000, 50), (5000, 250))
 # (one symbol, every symbol)
 TICKER_WEIGHTS = {"ticker/24hr": (2, 80), "ticker/price": (2, 4), "ticker/bookTicker": (2, 4), "openOrders": (6, 80)}
+# ticker/24hr with `symbols`, by how many are asked (Binance: 2 for 1-20, 40 for 21-100, 80 for 101 or more); the
+# other tickers weigh `symbols` as all of them (4), openOrders takes no `symbols`.
+SYMBOLS_24HR_WEIGHTS = ((20, 2), (100, 40))
 MINUTE = 60.0
 TEN_SECONDS = 10.0
 DAY = 86_400.0
@@ -63,8 +66,19 @@ def weight(method: str, path: str, params: Mapping[str, str]) -> int:
         return next((w for top, w in DEPTH_WEIGHTS if limit <= top), DEPTH_WEIGHTS[-1][1])
     if path in TICKER_WEIGHTS and method in ("GET", "HEAD"):
         one, every = TICKER_WEIGHTS[path]
-        return one if params.get("symbol") else every
+        if params.get("symbol"):
+            return one
+        asked = symbols_asked(params.get("symbols", ""))
+        if path == "ticker/24hr" and asked:
+            return next((w for top, w in SYMBOLS_24HR_WEIGHTS if asked <= top), every)
+        return every
     return WEIGHTS.get((method, path), 1)
+
+
+def symbols_asked(raw: str) -> int:
+    """How many symbols a `symbols` parameter names (Binance's JSON array, `["BTCUSDT","BNBUSDT"]`); 0 for none."""
+    names = [n.strip().strip('"') for n in raw.strip().removeprefix("[").removesuffix("]").split(",")]
+    return len([n for n in names if n])
 
 
 @dataclass
