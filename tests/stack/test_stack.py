@@ -203,7 +203,11 @@ def test_fast_rules_are_every_repo_rule_file_with_exactly_the_for_changed(layout
         for alert, rule in alerts_of(RULES_DIR / name).items()
         if races_disconnect(str(rule.get("expr", "")))
     }
-    assert raced == {"TradingBotBrokerDisconnected", "TradingBotStreamChannelStale"}
+    assert raced == {
+        "TradingBotBrokerDisconnected",
+        "TradingBotStreamChannelStale",
+        "TradingBotStreamUserStreamSilent",
+    }
     venue = alerts_of(layout.rules_dir / "tradingbot-availability.yml")["TradingBotVenueDown"]
     assert venue["for"] == "2s"
 
