@@ -70,6 +70,7 @@ from trading_ops.reconciler.live_start_api import PATH as LIVE_START_PATH
 from trading_ops.reconciler.live_start_api import get_live_start, request_live_start
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.operator_api import add_operator_routes
 from trading_ops.reconciler.outbox import Outbox, OutboxCollector
 from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
@@ -159,6 +160,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(CLEAR_HALT_PATH, clear_halt_request)
     app.router.add_post(LIVE_START_PATH, request_live_start)
     app.router.add_get(LIVE_START_PATH, get_live_start)
+    add_operator_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     setup_console(app)
     setup_readiness(app)
