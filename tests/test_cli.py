@@ -147,7 +147,6 @@ def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path, command:
     "command",
     [
         ["reconciler", "history"],
-        ["reconciler", "retry", "1"],
         ["reconciler", "ack", "1"],
         ["db", "check"],
     ],
@@ -163,6 +162,7 @@ def test_an_unmigrated_database_says_run_db_upgrade_and_exit_2(sqlite_config: st
         ["reconciler", "pause"],
         ["reconciler", "resume"],
         ["reconciler", "circuits", "reset", "bot-1"],
+        ["reconciler", "retry", "1"],
         ["maintenance", "start", "--duration", "1h", "--reason", "r"],
         ["maintenance", "end", "--id", "1"],
     ],

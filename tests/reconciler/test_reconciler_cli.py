@@ -432,8 +432,10 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
         playbook=str(write_playbook(tmp_path, [rule])),
         targets=bot_targets(fake_bot, tmp_path, instance),
         alertmanager_url=alertmanager.url,
+        api_tokens=operator_tokens(tmp_path),
     )
     client = await aiohttp_client(create_app(config))
+    oncall = as_operator(tmp_path, client)
     held = await asyncio.to_thread(
         alertmanager.fire, {"alertname": "TradingBotBrokerDisconnected", "instance": instance}
     )
@@ -478,54 +480,64 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
     assert explained.returncode == 0 and f"rule reconnect on target {instance}" in explained.stdout
 
     # Retry while it still fires: one more run, which fails and escalates again.
-    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, "--by", "alice")
+    # A token of scope read may not: the reconciler's 403 in one line, nothing re-queued.
+    viewer = as_operator(tmp_path, client, "viewer")
+    refused = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, *viewer)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "trading-ops: reconciler retry: retrying an episode needs the 'operate' scope; token 'viewer' has 'read'"
+    )
+    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, "--by", "alice", *oncall)
     assert retried.returncode == 0 and retried.stdout.startswith(f"episode {eid} re-queued"), retried.stderr
     episode = await wait_episode(client, int(eid), lambda e: e["state"] == "escalated" and len(ran(e)) == 2)
     assert fake_bot.commands() == ["reconnect", "reconnect"]
     assert [a["outcome"] for a in episode["attempts"]] == ["failure", "retry", "failure"]
-    assert episode["attempts"][1]["owner"] == "alice"
+    # Who retried it is the token that asked; --by is a comment beside it.
+    assert episode["attempts"][1]["owner"] == "token 'oncall' from 127.0.0.1 (alice)"
 
     # Acknowledged: recorded and shown, nothing run.
     acked = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", eid, "--by", "bob", "--note", "on it")
     assert acked.returncode == 0 and acked.stdout.strip() == f"episode {eid} acknowledged by bob"
     whole = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid)
-    assert "acknowledged by bob: on it" in whole.stdout and "retry by alice" in whole.stdout
+    assert "acknowledged by bob: on it" in whole.stdout
+    assert "retry by token 'oncall' from 127.0.0.1 (alice)" in whole.stdout
 
     # Resolved in Alertmanager meanwhile: the retry closes it resolved, nothing executed; then it is over.
     await asyncio.to_thread(alertmanager.resolve, held)
-    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid)
+    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, *oncall)
     assert retried.returncode == 0, retried.stderr
     episode = await wait_episode(client, int(eid), lambda e: e["state"] == "resolved")
     assert "no longer firing in Alertmanager" in episode["detail"]
     assert fake_bot.commands() == ["reconnect", "reconnect"]
-    over = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid)
+    over = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, *oncall)
     assert over.returncode == 1 and over.stderr.strip().startswith(
         f"trading-ops: reconciler retry: episode {eid} is over"
     )
 
 
-def test_retry_refuses_an_open_or_recovered_episode_and_ack_does_not_count_as_a_run(
-    tmp_path: Path, migrated_db: str
+async def test_retry_refuses_an_open_or_recovered_episode_and_ack_does_not_count_as_a_run(
+    tmp_path: Path, migrated_db: str, aiohttp_client: Any
 ) -> None:
     ledger = Ledger(make_engine(migrated_db))
     store_waiting(ledger)
     (episode,) = ledger.list_episodes()
     cfg = config_file(tmp_path, migrated_db)
-    refused = run_cli("-c", cfg, "reconciler", "retry", str(episode["id"]))
+    app = create_app(make_config(tmp_path, migrated_db, api_tokens=operator_tokens(tmp_path)))
+    oncall = as_operator(tmp_path, await aiohttp_client(app))
+    refused = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", str(episode["id"]), *oncall)
     assert refused.returncode == 1 and refused.stderr.strip() == (
         f"trading-ops: reconciler retry: episode {episode['id']} is waiting; only escalated or failed episodes "
         "are retried"
     )
-    assert run_cli("-c", cfg, "reconciler", "ack", str(episode["id"])).returncode == 0
+    assert (await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", str(episode["id"]))).returncode == 0
     # An acknowledgement is no run of the rule: it starts no cooldown for the next episode on the target.
     later = datetime.now(UTC)
     assert ledger.cooldown_until("broker-reconnect", "bot-1", episode["id"] + 1, 3600, later) is None
     (row,) = ledger.list_episodes()
     assert row["state"] == "waiting" and [a["outcome"] for a in row["attempt_list"]] == ["acknowledged"]
-    missing = run_cli("-c", cfg, "reconciler", "ack", "999")
+    missing = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", "999")
     assert missing.returncode == 1 and missing.stderr.strip() == "trading-ops: reconciler ack: no episode 999"
     ledger.set_episode(episode["id"], state="recovered")
-    recovered = run_cli("-c", cfg, "reconciler", "retry", str(episode["id"]))
+    recovered = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", str(episode["id"]), *oncall)
     assert recovered.returncode == 1 and "is recovered; only escalated or failed" in recovered.stderr
     ledger.engine.dispose()
 

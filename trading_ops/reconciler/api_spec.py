@@ -45,6 +45,8 @@ MAX_LIST = 500
 DEFAULT_LIST = 50
 # A circuit's target is an alert's `instance` (label values are at most 128 characters; the CLI takes up to 255).
 MAX_TARGET_CHARS = 255
+# A retry's comment beside the token's name (`reconciler retry --by`).
+RETRY_COMMENT_MAX = 80
 # Where the reconciler serves this document (no token needed: it describes the API, it holds nothing of it).
 OPENAPI_PATH = "/api/v1/openapi.json"
 # The routes a test does not hold to the document: the operator console's HTML pages and forms.
@@ -318,9 +320,16 @@ class DecisionRequest(msgspec.Struct, kw_only=True):
     by: Annotated[str, msgspec.Meta(pattern=NO_NUL)] = ""
 
 
+class RetryRequest(msgspec.Struct, kw_only=True):
+    """A comment beside the token's name in the episode's history (who retried it is the token)."""
+
+    comment: Annotated[str, msgspec.Meta(max_length=RETRY_COMMENT_MAX, pattern=NO_NUL)] = ""
+
+
 class RetryQueued(msgspec.Struct, kw_only=True):
     episode: int
     retry: str
+    paused: bool = False
 
 
 class CircuitReset(msgspec.Struct, kw_only=True):
@@ -668,15 +677,18 @@ def reconciler_document() -> dict[str, Any]:
         "/api/v1/episodes/{id}/retry",
         {
             "operationId": "retryEpisode",
-            "summary": "One more run of an escalated or failed episode whose alert still fires (scope operate)",
+            "summary": "One more run of an escalated or failed episode whose alert still fires (scope operate), "
+            "recorded in its history under the token's name",
             "security": [{"operate": []}],
             "parameters": [_id_parameter("episode")],
+            "requestBody": {"required": False, "content": json_content(doc.ref(RetryRequest))},
             "responses": {
-                "200": response("Queued.", doc.ref(RetryQueued)),
+                "200": response("Queued (`paused`: it runs once the reconciler is resumed).", doc.ref(RetryQueued)),
                 "400": bad,
                 **_token("operate", doc),
                 "404": response("No such episode.", doc.ref(Error)),
                 "409": response("The episode cannot be retried (its state says why).", doc.ref(Error)),
+                "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
             },
         },
     )

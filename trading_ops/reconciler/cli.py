@@ -102,10 +102,15 @@ def register(sub: Any) -> None:
         description="Re-queue an escalated or failed episode whose alert has not resolved: the reconciler first "
         "asks Alertmanager whether the alert still fires (if not, the episode closes resolved, nothing executed), "
         "then runs the rule's steps once more, verifies, and escalates again if that fails. Gates still apply "
-        "(pause, maintenance silences, open circuits, budgets). Recorded in the episode's history.",
+        "(pause, maintenance silences, open circuits, budgets). Asked through the reconciler's API (POST "
+        "/api/v1/episodes/ID/retry) with your own token of scope operate (--token-file, $TRADING_OPS_TOKEN_FILE or "
+        "$TRADING_OPS_TOKEN); recorded in the episode's history under that token's name.",
     )
     retry.add_argument("id", type=positive_int, metavar="ID", help="the episode (see `reconciler history`)")
-    retry.add_argument("--by", default=None, help="who asks (default: the login name)")
+    retry.add_argument(
+        "--by", default=None, help="a comment beside your token's name in its history (the token decides, not this)"
+    )
+    add_token_options(retry)
     retry.set_defaults(handler=retry_episode)
     ack = inner.add_parser(
         "ack",
@@ -290,18 +295,16 @@ def _operator(args: argparse.Namespace) -> str:
 
 
 def retry_episode(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops.db.base import utcnow
+    from trading_ops.clients.reconciler import ask
+    from trading_ops.reconciler.api_spec import RETRY_COMMENT_MAX
 
-    ledger = _ledger(config)
-    try:
-        why_not = ledger.retry(args.id, _operator(args))
-        paused = ledger.snapshot(utcnow()).paused
-    finally:
-        ledger.engine.dispose()
-    if why_not is not None:
-        print(f"trading-ops: reconciler retry: {why_not}", file=sys.stderr)
+    comment = " ".join(str(args.by or "").split())
+    if len(comment) > RETRY_COMMENT_MAX or not comment.isprintable():
+        raise UsageError(f"reconciler retry: --by: printable text of {RETRY_COMMENT_MAX} characters at most")
+    answer = ask(config, args, "reconciler retry", "POST", f"/api/v1/episodes/{args.id}/retry", {"comment": comment})
+    if answer is None:
         return EXIT_FAILURE
-    note = " (the reconciler is paused: it runs after `reconciler resume`)" if paused else ""
+    note = " (the reconciler is paused: it runs after `reconciler resume`)" if answer.get("paused") else ""
     print(f"episode {args.id} re-queued: one more run if its alert still fires{note}")
     return EXIT_OK
 
