@@ -320,6 +320,7 @@ def start_node(
     daily_loss_limit: float | None = None,
     quantity: str = "0.5",
     log_level: str = "WARNING",
+    **controller: Any,
 ) -> Node:
     """A TradingNode on its own loop thread, started; returns once the controller serves and the strategy placed."""
     config = TradingNodeConfig(
@@ -335,7 +336,9 @@ def start_node(
                 oms_type="NETTING",
             )
         },
-        controller=controller_config(port=port, token_file=str(token_file), daily_loss_limit=daily_loss_limit),
+        controller=controller_config(
+            port=port, token_file=str(token_file), daily_loss_limit=daily_loss_limit, **controller
+        ),
         timeout_connection=10.0,
         timeout_reconciliation=5.0,
         timeout_portfolio=5.0,

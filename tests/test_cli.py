@@ -133,7 +133,6 @@ def test_a_role_refused_by_peer_authentication_says_as_whom_to_run(tmp_path: Pat
         ["db", "check"],
         ["db", "current"],
         ["reconciler", "history"],
-        ["reconciler", "pause"],
         ["reconciler", "ack", "1"],
     ],
 )
@@ -148,8 +147,6 @@ def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path, command:
     "command",
     [
         ["reconciler", "history"],
-        ["reconciler", "pause"],
-        ["reconciler", "retry", "1"],
         ["reconciler", "ack", "1"],
         ["db", "check"],
     ],
@@ -157,6 +154,37 @@ def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path, command:
 def test_an_unmigrated_database_says_run_db_upgrade_and_exit_2(sqlite_config: str, command: list[str]) -> None:
     line = one_line_error(cli("-c", sqlite_config, *command), 2)
     assert line == f"trading-ops: {command[0]}: {NOT_MIGRATED}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["reconciler", "pause"],
+        ["reconciler", "resume"],
+        ["reconciler", "circuits", "reset", "bot-1"],
+        ["reconciler", "retry", "1"],
+        ["maintenance", "start", "--duration", "1h", "--reason", "r"],
+        ["maintenance", "end", "--id", "1"],
+    ],
+)
+def test_a_deciding_command_needs_a_persons_token_and_a_reconciler_that_answers(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """What decides goes through the reconciler's API with the person's own token (its name is the audit's
+    principal): without a token, exit 2 naming where one is read from; with one and no reconciler answering, exit 1
+    naming the address; one line each, and no database touched."""
+    config = config_with(tmp_path, f"database:\n  url: {UNREACHABLE_URL}\n")
+    no_token = {"TRADING_OPS_TOKEN": "", "TRADING_OPS_TOKEN_FILE": ""}
+    line = one_line_error(cli("-c", config, *command, env=no_token), 2)
+    assert line.endswith(
+        "needs your own token of reconciler.api_tokens (--token-file FILE, $TRADING_OPS_TOKEN_FILE or "
+        "$TRADING_OPS_TOKEN): the decision is recorded under that token's name"
+    ), line
+    write_secret(tmp_path / "my-token", "my-token")
+    url = f"http://127.0.0.1:{free_port()}"
+    given = ("--token-file", str(tmp_path / "my-token"), "--url", url)
+    line = one_line_error(cli("-c", config, *command, *given, env=no_token), 1)
+    assert f"the reconciler at {url} did not answer" in line and "Connection refused" in line, line
 
 
 # ---- chaos ---------------------------------------------------------------------------------------------

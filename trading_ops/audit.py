@@ -51,20 +51,6 @@ VERIFY_BATCH = 5000
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def cli_principal() -> tuple[str, str]:
-    """(principal, source) of a command that decides with the database's own access rather than a token (a maintenance
-    window, the reconciler's pause, the stop drill): the operating system's user at its host, as `reconciler
-    reset-circuit` names it; the source `cli`."""
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}", "cli"
-
-
 def canonical(value: Any) -> str:
     """JSON with sorted keys and no spaces (one text for one value, whichever process writes it)."""
     return _CANONICAL.encode(value)

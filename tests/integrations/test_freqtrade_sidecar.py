@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 import pytest
+from decision_helpers import KEY as DECISION_KEY
+from decision_helpers import clear_halt, forged, signed, signed_as_is
 from freqtrade_client import FtRestClient
 from freqtrade_helpers import PASSWORD, USERNAME, Freqtrade, broker_of, make_freqtrade, until
 from gateway_helpers import Gateway, start_gateway
@@ -38,9 +40,12 @@ from runtime_families import runtime_limit_shapes, shapes
 from secret_file import write_secret
 from system_binaries import REPO_ROOT, require_binary
 
+from trading_ops.bot.control import CommandForbidden
+from trading_ops.decisions import CLEAR_HALT
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient, FreqtradeNotListening
 from trading_ops.integrations.freqtrade.poller import STARTING_SECONDS, FreqtradePoller, Snapshot
+from trading_ops.integrations.halt_gate import GateLabels, HaltGate
 from trading_ops.scopes import DESTRUCTIVE, OPERATE, READ, TokenSet
 from trading_ops.venues.ccxt.rest import CcxtBroker
 
@@ -92,6 +97,8 @@ def sidecar_of(
         reconcile_interval=0,
         # freqtrade iterates every second here (process_throttle_secs 1).
         reconcile_confirm=1.5,
+        # The tests' reconciler key: a loss-limit halt clears on a decision it signed for bot "ft".
+        decision_keys=[DECISION_KEY.public_key()],
     )
 
 
@@ -121,8 +128,10 @@ class Client:
     async def names(self) -> set[str]:
         return {name for name, _ in await self.samples()}
 
-    async def control(self, command: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-        resp = await self.http.post(f"/control/{command}", headers=AUTH if headers is None else headers)
+    async def control(
+        self, command: str, headers: dict[str, str] | None = None, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        resp = await self.http.post(f"/control/{command}", headers=AUTH if headers is None else headers, json=body)
         return resp.status, dict(await resp.json())
 
     async def until(self, what: str, probe: Any, deadline: float = 30.0) -> Any:
@@ -611,6 +620,61 @@ async def test_status_and_the_commands_freqtrade_cannot_do(sidecar: Client, freq
     assert (
         await sidecar.value("tradingbot_control_command_failures_total", command="reduce_only", reason="refused") == 1
     )
+
+
+async def test_a_loss_limit_halt_clears_only_on_a_signed_decision_for_this_bot(
+    sidecar: Client, freqtrade: Freqtrade
+) -> None:
+    """A halt whose reason names a loss limit (the runtime's words) is a person's to lift, approved by another: the
+    sidecar's clear_halt verifies the reconciler's signed decision as a bot on the runtime does. Without one, forged,
+    for another bot, expired, self-approved or replayed: 403 in one line, freqtrade stays stopped. Any other halt
+    clears in one step."""
+    reason = "risk limit daily_loss: loss 41.00 >= 40.00"
+    status, body = await sidecar.control("halt", body={"reason": reason})
+    assert status == 200 and body["state"] == "halted", body
+    # A person's halt on top of it does not make it one step to clear.
+    assert (await sidecar.control("halt", body={"reason": "desk"}))[0] == 200
+    refused = {
+        "none": ({}, 'clear_halt needs a signed decision ("decision"), issued by the reconciler'),
+        "forged": (
+            {"decision": forged(signed(CLEAR_HALT, "ft"), approvers=["mallory"])},
+            "the decision's signature does not verify (forged or altered)",
+        ),
+        "another bot": (clear_halt("paper-1"), "the decision is for bot 'paper-1', not 'ft'"),
+        "expired": ({"decision": signed(CLEAR_HALT, "ft", ttl=-1)}, "expired"),
+        "self-approved": ({"decision": signed_as_is(signed(CLEAR_HALT, "ft"), approvers=["alice"])}, "alice"),
+    }
+    for case, (body_sent, words) in refused.items():
+        status, body = await sidecar.control("clear_halt", body=body_sent)
+        assert status == 403, (case, body)
+        assert "\n" not in body["error"] and words in body["error"], (case, body)
+        assert body["error"].startswith(f"clear_halt of a loss-limit halt ({reason}): "), (case, body)
+        assert freqtrade.api("GET", "/show_config")["state"] == "stopped", case
+    decision = clear_halt("ft")
+    status, body = await sidecar.control("clear_halt", body=decision)
+    assert status == 200 and body["state"] == "paused" and body["decision"], body
+    # Spent: the same decision does not lift the next loss-limit halt.
+    assert (await sidecar.control("halt", body={"reason": "risk limit drawdown: 25.00 >= 20.00"}))[0] == 200
+    status, body = await sidecar.control("clear_halt", body=decision)
+    assert status == 403 and "was acted on already (replayed)" in body["error"], body
+    assert freqtrade.api("GET", "/show_config")["state"] == "stopped"
+    # A sidecar started again (its data dir kept) still knows the halt is a loss limit's.
+    kept = sidecar.sidecar.halts.path.parent
+    again = HaltGate([DECISION_KEY.public_key()], kept, GateLabels(CollectorRegistry(), "freqtrade", "ft"), "ft")
+    assert again.loss_limit and again.check_clear(clear_halt("ft")) is not None
+    with pytest.raises(CommandForbidden, match="replayed"):
+        again.check_clear(decision)
+    assert (await sidecar.control("clear_halt", body=clear_halt("ft")))[0] == 200
+    # Any other halt clears in one step.
+    assert (await sidecar.control("halt", body={"reason": "desk review"}))[0] == 200
+    assert (await sidecar.control("clear_halt"))[0] == 200
+    status, body = await sidecar.control("resume")
+    assert status == 200 and body["state"] == "active"
+    registry = sidecar.sidecar.registry
+    acted = registry.get_sample_value(
+        "tradingbot_decisions_total", {"venue": "freqtrade", "strategy": "ft", "kind": CLEAR_HALT}
+    )
+    assert acted == 2
 
 
 async def test_cancel_all_with_nothing_open_cancels_nothing(sidecar: Client, freqtrade: Freqtrade) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from decision_helpers import TRUSTED, clear_halt, forged, signed
 from gateway_helpers import Gateway, start_gateway
 from nautilus_helpers import INSTRUMENT_ID, SYMBOL, VENUE, Node, start_node
 from nautilus_trader.model.enums import OrderStatus, TradingState
@@ -29,9 +30,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime_families import runtime_limit_shapes, shapes
 from secret_file import write_secret
 
+from trading_ops.decisions import CLEAR_HALT
+
 TOKEN = "nautilus-control-token"
 # The `strategy` label of the node's families: its trader id (the controller's default).
 STRATEGY_LABEL = "NAUTILUS-001"
+# The name the reconciler's bots[] entry gives the node: what a signed decision names (the controller's `bot`).
+BOT = "nautilus-1"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,15 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 def node(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("nautilus-node")
     write_secret(tmp / "token", TOKEN)
-    started = start_node(gateway.url, tmp / "token", port=free_port())
+    # The tests' reconciler key is trusted: a loss-limit halt clears on a decision it signed for bot BOT.
+    started = start_node(
+        gateway.url,
+        tmp / "token",
+        port=free_port(),
+        decision_keys=[TRUSTED],
+        data_dir=str(tmp / "controller"),
+        bot=BOT,
+    )
     try:
         # The strategy's two orders are placed (a market buy that fills, a limit buy that rests) and the controller
         # serves.
@@ -335,6 +348,38 @@ def test_halt_then_cancel_all_and_flatten_while_halted(node: Node) -> None:
     assert status == 200 and body["state"] == "paused"
     assert trading_state(node) == TradingState.ACTIVE and not running(node)
     assert control(node, "resume")[0] == 200 and running(node)
+
+
+def test_a_loss_limit_halt_clears_only_on_a_signed_decision_for_this_bot(node: Node) -> None:
+    """A halt whose reason names a loss limit (what the controller's own daily loss limit sets) is a person's to lift,
+    approved by another: clear_halt verifies the reconciler's signed decision as a bot on the runtime does. Without
+    one, forged, for another bot or replayed: 403 in one line, the node stays halted. Any other halt clears in one
+    step."""
+    reason = "risk limit daily_loss: loss 1200.00 >= 1000.00"
+    assert control(node, "halt", reason=reason)[0] == 200
+    for case, body, words in (
+        ("none", {}, 'clear_halt needs a signed decision ("decision"), issued by the reconciler'),
+        ("forged", {"decision": forged(signed(CLEAR_HALT, BOT), approvers=["mallory"])}, "does not verify"),
+        ("another bot", clear_halt("paper-1"), f"the decision is for bot 'paper-1', not '{BOT}'"),
+    ):
+        status, answer = control(node, "clear_halt", **body)
+        assert status == 403 and "\n" not in answer["error"] and words in answer["error"], (case, answer)
+        assert answer["error"].startswith(f"clear_halt of a loss-limit halt ({reason}): "), answer
+        assert trading_state(node) == TradingState.HALTED, case
+    decision = clear_halt(BOT)
+    status, answer = control(node, "clear_halt", **decision)
+    assert status == 200 and answer["state"] == "paused" and answer["decision"], answer
+    assert trading_state(node) == TradingState.ACTIVE
+    assert control(node, "halt", reason="risk limit drawdown: 30.00 >= 20.00")[0] == 200
+    status, answer = control(node, "clear_halt", **decision)
+    assert status == 403 and "was acted on already (replayed)" in answer["error"], answer
+    assert control(node, "clear_halt", **clear_halt(BOT))[0] == 200
+    # Any other halt clears in one step.
+    assert control(node, "halt", reason="desk review")[0] == 200
+    assert control(node, "clear_halt")[0] == 200
+    assert control(node, "resume")[0] == 200 and running(node)
+    acted = value(scrape(node), "tradingbot_decisions_total", venue=VENUE, strategy=STRATEGY_LABEL, kind=CLEAR_HALT)
+    assert acted == 2
 
 
 def test_flatten_while_trading_stops_the_strategies_and_closes_every_position(node: Node) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from alertmanager_server import Alertmanager
 from ops_setup import Bot, ops_config
 from ports import free_port
@@ -22,29 +23,49 @@ from secret_file import write_secret
 from trading_ops import audit
 from trading_ops.cli import main
 from trading_ops.clients.alertmanager import AlertmanagerClient
-from trading_ops.config import Config
+from trading_ops.config import Config, load_config
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.ops.maintenance import CREATED_BY, Maintenance, MaintenanceError, parse_matchers
 from trading_ops.ops.maintenance_metrics import MaintenanceWindowsCollector, register_maintenance_metrics
 from trading_ops.reconciler.actions.silence import CREATED_BY as RECONCILER_CREATED_BY
+from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.maintenance import is_bot_maintenance
 
 pytestmark = pytest.mark.alertmanager
 
 
 def write_config(tmp_path: Path, config_data: dict[str, Any]) -> str:
-    import yaml
-
     path = tmp_path / "trading-ops.yaml"
     path.write_text(yaml.safe_dump(config_data))
     return str(path)
 
 
+OPERATOR = "oncall"
+# The people's tokens the reconciler knows: name, scope (OPERATOR's may also open a window of a bot's instance alone,
+# which could silence the pipeline's own pages).
+PEOPLE = ((OPERATOR, "destructive"), ("ops", "operate"), ("viewer", "read"))
+
+
 def cli_config(tmp_path: Path, db_url: str, am_url: str, bots: dict[str, Bot]) -> str:
+    """The configuration `maintenance` runs with and the reconciler it asks serves: the bots as its targets, the
+    people's tokens (PEOPLE, each in tmp_path/NAME-token) as its api_tokens."""
     write_secret(tmp_path / "bot-token", "bot-token")
+    write_secret(tmp_path / "webhook-token", "webhook-token")
+    for name, _scope in PEOPLE:
+        write_secret(tmp_path / f"{name}-token", f"{name}-token-secret")
     targets = {n: {"url": b.url, "token_file": str(tmp_path / "bot-token")} for n, b in bots.items()}
+    reconciler = {
+        "alertmanager_url": am_url,
+        "targets": targets,
+        "token_file": str(tmp_path / "webhook-token"),
+        "api_tokens": [
+            {"name": name, "scope": scope, "token_file": str(tmp_path / f"{name}-token")} for name, scope in PEOPLE
+        ],
+        "check_silences": False,
+        "watchdog": {"window_seconds": 0},
+    }
     return write_config(
-        tmp_path, {"database": {"url": db_url}, "reconciler": {"alertmanager_url": am_url, "targets": targets}}
+        tmp_path, {"database": {"url": db_url}, "reconciler": reconciler, "scheduler": {"enabled": False}}
     )
 
 
@@ -53,6 +74,23 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str,
     code = await asyncio.to_thread(main, list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture
+def decide(aiohttp_client: Any, capsys: pytest.CaptureFixture[str]) -> Any:
+    """`trading-ops -c PATH maintenance start|end ...` as a person runs it: with their own token (OPERATOR's unless
+    `person` names another of PEOPLE), through
+    the API of a reconciler serving PATH's configuration (one per configuration, on this event loop)."""
+    served: dict[str, str] = {}
+
+    async def run(path: str, *argv: str, person: str = OPERATOR) -> tuple[int, str, str]:
+        if path not in served:
+            app = create_app(load_config(path), registry=CollectorRegistry())
+            served[path] = str((await aiohttp_client(app)).make_url("")).rstrip("/")
+        token = str(Path(path).parent / f"{person}-token")
+        return await cli(capsys, "-c", path, "maintenance", *argv, "--token-file", token, "--url", served[path])
+
+    return run
 
 
 @pytest.fixture(autouse=True)
@@ -76,14 +114,11 @@ def errors(err: str) -> list[str]:
 
 
 async def test_start_silences_pauses_the_matched_bot_and_end_undoes_it(
-    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any, decide: Any
 ) -> None:
     path = cli_config(tmp_path, migrated_sqlite, alertmanager.url, bots)
-    code, out, err = await cli(
-        capsys,
-        "-c",
+    code, out, err = await decide(
         path,
-        "maintenance",
         "start",
         "--duration",
         "30m",
@@ -109,7 +144,7 @@ async def test_start_silences_pauses_the_matched_bot_and_end_undoes_it(
     code, out, err = await cli(capsys, "-c", path, "maintenance", "status")
     assert code == 0 and "window 1 [active]" in out and "silence state active" in out and "paused bot-1" in out
 
-    code, out, err = await cli(capsys, "-c", path, "maintenance", "end")
+    code, out, err = await decide(path, "end")
     assert code == 0 and errors(err) == [], err
     assert "resumed bot-1" in out and f"silence {silence['id']} expired" in out
     assert bots["bot-1"].state == "active"
@@ -123,11 +158,11 @@ async def test_start_silences_pauses_the_matched_bot_and_end_undoes_it(
     assert code == 0 and "window 1 [ended]" in out and "paused none" in out
     code, out, _ = await cli(capsys, "-c", path, "maintenance", "status")
     assert (code, out) == (0, "no open maintenance window\n")
-    # Both are audit entries under who ran the command (its user at its host: the command's database access).
+    # Both are audit entries under the person's token that asked (its name, its address), never the command's host.
     engine = make_engine(migrated_sqlite)
     try:
         entries = [(e.principal, e.source, e.action, e.decision) for e in reversed(audit.entries(engine))]
-        who = audit.cli_principal()
+        who = (OPERATOR, "127.0.0.1")
         assert entries == [(*who, "maintenance_start", "maintenance:1"), (*who, "maintenance_end", "maintenance:1")]
         assert audit.verify(engine).whole
     finally:
@@ -135,13 +170,10 @@ async def test_start_silences_pauses_the_matched_bot_and_end_undoes_it(
 
 
 async def test_an_overlapping_window_for_the_same_matchers_is_refused(
-    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], decide: Any
 ) -> None:
     path = cli_config(tmp_path, migrated_sqlite, alertmanager.url, bots)
     args = [
-        "-c",
-        path,
-        "maintenance",
         "start",
         "--duration",
         "1h",
@@ -150,19 +182,19 @@ async def test_an_overlapping_window_for_the_same_matchers_is_refused(
         "--matcher",
         "instance=bot-2",
     ]
-    assert (await cli(capsys, *args))[0] == 0
-    code, out, err = await cli(capsys, *args)
+    assert (await decide(path, *args))[0] == 0
+    code, out, err = await decide(path, *args)
     assert code == 1 and out == ""
     (line,) = errors(err)
     assert "window 1" in line and "already open" in line and "Traceback" not in err
     assert len(silences_with(alertmanager, "overlap")) == 1  # nothing was done for the refused one
     # Other matchers are another window.
-    code, _, err = await cli(capsys, "-c", path, "maintenance", "start", "--duration", "1h", "--reason", "r")
+    code, _, err = await decide(path, "start", "--duration", "1h", "--reason", "r")
     assert code == 0, err
     # With two open, `end` needs an id.
-    code, _, err = await cli(capsys, "-c", path, "maintenance", "end")
+    code, _, err = await decide(path, "end")
     assert code == 1 and len(errors(err)) == 1 and "give --id" in err
-    assert (await cli(capsys, "-c", path, "maintenance", "end", "--id", "1"))[0] == 0
+    assert (await decide(path, "end", "--id", "1"))[0] == 0
 
 
 async def test_a_bot_already_paused_stays_paused_at_the_end(
@@ -230,13 +262,11 @@ async def test_a_bot_that_cannot_be_resumed_keeps_the_window_open_for_the_overru
 
 
 async def test_with_alertmanager_down_it_says_so_and_records_it(
-    tmp_path: Path, migrated_sqlite: str, bots: dict[str, Bot], capsys: Any
+    tmp_path: Path, migrated_sqlite: str, bots: dict[str, Bot], capsys: Any, decide: Any
 ) -> None:
     down = f"http://127.0.0.1:{free_port()}"
     path = cli_config(tmp_path, migrated_sqlite, down, bots)
-    code, out, err = await cli(
-        capsys, "-c", path, "maintenance", "start", "--duration", "10m", "--reason", "r", "--matcher", "instance=bot-1"
-    )
+    code, out, err = await decide(path, "start", "--duration", "10m", "--reason", "r", "--matcher", "instance=bot-1")
     (line,) = errors(err)
     assert code == 1 and out == ""
     assert f"Alertmanager at {down} could not be reached: no silence created" in line
@@ -245,17 +275,59 @@ async def test_with_alertmanager_down_it_says_so_and_records_it(
     assert "silence none" in out and "problem:" in out and "no silence created" in out
 
 
+async def test_a_window_is_decided_only_with_a_persons_token_of_the_operate_scope(
+    tmp_path: Path, migrated_sqlite: str, bots: dict[str, Bot], capsys: Any, decide: Any, monkeypatch: Any
+) -> None:
+    """No token: one line naming where it is read from (exit 2); a token of scope read: the reconciler's 403 in one
+    line (exit 1); a window that could silence the pipeline's own pages (a bot's instance alone) needs destructive,
+    and the refusal says how to keep it to the bot's alerts. Nothing opened, nothing paused, nothing audited."""
+    path = cli_config(tmp_path, migrated_sqlite, "http://127.0.0.1:9", bots)
+    monkeypatch.delenv("TRADING_OPS_TOKEN_FILE", raising=False)
+    monkeypatch.delenv("TRADING_OPS_TOKEN", raising=False)
+    code, out, err = await cli(capsys, "-c", path, "maintenance", "start", "--duration", "1h", "--reason", "r")
+    assert (code, out) == (2, "") and errors(err) == [
+        "trading-ops: maintenance: needs your own token of reconciler.api_tokens (--token-file FILE, "
+        "$TRADING_OPS_TOKEN_FILE or $TRADING_OPS_TOKEN): the decision is recorded under that token's name"
+    ], err
+    argv = ("start", "--duration", "1h", "--reason", "r", "--matcher", "instance=bot-1")
+    code, out, err = await decide(path, *argv, person="viewer")
+    assert (code, out) == (1, "") and errors(err) == [
+        "trading-ops: maintenance: opening a maintenance window needs the 'operate' scope; token 'viewer' has 'read'"
+    ], err
+    code, out, err = await decide(path, "end", "--id", "1", person="viewer")
+    assert code == 1 and "ending a maintenance window needs the 'operate' scope" in errors(err)[0]
+    code, out, err = await decide(path, *argv, person="ops")
+    (line,) = errors(err)
+    assert code == 1 and line.startswith("trading-ops: maintenance: this window would silence the alerting pipeline's")
+    assert line.endswith(
+        "that needs the 'destructive' scope; token 'ops' has 'operate' (a window of bots' alerts only matches "
+        "service=tradingbot too)"
+    )
+    assert bots["bot-1"].state == "active"
+    assert (await cli(capsys, "-c", path, "maintenance", "list"))[1] == "no maintenance windows recorded\n"
+    engine = make_engine(migrated_sqlite)
+    try:
+        assert audit.entries(engine) == []
+        # The bot's alerts only: the operate scope opens it, under that token's name.
+        code, out, err = await decide(path, *argv, "--matcher", "service=tradingbot", person="ops")
+        assert code == 1 and "no silence created" in errors(err)[0]  # this test's Alertmanager is not there
+        assert bots["bot-1"].state == "paused"
+        ((principal, action),) = [(e.principal, e.action) for e in audit.entries(engine)]
+        assert (principal, action) == ("ops", "maintenance_start")
+    finally:
+        engine.dispose()
+
+
 async def test_a_silence_alertmanager_missed_is_created_late_by_housekeeping(
-    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], decide: Any
 ) -> None:
     """Alertmanager is down when the window opens: recorded without a silence; back up, the next housekeeping creates
     the silence the window should have had, for the window's own end, and records it."""
     down = f"http://127.0.0.1:{free_port()}"
     reason = f"late {tmp_path.name}"
-    code, _, err = await cli(
-        capsys,
-        *("-c", cli_config(tmp_path, migrated_sqlite, down, bots), "maintenance", "start"),
-        *("--duration", "20m", "--reason", reason, "--matcher", "instance=bot-2"),
+    code, _, err = await decide(
+        cli_config(tmp_path, migrated_sqlite, down, bots),
+        *("start", "--duration", "20m", "--reason", reason, "--matcher", "instance=bot-2"),
     )
     assert code == 1 and "no silence created" in errors(err)[0]
     assert silences_with(alertmanager, reason) == []
@@ -277,17 +349,17 @@ async def test_a_silence_alertmanager_missed_is_created_late_by_housekeeping(
 
 
 async def test_end_with_alertmanager_down_resumes_the_bots_and_says_what_it_could_not_do(
-    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any
+    tmp_path: Path, migrated_sqlite: str, alertmanager: Alertmanager, bots: dict[str, Bot], capsys: Any, decide: Any
 ) -> None:
     reason = f"end down {tmp_path.name}"
     up = cli_config(tmp_path, migrated_sqlite, alertmanager.url, bots)
     args = ("--duration", "10m", "--reason", reason, "--matcher", "instance=bot-1")
-    assert (await cli(capsys, "-c", up, "maintenance", "start", *args))[0] == 0
+    assert (await decide(up, "start", *args))[0] == 0
     (silence,) = silences_with(alertmanager, reason)
     down = tmp_path / "down"
     down.mkdir()
     path = cli_config(down, migrated_sqlite, f"http://127.0.0.1:{free_port()}", bots)
-    code, out, err = await cli(capsys, "-c", path, "maintenance", "end")
+    code, out, err = await decide(path, "end")
     assert code == 1 and out == ""
     (line,) = errors(err)
     assert "window 1 ended, but: silence" in line and "not expired (it ends by itself at its end)" in line

@@ -1,8 +1,10 @@
-"""`trading-ops readiness BOT --stop-drill` on a real paper bot (in-process, on a loopback port): halted, flattened,
-seen flat, then trading again, each step counted where the readiness criterion reads it; refused on a bot that is
-not paper, and one line when the bot refuses a step. It never lifts a halt it did not set: a bot halted by its loss
-limit, paused by someone, or with an approval pending in the ledger (real SQLite, migrated) refuses the drill in one
-line (the CLI run as a subprocess), with nothing changed."""
+"""`trading-ops readiness BOT --stop-drill` on a real paper bot (in-process, on a loopback port), run by the reconciler
+(its app on a loopback port of this process, on a real migrated SQLite ledger) for a person's own token: halted,
+flattened, seen flat, then trading again, each step counted where the readiness criterion reads it, an audit entry
+under the token's name; refused on a bot that is not paper or to a token without the destructive scope, and one line
+when the bot refuses a step. It never lifts a halt it did not set: a bot halted by its loss limit, paused by someone,
+or with an approval pending in the ledger refuses the drill in one line (the CLI run as a subprocess), with nothing
+changed."""
 
 from __future__ import annotations
 
@@ -17,13 +19,16 @@ import yaml
 from ledger_rows import ask_approval
 from paper_helpers import TOKEN, control, fast_config, wait_for
 from prometheus_client import CollectorRegistry
+from secret_file import write_secret
 
 from trading_ops import audit
 from trading_ops.cli import main
+from trading_ops.config import load_config
 from trading_ops.db import migrate
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models.ledger import Episode
 from trading_ops.paper.bot import PaperBot
+from trading_ops.reconciler.app import create_app
 
 
 def commands_counted(bot: PaperBot, command: str) -> float:
@@ -36,11 +41,17 @@ def commands_counted(bot: PaperBot, command: str) -> float:
     )
 
 
-def drill_config(
-    tmp_path: Path, port: int, token: str = TOKEN, kind: str = "paper", database: str | None = None
-) -> Path:
-    (tmp_path / "bot-token").write_text(token)
-    (tmp_path / "bot-token").chmod(0o600)  # a secret: only its owner reads it (the services refuse more)
+# The people's tokens the reconciler knows (name, scope), each in tmp_path/NAME-token.
+PEOPLE = (("oncall", "destructive"), ("ops", "operate"))
+
+
+def drill_config(tmp_path: Path, port: int, token: str = TOKEN, kind: str = "paper") -> Path:
+    """The configuration the command and the reconciler read: the bot, a migrated SQLite ledger (tmp_path/ledger.db,
+    made once), the webhook token and the PEOPLE's tokens."""
+    write_secret(tmp_path / "bot-token", token)
+    write_secret(tmp_path / "webhook-token", "webhook-token")
+    for name, _scope in PEOPLE:
+        write_secret(tmp_path / f"{name}-token", f"{name}-secret-token")
     bot = {
         "name": "paper-1",
         "kind": kind,
@@ -48,46 +59,82 @@ def drill_config(
         "url": f"http://127.0.0.1:{port}",
         "token_file": str(tmp_path / "bot-token"),
     }
-    data: dict[str, Any] = {"bots": [bot]}
-    if database is not None:
-        data["database"] = {"url": database}
+    ledger = tmp_path / "ledger.db"
+    if not ledger.exists():
+        migrate.upgrade(f"sqlite:///{ledger}")
+    reconciler = {
+        "token_file": str(tmp_path / "webhook-token"),
+        "api_tokens": [{"name": n, "scope": s, "token_file": str(tmp_path / f"{n}-token")} for n, s in PEOPLE],
+        "check_silences": False,
+        "watchdog": {"window_seconds": 0},
+    }
+    data: dict[str, Any] = {
+        "bots": [bot],
+        "database": {"url": f"sqlite:///{ledger}"},
+        "reconciler": reconciler,
+        "scheduler": {"enabled": False},
+    }
     path = tmp_path / "drill.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-async def drill_cli(config: Path) -> subprocess.CompletedProcess[str]:
-    """`trading-ops --config CONFIG readiness paper-1 --stop-drill`, as a user runs it (a process of its own)."""
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "trading_ops", "--config", str(config), "readiness", "paper-1", "--stop-drill"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+@pytest.fixture
+def drill(aiohttp_client: Any) -> Any:
+    """`trading-ops --config CONFIG readiness paper-1 --stop-drill` as `person` runs it with their own token, against
+    a reconciler serving CONFIG (on this event loop): in a thread of this process, or (`process`) as a process of its
+    own. Its exit status, stdout and stderr."""
+    served: dict[Path, str] = {}
+
+    async def run(config: Path, *, person: str = "oncall", process: bool = False) -> tuple[int, str, str]:
+        if config not in served:
+            app = create_app(load_config(config), registry=CollectorRegistry())
+            served[config] = str((await aiohttp_client(app)).make_url("")).rstrip("/")
+        argv = ["--config", str(config), "readiness", "paper-1", "--stop-drill"]
+        argv += ["--token-file", str(config.parent / f"{person}-token"), "--url", served[config]]
+        if not process:
+            return int(await asyncio.to_thread(main, argv)), "", ""
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "trading_ops", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return done.returncode, done.stdout, done.stderr
+
+    return run
 
 
 async def test_the_drill_halts_flattens_and_resumes_a_paper_bot(
-    tmp_path: Path, migrated_sqlite: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], drill: Any
 ) -> None:
     bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry())
     port = await bot.start("127.0.0.1", 0)
     try:
         await wait_for(lambda: any(bot.book.position(s) != 0 for s in bot.symbols), 20)
-        config = drill_config(tmp_path, port, database=migrated_sqlite)
-        status = await asyncio.to_thread(main, ["--config", str(config), "readiness", "paper-1", "--stop-drill"])
+        config = drill_config(tmp_path, port)
+        # A token without the destructive scope: the reconciler's 403 in one line, nothing done.
+        capsys.readouterr()
+        assert (await drill(config, person="ops"))[0] == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops:")]
+        assert err == ["trading-ops: readiness: running a stop drill needs the 'destructive' scope; token 'ops' has "
+                       "'operate'"]  # fmt: skip
+        assert commands_counted(bot, "halt") == 0
+        status, _, _ = await drill(config)
         out = capsys.readouterr().out
         assert status == 0, out
-        assert "paper-1: flat with no order working" in out and out.endswith("paper-1: emergency stop exercised\n")
+        assert "paper-1: flat with no order working" in out
+        assert out.endswith("paper-1: emergency stop exercised (by oncall)\n")
         assert commands_counted(bot, "halt") == 1 and commands_counted(bot, "flatten") == 1
         _, answer = await control(port, "status")
         assert answer["state"] == "active"
-        # The drill is an audit entry under who ran it (the command's user at its host: its database access).
-        engine = make_engine(migrated_sqlite)
+        # The drill is an audit entry under the person's token that asked, from its address.
+        engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
         try:
             (entry,) = audit.entries(engine, action="stop_drill")
-            assert (entry.principal, entry.source, entry.target) == (*audit.cli_principal(), "paper-1")
+            assert (entry.principal, entry.source, entry.target) == ("oncall", "127.0.0.1", "paper-1")
             assert entry.after["steps"][-1] == "halt cleared and trading resumed"
             assert audit.verify(engine).whole
         finally:
@@ -96,12 +143,14 @@ async def test_the_drill_halts_flattens_and_resumes_a_paper_bot(
         await bot.stop()
 
 
-async def test_a_step_the_bot_refuses_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_a_step_the_bot_refuses_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], drill: Any
+) -> None:
     bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry())
     port = await bot.start("127.0.0.1", 0)
     try:
         config = drill_config(tmp_path, port, token="wrong")
-        status = await asyncio.to_thread(main, ["--config", str(config), "readiness", "paper-1", "--stop-drill"])
+        status, _, _ = await drill(config)
         # The bot runs in this process: its own log lines (the refusal it logged) are on stderr too.
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops:")]
         # The drill reads the bot's state first (what it may lift): the wrong token fails there.
@@ -113,12 +162,12 @@ async def test_a_step_the_bot_refuses_fails_in_one_line(tmp_path: Path, capsys: 
 
 def test_the_drill_runs_on_paper_bots_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = drill_config(tmp_path, 9, kind="freqtrade")
-    assert main(["--config", str(config), "readiness", "paper-1", "--stop-drill"]) == 2
+    assert main(["--config", str(config), "readiness", "paper-1", "--stop-drill", "--url", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["trading-ops: readiness: --stop-drill: runs on a paper bot only; paper-1 is of kind freqtrade"]
 
 
-async def test_a_bot_halted_by_its_loss_limit_refuses_the_drill_and_stays_halted(tmp_path: Path) -> None:
+async def test_a_bot_halted_by_its_loss_limit_refuses_the_drill_and_stays_halted(tmp_path: Path, drill: Any) -> None:
     """The issue's case: a loss-limit halt is a person's to clear (four eyes), never the drill's: refused in one line,
     no flatten, no clear_halt, no resume; the bot stays halted with the limit's reason and its positions."""
     bot = PaperBot(fast_config(tmp_path, daily_loss_limit=40), token=TOKEN, registry=CollectorRegistry(), chaos=True)
@@ -142,10 +191,9 @@ async def test_a_bot_halted_by_its_loss_limit_refuses_the_drill_and_stays_halted
         await wait_for(nothing_working, 30)
         positions = {s: bot.book.position(s) for s in bot.symbols}
         assert any(positions.values())
-        done = await drill_cli(drill_config(tmp_path, port))
-        assert done.returncode == 1, done
-        assert done.stdout == ""
-        lines = done.stderr.strip().splitlines()
+        code, out, err = await drill(drill_config(tmp_path, port), process=True)
+        assert (code, out) == (1, ""), err
+        lines = err.strip().splitlines()
         assert len(lines) == 1, lines
         refused = "trading-ops: readiness: stop drill of paper-1 refused, nothing changed: "
         assert lines[0].startswith(refused + "it is halted (risk limit daily_loss"), lines
@@ -160,15 +208,15 @@ async def test_a_bot_halted_by_its_loss_limit_refuses_the_drill_and_stays_halted
         await bot.stop()
 
 
-async def test_a_paused_bot_refuses_the_drill_and_stays_paused(tmp_path: Path) -> None:
+async def test_a_paused_bot_refuses_the_drill_and_stays_paused(tmp_path: Path, drill: Any) -> None:
     """The drill ends by resuming: on a bot someone paused it would lift their pause."""
     bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry())
     port = await bot.start("127.0.0.1", 0)
     try:
         assert (await control(port, "pause", {"reason": "desk review"}))[0] == 200
-        done = await drill_cli(drill_config(tmp_path, port))
-        assert done.returncode == 1, done
-        lines = done.stderr.strip().splitlines()
+        code, _, err = await drill(drill_config(tmp_path, port), process=True)
+        assert code == 1, err
+        lines = err.strip().splitlines()
         assert len(lines) == 1 and "refused, nothing changed: it is paused (desk review)" in lines[0], lines
         _, answer = await control(port, "status")
         assert answer["state"] == "paused" and answer["state_reason"] == "desk review"
@@ -177,20 +225,19 @@ async def test_a_paused_bot_refuses_the_drill_and_stays_paused(tmp_path: Path) -
         await bot.stop()
 
 
-async def test_an_approval_pending_for_the_bot_refuses_the_drill(tmp_path: Path) -> None:
+async def test_an_approval_pending_for_the_bot_refuses_the_drill(tmp_path: Path, drill: Any) -> None:
     """A flatten waiting for a person's approval in the ledger is theirs to decide: the drill does not flatten in its
     place. Once the episode is closed (nothing waits), the drill runs."""
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
-    migrate.upgrade(ledger)
     bot = PaperBot(fast_config(tmp_path), token=TOKEN, registry=CollectorRegistry())
     port = await bot.start("127.0.0.1", 0)
     try:
+        config = drill_config(tmp_path, port)  # migrates the ledger
         approval = ask_approval(ledger, f"127.0.0.1:{port}")
         ask_approval(ledger, "127.0.0.1:1")  # another bot's: not this one's business
-        config = drill_config(tmp_path, port, database=ledger)
-        done = await drill_cli(config)
-        assert done.returncode == 1, done
-        lines = done.stderr.strip().splitlines()
+        code, _, err = await drill(config, process=True)
+        assert code == 1, err
+        lines = err.strip().splitlines()
         assert lines == [
             "trading-ops: readiness: stop drill of paper-1 refused, nothing changed: "
             f"approval {approval} (venue flatten for TradingBotUnhandledExposure) waits for a person's decision: "
@@ -207,9 +254,9 @@ async def test_an_approval_pending_for_the_bot_refuses_the_drill(tmp_path: Path)
         finally:
             engine.dispose()
         await wait_for(lambda: any(bot.book.position(s) != 0 for s in bot.symbols), 20)
-        done = await drill_cli(config)
-        assert done.returncode == 0, done
-        assert done.stdout.endswith("paper-1: emergency stop exercised\n")
+        code, out, err = await drill(config, process=True)
+        assert code == 0, err
+        assert out.endswith("paper-1: emergency stop exercised (by oncall)\n")
         assert commands_counted(bot, "halt") == 1 and commands_counted(bot, "clear_halt") == 1
     finally:
         await bot.stop()

@@ -113,8 +113,6 @@ async def test_history_of_a_waiting_episode_says_what_held_it_and_why_it_waits(
     # Paused through the console script, then an alert: the real engine parks its episode (nothing executed) and
     # `history ID` says so, in the `waited:` record and as the reason it waits.
     cfg = config_file(tmp_path, migrated_sqlite)
-    paused = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "pause")
-    assert paused.returncode == 0, paused.stderr
     rule = {
         "name": "reconnect",
         "match": ['alertname="TradingBotBrokerDisconnected"'],
@@ -125,8 +123,11 @@ async def test_history_of_a_waiting_episode_says_what_held_it_and_why_it_waits(
         migrated_sqlite,
         playbook=str(write_playbook(tmp_path, [rule])),
         targets=bot_targets(fake_bot, tmp_path),
+        api_tokens=operator_tokens(tmp_path),
     )
     client = await aiohttp_client(create_app(config))
+    paused = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "pause", *as_operator(tmp_path, client))
+    assert paused.returncode == 0, paused.stderr
     assert (await client.post("/api/v1/alertmanager", json=payload(alert()), headers=AUTH)).status == 200
     (episode,) = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
     episode = await wait_episode(client, episode["id"], lambda e: e["state"] == "waiting" and e["attempts"])
@@ -142,12 +143,39 @@ async def test_history_of_a_waiting_episode_says_what_held_it_and_why_it_waits(
     assert fake_bot.commands() == []
 
 
-def test_pause_and_resume_switch_every_replica_and_resume_wakes_parked_episodes(
-    tmp_path: Path, migrated_sqlite: str, capsys: pytest.CaptureFixture
+def operator_tokens(tmp_path: Path) -> list[dict[str, str]]:
+    """reconciler.api_tokens of two people: `oncall` (scope operate) and `viewer` (read), in tmp_path/NAME-token."""
+    tokens = []
+    for name, scope in (("oncall", "operate"), ("viewer", "read")):
+        write_secret(tmp_path / f"{name}-token", f"{name}-secret-token")
+        tokens.append({"name": name, "scope": scope, "token_file": str(tmp_path / f"{name}-token")})
+    return tokens
+
+
+def as_operator(tmp_path: Path, client: Any, name: str = "oncall") -> tuple[str, ...]:
+    """The options of a deciding command run by `name` with their own token, against the test's reconciler."""
+    return ("--token-file", str(tmp_path / f"{name}-token"), "--url", str(client.make_url("")).rstrip("/"))
+
+
+async def test_pause_and_resume_switch_every_replica_and_resume_wakes_parked_episodes(
+    tmp_path: Path, migrated_sqlite: str, capsys: pytest.CaptureFixture, aiohttp_client: Any
 ) -> None:
     cfg = config_file(tmp_path, migrated_sqlite)
+    config = make_config(tmp_path, migrated_sqlite, api_tokens=operator_tokens(tmp_path))
+    client = await aiohttp_client(create_app(config))
     ledger = Ledger(make_engine(migrated_sqlite))
-    assert main(["-c", cfg, "reconciler", "pause"]) == 0
+
+    def run(*argv: str, name: str = "oncall") -> int:
+        return int(main(["-c", cfg, "reconciler", *argv, *as_operator(tmp_path, client, name)]))
+
+    # A token of scope read may not: one line, the reconciler's 403 naming the scope; nothing switched.
+    capsys.readouterr()
+    assert await asyncio.to_thread(run, "pause", name="viewer") == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "trading-ops: reconciler pause: pausing the reconciler needs the 'operate' scope; token 'viewer' has 'read'"
+    )
+    assert ledger.get_setting(PAUSE_KEY) != "1"
+    assert await asyncio.to_thread(run, "pause") == 0
     assert ledger.get_setting(PAUSE_KEY) == "1"
     store_waiting(ledger)
     (episode,) = ledger.list_episodes()
@@ -158,17 +186,16 @@ def test_pause_and_resume_switch_every_replica_and_resume_wakes_parked_episodes(
     )
     assert ledger.due(now, 10) == []
     capsys.readouterr()
-    assert main(["-c", cfg, "reconciler", "resume"]) == 0
+    assert await asyncio.to_thread(run, "resume") == 0
     assert ledger.get_setting(PAUSE_KEY) == "0"
     assert "1 parked episode(s) looked at again now" in capsys.readouterr().out
-    assert [i for i, _ in ledger.due(datetime.now(UTC), 10)] == [episode["id"]]
-    # Each switch is an audit entry under who ran the command (its user at its host), before and after.
-    entries = [(e.principal, e.action, e.before, e.after) for e in reversed(audit.entries(ledger.engine))]
-    who = audit.cli_principal()[0]
+    # Each switch is an audit entry under the person's token that asked (from its address), before and after.
+    entries = [(e.principal, e.source, e.action, e.before, e.after) for e in reversed(audit.entries(ledger.engine))]
     assert entries == [
-        (who, "reconciler_pause", {"paused": False}, {"paused": True}),
-        (who, "reconciler_resume", {"paused": True}, {"paused": False, "episodes_woken": 1}),
+        ("oncall", "127.0.0.1", "reconciler_pause", {"paused": False}, {"paused": True}),
+        ("oncall", "127.0.0.1", "reconciler_resume", {"paused": True}, {"paused": False, "episodes_woken": 1}),
     ]
+    ledger.engine.dispose()
 
 
 def test_playbook_test_passes_and_fails_like_amtool(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -405,8 +432,10 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
         playbook=str(write_playbook(tmp_path, [rule])),
         targets=bot_targets(fake_bot, tmp_path, instance),
         alertmanager_url=alertmanager.url,
+        api_tokens=operator_tokens(tmp_path),
     )
     client = await aiohttp_client(create_app(config))
+    oncall = as_operator(tmp_path, client)
     held = await asyncio.to_thread(
         alertmanager.fire, {"alertname": "TradingBotBrokerDisconnected", "instance": instance}
     )
@@ -451,54 +480,64 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
     assert explained.returncode == 0 and f"rule reconnect on target {instance}" in explained.stdout
 
     # Retry while it still fires: one more run, which fails and escalates again.
-    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, "--by", "alice")
+    # A token of scope read may not: the reconciler's 403 in one line, nothing re-queued.
+    viewer = as_operator(tmp_path, client, "viewer")
+    refused = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, *viewer)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "trading-ops: reconciler retry: retrying an episode needs the 'operate' scope; token 'viewer' has 'read'"
+    )
+    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, "--by", "alice", *oncall)
     assert retried.returncode == 0 and retried.stdout.startswith(f"episode {eid} re-queued"), retried.stderr
     episode = await wait_episode(client, int(eid), lambda e: e["state"] == "escalated" and len(ran(e)) == 2)
     assert fake_bot.commands() == ["reconnect", "reconnect"]
     assert [a["outcome"] for a in episode["attempts"]] == ["failure", "retry", "failure"]
-    assert episode["attempts"][1]["owner"] == "alice"
+    # Who retried it is the token that asked; --by is a comment beside it.
+    assert episode["attempts"][1]["owner"] == "token 'oncall' from 127.0.0.1 (alice)"
 
     # Acknowledged: recorded and shown, nothing run.
     acked = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", eid, "--by", "bob", "--note", "on it")
     assert acked.returncode == 0 and acked.stdout.strip() == f"episode {eid} acknowledged by bob"
     whole = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid)
-    assert "acknowledged by bob: on it" in whole.stdout and "retry by alice" in whole.stdout
+    assert "acknowledged by bob: on it" in whole.stdout
+    assert "retry by token 'oncall' from 127.0.0.1 (alice)" in whole.stdout
 
     # Resolved in Alertmanager meanwhile: the retry closes it resolved, nothing executed; then it is over.
     await asyncio.to_thread(alertmanager.resolve, held)
-    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid)
+    retried = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, *oncall)
     assert retried.returncode == 0, retried.stderr
     episode = await wait_episode(client, int(eid), lambda e: e["state"] == "resolved")
     assert "no longer firing in Alertmanager" in episode["detail"]
     assert fake_bot.commands() == ["reconnect", "reconnect"]
-    over = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid)
+    over = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", eid, *oncall)
     assert over.returncode == 1 and over.stderr.strip().startswith(
         f"trading-ops: reconciler retry: episode {eid} is over"
     )
 
 
-def test_retry_refuses_an_open_or_recovered_episode_and_ack_does_not_count_as_a_run(
-    tmp_path: Path, migrated_db: str
+async def test_retry_refuses_an_open_or_recovered_episode_and_ack_does_not_count_as_a_run(
+    tmp_path: Path, migrated_db: str, aiohttp_client: Any
 ) -> None:
     ledger = Ledger(make_engine(migrated_db))
     store_waiting(ledger)
     (episode,) = ledger.list_episodes()
     cfg = config_file(tmp_path, migrated_db)
-    refused = run_cli("-c", cfg, "reconciler", "retry", str(episode["id"]))
+    app = create_app(make_config(tmp_path, migrated_db, api_tokens=operator_tokens(tmp_path)))
+    oncall = as_operator(tmp_path, await aiohttp_client(app))
+    refused = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", str(episode["id"]), *oncall)
     assert refused.returncode == 1 and refused.stderr.strip() == (
         f"trading-ops: reconciler retry: episode {episode['id']} is waiting; only escalated or failed episodes "
         "are retried"
     )
-    assert run_cli("-c", cfg, "reconciler", "ack", str(episode["id"])).returncode == 0
+    assert (await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", str(episode["id"]))).returncode == 0
     # An acknowledgement is no run of the rule: it starts no cooldown for the next episode on the target.
     later = datetime.now(UTC)
     assert ledger.cooldown_until("broker-reconnect", "bot-1", episode["id"] + 1, 3600, later) is None
     (row,) = ledger.list_episodes()
     assert row["state"] == "waiting" and [a["outcome"] for a in row["attempt_list"]] == ["acknowledged"]
-    missing = run_cli("-c", cfg, "reconciler", "ack", "999")
+    missing = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", "999")
     assert missing.returncode == 1 and missing.stderr.strip() == "trading-ops: reconciler ack: no episode 999"
     ledger.set_episode(episode["id"], state="recovered")
-    recovered = run_cli("-c", cfg, "reconciler", "retry", str(episode["id"]))
+    recovered = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", str(episode["id"]), *oncall)
     assert recovered.returncode == 1 and "is recovered; only escalated or failed" in recovered.stderr
     ledger.engine.dispose()
 

@@ -1460,6 +1460,9 @@ def test_the_freqtrade_stack_wires_freqtrade_its_sidecar_and_a_key_of_the_sideca
     assert [(b.name, b.kind, b.instance, b.systemd_unit) for b in config.bots] == [
         ("freqtrade-1", "freqtrade", "127.0.0.1:19101", "trading-ops-freqtrade.service")
     ]
+    # A loss-limit halt clears on the decision the stack's reconciler signs for bots[0]: the sidecar trusts its key.
+    assert config.freqtrade.decision_keys == config.bot.decision_keys and config.freqtrade.decision_keys
+    assert target.bot == "freqtrade-1"
     served = gateway_from_config(config)
     main_key = (tmp_path / "var" / "secrets" / "gateway-api-key").read_text().strip()
     sidecar_key = (tmp_path / "var" / "secrets" / "gateway-sidecar-api-key").read_text().strip()

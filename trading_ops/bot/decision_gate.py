@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from trading_ops.bot.control import CommandForbidden
 from trading_ops.bot.metrics import PREFIX, BotMetrics
@@ -37,14 +37,33 @@ REFUSED_HELP = (
 LAST_HELP = "When the bot last acted on a signed decision of this kind (its id is in the log and in status)."
 
 
+class GateLabels(Protocol):
+    """Where a gate's families go and the labels they carry: a bot's BotMetrics, or an integration's own."""
+
+    @property
+    def registry(self) -> CollectorRegistry | None: ...
+
+    @property
+    def venue(self) -> str: ...
+
+    @property
+    def strategy(self) -> str: ...
+
+
 def trusted_keys(config: Config) -> list[Ed25519PublicKey]:
     """The public keys of bot.decision_keys; ConfigError naming the entry that cannot be read."""
+    return load_trusted(config.bot.decision_keys, config, "bot.decision_keys")
+
+
+def load_trusted(values: list[str], config: Config, key: str) -> list[Ed25519PublicKey]:
+    """The public keys `values` of the configuration's `key` (bot.decision_keys, freqtrade.decision_keys); ConfigError
+    naming the entry that cannot be read."""
     keys = []
-    for i, value in enumerate(config.bot.decision_keys):
+    for i, value in enumerate(values):
         try:
-            keys.append(load_public_key(value, config.base_dir, f"bot.decision_keys[{i}]"))
+            keys.append(load_public_key(value, config.base_dir, f"{key}[{i}]"))
         except DecisionKeyError as exc:
-            raise ConfigError(f"bot.decision_keys[{i}]", str(exc).split(": ", 1)[-1]) from None
+            raise ConfigError(f"{key}[{i}]", str(exc).split(": ", 1)[-1]) from None
     return keys
 
 
@@ -57,7 +76,7 @@ class DecisionGate:
         self,
         keys: list[Ed25519PublicKey],
         data_dir: Path,
-        metrics: BotMetrics,
+        metrics: BotMetrics | GateLabels,
         bot: str,
         *,
         wall: Any = time.time,

@@ -1,6 +1,7 @@
-"""The commands that decide (`reconciler approve|reject`, `ramp promote`) call the reconciler's API with the person's
-own token, so the decision is recorded with the principal that authenticated (the token's name in
-reconciler.api_tokens), never with a name typed on the command line.
+"""The commands that decide (`reconciler approve|reject`, `ramp promote`, `clear-halt`, `readiness --record` and
+`--stop-drill`, `reconciler pause|resume|retry`, `reconciler circuits reset`, `maintenance start|end`) call the
+reconciler's API with the person's own token, so the decision is recorded with the principal that authenticated (the
+token's name in reconciler.api_tokens), never with a name typed on the command line.
 
 The token is read from --token-file FILE, else from the file named by $TRADING_OPS_TOKEN_FILE, else from
 $TRADING_OPS_TOKEN (the value itself). The reconciler is reached at --url, else reconciler.external_url, else the
@@ -92,3 +93,23 @@ def call(method: str, url: str, token: str, body: dict[str, Any] | None = None) 
     except ValueError:
         answer = {"error": raw[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"}
     return status, answer if isinstance(answer, dict) else {"error": f"HTTP {status}"}
+
+
+def ask(
+    config: Config, args: argparse.Namespace, what: str, method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """One request of a deciding command with the person's own token (UsageError, exit 2, without one): the JSON
+    answer of a 200; None, with its one line on stderr (`trading-ops: WHAT: ...`), when the reconciler refused it or
+    did not answer (exit 1 for the caller)."""
+    import sys
+
+    token = person_token(args, what)
+    try:
+        status, answer = call(method, f"{reconciler_url(config, getattr(args, 'url', None))}{path}", token, body)
+    except Unreachable as exc:
+        print(f"trading-ops: {what}: {exc}", file=sys.stderr)
+        return None
+    if status != 200:
+        print(f"trading-ops: {what}: {answer.get('error') or f'HTTP {status}'}", file=sys.stderr)
+        return None
+    return answer

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from trading_ops.config.common import ListenConfig, NamedTokenConfig, check_token_names
-from trading_ops.config.fields import ConfigError, bounded, check_http_url, check_name, check_nonempty, checked, secret
+from trading_ops.config.fields import (
+    ConfigError,
+    bounded,
+    check_http_url,
+    check_name,
+    check_nonempty,
+    checked,
+    path_field,
+    secret,
+)
 from trading_ops.config.paper import CcxtConfig
 
 
@@ -34,6 +43,9 @@ class FreqtradeTargetConfig:
     # freqtrade streams its candles (its exchange.enable_ws on a venue it streams from): the sidecar exports its stream
     # state (tradingbot_stream_*) from the start, not only once freqtrade's log first shows its WebSocket.
     stream: bool = False
+    # The name the reconciler's bots[] entry gives this freqtrade: a signed decision (clearing a loss-limit halt)
+    # names the bot it is for. Empty: the target's name.
+    bot: str = ""
 
 
 @dataclass
@@ -52,6 +64,13 @@ class FreqtradeConfig:
     reconcile_interval_seconds: float = bounded(60.0, min=0)
     # Name (a label-safe word) -> one freqtrade.
     targets: dict[str, FreqtradeTargetConfig] = field(default_factory=dict)
+    # The reconciler's public keys the sidecar trusts for signed decisions, as bot.decision_keys: clearing a halt whose
+    # reason names a loss limit (`risk limit daily_loss ...`) needs a clear_halt decision signed by one of them; none:
+    # such a halt is never cleared through the sidecar.
+    decision_keys: list[str] = field(default_factory=list)
+    # Where the sidecar keeps, per target (a folder of its name), why it halted freqtrade and the decisions it acted on
+    # (each once): a restart forgets neither.
+    data_dir: str = path_field("./var/freqtrade-sidecar", check_nonempty, state=True)
 
     def validate(self, prefix: str, given: set[str]) -> None:
         check_token_names(self.control_tokens, f"{prefix}.control_tokens", "control_token")

@@ -10,6 +10,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from trading_ops.cli import UsageError
+from trading_ops.clients.reconciler import add_token_options
 from trading_ops.config import Config, ConfigError
 from trading_ops.durations import parse_duration
 
@@ -17,12 +18,20 @@ if TYPE_CHECKING:
     from trading_ops.db.models.ops import MaintenanceWindow
 
 EXIT_OK, EXIT_FAILURE = 0, 1
+TOKEN_WORDS = "--token-file, $TRADING_OPS_TOKEN_FILE or $TRADING_OPS_TOKEN"
 
 
 def register(sub: Any) -> None:
     mt = sub.add_parser("maintenance", help="maintenance windows: silence alerts, pause bots, record the window")
     inner = mt.add_subparsers(dest="maintenance_command", metavar="ACTION", required=True)
-    start = inner.add_parser("start", help="open a window now: Alertmanager silence, matched bots paused")
+    start = inner.add_parser(
+        "start",
+        help="open a window now: Alertmanager silence, matched bots paused",
+        description="Open a window through the reconciler's API (POST /api/v1/maintenance) with your own token of "
+        f"scope operate ({TOKEN_WORDS}; destructive for a window that would silence the alerting pipeline's own "
+        "pages): the window and its audit entry name that token. Exit 0 opened, 1 refused, not all done or no "
+        "reconciler answered, 2 bad usage.",
+    )
     start.add_argument("--duration", required=True, help="how long, e.g. 30m, 2h")
     start.add_argument("--reason", required=True, help="why (shown on the silence and in the record)")
     start.add_argument(
@@ -32,9 +41,17 @@ def register(sub: Any) -> None:
         metavar="LABEL=VALUE",
         help="alerts (and bots) the window covers; repeatable; default service=tradingbot (every bot)",
     )
+    add_token_options(start)
     start.set_defaults(handler=maintenance_start)
-    end = inner.add_parser("end", help="end a window now: silence expired, the bots it paused resumed")
+    end = inner.add_parser(
+        "end",
+        help="end a window now: silence expired, the bots it paused resumed",
+        description="End a window through the reconciler's API (POST /api/v1/maintenance/ID/end) with your own token "
+        f"of scope operate ({TOKEN_WORDS}): its audit entry names that token. Exit 0 ended, 1 refused, not all "
+        "done or no reconciler answered, 2 bad usage.",
+    )
     end.add_argument("--id", type=int, default=None, help="the window (default: the only open one)")
+    add_token_options(end)
     end.set_defaults(handler=maintenance_end)
     inner.add_parser("status", help="open windows with their silence and paused bots").set_defaults(
         handler=maintenance_status
@@ -93,54 +110,64 @@ def _describe(w: MaintenanceWindow) -> str:
 
 
 def maintenance_start(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops import audit
-    from trading_ops.ops.maintenance import MaintenanceError, parse_matchers
+    from trading_ops.clients.reconciler import ask
+    from trading_ops.ops.maintenance import MAX_DURATION_SECONDS, MaintenanceError, parse_matchers
 
     try:
         seconds = parse_duration(args.duration)
         matchers = parse_matchers(args.matcher)
     except (ValueError, MaintenanceError) as exc:
         raise UsageError(f"maintenance start: {exc}") from exc
-    try:
-        outcome = _run(config, lambda m: m.start(matchers, seconds, args.reason, who=audit.cli_principal()))
-    except MaintenanceError as exc:
-        return _fail(str(exc))
-    w = outcome.window
-    if outcome.problems:
+    if not 0 < seconds <= MAX_DURATION_SECONDS:
+        raise UsageError(
+            f"maintenance start: duration must be more than 0s and at most {MAX_DURATION_SECONDS / 86400:g}d"
+        )
+    reason = " ".join(args.reason.split())
+    if not reason:
+        raise UsageError("maintenance start: --reason must not be empty")
+    body = {"duration": args.duration, "reason": reason, "matchers": matchers}
+    answer = ask(config, args, "maintenance", "POST", "/api/v1/maintenance", body)
+    if answer is None:
+        return EXIT_FAILURE
+    w = answer["window"]
+    ends = _hms(w["ends_at"])
+    if answer["problems"]:
         # One line: what was done, and what was not (recorded on the window, see `maintenance status`).
-        return _fail(f"window {w.id} recorded until {w.ends_at:%H:%M:%S}Z, but: " + "; ".join(outcome.problems))
-    print(
-        f"maintenance window {w.id} open until {w.ends_at:%Y-%m-%d %H:%M:%S}Z: "
-        + "; ".join(outcome.done or ["no bots matched"])
-    )
+        return _fail(f"window {w['id']} recorded until {ends[11:]}Z, but: " + "; ".join(answer["problems"]))
+    print(f"maintenance window {w['id']} open until {ends}Z: " + "; ".join(answer["done"] or ["no bots matched"]))
     return EXIT_OK
 
 
+def _hms(iso: str) -> str:
+    """An answer's UTC timestamp as the CLI prints one (YYYY-mm-dd HH:MM:SS)."""
+    from datetime import UTC, datetime
+
+    return f"{datetime.fromisoformat(iso).astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+
+
 def maintenance_end(args: argparse.Namespace, config: Config) -> int:
-    import asyncio
+    from trading_ops.clients.reconciler import ask
 
-    from trading_ops import audit
-    from trading_ops.ops.maintenance import ACTIVE, MaintenanceError
-
-    async def work(m: Any) -> Any:
-        window_id = args.id
-        if window_id is None:
-            open_windows = [w for w in await asyncio.to_thread(m.windows, open_only=True) if w.state == ACTIVE]
-            if len(open_windows) != 1:
-                ids = ", ".join(str(w.id) for w in open_windows)
-                raise MaintenanceError(
-                    "no open maintenance window" if not open_windows else f"several windows are open ({ids}): give --id"
-                )
-            window_id = open_windows[0].id
-        return await m.end(window_id, who=audit.cli_principal())
-
-    try:
-        outcome = _run(config, work)
-    except MaintenanceError as exc:
-        return _fail(str(exc))
-    if outcome.problems:
-        return _fail(f"window {outcome.window.id} ended, but: " + "; ".join(outcome.problems))
-    print(f"maintenance window {outcome.window.id} ended: " + "; ".join(outcome.done or ["nothing to undo"]))
+    window_id = args.id
+    if window_id is None:
+        listed = ask(config, args, "maintenance", "GET", "/api/v1/maintenance?open=1&limit=200")
+        if listed is None:
+            return EXIT_FAILURE
+        open_windows = [w for w in listed["windows"] if w["state"] == "active"]
+        if len(open_windows) != 1:
+            ids = ", ".join(str(w["id"]) for w in open_windows)
+            return _fail(
+                "no open maintenance window" if not open_windows else f"several windows are open ({ids}): give --id"
+            )
+        window_id = open_windows[0]["id"]
+    elif window_id < 1:
+        raise UsageError("maintenance end: --id must be a window's number (1 or more)")
+    answer = ask(config, args, "maintenance", "POST", f"/api/v1/maintenance/{window_id}/end")
+    if answer is None:
+        return EXIT_FAILURE
+    if answer["problems"]:
+        return _fail(f"window {window_id} ended, but: " + "; ".join(answer["problems"]))
+    print(f"maintenance window {window_id} ended: " + "; ".join(answer["done"] or ["nothing to undo"]))
     return EXIT_OK
 
 

@@ -35,8 +35,9 @@ def register(sub: Any) -> None:
     rd.add_argument(
         "--stop-drill",
         action="store_true",
-        help="instead, exercise the emergency stop on one active paper bot: halt, flatten, wait until flat, clear the "
-        "halt, resume (what the emergency_stop criterion counts); refused on a bot halted, paused or reduce-only, or "
+        help="instead, ask the reconciler with your own token (scope destructive) to exercise the emergency stop on "
+        "one active paper bot: halt, flatten, wait until flat, clear the halt, resume (what the emergency_stop "
+        "criterion counts; an audit entry under your token's name); refused on a bot halted, paused or reduce-only, or "
         "with an approval pending",
     )
     rd.add_argument(
@@ -112,7 +113,7 @@ def readiness(args: argparse.Namespace, config: Config) -> int:
     if args.reason and not args.record:
         raise UsageError("readiness: --reason goes with --record")
     if args.stop_drill:
-        return stop_drill(config, bots)
+        return stop_drill(config, args, bots)
     if args.record:
         return ask_live_start(config, args, bots)
     if args.decision_out is not None:
@@ -196,63 +197,24 @@ def fetch_live_start_decision(config: Config, args: argparse.Namespace, bots: li
     return EXIT_READY
 
 
-def stop_drill(config: Config, bots: list[BotEntryConfig]) -> int:
-    """`--stop-drill`: the emergency stop on one paper bot, each step printed; exit 1 when a step failed."""
-    import asyncio
-
-    from trading_ops.readiness.stop_drill import DrillFailed, DrillRefused, run_drill
+def stop_drill(config: Config, args: argparse.Namespace, bots: list[BotEntryConfig]) -> int:
+    """`--stop-drill`: the reconciler runs the emergency stop on one paper bot (POST /api/v1/bots/BOT/stop_drill) for
+    the person's own token (scope destructive), which its audit entry names; each step printed; exit 1 when it was
+    refused, a step failed or no reconciler answered."""
+    from trading_ops.clients.reconciler import ask
 
     if len(bots) != 1:
         raise UsageError("readiness: --stop-drill: name one bot")
     bot = bots[0]
     if bot.kind != "paper":
         raise UsageError(f"readiness: --stop-drill: runs on a paper bot only; {bot.name} is of kind {bot.kind}")
-    try:
-        steps = asyncio.run(run_drill(config, bot))
-    except DrillFailed as exc:
-        logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} failed at {exc}")
-        if exc.changed:
-            audit_drill(config, bot, {"failed": str(exc)[:500]})
+    answer = ask(config, args, "readiness", "POST", f"/api/v1/bots/{bot.name}/stop_drill")
+    if answer is None:
         return EXIT_NOT_READY
-    except DrillRefused as exc:
-        logsetup.report(f"trading-ops: readiness: stop drill of {bot.name} refused, nothing changed: {exc}")
-        return EXIT_NOT_READY
-    for step in steps:
+    for step in answer.get("steps") or []:
         print(f"{bot.name}: {step}")
-    print(f"{bot.name}: emergency stop exercised")
-    return EXIT_READY if audit_drill(config, bot, {"state": "active", "steps": steps}) else EXIT_NOT_READY
-
-
-def audit_drill(config: Config, bot: BotEntryConfig, after: dict[str, Any]) -> bool:
-    """The drill's audit entry in the ledger (who ran it: the operating system's user at its host, the command's
-    database access); False, with one line, when the ledger did not take it."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from trading_ops import audit
-    from trading_ops.db.base import make_engine
-
-    principal, source = audit.cli_principal()
-    engine = make_engine(config.database_url(), sqlite_synchronous=config.database.sqlite_synchronous)
-    try:
-        audit.append(
-            engine,
-            principal=principal,
-            source=source,
-            action="stop_drill",
-            target=bot.name,
-            before={"state": "active"},
-            after=after,
-            comment="halt, flatten, clear the drill's halt, resume",
-        )
-    except SQLAlchemyError as exc:
-        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
-        logsetup.report(
-            f"trading-ops: readiness: stop drill of {bot.name}: its audit entry was not written: {first[:200]}"
-        )
-        return False
-    finally:
-        engine.dispose()
-    return True
+    print(f"{bot.name}: emergency stop exercised (by {answer.get('by')})")
+    return EXIT_READY
 
 
 async def run(

@@ -17,6 +17,19 @@ from trading_ops.reconciler.audit_api import MAX_LIMIT as AUDIT_MAX
 from trading_ops.reconciler.audit_api import PATH as AUDIT_PATH
 from trading_ops.reconciler.intake import SUPPORTED_VERSION, AlertPayload, LabelMap, Status
 from trading_ops.reconciler.live_start_api import PATH as LIVE_START_PATH
+from trading_ops.reconciler.operator_api import (
+    DURATION_MAX_CHARS,
+    MAINTENANCE_END_PATH,
+    MAINTENANCE_PATH,
+    MATCHER_VALUE_MAX,
+    MATCHERS_MAX,
+    PAUSE_PATH,
+    RESUME_PATH,
+    STOP_DRILL_PATH,
+    WINDOWS_DEFAULT,
+    WINDOWS_MAX,
+)
+from trading_ops.reconciler.operator_api import REASON_MAX as WINDOW_REASON_MAX
 from trading_ops.reconciler.ramp_api import CLEAR_HALT_PATH
 from trading_ops.reconciler.ramp_api import COMMENT_MAX as RAMP_COMMENT_MAX
 from trading_ops.reconciler.ramp_api import PATH as RAMP_PATH
@@ -24,7 +37,7 @@ from trading_ops.reconciler.ramp_api import REASON_MAX as CLEAR_HALT_REASON_MAX
 from trading_ops.reconciler.readiness_api import MAX_WINDOW_CHARS
 from trading_ops.reconciler.readiness_api import PATH as READINESS_PATH
 from trading_ops.schema import one_of
-from trading_ops.scopes import APPROVE, OPERATE, READ
+from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE, READ
 
 # The limits of the API's requests, which the server (trading_ops.reconciler.app) holds them to:
 # GET /api/v1/episodes: `limit` between 1 and MAX_LIST (50 when not given).
@@ -32,6 +45,8 @@ MAX_LIST = 500
 DEFAULT_LIST = 50
 # A circuit's target is an alert's `instance` (label values are at most 128 characters; the CLI takes up to 255).
 MAX_TARGET_CHARS = 255
+# A retry's comment beside the token's name (`reconciler retry --by`).
+RETRY_COMMENT_MAX = 80
 # Where the reconciler serves this document (no token needed: it describes the API, it holds nothing of it).
 OPENAPI_PATH = "/api/v1/openapi.json"
 # The routes a test does not hold to the document: the operator console's HTML pages and forms.
@@ -42,6 +57,7 @@ NO_NUL = r"^[^\x00]*$"
 SCOPE_WORDS = {
     READ: " (read, operate, destructive; or read_token)",
     OPERATE: " (operate, destructive)",
+    DESTRUCTIVE: " (destructive)",
     APPROVE: " (approve only: no other scope includes it)",
 }
 EPISODE_STATES = (*OPEN_STATES, *CLOSED_STATES)
@@ -304,14 +320,82 @@ class DecisionRequest(msgspec.Struct, kw_only=True):
     by: Annotated[str, msgspec.Meta(pattern=NO_NUL)] = ""
 
 
+class RetryRequest(msgspec.Struct, kw_only=True):
+    """A comment beside the token's name in the episode's history (who retried it is the token)."""
+
+    comment: Annotated[str, msgspec.Meta(max_length=RETRY_COMMENT_MAX, pattern=NO_NUL)] = ""
+
+
 class RetryQueued(msgspec.Struct, kw_only=True):
     episode: int
     retry: str
+    paused: bool = False
 
 
 class CircuitReset(msgspec.Struct, kw_only=True):
     target: str
     was_open_until: Timestamp
+
+
+class Paused(msgspec.Struct, kw_only=True):
+    """The reconciler's pause as it is now (every replica), who switched it (the token's name) and, on resume, how many
+    parked episodes are looked at again now."""
+
+    paused: bool
+    by: str
+    episodes_woken: int = 0
+
+
+class WindowRequest(msgspec.Struct, kw_only=True):
+    """A maintenance window to open now: how long (30m, 2h; 7d at most), why, and the alerts (and bots) it covers as
+    label: value equality matchers (default {"service": "tradingbot"}: every bot)."""
+
+    duration: Annotated[str, msgspec.Meta(min_length=1, max_length=DURATION_MAX_CHARS)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=WINDOW_REASON_MAX)]
+    matchers: Annotated[
+        dict[
+            Annotated[str, msgspec.Meta(pattern="^[a-zA-Z_][a-zA-Z0-9_]*$")],
+            Annotated[str, msgspec.Meta(min_length=1, max_length=MATCHER_VALUE_MAX)],
+        ],
+        msgspec.Meta(max_length=MATCHERS_MAX),
+    ] = {}
+
+
+class Window(msgspec.Struct, kw_only=True):
+    """A maintenance window: its state (active, ended, expired), matchers, silence, the bots it paused and has not
+    resumed, who opened it (`api: TOKEN`, `console: ...`, `schedule:NAME`) and what it could not do."""
+
+    id: int
+    state: str
+    matchers: dict[str, str]
+    reason: str
+    created_by: str
+    starts_at: Timestamp
+    ends_at: Timestamp
+    ended_at: Timestamp | None
+    silence_id: str | None
+    paused_bots: list[str]
+    problems: list[str]
+
+
+class Windows(msgspec.Struct, kw_only=True):
+    windows: list[Window]
+
+
+class WindowOutcome(msgspec.Struct, kw_only=True):
+    """What opening or ending a window did (`done`) and could not do (`problems`, recorded on the window)."""
+
+    window: Window
+    done: list[str]
+    problems: list[str]
+
+
+class StopDrill(msgspec.Struct, kw_only=True):
+    """The drill's steps, one line each, and who ran it (the token's name)."""
+
+    bot: str
+    steps: list[str]
+    by: str
 
 
 class ReadinessResult(msgspec.Struct, kw_only=True):
@@ -418,6 +502,115 @@ def _limit_parameter() -> dict[str, Any]:
     }
 
 
+def _operator_operations(doc: Builder, bad: dict[str, Any]) -> None:
+    """The operator's decisions (trading_ops.reconciler.operator_api), each an audit entry under the token's name."""
+    for verb, path, summary in (
+        ("pauseReconciler", PAUSE_PATH, "Stop acting, every replica: episodes are parked and recorded"),
+        ("resumeReconciler", RESUME_PATH, "Act again after a pause: parked episodes are looked at at once"),
+    ):
+        doc.operation(
+            "post",
+            path,
+            {
+                "operationId": verb,
+                "summary": f"{summary} (scope operate; an audit entry under the token's name)",
+                "security": [{"operate": []}],
+                "responses": {"200": response("Done.", doc.ref(Paused)), **_token("operate", doc)},
+            },
+        )
+    doc.operation(
+        "get",
+        MAINTENANCE_PATH,
+        {
+            "operationId": "listMaintenanceWindows",
+            "summary": "Maintenance windows, newest first (scope read)",
+            "security": [{"read": []}],
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "description": f"how many at most, newest first (default {WINDOWS_DEFAULT})",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": WINDOWS_MAX, "default": WINDOWS_DEFAULT},
+                },
+                {
+                    "name": "open",
+                    "in": "query",
+                    "required": False,
+                    "description": "1: only open windows (active, or ended with bots not resumed yet)",
+                    "schema": {"type": "string", "enum": ["0", "1"], "default": "0"},
+                },
+            ],
+            "responses": {"200": response("The windows.", doc.ref(Windows)), "400": bad, **_token("read", doc)},
+        },
+    )
+    doc.operation(
+        "post",
+        MAINTENANCE_PATH,
+        {
+            "operationId": "startMaintenanceWindow",
+            "summary": "Open a maintenance window now: a silence, the matched bots paused, an audit entry under the "
+            "token's name (scope operate; destructive for a window that would silence the alerting pipeline's own "
+            "pages)",
+            "security": [{"operate": []}],
+            "requestBody": {"required": True, "content": json_content(doc.ref(WindowRequest))},
+            "responses": {
+                "200": response("Opened (what it could not do in `problems`).", doc.ref(WindowOutcome)),
+                "400": bad,
+                **_token("operate", doc),
+                "403": response(
+                    "The token's scope does not include 'operate', or the window would silence the pipeline's own "
+                    "pages and it does not include 'destructive'.",
+                    doc.ref(Error),
+                ),
+                "409": response("A window for the same matchers is open.", doc.ref(Error)),
+                "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "post",
+        MAINTENANCE_END_PATH,
+        {
+            "operationId": "endMaintenanceWindow",
+            "summary": "End a maintenance window now: its silence expired, the bots it paused resumed, an audit entry "
+            "under the token's name (scope operate)",
+            "security": [{"operate": []}],
+            "parameters": [_id_parameter("window")],
+            "responses": {
+                "200": response("Ended (what it could not do in `problems`).", doc.ref(WindowOutcome)),
+                "400": bad,
+                **_token("operate", doc),
+                "404": response("No such window.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "post",
+        STOP_DRILL_PATH,
+        {
+            "operationId": "runStopDrill",
+            "summary": "Exercise the emergency stop on an active paper bot: halt, flatten, wait until flat, clear the "
+            "drill's own halt, resume; an audit entry under the token's name (scope destructive)",
+            "security": [{"destructive": []}],
+            "parameters": [BOT_PATH_PARAMETER],
+            "responses": {
+                "200": response("Exercised: the steps.", doc.ref(StopDrill)),
+                "400": bad,
+                **_token("destructive", doc),
+                "404": response("No such bot.", doc.ref(Error)),
+                "409": response(
+                    "Refused, nothing changed: not a paper bot, not active (a halt, a pause, reduce-only it did not "
+                    "set), or an approval waits for it.",
+                    doc.ref(Error),
+                ),
+                "502": response("A step failed: the bot did not do what the drill asks (recorded).", doc.ref(Error)),
+                "503": response("The drill ran but its audit entry was not written.", doc.ref(Error)),
+            },
+        },
+    )
+
+
 def reconciler_document() -> dict[str, Any]:
     """The reconciler's OpenAPI 3.1 document."""
     doc = Builder("trading-ops reconciler", DESCRIPTION)
@@ -484,15 +677,18 @@ def reconciler_document() -> dict[str, Any]:
         "/api/v1/episodes/{id}/retry",
         {
             "operationId": "retryEpisode",
-            "summary": "One more run of an escalated or failed episode whose alert still fires (scope operate)",
+            "summary": "One more run of an escalated or failed episode whose alert still fires (scope operate), "
+            "recorded in its history under the token's name",
             "security": [{"operate": []}],
             "parameters": [_id_parameter("episode")],
+            "requestBody": {"required": False, "content": json_content(doc.ref(RetryRequest))},
             "responses": {
-                "200": response("Queued.", doc.ref(RetryQueued)),
+                "200": response("Queued (`paused`: it runs once the reconciler is resumed).", doc.ref(RetryQueued)),
                 "400": bad,
                 **_token("operate", doc),
                 "404": response("No such episode.", doc.ref(Error)),
                 "409": response("The episode cannot be retried (its state says why).", doc.ref(Error)),
+                "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
             },
         },
     )
@@ -520,6 +716,7 @@ def reconciler_document() -> dict[str, Any]:
             },
         },
     )
+    _operator_operations(doc, bad)
     doc.operation(
         "get",
         "/api/v1/approvals",

@@ -23,7 +23,7 @@ from trading_ops.config import Config, ConfigError, resolve_secret, resolve_toke
 from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.http_guard import guard
-from trading_ops.http_input import InputError, parse_id, parse_limit, read_body, read_json_object
+from trading_ops.http_input import InputError, parse_id, parse_limit, read_body, read_json, read_json_object
 from trading_ops.ops.maintenance_metrics import register_maintenance_metrics
 from trading_ops.ops.scheduler import Scheduler
 from trading_ops.ops.state_metrics import register_ops_metrics
@@ -31,7 +31,13 @@ from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.http import ACTION as HTTP_ACTION
 from trading_ops.reconciler.actions.http import host_allowed
 from trading_ops.reconciler.actions.silence import CREATED_BY
-from trading_ops.reconciler.api_spec import DEFAULT_LIST, MAX_LIST, MAX_TARGET_CHARS, document_bytes
+from trading_ops.reconciler.api_spec import (
+    DEFAULT_LIST,
+    MAX_LIST,
+    MAX_TARGET_CHARS,
+    RETRY_COMMENT_MAX,
+    document_bytes,
+)
 from trading_ops.reconciler.approvals import (
     DECIDER_MAX,
     DECISIONS,
@@ -70,6 +76,7 @@ from trading_ops.reconciler.live_start_api import PATH as LIVE_START_PATH
 from trading_ops.reconciler.live_start_api import get_live_start, request_live_start
 from trading_ops.reconciler.maintenance import MaintenanceWatcher
 from trading_ops.reconciler.metrics import ReconcilerMetrics
+from trading_ops.reconciler.operator_api import add_operator_routes
 from trading_ops.reconciler.outbox import Outbox, OutboxCollector
 from trading_ops.reconciler.playbook import Playbook, PlaybookError, load_configured_playbook
 from trading_ops.reconciler.processes import make_owner
@@ -88,6 +95,8 @@ KNOWN_STATES = (*OPEN_STATES, *CLOSED_STATES)
 # Routes that check a bearer token themselves (the webhook, the episode API): a web configuration's basic auth covers
 # every other route (/metrics, /healthz, /readyz).
 BEARER_ROUTES = ("/api/",)
+# The ledger's attempt owner column, where a retry's token name, address and comment go.
+OWNER_MAX = 128
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
@@ -159,6 +168,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(CLEAR_HALT_PATH, clear_halt_request)
     app.router.add_post(LIVE_START_PATH, request_live_start)
     app.router.add_get(LIVE_START_PATH, get_live_start)
+    add_operator_routes(app)
     app.router.add_get("/api/v1/openapi.json", openapi_document)
     setup_console(app)
     setup_readiness(app)
@@ -426,13 +436,25 @@ async def retry_episode(request: web.Request) -> web.Response:
     if isinstance(token := authorized(request, OPERATE, "retrying an episode"), web.Response):
         return token
     episode_id = _episode_id(request)
+    body = await read_json(request, request.app[keys.CONFIG].reconciler.max_body_bytes, empty={})
+    comment = body.get("comment", "") if isinstance(body, dict) else None
+    if not isinstance(comment, str) or len(comment) > RETRY_COMMENT_MAX or not comment.isprintable():
+        return web.json_response(
+            {"error": f"comment: expected printable text of {RETRY_COMMENT_MAX} characters at most"}, status=400
+        )
     who = f"token '{token.name}' from {request.remote or '-'}"
-    why_not = await asyncio.to_thread(request.app[keys.LEDGER].retry, episode_id, who)
+    comment = " ".join(comment.split())
+    owner = (f"{who} ({comment})" if comment else who)[:OWNER_MAX]
+    ledger = request.app[keys.LEDGER]
+    why_not = await asyncio.to_thread(ledger.retry, episode_id, owner)
     if why_not is not None:
         return web.json_response({"error": why_not}, status=404 if why_not.startswith("no episode") else 409)
-    log.warning("episode %d re-queued by %s", episode_id, who)
+    log.warning("episode %d re-queued by %s", episode_id, owner)
     request.app[keys.ENGINE].wake.set()
-    return web.json_response({"episode": episode_id, "retry": "queued: one more run if its alert still fires"})
+    paused = (await asyncio.to_thread(ledger.snapshot, utcnow())).paused
+    return web.json_response(
+        {"episode": episode_id, "retry": "queued: one more run if its alert still fires", "paused": paused}
+    )
 
 
 async def reset_circuit(request: web.Request) -> web.Response:

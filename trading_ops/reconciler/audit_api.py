@@ -19,6 +19,8 @@ PATH = "/api/v1/audit"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_SEQ = 2**62
+# The chain's seq is an INTEGER (32-bit on PostgreSQL): `before` past the largest one is every entry, asked as that.
+SEQ_CEILING = 2**31 - 1
 # The filters GET /api/v1/audit and the console's page take (each matches one column exactly).
 FILTERS = ("principal", "target", "action", "decision")
 FILTER_MAX = 255
@@ -34,7 +36,7 @@ def _query(request: web.Request) -> dict[str, Any]:
     q = request.query
     args: dict[str, Any] = {"limit": parse_limit(q.get("limit"), DEFAULT_LIMIT, MAX_LIMIT)}
     if q.get("before"):
-        args["before_seq"] = whole_number(q["before"], "before", 1, MAX_SEQ)
+        args["before_seq"] = min(whole_number(q["before"], "before", 1, MAX_SEQ), SEQ_CEILING)
     for name in FILTERS:
         value = q.get(name)
         if value:

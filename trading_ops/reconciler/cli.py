@@ -83,22 +83,34 @@ def register(sub: Any) -> None:
         help=f"only episodes in this state: open {', '.join(OPEN_STATES)}; closed {', '.join(CLOSED_STATES)}",
     )
     hist.set_defaults(handler=history)
-    inner.add_parser(
-        "pause", help="stop acting (every replica); episodes are parked, recorded, and run on resume"
-    ).set_defaults(handler=pause)
-    inner.add_parser("resume", help="act again after a pause (parked episodes are looked at at once)").set_defaults(
-        handler=resume
-    )
+    for verb, handler, text in (
+        ("pause", pause, "stop acting (every replica); episodes are parked, recorded, and run on resume"),
+        ("resume", resume, "act again after a pause (parked episodes are looked at at once)"),
+    ):
+        switch = inner.add_parser(
+            verb,
+            help=text,
+            description=f"{text[0].upper()}{text[1:]}. Asked through the reconciler's API (POST /api/v1/{verb}) with "
+            "your own token of scope operate (--token-file, $TRADING_OPS_TOKEN_FILE or $TRADING_OPS_TOKEN): the audit "
+            "entry names that token. Exit 0 done, 1 refused or no reconciler answered, 2 bad usage.",
+        )
+        add_token_options(switch)
+        switch.set_defaults(handler=handler)
     retry = inner.add_parser(
         "retry",
         help="run an escalated or failed episode once more, if its alert still fires",
         description="Re-queue an escalated or failed episode whose alert has not resolved: the reconciler first "
         "asks Alertmanager whether the alert still fires (if not, the episode closes resolved, nothing executed), "
         "then runs the rule's steps once more, verifies, and escalates again if that fails. Gates still apply "
-        "(pause, maintenance silences, open circuits, budgets). Recorded in the episode's history.",
+        "(pause, maintenance silences, open circuits, budgets). Asked through the reconciler's API (POST "
+        "/api/v1/episodes/ID/retry) with your own token of scope operate (--token-file, $TRADING_OPS_TOKEN_FILE or "
+        "$TRADING_OPS_TOKEN); recorded in the episode's history under that token's name.",
     )
     retry.add_argument("id", type=positive_int, metavar="ID", help="the episode (see `reconciler history`)")
-    retry.add_argument("--by", default=None, help="who asks (default: the login name)")
+    retry.add_argument(
+        "--by", default=None, help="a comment beside your token's name in its history (the token decides, not this)"
+    )
+    add_token_options(retry)
     retry.set_defaults(handler=retry_episode)
     ack = inner.add_parser(
         "ack",
@@ -283,18 +295,16 @@ def _operator(args: argparse.Namespace) -> str:
 
 
 def retry_episode(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops.db.base import utcnow
+    from trading_ops.clients.reconciler import ask
+    from trading_ops.reconciler.api_spec import RETRY_COMMENT_MAX
 
-    ledger = _ledger(config)
-    try:
-        why_not = ledger.retry(args.id, _operator(args))
-        paused = ledger.snapshot(utcnow()).paused
-    finally:
-        ledger.engine.dispose()
-    if why_not is not None:
-        print(f"trading-ops: reconciler retry: {why_not}", file=sys.stderr)
+    comment = " ".join(str(args.by or "").split())
+    if len(comment) > RETRY_COMMENT_MAX or not comment.isprintable():
+        raise UsageError(f"reconciler retry: --by: printable text of {RETRY_COMMENT_MAX} characters at most")
+    answer = ask(config, args, "reconciler retry", "POST", f"/api/v1/episodes/{args.id}/retry", {"comment": comment})
+    if answer is None:
         return EXIT_FAILURE
-    note = " (the reconciler is paused: it runs after `reconciler resume`)" if paused else ""
+    note = " (the reconciler is paused: it runs after `reconciler resume`)" if answer.get("paused") else ""
     print(f"episode {args.id} re-queued: one more run if its alert still fires{note}")
     return EXIT_OK
 
@@ -313,25 +323,22 @@ def ack_episode(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _set_pause(config: Config, paused: bool) -> int:
-    ledger = _ledger(config)
-    try:
-        from trading_ops import audit
-
-        return ledger.set_paused(paused, audit.cli_principal())
-    finally:
-        ledger.engine.dispose()
-
-
 def pause(args: argparse.Namespace, config: Config) -> int:
-    _set_pause(config, True)
+    from trading_ops.clients.reconciler import ask
+
+    if ask(config, args, "reconciler pause", "POST", "/api/v1/pause") is None:
+        return EXIT_FAILURE
     print("reconciler paused: nothing will be executed until `trading-ops reconciler resume`")
     return EXIT_OK
 
 
 def resume(args: argparse.Namespace, config: Config) -> int:
-    woken = _set_pause(config, False)
-    print(f"reconciler resumed ({woken} parked episode(s) looked at again now)")
+    from trading_ops.clients.reconciler import ask
+
+    answer = ask(config, args, "reconciler resume", "POST", "/api/v1/resume")
+    if answer is None:
+        return EXIT_FAILURE
+    print(f"reconciler resumed ({answer.get('episodes_woken', 0)} parked episode(s) looked at again now)")
     return EXIT_OK
 
 
@@ -546,8 +553,15 @@ def _register_circuits(inner: Any) -> None:
     circuits.add_argument("--json", action="store_true", help="print JSON")
     circuits.set_defaults(handler=circuits_list)
     cinner = circuits.add_subparsers(dest="circuits_command", metavar="ACTION")
-    reset = cinner.add_parser("reset", help="close a target's circuit and restart its action budget (audited)")
+    reset = cinner.add_parser(
+        "reset",
+        help="close a target's circuit and restart its action budget (audited)",
+        description="Close a target's open circuit through the reconciler's API (POST /api/v1/circuits/TARGET/reset) "
+        "with your own token of scope operate (--token-file, $TRADING_OPS_TOKEN_FILE or $TRADING_OPS_TOKEN): the "
+        "audit entry names that token. Exit 0 closed, 1 not open, refused or no reconciler answered, 2 bad usage.",
+    )
     reset.add_argument("target", help="the target (an alert's instance), or * for the global budget")
+    add_token_options(reset)
     reset.set_defaults(handler=circuits_reset)
 
 
@@ -579,26 +593,18 @@ def circuits_list(args: argparse.Namespace, config: Config) -> int:
 
 
 def circuits_reset(args: argparse.Namespace, config: Config) -> int:
-    import getpass
-    import socket
+    from datetime import datetime
+    from urllib.parse import quote
 
-    from trading_ops.db.base import utcnow
+    from trading_ops.clients.reconciler import ask
 
     target = args.target
     if not target or len(target) > 255 or not target.isprintable():
         raise UsageError(f"circuits reset: not a target name: {target[:40]!r}")
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    ledger = _ledger(config)
-    try:
-        until = ledger.reset_circuit(target, f"{user}@{socket.gethostname()}", utcnow())
-    finally:
-        ledger.engine.dispose()
-    if until is None:
-        print(f"trading-ops: circuits reset: no open circuit for {target!r}", file=sys.stderr)
+    answer = ask(config, args, "circuits reset", "POST", f"/api/v1/circuits/{quote(target, safe='')}/reset")
+    if answer is None:
         return EXIT_FAILURE
+    until = datetime.fromisoformat(answer["was_open_until"])
     print(f"circuit of {target} closed (was open until {until:%Y-%m-%d %H:%M:%S} UTC); its action budget restarts now")
     return EXIT_OK
 

@@ -462,6 +462,8 @@ def build_app_config(
         }
         for name, port in zip(names, bot_ports, strict=True)
     ]
+    if bot_kind == FREQTRADE_BOT_KIND:
+        _trust_decisions(data, names[0])
     fleet = _fleet(data, base, layout, names, bot_ports) if len(bot_ports) > 1 else {}
     config, databases = _write_configs(source, layout, data, fleet)
     return AppConfig(
@@ -575,6 +577,16 @@ def _wire_tokens(bot: dict[str, Any], rc: dict[str, Any], base: Path, bot_port: 
     rc["read_token_file"] = str(tokens.read)
     rc["listen"] = {"host": HOST, "port": ports.reconciler}
     return tokens
+
+
+def _trust_decisions(data: dict[str, Any], name: str) -> None:
+    """The sidecar trusts the keys the stack's bot section trusts (the reconciler's), and its target is the bot
+    `name` of bots[]: a loss-limit halt of the stack's freqtrade clears on the decision the reconciler signs for it."""
+    section = data["freqtrade"]
+    keys = data.get("bot", {}).get("decision_keys")
+    if not section.get("decision_keys") and isinstance(keys, list):
+        section["decision_keys"] = list(keys)
+    section["targets"][FREQTRADE_TARGET].setdefault("bot", name)
 
 
 def _wire_decision_key(bot: dict[str, Any], rc: dict[str, Any], base: Path) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -30,11 +33,17 @@ from trading_ops.integrations.freqtrade.order_flow import OrderFlow
 from trading_ops.integrations.freqtrade.poller import FreqtradePoller, News, Snapshot
 from trading_ops.integrations.freqtrade.stream_state import StreamState
 from trading_ops.integrations.freqtrade.venue_link import VenueLink
+from trading_ops.integrations.halt_gate import GateLabels, HaltGate
 from trading_ops.scopes import TokenSet
 
 if TYPE_CHECKING:  # ccxt is imported only by a sidecar that reconciles
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from trading_ops.integrations.freqtrade.reconcile import FreqtradeReconciler
     from trading_ops.venues.ccxt.rest import CcxtBroker
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,6 +92,9 @@ class FreqtradeSidecar:
         reconcile_confirm: float | None = None,
         log_file: str | None = None,
         stream: bool = False,
+        decision_keys: list[Ed25519PublicKey] | None = None,
+        data_dir: Path | None = None,
+        bot: str = "",
     ) -> None:
         if not token:
             raise ValueError("the control API needs a bearer token")
@@ -103,7 +115,15 @@ class FreqtradeSidecar:
                 self.reconciler.confirm = reconcile_confirm
         reconcile = self.reconciler.command if self.reconciler is not None else None
         probe = venue_probe(broker) if broker is not None else None
-        self.control = FreqtradeControl(self.poller, reconcile, heartbeat_timeout, probe)
+        if data_dir is None:
+            # A library caller without one: the halt's reason and the spent decisions last as long as the process.
+            data_dir = Path(tempfile.mkdtemp(prefix="trading-ops-sidecar-"))
+            log.warning(
+                "freqtrade sidecar %s: no data_dir: its halt and spent decisions are kept in %s", name, data_dir
+            )
+        # A halt whose reason names a loss limit clears only on a decision the reconciler signed for this bot.
+        self.halts = HaltGate(list(decision_keys or []), data_dir, GateLabels(registry, "freqtrade", name), bot or name)
+        self.control = FreqtradeControl(self.poller, reconcile, heartbeat_timeout, probe, self.halts)
         self.state = _StateView(self.poller)
         self.link = VenueLink()
         self.flow = OrderFlow()

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 from trading_ops.cli import UsageError
@@ -45,6 +46,9 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
             "no token: give control_tokens, or control_token_file or control_token_env (or set "
             "TRADING_OPS_CONTROL_TOKEN)",
         )
+    from trading_ops.bot.decision_gate import load_trusted
+
+    keys = load_trusted(section.decision_keys, config, "freqtrade.decision_keys")
     sidecars = []
     for name, target in section.targets.items():
         if only and name not in only:
@@ -76,6 +80,9 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
                 reconcile_interval=section.reconcile_interval_seconds,
                 log_file=target.log_file or None,
                 stream=target.stream,
+                decision_keys=keys,
+                data_dir=Path(section.data_dir) / name,
+                bot=target.bot or name,
             )
         )
     return sidecars

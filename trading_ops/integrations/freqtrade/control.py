@@ -17,6 +17,7 @@ from trading_ops.bot.metrics import PREFIX
 from trading_ops.bot.state import TradingState, TransitionRefused
 from trading_ops.integrations.freqtrade.client import FreqtradeRefused, FreqtradeUnavailable
 from trading_ops.integrations.freqtrade.poller import STATES, FreqtradePoller
+from trading_ops.integrations.halt_gate import HaltGate
 from trading_ops.scopes import DESTRUCTIVE
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,10 @@ class FreqtradeControl:
         reconcile: CommandHandler | None = None,
         heartbeat_timeout: float = 15.0,
         probe: VenueProbe | None = None,
+        halts: HaltGate | None = None,
     ) -> None:
         self.poller = poller
+        self.halts = halts
         self.client = poller.client
         self.heartbeat_timeout = heartbeat_timeout
         self._probe = probe
@@ -201,14 +204,29 @@ class FreqtradeControl:
             )
         return await self._transition("resume", "/start")
 
-    async def _halt(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return await self._transition("halt", "/stop")
+    async def _halt(self, args: dict[str, Any]) -> dict[str, Any]:
+        result = await self._transition("halt", "/stop")
+        if self.halts is not None and result["state"] == TradingState.HALTED.value:
+            # Why it halted, kept: a halt naming a loss limit clears only on a signed decision (_clear_halt).
+            self.halts.halted(str(args.get("reason") or ""), result["previous_state"] != TradingState.HALTED.value)
+        return result
 
-    async def _clear_halt(self, _args: dict[str, Any]) -> dict[str, Any]:
+    async def _clear_halt(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Leave the halt (freqtrade's /pause from stopped: it lands paused). A halt whose reason names a loss limit
+        (`risk limit daily_loss ...`) leaves only on a clear_halt decision the reconciler signed for this bot
+        ({"decision": SIGNED}), verified and spent once (403 otherwise, freqtrade untouched)."""
         state = await self._current()
         if state is not TradingState.HALTED:
             raise CommandRefused("clear_halt", state, f"freqtrade is not stopped (halted) but {state.value}")
-        return await self._transition("clear_halt", "/pause")
+        decision = self.halts.check_clear(args) if self.halts is not None else None
+        if self.halts is not None:
+            self.halts.spend(decision)
+        result = await self._transition("clear_halt", "/pause")
+        if self.halts is not None and result["state"] != TradingState.HALTED.value:
+            self.halts.cleared()
+        if decision is not None:
+            result["decision"] = decision.id
+        return result
 
     async def _reconnect(self, _args: dict[str, Any]) -> dict[str, Any]:
         if self._probe is None:

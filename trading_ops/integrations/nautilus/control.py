@@ -21,6 +21,7 @@ from nautilus_trader.model.enums import OrderStatus, TradingState
 from trading_ops.bot.broker import BrokerError
 from trading_ops.bot.state import TradingState as OpsState
 from trading_ops.bot.state import TransitionRefused
+from trading_ops.integrations.halt_gate import HaltGate
 from trading_ops.integrations.nautilus.exporter import NautilusExporter, ops_state
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,12 @@ class NautilusControl:
         exporter: NautilusExporter,
         refresh: Callable[[], None],
         heartbeat_age: Callable[[], float | None],
+        *,
+        halts: HaltGate,
     ) -> None:
         self._trader = trader
+        # Why the node is halted, and the signed decision a loss limit's halt needs to clear (HaltGate).
+        self.halts = halts
         self._exporter = exporter
         self._refresh = refresh
         self._heartbeat_age = heartbeat_age
@@ -174,19 +179,27 @@ class NautilusControl:
         self._set_trading_state(TradingState.REDUCING)
         return self._changed(before)
 
-    async def _halt(self, _args: dict[str, Any]) -> dict[str, Any]:
+    async def _halt(self, args: dict[str, Any]) -> dict[str, Any]:
         before = self.state()
         self._set_trading_state(TradingState.HALTED)
+        self.halts.halted(str(args.get("reason") or ""), before is not OpsState.HALTED)
         return self._changed(before)
 
-    async def _clear_halt(self, _args: dict[str, Any]) -> dict[str, Any]:
+    async def _clear_halt(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Leave the kill switch, into paused. A halt whose reason names a loss limit (the controller's daily loss
+        limit, or a `halt` that said so) leaves only on a clear_halt decision the reconciler signed for this bot
+        ({"decision": SIGNED}), verified and spent once; 403 otherwise, the node left halted."""
         before = self.state()
         if before is not OpsState.HALTED:
             raise CommandRefused("clear_halt", before, f"the node is not halted but {before.value}")
+        decision = self.halts.check_clear(args)
+        self.halts.spend(decision)
         # Leaving the kill switch lands in paused, never straight in active: the strategies stop first.
         stopped = self._stop_strategies()
         self._set_trading_state(TradingState.ACTIVE)
-        return self._changed(before, strategies_stopped=stopped)
+        self.halts.cleared()
+        extra = {"decision": decision.id} if decision is not None else {}
+        return self._changed(before, strategies_stopped=stopped, **extra)
 
     # -- orders and positions --------------------------------------------------------------------------------------
     async def _cancel_all(self, _args: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,10 @@ from nautilus_trader.trading.controller import Controller
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.control import COMMAND_SCOPES, SOURCE_RISK, Caller
+from trading_ops.bot.risk import DAILY_LOSS
 from trading_ops.bot.state import TradingState as OpsState
+from trading_ops.decisions import load_public_key
+from trading_ops.integrations.halt_gate import HaltGate
 from trading_ops.integrations.nautilus.control import NautilusControl
 from trading_ops.integrations.nautilus.exporter import NautilusExporter
 from trading_ops.integrations.nautilus.server import ServerThread, on_loop
@@ -39,7 +43,10 @@ class TradingOpsControllerConfig(ControllerConfig, frozen=True, kw_only=True):
     the configuration itself. `venue` and `strategy` are the `venue` and `strategy` labels of the families (default:
     the venue of the first execution client, the trader id). Realized and unrealized P&L are summed in
     `quote_currency`; `daily_loss_limit` (positive, that currency) halts the node (the RiskEngine's HALTED) when the
-    day's loss reaches it, as the library's in-process limit does."""
+    day's loss reaches it, as the library's in-process limit does. Such a halt (or a `halt` whose reason names a loss
+    limit) clears only on a clear_halt decision the reconciler signed for `bot` (default: the `strategy` label) with
+    a key of `decision_keys` (as bot.decision_keys: PEM files or `ed25519:...`); `data_dir` keeps the halt's reason and
+    the decisions acted on (default: a folder of the process's temporary directory, which a restart may lose)."""
 
     host: str = "127.0.0.1"
     port: int = 9310
@@ -53,6 +60,9 @@ class TradingOpsControllerConfig(ControllerConfig, frozen=True, kw_only=True):
     heartbeat_interval_seconds: float = 1.0
     heartbeat_timeout_seconds: float = 15.0
     market_data_stale_seconds: float = 10.0
+    decision_keys: tuple[str, ...] = ()
+    data_dir: str | None = None
+    bot: str | None = None
 
 
 def controller_config(**config: Any) -> ImportableControllerConfig:
@@ -189,7 +199,10 @@ class TradingOpsController(Controller):
         if trader._exec_engine.reconciliation:
             # A live node starts its trader (and so this controller) only once its execution reconciliation passed.
             self.exporter.reconciliation.run("startup", "clean", time.time())
-        self.control = NautilusControl(trader, self.exporter, self._tick, self.heartbeat_age)
+        strategy = config.strategy or trader.trader_id.value
+        self.control = NautilusControl(
+            trader, self.exporter, self._tick, self.heartbeat_age, halts=self._halt_gate(strategy)
+        )
         self.msgbus.subscribe(topic="events.order.*", handler=self._on_order_event)
         self.msgbus.subscribe(topic="events.position.*", handler=self._on_change)
         self.msgbus.subscribe(topic="events.risk", handler=self._on_change)
@@ -227,6 +240,14 @@ class TradingOpsController(Controller):
         if self.server is not None:
             self.server.stop()
             self.server = None
+
+    def _halt_gate(self, strategy: str) -> HaltGate:
+        """What a clear_halt of a loss-limit halt checks: a decision signed for this bot by a trusted key."""
+        config = self.ops_config
+        keys = [load_public_key(value, None, f"decision_keys[{i}]") for i, value in enumerate(config.decision_keys)]
+        data_dir = Path(config.data_dir) if config.data_dir else Path(tempfile.gettempdir()) / "trading-ops-nautilus"
+        assert self.exporter is not None
+        return HaltGate(keys, data_dir / self._trader.trader_id.value, self.exporter.metrics, config.bot or strategy)
 
     def _first_venue(self) -> str:
         for client in self._trader._exec_engine._clients.values():
@@ -280,6 +301,8 @@ class TradingOpsController(Controller):
         loss = -(self.exporter.realized + self.exporter.unrealized)
         if loss >= limit and control.risk_engine.trading_state != TradingState.HALTED:
             log.warning("daily loss %.2f reached the limit %.2f: halting the node", loss, limit)
+            # The runtime's words: a person clears it, on a decision others approved (HaltGate).
+            control.halts.halted(f"risk limit {DAILY_LOSS}: loss {loss:.2f} >= {limit:.2f}", True)
             control.risk_engine.set_trading_state(TradingState.HALTED)
             self.exporter.metrics.control_command("halt", SOURCE_RISK)
 
