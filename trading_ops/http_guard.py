@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web, web_protocol
 
+from trading_ops.db.errors import NOT_MIGRATED, database_problem
 from trading_ops.http_input import InputError
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,13 @@ def guard(app: web.Application, headers_of: HeadersOf | None = None, render: Ren
             if exc.status >= 500:
                 return render(request, exc.status, exc.reason)
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("%s %s from %s failed", request.method, request.path[:MAX_LOGGED_PATH], request.remote)
+            # A table or column of a later migration missing (the database taken back a revision under a running
+            # server): the one line to act on, not an internal error a client cannot tell from a bug.
+            problem = database_problem(exc, None)
+            if problem is not None and problem.message == NOT_MIGRATED:
+                return render(request, 503, f"the server's {NOT_MIGRATED}")
             return render(request, 500, "internal error (logged)")
 
     async def add_headers(request: web.Request, response: web.StreamResponse) -> None:

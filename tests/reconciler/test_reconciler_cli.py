@@ -30,7 +30,9 @@ from webhook_payloads import alert, payload, starts
 from trading_ops import audit
 from trading_ops.cli import main
 from trading_ops.config import parse_config
+from trading_ops.db import migrate
 from trading_ops.db.base import make_engine
+from trading_ops.db.errors import NOT_MIGRATED
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.intake import validate
@@ -651,14 +653,18 @@ def test_the_reconciler_tells_systemd_it_is_ready_only_once_its_ledger_answers(
         sock.close()
 
 
-@pytest.mark.parametrize("problem", ["unreachable", "not-migrated"])
+@pytest.mark.parametrize("problem", ["unreachable", "not-migrated", "behind"])
 def test_a_reconciler_whose_database_does_not_answer_never_says_ready(
     tmp_path: Path, sqlite_url: str, problem: str
 ) -> None:
     """What left the unit `active` (Type=exec) for a second before it failed: no READY=1, no "listening" line, the
-    one-line error, exit 1 (2 for missing tables: a step of the install is missing)."""
+    one-line error, exit 1 (2 for a ledger never migrated or behind the head: a step of the install or upgrade is
+    missing). Behind: at 0018, without the requests and audit tables, it served, and `readiness --record` got
+    "internal error (logged)" from a `no such table` (issue 55)."""
     # A PostgreSQL that is not there (nothing listens on port 1): refused at once.
     url = "postgresql+psycopg://trading@127.0.0.1:1/trading" if problem == "unreachable" else sqlite_url
+    if problem == "behind":
+        migrate.upgrade(sqlite_url, "0018")
     proc, sock = serve_under_notify(tmp_path, url, free_port())
     try:
         _, stderr = proc.communicate(timeout=60)
@@ -673,4 +679,5 @@ def test_a_reconciler_whose_database_does_not_answer_never_says_ready(
     if problem == "unreachable":
         assert proc.returncode == 1 and "database unreachable" in last, stderr
     else:
-        assert proc.returncode == 2 and "the ledger tables are missing" in last, stderr
+        assert proc.returncode == 2, stderr
+        assert last == f"trading-ops: config: database.url: {NOT_MIGRATED}", stderr

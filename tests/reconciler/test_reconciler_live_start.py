@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 import yaml
 from alertmanager_server import Alertmanager
 from fake_bot import FakeBot
@@ -298,3 +299,34 @@ async def test_one_other_person_by_default_and_the_requester_never_counts(
     assert resp.status == 200, await resp.text()
     resp = await client.get(PATH, headers=bearer("bob"))
     assert resp.status == 409 and "waits for its approval" in (await resp.json())["error"]
+
+
+async def test_record_on_a_ledger_taken_back_a_migration_under_the_reconciler_is_one_line(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    capsys: Any,
+) -> None:
+    """`readiness --record` when the reconciler's ledger lacks the tables of a later migration (taken back to 0018
+    under a running reconciler; one behind the head never starts: test_reconciler_cli.py): one line naming the fix,
+    exit 1, nothing recorded, never "internal error (logged)" from a `no such table` (issue 55)."""
+    from trading_ops.db import migrate
+
+    config, _trusted = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, 1)
+    client = await aiohttp_client(create_app(load_config(config)))
+    await asyncio.to_thread(migrate.downgrade, migrated_sqlite, "0018")
+    capsys.readouterr()
+    assert await cli(config, client, "alice", "readiness", "paper-1", "--record", "--reason", "ready on paper") == 1
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("trading-ops: ")]
+    assert lines == [
+        "trading-ops: readiness: --record: the server's database is not migrated: run `trading-ops db upgrade`"
+    ], lines
+    # Over HTTP: a 503 with that line; nothing was made of the request (its table is still absent).
+    resp = await client.post(PATH, json={"reason": "ready on paper"}, headers=bearer("alice"))
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "the server's database is not migrated: run `trading-ops db upgrade`"
+    engine = client.app[keys.LEDGER].engine
+    tables = await asyncio.to_thread(lambda: set(sqlalchemy.inspect(engine).get_table_names()))
+    assert "reconciler_requests" not in tables and "reconciler_episodes" in tables, tables

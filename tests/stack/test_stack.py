@@ -30,9 +30,11 @@ from typing import Any
 
 import pytest
 import yaml
+from alertmanager_server import start_alertmanager
 from make_run_checkout import make_checkout
 from ports import free_port, free_ports
 from secret_file import write_secret
+from server_process import stop
 from system_binaries import GENERATIONS, REPO_ROOT, Generation, require_binary, run_binary
 from up_process import CHILDREN, STARTED_RE, STARTUP_SECONDS, STOP_SECONDS, UpProcess, alive
 
@@ -877,6 +879,37 @@ def test_status_line_lists_critical_alerts_first() -> None:
         "alerts firing: 5 (TradingBotDailyLossBreached [critical], TradingBotHighOrderRejectRate x2, "
     )
     assert line.split(" | ")[0].endswith(", +1 more)")
+
+
+def test_status_line_names_every_critical_alert_a_real_alertmanager_holds(tmp_path: Path) -> None:
+    """The issue's case end to end: a real Alertmanager holds five critical alerts (one of them also firing as a
+    warning elsewhere: its most severe counts) and four warnings; the status line read from it names every critical
+    one and counts only the warnings in "+N more" (docs/local-stack.md: critical alerts are never hidden)."""
+    import aiohttp
+
+    from trading_ops.stack.status import fetch
+
+    require_binary("prometheus-alertmanager")
+    am = start_alertmanager(tmp_path / "am")
+    try:
+        critical = [f"TradingBotCritical{i}" for i in range(4)] + ["TradingBotDown"]
+        warnings = [f"TradingBotWarning{i}" for i in range(4)]
+        alerts = [{"labels": {"alertname": n, "severity": "critical", "instance": "a:9101"}} for n in critical]
+        alerts += [{"labels": {"alertname": n, "severity": "warning", "instance": "a:9101"}} for n in warnings]
+        alerts.append({"labels": {"alertname": "TradingBotDown", "severity": "warning", "instance": "b:9101"}})
+        am.post_alerts(alerts)
+
+        async def line() -> str:
+            async with aiohttp.ClientSession() as session:
+                return render(await fetch(session, [am.url], None, None)).split(" | ")[0]
+
+        shown = asyncio.run(line())
+        assert shown.startswith("alerts firing: 10 ("), shown
+        assert all(f"{name} [critical]" in shown for name in critical[:4]), shown
+        assert "TradingBotDown x2 [critical]" in shown, shown
+        assert shown.endswith(", +4 more)") and not any(w in shown for w in warnings), shown
+    finally:
+        stop(am.proc)
 
 
 def test_status_line_never_hides_a_critical_alert_behind_more() -> None:

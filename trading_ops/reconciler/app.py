@@ -14,13 +14,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from sqlalchemy import inspect, make_url, text
+from sqlalchemy import make_url, text
 
 from trading_ops.bearer import bearer_matches
 from trading_ops.clients.alertmanager import AlertmanagerClient
 from trading_ops.clients.notify import Notifier
 from trading_ops.config import Config, ConfigError, resolve_secret, resolve_tokens
 from trading_ops.db.base import make_engine, utcnow
+from trading_ops.db.revisions import schema_problem
 from trading_ops.db.states import CLOSED_STATES, OPEN_STATES
 from trading_ops.http_guard import guard
 from trading_ops.http_input import InputError, parse_id, parse_limit, read_body, read_json, read_json_object
@@ -223,9 +224,11 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         connect_args=ledger_connect_args(url, config.reconciler.lease_seconds),
     )
     try:
-        tables = await asyncio.to_thread(lambda: set(inspect(engine).get_table_names()))
-        if "reconciler_episodes" not in tables:
-            raise ConfigError("database.url", "the ledger tables are missing: run `trading-ops db upgrade` first")
+        # Never migrated, or behind the Alembic head (a table of a later migration missing: its requests, its audit
+        # chain): refused at start in one line, as a bot and the paper venue refuse, never a 500 per request later.
+        problem = await asyncio.to_thread(schema_problem, engine)
+        if problem is not None:
+            raise ConfigError("database.url", problem)
         app[keys.LEDGER] = Ledger(engine, retention=timedelta(days=config.reconciler.retention_days))
         yield
     finally:
