@@ -158,32 +158,38 @@ class BinanceDialect:
 
     # -- faults -----------------------------------------------------------------------------------------------
     async def inject(self, fault: str, args: Mapping[str, Any]) -> dict[str, Any]:
-        if fault == "binance_weight_exhausted":
-            return {"weight_exhausted_for_seconds": round(self.weights.exhaust(), 3)}
-        if fault == "binance_listen_key_expired":
-            expired = self.users.expire(every=True)
-            return {"listen_keys_expired": len(expired), "subscriptions_terminated": self.users.terminate()}
-        if fault == "binance_depth_gap":
-            count = whole(args, "count", 1, 1, 1_000_000)
-            symbol = args.get("symbol")
-            if symbol is not None and symbol not in self.symbols.by_symbol:
-                raise ValueError(f"symbol must be one of {', '.join(self.symbols.by_symbol)}")
-            books = (
-                [self.market.books[self.symbols.by_symbol[symbol].id]] if symbol else list(self.market.books.values())
-            )
-            for book in books:
-                book.skip(count)
-            return {"depth_gap": count, "symbols": [b.symbol.symbol for b in books]}
-        if fault == "binance_user_stream_silent":
-            return {"user_streams_silenced": self.users.silence(flag(args, "persistent"))}
-        if fault == "binance_user_stream_refused":
-            self.users.refuse_new = True
-            return {"user_streams_refused": True}
-        if fault == "binance_clock_drift":
-            return self.faults.set_drift(args)
-        if fault == "binance_filter_refusal":
-            return self.faults.set_refusals(args)
-        raise ValueError(f"unknown fault {fault}")
+        faults: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+            "binance_weight_exhausted": lambda _: {"weight_exhausted_for_seconds": round(self.weights.exhaust(), 3)},
+            "binance_listen_key_expired": self._expire_listen_keys,
+            "binance_depth_gap": self._depth_gap,
+            "binance_user_stream_silent": lambda a: {
+                "user_streams_silenced": self.users.silence(flag(a, "persistent"))
+            },
+            "binance_user_stream_refused": self._refuse_user_streams,
+            "binance_clock_drift": self.faults.set_drift,
+            "binance_filter_refusal": self.faults.set_refusals,
+        }
+        if fault not in faults:
+            raise ValueError(f"unknown fault {fault}")
+        return faults[fault](args)
+
+    def _expire_listen_keys(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        expired = self.users.expire(every=True)
+        return {"listen_keys_expired": len(expired), "subscriptions_terminated": self.users.terminate()}
+
+    def _depth_gap(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        count = whole(args, "count", 1, 1, 1_000_000)
+        symbol = args.get("symbol")
+        if symbol is not None and symbol not in self.symbols.by_symbol:
+            raise ValueError(f"symbol must be one of {', '.join(self.symbols.by_symbol)}")
+        books = [self.market.books[self.symbols.by_symbol[symbol].id]] if symbol else list(self.market.books.values())
+        for book in books:
+            book.skip(count)
+        return {"depth_gap": count, "symbols": [b.symbol.symbol for b in books]}
+
+    def _refuse_user_streams(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        self.users.refuse_new = True
+        return {"user_streams_refused": True}
 
     def clear(self) -> None:
         self.faults.clear()
