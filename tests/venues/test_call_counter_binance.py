@@ -85,6 +85,46 @@ async def test_a_429_stops_every_call_until_its_retry_after_so_the_bot_never_ear
     assert (await broker.balances()) and budget.stop_seconds() == 0
 
 
+async def test_a_1015_stops_new_orders_alone_and_the_cancels_lookups_and_markets_go_on(
+    setup: tuple[BinanceDialect, str, CcxtBroker, WeightBudget, Clock],
+) -> None:
+    """The order counts are the account's, not the IP's weight: past them (-1015, a 429) only new orders wait for the
+    window's end. A resting order is still canceled, the open orders looked up, the markets loaded again (a
+    resubscribe's and a reconnect's calls), where a stop of every call had made a bot's remedy fail with 503."""
+    dialect, _base, broker, budget, clock = setup
+    dialect.rest.weights.orders_10s = 2
+    price = Decimal("1000.00")
+
+    def bid(n: int) -> OrderRequest:
+        return OrderRequest(
+            client_order_id=f"oc-{n}",
+            symbol="BTC-USD",
+            side=Side.BUY,
+            order_type=OrderType.LIMIT,
+            quantity=Decimal("0.01"),
+            price=price,
+        )
+
+    first = await broker.submit(bid(1))
+    await broker.submit(bid(2))
+    with pytest.raises(BrokerError, match="Too many new orders") as refused:
+        await broker.submit(bid(3))
+    assert refused.value.error_class == "rate_limit" and budget.refusals == 1
+    assert budget.stop_seconds() == 0  # nothing else stopped
+    sent = dict(dialect.rest.calls)
+    with pytest.raises(BrokerError, match="order count past its limit") as held:
+        await broker.submit(bid(4))
+    assert held.value.error_class == "rate_limit" and dialect.rest.calls == sent  # held, never sent
+    assert len(await broker.open_orders()) == 2
+    canceled = await broker.cancel(first.client_order_id)
+    assert canceled.status.value == "canceled"
+    await broker.resubscribe()  # the markets loaded again and the quotes asked
+    assert await broker.balances()
+    dialect.rest.weights.orders_10s = 100
+    clock.now += 11  # the order count's window passed
+    assert (await broker.submit(bid(5))).client_order_id == "oc-5"
+
+
 async def test_a_418_ban_stops_every_call_until_its_retry_after_and_is_exported(
     setup: tuple[BinanceDialect, str, CcxtBroker, WeightBudget, Clock],
 ) -> None:

@@ -172,10 +172,18 @@ def heal(watching: Monitoring, instance: str, alert: str, fault: Callable[[], An
     until(f"{alert} fires", lambda: bool(watching.query(firing)), DEADLINE_SECONDS)
     fired = time.monotonic()
 
-    def acting() -> bool:
-        return any(e["attempts"] for e in watching.episodes(alert) if e["id"] not in known)
+    def resubscribed() -> bool:
+        # Its resubscribe done, not just begun: one refused (the venue's weight spent by the bot's own healing, a 429
+        # for a second) is tried again while the fault lasts; cleared then, the alert would end the episode unhealed.
+        return any(
+            step["outcome"] == "success" and "command=resubscribe" in step["description"]
+            for e in watching.episodes(alert)
+            if e["id"] not in known
+            for attempt in e["attempts"]
+            for step in attempt.get("steps", [])
+        )
 
-    until(f"the reconciler acts on {alert}", acting, DEADLINE_SECONDS)
+    until(f"the reconciler's resubscribe for {alert} done", resubscribed, DEADLINE_SECONDS)
     clear()
     episodes = until(f"the {alert} episodes end", lambda: ended_after(watching, alert, known), DEADLINE_SECONDS)
     assert not [e for e in episodes if e["state"] in ("escalated", "failed")], json.dumps(episodes)

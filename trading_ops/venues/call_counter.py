@@ -373,6 +373,12 @@ WEIGHT_HEADER = "x-mbx-used-weight-1m"
 # the rest of the minute is kept for cancels, submits and a reconciliation, never spent on looking.
 WEIGHT_POLL_FLOOR = 0.3
 ORDER_COUNT_HEADERS = {"x-mbx-order-count-10s": 10.0, "x-mbx-order-count-1d": 86_400.0}
+# What places a new order (what Binance's order counts count): a -1015 stops these alone. Cancels, queries and market
+# data go on: the order counts are the account's, not the IP's weight, and a cancel is the protective call.
+NEW_ORDER_PATHS = frozenset(
+    {"order", "order/oco", "order/cancelReplace", "orderList/oco", "orderList/oto", "orderList/otoco", "sor/order"}
+)
+TOO_MANY_ORDERS = "-1015"
 
 
 class WeightBudget:
@@ -380,10 +386,12 @@ class WeightBudget:
     the weight the IP used this minute (`X-MBX-USED-WEIGHT-1M`), an order's the account's order counts
     (`X-MBX-ORDER-COUNT-10S`, `-1D`); the budget keeps the last of each with the window it was read in (a reading from
     an earlier window counts as 0: Binance's windows are whole minutes, whole 10 s, days). `headroom` is the least room
-    of the three. A 429 (weight or orders past the limit) or a 418 (the IP banned) stops every call, public and
-    private, until its `Retry-After`: calls meanwhile are refused at once with BudgetExhausted (a `rate_limit` error),
-    never sent, since Binance bans an IP that keeps calling after its 429s and lengthens the ban of one that calls while
-    banned. `ban_seconds` is what is left of a 418's ban (the bot exports it: it pages)."""
+    of the three. A 429 for the weight or a 418 (the IP banned) stops every call, public and private, until its
+    `Retry-After`: calls meanwhile are refused at once with BudgetExhausted (a `rate_limit` error), never sent, since
+    Binance bans an IP that keeps calling after its 429s and lengthens the ban of one that calls while banned. A 429
+    for the order counts (-1015, the account's, not the IP's) stops new orders alone until its window ends: cancels,
+    lookups, a reconnect's markets go on. `ban_seconds` is what is left of a 418's ban (the bot exports it: it
+    pages)."""
 
     def __init__(
         self,
@@ -404,6 +412,7 @@ class WeightBudget:
         self._wall = wall
         self._readings: dict[str, tuple[int, float]] = {}  # header -> (value, the window's start, wall time)
         self.stopped_until = 0.0  # clock() until which no call is sent (a 429's or a 418's Retry-After)
+        self.orders_stopped_until = 0.0  # clock() until which no new order is sent (a -1015's window)
         self.banned_until = 0.0  # clock() until which the IP is banned (a 418's)
         self.refusals = 0  # 429s answered
         self.bans = 0  # 418s answered
@@ -447,17 +456,33 @@ class WeightBudget:
         """Seconds left of a 418's ban (0: none)."""
         return max(0.0, self.banned_until - self._clock())
 
-    def check(self, path: str) -> None:
-        """Raise BudgetExhausted, sending nothing, while calls are stopped."""
+    def check(self, path: str, method: str = "GET") -> None:
+        """Raise BudgetExhausted, sending nothing, while calls are stopped (or, for a new order, while orders are)."""
         wait = self.stop_seconds()
         if wait > 0:
             self.held += 1
             banned = "the IP is banned (418)" if self.ban_seconds() > 0 else "past the limit (429)"
             raise BudgetExhausted(f"{path}: Binance {banned}: no call for {wait:.0f} s more")
+        orders_wait = self.orders_stopped_until - self._clock()
+        if orders_wait > 0 and method.upper() == "POST" and path in NEW_ORDER_PATHS:
+            self.held += 1
+            raise BudgetExhausted(
+                f"{path}: Binance's order count past its limit (429): no new order for {orders_wait:.0f} s more"
+            )
 
-    def refused(self, status: int, headers: Mapping[str, Any] | None) -> None:
-        """A 429 or 418: stop every call until its Retry-After (at least a second)."""
+    def refused(self, status: int, headers: Mapping[str, Any] | None, orders_only: bool = False) -> None:
+        """A 429 or 418: stop every call until its Retry-After (at least a second). `orders_only` (a -1015: the order
+        counts past their limit): stop new orders alone, until the Retry-After or else the 10 s window's end."""
         lower = {str(k).lower(): v for k, v in (headers or {}).items()}
+        if orders_only:
+            now_wall = self._wall()
+            window_left = 10.0 - now_wall % 10.0
+            raw = str(lower.get("retry-after", window_left))
+            seconds = float(raw) if raw.replace(".", "", 1).isdigit() else window_left
+            self.orders_stopped_until = max(self.orders_stopped_until, self._clock() + max(1.0, seconds))
+            self.refusals += 1
+            self.observe(headers)
+            return
         raw = str(lower.get("retry-after", "1"))
         seconds = float(raw) if raw.replace(".", "", 1).isdigit() else 1.0
         until = self._clock() + max(1.0, seconds)
@@ -480,13 +505,14 @@ def install_weights(exchange: ccxt_async.Exchange, budget: WeightBudget) -> None
     ) -> Any:
         while (wait := budget.stop_seconds()) > 0 and CallBudget.patient_now():
             await asyncio.sleep(wait + 0.01)  # a start or a shutdown waits out the Retry-After
-        budget.check(path)
+        budget.check(path, method)
         try:
             result = await send(path, api, method, {} if params is None else params, {} if config is None else config)
         except ccxt_async.DDoSProtection as exc:
             if not isinstance(exc, BudgetExhausted):
                 headers = getattr(exchange, "last_response_headers", None)
-                budget.refused(418 if "banned" in str(exc) else 429, headers)
+                orders_only = TOO_MANY_ORDERS in str(exc)
+                budget.refused(418 if "banned" in str(exc) else 429, headers, orders_only=orders_only)
             raise
         budget.observe(getattr(exchange, "last_response_headers", None))
         return result
