@@ -126,6 +126,18 @@ def acknowledged(status: dict) -> int:
     return int(status["open_orders"]) - int(status.get("orders_in_flight", 0))
 
 
+def working_in(state_file: Path, symbols: list[str]) -> bool:
+    """Whether the paper venue's state file, as the bot last saved it, holds an open order."""
+    if not state_file.exists():
+        return False
+    venue = PaperVenue(symbols, seed=1)
+    try:
+        venue.load_state(state_file)
+    except (OSError, ValueError):  # read while being replaced
+        return False
+    return bool(venue.book.open)
+
+
 async def test_kill_9_while_orders_work_then_restart_reconciles_exactly_the_damage(tmp_path, monkeypatch) -> None:
     port = free_port()
     config_path = write_config(tmp_path, port)
@@ -136,6 +148,10 @@ async def test_kill_9_while_orders_work_then_restart_reconciles_exactly_the_dama
         # Two orders the venue took (open_orders also counts those sent and not yet answered: not at the venue yet).
         poll(lambda: acknowledged(post(port, "status")) >= 2)
         drift = post(port, "position_drift", {"symbol": "SOL-USD", "quantity": 3})  # a fill nobody is told about
+        # The venue's file (what survives the kill) holds a working order: killed right after reading it so.
+        loaded = load_config(config_path)
+        saved = loaded.path(loaded.bot.data_dir) / f"{loaded.bot.name}-paper-venue.json"
+        poll(lambda: working_in(saved, list(loaded.paper.symbols)))
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
     finally:
