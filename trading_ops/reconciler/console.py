@@ -43,7 +43,7 @@ from trading_ops.clients.alertmanager import AlertmanagerError
 from trading_ops.db.base import utcnow
 from trading_ops.durations import parse_duration
 from trading_ops.http_guard import API_HEADERS
-from trading_ops.ops.maintenance import ACTIVE, Maintenance, MaintenanceError, parse_matchers, silences_own_pages
+from trading_ops.ops.maintenance import ACTIVE, MaintenanceError, parse_matchers, silences_own_pages
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.actions.bot import target_token
 from trading_ops.reconciler.approvals import (
@@ -68,6 +68,7 @@ from trading_ops.reconciler.console_text import (
 )
 from trading_ops.reconciler.ledger import StoredSession
 from trading_ops.reconciler.login_throttle import LoginThrottle, LoginThrottleCollector
+from trading_ops.reconciler.operator_api import maintenance_of
 from trading_ops.reconciler.own_pages import own_alerts
 from trading_ops.scopes import APPROVE, DESTRUCTIVE, OPERATE, READ, Token, TokenSet, refusal
 from trading_ops.webconfig import app_ssl_context
@@ -952,10 +953,6 @@ async def decide(request: web.Request, session: Session, form: dict[str, str]) -
 
 
 # ---- maintenance windows --------------------------------------------------------------------------------------------
-
-
-def maintenance_of(app: web.Application) -> Maintenance:
-    return Maintenance(app[keys.CONFIG], app[keys.LEDGER].engine, app[keys.SESSION])
 
 
 async def maintenance(request: web.Request, session: Session) -> web.StreamResponse:
