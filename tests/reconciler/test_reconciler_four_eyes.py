@@ -18,13 +18,14 @@ import yaml
 from alertmanager_server import Alertmanager
 from console_client import log_in, page
 from fake_bot import FakeBot
-from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
+from people_reconciler import bearer, people_config, person_token_file
+from people_reconciler import token_of as secret
+from reconciler_server import AUTH, READ_AUTH
 from webhook_payloads import alert, payload
 
 from trading_ops import audit
 from trading_ops.cli import main
 from trading_ops.config import load_config
-from trading_ops.decisions import ensure_key_files
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.console import COOKIE
@@ -47,14 +48,6 @@ RULE = {
 }
 
 
-def secret(name: str) -> str:
-    return f"token-of-{name}-0123456789abcdef"
-
-
-def bearer(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret(name)}"}
-
-
 CLEAR_RULE = {
     **RULE,
     "name": "clear-halt",
@@ -64,44 +57,10 @@ CLEAR_RULE = {
 
 
 def write_config(tmp_path: Path, db: str, bot: FakeBot, am_url: str, approvals: dict[str, int]) -> Path:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    for name, value in (("webhook-token", TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
-        (tmp_path / name).write_text(value)
-    for person in PEOPLE:
-        (tmp_path / f"{person}-token").write_text(secret(person))
-    (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RULE, CLEAR_RULE]}))
     # The reconciler signs the promotion's decision with its key (what a real bot verifies; the fake bot takes it).
-    ensure_key_files(tmp_path / "secrets" / "decision-key", tmp_path / "decision-key.pub")
-    data = {
-        "database": {"url": db},
-        "bot": {"ramp": {"stages": STAGES}},
-        "bots": [
-            {
-                "name": "paper-1",
-                "instance": bot.url.removeprefix("http://"),
-                "url": bot.url,
-                "token_file": str(tmp_path / "bot-token"),
-            }
-        ],
-        "reconciler": {
-            "token_file": str(tmp_path / "webhook-token"),
-            "read_token_file": str(tmp_path / "read-token"),
-            "api_tokens": [
-                {"name": p, "scope": scope, "token_file": str(tmp_path / f"{p}-token")} for p, scope in PEOPLE.items()
-            ],
-            "playbook": str(tmp_path / "playbook.yml"),
-            "poll_interval_seconds": 0.05,
-            "lease_seconds": 3,
-            "check_silences": False,
-            "prometheus_url": "http://127.0.0.1:9",
-            "alertmanager_url": am_url,
-            "watchdog": {"window_seconds": 0},
-            "approvals": approvals,
-            "decision_key_file": str(tmp_path / "secrets" / "decision-key"),
-        },
-    }
-    path = tmp_path / "trading-ops.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path, _trusted = people_config(
+        tmp_path, db, bot, am_url, people=PEOPLE, rules=[RULE, CLEAR_RULE], approvals=approvals, stages=STAGES
+    )
     return path
 
 
@@ -143,7 +102,7 @@ async def ask_and_deliver(client: Any, am: Alertmanager, person: str, stage: str
 
 async def cli_decide(config: Path, client: Any, person: str, *args: str) -> int:
     url = str(client.make_url("")).rstrip("/")
-    argv = ["-c", str(config), "reconciler", *args, "--token-file", str(config.parent / f"{person}-token")]
+    argv = ["-c", str(config), "reconciler", *args, "--token-file", str(person_token_file(config.parent, person))]
     return await asyncio.to_thread(main, [*argv, "--url", url])
 
 

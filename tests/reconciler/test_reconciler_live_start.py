@@ -19,17 +19,15 @@ import yaml
 from alertmanager_server import Alertmanager
 from fake_bot import FakeBot
 from paper_helpers import TOKEN, fast_config
+from people_reconciler import bearer, people_config
 from prometheus_client import CollectorRegistry
-from reconciler_server import AUTH, BOT_TOKEN, READ_AUTH, READ_TOKEN
-from reconciler_server import TOKEN as WEBHOOK_TOKEN
-from secret_file import write_secret
+from reconciler_server import AUTH, READ_AUTH
 from webhook_payloads import alert, payload
 
 from trading_ops import audit
 from trading_ops.cli import main
 from trading_ops.config import ConfigError, load_config, parse_config
 from trading_ops.db import readiness_records as records
-from trading_ops.decisions import ensure_key_files, inline_public_key
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler import keys
 from trading_ops.reconciler.app import create_app
@@ -52,55 +50,12 @@ RULE = {
 PATH = "/api/v1/requests/live_start/paper-1"
 
 
-def secret(name: str) -> str:
-    return f"token-of-{name}-0123456789abcdef"
-
-
-def bearer(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret(name)}"}
-
-
 def write_config(base: Path, db: str, bot: FakeBot, am_url: str, required: int) -> tuple[Path, str]:
     """The reconciler's configuration (its people's tokens, the live-start rule, a signing key); and the public key a
     bot trusts, as bot.decision_keys takes it."""
-    secrets = base / "secrets"
-    for name, value in (("webhook-token", WEBHOOK_TOKEN), ("read-token", READ_TOKEN), ("bot-token", BOT_TOKEN)):
-        write_secret(secrets / name, value)
-    for person in PEOPLE:
-        write_secret(secrets / f"{person}-token", secret(person))
-    (base / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [RULE]}))
-    public = ensure_key_files(secrets / "decision-key", base / "decision-key.pub")
-    data = {
-        "database": {"url": db},
-        "bot": {"ramp": {"stages": STAGES}},
-        "bots": [
-            {
-                "name": "paper-1",
-                "instance": bot.url.removeprefix("http://"),
-                "url": bot.url,
-                "token_file": str(secrets / "bot-token"),
-            }
-        ],  # fmt: skip
-        "reconciler": {
-            "token_file": str(secrets / "webhook-token"),
-            "read_token_file": str(secrets / "read-token"),
-            "api_tokens": [
-                {"name": p, "scope": scope, "token_file": str(secrets / f"{p}-token")} for p, scope in PEOPLE.items()
-            ],
-            "playbook": str(base / "playbook.yml"),
-            "poll_interval_seconds": 0.05,
-            "lease_seconds": 3,
-            "check_silences": False,
-            "prometheus_url": "http://127.0.0.1:9",
-            "alertmanager_url": am_url,
-            "watchdog": {"window_seconds": 0},
-            "approvals": {"live_start": required},
-            "decision_key_file": str(secrets / "decision-key"),
-        },
-    }
-    path = base / "trading-ops.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path, inline_public_key(public)
+    return people_config(
+        base, db, bot, am_url, people=PEOPLE, rules=[RULE], approvals={"live_start": required}, stages=STAGES
+    )
 
 
 async def poll(fetch: Any, check: Any, what: str, tries: int = 400) -> Any:
