@@ -691,6 +691,35 @@ async def wait_for_value(probe: Any, timeout: float = 60.0) -> Any:
     return found[0]
 
 
+async def _stopped_clean_then_starts_clean(
+    text: str, config: Path, tmp_path: Path, port: int, gateway: Any, ready_timeout: float
+) -> None:
+    """The stop's log (`text`) ran every local step under its deadline and the journal holds the clean-shutdown
+    marker; then, the key's counter fresh, the bot starts again, is ready, and its start says no crash."""
+    for step in ("flush the journal", "final heartbeat with the clean-shutdown marker", "close the journal"):
+        assert f"shutdown: {step} done" in text, text[-3000:]
+    assert "shutdown deadline of" not in text and "no clean-shutdown marker" not in text, text[-3000:]
+    url = parse_config(yaml.safe_load(config.read_text())).database_url()
+    engine = make_engine(url)
+    try:
+        run = RecoveryStore(engine, BOT, VENUE).last_run()
+        assert run is not None and run.clean_shutdown, run
+    finally:
+        engine.dispose()
+    gateway.call_counter = CounterLimiter("starter")
+    again = tmp_path / "again.log"
+    async with example_bot(config, again) as proc:
+
+        async def ready() -> bool:
+            assert proc.returncode is None, again.read_text()[-3000:]
+            return await _ready(port)
+
+        await wait_for(ready, timeout=ready_timeout)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+    assert "crash" not in again.read_text().split("shutdown requested", 1)[0], again.read_text()[-3000:]
+
+
 def test_the_library_docs_show_the_example_as_it_is_and_a_configuration_on_the_gateway() -> None:
     section = LIBRARY_DOCS.read_text().split("## A whole bot on any ccxt exchange", 1)[1].split("\n## ", 1)[0]
     python, config = (re.search(rf"```{lang}\n(.*?)```", section, re.DOTALL) for lang in ("python", "yaml"))
@@ -739,33 +768,12 @@ async def test_a_sigterm_one_second_after_start_on_the_starter_tier_runs_every_l
             took = time.monotonic() - asked
         text = log.read_text()
         print(f"SIGTERM 1 s after start, Starter tier: exit {code} after {took:.1f} s")
-        for step in ("flush the journal", "final heartbeat with the clean-shutdown marker", "close the journal"):
-            assert f"shutdown: {step} done" in text, text[-3000:]
-        assert "shutdown deadline of" not in text and "no clean-shutdown marker" not in text, text[-3000:]
         last = text.strip().splitlines()[-1]
         assert code == 0 or last.startswith("ccxt_bot.py: shutdown could not confirm the cancel"), last
-        url = parse_config(yaml.safe_load(config.read_text())).database_url()
-        engine = make_engine(url)
-        try:
-            run = RecoveryStore(engine, BOT, VENUE).last_run()
-            assert run is not None and run.clean_shutdown, run
-        finally:
-            engine.dispose()
         # Started again: not a crash. The key's counter as it is once the stop's calls decayed (the start on a spent
         # counter is test_killed_then_started_again_on_the_starter_tier_...'s; waiting out the decay here, about 40 s,
         # would prove nothing about the clean-shutdown marker).
-        gateway.call_counter = CounterLimiter("starter")
-        again = tmp_path / "again.log"
-        async with example_bot(config, again) as proc:
-
-            async def ready() -> bool:
-                assert proc.returncode is None, again.read_text()[-3000:]
-                return await _ready(port)
-
-            await wait_for(ready, timeout=120)
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), STOP_SECONDS)
-        assert "crash" not in again.read_text().split("shutdown requested", 1)[0], again.read_text()[-3000:]
+        await _stopped_clean_then_starts_clean(text, config, tmp_path, port, gateway, ready_timeout=120)
 
 
 async def test_a_sigterm_while_the_start_waits_for_the_starter_tiers_budget_interrupts_it_and_shuts_down_clean(
@@ -812,31 +820,10 @@ async def test_a_sigterm_while_the_start_waits_for_the_starter_tiers_budget_inte
         assert "shutdown: no open order to cancel (the start was interrupted" in text, text[-3000:]
         assert code == 0, text[-3000:]
         assert f"bot {BOT} trading" not in text, text[-3000:]  # the start did not finish first
-        for step in ("flush the journal", "final heartbeat with the clean-shutdown marker", "close the journal"):
-            assert f"shutdown: {step} done" in text, text[-3000:]
-        assert "shutdown deadline of" not in text and "no clean-shutdown marker" not in text, text[-3000:]
-        url = parse_config(yaml.safe_load(config.read_text())).database_url()
-        engine = make_engine(url)
-        try:
-            run = RecoveryStore(engine, BOT, VENUE).last_run()
-            assert run is not None and run.clean_shutdown, run
-        finally:
-            engine.dispose()
         # Started again, the counter decayed: not a crash. The key's counter as it is once decayed (the start on a
         # spent counter is test_killed_then_started_again_on_the_starter_tier_...'s; waiting out the decay here, up to
         # 45 s, would prove nothing about the clean-shutdown marker).
-        gateway.call_counter = CounterLimiter("starter")
-        again = tmp_path / "again.log"
-        async with example_bot(config, again) as proc:
-
-            async def ready() -> bool:
-                assert proc.returncode is None, again.read_text()[-3000:]
-                return await _ready(port)
-
-            await wait_for(ready, timeout=180)
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), STOP_SECONDS)
-        assert "crash" not in again.read_text().split("shutdown requested", 1)[0], again.read_text()[-3000:]
+        await _stopped_clean_then_starts_clean(text, config, tmp_path, port, gateway, ready_timeout=180)
 
 
 async def test_a_bot_sharing_its_account_or_its_prefix_with_another_refuses_to_start(tmp_path: Path) -> None:
