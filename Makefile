@@ -37,7 +37,7 @@ RUN_DEPS := prometheus:prometheus promtool:prometheus prometheus-alertmanager:pr
 	amtool:prometheus-alertmanager
 BENCH_DEPS := wrk:wrk
 
-.PHONY: setup system-deps run-deps monitoring-lts bench-deps bytecode run test test-hosts lint typecheck bench clean lock
+.PHONY: setup system-deps run-deps monitoring-lts bench-deps bytecode run test test-deploy test-hosts lint typecheck bench clean lock
 
 setup: $(STAMP)
 
@@ -183,9 +183,18 @@ test: $(STAMP) system-deps monitoring-lts bytecode
 	$(VENV)/bin/ruff check trading_ops tests benchmarks examples
 	@types=$$(mktemp); \
 	{ $(MAKE) --no-print-directory typecheck > "$$types" 2>&1; echo $$? >> "$$types"; } & \
-	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 -n $(TEST_LANES) --dist loadgroup -m "not hosts"; tested=$$?; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 -n $(TEST_LANES) --dist loadgroup -m "not hosts and not deploy"; tested=$$?; \
 	wait; typed=$$(tail -n 1 "$$types"); sed '$$d' "$$types"; rm -f "$$types"; \
 	[ "$$tested" = 0 ] && [ "$$typed" = 0 ]
+
+# The deployments and whole-stack runs (tests/deploy/, marked `deploy` by tests/conftest.py, `hosts` left out): the
+# shipped units under real systemd, the compose files on a real Docker engine, the deployment pages as written, hosts
+# killed and restarted in network namespaces, the README's tour, the end-to-end runs of whole stacks (`up` started and
+# stopped, freqtrade and NautilusTrader healed, the stream faults paged and healed), and the tests elsewhere marked
+# `deploy` that run for minutes (PostgreSQL and Patroni failovers, `make lock`'s fresh install, the venue's real rate).
+# CI runs them after `make test` (.ci/run).
+test-deploy: $(STAMP) system-deps monitoring-lts bytecode
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=25 -n $(TEST_LANES) --dist loadgroup -m "deploy and not hosts"
 
 # The tests marked `hosts` (pyproject.toml): each boots whole machines or a whole HA topology and runs 10 minutes and
 # more here (a fleet deployed from docs/deploy-fleet.md, every ops host killed whole), too long for `make test`.

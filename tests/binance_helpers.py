@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt_async
 import ccxt.pro as ccxtpro
+import yaml
+from ccxt_example_bot import BOT, write_config
 from ccxt_helpers import API_KEY, API_SECRET, CONTROL_TOKEN, QUIET_VENUE, SUB_ACCOUNT, SUB_KEY, SUB_SECRET, serving
 
 from trading_ops.paper.gateway.binance.client_urls import ccxt_urls
@@ -21,7 +24,19 @@ BINANCE_KEY = "binanceMainAccountKey0123456789"
 BINANCE_SECRET = "the binance secret of the main account"
 BINANCE_SUB_KEY = "binanceSubAccountKey0123456789"
 BINANCE_SUB_SECRET = "the binance secret of the sub-account"
-KEYS = {BINANCE_KEY: (BINANCE_SECRET, MAIN_ACCOUNT), BINANCE_SUB_KEY: (BINANCE_SUB_SECRET, SUB_ACCOUNT)}
+# The reconciler's own key on the main account (a `venue` step's: trade permission only, never the bot's key).
+BINANCE_RECONCILER_KEY = "binanceReconcilerKey0123456789"
+BINANCE_RECONCILER_SECRET = "the reconciler's binance secret of the main account"
+KEYS = {
+    BINANCE_KEY: (BINANCE_SECRET, MAIN_ACCOUNT),
+    BINANCE_SUB_KEY: (BINANCE_SUB_SECRET, SUB_ACCOUNT),
+    BINANCE_RECONCILER_KEY: (BINANCE_RECONCILER_SECRET, MAIN_ACCOUNT),
+}
+VENUE = "binance"
+POLL_SECONDS = 3.0
+# The book is stale past three polls: one late poll on a busy machine is not an outage (at one poll, a 2 s poll on a
+# 2 s threshold made the bot unready whenever a cycle ran late, as a loaded run showed).
+STALE_SECONDS = 3 * POLL_SECONDS
 __all__ = ["API_KEY", "API_SECRET", "CONTROL_TOKEN"]
 
 
@@ -72,3 +87,27 @@ def binance_pro(base: str, key: str = BINANCE_KEY, secret: str = BINANCE_SECRET,
             **options,
         }
     )
+
+
+def binance_config(tmp: Path, base: str, port: int, *, bot: str = BOT, **ccxt: Any) -> Path:
+    """The example bot's configuration (ccxt_example_bot.write_config) on the gateway's Binance dialect: bot `bot`,
+    the venue `binance`, its REST URLs named once by the gateway's /api/v3 (every other keeps its path on that host),
+    the Binance key of the gateway's main account, REST polls only unless told."""
+    settings: dict[str, Any] = {
+        "exchange": VENUE,
+        "urls": {"public": f"{base}/api/v3", "private": f"{base}/api/v3"},
+        "stream": False,
+        # Binance counts weight per minute (6000 here): each order poll asks each symbol's open orders (6) and trades
+        # (20), each quote poll the tickers (ticker/24hr with `symbols`: 2 for up to 20): every 2 s, 2,077 a minute
+        # for two symbols (measured: docs/library.md); every 3 s less, clear of the 70 % past which the weight budget
+        # skips the polls at a minute's end.
+        "poll_interval_seconds": POLL_SECONDS,
+        "quote_poll_interval_seconds": POLL_SECONDS,
+        **ccxt,
+    }
+    path = write_config(tmp, base, port, bot=bot, key=(BINANCE_KEY, BINANCE_SECRET), **settings)
+    doc = yaml.safe_load(path.read_text())
+    doc["bot"]["venue"] = VENUE
+    doc["bot"]["market_data_stale_seconds"] = STALE_SECONDS
+    path.write_text(yaml.safe_dump(doc))
+    return path

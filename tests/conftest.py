@@ -9,6 +9,8 @@ import logging
 import os
 import re
 import resource
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,11 +111,23 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return ModuleGroups(config, log)
 
 
+# The deployments and whole-stack runs (tests/deploy/: booted machines, Docker engines, network-namespace hosts, whole
+# stacks killed and restarted) carry the `deploy` mark: `make test` leaves them to `make test-deploy`, and CI runs
+# both (.ci/run). A test put in that folder is in that tier without marking it; a test elsewhere that runs for minutes
+# (a failover of real servers, a fresh install, the venue's real rate) marks itself `deploy`, kept beside its module.
+DEPLOY_DIR = Path(__file__).resolve().parent / "deploy"
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In lanes, the long work first (longest processing time first, as a scheduler would): the modules that share a
+    """Every test under tests/deploy/ is marked `deploy` (before `-m` selects: this hook runs first). In lanes, the
+    long work first (longest processing time first, as a scheduler would): the modules that share a
     lane (they start something once) and have a test marked slow, with the slow tests of the other modules, then the
     other modules that share a lane, then the rest. A module that shares a lane keeps its tests' order. Workers
     collect, so this runs on each of them (where `dist` reads "no")."""
+    for item in items:
+        if DEPLOY_DIR in item.path.parents:
+            item.add_marker(pytest.mark.deploy)
     if not hasattr(config, "workerinput"):
         return
 
@@ -193,13 +207,30 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'trading-ops.db'}"
 
 
-@pytest.fixture
-def migrated_sqlite(sqlite_url: str) -> str:
-    """sqlite_url with every migration applied (for the reconciler's, the operations' and the readiness tests)."""
+@pytest.fixture(scope="session")
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database with every migration applied, once per worker: a test's own is a copy of it. The migrations
+    themselves (about 1 s each time, mostly their commits' fsyncs) are tested in tests/db/."""
     from trading_ops.db import migrate
 
-    migrate.upgrade(sqlite_url)
-    return sqlite_url
+    path = tmp_path_factory.mktemp("migrated") / "template.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    # The write-ahead log folded into the file and left off, so the file alone is the whole database; a copy's first
+    # engine (trading_ops.db.base.make_engine) turns WAL on again.
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        connection.execute("PRAGMA journal_mode=DELETE")
+    connection.close()
+    return path
+
+
+@pytest.fixture
+def migrated_sqlite(tmp_path: Path, migrated_sqlite_template: Path) -> str:
+    """A SQLite database of this test's own with every migration applied (for the reconciler's, the operations' and
+    the readiness tests): at `sqlite_url`'s path."""
+    path = tmp_path / "trading-ops.db"
+    shutil.copyfile(migrated_sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture

@@ -40,14 +40,27 @@ def wanted(args: list[str], invocation_dir: Path) -> list[str]:
     return [name for name, module in MODULES.items() if any(module == p or p in module.parents for p in paths)]
 
 
+def selected(markexpr: str, name: str) -> bool:
+    """Whether `-m markexpr` keeps the tests of piece `name`: every one is under tests/deploy/ (marked `deploy`), and
+    those of HOSTS_ONLY are marked `hosts` too."""
+    if not markexpr:
+        return True
+    from _pytest.mark.expression import Expression
+
+    marks = {"deploy", "slow"} | ({"hosts"} if name in HOSTS_ONLY else set())
+    return Expression.compile(markexpr).evaluate(lambda mark, /, **kwargs: mark in marks)
+
+
 def start(config: Any) -> subprocess.Popen[bytes] | None:
     """The background build for the deployment tests this pytest run includes (as root, in the run's main process
     only: not in an xdist worker, not for --collect-only), or None."""
     if os.geteuid() != 0 or hasattr(config, "workerinput") or config.option.collectonly:
         return None
-    names = wanted([str(a) for a in config.args], Path(config.invocation_params.dir))
-    if "not hosts" in (config.option.markexpr or ""):
-        names = [name for name in names if name not in HOSTS_ONLY]  # `make test` leaves the `hosts` tests out
+    names = [
+        name
+        for name in wanted([str(a) for a in config.args], Path(config.invocation_params.dir))
+        if selected(config.option.markexpr or "", name)  # `make test` leaves the `deploy` and `hosts` tests out
+    ]
     if not names:
         return None
     reap_killed_runs(config)

@@ -63,6 +63,20 @@ def freqtrade_binary() -> str:
         pytest.fail("freqtrade is not installed: pip install -e '.[freqtrade]' (`make test` does it)", pytrace=False)
 
 
+def gateway_exchange(gateway_url: str, api_key: str, api_secret: str, urls: dict[str, Any]) -> dict[str, Any]:
+    """freqtrade's `exchange` section for Kraken on the gateway: its key, the gateway's URLs for ccxt (`urls`), the
+    test pairs."""
+    return {
+        "name": "kraken",
+        "key": api_key,
+        "secret": api_secret,
+        "ccxt_config": urls,
+        "ccxt_async_config": urls,
+        "pair_whitelist": list(PAIRS),
+        "pair_blacklist": [],
+    }
+
+
 def freqtrade_config(
     path: Path,
     *,
@@ -94,16 +108,7 @@ def freqtrade_config(
         # The stack's: tests rely on its forced entries (POST /forceenter places a limit entry that rests on the
         # gateway) and its unfilledtimeout (a minute to act on a resting order before freqtrade cancels it itself).
         **trading_settings(),
-        "exchange": {
-            "name": "kraken",
-            "key": api_key,
-            "secret": api_secret,
-            "ccxt_config": urls,
-            "ccxt_async_config": urls,
-            "pair_whitelist": list(PAIRS),
-            "pair_blacklist": [],
-            **streaming,
-        },
+        "exchange": {**gateway_exchange(gateway_url, api_key, api_secret, urls), **streaming},
         "pairlists": [{"method": "StaticPairList"}],
         "api_server": {
             "enabled": True,
@@ -175,7 +180,11 @@ class Freqtrade:
             # PYTHONFAULTHANDLER: SIGABRT makes it print every thread's Python stack to its stderr (diagnostics).
             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"},
         )
-        self.wait_running()
+        try:
+            self.wait_running()
+        except BaseException:
+            self.stop()  # one that did not come up is stopped here: its caller's teardown never ran for it
+            raise
 
     def start_again_if_gone(self) -> int | None:
         """Start this freqtrade again when its process has exited (a module's tests share one: a test that lost it,
@@ -404,6 +413,26 @@ def make_freqtrade(
         stream=stream,
     )
     return Freqtrade(workdir, config, port)
+
+
+def freqtrade_exchange(gateway_url: str, api_key: str, api_secret: str) -> Any:
+    """freqtrade's own exchange (freqtrade.exchange.Kraken, loaded as `freqtrade trade` loads it, markets included) on
+    the gateway, live: its `create_order` is the call freqtrade's bot places every order with, the parameters its
+    `_get_params` gives (no client order id) included. Close it (`.close()`) after use."""
+    from freqtrade.enums import RunMode
+    from freqtrade.resolvers import ExchangeResolver
+
+    urls = {"urls": {"api": {"public": gateway_url, "private": gateway_url}}, "rateLimit": 20}
+    config = {
+        "dry_run": False,
+        "runmode": RunMode.LIVE,
+        "stake_currency": "USD",
+        "timeframe": "1m",
+        "trading_mode": "spot",
+        "margin_mode": "",
+        "exchange": gateway_exchange(gateway_url, api_key, api_secret, urls),
+    }
+    return ExchangeResolver.load_exchange(config, validate=False, load_leverage_tiers=False)
 
 
 def broker_of(gateway: Any) -> CcxtBroker:

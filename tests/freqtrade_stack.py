@@ -28,6 +28,8 @@ from secret_file import write_secret
 from server_process import stop, wait_http
 from system_binaries import REPO_ROOT
 
+from trading_ops.db import migrate
+
 TOKEN = "e2e-control-token"
 RESTART_SCRIPT = REPO_ROOT / "tests" / "freqtrade" / "restart_freqtrade.py"
 RULE_FILES = ("freqtrade.yml", "tradingbot-availability.yml", "tradingbot-streams.yml")
@@ -141,7 +143,11 @@ def freqtrade_stack(tmp: Path, *, stream: bool = False, pager_url: str | None = 
         write_secret(tmp / "ft-password", PASSWORD)
         write_secret(tmp / "gw-key", gateway.sidecar_key)
         write_secret(tmp / "gw-secret", gateway.sidecar_secret)
+        # The sidecar journals its control commands in the trading-ops database, as a bot does: migrated first.
+        sidecar_db = f"sqlite:///{tmp / 'sidecar.db'}"
+        migrate.upgrade(sidecar_db)
         sidecar_config = {
+            "database": {"url": sidecar_db},
             "freqtrade": {
                 "control_token_file": str(tmp / "token"),
                 "poll_interval_seconds": 0.5,
@@ -165,7 +171,7 @@ def freqtrade_stack(tmp: Path, *, stream: bool = False, pager_url: str | None = 
                         },
                     }
                 },
-            }
+            },
         }
         (tmp / "sidecar.yaml").write_text(json.dumps(sidecar_config))
         sidecar = subprocess.Popen(

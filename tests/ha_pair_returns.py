@@ -1,29 +1,43 @@
-"""A host that dies and returns under docs/deployment.md's Prometheus pair and Alertmanager cluster, every part real and
-on 127.0.0.1: what the pager hears.
+"""Bot hosts that die and return under docs/deployment.md's Prometheus pair and Alertmanager cluster, every part real
+and on 127.0.0.1: what the pager hears.
 
 Two Prometheus (Debian's 2.42 and the long-term-support 3.5 of tests/monitoring_lts.py), each with the shipped
 availability rules at a profile and the `external_labels` and `alerting` section `trading-ops config render --replica`
 writes, both sending to an Alertmanager cluster of two (Debian's, gossiping on loopback ports, the profile's cluster
 timings) with the repository's routing (as `trading-ops up` renders it) whose pager receiver posts to a receiver of
-the test's own. The host is two tiny /metrics servers on loopback ports (its bot and its node exporter: one host,
-127.0.0.1, as TradingBotHostDown joins them), stopped at once (a death: connection refused) and started again on the
-same ports (a return).
+the test's own, and whose reconciler receiver posts to a real reconciler (its ledger on SQLite) that both members
+send to. Each host is two tiny /metrics servers on a loopback address of its own (127.0.0.x: its bot and its node
+exporter, one host as TradingBotHostDown joins them), stopped at once (a death: connection refused) and started
+again on the same ports (a return). Every fifth host (the second, the seventh) runs a freqtrade and its sidecar
+instead of a bot on the runtime: its bot's target is in job freqtrade, with the shipped freqtrade rules beside. The
+hosts live their sequences side by side, each its own alert group, so ten deaths cost about the time of one or two.
 
-`Pager` keeps every notification of the pager receiver; `judge` counts, per death and per return, the pages of
-TradingBotHostDown as a pager counts them (PagerDuty: a notification whose group status is firing opens an incident
-unless the group's incident is open; a resolved one closes it) and every alert that was notified firing again after
-its resolution (the false page of a returning host). tests/monitoring/test_ha_pair_returns.py runs it."""
+The reconciler runs the packaged `bot-host-down` rule's page alone: its `escalate` of TradingOpsBotHostDown (the
+exposure page, one alert group per death: its episode), posted to both members and ended by the reconciler once the
+host's alert resolved (trading_ops/reconciler/page_ends.py), as it is for a bot that still holds something at the
+venue. Its venue steps are left out (no venue here): whether a page is owed is tests/deploy/test_host_down_e2e.py's;
+here, how the cluster pages its start and its end.
+
+`Pager` keeps every notification of the pager receiver; `judge` counts, per death and per return, the pages (a pager
+opens an incident for a group's firing notification unless that group's incident is open, and closes it on a
+resolved one: PagerDuty's dedup key is the group's) of TradingBotHostDown and of the exposure page, the alerts
+notified firing after their own resolution (the false page of a returning host) and the alerts whose last word was
+not "resolved". tests/deploy/test_ha_pair_returns.py runs it."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import socket
+import statistics
 import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,23 +47,91 @@ import yaml
 from polling import until
 from ports import free_port
 from prometheus_server import start_prometheus
-from secret_file import write_secret
+from reconciler_server import ThreadedServer, make_config, write_playbook
 from server_process import stop, wait_http
 from system_binaries import LTS, REPO_ROOT, SYSTEM, Generation, alertmanager_binary
 
 from trading_ops.commands.config_cmd import prometheus_config as render_prometheus
 from trading_ops.config.loader import parse_config
-from trading_ops.durations import format_duration
+from trading_ops.db import migrate
+from trading_ops.durations import format_duration, parse_duration
 from trading_ops.stack.alertmanager_config import render_alertmanager
 from trading_ops.stack.layout import Ports
-from trading_ops.stack.profiles import Profile
+from trading_ops.stack.profiles import ALERTMANAGER_CLUSTER_DEFAULTS, Profile
 from trading_ops.stack.prometheus_config import adapt_rules
 from trading_ops.stack.repo import load_yaml
 
-HOST_DOWN = "TradingBotHostDown"
-RULE_FILE = "tradingbot-availability.yml"
+HOST_DOWN, EXPOSURE = "TradingBotHostDown", "TradingOpsBotHostDown"
+# The pages a death owes: Prometheus's host-down page and the reconciler's exposure page.
+PAGES = (HOST_DOWN, EXPOSURE)
+# The shipped rules the hosts' alerts come from: availability (up, host down) and freqtrade's (its sidecar down).
+RULE_FILES = ("tradingbot-availability.yml", "freqtrade.yml")
+# Every FREQTRADE_EVERY-th host (from the second) runs a freqtrade and its sidecar instead of a bot on the runtime:
+# its bot's target is in job freqtrade, which TradingBotHostDown joins too, and whose TradingBotFreqtradeSidecarDown
+# must page nothing for a dead or returning host (any page of it is one of `Pager.others`).
+FREQTRADE_EVERY = 5
 # The pair's members: their replica names and generations (one of each, as a user upgrading one member runs them).
 MEMBERS = (("a", SYSTEM), ("b", LTS))
+# The packaged bot-host-down rule's page (trading_ops/reconciler/playbooks/default.yml) without its venue steps, and
+# without its 10-minute cooldown, which a protective rule's new episode passes anyway (a host dead again).
+EXPOSURE_RULE = {
+    "name": "bot-host-down",
+    "match": [f'alertname="{HOST_DOWN}"'],
+    "max_attempts": 1,
+    "cooldown": 0,
+    "steps": [{"action": "escalate", "alertname": EXPOSURE}],
+    "verify": {"enabled": False},
+}
+# The hosts' loopback addresses: 127.0.0.<HOST_BASE + i>.
+HOST_BASE = 20
+# How long a death may wait for its pages, and a return for their ends, before the run records them missing and
+# goes on (a measure, not a limit on speed: the standard profile pages within about 20 s).
+PAGE_DEADLINE_SECONDS = 90.0
+END_DEADLINE_SECONDS = 120.0
+# Margin on a page's time beyond the run's quickest before it counts as late: a loaded machine's second.
+LATE_MARGIN_SECONDS = 2.0
+# How often the run looks at the pager and the members: it decides only when a host dies or returns (every time
+# measured is the pager's arrival against the death), and each look asks both members of a pair.
+POLL_SECONDS = 0.5
+# Alembic's migration context is the process's own: pairs started side by side migrate their ledgers in turn.
+MIGRATING = threading.Lock()
+
+
+def group_interval(alertname: str) -> float:
+    """The shipped alertmanager.yml's group_interval of `alertname`'s pager route, in seconds."""
+    routes = load_yaml(REPO_ROOT / "alertmanager" / "alertmanager.yml")["route"]["routes"]
+    (route,) = [r for r in routes if r.get("receiver") == "pager" and f'alertname="{alertname}"' in r["matchers"]]
+    return parse_duration(route["group_interval"])
+
+
+def peer_timeout(profile: Profile) -> float:
+    """The Alertmanager cluster's --cluster.peer-timeout at `profile`."""
+    return dict(profile.alertmanager_cluster).get("peer-timeout", ALERTMANAGER_CLUSTER_DEFAULTS["peer-timeout"])
+
+
+def quiet_seconds(profile: Profile) -> float:
+    """After a return's ends reached the pager and neither Prometheus holds the alert, how long a late member could
+    still page it: its wait for the first member (the peer timeout) and a group interval, and a second of room
+    (8 s at the fast profile, 36 s at the standard)."""
+    return peer_timeout(profile) + profile.people_group_interval(group_interval(HOST_DOWN)) + 1.0
+
+
+def late_after(profile: Profile, alertname: str) -> float:
+    """How much later than the run's quickest page of `alertname` a death's page may come and still be on time: a
+    scrape and an evaluation (where in their cycles the death fell), the group's next slot that a death right after the
+    last one's end waits for (at the pager's route for the host-down page; at the reconciler's for the exposure page,
+    each death's a group of its own at the pager), and a loaded machine's margin. 8 s and 5 s at the fast profile, 32 s
+    and 22 s at the standard."""
+    cycle = (profile.scrape_interval or 5.0) + (profile.evaluation_interval or 5.0)
+    if alertname == HOST_DOWN:
+        slot = profile.people_group_interval(group_interval(HOST_DOWN))
+    elif profile.reconciler_group_interval is not None:
+        slot = profile.reconciler_group_interval
+    else:
+        routes = load_yaml(REPO_ROOT / "alertmanager" / "alertmanager.yml")["route"]["routes"]
+        (route,) = [r for r in routes if r.get("receiver") == "reconciler" and r["matchers"] == ['severity="critical"']]
+        slot = parse_duration(route["group_interval"])
+    return cycle + slot + LATE_MARGIN_SECONDS
 
 
 class Pager:
@@ -77,15 +159,40 @@ class Pager:
         self.url = f"http://127.0.0.1:{self.port}/pager"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def host_down(self) -> list[dict[str, Any]]:
-        """The notifications of TradingBotHostDown's group, in order of arrival."""
+    def pages(self) -> list[dict[str, Any]]:
+        """The notifications of the pages a death owes (PAGES), in order of arrival."""
         with self.lock:
-            return [n for n in self.notifications if n["commonLabels"].get("alertname") == HOST_DOWN]
+            return [n for n in self.notifications if n["commonLabels"].get("alertname") in PAGES]
 
-    def open(self) -> bool | None:
-        """Whether the host-down incident is open (its last notification firing); None before any."""
-        notes = self.host_down()
-        return notes[-1]["status"] == "firing" if notes else None
+    def others(self) -> list[str]:
+        """Every other page (a host's TradingBotDown, a failed remediation): each one false here."""
+        with self.lock:
+            notes = [n for n in self.notifications if n["commonLabels"].get("alertname") not in PAGES]
+        return [f"{n['status']} {n['groupLabels']} from {n['externalURL']}" for n in notes]
+
+    def incidents(self) -> list[tuple[float, str, str]]:
+        """(when, alertname, instance) of every incident opened: a firing notification of a group whose incident was
+        not open (its last notification was not firing)."""
+        opened = []
+        open_groups: set[str] = set()
+        for note in self.pages():
+            key = note["groupKey"]
+            if note["status"] == "firing" and key not in open_groups:
+                labels = note["groupLabels"]
+                opened.append((note["at"], labels["alertname"], labels.get("instance", "")))
+            (open_groups.add if note["status"] == "firing" else open_groups.discard)(key)
+        return opened
+
+    def open_for(self, instance: str) -> set[str]:
+        """The alertnames of the incidents open for `instance` (their group's last notification firing)."""
+        last: dict[str, dict[str, Any]] = {}
+        for note in self.pages():
+            last[note["groupKey"]] = note
+        return {
+            n["groupLabels"]["alertname"]
+            for n in last.values()
+            if n["status"] == "firing" and n["groupLabels"].get("instance") == instance
+        }
 
     def close(self) -> None:
         self.server.shutdown()
@@ -93,10 +200,12 @@ class Pager:
 
 
 class MetricsServer:
-    """A /metrics server on a fixed loopback port that can be stopped (connection refused) and started again."""
+    """A /metrics server on a fixed loopback address and port that can be stopped (connection refused) and started
+    again."""
 
-    def __init__(self, port: int, body: str) -> None:
-        self.port, self.body = port, body.encode()
+    def __init__(self, address: str, body: str) -> None:
+        self.address, self.body = address, body.encode()
+        self.port = 0
         self.server: ThreadingHTTPServer | None = None
 
     def start(self) -> None:
@@ -113,137 +222,269 @@ class MetricsServer:
             def log_message(self, *args: Any) -> None:
                 return None
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = ThreadingHTTPServer((self.address, self.port), Handler)
+        self.port = self.server.server_address[1]
+        # Seldom polled (thirty of these idle beside the stacks): a stop wakes the loop itself (below).
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 5.0}, daemon=True).start()
 
     def stop(self) -> None:
+        """Refuse connections at once (the listening socket shut down: a death, not a slow one), then end the loop,
+        which the shut socket wakes, and free the port for a return."""
         if self.server is not None:
+            self.server.socket.shutdown(socket.SHUT_RDWR)
             self.server.shutdown()
             self.server.server_close()
             self.server = None
 
 
 @dataclass
-class Cycle:
+class Death:
     died: float
+    paged: dict[str, float] = field(default_factory=dict)  # alertname -> the incident opened (monotonic)
     returned: float | None = None
-    paged: float | None = None  # the incident opened (monotonic)
-    ended: float | None = None  # the incident closed
+    ended: float | None = None  # every page's incident closed, neither Prometheus holding the alert
+
+
+@dataclass
+class Host:
+    """One bot host and the sequence it lives: it dies, returns, and dies again `gaps[i]` seconds after its i-th
+    return's end reached the pager (0: at once, while its alert groups still exist), one death more than `gaps` has;
+    its last return is followed by the run's quiet (`quiet_seconds`). None: it lives through the run."""
+
+    address: str
+    bot: MetricsServer
+    node: MetricsServer
+    job: str = "tradingbot"  # the bot's scrape job: tradingbot (a bot on the runtime) or freqtrade (its sidecar)
+    gaps: tuple[float, ...] | None = None
+    start_at: float = 0.0
+    deaths: list[Death] = field(default_factory=list)
+    state: str = "alive"
+    next_at: float = 0.0
+
+    @property
+    def instance(self) -> str:
+        return f"{self.address}:{self.bot.port}"
 
 
 @dataclass
 class Pair:
     profile: Profile
     pager: Pager
-    bot: MetricsServer
-    node: MetricsServer
+    hosts: list[Host]
     prometheus: dict[str, str]  # replica name -> URL
     alertmanagers: list[str]
-    cycles: list[Cycle] = field(default_factory=list)
+    reconciler: ThreadedServer | None = None
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    pages: tuple[str, ...] = PAGES
+
+    def close(self) -> None:
+        """Stop everything the pair runs (its pager's notifications stay for the judge); again, nothing."""
+        if self.reconciler is not None:
+            self.reconciler.stop()
+            self.reconciler = None
+        while self.procs:
+            stop(self.procs.pop())
+        for host in self.hosts:
+            host.bot.stop()
+            host.node.stop()
+        self.pager.close()
 
     def query(self, url: str, expr: str) -> list[dict[str, Any]]:
         q = urllib.parse.quote(expr)
         with urllib.request.urlopen(f"{url}/api/v1/query?query={q}", timeout=5) as resp:
             return list(json.loads(resp.read())["data"]["result"])
 
-    def firing_in(self, url: str) -> bool:
-        return bool(self.query(url, f'ALERTS{{alertname="{HOST_DOWN}", alertstate="firing"}}'))
+    def held(self) -> set[str]:
+        """The instances either member holds TradingBotHostDown for (firing or pending)."""
+        expr = f'ALERTS{{alertname="{HOST_DOWN}"}}'
+        return {r["metric"]["instance"] for url in self.prometheus.values() for r in self.query(url, expr)}
 
     def watched(self) -> None:
-        """Both members scrape the host (bot and node exporter up) and hold no host-down alert."""
-        expr = 'count(up{job=~"tradingbot|node"} == 1) == 2'
+        """Both members scrape every host (bot and node exporter up) and hold no host-down alert."""
+        expr = f'count(up{{job=~"tradingbot|freqtrade|node"}} == 1) == {2 * len(self.hosts)}'
         for name, url in self.prometheus.items():
-            until(f"prometheus {name} sees the host", lambda u=url: self.query(u, expr), deadline=60)
-            until(f"prometheus {name} holds no host-down", lambda u=url: not self.firing_in(u), deadline=60)
+            until(f"prometheus {name} sees the hosts", functools.partial(self.query, url, expr), deadline=60)
+        until("neither member holds a host-down alert", lambda: not self.held(), deadline=60)
 
-    def die(self) -> Cycle:
-        cycle = Cycle(time.monotonic())
-        self.bot.stop()
-        self.node.stop()
-        self.cycles.append(cycle)
-        until("the host-down page at the pager", self.pager.open, deadline=90, interval=0.1)
-        cycle.paged = time.monotonic()
-        return cycle
+    def plan(self, sequences: list[tuple[float, ...]], stagger: float) -> None:
+        """Give host i the sequence `sequences[i]` (Host.gaps; a host without one lives through the run), its first
+        death `stagger` x i seconds after host 0's (the deaths fall at other moments of the groups' and rules'
+        cycles)."""
+        start = time.monotonic()
+        for i, host in enumerate(self.hosts):
+            host.gaps = sequences[i] if i < len(sequences) else None
+            host.start_at = start + stagger * i
+            host.state = "alive" if host.gaps is not None else "done"
 
-    def come_back(self, quiet: float) -> None:
-        """The host answers again; wait until the pager's incident closed and neither member holds the alert, then
-        `quiet` seconds (when a late member's firing would page again)."""
-        cycle = self.cycles[-1]
-        self.node.start()
-        self.bot.start()
-        cycle.returned = time.monotonic()
-        until("the host-down incident closed", lambda: self.pager.open() is False, deadline=90, interval=0.1)
-        cycle.ended = time.monotonic()
-        for name, url in self.prometheus.items():
-            until(f"prometheus {name} holds no host-down", lambda u=url: not self.firing_in(u), deadline=60)
-        time.sleep(quiet)
+    def step(self, now: float) -> bool:
+        """Move every host's sequence on by what the pager and the members say now; whether any is not done."""
+        # The members are asked only once a returned host's pages ended at the pager (the cheap look first).
+        ending = [h for h in self.hosts if h.state == "back" and not self.pager.open_for(h.instance)]
+        held = self.held() if ending else set()
+        opened = self.pager.incidents()
+        for host in self.hosts:
+            if host.state == "alive" and now >= host.start_at:
+                host.deaths.append(Death(time.monotonic()))
+                host.bot.stop()
+                host.node.stop()
+                host.state = "dead"
+            elif host.state == "dead":
+                death = host.deaths[-1]
+                for at, name, instance in opened:
+                    if instance == host.instance and at >= death.died and name not in death.paged:
+                        death.paged[name] = at
+                if set(self.pages) <= set(death.paged) or now - death.died > PAGE_DEADLINE_SECONDS:
+                    host.node.start()  # the node exporter first, as a booting host's units start
+                    host.bot.start()
+                    death.returned = time.monotonic()
+                    host.state = "back"
+            elif host.state == "back":
+                death = host.deaths[-1]
+                assert death.returned is not None
+                over = not self.pager.open_for(host.instance) and host.instance not in held
+                if over or now - death.returned > END_DEADLINE_SECONDS:
+                    death.ended = time.monotonic() if over else None
+                    gaps = host.gaps or ()
+                    last = len(host.deaths) > len(gaps)
+                    host.next_at = now + (quiet_seconds(self.profile) if last else gaps[len(host.deaths) - 1])
+                    host.state = "quiet" if last else "waiting"
+            elif host.state == "waiting" and now >= host.next_at:
+                host.start_at, host.state = now, "alive"
+            elif host.state == "quiet" and now >= host.next_at:
+                host.state = "done"
+        return any(h.state != "done" for h in self.hosts)
 
 
-def alert_identity(alert: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(alert["labels"].items()))
+def run(pairs: list[Pair], finished: Callable[[Pair], None]) -> None:
+    """Every pair's hosts through their sequences, side by side; a pair whose hosts are all done is handed to
+    `finished` and closed at once (its servers cost the others nothing more)."""
+    going = list(pairs)
+    while going:
+        for pair in [p for p in going if not p.step(time.monotonic())]:
+            going.remove(pair)
+            try:
+                finished(pair)
+            finally:
+                pair.close()
+        if going:
+            time.sleep(POLL_SECONDS)
+
+
+def summary(seconds: list[float]) -> dict[str, float] | None:
+    """min, median and max of `seconds` (None for none)."""
+    if not seconds:
+        return None
+    return {"min": min(seconds), "median": round(statistics.median(seconds), 1), "max": max(seconds)}
+
+
+def alert_identity(alert: dict[str, Any]) -> tuple[Any, ...]:
+    return (tuple(sorted(alert["labels"].items())), alert["startsAt"][:19])
 
 
 def judge(pair: Pair) -> dict[str, Any]:
-    """Per cycle: pages (incidents opened) while the host was dead and after it returned, and the alerts notified
-    firing after their own resolution; totals over the cycles."""
-    notes = pair.pager.host_down()
-    rows = []
-    false_refires: list[str] = []
-    open_ = False
-    resolved: set[tuple[Any, ...]] = set()
-    opened_at: list[float] = []
-    for note in notes:
-        if note["status"] == "firing" and not open_:
-            opened_at.append(note["at"])
-        open_ = note["status"] == "firing"
+    """Per death: each page's count while the host was dead and its time, the pages after its return (until its
+    next death or the run's end); the alerts notified firing after their own resolution, the alerts whose last word
+    was "firing"; totals, with each page's times (min, median, max) and the late ones (later than the run's quickest
+    by more than `late_after`)."""
+    opened = pair.pager.incidents()
+    rows: list[dict[str, Any]] = []
+    for host in pair.hosts:
+        for i, death in enumerate(host.deaths):
+            back = death.returned if death.returned is not None else float("inf")
+            end = host.deaths[i + 1].died if i + 1 < len(host.deaths) else float("inf")
+            mine = [(at, name) for at, name, instance in opened if instance == host.instance]
+            rows.append(
+                {
+                    "host": host.instance,
+                    "death": i + 1,
+                    **{
+                        f"{name}_pages": sum(1 for at, n in mine if n == name and death.died <= at < back)
+                        for name in pair.pages
+                    },
+                    **{
+                        f"{name}_seconds": round(death.paged[name] - death.died, 1) if name in death.paged else None
+                        for name in pair.pages
+                    },
+                    "pages_after_return": sum(1 for at, _ in mine if back <= at < end),
+                    "ended_seconds": None
+                    if death.ended is None or death.returned is None
+                    else round(death.ended - death.returned, 1),
+                }
+            )
+    refires: list[str] = []
+    last: dict[tuple[Any, ...], str] = {}
+    # The last word on each alert as a pager keys it: by its labels. An Alertmanager that merged the pair's copies
+    # of one alert resolves it under the earlier start it then holds, not always the start it first sent firing.
+    last_word: dict[tuple[Any, ...], str] = {}
+    for note in pair.pager.pages():
         for alert in note["alerts"]:
-            key = (alert_identity(alert), alert["startsAt"][:19])
-            if alert["status"] == "resolved":
-                resolved.add(key)
-            elif key in resolved:
-                false_refires.append(f"{dict(key[0])} firing again after its resolution ({note['externalURL']})")
-    for i, cycle in enumerate(pair.cycles):
-        end = pair.cycles[i + 1].died if i + 1 < len(pair.cycles) else float("inf")
-        back = cycle.returned if cycle.returned is not None else end
-        rows.append(
-            {
-                "cycle": i + 1,
-                "pages_while_dead": sum(1 for t in opened_at if cycle.died <= t < back),
-                "pages_after_return": sum(1 for t in opened_at if back <= t < end),
-                "page_seconds": None if cycle.paged is None else round(cycle.paged - cycle.died, 1),
-                "resolved_seconds": None
-                if cycle.ended is None or cycle.returned is None
-                else round(cycle.ended - cycle.returned, 1),
-            }
-        )
+            key = alert_identity(alert)
+            if alert["status"] == "firing" and last.get(key) == "resolved":
+                name, instance = alert["labels"]["alertname"], dict(key[0]).get("instance")
+                refires.append(f"{name} {instance} firing again after its resolution ({note['externalURL']})")
+            last[key] = alert["status"]
+            last_word[key[0]] = alert["status"]
+    times = {name: [r[f"{name}_seconds"] for r in rows if r[f"{name}_seconds"] is not None] for name in pair.pages}
+    late = [
+        f"{r['host']} death {r['death']}: {name} after {r[f'{name}_seconds']} s"
+        for name in pair.pages
+        for r in rows
+        if r[f"{name}_seconds"] is not None and r[f"{name}_seconds"] > min(times[name]) + late_after(pair.profile, name)
+    ]
     return {
-        "cycles": rows,
-        "pages_while_dead": sum(r["pages_while_dead"] for r in rows),
+        "profile": pair.profile.name,
+        "deaths": len(rows),
+        "deaths_rows": rows,
+        "pages_per_death": {name: sorted({r[f"{name}_pages"] for r in rows}) for name in pair.pages},
+        "missing": sum(1 for r in rows for name in pair.pages if r[f"{name}_pages"] == 0),
+        "extra_pages_while_dead": sum(max(0, r[f"{name}_pages"] - 1) for r in rows for name in pair.pages),
         "false_pages_after_return": sum(r["pages_after_return"] for r in rows),
-        "alerts_firing_after_resolved": len(false_refires),
-        "refires": false_refires,
-        "notifications": len(notes),
+        "alerts_firing_after_resolved": len(refires),
+        "other_pages": pair.pager.others(),
+        "refires": refires,
+        "last_word_firing": sum(1 for status in last_word.values() if status != "resolved"),
+        "not_ended": sum(1 for r in rows if r["ended_seconds"] is None),
+        "late": late,
+        "page_seconds": {
+            name: {"min": min(t), "median": round(statistics.median(t), 1), "max": max(t), "all": t}
+            for name, t in times.items()
+            if t
+        },
+        "ended_seconds": summary([r["ended_seconds"] for r in rows if r["ended_seconds"] is not None]),
+        "notifications": len(pair.pager.pages()),
     }
 
 
 def account(pair: Pair) -> str:
-    """Every host-down notification relative to the first death (a failure's message)."""
-    zero = pair.cycles[0].died if pair.cycles else 0.0
-    lines = [f"deaths at {[round(c.died - zero, 1) for c in pair.cycles]}"]
-    lines += [f"returns at {[round((c.returned or zero) - zero, 1) for c in pair.cycles]}"]
-    for n in pair.pager.host_down():
-        alerts = ", ".join(f"{a['status']} {a['labels'].get('member', '')}".strip() for a in n["alerts"])
-        lines.append(f"{n['at'] - zero:7.1f}s {n['status']:8} from {n['externalURL']}: {alerts}")
+    """Every page's notification relative to the first death (a failure's message)."""
+    deaths = [d.died for h in pair.hosts for d in h.deaths]
+    zero = min(deaths) if deaths else 0.0
+    lines = []
+    for host in pair.hosts:
+        for d in host.deaths:
+            lines.append(
+                f"{host.instance}: died {d.died - zero:.1f}s, returned "
+                f"{'-' if d.returned is None else f'{d.returned - zero:.1f}s'}, ended "
+                f"{'-' if d.ended is None else f'{d.ended - zero:.1f}s'}"
+            )
+    for n in pair.pager.pages():
+        alerts = ", ".join(f"{a['status']} {a['startsAt'][11:19]}" for a in n["alerts"])
+        labels = n["groupLabels"]
+        lines.append(
+            f"{n['at'] - zero:7.1f}s {n['status']:8} {labels['alertname']} {labels.get('instance', '')} "
+            f"{labels.get('episode', '')} from {n['externalURL']}: {alerts}"
+        )
     return "\n".join(lines)
 
 
-def prometheus_file(tmp: Path, replica: str, profile: Profile, bot: str, node: str, managers: list[str]) -> Path:
+def prometheus_file(tmp: Path, replica: str, profile: Profile, hosts: list[Host], managers: list[str]) -> Path:
     """One member's prometheus.yml: the shipped availability rules at `profile`, the profile's timings, and the
     `external_labels` and `alerting` section `config render --replica` writes for this pair."""
     folder = tmp / f"prometheus-{replica}"
     folder.mkdir(parents=True)
-    source = REPO_ROOT / "prometheus" / "rules" / RULE_FILE
-    (folder / RULE_FILE).write_text(yaml.safe_dump(adapt_rules(load_yaml(source), profile, str(source))))
+    for rule_file in RULE_FILES:
+        source = REPO_ROOT / "prometheus" / "rules" / rule_file
+        (folder / rule_file).write_text(yaml.safe_dump(adapt_rules(load_yaml(source), profile, str(source))))
     first, *peers = managers
     config = parse_config({"reconciler": {"alertmanager_url": first, "alertmanager_peers": peers}})
     rendered = render_prometheus(config, folder, replica)
@@ -256,11 +497,14 @@ def prometheus_file(tmp: Path, replica: str, profile: Profile, bot: str, node: s
             "scrape_timeout": timeout,
             "external_labels": rendered["global"]["external_labels"],
         },
-        "rule_files": [str(folder / RULE_FILE)],
+        "rule_files": [str(folder / rule_file) for rule_file in RULE_FILES],
         "alerting": rendered["alerting"],
         "scrape_configs": [
-            {"job_name": "tradingbot", "static_configs": [{"targets": [bot]}]},
-            {"job_name": "node", "static_configs": [{"targets": [node]}]},
+            *(
+                {"job_name": job, "static_configs": [{"targets": [h.instance for h in hosts if h.job == job]}]}
+                for job in ("tradingbot", "freqtrade")
+            ),
+            {"job_name": "node", "static_configs": [{"targets": [f"{h.address}:{h.node.port}" for h in hosts]}]},
         ],
     }
     path = folder / "prometheus.yml"
@@ -268,14 +512,13 @@ def prometheus_file(tmp: Path, replica: str, profile: Profile, bot: str, node: s
     return path
 
 
-def alertmanager_file(tmp: Path, name: str, profile: Profile, pager: Pager) -> Path:
+def alertmanager_file(tmp: Path, name: str, profile: Profile, pager: Pager, reconciler: int, token: Path) -> Path:
     """The repository's routing as `trading-ops up` renders it at `profile`, its pager receiver posting to `pager`
-    (resolved notices included, as the shipped pager sends them), the reconciler's receivers to the pager's server
-    (which ignores them)."""
+    (resolved notices included, as the shipped pager sends them), the reconciler's to the reconciler on port
+    `reconciler` with its webhook token (the file `token`)."""
     folder = tmp / f"alertmanager-{name}"
     folder.mkdir(parents=True)
-    write_secret(folder / "secrets" / "token", "webhook-token-of-the-test-0123456789")
-    rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=pager.port), profile, folder / "secrets" / "token")
+    rendered = render_alertmanager(REPO_ROOT, Ports(reconciler=reconciler), profile, token)
     for receiver in rendered.config["receivers"]:
         if receiver["name"] == "pager":
             receiver["webhook_configs"] = [{"url": pager.url, "send_resolved": True}]
@@ -288,32 +531,55 @@ def alertmanager_file(tmp: Path, name: str, profile: Profile, pager: Pager) -> P
 def ha_pair(
     tmp: Path,
     profile: Profile,
+    hosts: int,
+    first_address: int = HOST_BASE,
     members: tuple[tuple[str, Generation], ...] = MEMBERS,
     alertmanager: Generation = SYSTEM,
-    stagger: float = 0.0,
 ) -> Iterator[Pair]:
-    """The pair, the cluster (of `alertmanager`'s generation) and the host, up and watching; everything stopped at
-    the end. `stagger`: seconds between the two Alertmanagers' starts (their housekeeping, which drops an alert group
-    once empty every 30 s, then runs at other moments: one member may still hold a group the other dropped)."""
-    procs: list[subprocess.Popen[bytes]] = []
-    pager = Pager()
-    bot = MetricsServer(free_port(), "tradingbot_up_for_the_test 1\n")
-    node = MetricsServer(free_port(), "node_up_for_the_test 1\n")
+    """The pair, the cluster (of `alertmanager`'s generation), the reconciler and `hosts` hosts (at 127.0.0.x from
+    `first_address` on), up and watching; everything stopped at the end (Pair.close)."""
+    machines = [
+        Host(
+            f"127.0.0.{first_address + i}",
+            MetricsServer(f"127.0.0.{first_address + i}", "tradingbot_up_for_the_test 1\n"),
+            MetricsServer(f"127.0.0.{first_address + i}", "node_up_for_the_test 1\n"),
+            job="freqtrade" if i % FREQTRADE_EVERY == 1 else "tradingbot",
+        )
+        for i in range(hosts)
+    ]
+    web = [free_port() for _ in members]
+    gossip = [free_port() for _ in members]
+    prometheus_ports = [free_port() for _ in members]
+    managers = [f"http://127.0.0.1:{p}" for p in web]
+    pair = Pair(profile, Pager(), machines, {}, managers)
     try:
-        bot.start()
-        node.start()
-        web = [free_port() for _ in members]
-        gossip = [free_port() for _ in members]
-        managers = [f"http://127.0.0.1:{p}" for p in web]
+        for host in machines:
+            host.bot.start()
+            host.node.start()
+        folder = tmp / "reconciler"
+        folder.mkdir(parents=True)
+        db = f"sqlite:///{folder / 'ledger.db'}"
+        with MIGRATING:
+            migrate.upgrade(db)
+        config = make_config(
+            folder,
+            db,
+            playbook=str(write_playbook(folder, [EXPOSURE_RULE])),
+            prometheus_url=[f"http://127.0.0.1:{p}" for p in prometheus_ports],
+            alertmanager_url=managers[0],
+            alertmanager_peers=managers[1:],
+            # The shipped poll (the tests' 0.05 s costs CPU for nothing here): how soon an ended host's exposure page
+            # is ended, a second at most after the host's alert resolved in the ledger.
+            poll_interval_seconds=1.0,
+        )
+        pair.reconciler = ThreadedServer(config)
         for i, (name, _) in enumerate(members):
-            if i:
-                time.sleep(stagger)
-            config = alertmanager_file(tmp, name, profile, pager)
+            path = alertmanager_file(tmp, name, profile, pair.pager, pair.reconciler.port, folder / "webhook-token")
             peers = [f"--cluster.peer=127.0.0.1:{p}" for j, p in enumerate(gossip) if j != i]
             argv = [
                 alertmanager.binary("prometheus-alertmanager") if alertmanager.bin_dir else alertmanager_binary(),
-                f"--config.file={config}",
-                f"--storage.path={config.parent / 'data'}",
+                f"--config.file={path}",
+                f"--storage.path={path.parent / 'data'}",
                 f"--web.listen-address=127.0.0.1:{web[i]}",
                 f"--web.external-url=http://127.0.0.1:{web[i]}",
                 f"--cluster.listen-address=127.0.0.1:{gossip[i]}",
@@ -322,31 +588,99 @@ def ha_pair(
                 *profile.cluster_flags(),
                 "--log.level=warn",
             ]
-            procs.append(
+            pair.procs.append(
                 subprocess.Popen(
                     argv,
                     stdout=subprocess.DEVNULL,
-                    stderr=open(config.parent / "alertmanager.log", "wb"),  # noqa: SIM115
+                    stderr=open(path.parent / "alertmanager.log", "wb"),  # noqa: SIM115
                 )
             )
-        for i in range(len(members)):
-            wait_http(f"http://127.0.0.1:{web[i]}/-/ready", proc=procs[i], deadline=60)
-        prometheus = {}
-        for name, generation in members:
-            port = free_port()
-            path = prometheus_file(tmp, name, profile, f"127.0.0.1:{bot.port}", f"127.0.0.1:{node.port}", managers)
+        for url, proc in zip(managers, list(pair.procs), strict=True):
+            wait_http(f"{url}/-/ready", proc=proc, deadline=60)
+        for (name, generation), port in zip(members, prometheus_ports, strict=True):
+            path = prometheus_file(tmp, name, profile, machines, managers)
             flags = []
             if profile.alert_resend_delay is not None:
                 flags.append(f"--rules.alert.resend-delay={format_duration(profile.alert_resend_delay)}")
-            procs.append(start_prometheus(path, path.parent / "data", port, *flags, generation=generation))
-            wait_http(f"http://127.0.0.1:{port}/-/ready", proc=procs[-1], deadline=60)
-            prometheus[name] = f"http://127.0.0.1:{port}"
-        pair = Pair(profile, pager, bot, node, prometheus, managers)
+            pair.procs.append(start_prometheus(path, path.parent / "data", port, *flags, generation=generation))
+            pair.prometheus[name] = f"http://127.0.0.1:{port}"
+        for url, proc in zip(pair.prometheus.values(), pair.procs[len(members) :], strict=True):
+            wait_http(f"{url}/-/ready", proc=proc, deadline=60)
         pair.watched()
         yield pair
     finally:
-        for proc in reversed(procs):
-            stop(proc)
-        bot.stop()
-        node.stop()
-        pager.close()
+        pair.close()
+
+
+def ha_pairs(stack: contextlib.ExitStack, tmp: Path, hosts: dict[Profile, int]) -> list[Pair]:
+    """A pair (ha_pair) per profile with its number of hosts, started side by side (each on addresses of its own);
+    `stack` stops them at its end."""
+    managers = [
+        ha_pair(tmp / profile.name, profile, count, first_address=HOST_BASE + 20 * i)
+        for i, (profile, count) in enumerate(hosts.items())
+    ]
+    with ThreadPoolExecutor(len(managers)) as pool:
+        futures = [pool.submit(manager.__enter__) for manager in managers]
+    pairs, problems = [], []
+    for manager, future in zip(managers, futures, strict=True):
+        problem = future.exception()
+        if problem is None:
+            pairs.append(future.result())
+            stack.push(manager.__exit__)
+        else:
+            problems.append(problem)
+    if problems:
+        raise problems[0]
+    return pairs
+
+
+# The issue's measure: pages per sequence over ten deaths and returns at each profile.
+DEATHS = 10
+
+
+def sequences(profile: Profile, again: bool) -> list[tuple[float, ...]]:
+    """DEATHS deaths of the hosts, as Host.gaps: with `again`, five hosts each dead twice, three of them again as soon
+    as the first end reached the pager (their alert groups still there), two once the quiet after the end passed;
+    without, ten hosts dead once."""
+    if not again:
+        return [()] * DEATHS
+    return [(0.0,) if i % 2 == 0 else (quiet_seconds(profile),) for i in range(DEATHS // 2)]
+
+
+def stagger(profile: Profile, hosts: int) -> float:
+    """Seconds between the hosts' first deaths: together they span a scrape interval, so that the deaths fall at every
+    moment of the scrapes' and evaluations' cycles, and of the groups' slots."""
+    return (profile.scrape_interval or 5.0) / hosts
+
+
+def live_and_judge(tmp: Path, plans: dict[Profile, list[tuple[float, ...]]]) -> None:
+    """A pair per profile (side by side) whose hosts live `plans`, judged; each page once per death, on time, none
+    after a return, no alert firing after its resolution, the last word "resolved" on every one, and nothing else
+    paged (a freqtrade host's TradingBotFreqtradeSidecarDown among them: its host's TradingBotHostDown is the page).
+    Prints, per profile, the pages per death and the seconds from each death to each page."""
+    verdicts: dict[str, dict[str, Any]] = {}
+    accounts: dict[str, str] = {}
+    deaths = {profile.name: sum(len(gaps) + 1 for gaps in plan) for profile, plan in plans.items()}
+
+    def finished(pair: Pair) -> None:
+        verdicts[pair.profile.name] = {**judge(pair), "sequences_seconds": round(time.monotonic() - began, 1)}
+        accounts[pair.profile.name] = account(pair)
+
+    with contextlib.ExitStack() as stack:
+        pairs = ha_pairs(stack, tmp, {profile: len(plan) for profile, plan in plans.items()})
+        for pair, plan in zip(pairs, plans.values(), strict=True):
+            pair.plan(plan, stagger(pair.profile, len(plan)))
+        began = time.monotonic()
+        run(pairs, finished)
+    for verdict in verdicts.values():
+        print(json.dumps({k: v for k, v in verdict.items() if k not in ("deaths_rows", "refires")}))
+    for name, verdict in verdicts.items():
+        detail = f"{json.dumps(verdict, indent=1)}\n{accounts[name]}"
+        assert verdict["deaths"] == deaths[name], detail
+        assert verdict["pages_per_death"] == {page: [1] for page in PAGES}, detail
+        assert verdict["false_pages_after_return"] == 0, detail
+        assert verdict["alerts_firing_after_resolved"] == 0, detail
+        assert verdict["other_pages"] == [], detail
+        assert verdict["last_word_firing"] == 0 and verdict["not_ended"] == 0, detail
+        assert verdict["late"] == [], detail
+    assert sorted(verdicts) == sorted(p.name for p in plans), verdicts

@@ -322,7 +322,10 @@ def start_node(
     log_level: str = "WARNING",
     **controller: Any,
 ) -> Node:
-    """A TradingNode on its own loop thread, started; returns once the controller serves and the strategy placed."""
+    """A TradingNode on its own loop thread, started; returns once the controller serves and the strategy placed. The
+    controller's data dir (its halt, its journal of control commands) is `controller/` beside the token file unless
+    `data_dir` says otherwise: never the temporary directory other runs share."""
+    controller.setdefault("data_dir", str(token_file.parent / "controller"))
     config = TradingNodeConfig(
         trader_id=TraderId(trader_id),
         logging=LoggingConfig(log_level=log_level),

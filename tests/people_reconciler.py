@@ -66,7 +66,7 @@ def people_config(
             ],
             "playbook": str(base / "playbook.yml"),
             "poll_interval_seconds": 0.05,
-            "lease_seconds": 3,
+            "lease_seconds": 10,  # half: the idle-in-transaction limit (1.5 s cut starved sessions)
             "check_silences": False,
             "prometheus_url": "http://127.0.0.1:9",
             "alertmanager_url": am_url,

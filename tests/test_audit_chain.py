@@ -195,6 +195,32 @@ def test_audit_lists_entries_as_text_and_json(url: str, tmp_path: Path, capsys: 
     )
 
 
+def test_audit_target_a_bot_finds_its_requests_and_its_approvals(url: str, tmp_path: Path, capsys: Any) -> None:
+    """A request names the bot, its approval the alert's instance: `audit --target paper-1` (a bot of bots:) lists
+    both, as docs/readiness.md's promotion says; any other target only itself."""
+    engine = make_engine(url)
+    try:
+        for principal, action, target in (
+            ("alice", "ramp_promotion_request", "paper-1"),
+            ("bob", "approve", "127.0.0.1:9101"),
+            ("carol", "approve", "127.0.0.1:9999"),
+        ):
+            audit.append(
+                engine, principal=principal, source="-", action=action, target=target, before={}, after={},
+                decision=None, comment="",
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+    config = tmp_path / "trading-ops.yaml"
+    bots = [{"name": "paper-1", "kind": "paper", "instance": "127.0.0.1:9101", "url": "http://127.0.0.1:9101"}]
+    config.write_text(json.dumps({"database": {"url": url}, "bots": bots}))
+    for target in ("paper-1", "127.0.0.1:9101"):
+        status, out, _ = run(["-c", str(config), "audit", "--target", target], capsys)
+        assert status == 0 and [line.split()[4] for line in out.splitlines()] == ["bob", "alice"], out
+    status, out, _ = run(["-c", str(config), "audit", "--target", "127.0.0.1:9999"], capsys)
+    assert [line.split()[4] for line in out.splitlines()] == ["carol"], out
+
+
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_a_backup_restored_keeps_the_chain_whole(dialect: str, tmp_path: Path, request: Any, capsys: Any) -> None:
     from trading_ops.ops.backup import restore_backup, run_backup

@@ -133,7 +133,6 @@ def test_a_role_refused_by_peer_authentication_says_as_whom_to_run(tmp_path: Pat
         ["db", "check"],
         ["db", "current"],
         ["reconciler", "history"],
-        ["reconciler", "ack", "1"],
     ],
 )
 def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path, command: list[str]) -> None:
@@ -147,7 +146,6 @@ def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path, command:
     "command",
     [
         ["reconciler", "history"],
-        ["reconciler", "ack", "1"],
         ["db", "check"],
     ],
 )
@@ -163,6 +161,7 @@ def test_an_unmigrated_database_says_run_db_upgrade_and_exit_2(sqlite_config: st
         ["reconciler", "resume"],
         ["reconciler", "circuits", "reset", "bot-1"],
         ["reconciler", "retry", "1"],
+        ["reconciler", "ack", "1"],
         ["maintenance", "start", "--duration", "1h", "--reason", "r"],
         ["maintenance", "end", "--id", "1"],
     ],

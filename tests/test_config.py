@@ -653,6 +653,30 @@ def test_accounts_of_their_own_and_prefixes_of_their_own_are_accepted(tmp_path: 
     assert len(load_config(path).reconciler.targets) == 4
 
 
+def test_a_freqtrade_bot_with_a_venue_is_refused_unless_its_orders_are_the_accounts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """freqtrade gives its orders no client order id: a freqtrade bot whose venue tells its orders by a prefix (the
+    default, said or not) would have its host-down cancel_all cancel none of them and report success. Refused in one
+    line naming the key; with `orders: account` it loads, and the reconciler's target carries the setting. A freqtrade
+    bot without a venue is not concerned (no venue step can run for it)."""
+    message = (
+        "bots[0].venue.orders: must be account for a bot of kind freqtrade: freqtrade places its orders with no client "
+        "order id, so none carries the bot's prefix and a venue step's cancel_all would cancel none of them"
+    )
+    for venue in ({}, {"orders": "prefix"}):
+        text = _fleet({"name": "freqtrade-1", "kind": "freqtrade", "venue": venue})
+        assert_one_line_naming_the_key(tmp_path, capsys, text, message)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(
+        _fleet({"name": "freqtrade-1", "kind": "freqtrade", "venue": {"orders": "account"}}, {"name": "bot-b"})
+    )
+    targets = load_config(path).reconciler.targets
+    assert [t.venue.orders for t in targets.values()] == ["account", "prefix"]
+    path.write_text(yaml.safe_dump({"bots": [{"name": "freqtrade-1", "kind": "freqtrade", "instance": "side:9103"}]}))
+    assert load_config(path).reconciler.targets["side:9103"].venue.exchange == ""
+
+
 # -- `config check` agrees with each service --------------------------------------------------------------------------
 
 

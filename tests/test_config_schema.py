@@ -92,6 +92,7 @@ def test_every_configuration_in_use_validates_against_the_schema(
         ({"bot": {"control_token_file": ""}}, "bot.control_token_file"),
         ({"reconciler": {"targets": {"bot-1": {"url": 9101}}}}, "reconciler.targets.bot-1.url"),
         ({"bots": [{"name": "b1", "instance": ["127.0.0.1:9101"]}]}, "bots[0].instance"),
+        ({"bots": [{"name": "b1", "venue": {"exchange": "kraken", "orders": "all"}}]}, "bots[0].venue.orders"),
         ({"upkeep": {"cleanup": {"logs": {"max_bytes": -2}}}}, "upkeep.cleanup.logs.max_bytes"),
     ],
 )

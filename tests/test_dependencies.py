@@ -145,7 +145,8 @@ def test_without_psycopg_a_postgresql_url_is_one_clear_line(tmp_path: Path, args
 
 @pytest.mark.slow
 # A resolution of every extra (freqtrade's included) downloads metadata: 4-5 minutes on a new machine (pip's resolution,
-# waiting on the index, 35 CPU-s), then uv's for Python 3.11 and 3.13.
+# waiting on the index, 35 CPU-s), then uv's for Python 3.11 and 3.13: in `make test-deploy`, as a fresh install is.
+@pytest.mark.deploy
 @pytest.mark.timeout(720)
 def test_make_lock_writes_exact_pins_of_a_fresh_install(tmp_path: Path) -> None:
     """`make lock` (into a scratch file here) pins what a fresh install of the project would get, resolved by pip

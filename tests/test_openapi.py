@@ -29,7 +29,7 @@ from webhook_payloads import alert, payload
 
 from trading_ops.bot import server as bot_server
 from trading_ops.bot.api_spec import CONTROL_PREFIX, RuntimeCommands, bot_document
-from trading_ops.bot.control import REQUIRED_COMMANDS
+from trading_ops.bot.control import RUNTIME_COMMANDS
 from trading_ops.db import migrate
 from trading_ops.openapi import described, routes
 from trading_ops.reconciler.api_spec import OPENAPI_PATH, UNDESCRIBED_PREFIXES, reconciler_document
@@ -126,7 +126,7 @@ def test_the_bot_document_describes_every_route_and_each_command() -> None:
     registered = routes(bot_server.create_app(None))
     commands = {path.removeprefix(CONTROL_PREFIX) for _, path in described(document) if path.startswith(CONTROL_PREFIX)}
     # /control/{command} is described once per command the bot offers, and once for any name (404 for another).
-    assert commands == {*REQUIRED_COMMANDS, "{command}"}
+    assert commands == {*RUNTIME_COMMANDS, "{command}"}
     as_routes = {
         (m, f"{CONTROL_PREFIX}{{command}}" if p.startswith(CONTROL_PREFIX) else p) for m, p in described(document)
     }

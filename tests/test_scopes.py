@@ -51,7 +51,8 @@ def test_every_required_command_has_a_scope_and_the_destructive_ones_are_the_fou
         "flatten",
         "halt",
     ]
-    assert [c for c, s in COMMAND_SCOPES.items() if s == READ] == ["status"]
+    # The reads: the bot's status, and its journaled control commands the reconciler's audit pulls.
+    assert [c for c, s in COMMAND_SCOPES.items() if s == READ] == ["status", "control_events"]
 
 
 @pytest.mark.parametrize(

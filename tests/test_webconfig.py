@@ -558,6 +558,10 @@ def test_the_sidecar_and_the_gateway_serve_mutual_tls_and_basic_auth(
     """The freqtrade sidecar and the paper gateway started from the configuration serve their web config: plain HTTP
     refused, a read needs the client certificate and the password, the bearer-token route its token only."""
     config = _config_with(tmp_path, pki, web_config(pki, users={SCRAPE_USER: SCRAPE_PASSWORD}), server)
+    if server == "freqtrade":  # the sidecar journals its commands in database.url: migrated first, as a bot's
+        from trading_ops.db import migrate
+
+        migrate.upgrade(yaml.safe_load(config.read_text())["database"]["url"])
     listen = yaml.safe_load(config.read_text())
     for part in SERVERS[server].split("."):
         listen = listen[part]

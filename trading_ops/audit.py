@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -170,6 +170,13 @@ def _locked_head(conn: Connection) -> tuple[int, str]:
     return seq, digest
 
 
+def lock(conn: Connection) -> int:
+    """Take the chain's lock for the rest of the caller's write transaction (what every append takes first; taking
+    it again is free) and return the newest entry's number: a part that reads what it appends next (how far a bot's
+    journal is in the chain) reads it under this lock, so two replicas never both append it."""
+    return _locked_head(conn)[0]
+
+
 def _append_on(
     conn: Connection,
     *,
@@ -254,15 +261,18 @@ def entries(
     limit: int = 50,
     before_seq: int | None = None,
     principal: str | None = None,
-    target: str | None = None,
+    target: str | tuple[str, ...] | None = None,
     action: str | None = None,
     decision: str | None = None,
 ) -> list[Entry]:
-    """The newest entries first (older than `before_seq` when given), optionally of one principal, target, action or
-    decision."""
+    """The newest entries first (older than `before_seq` when given), optionally of one principal, target (or any of
+    several: a bot's name and its instance, `targets_of`), action or decision."""
     stmt = select(AUDIT).order_by(AUDIT.c.seq.desc()).limit(limit)
     if before_seq is not None:
         stmt = stmt.where(AUDIT.c.seq < before_seq)
+    if isinstance(target, tuple):
+        stmt = stmt.where(AUDIT.c.target.in_(target))
+        target = None
     for column, value in (
         (AUDIT.c.principal, principal),
         (AUDIT.c.target, target),
@@ -273,6 +283,16 @@ def entries(
             stmt = stmt.where(column == value)
     with engine.connect() as conn:
         return [_entry(r) for r in conn.execute(stmt)]
+
+
+def targets_of(bots: Iterable[tuple[str, str]], target: str) -> str | tuple[str, ...]:
+    """What `--target` / `?target=` matches: a bot of `bots` ((name, instance) pairs, the configuration's bots:) by
+    its name or its instance, since a request and the reconciler's commands name the bot and an approval the alert's
+    instance; any other value only itself."""
+    for name, instance in bots:
+        if target in (name, instance):
+            return (name, instance)
+    return target
 
 
 def head(engine: Engine) -> tuple[int, str]:

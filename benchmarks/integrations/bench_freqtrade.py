@@ -1,6 +1,6 @@
 """Self-healing of a real freqtrade, and the sidecar's own cost; prints JSON.
 
-The stack of tests/integrations/test_freqtrade_e2e.py, tests/freqtrade_stack.py (freqtrade live on the paper gateway,
+The stack of tests/deploy/test_freqtrade_e2e.py, tests/freqtrade_stack.py (freqtrade live on the paper gateway,
 the `trading-ops freqtrade` sidecar process, real Prometheus with the repository's freqtrade and availability rules at
 the fast profile's `for:`, Alertmanager with the repository's configuration, the reconciler running the packaged
 playbook's freqtrade rules with an exec step that restarts freqtrade). Each fault, `--runs` times, from a quiet stack:

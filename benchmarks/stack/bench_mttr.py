@@ -125,7 +125,7 @@ SCENARIOS = [
     # reconciler performs is measured on the fault the bot cannot heal: the ticker silent across the bot's own
     # resubscribes and reconnects (`persistent`). TradingBotStreamChannelStale fires, the reconciler's
     # stream-resubscribe begins its run, the venue then speaks again (`clear_chaos`, as in
-    # tests/venues/test_stream_e2e.py) and the verification sees the channel's age back under its timeout. An episode
+    # tests/deploy/test_stream_e2e.py) and the verification sees the channel's age back under its timeout. An episode
     # may also end resolved: Alertmanager's resolved notice, from the same expression, beat the verification's next
     # poll.
     Scenario(

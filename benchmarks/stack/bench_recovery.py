@@ -68,7 +68,7 @@ FAULTS = {
 }
 # A fault that lasts until the reconciler's run begins (its first step seen in the episode), then ends with this
 # control command, so that the reconciler's action meets the venue speaking again (as in
-# tests/venues/test_stream_e2e.py).
+# tests/deploy/test_stream_e2e.py).
 CLEAR_WHEN_ACTING = {"silent_stream": "clear_chaos"}
 # States besides `recovered` that end a round as designed: silent_stream's episode may close resolved when
 # Alertmanager's resolved notice (from the expression the verification polls) beats the verification's next poll.

@@ -4,7 +4,7 @@ Every --every seconds one fault from a fixed cycle is injected into the paper bo
 without restarting the bot, so each process lives the whole soak and its growth is its own): drop_connection,
 silent_stream (the ETH-USD ticker silent across the bot's own resubscribes and reconnects, `persistent`, until the
 reconciler's stream-resubscribe begins its run on TradingBotStreamChannelStale: then the soak clears it, so that the
-reconciler's action meets the venue speaking again, as in tests/venues/test_stream_e2e.py; a plain stale_market_data the
+reconciler's action meets the venue speaking again, as in tests/deploy/test_stream_e2e.py; a plain stale_market_data the
 streaming paper bot heals itself within 3 s, before any alert), position_drift, reject_storm (the playbook pauses
 the bot; the soak, as a human would, clears the fault and resumes it), a reject storm once in eight faults so that
 each storm's 5-minute window clears before the next. Every --sample seconds the resident memory and open file
@@ -13,7 +13,7 @@ first and last values and the growth per hour (least-squares slope over the seco
 have warmed), and the episodes by alert and outcome. The bot runs without a daily loss limit (the demo's fees would
 halt it within hours).
 
-Beside it (unless --no-freqtrade) runs the stack of tests/integrations/test_freqtrade_e2e.py, tests/freqtrade_stack.py:
+Beside it (unless --no-freqtrade) runs the stack of tests/deploy/test_freqtrade_e2e.py, tests/freqtrade_stack.py:
 a real freqtrade trading on the paper gateway behind the `trading-ops freqtrade` sidecar, its own Prometheus,
 Alertmanager and reconciler (a thread of this process, so not sampled). Every fourth fault interval, between the paper
 bot's faults, its gateway drops every connection (the sidecar's reconnect, which the playbook asks for, ends the drop);

@@ -177,6 +177,8 @@ def test_the_refresh_must_come_well_within_the_timeout() -> None:
 
 
 # Two minutes of the Starter tier's call budget decaying at its real rate (~125 s unloaded): its own waits bound it.
+# Minutes at the venue's real rate: in `make test-deploy` (CI runs it after `make test`).
+@pytest.mark.deploy
 @pytest.mark.timeout(600)
 async def test_on_the_starter_tier_reconciliations_and_polls_never_take_the_switchs_refresh(tmp_path: Path) -> None:
     """Kraken's Starter counter kept by the gateway per key, the bot budgeting against it (`kraken_tier: starter`),

@@ -88,7 +88,11 @@ async def test_a_starting_bot_pings_the_watchdog_from_its_first_check(tmp_path, 
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
         sock.setblocking(False)
-        bot = PaperBot(fast_config(tmp_path), token="t" * 32, registry=CollectorRegistry(), chaos=True)
+        config = fast_config(tmp_path)
+        # A start is progress for a heartbeat timeout: 5 s, not the fast profile's 0.5 s, which a loaded machine's
+        # start may take (a stall then, rightly) before the loop's first iteration.
+        config.bot.heartbeat_timeout_seconds = 5.0
+        bot = PaperBot(config, token="t" * 32, registry=CollectorRegistry(), chaos=True)
         await bot.start("127.0.0.1", 0)
         try:
             received: list[str] = []

@@ -192,7 +192,7 @@ def test_drop_connection_is_healed_by_one_verified_reconnect(stack: Stack) -> No
 def test_stale_market_data_for_one_symbol_is_healed_by_the_bots_own_stream(stack: Stack) -> None:
     """Both bots stream their market data by default (the paper bot its tickers, the ccxt bot its books): the bot's
     own resubscribe heals a silent pair before any alert. (The reconciler's market-data-resubscribe is for a bot
-    that does not heal itself: tests/integrations/test_nautilus_e2e.py runs it on a real stack.)"""
+    that does not heal itself: tests/deploy/test_nautilus_e2e.py runs it on a real stack.)"""
     known = {e["id"] for e in stack.episodes()}
     heal_by_the_bots_own_stream(stack, known, ("book", "ticker") if stack.kind == "ccxt-gateway" else ("ticker",))
 

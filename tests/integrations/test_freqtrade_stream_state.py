@@ -1,5 +1,5 @@
 """freqtrade's stream state read from its log records (the exact messages freqtrade 2026.9's exchange.py and
-exchange_ws.py write), before any freqtrade runs: tests/integrations/test_freqtrade_streams.py runs the real one."""
+exchange_ws.py write), before any freqtrade runs: tests/deploy/test_freqtrade_streams.py runs the real one."""
 
 from __future__ import annotations
 

@@ -502,7 +502,7 @@ def test_a_web_config_file_guards_metrics_with_basic_auth_and_control_keeps_its_
     )
     controller = node.controller
     assert controller.control is not None
-    inst = _Instrumentation(controller, _ThreadedControl(controller.control, node.loop))
+    inst = _Instrumentation(controller, _ThreadedControl(controller.control, node.loop, controller.journal))
     server = ServerThread(inst, "127.0.0.1", free_port(), str(tmp_path / "web.yml"))
     server.start()
     try:

@@ -176,7 +176,7 @@ def test_the_exposure_page_has_its_own_prompt_route() -> None:
     # new group, paged at once, never held for the last death's group interval nor taken for its page.
     assert route["group_by"] == ["alertname", "instance", "episode"]
     # Longer than the cluster's peer timeout (Alertmanager's 15 s as shipped): a shorter one let the second member send
-    # the page again after the first had sent its end (tests/monitoring/test_ha_pair_returns.py).
+    # the page again after the first had sent its end (tests/deploy/test_ha_pair_returns.py).
     assert parse_duration(route["group_interval"]) > ALERTMANAGER_CLUSTER_DEFAULTS["peer-timeout"]
 
 
@@ -374,6 +374,28 @@ def test_a_freqtrade_sidecar_that_cannot_be_scraped_mutes_what_its_freqtrade_sti
         {"TradingBotFreqtradeSidecarDown/critical": "active", "TradingBotBrokerDisconnected/critical": "suppressed"},
     )
     assert_states(alertmanager_url, "ft-d:9103", {"TradingBotBrokerDisconnected/critical": "active"})
+
+
+@pytest.mark.alertmanager
+def test_a_dead_freqtrade_host_pages_as_its_host_alone(alertmanager_url: str) -> None:
+    """A host that runs only a freqtrade and its sidecar dies: should its sidecar's alert fire beside the host's, the
+    host's mutes it (one page, the host's, whose rule acts at the venue), and never the other way round (each muted
+    the other before: no page at all). Its other alerts stay muted by the sidecar's."""
+    post_alerts(
+        alertmanager_url,
+        bot_alert("TradingBotHostDown", "critical", "10.0.1.41:9103", job="freqtrade", host="10.0.1.41"),
+        bot_alert("TradingBotFreqtradeSidecarDown", "critical", "10.0.1.41:9103", job="freqtrade"),
+        bot_alert("TradingBotHeartbeatStale", "critical", "10.0.1.41:9103", job="freqtrade"),
+    )
+    assert_states(
+        alertmanager_url,
+        "10.0.1.41:9103",
+        {
+            "TradingBotHostDown/critical": "active",
+            "TradingBotFreqtradeSidecarDown/critical": "suppressed",
+            "TradingBotHeartbeatStale/critical": "suppressed",
+        },
+    )
 
 
 @pytest.mark.alertmanager

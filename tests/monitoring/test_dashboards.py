@@ -128,7 +128,7 @@ def scalar(url: str, query: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
     """Paper bot + reconciler + Prometheus on free loopback ports; stopped after this module."""
     prometheus_binary = require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("dashboard-stack")
@@ -140,6 +140,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     sidecar_instance = f"127.0.0.1:{sidecar_port}"
     # A freqtrade trading on the paper gateway (its trades held open), watched by the sidecar: the freqtrade panels.
     gateway = start_gateway(tmp / "gateway")
+    request.addfinalizer(gateway.stop)  # also when what follows fails to start (a freqtrade that never ran)
     freqtrade = make_freqtrade(tmp / "freqtrade", gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600)
     config = {
         "database": {"url": f"sqlite:///{tmp / 'trading-ops.db'}"},
@@ -242,7 +243,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         stop(processes)
         freqtrade.stop()
-        gateway.stop()
 
 
 def query_range(stack: Stack, expr: str, values: dict[str, str] | None = None) -> dict[str, Any]:
@@ -331,9 +331,11 @@ def test_every_variable_query_finds_the_bot(stack: Stack) -> None:
             data: list[str] = body["data"]
             return data if {expected[label], also.get(label, expected[label])} <= set(data) else None
 
-        # A variable over a recording rule (the readiness board's `instance:up:avg_over_time1d`) finds nothing until
-        # its group, evaluated once a minute, has run once since Prometheus started: waited for, not assumed.
-        until(f"{where} finds {expected[label]} and {also.get(label, expected[label])}", values, deadline=90)
+        # A variable over a recording rule (the readiness board's `instance:up:avg_over_time1d`) finds a job only once
+        # its group, evaluated once a minute, has run after the first whole minute holding a scrape of it (the rule's
+        # subquery reads the minute grid): up to two minutes after that job's first scrape, a freqtrade's being the
+        # latest. Waited for, not assumed.
+        until(f"{where} finds {expected[label]} and {also.get(label, expected[label])}", values, deadline=180)
 
 
 @pytest.mark.prometheus

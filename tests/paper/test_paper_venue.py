@@ -825,7 +825,7 @@ async def test_drain_events_waits_for_a_delivery_in_progress(make_venue: Callabl
     await venue.submit(limit("c1", Side.BUY, "0.1", "64990"))
     await venue.submit(limit("c2", Side.BUY, "0.1", "64990"))
     tick = asyncio.create_task(venue.gap_price("BTC-USD", -0.01))  # both fill at once
-    await wait_until(lambda: venue._busy)
+    await wait_until(lambda: venue.connection.busy)
     assert len(await venue.recent_fills()) == 2 and delivered == []
     drained = asyncio.create_task(venue.drain_events())
     await asyncio.sleep(0)

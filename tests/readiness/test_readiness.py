@@ -93,6 +93,8 @@ ALERTMANAGER = {
 # Bots on Binance (`bots[].venue.exchange: binance`), which has no dead man's switch for spot orders: one exporting no
 # switch series (as the runtime does there), one a disarmed switch's: `dead_man_switch` is n/a for both, never pass.
 BINANCE = {"binance-no-switch": {"switch_armed": None}, "binance-disarmed": {"switch_armed": False}}
+# A freqtrade on Kraken (`kind: freqtrade`): freqtrade arms no switch on any venue, its sidecar exports none.
+FREQTRADE = {"freqtrade-kraken": {"switch_armed": None}}
 
 
 # A healthy bot at an address with dots: in the selector of several bots (`instance=~"..."`) each is escaped twice,
@@ -111,7 +113,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     tmp = tmp_path_factory.mktemp("readiness")
     histories = [History(instance("ready")), History(instance("dotted"))]
     histories += [History(instance(name), **knobs) for name, (knobs, _) in {**FAILING, **MISSING}.items()]
-    histories += [History(instance(name), **knobs) for name, knobs in {**SILENT, **BINANCE}.items()]
+    histories += [History(instance(name), **knobs) for name, knobs in {**SILENT, **BINANCE, **FREQTRADE}.items()]
     now = time.time()
     backfill(openmetrics(histories, now, STEP), tmp / "data", tmp)
     fine = [History(instance(name), **knobs) for name, knobs in THIN.items()]
@@ -133,12 +135,21 @@ def write_config(tmp: Path, stack: dict[str, str], *, backup_age: float | None =
         stamp = time.time() - backup_age
         OpsState(backups / STATE_FILE).update(lambda d: d.update(last_verify_success_timestamp_seconds=stamp))
         OpsState(backups / DRILL_STATE_FILE).update(lambda d: d.update(last_success_timestamp_seconds=stamp))
-    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *SILENT, *BINANCE]
+    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *SILENT, *BINANCE, *FREQTRADE]
     bots: list[dict[str, Any]] = [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names]
     for bot in bots:
         if bot["name"] in BINANCE:  # each on an account of its own: a key of its own
             bot["venue"] = {
                 "exchange": "binance",
+                "api_key_file": str(tmp / f"{bot['name']}-key"),
+                "api_secret_file": str(tmp / f"{bot['name']}-secret"),
+                "symbols": ["BTC-USD"],
+            }
+        if bot["name"] in FREQTRADE:  # freqtrade's orders carry no prefix: the venue step takes its account's
+            bot["kind"] = "freqtrade"
+            bot["venue"] = {
+                "exchange": "kraken",
+                "orders": "account",
                 "api_key_file": str(tmp / f"{bot['name']}-key"),
                 "api_secret_file": str(tmp / f"{bot['name']}-secret"),
                 "symbols": ["BTC-USD"],
@@ -218,6 +229,18 @@ def test_on_binance_the_dead_man_switch_is_not_applicable_never_pass(
     assert switch["detail"].startswith("not applicable on this venue") and "venue step" in switch["detail"]
     assert main(["--config", str(write_config(tmp_path, stack)), "readiness", name, "--window", "5d"]) == 0
     assert re.search(r"N/A\s+dead_man_switch .*not applicable on this venue", capsys.readouterr().out)
+
+
+def test_a_freqtrade_bot_reads_its_dead_man_switch_not_applicable_on_any_venue(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, found = verdicts(write_config(tmp_path, stack), capsys, "freqtrade-kraken")
+    verdict = found["freqtrade-kraken"]
+    assert (status, verdict["verdict"], verdict["failing"], verdict["missing"]) == (0, "ready", [], [])
+    switch = next(r for r in verdict["results"] if r["name"] == "dead_man_switch")
+    assert (switch["status"], switch["value"]) == ("n/a", None)
+    assert switch["detail"].startswith("not applicable to this bot: freqtrade arms no dead man's switch")
+    assert "venue step" in switch["detail"]
 
 
 def test_less_history_than_the_window_is_unknown_with_no_hidden_allowance(

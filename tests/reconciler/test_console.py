@@ -322,7 +322,7 @@ def write_config(tmp: Path, port: int, am_url: str, bot_url: str, **listen: str)
             "listen": {"port": port, **listen},
             "playbook": str(tmp / "playbook.yml"),
             "poll_interval_seconds": 0.05,
-            "lease_seconds": 3,
+            "lease_seconds": 10,  # half: the idle-in-transaction limit (1.5 s cut starved sessions)
             "check_silences": False,
             "prometheus_url": "http://127.0.0.1:9",
             "alertmanager_url": am_url,

@@ -443,6 +443,9 @@ async def test_signal_sends_to_the_pid_in_the_pidfile(tmp_path: Path) -> None:
         proc.wait()
 
 
+# A Docker engine of its own, and on a new machine the Debian root of its image (about 5 minutes in a lane): in
+# `make test-deploy`, which builds the roots and images in the background from its start (CI runs it after make test).
+@pytest.mark.deploy
 @pytest.mark.timeout(900)  # the first run on a machine makes the Debian root of the image (a few minutes)
 async def test_docker_restarts_a_container_through_the_engine_api_socket(tmp_path: Path, docker_engine: Any) -> None:
     """On a real Docker engine (this run's own dockerd, tests/docker_engine.py): the container is restarted (the same

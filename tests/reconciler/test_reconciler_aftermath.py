@@ -123,6 +123,14 @@ async def test_a_channel_silent_from_the_outage_is_left_to_the_reconnects_recove
     client, stale, recovered = await disconnect_then_stale(
         aiohttp_client, tmp_path, migrated_sqlite, fake_bot, alertmanager, prometheus
     )
+
+    # The stream rule has looked at its alert (a loaded machine's worker had not yet, and the resolution closed the
+    # episode before any attempt: nothing acted, but nothing said why either).
+    async def deferred() -> dict[str, Any] | None:
+        episode = await episode_of(client, "TradingBotStreamChannelStale")
+        return episode if episode and episode["attempts"] else None
+
+    await until_async("the stream rule's first look", deferred, deadline=60)
     # The channel's first message after the reconnect: the stale alert resolves within the deferral.
     await asyncio.to_thread(alertmanager.resolve, stale)
     await client.post("/api/v1/alertmanager", json=webhook(stale, "resolved"), headers=AUTH)

@@ -97,7 +97,7 @@ def write_config(
             "api_tokens": [{"name": "desk", "scope": "approve", "token_file": str(tmp_path / "approve-token")}],
             "playbook": str(tmp_path / "playbook.yml"),
             "poll_interval_seconds": 0.05,
-            "lease_seconds": 3,
+            "lease_seconds": 10,  # half: the idle-in-transaction limit (1.5 s cut starved sessions)
             "check_silences": False,
             "prometheus_url": "http://127.0.0.1:9",
             "alertmanager_url": am_url,
@@ -791,7 +791,7 @@ async def signed_decisions_setup(
             "api_tokens": [{"name": p, "scope": "approve", "token_file": str(tmp_path / f"{p}-token")} for p in people],
             "playbook": str(tmp_path / "playbook.yml"),
             "poll_interval_seconds": 0.05,
-            "lease_seconds": 3,
+            "lease_seconds": 10,  # half: the idle-in-transaction limit (1.5 s cut starved sessions)
             "check_silences": False,
             "prometheus_url": prometheus,
             "alertmanager_url": alertmanager.url,
@@ -909,15 +909,23 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
             )
             == 2
         )
-        # The audit chain: each request and each approval under its principal, and whole.
+        # The audit chain: each request and each approval under its principal, each promotion the reconciler sent the
+        # bot on them (before the approval was executed), and whole.
         resp = await client.get("/api/v1/audit", headers=READ_AUTH)
         entries = [(e["principal"], e["action"]) for e in reversed((await resp.json())["entries"])]
         assert entries == [
             ("alice", "ramp_promotion_request"),
             ("bob", "approve"),
+            ("reconciler", "ramp_promote"),
             ("bob", "ramp_promotion_request"),
             ("carol", "approve"),
+            ("reconciler", "ramp_promote"),
         ], entries
+        promoted = [e for e in (await resp.json())["entries"] if e["action"] == "ramp_promote"]
+        assert [(e["before"]["stage"], e["after"]["stage"]) for e in reversed(promoted)] == [
+            ("small", "bigger"),
+            ("bigger", "two-pairs"),
+        ]
         from trading_ops import audit
 
         assert audit.verify(client.app[keys.LEDGER].engine).whole

@@ -173,9 +173,12 @@ async def test_pause_and_resume_switch_every_replica_and_resume_wakes_parked_epi
     # A token of scope read may not: one line, the reconciler's 403 naming the scope; nothing switched.
     capsys.readouterr()
     assert await asyncio.to_thread(run, "pause", name="viewer") == 1
-    assert capsys.readouterr().err.splitlines()[-1] == (
+    # Its one line among the test server's log lines (its refusal's warning, aiohttp's access log: on the stderr the
+    # command's logging set up, in either order).
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops:")]
+    assert said == [
         "trading-ops: reconciler pause: pausing the reconciler needs the 'operate' scope; token 'viewer' has 'read'"
-    )
+    ]
     assert ledger.get_setting(PAUSE_KEY) != "1"
     assert await asyncio.to_thread(run, "pause") == 0
     assert ledger.get_setting(PAUSE_KEY) == "1"
@@ -496,11 +499,24 @@ async def test_retry_runs_an_escalated_episode_once_more_only_while_its_alert_fi
     # Who retried it is the token that asked; --by is a comment beside it.
     assert episode["attempts"][1]["owner"] == "token 'oncall' from 127.0.0.1 (alice)"
 
-    # Acknowledged: recorded and shown, nothing run.
-    acked = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", eid, "--by", "bob", "--note", "on it")
-    assert acked.returncode == 0 and acked.stdout.strip() == f"episode {eid} acknowledged by bob"
+    # Acknowledged: recorded and shown, nothing run. Who took it is the token that asked, never a typed name: --by is
+    # a comment beside it, and a token of scope read may not (the reconciler's 403 in one line, nothing recorded).
+    refused = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", eid, "--by", "oncall", *viewer)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "trading-ops: reconciler ack: acknowledging an episode needs the 'operate' scope; token 'viewer' has 'read'"
+    )
+    acked = await asyncio.to_thread(
+        run_cli, "-c", cfg, "reconciler", "ack", eid, "--by", "bob", "--note", "on it", *oncall
+    )
+    assert acked.returncode == 0 and acked.stdout.strip() == (
+        f"episode {eid} acknowledged by token 'oncall' from 127.0.0.1 (bob)"
+    ), acked.stderr
     whole = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "history", eid)
-    assert "acknowledged by bob: on it" in whole.stdout
+    assert "acknowledged by token 'oncall' from 127.0.0.1 (bob): on it" in whole.stdout
+    episode = await (await client.get(f"/api/v1/episodes/{eid}", headers=READ_AUTH)).json()
+    assert [a["owner"] for a in episode["attempts"] if a["outcome"] == "acknowledged"] == [
+        "token 'oncall' from 127.0.0.1 (bob)"
+    ]
     assert "retry by token 'oncall' from 127.0.0.1 (alice)" in whole.stdout
 
     # Resolved in Alertmanager meanwhile: the retry closes it resolved, nothing executed; then it is over.
@@ -530,13 +546,14 @@ async def test_retry_refuses_an_open_or_recovered_episode_and_ack_does_not_count
         f"trading-ops: reconciler retry: episode {episode['id']} is waiting; only escalated or failed episodes "
         "are retried"
     )
-    assert (await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", str(episode["id"]))).returncode == 0
+    acked = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", str(episode["id"]), *oncall)
+    assert acked.returncode == 0, acked.stderr
     # An acknowledgement is no run of the rule: it starts no cooldown for the next episode on the target.
     later = datetime.now(UTC)
     assert ledger.cooldown_until("broker-reconnect", "bot-1", episode["id"] + 1, 3600, later) is None
     (row,) = ledger.list_episodes()
     assert row["state"] == "waiting" and [a["outcome"] for a in row["attempt_list"]] == ["acknowledged"]
-    missing = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", "999")
+    missing = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "ack", "999", *oncall)
     assert missing.returncode == 1 and missing.stderr.strip() == "trading-ops: reconciler ack: no episode 999"
     ledger.set_episode(episode["id"], state="recovered")
     recovered = await asyncio.to_thread(run_cli, "-c", cfg, "reconciler", "retry", str(episode["id"]), *oncall)

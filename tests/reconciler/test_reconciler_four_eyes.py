@@ -204,14 +204,26 @@ async def test_two_others_must_approve_and_no_way_lets_the_requester_decide(
     await poll(commands, lambda c: c == ["ramp_promote"], "the promotion sent to the bot")
     final = (await approvals(client))[0]
     assert (final["requested_by"], final["approvers"], final["self_approved"]) == ("alice", ["bob", "carol"], False)
-    # The audit chain: the request and both approvals, each under its principal; whole.
+    # The audit chain: the request and both approvals, each under its principal, then the command the reconciler sent
+    # the bot with the decision it signed from them; whole.
     engine = client.app[keys.LEDGER].engine
-    entries = [(e.principal, e.action, e.decision) for e in reversed(audit.entries(engine))]
+
+    async def chain() -> list[Any]:
+        return list(reversed(audit.entries(engine)))
+
+    found = await poll(chain, lambda c: c[-1].action == "ramp_promote", "the promotion's audit entry")
+    entries = [(e.principal, e.action, e.decision) for e in found]
     assert entries[0][:2] == ("alice", "ramp_promotion_request")
     assert entries[1:] == [
         ("bob", "approve", f"approval:{pending['id']}"),
         ("carol", "approve", f"approval:{pending['id']}"),
+        ("reconciler", "ramp_promote", f"approval:{pending['id']}"),
     ]
+    assert found[-1].target == "paper-1"
+    assert (
+        found[-1].comment
+        == "sent with the decision signed from the approval: requested by alice, approved by bob, carol"
+    )
     assert audit.verify(engine).whole
 
 
@@ -385,6 +397,15 @@ async def test_a_loss_limit_halt_is_cleared_on_another_persons_approval_of_an_au
         return bot.commands()
 
     await poll(commands, lambda c: c == ["clear_halt"], "clear_halt sent to the bot")
+    # Audited: the reconciler sent it, on bob's approval of alice's request.
+    engine = client.app[keys.LEDGER].engine
+
+    async def sent() -> list[Any]:
+        return audit.entries(engine, action="clear_halt")
+
+    (entry,) = await poll(sent, lambda e: len(e) == 1, "clear_halt's audit entry")
+    assert (entry.principal, entry.target, entry.decision) == ("reconciler", "paper-1", f"approval:{pending['id']}")
+    assert entry.comment.endswith("requested by alice, approved by bob")
 
 
 async def test_a_widening_request_an_alert_names_by_hand_is_refused_to_every_approver(

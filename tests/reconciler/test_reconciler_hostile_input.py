@@ -414,8 +414,13 @@ async def test_a_window_over_the_reconcilers_own_pages_needs_the_destructive_sco
 
 
 async def test_the_fleet_draws_every_bot_and_marks_one_answering_nonsense_unknown(
-    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, migrated_sqlite: str
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, migrated_sqlite: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # What the bots answer is the test, not how fast: the console's 3 s for a status, in one event loop with the
+    # bots' server on a loaded machine, ran out once (a `no answer` card).
+    from trading_ops.reconciler import console
+
+    monkeypatch.setattr(console, "STATUS_TIMEOUT", aiohttp.ClientTimeout(total=30))
     answers: dict[str, Any] = {
         "sane": {"state": "running", "heartbeat_age_seconds": 0.5, "positions": {"BTC/USD": "0.1"}},
         "ancient": {"state": "running", "heartbeat_age_seconds": 10**400},

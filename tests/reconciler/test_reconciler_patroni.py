@@ -34,7 +34,8 @@ from trading_ops.reconciler.ledger.claims import OWN_CLAIM_FREED
 
 # The cluster's start (30 to 45 s here), an outage of up to Patroni's ttl and the alerts' stream: longer than the
 # default 300 s on a machine busy with other lanes.
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(600)]
+# A failover of real servers, minutes of it: in `make test-deploy` (CI runs it after `make test`).
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.deploy, pytest.mark.timeout(600)]
 
 LEASE_SECONDS = 30.0  # the shipped lease
 INSTANCES = tuple(f"bot-{i}" for i in range(6))

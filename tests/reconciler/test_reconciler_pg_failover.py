@@ -35,7 +35,8 @@ from trading_ops.db.base import make_engine
 from trading_ops.reconciler.ledger import CLOSED_STATES, Ledger
 from trading_ops.reconciler.ledger.claims import OWN_CLAIM_FREED
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# A failover of real servers, minutes of it: in `make test-deploy` (CI runs it after `make test`).
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.deploy]
 
 LEASE_SECONDS = 30.0  # the shipped lease
 INSTANCES = tuple(f"bot-{i}" for i in range(6))

@@ -36,7 +36,8 @@ from trading_ops.db.base import make_engine
 from trading_ops.db.models import Escalation
 from trading_ops.reconciler.ledger import CLOSED_STATES, Ledger
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+# A restart or failover of real servers, minutes of it: in `make test-deploy` (CI runs it after `make test`).
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.deploy]
 
 RULE = {
     "name": "reconnect",

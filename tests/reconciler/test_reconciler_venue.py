@@ -6,6 +6,7 @@ alert naming a host that is no configured bot, is one line, escalated, and nothi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from alertmanager_server import Alertmanager
 from engine_runs import engine_settled
+from freqtrade_helpers import freqtrade_exchange
 from gateway_helpers import (
     BINANCE_VENUE_KEY,
     BINANCE_VENUE_SECRET,
@@ -34,7 +36,7 @@ from trading_ops.config import BotVenueConfig, load_config, order_id_prefix
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler import page_ends
 from trading_ops.reconciler.actions.escalate import APPROVAL_REQUESTED, BOT_HOST_DOWN, FAILED, escalation_alert
-from trading_ops.reconciler.actions.venue import VenueAccount
+from trading_ops.reconciler.actions.venue import EVERY_ORDER, VenueAccount
 from trading_ops.reconciler.app import create_app
 from trading_ops.reconciler.page_ends import ended as end_of
 
@@ -85,10 +87,13 @@ def write_config(
     names: tuple[str, str] = (BOT_A, BOT_B),
     instance: str = "10.0.0.11:9101",
     exchange: str = "kraken",
+    kind: str = "ccxt",
+    orders: str | None = None,
 ) -> Path:
     """Two bots on the gateway's one account (`names`, default bot-a and bot-a-2); the reconciler holds a key of its
-    own on it for the first (`venue: true`) and none for the second, on `exchange`: kraken (the gateway's Kraken API)
-    or binance (its Binance dialect, the same account; REST URLs named once by /api/v3)."""
+    own on it for the first (`venue: true`; of `kind`, its venue's `orders` when given) and none for the second, on
+    `exchange`: kraken (the gateway's Kraken API) or binance (its Binance dialect, the same account; REST URLs named
+    once by /api/v3)."""
     for name, value in (
         ("webhook-token", TOKEN),
         ("read-token", READ_TOKEN),
@@ -101,7 +106,7 @@ def write_config(
     (tmp_path / "playbook.yml").write_text(yaml.safe_dump({"version": 1, "rules": [playbook]}))
     bot_a: dict[str, Any] = {
         "name": names[0],
-        "kind": "ccxt",
+        "kind": kind,
         "instance": instance,
         "url": f"http://{instance}",
         "token_file": "bot-token",
@@ -115,6 +120,8 @@ def write_config(
             "urls": {"public": rest, "private": rest},
             "symbols": ["BTC-USD", "ETH-USD"],
         }
+        if orders is not None:
+            bot_a["venue"]["orders"] = orders
     bot_b = {
         "name": names[1],
         "kind": "ccxt",
@@ -130,7 +137,7 @@ def write_config(
             "api_tokens": [{"name": "desk", "scope": "approve", "token_file": "approve-token"}],
             "playbook": "playbook.yml",
             "poll_interval_seconds": 0.05,
-            "lease_seconds": 3,
+            "lease_seconds": 10,  # half: the idle-in-transaction limit (1.5 s cut starved sessions)
             "check_silences": False,
             "prometheus_url": "http://127.0.0.1:9",
             "alertmanager_url": am_url,
@@ -157,6 +164,32 @@ def rest_order(gw: Gateway, cid: str, side: str = "buy") -> dict[str, Any]:
         0.001,
         float(client.price_to_precision("BTC/USD", price)),
         {"clientOrderId": cid},
+    )
+    return order
+
+
+def freqtrades_order(gw: Gateway) -> dict[str, Any]:
+    """A limit order far from the market (it rests), placed as freqtrade places every order: by freqtrade's own
+    exchange class, whose ccxt call carries no client order id (it has no setting for one)."""
+    exchange = freqtrade_exchange(gw.url, gw.api_key, gw.api_secret)
+    try:
+        bid = float(gw.call("fetch_ticker", "BTC/USD")["bid"])
+        order: dict[str, Any] = exchange.create_order(
+            pair="BTC/USD", ordertype="limit", side="buy", amount=0.001, rate=bid * 0.8, leverage=1.0
+        )
+    finally:
+        exchange.close()
+    return order
+
+
+def no_id_order(gw: Gateway) -> dict[str, Any]:
+    """The same through ccxt's stock kraken client, with what freqtrade's Kraken sends beside (its `_params`) and no
+    client order id (cheaper than loading freqtrade's exchange)."""
+    client = gw.ccxt()
+    client.load_markets()
+    price = float(client.price_to_precision("BTC/USD", client.fetch_ticker("BTC/USD")["bid"] * 0.8))
+    order: dict[str, Any] = gw.call(
+        "create_order", "BTC/USD", "limit", "buy", 0.001, price, {"trading_agreement": "agree"}
     )
     return order
 
@@ -228,6 +261,83 @@ async def test_cancel_all_at_the_venue_takes_one_bots_orders_and_leaves_the_othe
     assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
     await engine_settled(client.app)
     assert len(await episodes(client)) == 1 and len(done["attempts"]) == 1
+
+
+async def test_a_freqtrade_bots_orders_carry_no_prefix_and_orders_account_cancels_them(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    gateway: Gateway,
+    alertmanager: Alertmanager,
+) -> None:
+    """freqtrade gives its orders no client order id, so none carries a prefix: a freqtrade bot's venue is configured
+    `orders: account` (its account holds only its orders, one account per bot), and its host-down cancel_all cancels
+    every open order of the account, asks again, and says so."""
+    placed = await asyncio.to_thread(freqtrades_order, gateway)  # freqtrade runs an event loop of its own
+    assert placed["clientOrderId"] is None and placed["status"] == "open"
+    (resting,) = gateway.call("fetch_open_orders")
+    assert resting["id"] == placed["id"] and not resting["clientOrderId"]
+    config = write_config(
+        tmp_path,
+        gateway,
+        migrated_sqlite,
+        alertmanager.url,
+        rule(CANCEL),
+        venue=True,
+        names=("freqtrade-1", BOT_B),
+        kind="freqtrade",
+        orders="account",
+    )
+    client = await aiohttp_client(create_app(load_config(config)))
+    body = host_down(alertmanager, "10.0.0.11:9101")
+    assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    done = await ended(client, "recovered")
+    (step,) = done["attempts"][0]["steps"]
+    assert step["outcome"] == "success", step["output"]
+    assert step["output"] == (
+        f"freqtrade-1 at kraken: 1 of its orders cancelled ({EVERY_ORDER}), none left open; exposure: flat"
+    )
+    assert gateway.call("fetch_open_orders") == []
+    assert gateway.call("fetch_order", placed["id"], "BTC/USD")["status"] == "canceled"
+
+
+@pytest.mark.parametrize("orders", ["prefix", "account"])
+async def test_an_order_with_no_client_order_id_is_left_alone_by_prefix_and_taken_by_account(
+    gateway: Gateway, orders: str
+) -> None:
+    """The default (`orders: prefix`, a bot on the runtime) cancels only ids carrying the bot's prefix: an order with no
+    client order id (a freqtrade's, a person's) is left resting, and the output counts it and names the setting that
+    would take it. `orders: account` takes it, and `positions` counts it as the bot's exposure until then."""
+    if orders == "prefix":
+        rest_order(gateway, f"{BOT_B}-{RUN}-1")  # an order of another bot's: left alone too
+    placed = no_id_order(gateway)
+    venue = BotVenueConfig(
+        exchange="kraken", urls={"public": gateway.url, "private": gateway.url}, symbols=["BTC-USD"], orders=orders
+    )
+    venue.order_id_prefix = BOT_A
+
+    async def run(operation: str) -> str:
+        account = VenueAccount(venue, SIDECAR_KEY, SIDECAR_SECRET, "episode1")
+        try:
+            result = await account.run(operation, 4000)
+        finally:
+            await account.close()
+        assert result.ok, result
+        return result.output
+
+    if orders == "prefix":
+        assert await run("positions") == f"{BOT_A} at kraken: flat"
+        assert await run("cancel_all") == (
+            f"{BOT_A} at kraken: 0 of its orders cancelled, none left open; 2 other orders on the account left alone "
+            "(1 with no client order id: a bot placing none, as freqtrade, needs orders: account); exposure: flat"
+        )
+        assert {o["id"] for o in gateway.call("fetch_open_orders")} >= {placed["id"]}
+    else:
+        assert await run("positions") == f"{BOT_A} at kraken: 1 of its orders open ({placed['id']})"
+        assert await run("cancel_all") == (
+            f"{BOT_A} at kraken: 1 of its orders cancelled ({EVERY_ORDER}), none left open; exposure: flat"
+        )
+        assert gateway.call("fetch_open_orders") == []
 
 
 @pytest.mark.parametrize("resting", [0, 2])

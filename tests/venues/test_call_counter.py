@@ -391,6 +391,8 @@ async def test_a_busy_reject_then_the_reconciliation_it_triggers_never_fail_for_
 
 
 # Real-rate lookups of an order of unknown outcome (about 100 s unloaded): its own waits bound it.
+# Minutes at the venue's real rate: in `make test-deploy` (CI runs it after `make test`).
+@pytest.mark.deploy
 @pytest.mark.timeout(600)
 async def test_an_order_of_unknown_outcome_is_looked_up_not_canceled_again_and_again(tmp_path: Path) -> None:
     """A submit refused `EService:Busy` whose own lookup found no room (here: none allowed) leaves an order of unknown

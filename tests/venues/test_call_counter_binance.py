@@ -3,8 +3,12 @@ are read from the gateway's `X-MBX-USED-WEIGHT-1M` / `X-MBX-ORDER-COUNT-*` heade
 headroom; past the weight limit (the gateway's `binance_weight_exhausted`: 429, then 418 for a client that keeps
 calling) every call stops until the answer's Retry-After, so the bot itself never earns the ban; a ban another
 client of the IP earned (418) stops every call too and is exported (`tradingbot_venue_ban_seconds`, which pages).
-Real parts: the gateway's Binance dialect on a free loopback port, ccxt's stock binance client. The budget's clock is
-the test's, so no test waits out a Retry-After."""
+Real parts: the gateway's Binance dialect on a free loopback port, ccxt's stock binance client. One clock of the test's
+is the budget's (both of its clocks) and the gateway's weight minute, so no test waits out a Retry-After or straddles
+a real minute's end (a fault injected at :59.97 left the other client's calls answered in a fresh minute). The
+broker's own polls are an hour apart: a test that needs a poll runs it, so no poll races a test's call for the venue's
+answer (the order and quote polls, due together a second after the connect, each took the ban's 418 on a loaded
+machine while the test's client closed: two 418s, the test's call then held unsent)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from trading_ops.venues.call_counter import WEIGHT_POLL_FLOOR, WeightBudget
 from trading_ops.venues.ccxt.rest import CcxtBroker
 
 LOOPBACK = "127.0.0.1"
+HOUR = 3600.0
 
 
 class Clock:
@@ -37,9 +42,12 @@ class Clock:
 @pytest.fixture
 async def setup() -> AsyncIterator[tuple[BinanceDialect, str, CcxtBroker, WeightBudget, Clock]]:
     clock = Clock()
-    budget = WeightBudget(clock=clock)
+    budget = WeightBudget(clock=clock, wall=clock)
     async with binance_gateway() as (_gateway, dialect, base):
-        broker = CcxtBroker(binance(base), ["BTC-USD", "ETH-USD"], weight_budget=budget)
+        dialect.weights.clock = clock
+        broker = CcxtBroker(
+            binance(base), ["BTC-USD", "ETH-USD"], poll_interval=HOUR, quote_interval=HOUR, weight_budget=budget
+        )
         try:
             await broker.connect(BrokerEvents())
             yield dialect, base, broker, budget, clock
@@ -152,7 +160,8 @@ async def test_a_418_ban_stops_every_call_until_its_retry_after_and_is_exported(
     sent = dialect.rest.calls.copy()
     with pytest.raises(BrokerError, match="banned"):
         await broker.balances()
-    await broker._background_poll()  # the order poll sends nothing either
+    await broker._background_poll()  # the order poll sends nothing either, nor the quote poll
+    await broker._background_quotes()
     assert dialect.rest.calls == sent
     await chaos(base, "clear")
     clock.now += ban

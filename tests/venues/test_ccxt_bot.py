@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 from ccxt_example_bot import (
     BOT,
@@ -409,6 +410,8 @@ async def test_a_bots_process_group_killed_with_orders_resting_the_venue_cancels
         assert not sub.book.open and sub.dead_man_switch_trigger() is None
 
 
+# Minutes at the Starter tier's real rate (90 s and more): in `make test-deploy` (CI runs it after `make test`).
+@pytest.mark.deploy
 async def test_killed_then_started_again_on_the_starter_tier_it_waits_for_its_budget_deals_with_what_it_left_and_trades(
     tmp_path: Path,
 ) -> None:

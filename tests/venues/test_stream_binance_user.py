@@ -153,3 +153,30 @@ async def test_a_silent_user_stream_is_found_at_the_next_order_healed_and_loses_
         print(f"silent user stream: detected {detected * 1000:.0f} ms after the order, healed {healed * 1000:.0f} ms")
         venue_fills = await gateway.venue.recent_fills()
         assert sorted(f.trade_id for f in recorder.fills) == sorted(f.trade_id.removeprefix("T") for f in venue_fills)
+
+
+async def test_the_venue_ending_a_replaced_silent_subscription_and_the_new_one_leaves_the_stream_read() -> None:
+    """A silent user stream subscribed again on the same socket leaves the silent subscription held at the venue too;
+    the venue then ends both (`eventStreamTerminated` twice): the second names nothing the client still holds, where
+    stock ccxt.pro 4.5.90 raised KeyError inside the socket's receive callback and read nothing more (the user stream
+    dead for good, the bot never subscribed again). The bot subscribes again once and its fills stream again."""
+    registry = CollectorRegistry()
+    recorder = Recorder()
+    value = registry.get_sample_value
+    executions = {"channel": "executions"}
+    async with binance_gateway() as (_gateway, dialect, base), binance_broker(base, registry, recorder) as broker:
+        await wait_for(lambda: value("tradingbot_stream_subscribed", executions) == 1)
+        await chaos(base, "binance_user_stream_silent")
+        await broker.submit(market("t-1"))  # its executionReport never comes: subscribed again on the same socket
+        await wait_for(lambda: value("tradingbot_stream_resyncs_total", {"channel": "executions", "reason": "silent"}))
+        held = lambda: value("tradingbot_stream_subscribed", executions) == 1  # noqa: E731
+        await wait_for(lambda: len(dialect.users.subscribers) == 2 and held())
+        await chaos(base, "clear")
+        ended = await chaos(base, "binance_listen_key_expired")
+        assert ended["subscriptions_terminated"] == 2
+        await wait_for(lambda: value("tradingbot_stream_subscription_ends_total", executions) == 1)
+        await wait_for(lambda: held() and dialect.users.subscribers)
+        first_seen = {"source": "stream"}
+        streamed = value("tradingbot_stream_fills_first_seen_total", first_seen) or 0
+        await broker.submit(market("t-2", side=Side.SELL, quantity="0.1"))
+        await wait_for(lambda: (value("tradingbot_stream_fills_first_seen_total", first_seen) or 0) > streamed)

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import msgspec
 
-from trading_ops.bot.control import COMMAND_SCOPES, REQUIRED_COMMANDS, STATE_COMMANDS
+from trading_ops.bot.control import COMMAND_SCOPES, CONTROL_EVENTS, RUNTIME_COMMANDS, STATE_COMMANDS
+from trading_ops.bot.control_journal import DEFAULT_EVENTS, MAX_EVENT_ID, MAX_EVENTS
 from trading_ops.bot.state import TradingState
 from trading_ops.openapi import Builder, bad_request, bearer_scheme, dumps, json_content, response
 from trading_ops.schema import one_of
@@ -124,6 +125,45 @@ class Reconciled(Done, kw_only=True):
     result: str = ""
 
 
+class ControlEventsArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """control_events' arguments: the page after the last event the caller has."""
+
+    after: Annotated[int, msgspec.Meta(ge=0, le=MAX_EVENT_ID, description="the events after this id")] = 0
+    limit: Annotated[int, msgspec.Meta(ge=0, le=MAX_EVENTS, description="at most this many")] = DEFAULT_EVENTS
+
+
+class ControlEvent(msgspec.Struct, kw_only=True):
+    """One journaled control command: who sent it (`principal`, the token that authenticated it; `source`, the label
+    it was counted under; `peer`, the address), what came of it (`outcome`: ok, or `refused STATUS` with `error`),
+    the state before and after a state command, and the signed decision it acted on (`decision`)."""
+
+    id: int
+    run_id: int
+    at: str
+    command: str = ""
+    principal: str = ""
+    source: str = ""
+    peer: str = ""
+    outcome: str = ""
+    result: str = ""
+    error: str = ""
+    before: str = ""
+    after: str = ""
+    decision: dict[str, Any] = {}
+
+
+class ControlEvents(Done, kw_only=True):
+    """The journal's control commands after `after`, oldest first; `last_id` the newest one's id (0: none; below the
+    caller's `after`, another journal than the one it read), `more` whether more follow, `caller` the asking token's
+    name. A read: not journaled itself."""
+
+    bot: str
+    caller: str
+    events: list[ControlEvent]
+    last_id: int
+    more: bool
+
+
 class Health(msgspec.Struct, kw_only=True):
     """Alive: the trading loop makes progress (the keys say how it was judged)."""
 
@@ -140,6 +180,7 @@ ARGUMENTS: dict[str, Any] = {
     "ramp_promote": RampPromoteArgs,
     "resubscribe": ResubscribeArgs,
     "reconcile": NoArgs,
+    CONTROL_EVENTS: ControlEventsArgs,
 }
 RESULTS: dict[str, type[Done]] = {
     **dict.fromkeys(STATE_COMMANDS, StateChanged),
@@ -148,6 +189,7 @@ RESULTS: dict[str, type[Done]] = {
     "reconnect": Reconnected,
     "resubscribe": Resubscribed,
     "reconcile": Reconciled,
+    CONTROL_EVENTS: ControlEvents,
 }
 
 
@@ -161,9 +203,10 @@ class Commands(Protocol):
 
 
 class RuntimeCommands:
-    """The commands every bot on the runtime offers (DESIGN.md), for the document printed without a bot."""
+    """The commands every bot on the runtime offers (DESIGN.md's and its journal's control events), for the document
+    printed without a bot."""
 
-    commands = sorted(REQUIRED_COMMANDS)
+    commands = sorted(RUNTIME_COMMANDS)
 
     def scope(self, name: str) -> str:
         return COMMAND_SCOPES[name]

@@ -262,6 +262,12 @@ class Broker(abc.ABC):
                 return symbol.split(sep, 1)[0]
         return symbol
 
+    def balance_assets(self) -> frozenset[str] | None:
+        """The assets whose balances are the bot's alone, the only ones reconciliation compares; None (the default):
+        every asset of the account is the bot's. On an account shared with other bots (ccxt's `shared_account`) the
+        quote asset is every bot's, so only its symbols' base assets (no other bot on the account trades them)."""
+        return None
+
     def has_dead_man_switch(self) -> bool:
         """Whether the venue has a dead man's switch (Kraken's CancelAllOrdersAfter, ccxt's cancelAllOrdersAfter):
         `cancel_all_orders_after` works. The runtime keeps it armed from its trading loop."""
@@ -285,6 +291,12 @@ class Broker(abc.ABC):
     def rate_limit_headroom(self) -> float | None:
         """Fraction (0-1) of the venue's request rate limit still available, or None when the broker cannot tell
         (then tradingbot_rate_limit_headroom_ratio stays absent)."""
+        return None
+
+    def order_count_headroom(self) -> float | None:
+        """Fraction (0-1) of the venue's limit on new orders still available (Binance's orders per 10 s and per day,
+        the tighter), or None where the venue has no such limit or the broker cannot tell. The order gate refuses
+        new risk when it runs low, keeping the rest for reduce-only orders (cancels are not new orders)."""
         return None
 
     @contextlib.asynccontextmanager

@@ -109,6 +109,8 @@ class VenueSnapshot:
     fills: list[VenueFill]  # oldest first
     # How the orders open in the journal and not on the venue ended, by order key (None: the venue forgot it).
     closed_orders: dict[str, VenueOrder | None] = field(default_factory=dict)
+    # The assets whose balances are the bot's alone (Broker.balance_assets), the only ones compared; None: every one.
+    balance_assets: frozenset[str] | None = None
 
     @property
     def unknown(self) -> list[str]:
@@ -357,11 +359,19 @@ def _positions(sides: _Sides) -> list[Discrepancy]:
 
 def _balances(sides: _Sides) -> list[Discrepancy]:
     """A balance that the fills found do not explain; none compared when the venue did not answer for them, and an
-    empty journal takes the venue's balances as its baseline, silently."""
+    empty journal takes the venue's balances as its baseline, silently. Only the bot's own assets where the venue
+    snapshot names them (an account shared with other bots)."""
     if not sides.journal.balances or sides.venue.balances is None:
         return []
     _, expected = sides.expected
-    return _unexplained(Kind.BALANCE_MISMATCH, sides.venue.balances, expected, sides.journal.balances)
+    venue, journal, own = sides.venue.balances, sides.journal.balances, sides.venue.balance_assets
+    if own is not None:  # an account shared with other bots: its quote asset is theirs too, never compared
+        venue, expected = _only(venue, own), _only(expected, own)
+    return _unexplained(Kind.BALANCE_MISMATCH, venue, expected, journal)
+
+
+def _only(amounts: dict[str, Decimal], assets: frozenset[str]) -> dict[str, Decimal]:
+    return {asset: amount for asset, amount in amounts.items() if asset in assets}
 
 
 # What classify compares, one check each; each returns its discrepancies (classify orders them).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,16 @@ CommandHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 STATE_COMMANDS = ("pause", "resume", "reduce_only", "flatten", "halt", "clear_halt")
 # Commands every bot is expected to offer (DESIGN.md); a bot registers the non-state ones.
 REQUIRED_COMMANDS = (*STATE_COMMANDS, "cancel_all", "reconnect", "resubscribe", "reconcile", "status")
+# The journaled control commands, read back (trading_ops.bot.control_journal): what the reconciler's audit pulls.
+CONTROL_EVENTS = "control_events"
+# What every bot on the runtime offers: the required commands and its journal's control events.
+RUNTIME_COMMANDS = (*REQUIRED_COMMANDS, CONTROL_EVENTS)
 # The scope each command needs (trading_ops.scopes): reads, what pauses or mends, what closes positions or stops a bot
 # until a person clears it. The reconciler's `bot` steps send a target's destructive_token with the destructive ones.
 # `reload` is the freqtrade sidecar's reconnect. A command a bot registers without a scope needs `destructive`.
 COMMAND_SCOPES = {
     "status": READ,
+    CONTROL_EVENTS: READ,
     "pause": OPERATE,
     "resume": OPERATE,
     "reduce_only": OPERATE,
@@ -83,6 +89,17 @@ class Caller:
         return f"token '{self.token}'{via} from {self.peer}"
 
 
+# The signed decision a command acted on (its id, kind, requester, approvers, rule), set by the DecisionGate inside the
+# command's request (one aiohttp task: its own context) and read by the control API when it records the command: the
+# bot's record says both who sent the command (the token) and who decided it (the decision's approvers).
+ACTED_ON: ContextVar[dict[str, Any] | None] = ContextVar("trading_ops_acted_on", default=None)
+# Who sent the command being run (its task's context, set by ControlPlane.run): a read command answers with its
+# caller's token name (control_events: the reconciler learns which journaled commands were its own).
+CALLER: ContextVar[Caller | None] = ContextVar("trading_ops_caller", default=None)
+# A record of one control command: (command, caller, outcome, detail); see ControlPlane.on_command.
+CommandRecorder = Callable[[str, Caller, str, dict[str, Any]], None]
+
+
 class CommandError(Exception):
     """A command that cannot be carried out as asked (bad arguments, nothing to do); the API answers 400."""
 
@@ -116,6 +133,7 @@ class ControlPlane:
         self._status_extras: list[Callable[[], dict[str, Any]]] = []
         self._handlers["status"] = self._status
         self._guards: dict[str, CommandGuard] = {}
+        self._recorders: list[CommandRecorder] = []
 
     @property
     def commands(self) -> list[str]:
@@ -150,6 +168,23 @@ class ControlPlane:
         """Call `callback(command, before, after)` after each accepted state command (e.g. cancel on halt)."""
         self._on_transition.append(callback)
 
+    def on_command(self, recorder: CommandRecorder) -> None:
+        """Call `recorder(command, caller, outcome, detail)` for every command an authenticated caller sent, carried
+        out (`ok`) or refused (`refused 403: ...`), the reads (`read` scope: `status`, polled every second by
+        verifications, and `control_events`) aside: no read decides anything. The runtime journals each one
+        (trading_ops.bot.journal_writes.journal_commands)."""
+        self._recorders.append(recorder)
+
+    def record(self, command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> None:
+        """Hand one command to the recorders (a recorder that fails is logged; the command stands). A read is none."""
+        if self.scope(command) == READ:
+            return
+        for recorder in self._recorders:
+            try:
+                recorder(command, caller, outcome, detail)
+            except Exception:
+                log.exception("recording the control command %s by %s failed", command, caller)
+
     def add_status(self, provider: Callable[[], dict[str, Any]]) -> None:
         self._status_extras.append(provider)
 
@@ -158,8 +193,9 @@ class ControlPlane:
 
     async def run(self, name: str, args: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
         """Carry out a command. Raises KeyError (unknown), TransitionRefused, CommandError. A state command's
-        `caller` is journaled with the transition."""
+        `caller` is journaled with the transition, and a command's handler finds it in CALLER."""
         handler = self._handlers[name]
+        CALLER.set(caller)
         if name in STATE_COMMANDS:
             return await self._apply_state(name, args, caller)
         return await handler(args)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from trading_ops.bot.control import CommandForbidden
+from trading_ops.bot.control import ACTED_ON, CommandForbidden
 from trading_ops.bot.metrics import PREFIX, BotMetrics
 from trading_ops.config import ConfigError
 from trading_ops.decisions import (
@@ -127,6 +127,8 @@ class DecisionGate:
         self._acted[decision.kind].inc()
         self._last[decision.kind].set(now)
         self.last[decision.kind] = {**decision.to_dict(), "acted_at": now}
+        # The control command that carried it records who decided beside who sent it (control.ACTED_ON).
+        ACTED_ON.set({k: self.last[decision.kind].get(k) for k in ("id", "kind", "requested_by", "approvers", "rule")})
         log.warning("acting on %s", decision.summary())
 
     def status(self) -> dict[str, Any]:

@@ -23,6 +23,12 @@ REFUSED_STALE = "stale_market_data"
 REFUSED_JOURNAL = "journal"
 REFUSED_JOURNAL_RECONCILIATION = "journal_reconciliation"
 REFUSED_INSTANCE_LOCK = "instance_lock"
+REFUSED_ORDER_COUNT = "venue_order_count"
+# New risk stops once no more than this share of the venue's limit on new orders is left (Binance: 10 of its 100 orders
+# per 10 s): the rest is kept for reduce-only orders (a flatten's, one per symbol, and their retries), which the
+# venue counts too. Cancels are not new orders on any venue: they always go. Past the limit Binance answers -1015 and
+# takes no order at all, reducing included, until its window ends.
+ORDER_COUNT_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,9 @@ class OrderGate:
     bot can trust (after the orders channel dropped, the reconciliation that follows the reconnect must pass
     first: fills may have been missed meanwhile) and fresh market data for its symbol. A reduce-only order needs
     neither (the venue lets it only shrink a position, and flattening during a market-data outage is exactly what
-    an operator may need). Last come the risk limits (RiskEngine.check).
+    an operator may need). Nor while the venue's room for new orders is down to ORDER_COUNT_FLOOR (`order_headroom`,
+    Binance's order counts: past them the venue takes no order at all, reduce-only ones included, for the rest of its
+    window). Last come the risk limits (RiskEngine.check).
     """
 
     def __init__(
@@ -61,12 +69,14 @@ class OrderGate:
         risk: RiskEngine,
         market_data_stale: Callable[[str], bool],
         instance_lock: Callable[[], str | None] = lambda: None,
+        order_headroom: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.state = state
         self.metrics = metrics
         self.risk = risk
         self.market_data_stale = market_data_stale
         self.instance_lock = instance_lock
+        self.order_headroom = order_headroom  # the venue's room for new orders (Broker.order_count_headroom)
         self.accepting = True  # False once shutting down: no new orders
         self.trading_allowed = False  # the safe-start gate: opened by the first clean or resolved reconciliation
         # The orders channel dropped: fills may have been missed, so the book may be stale. No order that can add
@@ -106,7 +116,8 @@ class OrderGate:
         return None if state_refusal is None else Refusal(REFUSED_STATE, state_refusal)
 
     def _new_risk_refusal(self, symbol: str) -> Refusal | None:
-        """Why no order that can add risk on `symbol` goes out now (a reconciliation owed, stale market data)."""
+        """Why no order that can add risk on `symbol` goes out now (a reconciliation owed, stale market data, the
+        venue's order count near its limit)."""
         if self.journal_reconcile_pending:
             return Refusal(
                 REFUSED_JOURNAL_RECONCILIATION,
@@ -116,6 +127,13 @@ class OrderGate:
             return Refusal(REFUSED_RECONNECT, "the reconciliation after the orders channel reconnected has not passed")
         if self.market_data_stale(symbol):
             return Refusal(REFUSED_STALE, f"market data for {symbol} is stale")
+        headroom = self.order_headroom()
+        if headroom is not None and headroom <= ORDER_COUNT_FLOOR:
+            return Refusal(
+                REFUSED_ORDER_COUNT,
+                f"the venue's order count is near its limit ({headroom:.0%} left; "
+                f"the last {ORDER_COUNT_FLOOR:.0%} is kept for reduce-only orders)",
+            )
         return None
 
     def refuse(self, symbol: str, refusal: Refusal) -> None:

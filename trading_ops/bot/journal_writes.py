@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from trading_ops.bot.control import Caller, ControlPlane
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.recovery_store import RecoveryStore
 from trading_ops.bot.state import StateMachine, TradingState
@@ -30,6 +31,19 @@ class JournalWrites:
     async def wait(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks)
+
+
+def command_event(command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a journaled control command (what `control_events` serves back): who sent it, from where, and
+    how it ended, with the command's own detail (the state before and after, the decision it acted on)."""
+    return {
+        "command": command,
+        "principal": caller.token,
+        "source": caller.source,
+        "peer": caller.peer,
+        "outcome": outcome,
+        **detail,
+    }
 
 
 def journal_transitions(
@@ -61,3 +75,32 @@ def journal_transitions(
         writes.spawn(write())
 
     state.add_listener(transition)
+
+
+def journal_commands(
+    control: ControlPlane,
+    writes: JournalWrites,
+    journal: Journal,
+    store: RecoveryStore,
+    run_id: Callable[[], int | None],
+) -> None:
+    """Every control command an authenticated caller sent (`status` aside) goes to the journal with the principal that
+    authenticated it (the token's name), the source it was counted under, the peer, what came of it and the signed
+    decision it acted on (who asked, who approved): a `resume` or a `clear_halt` sent straight to the bot is recorded
+    at the bot, whoever holds its token. Written in the background, in order with the journal's other writes."""
+
+    def record(command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> None:
+        run = run_id()
+        if run is None:
+            return
+        fields = command_event(command, caller, outcome, detail)
+
+        async def write() -> None:
+            try:
+                await journal.call(store.record_command, run, fields)
+            except Exception:
+                log.exception("journaling the control command %s by %s failed", command, caller)
+
+        writes.spawn(write())
+
+    control.on_command(record)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from decimal import Decimal
 
-from trading_ops.bot.book import Book
 from trading_ops.bot.broker import (
     Broker,
     BrokerError,
@@ -25,41 +22,39 @@ from trading_ops.bot.broker import (
     VenueOrder,
     order_key,
 )
-from trading_ops.bot.classify import ADJUSTMENT_LIQUIDITY, balance_changes, split_symbol
+from trading_ops.bot.cancels import Cancels
+from trading_ops.bot.classify import ADJUSTMENT_LIQUIDITY
 from trading_ops.bot.gate import REFUSED_JOURNAL, OrderGate, Refusal
 from trading_ops.bot.journal import Journal, OrderUpdate
 from trading_ops.bot.journal_health import is_journal_failure
 from trading_ops.bot.metrics import BotMetrics
+from trading_ops.bot.positions import Positions
 from trading_ops.db.base import utcnow
 
 log = logging.getLogger(__name__)
 
 EXTERNAL_STRATEGY = "external"  # strategy recorded for orders adopted from the venue
-# Cancels the venue refused (rate limit) are retried this often within a cancel_everything budget.
-CANCEL_RETRY_SECONDS = 0.1
 # Rounds of "drain the venue, journal what was held back" before a reconciliation snapshot.
 SETTLE_ROUNDS = 5
-# An order of unknown outcome (its submit's answer lost, the broker's own lookup failed) is looked up before it is
-# canceled, at most this often at first, the wait doubling after each lookup that finds nothing, up to the cap: a
-# strategy asking every step to cancel it must not spend the venue's call budget on it (a cancel by client order id
-# of an order never placed is refused every time).
-UNKNOWN_LOOKUP_SECONDS = 2.0
-UNKNOWN_LOOKUP_MAX_SECONDS = 60.0
 # The statuses that say the venue took an order (tradingbot_orders_acknowledged_total).
 ACCEPTED = (OrderStatus.ACKNOWLEDGED, OrderStatus.PARTIALLY_FILLED)
 
 
 class OrderEngine:
-    """Owns what the bot has working on the venue and what it holds: every order goes out through the gate and
-    is journaled before it leaves; every venue event and fill is journaled and booked once (fills by trade id),
-    and exported. During a reconciliation venue events wait (`reconciling`) and are applied after it, in arrival
-    order. It is also the reconciliation's hooks (settle, adopt_*, adjust_position, fills_changed, halt).
+    """Owns what the bot has working on the venue: every order goes out through the gate and is journaled before it
+    leaves; every venue event and fill is journaled and booked once (fills by trade id), and exported. During a
+    reconciliation venue events wait (`reconciling`) and are applied after it, in arrival order. It is also the
+    reconciliation's hooks (settle, adopt_*, adjust_position, fills_changed, halt).
 
-    Over 400 lines because submit, cancel and the two event streams must share one view of every order (working,
-    in flight, adopted, filled so far); splitting them would put that view in two places. Its 29 public methods are
-    the three interfaces to that one view: the strategy's (submit, cancel, order_refusal, ...), the venue's events
-    (on_order, on_fill, on_quote and their apply_*), and the reconciliation's hooks (settle, adopt_*, adjust_position,
-    fills_changed, halt), with the runtime's start (restore_book, adopt_open_orders) and stop (cancel_everything).
+    Two parts own a concern of their own beside it: `positions` (Positions: the book of what the bot holds, written
+    with each fill, exported, restored) and `cancels` (Cancels: one order, all of the bot's, the lookups of an order of
+    unknown outcome), which reads this engine's view of its orders. About 400 lines because submit and the two event
+    streams must share that one view of every order (working, in flight, adopted, filled so far); splitting them would
+    put it in two places. Its 29 public methods are the interfaces to it: the strategy's (submit, cancel,
+    order_refusal, ...), the risk engine's (position, mark, open_order_count, ...), the venue's events (on_order,
+    on_fill, on_quote and their apply_*), the reconciliation's hooks (settle, adopt_*, adjust_position, fills_changed,
+    halt), the runtime's start (restore_book, adopt_open_orders) and stop (cancel_everything); those of the parts are
+    a line each.
     """
 
     def __init__(
@@ -89,19 +84,27 @@ class OrderEngine:
         # Called after venue events (and a reconciliation's adoptions) changed the book or the orders: the runtime
         # ends a flatten there, not a step later.
         self._on_applied = on_applied or (lambda: None)
-        self.book = Book()
+        self.positions = Positions(broker, journal, metrics, gate, symbols=symbols, quote_asset=quote_asset)
+        self.book = self.positions.book  # the parts' own, shared as they were (the loop and the strategy read them)
         self.orders: dict[str, VenueOrder] = {}  # working orders by key (the client order id, if they have one)
         self.order_sent_at: dict[str, float] = {}  # sent and not known closed: in flight until acknowledged
         self._sent: dict[str, OrderRequest] = {}  # what was sent, while its answer has not come (see in_flight)
         self.external_orders: set[str] = set()  # keys of working orders adopted from the venue (placed by hand)
         self._filled_seen: dict[str, Decimal] = {}  # quantity of the fills seen per working order (see apply_fill)
-        self.quotes: dict[str, Quote] = {}
+        self.quotes = self.positions.quotes
         self.reconciling = False
         self._deferred: list[VenueFill | VenueOrder] = []  # venue events that arrived during a reconciliation
-        self._lookups: dict[str, tuple[float, float]] = {}  # unknown outcome: key -> (next lookup, wait after it)
-        self._fill_lock = asyncio.Lock()  # one fill at a time between the book and its journal write
         self._ids = itertools.count(1)
         self.id_prefix = f"{order_id_prefix}-{int(time.time() * 1000):x}"
+        self.cancels = Cancels(
+            broker,
+            journal,
+            metrics,
+            orders=self.orders,
+            sent_at=self.order_sent_at,
+            id_prefix=self.id_prefix,
+            apply_order=self.apply_order,
+        )
 
     # -- what the risk engine reads (risk.Exposure) ---------------------------------------------------
     def position(self, symbol: str) -> Decimal:
@@ -246,103 +249,22 @@ class OrderEngine:
         self._on_outcome_unknown()
 
     async def cancel(self, key: str, order: VenueOrder | None = None) -> bool:
-        """Cancel a working order by its key (by venue order id for one placed without a client order id); `order`
-        is the venue's view of one the bot does not track (yet)."""
-        answer = await self._cancel_at_venue(key, order)
-        if answer is None:
-            return False
-        # The answer is the venue's word on the order: it counts even when no event follows (a venue may send
-        # none for an order placed by hand); when the event came first, it changes nothing.
-        await self.apply_order(answer)
-        return True
-
-    async def _cancel_at_venue(self, key: str, order: VenueOrder | None = None) -> VenueOrder | None:
-        if order is None or not order.venue_order_id:  # the venue's listing, when given, knows its id
-            order = self.orders.get(key) or order
-        if order is not None and not order.venue_order_id and order.client_order_id:
-            # Its outcome is unknown: ask the venue what became of it rather than send a cancel it may refuse.
-            order = await self._look_up_unknown(key)
-            if order is None or not order.status.is_open:
-                return order
-        try:
-            if order is not None and not order.client_order_id:
-                return await self.broker.cancel(venue_order_id=order.venue_order_id)
-            return await self.broker.cancel(key)
-        except BrokerError as exc:
-            self.metrics.venue_error(exc.error_class)
-            log.info("cancel %s failed: %s", key, exc)
-            return None
-
-    def _placed_by_this_run(self, key: str) -> bool:
-        """Tracked, in flight (sent, its answer not applied yet) or carrying this run's client order id prefix."""
-        return key in self.orders or key in self.order_sent_at or key.startswith(f"{self.id_prefix}-")
+        """Cancel a working order by its key; `order` is the venue's view of one the bot does not track (yet)
+        (Cancels.cancel)."""
+        return await self.cancels.cancel(key, order)
 
     async def own_open_orders(self) -> list[VenueOrder]:
-        """The venue's open orders that are this bot's: those this run placed (tracked, in flight, or answered by
-        nothing), adopted ones, and any the journal holds as the bot's (a previous run's, kept at its shutdown or
-        placed just before a crash). Orders placed by hand and never adopted are not: reconciliation's
-        unknown_order policy decides about those. Raises BrokerError when the venue cannot be reached."""
-        listed = await self.broker.open_orders()
-        mine = [o for o in listed if self._placed_by_this_run(o.key)]
-        others = [o for o in listed if not self._placed_by_this_run(o.key)]
-        if others:
-            rows = await self.journal.call(self.journal.orders_by_client_id, [o.key for o in others])
-            journaled = {row.client_order_id for row in rows}
-            mine.extend(o for o in others if o.key in journaled)
-        return mine
-
-    async def _look_up_unknown(self, key: str) -> VenueOrder | None:
-        """The venue's view of a tracked order of unknown outcome (Broker.order_status, by its client order id), taken
-        in as the venue's word; None when it is not time for another lookup, the venue cannot be asked, or it does
-        not know the order (yet: the reconciliation its unknown outcome asked for settles it)."""
-        now = time.monotonic()
-        due, wait = self._lookups.get(key, (0.0, UNKNOWN_LOOKUP_SECONDS))
-        if now < due:
-            return None
-        self._lookups[key] = (now + wait, min(wait * 2, UNKNOWN_LOOKUP_MAX_SECONDS))
-        try:
-            found = await self.broker.order_status(key)
-        except BrokerError as exc:
-            self.metrics.venue_error(exc.error_class)
-            log.info("order %s: looking it up failed: %s", key, exc)
-            return None
-        if found is None:
-            log.info("order %s: the venue does not know it (yet); left to reconciliation", key)
-            return None
-        log.info("order %s of unknown outcome found at the venue: %s %s", key, found.venue_order_id, found.status.value)
-        self._lookups.pop(key, None)
-        await self.apply_order(found)
-        return found
+        """The venue's open orders that are this bot's (Cancels.own_open_orders)."""
+        return await self.cancels.own_open_orders()
 
     async def cancel_all(self) -> int:
-        """Cancel every open order of the bot on the venue once (`own_open_orders`: in flight and journaled ones
-        too, not only those it tracks); raises BrokerError when the venue cannot be reached. A cancel the venue
-        refuses (rate limit) is logged and left. The cancels go out first, their answers are journaled after; a journal
-        that cannot be written does not stop them (cancels reduce risk): an answer it could not take is left to the
-        reconciliation that follows the journal's return."""
-        answers = [await self._cancel_at_venue(o.key, o) for o in await self.own_open_orders()]
-        for answer in answers:
-            if answer is not None:
-                try:
-                    await self.apply_order(answer)
-                except Exception as exc:
-                    if not is_journal_failure(exc):
-                        raise
-                    log.warning("order %s canceled on the venue; not journaled (%s)", answer.key, exc)
-        return sum(answer is not None for answer in answers)
+        """Cancel every open order of the bot on the venue once (Cancels.cancel_all)."""
+        return await self.cancels.cancel_all()
 
     async def cancel_everything(self, budget: float) -> tuple[int, list[str]]:
-        """cancel_all, then look at the venue again: while it still lists some of the bot's orders open (refused
-        cancels, an order that landed meanwhile), cancel again every CANCEL_RETRY_SECONDS for up to `budget`
-        seconds; returns (canceled, keys still open). Raises BrokerError when unreachable."""
-        deadline = time.monotonic() + budget
-        canceled = await self.cancel_all()
-        while True:
-            left = sorted(o.key for o in await self.own_open_orders())
-            if not left or time.monotonic() >= deadline:
-                return canceled, left
-            await asyncio.sleep(CANCEL_RETRY_SECONDS)
-            canceled += await self.cancel_all()
+        """cancel_all until the venue lists none of the bot's orders, for up to `budget` seconds
+        (Cancels.cancel_everything)."""
+        return await self.cancels.cancel_everything(budget)
 
     async def flatten_step(self) -> None:
         """One step of `flatten`: cancel every working limit order (adopted ones too), then close each position
@@ -394,7 +316,7 @@ class OrderEngine:
 
     def _forget(self, key: str) -> None:
         """The order is closed: no longer working, in flight or adopted."""
-        self._lookups.pop(key, None)
+        self.cancels.forget(key)
         self.orders.pop(key, None)
         self.order_sent_at.pop(key, None)
         self._sent.pop(key, None)
@@ -415,23 +337,8 @@ class OrderEngine:
         One fill at a time: the book changes, the journal write, and the book is put back as it was when the write
         fails (a duplicate, or a database error: then the fill is in neither, and reconciliation adopts it once).
         """
-        async with self._fill_lock:
-            checkpoint = self.book.checkpoint(fill.symbol)
-            realized = self.book.apply_fill(
-                fill.symbol, fill.side.sign * fill.quantity, fill.price, fill.fee, fill.executed_at
-            )
-            h = self.book.holding(fill.symbol)
-            changes = None if adjustment else balance_changes(fill, self.split_symbol)
-            try:
-                stored = await self.journal.call(
-                    self.journal.fill, fill, (h.quantity, h.average_price, h.realized_pnl), changes, realized
-                )
-            except BaseException:
-                self.book.rollback(checkpoint)
-                raise
-            if not stored:  # the same trade id twice: undo, count nothing
-                self.book.rollback(checkpoint)
-                return False
+        if not await self.positions.book_fill(fill, adjustment):
+            return False
         if adjustment:
             self.export_pnl()
             return True
@@ -458,32 +365,24 @@ class OrderEngine:
             client_order_id=fill.client_order_id,
             order_done=done or order is None,
         )
-        self.metrics.position(
-            fill.symbol, float(self.book.position(fill.symbol)), float(self.book.notional(fill.symbol))
-        )
+        self.positions.export_position(fill.symbol)
         if self.broker.is_connected(Channel.ORDERS):
+            own = self.broker.balance_assets()  # on a shared account, the quote asset is no one bot's to export
             for asset, total in (await self.broker.balances()).items():
-                self.metrics.balance(asset, float(total))
+                if own is None or asset in own:
+                    self.metrics.balance(asset, float(total))
         self.export_pnl()
         return True
 
     def split_symbol(self, symbol: str) -> tuple[str, str]:
-        _, quote = split_symbol(symbol)
-        return self.broker.base_asset(symbol), quote or self.quote_asset
+        return self.positions.split_symbol(symbol)
 
     async def on_quote(self, quote: Quote) -> None:
-        self.quotes[quote.symbol] = quote
-        self.book.mark(quote.symbol, quote.mid)
-        self.metrics.market_data(quote.symbol)
+        self.positions.on_quote(quote)
 
     def export_pnl(self) -> None:
-        """Positions and P&L as metrics, and the day's loss and the equity to the risk engine (their limits halt
-        the bot)."""
-        for symbol in self.symbols:
-            self.metrics.position(symbol, float(self.book.position(symbol)), float(self.book.notional(symbol)))
-        self.metrics.pnl(float(self.book.realized_today), float(self.book.unrealized_pnl()))
-        self.gate.risk.observe_loss(-(self.book.realized_today + self.book.unrealized_pnl()))
-        self.gate.risk.observe_equity(self.book.equity(), self.book.open_positions())
+        """Positions and P&L as metrics, and the day's loss and the equity to the risk engine (Positions)."""
+        self.positions.export_pnl()
 
     # -- reconciliation hooks (trading_ops.bot.reconciliation.ReconciliationHooks) ---------------------
     async def settle(self) -> None:
@@ -544,28 +443,16 @@ class OrderEngine:
         await self.apply_fill(fill, adjustment=True)
 
     async def fills_changed(self, symbols: list[str]) -> None:
-        """Fill rows of `symbols` were removed from the journal: replay those symbols' fills into their positions
-        (and each fill's realized P&L), then take the book from the journal again."""
-        async with self._fill_lock:
-            await self.journal.call(self.journal.rebuild_positions, symbols)
-            await self.restore_book()
+        """Fill rows of `symbols` were removed from the journal: their positions replayed, the book taken again."""
+        await self.positions.rebuild(symbols)
 
     async def halt(self, reason: str) -> None:
         await self._on_halt(reason)
 
     # -- start ----------------------------------------------------------------------------------------
     async def restore_book(self) -> None:
-        """Take positions and today's realized P&L from the journal, so a restart continues where the bot stopped:
-        the positions table (written with every fill) and the last day's fills, never the whole history."""
-        state = await self.journal.call(self.journal.book_state)
-        if state.realized_on_day is None:  # fills journaled before their realized P&L was: computed once, here
-            symbols = await self.journal.call(self.journal.rebuild_positions, None)
-            log.warning("realized P&L of the journaled fills computed from their history (%s)", ", ".join(symbols))
-            state = await self.journal.call(self.journal.book_state)
-        self.book.restore(state.holdings, state.day, state.realized_on_day or Decimal(0))
-        self.book.roll_day(datetime.now(UTC))  # the last fills were yesterday's: today's loss starts at 0
-        for symbol in self.symbols:
-            self.metrics.position(symbol, float(self.book.position(symbol)), float(self.book.notional(symbol)))
+        """Take positions and today's realized P&L from the journal (Positions.restore)."""
+        await self.positions.restore()
 
     async def adopt_open_orders(self) -> None:
         """Journaled orders the venue still works are this bot's again (their ages restart now)."""

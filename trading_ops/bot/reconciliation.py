@@ -291,7 +291,9 @@ class Reconciler:
             open_orders = await self.broker.open_orders()
             after = await self.broker.recent_fills(since)
             if [f.trade_id for f in before] == [f.trade_id for f in after]:
-                return VenueSnapshot(positions, balances, open_orders, after)
+                return VenueSnapshot(
+                    positions, balances, open_orders, after, balance_assets=self.broker.balance_assets()
+                )
         raise RuntimeError(f"the venue kept filling during {SNAPSHOT_ATTEMPTS} snapshot attempts")
 
     @staticmethod

@@ -19,6 +19,7 @@ from trading_ops.db.models import BotRun, ReconciliationDiscrepancy, Reconciliat
 MAX_ERROR_LENGTH = 255
 MAX_VALUE_LENGTH = 64
 STATE_EVENT = "state"  # the kind of a journaled trading state transition
+CONTROL_EVENT = "control"  # the kind of a journaled control command (who sent it, what came of it)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,53 @@ class RecoveryStore:
                 fields["by"] = by
             detail = json.dumps(fields, sort_keys=True)
             session.add(RecoveryEvent(bot=self.bot, run_id=run_id, kind=STATE_EVENT, detail=detail, notified=True))
+
+    def record_command(self, run_id: int, fields: dict[str, Any]) -> None:
+        """Journal a control command an authenticated caller sent (its command, principal, source, peer, outcome and
+        the signed decision it acted on), as a `control` event: never reported as a crash."""
+        detail = json.dumps(fields, sort_keys=True, default=str)
+        with self._sessions.begin() as session:
+            session.add(RecoveryEvent(bot=self.bot, run_id=run_id, kind=CONTROL_EVENT, detail=detail, notified=True))
+
+    def commands(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest journaled control commands of this bot, oldest first (each its fields and `at`)."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(RecoveryEvent)
+                .where(RecoveryEvent.bot == self.bot, RecoveryEvent.kind == CONTROL_EVENT)
+                .order_by(RecoveryEvent.id.desc())
+                .limit(limit)
+            ).all()
+        out = []
+        for row in reversed(rows):
+            try:
+                fields = json.loads(row.detail)
+            except ValueError:
+                continue
+            if isinstance(fields, dict):
+                out.append({**fields, "at": row.detected_at})
+        return out
+
+    def control_events(self, after: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """The journaled control commands of this bot after event `after`, oldest first (at most `limit`; each its
+        fields with its event `id`, `run_id` and `at`), and the newest such event's id (0: none): what the
+        reconciler's audit pulls (the control API's `control_events`). A row whose detail is not a JSON object is
+        answered with what the row alone says (an event is never skipped unseen)."""
+        kind = (RecoveryEvent.bot == self.bot, RecoveryEvent.kind == CONTROL_EVENT)
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(RecoveryEvent).where(*kind, RecoveryEvent.id > after).order_by(RecoveryEvent.id).limit(limit)
+            ).all()
+            last = int(session.scalar(select(func.max(RecoveryEvent.id)).where(*kind)) or 0)
+        out = []
+        for row in rows:
+            try:
+                fields = json.loads(row.detail)
+            except ValueError:
+                fields = None
+            fields = fields if isinstance(fields, dict) else {"outcome": "unreadable journal row"}
+            out.append({**fields, "id": row.id, "run_id": row.run_id, "at": row.detected_at.isoformat()})
+        return out, last
 
     def last_transition(self) -> dict[str, str] | None:
         """The newest journaled change of trading state of this bot ({before, after, reason}), or None."""

@@ -17,6 +17,7 @@ from trading_ops import logsetup
 from trading_ops.bot.broker import Broker
 from trading_ops.bot.control import SOURCE_RISK
 from trading_ops.bot.control_commands import ControlCommands, guard_clear_halt
+from trading_ops.bot.control_journal import serve_control_events
 from trading_ops.bot.crash_report import RETRY_SECONDS, CrashReporter
 from trading_ops.bot.dead_man_switch import DeadMansSwitch
 from trading_ops.bot.decision_gate import DecisionGate, trusted_keys
@@ -27,7 +28,7 @@ from trading_ops.bot.instance_lock import InstanceLock
 from trading_ops.bot.instrumentation import Instrumentation
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.journal_health import JournalHealth
-from trading_ops.bot.journal_writes import JournalWrites, journal_transitions
+from trading_ops.bot.journal_writes import JournalWrites, journal_commands, journal_transitions
 from trading_ops.bot.kill_switch import KillSwitch
 from trading_ops.bot.live_gate import check_live_start
 from trading_ops.bot.lock_keeper import LockKeeper
@@ -250,7 +251,12 @@ class BotRuntime:
         self.ramp, self.ramp_watch, self.base_limits = self.ramp_wiring.ramp, self.ramp_wiring.watch, limits
         self.risk = self.ramp_wiring.risk_engine(self.inst.state, self.metrics, on_halt=self._halted_by_risk)
         self.gate = OrderGate(
-            self.inst.state, self.metrics, self.risk, self.market_data_stale, self.instance_lock.problem
+            self.inst.state,
+            self.metrics,
+            self.risk,
+            self.market_data_stale,
+            self.instance_lock.problem,
+            order_headroom=self.broker_order_headroom,
         )
         self.peak_journal = PeakJournal(self.risk.peak, self.journal)
         self.order_engine = OrderEngine(
@@ -360,6 +366,10 @@ class BotRuntime:
         journal_transitions(
             self.inst.state, self.journal_writes, self.journal, self.recovery_store, lambda: self.heartbeat.run_id
         )
+        journal_commands(
+            self.inst.control, self.journal_writes, self.journal, self.recovery_store, lambda: self.heartbeat.run_id
+        )
+        serve_control_events(self.inst.control, self.journal, self.recovery_store)
         self.lock_keeper = LockKeeper(
             self.instance_lock,
             self.journal,
@@ -546,6 +556,10 @@ class BotRuntime:
         if age is None or age > self.config.bot.market_data_stale_seconds:
             return True
         return not self.broker.market_data_in_sync(symbol)  # a book out of sync is never traded on
+
+    def broker_order_headroom(self) -> float | None:
+        """The venue's room for new orders (Broker.order_count_headroom), asked of the broker the runtime holds now."""
+        return self.broker.order_count_headroom()
 
     def loop_progressing(self) -> bool:
         """What /healthz checks first (and the heartbeat and systemd's watchdog only): the trading loop completed an

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from trading_ops.bot.broker import BrokerError
-from trading_ops.bot.control import SOURCE_HEADER, Caller, CommandError, command_source
+from trading_ops.bot.control import ACTED_ON, SOURCE_HEADER, Caller, CommandError, command_source
 from trading_ops.bot.keys import INSTRUMENTATION
 from trading_ops.bot.state import TransitionRefused
 from trading_ops.http_guard import guard
@@ -100,6 +100,7 @@ class _Call:
     label: str  # the command's metric label
     peer: str  # the caller, for the log
     fields: dict[str, str]  # a JSON log's own keys
+    caller: Caller | None = None  # who asked, once the token matched: its refusals are recorded too
 
     def fail(
         self,
@@ -111,14 +112,34 @@ class _Call:
         level: int = logging.WARNING,
         body: dict[str, Any] | None = None,
     ) -> web.Response:
-        """Count the failure as `reason`, log `why % args`, answer `status` with `message` (and `body`'s fields)."""
+        """Count the failure as `reason`, log `why % args`, record it (a known command of an authenticated caller),
+        answer `status` with `message` (and `body`'s fields)."""
         self.inst.metrics.control_failure(self.label, reason)
         log.log(level, why, *args, exc_info=level >= logging.ERROR, extra=self.fields)
+        if self.caller is not None and self.label != UNKNOWN_COMMAND_LABEL:
+            detail = {"error": message[:SUMMARY_MAX_CHARS], **_acted_on()}
+            _record(self.inst, self.command, self.caller, f"refused {status}", detail)
         return _error(status, message, **(body or {}))
+
+
+def _record(inst: Any, command: str, caller: Any, outcome: str, detail: dict[str, Any]) -> None:
+    """The command handed to the control plane's recorders: the runtime journals it, and so do the freqtrade sidecar
+    and the NautilusTrader controller (trading_ops.integrations.command_journal). A control plane without `record` has
+    its log line and its tradingbot_control_commands_total as its record."""
+    record = getattr(inst.control, "record", None)
+    if record is not None:
+        record(command, caller, outcome, detail)
+
+
+def _acted_on() -> dict[str, Any]:
+    """The signed decision the command acted on, as its record keeps it ({} when none)."""
+    decision = ACTED_ON.get()
+    return {"decision": decision} if decision else {}
 
 
 async def control_handler(request: web.Request) -> web.Response:
     inst = request.app[INSTRUMENTATION]
+    ACTED_ON.set(None)  # this request's own (its task's context): none acted on yet
     command = request.match_info["command"]
     known = inst.control.has(command)
     label = command if known else UNKNOWN_COMMAND_LABEL
@@ -134,7 +155,7 @@ async def control_handler(request: web.Request) -> web.Response:
     # Who asked and from where, in every line below (and in the journal with a state command).
     caller = Caller(token.name, address, source)
     fields = {"command": label, "token": token.name, "peer": address, "source": source}
-    call = _Call(inst, command, label, str(caller), fields)
+    call = _Call(inst, command, label, str(caller), fields, caller)
     refused = _refusal(call, known, token)
     if refused is not None:
         return refused
@@ -146,14 +167,21 @@ async def control_handler(request: web.Request) -> web.Response:
         return result
     # Every call is logged (who did what), but the answer is the client's, not the log's: a line has its short fields
     # only (the new state, counts), never the whole JSON (`status`, which verification polls, is most of the lines).
+    summary = result_summary(result)
+    acted = _acted_on()
+    decided = f" on decision {acted['decision']['id']}" if acted else ""
     log.info(
-        "control %s by %s ok in %.1f ms%s",
+        "control %s by %s ok in %.1f ms%s%s",
         command,
         call.peer,
         (time.monotonic() - started) * 1000,
-        result_summary(result),
+        decided,
+        summary,
         extra=fields,
     )
+    # A state command's change, as the audit shows it (the reconciler pulls these: trading_ops.bot.control_journal).
+    states = {"before": result["previous_state"], "after": result["state"]} if "previous_state" in result else {}
+    _record(inst, command, caller, "ok", {"result": summary.removeprefix(": "), **states, **acted})
     return web.json_response({"ok": True, "command": command, **result}, dumps=_dumps)
 
 

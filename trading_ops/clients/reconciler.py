@@ -1,5 +1,5 @@
 """The commands that decide (`reconciler approve|reject`, `ramp promote`, `clear-halt`, `readiness --record` and
-`--stop-drill`, `reconciler pause|resume|retry`, `reconciler circuits reset`, `maintenance start|end`) call the
+`--stop-drill`, `reconciler pause|resume|retry|ack`, `reconciler circuits reset`, `maintenance start|end`) call the
 reconciler's API with the person's own token, so the decision is recorded with the principal that authenticated (the
 token's name in reconciler.api_tokens), never with a name typed on the command line.
 

@@ -38,7 +38,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, help=f"how many (default: {DEFAULT_LIMIT})")
     parser.add_argument("--before", type=_positive, default=None, metavar="SEQ", help="only entries older than SEQ")
     parser.add_argument("--principal", default=None, help="only this principal's entries")
-    parser.add_argument("--target", default=None, help="only entries on this target (a bot, an approval's target)")
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="only entries on this target (a bot of bots: by its name or its instance, as its approvals name it)",
+    )
     parser.add_argument("--action", default=None, help="only this action (approve, reject, ramp_request, ...)")
     parser.add_argument("--json", action="store_true", help="print JSON (as GET /api/v1/audit)")
     parser.set_defaults(handler=list_entries)
@@ -67,7 +71,9 @@ def list_entries(args: argparse.Namespace, config: Config) -> int:
             limit=args.limit,
             before_seq=args.before,
             principal=args.principal,
-            target=args.target,
+            target=None
+            if args.target is None
+            else audit.targets_of(((b.name, b.instance) for b in config.bots), args.target),
             action=args.action,
         )
         seq, digest = audit.head(engine)

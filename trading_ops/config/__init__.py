@@ -94,7 +94,7 @@ from trading_ops.config.reconciler import (
     TargetConfig,
     WatchdogConfig,
 )
-from trading_ops.config.root import Config, bot_order_id_prefix, bot_prefix
+from trading_ops.config.root import Config, bot_order_id_prefix, bot_prefix, shared_account
 
 __all__ = [
     "ASSET_PATTERN",
@@ -169,6 +169,7 @@ __all__ = [
     "UpkeepConfig",
     "WatchdogConfig",
     "bot_order_id_prefix",
+    "shared_account",
     "bot_prefix",
     "bounded",
     "check_token_names",

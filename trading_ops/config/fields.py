@@ -62,13 +62,19 @@ PAPER_BOT_CONTAINER = "trading-ops-paper-bot"
 CONTAINER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+# The kind of a bots[] entry that is a freqtrade watched by the `trading-ops freqtrade` sidecar. freqtrade places its
+# orders through ccxt with no client order id (freqtrade.exchange.Exchange._get_params adds none, and no setting of its
+# adds one): its venue is told apart by its account (`bots[].venue.orders: account`), never by a prefix.
+FREQTRADE_KIND = "freqtrade"
+
+
 # The unit and container a bot of a shipped kind runs in (bots[].unit and .container override): the paper bot's
 # (trading_ops/paper/systemd/, docker-compose.yml), and for a freqtrade bot its sidecar's, the process that answers
 # for it (integrations/freqtrade/systemd/); any other bot is an instance of the template unit trading-ops-bot@.
-KIND_UNITS = {"paper": PAPER_BOT_UNIT, "freqtrade": "trading-ops-freqtrade.service"}
+KIND_UNITS = {"paper": PAPER_BOT_UNIT, FREQTRADE_KIND: "trading-ops-freqtrade.service"}
 
 
-KIND_CONTAINERS = {"paper": PAPER_BOT_CONTAINER, "freqtrade": "trading-ops-freqtrade-sidecar"}
+KIND_CONTAINERS = {"paper": PAPER_BOT_CONTAINER, FREQTRADE_KIND: "trading-ops-freqtrade-sidecar"}
 
 
 # Spot symbols as BASE-QUOTE in capitals (BTC-USD); the quote must be paper.quote_asset.

@@ -177,6 +177,10 @@ class CcxtConfig:
     kraken_tier: Literal["off", "starter", "intermediate", "pro"] = "starter"
     # Base-asset balances that are not the bot's (spot positions are the balance less this).
     position_baseline: dict[str, float] = field(default_factory=dict)
+    # The account is shared with other bots (Binance spot only; docs/configuration.md, "Bots sharing a Binance
+    # account"): the broker sees, reconciles and cancels only the orders carrying the bot's order-id prefix, and
+    # compares only its symbols' base assets. Taken as true when `bots:` lists another bot on the account of this one.
+    shared_account: bool = False
     # Stream where the exchange streams (ccxt.pro's `has` says so; here Kraken's WebSocket v2): the account's fills
     # over the private socket, each symbol's book over the public one (StreamingCcxtBroker: REST stays for every
     # call, the reconciliation and the fallback). `stream: false` is REST polls only. Other exchanges poll.

@@ -4,9 +4,11 @@ and hosts)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from trading_ops.config.common import ListenConfig, NamedTokenConfig, TLSClientConfig, check_token_names
 from trading_ops.config.fields import (
+    FREQTRADE_KIND,
     KIND_CONTAINERS,
     KIND_UNITS,
     PAPER_BOT_CONTAINER,
@@ -59,6 +61,11 @@ class BotVenueConfig:
     # How the bot's orders are told from others' on the account: the client order ids the runtime gives them start
     # with `<prefix>-`. Empty: derived from the bot's name as the runtime derives it (`order_id_prefix`).
     order_id_prefix: str = checked("", lambda v: None if v == "" else check_name(v))
+    # How a venue step tells the bot's orders: `prefix`, those whose client order id carries `order_id_prefix` (a bot
+    # on the runtime: every order it places has one); `account`, every open order of the account is the bot's (it
+    # places orders with no client order id, as freqtrade does: none would carry a prefix). One account per bot makes
+    # that safe; a person's own orders on the account are cancelled with the bot's.
+    orders: Literal["prefix", "account"] = "prefix"
     # Which account at the venue this is, in a name of yours (a Kraken subaccount's name, say): one account per bot,
     # so two bots may not name the same one. Empty: the account the reconciler's key (its file or variable) reaches.
     account: str = checked("", lambda v: None if v == "" else check_name(v))
@@ -269,6 +276,10 @@ class ReconcilerConfig:
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
     # Bot instance (the `instance` label of its alerts) -> its control API.
     targets: dict[str, TargetConfig] = field(default_factory=dict)
+    # How often every replica asks each target for the control commands its journal recorded (its `control_events`,
+    # with the target's token) and appends those the reconciler did not send itself to the audit chain: a command
+    # sent straight to a bot is audited within this long. 0 = never.
+    control_audit_interval_seconds: float = bounded(30.0, min=0.0)
     # The Ed25519 private key (PEM) the reconciler signs decisions with once people approved them (a ramp promotion,
     # clearing a loss-limit halt, a live start): read from decision_key_file (owner-only) or decision_key_env; the
     # bots trust its public key (bot.decision_keys). `trading-ops up` generates one for the local stack.
@@ -308,6 +319,15 @@ class BotEntryConfig:
     # The host it runs on, when not the reconciler's: systemd steps reach it with `systemctl --host` over SSH, docker
     # steps its Docker engine over TLS or SSH (docs/deployment.md, "A fleet on several hosts").
     host: BotHostConfig = field(default_factory=BotHostConfig)
+
+    def validate(self, prefix: str, given: set[str]) -> None:
+        if self.kind == FREQTRADE_KIND and self.venue.exchange and self.venue.orders != "account":
+            raise ConfigError(
+                f"{prefix}.venue.orders",
+                f"must be account for a bot of kind {FREQTRADE_KIND}: freqtrade places its orders with no client order "
+                "id, so none carries the bot's prefix and a venue step's cancel_all would cancel none of them "
+                "(orders: account cancels every open order of its account)",
+            )
 
     @property
     def systemd_unit(self) -> str:

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 KNOWN = (
     "0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008",
     "0012", "0013", "0014", "0015", "0016", "0017", "0018", "0019",
-    "0020",
+    "0020", "0021",
 )  # fmt: skip
 # The revisions a database of this version's schema is at (one: the migrations are a line).
-HEADS = frozenset({"0020"})
+HEADS = frozenset({"0021"})
 # The table Alembic records a database's revisions in (its default; env.py keeps it).
 VERSION_TABLE = "alembic_version"
 

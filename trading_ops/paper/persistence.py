@@ -194,6 +194,11 @@ class VenueState:
         """The state changed: the next `persist` writes it to the autosave file."""
         self._changes += 1
 
+    async def save_change(self) -> None:
+        """The state changed: return once the autosave file holds it (`changed`, then `persist`)."""
+        self.changed()
+        await self.persist()
+
     async def persist(self) -> None:
         """Return once the autosave file holds every change made so far. Called before anyone hears of a change (an
         event delivered, a request answered), so a kill -9 never leaves a bot knowing of a fill or an order the

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from trading_ops.config import ReadinessConfig
+from trading_ops.config.fields import FREQTRADE_KIND
 from trading_ops.durations import format_duration, parse_duration
 
 # The shortest window a verdict judges (a day's checklist is judged over days; an hour is the least that means much).
@@ -37,12 +38,25 @@ NO_DEAD_MAN_SWITCH = frozenset({"binance"})
 NOT_APPLICABLE = "not applicable on this venue"
 
 
-def not_applicable(criterion: str, exchange: str) -> str:
-    """Why `criterion` does not apply to a bot on `exchange` (its `bots[].venue.exchange`), or "" when it does."""
-    if criterion == "dead_man_switch" and exchange in NO_DEAD_MAN_SWITCH:
+# Bot kinds that never arm a switch, wherever they trade: freqtrade places its orders itself and has no dead man's
+# switch (its sidecar only watches it); the reconciler's venue step, in `orders: account` mode, stands in for it.
+NO_SWITCH_KINDS = {FREQTRADE_KIND: "freqtrade arms no dead man's switch"}
+
+
+def not_applicable(criterion: str, exchange: str, kind: str = "") -> str:
+    """Why `criterion` does not apply to a bot of `kind` on `exchange` (its `bots[].kind` and `venue.exchange`), or ""
+    when it does."""
+    if criterion != "dead_man_switch":
+        return ""
+    if exchange in NO_DEAD_MAN_SWITCH:
         return (
             f"{NOT_APPLICABLE}: {exchange} spot has no dead man's switch; the reconciler's venue step cancels a dead "
             "bot's orders"
+        )
+    if kind in NO_SWITCH_KINDS:
+        return (
+            f"not applicable to this bot: {NO_SWITCH_KINDS[kind]}; the reconciler's venue step cancels a dead bot's "
+            "orders (every order of its account)"
         )
     return ""
 

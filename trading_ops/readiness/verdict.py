@@ -28,7 +28,7 @@ from trading_ops.readiness.criteria import (
     whole,
 )
 
-# n/a: the criterion does not apply to the bot's venue (criteria.not_applicable): neither failing nor missing.
+# n/a: the criterion does not apply to the bot's venue or kind (criteria.not_applicable): neither failing nor missing.
 Status = Literal["pass", "fail", "unknown", "n/a"]
 READY, NOT_READY, UNKNOWN = "ready", "not ready", "unknown"
 DAY = 86400.0
@@ -145,7 +145,7 @@ async def evaluate(
             results[instance].append(result)
     for bot in bots:
         for result in results[bot.instance]:
-            reason = not_applicable(result.name, bot.venue.exchange)
+            reason = not_applicable(result.name, bot.venue.exchange, bot.kind)
             if reason:
                 result.status, result.value, result.detail = "n/a", None, reason
     for result in _operations(ctx):

@@ -45,8 +45,10 @@ MAX_LIST = 500
 DEFAULT_LIST = 50
 # A circuit's target is an alert's `instance` (label values are at most 128 characters; the CLI takes up to 255).
 MAX_TARGET_CHARS = 255
-# A retry's comment beside the token's name (`reconciler retry --by`).
+# A retry's or an acknowledgement's comment beside the token's name (`reconciler retry|ack --by`).
 RETRY_COMMENT_MAX = 80
+# What an acknowledgement says the person is doing about the episode (`reconciler ack --note`).
+ACK_NOTE_MAX = 500
 # Where the reconciler serves this document (no token needed: it describes the API, it holds nothing of it).
 OPENAPI_PATH = "/api/v1/openapi.json"
 # The routes a test does not hold to the document: the operator console's HTML pages and forms.
@@ -330,6 +332,19 @@ class RetryQueued(msgspec.Struct, kw_only=True):
     episode: int
     retry: str
     paused: bool = False
+
+
+class AckRequest(msgspec.Struct, kw_only=True):
+    """Who takes the episode is the token (its name and address in the history); `comment` is only beside it."""
+
+    note: Annotated[str, msgspec.Meta(max_length=ACK_NOTE_MAX, pattern=NO_NUL)] = ""
+    comment: Annotated[str, msgspec.Meta(max_length=RETRY_COMMENT_MAX, pattern=NO_NUL)] = ""
+
+
+class Acknowledged(msgspec.Struct, kw_only=True):
+    episode: int
+    acknowledged_by: str
+    recorded_as: str
 
 
 class CircuitReset(msgspec.Struct, kw_only=True):
@@ -688,6 +703,25 @@ def reconciler_document() -> dict[str, Any]:
                 **_token("operate", doc),
                 "404": response("No such episode.", doc.ref(Error)),
                 "409": response("The episode cannot be retried (its state says why).", doc.ref(Error)),
+                "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
+            },
+        },
+    )
+    doc.operation(
+        "post",
+        "/api/v1/episodes/{id}/ack",
+        {
+            "operationId": "ackEpisode",
+            "summary": "Record that a person has taken an episode (scope operate): the token's name and address in its "
+            "history, with the note; it changes nothing the reconciler does",
+            "security": [{"operate": []}],
+            "parameters": [_id_parameter("episode")],
+            "requestBody": {"required": False, "content": json_content(doc.ref(AckRequest))},
+            "responses": {
+                "200": response("Recorded.", doc.ref(Acknowledged)),
+                "400": bad,
+                **_token("operate", doc),
+                "404": response("No such episode.", doc.ref(Error)),
                 "413": response("Over reconciler.max_body_bytes.", doc.ref(Error)),
             },
         },

@@ -33,6 +33,7 @@ from trading_ops.reconciler.actions.http import ACTION as HTTP_ACTION
 from trading_ops.reconciler.actions.http import host_allowed
 from trading_ops.reconciler.actions.silence import CREATED_BY
 from trading_ops.reconciler.api_spec import (
+    ACK_NOTE_MAX,
     DEFAULT_LIST,
     MAX_LIST,
     MAX_TARGET_CHARS,
@@ -54,6 +55,7 @@ from trading_ops.reconciler.auth import authorized
 from trading_ops.reconciler.commit_probe import CommitProbe
 from trading_ops.reconciler.console import render_error, response_headers, setup_console
 from trading_ops.reconciler.console_readiness import setup_readiness
+from trading_ops.reconciler.control_audit import ControlAudit
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import (
@@ -150,6 +152,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app.cleanup_ctx.append(clients_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.cleanup_ctx.append(scheduler_ctx)
+    app.cleanup_ctx.append(control_audit_ctx)
     add_routes(app)
     return app
 
@@ -161,6 +164,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/episodes", list_episodes)
     app.router.add_get("/api/v1/episodes/{id}", get_episode)
     app.router.add_post("/api/v1/episodes/{id}/retry", retry_episode)
+    app.router.add_post("/api/v1/episodes/{id}/ack", ack_episode)
     app.router.add_post("/api/v1/circuits/{target}/reset", reset_circuit)
     app.router.add_get("/api/v1/approvals", list_approvals)
     app.router.add_get("/api/v1/approvals/{id}", get_approval)
@@ -362,6 +366,22 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
         await stop_tasks([task])
 
 
+async def control_audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Commands sent straight to a bot, from its journal into the audit chain (trading_ops.reconciler.control_audit):
+    every replica asks, each command is appended once. Its task joins the workers /healthz watches."""
+    config = app[keys.CONFIG]
+    audit = app[keys.CONTROL_AUDIT] = ControlAudit(config, app[keys.LEDGER], app[keys.SESSION])
+    if config.reconciler.control_audit_interval_seconds <= 0 or not config.reconciler.targets:
+        yield
+        return
+    task = asyncio.create_task(audit.run_forever(), name="control-audit")
+    app[keys.TASKS].append(task)
+    try:
+        yield
+    finally:
+        await stop_tasks([task])
+
+
 async def webhook(request: web.Request) -> web.Response:
     app = request.app
     metrics = app[keys.METRICS]
@@ -458,6 +478,30 @@ async def retry_episode(request: web.Request) -> web.Response:
     return web.json_response(
         {"episode": episode_id, "retry": "queued: one more run if its alert still fires", "paused": paused}
     )
+
+
+async def ack_episode(request: web.Request) -> web.Response:
+    """`reconciler ack ID` over the API (the `operate` scope): the token's name, from its address, takes the episode,
+    in its history with the note; a comment (`--by`) only beside the name. It changes nothing the engine does."""
+    if isinstance(token := authorized(request, OPERATE, "acknowledging an episode"), web.Response):
+        return token
+    episode_id = _episode_id(request)
+    body = await read_json(request, request.app[keys.CONFIG].reconciler.max_body_bytes, empty={})
+    body = body if isinstance(body, dict) else {}
+    comment, note = body.get("comment", ""), body.get("note", "")
+    for name, value, most in (("comment", comment, RETRY_COMMENT_MAX), ("note", note, ACK_NOTE_MAX)):
+        if not isinstance(value, str) or len(value) > most or not value.isprintable():
+            return web.json_response(
+                {"error": f"{name}: expected printable text of {most} characters at most"}, status=400
+            )
+    who = f"token '{token.name}' from {request.remote or '-'}"
+    comment = " ".join(comment.split())
+    owner = (f"{who} ({comment})" if comment else who)[:OWNER_MAX]
+    found = await asyncio.to_thread(request.app[keys.LEDGER].acknowledge, episode_id, owner, " ".join(note.split()))
+    if not found:
+        return web.json_response({"error": f"no episode {episode_id}"}, status=404)
+    log.warning("episode %d acknowledged by %s", episode_id, owner)
+    return web.json_response({"episode": episode_id, "acknowledged_by": token.name, "recorded_as": owner})
 
 
 async def reset_circuit(request: web.Request) -> web.Response:

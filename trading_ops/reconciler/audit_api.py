@@ -48,6 +48,11 @@ def _query(request: web.Request) -> dict[str, Any]:
 
 def _listing(app: web.Application, args: dict[str, Any]) -> tuple[list[audit.Entry], tuple[int, str]]:
     engine = app[keys.LEDGER].engine
+    if "target" in args:  # a bot by its name or its instance
+        args = {
+            **args,
+            "target": audit.targets_of(((b.name, b.instance) for b in app[keys.CONFIG].bots), args["target"]),
+        }
     return audit.entries(engine, **args), audit.head(engine)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import shutil
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EPISODE_STATES = (*OPEN_STATES, *CLOSED_STATES)
-# The ledger's attempt owner column (String(128)) records who acknowledged or retried an episode.
-OPERATOR_MAX = 128
 PLAYBOOK_HELP = f"playbook file or packaged name ({', '.join(PACKAGED_PLAYBOOKS)}); default: the configured one"
 
 
@@ -114,14 +111,19 @@ def register(sub: Any) -> None:
     retry.set_defaults(handler=retry_episode)
     ack = inner.add_parser(
         "ack",
-        help="record that a human has taken an episode (who, when, a note)",
+        help="record that a person has taken an episode (who, when, a note)",
         description="Acknowledge an episode: recorded in its history (who, when, the note) and shown by "
         "`reconciler history`. It changes nothing the reconciler does; to stop it acting, use `reconciler pause` "
-        "or an Alertmanager silence.",
+        "or an Alertmanager silence. Asked through the reconciler's API (POST /api/v1/episodes/ID/ack) with your own "
+        "token of scope operate (--token-file, $TRADING_OPS_TOKEN_FILE or $TRADING_OPS_TOKEN): who took it is that "
+        "token's name.",
     )
     ack.add_argument("id", type=positive_int, metavar="ID", help="the episode (see `reconciler history`)")
-    ack.add_argument("--by", default=None, help="who takes it (default: the login name)")
+    ack.add_argument(
+        "--by", default=None, help="a comment beside your token's name in its history (the token takes it, not this)"
+    )
     ack.add_argument("--note", default="", help="what you are doing about it")
+    add_token_options(ack)
     ack.set_defaults(handler=ack_episode)
 
     _register_circuits(inner)
@@ -282,18 +284,6 @@ def history(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def _operator(args: argparse.Namespace) -> str:
-    """Who runs the command (--by, else the login name), as the ledger's owner column holds it."""
-    if args.by:
-        who = " ".join(str(args.by).split())
-    else:
-        try:
-            who = getpass.getuser()
-        except (OSError, KeyError):
-            who = "operator"
-    return who[:OPERATOR_MAX] or "operator"
-
-
 def retry_episode(args: argparse.Namespace, config: Config) -> int:
     from trading_ops.clients.reconciler import ask
     from trading_ops.reconciler.api_spec import RETRY_COMMENT_MAX
@@ -310,16 +300,21 @@ def retry_episode(args: argparse.Namespace, config: Config) -> int:
 
 
 def ack_episode(args: argparse.Namespace, config: Config) -> int:
-    who = _operator(args)
-    ledger = _ledger(config)
-    try:
-        found = ledger.acknowledge(args.id, who, args.note)
-    finally:
-        ledger.engine.dispose()
-    if not found:
-        print(f"trading-ops: reconciler ack: no episode {args.id}", file=sys.stderr)
+    """Acknowledge through the reconciler's API with the person's own token: who took the episode is that token's
+    name (and address) in its history; --by is a comment beside it."""
+    from trading_ops.clients.reconciler import ask
+    from trading_ops.reconciler.api_spec import ACK_NOTE_MAX, RETRY_COMMENT_MAX
+
+    comment, note = " ".join(str(args.by or "").split()), " ".join(str(args.note or "").split())
+    if len(comment) > RETRY_COMMENT_MAX or not comment.isprintable():
+        raise UsageError(f"reconciler ack: --by: printable text of {RETRY_COMMENT_MAX} characters at most")
+    if len(note) > ACK_NOTE_MAX or not note.isprintable():
+        raise UsageError(f"reconciler ack: --note: printable text of {ACK_NOTE_MAX} characters at most")
+    body = {"comment": comment, "note": note}
+    answer = ask(config, args, "reconciler ack", "POST", f"/api/v1/episodes/{args.id}/ack", body)
+    if answer is None:
         return EXIT_FAILURE
-    print(f"episode {args.id} acknowledged by {who}")
+    print(f"episode {args.id} acknowledged by {answer['recorded_as']}")
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from trading_ops.config import Config
 from trading_ops.ops.scheduler import Scheduler
 from trading_ops.reconciler.commit_probe import CommitProbe
+from trading_ops.reconciler.control_audit import ControlAudit
 from trading_ops.reconciler.deadman import DeadMansSwitch
 from trading_ops.reconciler.engine import Engine
 from trading_ops.reconciler.intake import GroupCommitWriter
@@ -41,6 +42,8 @@ MAINTENANCE = web.AppKey("maintenance", MaintenanceWatcher)
 # The ledger's commit probe: /readyz says when commits are held.
 COMMIT_PROBE = web.AppKey("commit_probe", CommitProbe)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+# What pulls the bots' journaled control commands into the audit chain (trading_ops.reconciler.control_audit).
+CONTROL_AUDIT = web.AppKey("control_audit", ControlAudit)
 # reconciler.tls (CA, client certificate) for its session; absent when not configured.
 CLIENT_TLS = web.AppKey("client_tls", ssl.SSLContext)
 SCHEDULER = web.AppKey("scheduler", Scheduler)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import math
 import os
 import re
 import secrets
@@ -20,6 +21,7 @@ from trading_ops.config import Config, ConfigError, DatabaseConfig, PaperConfig,
 from trading_ops.decisions import DecisionKeyError, ensure_key_files
 from trading_ops.durations import format_duration, parse_duration
 from trading_ops.paper.bot import VENUE_STATE_FILE
+from trading_ops.readiness.criteria import SCRAPE_TOLERANCE_SHARE
 from trading_ops.reconciler.packaged_playbooks import DEFAULT_PLAYBOOK, PACKAGED_PLAYBOOKS
 from trading_ops.stack.layout import HOST, Layout, Ports
 from trading_ops.stack.profiles import FOR_DIVISOR, Profile
@@ -146,6 +148,24 @@ STACK_DAILY_LOSS_LIMIT = 2500.0
 STACK_ACTIONS_PER_TARGET_PER_HOUR = 30
 # Keys whose string values are directories relative to the configuration file, whatever their name.
 DIRECTORY_KEYS = {"backup": ("directory", "copy_to")}
+# The paper bot's ramp in the stack, unless the configuration has one (bot.ramp.stages): docs/readiness.md's first two
+# stages by name, so that its promotion (`ramp promote paper-1 --to seven-dollars`, then another person's approval) runs
+# as written. Their limits are the demo's book, not the page's dollars: the first stage caps a position at a fifth above
+# what the demo's strategy keeps to by itself (paper.max_position_notional), so the demo trades as it did (a stage
+# limit the strategy brushes against would refuse its orders and turn the bot reduce-only); the second widens that cap
+# by the page's 7/5. No stage limit of their own on the day's loss or the symbols: the demo's (bot.risk, every symbol).
+STACK_RAMP_STAGES = ("five-dollars", "seven-dollars")
+STACK_RAMP_FIRST_CAP = 1.2
+STACK_RAMP_WIDENING = 1.4
+# The page's criteria of a stage, judged over a window of minutes rather than days: the least whole minutes whose scrape
+# tolerance (1 % of the window, trading_ops.readiness.criteria) holds two scrapes of the profile (fast, 1 s: 5 min;
+# standard, the repo's 5 s: 17 min), and never below STACK_RAMP_MIN_WINDOW. min_time is the same: a stage's criteria
+# pass, and its least time is spent, once the stack has run that long.
+STACK_RAMP_CRITERIA = ("uptime", "crashes", "order_success", "api_error_ratio", "daily_loss_breaches")
+STACK_RAMP_MIN_WINDOW_SECONDS = 300.0
+STACK_RAMP_SCRAPES_IN_TOLERANCE = 2
+# prometheus/prometheus.yml's scrape interval: the standard profile keeps it.
+REPO_SCRAPE_INTERVAL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -434,6 +454,8 @@ def build_app_config(
     bot.setdefault("data_dir", str((base / "var").resolve()))
     _own_data_dir(bot, layout, notes)
     _stack_limits(data, bot, bot_kind, profile)
+    if bot_kind == "paper":
+        _demo_ramp(data, bot, profile, notes)
     rc = data.setdefault("reconciler", {})
     budgets = rc.setdefault("budgets", {})
     if isinstance(budgets, dict):  # else parse_config names the problem
@@ -559,6 +581,44 @@ def _stack_limits(data: dict[str, Any], bot: dict[str, Any], bot_kind: str, prof
             # The ccxt bot's limit is the runtime's (bot.risk): the same demo limit, and the boards' loss panel.
             bot["risk"]["daily_loss_limit"] = STACK_DAILY_LOSS_LIMIT
     _default_budgets(bot)
+
+
+def _ramp_window(profile: Profile | None) -> float:
+    """The stack's ramp window in seconds (STACK_RAMP_CRITERIA's comment): whole minutes whose scrape tolerance holds
+    STACK_RAMP_SCRAPES_IN_TOLERANCE scrapes of the profile, at least STACK_RAMP_MIN_WINDOW_SECONDS."""
+    interval = (profile.scrape_interval if profile else None) or REPO_SCRAPE_INTERVAL_SECONDS
+    needed = interval * STACK_RAMP_SCRAPES_IN_TOLERANCE / SCRAPE_TOLERANCE_SHARE
+    return max(STACK_RAMP_MIN_WINDOW_SECONDS, math.ceil(needed / 60) * 60.0)
+
+
+def _demo_ramp(data: dict[str, Any], bot: dict[str, Any], profile: Profile | None, notes: list[str]) -> None:
+    """The paper bot's ramp (STACK_RAMP_STAGES) where the configuration gives none: docs/readiness.md's promotion then
+    runs on the stack as written, and `notes` says what the stages are."""
+    ramp = bot.setdefault("ramp", {})
+    if not isinstance(ramp, dict) or ramp.get("stages"):
+        return  # the configuration's own ramp (or parse_config names the problem)
+    paper = data.get("paper")
+    cap = (paper if isinstance(paper, dict) else {}).get("max_position_notional", PaperConfig().max_position_notional)
+    if not isinstance(cap, int | float) or isinstance(cap, bool) or cap <= 0:
+        return  # parse_config names the problem
+    window = format_duration(_ramp_window(profile))
+    first = round(cap * STACK_RAMP_FIRST_CAP, 2)
+    caps = (first, round(first * STACK_RAMP_WIDENING, 2))
+    ramp["stages"] = [
+        {
+            "name": name,
+            "max_position_notional": limit,
+            "min_time": window,
+            "criteria": list(STACK_RAMP_CRITERIA),
+            "window": window,
+        }
+        for name, limit in zip(STACK_RAMP_STAGES, caps, strict=True)
+    ]
+    notes.append(
+        f"the paper bot's ramp: stages {caps[0]:g} and {caps[1]:g} a position "
+        f"({', '.join(STACK_RAMP_STAGES)}), each judged over {window} and held at least that long "
+        "(docs/readiness.md, Go live in stages)"
+    )
 
 
 def _wire_tokens(bot: dict[str, Any], rc: dict[str, Any], base: Path, bot_port: int, ports: Ports) -> _Tokens:

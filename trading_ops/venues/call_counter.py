@@ -373,6 +373,8 @@ WEIGHT_HEADER = "x-mbx-used-weight-1m"
 # the rest of the minute is kept for cancels, submits and a reconciliation, never spent on looking.
 WEIGHT_POLL_FLOOR = 0.3
 ORDER_COUNT_HEADERS = {"x-mbx-order-count-10s": 10.0, "x-mbx-order-count-1d": 86_400.0}
+# The order counts' intervals as the bot exports them (tradingbot_venue_order_count_headroom_ratio{interval}).
+ORDER_COUNT_INTERVALS = {"x-mbx-order-count-10s": "10s", "x-mbx-order-count-1d": "1d"}
 # What places a new order (what Binance's order counts count): a -1015 stops these alone. Cancels, queries and market
 # data go on: the order counts are the account's, not the IP's weight, and a cancel is the protective call.
 NEW_ORDER_PATHS = frozenset(
@@ -436,6 +438,23 @@ class WeightBudget:
         now = self._wall()
         return value if start == now - now % self.windows[name] else 0
 
+    def order_headroom(self, name: str | None = None) -> float:
+        """The least fraction (0-1) left of the account's order counts (of `name` alone when given: a header of
+        ORDER_COUNT_HEADERS), the orders sent and not yet answered included; 0 while a -1015 holds new orders. What
+        the bot's order gate reads before an order that adds risk (trading_ops.bot.gate)."""
+        if self.orders_stopped_until > self._clock():
+            return 0.0
+        names = [name] if name is not None else list(ORDER_COUNT_HEADERS)
+        return max(0.0, min(1.0 - self.used(n) / self.limits[n] for n in names))
+
+    def order_sent(self) -> None:
+        """A new order is on its way: each order count one higher until its answer's headers say what the venue
+        counted (so orders in flight together are not each judged against the count before any of them)."""
+        now = self._wall()
+        for name in ORDER_COUNT_HEADERS:
+            window = self.windows[name]
+            self._readings[name] = (self.used(name) + 1, now - now % window)
+
     def headroom(self) -> float:
         """The least fraction (0-1) left of the weight and the order counts; 0 while calls are stopped."""
         if self.stop_seconds() > 0:
@@ -446,8 +465,11 @@ class WeightBudget:
         return max(0.0, self.stopped_until - self._clock())
 
     def polls_allowed(self) -> bool:
-        """Whether a background poll may begin a cycle: no stop in force and WEIGHT_POLL_FLOOR of the room left."""
-        if self.headroom() >= WEIGHT_POLL_FLOOR:
+        """Whether a background poll may begin a cycle: no stop in force and WEIGHT_POLL_FLOOR of the weight left. A
+        poll spends weight and never an order count: the order counts are the order gate's (trading_ops.bot.gate), and
+        judged here they starved a busy bot's quote polls until its market data read stale."""
+        weight_room = 1.0 - self.used(WEIGHT_HEADER) / self.limits[WEIGHT_HEADER]
+        if self.stop_seconds() == 0 and weight_room >= WEIGHT_POLL_FLOOR:
             return True
         self.polls_skipped += 1
         return False
@@ -469,6 +491,8 @@ class WeightBudget:
             raise BudgetExhausted(
                 f"{path}: Binance's order count past its limit (429): no new order for {orders_wait:.0f} s more"
             )
+        if method.upper() == "POST" and path in NEW_ORDER_PATHS:
+            self.order_sent()
 
     def refused(self, status: int, headers: Mapping[str, Any] | None, orders_only: bool = False) -> None:
         """A 429 or 418: stop every call until its Retry-After (at least a second). `orders_only` (a -1015: the order

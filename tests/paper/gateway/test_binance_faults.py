@@ -7,6 +7,7 @@ parts: the gateway's aiohttp app on a free loopback port, ccxt's real clients.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -117,6 +118,47 @@ async def test_a_depth_diff_that_skips_update_ids_fails_the_book_and_a_new_watch
             await ex.close()
 
 
+async def test_a_depth_stream_silent_while_the_market_moves_until_subscribed_again() -> None:
+    """`binance_depth_silent`: the subscribed depth stream sends no diff while the book moves (REST and the ticker
+    show the move); the same socket's SUBSCRIBE again heals it; `persistent` silences new subscriptions too."""
+    async with binance_gateway(**MOVING) as (gw, dialect, base):
+        ex = binance_pro(base)
+        try:
+            first = await started(ex.watch_order_book("BTC/USD"))
+            await gw.venue.tick()
+            await asyncio.wait_for(first, 10)
+            answer = await chaos(base, "binance_depth_silent", symbol="BTC-USD")
+            assert answer == {"depth_streams_silenced": 1, "symbols": ["BTC-USD"]}
+            quiet = await started(ex.watch_order_book("BTC/USD"))
+            before = dialect.market.books["BTCUSD"].update_id
+            for _ in range(5):
+                await gw.venue.tick()
+            assert dialect.market.books["BTCUSD"].update_id > before  # the venue's book moved
+            await asyncio.sleep(0.5)
+            assert not quiet.done()  # and no diff said so
+            ticker = await ex.fetch_ticker("BTC/USD")
+            assert float(ticker["bid"]) != ex.orderbooks["BTC/USD"]["bids"][0][0]  # REST tells the book is behind
+            quiet.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await quiet
+            ex.orderbooks.pop("BTC/USD", None)  # a new subscription (and snapshot) on the same socket
+            for client in ex.clients.values():
+                client.subscriptions.pop("orderbook::BTC/USD", None)
+            await asyncio.wait_for(ex.watch_order_book("BTC/USD"), 10)
+            moved = await started(ex.watch_order_book("BTC/USD"))
+            await gw.venue.tick()
+            book = await asyncio.wait_for(moved, 10)  # diffs again
+            assert book["nonce"] == dialect.market.books["BTCUSD"].update_id
+            assert dialect.streams.connections() == 1  # healed on the same socket
+            await chaos(base, "binance_depth_silent", persistent=True)
+            silent = (await _status(base))["binance"]["silent_depth_streams"]
+            assert silent == ["btcusd@depth", "ethusd@depth", "solusd@depth"]
+            await chaos(base, "clear")
+            assert (await _status(base))["binance"]["silent_depth_streams"] == []
+        finally:
+            await ex.close()
+
+
 async def test_a_user_stream_acked_then_silent_until_a_new_subscription() -> None:
     async with binance_gateway() as (_gw, _dialect, base):
         silent, fresh = binance_pro(base), binance_pro(base)
@@ -214,6 +256,7 @@ async def test_binance_fault_arguments_are_checked_and_clear_ends_them() -> None
                 ("binance_filter_refusal", {"filter": "MAX_POSITION"}),
                 ("binance_clock_drift", {"ms": "soon"}),
                 ("binance_depth_gap", {"symbol": "DOGE-USD"}),
+                ("binance_depth_silent", {"persistent": "yes"}),
             ):
                 async with session.post(f"{base}/chaos/{fault}", json=args, headers=headers) as r:
                     assert r.status == 400, fault

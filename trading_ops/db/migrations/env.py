@@ -6,7 +6,7 @@ import os
 
 from alembic import context
 
-from trading_ops.db.base import make_engine
+from trading_ops.db.base import IMMEDIATE_OPTION, make_engine
 from trading_ops.db.models import Base
 
 config = context.config
@@ -37,7 +37,10 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(_url())
     try:
-        with engine.connect() as conn:
+        # SQLite: the migration takes the write lock at BEGIN. A deferred transaction that reads alembic_version and
+        # then writes fails at once with "database is locked" when a running reconciler commits in between (its
+        # snapshot is stale and cannot be upgraded); BEGIN IMMEDIATE waits for that writer (busy timeout) instead.
+        with engine.execution_options(**{IMMEDIATE_OPTION: True}).connect() as conn:
             context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
             with context.begin_transaction():
                 context.run_migrations()

@@ -1,7 +1,7 @@
 """Every table of trading-ops; importing this module registers them all on `Base.metadata`."""
 
 from trading_ops.db.base import Base
-from trading_ops.db.models.audit import Audit, AuditHead
+from trading_ops.db.models.audit import Audit, AuditBotCursor, AuditHead
 from trading_ops.db.models.journal import Balance, EquityPeak, Fill, Order, Position
 from trading_ops.db.models.ledger import (
     Approval,
@@ -26,6 +26,7 @@ __all__ = [
     "ApprovalDecision",
     "Attempt",
     "Audit",
+    "AuditBotCursor",
     "AuditEntry",
     "AuditHead",
     "Balance",

@@ -1,11 +1,12 @@
 """The audit chain: one append-only record of every decision (who, from where, when, what changed, which decision it
-answered), each entry hashed with the one before it, so an edited or a deleted row shows (trading_ops.audit)."""
+answered), each entry hashed with the one before it, so an edited or a deleted row shows (trading_ops.audit); and how
+far it holds each bot's journaled control commands (trading_ops.reconciler.control_audit)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, String, Text
+from sqlalchemy import BigInteger, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trading_ops.db.base import Base, utcnow
@@ -49,3 +50,15 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(default=0)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditBotCursor(Base):
+    """How far the chain holds a bot's journaled control commands (trading_ops.reconciler.control_audit): the last
+    event id of its journal appended, read and moved under the chain's lock, so no event is appended twice."""
+
+    __tablename__ = "audit_bot_cursors"
+
+    # The bot as the chain's entries name it (bots[].name, else its instance).
+    bot: Mapped[str] = mapped_column(String(255), primary_key=True)
+    event_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

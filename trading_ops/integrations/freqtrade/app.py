@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
@@ -17,6 +18,7 @@ from trading_ops import __version__
 from trading_ops.bot import server
 from trading_ops.bot.control import control_sources
 from trading_ops.bot.metrics import PREFIX
+from trading_ops.integrations.command_journal import CommandJournal
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient
 from trading_ops.integrations.freqtrade.collector import FreqtradeCollector
 from trading_ops.integrations.freqtrade.control import ControlMetrics, FreqtradeControl, VenueProbe
@@ -95,7 +97,10 @@ class FreqtradeSidecar:
         decision_keys: list[Ed25519PublicKey] | None = None,
         data_dir: Path | None = None,
         bot: str = "",
+        journal: CommandJournal | None = None,
     ) -> None:
+        """`journal`: where the control commands it receives are journaled and read back (`control_events`, what the
+        reconciler's audit pulls); `trading-ops freqtrade` gives each target one on `database.url`."""
         if not token:
             raise ValueError("the control API needs a bearer token")
         self.name = name
@@ -123,7 +128,8 @@ class FreqtradeSidecar:
             )
         # A halt whose reason names a loss limit clears only on a decision the reconciler signed for this bot.
         self.halts = HaltGate(list(decision_keys or []), data_dir, GateLabels(registry, "freqtrade", name), bot or name)
-        self.control = FreqtradeControl(self.poller, reconcile, heartbeat_timeout, probe, self.halts)
+        self.command_journal = journal
+        self.control = FreqtradeControl(self.poller, reconcile, heartbeat_timeout, probe, self.halts, journal)
         self.state = _StateView(self.poller)
         self.link = VenueLink()
         self.flow = OrderFlow()
@@ -181,6 +187,8 @@ class FreqtradeSidecar:
     def _observe(self, previous: Snapshot, snap: Snapshot, news: News, count: bool) -> None:
         """One answered poll: the venue link, the order flow and the journal from freqtrade's log and trades; state
         transitions."""
+        if self.command_journal is not None:
+            self.command_journal.beat()
         if previous.bot_start is not None and snap.bot_start != previous.bot_start:
             self.link.restarted()
         self.link.observe(
@@ -207,6 +215,8 @@ class FreqtradeSidecar:
 
     def _observe_down(self, _snap: Snapshot) -> None:
         """A poll freqtrade did not answer: what its log file says of its database (freqtrade exits on an error)."""
+        if self.command_journal is not None:
+            self.command_journal.beat()
         if self.log_file is not None:
             self.journal.failed(*self._file_errors())
 
@@ -224,10 +234,13 @@ class FreqtradeSidecar:
 
 
 def create_app(sidecar: FreqtradeSidecar) -> web.Application:
-    """The bot server's app over `sidecar`, its poller started and stopped with the app."""
+    """The bot server's app over `sidecar`, its poller started and stopped with the app, and the run of its command
+    journal begun before it serves and ended (clean) after."""
     app = server.create_app(sidecar)
 
     async def poller_ctx(_app: web.Application) -> AsyncIterator[None]:
+        if sidecar.command_journal is not None:
+            await asyncio.to_thread(sidecar.command_journal.begin)
         await sidecar.poller.start()
         if sidecar.reconciler is not None:
             await sidecar.reconciler.start()
@@ -235,6 +248,8 @@ def create_app(sidecar: FreqtradeSidecar) -> web.Application:
         if sidecar.reconciler is not None:
             await sidecar.reconciler.stop()
         await sidecar.poller.stop()
+        if sidecar.command_journal is not None:
+            await sidecar.command_journal.close()
 
     app.cleanup_ctx.append(poller_ctx)
     return app

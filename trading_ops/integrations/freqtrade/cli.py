@@ -15,6 +15,9 @@ from trading_ops.config import Config, ConfigError, resolve_secret, resolve_toke
 
 log = logging.getLogger(__name__)
 
+# The `venue` of the sidecar's runs in the journal (bot_runs.venue): freqtrade's own venue is its configuration's.
+JOURNAL_VENUE = "freqtrade"
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
@@ -27,8 +30,11 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
-    """One FreqtradeSidecar per configured target (each on its own registry); configuration problems first."""
+def build_sidecars(config: Config, only: list[str] | None = None, journal: bool = True) -> list[Any]:
+    """One FreqtradeSidecar per configured target (each on its own registry); configuration problems first. With
+    `journal`, each journals the control commands it receives in `database.url` (its `command_journal`, all on one
+    engine), as a bot does: a database not migrated to this version is a configuration error (`trading-ops db
+    upgrade`)."""
     from prometheus_client import CollectorRegistry
 
     from trading_ops.integrations.freqtrade.app import FreqtradeSidecar
@@ -49,7 +55,7 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
     from trading_ops.bot.decision_gate import load_trusted
 
     keys = load_trusted(section.decision_keys, config, "freqtrade.decision_keys")
-    sidecars = []
+    passwords = {}
     for name, target in section.targets.items():
         if only and name not in only:
             continue
@@ -59,6 +65,16 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
                 f"freqtrade.targets.{name}.password",
                 "no password: give password_file or password_env (or set TRADING_OPS_FREQTRADE_PASSWORD)",
             )
+        passwords[name] = password
+    engine = open_journal_engine(config) if journal else None
+    sidecars = []
+    for name, password in passwords.items():
+        target = section.targets[name]
+        commands = None
+        if engine is not None:
+            from trading_ops.integrations.command_journal import CommandJournal
+
+            commands = CommandJournal(engine, target.bot or name, JOURNAL_VENUE)
         broker = None
         if target.ccxt is not None:
             from trading_ops.venues.ccxt.factory import broker_from_config
@@ -83,9 +99,21 @@ def build_sidecars(config: Config, only: list[str] | None = None) -> list[Any]:
                 decision_keys=keys,
                 data_dir=Path(section.data_dir) / name,
                 bot=target.bot or name,
+                journal=commands,
             )
         )
     return sidecars
+
+
+def open_journal_engine(config: Config) -> Any:
+    """The engine of `database.url`, at this version's schema (a ConfigError naming `trading-ops db upgrade` when
+    not)."""
+    from trading_ops.integrations.command_journal import SchemaProblem, open_engine
+
+    try:
+        return open_engine(config.database_url(), config.database.sqlite_synchronous)
+    except SchemaProblem as exc:
+        raise ConfigError("database.url", f"{exc} (the sidecar journals its control commands there)") from None
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -95,7 +123,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
     import asyncio
 
     sidecars = build_sidecars(config, args.target)
-    asyncio.run(serve(config, sidecars))
+    try:
+        asyncio.run(serve(config, sidecars))
+    finally:
+        engines = {
+            id(s.command_journal.engine): s.command_journal.engine for s in sidecars if s.command_journal is not None
+        }
+        for engine in engines.values():
+            engine.dispose()
     return 0
 
 

@@ -12,13 +12,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from trading_ops.bot.broker import BrokerError
-from trading_ops.bot.control import COMMAND_SCOPES, HEADER_SOURCES, STATE_COMMANDS, Caller
+from trading_ops.bot.control import CALLER, COMMAND_SCOPES, CONTROL_EVENTS, HEADER_SOURCES, STATE_COMMANDS, Caller
 from trading_ops.bot.metrics import PREFIX
 from trading_ops.bot.state import TradingState, TransitionRefused
+from trading_ops.integrations.command_journal import CommandJournal
 from trading_ops.integrations.freqtrade.client import FreqtradeRefused, FreqtradeUnavailable
 from trading_ops.integrations.freqtrade.poller import STATES, FreqtradePoller
 from trading_ops.integrations.halt_gate import HaltGate
-from trading_ops.scopes import DESTRUCTIVE
+from trading_ops.scopes import DESTRUCTIVE, READ
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,13 @@ class FreqtradeControl:
         heartbeat_timeout: float = 15.0,
         probe: VenueProbe | None = None,
         halts: HaltGate | None = None,
+        journal: CommandJournal | None = None,
     ) -> None:
         self.poller = poller
         self.halts = halts
+        # Where every command an authenticated caller sent is journaled and read back (`control_events`); None: nowhere
+        # (a library caller without a database: the log line and tradingbot_control_commands_total only).
+        self.journal = journal
         self.client = poller.client
         self.heartbeat_timeout = heartbeat_timeout
         self._probe = probe
@@ -146,6 +151,8 @@ class FreqtradeControl:
         self._handlers["reconcile"] = self._reconcile_command
         for name in UNSUPPORTED:
             self._handlers[name] = self._unsupported(name)
+        if journal is not None:
+            self._handlers[CONTROL_EVENTS] = journal.handler
 
     @property
     def commands(self) -> list[str]:
@@ -158,9 +165,16 @@ class FreqtradeControl:
         """The scope a token needs to send command `name` (the library's table: `reload` is a reconnect)."""
         return COMMAND_SCOPES.get(name, DESTRUCTIVE)
 
+    def record(self, command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> None:
+        """A command an authenticated caller sent, carried out or refused (the bot server hands each one here), to the
+        journal; the reads (`status`, `control_events`) aside, as a bot on the runtime leaves them."""
+        if self.journal is not None and self.scope(command) != READ:
+            self.journal.record(command, caller, outcome, detail)
+
     async def run(self, name: str, args: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
-        """Carry out `name`. Raises CommandRefused (409) or BrokerError (503: freqtrade does not answer). `caller` is
-        the bot server's log line's: freqtrade keeps no journal of the sidecar's."""
+        """Carry out `name`. Raises CommandRefused (409) or BrokerError (503: freqtrade does not answer). `caller`: who
+        sent it (what `control_events` answers as its caller)."""
+        CALLER.set(caller)
         try:
             return await self._handlers[name](args)
         except FreqtradeUnavailable as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
@@ -17,15 +18,16 @@ from nautilus_trader.system.config import ImportableControllerConfig
 from nautilus_trader.trading.controller import Controller
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.control import COMMAND_SCOPES, SOURCE_RISK, Caller
+from trading_ops.bot.control import ACTED_ON, CALLER, COMMAND_SCOPES, CONTROL_EVENTS, SOURCE_RISK, Caller
 from trading_ops.bot.risk import DAILY_LOSS
 from trading_ops.bot.state import TradingState as OpsState
 from trading_ops.decisions import load_public_key
+from trading_ops.integrations.command_journal import CommandJournal, SchemaProblem, open_engine
 from trading_ops.integrations.halt_gate import HaltGate
 from trading_ops.integrations.nautilus.control import NautilusControl
 from trading_ops.integrations.nautilus.exporter import NautilusExporter
 from trading_ops.integrations.nautilus.server import ServerThread, on_loop
-from trading_ops.scopes import DESTRUCTIVE, TokenSet
+from trading_ops.scopes import DESTRUCTIVE, READ, TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ DEFAULT_TOKEN_ENV = "TRADING_OPS_CONTROL_TOKEN"
 # A command waits this long for the node's loop to carry it out (a flatten while halted waits for its orders to pass
 # the RiskEngine; reconciliation has a timeout of its own within this).
 COMMAND_TIMEOUT_SECONDS = 30.0
+# The journal of control commands without a `database_url`: a SQLite file of the controller's own in its data dir.
+JOURNAL_FILE = "control-journal.db"
+JOURNAL_VENUE = "nautilus"
 
 
 class TradingOpsControllerConfig(ControllerConfig, frozen=True, kw_only=True):
@@ -46,7 +51,13 @@ class TradingOpsControllerConfig(ControllerConfig, frozen=True, kw_only=True):
     day's loss reaches it, as the library's in-process limit does. Such a halt (or a `halt` whose reason names a loss
     limit) clears only on a clear_halt decision the reconciler signed for `bot` (default: the `strategy` label) with
     a key of `decision_keys` (as bot.decision_keys: PEM files or `ed25519:...`); `data_dir` keeps the halt's reason and
-    the decisions acted on (default: a folder of the process's temporary directory, which a restart may lose)."""
+    the decisions acted on (default: a folder of the process's temporary directory, which a restart may lose).
+
+    Every control command an authenticated caller sends (accepted or refused; `status` and `control_events` aside) is
+    journaled as a bot on the runtime journals it, and served back with `control_events` for the reconciler's audit:
+    in the database of `database_url` (or `database_url_file`, for a URL with a password: the trading-ops database,
+    already migrated by `trading-ops db upgrade`, or the node refuses to build), else in a SQLite file of the
+    controller's own, `control-journal.db` in its data dir's folder for the trader, which it migrates itself."""
 
     host: str = "127.0.0.1"
     port: int = 9310
@@ -63,6 +74,8 @@ class TradingOpsControllerConfig(ControllerConfig, frozen=True, kw_only=True):
     decision_keys: tuple[str, ...] = ()
     data_dir: str | None = None
     bot: str | None = None
+    database_url: str | None = None
+    database_url_file: str | None = None
 
 
 def controller_config(**config: Any) -> ImportableControllerConfig:
@@ -97,19 +110,65 @@ class _StateView:
         return self._exporter.state.state or OpsState.ACTIVE
 
 
-class _ThreadedControl:
-    """The control plane as the server's thread sees it: each command carried out on the node's loop."""
+def data_dir(config: TradingOpsControllerConfig, trader_id: str) -> Path:
+    """The controller's folder for this trader: the halt's reason, the decisions acted on, its own journal."""
+    base = Path(config.data_dir) if config.data_dir else Path(tempfile.gettempdir()) / "trading-ops-nautilus"
+    return base / trader_id
 
-    def __init__(self, control: NautilusControl, loop: Any) -> None:
+
+def journal_engine(config: TradingOpsControllerConfig, trader_id: str) -> Any:
+    """The engine the control commands are journaled on (see TradingOpsControllerConfig); ValueError in one line when
+    the configured database cannot hold them."""
+    if config.database_url and config.database_url_file:
+        raise ValueError("give only one of database_url and database_url_file")
+    url = config.database_url
+    if config.database_url_file:
+        url = Path(config.database_url_file).read_text().strip()
+        if not url:
+            raise ValueError(f"database_url_file {config.database_url_file} is empty")
+    if url is None:
+        from trading_ops.db import migrate
+
+        folder = data_dir(config, trader_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{folder / JOURNAL_FILE}"
+        if not config.data_dir:
+            log.warning(
+                "the control commands are journaled in %s, a temporary directory a reboot may empty: give the "
+                "controller a database_url or a data_dir",
+                folder,
+            )
+        # One migration at a time: two nodes of one trader id starting at once on a shared data dir.
+        with open(folder / f"{JOURNAL_FILE}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            migrate.upgrade(url)
+    try:
+        return open_engine(url)
+    except SchemaProblem as exc:
+        raise ValueError(f"database_url: {exc} (the controller journals its control commands there)") from None
+
+
+class _ThreadedControl:
+    """The control plane as the server's thread sees it: each command carried out on the node's loop, and journaled
+    (`control_events` read on the server's thread: the node's loop never waits on the journal)."""
+
+    def __init__(self, control: NautilusControl, loop: Any, journal: CommandJournal) -> None:
         self._control = control
         self._loop = loop
+        self.journal = journal
+        self._events = journal.handler
 
     @property
     def commands(self) -> list[str]:
-        return self._control.commands
+        return sorted([*self._control.commands, CONTROL_EVENTS])
 
     def has(self, name: str) -> bool:
-        return self._control.has(name)
+        return name == CONTROL_EVENTS or self._control.has(name)
+
+    def record(self, command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> None:
+        """A command an authenticated caller sent, carried out or refused, to the journal (the reads aside)."""
+        if self.scope(command) != READ:
+            self.journal.record(command, caller, outcome, detail)
 
     def scope(self, name: str) -> str:
         """The scope a token needs to send command `name` (the library's: status read, pause operate, flatten
@@ -117,12 +176,20 @@ class _ThreadedControl:
         return COMMAND_SCOPES.get(name, DESTRUCTIVE)
 
     async def run(self, name: str, args: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
+        CALLER.set(caller)
+        if name == CONTROL_EVENTS:
+            return await self._events(args)
         if caller is not None:
             log.info("control %s by %s", name, caller)
-        result: dict[str, Any] = await on_loop(
-            self._loop, lambda: self._control.run(name, args), COMMAND_TIMEOUT_SECONDS
-        )
-        return result
+
+        async def run() -> tuple[dict[str, Any], dict[str, Any] | None]:
+            # The signed decision the command acted on is set in the node loop's task: brought back to the request's.
+            return await self._control.run(name, args), ACTED_ON.get()
+
+        result, acted = await on_loop(self._loop, run, COMMAND_TIMEOUT_SECONDS)
+        if acted:
+            ACTED_ON.set(acted)
+        return dict(result)
 
 
 class TradingOpsController(Controller):
@@ -138,6 +205,11 @@ class TradingOpsController(Controller):
         super().__init__(trader=trader, config=config)
         self.ops_config = config
         self.token = read_token(config)
+        # Where the control commands are journaled: a database that cannot hold them refuses the node here.
+        trader_id = trader.trader_id.value
+        self.journal = CommandJournal(
+            journal_engine(config, trader_id), config.bot or config.strategy or trader_id, JOURNAL_VENUE
+        )
         self.registry: CollectorRegistry | None = None
         self.exporter: NautilusExporter | None = None
         self.control: NautilusControl | None = None
@@ -217,8 +289,9 @@ class TradingOpsController(Controller):
             timedelta(seconds=config.heartbeat_interval_seconds),
             callback=lambda _event: loop.call_soon_threadsafe(self._tick),
         )
+        self.journal.begin()
         self.server = ServerThread(
-            _Instrumentation(self, _ThreadedControl(self.control, trader._loop)),
+            _Instrumentation(self, _ThreadedControl(self.control, trader._loop, self.journal)),
             config.host,
             config.port,
             config.web_config_file,
@@ -240,14 +313,18 @@ class TradingOpsController(Controller):
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.journal.run_id is not None:
+            self.journal.end(clean=True, reason="stopped")
+            # A node started again in its process journals as a new run, on a new worker.
+            self.journal = CommandJournal(self.journal.engine, self.journal.bot, JOURNAL_VENUE)
 
     def _halt_gate(self, strategy: str) -> HaltGate:
         """What a clear_halt of a loss-limit halt checks: a decision signed for this bot by a trusted key."""
         config = self.ops_config
         keys = [load_public_key(value, None, f"decision_keys[{i}]") for i, value in enumerate(config.decision_keys)]
-        data_dir = Path(config.data_dir) if config.data_dir else Path(tempfile.gettempdir()) / "trading-ops-nautilus"
         assert self.exporter is not None
-        return HaltGate(keys, data_dir / self._trader.trader_id.value, self.exporter.metrics, config.bot or strategy)
+        folder = data_dir(config, self._trader.trader_id.value)
+        return HaltGate(keys, folder, self.exporter.metrics, config.bot or strategy)
 
     def _first_venue(self) -> str:
         for client in self._trader._exec_engine._clients.values():
@@ -272,6 +349,7 @@ class TradingOpsController(Controller):
         started = time.perf_counter()
         self._refresh()
         self._last_heartbeat = time.monotonic()
+        self.journal.beat()
         assert self.exporter is not None
         self.exporter.heartbeat(time.perf_counter() - started)
 

@@ -107,12 +107,15 @@ class BotAction(Action):
         instance = ctx.render(params.get("instance", DEFAULT_INSTANCE))
         if instance not in ctx.config.reconciler.targets:
             raise Refused(f"no reconciler.targets entry for bot instance {instance!r}")
-        if params["command"] in SIGNED_COMMANDS:
+        signed = params["command"] in SIGNED_COMMANDS
+        if signed:
             # Wider risk: the bot acts only on a decision it verifies, signed here from the approval the run spent.
             body["decision"] = sign_for(ctx, params["command"], instance, body)
         status, text = await _post(ctx, instance, params["command"], body, timeout)
         outcome = "success" if status == 200 else ("timeout" if status == 0 and "no answer" in text else "failure")
         prefix = f"HTTP {status} " if status else ""
+        if signed and status == 200:
+            text += await _audit_signed(ctx, params["command"], instance, text)
         return Result(outcome, truncate(prefix + text, ctx.config.reconciler.output_limit_bytes))
 
     async def _fan_out(
@@ -158,6 +161,48 @@ class BotAction(Action):
         head = f"{params['command']} on {done} of {len(found)} bots found by {query}"
         output = truncate("\n".join([head, *lines]), ctx.config.reconciler.output_limit_bytes)
         return Result("failure" if failed else "success", output)
+
+
+async def _audit_signed(ctx: ActionContext, command: str, instance: str, answer: str) -> str:
+    """The audit entry of a command that widened a bot's risk on people's approval (ramp_promote, clear_halt), as the
+    bot answered it: principal the reconciler (who sent it), the approval it spent as its decision, the bot's state or
+    stage before and after. "" when written; else a line for the step's output (the step stands: the bot acted)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from trading_ops import audit
+    from trading_ops.reconciler.decision_signing import approvers_of, bot_name, requester_of
+
+    if ctx.ledger is None or ctx.approval is None:
+        return ""
+    try:
+        got = json.loads(answer)
+    except ValueError:
+        got = {}
+    got = got if isinstance(got, dict) else {}
+    ramp = got.get("ramp") if isinstance(got.get("ramp"), dict) else None
+    if ramp is not None:
+        last = (ramp.get("history") or [{}])[-1]
+        before, after = {"stage": last.get("from")}, {"stage": ramp.get("name"), "decision": got.get("decision")}
+    else:
+        before, after = {"state": got.get("previous_state")}, {"state": got.get("state")}
+    row = ctx.approval
+    try:
+        await asyncio.to_thread(
+            audit.append,
+            ctx.ledger.engine,
+            principal="reconciler",
+            source=ctx.config.reconciler.instance or "reconciler",
+            action=command,
+            target=bot_name(ctx.config, instance, ctx.labels),
+            before=before,
+            after=after,
+            decision=f"approval:{row.get('id')}",
+            comment=f"sent with the decision signed from the approval: requested by {requester_of(row, ctx.labels)}, "
+            f"approved by {', '.join(approvers_of(row))}",
+        )
+    except (SQLAlchemyError, Refused) as exc:
+        return f"\n(its audit entry was not written: {exc})"
+    return ""
 
 
 def target_token(config: Config, instance: str, command: str) -> str:

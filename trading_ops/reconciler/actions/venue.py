@@ -6,7 +6,10 @@ never names an account, a key or a host. Operations:
 
 - `cancel_all`: cancel the bot's open orders, and only the bot's: those whose client order id carries the prefix
   the runtime gives every order of that bot (`<order_id_prefix>-<run>-<n>`); another bot's orders on the same
-  account stay. Then it asks the venue again: the step succeeds only when none of the bot's orders is left open.
+  account stay, and so do orders with no client order id, which the output counts. A bot that places its orders
+  with no client order id (freqtrade: its ccxt calls carry none) is configured `orders: account`: every open order of
+  its account is its own (one account per bot), and all of them are cancelled. Then it asks the venue again: the step
+  succeeds only when none of the bot's orders is left open.
 - `positions`: what the bot holds at the venue (its symbols' base balances less `position_baseline`) and its orders
   still open there; "flat" only with neither.
 - `flatten`: cancel the bot's orders, close its positions with market orders, then check they are closed. It waits for a
@@ -29,10 +32,10 @@ minute. A refusal by the venue fails the step like any other error, and the rule
 from __future__ import annotations
 
 import asyncio
-import re
 from decimal import Decimal
 from typing import Any
 
+from trading_ops.bot.client_ids import bot_order_pattern
 from trading_ops.config import BotVenueConfig, ConfigError, resolve_secret
 from trading_ops.reconciler.actions.base import Action, ActionContext, Refused, Result, truncate
 from trading_ops.schema import one_of
@@ -41,20 +44,14 @@ from trading_ops.schema import one_of
 ACCOUNT_WIDE_OPEN_ORDERS_WARNED = frozenset({"binance"})
 # What an output says of an account that holds nothing of the bot's symbols.
 FLAT = "flat"
+# What a cancel of a bot configured `orders: account` says it took.
+EVERY_ORDER = "every open order of the account: the bot places no client order ids"
 # How long a flatten waiting for its approval asks the venue whether there is anything to close.
 NEEDLESS_TIMEOUT_SECONDS = 30.0
 OPERATION_RISK = {"positions": "safe", "cancel_all": "destructive", "flatten": "destructive"}
 # Parameters a step may not have: the account, the key and the host come from the configuration, keyed by the
 # alert's instance (a label templated into one would let whoever posts alerts pick an account).
 CONFIGURED_ONLY = ("instance", "account", "exchange", "host", "api_key", "api_secret", "urls", "symbols")
-# A bot's client order ids as the runtime makes them (trading_ops.bot.orders: `<name[:16]>-<ms hex>-<n>`).
-RUN_PART = r"-[0-9a-f]+-[0-9]+"
-
-
-def bot_order_pattern(prefix: str) -> re.Pattern[str]:
-    """The client order ids of the bot whose runtime prefix is `prefix`, and no other bot's (bot `a` is not bot
-    `a-1`: the run part after the prefix is exactly a hex number and a counter)."""
-    return re.compile(re.escape(prefix) + RUN_PART)
 
 
 class VenueAction(Action):
@@ -109,7 +106,7 @@ class VenueAction(Action):
         if not venue.exchange:
             raise Refused(f"no venue account configured for bot instance {instance!r} (bots[].venue)")
         key = f"bots[{instance}].venue"
-        if not venue.order_id_prefix:  # reconciler.targets has no bot name to take it from
+        if venue.orders == "prefix" and not venue.order_id_prefix:  # reconciler.targets has no bot name to take it from
             raise Refused(f"no order_id_prefix for bot instance {instance!r}: its orders cannot be told apart ({key})")
         try:
             api_key = resolve_secret(ctx.config, venue, "api_key", f"{key}.api_key")
@@ -164,6 +161,8 @@ class VenueAccount:
         if tls is not None:
             self.exchange.ssl_context = tls
         self.venue = venue
+        # `orders: account`: every open order of the account is the bot's (it gives its orders no client order id).
+        self.every_order = venue.orders == "account"
         self.pattern = bot_order_pattern(venue.order_id_prefix)
         self.tag = tag
 
@@ -183,13 +182,18 @@ class VenueAccount:
         return await self.flatten(limit)
 
     def _who(self) -> str:
-        return f"{self.venue.order_id_prefix} at {self.venue.exchange}"
+        return f"{self.venue.order_id_prefix or 'the bot'} at {self.venue.exchange}"
 
-    async def bot_orders(self) -> tuple[list[dict[str, Any]], int]:
-        """The bot's open orders, and how many open orders of others the account has."""
+    async def bot_orders(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The bot's open orders, and the account's other open orders (none with `orders: account`)."""
         listed = await self.exchange.fetch_open_orders()
-        mine = [o for o in listed if self.pattern.fullmatch(str(o.get("clientOrderId") or ""))]
-        return mine, len(listed) - len(mine)
+        if self.every_order:
+            return listed, []
+        mine: list[dict[str, Any]] = []
+        others: list[dict[str, Any]] = []
+        for order in listed:
+            (mine if self.pattern.fullmatch(str(order.get("clientOrderId") or "")) else others).append(order)
+        return mine, others
 
     async def cancel_all(self, limit: int) -> Result:
         result, _ = await self._cancel_all(limit)
@@ -203,19 +207,28 @@ class VenueAccount:
             try:
                 await self.exchange.cancel_order(order["id"], order.get("symbol"))
             except Exception as exc:  # an order that closed meanwhile is found closed by the check below
-                failed.append(f"{order.get('clientOrderId')}: {_one_line(exc)[:120]}")
+                failed.append(f"{_order_id(order)}: {_one_line(exc)[:120]}")
         # Asked again only when there was something to cancel: the bot is gone, nothing of its adds orders meanwhile.
         left, others = await self.bot_orders() if mine else ([], others)
         held = await self.positions()
         head = f"{self._who()}: {len(mine) - len(left)} of its orders cancelled"
-        kept = f"{others} other orders on the account left alone"
+        if self.every_order:
+            head += f" ({EVERY_ORDER})"
+            kept = ""
+        else:
+            kept = f"; {len(others)} other orders on the account left alone"
+            unnamed = sum(1 for o in others if not o.get("clientOrderId"))
+            if unnamed:
+                # Orders no runtime placed: a person's, or a bot's that gives none (freqtrade), which `orders: account`
+                # would have cancelled. The step cannot tell; the page's reader can.
+                kept += f" ({unnamed} with no client order id: a bot placing none, as freqtrade, needs orders: account)"
         if left:
-            ids = ", ".join(str(o.get("clientOrderId")) for o in left[:10])
-            text = f"{head}, {len(left)} still open ({ids}); {kept}; exposure: {_exposure(held)}"
+            ids = ", ".join(_order_id(o) for o in left[:10])
+            text = f"{head}, {len(left)} still open ({ids}){kept}; exposure: {_exposure(held)}"
             if failed:
                 text += "; " + "; ".join(failed[:5])
             return Result("failure", truncate(text, limit)), held
-        text = f"{head}, none left open; {kept}; exposure: {_exposure(held)}"
+        text = f"{head}, none left open{kept}; exposure: {_exposure(held)}"
         return Result("success", truncate(text, limit)), held
 
     async def positions(self) -> dict[str, Decimal]:
@@ -258,11 +271,16 @@ class VenueAccount:
         return Decimal(str((market.get("limits", {}).get("amount") or {}).get("min") or 0)) or Decimal("1e-12")
 
 
+def _order_id(order: dict[str, Any]) -> str:
+    """How an output names an order: its client order id, else the venue's id (an order placed without one)."""
+    return str(order.get("clientOrderId") or order.get("id"))
+
+
 def _exposure(held: dict[str, Decimal], working: list[dict[str, Any]] | None = None) -> str:
     """What the bot holds, and its orders open (when listed): FLAT only when there is neither."""
     parts = [f"{symbol} {amount.normalize():f}" for symbol, amount in held.items() if amount]
     if working:
-        ids = ", ".join(str(o.get("clientOrderId")) for o in working[:10])
+        ids = ", ".join(_order_id(o) for o in working[:10])
         parts.append(f"{len(working)} of its orders open ({ids})")
     return ", ".join(parts) or FLAT
 

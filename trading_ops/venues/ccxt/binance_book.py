@@ -5,7 +5,16 @@ it drops the book and its subscription and fails the watch with `ChecksumError`,
 snapshot. This module does not do it again; it surfaces it: each gap counted (`tradingbot_stream_book_gaps_total`),
 each new snapshot a `gap` resync, the book out of sync (`tradingbot_stream_book_in_sync` 0, the bot's order gate
 refusing new risk on the symbol) until a new snapshot is synced, and each synced book's best bid and ask handed on
-as a quote. Run it as a task (`run`), stop it with `close`."""
+as a quote. Run it as a task (`run`), stop it with `close`.
+
+A dead depth subscription is what ccxt.pro cannot see: Binance sends a diff only when the book changes, so a stream
+that stopped looks like a quiet market. The broker's REST quote poll (ticker/24hr, weight 2 for up to 20 symbols, that
+runs anyway) is the check, at no weight of its own (`cross_check`): when the venue's best bid or ask differs from the
+book's and the book took no diff while the poll was under way, the stream owes a diff; none within
+DEPTH_OWED_SECONDS (ten of the `@depth@100ms` stream's cadence) and the channel is silent: the book out of sync, a
+`silent` resync (a new subscription and snapshot, the snapshot's weight 5); silent again before any diff came after
+that, the socket replaced (`reconnects_total{reason="silent"}`). A quiet market's book is right, silent or not: only a
+move the book missed counts."""
 
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -29,6 +38,9 @@ LOG = logging.getLogger(__name__)
 ENDPOINT = "public"
 CHANNEL = "book"
 DEPTH = 100  # levels of the REST snapshot (Binance's weight 5 up to 100) and of the book kept
+# A top the REST quote poll saw that the book has not is owed by a diff within this (seconds): the @depth@100ms
+# stream batches changes each 100 ms, the rest is travel and a busy event loop.
+DEPTH_OWED_SECONDS = 1.0
 
 
 class BinanceBooks:
@@ -54,6 +66,53 @@ class BinanceBooks:
         self._kicks = {symbol: asyncio.Event() for symbol in self.symbols}
         self._tasks: list[asyncio.Task[None]] = []
         self._up = False
+        self.owed_seconds = DEPTH_OWED_SECONDS
+        self.silences: dict[str, int] = dict.fromkeys(self.symbols, 0)  # found silent since the last diff
+        self._owed: dict[str, asyncio.TimerHandle] = {}  # symbol -> the check of a diff owed
+
+    def nonces(self) -> dict[str, Any]:
+        """Each book's last update id now (what a REST poll about to be sent is later judged against)."""
+        return {symbol: self._book(symbol).get("nonce") for symbol in self.symbols}
+
+    def _book(self, symbol: str) -> Any:
+        return self.pro.orderbooks.get(symbol) or {}
+
+    def cross_check(self, symbol: str, bid: Decimal, ask: Decimal, asked: Mapping[str, Any]) -> None:
+        """The venue's best bid and ask by REST (asked when the books' update ids were `asked`, from `nonces()`): a
+        synced book whose top differs and that took no diff meanwhile owes one within `owed_seconds`."""
+        if not self.streaming(symbol) or not self.in_sync.get(symbol) or symbol in self._owed:
+            return
+        book = self._book(symbol)
+        nonce = book.get("nonce")
+        if nonce is None or nonce != asked.get(symbol):
+            return  # the book moved while the poll was under way: its answer may be the older of the two
+        bids, asks = book.get("bids") or [], book.get("asks") or []
+        if bids and asks and Decimal(str(bids[0][0])) == bid and Decimal(str(asks[0][0])) == ask:
+            return
+        loop = asyncio.get_running_loop()
+        self._owed[symbol] = loop.call_later(self.owed_seconds, self._overdue, symbol, nonce, bid, ask)
+
+    def _overdue(self, symbol: str, nonce: Any, bid: Decimal, ask: Decimal) -> None:
+        """The diff owed since REST saw bid/ask: none came (the book's update id unchanged) -> the channel is silent."""
+        self._owed.pop(symbol, None)
+        if self._book(symbol).get("nonce") != nonce or not self.in_sync.get(symbol):
+            return  # a diff came (or the book is being rebuilt already)
+        self.silences[symbol] += 1
+        self.metrics.resyncs.labels(CHANNEL, "silent").inc()
+        self._synced(symbol, False)
+        LOG.warning(
+            "stream %s %s: silent: the venue's top is %s/%s by REST, the book's no diff followed in %.1f s",
+            CHANNEL,
+            symbol,
+            bid,
+            ask,
+            self.owed_seconds,
+        )
+        if self.silences[symbol] > 1:  # a new subscription did not bring it back: a new socket
+            self._tasks.append(asyncio.create_task(self.reconnect("silent"), name=f"book-reconnect-{symbol}"))
+            return
+        self._forget(symbol)
+        self._kicks[symbol].set()
 
     def book_in_sync(self, symbol: str) -> bool:
         return self.in_sync.get(symbol, False)
@@ -96,6 +155,9 @@ class BinanceBooks:
                 await client.close()
 
     async def close(self) -> None:
+        for handle in self._owed.values():
+            handle.cancel()
+        self._owed.clear()
         await stop_tasks(self._tasks)
         self._tasks = []
         self._connected(False)
@@ -149,6 +211,8 @@ class BinanceBooks:
             book = watch.result()
             if not self.in_sync[symbol]:
                 LOG.info("stream %s %s: synced by update ids at %s", CHANNEL, symbol, book.get("nonce"))
+            else:
+                self.silences[symbol] = 0  # a diff on a synced book: the stream speaks (a snapshot alone does not say)
             self._synced(symbol, True)
             self.metrics.last_message.labels(CHANNEL, symbol).set(time.time())
             await self._quote(symbol, book)

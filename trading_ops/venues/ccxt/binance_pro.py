@@ -42,8 +42,13 @@ class UserStreamBinance(ccxt_pro.binance):  # type: ignore[misc]
     def handle_message(self, client: Any, message: Any) -> None:
         kind = event_of(message)
         if kind in ENDS:
-            held = self.get_account_type_from_subscriptions(list(client.subscriptions.keys()))
-            if kind == "eventStreamTerminated" and held is not None:
+            held = self.get_account_type_from_subscriptions(list(client.subscriptions.keys()))  # '' for none
+            if kind == "eventStreamTerminated":
+                if not held:
+                    # An end of a subscription this socket no longer holds (the venue ended a silent one the bot
+                    # replaced, and then the new one): already told. Stock 4.5.90 raises KeyError here, inside the
+                    # socket's receive callback, which then reads nothing more: the user stream dead for good.
+                    return
                 super().handle_message(client, message)  # stock: the subscription forgotten (its watchers wait on)
             if self.on_subscription is not None:
                 self.on_subscription(False)

@@ -11,7 +11,7 @@ from typing import Any
 
 import ccxt.async_support as ccxt_async
 
-from trading_ops.config import Config, ConfigError, resolve_secret
+from trading_ops.config import Config, ConfigError, bot_order_id_prefix, resolve_secret, shared_account
 from trading_ops.venues.call_counter import CallBudget, WeightBudget
 from trading_ops.venues.ccxt.rest import CcxtBroker
 from trading_ops.webconfig import client_ssl_context
@@ -167,7 +167,8 @@ def broker_from_config(config: Config) -> CcxtBroker:
     `executions_client` picks (`ccxt.stream_executions`): StreamingCcxtBroker on Kraken's WebSocket v2 (fills and
     books, our own clients), ProStreamingCcxtBroker (fills through ccxt.pro's watch_my_trades, the rest REST; on Binance
     the books too, from the diff-depth stream synced by update ids) on a venue whose ccxt.pro client watches the
-    account's trades."""
+    account's trades. On an account shared with other bots (`shared_account`), only the orders carrying the bot's
+    prefix are its own."""
     c = config.ccxt
     exchange = make_exchange(config)
     kw: dict[str, Any] = {}
@@ -199,4 +200,5 @@ def broker_from_config(config: Config) -> CcxtBroker:
         position_baseline={asset: Decimal(str(v)) for asset, v in c.position_baseline.items()},
         call_budget=CallBudget(c.kraken_tier) if c.exchange == "kraken" and c.kraken_tier != "off" else None,
         weight_budget=WeightBudget() if c.exchange == "binance" else None,
+        shared_account=bot_order_id_prefix(config) if shared_account(config) else "",
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.broker import BrokerEvents, OrderRequest, VenueOrder
+from trading_ops.bot.broker import BrokerEvents, OrderRequest, Quote, VenueOrder
 from trading_ops.bot.streams.health import Silence
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.ccxt.binance_book import BinanceBooks
@@ -36,6 +36,7 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
         # sockets are the public stream's, apart from the user stream's)
         self.book_pro = book_pro
         self.books: BinanceBooks | None = None
+        self._asked: dict[str, Any] = {}  # the books' update ids when the last quote poll was sent
 
     def _private_silence(self) -> Silence | None:
         fills = self.pro_fills
@@ -43,12 +44,14 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
 
     async def _on_trade(self, raw: dict[str, Any]) -> None:
         """A trade ccxt.pro parsed (ccxt's unified trade, as REST's): its order's client id learned as the poll
-        learns it, then offered to the FillFeed as the stream's."""
+        learns it, then offered to the FillFeed as the stream's (only the bot's own on a shared account)."""
         assert self.fills is not None
         vid = str(raw.get("order") or "")
         if vid:
             await self._learn_client_ids({vid})
-        await self.fills.offer(self._fill(raw), "stream")
+        fill = self._fill(raw)
+        if self._mine(fill.client_order_id):  # a shared account's stream carries every bot's trades
+            await self.fills.offer(fill, "stream")
 
     async def submit(self, request: OrderRequest) -> VenueOrder:
         """CcxtBroker's submit; the order the venue took is a message the user stream owes (ProFills.expect)."""
@@ -71,7 +74,9 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
         if self.stream_metrics is None:  # a broker used without a bot runtime
             self.register_metrics(CollectorRegistry())
         assert self.stream_metrics is not None
-        await super(StreamingCcxtBroker, self).connect(dataclasses.replace(events, on_fill=self._from_poll))
+        await super(StreamingCcxtBroker, self).connect(
+            dataclasses.replace(events, on_fill=self._from_poll, on_quote=self._polled_quote)
+        )
         if self._stream_tasks:
             return
         if self.exchange.markets:
@@ -85,6 +90,19 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
                 self.book_pro, list(self._ws_symbols.values()), self.stream_metrics, self._on_ticker
             )
             self._stream_tasks.append(asyncio.create_task(self.books.run(), name=f"{self.venue}-books"))
+
+    async def _poll_quotes(self, symbols: list[str]) -> None:
+        """CcxtBroker's quote poll, the books' update ids noted as it is sent: each answer is then the books' check."""
+        self._asked = self.books.nonces() if self.books is not None else {}
+        await super()._poll_quotes(symbols)
+
+    async def _polled_quote(self, quote: Quote) -> None:
+        """A REST quote: the streamed book of its symbol checked against it (BinanceBooks.cross_check: a silent depth
+        stream found at no weight of its own), then handed to the bot."""
+        if self.books is not None:
+            self.books.cross_check(to_ccxt_symbol(quote.symbol), quote.bid, quote.ask, self._asked)
+        if self._bot_on_quote is not None:
+            await self._bot_on_quote(quote)
 
     def market_data_in_sync(self, symbol: str) -> bool:
         """False while the symbol's streamed book is out of sync (a gap in its update ids, until a new snapshot

@@ -32,6 +32,12 @@ What it does that a bare ccxt call does not:
   told), its trades, an order looked up or canceled (by the symbol last seen for its id, else each symbol in turn
   until one knows it: an unknown order answers OrderNotFound) and cancel-all (only the symbols with open orders).
   Orders of other symbols on the account are not this broker's to see.
+- On an account shared with other bots (`shared_account`: the bot's order-id prefix; config `ccxt.shared_account`,
+  or `bots:` listing another bot on its account) the broker sees, counts and cancels only the orders whose client
+  order id carries the bot's prefix, and only their fills (the open orders, the trades of a poll, a reconciliation
+  and a stream, a cancel-all one order at a time: never Binance's cancel-all of a symbol, which takes every bot's);
+  the balances that are its own are its symbols' base assets (`balance_assets`), which no other bot on the account
+  trades (`config check` refuses two bots on one account with a base asset in common).
 - Kraken's call counter (trading_ops.venues.call_counter): with a `call_budget`, every private request spends from
   it, the order poll runs no oftener than the tier's decay allows (CallBudget.poll_interval), skips a cycle the
   budget cannot afford (asking the venue's clock instead, which is free, so an outage is still noticed), and asks
@@ -50,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -74,8 +81,10 @@ from trading_ops.bot.broker import (
     VenueFill,
     VenueOrder,
 )
+from trading_ops.bot.client_ids import bot_order_pattern
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.call_counter import (
+    ORDER_COUNT_INTERVALS,
     RECONCILIATION_POINTS,
     BudgetExhausted,
     CallBudget,
@@ -150,6 +159,7 @@ class CcxtBroker(Broker):
         lookup_backoff: float = LOOKUP_BACKOFF_SECONDS,
         call_budget: CallBudget | None = None,
         weight_budget: WeightBudget | None = None,
+        shared_account: str = "",
     ) -> None:
         if not symbols:
             raise ValueError("a ccxt broker needs at least one symbol")
@@ -187,7 +197,12 @@ class CcxtBroker(Broker):
         self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
         self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
         self._symbols: OrderedDict[str, str] = OrderedDict()  # venue order id -> its ccxt symbol (PER_SYMBOL)
-        self._per_symbol = self.venue in PER_SYMBOL
+        # Asked per symbol (PER_SYMBOL); on an account shared with other bots, its own client order ids (its prefix's:
+        # `_own`; None, every order of the account is its own).
+        self._per_symbol, self._own = (
+            self.venue in PER_SYMBOL,
+            bot_order_pattern(shared_account) if shared_account else None,
+        )
         self._seen_trades: OrderedDict[str, None] = OrderedDict()
         self._fills_since: datetime | None = None
         self._time_resolution = 0.0
@@ -248,8 +263,12 @@ class CcxtBroker(Broker):
             return self.weight_budget.headroom()
         return None if self.call_budget is None else self.call_budget.headroom()
 
+    def order_count_headroom(self) -> float | None:
+        return None if self.weight_budget is None else self.weight_budget.order_headroom()
+
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """With a weight budget (Binance): the seconds left of an IP ban (418) and the 429s and 418s answered."""
+        """With a weight budget (Binance): the seconds left of an IP ban (418), the 429s and 418s answered and the
+        room left of the account's order counts (what the order gate reads before new risk)."""
         budget = self.weight_budget
         if budget is None or self._weight_metrics:
             return
@@ -269,6 +288,16 @@ class CcxtBroker(Broker):
         )
         refusals.labels(self.venue, "429").set_function(lambda: budget.refusals)
         refusals.labels(self.venue, "418").set_function(lambda: budget.bans)
+        orders = Gauge(
+            "tradingbot_venue_order_count_headroom_ratio",
+            "Fraction (0-1) of the venue's limit on new orders per interval still available (Binance's ORDERS per 10 s "
+            "and per day, from X-MBX-ORDER-COUNT-*); 0 while a -1015 holds new orders. Under the order gate's floor, "
+            "new risk is refused (reason venue_order_count).",
+            ["venue", "interval"],
+            registry=registry,
+        )
+        for header, interval in ORDER_COUNT_INTERVALS.items():
+            orders.labels(self.venue, interval).set_function(functools.partial(budget.order_headroom, header))
 
     @contextlib.asynccontextmanager
     async def patient(self) -> AsyncIterator[None]:
@@ -588,6 +617,8 @@ class CcxtBroker(Broker):
 
     async def _cancel_all(self) -> list[VenueOrder]:
         listed = await self.open_orders()
+        if self._own is not None:  # a shared account: a cancel-all of the account (or a symbol) takes others' orders
+            return [await self._cancel_own(o) for o in listed]
         if self._per_symbol:
             for unified in dict.fromkeys(self._unified[o.symbol] for o in listed if o.symbol in self._unified):
                 try:
@@ -600,6 +631,28 @@ class CcxtBroker(Broker):
             await self._call(Channel.ORDERS, "cancel all", self.exchange.cancel_all_orders)
             return await self._final_states([o.venue_order_id for o in listed])
         return [await self.cancel(o.client_order_id, venue_order_id=o.venue_order_id) for o in listed]
+
+    async def _cancel_own(self, order: VenueOrder) -> VenueOrder:
+        """One of a shared account's cancel-all: an order that closed meanwhile (filled) is returned as it ended."""
+        try:
+            return await self.cancel(order.client_order_id, venue_order_id=order.venue_order_id)
+        except BrokerError as exc:
+            if not isinstance(exc.__cause__, ccxt_async.OrderNotFound):
+                raise
+            state = await self.order_status(order.client_order_id, venue_order_id=order.venue_order_id)
+            if state is None or state.status.is_open:
+                raise
+            return state
+
+    def _mine(self, client_order_id: str | None) -> bool:
+        """Whether an order (or a fill of it) is this bot's: always, unless the account is shared with other bots,
+        where only a client order id carrying its prefix is."""
+        return self._own is None or bool(self._own.fullmatch(client_order_id or ""))
+
+    def balance_assets(self) -> frozenset[str] | None:
+        if self._own is None:
+            return None
+        return frozenset(unified.split("/", 1)[0] for unified in self._unified.values())
 
     def has_dead_man_switch(self) -> bool:
         return bool(self.exchange.has.get("cancelAllOrdersAfter"))
@@ -632,7 +685,7 @@ class CcxtBroker(Broker):
                 )
         else:
             raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
-        return [self._order(raw) for raw in raws]
+        return [order for raw in raws if self._mine((order := self._order(raw)).client_order_id)]
 
     def _symbol_of(self, venue_order_id: str, known: str | None = None) -> str | None:
         """The ccxt symbol an order was last seen on (`known` when given), else None."""
@@ -727,7 +780,7 @@ class CcxtBroker(Broker):
             raws = self._history
         trades = [raw for raw in raws.values() if since_ms is None or int(raw["timestamp"]) >= since_ms]
         await self._learn_client_ids({str(raw["order"]) for raw in trades if raw.get("order")})
-        fills = [self._fill(raw) for raw in trades]
+        fills = [fill for raw in trades if self._mine((fill := self._fill(raw)).client_order_id)]
         # Oldest first; the venue's order among trades of one millisecond (newest first) reversed.
         fills.reverse()
         fills.sort(key=lambda f: f.executed_at)

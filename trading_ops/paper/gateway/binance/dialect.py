@@ -162,6 +162,7 @@ class BinanceDialect:
             "binance_weight_exhausted": lambda _: {"weight_exhausted_for_seconds": round(self.weights.exhaust(), 3)},
             "binance_listen_key_expired": self._expire_listen_keys,
             "binance_depth_gap": self._depth_gap,
+            "binance_depth_silent": self._depth_silent,
             "binance_user_stream_silent": lambda a: {
                 "user_streams_silenced": self.users.silence(flag(a, "persistent"))
             },
@@ -187,6 +188,14 @@ class BinanceDialect:
             book.skip(count)
         return {"depth_gap": count, "symbols": [b.symbol.symbol for b in books]}
 
+    def _depth_silent(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        symbol = args.get("symbol")
+        if symbol is not None and symbol not in self.symbols.by_symbol:
+            raise ValueError(f"symbol must be one of {', '.join(self.symbols.by_symbol)}")
+        syms = [self.symbols.by_symbol[symbol]] if symbol else list(self.symbols.by_symbol.values())
+        count = self.streams.silence_depth([s.id for s in syms], flag(args, "persistent"))
+        return {"depth_streams_silenced": count, "symbols": [s.symbol for s in syms]}
+
     def _refuse_user_streams(self, _args: Mapping[str, Any]) -> dict[str, Any]:
         self.users.refuse_new = True
         return {"user_streams_refused": True}
@@ -195,6 +204,7 @@ class BinanceDialect:
         self.faults.clear()
         self.weights.clear()
         self.users.clear()
+        self.streams.clear()
 
     async def drop_sockets(self) -> None:
         self.streams.drop()
@@ -209,6 +219,7 @@ class BinanceDialect:
             "silent_user_streams": sum(1 for s in self.users.subscribers if s.silenced),
             "user_streams_refused": self.users.refuse_new,
             "market_stream_connections": self.streams.connections(),
+            "silent_depth_streams": sorted(self.streams.silence_new),
         }
 
 

@@ -5,6 +5,9 @@
 - binance_listen_key_expired: every listen key lapses (`listenKeyExpired`, its socket closed) and every WebSocket API
   subscription ends (`eventStreamTerminated`): a client subscribes again;
 - binance_depth_gap [symbol=BTC-USD count=N]: the next depth diff skips N update ids: a client must take a new snapshot;
+- binance_depth_silent [symbol=BTC-USD persistent=true]: the depth streams (of the symbol, or all) stay subscribed and
+  send no more diffs while the market moves on (trades, tickers and REST go on): a new subscription heals it
+  (persistent: new ones are silent too, until clear);
 - binance_user_stream_silent [persistent=true]: every user stream stays subscribed and says nothing; a new
   subscription heals it (persistent: new ones are silent too, until clear);
 - binance_user_stream_refused: every new user stream subscription (and listen key) is refused with -2015, as for a key
@@ -27,6 +30,7 @@ FAULT_NAMES = (
     "binance_weight_exhausted",
     "binance_listen_key_expired",
     "binance_depth_gap",
+    "binance_depth_silent",
     "binance_user_stream_silent",
     "binance_user_stream_refused",
     "binance_clock_drift",

@@ -42,6 +42,10 @@ class MarketStreams:
         self._subs: dict[Socket, set[str]] = {}
         self._numbers = itertools.count(1)
         self.sent = 0  # events sent (what a test counts)
+        # The binance_depth_silent fault: the depth streams each socket stays subscribed to and is sent nothing of,
+        # and (persistent) the depth streams whose new subscriptions are silent too.
+        self._silenced: dict[Socket, set[str]] = {}
+        self.silence_new: set[str] = set()
 
     async def handle(self, request: web.Request, first: str) -> web.StreamResponse:
         ws = web.WebSocketResponse(autoping=True, heartbeat=None, max_msg_size=MAX_MESSAGE_BYTES)
@@ -57,6 +61,7 @@ class MarketStreams:
                 self._answer(sock, subs, message)
         finally:
             self._subs.pop(sock, None)
+            self._silenced.pop(sock, None)
             await sock.finish()
         return ws
 
@@ -95,6 +100,9 @@ class MarketStreams:
                 )
                 return
             subs.update(names)
+            silenced = self._silenced.setdefault(sock, set())
+            for name in names:  # a new subscription heals a silent stream, unless the fault is persistent
+                (silenced.add if name in self.silence_new else silenced.discard)(name)
         else:
             subs.difference_update(names)
         sock.send({"result": None, "id": request_id})
@@ -102,9 +110,28 @@ class MarketStreams:
     def publish(self, events: Iterable[Event]) -> None:
         for stream, event in events:
             for sock, subs in self._subs.items():
-                if stream in subs:
+                if stream in subs and stream not in self._silenced.get(sock, ()):
                     sock.send(event)
                     self.sent += 1
+
+    def silence_depth(self, ids: Iterable[str], persistent: bool) -> int:
+        """The depth streams of the symbols `ids` (Binance ids) stay subscribed on every socket and send nothing more
+        (the other streams go on: the market still moves); a new SUBSCRIBE of one heals it, unless `persistent`, until
+        `clear`. Returns how many subscriptions went silent."""
+        streams = {f"{i.lower()}@depth" for i in ids}
+        if persistent:
+            self.silence_new |= streams
+        count = 0
+        for sock, subs in self._subs.items():
+            hit = subs & streams
+            self._silenced.setdefault(sock, set()).update(hit)
+            count += len(hit)
+        return count
+
+    def clear(self) -> None:
+        """Every depth stream speaks again."""
+        self._silenced.clear()
+        self.silence_new = set()
 
     def drop(self, code: int = 1006) -> None:
         """Every socket dropped (the venue's outage or dropped connections)."""

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from trading_ops.bot.broker import BrokerError, OrderRequest, OrderStatus, OrderType, Side, VenueFill, VenueOrder
+from trading_ops.paper.dead_man import MAX_CANCEL_AFTER_SECONDS
 from trading_ops.paper.gateway.kraken.api import (
     E_BUSY,
     E_INSUFFICIENT_FUNDS,
@@ -33,7 +34,7 @@ from trading_ops.paper.gateway.kraken.api import (
     ts,
 )
 from trading_ops.paper.gateway.kraken.faults import GatewayFaults
-from trading_ops.paper.venue import MAX_CANCEL_AFTER_SECONDS, PaperVenue
+from trading_ops.paper.venue import PaperVenue
 
 PAGE_SIZE = 50  # ClosedOrders and TradesHistory answer at most this many per call
 MAX_OFFSET = 10**9  # an `ofs` past this is no offset

@@ -340,7 +340,14 @@ def test_after_a_dropped_private_socket_every_fill_is_journaled_once(stack: Stac
         ),
         90,
     )
-    stack.control("halt")
+    try:
+        stack.control("halt")
+    except urllib.error.HTTPError as exc:
+        # A halt stays a halt when its cancels find the venue busy (503, broker unavailable, the state in the body):
+        # the fills this test counts settle either way, and the bot takes no new risk.
+        body = json.loads(exc.read() or b"{}")
+        assert exc.code == 503 and body.get("state") == "halted", (exc.code, body)
+        print(f"halted; its cancels: {body.get('error')}")  # noqa: T201
 
     def venue_trades() -> set[str]:
         found: set[str] = set()

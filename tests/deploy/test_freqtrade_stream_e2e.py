@@ -1,5 +1,5 @@
 """End to end for a streaming freqtrade's silent candles: a real freqtrade streaming its candles from the gateway's
-WebSocket v2 (tests/integrations/test_freqtrade_streams.py), the `trading-ops freqtrade` sidecar process exporting its
+WebSocket v2 (tests/deploy/test_freqtrade_streams.py), the `trading-ops freqtrade` sidecar process exporting its
 stream state, real Prometheus with the repository's stream rules, Alertmanager with a pager receiver of the test's own,
 and the reconciler running the packaged playbook's freqtrade-stream-reconnect rule as it is (tests/freqtrade_stack.py).
 

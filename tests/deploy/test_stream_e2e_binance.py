@@ -7,7 +7,10 @@ the reconciler resubscribes (then reconnects), the venue speaks again once its r
 the channel heard again, and every fill the venue made is in the bot's journal once (the REST reconciliations after
 each new subscription found what the silent stream never carried); its user stream ended by the venue (a listen key
 lapsed) and its renewal refused (`binance_user_stream_refused`) fires TradingBotStreamUnsubscribed, healed the same
-way once the venue allows it again.
+way once the venue allows it again; a book that keeps skipping update ids (`binance_depth_gap`, five times) fires
+TradingBotStreamBookGaps for that symbol, and another whose depth stream keeps going silent (`binance_depth_silent
+persistent=true`) TradingBotStreamChannelResyncing for the book channel, each recorded by the reconciler and not acted
+on (the bot resyncs each gap, subscribes again and replaces its socket at each silence).
 
 Needs prometheus and prometheus-alertmanager (system_binaries.LTS)."""
 
@@ -255,3 +258,76 @@ def test_a_lapsed_user_stream_whose_renewal_is_refused_fires_is_resubscribed_and
     until("the user stream is held again", lambda: bot_metric(port, "tradingbot_stream_subscribed") == 1, 30)
     print(f"{alert}: firing -> episode ended {took:.1f} s")  # noqa: T201 - measured, never asserted on
     no_fill_lost(gateway, port, journal, log)
+
+
+def test_binance_books_that_keep_skipping_update_ids_or_going_silent_fire_recorded_and_not_acted_on(
+    stack: tuple[Gateway, int, str, Path, Monitoring],
+) -> None:
+    """More than 3 gaps in 5 minutes on one book (`binance_depth_gap`, each healed by the bot's own new snapshot):
+    TradingBotStreamBookGaps fires for that symbol alone at the fast profile's `for:`, Alertmanager routes it to the
+    reconciler, which records it and acts on nothing (the packaged playbook has no rule for it: the bot already
+    resyncs each gap). Meanwhile the other book's depth stream keeps going silent (`binance_depth_silent
+    persistent=true`, injected once the gaps are seen, so its new sockets cannot take a gap with them), each silence
+    found by the quote poll and healed by the bot (subscribed again, the socket replaced): more than 3 in 5 minutes
+    fires TradingBotStreamChannelResyncing for the book channel, recorded and not acted on either. Once the venue's
+    depth stream speaks again both books are in sync and the bot trades on."""
+    gateway, port, _journal, _log, watching = stack
+    alert, instance, symbol = "TradingBotStreamBookGaps", f"127.0.0.1:{port}", "BTC/USD"
+    silent_alert, silent_symbol = "TradingBotStreamChannelResyncing", "ETH/USD"
+    gaps = 5  # past the rule's 3 in 5 minutes
+    started = time.monotonic()
+
+    def book(name: str, of: str = symbol) -> float:
+        return bot_metric(port, name, symbol=of)
+
+    for n in range(1, gaps + 1):
+        gateway.chaos("binance_depth_gap", symbol="BTC-USD", count=3)
+        until(f"gap {n} seen", lambda n=n: book("tradingbot_stream_book_gaps_total") >= n, 60)
+        until("the book synced again", lambda: book("tradingbot_stream_book_in_sync") == 1, 60)
+    injected = time.monotonic() - started
+    assert bot_metric(port, "tradingbot_stream_resyncs_total", channel="book", reason="gap") == gaps
+    gateway.chaos("binance_depth_silent", symbol="ETH-USD", persistent=True)
+    firing = f'ALERTS{{alertname="{alert}",alertstate="firing",instance="{instance}"}}'
+    fired_alerts = until(f"{alert} fires", lambda: watching.query(firing), DEADLINE_SECONDS)
+    fired = time.monotonic() - started
+    assert [a["metric"]["symbol"] for a in fired_alerts] == [symbol]  # the other book kept its ids
+    episodes = until(f"the {alert} episode is recorded", lambda: ended_after(watching, alert, set()), DEADLINE_SECONDS)
+    recorded = time.monotonic() - started
+    assert [(e["state"], e["labels"]["symbol"], e["labels"]["instance"]) for e in episodes] == [
+        ("skipped", symbol, instance)
+    ], json.dumps(episodes)
+    assert not [s for e in episodes for a in e["attempts"] for s in a.get("steps", [])]  # no action taken
+    assert [a["labels"]["symbol"] for a in watching.paged(alert)] == [symbol]  # Alertmanager holds it
+
+    silent_firing = f'ALERTS{{alertname="{silent_alert}",alertstate="firing",instance="{instance}"}}'
+    silent_alerts = until(f"{silent_alert} fires", lambda: watching.query(silent_firing), DEADLINE_SECONDS)
+    silent_fired = time.monotonic() - started
+    assert [(a["metric"]["channel"], a["metric"]["reason"]) for a in silent_alerts] == [("book", "silent")]
+    silent_episodes = until(
+        f"the {silent_alert} episode is recorded",
+        lambda: ended_after(watching, silent_alert, set()),
+        DEADLINE_SECONDS,
+    )
+    silent_recorded = time.monotonic() - started
+    assert [(e["state"], e["labels"]["channel"], e["labels"]["instance"]) for e in silent_episodes] == [
+        ("skipped", "book", instance)
+    ], json.dumps(silent_episodes)
+    assert not [s for e in silent_episodes for a in e["attempts"] for s in a.get("steps", [])]  # no action taken
+    assert [a["labels"]["channel"] for a in watching.paged(silent_alert)] == ["book"]
+    silences = bot_metric(port, "tradingbot_stream_resyncs_total", channel="book", reason="silent")
+    assert silences > 3
+    assert bot_metric(port, "tradingbot_stream_reconnects_total", endpoint="public", reason="silent") >= 1
+
+    # The venue's depth stream speaks again. Its first ETH/USD diff may skip the ids withheld since the last snapshot:
+    # a gap of that book, healed by a new snapshot like any other; the injected ones were BTC/USD's alone.
+    gateway.chaos("clear")
+    for of in (symbol, silent_symbol):
+        until(f"the {of} book in sync", lambda of=of: book("tradingbot_stream_book_in_sync", of) == 1, 60)
+    assert book("tradingbot_stream_book_gaps_total") == gaps
+    assert bot_metric(port, "tradingbot_stream_resyncs_total", channel="book", reason="requested") == 0
+    print(  # noqa: T201 - measured, never asserted on
+        f"{alert}: {gaps} gaps injected and healed by the bot in {injected:.1f} s; firing {fired:.1f} s after the "
+        f"first, recorded (no action) {recorded:.1f} s after it. {silent_alert}: {silences:g} silences of "
+        f"{silent_symbol} from {injected:.1f} s, firing {silent_fired:.1f} s, recorded (no action) "
+        f"{silent_recorded:.1f} s after the first gap"
+    )
