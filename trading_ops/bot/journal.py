@@ -339,6 +339,8 @@ class Journal:
                         Fill.executed_at >= start,
                         Fill.executed_at < end,
                     )
+                    # In the order the book applied them: a sum of 28-digit decimals rounds by its order.
+                    .order_by(Fill.id)
                 )
             )
         if any(v is None for v in values):
