@@ -4,9 +4,11 @@ token that asked, refuses bad arguments in one line, and is itself no journaled 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
-from paper_helpers import IdleStrategy, control, fast_config
+from paper_helpers import IdleStrategy, control, fast_config, wait_for
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.api_spec import bot_document
@@ -86,3 +88,31 @@ async def test_a_bot_with_only_the_single_shared_token_answers_its_events_too(tm
     assert [(e["command"], e["principal"], e["source"]) for e in answer["events"]] == [
         ("pause", "control_token", "operator")
     ]
+
+
+async def test_a_carried_out_command_is_answered_once_it_is_in_the_journal(tmp_path: Path) -> None:
+    """The answer waits for the journal's write: a caller who saw 200 finds the command in the audit even when the
+    bot's process died right after answering. Here the journal's one worker is held busy: the pause is carried out at
+    once, its answer comes only after the worker is free and has written it, and the database holds it by then."""
+    tokens = TokenSet([("oncall", OPERATE, ONCALL)])
+    bot = PaperBot(fast_config(tmp_path, partial_fill_probability=0.0), token=tokens, registry=CollectorRegistry())
+    bot.strategy = IdleStrategy()  # type: ignore[assignment]
+    port = await bot.start("127.0.0.1", 0)
+    released = threading.Event()
+    busy = asyncio.ensure_future(bot.journal.call(released.wait, 30.0))
+    try:
+        answer = asyncio.ensure_future(control(port, "pause", {"reason": "desk"}, headers=bearer(ONCALL)))
+        await wait_for(lambda: bot.inst.state.state.value == "paused")
+        await asyncio.sleep(0.5)
+        assert not answer.done(), "answered while its journal write was queued"
+        assert bot.recovery_store.commands() == []
+        released.set()
+        status, body = await asyncio.wait_for(answer, 10)
+        assert status == 200 and body["state"] == "paused", body
+        assert [(c["command"], c["principal"], c["outcome"]) for c in bot.recovery_store.commands()] == [
+            ("pause", "oncall", "ok")
+        ]
+    finally:
+        released.set()
+        await busy
+        await bot.stop()

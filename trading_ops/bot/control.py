@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -97,7 +98,8 @@ ACTED_ON: ContextVar[dict[str, Any] | None] = ContextVar("trading_ops_acted_on",
 # caller's token name (control_events: the reconciler learns which journaled commands were its own).
 CALLER: ContextVar[Caller | None] = ContextVar("trading_ops_caller", default=None)
 # A record of one control command: (command, caller, outcome, detail); see ControlPlane.on_command.
-CommandRecorder = Callable[[str, Caller, str, dict[str, Any]], None]
+# A recorder returns its write when it writes in the background (the control API answers once it is done).
+CommandRecorder = Callable[[str, Caller, str, dict[str, Any]], Awaitable[None] | None]
 
 
 class CommandError(Exception):
@@ -175,15 +177,21 @@ class ControlPlane:
         (trading_ops.bot.journal_writes.journal_commands)."""
         self._recorders.append(recorder)
 
-    def record(self, command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> None:
-        """Hand one command to the recorders (a recorder that fails is logged; the command stands). A read is none."""
+    def record(self, command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> Awaitable[Any] | None:
+        """Hand one command to the recorders (a recorder that fails is logged; the command stands). A read is none.
+        Returns the recorders' background writes, together (None: nothing left to wait for)."""
         if self.scope(command) == READ:
-            return
+            return None
+        pending: list[Awaitable[None]] = []
         for recorder in self._recorders:
             try:
-                recorder(command, caller, outcome, detail)
+                write = recorder(command, caller, outcome, detail)
             except Exception:
                 log.exception("recording the control command %s by %s failed", command, caller)
+                continue
+            if write is not None:
+                pending.append(write)
+        return asyncio.gather(*pending) if pending else None
 
     def add_status(self, provider: Callable[[], dict[str, Any]]) -> None:
         self._status_extras.append(provider)

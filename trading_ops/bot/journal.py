@@ -333,7 +333,8 @@ class Journal:
             start, end = day_bounds(day)
             values = list(
                 session.scalars(
-                    select(Fill.realized_pnl).where(
+                    select(Fill.realized_pnl)
+                    .where(
                         Fill.bot == self.bot,
                         Fill.venue == self.venue,
                         Fill.executed_at >= start,

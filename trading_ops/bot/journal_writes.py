@@ -87,12 +87,13 @@ def journal_commands(
     """Every control command an authenticated caller sent (`status` aside) goes to the journal with the principal that
     authenticated it (the token's name), the source it was counted under, the peer, what came of it and the signed
     decision it acted on (who asked, who approved): a `resume` or a `clear_halt` sent straight to the bot is recorded
-    at the bot, whoever holds its token. Written in the background, in order with the journal's other writes."""
+    at the bot, whoever holds its token. Written in the background, in order with the journal's other writes; the
+    control API answers once it is written (trading_ops.bot.server)."""
 
-    def record(command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> None:
+    def record(command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> asyncio.Task[None] | None:
         run = run_id()
         if run is None:
-            return
+            return None
         fields = command_event(command, caller, outcome, detail)
 
         async def write() -> None:
@@ -101,6 +102,6 @@ def journal_commands(
             except Exception:
                 log.exception("journaling the control command %s by %s failed", command, caller)
 
-        writes.spawn(write())
+        return writes.spawn(write())
 
     control.on_command(record)

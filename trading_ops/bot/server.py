@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ UNKNOWN_COMMAND_LABEL = "unknown"
 # A command's answer in its log line: scalar fields only, each value and the whole cut to these lengths.
 SUMMARY_VALUE_CHARS = 60
 SUMMARY_MAX_CHARS = 200
+# How long a carried-out command's answer waits for its journal write (a write stuck longer is logged, not awaited).
+JOURNAL_WAIT_SECONDS = 5.0
 # Routes that check a bearer token themselves: a web configuration's basic auth covers every other route.
 BEARER_ROUTES = ("/control/",)
 
@@ -122,13 +125,30 @@ class _Call:
         return _error(status, message, **(body or {}))
 
 
-def _record(inst: Any, command: str, caller: Any, outcome: str, detail: dict[str, Any]) -> None:
+def _record(inst: Any, command: str, caller: Any, outcome: str, detail: dict[str, Any]) -> Awaitable[Any] | None:
     """The command handed to the control plane's recorders: the runtime journals it, and so do the freqtrade sidecar
     and the NautilusTrader controller (trading_ops.integrations.command_journal). A control plane without `record` has
-    its log line and its tradingbot_control_commands_total as its record."""
+    its log line and its tradingbot_control_commands_total as its record. Returns the journal's write in progress."""
     record = getattr(inst.control, "record", None)
-    if record is not None:
-        record(command, caller, outcome, detail)
+    return None if record is None else record(command, caller, outcome, detail)
+
+
+async def _journaled(call: _Call, write: Awaitable[Any] | None) -> None:
+    """Wait (JOURNAL_WAIT_SECONDS at most) for a carried-out command's journal write: a command the caller saw
+    succeed is in the audit even when the process dies right after answering. A write that fails is logged by its
+    recorder; one that takes longer is logged here, and the answer goes out (the command has been carried out)."""
+    if write is None:
+        return
+    future = asyncio.ensure_future(write)
+    done, _ = await asyncio.wait({future}, timeout=JOURNAL_WAIT_SECONDS)
+    if not done:
+        log.warning(
+            "control %s by %s answered before its journal write ended (%.0f s)",
+            call.command,
+            call.peer,
+            JOURNAL_WAIT_SECONDS,
+            extra=call.fields,
+        )
 
 
 def _acted_on() -> dict[str, Any]:
@@ -181,7 +201,8 @@ async def control_handler(request: web.Request) -> web.Response:
     )
     # A state command's change, as the audit shows it (the reconciler pulls these: trading_ops.bot.control_journal).
     states = {"before": result["previous_state"], "after": result["state"]} if "previous_state" in result else {}
-    _record(inst, command, caller, "ok", {"result": summary.removeprefix(": "), **states, **acted})
+    detail = {"result": summary.removeprefix(": "), **states, **acted}
+    await _journaled(call, _record(inst, command, caller, "ok", detail))
     return web.json_response({"ok": True, "command": command, **result}, dumps=_dumps)
 
 

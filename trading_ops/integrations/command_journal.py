@@ -81,13 +81,14 @@ class CommandJournal:
         log.info("control commands of %s journaled as run %d", self.bot, self.run_id)
         return self.run_id
 
-    def record(self, command: str, caller: Any, outcome: str, detail: dict[str, Any]) -> None:
+    def record(self, command: str, caller: Any, outcome: str, detail: dict[str, Any]) -> asyncio.Task[None] | None:
         """Journal one command (a control plane's recorder: trading_ops.bot.control.CommandRecorder), in the
-        background. A write that fails is logged; the command stands."""
+        background: the write is returned, and the control API answers once it is done. Outside an event loop it is
+        written before this returns. A write that fails is logged; the command stands."""
         run = self.run_id
         if run is None:
             log.warning("control %s by %s not journaled: the journal is not open", command, caller)
-            return
+            return None
         fields = command_event(command, caller, outcome, detail)
 
         async def write() -> None:
@@ -96,7 +97,7 @@ class CommandJournal:
             except Exception:
                 log.exception("journaling the control command %s by %s failed", command, caller)
 
-        self._spawn(write())
+        return self._spawn(write())
 
     def beat(self) -> None:
         """The run's heartbeat, at most every HEARTBEAT_SECONDS (call it as often as convenient, from a loop)."""
@@ -113,14 +114,16 @@ class CommandJournal:
 
         self._spawn(write())
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         try:
-            task = asyncio.get_running_loop().create_task(coro)
-        except RuntimeError:  # no loop runs here: written now
-            coro.close()
-            return
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs here: written now, on a loop of its own
+            asyncio.run(coro)
+            return None
+        task = loop.create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def wait(self) -> None:
         """Until every command recorded so far is written (or failed)."""

@@ -165,11 +165,12 @@ class FreqtradeControl:
         """The scope a token needs to send command `name` (the library's table: `reload` is a reconnect)."""
         return COMMAND_SCOPES.get(name, DESTRUCTIVE)
 
-    def record(self, command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> None:
+    def record(self, command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> Awaitable[None] | None:
         """A command an authenticated caller sent, carried out or refused (the bot server hands each one here), to the
         journal; the reads (`status`, `control_events`) aside, as a bot on the runtime leaves them."""
         if self.journal is not None and self.scope(command) != READ:
-            self.journal.record(command, caller, outcome, detail)
+            return self.journal.record(command, caller, outcome, detail)
+        return None
 
     async def run(self, name: str, args: dict[str, Any], caller: Caller | None = None) -> dict[str, Any]:
         """Carry out `name`. Raises CommandRefused (409) or BrokerError (503: freqtrade does not answer). `caller`: who

@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -165,10 +166,11 @@ class _ThreadedControl:
     def has(self, name: str) -> bool:
         return name == CONTROL_EVENTS or self._control.has(name)
 
-    def record(self, command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> None:
+    def record(self, command: str, caller: Caller, outcome: str, detail: dict[str, Any]) -> Awaitable[None] | None:
         """A command an authenticated caller sent, carried out or refused, to the journal (the reads aside)."""
         if self.scope(command) != READ:
-            self.journal.record(command, caller, outcome, detail)
+            return self.journal.record(command, caller, outcome, detail)
+        return None
 
     def scope(self, name: str) -> str:
         """The scope a token needs to send command `name` (the library's: status read, pause operate, flatten
