@@ -53,3 +53,57 @@ def test_a_database_not_migrated_is_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(SchemaProblem, match="trading-ops db upgrade") as raised:
         open_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     assert len(str(raised.value).splitlines()) == 1
+
+
+async def test_a_run_is_the_bots_it_ends_when_the_bot_stops_answering_and_begins_when_it_answers(
+    migrated_sqlite: str,
+) -> None:
+    """The sidecar's process outlives freqtrade's: the runs it journals (what the daily report's uptime and the
+    backup's "in use" check read) are freqtrade's, from an answer to its absence, never the time the sidecar waited."""
+    engine = open_engine(migrated_sqlite)
+    try:
+        journal = CommandJournal(engine, "ft-1", "freqtrade")
+        first = journal.begin()
+        journal.answered()
+        journal.absent("freqtrade does not answer")
+        journal.absent("freqtrade does not answer")  # each poll it misses says so: the run ends once
+        await journal.wait()
+        ended = journal.store.get_run(first)
+        assert ended is not None and ended.stopped_at is not None
+        assert (ended.clean_shutdown, ended.stop_reason) == (False, "freqtrade does not answer")
+        oncall = Caller("oncall", "10.0.0.7", "oncall")
+        journal.record(
+            "pause", oncall, "refused 503", {"error": "freqtrade does not answer"}
+        )  # under the run that ended
+
+        journal.answered()  # back: a run of its own, from now
+        await journal.wait()
+        second = journal.run_id
+        assert second is not None and second != first
+        again = journal.store.get_run(second)
+        assert again is not None and again.stopped_at is None and again.started_at >= ended.stopped_at
+        journal.record("resume", oncall, "ok", {"before": "paused", "after": "active"})
+        await journal.wait()
+        CALLER.set(oncall)
+        events = (await journal.handler({}))["events"]
+        assert [(e["command"], e["run_id"]) for e in events] == [("pause", first), ("resume", second)]
+        await journal.close()
+        stopped = journal.store.get_run(second)
+        assert stopped is not None and stopped.clean_shutdown
+        assert journal.store.get_run(first) == ended  # a clean stop leaves the run freqtrade's absence ended as it was
+    finally:
+        engine.dispose()
+
+
+async def test_a_sidecar_that_stops_while_freqtrade_is_away_adds_no_time_to_the_ended_run(migrated_sqlite: str) -> None:
+    engine = open_engine(migrated_sqlite)
+    try:
+        journal = CommandJournal(engine, "ft-1", "freqtrade")
+        run = journal.begin()
+        journal.absent("freqtrade does not answer")  # away from the first poll on
+        await journal.wait()
+        ended = journal.store.get_run(run)
+        await journal.close()
+        assert journal.store.get_run(run) == ended
+    finally:
+        engine.dispose()

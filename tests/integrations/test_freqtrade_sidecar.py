@@ -42,6 +42,7 @@ from system_binaries import REPO_ROOT, require_binary
 
 from trading_ops.bot.control import CommandForbidden
 from trading_ops.decisions import CLEAR_HALT
+from trading_ops.integrations.command_journal import CommandJournal, open_engine
 from trading_ops.integrations.freqtrade.app import FreqtradeSidecar, create_app
 from trading_ops.integrations.freqtrade.client import ApiMetrics, FreqtradeClient, FreqtradeNotListening
 from trading_ops.integrations.freqtrade.poller import STARTING_SECONDS, FreqtradePoller, Snapshot
@@ -83,6 +84,7 @@ def sidecar_of(
     registry: CollectorRegistry | None = None,
     broker: CcxtBroker | None = None,
     token: str | TokenSet = TOKEN,
+    journal: CommandJournal | None = None,
 ) -> FreqtradeSidecar:
     return FreqtradeSidecar(
         name="ft",
@@ -99,6 +101,7 @@ def sidecar_of(
         reconcile_confirm=1.5,
         # The tests' reconciler key: a loss-limit halt clears on a decision it signed for bot "ft".
         decision_keys=[DECISION_KEY.public_key()],
+        journal=journal,
     )
 
 
@@ -140,7 +143,9 @@ class Client:
 
 
 @pytest.fixture
-async def sidecar(freqtrade: Freqtrade, gateway: Gateway, aiohttp_client: Any) -> AsyncIterator[Client]:
+async def sidecar(
+    freqtrade: Freqtrade, gateway: Gateway, aiohttp_client: Any, migrated_sqlite: str
+) -> AsyncIterator[Client]:
     # Each test starts from a trading freqtrade on a venue without faults: one that failed before its own resume,
     # unlock or clear, or lost freqtrade itself, does not fail the next.
     gateway.chaos("clear")
@@ -158,10 +163,16 @@ async def sidecar(freqtrade: Freqtrade, gateway: Gateway, aiohttp_client: Any) -
     if state != "running":
         freqtrade.api("POST", "/start")
     unlock_pairs(freqtrade)
-    sc = sidecar_of(freqtrade, broker=broker_of(gateway))
+    # Its control commands and freqtrade's runs journaled, as `trading-ops freqtrade` does on database.url.
+    engine = open_engine(migrated_sqlite)
+    sc = sidecar_of(freqtrade, broker=broker_of(gateway), journal=CommandJournal(engine, "ft", "kraken"))
     client = Client(await aiohttp_client(create_app(sc)), sc)
-    await client.until("the sidecar's first answered poll", lambda: client.value("tradingbot_freqtrade_up"))
-    yield client
+    try:
+        await client.until("the sidecar's first answered poll", lambda: client.value("tradingbot_freqtrade_up"))
+        yield client
+    finally:
+        await client.http.close()  # the app's cleanup ends the journal's run on the engine, then it goes
+        engine.dispose()
 
 
 def venue_holdings(gateway: Gateway) -> dict[str, float]:
@@ -1271,8 +1282,16 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
     assert await sidecar.value("tradingbot_phase", phase="trading") == 1
     info = _info_labels(await sidecar.samples())
     assert info["bot_name"] == "trading-ops-test" and info["stake_currency"] == "USD", info
+    journal = sidecar.sidecar.command_journal
+    assert journal is not None and journal.run_id is not None
+    run = journal.run_id
     freqtrade.kill()
     await sidecar.until("the sidecar reports freqtrade down", lambda: _is_down(sidecar))
+    # freqtrade's run in the journal ended with it (what the daily report's uptime reads), the sidecar's process aside.
+    await journal.wait()
+    ended = journal.store.get_run(run)
+    assert ended is not None and ended.stopped_at is not None
+    assert (ended.clean_shutdown, ended.stop_reason) == (False, "freqtrade does not answer")
     names = await sidecar.names()
     for family in (
         "tradingbot_position_quantity",
@@ -1308,6 +1327,13 @@ async def test_a_killed_freqtrade_is_reported_down_not_as_zeros(sidecar: Client,
         return await sidecar.value("tradingbot_phase", phase="trading")
 
     await sidecar.until("freqtrade is back up", lambda: sidecar.value("tradingbot_freqtrade_up"))
+
+    async def begun_again() -> bool:
+        await journal.wait()
+        return journal.run_id != run
+
+    await sidecar.until("freqtrade's return begins a run of its own", begun_again)
+    assert journal.store.get_run(run) == ended
     await sidecar.until("freqtrade trading again", answering)
     assert phases[-1] == "trading" and set(phases) <= {"starting", "trading"}, phases
     print(f"phases the sidecar said while freqtrade came back: {phases}")

@@ -67,6 +67,7 @@ class CommandJournal:
         self.store = RecoveryStore(engine, bot, venue[:32])
         self.run_id: int | None = None
         self._beat_at = 0.0
+        self._absent = False  # the run ended because the bot did not answer (`absent`); `answered` begins the next
         self._pending: set[asyncio.Task[None]] = set()
 
     @property
@@ -99,6 +100,42 @@ class CommandJournal:
 
         return self._spawn(write())
 
+    def answered(self) -> None:
+        """The bot this journal speaks for answered (freqtrade's API, at each of the sidecar's polls): a run its
+        absence ended begins again, and the run's heartbeat is kept. The daily report's uptime and the backup's "in use"
+        check read these runs: they are the bot's, not the sidecar's, whose process may outlive freqtrade's."""
+        if self._absent and self.run_id is not None:
+            self._absent = False
+            self._spawn(self._begin_again())
+            return
+        self.beat()
+
+    def absent(self, reason: str) -> None:
+        """The bot did not answer: its run ends here, not clean (`reason`), once; `answered` begins the next. A command
+        sent meanwhile is journaled under the run that ended."""
+        run = self.run_id
+        if self._absent or run is None:
+            return
+        self._absent = True
+
+        async def write() -> None:
+            try:
+                await self.journal.call(self.store.mark_stopped, run, False, reason)
+            except Exception as exc:
+                log.warning("the end of %s's run %d was not written: %s", self.bot, run, type(exc).__name__)
+
+        self._spawn(write())
+
+    async def _begin_again(self) -> None:
+        try:
+            run = await self.journal.call(self.store.begin_run, os.getpid(), socket.gethostname())
+        except Exception as exc:
+            self._absent = True  # the next answer tries again
+            log.warning("a new run of %s was not begun: %s", self.bot, type(exc).__name__)
+            return
+        self.run_id, self._beat_at = run, time.monotonic()
+        log.info("%s answers again: its control commands journaled as run %d", self.bot, run)
+
     def beat(self) -> None:
         """The run's heartbeat, at most every HEARTBEAT_SECONDS (call it as often as convenient, from a loop)."""
         run = self.run_id
@@ -126,7 +163,10 @@ class CommandJournal:
         return task
 
     async def wait(self) -> None:
-        """Until every command recorded so far is written (or failed)."""
+        """Until every command recorded so far is written (or failed), and the runs begun or ended so far."""
+        mine = [t for t in self._pending if t.get_loop() is asyncio.get_running_loop()]
+        if mine:
+            await asyncio.wait(mine)
         await self.journal.call(self.journal.flush)
 
     async def close(self, clean: bool = True, reason: str = "stopped") -> None:
@@ -140,7 +180,7 @@ class CommandJournal:
         """The run's last heartbeat and its stop marker, once what was recorded is written (blocking); the worker
         stopped. The engine is the caller's."""
         self.journal.close(wait=True)
-        if self.run_id is not None:
+        if self.run_id is not None and not self._absent:  # an absence ended its run already, when the bot went
             try:
                 self.store.mark_stopped(self.run_id, clean, reason)
             except Exception:

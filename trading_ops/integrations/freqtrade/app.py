@@ -47,6 +47,9 @@ if TYPE_CHECKING:  # ccxt is imported only by a sidecar that reconciles
 
 log = logging.getLogger(__name__)
 
+# How a freqtrade run the sidecar journals ends when freqtrade stops answering (bot_runs.stop_reason: 64 at most).
+FREQTRADE_ABSENT = "freqtrade does not answer"
+
 
 @dataclass
 class _StateValue:
@@ -188,7 +191,7 @@ class FreqtradeSidecar:
         """One answered poll: the venue link, the order flow and the journal from freqtrade's log and trades; state
         transitions."""
         if self.command_journal is not None:
-            self.command_journal.beat()
+            self.command_journal.answered()
         if previous.bot_start is not None and snap.bot_start != previous.bot_start:
             self.link.restarted()
         self.link.observe(
@@ -216,7 +219,7 @@ class FreqtradeSidecar:
     def _observe_down(self, _snap: Snapshot) -> None:
         """A poll freqtrade did not answer: what its log file says of its database (freqtrade exits on an error)."""
         if self.command_journal is not None:
-            self.command_journal.beat()
+            self.command_journal.absent(FREQTRADE_ABSENT)
         if self.log_file is not None:
             self.journal.failed(*self._file_errors())
 
