@@ -583,7 +583,7 @@ def _stack_limits(data: dict[str, Any], bot: dict[str, Any], bot_kind: str, prof
     _default_budgets(bot)
 
 
-def _ramp_window(profile: Profile | None) -> float:
+def ramp_window(profile: Profile | None) -> float:
     """The stack's ramp window in seconds (STACK_RAMP_CRITERIA's comment): whole minutes whose scrape tolerance holds
     STACK_RAMP_SCRAPES_IN_TOLERANCE scrapes of the profile, at least STACK_RAMP_MIN_WINDOW_SECONDS."""
     interval = (profile.scrape_interval if profile else None) or REPO_SCRAPE_INTERVAL_SECONDS
@@ -601,7 +601,7 @@ def _demo_ramp(data: dict[str, Any], bot: dict[str, Any], profile: Profile | Non
     cap = (paper if isinstance(paper, dict) else {}).get("max_position_notional", PaperConfig().max_position_notional)
     if not isinstance(cap, int | float) or isinstance(cap, bool) or cap <= 0:
         return  # parse_config names the problem
-    window = format_duration(_ramp_window(profile))
+    window = format_duration(ramp_window(profile))
     first = round(cap * STACK_RAMP_FIRST_CAP, 2)
     caps = (first, round(first * STACK_RAMP_WIDENING, 2))
     ramp["stages"] = [
