@@ -463,6 +463,43 @@ def test_config_targets_puts_freqtrade_sidecars_in_their_own_job(
     assert exited.value.code == 2
 
 
+def test_a_bot_a_freqtrade_target_watches_is_of_kind_freqtrade_unless_the_file_says_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `bots:` entry named as a freqtrade target of the same file (its `bot`, else its name) is that freqtrade: of
+    kind freqtrade when `kind` is left out (its unit, its container, its scrape job, its venue step's orders and its
+    readiness are freqtrade's); another kind given is refused in one line, exit 2."""
+    (tmp_path / "pw").write_text("x")
+    targets = {
+        "ft": {"password_file": "pw", "listen": {"host": "127.0.0.1", "port": 9103}},
+        "other": {"password_file": "pw", "listen": {"host": "127.0.0.1", "port": 9104}, "bot": "ft-2"},
+    }
+    bots = [
+        {"name": "a", "instance": "bot-a:9101", "url": "http://bot-a:9101", "token_file": "a"},
+        {"name": "ft", "instance": "127.0.0.1:9103", "url": "http://127.0.0.1:9103", "token_file": "t"},
+        {"name": "ft-2", "instance": "127.0.0.1:9104", "url": "http://127.0.0.1:9104", "token_file": "t"},
+    ]
+    config = parse_config({"bots": bots, "freqtrade": {"targets": targets}}, base_dir=tmp_path)
+    assert [(b.name, b.kind) for b in config.bots] == [("a", "paper"), ("ft", "freqtrade"), ("ft-2", "freqtrade")]
+    assert config.bots[1].systemd_unit == "trading-ops-freqtrade.service"
+    path = tmp_path / "trading-ops.yaml"
+    path.write_text(yaml.safe_dump({"bots": bots, "freqtrade": {"targets": targets}}))
+    assert main(["--config", str(path), "config", "targets", "--job", "freqtrade"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == [{"targets": ["127.0.0.1:9103"]}, {"targets": ["127.0.0.1:9104"]}]
+
+    venue = {"exchange": "kraken", "api_key_file": "k", "api_secret_file": "s", "symbols": ["BTC-USD"]}
+    with pytest.raises(ConfigError, match=r"bots\[1\]\.venue\.orders: must be account for a bot of kind freqtrade"):
+        parse_config({"bots": [bots[0], {**bots[1], "venue": venue}], "freqtrade": {"targets": targets}})
+    path.write_text(
+        yaml.safe_dump({"bots": [bots[0], {**bots[1], "kind": "paper"}], "freqtrade": {"targets": targets}})
+    )
+    assert main(["--config", str(path), "config", "check"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == [
+        "trading-ops: config: bots[1].kind: paper, but freqtrade.targets.ft watches ft: it is of kind freqtrade"
+    ]
+
+
 # -- named tokens with scopes ---------------------------------------------------------------------------------------
 
 

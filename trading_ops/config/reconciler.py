@@ -319,8 +319,16 @@ class BotEntryConfig:
     # The host it runs on, when not the reconciler's: systemd steps reach it with `systemctl --host` over SSH, docker
     # steps its Docker engine over TLS or SSH (docs/deployment.md, "A fleet on several hosts").
     host: BotHostConfig = field(default_factory=BotHostConfig)
+    # Whether the file gave `kind` (a bot a freqtrade target of the same file watches is of kind freqtrade unless it
+    # says otherwise: Config.validate).
+    kind_given: bool = field(default=False, metadata={"internal": True})
 
     def validate(self, prefix: str, given: set[str]) -> None:
+        self.kind_given = "kind" in given
+        self.check_kind(prefix)
+
+    def check_kind(self, prefix: str) -> None:
+        """What a bot of its kind needs: a freqtrade's venue step cancels the whole account's orders."""
         if self.kind == FREQTRADE_KIND and self.venue.exchange and self.venue.orders != "account":
             raise ConfigError(
                 f"{prefix}.venue.orders",

@@ -10,6 +10,7 @@ from pathlib import Path
 from trading_ops.config.bot import BotConfig, RecoveryConfig, order_id_prefix
 from trading_ops.config.common import DatabaseConfig, LoggingConfig, NotificationsConfig
 from trading_ops.config.fields import (
+    FREQTRADE_KIND,
     POSTGRESQL_DRIVER,
     POSTGRESQL_DRIVER_MISSING,
     ConfigError,
@@ -123,6 +124,7 @@ class Config:
         for kind, command in self.bot_kinds.items():
             if check_name(kind) or (problem := check_command(command)):
                 raise ConfigError(f"bot_kinds.{kind}", check_name(kind) or problem or "")
+        self.recognize_freqtrade()
         self.check_accounts()
         if self.bots:
             if self.reconciler.targets:
@@ -139,6 +141,24 @@ class Config:
                 )
                 for b in self.bots
             }
+
+    def recognize_freqtrade(self) -> None:
+        """A bot that a freqtrade target of this file watches (`freqtrade.targets.<name>.bot`, else the target's name)
+        is of kind freqtrade: its unit, its container, its venue step's orders and its readiness are freqtrade's. Left
+        out, `kind` is taken to be freqtrade; given as another kind, it is refused."""
+        watched = {target.bot or name: name for name, target in self.freqtrade.targets.items()}
+        for i, entry in enumerate(self.bots):
+            target = watched.get(entry.name)
+            if target is None or entry.kind == FREQTRADE_KIND:
+                continue
+            if entry.kind_given:
+                raise ConfigError(
+                    f"bots[{i}].kind",
+                    f"{entry.kind}, but freqtrade.targets.{target} watches {entry.name}: "
+                    f"it is of kind {FREQTRADE_KIND}",
+                )
+            entry.kind = FREQTRADE_KIND
+            entry.check_kind(f"bots[{i}]")
 
     def check_accounts(self) -> None:
         """A bot touches only its own orders: no two bots on a venue with one order-id prefix (a `venue` step tells a
