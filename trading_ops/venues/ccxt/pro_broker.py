@@ -50,7 +50,7 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
         if vid:
             await self._learn_client_ids({vid})
         fill = self._fill(raw)
-        if self._mine(fill.client_order_id):  # a shared account's stream carries every bot's trades
+        if self.share.mine(fill.client_order_id):  # a shared account's stream carries every bot's trades
             await self.fills.offer(fill, "stream")
 
     async def submit(self, request: OrderRequest) -> VenueOrder:

@@ -81,7 +81,6 @@ from trading_ops.bot.broker import (
     VenueFill,
     VenueOrder,
 )
-from trading_ops.bot.client_ids import bot_order_pattern
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.call_counter import (
     ORDER_COUNT_INTERVALS,
@@ -98,6 +97,7 @@ from trading_ops.venues.call_counter import (
     protective,
 )
 from trading_ops.venues.ccxt.errors import CLIENT_ORDER_IDS, EXTRA_ERRORS, broker_error
+from trading_ops.venues.ccxt.shared_account import AccountShare
 from trading_ops.venues.ccxt.symbols import STATUSES, from_ccxt_symbol, to_ccxt_symbol
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,11 @@ class CcxtBroker(Broker):
         self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
         self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
         self._symbols: OrderedDict[str, str] = OrderedDict()  # venue order id -> its ccxt symbol (PER_SYMBOL)
-        # Asked per symbol (PER_SYMBOL); on an account shared with other bots, its own client order ids (its prefix's:
-        # `_own`; None, every order of the account is its own).
-        self._per_symbol, self._own = (
+        # Asked per symbol (PER_SYMBOL); which of the account's orders, fills and balances are the bot's (all of them,
+        # unless the account is shared with other bots).
+        self._per_symbol, self.share = (
             self.venue in PER_SYMBOL,
-            bot_order_pattern(shared_account) if shared_account else None,
+            AccountShare(shared_account, (u.split("/", 1)[0] for u in self._unified.values())),
         )
         self._seen_trades: OrderedDict[str, None] = OrderedDict()
         self._fills_since: datetime | None = None
@@ -617,8 +617,12 @@ class CcxtBroker(Broker):
 
     async def _cancel_all(self) -> list[VenueOrder]:
         listed = await self.open_orders()
-        if self._own is not None:  # a shared account: a cancel-all of the account (or a symbol) takes others' orders
-            return [await self._cancel_own(o) for o in listed]
+        if self.share.shared:  # a cancel-all of the account (or a symbol) takes others' orders
+            return await self.share.cancel_each(
+                listed,
+                lambda o: self.cancel(o.client_order_id, venue_order_id=o.venue_order_id),
+                lambda o: self.order_status(o.client_order_id, venue_order_id=o.venue_order_id),
+            )
         if self._per_symbol:
             for unified in dict.fromkeys(self._unified[o.symbol] for o in listed if o.symbol in self._unified):
                 try:
@@ -632,27 +636,8 @@ class CcxtBroker(Broker):
             return await self._final_states([o.venue_order_id for o in listed])
         return [await self.cancel(o.client_order_id, venue_order_id=o.venue_order_id) for o in listed]
 
-    async def _cancel_own(self, order: VenueOrder) -> VenueOrder:
-        """One of a shared account's cancel-all: an order that closed meanwhile (filled) is returned as it ended."""
-        try:
-            return await self.cancel(order.client_order_id, venue_order_id=order.venue_order_id)
-        except BrokerError as exc:
-            if not isinstance(exc.__cause__, ccxt_async.OrderNotFound):
-                raise
-            state = await self.order_status(order.client_order_id, venue_order_id=order.venue_order_id)
-            if state is None or state.status.is_open:
-                raise
-            return state
-
-    def _mine(self, client_order_id: str | None) -> bool:
-        """Whether an order (or a fill of it) is this bot's: always, unless the account is shared with other bots,
-        where only a client order id carrying its prefix is."""
-        return self._own is None or bool(self._own.fullmatch(client_order_id or ""))
-
     def balance_assets(self) -> frozenset[str] | None:
-        if self._own is None:
-            return None
-        return frozenset(unified.split("/", 1)[0] for unified in self._unified.values())
+        return self.share.balance_assets()
 
     def has_dead_man_switch(self) -> bool:
         return bool(self.exchange.has.get("cancelAllOrdersAfter"))
@@ -685,7 +670,7 @@ class CcxtBroker(Broker):
                 )
         else:
             raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
-        return [order for raw in raws if self._mine((order := self._order(raw)).client_order_id)]
+        return [order for raw in raws if self.share.mine((order := self._order(raw)).client_order_id)]
 
     def _symbol_of(self, venue_order_id: str, known: str | None = None) -> str | None:
         """The ccxt symbol an order was last seen on (`known` when given), else None."""
@@ -780,7 +765,7 @@ class CcxtBroker(Broker):
             raws = self._history
         trades = [raw for raw in raws.values() if since_ms is None or int(raw["timestamp"]) >= since_ms]
         await self._learn_client_ids({str(raw["order"]) for raw in trades if raw.get("order")})
-        fills = [fill for raw in trades if self._mine((fill := self._fill(raw)).client_order_id)]
+        fills = [fill for raw in trades if self.share.mine((fill := self._fill(raw)).client_order_id)]
         # Oldest first; the venue's order among trades of one millisecond (newest first) reversed.
         fills.reverse()
         fills.sort(key=lambda f: f.executed_at)
