@@ -99,6 +99,7 @@ from trading_ops.venues.call_counter import (
 from trading_ops.venues.ccxt.errors import CLIENT_ORDER_IDS, EXTRA_ERRORS, broker_error
 from trading_ops.venues.ccxt.shared_account import AccountShare
 from trading_ops.venues.ccxt.symbols import STATUSES, from_ccxt_symbol, to_ccxt_symbol
+from trading_ops.venues.ccxt.trade_history import FILL_OVERLAP_SECONDS, TradeHistory
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,6 @@ LOOKUP_ATTEMPTS = 4  # lookups of an order whose submit answer was lost
 LOOKUP_BACKOFF_SECONDS = 0.2  # times the attempt number
 NOT_FOUND_CONFIRMATIONS = 2  # "no such order" answers before a lost submit counts as never placed
 POLL_INTERVAL_SECONDS = 1.0
-# Exchanges whose trade history comes in pages of a fixed size, and the parameter that pages on.
-TRADE_PAGES = {"kraken": ("ofs", 50)}
-MAX_PAGES = 1000
 ORDER_LOOKUP_BATCH = 50
 # Exchanges whose client looks orders up by a list of ids in one request though ccxt's `has` does not say so (ccxt's
 # kraken: QueryOrders with up to 20 txids, one call on the call counter), and how many ids a request takes.
@@ -117,8 +115,7 @@ ORDER_LOOKUP_BATCHES = {"kraken": 20}
 # Exchanges whose ccxt client takes no "all symbols" for the account's trades, order lookups and cancels (binance:
 # ArgumentsRequired, and its account-wide open orders weigh 80 against 6 a symbol): asked per symbol.
 PER_SYMBOL = frozenset({"binance"})
-FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
-MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
+MAX_REMEMBERED = 20_000  # client ids and symbols per venue order id
 # With a call budget, a balance answer this young is reused when nothing changed since (no submit, cancel or fill):
 # a reconciliation's snapshot asks positions() then balances(), the same call.
 BALANCE_REUSE_SECONDS = 1.0
@@ -203,7 +200,6 @@ class CcxtBroker(Broker):
             self.venue in PER_SYMBOL,
             AccountShare(shared_account, (u.split("/", 1)[0] for u in self._unified.values())),
         )
-        self._seen_trades: OrderedDict[str, None] = OrderedDict()
         self._fills_since: datetime | None = None
         self._time_resolution = 0.0
         self._poll_lock = asyncio.Lock()
@@ -216,11 +212,13 @@ class CcxtBroker(Broker):
         self._balances_seen = -1
         self._changes = 0  # submits, cancels and fills delivered: a balance answer older than the last is stale
         self._delivering = False  # a poll is handing its events to the callbacks
-        self._history: dict[str, dict[str, Any]] = {}  # the venue's trades by id (call budget only: recent_fills)
-        self._history_from: int | None = None  # every trade from this time (ms) on is in _history
-        # Set by drain_events when its poll fetched the trade history (the `_changes` of then): the next
-        # recent_fills, a reconciliation snapshot's first, reuses that answer once if nothing changed since.
-        self._history_fresh: int | None = None
+        # The account's trades (kept with a call budget: recent_fills fetches only what it does not hold).
+        self.history = TradeHistory(
+            exchange,
+            lambda what, method, *args: self._call(Channel.ORDERS, what, method, *args),
+            symbols=list(self._unified.values()) if self._per_symbol else None,
+            keep=call_budget is not None,
+        )
 
     def _install_budgets(self) -> None:
         """Kraken's call counter and Binance's weights, each on the exchange's requests where given."""
@@ -699,7 +697,7 @@ class CcxtBroker(Broker):
             return
         every_trade = self.call_budget is None or time.monotonic() - self._trades_asked >= self.orders_interval
         asked = self._trades_asked
-        self._history_fresh = None
+        self.history.hold_answer(None)
         try:
             await self._poll_orders(every_trade=every_trade)
         except BrokerError as exc:
@@ -707,7 +705,7 @@ class CcxtBroker(Broker):
             log.warning("%s: could not poll before a snapshot: %s", self.venue, exc)
             return
         if self._trades_asked != asked:  # it asked for the trade history: the snapshot that follows may reuse it
-            self._history_fresh = self._changes
+            self.history.hold_answer(self._changes)
 
     # -- account ----------------------------------------------------------------------------------------------
     async def balances(self) -> dict[str, Decimal]:
@@ -748,72 +746,15 @@ class CcxtBroker(Broker):
     async def recent_fills(self, since: datetime | None = None) -> list[VenueFill]:
         """Fills since `since`, oldest first. With a call budget, the venue's trades (which never change) are kept:
         once every trade since T is known, a later ask from T on fetches only what is newer than the newest known
-        (less FILL_OVERLAP_SECONDS), instead of paging through the whole window again at 2 points a page."""
-        since_ms = None if since is None else int(since.timestamp() * 1000)
-        known_from = self._history_from
-        fresh, self._history_fresh = self._history_fresh == self._changes, None
-        if self.call_budget is None or since_ms is None:
-            raws = await self._fetch_trades(since)
-        elif known_from is not None and since_ms >= known_from and fresh:
-            raws = self._history  # what drain_events just fetched: the snapshot's first look at the fills
-        elif known_from is not None and since_ms >= known_from:
-            newest = max((int(r["timestamp"]) for r in self._history.values()), default=known_from)
-            self._keep(await self._fetch_trades(_time(newest - int(FILL_OVERLAP_SECONDS * 1000))), known_from)
-            raws = self._history
-        else:
-            self._keep(await self._fetch_trades(since), since_ms)
-            raws = self._history
-        trades = [raw for raw in raws.values() if since_ms is None or int(raw["timestamp"]) >= since_ms]
+        (less FILL_OVERLAP_SECONDS), instead of paging through the whole window again at 2 points a page
+        (TradeHistory)."""
+        trades = await self.history.since(since, self._changes)
         await self._learn_client_ids({str(raw["order"]) for raw in trades if raw.get("order")})
         fills = [fill for raw in trades if self.share.mine((fill := self._fill(raw)).client_order_id)]
         # Oldest first; the venue's order among trades of one millisecond (newest first) reversed.
         fills.reverse()
         fills.sort(key=lambda f: f.executed_at)
         return fills
-
-    async def _fetch_trades(self, since: datetime | None) -> dict[str, dict[str, Any]]:
-        """The account's trades since `since` as the venue lists them (all its pages), by trade id."""
-        raws: dict[str, dict[str, Any]] = {}
-        since_ms = None if since is None else int(since.timestamp() * 1000)
-        paging = TRADE_PAGES.get(self.venue)
-        if paging is None:
-            for unified in self._unified.values() if self._per_symbol else [None]:
-                what = f"my trades {unified}" if unified else "my trades"
-                for raw in await self._call(Channel.ORDERS, what, self.exchange.fetch_my_trades, unified, since_ms):
-                    raws.setdefault(str(raw["id"]), raw)
-            return raws
-        offset_param, page_size = paging
-        params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
-        offset = 0
-        for _ in range(MAX_PAGES):
-            page = await self._call(
-                Channel.ORDERS,
-                "my trades",
-                self.exchange.fetch_my_trades,
-                None,
-                None,
-                None,
-                {**params, offset_param: offset},
-            )
-            for raw in page:
-                raws.setdefault(str(raw["id"]), raw)
-            if len(page) < page_size:
-                break
-            offset += len(page)
-        return raws
-
-    def _keep(self, raws: dict[str, dict[str, Any]], complete_from: int) -> None:
-        """Add fetched trades to those kept; every trade from `complete_from` (ms) on is known now. At most
-        MAX_REMEMBERED are kept: the oldest go, and what is known complete starts after them."""
-        for trade_id, raw in raws.items():
-            self._history.setdefault(trade_id, raw)
-        start = complete_from if self._history_from is None else min(self._history_from, complete_from)
-        if len(self._history) > MAX_REMEMBERED:
-            ordered = sorted(self._history.items(), key=lambda item: int(item[1]["timestamp"]))
-            dropped = ordered[: len(ordered) - MAX_REMEMBERED]
-            self._history = dict(ordered[len(dropped) :])
-            start = max(start, int(dropped[-1][1]["timestamp"]) + 1)
-        self._history_from = start
 
     async def server_time(self) -> datetime:
         ms = await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
@@ -919,12 +860,10 @@ class CcxtBroker(Broker):
             except BaseException:
                 self._trades_due = self._trades_due or due
                 raise
-            fresh = [f for f in fills if f.trade_id not in self._seen_trades]
+            fresh = self.history.new(fills)
             # Orders a submit added while this poll was out are looked at by the next one.
             added = {vid: o for vid, o in self._open.items() if vid not in before and vid not in listed}
             self._open = {**listed, **added}
-            for fill in fresh:
-                self._remember(self._seen_trades, fill.trade_id, None)
             self._changes += len(fresh)
             if fills:
                 newest = max(f.executed_at for f in fills).timestamp() - FILL_OVERLAP_SECONDS
