@@ -96,6 +96,7 @@ from trading_ops.venues.call_counter import (
     patient,
     protective,
 )
+from trading_ops.venues.ccxt.balance_cache import BalanceCache
 from trading_ops.venues.ccxt.errors import CLIENT_ORDER_IDS, EXTRA_ERRORS, broker_error
 from trading_ops.venues.ccxt.shared_account import AccountShare
 from trading_ops.venues.ccxt.symbols import STATUSES, from_ccxt_symbol, to_ccxt_symbol
@@ -116,9 +117,6 @@ ORDER_LOOKUP_BATCHES = {"kraken": 20}
 # ArgumentsRequired, and its account-wide open orders weigh 80 against 6 a symbol): asked per symbol.
 PER_SYMBOL = frozenset({"binance"})
 MAX_REMEMBERED = 20_000  # client ids and symbols per venue order id
-# With a call budget, a balance answer this young is reused when nothing changed since (no submit, cancel or fill):
-# a reconciliation's snapshot asks positions() then balances(), the same call.
-BALANCE_REUSE_SECONDS = 1.0
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -206,11 +204,9 @@ class CcxtBroker(Broker):
         self._trades_due = True  # something may have filled since the trade history was last asked for
         self._trades_asked = 0.0  # monotonic time of that
         self._poll_cycle = 0  # order polls begun
-        self._balances: dict[str, Decimal] | None = None  # the last answer, and the poll cycle it came in
-        self._balances_cycle = -1
-        self._balances_at = 0.0
-        self._balances_seen = -1
-        self._changes = 0  # submits, cancels and fills delivered: a balance answer older than the last is stale
+        # The last balance answer, reused within a poll's callbacks and (with a call budget) while nothing changed.
+        self.balance_cache = BalanceCache(reuse_unchanged=call_budget is not None)
+        self._changes = 0  # submits, cancels and fills delivered: answers older than the last are stale
         self._delivering = False  # a poll is handing its events to the callbacks
         # The account's trades (kept with a call budget: recent_fills fetches only what it does not hold).
         self.history = TradeHistory(
@@ -712,27 +708,21 @@ class CcxtBroker(Broker):
         """The venue's balances. Asked from a poll's event callbacks (a fill's), the answer of this poll cycle is
         reused, and the last answer stands in when the call budget has no room: a callback that raised would leave
         the poll's other events undelivered."""
-        if self._delivering and self._balances_cycle == self._poll_cycle and self._balances is not None:
-            return dict(self._balances)
-        if (
-            self.call_budget is not None
-            and self._balances is not None
-            and self._balances_seen == self._changes
-            and time.monotonic() - self._balances_at < BALANCE_REUSE_SECONDS
-        ):
-            return dict(self._balances)  # positions() then balances(), as a snapshot asks: one call
+        if self._delivering and (cycle := self.balance_cache.of_cycle(self._poll_cycle)) is not None:
+            return cycle
+        if (unchanged := self.balance_cache.unchanged(self._changes)) is not None:
+            return unchanged
         try:
             raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
         except Deferred:
-            return dict(self._balances or {})
+            return self.balance_cache.stand_in()
         except BrokerError as exc:
             if self._delivering and isinstance(exc.__cause__, BudgetExhausted):
-                return dict(self._balances or {})
+                return self.balance_cache.stand_in()
             raise
         totals = raw.get("total") or {}
         found = {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
-        self._balances, self._balances_cycle = found, self._poll_cycle
-        self._balances_at, self._balances_seen = time.monotonic(), self._changes
+        self.balance_cache.store(found, self._poll_cycle, self._changes)
         return dict(found)
 
     async def positions(self) -> dict[str, Decimal]:
