@@ -49,7 +49,7 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
         vid = str(raw.get("order") or "")
         if vid:
             await self._learn_client_ids({vid})
-        fill = self._fill(raw)
+        fill = self.translate.fill(raw)
         if self.share.mine(fill.client_order_id):  # a shared account's stream carries every bot's trades
             await self.fills.offer(fill, "stream")
 

@@ -59,7 +59,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -77,7 +77,6 @@ from trading_ops.bot.broker import (
     OrderStatus,
     OrderType,
     Quote,
-    Side,
     VenueFill,
     VenueOrder,
 )
@@ -99,8 +98,9 @@ from trading_ops.venues.call_counter import (
 from trading_ops.venues.ccxt.balance_cache import BalanceCache
 from trading_ops.venues.ccxt.errors import CLIENT_ORDER_IDS, EXTRA_ERRORS, broker_error
 from trading_ops.venues.ccxt.shared_account import AccountShare
-from trading_ops.venues.ccxt.symbols import STATUSES, from_ccxt_symbol, to_ccxt_symbol
+from trading_ops.venues.ccxt.symbols import to_ccxt_symbol
 from trading_ops.venues.ccxt.trade_history import FILL_OVERLAP_SECONDS, TradeHistory
+from trading_ops.venues.ccxt.translation import Translator, decimal, ms_time
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +116,6 @@ ORDER_LOOKUP_BATCHES = {"kraken": 20}
 # Exchanges whose ccxt client takes no "all symbols" for the account's trades, order lookups and cancels (binance:
 # ArgumentsRequired, and its account-wide open orders weigh 80 against 6 a symbol): asked per symbol.
 PER_SYMBOL = frozenset({"binance"})
-MAX_REMEMBERED = 20_000  # client ids and symbols per venue order id
-
-
-def _decimal(value: Any) -> Decimal | None:
-    if value is None or value == "":
-        return None
-    return Decimal(value if isinstance(value, str) else repr(value))
-
-
-def _time(ms: Any) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
 
 
 class CcxtBroker(Broker):
@@ -190,8 +179,7 @@ class CcxtBroker(Broker):
         # says nothing of the venue (it would mark a channel down the new session has just found up).
         self._session = 0
         self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
-        self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
-        self._symbols: OrderedDict[str, str] = OrderedDict()  # venue order id -> its ccxt symbol (PER_SYMBOL)
+        self.translate = Translator()  # ccxt's orders and trades as ours; the client ids and symbols seen
         # Asked per symbol (PER_SYMBOL); which of the account's orders, fills and balances are the bot's (all of them,
         # unless the account is shared with other bots).
         self._per_symbol, self.share = (
@@ -461,7 +449,7 @@ class CcxtBroker(Broker):
             return await self._resolve_lost_submit(request, exc)
         self._trades_due = True  # it may have filled at once (a market order never shows as open)
         self._changes += 1
-        order = self._order(raw, request)
+        order = self.translate.order(raw, request)
         self._track(order)
         await self._acknowledged(order)
         return order
@@ -568,7 +556,7 @@ class CcxtBroker(Broker):
                 if isinstance(exc.__cause__, ccxt_async.OrderNotFound):
                     return None
                 raise
-            return self._order(raw)
+            return self.translate.order(raw)
         if not client_order_id:
             return None
         for fetch in (self.exchange.fetch_open_orders, self.exchange.fetch_closed_orders):
@@ -583,7 +571,7 @@ class CcxtBroker(Broker):
             )
             for raw in raws:
                 if raw.get("clientOrderId") == client_order_id:
-                    return self._order(raw)
+                    return self.translate.order(raw)
         return None
 
     async def _order_on_its_symbol(self, client_order_id: str, venue_order_id: str) -> VenueOrder | None:
@@ -601,7 +589,7 @@ class CcxtBroker(Broker):
             if isinstance(exc.__cause__, ccxt_async.OrderNotFound):
                 return None
             raise
-        return self._order(raw)
+        return self.translate.order(raw)
 
     async def cancel_all(self) -> list[VenueOrder]:
         """Cancel every open order in one request where the exchange has one (else one by one); returns the
@@ -647,10 +635,10 @@ class CcxtBroker(Broker):
         )
         result = raw.get("result") if isinstance(raw, dict) else None
         if isinstance(result, dict) and "triggerTime" in result:
-            now = _time(self.exchange.parse8601(result.get("currentTime"))) or sent
+            now = ms_time(self.exchange.parse8601(result.get("currentTime"))) or sent
             if str(result["triggerTime"]) == "0":
                 return now, None
-            trigger = _time(self.exchange.parse8601(result["triggerTime"]))
+            trigger = ms_time(self.exchange.parse8601(result["triggerTime"]))
             if trigger is not None:
                 return now, trigger
         return sent, (sent + timedelta(seconds=timeout) if timeout else None)
@@ -664,11 +652,11 @@ class CcxtBroker(Broker):
                 )
         else:
             raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
-        return [order for raw in raws if self.share.mine((order := self._order(raw)).client_order_id)]
+        return [order for raw in raws if self.share.mine((order := self.translate.order(raw)).client_order_id)]
 
     def _symbol_of(self, venue_order_id: str, known: str | None = None) -> str | None:
         """The ccxt symbol an order was last seen on (`known` when given), else None."""
-        return known or (self._symbols.get(venue_order_id) if venue_order_id else None)
+        return known or self.translate.symbol_of(venue_order_id)
 
     async def _each_symbol(self, first: str | None, what: str, method: Callable[..., Any], *args: Any) -> Any:
         """`method(args[0], symbol, *args[1:])` on `first`, else on each of the broker's symbols in turn until one
@@ -721,7 +709,7 @@ class CcxtBroker(Broker):
                 return self.balance_cache.stand_in()
             raise
         totals = raw.get("total") or {}
-        found = {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
+        found = {asset: amount for asset, value in totals.items() if (amount := decimal(value)) is not None}
         self.balance_cache.store(found, self._poll_cycle, self._changes)
         return dict(found)
 
@@ -740,7 +728,7 @@ class CcxtBroker(Broker):
         (TradeHistory)."""
         trades = await self.history.since(since, self._changes)
         await self._learn_client_ids({str(raw["order"]) for raw in trades if raw.get("order")})
-        fills = [fill for raw in trades if self.share.mine((fill := self._fill(raw)).client_order_id)]
+        fills = [fill for raw in trades if self.share.mine((fill := self.translate.fill(raw)).client_order_id)]
         # Oldest first; the venue's order among trades of one millisecond (newest first) reversed.
         fills.reverse()
         fills.sort(key=lambda f: f.executed_at)
@@ -748,7 +736,7 @@ class CcxtBroker(Broker):
 
     async def server_time(self) -> datetime:
         ms = await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
-        at = _time(ms)
+        at = ms_time(ms)
         if at is None:
             raise BrokerError("other", f"{self.venue} did not say its time")
         # ccxt gives milliseconds; some venues (Kraken's `unixtime`) only whole seconds, which read as a round number.
@@ -790,10 +778,10 @@ class CcxtBroker(Broker):
                 tickers[u] = await self._call(Channel.MARKET_DATA, f"ticker {u}", self.exchange.fetch_ticker, u)
         for symbol, u in zip(symbols, unified, strict=True):
             ticker = tickers.get(u) or {}
-            bid, ask = _decimal(ticker.get("bid")), _decimal(ticker.get("ask"))
+            bid, ask = decimal(ticker.get("bid")), decimal(ticker.get("ask"))
             if bid is None or ask is None:
                 continue  # not quoted: no news is stale news
-            at = _time(ticker.get("timestamp")) or datetime.now(UTC)
+            at = ms_time(ticker.get("timestamp")) or datetime.now(UTC)
             if self._events.on_quote is not None:
                 await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
 
@@ -886,7 +874,7 @@ class CcxtBroker(Broker):
             for start in range(0, len(venue_order_ids), batch_size):
                 batch = venue_order_ids[start : start + batch_size]
                 raws = await self._call(Channel.ORDERS, "orders", self.exchange.fetch_orders_by_ids, batch)
-                found.extend(self._order(raw) for raw in raws)
+                found.extend(self.translate.order(raw) for raw in raws)
         else:
             for vid in venue_order_ids:
                 order = await self.order_status(venue_order_id=vid)
@@ -896,12 +884,10 @@ class CcxtBroker(Broker):
 
     async def _learn_client_ids(self, venue_order_ids: set[str]) -> None:
         """Trades do not carry the client order id: learn it from the orders not seen yet."""
-        missing = sorted(v for v in venue_order_ids if v not in self._client_ids)
+        missing = self.translate.unlearned(venue_order_ids)
         if missing:
             await self._final_states(missing)
-            for vid in missing:  # the venue does not know them as orders (a fill with no order behind it)
-                if vid not in self._client_ids:
-                    self._remember(self._client_ids, vid, "")
+            self.translate.orderless(missing)  # those the venue does not know as orders (a fill with none behind it)
 
     # -- translation ------------------------------------------------------------------------------------------
     def _known(self, client_order_id: str, venue_order_id: str) -> VenueOrder | None:
@@ -912,60 +898,3 @@ class CcxtBroker(Broker):
     def _track(self, order: VenueOrder) -> None:
         if order.status.is_open:
             self._open[order.venue_order_id] = order
-
-    @staticmethod
-    def _remember(store: OrderedDict[str, Any], key: str, value: Any) -> None:
-        store[key] = value
-        store.move_to_end(key)
-        while len(store) > MAX_REMEMBERED:
-            store.popitem(last=False)
-
-    def _order(self, raw: Mapping[str, Any], request: OrderRequest | None = None) -> VenueOrder:
-        vid = str(raw.get("id") or "")
-        cid = raw.get("clientOrderId") or (request.client_order_id if request else "") or self._client_ids.get(vid, "")
-        if vid:
-            self._remember(self._client_ids, vid, cid)
-            if raw.get("symbol"):
-                self._remember(self._symbols, vid, str(raw["symbol"]))
-        quantity = _decimal(raw.get("amount"))
-        filled = _decimal(raw.get("filled")) or Decimal(0)
-        status = STATUSES.get(raw.get("status") or "")
-        if status is None:
-            status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.ACKNOWLEDGED
-        kind = raw.get("type")
-        order_type = OrderType(kind) if kind in ("market", "limit") else (request.order_type if request else None)
-        price = _decimal(raw.get("price"))
-        if order_type is None:
-            order_type = OrderType.LIMIT if price else OrderType.MARKET
-        symbol = raw.get("symbol")
-        side = raw.get("side")
-        return VenueOrder(
-            client_order_id=cid,
-            venue_order_id=vid,
-            symbol=from_ccxt_symbol(symbol) if symbol else (request.symbol if request else ""),
-            side=Side(side) if side in ("buy", "sell") else (request.side if request else Side.BUY),
-            order_type=order_type,
-            quantity=quantity if quantity is not None else (request.quantity if request else Decimal(0)),
-            price=(price if price else (request.price if request else None)) if order_type is OrderType.LIMIT else None,
-            filled_quantity=filled,
-            status=status,
-            created_at=_time(raw.get("timestamp")) or (datetime.now(UTC) if request else None),
-        )
-
-    def _fill(self, raw: Mapping[str, Any]) -> VenueFill:
-        symbol = from_ccxt_symbol(str(raw.get("symbol") or ""))
-        fee = raw.get("fee") or {}
-        vid = str(raw.get("order") or "")
-        return VenueFill(
-            trade_id=str(raw["id"]),
-            client_order_id=self._client_ids.get(vid) or None,
-            venue_order_id=vid,
-            symbol=symbol,
-            side=Side(raw["side"]),
-            quantity=_decimal(raw.get("amount")) or Decimal(0),
-            price=_decimal(raw.get("price")) or Decimal(0),
-            fee=_decimal(fee.get("cost")) or Decimal(0),
-            fee_asset=str(fee.get("currency") or symbol.partition("-")[2]),
-            liquidity=str(raw.get("takerOrMaker") or "taker"),
-            executed_at=_time(raw.get("timestamp")) or datetime.now(UTC),
-        )

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import ccxt.async_support as ccxt_async
 
 from trading_ops.bot.broker import VenueFill
+from trading_ops.venues.ccxt.translation import ms_time
 
 # Exchanges whose trade history comes in pages of a fixed size, and the parameter that pages on.
 TRADE_PAGES = {"kraken": ("ofs", 50)}
 MAX_PAGES = 1000
 FILL_OVERLAP_SECONDS = 2.0  # asks for trades from this long before the newest seen (late stamps)
-MAX_REMEMBERED = 20_000  # trades kept, trade ids already handed on
+MAX_TRADES = 20_000  # trades kept, trade ids already handed on
 
 # One call to the venue: (what it is, for errors and logs; the ccxt method; its arguments) -> its answer.
 Ask = Callable[..., Awaitable[Any]]
@@ -62,7 +63,7 @@ class TradeHistory:
             raws = self._trades  # what the poll just fetched: the snapshot's first look at the fills
         elif known_from is not None and since_ms >= known_from:
             newest = max((int(r["timestamp"]) for r in self._trades.values()), default=known_from)
-            self._keep(await self._fetch(_time(newest - int(FILL_OVERLAP_SECONDS * 1000))), known_from)
+            self._keep(await self._fetch(ms_time(newest - int(FILL_OVERLAP_SECONDS * 1000))), known_from)
             raws = self._trades
         else:
             self._keep(await self._fetch(since), since_ms)
@@ -70,11 +71,11 @@ class TradeHistory:
         return [raw for raw in raws.values() if since_ms is None or int(raw["timestamp"]) >= since_ms]
 
     def new(self, fills: list[VenueFill]) -> list[VenueFill]:
-        """The `fills` not handed on yet, counted as handed on from now (the last MAX_REMEMBERED trade ids)."""
+        """The `fills` not handed on yet, counted as handed on from now (the last MAX_TRADES trade ids)."""
         fresh = [f for f in fills if f.trade_id not in self._handed_on]
         for fill in fresh:
             self._handed_on[fill.trade_id] = None
-        while len(self._handed_on) > MAX_REMEMBERED:
+        while len(self._handed_on) > MAX_TRADES:
             self._handed_on.popitem(last=False)
         return fresh
 
@@ -105,17 +106,13 @@ class TradeHistory:
 
     def _keep(self, raws: dict[str, dict[str, Any]], complete_from: int) -> None:
         """Add fetched trades to those kept; every trade from `complete_from` (ms) on is known now. At most
-        MAX_REMEMBERED are kept: the oldest go, and what is known complete starts after them."""
+        MAX_TRADES are kept: the oldest go, and what is known complete starts after them."""
         for trade_id, raw in raws.items():
             self._trades.setdefault(trade_id, raw)
         start = complete_from if self._complete_from is None else min(self._complete_from, complete_from)
-        if len(self._trades) > MAX_REMEMBERED:
+        if len(self._trades) > MAX_TRADES:
             ordered = sorted(self._trades.items(), key=lambda item: int(item[1]["timestamp"]))
-            dropped = ordered[: len(ordered) - MAX_REMEMBERED]
+            dropped = ordered[: len(ordered) - MAX_TRADES]
             self._trades = dict(ordered[len(dropped) :])
             start = max(start, int(dropped[-1][1]["timestamp"]) + 1)
         self._complete_from = start
-
-
-def _time(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
