@@ -56,7 +56,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 from collections import Counter
@@ -66,7 +65,7 @@ from decimal import Decimal
 from typing import Any
 
 import ccxt.async_support as ccxt_async
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import (
     Broker,
@@ -82,7 +81,6 @@ from trading_ops.bot.broker import (
 )
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.call_counter import (
-    ORDER_COUNT_INTERVALS,
     RECONCILIATION_POINTS,
     BudgetExhausted,
     CallBudget,
@@ -90,13 +88,12 @@ from trading_ops.venues.call_counter import (
     WeightBudget,
     background,
     impatient,
-    install,
-    install_weights,
     patient,
     protective,
 )
 from trading_ops.venues.ccxt.balance_cache import BalanceCache
 from trading_ops.venues.ccxt.errors import CLIENT_ORDER_IDS, EXTRA_ERRORS, broker_error
+from trading_ops.venues.ccxt.request_limits import RequestLimits
 from trading_ops.venues.ccxt.shared_account import AccountShare
 from trading_ops.venues.ccxt.symbols import to_ccxt_symbol
 from trading_ops.venues.ccxt.trade_history import FILL_OVERLAP_SECONDS, TradeHistory
@@ -162,7 +159,7 @@ class CcxtBroker(Broker):
         self.handled_errors: Counter[str] = Counter()
         self.call_budget = call_budget
         self.weight_budget = weight_budget
-        self._install_budgets()
+        self.limits = RequestLimits(exchange, call_budget, weight_budget)  # installed on the exchange's requests
         exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
         extra = EXTRA_ERRORS.get(self.venue)
         if extra:
@@ -170,7 +167,6 @@ class CcxtBroker(Broker):
             for kind, table in extra.items():
                 exceptions[kind] = {**exceptions.get(kind, {}), **table}
             exchange.exceptions = exceptions
-        self._weight_metrics = False
         self._events = BrokerEvents()
         self._connected = dict.fromkeys(Channel, False)
         self._started = False
@@ -204,13 +200,6 @@ class CcxtBroker(Broker):
             keep=call_budget is not None,
         )
 
-    def _install_budgets(self) -> None:
-        """Kraken's call counter and Binance's weights, each on the exchange's requests where given."""
-        if self.call_budget is not None:
-            install(self.exchange, self.call_budget)
-        if self.weight_budget is not None:
-            install_weights(self.exchange, self.weight_budget)
-
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
         await stop_tasks(self._tasks)  # a second connect() replaces the first one's polls
@@ -241,45 +230,14 @@ class CcxtBroker(Broker):
         return max(self.poll_interval, self.call_budget.poll_interval(1.0))
 
     def rate_limit_headroom(self) -> float | None:
-        if self.weight_budget is not None:
-            return self.weight_budget.headroom()
-        return None if self.call_budget is None else self.call_budget.headroom()
+        return self.limits.headroom()
 
     def order_count_headroom(self) -> float | None:
-        return None if self.weight_budget is None else self.weight_budget.order_headroom()
+        return self.limits.order_headroom()
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """With a weight budget (Binance): the seconds left of an IP ban (418), the 429s and 418s answered and the
-        room left of the account's order counts (what the order gate reads before new risk)."""
-        budget = self.weight_budget
-        if budget is None or self._weight_metrics:
-            return
-        self._weight_metrics = True
-        Gauge(
-            "tradingbot_venue_ban_seconds",
-            "Seconds left of the venue's ban of the bot's IP (Binance's 418, until its Retry-After; 0: not banned). "
-            "No call is sent meanwhile.",
-            ["venue"],
-            registry=registry,
-        ).labels(self.venue).set_function(budget.ban_seconds)
-        refusals = Gauge(
-            "tradingbot_venue_rate_limit_refusals",
-            "The venue's rate-limit answers since the start, by status (429: past the limit, 418: banned).",
-            ["venue", "status"],
-            registry=registry,
-        )
-        refusals.labels(self.venue, "429").set_function(lambda: budget.refusals)
-        refusals.labels(self.venue, "418").set_function(lambda: budget.bans)
-        orders = Gauge(
-            "tradingbot_venue_order_count_headroom_ratio",
-            "Fraction (0-1) of the venue's limit on new orders per interval still available (Binance's ORDERS per 10 s "
-            "and per day, from X-MBX-ORDER-COUNT-*); 0 while a -1015 holds new orders. Under the order gate's floor, "
-            "new risk is refused (reason venue_order_count).",
-            ["venue", "interval"],
-            registry=registry,
-        )
-        for header, interval in ORDER_COUNT_INTERVALS.items():
-            orders.labels(self.venue, interval).set_function(functools.partial(budget.order_headroom, header))
+        """With a weight budget (Binance): its families (RequestLimits.register_metrics)."""
+        self.limits.register_metrics(registry)
 
     @contextlib.asynccontextmanager
     async def patient(self) -> AsyncIterator[None]:
@@ -787,14 +745,14 @@ class CcxtBroker(Broker):
 
     async def _background_quotes(self) -> None:
         """The quote poll of the polling task; with a weight budget (Binance), skipped when it has too little room."""
-        if self.weight_budget is not None and not self.weight_budget.polls_allowed():
+        if not self.limits.polls_allowed():
             return
         await self._poll_quotes(self.symbols)
 
     async def _background_poll(self) -> None:
         """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
         afford is skipped."""
-        if self.weight_budget is not None and not self.weight_budget.polls_allowed():
+        if not self.limits.polls_allowed():
             return  # stopped by a 429 or 418, or under the weight kept for cancels and submits (WeightBudget)
         if self.call_budget is not None:
             # Its usual cost: open orders, a lookup of those that left, the trade history when it is due.
