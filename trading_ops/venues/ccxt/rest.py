@@ -25,8 +25,8 @@ What it does that a bare ccxt call does not:
 - Amounts are exact: the broker sets the exchange's `number` to `str` (ccxt's own switch) and reads decimals.
 - Positions (spot): the venue's balance of each symbol's base asset less `position_baseline[base]` (what the
   account held that is not the bot's; zero by default, as on the paper venue).
-- Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages. Other exchanges return
-  what one `fetch_my_trades(since)` returns.
+- Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages (TradeHistory). Other
+  exchanges return what one `fetch_my_trades(since)` returns.
 - Exchanges whose client needs a symbol for the account's calls (PER_SYMBOL: Binance) are asked per symbol of the
   broker: its open orders (Binance weighs one symbol's at 6, the account's at 80, and ccxt refuses the latter unless
   told), its trades, an order looked up or canceled (by the symbol last seen for its id, else each symbol in turn
@@ -37,7 +37,7 @@ What it does that a bare ccxt call does not:
   order id carries the bot's prefix, and only their fills (the open orders, the trades of a poll, a reconciliation
   and a stream, a cancel-all one order at a time: never Binance's cancel-all of a symbol, which takes every bot's);
   the balances that are its own are its symbols' base assets (`balance_assets`), which no other bot on the account
-  trades (`config check` refuses two bots on one account with a base asset in common).
+  trades (`config check` refuses two bots on one account with a base asset in common). AccountShare holds the rule.
 - Kraken's call counter (trading_ops.venues.call_counter): with a `call_budget`, every private request spends from
   it, the order poll runs no oftener than the tier's decay allows (CallBudget.poll_interval), skips a cycle the
   budget cannot afford (asking the venue's clock instead, which is free, so an outage is still noticed), and asks
@@ -119,12 +119,18 @@ class CcxtBroker(Broker):
     """The Broker interface over one `ccxt.async_support` exchange instance (the caller builds it with its keys and
     urls; `close()` closes it).
 
-    Bigger than most classes here because it is three things a websocket venue gives for free and ccxt's REST API
-    does not: the Broker calls, the polls that stand in for the event streams, and the translation of ccxt's
-    orders and trades into ours; they share the state of what was seen (open orders, trade ids, client ids).
-    Its public methods are the Broker interface (trading_ops.bot.broker) and nothing else, bar `orders_interval`
-    and `check_session`, which its streaming subclasses override; the symbol and error tables, the call budget and
-    the streams already live in modules of their own (symbols.py, errors.py, venues/call_counter.py, streaming.py).
+    Bigger than most classes here because it is two things a websocket venue gives for free and ccxt's REST API
+    does not: the Broker calls, and the polls that stand in for the event streams; they share the state of what was
+    seen (the open orders, the poll's cursor and cycle, the count of changes that makes an answer stale). It wires
+    parts that each own one concern: `share` (AccountShare, shared_account.py: which orders, fills and balances of a
+    shared account are the bot's), `history` (TradeHistory, trade_history.py: the account's trades, kept with a call
+    budget, and which were handed on), `balance_cache` (BalanceCache, balance_cache.py: the last balance answer and
+    when it stands in), `translate` (Translator, translation.py: ccxt's orders and trades as ours, the ids learned on
+    the way) and `limits` (RequestLimits, request_limits.py: the call and weight budgets, their headroom and
+    metrics). Its public methods are the Broker interface (trading_ops.bot.broker) and nothing else, bar
+    `orders_interval` and `check_session`, which its streaming subclasses override; the symbol and error tables, the
+    call budget and the streams live in modules of their own (symbols.py, errors.py, venues/call_counter.py,
+    streaming.py).
     """
 
     def __init__(
