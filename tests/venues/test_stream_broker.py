@@ -216,13 +216,13 @@ async def test_a_streamed_fill_s_balance_lookup_is_the_venue_s_balances_without_
             await broker.connect(dataclasses.replace(recorder.events(), on_fill=on_fill))
             await wait_for(lambda: broker.stream is not None and broker.stream.sequences.last.get("executions") == 2)
             await broker.balances()  # the REST answer the fills are applied to
-            answered = broker._balances_at
+            answered = broker.balance_cache.answered_at
             for i, side in enumerate((Side.BUY, Side.BUY, Side.SELL)):
                 await gateway.venue.submit(market(f"b-{i}", "ETH-USD", side, "0.1"))
                 await wait_for(lambda n=i: len(seen) == n + 1)
                 venue = await gateway.venue.balances()
                 assert {a: seen[-1].get(a) for a in ("ETH", "USD")} == {a: venue.get(a) for a in ("ETH", "USD")}
-            assert broker._balances_at == answered  # no REST balance call since
+            assert broker.balance_cache.answered_at == answered  # no REST balance call since
         finally:
             await broker.close()
             await broker.exchange.close()
@@ -241,7 +241,7 @@ async def test_balances_come_from_the_balances_channel_and_from_rest_when_it_is_
             await broker.connect(Recorder().events())
             await wait_for(broker.balances_streaming)
             await broker.balances()  # the first answer is REST's (the check the stream never switches off)
-            answered = broker._balances_at
+            answered = broker.balance_cache.answered_at
             for i, side in enumerate((Side.BUY, Side.SELL)):
                 await gateway.venue.submit(market(f"c-{i}", "ETH-USD", side, "0.1"))
                 venue = await gateway.venue.balances()
@@ -250,21 +250,21 @@ async def test_balances_come_from_the_balances_channel_and_from_rest_when_it_is_
                 ))  # fmt: skip
                 mine = await broker.balances()
                 assert {a: mine.get(a) for a in ("ETH", "USD")} == {a: venue.get(a) for a in ("ETH", "USD")}
-            assert broker._balances_at == answered  # no REST balance call since
+            assert broker.balance_cache.answered_at == answered  # no REST balance call since
             async with broker.reconciliation_room():  # a reconciliation checks the streams: REST, channel up or not
                 assert broker.balances_streaming()
                 await broker.positions()
-                assert broker._balances_at > answered
-            answered = broker._balances_at
+                assert broker.balance_cache.answered_at > answered
+            answered = broker.balance_cache.answered_at
             await broker.balances()
-            assert broker._balances_at == answered  # after it, the channel's again
+            assert broker.balance_cache.answered_at == answered  # after it, the channel's again
 
             await chaos(base, "ws_silent_channel", channel="balances")  # fills flow, their balances do not
             await gateway.venue.submit(market("c-2", "ETH-USD", Side.BUY, "0.1"))
             await wait_for(lambda: not broker.balances_streaming(), timeout=10)
             venue = await gateway.venue.balances()
             mine = await broker.balances()  # REST, and the channel subscribed again
-            assert broker._balances_at > answered and mine.get("ETH") == venue.get("ETH")
+            assert broker.balance_cache.answered_at > answered and mine.get("ETH") == venue.get("ETH")
             await wait_for(broker.balances_streaming)  # its fresh snapshot
             resynced = {"channel": "balances", "reason": "silent"}
             assert registry.get_sample_value("tradingbot_stream_resyncs_total", resynced)
@@ -272,9 +272,9 @@ async def test_balances_come_from_the_balances_channel_and_from_rest_when_it_is_
             assert broker.stream is not None
             await broker.stream.close()  # the socket gone: REST
             await wait_for(lambda: not broker.balances_streaming())
-            before = broker._balances_at
+            before = broker.balance_cache.answered_at
             await broker.balances()
-            assert broker._balances_at > before
+            assert broker.balance_cache.answered_at > before
         finally:
             await broker.close()
             await broker.exchange.close()

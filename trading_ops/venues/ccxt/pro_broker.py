@@ -49,8 +49,8 @@ class ProStreamingCcxtBroker(StreamingCcxtBroker):
         vid = str(raw.get("order") or "")
         if vid:
             await self._learn_client_ids({vid})
-        fill = self._fill(raw)
-        if self._mine(fill.client_order_id):  # a shared account's stream carries every bot's trades
+        fill = self.translate.fill(raw)
+        if self.share.mine(fill.client_order_id):  # a shared account's stream carries every bot's trades
             await self.fills.offer(fill, "stream")
 
     async def submit(self, request: OrderRequest) -> VenueOrder:

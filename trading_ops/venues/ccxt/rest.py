@@ -25,8 +25,8 @@ What it does that a bare ccxt call does not:
 - Amounts are exact: the broker sets the exchange's `number` to `str` (ccxt's own switch) and reads decimals.
 - Positions (spot): the venue's balance of each symbol's base asset less `position_baseline[base]` (what the
   account held that is not the bot's; zero by default, as on the paper venue).
-- Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages. Other exchanges return
-  what one `fetch_my_trades(since)` returns.
+- Kraken pages its trade history PAGE_SIZE at a time; `recent_fills` follows the pages (TradeHistory). Other
+  exchanges return what one `fetch_my_trades(since)` returns.
 - Exchanges whose client needs a symbol for the account's calls (PER_SYMBOL: Binance) are asked per symbol of the
   broker: its open orders (Binance weighs one symbol's at 6, the account's at 80, and ccxt refuses the latter unless
   told), its trades, an order looked up or canceled (by the symbol last seen for its id, else each symbol in turn
@@ -37,7 +37,7 @@ What it does that a bare ccxt call does not:
   order id carries the bot's prefix, and only their fills (the open orders, the trades of a poll, a reconciliation
   and a stream, a cancel-all one order at a time: never Binance's cancel-all of a symbol, which takes every bot's);
   the balances that are its own are its symbols' base assets (`balance_assets`), which no other bot on the account
-  trades (`config check` refuses two bots on one account with a base asset in common).
+  trades (`config check` refuses two bots on one account with a base asset in common). AccountShare holds the rule.
 - Kraken's call counter (trading_ops.venues.call_counter): with a `call_budget`, every private request spends from
   it, the order poll runs no oftener than the tier's decay allows (CallBudget.poll_interval), skips a cycle the
   budget cannot afford (asking the venue's clock instead, which is free, so an outage is still noticed), and asks
@@ -56,17 +56,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import ccxt.async_support as ccxt_async
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import (
     Broker,
@@ -77,14 +76,11 @@ from trading_ops.bot.broker import (
     OrderStatus,
     OrderType,
     Quote,
-    Side,
     VenueFill,
     VenueOrder,
 )
-from trading_ops.bot.client_ids import bot_order_pattern
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.call_counter import (
-    ORDER_COUNT_INTERVALS,
     RECONCILIATION_POINTS,
     BudgetExhausted,
     CallBudget,
@@ -92,13 +88,16 @@ from trading_ops.venues.call_counter import (
     WeightBudget,
     background,
     impatient,
-    install,
-    install_weights,
     patient,
     protective,
 )
+from trading_ops.venues.ccxt.balance_cache import BalanceCache
 from trading_ops.venues.ccxt.errors import CLIENT_ORDER_IDS, EXTRA_ERRORS, broker_error
-from trading_ops.venues.ccxt.symbols import STATUSES, from_ccxt_symbol, to_ccxt_symbol
+from trading_ops.venues.ccxt.request_limits import RequestLimits
+from trading_ops.venues.ccxt.shared_account import AccountShare
+from trading_ops.venues.ccxt.symbols import to_ccxt_symbol
+from trading_ops.venues.ccxt.trade_history import FILL_OVERLAP_SECONDS, TradeHistory
+from trading_ops.venues.ccxt.translation import Translator, decimal, ms_time
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +106,6 @@ LOOKUP_ATTEMPTS = 4  # lookups of an order whose submit answer was lost
 LOOKUP_BACKOFF_SECONDS = 0.2  # times the attempt number
 NOT_FOUND_CONFIRMATIONS = 2  # "no such order" answers before a lost submit counts as never placed
 POLL_INTERVAL_SECONDS = 1.0
-# Exchanges whose trade history comes in pages of a fixed size, and the parameter that pages on.
-TRADE_PAGES = {"kraken": ("ofs", 50)}
-MAX_PAGES = 1000
 ORDER_LOOKUP_BATCH = 50
 # Exchanges whose client looks orders up by a list of ids in one request though ccxt's `has` does not say so (ccxt's
 # kraken: QueryOrders with up to 20 txids, one call on the call counter), and how many ids a request takes.
@@ -117,33 +113,24 @@ ORDER_LOOKUP_BATCHES = {"kraken": 20}
 # Exchanges whose ccxt client takes no "all symbols" for the account's trades, order lookups and cancels (binance:
 # ArgumentsRequired, and its account-wide open orders weigh 80 against 6 a symbol): asked per symbol.
 PER_SYMBOL = frozenset({"binance"})
-FILL_OVERLAP_SECONDS = 2.0  # polls ask for trades from this long before the newest seen (late stamps)
-MAX_REMEMBERED = 20_000  # trade ids already delivered, client ids per venue order id
-# With a call budget, a balance answer this young is reused when nothing changed since (no submit, cancel or fill):
-# a reconciliation's snapshot asks positions() then balances(), the same call.
-BALANCE_REUSE_SECONDS = 1.0
-
-
-def _decimal(value: Any) -> Decimal | None:
-    if value is None or value == "":
-        return None
-    return Decimal(value if isinstance(value, str) else repr(value))
-
-
-def _time(ms: Any) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(int(ms) / 1000, UTC)
 
 
 class CcxtBroker(Broker):
     """The Broker interface over one `ccxt.async_support` exchange instance (the caller builds it with its keys and
     urls; `close()` closes it).
 
-    Bigger than most classes here because it is three things a websocket venue gives for free and ccxt's REST API
-    does not: the Broker calls, the polls that stand in for the event streams, and the translation of ccxt's
-    orders and trades into ours; they share the state of what was seen (open orders, trade ids, client ids).
-    Its public methods are the Broker interface (trading_ops.bot.broker) and nothing else, bar `orders_interval`
-    and `check_session`, which its streaming subclasses override; the symbol and error tables, the call budget and
-    the streams already live in modules of their own (symbols.py, errors.py, venues/call_counter.py, streaming.py).
+    Bigger than most classes here because it is two things a websocket venue gives for free and ccxt's REST API
+    does not: the Broker calls, and the polls that stand in for the event streams; they share the state of what was
+    seen (the open orders, the poll's cursor and cycle, the count of changes that makes an answer stale). It wires
+    parts that each own one concern: `share` (AccountShare, shared_account.py: which orders, fills and balances of a
+    shared account are the bot's), `history` (TradeHistory, trade_history.py: the account's trades, kept with a call
+    budget, and which were handed on), `balance_cache` (BalanceCache, balance_cache.py: the last balance answer and
+    when it stands in), `translate` (Translator, translation.py: ccxt's orders and trades as ours, the ids learned on
+    the way) and `limits` (RequestLimits, request_limits.py: the call and weight budgets, their headroom and
+    metrics). Its public methods are the Broker interface (trading_ops.bot.broker) and nothing else, bar
+    `orders_interval` and `check_session`, which its streaming subclasses override; the symbol and error tables, the
+    call budget and the streams live in modules of their own (symbols.py, errors.py, venues/call_counter.py,
+    streaming.py).
     """
 
     def __init__(
@@ -178,7 +165,7 @@ class CcxtBroker(Broker):
         self.handled_errors: Counter[str] = Counter()
         self.call_budget = call_budget
         self.weight_budget = weight_budget
-        self._install_budgets()
+        self.limits = RequestLimits(exchange, call_budget, weight_budget)  # installed on the exchange's requests
         exchange.number = str  # amounts as the venue wrote them: exact decimals, never floats
         extra = EXTRA_ERRORS.get(self.venue)
         if extra:
@@ -186,7 +173,6 @@ class CcxtBroker(Broker):
             for kind, table in extra.items():
                 exceptions[kind] = {**exceptions.get(kind, {}), **table}
             exchange.exceptions = exceptions
-        self._weight_metrics = False
         self._events = BrokerEvents()
         self._connected = dict.fromkeys(Channel, False)
         self._started = False
@@ -195,39 +181,30 @@ class CcxtBroker(Broker):
         # says nothing of the venue (it would mark a channel down the new session has just found up).
         self._session = 0
         self._open: dict[str, VenueOrder] = {}  # by venue order id: the open orders the last poll (or submit) saw
-        self._client_ids: OrderedDict[str, str] = OrderedDict()  # venue order id -> client order id ("" = none)
-        self._symbols: OrderedDict[str, str] = OrderedDict()  # venue order id -> its ccxt symbol (PER_SYMBOL)
-        # Asked per symbol (PER_SYMBOL); on an account shared with other bots, its own client order ids (its prefix's:
-        # `_own`; None, every order of the account is its own).
-        self._per_symbol, self._own = (
+        self.translate = Translator()  # ccxt's orders and trades as ours; the client ids and symbols seen
+        # Asked per symbol (PER_SYMBOL); which of the account's orders, fills and balances are the bot's (all of them,
+        # unless the account is shared with other bots).
+        self._per_symbol, self.share = (
             self.venue in PER_SYMBOL,
-            bot_order_pattern(shared_account) if shared_account else None,
+            AccountShare(shared_account, (u.split("/", 1)[0] for u in self._unified.values())),
         )
-        self._seen_trades: OrderedDict[str, None] = OrderedDict()
         self._fills_since: datetime | None = None
         self._time_resolution = 0.0
         self._poll_lock = asyncio.Lock()
         self._trades_due = True  # something may have filled since the trade history was last asked for
         self._trades_asked = 0.0  # monotonic time of that
         self._poll_cycle = 0  # order polls begun
-        self._balances: dict[str, Decimal] | None = None  # the last answer, and the poll cycle it came in
-        self._balances_cycle = -1
-        self._balances_at = 0.0
-        self._balances_seen = -1
-        self._changes = 0  # submits, cancels and fills delivered: a balance answer older than the last is stale
+        # The last balance answer, reused within a poll's callbacks and (with a call budget) while nothing changed.
+        self.balance_cache = BalanceCache(reuse_unchanged=call_budget is not None)
+        self._changes = 0  # submits, cancels and fills delivered: answers older than the last are stale
         self._delivering = False  # a poll is handing its events to the callbacks
-        self._history: dict[str, dict[str, Any]] = {}  # the venue's trades by id (call budget only: recent_fills)
-        self._history_from: int | None = None  # every trade from this time (ms) on is in _history
-        # Set by drain_events when its poll fetched the trade history (the `_changes` of then): the next
-        # recent_fills, a reconciliation snapshot's first, reuses that answer once if nothing changed since.
-        self._history_fresh: int | None = None
-
-    def _install_budgets(self) -> None:
-        """Kraken's call counter and Binance's weights, each on the exchange's requests where given."""
-        if self.call_budget is not None:
-            install(self.exchange, self.call_budget)
-        if self.weight_budget is not None:
-            install_weights(self.exchange, self.weight_budget)
+        # The account's trades (kept with a call budget: recent_fills fetches only what it does not hold).
+        self.history = TradeHistory(
+            exchange,
+            lambda what, method, *args: self._call(Channel.ORDERS, what, method, *args),
+            symbols=list(self._unified.values()) if self._per_symbol else None,
+            keep=call_budget is not None,
+        )
 
     # -- connection -------------------------------------------------------------------------------------------
     async def connect(self, events: BrokerEvents) -> None:
@@ -259,45 +236,14 @@ class CcxtBroker(Broker):
         return max(self.poll_interval, self.call_budget.poll_interval(1.0))
 
     def rate_limit_headroom(self) -> float | None:
-        if self.weight_budget is not None:
-            return self.weight_budget.headroom()
-        return None if self.call_budget is None else self.call_budget.headroom()
+        return self.limits.headroom()
 
     def order_count_headroom(self) -> float | None:
-        return None if self.weight_budget is None else self.weight_budget.order_headroom()
+        return self.limits.order_headroom()
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """With a weight budget (Binance): the seconds left of an IP ban (418), the 429s and 418s answered and the
-        room left of the account's order counts (what the order gate reads before new risk)."""
-        budget = self.weight_budget
-        if budget is None or self._weight_metrics:
-            return
-        self._weight_metrics = True
-        Gauge(
-            "tradingbot_venue_ban_seconds",
-            "Seconds left of the venue's ban of the bot's IP (Binance's 418, until its Retry-After; 0: not banned). "
-            "No call is sent meanwhile.",
-            ["venue"],
-            registry=registry,
-        ).labels(self.venue).set_function(budget.ban_seconds)
-        refusals = Gauge(
-            "tradingbot_venue_rate_limit_refusals",
-            "The venue's rate-limit answers since the start, by status (429: past the limit, 418: banned).",
-            ["venue", "status"],
-            registry=registry,
-        )
-        refusals.labels(self.venue, "429").set_function(lambda: budget.refusals)
-        refusals.labels(self.venue, "418").set_function(lambda: budget.bans)
-        orders = Gauge(
-            "tradingbot_venue_order_count_headroom_ratio",
-            "Fraction (0-1) of the venue's limit on new orders per interval still available (Binance's ORDERS per 10 s "
-            "and per day, from X-MBX-ORDER-COUNT-*); 0 while a -1015 holds new orders. Under the order gate's floor, "
-            "new risk is refused (reason venue_order_count).",
-            ["venue", "interval"],
-            registry=registry,
-        )
-        for header, interval in ORDER_COUNT_INTERVALS.items():
-            orders.labels(self.venue, interval).set_function(functools.partial(budget.order_headroom, header))
+        """With a weight budget (Binance): its families (RequestLimits.register_metrics)."""
+        self.limits.register_metrics(registry)
 
     @contextlib.asynccontextmanager
     async def patient(self) -> AsyncIterator[None]:
@@ -467,7 +413,7 @@ class CcxtBroker(Broker):
             return await self._resolve_lost_submit(request, exc)
         self._trades_due = True  # it may have filled at once (a market order never shows as open)
         self._changes += 1
-        order = self._order(raw, request)
+        order = self.translate.order(raw, request)
         self._track(order)
         await self._acknowledged(order)
         return order
@@ -574,7 +520,7 @@ class CcxtBroker(Broker):
                 if isinstance(exc.__cause__, ccxt_async.OrderNotFound):
                     return None
                 raise
-            return self._order(raw)
+            return self.translate.order(raw)
         if not client_order_id:
             return None
         for fetch in (self.exchange.fetch_open_orders, self.exchange.fetch_closed_orders):
@@ -589,7 +535,7 @@ class CcxtBroker(Broker):
             )
             for raw in raws:
                 if raw.get("clientOrderId") == client_order_id:
-                    return self._order(raw)
+                    return self.translate.order(raw)
         return None
 
     async def _order_on_its_symbol(self, client_order_id: str, venue_order_id: str) -> VenueOrder | None:
@@ -607,7 +553,7 @@ class CcxtBroker(Broker):
             if isinstance(exc.__cause__, ccxt_async.OrderNotFound):
                 return None
             raise
-        return self._order(raw)
+        return self.translate.order(raw)
 
     async def cancel_all(self) -> list[VenueOrder]:
         """Cancel every open order in one request where the exchange has one (else one by one); returns the
@@ -617,8 +563,12 @@ class CcxtBroker(Broker):
 
     async def _cancel_all(self) -> list[VenueOrder]:
         listed = await self.open_orders()
-        if self._own is not None:  # a shared account: a cancel-all of the account (or a symbol) takes others' orders
-            return [await self._cancel_own(o) for o in listed]
+        if self.share.shared:  # a cancel-all of the account (or a symbol) takes others' orders
+            return await self.share.cancel_each(
+                listed,
+                lambda o: self.cancel(o.client_order_id, venue_order_id=o.venue_order_id),
+                lambda o: self.order_status(o.client_order_id, venue_order_id=o.venue_order_id),
+            )
         if self._per_symbol:
             for unified in dict.fromkeys(self._unified[o.symbol] for o in listed if o.symbol in self._unified):
                 try:
@@ -632,27 +582,8 @@ class CcxtBroker(Broker):
             return await self._final_states([o.venue_order_id for o in listed])
         return [await self.cancel(o.client_order_id, venue_order_id=o.venue_order_id) for o in listed]
 
-    async def _cancel_own(self, order: VenueOrder) -> VenueOrder:
-        """One of a shared account's cancel-all: an order that closed meanwhile (filled) is returned as it ended."""
-        try:
-            return await self.cancel(order.client_order_id, venue_order_id=order.venue_order_id)
-        except BrokerError as exc:
-            if not isinstance(exc.__cause__, ccxt_async.OrderNotFound):
-                raise
-            state = await self.order_status(order.client_order_id, venue_order_id=order.venue_order_id)
-            if state is None or state.status.is_open:
-                raise
-            return state
-
-    def _mine(self, client_order_id: str | None) -> bool:
-        """Whether an order (or a fill of it) is this bot's: always, unless the account is shared with other bots,
-        where only a client order id carrying its prefix is."""
-        return self._own is None or bool(self._own.fullmatch(client_order_id or ""))
-
     def balance_assets(self) -> frozenset[str] | None:
-        if self._own is None:
-            return None
-        return frozenset(unified.split("/", 1)[0] for unified in self._unified.values())
+        return self.share.balance_assets()
 
     def has_dead_man_switch(self) -> bool:
         return bool(self.exchange.has.get("cancelAllOrdersAfter"))
@@ -668,10 +599,10 @@ class CcxtBroker(Broker):
         )
         result = raw.get("result") if isinstance(raw, dict) else None
         if isinstance(result, dict) and "triggerTime" in result:
-            now = _time(self.exchange.parse8601(result.get("currentTime"))) or sent
+            now = ms_time(self.exchange.parse8601(result.get("currentTime"))) or sent
             if str(result["triggerTime"]) == "0":
                 return now, None
-            trigger = _time(self.exchange.parse8601(result["triggerTime"]))
+            trigger = ms_time(self.exchange.parse8601(result["triggerTime"]))
             if trigger is not None:
                 return now, trigger
         return sent, (sent + timedelta(seconds=timeout) if timeout else None)
@@ -685,11 +616,11 @@ class CcxtBroker(Broker):
                 )
         else:
             raws = await self._call(Channel.ORDERS, "open orders", self.exchange.fetch_open_orders)
-        return [order for raw in raws if self._mine((order := self._order(raw)).client_order_id)]
+        return [order for raw in raws if self.share.mine((order := self.translate.order(raw)).client_order_id)]
 
     def _symbol_of(self, venue_order_id: str, known: str | None = None) -> str | None:
         """The ccxt symbol an order was last seen on (`known` when given), else None."""
-        return known or (self._symbols.get(venue_order_id) if venue_order_id else None)
+        return known or self.translate.symbol_of(venue_order_id)
 
     async def _each_symbol(self, first: str | None, what: str, method: Callable[..., Any], *args: Any) -> Any:
         """`method(args[0], symbol, *args[1:])` on `first`, else on each of the broker's symbols in turn until one
@@ -714,7 +645,7 @@ class CcxtBroker(Broker):
             return
         every_trade = self.call_budget is None or time.monotonic() - self._trades_asked >= self.orders_interval
         asked = self._trades_asked
-        self._history_fresh = None
+        self.history.hold_answer(None)
         try:
             await self._poll_orders(every_trade=every_trade)
         except BrokerError as exc:
@@ -722,34 +653,28 @@ class CcxtBroker(Broker):
             log.warning("%s: could not poll before a snapshot: %s", self.venue, exc)
             return
         if self._trades_asked != asked:  # it asked for the trade history: the snapshot that follows may reuse it
-            self._history_fresh = self._changes
+            self.history.hold_answer(self._changes)
 
     # -- account ----------------------------------------------------------------------------------------------
     async def balances(self) -> dict[str, Decimal]:
         """The venue's balances. Asked from a poll's event callbacks (a fill's), the answer of this poll cycle is
         reused, and the last answer stands in when the call budget has no room: a callback that raised would leave
         the poll's other events undelivered."""
-        if self._delivering and self._balances_cycle == self._poll_cycle and self._balances is not None:
-            return dict(self._balances)
-        if (
-            self.call_budget is not None
-            and self._balances is not None
-            and self._balances_seen == self._changes
-            and time.monotonic() - self._balances_at < BALANCE_REUSE_SECONDS
-        ):
-            return dict(self._balances)  # positions() then balances(), as a snapshot asks: one call
+        if self._delivering and (cycle := self.balance_cache.of_cycle(self._poll_cycle)) is not None:
+            return cycle
+        if (unchanged := self.balance_cache.unchanged(self._changes)) is not None:
+            return unchanged
         try:
             raw = await self._call(Channel.ORDERS, "balances", self.exchange.fetch_balance)
         except Deferred:
-            return dict(self._balances or {})
+            return self.balance_cache.stand_in()
         except BrokerError as exc:
             if self._delivering and isinstance(exc.__cause__, BudgetExhausted):
-                return dict(self._balances or {})
+                return self.balance_cache.stand_in()
             raise
         totals = raw.get("total") or {}
-        found = {asset: amount for asset, value in totals.items() if (amount := _decimal(value)) is not None}
-        self._balances, self._balances_cycle = found, self._poll_cycle
-        self._balances_at, self._balances_seen = time.monotonic(), self._changes
+        found = {asset: amount for asset, value in totals.items() if (amount := decimal(value)) is not None}
+        self.balance_cache.store(found, self._poll_cycle, self._changes)
         return dict(found)
 
     async def positions(self) -> dict[str, Decimal]:
@@ -763,76 +688,19 @@ class CcxtBroker(Broker):
     async def recent_fills(self, since: datetime | None = None) -> list[VenueFill]:
         """Fills since `since`, oldest first. With a call budget, the venue's trades (which never change) are kept:
         once every trade since T is known, a later ask from T on fetches only what is newer than the newest known
-        (less FILL_OVERLAP_SECONDS), instead of paging through the whole window again at 2 points a page."""
-        since_ms = None if since is None else int(since.timestamp() * 1000)
-        known_from = self._history_from
-        fresh, self._history_fresh = self._history_fresh == self._changes, None
-        if self.call_budget is None or since_ms is None:
-            raws = await self._fetch_trades(since)
-        elif known_from is not None and since_ms >= known_from and fresh:
-            raws = self._history  # what drain_events just fetched: the snapshot's first look at the fills
-        elif known_from is not None and since_ms >= known_from:
-            newest = max((int(r["timestamp"]) for r in self._history.values()), default=known_from)
-            self._keep(await self._fetch_trades(_time(newest - int(FILL_OVERLAP_SECONDS * 1000))), known_from)
-            raws = self._history
-        else:
-            self._keep(await self._fetch_trades(since), since_ms)
-            raws = self._history
-        trades = [raw for raw in raws.values() if since_ms is None or int(raw["timestamp"]) >= since_ms]
+        (less FILL_OVERLAP_SECONDS), instead of paging through the whole window again at 2 points a page
+        (TradeHistory)."""
+        trades = await self.history.since(since, self._changes)
         await self._learn_client_ids({str(raw["order"]) for raw in trades if raw.get("order")})
-        fills = [fill for raw in trades if self._mine((fill := self._fill(raw)).client_order_id)]
+        fills = [fill for raw in trades if self.share.mine((fill := self.translate.fill(raw)).client_order_id)]
         # Oldest first; the venue's order among trades of one millisecond (newest first) reversed.
         fills.reverse()
         fills.sort(key=lambda f: f.executed_at)
         return fills
 
-    async def _fetch_trades(self, since: datetime | None) -> dict[str, dict[str, Any]]:
-        """The account's trades since `since` as the venue lists them (all its pages), by trade id."""
-        raws: dict[str, dict[str, Any]] = {}
-        since_ms = None if since is None else int(since.timestamp() * 1000)
-        paging = TRADE_PAGES.get(self.venue)
-        if paging is None:
-            for unified in self._unified.values() if self._per_symbol else [None]:
-                what = f"my trades {unified}" if unified else "my trades"
-                for raw in await self._call(Channel.ORDERS, what, self.exchange.fetch_my_trades, unified, since_ms):
-                    raws.setdefault(str(raw["id"]), raw)
-            return raws
-        offset_param, page_size = paging
-        params: dict[str, Any] = {} if since is None else {"start": int(since.timestamp()) - 1}
-        offset = 0
-        for _ in range(MAX_PAGES):
-            page = await self._call(
-                Channel.ORDERS,
-                "my trades",
-                self.exchange.fetch_my_trades,
-                None,
-                None,
-                None,
-                {**params, offset_param: offset},
-            )
-            for raw in page:
-                raws.setdefault(str(raw["id"]), raw)
-            if len(page) < page_size:
-                break
-            offset += len(page)
-        return raws
-
-    def _keep(self, raws: dict[str, dict[str, Any]], complete_from: int) -> None:
-        """Add fetched trades to those kept; every trade from `complete_from` (ms) on is known now. At most
-        MAX_REMEMBERED are kept: the oldest go, and what is known complete starts after them."""
-        for trade_id, raw in raws.items():
-            self._history.setdefault(trade_id, raw)
-        start = complete_from if self._history_from is None else min(self._history_from, complete_from)
-        if len(self._history) > MAX_REMEMBERED:
-            ordered = sorted(self._history.items(), key=lambda item: int(item[1]["timestamp"]))
-            dropped = ordered[: len(ordered) - MAX_REMEMBERED]
-            self._history = dict(ordered[len(dropped) :])
-            start = max(start, int(dropped[-1][1]["timestamp"]) + 1)
-        self._history_from = start
-
     async def server_time(self) -> datetime:
         ms = await self._call(Channel.ORDERS, "server time", self.exchange.fetch_time)
-        at = _time(ms)
+        at = ms_time(ms)
         if at is None:
             raise BrokerError("other", f"{self.venue} did not say its time")
         # ccxt gives milliseconds; some venues (Kraken's `unixtime`) only whole seconds, which read as a round number.
@@ -874,23 +742,23 @@ class CcxtBroker(Broker):
                 tickers[u] = await self._call(Channel.MARKET_DATA, f"ticker {u}", self.exchange.fetch_ticker, u)
         for symbol, u in zip(symbols, unified, strict=True):
             ticker = tickers.get(u) or {}
-            bid, ask = _decimal(ticker.get("bid")), _decimal(ticker.get("ask"))
+            bid, ask = decimal(ticker.get("bid")), decimal(ticker.get("ask"))
             if bid is None or ask is None:
                 continue  # not quoted: no news is stale news
-            at = _time(ticker.get("timestamp")) or datetime.now(UTC)
+            at = ms_time(ticker.get("timestamp")) or datetime.now(UTC)
             if self._events.on_quote is not None:
                 await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
 
     async def _background_quotes(self) -> None:
         """The quote poll of the polling task; with a weight budget (Binance), skipped when it has too little room."""
-        if self.weight_budget is not None and not self.weight_budget.polls_allowed():
+        if not self.limits.polls_allowed():
             return
         await self._poll_quotes(self.symbols)
 
     async def _background_poll(self) -> None:
         """The order poll of the polling task: its calls keep the call budget's reserve; a cycle the budget cannot
         afford is skipped."""
-        if self.weight_budget is not None and not self.weight_budget.polls_allowed():
+        if not self.limits.polls_allowed():
             return  # stopped by a 429 or 418, or under the weight kept for cancels and submits (WeightBudget)
         if self.call_budget is not None:
             # Its usual cost: open orders, a lookup of those that left, the trade history when it is due.
@@ -934,12 +802,10 @@ class CcxtBroker(Broker):
             except BaseException:
                 self._trades_due = self._trades_due or due
                 raise
-            fresh = [f for f in fills if f.trade_id not in self._seen_trades]
+            fresh = self.history.new(fills)
             # Orders a submit added while this poll was out are looked at by the next one.
             added = {vid: o for vid, o in self._open.items() if vid not in before and vid not in listed}
             self._open = {**listed, **added}
-            for fill in fresh:
-                self._remember(self._seen_trades, fill.trade_id, None)
             self._changes += len(fresh)
             if fills:
                 newest = max(f.executed_at for f in fills).timestamp() - FILL_OVERLAP_SECONDS
@@ -972,7 +838,7 @@ class CcxtBroker(Broker):
             for start in range(0, len(venue_order_ids), batch_size):
                 batch = venue_order_ids[start : start + batch_size]
                 raws = await self._call(Channel.ORDERS, "orders", self.exchange.fetch_orders_by_ids, batch)
-                found.extend(self._order(raw) for raw in raws)
+                found.extend(self.translate.order(raw) for raw in raws)
         else:
             for vid in venue_order_ids:
                 order = await self.order_status(venue_order_id=vid)
@@ -982,12 +848,10 @@ class CcxtBroker(Broker):
 
     async def _learn_client_ids(self, venue_order_ids: set[str]) -> None:
         """Trades do not carry the client order id: learn it from the orders not seen yet."""
-        missing = sorted(v for v in venue_order_ids if v not in self._client_ids)
+        missing = self.translate.unlearned(venue_order_ids)
         if missing:
             await self._final_states(missing)
-            for vid in missing:  # the venue does not know them as orders (a fill with no order behind it)
-                if vid not in self._client_ids:
-                    self._remember(self._client_ids, vid, "")
+            self.translate.orderless(missing)  # those the venue does not know as orders (a fill with none behind it)
 
     # -- translation ------------------------------------------------------------------------------------------
     def _known(self, client_order_id: str, venue_order_id: str) -> VenueOrder | None:
@@ -998,60 +862,3 @@ class CcxtBroker(Broker):
     def _track(self, order: VenueOrder) -> None:
         if order.status.is_open:
             self._open[order.venue_order_id] = order
-
-    @staticmethod
-    def _remember(store: OrderedDict[str, Any], key: str, value: Any) -> None:
-        store[key] = value
-        store.move_to_end(key)
-        while len(store) > MAX_REMEMBERED:
-            store.popitem(last=False)
-
-    def _order(self, raw: Mapping[str, Any], request: OrderRequest | None = None) -> VenueOrder:
-        vid = str(raw.get("id") or "")
-        cid = raw.get("clientOrderId") or (request.client_order_id if request else "") or self._client_ids.get(vid, "")
-        if vid:
-            self._remember(self._client_ids, vid, cid)
-            if raw.get("symbol"):
-                self._remember(self._symbols, vid, str(raw["symbol"]))
-        quantity = _decimal(raw.get("amount"))
-        filled = _decimal(raw.get("filled")) or Decimal(0)
-        status = STATUSES.get(raw.get("status") or "")
-        if status is None:
-            status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.ACKNOWLEDGED
-        kind = raw.get("type")
-        order_type = OrderType(kind) if kind in ("market", "limit") else (request.order_type if request else None)
-        price = _decimal(raw.get("price"))
-        if order_type is None:
-            order_type = OrderType.LIMIT if price else OrderType.MARKET
-        symbol = raw.get("symbol")
-        side = raw.get("side")
-        return VenueOrder(
-            client_order_id=cid,
-            venue_order_id=vid,
-            symbol=from_ccxt_symbol(symbol) if symbol else (request.symbol if request else ""),
-            side=Side(side) if side in ("buy", "sell") else (request.side if request else Side.BUY),
-            order_type=order_type,
-            quantity=quantity if quantity is not None else (request.quantity if request else Decimal(0)),
-            price=(price if price else (request.price if request else None)) if order_type is OrderType.LIMIT else None,
-            filled_quantity=filled,
-            status=status,
-            created_at=_time(raw.get("timestamp")) or (datetime.now(UTC) if request else None),
-        )
-
-    def _fill(self, raw: Mapping[str, Any]) -> VenueFill:
-        symbol = from_ccxt_symbol(str(raw.get("symbol") or ""))
-        fee = raw.get("fee") or {}
-        vid = str(raw.get("order") or "")
-        return VenueFill(
-            trade_id=str(raw["id"]),
-            client_order_id=self._client_ids.get(vid) or None,
-            venue_order_id=vid,
-            symbol=symbol,
-            side=Side(raw["side"]),
-            quantity=_decimal(raw.get("amount")) or Decimal(0),
-            price=_decimal(raw.get("price")) or Decimal(0),
-            fee=_decimal(fee.get("cost")) or Decimal(0),
-            fee_asset=str(fee.get("currency") or symbol.partition("-")[2]),
-            liquidity=str(raw.get("takerOrMaker") or "taker"),
-            executed_at=_time(raw.get("timestamp")) or datetime.now(UTC),
-        )

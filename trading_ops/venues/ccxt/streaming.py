@@ -144,7 +144,7 @@ class StreamingCcxtBroker(CcxtBroker):
         await self.drain_events()
 
     async def _to_bot(self, fill: VenueFill) -> None:
-        answered = self._balances_at  # fills before the last REST balance answer are in it
+        answered = self.balance_cache.answered_at  # fills before the last REST balance answer are in it
         self._fills_after_balances = [(t, f) for t, f in self._fills_after_balances if t > answered]
         self._fills_after_balances.append((time.monotonic(), fill))
         del self._fills_after_balances[:-KEPT_FILLS]
@@ -171,7 +171,8 @@ class StreamingCcxtBroker(CcxtBroker):
         (one REST answer every BALANCES_REST_CHECK_SECONDS all the same); else CcxtBroker's (REST). Asked while a
         fill is handed to the bot (the runtime's balance gauges after each fill), the channel's (or the last REST
         answer) with the fills delivered since that it does not reflect yet applied, as the venue applies them."""
-        rest_due = time.monotonic() - self._balances_at >= BALANCES_REST_CHECK_SECONDS or self._balances is None
+        cache = self.balance_cache
+        rest_due = time.monotonic() - cache.answered_at >= BALANCES_REST_CHECK_SECONDS or cache.last is None
         streaming = self.balances_streaming()
         if streaming and not self._rest_only and not (rest_due and not self._handing_fill):
             assert self.streamed_balances is not None
@@ -180,10 +181,10 @@ class StreamingCcxtBroker(CcxtBroker):
             LOG.warning("%s: the balances channel is behind the fills: REST balances, subscribing again", self.venue)
             self.streamed_balances = None
             await self.stream.resubscribe_channel("balances", "silent")
-        last = self._balances
+        last = cache.last
         if self._handing_fill and last is not None:
-            self._fills_after_balances = [(t, f) for t, f in self._fills_after_balances if t > self._balances_at]
-            return self._with_fills_since(last, self._balances_at, set())
+            self._fills_after_balances = [(t, f) for t, f in self._fills_after_balances if t > cache.answered_at]
+            return self._with_fills_since(last, cache.answered_at, set())
         return await super().balances()
 
     async def check_session(self) -> None:
