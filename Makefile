@@ -219,6 +219,7 @@ bench: $(STAMP) system-deps bench-deps monitoring-lts
 	$(PY) benchmarks/reconciler/bench_outbox.py
 	$(PY) benchmarks/integrations/bench_nautilus.py
 	$(PY) benchmarks/bot/bench_dead_man_switch.py
+	$(PY) benchmarks/bot/bench_control_journal.py
 	$(PY) benchmarks/monitoring/bench_generations.py
 
 clean:
