@@ -523,6 +523,15 @@ class Topology:
         self.start_ops(ops)
         self.dead.discard(name)
 
+    def revive_bot(self) -> None:
+        """The bot's host back: its link up, the bot (its journal and data dir as its death left them) and the node
+        exporter started again; until the bot is ready and its bid rests."""
+        self.bot.processes.clear()
+        self.bot.link_up()
+        self.start_bot()
+        self.wait("the bot ready again", lambda: answers(f"http://{self.bot_target}/readyz"), 120)
+        self.wait("the bot's bid resting again", self.resting, 60)
+
     # --- what the parts say ------------------------------------------------------------------------------------
     def query(self, expr: str) -> list[dict[str, Any]]:
         """A query to any live Prometheus of the pair (the first that answers)."""
@@ -830,4 +839,63 @@ def run_sequence(topo: Topology) -> dict[str, Any]:
         "dead": dead,
         "bot_host_killed": host["killed"],
         "bot_host_killed_at": host["killed_at"],
+    }
+
+
+def returns_and_deaths(topo: Topology, run: dict[str, Any]) -> dict[str, Any]:
+    """After run_sequence (ops-a dead, the bot's host killed): ops-a returns, its PostgreSQL a standby of ops-b's; the
+    bot's host returns, then dies again; then, both ops hosts alive, a bot fault is staged and ops-b is killed while
+    it is being healed. What each took, and when each happened (monotonic) for telling a true page from a false one:
+    `dead` (run's, with ops-a's return and ops-b's second death, `b2`), `bot_down` (each of the bot host's deaths to its
+    return)."""
+    out: dict[str, Any] = {}
+    dead = run["dead"]
+    resolve = 2 * (topo.profile.scrape_interval or 5) + 10
+
+    topo.revive_ops("a")
+    out["ops_a_back_settled_seconds"] = round(topo.settled("ops-a back: ops-b's synchronous standby"), 1)
+    dead["a"] = (dead["a"][0], time.monotonic() + resolve)
+
+    # The bot's host returns: nothing pages for it; its host-down alerts end.
+    returned = time.monotonic()
+    topo.revive_bot()
+    topo.bot_watched()
+    out["bot_host_back_watched_seconds"] = round(time.monotonic() - returned, 1)
+    topo.wait("the bot host's alerts resolved", lambda: not topo.active("TradingBotHostDown"), 180)
+    # ... and dies again: its orders cancelled and one page, as the first time.
+    again = kill_bot_host(topo)
+    out.update({f"again_{k}": v for k, v in again.items() if not k.startswith("killed")})
+
+    # ops-b dies while a bot fault is being healed: the fault is healed anyway, by ops-a's replica.
+    returned_again = time.monotonic()
+    topo.revive_bot()
+    topo.bot_watched()
+    topo.wait("the bot host's alerts resolved again", lambda: not topo.active("TradingBotHostDown"), 180)
+    broker_quiet(topo, "ops-b killed during a fault")
+    before = {e["id"] for e in topo.episodes("TradingBotBrokerDisconnected")}
+    fault = time.time()
+    topo.gateway.chaos("drop_connection")
+    topo.wait(
+        "the fault's episode stored",
+        lambda: any(e["id"] not in before for e in topo.episodes("TradingBotBrokerDisconnected")),
+        120,
+    )
+    killed = time.monotonic()
+    topo.kill_ops("b")
+    dead["b2"] = (killed, float("inf"))
+
+    def healed() -> dict[str, Any] | None:
+        for episode in topo.episodes("TradingBotBrokerDisconnected"):
+            if episode["id"] not in before and episode["state"] in ("recovered", "escalated", "failed"):
+                return episode
+        return None
+
+    episode = topo.wait("the fault healed with ops-b killed during it", healed, 300, 0.5)
+    out["ops_b_killed_during_fault_verified_seconds"] = round(wall(episode["attempts"][-1]["finished_at"]) - fault, 1)
+    return {
+        "measured": out,
+        "episode": episode,
+        "dead": dead,
+        # The bot's host was down from each kill to its return (its pages owed then, none outside).
+        "bot_down": [(run["bot_host_killed"], returned), (again["killed"], returned_again)],
     }

@@ -10,7 +10,10 @@ the bot's host is killed whole with its bid resting: its order is cancelled at t
 reaches the pager once (no exposure page: the account is flat). Nothing pages falsely: TradingOpsReconcilerDown and
 TradingOpsAlertmanagerDown only for a member that was dead, no TradingBotDown (its host's alert mutes it), no failed
 remediation, and no page twice. A fault staged with an ops host dead, once the topology settled on the survivor,
-is verified within a few seconds of the healthy figure. Prints what each stage took (JSON).
+is verified within a few seconds of the healthy figure. Then the hosts return and die again
+(ha_topology.returns_and_deaths): ops-a returns (a standby of ops-b's now), the bot's host returns and dies again
+(its orders cancelled and one page again, nothing for its return), and ops-b is killed while a bot fault is being
+healed (ops-a's replica heals it, once). Prints what each stage took (JSON).
 
 Needs root, `ip`, etcd-server, patroni, PostgreSQL's server, prometheus, prometheus-alertmanager and
 prometheus-node-exporter."""
@@ -21,7 +24,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ha_topology import RECONCILER_PORT, Topology, run_sequence, topology, wall
+from ha_topology import RECONCILER_PORT, Topology, returns_and_deaths, run_sequence, topology, wall
 
 from trading_ops.db.states import CLOSED_STATES
 from trading_ops.stack.profiles import FAST
@@ -41,21 +44,23 @@ HOST_PAGES = ("TradingBotHostDown", "TradingOpsBotHostDown")
 
 
 def false_pages(
-    topo: Topology, dead: dict[str, tuple[float, float]], host_killed: float
+    topo: Topology, dead: dict[str, tuple[float, float]], bot_down: list[tuple[float, float]]
 ) -> list[tuple[float, dict[str, str]]]:
     """What reached the pager that nothing owed: a member's down page for a member that was alive when its page
-    arrived (its host's death to its return, plus the alert's own resolve time), the bot host's pages before it was
-    killed, any other page of the bot but its faults', a failed remediation."""
+    arrived (each of its host's deaths, `dead`'s `b`, `b2`, ..., to its return plus the alert's own resolve time), the
+    bot host's pages outside its deaths (`bot_down`: each kill to the host's return), any other page of the bot but
+    its faults', a failed remediation."""
     wrong = []
     for at, labels in topo.pager.since(0):
         name = labels["alertname"]
         if name in MEMBER_PAGES:
             host = labels.get("instance", "").rsplit(":", 1)[0]
             owner = next((o.name for o in topo.ops.values() if o.address == host), None)
-            if owner is None or not (dead[owner][0] <= at <= dead[owner][1]):
+            windows = [w for key, w in dead.items() if key.rstrip("0123456789") == owner]
+            if not any(start <= at <= end for start, end in windows):
                 wrong.append((at, labels))
         elif name in HOST_PAGES:
-            if at < host_killed:
+            if not any(start <= at <= end for start, end in bot_down):
                 wrong.append((at, labels))
         elif name not in ("TradingBotBrokerDisconnected", "TradingOpsApprovalRequested", "Watchdog"):
             wrong.append((at, labels))
@@ -107,5 +112,21 @@ def test_each_ops_host_killed_whole_costs_the_survivors_nothing(tmp_path: Path) 
             assert topo.pager.since(0, name) == [], topo.pager.since(0)
         # At most one page per staged broker fault (one may heal before the pager's group_wait).
         assert len(topo.pager.since(0, "TradingBotBrokerDisconnected")) <= 3, topo.pager.since(0)
-        wrong = false_pages(topo, dead, killed)
+        wrong = false_pages(topo, dead, [(killed, float("inf"))])
+        assert wrong == [], wrong
+
+        # Then the hosts return, and die again: ops-a returns, the bot's host returns and dies again, and ops-b dies
+        # while a bot fault is being healed.
+        more = returns_and_deaths(topo, run)
+        print(json.dumps(more["measured"]))
+        # The returns page nothing; the bot host's second death pages once (its orders cancelled again); the fault
+        # that lost ops-b on its way is healed by ops-a's replica, once.
+        again = more["bot_down"][1][0]
+        assert len(topo.pager.since(again, "TradingBotHostDown")) == 1, topo.pager.since(killed)
+        assert more["episode"]["state"] == "recovered", more["episode"]
+        assert more["episode"]["attempts"][-1]["owner"].startswith("ra"), more["episode"]
+        assert [a["outcome"] for a in more["episode"]["attempts"]].count("success") <= 1, more["episode"]
+        for name in ("TradingBotDown", "TradingOpsRemediationFailed"):
+            assert topo.pager.since(0, name) == [], topo.pager.since(0)
+        wrong = false_pages(topo, more["dead"], more["bot_down"])
         assert wrong == [], wrong
