@@ -150,6 +150,29 @@ async def test_partial_fills_arrive_as_fills_and_order_updates(venue_name: str) 
             await broker.close()
 
 
+@pytest.mark.parametrize("venue_name", VENUES)
+async def test_fills_on_each_symbol_come_back_with_their_client_order_ids(venue_name: str) -> None:
+    """The account's trades on two symbols (Kraken's broker asks the account's history, Binance's each symbol's)."""
+    symbols = ["BTC-USD", "ETH-USD"]
+    async with open_venue(venue_name) as venue:
+        broker = CcxtBroker(venue.client(), symbols)
+        try:
+            await broker.connect(BrokerEvents())
+            since = await broker.server_time()
+            for n, symbol in enumerate(symbols):
+                await broker.submit(market(f"bb-mkt-{n}", symbol, quantity="0.01"))
+            fills = await broker.recent_fills(since)
+            assert sorted((f.symbol, f.client_order_id) for f in fills) == [
+                ("BTC-USD", "bb-mkt-0"),
+                ("ETH-USD", "bb-mkt-1"),
+            ]
+            assert {f.trade_id for f in fills} == {
+                venue.wire_id(f.trade_id) for f in await venue.gateway.venue.recent_fills()
+            }
+        finally:
+            await broker.close()
+
+
 # What provokes a venue fault on each dialect where the gateway's own fault command does not: Binance has no nonce, its
 # equivalent refusal is a timestamp outside recvWindow (-1021), for as long as the server's clock is 20 s behind.
 VENUE_FAULTS = {"binance": {"nonce": ("binance_clock_drift", {"ms": -20_000})}}
@@ -189,7 +212,9 @@ async def test_each_venue_fault_is_its_error_class_and_metric(venue_name, fault,
             await broker.close()
 
 
-async def test_nonce_errors_are_counted_and_retried_with_a_fresh_nonce() -> None:
+async def test_krakens_nonce_errors_are_counted_and_retried_with_a_fresh_nonce() -> None:
+    """Kraken's own: a refused nonce (the gateway's `nonce` fault, the next N calls) is retried at once. Binance signs
+    with a timestamp, not a nonce; its refusal lasts while the clocks disagree (the `nonce` case of the fault test)."""
     async with running_gateway() as (gateway, base):
         registry = CollectorRegistry()
         metrics = BotMetrics(venue="kraken", registry=registry)
@@ -211,6 +236,8 @@ async def test_nonce_errors_are_counted_and_retried_with_a_fresh_nonce() -> None
 
 @pytest.mark.parametrize("mode", ["close", "timeout"])
 async def test_a_lost_reply_is_resolved_by_client_order_id_never_sent_twice(mode) -> None:
+    """On Kraken's dialect only: the gateway's lost_reply fault loses AddOrder's answers, and the Binance dialect has
+    no such fault yet (its order placement answers every time)."""
     async with running_gateway() as (gateway, base):
         broker = connected_broker(base, client={"timeout": 500})
         try:
@@ -451,7 +478,7 @@ async def test_a_quiet_market_stays_fresh_every_successful_poll_is_a_quote(venue
             await broker.close()
 
 
-async def test_a_whole_second_venue_clock_is_not_skew_and_a_real_offset_still_shows() -> None:
+async def test_krakens_whole_second_clock_is_not_skew_and_a_real_offset_still_shows() -> None:
     """Kraken's Time answers whole seconds, up to 1 s behind: read naively (now minus its answer), half the readings
     of a perfectly synchronised host would be over the 0.5 s TradingBotClockSkew threshold."""
     async with running_gateway() as (gateway, base):
@@ -544,7 +571,9 @@ def test_factory_from_config_overrides_urls_and_reads_secrets(tmp_path, monkeypa
         parse_config({"ccxt": {"urls": {"private": "ftp://x"}}})
 
 
-async def test_an_order_placed_by_hand_without_a_client_order_id() -> None:
+async def test_krakens_order_placed_by_hand_without_a_client_order_id() -> None:
+    """Kraken's own: an order needs no client order id there (ccxt's binance client always sends one, its own if not
+    given), and Kraken refuses one of the broker's internal form (`anonymous:`) with its own words."""
     async with running_gateway() as (gateway, base):
         by_hand = kraken(base, key=OTHER_KEY, secret=OTHER_SECRET)
         broker = connected_broker(base)
