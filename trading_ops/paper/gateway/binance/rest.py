@@ -32,7 +32,7 @@ from trading_ops.paper.gateway.binance.trading import Trading
 from trading_ops.paper.gateway.binance.user_stream import UserStreams
 from trading_ops.paper.gateway.binance.weights import WeightLimiter, weight
 from trading_ops.paper.gateway.kraken.api import E_INSUFFICIENT_FUNDS, E_INVALID_ORDER, E_UNAVAILABLE, KrakenError
-from trading_ops.paper.gateway.kraken.faults import GatewayFaults
+from trading_ops.paper.gateway.kraken.faults import RECONNECT_METHOD, GatewayFaults
 from trading_ops.paper.venue import PaperVenue
 
 LOG = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ LOG = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 # The URL prefixes the dialect answers under (ccxt's `urls.api` keys: public/private, sapi, fapiPublic, dapiPublic).
 PREFIXES = {"api": "/api/v3", "sapi": "/sapi/v1", "fapi": "/fapi/v1", "dapi": "/dapi/v1"}
+# The venue's status, which a careful client asks first in a new session (ccxt's fetch_status): Kraken's SystemStatus.
+STATUS_ROUTE = "sapi/system/status"
 
 
 class Security(enum.Enum):
@@ -174,7 +176,7 @@ class RestApi:
             # What ccxt's stock load_markets asks besides exchangeInfo: no futures, no margin, the account's coins.
             ("GET", "fapi/exchangeInfo"): Route(n, no_markets, weighed=False),
             ("GET", "dapi/exchangeInfo"): Route(n, no_markets, weighed=False),
-            ("GET", "sapi/system/status"): Route(n, system_status, weighed=False),
+            ("GET", STATUS_ROUTE): Route(n, system_status, weighed=False),
             ("GET", "sapi/margin/allPairs"): Route(s, no_pairs, weighed=False),
             ("GET", "sapi/margin/isolated/allPairs"): Route(s, no_pairs, weighed=False),
             ("GET", "sapi/capital/config/getall"): Route(s, coins, weighed=False),
@@ -191,6 +193,8 @@ class RestApi:
         return handle
 
     async def handle(self, request: web.Request, name: str) -> web.StreamResponse:
+        if name == STATUS_ROUTE:  # a client's new session (ccxt's fetch_status) ends a drop_connection, as on Kraken
+            self.gateway_faults.reconnected(RECONNECT_METHOD)
         if self.gateway_faults.dropping(request):
             return web.Response()  # the connection is already closed: nothing is sent
         headers: dict[str, str] = {}
