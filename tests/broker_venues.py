@@ -44,10 +44,15 @@ KEYS = {
     },
 }
 # The calls a test counts, by what they do, as each dialect's gateway counts them (KrakenGateway.calls: by method;
-# the Binance dialect's rest.calls: by route, whatever its HTTP method).
+# the Binance dialect's rest.calls: by route, whatever its HTTP method, and by method and route).
 CALLS = {
-    "kraken": {"status": "SystemStatus", "balances": "BalanceEx", "tickers": "Ticker"},
-    "binance": {"status": "sapi/system/status", "balances": "api/account", "tickers": "api/ticker/24hr"},
+    "kraken": {"status": "SystemStatus", "balances": "BalanceEx", "tickers": "Ticker", "orders": "AddOrder"},
+    "binance": {
+        "status": "sapi/system/status",
+        "balances": "api/account",
+        "tickers": "api/ticker/24hr",
+        "orders": "POST api/order",
+    },
 }
 # An order id no order of the venue has, in the dialect's own form (Binance's are numbers).
 UNKNOWN_ORDER_ID = {"kraken": "P999", "binance": "987654"}
@@ -80,7 +85,7 @@ class Venue:
         return str(KEYS[self.name]["wrong_secret"])
 
     def called(self, what: str) -> int:
-        """How many calls of `what` ("status", "balances", "tickers") the gateway answered."""
+        """How many calls of `what` ("status", "balances", "tickers", "orders": placed) the gateway answered."""
         return self.calls.get(CALLS[self.name][what], 0)
 
     def wire_id(self, paper_id: str) -> str:

@@ -235,7 +235,7 @@ class GatewayFaults:
         if not self.model.take(LOST_REPLY):
             return False
         mode, delay = self.model.detail(LOST_REPLY, default=("close", DEFAULT_LOST_REPLY_DELAY_SECONDS))
-        LOG.warning("lost_reply: dropping the answer to AddOrder %s", result.get("txid"))
+        LOG.warning("lost_reply: dropping the answer to the order %s", result.get("txid") or result.get("orderId"))
         if mode == "close":
             close_unanswered(request)
             return True
