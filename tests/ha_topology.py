@@ -880,7 +880,7 @@ def returns_and_deaths(topo: Topology, run: dict[str, Any]) -> dict[str, Any]:
         lambda: any(e["id"] not in before for e in topo.episodes("TradingBotBrokerDisconnected")),
         120,
     )
-    killed = time.monotonic()
+    killed, killed_at = time.monotonic(), time.time()
     topo.kill_ops("b")
     dead["b2"] = (killed, float("inf"))
 
@@ -891,10 +891,16 @@ def returns_and_deaths(topo: Topology, run: dict[str, Any]) -> dict[str, Any]:
         return None
 
     episode = topo.wait("the fault healed with ops-b killed during it", healed, 300, 0.5)
-    out["ops_b_killed_during_fault_verified_seconds"] = round(wall(episode["attempts"][-1]["finished_at"]) - fault, 1)
+    # Closed by ops-a's replica: verified after its step, or resolved in Alertmanager before a step ran (the bot's own
+    # session check may reconnect first); the bot's session with the venue is up again either way.
+    ended = episode["attempts"][-1]["finished_at"] if episode["attempts"] else episode["closed_at"]
+    out["ops_b_killed_during_fault_closed_seconds"] = round(wall(ended) - fault, 1)
+    out["ops_b_killed_during_fault_attempts"] = [(a["owner"], a["outcome"]) for a in episode["attempts"]]
+    topo.bot_watched()
     return {
         "measured": out,
         "episode": episode,
+        "ops_b_killed_at": killed_at,
         "dead": dead,
         # The bot's host was down from each kill to its return (its pages owed then, none outside).
         "bot_down": [(run["bot_host_killed"], returned), (again["killed"], returned_again)],
