@@ -221,6 +221,7 @@ bench: $(STAMP) system-deps bench-deps monitoring-lts
 	$(PY) benchmarks/bot/bench_dead_man_switch.py
 	$(PY) benchmarks/bot/bench_control_journal.py
 	$(PY) benchmarks/monitoring/bench_generations.py
+	$(PY) benchmarks/venues/bench_binance_bot.py
 
 clean:
 	rm -rf $(VENV) var site .pytest_cache .ruff_cache .mypy_cache

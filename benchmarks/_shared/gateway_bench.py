@@ -1,6 +1,7 @@
 """What the benchmarks on the Kraken-compatible gateway share: the gateway as a process of its own (its work never on
-the measured client's event loop) with the benchmark's keys, ccxt's kraken clients (REST, and ccxt.pro's) on it,
-and the statistics they print."""
+the measured client's event loop) with the benchmark's keys (Kraken's, or its Binance dialect's), ccxt's kraken
+clients (REST, and ccxt.pro's) on it, bots as processes of their own, the private REST calls a client sends, and the
+statistics they print."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NEVER = 3600.0
 STARTUP_SECONDS = 60.0
 KEYS_ENV = "BENCH_GATEWAY_KEYS"
+KRAKEN_KEY = "bench-kraken"  # the Kraken dialect's key when the benchmark's keys are the Binance dialect's
 
 
 def free_port() -> int:
@@ -100,13 +103,16 @@ def serve(
     call_counter: str = "off",
     tick_interval: float = NEVER,
     volatility: float = 0.0,
+    binance: bool = False,
 ) -> int:
     """The gateway process (`gateway_process` runs it): a paper venue with no latency, no rejects and no partial
     fills, still unless given a `tick_interval`; `deposits` on its account (a spot account sells what it holds); the
-    keys from the environment; Kraken's REST call counter of the tier `call_counter` per key."""
+    keys from the environment (with `binance`, the Binance dialect's, on the main account; Kraken's is KRAKEN_KEY);
+    Kraken's REST call counter of the tier `call_counter` per key."""
     from aiohttp import web
 
-    from trading_ops.paper.gateway.kraken.gateway import KrakenGateway, create_app
+    from trading_ops.paper.gateway.binance.dialect import BinanceDialect
+    from trading_ops.paper.gateway.kraken.gateway import MAIN_ACCOUNT, KrakenGateway, create_app
     from trading_ops.paper.venue import PaperVenue
     from trading_ops.venues.call_counter import CounterLimiter
 
@@ -122,7 +128,9 @@ def serve(
         asyncio.run(venue.transfer(asset, amount))
     keys = json.loads(os.environ[KEYS_ENV])
     limiter = None if call_counter == "off" else CounterLimiter(call_counter)
-    gateway = KrakenGateway(venue, keys, "bench", call_counter=limiter)
+    gateway = KrakenGateway(venue, {KRAKEN_KEY: "YmVuY2g="} if binance else keys, "bench", call_counter=limiter)
+    if binance:
+        gateway.dialects.append(BinanceDialect(gateway, {k: (v, MAIN_ACCOUNT) for k, v in keys.items()}))
     web.run_app(create_app(gateway), host="127.0.0.1", port=port, print=None, access_log=None)
     return 0
 
@@ -146,3 +154,94 @@ def gateway_process(script: str, keys: dict[str, str], *args: str) -> Iterator[s
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def signed(api: Any) -> bool:
+    """Whether ccxt's `api` (a name, or a list of names) is a signed REST API: Kraken's and Binance's `private`,
+    Binance's `sapi*`."""
+    names = [api] if isinstance(api, str) else list(api or [])
+    return any("private" in str(n).lower() or str(n).startswith("sapi") for n in names)
+
+
+def count_private_calls(exchange: Any) -> Counter[str]:
+    """The private REST calls `exchange` sends from now on, by path: what its budget (a broker's call or weight
+    budget, installed on `fetch2` before this) lets through; a call it keeps unsent is not counted."""
+    from trading_ops.venues.call_counter import BudgetExhausted, Deferred
+
+    calls: Counter[str] = Counter()
+    budgeted = exchange.fetch2
+
+    async def counting(
+        path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None
+    ) -> Any:
+        sent = signed(api)
+        try:
+            return await budgeted(path, api, method, params, config)
+        except (BudgetExhausted, Deferred):
+            sent = False  # the budget kept it: it never reached the venue
+            raise
+        finally:
+            if sent:
+                calls[path] += 1
+
+    exchange.fetch2 = counting
+    return calls
+
+
+@contextlib.asynccontextmanager
+async def running_bots(
+    script: str, bots: Mapping[str, tuple[str, str]], *args: str, startup: float = 120.0
+) -> AsyncIterator[dict[str, asyncio.subprocess.Process]]:
+    """`python SCRIPT --bot KIND --key KEY ARGS` per bot (KIND -> (key, secret)), the secret on its stdin (never on a
+    command line); yields once each printed `ready` (connected and subscribed); stops those still running on exit."""
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    try:
+        for kind, (key, secret) in bots.items():
+            proc = procs[kind] = await asyncio.create_subprocess_exec(
+                sys.executable,
+                script,
+                "--bot",
+                kind,
+                "--key",
+                key,
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(secret.encode() + b"\n")
+            await proc.stdin.drain()
+            proc.stdin.close()
+        for kind, proc in procs.items():
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), startup)
+            if line.strip() != b"ready":
+                raise RuntimeError(f"the {kind} bot did not start: {line[:200]!r}")
+        yield procs
+    finally:
+        await stop_bots(procs)
+
+
+async def bot_results(procs: Mapping[str, asyncio.subprocess.Process]) -> dict[str, Any]:
+    """Each bot's JSON (the last line it prints) once it exits."""
+    results: dict[str, Any] = {}
+    for kind, proc in procs.items():
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"the {kind} bot exited with {proc.returncode}")
+        results[kind] = json.loads(out.decode().strip().splitlines()[-1])
+    return results
+
+
+async def stop_bots(procs: Mapping[str, asyncio.subprocess.Process]) -> None:
+    """Stop the bots still running (SIGTERM, then SIGKILL after 10 s)."""
+    for proc in procs.values():
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()

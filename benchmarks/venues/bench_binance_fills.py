@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import sys
 import time
@@ -35,13 +34,12 @@ from trading_ops.venues.ccxt.rest import POLL_INTERVAL_SECONDS
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks._shared.gateway_bench import KEYS_ENV, NEVER, gateway_process, summary  # noqa: E402
+from benchmarks._shared.gateway_bench import gateway_process, serve, summary  # noqa: E402
 
 STARTUP_SECONDS = 60.0
 GOAL_P50_MS = 100.0
 GOAL_RATIO = 5.0
 KEYS = ("benchPlacer", "benchStream", "benchPoll")
-KRAKEN_KEY = "bench-kraken"
 
 
 def client(base: str, key: str, secret: str, *, pro: bool = False) -> Any:
@@ -139,31 +137,6 @@ async def run(base: str, keys: dict[str, str], fills: int, interval: float) -> d
     }
 
 
-def serve(port: int) -> int:
-    """The gateway process: a still paper venue with no latency, no rejects and no partial fills, ETH on its account
-    (a spot account sells what it holds), the Binance keys from the environment on its main account."""
-    from aiohttp import web
-
-    from trading_ops.paper.gateway.binance.dialect import BinanceDialect
-    from trading_ops.paper.gateway.kraken.gateway import MAIN_ACCOUNT, KrakenGateway, create_app
-    from trading_ops.paper.venue import PaperVenue
-
-    venue = PaperVenue(
-        starting_balance=Decimal("100000000"),
-        volatility=0.0,
-        tick_interval=NEVER,
-        rate_limit_per_second=1e9,
-        rate_limit_burst=1e9,
-        partial_fill_probability=0.0,
-    )
-    asyncio.run(venue.transfer("ETH", Decimal(1000)))
-    keys = json.loads(os.environ[KEYS_ENV])
-    gateway = KrakenGateway(venue, {KRAKEN_KEY: "YmVuY2g="}, "bench")
-    gateway.dialects.append(BinanceDialect(gateway, {k: (v, MAIN_ACCOUNT) for k, v in keys.items()}))
-    web.run_app(create_app(gateway), host="127.0.0.1", port=port, print=None, access_log=None)
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fills", type=int, default=100)
@@ -171,7 +144,8 @@ def main() -> int:
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        return serve(args.serve)
+        # A still market, ETH on the account (a spot account sells what it holds), the keys the Binance dialect's.
+        return serve(args.serve, {"ETH": Decimal(1000)}, binance=True)
     keys = {name: secrets.token_hex(16) for name in KEYS}
     with gateway_process(__file__, keys) as base:
         result = asyncio.run(run(base, keys, args.fills, args.poll_interval))

@@ -32,7 +32,7 @@ import psutil
 from prometheus_client import CollectorRegistry
 
 from trading_ops.bot.broker import BrokerError, BrokerEvents, Quote, VenueFill
-from trading_ops.venues.call_counter import BudgetExhausted, CallBudget, Deferred
+from trading_ops.venues.call_counter import CallBudget
 from trading_ops.venues.ccxt.rest import CcxtBroker
 from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
 
@@ -40,7 +40,18 @@ from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks._shared.gateway_bench import gateway_process, kraken, new_keys, serve, summary, urls, wait_up  # noqa: E402
+from benchmarks._shared.gateway_bench import (  # noqa: E402
+    bot_results,
+    count_private_calls,
+    gateway_process,
+    kraken,
+    new_keys,
+    running_bots,
+    serve,
+    summary,
+    urls,
+    wait_up,
+)
 
 KEYS = ("bench-placer", "bench-streamed", "bench-polled")
 SYMBOLS = ["BTC-USD", "ETH-USD"]
@@ -65,28 +76,6 @@ def make_broker(kind: str, base: str, key: str, secret: str, tier: str, registry
             call_budget=CallBudget(tier),
         )
     return CcxtBroker(exchange, SYMBOLS, call_budget=CallBudget(tier))
-
-
-def count_private_calls(exchange: Any) -> Counter[str]:
-    """The private REST calls `exchange` sends from now on, by method: what its call budget lets through."""
-    calls: Counter[str] = Counter()
-    budgeted = exchange.fetch2  # the budget's wrapper (call_counter.install)
-
-    async def counting(
-        path: str, api: Any = "public", method: str = "GET", params: Any = None, config: Any = None
-    ) -> Any:
-        sent = api == "private" or (isinstance(api, list) and "private" in api)
-        try:
-            return await budgeted(path, api, method, params, config)
-        except (BudgetExhausted, Deferred):
-            sent = False  # the budget kept it: it never reached the venue
-            raise
-        finally:
-            if sent:
-                calls[path] += 1
-
-    exchange.fetch2 = counting
-    return calls
 
 
 def stream_health(registry: CollectorRegistry) -> dict[str, Any]:
@@ -191,42 +180,19 @@ async def run_tier(script: str, tier: str, seconds: float, tail: float) -> dict[
     keys = new_keys(KEYS)
     with gateway_process(script, keys, "--tier", tier) as base:
         await wait_up(base, KEYS[0], keys[KEYS[0]])
-        bots = {
-            kind: await asyncio.create_subprocess_exec(
-                sys.executable,
-                script,
-                "--bot",
-                kind,
-                "--tier",
-                tier,
-                "--seconds",
-                str(seconds + tail),
-                "--base",
-                base,
-                "--key",
-                KEYS[1 if kind == "streamed" else 2],
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            for kind in ("streamed", "polled")
-        }
-        for kind, proc in bots.items():
-            assert proc.stdin is not None
-            proc.stdin.write(keys[KEYS[1 if kind == "streamed" else 2]].encode() + b"\n")
-            await proc.stdin.drain()
-            proc.stdin.close()
-        for kind, proc in bots.items():  # both connected and subscribed before the first fill
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_SECONDS)
-            if line.strip() != b"ready":
-                raise RuntimeError(f"the {kind} bot did not start: {line[:200]!r}")
-        executions = await place(base, keys, seconds)
-        results = {}
-        for kind, proc in bots.items():
-            out, _ = await proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"the {kind} bot exited with {proc.returncode}")
-            results[kind] = json.loads(out.decode().strip().splitlines()[-1])
+        async with running_bots(
+            script,
+            {kind: (KEYS[i], keys[KEYS[i]]) for i, kind in ((1, "streamed"), (2, "polled"))},
+            "--tier",
+            tier,
+            "--seconds",
+            str(seconds + tail),
+            "--base",
+            base,
+            startup=STARTUP_SECONDS,
+        ) as bots:
+            executions = await place(base, keys, seconds)
+            results = await bot_results(bots)
     per_bot: dict[str, Any] = {}
     for kind, result in results.items():
         seen = result.pop("seen")

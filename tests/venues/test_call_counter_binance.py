@@ -201,3 +201,34 @@ async def test_the_polls_keep_a_share_of_the_weight_for_cancels_and_submits() ->
             assert dialect.rest.weights.refusals == 0 and budget.refusals == 0
         finally:
             await broker.close()
+
+
+async def test_a_quote_poll_of_several_symbols_costs_ccxts_throttle_their_weight_not_every_symbols() -> None:
+    """ccxt's throttle (enableRateLimit, a configuration's default) costs a ticker/24hr asking for `symbols` as one
+    for every symbol (weight 80: 0.8 s of its 50 ms tokens), so a quote poll every second queued every other call of
+    the bot behind it, its fills handed over seconds late (benchmarks/venues/bench_binance_bot.py). With the weight
+    budget it costs what Binance weighs it, and the gateway charges: two symbols weigh one symbol's 2."""
+    clock = Clock()
+    async with binance_gateway() as (_gateway, dialect, base):
+        dialect.weights.clock = clock  # one minute of weight throughout
+        exchange = binance(base, enableRateLimit=True)
+        costs: list[float | None] = []
+        throttle = exchange.throttle
+
+        async def recording(cost: float | None = None) -> None:
+            costs.append(cost)
+            await throttle(cost)
+
+        exchange.throttle = recording
+        broker = CcxtBroker(
+            exchange, ["BTC-USD", "ETH-USD"], poll_interval=HOUR, quote_interval=HOUR, weight_budget=WeightBudget()
+        )
+        try:
+            await broker.connect(BrokerEvents())
+            costs.clear()
+            used = dialect.rest.weights.used(LOOPBACK)
+            await broker._background_quotes()
+            assert dialect.rest.weights.used(LOOPBACK) - used == 2
+            assert costs == [pytest.approx(0.4)]  # ccxt's units: 0.2 a weight (its myTrades, weight 20, costs 4)
+        finally:
+            await broker.close()

@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -381,6 +382,11 @@ NEW_ORDER_PATHS = frozenset(
     {"order", "order/oco", "order/cancelReplace", "orderList/oco", "orderList/oto", "orderList/otoco", "sor/order"}
 )
 TOO_MANY_ORDERS = "-1015"
+# ticker/24hr's weight by how many `symbols` one request asks for (Binance: 2 for 1-20, 40 for 21-100, 80 above, the
+# weight of every symbol). ccxt's throttle costs a request with `symbols` as one of every symbol (it looks for `symbol`
+# alone): a quote poll of two symbols cost 40 times its weight, 0.8 s of the client's 50 ms tokens, and every call of
+# the bot queued behind it (a streamed fill handed over 2 s late; docs/measurements.md, bench_binance_bot.py).
+TICKER_24HR_SYMBOL_WEIGHTS = ((20, 1), (100, 20))  # (at most this many symbols, that many times one symbol's weight)
 
 
 class WeightBudget:
@@ -542,3 +548,18 @@ def install_weights(exchange: ccxt_async.Exchange, budget: WeightBudget) -> None
         return result
 
     exchange.fetch2 = fetch2
+    exchange.calculate_rate_limiter_cost = functools.partial(binance_cost, exchange.calculate_rate_limiter_cost)
+
+
+def binance_cost(
+    ccxt_cost: Callable[..., Any], api: Any, method: Any, path: Any, params: Any, config: Any = None
+) -> Any:
+    """ccxt's throttle cost of a Binance request (`ccxt_cost`, the client's own), but ticker/24hr's with `symbols` at
+    Binance's weight for that many (TICKER_24HR_SYMBOL_WEIGHTS), in ccxt's units (its cost of one symbol's)."""
+    config = {} if config is None else config
+    raw = params.get("symbols") if isinstance(params, Mapping) and "symbol" not in params else None
+    if path != "ticker/24hr" or not isinstance(raw, str) or "cost" not in config:
+        return ccxt_cost(api, method, path, params, config)
+    asked = len([n for n in raw.strip("[]").split(",") if n.strip().strip('"')])
+    times = next((t for most, t in TICKER_24HR_SYMBOL_WEIGHTS if asked <= most), None)
+    return ccxt_cost(api, method, path, params, config) if times is None else config["cost"] * times
