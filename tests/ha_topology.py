@@ -64,6 +64,7 @@ BOT = "kraken-1"
 # The catalogue's ports: every host has an address of its own.
 BOT_PORT, NODE_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT, GOSSIP_PORT = 9101, 9100, 9090, 9093, 9094
 RECONCILER_PORT, PG_PORT, PATRONI_PORT, ETCD_PORT, ETCD_PEER_PORT = 9102, 5432, 8008, 2379, 2380
+RECONCILER_RESTART_SECONDS = 2.0  # trading-ops-reconciler.service's RestartSec
 HOOK = "/api/v1/alertmanager"
 DATABASE = "trading_ops"
 # Patroni's shipped timings (docs/deployment.md; tests/patroni_cluster.py says why not shorter).
@@ -163,6 +164,7 @@ class Topology:
     pg_root: Path
     scope: str
     dead: set[str] = field(default_factory=set)
+    stopping: bool = False  # the topology is being stopped: nothing is started again
 
     # --- addresses ---------------------------------------------------------------------------------------------
     @property
@@ -328,12 +330,26 @@ class Topology:
         (folder / "reconciler.yaml").write_text(
             yaml.safe_dump({"database": {"url_file": str(folder / "db-url")}, "reconciler": section})
         )
-        ops.host.popen(
-            [sys.executable, "-m", "trading_ops", "-c", str(folder / "reconciler.yaml"), "reconciler"],
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=open(folder / "reconciler.log", "ab"),  # noqa: SIM115
-        )
+        argv = [sys.executable, "-m", "trading_ops", "-c", str(folder / "reconciler.yaml"), "reconciler"]
+
+        def start() -> subprocess.Popen[Any]:
+            return ops.host.popen(
+                argv,
+                cwd=REPO_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=open(folder / "reconciler.log", "ab"),  # noqa: SIM115
+            )
+
+        def supervise(proc: subprocess.Popen[Any]) -> None:
+            """The shipped unit's Restart=on-failure (RestartSec=2): a replica that exits with an error (its database
+            unreachable as its host comes back) is started again, while its host lives."""
+            while proc.wait() != 0 and ops.name not in self.dead and not self.stopping:
+                time.sleep(RECONCILER_RESTART_SECONDS)
+                if ops.name in self.dead or self.stopping:
+                    return
+                proc = start()
+
+        threading.Thread(target=supervise, args=(start(),), daemon=True).start()
 
     def alertmanager_config(self, ops: OpsHost) -> Path:
         """docs/deployment.md's Alertmanager of `ops` as `trading-ops config render --alertmanager ...
@@ -519,9 +535,9 @@ class Topology:
         ops = self.ops[name]
         ops.host.processes.clear()
         ops.host.link_up()
+        self.dead.discard(name)  # alive again: a replica that exits on its way up is started again
         self.start_etcd(ops.host, OPS.index(name))
         self.start_ops(ops)
-        self.dead.discard(name)
 
     def revive_bot(self) -> None:
         """The bot's host back: its link up, the bot (its journal and data dir as its death left them) and the node
@@ -651,6 +667,7 @@ def topology(tmp: Path, profile: Profile) -> Iterator[Topology]:
         network = stack.enter_context(host_network())
         gateway = start_gateway(tmp / "gateway", host=network.gateway, volatility=0)
         pager = Pager(network.gateway)
+        topo: Topology | None = None
         try:
             ops = {}
             for name in OPS:
@@ -690,6 +707,8 @@ def topology(tmp: Path, profile: Profile) -> Iterator[Topology]:
             topo.bot_watched()
             yield topo
         finally:
+            if topo is not None:
+                topo.stopping = True
             pager.close()
             for host in network.hosts:  # every process of every host, Patroni's PostgreSQL included
                 with contextlib.suppress(Exception):
