@@ -312,6 +312,9 @@ class Topology:
             "prometheus_url": [ops.url(PROMETHEUS_PORT), *(o.url(PROMETHEUS_PORT) for o in others)],
             "alertmanager_url": ops.url(ALERTMANAGER_PORT),
             "alertmanager_peers": [o.url(ALERTMANAGER_PORT) for o in others],
+            # The sequence stages five faults of the bot within the hour, each a reconnect per channel (two), and two
+            # deaths of its host: the shipped 6 actions an hour would open its circuit by the fourth (as it should).
+            "budgets": {"max_actions_per_target_per_hour": 20},
             "targets": {
                 self.bot_target: {
                     "url": f"http://{self.bot_target}",
