@@ -908,15 +908,14 @@ def returns_and_deaths(topo: Topology, run: dict[str, Any]) -> dict[str, Any]:
 
     def healed() -> dict[str, Any] | None:
         for episode in topo.episodes("TradingBotBrokerDisconnected"):
-            if episode["id"] not in before and episode["state"] in ("recovered", "escalated", "failed"):
+            if episode["id"] not in before and episode["state"] in CLOSED_STATES:
                 return episode
         return None
 
-    episode = topo.wait("the fault healed with ops-b killed during it", healed, 300, 0.5)
-    # Closed by ops-a's replica: verified after its step, or resolved in Alertmanager before a step ran (the bot's own
-    # session check may reconnect first); the bot's session with the venue is up again either way.
-    ended = episode["attempts"][-1]["finished_at"] if episode["attempts"] else episode["closed_at"]
-    out["ops_b_killed_during_fault_closed_seconds"] = round(wall(ended) - fault, 1)
+    episode = topo.wait("the fault's episode closed with ops-b killed during it", healed, 300, 0.5)
+    # Closed by ops-a's replica: verified after its step, or resolved (the alert ended before a run acted: the bot's
+    # own session check reconnected it while ops-b's run was lost with its host); up again either way.
+    out["ops_b_killed_during_fault_closed_seconds"] = round(wall(episode["closed_at"]) - fault, 1)
     out["ops_b_killed_during_fault_attempts"] = [(a["owner"], a["outcome"]) for a in episode["attempts"]]
     topo.bot_watched()
     return {

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web, web_protocol
 
-from trading_ops.db.errors import NOT_MIGRATED, database_problem
+from trading_ops.db.errors import NOT_MIGRATED, UNREACHABLE, database_problem
 from trading_ops.http_input import InputError
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,16 @@ def guard(app: web.Application, headers_of: HeadersOf | None = None, render: Ren
                 return render(request, exc.status, exc.reason)
             raise
         except Exception as exc:
-            log.exception("%s %s from %s failed", request.method, request.path[:MAX_LOGGED_PATH], request.remote)
+            path = request.path[:MAX_LOGGED_PATH]
+            problem = database_problem(exc, None)
+            # The database not answering (restarting, failing over, its host gone): a 503 to retry and one log line,
+            # not an internal error a client cannot tell from a bug.
+            if problem is not None and problem.message.startswith(UNREACHABLE):
+                log.warning("%s %s from %s: %s", request.method, path, request.remote, problem.message)
+                return render(request, 503, f"the server's {UNREACHABLE}: try again")
+            log.exception("%s %s from %s failed", request.method, path, request.remote)
             # A table or column of a later migration missing (the database taken back a revision under a running
             # server): the one line to act on, not an internal error a client cannot tell from a bug.
-            problem = database_problem(exc, None)
             if problem is not None and problem.message == NOT_MIGRATED:
                 return render(request, 503, f"the server's {NOT_MIGRATED}")
             return render(request, 500, "internal error (logged)")

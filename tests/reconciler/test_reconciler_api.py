@@ -236,3 +236,36 @@ async def test_retry_and_circuit_reset_need_the_operate_scope_and_record_the_tok
         assert resp.status == 404 and (await resp.json())["error"] == "no open circuit for 'bot-1'"
     finally:
         ledger.engine.dispose()
+
+
+async def test_a_database_that_does_not_answer_is_a_503_to_retry_in_one_log_line(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger's PostgreSQL gone while the reconciler serves (a failover under way, its host dead): the API says
+    503, try again, and logs one line, never a 500 "internal error" with a traceback that a client cannot tell from a
+    bug. The error is the real driver's: a connection to a port nothing listens on."""
+    import socket
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+
+    from trading_ops.reconciler import keys
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/test?connect_timeout=2")
+    with pytest.raises(OperationalError) as refused:
+        engine.connect()
+    engine.dispose()
+
+    def unreachable(*_args: Any) -> Any:
+        raise refused.value
+
+    client.app[keys.LEDGER].list_episodes = unreachable
+    caplog.clear()
+    resp = await client.get("/api/v1/episodes", headers=READ_AUTH)
+    assert resp.status == 503, await resp.text()
+    assert "database unreachable: try again" in (await resp.json())["error"]
+    said = [r for r in caplog.records if "/api/v1/episodes" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None and "database unreachable" in said[0].getMessage(), said

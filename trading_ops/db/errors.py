@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 
 NOT_MIGRATED = "database is not migrated: run `trading-ops db upgrade`"
+UNREACHABLE = "database unreachable"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # "no such table/column" (SQLite) and their PostgreSQL SQLSTATEs (undefined_table, undefined_column): the schema is
@@ -64,7 +65,7 @@ def database_problem(exc: BaseException, url: str | None) -> DatabaseProblem | N
     if PEER_REFUSED in text:
         message = f"database refused{where}: {_peer_refused(text)}"
     elif isinstance(exc, OperationalError) and (sqlstate is None or sqlstate.startswith("08")):
-        message = f"database unreachable{where}: {_first_line(text)}"
+        message = f"{UNREACHABLE}{where}: {_first_line(text)}"
     else:
         message = f"database error{where}: {_first_line(text)}"
     return DatabaseProblem(message, EXIT_FAILURE)
