@@ -245,3 +245,37 @@ async def stop_bots(procs: Mapping[str, asyncio.subprocess.Process]) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+
+
+async def place_market_orders(placer: Any, seconds: float, symbol: str = "ETH/USD") -> None:
+    """Market orders of 0.01 `symbol`, buy and sell in turn, every 0.3-1.5 s (jittered, so that fills land anywhere in a
+    poll's cycle) for `seconds`, then 2 s for the last to settle."""
+    rng = secrets.SystemRandom()
+    await placer.load_markets()
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        await placer.create_order(symbol, "market", "buy" if i % 2 == 0 else "sell", 0.01)
+        i += 1
+        await asyncio.sleep(rng.uniform(0.3, 1.5))
+    await asyncio.sleep(2.0)
+
+
+class FillClock:
+    """A bot's broker events as the runtime handles them: when each fill first reached it (`seen`, wall time by trade
+    id; each fill answered by a balance lookup, as the runtime's on_fill does) and how many quotes came."""
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.seen: dict[str, float] = {}
+        self.quotes = 0
+
+    async def on_fill(self, fill: Any) -> None:
+        from trading_ops.bot.broker import BrokerError
+
+        self.seen.setdefault(fill.trade_id, time.time())
+        with contextlib.suppress(BrokerError):
+            await self.broker.balances()
+
+    async def on_quote(self, _quote: Any) -> None:
+        self.quotes += 1

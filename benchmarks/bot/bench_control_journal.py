@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -32,25 +31,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from paper_helpers import IdleStrategy, fast_config  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from benchmarks._shared.latency import summary_ms  # noqa: E402
 from trading_ops.bot import server  # noqa: E402
 from trading_ops.paper.bot import PaperBot  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 WARMUP = 10
 ROUND = 10  # calls of one kind in a row
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(statistics.median(values) * 1000, 4),
-        "p99_ms": round(pct(values, 0.99) * 1000, 4),
-        "n": len(values),
-    }
 
 
 async def run(tmp: Path, calls: int) -> dict[str, Any]:
@@ -87,7 +74,7 @@ async def run(tmp: Path, calls: int) -> dict[str, Any]:
     finally:
         server._journaled = waited  # type: ignore[assignment]
         await bot.stop()
-    after, before = summary(times["journaled"]), summary(times["background"])
+    after, before = summary_ms(times["journaled"]), summary_ms(times["background"])
     return {
         "benchmark": "a control command answered once journaled, against answered before its write (pause/resume)",
         "python": platform.python_version(),

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from decision_helpers import signed  # noqa: E402
 from paper_helpers import IdleStrategy, fast_config  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from benchmarks._shared.latency import summary_ms  # noqa: E402
 from trading_ops.config import parse_config  # noqa: E402
 from trading_ops.decisions import RAMP_PROMOTE  # noqa: E402
 from trading_ops.paper.bot import PaperBot  # noqa: E402
@@ -51,19 +51,6 @@ STAGES = [
     {"name": "two-pairs", "max_position_notional": 2500, "symbols": ["BTC-USD", "ETH-USD"]},
 ]
 WARMUP = 20
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(statistics.median(values) * 1000, 4),
-        "p99_ms": round(pct(values, 0.99) * 1000, 4),
-        "n": len(values),
-    }
 
 
 async def run(tmp: Path, calls: int) -> dict[str, Any]:
@@ -123,7 +110,7 @@ async def run(tmp: Path, calls: int) -> dict[str, Any]:
             with_spend.append(end - start)
     finally:
         await bot.stop()
-    verified, baseline = summary(times["verified"]), summary(times["baseline"])
+    verified, baseline = summary_ms(times["verified"]), summary_ms(times["baseline"])
     return {
         "benchmark": "decision verification at the bot (ramp_promote over HTTP, real Ed25519 keys)",
         "python": platform.python_version(),
@@ -133,8 +120,8 @@ async def run(tmp: Path, calls: int) -> dict[str, Any]:
         "ratio_p50": round(verified["p50_ms"] / baseline["p50_ms"], 3),
         "ratio_p99": round(verified["p99_ms"] / baseline["p99_ms"], 3),
         "goal_ratio_max": 2.0,
-        "verify_only": summary(alone),
-        "verify_and_spend": summary(with_spend),
+        "verify_only": summary_ms(alone),
+        "verify_and_spend": summary_ms(with_spend),
         "used_ids_kept": len(bot.decisions.verifier.used.used) if bot.decisions.verifier.used else 0,
     }
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -43,7 +42,7 @@ import ccxt.pro as ccxtpro
 import psutil
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.broker import BrokerError, BrokerEvents, Quote, VenueFill
+from trading_ops.bot.broker import BrokerEvents
 from trading_ops.config import parse_config
 from trading_ops.paper.gateway.binance.client_urls import ccxt_urls
 from trading_ops.venues.call_counter import BINANCE_WEIGHT_PER_MINUTE, WeightBudget
@@ -56,9 +55,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks._shared.gateway_bench import (  # noqa: E402
+    FillClock,
     bot_results,
     count_private_calls,
     gateway_process,
+    place_market_orders,
     running_bots,
     serve,
     summary,
@@ -154,18 +155,8 @@ async def bot(kind: str, base: str, seconds: float) -> dict[str, Any]:
     assert broker.weight_budget is not None
     weight = WeightSeen(broker.weight_budget)
     broker.register_metrics(registry)  # as the runtime does before connecting
-    seen: dict[str, float] = {}
-    quotes = [0]
-
-    async def on_fill(fill: VenueFill) -> None:
-        seen.setdefault(fill.trade_id, time.time())
-        with contextlib.suppress(BrokerError):
-            await broker.balances()  # as the runtime does after every fill
-
-    async def on_quote(_quote: Quote) -> None:
-        quotes[0] += 1
-
-    await broker.connect(BrokerEvents(on_fill=on_fill, on_quote=on_quote))
+    clock = FillClock(broker)
+    await broker.connect(BrokerEvents(on_fill=clock.on_fill, on_quote=clock.on_quote))
     if isinstance(broker, ProStreamingCcxtBroker):  # subscribed before the first fill
         assert broker.pro_fills is not None
         await asyncio.wait_for(broker.pro_fills.connected.wait(), 60)
@@ -188,7 +179,7 @@ async def bot(kind: str, base: str, seconds: float) -> dict[str, Any]:
         calls = sum(counters, Counter[str]())
         spent = sum(calls.values()) - before
         return {
-            "seen": seen,
+            "seen": clock.seen,
             "private_rest_calls": spent,
             "private_rest_calls_per_minute": round(spent * 60 / elapsed, 1),
             "private_rest_calls_by_path": dict(calls),
@@ -197,7 +188,7 @@ async def bot(kind: str, base: str, seconds: float) -> dict[str, Any]:
             "headroom_mean": round(statistics.fmean(headroom), 3) if headroom else None,
             "cpu_percent": round(100 * (used.user + used.system - cpu.user - cpu.system) / elapsed, 1),
             "peak_rss_mb": round(rss / 2**20, 1),
-            "quotes": quotes[0],
+            "quotes": clock.quotes,
             "orders_poll_interval_seconds": round(broker.orders_interval, 2),
             **(stream_health(registry) if kind == "streamed" else {}),
         }
@@ -214,16 +205,8 @@ def placer_client(base: str, key: str, secret: str) -> Any:
 async def place(base: str, keys: dict[str, str], seconds: float) -> dict[str, float]:
     """Market orders on ETH/USD for `seconds`; the venue's execution time of every trade of the account."""
     placer = placer_client(base, KEYS[0], keys[KEYS[0]])
-    rng = secrets.SystemRandom()
     try:
-        await placer.load_markets()
-        end = time.monotonic() + seconds
-        i = 0
-        while time.monotonic() < end:
-            await placer.create_order("ETH/USD", "market", "buy" if i % 2 == 0 else "sell", 0.01)
-            i += 1
-            await asyncio.sleep(rng.uniform(0.3, 1.5))
-        await asyncio.sleep(2.0)
+        await place_market_orders(placer, seconds)
         executions: dict[str, float] = {}
         params: dict[str, Any] = {}
         while True:  # Binance's trades of a symbol, 1000 a page, from an id on

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import secrets
 import statistics
 import sys
 import time
@@ -31,7 +29,7 @@ from typing import Any
 import psutil
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.broker import BrokerError, BrokerEvents, Quote, VenueFill
+from trading_ops.bot.broker import BrokerError, BrokerEvents
 from trading_ops.venues.call_counter import CallBudget
 from trading_ops.venues.ccxt.rest import CcxtBroker
 from trading_ops.venues.ccxt.streaming import StreamingCcxtBroker
@@ -41,11 +39,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks._shared.gateway_bench import (  # noqa: E402
+    FillClock,
     bot_results,
     count_private_calls,
     gateway_process,
     kraken,
     new_keys,
+    place_market_orders,
     running_bots,
     serve,
     summary,
@@ -95,18 +95,8 @@ async def bot(kind: str, base: str, key: str, secret: str, tier: str, seconds: f
     registry = CollectorRegistry()
     broker = make_broker(kind, base, key, secret, tier, registry)
     calls = count_private_calls(broker.exchange)
-    seen: dict[str, float] = {}
-    quotes = [0]
-
-    async def on_fill(fill: VenueFill) -> None:
-        seen.setdefault(fill.trade_id, time.time())
-        with contextlib.suppress(BrokerError):
-            await broker.balances()  # as the runtime does after every fill
-
-    async def on_quote(_quote: Quote) -> None:
-        quotes[0] += 1
-
-    await broker.connect(BrokerEvents(on_fill=on_fill, on_quote=on_quote))
+    clock = FillClock(broker)
+    await broker.connect(BrokerEvents(on_fill=clock.on_fill, on_quote=clock.on_quote))
     if isinstance(broker, StreamingCcxtBroker):  # subscribed before the first fill
         streams = [s for s in (broker.stream, broker.public) if s is not None]
         await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in streams)), 60)
@@ -136,7 +126,7 @@ async def bot(kind: str, base: str, key: str, secret: str, tier: str, seconds: f
         used = proc.cpu_times()
         spent = sum(calls.values()) - before
         return {
-            "seen": seen,
+            "seen": clock.seen,
             "private_rest_calls": spent,
             "private_rest_calls_per_minute": round(spent * 60 / elapsed, 1),
             "private_rest_calls_by_method": dict(calls),
@@ -144,7 +134,7 @@ async def bot(kind: str, base: str, key: str, secret: str, tier: str, seconds: f
             "headroom_mean": round(statistics.fmean(headroom), 3) if headroom else None,
             "cpu_percent": round(100 * (used.user + used.system - cpu.user - cpu.system) / elapsed, 1),
             "peak_rss_mb": round(rss / 2**20, 1),
-            "quotes": quotes[0],
+            "quotes": clock.quotes,
             "dead_man_switch_over": dict(switch_over),
             "orders_poll_interval_seconds": round(broker.orders_interval, 2),
             **(stream_health(registry) if kind == "streamed" else {}),
@@ -156,16 +146,8 @@ async def bot(kind: str, base: str, key: str, secret: str, tier: str, seconds: f
 async def place(base: str, keys: dict[str, str], seconds: float) -> dict[str, float]:
     """Market orders on ETH/USD for `seconds`; the venue's execution time of every trade of the account."""
     placer = kraken(base, KEYS[0], keys[KEYS[0]])
-    rng = secrets.SystemRandom()
     try:
-        await placer.load_markets()
-        end = time.monotonic() + seconds
-        i = 0
-        while time.monotonic() < end:
-            await placer.create_order("ETH/USD", "market", "buy" if i % 2 == 0 else "sell", 0.01)
-            i += 1
-            await asyncio.sleep(rng.uniform(0.3, 1.5))
-        await asyncio.sleep(2.0)
+        await place_market_orders(placer, seconds)
         executions: dict[str, float] = {}
         while True:  # Kraken's trade history, 50 a page; on the placer's own counter
             page = await placer.fetch_my_trades(None, None, None, {"ofs": len(executions)})
