@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,6 +65,7 @@ BOT = "kraken-1"
 BOT_PORT, NODE_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT, GOSSIP_PORT = 9101, 9100, 9090, 9093, 9094
 RECONCILER_PORT, PG_PORT, PATRONI_PORT, ETCD_PORT, ETCD_PEER_PORT = 9102, 5432, 8008, 2379, 2380
 RECONCILER_RESTART_SECONDS = 2.0  # trading-ops-reconciler.service's RestartSec
+BOT_RESTART_SECONDS = 5.0  # trading-ops-bot@.service's RestartSec
 HOOK = "/api/v1/alertmanager"
 DATABASE = "trading_ops"
 # Patroni's shipped timings (docs/deployment.md; tests/patroni_cluster.py says why not shorter).
@@ -165,6 +166,7 @@ class Topology:
     scope: str
     dead: set[str] = field(default_factory=set)
     stopping: bool = False  # the topology is being stopped: nothing is started again
+    bot_dead: bool = False  # the bot's host is dead (kill_bot): its bot is not started again
 
     # --- addresses ---------------------------------------------------------------------------------------------
     @property
@@ -343,16 +345,23 @@ class Topology:
                 stderr=open(folder / "reconciler.log", "ab"),  # noqa: SIM115
             )
 
-        def supervise(proc: subprocess.Popen[Any]) -> None:
-            """The shipped unit's Restart=on-failure (RestartSec=2): a replica that exits with an error (its database
-            unreachable as its host comes back) is started again, while its host lives."""
-            while proc.wait() != 0 and ops.name not in self.dead and not self.stopping:
-                time.sleep(RECONCILER_RESTART_SECONDS)
-                if ops.name in self.dead or self.stopping:
+        # A replica that exits with an error (its database unreachable as its host comes back) is started again.
+        self.supervise(start, lambda: ops.name not in self.dead, RECONCILER_RESTART_SECONDS)
+
+    def supervise(
+        self, start: Callable[[], subprocess.Popen[Any]], alive: Callable[[], bool], restart_seconds: float
+    ) -> None:
+        """`start()` under the shipped unit's Restart=on-failure: a process that exits with an error is started again
+        `restart_seconds` later, while its host is `alive()` and the topology is not being stopped."""
+
+        def loop(proc: subprocess.Popen[Any]) -> None:
+            while proc.wait() != 0 and alive() and not self.stopping:
+                time.sleep(restart_seconds)
+                if not alive() or self.stopping:
                     return
                 proc = start()
 
-        threading.Thread(target=supervise, args=(start(),), daemon=True).start()
+        threading.Thread(target=loop, args=(start(),), daemon=True).start()
 
     def alertmanager_config(self, ops: OpsHost) -> Path:
         """docs/deployment.md's Alertmanager of `ops` as `trading-ops config render --alertmanager ...
@@ -496,10 +505,14 @@ class Topology:
             "recovery": {"reconcile_interval_seconds": 0},
         }
         (folder / "bot.yaml").write_text(yaml.safe_dump(settings))
-        with open(folder / "bot.log", "ab") as log:
-            self.bot.popen(
-                [*AHEAD, sys.executable, str(EXAMPLE), str(folder / "bot.yaml")], cwd=REPO_ROOT, stdout=log, stderr=log
-            )
+
+        def start() -> subprocess.Popen[Any]:
+            with open(folder / "bot.log", "ab") as log:
+                argv = [*AHEAD, sys.executable, str(EXAMPLE), str(folder / "bot.yaml")]
+                return self.bot.popen(argv, cwd=REPO_ROOT, stdout=log, stderr=log)
+
+        # trading-ops-bot@.service's Restart=on-failure: a start the venue refused (its host's link just up) again.
+        self.supervise(start, lambda: not self.bot_dead, BOT_RESTART_SECONDS)
         with open(self.tmp / "node-exporter.log", "ab") as log:
             self.bot.popen(
                 [*AHEAD, require_binary("prometheus-node-exporter"), f"--web.listen-address={self.node_target}"],
@@ -547,6 +560,7 @@ class Topology:
         exporter started again; until the bot is ready and its bid rests."""
         self.bot.processes.clear()
         self.bot.link_up()
+        self.bot_dead = False
         self.start_bot()
         self.wait("the bot ready again", lambda: answers(f"http://{self.bot_target}/readyz"), 120)
         self.wait("the bot's bid resting again", self.resting, 60)
@@ -793,6 +807,7 @@ def kill_bot_host(topo: Topology) -> dict[str, Any]:
     broker_quiet(topo, "the bot's host killed")
     topo.wait("the bot's bid resting", topo.resting, 60)
     killed, killed_at = time.monotonic(), time.time()
+    topo.bot_dead = True
     topo.kill_host(topo.bot)
     topo.wait("the bot's orders cancelled at the venue", lambda: not topo.resting(), SWITCH["timeout_seconds"] + 10)
     cancelled = time.monotonic() - killed
