@@ -339,6 +339,31 @@ def test_a_down_bot_mutes_its_other_alerts_only(alertmanager_url: str) -> None:
 
 
 @pytest.mark.alertmanager
+def test_a_bots_orders_channel_down_mutes_its_stale_heartbeat_only(alertmanager_url: str) -> None:
+    """A bot whose venue session dropped stalls its loop on the venue: one page, one remedy (the reconnect). Its
+    market data channel alone down does not mute it, nor does another bot's session."""
+    post_alerts(
+        alertmanager_url,
+        bot_alert("TradingBotBrokerDisconnected", "critical", "bot-h:9101", channel="orders"),
+        bot_alert("TradingBotHeartbeatStale", "critical", "bot-h:9101"),
+        bot_alert("TradingBotBrokerDisconnected", "critical", "bot-i:9101", channel="market_data"),
+        bot_alert("TradingBotHeartbeatStale", "critical", "bot-i:9101"),
+        bot_alert("TradingBotHeartbeatStale", "critical", "bot-j:9101"),
+    )
+    assert_states(
+        alertmanager_url,
+        "bot-h:9101",
+        {"TradingBotBrokerDisconnected/critical": "active", "TradingBotHeartbeatStale/critical": "suppressed"},
+    )
+    assert_states(
+        alertmanager_url,
+        "bot-i:9101",
+        {"TradingBotBrokerDisconnected/critical": "active", "TradingBotHeartbeatStale/critical": "active"},
+    )
+    assert_states(alertmanager_url, "bot-j:9101", {"TradingBotHeartbeatStale/critical": "active"})
+
+
+@pytest.mark.alertmanager
 def test_a_freqtrade_that_does_not_answer_mutes_its_stale_heartbeat_only(alertmanager_url: str) -> None:
     post_alerts(
         alertmanager_url,
