@@ -909,10 +909,16 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
             )
             == 2
         )
+
         # The audit chain: each request and each approval under its principal, each promotion the reconciler sent the
-        # bot on them (before the approval was executed), and whole.
-        resp = await client.get("/api/v1/audit", headers=READ_AUTH)
-        entries = [(e["principal"], e["action"]) for e in reversed((await resp.json())["entries"])]
+        # bot on them (written once the bot answered: the approval is spent as its step starts, the stage changes
+        # before the bot's answer, so the last entry may come a moment after both), and whole.
+        async def audited() -> list[dict[str, Any]]:
+            resp = await client.get("/api/v1/audit", headers=READ_AUTH)
+            return list((await resp.json())["entries"])
+
+        listed = await poll(audited, lambda e: len(e) >= 6, "the second promotion audited")
+        entries = [(e["principal"], e["action"]) for e in reversed(listed)]
         assert entries == [
             ("alice", "ramp_promotion_request"),
             ("bob", "approve"),
@@ -921,7 +927,7 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
             ("carol", "approve"),
             ("reconciler", "ramp_promote"),
         ], entries
-        promoted = [e for e in (await resp.json())["entries"] if e["action"] == "ramp_promote"]
+        promoted = [e for e in listed if e["action"] == "ramp_promote"]
         assert [(e["before"]["stage"], e["after"]["stage"]) for e in reversed(promoted)] == [
             ("small", "bigger"),
             ("bigger", "two-pairs"),
