@@ -183,7 +183,11 @@ class BrokerEvents:
 
 
 class Broker(abc.ABC):
-    """What a venue offers a bot. Implementations: the paper venue; real venues in a bot's own code."""
+    """What a venue offers a bot. Implementations: the paper venue; real venues in a bot's own code.
+
+    Over 20 public methods because each is one thing a bot asks of any venue (orders, fills, balances, time, the
+    dead man's switch, its channels' health), and a venue implements every one: splitting the interface would make
+    each venue implement several and the runtime hold several references to one connection."""
 
     venue: str
 

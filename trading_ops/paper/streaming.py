@@ -54,7 +54,10 @@ REMEMBERED = 10_000  # closed orders remembered (not to be asked for again after
 
 class StreamingPaperBroker(Broker):
     """A Broker over a PaperVenue (`paper`) whose events stream (see the module). The venue keeps ticking and taking
-    faults as before; `push` is its push channel (the stream faults)."""
+    faults as before; `push` is its push channel (the stream faults).
+
+    Over 20 public methods because it is the Broker interface (abstract in bot/broker.py, one method per request a
+    bot makes of a venue): each answer is the paper venue's, a line or two here; what streams is in `push`."""
 
     def __init__(self, paper: PaperVenue, *, poll_seconds: float = POLL_SECONDS) -> None:
         self.paper = paper
