@@ -31,6 +31,7 @@ from system_binaries import REPO_ROOT
 from trading_ops.cli import main
 from trading_ops.config import load_config, parse_config
 from trading_ops.db import migrate
+from trading_ops.durations import format_duration
 from trading_ops.ops.backup import STATE_FILE
 from trading_ops.ops.restore_drill import DRILL_STATE_FILE
 from trading_ops.ops.state import OpsState
@@ -81,6 +82,13 @@ MISSING: dict[str, tuple[dict[str, Any], set[str]]] = {
 FINE_STEP = 15
 # Each exercised its emergency stop 5 minutes ago (that criterion has its own window).
 THIN = {"thin": {"days": 15 / 1440, "emergency_stop_at": 300}, "two-hours": {"days": 2 / 24, "emergency_stop_at": 300}}
+# The local stack's standard profile (trading_ops.stack.app_config.ramp_window): its stages judged over 17 minutes,
+# scraped every 5 s as that profile's Prometheus does. 20 minutes of history are judged; 15 are not enough.
+STACK_STEP = 5
+STANDARD_STACK = {
+    "standard-20m": {"days": 20 / 1440, "emergency_stop_at": 300},
+    "standard-15m": {"days": 15 / 1440, "emergency_stop_at": 300},
+}
 # No sample at all (`up` neither) for the last day of the window: scraped 4 of its 5 days. The share of the samples
 # that exist said 100 %.
 SILENT = {"silent-last-day": {"unscraped": ((DAY, 0),)}}
@@ -118,12 +126,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     backfill(openmetrics(histories, now, STEP), tmp / "data", tmp)
     fine = [History(instance(name), **knobs) for name, knobs in THIN.items()]
     backfill(openmetrics(fine, now, FINE_STEP), tmp / "data", tmp)
+    scraped = [History(instance(name), **knobs) for name, knobs in STANDARD_STACK.items()]
+    backfill(openmetrics(scraped, now, STACK_STEP), tmp / "data", tmp)
     (tmp / "am").mkdir()
     (tmp / "am" / "am.yml").write_text(yaml.safe_dump(ALERTMANAGER))
     am = run_alertmanager(tmp / "am" / "am.yml", tmp / "am" / "data", free_port(), tmp / "am" / "am.log")
     try:
         with started_prometheus(tmp, tmp / "data", free_port(), "30d", tuple(sorted(RULES.glob("*.yml")))) as url:
-            yield {"prometheus": url, "alertmanager": am.url}
+            # `backfilled_at`: the moment every history ends (a test may judge at it: the module's tests take minutes).
+            yield {"prometheus": url, "alertmanager": am.url, "backfilled_at": repr(now)}
     finally:
         am.proc.terminate()
         am.proc.wait(timeout=30)
@@ -135,7 +146,7 @@ def write_config(tmp: Path, stack: dict[str, str], *, backup_age: float | None =
         stamp = time.time() - backup_age
         OpsState(backups / STATE_FILE).update(lambda d: d.update(last_verify_success_timestamp_seconds=stamp))
         OpsState(backups / DRILL_STATE_FILE).update(lambda d: d.update(last_success_timestamp_seconds=stamp))
-    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *SILENT, *BINANCE, *FREQTRADE]
+    names = ["ready", "dotted", *FAILING, *MISSING, *THIN, *STANDARD_STACK, *SILENT, *BINANCE, *FREQTRADE]
     bots: list[dict[str, Any]] = [{"name": n, "instance": instance(n), "url": f"http://{instance(n)}"} for n in names]
     for bot in bots:
         if bot["name"] in BINANCE:  # each on an account of its own: a key of its own
@@ -521,6 +532,44 @@ async def test_a_stage_s_window_on_less_history_is_unknown(stack: dict[str, str]
     assert [results[n].status for n in stage.criteria] == ["unknown", "unknown"], results
     results = {r.name: r for r in judged.results}
     assert results["order_success"].status == "pass" and results["uptime"].status != "unknown", results
+
+
+async def test_the_standard_stacks_17_minute_stage_window_is_judged_on_its_5_s_scrapes(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    """`make run`'s stack at the standard profile gives the demo bot's stages a 17-minute window (its 1 % scrape
+    tolerance holds two of the profile's 5 s scrapes): on real Prometheus, 20 minutes of 5 s scrapes judge each of the
+    stages' criteria (a pass, as the healthy history is), and 15 minutes leave every one unknown."""
+    import aiohttp
+
+    from trading_ops.clients.alertmanager import AlertmanagerClient
+    from trading_ops.clients.prometheus import PrometheusClient
+    from trading_ops.readiness.verdict import evaluate
+    from trading_ops.stack.app_config import STACK_RAMP_CRITERIA, ramp_window
+    from trading_ops.stack.profiles import STANDARD
+
+    window = format_duration(ramp_window(STANDARD))
+    assert window == "17m"
+    config = parse_config(yaml.safe_load(write_config(tmp_path, stack).read_text()), base_dir=tmp_path)
+    bots = [b for b in config.bots if b.name in STANDARD_STACK]
+    async with aiohttp.ClientSession() as session:
+        prometheus = PrometheusClient(session, config.reconciler.prometheus_urls)
+        alertmanager = AlertmanagerClient(session, config.reconciler.alertmanager_urls)
+        # Judged when the histories end, as a promotion asked then would be (they end when the module's Prometheus
+        # started; its tests take minutes, and a window ending later would hold a gap). Every query is evaluated at
+        # that moment (before, only the operations' records were: Prometheus judged at its own now, minutes later in
+        # a full run, and uptime failed on the gap).
+        at = float(stack["backfilled_at"])
+        judged, young = await evaluate(config, bots, window, prometheus, alertmanager, now=at)
+        # Five minutes earlier, the longer history too is only 15 minutes old: unknown.
+        (earlier,) = await evaluate(config, bots[:1], window, prometheus, alertmanager, now=at - 300)
+    assert (judged.bot, young.bot, earlier.bot) == ("standard-20m", "standard-15m", "standard-20m")
+    results = {r.name: r.status for r in earlier.results}
+    assert {name: results[name] for name in STACK_RAMP_CRITERIA} == dict.fromkeys(STACK_RAMP_CRITERIA, "unknown")
+    results = {r.name: r.status for r in judged.results}
+    assert {name: results[name] for name in STACK_RAMP_CRITERIA} == dict.fromkeys(STACK_RAMP_CRITERIA, "pass"), results
+    results = {r.name: r.status for r in young.results}
+    assert {name: results[name] for name in STACK_RAMP_CRITERIA} == dict.fromkeys(STACK_RAMP_CRITERIA, "unknown")
 
 
 def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -75,9 +75,12 @@ class PrometheusClient:
         data = body.get("data")
         return data if isinstance(data, dict) else {}
 
-    async def query(self, expr: str) -> list[dict[str, Any]]:
-        """GET /api/v1/query: the instant vector (or scalar as a one-element list) for `expr`."""
+    async def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """GET /api/v1/query: the instant vector (or scalar as a one-element list) for `expr`, evaluated at `at` (Unix
+        seconds), or at Prometheus's own now."""
         params = {"query": expr, "timeout": f"{QUERY_TIMEOUT_SECONDS:g}s"}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
         data = await self._get("/api/v1/query", params, f"query {expr!r}")
         result = data.get("result")
         if data.get("resultType") in ("scalar", "string"):

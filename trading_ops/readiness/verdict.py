@@ -107,10 +107,12 @@ class _Context:
     prometheus: PrometheusClient
     alertmanager: AlertmanagerClient | None
     counter: _Counter = field(default_factory=_Counter)
+    # The moment Prometheus judges at: the `now` a caller gave (a verdict of a past moment), else Prometheus's own.
+    at: float | None = None
 
     async def query(self, expr: str) -> list[dict[str, Any]]:
         self.counter.queries += 1
-        return await self.prometheus.query(expr)
+        return await self.prometheus.query(expr, self.at)
 
 
 async def evaluate(
@@ -122,8 +124,10 @@ async def evaluate(
     *,
     now: float | None = None,
 ) -> list[Verdict]:
-    """The verdict of each bot over `window`: one query per criterion for all of them, asked at once."""
-    ctx = _Context(config, window, time.time() if now is None else now, prometheus, alertmanager)
+    """The verdict of each bot over `window`: one query per criterion for all of them, asked at once. Judged now, or
+    as of `now` (Unix seconds) when given: every Prometheus query is evaluated at that moment, and the operations'
+    records are aged to it."""
+    ctx = _Context(config, window, time.time() if now is None else now, prometheus, alertmanager, at=now)
     instances = [b.instance for b in bots]
     sel = instances_selector(instances)
     results: dict[str, list[Result]] = {i: [] for i in instances}
