@@ -201,8 +201,9 @@ test-deploy: $(STAMP) system-deps monitoring-lts bytecode
 test-hosts: $(STAMP) system-deps monitoring-lts bytecode
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup -m hosts
 
-# Every benchmark but the soak (`$(PY) benchmarks/stack/bench_soak.py --minutes 60`: an hour at least, run it on its
-# own).
+# Every benchmark but three of an hour or whole topologies, run on their own: the soak (`$(PY)
+# benchmarks/stack/bench_soak.py --minutes 60`), ten deaths of a bot's host (`$(PY) benchmarks/deploy/bench_host_deaths.py`)
+# and the HA topology's sequences (`$(PY) benchmarks/deploy/bench_ha_topology.py`), both as root.
 bench: $(STAMP) system-deps bench-deps monitoring-lts
 	$(PY) benchmarks/bot/bench_exporter.py
 	$(PY) benchmarks/bench_cli.py
@@ -222,6 +223,18 @@ bench: $(STAMP) system-deps bench-deps monitoring-lts
 	$(PY) benchmarks/bot/bench_control_journal.py
 	$(PY) benchmarks/monitoring/bench_generations.py
 	$(PY) benchmarks/venues/bench_binance_bot.py
+	$(PY) benchmarks/bench_audit.py
+	$(PY) benchmarks/bot/bench_decisions.py
+	$(PY) benchmarks/bot/bench_ramp_demotion.py
+	$(PY) benchmarks/clients/bench_dead_member.py
+	$(PY) benchmarks/paper/bench_paper_stream.py
+	$(PY) benchmarks/readiness/bench_readiness.py
+	$(PY) benchmarks/readiness/bench_weekly_review.py
+	$(PY) benchmarks/reconciler/bench_patroni_failover.py
+	$(PY) benchmarks/venues/bench_ws_fills.py
+	$(PY) benchmarks/venues/bench_binance_fills.py
+	$(PY) benchmarks/venues/bench_stream_bot.py
+	$(PY) benchmarks/venues/bench_stream_faults.py
 
 clean:
 	rm -rf $(VENV) var site .pytest_cache .ruff_cache .mypy_cache
