@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from binance_helpers import POLL_SECONDS, binance_config, binance_gateway
 from ccxt_example_bot import MOVING, STOP_SECONDS, _at_least, example_bot, metric
-from ccxt_helpers import wait_for
+from ccxt_helpers import chaos, wait_for
 from paper_helpers import control, get
 from ports import free_port
 
@@ -129,6 +129,48 @@ async def test_the_example_bot_polling_on_binance_trades_reconciles_and_stops_cl
             assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
         log = (tmp_path / "bot.log").read_text()
         assert "Traceback" not in log and "ArgumentsRequired" not in log, log[-3000:]
+
+
+async def test_the_polling_binance_bot_finds_a_frozen_pair_stale_and_trusts_it_again_once_it_moves(
+    tmp_path: Path,
+) -> None:
+    """`stale_market_data` on the Binance dialect: the pair's 24-hour ticker keeps answering, its last quote under its
+    last `closeTime` (Binance's tickers of a market that makes no data). The polling bot takes that for no news: the
+    pair's market data goes stale (`/readyz` fails naming it, the data's age grows) while the other pair stays fresh;
+    cleared, the pair is fresh again. Frozen once more, the bot's `resubscribe` (what the reconciler's playbook sends
+    on TradingBotMarketDataStale) loads the markets again, which ends it as a new subscription does."""
+    async with binance_gateway(**MOVING) as (gateway, _dialect, base):
+        port = free_port()
+        config = binance_config(tmp_path, base, port)
+        async with example_bot(config, tmp_path / "bot.log") as proc:
+
+            async def ready() -> bool:
+                assert proc.returncode is None, (tmp_path / "bot.log").read_text()[-3000:]
+                try:
+                    return (await get(port, "/readyz"))[0] == 200
+                except OSError:
+                    return False
+
+            async def stale() -> bool:
+                status, body = await get(port, "/readyz")
+                return status == 503 and "stale: ETH-USD" in body and "BTC-USD" not in body
+
+            await wait_for(ready, timeout=90)
+            for heal in ("clear", "resubscribe"):
+                await chaos(base, "stale_market_data", symbol="ETH-USD")
+                await wait_for(stale, timeout=60)
+                assert gateway.fault_model.subjects("stale_market_data") == ["ETH-USD"]  # not healed by the polls
+                if heal == "clear":
+                    await chaos(base, "clear")
+                else:
+                    code, _ = await control(port, "resubscribe")
+                    assert code == 200
+                    assert gateway.fault_model.subjects("stale_market_data") == []
+                await wait_for(ready, timeout=60)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), STOP_SECONDS) == 0
+        log = (tmp_path / "bot.log").read_text()
+        assert "Traceback" not in log, log[-3000:]
 
 
 async def test_the_example_bot_streaming_on_binance_sees_its_fills_on_the_user_stream(tmp_path: Path) -> None:

@@ -290,17 +290,19 @@ async def test_bad_key_and_bad_signature_are_auth_errors(venue_name: str) -> Non
                 await broker.close()
 
 
-async def test_krakens_stale_market_data_heals_on_resubscribe() -> None:
-    """The gateway's fault ends the way it ends on a venue, by what the client does: no `clear` here. Kraken's alone:
-    the Binance dialect's REST ticker does not leave out a pair whose feed stopped, so a polling client cannot tell."""
-    async with running_gateway(tick_interval=0.02, volatility=0.002) as (gateway, base):
-        seen = Recorder()
-        broker = connected_broker(base)
+@pytest.mark.parametrize("venue_name", VENUES)
+async def test_stale_market_data_stops_the_polled_quotes_and_heals_on_resubscribe(venue_name: str) -> None:
+    """The gateway's fault ends the way it ends on a venue, by what the client does: no `clear` here. The polled
+    quotes of the pair stop while the others go on: Kraken's Ticker leaves the pair out; Binance's 24-hour ticker
+    answers it frozen, its last quote under its last `closeTime`, which the broker takes for no news."""
+    async with open_venue(venue_name, tick_interval=0.02, volatility=0.002) as venue:
+        gateway, seen = venue.gateway, Recorder()
+        broker = venue_broker(venue)
         try:
             await broker.connect(seen.events())
-            await chaos(base, "stale_market_data", symbol="ETH-USD")
-            polls = gateway.calls.get("Ticker", 0)
-            await wait_for(lambda: gateway.calls.get("Ticker", 0) >= polls + 2)  # answered since the fault
+            await chaos(venue.base, "stale_market_data", symbol="ETH-USD")
+            polls = venue.called("tickers")
+            await wait_for(lambda: venue.called("tickers") >= polls + 2)  # answered since the fault
             eth = len([q for q in seen.quotes if q.symbol == "ETH-USD"])
             # The other symbols keep quoting; ETH has nothing to say any more.
             before = len([q for q in seen.quotes if q.symbol == "BTC-USD"])

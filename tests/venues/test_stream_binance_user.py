@@ -6,27 +6,32 @@ the REST poll an hour apart so that only the stream and the broker's reconciliat
   terminated) is counted, subscribed again at once, and what the venue filled meanwhile reaches the bot over REST;
 - a user stream acked then silent (`binance_user_stream_silent`, persistently) is found at the next order the venue
   takes (its executionReport owed), exported silent, subscribed again, then its socket replaced; once the venue speaks
-  again a resubscribe (the reconciler's remedy) brings it back, and no fill is lost or delivered twice.
+  again a resubscribe (the reconciler's remedy) brings it back, and no fill is lost or delivered twice;
+- a fill that reaches the client while the bot is still taking the one before streams to the bot at once, where stock
+  ccxt.pro hands it over only with the next trade (shown on the stock client), and a burst streams every fill.
 
 Needs only the gateway, served by the test on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
-from binance_helpers import BINANCE_KEY, BINANCE_SECRET, binance, binance_gateway, binance_urls
+from binance_helpers import BINANCE_KEY, BINANCE_SECRET, binance, binance_gateway, binance_pro, binance_urls
 from broker_recorder import Recorder, connected
 from ccxt_helpers import chaos, market, wait_for
 from prometheus_client import CollectorRegistry
 
-from trading_ops.bot.broker import Side
+from trading_ops.bot.broker import Side, VenueFill
 from trading_ops.venues.ccxt.binance_pro import UserStreamBinance
 from trading_ops.venues.ccxt.pro_broker import ProStreamingCcxtBroker
 
 HOUR = 3600.0
 SYMBOLS = ["BTC-USD", "ETH-USD"]
+BURST = 8  # market orders placed one after the other
 
 
 def pro_binance(base: str) -> UserStreamBinance:
@@ -142,10 +147,10 @@ async def test_a_silent_user_stream_is_found_at_the_next_order_healed_and_loses_
         await chaos(base, "clear")
         healing = time.monotonic()
         await broker.resubscribe()  # the reconciler's remedy: a fresh subscription the venue speaks on again
-        streamed = value("tradingbot_stream_fills_first_seen_total", {"source": "stream"}) or 0
         before = len(recorder.fills)
         await broker.submit(market("s-9"))  # while it subscribes again: the stream or the reconciliation after it
         await wait_for(lambda: len(recorder.fills) == before + 1)
+        streamed = value("tradingbot_stream_fills_first_seen_total", {"source": "stream"}) or 0
         await broker.submit(market("s-10", side=Side.SELL, quantity="0.1"))  # held again: the stream's
         await wait_for(lambda: value("tradingbot_stream_fills_first_seen_total", {"source": "stream"}) > streamed)
         await wait_for(lambda: value("tradingbot_stream_channel_silent", executions) == 0)
@@ -180,3 +185,80 @@ async def test_the_venue_ending_a_replaced_silent_subscription_and_the_new_one_l
         streamed = value("tradingbot_stream_fills_first_seen_total", first_seen) or 0
         await broker.submit(market("t-2", side=Side.SELL, quantity="0.1"))
         await wait_for(lambda: (value("tradingbot_stream_fills_first_seen_total", first_seen) or 0) > streamed)
+
+
+async def test_stock_ccxt_pro_hands_a_trade_that_came_between_two_watches_only_with_the_next_trade() -> None:
+    """Why ProFills looks at ccxt.pro's trade cache before each watch (trading_ops.venues.ccxt.pro_fills): stock
+    ccxt.pro 4.5.90 wakes `watch_my_trades` only for a trade that arrives while it waits. A trade that arrives while the
+    caller is busy with the last answer is taken into the client's `myTrades` and wakes nobody; the next watch then
+    waits for the next trade and hands over both. The gateway sent it on time: the client holds it."""
+    async with binance_gateway() as (_gateway, dialect, base):
+        pro, rest = binance_pro(base), binance(base)  # stock ccxt.pro, no hook of ours
+        try:
+
+            def waiting() -> bool:  # a watch of the account's trades is waiting on the client (subscribed, acked)
+                return any("myTrades" in client.futures for client in pro.clients.values())
+
+            await pro.load_markets()
+            first = asyncio.ensure_future(pro.watch_my_trades())
+            await wait_for(lambda: len(dialect.users.subscribers) == 1 and waiting())
+            a = await rest.create_order("ETH/USD", "market", "buy", 0.1)
+            assert [t["order"] for t in await asyncio.wait_for(first, 10)] == [a["id"]]
+            b = await rest.create_order("ETH/USD", "market", "buy", 0.1)  # while no watch waits
+            await wait_for(lambda: len(pro.myTrades) == 2)  # the client has it
+            second = asyncio.ensure_future(pro.watch_my_trades())
+            await wait_for(waiting)
+            await rest.fetch_time()  # a whole round trip later, the watch still waits, trade b in the cache
+            assert not second.done()
+            c = await rest.create_order("ETH/USD", "market", "buy", 0.1)
+            assert [t["order"] for t in await asyncio.wait_for(second, 10)] == [b["id"], c["id"]]  # b only with c
+        finally:
+            await rest.close()
+            await pro.close()
+
+
+async def test_a_fill_that_comes_while_the_bot_is_busy_with_the_last_streams_without_waiting_for_another() -> None:
+    """A fill that reaches the client while the bot is still taking the one before (its journal, its P&L) streams to it
+    all the same, without waiting for another fill: stock ccxt.pro would hand it over only with the next trade (the test
+    above), leaving the last fill of a burst to the REST poll (an hour away here) and the channel judged silent. Then a
+    burst, every fill by the stream, none twice."""
+    registry = CollectorRegistry()
+    recorder = Recorder()
+    value = registry.get_sample_value
+    first_seen = {"source": "stream"}
+    busy = asyncio.Event()
+    events = recorder.events()
+    record = events.on_fill
+    assert record is not None
+
+    async def slow_on_fill(fill: VenueFill) -> None:
+        await record(fill)
+        if len(recorder.fills) == 1:
+            await busy.wait()  # the bot busy with the first fill until the second has reached the client
+
+    async with binance_gateway() as (gateway, _dialect, base):
+        pro = pro_binance(base)
+        broker = ProStreamingCcxtBroker(
+            binance(base), SYMBOLS, pro=pro, registry=registry, poll_interval=HOUR, quote_interval=HOUR
+        )
+        try:
+            await broker.connect(dataclasses.replace(events, on_fill=slow_on_fill))
+            await wait_for(lambda: value("tradingbot_stream_subscribed", {"channel": "executions"}) == 1)
+            await broker.submit(market("b-1"))
+            await wait_for(lambda: len(recorder.fills) == 1)
+            await broker.submit(market("b-2", side=Side.SELL, quantity="0.1"))
+            await wait_for(lambda: len(pro.myTrades) == 2)  # in the client, while the bot is busy: no watch waits
+            busy.set()
+            await wait_for(lambda: len(recorder.fills) == 2)  # no further trade needed, the poll an hour away
+            assert value("tradingbot_stream_fills_first_seen_total", first_seen) == 2
+
+            for n in range(3, 3 + BURST):
+                await broker.submit(market(f"b-{n}", side=Side.SELL if n % 2 else Side.BUY, quantity="0.1"))
+            await wait_for(lambda: len(recorder.fills) == 2 + BURST)
+            assert value("tradingbot_stream_fills_first_seen_total", first_seen) == 2 + BURST
+            venue_fills = await gateway.venue.recent_fills()
+            assert [f.trade_id for f in recorder.fills] == [f.trade_id.removeprefix("T") for f in venue_fills]
+        finally:
+            busy.set()
+            await broker.close()
+            await broker.exchange.close()

@@ -285,3 +285,62 @@ async def test_the_gateways_outage_drops_the_binance_dialect_too_until_it_ends()
             assert (await asyncio.wait_for(again, 10))["nonce"] > 0
         finally:
             await ex.close()
+
+
+async def test_stale_market_data_freezes_a_pairs_tickers_and_book_until_a_client_subscribes_again() -> None:
+    """The gateway's stale_market_data on the Binance dialect: the pair is a market that makes no data, as Binance's
+    are in BREAK or once delisted. Every ticker endpoint still answers it, with its last values: the 24-hour ticker's
+    `closeTime` (ccxt's `timestamp`) and bid, ask and last, the best bid and ask (bookTicker), the book, while the other
+    pairs move on. A client subscribing again ends it: the markets loaded again (exchangeInfo, as a polling client's
+    resubscribe does), a market stream of the pair (a new SUBSCRIBE), or, with `seconds`, its own end."""
+    async with binance_gateway(tick_interval=0.02, volatility=0.002) as (gw, _dialect, base):
+        ex, pro = binance(base), binance_pro(base)
+        try:
+            await ex.load_markets()
+            await chaos(base, "stale_market_data", symbol="ETH-USD")
+            frozen = await ex.fetch_ticker("ETH/USD")
+            frozen_book = await ex.fetch_order_book("ETH/USD", 5)
+            frozen_top = (await ex.fetch_bids_asks(["ETH/USD"]))["ETH/USD"]
+            live = await ex.fetch_ticker("BTC/USD")
+
+            async def moved() -> bool:  # the other pair's quotes and the venue's own ETH price
+                btc = await ex.fetch_ticker("BTC/USD")
+                hidden = float(gw.venue.quote("ETH-USD").bid)
+                return btc["timestamp"] > live["timestamp"] and btc["bid"] != live["bid"] and hidden != frozen["bid"]
+
+            await wait_for(moved)
+            both = await ex.fetch_tickers(["BTC/USD", "ETH/USD"])
+            assert sorted(both) == ["BTC/USD", "ETH/USD"]  # still listed: no pair left out, as on Binance
+            eth = both["ETH/USD"]
+            assert [eth[k] for k in ("timestamp", "bid", "ask", "last")] == [
+                frozen[k] for k in ("timestamp", "bid", "ask", "last")
+            ]
+            assert both["BTC/USD"]["timestamp"] > eth["timestamp"]
+            top = (await ex.fetch_bids_asks(["ETH/USD"]))["ETH/USD"]
+            assert (top["bid"], top["ask"]) == (frozen_top["bid"], frozen_top["ask"])
+            assert (await ex.fetch_order_book("ETH/USD", 5))["bids"] == frozen_book["bids"]
+            shown = (await _status(base))["faults"]["stale_market_data"]
+            assert shown == {"ETH-USD": "until the client resubscribes"}
+
+            await ex.load_markets(True)  # the polling client's new subscription
+            assert gw.fault_model.subjects("stale_market_data") == []
+            assert (await ex.fetch_ticker("ETH/USD"))["timestamp"] > frozen["timestamp"]
+
+            await pro.load_markets()
+            await chaos(base, "stale_market_data", symbol="ETH-USD")
+            assert (await ex.fetch_ticker("ETH/USD"))["timestamp"] == (await ex.fetch_ticker("ETH/USD"))["timestamp"]
+            ticker = await asyncio.wait_for(pro.watch_ticker("ETH/USD"), 10)  # a market stream's subscription
+            assert gw.fault_model.subjects("stale_market_data") == []
+            assert ticker["symbol"] == "ETH/USD" and ticker["last"] > 0  # its data flows again
+
+            await chaos(base, "stale_market_data", symbol="SOL-USD", seconds=0.3)  # with `seconds`, it also ends
+            stopped = await ex.fetch_ticker("SOL/USD")
+
+            async def flowing() -> bool:
+                return (await ex.fetch_ticker("SOL/USD"))["timestamp"] != stopped["timestamp"]
+
+            await wait_for(flowing, timeout=10)
+            assert gw.fault_model.subjects("stale_market_data") == []
+        finally:
+            await ex.close()
+            await pro.close()

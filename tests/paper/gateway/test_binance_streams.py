@@ -1,21 +1,24 @@
 """The Binance dialect's streams against ccxt.pro's stock binance client (its URLs pointed at the gateway, nothing
 else changed): the diff-depth book kept in sync with REST snapshots by update ids, trades, tickers and the best bid
 and ask, and orders, trades and balances over the user data stream as the client subscribes to it (the WebSocket
-API's `userDataStream.subscribe.signature`), a fill included; and the listen-key stream Binance also offers. Real
-parts: the gateway's aiohttp app on a free loopback port, ccxt.pro's real client, aiohttp's real WebSocket client."""
+API's `userDataStream.subscribe.signature`), a fill included, and every fill of a burst pushed with none held back;
+and the listen-key stream Binance also offers. Real parts: the gateway's aiohttp app on a free loopback port,
+ccxt.pro's real client, aiohttp's real WebSocket client."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 from typing import Any
 
 import aiohttp
 import ccxt
 import pytest
-from binance_helpers import BINANCE_KEY, binance, binance_gateway, binance_pro
+from binance_helpers import BINANCE_KEY, BINANCE_SECRET, binance, binance_gateway, binance_pro
 
-from trading_ops.paper.gateway.binance.dialect import STREAM_PATH
+from trading_ops.paper.gateway.binance.dialect import STREAM_PATH, WS_API_PATH
 
 MOVING = {"volatility": 0.001}  # the market moves at each tick the test makes (none by itself: tick_interval 3600)
 
@@ -172,3 +175,36 @@ async def _markets(base: str) -> dict[str, Any]:
         return await loader.load_markets()
     finally:
         await loader.close()
+
+
+BURST = 8
+
+
+async def test_every_fill_of_a_burst_is_pushed_on_the_user_stream_before_a_later_answer_on_its_socket() -> None:
+    """The gateway holds no execution report back: a burst of market orders placed over REST, then a `ping` on the
+    user stream's socket; every fill's TRADE report comes before the ping's answer (the socket sends in order, and each
+    report was queued while its order was placed), the last fill's included. Read with aiohttp's own WebSocket client,
+    so that nothing of a client library's stands between the gateway and what it sent."""
+    async with binance_gateway() as (_gw, dialect, base), aiohttp.ClientSession() as session:
+        url = "ws" + base.removeprefix("http") + WS_API_PATH
+        async with session.ws_connect(url) as ws:
+            params = {"apiKey": BINANCE_KEY, "timestamp": str(dialect.now_ms())}
+            payload = "&".join(f"{k}={params[k]}" for k in sorted(params))
+            signature = hmac.new(BINANCE_SECRET.encode(), payload.encode(), hashlib.sha256).hexdigest()
+            request = {"id": "sub", "method": "userDataStream.subscribe.signature"}
+            await ws.send_json({**request, "params": {**params, "signature": signature}})
+            assert (await asyncio.wait_for(ws.receive_json(), 10))["status"] == 200
+            ex = binance(base)
+            try:
+                placed = [str((await ex.create_order("ETH/USD", "market", "buy", 0.1))["id"]) for _ in range(BURST)]
+                await ws.send_json({"id": "after-the-burst", "method": "ping"})
+                filled, trades = [], []
+                while (message := await asyncio.wait_for(ws.receive_json(), 10)).get("id") != "after-the-burst":
+                    event = message["event"]
+                    if event["e"] == "executionReport" and event["x"] == "TRADE":
+                        filled.append(str(event["i"]))
+                        trades.append(str(event["t"]))
+                assert filled == placed  # one fill each, in the order placed, none held back
+                assert trades == [t["id"] for t in await ex.fetch_my_trades("ETH/USD")]  # the venue's every trade
+            finally:
+                await ex.close()

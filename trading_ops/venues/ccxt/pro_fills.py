@@ -8,6 +8,15 @@ orders by the first item's `exec_type` (a trade behind an order event in one mes
 reads an order's client id from `order_userref` rather than `cl_ord_id`, and passes a resubscribe's repeated trade
 snapshot on as new trades. So Kraken keeps KrakenStream; this path is for the venues ccxt.pro streams and we do not.
 
+A trade that arrives while no watch waits is handed on at once all the same. Stock ccxt.pro (4.5.90) wakes a watch only
+for a message that arrives while it waits: `Client.resolve` finds no future for a trade handled between two watches
+(ProFills was handing the last one on, or the next watch was still subscribing), so the trade sits in the client's
+`myTrades` cache and the next watch returns it only with the next trade, which may be minutes away or never come; the
+last fill of a burst was then late, delivered by the REST poll first, and the channel could be judged silent. So
+ProFills takes what the cache holds that it has not handed on (by symbol and trade id) before each watch, and again
+while the watch waits: at each account event of a hooked client (Binance's), every CACHE_LOOK_SECONDS otherwise. The
+watch's answer later repeats nothing it handed on.
+
 What it keeps of the streaming broker: each fill delivered once, whichever of the stream and the REST poll saw it
 first (FillFeed, by execution id), a REST reconciliation after every new socket, and the stream's health on the same
 families (`tradingbot_stream_*`, endpoint `private`, channel `executions`). ccxt.pro has no channel clock and no
@@ -30,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,11 +51,16 @@ from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.resync import Backoff, SilentChannels
 from trading_ops.tasks import stop_tasks
 from trading_ops.venues.ccxt.kraken_stream import WATCH_SECONDS
-from trading_ops.venues.ccxt.pro import watch_or_kick
 
 LOG = logging.getLogger(__name__)
 ENDPOINT = "private"
 CHANNEL = "executions"
+# Trade ids handed on and remembered, to hand none on twice: far more than ccxt.pro's trade cache keeps (its
+# `tradesLimit`, 1000 by default).
+REMEMBERED_TRADES = 10_000
+# How often the trade cache is looked at while a watch waits, for a client that does not tell of each account event
+# (a hooked one wakes the look at each): a trade ccxt.pro took in while its watch was still subscribing waits no longer.
+CACHE_LOOK_SECONDS = 1.0
 
 
 class ProFills:
@@ -76,10 +91,13 @@ class ProFills:
         self._current: Any = None  # ccxt.pro's client of the current socket
         self.silent_since: float | None = None  # found silent at (monotonic), until heard again
         self._lapsed = False  # subscribing again (ended by the venue, silent, asked): reconcile once it is held
+        self._handed: OrderedDict[tuple[Any, Any], None] = OrderedDict()  # trades handed on (symbol, id), oldest first
+        self._watch: asyncio.Future[Any] | None = None  # the watch of the account's trades, kept across looks
+        self._stirred = asyncio.Event()  # an account event came (a hooked client's): the trade cache is looked at
         # a client that tells of every account event and of its subscription's end (binance_pro.UserStreamBinance)
         self.hooked = hasattr(pro, "on_user_event") and hasattr(pro, "on_subscription")
         if self.hooked:
-            pro.on_user_event = self._heard
+            pro.on_user_event = self._event
             pro.on_subscription = self._subscription
 
     def streaming(self) -> bool:
@@ -118,20 +136,72 @@ class ProFills:
                     except Exception:  # the consumer's failure is not the stream's: the REST poll brings it
                         LOG.exception("stream %s: the consumer of a trade failed", ENDPOINT)
         finally:
+            self._drop_watch()
             await stop_tasks(self._tasks)
 
     async def _next(self) -> list[dict[str, Any]] | None:
-        """The trades of the next message (None when the subscription is to be made again meanwhile)."""
+        """The trades not yet handed on: those ccxt.pro took in while no watch waited, else those of the watch's next
+        message. None when there is nothing yet (look again), or the subscription is to be made again meanwhile."""
         if self._kick.is_set():
             self._kick.clear()
+            self._drop_watch()
             self._forget()
-        watch = await watch_or_kick(self.pro.watch_my_trades(), self._kick, None)
-        if watch is None or watch.cancelled():
+        # Looked at and the watch's wake-up cleared in one step: an event after it wakes the wait below.
+        held = self._unhanded(getattr(self.pro, "myTrades", None) or [], cached=True)
+        self._stirred.clear()
+        if held:
+            return held  # the watch (if any) stays: what it returns later, it returns without these
+        if self._watch is None:
+            self._watch = asyncio.ensure_future(self.pro.watch_my_trades())
+        watch = self._watch
+        waits = [asyncio.ensure_future(self._kick.wait()), asyncio.ensure_future(self._stirred.wait())]
+        try:
+            await asyncio.wait([watch, *waits], timeout=CACHE_LOOK_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if not watch.done():
+            return None  # kicked, an account event, or a while: the cache first again
+        self._watch = None
+        if watch.cancelled():
             return None
         exc = watch.exception()
         if exc is not None:
             raise exc
-        return list(watch.result() or [])
+        return self._unhanded(watch.result() or [])
+
+    def _drop_watch(self) -> None:
+        """The watch given up (the subscription is made again, or the stream stops); an error it ended with read."""
+        watch, self._watch = self._watch, None
+        if watch is None:
+            return
+        if watch.done() and not watch.cancelled():
+            watch.exception()
+        watch.cancel()
+
+    def _unhanded(self, trades: Any, *, cached: bool = False) -> list[dict[str, Any]]:
+        """Those of `trades` (oldest first) not handed on yet, now counted as handed on. A trade without an id cannot be
+        told apart: a watch's is handed on, a cached one left to its watch."""
+        new = []
+        for raw in list(trades):
+            # By symbol and id, as ccxt.pro's cache keeps them: Binance numbers each symbol's trades on its own.
+            key = (raw.get("symbol"), raw["id"]) if isinstance(raw, dict) and raw.get("id") is not None else None
+            if key is None:
+                if not cached:
+                    new.append(raw)
+                continue
+            if key in self._handed:
+                continue
+            self._handed[key] = None
+            if len(self._handed) > REMEMBERED_TRADES:
+                self._handed.popitem(last=False)
+            new.append(raw)
+        return new
+
+    def _event(self) -> None:
+        """A hooked client handled an account event: the channel spoke, and a trade may wait in its cache."""
+        self._heard()
+        self._stirred.set()
 
     def _heard(self) -> None:
         """The channel spoke (a trade, or any account event of a hooked client): its clock, and its silence over."""

@@ -17,8 +17,13 @@ What it does that a bare ccxt call does not:
   for each new trade, then `on_order` for each order whose state changed (one that left the open list is looked
   up for its final state); another polls tickers (`quote_interval`) and calls `on_quote` for every symbol the
   answer quotes: a successful poll is fresh data, even on a quiet market whose bid and ask did not move (Kraken's
-  ticker has no timestamp to tell otherwise); a symbol the venue stops quoting goes stale. A channel goes down
-  when a call on it fails for a network reason and up again at its next success (`on_connection` each time).
+  ticker has no timestamp to tell otherwise); a symbol the venue stops quoting goes stale, and so does one whose
+  ticker comes back as it was at the last poll, its time, bid and ask unchanged (Binance's 24-hour ticker keeps
+  answering a market that makes no data, with its last values and `closeTime`: the same ticker again is no news).
+  Only an unchanged time is old news, not an earlier one (a venue's clock may step back, and its ticker is then still
+  its latest), nor an unchanged time with a bid or ask that moved (a venue that stamps its ticker with the last trade).
+  A channel goes down when a call on it fails for a network reason and up again at its next success
+  (`on_connection` each time).
 - A session (connect, reconnect) starts as a careful client's does: the venue's status (`fetch_status`: one in
   maintenance is "unavailable"), then its markets, loaded again. `resubscribe` is what subscribing means to a
   polling client: the markets loaded again (the venue's current listing of the pairs), then a fresh ticker.
@@ -197,6 +202,7 @@ class CcxtBroker(Broker):
         # The last balance answer, reused within a poll's callbacks and (with a call budget) while nothing changed.
         self.balance_cache = BalanceCache(reuse_unchanged=call_budget is not None)
         self._changes = 0  # submits, cancels and fills delivered: answers older than the last are stale
+        self._tickers: dict[str, tuple[Any, Decimal, Decimal]] = {}  # by symbol: its last ticker's time, bid, ask
         self._delivering = False  # a poll is handing its events to the callbacks
         # The account's trades (kept with a call budget: recent_fills fetches only what it does not hold).
         self.history = TradeHistory(
@@ -745,7 +751,11 @@ class CcxtBroker(Broker):
             bid, ask = decimal(ticker.get("bid")), decimal(ticker.get("ask"))
             if bid is None or ask is None:
                 continue  # not quoted: no news is stale news
-            at = ms_time(ticker.get("timestamp")) or datetime.now(UTC)
+            stamp = ticker.get("timestamp")
+            if stamp is not None and self._tickers.get(symbol) == (stamp, bid, ask):
+                continue  # the ticker of the last poll again: the venue's data did not move
+            self._tickers[symbol] = (stamp, bid, ask)
+            at = ms_time(stamp) or datetime.now(UTC)
             if self._events.on_quote is not None:
                 await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
 

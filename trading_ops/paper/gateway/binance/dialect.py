@@ -71,19 +71,26 @@ class BinanceDialect:
         )
         self.weights = weights or WeightLimiter(weight_limit, clock=clock)
         self.auth = BinanceAuth(keys, self.now_ms)
-        self.market = Market(self.symbols, self.weights, self.now_ms)
+        # A pair whose feed stopped (stale_market_data, the gateway's fault) keeps its last data and time.
+        self.market = Market(self.symbols, self.weights, self.now_ms, feed_stopped=gateway.faults.stale)
         self.users = UserStreams(self.auth, self.weights, self.now_ms)
         self.trading = Trading(self.symbols, self.market, self.now_ms, self._order_faults)
         self.rest = RestApi(
             gateway.accounts, self.auth, self.weights, self.market, self.trading, self.users, gateway.faults
         )
-        self.streams = MarketStreams(self.symbols.by_id)
+        self.streams = MarketStreams(self.symbols.by_id, on_subscribe=self._subscribed)
         self.reports = ExecutionReports(self.symbols)
         self._task: asyncio.Task[None] | None = None
 
     def now_ms(self) -> int:
         """The server's clock in milliseconds (moved by the clock-drift fault)."""
         return int(self.clock() * 1000) + self.faults.drift_ms
+
+    async def _subscribed(self, ids: list[str]) -> None:
+        """A market stream of these symbols (ids in lower case) was subscribed: their stale_market_data ends, as a new
+        subscription on Kraken's WebSocket ends it."""
+        by_id = {sym.id.lower(): sym.symbol for sym in self.symbols.by_symbol.values()}
+        await self.gateway.faults.end_stale([by_id[i] for i in ids if i in by_id])
 
     def _order_faults(self) -> None:
         self.faults.check_order()

@@ -1,6 +1,12 @@
 """The Binance dialect's public market: each symbol's last quote, its book with update ids, its public trades (every
 account's fills, as the taker saw them) and its 24-hour statistics; the public REST endpoints that read them, and
-the market-stream events each change makes (`<symbol>@depth@100ms`, `@trade`, `@ticker`, `@bookTicker`)."""
+the market-stream events each change makes (`<symbol>@depth@100ms`, `@trade`, `@ticker`, `@bookTicker`).
+
+A symbol whose feed stopped (the gateway's stale_market_data) is a market that makes no data, as Binance's are in
+BREAK (its "market data generated?" no) and once delisted: its tickers still answer, with what they last had. Its
+book, best bid and ask and price stay where the feed left them, and its 24-hour statistics are those of its last
+quote, `closeTime` included, so a client that reads the time sees the data did not move (ccxt's ticker `timestamp`);
+bookTicker and price carry no time. Its public trades go on (orders still fill while the data is stale)."""
 
 from __future__ import annotations
 
@@ -44,12 +50,20 @@ class Market:
     """What the market streams and the public endpoints show, kept from the main venue's quotes and every account's
     fills; `now_ms` the server's clock."""
 
-    def __init__(self, symbols: Symbols, weights: WeightLimiter, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        symbols: Symbols,
+        weights: WeightLimiter,
+        now_ms: Callable[[], int],
+        feed_stopped: Callable[[str], bool] = lambda _symbol: False,
+    ) -> None:
         self.symbols = symbols
         self.weights = weights
         self.now_ms = now_ms
+        self.feed_stopped = feed_stopped  # whether a symbol's feed stopped (the venue's symbol: BTC-USD)
         self.books = {s.id: DepthBook(s) for s in symbols.by_symbol.values()}
         self.quotes: dict[str, Quote] = {}
+        self.quoted_ms: dict[str, int] = {}  # when each symbol's last quote came, on the server's clock
         self.trades: dict[str, deque[dict[str, Any]]] = {s: deque(maxlen=MAX_TRADES) for s in self.books}
         self._mids: dict[str, deque[tuple[int, Decimal]]] = {s: deque(maxlen=MAX_HISTORY) for s in self.books}
         self._volume: dict[str, deque[tuple[int, Decimal, Decimal]]] = {
@@ -64,6 +78,7 @@ class Market:
             return []
         now = self.now_ms()
         self.quotes[sym.id] = quote
+        self.quoted_ms[sym.id] = now
         self._mids[sym.id].append((now, quote.mid.quantize(sym.tick)))
         book = self.books[sym.id]
         book.apply(quote.bid, quote.ask)
@@ -189,15 +204,23 @@ class Market:
         return [one(s) for s in (selected or self.symbols.by_symbol.values()) if s.id in self.quotes]
 
     def ticker_24hr(self, sym: Symbol) -> dict[str, Any]:
+        """The symbol's 24-hour statistics, as of now, or as of its last quote while its feed is stopped (nothing
+        after that counts, the trades its orders still make included: the statistics froze with the feed)."""
         quote = self.quote(sym)
-        now = self.now_ms()
-        mids = [m for t, m in self._mids[sym.id] if now - t <= DAY_MS] or [quote.mid.quantize(sym.tick)]
-        trades = [(q, v) for t, q, v in self._volume[sym.id] if now - t <= DAY_MS]
+        frozen = self.feed_stopped(sym.symbol) and sym.id in self.quoted_ms
+        now = self.quoted_ms[sym.id] if frozen else self.now_ms()
+
+        def within(t: int) -> bool:
+            return now - t <= DAY_MS and not (frozen and t > now)
+
+        mids = [m for t, m in self._mids[sym.id] if within(t)] or [quote.mid.quantize(sym.tick)]
+        trades = [(q, v) for t, q, v in self._volume[sym.id] if within(t)]
         volume = sum((q for q, _ in trades), Decimal(0))
         quote_volume = sum((v for _, v in trades), Decimal(0))
         last, opened = mids[-1], mids[0]
         change = last - opened
-        ids = [t["id"] for t in self.trades[sym.id] if now - t["time"] <= DAY_MS]
+        public = [t for t in self.trades[sym.id] if not (frozen and t["time"] > now)]
+        ids = [t["id"] for t in public if within(t["time"])]
         book = self.books[sym.id]
         return {
             "symbol": sym.id,
@@ -206,7 +229,7 @@ class Market:
             "weightedAvgPrice": fmt(quote_volume / volume if volume else last),
             "prevClosePrice": fmt(opened),
             "lastPrice": fmt(last),
-            "lastQty": fmt(Decimal(self.trades[sym.id][-1]["qty"]) if self.trades[sym.id] else Decimal(0)),
+            "lastQty": fmt(Decimal(public[-1]["qty"]) if public else Decimal(0)),
             "bidPrice": fmt(quote.bid),
             "bidQty": fmt(book.bids.get(quote.bid, Decimal(0))),
             "askPrice": fmt(quote.ask),

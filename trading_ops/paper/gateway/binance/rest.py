@@ -1,7 +1,10 @@
 """The Binance dialect's REST routes: `/api/v3/...` (and the few `/sapi`, `/fapi`, `/dapi` calls ccxt's stock
 `load_markets` makes), each request passing the gateway's faults, then its weight, then its security (none, an API
 key, or a signature), then its endpoint; every answer with `X-MBX-USED-WEIGHT-1M`, order placement with the order
-counts; a refusal is Binance's `{"code", "msg"}` with its HTTP status."""
+counts; a refusal is Binance's `{"code", "msg"}` with its HTTP status.
+
+A stale_market_data fault ends as on the Kraken API: by itself once its `seconds` ran out (at the next request), or
+when a client loads the markets again (`exchangeInfo` listing the pair: a polling client's new subscription)."""
 
 from __future__ import annotations
 
@@ -111,6 +114,12 @@ class RestApi:
         m, t = market, trading
         empty_info = {"timezone": "UTC", "rateLimits": [], "exchangeFilters": [], "assets": [], "symbols": []}
 
+        async def exchange_info(c: Call) -> Any:
+            answer = m.exchange_info(c.params)
+            # Listed again: what subscribing again is for a polling client (Kraken's AssetPairs does the same).
+            await gateway_faults.end_stale([m.symbols.by_id[s["symbol"]].symbol for s in answer["symbols"]])
+            return answer
+
         async def no_markets(_c: Call) -> Any:
             return {**empty_info, "serverTime": market.now_ms()}
 
@@ -155,7 +164,7 @@ class RestApi:
         self.routes: dict[tuple[str, str], Route] = {
             ("GET", "api/ping"): Route(n, _sync(m.ping)),
             ("GET", "api/time"): Route(n, _sync(m.time)),
-            ("GET", "api/exchangeInfo"): Route(n, _sync(m.exchange_info)),
+            ("GET", "api/exchangeInfo"): Route(n, exchange_info),
             ("GET", "api/depth"): Route(n, _sync(m.depth)),
             ("GET", "api/trades"): Route(n, _sync(m.recent_trades)),
             ("GET", "api/aggTrades"): Route(n, _sync(m.agg_trades)),
@@ -199,6 +208,7 @@ class RestApi:
             self.gateway_faults.reconnected(RECONNECT_METHOD)
         if self.gateway_faults.dropping(request):
             return web.Response()  # the connection is already closed: nothing is sent
+        await self.gateway_faults.end_stale(expired_only=True)
         headers: dict[str, str] = {}
         route = self.routes.get((request.method, name))
         try:

@@ -1,14 +1,15 @@
 """The Binance dialect's market streams (`/stream/ws/<stream>`, as wss://stream.binance.com:9443/ws): a client
 subscribes with `{"method": "SUBSCRIBE", "params": ["btcusd@depth@100ms"], "id": 1}` (answered `{"result": null,
 "id": 1}`) and gets each stream's events raw: `depthUpdate` diffs with update ids, `trade`, `24hrTicker`, and the
-`bookTicker` (which carries no event type)."""
+`bookTicker` (which carries no event type). The symbols of each new subscription are told to `on_subscribe` (the
+dialect ends their stale_market_data, as a subscription on Kraken's WebSocket does)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -37,8 +38,11 @@ def canonical(stream: str) -> str | None:
 class MarketStreams:
     """Every market-stream socket and the streams each subscribed to."""
 
-    def __init__(self, known_ids: Iterable[str]) -> None:
+    def __init__(
+        self, known_ids: Iterable[str], on_subscribe: Callable[[list[str]], Awaitable[None]] | None = None
+    ) -> None:
         self.known = {i.lower() for i in known_ids}
+        self.on_subscribe = on_subscribe  # the symbols (ids in lower case) of a new subscription's streams
         self._subs: dict[Socket, set[str]] = {}
         self._numbers = itertools.count(1)
         self.sent = 0  # events sent (what a test counts)
@@ -57,30 +61,37 @@ class MarketStreams:
         self._subs[sock] = subs
         sock.start()
         try:
+            await self._subscribed(list(subs))
             async for message in sock.messages():
-                self._answer(sock, subs, message)
+                await self._subscribed(self._answer(sock, subs, message))
         finally:
             self._subs.pop(sock, None)
             self._silenced.pop(sock, None)
             await sock.finish()
         return ws
 
-    def _answer(self, sock: Socket, subs: set[str], message: Any) -> None:
+    async def _subscribed(self, names: list[str]) -> None:
+        known = sorted({name.split("@")[0] for name in names} & self.known)
+        if known and self.on_subscribe is not None:
+            await self.on_subscribe(known)
+
+    def _answer(self, sock: Socket, subs: set[str], message: Any) -> list[str]:
+        """Answer one request; the streams it subscribed to."""
         if not isinstance(message, dict) or not isinstance(message.get("method"), str):
             sock.send(
                 {"error": {"code": INVALID_REQUEST, "msg": "Invalid request: request ID must be an unsigned integer"}}
             )
-            return
+            return []
         request_id = message.get("id")
         method, params = message["method"], message.get("params", [])
         if method == "LIST_SUBSCRIPTIONS":
             sock.send({"result": sorted(subs), "id": request_id})
-            return
+            return []
         if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
             sock.send(
                 {"error": {"code": INVALID_REQUEST, "msg": "Invalid request: unknown variable"}, "id": request_id}
             )
-            return
+            return []
         names = []
         for stream in params:
             name = canonical(stream) if isinstance(stream, str) else None
@@ -91,14 +102,14 @@ class MarketStreams:
                         "id": request_id,
                     }
                 )
-                return
+                return []
             names.append(name)
         if method == "SUBSCRIBE":
             if len(subs | set(names)) > MAX_STREAMS:
                 sock.send(
                     {"error": {"code": INVALID_REQUEST, "msg": "Invalid request: too many streams"}, "id": request_id}
                 )
-                return
+                return []
             subs.update(names)
             silenced = self._silenced.setdefault(sock, set())
             for name in names:  # a new subscription heals a silent stream, unless the fault is persistent
@@ -106,6 +117,7 @@ class MarketStreams:
         else:
             subs.difference_update(names)
         sock.send({"result": None, "id": request_id})
+        return names if method == "SUBSCRIBE" else []
 
     def publish(self, events: Iterable[Event]) -> None:
         for stream, event in events:
