@@ -38,7 +38,7 @@ import aiohttp
 from aiohttp import web
 
 from trading_ops import audit, http_input
-from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR
+from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR, SOURCE_RECONCILER
 from trading_ops.clients.alertmanager import AlertmanagerError
 from trading_ops.db.base import utcnow
 from trading_ops.durations import parse_duration
@@ -1068,8 +1068,10 @@ async def halt(request: web.Request, session: Session, form: dict[str, str]) -> 
     name = bot_names(app).get(bot, bot)
     target = config.reconciler.targets[bot]
     url = f"{target.url.rstrip('/')}/control/halt"
-    # The target's destructive token when it has one (target_token): halt is a destructive command.
-    headers = {"Authorization": f"Bearer {target_token(config, bot, 'halt')}", SOURCE_HEADER: SOURCE_OPERATOR}
+    # The target's destructive token when it has one (target_token): halt is a destructive command. Sent by the
+    # reconciler on the person's decision, which is audited below under their token: with a bot's single shared token
+    # it says so (its source header), or the control audit would add it again as a command sent straight to the bot.
+    headers = {"Authorization": f"Bearer {target_token(config, bot, 'halt')}", SOURCE_HEADER: SOURCE_RECONCILER}
     body = {"reason": f"emergency halt from the console by {who}: {reason}"[:500]}
     try:
         async with app[keys.SESSION].post(url, json=body, headers=headers, timeout=HALT_TIMEOUT) as resp:
