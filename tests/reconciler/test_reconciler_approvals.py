@@ -966,6 +966,12 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
         assert audit.verify(client.app[keys.LEDGER].engine).whole
         # The last stage has no next: asking is refused with one line, exit 2.
         assert main(["-c", str(config), "ramp", "promote", "paper-1", "--to", "small", "--by", "alice"]) == 2
+        # Asking again for the stage it is at, the last: one line that says so, exit 1, nothing asked.
+        assert await asyncio.to_thread(ramp, "alice", "two-pairs") == 1
+        assert last_err() == (
+            "trading-ops: ramp: not asked: paper-1 is at stage two-pairs already, its last stage: none comes after it "
+            "(two-pairs asked)"
+        )
     finally:
         await bot.stop()
 
