@@ -64,6 +64,8 @@ def test_the_mailbox_keeps_each_message_and_logs_it_in_one_line(tmp_path: Path) 
     assert len(received) == 2, out
     assert "for oncall@localhost: [pager] TradingBotDown paper-bot:9101" in received[0], out
     assert "stopped after 2 message(s)" in lines[-1], out
+    # One line per message, as the help says: aiosmtpd's own line per SMTP command is not shown.
+    assert len(lines) == 4 and "listening on" in lines[0], out
 
 
 @pytest.mark.parametrize("existing", ["empty", "a Maildir"])

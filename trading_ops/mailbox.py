@@ -16,6 +16,9 @@ from typing import Any
 
 log = logging.getLogger("trading_ops.mailbox")
 
+# aiosmtpd's own logger: a line per SMTP command at INFO (about a dozen per message); quiet but for its warnings, so
+# a message is one line of ours, unless --log-level DEBUG asks for everything.
+AIOSMTPD_LOGGER = "mail.log"
 # The largest message kept (Alertmanager's are a few kB); a larger one is refused with SMTP's 552.
 MAX_MESSAGE_BYTES = 1_000_000
 HOSTNAME = "mailbox"
@@ -76,6 +79,8 @@ async def serve(host: str, port: int, maildir: Path, started: asyncio.Event | No
     """Serve SMTP on host:port until cancelled or SIGTERM/SIGINT."""
     from aiosmtpd.smtp import SMTP
 
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger(AIOSMTPD_LOGGER).setLevel(logging.WARNING)
     handler = MaildirHandler(maildir)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(

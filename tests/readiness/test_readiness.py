@@ -583,6 +583,7 @@ def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: p
     ("argv", "message"),
     [
         (["nobody"], "readiness: unknown bot 'nobody' (known: "),
+        (["stop-drill", "ready"], "; stop-drill is an option: readiness BOT --stop-drill"),
         (["ready", "--window", "5 days"], "readiness: --window: "),
         (["ready", "--window", "30m"], "readiness: --window: must be longer than 1h"),
         (["ready", "--window", "45d"], "readiness: --window 45d is longer than Prometheus's retention (30d)"),

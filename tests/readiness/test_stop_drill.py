@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from ledger_rows import ask_approval
@@ -29,15 +30,20 @@ from trading_ops.db.base import make_engine, utcnow
 from trading_ops.db.models.ledger import Episode
 from trading_ops.paper.bot import PaperBot
 from trading_ops.reconciler.app import create_app
+from trading_ops.reconciler.control_audit import ControlAudit
+from trading_ops.reconciler.ledger import Ledger
 
 
-def commands_counted(bot: PaperBot, command: str) -> float:
+def commands_counted(bot: PaperBot, command: str, source: str | None = None) -> float:
     return sum(
         s.value
         for f in bot.inst.registry.collect()
         if f.name == "tradingbot_control_commands"
         for s in f.samples
-        if s.name.endswith("_total") and s.labels["command"] == command and s.labels["source"] != "unauthenticated"
+        if s.name.endswith("_total")
+        and s.labels["command"] == command
+        and s.labels["source"] != "unauthenticated"
+        and source in (None, s.labels["source"])
     )
 
 
@@ -136,6 +142,12 @@ async def test_the_drill_halts_flattens_and_resumes_a_paper_bot(
             (entry,) = audit.entries(engine, action="stop_drill")
             assert (entry.principal, entry.source, entry.target) == ("oncall", "127.0.0.1", "paper-1")
             assert entry.after["steps"][-1] == "halt cleared and trading resumed"
+            # The drill's commands are the reconciler's, on that person's drill: the bot counts them so, and the
+            # reconciler's pull of the bot's journal never adds them as commands an operator sent straight to it.
+            assert commands_counted(bot, "halt", source="reconciler") == 1
+            async with aiohttp.ClientSession() as session:
+                await ControlAudit(load_config(config), Ledger(engine), session).pull()
+            assert [e.action for e in audit.entries(engine, target="paper-1")] == ["stop_drill"]
             assert audit.verify(engine).whole
         finally:
             engine.dispose()

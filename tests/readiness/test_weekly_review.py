@@ -217,7 +217,7 @@ def test_a_week_without_the_bot_s_data_never_headlines_that_every_criterion_held
     config.write_text(yaml.safe_dump(data))
     assert main(["-c", str(config), "report", "weekly", "--date", LAST_DAY.isoformat()]) == 0
     out = capsys.readouterr().out
-    assert "Bot ghost (ghost:9101): not measured: no data\n" in out, out
+    assert "Bot ghost (ghost:9101): not measured: no data\n  stage by day: no data\n" in out, out
     assert "Bot steady (steady:9101): every criterion held on every day measured\n" in out, out
 
 

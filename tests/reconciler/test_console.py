@@ -491,7 +491,7 @@ def test_an_alert_opens_an_episode_and_approving_it_flattens_the_bot(browser: An
     page.goto(f"{stack.reconciler.url}/ui/approvals")
     assert stack.bot.commands() == []
     decide_in_page(page, first["id"], "approve", "desk agrees", "alice")
-    assert f'approval {first["id"]} approved by "alice" with token desk' in page.locator(".done").inner_text()
+    assert f'approval {first["id"]} approved by desk (as "alice")' in page.locator(".done").inner_text()
     assert page.locator("nav .count").count() == 0  # nothing waits any more: the navigation counts none
     # One decision covers both steps (cancel_all, then flatten): nothing more is asked.
     poll(lambda: stack.reconciler.api(f"/api/v1/episodes/{first['episode_id']}")["state"], "recovered".__eq__, "done")
@@ -517,7 +517,7 @@ def test_rejecting_pages_a_human_with_a_link_to_the_episode(browser: Any, stack:
     page = login(browser, stack, DESK_TOKEN)
     page.goto(f"{stack.reconciler.url}/ui/episodes/{asked['episode_id']}")
     decide_in_page(page, asked["id"], "reject", "the position is hedged", "dana")
-    assert 'rejected by "dana" with token desk' in page.locator(".done").inner_text()
+    assert 'rejected by desk (as "dana")' in page.locator(".done").inner_text()
     failed = held_page(stack, FAILED, episode=str(asked["episode_id"]))
     assert "the position is hedged" in failed["annotations"]["description"]
     assert failed["annotations"]["console_url"] == f"{stack.reconciler.url}/ui/episodes/{asked['episode_id']}"
@@ -588,7 +588,7 @@ def test_maintenance_windows_start_and_end(browser: Any, stack: Stack) -> None:
     assert stack.bot.state == "paused"
     item = page.locator(".list li").first
     assert "active" in item.inner_text() and "venue upgrade" in item.inner_text()
-    assert 'console: "erin" with token oncall' in item.inner_text()
+    assert 'console: oncall (as "erin")' in item.inner_text()
     silences = [s for s in stack.am.get("silences") if s["status"]["state"] == "active"]
     assert any(
         {"name": "instance", "value": stack.instance}.items() <= m.items() for s in silences for m in s["matchers"]
@@ -618,7 +618,7 @@ def test_the_emergency_halt_asks_for_confirmation_first(browser: Any, stack: Sta
     card(page, stack).locator("a.button.danger").click()
     page.fill("input[name=reason]", "runaway orders")
     page.click(f"button:has-text('Yes, halt {BOT_NAME}')")
-    assert f'{BOT_NAME} halted by "console" with token oncall' in page.locator(".done").inner_text()
+    assert f"{BOT_NAME} halted by oncall" in page.locator(".done").inner_text()
     assert stack.bot.state == "halted" and stack.bot.calls[-1] == ("halt", "destructive")
     assert "halted" in card(page, stack).locator("h2 .badge").inner_text()
     (entry,) = [e for e in stack.reconciler.api("/api/v1/audit")["entries"] if e["action"] == "halt"]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from console_client import log_in, post_form
 from engine_runs import engine_settled
 from fake_bot import FakeBot
 from paper_helpers import IdleStrategy, control, fast_config, wait_for
@@ -186,6 +187,40 @@ async def test_a_command_sent_straight_to_a_bot_is_audited_once_and_the_reconcil
         assert len(no_journal) == 2 and "has no control_events" in no_journal[0], lines
         nonsense = [line for line in lines if "paper-garbage" in line]
         assert len(nonsense) == 2 and "answered what is not JSON" in nonsense[0], lines
+    finally:
+        await bot.stop()
+
+
+async def test_the_console_s_emergency_halt_over_the_shared_token_is_audited_once_under_the_person(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str
+) -> None:
+    """The local stack's shape: the bot knows one shared control_token, which the reconciler holds for it. A person
+    halts the bot from the console: one audit entry under that person's token, never a second one saying the shared
+    token sent the halt straight to the bot (counted as operator)."""
+    bot = PaperBot(fast_config(tmp_path / "bot", partial_fill_probability=0.0), token=RECONCILER,
+                   registry=CollectorRegistry())  # fmt: skip
+    bot.strategy = IdleStrategy()  # type: ignore[assignment]
+    port = await bot.start("127.0.0.1", 0)
+    entry = {k: v for k, v in paper_entry("paper-1", port).items() if k != "destructive_token_file"}
+    config = write_config(tmp_path, migrated_sqlite, [entry])
+    data = yaml.safe_load(config.read_text())
+    write_secret(tmp_path / "secrets" / "oncall-token", ONCALL)
+    data["reconciler"]["api_tokens"] = [
+        {"name": "oncall", "scope": "destructive", "token_file": "secrets/oncall-token"}
+    ]  # fmt: skip
+    config.write_text(yaml.safe_dump(data))
+    client = await aiohttp_client(create_app(load_config(config)))
+    try:
+        sid = await log_in(client, ONCALL)
+        done = await post_form(client, f"/ui/bots/127.0.0.1:{port}/halt", sid, reason="drill of our own")
+        assert done.status == 303, await done.text()
+        await wait_for(lambda: bot.inst.state.state.value == "halted")
+        await bot.journal_writes.wait()
+        assert [c["command"] for c in bot.recovery_store.commands()] == ["halt"]
+        await client.app[keys.CONTROL_AUDIT].pull()
+        resp = await client.get("/api/v1/audit?target=paper-1", headers=READ_AUTH)
+        seen = [(e["action"], e["principal"]) for e in (await resp.json())["entries"]]
+        assert seen == [("halt", "oncall")], seen
     finally:
         await bot.stop()
 

@@ -260,19 +260,48 @@ async def test_rejected_by_cli_nothing_runs_and_a_human_is_paged(
     assert f"approval {pending['id']} rejected by desk (approvers: -)" in capsys.readouterr().out
     done = await episode(client, "escalated")
     assert fake_bot.commands() == []
-    assert 'rejected by "dana" with token desk' in done["detail"]
+    assert 'rejected by desk (as "dana")' in done["detail"]
     page = await held_page(alertmanager, FAILED, instance=instance)
-    assert 'rejected by "dana" with token desk' in page["annotations"]["description"]
+    assert 'rejected by desk (as "dana")' in page["annotations"]["description"]
     assert "position is hedged" in page["annotations"]["description"]
     # Decided once: a second answer is one line, exit 1.
     assert await cli_decide(config, client, "approve", str(pending["id"]), "--reason", "oops", "--as", "erin") == 1
     # (The app's own log lines share this stderr since main() set up logging: the CLI's is the last.)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops: ")][-1]
-    assert (
-        err.startswith("trading-ops: reconciler approve: approval") and 'is rejected by "dana" with token desk' in err
-    )
+    assert err.startswith("trading-ops: reconciler approve: approval") and 'is rejected by desk (as "dana")' in err
     # Nor may anyone decide under the requester's name.
     assert client.app[keys.METRICS].approval_decisions.labels("rejected")._value.get() == 1
+
+
+async def test_a_decision_without_a_typed_name_names_its_principal_on_every_surface(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Approved with the desk's token and no --as (as the docs run it): the listing, the episode's history, the
+    console and a later refusal each say the desk decided, the principal first, never an empty typed name."""
+    instance = f"bot-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, migrated_sqlite, fake_bot, alertmanager.url, FLATTEN, bot_instance=instance)
+    client = await aiohttp_client(create_app(load_config(config)))
+    await client.post("/api/v1/alertmanager", json=flatten_alert(alertmanager, instance=instance), headers=AUTH)
+    pending = await one_pending(client)
+    assert await cli_decide(config, client, "approve", str(pending["id"]), "--reason", "flatten it") == 0
+    assert f"approval {pending['id']} approved by desk (approvers: desk)" in capsys.readouterr().out
+    done = await episode(client, "recovered")
+    assert cli(config, "approvals") == 0
+    listed = capsys.readouterr().out
+    assert f"{pending['id']}  executed" in listed and " by desk: flatten it  asked by " in listed, listed
+    assert '""' not in listed
+    assert cli(config, "history", str(done["id"])) == 0
+    assert "; approved by desk at " in capsys.readouterr().out
+    assert await cli_decide(config, client, "reject", str(pending["id"]), "--reason", "too late") == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trading-ops: ")][-1]
+    assert f"approval {pending['id']} is executed by desk at " in err, err
+    text = await console_page(client, READ_TOKEN, "/ui/approvals")
+    assert ' by <span class="token">desk</span>: flatten it' in text, text
 
 
 async def page_ended(am: Alertmanager, alertname: str, **labels: str) -> None:
@@ -321,7 +350,7 @@ async def test_the_approval_page_ends_with_the_decision(
     assert shown[at + 1].startswith(
         f"    {pending['id']}  executed   step 1: bot command=cancel_all, then bot command=flatten  asked "
     )
-    assert shown[at + 1].endswith(": looked at it") and '; approved by "alice" with token desk at ' in shown[at + 1]
+    assert shown[at + 1].endswith(": looked at it") and '; approved by desk (as "alice") at ' in shown[at + 1]
     assert not shown[at + 2].startswith("    "), shown  # one decision for both steps
 
 
@@ -724,7 +753,7 @@ async def test_a_reconciler_restarted_with_a_changed_playbook_asks_again_under_i
     assert fake_bot.commands() == ["flatten"]
     assert cli(config, "approvals", "--status", "executed") == 0
     listed = capsys.readouterr().out
-    assert f"{new[0]['id']}  executed" in listed and 'by "lena" with token desk: ok' in listed
+    assert f"{new[0]['id']}  executed" in listed and 'by desk (as "lena"): ok' in listed
 
 
 # The shipped rule that takes a bot to its next ramp stage once a person approved it (trading-ops ramp promote).
@@ -937,6 +966,12 @@ async def test_a_paper_bot_ramps_through_two_stages_each_on_a_persons_approval_b
         assert audit.verify(client.app[keys.LEDGER].engine).whole
         # The last stage has no next: asking is refused with one line, exit 2.
         assert main(["-c", str(config), "ramp", "promote", "paper-1", "--to", "small", "--by", "alice"]) == 2
+        # Asking again for the stage it is at, the last: one line that says so, exit 1, nothing asked.
+        assert await asyncio.to_thread(ramp, "alice", "two-pairs") == 1
+        assert last_err() == (
+            "trading-ops: ramp: not asked: paper-1 is at stage two-pairs already, its last stage: none comes after it "
+            "(two-pairs asked)"
+        )
     finally:
         await bot.stop()
 

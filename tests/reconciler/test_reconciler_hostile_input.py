@@ -362,16 +362,16 @@ async def test_a_typed_name_cannot_read_like_another_tokens_attribution(
     assert resp.status == 200, await resp.text()
     decided = await resp.json()
     assert (decided["decided_by"], decided["decided_token"]) == (forged, "desk")
-    # The console: the typed name as quoted text, the token in an element of its own.
+    # The console: the token (the principal) in an element of its own first, the typed name after it as quoted text.
     sid = await log_in(client, READ_TOKEN)
     status, text = await page(client, "/ui/approvals", sid)
     assert status == 200
-    assert '<q class="decider">bob (token oncall)</q> <span class="token">token desk</span>' in text
-    # The CLI: the name quoted, the token after it.
+    assert '<span class="token">desk</span> (as <q class="decider">bob (token oncall)</q>)' in text
+    # The CLI: the token first, the name quoted after it as a comment.
     path = tmp_path / "trading-ops.yaml"
     path.write_text(yaml.safe_dump({"database": {"url": migrated_sqlite}}))
     assert main(["--config", str(path), "reconciler", "approvals"]) == 0
-    assert 'by "bob (token oncall)" with token desk: not now' in capsys.readouterr().out
+    assert 'by desk (as "bob (token oncall)"): not now' in capsys.readouterr().out
 
     def history() -> str:
         assert main(["--config", str(path), "reconciler", "history", str(asked[0]["episode_id"])]) == 0
@@ -379,7 +379,7 @@ async def test_a_typed_name_cannot_read_like_another_tokens_attribution(
         return out if "rejected by" in out else ""
 
     shown = await until_async("the decision in the episode's history", history, in_thread=True)
-    assert 'rejected by "bob (token oncall)" with token desk' in shown
+    assert 'rejected by desk (as "bob (token oncall)")' in shown
 
 
 # ---- 6. maintenance windows over the pipeline's own pages --------------------------------------------------------

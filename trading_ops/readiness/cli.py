@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from trading_ops.readiness.verdict import Verdict
 
 EXIT_READY, EXIT_NOT_READY = 0, 1
+# Actions of this command written as a word where an option is meant (`readiness stop-drill BOT`, an older form some
+# notes still give): the refusal of the "bot" says which option it is.
+ACTIONS_AS_OPTIONS = {"stop-drill": "--stop-drill", "stop_drill": "--stop-drill", "record": "--record"}
 # Longest reason of a live start request (what the reconciler takes).
 REASON_MAX = 500
 
@@ -68,7 +71,9 @@ def resolve_bots(config: Config, names: list[str]) -> list[BotEntryConfig]:
     for name in names:
         if name not in known:
             listed = ", ".join(sorted(known)) or "none: the configuration has no bots: list"
-            raise UsageError(f"readiness: unknown bot {name[:64]!r} (known: {listed}){stack_hint(config)}")
+            option = ACTIONS_AS_OPTIONS.get(name)
+            hint = f"; {name} is an option: readiness BOT {option}" if option else stack_hint(config)
+            raise UsageError(f"readiness: unknown bot {name[:64]!r} (known: {listed}){hint}")
         if known[name] not in chosen:
             chosen.append(known[name])
     return chosen

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from trading_ops.bot.control import SOURCE_HEADER, SOURCE_RECONCILER
 from trading_ops.config import BotEntryConfig, Config, resolve_secret
 
 # How long the bot may take to be flat after `flatten` (its market orders filled) before the drill fails.
@@ -121,7 +122,10 @@ async def run_drill(config: Config, bot: BotEntryConfig, deadline: float = FLAT_
             secret = destructive if name in DESTRUCTIVE else token
             url = f"{bot.url.rstrip('/')}/control/{name}"
             try:
-                headers = {"Authorization": f"Bearer {secret}"}
+                # Sent by the reconciler, on the drill a person asked (its audit entry, under that person's token):
+                # the bot counts them as the reconciler's, so its control audit never shows them as a command someone
+                # sent straight to the bot.
+                headers = {"Authorization": f"Bearer {secret}", SOURCE_HEADER: SOURCE_RECONCILER}
                 async with session.post(url, json=args or {}, headers=headers) as response:
                     body = await response.json(content_type=None)
                     if response.status != 200:

@@ -254,7 +254,11 @@ def _show(value: float | None, unit: str) -> str:
 
 
 def _stages(stages: list[float | None]) -> str:
-    if not stages or all(s in (None, 0) for s in stages):
+    """The stage at each day's end; "no ramp" only where the bot said so (its stage 0), "no data" where no day has
+    one (a bot never scraped that week is not a bot without a ramp)."""
+    if all(s is None for s in stages):
+        return "no data"
+    if all(s in (None, 0) for s in stages):
         return "no ramp"
     return " ".join("-" if s is None else f"{s:g}" for s in stages)
 

@@ -73,11 +73,20 @@ OLDEST_HELP = "How long the oldest approval still waiting for a decision has wai
 
 
 def attribution(name: str | None, token: str | None) -> str:
-    """Who decided, as every view shows it (the console's log lines, `reconciler history`, the CLI): the typed name
-    quoted (JSON's quoting: whatever it says stays inside its quotes) and the token it came with, or the CLI's
-    database access. `"bob (token oncall)" with token read` cannot pass for bob of token oncall."""
+    """Who decided, as every view shows it (the console's log lines, `reconciler history`, the CLI): the principal, the
+    token that authenticated the decision, first; a name typed beside it (`--as`, "by") only as a comment after it,
+    quoted (JSON's quoting: whatever it says stays inside its quotes): `desk (as "alice")` cannot pass for alice, nor
+    `read (as "bob (token oncall)")` for bob of token oncall. Without a token (a decision of the CLI's old database
+    access), the typed name quoted and `(CLI)`."""
     quoted = json.dumps(name or "", ensure_ascii=False)
-    return f"{quoted} with token {token}" if token else f"{quoted} (CLI)"
+    if not token:
+        return f"{quoted} (CLI)"
+    return f"{token} (as {quoted})" if name else token
+
+
+def was_decided(row: dict[str, Any]) -> bool:
+    """Whether a person decided the approval `row`: a principal (its token) or, on an old row, a typed name."""
+    return bool(row.get("decided_token") or row.get("decided_by"))
 
 
 class _DecidedMeanwhile(Exception):
@@ -197,7 +206,7 @@ def _refusal(row: dict[str, Any], who: str, version: str, now: datetime) -> Refu
     when they may."""
     approval_id = row["id"]
     if row["status"] != PENDING:
-        by = f" by {attribution(row['decided_by'], row.get('decided_token'))}" if row["decided_by"] else ""
+        by = f" by {attribution(row['decided_by'], row.get('decided_token'))}" if was_decided(row) else ""
         at = f" at {row['decided_at'].isoformat()}" if row["decided_at"] else ""
         return Refusal(409, f"approval {approval_id} is {row['status']}{by}{at}: nothing to decide")
     if row["episode_state"] in CLOSED_STATES or row["episode_state"] not in OPEN_STATES:

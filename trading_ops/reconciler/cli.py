@@ -636,7 +636,14 @@ def _register_approvals(inner: Any) -> None:
 
 
 def approvals_list(args: argparse.Namespace, config: Config) -> int:
-    from trading_ops.reconciler.approvals import ApprovalStore, approval_json, approvers_of, attribution, requester_of
+    from trading_ops.reconciler.approvals import (
+        ApprovalStore,
+        approval_json,
+        approvers_of,
+        attribution,
+        requester_of,
+        was_decided,
+    )
 
     ledger = _ledger(config)
     try:
@@ -651,7 +658,7 @@ def approvals_list(args: argparse.Namespace, config: Config) -> int:
         return EXIT_OK
     for r in rows:
         who = attribution(r["decided_by"], r.get("decided_token"))
-        decided = f" by {who}: {r['reason']}" if r.get("decided_token") or r["decided_by"] else ""
+        decided = f" by {who}: {r['reason']}" if was_decided(r) else ""
         approvers = ", ".join(approvers_of(r)) or "none yet"
         decided += f"  asked by {requester_of(r)}, approvers {approvers} (of {r.get('required', 1)} other)"
         print(

@@ -38,7 +38,7 @@ import aiohttp
 from aiohttp import web
 
 from trading_ops import audit, http_input
-from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR
+from trading_ops.bot.control import SOURCE_HEADER, SOURCE_OPERATOR, SOURCE_RECONCILER
 from trading_ops.clients.alertmanager import AlertmanagerError
 from trading_ops.db.base import utcnow
 from trading_ops.durations import parse_duration
@@ -54,6 +54,7 @@ from trading_ops.reconciler.approvals import (
     approvers_of,
     attribution,
     requester_of,
+    was_decided,
 )
 from trading_ops.reconciler.console_text import (
     absolute,
@@ -448,8 +449,8 @@ def action(scope: str, what: str, act: Act) -> Callable[[web.Request], Awaitable
 
 
 def typed_name(form: dict[str, str]) -> str:
-    """The optional name a person gave (`by`), as free text."""
-    return " ".join(form.get("by", "").split())[: DECIDER_MAX - 80] or "console"
+    """The optional name a person gave (`by`), as free text: a comment beside the session's token, "" for none."""
+    return " ".join(form.get("by", "").split())[: DECIDER_MAX - 80]
 
 
 def console_principal(request: web.Request, session: Session) -> tuple[str, str]:
@@ -458,7 +459,7 @@ def console_principal(request: web.Request, session: Session) -> tuple[str, str]
 
 
 def decider(session: Session, form: dict[str, str]) -> str:
-    """Who decided or acted, in one line: the name given, quoted, and the session's token apart (attribution)."""
+    """Who decided or acted, in one line: the session's token, a name typed beside it only as a comment."""
     return attribution(typed_name(form), session.token.name)
 
 
@@ -760,7 +761,7 @@ def approval_card(
         arguments = row["arguments"]
     decided = (
         f"<dt>Decided</dt><dd>{deciders(row)} at {when(row['decided_at'], now)}: {h(row['reason'])}</dd>"
-        if row["decided_by"]
+        if was_decided(row)
         else ""
     )
     forms = ""
@@ -875,15 +876,18 @@ async def episode(request: web.Request, session: Session) -> web.StreamResponse:
 
 
 def deciders(row: dict[str, Any]) -> str:
-    """Who decided an approval, the typed name and the token apart: the name as quoted text, the token in its own
-    element (the CLI's decisions have none)."""
-    token = row.get("decided_token")
-    via = f'<span class="token">token {h(token)}</span>' if token else '<span class="token">the CLI</span>'
-    return f'<q class="decider">{h(row["decided_by"])}</q> {via}'
+    """Who decided an approval: the principal (the token that authenticated it) first, in its own element; a name
+    typed beside it only after it, as quoted text (approvals.attribution). An old decision of the CLI's database
+    access has no token: its typed name and "the CLI"."""
+    token, typed = row.get("decided_token"), row.get("decided_by")
+    if not token:
+        return f'<q class="decider">{h(typed or "")}</q> <span class="token">the CLI</span>'
+    comment = f' (as <q class="decider">{h(typed)}</q>)' if typed else ""
+    return f'<span class="token">{h(token)}</span>{comment}'
 
 
 def decided_row(row: dict[str, Any], now: datetime | None = None) -> str:
-    who = f" by {deciders(row)}: {h(row['reason'])}" if row["decided_by"] else ""
+    who = f" by {deciders(row)}: {h(row['reason'])}" if was_decided(row) else ""
     return (
         f'<li class="row" id="approval-{row["id"]}"><strong>#{row["id"]}</strong> {badge(row["status"])} '
         f'<a href="{PREFIX}/episodes/{row["episode_id"]}">episode #{row["episode_id"]}</a> · step '
@@ -1064,8 +1068,10 @@ async def halt(request: web.Request, session: Session, form: dict[str, str]) -> 
     name = bot_names(app).get(bot, bot)
     target = config.reconciler.targets[bot]
     url = f"{target.url.rstrip('/')}/control/halt"
-    # The target's destructive token when it has one (target_token): halt is a destructive command.
-    headers = {"Authorization": f"Bearer {target_token(config, bot, 'halt')}", SOURCE_HEADER: SOURCE_OPERATOR}
+    # The target's destructive token when it has one (target_token): halt is a destructive command. Sent by the
+    # reconciler on the person's decision, which is audited below under their token: with a bot's single shared token
+    # it says so (its source header), or the control audit would add it again as a command sent straight to the bot.
+    headers = {"Authorization": f"Bearer {target_token(config, bot, 'halt')}", SOURCE_HEADER: SOURCE_RECONCILER}
     body = {"reason": f"emergency halt from the console by {who}: {reason}"[:500]}
     try:
         async with app[keys.SESSION].post(url, json=body, headers=headers, timeout=HALT_TIMEOUT) as resp:

@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from trading_ops.reconciler.approvals import attribution
+from trading_ops.reconciler.approvals import attribution, was_decided
 from trading_ops.reconciler.ledger import OPERATOR_OUTCOMES, episode_json
 
 COLUMNS = ("ID", "STATE", "ALERT", "TARGET", "RULE", "STARTS AT", "ATTEMPTS", "DETAIL")
@@ -165,7 +165,7 @@ def _approval_lines(approvals: list[dict[str, Any]]) -> list[str]:
     for a in sorted(approvals, key=lambda row: row["id"]):
         asked = _when(a["requested_at"])
         line = f"    {a['id']}  {a['status']:<10} step {a['position'] + 1}: {a['step_name']}  asked {asked}"
-        if a["decided_by"]:
+        if was_decided(a):
             decision = "rejected" if a["status"] == "rejected" else "approved"
             who = attribution(a["decided_by"], a.get("decided_token"))
             line += f"; {decision} by {who} at {_when(a['decided_at'])}: {a['reason'] or '-'}"

@@ -75,8 +75,13 @@ async def _checked(app: web.Application, bot_name: str, stage: str) -> Asked | t
     at_number, at_name = now_at
     if number != at_number + 1:
         names = [s.name for s in config.bot.ramp.stages]
-        then = f"its next stage is {names[at_number]}" if at_number < len(names) else "it is at the last stage"
-        return refused(409, f"not asked: {bot.name} is at stage {at_name or at_number}: {then}, not {stage}")
+        where = f"{bot.name} is at stage {at_name or at_number}"
+        if at_number >= len(names):  # at its last stage: no promotion at all, whichever stage was named
+            already = " already" if number == at_number else ""
+            why = f"{where}{already}, its last stage: none comes after it ({stage} asked)"
+        else:
+            why = f"{where}: its next stage is {names[at_number]}, not {stage}"
+        return refused(409, f"not asked: {why}")
     problem = await criteria_problem(config, app[keys.SESSION], bot, before)
     if problem is not None:
         return refused(409, f"not asked: {problem}")
