@@ -191,7 +191,24 @@ async def test_kill_9_while_orders_work_then_restart_reconciles_exactly_the_dama
         startup = [r for r in runs if r.trigger == "startup"][-1]
         assert startup.result == "resolved"
         found = await bot.journal.call(bot.recovery_store.discrepancies, startup.id)
-        assert {(d.kind, d.key) for d in found} == expected
+        kinds = {(d.kind, d.key) for d in found}
+        assert kinds <= expected, kinds - expected
+        # An order's state alone may be settled before the run by the venue's own events, delivered once the broker
+        # connects (an order whose answer the kill lost, acknowledged or filled since): then the journal agrees with
+        # the venue, and the run has nothing to say of it. Nothing else is left to an event.
+        settled = expected - kinds
+        assert {kind for kind, _ in settled} <= {"order_state_mismatch"}, settled
+
+        async def agrees() -> bool:
+            keys = [key for _, key in settled]
+            journal = {o.client_order_id: o for o in await bot.journal.call(bot.journal.orders_by_client_id, keys)}
+            venue = {o.key: o for o in bot.paper_venue.book.orders.values()}
+            return all(
+                (journal[k].status, journal[k].filled_quantity) == (venue[k].status.value, venue[k].filled_quantity)
+                for k in keys
+            )
+
+        await wait_for(agrees)
         outcome = {"missing_fill": "adopted", "unknown_order": "canceled"}
         for d in found:
             assert d.outcome == outcome.get(d.kind, "adopted"), (d.kind, d.key, d.outcome)
