@@ -196,11 +196,11 @@ async def test_kill_9_while_orders_work_then_restart_reconciles_exactly_the_dama
         # An order's state alone may be settled before the run by the venue's own events, delivered once the broker
         # connects (an order whose answer the kill lost, acknowledged or filled since): then the journal agrees with
         # the venue, and the run has nothing to say of it. Nothing else is left to an event.
-        settled = expected - kinds
-        assert {kind for kind, _ in settled} <= {"order_state_mismatch"}, settled
+        by_events = expected - kinds
+        assert {kind for kind, _ in by_events} <= {"order_state_mismatch"}, by_events
 
         async def agrees() -> bool:
-            keys = [key for _, key in settled]
+            keys = [key for _, key in by_events]
             journal = {o.client_order_id: o for o in await bot.journal.call(bot.journal.orders_by_client_id, keys)}
             venue = {o.key: o for o in bot.paper_venue.book.orders.values()}
             return all(
