@@ -70,6 +70,27 @@ HOOK = "/api/v1/alertmanager"
 DATABASE = "trading_ops"
 # Patroni's shipped timings (docs/deployment.md; tests/patroni_cluster.py says why not shorter).
 PATRONI_DCS = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}
+# A former primary that returns (docs/deployment.md, "A returning PostgreSQL member"): killed, it may hold WAL its
+# standby never received, so its timeline forked from the promoted standby's before its own end, and PostgreSQL then
+# refuses to follow the new primary for ever ("new timeline 2 forked off current database system timeline 1 before
+# current recovery point"): the member runs, never streams, and never becomes the synchronous standby. Patroni
+# rewinds it (pg_rewind, from the new primary) and, should that fail, copies it anew.
+REJOIN_DCS = {"use_pg_rewind": True}
+REJOIN_LOCAL = {"remove_data_directory_on_rewind_failure": True, "remove_data_directory_on_diverged_timelines": True}
+# What a returning member's Patroni log says of its rejoin (Patroni's own lines and PostgreSQL's, which it logs).
+REJOIN_MARKS = (
+    "Local timeline=",
+    "primary_timeline=",
+    "primary: history=",
+    "pg_rewind",
+    "crash recovery",
+    "removing",
+    "reinitializ",
+    "bootstrap from leader",
+    "forked off",
+    "requested WAL segment",
+    "requested starting point",
+)
 SWITCH = {"timeout_seconds": 15, "refresh_interval_seconds": 5}
 # The playbook's rules the sequence needs, as packaged (cooldown 0: the same bot's faults follow each other).
 RULES = ["broker-reconnect", "bot-host-down", "bot-restart"]
@@ -143,6 +164,7 @@ class OpsHost:
     host: Host
     folder: Path
     db: Path  # Patroni's folder (the postgres user's)
+    patroni_log_start: int = 0  # where the Patroni log of its last start begins
 
     @property
     def address(self) -> str:
@@ -235,12 +257,13 @@ class Topology:
                     "maximum_lag_on_failover": 1048576,
                     "synchronous_mode": True,
                     "postgresql": {
-                        "use_pg_rewind": False,
+                        **REJOIN_DCS,
                         "use_slots": True,
                         "parameters": {"wal_level": "replica", "max_wal_senders": 8, "max_replication_slots": 8},
                     },
                 },
-                "initdb": [{"encoding": "UTF8"}, {"auth": "trust"}],
+                # Data checksums: pg_rewind needs them (or wal_log_hints), as docs/deployment.md's initdb has them.
+                "initdb": [{"encoding": "UTF8"}, {"auth": "trust"}, "data-checksums"],
                 "pg_hba": [
                     "local all all trust",
                     f"host all all {net} trust",
@@ -256,6 +279,7 @@ class Topology:
                 "pgpass": str(ops.db / "pgpass"),
                 "authentication": {"superuser": {"username": "postgres"}, "replication": {"username": "postgres"}},
                 "parameters": {"unix_socket_directories": str(ops.db), "fsync": "off"},
+                **REJOIN_LOCAL,
             },
         }
 
@@ -549,6 +573,8 @@ class Topology:
 
     def revive_ops(self, name: str) -> None:
         ops = self.ops[name]
+        log = ops.folder / "patroni.log"
+        ops.patroni_log_start = log.stat().st_size if log.exists() else 0
         ops.host.processes.clear()
         ops.host.link_up()
         self.dead.discard(name)  # alive again: a replica that exits on its way up is started again
@@ -655,8 +681,39 @@ class Topology:
                 for o in self.live()
             )
 
-        self.wait(what, whole, deadline)
+        try:
+            self.wait(what, whole, deadline)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}{self.patroni_state()}") from None
         return time.monotonic() - started
+
+    def patroni_state(self) -> str:
+        """What Patroni says of the live members (`patronictl list`) and what each did since its last start: how
+        a returning member rejoined (its timeline against the primary's, a rewind, a new copy) or why it did not."""
+        out = []
+        for ops in self.live():
+            listed = ops.host.run("patronictl", "-c", str(ops.db / "patroni.yml"), "list", timeout=30)
+            out.append(f"\n  ops-{ops.name}: patronictl list:\n{listed.stdout}{listed.stderr}")
+            out.append(f"  ops-{ops.name}'s rejoin: " + "\n    ".join(["", *self.rejoin(ops)]))
+        return "".join(out)
+
+    def rejoin(self, ops: OpsHost) -> list[str]:
+        """What ops' Patroni log says, since its last start, of how the member rejoined: its local timeline and
+        WAL position against the primary's history (a switchpoint before the local position is a fork), a rewind
+        and its result, a data directory removed and copied anew, PostgreSQL refusing the new timeline."""
+        log = ops.folder / "patroni.log"
+        if not log.exists():
+            return []
+        with open(log, "rb") as f:
+            f.seek(ops.patroni_log_start)
+            text = f.read().decode(errors="replace")
+        seen: list[str] = []
+        for line in text.splitlines():
+            if any(mark in line for mark in REJOIN_MARKS):
+                said = line.split(": ", 1)[-1].strip() if line[:4].isdigit() else line.strip()
+                if said not in seen:
+                    seen.append(said)
+        return seen[:20]
 
     def bot_watched(self) -> None:
         """The bot trading, its switch armed and its host's node exporter up, as every live Prometheus sees it."""
@@ -851,6 +908,7 @@ def run_sequence(topo: Topology) -> dict[str, Any]:
     out["stages_ops_b_dead"] = b_dead["stages"]
     topo.revive_ops("b")
     out["ops_b_back_settled_seconds"] = round(topo.settled("ops-b back: a synchronous standby again"), 1)
+    out["ops_b_back_rejoin"] = topo.rejoin(topo.ops["b"])
     topo.bot_watched()
     # Its down pages may still arrive until its alerts resolve, an evaluation and a scrape after its return.
     resolve = 2 * (topo.profile.scrape_interval or 5) + 10
@@ -891,6 +949,7 @@ def returns_and_deaths(topo: Topology, run: dict[str, Any]) -> dict[str, Any]:
 
     topo.revive_ops("a")
     out["ops_a_back_settled_seconds"] = round(topo.settled("ops-a back: ops-b's synchronous standby"), 1)
+    out["ops_a_back_rejoin"] = topo.rejoin(topo.ops["a"])
     dead["a"] = (dead["a"][0], time.monotonic() + resolve)
 
     # The bot's host returns: nothing pages for it; its host-down alerts end.
