@@ -143,6 +143,14 @@ def test_each_ops_host_killed_whole_costs_the_survivors_nothing(tmp_path: Path, 
             "ops_b_again": more["dead"]["b2"][0],
         }
         more["measured"]["pages_by_death"] = pages_by_death(topo, deaths)
+        senders = {o.address: f"am-{o.name}" for o in topo.ops.values()}
+        # The pager's every notification and the sequence's steps, in seconds from the bot host's first death.
+        steps = {**{f"{name}_killed": at for name, at in deaths.items()}, **more["events"]}
+        steps.update(bot_host_returned=more["bot_down"][0][1], bot_host_returned_again=more["bot_down"][1][1])
+        more["measured"]["steps"] = {
+            k: round(v - deaths["bot_host"], 1) for k, v in sorted(steps.items(), key=lambda i: i[1])
+        }
+        more["measured"]["pager_timeline"] = topo.pager.timeline(deaths["bot_host"], senders)
         print(json.dumps(more["measured"]))
         # The returns page nothing; the bot host's second death pages once (its orders cancelled again); the fault
         # that lost ops-b on its way is healed by ops-a's replica, once.
