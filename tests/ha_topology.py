@@ -12,8 +12,8 @@ the pager.
 
 A host is killed whole (`kill_host`: its link cut, every process in its namespace SIGKILLed) and brought back
 (`revive_host`: its link up, its etcd, Patroni, reconciler, Alertmanager and Prometheus started again on their data).
-Used by tests/deploy/test_ha_topology_e2e.py (fast profile) and benchmarks/deploy/bench_ha_topology.py (standard
-profile); `run` stages the sequence both measure and returns what it took."""
+Used by tests/deploy/test_ha_topology_e2e.py (fast and standard profiles) and benchmarks/deploy/bench_ha_topology.py
+(standard profile); `run` stages the sequence both measure and returns what it took."""
 
 from __future__ import annotations
 
