@@ -12,14 +12,15 @@ the pager.
 
 A host is killed whole (`kill_host`: its link cut, every process in its namespace SIGKILLed) and brought back
 (`revive_host`: its link up, its etcd, Patroni, reconciler, Alertmanager and Prometheus started again on their data).
-Used by tests/deploy/test_ha_topology_e2e.py (fast profile) and benchmarks/deploy/bench_ha_topology.py (standard
-profile); `run` stages the sequence both measure and returns what it took."""
+Used by tests/deploy/test_ha_topology_e2e.py (fast and standard profiles) and benchmarks/deploy/bench_ha_topology.py
+(standard profile); `run` stages the sequence both measure and returns what it took."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,27 @@ HOOK = "/api/v1/alertmanager"
 DATABASE = "trading_ops"
 # Patroni's shipped timings (docs/deployment.md; tests/patroni_cluster.py says why not shorter).
 PATRONI_DCS = {"ttl": 30, "loop_wait": 10, "retry_timeout": 10}
+# A former primary that returns (docs/deployment.md, "A returning PostgreSQL member"): killed, it may hold WAL its
+# standby never received, so its timeline forked from the promoted standby's before its own end, and PostgreSQL then
+# refuses to follow the new primary for ever ("new timeline 2 forked off current database system timeline 1 before
+# current recovery point"): the member runs, never streams, and never becomes the synchronous standby. Patroni
+# rewinds it (pg_rewind, from the new primary) and, should that fail, copies it anew.
+REJOIN_DCS = {"use_pg_rewind": True}
+REJOIN_LOCAL = {"remove_data_directory_on_rewind_failure": True, "remove_data_directory_on_diverged_timelines": True}
+# What a returning member's Patroni log says of its rejoin (Patroni's own lines and PostgreSQL's, which it logs).
+REJOIN_MARKS = (
+    "Local timeline=",
+    "primary_timeline=",
+    "primary: history=",
+    "pg_rewind",
+    "crash recovery",
+    "removing",
+    "reinitializ",
+    "bootstrap from leader",
+    "forked off",
+    "requested WAL segment",
+    "requested starting point",
+)
 SWITCH = {"timeout_seconds": 15, "refresh_interval_seconds": 5}
 # The playbook's rules the sequence needs, as packaged (cooldown 0: the same bot's faults follow each other).
 RULES = ["broker-reconnect", "bot-host-down", "bot-restart"]
@@ -87,6 +109,8 @@ class Pager:
 
     def __init__(self, host: str) -> None:
         self.arrivals: list[tuple[float, dict[str, str]]] = []
+        # Every notification, firing or resolved, with the address of the Alertmanager that sent it.
+        self.log: list[tuple[float, str, str, dict[str, str]]] = []
         self.lock = threading.Lock()
         pager = self
 
@@ -94,12 +118,10 @@ class Pager:
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 now = time.monotonic()
+                alerts = [(a["status"], {k: str(v) for k, v in a["labels"].items()}) for a in body["alerts"]]
                 with pager.lock:
-                    pager.arrivals.extend(
-                        (now, {k: str(v) for k, v in a["labels"].items()})
-                        for a in body["alerts"]
-                        if a["status"] == "firing"
-                    )
+                    pager.arrivals.extend((now, labels) for status, labels in alerts if status == "firing")
+                    pager.log.extend((now, self.client_address[0], status, labels) for status, labels in alerts)
                 self.send_response(200)
                 self.end_headers()
 
@@ -113,6 +135,17 @@ class Pager:
     def since(self, t: float, alertname: str | None = None) -> list[tuple[float, dict[str, str]]]:
         with self.lock:
             return [(at, a) for at, a in self.arrivals if at >= t and alertname in (None, a["alertname"])]
+
+    def timeline(self, start: float, senders: dict[str, str]) -> list[str]:
+        """Every notification but the Watchdog's, firing and resolved, in order: seconds from `start`, the sender (by
+        `senders`), the alert."""
+        with self.lock:
+            return [
+                f"{at - start:+.1f}s {senders.get(sender, sender)} {status} {labels['alertname']} "
+                f"{labels.get('instance', '')}{' ' + labels['channel'] if 'channel' in labels else ''}"
+                for at, sender, status, labels in self.log
+                if labels["alertname"] != "Watchdog"
+            ]
 
     def first(self, alertname: str, after: float) -> float | None:
         pages = self.since(after, alertname)
@@ -143,6 +176,8 @@ class OpsHost:
     host: Host
     folder: Path
     db: Path  # Patroni's folder (the postgres user's)
+    patroni_log_start: int = 0  # where the Patroni log of its last start begins
+    fork: dict[str, Any] = field(default_factory=dict)  # its WAL against the primary's timeline at its last return
 
     @property
     def address(self) -> str:
@@ -235,12 +270,13 @@ class Topology:
                     "maximum_lag_on_failover": 1048576,
                     "synchronous_mode": True,
                     "postgresql": {
-                        "use_pg_rewind": False,
+                        **REJOIN_DCS,
                         "use_slots": True,
                         "parameters": {"wal_level": "replica", "max_wal_senders": 8, "max_replication_slots": 8},
                     },
                 },
-                "initdb": [{"encoding": "UTF8"}, {"auth": "trust"}],
+                # Data checksums: pg_rewind needs them (or wal_log_hints), as docs/deployment.md's initdb has them.
+                "initdb": [{"encoding": "UTF8"}, {"auth": "trust"}, "data-checksums"],
                 "pg_hba": [
                     "local all all trust",
                     f"host all all {net} trust",
@@ -256,6 +292,7 @@ class Topology:
                 "pgpass": str(ops.db / "pgpass"),
                 "authentication": {"superuser": {"username": "postgres"}, "replication": {"username": "postgres"}},
                 "parameters": {"unix_socket_directories": str(ops.db), "fsync": "off"},
+                **REJOIN_LOCAL,
             },
         }
 
@@ -384,7 +421,8 @@ class Topology:
         rendered = yaml.safe_load((folder / "alertmanager.yml").read_text())
         rendered["global"] = {k: v for k, v in rendered.get("global", {}).items() if k in KEPT_GLOBAL}
         replicas = {r["name"] for r in rendered["receivers"] if r["name"].startswith("reconciler-")}
-        pager = {"name": "pager", "webhook_configs": [{"url": self.pager.url, "send_resolved": False}]}
+        # As the shipped pager's PagerDuty and e-mail: resolutions sent too.
+        pager = {"name": "pager", "webhook_configs": [{"url": self.pager.url, "send_resolved": True}]}
         rendered["receivers"] = [
             r if r["name"] in replicas else pager if r["name"] == "pager" else {"name": r["name"]}
             for r in rendered["receivers"]
@@ -549,9 +587,12 @@ class Topology:
 
     def revive_ops(self, name: str) -> None:
         ops = self.ops[name]
+        log = ops.folder / "patroni.log"
+        ops.patroni_log_start = log.stat().st_size if log.exists() else 0
         ops.host.processes.clear()
         ops.host.link_up()
         self.dead.discard(name)  # alive again: a replica that exits on its way up is started again
+        ops.fork = self.fork(ops)
         self.start_etcd(ops.host, OPS.index(name))
         self.start_ops(ops)
 
@@ -655,8 +696,66 @@ class Topology:
                 for o in self.live()
             )
 
-        self.wait(what, whole, deadline)
+        try:
+            self.wait(what, whole, deadline)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}{self.patroni_state()}") from None
         return time.monotonic() - started
+
+    def patroni_state(self) -> str:
+        """What Patroni says of the live members (`patronictl list`) and what each did since its last start: how
+        a returning member rejoined (its timeline against the primary's, a rewind, a new copy) or why it did not."""
+        out = []
+        for ops in self.live():
+            listed = ops.host.run("patronictl", "-c", str(ops.db / "patroni.yml"), "list", timeout=30)
+            out.append(f"\n  ops-{ops.name}: patronictl list:\n{listed.stdout}{listed.stderr}")
+            out.append(f"  ops-{ops.name}'s rejoin: " + "\n    ".join(["", *self.rejoin(ops)]))
+        return "".join(out)
+
+    def fork(self, ops: OpsHost) -> dict[str, Any]:
+        """A returning member's WAL as its death left it, before its Patroni starts: its timeline, the live primary's
+        switchpoint from it (the end of what the promoted standby had), and the WAL records it holds past that point
+        (pg_waldump): any is a fork, which PostgreSQL cannot follow onto the new timeline without a rewind."""
+        bin_dir, wal = Path(server_binary("pg_ctl")).parent, ops.db / "data" / "pg_wal"
+        argv = [str(bin_dir / "pg_controldata"), str(ops.db / "data")]
+        control = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False).stdout
+        found = re.search(r"Latest checkpoint's TimeLineID:\s+(\d+)", control)
+        timeline = int(found.group(1)) if found else 0
+        switchpoint = None
+        for other in (o for o in self.live() if o is not ops):
+            for history in sorted((other.db / "data" / "pg_wal").glob("*.history")):
+                for fields in (line.split() for line in history.read_text().splitlines()):
+                    if len(fields) >= 2 and fields[0] == str(timeline):
+                        switchpoint = fields[1]
+        if switchpoint is None:  # the primary's timeline is its own: nothing to fork from
+            return {"timeline": timeline, "switchpoint": None}
+        argv = [str(bin_dir / "pg_waldump"), "-p", str(wal), "-t", str(timeline), "-s", switchpoint]
+        dump = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        end = re.search(r"invalid record length at (\S+):", dump.stderr)
+        return {
+            "timeline": timeline,
+            "switchpoint": switchpoint,
+            "records_past_switchpoint": sum(line.startswith("rmgr:") for line in dump.stdout.splitlines()),
+            "wal_end": end.group(1) if end else dump.stderr.strip()[-200:],
+        }
+
+    def rejoin(self, ops: OpsHost) -> list[str]:
+        """What ops' Patroni log says, since its last start, of how the member rejoined: its local timeline and
+        WAL position against the primary's history (a switchpoint before the local position is a fork), a rewind
+        and its result, a data directory removed and copied anew, PostgreSQL refusing the new timeline."""
+        log = ops.folder / "patroni.log"
+        if not log.exists():
+            return []
+        with open(log, "rb") as f:
+            f.seek(ops.patroni_log_start)
+            text = f.read().decode(errors="replace")
+        seen: list[str] = []
+        for line in text.splitlines():
+            if any(mark in line for mark in REJOIN_MARKS):
+                said = line.split(": ", 1)[-1].strip() if line[:4].isdigit() else line.strip()
+                if said not in seen:
+                    seen.append(said)
+        return seen[:20]
 
     def bot_watched(self) -> None:
         """The bot trading, its switch armed and its host's node exporter up, as every live Prometheus sees it."""
@@ -851,6 +950,8 @@ def run_sequence(topo: Topology) -> dict[str, Any]:
     out["stages_ops_b_dead"] = b_dead["stages"]
     topo.revive_ops("b")
     out["ops_b_back_settled_seconds"] = round(topo.settled("ops-b back: a synchronous standby again"), 1)
+    out["ops_b_back_fork"] = topo.ops["b"].fork
+    out["ops_b_back_rejoin"] = topo.rejoin(topo.ops["b"])
     topo.bot_watched()
     # Its down pages may still arrive until its alerts resolve, an evaluation and a scrape after its return.
     resolve = 2 * (topo.profile.scrape_interval or 5) + 10
@@ -889,12 +990,16 @@ def returns_and_deaths(topo: Topology, run: dict[str, Any]) -> dict[str, Any]:
     dead = run["dead"]
     resolve = 2 * (topo.profile.scrape_interval or 5) + 10
 
+    events = {"ops_a_returned": time.monotonic()}
     topo.revive_ops("a")
     out["ops_a_back_settled_seconds"] = round(topo.settled("ops-a back: ops-b's synchronous standby"), 1)
+    out["ops_a_back_fork"] = topo.ops["a"].fork
+    out["ops_a_back_rejoin"] = topo.rejoin(topo.ops["a"])
     dead["a"] = (dead["a"][0], time.monotonic() + resolve)
 
     # The bot's host returns: nothing pages for it; its host-down alerts end.
     returned = time.monotonic()
+    out["bot_host_returned_seconds"] = round(returned - run["bot_host_killed"], 1)
     topo.revive_bot()
     topo.bot_watched()
     out["bot_host_back_watched_seconds"] = round(time.monotonic() - returned, 1)
@@ -905,12 +1010,13 @@ def returns_and_deaths(topo: Topology, run: dict[str, Any]) -> dict[str, Any]:
 
     # ops-b dies while a bot fault is being healed: the fault is healed anyway, by ops-a's replica.
     returned_again = time.monotonic()
+    out["again_bot_host_returned_seconds"] = round(returned_again - again["killed"], 1)
     topo.revive_bot()
     topo.bot_watched()
     topo.wait("the bot host's alerts resolved again", lambda: not topo.active("TradingBotHostDown"), 180)
     broker_quiet(topo, "ops-b killed during a fault")
     before = {e["id"] for e in topo.episodes("TradingBotBrokerDisconnected")}
-    fault = time.time()
+    fault, events["last_fault"] = time.time(), time.monotonic()
     topo.gateway.chaos("drop_connection")
     topo.wait(
         "the fault's episode stored",
@@ -940,4 +1046,6 @@ def returns_and_deaths(topo: Topology, run: dict[str, Any]) -> dict[str, Any]:
         "dead": dead,
         # The bot's host was down from each kill to its return (its pages owed then, none outside).
         "bot_down": [(run["bot_host_killed"], returned), (again["killed"], returned_again)],
+        # When the other steps happened (monotonic), for reading the pager's timeline.
+        "events": {**events, "ops_b_killed_again": killed},
     }

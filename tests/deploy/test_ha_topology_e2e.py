@@ -1,7 +1,8 @@
 """Each ops host of the documented highly available topology killed whole in turn (tests/ha_topology.py: two ops hosts
 with a Prometheus, an Alertmanager, a reconciler replica and a Patroni-managed PostgreSQL each, a third host for etcd's
 vote, a bot host with Debian's node exporter and the example ccxt bot on the Kraken-compatible gateway), the shipped
-rules and routing at the fast profile, a pager receiver of the test's own.
+rules and routing at the fast profile and at the standard one (the shipped timings), a pager receiver of the test's
+own.
 
 A bot fault whose playbook acts and verifies (its session with the venue dropped: broker-reconnect) is staged with the
 topology whole, with ops-b dead (every process of it SIGKILLed, its link cut), and, ops-b back, with ops-a dead (its
@@ -27,7 +28,7 @@ import pytest
 from ha_topology import RECONCILER_PORT, Topology, returns_and_deaths, run_sequence, topology, wall
 
 from trading_ops.db.states import CLOSED_STATES
-from trading_ops.stack.profiles import FAST
+from trading_ops.stack.profiles import FAST, STANDARD, Profile
 
 # Patroni alone takes its `ttl` (30 s) to promote, and a busy 2-core machine starts the topology slowly.
 pytestmark = [
@@ -67,8 +68,24 @@ def false_pages(
     return wrong
 
 
-def test_each_ops_host_killed_whole_costs_the_survivors_nothing(tmp_path: Path) -> None:
-    with topology(tmp_path, FAST) as topo:
+def pages_by_death(topo: Topology, deaths: dict[str, float]) -> dict[str, list[str]]:
+    """Each page of a dead member or host at the pager, under the death it came after (the latest one before it), with
+    its seconds from that death: what was paged late, what is missing, and what came outside every death."""
+    out: dict[str, list[str]] = {name: [] for name in deaths}
+    for at, labels in topo.pager.since(0):
+        if labels["alertname"] not in (*MEMBER_PAGES, *HOST_PAGES):
+            continue
+        before = [(start, name) for name, start in deaths.items() if start <= at]
+        if before:
+            start, name = max(before)
+            out[name].append(f"{labels['alertname']} {labels.get('instance', '')} +{at - start:.1f}s")
+    return out
+
+
+# Each profile's sequence within the test's timeout: the standard profile's alerts take their shipped `for:`.
+@pytest.mark.parametrize("profile", [FAST, STANDARD], ids=lambda p: p.name)
+def test_each_ops_host_killed_whole_costs_the_survivors_nothing(tmp_path: Path, profile: Profile) -> None:
+    with topology(tmp_path, profile) as topo:
         run = run_sequence(topo)
         out, dead, killed = run["measured"], run["dead"], run["bot_host_killed"]
         out["pages"] = sorted(
@@ -81,9 +98,12 @@ def test_each_ops_host_killed_whole_costs_the_survivors_nothing(tmp_path: Path) 
         # A dead member costs the survivors little once the topology settled on them: the live Prometheus's batches
         # wait for the dead Alertmanager up to the shipped `alertmanagers` timeout (2 s); the rest is a busy
         # machine's margin (before, a dead ops-a's database host cost each new ledger connection 5 s and the
-        # survivor's webhooks timed out).
+        # survivor's webhooks timed out), and the phase of the fault in the profile's scrape and evaluation intervals
+        # (1 s each at the fast profile, the 7 s of before; 5 s each as shipped, where the alert fired 16.0 s after one
+        # fault and 20.1 s after the next in one run).
+        margin = 5 + (profile.scrape_interval or 5) + (profile.evaluation_interval or 5)
         for stage in ("ops_b_dead", "ops_a_dead"):
-            assert out[f"fault_to_verified_{stage}_seconds"] <= out["fault_to_verified_healthy_seconds"] + 7, out
+            assert out[f"fault_to_verified_{stage}_seconds"] <= out["fault_to_verified_healthy_seconds"] + margin, out
 
         # The dead bot host's episode, run by the surviving replica: its order cancelled at the venue.
         def done() -> list[dict[str, object]]:
@@ -118,6 +138,22 @@ def test_each_ops_host_killed_whole_costs_the_survivors_nothing(tmp_path: Path) 
         # Then the hosts return, and die again: ops-a returns, the bot's host returns and dies again, and ops-b dies
         # while a bot fault is being healed.
         more = returns_and_deaths(topo, run)
+        deaths = {
+            "ops_b": more["dead"]["b"][0],
+            "ops_a": more["dead"]["a"][0],
+            "bot_host": more["bot_down"][0][0],
+            "bot_host_again": more["bot_down"][1][0],
+            "ops_b_again": more["dead"]["b2"][0],
+        }
+        more["measured"]["pages_by_death"] = pages_by_death(topo, deaths)
+        senders = {o.address: f"am-{o.name}" for o in topo.ops.values()}
+        # The pager's every notification and the sequence's steps, in seconds from the bot host's first death.
+        steps = {**{f"{name}_killed": at for name, at in deaths.items()}, **more["events"]}
+        steps.update(bot_host_returned=more["bot_down"][0][1], bot_host_returned_again=more["bot_down"][1][1])
+        more["measured"]["steps"] = {
+            k: round(v - deaths["bot_host"], 1) for k, v in sorted(steps.items(), key=lambda i: i[1])
+        }
+        more["measured"]["pager_timeline"] = topo.pager.timeline(deaths["bot_host"], senders)
         print(json.dumps(more["measured"]))
         # The returns page nothing; the bot host's second death pages once (its orders cancelled again); the fault
         # that lost ops-b on its way is healed by ops-a's replica, once.
