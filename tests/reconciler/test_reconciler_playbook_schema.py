@@ -241,6 +241,7 @@ def with_step(**step: Any) -> dict[str, Any]:
         (with_rule(match=["alertname~A"]), "rules[0].match[0]"),
         (with_rule(steps=[]), "rules[0].steps"),
         (with_rule(cooldown="-5m"), "rules[0].cooldown"),
+        (with_rule(defers_to={"rules": ["r"], "within": -1.0}), "rules[0].defers_to.within"),
         (with_rule(verify={"deadline": "1m", "expr": " "}), "rules[0].verify.expr"),
         (with_rule(verify={"dedline": "1m"}), "rules[0].verify"),
         (with_rule(on_failure="page"), "rules[0].on_failure"),

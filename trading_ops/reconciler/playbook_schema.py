@@ -23,6 +23,7 @@ from trading_ops.reconciler.playbook import (
     OWN_KEYS,
     Approval,
     BackoffSpec,
+    DefersToSpec,
     Duration,
     Expected,
     PlaybookFile,
@@ -123,6 +124,8 @@ def document_type() -> type[msgspec.Struct]:
     """The playbook file as written: its top-level keys, `defaults`, the rules, their steps."""
     backoff = _struct("Backoff", BackoffSpec.__doc__, _fields(BackoffSpec, {}, (), shown=False))
     verify = _struct("Verify", VerifySpec.__doc__, _fields(VerifySpec, {"expr": Expression | None}, (), shown=False))
+    # Its `within` a playbook's duration (at least 0, at most the longest), as every other duration of the file.
+    defers_to = _struct("DefersTo", DefersToSpec.__doc__, _fields(DefersToSpec, {}, ("rules",), shown=True))
     steps = _union([_step_struct(a, recovery=False) for a in ACTIONS.values()])
     recovery_steps = _union([_step_struct(a, recovery=True) for a in ACTIONS.values()])
     settings = {
@@ -135,6 +138,7 @@ def document_type() -> type[msgspec.Struct]:
         "backoff": backoff | None,
         "verify": bool | verify,
         "reopen_when": Expression | None,
+        "defers_to": defers_to | None,
     }
     rule = _struct("Rule", RuleSpec.__doc__, _fields(RuleSpec, settings, OWN_KEYS, shown=False))
     defaults_fields = [f for f in _fields(RuleSpec, settings, OWN_KEYS, shown=True) if f[0] not in OWN_KEYS]
