@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -228,3 +229,36 @@ def test_with_settle_the_metric_holds_until_a_reconciliation_settles_it() -> Non
     health.wrote()
     health.settled()
     assert registry.get_sample_value("tradingbot_journal_failing", labels) == 0 and health.failing_for() == 0
+
+
+def test_the_day_the_journal_restores_is_the_books_to_the_last_digit_whatever_ccxt_did_to_the_threads_context(
+    journal: Journal,
+) -> None:
+    """ccxt's decimal_to_precision leaves its caller's thread rounding half up (and trapping underflow); the bot
+    calls it in the thread that keeps the book, while the journal sums the day's P&L in a thread of its own. The
+    book rounds in its own context, so the restart's day total is the book's own, digit for digit (on PostgreSQL, to
+    the 18 decimal places its columns keep)."""
+    from ccxt.base.decimal_to_precision import ROUND, decimal_to_precision
+
+    from trading_ops.bot.book import Book
+
+    decimal_to_precision("1.25", ROUND, 1)  # as the broker does when it sizes an order
+    book = Book()
+    # An average price of 28 digits (0.7 at 102 and 0.6 at 97), then three sells whose 28-digit realized amounts
+    # add up to a tie in the last digit: summed half up and half even, they differ there.
+    fills = [("0.7", 102), ("0.6", 97), ("0.6", 96), ("0.25", 96), ("0.3", 99)]
+    for n, (quantity, price) in enumerate(fills):
+        side = Side.BUY if n < 2 else Side.SELL
+        fill = trade(f"T{n}", side, quantity, price, AT + timedelta(minutes=n))
+        realized = book.apply_fill(fill.symbol, side.sign * fill.quantity, fill.price, fill.fee, fill.executed_at)
+        h = book.holding(fill.symbol)
+        journal.fill(fill, (h.quantity, h.average_price, h.realized_pnl), None, realized)
+    with ThreadPoolExecutor(1) as journal_thread:  # as the bot calls it (Journal.call)
+        restored = journal_thread.submit(journal.book_state).result()
+    held = book.holding("BTC-USD")
+    if journal.engine.dialect.name == "postgresql":
+        kept = Decimal("1e-18")
+        book.realized_today = book.realized_today.quantize(kept)
+        held = Holding(*(value.quantize(kept) for value in (held.quantity, held.average_price, held.realized_pnl)))
+    assert restored.realized_on_day == book.realized_today
+    assert restored.holdings["BTC-USD"] == held

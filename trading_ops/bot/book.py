@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
 
 ZERO = Decimal(0)
+
+# The book rounds in a context of its own, never the thread's: a library in the bot's thread may change that one
+# (ccxt's decimal_to_precision sets ROUND_HALF_UP and traps Underflow on its caller's context), while the journal
+# sums a day's P&L in its own thread. Both must round alike, or a restart restores a different day's loss.
+CONTEXT = Context(prec=28, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+
+def total(values: Iterable[Decimal]) -> Decimal:
+    """The sum of P&L values in the book's context, in the order given (a sum of 28-digit decimals rounds by its
+    order)."""
+    with localcontext(CONTEXT):
+        return sum(values, ZERO)
 
 
 @dataclass
@@ -17,6 +30,10 @@ class Holding:
 
     def apply(self, signed_quantity: Decimal, price: Decimal, fee: Decimal) -> Decimal:
         """Apply one fill; returns the realized P&L it produced (net of its fee)."""
+        with localcontext(CONTEXT):
+            return self._apply(signed_quantity, price, fee)
+
+    def _apply(self, signed_quantity: Decimal, price: Decimal, fee: Decimal) -> Decimal:
         realized = -fee
         q = self.quantity
         if q == 0 or (q > 0) == (signed_quantity > 0):
@@ -65,7 +82,7 @@ class Book:
         """Apply one fill; returns the realized P&L it produced (net of its fee)."""
         self.roll_day(when)
         realized = self.holding(symbol).apply(signed_quantity, price, fee)
-        self.realized_today += realized
+        self.realized_today = total((self.realized_today, realized))
         return realized
 
     def checkpoint(self, symbol: str) -> Checkpoint:
@@ -104,23 +121,26 @@ class Book:
 
     def notional(self, symbol: str) -> Decimal:
         mark = self.marks.get(symbol)
-        return self.position(symbol) * mark if mark is not None else ZERO
+        if mark is None:
+            return ZERO
+        with localcontext(CONTEXT):
+            return self.position(symbol) * mark
 
     def equity(self) -> Decimal | None:
         """Realized P&L of every position held so far plus unrealized P&L at the mark: what the drawdown limit
         measures (it does not restart with the day). None while a held symbol has no mark yet."""
         if any(h.quantity and symbol not in self.marks for symbol, h in self.holdings.items()):
             return None
-        return sum((h.realized_pnl for h in self.holdings.values()), ZERO) + self.unrealized_pnl()
+        return total([*(h.realized_pnl for h in self.holdings.values()), self.unrealized_pnl()])
 
     def open_positions(self) -> int:
         """Symbols with a non-zero position."""
         return sum(1 for h in self.holdings.values() if h.quantity)
 
     def unrealized_pnl(self) -> Decimal:
-        total = ZERO
-        for symbol, holding in self.holdings.items():
-            mark = self.marks.get(symbol)
-            if holding.quantity and mark is not None:
-                total += (mark - holding.average_price) * holding.quantity
-        return total
+        with localcontext(CONTEXT):
+            return total(
+                (mark - holding.average_price) * holding.quantity
+                for symbol, holding in self.holdings.items()
+                if holding.quantity and (mark := self.marks.get(symbol)) is not None
+            )

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, and_, delete, event, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from trading_ops.bot.book import Holding
+from trading_ops.bot.book import Holding, total
 from trading_ops.bot.broker import OrderRequest, OrderStatus, Side, VenueFill, VenueOrder
 from trading_ops.bot.journal_health import JournalHealth, is_journal_failure
 from trading_ops.db.base import make_sessionmaker, utcnow
@@ -346,7 +346,7 @@ class Journal:
             )
         if any(v is None for v in values):
             return BookState(holdings, day, None)
-        return BookState(holdings, day, sum((v for v in values if v is not None), Decimal(0)))
+        return BookState(holdings, day, total(v for v in values if v is not None))
 
     def rebuild_positions(self, symbols: list[str] | None = None) -> list[str]:
         """Replay the fills of `symbols` (every symbol with fills when None) in execution order: store each fill's

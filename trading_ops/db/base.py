@@ -43,8 +43,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
-    """A decimal that round-trips exactly: NUMERIC(38, 18) on PostgreSQL, text on SQLite (whose NUMERIC
-    is a float)."""
+    """A decimal that round-trips exactly: text on SQLite (whose NUMERIC is a float); NUMERIC(38, 18) on
+    PostgreSQL, exact to 18 decimal places (a 28-digit average price comes back rounded there)."""
 
     impl = Numeric(38, 18, asdecimal=True)
     cache_ok = True
