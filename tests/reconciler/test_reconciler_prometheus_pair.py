@@ -1,5 +1,6 @@
 """`reconciler.prometheus_url` naming both members of a Prometheus HA pair: a query that fails on one member is asked
 of the other before it counts as failed, so one member killed mid-verification still ends the episode `recovered`.
+And the pair's two copies of one firing (their startsAt seconds apart) are one episode: acted on once.
 
 Needs the `prometheus` binary: two real Prometheus servers, each scraping the same exporter (served here, its gauge
 set by the test as a bot's fault would be) every second at offsets of their own, as a pair does."""
@@ -11,6 +12,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ pytestmark = [pytest.mark.prometheus]
 FAULT = 'test_fault{instance="${instance}"} > 0'
 # An alert both members fire, for the status line to read.
 RULES = {"groups": [{"name": "pair", "rules": [{"alert": "TestPairFiring", "expr": "vector(1)"}]}]}
+# The fault's own alert, with its `for:`: two firings of it are at least that far apart.
+FAULT_RULE = {"alert": "TestFault", "expr": "test_fault > 0", "for": "10s"}
 
 
 @dataclass
@@ -69,7 +73,8 @@ async def pair(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Pair]:
             folder = tmp_path / f"prometheus-{member}"
             folder.mkdir()
             port = free_port()
-            (folder / "rules.yml").write_text(yaml.safe_dump(RULES))
+            rules = {"groups": [{**RULES["groups"][0], "rules": [*RULES["groups"][0]["rules"], FAULT_RULE]}]}
+            (folder / "rules.yml").write_text(yaml.safe_dump(rules))
             config = {
                 "global": {
                     "scrape_interval": "1s",
@@ -145,6 +150,60 @@ async def test_one_member_killed_mid_verification_the_episode_recovers_through_t
     assert done["state"] == "recovered", done
     assert fake_bot.commands() == ["reconnect"]
     assert "returned nothing for this alert" in done["attempts"][0]["detail"]
+
+
+async def test_the_pairs_two_copies_of_one_firing_are_acted_on_once_and_a_new_firing_again(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, pair: Pair
+) -> None:
+    """Each member of the pair fires the alert at its own evaluation, so Alertmanager's two members can notify one
+    firing under two startsAt (the second member sends its own view when the first was slow to deliver): the second
+    copy, 1.3 s from the first and less than the rule's `for:` (10 s, read from the pair), closes skipped, naming the
+    episode that has its firing; so does a late copy of that firing after its end. A firing after the end was heard
+    is acted on again, though it starts less than `for:` from the copies' (the members' starts differ by their
+    phase: `for:` alone cannot tell it from a copy)."""
+    rule = {
+        "name": "fix",
+        "match": ['alertname="TestFault"'],
+        "cooldown": 0,
+        "max_attempts": 1,
+        "verify": {"enabled": False},
+        "steps": [{"action": "bot", "command": "reconnect"}],
+    }
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [rule])),
+        targets=bot_targets(fake_bot, tmp_path),
+        prometheus_url=pair.urls,
+    )
+    client = await aiohttp_client(create_app(config))
+    base = datetime.now(UTC) - timedelta(seconds=4)
+
+    async def post(status: str, started: datetime) -> None:
+        at = started.isoformat().replace("+00:00", "Z")
+        body = payload(alert("TestFault", status=status, starts_at=at))
+        assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+
+    async def episodes(count: int) -> list[dict[str, Any]] | None:
+        found = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+        closed = sorted((e for e in found if e["closed_at"]), key=lambda e: e["id"])
+        return closed if len(closed) == count else None
+
+    await post("firing", base)
+    await post("firing", base + timedelta(seconds=1.3))  # the other member's copy
+    first, copy = await until_async("both copies closed", lambda: episodes(2))
+    assert first["state"] == "recovered" and fake_bot.commands() == ["reconnect"], first
+    assert copy["state"] == "skipped", copy
+    assert f"the same firing as episode {first['id']}" in copy["detail"], copy
+    assert "less than the rule's for: (10 s)" in copy["detail"], copy
+    await post("resolved", base)
+    await post("firing", base - timedelta(seconds=0.8))  # a late copy of the firing that has ended
+    late = (await until_async("the late copy closed", lambda: episodes(3)))[2]
+    assert late["state"] == "skipped" and f"episode {first['id']}" in late["detail"], late
+    await post("firing", datetime.now(UTC))  # fired again after its end was heard
+    again = (await until_async("the new firing closed", lambda: episodes(4)))[3]
+    assert again["state"] == "recovered", again
+    assert fake_bot.commands() == ["reconnect", "reconnect"]
 
 
 async def test_a_query_is_asked_of_the_next_member_before_it_fails(pair: Pair) -> None:

@@ -135,6 +135,18 @@ class PrometheusClient:
                     found.append(expr)
         return found
 
+    async def alert_hold_seconds(self, alertname: str, labels: dict[str, str]) -> float | None:
+        """The shortest `for:` of Prometheus's alerting rules named `alertname` whose static labels agree with the
+        alert's, in seconds; None when no loaded rule is found."""
+        holds = [
+            float(rule.get("duration") or 0)
+            for rule in await self.rules()
+            if rule.get("type") == "alerting"
+            and rule.get("name") == alertname
+            and _labels_agree(rule.get("labels") or {}, labels)
+        ]
+        return min(holds) if holds else None
+
     async def scrape_schedule(self, labels: dict[str, str]) -> ScrapeSchedule | None:
         """GET /api/v1/targets: when the active target these labels name (its `job` and `instance`) is scraped, or
         None when the labels name no single target (no `instance`, an unknown one, several jobs)."""

@@ -287,13 +287,16 @@ class Engine:
         self, episode: dict[str, Any], rule: Rule, ctx: ActionContext, now: datetime, interrupted: bool, fresh: bool
     ) -> bool:
         """Whether the gates took the run (True: parked, deferred, closed, or only its protective steps run while the
-        cooldown holds the rest). A bot mid-startup is acted on by no rule but a protective one: asked first, before
+        cooldown holds the rest). A second copy of a firing an older episode has is closed first
+        (`Gates.copy_of_a_firing`). A bot mid-startup is acted on by no rule but a protective one: asked then, before
         any gate or step, of a run that carries nothing on (`fresh`). Then a rule whose alert is the aftermath of a
         recovery under way or just verified on the same target (`Rule.defers_to`) waits for it, before its first
         attempt."""
+        first = fresh and not interrupted and episode["attempts"] == 0
+        if first and await self.gates.copy_of_a_firing(episode, ctx):
+            return True
         if fresh and await self.gates.bot_starting(episode, rule, ctx):
             return True
-        first = fresh and not interrupted and episode["attempts"] == 0
         if first and await self.gates.deferred(episode, rule, ctx, now):
             return True
         held = await self.gates.held_back(episode, rule, ctx, now, interrupted)

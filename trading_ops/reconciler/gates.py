@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
+from trading_ops.clients.prometheus import PrometheusError
 from trading_ops.config import ReconcilerConfig
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions import ACTIONS
@@ -39,6 +40,9 @@ STARTING_RECHECK_SECONDS = 10.0
 DEFER_RECHECK_SECONDS = 2.0
 # Alertmanager's API gives startsAt in milliseconds, webhooks in nanoseconds.
 STARTS_AT_TOLERANCE = timedelta(milliseconds=1)
+# Copies of one firing are looked for this far around an episode's startsAt (a rule's `for:` past it changes nothing:
+# the copies of one firing are seconds apart).
+COPIES_WINDOW = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,56 @@ class Gates(RunPart):
         if await self._circuit_open(episode, rule, ctx, now):
             return True
         return not self.rc.dry_run and not rule.protective and not await self._within_budget(episode, rule, ctx, now)
+
+    async def copy_of_a_firing(self, episode: dict[str, Any], ctx: ActionContext) -> bool:
+        """One firing, one episode: whether this episode is a second copy of a firing an older episode has (then it
+        is closed skipped, naming that episode; nothing executed). True when it was.
+
+        The members of a Prometheus pair start one alert up to a scrape and an evaluation apart (each fires it at its
+        own evaluation); an Alertmanager holds the earliest start it has received, and the cluster's second member
+        notifies its own view when the first took longer than the peer timeout to deliver. So one firing can reach
+        the ledger under two startsAt, and would be acted on twice (a second cancel, a second exposure page). Two
+        firings of one alert are further apart than its rule's `for:` (the first resolved, the second pending for
+        `for:` before it fired), and the ledger hears of the first one's end between them. So an older episode of
+        the same alert, started less than `for:` from this one, with no end of the alert heard between the two
+        starts, has this firing. Prometheus unreachable (the `for:` unknown): acted on, as before.
+
+        Asked of an episode as the intake stored it (no detail yet), once: not of one looked at before (parked, its
+        detail says why) or opened by the reopener for an alert firing on under a later start (`Reopener`: its
+        own run is the point)."""
+        if episode.get("detail"):
+            return False
+        others = await self.db(
+            self.ledger.other_copies, episode["fingerprint"], episode["id"], episode["starts_at"], COPIES_WINDOW
+        )
+        started: datetime = episode["starts_at"]
+        ends = [o["resolved_at"] for o in others if o["resolved_at"] is not None]
+        older = [
+            o
+            for o in others
+            if o["id"] < episode["id"] and not any(min(o["starts_at"], started) < end <= started for end in ends)
+        ]
+        if not older or ctx.prometheus is None:
+            return False
+        try:
+            hold = await ctx.prometheus.alert_hold_seconds(episode["alertname"], ctx.labels)
+        except PrometheusError as exc:
+            log.warning("episode %s: its rule's for: unknown, acted on as a firing of its own: %s", episode["id"], exc)
+            return False
+        copies = [o for o in older if hold and abs((o["starts_at"] - started).total_seconds()) < hold]
+        if not copies:
+            return False
+        first = copies[0]
+        apart = abs((first["starts_at"] - started).total_seconds())
+        why = (
+            f"the same firing as episode {first['id']} ({first['state']}): its startsAt "
+            f"{first['starts_at'].isoformat()} is {apart:.3f} s from this one's, less than the rule's for: "
+            f"({hold:g} s) that two firings of the alert are apart, and no end of it was heard between (the "
+            "Prometheus pair's copies of one alert); nothing executed"
+        )
+        log.info("episode %s (%s on %s): %s", episode["id"], episode["alertname"], episode["target"], why)
+        await self.holder.close(episode, "skipped", why)
+        return True
 
     async def bot_starting(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> bool:
         """Whether the rule waits because its bot is mid-startup (its runtime's phase `starting`): asked before any

@@ -74,6 +74,26 @@ class Limits:
                 ).first()
         return None if row is None else dict(row._mapping)
 
+    def other_copies(
+        self, fingerprint: str, episode_id: int, starts_at: datetime, within: timedelta
+    ) -> list[dict[str, Any]]:
+        """The other episodes of alert `fingerprint` (not `episode_id`) whose startsAt is within `within` of
+        `starts_at`, oldest first: what may be copies of one firing (a Prometheus pair's members start one alert a
+        few seconds apart)."""
+        columns = (E.c.id, E.c.state, E.c.starts_at, E.c.resolved_at, E.c.closed_at)
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(*columns)
+                .where(
+                    E.c.fingerprint == fingerprint,
+                    E.c.id != episode_id,
+                    E.c.starts_at > starts_at - within,
+                    E.c.starts_at < starts_at + within,
+                )
+                .order_by(E.c.id)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
     def actions_last_hour(self, now: datetime, target: str | None = None) -> int:
         """Budgeted actions on `target` (every target when None) in the last hour, or since its circuit was reset."""
         since = now - timedelta(hours=1)
