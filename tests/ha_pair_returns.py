@@ -47,7 +47,7 @@ import yaml
 from polling import until
 from ports import free_port
 from prometheus_server import start_prometheus
-from reconciler_server import ThreadedServer, make_config, write_playbook
+from reconciler_server import READ_AUTH, ThreadedServer, make_config, write_playbook
 from server_process import stop, wait_http
 from system_binaries import LTS, REPO_ROOT, SYSTEM, Generation, alertmanager_binary
 
@@ -289,6 +289,14 @@ class Pair:
             host.node.stop()
         self.pager.close()
 
+    def host_down_episodes(self) -> list[dict[str, Any]]:
+        """The reconciler's episodes of TradingBotHostDown (at most the API's 200 newest: a run has ten deaths)."""
+        assert self.reconciler is not None
+        url = f"http://127.0.0.1:{self.reconciler.port}/api/v1/episodes?limit=200"
+        with urllib.request.urlopen(urllib.request.Request(url, headers=READ_AUTH), timeout=10) as resp:
+            listed = json.loads(resp.read())["episodes"]
+        return [e for e in listed if e["alertname"] == HOST_DOWN]
+
     def query(self, url: str, expr: str) -> list[dict[str, Any]]:
         q = urllib.parse.quote(expr)
         with urllib.request.urlopen(f"{url}/api/v1/query?query={q}", timeout=5) as resp:
@@ -431,9 +439,18 @@ def judge(pair: Pair) -> dict[str, Any]:
         for r in rows
         if r[f"{name}_seconds"] is not None and r[f"{name}_seconds"] > min(times[name]) + late_after(pair.profile, name)
     ]
+    # One firing, one episode: each death's alert acted on once. The pair's copies of it (their startsAt apart) are
+    # closed skipped, naming the episode that acted; a resolution under a start nothing fired with is stored closed
+    # `resolved` (an Alertmanager resolves under the earliest start it holds).
+    episodes = pair.host_down_episodes()
+    copies = [e for e in episodes if e["state"] == "skipped" and "the same firing as episode" in (e["detail"] or "")]
+    acting = [e for e in episodes if e["state"] not in ("skipped", "resolved")]
     return {
         "profile": pair.profile.name,
         "deaths": len(rows),
+        "host_down_episodes_acting": len(acting),
+        "host_down_copies_skipped": len(copies),
+        "host_down_episode_states": sorted(e["state"] for e in episodes),
         "deaths_rows": rows,
         "pages_per_death": {name: sorted({r[f"{name}_pages"] for r in rows}) for name in pair.pages},
         "missing": sum(1 for r in rows for name in pair.pages if r[f"{name}_pages"] == 0),
@@ -677,6 +694,7 @@ def live_and_judge(tmp: Path, plans: dict[Profile, list[tuple[float, ...]]]) -> 
     for name, verdict in verdicts.items():
         detail = f"{json.dumps(verdict, indent=1)}\n{accounts[name]}"
         assert verdict["deaths"] == deaths[name], detail
+        assert verdict["host_down_episodes_acting"] == deaths[name], detail
         assert verdict["pages_per_death"] == {page: [1] for page in PAGES}, detail
         assert verdict["false_pages_after_return"] == 0, detail
         assert verdict["alerts_firing_after_resolved"] == 0, detail
