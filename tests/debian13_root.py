@@ -67,6 +67,59 @@ def run_deps_layer(root: Path) -> Path:
     return target
 
 
+# The Debian parts of docs/deployment.md's highly available topology (tests/ha_topology.py's DEBIAN13), as Debian 13
+# packages them: etcd, Patroni with the etcd client its etcd3 store imports (python3-etcd, only recommended), PostgreSQL
+# 17's server, and the monitoring pair with the node exporter.
+HA_PACKAGES = (
+    "etcd-server",
+    "patroni",
+    "python3-etcd",
+    "postgresql",
+    "prometheus",
+    "prometheus-alertmanager",
+    "prometheus-node-exporter",
+)
+HA_MARKER = Path("etc") / "trading-ops-ha.complete"
+
+
+def ha_layer(root: Path, run_deps: Path) -> Path:
+    """An overlay layer over `root` and `run_deps` holding HA_PACKAGES, apt-installed in the root (cached): nothing is
+    started (a policy-rc.d refuses it) and no cluster is made (postgresql-common's `create_main_cluster` off)."""
+    spec = "\n".join([root.name, run_deps.name, *HA_PACKAGES])
+    target = cache_dir().parent / "layers" / f"debian13-ha-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+    with _locked(target.with_suffix(".lock")):
+        if (target / HA_MARKER).exists():
+            return target
+        building = target.with_name(target.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        overlay = Overlay([run_deps, root], building)
+        merged = overlay.mount()
+        try:
+            nspawn_pipe(
+                merged,
+                "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d\n"
+                "chmod 755 /usr/sbin/policy-rc.d\n"
+                "mkdir -p /etc/postgresql-common/createcluster.d\n"
+                "echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/no-main.conf\n"
+                "apt-get update -qq\n"
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+                f"{' '.join(HA_PACKAGES)} > /dev/null\n"
+                "rm /usr/sbin/policy-rc.d\n"
+                "apt-get clean\n"
+                "command -v etcd patroni prometheus prometheus-alertmanager prometheus-node-exporter\n"
+                "ls /usr/lib/postgresql/*/bin/pg_ctl\n",
+                timeout=1200,
+            )
+            (merged / HA_MARKER).write_text(spec + "\n", encoding="utf-8")
+        finally:
+            overlay.unmount()
+        shutil.rmtree(building / "work", ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
+        (building / "upper").rename(target)
+        shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
 def prepared_root() -> tuple[Path, Path]:
     """The cached Debian 13 root and its run-deps layer (tests/deployment_prebuild.py builds them ahead too)."""
     root = debian_root(PACKAGES, suite=SUITE)

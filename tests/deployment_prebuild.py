@@ -27,9 +27,10 @@ MODULES = {
     "systemd": TESTS / "deploy" / "test_systemd_real.py",
     "debian13": TESTS / "deploy" / "test_debian13_real.py",
     "remote": TESTS / "deploy" / "test_remote_hosts_real.py",
+    "ha_topology": TESTS / "deploy" / "test_ha_topology_e2e.py",
 }
 # The pieces only tests marked `hosts` (`make test-hosts`) need.
-HOSTS_ONLY = {"debian13"}
+HOSTS_ONLY = {"debian13", "ha_topology"}
 STOP_SECONDS = 60.0
 NICENESS = 10
 
@@ -143,6 +144,13 @@ def pieces(names: list[str]) -> list[tuple[str, Callable[[], object]]]:
         from debian13_root import prepared_root as debian13_root
 
         found.append(("the Debian 13 root and its run-deps layer", debian13_root))
+    if "ha_topology" in names:
+        from debian13_root import ha_layer
+        from debian13_root import prepared_root as debian13_root
+
+        found.append(
+            ("the Debian 13 root's HA layer (etcd, Patroni, PostgreSQL, ...)", lambda: ha_layer(*debian13_root()))
+        )
     return found
 
 

@@ -10,6 +10,11 @@ member; ops-c runs the third etcd member (the vote). A bot host runs Debian's pr
 example ccxt bot on the Kraken-compatible gateway (the one simulated thing), which listens in this namespace, as does
 the pager.
 
+The Debian parts (etcd, Patroni, PostgreSQL's server, Prometheus, Alertmanager, the node exporter) are this host's
+Debian 12 binaries or, with `release` DEBIAN13, Debian 13's, run with chroot from a cached trixie root inside each
+host's network namespace (tests/debian_parts.py); the project's Python (the reconciler replicas, the example bot, the
+gateway) from the checkout's virtualenv either way.
+
 A host is killed whole (`kill_host`: its link cut, every process in its namespace SIGKILLed) and brought back
 (`revive_host`: its link up, its etcd, Patroni, reconciler, Alertmanager and Prometheus started again on their data).
 Used by tests/deploy/test_ha_topology_e2e.py (fast and standard profiles) and benchmarks/deploy/bench_ha_topology.py
@@ -40,14 +45,14 @@ from typing import Any
 
 import psycopg
 import yaml
+from debian_parts import DEBIAN12, DebianParts, Release, debian_parts
 from e2e_stack import packaged_playbook
 from gateway_helpers import API_KEY, API_SECRET, SIDECAR_KEY, SIDECAR_SECRET, Gateway, start_gateway
 from netns_hosts import Host, Network, host_network, ip
-from pg_cluster import server_binary
 from polling import until
 from reconciler_server import BOT_TOKEN, READ_AUTH, READ_TOKEN, TOKEN
 from secret_file import write_secret
-from system_binaries import REPO_ROOT, alertmanager_binary, prometheus_binary, require_binary
+from system_binaries import REPO_ROOT
 
 from trading_ops.commands.config_cmd import prometheus_config as render_prometheus
 from trading_ops.commands.config_cmd import reconciler_replicas, rendered_alertmanager
@@ -199,6 +204,7 @@ class Topology:
     bot: Host
     pg_root: Path
     scope: str
+    debian: DebianParts  # where etcd, Patroni, PostgreSQL, Prometheus, Alertmanager and the node exporter come from
     dead: set[str] = field(default_factory=set)
     stopping: bool = False  # the topology is being stopped: nothing is started again
     bot_dead: bool = False  # the bot's host is dead (kill_bot): its bot is not started again
@@ -229,29 +235,31 @@ class Topology:
         cluster = ",".join(f"e{i}=http://{h.address}:{ETCD_PEER_PORT}" for i, h in enumerate(self.etcd_hosts()))
         state = "existing" if (folder / "data").exists() else "new"
         host.popen(
-            [
-                require_binary("etcd"),
-                "--name",
-                f"e{index}",
-                "--data-dir",
-                str(folder / "data"),
-                "--listen-client-urls",
-                f"http://{host.address}:{ETCD_PORT}",
-                "--advertise-client-urls",
-                f"http://{host.address}:{ETCD_PORT}",
-                "--listen-peer-urls",
-                f"http://{host.address}:{ETCD_PEER_PORT}",
-                "--initial-advertise-peer-urls",
-                f"http://{host.address}:{ETCD_PEER_PORT}",
-                "--initial-cluster",
-                cluster,
-                "--initial-cluster-token",
-                self.scope,
-                "--initial-cluster-state",
-                state,
-                "--listen-metrics-urls",
-                "",
-            ],  # fmt: skip
+            self.debian.argv(
+                [
+                    self.debian.binary("etcd"),
+                    "--name",
+                    f"e{index}",
+                    "--data-dir",
+                    str(folder / "data"),
+                    "--listen-client-urls",
+                    f"http://{host.address}:{ETCD_PORT}",
+                    "--advertise-client-urls",
+                    f"http://{host.address}:{ETCD_PORT}",
+                    "--listen-peer-urls",
+                    f"http://{host.address}:{ETCD_PEER_PORT}",
+                    "--initial-advertise-peer-urls",
+                    f"http://{host.address}:{ETCD_PEER_PORT}",
+                    "--initial-cluster",
+                    cluster,
+                    "--initial-cluster-token",
+                    self.scope,
+                    "--initial-cluster-state",
+                    state,
+                    "--listen-metrics-urls",
+                    "",
+                ]
+            ),
             stdout=subprocess.DEVNULL,
             stderr=open(folder / "etcd.log", "ab"),  # noqa: SIM115
         )
@@ -288,7 +296,7 @@ class Topology:
                 "listen": f"{ops.address}:{PG_PORT}",
                 "connect_address": f"{ops.address}:{PG_PORT}",
                 "data_dir": str(ops.db / "data"),
-                "bin_dir": str(Path(server_binary("pg_ctl")).parent),
+                "bin_dir": str(self.debian.pg_bin_dir()),
                 "pgpass": str(ops.db / "pgpass"),
                 "authentication": {"superuser": {"username": "postgres"}, "replication": {"username": "postgres"}},
                 "parameters": {"unix_socket_directories": str(ops.db), "fsync": "off"},
@@ -299,11 +307,10 @@ class Topology:
     def start_patroni(self, ops: OpsHost) -> None:
         config = ops.db / "patroni.yml"
         config.write_text(yaml.safe_dump(self.patroni_config(ops)))
-        shutil.chown(config, "postgres", "postgres")
+        self.debian.chown_postgres(config)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(ops.db), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-        setpriv = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
         ops.host.popen(
-            [*setpriv, "/usr/bin/python3", require_binary("patroni"), str(config)],
+            self.debian.as_postgres(["/usr/bin/python3", self.debian.binary("patroni"), str(config)]),
             stdout=open(ops.folder / "patroni.log", "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
             env=env,
@@ -436,17 +443,19 @@ class Topology:
         config = self.alertmanager_config(ops)
         peers = [f"--cluster.peer={o.address}:{GOSSIP_PORT}" for o in self.ops.values() if o is not ops]
         ops.host.popen(
-            [
-                alertmanager_binary(),
-                f"--config.file={config}",
-                f"--storage.path={config.parent / 'data'}",
-                f"--web.listen-address={ops.address}:{ALERTMANAGER_PORT}",
-                f"--cluster.listen-address={ops.address}:{GOSSIP_PORT}",
-                f"--cluster.advertise-address={ops.address}:{GOSSIP_PORT}",
-                *peers,
-                *self.profile.cluster_flags(),
-                "--log.level=warn",
-            ],
+            self.debian.argv(
+                [
+                    self.debian.binary("prometheus-alertmanager"),
+                    f"--config.file={config}",
+                    f"--storage.path={config.parent / 'data'}",
+                    f"--web.listen-address={ops.address}:{ALERTMANAGER_PORT}",
+                    f"--cluster.listen-address={ops.address}:{GOSSIP_PORT}",
+                    f"--cluster.advertise-address={ops.address}:{GOSSIP_PORT}",
+                    *peers,
+                    *self.profile.cluster_flags(),
+                    "--log.level=warn",
+                ]
+            ),
             stdout=subprocess.DEVNULL,
             stderr=open(config.parent / "alertmanager.log", "ab"),  # noqa: SIM115
         )
@@ -497,7 +506,7 @@ class Topology:
         ops.host.popen(
             [
                 *AHEAD,
-                prometheus_binary(),
+                *self.debian.argv([self.debian.binary("prometheus")]),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={config.parent / 'data'}",
                 f"--web.listen-address={ops.address}:{PROMETHEUS_PORT}",
@@ -553,7 +562,12 @@ class Topology:
         self.supervise(start, lambda: not self.bot_dead, BOT_RESTART_SECONDS)
         with open(self.tmp / "node-exporter.log", "ab") as log:
             self.bot.popen(
-                [*AHEAD, require_binary("prometheus-node-exporter"), f"--web.listen-address={self.node_target}"],
+                [
+                    *AHEAD,
+                    *self.debian.argv(
+                        [self.debian.binary("prometheus-node-exporter"), f"--web.listen-address={self.node_target}"]
+                    ),
+                ],
                 stdout=log,
                 stderr=log,
             )
@@ -707,7 +721,10 @@ class Topology:
         a returning member rejoined (its timeline against the primary's, a rewind, a new copy) or why it did not."""
         out = []
         for ops in self.live():
-            listed = ops.host.run("patronictl", "-c", str(ops.db / "patroni.yml"), "list", timeout=30)
+            patronictl = self.debian.binary("patronictl")
+            listed = ops.host.run(
+                *self.debian.argv([patronictl, "-c", str(ops.db / "patroni.yml"), "list"]), timeout=30
+            )
             out.append(f"\n  ops-{ops.name}: patronictl list:\n{listed.stdout}{listed.stderr}")
             out.append(f"  ops-{ops.name}'s rejoin: " + "\n    ".join(["", *self.rejoin(ops)]))
         return "".join(out)
@@ -716,8 +733,8 @@ class Topology:
         """A returning member's WAL as its death left it, before its Patroni starts: its timeline, the live primary's
         switchpoint from it (the end of what the promoted standby had), and the WAL records it holds past that point
         (pg_waldump): any is a fork, which PostgreSQL cannot follow onto the new timeline without a rewind."""
-        bin_dir, wal = Path(server_binary("pg_ctl")).parent, ops.db / "data" / "pg_wal"
-        argv = [str(bin_dir / "pg_controldata"), str(ops.db / "data")]
+        bin_dir, wal = self.debian.pg_bin_dir(), ops.db / "data" / "pg_wal"
+        argv = self.debian.argv([str(bin_dir / "pg_controldata"), str(ops.db / "data")])
         control = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False).stdout
         found = re.search(r"Latest checkpoint's TimeLineID:\s+(\d+)", control)
         timeline = int(found.group(1)) if found else 0
@@ -729,7 +746,7 @@ class Topology:
                         switchpoint = fields[1]
         if switchpoint is None:  # the primary's timeline is its own: nothing to fork from
             return {"timeline": timeline, "switchpoint": None}
-        argv = [str(bin_dir / "pg_waldump"), "-p", str(wal), "-t", str(timeline), "-s", switchpoint]
+        argv = self.debian.argv([str(bin_dir / "pg_waldump"), "-p", str(wal), "-t", str(timeline), "-s", switchpoint])
         dump = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         end = re.search(r"invalid record length at (\S+):", dump.stderr)
         return {
@@ -771,15 +788,19 @@ class Topology:
 
 
 @contextlib.contextmanager
-def topology(tmp: Path, profile: Profile) -> Iterator[Topology]:
-    """The whole topology up and settled: the bot trading, watched by both Prometheus; stopped at the end whatever
-    happened (every process by its pid, the hosts' namespaces, the gateway, the pager)."""
-    for binary in ("etcd", "patroni", "prometheus", "prometheus-alertmanager", "prometheus-node-exporter", "setpriv"):
-        require_binary(binary)
+def topology(tmp: Path, profile: Profile, release: Release = DEBIAN12) -> Iterator[Topology]:
+    """The whole topology up and settled, its Debian parts `release`'s (tests/debian_parts.py; the project's Python
+    from the checkout's virtualenv either way): the bot trading, watched by both Prometheus; stopped at the end
+    whatever happened (every process by its pid, the hosts' namespaces, the gateway, the pager, then the root's
+    mounts)."""
     pg_root = Path(tempfile.mkdtemp(prefix=f"trading-ops-ha-{os.getpid()}-"))  # under /tmp: postgres can reach it
     pg_root.chmod(0o755)
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, pg_root, ignore_errors=True)
+        # Outside `tmp`, which is bound into the root.
+        workdir = Path(tempfile.mkdtemp(prefix=f"trading-ops-ha-root-{os.getpid()}-"))
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        debian = stack.enter_context(debian_parts(release, workdir, [tmp, pg_root]))
         network = stack.enter_context(host_network())
         gateway = start_gateway(tmp / "gateway", host=network.gateway, volatility=0)
         pager = Pager(network.gateway)
@@ -791,11 +812,11 @@ def topology(tmp: Path, profile: Profile) -> Iterator[Topology]:
                 folder.mkdir()
                 db = pg_root / f"ops-{name}"
                 db.mkdir()
-                shutil.chown(db, "postgres", "postgres")
+                debian.chown_postgres(db)
                 db.chmod(0o700)
                 ops[name] = OpsHost(name, network.add_host(f"ops{name}"), folder, db)
             vote, bot = network.add_host("opsc"), network.add_host("bot")
-            topo = Topology(profile, tmp, network, gateway, pager, ops, vote, bot, pg_root, f"ha-{network.tag}")
+            topo = Topology(profile, tmp, network, gateway, pager, ops, vote, bot, pg_root, f"ha-{network.tag}", debian)
             topo.start_bot()
             for i, host in enumerate(topo.etcd_hosts()):
                 topo.start_etcd(host, i)

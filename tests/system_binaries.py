@@ -44,6 +44,7 @@ DEBIAN_PACKAGES = {
     # The reference high-availability deployment's test: PostgreSQL under Patroni (Debian's, on the system python3)
     # with etcd as its consensus store (tests/patroni_cluster.py).
     "patroni": "patroni",
+    "patronictl": "patroni",
     "etcd": "etcd-server",
     # The node exporter on a bot's test host: its `up` tells a dead host from a dead bot (test_host_down_e2e.py).
     "prometheus-node-exporter": "prometheus-node-exporter",

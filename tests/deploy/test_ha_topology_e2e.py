@@ -16,8 +16,13 @@ is verified within a few seconds of the healthy figure. Then the hosts return an
 (its orders cancelled and one page again, nothing for its return), and ops-b is killed while a bot fault is being
 healed (ops-a's replica heals it, once). Prints what each stage took (JSON).
 
+Each profile runs twice: with this host's Debian 12 binaries (`debian12-*`) and with the Debian parts from Debian 13
+(`debian13-*`: etcd 3.5, Patroni 4, PostgreSQL 17, Prometheus, Alertmanager and the node exporter of a cached trixie
+root, tests/debian13_root.py's, run with chroot in each host's network namespace: tests/debian_parts.py), the
+project's Python (the reconciler replicas, the example bot, the gateway) from the checkout's virtualenv either way.
+
 Needs root, `ip`, etcd-server, patroni, PostgreSQL's server, prometheus, prometheus-alertmanager and
-prometheus-node-exporter."""
+prometheus-node-exporter; for Debian 13, debootstrap and systemd-nspawn (the root is built once per machine)."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import json
 from pathlib import Path
 
 import pytest
+from debian_parts import RELEASES, Release
 from ha_topology import RECONCILER_PORT, Topology, returns_and_deaths, run_sequence, topology, wall
 
 from trading_ops.db.states import CLOSED_STATES
@@ -82,12 +88,19 @@ def pages_by_death(topo: Topology, deaths: dict[str, float]) -> dict[str, list[s
     return out
 
 
-# Each profile's sequence within the test's timeout: the standard profile's alerts take their shipped `for:`.
-@pytest.mark.parametrize("profile", [FAST, STANDARD], ids=lambda p: p.name)
-def test_each_ops_host_killed_whole_costs_the_survivors_nothing(tmp_path: Path, profile: Profile) -> None:
-    with topology(tmp_path, profile) as topo:
+# Each profile's sequence within the test's timeout: the standard profile's alerts take their shipped `for:`. Each on
+# this host's Debian 12 binaries and on Debian 13's (ids `debian12-fast`, ..., `debian13-standard`).
+@pytest.mark.parametrize(
+    ("release", "profile"),
+    [pytest.param(r, p, id=f"{r.name}-{p.name}") for r in RELEASES for p in (FAST, STANDARD)],
+)
+def test_each_ops_host_killed_whole_costs_the_survivors_nothing(
+    tmp_path: Path, release: Release, profile: Profile
+) -> None:
+    with topology(tmp_path, profile, release) as topo:
         run = run_sequence(topo)
         out, dead, killed = run["measured"], run["dead"], run["bot_host_killed"]
+        out["release"] = release.name
         out["pages"] = sorted(
             f"{labels['alertname']} {labels.get('instance', '')}" for _, labels in topo.pager.since(0)
         )
