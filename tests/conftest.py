@@ -154,9 +154,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     `diagnostics()` method: freqtrade, the paper gateway), which is gone with the temporary directory after CI."""
     report = yield
     if report.failed:
+        shown: set[int] = set()  # one report of each: a fixture handing on another's server is the same one
         for name, value in getattr(item, "funcargs", {}).items():
             diagnostics = getattr(value, "diagnostics", None)
-            if callable(diagnostics):
+            if callable(diagnostics) and id(value) not in shown:
+                shown.add(id(value))
                 try:
                     report.sections.append((f"{name}: its log's last lines", str(diagnostics())))
                 except OSError as exc:

@@ -191,8 +191,9 @@ def ended_after(stack: Monitoring, alertname: str, known: set[int]) -> list[dict
 
 def recovered(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     """The episode of `episodes` that recovered (its last attempt a success). One alert may fire per channel: one
-    episode's action heals them all, the others end resolved. None escalates or fails."""
-    healed = [e for e in episodes if e["state"] == "recovered"]
+    episode's action heals them all, the others end resolved, or recovered without an attempt (healed by that action
+    before they acted). None escalates or fails."""
+    healed = [e for e in episodes if e["state"] == "recovered" and e["attempts"]]
     assert healed and not [e for e in episodes if e["state"] in ("escalated", "failed")], json.dumps(episodes)
     assert healed[0]["attempts"][-1]["outcome"] == "success", healed
     return healed[0]

@@ -7,10 +7,11 @@ writes, both sending to an Alertmanager cluster of two (Debian's, gossiping on l
 timings) with the repository's routing (as `trading-ops up` renders it) whose pager receiver posts to a receiver of
 the test's own, and whose reconciler receiver posts to a real reconciler (its ledger on SQLite) that both members
 send to. Each host is two tiny /metrics servers on a loopback address of its own (127.0.0.x: its bot and its node
-exporter, one host as TradingBotHostDown joins them), stopped at once (a death: connection refused) and started
-again on the same ports (a return). Every fifth host (the second, the seventh) runs a freqtrade and its sidecar
-instead of a bot on the runtime: its bot's target is in job freqtrade, with the shipped freqtrade rules beside. The
-hosts live their sequences side by side, each its own alert group, so ten deaths cost about the time of one or two.
+exporter, one host as TradingBotHostDown joins them), served by a process of their own (tests/metrics_hosts.py),
+stopped at once (a death: connection refused) and started again on the same ports (a return). Every fifth host (the
+second, the seventh) runs a freqtrade and its sidecar instead of a bot on the runtime: its bot's target is in job
+freqtrade, with the shipped freqtrade rules beside. The hosts live their sequences side by side, each its own alert
+group, so ten deaths cost about the time of one or two.
 
 The reconciler runs the packaged `bot-host-down` rule's page alone: its `escalate` of TradingOpsBotHostDown (the
 exposure page, one alert group per death: its episode), posted to both members and ended by the reconciler once the
@@ -29,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import socket
 import statistics
 import subprocess
 import threading
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from metrics_hosts import MetricsHosts, MetricsServer
 from polling import until
 from ports import free_port
 from prometheus_server import start_prometheus
@@ -102,6 +103,11 @@ def group_interval(alertname: str) -> float:
     routes = load_yaml(REPO_ROOT / "alertmanager" / "alertmanager.yml")["route"]["routes"]
     (route,) = [r for r in routes if r.get("receiver") == "pager" and f'alertname="{alertname}"' in r["matchers"]]
     return parse_duration(route["group_interval"])
+
+
+# How much later than the peer timeout after the other member's "resolved" a stale view's "firing" may arrive (its
+# delivery, a loaded machine).
+STALE_VIEW_MARGIN_SECONDS = 1.0
 
 
 def peer_timeout(profile: Profile) -> float:
@@ -170,12 +176,47 @@ class Pager:
             notes = [n for n in self.notifications if n["commonLabels"].get("alertname") not in PAGES]
         return [f"{n['status']} {n['groupLabels']} from {n['externalURL']}" for n in notes]
 
-    def incidents(self) -> list[tuple[float, str, str]]:
+    def stale_views(self, window: float) -> set[int]:
+        """The positions in `pages()` of the notifications prometheus/alertmanager#2447 makes (open upstream, as #4008
+        is): a firing notification whose every firing alert the other member's notification resolved less than
+        `window` ago. The second member took its view of the group just before the alert's end reached it, waited
+        the peer timeout, then found the first member's "resolved" in the notification log: it sends its view as a
+        change. Its next flush resolves the alert again. None with `window` 0."""
+        stale: set[int] = set()
+        if window <= 0:
+            return stale
+        resolved: dict[tuple[Any, ...], tuple[float, str]] = {}
+        for i, note in enumerate(self.pages()):
+            firing = [alert_identity(a) for a in note["alerts"] if a["status"] == "firing"]
+            if (
+                note["status"] == "firing"
+                and firing
+                and all(
+                    key in resolved
+                    and resolved[key][1] != note["externalURL"]
+                    and note["at"] - resolved[key][0] <= window
+                    for key in firing
+                )
+            ):
+                stale.add(i)
+                continue
+            for alert in note["alerts"]:
+                key = alert_identity(alert)
+                if alert["status"] == "resolved":
+                    resolved[key] = (note["at"], note["externalURL"])
+                else:
+                    resolved.pop(key, None)
+        return stale
+
+    def incidents(self, stale_window: float = 0.0) -> list[tuple[float, str, str]]:
         """(when, alertname, instance) of every incident opened: a firing notification of a group whose incident was
-        not open (its last notification was not firing)."""
+        not open (its last notification was not firing); but for `stale_views(stale_window)`."""
         opened = []
         open_groups: set[str] = set()
-        for note in self.pages():
+        stale = self.stale_views(stale_window)
+        for i, note in enumerate(self.pages()):
+            if i in stale:
+                continue
             key = note["groupKey"]
             if note["status"] == "firing" and key not in open_groups:
                 labels = note["groupLabels"]
@@ -197,44 +238,6 @@ class Pager:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-class MetricsServer:
-    """A /metrics server on a fixed loopback address and port that can be stopped (connection refused) and started
-    again."""
-
-    def __init__(self, address: str, body: str) -> None:
-        self.address, self.body = address, body.encode()
-        self.port = 0
-        self.server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        served = self.body
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(served)))
-                self.end_headers()
-                self.wfile.write(served)
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer((self.address, self.port), Handler)
-        self.port = self.server.server_address[1]
-        # Seldom polled (thirty of these idle beside the stacks): a stop wakes the loop itself (below).
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 5.0}, daemon=True).start()
-
-    def stop(self) -> None:
-        """Refuse connections at once (the listening socket shut down: a death, not a slow one), then end the loop,
-        which the shut socket wakes, and free the port for a return."""
-        if self.server is not None:
-            self.server.socket.shutdown(socket.SHUT_RDWR)
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
 
 @dataclass
@@ -273,6 +276,7 @@ class Pair:
     hosts: list[Host]
     prometheus: dict[str, str]  # replica name -> URL
     alertmanagers: list[str]
+    metrics: MetricsHosts  # the process serving the hosts' /metrics
     reconciler: ThreadedServer | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     pages: tuple[str, ...] = PAGES
@@ -284,9 +288,7 @@ class Pair:
             self.reconciler = None
         while self.procs:
             stop(self.procs.pop())
-        for host in self.hosts:
-            host.bot.stop()
-            host.node.stop()
+        self.metrics.close()  # every host's servers with it
         self.pager.close()
 
     def host_down_episodes(self) -> list[dict[str, Any]]:
@@ -301,6 +303,34 @@ class Pair:
         q = urllib.parse.quote(expr)
         with urllib.request.urlopen(f"{url}/api/v1/query?query={q}", timeout=5) as resp:
             return list(json.loads(resp.read())["data"]["result"])
+
+    def unanswered_while_alive(self) -> list[str]:
+        """Every failed scrape (`up` 0, as either member stored it) of a host's bot or node exporter while the host
+        was alive: listening, not dead. Its servers run in the test's process, so a machine loaded enough to stall it
+        past the scrape timeout (0.8 s at the fast profile) makes a live host look dead, and its TradingBotHostDown
+        then fires as it should, a page no return caused. Each as "instance job at +Ns (member)", seconds from the
+        first death."""
+        deaths = [d for h in self.hosts for d in h.deaths]
+        if not deaths:
+            return []
+        wall = time.time() - time.monotonic()  # a monotonic time plus this: the wall clock's
+        zero = min(d.died for d in deaths)
+        span = int(time.monotonic() - zero) + 60
+        by_address: dict[str, list[tuple[float, float]]] = {}
+        for host in self.hosts:
+            # Dead from its death until its servers listened again (`returned` is set once they do).
+            by_address[host.address] = [
+                (d.died + wall, (d.returned if d.returned is not None else float("inf")) + wall) for d in host.deaths
+            ]
+        found: set[tuple[float, str, str, str]] = set()
+        for name, url in self.prometheus.items():
+            for series in self.query(url, f'up{{job=~"tradingbot|freqtrade|node"}}[{span}s]'):
+                instance, job = series["metric"]["instance"], series["metric"]["job"]
+                dead = by_address.get(instance.rsplit(":", 1)[0], [])
+                for at, value in series["values"]:
+                    if float(value) == 0 and not any(start <= float(at) <= end for start, end in dead):
+                        found.add((float(at), instance, job, name))
+        return [f"{i} {j} at +{at - wall - zero:.1f}s ({m})" for at, i, j, m in sorted(found)]
 
     def held(self) -> set[str]:
         """The instances either member holds TradingBotHostDown for (firing or pending)."""
@@ -394,7 +424,10 @@ def judge(pair: Pair) -> dict[str, Any]:
     next death or the run's end); the alerts notified firing after their own resolution, the alerts whose last word
     was "firing"; totals, with each page's times (min, median, max) and the late ones (later than the run's quickest
     by more than `late_after`)."""
-    opened = pair.pager.incidents()
+    # alertmanager#2447's stale views: told apart, counted and shown, not judged (docs/deployment.md).
+    window = peer_timeout(pair.profile) + STALE_VIEW_MARGIN_SECONDS
+    stale = pair.pager.stale_views(window)
+    opened = pair.pager.incidents(window)
     rows: list[dict[str, Any]] = []
     for host in pair.hosts:
         for i, death in enumerate(host.deaths):
@@ -424,7 +457,12 @@ def judge(pair: Pair) -> dict[str, Any]:
     # The last word on each alert as a pager keys it: by its labels. An Alertmanager that merged the pair's copies
     # of one alert resolves it under the earlier start it then holds, not always the start it first sent firing.
     last_word: dict[tuple[Any, ...], str] = {}
-    for note in pair.pager.pages():
+    stale_notes: list[str] = []
+    for i, note in enumerate(pair.pager.pages()):
+        if i in stale:
+            stale_notes.append(f"{note['status']} {note['groupLabels']} from {note['externalURL']}")
+            last_word.update((alert_identity(a)[0], a["status"]) for a in note["alerts"])  # still its last word
+            continue
         for alert in note["alerts"]:
             key = alert_identity(alert)
             if alert["status"] == "firing" and last.get(key) == "resolved":
@@ -443,6 +481,7 @@ def judge(pair: Pair) -> dict[str, Any]:
     # closed skipped, naming the episode that acted; a resolution under a start nothing fired with is stored closed
     # `resolved` (an Alertmanager resolves under the earliest start it holds).
     episodes = pair.host_down_episodes()
+    unanswered = pair.unanswered_while_alive()
     copies = [e for e in episodes if e["state"] == "skipped" and "the same firing as episode" in (e["detail"] or "")]
     acting = [e for e in episodes if e["state"] not in ("skipped", "resolved")]
     return {
@@ -451,12 +490,23 @@ def judge(pair: Pair) -> dict[str, Any]:
         "host_down_episodes_acting": len(acting),
         "host_down_copies_skipped": len(copies),
         "host_down_episode_states": sorted(e["state"] for e in episodes),
+        # A failure's account of them: which alert, which start, when heard and ended, what became of it.
+        "host_down_episodes": [
+            f"{e['id']} {e['target']} start {e['starts_at']} received {e['received_at']} resolved {e['resolved_at']} "
+            f"{e['state']}: {(e['detail'] or '')[:120]}"
+            for e in sorted(episodes, key=lambda e: e["id"])
+        ],
         "deaths_rows": rows,
+        # Not judged (a lone failed scrape pages nothing): what tells a page of the machine's load from the cluster's.
+        "unanswered_while_alive": len(unanswered),
+        "unanswered_scrapes": unanswered[:40],
         "pages_per_death": {name: sorted({r[f"{name}_pages"] for r in rows}) for name in pair.pages},
         "missing": sum(1 for r in rows for name in pair.pages if r[f"{name}_pages"] == 0),
         "extra_pages_while_dead": sum(max(0, r[f"{name}_pages"] - 1) for r in rows for name in pair.pages),
         "false_pages_after_return": sum(r["pages_after_return"] for r in rows),
         "alerts_firing_after_resolved": len(refires),
+        "stale_view_pages": len(stale_notes),
+        "stale_view_notes": stale_notes,
         "other_pages": pair.pager.others(),
         "refires": refires,
         "last_word_firing": sum(1 for status in last_word.values() if status != "resolved"),
@@ -555,11 +605,12 @@ def ha_pair(
 ) -> Iterator[Pair]:
     """The pair, the cluster (of `alertmanager`'s generation), the reconciler and `hosts` hosts (at 127.0.0.x from
     `first_address` on), up and watching; everything stopped at the end (Pair.close)."""
+    metrics = MetricsHosts()
     machines = [
         Host(
             f"127.0.0.{first_address + i}",
-            MetricsServer(f"127.0.0.{first_address + i}", "tradingbot_up_for_the_test 1\n"),
-            MetricsServer(f"127.0.0.{first_address + i}", "node_up_for_the_test 1\n"),
+            metrics.server(f"127.0.0.{first_address + i}", "tradingbot_up_for_the_test 1\n"),
+            metrics.server(f"127.0.0.{first_address + i}", "node_up_for_the_test 1\n"),
             job="freqtrade" if i % FREQTRADE_EVERY == 1 else "tradingbot",
         )
         for i in range(hosts)
@@ -568,7 +619,7 @@ def ha_pair(
     gossip = [free_port() for _ in members]
     prometheus_ports = [free_port() for _ in members]
     managers = [f"http://127.0.0.1:{p}" for p in web]
-    pair = Pair(profile, Pager(), machines, {}, managers)
+    pair = Pair(profile, Pager(), machines, {}, managers, metrics)
     try:
         for host in machines:
             host.bot.start()
@@ -651,6 +702,8 @@ def ha_pairs(stack: contextlib.ExitStack, tmp: Path, hosts: dict[Profile, int]) 
     return pairs
 
 
+# A verdict's parts kept for a failure's message, not printed with its numbers.
+UNPRINTED = ("deaths_rows", "refires", "host_down_episodes", "unanswered_scrapes", "stale_view_notes")
 # The issue's measure: pages per sequence over ten deaths and returns at each profile.
 DEATHS = 10
 
@@ -690,7 +743,7 @@ def live_and_judge(tmp: Path, plans: dict[Profile, list[tuple[float, ...]]]) -> 
         began = time.monotonic()
         run(pairs, finished)
     for verdict in verdicts.values():
-        print(json.dumps({k: v for k, v in verdict.items() if k not in ("deaths_rows", "refires")}))
+        print(json.dumps({k: v for k, v in verdict.items() if k not in UNPRINTED}))
     for name, verdict in verdicts.items():
         detail = f"{json.dumps(verdict, indent=1)}\n{accounts[name]}"
         assert verdict["deaths"] == deaths[name], detail

@@ -548,6 +548,10 @@ class Topology:
                 "quote_poll_interval_seconds": 0.5,
                 "enable_rate_limit": False,
                 "kraken_tier": "off",
+                # The venue's market stands still (volatility 0: the bot's bid rests), so its book and ticker change
+                # at no cadence: no silence timeout, as the configuration says for a pair that may be quiet for any
+                # time (with the shipped 1 s, the ticker was judged silent and subscribed again every 3 s).
+                "stream_book_cadence_seconds": 0,
             },
             "recovery": {"reconcile_interval_seconds": 0},
         }
@@ -682,8 +686,9 @@ class Topology:
     def settled(self, what: str, deadline: float = 300) -> float:
         """Wait until the live ops hosts are whole again as a topology: a Patroni primary (with a synchronous
         standby when both members live) whose commits wait for no dead standby, each live replica answering /readyz
-        (its ledger takes writes), each live Alertmanager and Prometheus ready, each live Alertmanager's cluster the
-        live members only; the time it took.
+        (its ledger takes writes, and it claims again: back after a failover, a replica claims nothing until each had
+        a poll to check its writes survived), each live Alertmanager and Prometheus ready, each live Alertmanager's
+        cluster the live members only; the time it took.
 
         A dead synchronous standby holds every commit of the primary (the replicas' ledger writes: webhooks stored,
         claims, outcomes) until Patroni drops it from `synchronous_standby_names`, which it does once the dead
@@ -873,11 +878,30 @@ def broker_quiet(topo: Topology, label: str) -> None:
     the bot right after the next fault, which then never fires; a run still to act when the bot's host dies fails
     on it and pages TradingOpsRemediationFailed)."""
 
-    def quiet() -> bool:
-        episodes = topo.episodes("TradingBotBrokerDisconnected")
-        return not topo.active("TradingBotBrokerDisconnected") and all(e["state"] in CLOSED_STATES for e in episodes)
+    name = "TradingBotBrokerDisconnected"
 
-    topo.wait(f"{label}: no broker alert or run left", quiet, 180)
+    def quiet() -> bool:
+        episodes = topo.episodes(name)
+        return not topo.active(name) and all(e["state"] in CLOSED_STATES for e in episodes)
+
+    try:
+        topo.wait(f"{label}: no broker alert or run left", quiet, 180)
+    except AssertionError as exc:
+        # What was left: the episodes still open (their state, owner, last word) and where the alert is held.
+        left = [
+            {k: e.get(k) for k in ("id", "state", "owner", "labels", "received_at", "resolved_at", "detail")}
+            for e in topo.episodes(name)
+            if e["state"] not in CLOSED_STATES
+        ]
+        q = urllib.parse.quote(f'alertname="{name}"')
+        held = {
+            o.name: [
+                a.get("labels", {}).get("channel")
+                for a in get_json(f"{o.url(ALERTMANAGER_PORT)}/api/v2/alerts?filter={q}")
+            ]
+            for o in topo.live()
+        }
+        raise AssertionError(f"{label}: open episodes {left}; {name} held by {held}\n{exc}") from None
 
 
 def fault_to_verified(topo: Topology, label: str) -> dict[str, Any]:
@@ -892,9 +916,11 @@ def fault_to_verified(topo: Topology, label: str) -> dict[str, Any]:
     topo.gateway.chaos("drop_connection")
 
     def recovered() -> dict[str, Any] | None:
+        # The episode that acted: one whose remedy healed another channel's too closes that one without an attempt.
         for episode in topo.episodes("TradingBotBrokerDisconnected"):
             if episode["id"] not in before and episode["state"] in ("recovered", "escalated", "escalating", "failed"):
-                return episode
+                if episode["attempts"] or episode["state"] != "recovered":
+                    return episode
         return None
 
     episode = topo.wait(f"{label}: the broker disconnect healed", recovered, 240, 0.5)

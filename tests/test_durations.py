@@ -30,6 +30,11 @@ def test_prometheus_durations_parse_and_format_back(text: str, seconds: float) -
     assert parse_duration(format_duration(seconds)) == seconds
 
 
+@pytest.mark.parametrize(("seconds", "text"), [(7 * 86400, "7d"), (400 * 86400 + 90, "400d1m30s"), (14 * 86400, "14d")])
+def test_durations_are_written_in_days_at_most_as_windows_are_given(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"), [("1.5s", 1.5), ("2.5m", 150), ("30", 30), (" 5m ", 300), (2.5, 2.5), (0, 0)]
 )

@@ -59,12 +59,16 @@ def parse_duration(text: str | int | float) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest duration string for `seconds` (rounded to milliseconds): 90 -> `1m30s`, 0.5 -> `500ms`."""
+    """The shortest duration string for `seconds` (rounded to milliseconds) in days at most: 90 -> `1m30s`, 0.5 ->
+    `500ms`, a week -> `7d` (windows are written in days: `--window 7d` is shown as given, not as `1w`; weeks and years
+    are read, never written)."""
     millis = round(seconds * 1000)
     if millis <= 0:
         return "0s"
     parts = []
     for unit, size in UNITS:
+        if unit in ("y", "w"):
+            continue
         size_ms = round(size * 1000)
         count, millis = divmod(millis, size_ms)
         if count:

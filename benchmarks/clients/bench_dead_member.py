@@ -3,7 +3,7 @@ survivors: the reconciler's reads and escalations through its Alertmanager clien
 live member with the shipped `alertmanagers` `timeout` against Prometheus's default (10 s). Real Prometheus and
 Alertmanager; prints JSON.
 
-    .venv/bin/python benchmarks/clients/bench_dead_member.py [--seconds 90] [--slot 3]
+    .venv/bin/python benchmarks/clients/bench_dead_member.py [--seconds 90] [--slot 3] [--busy] [--timeouts 2s,1s]
 """
 
 from __future__ import annotations
@@ -35,11 +35,23 @@ from benchmarks._shared.loopback_ports import free_port  # noqa: E402
 from trading_ops.clients.alertmanager import AlertmanagerClient  # noqa: E402
 from trading_ops.reconciler.actions.escalate import FAILED, escalate  # noqa: E402
 
+# With --busy: alerts that always fire, each resent every second (Prometheus's --rules.alert.resend-delay), in groups
+# of their own evaluated at their own moments: the notifier always has a batch under way, as a topology's with a dead
+# ops host does (its member and target alerts firing, each resent every minute across the rule groups).
+BUSY_GROUPS = 3
 
-def rules(slot: float) -> dict[str, Any]:
-    """A new alert every `slot` seconds (its `slot` label changes): each is a new batch for Prometheus's notifier."""
+
+def rules(slot: float, busy: bool) -> dict[str, Any]:
+    """A new alert every `slot` seconds (its `slot` label changes): each is a new batch for Prometheus's notifier;
+    with `busy`, BUSY_GROUPS groups of an alert that always fires beside it."""
     expr = f'count_values("slot", floor(vector(time()) / {slot:g}))'
-    return {"groups": [{"name": "bench", "interval": "1s", "rules": [{"alert": "BenchSlot", "expr": expr}]}]}
+    groups = [{"name": "bench", "interval": "1s", "rules": [{"alert": "BenchSlot", "expr": expr}]}]
+    if busy:
+        groups += [
+            {"name": f"busy-{n}", "interval": "1s", "rules": [{"alert": f"BenchBusy{n}", "expr": "vector(1)"}]}
+            for n in range(BUSY_GROUPS)
+        ]
+    return {"groups": groups}
 
 
 async def reconciler_client(live: str, dead: str, rounds: int) -> dict[str, Any]:
@@ -67,11 +79,11 @@ async def reconciler_client(live: str, dead: str, rounds: int) -> dict[str, Any]
 
 
 def prometheus_deliveries(
-    tmp: Path, live: str, dead: str, timeout: str | None, seconds: float, slot: float
+    tmp: Path, live: str, dead: str, timeout: str | None, seconds: float, slot: float, busy: bool
 ) -> dict[str, Any]:
     """Seconds from each BenchSlot alert's activation in Prometheus to its arrival at the live Alertmanager."""
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "rules.yml").write_text(yaml.safe_dump(rules(slot)))
+    (tmp / "rules.yml").write_text(yaml.safe_dump(rules(slot, busy)))
     manager: dict[str, Any] = {"static_configs": [{"targets": [u.removeprefix("http://") for u in (dead, live)]}]}
     if timeout is not None:
         manager["timeout"] = timeout
@@ -82,7 +94,8 @@ def prometheus_deliveries(
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    proc = start_prometheus(tmp / "prometheus.yml", tmp / "data", port)
+    flags = ["--rules.alert.resend-delay=1s"] if busy else []
+    proc = start_prometheus(tmp / "prometheus.yml", tmp / "data", port, *flags)
     seen: dict[str, float] = {}
     delays: list[float] = []
     try:
@@ -102,6 +115,7 @@ def prometheus_deliveries(
     delays = delays[1:]  # the first alert goes out with Prometheus's start
     return {
         "alertmanagers_timeout": timeout or "default (10s)",
+        "busy": busy,
         "alerts": len(delays),
         "delivery_p50_seconds": round(statistics.median(delays), 2) if delays else None,
         "delivery_max_seconds": round(max(delays), 2) if delays else None,
@@ -113,7 +127,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0, help="how long each Prometheus runs")
     parser.add_argument("--rounds", type=int, default=10, help="reads and escalations of the reconciler's client")
     parser.add_argument("--slot", type=float, default=3.0, help="seconds between two new alerts in Prometheus")
+    parser.add_argument(
+        "--busy", action="store_true", help="other alerts resent every second beside them: a batch always under way"
+    )
+    parser.add_argument(
+        "--timeouts", default="default,2s,1s", help="the alertmanagers timeouts compared (default: Prometheus's 10 s)"
+    )
     args = parser.parse_args()
+    timeouts = [None if t == "default" else t for t in args.timeouts.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         live = start_alertmanager(Path(tmp) / "alertmanager")
         dead = Blackhole()
@@ -121,8 +142,16 @@ def main() -> None:
             out: dict[str, Any] = {
                 "reconciler_client": asyncio.run(reconciler_client(live.url, dead.url, args.rounds)),
                 "prometheus": [
-                    prometheus_deliveries(Path(tmp) / name, live.url, dead.url, timeout, args.seconds, args.slot)
-                    for name, timeout in (("default", None), ("shipped", "2s"))
+                    prometheus_deliveries(
+                        Path(tmp) / (timeout or "default"),
+                        live.url,
+                        dead.url,
+                        timeout,
+                        args.seconds,
+                        args.slot,
+                        args.busy,
+                    )
+                    for timeout in timeouts
                 ],
             }
         finally:

@@ -141,7 +141,9 @@ def drop_connection(tour: Tour, halted: bool) -> None:
     recovered = [e for e in episodes if e["state"] == "recovered"]
     assert recovered, episodes
     assert all(e["rule"] == "broker-reconnect" for e in recovered), episodes
-    assert [steps_of(e) for e in recovered][0] == [("bot command=reconnect", "success")], episodes
+    # The episode that acted; another channel's, healed by that reconnect before it acted, is recovered with none.
+    acted = [e for e in recovered if e["attempts"]]
+    assert [steps_of(e) for e in acted] == [[("bot command=reconnect", "success")]], episodes
     took = max(seconds_to_close(e, injected) for e in recovered)
     assert took <= DROP_SECONDS, f"the drop took {took:.1f} s to a verified reconnect (README: about 10 s)"
     # The status line shows the verified action, as the README's step 4 shows it.

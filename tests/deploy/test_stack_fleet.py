@@ -234,8 +234,11 @@ def test_three_bots_on_one_gateway_are_scraped_targeted_and_come_back_from_a_ven
                 lambda: {r["metric"]["instance"] for r in query(passed)} == set(instances),
             )
         except AssertionError as exc:
+            started = {r["metric"]["instance"]: r["value"][1] for r in query("process_start_time_seconds")}
+            events = [line for line in up.lines if any(w in line for w in ("restart", "stopped", "watchdog", "!!!"))]
             raise AssertionError(
-                f"{exc}; each bot's reconciliation runs: {reconciliation_runs(instances, query)}"
+                f"{exc}; each bot's reconciliation runs: {reconciliation_runs(instances, query)}; "
+                f"outage from {outage_at}; each process's start: {started}; up's restarts and stops: {events}"
             ) from None
 
         assert up.stop(signal.SIGINT) == 0, up.output

@@ -109,7 +109,7 @@ def test_the_page_names_the_stack_s_configuration_and_its_commands_give_a_verdic
     week = run(up, commands[1], env)
     assert week.returncode == 1, week.stderr
     (answer,) = json.loads(week.stdout)
-    assert (answer["bot"], answer["window"]) == ("paper-1", "1w") and answer["verdict"] in ("unknown", "not ready")
+    assert (answer["bot"], answer["window"]) == ("paper-1", "7d") and answer["verdict"] in ("unknown", "not ready")
     assert "uptime" in answer["missing"]
 
 
@@ -160,7 +160,7 @@ def test_the_reconciler_s_api_and_console_give_the_verdict_for_the_stack_s_defau
     assert re.search(r'<span class="badge s-\w+">(unknown|not ready)</span> over 5d', html), html[:2000]
     assert '<input name="window" value="" placeholder="5d"' in html
     with opener.open(up.url("reconciler", "/ui/readiness/paper-1?window=7d"), timeout=TIMEOUT) as resp:
-        assert resp.status == 200 and "</span> over 1w" in resp.read().decode()
+        assert resp.status == 200 and "</span> over 7d" in resp.read().decode()
 
 
 # ---- section 3: the ramp's promotion, by two people ----------------------------------------------------------------

@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,7 +70,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 
 @pytest.fixture(scope="module")
-def freqtrade(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Freqtrade]:
+def freqtrade_process(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Freqtrade]:
     """freqtrade trading live on the gateway; trades stay open (hold an hour) until a test exits them."""
     ft = make_freqtrade(
         tmp_path_factory.mktemp("freqtrade"), gateway.url, gateway.api_key, gateway.api_secret, hold_seconds=3600
@@ -77,6 +78,15 @@ def freqtrade(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ft.start()
     yield ft
     ft.stop()
+
+
+@pytest.fixture
+def freqtrade(freqtrade_process: Freqtrade) -> Freqtrade:
+    """The module's freqtrade, started again when a test before lost it: a failed test's report aborts it for its
+    threads' stacks (Freqtrade.diagnostics), and a reload_config that could not load the markets ends it."""
+    if (code := freqtrade_process.start_again_if_gone()) is not None:
+        logging.getLogger(__name__).warning("freqtrade had exited with %s: started again", code)
+    return freqtrade_process
 
 
 def sidecar_of(
@@ -817,14 +827,17 @@ async def test_the_sidecar_holds_no_connection_to_freqtrade_from_one_request_to_
 ) -> None:
     """Each of the sidecar's requests to freqtrade has a connection of its own, closed with the answer: freqtrade's
     reload_config waits without a limit until every connection to its API server has closed, and one the sidecar kept
-    alive, polling on it, could hold the reload for good (docs/freqtrade.md). A connection seen twice, longer apart than
-    any request may take (REQUEST_TIMEOUT_SECONDS), was kept; the sidecar polls every POLL_SECONDS meanwhile."""
-    seen = set()
-    for _ in range(3):
-        now = _held_connections(freqtrade.api_port)
-        assert not now & seen, f"connections kept from one poll to the next: {sorted(now & seen)}"
-        seen |= now
+    alive, polling on it, could hold the reload for good (docs/freqtrade.md). A connection seen in three looks, which
+    span twice what any request may take (REQUEST_TIMEOUT_SECONDS), was kept; the sidecar polls every POLL_SECONDS
+    meanwhile."""
+    seen: Counter[int] = Counter()
+    for _ in range(4):
+        seen.update(_held_connections(freqtrade.api_port))
         await asyncio.sleep(REQUEST_TIMEOUT_SECONDS + 1)
+    # Three looks span twice a request's longest: one request, slow to be answered on a busy machine and closed late
+    # (seen in two, CI 2026-11-29), is not a connection kept; one kept alive is seen in all four.
+    kept = sorted(port for port, looks in seen.items() if looks >= 3)
+    assert not kept, f"connections kept from one poll to the next: {kept} (looks: {dict(seen)})"
     assert await sidecar.value("tradingbot_freqtrade_up") == 1
 
 

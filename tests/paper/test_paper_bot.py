@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -14,7 +15,7 @@ from paper_helpers import AUTH, TOKEN, IdleStrategy, control, counter_total, fas
 from prometheus_client import CollectorRegistry, enable_created_metrics
 from sqlalchemy import func, select
 
-from trading_ops.bot.broker import Channel, OrderRequest, OrderType, Side, VenueFill, VenueOrder
+from trading_ops.bot.broker import BrokerError, Channel, OrderRequest, OrderType, Side, VenueFill, VenueOrder
 from trading_ops.bot.instance_lock import AnotherInstanceRunning
 from trading_ops.bot.journal import Journal
 from trading_ops.bot.reconciliation import Trigger
@@ -328,9 +329,9 @@ async def test_without_chaos_the_fault_commands_do_not_exist(tmp_path) -> None:
         await paper_bot.stop()
 
 
-async def test_commands_needing_the_venue_answer_503_while_it_is_unreachable(bot: PaperBot) -> None:
-    """After drop_connection: halt stands (state halted) with its cancel pending, cancel_all and resubscribe say
-    the broker is unavailable; the next reconnect cancels the orders the halt could not."""
+async def rest_one_bid(bot: PaperBot) -> None:
+    """The bot idle (no step places anything) with nothing working but one bid resting 10 % under the market, its
+    acknowledgement (streamed after the submit) applied."""
     bot.strategy = IdleStrategy()  # type: ignore[assignment]
     async with bot._trade_lock:
         pass  # the step in progress (if any) has ended; the next ones place nothing
@@ -340,7 +341,13 @@ async def test_commands_needing_the_venue_answer_503_while_it_is_unreachable(bot
         bot, "BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.01"), (mid * Decimal("0.9")).quantize(CENT)
     )
     assert resting is not None and resting.status.is_open
-    await bot.broker.drain_events()  # its acknowledgement, streamed after the submit, has reached the bot
+    await bot.broker.drain_events()
+
+
+async def test_commands_needing_the_venue_answer_503_while_it_is_unreachable(bot: PaperBot) -> None:
+    """After drop_connection: halt stands (state halted) with its cancel pending, cancel_all and resubscribe say
+    the broker is unavailable; the next reconnect cancels the orders the halt could not."""
+    await rest_one_bid(bot)
     assert (await control(bot.port, "drop_connection"))[0] == 200
     status, body = await control(bot.port, "halt")
     assert status == 503, body
@@ -359,6 +366,41 @@ async def test_commands_needing_the_venue_answer_503_while_it_is_unreachable(bot
     assert bot.inst.state.state.value == "halted" and bot.orders == {}
     failures = sample(bot, "tradingbot_control_command_failures_total", command="halt", reason="broker_unavailable")
     assert failures == 1
+
+
+async def test_a_halt_whose_cancels_the_rate_limit_refused_cancels_them_once_it_allows_without_a_reconnect(
+    bot: PaperBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The halt's sweep finds the venue's rate limit spent (its cancels refused, the channel up): the halt stands, its
+    status says the cancel is still owed, and the sweep is tried again while halted until the venue takes the
+    cancels. No reconnect comes to do it."""
+    await rest_one_bid(bot)
+    bucket = bot.paper_venue.bucket
+    rate = bucket.per_second
+    bucket.per_second = 0.001  # spent, and refilled only by the test
+    with contextlib.suppress(BrokerError):
+        while True:
+            bucket.spend()
+    status, body = await control(bot.port, "halt")
+    assert status == 200 and body["state"] == "halted", body  # the halt stands; the refused cancel is owed
+    assert (await control(bot.port, "status"))[1]["cancel_pending"] is True
+    assert bot.broker.is_connected(Channel.ORDERS)  # refused, not disconnected: no reconnect is coming
+    # Tried again while the venue still refuses, 5 s after the halt's sweep and 10 s after that (backing off: an
+    # order the venue never lets go of costs a sweep a minute at most). Lower bounds only: a loaded machine is late.
+    refused = "open orders are still working"
+
+    def sweeps() -> list[float]:
+        return [r.created for r in caplog.records if refused in r.getMessage()]
+
+    await wait_for(lambda: len(sweeps()) >= 3, timeout=60)
+    first, second, third = sweeps()[:3]
+    assert second - first >= 5.0 - 0.1 and third - second >= 10.0 - 0.1, (second - first, third - second)
+    assert await_venue_open(bot)
+    bucket.per_second = rate  # the venue's limit allows requests again
+    # At its next try: 20 s after the third (backing off), and a loaded machine's margin.
+    await wait_for(lambda: not bot.kill_switch.owes_cancels and not await_venue_open(bot), timeout=60)
+    assert bot.inst.state.state.value == "halted"
+    assert (await control(bot.port, "status"))[1]["cancel_pending"] is False
 
 
 def await_venue_open(bot: PaperBot) -> list[str]:

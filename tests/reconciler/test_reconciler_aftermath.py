@@ -167,3 +167,48 @@ async def test_a_channel_still_silent_after_the_deferral_is_a_fault_of_its_own(
     acted = [a for a in episode["attempts"] if a["outcome"] == "success"]
     assert skipped and len(acted) == 1, episode["attempts"]
     assert any(f"the aftermath of episode {recovered['id']}" in a["detail"] for a in skipped), skipped
+
+
+async def test_one_fault_that_fired_an_alert_per_channel_is_remedied_once(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    alertmanager: Alertmanager,
+    prometheus: str,
+) -> None:
+    """The bot's venue link dropped: TradingBotBrokerDisconnected for its orders and for its market data at once, one
+    rule for both. The first episode's reconnect heals both channels and is verified; the second, which waited behind
+    it (one run per target at a time), finds its condition gone in Prometheus and is closed recovered without acting,
+    the ledger naming the episode whose remedy it was. One fault, one reconnect (before: a second reconnect tore down
+    the connection that had just come back)."""
+    instance = f"bot-{uuid.uuid4().hex[:6]}"
+    # The condition holds until the venue link is back, 1.5 s from now, for both channels' series alike.
+    reconnect = {**RECONNECT, "verify": {**RECONNECT["verify"], "expr": f"vector(time()) < {time.time() + 1.5:.3f}"}}
+    config = make_config(
+        tmp_path,
+        migrated_sqlite,
+        playbook=str(write_playbook(tmp_path, [reconnect])),
+        targets=bot_targets(fake_bot, tmp_path, instance),
+        prometheus_url=prometheus,
+        alertmanager_url=alertmanager.url,
+    )
+    client = await aiohttp_client(create_app(config))
+    name = "TradingBotBrokerDisconnected"
+    both = payload(
+        alert(name, fingerprint=uuid.uuid4().hex[:16], instance=instance, channel="orders"),
+        alert(name, fingerprint=uuid.uuid4().hex[:16], instance=instance, channel="market_data"),
+    )
+    assert (await client.post("/api/v1/alertmanager", json=both, headers=AUTH)).status == 200
+
+    async def both_closed() -> list[dict[str, Any]] | None:
+        listed = (await (await client.get("/api/v1/episodes", headers=READ_AUTH)).json())["episodes"]
+        mine = sorted((e for e in listed if e["alertname"] == name), key=lambda e: e["id"])
+        return mine if len(mine) == 2 and all(e["state"] in CLOSED for e in mine) else None
+
+    first, second = await until_async("both channels' episodes closed", both_closed, deadline=60)
+    await engine_settled(client.app)
+    assert fake_bot.commands() == ["reconnect"]
+    assert first["state"] == "recovered" and second["state"] == "recovered", (first, second)
+    assert second["detail"].startswith(f"healed by the remedy of episode {first['id']} (broker-reconnect"), second
+    assert "nothing executed" in second["detail"], second

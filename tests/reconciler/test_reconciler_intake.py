@@ -196,6 +196,34 @@ async def test_resolved_before_firing_also_starts_nothing(client: Any, migrated_
     assert [s for _, _, s in counts(migrated_sqlite)[1]] == ["resolved"]
 
 
+@pytest.mark.parametrize(
+    ("ends_at", "kept"),
+    [
+        ("start+5s", True),  # the end as Prometheus found it
+        ("garbage", False),  # a hint that cannot be read: when it was heard
+        ("0001-01-01T00:00:00Z", False),  # a firing alert's zero end, or an end before the start
+        ("9999-12-31T23:59:59Z", False),  # ahead of now: no end yet
+    ],
+)
+async def test_a_resolved_episode_ends_when_its_alert_did_and_a_bad_end_is_only_not_used(
+    client: Any, migrated_sqlite: str, ends_at: str, kept: bool
+) -> None:
+    """resolved_at is the resolved alert's endsAt (Gates.copy_of_a_firing tells a pair's late copy from a new firing
+    by it); one that cannot be an end of this alert is not used, and the alert is stored all the same."""
+    end = STARTS_AT + timedelta(seconds=5)
+    resolved = alert(status="resolved")
+    resolved["endsAt"] = end.isoformat().replace("+00:00", "Z") if ends_at == "start+5s" else ends_at
+    for body in (payload(alert()), payload(resolved)):
+        assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
+    engine = make_engine(migrated_sqlite)
+    try:
+        with engine.connect() as conn:
+            (resolved_at, received_at) = conn.execute(select(Episode.resolved_at, Episode.received_at)).one()
+    finally:
+        engine.dispose()
+    assert resolved_at == end if kept else resolved_at >= received_at, (resolved_at, received_at)
+
+
 async def test_a_new_starts_at_is_a_new_episode(client: Any, migrated_sqlite: str) -> None:
     await client.post("/api/v1/alertmanager", json=payload(alert(status="resolved")), headers=AUTH)
     # Half a second later, written in another zone (+01:00) with one fractional digit.

@@ -304,3 +304,64 @@ async def _held(ready: Any) -> tuple[int, str] | None:
 
 async def _is_ready(ready: Any) -> bool:
     return bool(await ready() == (200, "ready"))
+
+
+async def test_a_replica_back_after_a_failover_says_it_claims_nothing_yet_and_then_acts(
+    tmp_path: Path, pair: ReplicatedPair, fake_bot: FakeBot, pages: tuple[str, list[Any]]
+) -> None:
+    """The primary killed, the standby promoted: once the replica reaches the new primary it stores webhooks, but
+    claims nothing until every replica had a poll to check its own writes survived (three polls: 3 s here). /readyz
+    says so meanwhile (503, "ledger back after being away"), what the HA topology waits for before it stages a
+    fault and what an operator reads; a webhook stored then is acted on once it says ready."""
+    await asyncio.to_thread(pair.primary.create_database, "back")
+    sink, _posted = pages
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        _, port = await asyncio.to_thread(
+            start_replica,
+            tmp_path,
+            "r1",
+            pair.url("back"),
+            fake_bot.url,
+            INSTANCES,
+            lease_seconds=LEASE_SECONDS,
+            alertmanager_url=sink,
+            started=procs,
+            poll_interval_seconds=1.0,
+        )
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+            async def ready() -> tuple[int, str]:
+                async with session.get(f"{base}/readyz") as resp:
+                    return resp.status, str((await resp.json())["status"])
+
+            assert await ready() == (200, "ready")
+            await asyncio.to_thread(pair.kill_primary)
+
+            async def away() -> bool:
+                return (await ready())[0] == 503
+
+            await until_async("/readyz failing with the primary gone", away, deadline=60)
+            await asyncio.sleep(2.5)  # the replica's polls find the ledger away
+            await asyncio.to_thread(pair.promote)
+
+            async def settling() -> str | None:
+                status, said = await ready()
+                assert status == 503 or said == "ready", said
+                return said if said.startswith("ledger back after being away") else None
+
+            said = await until_async("/readyz saying the replica claims nothing yet", settling, deadline=60)
+            assert "until every replica has checked that its writes survived" in said, said
+            async with session.post(f"{base}/api/v1/alertmanager", json=body(0), headers=AUTH) as resp:
+                assert resp.status == 200, await resp.text()  # stored
+            states: list[tuple[str, int]] = []
+            while (status := await ready())[0] != 200:
+                states.append((status[1][:24], len(fake_bot.calls)))
+                await asyncio.sleep(0.05)
+            assert all(calls == 0 for _, calls in states), states  # nothing acted on while it said so
+            await until_async("the stored webhook acted on", lambda: fake_bot.calls, deadline=30)
+        assert all(p.poll() is None for p in procs)
+    finally:
+        for proc in procs:
+            stop(proc)

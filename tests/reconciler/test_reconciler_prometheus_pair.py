@@ -157,10 +157,13 @@ async def test_the_pairs_two_copies_of_one_firing_are_acted_on_once_and_a_new_fi
 ) -> None:
     """Each member of the pair fires the alert at its own evaluation, so Alertmanager's two members can notify one
     firing under two startsAt (the second member sends its own view when the first was slow to deliver): the second
-    copy, 1.3 s from the first and less than the rule's `for:` (10 s, read from the pair), closes skipped, naming the
-    episode that has its firing; so does a late copy of that firing after its end. A firing after the end was heard
-    is acted on again, though it starts less than `for:` from the copies' (the members' starts differ by their
-    phase: `for:` alone cannot tell it from a copy)."""
+    copy, 1.3 s from the first and less than the rule's `for:` and an evaluation (10 s and 1 s, read from the pair),
+    closes skipped, naming the episode that has its firing; so does one 10.5 s from it (past `for:`: at the fast
+    profile, `for:` 2 s and a scrape and an evaluation of 1 s, the members' copies can be that far apart), a late
+    copy of that firing after its end, and a copy the slower member fired after the end (1 s after the endsAt the
+    ledger keeps: its host came back before its `for:` ran out there). A firing `for:` and an evaluation after the end
+    is a new one and is acted on again, though it starts less than that from the last copy (the distance alone cannot
+    tell it from a copy)."""
     rule = {
         "name": "fix",
         "match": ['alertname="TestFault"'],
@@ -177,11 +180,15 @@ async def test_the_pairs_two_copies_of_one_firing_are_acted_on_once_and_a_new_fi
         prometheus_url=pair.urls,
     )
     client = await aiohttp_client(create_app(config))
-    base = datetime.now(UTC) - timedelta(seconds=4)
+    base = datetime.now(UTC) - timedelta(seconds=30)
 
-    async def post(status: str, started: datetime) -> None:
-        at = started.isoformat().replace("+00:00", "Z")
-        body = payload(alert("TestFault", status=status, starts_at=at))
+    def rfc3339(at: datetime) -> str:
+        return at.isoformat().replace("+00:00", "Z")
+
+    async def post(status: str, started: datetime, ended: datetime | None = None) -> None:
+        body = payload(alert("TestFault", status=status, starts_at=rfc3339(started)))
+        if ended is not None:
+            body["alerts"][0]["endsAt"] = rfc3339(ended)
         assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
 
     async def episodes(count: int) -> list[dict[str, Any]] | None:
@@ -191,17 +198,26 @@ async def test_the_pairs_two_copies_of_one_firing_are_acted_on_once_and_a_new_fi
 
     await post("firing", base)
     await post("firing", base + timedelta(seconds=1.3))  # the other member's copy
-    first, copy = await until_async("both copies closed", lambda: episodes(2))
+    await post("firing", base + timedelta(seconds=10.5))  # a copy past the rule's for:, within an evaluation of it
+    first, *copies = await until_async("the three copies closed", lambda: episodes(3))
     assert first["state"] == "recovered" and fake_bot.commands() == ["reconnect"], first
-    assert copy["state"] == "skipped", copy
-    assert f"the same firing as episode {first['id']}" in copy["detail"], copy
-    assert "less than the rule's for: (10 s)" in copy["detail"], copy
-    await post("resolved", base)
+    for copy in copies:
+        assert copy["state"] == "skipped", copy
+        assert f"the same firing as episode {first['id']}" in copy["detail"], copy
+        assert "less than the rule's for: and an evaluation (11 s)" in copy["detail"], copy
+    end = base + timedelta(seconds=12)
+    await post("resolved", base, ended=end)
+    ledger = await (await client.get(f"/api/v1/episodes/{first['id']}", headers=READ_AUTH)).json()
+    assert datetime.fromisoformat(ledger["resolved_at"]) == end, ledger  # the end as Prometheus found it
     await post("firing", base - timedelta(seconds=0.8))  # a late copy of the firing that has ended
-    late = (await until_async("the late copy closed", lambda: episodes(3)))[2]
+    late = (await until_async("the late copy closed", lambda: episodes(4)))[3]
     assert late["state"] == "skipped" and f"episode {first['id']}" in late["detail"], late
-    await post("firing", datetime.now(UTC))  # fired again after its end was heard
-    again = (await until_async("the new firing closed", lambda: episodes(4)))[3]
+    await post("firing", end + timedelta(seconds=1))  # the slower member's copy, fired after the end
+    slow = (await until_async("the slower member's copy closed", lambda: episodes(5)))[4]
+    # Named by the copy 2.5 s from it (the first one's start is 13 s away): a copy of a copy is the same firing.
+    assert slow["state"] == "skipped" and f"episode {copies[1]['id']} (skipped)" in slow["detail"], slow
+    await post("firing", end + timedelta(seconds=11))  # a new firing: for: and an evaluation after the end
+    again = (await until_async("the new firing closed", lambda: episodes(6)))[5]
     assert again["state"] == "recovered", again
     assert fake_bot.commands() == ["reconnect", "reconnect"]
 

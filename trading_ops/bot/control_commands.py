@@ -136,7 +136,7 @@ class ControlCommands:
             "orders_in_flight": len(oe.in_flight()),
             "orders_outcome_unknown": sum(not o.venue_order_id for o in oe.orders.values()),
             "adopted_orders": len(oe.external_orders),
-            "cancel_pending": self.kill_switch.cancel_pending,
+            "cancel_pending": self.kill_switch.owes_cancels,
             "dead_man_switch": self.dead_man.status(),
             "realized_pnl_today": str(book.realized_today.quantize(CENT)),
             "unrealized_pnl": str(book.unrealized_pnl().quantize(CENT)),

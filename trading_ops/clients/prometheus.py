@@ -127,25 +127,26 @@ class PrometheusClient:
         make any query the check, one that is always empty (a "recovery") included."""
         found: list[str] = []
         for rule in await self.rules() if rules is None else rules:
-            if rule.get("type") != "alerting" or rule.get("name") != alertname:
-                continue
             expr = rule.get("query")
-            if isinstance(expr, str) and expr.strip() and _labels_agree(rule.get("labels") or {}, labels):
+            if _alerting_rule_of(rule, alertname, labels) and isinstance(expr, str) and expr.strip():
                 if expr not in found:
                     found.append(expr)
         return found
 
-    async def alert_hold_seconds(self, alertname: str, labels: dict[str, str]) -> float | None:
-        """The shortest `for:` of Prometheus's alerting rules named `alertname` whose static labels agree with the
-        alert's, in seconds; None when no loaded rule is found."""
-        holds = [
-            float(rule.get("duration") or 0)
-            for rule in await self.rules()
-            if rule.get("type") == "alerting"
-            and rule.get("name") == alertname
-            and _labels_agree(rule.get("labels") or {}, labels)
+    async def alert_timing(self, alertname: str, labels: dict[str, str]) -> tuple[float, float] | None:
+        """The `for:` and the group's evaluation interval, in seconds, of Prometheus's alerting rule named `alertname`
+        whose static labels agree with the alert's (of several, the one whose firings can come closest: the shortest
+        sum). A firing ends at an evaluation where its condition no longer holds; the next one is pending from a
+        later evaluation on and fires `for:` after that. None when no loaded rule is found."""
+        groups = (await self._get("/api/v1/rules", {}, "rules")).get("groups") or []
+        timings = [
+            (float(rule.get("duration") or 0), float(group.get("interval") or 0))
+            for group in groups
+            if isinstance(group, dict)
+            for rule in group.get("rules") or []
+            if _alerting_rule_of(rule, alertname, labels)
         ]
-        return min(holds) if holds else None
+        return min(timings, key=sum) if timings else None
 
     async def scrape_schedule(self, labels: dict[str, str]) -> ScrapeSchedule | None:
         """GET /api/v1/targets: when the active target these labels name (its `job` and `instance`) is scraped, or
@@ -258,6 +259,17 @@ def _inline_once(expr: str, inline: dict[str, str]) -> str:
         return f"({inline[token]})"
 
     return _PROMQL_TOKEN_RE.sub(replace, expr)
+
+
+def _alerting_rule_of(rule: Any, alertname: str, labels: dict[str, str]) -> bool:
+    """Whether `rule` (as GET /api/v1/rules gives it) is an alerting rule named `alertname` whose static labels agree
+    with the alert's."""
+    return (
+        isinstance(rule, dict)
+        and rule.get("type") == "alerting"
+        and rule.get("name") == alertname
+        and _labels_agree(rule.get("labels") or {}, labels)
+    )
 
 
 def _labels_agree(rule_labels: dict[str, Any], labels: dict[str, str]) -> bool:

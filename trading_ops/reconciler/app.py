@@ -566,6 +566,17 @@ async def readyz(request: web.Request) -> web.Response:
             },
             status=503,
         )
+    engine = request.app.get(keys.ENGINE)
+    if engine is not None and (left := engine.holder.settling_left()) > 0:
+        # Stored, not acted on: back after being away (a failover may have lost the last commits), this replica
+        # claims nothing until every replica had a poll to check its own writes survived (RunHolder.settling).
+        return web.json_response(
+            {
+                "status": f"ledger back after being away: no episode is claimed for {left:.1f} s more, until every "
+                "replica has checked that its writes survived"
+            },
+            status=503,
+        )
     return web.json_response({"status": "ready"})
 
 

@@ -109,9 +109,9 @@ class Engine:
         self.gates = Gates(self.holder, self.rc, self.alertmanager, self.escalation)
         self.steps = Steps(self.holder, self.rc, self.spool)
         approval_gate = ApprovalGate(self.holder, self.rc, playbook, self.approvals, self.escalation, instance)
-        verification = Verification(self.holder, self.prometheus, self.steps, self.escalation)
+        self.verification = Verification(self.holder, self.prometheus, self.steps, self.escalation)
         self.attempts = Attempts(
-            self.holder, self.rc, self.rng, self.steps, approval_gate, verification, self.escalation
+            self.holder, self.rc, self.rng, self.steps, approval_gate, self.verification, self.escalation
         )
         self.reopener = Reopener(self.holder, playbook, self.alertmanager, self.prometheus, self.label_pattern)
 
@@ -291,13 +291,16 @@ class Engine:
         (`Gates.copy_of_a_firing`). A bot mid-startup is acted on by no rule but a protective one: asked then, before
         any gate or step, of a run that carries nothing on (`fresh`). Then a rule whose alert is the aftermath of a
         recovery under way or just verified on the same target (`Rule.defers_to`) waits for it, before its first
-        attempt."""
+        attempt; and an episode that waited behind its own rule's verified remedy on the target, its condition gone
+        since, is closed without acting (`Verification.healed_already`)."""
         first = fresh and not interrupted and episode["attempts"] == 0
         if first and await self.gates.copy_of_a_firing(episode, ctx):
             return True
         if fresh and await self.gates.bot_starting(episode, rule, ctx):
             return True
         if first and await self.gates.deferred(episode, rule, ctx, now):
+            return True
+        if first and not rule.protective and await self.verification.healed_already(episode, rule, ctx):
             return True
         held = await self.gates.held_back(episode, rule, ctx, now, interrupted)
         if isinstance(held, CooledDown):

@@ -119,11 +119,18 @@ class Gates(RunPart):
         The members of a Prometheus pair start one alert up to a scrape and an evaluation apart (each fires it at its
         own evaluation); an Alertmanager holds the earliest start it has received, and the cluster's second member
         notifies its own view when the first took longer than the peer timeout to deliver. So one firing can reach
-        the ledger under two startsAt, and would be acted on twice (a second cancel, a second exposure page). Two
-        firings of one alert are further apart than its rule's `for:` (the first resolved, the second pending for
-        `for:` before it fired), and the ledger hears of the first one's end between them. So an older episode of
-        the same alert, started less than `for:` from this one, with no end of the alert heard between the two
-        starts, has this firing. Prometheus unreachable (the `for:` unknown): acted on, as before.
+        the ledger under two startsAt, and would be acted on twice (a second cancel, a second exposure page). A slow
+        member may even fire its copy after the other member's end of the firing reached the ledger (the host back
+        before its `for:` ran out there).
+
+        What tells a new firing from a copy (`PrometheusClient.alert_timing`): a firing ends at an evaluation where
+        its condition no longer holds (the episode's resolved_at: the alert's endsAt), and a new one is pending from
+        a later evaluation for the rule's `for:`, so it starts at least `for:` and an evaluation after that end; a
+        copy of the ended firing started pending before the end, so it starts less than `for:` after it. And two
+        firings' starts are at least `for:` and an evaluation apart. So an older episode of the same alert, started
+        less than `for:` and an evaluation from this one, that no end parts from it (an end before this start by
+        `for:` and half an evaluation, after which the older one did not start by `for:`), has this firing.
+        Prometheus unreachable (the rule unknown): acted on, as before.
 
         Asked of an episode as the intake stored it (no detail yet), once: not of one looked at before (parked, its
         detail says why) or opened by the reopener for an alert firing on under a later start (`Reopener`: its
@@ -133,30 +140,39 @@ class Gates(RunPart):
         others = await self.db(
             self.ledger.other_copies, episode["fingerprint"], episode["id"], episode["starts_at"], COPIES_WINDOW
         )
-        started: datetime = episode["starts_at"]
-        ends = [o["resolved_at"] for o in others if o["resolved_at"] is not None]
-        older = [
-            o
-            for o in others
-            if o["id"] < episode["id"] and not any(min(o["starts_at"], started) < end <= started for end in ends)
-        ]
+        older = [o for o in others if o["id"] < episode["id"]]
         if not older or ctx.prometheus is None:
             return False
         try:
-            hold = await ctx.prometheus.alert_hold_seconds(episode["alertname"], ctx.labels)
+            timing = await ctx.prometheus.alert_timing(episode["alertname"], ctx.labels)
         except PrometheusError as exc:
             log.warning("episode %s: its rule's for: unknown, acted on as a firing of its own: %s", episode["id"], exc)
             return False
-        copies = [o for o in older if hold and abs((o["starts_at"] - started).total_seconds()) < hold]
+        if timing is None:
+            return False
+        hold, interval = timing
+        apart = hold + interval
+        started: datetime = episode["starts_at"]
+        ends = [o["resolved_at"] for o in others if o["resolved_at"] is not None]
+
+        def parted(other: dict[str, Any]) -> bool:
+            return any(
+                other["starts_at"] < end + _seconds(hold) and started >= end + _seconds(hold + interval / 2)
+                for end in ends
+            )
+
+        copies = [o for o in older if abs((o["starts_at"] - started).total_seconds()) < apart and not parted(o)]
         if not copies:
             return False
-        first = copies[0]
-        apart = abs((first["starts_at"] - started).total_seconds())
+        # The episode that acts on the firing, rather than another copy of it, when it is among them.
+        first = next((o for o in copies if o["state"] != "skipped"), copies[0])
+        gap = abs((first["starts_at"] - started).total_seconds())
         why = (
             f"the same firing as episode {first['id']} ({first['state']}): its startsAt "
-            f"{first['starts_at'].isoformat()} is {apart:.3f} s from this one's, less than the rule's for: "
-            f"({hold:g} s) that two firings of the alert are apart, and no end of it was heard between (the "
-            "Prometheus pair's copies of one alert); nothing executed"
+            f"{first['starts_at'].isoformat()} is {gap:.3f} s from this one's, less than the rule's for: and an "
+            f"evaluation ({apart:g} s) that two firings of the alert are apart, and no end of it parts them (a new "
+            "firing starts for: and an evaluation after the last one's end: the Prometheus pair's copies of one "
+            "alert); nothing executed"
         )
         log.info("episode %s (%s on %s): %s", episode["id"], episode["alertname"], episode["target"], why)
         await self.holder.close(episode, "skipped", why)

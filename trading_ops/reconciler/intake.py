@@ -160,6 +160,9 @@ class AlertPayload(msgspec.Struct, kw_only=True):
     startsAt: Annotated[str, msgspec.Meta(description="an RFC 3339 timestamp string")]
     annotations: LabelMap | None = None
     generatorURL: str = ""
+    # When a resolved alert ended (Prometheus's evaluation that found its condition gone); a firing one's is a zero
+    # time or a moment ahead. Only a hint: one that cannot be read is not used, and the alert is kept.
+    endsAt: Annotated[str, msgspec.Meta(description="an RFC 3339 timestamp string")] = ""
 
 
 def _payload(data: Any, tp: Any, at: str) -> Any:
@@ -230,6 +233,16 @@ def validate(data: Any) -> Validated:
     return Validated(payload.receiver, payload.status, payload.groupKey, alerts, invalid, truncated)
 
 
+def _ended_at(alert: AlertPayload, starts_at: datetime) -> datetime | None:
+    """A resolved alert's end as its endsAt says, or None when that cannot be read or is no end of this alert (before
+    its start, or ahead of now: the ledger then takes the moment it heard of the end)."""
+    try:
+        ended = _rfc3339(alert.endsAt) if alert.endsAt else None
+    except ValueError:
+        return None
+    return ended if ended is not None and starts_at <= ended <= datetime.now(UTC) else None
+
+
 def _alert(a: Any, at: str, latest: datetime) -> dict[str, Any]:
     """One alert of the payload, checked; Rejected(422) names its first wrong field."""
     where = f"{at}."
@@ -247,6 +260,7 @@ def _alert(a: Any, at: str, latest: datetime) -> dict[str, Any]:
         "labels": labels,
         "annotations": _text_map(alert.annotations or {}, f"{where}annotations"),
         "starts_at": starts_at,
+        "ended_at": _ended_at(alert, starts_at) if alert.status == "resolved" else None,
         "generator_url": alert.generatorURL,
         "fingerprint": alert.fingerprint,
     }
@@ -265,6 +279,7 @@ def plan_notification(v: Validated, payload: str, playbook: Playbook, watchdog: 
                 status=a["status"],
                 fingerprint=a["fingerprint"],
                 starts_at=a["starts_at"],
+                ended_at=a["ended_at"],
                 alertname=labels["alertname"],
                 labels=labels,
                 annotations=a["annotations"],

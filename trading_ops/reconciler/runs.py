@@ -146,6 +146,10 @@ class RunHolder:
         until then a claim could run again what the ledger forgot was run."""
         return time.monotonic() < self.settle_until
 
+    def settling_left(self) -> float:
+        """Seconds until this replica claims again after the ledger came back (0: it claims now; `settling`)."""
+        return max(0.0, self.settle_until - time.monotonic())
+
     def lapsed_is_dead(self) -> bool:
         """Whether a lease that lapsed says its owner is gone: only once this replica has reached the ledger for a
         whole lease without a break. A live owner renews its lease every third of one whenever the database takes

@@ -13,7 +13,7 @@ from trading_ops.reconciler.escalation import Escalation
 from trading_ops.reconciler.playbook import Rule
 from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
 from trading_ops.reconciler.steps import AttemptRun, Steps
-from trading_ops.reconciler.verify import UNVERIFIED, verify, with_source
+from trading_ops.reconciler.verify import UNVERIFIED, belongs_to, verify, with_source
 
 log = logging.getLogger(ENGINE_LOGGER)
 
@@ -54,6 +54,41 @@ class Verification(RunPart):
             return None
         await self.holder.close(episode, "resolved" if outcome == "resolved" else "recovered", detail)
         return None
+
+    async def healed_already(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> bool:
+        """One fault, one remedy, within a rule: whether an episode about to act for the first time waited behind
+        another episode of its rule on the same target whose remedy was verified since this one was stored (one
+        fault that fires an alert per channel: the bot's venue link dropped, `TradingBotBrokerDisconnected` for its
+        orders and its market data, each a reconnect), and its own condition no longer holds in Prometheus: that
+        remedy healed it too. Closed recovered, nothing executed, the ledger naming the episode whose remedy it was.
+        The condition is read as the verification reads it, after the other episode's verification saw a scrape taken
+        after its action. Acts as before when the condition still holds, or cannot be read."""
+        if not rule.verify.enabled:
+            return False
+        sibling = await self.db(
+            self.ledger.recovered_sibling, rule.name, episode["target"], episode["id"], episode["received_at"]
+        )
+        if sibling is None:
+            return False
+        found = await self._expression(episode, rule, ctx)
+        if isinstance(found, str):
+            return False
+        expr, source = found
+        try:
+            result = await self.prometheus.query(expr)
+        except PrometheusError as exc:
+            log.warning("episode %s: cannot read whether its condition still holds; acting: %s", episode["id"], exc)
+            return False
+        if any(belongs_to(series, ctx.labels) for series in result):
+            return False
+        detail = with_source(
+            f"healed by the remedy of episode {sibling['id']} ({rule.name}, {sibling['alertname']} on "
+            f"{episode['target']}, recovered at {sibling['closed_at'].isoformat()}), verified after this one was "
+            f"stored: its condition no longer holds ({expr} returned nothing for this alert); nothing executed",
+            source,
+        )
+        await self.holder.close(episode, "recovered", detail)
+        return True
 
     async def _verify(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str]:
         if not rule.verify.enabled:

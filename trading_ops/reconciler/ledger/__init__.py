@@ -178,6 +178,7 @@ class Ledger:
     def _offer_limits(self, limits: Limits) -> Limits:
         self.cooldown_until = limits.cooldown_until
         self.deferred_to = limits.deferred_to
+        self.recovered_sibling = limits.recovered_sibling
         self.other_copies = limits.other_copies
         self.actions_last_hour = limits.actions_last_hour
         self.circuit_open_until = limits.circuit_open_until

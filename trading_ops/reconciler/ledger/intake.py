@@ -39,6 +39,9 @@ class AlertIn:
     rule: str | None
     target: str
     wait_for: float = 0.0
+    # A resolved alert's end as Alertmanager gave it (its endsAt), when it could be read: the episode's resolved_at,
+    # else the moment the ledger heard of the end.
+    ended_at: datetime | None = None
 
 
 @dataclass
@@ -152,11 +155,15 @@ class Intake:
             result.deduplicated += 1
 
     def _store_resolved(self, conn: Connection, a: AlertIn, now: datetime, result: StoreResult) -> None:
+        # The episode's resolved_at: when the alert ended as Prometheus found it (a pair's slower member may fire its
+        # copy of the firing after that, and Gates.copy_of_a_firing tells such a copy from a new firing by it), else
+        # when the end was heard.
+        ended = a.ended_at or now
         params = {"key_fingerprint": a.fingerprint[:64], "key_starts_at": a.starts_at}
         row = conn.execute(self._find_episode, params).first()
         if row is None:
             # Resolved before we saw it fire: record the closed episode so a late firing starts nothing.
-            if self._insert_episode(conn, a, now, "resolved", "resolved before any action", closed=True):
+            if self._insert_episode(conn, a, now, "resolved", "resolved before any action", closed=True, ended=ended):
                 result.closed["resolved"] = result.closed.get("resolved", 0) + 1
                 return
             # Another replica stored its firing meanwhile (on PostgreSQL our insert waited for its commit): that
@@ -169,10 +176,10 @@ class Intake:
             if row.resolved_at is None:
                 # Closed before its alert resolved (recovered while it kept firing, say): now it is over, and a
                 # recovered episode is never reopened (ledger.reopening) for an alert that no longer fires.
-                conn.execute(self._mark_resolved, {"key_id": row.id, "resolved_at": now})
+                conn.execute(self._mark_resolved, {"key_id": row.id, "resolved_at": ended})
             result.deduplicated += 1
             return
-        flag = {"key_id": row.id, "resolved_at": now, "updated_at": now}
+        flag = {"key_id": row.id, "resolved_at": ended, "updated_at": now}
         close = {
             **flag,
             "state": "resolved",
@@ -198,7 +205,14 @@ class Intake:
         result.resolved_ids.append(row.id)
 
     def _insert_episode(
-        self, conn: Connection, a: AlertIn, now: datetime, state: str, detail: str, closed: bool
+        self,
+        conn: Connection,
+        a: AlertIn,
+        now: datetime,
+        state: str,
+        detail: str,
+        closed: bool,
+        ended: datetime | None = None,
     ) -> bool:
         values = {
             "fingerprint": a.fingerprint[:64],
@@ -216,6 +230,6 @@ class Intake:
             "received_at": now,
             "updated_at": now,
             "closed_at": now if closed else None,
-            "resolved_at": now if state == "resolved" else None,
+            "resolved_at": (ended or now) if state == "resolved" else None,
         }
         return conn.execute(self._add_episode, values).first() is not None

@@ -74,6 +74,26 @@ class Limits:
                 ).first()
         return None if row is None else dict(row._mapping)
 
+    def recovered_sibling(self, rule: str, target: str, episode_id: int, since: datetime) -> dict[str, Any] | None:
+        """The last episode of `rule` on `target` (not `episode_id`) that recovered at or after `since`: a remedy
+        verified while a new episode of the same rule waited behind it (one run per target at a time). None when
+        there is none."""
+        columns = (E.c.id, E.c.alertname, E.c.labels, E.c.closed_at)
+        with self.db.engine.connect() as conn:
+            row = conn.execute(
+                select(*columns)
+                .where(
+                    E.c.rule == rule,
+                    E.c.target == target,
+                    E.c.id != episode_id,
+                    E.c.state == "recovered",
+                    E.c.closed_at >= since,
+                )
+                .order_by(E.c.closed_at.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else dict(row._mapping)
+
     def other_copies(
         self, fingerprint: str, episode_id: int, starts_at: datetime, within: timedelta
     ) -> list[dict[str, Any]]:
