@@ -252,6 +252,22 @@ class Monitoring:
         assert status == 200
         return [a for a in alerts if a["labels"].get("alertname") == alertname]
 
+    def held(self, alertname: str) -> list[dict[str, Any]]:
+        """Alertmanager's alerts of that name that have not ended, silenced ones too."""
+        status, alerts = http(f"{self.alertmanager}/api/v2/alerts")
+        assert status == 200
+        return [a for a in alerts if a["labels"].get("alertname") == alertname]
+
+    def notifications_sent(self) -> float:
+        """Alertmanager's webhook notifications so far, successful or not."""
+        with urllib.request.urlopen(f"{self.alertmanager}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("alertmanager_notifications_total{") and 'integration="webhook"' in line
+        )
+
 
 def start_server(argv: list[str], log: Path, ready: str) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
@@ -948,6 +964,23 @@ def settled_episode_id(deployment: Deployment) -> int:
     return until("the restart's own TradingBotDown over and every episode closed", last_if_quiet, 120) - 1
 
 
+def bot_down_over(monitoring: Monitoring, when: str) -> None:
+    """TradingBotDown over in Prometheus and Alertmanager, and Alertmanager done sending its end: no webhook for 3 s
+    (the group flushes every second). A silence set while a firing it had sent was still to be resolved mutes that
+    resolution, and Alertmanager's notification log keeps the firing as sent: the next firing of the same alert,
+    the fault the test makes, is then never sent, as nothing new (CI, stop 70: "resolved before any action", its
+    firing held until the bot was back)."""
+
+    def quiet() -> bool:
+        if monitoring.query('ALERTS{alertname="TradingBotDown"}') or monitoring.held("TradingBotDown"):
+            return False
+        sent = monitoring.notifications_sent()
+        time.sleep(3)
+        return sent == monitoring.notifications_sent()
+
+    until(f"TradingBotDown over and its end sent {when}", quiet, 120)
+
+
 def expire_silences(monitoring: Monitoring) -> None:
     """A silence a previous episode set (bot-loop-restart silences TradingBotDown for 3 minutes) ends now."""
     status, silences = http(f"{monitoring.alertmanager}/api/v2/silences")
@@ -967,6 +1000,7 @@ def restart_unpaged(deployment: Deployment, reconciler_too: bool = False) -> tup
     bot-restart's 10-minute cooldown, which then holds back the episode of the fault the test makes: that one ended
     `resolved` once systemd had the bot back, never acted on (CI, stop 67). The silence comes first: a reconciler
     started would hear an alert an earlier test's restart left firing."""
+    bot_down_over(deployment.monitoring, "before the test's restart")
     now = datetime.now(UTC)
     status, answer = http(
         f"{deployment.monitoring.alertmanager}/api/v2/silences",
@@ -991,7 +1025,10 @@ def restart_unpaged(deployment: Deployment, reconciler_too: bool = False) -> tup
         # firing of the fault the test makes until systemd had the bot back (CI, stop 69: "resolved before any action").
         until(
             "TradingBotDown over after the test's restart",
-            lambda: not deployment.monitoring.query('ALERTS{alertname="TradingBotDown"}'),
+            lambda: (
+                not deployment.monitoring.query('ALERTS{alertname="TradingBotDown"}')
+                and not deployment.monitoring.held("TradingBotDown")
+            ),
             120,
         )
     finally:
