@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import socket
+import time
 from decimal import Decimal
 
 import psutil
@@ -488,6 +489,61 @@ async def test_the_database_heartbeat_stops_while_the_loop_hangs(tmp_path) -> No
         assert (await control(bot.port, "clear_chaos"))[0] == 200
         await wait_for(lambda: bot.heartbeat.beats > beats)
         assert (await bot.journal.call(store.last_run)).last_heartbeat_at > frozen  # type: ignore[union-attr]
+    finally:
+        await bot.stop()
+
+
+def heartbeat_gauge_age(bot: PaperBot) -> float:
+    """What Prometheus reads: now minus tradingbot_heartbeat_timestamp_seconds."""
+    return time.time() - (bot.inst.registry.get_sample_value("tradingbot_heartbeat_timestamp_seconds") or 0.0)
+
+
+async def test_a_reconciliation_longer_than_the_heartbeat_timeout_is_not_a_stalled_loop(tmp_path) -> None:
+    """A reconciliation holds the trade lock for its whole run. One that waits long on the venue (each look at the
+    account answered 0.5 s late: a run of five such looks and more, longer than the 2 s heartbeat timeout) is not a
+    stalled loop: each step it completes is the waiting loop's heartbeat, and /healthz's check, which the watchdog's
+    pings follow, stays healthy throughout. Without it the watchdog killed a bot in every long reconciliation."""
+    config = fast_config(tmp_path)
+    config.bot.heartbeat_timeout_seconds = 2.0
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    await bot.start("127.0.0.1", 0)
+    try:
+        await wait_for(lambda: bot.metrics.heartbeat_age() is not None)
+        bot.paper_venue.query_latency = 0.5
+        started = time.monotonic()
+        run = asyncio.create_task(bot.reconcile(Trigger.COMMAND))
+        looks: list[tuple[bool, float | None, float]] = []
+        while not run.done():
+            looks.append((bot.loop_progressing(), bot.metrics.heartbeat_age(), heartbeat_gauge_age(bot)))
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - started
+        assert run.result()["result"] in ("clean", "resolved"), run.result()
+        assert took > config.bot.heartbeat_timeout_seconds  # the case: a run longer than the timeout
+        assert all(ok for ok, _, _ in looks), [look for look in looks if not look[0]]
+        # The gauge Prometheus reads says the same as the age /healthz judges by.
+        assert all(age is not None and abs(gauge - age) < 0.5 for _, age, gauge in looks), looks
+    finally:
+        await bot.stop()
+
+
+async def test_a_reconciliation_stuck_on_one_answer_is_a_stalled_loop(tmp_path) -> None:
+    """A step of the reconciliation is progress, a wait inside one is not: an answer held longer than the heartbeat
+    timeout leaves the loop stalled for /healthz (so the watchdog's pings stop) and for the gauge Prometheus reads
+    (TradingBotHeartbeatStale), and the loop progresses again once the run has ended."""
+    config = fast_config(tmp_path)
+    timeout = config.bot.heartbeat_timeout_seconds
+    bot = PaperBot(config, token=TOKEN, registry=CollectorRegistry())
+    await bot.start("127.0.0.1", 0)
+    try:
+        await wait_for(lambda: bot.metrics.heartbeat_age() is not None)
+        bot.paper_venue.query_latency = 4 * timeout + 1.0
+        run = asyncio.create_task(bot.reconcile(Trigger.COMMAND))
+        await wait_for(lambda: not bot.loop_progressing(), timeout=30)
+        assert heartbeat_gauge_age(bot) > timeout
+        assert not run.done()
+        bot.paper_venue.query_latency = 0.0  # the rest of the run answered at once
+        assert (await run)["result"] in ("clean", "resolved")
+        await wait_for(bot.loop_progressing, timeout=30)
     finally:
         await bot.stop()
 

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 CLOCK_SKEW_INTERVAL_SECONDS = 30.0
 # How often the trading loop journals a risen equity peak (and at shutdown): a crash loses at most this much of a rise.
 PEAK_SAVE_INTERVAL_SECONDS = 5.0
+# How often a loop waiting for the trade lock looks at the progress of the reconciliation that holds it.
+HELD_CHECK_SECONDS = 0.1
 
 
 def clock_offset(sent: datetime, received: datetime, server: datetime, resolution: float = 0.0) -> float:
@@ -78,6 +80,7 @@ class TradingLoop:
         kill_switch: KillSwitch,
         peak_journal: PeakJournal,
         risk: RiskEngine,
+        held_progress: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.stop = stop
         self.interval = interval
@@ -99,6 +102,7 @@ class TradingLoop:
         self.kill_switch = kill_switch
         self.peak_journal = peak_journal
         self.risk = risk
+        self.held_progress = held_progress
         self._clock_skew_due = 0.0  # time.monotonic() of the next clock reading
         self._peak_save_due = 0.0
         self._journal_probe: asyncio.Task[None] | None = None
@@ -113,17 +117,30 @@ class TradingLoop:
             self._hanging = False
             started = time.monotonic()
             try:
-                async with self.trade_lock.hold():
+                await self._iteration(started)
+            except Exception:
+                log.exception("trading loop iteration failed")
+            self.metrics.loop_iteration(time.monotonic() - started)
+            await asyncio.sleep(self.interval)
+
+    async def _iteration(self, waiting_since: float) -> None:
+        """One step under the trade lock. While a reconciliation holds the lock, each step that run completes after
+        this wait began counts as the loop's heartbeat (`held_progress`, LoopMetrics.loop_held): a run that waits
+        patiently for the venue's rate limit is not a stalled loop, and the watchdog kept killing the bot in it. A run
+        that makes no step, stuck on one answer or on a stalled journal, leaves the heartbeat to age."""
+        while True:
+            async with self.trade_lock.hold(timeout=HELD_CHECK_SECONDS) as held:
+                if held:
                     if self.gate.trading_allowed and self.gate.accepting:
                         if self.flattening:
                             await self.order_engine.flatten_step()  # flatten is the runtime's, for every bot
                         else:
                             await self.strategy().step(self.context)
                     await self._after_step()
-            except Exception:
-                log.exception("trading loop iteration failed")
-            self.metrics.loop_iteration(time.monotonic() - started)
-            await asyncio.sleep(self.interval)
+                    return
+            progress = self.held_progress()
+            if progress is not None and progress > waiting_since:
+                self.metrics.loop_held(progress)
 
     def hang(self, seconds: float) -> None:
         """Fault injection: the trading loop makes no progress for `seconds`."""

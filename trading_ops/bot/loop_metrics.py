@@ -39,7 +39,8 @@ class LoopMetrics(MetricsBase):
         self._crashes = None
         self._heartbeat = Gauge(
             f"{PREFIX}_heartbeat_timestamp_seconds",
-            "Unix time at which the trading loop last completed an iteration.",
+            "Unix time at which the trading loop last completed an iteration (or, while it waits for a reconciliation "
+            "that holds trading, that run last completed a step).",
             registry=self.registry,
         ).set
         self._iterations = Counter(
@@ -74,6 +75,15 @@ class LoopMetrics(MetricsBase):
         self._loop_duration(duration_seconds)
         self._heartbeat(self._clock())
         self.last_heartbeat_monotonic = self._monotonic()
+
+    def loop_held(self, progress: float) -> None:
+        """The trading loop waits for the trade lock a reconciliation holds, and that run completed a step at
+        `progress` (time.monotonic()) after the wait began: the heartbeat reads that step, never later, so the gauge
+        and the age (/healthz, the watchdog) agree. Never moves the heartbeat back; counts no iteration."""
+        if self.last_heartbeat_monotonic is not None and progress <= self.last_heartbeat_monotonic:
+            return
+        self.last_heartbeat_monotonic = progress
+        self._heartbeat(self._clock() - (self._monotonic() - progress))
 
     def phase(self, phase: str) -> None:
         """The runtime entered `phase` (one of PHASES)."""

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from trading_ops.bot.broker import VENUE_ID_PREFIX, Broker, BrokerError, OrderStatus, VenueFill, VenueOrder
 from trading_ops.bot.classify import (
@@ -142,8 +142,16 @@ class _Resolution:
     adopt_balances: bool = False
 
 
+T = TypeVar("T")
+
+
 class Reconciler:
-    """Runs reconciliations one at a time; each is stored with its discrepancies and exported as metrics."""
+    """Runs reconciliations one at a time; each is stored with its discrepancies and exported as metrics.
+
+    `progress_at` is when the run under way last completed a step (an answer of the venue, a journal call, the
+    confirming look's wait), on time.monotonic(): the trading loop, waiting meanwhile for the trade lock the run
+    holds, counts those steps as its heartbeat (TradingLoop). A run that waits patiently for the venue's rate limit
+    may take longer than the heartbeat timeout; one stuck on a single answer or a stalled journal makes no step."""
 
     def __init__(
         self,
@@ -173,6 +181,7 @@ class Reconciler:
         self._lock = asyncio.Lock()
         self.last: dict[str, Any] | None = None
         self.last_success: dict[str, Any] | None = None
+        self.progress_at: float | None = None
 
     @property
     def running(self) -> bool:
@@ -187,7 +196,15 @@ class Reconciler:
                 f"unknown trigger {str(trigger)[:32]!r}; one of {', '.join(t.value for t in Trigger)}"
             ) from None
         async with self._lock:
+            self.progress_at = time.monotonic()
             return await self._run(trigger)
+
+    async def _step(self, pending: Awaitable[T]) -> T:
+        """One step of the run: its end, answered or failed, is progress (`progress_at`)."""
+        try:
+            return await pending
+        finally:
+            self.progress_at = time.monotonic()
 
     async def _run(self, trigger: Trigger) -> dict[str, Any]:
         started = utcnow()
@@ -209,8 +226,10 @@ class Reconciler:
         result, error = verdict(found, unknown, error)
         finished = utcnow()
         items = [d.to_dict() for d in found]
-        run_id = await self.journal.call(
-            self.store.record_reconciliation, trigger.value, result.value, started, finished, items, error
+        run_id = await self._step(
+            self.journal.call(
+                self.store.record_reconciliation, trigger.value, result.value, started, finished, items, error
+            )
         )
         self.metrics.run(trigger.value, result.value, time.time())
         if error is None or result is Result.UNKNOWN:  # a run that failed early saw nothing: says nothing here
@@ -247,7 +266,7 @@ class Reconciler:
         if not look.found or self.confirm_delay <= 0:
             return look, 0
         # What is real is still there a moment later; an event that was on its way has landed by then.
-        await asyncio.sleep(self.confirm_delay)
+        await self._step(asyncio.sleep(self.confirm_delay))
         first = {(d.kind, d.key) for d in look.found}
         look = await self._look()
         confirmed = [d for d in look.found if (d.kind, d.key) in first]
@@ -264,7 +283,7 @@ class Reconciler:
 
     async def _position_mismatch(self, venue_positions: dict[str, Decimal]) -> dict[str, Decimal]:
         """The venue's position minus the journal's, by symbol, after the run resolved what it found."""
-        positions = await self.journal.call(self.journal.positions)
+        positions = await self._step(self.journal.call(self.journal.positions))
         mismatch: dict[str, Decimal] = {}
         for symbol in sorted(set(venue_positions) | set(positions)):
             ours = positions[symbol].quantity if symbol in positions else ZERO
@@ -274,9 +293,9 @@ class Reconciler:
     async def _look(self) -> _Pass:
         """Settle what is in flight, then snapshot the venue (at once after the settling), the journal and how the
         orders the venue no longer lists ended; classify."""
-        await self.hooks.settle()
+        await self._step(self.hooks.settle())
         venue = await self._venue_snapshot(utcnow())
-        journal = await self.journal.call(self._journal_snapshot, venue)
+        journal = await self._step(self.journal.call(self._journal_snapshot, venue))
         venue.closed_orders = await self._closed_orders(journal, venue)
         return _Pass(journal, venue, classify(journal, venue, self.split))
 
@@ -285,11 +304,11 @@ class Reconciler:
         or balances the venue does not answer for are None (unknown); open orders and fills it must answer."""
         since = now - timedelta(seconds=self.fills_lookback) if self.fills_lookback > 0 else None
         for _ in range(SNAPSHOT_ATTEMPTS):
-            before = await self.broker.recent_fills(since)
-            positions = await self._ask("positions", self.broker.positions)
-            balances = await self._ask("balances", self.broker.balances)
-            open_orders = await self.broker.open_orders()
-            after = await self.broker.recent_fills(since)
+            before = await self._step(self.broker.recent_fills(since))
+            positions = await self._step(self._ask("positions", self.broker.positions))
+            balances = await self._step(self._ask("balances", self.broker.balances))
+            open_orders = await self._step(self.broker.open_orders())
+            after = await self._step(self.broker.recent_fills(since))
             if [f.trade_id for f in before] == [f.trade_id for f in after]:
                 return VenueSnapshot(
                     positions, balances, open_orders, after, balance_assets=self.broker.balance_assets()
@@ -316,7 +335,9 @@ class Reconciler:
         for mine in gone[:MAX_ORDER_LOOKUPS]:
             key = mine.client_order_id
             client_order_id = "" if key.startswith(VENUE_ID_PREFIX) else key
-            found[key] = await self.broker.order_status(client_order_id, venue_order_id=mine.venue_order_id or "")
+            found[key] = await self._step(
+                self.broker.order_status(client_order_id, venue_order_id=mine.venue_order_id or "")
+            )
         return found
 
     def _journal_snapshot(self, venue: VenueSnapshot) -> JournalSnapshot:
@@ -357,7 +378,7 @@ class Reconciler:
         for d in found:
             d.policy = self.policies[d.kind.value]
             try:
-                d.outcome = await self._resolve_one(d, run)
+                d.outcome = await self._step(self._resolve_one(d, run))
             except Exception as exc:
                 log.warning("reconciliation could not %s %s %s: %s", d.policy, d.kind.value, d.key, exc)
                 d.outcome = "failed"
@@ -365,7 +386,7 @@ class Reconciler:
         if run.fills_removed:
             await self.hooks.fills_changed(sorted(run.fills_removed))
         if run.adopt_balances and venue.balances is not None:
-            await self.journal.call(self.journal.set_balances, dict(venue.balances))
+            await self._step(self.journal.call(self.journal.set_balances, dict(venue.balances)))
         if run.halts:
             halts = run.halts
             await self.hooks.halt("reconciliation: " + ", ".join(halts[:5]) + (" ..." if len(halts) > 5 else ""))

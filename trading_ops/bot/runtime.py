@@ -400,6 +400,7 @@ class BotRuntime:
             kill_switch=self.kill_switch,
             peak_journal=self.peak_journal,
             risk=self.risk,
+            held_progress=self._reconciliation_progress,
         )
         self.startup = Startup(
             config=config,
@@ -566,6 +567,11 @@ class BotRuntime:
         iteration within the heartbeat timeout, or the bot started less than that ago (the first iteration may still
         be under way: not a stall)."""
         return self.inst.loop_health()[0]
+
+    def _reconciliation_progress(self) -> float | None:
+        """When the reconciliation under way last completed a step (time.monotonic()), or None when none runs: what
+        the trading loop, waiting for the trade lock that run holds, counts as its heartbeat."""
+        return self.reconciler.progress_at if self.reconciler.running else None
 
     # -- what a bot author and the tests read, each from the part that owns it ---------------------------
     @property

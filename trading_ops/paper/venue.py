@@ -43,6 +43,7 @@ Conventions a caller relies on:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import os
@@ -87,15 +88,18 @@ DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 
 
-def _request(channel: Channel) -> Callable[[Method], Method]:
+def _request(channel: Channel, query: bool = False) -> Callable[[Method], Method]:
     """A Broker method that is one request to the venue: told to BrokerEvents.on_venue_request with how long it
-    took, answered or failed (the API error ratio's denominator, as a real venue's REST call is)."""
+    took, answered or failed (the API error ratio's denominator, as a real venue's REST call is). A `query` (a look at
+    the account: what a reconciliation asks) is answered `query_latency` seconds late."""
 
     def wrap(method: Method) -> Method:
         @functools.wraps(method)
         async def timed(self: PaperVenue, *args: Any, **kwargs: Any) -> Any:
             started = time.monotonic()
             try:
+                if query and self.query_latency:
+                    await asyncio.sleep(self.query_latency)
                 return await method(self, *args, **kwargs)
             finally:
                 self.connection.request_done(channel, time.monotonic() - started)
@@ -182,6 +186,7 @@ class PaperVenue(Broker):
         self.fault_model = FaultModel()  # deadlines on time.monotonic, like every fault's `seconds`
         self.venue = venue
         self.order_latency = order_latency
+        self.query_latency = 0.0  # seconds each look at the account takes (positions, balances, orders, fills)
         self.tick_interval = tick_interval
         self.clock = VenueClock(clock, clock_skew)  # the skew is persisted with the state
         # Connection state (belongs to this process, never persisted).
@@ -401,7 +406,7 @@ class PaperVenue(Broker):
     async def cancel(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder:
         return await self.order_entry.cancel(client_order_id, venue_order_id=venue_order_id)
 
-    @_request(Channel.ORDERS)
+    @_request(Channel.ORDERS, query=True)
     async def order_status(self, client_order_id: str = "", *, venue_order_id: str = "") -> VenueOrder | None:
         """Any order the venue still remembers (every open one, the last MAX_RETAINED_CLOSED_ORDERS closed)."""
         self.connection.require(Channel.ORDERS)
@@ -431,24 +436,24 @@ class PaperVenue(Broker):
         return await self.switch.expire()
 
     # -- Broker: account --------------------------------------------------------------------------------------
-    @_request(Channel.ORDERS)
+    @_request(Channel.ORDERS, query=True)
     async def positions(self) -> dict[str, Decimal]:
         self.connection.require(Channel.ORDERS)
         self._check_query("positions")
         return dict(self.book.positions)
 
-    @_request(Channel.ORDERS)
+    @_request(Channel.ORDERS, query=True)
     async def balances(self) -> dict[str, Decimal]:
         self.connection.require(Channel.ORDERS)
         self._check_query("balances")
         return dict(self.book.balances)
 
-    @_request(Channel.ORDERS)
+    @_request(Channel.ORDERS, query=True)
     async def open_orders(self) -> list[VenueOrder]:
         self.connection.require(Channel.ORDERS)
         return [dataclasses.replace(o) for o in self.book.open.values()]
 
-    @_request(Channel.ORDERS)
+    @_request(Channel.ORDERS, query=True)
     async def recent_fills(self, since: datetime | None = None) -> list[VenueFill]:
         self.connection.require(Channel.ORDERS)
         fills = sorted(self.book.fills, key=lambda f: (f.executed_at, int(f.trade_id[1:])))
