@@ -209,6 +209,57 @@ def test_every_route_to_the_pager_waits_out_the_clusters_peer_timeout() -> None:
         assert FAST.people_group_interval(shipped) > dict(FAST.alertmanager_cluster)["peer-timeout"], route
 
 
+# The jobs a bot's alerts carry: the library's bots and freqtrade's sidecar (some rules match one of them only).
+BOT_JOBS = ("tradingbot", "freqtrade")
+
+
+def heals_unattended(alertname: str, severity: str) -> bool:
+    """Whether every packaged playbook heals this alert unattended (Rule.heals_unattended) for every kind of bot: the
+    first rule that takes it, for each job, leaves nothing for a person once its recovery is verified."""
+    for name in PACKAGED_PLAYBOOKS:
+        playbook = load_packaged_playbook(name)
+        for job in BOT_JOBS:
+            labels = {"alertname": alertname, "severity": severity, "job": job, "instance": "paper-bot:9101"}
+            rule = next((r for r in playbook.rules if r.matches(labels)), None)
+            if rule is None or not rule.heals_unattended:
+                return False
+    return True
+
+
+def graced_alerts(severity: str) -> tuple[set[str], dict[str, Any]]:
+    """The alert names the people's route of `severity` waits out (its child route with a group_wait of its own),
+    and that child route."""
+    (route,) = [
+        r
+        for r in load_config()["route"]["routes"]
+        if r["matchers"][0] == f'severity="{severity}"' and r["receiver"] == RECEIVER_FOR_SEVERITY[severity]
+    ]
+    (child,) = route["routes"]
+    (matcher,) = child["matchers"]
+    parsed = parse_matcher(matcher)
+    assert parsed.name == "alertname" and parsed.op == "=~", matcher
+    return set(parsed.value.split("|")), child
+
+
+@pytest.mark.parametrize("severity", ["critical", "warning"])
+def test_people_wait_out_exactly_the_faults_the_playbook_heals_unattended(severity: str) -> None:
+    # A healed fault pages nobody: its route to people waits longer than its remedy and proof take. The list in
+    # alertmanager.yml and the playbooks are held together: a rule that starts asking a person (or paging itself),
+    # or a new alert a rule heals, fails here until the route says the same.
+    names, route = graced_alerts(severity)
+    expected = {
+        alertname for alertname, tier in alert_tiers() if tier == severity and heals_unattended(alertname, tier)
+    }
+    assert names == expected
+    assert "receiver" not in route and not route.get("continue"), route  # its parent's receiver, then the reconciler
+    # Longer than the root's wait (what every other alert gets), and than the slowest shipped remedy's detection to
+    # verification at the shipped timings: a restart's wait_for (10 s) and start, the verifying scrape and evaluation.
+    root = load_config()["route"]
+    assert parse_duration(route["group_wait"]) >= max(60.0, 2 * parse_duration(root["group_wait"]))
+    # Nothing a person must decide or hear at once waits: a venue down, a breached loss limit, the host-down page.
+    assert not names & {"TradingBotVenueDown", "TradingBotDailyLossBreached", "TradingBotHostDown", *ESCALATIONS}
+
+
 def test_the_reconciler_health_route_names_real_alerts() -> None:
     # A renamed alert would silently fall through to the severity routes (and reach the reconciler again).
     assert RECONCILER_OWN_HEALTH <= {name for name, _ in alert_tiers()}

@@ -223,6 +223,19 @@ class Rule:
             or (ACTIONS[step.action].budgeted and ACTIONS[step.action].protective(step.params))
         )
 
+    @property
+    def heals_unattended(self) -> bool:
+        """Whether this rule's verified recovery leaves nothing for a person: no step waits for an approval or pages
+        (escalate, notify), the recovery is verified against Prometheus, and the target is the alert's own instance
+        (not a venue, which nobody here can heal). Alertmanager's routes to people wait out such a fault's remedy
+        (alertmanager/alertmanager.yml): it pages only if it outlives it."""
+        steps = (*self.steps, *self.on_recovery)
+        return (
+            self.verify.enabled
+            and self.target_label == "instance"
+            and not any(step.approval or step.action in PAGE_ACTIONS for step in steps)
+        )
+
     def target(self, labels: dict[str, str]) -> str:
         return labels.get(self.target_label) or labels.get("alertname", "unknown")
 
