@@ -36,7 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.alertmanager
 HEAL_DEADLINE_SECONDS = 420.0
 # A busy machine starts freqtrade in minutes; its stream state reaches Prometheus after its first candles.
 STREAMING_DEADLINE_SECONDS = 240.0
-# alertmanager/alertmanager.yml: the pager route's group_wait (the root's) for a critical alert.
+# After the alerts ended: a page already sent has reached the pager by then (alertmanager/alertmanager.yml's pager
+# route waits 1 minute for TradingBotFreqtradeDown, which the playbook heals unattended; a group whose alert ended
+# before that flushes nothing). The root's group_wait, with 2 s for a page in flight.
 PAGER_GROUP_WAIT_SECONDS = 10.0
 
 
@@ -74,7 +76,7 @@ def test_silent_candles_are_reconnected_verified_and_page_no_one(stack: Stack, p
     print(f"silent candles healed {healed.seconds:.0f} s after the fault")  # noqa: T201 - measured
     # Healed and verified: nothing for a person. freqtrade's API did not answer for the seconds its reload_config took:
     # at the fast profile's `for:` that may fire TradingBotFreqtradeDown (critical; freqtrade-restart waits 10 s before
-    # it acts), which resolves once freqtrade answers, within the pager route's group_wait: no page goes out.
+    # it acts), which resolves once freqtrade answers, within the pager route's wait (a minute): no page goes out.
     until("Alertmanager holds no critical alert", lambda: _critical(stack) == [], DEADLINE_SECONDS)
     time.sleep(PAGER_GROUP_WAIT_SECONDS + 2)
     assert pager.pages == [], pager.notices
