@@ -104,6 +104,10 @@ def test_each_ops_host_killed_whole_costs_the_survivors_nothing(
         out["pages"] = sorted(
             f"{labels['alertname']} {labels.get('instance', '')}" for _, labels in topo.pager.since(0)
         )
+        # The pager's every notification, in seconds from the sequence's start (its first fault).
+        out["pager_timeline"] = topo.pager.timeline(
+            run["started"], {o.address: f"am-{o.name}" for o in topo.ops.values()}
+        )
         print(json.dumps(out))
         # Each fault verified by a replica that was alive: ops-a's with ops-b dead, ops-b's with ops-a dead.
         assert run["verified_by"]["ops_b_dead"].startswith("ra"), run
