@@ -258,6 +258,10 @@ def test_people_wait_out_exactly_the_faults_the_playbook_heals_unattended(severi
     assert parse_duration(route["group_wait"]) >= max(60.0, 2 * parse_duration(root["group_wait"]))
     # Nothing a person must decide or hear at once waits: a venue down, a breached loss limit, the host-down page.
     assert not names & {"TradingBotVenueDown", "TradingBotDailyLossBreached", "TradingBotHostDown", *ESCALATIONS}
+    # Each one's runbook tells whoever is notified anyway what it means.
+    for name in sorted(names):
+        runbook = " ".join((REPO_ROOT / "runbooks" / f"{name}.md").read_text().split())
+        assert "only if it outlived its remedy" in runbook and "waits a minute for it" in runbook, name
 
 
 def test_the_reconciler_health_route_names_real_alerts() -> None:
