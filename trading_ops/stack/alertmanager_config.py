@@ -74,7 +74,8 @@ def _receivers(
 
 def tune_routes(route: dict[str, Any], reconciler: set[str], profile: Profile, inherited: str | None = None) -> None:
     """Apply the profile's group_wait/group_interval to every route whose (inherited) receiver is the reconciler, and
-    its people's group_interval (Profile.people_group_interval) to every other route that sets one."""
+    its people's group_interval (Profile.people_group_interval) to every other route that sets one, but a route whose
+    own group_wait is longer (it waits out a remedy)."""
     receiver = route.get("receiver", inherited)
     if receiver in reconciler:
         if profile.reconciler_group_wait is not None:
@@ -83,7 +84,13 @@ def tune_routes(route: dict[str, Any], reconciler: set[str], profile: Profile, i
             route["group_interval"] = format_duration(profile.reconciler_group_interval)
     elif "group_interval" in route:
         seconds = parse_duration(str(route["group_interval"]))
-        route["group_interval"] = format_duration(profile.people_group_interval(seconds))
+        divided = profile.people_group_interval(seconds)
+        # A route that waits out a remedy (its own group_wait longer than the divided interval) keeps the repo's
+        # interval, the wait plus Alertmanager's clean-up of emptied groups: a fault that joins the group its healed
+        # predecessor emptied still waits that long (alertmanager/alertmanager.yml).
+        if parse_duration(str(route.get("group_wait", "0s"))) > divided:
+            divided = seconds
+        route["group_interval"] = format_duration(divided)
     for child in route.get("routes") or []:
         tune_routes(child, reconciler, profile, receiver)
 
