@@ -7,6 +7,7 @@ inhibition test starts a real Alertmanager on a free loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -27,7 +28,7 @@ from ports import free_port
 from server_process import wait_http
 from system_binaries import GENERATIONS, REPO_ROOT, SYSTEM, Generation, run_binary
 
-from trading_ops.durations import parse_duration
+from trading_ops.durations import format_duration, parse_duration
 from trading_ops.reconciler.actions.escalate import BOT_HOST_DOWN, ESCALATIONS
 from trading_ops.reconciler.packaged_playbooks import PACKAGED_PLAYBOOKS
 from trading_ops.reconciler.playbook import load_packaged_playbook, parse_matcher
@@ -612,8 +613,29 @@ class Receivers:
 @pytest.fixture
 def routed(tmp_path: Path) -> Iterator[tuple[str, Receivers]]:
     """A real Alertmanager on the committed routing tree, each receiver a webhook to a server of the test's own."""
-    sink = Receivers()
+    with alertmanager_routing(tmp_path, load_config()) as running:
+        yield running
+
+
+# The people's wait for a healed fault in the test below: seconds, not the shipped minute (the routes as shipped).
+SHORT_WAIT_SECONDS = 3.0
+
+
+@pytest.fixture
+def routed_short_wait(tmp_path: Path) -> Iterator[tuple[str, Receivers]]:
+    """As `routed`, the people's routes that wait out a remedy waiting SHORT_WAIT_SECONDS."""
     config = load_config()
+    for severity in ("critical", "warning"):
+        _, child = graced_alerts(severity)
+        (route,) = [r for r in config["route"]["routes"] if r.get("routes") == [child]]
+        route["routes"][0] = {**child, "group_wait": format_duration(SHORT_WAIT_SECONDS)}
+    with alertmanager_routing(tmp_path, config) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def alertmanager_routing(tmp_path: Path, config: dict[str, Any]) -> Iterator[tuple[str, Receivers]]:
+    sink = Receivers()
     config.pop("global")
     config.pop("templates")
     config["receivers"] = [
@@ -683,6 +705,43 @@ def test_an_exposure_page_reaches_the_pager_only_again_for_a_host_that_dies_soon
     wait_for("the second death's page at the pager", lambda: sink.of(BOT_HOST_DOWN).count(("pager", "firing")) == 2, 40)
     # Never back to the reconciler, nor to anyone else.
     assert {receiver for receiver, _ in sink.of(BOT_HOST_DOWN)} == {"pager"}
+
+
+def bot_fault(name: str, severity: str, starts_at: datetime, ends_at: datetime | None = None) -> dict[str, Any]:
+    labels = {
+        "alertname": name,
+        "severity": severity,
+        "service": "tradingbot",
+        "instance": "b:9101",
+        "job": "tradingbot",
+    }
+    alert: dict[str, Any] = {"labels": labels, "annotations": {"summary": "test."}, "startsAt": starts_at.isoformat()}
+    if ends_at is not None:
+        alert["endsAt"] = ends_at.isoformat()
+    return alert
+
+
+@pytest.mark.alertmanager
+def test_a_fault_healed_within_the_wait_reaches_only_the_reconciler_and_one_that_outlives_it_pages_once(
+    routed_short_wait: tuple[str, Receivers],
+) -> None:
+    url, sink = routed_short_wait
+    # Healed: the reconciler is told at once, acts, and the alert ends before the people's wait is over.
+    healed, started = "TradingBotBrokerDisconnected", datetime.now(UTC)
+    post_raw(url, [bot_fault(healed, "critical", started)])
+    wait_for("the fault at the reconciler", lambda: ("reconciler", "firing") in sink.of(healed), 10)
+    assert sink.of(healed) == [("reconciler", "firing")]  # not yet at the pager: it waits
+    post_raw(url, [bot_fault(healed, "critical", started, datetime.now(UTC))])
+    wait_for("the fault's end at the reconciler", lambda: ("reconciler", "resolved") in sink.of(healed), 20)
+    # A warning the playbook heals, outliving its wait: the chat work queue hears of it once, after the wait.
+    outlived, began = "TradingBotStreamChannelStale", time.monotonic()
+    post_raw(url, [bot_fault(outlived, "warning", datetime.now(UTC))])
+    wait_for("the outlived fault in chat", lambda: ("chat", "firing") in sink.of(outlived), 20)
+    assert time.monotonic() - began >= SHORT_WAIT_SECONDS - 0.5, "the chat route did not wait"
+    # By then the healed fault's group has flushed its first (and only) time: nothing was sent to a person.
+    time.sleep(1.0)
+    assert [receiver for receiver, _ in sink.of(healed)] == ["reconciler", "reconciler"], sink.of(healed)
+    assert sink.of(outlived).count(("chat", "firing")) == 1 and ("reconciler", "firing") in sink.of(outlived)
 
 
 @pytest.mark.alertmanager
