@@ -143,7 +143,8 @@ class Profile:
             if self.shorten_for:
                 parts.append(
                     f"the routes to people divide their own group_interval by {FOR_DIVISOR}, never below the peer "
-                    f"timeout plus {fmt(PEOPLE_GROUP_INTERVAL_MARGIN_SECONDS)} (20s -> 4s)"
+                    f"timeout plus {fmt(PEOPLE_GROUP_INTERVAL_MARGIN_SECONDS)} (20s -> 4s; a route that waits out a "
+                    "remedy keeps its own)"
                 )
         if self.recovery:
             parts.append(
