@@ -38,7 +38,7 @@ from trading_ops.config import load_config
 from trading_ops.db import migrate
 from trading_ops.durations import format_duration, parse_duration
 from trading_ops.paper import chaos
-from trading_ops.stack.alertmanager_config import render_alertmanager
+from trading_ops.stack.alertmanager_config import adapt_alertmanager, render_alertmanager
 from trading_ops.stack.app_config import (
     STACK_ACTIONS_PER_TARGET_PER_HOUR,
     STACK_DAILY_LOSS_LIMIT,
@@ -56,7 +56,7 @@ from trading_ops.stack.prometheus_config import (
     spoken_duration,
     write_prometheus,
 )
-from trading_ops.stack.repo import dump_yaml
+from trading_ops.stack.repo import MonitoringConfigError, dump_yaml
 from trading_ops.stack.status import Snapshot, StatusPrinter, last_action, loss_limit_note, render
 from trading_ops.stack.up import UpOptions, UsageProblem, children_path, in_force, lock_state_dir, prepare
 
@@ -335,6 +335,18 @@ def write_am(tmp_path: Path, profile: Any, token_file: Path) -> tuple[Path, dict
     path = tmp_path / f"alertmanager-{profile.name}.yml"
     dump_yaml(path, rendered.config, "test")
     return path, rendered.config
+
+
+@pytest.mark.parametrize("key", ["group_wait", "group_interval"])
+def test_a_route_timing_that_is_no_duration_is_one_config_error_naming_the_file(
+    tmp_path: Path, token_file: Path, key: str
+) -> None:
+    data = yaml.safe_load((REPO_ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    # A route to people with an interval of its own (the profile divides it, unless its wait is longer).
+    route = next(r for r in data["route"]["routes"] if r.get("receiver") == "pager" and "group_interval" in r)
+    route[key] = "soon"
+    with pytest.raises(MonitoringConfigError, match=r"alertmanager\.yml: route: expected a duration .* got 'soon'"):
+        adapt_alertmanager(data, tmp_path, PORTS, FAST, token_file)
 
 
 @pytest.mark.alertmanager

@@ -111,7 +111,10 @@ def adapt_alertmanager(
     out["receivers"] = receivers
     if "route" not in out:
         raise MonitoringConfigError(f"{am_dir / ALERTMANAGER_CONFIG.name}: no route")
-    tune_routes(out["route"], set(reconciler), profile)
+    try:
+        tune_routes(out["route"], set(reconciler), profile)
+    except ValueError as exc:  # a route's group_wait or group_interval that is no duration
+        raise MonitoringConfigError(f"{am_dir / ALERTMANAGER_CONFIG.name}: route: {exc}") from None
     return RenderedAlertmanager(out, reconciler, quiet, notes)
 
 
