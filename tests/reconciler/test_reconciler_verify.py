@@ -274,13 +274,24 @@ async def test_the_scrape_schedule_predicts_the_targets_next_scrapes(prometheus_
             assert time.monotonic() < end, "Prometheus never scraped itself"
             await asyncio.sleep(0.2)
         assert first.interval == 1.0 and 0 <= first.duration < 1.0
-        await asyncio.sleep(3.5)
-        later = await client.scrape_schedule({"job": "self", "instance": instance})
-    assert later is not None
-    scrapes = round((later.last - first.last) / first.interval)
-    assert scrapes >= 3
-    # Prometheus keeps the target on its offset: the schedule read 3.5 s earlier predicted this scrape's start.
-    assert abs(later.last - (first.last + scrapes * first.interval)) < 0.1, (first, later)
+        await asyncio.sleep(2.5)
+        later = []
+        for _ in range(4):
+            await asyncio.sleep(1.0)
+            schedule = await client.scrape_schedule({"job": "self", "instance": instance})
+            assert schedule is not None
+            later.append(schedule)
+    # Prometheus keeps the target on its offset: the schedule read seconds earlier predicted each later scrape's
+    # start. One tick can start late on a loaded machine (0.14 s in a CI run beside other tests), so each start is
+    # within a third of the interval of the prediction and the best of four within 0.1 s; a target that lost its
+    # offset would land anywhere in the interval.
+    deviations = []
+    for schedule in later:
+        scrapes = round((schedule.last - first.last) / first.interval)
+        assert scrapes >= 3, (first, schedule)
+        deviations.append(abs(schedule.last - (first.last + scrapes * first.interval)))
+    assert max(deviations) < first.interval / 3, (first, later)
+    assert min(deviations) < 0.1, (first, later)
 
 
 def test_polls_are_timed_after_the_targets_scrapes() -> None:
