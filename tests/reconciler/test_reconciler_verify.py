@@ -7,14 +7,18 @@ second, is started here."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
+from alertmanager_server import Alertmanager, start_alertmanager
 from fake_bot import FakeBot, bot_targets
 from ports import free_port
 from prometheus_server import start_prometheus
@@ -54,17 +58,32 @@ RULES = {
                 # The alert reads a recording rule: verification reads the rule's expression instead.
                 {"record": "test:cleared:value", "expr": "vector(1) < 0"},
                 {"alert": "TestRecorded", "expr": "test:cleared:value > 0", "labels": {"severity": "critical"}},
+                # Its firing outlasts its condition on purpose.
+                {
+                    "alert": "TestKept",
+                    "expr": "vector(1) < 0",
+                    "keep_firing_for": "1m",
+                    "labels": {"severity": "critical"},
+                },
             ],
+        }
+    ]
+}
+# The other member of a pair, its evaluation behind: it still fires TestCleared for bot-1.
+LAGGING_RULES = {
+    "groups": [
+        {
+            "name": "verify-test",
+            "rules": [{"alert": "TestCleared", "expr": STILL_FAILING, "labels": {"severity": "critical"}}],
         }
     ]
 }
 
 
-@pytest.fixture(scope="module")
-def prometheus_with_rules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def rules_prometheus(tmp: Path, rules: dict[str, Any]) -> tuple[str, subprocess.Popen[bytes]]:
+    """A real Prometheus with `rules`, evaluating every second and scraping itself every second."""
     assert PROMETHEUS_BIN is not None, "prometheus is not installed (apt-get install prometheus)"
-    tmp = tmp_path_factory.mktemp("prometheus-rules")
-    (tmp / "rules.yml").write_text(yaml.safe_dump(RULES))
+    (tmp / "rules.yml").write_text(yaml.safe_dump(rules))
     port = free_port()
     (tmp / "prometheus.yml").write_text(
         yaml.safe_dump(
@@ -84,9 +103,37 @@ def prometheus_with_rules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     proc = start_prometheus(tmp / "prometheus.yml", tmp / "data", port)
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", proc=proc, deadline=30)
-        yield f"http://127.0.0.1:{port}"
+    except BaseException:
+        stop(proc)
+        raise
+    return f"http://127.0.0.1:{port}", proc
+
+
+@pytest.fixture(scope="module")
+def prometheus_with_rules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url, proc = rules_prometheus(tmp_path_factory.mktemp("prometheus-rules"), RULES)
+    try:
+        yield url
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def lagging_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url, proc = rules_prometheus(tmp_path_factory.mktemp("prometheus-lagging"), LAGGING_RULES)
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmanager]:
+    am = start_alertmanager(tmp_path_factory.mktemp("alertmanager"))
+    try:
+        yield am
+    finally:
+        stop(am.proc)
 
 
 RULE = {
@@ -101,7 +148,14 @@ RULE = {
 
 
 async def run_one(
-    aiohttp_client: Any, tmp_path: Path, db: str, bot: FakeBot, prometheus: str, body: dict[str, Any], **rule: Any
+    aiohttp_client: Any,
+    tmp_path: Path,
+    db: str,
+    bot: FakeBot,
+    prometheus: str | list[str],
+    body: dict[str, Any],
+    alertmanager_url: str = "http://127.0.0.1:9",
+    **rule: Any,
 ) -> dict[str, Any]:
     config = make_config(
         tmp_path,
@@ -109,6 +163,7 @@ async def run_one(
         playbook=str(write_playbook(tmp_path, [{**RULE, **rule}])),
         targets=bot_targets(bot, tmp_path),
         prometheus_url=prometheus,
+        alertmanager_url=alertmanager_url,
     )
     client = await aiohttp_client(create_app(config))
     assert (await client.post("/api/v1/alertmanager", json=body, headers=AUTH)).status == 200
@@ -194,6 +249,96 @@ async def test_the_playbooks_expression_is_recorded_as_such(
     assert episode["state"] == "recovered", episode
     assert episode["attempts"][0]["detail"].endswith("[expression from playbook]")
     assert 'instance="bot-1"' in episode["attempts"][0]["detail"]
+
+
+def fires(am: Alertmanager, labels: dict[str, str]) -> bool:
+    """Whether Alertmanager holds an alert of exactly these labels that has not ended."""
+    now = datetime.now(UTC)
+    return any(
+        held["labels"] == labels and datetime.fromisoformat(held["endsAt"].replace("Z", "+00:00")) > now
+        for held in am.get("alerts")
+    )
+
+
+async def test_a_recovery_verified_on_the_alerts_own_rule_ends_an_alert_no_prometheus_fires(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    prometheus_with_rules: str,
+    alertmanager: Alertmanager,
+) -> None:
+    """The member of the pair that fired the alert died before its evaluation sent the end (the other never fired
+    it): Alertmanager would hold it firing for four resend delays, and page a healed fault at its group's flush. The
+    reconciler ends it once its own rule's condition is verified clear, and the ledger says so."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    labels = {"alertname": "TestCleared", "instance": "bot-1", "severity": "critical", "case": "dead-member"}
+    held = alertmanager.fire(labels)  # as the member that died sent it
+    body = payload(alert("TestCleared", starts_at=held["startsAt"], severity="critical", case="dead-member"))
+    episode = await run_one(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [prometheus_with_rules, dead],
+        body,
+        alertmanager_url=alertmanager.url,
+    )
+    assert episode["state"] == "recovered", episode
+    assert episode["attempts"][0]["detail"] == (
+        "vector(1) < 0 returned nothing for this alert [expression from prometheus_rules]; its alert ended in "
+        f"Alertmanager (no Prometheus that answers fires it, {dead} did not answer)"
+    )
+    assert not fires(alertmanager, labels)
+
+
+@pytest.mark.parametrize("case", ["member-fires-it", "every-member-answers", "keep-firing-for", "playbook-check"])
+async def test_an_alert_is_left_to_prometheus_while_a_member_fires_it_or_its_end_is_not_the_checks(
+    aiohttp_client: Any,
+    tmp_path: Path,
+    migrated_sqlite: str,
+    fake_bot: FakeBot,
+    prometheus_with_rules: str,
+    lagging_prometheus: str,
+    alertmanager: Alertmanager,
+    case: str,
+) -> None:
+    """A member whose evaluation lags still fires it (an end posted now would be undone by its next resend, and it
+    sends the end itself); every member answers (each sent the end of what it fired: the alert held here was posted
+    by the test, not by a member); a rule whose firing outlasts its condition (keep_firing_for); a playbook's own
+    check, which is not the alert's condition: Alertmanager keeps the alert as it was sent."""
+    alertname = "TestKept" if case == "keep-firing-for" else "TestCleared"
+    labels = {"alertname": alertname, "instance": "bot-1", "severity": "critical", "case": case}
+    held = alertmanager.fire(labels)
+    body = payload(alert(alertname, starts_at=held["startsAt"], severity="critical", case=case))
+    # A dead member beside them each time (else the members that answer would have sent every end there is).
+    dead = f"http://127.0.0.1:{free_port()}"
+    members = {
+        "member-fires-it": [prometheus_with_rules, lagging_prometheus, dead],
+        "every-member-answers": [prometheus_with_rules],
+    }.get(case, [prometheus_with_rules, dead])
+    rule: dict[str, Any] = {"verify": {"expr": "vector(1) < 0", "deadline": "1s"}} if case == "playbook-check" else {}
+    if case == "member-fires-it":
+        async with aiohttp.ClientSession() as session:
+            client = PrometheusClient(session, lagging_prometheus)
+            end = time.monotonic() + 20
+            while (await client.alert_states("TestCleared", labels))[lagging_prometheus] != "firing":
+                assert time.monotonic() < end, "the lagging member never fired TestCleared"
+                await asyncio.sleep(0.2)
+    episode = await run_one(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        members,
+        body,
+        alertmanager_url=alertmanager.url,
+        **rule,
+    )
+    assert episode["state"] == "recovered", episode
+    assert "ended in Alertmanager" not in episode["attempts"][0]["detail"], episode
+    assert fires(alertmanager, labels)
+    alertmanager.resolve(held)
 
 
 async def test_every_query_is_bounded_by_prometheus_and_by_the_client(aiohttp_server: Any) -> None:

@@ -116,22 +116,44 @@ class PrometheusClient:
         groups = (await self._get("/api/v1/rules", {}, "rules")).get("groups") or []
         return [r for g in groups if isinstance(g, dict) for r in g.get("rules") or [] if isinstance(r, dict)]
 
-    async def alert_expressions(
-        self, alertname: str, labels: dict[str, str], rules: list[dict[str, Any]] | None = None
-    ) -> list[str]:
-        """The expressions of Prometheus's own alerting rules named `alertname` whose static labels agree with the
-        alert's (a warning and a critical tier of one name are told apart by their severity); `rules` as `rules()`
-        returned them, else they are read.
+    @staticmethod
+    def alerting_rules(alertname: str, labels: dict[str, str], rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Of `rules` (as `rules()` returned them), the alerting rules named `alertname` whose static labels agree
+        with the alert's (a warning and a critical tier of one name are told apart by their severity) and that have
+        an expression: the alert's own condition.
 
         What a webhook says the expression is (its generatorURL) is never taken: anyone with the webhook token could
         make any query the check, one that is always empty (a "recovery") included."""
-        found: list[str] = []
-        for rule in await self.rules() if rules is None else rules:
-            expr = rule.get("query")
-            if _alerting_rule_of(rule, alertname, labels) and isinstance(expr, str) and expr.strip():
-                if expr not in found:
-                    found.append(expr)
-        return found
+        return [
+            rule
+            for rule in rules
+            if _alerting_rule_of(rule, alertname, labels)
+            and isinstance(rule.get("query"), str)
+            and str(rule["query"]).strip()
+        ]
+
+    async def alert_states(self, alertname: str, labels: dict[str, str]) -> dict[str, str | None]:
+        """Each member's state of the alert these labels name, read from its own GET /api/v1/rules (never another
+        member's): `firing`, `pending`, or `inactive` when its rules of that name hold no such alert; None for a
+        member that did not answer. A member sends Alertmanager the end of an alert only if it fired it."""
+        states: dict[str, str | None] = {}
+        for url in self.base_urls:
+            try:
+                data = await self._get_one(url, "/api/v1/rules", {"type": "alert"})
+            except PrometheusError:
+                states[url] = None
+                continue
+            found = [
+                str(held.get("state") or "")
+                for group in data.get("groups") or []
+                if isinstance(group, dict)
+                for rule in group.get("rules") or []
+                if _alerting_rule_of(rule, alertname, labels)
+                for held in rule.get("alerts") or []
+                if isinstance(held, dict) and _labels_agree(held.get("labels") or {}, labels)
+            ]
+            states[url] = "firing" if "firing" in found else "pending" if "pending" in found else "inactive"
+        return states
 
     async def alert_timing(self, alertname: str, labels: dict[str, str]) -> tuple[float, float] | None:
         """The `for:` and the group's evaluation interval, in seconds, of Prometheus's alerting rule named `alertname`

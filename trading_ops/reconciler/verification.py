@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
+from trading_ops.clients.alertmanager import AlertmanagerError
 from trading_ops.clients.prometheus import PrometheusClient, PrometheusError, inline_recording_rules
 from trading_ops.db.base import utcnow
 from trading_ops.reconciler.actions.base import ActionContext, Refused
 from trading_ops.reconciler.actions.escalate import FAILED
 from trading_ops.reconciler.escalation import Escalation
+from trading_ops.reconciler.page_ends import ended
 from trading_ops.reconciler.playbook import Rule
 from trading_ops.reconciler.runs import ENGINE_LOGGER, LostClaim, RunHolder, RunPart
 from trading_ops.reconciler.steps import AttemptRun, Steps
 from trading_ops.reconciler.verify import UNVERIFIED, belongs_to, verify, with_source
 
 log = logging.getLogger(ENGINE_LOGGER)
+# How long ending an alert in Alertmanager may hold a closing run (a post returns once one member took it).
+END_POST_TIMEOUT_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a verification queries: the expression, where it came from (`playbook` or `prometheus_rules`), and
+    whether a firing of the alert outlasts its condition on purpose (its rule's `keep_firing_for`)."""
+
+    expr: str
+    source: str
+    keeps_firing: bool = False
+
+    @property
+    def own(self) -> bool:
+        """Whether the expression is the alert's own rule's, whose firing ends with it: when it returns nothing for
+        the alert, the alert is over, not just what the playbook checks."""
+        return self.source == "prometheus_rules" and not self.keeps_firing
 
 
 class Verification(RunPart):
@@ -34,10 +57,12 @@ class Verification(RunPart):
         """Verify what the steps did. Recovered or resolved: the on_recovery steps run and the episode is closed
         (escalated when they fail), and None is returned. Otherwise why the verification failed."""
         episode, rule, ctx = run.episode, run.rule, run.ctx
-        outcome, detail = await self._verify(episode, rule, ctx)
+        outcome, detail, condition = await self._verify(episode, rule, ctx)
         if outcome not in ("resolved", "clear"):
             run.note(f"verification: {detail[:300]}")
             return detail
+        if outcome == "clear" and condition is not None and not await self.holder.is_resolved(episode["id"]):
+            detail += await self.end_unended(ctx, condition)
         undone = await self.steps.on_recovery(run, done)
         await self.db(
             self.ledger.finish_attempt, run.attempt_id, "resolved" if outcome == "resolved" else "success", detail
@@ -70,12 +95,11 @@ class Verification(RunPart):
         )
         if sibling is None:
             return False
-        found = await self._expression(episode, rule, ctx)
-        if isinstance(found, str):
+        condition = await self._expression(episode, rule, ctx)
+        if isinstance(condition, str):
             return False
-        expr, source = found
         try:
-            result = await self.prometheus.query(expr)
+            result = await self.prometheus.query(condition.expr)
         except PrometheusError as exc:
             log.warning("episode %s: cannot read whether its condition still holds; acting: %s", episode["id"], exc)
             return False
@@ -84,19 +108,60 @@ class Verification(RunPart):
         detail = with_source(
             f"healed by the remedy of episode {sibling['id']} ({rule.name}, {sibling['alertname']} on "
             f"{episode['target']}, recovered at {sibling['closed_at'].isoformat()}), verified after this one was "
-            f"stored: its condition no longer holds ({expr} returned nothing for this alert); nothing executed",
-            source,
+            f"stored: its condition no longer holds ({condition.expr} returned nothing for this alert); nothing "
+            "executed",
+            condition.source,
         )
+        detail += await self.end_unended(ctx, condition)
         await self.holder.close(episode, "recovered", detail)
         return True
 
-    async def _verify(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str]:
+    async def end_unended(self, ctx: ActionContext, condition: Condition) -> str:
+        """After the alert's own condition was found clear: its end posted to Alertmanager when a member of the
+        Prometheus pair does not answer and none that answers fires it, and what was done, for the episode's detail
+        ("" when nothing).
+
+        A Prometheus sends the end of an alert it fired at its next evaluation. One that fired it and died before
+        that never does, and Alertmanager holds the alert firing until the alert's own validity runs out, four resend
+        delays after that member's last send (4 minutes as Prometheus ships): a fault healed and verified was paged
+        at its group's flush (the HA topology's test, 2026-11-29: the other member's scrapes came later in the cycle
+        and it never fired the alert). A member that answers has sent its end if it fired the alert, or fires it
+        still and ends it itself (an end posted now would be undone by its next resend while its evaluation lags). A
+        rule whose firing outlasts its condition (`keep_firing_for`) or a playbook's own check is not the alert's
+        end."""
+        if not condition.own:
+            return ""
+        try:
+            states = await self.prometheus.alert_states(ctx.alertname, ctx.labels)
+        except PrometheusError as exc:  # never raised per member; kept for a client that does
+            log.info("episode %s: the alert's state in Prometheus is unknown: %s", ctx.episode_id, exc)
+            return ""
+        answered = [state for state in states.values() if state is not None]
+        silent = sorted(url for url, state in states.items() if state is None)
+        if not answered or not silent or "firing" in answered:
+            return ""  # no member to ask; every member's end sent; or one that fires it ends it itself
+        alert: dict[str, Any] = {"labels": ctx.labels, "annotations": ctx.annotations}
+        if ctx.starts_at is not None:
+            starts = ctx.starts_at if ctx.starts_at.tzinfo is not None else ctx.starts_at.replace(tzinfo=UTC)
+            alert["startsAt"] = starts.isoformat()
+        try:
+            async with asyncio.timeout(END_POST_TIMEOUT_SECONDS):
+                await ctx.alertmanager.post_alerts([ended(alert, utcnow())])
+        except (AlertmanagerError, TimeoutError) as exc:
+            log.warning("episode %s: could not end its alert in Alertmanager: %s", ctx.episode_id, exc)
+            return f"; its alert could not be ended in Alertmanager: {exc or 'timed out'}"
+        why = f"no Prometheus that answers fires it, {', '.join(silent)} did not answer"
+        log.info("episode %s: its alert ended in Alertmanager (%s)", ctx.episode_id, why)
+        return f"; its alert ended in Alertmanager ({why})"
+
+    async def _verify(
+        self, episode: dict[str, Any], rule: Rule, ctx: ActionContext
+    ) -> tuple[str, str, Condition | None]:
         if not rule.verify.enabled:
-            return "clear", UNVERIFIED
-        found = await self._expression(episode, rule, ctx)
-        if isinstance(found, str):
-            return "failure", found  # fails safe: no expression, no "recovered"
-        expr, source = found
+            return "clear", UNVERIFIED, None
+        condition = await self._expression(episode, rule, ctx)
+        if isinstance(condition, str):
+            return "failure", condition, None  # fails safe: no expression, no "recovered"
         if not await self.db(self.ledger.set_episode, episode["id"], self.owner, state="verifying"):
             raise LostClaim
         try:
@@ -111,7 +176,7 @@ class Verification(RunPart):
             scrapes = None
         verdict = await verify(
             self.prometheus,
-            expr,
+            condition.expr,
             rule.verify.deadline,
             rule.verify.interval,
             lambda: self.holder.is_resolved(episode["id"]),
@@ -120,9 +185,9 @@ class Verification(RunPart):
             scrapes=scrapes,
         )
         outcome = verdict.outcome if verdict.outcome in ("clear", "resolved") else "failure"
-        return outcome, with_source(verdict.detail, source)
+        return outcome, with_source(verdict.detail, condition.source), condition
 
-    async def _expression(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> tuple[str, str] | str:
+    async def _expression(self, episode: dict[str, Any], rule: Rule, ctx: ActionContext) -> Condition | str:
         """The verification query and where it came from (playbook or prometheus_rules), or why there is none.
 
         The playbook's `verify.expr` (its ${label}s validated), else the expression of Prometheus's own alerting
@@ -139,10 +204,12 @@ class Verification(RunPart):
             rules = await self.prometheus.rules()
         except PrometheusError as exc:
             if expr is not None:
-                return expr, source  # as written
+                return Condition(expr, source)  # as written
             return f"cannot verify: no verify.expr, and Prometheus's alerting rules could not be read: {exc}"
+        keeps_firing = False
         if expr is None:
-            exprs = await self.prometheus.alert_expressions(episode["alertname"], ctx.labels, rules)
+            own = self.prometheus.alerting_rules(episode["alertname"], ctx.labels, rules)
+            exprs = list(dict.fromkeys(str(r["query"]) for r in own))
             if not exprs:
                 return (
                     f"cannot verify: no verify.expr, and Prometheus has no alerting rule {episode['alertname']} "
@@ -151,4 +218,5 @@ class Verification(RunPart):
             # Several rules of one name with the same labels: still failing while any of them matches.
             expr = " or ".join(f"({e})" for e in exprs) if len(exprs) > 1 else exprs[0]
             source = "prometheus_rules"
-        return inline_recording_rules(expr, rules), source
+            keeps_firing = any(float(r.get("keepFiringFor") or 0) > 0 for r in own)
+        return Condition(inline_recording_rules(expr, rules), source, keeps_firing)
