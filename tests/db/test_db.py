@@ -75,6 +75,44 @@ def test_timestamps_come_back_timezone_aware_and_decimals_exact(database_url: st
     engine.dispose()
 
 
+@pytest.mark.parametrize(
+    ("stored", "read"),
+    [
+        ("100", "100"),  # not 1E+2 (SQLite's text normalized) nor 100.000000000000000000 (PostgreSQL's scale)
+        ("0.5000", "0.5"),
+        ("-3.10", "-3.1"),
+        ("0.000000000000000001", "1E-18"),  # Python's own spelling of that value (f"{value:f}" spells it out)
+        ("12345678901234567890.123456789012345678", "12345678901234567890.123456789012345678"),  # 38 digits, none lost
+    ],
+)
+def test_a_decimal_reads_the_same_plain_text_from_either_database(database_url: str, stored: str, read: str) -> None:
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    Session = make_sessionmaker(engine)
+    with Session.begin() as session:
+        session.add(
+            Fill(
+                bot="b",
+                venue="paper",
+                trade_id="t1",
+                client_order_id="c1",
+                venue_order_id="v1",
+                symbol="BTC-USD",
+                side="buy",
+                quantity=Decimal(stored),
+                price=Decimal("65000"),
+                fee=Decimal("0"),
+                fee_asset="USD",
+                liquidity="maker",
+                executed_at=datetime(2026, 11, 21, tzinfo=UTC),
+            )
+        )
+    with Session() as session:
+        fill = session.scalars(select(Fill)).one()
+        assert (str(fill.quantity), str(fill.price), str(fill.fee)) == (read, "65000", "0")
+    engine.dispose()
+
+
 def test_naive_datetime_is_refused(sqlite_url: str) -> None:
     migrate.upgrade(sqlite_url)
     engine = make_engine(sqlite_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import weakref
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -42,6 +43,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Wide enough for any value a column holds (38 digits on PostgreSQL, a 48-character text on SQLite): the zeros are
+# stripped and the exponent spelled out without rounding a digit away (the default context keeps 28).
+EXACT = decimal.Context(prec=100)
+
+
 class ExactDecimal(TypeDecorator[Decimal]):
     """A decimal that round-trips exactly: text on SQLite (whose NUMERIC is a float); NUMERIC(38, 18) on
     PostgreSQL, exact to 18 decimal places (a 28-digit average price comes back rounded there)."""
@@ -63,7 +69,18 @@ class ExactDecimal(TypeDecorator[Decimal]):
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
             return None
-        return Decimal(value).normalize() if dialect.name == "sqlite" else Decimal(value)
+        return plain_decimal(Decimal(value))
+
+
+def plain_decimal(value: Decimal) -> Decimal:
+    """`value` without the zeros a column's scale adds and without an exponent: 100 reads 100 from either database,
+    not 1E+2 (a normalized SQLite text) nor 100.000000000000000000 (PostgreSQL's NUMERIC(38, 18)); 0.5 reads 0.5."""
+    if not value.is_finite():
+        return value
+    normal = value.normalize(EXACT)
+    if normal.as_tuple().exponent >= 0:  # type: ignore[operator]
+        return normal.quantize(Decimal(1), context=EXACT)
+    return normal
 
 
 class Base(DeclarativeBase):
