@@ -904,8 +904,15 @@ def broker_quiet(topo: Topology, label: str) -> None:
         raise AssertionError(f"{label}: open episodes {left}; {name} held by {held}\n{exc}") from None
 
 
-# prometheus/rules/tradingbot-availability.yml: TradingBotHostDown's `for:`.
-HOST_DOWN_FOR_SECONDS = 10.0
+def shipped_alert_for(alertname: str, rules_file: str = "tradingbot-availability.yml") -> float:
+    """The `for:` of the shipped alerting rule `alertname` (prometheus/rules/`rules_file`), in seconds."""
+    groups = yaml.safe_load((REPO_ROOT / "prometheus" / "rules" / rules_file).read_text())["groups"]
+    (found,) = [r for g in groups for r in g["rules"] if r.get("alert") == alertname]
+    return parse_duration(str(found.get("for", "0s")))
+
+
+# TradingBotHostDown's `for:`, as shipped.
+HOST_DOWN_FOR_SECONDS = shipped_alert_for("TradingBotHostDown")
 
 
 def healed_fault_grace() -> float:
