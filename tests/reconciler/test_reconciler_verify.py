@@ -292,6 +292,29 @@ async def test_a_recovery_verified_on_the_alerts_own_rule_ends_an_alert_no_prome
     assert not fires(alertmanager, labels)
 
 
+async def test_an_alert_that_cannot_be_ended_in_alertmanager_leaves_the_recovery_recovered(
+    aiohttp_client: Any, tmp_path: Path, migrated_sqlite: str, fake_bot: FakeBot, prometheus_with_rules: str
+) -> None:
+    """No Alertmanager takes the end: the recovery stands (the alert still ends by its validity), and the detail says
+    the end could not be posted."""
+    body = payload(alert("TestCleared", severity="critical", case="no-alertmanager"))
+    episode = await run_one(
+        aiohttp_client,
+        tmp_path,
+        migrated_sqlite,
+        fake_bot,
+        [prometheus_with_rules, f"http://127.0.0.1:{free_port()}"],
+        body,
+        alertmanager_url=f"http://127.0.0.1:{free_port()}",
+    )
+    assert episode["state"] == "recovered", episode
+    detail = episode["attempts"][0]["detail"]
+    assert detail.startswith(
+        "vector(1) < 0 returned nothing for this alert [expression from prometheus_rules]; its "
+        "alert could not be ended in Alertmanager: POST http://127.0.0.1:"
+    ), detail
+
+
 @pytest.mark.parametrize("case", ["member-fires-it", "every-member-answers", "keep-firing-for", "playbook-check"])
 async def test_an_alert_is_left_to_prometheus_while_a_member_fires_it_or_its_end_is_not_the_checks(
     aiohttp_client: Any,

@@ -131,11 +131,7 @@ class Verification(RunPart):
         end."""
         if not condition.own:
             return ""
-        try:
-            states = await self.prometheus.alert_states(ctx.alertname, ctx.labels)
-        except PrometheusError as exc:  # never raised per member; kept for a client that does
-            log.info("episode %s: the alert's state in Prometheus is unknown: %s", ctx.episode_id, exc)
-            return ""
+        states = await self.prometheus.alert_states(ctx.alertname, ctx.labels)
         answered = [state for state in states.values() if state is not None]
         silent = sorted(url for url, state in states.items() if state is None)
         if not answered or not silent or "firing" in answered:
@@ -149,7 +145,7 @@ class Verification(RunPart):
                 await ctx.alertmanager.post_alerts([ended(alert, utcnow())])
         except (AlertmanagerError, TimeoutError) as exc:
             log.warning("episode %s: could not end its alert in Alertmanager: %s", ctx.episode_id, exc)
-            return f"; its alert could not be ended in Alertmanager: {exc or 'timed out'}"
+            return f"; its alert could not be ended in Alertmanager: {str(exc) or 'timed out'}"
         why = f"no Prometheus that answers fires it, {', '.join(silent)} did not answer"
         log.info("episode %s: its alert ended in Alertmanager (%s)", ctx.episode_id, why)
         return f"; its alert ended in Alertmanager ({why})"
