@@ -44,6 +44,27 @@ def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
     engine.dispose()
 
 
+def btc_fill(
+    quantity: Decimal, price: Decimal, fee: Decimal, executed_at: datetime = datetime(2026, 11, 21, tzinfo=UTC)
+) -> Fill:
+    """One fill of bot b on the paper venue's BTC-USD (a maker buy, its fee in USD)."""
+    return Fill(
+        bot="b",
+        venue="paper",
+        trade_id="t1",
+        client_order_id="c1",
+        venue_order_id="v1",
+        symbol="BTC-USD",
+        side="buy",
+        quantity=quantity,
+        price=price,
+        fee=fee,
+        fee_asset="USD",
+        liquidity="maker",
+        executed_at=executed_at,
+    )
+
+
 def test_timestamps_come_back_timezone_aware_and_decimals_exact(database_url: str) -> None:
     migrate.upgrade(database_url)
     engine = make_engine(database_url)
@@ -51,19 +72,10 @@ def test_timestamps_come_back_timezone_aware_and_decimals_exact(database_url: st
     when = datetime(2026, 11, 21, 12, 0, 0, 123000, tzinfo=UTC)
     with Session.begin() as session:
         session.add(
-            Fill(
-                bot="b",
-                venue="paper",
-                trade_id="t1",
-                client_order_id="c1",
-                venue_order_id="v1",
-                symbol="BTC-USD",
-                side="buy",
+            btc_fill(
                 quantity=Decimal("0.000000000000000001"),
                 price=Decimal("65000.123456789"),
                 fee=Decimal("0.01"),
-                fee_asset="USD",
-                liquidity="maker",
                 executed_at=when,
             )
         )
@@ -90,23 +102,7 @@ def test_a_decimal_reads_the_same_plain_text_from_either_database(database_url: 
     engine = make_engine(database_url)
     Session = make_sessionmaker(engine)
     with Session.begin() as session:
-        session.add(
-            Fill(
-                bot="b",
-                venue="paper",
-                trade_id="t1",
-                client_order_id="c1",
-                venue_order_id="v1",
-                symbol="BTC-USD",
-                side="buy",
-                quantity=Decimal(stored),
-                price=Decimal("65000"),
-                fee=Decimal("0"),
-                fee_asset="USD",
-                liquidity="maker",
-                executed_at=datetime(2026, 11, 21, tzinfo=UTC),
-            )
-        )
+        session.add(btc_fill(quantity=Decimal(stored), price=Decimal("65000"), fee=Decimal("0")))
     with Session() as session:
         fill = session.scalars(select(Fill)).one()
         assert (str(fill.quantity), str(fill.price), str(fill.fee)) == (read, "65000", "0")
