@@ -61,14 +61,15 @@ class Verification(RunPart):
         if outcome not in ("resolved", "clear"):
             run.note(f"verification: {detail[:300]}")
             return detail
-        if outcome == "clear" and condition is not None and not await self.holder.is_resolved(episode["id"]):
-            detail += await self.end_unended(ctx, condition)
         undone = await self.steps.on_recovery(run, done)
         await self.db(
             self.ledger.finish_attempt, run.attempt_id, "resolved" if outcome == "resolved" else "success", detail
         )
         if outcome == "clear":
             self.metrics.time_to_recovery.observe(max(0.0, (utcnow() - episode["starts_at"]).total_seconds()))
+            # After the attempt is recorded verified: asking a dead member costs its verification nothing.
+            if condition is not None and not await self.holder.is_resolved(episode["id"]):
+                detail += await self.end_unended(ctx, condition)
         if undone:
             description = (
                 f"{episode['alertname']} on {episode['target']} is over (episode {episode['id']}, rule "
