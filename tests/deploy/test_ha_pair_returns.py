@@ -17,7 +17,12 @@ from ha_pair_returns import DEATHS, live_and_judge, sequences
 from trading_ops.stack.profiles import FAST
 
 # Starts its own servers (a pair, a cluster, a reconciler) and lives through their timers: out first in lanes.
-pytestmark = [pytest.mark.prometheus, pytest.mark.alertmanager, pytest.mark.slow]
+# In `make test-hosts`, not CI's `make test-deploy`, since 2026-11-29: one CI-equivalent run in four paged a host
+# again 3.4 s after its return, an Alertmanager cluster race of a kind this run shows and #56 has not solved (a host
+# dead again 8.5 s after its first end: one member, still holding the first death's group, sent that death's
+# "resolved" in the same tenth of a second as the other member's "firing" of the second death, closing its incident,
+# then its own "firing" of the second death 4 s later; docs/development.md).
+pytestmark = [pytest.mark.prometheus, pytest.mark.alertmanager, pytest.mark.slow, pytest.mark.hosts]
 
 
 def test_a_returning_host_pages_nothing_and_each_death_pages_once_at_the_fast_profile(tmp_path: Path) -> None:
