@@ -7,7 +7,7 @@ second, is started here."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
+import contextlib
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -80,8 +80,10 @@ LAGGING_RULES = {
 }
 
 
-def rules_prometheus(tmp: Path, rules: dict[str, Any]) -> tuple[str, subprocess.Popen[bytes]]:
-    """A real Prometheus with `rules`, evaluating every second and scraping itself every second."""
+@contextlib.contextmanager
+def rules_prometheus(tmp: Path, rules: dict[str, Any]) -> Iterator[str]:
+    """A real Prometheus with `rules`, evaluating every second and scraping itself every second: its URL, stopped
+    by its pid on leaving, whatever happened."""
     assert PROMETHEUS_BIN is not None, "prometheus is not installed (apt-get install prometheus)"
     (tmp / "rules.yml").write_text(yaml.safe_dump(rules))
     port = free_port()
@@ -103,28 +105,21 @@ def rules_prometheus(tmp: Path, rules: dict[str, Any]) -> tuple[str, subprocess.
     proc = start_prometheus(tmp / "prometheus.yml", tmp / "data", port)
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready", proc=proc, deadline=30)
-    except BaseException:
+        yield f"http://127.0.0.1:{port}"
+    finally:
         stop(proc)
-        raise
-    return f"http://127.0.0.1:{port}", proc
 
 
 @pytest.fixture(scope="module")
 def prometheus_with_rules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, proc = rules_prometheus(tmp_path_factory.mktemp("prometheus-rules"), RULES)
-    try:
+    with rules_prometheus(tmp_path_factory.mktemp("prometheus-rules"), RULES) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")
 def lagging_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, proc = rules_prometheus(tmp_path_factory.mktemp("prometheus-lagging"), LAGGING_RULES)
-    try:
+    with rules_prometheus(tmp_path_factory.mktemp("prometheus-lagging"), LAGGING_RULES) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")
