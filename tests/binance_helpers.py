@@ -54,6 +54,11 @@ async def binance_gateway(**venue_args: Any) -> AsyncIterator[tuple[KrakenGatewa
         yield gateway, dialect, base
 
 
+# ccxt's timeout for the tests' clients (ms). exchangeInfo, the gateway's largest answer, once took over 5 s on a
+# loaded 2-core machine (two lanes of tests beside CI): a deadline, not a measurement, so wide.
+CLIENT_TIMEOUT_MS = 15_000
+
+
 def binance_urls(base: str) -> dict[str, Any]:
     """ccxt binance's `urls.api` on the gateway (trading_ops.paper.gateway.binance.client_urls): what "pointed at the
     gateway" means, nothing else changed."""
@@ -68,7 +73,7 @@ def binance(base: str, key: str = BINANCE_KEY, secret: str = BINANCE_SECRET, **o
             "apiKey": key,
             "secret": secret,
             "enableRateLimit": False,
-            "timeout": 5000,
+            "timeout": CLIENT_TIMEOUT_MS,
             "urls": {"api": binance_urls(base)},
             **options,
         }
@@ -82,7 +87,7 @@ def binance_pro(base: str, key: str = BINANCE_KEY, secret: str = BINANCE_SECRET,
             "apiKey": key,
             "secret": secret,
             "enableRateLimit": False,
-            "timeout": 5000,
+            "timeout": CLIENT_TIMEOUT_MS,
             "urls": {"api": binance_urls(base)},
             **options,
         }

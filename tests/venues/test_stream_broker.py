@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,17 +35,11 @@ async def book_broker(
     base: str, registry: CollectorRegistry, recorder: Recorder, **kw: Any
 ) -> AsyncIterator[StreamingCcxtBroker]:
     """A streaming broker with tickers and books on the gateway at `base`; its REST polls (orders, tickers) once an
-    hour, so every quote the recorder gets came from the ticker channel."""
+    hour unless told, so every quote the recorder gets came from the ticker channel."""
     public, private = ws_urls(base)
+    polls = {"poll_interval": HOUR, "quote_interval": HOUR, **kw}
     broker = StreamingCcxtBroker(
-        kraken(base),
-        SYMBOLS,
-        private_url=private,
-        public_url=public,
-        registry=registry,
-        poll_interval=HOUR,
-        quote_interval=HOUR,
-        **kw,
+        kraken(base), SYMBOLS, private_url=private, public_url=public, registry=registry, **polls
     )
     async with connected(broker, recorder):
         yield broker
@@ -159,6 +154,50 @@ async def test_a_book_silent_across_resubscribes_and_reconnects_heals_once_the_v
         await wait_for(lambda: value("tradingbot_stream_book_in_sync", {"symbol": "BTC/USD"}) == 1)
         # Every socket the reconnects replaced is closed: one private and one public left.
         await wait_for(lambda: len(gateway.websocket.connections) == 2)
+
+
+async def test_a_quiet_market_is_not_a_silent_channel_and_a_move_the_channel_missed_is() -> None:
+    """Kraken sends the ticker (`bbo`) only when the best bid or ask changes: on a pair that does not move it says
+    nothing. The broker's REST ticker poll (every 0.5 s here) finds the market unchanged since the channel's last
+    message, so the channel is current: never subscribed again, its last-message gauge kept within its timeout, though
+    its last message is far older. Once the market moves and the channel stays silent, REST shows the move it missed:
+    it is subscribed again, as before, and flows."""
+    registry = CollectorRegistry()
+    recorder = Recorder()
+    value = registry.get_sample_value
+    ticker = {"channel": "ticker", "symbol": "BTC/USD"}
+    silent = {"channel": "ticker", "reason": "silent"}
+    quiet_market = {"tick_interval": 0.02, "volatility": 0.0}
+    async with (
+        running_gateway(**quiet_market) as (gateway, base),
+        book_broker(base, registry, recorder, quote_interval=0.5) as broker,
+    ):
+        assert broker.public is not None
+        watched = broker.public.watched[("ticker", "BTC/USD")]
+        await wait_for(lambda: watched.last_top is not None)
+        timeout = value("tradingbot_stream_silence_timeout_seconds", ticker)
+        assert timeout == 3
+        oldest_age = 0.0
+        deadline = time.monotonic() + 3 * timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            oldest_age = max(
+                oldest_age, time.time() - (value("tradingbot_stream_last_message_timestamp_seconds", ticker) or 0)
+            )
+        silent_for = time.monotonic() - watched.last_at
+        print(f"quiet ticker: last message {silent_for:.1f} s ago, gauge at most {oldest_age:.2f} s old")
+        assert silent_for > 2 * timeout  # no message: the market did not move
+        assert oldest_age < timeout  # the gauge, kept current by REST: TradingBotStreamChannelStale stays quiet
+        assert not value("tradingbot_stream_resyncs_total", silent)
+        assert not value("tradingbot_stream_reconnects_total", {"endpoint": "public", "reason": "silent"})
+        assert broker.public.streaming("ticker", "BTC/USD")
+
+        await chaos(base, "ws_silent_channel", channel="ticker", symbol="BTC-USD")
+        gateway.venue.volatility = 0.001  # the market moves; the channel misses it
+        await wait_for(lambda: value("tradingbot_stream_resyncs_total", silent))
+        moved = watched.last_at
+        await wait_for(lambda: watched.last_at > moved)  # subscribed again: it flows
+        assert not value("tradingbot_stream_reconnects_total", {"endpoint": "public", "reason": "silent"})
 
 
 async def test_the_dead_man_switch_goes_over_the_private_socket_and_over_rest_without_it() -> None:

@@ -61,7 +61,8 @@ class StreamMetrics:
         )
         self.last_message = Gauge(
             "tradingbot_stream_last_message_timestamp_seconds",
-            "When the channel last delivered a message for the symbol (its age: time() minus this).",
+            "When the channel was last known current for the symbol: its last message, or on a market quiet since, "
+            "the REST quote that found it unchanged (its age: time() minus this).",
             ["channel", "symbol"],
             registry=registry,
         )

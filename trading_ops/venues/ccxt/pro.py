@@ -9,7 +9,14 @@ error, and every watch here is also bounded in time: the subscription's first me
 SUBSCRIBE_ANSWER_SECONDS, each later one within the channel's silence timeout. A failed watch is a stream fault, never
 a hang: counted (`tradingbot_stream_subscribe_failures_total`, a `silent` resync, a reconnect), logged once until the
 channel flows again, REST standing in (`streaming` False; the broker's REST ticker poll never stops), and subscribed
-again after a backoff."""
+again after a backoff.
+
+A quiet market is not a silent channel. Kraken sends the ticker (`bbo`) and the book only when they change, so a pair
+that does not move says nothing for as long as it does not move. A channel quiet for a cadence is judged by the
+broker's REST ticker poll, which runs anyway (`rest_quote`, at no call of its own): a quote asked since the channel's
+last message, within its timeout, that shows the best bid and ask the channel last showed says the channel is
+current, and its `tradingbot_stream_last_message_timestamp_seconds` moves to when that quote was asked. Only a move
+the channel missed, or no REST quote to tell, lets its silence timeout run out."""
 
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import ccxt.pro as ccxt_pro
 from ccxt.base.errors import ExchangeError, NetworkError
 
 from trading_ops.bot.streams.checksum import book_checksum
-from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, silence_timeout
+from trading_ops.bot.streams.health import HEARTBEAT_SECONDS, MISSED_BEATS, silence_timeout
 from trading_ops.bot.streams.metrics import StreamMetrics
 from trading_ops.bot.streams.resync import Backoff
 from trading_ops.tasks import stop_tasks
@@ -113,8 +120,24 @@ async def watch_or_kick(
     return watched if watched in done else None
 
 
+Top = tuple[Decimal, Decimal]  # a best bid and ask
+
+
+def ticker_top(ticker: Any) -> Top | None:
+    """A ccxt ticker's best bid and ask, None when it lacks one."""
+    bid, ask = ticker.get("bid"), ticker.get("ask")
+    return None if bid is None or ask is None else (Decimal(str(bid)), Decimal(str(ask)))
+
+
+def book_top(book: Any) -> Top | None:
+    """A ccxt order book's best bid and ask, None when a side is empty."""
+    bids, asks = book.get("bids") or [], book.get("asks") or []
+    return (Decimal(str(bids[0][0])), Decimal(str(asks[0][0]))) if bids and asks else None
+
+
 class Watched:
-    """One channel of one symbol: what its watch is and what is done with each result."""
+    """One channel of one symbol: what its watch is, what is done with each result, and the best bid and ask
+    (`top`) each result shows, for judging a quiet market by REST."""
 
     def __init__(
         self,
@@ -124,6 +147,7 @@ class Watched:
         watch: Callable[[], Awaitable[Any]],
         deliver: Callable[[Any], Awaitable[None]],
         timeout: float | None,
+        top: Callable[[Any], Top | None],
     ) -> None:
         self.channel = channel
         self.symbol = symbol
@@ -131,6 +155,10 @@ class Watched:
         self.watch = watch
         self.deliver = deliver
         self.timeout = timeout
+        self.top = top
+        self.last_top: Top | None = None  # what its last message showed
+        self.last_at = 0.0  # its last message (monotonic)
+        self.current_at = 0.0  # its last message, or the REST quote that found the market unchanged since (monotonic)
         self.kick = asyncio.Event()  # subscribe again (a resync, a control command)
         self.backoff = Backoff()
         self.failed = ""  # why its watch failed, until it flows again
@@ -188,11 +216,16 @@ class PublicStream:
         self._tasks: list[asyncio.Task[None]] = []
         timeout = silence_timeout(cadence, heartbeat)
         self.watched: dict[tuple[str, str], Watched] = {}
+        # Each symbol's last REST quote: (when it was asked, monotonic; when, Unix time; its best bid and ask).
+        self.rest_quotes: dict[str, tuple[float, float, Top]] = {}
         for symbol in symbols:
-            self._add(Watched("ticker", symbol, f"ticker@{symbol}", self._ticker(symbol), self._quote(symbol), timeout))
+            ticker = Watched(
+                "ticker", symbol, f"ticker@{symbol}", self._ticker(symbol), self._quote(symbol), timeout, ticker_top
+            )
+            self._add(ticker)
             if book_depth is not None:
                 book = self._book(symbol, book_depth)
-                self._add(Watched("book", symbol, f"orderbook@{symbol}", book, self._noop, timeout))
+                self._add(Watched("book", symbol, f"orderbook@{symbol}", book, self._noop, timeout, book_top))
 
     def _add(self, w: Watched) -> None:
         self.watched[(w.channel, w.symbol)] = w
@@ -216,6 +249,22 @@ class PublicStream:
             await self.on_quote(symbol, Decimal(str(bid)), Decimal(str(ask)), at)
 
         return deliver
+
+    def rest_quote(self, symbol: str, asked: float, bid: Decimal, ask: Decimal) -> None:
+        """A REST quote of `symbol` (ccxt's BTC/USD), its poll sent at `asked` (monotonic): the judge of a quiet
+        channel."""
+        self.rest_quotes[symbol] = (asked, time.time() - (time.monotonic() - asked), (bid, ask))
+
+    def _quiet(self, w: Watched, now: float) -> float | None:
+        """When (Unix time) a REST quote found the channel current on a quiet market: asked since its last message
+        and within its timeout, showing the best bid and ask it last showed. None when no quote says so."""
+        rest = self.rest_quotes.get(w.symbol)
+        if rest is None or w.last_top is None or w.timeout is None:
+            return None
+        asked, wall, top = rest
+        if asked <= max(w.last_at, now - w.timeout) or top != w.last_top:
+            return None
+        return wall
 
     def streaming(self, channel: str, symbol: str) -> bool:
         """Whether the channel of the symbol flows (False: REST stands in for it)."""
@@ -308,11 +357,17 @@ class PublicStream:
                 await self._failed(w, fault.reason, fault.detail)
                 subscribing = True
                 continue
-            if result is _KICKED:
+            if result is _KICKED or result is _WAIT:
+                continue
+            if isinstance(result, _Quiet):
+                w.current_at = time.monotonic()
+                self.metrics.last_message.labels(w.channel, w.symbol).set(result.at)
                 continue
             subscribing = False
             w.silent_strikes = 0
             w.backoff.reset()
+            w.last_at = w.current_at = time.monotonic()
+            w.last_top = w.top(result)
             self.metrics.last_message.labels(w.channel, w.symbol).set(time.time())
             if w.failed:
                 LOG.info("stream %s %s: flowing again", w.channel, w.symbol)
@@ -324,17 +379,28 @@ class PublicStream:
                 LOG.exception("stream %s %s: the consumer failed", w.channel, w.symbol)
 
     async def _next(self, w: Watched, subscribing: bool) -> Any:
-        """The watch's next result, _KICKED when asked to subscribe again meanwhile; _Fault when it fails: refused,
-        unanswered within its bound, silent past its timeout, or its socket dropped."""
+        """The watch's next result; _KICKED when asked to subscribe again meanwhile; after a cadence with no message,
+        _Quiet when a REST quote found the market unchanged since its last one, _WAIT while its timeout runs; _Fault
+        when it fails: refused, unanswered within its bound, silent past its timeout, or its socket dropped."""
         started = time.monotonic()
-        bound = self.subscribe_answer if subscribing else w.timeout
+        if subscribing or w.timeout is None:
+            bound = self.subscribe_answer if subscribing else None
+        else:  # a cadence (a third of the timeout), then a look at REST, until the timeout since it was current
+            bound = min(w.timeout / MISSED_BEATS, max(w.current_at + w.timeout - started, 0.0))
         watch = await watch_or_kick(w.watch(), w.kick, bound)
         if watch is None:
             if w.kick.is_set():
                 return _KICKED
+            now = time.monotonic()
+            if not subscribing and w.timeout is not None:
+                quiet = self._quiet(w, now)
+                if quiet is not None:
+                    return _Quiet(quiet)
+                if now - w.current_at < w.timeout:
+                    return _WAIT
             acked = self.pro.acked.get(w.message_hash, 0.0) >= started
             reason = "unanswered" if subscribing and not acked else "silent"
-            raise _Fault(reason, f"no message in {time.monotonic() - started:.1f} s")
+            raise _Fault(reason, f"no message in {now - max(started if subscribing else w.current_at, 0.0):.1f} s")
         if watch.cancelled():  # ccxt.pro's client closed (a reconnect): the next watch opens a new one
             raise _Fault("", "its socket closed")
         exc = watch.exception()
@@ -407,4 +473,12 @@ class _Fault(Exception):
         self.detail = detail
 
 
+class _Quiet:
+    """A REST quote asked at `at` (Unix time) found the market unchanged since the channel's last message."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
 _KICKED = object()
+_WAIT = object()  # a cadence with no message and no REST quote to say the market is quiet: the timeout runs on

@@ -739,6 +739,7 @@ class CcxtBroker(Broker):
                 log.exception("%s: an event callback failed during a poll", self.venue)
 
     async def _poll_quotes(self, symbols: list[str]) -> None:
+        asked = time.monotonic()
         unified = [self._unified[s] for s in symbols]
         if self.exchange.has.get("fetchTickers"):
             tickers = await self._call(Channel.MARKET_DATA, "tickers", self.exchange.fetch_tickers, unified)
@@ -751,6 +752,7 @@ class CcxtBroker(Broker):
             bid, ask = decimal(ticker.get("bid")), decimal(ticker.get("ask"))
             if bid is None or ask is None:
                 continue  # not quoted: no news is stale news
+            self._rest_quote(symbol, asked, bid, ask)
             stamp = ticker.get("timestamp")
             if stamp is not None and self._tickers.get(symbol) == (stamp, bid, ask):
                 continue  # the ticker of the last poll again: the venue's data did not move
@@ -758,6 +760,10 @@ class CcxtBroker(Broker):
             at = ms_time(stamp) or datetime.now(UTC)
             if self._events.on_quote is not None:
                 await self._events.on_quote(Quote(symbol=symbol, bid=bid, ask=ask, timestamp=at))
+
+    def _rest_quote(self, symbol: str, asked: float, bid: Decimal, ask: Decimal) -> None:
+        """Each REST quote as answered, its poll sent at `asked` (monotonic), repeated or not: nothing here; a
+        streaming broker judges its quiet channels by it."""
 
     async def _background_quotes(self) -> None:
         """The quote poll of the polling task; with a weight budget (Binance), skipped when it has too little room."""

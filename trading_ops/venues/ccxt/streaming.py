@@ -310,6 +310,11 @@ class StreamingCcxtBroker(CcxtBroker):
             )
             self._stream_tasks.append(asyncio.create_task(self.public.run(), name=f"{self.venue}-public"))
 
+    def _rest_quote(self, symbol: str, asked: float, bid: Decimal, ask: Decimal) -> None:
+        """A REST quote: the public stream's judge of a quiet channel (PublicStream.rest_quote)."""
+        if self.public is not None:
+            self.public.rest_quote(self._ws_symbols[symbol], asked, bid, ask)
+
     async def _on_ticker(self, symbol: str, bid: Decimal, ask: Decimal, at: datetime) -> None:
         """The ticker's best bid and ask (ccxt.pro's watch_ticker), as a quote."""
         if self._bot_on_quote is not None and bid < ask:
