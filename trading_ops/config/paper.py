@@ -196,7 +196,8 @@ class CcxtConfig:
     # Kraken's wss://ws.kraken.com/v2.
     stream_public_url: str = ""
     # How often a traded pair's book changes at least (seconds): its silence timeout is three of these (never under
-    # three heartbeats); 0: the book may be quiet for any time (no silence timeout).
+    # three heartbeats). A pair that does not move is no silence: the REST quote poll finding its best bid and ask
+    # unchanged keeps the ticker and book current (trading_ops.venues.ccxt.pro). 0: no silence timeout at all.
     stream_book_cadence_seconds: float = bounded(1.0, min=0)
     # TLS to an https venue whose certificate is not in ccxt's CA bundle (certifi), e.g. a paper gateway with a
     # web_config_file: the CA to verify it with, and a client certificate if it asks for one (mutual TLS).
