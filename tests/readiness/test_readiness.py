@@ -578,6 +578,55 @@ async def test_the_standard_stacks_17_minute_stage_window_is_judged_on_its_5_s_s
     assert {name: results[name] for name in STACK_RAMP_CRITERIA} == dict.fromkeys(STACK_RAMP_CRITERIA, "unknown")
 
 
+class DroppingProxy:
+    """Prometheus's API in front of `upstream`, the first `drops` instant queries closed unanswered (a connection lost
+    on a loaded host: CI, stop 73, a verdict read `unknown` for it), every other request passed on."""
+
+    def __init__(self, upstream: str, drops: int) -> None:
+        self.dropped = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+                if self.path.startswith("/api/v1/query?") and proxy.dropped < drops:
+                    proxy.dropped += 1
+                    self.close_connection = True
+                    return  # nothing sent: the client sees the connection closed
+                with urllib.request.urlopen(upstream + self.path, timeout=60) as answer:  # noqa: S310 - the test's own
+                    body = answer.read()
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        proxy = self
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_query_lost_once_is_asked_again_not_read_as_unknown(
+    stack: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first query (the bots' history, which every criterion's verdict hangs on) is lost twice: it is asked
+    again, and the healthy history is still `ready`, in one query per criterion as counted."""
+    proxy = DroppingProxy(stack["prometheus"], drops=2)
+    try:
+        status, found = verdicts(write_config(tmp_path, {**stack, "prometheus": proxy.url}), capsys, "ready")
+    finally:
+        proxy.close()
+    assert proxy.dropped == 2
+    assert (status, found["ready"]["verdict"]) == (0, "ready"), unsettled(found["ready"])
+    assert found["ready"]["queries"] == len(CRITERIA) + 4
+
+
 def test_prometheus_unreachable_is_unknown_never_ready(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dead = {"prometheus": f"http://127.0.0.1:{free_port()}", "alertmanager": f"http://127.0.0.1:{free_port()}"}
     status, found = verdicts(write_config(tmp_path, dead), capsys, "ready")

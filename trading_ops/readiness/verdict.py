@@ -32,6 +32,11 @@ from trading_ops.readiness.criteria import (
 Status = Literal["pass", "fail", "unknown", "n/a"]
 READY, NOT_READY, UNKNOWN = "ready", "not ready", "unknown"
 DAY = 86400.0
+# A query that failed (Prometheus unreachable for a moment, a connection dropped, its timeout on a loaded host) is
+# asked again after QUERY_RETRY_SECONDS, up to QUERY_ATTEMPTS in all: one lost request must not make a criterion, or
+# the whole verdict (the history query), `unknown`. A Prometheus that stays down still is, a few seconds later.
+QUERY_ATTEMPTS = 3
+QUERY_RETRY_SECONDS = 1.0
 
 
 @dataclass
@@ -111,7 +116,13 @@ class _Context:
     at: float | None = None
 
     async def query(self, expr: str) -> list[dict[str, Any]]:
+        """`expr` at the verdict's moment, asked again after a failure (QUERY_ATTEMPTS); one query as counted."""
         self.counter.queries += 1
+        for _ in range(QUERY_ATTEMPTS - 1):
+            try:
+                return await self.prometheus.query(expr, self.at)
+            except PrometheusError:
+                await asyncio.sleep(QUERY_RETRY_SECONDS)
         return await self.prometheus.query(expr, self.at)
 
 
