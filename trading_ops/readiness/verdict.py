@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from trading_ops.clients.alertmanager import AlertmanagerClient, AlertmanagerError
 from trading_ops.clients.prometheus import PrometheusClient, PrometheusError
@@ -37,6 +38,8 @@ DAY = 86400.0
 # the whole verdict (the history query), `unknown`. A Prometheus that stays down still is, a few seconds later.
 QUERY_ATTEMPTS = 3
 QUERY_RETRY_SECONDS = 1.0
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -116,14 +119,18 @@ class _Context:
     at: float | None = None
 
     async def query(self, expr: str) -> list[dict[str, Any]]:
-        """`expr` at the verdict's moment, asked again after a failure (QUERY_ATTEMPTS); one query as counted."""
+        """`expr` at the verdict's moment; one query as counted, however often it was asked."""
+        return await self.ask(lambda: self.prometheus.query(expr, self.at))
+
+    async def ask(self, request: Callable[[], Awaitable[T]]) -> T:
+        """One request of Prometheus, counted once and asked again after a failure (QUERY_ATTEMPTS)."""
         self.counter.queries += 1
         for _ in range(QUERY_ATTEMPTS - 1):
             try:
-                return await self.prometheus.query(expr, self.at)
+                return await request()
             except PrometheusError:
                 await asyncio.sleep(QUERY_RETRY_SECONDS)
-        return await self.prometheus.query(expr, self.at)
+        return await request()
 
 
 async def evaluate(
@@ -288,8 +295,7 @@ async def _alert_routing(ctx: _Context, instances: list[str]) -> dict[str, list[
     )
     alerting: list[dict[str, Any]] = []
     try:
-        ctx.counter.queries += 1
-        alerting = [r for r in await ctx.prometheus.rules() if r.get("type") == "alerting"]
+        alerting = [r for r in await ctx.ask(ctx.prometheus.rules) if r.get("type") == "alerting"]
     except PrometheusError as exc:
         routed.detail = runbooks.detail = f"Prometheus: {exc}"
     else:
