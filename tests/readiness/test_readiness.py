@@ -387,30 +387,43 @@ def test_record_asks_the_reconciler_with_a_persons_own_token_and_says_so_in_one_
     assert not (tmp_path / "live.decision").exists()
 
 
-class StageAnswering:
-    """The bots' control APIs as far as a ramp request reads them: `status` answers the first stage."""
+def answer_json(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+    """Send `body` (JSON) as the answer to the request `handler` is serving."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the standard library's name
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = json.dumps({"ok": True, "state": "active", "ramp": {"stage": 1, "name": "small"}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-            def log_message(self, *_args: Any) -> None:
-                pass
+class Served:
+    """`handler` (a BaseHTTPRequestHandler, its access log quiet) served on 127.0.0.1 in a thread; `url`, `close()`."""
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        quiet = type("Quiet", (handler,), {"log_message": lambda self, *_args: None})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), quiet)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class StageAnswering(Served):
+    """The bots' control APIs as far as a ramp request reads them: `status` answers the first stage."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer_json(
+                    self,
+                    200,
+                    json.dumps({"ok": True, "state": "active", "ramp": {"stage": 1, "name": "small"}}).encode(),
+                )
+
+        super().__init__(Handler)
 
 
 @contextlib.contextmanager
@@ -578,40 +591,25 @@ async def test_the_standard_stacks_17_minute_stage_window_is_judged_on_its_5_s_s
     assert {name: results[name] for name in STACK_RAMP_CRITERIA} == dict.fromkeys(STACK_RAMP_CRITERIA, "unknown")
 
 
-class DroppingProxy:
+class DroppingProxy(Served):
     """Prometheus's API in front of `upstream`, the first requests of each path in `drops` (path: how many) closed
     unanswered (a connection lost on a loaded host: CI, stop 73, a verdict read `unknown` for it), every other request
     passed on."""
 
     def __init__(self, upstream: str, drops: dict[str, int]) -> None:
-        self.dropped = dict.fromkeys(drops, 0)
+        dropped = self.dropped = dict.fromkeys(drops, 0)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the standard library's name
                 path = self.path.split("?")[0]
-                if path in drops and proxy.dropped[path] < drops[path]:
-                    proxy.dropped[path] += 1
+                if path in drops and dropped[path] < drops[path]:
+                    dropped[path] += 1
                     self.close_connection = True
                     return  # nothing sent: the client sees the connection closed
                 with urllib.request.urlopen(upstream + self.path, timeout=60) as answer:  # noqa: S310 - the test's own
-                    body = answer.read()
-                self.send_response(answer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    answer_json(self, answer.status, answer.read())
 
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        proxy = self
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_a_request_lost_is_asked_again_not_read_as_unknown(
